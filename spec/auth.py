@@ -1,0 +1,71 @@
+"""Authorization: scopes, stream grants and row visibility (DESIGN §4).
+
+A caller is described by :class:`Claims` (what a verified JWT says).  Three questions are
+answered here, purely:
+
+* may the caller run a reducer?  -- :func:`has_scope` (``missing_scope``) and
+  :func:`stream_granted` (``forbidden_stream``); owner checks live with each reducer;
+* may the caller see a row?      -- :func:`can_read`, the row filter applied to snapshots,
+  transaction updates and SQL results alike;
+* which streams does a grant cover?  An exact id, or a plain string prefix ending in ``*``
+  (``a.own*`` also matches ``a.owner``: grant ``a.own.*`` to mean a namespace).  No
+  ``oa_sync_streams`` claim means no stream at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from spec.schema import BRIDGE_SCOPES, TABLE_BY_ROW_TYPE, Visibility
+from spec.values import ComputeAssignment, Identity, Row, SyncCheckpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    identity: Identity
+    scopes: frozenset[str]
+    streams: tuple[str, ...] = ()
+    device_id: str | None = None
+    session_id: str | None = None
+    client_build_id: str | None = None
+    protocol_version: str | None = None
+    schema_version: int | None = None
+
+
+def grant_matches(grant: str, stream_id: str) -> bool:
+    if grant.endswith("*"):
+        return stream_id.startswith(grant[:-1])
+    return grant == stream_id
+
+
+def stream_granted(claims: Claims, stream_id: str) -> bool:
+    return any(grant_matches(g, stream_id) for g in claims.streams)
+
+
+def has_scope(claims: Claims, scope: str) -> bool:
+    return scope in claims.scopes
+
+
+ProviderOwner = Callable[[str], Identity | None]
+
+
+def can_read(claims: Claims, row: Row, provider_owner: ProviderOwner) -> bool:
+    """The row filter: may ``claims`` see ``row``?  ``provider_owner`` resolves a provider id."""
+    vis = TABLE_BY_ROW_TYPE[type(row)].visibility
+    if vis is Visibility.EVERYONE:
+        return True
+    if vis is Visibility.STREAM_GRANT:
+        stream_id: str = row.stream_id
+        return stream_granted(claims, stream_id)
+    if vis is Visibility.OWNER:
+        assert isinstance(row, SyncCheckpoint)
+        return row.owner == claims.identity
+    if vis is Visibility.COMPUTE:
+        assert isinstance(row, ComputeAssignment)
+        if row.requester == claims.identity:
+            return True
+        if claims.scopes & {"compute.assign", "compute.execute"}:
+            return True
+        return row.provider_id is not None and provider_owner(row.provider_id) == claims.identity
+    return bool(claims.scopes & BRIDGE_SCOPES)

@@ -1,0 +1,157 @@
+"""Canonical JSON and payload hashes.
+
+The canonical text of a JSON value is exactly what Python writes with
+``json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)``
+for the value parsed from the input: keys sorted by code point, no whitespace, UTF-8 with
+non-ASCII characters unescaped, ``"`` and ``\\`` escaped, control characters U+0000-U+001F
+escaped (``\\n \\r \\t \\b \\f`` by name, the rest as lowercase ``\\u00XX``).
+
+Parsing is strict where JSON itself is loose, each rejection with its own reason (all under
+the error code ``non_canonical_payload``):
+
+============================  =============================================================
+reason                        input
+============================  =============================================================
+``invalid_json``              not JSON at all (syntax error, empty text, bad escape)
+``duplicate_key``             an object repeats a key (JSON leaves this undefined)
+``lone_surrogate``            a string holds an unpaired UTF-16 surrogate (not UTF-8-encodable)
+``non_integer_number``        a number with a fraction or exponent (``1.0``, ``1e3``)
+``integer_out_of_range``      an integer outside +/-(2^53 - 1) (not exact in every JSON reader)
+``nan_or_infinity``           ``NaN``, ``Infinity``, ``-Infinity``
+``too_deep``                  nesting deeper than :data:`MAX_DEPTH`
+============================  =============================================================
+
+Any JSON value may be the top level.  The hash of a value is ``sha256:`` followed by the
+lowercase hex SHA-256 of its canonical text's UTF-8 bytes.  The canonical text of a canonical
+text is itself (idempotence), which the contracts below state and CrossHair and Hypothesis check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import icontract
+
+from spec.errors import ErrorCode, SyncError
+
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_DEPTH = 64
+"""At most this many arrays/objects nested in one another: ``[]`` has depth 1, a scalar 0."""
+_MAX_SAFE_DIGITS = len(str(MAX_SAFE_INTEGER))
+
+REASONS: tuple[str, ...] = (
+    "invalid_json", "duplicate_key", "lone_surrogate", "non_integer_number",
+    "integer_out_of_range", "nan_or_infinity", "too_deep",
+)
+
+JsonValue = Any
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Reject("duplicate_key", f"duplicate object key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_float(text: str) -> Any:
+    raise _Reject("non_integer_number", f"number {text[:40]} is not an integer")
+
+
+def _reject_constant(text: str) -> Any:
+    raise _Reject("nan_or_infinity", f"{text} is not a JSON number")
+
+
+def _check_int(text: str) -> int:
+    # JSON forbids leading zeros, so more digits than 2^53 - 1 has always means out of range.
+    # Checking the length first also keeps int() clear of Python's 4300-digit conversion limit,
+    # whose ValueError would otherwise be misreported as invalid_json.
+    if len(text.lstrip("-")) > _MAX_SAFE_DIGITS:
+        raise _Reject("integer_out_of_range", f"integer {text[:40]} is outside +/-(2^53-1)")
+    value = int(text)
+    if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise _Reject("integer_out_of_range", f"integer {text[:40]} is outside +/-(2^53-1)")
+    return value
+
+
+def _has_surrogate(s: str) -> bool:
+    return any(0xD800 <= ord(ch) <= 0xDFFF for ch in s)
+
+
+def _walk(value: Any, depth: int) -> None:
+    """Check ``value``, which sits inside ``depth`` arrays/objects."""
+    if isinstance(value, str):
+        if _has_surrogate(value):
+            raise _Reject("lone_surrogate", "string contains an unpaired surrogate")
+        return
+    if isinstance(value, list | dict) and depth >= MAX_DEPTH:
+        raise _Reject("too_deep", f"nesting deeper than {MAX_DEPTH}")
+    if isinstance(value, list):
+        for v in value:
+            _walk(v, depth + 1)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if _has_surrogate(k):
+                raise _Reject("lone_surrogate", "object key contains an unpaired surrogate")
+            _walk(v, depth + 1)
+
+
+def parse_strict(text: str, argument: str = "payload_json") -> JsonValue:
+    """Parse ``text`` under the strict rules above, or raise ``SyncError(non_canonical_payload)``."""
+    try:
+        if _has_surrogate(text):
+            raise _Reject("lone_surrogate", "text contains an unpaired surrogate")
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_reject_float,
+                           parse_constant=_reject_constant, parse_int=_check_int)
+        _walk(value, 0)
+    except _Reject as r:
+        raise SyncError(ErrorCode.NON_CANONICAL_PAYLOAD,
+                        {"argument": argument, "reason": r.reason, "message": r.detail}) from None
+    except RecursionError:
+        raise SyncError(ErrorCode.NON_CANONICAL_PAYLOAD,
+                        {"argument": argument, "reason": "too_deep",
+                         "message": f"nesting deeper than {MAX_DEPTH}"}) from None
+    except ValueError as exc:  # JSONDecodeError and int-digit limits
+        raise SyncError(ErrorCode.NON_CANONICAL_PAYLOAD,
+                        {"argument": argument, "reason": "invalid_json", "message": str(exc)[:200]}) from None
+    return value
+
+
+def dumps_canonical(value: JsonValue) -> str:
+    """Canonical text of an already-parsed, valid value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def canonicalize(text: str, argument: str = "payload_json") -> str:
+    """Canonical text of the JSON ``text``, or ``SyncError(non_canonical_payload)``."""
+    return dumps_canonical(parse_strict(text, argument))
+
+
+@icontract.ensure(lambda result: result.startswith("sha256:") and len(result) == 71)
+def payload_hash(canonical_text: str) -> str:
+    """``sha256:`` + lowercase hex SHA-256 of the UTF-8 bytes of a canonical text."""
+    return "sha256:" + hashlib.sha256(canonical_text.encode("utf-8")).hexdigest()
+
+
+def is_canonical(text: str) -> bool:
+    try:
+        return canonicalize(text) == text
+    except SyncError:
+        return False
+
+
+def canonical_and_hash(text: str, argument: str = "payload_json") -> tuple[str, str]:
+    canon = canonicalize(text, argument)
+    return canon, payload_hash(canon)

@@ -1,0 +1,71 @@
+"""Compatibility negotiation at connect (DESIGN §4).
+
+The checks run in a fixed order and the first failure wins:
+
+1. blank (or malformed) ``oa_client_build_id``   -> ``invalid_client_build``
+2. ``oa_protocol_version`` != the server's         -> ``unsupported_protocol_version``
+3. ``oa_schema_version`` outside the window        -> ``unsupported_schema_version``
+4. build below ``min_client_build_id``             -> ``upgrade_required``
+5. build above ``max_client_build_id``             -> ``unsupported_client_build``
+
+Build ids are fixed-width ``YYYYMMDDTHHMMSSZ`` strings, so string order is time order.
+A token without any compatibility claim (``oa_client_build_id`` absent) is not an OpenAgents
+client -- e.g. a stock SpacetimeDB SDK with a server-minted identity; it is admitted unless the
+window sets ``require_claims``.  A rejection is HTTP 426 with :func:`rejection_body`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from spec.errors import ErrorCode, SyncError
+from spec.schema import PROTOCOL_VERSION, SCHEMA_VERSION
+
+BUILD_RE = re.compile(r"\d{8}T\d{6}Z")
+
+
+@dataclass(frozen=True, slots=True)
+class CompatWindow:
+    protocol_version: str = PROTOCOL_VERSION
+    min_schema_version: int = SCHEMA_VERSION
+    max_schema_version: int = SCHEMA_VERSION
+    min_client_build_id: str = "20260101T000000Z"
+    max_client_build_id: str = "20991231T235959Z"
+    require_claims: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"protocol_version": self.protocol_version,
+                "min_schema_version": self.min_schema_version,
+                "max_schema_version": self.max_schema_version,
+                "min_client_build_id": self.min_client_build_id,
+                "max_client_build_id": self.max_client_build_id}
+
+
+def negotiate(window: CompatWindow, build: str | None, protocol: str | None,
+              schema: int | None) -> SyncError | None:
+    """None when the client may connect, else the first failing check's error."""
+    if build is None and protocol is None and schema is None and not window.require_claims:
+        return None
+    w = window.as_json()
+    if build is None or not build.strip() or not BUILD_RE.fullmatch(build):
+        return SyncError(ErrorCode.INVALID_CLIENT_BUILD, {"client_build_id": build or "", "window": w})
+    if protocol != window.protocol_version:
+        return SyncError(ErrorCode.UNSUPPORTED_PROTOCOL_VERSION,
+                         {"requested_protocol_version": protocol or "", "window": w})
+    if schema is None or not window.min_schema_version <= schema <= window.max_schema_version:
+        return SyncError(ErrorCode.UNSUPPORTED_SCHEMA_VERSION,
+                         {"requested_schema_version": schema, "window": w})
+    if build < window.min_client_build_id:
+        return SyncError(ErrorCode.UPGRADE_REQUIRED, {"client_build_id": build, "window": w})
+    if build > window.max_client_build_id:
+        return SyncError(ErrorCode.UNSUPPORTED_CLIENT_BUILD, {"client_build_id": build, "window": w})
+    return None
+
+
+def rejection_body(err: SyncError) -> dict[str, Any]:
+    """The JSON body of the HTTP 426 answer."""
+    return {"code": err.code.value, "message": err.render(),
+            "window": err.details.get("window"),
+            "upgrade_required": err.code is ErrorCode.UPGRADE_REQUIRED}

@@ -1,0 +1,321 @@
+"""The server side of the delivery contract (DESIGN §3), as an executable model.
+
+:class:`Server` holds the committed database, the durable offset, the commit history needed to
+roll back to it, and one :class:`Conn` per open connection.  Its methods are the transitions:
+
+``connect`` / ``close``
+    open or drop a connection (a close marks the sessions it upserted ``disconnected``);
+``handle(conn, msg)``
+    one client message, in per-connection order:
+
+    * ``Subscribe``: every query of the set is parsed and authorized first (one bad query fails
+      the set), then stale-cursor checked, then the snapshot is taken from the current state and
+      the set registered *in the same step* -- nothing can commit in between, which is the
+      atomic snapshot+registration of the contract;
+    * ``CallReducer``: run the reducer; if it wrote, commit at offset ``committed + 1`` and fan
+      out; the caller gets a ``ReducerResult`` (carrying its own matching rows), every other
+      client with matching rows one ``TransactionUpdate``;
+``system_tx``
+    a server-initiated transaction (presence sweep, compaction), fanned out the same way;
+``advance_durable`` / ``crash`` / ``clean_restart``
+    durability: a crash loses every transaction past the durable offset and then bumps epochs
+    (:func:`spec.reducers.unclean_restart`).
+
+Outbound messages queue per connection tagged with the offset of the state they were derived
+from.  A client consumes from the front only when that offset is released: always for a
+non-confirmed connection, once ``offset <= durable`` for a confirmed one.  Order is never
+changed.  A queue longer than ``max_queue`` disconnects that client (``slow_consumer``).
+The server never runs more than ``max_undurable`` transactions ahead of its durable offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from spec import query as q
+from spec.auth import Claims, can_read, has_scope, stream_granted
+from spec.errors import ErrorCode, SyncError
+from spec.invariants import stale_reasons
+from spec.messages import (
+    CLOSE_PROTOCOL,
+    SLOW_CONSUMER_REASON,
+    CallReducer,
+    ClientMessage,
+    Outbound,
+    QuerySetUpdate,
+    ReducerErr,
+    ReducerOk,
+    ReducerResult,
+    Subscribe,
+    SubscribeApplied,
+    SubscriptionError,
+    TableRows,
+    TransactionUpdate,
+    Unsubscribe,
+    UnsubscribeApplied,
+)
+from spec.policy import DEFAULT_POLICY, Policy
+from spec.reducers import CallContext, Err, Ok, call, disconnect_sessions, unclean_restart, virtual_stream
+from spec.schema import TABLE_BY_NAME
+from spec.state import DbState, Delta
+from spec.values import Identity, ProviderCapability, Row, SyncEvent
+
+STALE_REASONS: tuple[str, ...] = (
+    "epoch_changed", "retention_floor_breach", "replay_budget_exceeded", "cursor_ahead_of_head",
+)
+
+
+def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None:
+    """The stale-cursor check of one subscription query (only sync_event queries that pin a
+    stream with ``=`` and bound ``seq`` from below are resume queries)."""
+    if query.table != "sync_event":
+        return None
+    stream_id = q.pinned_value(query, "stream_id")
+    watermark = q.lower_bound_exclusive(query, "seq")
+    if not isinstance(stream_id, str) or watermark is None:
+        return None
+    requested_epoch = q.pinned_value(query, "epoch")
+    req_epoch = requested_epoch if isinstance(requested_epoch, int) else None
+    epoch, head, floor = virtual_stream(db, stream_id)
+    budget = policy.class_for(stream_id).replay_budget
+    reasons = stale_reasons(epoch, head, floor, budget, req_epoch, watermark)
+    if not reasons:
+        return None
+    return SyncError(ErrorCode.STALE_CURSOR, {
+        "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": list(reasons),
+        "replay_budget": budget, "requested_epoch": req_epoch, "requested_watermark": watermark,
+        "stream_id": stream_id})
+
+
+@dataclass
+class Conn:
+    conn_id: int
+    claims: Claims
+    confirmed: bool
+    query_sets: dict[int, tuple[q.Query, ...]] = field(default_factory=dict)
+    outbound: list[Outbound] = field(default_factory=list)
+    sessions: set[str] = field(default_factory=set)
+    closed_reason: str | None = None
+
+
+@dataclass
+class Commit:
+    offset: int
+    state: DbState
+    delta: Delta
+
+
+class Server:
+    def __init__(self, policy: Policy = DEFAULT_POLICY, max_queue: int = 64, max_undurable: int = 8) -> None:
+        self.policy = policy
+        self.max_queue = max_queue
+        self.max_undurable = max_undurable
+        self.db = DbState()
+        self.committed = 0
+        self.durable = 0
+        self.durable_db = self.db
+        self.history: list[Commit] = []  # commits past the durable offset
+        self.ledger: list[SyncEvent] = []  # every event ever committed (not subject to compaction)
+        self.conns: dict[int, Conn] = {}
+        self.now = 0
+        self._next_conn = 1
+
+    # --- connections -----------------------------------------------------------------------
+
+    def connect(self, claims: Claims, confirmed: bool) -> int:
+        cid = self._next_conn
+        self._next_conn += 1
+        self.conns[cid] = Conn(cid, claims, confirmed)
+        return cid
+
+    def close(self, conn_id: int, reason: str = "closed") -> None:
+        conn = self.conns.pop(conn_id, None)
+        if conn is None:
+            return
+        conn.closed_reason = reason
+        if conn.sessions:
+            ok = disconnect_sessions(self.db, self.now, conn.claims.identity, frozenset(conn.sessions))
+            if not ok.noop and self.can_commit():
+                self._commit(ok.state, ok.delta, None)
+
+    def can_commit(self) -> bool:
+        return self.committed - self.durable < self.max_undurable
+
+    # --- client messages -------------------------------------------------------------------
+
+    def handle(self, conn_id: int, msg: ClientMessage) -> None:
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        if isinstance(msg, Subscribe):
+            self._subscribe(conn, msg)
+        elif isinstance(msg, Unsubscribe):
+            if msg.query_set_id not in conn.query_sets:
+                self._send(conn, self.committed, SubscriptionError(
+                    msg.request_id, msg.query_set_id,
+                    SyncError(ErrorCode.INVALID_QUERY, {"message": "unknown query set",
+                                                        "query_set_id": msg.query_set_id}).render()))
+                return
+            del conn.query_sets[msg.query_set_id]
+            self._send(conn, self.committed, UnsubscribeApplied(msg.request_id, msg.query_set_id))
+        else:
+            self._call(conn, msg)
+
+    def _authorize_query(self, claims: Claims, query: q.Query) -> SyncError | None:
+        table = TABLE_BY_NAME[query.table]
+        if table.visibility.value == "stream_grant":
+            stream_id = q.pinned_value(query, "stream_id")
+            if isinstance(stream_id, str) and not stream_granted(claims, stream_id):
+                return SyncError(ErrorCode.FORBIDDEN_STREAM, {})
+        return None
+
+    def _subscribe(self, conn: Conn, msg: Subscribe) -> None:
+        if msg.query_set_id in conn.query_sets:
+            self.close(conn.conn_id, f"{CLOSE_PROTOCOL}: query set {msg.query_set_id} is already active")
+            return
+        try:
+            if not has_scope(conn.claims, "sync.subscribe"):
+                raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
+            queries: list[q.Query] = []
+            for text in msg.queries:
+                queries.extend(q.parse(text))
+            for query in queries:
+                denied = self._authorize_query(conn.claims, query)
+                if denied:
+                    raise denied
+            for query in queries:
+                stale = stale_error(self.db, self.policy, query)
+                if stale:
+                    raise stale
+        except SyncError as err:
+            self._send(conn, self.committed,
+                       SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
+            return
+        rows = self._snapshot(conn.claims, queries)
+        conn.query_sets[msg.query_set_id] = tuple(queries)
+        self._send(conn, self.committed, SubscribeApplied(msg.request_id, msg.query_set_id, rows))
+
+    def _provider_owner(self, provider_id: str) -> Identity | None:
+        p = self.db.find(ProviderCapability, lambda r: r.provider_id == provider_id)
+        return p.owner if p else None
+
+    def _visible(self, claims: Claims, query: q.Query, rows: Iterable[Row]) -> list[Row]:
+        return [r for r in rows if q.matches(query, r) and can_read(claims, r, self._provider_owner)]
+
+    def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:
+        out: dict[str, list[Row]] = {}
+        for query in queries:
+            if TABLE_BY_NAME[query.table].event:
+                continue  # event rows are never in a snapshot
+            bucket = out.setdefault(query.table, [])
+            for r in self._visible(claims, query, self.db.rows(query.table)):
+                if r not in bucket:
+                    bucket.append(r)
+        return tuple(TableRows(t, tuple(rs)) for t, rs in out.items() if rs)
+
+    def _updates_for(self, conn: Conn, delta: Delta) -> tuple[QuerySetUpdate, ...]:
+        out = []
+        for qs_id in sorted(conn.query_sets):
+            tables: dict[str, tuple[list[Row], list[Row]]] = {}
+            for query in conn.query_sets[qs_id]:
+                td = delta.for_table(query.table)
+                ins, dels = tables.setdefault(query.table, ([], []))
+                for r in self._visible(conn.claims, query, td.inserts):
+                    if r not in ins:
+                        ins.append(r)
+                for r in self._visible(conn.claims, query, td.deletes):
+                    if r not in dels:
+                        dels.append(r)
+            parts = tuple(TableRows(t, tuple(i), tuple(d), TABLE_BY_NAME[t].event)
+                          for t, (i, d) in tables.items() if i or d)
+            if parts:
+                out.append(QuerySetUpdate(qs_id, parts))
+        return tuple(out)
+
+    def _call(self, conn: Conn, msg: CallReducer) -> None:
+        ctx = CallContext(conn.claims, self.now, self.committed + 1, self.policy)
+        outcome = call(self.db, ctx, msg.reducer, msg.args)
+        if isinstance(outcome, Err):
+            self._send(conn, self.committed,
+                       ReducerResult(msg.request_id, self.committed, ReducerErr(outcome.error.render())))
+            return
+        if msg.reducer == "upsert_presence":
+            conn.sessions.add(str(msg.args[0]))
+        if outcome.noop:
+            self._send(conn, self.committed,
+                       ReducerResult(msg.request_id, self.committed, ReducerOk(outcome.ret, ())))
+            return
+        self._commit(outcome.state, outcome.delta, (conn, msg.request_id, outcome))
+
+    def system_tx(self, outcome: Ok) -> bool:
+        """Commit a server-initiated transaction; False when it wrote nothing or must wait."""
+        if outcome.noop or not self.can_commit():
+            return False
+        self._commit(outcome.state, outcome.delta, None)
+        return True
+
+    def _commit(self, state: DbState, delta: Delta, caller: tuple[Conn, int, Ok] | None) -> None:
+        self.committed += 1
+        offset = self.committed
+        self.db = state
+        self.history.append(Commit(offset, state, delta))
+        self.ledger.extend(r for r in delta.for_table("sync_event").inserts if isinstance(r, SyncEvent))
+        for conn in list(self.conns.values()):
+            updates = self._updates_for(conn, delta)
+            if caller is not None and conn is caller[0]:
+                self._send(conn, offset, ReducerResult(caller[1], offset, ReducerOk(caller[2].ret, updates)))
+            elif updates:
+                self._send(conn, offset, TransactionUpdate(offset, updates))
+
+    def _send(self, conn: Conn, offset: int, message: SubscribeApplied | UnsubscribeApplied
+              | SubscriptionError | TransactionUpdate | ReducerResult) -> None:
+        if conn.conn_id not in self.conns:
+            return
+        conn.outbound.append(Outbound(offset, message))
+        if len(conn.outbound) > self.max_queue:
+            self.close(conn.conn_id, SLOW_CONSUMER_REASON)
+
+    # --- delivery to the client --------------------------------------------------------------
+
+    def releasable(self, conn_id: int) -> bool:
+        conn = self.conns.get(conn_id)
+        if conn is None or not conn.outbound:
+            return False
+        return not conn.confirmed or conn.outbound[0].offset <= self.durable
+
+    def pop(self, conn_id: int) -> Outbound:
+        assert self.releasable(conn_id)
+        return self.conns[conn_id].outbound.pop(0)
+
+    # --- durability ------------------------------------------------------------------------
+
+    def advance_durable(self, to: int) -> None:
+        to = min(max(to, self.durable), self.committed)
+        for c in self.history:
+            if c.offset <= to:
+                self.durable_db = c.state
+        self.history = [c for c in self.history if c.offset > to]
+        self.durable = to
+
+    def _restart(self) -> None:
+        for cid in list(self.conns):
+            self.conns.pop(cid).closed_reason = "server restart"
+        self.db = self.durable_db
+        self.committed = self.durable
+        self.history = []
+        self.ledger = [e for e in self.ledger if e.tx_offset <= self.durable]
+
+    def crash(self) -> None:
+        """Lose everything past the durable offset, then recover: without a clean-shutdown marker
+        the server cannot know what was lost, so it bumps epochs (ADR-0001) in a recovery
+        transaction that is made durable before anyone connects."""
+        self._restart()
+        bumped = unclean_restart(self.db, self.now, self.max_undurable)
+        self.committed += 1
+        self.db = self.durable_db = bumped
+        self.durable = self.committed
+
+    def clean_restart(self) -> None:
+        self.advance_durable(self.committed)
+        self._restart()

@@ -1,0 +1,149 @@
+"""Error vocabulary of the sync module.
+
+Every failure a peer can observe has exactly one code in :class:`ErrorCode`, and every code has
+one documented client action (:data:`CLIENT_ACTIONS`).  On the wire a reducer error is the
+SpacetimeDB reducer error string ``<code>: <canonical JSON details>`` (see
+:meth:`SyncError.render`), so clients can parse it without guessing.
+
+Two exception families split blame, as wsproto and h11 do:
+
+* :class:`LocalProtocolError` -- *this* side misused the API (a caller bug).  It is raised, not
+  sent anywhere.
+* :class:`RemoteProtocolError` -- the *peer* sent something invalid.  At the single input
+  boundary it is turned into a specific error message or close code; it never escapes further.
+
+:class:`SyncError` is the value form: reducers and subscription checks *return* it (a failed
+reducer changes nothing and only its caller hears of it); it is an exception only so that code
+deep in a validation chain can raise it to the boundary.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ErrorCode(enum.StrEnum):
+    # authorization (checked first)
+    MISSING_SCOPE = "missing_scope"
+    FORBIDDEN_STREAM = "forbidden_stream"
+    FORBIDDEN = "forbidden"
+    # argument validation (checked second)
+    INVALID_ARGUMENT = "invalid_argument"
+    NON_CANONICAL_PAYLOAD = "non_canonical_payload"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    PAYLOAD_HASH_MISMATCH = "payload_hash_mismatch"
+    # state checks (checked last)
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    SEQUENCE_CONFLICT = "sequence_conflict"
+    STALE_EPOCH = "stale_epoch"
+    CHECKPOINT_AHEAD_OF_HEAD = "checkpoint_ahead_of_head"
+    VERSION_CONFLICT = "version_conflict"
+    INVALID_TRANSITION = "invalid_transition"
+    ASSIGNMENT_MISSING = "assignment_missing"
+    POLICY_DENIED = "policy_denied"
+    BRIDGE_EVENT_CONFLICT = "bridge_event_conflict"
+    BRIDGE_EVENT_MISSING = "bridge_event_missing"
+    # subscriptions
+    INVALID_QUERY = "invalid_query"
+    STALE_CURSOR = "stale_cursor"
+    # connection / negotiation
+    INVALID_CLIENT_BUILD = "invalid_client_build"
+    UNSUPPORTED_PROTOCOL_VERSION = "unsupported_protocol_version"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    UPGRADE_REQUIRED = "upgrade_required"
+    UNSUPPORTED_CLIENT_BUILD = "unsupported_client_build"
+    SLOW_CONSUMER = "slow_consumer"
+    NO_SUCH_REDUCER = "no_such_reducer"
+
+
+CLIENT_ACTIONS: Mapping[ErrorCode, str] = {
+    ErrorCode.MISSING_SCOPE: "Do not retry; obtain a token whose oa_sync_scopes include the scope named in details.",
+    ErrorCode.FORBIDDEN_STREAM: "Do not retry; the token has no oa_sync_streams grant for this stream.",
+    ErrorCode.FORBIDDEN: "Do not retry; the row belongs to another identity.",
+    ErrorCode.INVALID_ARGUMENT: "Do not retry unchanged; fix the argument named in details.",
+    ErrorCode.NON_CANONICAL_PAYLOAD: "Do not retry unchanged; the JSON is not representable (see reason).",
+    ErrorCode.PAYLOAD_TOO_LARGE: "Do not retry unchanged; shrink or split the payload below limit_bytes.",
+    ErrorCode.PAYLOAD_HASH_MISMATCH: "Recompute the hash over the canonical JSON; the payload or hash is corrupt.",
+    ErrorCode.IDEMPOTENCY_CONFLICT: "Never retry under this key: it already names a different payload (existing_seq).",
+    ErrorCode.SEQUENCE_CONFLICT: "Catch up to actual_next_seq - 1, rebase the write, retry with the new expected seq.",
+    ErrorCode.STALE_EPOCH: "The stream was reset: rebootstrap it, then ack in the current epoch.",
+    ErrorCode.CHECKPOINT_AHEAD_OF_HEAD: "Client bug: never ack a seq you have not received; clamp to head_seq.",
+    ErrorCode.VERSION_CONFLICT: "Re-read the row (actual_version) and retry the update if it still applies.",
+    ErrorCode.INVALID_TRANSITION: "Do not retry; the assignment's status does not allow this transition.",
+    ErrorCode.ASSIGNMENT_MISSING: "Open the assignment first (open_compute_assignment).",
+    ErrorCode.POLICY_DENIED: "Do not retry; the bridge policy does not allow this Nostr kind.",
+    ErrorCode.BRIDGE_EVENT_CONFLICT: "Do not retry; the outbox row was already sent as another Nostr event.",
+    ErrorCode.BRIDGE_EVENT_MISSING: "Enqueue the outbox row before marking it.",
+    ErrorCode.INVALID_QUERY: "Fix the query; only the documented subscription SQL subset is accepted.",
+    ErrorCode.STALE_CURSOR: "Rebootstrap the stream (drop local state, rehydrate), then resume from the new watermark.",
+    ErrorCode.INVALID_CLIENT_BUILD: "Send a non-blank oa_client_build_id (YYYYMMDDTHHMMSSZ).",
+    ErrorCode.UNSUPPORTED_PROTOCOL_VERSION: "Use the protocol version the server names in the window.",
+    ErrorCode.UNSUPPORTED_SCHEMA_VERSION: "Upgrade or downgrade to a schema version inside the window.",
+    ErrorCode.UPGRADE_REQUIRED: "Upgrade the client to at least min_client_build_id.",
+    ErrorCode.UNSUPPORTED_CLIENT_BUILD: "Newer than the server supports; use a build <= max_client_build_id.",
+    ErrorCode.SLOW_CONSUMER: "Reconnect and resume from the persisted watermark; consume faster.",
+    ErrorCode.NO_SUCH_REDUCER: "Do not retry; call a reducer the module defines.",
+}
+
+
+def canonical_details(details: Mapping[str, Any]) -> str:
+    """Details are canonical JSON (sorted keys, no whitespace), like every JSON the module writes."""
+    return json.dumps(dict(details), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncError(Exception):
+    """A peer-visible failure: a code plus machine-readable details."""
+
+    code: ErrorCode
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def render(self) -> str:
+        """The wire string: ``<code>: <canonical JSON details>``."""
+        return f"{self.code.value}: {canonical_details(self.details)}"
+
+    def __str__(self) -> str:
+        return self.render()
+
+    @staticmethod
+    def parse(text: str) -> SyncError:
+        """Inverse of :meth:`render`; raises :class:`RemoteProtocolError` on anything else."""
+        code_text, sep, rest = text.partition(": ")
+        try:
+            code = ErrorCode(code_text)
+        except ValueError:
+            raise RemoteProtocolError(f"unknown error code in {text[:80]!r}") from None
+        if not sep:
+            raise RemoteProtocolError(f"error string without details: {text[:80]!r}")
+        try:
+            details = json.loads(rest)
+        except json.JSONDecodeError as exc:
+            raise RemoteProtocolError(f"error details are not JSON: {exc}") from None
+        if not isinstance(details, dict):
+            raise RemoteProtocolError("error details must be a JSON object")
+        return SyncError(code, details)
+
+    def __hash__(self) -> int:
+        return hash((self.code, canonical_details(self.details)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SyncError):
+            return NotImplemented
+        return self.code == other.code and dict(self.details) == dict(other.details)
+
+
+class ProtocolError(Exception):
+    """Base of the two blame-assigning exceptions."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller on this side misused the API (a programming error, never peer input)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something invalid; the input boundary turns it into an error reply."""

@@ -1,0 +1,337 @@
+"""The invariant catalog, and every invariant as an executable predicate.
+
+Each :class:`Invariant` has an id (``SEQ-1``, ...), a statement and a kind:
+
+* ``state``      -- a predicate over one :class:`~spec.state.DbState` (:func:`check_state`);
+* ``transition`` -- over two consecutive committed states (:func:`check_transition`);
+* ``call``       -- over one reducer call: state before, context, args, outcome (:func:`check_call`);
+* ``trace``      -- over what clients observed (:mod:`spec.trace`);
+* ``convergence`` -- after faults heal (:func:`check_convergence`).
+
+Checkers return a list of :data:`Violation` ``(invariant id, message)``; empty means it holds.
+``docs/invariants.md`` is generated from :data:`CATALOG` plus the checks that cite each id, and a
+test keeps the two in step.  The reference engine may use these predicates in its contracts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from spec.canonical import is_canonical, payload_hash
+from spec.errors import ErrorCode
+from spec.schema import PERSISTENT_TABLES, TABLES
+from spec.state import DbState
+from spec.transitions import (
+    ASSIGNMENT_STATUSES,
+    ASSIGNMENT_TERMINAL,
+    ASSIGNMENT_TRANSITIONS,
+    BRIDGE_STATUSES,
+    PRESENCE_OFFLINE_REASONS,
+    PRESENCE_STATUSES,
+    PROVIDER_STATUSES,
+)
+from spec.values import (
+    BridgeOutbox,
+    ComputeAssignment,
+    ProviderCapability,
+    SessionPresence,
+    SyncCheckpoint,
+    SyncEvent,
+    SyncStream,
+)
+
+Violation = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Invariant:
+    id: str
+    kind: str
+    statement: str
+
+
+CATALOG: tuple[Invariant, ...] = (
+    Invariant("SEQ-1", "state", "Per stream, the retained events' seqs are exactly floor_seq..head_seq, contiguous, "
+              "with 1 <= floor_seq <= head_seq + 1; every event belongs to an existing stream and to an epoch "
+              "no later than the stream's."),
+    Invariant("SEQ-2", "trace", "A (stream_id, epoch, seq) never names two different payloads, over the whole "
+              "run, across crashes and restarts: not in the ledger, not in anything any client ever received "
+              "or applied. In particular a seq is never reused within an epoch."),
+    Invariant("SEQ-3", "transition", "A stream's head_seq, floor_seq and epoch never decrease from one committed "
+              "state to the next; a retained event row never changes."),
+    Invariant("SEQ-4", "call", "An append that writes assigns seq = head_seq + 1 and returns it; the first "
+              "append of a stream gives seq 1."),
+    Invariant("IDEM-1", "state", "Within a stream, (stream_id, idempotency_key) and (stream_id, seq) are each "
+              "unique among retained events."),
+    Invariant("IDEM-2", "call", "An append whose key is retained with the same payload hash succeeds, returns "
+              "the original seq and writes nothing -- whatever expected_next_seq says (dedupe before sequence)."),
+    Invariant("IDEM-3", "call", "An append whose key is retained with a different payload hash always fails "
+              "with idempotency_conflict, naming the existing seq and hash."),
+    Invariant("HASH-1", "state", "Every stored payload (event payloads, capabilities, requests, results) is "
+              "canonical JSON and its stored hash is sha256 of its UTF-8 bytes."),
+    Invariant("HASH-2", "call", "Canonicalization is a function of the JSON value: it is idempotent, rejects "
+              "every non-representable input with a specific reason, and matches the conformance vectors."),
+    Invariant("CKPT-1", "state", "A checkpoint in the stream's current epoch never passes the stream's head."),
+    Invariant("CKPT-2", "transition", "Within an epoch a checkpoint's last_applied_seq never decreases; its owner "
+              "never changes."),
+    Invariant("DELIV-1", "trace", "Each connection receives transactions in commit order: message offsets never "
+              "decrease, and a TransactionUpdate's offset is greater than that of everything received before."),
+    Invariant("DELIV-2", "trace", "After its snapshot, the rows a client holds for a query set equal the query "
+              "set's result on the server state at the offset of the last message received: no row missed, "
+              "none duplicated, no delete of a row never sent."),
+    Invariant("DELIV-3", "trace", "The caller of a reducer that commits gets exactly one ReducerResult for it and "
+              "no TransactionUpdate for that transaction."),
+    Invariant("DELIV-4", "call", "A failed reducer changes nothing, takes no offset, and only its caller hears of "
+              "it."),
+    Invariant("REPLAY-1", "trace", "A client's applied events per (stream, epoch) are contiguous: each applied seq "
+              "is last + 1 (duplicates dropped, gaps never applied), and its watermark never decreases "
+              "within an epoch."),
+    Invariant("REPLAY-2", "convergence", "Resume from watermark W yields exactly the events after W (NoEventLoss): "
+              "after faults heal, each client's view of each followed stream equals the authority's events "
+              "of the current epoch up to head, and its watermark equals head."),
+    Invariant("STALE-1", "trace", "A resume subscription is rejected with stale_cursor exactly when one of the "
+              "reasons holds on the snapshot state (epoch_changed, retention_floor_breach, "
+              "replay_budget_exceeded, cursor_ahead_of_head), and the details carry all of them."),
+    Invariant("STALE-2", "trace", "A resume subscription that is not stale never skips a compacted event: "
+              "floor_seq <= W + 1 on the snapshot state."),
+    Invariant("CONF-1", "trace", "A confirmed-read client never receives a message derived from a transaction "
+              "offset that is not durable at the time it is received."),
+    Invariant("CONF-2", "trace", "No event a confirmed-read client received is ever lost by a crash."),
+    Invariant("EVT-1", "state", "Event-table rows are never in the database state, hence never in a snapshot "
+              "or in the durable state."),
+    Invariant("EVT-2", "trace", "Event-table rows reach clients only as EventTable rows of the transaction that "
+              "emitted them, never in a SubscribeApplied."),
+    Invariant("AUTH-1", "trace", "No client receives a row it may not read: stream rows only for granted "
+              "streams, checkpoints only by their owner, bridge rows only by bridge scopes, assignments "
+              "only by requester, provider owner or compute scopes."),
+    Invariant("AUTH-2", "call", "A reducer call without the required scope or stream grant fails with "
+              "missing_scope / forbidden_stream before any other check and changes nothing."),
+    Invariant("COMPAT-1", "call", "Compatibility negotiation applies its checks in the documented order; the "
+              "first failing check decides the code."),
+    Invariant("PRES-1", "state", "A presence row's status is valid; it is offline exactly when it has an "
+              "offline_reason; expires_at >= last_seen."),
+    Invariant("PRES-2", "transition", "After a presence sweep at time t no live (non-offline) row has "
+              "expires_at <= t; a status change emits exactly one presence_signal."),
+    Invariant("ASSIGN-1", "transition", "A compute assignment changes only along the transition table, bumping "
+              "version by exactly 1; terminal rows never change."),
+    Invariant("ASSIGN-2", "state", "Assignment status is valid and version >= 1; assigned, running, completed "
+              "and failed rows name a provider."),
+    Invariant("BRIDGE-1", "state", "An outbox row is sent exactly when it has a nostr_event_id; failed rows have "
+              "reached the maximum attempts; pending rows are below it."),
+    Invariant("BRIDGE-2", "transition", "A sent outbox row never changes; attempts never decrease."),
+    Invariant("PROV-1", "transition", "A provider capability's version rises by exactly 1 on every content change "
+              "and never without one."),
+    Invariant("DUR-1", "trace", "After a crash the state is exactly the durable prefix: every transaction "
+              "reported durable is present, nothing after it is."),
+    Invariant("DUR-2", "trace", "Recovery from an unclean restart moves every stream to an epoch above every "
+              "epoch that can have been handed out, so lost transactions can never alias new ones."),
+    Invariant("SLOW-1", "trace", "No outbound queue exceeds its bound; a client past it is disconnected with "
+              "slow_consumer, and its watermarks survive for the resume."),
+    Invariant("KEY-1", "state", "Primary keys and unique indexes hold in every table."),
+)
+
+CATALOG_BY_ID = {i.id: i for i in CATALOG}
+
+
+# --- definitional predicates ---------------------------------------------------------------
+
+
+def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
+                  watermark: int) -> tuple[str, ...]:
+    """Why resuming from (requested_epoch, watermark) cannot yield exactly the events after it."""
+    reasons = []
+    if requested_epoch is not None and requested_epoch != epoch:
+        reasons.append("epoch_changed")
+    if watermark < floor - 1:
+        reasons.append("retention_floor_breach")
+    if head - watermark > budget:
+        reasons.append("replay_budget_exceeded")
+    if watermark > head:
+        reasons.append("cursor_ahead_of_head")
+    return tuple(reasons)
+
+
+def seqs_contiguous(seqs: Sequence[int], floor: int, head: int) -> bool:
+    return list(seqs) == list(range(floor, head + 1))
+
+
+# --- state ---------------------------------------------------------------------------------
+
+
+def check_state(db: DbState, bridge_max_attempts: int = 5) -> list[Violation]:
+    v: list[Violation] = []
+    streams = {s.stream_id: s for s in db.of_type(SyncStream)}
+    events = list(db.of_type(SyncEvent))
+    for sid, s in streams.items():
+        seqs = sorted(e.seq for e in events if e.stream_id == sid)
+        if not (1 <= s.floor_seq <= s.head_seq + 1) or not seqs_contiguous(seqs, s.floor_seq, s.head_seq):
+            v.append(("SEQ-1", f"{sid}: seqs {seqs[:8]}... floor {s.floor_seq} head {s.head_seq}"))
+    for e in events:
+        s = streams.get(e.stream_id)
+        if s is None or e.epoch > s.epoch:
+            v.append(("SEQ-1", f"event {e.stream_id}/{e.seq} has no stream or a future epoch"))
+        if not is_canonical(e.payload) or payload_hash(e.payload) != e.payload_hash:
+            v.append(("HASH-1", f"event {e.stream_id}/{e.seq} payload/hash"))
+    for key in (("stream_id", "seq"), ("stream_id", "idempotency_key")):
+        dup = [k for k, n in Counter(tuple(getattr(e, c) for c in key) for e in events).items() if n > 1]
+        if dup:
+            v.append(("IDEM-1", f"duplicate {key}: {dup[:3]}"))
+    for c in db.of_type(SyncCheckpoint):
+        s = streams.get(c.stream_id)
+        head = s.head_seq if s else 0
+        epoch = s.epoch if s else db.epoch_floor
+        if c.epoch == epoch and c.last_applied_seq > head:
+            v.append(("CKPT-1", f"{c.checkpoint_id}: {c.last_applied_seq} > head {head}"))
+        if c.checkpoint_id != f"{c.client_id}|{c.stream_id}":
+            v.append(("KEY-1", f"checkpoint id {c.checkpoint_id}"))
+    for p in db.of_type(SessionPresence):
+        if p.status not in PRESENCE_STATUSES or (p.status == "offline") != (p.offline_reason is not None) \
+                or (p.offline_reason is not None and p.offline_reason not in PRESENCE_OFFLINE_REASONS) \
+                or p.expires_at < p.last_seen:
+            v.append(("PRES-1", f"presence {p.session_id}: {p.status}/{p.offline_reason}"))
+    for a in db.of_type(ComputeAssignment):
+        if a.status not in ASSIGNMENT_STATUSES or a.version < 1 or (
+                a.status in ("assigned", "running", "completed", "failed") and a.provider_id is None):
+            v.append(("ASSIGN-2", f"assignment {a.request_id}: {a.status} v{a.version}"))
+        if not is_canonical(a.request) or payload_hash(a.request) != a.request_hash or (
+                a.result is not None and not is_canonical(a.result)):
+            v.append(("HASH-1", f"assignment {a.request_id}"))
+    for b in db.of_type(BridgeOutbox):
+        bad = b.status not in BRIDGE_STATUSES or (b.status == "sent") != (b.nostr_event_id is not None) \
+            or (b.status == "failed" and b.attempts < bridge_max_attempts) \
+            or (b.status == "pending" and b.attempts >= bridge_max_attempts)
+        if bad:
+            v.append(("BRIDGE-1", f"outbox {b.outbox_id}: {b.status} attempts {b.attempts}"))
+    for pc in db.of_type(ProviderCapability):
+        if pc.status not in PROVIDER_STATUSES or pc.version < 1 or not is_canonical(pc.capability) \
+                or payload_hash(pc.capability) != pc.capability_hash:
+            v.append(("HASH-1", f"provider {pc.provider_id}"))
+    for t in TABLES:
+        if t.event and db.rows(t.name):
+            v.append(("EVT-1", f"event table {t.name} holds rows"))
+    for t in PERSISTENT_TABLES:
+        if t.primary_key:
+            keys = Counter(t.key_of(r) for r in db.rows(t.name))
+            if any(n > 1 for n in keys.values()):
+                v.append(("KEY-1", f"{t.name}: duplicate primary key"))
+    return v
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def _by(rows: Iterable[Any], key: str) -> dict[Any, Any]:
+    return {getattr(r, key): r for r in rows}
+
+
+def check_transition(before: DbState, after: DbState) -> list[Violation]:
+    v: list[Violation] = []
+    s0, s1 = _by(before.of_type(SyncStream), "stream_id"), _by(after.of_type(SyncStream), "stream_id")
+    for sid, a in s0.items():
+        b = s1.get(sid)
+        if b is None or b.head_seq < a.head_seq or b.floor_seq < a.floor_seq or b.epoch < a.epoch:
+            v.append(("SEQ-3", f"stream {sid} went backwards"))
+    e0 = {(e.stream_id, e.seq): e for e in before.of_type(SyncEvent)}
+    for e in after.of_type(SyncEvent):
+        old = e0.get((e.stream_id, e.seq))
+        if old is not None and old != e:
+            v.append(("SEQ-3", f"event {e.stream_id}/{e.seq} changed"))
+    c0, c1 = _by(before.of_type(SyncCheckpoint), "checkpoint_id"), _by(after.of_type(SyncCheckpoint), "checkpoint_id")
+    for cid, a in c0.items():
+        b = c1.get(cid)
+        if b is not None and (b.owner != a.owner or (b.epoch == a.epoch and b.last_applied_seq < a.last_applied_seq)):
+            v.append(("CKPT-2", f"checkpoint {cid} decreased or changed owner"))
+    a0, a1 = _by(before.of_type(ComputeAssignment), "request_id"), _by(after.of_type(ComputeAssignment), "request_id")
+    for rid, a in a0.items():
+        b = a1.get(rid)
+        if b is None or b == a:
+            continue
+        if a.status in ASSIGNMENT_TERMINAL or (a.status, b.status) not in ASSIGNMENT_TRANSITIONS \
+                or b.version != a.version + 1:
+            v.append(("ASSIGN-1", f"assignment {rid}: {a.status} v{a.version} -> {b.status} v{b.version}"))
+    b0, b1 = _by(before.of_type(BridgeOutbox), "outbox_id"), _by(after.of_type(BridgeOutbox), "outbox_id")
+    for oid, a in b0.items():
+        b = b1.get(oid)
+        if b is not None and ((a.status == "sent" and b != a) or b.attempts < a.attempts):
+            v.append(("BRIDGE-2", f"outbox {oid} changed after sent or attempts decreased"))
+    p0 = _by(before.of_type(ProviderCapability), "provider_id")
+    p1 = _by(after.of_type(ProviderCapability), "provider_id")
+    for pid, a in p0.items():
+        b = p1.get(pid)
+        if b is None:
+            continue
+        same = (a.capability_hash, a.nip90_kinds, a.price_hint_sats, a.status) == (
+            b.capability_hash, b.nip90_kinds, b.price_hint_sats, b.status)
+        if (same and b.version != a.version) or (not same and b.version != a.version + 1):
+            v.append(("PROV-1", f"provider {pid}: v{a.version} -> v{b.version}, same content: {same}"))
+    return v
+
+
+def check_sweep(after: DbState, now: int) -> list[Violation]:
+    return [("PRES-2", f"presence {p.session_id} live past expiry") for p in after.of_type(SessionPresence)
+            if p.status != "offline" and p.expires_at <= now]
+
+
+# --- calls -------------------------------------------------------------------------------------
+
+
+def check_call(before: DbState, scopes: frozenset[str], granted: bool, reducer: str, args: tuple[Any, ...],
+               outcome_ok: bool, ret: int | None, error_code: ErrorCode | None, wrote: bool,
+               after: DbState) -> list[Violation]:
+    """Call-level invariants.  ``granted``: the caller holds a grant for the call's stream (if any)."""
+    v: list[Violation] = []
+    if not outcome_ok and after != before:
+        v.append(("DELIV-4", f"failed {reducer} changed the state"))
+    if reducer == "append_sync_event":
+        stream_id, key, payload_json = args[0], args[1], args[2]
+        if "sync.append" not in scopes:
+            if error_code is not ErrorCode.MISSING_SCOPE:
+                v.append(("AUTH-2", f"append without scope gave {error_code}"))
+            return v
+        if not granted:
+            if error_code is not ErrorCode.FORBIDDEN_STREAM:
+                v.append(("AUTH-2", f"append without grant gave {error_code}"))
+            return v
+        existing = before.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == key)
+        try:
+            from spec.canonical import canonicalize
+            digest: str | None = payload_hash(canonicalize(payload_json))
+        except Exception:
+            digest = None
+        arg_error = error_code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.NON_CANONICAL_PAYLOAD,
+                                   ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.PAYLOAD_HASH_MISMATCH)
+        if existing is not None and digest is not None and not arg_error:
+            if existing.payload_hash == digest:
+                if not outcome_ok or ret != existing.seq or wrote:
+                    v.append(("IDEM-2", f"retry of {stream_id}/{key} gave ok={outcome_ok} ret={ret} wrote={wrote}"))
+            elif error_code is not ErrorCode.IDEMPOTENCY_CONFLICT:
+                v.append(("IDEM-3", f"different payload under {stream_id}/{key} gave {error_code}"))
+        if outcome_ok and wrote:
+            s = before.find(SyncStream, lambda r: r.stream_id == stream_id)
+            head = s.head_seq if s else 0
+            if ret != head + 1:
+                v.append(("SEQ-4", f"append to {stream_id} returned {ret}, head was {head}"))
+    return v
+
+
+# --- convergence ------------------------------------------------------------------------------
+
+
+def check_convergence(views: Iterable[tuple[str, str, int | None, int, Sequence[tuple[int, str]]]],
+                      db: DbState, ledger: Sequence[SyncEvent]) -> list[Violation]:
+    """``views``: (client, stream, epoch, watermark, applied) after quiescence."""
+    v: list[Violation] = []
+    streams = _by(db.of_type(SyncStream), "stream_id")
+    for client, sid, epoch, last, applied in views:
+        s = streams.get(sid)
+        cur_epoch, head = (s.epoch, s.head_seq) if s else (db.epoch_floor, 0)
+        truth = [(e.seq, e.payload_hash) for e in sorted(ledger, key=lambda e: e.seq)
+                 if e.stream_id == sid and e.epoch == cur_epoch and e.seq <= head]
+        if epoch != cur_epoch or last != head:
+            v.append(("REPLAY-2", f"{client}/{sid}: at epoch {epoch} seq {last}, server at {cur_epoch}/{head}"))
+        elif list(applied) != truth:
+            v.append(("REPLAY-2", f"{client}/{sid}: view differs from the authority"))
+    return v

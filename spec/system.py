@@ -1,0 +1,206 @@
+"""The system machine: one server, N clients and the network between them.
+
+Composes :class:`spec.delivery.Server` and :class:`spec.client.Client` under faults.  The
+network is two FIFO channels per connection (it is TCP): client -> server (``inbox``) and
+server -> client (the server's outbound queue, drained by :meth:`System.deliver` subject to
+confirmed-read gating).  Across connections nothing is ordered.  Faults:
+
+* a connection drops (both channels lose their contents; the client reconnects later and
+  resumes from its persisted watermarks);
+* a reconnecting client resends a call it has no answer for (a duplicate frame);
+* the durable offset lags behind the committed one, then advances;
+* the server crashes (losing the non-durable suffix) or restarts cleanly;
+* compaction, presence sweeps on a logical clock, and admin epoch resets happen.
+
+Every observation a client makes is recorded (:attr:`System.trace`) so that the invariants of
+:mod:`spec.invariants` can be checked after every step; :meth:`System.quiesce` heals all faults
+and drains the network, after which the convergence invariants must hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spec.auth import Claims
+from spec.client import Client
+from spec.delivery import Server
+from spec.messages import ClientMessage, Outbound, Subscribe, Unsubscribe
+from spec.policy import Policy
+from spec.reducers import CallContext, Ok, call, compact, presence_sweep, virtual_stream
+from spec.state import DbState
+from spec.trace import Mirror, Trace
+from spec.values import SyncEvent
+
+ADMIN = Claims("f" * 64, frozenset({"sync.admin"}), ("*",))
+
+
+@dataclass
+class Link:
+    conn_id: int
+    inbox: list[ClientMessage] = field(default_factory=list)
+    subscribed: dict[int, tuple[str, ...]] = field(default_factory=dict)  # qs -> queries sent
+    mirrors: dict[int, Mirror] = field(default_factory=dict)  # qs -> rows received
+
+
+class System:
+    def __init__(self, policy: Policy, clients: list[tuple[str, Claims, bool]], max_queue: int = 64,
+                 max_undurable: int = 8) -> None:
+        self.server = Server(policy, max_queue=max_queue, max_undurable=max_undurable)
+        self.clients: list[Client] = [Client(cid, claims, confirmed, self.authority)
+                                      for cid, claims, confirmed in clients]
+        self.links: dict[int, Link] = {}  # client index -> live link
+        self.trace = Trace(policy=policy)
+        self.states: dict[int, DbState] = {0: self.server.db}
+        self.trace.record_state(0, self.server.db)
+
+    # --- the system of record, for rebootstrap ------------------------------------------------
+
+    def authority(self, stream_id: str) -> tuple[int, int, tuple[tuple[int, str], ...]]:
+        epoch, head, _ = virtual_stream(self.server.durable_db, stream_id)
+        events = tuple((e.seq, e.payload_hash) for e in self.server.ledger
+                       if e.stream_id == stream_id and e.epoch == epoch and e.seq <= head
+                       and e.tx_offset <= self.server.durable)
+        return epoch, head, events
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _sync_states(self) -> None:
+        s = self.server
+        for c in s.history:
+            if c.offset not in self.states or self.states[c.offset] is not c.state:
+                self.states[c.offset] = c.state
+                self.trace.record_state(c.offset, c.state)
+        self.states[s.committed] = s.db
+        self.trace.record_state(s.committed, s.db)
+
+    def _send(self, i: int, msgs: list[ClientMessage]) -> None:
+        link = self.links.get(i)
+        if link is None:
+            return
+        for m in msgs:
+            if isinstance(m, Subscribe):
+                link.subscribed[m.query_set_id] = m.queries
+            elif isinstance(m, Unsubscribe):
+                link.subscribed.pop(m.query_set_id, None)
+                link.mirrors.pop(m.query_set_id, None)
+            link.inbox.append(m)
+
+    def _drop_dead_links(self) -> None:
+        for i, link in list(self.links.items()):
+            if link.conn_id not in self.server.conns:
+                del self.links[i]
+                self.clients[i].on_disconnect()
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def connect(self, i: int) -> None:
+        if i in self.links:
+            return
+        c = self.clients[i]
+        conn_id = self.server.connect(c.claims, c.confirmed)
+        self.links[i] = Link(conn_id)
+        self._send(i, c.on_connect())
+
+    def disconnect(self, i: int) -> None:
+        link = self.links.pop(i, None)
+        if link is None:
+            return
+        self.server.close(link.conn_id)
+        self.clients[i].on_disconnect()
+        self._after_server_step()
+
+    def follow(self, i: int, stream_id: str) -> None:
+        self._send(i, self.clients[i].follow(stream_id))
+
+    def call(self, i: int, reducer: str, args: tuple[object, ...]) -> None:
+        msg = self.clients[i].call(reducer, args)
+        self._send(i, [msg])
+
+    def resend(self, i: int) -> bool:
+        """A reconnecting client resends its oldest unanswered call (possibly a duplicate)."""
+        c = self.clients[i]
+        if i not in self.links or not c.pending:
+            return False
+        self._send(i, [c.pending[min(c.pending)]])
+        return True
+
+    def server_step(self, i: int) -> bool:
+        link = self.links.get(i)
+        if link is None or not link.inbox:
+            return False
+        if not self.server.can_commit():
+            return False  # back-pressure: the server waits for durability
+        msg = link.inbox.pop(0)
+        self.server.handle(link.conn_id, msg)
+        self._after_server_step()
+        return True
+
+    def _after_server_step(self) -> None:
+        self._sync_states()
+        self._drop_dead_links()
+        self.trace.check_queues(self.server)
+
+    def deliver(self, i: int) -> bool:
+        link = self.links.get(i)
+        if link is None or not self.server.releasable(link.conn_id):
+            return False
+        out: Outbound = self.server.pop(link.conn_id)
+        c = self.clients[i]
+        self.trace.observe(i, c, link, out, self.server.durable, self.states)
+        self._send(i, c.on_message(out.message))
+        self.trace.observe_client(i, c)
+        return True
+
+    def advance_durable(self, k: int) -> None:
+        self.server.advance_durable(self.server.durable + k)
+
+    def crash(self) -> None:
+        self.server.crash()
+        self.states = {o: st for o, st in self.states.items() if o < self.server.committed}
+        self.trace.on_crash(self.server.durable - 1, self.server.db, self.server.ledger)
+        self._sync_states()
+        self._drop_dead_links()
+
+    def clean_restart(self) -> None:
+        self.server.clean_restart()
+        self._drop_dead_links()
+
+    def tick(self, dt_us: int) -> None:
+        self.server.now += dt_us
+        if self.server.system_tx(presence_sweep(self.server.db, self.server.now)):
+            self.trace.record_state(self.server.committed, self.server.db, sweep_now=self.server.now)
+        self._after_server_step()
+
+    def compact(self) -> None:
+        self.server.system_tx(compact(self.server.db, self.server.now, self.server.policy))
+        self._after_server_step()
+
+    def reset_epoch(self, stream_id: str) -> None:
+        if not self.server.can_commit():
+            return
+        ctx = CallContext(ADMIN, self.server.now, self.server.committed + 1, self.server.policy)
+        outcome = call(self.server.db, ctx, "reset_stream_epoch", (stream_id,))
+        if isinstance(outcome, Ok):
+            self.server.system_tx(outcome)
+        self._after_server_step()
+
+    # --- healing ---------------------------------------------------------------------------------
+
+    def quiesce(self, max_steps: int = 20000) -> None:
+        """Heal every fault and drain the network until nothing moves."""
+        for _ in range(max_steps):
+            self.advance_durable(self.server.committed)
+            for i in range(len(self.clients)):
+                self.connect(i)
+            moved = False
+            for i in range(len(self.clients)):
+                while self.deliver(i):
+                    moved = True
+                while self.server_step(i):
+                    moved = True
+            if not moved:
+                return
+        raise AssertionError("the system did not quiesce")
+
+    def ledger_events(self) -> list[SyncEvent]:
+        return list(self.server.ledger)

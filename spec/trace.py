@@ -1,0 +1,262 @@
+"""Trace invariants: checks over what every client observed, step by step.
+
+:class:`Trace` is fed by :class:`spec.system.System` -- every committed state, every message a
+client consumes, every crash -- and accumulates :data:`~spec.invariants.Violation` s.  It keeps:
+
+* the global map (stream, epoch, seq) -> payload hash of everything ever committed or received
+  (SEQ-2), which survives crashes on purpose;
+* per connection, the offset of the last message (DELIV-1) and, per query set, a mirror of the
+  rows received, compared after every message with the query set evaluated on the server state
+  at that message's offset (DELIV-2);
+* the events each confirmed-read client received, which a crash must never lose (CONF-2).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from spec import query as q
+from spec.auth import can_read
+from spec.errors import ErrorCode, SyncError
+from spec.invariants import Violation, check_state, check_sweep, check_transition, stale_reasons
+from spec.messages import (
+    Outbound,
+    QuerySetUpdate,
+    ReducerOk,
+    ReducerResult,
+    SubscribeApplied,
+    SubscriptionError,
+    TableRows,
+    TransactionUpdate,
+)
+from spec.policy import DEFAULT_POLICY, Policy
+from spec.reducers import virtual_stream
+from spec.schema import TABLE_BY_NAME
+from spec.state import DbState
+from spec.values import ProviderCapability, Row, SyncEvent, SyncStream
+
+if TYPE_CHECKING:
+    from spec.client import Client
+    from spec.delivery import Server
+
+
+@dataclass
+class Mirror:
+    rows: Counter[Row] = field(default_factory=Counter)
+
+
+@dataclass
+class Trace:
+    violations: list[Violation] = field(default_factory=list)
+    seen: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    states: dict[int, DbState] = field(default_factory=dict)
+    last_offset: dict[tuple[int, int], int] = field(default_factory=dict)  # (client, conn) -> offset
+    last_tx: dict[tuple[int, int], int] = field(default_factory=dict)
+    confirmed_seen: set[tuple[str, int, int, str]] = field(default_factory=set)
+    watermark: dict[tuple[int, str], tuple[int | None, int]] = field(default_factory=dict)
+    steps: int = 0
+    policy: Policy = DEFAULT_POLICY
+
+    def _v(self, inv_id: str, msg: str) -> None:
+        self.violations.append((inv_id, msg))
+
+    def _see(self, e: SyncEvent, where: str) -> None:
+        key = (e.stream_id, e.epoch, e.seq)
+        old = self.seen.setdefault(key, e.payload_hash)
+        if old != e.payload_hash:
+            self._v("SEQ-2", f"{key} named {old[:15]} and {e.payload_hash[:15]} ({where})")
+
+    # --- server side ----------------------------------------------------------------------------
+
+    def record_state(self, offset: int, db: DbState, sweep_now: int | None = None) -> None:
+        if self.states.get(offset) is db:
+            return
+        prev = self.states.get(offset - 1)
+        self.states[offset] = db
+        self.violations.extend(check_state(db))
+        if prev is not None:
+            self.violations.extend(check_transition(prev, db))
+        if sweep_now is not None:
+            self.violations.extend(check_sweep(db, sweep_now))
+        for e in db.of_type(SyncEvent):
+            self._see(e, f"state@{offset}")
+
+    def record_ledger(self, ledger: list[SyncEvent]) -> None:
+        for e in ledger:
+            self._see(e, "ledger")
+
+    def on_crash(self, durable: int, db: DbState, ledger: list[SyncEvent]) -> None:
+        """After recovery: DUR-1 (the durable prefix, nothing more), CONF-2, DUR-2."""
+        prior = self.states.get(durable)
+        self.states = {o: st for o, st in self.states.items() if o <= durable}
+        if prior is not None:
+            def strip(st: DbState) -> dict[str, frozenset[Any]]:
+                out = {t: frozenset(rows) for t, rows in st.tables.items() if t != "sync_stream"}
+                out["sync_stream"] = frozenset((r.stream_id, r.head_seq, r.floor_seq)
+                                               for r in st.of_type(SyncStream))
+                return out
+            if strip(prior) != strip(db):
+                self._v("DUR-1", f"state after crash differs from the durable state at {durable}")
+        present = {(e.stream_id, e.epoch, e.seq, e.payload_hash) for e in ledger}
+        for ev in sorted(self.confirmed_seen):
+            if ev not in present:
+                self._v("CONF-2", f"a confirmed-read client saw {ev[:3]} and the crash lost it")
+        self.check_epochs_above(db)
+
+    def check_epochs_above(self, db: DbState) -> None:
+        """DUR-2: after recovery every stream's epoch (and the floor for new ones) is above
+        every epoch ever observed for it."""
+        for (stream, epoch, _seq) in self.seen:
+            if virtual_stream(db, stream)[0] <= epoch:
+                self._v("DUR-2", f"{stream}: epoch after recovery {virtual_stream(db, stream)[0]} <= seen {epoch}")
+
+    def check_queues(self, server: Server) -> None:
+        for conn in server.conns.values():
+            if len(conn.outbound) > server.max_queue:
+                self._v("SLOW-1", f"conn {conn.conn_id} queue {len(conn.outbound)} > {server.max_queue}")
+
+    # --- client side ----------------------------------------------------------------------------
+
+    def observe(self, i: int, client: Client, link: Any, out: Outbound, durable: int,
+                states: dict[int, DbState]) -> None:
+        self.steps += 1
+        key = (i, link.conn_id)
+        msg = out.message
+        if client.confirmed and out.offset > durable:
+            self._v("CONF-1", f"client {i} got offset {out.offset} with durable {durable}")
+        last = self.last_offset.get(key, -1)
+        if out.offset < last:
+            self._v("DELIV-1", f"client {i} got offset {out.offset} after {last}")
+        if isinstance(msg, TransactionUpdate) and out.offset <= last:
+            self._v("DELIV-1", f"client {i} got TransactionUpdate {out.offset} after offset {last}")
+        if isinstance(msg, ReducerResult) and isinstance(msg.outcome, ReducerOk) \
+                and self.last_tx.get(key) == out.offset and msg.outcome.query_sets:
+            self._v("DELIV-3", f"client {i} got both an update and a result for offset {out.offset}")
+        if isinstance(msg, TransactionUpdate):
+            self.last_tx[key] = out.offset
+        self.last_offset[key] = max(last, out.offset)
+        state = states.get(out.offset)
+        if state is None:
+            return
+        claims = client.claims
+
+        def owner(pid: str) -> str | None:
+            p = state.find(ProviderCapability, lambda r: r.provider_id == pid)
+            return p.owner if p else None
+
+        def rows_of(parts: tuple[TableRows, ...]) -> list[Row]:
+            return [r for t in parts for r in (*t.inserts, *t.deletes)]
+
+        delivered: list[Row] = []
+        if isinstance(msg, SubscribeApplied):
+            delivered = rows_of(msg.rows)
+            if any(TABLE_BY_NAME[t.table].event for t in msg.rows):
+                self._v("EVT-2", f"client {i} got event rows in a snapshot")
+            queries = link.subscribed.get(msg.query_set_id, ())
+            self._check_resume(i, queries, state, stale=None)
+            m = Mirror()
+            for t in msg.rows:
+                m.rows.update(t.inserts)
+            link.mirrors[msg.query_set_id] = m
+        elif isinstance(msg, SubscriptionError):
+            queries = link.subscribed.get(msg.query_set_id, ())
+            try:
+                err = SyncError.parse(msg.error)
+            except Exception:
+                err = None
+            if err is not None and err.code is ErrorCode.STALE_CURSOR:
+                self._check_resume(i, queries, state, stale=err)
+        else:
+            updates: tuple[QuerySetUpdate, ...] = ()
+            if isinstance(msg, TransactionUpdate):
+                updates = msg.query_sets
+            elif isinstance(msg, ReducerResult) and isinstance(msg.outcome, ReducerOk):
+                updates = msg.outcome.query_sets
+            for u in updates:
+                delivered.extend(rows_of(u.tables))
+                mirror = link.mirrors.get(u.query_set_id)
+                for t in u.tables:
+                    if t.event:
+                        continue
+                    if mirror is None:
+                        continue
+                    for r in t.deletes:
+                        if mirror.rows[r] <= 0:
+                            self._v("DELIV-2", f"client {i} got a delete of a row it never had: {r}")
+                        mirror.rows[r] -= 1
+                    mirror.rows.update(t.inserts)
+        for r in delivered:
+            if not can_read(claims, r, owner):
+                self._v("AUTH-1", f"client {i} received {type(r).__name__} it may not read")
+            if isinstance(r, SyncEvent):
+                self._see(r, f"client {i}")
+                if client.confirmed:
+                    self.confirmed_seen.add((r.stream_id, r.epoch, r.seq, r.payload_hash))
+        # DELIV-2: every live mirror equals its query set on the state at this offset
+        for qs_id, mirror in link.mirrors.items():
+            queries = link.subscribed.get(qs_id)
+            if queries is None:
+                continue
+            expected: Counter[Row] = Counter()
+            for text in queries:
+                try:
+                    parsed = q.parse(text)
+                except SyncError:
+                    continue
+                for pq in parsed:
+                    if TABLE_BY_NAME[pq.table].event:
+                        continue
+                    for r in state.rows(pq.table):
+                        if q.matches(pq, r) and can_read(claims, r, owner):
+                            expected[r] = 1
+            got = +mirror.rows
+            if got != expected:
+                missing = list((expected - got).elements())[:2]
+                extra = list((got - expected).elements())[:2]
+                self._v("DELIV-2", f"client {i} qs {qs_id} at {out.offset}: missing {missing} extra {extra}")
+
+    def _check_resume(self, i: int, queries: tuple[str, ...], state: DbState, stale: SyncError | None) -> None:
+        for text in queries:
+            try:
+                parsed = q.parse(text)
+            except SyncError:
+                continue
+            for pq in parsed:
+                sid = q.pinned_value(pq, "stream_id")
+                w = q.lower_bound_exclusive(pq, "seq")
+                if pq.table != "sync_event" or not isinstance(sid, str) or w is None:
+                    continue
+                ep = q.pinned_value(pq, "epoch")
+                epoch, head, floor = virtual_stream(state, sid)
+                budget = self.policy.class_for(sid).replay_budget
+                reasons = stale_reasons(epoch, head, floor, budget, ep if isinstance(ep, int) else None, w)
+                if stale is None:
+                    if reasons:
+                        self._v("STALE-1", f"client {i} resumed {sid} from {w} though {reasons}")
+                    if floor > w + 1:
+                        self._v("STALE-2", f"client {i} resumed {sid} from {w} past floor {floor}")
+                elif stale.details.get("stream_id") == sid:
+                    got = tuple(stale.details.get("reasons", ()))
+                    expected = stale_reasons(epoch, head, floor, int(stale.details.get("replay_budget", 0)),
+                                             ep if isinstance(ep, int) else None, w)
+                    if got != expected or not got:
+                        self._v("STALE-1", f"client {i} stale {sid} reasons {got}, expected {expected}")
+
+    def observe_client(self, i: int, client: Client) -> None:
+        for sid, view in client.streams.items():
+            seqs = [s for s, _ in view.applied]
+            if any(b != a + 1 for a, b in itertools.pairwise(seqs)):
+                self._v("REPLAY-1", f"client {i} {sid} applied {seqs[-6:]}")
+            prev = self.watermark.get((i, sid))
+            if prev is not None and prev[0] == view.epoch and view.last < prev[1]:
+                self._v("REPLAY-1", f"client {i} {sid} watermark went {prev[1]} -> {view.last}")
+            self.watermark[(i, sid)] = (view.epoch, view.last)
+            for seq, h in view.applied:
+                if view.epoch is not None:
+                    key = (sid, view.epoch, seq)
+                    old = self.seen.setdefault(key, h)
+                    if old != h:
+                        self._v("SEQ-2", f"client {i} applied {key} as {h[:15]}, elsewhere {old[:15]}")

@@ -1,0 +1,337 @@
+"""Properties of canonical JSON (spec/canonical.py, DESIGN §2 "Canonical JSON").
+
+The reference point is the rule's own definition: the canonical text of any JSON value within
+the rules is ``json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, however
+the input spelled it (layout, key order, escapes); anything else is rejected with
+``non_canonical_payload`` and exactly the reason for its one defect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spec.canonical import (
+    MAX_DEPTH,
+    MAX_SAFE_INTEGER,
+    REASONS,
+    canonical_and_hash,
+    canonicalize,
+    is_canonical,
+    payload_hash,
+)
+from spec.errors import ErrorCode, SyncError
+
+HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
+NAMED = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+
+# ------------------------------------------------------------------------------ strategies
+
+safe_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+scalars = st.none() | st.booleans() | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER) | safe_text
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(safe_text, children, max_size=5),
+    max_leaves=25,
+)
+small_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(safe_text, children, max_size=3),
+    max_leaves=5,
+)
+whitespace = st.text(" \t\n\r", max_size=3)
+
+
+def expected_canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _u_escape(draw: st.DrawFn, ch: str) -> str:
+    """``\\uXXXX`` (a surrogate pair beyond U+FFFF), hex case chosen at random."""
+    units = ch.encode("utf-16-be")
+    spec = draw(st.sampled_from(["04x", "04X"]))
+    return "".join("\\u" + format(int.from_bytes(units[i:i + 2], "big"), spec)
+                   for i in range(0, len(units), 2))
+
+
+def _encode_string(draw: st.DrawFn, s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in NAMED:
+            out.append(draw(st.sampled_from([NAMED[ch], _u_escape(draw, ch)])))
+        elif ord(ch) < 0x20:
+            out.append(_u_escape(draw, ch))
+        else:
+            options = [ch, _u_escape(draw, ch)] + (["\\/"] if ch == "/" else [])
+            out.append(draw(st.sampled_from(options)))
+    return '"' + "".join(out) + '"'
+
+
+def _encode(draw: st.DrawFn, value: Any) -> str:
+    """Any legal JSON spelling of ``value``: whitespace, key order, escapes, ``-0``."""
+    ws = draw(whitespace)
+    if value is None or isinstance(value, bool):
+        body = json.dumps(value)
+    elif isinstance(value, int):
+        body = draw(st.sampled_from(["0", "-0"])) if value == 0 else str(value)
+    elif isinstance(value, str):
+        body = _encode_string(draw, value)
+    elif isinstance(value, list):
+        body = "[" + (",".join(_encode(draw, v) for v in value) if value else draw(whitespace)) + "]"
+    else:
+        items = draw(st.permutations(list(value.items())))
+        body = "{" + (",".join(draw(whitespace) + _encode_string(draw, k) + draw(whitespace) + ":"
+                               + _encode(draw, v) for k, v in items)
+                      if items else draw(whitespace)) + "}"
+    return ws + body + draw(whitespace)
+
+
+@st.composite
+def value_and_spelling(draw: st.DrawFn) -> tuple[Any, str]:
+    value = draw(json_values)
+    return value, _encode(draw, value)
+
+
+def _shuffled(value: Any, rnd: random.Random) -> Any:
+    if isinstance(value, dict):
+        items = list(value.items())
+        rnd.shuffle(items)
+        return {k: _shuffled(v, rnd) for k, v in items}
+    if isinstance(value, list):
+        return [_shuffled(v, rnd) for v in value]
+    return value
+
+
+@st.composite
+def value_and_dumps(draw: st.DrawFn) -> tuple[Any, str]:
+    """A value and what json.dumps writes for it with arbitrary layout options and key order."""
+    value = draw(json_values)
+    text = json.dumps(
+        _shuffled(value, draw(st.randoms(use_true_random=False))),
+        indent=draw(st.sampled_from([None, 0, 2, "\t", " \r"])),
+        separators=draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\t", "\n:\r")])),
+        ensure_ascii=draw(st.booleans()),
+        sort_keys=draw(st.booleans()),
+    )
+    return value, text
+
+
+any_spelling = value_and_spelling() | value_and_dumps()
+
+
+@st.composite
+def wrapped(draw: st.DrawFn, inner: str) -> str:
+    """``inner`` (one JSON value's text) at a random depth (<= 6) among valid siblings."""
+    text = inner
+    for _ in range(draw(st.integers(0, 6))):
+        if draw(st.booleans()):
+            before = draw(st.lists(small_values, max_size=2))
+            after = draw(st.lists(small_values, max_size=2))
+            text = "[" + ",".join([*map(json.dumps, before), text, *map(json.dumps, after)]) + "]"
+        else:
+            siblings = draw(st.dictionaries(safe_text, small_values, max_size=3))
+            key = draw(safe_text.filter(lambda k, s=siblings: k not in s))
+            items = [json.dumps(k) + ":" + json.dumps(v) for k, v in siblings.items()]
+            items.insert(draw(st.integers(0, len(items))), json.dumps(key) + ":" + text)
+            text = "{" + ",".join(items) + "}"
+    return text
+
+
+def assert_rejected(text: str, reason: str, argument: str = "payload_json") -> None:
+    try:
+        result = canonicalize(text, argument)
+    except SyncError as exc:
+        assert exc.code is ErrorCode.NON_CANONICAL_PAYLOAD
+        assert exc.details["reason"] == reason, exc.details
+        assert exc.details["argument"] == argument
+    else:
+        raise AssertionError(f"accepted as {result[:80]!r}, expected rejection {reason!r}")
+    assert not is_canonical(text)
+
+
+# ------------------------------------------------------------------- canonical text and hash
+
+@given(value_and_dumps())
+def test_any_json_dumps_layout_canonicalizes_to_the_rule(pair: tuple[Any, str]) -> None:
+    value, text = pair
+    assert canonicalize(text) == expected_canonical(value)
+
+
+@given(value_and_spelling())
+def test_any_spelling_canonicalizes_to_the_rule(pair: tuple[Any, str]) -> None:
+    value, text = pair
+    assert canonicalize(text) == expected_canonical(value)
+
+
+@given(any_spelling)
+def test_canonicalize_is_idempotent(pair: tuple[Any, str]) -> None:
+    _, text = pair
+    canon = canonicalize(text)
+    assert canonicalize(canon) == canon
+
+
+@given(any_spelling)
+def test_is_canonical_exactly_when_text_is_its_canonical_form(pair: tuple[Any, str]) -> None:
+    value, text = pair
+    canon = expected_canonical(value)
+    assert is_canonical(canon)
+    assert is_canonical(text) == (text == canon)
+
+
+@given(any_spelling)
+def test_hash_is_sha256_of_canonical_utf8(pair: tuple[Any, str]) -> None:
+    value, text = pair
+    canon, digest = canonical_and_hash(text)
+    assert HASH_RE.fullmatch(digest)
+    assert digest == "sha256:" + hashlib.sha256(expected_canonical(value).encode("utf-8")).hexdigest()
+    assert digest == payload_hash(canon)
+
+
+@st.composite
+def two_spellings(draw: st.DrawFn) -> tuple[str, str]:
+    value = draw(json_values)
+    return _encode(draw, value), _encode(draw, value)
+
+
+@given(two_spellings())
+def test_every_spelling_of_a_value_has_one_canonical_text_and_hash(pair: tuple[str, str]) -> None:
+    first, second = pair
+    assert canonical_and_hash(first) == canonical_and_hash(second)
+
+
+# ------------------------------------------------------------------------------ rejections
+
+json_alphabet = st.text(st.sampled_from([*'[]{}",:-+.0123456789eEtrufalsnNIiy \t\n\\u/aF',
+                                         "\ud800", "\udc00", "\x00", "\ufeff", "é"]),
+                        max_size=30)
+
+
+@st.composite
+def mutated_json(draw: st.DrawFn) -> str:
+    """Valid JSON text with a few characters deleted, duplicated or replaced."""
+    _, text = draw(any_spelling)
+    chars = list(text)
+    for _ in range(draw(st.integers(1, 3))):
+        if not chars:
+            break
+        i = draw(st.integers(0, len(chars) - 1))
+        op = draw(st.sampled_from(["delete", "duplicate", "replace"]))
+        if op == "delete":
+            del chars[i]
+        elif op == "duplicate":
+            chars.insert(i, chars[i])
+        else:
+            chars[i] = draw(st.sampled_from([*'[]{}",:.e-0\\', "\ud800"]))
+    return "".join(chars)
+
+
+@given(st.text() | json_alphabet | mutated_json(), st.sampled_from(["payload_json", "details_json"]))
+def test_arbitrary_text_is_accepted_canonically_or_rejected_with_a_reason(text: str, argument: str) -> None:
+    try:
+        canon = canonicalize(text, argument)
+    except SyncError as exc:
+        assert exc.code is ErrorCode.NON_CANONICAL_PAYLOAD
+        assert set(exc.details) == {"argument", "reason", "message"}
+        assert exc.details["argument"] == argument
+        assert exc.details["reason"] in REASONS
+        assert isinstance(exc.details["message"], str) and exc.details["message"]
+        assert not is_canonical(text)
+    else:
+        assert canonicalize(canon) == canon
+        assert canon == expected_canonical(json.loads(text))
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False).flatmap(lambda f: wrapped(json.dumps(f))))
+def test_floats_are_rejected_even_when_integral(text: str) -> None:
+    assert_rejected(text, "non_integer_number")
+
+
+@given(st.integers(), st.sampled_from(["{}.0", "{}e0", "{}E+2", "{}e-1", "{}.5", "{}.000"]),
+       st.data())
+def test_integers_spelled_with_fraction_or_exponent_are_rejected(n: int, form: str,
+                                                                  data: st.DataObject) -> None:
+    assert_rejected(data.draw(wrapped(form.format(n))), "non_integer_number")
+
+
+@given(st.sampled_from(["NaN", "Infinity", "-Infinity"]).flatmap(wrapped))
+def test_nan_and_infinity_are_rejected(text: str) -> None:
+    assert_rejected(text, "nan_or_infinity")
+
+
+digits_beyond_range = st.builds(lambda first, rest: first + rest, st.sampled_from("123456789"),
+                                st.text("0123456789", min_size=16, max_size=5000))
+out_of_range = (st.integers(min_value=MAX_SAFE_INTEGER + 1).map(str)
+                | st.integers(max_value=-MAX_SAFE_INTEGER - 1).map(str)
+                | digits_beyond_range
+                | digits_beyond_range.map(lambda d: "-" + d))
+
+
+@given(out_of_range.flatmap(wrapped))
+def test_integers_out_of_range_are_rejected(text: str) -> None:
+    assert_rejected(text, "integer_out_of_range")
+
+
+@given(st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER))
+def test_integers_in_range_are_accepted(n: int) -> None:
+    assert canonicalize(str(n)) == str(n)
+    assert canonicalize(f"[{n}]") == f"[{n}]"
+
+
+@st.composite
+def duplicate_key_object(draw: st.DrawFn) -> str:
+    """An object naming one key twice (perhaps spelled differently), among distinct keys."""
+    key = draw(safe_text)
+    others = draw(st.dictionaries(safe_text.filter(lambda k: k != key), small_values, max_size=3))
+    items = [_encode_string(draw, k) + ":" + json.dumps(v) for k, v in others.items()]
+    for _ in range(2):
+        items.insert(draw(st.integers(0, len(items))),
+                     _encode_string(draw, key) + ":" + json.dumps(draw(small_values)))
+    return "{" + ",".join(items) + "}"
+
+
+@given(duplicate_key_object().flatmap(wrapped))
+def test_duplicate_keys_are_rejected_at_any_depth(text: str) -> None:
+    assert_rejected(text, "duplicate_key")
+
+
+@st.composite
+def lone_surrogate_text(draw: st.DrawFn) -> str:
+    """A string or key holding one surrogate among non-surrogates (raw or \\u-escaped)."""
+    s = draw(safe_text)
+    i = draw(st.integers(0, len(s)))
+    surrogate = chr(draw(st.integers(0xD800, 0xDFFF)))
+    spelled = draw(st.sampled_from([surrogate, f"\\u{ord(surrogate):04x}"]))
+    string = _encode_string(draw, s[:i])[:-1] + spelled + _encode_string(draw, s[i:])[1:]
+    return draw(st.sampled_from([string, "{" + string + ":0}"]))
+
+
+@given(lone_surrogate_text().flatmap(wrapped))
+def test_lone_surrogates_are_rejected(text: str) -> None:
+    assert_rejected(text, "lone_surrogate")
+
+
+@st.composite
+def nested(draw: st.DrawFn, depth: int) -> str:
+    kinds = draw(st.lists(st.booleans(), min_size=depth, max_size=depth))
+    inner = draw(st.sampled_from(["", "0", '"x"', "null"]))
+    opens = "".join("[" if is_array else '{"k":' for is_array in kinds)
+    closes = "".join("]" if is_array else "}" for is_array in reversed(kinds))
+    if not inner and kinds and not kinds[-1]:
+        inner = "0"  # an object needs a value after its key
+    return opens + inner + closes
+
+
+@given(st.integers(1, MAX_DEPTH).flatmap(nested))
+def test_nesting_up_to_the_limit_is_accepted(text: str) -> None:
+    assert canonicalize(text) == expected_canonical(json.loads(text))
+
+
+@given(st.integers(MAX_DEPTH + 1, 3 * MAX_DEPTH).flatmap(nested))
+def test_nesting_beyond_the_limit_is_rejected(text: str) -> None:
+    assert_rejected(text, "too_deep")
