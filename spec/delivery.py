@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from spec import query as q
 from spec.auth import Claims, can_read, has_scope, stream_granted
 from spec.errors import ErrorCode, SyncError
-from spec.invariants import stale_reasons
 from spec.messages import (
     CLOSE_PROTOCOL,
     SLOW_CONSUMER_REASON,
@@ -64,6 +63,18 @@ from spec.values import Identity, ProviderCapability, Row, SyncEvent
 STALE_REASONS: tuple[str, ...] = (
     "epoch_changed", "retention_floor_breach", "replay_budget_exceeded", "cursor_ahead_of_head",
 )
+
+
+def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
+                  watermark: int) -> tuple[str, ...]:
+    """The server's stale-cursor decision (the oracle is :func:`spec.invariants.stale_reasons`)."""
+    checks = (
+        ("epoch_changed", requested_epoch is not None and requested_epoch != epoch),
+        ("retention_floor_breach", watermark < floor - 1),
+        ("replay_budget_exceeded", head - watermark > budget),
+        ("cursor_ahead_of_head", watermark > head),
+    )
+    return tuple(name for name, failed in checks if failed)
 
 
 def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None:

@@ -129,7 +129,7 @@ def _rfc3339_micros(text: str) -> int | None:
     sign, oh, om = m[8], int(m[9] or 0), int(m[10] or 0)
     if h > 23 or mi > 59 or s > 59 or oh > 23 or om > 59:
         return None
-    offset = (-1 if sign == "-" else 1) * (oh * 3600)
+    offset = (-1 if sign == "-" else 1) * (oh * 3600 + om * 60)
     return (days * 86400 + h * 3600 + mi * 60 + s - offset) * 10**6 + int((m[7] or "")[:6].ljust(6, "0"))
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from spec.auth import Claims
 from spec.client import Client
 from spec.delivery import Server
-from spec.messages import ClientMessage, Outbound, Subscribe, Unsubscribe
+from spec.messages import ClientMessage, Outbound, Subscribe, TransactionUpdate, Unsubscribe
 from spec.policy import Policy
 from spec.reducers import CallContext, Ok, call, compact, presence_sweep, virtual_stream
 from spec.state import DbState
@@ -40,6 +40,7 @@ class Link:
     inbox: list[ClientMessage] = field(default_factory=list)
     subscribed: dict[int, tuple[str, ...]] = field(default_factory=dict)  # qs -> queries sent
     mirrors: dict[int, Mirror] = field(default_factory=dict)  # qs -> rows received
+    tainted: bool = False  # a frame was silently lost: mirrors no longer track the server
 
 
 class System:
@@ -78,7 +79,7 @@ class System:
         if link is None:
             return
         for m in msgs:
-            if isinstance(m, Subscribe):
+            if isinstance(m, Subscribe) and not link.tainted:
                 link.subscribed[m.query_set_id] = m.queries
             elif isinstance(m, Unsubscribe):
                 link.subscribed.pop(m.query_set_id, None)
@@ -151,6 +152,34 @@ class System:
         self.trace.observe_client(i, c)
         return True
 
+    def lose_frame(self, i: int) -> bool:
+        """A faulty middlebox silently drops the next TransactionUpdate queued for client i (the
+        client must never apply across the resulting gap)."""
+        link = self.links.get(i)
+        if link is None:
+            return False
+        queue = self.server.conns[link.conn_id].outbound
+        for k, out in enumerate(queue):
+            if isinstance(out.message, TransactionUpdate):
+                del queue[k]
+                link.tainted = True
+                link.mirrors.clear()
+                return True
+        return False
+
+    def duplicate_frame(self, i: int) -> bool:
+        """The next message arrives twice (a replaying proxy): duplicates must be dropped."""
+        link = self.links.get(i)
+        if link is None or not self.server.releasable(link.conn_id):
+            return False
+        msg = self.server.conns[link.conn_id].outbound[0].message
+        if not isinstance(msg, TransactionUpdate):
+            return False
+        c = self.clients[i]
+        self._send(i, c.on_message(msg))
+        self.trace.observe_client(i, c)
+        return True
+
     def advance_durable(self, k: int) -> None:
         self.server.advance_durable(self.server.durable + k)
 
@@ -190,6 +219,9 @@ class System:
         """Heal every fault and drain the network until nothing moves."""
         for _ in range(max_steps):
             self.advance_durable(self.server.committed)
+            for i, link in list(self.links.items()):
+                if link.tainted:  # a client that saw trouble reconnects
+                    self.disconnect(i)
             for i in range(len(self.clients)):
                 self.connect(i)
             moved = False

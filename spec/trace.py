@@ -56,7 +56,7 @@ class Trace:
     last_offset: dict[tuple[int, int], int] = field(default_factory=dict)  # (client, conn) -> offset
     last_tx: dict[tuple[int, int], int] = field(default_factory=dict)
     confirmed_seen: set[tuple[str, int, int, str]] = field(default_factory=set)
-    watermark: dict[tuple[int, str], tuple[int | None, int]] = field(default_factory=dict)
+    watermark: dict[tuple[int, str], tuple[int | None, int, int, int]] = field(default_factory=dict)
     steps: int = 0
     policy: Policy = DEFAULT_POLICY
 
@@ -196,7 +196,7 @@ class Trace:
                 if client.confirmed:
                     self.confirmed_seen.add((r.stream_id, r.epoch, r.seq, r.payload_hash))
         # DELIV-2: every live mirror equals its query set on the state at this offset
-        for qs_id, mirror in link.mirrors.items():
+        for qs_id, mirror in ({} if link.tainted else link.mirrors).items():
             queries = link.subscribed.get(qs_id)
             if queries is None:
                 continue
@@ -251,9 +251,12 @@ class Trace:
             if any(b != a + 1 for a, b in itertools.pairwise(seqs)):
                 self._v("REPLAY-1", f"client {i} {sid} applied {seqs[-6:]}")
             prev = self.watermark.get((i, sid))
-            if prev is not None and prev[0] == view.epoch and view.last < prev[1]:
-                self._v("REPLAY-1", f"client {i} {sid} watermark went {prev[1]} -> {view.last}")
-            self.watermark[(i, sid)] = (view.epoch, view.last)
+            if prev is not None and prev[0] == view.epoch and prev[3] == view.rebootstraps:
+                _epoch, last, count, _boots = prev
+                fresh = seqs[count:]
+                if view.last < last or fresh != list(range(last + 1, last + 1 + len(fresh))):
+                    self._v("REPLAY-1", f"client {i} {sid} went from {last} to {view.last} applying {fresh[:6]}")
+            self.watermark[(i, sid)] = (view.epoch, view.last, len(seqs), view.rebootstraps)
             for seq, h in view.applied:
                 if view.epoch is not None:
                     key = (sid, view.epoch, seq)

@@ -154,10 +154,10 @@ def test_accept_vector(case: dict[str, Any]) -> None:
 def test_reject_vector(case: dict[str, Any]) -> None:
     text = _input_text(case)
     with pytest.raises(SyncError) as info:
-        canonicalize(text, "payload_json")
+        canonicalize(text, "input_json")
     assert info.value.code is ErrorCode.NON_CANONICAL_PAYLOAD
     assert info.value.details["reason"] == case["reason"]
-    assert info.value.details["argument"] == "payload_json"
+    assert info.value.details["argument"] == "input_json"
     assert not is_canonical(text)
 
 

@@ -14,7 +14,7 @@ import random
 import re
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from spec.canonical import (
@@ -143,7 +143,7 @@ def wrapped(draw: st.DrawFn, inner: str) -> str:
     return text
 
 
-def assert_rejected(text: str, reason: str, argument: str = "payload_json") -> None:
+def assert_rejected(text: str, reason: str, argument: str = "details_json") -> None:
     try:
         result = canonicalize(text, argument)
     except SyncError as exc:
@@ -264,8 +264,10 @@ def test_nan_and_infinity_are_rejected(text: str) -> None:
     assert_rejected(text, "nan_or_infinity")
 
 
-digits_beyond_range = st.builds(lambda first, rest: first + rest, st.sampled_from("123456789"),
-                                st.text("0123456789", min_size=16, max_size=5000))
+# 17+ digits, up to well past Python's 4300-digit int() limit (which must not turn into invalid_json)
+digits_beyond_range = st.builds(lambda first, zeros, rest: first + "0" * zeros + rest,
+                                st.sampled_from("123456789"), st.integers(0, 6000),
+                                st.text("0123456789", min_size=16, max_size=20))
 out_of_range = (st.integers(min_value=MAX_SAFE_INTEGER + 1).map(str)
                 | st.integers(max_value=-MAX_SAFE_INTEGER - 1).map(str)
                 | digits_beyond_range
@@ -333,5 +335,7 @@ def test_nesting_up_to_the_limit_is_accepted(text: str) -> None:
 
 
 @given(st.integers(MAX_DEPTH + 1, 3 * MAX_DEPTH).flatmap(nested))
+@example("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1))  # the limit counts containers, not values
+@example("[" * MAX_DEPTH + "{}" + "]" * MAX_DEPTH)
 def test_nesting_beyond_the_limit_is_rejected(text: str) -> None:
     assert_rejected(text, "too_deep")

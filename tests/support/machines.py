@@ -1,0 +1,309 @@
+"""The Hypothesis state machines over the model.
+
+* :class:`ModuleMachine` drives the reducers directly on a :class:`~spec.state.DbState` with
+  callers of random scopes and grants, colliding ids from bundles, and checks the state, the
+  transition and the call invariants after every step.
+* :class:`SystemMachine` drives :class:`~spec.system.System`: three clients (confirmed, not
+  confirmed, and a narrowly granted watcher subscribed to ``SELECT * FROM *``) over a network
+  that drops connections, loses and duplicates frames, and a server that crashes, restarts,
+  lags on durability, compacts and resets epochs.  Every trace invariant is checked after every
+  step; ``heal`` quiesces the system and checks convergence.
+
+Both reach the model through module attributes at run time (``spec.system.System``), so the
+mutation harness can swap a mutated module in.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from spec.auth import Claims, stream_granted
+from spec.errors import SyncError
+from spec.invariants import check_call, check_convergence, check_state, check_sweep, check_transition
+from spec.policy import Policy, StreamClass
+
+STREAMS = ("s.a1", "s.a2", "s.b1")
+KEYS = ("k1", "k2", "k3", "k4", "k5")
+PAYLOADS = ('{"v":1}', '{"v":2}', "[1,2]", '{"b":1,"a":2}', '"x"')
+POLICY = Policy(default_class=StreamClass("default", retain_count=4, replay_budget=6),
+                presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3)
+ALL_SCOPES = frozenset({"sync.subscribe", "sync.append", "sync.checkpoint.write", "presence.write",
+                        "provider.publish", "compute.request", "compute.assign", "compute.execute",
+                        "bridge.enqueue", "bridge.mark_sent", "sync.admin"})
+IDENTITIES = ("a" * 64, "b" * 64, "c" * 64)
+
+
+def _mod(name: str) -> Any:
+    return importlib.import_module(name)
+
+
+# --- module machine ------------------------------------------------------------------------------
+
+claims_st = st.builds(
+    Claims,
+    identity=st.sampled_from(IDENTITIES),
+    scopes=st.one_of(st.just(ALL_SCOPES), st.frozensets(st.sampled_from(sorted(ALL_SCOPES)))),
+    streams=st.sampled_from([("s.*",), ("s.a*",), ("s.b1",), ()]),
+)
+
+
+class ModuleMachine(RuleBasedStateMachine):
+    keys = Bundle("keys")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db = _mod("spec.state").DbState()
+        self.now = 1_000_000
+        self.offset = 0
+        self.violations: list[tuple[str, str]] = []
+
+    def _run(self, claims: Claims, reducer: str, args: tuple[Any, ...]) -> Any:
+        red = _mod("spec.reducers")
+        before = self.db
+        ctx = red.CallContext(claims, self.now, self.offset + 1, POLICY)
+        out = red.call(before, ctx, reducer, args)
+        ok = isinstance(out, red.Ok)
+        after = out.state if ok else before
+        wrote = ok and not out.noop
+        granted = not args or not isinstance(args[0], str) or stream_granted(claims, args[0])
+        self.violations += check_call(before, claims.scopes, granted, reducer, args, ok,
+                                      out.ret if ok else None, None if ok else out.error.code, wrote, after)
+        if wrote:
+            self.offset += 1
+            self.violations += check_transition(before, after)
+        self.db = after
+        self.violations += check_state(self.db, POLICY.bridge_max_attempts)
+        return out
+
+    @initialize(target=keys)
+    def seed_keys(self) -> str:
+        return "k1"
+
+    @rule(target=keys, k=st.sampled_from(KEYS))
+    def new_key(self, k: str) -> str:
+        return k
+
+    @rule(c=claims_st, s=st.sampled_from(STREAMS), k=keys, p=st.sampled_from(PAYLOADS),
+          with_hash=st.booleans(), expect=st.one_of(st.none(), st.integers(-1, 2)))
+    def append(self, c: Claims, s: str, k: str, p: str, with_hash: bool, expect: int | None) -> None:
+        from spec.canonical import canonicalize, payload_hash
+        from spec.reducers import virtual_stream
+        h = payload_hash(canonicalize(p)) if with_hash else None
+        exp = None if expect is None else virtual_stream(self.db, s)[1] + 1 + expect
+        self._run(c, "append_sync_event", (s, k, p, h, exp))
+
+    @rule(c=claims_st, s=st.sampled_from(STREAMS), client=st.sampled_from(["d1", "d2"]),
+          delta=st.integers(-3, 1), epoch_delta=st.sampled_from([0, 0, 0, -1]))
+    def ack(self, c: Claims, s: str, client: str, delta: int, epoch_delta: int) -> None:
+        from spec.reducers import virtual_stream
+        epoch, head, _ = virtual_stream(self.db, s)
+        self._run(c, "ack_checkpoint", (client, s, epoch + epoch_delta, max(0, head + delta)))
+
+    @rule(c=claims_st, session=st.sampled_from(["p1", "p2"]), status=st.sampled_from(["online", "away", "offline"]),
+          ttl=st.sampled_from([500, 1000, 3000]))
+    def presence(self, c: Claims, session: str, status: str, ttl: int) -> None:
+        self._run(c, "upsert_presence", (session, "dev", "node", status, "eu", ttl))
+
+    @rule(dt=st.integers(0, 4_000_000))
+    def sweep(self, dt: int) -> None:
+        red = _mod("spec.reducers")
+        self.now += dt
+        ok = red.presence_sweep(self.db, self.now)
+        self.violations += check_transition(self.db, ok.state) + check_sweep(ok.state, self.now)
+        self.db = ok.state
+
+    @rule(c=claims_st, pid=st.sampled_from(["prov1", "prov2"]), cap=st.sampled_from(PAYLOADS),
+          kinds=st.sampled_from([(5000,), (5001, 5000), (4000,)]), price=st.sampled_from([0, 10]),
+          status=st.sampled_from(["active", "withdrawn"]))
+    def provider(self, c: Claims, pid: str, cap: str, kinds: tuple[int, ...], price: int, status: str) -> None:
+        self._run(c, "publish_provider_capability", (pid, cap, kinds, price, status))
+
+    @rule(c=claims_st, rid=st.sampled_from(["r1", "r2"]), req=st.sampled_from(PAYLOADS[:2]))
+    def open_assignment(self, c: Claims, rid: str, req: str) -> None:
+        self._run(c, "open_compute_assignment", (rid, 5000, req))
+
+    @rule(c=claims_st, rid=st.sampled_from(["r1", "r2"]),
+          status=st.sampled_from(["assigned", "running", "completed", "failed", "cancelled", "open"]),
+          vdelta=st.sampled_from([0, 0, 0, 1]), result=st.sampled_from([None, '{"ok":true}']))
+    def update_assignment(self, c: Claims, rid: str, status: str, vdelta: int, result: str | None) -> None:
+        from spec.values import ComputeAssignment
+        row = self.db.find(ComputeAssignment, lambda r: r.request_id == rid)
+        version = (row.version if row else 1) + vdelta
+        provider = "prov1" if status == "assigned" else None
+        self._run(c, "update_compute_assignment", (rid, version, status, provider, result))
+
+    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), kind=st.sampled_from([31990, 30078, 4]),
+          content=st.sampled_from(["hello", "bye"]))
+    def enqueue(self, c: Claims, oid: str, kind: int, content: str) -> None:
+        self._run(c, "enqueue_bridge_event", (oid, "src", kind, '[["t","x"]]', content))
+
+    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), eid=st.sampled_from(["1" * 64, "2" * 64]))
+    def mark_sent(self, c: Claims, oid: str, eid: str) -> None:
+        self._run(c, "mark_bridge_event_sent", (oid, eid, ("wss://r1",)))
+
+    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]))
+    def bridge_failure(self, c: Claims, oid: str) -> None:
+        self._run(c, "record_bridge_failure", (oid, "relay down", 1000))
+
+    @rule(c=claims_st, s=st.sampled_from(STREAMS))
+    def signal(self, c: Claims, s: str) -> None:
+        self._run(c, "publish_stream_signal", (s, "typing", "{}"))
+
+    @rule(c=claims_st, s=st.sampled_from(STREAMS))
+    def reset(self, c: Claims, s: str) -> None:
+        self._run(c, "reset_stream_epoch", (s,))
+
+    @rule()
+    def compact(self) -> None:
+        red = _mod("spec.reducers")
+        ok = red.compact(self.db, self.now, POLICY)
+        self.violations += check_transition(self.db, ok.state)
+        self.db = ok.state
+
+    @invariant()
+    def holds(self) -> None:
+        assert not self.violations, self.violations[:3]
+
+
+# --- system machine ------------------------------------------------------------------------------
+
+SYSTEM_CLIENTS = [
+    ("c0", Claims(IDENTITIES[0], ALL_SCOPES - {"sync.admin"}, ("s.*",), session_id=None), True),
+    ("c1", Claims(IDENTITIES[1], ALL_SCOPES - {"sync.admin"}, ("s.*",)), False),
+    ("c2", Claims(IDENTITIES[2], frozenset({"sync.subscribe", "sync.checkpoint.write"}), ("s.a*",)), False),
+]
+client_st = st.sampled_from([0, 1])
+any_client_st = st.sampled_from([0, 1, 2])
+
+
+class SystemMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sys = _mod("spec.system").System(POLICY, SYSTEM_CLIENTS, max_queue=10, max_undurable=4)
+        self.watching = False
+
+    @initialize(follows=st.lists(st.tuples(client_st, st.sampled_from(STREAMS)), max_size=4))
+    def start(self, follows: list[tuple[int, str]]) -> None:
+        for i in range(3):
+            self.sys.connect(i)
+        for i, s in follows:
+            self.sys.follow(i, s)
+        self.watch_all()
+
+    @rule(i=any_client_st)
+    def connect(self, i: int) -> None:
+        self.sys.connect(i)
+
+    @rule(i=any_client_st)
+    def disconnect(self, i: int) -> None:
+        self.sys.disconnect(i)
+
+    @rule(i=client_st, s=st.sampled_from(STREAMS))
+    def follow(self, i: int, s: str) -> None:
+        self.sys.follow(i, s)
+
+    @rule()
+    def watch_all(self) -> None:
+        if 2 in self.sys.links and not self.watching:
+            self.watching = True
+            from spec.messages import Subscribe
+            self.sys._send(2, [Subscribe(900, 900, ("SELECT * FROM *",))])
+
+    @rule(i=client_st, s=st.sampled_from(STREAMS), k=st.sampled_from(KEYS), p=st.sampled_from(PAYLOADS),
+          expect=st.booleans())
+    def append(self, i: int, s: str, k: str, p: str, expect: bool) -> None:
+        exp = None
+        view = self.sys.clients[i].streams.get(s)
+        if expect and view is not None:
+            exp = view.last + 1
+        self.sys.call(i, "append_sync_event", (s, k, p, None, exp))
+
+    @rule(i=client_st, s=st.sampled_from(STREAMS))
+    def ack(self, i: int, s: str) -> None:
+        view = self.sys.clients[i].streams.get(s)
+        if view is not None and view.epoch is not None:
+            self.sys.call(i, "ack_checkpoint", (f"c{i}", s, view.epoch, view.last))
+
+    @rule(i=client_st, status=st.sampled_from(["online", "away", "offline"]))
+    def presence(self, i: int, status: str) -> None:
+        self.sys.call(i, "upsert_presence", (f"sess{i}", "dev", "node", status, "eu", 2000))
+
+    @rule(i=client_st)
+    def resend(self, i: int) -> None:
+        self.sys.resend(i)
+
+    @rule(i=any_client_st, n=st.integers(1, 6))
+    def server_steps(self, i: int, n: int) -> None:
+        for _ in range(n):
+            self.sys.server_step(i)
+
+    @rule(i=any_client_st, n=st.integers(1, 8))
+    def deliver(self, i: int, n: int) -> None:
+        for _ in range(n):
+            self.sys.deliver(i)
+
+    @rule(n=st.integers(1, 4))
+    def pump(self, n: int) -> None:
+        """Everyone makes a little progress: the common case between faults."""
+        for _ in range(n):
+            for i in range(3):
+                self.sys.server_step(i)
+                self.sys.deliver(i)
+
+    @rule(i=any_client_st)
+    def lose_frame(self, i: int) -> None:
+        self.sys.lose_frame(i)
+
+    @rule(i=any_client_st)
+    def duplicate_frame(self, i: int) -> None:
+        self.sys.duplicate_frame(i)
+
+    @rule(k=st.integers(1, 3))
+    def durable(self, k: int) -> None:
+        self.sys.advance_durable(k)
+
+    @rule()
+    def crash(self) -> None:
+        self.sys.crash()
+
+    @rule()
+    def clean_restart(self) -> None:
+        self.sys.clean_restart()
+
+    @rule(dt=st.sampled_from([500_000, 1_500_000, 2_500_000]))
+    def tick(self, dt: int) -> None:
+        self.sys.tick(dt)
+
+    @rule()
+    def compact(self) -> None:
+        self.sys.compact()
+
+    @rule(s=st.sampled_from(STREAMS))
+    def reset_epoch(self, s: str) -> None:
+        self.sys.reset_epoch(s)
+
+    @rule()
+    def heal(self) -> None:
+        self.sys.quiesce()
+        self.watching = self.watching and 2 in self.sys.links
+        views = [(c.client_id, s, v.epoch, v.last, v.applied) for c in self.sys.clients
+                 for s, v in c.streams.items() if s not in c.forbidden]
+        violations = check_convergence(views, self.sys.server.db, self.sys.server.ledger)
+        assert not violations, violations[:3]
+
+    @invariant()
+    def holds(self) -> None:
+        v = self.sys.trace.violations
+        assert not v, v[:3]
+
+
+def system_run_ok(machine: SystemMachine) -> None:
+    """Final heal at teardown so every run ends with the convergence check."""
+    machine.heal()
+
+
+__all__ = ["ModuleMachine", "SyncError", "SystemMachine"]

@@ -1,0 +1,145 @@
+"""Planted bugs in the model, and the harness that shows the machines catch them.
+
+A mutant is a realistic bug written as source edits to one ``spec`` module.  It is applied from
+the test side only: the edited source is executed into the module's own namespace (monkeypatching
+every function and class in it), and the implementation modules that imported names from it are
+reloaded so they pick the mutants up.  The oracles (``spec.invariants``, ``spec.trace``) are never
+reloaded.  Each mutant runs in its own subprocess::
+
+    PYTHONPATH=tests python -m support.mutants NAME      # prints one JSON line
+
+and must be *killed*: some machine reports an invariant violation within a fixed budget.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+IMPLEMENTATION = ("spec.state", "spec.reducers", "spec.delivery", "spec.client", "spec.system")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    module: str
+    edits: tuple[tuple[str, str], ...]
+    description: str
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant("seq_head_plus_2", "spec.reducers", (("    seq = head + 1\n", "    seq = head + 2\n"),),
+           "append assigns head+2"),
+    Mutant("sequence_before_dedupe", "spec.reducers", ((
+        "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == idempotency_key)\n",
+        "    _s = db.find(SyncStream, lambda r: r.stream_id == stream_id)\n"
+        "    if expected_next_seq is not None and expected_next_seq != (_s.head_seq if _s else 0) + 1:\n"
+        "        raise _fail(ErrorCode.SEQUENCE_CONFLICT, actual_next_seq=(_s.head_seq if _s else 0) + 1,\n"
+        "                    expected_next_seq=expected_next_seq, stream_id=stream_id)\n"
+        "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == idempotency_key)\n"),),
+        "the sequence check runs before dedupe, so a retry after the head moved fails"),
+    Mutant("dedupe_without_hash_compare", "spec.reducers",
+           (("        if existing.payload_hash == digest:\n            return _noop(db, existing.seq)",
+             "        if True:\n            return _noop(db, existing.seq)"),),
+           "a duplicate key is accepted whatever its payload"),
+    Mutant("non_monotonic_ack", "spec.reducers",
+           (("old.epoch == epoch and old.last_applied_seq >= seq:", "old.epoch == epoch and old.last_applied_seq == seq:"),),
+           "a lower ack overwrites the checkpoint"),
+    Mutant("ack_past_head", "spec.reducers", (("    if seq > head:\n        raise _fail(ErrorCode.CHECKPOINT_AHEAD",
+                                               "    if seq > head + 1:\n        raise _fail(ErrorCode.CHECKPOINT_AHEAD"),),
+           "the checkpoint may run one past the head"),
+    Mutant("confirmed_gate_off_by_one", "spec.delivery",
+           (("conn.outbound[0].offset <= self.durable", "conn.outbound[0].offset <= self.durable + 1"),),
+           "confirmed reads release one offset early"),
+    Mutant("stale_floor_lt_vs_le", "spec.delivery",
+           (('("retention_floor_breach", watermark < floor - 1)', '("retention_floor_breach", watermark < floor - 2)'),),
+           "the retention check uses < where <= is right"),
+    Mutant("epoch_ignored_on_resume", "spec.delivery",
+           (('("epoch_changed", requested_epoch is not None and requested_epoch != epoch)', '("epoch_changed", False)'),),
+           "the stale check ignores the requested epoch"),
+    Mutant("snapshot_not_atomic", "spec.delivery",
+           (("        rows = self._snapshot(conn.claims, queries)\n",
+             "        rows = self._snapshot(conn.claims, queries, self.durable_db)\n"),
+            ("    def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:\n",
+             "    def _snapshot(self, claims: Claims, queries: list[q.Query], db: DbState) -> tuple[TableRows, ...]:\n"),
+            ("            for r in self._visible(claims, query, self.db.rows(query.table)):",
+             "            for r in self._visible(claims, query, db.rows(query.table)):")),
+           "the snapshot is read from an older state than the one registration starts from"),
+    Mutant("caller_also_gets_update", "spec.delivery",
+           (("            elif updates:\n                self._send(conn, offset, TransactionUpdate",
+             "            if updates:\n                self._send(conn, offset, TransactionUpdate"),),
+           "the caller gets a TransactionUpdate besides its ReducerResult"),
+    Mutant("row_filter_ignored", "spec.delivery",
+           (("if q.matches(query, r) and can_read(claims, r, self._provider_owner)]", "if q.matches(query, r)]"),),
+           "subscriptions are not row-filtered by grants and ownership"),
+    Mutant("event_rows_persisted", "spec.state",
+           (("    return {t.name: () for t in PERSISTENT_TABLES}", "    return {t.name: () for t in TABLES}"),
+            ("        if t.event:\n            self._inserts.setdefault(t.name, []).append(row)\n            return\n", "")),
+           "event-table rows are stored in the state"),
+    Mutant("gap_applied", "spec.client", (("            if e.seq > view.last + 1:", "            if False:"),),
+           "the client applies across a gap"),
+    Mutant("no_epoch_bump_on_crash", "spec.reducers",
+           (("        tx.update(s, replace(s, epoch=fresh, updated_at=now))\n    tx.epoch_floor = fresh\n",
+             "        pass\n"),),
+           "an unclean restart keeps epochs, so lost seqs get reused"),
+    Mutant("compaction_keeps_floor", "spec.reducers",
+           (("        tx.update(s, replace(s, floor_seq=cut + 1, updated_at=now))", "        pass"),),
+           "compaction drops events but leaves floor_seq"),
+    Mutant("assignment_version_not_bumped", "spec.reducers",
+           (("result=result, version=old.version + 1,", "result=result, version=old.version,"),),
+           "an assignment update keeps its version"),
+    Mutant("scope_not_checked", "spec.reducers",
+           (('    _scope(c, "sync.append")\n    _grant(c, stream_id)\n    _id("stream_id", stream_id)\n    _id("idempotency_key"',
+             '    _grant(c, stream_id)\n    _id("stream_id", stream_id)\n    _id("idempotency_key"'),),
+           "append does not check the sync.append scope"),
+)
+MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
+
+
+def apply(m: Mutant) -> None:
+    mod = importlib.import_module(m.module)
+    src = inspect.getsource(mod)
+    for old, new in m.edits:
+        if src.count(old) != 1:
+            raise RuntimeError(f"mutant {m.name}: edit target found {src.count(old)} times in {m.module}")
+        src = src.replace(old, new)
+    exec(compile(src, f"<mutant {m.name}>", "exec"), mod.__dict__)
+    after = False
+    for name in IMPLEMENTATION:
+        if name == m.module:
+            after = True
+            continue
+        if after:
+            importlib.reload(importlib.import_module(name))
+
+
+def run(name: str, budget: int = 300) -> dict[str, object]:
+    from support.machines import ModuleMachine, SystemMachine
+    m = MUTANT_BY_NAME[name]
+    apply(m)
+    started = time.monotonic()
+    machines = (SystemMachine,) if m.module in ("spec.delivery", "spec.client") else (ModuleMachine, SystemMachine)
+    for machine in machines:
+        try:
+            run_state_machine_as_test(machine, settings=settings(
+                max_examples=budget, stateful_step_count=60, deadline=None, database=None, derandomize=True,
+                suppress_health_check=list(HealthCheck), print_blob=False,
+                phases=[Phase.explicit, Phase.generate]))
+        except Exception as exc:  # noqa: BLE001 - any failure of a machine is a kill
+            text = str(exc)
+            ids = sorted({t for t in text.replace("'", " ").replace('"', " ").replace("(", " ").split()
+                          if "-" in t and t.split("-")[0].isupper() and t.split("-")[-1].isdigit()})
+            return {"mutant": name, "killed": True, "by": machine.__name__, "invariants": ids[:4],
+                    "error": type(exc).__name__, "seconds": round(time.monotonic() - started, 1)}
+    return {"mutant": name, "killed": False, "seconds": round(time.monotonic() - started, 1)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300)))
