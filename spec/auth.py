@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import icontract
+
 from spec.schema import BRIDGE_SCOPES, TABLE_BY_ROW_TYPE, Visibility
-from spec.values import ComputeAssignment, Identity, Row, SyncCheckpoint
+from spec.values import ComputeAssignment, Identity, Row, StreamSignal, SyncCheckpoint, SyncEvent, SyncStream
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +35,24 @@ class Claims:
     schema_version: int | None = None
 
 
+@icontract.ensure(lambda grant, stream_id, result: result or grant != stream_id,
+                  "an exact grant always covers its own stream")
+@icontract.ensure(lambda grant, stream_id, result: grant.endswith("*") or result == (grant == stream_id),
+                  "a grant without a trailing * covers exactly one stream id")
+@icontract.ensure(lambda grant, stream_id, result: not grant.endswith("*")
+                  or result == (len(stream_id) >= len(grant) - 1 and stream_id[:len(grant) - 1] == grant[:-1]),
+                  "a grant ending in * is a plain string prefix (a.own* also covers a.owner)")
+@icontract.ensure(lambda grant, result: result or grant != "*", "the grant * covers every stream")
 def grant_matches(grant: str, stream_id: str) -> bool:
     if grant.endswith("*"):
         return stream_id.startswith(grant[:-1])
     return grant == stream_id
 
 
+@icontract.ensure(lambda claims, result: not result or bool(claims.streams),
+                  "AUTH-1 (no oa_sync_streams claim means no stream at all)")
+@icontract.ensure(lambda claims, stream_id, result: result or stream_id not in claims.streams,
+                  "AUTH-1 (a stream named exactly in the claim is granted)")
 def stream_granted(claims: Claims, stream_id: str) -> bool:
     return any(grant_matches(g, stream_id) for g in claims.streams)
 
@@ -56,8 +70,8 @@ def can_read(claims: Claims, row: Row, provider_owner: ProviderOwner) -> bool:
     if vis is Visibility.EVERYONE:
         return True
     if vis is Visibility.STREAM_GRANT:
-        stream_id: str = row.stream_id
-        return stream_granted(claims, stream_id)
+        assert isinstance(row, SyncStream | SyncEvent | StreamSignal)
+        return stream_granted(claims, row.stream_id)
     if vis is Visibility.OWNER:
         assert isinstance(row, SyncCheckpoint)
         return row.owner == claims.identity

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import icontract
@@ -40,6 +41,7 @@ MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DEPTH = 64
 """At most this many arrays/objects nested in one another: ``[]`` has depth 1, a scalar 0."""
 _MAX_SAFE_DIGITS = len(str(MAX_SAFE_INTEGER))
+_HASH_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
 
 REASONS: tuple[str, ...] = (
     "invalid_json", "duplicate_key", "lone_surrogate", "non_integer_number",
@@ -85,6 +87,16 @@ def _check_int(text: str) -> int:
     return value
 
 
+def _utf8_encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@icontract.ensure(lambda s, result: result == (not _utf8_encodable(s)),
+                  "a string holds a surrogate exactly when it cannot be written as UTF-8", enabled=icontract.SLOW)
 def _has_surrogate(s: str) -> bool:
     return any(0xD800 <= ord(ch) <= 0xDFFF for ch in s)
 
@@ -108,7 +120,10 @@ def _walk(value: Any, depth: int) -> None:
 
 
 def parse_strict(text: str, argument: str = "payload_json") -> JsonValue:
-    """Parse ``text`` under the strict rules above, or raise ``SyncError(non_canonical_payload)``."""
+    """Parse ``text`` under the strict rules above, or raise ``SyncError(non_canonical_payload)``.
+
+    :raises SyncError: ``non_canonical_payload`` with one of :data:`REASONS`
+    """
     try:
         if _has_surrogate(text):
             raise _Reject("lone_surrogate", "text contains an unpaired surrogate")
@@ -134,17 +149,47 @@ def dumps_canonical(value: JsonValue) -> str:
                       allow_nan=False)
 
 
+def _json_equal(a: JsonValue, b: JsonValue) -> bool:
+    """Equality of JSON values that, unlike ``==``, tells ``true`` from ``1``."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _no_raw_control(text: str) -> bool:
+    return all(ord(ch) >= 0x20 for ch in text)
+
+
+@icontract.ensure(lambda result: dumps_canonical(json.loads(result)) == result,
+                  "HASH-2 (canonical text is a fixed point: canonicalizing it again changes nothing)")
+@icontract.ensure(lambda result: _no_raw_control(result) and _utf8_encodable(result),
+                  "HASH-2 (canonical text has no raw control characters and is valid UTF-8)")
+@icontract.ensure(lambda text, result: _json_equal(json.loads(result), json.loads(text)),
+                  "HASH-2 (canonical text denotes the same JSON value as the input)", enabled=icontract.SLOW)
 def canonicalize(text: str, argument: str = "payload_json") -> str:
-    """Canonical text of the JSON ``text``, or ``SyncError(non_canonical_payload)``."""
+    """Canonical text of the JSON ``text``, or ``SyncError(non_canonical_payload)``.
+
+    :raises SyncError: ``non_canonical_payload``: ``text`` is not representable JSON
+    """
     return dumps_canonical(parse_strict(text, argument))
 
 
-@icontract.ensure(lambda result: result.startswith("sha256:") and len(result) == 71)
+@icontract.ensure(lambda result: _HASH_TEXT.fullmatch(result) is not None,
+                  "HASH-1 (a payload hash is sha256: and 64 lowercase hex digits)")
+@icontract.ensure(lambda canonical_text, result:
+                  bytes.fromhex(result[7:]) == hashlib.sha256(canonical_text.encode("utf-8")).digest(),
+                  "HASH-1 (the hash is the SHA-256 of the text's UTF-8 bytes)")
 def payload_hash(canonical_text: str) -> str:
     """``sha256:`` + lowercase hex SHA-256 of the UTF-8 bytes of a canonical text."""
     return "sha256:" + hashlib.sha256(canonical_text.encode("utf-8")).hexdigest()
 
 
+@icontract.ensure(lambda text, result: not result or (_no_raw_control(text) and text.strip() == text),
+                  "a canonical text has no raw control characters and no surrounding whitespace")
 def is_canonical(text: str) -> bool:
     try:
         return canonicalize(text) == text
@@ -152,6 +197,8 @@ def is_canonical(text: str) -> bool:
         return False
 
 
+@icontract.ensure(lambda result: payload_hash(result[0]) == result[1], "HASH-1 (the hash is of the canonical text)")
 def canonical_and_hash(text: str, argument: str = "payload_json") -> tuple[str, str]:
+    """:raises SyncError: ``non_canonical_payload``"""
     canon = canonicalize(text, argument)
     return canon, payload_hash(canon)

@@ -24,7 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
+import icontract
+
+from spec import query as q
 from spec.auth import Claims
 from spec.errors import ErrorCode, SyncError
 from spec.messages import (
@@ -42,13 +46,15 @@ from spec.messages import (
     Unsubscribe,
     UnsubscribeApplied,
 )
-from spec.values import SyncEvent, SyncStream
+from spec.values import SyncEvent, SyncStream, is_id
 
 Authority = Callable[[str], tuple[int, int, tuple[tuple[int, str], ...]]]
 """The rebootstrap callback's source: stream_id -> (epoch, watermark, ((seq, payload_hash), ...)),
 the events of that epoch up to the watermark, as the system of record has them."""
 
 
+@icontract.invariant(lambda self: self.last >= 0 and self.rebootstraps >= 0,
+                     "a watermark is a seq (>= 0) and rebootstraps only count up")
 @dataclass
 class StreamView:
     epoch: int | None = None
@@ -57,9 +63,55 @@ class StreamView:
     rebootstraps: int = 0
 
 
+def _reads_back(queries: tuple[str, ...], stream_id: str, epoch: int, watermark: int) -> bool:
+    """The server's stale check reads exactly (stream, epoch, watermark) back out of the resume queries."""
+    (head,), (tail,) = (q.parse(text) for text in queries)
+    return (head.table == "sync_stream" and q.pinned_value(head, "stream_id") == stream_id
+            and tail.table == "sync_event" and q.pinned_value(tail, "stream_id") == stream_id
+            and q.pinned_value(tail, "epoch") == epoch and q.lower_bound_exclusive(tail, "seq") == watermark)
+
+
+@icontract.ensure(lambda stream_id, epoch, watermark, result:
+                  not is_id(stream_id) or _reads_back(result, stream_id, epoch, watermark),
+                  "STALE-1 (the resume query names the stream, epoch and watermark the server checks)")
 def resume_queries(stream_id: str, epoch: int, watermark: int) -> tuple[str, ...]:
     return (f"SELECT * FROM sync_stream WHERE stream_id = '{stream_id}'",
             f"SELECT * FROM sync_event WHERE stream_id = '{stream_id}' AND epoch = {epoch} AND seq > {watermark}")
+
+
+APPLY_RULES: tuple[str, ...] = ("duplicate", "apply", "gap")
+
+
+@icontract.require(lambda last: last >= 0)
+@icontract.ensure(lambda result: result in APPLY_RULES)
+@icontract.ensure(lambda last, seq, result: (result == "duplicate") == (seq <= last),
+                  "REPLAY-1 (a seq at or below the watermark is a duplicate: dropped)")
+@icontract.ensure(lambda last, seq, result: (result == "apply") == (seq == last + 1),
+                  "REPLAY-1 (exactly the next seq is applied)")
+@icontract.ensure(lambda last, seq, result: (result == "gap") == (seq - last >= 2),
+                  "REPLAY-1 (a seq past the next one is a gap: never applied, the client resubscribes)")
+def apply_rule(last: int, seq: int) -> str:
+    """What a client does with event ``seq`` at watermark ``last`` (the per-event rule of
+    :meth:`Client._on_rows`, as a pure function)."""
+    if seq <= last:
+        return "duplicate"
+    return "apply" if seq == last + 1 else "gap"
+
+
+def _view_of(client: Client, stream_id: str) -> tuple[int | None, int, int, int]:
+    view = client.streams[stream_id]
+    return view.epoch, view.last, len(view.applied), view.rebootstraps
+
+
+def _applied_in_order(client: Client, stream_id: str, before: tuple[int | None, int, int, int]) -> bool:
+    """Without a rebootstrap the view only grew, by events each applied at ``apply_rule == 'apply'``."""
+    view = client.streams[stream_id]
+    epoch, last, count, rebootstraps = before
+    if view.rebootstraps != rebootstraps:
+        return True  # the view was replaced from the authority
+    new = [seq for seq, _ in view.applied[count:]]
+    return (view.epoch == epoch and len(view.applied) >= count and view.last == (new[-1] if new else last)
+            and all(apply_rule(prev, seq) == "apply" for prev, seq in pairwise([last, *new])))
 
 
 @dataclass
@@ -166,6 +218,9 @@ class Client:
                 out.extend(self._on_rows(stream, u.tables))
         return out
 
+    @icontract.snapshot(lambda self, stream_id: _view_of(self, stream_id), name="view")
+    @icontract.ensure(lambda self, stream_id, OLD: _applied_in_order(self, stream_id, OLD.view),
+                      "REPLAY-1 (applied events are contiguous: each is last + 1; the watermark never decreases)")
     def _on_rows(self, stream_id: str, tables: tuple[TableRows, ...]) -> list[ClientMessage]:
         view = self.streams[stream_id]
         for t in tables:

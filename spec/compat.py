@@ -20,10 +20,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import icontract
+
 from spec.errors import ErrorCode, SyncError
 from spec.schema import PROTOCOL_VERSION, SCHEMA_VERSION
 
 BUILD_RE = re.compile(r"\d{8}T\d{6}Z")
+
+
+def well_formed_build(build: str) -> bool:
+    """``YYYYMMDDTHHMMSSZ`` in ASCII digits: the shape whose string order is time order."""
+    return (len(build) == 16 and build[8] == "T" and build[15] == "Z"
+            and all(ch in "0123456789" for ch in build[:8] + build[9:15]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +51,35 @@ class CompatWindow:
                 "max_client_build_id": self.max_client_build_id}
 
 
+def _first_failure(window: CompatWindow, build: str | None, protocol: str | None,
+                   schema: int | None) -> ErrorCode | None:
+    """The documented order, as a table: the first failing check decides the code."""
+    if build is None and protocol is None and schema is None and not window.require_claims:
+        return None
+    checks = (
+        (build is None or not well_formed_build(build), ErrorCode.INVALID_CLIENT_BUILD),
+        (protocol != window.protocol_version, ErrorCode.UNSUPPORTED_PROTOCOL_VERSION),
+        (schema is None or schema < window.min_schema_version or schema > window.max_schema_version,
+         ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
+        (build is not None and build < window.min_client_build_id, ErrorCode.UPGRADE_REQUIRED),
+        (build is not None and build > window.max_client_build_id, ErrorCode.UNSUPPORTED_CLIENT_BUILD),
+    )
+    return next((code for failed, code in checks if failed), None)
+
+
+def window_well_formed(window: CompatWindow) -> bool:
+    """The schema window is not empty; the build window is two well-formed build ids, in order."""
+    return (window.min_schema_version <= window.max_schema_version
+            and well_formed_build(window.min_client_build_id) and well_formed_build(window.max_client_build_id)
+            and window.min_client_build_id <= window.max_client_build_id)
+
+
+@icontract.require(lambda window: window_well_formed(window), "the server's window is well formed")
+@icontract.ensure(lambda window, build, protocol, schema, result:
+                  (result.code if result else None) == _first_failure(window, build, protocol, schema),
+                  "COMPAT-1 (the first failing check, in the documented order, decides the code)")
+@icontract.ensure(lambda window, result: result is None or result.details["window"] == window.as_json(),
+                  "COMPAT-1 (a rejection carries the server's window)")
 def negotiate(window: CompatWindow, build: str | None, protocol: str | None,
               schema: int | None) -> SyncError | None:
     """None when the client may connect, else the first failing check's error."""

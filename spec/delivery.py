@@ -33,6 +33,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import icontract
+
+from spec import invariants as oracle
 from spec import query as q
 from spec.auth import Claims, can_read, has_scope, stream_granted
 from spec.errors import ErrorCode, SyncError
@@ -58,13 +61,21 @@ from spec.policy import DEFAULT_POLICY, Policy
 from spec.reducers import CallContext, Err, Ok, call, disconnect_sessions, unclean_restart, virtual_stream
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState, Delta
-from spec.values import Identity, ProviderCapability, Row, SyncEvent
+from spec.values import Identity, ProviderCapability, Row, SyncEvent, SyncStream
 
 STALE_REASONS: tuple[str, ...] = (
     "epoch_changed", "retention_floor_breach", "replay_budget_exceeded", "cursor_ahead_of_head",
 )
 
 
+@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
+                  result == oracle.stale_reasons(epoch, head, floor, budget, requested_epoch, watermark),
+                  "STALE-1 (the server's decision agrees with the oracle spec.invariants.stale_reasons)")
+@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
+                  (not result) == oracle.resume_is_safe(epoch, head, floor, budget, requested_epoch, watermark),
+                  "STALE-1 (no reason exactly when floor-1 <= W <= head, head-W <= budget and the epoch is equal)")
+@icontract.ensure(lambda result: oracle.in_fixed_order(result, STALE_REASONS),
+                  "STALE-1 (reasons are distinct and in the fixed order of STALE_REASONS)")
 def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
                   watermark: int) -> tuple[str, ...]:
     """The server's stale-cursor decision (the oracle is :func:`spec.invariants.stale_reasons`)."""
@@ -77,6 +88,11 @@ def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoc
     return tuple(name for name, failed in checks if failed)
 
 
+@icontract.ensure(lambda query, result: result is None or (
+    result.code is ErrorCode.STALE_CURSOR and bool(result.details["reasons"])
+    and result.details["stream_id"] == q.pinned_value(query, "stream_id")
+    and result.details["requested_watermark"] == q.lower_bound_exclusive(query, "seq")),
+    "STALE-1 (a stale_cursor names the resume's stream and watermark and at least one reason)")
 def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None:
     """The stale-cursor check of one subscription query (only sync_event queries that pin a
     stream with ``=`` and bound ``seq`` from below are resume queries)."""
@@ -115,6 +131,14 @@ class Commit:
     offset: int
     state: DbState
     delta: Delta
+
+
+def _front_offset(server: Server, conn_id: int) -> int:
+    return server.conns[conn_id].outbound[0].offset
+
+
+def _max_epoch(db: DbState) -> int:
+    return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
 
 
 class Server:
@@ -289,6 +313,9 @@ class Server:
 
     # --- delivery to the client --------------------------------------------------------------
 
+    @icontract.ensure(lambda self, conn_id, result: not result or not self.conns[conn_id].confirmed
+                      or _front_offset(self, conn_id) <= self.durable,
+                      "CONF-1 (a confirmed-read connection is released only messages of durable offsets)")
     def releasable(self, conn_id: int) -> bool:
         conn = self.conns.get(conn_id)
         if conn is None or not conn.outbound:
@@ -301,6 +328,11 @@ class Server:
 
     # --- durability ------------------------------------------------------------------------
 
+    @icontract.snapshot(lambda self: self.durable, name="durable")
+    @icontract.ensure(lambda self, OLD: OLD.durable <= self.durable <= self.committed,
+                      "the durable offset never decreases and never passes the committed offset")
+    @icontract.ensure(lambda self: all(c.offset > self.durable for c in self.history),
+                      "the rollback history holds exactly the commits past the durable offset")
     def advance_durable(self, to: int) -> None:
         to = min(max(to, self.durable), self.committed)
         for c in self.history:
@@ -317,6 +349,13 @@ class Server:
         self.history = []
         self.ledger = [e for e in self.ledger if e.tx_offset <= self.durable]
 
+    @icontract.snapshot(lambda self: _max_epoch(self.db), name="max_epoch")
+    @icontract.ensure(lambda self, OLD: self.db.epoch_floor > OLD.max_epoch
+                      and all(s.epoch == self.db.epoch_floor for s in self.db.of_type(SyncStream)),
+                      "DUR-2 (recovery moves every stream, and every stream created later, above every epoch of the"
+                      " lost committed state, i.e. above every epoch that can have been handed out)")
+    @icontract.ensure(lambda self: self.durable == self.committed and self.durable_db is self.db,
+                      "the recovery transaction is durable before anyone connects")
     def crash(self) -> None:
         """Lose everything past the durable offset, then recover: without a clean-shutdown marker
         the server cannot know what was lost, so it bumps epochs (ADR-0001) in a recovery

@@ -18,7 +18,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
+
+import icontract
 
 from spec.canonical import is_canonical, payload_hash
 from spec.errors import ErrorCode
@@ -139,6 +142,32 @@ CATALOG_BY_ID = {i.id: i for i in CATALOG}
 # --- definitional predicates ---------------------------------------------------------------
 
 
+STALE_REASON_ORDER: tuple[str, ...] = (
+    "epoch_changed", "retention_floor_breach", "replay_budget_exceeded", "cursor_ahead_of_head")
+"""The fixed order in which stale-cursor reasons are reported."""
+
+
+def resume_is_safe(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
+                   watermark: int) -> bool:
+    """The resume window, stated positively: the events after W are all retained (floor - 1 <= W),
+    W is not past the head, at most ``budget`` of them are to be replayed, and the epoch is the same."""
+    return (floor - 1 <= watermark <= head and head - watermark <= budget
+            and (requested_epoch is None or requested_epoch == epoch))
+
+
+def in_fixed_order(reasons: Sequence[str], order: Sequence[str]) -> bool:
+    """``reasons`` is a subsequence of ``order`` without repeats (so its order is fixed)."""
+    positions = [order.index(r) if r in order else -1 for r in reasons]
+    return all(p >= 0 for p in positions) and all(a < b for a, b in pairwise(positions))
+
+
+@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
+                  (not result) == resume_is_safe(epoch, head, floor, budget, requested_epoch, watermark),
+                  "STALE-1 (no reason exactly when the resume window is safe)")
+@icontract.ensure(lambda result: in_fixed_order(result, STALE_REASON_ORDER),
+                  "STALE-1 (reasons are distinct and in the fixed order)")
+@icontract.ensure(lambda floor, watermark, result: "retention_floor_breach" in result or floor <= watermark + 1,
+                  "STALE-2 (a resume that is not refused for retention skips no compacted event)")
 def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
                   watermark: int) -> tuple[str, ...]:
     """Why resuming from (requested_epoch, watermark) cannot yield exactly the events after it."""
@@ -154,6 +183,10 @@ def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoc
     return tuple(reasons)
 
 
+@icontract.ensure(lambda seqs, floor, head, result:
+                  result == (len(seqs) == max(0, head - floor + 1)
+                             and all(s == floor + i for i, s in enumerate(seqs))),
+                  "SEQ-1 (contiguous: exactly head - floor + 1 seqs, the i-th being floor + i)")
 def seqs_contiguous(seqs: Sequence[int], floor: int, head: int) -> bool:
     return list(seqs) == list(range(floor, head + 1))
 
@@ -170,8 +203,8 @@ def check_state(db: DbState, bridge_max_attempts: int = 5) -> list[Violation]:
         if not (1 <= s.floor_seq <= s.head_seq + 1) or not seqs_contiguous(seqs, s.floor_seq, s.head_seq):
             v.append(("SEQ-1", f"{sid}: seqs {seqs[:8]}... floor {s.floor_seq} head {s.head_seq}"))
     for e in events:
-        s = streams.get(e.stream_id)
-        if s is None or e.epoch > s.epoch:
+        owner = streams.get(e.stream_id)
+        if owner is None or e.epoch > owner.epoch:
             v.append(("SEQ-1", f"event {e.stream_id}/{e.seq} has no stream or a future epoch"))
         if not is_canonical(e.payload) or payload_hash(e.payload) != e.payload_hash:
             v.append(("HASH-1", f"event {e.stream_id}/{e.seq} payload/hash"))
@@ -180,9 +213,9 @@ def check_state(db: DbState, bridge_max_attempts: int = 5) -> list[Violation]:
         if dup:
             v.append(("IDEM-1", f"duplicate {key}: {dup[:3]}"))
     for c in db.of_type(SyncCheckpoint):
-        s = streams.get(c.stream_id)
-        head = s.head_seq if s else 0
-        epoch = s.epoch if s else db.epoch_floor
+        stream = streams.get(c.stream_id)
+        head = stream.head_seq if stream else 0
+        epoch = stream.epoch if stream else db.epoch_floor
         if c.epoch == epoch and c.last_applied_seq > head:
             v.append(("CKPT-1", f"{c.checkpoint_id}: {c.last_applied_seq} > head {head}"))
         if c.checkpoint_id != f"{c.client_id}|{c.stream_id}":

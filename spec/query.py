@@ -43,14 +43,16 @@ from __future__ import annotations
 import enum
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, NoReturn
 
+import icontract
+
 from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.schema import STAR_TABLES, TABLE_BY_NAME, Table
-from spec.values import BOOL, I64, IDENTITY, STRING, TIMESTAMP, U32, U64, Row, SatsType, sats_name
+from spec.values import BOOL, I64, IDENTITY, STRING, TIMESTAMP, U32, U64, Row, SatsType, sats_name, value_has_type
 
 
 class Op(enum.StrEnum):
@@ -72,7 +74,11 @@ class Comparison:
     op: Op
     value: int | str | bool
 
+    @icontract.ensure(lambda self, actual, result: result == bool(_COMPARE[FLIPPED[self.op]](self.value, actual)),
+                      "`column op v` holds exactly when `v flipped-op column` does (the FLIPPED table is right)",
+                      enabled=icontract.SLOW)
     def holds(self, actual: object) -> bool:
+        """:raises TypeError: ``actual`` is not comparable with the literal"""
         return bool(_COMPARE[self.op](actual, self.value))
 
 
@@ -314,8 +320,24 @@ class _Parser:
         self.fail(f"type mismatch: {col} {has}, but the literal {lit.text[:40]} is {lit.kind}")
 
 
+def _well_typed(query: Query) -> bool:
+    """Every conjunct names a column of the table and its literal is a value of the column's type."""
+    table = TABLE_BY_NAME.get(query.table)
+    return table is not None and all(
+        (t := table.column_type(c.column)) is not None and value_has_type(c.value, t) for c in query.where)
+
+
+@icontract.ensure(lambda sql, result: len(result) == 1 or (
+    tuple(x.table for x in result) == STAR_TABLES and all(not x.where for x in result)),
+    "one query, or SELECT * FROM * expanded to one unfiltered query per STAR_TABLES entry")
+@icontract.ensure(lambda sql, result: all(x.text == sql for x in result), "Query.text is the SQL as submitted")
+@icontract.ensure(lambda result: all(_well_typed(x) for x in result),
+                  "every comparison names a column of the table, with a literal of the column's type")
 def parse(sql: str) -> tuple[Query, ...]:
-    """One :class:`Query`, or one per ``STAR_TABLES`` entry for ``SELECT * FROM *``."""
+    """One :class:`Query`, or one per ``STAR_TABLES`` entry for ``SELECT * FROM *``.
+
+    :raises SyncError: ``invalid_query``, naming the problem
+    """
     return _Parser(sql).parse()
 
 
@@ -326,15 +348,39 @@ def matches(q: Query, row: Row) -> bool:
     return all(c.holds(getattr(row, c.column)) for c in q.where)
 
 
+def _is_subsequence(part: Sequence[object], whole: Iterable[object]) -> bool:
+    it = iter(whole)
+    return all(any(x is y for y in it) for x in part)
+
+
+@icontract.ensure(lambda q, rows, result: not isinstance(rows, Sequence) or (
+    _is_subsequence(result, rows) and all(matches(q, r) for r in result)
+    and len(result) == sum(1 for r in rows if matches(q, r))),
+    "the result is the in-order subsequence of exactly the rows that match (checked when rows is a Sequence)")
 def evaluate(q: Query, rows: Iterable[Row]) -> tuple[Row, ...]:
     return tuple(row for row in rows if matches(q, row))
 
 
+@icontract.ensure(lambda q, column, result: (result is None) == all(
+    c.column != column or c.op is not Op.EQ for c in q.where), "None exactly when no `column = v` conjunct")
+@icontract.ensure(lambda q, column, result: result is None or any(
+    c.column == column and c.op is Op.EQ and c.value is result for c in q.where), "the value of a `column = v`")
 def pinned_value(q: Query, column: str) -> int | str | bool | None:
     """The value of the first ``column = v`` conjunct, if any."""
     return next((c.value for c in q.where if c.column == column and c.op is Op.EQ), None)
 
 
+def _int_lower_bounds(q: Query, column: str) -> list[Comparison]:
+    return [c for c in q.where if c.column == column and c.op in (Op.GT, Op.GE)
+            and isinstance(c.value, int) and not isinstance(c.value, bool)]
+
+
+@icontract.ensure(lambda q, column, result: (result is None) == (not _int_lower_bounds(q, column)),
+                  "None exactly when no integer `column >`/`>=` conjunct")
+@icontract.ensure(lambda q, column, result: result is None or (
+    all(c.holds(result + 1) for c in _int_lower_bounds(q, column))
+    and not all(c.holds(result) for c in _int_lower_bounds(q, column))),
+    "STALE-1 (the largest W with `column > W` implied: W + 1 passes every lower bound, W does not)")
 def lower_bound_exclusive(q: Query, column: str) -> int | None:
     """The largest W such that the query implies ``column > W`` (``> v`` gives v, ``>= v`` gives v-1)."""
     bounds = [c.value - (c.op is Op.GE) for c in q.where if c.column == column and c.op in (Op.GT, Op.GE)
@@ -342,6 +388,7 @@ def lower_bound_exclusive(q: Query, column: str) -> int | None:
     return max(bounds, default=None)
 
 
+@icontract.ensure(lambda q, result: not result or bool(q.where), "a query without conditions is satisfiable")
 def unsatisfiable(q: Query) -> bool:
     """True when no row can match: a pinned value that fails another conjunct on its column, or an
     empty integer range.  Sound, not complete (string and Identity ranges are not examined)."""

@@ -32,18 +32,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import icontract
+
 from spec.auth import Claims, has_scope, stream_granted
 from spec.canonical import canonicalize, dumps_canonical, parse_strict, payload_hash
 from spec.errors import ErrorCode, SyncError
+from spec.invariants import check_call, check_state, check_sweep, check_transition, seqs_contiguous
 from spec.policy import DEFAULT_POLICY, Policy
 from spec.schema import REDUCER_BY_NAME
-from spec.state import DbState, Delta, Tx
+from spec.state import DbState, Delta, R, Tx, table_of_type
 from spec.transitions import (
     ASSIGNMENT_STATUSES,
     ASSIGNMENT_TRANSITIONS,
     PRESENCE_STATUSES,
     PROVIDER_STATUSES,
     SIGNAL_KINDS,
+    assignment_edge_allowed,
+    bridge_edge_allowed,
 )
 from spec.values import (
     BridgeOutbox,
@@ -137,9 +142,211 @@ def virtual_stream(db: DbState, stream_id: str) -> tuple[int, int, int]:
     return s.epoch, s.head_seq, s.floor_seq
 
 
+# --- contract helpers (read-only; used by the icontract conditions below) --------------------
+
+
+def _inserted(result: Ok, row_type: type[R]) -> list[R]:
+    return [r for r in result.delta.for_table(table_of_type(row_type)).inserts if isinstance(r, row_type)]
+
+
+def _stream_row(db: DbState, stream_id: str) -> SyncStream | None:
+    return next((r for r in db.of_type(SyncStream) if r.stream_id == stream_id), None)
+
+
+def _retained(db: DbState, stream_id: str, key: str) -> SyncEvent | None:
+    return next((e for e in db.of_type(SyncEvent) if (e.stream_id, e.idempotency_key) == (stream_id, key)), None)
+
+
+def _hash_of_json(text: str) -> str | None:
+    try:
+        return payload_hash(canonicalize(text))
+    except SyncError:
+        return None
+
+
+def _appended_one(db: DbState, stream_id: str, key: str, result: Ok) -> bool:
+    """The write is exactly one event of the stream, at seq ``ret`` in the stream's epoch, whose
+    hash is of its payload, and the stream's head moved to it."""
+    events = _inserted(result, SyncEvent)
+    stream = _stream_row(result.state, stream_id)
+    return (len(events) == 1 and stream is not None and stream.head_seq == result.ret
+            and (events[0].stream_id, events[0].idempotency_key, events[0].seq) == (stream_id, key, result.ret)
+            and events[0].epoch == virtual_stream(db, stream_id)[0] == stream.epoch
+            and events[0].payload_hash == payload_hash(events[0].payload))
+
+
+def _deduplicated(db: DbState, stream_id: str, key: str, payload_json: str, result: Ok) -> bool:
+    """A no-op append is a retry: the key is retained with this very payload, and ``ret`` is its seq."""
+    kept = _retained(db, stream_id, key)
+    return kept is not None and kept.seq == result.ret and kept.payload_hash == _hash_of_json(payload_json)
+
+
+def _checkpoint(db: DbState, client_id: str, stream_id: str) -> SyncCheckpoint | None:
+    wanted = f"{client_id}|{stream_id}"
+    return next((r for r in db.of_type(SyncCheckpoint) if r.checkpoint_id == wanted), None)
+
+
+def _ack_written(db: DbState, ctx: CallContext, client_id: str, stream_id: str, epoch: int, seq: int,
+                 result: Ok) -> bool:
+    s_epoch, head, _floor = virtual_stream(db, stream_id)
+    prev = _checkpoint(db, client_id, stream_id)
+    now = _checkpoint(result.state, client_id, stream_id)
+    return (now is not None and (now.epoch, now.last_applied_seq, now.owner) == (s_epoch, seq, ctx.claims.identity)
+            and seq <= head and (prev is None or prev.epoch != epoch or prev.last_applied_seq < seq))
+
+
+def _ack_redundant(db: DbState, client_id: str, stream_id: str, epoch: int, seq: int) -> bool:
+    prev = _checkpoint(db, client_id, stream_id)
+    return prev is not None and prev.epoch == epoch and seq <= prev.last_applied_seq
+
+
+def _presence_written(db: DbState, ctx: CallContext, session_id: str, status: str, result: Ok) -> bool:
+    before = next((r for r in db.of_type(SessionPresence) if r.session_id == session_id), None)
+    row = next((r for r in result.state.of_type(SessionPresence) if r.session_id == session_id), None)
+    changed = before is None or before.status != status
+    signals = _inserted(result, PresenceSignal)
+    return (row is not None and row.identity == ctx.claims.identity and row.status == status
+            and (row.status == "offline") == (row.offline_reason is not None) and row.expires_at >= row.last_seen
+            and len(signals) == (1 if changed else 0)
+            and all((sig.session_id, sig.status) == (session_id, status) for sig in signals))
+
+
+def _provider(db: DbState, provider_id: str) -> ProviderCapability | None:
+    return next((r for r in db.of_type(ProviderCapability) if r.provider_id == provider_id), None)
+
+
+def _provider_versioned(db: DbState, provider_id: str, result: Ok) -> bool:
+    before, after = _provider(db, provider_id), _provider(result.state, provider_id)
+    if result.noop:
+        return before is not None and after == before
+    return (after is not None and after.version == (before.version + 1 if before else 1)
+            and after.capability_hash == payload_hash(after.capability)
+            and list(after.nip90_kinds) == sorted(set(after.nip90_kinds)))
+
+
+def _assignment(db: DbState, request_id: str) -> ComputeAssignment | None:
+    return next((r for r in db.of_type(ComputeAssignment) if r.request_id == request_id), None)
+
+
+def _assignment_opened(db: DbState, request_id: str, job_kind: int, result: Ok) -> bool:
+    before, after = _assignment(db, request_id), _assignment(result.state, request_id)
+    if result.noop:
+        return before is not None and after == before and before.job_kind == job_kind
+    return (before is None and after is not None and (after.status, after.version, after.provider_id) ==
+            ("open", 1, None) and after.request_hash == payload_hash(after.request))
+
+
+def _assignment_stepped(db: DbState, ctx: CallContext, request_id: str, result: Ok) -> bool:
+    """One edge of the table, taken by someone it names, bumping the version by exactly one."""
+    before, after = _assignment(db, request_id), _assignment(result.state, request_id)
+    if before is None or after is None:
+        return False
+    roles = set(ctx.claims.scopes) | ({"requester"} if ctx.claims.identity == before.requester else set())
+    return (assignment_edge_allowed(before.status, after.status) and after.version - before.version == 1
+            and bool(roles & ASSIGNMENT_TRANSITIONS[(before.status, after.status)])
+            and (after.status not in ("assigned", "running", "completed", "failed") or after.provider_id is not None)
+            and (before.requester, before.request_hash) == (after.requester, after.request_hash))
+
+
+def _outbox(db: DbState, outbox_id: str) -> BridgeOutbox | None:
+    return next((r for r in db.of_type(BridgeOutbox) if r.outbox_id == outbox_id), None)
+
+
+def _outbox_enqueued(db: DbState, outbox_id: str, result: Ok) -> bool:
+    before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
+    if result.noop:
+        return before is not None and after == before
+    return (before is None and after is not None and (after.status, after.attempts, after.nostr_event_id) ==
+            ("pending", 0, None) and is_hash(after.content_hash))
+
+
+def _outbox_sent(db: DbState, outbox_id: str, nostr_event_id: str, result: Ok) -> bool:
+    before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
+    if before is None or after is None or (after.status, after.nostr_event_id) != ("sent", nostr_event_id):
+        return False
+    return after == before if result.noop else bridge_edge_allowed(before.status, "sent")
+
+
+def _outbox_failed(db: DbState, ctx: CallContext, outbox_id: str, result: Ok) -> bool:
+    before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
+    if before is None or after is None:
+        return False
+    if result.noop:
+        return before.status != "pending" and after == before
+    return (after.attempts == before.attempts + 1 and bridge_edge_allowed(before.status, after.status)
+            and (after.status == "failed") == (after.attempts >= ctx.policy.bridge_max_attempts))
+
+
+def _epoch_reset(db: DbState, stream_id: str, result: Ok) -> bool:
+    before, after = _stream_row(db, stream_id), _stream_row(result.state, stream_id)
+    return (before is not None and after is not None and after.epoch == before.epoch + 1
+            and after.head_seq == before.head_seq and after.floor_seq == before.head_seq + 1
+            and not any(e.stream_id == stream_id for e in result.state.of_type(SyncEvent)))
+
+
+def _signal_only(db: DbState, stream_id: str, result: Ok) -> bool:
+    rows = [r for td in result.delta.tables for r in (*td.deletes, *td.inserts)]
+    return (result.state == db and len(rows) == 1 and isinstance(rows[0], StreamSignal)
+            and rows[0].stream_id == stream_id)
+
+
+_STREAM_ARG: Mapping[str, int] = {"append_sync_event": 0, "ack_checkpoint": 1, "publish_stream_signal": 0}
+"""Reducers that need a stream grant, and the position of their stream id argument."""
+
+
+def _well_typed(reducer: str, args: tuple[Any, ...]) -> bool:
+    rdef = REDUCER_BY_NAME.get(reducer)
+    return rdef is not None and len(args) == len(rdef.args) and all(
+        value_has_type(v, col.type) for col, v in zip(rdef.args, args, strict=True))
+
+
+def _authorized_first(ctx: CallContext, reducer: str, args: tuple[Any, ...], result: Outcome) -> bool:
+    """A well-typed call without the reducer's scope fails with missing_scope, and one with the scope
+    but without the stream grant fails with forbidden_stream, before any other check."""
+    if not _well_typed(reducer, args):
+        return True
+    scope = REDUCER_BY_NAME[reducer].scope
+    if scope is not None and scope not in ctx.claims.scopes:
+        return isinstance(result, Err) and result.error.code is ErrorCode.MISSING_SCOPE
+    if reducer in _STREAM_ARG and not stream_granted(ctx.claims, args[_STREAM_ARG[reducer]]):
+        return isinstance(result, Err) and result.error.code is ErrorCode.FORBIDDEN_STREAM
+    return True
+
+
+def _state_checks_kept(db: DbState, ctx: CallContext, result: Outcome) -> bool:
+    """If the state before satisfied every state invariant, so does the state after, and the step
+    satisfies every transition invariant (whole-state checks: enabled with ICONTRACT_SLOW)."""
+    if isinstance(result, Err) or result.noop:
+        return True
+    limit = ctx.policy.bridge_max_attempts
+    if check_state(db, limit):
+        return True
+    return not check_state(result.state, limit) and not check_transition(db, result.state)
+
+
+def _call_checks_kept(db: DbState, ctx: CallContext, reducer: str, args: tuple[Any, ...], result: Outcome) -> bool:
+    if not _well_typed(reducer, args):
+        return True
+    ok = isinstance(result, Ok)
+    granted = reducer in _STREAM_ARG and stream_granted(ctx.claims, args[_STREAM_ARG[reducer]])
+    return not check_call(db, ctx.claims.scopes, granted, reducer, args, ok,
+                          result.ret if isinstance(result, Ok) else None,
+                          result.error.code if isinstance(result, Err) else None,
+                          isinstance(result, Ok) and not result.noop,
+                          result.state if isinstance(result, Ok) else db)
+
+
 # --- reducers --------------------------------------------------------------------------------
 
 
+@icontract.ensure(lambda db, stream_id, result: result.noop or result.ret == virtual_stream(db, stream_id)[1] + 1,
+                  "SEQ-4 (an append that writes returns head_seq + 1)")
+@icontract.ensure(lambda db, stream_id, idempotency_key, expected_next_seq, result: result.noop or (
+    _appended_one(db, stream_id, idempotency_key, result) and expected_next_seq in (None, result.ret)),
+    "SEQ-1 SEQ-4 (the write is one event at seq ret in the stream's epoch, the head moves to it)")
+@icontract.ensure(lambda db, stream_id, idempotency_key, payload_json, result: not result.noop
+                  or _deduplicated(db, stream_id, idempotency_key, payload_json, result),
+                  "IDEM-2 IDEM-3 (a no-op append is a retry of the same payload and returns its original seq)")
 def append_sync_event(db: DbState, ctx: CallContext, stream_id: str, idempotency_key: str,
                       payload_json: str, payload_hash_arg: str | None,
                       expected_next_seq: int | None) -> Outcome:
@@ -189,6 +396,13 @@ def append_sync_event(db: DbState, ctx: CallContext, stream_id: str, idempotency
     return _ok(tx, seq)
 
 
+@icontract.ensure(lambda db, ctx, client_id, stream_id, epoch, seq, result: result.noop
+                  or _ack_written(db, ctx, client_id, stream_id, epoch, seq, result),
+                  "CKPT-1 CKPT-2 (a written checkpoint is the caller's, in the stream's epoch, at most head, and"
+                  " above any previous one of that epoch)")
+@icontract.ensure(lambda db, client_id, stream_id, epoch, seq, result: not result.noop
+                  or _ack_redundant(db, client_id, stream_id, epoch, seq),
+                  "CKPT-2 (an ack is a no-op only when the checkpoint is already at or past it)")
 def ack_checkpoint(db: DbState, ctx: CallContext, client_id: str, stream_id: str, epoch: int,
                    seq: int) -> Outcome:
     c = ctx.claims
@@ -217,6 +431,10 @@ def ack_checkpoint(db: DbState, ctx: CallContext, client_id: str, stream_id: str
     return _ok(tx)
 
 
+@icontract.ensure(lambda db, ctx, session_id, status, result: result.noop
+                  or _presence_written(db, ctx, session_id, status, result),
+                  "PRES-1 PRES-2 (the caller's row, offline exactly with a reason, expires_at >= last_seen; a status"
+                  " change emits exactly one presence_signal)")
 def upsert_presence(db: DbState, ctx: CallContext, session_id: str, device_id: str, node_id: str,
                     status: str, region: str, ttl_ms: int) -> Outcome:
     c = ctx.claims
@@ -251,6 +469,8 @@ def upsert_presence(db: DbState, ctx: CallContext, session_id: str, device_id: s
     return _ok(tx)
 
 
+@icontract.ensure(lambda db, provider_id, result: _provider_versioned(db, provider_id, result),
+                  "PROV-1 (the version rises by exactly one on a content change, and only then)")
 def publish_provider_capability(db: DbState, ctx: CallContext, provider_id: str, capability_json: str,
                                 nip90_kinds: tuple[int, ...], price_hint_sats: int, status: str) -> Outcome:
     c = ctx.claims
@@ -278,6 +498,8 @@ def publish_provider_capability(db: DbState, ctx: CallContext, provider_id: str,
     return _ok(tx)
 
 
+@icontract.ensure(lambda db, request_id, job_kind, result: _assignment_opened(db, request_id, job_kind, result),
+                  "ASSIGN-2 (a new assignment is open at version 1 with the hash of its request; a retry is a no-op)")
 def open_compute_assignment(db: DbState, ctx: CallContext, request_id: str, job_kind: int,
                             request_json: str) -> Outcome:
     c = ctx.claims
@@ -301,6 +523,9 @@ def open_compute_assignment(db: DbState, ctx: CallContext, request_id: str, job_
     return _ok(tx)
 
 
+@icontract.ensure(lambda result: not result.noop, "every accepted assignment update writes")
+@icontract.ensure(lambda db, ctx, request_id, result: _assignment_stepped(db, ctx, request_id, result),
+                  "ASSIGN-1 ASSIGN-2 (one edge of the table, by a role it names, version + 1)")
 def update_compute_assignment(db: DbState, ctx: CallContext, request_id: str, expected_version: int,
                               status: str, provider_id: str | None, result_json: str | None) -> Outcome:
     c = ctx.claims
@@ -351,6 +576,8 @@ def _tags_ok(tags_json: str) -> str:
     return canon
 
 
+@icontract.ensure(lambda db, outbox_id, result: _outbox_enqueued(db, outbox_id, result),
+                  "BRIDGE-1 (a new outbox row is pending with no attempts; a retry is a no-op)")
 def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: str, nostr_kind: int,
                          tags_json: str, content: str) -> Outcome:
     c = ctx.claims
@@ -373,6 +600,8 @@ def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: 
     return _ok(tx)
 
 
+@icontract.ensure(lambda db, outbox_id, nostr_event_id, result: _outbox_sent(db, outbox_id, nostr_event_id, result),
+                  "BRIDGE-1 BRIDGE-2 (the row ends sent with this event id, along an edge of the table)")
 def mark_bridge_event_sent(db: DbState, ctx: CallContext, outbox_id: str, nostr_event_id: str,
                            relays: tuple[str, ...]) -> Outcome:
     c = ctx.claims
@@ -396,6 +625,8 @@ def mark_bridge_event_sent(db: DbState, ctx: CallContext, outbox_id: str, nostr_
     return _ok(tx)
 
 
+@icontract.ensure(lambda db, ctx, outbox_id, result: _outbox_failed(db, ctx, outbox_id, result),
+                  "BRIDGE-1 BRIDGE-2 (attempts + 1; failed exactly at the maximum; only pending rows change)")
 def record_bridge_failure(db: DbState, ctx: CallContext, outbox_id: str, error: str,
                           retry_after_ms: int) -> Outcome:
     c = ctx.claims
@@ -419,6 +650,8 @@ def record_bridge_failure(db: DbState, ctx: CallContext, outbox_id: str, error: 
     return _ok(tx)
 
 
+@icontract.ensure(lambda db, stream_id, result: _signal_only(db, stream_id, result),
+                  "EVT-1 (a signal is one event row of the stream and changes no table)")
 def publish_stream_signal(db: DbState, ctx: CallContext, stream_id: str, kind: str,
                           payload_json: str) -> Outcome:
     c = ctx.claims
@@ -436,6 +669,8 @@ def publish_stream_signal(db: DbState, ctx: CallContext, stream_id: str, kind: s
     return _ok(tx)
 
 
+@icontract.ensure(lambda db, stream_id, result: _epoch_reset(db, stream_id, result),
+                  "SEQ-1 SEQ-3 (epoch + 1, head kept, floor = head + 1, no retained event of the stream)")
 def reset_stream_epoch(db: DbState, ctx: CallContext, stream_id: str) -> Outcome:
     """Admin: start a new epoch.  Retained events are dropped (floor = head + 1); seqs go on
     from the old head, so a (stream, seq) pair never names two events."""
@@ -469,6 +704,17 @@ REDUCER_FUNCTIONS: Mapping[str, ReducerFn] = {
 }
 
 
+@icontract.ensure(lambda db, result: isinstance(result, Err) or not result.noop or result.state == db,
+                  "DELIV-4 (an accepted no-op leaves the state as it was; an Err carries no state at all)")
+@icontract.ensure(lambda db, result: isinstance(result, Err) or result.noop or result.ret is None
+                  or result.ret >= 1, "SEQ-4 (a write returns a seq, if anything)")
+@icontract.ensure(lambda ctx, reducer, args, result: _authorized_first(ctx, reducer, args, result),
+                  "AUTH-2 (missing_scope, then forbidden_stream, before any other check)")
+@icontract.ensure(lambda db, ctx, result: _state_checks_kept(db, ctx, result),
+                  "SEQ-1 KEY-1 SEQ-3 (a committed call keeps every state invariant and every transition invariant)",
+                  enabled=icontract.SLOW)
+@icontract.ensure(lambda db, ctx, reducer, args, result: _call_checks_kept(db, ctx, reducer, args, result),
+                  "DELIV-4 IDEM-2 IDEM-3 SEQ-4 AUTH-2 (spec.invariants.check_call holds)", enabled=icontract.SLOW)
 def call(db: DbState, ctx: CallContext, reducer: str, args: tuple[Any, ...]) -> Outcome:
     """Run one reducer call; the single entry point (argument types are checked here)."""
     rdef = REDUCER_BY_NAME.get(reducer)
@@ -489,6 +735,10 @@ def call(db: DbState, ctx: CallContext, reducer: str, args: tuple[Any, ...]) -> 
 # --- system transactions ---------------------------------------------------------------------
 
 
+@icontract.ensure(lambda now, result: not check_sweep(result.state, now),
+                  "PRES-2 (after a sweep at t no live row has expires_at <= t)")
+@icontract.ensure(lambda result: len(_inserted(result, PresenceSignal)) == len(
+    result.delta.for_table("session_presence").inserts), "PRES-2 (each row taken offline emits one signal)")
 def presence_sweep(db: DbState, now: Timestamp) -> Ok:
     """Mark every live presence row whose TTL has passed offline (``ttl_expired``)."""
     tx = Tx(db)
@@ -499,6 +749,9 @@ def presence_sweep(db: DbState, now: Timestamp) -> Ok:
     return _ok(tx)
 
 
+@icontract.ensure(lambda identity, sessions, result: not any(
+    r.session_id in sessions and r.identity == identity and r.status != "offline"
+    for r in result.state.of_type(SessionPresence)), "the closed connection's sessions are all offline")
 def disconnect_sessions(db: DbState, now: Timestamp, identity: str, sessions: frozenset[str]) -> Ok:
     """A connection closed: the live sessions it upserted go offline (``disconnected``)."""
     tx = Tx(db)
@@ -509,6 +762,29 @@ def disconnect_sessions(db: DbState, now: Timestamp, identity: str, sessions: fr
     return _ok(tx)
 
 
+def _seqs(db: DbState, stream_id: str) -> list[int]:
+    return sorted(e.seq for e in db.of_type(SyncEvent) if e.stream_id == stream_id)
+
+
+def _compacted(db: DbState, result: Ok) -> bool:
+    """Per stream: epoch and head kept, floor never lower, and the retained seqs are exactly
+    floor..head afterwards if they were before (only a prefix is dropped)."""
+    for before in db.of_type(SyncStream):
+        after = _stream_row(result.state, before.stream_id)
+        if after is None or (after.epoch, after.head_seq) != (before.epoch, before.head_seq) \
+                or after.floor_seq < before.floor_seq:
+            return False
+        sid = before.stream_id
+        if seqs_contiguous(_seqs(db, sid), before.floor_seq, before.head_seq) and not seqs_contiguous(
+                _seqs(result.state, sid), after.floor_seq, after.head_seq):
+            return False
+    return True
+
+
+@icontract.ensure(lambda db, result: _compacted(db, result),
+                  "SEQ-1 SEQ-3 (compaction drops a prefix and raises floor_seq to match; epoch and head are kept)")
+@icontract.ensure(lambda result: not result.delta.for_table("sync_event").inserts,
+                  "compaction never writes an event")
 def compact(db: DbState, now: Timestamp, policy: Policy = DEFAULT_POLICY) -> Ok:
     """Retention: drop events past their class's count or age limit; raise ``floor_seq``."""
     tx = Tx(db)
@@ -538,6 +814,18 @@ def compact(db: DbState, now: Timestamp, policy: Policy = DEFAULT_POLICY) -> Ok:
     return _ok(tx)
 
 
+def _max_epoch(db: DbState) -> int:
+    return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
+
+
+@icontract.require(lambda max_undurable: max_undurable >= 0)
+@icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
+                  and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),
+                  "DUR-2 (every stream, and every stream created later, moves above every epoch the lost"
+                  " transactions can have handed out)")
+@icontract.ensure(lambda db, result: all(result.rows(t) == rows for t, rows in db.tables.items() if t != "sync_stream")
+                  and len(result.rows("sync_stream")) == len(db.rows("sync_stream")),
+                  "an unclean restart changes only epochs")
 def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     """After a crash the last non-durable transactions are gone, and some clients without
     confirmed reads may have seen them.  At most ``max_undurable`` transactions can have been

@@ -14,9 +14,12 @@ Lookups are linear scans on purpose: this is the obviously-correct model, not th
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
+
+import icontract
 
 from spec.errors import LocalProtocolError
 from spec.schema import PERSISTENT_TABLES, TABLES, table_of
@@ -57,7 +60,7 @@ class DbState:
         return {name: frozenset(rows) for name, rows in self.tables.items()}
 
 
-def table_of_type(row_type: type[Row]) -> str:
+def table_of_type(row_type: type[R]) -> str:
     for t in TABLES:
         if t.row_type is row_type:
             return t.name
@@ -84,6 +87,27 @@ class Delta:
             if td.table == name:
                 return td
         return TableDelta(name)
+
+
+def delta_is_diff(before: DbState, after: DbState, delta: Delta) -> bool:
+    """``delta`` is exactly what changed from ``before`` to ``after``: each table appears at most once;
+    per persistent table every deleted row was there, and the rows after are those before, minus the
+    deletes, plus the inserts (as multisets); event tables stay empty in the state and are never deleted."""
+    names = [td.table for td in delta.tables]
+    if len(set(names)) != len(names):
+        return False
+    for t in TABLES:
+        td = delta.for_table(t.name)
+        if t.event:
+            if after.rows(t.name) or td.deletes:
+                return False
+            continue
+        pre, dels = Counter(before.rows(t.name)), Counter(td.deletes)
+        if any(pre[r] < n for r, n in dels.items()):
+            return False
+        if Counter(after.rows(t.name)) != pre - dels + Counter(td.inserts):
+            return False
+    return True
 
 
 class Tx:
@@ -125,6 +149,8 @@ class Tx:
         self.delete(old)
         self.insert(new)
 
+    @icontract.ensure(lambda self, result: delta_is_diff(self.base, result[0], result[1]),
+                      "EVT-1 DELIV-2 (the delta is exactly the state change; event rows never enter the state)")
     def finish(self) -> tuple[DbState, Delta]:
         names = [t.name for t in TABLES]
         parts = tuple(TableDelta(n, tuple(self._deletes.get(n, ())), tuple(self._inserts.get(n, ())))

@@ -93,8 +93,9 @@ class Trace:
         prior = self.states.get(durable)
         self.states = {o: st for o, st in self.states.items() if o <= durable}
         if prior is not None:
-            def strip(st: DbState) -> dict[str, frozenset[Any]]:
-                out = {t: frozenset(rows) for t, rows in st.tables.items() if t != "sync_stream"}
+            def strip(st: DbState) -> dict[str, frozenset[Row | tuple[str, int, int]]]:
+                out: dict[str, frozenset[Row | tuple[str, int, int]]] = {
+                    t: frozenset(rows) for t, rows in st.tables.items() if t != "sync_stream"}
                 out["sync_stream"] = frozenset((r.stream_id, r.head_seq, r.floor_seq)
                                                for r in st.of_type(SyncStream))
                 return out

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import icontract
+
 ASSIGNMENT_STATUSES: tuple[str, ...] = ("open", "assigned", "running", "completed", "failed", "cancelled")
 ASSIGNMENT_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
@@ -30,6 +32,8 @@ ASSIGNMENT_TRANSITIONS: Mapping[tuple[str, str], frozenset[str]] = {
     ("running", "cancelled"): frozenset({"requester", "compute.assign"}),
 }
 """(from, to) -> who may take the edge (any one suffices)."""
+
+_NEXT_LIVE: Mapping[str, str] = {"open": "assigned", "assigned": "running", "running": "completed"}
 
 PRESENCE_STATUSES: tuple[str, ...] = ("online", "away", "offline")
 PRESENCE_OFFLINE_REASONS: tuple[str, ...] = ("explicit_offline", "ttl_expired", "disconnected")
@@ -46,5 +50,35 @@ PROVIDER_STATUSES: tuple[str, ...] = ("active", "withdrawn")
 SIGNAL_KINDS: tuple[str, ...] = ("typing", "progress", "custom")
 
 
+ASSIGNMENT_ROLES: frozenset[str] = frozenset({"requester", "compute.assign", "compute.execute"})
+"""Everything an assignment edge may name as who takes it."""
+
+
+@icontract.ensure(lambda old, new, result: result == ((old, new) in ASSIGNMENT_TRANSITIONS),
+                  "ASSIGN-1 (the function agrees with the table)")
+@icontract.ensure(lambda old, new, result: not result or (
+    old in ASSIGNMENT_STATUSES and new in ASSIGNMENT_STATUSES and old not in ASSIGNMENT_TERMINAL
+    and ASSIGNMENT_STATUSES.index(old) < ASSIGNMENT_STATUSES.index(new)),
+    "ASSIGN-1 (edges go forward in the lifecycle order and never leave a terminal status: no cycles)")
+@icontract.ensure(lambda old, new, result: not result or (bool(ASSIGNMENT_TRANSITIONS[(old, new)])
+                  and ASSIGNMENT_TRANSITIONS[(old, new)] <= ASSIGNMENT_ROLES),
+                  "ASSIGN-1 (every edge names who may take it, from the known roles)")
+@icontract.ensure(lambda old, new, result: result or not (
+    new == "cancelled" and old in ASSIGNMENT_STATUSES and old not in ASSIGNMENT_TERMINAL),
+    "ASSIGN-1 (every live assignment can be cancelled)")
+@icontract.ensure(lambda old, new, result: result or not (
+    old in ASSIGNMENT_STATUSES and old not in ASSIGNMENT_TERMINAL and new == _NEXT_LIVE.get(old)),
+    "ASSIGN-1 (the happy path open -> assigned -> running -> completed is open)")
 def assignment_edge_allowed(old: str, new: str) -> bool:
     return (old, new) in ASSIGNMENT_TRANSITIONS
+
+
+@icontract.ensure(lambda old, new, result: result == ((old, new) in BRIDGE_TRANSITIONS),
+                  "BRIDGE-2 (the function agrees with the table)")
+@icontract.ensure(lambda old, result: not result or old != "sent", "BRIDGE-2 (a sent outbox row never changes)")
+@icontract.ensure(lambda old, new, result: not result or (old in BRIDGE_STATUSES and new in BRIDGE_STATUSES),
+                  "BRIDGE-1 (edges join valid statuses)")
+@icontract.ensure(lambda old, new, result: result or not (old in ("pending", "failed") and new == "sent"),
+                  "BRIDGE-2 (a success is recorded from pending, and a late one from failed)")
+def bridge_edge_allowed(old: str, new: str) -> bool:
+    return (old, new) in BRIDGE_TRANSITIONS

@@ -3,7 +3,6 @@ every step (profile `default` in CI; HYPOTHESIS_PROFILE=deep for longer explorat
 
 from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
-
 from support.machines import ModuleMachine, SystemMachine
 
 

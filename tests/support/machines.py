@@ -19,17 +19,24 @@ import importlib
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
 from spec.auth import Claims, stream_granted
 from spec.errors import SyncError
-from spec.invariants import check_call, check_convergence, check_state, check_sweep, check_transition
+from spec.invariants import (
+    check_call,
+    check_convergence,
+    check_state,
+    check_sweep,
+    check_transition,
+    stale_reasons,
+)
 from spec.policy import Policy, StreamClass
 
 STREAMS = ("s.a1", "s.a2", "s.b1")
 KEYS = ("k1", "k2", "k3", "k4", "k5")
 PAYLOADS = ('{"v":1}', '{"v":2}', "[1,2]", '{"b":1,"a":2}', '"x"')
-POLICY = Policy(default_class=StreamClass("default", retain_count=4, replay_budget=6),
+POLICY = Policy(default_class=StreamClass("default", retain_count=2, replay_budget=6),
                 presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3)
 ALL_SCOPES = frozenset({"sync.subscribe", "sync.append", "sync.checkpoint.write", "presence.write",
                         "provider.publish", "compute.request", "compute.assign", "compute.execute",
@@ -43,12 +50,18 @@ def _mod(name: str) -> Any:
 
 # --- module machine ------------------------------------------------------------------------------
 
-claims_st = st.builds(
-    Claims,
-    identity=st.sampled_from(IDENTITIES),
-    scopes=st.one_of(st.just(ALL_SCOPES), st.frozensets(st.sampled_from(sorted(ALL_SCOPES)))),
-    streams=st.sampled_from([("s.*",), ("s.a*",), ("s.b1",), ()]),
+_FULL_A = Claims(IDENTITIES[0], ALL_SCOPES, ("s.*",))
+_FULL_B = Claims(IDENTITIES[1], ALL_SCOPES, ("s.*",))
+CALLERS = (
+    _FULL_A, _FULL_A, _FULL_A, _FULL_A, _FULL_B, _FULL_B,
+    Claims(IDENTITIES[2], frozenset(), ("s.*",)),  # no scopes at all
+    Claims(IDENTITIES[2], ALL_SCOPES, ("s.a*",)),  # a narrow stream grant
+    Claims(IDENTITIES[0], ALL_SCOPES - {"sync.append", "sync.checkpoint.write"}, ()),  # no grants
+    Claims(IDENTITIES[2], frozenset({"compute.request", "bridge.enqueue"}), ()),
+    Claims(IDENTITIES[1], frozenset({"compute.execute", "bridge.mark_sent", "provider.publish"}), ()),
 )
+claims_st = st.sampled_from(CALLERS)
+"""Mostly fully authorized callers (so state builds up), sometimes arbitrary ones."""
 
 
 class ModuleMachine(RuleBasedStateMachine):
@@ -60,6 +73,7 @@ class ModuleMachine(RuleBasedStateMachine):
         self.now = 1_000_000
         self.offset = 0
         self.violations: list[tuple[str, str]] = []
+        self.sent_acks: list[tuple[Claims, tuple[Any, ...]]] = []
 
     def _run(self, claims: Claims, reducer: str, args: tuple[Any, ...]) -> Any:
         red = _mod("spec.reducers")
@@ -101,14 +115,48 @@ class ModuleMachine(RuleBasedStateMachine):
     def ack(self, c: Claims, s: str, client: str, delta: int, epoch_delta: int) -> None:
         from spec.reducers import virtual_stream
         epoch, head, _ = virtual_stream(self.db, s)
-        self._run(c, "ack_checkpoint", (client, s, epoch + epoch_delta, max(0, head + delta)))
+        args = (client, s, epoch + epoch_delta, max(0, head + delta))
+        self.sent_acks.append((c, args))
+        self._run(c, "ack_checkpoint", args)
+
+    @rule(c=claims_st, s=st.sampled_from(STREAMS), back=st.integers(1, 3))
+    def reordered_acks(self, c: Claims, s: str, back: int) -> None:
+        """Two acks of one client cross on the wire: the newer lands first."""
+        from spec.reducers import virtual_stream
+        epoch, head, _ = virtual_stream(self.db, s)
+        self._run(c, "ack_checkpoint", ("d1", s, epoch, head))
+        self._run(c, "ack_checkpoint", ("d1", s, epoch, max(0, head - back)))
+
+    @rule(data=st.data())
+    def replay_old_ack(self, data: st.DataObject) -> None:
+        """Acks reorder under retries: an ack sent earlier arrives again, late."""
+        if self.sent_acks:
+            c, args = data.draw(st.sampled_from(self.sent_acks))
+            self._run(c, "ack_checkpoint", args)
+
+    @rule(s=st.sampled_from(STREAMS), w_delta=st.integers(-4, 2), epoch_delta=st.sampled_from([0, 0, 1]))
+    def resume_decision(self, s: str, w_delta: int, epoch_delta: int) -> None:
+        """STALE-1 at the module level: the server's stale decision for a resume query equals the
+        oracle's, around the floor, the head and the budget."""
+        from spec import query as q
+        from spec.reducers import virtual_stream
+        epoch, head, floor = virtual_stream(self.db, s)
+        w = max(0, (floor - 1 if w_delta < 0 else head) + w_delta)
+        text = f"SELECT * FROM sync_event WHERE stream_id = '{s}' AND epoch = {epoch + epoch_delta} AND seq > {w}"
+        err = _mod("spec.delivery").stale_error(self.db, POLICY, q.parse(text)[0])
+        expected = stale_reasons(epoch, head, floor, POLICY.class_for(s).replay_budget, epoch + epoch_delta, w)
+        got = tuple(err.details["reasons"]) if err is not None else ()
+        if got != expected:
+            self.violations.append(("STALE-1", f"{s} from {w}: server {got}, oracle {expected}"))
+        if not got and floor > w + 1:
+            self.violations.append(("STALE-2", f"{s} from {w} accepted past floor {floor}"))
 
     @rule(c=claims_st, session=st.sampled_from(["p1", "p2"]), status=st.sampled_from(["online", "away", "offline"]),
           ttl=st.sampled_from([500, 1000, 3000]))
     def presence(self, c: Claims, session: str, status: str, ttl: int) -> None:
         self._run(c, "upsert_presence", (session, "dev", "node", status, "eu", ttl))
 
-    @rule(dt=st.integers(0, 4_000_000))
+    @rule(dt=st.sampled_from([0, 500_000, 1_000_000, 3_000_000, 1_234_567]))
     def sweep(self, dt: int) -> None:
         red = _mod("spec.reducers")
         self.now += dt
@@ -183,7 +231,7 @@ any_client_st = st.sampled_from([0, 1, 2])
 class SystemMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.sys = _mod("spec.system").System(POLICY, SYSTEM_CLIENTS, max_queue=10, max_undurable=4)
+        self.sys = _mod("spec.system").System(POLICY, SYSTEM_CLIENTS, max_queue=8, max_undurable=4)
         self.watching = False
 
     @initialize(follows=st.lists(st.tuples(client_st, st.sampled_from(STREAMS)), max_size=4))
@@ -231,6 +279,16 @@ class SystemMachine(RuleBasedStateMachine):
     @rule(i=client_st, status=st.sampled_from(["online", "away", "offline"]))
     def presence(self, i: int, status: str) -> None:
         self.sys.call(i, "upsert_presence", (f"sess{i}", "dev", "node", status, "eu", 2000))
+
+    @rule(i=client_st, s=st.sampled_from(STREAMS), n=st.integers(3, 12))
+    def burst(self, i: int, s: str, n: int) -> None:
+        """A producer appends a burst that the server commits at once while nobody reads."""
+        for k in range(n):
+            self.sys.call(i, "append_sync_event", (s, f"b{len(self.sys.server.ledger)}-{k}", '{"burst":%d}' % k,
+                                                   None, None))
+        for _ in range(n):
+            self.sys.advance_durable(1)
+            self.sys.server_step(i)
 
     @rule(i=client_st)
     def resend(self, i: int) -> None:

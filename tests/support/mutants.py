@@ -32,73 +32,94 @@ class Mutant:
     module: str
     edits: tuple[tuple[str, str], ...]
     description: str
+    expected: tuple[str, ...] = ()  # invariants expected to catch it (documentation, not a requirement)
 
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("seq_head_plus_2", "spec.reducers", (("    seq = head + 1\n", "    seq = head + 2\n"),),
-           "append assigns head+2"),
+           "append assigns head+2", expected=('SEQ-1', 'SEQ-4')),
     Mutant("sequence_before_dedupe", "spec.reducers", ((
-        "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == idempotency_key)\n",
+        "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id"
+        " and e.idempotency_key == idempotency_key)\n",
         "    _s = db.find(SyncStream, lambda r: r.stream_id == stream_id)\n"
         "    if expected_next_seq is not None and expected_next_seq != (_s.head_seq if _s else 0) + 1:\n"
         "        raise _fail(ErrorCode.SEQUENCE_CONFLICT, actual_next_seq=(_s.head_seq if _s else 0) + 1,\n"
         "                    expected_next_seq=expected_next_seq, stream_id=stream_id)\n"
-        "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == idempotency_key)\n"),),
-        "the sequence check runs before dedupe, so a retry after the head moved fails"),
+        "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id"
+        " and e.idempotency_key == idempotency_key)\n"),),
+        "the sequence check runs before dedupe, so a retry after the head moved fails", expected=('IDEM-2',)),
     Mutant("dedupe_without_hash_compare", "spec.reducers",
            (("        if existing.payload_hash == digest:\n            return _noop(db, existing.seq)",
              "        if True:\n            return _noop(db, existing.seq)"),),
-           "a duplicate key is accepted whatever its payload"),
+           "a duplicate key is accepted whatever its payload", expected=('IDEM-3',)),
     Mutant("non_monotonic_ack", "spec.reducers",
-           (("old.epoch == epoch and old.last_applied_seq >= seq:", "old.epoch == epoch and old.last_applied_seq == seq:"),),
-           "a lower ack overwrites the checkpoint"),
-    Mutant("ack_past_head", "spec.reducers", (("    if seq > head:\n        raise _fail(ErrorCode.CHECKPOINT_AHEAD",
-                                               "    if seq > head + 1:\n        raise _fail(ErrorCode.CHECKPOINT_AHEAD"),),
-           "the checkpoint may run one past the head"),
+           (("old.epoch == epoch and old.last_applied_seq >= seq:",
+             "old.epoch == epoch and old.last_applied_seq == seq:"),),
+           "a lower ack overwrites the checkpoint", expected=('CKPT-2',)),
+    Mutant("ack_past_head", "spec.reducers",
+           (("    if seq > head:\n        raise _fail(ErrorCode.CHECKPOINT_AHEAD",
+             "    if seq > head + 1:\n        raise _fail(ErrorCode.CHECKPOINT_AHEAD"),),
+           "the checkpoint may run one past the head", expected=('CKPT-1',)),
     Mutant("confirmed_gate_off_by_one", "spec.delivery",
            (("conn.outbound[0].offset <= self.durable", "conn.outbound[0].offset <= self.durable + 1"),),
-           "confirmed reads release one offset early"),
+           "confirmed reads release one offset early", expected=('CONF-1',)),
     Mutant("stale_floor_lt_vs_le", "spec.delivery",
-           (('("retention_floor_breach", watermark < floor - 1)', '("retention_floor_breach", watermark < floor - 2)'),),
-           "the retention check uses < where <= is right"),
+           (('("retention_floor_breach", watermark < floor - 1)',
+             '("retention_floor_breach", watermark < floor - 2)'),),
+           "the retention check uses < where <= is right", expected=('STALE-1', 'STALE-2')),
     Mutant("epoch_ignored_on_resume", "spec.delivery",
-           (('("epoch_changed", requested_epoch is not None and requested_epoch != epoch)', '("epoch_changed", False)'),),
-           "the stale check ignores the requested epoch"),
+           (('("epoch_changed", requested_epoch is not None and requested_epoch != epoch)',
+             '("epoch_changed", False)'),),
+           "the stale check ignores the requested epoch", expected=('STALE-1',)),
     Mutant("snapshot_not_atomic", "spec.delivery",
            (("        rows = self._snapshot(conn.claims, queries)\n",
              "        rows = self._snapshot(conn.claims, queries, self.durable_db)\n"),
             ("    def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:\n",
-             "    def _snapshot(self, claims: Claims, queries: list[q.Query], db: DbState) -> tuple[TableRows, ...]:\n"),
+             "    def _snapshot(self, claims: Claims, queries: list[q.Query], db: DbState)"
+             " -> tuple[TableRows, ...]:\n"),
             ("            for r in self._visible(claims, query, self.db.rows(query.table)):",
              "            for r in self._visible(claims, query, db.rows(query.table)):")),
-           "the snapshot is read from an older state than the one registration starts from"),
+           "the snapshot is read from an older state than the one registration starts from", expected=('DELIV-2',)),
     Mutant("caller_also_gets_update", "spec.delivery",
            (("            elif updates:\n                self._send(conn, offset, TransactionUpdate",
              "            if updates:\n                self._send(conn, offset, TransactionUpdate"),),
-           "the caller gets a TransactionUpdate besides its ReducerResult"),
+           "the caller gets a TransactionUpdate besides its ReducerResult", expected=('DELIV-3', 'DELIV-2')),
     Mutant("row_filter_ignored", "spec.delivery",
            (("if q.matches(query, r) and can_read(claims, r, self._provider_owner)]", "if q.matches(query, r)]"),),
-           "subscriptions are not row-filtered by grants and ownership"),
+           "subscriptions are not row-filtered by grants and ownership", expected=('AUTH-1',)),
     Mutant("event_rows_persisted", "spec.state",
            (("    return {t.name: () for t in PERSISTENT_TABLES}", "    return {t.name: () for t in TABLES}"),
-            ("        if t.event:\n            self._inserts.setdefault(t.name, []).append(row)\n            return\n", "")),
-           "event-table rows are stored in the state"),
+            ("        if t.event:\n            self._inserts.setdefault(t.name, []).append(row)\n            return\n",
+             "")),
+           "event-table rows are stored in the state", expected=('EVT-1',)),
     Mutant("gap_applied", "spec.client", (("            if e.seq > view.last + 1:", "            if False:"),),
-           "the client applies across a gap"),
+           "the client applies across a gap", expected=('REPLAY-1',)),
     Mutant("no_epoch_bump_on_crash", "spec.reducers",
            (("        tx.update(s, replace(s, epoch=fresh, updated_at=now))\n    tx.epoch_floor = fresh\n",
              "        pass\n"),),
-           "an unclean restart keeps epochs, so lost seqs get reused"),
+           "an unclean restart keeps epochs, so lost seqs get reused", expected=('DUR-2', 'SEQ-2')),
     Mutant("compaction_keeps_floor", "spec.reducers",
            (("        tx.update(s, replace(s, floor_seq=cut + 1, updated_at=now))", "        pass"),),
-           "compaction drops events but leaves floor_seq"),
+           "compaction drops events but leaves floor_seq", expected=('SEQ-1',)),
     Mutant("assignment_version_not_bumped", "spec.reducers",
            (("result=result, version=old.version + 1,", "result=result, version=old.version,"),),
-           "an assignment update keeps its version"),
+           "an assignment update keeps its version", expected=('ASSIGN-1',)),
     Mutant("scope_not_checked", "spec.reducers",
-           (('    _scope(c, "sync.append")\n    _grant(c, stream_id)\n    _id("stream_id", stream_id)\n    _id("idempotency_key"',
+           (('    _scope(c, "sync.append")\n'
+             '    _grant(c, stream_id)\n    _id("stream_id", stream_id)\n    _id("idempotency_key"',
              '    _grant(c, stream_id)\n    _id("stream_id", stream_id)\n    _id("idempotency_key"'),),
-           "append does not check the sync.append scope"),
+           "append does not check the sync.append scope", expected=('AUTH-2',)),
+    Mutant("slow_consumer_kept", "spec.delivery",
+           (("        if len(conn.outbound) > self.max_queue:\n            self.close(conn.conn_id, SLOW_CONSUMER_REASON)\n",
+             ""),),
+           "a client past the outbound bound is kept, so its queue grows without limit", expected=("SLOW-1",)),
+    Mutant("crash_keeps_undurable_state", "spec.delivery",
+           (("        self.db = self.durable_db\n        self.committed = self.durable\n",
+             "        self.committed = self.durable\n"),),
+           "recovery keeps the in-memory state instead of the durable one", expected=("DUR-1",)),
+    Mutant("sweep_strict_expiry", "spec.reducers",
+           (("        if r.status != \"offline\" and r.expires_at <= now:", "        if r.status != \"offline\" and r.expires_at < now:"),),
+           "the presence sweep spares rows that expire exactly now", expected=("PRES-2",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 
@@ -125,14 +146,14 @@ def run(name: str, budget: int = 300) -> dict[str, object]:
     m = MUTANT_BY_NAME[name]
     apply(m)
     started = time.monotonic()
-    machines = (SystemMachine,) if m.module in ("spec.delivery", "spec.client") else (ModuleMachine, SystemMachine)
+    machines = (SystemMachine,) if m.module == "spec.client" else (ModuleMachine, SystemMachine)
     for machine in machines:
         try:
             run_state_machine_as_test(machine, settings=settings(
                 max_examples=budget, stateful_step_count=60, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck), print_blob=False,
                 phases=[Phase.explicit, Phase.generate]))
-        except Exception as exc:  # noqa: BLE001 - any failure of a machine is a kill
+        except Exception as exc:  # any failure of a machine is a kill
             text = str(exc)
             ids = sorted({t for t in text.replace("'", " ").replace('"', " ").replace("(", " ").split()
                           if "-" in t and t.split("-")[0].isupper() and t.split("-")[-1].isdigit()})

@@ -1,0 +1,1 @@
+"""I/O edges of syncref: the command line today; the wire, the SDK and the bridge later."""

@@ -1,0 +1,1 @@
+"""Z3 encodings of the model's transitions and their inductive proofs."""
