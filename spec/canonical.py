@@ -165,9 +165,10 @@ def _no_raw_control(text: str) -> bool:
 
 
 @icontract.ensure(lambda result: dumps_canonical(json.loads(result)) == result,
-                  "HASH-2 (canonical text is a fixed point: canonicalizing it again changes nothing)")
+                  "HASH-2 (canonical text is a fixed point: canonicalizing it again changes nothing)",
+                  enabled=icontract.SLOW)
 @icontract.ensure(lambda result: _no_raw_control(result) and _utf8_encodable(result),
-                  "HASH-2 (canonical text has no raw control characters and is valid UTF-8)")
+                  "HASH-2 (canonical text has no raw control characters and is valid UTF-8)", enabled=icontract.SLOW)
 @icontract.ensure(lambda text, result: _json_equal(json.loads(result), json.loads(text)),
                   "HASH-2 (canonical text denotes the same JSON value as the input)", enabled=icontract.SLOW)
 def canonicalize(text: str, argument: str = "payload_json") -> str:
@@ -182,14 +183,15 @@ def canonicalize(text: str, argument: str = "payload_json") -> str:
                   "HASH-1 (a payload hash is sha256: and 64 lowercase hex digits)")
 @icontract.ensure(lambda canonical_text, result:
                   bytes.fromhex(result[7:]) == hashlib.sha256(canonical_text.encode("utf-8")).digest(),
-                  "HASH-1 (the hash is the SHA-256 of the text's UTF-8 bytes)")
+                  "HASH-1 (the hash is the SHA-256 of the text's UTF-8 bytes)", enabled=icontract.SLOW)
 def payload_hash(canonical_text: str) -> str:
     """``sha256:`` + lowercase hex SHA-256 of the UTF-8 bytes of a canonical text."""
     return "sha256:" + hashlib.sha256(canonical_text.encode("utf-8")).hexdigest()
 
 
 @icontract.ensure(lambda text, result: not result or (_no_raw_control(text) and text.strip() == text),
-                  "a canonical text has no raw control characters and no surrounding whitespace")
+                  "a canonical text has no raw control characters and no surrounding whitespace",
+                  enabled=icontract.SLOW)
 def is_canonical(text: str) -> bool:
     try:
         return canonicalize(text) == text

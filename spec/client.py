@@ -71,9 +71,11 @@ def _reads_back(queries: tuple[str, ...], stream_id: str, epoch: int, watermark:
             and q.pinned_value(tail, "epoch") == epoch and q.lower_bound_exclusive(tail, "seq") == watermark)
 
 
-@icontract.ensure(lambda stream_id, epoch, watermark, result:
-                  not is_id(stream_id) or _reads_back(result, stream_id, epoch, watermark),
-                  "STALE-1 (the resume query names the stream, epoch and watermark the server checks)")
+@icontract.require(lambda epoch, watermark: epoch >= 0 and watermark >= 0, "an epoch and a watermark are u64")
+@icontract.ensure(lambda stream_id, epoch, watermark, result: not (is_id(stream_id) and max(epoch, watermark) < 2**64)
+                  or _reads_back(result, stream_id, epoch, watermark),
+                  "STALE-1 (the resume query names the stream, epoch and watermark the server checks)",
+                  enabled=icontract.SLOW)
 def resume_queries(stream_id: str, epoch: int, watermark: int) -> tuple[str, ...]:
     return (f"SELECT * FROM sync_stream WHERE stream_id = '{stream_id}'",
             f"SELECT * FROM sync_event WHERE stream_id = '{stream_id}' AND epoch = {epoch} AND seq > {watermark}")

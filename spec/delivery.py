@@ -153,6 +153,8 @@ class Server:
         self.history: list[Commit] = []  # commits past the durable offset
         self.ledger: list[SyncEvent] = []  # every event ever committed (not subject to compaction)
         self.conns: dict[int, Conn] = {}
+        self._disconnects: list[tuple[Identity, frozenset[str]]] = []  # closed, sessions not yet marked
+        self._fanning_out = False
         self.now = 0
         self._next_conn = 1
 
@@ -170,8 +172,17 @@ class Server:
             return
         conn.closed_reason = reason
         if conn.sessions:
-            ok = disconnect_sessions(self.db, self.now, conn.claims.identity, frozenset(conn.sessions))
-            if not ok.noop and self.can_commit():
+            self._disconnects.append((conn.claims.identity, frozenset(conn.sessions)))
+        self._drain_disconnects()
+
+    def _drain_disconnects(self) -> None:
+        """Mark the sessions of closed connections ``disconnected``, one transaction per closed
+        connection, never in the middle of another transaction's fanout (a slow consumer is
+        closed while a commit fans out) and never past the durability bound (it waits)."""
+        while self._disconnects and not self._fanning_out and self.can_commit():
+            identity, sessions = self._disconnects.pop(0)
+            ok = disconnect_sessions(self.db, self.now, identity, sessions)
+            if not ok.noop:
                 self._commit(ok.state, ok.delta, None)
 
     def can_commit(self) -> bool:
@@ -296,6 +307,12 @@ class Server:
         self.db = state
         self.history.append(Commit(offset, state, delta))
         self.ledger.extend(r for r in delta.for_table("sync_event").inserts if isinstance(r, SyncEvent))
+        self._fanning_out = True
+        self._fanout(offset, delta, caller)
+        self._fanning_out = False
+        self._drain_disconnects()
+
+    def _fanout(self, offset: int, delta: Delta, caller: tuple[Conn, int, Ok] | None) -> None:
         for conn in list(self.conns.values()):
             updates = self._updates_for(conn, delta)
             if caller is not None and conn is caller[0]:
@@ -340,8 +357,10 @@ class Server:
                 self.durable_db = c.state
         self.history = [c for c in self.history if c.offset > to]
         self.durable = to
+        self._drain_disconnects()
 
     def _restart(self) -> None:
+        self._disconnects.clear()  # a restarted server has no sessions to mark: TTLs take over
         for cid in list(self.conns):
             self.conns.pop(cid).closed_reason = "server restart"
         self.db = self.durable_db

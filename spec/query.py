@@ -342,6 +342,7 @@ def parse(sql: str) -> tuple[Query, ...]:
 
 
 def matches(q: Query, row: Row) -> bool:
+    """:raises LocalProtocolError: ``row`` is not of the query's table (a caller bug)"""
     table = TABLE_BY_NAME.get(q.table)
     if table is None or type(row) is not table.row_type:
         raise LocalProtocolError(f"{type(row).__name__} row given to a query on {q.table!r}")
@@ -353,11 +354,16 @@ def _is_subsequence(part: Sequence[object], whole: Iterable[object]) -> bool:
     return all(any(x is y for y in it) for x in part)
 
 
+@icontract.require(lambda q: _well_typed(q), "the query is well typed (as parse makes it)")
 @icontract.ensure(lambda q, rows, result: not isinstance(rows, Sequence) or (
     _is_subsequence(result, rows) and all(matches(q, r) for r in result)
     and len(result) == sum(1 for r in rows if matches(q, r))),
     "the result is the in-order subsequence of exactly the rows that match (checked when rows is a Sequence)")
 def evaluate(q: Query, rows: Iterable[Row]) -> tuple[Row, ...]:
+    """The rows that match, in order.
+
+    :raises LocalProtocolError: a row is not of the query's table (a caller bug)
+    """
     return tuple(row for row in rows if matches(q, row))
 
 
@@ -388,6 +394,7 @@ def lower_bound_exclusive(q: Query, column: str) -> int | None:
     return max(bounds, default=None)
 
 
+@icontract.require(lambda q: q.table in TABLE_BY_NAME, "a query names a table of the schema")
 @icontract.ensure(lambda q, result: not result or bool(q.where), "a query without conditions is satisfiable")
 def unsatisfiable(q: Query) -> bool:
     """True when no row can match: a pinned value that fails another conjunct on its column, or an

@@ -1,0 +1,167 @@
+"""The engine's tables: mutable, indexed, transactional.
+
+Rows are the spec's frozen row values; the containers are the engine's own:
+
+* every table with a primary key is a dict ``key -> row`` (the PK index);
+* ``sync_event`` has no PK: it is held per stream as a :class:`StreamLog` -- a list of events
+  whose position is ``seq - floor`` (the (stream_id, seq) ordering index: retained seqs are
+  contiguous, so an offset into a list is the index) and a dict ``idempotency_key -> seq`` (the
+  (stream_id, idempotency_key) unique index).  A replay from W is a list slice.
+
+Writes go through :class:`Txn`, which keeps an undo log (rollback restores every index) and
+the ordered delta (deletes and inserts per table, event-table rows separately).  An update is a
+delete plus an insert, as the wire reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from spec.errors import LocalProtocolError
+from spec.schema import TABLES
+from spec.values import Row, SyncEvent
+
+PK_TABLES = {t.name: t for t in TABLES if t.primary_key is not None and not t.event}
+EVENT_TABLES = {t.name for t in TABLES if t.event}
+ROW_TABLE = {t.row_type: t.name for t in TABLES}
+
+
+@dataclass(slots=True)
+class StreamLog:
+    floor: int = 1  # seq of events[0]
+    events: list[SyncEvent] = field(default_factory=list)
+    by_key: dict[str, int] = field(default_factory=dict)
+
+    def get(self, seq: int) -> SyncEvent | None:
+        i = seq - self.floor
+        return self.events[i] if 0 <= i < len(self.events) else None
+
+    def after(self, watermark: int) -> list[SyncEvent]:
+        return self.events[max(0, watermark + 1 - self.floor):]
+
+
+class Db:
+    def __init__(self) -> None:
+        self.pk: dict[str, dict[object, Row]] = {name: {} for name in PK_TABLES}
+        self.logs: dict[str, StreamLog] = {}
+        self.epoch_floor = 1
+
+    def get(self, table: str, key: object) -> Row | None:
+        return self.pk[table].get(key)
+
+    def rows(self, table: str) -> Iterator[Row]:
+        if table == "sync_event":
+            for log in self.logs.values():
+                yield from log.events
+        elif table in self.pk:
+            yield from self.pk[table].values()
+
+    def event_count(self) -> int:
+        return sum(len(log.events) for log in self.logs.values())
+
+    # raw mutations (used by Txn, and by recovery when replaying deltas)
+    def _insert(self, row: Row) -> None:
+        table = ROW_TABLE[type(row)]
+        if isinstance(row, SyncEvent):
+            log = self.logs.setdefault(row.stream_id, StreamLog(floor=row.seq))
+            if not log.events:
+                log.floor = row.seq
+            if row.seq != log.floor + len(log.events):
+                raise LocalProtocolError(f"event {row.stream_id}/{row.seq} is not the next seq")
+            if row.idempotency_key in log.by_key:
+                raise LocalProtocolError(f"duplicate idempotency key {row.idempotency_key}")
+            log.events.append(row)
+            log.by_key[row.idempotency_key] = row.seq
+            return
+        key = PK_TABLES[table].key_of(row)
+        index = self.pk[table]
+        if key in index:
+            raise LocalProtocolError(f"duplicate primary key {key} in {table}")
+        index[key] = row
+
+    def _delete(self, row: Row) -> None:
+        table = ROW_TABLE[type(row)]
+        if isinstance(row, SyncEvent):
+            log = self.logs[row.stream_id]
+            if log.events and log.events[0] == row:  # retention drops a prefix
+                log.events.pop(0)
+                log.floor += 1
+            elif log.events and log.events[-1] == row:  # rollback of an append
+                log.events.pop()
+            else:
+                raise LocalProtocolError(f"event {row.stream_id}/{row.seq} is not at either end")
+            del log.by_key[row.idempotency_key]
+            return
+        key = PK_TABLES[table].key_of(row)
+        if self.pk[table].get(key) != row:
+            raise LocalProtocolError(f"row to delete not found in {table}")
+        del self.pk[table][key]
+
+    def _restore(self, row: Row) -> None:
+        """Undo a delete (rollback only)."""
+        if isinstance(row, SyncEvent):
+            _restore_event(self.logs[row.stream_id], row)
+        else:
+            self._insert(row)
+
+
+def _restore_event(log: StreamLog, row: SyncEvent) -> None:
+    if log.events and row.seq == log.floor - 1:
+        log.events.insert(0, row)
+        log.floor -= 1
+    else:
+        if not log.events:
+            log.floor = row.seq
+        log.events.append(row)
+    log.by_key[row.idempotency_key] = row.seq
+
+
+class Txn:
+    """One transaction: writes with an undo log and the ordered delta."""
+
+    def __init__(self, db: Db) -> None:
+        self.db = db
+        self.undo: list[tuple[str, Row]] = []  # ("ins"|"del", row) as applied
+        self.deletes: dict[str, list[Row]] = {}
+        self.inserts: dict[str, list[Row]] = {}
+        self.events: dict[str, list[Row]] = {}
+        self.old_epoch_floor = db.epoch_floor
+
+    def insert(self, row: Row) -> None:
+        table = ROW_TABLE[type(row)]
+        if table in EVENT_TABLES:
+            self.events.setdefault(table, []).append(row)
+            return
+        self.db._insert(row)
+        self.undo.append(("ins", row))
+        self.inserts.setdefault(table, []).append(row)
+
+    def delete(self, row: Row) -> None:
+        table = ROW_TABLE[type(row)]
+        self.db._delete(row)
+        self.undo.append(("del", row))
+        ins = self.inserts.get(table, [])
+        if row in ins:
+            ins.remove(row)
+        else:
+            self.deletes.setdefault(table, []).append(row)
+
+    def update(self, old: Row, new: Row) -> None:
+        if old != new:
+            self.delete(old)
+            self.insert(new)
+
+    @property
+    def wrote(self) -> bool:
+        return any(self.deletes.values()) or any(self.inserts.values()) or any(self.events.values()) \
+            or self.db.epoch_floor != self.old_epoch_floor
+
+    def rollback(self) -> None:
+        for op, row in reversed(self.undo):
+            if op == "ins":
+                self.db._delete(row)
+            else:
+                self.db._restore(row)
+        self.db.epoch_floor = self.old_epoch_floor
+        self.undo.clear()

@@ -1,0 +1,430 @@
+"""The reference engine: the sync module's server core, sans-I/O.
+
+One :class:`Engine` runs the module single-writer: every reducer call is a serializable
+transaction over the indexed :class:`~reference.db.Db`, committed at the next ``tx_offset`` or
+rolled back; event-table rows exist only in the committed transaction's delta.  Each commit
+yields a :class:`~reference.log.TxRecord` for durability (``pending_records``); the durable
+offset advances only when the store says a record is on disk (:meth:`Engine.advance_durable`).
+
+Subscriptions are evaluated incrementally.  Every registered query is filed under its table and
+its *shape* (``spec.query.shape_key``); per transaction, each shape of each touched table is
+matched against that table's inserts and deletes once, however many clients share it, and the
+matches are then row-filtered per client by its claims (``spec.auth.can_read``).  Per-client
+updates are grouped by query set then table.  The caller of a reducer gets its ``ReducerResult``
+carrying its own rows; others get one ``TransactionUpdate``; clients with nothing matching get
+nothing.
+
+Outbound messages carry the offset of the state they derive from; a confirmed-read connection
+releases them in order once that offset is durable.  A queue past ``max_queue`` disconnects its
+client with ``slow_consumer``.  The engine never runs more than ``max_undurable`` transactions
+ahead of the durable offset (:meth:`can_commit`); the I/O layer waits on the store when it is.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import icontract
+
+from reference import reducers as r
+from reference.db import Db, Txn
+from reference.log import GENESIS, RowChange, TxRecord, make_record
+from spec import query as q
+from spec.auth import Claims, can_read, grant_matches
+from spec.errors import ErrorCode, SyncError
+from spec.messages import (
+    CLOSE_PROTOCOL,
+    SLOW_CONSUMER_REASON,
+    CallReducer,
+    ClientMessage,
+    Outbound,
+    QuerySetUpdate,
+    ReducerErr,
+    ReducerOk,
+    ReducerResult,
+    ServerMessage,
+    Subscribe,
+    SubscribeApplied,
+    SubscriptionError,
+    TableRows,
+    TransactionUpdate,
+    Unsubscribe,
+    UnsubscribeApplied,
+)
+from spec.policy import DEFAULT_POLICY, Policy
+from spec.schema import REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
+from spec.values import ProviderCapability, Row, SyncStream, value_has_type
+
+
+@dataclass
+class Connection:
+    conn_id: int
+    claims: Claims
+    confirmed: bool
+    query_sets: dict[int, tuple[q.Query, ...]] = field(default_factory=dict)
+    outbound: deque[Outbound] = field(default_factory=deque)
+    sessions: set[str] = field(default_factory=set)
+    closed_reason: str | None = None
+
+
+@dataclass
+class Shape:
+    query: q.Query
+    subscribers: dict[tuple[int, int], int] = field(default_factory=dict)  # (conn, qs) -> refcount
+
+
+class Engine:
+    def __init__(self, policy: Policy = DEFAULT_POLICY, max_queue: int = 1024, max_undurable: int = 1024) -> None:
+        self.policy = policy
+        self.max_queue = max_queue
+        self.max_undurable = max_undurable
+        self.db = Db()
+        self.committed = 0
+        self.durable = 0
+        self.head_hash = GENESIS
+        self.pending_records: list[TxRecord] = []  # committed, not yet handed to the store
+        self.conns: dict[int, Connection] = {}
+        self.shapes: dict[str, dict[tuple[object, ...], Shape]] = {}
+        self.now = 0
+        self._next_conn = 1
+        self.on_close: Callable[[int, str], None] | None = None
+        self._disconnects: list[tuple[str, frozenset[str]]] = []
+        self._fanning_out = False
+
+    # --- connections --------------------------------------------------------------------------
+
+    def connect(self, claims: Claims, confirmed: bool) -> int:
+        cid = self._next_conn
+        self._next_conn += 1
+        self.conns[cid] = Connection(cid, claims, confirmed)
+        return cid
+
+    def close(self, conn_id: int, reason: str = "closed") -> None:
+        conn = self.conns.pop(conn_id, None)
+        if conn is None:
+            return
+        conn.closed_reason = reason
+        for qs_id in list(conn.query_sets):
+            self._unregister(conn, qs_id)
+        if self.on_close is not None:
+            self.on_close(conn_id, reason)
+        if conn.sessions:
+            self._disconnects.append((conn.claims.identity, frozenset(conn.sessions)))
+        self._drain_disconnects()
+
+    def _drain_disconnects(self) -> None:
+        """Presence of closed connections goes ``disconnected`` in its own transaction, after any
+        fanout in progress and within the durability bound."""
+        while self._disconnects and not self._fanning_out and self.can_commit():
+            identity, sessions = self._disconnects.pop(0)
+            self._system("disconnect", (identity, tuple(sorted(sessions))),
+                         functools.partial(self._disconnect_body, identity, sessions))
+
+    def _disconnect_body(self, identity: str, sessions: frozenset[str], tx: Txn) -> None:
+        r.disconnect_sessions(tx, self.now, identity, sessions)
+
+    def can_commit(self) -> bool:
+        return self.committed - self.durable < self.max_undurable
+
+    # --- client messages ------------------------------------------------------------------------
+
+    def handle(self, conn_id: int, msg: ClientMessage) -> None:
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        if isinstance(msg, Subscribe):
+            self._subscribe(conn, msg)
+        elif isinstance(msg, Unsubscribe):
+            if msg.query_set_id not in conn.query_sets:
+                self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, SyncError(
+                    ErrorCode.INVALID_QUERY, {"message": "unknown query set",
+                                              "query_set_id": msg.query_set_id}).render()))
+                return
+            self._unregister(conn, msg.query_set_id)
+            self._send(conn, self.committed, UnsubscribeApplied(msg.request_id, msg.query_set_id))
+        else:
+            self._call(conn, msg)
+
+    def _check_queries(self, claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
+        if "sync.subscribe" not in claims.scopes:
+            raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
+        queries = [query for text in texts for query in q.parse(text)]
+        for query in queries:
+            if TABLE_BY_NAME[query.table].visibility is Visibility.STREAM_GRANT:
+                sid = q.pinned_value(query, "stream_id")
+                if isinstance(sid, str) and not any(grant_matches(g, sid) for g in claims.streams):
+                    raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
+        for query in queries:
+            self._check_stale(query)
+        return queries
+
+    def _check_stale(self, query: q.Query) -> None:
+        if query.table != "sync_event":
+            return
+        sid = q.pinned_value(query, "stream_id")
+        w = q.lower_bound_exclusive(query, "seq")
+        if not isinstance(sid, str) or w is None:
+            return
+        req = q.pinned_value(query, "epoch")
+        req_epoch = req if isinstance(req, int) and not isinstance(req, bool) else None
+        epoch, head, floor = r.stream_position(self.db, sid)
+        budget = self.policy.class_for(sid).replay_budget
+        reasons = []
+        if req_epoch is not None and req_epoch != epoch:
+            reasons.append("epoch_changed")
+        if w + 1 < floor:
+            reasons.append("retention_floor_breach")
+        if head - w > budget:
+            reasons.append("replay_budget_exceeded")
+        if w > head:
+            reasons.append("cursor_ahead_of_head")
+        if reasons:
+            raise SyncError(ErrorCode.STALE_CURSOR, {
+                "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": reasons, "replay_budget": budget,
+                "requested_epoch": req_epoch, "requested_watermark": w, "stream_id": sid})
+
+    def _subscribe(self, conn: Connection, msg: Subscribe) -> None:
+        if msg.query_set_id in conn.query_sets:
+            self.close(conn.conn_id, f"{CLOSE_PROTOCOL}: query set {msg.query_set_id} is already active")
+            return
+        try:
+            queries = self._check_queries(conn.claims, msg.queries)
+        except SyncError as err:
+            self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
+            return
+        rows = self._snapshot(conn.claims, queries)
+        conn.query_sets[msg.query_set_id] = tuple(queries)
+        for query in queries:
+            shape = self.shapes.setdefault(query.table, {}).setdefault(q.shape_key(query), Shape(query))
+            key = (conn.conn_id, msg.query_set_id)
+            shape.subscribers[key] = shape.subscribers.get(key, 0) + 1
+        self._send(conn, self.committed, SubscribeApplied(msg.request_id, msg.query_set_id, rows))
+
+    def _unregister(self, conn: Connection, qs_id: int) -> None:
+        for query in conn.query_sets.pop(qs_id, ()):
+            table_shapes = self.shapes.get(query.table, {})
+            shape = table_shapes.get(q.shape_key(query))
+            if shape is None:
+                continue
+            key = (conn.conn_id, qs_id)
+            shape.subscribers[key] -= 1
+            if shape.subscribers[key] == 0:
+                del shape.subscribers[key]
+            if not shape.subscribers:
+                del table_shapes[q.shape_key(query)]
+
+    def _owner(self, provider_id: str) -> str | None:
+        p = self.db.get("provider_capability", (provider_id,))
+        return p.owner if isinstance(p, ProviderCapability) else None
+
+    def _candidates(self, query: q.Query) -> list[Row]:
+        """Rows a snapshot must consider: a slice of one stream's log for a resume query."""
+        if query.table == "sync_event":
+            sid = q.pinned_value(query, "stream_id")
+            if isinstance(sid, str):
+                log = self.db.logs.get(sid)
+                if log is None:
+                    return []
+                w = q.lower_bound_exclusive(query, "seq")
+                return list(log.after(w)) if w is not None else list(log.events)
+        return list(self.db.rows(query.table))
+
+    def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:
+        out: dict[str, dict[Row, None]] = {}
+        for query in queries:
+            if TABLE_BY_NAME[query.table].event:
+                continue
+            bucket = out.setdefault(query.table, {})
+            for row in self._candidates(query):
+                if q.matches(query, row) and can_read(claims, row, self._owner):
+                    bucket[row] = None
+        return tuple(TableRows(t, tuple(rows)) for t, rows in out.items() if rows)
+
+    # --- transactions ----------------------------------------------------------------------------
+
+    def _call(self, conn: Connection, msg: CallReducer) -> None:
+        rdef = REDUCER_BY_NAME.get(msg.reducer)
+        error: SyncError | None = None
+        if rdef is None:
+            error = SyncError(ErrorCode.NO_SUCH_REDUCER, {"reducer": msg.reducer})
+        elif len(msg.args) != len(rdef.args):
+            error = SyncError(ErrorCode.INVALID_ARGUMENT, {
+                "argument": "*", "message": f"{msg.reducer} takes {len(rdef.args)} arguments, got {len(msg.args)}"})
+        else:
+            for col, value in zip(rdef.args, msg.args, strict=True):
+                if not value_has_type(value, col.type):
+                    error = SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": col.name, "message": "wrong type"})
+                    break
+        if error is not None:
+            self._send(conn, self.committed, ReducerResult(msg.request_id, self.committed, ReducerErr(error.render())))
+            return
+        ctx = r.Ctx(conn.claims, self.now, self.committed + 1, self.policy)
+        tx = Txn(self.db)
+        try:
+            ret = r.REDUCERS[msg.reducer](tx, ctx, *msg.args)
+        except SyncError as err:
+            tx.rollback()
+            self._send(conn, self.committed, ReducerResult(msg.request_id, self.committed, ReducerErr(err.render())))
+            return
+        except BaseException:
+            tx.rollback()
+            raise
+        if msg.reducer == "upsert_presence":
+            conn.sessions.add(str(msg.args[0]))
+        if not tx.wrote:
+            self._send(conn, self.committed, ReducerResult(msg.request_id, self.committed, ReducerOk(ret, ())))
+            return
+        self._commit(tx, "reducer", msg.reducer, conn.claims, msg.args, (conn, msg.request_id, ret))
+
+    def _system(self, kind: str, args: tuple[Any, ...], body: Callable[[Txn], None]) -> bool:
+        if not self.can_commit():
+            return False
+        tx = Txn(self.db)
+        try:
+            body(tx)
+        except BaseException:
+            tx.rollback()
+            raise
+        if not tx.wrote:
+            return False
+        self._commit(tx, kind, kind, None, args, None)
+        return True
+
+    def sweep(self, now: int) -> bool:
+        self.now = now
+        return self._system("sweep", (now,), lambda tx: r.sweep_presence(tx, now))
+
+    def compact(self, now: int) -> bool:
+        self.now = now
+        return self._system("compact", (now,), lambda tx: r.compact(tx, now, self.policy))
+
+    def admin_call(self, claims: Claims, reducer: str, args: tuple[Any, ...]) -> SyncError | None:
+        """A server-side call with no connection (admin tooling); its result goes nowhere."""
+        if not self.can_commit():
+            return SyncError(ErrorCode.INVALID_ARGUMENT, {"message": "server is waiting for durability"})
+        tx = Txn(self.db)
+        try:
+            r.REDUCERS[reducer](tx, r.Ctx(claims, self.now, self.committed + 1, self.policy), *args)
+        except SyncError as err:
+            tx.rollback()
+            return err
+        if tx.wrote:
+            self._commit(tx, "reducer", reducer, claims, args, None)
+        return None
+
+    @icontract.snapshot(lambda self: self.committed, name="committed")
+    @icontract.ensure(lambda self, OLD: self.committed > OLD.committed, "a commit takes the next offset")
+    def _commit(self, tx: Txn, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...],
+                reply: tuple[Connection, int, int | None] | None) -> None:
+        self.committed += 1
+        offset = self.committed
+        tables = [t for t in TABLE_BY_NAME if tx.deletes.get(t) or tx.inserts.get(t)]
+        changes = tuple(RowChange(t, tuple(tx.deletes.get(t, ())), tuple(tx.inserts.get(t, ()))) for t in tables)
+        record = make_record(offset, kind, name, caller, args, self.now, changes, self.head_hash)
+        self.head_hash = record.hash
+        self.pending_records.append(record)
+        self._fanning_out = True
+        try:
+            self._fanout(tx, offset, reply)
+        finally:
+            self._fanning_out = False
+        self._drain_disconnects()
+
+    def _fanout(self, tx: Txn, offset: int, reply: tuple[Connection, int, int | None] | None) -> None:
+        # per table, per shape: match the delta once
+        per_client: dict[tuple[int, int], dict[str, tuple[dict[Row, None], dict[Row, None]]]] = {}
+        touched = set(tx.deletes) | set(tx.inserts) | set(tx.events)
+        for table in touched:
+            inserts = tx.inserts.get(table, []) + tx.events.get(table, [])
+            deletes = tx.deletes.get(table, [])
+            for shape in self.shapes.get(table, {}).values():
+                ins = [row for row in inserts if q.matches(shape.query, row)]
+                dels = [row for row in deletes if q.matches(shape.query, row)]
+                if not ins and not dels:
+                    continue
+                for key in shape.subscribers:
+                    claims = self.conns[key[0]].claims
+                    bucket = per_client.setdefault(key, {}).setdefault(table, ({}, {}))
+                    for row in ins:
+                        if can_read(claims, row, self._owner):
+                            bucket[0][row] = None
+                    for row in dels:
+                        if can_read(claims, row, self._owner):
+                            bucket[1][row] = None
+        by_conn: dict[int, list[QuerySetUpdate]] = {}
+        for (conn_id, qs_id) in sorted(per_client):
+            parts = tuple(TableRows(t, tuple(i), tuple(d), TABLE_BY_NAME[t].event)
+                          for t, (i, d) in sorted(per_client[(conn_id, qs_id)].items()) if i or d)
+            if parts:
+                by_conn.setdefault(conn_id, []).append(QuerySetUpdate(qs_id, parts))
+        if reply is not None:
+            conn, request_id, ret = reply
+            self._send(conn, offset, ReducerResult(request_id, offset, ReducerOk(ret, tuple(by_conn.pop(conn.conn_id,
+                                                                                                         [])))))
+        for conn_id, updates in by_conn.items():
+            target = self.conns.get(conn_id)
+            if target is not None:
+                self._send(target, offset, TransactionUpdate(offset, tuple(updates)))
+
+    def _send(self, conn: Connection, offset: int, message: ServerMessage) -> None:
+        if conn.conn_id not in self.conns:
+            return
+        conn.outbound.append(Outbound(offset, message))
+        if len(conn.outbound) > self.max_queue:
+            self.close(conn.conn_id, SLOW_CONSUMER_REASON)
+
+    # --- delivery ---------------------------------------------------------------------------------
+
+    def releasable(self, conn_id: int) -> bool:
+        conn = self.conns.get(conn_id)
+        return conn is not None and bool(conn.outbound) and (
+            not conn.confirmed or conn.outbound[0].offset <= self.durable)
+
+    def pop(self, conn_id: int) -> Outbound:
+        return self.conns[conn_id].outbound.popleft()
+
+    def take_records(self) -> list[TxRecord]:
+        out, self.pending_records = self.pending_records, []
+        return out
+
+    @icontract.require(lambda self, offset: offset <= self.committed)
+    def advance_durable(self, offset: int) -> None:
+        self.durable = max(self.durable, offset)
+        self._drain_disconnects()
+
+    # --- recovery ---------------------------------------------------------------------------------
+
+    @classmethod
+    def recover(cls, records: list[TxRecord], clean: bool, now: int, policy: Policy = DEFAULT_POLICY,
+                max_queue: int = 1024, max_undurable: int = 1024) -> Engine:
+        """Rebuild from the durable commit log: apply every record's delta in order, checking the
+        hash chain; then, after an unclean stop, commit the recovery transaction (ADR-0001).
+        Raises :class:`ValueError` when the chain does not verify."""
+        eng = cls(policy, max_queue, max_undurable)
+        eng.now = now
+        for rec in records:
+            if rec.offset != eng.committed + 1 or rec.prev_hash != eng.head_hash:
+                raise ValueError(f"commit log broken at offset {rec.offset}")
+            expected = make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, rec.changes,
+                                   rec.prev_hash)
+            if expected.hash != rec.hash:
+                raise ValueError(f"commit log hash mismatch at offset {rec.offset}")
+            for change in rec.changes:
+                for row in change.deletes:
+                    eng.db._delete(row)
+                for row in change.inserts:
+                    eng.db._insert(row)
+            if rec.kind == "recovery":
+                eng.db.epoch_floor = int(rec.args[0])
+            eng.committed = rec.offset
+            eng.head_hash = rec.hash
+        eng.durable = eng.committed
+        if not clean:
+            fresh = max([eng.db.epoch_floor, *(s.epoch for s in eng.db.pk["sync_stream"].values()
+                                               if isinstance(s, SyncStream))]) + max_undurable + 1
+            eng._system("recovery", (fresh,), lambda tx: r.recovery_bump(tx, now, max_undurable))
+        return eng

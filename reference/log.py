@@ -1,0 +1,98 @@
+"""The commit log record: what the engine hands to durability for every committed transaction.
+
+A :class:`TxRecord` names the transaction (offset, kind, reducer or system action, caller,
+arguments, timestamp) and carries its row delta for the persistent tables.  Records are
+hash-chained: ``hash = sha256(prev_hash || canonical JSON of the record body)``; the body
+includes the delta's own digest, so the chain commits to the data, and re-executing the calls
+from empty state must reproduce every delta and so every hash (``syncref verify-log``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from spec.auth import Claims
+from spec.schema import TABLE_BY_NAME
+from spec.values import Row
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    table: str
+    deletes: tuple[Row, ...]
+    inserts: tuple[Row, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TxRecord:
+    offset: int
+    kind: str  # "reducer" | "sweep" | "compact" | "disconnect" | "recovery"
+    name: str  # reducer name, or the system action
+    caller: Claims | None
+    args: tuple[Any, ...]
+    timestamp: int
+    changes: tuple[RowChange, ...]
+    prev_hash: str
+    hash: str
+
+
+def row_json(row: Row) -> list[Any]:
+    out: list[Any] = []
+    for f in fields(row):
+        v = getattr(row, f.name)
+        out.append(list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def row_from_json(table: str, values: list[Any]) -> Row:
+    t = TABLE_BY_NAME[table]
+    conv = [tuple(v) if isinstance(v, list) else v for v in values]
+    make: Any = t.row_type
+    row: Row = make(*conv)
+    return row
+
+
+def claims_json(c: Claims | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {"identity": c.identity, "scopes": sorted(c.scopes), "streams": list(c.streams),
+            "device_id": c.device_id, "session_id": c.session_id, "client_build_id": c.client_build_id,
+            "protocol_version": c.protocol_version, "schema_version": c.schema_version}
+
+
+def claims_from_json(d: dict[str, Any] | None) -> Claims | None:
+    if d is None:
+        return None
+    return Claims(d["identity"], frozenset(d["scopes"]), tuple(d["streams"]), d["device_id"], d["session_id"],
+                  d["client_build_id"], d["protocol_version"], d["schema_version"])
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def changes_json(changes: tuple[RowChange, ...]) -> list[Any]:
+    return [[c.table, [row_json(r) for r in c.deletes], [row_json(r) for r in c.inserts]] for c in changes]
+
+
+def body_json(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
+              changes: tuple[RowChange, ...]) -> dict[str, Any]:
+    delta = _canon(changes_json(changes))
+    return {"offset": offset, "kind": kind, "name": name, "caller": claims_json(caller),
+            "args": [list(a) if isinstance(a, tuple) else a for a in args], "timestamp": timestamp,
+            "delta_hash": hashlib.sha256(delta.encode("utf-8")).hexdigest()}
+
+
+def chain(prev_hash: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256((prev_hash + _canon(body)).encode("utf-8")).hexdigest()
+
+
+def make_record(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
+                changes: tuple[RowChange, ...], prev_hash: str) -> TxRecord:
+    body = body_json(offset, kind, name, caller, args, timestamp, changes)
+    return TxRecord(offset, kind, name, caller, args, timestamp, changes, prev_hash, chain(prev_hash, body))
