@@ -84,8 +84,8 @@ def resume_queries(stream_id: str, epoch: int, watermark: int) -> tuple[str, ...
 APPLY_RULES: tuple[str, ...] = ("duplicate", "apply", "gap")
 
 
-@icontract.require(lambda last: last >= 0)
-@icontract.ensure(lambda result: result in APPLY_RULES)
+@icontract.require(lambda last: last >= 0, "a watermark is a seq (>= 0)")
+@icontract.ensure(lambda result: result in APPLY_RULES, "one of the three rules")
 @icontract.ensure(lambda last, seq, result: (result == "duplicate") == (seq <= last),
                   "REPLAY-1 (a seq at or below the watermark is a duplicate: dropped)")
 @icontract.ensure(lambda last, seq, result: (result == "apply") == (seq == last + 1),

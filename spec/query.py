@@ -394,7 +394,7 @@ def lower_bound_exclusive(q: Query, column: str) -> int | None:
     return max(bounds, default=None)
 
 
-@icontract.require(lambda q: q.table in TABLE_BY_NAME, "a query names a table of the schema")
+@icontract.require(lambda q: _well_typed(q), "the query is well typed (as parse makes it)")
 @icontract.ensure(lambda q, result: not result or bool(q.where), "a query without conditions is satisfiable")
 def unsatisfiable(q: Query) -> bool:
     """True when no row can match: a pinned value that fails another conjunct on its column, or an

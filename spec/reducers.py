@@ -818,7 +818,7 @@ def _max_epoch(db: DbState) -> int:
     return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
 
 
-@icontract.require(lambda max_undurable: max_undurable >= 0)
+@icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
 @icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),
                   "DUR-2 (every stream, and every stream created later, moves above every epoch the lost"

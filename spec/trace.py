@@ -161,7 +161,8 @@ class Trace:
             m = Mirror()
             for t in msg.rows:
                 m.rows.update(t.inserts)
-            link.mirrors[msg.query_set_id] = m
+            if not link.tainted:  # after a silent loss the mirror cannot track the server
+                link.mirrors[msg.query_set_id] = m
         elif isinstance(msg, SubscriptionError):
             queries = link.subscribed.get(msg.query_set_id, ())
             try:

@@ -54,6 +54,8 @@ ASSIGNMENT_ROLES: frozenset[str] = frozenset({"requester", "compute.assign", "co
 """Everything an assignment edge may name as who takes it."""
 
 
+@icontract.require(lambda old, new: old in ASSIGNMENT_STATUSES and new in ASSIGNMENT_STATUSES,
+                   "both ends are assignment statuses")
 @icontract.ensure(lambda old, new, result: result == ((old, new) in ASSIGNMENT_TRANSITIONS),
                   "ASSIGN-1 (the function agrees with the table)")
 @icontract.ensure(lambda old, new, result: not result or (
@@ -73,11 +75,13 @@ def assignment_edge_allowed(old: str, new: str) -> bool:
     return (old, new) in ASSIGNMENT_TRANSITIONS
 
 
+@icontract.require(lambda old, new: old in BRIDGE_STATUSES and new in BRIDGE_STATUSES,
+                   "both ends are outbox statuses")
 @icontract.ensure(lambda old, new, result: result == ((old, new) in BRIDGE_TRANSITIONS),
                   "BRIDGE-2 (the function agrees with the table)")
 @icontract.ensure(lambda old, result: not result or old != "sent", "BRIDGE-2 (a sent outbox row never changes)")
-@icontract.ensure(lambda old, new, result: not result or (old in BRIDGE_STATUSES and new in BRIDGE_STATUSES),
-                  "BRIDGE-1 (edges join valid statuses)")
+@icontract.ensure(lambda old, new, result: not result or old != new or old == "pending",
+                  "BRIDGE-1 (the only self-edge is a failed attempt that stays pending below the maximum)")
 @icontract.ensure(lambda old, new, result: result or not (old in ("pending", "failed") and new == "sent"),
                   "BRIDGE-2 (a success is recorded from pending, and a late one from failed)")
 def bridge_edge_allowed(old: str, new: str) -> bool:

@@ -10,3 +10,10 @@ def test_engine_equals_model() -> None:
     base = settings()
     run_state_machine_as_test(DiffMachine, settings=settings(base, max_examples=max(100, base.max_examples),
                                                              stateful_step_count=60))
+
+
+def test_engine_reducers_equal_model_reducers() -> None:
+    from support.machines import DiffModuleMachine
+    base = settings()
+    run_state_machine_as_test(DiffModuleMachine, settings=settings(base, max_examples=max(150, base.max_examples),
+                                                                   stateful_step_count=60))

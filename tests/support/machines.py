@@ -239,6 +239,8 @@ class SystemMachine(RuleBasedStateMachine):
     def start(self, follows: list[tuple[int, str]]) -> None:
         for i in range(3):
             self.sys.connect(i)
+        for i in (0, 1):  # live sessions, so disconnects have presence to mark
+            self.sys.call(i, "upsert_presence", (f"sess{i}", "dev", "node", "online", "eu", 5000))
         for i, s in follows:
             self.sys.follow(i, s)
         self.watch_all()
@@ -406,3 +408,54 @@ class DiffMachine(SystemMachine):
         self.sys = _mod("support.diff").DiffSystem(POLICY, SYSTEM_CLIENTS, max_queue=8, max_undurable=4)
         self.watching = False
         self.last_restart = 0
+
+
+class DiffModuleMachine(ModuleMachine):
+    """The module machine over the model's reducers and the engine's, call by call: the same
+    outcome (error string or return value) and the same tables after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine = _mod("reference.engine").Engine(POLICY, max_queue=10_000, max_undurable=10_000)
+        self.engine_conns: dict[Claims, int] = {}
+
+    def _compare_tables(self, where: str) -> None:
+        for table, rows in self.db.tables.items():
+            ref_rows = set(self.engine.db.rows(table))
+            if set(rows) != ref_rows:
+                self.violations.append(("DIFF", f"{where}: {table} model-only {set(rows) - ref_rows} "
+                                                f"ref-only {ref_rows - set(rows)}"))
+
+    def _run(self, claims: Claims, reducer: str, args: tuple[Any, ...]) -> Any:
+        from spec.messages import CallReducer, ReducerOk
+        red = _mod("spec.reducers")
+        self.engine.now = self.now
+        out = super()._run(claims, reducer, args)
+        if claims not in self.engine_conns:
+            self.engine_conns[claims] = self.engine.connect(claims, False)
+        conn = self.engine_conns[claims]
+        self.engine.handle(conn, CallReducer(1, reducer, args))
+        self.engine.advance_durable(self.engine.committed)
+        result = self.engine.pop(conn).message
+        mine = ("ok", out.ret) if isinstance(out, red.Ok) else ("err", out.error.render())
+        theirs = ("ok", result.outcome.ret) if isinstance(result.outcome, ReducerOk) else ("err", result.outcome.error)
+        if mine != theirs:
+            self.violations.append(("DIFF", f"{reducer}{args}: model {mine} engine {theirs}"))
+        if self.engine.committed != self.offset:
+            self.violations.append(("DIFF", f"offsets: model {self.offset} engine {self.engine.committed}"))
+        self._compare_tables(reducer)
+        return out
+
+    @rule(dt=st.sampled_from([0, 500_000, 1_000_000, 3_000_000, 1_234_567]))
+    def sweep(self, dt: int) -> None:
+        super().sweep(dt)
+        self.engine.sweep(self.now)
+        self.engine.advance_durable(self.engine.committed)
+        self._compare_tables("sweep")
+
+    @rule()
+    def compact(self) -> None:
+        super().compact()
+        self.engine.compact(self.now)
+        self.engine.advance_durable(self.engine.committed)
+        self._compare_tables("compact")

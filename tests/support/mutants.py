@@ -127,7 +127,7 @@ MUTANTS: tuple[Mutant, ...] = (
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 
 
-def apply(m: Mutant) -> None:
+def apply(m: Mutant, implementation: tuple[str, ...] = IMPLEMENTATION) -> None:
     mod = importlib.import_module(m.module)
     src = inspect.getsource(mod)
     for old, new in m.edits:
@@ -138,7 +138,7 @@ def apply(m: Mutant) -> None:
     linecache.cache[filename] = (len(src), None, src.splitlines(keepends=True), filename)  # for inspect/icontract
     exec(compile(src, filename, "exec"), mod.__dict__)
     after = False
-    for name in IMPLEMENTATION:
+    for name in implementation:
         if name == m.module:
             after = True
             continue

@@ -1,0 +1,519 @@
+"""Durability: the data directory's SQLite commit log and the group-commit writer (DESIGN §5).
+
+The log *is* the state.  Every committed transaction's :class:`~reference.log.TxRecord` becomes
+one row of ``commit_log`` in ``DIR/syncref.sqlite3`` (WAL, ``synchronous=FULL``), keyed by its
+``tx_offset``; the persistent tables are rebuilt on restart by applying the recorded deltas in
+order while the hash chain is checked (:meth:`Engine.recover`).  Nothing else about the tables is
+stored, so there is no second copy to disagree with the log.
+
+**Group commit.**  An fsync per transaction caps a single writer at the disk's flush rate.  The
+:class:`GroupCommitWriter` queues records as the engine commits them and writes *everything
+queued* in one SQLite transaction (one ``BEGIN IMMEDIATE ... COMMIT``, one WAL fsync).  While
+that COMMIT is in flight the engine keeps committing in memory -- at most ``max_undurable``
+transactions ahead (:meth:`Engine.can_commit`) -- and the next COMMIT takes the whole backlog.
+The durable offset (``durable_offset`` and the ``on_durable`` callback) moves only after COMMIT
+has returned; a failed write leaves it where it was, keeps the writer failed (no retry: after a
+failed fsync the page cache cannot be trusted) and surfaces as :class:`DurabilityError`.  The
+writer runs on a background thread, or without one when the caller drives :meth:`flush`.
+
+**Clean shutdown.**  ``meta.clean_shutdown`` is set by :meth:`LogStore.close_clean` -- only once
+the log holds every transaction the engine committed -- and cleared, durably, by the next
+:meth:`LogStore.open` before anything else is written.  Opening a log without the marker means
+the previous process may have shown clients transactions that never reached disk, so
+:func:`restart` lets :meth:`Engine.recover` commit the epoch-bumping recovery transaction
+(ADR-0001, decision 9) and makes it durable before returning the engine: nobody is served
+before it is on disk.  A brand-new data directory is clean (there is nothing to lose).
+
+**Policy.**  Re-executing a reducer needs the stream policy it ran under (payload limits,
+retention), so the data directory pins it: :func:`restart` stores the policy in ``meta`` the
+first time and refuses a different one later; ``syncref verify-log`` replays under it.
+
+One process owns a data directory at a time (an ``flock`` on ``DIR/syncref.lock``, released by
+the kernel even on SIGKILL); read-only opens (``verify-log``) take no lock and change nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import operator
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, TextIO
+
+from reference.engine import Engine
+from reference.log import GENESIS, RowChange, TxRecord, claims_from_json, claims_json, row_from_json
+from spec.policy import DEFAULT_POLICY, Policy, StreamClass
+from spec.values import Row
+
+DB_FILE = "syncref.sqlite3"
+LOCK_FILE = "syncref.lock"
+FORMAT = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS commit_log (
+    "offset" INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    caller_json TEXT NOT NULL,
+    args_json TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    changes_json TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_COLUMNS = '"offset", kind, name, caller_json, args_json, timestamp, changes_json, prev_hash, hash'
+_INSERT = f"INSERT INTO commit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+class DurabilityError(RuntimeError):
+    """The writer could not make records durable; it has stopped and the durable offset is frozen."""
+
+
+class LogCorruption(ValueError):
+    """A stored commit-log row cannot be decoded."""
+
+    def __init__(self, offset: int, message: str) -> None:
+        super().__init__(f"commit log row at offset {offset} is corrupt: {message}")
+        self.offset = offset
+
+
+# --- record <-> row ----------------------------------------------------------------------------
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def args_json(args: tuple[Any, ...]) -> list[Any]:
+    return [list(a) if isinstance(a, tuple) else a for a in args]
+
+
+def args_from_json(values: list[Any]) -> tuple[Any, ...]:
+    """Reducer arguments are flat: an array argument (``Vec<..>``) is the only list, and a tuple."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in values)
+
+
+_FIELDS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def _row_values(row: Row) -> tuple[Any, ...]:
+    """A row's column values in order -- :func:`reference.log.row_json` without the per-row
+    ``dataclasses.fields`` walk (the writer serializes every row of every delta)."""
+    get = _FIELDS.get(type(row))
+    if get is None:
+        names = [f.name for f in fields(row)]
+        many = operator.attrgetter(*names)
+        get = _FIELDS[type(row)] = many if len(names) > 1 else (lambda r: (many(r),))
+    return get(row)
+
+
+def changes_text(changes: tuple[RowChange, ...]) -> str:
+    """The stored form of a delta: the JSON of :func:`reference.log.changes_json` (tuples are arrays)."""
+    return _dumps([[c.table, [_row_values(r) for r in c.deletes], [_row_values(r) for r in c.inserts]]
+                   for c in changes])
+
+
+def record_row(rec: TxRecord) -> tuple[Any, ...]:
+    return (rec.offset, rec.kind, rec.name, _dumps(claims_json(rec.caller)), _dumps(args_json(rec.args)),
+            rec.timestamp, changes_text(rec.changes), rec.prev_hash, rec.hash)
+
+
+def record_from_row(row: Sequence[Any]) -> TxRecord:
+    offset = row[0]
+    try:
+        kind, name, caller_text, args_text, timestamp, changes_text, prev_hash, digest = row[1:]
+        args = json.loads(args_text)
+        changes = json.loads(changes_text)
+        if not isinstance(args, list) or not isinstance(changes, list):
+            raise ValueError("args and changes must be JSON arrays")
+        return TxRecord(offset, kind, name, claims_from_json(json.loads(caller_text)), args_from_json(args),
+                        timestamp,
+                        tuple(RowChange(table, tuple(row_from_json(table, r) for r in deletes),
+                                        tuple(row_from_json(table, r) for r in inserts))
+                              for table, deletes, inserts in changes),
+                        prev_hash, digest)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise LogCorruption(offset, f"{type(exc).__name__}: {exc}") from exc
+
+
+def policy_json(p: Policy) -> dict[str, Any]:
+    return {"classes": [[prefix, asdict(c)] for prefix, c in p.classes], "default_class": asdict(p.default_class),
+            "presence_min_ttl_ms": p.presence_min_ttl_ms, "presence_max_ttl_ms": p.presence_max_ttl_ms,
+            "bridge_kinds": sorted(p.bridge_kinds), "bridge_max_attempts": p.bridge_max_attempts,
+            "bridge_max_retry_after_ms": p.bridge_max_retry_after_ms, "max_error_text": p.max_error_text}
+
+
+def policy_from_json(d: dict[str, Any]) -> Policy:
+    return Policy(classes=tuple((prefix, StreamClass(**c)) for prefix, c in d["classes"]),
+                  default_class=StreamClass(**d["default_class"]),
+                  presence_min_ttl_ms=d["presence_min_ttl_ms"], presence_max_ttl_ms=d["presence_max_ttl_ms"],
+                  bridge_kinds=frozenset(d["bridge_kinds"]), bridge_max_attempts=d["bridge_max_attempts"],
+                  bridge_max_retry_after_ms=d["bridge_max_retry_after_ms"], max_error_text=d["max_error_text"])
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+class LogStore:
+    """The data directory's SQLite database: ``commit_log`` and ``meta``.  Not thread-safe by itself;
+    the :class:`GroupCommitWriter` is the only writer while it runs."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, clean_at_open: bool, readonly: bool,
+                 lock: TextIO | None) -> None:
+        self._conn = conn
+        self.path = path
+        self.clean_at_open = clean_at_open
+        self.readonly = readonly
+        self._lock = lock
+        self._closed = False
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False,
+             busy_timeout_ms: int = 10_000) -> LogStore:
+        """Open (creating if needed) ``data_dir``.  A writable open takes the directory lock and
+        clears the clean-shutdown marker durably before returning; ``clean_at_open`` says whether
+        it was set (or the directory is new)."""
+        d = Path(data_dir)
+        path = d / DB_FILE
+        if readonly:
+            if not path.exists():
+                raise FileNotFoundError(f"no commit log at {path}")
+            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+            try:
+                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+                marker = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
+            except BaseException:
+                conn.close()
+                raise
+            return cls(conn, path, marker is not None and marker[0] == "1", True, None)
+        d.mkdir(parents=True, exist_ok=True)
+        lock = open(d / LOCK_FILE, "a")  # noqa: SIM115 -- held for the store's lifetime
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RuntimeError(f"data directory {d} is in use by another process") from None
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except BaseException:
+            lock.close()
+            raise
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise RuntimeError(f"could not put {path} in WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            fresh = "format" not in meta
+            if fresh:
+                if conn.execute("SELECT 1 FROM commit_log LIMIT 1").fetchone() is not None:
+                    raise RuntimeError(f"{path} has a commit log but no format marker")
+                conn.execute("INSERT INTO meta (key, value) VALUES ('format', ?)", (FORMAT,))
+            elif meta["format"] != FORMAT:
+                raise RuntimeError(f"{path} has log format {meta['format']}, this build reads {FORMAT}")
+            clean = fresh or meta.get("clean_shutdown") == "1"
+            conn.execute("DELETE FROM meta WHERE key = 'clean_shutdown'")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            lock.close()
+            raise
+        return cls(conn, path, clean, False, lock)
+
+    # --- reading ---
+
+    def iter_records(self) -> Iterator[TxRecord]:
+        for row in self._conn.execute(f"SELECT {_COLUMNS} FROM commit_log ORDER BY \"offset\""):
+            yield record_from_row(row)
+
+    def load(self) -> tuple[list[TxRecord], bool]:
+        """Every stored record in offset order, and whether the last process shut down cleanly.
+        Raises :class:`LogCorruption` (a ``ValueError``) naming the first undecodable row."""
+        return list(self.iter_records()), self.clean_at_open
+
+    def last(self) -> tuple[int, str]:
+        """The highest stored offset and its hash (0 and the genesis hash for an empty log)."""
+        row = self._conn.execute('SELECT "offset", hash FROM commit_log ORDER BY "offset" DESC LIMIT 1').fetchone()
+        return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM commit_log").fetchone()[0])
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def load_policy(self) -> Policy | None:
+        text = self.get_meta("policy")
+        return None if text is None else policy_from_json(json.loads(text))
+
+    # --- writing ---
+
+    def save_policy(self, policy: Policy) -> None:
+        self.set_meta("policy", _dumps(policy_json(policy)))
+
+    def write_batch(self, records: Sequence[TxRecord]) -> int:
+        """Write ``records`` in one SQLite transaction; return the last offset once COMMIT has
+        returned.  On any failure the transaction is rolled back and the exception propagates."""
+        if not records:
+            return self.last()[0]
+        rows = [record_row(rec) for rec in records]
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany(_INSERT, rows)
+            self._commit()
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        return records[-1].offset
+
+    def _commit(self) -> None:
+        """The COMMIT (and, with ``synchronous=FULL``, the WAL fsync).  A seam for fault tests."""
+        self._conn.execute("COMMIT")
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            self._commit()
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def close_clean(self, committed: int) -> None:
+        """Set the clean-shutdown marker and close.  ``committed`` is the engine's committed offset:
+        the marker promises the log holds every transaction, so it must equal the stored head."""
+        stored = self.last()[0]
+        if stored != committed:
+            raise RuntimeError(f"clean shutdown with committed offset {committed} but log head {stored}")
+        self.set_meta("clean_shutdown", "1")
+        self.close()
+
+    def close(self) -> None:
+        """Close without the marker (the next open is an unclean restart)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._conn.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+
+
+# --- the group-commit writer -------------------------------------------------------------------
+
+DurableCallback = Callable[[int, Sequence[TxRecord]], None]
+
+
+class GroupCommitWriter:
+    """Batches queued records into one SQLite transaction each and reports the durable offset only
+    after that transaction's COMMIT returned.
+
+    ``background=True`` starts a writer thread that, whenever records are queued, takes all of
+    them (up to ``max_batch``) and writes them together; :meth:`flush` then just waits.  With
+    ``background=False`` nothing happens until :meth:`flush`, which writes in the caller's thread.
+    ``on_durable(offset, batch)`` runs after each COMMIT (on the writing thread); an exception
+    from it stops the writer like a write failure.
+    """
+
+    def __init__(self, store: LogStore, on_durable: DurableCallback | None = None, *, background: bool = True,
+                 max_batch: int | None = None) -> None:
+        if store.readonly:
+            raise ValueError("a read-only store cannot be written")
+        self._store = store
+        self._on_durable = on_durable
+        self._max_batch = max_batch
+        self._cv = threading.Condition()
+        self._queue: list[TxRecord] = []
+        self._appended, self._last_hash = store.last()
+        self._durable = self._appended
+        self._error: BaseException | None = None
+        self._closed = False
+        self.batches = 0  # COMMITs that wrote records
+        self.written = 0  # records written
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="syncref-group-commit", daemon=True)
+            self._thread.start()
+
+    @property
+    def durable_offset(self) -> int:
+        with self._cv:
+            return self._durable
+
+    @property
+    def appended_offset(self) -> int:
+        with self._cv:
+            return self._appended
+
+    @property
+    def error(self) -> BaseException | None:
+        with self._cv:
+            return self._error
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise DurabilityError(f"the commit-log writer failed: {self._error!r}") from self._error
+        if self._closed:
+            raise DurabilityError("the commit-log writer is closed")
+
+    def append(self, records: Sequence[TxRecord]) -> None:
+        """Queue records; they must continue the log (next offset, chained to the last hash)."""
+        with self._cv:
+            self._check()
+            offset, last_hash = self._appended, self._last_hash
+            for rec in records:
+                if rec.offset != offset + 1 or rec.prev_hash != last_hash:
+                    raise ValueError(f"record at offset {rec.offset} does not continue the log at {offset}")
+                offset, last_hash = rec.offset, rec.hash
+            self._queue.extend(records)
+            self._appended, self._last_hash = offset, last_hash
+            if records:
+                self._cv.notify_all()
+
+    def _take(self) -> list[TxRecord]:
+        n = len(self._queue) if self._max_batch is None else min(self._max_batch, len(self._queue))
+        batch, self._queue = self._queue[:n], self._queue[n:]
+        return batch
+
+    def _write(self, batch: list[TxRecord]) -> None:
+        try:
+            offset = self._store.write_batch(batch)
+            with self._cv:
+                self._durable = offset
+                self.batches += 1
+                self.written += len(batch)
+                self._cv.notify_all()
+            if self._on_durable is not None:
+                self._on_durable(offset, batch)
+        except BaseException as exc:
+            with self._cv:
+                self._error = exc
+                self._cv.notify_all()
+            raise
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed and self._error is None:
+                    self._cv.wait()
+                if self._error is not None or not self._queue:
+                    return  # failed, or closed with nothing left
+                batch = self._take()
+            try:
+                self._write(batch)
+            except BaseException:
+                return  # recorded in self._error; waiters are woken
+
+    def flush(self) -> int:
+        """Make everything appended so far durable; return the durable offset."""
+        if self._thread is None:
+            while True:
+                with self._cv:
+                    self._check()
+                    batch = self._take()
+                if not batch:
+                    return self.durable_offset
+                try:
+                    self._write(batch)
+                except BaseException as exc:
+                    raise DurabilityError(f"the commit-log write failed: {exc!r}") from exc
+        with self._cv:
+            target = self._appended
+            while self._durable < target and self._error is None:
+                self._cv.wait()
+            if self._error is not None:
+                raise DurabilityError(f"the commit-log writer failed: {self._error!r}") from self._error
+            return self._durable
+
+    def wait_durable(self, offset: int, timeout: float | None = None) -> bool:
+        """Block until ``offset`` is durable (True), the timeout passes (False), or the writer fails."""
+        with self._cv:
+            ok = self._cv.wait_for(lambda: self._durable >= offset or self._error is not None, timeout)
+            if self._error is not None:
+                raise DurabilityError(f"the commit-log writer failed: {self._error!r}") from self._error
+            return ok
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread.  Raises :class:`DurabilityError` if writing failed."""
+        if self._thread is None:
+            if self._error is None and not self._closed:
+                self.flush()
+        else:
+            with self._cv:
+                self._closed = True
+                self._cv.notify_all()
+            self._thread.join()
+        with self._cv:
+            self._closed = True
+            if self._error is not None:
+                raise DurabilityError(f"the commit-log writer failed: {self._error!r}") from self._error
+
+
+# --- engine lifecycle -------------------------------------------------------------------------
+
+
+def sync(engine: Engine, writer: GroupCommitWriter) -> int:
+    """Hand every pending record to the writer, wait until it is durable and tell the engine --
+    repeating while that releases more commits (queued disconnects).  Returns the durable offset."""
+    while True:
+        records = engine.take_records()
+        if records:
+            writer.append(records)
+        durable = writer.flush()
+        engine.advance_durable(durable)
+        if not engine.pending_records:
+            return durable
+
+
+def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy | None = None,
+            max_queue: int = 1024, max_undurable: int = 1024) -> Engine:
+    """Rebuild the engine from the log and make any recovery transaction durable before returning;
+    call it before the engine serves anyone (it also writes ``meta`` on the store's connection).
+
+    ``policy`` defaults to the one the data directory stores; a directory without one stores
+    ``policy`` (or the default).  A policy different from the stored one is refused: the log
+    could no longer be re-executed (``verify-log``) under a single policy.
+
+    The recovery bump must cover the undurable window of the process that *crashed*, which may
+    have run with a larger ``max_undurable`` than this one: ``meta.max_undurable`` records each
+    run's bound (durably, before that run serves), and the bump uses the larger of the two."""
+    stored = store.load_policy()
+    if stored is None:
+        policy = policy if policy is not None else DEFAULT_POLICY
+        store.save_policy(policy)
+    elif policy is None:
+        policy = stored
+    elif policy != stored:
+        raise ValueError("the data directory was created under a different policy")
+    previous = store.get_meta("max_undurable")
+    margin = max(max_undurable, int(previous)) if previous is not None else max_undurable
+    records, clean = store.load()
+    engine = Engine.recover(records, clean, now, policy, max_queue, margin)
+    del records
+    sync(engine, writer)
+    engine.max_undurable = max_undurable
+    if previous != str(max_undurable):
+        store.set_meta("max_undurable", str(max_undurable))
+    return engine
+
+
+def shutdown(engine: Engine, writer: GroupCommitWriter, store: LogStore) -> None:
+    """Clean shutdown: flush every committed transaction, stop the writer, set the marker."""
+    sync(engine, writer)
+    writer.close()
+    store.close_clean(engine.committed)

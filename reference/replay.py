@@ -1,0 +1,179 @@
+"""Replay parity: re-execute the commit log from empty state (``syncref verify-log``).
+
+Recovery (:meth:`Engine.recover`) trusts the recorded deltas: it applies them and checks only
+that the hash chain over them is intact.  Replay trusts nothing but the *calls*.  Starting from
+an empty :class:`~reference.db.Db`, each record's transaction is run again -- the reducer from
+:data:`reference.reducers.REDUCERS` with the recorded caller claims, timestamp and offset, or the
+system action (``sweep``, ``compact``, ``disconnect``, ``recovery``) with its recorded arguments
+-- and the delta it produces must equal the recorded delta, row for row; the chain is then
+recomputed over the recorded call and the *re-executed* delta and must give the stored hash at
+every offset, so the final digest is reached only if every transaction is reproducible.  A
+tampered argument, a delta that no call produces, a reordered or missing record and a reducer
+whose behaviour has drifted since the log was written all stop replay at the offset concerned.
+
+Reducers need the stream policy (payload limits, retention, bridge kinds); replay uses the one
+stored in the data directory, else :data:`spec.policy.DEFAULT_POLICY`.  The recovery action's
+margin (``max_undurable + 1``) is not in the log, so replay checks that a recovery record moves
+every epoch strictly past all existing ones and re-runs the bump with the margin it implies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from reference import reducers as r
+from reference.db import Db, Txn
+from reference.durability import LogCorruption, LogStore
+from reference.log import GENESIS, RowChange, TxRecord, make_record
+from spec.errors import SyncError
+from spec.policy import DEFAULT_POLICY, Policy
+from spec.schema import REDUCER_BY_NAME, TABLE_BY_NAME
+from spec.values import SyncStream, value_has_type
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    offset: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    records: int  # records re-executed and matched
+    digest: str  # the recomputed chain head after them
+    mismatch: Mismatch | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    records: int
+    digest: str
+    stored_records: int
+    stored_digest: str
+    policy: str  # "stored" or "default"
+    clean_shutdown: bool
+    mismatch: Mismatch | None
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatch is None and self.digest == self.stored_digest and self.records == self.stored_records
+
+
+class _Diverged(Exception):
+    pass
+
+
+def delta_of(tx: Txn) -> tuple[RowChange, ...]:
+    """The persistent-table delta of a transaction, in the engine's order (schema table order)."""
+    tables = [t for t in TABLE_BY_NAME if tx.deletes.get(t) or tx.inserts.get(t)]
+    return tuple(RowChange(t, tuple(tx.deletes.get(t, ())), tuple(tx.inserts.get(t, ()))) for t in tables)
+
+
+def _run(db: Db, tx: Txn, rec: TxRecord, policy: Policy) -> None:
+    args = rec.args
+    if rec.kind == "reducer":
+        rdef = REDUCER_BY_NAME.get(rec.name)
+        if rdef is None:
+            raise _Diverged(f"unknown reducer {rec.name!r}")
+        if rec.caller is None:
+            raise _Diverged("a reducer record without a caller")
+        if len(args) != len(rdef.args):
+            raise _Diverged(f"{rec.name} takes {len(rdef.args)} arguments, the record has {len(args)}")
+        for col, value in zip(rdef.args, args, strict=True):
+            if not value_has_type(value, col.type):
+                raise _Diverged(f"argument {col.name} of {rec.name} has the wrong type")
+        r.REDUCERS[rec.name](tx, r.Ctx(rec.caller, rec.timestamp, rec.offset, policy), *args)
+    elif rec.kind == "sweep" and len(args) == 1 and isinstance(args[0], int):
+        r.sweep_presence(tx, args[0])
+    elif rec.kind == "compact" and len(args) == 1 and isinstance(args[0], int):
+        r.compact(tx, args[0], policy)
+    elif rec.kind == "disconnect" and len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], tuple):
+        r.disconnect_sessions(tx, rec.timestamp, args[0], frozenset(args[1]))
+    elif rec.kind == "recovery" and len(args) == 1 and isinstance(args[0], int):
+        top = max([db.epoch_floor, *(s.epoch for s in db.pk["sync_stream"].values() if isinstance(s, SyncStream))])
+        if args[0] <= top:
+            raise _Diverged(f"recovery epoch {args[0]} does not exceed every existing epoch ({top})")
+        r.recovery_bump(tx, rec.timestamp, args[0] - top - 1)
+    else:
+        raise _Diverged(f"unknown or malformed {rec.kind!r} record")
+    if rec.kind != rec.name and rec.kind != "reducer":
+        raise _Diverged(f"system record {rec.kind!r} named {rec.name!r}")
+
+
+def _describe(recorded: tuple[RowChange, ...], replayed: tuple[RowChange, ...]) -> str:
+    rec_t = {c.table: c for c in recorded}
+    rep_t = {c.table: c for c in replayed}
+    for table in TABLE_BY_NAME:
+        a, b = rec_t.get(table), rep_t.get(table)
+        if a != b:
+            def show(c: RowChange | None) -> str:
+                return "nothing" if c is None else f"-{list(c.deletes)!r} +{list(c.inserts)!r}"
+            return f"table {table}: recorded {show(a)[:300]}, re-executed {show(b)[:300]}"
+    return "the tables are ordered differently"
+
+
+def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: Policy) -> str:
+    """Re-execute one record on ``db`` (committing it) and return the new chain head; raise
+    :class:`_Diverged` if it does not reproduce the record."""
+    if rec.offset != expected_offset:
+        raise _Diverged(f"expected offset {expected_offset}, found {rec.offset}")
+    if rec.prev_hash != head:
+        raise _Diverged("prev_hash does not match the recomputed chain")
+    tx = Txn(db)
+    try:
+        _run(db, tx, rec, policy)
+    except _Diverged:
+        tx.rollback()
+        raise
+    except SyncError as err:
+        tx.rollback()
+        raise _Diverged(f"re-execution failed with {err.code.value}: {err.details}") from err
+    except Exception as exc:
+        tx.rollback()
+        raise _Diverged(f"re-execution raised {type(exc).__name__}: {exc}") from exc
+    if not tx.wrote:
+        raise _Diverged("re-execution wrote nothing, but only writing transactions are logged")
+    changes = delta_of(tx)
+    if changes != rec.changes:
+        raise _Diverged("re-executed delta differs: " + _describe(rec.changes, changes))
+    digest = make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, changes, head).hash
+    if digest != rec.hash:
+        raise _Diverged(f"hash differs: recorded {rec.hash}, recomputed {digest}")
+    return digest
+
+
+def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY) -> ReplayResult:
+    """Re-execute ``records`` from empty state; stop at the first record that does not reproduce."""
+    db = Db()
+    head = GENESIS
+    count = 0
+    it = iter(records)
+    while True:
+        try:
+            rec = next(it)
+        except StopIteration:
+            return ReplayResult(count, head, None)
+        except LogCorruption as exc:
+            return ReplayResult(count, head, Mismatch(exc.offset, str(exc)))
+        try:
+            head = replay_step(db, rec, head, count + 1, policy)
+        except _Diverged as exc:
+            return ReplayResult(count, head, Mismatch(rec.offset, str(exc)))
+        count += 1
+
+
+def verify_log(data_dir: str | os.PathLike[str]) -> VerifyReport:
+    """Replay the data directory's whole log (read-only: the clean marker is left alone)."""
+    store = LogStore.open(data_dir, readonly=True)
+    try:
+        stored = store.load_policy()
+        policy = stored if stored is not None else DEFAULT_POLICY
+        result = replay(store.iter_records(), policy)
+        stored_records = store.count()
+        _, stored_digest = store.last()
+        return VerifyReport(result.records, result.digest, stored_records, stored_digest,
+                            "stored" if stored is not None else "default", store.clean_at_open, result.mismatch)
+    finally:
+        store.close()

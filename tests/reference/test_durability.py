@@ -1,0 +1,377 @@
+"""The data directory: round trips through SQLite, the clean-shutdown marker, corruption and
+tampering caught at the right offset, the policy pinned in the directory, the group-commit
+writer's batching and contiguity checks (DESIGN §5, ADR-0001 decision 9)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reference.durability import (
+    DB_FILE,
+    GroupCommitWriter,
+    LogCorruption,
+    LogStore,
+    restart,
+    shutdown,
+    sync,
+)
+from reference.engine import Engine
+from reference.log import TxRecord
+from reference.replay import replay, verify_log
+from spec.auth import Claims
+from spec.messages import CallReducer, ReducerOk, ReducerResult
+from spec.policy import DEFAULT_POLICY, Policy, StreamClass
+from spec.schema import SCOPES
+from spec.values import SyncEvent, SyncStream
+
+ALL = Claims("a" * 64, frozenset(SCOPES), ("*",))
+POLICY = Policy(classes=(("s.", StreamClass("short", retain_count=2)),))
+
+
+def call(eng: Engine, conn: int, reducer: str, *args: Any) -> None:
+    eng.handle(conn, CallReducer(1, reducer, tuple(args)))
+    out = eng.pop(conn).message
+    assert isinstance(out, ReducerResult) and isinstance(out.outcome, ReducerOk), (reducer, out)
+
+
+def drive(eng: Engine, tag: str = "") -> None:
+    """Every kind of logged transaction: each reducer, sweep, compact, disconnect."""
+    eng.now += 1_000_000
+    c = eng.connect(ALL, confirmed=False)
+    call(eng, c, "append_sync_event", f"s.one{tag}", "k1", '{"a": 1}', None, None)
+    call(eng, c, "append_sync_event", f"s.one{tag}", "k2", '{"a": "\u00e9"}', None, 2)
+    call(eng, c, "append_sync_event", f"s.one{tag}", "k3", "[1, 2, 3]", None, None)
+    call(eng, c, "append_sync_event", f"x.two{tag}", "k1", '{"b": [1, 2]}', None, None)
+    call(eng, c, "ack_checkpoint", f"c1{tag}", f"s.one{tag}", eng.db.epoch_floor, 2)
+    call(eng, c, "upsert_presence", f"sess1{tag}", "dev1", "node1", "online", "eu", 1000)
+    call(eng, c, "publish_provider_capability", f"p1{tag}", '{"gpu": true}', (5001, 5000), 10, "active")
+    call(eng, c, "open_compute_assignment", f"r1{tag}", 5001, '{"x": 1}')
+    call(eng, c, "update_compute_assignment", f"r1{tag}", 1, "assigned", f"p1{tag}", None)
+    call(eng, c, "enqueue_bridge_event", f"o1{tag}", "src", 1, '[["t", "x"]]', "hello")
+    call(eng, c, "mark_bridge_event_sent", f"o1{tag}", "ab" * 32, ("wss://r2", "wss://r1"))
+    call(eng, c, "enqueue_bridge_event", f"o2{tag}", "src", 1, "[]", "x")
+    call(eng, c, "record_bridge_failure", f"o2{tag}", "timeout", 1000)
+    call(eng, c, "publish_stream_signal", f"s.one{tag}", "typing", "{}")
+    call(eng, c, "reset_stream_epoch", f"x.two{tag}")
+    call(eng, c, "upsert_presence", f"sess2{tag}", "dev1", "node1", "online", "", 1000)
+    eng.close(c)  # sess1 and sess2 go offline: a "disconnect" transaction
+    c = eng.connect(ALL, confirmed=False)
+    call(eng, c, "upsert_presence", f"sess3{tag}", "dev1", "node1", "online", "", 1000)
+    assert eng.sweep(eng.now + 2_000_000)  # sess3 expires
+    assert eng.compact(eng.now)  # s.one keeps 2 events
+    eng.close(c)
+
+
+def kinds(records: list[TxRecord]) -> set[str]:
+    return {rec.kind for rec in records}
+
+
+def tables(eng: Engine) -> tuple[Any, ...]:
+    return ({t: dict(rows) for t, rows in eng.db.pk.items()},
+            {sid: (log.floor, list(log.events), dict(log.by_key)) for sid, log in eng.db.logs.items()},
+            eng.db.epoch_floor, eng.committed, eng.head_hash)
+
+
+def write_all(path: Path, records: list[TxRecord], *, clean: bool, policy: Policy | None = POLICY) -> None:
+    store = LogStore.open(path)
+    if policy is not None:
+        store.save_policy(policy)
+    writer = GroupCommitWriter(store, background=False)
+    writer.append(records)
+    writer.flush()
+    writer.close()
+    if clean:
+        store.close_clean(records[-1].offset if records else 0)
+    else:
+        store.close()
+
+
+def built(path: Path) -> tuple[Engine, list[TxRecord]]:
+    """An engine driven through every kind of transaction, an unclean recovery included."""
+    eng = Engine(POLICY)
+    drive(eng)
+    first = eng.take_records()
+    eng = Engine.recover(first, clean=False, now=eng.now, policy=POLICY)  # a "recovery" record
+    drive(eng, "b")
+    records = first + eng.take_records()
+    assert kinds(records) == {"reducer", "sweep", "compact", "disconnect", "recovery"}
+    return eng, records
+
+
+def test_round_trip_restores_tables_and_head(tmp_path: Path) -> None:
+    eng, records = built(tmp_path)
+    write_all(tmp_path, records, clean=True)
+    store = LogStore.open(tmp_path)
+    loaded, clean = store.load()
+    store.close()
+    assert clean
+    assert loaded == records  # args, claims, rows: value-equal after SQLite and JSON
+    again = Engine.recover(loaded, clean=True, now=eng.now, policy=POLICY)
+    assert tables(again) == tables(eng)
+    assert again.take_records() == []  # a clean restart commits nothing
+
+
+def test_restart_after_unclean_stop_bumps_and_persists_recovery(tmp_path: Path) -> None:
+    eng, records = built(tmp_path)
+    write_all(tmp_path, records, clean=False)
+    before = max([eng.db.epoch_floor, *(s.epoch for s in eng.db.pk["sync_stream"].values()
+                                        if isinstance(s, SyncStream))])
+    store = LogStore.open(tmp_path)
+    assert not store.clean_at_open
+    writer = GroupCommitWriter(store)
+    eng2 = restart(store, writer, now=eng.now + 1, max_undurable=16)
+    assert eng2.committed == len(records) + 1 and eng2.durable == eng2.committed  # recovery is durable
+    epochs = [s.epoch for s in eng2.db.pk["sync_stream"].values() if isinstance(s, SyncStream)]
+    assert min(epochs) == eng2.db.epoch_floor == before + 16 + 1
+    writer.close()
+    store.close()
+    store = LogStore.open(tmp_path, readonly=True)
+    assert store.last() == (eng2.committed, eng2.head_hash)
+    store.close()
+
+
+def test_clean_marker_set_on_clean_close_cleared_on_open(tmp_path: Path) -> None:
+    store = LogStore.open(tmp_path)
+    assert store.clean_at_open  # a new directory: nothing can have been lost
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=1, policy=POLICY)
+    assert eng.committed == 0
+    drive(eng)
+    shutdown(eng, writer, store)
+    ro = LogStore.open(tmp_path, readonly=True)
+    assert ro.clean_at_open
+    ro.close()
+    assert LogStore.open(tmp_path, readonly=True).clean_at_open  # read-only opens leave it alone
+
+    store = LogStore.open(tmp_path)  # clears the marker durably...
+    assert store.clean_at_open
+    store.close()  # ...and an unclean close does not set it again
+    store = LogStore.open(tmp_path)
+    assert not store.clean_at_open
+    writer = GroupCommitWriter(store)
+    committed = eng.committed
+    eng = restart(store, writer, now=eng.now + 1)
+    assert eng.committed == committed + 1  # the recovery transaction
+    shutdown(eng, writer, store)
+
+    store = LogStore.open(tmp_path)
+    assert store.clean_at_open
+    writer = GroupCommitWriter(store)
+    again = restart(store, writer, now=eng.now + 1)
+    assert again.committed == eng.committed and again.head_hash == eng.head_hash  # no bump after a clean stop
+    again.admin_call(ALL, "append_sync_event", ("s.z", "k", "{}", None, None))
+    with pytest.raises(RuntimeError, match="committed offset"):
+        store.close_clean(again.committed)  # not yet in the log: the marker would lie
+    writer.close()
+    store.close()
+
+
+def test_empty_but_used_directory_is_unclean(tmp_path: Path) -> None:
+    LogStore.open(tmp_path).close()  # created, then "crashed" before writing anything
+    store = LogStore.open(tmp_path)
+    assert not store.clean_at_open
+    store.close()
+
+
+def test_one_process_per_directory(tmp_path: Path) -> None:
+    store = LogStore.open(tmp_path)
+    with pytest.raises(RuntimeError, match="in use"):
+        LogStore.open(tmp_path)
+    store.close()
+    LogStore.open(tmp_path).close()
+
+
+def _tamper(path: Path, sql: str, *params: Any) -> None:
+    conn = sqlite3.connect(path / DB_FILE)
+    with conn:
+        assert conn.execute(sql, params).rowcount == 1
+    conn.close()
+
+
+def test_corrupted_row_is_named_by_offset(tmp_path: Path) -> None:
+    _, records = built(tmp_path)
+    write_all(tmp_path, records, clean=True)
+    target = next(rec for rec in records if rec.name == "append_sync_event" and rec.offset > 3)
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    (text,) = conn.execute('SELECT changes_json FROM commit_log WHERE "offset" = ?', (target.offset,)).fetchone()
+    conn.close()
+    changes = json.loads(text)
+    changes[-1][2][0][-2] += 1  # the inserted event's committed_at: still well-formed
+    _tamper(tmp_path, 'UPDATE commit_log SET changes_json = ? WHERE "offset" = ?', json.dumps(changes), target.offset)
+    loaded, _ = LogStore.open(tmp_path, readonly=True).load()
+    with pytest.raises(ValueError, match=f"offset {target.offset}$"):
+        Engine.recover(loaded, clean=True, now=0, policy=POLICY)
+
+    _tamper(tmp_path, 'UPDATE commit_log SET changes_json = ? WHERE "offset" = ?', "[[", target.offset)
+    with pytest.raises(LogCorruption, match=f"offset {target.offset} ") as info:
+        LogStore.open(tmp_path, readonly=True).load()
+    assert info.value.offset == target.offset and isinstance(info.value, ValueError)
+
+
+def test_missing_row_breaks_the_chain(tmp_path: Path) -> None:
+    _, records = built(tmp_path)
+    write_all(tmp_path, records, clean=True)
+    _tamper(tmp_path, 'DELETE FROM commit_log WHERE "offset" = 5')
+    loaded, _ = LogStore.open(tmp_path, readonly=True).load()
+    with pytest.raises(ValueError, match="offset 6"):
+        Engine.recover(loaded, clean=True, now=0, policy=POLICY)
+    report = verify_log(tmp_path)
+    assert not report.ok and report.mismatch is not None and report.mismatch.offset == 6
+
+
+def _cli(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "adapters.cli", "verify-log", "--data", str(path), *extra],
+                          capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_verify_log_replays_everything(tmp_path: Path) -> None:
+    eng, records = built(tmp_path)
+    write_all(tmp_path, records, clean=True)
+    report = verify_log(tmp_path)
+    assert report.ok, report.mismatch
+    assert (report.records, report.digest, report.policy) == (len(records), eng.head_hash, "stored")
+    done = _cli(tmp_path, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["ok"] and out["digest"] == eng.head_hash and out["records"] == len(records)
+    assert "verify-log: OK" in _cli(tmp_path).stdout
+    assert LogStore.open(tmp_path, readonly=True).clean_at_open  # verify-log left the marker alone
+
+
+def test_verify_log_needs_the_policy_the_log_ran_under(tmp_path: Path) -> None:
+    _, records = built(tmp_path)
+    result = replay(records, DEFAULT_POLICY)  # the first stream's row names its class: "short", not "default"
+    assert result.mismatch is not None and result.mismatch.offset == 1 and "sync_stream" in result.mismatch.reason
+    assert replay(records, POLICY).mismatch is None
+    longer = Policy(classes=(("s.", StreamClass("short", retain_count=3)),))  # same class, other retention
+    result = replay(records, longer)
+    compact_at = next(rec.offset for rec in records if rec.kind == "compact")
+    assert result.mismatch is not None and result.mismatch.offset == compact_at
+    write_all(tmp_path, records, clean=True, policy=None)  # no stored policy: verify-log uses the default
+    report = verify_log(tmp_path)
+    assert report.policy == "default" and report.mismatch is not None and report.mismatch.offset == 1
+
+
+def test_verify_log_detects_tampered_args(tmp_path: Path) -> None:
+    _, records = built(tmp_path)
+    write_all(tmp_path, records, clean=True)
+    target = next(rec for rec in records if rec.name == "append_sync_event" and rec.offset > 1)
+    args = list(target.args)
+    args[2] = '{"a": 999}'  # a different payload: the re-executed event differs
+    _tamper(tmp_path, 'UPDATE commit_log SET args_json = ? WHERE "offset" = ?', json.dumps(args), target.offset)
+    report = verify_log(tmp_path)
+    assert not report.ok and report.mismatch is not None
+    assert report.mismatch.offset == target.offset and "delta differs" in report.mismatch.reason
+    assert report.records == target.offset - 1
+    done = _cli(tmp_path)
+    assert done.returncode == 1 and f"MISMATCH at offset {target.offset}" in done.stdout
+
+
+def test_verify_log_detects_args_that_change_only_the_hash(tmp_path: Path) -> None:
+    _, records = built(tmp_path)
+    write_all(tmp_path, records, clean=True)
+    target = next(rec for rec in records if rec.name == "append_sync_event" and rec.args[4] is None
+                  and rec.offset > 1)
+    seq = next(r.seq for c in target.changes for r in c.inserts if isinstance(r, SyncEvent))
+    args = [*target.args[:4], seq]  # the right expected_next_seq: the same delta, a different call
+    _tamper(tmp_path, 'UPDATE commit_log SET args_json = ? WHERE "offset" = ?', json.dumps(args), target.offset)
+    report = verify_log(tmp_path)
+    assert report.mismatch is not None and report.mismatch.offset == target.offset
+    assert "hash differs" in report.mismatch.reason
+
+
+def test_verify_log_on_a_missing_directory(tmp_path: Path) -> None:
+    done = _cli(tmp_path / "nothing")
+    assert done.returncode == 2 and "no commit log" in done.stderr
+
+
+def test_policy_is_pinned(tmp_path: Path) -> None:
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=1, policy=POLICY)
+    shutdown(eng, writer, store)
+    store = LogStore.open(tmp_path)
+    assert store.load_policy() == POLICY
+    with pytest.raises(ValueError, match="different policy"):
+        restart(store, GroupCommitWriter(store, background=False), now=2, policy=DEFAULT_POLICY)
+    store.close()
+
+
+def test_recovery_margin_covers_the_crashed_runs_window(tmp_path: Path) -> None:
+    """A restart with a smaller max_undurable still bumps past the previous run's window."""
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=1, policy=POLICY, max_undurable=100)
+    eng.admin_call(ALL, "append_sync_event", ("s.a", "k", "{}", None, None))
+    sync(eng, writer)
+    writer.close()
+    store.close()  # crash
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=2, max_undurable=4)
+    assert eng.db.epoch_floor == 1 + 100 + 1 and eng.max_undurable == 4
+    writer.close()
+    store.close()  # crash again: this run's window was 4
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=3, max_undurable=4)
+    assert eng.db.epoch_floor == 102 + 4 + 1
+    writer.close()
+    store.close()
+
+
+def test_writer_rejects_records_that_do_not_continue_the_log(tmp_path: Path) -> None:
+    eng = Engine(POLICY)
+    drive(eng)
+    records = eng.take_records()
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, background=False)
+    with pytest.raises(ValueError, match="offset 2"):
+        writer.append(records[1:])
+    writer.append(records[:3])
+    with pytest.raises(ValueError, match="offset 5"):
+        writer.append(records[4:])
+    other = Engine(POLICY)
+    drive(other, "x")  # offset 4 of another history: wrong prev_hash
+    with pytest.raises(ValueError, match="offset 4"):
+        writer.append(other.take_records()[3:])
+    writer.append(records[3:])
+    assert writer.flush() == len(records)
+    writer.close()
+    store.close()
+
+
+class GatedStore(LogStore):
+    """COMMIT waits for the test to open a gate (to let records pile up behind it)."""
+
+    gate = threading.Event()
+
+    def _commit(self) -> None:
+        self.gate.wait(10)
+        super()._commit()
+
+
+def test_group_commit_batches_the_backlog(tmp_path: Path) -> None:
+    eng = Engine(POLICY, max_undurable=10_000)
+    store = GatedStore.open(tmp_path)
+    GatedStore.gate.clear()
+    batches: list[int] = []
+    writer = GroupCommitWriter(store, lambda offset, batch: batches.append(len(batch)))
+    for i in range(200):
+        eng.admin_call(ALL, "append_sync_event", (f"s.{i % 3}", f"k{i}", "{}", None, None))
+        writer.append(eng.take_records())  # 200 appends of one record each
+    time.sleep(0.2)
+    GatedStore.gate.set()
+    assert writer.flush() == 200
+    writer.close()
+    store.close()
+    assert sum(batches) == 200 and writer.batches == len(batches) <= 3, batches  # 1 in flight, then the rest

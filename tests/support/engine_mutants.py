@@ -1,0 +1,100 @@
+"""Planted bugs in the reference engine, which the differential machine must catch.
+
+Same mechanism as ``support/mutants.py`` (source edits executed into the module, dependents
+reloaded), aimed at ``reference/``.  A mutant is killed when the differential machine fails: a
+:class:`~support.diff.Divergence` from the model, a trace invariant, a contract, or an internal
+consistency check of the engine firing.  Run one::
+
+    PYTHONPATH=tests python -m support.engine_mutants NAME
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from support.mutants import Mutant, apply
+
+ENGINE = ("reference.log", "reference.db", "reference.reducers", "reference.engine", "support.diff")
+
+ENGINE_MUTANTS: tuple[Mutant, ...] = (
+    Mutant("fanout_drops_deletes", "reference.engine",
+           (("            deletes = tx.deletes.get(table, [])\n", "            deletes: list[Row] = []\n"),),
+           "the incremental delta misses deletes (an update reaches clients as an insert only)"),
+    Mutant("shape_key_too_coarse", "reference.engine",
+           (("            shape = self.shapes.setdefault(query.table, {}).setdefault(q.shape_key(query), Shape(query))",
+             "            shape = self.shapes.setdefault(query.table, {}).setdefault((query.table,), Shape(query))"),),
+           "queries of one table share a shape, so one query's matches go to all"),
+    Mutant("fanout_ignores_row_filter", "reference.engine",
+           (("                    for row in ins:\n                        if can_read(claims, row, self._owner):",
+             "                    for row in ins:\n                        if True:"),),
+           "incremental updates skip the per-client row filter"),
+    Mutant("durable_ahead_of_store", "reference.engine",
+           (("        self.durable = max(self.durable, offset)\n", "        self.durable = max(self.durable, offset + 1)\n"),),
+           "the durable offset runs one past what storage confirmed"),
+    Mutant("confirmed_gate_off_by_one", "reference.engine",
+           (("not conn.confirmed or conn.outbound[0].offset <= self.durable)",
+             "not conn.confirmed or conn.outbound[0].offset <= self.durable + 1)"),),
+           "confirmed reads release one offset early"),
+    Mutant("stale_floor_off_by_one", "reference.engine",
+           (("        if w + 1 < floor:\n", "        if w + 2 < floor:\n"),), "the retention check uses < where <= is right"),
+    Mutant("stale_ignores_epoch", "reference.engine",
+           (("        if req_epoch is not None and req_epoch != epoch:\n", "        if False:\n"),),
+           "the stale check ignores the requested epoch"),
+    Mutant("replay_slice_off_by_one", "reference.db",
+           (("        return self.events[max(0, watermark + 1 - self.floor):]",
+             "        return self.events[max(0, watermark + 2 - self.floor):]"),),
+           "a resume snapshot skips the first event after the watermark"),
+    Mutant("caller_also_gets_update", "reference.engine",
+           (("ReducerOk(ret, tuple(by_conn.pop(conn.conn_id,", "ReducerOk(ret, tuple(by_conn.get(conn.conn_id,"),),
+           "the caller gets a TransactionUpdate besides its ReducerResult"),
+    Mutant("slow_consumer_bound_off", "reference.engine",
+           (("        if len(conn.outbound) > self.max_queue:\n            self.close(conn.conn_id, SLOW_CONSUMER_REASON)",
+             "        if len(conn.outbound) > self.max_queue + 1:\n            self.close(conn.conn_id, SLOW_CONSUMER_REASON)"),),
+           "the outbound bound is enforced one message late"),
+    Mutant("dedupe_without_hash_compare", "reference.reducers",
+           (("        if existing.payload_hash == digest:\n            return seq",
+             "        if True:\n            return seq"),), "a duplicate key is accepted whatever its payload"),
+    Mutant("non_monotonic_ack", "reference.reducers",
+           (("old.epoch == epoch and seq <= old.last_applied_seq:", "old.epoch == epoch and seq == old.last_applied_seq:"),),
+           "a lower ack overwrites the checkpoint"),
+    Mutant("compaction_floor_off_by_one", "reference.reducers",
+           (("        tx.update(stream, replace(stream, floor_seq=keep_from, updated_at=now))",
+             "        tx.update(stream, replace(stream, floor_seq=keep_from - 1, updated_at=now))"),),
+           "compaction sets floor_seq one below the first retained event"),
+    Mutant("recovery_bump_too_small", "reference.reducers",
+           (("    fresh = top + max_undurable + 1\n", "    fresh = top + 1\n"),),
+           "unclean recovery bumps epochs by one instead of past the undurable window"),
+    Mutant("index_not_updated_on_delete", "reference.db",
+           (("            del log.by_key[row.idempotency_key]\n            return\n", "            return\n"),),
+           "compaction leaves the idempotency index pointing at dropped events"),
+    Mutant("disconnect_in_fanout", "reference.engine",
+           (("        while self._disconnects and not self._fanning_out and self.can_commit():",
+             "        while self._disconnects and self.can_commit():"),),
+           "a slow consumer's presence is marked inside another transaction's fanout"),
+)
+ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
+
+
+def run(name: str, budget: int = 200) -> dict[str, object]:
+    m = ENGINE_MUTANT_BY_NAME[name]
+    apply(m, ENGINE)
+    from support.machines import DiffMachine, DiffModuleMachine
+    started = time.monotonic()
+    for machine in (DiffModuleMachine, DiffMachine):
+        try:
+            run_state_machine_as_test(machine, settings=settings(
+                max_examples=budget, stateful_step_count=60, deadline=None, database=None, derandomize=True,
+                suppress_health_check=list(HealthCheck), print_blob=False, phases=[Phase.explicit, Phase.generate]))
+        except Exception as exc:
+            return {"mutant": name, "killed": True, "by": f"{machine.__name__}: {type(exc).__name__}",
+                    "detail": (str(exc).splitlines() or [""])[0][:160], "seconds": round(time.monotonic() - started, 1)}
+    return {"mutant": name, "killed": False, "seconds": round(time.monotonic() - started, 1)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 200)))
