@@ -41,6 +41,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TextIO
@@ -234,6 +235,16 @@ class LogStore:
         return cls(conn, path, clean, False, lock)
 
     # --- reading ---
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """One read transaction: every read inside sees the same committed state, even while
+        another process (a running server) keeps committing."""
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
 
     def iter_records(self) -> Iterator[TxRecord]:
         for row in self._conn.execute(f"SELECT {_COLUMNS} FROM commit_log ORDER BY \"offset\""):

@@ -31,7 +31,7 @@ from typing import Any
 import icontract
 
 from reference import reducers as r
-from reference.db import Db, Txn
+from reference.db import PK_TABLES, Db, Txn
 from reference.log import GENESIS, RowChange, TxRecord, make_record
 from spec import query as q
 from spec.auth import Claims, can_read, grant_matches
@@ -56,8 +56,29 @@ from spec.messages import (
     UnsubscribeApplied,
 )
 from spec.policy import DEFAULT_POLICY, Policy
-from spec.schema import REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
+from spec.invariants import check_state
+from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
+from spec.state import DbState
 from spec.values import ProviderCapability, Row, SyncStream, value_has_type
+
+
+def _model_view(db: Db) -> DbState:
+    """The engine's tables as a model state, so the model's invariant predicates can check them
+    (scans everything: used only by contracts behind icontract.SLOW)."""
+    tables: dict[str, tuple[Row, ...]] = {t.name: () for t in PERSISTENT_TABLES}
+    for name in tables:
+        tables[name] = tuple(db.rows(name))
+    return DbState(tables, db.epoch_floor)
+
+
+def _indexes_consistent(db: Db) -> bool:
+    for log in db.logs.values():
+        seqs = [e.seq for e in log.events]
+        if seqs != list(range(log.floor, log.floor + len(seqs))):
+            return False
+        if log.by_key != {e.idempotency_key: e.seq for e in log.events}:
+            return False
+    return all(PK_TABLES[t].key_of(row) == key for t, index in db.pk.items() for key, row in index.items())
 
 
 @dataclass
@@ -97,6 +118,7 @@ class Engine:
 
     # --- connections --------------------------------------------------------------------------
 
+    @icontract.ensure(lambda self, result: result in self.conns and not self.conns[result].outbound)
     def connect(self, claims: Claims, confirmed: bool) -> int:
         cid = self._next_conn
         self._next_conn += 1
@@ -132,6 +154,16 @@ class Engine:
 
     # --- client messages ------------------------------------------------------------------------
 
+    @icontract.snapshot(lambda self: (self.committed, self.durable), name="offsets")
+    @icontract.ensure(lambda self, OLD: self.committed >= OLD.offsets[0] and self.durable == OLD.offsets[1],
+                      "offsets only move forward; handling a message never makes anything durable")
+    @icontract.ensure(lambda self: self.committed - self.durable <= self.max_undurable,
+                      "never more than max_undurable transactions past the durable offset")
+    @icontract.ensure(lambda self: all(len(c.outbound) <= self.max_queue for c in self.conns.values()),
+                      "SLOW-1 (no live connection's queue is past the bound)")
+    @icontract.ensure(lambda self: _indexes_consistent(self.db), "indexes agree with the rows", enabled=icontract.SLOW)
+    @icontract.ensure(lambda self: not check_state(_model_view(self.db), self.policy.bridge_max_attempts),
+                      "the model's state invariants hold on the engine's tables", enabled=icontract.SLOW)
     def handle(self, conn_id: int, msg: ClientMessage) -> None:
         conn = self.conns.get(conn_id)
         if conn is None:
@@ -384,14 +416,20 @@ class Engine:
         return conn is not None and bool(conn.outbound) and (
             not conn.confirmed or conn.outbound[0].offset <= self.durable)
 
+    @icontract.require(lambda self, conn_id: self.releasable(conn_id), "only a released message may be delivered")
     def pop(self, conn_id: int) -> Outbound:
         return self.conns[conn_id].outbound.popleft()
 
+    @icontract.ensure(lambda result: all(b.offset == a.offset + 1 and b.prev_hash == a.hash
+                                         for a, b in zip(result, result[1:], strict=False)),
+                      "records come out consecutive and chained")
     def take_records(self) -> list[TxRecord]:
         out, self.pending_records = self.pending_records, []
         return out
 
-    @icontract.require(lambda self, offset: offset <= self.committed)
+    @icontract.require(lambda self, offset: offset <= self.committed, "nothing past the last commit is durable")
+    @icontract.snapshot(lambda self: self.durable, name="durable")
+    @icontract.ensure(lambda self, OLD: self.durable >= OLD.durable, "the durable offset never moves back")
     def advance_durable(self, offset: int) -> None:
         self.durable = max(self.durable, offset)
         self._drain_disconnects()
@@ -399,6 +437,9 @@ class Engine:
     # --- recovery ---------------------------------------------------------------------------------
 
     @classmethod
+    @icontract.ensure(lambda clean, result: result.durable == result.committed - (0 if clean else 1),
+                      "everything loaded is durable; only an unclean restart's recovery transaction is not yet")
+    @icontract.ensure(lambda result: _indexes_consistent(result.db), enabled=icontract.SLOW)
     def recover(cls, records: list[TxRecord], clean: bool, now: int, policy: Policy = DEFAULT_POLICY,
                 max_queue: int = 1024, max_undurable: int = 1024) -> Engine:
         """Rebuild from the durable commit log: apply every record's delta in order, checking the

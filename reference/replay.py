@@ -168,12 +168,14 @@ def verify_log(data_dir: str | os.PathLike[str]) -> VerifyReport:
     """Replay the data directory's whole log (read-only: the clean marker is left alone)."""
     store = LogStore.open(data_dir, readonly=True)
     try:
-        stored = store.load_policy()
-        policy = stored if stored is not None else DEFAULT_POLICY
-        result = replay(store.iter_records(), policy)
-        stored_records = store.count()
-        _, stored_digest = store.last()
-        return VerifyReport(result.records, result.digest, stored_records, stored_digest,
-                            "stored" if stored is not None else "default", store.clean_at_open, result.mismatch)
+        with store.read_snapshot():  # safe against a server that is still committing
+            stored = store.load_policy()
+            policy = stored if stored is not None else DEFAULT_POLICY
+            result = replay(store.iter_records(), policy)
+            stored_records = store.count()
+            _, stored_digest = store.last()
+            return VerifyReport(result.records, result.digest, stored_records, stored_digest,
+                                "stored" if stored is not None else "default", store.clean_at_open,
+                                result.mismatch)
     finally:
         store.close()
