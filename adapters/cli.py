@@ -6,6 +6,11 @@ enforce it and whether they passed -- the stateful machines (run now), the plant
 invariant caught (``--mutants`` runs them, else the last recorded run is read), the tests that
 name it, and the Z3 / CrossHair / conformance columns, which later work fills.  It exits non-zero
 if any check fails or any invariant has no check at all.
+
+``syncref verify-log --data DIR [--json]`` re-executes the data directory's whole commit log from
+empty state (:mod:`reference.replay`) and prints the recomputed digest and record count; it exits
+1 at the first record whose re-execution does not reproduce the stored delta or hash, naming its
+offset, and 2 when there is no log to read.
 """
 
 from __future__ import annotations
@@ -119,6 +124,33 @@ def verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def verify_log(args: argparse.Namespace) -> int:
+    from reference.replay import verify_log as replay_log
+
+    try:
+        report = replay_log(args.data)
+    except FileNotFoundError as exc:
+        print(f"verify-log: {exc}", file=sys.stderr)
+        return 2
+    mismatch = report.mismatch
+    if args.json:
+        print(json.dumps({"ok": report.ok, "records": report.records, "digest": report.digest,
+                          "stored_records": report.stored_records, "stored_digest": report.stored_digest,
+                          "policy": report.policy, "clean_shutdown": report.clean_shutdown,
+                          "mismatch": None if mismatch is None else {"offset": mismatch.offset,
+                                                                     "reason": mismatch.reason}}, indent=1))
+    else:
+        print(f"records: {report.records} re-executed of {report.stored_records} stored")
+        print(f"digest:  {report.digest}")
+        if report.digest != report.stored_digest:
+            print(f"stored:  {report.stored_digest}")
+        print(f"policy:  {report.policy}; last shutdown {'clean' if report.clean_shutdown else 'unclean'}")
+        if mismatch is not None:
+            print(f"MISMATCH at offset {mismatch.offset}: {mismatch.reason}")
+        print("verify-log:", "OK" if report.ok else "FAILED")
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="syncref", description="syncref: the OpenAgents sync substrate reference")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--json", action="store_true", help="machine-readable report")
     v.add_argument("--mutants", action="store_true", help="also run the planted-mutant kill test")
     v.add_argument("--examples", type=int, default=100, help="examples per stateful machine")
+    vl = sub.add_parser("verify-log", help="re-execute a data directory's commit log from empty state")
+    vl.add_argument("--data", required=True, metavar="DIR", help="the data directory (holds syncref.sqlite3)")
+    vl.add_argument("--json", action="store_true", help="machine-readable report")
     args = parser.parse_args(argv)
     if args.command == "verify":
         return verify(args)
+    if args.command == "verify-log":
+        return verify_log(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

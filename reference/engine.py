@@ -23,6 +23,7 @@ ahead of the durable offset (:meth:`can_commit`); the I/O layer waits on the sto
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from reference.log import GENESIS, RowChange, TxRecord, make_record
 from spec import query as q
 from spec.auth import Claims, can_read, grant_matches
 from spec.errors import ErrorCode, SyncError
+from spec.invariants import check_state
 from spec.messages import (
     CLOSE_PROTOCOL,
     SLOW_CONSUMER_REASON,
@@ -56,7 +58,6 @@ from spec.messages import (
     UnsubscribeApplied,
 )
 from spec.policy import DEFAULT_POLICY, Policy
-from spec.invariants import check_state
 from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
 from spec.state import DbState
 from spec.values import ProviderCapability, Row, SyncStream, value_has_type
@@ -421,7 +422,7 @@ class Engine:
         return self.conns[conn_id].outbound.popleft()
 
     @icontract.ensure(lambda result: all(b.offset == a.offset + 1 and b.prev_hash == a.hash
-                                         for a, b in zip(result, result[1:], strict=False)),
+                                         for a, b in itertools.pairwise(result)),
                       "records come out consecutive and chained")
     def take_records(self) -> list[TxRecord]:
         out, self.pending_records = self.pending_records, []

@@ -1,8 +1,8 @@
 """Hypothesis profiles: `default` (CI, a few minutes on 2 cores) and `deep` (exploration).
 
 Select with HYPOTHESIS_PROFILE=deep.  ICONTRACT_SLOW is switched on here, so the contracts that
-scan (e.g. the model's state invariants over the engine's tables) run in every test.  The stateful machines scale their example counts by the
-profile's max_examples.
+scan (e.g. the model's state invariants over the engine's tables) run in every test.  The
+stateful machines scale their example counts by the profile's max_examples.
 """
 
 import os
@@ -11,7 +11,7 @@ import os
 # any project module (and so icontract's globals) is imported.
 os.environ.setdefault("ICONTRACT_SLOW", "1")
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, settings
 
 settings.register_profile("default", max_examples=100, deadline=None, derandomize=False,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
