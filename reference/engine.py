@@ -155,6 +155,8 @@ class Engine:
 
     # --- client messages ------------------------------------------------------------------------
 
+    @icontract.require(lambda self, msg: not isinstance(msg, CallReducer) or self.can_commit(),
+                       "a call is taken only within the durability bound (the I/O layer waits otherwise)")
     @icontract.snapshot(lambda self: (self.committed, self.durable), name="offsets")
     @icontract.ensure(lambda self, OLD: self.committed >= OLD.offsets[0] and self.durable == OLD.offsets[1],
                       "offsets only move forward; handling a message never makes anything durable")

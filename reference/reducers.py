@@ -398,8 +398,10 @@ def disconnect_sessions(tx: Txn, now: int, identity: str, sessions: frozenset[st
     for sid in sorted(sessions):
         r = tx.db.get("session_presence", (sid,))
         if isinstance(r, SessionPresence) and r.identity == identity and r.status != "offline":
-            tx.update(r, replace(r, status="offline", offline_reason="disconnected", last_seen=now))
-            tx.insert(PresenceSignal(r.session_id, r.identity, "offline", "disconnected", now))
+            expired = r.expires_at <= now  # the TTL ran out first; only the sweep had not run yet
+            reason = "ttl_expired" if expired else "disconnected"
+            tx.update(r, replace(r, status="offline", offline_reason=reason, last_seen=r.last_seen if expired else now))
+            tx.insert(PresenceSignal(r.session_id, r.identity, "offline", reason, now))
 
 
 @icontract.ensure(lambda tx: all(log.floor >= 1 for log in tx.db.logs.values()))
@@ -422,7 +424,7 @@ def compact(tx: Txn, now: int, policy: Policy) -> None:
             continue
         while log.events and log.events[0].seq < keep_from:
             tx.delete(log.events[0])
-        tx.update(stream, replace(stream, floor_seq=keep_from, updated_at=now))
+        tx.update(stream, replace(stream, floor_seq=max(stream.floor_seq, keep_from), updated_at=now))
 
 
 def recovery_bump(tx: Txn, now: int, max_undurable: int) -> None:
@@ -434,5 +436,5 @@ def recovery_bump(tx: Txn, now: int, max_undurable: int) -> None:
     fresh = top + max_undurable + 1
     for s in streams:
         assert isinstance(s, SyncStream)
-        tx.update(s, replace(s, epoch=fresh, updated_at=now))
+        tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))
     tx.db.epoch_floor = fresh

@@ -28,6 +28,7 @@ text is itself (idempotence), which the contracts below state and CrossHair and 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -164,12 +165,29 @@ def _no_raw_control(text: str) -> bool:
     return all(ord(ch) >= 0x20 for ch in text)
 
 
-@icontract.ensure(lambda result: dumps_canonical(json.loads(result)) == result,
+# The oracles canonicalize the same stored payloads after every step; these checks are pure
+# functions of their arguments, so each pair is checked once.
+@functools.lru_cache(maxsize=4096)
+def _is_fixed_point(result: str) -> bool:
+    return dumps_canonical(json.loads(result)) == result
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_clean(result: str) -> bool:
+    return _no_raw_control(result) and _utf8_encodable(result)
+
+
+@functools.lru_cache(maxsize=4096)
+def _same_value(text: str, result: str) -> bool:
+    return _json_equal(json.loads(result), json.loads(text))
+
+
+@icontract.ensure(lambda result: _is_fixed_point(result),
                   "HASH-2 (canonical text is a fixed point: canonicalizing it again changes nothing)",
                   enabled=icontract.SLOW)
-@icontract.ensure(lambda result: _no_raw_control(result) and _utf8_encodable(result),
+@icontract.ensure(lambda result: _is_clean(result),
                   "HASH-2 (canonical text has no raw control characters and is valid UTF-8)", enabled=icontract.SLOW)
-@icontract.ensure(lambda text, result: _json_equal(json.loads(result), json.loads(text)),
+@icontract.ensure(lambda text, result: _same_value(text, result),
                   "HASH-2 (canonical text denotes the same JSON value as the input)", enabled=icontract.SLOW)
 def canonicalize(text: str, argument: str = "payload_json") -> str:
     """Canonical text of the JSON ``text``, or ``SyncError(non_canonical_payload)``.
@@ -179,10 +197,14 @@ def canonicalize(text: str, argument: str = "payload_json") -> str:
     return dumps_canonical(parse_strict(text, argument))
 
 
+@functools.lru_cache(maxsize=4096)
+def _digest_of(canonical_text: str, result: str) -> bool:
+    return bytes.fromhex(result[7:]) == hashlib.sha256(canonical_text.encode("utf-8")).digest()
+
+
 @icontract.ensure(lambda result: _HASH_TEXT.fullmatch(result) is not None,
                   "HASH-1 (a payload hash is sha256: and 64 lowercase hex digits)")
-@icontract.ensure(lambda canonical_text, result:
-                  bytes.fromhex(result[7:]) == hashlib.sha256(canonical_text.encode("utf-8")).digest(),
+@icontract.ensure(lambda canonical_text, result: _digest_of(canonical_text, result),
                   "HASH-1 (the hash is the SHA-256 of the text's UTF-8 bytes)", enabled=icontract.SLOW)
 def payload_hash(canonical_text: str) -> str:
     """``sha256:`` + lowercase hex SHA-256 of the UTF-8 bytes of a canonical text."""

@@ -22,6 +22,7 @@ The client is sans-I/O: every handler returns the messages to send.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -63,6 +64,7 @@ class StreamView:
     rebootstraps: int = 0
 
 
+@functools.lru_cache(maxsize=1024)
 def _reads_back(queries: tuple[str, ...], stream_id: str, epoch: int, watermark: int) -> bool:
     """The server's stale check reads exactly (stream, epoch, watermark) back out of the resume queries."""
     (head,), (tail,) = (q.parse(text) for text in queries)

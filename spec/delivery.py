@@ -190,6 +190,8 @@ class Server:
 
     # --- client messages -------------------------------------------------------------------
 
+    @icontract.require(lambda self, msg: not isinstance(msg, CallReducer) or self.can_commit(),
+                       "a call is taken only within the durability bound (the caller waits otherwise)")
     def handle(self, conn_id: int, msg: ClientMessage) -> None:
         conn = self.conns.get(conn_id)
         if conn is None:

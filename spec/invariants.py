@@ -57,9 +57,10 @@ class Invariant:
 
 
 CATALOG: tuple[Invariant, ...] = (
-    Invariant("SEQ-1", "state", "Per stream, the retained events' seqs are exactly floor_seq..head_seq, contiguous, "
-              "with 1 <= floor_seq <= head_seq + 1; every event belongs to an existing stream and to an epoch "
-              "no later than the stream's."),
+    Invariant("SEQ-1", "state", "Per stream, the retained events' seqs are contiguous and end at head_seq, with "
+              "1 <= floor_seq <= head_seq + 1; the events at or above floor_seq are exactly floor_seq..head_seq and "
+              "belong to the stream's current epoch; any below floor_seq belong to earlier epochs (kept after an "
+              "unclean restart as the dedupe horizon, never resumable); every event belongs to an existing stream."),
     Invariant("SEQ-2", "trace", "A (stream_id, epoch, seq) never names two different payloads, over the whole "
               "run, across crashes and restarts: not in the ledger, not in anything any client ever received "
               "or applied. In particular a seq is never reused within an epoch."),
@@ -191,6 +192,22 @@ def seqs_contiguous(seqs: Sequence[int], floor: int, head: int) -> bool:
     return list(seqs) == list(range(floor, head + 1))
 
 
+def layout_ok(stream: SyncStream, events: Sequence[SyncEvent]) -> bool:
+    """SEQ-1 for one stream, given its retained events."""
+    if not 1 <= stream.floor_seq <= stream.head_seq + 1:
+        return False
+    seqs = sorted(e.seq for e in events)
+    if seqs and seqs != list(range(seqs[0], stream.head_seq + 1)):
+        return False
+    current = sorted(e.seq for e in events if e.seq >= stream.floor_seq)
+    return current == list(range(stream.floor_seq, stream.head_seq + 1)) and all(
+        (e.epoch == stream.epoch) if e.seq >= stream.floor_seq else (e.epoch < stream.epoch) for e in events)
+
+
+def stream_layout_ok(db: DbState, stream: SyncStream) -> bool:
+    return layout_ok(stream, [e for e in db.of_type(SyncEvent) if e.stream_id == stream.stream_id])
+
+
 # --- state ---------------------------------------------------------------------------------
 
 
@@ -199,9 +216,10 @@ def check_state(db: DbState, bridge_max_attempts: int = 5) -> list[Violation]:
     streams = {s.stream_id: s for s in db.of_type(SyncStream)}
     events = list(db.of_type(SyncEvent))
     for sid, s in streams.items():
-        seqs = sorted(e.seq for e in events if e.stream_id == sid)
-        if not (1 <= s.floor_seq <= s.head_seq + 1) or not seqs_contiguous(seqs, s.floor_seq, s.head_seq):
-            v.append(("SEQ-1", f"{sid}: seqs {seqs[:8]}... floor {s.floor_seq} head {s.head_seq}"))
+        mine = [e for e in events if e.stream_id == sid]
+        if not layout_ok(s, mine):
+            seqs = sorted(e.seq for e in mine)
+            v.append(("SEQ-1", f"{sid}: seqs {seqs[:8]}... floor {s.floor_seq} head {s.head_seq} epoch {s.epoch}"))
     for e in events:
         owner = streams.get(e.stream_id)
         if owner is None or e.epoch > owner.epoch:

@@ -28,6 +28,7 @@ System transactions (not callable by clients): :func:`presence_sweep`, :func:`di
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,7 +38,7 @@ import icontract
 from spec.auth import Claims, has_scope, stream_granted
 from spec.canonical import canonicalize, dumps_canonical, parse_strict, payload_hash
 from spec.errors import ErrorCode, SyncError
-from spec.invariants import check_call, check_state, check_sweep, check_transition, seqs_contiguous
+from spec.invariants import check_call, check_state, check_sweep, check_transition, stream_layout_ok
 from spec.policy import DEFAULT_POLICY, Policy
 from spec.schema import REDUCER_BY_NAME
 from spec.state import DbState, Delta, R, Tx, table_of_type
@@ -143,6 +144,11 @@ def virtual_stream(db: DbState, stream_id: str) -> tuple[int, int, int]:
 
 
 # --- contract helpers (read-only; used by the icontract conditions below) --------------------
+
+WHOLE_STATE_CONTRACTS = icontract.SLOW and bool(os.environ.get("SYNCREF_WHOLE_STATE_CONTRACTS"))
+"""Run ``check_state``/``check_transition`` around every committed :func:`call` (needs ICONTRACT_SLOW
+too).  Off by default even in slow mode: the stateful machines already evaluate both after every
+step, so for them this would only double the most expensive check."""
 
 
 def _inserted(result: Ok, row_type: type[R]) -> list[R]:
@@ -319,9 +325,9 @@ def _state_checks_kept(db: DbState, ctx: CallContext, result: Outcome) -> bool:
     if isinstance(result, Err) or result.noop:
         return True
     limit = ctx.policy.bridge_max_attempts
-    if check_state(db, limit):
-        return True
-    return not check_state(result.state, limit) and not check_transition(db, result.state)
+    if check_state(result.state, limit):
+        return bool(check_state(db, limit))  # broken after: fine only if it was broken before
+    return not check_transition(db, result.state) or bool(check_state(db, limit))
 
 
 def _call_checks_kept(db: DbState, ctx: CallContext, reducer: str, args: tuple[Any, ...], result: Outcome) -> bool:
@@ -712,7 +718,7 @@ REDUCER_FUNCTIONS: Mapping[str, ReducerFn] = {
                   "AUTH-2 (missing_scope, then forbidden_stream, before any other check)")
 @icontract.ensure(lambda db, ctx, result: _state_checks_kept(db, ctx, result),
                   "SEQ-1 KEY-1 SEQ-3 (a committed call keeps every state invariant and every transition invariant)",
-                  enabled=icontract.SLOW)
+                  enabled=WHOLE_STATE_CONTRACTS)
 @icontract.ensure(lambda db, ctx, reducer, args, result: _call_checks_kept(db, ctx, reducer, args, result),
                   "DELIV-4 IDEM-2 IDEM-3 SEQ-4 AUTH-2 (spec.invariants.check_call holds)", enabled=icontract.SLOW)
 def call(db: DbState, ctx: CallContext, reducer: str, args: tuple[Any, ...]) -> Outcome:
@@ -757,26 +763,23 @@ def disconnect_sessions(db: DbState, now: Timestamp, identity: str, sessions: fr
     tx = Tx(db)
     for r in list(db.of_type(SessionPresence)):
         if r.session_id in sessions and r.identity == identity and r.status != "offline":
-            tx.update(r, replace(r, status="offline", offline_reason="disconnected", last_seen=now))
-            tx.insert(PresenceSignal(r.session_id, r.identity, "offline", "disconnected", now))
+            if r.expires_at <= now:  # the TTL ran out first; only the sweep had not run yet
+                tx.update(r, replace(r, status="offline", offline_reason="ttl_expired"))
+                tx.insert(PresenceSignal(r.session_id, r.identity, "offline", "ttl_expired", now))
+            else:
+                tx.update(r, replace(r, status="offline", offline_reason="disconnected", last_seen=now))
+                tx.insert(PresenceSignal(r.session_id, r.identity, "offline", "disconnected", now))
     return _ok(tx)
 
 
-def _seqs(db: DbState, stream_id: str) -> list[int]:
-    return sorted(e.seq for e in db.of_type(SyncEvent) if e.stream_id == stream_id)
-
-
 def _compacted(db: DbState, result: Ok) -> bool:
-    """Per stream: epoch and head kept, floor never lower, and the retained seqs are exactly
-    floor..head afterwards if they were before (only a prefix is dropped)."""
+    """Per stream: epoch and head kept, floor never lower, SEQ-1 kept."""
     for before in db.of_type(SyncStream):
         after = _stream_row(result.state, before.stream_id)
         if after is None or (after.epoch, after.head_seq) != (before.epoch, before.head_seq) \
                 or after.floor_seq < before.floor_seq:
             return False
-        sid = before.stream_id
-        if seqs_contiguous(_seqs(db, sid), before.floor_seq, before.head_seq) and not seqs_contiguous(
-                _seqs(result.state, sid), after.floor_seq, after.head_seq):
+        if stream_layout_ok(db, before) and not stream_layout_ok(result.state, after):
             return False
     return True
 
@@ -810,7 +813,7 @@ def compact(db: DbState, now: Timestamp, policy: Policy = DEFAULT_POLICY) -> Ok:
         for e in events:
             if e.seq <= cut:
                 tx.delete(e)
-        tx.update(s, replace(s, floor_seq=cut + 1, updated_at=now))
+        tx.update(s, replace(s, floor_seq=max(s.floor_seq, cut + 1), updated_at=now))
     return _ok(tx)
 
 
@@ -825,19 +828,21 @@ def _max_epoch(db: DbState) -> int:
                   " transactions can have handed out)")
 @icontract.ensure(lambda db, result: all(result.rows(t) == rows for t, rows in db.tables.items() if t != "sync_stream")
                   and len(result.rows("sync_stream")) == len(db.rows("sync_stream")),
-                  "an unclean restart changes only epochs")
+                  "an unclean restart changes only the streams' epochs and floors")
 def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     """After a crash the last non-durable transactions are gone, and some clients without
     confirmed reads may have seen them.  At most ``max_undurable`` transactions can have been
     lost (the server never runs further ahead of its durable offset), and each raises any
     stream's epoch by at most one; so every stream moves to an epoch above every epoch that can
     ever have been handed out, and so do streams created from now on (``epoch_floor``).  Hence
-    no (stream, epoch, seq) ever names two different events (ADR-0001)."""
+    no (stream, epoch, seq) ever names two different events (ADR-0001).  The new epoch starts
+    empty (``floor_seq = head_seq + 1``): the retained events stay, below the floor, as the
+    dedupe horizon, but no resume in the new epoch can reach them."""
     streams = list(db.of_type(SyncStream))
     fresh = max([db.epoch_floor, *(s.epoch for s in streams)]) + max_undurable + 1
     tx = Tx(db)
     for s in streams:
-        tx.update(s, replace(s, epoch=fresh, updated_at=now))
+        tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))
     tx.epoch_floor = fresh
     state, _ = tx.finish()
     return state
