@@ -93,8 +93,8 @@ class Trace:
         prior = self.states.get(durable)
         self.states = {o: st for o, st in self.states.items() if o <= durable}
         if prior is not None:
-            def strip(st: DbState) -> dict[str, frozenset[Row | tuple[str, int, int]]]:
-                out: dict[str, frozenset[Row | tuple[str, int, int]]] = {
+            def strip(st: DbState) -> dict[str, frozenset[Row | tuple[str, int]]]:
+                out: dict[str, frozenset[Row | tuple[str, int]]] = {
                     t: frozenset(rows) for t, rows in st.tables.items() if t != "sync_stream"}
                 out["sync_stream"] = frozenset((r.stream_id, r.head_seq)
                                                for r in st.of_type(SyncStream))
