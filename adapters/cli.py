@@ -1,27 +1,33 @@
 """The ``syncref`` command line.
 
-``syncref verify [--json] [--mutants] [--examples N]`` runs the model checks and prints the matrix
-of invariants x checks: for each invariant of :data:`spec.invariants.CATALOG`, which checks
-enforce it and whether they passed -- the stateful machines (run now), the planted mutants each
-invariant caught (``--mutants`` runs them, else the last recorded run is read), the tests that
-name it, and the Z3 / CrossHair / conformance columns, which later work fills.  It exits non-zero
-if any check fails or any invariant has no check at all.
+``syncref verify [--json] [--examples N] [--mutants] [--skip-proofs] [--skip-crosshair]`` runs the
+model checks and prints the matrix of invariants x checks: for each invariant of
+:data:`spec.invariants.CATALOG`, the checks that enforce it and whether they passed --
 
-``syncref verify-log --data DIR [--json]`` re-executes the data directory's whole commit log from
-empty state (:mod:`reference.replay`) and prints the recomputed digest and record count; it exits
-1 at the first record whose re-execution does not reproduce the stored delta or hash, naming its
-offset, and 2 when there is no log to read.
+* the stateful machines over the model (module, system) and the differential machines (model
+  vs reference engine), run now;
+* the Z3 proofs naming it (``python -m proofs --json``, run now) and whether each proof's
+  negative control was refuted;
+* the CrossHair targets whose contracts state it (``tests/crosshair/targets.py``, run now);
+* the planted mutants it caught (from the last recorded run in ``build/``, or ``--mutants``);
+* the tests that name it.
+
+It exits non-zero if any check fails, any mutant survived, or an invariant has no check at all.
+The proofs and CrossHair run in subprocesses: the CLI imports neither (layering).
+``syncref verify-log --data DIR`` re-executes a data directory's commit log.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from spec.invariants import CATALOG
@@ -39,15 +45,16 @@ def _root() -> Path:
 
 def _run_machines(root: Path, examples: int) -> dict[str, dict[str, Any]]:
     sys.path.insert(0, str(root / "tests"))
+    os.environ.setdefault("ICONTRACT_SLOW", "1")
     from hypothesis import HealthCheck, settings
     from hypothesis.stateful import run_state_machine_as_test
-    from support.machines import ModuleMachine, SystemMachine  # type: ignore[import-not-found]
+    from support import machines  # type: ignore[import-not-found]
 
     results: dict[str, dict[str, Any]] = {}
-    for name, machine in (("module", ModuleMachine), ("system", SystemMachine)):
+    for name in ("ModuleMachine", "SystemMachine", "DiffModuleMachine", "DiffMachine"):
         started = time.monotonic()
         try:
-            run_state_machine_as_test(machine, settings=settings(
+            run_state_machine_as_test(getattr(machines, name), settings=settings(
                 max_examples=examples, stateful_step_count=60, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck)))
             results[name] = {"ok": True, "seconds": round(time.monotonic() - started, 1), "examples": examples}
@@ -57,11 +64,41 @@ def _run_machines(root: Path, examples: int) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _mutants(root: Path, run: bool) -> list[dict[str, Any]]:
-    path = root / "build" / "mutants.json"
+def _run_proofs(root: Path) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "proofs", "--json"], cwd=root, capture_output=True, text=True,
+                          check=False)
+    try:
+        data: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return {"ok": False, "proofs": [], "error": (proc.stdout + proc.stderr)[-500:]}
+    return data
+
+
+def _crosshair_module(root: Path) -> ModuleType:
+    path = root / "tests" / "crosshair" / "targets.py"
+    spec = importlib.util.spec_from_file_location("crosshair_targets", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["crosshair_targets"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run_crosshair(root: Path) -> list[dict[str, Any]]:
+    mod = _crosshair_module(root)
+    out = []
+    for t in mod.crosshair_targets():
+        r: dict[str, Any] = mod.run(t)
+        r["invariants"] = list(t.invariants)
+        out.append(r)
+    return out
+
+
+def _recorded(root: Path, name: str, run: bool, test: str) -> list[dict[str, Any]]:
+    path = root / "build" / name
     if run:
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/spec/test_mutants.py"], cwd=root,
-                       env=dict(os.environ), check=False)
+        subprocess.run([sys.executable, "-m", "pytest", "-q", test], cwd=root, env=dict(os.environ), check=False)
     if not path.exists():
         return []
     data: list[dict[str, Any]] = json.loads(path.read_text())
@@ -70,58 +107,93 @@ def _mutants(root: Path, run: bool) -> list[dict[str, Any]]:
 
 def _tests_naming(root: Path) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {inv.id: [] for inv in CATALOG}
-    for d in ("tests", "proofs"):
-        for f in sorted((root / d).rglob("*.py")):
-            text = f.read_text(encoding="utf-8", errors="replace")
-            for inv_id in found:
-                if f'"{inv_id}"' in text or f"'{inv_id}'" in text or f"{inv_id}:" in text:
-                    found[inv_id].append(str(f.relative_to(root)))
+    for f in sorted((root / "tests").rglob("test_*.py")):
+        text = f.read_text(encoding="utf-8", errors="replace")
+        for inv_id in found:
+            if inv_id in text or inv_id.replace("-", "_") in text:
+                found[inv_id].append(str(f.relative_to(root)))
     return found
+
+
+def _verdict(results: list[bool]) -> str:
+    if not results:
+        return "-"
+    return "pass" if all(results) else "FAIL"
 
 
 def verify(args: argparse.Namespace) -> int:
     root = _root()
     machines = _run_machines(root, args.examples)
-    mutants = _mutants(root, args.mutants)
+    proofs: dict[str, Any] = {"ok": True, "proofs": [], "skipped": True} if args.skip_proofs else _run_proofs(root)
+    crosshair = [] if args.skip_crosshair else _run_crosshair(root)
+    mutants = _recorded(root, "mutants.json", args.mutants, "tests/spec/test_mutants.py")
+    engine_mutants = _recorded(root, "engine_mutants.json", args.mutants, "tests/reference/test_engine_mutants.py")
     naming = _tests_naming(root)
     rows: list[dict[str, Any]] = []
-    failed = False
+    failed = not proofs.get("ok", False) or not all(m["ok"] for m in machines.values())
     for inv in CATALOG:
         checks: dict[str, Any] = {}
         if inv.kind in MODULE_KINDS:
-            checks["module_machine"] = "pass" if machines["module"]["ok"] else "FAIL"
+            checks["module_machine"] = "pass" if machines["ModuleMachine"]["ok"] else "FAIL"
+            checks["engine_vs_model_calls"] = "pass" if machines["DiffModuleMachine"]["ok"] else "FAIL"
         if inv.kind in SYSTEM_KINDS:
-            checks["system_machine"] = "pass" if machines["system"]["ok"] else "FAIL"
-        killed = [m["mutant"] for m in mutants if m.get("killed") and inv.id in m.get("invariants", [])]
-        checks["mutants_caught"] = killed
+            checks["system_machine"] = "pass" if machines["SystemMachine"]["ok"] else "FAIL"
+            checks["engine_vs_model_system"] = "pass" if machines["DiffMachine"]["ok"] else "FAIL"
+        z3 = [p for p in proofs.get("proofs", []) if inv.id in p.get("invariants", ())]
+        checks["z3"] = _verdict([p["result"] == "proved" and p["control"] == "refuted" for p in z3])
+        checks["z3_proofs"] = [p["id"] for p in z3]
+        ch = [c for c in crosshair if inv.id in c["invariants"]]
+        checks["crosshair"] = _verdict([c["ok"] for c in ch])
+        checks["mutants_caught"] = [m["mutant"] for m in mutants
+                                    if m.get("killed") and inv.id in m.get("invariants", [])]
         checks["tests"] = naming[inv.id]
-        checks["z3"] = "pending (proofs issue)"
-        checks["crosshair"] = "pending (proofs issue)"
-        enforced = any(v == "pass" for v in checks.values()) or bool(naming[inv.id])
-        if any(v == "FAIL" for v in checks.values()) or not enforced:
+        verdicts = [v for v in checks.values() if isinstance(v, str)]
+        if "FAIL" in verdicts or not ("pass" in verdicts or naming[inv.id]):
             failed = True
         rows.append({"id": inv.id, "kind": inv.kind, "statement": inv.statement, "checks": checks})
-    survivors = [m["mutant"] for m in mutants if not m.get("killed")]
-    failed = failed or bool(survivors)
-    report = {"ok": not failed, "machines": machines, "mutants": mutants, "invariants": rows}
+    survivors = [m["mutant"] for m in mutants + engine_mutants if not m.get("killed")]
+    failed = failed or bool(survivors) or any(not c["ok"] for c in crosshair)
+    report = {"ok": not failed, "machines": machines, "proofs": proofs, "crosshair": crosshair,
+              "mutants": mutants, "engine_mutants": engine_mutants, "invariants": rows}
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(f"{'invariant':<10}{'kind':<12}{'module':<8}{'system':<8}{'mutants':<9}{'tests':<7}z3 / crosshair")
-        for r in rows:
-            c = r["checks"]
-            print(f"{r['id']:<10}{r['kind']:<12}{c.get('module_machine', '-'):<8}{c.get('system_machine', '-'):<8}"
-                  f"{len(c['mutants_caught']):<9}{len(c['tests']):<7}pending")
-        for name, m in machines.items():
-            print(f"{name} machine: {'pass' if m['ok'] else 'FAIL'} in {m['seconds']} s"
-                  + ("" if m["ok"] else f"\n  {m.get('error', '')}"))
-        if mutants:
-            print(f"mutants: {sum(1 for m in mutants if m.get('killed'))}/{len(mutants)} killed"
-                  + (f"; survivors: {survivors}" if survivors else ""))
-        else:
-            print("mutants: no recorded run (use --mutants)")
+        _print_matrix(rows, machines, proofs, crosshair, mutants, engine_mutants, survivors)
         print("verify:", "OK" if not failed else "FAILED")
     return 1 if failed else 0
+
+
+def _print_matrix(rows: list[dict[str, Any]], machines: dict[str, dict[str, Any]], proofs: dict[str, Any],
+                  crosshair: list[dict[str, Any]], mutants: list[dict[str, Any]],
+                  engine_mutants: list[dict[str, Any]], survivors: list[str]) -> None:
+    head = ("invariant", "kind", "module", "system", "engine=", "z3", "crosshair", "mutants", "tests")
+    print(f"{head[0]:<10}{head[1]:<12}{head[2]:<8}{head[3]:<8}{head[4]:<9}{head[5]:<6}{head[6]:<10}{head[7]:<8}"
+          f"{head[8]}")
+    for r in rows:
+        c = r["checks"]
+        engine = c.get("engine_vs_model_system", c.get("engine_vs_model_calls", "-"))
+        print(f"{r['id']:<10}{r['kind']:<12}{c.get('module_machine', '-'):<8}{c.get('system_machine', '-'):<8}"
+              f"{engine:<9}{c['z3']:<6}{c['crosshair']:<10}{len(c['mutants_caught']):<8}{len(c['tests'])}")
+    for name, m in machines.items():
+        print(f"{name}: {'pass' if m['ok'] else 'FAIL'} ({m.get('examples', '?')} examples, {m['seconds']} s)"
+              + ("" if m["ok"] else f"\n  {m.get('error', '')}"))
+    if proofs.get("skipped"):
+        print("z3: skipped")
+    else:
+        n = len(proofs.get("proofs", []))
+        good = sum(1 for p in proofs.get("proofs", []) if p["result"] == "proved" and p["control"] == "refuted")
+        print(f"z3: {good}/{n} proofs proved with their controls refuted ({proofs.get('seconds', '?')} s)"
+              + ("" if proofs.get("ok") else f" -- FAILED {proofs.get('error', '')}"))
+    if crosshair:
+        print(f"crosshair: {sum(c['ok'] for c in crosshair)}/{len(crosshair)} targets without counterexample "
+              f"({sum(c['seconds'] for c in crosshair):.0f} s; exit 0 = none found within budget, not a proof)")
+    for label, data in (("model mutants", mutants), ("engine mutants", engine_mutants)):
+        if data:
+            print(f"{label}: {sum(1 for m in data if m.get('killed'))}/{len(data)} killed (recorded run)")
+        else:
+            print(f"{label}: no recorded run (use --mutants)")
+    if survivors:
+        print(f"surviving mutants: {survivors}")
 
 
 def verify_log(args: argparse.Namespace) -> int:
@@ -156,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="run the model checks and print the invariants x checks matrix")
     v.add_argument("--json", action="store_true", help="machine-readable report")
-    v.add_argument("--mutants", action="store_true", help="also run the planted-mutant kill test")
+    v.add_argument("--mutants", action="store_true", help="also run the planted-mutant kill tests (minutes)")
     v.add_argument("--examples", type=int, default=100, help="examples per stateful machine")
+    v.add_argument("--skip-proofs", action="store_true", help="leave the Z3 column empty")
+    v.add_argument("--skip-crosshair", action="store_true", help="leave the CrossHair column empty")
     vl = sub.add_parser("verify-log", help="re-execute a data directory's commit log from empty state")
     vl.add_argument("--data", required=True, metavar="DIR", help="the data directory (holds syncref.sqlite3)")
     vl.add_argument("--json", action="store_true", help="machine-readable report")
