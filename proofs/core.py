@@ -18,7 +18,7 @@ z3 ships no type information, so Z3 values are typed ``Any`` (aliases :data:`ZIn
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from typing import Any, ClassVar, TypeVar
 
 import z3
@@ -30,6 +30,8 @@ ZBool = Any  # a z3 BoolRef, or a Python bool in a concrete record
 ZExpr = Any  # any z3 expression
 
 R = TypeVar("R")
+A = TypeVar("A")
+B = TypeVar("B")
 
 # --- error codes ----------------------------------------------------------------------------------
 
@@ -139,8 +141,8 @@ def first_error(checks: Sequence[tuple[ZBool, ZInt]]) -> ZInt:
 # --- bounded lists -----------------------------------------------------------------------------------
 
 
-def filtered(n: ZInt, items: Sequence[R], keep: Callable[[R], ZBool], out_n: ZInt, out: Sequence[R],
-             eq: Callable[[R, R], ZBool]) -> ZBool:
+def filtered(n: ZInt, items: Sequence[A], keep: Callable[[A], ZBool], out_n: ZInt, out: Sequence[B],
+             eq: Callable[[B, A], ZBool]) -> ZBool:
     """``out[:out_n]`` is ``[x for x in items[:n] if keep(x)]``, order kept.  When more than
     ``len(out)`` items are kept the result does not fit and the formula is false."""
     parts: list[ZBool] = []
@@ -153,35 +155,3 @@ def filtered(n: ZInt, items: Sequence[R], keep: Callable[[R], ZBool], out_n: ZIn
         count = count + z3.If(take, 1, 0)
     parts.append(out_n == count)
     return z3.And(parts)
-
-
-# --- solving ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    """One solver call: ``'unsat'``, ``'sat'`` or ``'unknown'``, and the model's text if sat."""
-
-    status: str
-    model: str
-    seconds: float
-
-
-def solve(assertions: Sequence[ZBool], timeout_ms: int, show: Sequence[tuple[str, ZExpr]] = ()) -> Check:
-    import time
-
-    s = z3.Solver()
-    s.set("timeout", timeout_ms)
-    s.add(*assertions)
-    started = time.monotonic()
-    res = s.check()
-    took = time.monotonic() - started
-    if res == z3.unsat:
-        return Check("unsat", "", took)
-    if res == z3.sat:
-        m = s.model()
-        lines = []
-        for label, expr in show:
-            lines.append(f"{label} = {m.eval(expr, model_completion=True)}")
-        return Check("sat", "\n".join(lines), took)
-    return Check("unknown", s.reason_unknown(), took)

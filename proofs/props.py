@@ -1,0 +1,282 @@
+"""The invariants of :mod:`spec.invariants`, in closed form over the Z3 database state.
+
+Each function states one catalog invariant (or the part of it that concerns the database layer)
+for a :class:`~proofs.encoding.Db`.  State invariants take one state, transition invariants a
+``(pre, post)`` pair (plus what the step emitted), call invariants also the action.
+
+SEQ-1 is stated in *slot form*: a stream's retained events, in table order, have seqs
+``b, b + 1, ..., head`` with ``1 <= b <= floor``; those at or above floor are in the stream's
+epoch, those below in earlier ones.  That is the catalog's statement plus "table order is seq
+order", which the model maintains and the encoding of compaction relies on.
+"""
+
+from __future__ import annotations
+
+import z3
+
+from proofs.core import OK_CODE, ZBool, ZInt, code, one_of, same
+from proofs.encoding import (
+    A_STATUS,
+    A_TERMINAL,
+    B_STATUS,
+    CANON,
+    FS,
+    MS,
+    P_OFFLINE,
+    P_REASON,
+    P_STATUS,
+    PROV_STATUS,
+    AppendAct,
+    C,
+    Db,
+    Delta,
+    H,
+    K,
+    N,
+    Policy,
+    Result,
+    S,
+    ckpt_index,
+    edge_allowed,
+    max_epoch,
+    no_delta,
+    same_db,
+    same_event,
+    vepoch,
+    vhead,
+)
+from spec.errors import ErrorCode
+
+# --- state invariants ------------------------------------------------------------------------------------
+
+
+def seq1(db: Db) -> ZBool:
+    """SEQ-1 (slot form), and the epoch facts it rests on: a stream's retained events, in table
+    order, have seqs ``b, b + 1, ..., head`` (contiguous, ending at head, ``b >= 1``) with
+    ``b <= floor`` (so those at or above floor are exactly ``floor..head``); those at or above floor
+    carry the stream's epoch, those below it an earlier one (>= 1).  Epochs are >= 1; a stream's
+    epoch is at least ``epoch_floor`` (a new stream gets ``epoch_floor``)."""
+    parts: list[ZBool] = [db.epoch_floor >= 1]
+    for j in range(S):
+        st, ev = db.streams[j], db.events[j]
+        base = st.head - ev.n + 1  # the first retained seq
+        slots = [z3.Implies(i < ev.n, z3.And(
+            ev.slots[i].seq == base + i, ev.slots[i].epoch >= 1,
+            z3.If(ev.slots[i].seq >= st.floor, ev.slots[i].epoch == st.epoch, ev.slots[i].epoch < st.epoch)))
+            for i in range(K)]
+        parts.append(z3.And(ev.n >= 0, ev.n <= K))
+        parts.append(z3.If(st.exists, z3.And(st.floor >= 1, st.floor <= st.head + 1, base >= 1, base <= st.floor,
+                                             st.epoch >= db.epoch_floor, *slots),
+                           ev.n == 0))
+    return z3.And(parts)
+
+
+def idem1(db: Db) -> ZBool:
+    """IDEM-1: (stream, key) and (stream, seq) unique among retained events."""
+    parts: list[ZBool] = []
+    for ev in db.events:
+        for i in range(K):
+            for k in range(i + 1, K):
+                parts.append(z3.Implies(k < ev.n, z3.And(ev.slots[i].key != ev.slots[k].key,
+                                                         ev.slots[i].seq != ev.slots[k].seq)))
+    return z3.And(parts)
+
+
+def hash1(db: Db) -> ZBool:
+    """HASH-1, structurally: every stored payload is canonical and its stored hash is H of it."""
+    parts: list[ZBool] = []
+    for ev in db.events:
+        for i, e in enumerate(ev.slots):
+            parts.append(z3.Implies(i < ev.n, z3.And(e.hash == H(e.payload), CANON(e.payload))))
+    for p in db.providers:
+        parts.append(z3.Implies(p.used, z3.And(p.hash == H(p.cap), CANON(p.cap))))
+    for a in db.assignments:
+        parts.append(z3.Implies(a.used, z3.And(a.hash == H(a.request), CANON(a.request),
+                                               z3.Implies(a.has_result, CANON(a.result)))))
+    return z3.And(parts)
+
+
+def ckpt1(db: Db) -> ZBool:
+    """CKPT-1, with its support: a checkpoint's epoch is never ahead of its stream's."""
+    parts: list[ZBool] = []
+    for c in range(C):
+        for j in range(S):
+            ck = db.ckpts[ckpt_index(c, j)]
+            parts.append(z3.Implies(ck.used, z3.And(
+                ck.last >= 0, ck.epoch <= vepoch(db, j),
+                z3.Implies(ck.epoch == vepoch(db, j), ck.last <= vhead(db, j)))))
+    return z3.And(parts)
+
+
+def pres1(db: Db) -> ZBool:
+    """PRES-1."""
+    return z3.And([z3.Implies(p.used, z3.And(
+        one_of(p.status, P_STATUS.values()), (p.status == P_OFFLINE) == (p.reason != 0),
+        one_of(p.reason, (0, *P_REASON.values())), p.expires >= p.last_seen)) for p in db.presence])
+
+
+def assign2(db: Db) -> ZBool:
+    """ASSIGN-2."""
+    named = tuple(A_STATUS[s] for s in ("assigned", "running", "completed", "failed"))
+    return z3.And([z3.Implies(a.used, z3.And(one_of(a.status, A_STATUS.values()), a.version >= 1,
+                                             z3.Implies(one_of(a.status, named), a.has_provider)))
+                   for a in db.assignments])
+
+
+def bridge1(db: Db, pol: Policy) -> ZBool:
+    """BRIDGE-1 (attempts >= 0 as support)."""
+    return z3.And([z3.Implies(b.used, z3.And(
+        one_of(b.status, B_STATUS.values()), (b.status == B_STATUS["sent"]) == b.has_event_id, b.attempts >= 0,
+        z3.Implies(b.status == B_STATUS["failed"], b.attempts >= pol.max_attempts),
+        z3.Implies(b.status == B_STATUS["pending"], b.attempts < pol.max_attempts))) for b in db.outbox])
+
+
+def prov_state(db: Db) -> ZBool:
+    """The state part of the provider checks (``check_state`` files them under HASH-1): a valid
+    status and version >= 1."""
+    return z3.And([z3.Implies(p.used, z3.And(one_of(p.status, PROV_STATUS.values()), p.version >= 1))
+                   for p in db.providers])
+
+
+def evt1(db: Db) -> ZBool:
+    """EVT-1."""
+    return db.evt_rows == 0
+
+
+def state_invariant(db: Db, pol: Policy) -> ZBool:
+    """Every state invariant of the database layer (the inductive invariant of the DB proofs)."""
+    return z3.And(seq1(db), idem1(db), hash1(db), ckpt1(db), pres1(db), assign2(db), bridge1(db, pol),
+                  prov_state(db), evt1(db))
+
+
+# --- transition invariants --------------------------------------------------------------------------------
+
+
+def seq3(pre: Db, post: Db) -> ZBool:
+    """SEQ-3: heads, floors and epochs never decrease; a retained event row never changes."""
+    parts: list[ZBool] = []
+    for j in range(S):
+        a, b = pre.streams[j], post.streams[j]
+        parts.append(z3.Implies(a.exists, z3.And(b.exists, b.head >= a.head, b.floor >= a.floor,
+                                                 b.epoch >= a.epoch)))
+        ea, eb = pre.events[j], post.events[j]
+        for i in range(K):
+            for k in range(K):
+                x, y = ea.slots[i], eb.slots[k]
+                parts.append(z3.Implies(z3.And(i < ea.n, k < eb.n, x.seq == y.seq), same_event(x, y)))
+    return z3.And(parts)
+
+
+def ckpt2(pre: Db, post: Db) -> ZBool:
+    """CKPT-2."""
+    return z3.And([z3.Implies(z3.And(a.used, b.used), z3.And(
+        b.owner == a.owner, z3.Implies(b.epoch == a.epoch, b.last >= a.last)))
+        for a, b in zip(pre.ckpts, post.ckpts, strict=True)])
+
+
+def assign1(pre: Db, post: Db) -> ZBool:
+    """ASSIGN-1."""
+    return z3.And([z3.Implies(z3.And(a.used, b.used, z3.Not(same(a, b))), z3.And(
+        z3.Not(one_of(a.status, A_TERMINAL)), edge_allowed(a.status, b.status), b.version == a.version + 1))
+        for a, b in zip(pre.assignments, post.assignments, strict=True)])
+
+
+def bridge2(pre: Db, post: Db) -> ZBool:
+    """BRIDGE-2."""
+    return z3.And([z3.Implies(z3.And(a.used, b.used), z3.And(
+        z3.Implies(a.status == B_STATUS["sent"], same(a, b)), b.attempts >= a.attempts))
+        for a, b in zip(pre.outbox, post.outbox, strict=True)])
+
+
+def prov1(pre: Db, post: Db) -> ZBool:
+    """PROV-1."""
+    parts: list[ZBool] = []
+    for a, b in zip(pre.providers, post.providers, strict=True):
+        content = z3.And(a.hash == b.hash, a.kinds == b.kinds, a.price == b.price, a.status == b.status)
+        parts.append(z3.Implies(z3.And(a.used, b.used), z3.If(content, b.version == a.version,
+                                                              b.version == a.version + 1)))
+    return z3.And(parts)
+
+
+def pres2_signals(pre: Db, post: Db, d: Delta) -> ZBool:
+    """PRES-2, second half: a row that appears or changes status emits exactly one
+    presence_signal (carrying the new status); no other row emits one."""
+    parts: list[ZBool] = []
+    for i in range(N):
+        a, b = pre.presence[i], post.presence[i]
+        changed = z3.And(b.used, z3.Or(z3.Not(a.used), a.status != b.status))
+        parts.append(d.psig[i] == z3.If(changed, 1, 0))
+        parts.append(z3.Implies(changed, d.psig_status[i] == b.status))
+    return z3.And(parts)
+
+
+def pres2_sweep(post: Db, now: ZInt) -> ZBool:
+    """PRES-2, first half: after a sweep at ``now`` no live row has expires_at <= now."""
+    return z3.And([z3.Implies(z3.And(p.used, p.status != P_OFFLINE), p.expires > now) for p in post.presence])
+
+
+def deliv4(pre: Db, post: Db, r: Result, d: Delta) -> ZBool:
+    """DELIV-4: a failed call changes nothing and emits nothing."""
+    return z3.Implies(r.code != OK_CODE, z3.And(same_db(pre, post), z3.Not(r.wrote), no_delta(d)))
+
+
+def epoch_step(pre: Db, post: Db) -> ZBool:
+    """L-EPOCH, for every transaction: M never falls and rises by at most one; epoch_floor is kept."""
+    return z3.And(max_epoch(pre) <= max_epoch(post), max_epoch(post) <= max_epoch(pre) + 1,
+                  post.epoch_floor == pre.epoch_floor)
+
+
+def epoch_restart(pre: Db, post: Db, undurable: ZInt) -> ZBool:
+    """L-EPOCH, for the unclean restart: every stream and epoch_floor move to M(pre) + U + 1."""
+    fresh_epoch = max_epoch(pre) + undurable + 1
+    return z3.And(post.epoch_floor == fresh_epoch,
+                  *[z3.Implies(post.streams[j].exists, post.streams[j].epoch == fresh_epoch) for j in range(S)])
+
+
+# --- call invariants (append) -------------------------------------------------------------------------------
+
+
+def _append_checks_pass(pre: Db, a: AppendAct) -> ZBool:
+    return z3.And(a.scope, a.granted, a.arg_err == OK_CODE, z3.Not(z3.And(a.has_hash_arg, a.hash_arg != H(a.canon))))
+
+
+def seq4(pre: Db, a: AppendAct, r: Result, d: Delta) -> ZBool:
+    """SEQ-4: an append that writes assigns and returns head + 1 (1 for a new stream)."""
+    parts: list[ZBool] = []
+    for j in range(S):
+        parts.append(z3.Implies(z3.And(a.stream == j, r.wrote), z3.And(
+            r.has_ret, r.ret == vhead(pre, j) + 1, d.ins, d.ins_ev.seq == r.ret,
+            z3.Implies(z3.Not(pre.streams[j].exists), r.ret == 1))))
+    return z3.And(parts)
+
+
+def idem2(pre: Db, a: AppendAct, r: Result) -> ZBool:
+    """IDEM-2: a retained key with the same hash succeeds, returns the original seq, writes nothing,
+    whatever expected_next_seq says."""
+    parts: list[ZBool] = []
+    for j in range(S):
+        ev = pre.events[j]
+        for i, e in enumerate(ev.slots):
+            hit = z3.And(a.stream == j, i < ev.n, e.key == a.key, e.hash == H(a.canon), _append_checks_pass(pre, a))
+            parts.append(z3.Implies(hit, z3.And(r.code == OK_CODE, r.has_ret, r.ret == e.seq, z3.Not(r.wrote))))
+    return z3.And(parts)
+
+
+def idem3(pre: Db, a: AppendAct, r: Result) -> ZBool:
+    """IDEM-3: a retained key with a different hash is always idempotency_conflict."""
+    parts: list[ZBool] = []
+    conflict = ErrorCode.IDEMPOTENCY_CONFLICT
+    for j in range(S):
+        ev = pre.events[j]
+        for i, e in enumerate(ev.slots):
+            hit = z3.And(a.stream == j, i < ev.n, e.key == a.key, e.hash != H(a.canon), _append_checks_pass(pre, a))
+            parts.append(z3.Implies(hit, r.code == code(conflict)))
+    return z3.And(parts)
+
+
+def auth2(scope: ZBool, granted: ZBool | None, r: Result) -> ZBool:
+    """AUTH-2: no scope -> missing_scope; scope but no grant -> forbidden_stream (first checks)."""
+    parts = [z3.Implies(z3.Not(scope), r.code == MS)]
+    if granted is not None:
+        parts.append(z3.Implies(z3.And(scope, z3.Not(granted)), r.code == FS))
+    return z3.And(parts)

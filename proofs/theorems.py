@@ -1,0 +1,417 @@
+"""The proofs: what is proved, over which transitions, and the bug each proof must catch.
+
+A :class:`Proof` is a list of *obligations* -- ``hypotheses => goal`` -- built from the encodings.
+For an invariant group ``I_g`` of a layer whose full state invariant is ``I``:
+
+* ``init``: the initial state satisfies ``I_g``;
+* ``step[T]`` for every transition ``T`` of the layer: ``I(pre) /\\ T(pre, a, post) => I_g(post)``
+  together with the group's transition and call invariants over ``(pre, a, post)``.
+
+Since every conjunct of ``I`` is the goal of some proof, all proofs together show ``I`` inductive
+(assume-guarantee); each alone shows its group is preserved by every step from an ``I``-state.
+
+An obligation is discharged by asking Z3 for a model of ``hypotheses /\\ not goal``: ``unsat`` is
+a proof, ``sat`` a counterexample, ``unknown`` (timeout) a failure.  Each proof also names
+*controls*: planted bugs (``proofs.encoding.BUGS``, ``proofs.server.BUGS``) with which the
+obligations of the broken transition are solved again; Z3 must find a counterexample for every
+control, or the proof is failed -- a proof that cannot fail proves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import z3
+
+from proofs import client as CL
+from proofs import encoding as E
+from proofs import props as P
+from proofs import props_server as PS
+from proofs import server as SV
+from proofs.core import ZBool, fresh, in_range
+
+Show = Sequence[tuple[str, object]]
+
+
+@dataclass(frozen=True)
+class Obligation:
+    label: str  # "init", "step[append_sync_event]", ...
+    transition: str  # the transition it is about ("init" for the initial state)
+    hyps: tuple[ZBool, ...]
+    goal: ZBool
+    show: Show = ()
+
+
+@dataclass(frozen=True)
+class Proof:
+    id: str
+    title: str
+    invariants: tuple[str, ...]
+    transitions: tuple[str, ...]
+    bounds: str
+    build: Callable[[str], list[Obligation]]  # bug ("" for the model) -> obligations
+    controls: tuple[str, ...]  # planted bugs that must be refuted
+
+
+# --- the database layer ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    transition: str
+    pre: E.Db
+    act: object
+    post: E.Db
+    res: E.Result
+    delta: E.Delta
+    pol: E.Policy
+
+
+DB_BOUNDS = f"S={E.S} streams, K={E.K} retained events/stream, C={E.C} clients, N={E.N} rows/keyed table"
+
+
+def _bug_transition(bug: str) -> str:
+    for registry in (E.BUGS, SV.BUGS, CL.BUGS):
+        if bug in registry:
+            return registry[bug][0]
+    raise KeyError(f"no such planted bug: {bug!r}")
+
+
+def db_proof(pid: str, title: str, invariants: tuple[str, ...], controls: tuple[str, ...],
+             state_goal: Callable[[E.Db, E.Policy], ZBool] | None,
+             step_goal: Callable[[Step], ZBool], lemma: Callable[[E.Db], ZBool] | None = None) -> Proof:
+    """A proof over every transition of the database layer.  ``lemma``: a state invariant outside
+    the layer's conjunction, assumed of the pre-state (it is then also the proof's own goal)."""
+
+    def build(bug: str) -> list[Obligation]:
+        only = _bug_transition(bug) if bug else None
+        pol = fresh(E.Policy, "policy")
+        out: list[Obligation] = []
+        if state_goal is not None and only is None:
+            db = E.Db.fresh("init")
+            out.append(Obligation("init", "init", (E.initial(db), E.policy_ok(pol)), state_goal(db, pol),
+                                  (("state", db),)))
+        for t in E.DB_TRANSITIONS:
+            if only is not None and t.name != only:
+                continue
+            pre, post = E.Db.fresh("pre"), E.Db.fresh("post")
+            act = t.action("act")
+            res, delta = fresh(E.Result, "result"), E.Delta.fresh("delta")
+            rel = t.relation(pre, act, post, res, delta, pol, bug=bug)
+            step = Step(t.name, pre, act, post, res, delta, pol)
+            goal = step_goal(step)
+            if state_goal is not None:
+                goal = z3.And(state_goal(post, pol), goal)
+            hyps = (E.policy_ok(pol), P.state_invariant(pre, pol), rel, *((lemma(pre),) if lemma else ()))
+            out.append(Obligation(f"step[{t.name}]", t.name, hyps,
+                                  goal, (("policy", pol), ("pre", pre), ("action", act), ("result", res),
+                                         ("delta", delta), ("post", post))))
+        return out
+
+    return Proof(pid, title, invariants, tuple(t.name for t in E.DB_TRANSITIONS), DB_BOUNDS, build, controls)
+
+
+def _true(_: Step) -> ZBool:
+    return z3.BoolVal(True)
+
+
+def _seq_step(s: Step) -> ZBool:
+    goal = P.seq3(s.pre, s.post)
+    if s.transition == "append_sync_event":
+        assert isinstance(s.act, E.AppendAct)
+        goal = z3.And(goal, P.seq4(s.pre, s.act, s.res, s.delta))
+    return goal
+
+
+def _idem_step(s: Step) -> ZBool:
+    if s.transition == "append_sync_event":
+        assert isinstance(s.act, E.AppendAct)
+        return z3.And(P.idem2(s.pre, s.act, s.res), P.idem3(s.pre, s.act, s.res))
+    return z3.BoolVal(True)
+
+
+def _pres_step(s: Step) -> ZBool:
+    goal = P.pres2_signals(s.pre, s.post, s.delta)
+    if s.transition == "presence_sweep":
+        assert isinstance(s.act, E.SweepAct)
+        goal = z3.And(goal, P.pres2_sweep(s.post, s.act.now))
+    return goal
+
+
+_SCOPED: dict[str, tuple[str, bool]] = {
+    # reducer -> (the scope field of its action, does it also check a stream grant)
+    "append_sync_event": ("scope", True),
+    "ack_checkpoint": ("scope", True),
+    "upsert_presence": ("scope", False),
+    "publish_provider_capability": ("scope", False),
+    "open_compute_assignment": ("scope", False),
+    "enqueue_bridge_event": ("scope", False),
+    "mark_bridge_event_sent": ("scope", False),
+    "record_bridge_failure": ("scope", False),
+    "publish_stream_signal": ("scope", True),
+    "reset_stream_epoch": ("scope", False),
+}
+
+
+def _auth_step(s: Step) -> ZBool:
+    if s.transition == "update_compute_assignment":
+        assert isinstance(s.act, E.UpdateAct)
+        any_scope = z3.Or(s.act.s_request, s.act.s_assign, s.act.s_execute)
+        return z3.And(P.auth2(any_scope, None, s.res), P.deliv4(s.pre, s.post, s.res, s.delta))
+    if s.transition not in _SCOPED:
+        return z3.BoolVal(True)  # a system transaction: no caller
+    field, stream = _SCOPED[s.transition]
+    act: Any = s.act
+    scope = getattr(act, field)
+    granted = act.granted if stream else None
+    return z3.And(P.auth2(scope, granted, s.res), z3.Implies(z3.Not(scope), z3.And(
+        E.same_db(s.pre, s.post), z3.Not(s.res.wrote))))
+
+
+def _epoch_step(s: Step) -> ZBool:
+    if s.transition == "unclean_restart":
+        assert isinstance(s.act, E.RestartAct)
+        return P.epoch_restart(s.pre, s.post, s.act.undurable)
+    return P.epoch_step(s.pre, s.post)
+
+
+DB_PROOFS: tuple[Proof, ...] = (
+    db_proof("seq", "retained seqs run contiguously up to head, floor..head in the current epoch; heads, floors, "
+             "epochs never fall; append takes head+1",
+             ("SEQ-1", "SEQ-3", "SEQ-4"),
+             ("seq_head_plus_2", "compaction_keeps_floor", "compaction_floor_from_cut", "restart_keeps_floor"),
+             lambda db, pol: P.seq1(db), _seq_step),
+    db_proof("idem", "keys and seqs unique; a retry returns its seq and writes nothing; a different payload conflicts",
+             ("IDEM-1", "IDEM-2", "IDEM-3"), ("sequence_before_dedupe", "dedupe_without_hash_compare"),
+             lambda db, pol: P.idem1(db), _idem_step),
+    db_proof("hash", "every stored payload is canonical and stored with its own hash",
+             ("HASH-1",), ("hash_arg_trusted",), lambda db, pol: P.hash1(db), _true),
+    db_proof("ckpt", "a checkpoint in the current epoch never passes head and never falls",
+             ("CKPT-1", "CKPT-2"), ("non_monotonic_ack", "ack_past_head"),
+             lambda db, pol: P.ckpt1(db), lambda s: P.ckpt2(s.pre, s.post)),
+    db_proof("pres", "presence rows are well formed; sweeps leave no expired live row; one signal per change",
+             ("PRES-1", "PRES-2"), ("sweep_strict_expiry", "offline_reason_not_set", "disconnect_ignores_expiry"),
+             lambda db, pol: P.pres1(db), _pres_step),
+    db_proof("assign", "assignments move only along the edge table, version + 1; assigned rows name a provider",
+             ("ASSIGN-1", "ASSIGN-2"), ("assignment_version_not_bumped",),
+             lambda db, pol: P.assign2(db), lambda s: P.assign1(s.pre, s.post)),
+    db_proof("bridge", "sent iff an event id; failed at the maximum attempts; sent rows never change",
+             ("BRIDGE-1", "BRIDGE-2"), ("failure_past_max",),
+             lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post)),
+    db_proof("prov", "a provider's version rises by one exactly on a content change",
+             ("PROV-1",), ("republish_bumps_version",),
+             lambda db, pol: P.prov_state(db), lambda s: P.prov1(s.pre, s.post)),
+    db_proof("evt", "event-table rows are never in the state",
+             ("EVT-1",), ("event_rows_persisted",), lambda db, pol: P.evt1(db), _true),
+    db_proof("auth-calls", "without its scope or stream grant a call fails first with missing_scope/forbidden_stream "
+             "and a failed call changes nothing",
+             ("AUTH-2", "DELIV-4"), ("scope_not_checked", "stream_created_before_sequence_check"),
+             None, lambda s: z3.And(_auth_step(s), P.deliv4(s.pre, s.post, s.res, s.delta))),
+    db_proof("epoch-step", "lemma L-EPOCH: a transaction raises the largest epoch by at most one; an unclean "
+             "restart moves every epoch to M + max_undurable + 1",
+             ("DUR-2",), ("no_epoch_bump_on_crash",), None, _epoch_step),
+)
+
+
+# --- stale cursors and resume subscriptions ----------------------------------------------------------------
+
+RESUME_BOUNDS = f"{DB_BOUNDS}, KD={SV.KD} events sent per subscription"
+
+
+def _stale_build(bug: str) -> list[Obligation]:
+    pol = fresh(E.Policy, "policy")
+    db = E.Db.fresh("db")
+    a = fresh(SV.SubscribeAct, "subscribe")
+    server = SV.subscribe_reasons(db, a, bug)
+
+    def at(j: int) -> ZBool:
+        oracle = SV.oracle_stale_reasons(E.vepoch(db, j), E.vhead(db, j), E.vfloor(db, j), a.budget, a.has_epoch,
+                                         a.epoch, a.watermark)
+        return z3.And(*[x == y for x, y in zip(server, oracle, strict=True)],
+                      z3.Implies(z3.Not(z3.Or(server)), PS.no_skip(db, j, a.watermark)))
+
+    return [Obligation("subscribe", "subscribe", (E.policy_ok(pol), P.state_invariant(db, pol),
+                                                  in_range(a.stream, 0, E.S)),
+                       E.per_slot(a.stream, E.S, at), (("state", db), ("subscribe", a)))]
+
+
+def _resume_build(bug: str) -> list[Obligation]:
+    only = _bug_transition(bug) if bug else None
+    pol = fresh(E.Policy, "policy")
+    out: list[Obligation] = []
+    if only is None:
+        w = SV.World.fresh("init")
+        out.append(Obligation("init", "init", (E.initial(w.db), z3.Not(w.sub.active)),
+                              z3.And(PS.ledger_ok(w), PS.resume(w)), (("state", w.db),)))
+    if only in (None, "subscribe"):
+        pre, post = SV.World.fresh("pre"), SV.World.fresh("post")
+        a = fresh(SV.SubscribeAct, "subscribe")
+        rejected = z3.Bool("rejected")
+        hyps = (E.policy_ok(pol), P.state_invariant(pre.db, pol), PS.epoch_consistent(pre.db), PS.ledger_ok(pre),
+                PS.resume(pre), SV.t_subscribe(pre, a, post, rejected, bug))
+        out.append(Obligation("subscribe", "subscribe", hyps, z3.And(PS.ledger_ok(post), PS.resume(post)),
+                              (("pre", pre.db), ("subscribe", a), ("rejected", rejected), ("sub", post.sub))))
+    for t in E.DB_TRANSITIONS:
+        if only in (None, f"deliver[{t.name}]"):
+            pre, post = SV.World.fresh("pre"), SV.World.fresh("post")
+            act = t.action("act")
+            res, delta = fresh(E.Result, "result"), E.Delta.fresh("delta")
+            hyps = (E.policy_ok(pol), P.state_invariant(pre.db, pol), PS.ledger_ok(pre), PS.resume(pre),
+                    t.relation(pre.db, act, post.db, res, delta, pol),
+                    SV.t_deliver(pre, delta, post, t.name == "unclean_restart", "aux", bug))
+            out.append(Obligation(f"deliver[{t.name}]", f"deliver[{t.name}]", hyps,
+                                  z3.And(PS.ledger_ok(post), PS.resume(post)),
+                                  (("pre", pre.db), ("sub", pre.sub), ("action", act), ("delta", delta),
+                                   ("post", post.db), ("sub'", post.sub))))
+    return out
+
+
+STALE_PROOF = Proof(
+    "stale", "the server rejects a resume exactly when the oracle's reasons hold, with all of them; "
+    "a cursor judged not stale has every event after it retained",
+    ("STALE-1", "STALE-2"), ("subscribe",), DB_BOUNDS, _stale_build,
+    ("stale_floor_lt_vs_le", "epoch_ignored_on_resume"))
+
+RESUME_PROOF = Proof(
+    "resume", "resume from W not stale: snapshot + later updates = exactly the events W+1.. in order, each once; "
+    "the rows held equal the query's result (assumes A-EPOCH, lemma epoch-consistent)",
+    ("REPLAY-2", "DELIV-2", "STALE-2"),
+    ("subscribe", *(f"deliver[{t.name}]" for t in E.DB_TRANSITIONS)), RESUME_BOUNDS, _resume_build,
+    ("snapshot_not_atomic", "stale_floor_lt_vs_le", "update_sent_twice", "retention_delete_not_applied"))
+
+EPOCH_CONSISTENT_PROOF = db_proof(
+    "epoch-consistent", "lemma A-EPOCH: a retained event is in its stream's current epoch exactly when it is at "
+    "or above floor_seq (the resume theorem's snapshot filters on the epoch)", ("REPLAY-2",),
+    ("restart_keeps_floor",),
+    lambda db, pol: PS.epoch_consistent(db), _true, lemma=PS.epoch_consistent)
+
+
+# --- the outbound queue, confirmed reads, durability ---------------------------------------------------------
+
+SRV_BOUNDS = f"one connection, Q={SV.Q} queued messages, max_undurable <= {SV.HW}"
+
+SrvGoal = Callable[[str, SV.Srv, object, SV.Srv], ZBool]
+
+
+def srv_proof(pid: str, title: str, invariants: tuple[str, ...], controls: tuple[str, ...],
+              state_goal: Callable[[SV.Srv], ZBool], step_goal: SrvGoal) -> Proof:
+    def build(bug: str) -> list[Obligation]:
+        only = _bug_transition(bug) if bug else None
+        out: list[Obligation] = []
+        if only is None:
+            a = SV.Srv.fresh("init")
+            out.append(Obligation("init", "init", (SV.srv_initial(a),), state_goal(a), (("server", a),)))
+        for t in SV.SRV_TRANSITIONS:
+            if only is not None and t.name != only:
+                continue
+            pre, post = SV.Srv.fresh("pre"), SV.Srv.fresh("post")
+            act = t.action("act")
+            hyps = (PS.srv_invariant(pre), t.relation(pre, act, post, bug=bug))
+            out.append(Obligation(f"step[{t.name}]", t.name, hyps,
+                                  z3.And(state_goal(post), step_goal(t.name, pre, act, post)),
+                                  (("pre", pre), ("action", act), ("post", post))))
+        return out
+
+    return Proof(pid, title, invariants, tuple(t.name for t in SV.SRV_TRANSITIONS), SRV_BOUNDS, build, controls)
+
+
+def _order_step(name: str, a: SV.Srv, act: object, b: SV.Srv) -> ZBool:
+    if name == "pop":
+        front = a.queue[0]
+        return z3.Implies(a.rcv, z3.And(front.off >= a.last_rcv,
+                                        z3.Implies(front.kind != SV.OTHER, front.off > a.last_rcv)))
+    if name == "commit":
+        assert isinstance(act, SV.CommitAct)
+        off = a.committed + 1
+        at_off = [z3.And(i < b.qn, b.queue[i].off == off) for i in range(SV.Q)]
+        parts = [z3.Implies(z3.And(at_off[i], at_off[k]), i == k) for i in range(SV.Q) for k in range(SV.Q)]
+        parts += [z3.Implies(at_off[i], b.queue[i].kind == z3.If(act.is_caller, SV.RESULT, SV.UPDATE))
+                  for i in range(SV.Q)]
+        return z3.Implies(b.alive, z3.And(parts))
+    return z3.BoolVal(True)
+
+
+def _conf_step(name: str, a: SV.Srv, act: object, b: SV.Srv) -> ZBool:
+    if name == "pop":
+        return z3.Implies(a.confirmed, a.queue[0].off <= a.durable)
+    return z3.BoolVal(True)
+
+
+def _dur_step(name: str, a: SV.Srv, act: object, b: SV.Srv) -> ZBool:
+    if name == "crash":
+        return z3.And(b.ctok == SV.RECOVER(a.tok[a.durable]), b.hist[0] > a.seen)
+    return z3.BoolVal(True)
+
+
+DELIV_ORDER_PROOF = srv_proof(
+    "deliv-order", "each connection receives in commit order; a committed call's caller gets one ReducerResult and "
+    "no TransactionUpdate", ("DELIV-1", "DELIV-3", "SLOW-1"),
+    ("caller_also_gets_update", "update_tagged_with_old_offset"),
+    PS.deliv_order, _order_step)
+
+CONF_PROOF = srv_proof(
+    "conf", "a confirmed-read client receives only durable offsets, and no crash loses what it received",
+    ("CONF-1", "CONF-2"), ("confirmed_gate_off_by_one", "durable_can_fall"), PS.conf2, _conf_step)
+
+DUR_PROOF = srv_proof(
+    "dur", "a crash recovers exactly the durable prefix, and every epoch after recovery is above every epoch "
+    "ever handed out (with lemma L-EPOCH)", ("DUR-1", "DUR-2"),
+    ("crash_without_rollback", "durable_state_off_by_one", "crash_keeps_epochs", "crash_bump_too_small"),
+    lambda a: z3.And(PS.offsets_ok(a), PS.dur(a)), _dur_step)
+
+
+# --- the client ----------------------------------------------------------------------------------------------
+
+
+def _replay_build(bug: str) -> list[Obligation]:
+    only = _bug_transition(bug) if bug else None
+    out: list[Obligation] = []
+    if only is None:
+        v = CL.View.fresh("init")
+        out.append(Obligation("init", "init", (CL.view_initial(v),), CL.replay1(v), (("view", v),)))
+    v, w = CL.View.fresh("pre"), CL.View.fresh("post")
+    if only in (None, "apply"):
+        e = fresh(CL.Incoming, "event")
+        gap = z3.Bool("gap")
+        applied = w.n == v.n + 1
+        goal = z3.And(CL.replay1(w), z3.Implies(applied, z3.And(e.seq == v.last + 1, w.last == e.seq)),
+                      z3.Implies(z3.Not(applied), CL.same_view(v, w)), w.last >= v.last)
+        out.append(Obligation("step[apply]", "apply", (CL.replay1(v), CL.t_apply(v, e, w, gap, bug)), goal,
+                              (("view", v), ("event", e), ("gap", gap), ("view'", w))))
+    if only is None:
+        auth = CL.Authority.fresh("authority")
+        row = fresh(CL.StreamRow, "row")
+        rebooted = z3.Bool("rebooted")
+        out.append(Obligation("step[stream_row]", "stream_row",
+                              (CL.replay1(v), CL.t_stream_row(v, row, auth, w, rebooted)), CL.replay1(w),
+                              (("view", v), ("row", row), ("view'", w))))
+        out.append(Obligation("step[rebootstrap]", "rebootstrap", (CL.replay1(v), CL.t_rebootstrap(v, auth, w)),
+                              CL.replay1(w), (("view", v), ("view'", w))))
+    return out
+
+
+REPLAY_PROOF = Proof(
+    "replay", "a client's applied events are contiguous and end at its watermark; it applies only last + 1 and "
+    "its watermark never falls outside a rebootstrap", ("REPLAY-1",), ("apply", "stream_row", "rebootstrap"),
+    f"KA={CL.KA} applied events per view", _replay_build, ("gap_applied", "duplicate_applied"))
+
+
+# --- the row filter ------------------------------------------------------------------------------------------
+
+
+def _rows_build(bug: str) -> list[Obligation]:
+    c = fresh(SV.ReadCase, "row")
+    return [Obligation("visible", "visible", (), z3.Implies(SV.visible(c, bug), SV.auth1_allowed(c)),
+                       (("case", c),))]
+
+
+ROWS_PROOF = Proof(
+    "auth-rows", "snapshots and updates carry only rows the reader may read (visibility per table from spec.schema)",
+    ("AUTH-1",), ("snapshot", "transaction_update"), "every table of spec.schema", _rows_build,
+    ("row_filter_ignored",))
+
+
+ALL_PROOFS: tuple[Proof, ...] = (*DB_PROOFS, EPOCH_CONSISTENT_PROOF, STALE_PROOF, RESUME_PROOF, DELIV_ORDER_PROOF,
+                                 CONF_PROOF, DUR_PROOF, REPLAY_PROOF, ROWS_PROOF)
