@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import icontract
 
+from spec import contracts
 from spec.schema import BRIDGE_SCOPES, TABLE_BY_ROW_TYPE, Visibility
 from spec.values import ComputeAssignment, Identity, Row, StreamSignal, SyncCheckpoint, SyncEvent, SyncStream
 
@@ -36,14 +37,15 @@ class Claims:
 
 
 @icontract.ensure(lambda grant, stream_id, result: result or grant != stream_id,
-                  "an exact grant always covers its own stream", enabled=icontract.SLOW)
+                  "an exact grant always covers its own stream", enabled=contracts.PER_ROW)
 @icontract.ensure(lambda grant, stream_id, result: grant.endswith("*") or result == (grant == stream_id),
-                  "a grant without a trailing * covers exactly one stream id", enabled=icontract.SLOW)
+                  "a grant without a trailing * covers exactly one stream id", enabled=contracts.PER_ROW)
 @icontract.ensure(lambda grant, stream_id, result: not grant.endswith("*")
                   or result == (len(stream_id) >= len(grant) - 1 and stream_id[:len(grant) - 1] == grant[:-1]),
-                  "a grant ending in * is a plain string prefix (a.own* also covers a.owner)", enabled=icontract.SLOW)
+                  "a grant ending in * is a plain string prefix (a.own* also covers a.owner)",
+                  enabled=contracts.PER_ROW)
 @icontract.ensure(lambda grant, result: result or grant != "*", "the grant * covers every stream",
-                  enabled=icontract.SLOW)
+                  enabled=contracts.PER_ROW)
 def grant_matches(grant: str, stream_id: str) -> bool:
     if grant.endswith("*"):
         return stream_id.startswith(grant[:-1])
@@ -51,9 +53,9 @@ def grant_matches(grant: str, stream_id: str) -> bool:
 
 
 @icontract.ensure(lambda claims, result: not result or bool(claims.streams),
-                  "AUTH-1 (no oa_sync_streams claim means no stream at all)", enabled=icontract.SLOW)
+                  "AUTH-1 (no oa_sync_streams claim means no stream at all)", enabled=contracts.PER_ROW)
 @icontract.ensure(lambda claims, stream_id, result: result or stream_id not in claims.streams,
-                  "AUTH-1 (a stream named exactly in the claim is granted)", enabled=icontract.SLOW)
+                  "AUTH-1 (a stream named exactly in the claim is granted)", enabled=contracts.PER_ROW)
 def stream_granted(claims: Claims, stream_id: str) -> bool:
     return any(grant_matches(g, stream_id) for g in claims.streams)
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import icontract
 
+from spec import contracts
 from spec.errors import ErrorCode, SyncError
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -97,7 +98,7 @@ def _utf8_encodable(s: str) -> bool:
 
 
 @icontract.ensure(lambda s, result: result == (not _utf8_encodable(s)),
-                  "a string holds a surrogate exactly when it cannot be written as UTF-8", enabled=icontract.SLOW)
+                  "a string holds a surrogate exactly when it cannot be written as UTF-8", enabled=contracts.PER_ROW)
 def _has_surrogate(s: str) -> bool:
     return any(0xD800 <= ord(ch) <= 0xDFFF for ch in s)
 
@@ -213,7 +214,7 @@ def payload_hash(canonical_text: str) -> str:
 
 @icontract.ensure(lambda text, result: not result or (_no_raw_control(text) and text.strip() == text),
                   "a canonical text has no raw control characters and no surrounding whitespace",
-                  enabled=icontract.SLOW)
+                  enabled=contracts.PER_ROW)
 def is_canonical(text: str) -> bool:
     try:
         return canonicalize(text) == text

@@ -25,7 +25,7 @@ import icontract
 from spec.errors import ErrorCode, SyncError
 from spec.schema import PROTOCOL_VERSION, SCHEMA_VERSION
 
-BUILD_RE = re.compile(r"\d{8}T\d{6}Z")
+BUILD_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 
 
 def well_formed_build(build: str) -> bool:

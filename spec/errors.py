@@ -22,7 +22,6 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -96,12 +95,21 @@ def canonical_details(details: Mapping[str, Any]) -> str:
                       allow_nan=False)
 
 
-@dataclass(frozen=True, slots=True)
 class SyncError(Exception):
-    """A peer-visible failure: a code plus machine-readable details."""
+    """A peer-visible failure: a code plus machine-readable details.
 
-    code: ErrorCode
-    details: Mapping[str, Any] = field(default_factory=dict)
+    A plain exception class (not a frozen dataclass), so the interpreter can set its traceback
+    and notes wherever it is raised; treat instances as values all the same."""
+
+    __match_args__ = ("code", "details")
+
+    def __init__(self, code: ErrorCode, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(code, details)
+        self.code = code
+        self.details: Mapping[str, Any] = dict(details) if details is not None else {}
+
+    def __repr__(self) -> str:
+        return f"SyncError({self.code!r}, {dict(self.details)!r})"
 
     def render(self) -> str:
         """The wire string: ``<code>: <canonical JSON details>``."""

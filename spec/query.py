@@ -50,6 +50,7 @@ from typing import Any, NoReturn
 
 import icontract
 
+from spec import contracts
 from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.schema import STAR_TABLES, TABLE_BY_NAME, Table
 from spec.values import BOOL, I64, IDENTITY, STRING, TIMESTAMP, U32, U64, Row, SatsType, sats_name, value_has_type
@@ -76,7 +77,7 @@ class Comparison:
 
     @icontract.ensure(lambda self, actual, result: result == bool(_COMPARE[FLIPPED[self.op]](self.value, actual)),
                       "`column op v` holds exactly when `v flipped-op column` does (the FLIPPED table is right)",
-                      enabled=icontract.SLOW)
+                      enabled=contracts.PER_ROW)
     def holds(self, actual: object) -> bool:
         """:raises TypeError: ``actual`` is not comparable with the literal"""
         return bool(_COMPARE[self.op](actual, self.value))
@@ -368,9 +369,11 @@ def evaluate(q: Query, rows: Iterable[Row]) -> tuple[Row, ...]:
 
 
 @icontract.ensure(lambda q, column, result: (result is None) == all(
-    c.column != column or c.op is not Op.EQ for c in q.where), "None exactly when no `column = v` conjunct")
+    c.column != column or c.op is not Op.EQ for c in q.where), "None exactly when no `column = v` conjunct",
+    enabled=contracts.PER_ROW)
 @icontract.ensure(lambda q, column, result: result is None or any(
-    c.column == column and c.op is Op.EQ and c.value is result for c in q.where), "the value of a `column = v`")
+    c.column == column and c.op is Op.EQ and c.value is result for c in q.where), "the value of a `column = v`",
+    enabled=contracts.PER_ROW)
 def pinned_value(q: Query, column: str) -> int | str | bool | None:
     """The value of the first ``column = v`` conjunct, if any."""
     return next((c.value for c in q.where if c.column == column and c.op is Op.EQ), None)
@@ -382,11 +385,12 @@ def _int_lower_bounds(q: Query, column: str) -> list[Comparison]:
 
 
 @icontract.ensure(lambda q, column, result: (result is None) == (not _int_lower_bounds(q, column)),
-                  "None exactly when no integer `column >`/`>=` conjunct")
+                  "None exactly when no integer `column >`/`>=` conjunct", enabled=contracts.PER_ROW)
 @icontract.ensure(lambda q, column, result: result is None or (
     all(c.holds(result + 1) for c in _int_lower_bounds(q, column))
     and not all(c.holds(result) for c in _int_lower_bounds(q, column))),
-    "STALE-1 (the largest W with `column > W` implied: W + 1 passes every lower bound, W does not)")
+    "STALE-1 (the largest W with `column > W` implied: W + 1 passes every lower bound, W does not)",
+    enabled=contracts.PER_ROW)
 def lower_bound_exclusive(q: Query, column: str) -> int | None:
     """The largest W such that the query implies ``column > W`` (``> v`` gives v, ``>= v`` gives v-1)."""
     bounds = [c.value - (c.op is Op.GE) for c in q.where if c.column == column and c.op in (Op.GT, Op.GE)

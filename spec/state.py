@@ -165,11 +165,11 @@ class Tx:
         self.delete(old)
         self.insert(new)
 
-    @icontract.ensure(lambda self, result: delta_accounts(self.base, result[0], result[1]),
-                      "EVT-1 (event rows never enter the state; each table's size moves by inserts - deletes)")
     @icontract.ensure(lambda self, result: delta_is_diff(self.base, result[0], result[1]),
                       "DELIV-2 (the delta, which fan-out sends, is exactly the state change)",
                       enabled=icontract.SLOW)
+    @icontract.ensure(lambda self, result: delta_accounts(self.base, result[0], result[1]),
+                      "EVT-1 (event rows never enter the state; each table's size moves by inserts - deletes)")
     def finish(self) -> tuple[DbState, Delta]:
         names = [t.name for t in TABLES]
         parts = tuple(TableDelta(n, tuple(self._deletes.get(n, ())), tuple(self._inserts.get(n, ())))
