@@ -142,6 +142,7 @@ class Engine:
     def _drain_disconnects(self) -> None:
         """Presence of closed connections goes ``disconnected`` in its own transaction, after any
         fanout in progress and within the durability bound."""
+        self._disconnects.sort(key=lambda d: (d[0], sorted(d[1])))  # same order however closes interleaved
         while self._disconnects and not self._fanning_out and self.can_commit():
             identity, sessions = self._disconnects.pop(0)
             self._system("disconnect", (identity, tuple(sorted(sessions))),

@@ -179,6 +179,9 @@ class Server:
         """Mark the sessions of closed connections ``disconnected``, one transaction per closed
         connection, never in the middle of another transaction's fanout (a slow consumer is
         closed while a commit fans out) and never past the durability bound (it waits)."""
+        # waiting marks commit in (identity, sessions) order, so the order is the same however
+        # the closes that queued them interleaved
+        self._disconnects.sort(key=lambda d: (d[0], sorted(d[1])))
         while self._disconnects and not self._fanning_out and self.can_commit():
             identity, sessions = self._disconnects.pop(0)
             ok = disconnect_sessions(self.db, self.now, identity, sessions)

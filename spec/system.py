@@ -182,6 +182,7 @@ class System:
 
     def advance_durable(self, k: int) -> None:
         self.server.advance_durable(self.server.durable + k)
+        self._after_server_step()  # durability may release waiting disconnect transactions
 
     def crash(self) -> None:
         self.server.crash()
