@@ -36,6 +36,7 @@ from reference.db import PK_TABLES, Db, Txn
 from reference.log import GENESIS, RowChange, TxRecord, make_record
 from spec import query as q
 from spec.auth import Claims, can_read, grant_matches
+from spec.compat import CompatWindow, negotiate
 from spec.errors import ErrorCode, SyncError
 from spec.invariants import check_state
 from spec.messages import (
@@ -118,6 +119,12 @@ class Engine:
         self._fanning_out = False
 
     # --- connections --------------------------------------------------------------------------
+
+    def admit(self, claims: Claims, window: CompatWindow) -> SyncError | None:
+        """Compatibility negotiation before a connection is accepted (DESIGN §4): None, or the
+        first failing check's error, for the HTTP 426 answer.  Uses the model's pure function:
+        the negotiation order is vocabulary, not engine logic."""
+        return negotiate(window, claims.client_build_id, claims.protocol_version, claims.schema_version)
 
     @icontract.ensure(lambda self, result: result in self.conns and not self.conns[result].outbound)
     def connect(self, claims: Claims, confirmed: bool) -> int:
