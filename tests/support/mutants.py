@@ -175,3 +175,31 @@ def run(name: str, budget: int = 300) -> dict[str, object]:
 
 if __name__ == "__main__":
     print(json.dumps(run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300)))
+
+
+def run_in_subprocesses(runner: str, names: list[str], budget: int, record: str) -> list[dict[str, object]]:
+    """Run each named mutant of ``runner`` (``support.mutants`` or ``support.engine_mutants``) in its
+    own subprocess, two at a time; record the results in ``build/<record>`` for ``syncref verify``."""
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+
+    def one(name: str) -> dict[str, object]:
+        env = dict(os.environ, PYTHONPATH=f"{root / 'tests'}{os.pathsep}{root}")
+        proc = subprocess.run([sys.executable, "-m", runner, name, str(budget)], cwd=root, capture_output=True,
+                              text=True, env=env, timeout=600)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if not lines:
+            return {"mutant": name, "killed": False, "error": proc.stderr[-400:]}
+        result: dict[str, object] = json.loads(lines[-1])
+        return result
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(one, names))
+    out = root / "build"
+    out.mkdir(exist_ok=True)
+    (out / record).write_text(json.dumps(results, indent=1))
+    return results
