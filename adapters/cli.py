@@ -14,7 +14,8 @@ model checks and prints the matrix of invariants x checks: for each invariant of
 
 It exits non-zero if any check fails, any mutant survived, or an invariant has no check at all.
 The proofs and CrossHair run in subprocesses: the CLI imports neither (layering).
-``syncref verify-log --data DIR`` re-executes a data directory's commit log.
+``syncref verify-log --data DIR`` re-executes a data directory's commit log.  ``serve``, ``token
+mint`` and ``trace`` live in :mod:`adapters.commands`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from adapters import commands
 from spec.invariants import CATALOG
 
 MODULE_KINDS = {"state", "transition", "call"}
@@ -235,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     vl = sub.add_parser("verify-log", help="re-execute a data directory's commit log from empty state")
     vl.add_argument("--data", required=True, metavar="DIR", help="the data directory (holds syncref.sqlite3)")
     vl.add_argument("--json", action="store_true", help="machine-readable report")
+    commands.add_parsers(sub)
     args = parser.parse_args(argv)
+    handled = commands.dispatch(args)
+    if handled is not None:
+        return handled
     if args.command == "verify":
         return verify(args)
     if args.command == "verify-log":

@@ -44,6 +44,7 @@ from spec.messages import (
     SLOW_CONSUMER_REASON,
     CallReducer,
     ClientMessage,
+    OneOffQueryResult,
     Outbound,
     QuerySetUpdate,
     ReducerErr,
@@ -187,10 +188,47 @@ class Engine:
                     ErrorCode.INVALID_QUERY, {"message": "unknown query set",
                                               "query_set_id": msg.query_set_id}).render()))
                 return
+            dropped = (self._snapshot(conn.claims, list(conn.query_sets[msg.query_set_id]))
+                       if msg.send_dropped else None)
             self._unregister(conn, msg.query_set_id)
-            self._send(conn, self.committed, UnsubscribeApplied(msg.request_id, msg.query_set_id))
+            self._send(conn, self.committed, UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped))
         else:
             self._call(conn, msg)
+
+    def reject(self, conn_id: int, request_id: int, error: SyncError) -> None:
+        """Answer a call the I/O layer could not even decode (e.g. malformed BSATN arguments) with
+        a failed ``ReducerResult``, in order with the connection's other messages."""
+        conn = self.conns.get(conn_id)
+        if conn is not None:
+            self._send(conn, self.committed, ReducerResult(request_id, self.committed, ReducerErr(error.render())))
+
+    def query(self, claims: Claims, text: str) -> TableRows:
+        """A one-off read (SpacetimeDB's ``OneOffQuery`` and the HTTP ``/sql`` route): the rows of
+        one subscription-subset query, under the same scope, grant and row-filter rules as a
+        subscription (no stale check: a one-off read resumes nothing).  Raises :class:`SyncError`."""
+        if "sync.subscribe" not in claims.scopes:
+            raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
+        queries = q.parse(text)
+        if len(queries) != 1:
+            raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
+                                                      "sql": text})
+        query = queries[0]
+        if TABLE_BY_NAME[query.table].visibility is Visibility.STREAM_GRANT:
+            sid = q.pinned_value(query, "stream_id")
+            if isinstance(sid, str) and not any(grant_matches(g, sid) for g in claims.streams):
+                raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
+        rows = [row for row in self._candidates(query) if q.matches(query, row) and can_read(claims, row, self._owner)]
+        return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
+
+    def one_off(self, conn_id: int, request_id: int, text: str) -> None:
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        try:
+            result: TableRows | str = self.query(conn.claims, text)
+        except SyncError as err:
+            result = err.render()
+        self._send(conn, self.committed, OneOffQueryResult(request_id, result))
 
     def _check_queries(self, claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
         if "sync.subscribe" not in claims.scopes:
@@ -289,19 +327,21 @@ class Engine:
 
     # --- transactions ----------------------------------------------------------------------------
 
-    def _call(self, conn: Connection, msg: CallReducer) -> None:
-        rdef = REDUCER_BY_NAME.get(msg.reducer)
-        error: SyncError | None = None
+    @staticmethod
+    def _signature_error(reducer: str, args: tuple[Any, ...]) -> SyncError | None:
+        rdef = REDUCER_BY_NAME.get(reducer)
         if rdef is None:
-            error = SyncError(ErrorCode.NO_SUCH_REDUCER, {"reducer": msg.reducer})
-        elif len(msg.args) != len(rdef.args):
-            error = SyncError(ErrorCode.INVALID_ARGUMENT, {
-                "argument": "*", "message": f"{msg.reducer} takes {len(rdef.args)} arguments, got {len(msg.args)}"})
-        else:
-            for col, value in zip(rdef.args, msg.args, strict=True):
-                if not value_has_type(value, col.type):
-                    error = SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": col.name, "message": "wrong type"})
-                    break
+            return SyncError(ErrorCode.NO_SUCH_REDUCER, {"reducer": reducer})
+        if len(args) != len(rdef.args):
+            return SyncError(ErrorCode.INVALID_ARGUMENT, {
+                "argument": "*", "message": f"{reducer} takes {len(rdef.args)} arguments, got {len(args)}"})
+        for col, value in zip(rdef.args, args, strict=True):
+            if not value_has_type(value, col.type):
+                return SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": col.name, "message": "wrong type"})
+        return None
+
+    def _call(self, conn: Connection, msg: CallReducer) -> None:
+        error = self._signature_error(msg.reducer, msg.args)
         if error is not None:
             self._send(conn, self.committed, ReducerResult(msg.request_id, self.committed, ReducerErr(error.render())))
             return
@@ -358,6 +398,26 @@ class Engine:
         if tx.wrote:
             self._commit(tx, "reducer", reducer, claims, args, None)
         return None
+
+    @icontract.require(lambda self: self.can_commit(), "a call is taken only within the durability bound")
+    def call_detached(self, claims: Claims, reducer: str, args: tuple[Any, ...]) -> tuple[int, int | None]:
+        """A reducer call with no WebSocket caller (the HTTP ``call`` route): every subscriber,
+        the caller's own connections included, hears of it by ``TransactionUpdate``.  Returns
+        (offset to wait on for durability, return value); raises :class:`SyncError` when the
+        reducer fails (nothing is written)."""
+        error = self._signature_error(reducer, args)
+        if error is not None:
+            raise error
+        tx = Txn(self.db)
+        try:
+            ret = r.REDUCERS[reducer](tx, r.Ctx(claims, self.now, self.committed + 1, self.policy), *args)
+        except BaseException:
+            tx.rollback()
+            raise
+        if not tx.wrote:
+            return self.committed, ret
+        self._commit(tx, "reducer", reducer, claims, args, None)
+        return self.committed, ret
 
     @icontract.snapshot(lambda self: self.committed, name="committed")
     @icontract.ensure(lambda self, OLD: self.committed > OLD.committed, "a commit takes the next offset")

@@ -208,8 +208,10 @@ class Server:
                     SyncError(ErrorCode.INVALID_QUERY, {"message": "unknown query set",
                                                         "query_set_id": msg.query_set_id}).render()))
                 return
+            dropped = (self._snapshot(conn.claims, list(conn.query_sets[msg.query_set_id]))
+                       if msg.send_dropped else None)
             del conn.query_sets[msg.query_set_id]
-            self._send(conn, self.committed, UnsubscribeApplied(msg.request_id, msg.query_set_id))
+            self._send(conn, self.committed, UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped))
         else:
             self._call(conn, msg)
 

@@ -31,6 +31,7 @@ class Subscribe:
 class Unsubscribe:
     request_id: int
     query_set_id: int
+    send_dropped: bool = False  # SpacetimeDB's SendDroppedRows flag: answer with the rows the set held
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class SubscribeApplied:
 class UnsubscribeApplied:
     request_id: int
     query_set_id: int
+    rows: tuple[TableRows, ...] | None = None  # the set's rows (to delete) when asked with send_dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,17 @@ class ReducerResult:
     outcome: ReducerOk | ReducerErr
 
 
-ServerMessage = SubscribeApplied | UnsubscribeApplied | SubscriptionError | TransactionUpdate | ReducerResult
+@dataclass(frozen=True, slots=True)
+class OneOffQueryResult:
+    """The answer to a one-off query (SpacetimeDB's ``OneOffQuery``): rows of the one table it
+    reads, or the error text.  Not part of the delivery model: nothing subscribes."""
+
+    request_id: int
+    result: TableRows | str
+
+
+ServerMessage = (SubscribeApplied | UnsubscribeApplied | SubscriptionError | TransactionUpdate | ReducerResult
+                 | OneOffQueryResult)
 
 
 @dataclass(frozen=True, slots=True)

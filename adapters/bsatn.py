@@ -1,0 +1,482 @@
+"""BSATN, SpacetimeDB's binary value format, for the types of the sync module.
+
+BSATN (``crates/sats/src/bsatn/{ser,de}.rs`` upstream) writes a value with no names and no
+self-description; the reader must know the type:
+
+* integers are little-endian and fixed width (u8 1, u16 2, u32 4, u64/i64 8 bytes);
+* ``bool`` is one byte, 0 or 1 (anything else is malformed);
+* ``String`` and ``bytes`` are a u32 byte length then the bytes (UTF-8 for strings);
+* ``Vec<T>`` is a u32 element count then the elements; products are their fields in order;
+* sums are a u8 tag (the variant index) then the payload: ``Option`` is ``some`` = 0 /
+  ``none`` = 1, ``Result`` is ``ok`` = 0 / ``err`` = 1;
+* ``Identity`` is a u256 in 32 little-endian bytes.  Its display form (:data:`spec.values.Identity`)
+  is big-endian hex, so the wire bytes are ``bytes.fromhex(hex)[::-1]``;
+* ``ConnectionId`` is a u128 (16 bytes LE); ``Timestamp`` and ``TimeDuration`` are i64 µs.
+
+:class:`Writer` and :class:`Reader` are the primitives; :func:`encode_value` /
+:func:`decode_value` walk a :data:`spec.values.SatsType`; rows and reducer arguments are the
+BSATN products of the columns of :mod:`spec.schema`, never restated here.
+
+Blame is split the usual way.  Writing a value that does not fit its type is a caller bug
+(:class:`spec.errors.LocalProtocolError`).  Reading bytes that do not parse is the peer's fault
+(:class:`BsatnError`, a :class:`spec.errors.RemoteProtocolError`), and it is the *only* exception
+a read raises: no ``struct.error``, ``IndexError`` or ``UnicodeDecodeError`` escapes.  Every
+message names what was being read, the offset, and what was wrong.  A length or count is checked
+against the bytes left before anything is allocated, so a hostile ``0xffffffff`` costs nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from spec.errors import LocalProtocolError, RemoteProtocolError
+from spec.schema import REDUCER_BY_NAME, REDUCERS, TABLE_BY_NAME, TABLE_BY_ROW_TYPE, Table
+from spec.values import (
+    BOOL,
+    I64,
+    IDENTITY,
+    STRING,
+    TIMESTAMP,
+    U32,
+    U64,
+    ArrayT,
+    OptionT,
+    Prim,
+    Row,
+    SatsType,
+    sats_name,
+    value_has_type,
+)
+
+__all__ = [
+    "RETURN_TYPES",
+    "BsatnError",
+    "Reader",
+    "Writer",
+    "decode_args",
+    "decode_ret",
+    "decode_row",
+    "decode_value",
+    "encode_args",
+    "encode_ret",
+    "encode_row",
+    "encode_value",
+    "min_size",
+]
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+
+OPTION_SOME = 0
+OPTION_NONE = 1
+
+
+class BsatnError(RemoteProtocolError):
+    """The peer's bytes are not valid BSATN for the expected type (the message says where and why)."""
+
+
+def _label(what: str, default: str) -> str:
+    return f"{default} ({what})" if what else default
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+class Writer:
+    """An append-only BSATN buffer.  Out-of-range values raise :class:`LocalProtocolError`."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def getvalue(self) -> bytes:
+        return bytes(self._buf)
+
+    def _int(self, value: int, lo: int, hi: int, kind: str) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise LocalProtocolError(f"cannot write {value!r:.80} as {kind}")
+
+    def u8(self, value: int) -> None:
+        self._int(value, 0, 0xFF, "u8")
+        self._buf.append(value)
+
+    def u16(self, value: int) -> None:
+        self._int(value, 0, 0xFFFF, "u16")
+        self._buf += _U16.pack(value)
+
+    def u32(self, value: int) -> None:
+        self._int(value, 0, 0xFFFF_FFFF, "u32")
+        self._buf += _U32.pack(value)
+
+    def u64(self, value: int) -> None:
+        self._int(value, 0, 2**64 - 1, "u64")
+        self._buf += _U64.pack(value)
+
+    def i64(self, value: int) -> None:
+        self._int(value, -(2**63), 2**63 - 1, "i64")
+        self._buf += _I64.pack(value)
+
+    def u128(self, value: int) -> None:
+        self._int(value, 0, 2**128 - 1, "u128")
+        self._buf += value.to_bytes(16, "little")
+
+    def bool_(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise LocalProtocolError(f"cannot write {value!r:.80} as bool")
+        self._buf.append(1 if value else 0)
+
+    def string(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise LocalProtocolError(f"cannot write {value!r:.80} as String")
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates
+            raise LocalProtocolError(f"String is not encodable as UTF-8: {exc}") from None
+        self.u32(len(data))
+        self._buf += data
+
+    def bytes_(self, value: bytes) -> None:
+        """``bytes``/``Vec<u8>``: a u32 length prefix, then the bytes."""
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise LocalProtocolError(f"cannot write {type(value).__name__} as bytes")
+        self.u32(len(value))
+        self._buf += value
+
+    def raw(self, value: bytes) -> None:
+        """Bytes with no prefix (an already encoded value)."""
+        self._buf += value
+
+    def identity(self, value: str) -> None:
+        if not value_has_type(value, IDENTITY):
+            raise LocalProtocolError(f"cannot write {value!r:.80} as Identity (64 lowercase hex chars)")
+        self._buf += bytes.fromhex(value)[::-1]
+
+    def connection_id(self, value: int) -> None:
+        self.u128(value)
+
+    def timestamp(self, value: int) -> None:
+        self.i64(value)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+class Reader:
+    """A cursor over BSATN bytes.  Every read raises only :class:`BsatnError`.
+
+    The optional ``what`` argument of each read names the field for error messages."""
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+        self._pos = 0
+
+    @property
+    def offset(self) -> int:
+        return self._pos
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def at_end(self) -> bool:
+        return self._pos >= len(self._data)
+
+    def expect_end(self) -> None:
+        if self.remaining:
+            raise BsatnError(f"trailing bytes: {self.remaining} after offset {self._pos}")
+
+    def _take(self, n: int, kind: str) -> bytes:
+        pos = self._pos
+        if n > len(self._data) - pos:
+            raise BsatnError(f"truncated {kind} at offset {pos}: need {n} bytes but {len(self._data) - pos} left")
+        self._pos = pos + n
+        return self._data[pos:pos + n]
+
+    def u8(self, what: str = "") -> int:
+        return self._take(1, _label(what, "u8"))[0]
+
+    def u16(self, what: str = "") -> int:
+        value: int = _U16.unpack(self._take(2, _label(what, "u16")))[0]
+        return value
+
+    def u32(self, what: str = "") -> int:
+        value: int = _U32.unpack(self._take(4, _label(what, "u32")))[0]
+        return value
+
+    def u64(self, what: str = "") -> int:
+        value: int = _U64.unpack(self._take(8, _label(what, "u64")))[0]
+        return value
+
+    def i64(self, what: str = "") -> int:
+        value: int = _I64.unpack(self._take(8, _label(what, "i64")))[0]
+        return value
+
+    def u128(self, what: str = "") -> int:
+        return int.from_bytes(self._take(16, _label(what, "u128")), "little")
+
+    def bool_(self, what: str = "") -> bool:
+        pos = self._pos
+        byte = self._take(1, _label(what, "bool"))[0]
+        if byte > 1:
+            raise BsatnError(f"invalid bool byte 0x{byte:02x} at offset {pos}")
+        return byte == 1
+
+    def length(self, kind: str, min_item: int = 1) -> int:
+        """A u32 length/count prefix, rejected unless ``count * min_item`` bytes remain."""
+        pos = self._pos
+        n = self.u32(f"{kind} length")
+        if n * min_item > self.remaining:
+            need = f"length {n}" if min_item == 1 else f"count {n} needs at least {n * min_item} bytes"
+            raise BsatnError(f"truncated {kind} at offset {pos}: {need} but {self.remaining} bytes left")
+        return n
+
+    def string(self, what: str = "") -> str:
+        kind = _label(what, "String")
+        pos = self._pos
+        data = self._take(self.length(kind), kind)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BsatnError(f"invalid UTF-8 in {kind} at offset {pos}: {exc.reason} at byte {exc.start}") from None
+
+    def bytes_(self, what: str = "") -> bytes:
+        kind = _label(what, "bytes")
+        return self._take(self.length(kind), kind)
+
+    def raw(self, n: int, what: str = "") -> bytes:
+        return self._take(n, _label(what, "bytes"))
+
+    def identity(self, what: str = "") -> str:
+        return self._take(32, _label(what, "Identity"))[::-1].hex()
+
+    def connection_id(self, what: str = "") -> int:
+        return self.u128(_label(what, "ConnectionId"))
+
+    def timestamp(self, what: str = "") -> int:
+        return self.i64(_label(what, "Timestamp"))
+
+    def tag(self, sum_name: str, variants: int) -> int:
+        """A sum tag that must be below ``variants``."""
+        pos = self._pos
+        tag = self.u8(f"{sum_name} tag")
+        if tag >= variants:
+            raise BsatnError(f"invalid sum tag {tag} for {sum_name} at offset {pos}")
+        return tag
+
+
+# --- typed values -----------------------------------------------------------------------------
+
+
+def min_size(t: SatsType) -> int:
+    """The fewest bytes a value of ``t`` can take (used to bound counts before allocating)."""
+    if isinstance(t, OptionT):
+        return 1
+    if isinstance(t, ArrayT) or t == STRING:
+        return 4
+    return {BOOL: 1, U32: 4, U64: 8, I64: 8, TIMESTAMP: 8, IDENTITY: 32}.get(t, 1)
+
+
+_Enc = Callable[[Writer, object], None]
+_Dec = Callable[[Reader], object]
+
+_PRIM_ENCODERS: Mapping[Prim, _Enc] = {
+    STRING: lambda w, v: w.string(v),  # type: ignore[arg-type]
+    BOOL: lambda w, v: w.bool_(v),  # type: ignore[arg-type]
+    U32: lambda w, v: w.u32(v),  # type: ignore[arg-type]
+    U64: lambda w, v: w.u64(v),  # type: ignore[arg-type]
+    I64: lambda w, v: w.i64(v),  # type: ignore[arg-type]
+    TIMESTAMP: lambda w, v: w.timestamp(v),  # type: ignore[arg-type]
+    IDENTITY: lambda w, v: w.identity(v),  # type: ignore[arg-type]
+}
+
+_PRIM_DECODERS: Mapping[Prim, _Dec] = {
+    STRING: Reader.string, BOOL: Reader.bool_, U32: Reader.u32, U64: Reader.u64, I64: Reader.i64,
+    TIMESTAMP: Reader.timestamp, IDENTITY: Reader.identity,
+}
+
+
+@functools.cache
+def _encoder(t: SatsType) -> _Enc:
+    if isinstance(t, OptionT):
+        inner = _encoder(t.inner)
+
+        def enc_option(w: Writer, v: object) -> None:
+            if v is None:
+                w.u8(OPTION_NONE)
+            else:
+                w.u8(OPTION_SOME)
+                inner(w, v)
+        return enc_option
+    if isinstance(t, ArrayT):
+        item = _encoder(t.inner)
+
+        def enc_array(w: Writer, v: object) -> None:
+            assert isinstance(v, tuple)
+            w.u32(len(v))
+            for x in v:
+                item(w, x)
+        return enc_array
+    try:
+        return _PRIM_ENCODERS[t]
+    except KeyError:
+        raise LocalProtocolError(f"no BSATN encoding for SATS type {sats_name(t)}") from None
+
+
+@functools.cache
+def _decoder(t: SatsType) -> _Dec:
+    name = sats_name(t)
+    if isinstance(t, OptionT):
+        inner = _decoder(t.inner)
+
+        def dec_option(r: Reader) -> object:
+            return inner(r) if r.tag(name, 2) == OPTION_SOME else None
+        return dec_option
+    if isinstance(t, ArrayT):
+        item = _decoder(t.inner)
+        least = min_size(t.inner)
+
+        def dec_array(r: Reader) -> object:
+            return tuple(item(r) for _ in range(r.length(name, least)))
+        return dec_array
+    try:
+        return _PRIM_DECODERS[t]
+    except KeyError:
+        raise LocalProtocolError(f"no BSATN decoding for SATS type {name}") from None
+
+
+def encode_value(w: Writer, t: SatsType, v: object) -> None:
+    """Append the BSATN of ``v``; a value that is not of type ``t`` is a :class:`LocalProtocolError`."""
+    if not value_has_type(v, t):
+        raise LocalProtocolError(f"value {v!r:.80} is not a {sats_name(t)}")
+    _encoder(t)(w, v)
+
+
+def decode_value(r: Reader, t: SatsType) -> object:
+    """Read one value of type ``t`` (``Option`` none is ``None``, ``Vec`` is a tuple)."""
+    return _decoder(t)(r)
+
+
+# --- rows -------------------------------------------------------------------------------------
+
+
+def _table_for(row: Row) -> Table:
+    table = TABLE_BY_ROW_TYPE.get(type(row))
+    if table is None:
+        raise LocalProtocolError(f"{type(row).__name__} is not a row type of the schema")
+    return table
+
+
+def encode_row_into(w: Writer, row: Row) -> None:
+    table = _table_for(row)
+    for col in table.columns:
+        value = getattr(row, col.name)
+        if not value_has_type(value, col.type):
+            raise LocalProtocolError(f"{table.name}.{col.name}: {value!r:.80} is not a {sats_name(col.type)}")
+        _encoder(col.type)(w, value)
+
+
+def encode_row(row: Row) -> bytes:
+    """The row's BSATN: the product of its table's columns in schema order."""
+    w = Writer()
+    encode_row_into(w, row)
+    return w.getvalue()
+
+
+def decode_row(table: str, data: bytes) -> Row:
+    """Decode one whole row of ``table``; every byte must be used."""
+    t = TABLE_BY_NAME.get(table)
+    if t is None:
+        raise BsatnError(f"unknown table {table[:80]!r}")
+    r = Reader(data)
+    values: list[Any] = []
+    for col in t.columns:
+        try:
+            values.append(_decoder(col.type)(r))
+        except BsatnError as exc:
+            raise BsatnError(f"row of {table}, column {col.name}: {exc}") from None
+    try:
+        r.expect_end()
+    except BsatnError as exc:
+        raise BsatnError(f"row of {table}: {exc}") from None
+    return t.row_type(*values)
+
+
+# --- reducer arguments and return values ------------------------------------------------------
+
+RETURN_TYPES: Mapping[str, SatsType | None] = {r.name: r.returns for r in REDUCERS}
+"""Each reducer's return type (``None``: returns nothing, ``ret_value`` is empty)."""
+
+
+def encode_args(reducer: str, args: tuple[object, ...]) -> bytes:
+    """The BSATN product of ``reducer``'s parameters, in order."""
+    rdef = REDUCER_BY_NAME.get(reducer)
+    if rdef is None:
+        raise LocalProtocolError(f"unknown reducer {reducer!r}")
+    if len(args) != len(rdef.args):
+        raise LocalProtocolError(f"{reducer} takes {len(rdef.args)} arguments, got {len(args)}")
+    w = Writer()
+    for col, value in zip(rdef.args, args, strict=True):
+        if not value_has_type(value, col.type):
+            raise LocalProtocolError(f"{reducer}({col.name}): {value!r:.80} is not a {sats_name(col.type)}")
+        _encoder(col.type)(w, value)
+    return w.getvalue()
+
+
+def decode_args(reducer: str, data: bytes) -> tuple[object, ...]:
+    """Decode ``reducer``'s argument product; every byte must be used."""
+    rdef = REDUCER_BY_NAME.get(reducer)
+    if rdef is None:
+        raise BsatnError(f"unknown reducer {reducer[:80]!r}")
+    r = Reader(data)
+    values: list[object] = []
+    for col in rdef.args:
+        try:
+            values.append(_decoder(col.type)(r))
+        except BsatnError as exc:
+            raise BsatnError(f"arguments of {reducer}, parameter {col.name}: {exc}") from None
+    try:
+        r.expect_end()
+    except BsatnError as exc:
+        raise BsatnError(f"arguments of {reducer}: {exc}") from None
+    return tuple(values)
+
+
+def encode_ret(reducer: str, value: object) -> bytes:
+    """A reducer's ``ret_value``: the BSATN of its return value, empty for reducers returning nothing."""
+    if reducer not in RETURN_TYPES:
+        raise LocalProtocolError(f"unknown reducer {reducer!r}")
+    t = RETURN_TYPES[reducer]
+    if t is None:
+        if value is not None:
+            raise LocalProtocolError(f"{reducer} returns nothing, got {value!r:.80}")
+        return b""
+    w = Writer()
+    encode_value(w, t, value)
+    return w.getvalue()
+
+
+def decode_ret(reducer: str, data: bytes) -> object:
+    """Inverse of :func:`encode_ret` (``None`` for reducers that return nothing)."""
+    if reducer not in RETURN_TYPES:
+        raise BsatnError(f"unknown reducer {reducer[:80]!r}")
+    t = RETURN_TYPES[reducer]
+    r = Reader(data)
+    value = None
+    try:
+        if t is not None:
+            value = _decoder(t)(r)
+        r.expect_end()
+    except BsatnError as exc:
+        raise BsatnError(f"return value of {reducer}: {exc}") from None
+    return value

@@ -1,0 +1,278 @@
+"""``syncref serve``, ``syncref token mint`` and ``syncref trace``.
+
+``serve`` runs :class:`adapters.server.SyncServer` until SIGINT/SIGTERM, then shuts down
+cleanly (flush, clean-shutdown marker).  Everything an operator can get wrong is reported as
+one line on stderr with exit status 2 and no traceback: a busy port, a data directory that is
+unwritable or held by another server, a config file that does not parse or names an unknown
+key.  The config file is TOML with four optional tables (documented in docs/operations.md):
+
+    [auth]    issuer, audience, external_issuer, external_hs256_secret_file,
+              external_public_key_file, allow_anonymous, default_scopes, default_streams,
+              identity_ttl_s
+    [limits]  every field of ``adapters.server.Limits``
+    [compat]  every field of ``spec.compat.CompatWindow``
+    [server]  host, port, database, sweep_interval_s, compact_interval_s
+
+Command-line flags win over the file.  ``--dev`` grants every token every scope and stream and
+allows anonymous identities; it prints a warning saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import errno
+import json
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from spec.compat import CompatWindow, window_well_formed
+from spec.schema import DEFAULT_DATABASE, SCOPES
+
+DEFAULT_DATA_DIR = ".syncref-data"
+
+
+class ConfigError(Exception):
+    """The operator's configuration is unusable (reported as one line, exit status 2)."""
+
+
+def _fields(cls: Any) -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _check_keys(section: str, given: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _typed(section: str, key: str, value: Any, like: Any) -> Any:
+    if isinstance(like, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(like, int | float) and not isinstance(like, bool):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(like, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"[{section}] {key}: expected {type(like).__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: Path | None, args: argparse.Namespace) -> Any:
+    """Build a :class:`adapters.server.ServerConfig` from the file (if any) and the flags."""
+    from adapters.auth import AuthConfig
+    from adapters.server import Limits, ServerConfig
+
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    _check_keys("top level", raw, {"auth", "limits", "compat", "server"})
+    server = raw.get("server", {})
+    _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s"})
+    limits_raw = raw.get("limits", {})
+    defaults = Limits()
+    _check_keys("limits", limits_raw, set(_fields(Limits)))
+    limits = Limits(**{k: _typed("limits", k, v, getattr(defaults, k)) for k, v in limits_raw.items()})
+    for k in _fields(Limits):
+        if getattr(limits, k) <= 0:
+            raise ConfigError(f"[limits] {k}: must be positive")
+    compat_raw = raw.get("compat", {})
+    _check_keys("compat", compat_raw, set(_fields(CompatWindow)))
+    cw_defaults = CompatWindow()
+    window = CompatWindow(**{k: _typed("compat", k, v, getattr(cw_defaults, k)) for k, v in compat_raw.items()})
+    if not window_well_formed(window):
+        raise ConfigError("[compat]: the window is not well formed (build ids are YYYYMMDDTHHMMSSZ, min <= max)")
+    auth_raw = dict(raw.get("auth", {}))
+    _check_keys("auth", auth_raw, {"issuer", "audience", "external_issuer", "external_hs256_secret_file",
+                                   "external_public_key_file", "allow_anonymous", "default_scopes",
+                                   "default_streams", "identity_ttl_s"})
+    auth_kw: dict[str, Any] = {}
+    for key in ("issuer", "audience", "external_issuer"):
+        if key in auth_raw:
+            auth_kw[key] = _typed("auth", key, auth_raw[key], "")
+    for key, target in (("external_hs256_secret_file", "external_hs256_secret"),
+                        ("external_public_key_file", "external_public_key_pem")):
+        if key in auth_raw:
+            try:
+                auth_kw[target] = Path(str(auth_raw[key])).read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(f"[auth] {key}: cannot read {auth_raw[key]}: {exc.strerror}") from None
+    if "allow_anonymous" in auth_raw:
+        auth_kw["allow_anonymous"] = _typed("auth", "allow_anonymous", auth_raw["allow_anonymous"], True)
+    if "default_scopes" in auth_raw:
+        scopes = auth_raw["default_scopes"]
+        if not isinstance(scopes, list) or not all(s in SCOPES for s in scopes):
+            raise ConfigError(f"[auth] default_scopes: a list of scopes from {', '.join(SCOPES)}")
+        auth_kw["default_scopes"] = frozenset(scopes)
+    if "default_streams" in auth_raw:
+        streams = auth_raw["default_streams"]
+        if not isinstance(streams, list) or not all(isinstance(s, str) and s for s in streams):
+            raise ConfigError("[auth] default_streams: a list of stream grants (exact ids or prefix*)")
+        auth_kw["default_stream_grants"] = tuple(streams)
+    if "identity_ttl_s" in auth_raw:
+        auth_kw["identity_ttl_s"] = _typed("auth", "identity_ttl_s", auth_raw["identity_ttl_s"], 1)
+    if ("external_hs256_secret" in auth_kw or "external_public_key_pem" in auth_kw) != ("external_issuer" in auth_kw):
+        raise ConfigError("[auth]: external_issuer needs exactly one of external_hs256_secret_file or "
+                          "external_public_key_file, and they need external_issuer")
+    if args.dev:
+        auth_kw["dev"] = True
+        auth_kw["allow_anonymous"] = True
+    if getattr(args, "allow_anonymous", False):
+        auth_kw["allow_anonymous"] = True
+    try:
+        auth = AuthConfig(**auth_kw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[auth]: {exc}") from None
+    host = args.host if args.host is not None else _typed("server", "host", server.get("host", "127.0.0.1"), "")
+    port = args.port if args.port is not None else _typed("server", "port", server.get("port", 3000), 1)
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port must be 0..65535, got {port!r}")
+    database = args.database or _typed("server", "database", server.get("database", DEFAULT_DATABASE), "")
+    extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
+             if k in server}
+    return ServerConfig(data_dir=Path(args.data), host=host, port=port, database=database, auth=auth,
+                        window=window, limits=limits, **extra)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from adapters.server import SyncServer
+
+    try:
+        config = load_config(Path(args.config) if args.config else None, args)
+    except ConfigError as exc:
+        print(f"syncref serve: bad config: {exc}", file=sys.stderr)
+        return 2
+    if config.auth.dev:
+        print("WARNING: --dev: every token gets every scope (including sync.admin) and every stream, and anyone "
+              "may mint an identity. Never expose this server.", file=sys.stderr, flush=True)
+    server = SyncServer(config)
+
+    async def run() -> int:
+        try:
+            await server.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                print(f"syncref serve: port {config.port} on {config.host} is already in use", file=sys.stderr)
+            elif exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM) or isinstance(exc, PermissionError):
+                print(f"syncref serve: data directory {config.data_dir} is not writable: {exc}", file=sys.stderr)
+            else:
+                print(f"syncref serve: cannot start: {exc}", file=sys.stderr)
+            return 2
+        except (RuntimeError, ValueError) as exc:
+            print(f"syncref serve: cannot use data directory {config.data_dir}: {exc}", file=sys.stderr)
+            return 2
+        print(f"syncref listening on http://{config.host}:{server.port} (database {config.database}, "
+              f"data {config.data_dir})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        assert server.failed is not None
+        failed = server.failed
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        watched: list[asyncio.Future[Any]] = [waiter, failed]
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if failed.done():
+            print(f"syncref serve: the commit-log writer failed, stopping: {failed.result()!r}", file=sys.stderr)
+            await server.stop()
+            return 1
+        await server.stop()
+        print("syncref stopped cleanly", flush=True)
+        return 0
+
+    return asyncio.run(run())
+
+
+def token_mint(args: argparse.Namespace) -> int:
+    from adapters.auth import AuthConfig, Authenticator, KeyStore
+
+    scopes = [s for s in (args.scopes or "").split(",") if s]
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        print(f"syncref token mint: unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}",
+              file=sys.stderr)
+        return 2
+    streams = [s for s in (args.streams or "").split(",") if s]
+    try:
+        keys = KeyStore.load_or_create(Path(args.data))
+    except (OSError, ValueError) as exc:
+        print(f"syncref token mint: cannot use data directory {args.data}: {exc}", file=sys.stderr)
+        return 2
+    auth = Authenticator(AuthConfig(), keys)
+    token = auth.mint(subject=args.subject, scopes=frozenset(scopes), streams=tuple(streams), ttl_s=args.ttl,
+                      device_id=args.device_id, session_id=args.session_id, client_build_id=args.client_build_id,
+                      protocol_version=args.protocol_version, schema_version=args.schema_version)
+    if args.json:
+        print(json.dumps({"token": token, "identity": auth.verify(token).claims.identity}))
+    else:
+        print(token)
+    return 0
+
+
+def trace(args: argparse.Namespace) -> int:
+    from adapters.trace import decode_trace, parse_capture
+
+    if args.hex:
+        frames = [(args.direction, bytes.fromhex(h)) for h in args.hex]
+    else:
+        text = sys.stdin.read() if args.file in (None, "-") else Path(args.file).read_text(encoding="utf-8")
+        try:
+            frames = parse_capture(text)
+        except ValueError as exc:
+            print(f"syncref trace: {exc}", file=sys.stderr)
+            return 2
+    for item in decode_trace(frames, args.version):
+        print(json.dumps(item, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser("serve", help="run the reference server (SQLite in a local data directory)")
+    s.add_argument("--data", default=DEFAULT_DATA_DIR, metavar="DIR", help=f"data directory (default {DEFAULT_DATA_DIR})")
+    s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port (default 3000; 0 picks a free one)")
+    s.add_argument("--database", default=None, help=f"database name (default {DEFAULT_DATABASE})")
+    s.add_argument("--config", default=None, metavar="FILE", help="TOML config (see docs/operations.md)")
+    s.add_argument("--dev", action="store_true", help="DANGER: every token gets every scope and stream")
+    s.add_argument("--allow-anonymous", action="store_true", help="mint identities for callers without a token")
+    t = sub.add_parser("token", help="JWT tools")
+    tsub = t.add_subparsers(dest="token_command", required=True)
+    mint = tsub.add_parser("mint", help="mint a token signed with the data directory's key")
+    mint.add_argument("--data", default=DEFAULT_DATA_DIR, metavar="DIR")
+    mint.add_argument("--scopes", default="", help="comma-separated oa_sync_scopes")
+    mint.add_argument("--streams", default="", help="comma-separated oa_sync_streams grants (id or prefix*)")
+    mint.add_argument("--ttl", type=int, default=3600, help="seconds until expiry (default 3600)")
+    mint.add_argument("--subject", default=None, help="JWT sub (default: a random UUID)")
+    mint.add_argument("--device-id", default=None)
+    mint.add_argument("--session-id", default=None)
+    mint.add_argument("--client-build-id", default=None)
+    mint.add_argument("--protocol-version", default=None)
+    mint.add_argument("--schema-version", type=int, default=None)
+    mint.add_argument("--json", action="store_true", help="print {token, identity}")
+    tr = sub.add_parser("trace", help="decode captured frames into readable JSON lines")
+    tr.add_argument("file", nargs="?", default=None, help="capture file (default stdin); see adapters/trace.py")
+    tr.add_argument("--hex", nargs="+", default=None, help="frames as hex instead of a capture file")
+    tr.add_argument("--direction", choices=("c2s", "s2c"), default="s2c", help="direction of --hex frames")
+    tr.add_argument("--version", type=int, choices=(2, 3), default=2, help="protocol version (v3 batches)")
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "token":
+        return token_mint(args)
+    if args.command == "trace":
+        return trace(args)
+    return None

@@ -1,0 +1,142 @@
+"""SATS-JSON: the JSON form of the module's values on the HTTP routes, as SpacetimeDB writes it.
+
+The HTTP ``call`` route takes a reducer's arguments as a JSON array (the SATS-JSON product of
+its parameters, in order) and the ``sql`` route answers rows as JSON arrays with the table's
+product type as schema.  The conventions are SpacetimeDB's: an ``Option`` is ``{"some": v}`` or
+``{"none": []}``, integers are JSON numbers, an ``Identity`` is the string ``"0x"`` + 64 hex
+digits (big-endian; the bare 64 hex digits are accepted on input), a ``Timestamp`` is
+``{"__timestamp_micros_since_unix_epoch__": n}`` (a bare integer of microseconds is accepted on
+input), arrays are arrays.
+
+Parsing is peer input: anything malformed raises :class:`SatsJsonError` (a
+:class:`~spec.errors.RemoteProtocolError`) naming the argument and what was wrong; the server
+turns it into HTTP 400.  Type schemas (``algebraic_type``) follow SpacetimeDB's ``AlgebraicType``
+JSON: ``{"String": []}``, ``{"U64": []}``, ``{"Array": T}``, option as a ``Sum`` of ``some``/``none``,
+Identity and Timestamp as their special one-field products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from spec.errors import LocalProtocolError, RemoteProtocolError
+from spec.schema import Column, Table
+from spec.values import BOOL, I64, IDENTITY, STRING, TIMESTAMP, U32, U64, ArrayT, OptionT, Prim, SatsType
+
+TIMESTAMP_FIELD = "__timestamp_micros_since_unix_epoch__"
+IDENTITY_FIELD = "__identity__"
+_UNIT: dict[str, Any] = {"Product": {"elements": []}}
+
+
+class SatsJsonError(RemoteProtocolError):
+    """A JSON value does not have the SATS type it should have."""
+
+
+def _int_in(v: object, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def from_json(t: SatsType, v: object, where: str) -> object:
+    """The Python value (as ``spec.values`` holds it) of the SATS-JSON value ``v`` of type ``t``."""
+    if isinstance(t, OptionT):
+        if isinstance(v, dict) and len(v) == 1:
+            if "some" in v:
+                return from_json(t.inner, v["some"], where)
+            if "none" in v and v["none"] in ([], None, {}):
+                return None
+        raise SatsJsonError(f"{where}: expected an option ({{\"some\": v}} or {{\"none\": []}}), got {_show(v)}")
+    if isinstance(t, ArrayT):
+        if not isinstance(v, list):
+            raise SatsJsonError(f"{where}: expected an array, got {_show(v)}")
+        return tuple(from_json(t.inner, item, f"{where}[{i}]") for i, item in enumerate(v))
+    if t == STRING:
+        if isinstance(v, str):
+            return v
+    elif t == BOOL:
+        if isinstance(v, bool):
+            return v
+    elif t == U32:
+        if _int_in(v, 0, 2**32 - 1):
+            return v
+    elif t == U64:
+        if _int_in(v, 0, 2**64 - 1):
+            return v
+    elif t == I64:
+        if _int_in(v, -(2**63), 2**63 - 1):
+            return v
+    elif t == TIMESTAMP:
+        if isinstance(v, dict) and set(v) == {TIMESTAMP_FIELD}:
+            v = v[TIMESTAMP_FIELD]
+        if _int_in(v, -(2**63), 2**63 - 1):
+            return v
+    elif t == IDENTITY:
+        if isinstance(v, dict) and set(v) == {IDENTITY_FIELD}:
+            v = v[IDENTITY_FIELD]
+        if isinstance(v, str):
+            h = v[2:] if v.startswith(("0x", "0X")) else v
+            if len(h) == 64 and all(c in "0123456789abcdefABCDEF" for c in h):
+                return h.lower()
+    raise SatsJsonError(f"{where}: expected {_type_name(t)}, got {_show(v)}")
+
+
+def to_json(t: SatsType, v: object) -> Any:
+    """The SATS-JSON form of a Python value of type ``t`` (a caller bug if it does not have it)."""
+    if isinstance(t, OptionT):
+        return {"none": []} if v is None else {"some": to_json(t.inner, v)}
+    if isinstance(t, ArrayT):
+        if not isinstance(v, tuple | list):
+            raise LocalProtocolError(f"not an array: {v!r}")
+        return [to_json(t.inner, item) for item in v]
+    if t == TIMESTAMP:
+        return {TIMESTAMP_FIELD: v}
+    if t == IDENTITY:
+        return f"0x{v}"
+    return v
+
+
+def args_from_json(params: Sequence[Column], body: object) -> tuple[object, ...]:
+    """A reducer's arguments from the call route's JSON body (an array, in parameter order)."""
+    if not isinstance(body, list):
+        raise SatsJsonError(f"the body must be a JSON array of {len(params)} arguments, got {_show(body)}")
+    if len(body) != len(params):
+        raise SatsJsonError(f"expected {len(params)} arguments ({', '.join(c.name for c in params)}), got {len(body)}")
+    return tuple(from_json(c.type, v, c.name) for c, v in zip(params, body, strict=True))
+
+
+def row_to_json(table: Table, values: Sequence[object]) -> list[Any]:
+    return [to_json(c.type, v) for c, v in zip(table.columns, values, strict=True)]
+
+
+def algebraic_type(t: SatsType) -> dict[str, Any]:
+    """SpacetimeDB's ``AlgebraicType`` JSON for ``t``."""
+    if isinstance(t, OptionT):
+        return {"Sum": {"variants": [{"name": {"some": "some"}, "algebraic_type": algebraic_type(t.inner)},
+                                     {"name": {"some": "none"}, "algebraic_type": _UNIT}]}}
+    if isinstance(t, ArrayT):
+        return {"Array": algebraic_type(t.inner)}
+    if t == IDENTITY:
+        return {"Product": {"elements": [{"name": {"some": IDENTITY_FIELD}, "algebraic_type": {"U256": []}}]}}
+    if t == TIMESTAMP:
+        return {"Product": {"elements": [{"name": {"some": TIMESTAMP_FIELD}, "algebraic_type": {"I64": []}}]}}
+    return {_PRIM_JSON[t.name]: []}
+
+
+def product_type(columns: Sequence[Column]) -> dict[str, Any]:
+    return {"elements": [{"name": {"some": c.name}, "algebraic_type": algebraic_type(c.type)} for c in columns]}
+
+
+_PRIM_JSON = {"String": "String", "Bool": "Bool", "U32": "U32", "U64": "U64", "I64": "I64"}
+
+
+def _type_name(t: SatsType) -> str:
+    if isinstance(t, Prim):
+        return {"U32": "u32", "U64": "u64", "I64": "i64", "Bool": "bool"}.get(t.name, t.name)
+    if isinstance(t, OptionT):
+        return f"Option<{_type_name(t.inner)}>"
+    return f"Vec<{_type_name(t.inner)}>"
+
+
+def _show(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,481 @@
+"""The stream consumer: apply a sync stream exactly once, in order, durably.
+
+This is :class:`spec.client.Client`'s apply logic (read it first) made real: the watermark lives
+in a :class:`~adapters.sdk.checkpoints.CheckpointStore` and moves in the same SQLite transaction
+as the application's effects.  Two layers:
+
+:class:`ConsumerCore` is sans-I/O.  It takes the rows and errors of the consumer's query set and
+returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
+
+* **resume** -- one query set, :func:`spec.client.resume_queries`: the ``sync_stream`` row and
+  ``sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W`` (the form the server's stale
+  check reads: ``stream_id`` pinned with ``=``, ``seq`` bounded below, epoch pinned).  The snapshot
+  is the replay, transaction updates are the live tail.  A stream never seen starts at epoch 1,
+  watermark 0 (a full replay); if that is not possible the stale path below takes over;
+* **apply** -- events of the current stream and epoch, sorted by seq, by
+  :func:`spec.client.apply_rule`: ``seq <= W`` is a duplicate (dropped), ``W + 1`` is applied,
+  anything further is a gap: never applied, the core asks to resubscribe from ``W`` (``Subscribe``).
+  Deletes of ``sync_event`` rows are retention and are ignored;
+* **stale** -- the server's ``stale_cursor`` SubscriptionError, *or* a ``sync_stream`` row whose
+  epoch differs, whose ``floor_seq`` passed ``W + 1`` or whose ``head_seq`` is below ``W`` (so the
+  consumer is safe against a server that cannot reject, such as a real SpacetimeDB).  The core
+  answers ``Rebootstrap``; the driver runs the application's callback and resets the checkpoint to
+  the stream's new epoch and the watermark the callback returned (default ``floor_seq - 1``) in one
+  transaction, then the core resubscribes.  A watermark below ``floor_seq - 1`` or above
+  ``head_seq`` is refused: resuming from it would skip events or be stale again;
+* **ack** -- after every durable apply, ``Ack(epoch, W)``; the driver sends ``ack_checkpoint``
+  batched (while one ack is in flight, later ones merge into the highest) and monotonic.
+
+:class:`StreamConsumer` is the asyncio driver on a :class:`~adapters.sdk.connection.Connection`.
+Its query set's messages are queued and handled by one task, in order, so a slow ``apply`` or an
+awaiting rebootstrap callback never stalls the connection's reader (and may itself call reducers).
+Every (re)subscription gets a new query set id; queued messages of an older one are dropped, and a
+reconnect resubscribes from the watermark at that moment.  If ``apply`` raises, the events before
+it stay committed, the failing one is not applied, the consumer stops and reports the error
+(``on_error``, :attr:`StreamConsumer.error`); ``start()`` again resumes from the watermark.  An
+application that wants to skip a poison event records it and returns normally: the watermark then
+moves past it, as the delivery contract says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from adapters.sdk.checkpoints import ApplyFn, CheckpointStore
+from adapters.sdk.errors import CallTimeout, ConnectionLost, ReducerError, ReducerInternalError, SubscriptionFailed
+from adapters.sdk.rows import TableChange
+from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Subscription, TablesCallback
+from spec.client import apply_rule, resume_queries
+from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from spec.values import SyncEvent, SyncStream, is_id, is_u64
+
+__all__ = [
+    "Ack",
+    "Action",
+    "ConsumerCore",
+    "Fail",
+    "Rebootstrap",
+    "RebootstrapFn",
+    "Resubscribe",
+    "Stale",
+    "StreamConsumer",
+]
+
+log = logging.getLogger("syncref.sdk.consumer")
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """Why and where the consumer must rebootstrap: the stream's state now and the local cursor."""
+
+    stream_id: str
+    reasons: tuple[str, ...]
+    epoch: int
+    floor_seq: int
+    head_seq: int
+    local_epoch: int
+    local_watermark: int
+    from_server: bool  # a stale_cursor SubscriptionError (else: the client's own sync_stream check)
+
+    @property
+    def default_watermark(self) -> int:
+        """Where to resume when the application returns None: just below the retention floor."""
+        return max(self.floor_seq - 1, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Resubscribe:
+    queries: tuple[str, ...]
+    reason: str  # start, gap, rebootstrap
+
+
+@dataclass(frozen=True, slots=True)
+class Rebootstrap:
+    stale: Stale
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    error: BaseException
+
+
+Action = Resubscribe | Rebootstrap | Ack | Fail
+
+RebootstrapFn = Callable[[sqlite3.Connection, Stale], "int | Awaitable[int | None] | None"]
+
+
+def _stale_from_row(row: SyncStream, epoch: int, watermark: int) -> tuple[str, ...]:
+    reasons = []
+    if row.epoch != epoch:
+        reasons.append("epoch_changed")
+    if row.floor_seq > watermark + 1:
+        reasons.append("retention_floor_breach")
+    if row.head_seq < watermark:
+        reasons.append("cursor_ahead_of_head")
+    return tuple(reasons)
+
+
+class ConsumerCore:
+    """Sans-I/O: rows and errors in, actions out; effects only through the checkpoint store."""
+
+    MAX_STALE_STREAK = 5
+
+    def __init__(self, store: CheckpointStore, stream_id: str, apply: ApplyFn) -> None:
+        if not is_id(stream_id):
+            raise LocalProtocolError(f"not a stream id: {stream_id!r:.140}")
+        self.store, self.stream_id, self.apply = store, stream_id, apply
+        self.state = "idle"  # idle, subscribing, live, rebootstrapping, failed
+        self.epoch = 0
+        self.watermark = 0
+        self.applied = self.duplicates = self.gaps = self.rebootstraps = 0
+        self._stale_streak = 0
+
+    def queries(self) -> tuple[str, ...]:
+        return resume_queries(self.stream_id, self.epoch, self.watermark)
+
+    def start(self) -> list[Action]:
+        cp = self.store.load(self.stream_id)
+        if cp is None:
+            with self.store.transaction() as tx:
+                self.store.reset(tx, self.stream_id, 1, 0)
+            self.epoch, self.watermark = 1, 0
+        else:
+            self.epoch, self.watermark = cp.epoch, cp.watermark
+        self.state = "subscribing"
+        return [Resubscribe(self.queries(), "start")]
+
+    # --- incoming --------------------------------------------------------------------------------
+
+    def on_rows(self, tables: Sequence[TableChange], *, snapshot: bool) -> list[Action]:
+        if self.state not in ("subscribing", "live"):
+            return []
+        for t in tables:
+            if t.table != "sync_stream":
+                continue
+            for r in t.inserts:
+                row = r.row
+                if not isinstance(row, SyncStream) or row.stream_id != self.stream_id:
+                    continue
+                reasons = _stale_from_row(row, self.epoch, self.watermark)
+                if reasons:
+                    return self._stale(Stale(self.stream_id, reasons, row.epoch, row.floor_seq, row.head_seq,
+                                             self.epoch, self.watermark, from_server=False))
+        events = sorted((r.row for t in tables if t.table == "sync_event" for r in t.inserts
+                         if isinstance(r.row, SyncEvent) and r.row.stream_id == self.stream_id
+                         and r.row.epoch == self.epoch), key=lambda e: e.seq)
+        run: list[SyncEvent] = []
+        last, gap = self.watermark, False
+        for e in events:
+            rule = apply_rule(last, e.seq)
+            if rule == "duplicate":
+                self.duplicates += 1
+            elif rule == "apply":
+                run.append(e)
+                last = e.seq
+            else:
+                gap = True
+                break
+        out: list[Action] = []
+        if run:
+            result = self.store.apply_events(self.stream_id, self.epoch, run, self.apply)
+            self.applied += result.applied
+            self.watermark = result.watermark
+            if result.applied:
+                out.append(Ack(self.epoch, self.watermark))
+            if result.error is not None:
+                self.state = "failed"
+                return [*out, Fail(result.error)]
+        elif snapshot and self.watermark > 0:
+            out.append(Ack(self.epoch, self.watermark))
+        self._stale_streak = 0
+        if gap:
+            self.gaps += 1
+            self.state = "subscribing"
+            return [*out, Resubscribe(self.queries(), "gap")]
+        self.state = "live"
+        return out
+
+    def on_error(self, error: SubscriptionFailed) -> list[Action]:
+        if self.state not in ("subscribing", "live"):
+            return []
+        err = error.error
+        if err is None or err.code is not ErrorCode.STALE_CURSOR:
+            self.state = "failed"
+            return [Fail(error)]
+        d = err.details
+        epoch, floor, head = (d.get(k) for k in ("epoch", "floor_seq", "head_seq"))
+        if not (isinstance(epoch, int) and isinstance(floor, int) and isinstance(head, int)
+                and all(is_u64(v) for v in (epoch, floor, head))):
+            self.state = "failed"
+            return [Fail(RemoteProtocolError(f"stale_cursor without epoch/floor_seq/head_seq: {error.message[:200]}"))]
+        reasons = d.get("reasons")
+        return self._stale(Stale(self.stream_id, tuple(str(r) for r in reasons) if isinstance(reasons, list) else (),
+                                 epoch, floor, head, self.epoch, self.watermark, from_server=True))
+
+    def _stale(self, stale: Stale) -> list[Action]:
+        self._stale_streak += 1
+        if self._stale_streak > self.MAX_STALE_STREAK:
+            self.state = "failed"
+            return [Fail(RemoteProtocolError(f"{self.stream_id}: still stale after {self.MAX_STALE_STREAK} "
+                                             f"rebootstraps in a row ({stale})"))]
+        self.state = "rebootstrapping"
+        return [Rebootstrap(stale)]
+
+    # --- rebootstrap -----------------------------------------------------------------------------
+
+    def rebootstrap_watermark(self, stale: Stale, returned: object) -> int:
+        """Check the watermark the application's callback returned (None: the default)."""
+        if returned is None:
+            return stale.default_watermark
+        if not is_u64(returned):
+            raise LocalProtocolError(f"on_rebootstrap must return a watermark (int >= 0) or None, got {returned!r:.80}")
+        assert isinstance(returned, int)
+        if returned < stale.floor_seq - 1 or returned > stale.head_seq:
+            raise LocalProtocolError(
+                f"on_rebootstrap returned watermark {returned}, outside [{stale.floor_seq - 1}, {stale.head_seq}] "
+                f"(floor_seq - 1 .. head_seq) of {stale.stream_id} epoch {stale.epoch}: resuming there would "
+                f"skip events or be stale again")
+        return returned
+
+    def rebootstrapped(self, epoch: int, watermark: int) -> list[Action]:
+        """The checkpoint now holds (epoch, watermark): resume there."""
+        if self.state != "rebootstrapping":
+            raise LocalProtocolError(f"rebootstrapped() in state {self.state}")
+        self.epoch, self.watermark = epoch, watermark
+        self.rebootstraps += 1
+        self.state = "subscribing"
+        out: list[Action] = [Resubscribe(self.queries(), "rebootstrap")]
+        if watermark > 0:
+            out.insert(0, Ack(epoch, watermark))
+        return out
+
+    def stopped(self) -> None:
+        self.state = "idle"
+
+
+# --- the asyncio driver ---------------------------------------------------------------------------
+
+
+class ConsumerConnection(Protocol):
+    """What the consumer needs of a connection (:class:`~adapters.sdk.connection.Connection` has it)."""
+
+    def subscribe(self, queries: Queries, *, cached: bool = ..., on_applied: TablesCallback | None = ...,
+                  on_update: TablesCallback | None = ..., on_error: ErrorCallback | None = ...,
+                  on_end: EndCallback | None = ...) -> Subscription: ...
+
+    async def call(self, reducer: str, *args: object, timeout: float | None = ...) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    sub: Subscription
+    query_set_id: int | None
+    kind: str  # applied, update, error
+    tables: tuple[TableChange, ...] = ()
+    error: SubscriptionFailed | None = None
+
+
+class StreamConsumer:
+    """Follow one stream: replay from the stored watermark, then the live tail, acking as it goes.
+
+    ``apply(tx, event)`` runs inside the checkpoint transaction (do not commit).  ``on_rebootstrap(tx,
+    stale)`` drops and rehydrates local state inside the transaction that resets the checkpoint; it
+    may be async, and returns the watermark to resume from (None: ``stale.floor_seq - 1``).
+    ``client_id`` names this consumer in ``ack_checkpoint``; None sends no acks.
+    """
+
+    def __init__(self, conn: ConsumerConnection, store: CheckpointStore, stream_id: str, *, apply: ApplyFn,
+                 on_rebootstrap: RebootstrapFn, client_id: str | None = None,
+                 on_error: Callable[[BaseException], None] | None = None, ack_delay: float = 0.0,
+                 ack_timeout: float = 30.0, ack_retry: float = 1.0) -> None:
+        if client_id is not None and not is_id(client_id):
+            raise LocalProtocolError(f"not a client id: {client_id!r:.140}")
+        self.conn, self.store = conn, store
+        self.core = ConsumerCore(store, stream_id, apply)
+        self.stream_id, self.client_id = stream_id, client_id
+        self.on_rebootstrap, self.on_error = on_rebootstrap, on_error
+        self.ack_delay, self.ack_timeout, self.ack_retry = ack_delay, ack_timeout, ack_retry
+        self.error: BaseException | None = None
+        self.acked: tuple[int, int] | None = None
+        self.acks_sent = 0
+        self._ack_target: tuple[int, int] | None = None
+        self._ack_wake = asyncio.Event()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ack_task: asyncio.Task[None] | None = None
+        self._progress = asyncio.Condition()
+
+    # --- public ----------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self.core.epoch
+
+    @property
+    def watermark(self) -> int:
+        return self.core.watermark
+
+    @property
+    def subscription(self) -> Subscription | None:
+        return self._sub
+
+    async def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            raise LocalProtocolError("the consumer is already running")
+        self.error = None
+        self._queue = asyncio.Queue()
+        await self._perform(self.core.start())
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream_id}")
+        if self.client_id is not None and (self._ack_task is None or self._ack_task.done()):
+            self._ack_task = asyncio.create_task(self._ack_loop(), name=f"acks:{self.stream_id}")
+
+    async def stop(self) -> None:
+        self._drop_subscription()
+        for task in (self._task, self._ack_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._ack_task = None
+        self.core.stopped()
+
+    async def wait_for(self, seq: int, *, epoch: int | None = None) -> int:
+        """Wait until the watermark reaches ``seq`` (in ``epoch``, if given); raises the consumer's error."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.error is not None or (
+                self.core.watermark >= seq and (epoch is None or self.core.epoch == epoch)))
+        if self.error is not None:
+            raise self.error
+        return self.core.watermark
+
+    async def flush_acks(self) -> None:
+        """Wait until the last durable watermark has been acked (or given up on)."""
+        while self.client_id is not None and self._ack_target is not None and self._ack_target != self.acked:
+            if self._ack_task is None or self._ack_task.done():
+                return
+            await asyncio.sleep(0.01)
+
+    # --- subscription plumbing -------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        self._drop_subscription()
+        self._sub = self.conn.subscribe(
+            self.core.queries, cached=False,
+            on_applied=lambda sub, tables: self._enqueue(_Item(sub, sub.query_set_id, "applied", tables)),
+            on_update=lambda sub, tables: self._enqueue(_Item(sub, sub.query_set_id, "update", tables)),
+            on_error=lambda sub, err: self._enqueue(_Item(sub, sub.query_set_id, "error", error=err)))
+
+    def _drop_subscription(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(LocalProtocolError):
+                sub.unsubscribe()
+
+    def _enqueue(self, item: _Item) -> None:
+        self._queue.put_nowait(item)
+
+    # --- the task ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while self.core.state not in ("failed", "idle"):
+            item = await self._queue.get()
+            if item.sub is not self._sub or item.query_set_id != item.sub.query_set_id:
+                continue  # an older incarnation of the query set
+            if item.kind == "error":
+                assert item.error is not None
+                actions = self.core.on_error(item.error)
+            else:
+                actions = self.core.on_rows(item.tables, snapshot=item.kind == "applied")
+            await self._perform(actions)
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def _perform(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Resubscribe):
+                log.debug("%s: subscribe (%s) from epoch %d seq %d", self.stream_id, a.reason, self.core.epoch,
+                          self.core.watermark)
+                self._subscribe()
+            elif isinstance(a, Ack):
+                self._want_ack(a.epoch, a.seq)
+            elif isinstance(a, Rebootstrap):
+                self._drop_subscription()
+                try:
+                    epoch, watermark = await self._rebootstrap(a.stale)
+                except Exception as exc:
+                    await self._fail(exc)
+                    return
+                await self._perform(self.core.rebootstrapped(epoch, watermark))
+            else:
+                await self._fail(a.error)
+                return
+
+    async def _rebootstrap(self, stale: Stale) -> tuple[int, int]:
+        log.info("%s: rebootstrap (%s): epoch %d -> %d, watermark %d", self.stream_id, ",".join(stale.reasons),
+                 stale.local_epoch, stale.epoch, stale.local_watermark)
+        with self.store.transaction() as tx:
+            returned = self.on_rebootstrap(tx, stale)
+            if inspect.isawaitable(returned):
+                returned = await returned
+            watermark = self.core.rebootstrap_watermark(stale, returned)
+            self.store.reset(tx, self.stream_id, stale.epoch, watermark)
+        return stale.epoch, watermark
+
+    async def _fail(self, error: BaseException) -> None:
+        self._drop_subscription()
+        self.core.state = "failed"
+        self.error = error
+        log.error("%s: consumer stopped: %s", self.stream_id, error)
+        if self.on_error is not None:
+            try:
+                self.on_error(error)
+            except Exception:
+                log.exception("on_error raised")
+        async with self._progress:
+            self._progress.notify_all()
+
+    # --- acks -------------------------------------------------------------------------------------
+
+    def _want_ack(self, epoch: int, seq: int) -> None:
+        if self.client_id is None:
+            return
+        t = self._ack_target
+        if t is None or t[0] != epoch or seq > t[1]:
+            self._ack_target = (epoch, seq)
+            self._ack_wake.set()
+
+    async def _ack_loop(self) -> None:
+        assert self.client_id is not None
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake.clear()
+            if self.ack_delay:
+                await asyncio.sleep(self.ack_delay)
+            while (target := self._ack_target) is not None and target != self.acked:
+                if self.acked is not None and self.acked[0] == target[0] and self.acked[1] >= target[1]:
+                    break
+                try:
+                    await self.conn.call("ack_checkpoint", self.client_id, self.stream_id, target[0], target[1],
+                                         timeout=self.ack_timeout)
+                    self.acks_sent += 1
+                except (ConnectionLost, CallTimeout) as exc:
+                    log.info("%s: ack %s not answered (%s); retrying", self.stream_id, target, exc)
+                    await asyncio.sleep(self.ack_retry)
+                    continue
+                except (ReducerError, ReducerInternalError) as exc:
+                    log.warning("%s: ack %s refused: %s", self.stream_id, target, exc)
+                self.acked = target

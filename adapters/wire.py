@@ -1,0 +1,927 @@
+"""SpacetimeDB's v2 WebSocket messages, byte for byte, with v3 framing and the model translation.
+
+The dataclasses below copy the field order and sum tags of upstream
+``crates/client-api-messages/src/websocket/{common,v2}.rs`` (BSATN ignores names, so order *is*
+the format).  Two things are easy to get wrong and are pinned by golden tests:
+``PersistentTableRows`` puts inserts *before* deletes (v1 had the opposite), and
+``ProcedureResult`` puts ``request_id`` *last*.  ``QuerySetId`` is a one-field product, so on
+the wire it is a plain u32; ``CallReducer``/``CallProcedure`` flags are a u8 that must be 0.
+
+Frames.  A client frame is the bare BSATN of one ``ClientMessage`` (v2) or of one or more
+concatenated messages (v3); it is never compressed.  A server frame is a compression tag
+(0 none, 1 brotli, 2 gzip) followed by the body, which is one ``ServerMessage`` (v2) or one or
+more concatenated ones (v3).  As upstream, a body is compressed only when it is longer than
+1024 bytes (brotli quality 1, gzip level 1), and v3 coalesces consecutive messages up to a
+512 KiB uncompressed soft cap (:func:`batch_v3`).  Decompression is bounded (``max_size``) so
+a small frame cannot expand without limit.
+
+Row lists (``BsatnRowList``) carry rows as one byte string plus a size hint.  :meth:`RowList.of`
+builds the hint the way upstream's ``BsatnRowListBuilder`` does for rows without a static size:
+``RowOffsets(())`` when empty, ``FixedSize(n)`` when every row has the same nonzero length
+``n`` that fits a u16, else the start offset of each row.  Decoding checks the hint against the
+data, so a decoded row list always splits cleanly.
+
+Decoding is strict: any malformed input raises :class:`adapters.bsatn.BsatnError` (a
+``RemoteProtocolError``) and nothing else, and a single-message decode rejects trailing bytes.
+
+Translation.  :func:`to_wire` turns the model's server messages (:mod:`spec.messages`) into
+these, encoding rows with :mod:`adapters.bsatn`: a snapshot table becomes one
+``SingleTableRows``; an update table becomes one ``TableUpdate`` with a single rows entry,
+``EventTableRows`` for event tables and ``PersistentTableRows`` otherwise; a reducer's return
+value is its BSATN u64 (empty for none) and its error is a BSATN ``String``.  A
+:class:`RowCache` lets a fan-out encode each row once.  :func:`from_wire` goes the other way
+for client messages; :func:`server_from_wire` and :func:`decode_rows` serve client code.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import brotli
+
+import spec.messages as sm
+from adapters.bsatn import BsatnError, Reader, Writer, decode_args, decode_row, encode_row
+from spec.errors import LocalProtocolError
+from spec.schema import REDUCER_BY_NAME
+from spec.values import Row
+
+# --- row lists --------------------------------------------------------------------------------
+
+U16_MAX = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class FixedSize:
+    """Every row is ``size`` bytes (a u16)."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RowOffsets:
+    """The start offset of each row (u64s); a row ends where the next starts, or at the end."""
+
+    offsets: tuple[int, ...]
+
+
+RowSizeHint = FixedSize | RowOffsets
+
+
+def _split(hint: RowSizeHint, data: bytes) -> list[bytes]:
+    if isinstance(hint, FixedSize):
+        size = hint.size
+        if size == 0:
+            if data:
+                raise BsatnError(f"row list: FixedSize(0) with {len(data)} bytes of rows_data")
+            return []
+        if len(data) % size:
+            raise BsatnError(f"row list: rows_data length {len(data)} is not a multiple of FixedSize({size})")
+        return [data[i:i + size] for i in range(0, len(data), size)]
+    offsets = hint.offsets
+    if not offsets:
+        if data:
+            raise BsatnError(f"row list: {len(data)} bytes of rows_data but no row offsets")
+        return []
+    if offsets[0] != 0:
+        raise BsatnError(f"row list: first row offset is {offsets[0]}, must be 0")
+    ends = (*offsets[1:], len(data))
+    rows = []
+    for i, (start, end) in enumerate(zip(offsets, ends, strict=True)):
+        if end < start or end > len(data):
+            raise BsatnError(f"row list: row offset {i + 1} ({end}) is not within {start}..{len(data)}")
+        rows.append(data[start:end])
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class RowList:
+    """``BsatnRowList``: a size hint and the concatenated row bytes."""
+
+    size_hint: RowSizeHint
+    rows_data: bytes
+
+    @staticmethod
+    def of(rows: Sequence[bytes]) -> RowList:
+        """Pack encoded rows with upstream's size-hint rule."""
+        if not rows:
+            return EMPTY_ROWS
+        first = len(rows[0])
+        data = b"".join(rows)
+        if 0 < first <= U16_MAX and len(data) == first * len(rows) and all(len(r) == first for r in rows):
+            return RowList(FixedSize(first), data)
+        offsets = []
+        pos = 0
+        for r in rows:
+            offsets.append(pos)
+            pos += len(r)
+        return RowList(RowOffsets(tuple(offsets)), data)
+
+    def rows(self) -> list[bytes]:
+        """The encoded rows; a hint that does not fit the data raises :class:`BsatnError`."""
+        return _split(self.size_hint, self.rows_data)
+
+
+EMPTY_ROWS = RowList(RowOffsets(()), b"")
+
+# --- client messages (ClientMessage, tags 0..4) -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    request_id: int
+    query_set_id: int
+    query_strings: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    request_id: int
+    query_set_id: int
+    send_dropped_rows: bool = False  # UnsubscribeFlags: 0 Default, 1 SendDroppedRows
+
+
+@dataclass(frozen=True, slots=True)
+class OneOffQuery:
+    request_id: int
+    query_string: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallReducer:
+    request_id: int
+    flags: int
+    reducer: str
+    args: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CallProcedure:
+    request_id: int
+    flags: int
+    procedure: str
+    args: bytes
+
+
+ClientMessage = Subscribe | Unsubscribe | OneOffQuery | CallReducer | CallProcedure
+
+# --- server messages (ServerMessage, tags 0..7) -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SingleTableRows:
+    table: str
+    rows: RowList
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRows:
+    tables: tuple[SingleTableRows, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PersistentTableRows:
+    inserts: RowList
+    deletes: RowList
+
+
+@dataclass(frozen=True, slots=True)
+class EventTableRows:
+    events: RowList
+
+
+TableUpdateRows = PersistentTableRows | EventTableRows
+
+
+@dataclass(frozen=True, slots=True)
+class TableUpdate:
+    table_name: str
+    rows: tuple[TableUpdateRows, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySetUpdate:
+    query_set_id: int
+    tables: tuple[TableUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InitialConnection:
+    identity: str  # 64-char big-endian hex; 32 little-endian bytes on the wire
+    connection_id: int  # u128
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeApplied:
+    request_id: int
+    query_set_id: int
+    rows: QueryRows
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeApplied:
+    request_id: int
+    query_set_id: int
+    rows: QueryRows | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionError:
+    request_id: int | None
+    query_set_id: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionUpdate:
+    query_sets: tuple[QuerySetUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OneOffQueryResult:
+    request_id: int
+    result: QueryRows | str  # Result: ok = 0 (QueryRows), err = 1 (String)
+
+
+@dataclass(frozen=True, slots=True)
+class ReducerOk:
+    ret_value: bytes
+    transaction_update: TransactionUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class ReducerOkEmpty:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ReducerErr:
+    error: bytes  # BSATN of the reducer's error value (a String here)
+
+
+@dataclass(frozen=True, slots=True)
+class ReducerInternalError:
+    message: str
+
+
+ReducerOutcome = ReducerOk | ReducerOkEmpty | ReducerErr | ReducerInternalError
+
+
+@dataclass(frozen=True, slots=True)
+class ReducerResult:
+    request_id: int
+    timestamp: int  # µs since the Unix epoch
+    outcome: ReducerOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureReturned:
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureInternalError:
+    message: str
+
+
+ProcedureStatus = ProcedureReturned | ProcedureInternalError
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureResult:
+    status: ProcedureStatus
+    timestamp: int
+    total_host_execution_duration: int  # TimeDuration, µs
+    request_id: int  # last on the wire
+
+
+ServerMessage = (InitialConnection | SubscribeApplied | UnsubscribeApplied | SubscriptionError | TransactionUpdate
+                 | OneOffQueryResult | ReducerResult | ProcedureResult)
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def _w_rowlist(w: Writer, rl: RowList) -> None:
+    hint = rl.size_hint
+    if isinstance(hint, FixedSize):
+        w.u8(0)
+        w.u16(hint.size)
+    else:
+        w.u8(1)
+        w.u32(len(hint.offsets))
+        for o in hint.offsets:
+            w.u64(o)
+    w.bytes_(rl.rows_data)
+
+
+def _w_query_rows(w: Writer, qr: QueryRows) -> None:
+    w.u32(len(qr.tables))
+    for t in qr.tables:
+        w.string(t.table)
+        _w_rowlist(w, t.rows)
+
+
+def _w_tx_update(w: Writer, tu: TransactionUpdate) -> None:
+    w.u32(len(tu.query_sets))
+    for qs in tu.query_sets:
+        w.u32(qs.query_set_id)
+        w.u32(len(qs.tables))
+        for t in qs.tables:
+            w.string(t.table_name)
+            w.u32(len(t.rows))
+            for rows in t.rows:
+                if isinstance(rows, PersistentTableRows):
+                    w.u8(0)
+                    _w_rowlist(w, rows.inserts)
+                    _w_rowlist(w, rows.deletes)
+                elif isinstance(rows, EventTableRows):
+                    w.u8(1)
+                    _w_rowlist(w, rows.events)
+                else:
+                    raise LocalProtocolError(f"not a TableUpdateRows: {rows!r:.80}")
+
+
+def _bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise LocalProtocolError(f"{what} must be a bool, got {value!r:.80}")
+    return value
+
+
+def encode_client(msg: ClientMessage) -> bytes:
+    """The BSATN of one client message (a whole v2 frame)."""
+    w = Writer()
+    if isinstance(msg, Subscribe):
+        w.u8(0)
+        w.u32(msg.request_id)
+        w.u32(msg.query_set_id)
+        w.u32(len(msg.query_strings))
+        for q in msg.query_strings:
+            w.string(q)
+    elif isinstance(msg, Unsubscribe):
+        w.u8(1)
+        w.u32(msg.request_id)
+        w.u32(msg.query_set_id)
+        w.u8(1 if _bool(msg.send_dropped_rows, "send_dropped_rows") else 0)
+    elif isinstance(msg, OneOffQuery):
+        w.u8(2)
+        w.u32(msg.request_id)
+        w.string(msg.query_string)
+    elif isinstance(msg, CallReducer | CallProcedure):
+        w.u8(3 if isinstance(msg, CallReducer) else 4)
+        w.u32(msg.request_id)
+        w.u8(msg.flags)
+        w.string(msg.reducer if isinstance(msg, CallReducer) else msg.procedure)
+        w.bytes_(msg.args)
+    else:
+        raise LocalProtocolError(f"not a wire ClientMessage: {msg!r:.80}")
+    return w.getvalue()
+
+
+def encode_server(msg: ServerMessage) -> bytes:
+    """The BSATN of one server message (a frame body, before the compression tag)."""
+    w = Writer()
+    if isinstance(msg, InitialConnection):
+        w.u8(0)
+        w.identity(msg.identity)
+        w.connection_id(msg.connection_id)
+        w.string(msg.token)
+    elif isinstance(msg, SubscribeApplied):
+        w.u8(1)
+        w.u32(msg.request_id)
+        w.u32(msg.query_set_id)
+        _w_query_rows(w, msg.rows)
+    elif isinstance(msg, UnsubscribeApplied):
+        w.u8(2)
+        w.u32(msg.request_id)
+        w.u32(msg.query_set_id)
+        if msg.rows is None:
+            w.u8(1)
+        else:
+            w.u8(0)
+            _w_query_rows(w, msg.rows)
+    elif isinstance(msg, SubscriptionError):
+        w.u8(3)
+        if msg.request_id is None:
+            w.u8(1)
+        else:
+            w.u8(0)
+            w.u32(msg.request_id)
+        w.u32(msg.query_set_id)
+        w.string(msg.error)
+    elif isinstance(msg, TransactionUpdate):
+        w.u8(4)
+        _w_tx_update(w, msg)
+    elif isinstance(msg, OneOffQueryResult):
+        w.u8(5)
+        w.u32(msg.request_id)
+        if isinstance(msg.result, str):
+            w.u8(1)
+            w.string(msg.result)
+        else:
+            w.u8(0)
+            _w_query_rows(w, msg.result)
+    elif isinstance(msg, ReducerResult):
+        w.u8(6)
+        w.u32(msg.request_id)
+        w.timestamp(msg.timestamp)
+        _w_outcome(w, msg.outcome)
+    elif isinstance(msg, ProcedureResult):
+        w.u8(7)
+        if isinstance(msg.status, ProcedureReturned):
+            w.u8(0)
+            w.bytes_(msg.status.value)
+        else:
+            w.u8(1)
+            w.string(msg.status.message)
+        w.timestamp(msg.timestamp)
+        w.i64(msg.total_host_execution_duration)
+        w.u32(msg.request_id)
+    else:
+        raise LocalProtocolError(f"not a wire ServerMessage: {msg!r:.80}")
+    return w.getvalue()
+
+
+def _w_outcome(w: Writer, outcome: ReducerOutcome) -> None:
+    if isinstance(outcome, ReducerOk):
+        w.u8(0)
+        w.bytes_(outcome.ret_value)
+        _w_tx_update(w, outcome.transaction_update)
+    elif isinstance(outcome, ReducerOkEmpty):
+        w.u8(1)
+    elif isinstance(outcome, ReducerErr):
+        w.u8(2)
+        w.bytes_(outcome.error)
+    elif isinstance(outcome, ReducerInternalError):
+        w.u8(3)
+        w.string(outcome.message)
+    else:
+        raise LocalProtocolError(f"not a ReducerOutcome: {outcome!r:.80}")
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _r_rowlist(r: Reader, what: str) -> RowList:
+    hint: RowSizeHint
+    if r.tag("RowSizeHint", 2) == 0:
+        hint = FixedSize(r.u16(f"{what} FixedSize"))
+    else:
+        n = r.length(f"{what} RowOffsets", 8)
+        hint = RowOffsets(struct.unpack(f"<{n}Q", r.raw(8 * n)))
+    data = r.bytes_(f"{what} rows_data")
+    rl = RowList(hint, data)
+    try:
+        _split(hint, data)
+    except BsatnError as exc:
+        raise BsatnError(f"{what} before offset {r.offset}: {exc}") from None
+    return rl
+
+
+def _r_query_rows(r: Reader) -> QueryRows:
+    n = r.length("QueryRows.tables", 4 + 1 + 4)
+    return QueryRows(tuple(SingleTableRows(r.string("table"), _r_rowlist(r, "rows")) for _ in range(n)))
+
+
+def _r_table_update_rows(r: Reader) -> TableUpdateRows:
+    if r.tag("TableUpdateRows", 2) == 0:
+        return PersistentTableRows(_r_rowlist(r, "inserts"), _r_rowlist(r, "deletes"))
+    return EventTableRows(_r_rowlist(r, "events"))
+
+
+def _r_tx_update(r: Reader) -> TransactionUpdate:
+    sets = []
+    for _ in range(r.length("TransactionUpdate.query_sets", 8)):
+        qsid = r.u32("query_set_id")
+        tables = []
+        for _ in range(r.length("QuerySetUpdate.tables", 8)):
+            name = r.string("table_name")
+            rows = tuple(_r_table_update_rows(r) for _ in range(r.length("TableUpdate.rows", 1)))
+            tables.append(TableUpdate(name, rows))
+        sets.append(QuerySetUpdate(qsid, tuple(tables)))
+    return TransactionUpdate(tuple(sets))
+
+
+def _r_flags(r: Reader, kind: str) -> int:
+    pos = r.offset
+    flags = r.u8(f"{kind} flags")
+    if flags != 0:
+        raise BsatnError(f"invalid {kind} flag {flags} at offset {pos}")
+    return flags
+
+
+def _r_client(r: Reader) -> ClientMessage:
+    tag = r.tag("ClientMessage", 5)
+    if tag == 0:
+        rid, qsid = r.u32("request_id"), r.u32("query_set_id")
+        return Subscribe(rid, qsid, tuple(r.string("query") for _ in range(r.length("query_strings", 4))))
+    if tag == 1:
+        rid, qsid = r.u32("request_id"), r.u32("query_set_id")
+        return Unsubscribe(rid, qsid, r.tag("UnsubscribeFlags", 2) == 1)
+    if tag == 2:
+        return OneOffQuery(r.u32("request_id"), r.string("query_string"))
+    rid = r.u32("request_id")
+    if tag == 3:
+        flags = _r_flags(r, "call reducer")
+        return CallReducer(rid, flags, r.string("reducer"), r.bytes_("args"))
+    flags = _r_flags(r, "call procedure")
+    return CallProcedure(rid, flags, r.string("procedure"), r.bytes_("args"))
+
+
+def _r_outcome(r: Reader) -> ReducerOutcome:
+    tag = r.tag("ReducerOutcome", 4)
+    if tag == 0:
+        return ReducerOk(r.bytes_("ret_value"), _r_tx_update(r))
+    if tag == 1:
+        return ReducerOkEmpty()
+    if tag == 2:
+        return ReducerErr(r.bytes_("error"))
+    return ReducerInternalError(r.string("message"))
+
+
+def _r_server(r: Reader) -> ServerMessage:
+    tag = r.tag("ServerMessage", 8)
+    if tag == 0:
+        return InitialConnection(r.identity(), r.connection_id(), r.string("token"))
+    if tag == 1:
+        rid, qsid = r.u32("request_id"), r.u32("query_set_id")
+        return SubscribeApplied(rid, qsid, _r_query_rows(r))
+    if tag == 2:
+        rid, qsid = r.u32("request_id"), r.u32("query_set_id")
+        return UnsubscribeApplied(rid, qsid, _r_query_rows(r) if r.tag("Option<QueryRows>", 2) == 0 else None)
+    if tag == 3:
+        opt_rid = r.u32("request_id") if r.tag("Option<u32>", 2) == 0 else None
+        return SubscriptionError(opt_rid, r.u32("query_set_id"), r.string("error"))
+    if tag == 4:
+        return _r_tx_update(r)
+    if tag == 5:
+        rid = r.u32("request_id")
+        result: QueryRows | str = _r_query_rows(r) if r.tag("Result", 2) == 0 else r.string("error")
+        return OneOffQueryResult(rid, result)
+    if tag == 6:
+        rid, ts = r.u32("request_id"), r.timestamp()
+        return ReducerResult(rid, ts, _r_outcome(r))
+    status: ProcedureStatus
+    if r.tag("ProcedureStatus", 2) == 0:
+        status = ProcedureReturned(r.bytes_("value"))
+    else:
+        status = ProcedureInternalError(r.string("message"))
+    ts, dur = r.timestamp(), r.i64("TimeDuration")
+    return ProcedureResult(status, ts, dur, r.u32("request_id"))
+
+
+def decode_client(data: bytes) -> ClientMessage:
+    """Exactly one client message; trailing bytes are an error."""
+    r = Reader(data)
+    msg = _r_client(r)
+    r.expect_end()
+    return msg
+
+
+def decode_server(data: bytes) -> ServerMessage:
+    """Exactly one server message (a frame body without its tag); trailing bytes are an error."""
+    r = Reader(data)
+    msg = _r_server(r)
+    r.expect_end()
+    return msg
+
+
+def _check_version(version: int) -> None:
+    if version not in (2, 3):
+        raise LocalProtocolError(f"unsupported wire version {version!r} (2 or 3)")
+
+
+def decode_client_frame(data: bytes, version: int) -> list[ClientMessage]:
+    """A client binary frame: one message (v2) or one or more concatenated messages (v3)."""
+    _check_version(version)
+    if version == 2:
+        return [decode_client(data)]
+    if not data:
+        raise BsatnError("empty v3 client frame")
+    r = Reader(data)
+    out = []
+    while not r.at_end():
+        out.append(_r_client(r))
+    return out
+
+
+# --- compression and server frames ------------------------------------------------------------
+
+COMPRESS_THRESHOLD = 1024
+V3_SOFT_CAP = 512 * 1024
+MAX_FRAME_SIZE = 32 * 1024 * 1024
+
+
+class Compression(enum.Enum):
+    """The ``compression`` query parameter (case-sensitive spellings, as upstream)."""
+
+    NONE = "None"
+    BROTLI = "Brotli"
+    GZIP = "Gzip"
+
+    @property
+    def tag(self) -> int:
+        return _TAGS[self]
+
+    @classmethod
+    def parse(cls, text: str | None) -> Compression:
+        """``None`` (absent) means Brotli, upstream's default."""
+        if text is None:
+            return cls.BROTLI
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"unknown compression {text!r}: expected one of None, Brotli, Gzip") from None
+
+
+_TAGS = {Compression.NONE: 0, Compression.BROTLI: 1, Compression.GZIP: 2}
+
+
+def frame_server(body: bytes, compression: Compression) -> bytes:
+    """Tag and, if longer than 1024 bytes and asked for, compress a server frame body."""
+    if compression is Compression.NONE or len(body) <= COMPRESS_THRESHOLD:
+        return b"\x00" + body
+    if compression is Compression.BROTLI:
+        compressed: bytes = brotli.compress(body, quality=1)
+        return b"\x01" + compressed
+    return b"\x02" + gzip.compress(body, compresslevel=1, mtime=0)
+
+
+def batch_v3(bodies: Sequence[bytes], soft_cap: int = V3_SOFT_CAP) -> list[bytes]:
+    """Coalesce consecutive encoded messages into v3 bodies of at most ``soft_cap`` bytes each,
+    except that a single larger message goes alone.  Order is kept; no body is empty."""
+    out: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for body in bodies:
+        if not body:
+            raise LocalProtocolError("an encoded server message is never empty")
+        if current and size + len(body) > soft_cap:
+            out.append(b"".join(current))
+            current, size = [], 0
+        current.append(body)
+        size += len(body)
+    if current:
+        out.append(b"".join(current))
+    return out
+
+
+def server_frames(messages: Iterable[ServerMessage], version: int, compression: Compression) -> list[bytes]:
+    """Encode and frame messages for one connection: one frame each (v2) or coalesced (v3)."""
+    _check_version(version)
+    bodies = [encode_server(m) for m in messages]
+    if version == 3:
+        bodies = batch_v3(bodies)
+    return [frame_server(b, compression) for b in bodies]
+
+
+def _too_big(max_size: int) -> BsatnError:
+    return BsatnError(f"decompressed frame exceeds max_size {max_size} bytes")
+
+
+def _brotli_decompress(data: bytes, max_size: int) -> bytes:
+    d = brotli.Decompressor()
+    try:
+        out = d.process(data, output_buffer_limit=max_size + 1)
+        while len(out) <= max_size and not d.can_accept_more_data():
+            out += d.process(b"", output_buffer_limit=max_size + 1 - len(out))
+    except brotli.error as exc:
+        raise BsatnError(f"invalid brotli frame body: {exc}") from None
+    if len(out) > max_size:
+        raise _too_big(max_size)
+    if not d.is_finished():
+        raise BsatnError("truncated brotli frame body")
+    assert isinstance(out, bytes)
+    return out
+
+
+def _gzip_decompress(data: bytes, max_size: int) -> bytes:
+    d = zlib.decompressobj(wbits=31)
+    try:
+        out = d.decompress(data, max_size + 1)
+    except zlib.error as exc:
+        raise BsatnError(f"invalid gzip frame body: {exc}") from None
+    if len(out) > max_size:
+        raise _too_big(max_size)
+    if not d.eof:
+        raise BsatnError("truncated gzip frame body")
+    if d.unused_data:
+        raise BsatnError(f"trailing bytes: {len(d.unused_data)} after the gzip stream")
+    return out
+
+
+def unframe_server(frame: bytes, max_size: int = MAX_FRAME_SIZE) -> bytes:
+    """Strip the compression tag and decompress (bounded by ``max_size``)."""
+    if not frame:
+        raise BsatnError("empty server frame (no compression tag)")
+    tag, body = frame[0], frame[1:]
+    if tag == 0:
+        if len(body) > max_size:
+            raise _too_big(max_size)
+        return body
+    if tag == 1:
+        return _brotli_decompress(body, max_size)
+    if tag == 2:
+        return _gzip_decompress(body, max_size)
+    raise BsatnError(f"unknown compression tag {tag} at offset 0")
+
+
+def decode_server_frame(frame: bytes, version: int, max_size: int = MAX_FRAME_SIZE) -> list[ServerMessage]:
+    """A server binary frame: tag, (de)compression, then one (v2) or one or more (v3) messages."""
+    _check_version(version)
+    body = unframe_server(frame, max_size)
+    if version == 2:
+        return [decode_server(body)]
+    if not body:
+        raise BsatnError("empty v3 server frame body")
+    r = Reader(body)
+    out = []
+    while not r.at_end():
+        out.append(_r_server(r))
+    return out
+
+
+# --- translation to and from the model --------------------------------------------------------
+
+
+class RowCache:
+    """Memoizes :func:`adapters.bsatn.encode_row` per row value, so a fan-out encodes each row
+    once.  Rows are frozen and hashable; the cache is cleared when it grows past ``max_entries``."""
+
+    __slots__ = ("_rows", "max_entries")
+
+    def __init__(self, max_entries: int = 65536) -> None:
+        self._rows: dict[Row, bytes] = {}
+        self.max_entries = max_entries
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def encode(self, row: Row) -> bytes:
+        data = self._rows.get(row)
+        if data is None:
+            data = encode_row(row)
+            if len(self._rows) >= self.max_entries:
+                self._rows.clear()
+            self._rows[row] = data
+        return data
+
+
+def _rowlist(rows: Iterable[Row], cache: RowCache | None) -> RowList:
+    enc = cache.encode if cache is not None else encode_row
+    return RowList.of([enc(r) for r in rows])
+
+
+def _wire_query_rows(tables: Iterable[sm.TableRows], cache: RowCache | None) -> QueryRows:
+    # A QueryRows has one list per table: a snapshot's rows are its inserts (dropped rows may be
+    # given as deletes; both go in, inserts first).
+    return QueryRows(tuple(SingleTableRows(t.table, _rowlist((*t.inserts, *t.deletes), cache)) for t in tables))
+
+
+def _wire_query_sets(sets: Iterable[sm.QuerySetUpdate], cache: RowCache | None) -> TransactionUpdate:
+    out = []
+    for qs in sets:
+        tables = []
+        for t in qs.tables:
+            rows: TableUpdateRows
+            if t.event:
+                if t.deletes:
+                    raise LocalProtocolError(f"event table {t.table} update with deletes")
+                rows = EventTableRows(_rowlist(t.inserts, cache))
+            else:
+                rows = PersistentTableRows(_rowlist(t.inserts, cache), _rowlist(t.deletes, cache))
+            tables.append(TableUpdate(t.table, (rows,)))
+        out.append(QuerySetUpdate(qs.query_set_id, tuple(tables)))
+    return TransactionUpdate(tuple(out))
+
+
+def _string_bytes(text: str) -> bytes:
+    w = Writer()
+    w.string(text)
+    return w.getvalue()
+
+
+def to_wire(msg: sm.ServerMessage, *, timestamp: int = 0, cache: RowCache | None = None) -> ServerMessage:
+    """The v2 wire form of a model server message (``timestamp`` goes into ``ReducerResult``)."""
+    if isinstance(msg, sm.SubscribeApplied):
+        return SubscribeApplied(msg.request_id, msg.query_set_id, _wire_query_rows(msg.rows, cache))
+    if isinstance(msg, sm.UnsubscribeApplied):
+        dropped = msg.rows
+        return UnsubscribeApplied(msg.request_id, msg.query_set_id,
+                                  None if dropped is None else _wire_query_rows(dropped, cache))
+    if isinstance(msg, sm.SubscriptionError):
+        return SubscriptionError(msg.request_id, msg.query_set_id, msg.error)
+    if isinstance(msg, sm.TransactionUpdate):
+        return _wire_query_sets(msg.query_sets, cache)
+    if isinstance(msg, sm.ReducerResult):
+        outcome: ReducerOutcome
+        if isinstance(msg.outcome, sm.ReducerOk):
+            ret = b""
+            if msg.outcome.ret is not None:
+                w = Writer()
+                w.u64(msg.outcome.ret)
+                ret = w.getvalue()
+            outcome = ReducerOk(ret, _wire_query_sets(msg.outcome.query_sets, cache))
+        else:
+            outcome = ReducerErr(_string_bytes(msg.outcome.error))
+        return ReducerResult(msg.request_id, timestamp, outcome)
+    if isinstance(msg, sm.OneOffQueryResult):
+        result = msg.result if isinstance(msg.result, str) else _wire_query_rows((msg.result,), cache)
+        return OneOffQueryResult(msg.request_id, result)
+    raise LocalProtocolError(f"not a model ServerMessage: {msg!r:.80}")
+
+
+def from_wire(msg: ClientMessage) -> sm.ClientMessage:
+    """The model form of a client message.  Arguments of a known reducer are decoded (a
+    :class:`BsatnError` propagates); an unknown reducer gets ``args=()`` so the engine answers
+    ``no_such_reducer``.  OneOffQuery and CallProcedure have no model form."""
+    if isinstance(msg, Subscribe):
+        return sm.Subscribe(msg.request_id, msg.query_set_id, msg.query_strings)
+    if isinstance(msg, Unsubscribe):
+        return sm.Unsubscribe(msg.request_id, msg.query_set_id, send_dropped=msg.send_dropped_rows)
+    if isinstance(msg, CallReducer):
+        args = decode_args(msg.reducer, msg.args) if msg.reducer in REDUCER_BY_NAME else ()
+        return sm.CallReducer(msg.request_id, msg.reducer, args)
+    raise LocalProtocolError(f"{type(msg).__name__} has no model counterpart; handle it before from_wire")
+
+
+def decode_rows(table: str, rows: RowList) -> list[Row]:
+    """Decode every row of a row list of ``table``."""
+    return [decode_row(table, data) for data in rows.rows()]
+
+
+def decode_string(data: bytes) -> str:
+    """A whole byte string that must be one BSATN ``String`` (e.g. ``ReducerErr.error``)."""
+    r = Reader(data)
+    text = r.string("error")
+    r.expect_end()
+    return text
+
+
+def _ret_from_wire(data: bytes) -> int | None:
+    if not data:
+        return None
+    r = Reader(data)
+    value = r.u64("ret_value")
+    r.expect_end()
+    return value
+
+
+def _model_tables_snapshot(qr: QueryRows) -> tuple[sm.TableRows, ...]:
+    return tuple(sm.TableRows(t.table, tuple(decode_rows(t.table, t.rows))) for t in qr.tables)
+
+
+def _model_query_sets(tu: TransactionUpdate) -> tuple[sm.QuerySetUpdate, ...]:
+    out = []
+    for qs in tu.query_sets:
+        tables = []
+        for t in qs.tables:
+            for rows in t.rows:
+                if isinstance(rows, EventTableRows):
+                    tables.append(sm.TableRows(t.table_name, tuple(decode_rows(t.table_name, rows.events)), (),
+                                               event=True))
+                else:
+                    tables.append(sm.TableRows(t.table_name, tuple(decode_rows(t.table_name, rows.inserts)),
+                                               tuple(decode_rows(t.table_name, rows.deletes))))
+        out.append(sm.QuerySetUpdate(qs.query_set_id, tuple(tables)))
+    return tuple(out)
+
+
+def server_from_wire(msg: ServerMessage, *, tx_offset: int = 0) -> sm.ServerMessage:
+    """The model form of a server message, for client code and tests (rows decoded; one model
+    ``TableRows`` per wire rows entry).  The wire has no transaction offsets: ``tx_offset`` fills
+    them in.  A reducer's internal error becomes a model ``ReducerErr`` with its text.
+    InitialConnection and ProcedureResult have no model form."""
+    if isinstance(msg, SubscribeApplied):
+        return sm.SubscribeApplied(msg.request_id, msg.query_set_id, _model_tables_snapshot(msg.rows))
+    if isinstance(msg, UnsubscribeApplied):
+        dropped = None if msg.rows is None else _model_tables_snapshot(msg.rows)
+        return sm.UnsubscribeApplied(msg.request_id, msg.query_set_id, rows=dropped)
+    if isinstance(msg, SubscriptionError):
+        return sm.SubscriptionError(msg.request_id, msg.query_set_id, msg.error)
+    if isinstance(msg, TransactionUpdate):
+        return sm.TransactionUpdate(tx_offset, _model_query_sets(msg))
+    if isinstance(msg, ReducerResult):
+        outcome: sm.ReducerOk | sm.ReducerErr
+        o = msg.outcome
+        if isinstance(o, ReducerOk):
+            outcome = sm.ReducerOk(_ret_from_wire(o.ret_value), _model_query_sets(o.transaction_update))
+        elif isinstance(o, ReducerOkEmpty):
+            outcome = sm.ReducerOk(None, ())
+        elif isinstance(o, ReducerErr):
+            outcome = sm.ReducerErr(decode_string(o.error))
+        else:
+            outcome = sm.ReducerErr(o.message)
+        return sm.ReducerResult(msg.request_id, tx_offset, outcome)
+    if isinstance(msg, OneOffQueryResult):
+        if isinstance(msg.result, str):
+            return sm.OneOffQueryResult(msg.request_id, msg.result)
+        tables = _model_tables_snapshot(msg.result)
+        if len(tables) != 1:
+            raise BsatnError(f"OneOffQueryResult holds {len(tables)} tables, expected exactly one")
+        return sm.OneOffQueryResult(msg.request_id, tables[0])
+    raise LocalProtocolError(f"{type(msg).__name__} has no model counterpart")

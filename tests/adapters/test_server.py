@@ -1,0 +1,409 @@
+"""The server over real sockets: routes, the upgrade order, messages, errors and limits.
+
+Each test starts a fresh server on a free port with its own data directory and talks to it with
+the raw wire client of tests/support/server.py, so what is asserted is what a client receives.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from support.server import RawSocketClient, WireClient, call_http, http, running_server, with_limits
+from websockets.exceptions import InvalidStatus
+
+from adapters import bsatn, wire
+from adapters.auth import AuthConfig
+from spec.compat import CompatWindow
+from spec.errors import SyncError
+from spec.values import SyncEvent, SyncStream
+
+S = "demo.s1"
+SUB_EVENTS = f"SELECT * FROM sync_event WHERE stream_id = '{S}'"
+
+
+def reducer_error(msg: wire.ReducerResult) -> SyncError:
+    assert isinstance(msg.outcome, wire.ReducerErr), msg.outcome
+    text = bsatn.Reader(msg.outcome.error).string()
+    return SyncError.parse(text)
+
+
+def test_routes_ping_schema_metrics_public_key(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        assert http("GET", f"{st.base}/v1/ping").status == 200
+        schema = http("GET", f"{st.base}/v1/database/autopilot-sync/schema").json()
+        tables = {t["name"]: t for t in schema["tables"]}
+        assert [c["name"] for c in tables["sync_event"]["columns"]][:3] == ["stream_id", "epoch", "seq"]
+        assert tables["stream_signal"]["event"] is True
+        assert {r["name"] for r in schema["reducers"]} >= {"append_sync_event", "ack_checkpoint"}
+        assert http("GET", f"{st.base}/v1/database/nope/schema").status == 404
+        pem = http("GET", f"{st.base}/v1/identity/public-key")
+        assert pem.status == 200 and pem.body.startswith(b"-----BEGIN PUBLIC KEY-----")
+        metrics = http("GET", f"{st.base}/metrics")
+        assert metrics.status == 200 and b"syncref_committed_offset" in metrics.body
+
+
+def test_identity_routes(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        assert http("POST", f"{st.base}/v1/identity").status == 403  # anonymous identities are off by default
+        assert http("POST", f"{st.base}/v1/identity/websocket-token").status == 401
+        assert http("POST", f"{st.base}/v1/identity/websocket-token",
+                    headers={"Authorization": "Bearer not-a-jwt"}).status == 401
+        assert http("POST", f"{st.base}/v1/identity/websocket-token",
+                    headers={"Authorization": "Basic abc"}).status == 400
+        tok = st.token(scopes=["sync.subscribe"], streams=["demo.*"])
+        short = http("POST", f"{st.base}/v1/identity/websocket-token", headers={"Authorization": f"Bearer {tok}"})
+        assert short.status == 200
+        c = WireClient(st, short.json()["token"])
+        assert c.initial.token == short.json()["token"]
+        c.close()
+    with running_server(tmp_path / "anon", auth=AuthConfig(allow_anonymous=True)) as st:
+        minted = http("POST", f"{st.base}/v1/identity").json()
+        assert minted["identity"].startswith("c200") and len(minted["identity"]) == 64
+        c = WireClient(st, None)  # anonymous connect: the server mints, as SpacetimeDB
+        assert c.initial.identity.startswith("c200") and c.initial.token
+        c.close()
+
+
+@pytest.mark.parametrize(("query", "protocols", "status", "needle"), [
+    ("", ["v2.bsatn.spacetimedb"], 401, "Authorization required"),
+    ("token=garbage", ["v2.bsatn.spacetimedb"], 401, ""),
+    ("TOKEN&connection_id=00000000000000000000000000000000", ["v2.bsatn.spacetimedb"], 400, "all-zeros"),
+    ("TOKEN&connection_id=xyz", ["v2.bsatn.spacetimedb"], 400, "Invalid connection ID"),
+    ("TOKEN", ["v1.bsatn.spacetimedb"], 400, "no valid protocol selected"),
+    ("TOKEN&compression=Zstd", ["v2.bsatn.spacetimedb"], 400, "Zstd"),
+])
+def test_upgrade_refusals(tmp_path: Path, query: str, protocols: list[str], status: int, needle: str) -> None:
+    with running_server(tmp_path) as st:
+        q = query.replace("TOKEN", f"token={st.token()}")
+        url = f"{st.ws_base}/v1/database/autopilot-sync/subscribe?{q}"
+        from websockets.sync.client import connect
+        with pytest.raises(InvalidStatus) as info:
+            connect(url, subprotocols=protocols, open_timeout=10)  # type: ignore[arg-type]
+        assert info.value.response.status_code == status
+        assert needle.encode() in info.value.response.body
+
+
+def test_upgrade_order_and_unknown_database(tmp_path: Path) -> None:
+    from websockets.sync.client import connect
+    with running_server(tmp_path) as st:
+        # token is checked before the database and the subprotocol
+        with pytest.raises(InvalidStatus) as info:
+            connect(f"{st.ws_base}/v1/database/nope/subscribe?token=bad", subprotocols=["x"])  # type: ignore[list-item]
+        assert info.value.response.status_code == 401
+        with pytest.raises(InvalidStatus) as info:
+            connect(f"{st.ws_base}/v1/database/nope/subscribe?token={st.token()}",
+                    subprotocols=["x"])  # type: ignore[list-item]
+        assert info.value.response.status_code == 404
+
+
+def test_server_prefers_v3_and_echoes_it(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        c = WireClient(st, st.token(), protocols=["v2.bsatn.spacetimedb", "v3.bsatn.spacetimedb"])
+        assert c.ws.subprotocol == "v3.bsatn.spacetimedb"
+        c.close()
+        c = WireClient(st, st.token(), protocols=["v2.bsatn.spacetimedb"])
+        assert c.ws.subprotocol == "v2.bsatn.spacetimedb"
+        c.close()
+
+
+def test_compat_window_426(tmp_path: Path) -> None:
+    window = CompatWindow(min_client_build_id="20260601T000000Z")
+    with running_server(tmp_path, window=window) as st:
+        old = st.token(client_build_id="20260101T000000Z", protocol_version="oa.sync.v1", schema_version=1)
+        from websockets.sync.client import connect
+        with pytest.raises(InvalidStatus) as info:
+            connect(f"{st.ws_base}/v1/database/autopilot-sync/subscribe?token={old}",
+                    subprotocols=["v2.bsatn.spacetimedb"])  # type: ignore[list-item]
+        assert info.value.response.status_code == 426
+        body = json.loads(info.value.response.body)
+        assert body["code"] == "upgrade_required" and body["upgrade_required"] is True
+        assert body["window"]["min_client_build_id"] == "20260601T000000Z"
+        ok = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v1", schema_version=1)
+        WireClient(st, ok).close()
+        bad_proto = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v0", schema_version=1)
+        res = call_http(st, bad_proto, "append_sync_event", [S, "k", "{}", {"none": []}, {"none": []}])
+        assert res.status == 426 and res.json()["code"] == "unsupported_protocol_version"
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_subscribe_call_and_live_update(tmp_path: Path, version: int) -> None:
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token(), version=version)
+        b = WireClient(st, st.token(), version=version)
+        applied = a.subscribe(1, SUB_EVENTS)
+        assert isinstance(applied, wire.SubscribeApplied) and applied.query_set_id == 1
+        assert applied.rows.tables == ()  # empty table: nothing
+        assert isinstance(b.subscribe(7, SUB_EVENTS), wire.SubscribeApplied)
+        res = a.call("append_sync_event", S, "k1", '{"b":1,"a":2}', None, None)
+        assert isinstance(res.outcome, wire.ReducerOk)
+        assert bsatn.decode_ret("append_sync_event", res.outcome.ret_value) == 1
+        (qs,) = res.outcome.transaction_update.query_sets
+        assert qs.query_set_id == 1
+        (tu,) = qs.tables
+        assert tu.table_name == "sync_event"
+        (rows,) = tu.rows
+        assert isinstance(rows, wire.PersistentTableRows)
+        (event,) = wire.decode_rows("sync_event", rows.inserts)
+        assert isinstance(event, SyncEvent) and event.payload == '{"a":2,"b":1}' and event.seq == 1
+        upd = b.recv()
+        assert isinstance(upd, wire.TransactionUpdate)
+        assert upd.query_sets[0].query_set_id == 7
+        assert wire.decode_rows("sync_event", upd.query_sets[0].tables[0].rows[0].inserts) == [event]  # type: ignore[union-attr]
+        # same key, different payload: a structured error to the caller only
+        err = reducer_error(a.call("append_sync_event", S, "k1", '{"other":true}', None, None))
+        assert err.code.value == "idempotency_conflict" and err.details["existing_seq"] == 1
+        # same key, same payload: the existing seq, nothing written, no update for b
+        again = a.call("append_sync_event", S, "k1", '{"a":2,"b":1}', None, None)
+        assert isinstance(again.outcome, wire.ReducerOk)
+        assert bsatn.decode_ret("append_sync_event", again.outcome.ret_value) == 1
+        # a resume query with a watermark gets only what is after it
+        a.call("append_sync_event", S, "k2", "2", None, None)
+        c = WireClient(st, st.token(), version=version)
+        resumed = c.subscribe(1, SUB_EVENTS + " AND seq > 1")
+        assert isinstance(resumed, wire.SubscribeApplied)
+        assert [e.seq for e in wire.decode_rows("sync_event", resumed.rows.tables[0].rows)] == [2]  # type: ignore[attr-defined]
+        for x in (a, b, c):
+            x.close()
+
+
+def test_event_table_rows_are_event_updates(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token())
+        applied = a.subscribe(1, f"SELECT * FROM stream_signal WHERE stream_id = '{S}'")
+        assert isinstance(applied, wire.SubscribeApplied) and applied.rows.tables == ()
+        res = a.call("publish_stream_signal", S, "typing", '{"x":1}')
+        assert isinstance(res.outcome, wire.ReducerOk)
+        (tu,) = res.outcome.transaction_update.query_sets[0].tables
+        (rows,) = tu.rows
+        assert isinstance(rows, wire.EventTableRows)
+        (sig,) = wire.decode_rows("stream_signal", rows.events)
+        assert sig.kind == "typing"  # type: ignore[attr-defined]
+        a.close()
+
+
+def test_bad_query_keeps_socket_open_and_forbidden_stream(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token(streams=["demo.*"]))
+        err = a.subscribe(3, "SELECT nope FROM sync_event")
+        assert isinstance(err, wire.SubscriptionError) and err.request_id is not None and err.query_set_id == 3
+        assert SyncError.parse(err.error).code.value == "invalid_query"
+        forbidden = a.subscribe(4, "SELECT * FROM sync_event WHERE stream_id = 'other.s'")
+        assert isinstance(forbidden, wire.SubscriptionError)
+        assert SyncError.parse(forbidden.error).code.value == "forbidden_stream"
+        assert SyncError.parse(forbidden.error).details == {}  # nothing about the stream leaks
+        # the id may be reused after an error; the socket still works
+        assert isinstance(a.subscribe(3, SUB_EVENTS), wire.SubscribeApplied)
+        a.close()
+
+
+def test_stale_cursor_is_a_subscription_error(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token())
+        a.call("append_sync_event", S, "k1", "1", None, None)
+        err = a.subscribe(1, SUB_EVENTS + " AND epoch = 7 AND seq > 0")
+        assert isinstance(err, wire.SubscriptionError)
+        parsed = SyncError.parse(err.error)
+        assert parsed.code.value == "stale_cursor" and parsed.details["reasons"] == ["epoch_changed"]
+        a.close()
+
+
+def test_reused_active_query_set_closes_1011(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token())
+        other = WireClient(st, st.token())
+        assert isinstance(a.subscribe(1, SUB_EVENTS), wire.SubscribeApplied)
+        a.send(wire.Subscribe(a.rid(), 1, (SUB_EVENTS,)))
+        code, reason = a.closed()
+        assert code == 1011 and "already active" in reason
+        # nobody else is disturbed
+        assert isinstance(other.subscribe(1, SUB_EVENTS), wire.SubscribeApplied)
+        other.close()
+
+
+def test_malformed_and_text_frames_close_1011(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token())
+        a.ws.send(b"\x09garbage")
+        code, reason = a.closed()
+        assert code == 1011 and "malformed" in reason and len(reason.encode()) <= 123
+        b = WireClient(st, st.token())
+        b.ws.send("hello")
+        code, reason = b.closed()
+        assert code == 1011 and "text" in reason
+        c = WireClient(st, st.token())
+        c.ws.send(wire.encode_client(wire.CallReducer(1, 0, "append_sync_event", b"\x01\x00")))
+        res = c.recv()
+        assert isinstance(res, wire.ReducerResult)
+        assert reducer_error(res).code.value == "invalid_argument"  # bad args: an error, socket open
+        assert isinstance(c.subscribe(1, SUB_EVENTS), wire.SubscribeApplied)
+        c.close()
+
+
+def test_unknown_reducer_and_unsubscribe(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token())
+        res = a.call("append_sync_event", S, "k1", "1", None, None)
+        assert isinstance(res.outcome, wire.ReducerOk)
+        a.send(wire.CallReducer(a.rid(), 0, "nope", b""))
+        assert reducer_error(a.recv_until(wire.ReducerResult)).code.value == "no_such_reducer"
+        applied = a.subscribe(2, SUB_EVENTS)
+        assert isinstance(applied, wire.SubscribeApplied)
+        a.send(wire.Unsubscribe(a.rid(), 2, True))
+        un = a.recv()
+        assert isinstance(un, wire.UnsubscribeApplied) and un.rows is not None
+        assert [e.seq for e in wire.decode_rows("sync_event", un.rows.tables[0].rows)] == [1]  # type: ignore[attr-defined]
+        a.send(wire.Unsubscribe(a.rid(), 2, False))
+        assert isinstance(a.recv(), wire.SubscriptionError)  # unknown set now
+        a.send(wire.OneOffQuery(a.rid(), SUB_EVENTS))
+        one = a.recv()
+        assert isinstance(one, wire.OneOffQueryResult) and isinstance(one.result, wire.QueryRows)
+        a.close()
+
+
+def test_http_call_and_sql(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        tok = st.token(streams=["demo.*"])
+        ok = call_http(st, tok, "append_sync_event", [S, "k1", '{"a":1}', {"none": []}, {"some": 1}])
+        assert ok.status == 200 and ok.headers["syncref-return-value"] == "1"
+        conflict = call_http(st, tok, "append_sync_event", [S, "k2", "1", {"none": []}, {"some": 9}])
+        assert conflict.status == 530 and conflict.text.startswith("sequence_conflict: ")
+        assert call_http(st, tok, "nope", []).status == 404
+        assert call_http(st, tok, "append_sync_event", [S]).status == 400
+        assert call_http(st, tok, "append_sync_event", [S, "k", "1", None, None]).status == 400
+        denied = call_http(st, tok, "append_sync_event", ["other.s", "k", "1", {"none": []}, {"none": []}])
+        assert denied.status == 530 and denied.text.startswith("forbidden_stream")
+        no_ct = http("POST", f"{st.base}/v1/database/autopilot-sync/call/append_sync_event", "[]",
+                     {"Authorization": f"Bearer {tok}"})
+        assert no_ct.status == 415
+        assert call_http(st, "bad", "append_sync_event", []).status == 401
+        sql = http("POST", f"{st.base}/v1/database/autopilot-sync/sql",
+                   f"SELECT * FROM sync_stream WHERE stream_id = '{S}'", {"Authorization": f"Bearer {tok}"})
+        assert sql.status == 200
+        (stmt,) = sql.json()
+        names = [e["name"]["some"] for e in stmt["schema"]["elements"]]
+        assert names[:5] == ["stream_id", "stream_class", "owner_scope", "epoch", "head_seq"]
+        (row,) = stmt["rows"]
+        assert row[0] == S and row[4] == 1
+        hidden = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", "SELECT * FROM sync_event",
+                      {"Authorization": f"Bearer {st.token(streams=['x.*'])}"})
+        assert hidden.status == 200 and hidden.json()[0]["rows"] == []  # row-filtered by grants
+        bad = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", "DELETE FROM sync_event",
+                   {"Authorization": f"Bearer {tok}"})
+        assert bad.status == 400 and bad.text.startswith("invalid_query")
+
+
+def test_compression_tags(tmp_path: Path) -> None:
+    big = json.dumps({"blob": "x" * 4000})
+    for name, tag in (("Gzip", 2), ("Brotli", 1), ("None", 0)):
+        with running_server(tmp_path / name) as st:
+            a = WireClient(st, st.token(), compression=name)
+            a.subscribe(1, SUB_EVENTS)
+            a.frames.clear()
+            res = a.call("append_sync_event", S, "k1", big, None, None)
+            assert isinstance(res.outcome, wire.ReducerOk)
+            assert a.frames[-1][0] == tag
+            small = a.call("append_sync_event", S, "k2", "1", None, None)
+            assert isinstance(small.outcome, wire.ReducerOk) and a.frames[-1][0] == 0
+            a.close()
+
+
+def test_v3_accepts_several_messages_per_frame(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token(), version=3)
+        a.send(wire.Subscribe(1, 1, (SUB_EVENTS,)), wire.Subscribe(2, 2, ("SELECT * FROM sync_stream",)),
+               wire.CallReducer(3, 0, "append_sync_event", bsatn.encode_args(
+                   "append_sync_event", (S, "k", "1", None, None))))
+        got = [a.recv(), a.recv(), a.recv()]
+        assert [type(x).__name__ for x in got] == ["SubscribeApplied", "SubscribeApplied", "ReducerResult"]
+        assert len(a.frames) <= 3
+        a.close()
+
+
+def test_inbound_queue_bound_closes_1013(tmp_path: Path) -> None:
+    with running_server(tmp_path, limits=with_limits(max_inbound_queue=8)) as st:
+        a = WireClient(st, st.token(), version=3)
+        other = WireClient(st, st.token())
+        flood = b"".join(wire.encode_client(wire.OneOffQuery(i, "SELECT * FROM sync_stream")) for i in range(50))
+        a.ws.send(flood)
+        code, reason = a.closed()
+        assert code == 1013 and reason == "too many requests"
+        assert isinstance(other.subscribe(1, SUB_EVENTS), wire.SubscribeApplied)
+        other.close()
+
+
+def test_max_message_size(tmp_path: Path) -> None:
+    with running_server(tmp_path, limits=with_limits(max_message_size=1024)) as st:
+        a = WireClient(st, st.token())
+        a.send(wire.Subscribe(1, 1, ("SELECT * FROM sync_event WHERE stream_id = '" + "x" * 2000 + "'",)))
+        code, _ = a.closed()
+        assert code == 1009
+
+
+def test_slow_consumer_is_dropped_others_unaffected(tmp_path: Path) -> None:
+    with running_server(tmp_path, limits=with_limits(max_outbound_queue=16)) as st:
+        slow = RawSocketClient(st, st.token(), rcvbuf=4096)  # never reads
+        assert b"101" in slow.status_line
+        slow.send(wire.Subscribe(1, 1, (SUB_EVENTS,)))
+        fast = WireClient(st, st.token())
+        fast.subscribe(1, SUB_EVENTS)
+        writer_tok = st.token()
+        payload = json.dumps({"pad": "y" * 20000})
+        dropped_at = None
+        for i in range(400):
+            assert call_http(st, writer_tok, "append_sync_event", [S, f"k{i}", payload, {"none": []},
+                                                                   {"none": []}]).status == 200
+            assert isinstance(fast.recv_until(wire.TransactionUpdate), wire.TransactionUpdate)  # unaffected
+            if st.call(lambda: len(st.server.engine.conns)) == 1:
+                dropped_at = i
+                break
+        assert dropped_at is not None, "the slow consumer was never dropped"
+        tail = slow.read_all(10)
+        # its last frame is a close frame: 1008 with a reason naming slow_consumer
+        close_at = tail.rfind(b"\x88")
+        assert close_at >= 0 and b"slow_consumer" in tail[close_at:]
+        assert tail[close_at + 2:close_at + 4] == (1008).to_bytes(2, "big")
+        metrics = http("GET", f"{st.base}/metrics").text
+        assert 'syncref_closes_total{cause="slow_consumer"} 1.0' in metrics
+        fast.close()
+
+
+def test_idle_peer_is_dropped(tmp_path: Path) -> None:
+    with running_server(tmp_path, limits=with_limits(ping_interval_s=0.2, idle_timeout_s=0.5)) as st:
+        a = WireClient(st, st.token())
+        # a live client answers pings (websockets does it in its background thread) and stays
+        time.sleep(1.5)
+        assert isinstance(a.subscribe(1, SUB_EVENTS), wire.SubscribeApplied)
+        a.close()
+        raw = RawSocketClient(st, st.token())  # never answers pings
+        started = time.monotonic()
+        raw.read_all(10)
+        assert time.monotonic() - started < 9  # the server dropped it
+        raw.close()
+
+
+def test_confirmed_reads_wait_for_durability(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token(), confirmed=True)
+        a.subscribe(1, SUB_EVENTS)
+        res = a.call("append_sync_event", S, "k1", "1", None, None)
+        assert isinstance(res.outcome, wire.ReducerOk)
+        # by the time a confirmed client hears of offset N, N is durable
+        committed, durable = st.call(lambda: (st.server.engine.committed, st.server.engine.durable))
+        assert durable >= 1 and committed >= durable
+
+
+def test_acknowledged_writes_survive_restart(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        tok = st.token()
+        for i in range(20):
+            assert call_http(st, tok, "append_sync_event", [S, f"k{i}", str(i), {"none": []}, {"none": []}]).status == 200
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token())
+        applied = a.subscribe(1, f"SELECT * FROM sync_stream WHERE stream_id = '{S}'")
+        assert isinstance(applied, wire.SubscribeApplied)
+        (stream,) = wire.decode_rows("sync_stream", applied.rows.tables[0].rows)
+        assert isinstance(stream, SyncStream) and stream.head_seq == 20 and stream.epoch == 1  # clean restart
+        a.close()
