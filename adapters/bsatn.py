@@ -255,6 +255,9 @@ class Reader:
         return self._take(self.length(kind), kind)
 
     def raw(self, n: int, what: str = "") -> bytes:
+        """``n`` bytes with no prefix."""
+        if n < 0:
+            raise LocalProtocolError(f"cannot read {n} bytes")
         return self._take(n, _label(what, "bytes"))
 
     def identity(self, what: str = "") -> str:

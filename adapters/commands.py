@@ -146,7 +146,7 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from adapters.server import SyncServer
+    from adapters.server import DataDirError, SyncServer
 
     try:
         config = load_config(Path(args.config) if args.config else None, args)
@@ -161,16 +161,15 @@ def serve(args: argparse.Namespace) -> int:
     async def run() -> int:
         try:
             await server.start()
+        except DataDirError as exc:
+            print(f"syncref serve: {exc}", file=sys.stderr)
+            return 2
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 print(f"syncref serve: port {config.port} on {config.host} is already in use", file=sys.stderr)
-            elif exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM) or isinstance(exc, PermissionError):
-                print(f"syncref serve: data directory {config.data_dir} is not writable: {exc}", file=sys.stderr)
             else:
-                print(f"syncref serve: cannot start: {exc}", file=sys.stderr)
-            return 2
-        except (RuntimeError, ValueError) as exc:
-            print(f"syncref serve: cannot use data directory {config.data_dir}: {exc}", file=sys.stderr)
+                print(f"syncref serve: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+                      file=sys.stderr)
             return 2
         print(f"syncref listening on http://{config.host}:{server.port} (database {config.database}, "
               f"data {config.data_dir})", flush=True)
@@ -210,10 +209,23 @@ def token_mint(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"syncref token mint: cannot use data directory {args.data}: {exc}", file=sys.stderr)
         return 2
-    auth = Authenticator(AuthConfig(), keys)
-    token = auth.mint(subject=args.subject, scopes=frozenset(scopes), streams=tuple(streams), ttl_s=args.ttl,
-                      device_id=args.device_id, session_id=args.session_id, client_build_id=args.client_build_id,
-                      protocol_version=args.protocol_version, schema_version=args.schema_version)
+    config = AuthConfig()
+    if args.config:
+        ns = argparse.Namespace(data=args.data, host=None, port=None, database=None, dev=False)
+        try:
+            config = load_config(Path(args.config), ns).auth
+        except ConfigError as exc:
+            print(f"syncref token mint: bad config: {exc}", file=sys.stderr)
+            return 2
+    auth = Authenticator(config, keys)
+    try:
+        token = auth.mint(subject=args.subject, scopes=frozenset(scopes), streams=tuple(streams), ttl_s=args.ttl,
+                          device_id=args.device_id, session_id=args.session_id,
+                          client_build_id=args.client_build_id, protocol_version=args.protocol_version,
+                          schema_version=args.schema_version)
+    except ValueError as exc:
+        print(f"syncref token mint: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps({"token": token, "identity": auth.verify(token).claims.identity}))
     else:
@@ -251,6 +263,7 @@ def add_parsers(sub: Any) -> None:
     tsub = t.add_subparsers(dest="token_command", required=True)
     mint = tsub.add_parser("mint", help="mint a token signed with the data directory's key")
     mint.add_argument("--data", default=DEFAULT_DATA_DIR, metavar="DIR")
+    mint.add_argument("--config", default=None, metavar="FILE", help="the server's TOML config (for [auth] issuer)")
     mint.add_argument("--scopes", default="", help="comma-separated oa_sync_scopes")
     mint.add_argument("--streams", default="", help="comma-separated oa_sync_streams grants (id or prefix*)")
     mint.add_argument("--ttl", type=int, default=3600, help="seconds until expiry (default 3600)")

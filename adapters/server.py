@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -96,6 +95,7 @@ class ServerConfig:
     policy: Policy | None = None  # None: the data directory's (or the default for a new one)
     sweep_interval_s: float = 1.0
     compact_interval_s: float = 60.0
+    clock: Callable[[], int] | None = None  # µs since the epoch; None = wall time (tests inject one)
 
 
 def cut_reason(text: str) -> str:
@@ -123,6 +123,10 @@ def select_subprotocol(headers: list[str]) -> str | None:
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+class DataDirError(Exception):
+    """The data directory cannot be created, written, locked or read (an operator error)."""
 
 
 class Metrics:
@@ -201,16 +205,20 @@ class SyncServer:
         return self._auth
 
     async def start(self) -> None:
-        """Open the data directory, recover, bind.  Raises ``OSError`` for a busy port and
-        ``RuntimeError``/``OSError`` for an unusable data directory (the CLI reports both)."""
+        """Open the data directory, recover, bind.  Raises :class:`DataDirError` for an unusable data
+        directory and ``OSError`` for a port that cannot be bound (the CLI reports both)."""
         self._loop = asyncio.get_running_loop()
         self.failed = self._loop.create_future()
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(cfg.data_dir, os.W_OK):
-            raise PermissionError(f"data directory {cfg.data_dir} is not writable")
-        self._auth = Authenticator(cfg.auth, KeyStore.load_or_create(cfg.data_dir))
-        self._store = LogStore.open(cfg.data_dir)
+        try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            probe = cfg.data_dir / ".write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+            self._auth = Authenticator(cfg.auth, KeyStore.load_or_create(cfg.data_dir))
+            self._store = LogStore.open(cfg.data_dir)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise DataDirError(f"data directory {cfg.data_dir} is not usable: {exc}") from exc
         try:
             self._writer = GroupCommitWriter(self._store, self._durable_from_thread)
             self._engine = restart(self._store, self._writer, self._tick(), cfg.policy,
@@ -326,7 +334,7 @@ class SyncServer:
 
     def _tick(self) -> int:
         """The reducer clock: wall time in µs, never going backwards."""
-        self._last_now = max(self._last_now, now_us())
+        self._last_now = max(self._last_now, (self.config.clock or now_us)())
         if self._engine is not None:
             self._engine.now = self._last_now
         return self._last_now
@@ -376,7 +384,7 @@ class SyncServer:
                             headers={"Content-Type": prom.CONTENT_TYPE_LATEST})
 
     async def _identity(self, _request: web.Request) -> web.Response:
-        if not (self.config.auth.allow_anonymous or self.config.auth.dev):
+        if not self.config.auth.anonymous_allowed:
             return _text(403, "anonymous identities are disabled on this server: ask its operator for a token "
                               "(syncref token mint)")
         identity, token = self.auth.mint_identity()
@@ -393,11 +401,7 @@ class SyncServer:
         return web.json_response({"token": self.auth.websocket_token(verified.raw)})
 
     async def _public_key(self, _request: web.Request) -> web.Response:
-        assert self._auth is not None
-        return web.Response(body=self._auth_keys_pem(), content_type="application/pem-certificate-chain")
-
-    def _auth_keys_pem(self) -> bytes:
-        return KeyStore.load_or_create(self.config.data_dir).public_key_pem()
+        return web.Response(body=self.auth.keys.public_key_pem(), content_type="application/pem-certificate-chain")
 
     async def _schema(self, request: web.Request) -> web.Response:
         if request.match_info["name"] != self.config.database:
@@ -412,7 +416,7 @@ class SyncServer:
             return None, _text(err.status, str(err)), None
         minted = None
         if token is None:
-            if not (self.config.auth.allow_anonymous or self.config.auth.dev):
+            if not self.config.auth.anonymous_allowed:
                 return None, _text(401, "Authorization required: send a Bearer token (POST /v1/identity is "
                                         "disabled unless the server allows anonymous identities)"), None
             _identity, token = self.auth.mint_identity()

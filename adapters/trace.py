@@ -143,7 +143,7 @@ def _client(msg: wire.ClientMessage, reducers: dict[int, str]) -> dict[str, Any]
     elif isinstance(msg, wire.OneOffQuery):
         out.update(query_string=msg.query_string)
     elif isinstance(msg, wire.CallReducer):
-        pass
+        reducers[msg.request_id] = msg.reducer
         out.update(flags=msg.flags, reducer=msg.reducer)
         rdef = REDUCER_BY_NAME.get(msg.reducer)
         if rdef is None:

@@ -15,10 +15,15 @@ Example::
 
     async with Connection("http://127.0.0.1:3000", token=token) as conn:
         store = CheckpointStore("app.sqlite")
+        def apply(tx, ev):                      # inside the checkpoint's transaction
+            tx.execute("INSERT INTO msgs VALUES (?, ?)", (ev.seq, ev.payload))
+
+        def on_rebootstrap(tx, stale):          # drop local state, rehydrate from the authority
+            tx.execute("DELETE FROM msgs")
+            return None                         # resume from stale.floor_seq - 1
+
         consumer = StreamConsumer(conn, store, "chat.room-1", client_id="laptop",
-                                  apply=lambda tx, ev: tx.execute("INSERT INTO msgs VALUES (?, ?)",
-                                                                  (ev.seq, ev.payload)),
-                                  on_rebootstrap=lambda tx, stale: tx.execute("DELETE FROM msgs") and None)
+                                  apply=apply, on_rebootstrap=on_rebootstrap)
         await consumer.start()
         seq = (await conn.call("append_sync_event", "chat.room-1", "k1", '{"text":"hi"}', None, None)).value
         await consumer.wait_for(seq)
@@ -40,7 +45,7 @@ from adapters.sdk.errors import (
     SubscriptionFailed,
 )
 from adapters.sdk.rows import DecodedRow, QuerySetChange, TableChange
-from adapters.sdk.session import Session, SubState, Subscription
+from adapters.sdk.session import Session, Subscription, SubState
 
 __all__ = [
     "V2",
@@ -64,6 +69,7 @@ __all__ = [
     "ReducerInternalError",
     "ReducerOutcome",
     "SdkError",
+    "Session",
     "Stale",
     "StreamConsumer",
     "SubState",

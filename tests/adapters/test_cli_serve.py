@@ -1,0 +1,140 @@
+"""``syncref serve``/``token mint``/``trace`` as an operator runs them: real processes, real ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from support.server import http
+
+SYNCREF = [sys.executable, "-m", "adapters.cli"]
+S = "demo.cli"
+
+
+@contextmanager
+def serve(data: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(data), "--port", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"listening on (http://\S+)", line)
+        assert m, f"no listening line: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        yield proc, m.group(1)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SYNCREF, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_serve_token_call_and_clean_stop(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with serve(data) as (proc, base):
+        minted = run("token", "mint", "--data", str(data), "--scopes", "sync.subscribe,sync.append",
+                     "--streams", "demo.*", "--json")
+        assert minted.returncode == 0, minted.stderr
+        token = json.loads(minted.stdout)["token"]
+        res = http("POST", f"{base}/v1/database/autopilot-sync/call/append_sync_event",
+                   json.dumps([S, "k1", "1", {"none": []}, {"none": []}]),
+                   {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        assert res.status == 200
+        denied = http("POST", f"{base}/v1/database/autopilot-sync/call/append_sync_event",
+                      json.dumps(["other", "k1", "1", {"none": []}, {"none": []}]),
+                      {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        assert denied.status == 530 and denied.text.startswith("forbidden_stream")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "stopped cleanly" in out
+    checked = run("verify-log", "--data", str(data), "--json")
+    report = json.loads(checked.stdout)
+    assert checked.returncode == 0 and report["ok"] and report["clean_shutdown"] and report["records"] == 1
+
+
+def test_busy_port_locked_dir_and_unusable_dir(tmp_path: Path) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    busy = run("serve", "--data", str(tmp_path / "a"), "--port", str(port))
+    sock.close()
+    assert busy.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in busy.stderr
+    assert "Traceback" not in busy.stderr
+    with serve(tmp_path / "b"):
+        locked = run("serve", "--data", str(tmp_path / "b"), "--port", "0")
+        assert locked.returncode == 2 and "in use by another process" in locked.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    bad = run("serve", "--data", str(blocker / "sub"), "--port", "0")
+    assert bad.returncode == 2 and "is not usable" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bad_config_is_one_line(tmp_path: Path) -> None:
+    for text, needle in (("[limits]\nmax_queue = 3\n", "unknown key(s) max_queue"),
+                         ("[limits\n", "not valid TOML"),
+                         ("[limits]\nping_interval_s = 'x'\n", "expected float"),
+                         ("[compat]\nmin_client_build_id = 'yesterday'\n", "not well formed"),
+                         ("[auth]\ndefault_scopes = ['root']\n", "default_scopes")):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(text)
+        res = run("serve", "--data", str(tmp_path / "d"), "--port", "0", "--config", str(cfg))
+        assert res.returncode == 2, text
+        assert "bad config" in res.stderr and needle in res.stderr, (text, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_dev_warns_and_mints_anonymous(tmp_path: Path) -> None:
+    proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(tmp_path), "--port", "0", "--dev"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        warning = proc.stderr.readline()
+        assert "WARNING: --dev" in warning
+        base = re.search(r"(http://\S+)", proc.stdout.readline()).group(1)  # type: ignore[union-attr]
+        assert http("POST", f"{base}/v1/identity").status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def test_token_mint_errors(tmp_path: Path) -> None:
+    res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.root")
+    assert res.returncode == 2 and "unknown scope(s) sync.root" in res.stderr
+    res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--ttl", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_trace_decodes_frames(tmp_path: Path) -> None:
+    from adapters import bsatn, wire
+    call = wire.encode_client(wire.CallReducer(5, 0, "append_sync_event", bsatn.encode_args(
+        "append_sync_event", (S, "k", '{"a":1}', None, 3))))
+    err = wire.frame_server(wire.encode_server(wire.SubscriptionError(
+        7, 2, 'stale_cursor: {"reasons":["epoch_changed"]}')), wire.Compression.NONE)
+    capture = tmp_path / "cap.txt"
+    capture.write_text(f"# captured\nc2s {call.hex()}\ns2c {err.hex()}\n")
+    res = run("trace", str(capture))
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert len(lines) == 2
+    assert "append_sync_event" in res.stdout and '"k"' in res.stdout and "stale_cursor" in res.stdout
+    bad = run("trace", "--hex", "ff00", "--direction", "c2s")
+    assert bad.returncode == 0 and "error" in bad.stdout  # a malformed frame is reported, not raised
+
+
+def test_readme_quickstart_serve_command_exists() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Quickstart", 1)[1].split("```", 2)[1]
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip() and "sh" != line.strip()]
+    assert commands == ["./run serve", "./run test"], commands
+    assert os.access(Path(__file__).resolve().parents[2] / "run", os.X_OK)
