@@ -252,7 +252,8 @@ def trace(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the reference server (SQLite in a local data directory)")
-    s.add_argument("--data", default=DEFAULT_DATA_DIR, metavar="DIR", help=f"data directory (default {DEFAULT_DATA_DIR})")
+    s.add_argument("--data", default=DEFAULT_DATA_DIR, metavar="DIR",
+                   help=f"data directory (default {DEFAULT_DATA_DIR})")
     s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="port (default 3000; 0 picks a free one)")
     s.add_argument("--database", default=None, help=f"database name (default {DEFAULT_DATABASE})")

@@ -44,7 +44,7 @@ import prometheus_client as prom
 from aiohttp import WSMsgType, web
 
 from adapters import satsjson, wire
-from adapters.auth import AuthConfig, AuthError, Authenticator, KeyStore, Verified
+from adapters.auth import AuthConfig, Authenticator, AuthError, KeyStore, Verified
 from adapters.bsatn import BsatnError
 from reference.durability import GroupCommitWriter, LogStore, restart, shutdown
 from reference.engine import Engine
@@ -544,7 +544,8 @@ class SyncServer:
         refused = self._admit(verified)
         if refused is not None:
             return refused
-        ws = web.WebSocketResponse(protocols=(chosen,), autoping=False, max_msg_size=self.config.limits.max_message_size)
+        ws = web.WebSocketResponse(protocols=(chosen,), autoping=False,
+                                   max_msg_size=self.config.limits.max_message_size)
         ws.headers["spacetime-identity"] = verified.claims.identity
         if minted is not None:
             ws.headers["spacetime-identity-token"] = minted
@@ -697,7 +698,8 @@ class SyncServer:
             code, text, cause = m.CLOSE_PROTOCOL, reason[len(f"{m.CLOSE_PROTOCOL}: "):], "protocol"
         else:
             code, text, cause = 1000, reason, "engine"
-        asyncio.ensure_future(self._close(s, code, text, cause))
+        task = asyncio.ensure_future(self._close(s, code, text, cause))
+        s.tasks.append(task)
 
     async def _close(self, s: Session, code: int, reason: str, cause: str) -> None:
         if s.closing:

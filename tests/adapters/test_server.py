@@ -399,7 +399,8 @@ def test_acknowledged_writes_survive_restart(tmp_path: Path) -> None:
     with running_server(tmp_path) as st:
         tok = st.token()
         for i in range(20):
-            assert call_http(st, tok, "append_sync_event", [S, f"k{i}", str(i), {"none": []}, {"none": []}]).status == 200
+            res = call_http(st, tok, "append_sync_event", [S, f"k{i}", str(i), {"none": []}, {"none": []}])
+            assert res.status == 200
     with running_server(tmp_path) as st:
         a = WireClient(st, st.token())
         applied = a.subscribe(1, f"SELECT * FROM sync_stream WHERE stream_id = '{S}'")

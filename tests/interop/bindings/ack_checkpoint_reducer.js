@@ -1,0 +1,12 @@
+// Hand-written to the shape `spacetime generate --lang typescript` (cli 2.x) emits, as plain ESM
+// JavaScript, from DESIGN §2. test_bindings_match_schema.py checks it against spec/schema.py.
+
+/* eslint-disable */
+import { t as __t } from "spacetimedb";
+
+export default {
+  clientId: __t.string(),
+  streamId: __t.string(),
+  epoch: __t.u64(),
+  seq: __t.u64(),
+};

@@ -1,0 +1,11 @@
+// Hand-written to the shape `spacetime generate --lang typescript` (cli 2.x) emits, as plain ESM
+// JavaScript, from DESIGN §2. test_bindings_match_schema.py checks it against spec/schema.py.
+
+/* eslint-disable */
+import { t as __t } from "spacetimedb";
+
+export default {
+  outboxId: __t.string(),
+  error: __t.string(),
+  retryAfterMs: __t.u64(),
+};

@@ -1,0 +1,13 @@
+// Hand-written to the shape `spacetime generate --lang typescript` (cli 2.x) emits, as plain ESM
+// JavaScript, from DESIGN §2. test_bindings_match_schema.py checks it against spec/schema.py.
+
+/* eslint-disable */
+import { t as __t } from "spacetimedb";
+
+export default __t.row({
+  streamId: __t.string().name("stream_id"),
+  kind: __t.string(),
+  payload: __t.string(),
+  sender: __t.identity(),
+  at: __t.timestamp(),
+});

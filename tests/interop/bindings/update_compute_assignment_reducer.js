@@ -1,0 +1,13 @@
+// Hand-written to the shape `spacetime generate --lang typescript` (cli 2.x) emits, as plain ESM
+// JavaScript, from DESIGN §2. test_bindings_match_schema.py checks it against spec/schema.py.
+
+/* eslint-disable */
+import { t as __t } from "spacetimedb";
+
+export default {
+  requestId: __t.string(),
+  expectedVersion: __t.u64(),
+  status: __t.string(),
+  providerId: __t.option(__t.string()),
+  resultJson: __t.option(__t.string()),
+};
