@@ -135,6 +135,6 @@ def test_trace_decodes_frames(tmp_path: Path) -> None:
 def test_readme_quickstart_serve_command_exists() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = readme.split("## Quickstart", 1)[1].split("```", 2)[1]
-    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip() and "sh" != line.strip()]
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip() and line.strip() != "sh"]
     assert commands == ["./run serve", "./run test"], commands
     assert os.access(Path(__file__).resolve().parents[2] / "run", os.X_OK)
