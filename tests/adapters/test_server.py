@@ -110,6 +110,7 @@ def test_server_prefers_v3_and_echoes_it(tmp_path: Path) -> None:
 
 
 def test_compat_window_426(tmp_path: Path) -> None:
+    """COMPAT-1 at the upgrade and on HTTP: the first failing check decides the 426 body."""
     window = CompatWindow(min_client_build_id="20260601T000000Z")
     with running_server(tmp_path, window=window) as st:
         old = st.token(client_build_id="20260101T000000Z", protocol_version="oa.sync.v1", schema_version=1)
@@ -130,6 +131,8 @@ def test_compat_window_426(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_subscribe_call_and_live_update(tmp_path: Path, version: int) -> None:
+    """IDEM-1/IDEM-2 and DELIV-1/DELIV-2 over the wire: the caller gets its ReducerResult with its rows,
+    others a TransactionUpdate; a retry returns the existing seq; a resume query sees only what is after W."""
     with running_server(tmp_path) as st:
         a = WireClient(st, st.token(), version=version)
         b = WireClient(st, st.token(), version=version)
@@ -170,6 +173,7 @@ def test_subscribe_call_and_live_update(tmp_path: Path, version: int) -> None:
 
 
 def test_event_table_rows_are_event_updates(tmp_path: Path) -> None:
+    """EVT-1: event rows travel as EventTableRows, never in a snapshot."""
     with running_server(tmp_path) as st:
         a = WireClient(st, st.token())
         applied = a.subscribe(1, f"SELECT * FROM stream_signal WHERE stream_id = '{S}'")
@@ -185,6 +189,7 @@ def test_event_table_rows_are_event_updates(tmp_path: Path) -> None:
 
 
 def test_bad_query_keeps_socket_open_and_forbidden_stream(tmp_path: Path) -> None:
+    """AUTH-1: a query pinning an ungranted stream is refused with no details; bad queries keep the socket."""
     with running_server(tmp_path) as st:
         a = WireClient(st, st.token(streams=["demo.*"]))
         err = a.subscribe(3, "SELECT nope FROM sync_event")
@@ -200,6 +205,7 @@ def test_bad_query_keeps_socket_open_and_forbidden_stream(tmp_path: Path) -> Non
 
 
 def test_stale_cursor_is_a_subscription_error(tmp_path: Path) -> None:
+    """STALE-1 over the wire: a resume from another epoch is a stale_cursor SubscriptionError."""
     with running_server(tmp_path) as st:
         a = WireClient(st, st.token())
         a.call("append_sync_event", S, "k1", "1", None, None)
@@ -264,6 +270,7 @@ def test_unknown_reducer_and_unsubscribe(tmp_path: Path) -> None:
 
 
 def test_http_call_and_sql(tmp_path: Path) -> None:
+    """AUTH-2 on the HTTP call route (530 forbidden_stream), SEQ-4 (sequence_conflict), SQL row-filtered (AUTH-1)."""
     with running_server(tmp_path) as st:
         tok = st.token(streams=["demo.*"])
         ok = call_http(st, tok, "append_sync_event", [S, "k1", '{"a":1}', {"none": []}, {"some": 1}])
@@ -343,6 +350,7 @@ def test_max_message_size(tmp_path: Path) -> None:
 
 
 def test_slow_consumer_is_dropped_others_unaffected(tmp_path: Path) -> None:
+    """SLOW-1 over real sockets: a client that does not read is dropped (1008, slow_consumer); others flow."""
     with running_server(tmp_path, limits=with_limits(max_outbound_queue=16)) as st:
         slow = RawSocketClient(st, st.token(), rcvbuf=4096)  # never reads
         assert b"101" in slow.status_line
@@ -385,6 +393,7 @@ def test_idle_peer_is_dropped(tmp_path: Path) -> None:
 
 
 def test_confirmed_reads_wait_for_durability(tmp_path: Path) -> None:
+    """CONF-1: a confirmed-read client hears of an offset only once it is durable."""
     with running_server(tmp_path) as st:
         a = WireClient(st, st.token(), confirmed=True)
         a.subscribe(1, SUB_EVENTS)
@@ -396,6 +405,7 @@ def test_confirmed_reads_wait_for_durability(tmp_path: Path) -> None:
 
 
 def test_acknowledged_writes_survive_restart(tmp_path: Path) -> None:
+    """DUR-1: every write acknowledged over HTTP (200 after durability) survives a restart."""
     with running_server(tmp_path) as st:
         tok = st.token()
         for i in range(20):
@@ -408,3 +418,25 @@ def test_acknowledged_writes_survive_restart(tmp_path: Path) -> None:
         (stream,) = wire.decode_rows("sync_stream", applied.rows.tables[0].rows)
         assert isinstance(stream, SyncStream) and stream.head_seq == 20 and stream.epoch == 1  # clean restart
         a.close()
+
+
+def test_equal_updates_are_encoded_once(tmp_path: Path) -> None:
+    """Subscribers with the same queries (and query set id) get byte-identical frames from one encoding."""
+    with running_server(tmp_path) as st:
+        subs = [WireClient(st, st.token()) for _ in range(4)]
+        for c in subs:
+            assert isinstance(c.subscribe(1, SUB_EVENTS), wire.SubscribeApplied)
+            c.frames.clear()
+        before = st.call(lambda: st.server.metrics.encode_hits._value.get())
+        tok = st.token()
+        for i in range(3):
+            res = call_http(st, tok, "append_sync_event", [S, f"k{i}", str(i), {"none": []}, {"none": []}])
+            assert res.status == 200
+        for c in subs:
+            for _ in range(3):
+                assert isinstance(c.recv(), wire.TransactionUpdate)
+        assert all(c.frames == subs[0].frames for c in subs)
+        hits = st.call(lambda: st.server.metrics.encode_hits._value.get()) - before
+        assert hits == 3 * (len(subs) - 1)  # each update encoded once, shared three times
+        for c in subs:
+            c.close()

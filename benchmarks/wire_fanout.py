@@ -1,0 +1,137 @@
+"""End-to-end fanout over real sockets: one writer, N subscribers, the whole server in between.
+
+Method (results in ``docs/performance.md``): a :class:`adapters.server.SyncServer` runs on its own
+event-loop thread with a fresh data directory (SQLite WAL, synchronous=FULL, group commit).  N
+subscriber connections (v2, ``compression=None``, confirmed reads on: the default) subscribe to
+one stream; one writer connection calls ``append_sync_event`` over the WebSocket, pipelining up to
+``--window`` calls.  Each subscriber reads in its own thread (``websockets.sync``).  Reported:
+
+* appends per second until every subscriber has received the last one (so the rate includes
+  durability, fanout, encoding and N socket writes per transaction);
+* the encode-sharing ratio: subscriber update frames / update bodies encoded (from
+  ``syncref_encode_cache_hits``), which is N when every update is encoded once and shared;
+* the median and p99 latency from the writer's call to a subscriber's receipt.
+
+Run: ``.venv/bin/python benchmarks/wire_fanout.py [--subscribers 1 8 32] [--appends 2000] [--json]``.
+Nothing asserts on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from websockets.sync.client import connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters import bsatn, wire  # noqa: E402
+from adapters.auth import AuthConfig, Authenticator, KeyStore  # noqa: E402
+from adapters.server import ServerConfig, SyncServer  # noqa: E402
+from spec.schema import SCOPES  # noqa: E402
+
+STREAM = "bench.s"
+
+
+def _client(port: int, token: str) -> Any:
+    ws = connect(f"ws://127.0.0.1:{port}/v1/database/autopilot-sync/subscribe?token={token}&compression=None",
+                 subprotocols=["v2.bsatn.spacetimedb"], max_size=None)  # type: ignore[list-item]
+    first = wire.decode_server_frame(ws.recv(), 2)[0]
+    assert isinstance(first, wire.InitialConnection)
+    return ws
+
+
+def run(subscribers: int, appends: int, window: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = asyncio.new_event_loop()
+        server = SyncServer(ServerConfig(data_dir=Path(tmp), port=0))
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+        auth = Authenticator(AuthConfig(), KeyStore.load_or_create(Path(tmp)))
+        token = auth.mint(scopes=frozenset(SCOPES), streams=("*",), ttl_s=3600)
+        sent_at: dict[int, float] = {}
+        latencies: list[float] = []
+        lock = threading.Lock()
+        subs = [_client(server.port, token) for _ in range(subscribers)]
+        for ws in subs:
+            ws.send(wire.encode_client(wire.Subscribe(1, 1, (f"SELECT * FROM sync_event WHERE stream_id = '{STREAM}'",))))
+            assert isinstance(wire.decode_server_frame(ws.recv(), 2)[0], wire.SubscribeApplied)
+
+        def reader(ws: Any) -> None:
+            got = 0
+            while got < appends:
+                for msg in wire.decode_server_frame(ws.recv(), 2):
+                    if isinstance(msg, wire.TransactionUpdate):
+                        for row in wire.decode_rows("sync_event", msg.query_sets[0].tables[0].rows[0].inserts):  # type: ignore[union-attr]
+                            with lock:
+                                latencies.append(time.perf_counter() - sent_at[row.seq])  # type: ignore[attr-defined]
+                            got += 1
+
+        threads = [threading.Thread(target=reader, args=(ws,)) for ws in subs]
+        for t in threads:
+            t.start()
+        writer = _client(server.port, token)
+        started = time.perf_counter()
+        acked = 0
+        for i in range(appends):
+            with lock:
+                sent_at[i + 1] = time.perf_counter()
+            writer.send(wire.encode_client(wire.CallReducer(i, 0, "append_sync_event", bsatn.encode_args(
+                "append_sync_event", (STREAM, f"k{i}", json.dumps({"i": i, "pad": "x" * 40}), None, i + 1)))))
+            while i + 1 - acked >= window:
+                for msg in wire.decode_server_frame(writer.recv(), 2):
+                    if isinstance(msg, wire.ReducerResult):
+                        assert isinstance(msg.outcome, wire.ReducerOk)
+                        acked += 1
+        while acked < appends:
+            for msg in wire.decode_server_frame(writer.recv(), 2):
+                if isinstance(msg, wire.ReducerResult):
+                    acked += 1
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+
+        async def counters() -> tuple[float, float]:
+            m = server.metrics
+            return m.frames_out._value.get(), m.encode_hits._value.get()
+
+        frames, hits = asyncio.run_coroutine_threadsafe(counters(), loop).result(10)
+        for ws in [*subs, writer]:
+            ws.close()
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        lat = sorted(latencies)
+        return {"subscribers": subscribers, "appends": appends, "window": window,
+                "appends_per_s": round(appends / elapsed), "seconds": round(elapsed, 2),
+                "frames_sent": int(frames), "shared_encodings": int(hits),
+                "update_frames_per_encoding": round(subscribers * appends / max(1.0, subscribers * appends - hits), 2),
+                "latency_ms_p50": round(statistics.median(lat) * 1000, 2),
+                "latency_ms_p99": round(lat[int(len(lat) * 0.99) - 1] * 1000, 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--subscribers", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--appends", type=int, default=2000)
+    p.add_argument("--window", type=int, default=32, help="calls in flight")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    results = [run(n, args.appends, args.window) for n in args.subscribers]
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(r)
+
+
+if __name__ == "__main__":
+    main()
