@@ -1,7 +1,8 @@
 """End-to-end fanout over real sockets: one writer, N subscribers, the whole server in between.
 
-Method (results in ``docs/performance.md``): a :class:`adapters.server.SyncServer` runs on its own
-event-loop thread with a fresh data directory (SQLite WAL, synchronous=FULL, group commit).  N
+Method (results in ``docs/performance.md``): ``syncref serve`` runs as its own process (so the
+clients below do not share its interpreter lock) on a fresh data directory (SQLite WAL,
+synchronous=FULL, group commit).  N
 subscriber connections (v2, ``compression=None``, confirmed reads on: the default) subscribe to
 one stream; one writer connection calls ``append_sync_event`` over the WebSocket, pipelining up to
 ``--window`` calls.  Each subscriber reads in its own thread (``websockets.sync``).  Reported:
@@ -19,7 +20,6 @@ Nothing asserts on timings.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters import bsatn, wire  # noqa: E402
 from adapters.auth import AuthConfig, Authenticator, KeyStore  # noqa: E402
-from adapters.server import ServerConfig, SyncServer  # noqa: E402
 from spec.schema import SCOPES  # noqa: E402
 
 STREAM = "bench.s"
@@ -49,19 +48,30 @@ def _client(port: int, token: str) -> Any:
     return ws
 
 
+def _metric(port: int, name: str) -> float:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
 def run(subscribers: int, appends: int, window: int) -> dict[str, Any]:
+    import re
+    import signal
+    import subprocess
     with tempfile.TemporaryDirectory() as tmp:
-        loop = asyncio.new_event_loop()
-        server = SyncServer(ServerConfig(data_dir=Path(tmp), port=0))
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+        proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--data", tmp, "--port", "0"],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        port = int(re.search(r":(\d+) ", proc.stdout.readline()).group(1))  # type: ignore[union-attr]
         auth = Authenticator(AuthConfig(), KeyStore.load_or_create(Path(tmp)))
         token = auth.mint(scopes=frozenset(SCOPES), streams=("*",), ttl_s=3600)
         sent_at: dict[int, float] = {}
         latencies: list[float] = []
         lock = threading.Lock()
-        subs = [_client(server.port, token) for _ in range(subscribers)]
+        subs = [_client(port, token) for _ in range(subscribers)]
         for ws in subs:
             ws.send(wire.encode_client(wire.Subscribe(1, 1, (f"SELECT * FROM sync_event WHERE stream_id = '{STREAM}'",))))
             assert isinstance(wire.decode_server_frame(ws.recv(), 2)[0], wire.SubscribeApplied)
@@ -79,7 +89,7 @@ def run(subscribers: int, appends: int, window: int) -> dict[str, Any]:
         threads = [threading.Thread(target=reader, args=(ws,)) for ws in subs]
         for t in threads:
             t.start()
-        writer = _client(server.port, token)
+        writer = _client(port, token)
         started = time.perf_counter()
         acked = 0
         for i in range(appends):
@@ -100,15 +110,12 @@ def run(subscribers: int, appends: int, window: int) -> dict[str, Any]:
             t.join()
         elapsed = time.perf_counter() - started
 
-        async def counters() -> tuple[float, float]:
-            m = server.metrics
-            return m.frames_out._value.get(), m.encode_hits._value.get()
-
-        frames, hits = asyncio.run_coroutine_threadsafe(counters(), loop).result(10)
+        frames = _metric(port, "syncref_frames_sent_total")
+        hits = _metric(port, "syncref_encode_cache_hits_total")
         for ws in [*subs, writer]:
             ws.close()
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
         lat = sorted(latencies)
         return {"subscribers": subscribers, "appends": appends, "window": window,
                 "appends_per_s": round(appends / elapsed), "seconds": round(elapsed, 2),

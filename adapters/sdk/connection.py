@@ -22,12 +22,13 @@ retrying cannot fix (HTTP 400/401/403/404/426, before the upgrade) stops it and 
 :meth:`Connection.connect` and from every waiting call.
 
 Calls: ``await conn.call(reducer, *args)`` encodes the arguments with :mod:`adapters.bsatn` (a
-wrong argument is a :class:`~spec.errors.LocalProtocolError` before anything is sent), waits for a
-connection if there is none, and returns a :class:`ReducerOutcome` with the decoded return value
-(``append_sync_event``'s seq), or raises :class:`~adapters.sdk.errors.ReducerError` (with the parsed
-:class:`~spec.errors.SyncError`), :class:`~adapters.sdk.errors.ReducerInternalError`,
-:class:`~adapters.sdk.errors.CallTimeout` or :class:`~adapters.sdk.errors.ConnectionLost` (the
-call may have run; calls are idempotent by key, so retry).  The backoff's RNG and the sleep are
+wrong argument is a :class:`~spec.errors.LocalProtocolError` before anything is sent), starts the
+connection if :meth:`Connection.connect` was not called yet and waits for it, and returns a
+:class:`ReducerOutcome` with the decoded return value (``append_sync_event``'s seq), or raises
+:class:`~adapters.sdk.errors.ReducerError` (with the parsed :class:`~spec.errors.SyncError`),
+:class:`~adapters.sdk.errors.ReducerInternalError`, :class:`~adapters.sdk.errors.CallTimeout` or
+:class:`~adapters.sdk.errors.ConnectionLost` (the call may have run; calls are idempotent by key,
+so retry).  The backoff's RNG and the sleep are
 injectable, so tests control time.
 """
 
@@ -184,13 +185,15 @@ class Connection:
 
     async def connect(self) -> ConnectInfo:
         """Start (if needed) and wait for a connection; raises a permanent refusal."""
-        if self._task is None:
-            if self._closing:
-                raise ConnectionClosed("this connection was closed")
-            self._task = asyncio.create_task(self._supervise(), name=f"syncref-sdk:{self.ws_url}")
+        self._start()
         await self._wait_connected()
         assert self.info is not None
         return self.info
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._check_open()
+            self._task = asyncio.create_task(self._supervise(), name=f"syncref-sdk:{self.ws_url}")
 
     async def close(self) -> None:
         """Close for good: no reconnect, every subscription ends, waiting calls raise ConnectionClosed."""
@@ -271,6 +274,7 @@ class Connection:
         limit = self.call_timeout if timeout is _DEFAULT else timeout
         loop = asyncio.get_running_loop()
         rid: int | None = None
+        self._start()
         try:
             async with asyncio.timeout(limit):
                 await self._wait_connected()
@@ -468,13 +472,13 @@ class Connection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(1011, "client error"), 2)
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
             self._ws = self._out = None
             lost = self.session.disconnected()
             self._fail_calls(lost, ConnectionLost("connection lost before the result arrived"))
             self._fail_calls(list(self._calls), ConnectionLost("connection lost before the result arrived"))
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
         code = ws.close_code
         return DisconnectInfo(code, ws.close_reason or "", error, self.reconnect and not self._closing)
 

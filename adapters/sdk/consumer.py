@@ -49,7 +49,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from adapters.sdk.checkpoints import ApplyFn, CheckpointStore
-from adapters.sdk.errors import CallTimeout, ConnectionLost, ReducerError, ReducerInternalError, SubscriptionFailed
+from adapters.sdk.errors import (
+    CallTimeout,
+    ConnectionClosed,
+    ConnectionLost,
+    ReducerError,
+    ReducerInternalError,
+    SdkError,
+    SubscriptionFailed,
+)
 from adapters.sdk.rows import TableChange
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Subscription, TablesCallback
 from spec.client import apply_rule, resume_queries
@@ -283,7 +291,7 @@ class ConsumerConnection(Protocol):
 class _Item:
     sub: Subscription
     query_set_id: int | None
-    kind: str  # applied, update, error
+    kind: str  # applied, update, error, end
     tables: tuple[TableChange, ...] = ()
     error: SubscriptionFailed | None = None
 
@@ -377,7 +385,8 @@ class StreamConsumer:
             self.core.queries, cached=False,
             on_applied=lambda sub, tables: self._enqueue(_Item(sub, sub.query_set_id, "applied", tables)),
             on_update=lambda sub, tables: self._enqueue(_Item(sub, sub.query_set_id, "update", tables)),
-            on_error=lambda sub, err: self._enqueue(_Item(sub, sub.query_set_id, "error", error=err)))
+            on_error=lambda sub, err: self._enqueue(_Item(sub, sub.query_set_id, "error", error=err)),
+            on_end=lambda sub: self._enqueue(_Item(sub, sub.query_set_id, "end")))
 
     def _drop_subscription(self) -> None:
         sub, self._sub = self._sub, None
@@ -395,12 +404,17 @@ class StreamConsumer:
             item = await self._queue.get()
             if item.sub is not self._sub or item.query_set_id != item.sub.query_set_id:
                 continue  # an older incarnation of the query set
-            if item.kind == "error":
-                assert item.error is not None
-                actions = self.core.on_error(item.error)
-            else:
-                actions = self.core.on_rows(item.tables, snapshot=item.kind == "applied")
-            await self._perform(actions)
+            try:
+                if item.kind == "end":  # not dropped by us: the connection was closed for good
+                    actions: list[Action] = [Fail(ConnectionClosed(f"{self.stream_id}: the connection was closed"))]
+                elif item.kind == "error":
+                    assert item.error is not None
+                    actions = self.core.on_error(item.error)
+                else:
+                    actions = self.core.on_rows(item.tables, snapshot=item.kind == "applied")
+                await self._perform(actions)
+            except Exception as exc:  # e.g. the connection was closed for good, or the store failed
+                await self._fail(exc)
             async with self._progress:
                 self._progress.notify_all()
 
@@ -478,4 +492,7 @@ class StreamConsumer:
                     continue
                 except (ReducerError, ReducerInternalError) as exc:
                     log.warning("%s: ack %s refused: %s", self.stream_id, target, exc)
+                except SdkError as exc:  # closed for good (or refused for good): nothing left to ack on
+                    log.warning("%s: acks stopped: %s", self.stream_id, exc)
+                    return
                 self.acked = target

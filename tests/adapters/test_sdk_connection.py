@@ -1,0 +1,486 @@
+"""The SDK connection against a scripted in-process server (aiohttp) speaking the real wire codec.
+
+The fake server is deliberately small: it answers the token exchange, upgrades with SpacetimeDB's
+subprotocol preference, sends InitialConnection, records every client frame and then does what
+each test scripts.  Time is injected: the backoff's sleep records its delays and returns at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from adapters import wire
+from adapters.bsatn import encode_ret, encode_row
+from adapters.sdk import (
+    V2,
+    V3,
+    Backoff,
+    CallTimeout,
+    ConnectError,
+    Connection,
+    ConnectionLost,
+    DisconnectInfo,
+    ReducerError,
+    ReducerInternalError,
+    SubscriptionFailed,
+    SubState,
+)
+from spec.errors import ErrorCode, LocalProtocolError, SyncError
+from spec.values import SessionPresence
+
+IDENT = "c200" + "ab" * 30
+ALICE = "c2" + "a" * 62
+
+
+def presence(session: str, status: str = "online") -> SessionPresence:
+    return SessionPresence(session, ALICE, "dev", "node", status, "eu", 1, 2, None)
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 20))
+
+
+Handler = Callable[["Peer", wire.ClientMessage], Awaitable[None]]
+
+
+class Peer:
+    """One server-side WebSocket connection."""
+
+    def __init__(self, ws: web.WebSocketResponse, version: int, params: dict[str, str]) -> None:
+        self.ws, self.version, self.params = ws, version, params
+        self.frames: list[list[wire.ClientMessage]] = []
+
+    async def send(self, *msgs: wire.ServerMessage) -> None:
+        for frame in wire.server_frames(msgs, self.version, wire.Compression.GZIP):
+            await self.ws.send_bytes(frame)
+
+
+class FakeServer:
+    def __init__(self, *, token_status: int = 200, upgrade_status: list[int] | None = None,
+                 protocols: tuple[str, ...] = (V3, V2)) -> None:
+        self.token_status, self.upgrade_status, self.protocols = token_status, upgrade_status or [], protocols
+        self.peers: list[Peer] = []
+        self.auth_headers: list[str | None] = []
+        self.handler: Handler = self.default
+        self.rows: list[SessionPresence] = [presence("a")]
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+        self.new_peer = asyncio.Event()
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/identity/websocket-token", self.token)
+        app.router.add_get("/v1/database/{db}/subscribe", self.subscribe)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.auth_headers.append(request.headers.get("Authorization"))
+        if self.token_status != 200:
+            return web.Response(status=self.token_status, text="token expired")
+        return web.json_response({"token": "short-lived"})
+
+    async def subscribe(self, request: web.Request) -> web.StreamResponse:
+        if self.upgrade_status:
+            return web.Response(status=self.upgrade_status.pop(0), text="not now")
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        chosen = next((p for p in self.protocols if p in offered), None)
+        ws = web.WebSocketResponse(protocols=(chosen,) if chosen else (), autoping=True)
+        await ws.prepare(request)
+        peer = Peer(ws, 3 if chosen == V3 else 2, dict(request.query))
+        self.peers.append(peer)
+        await peer.send(wire.InitialConnection(IDENT, 42 + len(self.peers), "server-token"))
+        self.new_peer.set()
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY:
+                break
+            msgs = wire.decode_client_frame(msg.data, peer.version)
+            peer.frames.append(msgs)
+            for m in msgs:
+                await self.handler(peer, m)
+        return ws
+
+    async def default(self, peer: Peer, m: wire.ClientMessage) -> None:
+        if isinstance(m, wire.Subscribe):
+            rows = wire.RowList.of([encode_row(r) for r in self.rows])
+            await peer.send(wire.SubscribeApplied(m.request_id, m.query_set_id,
+                                                  wire.QueryRows((wire.SingleTableRows("session_presence", rows),))))
+        elif isinstance(m, wire.Unsubscribe):
+            await peer.send(wire.UnsubscribeApplied(m.request_id, m.query_set_id, None))
+        elif isinstance(m, wire.CallReducer):
+            await peer.send(wire.ReducerResult(m.request_id, 123, wire.ReducerOk(
+                encode_ret(m.reducer, 7 if m.reducer == "append_sync_event" else None),
+                wire.TransactionUpdate(()))))
+
+    async def wait_peers(self, n: int) -> Peer:
+        while len(self.peers) < n:
+            self.new_peer.clear()
+            await self.new_peer.wait()
+        return self.peers[n - 1]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def sleep(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+def client(server: FakeServer, clock: Clock, **kw: Any) -> Connection:
+    kw.setdefault("backoff", Backoff(base=0.5, cap=4.0, jitter=0.5, rng=lambda: 0.0))
+    return Connection(server.url, "autopilot-sync", kw.pop("token", "long-lived"), sleep=clock.sleep, **kw)
+
+
+async def until(pred: Callable[[], bool]) -> None:
+    while not pred():
+        await asyncio.sleep(0.005)
+
+
+# --- connect ---------------------------------------------------------------------------------------
+
+
+def test_connect_exchanges_the_token_and_negotiates_v3() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        clock = Clock()
+        conn = client(server, clock, confirmed=False)
+        info = await conn.connect()
+        assert (info.identity, info.connection_id, info.protocol, info.version) == (IDENT, 43, V3, 3)
+        assert server.auth_headers == ["Bearer long-lived"]
+        assert server.peers[0].params == {"token": "short-lived", "compression": "Gzip", "confirmed": "false"}
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+@pytest.mark.parametrize(("offer", "version"), [((V2,), 2), ((V3,), 3), ((V2, V3), 3)])
+def test_the_server_preference_decides_among_what_was_offered(offer: tuple[str, ...], version: int) -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock(), protocols=offer, token=None, compression="None")
+        info = await conn.connect()
+        assert info.version == version and server.auth_headers == []
+        assert server.peers[0].params == {"compression": "None"}
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_bad_configuration_is_a_caller_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        Connection("http://h", protocols=("v1.json.spacetimedb",))
+    with pytest.raises(LocalProtocolError):
+        Connection("ftp://h")
+    with pytest.raises(ValueError):
+        Connection("http://h", compression="zstd")
+
+
+def test_a_refused_token_is_permanent() -> None:
+    async def body() -> None:
+        server = FakeServer(token_status=401)
+        await server.start()
+        clock = Clock()
+        conn = client(server, clock)
+        with pytest.raises(ConnectError) as info:
+            await conn.connect()
+        assert info.value.status == 401 and info.value.permanent and clock.delays == []
+        with pytest.raises(ConnectError):
+            await conn.call("ack_checkpoint", "c", "s", 1, 1)
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_transient_refusals_back_off_then_connect() -> None:
+    async def body() -> None:
+        server = FakeServer(upgrade_status=[503, 502, 500])
+        await server.start()
+        clock = Clock()
+        errors: list[BaseException] = []
+        conn = client(server, clock, on_connect_error=lambda e, d: errors.append(e))
+        await conn.connect()
+        assert clock.delays == [0.25, 0.5, 1.0]  # rng 0 with jitter 0.5: half of 0.5, 1, 2
+        assert [e.status for e in errors if isinstance(e, ConnectError)] == [503, 502, 500]
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_an_upgrade_refusal_like_426_is_permanent() -> None:
+    async def body() -> None:
+        server = FakeServer(upgrade_status=[426])
+        await server.start()
+        conn = client(server, Clock())
+        with pytest.raises(ConnectError) as info:
+            await conn.connect()
+        assert info.value.status == 426 and "not now" in info.value.message
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+# --- subscriptions and calls ---------------------------------------------------------------------------
+
+
+def test_subscribe_applies_into_the_cache() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock())
+        sub = conn.subscribe(["SELECT * FROM session_presence"])  # before connecting: sent on connect
+        await conn.connect()
+        await conn.applied(sub)
+        assert conn.cache.table("session_presence").find("a") == presence("a")
+        sub.unsubscribe()
+        await until(lambda: sub.state is SubState.ENDED)
+        assert len(conn.cache.table("session_presence")) == 0
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_v3_frames_may_carry_several_messages_both_ways() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+
+        async def batched(peer: Peer, m: wire.ClientMessage) -> None:
+            if isinstance(m, wire.Subscribe):
+                part = wire.PersistentTableRows(wire.RowList.of([encode_row(presence("b"))]), wire.EMPTY_ROWS)
+                await peer.send(
+                    wire.SubscribeApplied(m.request_id, m.query_set_id, wire.QueryRows(())),
+                    wire.TransactionUpdate((wire.QuerySetUpdate(m.query_set_id, (
+                        wire.TableUpdate("session_presence", (part,)),)),)))
+
+        server.handler = batched
+        conn = client(server, Clock())
+        subs = [conn.subscribe([f"SELECT * FROM session_presence WHERE session_id = '{i}'"]) for i in range(3)]
+        await conn.connect()
+        for s in subs:
+            await conn.applied(s)
+        await until(lambda: conn.cache.table("session_presence").refcount(("b",)) == 3)
+        assert [len(f) for f in server.peers[0].frames] == [3]  # queued before connect: one v3 frame
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_calls_return_decoded_values_and_typed_errors() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conflict = SyncError(ErrorCode.SEQUENCE_CONFLICT, {"actual_next_seq": 8, "expected_next_seq": 5,
+                                                           "stream_id": "s"})
+
+        async def answers(peer: Peer, m: wire.ClientMessage) -> None:
+            if not isinstance(m, wire.CallReducer):
+                return
+            args = m.args
+            if m.reducer == "append_sync_event" and b"conflict" in args:
+                outcome: wire.ReducerOutcome = wire.ReducerErr(encode_string(conflict.render()))
+            elif m.reducer == "append_sync_event" and b"plain" in args:
+                outcome = wire.ReducerErr(encode_string("a SpacetimeDB panic message"))
+            elif m.reducer == "append_sync_event" and b"silent" in args:
+                return
+            elif m.reducer == "append_sync_event":
+                outcome = wire.ReducerOk(encode_ret("append_sync_event", 41), wire.TransactionUpdate(()))
+            else:
+                outcome = wire.ReducerInternalError("no such reducer")
+            await peer.send(wire.ReducerResult(m.request_id, 99, outcome))
+
+        server.handler = answers
+        conn = client(server, Clock())
+        await conn.connect()
+        ok = await conn.call("append_sync_event", "s", "k", "{}", None, None)
+        assert (ok.value, ok.timestamp, ok.reducer) == (41, 99, "append_sync_event")
+        with pytest.raises(ReducerError) as err:
+            await conn.call("append_sync_event", "s", "conflict", "{}", None, 5)
+        assert err.value.error == conflict and err.value.code == "sequence_conflict"
+        with pytest.raises(ReducerError) as plain:
+            await conn.call("append_sync_event", "s", "plain", "{}", None, None)
+        assert plain.value.error is None and plain.value.message == "a SpacetimeDB panic message"
+        with pytest.raises(ReducerInternalError):
+            await conn.call("ack_checkpoint", "c", "s", 1, 1)
+        with pytest.raises(CallTimeout):
+            await conn.call("append_sync_event", "s", "silent", "{}", None, None, timeout=0.2)
+        assert conn.session.calls == {}
+        with pytest.raises(LocalProtocolError):
+            await conn.call("append_sync_event", "s", "k")  # wrong arity: nothing is sent
+        with pytest.raises(LocalProtocolError):
+            await conn.call("no_such", 1)
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def encode_string(text: str) -> bytes:
+    from adapters.bsatn import Writer
+    w = Writer()
+    w.string(text)
+    return w.getvalue()
+
+
+def test_subscription_errors_surface_with_the_parsed_error() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        forbidden = SyncError(ErrorCode.FORBIDDEN_STREAM, {})
+
+        async def refuse(peer: Peer, m: wire.ClientMessage) -> None:
+            if isinstance(m, wire.Subscribe):
+                await peer.send(wire.SubscriptionError(m.request_id, m.query_set_id, forbidden.render()))
+
+        server.handler = refuse
+        conn = client(server, Clock())
+        await conn.connect()
+        sub = conn.subscribe(["SELECT * FROM sync_event WHERE stream_id = 'secret'"])
+        with pytest.raises(SubscriptionFailed) as err:
+            await conn.applied(sub)
+        assert err.value.error == forbidden and sub.state is SubState.FAILED
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+# --- disconnects and reconnects --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "reason", "slow"), [
+    (1011, "Subscription with id 1 already exists", False),
+    (1013, "too many requests", False),
+    (1008, "slow_consumer: outbound queue over 4096 messages", True),
+])
+def test_server_closes_are_reported_and_followed_by_a_resubscribing_reconnect(code: int, reason: str,
+                                                                              slow: bool) -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        clock = Clock()
+        closes: list[DisconnectInfo] = []
+        conn = client(server, clock, on_disconnect=closes.append)
+        sub = conn.subscribe(["SELECT * FROM session_presence"])
+        await conn.connect()
+        await conn.applied(sub)
+        first_qs = sub.query_set_id
+        peer = server.peers[0]
+        await peer.ws.close(code=code, message=reason.encode())
+        second = await server.wait_peers(2)
+        await until(lambda: sub.state is SubState.APPLIED and sub.query_set_id != first_qs)
+        assert closes == [DisconnectInfo(code, reason, None, True)] and closes[0].slow_consumer is slow
+        assert clock.delays == [0.25]
+        (resub,) = second.frames[0]
+        assert isinstance(resub, wire.Subscribe) and resub.query_set_id == sub.query_set_id != first_qs
+        assert conn.connects == 2 and conn.cache.table("session_presence").refcount(("a",)) == 1
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_a_dropped_socket_fails_the_waiting_call_and_reconnects() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        called = asyncio.Event()
+
+        async def hold(peer: Peer, m: wire.ClientMessage) -> None:
+            if isinstance(m, wire.CallReducer):
+                called.set()  # and never answer
+
+        server.handler = hold
+        conn = client(server, Clock())
+        await conn.connect()
+        call = asyncio.create_task(conn.call("ack_checkpoint", "c", "s", 1, 1))
+        await called.wait()
+        conn.abort()
+        with pytest.raises(ConnectionLost):
+            await call
+        await server.wait_peers(2)
+        await until(lambda: conn.connected)
+        server.handler = server.default
+        assert (await conn.call("append_sync_event", "s", "k", "{}", None, None)).value == 7
+        assert conn.disconnects[0].code is None or conn.disconnects[0].code == 1006
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_a_malformed_server_frame_closes_with_1002_and_reconnects() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock())
+        await conn.connect()
+        peer = server.peers[0]
+        await peer.ws.send_bytes(b"\x00\xff\xff")  # tag 0, then no valid message
+        await server.wait_peers(2)
+        await until(lambda: conn.connected)
+        info = conn.disconnects[0]
+        assert info.error is not None and info.will_reconnect
+        assert peer.ws.close_code == 1002
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_without_reconnect_a_drop_is_final() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock(), reconnect=False)
+        await conn.connect()
+        await server.peers[0].ws.close(code=1001, message=b"going away")
+        await until(lambda: not conn.connected and conn.disconnects != [])
+        await asyncio.sleep(0.05)
+        assert len(server.peers) == 1
+        with pytest.raises(ConnectionLost):
+            await conn.call("ack_checkpoint", "c", "s", 1, 1)
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_calls_made_while_disconnected_wait_for_the_connection() -> None:
+    async def body() -> None:
+        server = FakeServer(upgrade_status=[503])
+        await server.start()
+        conn = client(server, Clock())
+        task = asyncio.create_task(conn.call("append_sync_event", "s", "k", "{}", None, None))
+        await conn.connect()
+        assert (await task).value == 7
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_the_token_is_exchanged_again_on_every_reconnect() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock())
+        await conn.connect()
+        await server.peers[0].ws.close(code=1011, message=b"x")
+        await server.wait_peers(2)
+        assert server.auth_headers == ["Bearer long-lived"] * 2
+        assert json.dumps(server.peers[1].params["token"]) == '"short-lived"'
+        await conn.close()
+        await server.stop()
+    run(body())

@@ -1,0 +1,322 @@
+"""The stream consumer's core and its checkpoint store, driven by synthetic decoded rows.
+
+Each test states a delivery-contract rule (DESIGN §3, spec/client.py) and checks it against the
+real SQLite store in a temporary file: what was applied, the durable watermark, the actions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from adapters.bsatn import encode_row
+from adapters.sdk.checkpoints import Checkpoint, CheckpointStore
+from adapters.sdk.consumer import Ack, ConsumerCore, Fail, Rebootstrap, Resubscribe, Stale
+from adapters.sdk.errors import SubscriptionFailed
+from adapters.sdk.rows import DecodedRow, TableChange
+from spec import query as q
+from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError
+from spec.values import Row, SyncEvent, SyncStream
+
+S = "chat.room-1"
+ALICE = "c2" + "a" * 62
+
+
+def ev(seq: int, epoch: int = 1, stream: str = S) -> SyncEvent:
+    return SyncEvent(stream, epoch, seq, f"k{seq}", "sha256:" + f"{seq:064x}", f'{{"n":{seq}}}', ALICE, 10, seq)
+
+
+def st(epoch: int = 1, head: int = 0, floor: int = 1, stream: str = S) -> SyncStream:
+    return SyncStream(stream, "default", "scope", epoch, head, floor, 1000, 1, 2)
+
+
+def d(row: Row) -> DecodedRow:
+    return DecodedRow(row, encode_row(row))
+
+
+def rows(*items: Row, deletes: tuple[Row, ...] = ()) -> tuple[TableChange, ...]:
+    by: dict[str, list[Row]] = {}
+    for r in items:
+        by.setdefault("sync_stream" if isinstance(r, SyncStream) else "sync_event", []).append(r)
+    out = [TableChange(t, inserts=tuple(d(r) for r in rs)) for t, rs in by.items()]
+    if deletes:
+        out.append(TableChange("sync_event", deletes=tuple(d(r) for r in deletes)))
+    return tuple(out)
+
+
+def stale_error(**details: object) -> SubscriptionFailed:
+    return SubscriptionFailed(3, 9, SyncError(ErrorCode.STALE_CURSOR, {"stream_id": S, **details}).render())
+
+
+def app_schema(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS applied (seq INTEGER PRIMARY KEY, payload TEXT)")
+
+
+def applied(store: CheckpointStore) -> list[int]:
+    return [r[0] for r in store.db.execute("SELECT seq FROM applied ORDER BY seq")]
+
+
+def record(tx: sqlite3.Connection, e: SyncEvent) -> None:
+    tx.execute("INSERT INTO applied VALUES (?, ?)", (e.seq, e.payload))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CheckpointStore:
+    s = CheckpointStore(tmp_path / "app.sqlite")
+    app_schema(s.db)
+    return s
+
+
+@pytest.fixture
+def core(store: CheckpointStore) -> ConsumerCore:
+    c = ConsumerCore(store, S, record)
+    c.start()
+    return c
+
+
+def resume_of(action: Resubscribe) -> tuple[str, int, int]:
+    """What the server's stale check reads back out of the resume queries."""
+    (head,), (tail,) = (q.parse(text) for text in action.queries)
+    assert head.table == "sync_stream" and q.pinned_value(head, "stream_id") == S
+    assert tail.table == "sync_event"
+    stream, epoch, low = (q.pinned_value(tail, "stream_id"), q.pinned_value(tail, "epoch"),
+                          q.lower_bound_exclusive(tail, "seq"))
+    assert isinstance(stream, str) and isinstance(epoch, int) and isinstance(low, int)
+    return stream, epoch, low
+
+
+# --- start and resume -------------------------------------------------------------------------------
+
+
+def test_a_new_stream_starts_at_epoch_1_watermark_0_and_persists_that(store: CheckpointStore) -> None:
+    c = ConsumerCore(store, S, record)
+    (action,) = c.start()
+    assert isinstance(action, Resubscribe) and resume_of(action) == (S, 1, 0)
+    cp = store.load(S)
+    assert cp is not None and (cp.epoch, cp.watermark) == (1, 0)
+
+
+def test_resume_queries_carry_the_stored_cursor(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path / "a.sqlite") as s, s.transaction() as tx:
+        s.reset(tx, S, 3, 41)
+    with CheckpointStore(tmp_path / "a.sqlite") as s:
+        (action,) = ConsumerCore(s, S, record).start()
+        assert isinstance(action, Resubscribe) and resume_of(action) == (S, 3, 41)
+
+
+def test_stream_ids_that_cannot_be_quoted_safely_are_refused(store: CheckpointStore) -> None:
+    with pytest.raises(LocalProtocolError):
+        ConsumerCore(store, "x' OR '1'='1", record)
+
+
+# --- apply rules -------------------------------------------------------------------------------------
+
+
+def test_snapshot_events_are_applied_in_seq_order_and_acked(core: ConsumerCore, store: CheckpointStore) -> None:
+    actions = core.on_rows(rows(st(head=3), ev(3), ev(1), ev(2)), snapshot=True)
+    assert applied(store) == [1, 2, 3]
+    assert core.watermark == 3 and store.load(S) == Checkpoint(S, 1, 3)
+    assert actions == [Ack(1, 3)] and core.state == "live"
+
+
+def test_duplicates_at_or_below_the_watermark_are_dropped(core: ConsumerCore, store: CheckpointStore) -> None:
+    core.on_rows(rows(ev(1), ev(2)), snapshot=True)
+    actions = core.on_rows(rows(ev(1), ev(2), ev(2), ev(3)), snapshot=False)
+    assert applied(store) == [1, 2, 3] and core.duplicates == 3
+    assert actions == [Ack(1, 3)]
+    assert core.on_rows(rows(ev(3)), snapshot=False) == [] and core.duplicates == 4
+
+
+def test_a_gap_is_never_applied_and_resubscribes_from_the_watermark(core: ConsumerCore,
+                                                                    store: CheckpointStore) -> None:
+    core.on_rows(rows(ev(1), ev(2)), snapshot=True)
+    (action,) = core.on_rows(rows(ev(4), ev(5)), snapshot=False)
+    assert applied(store) == [1, 2] and core.gaps == 1
+    assert isinstance(action, Resubscribe) and action.reason == "gap" and resume_of(action) == (S, 1, 2)
+
+
+def test_a_gap_inside_a_message_applies_the_contiguous_prefix_first(core: ConsumerCore,
+                                                                   store: CheckpointStore) -> None:
+    actions = core.on_rows(rows(ev(1), ev(2), ev(4)), snapshot=True)
+    assert applied(store) == [1, 2]
+    assert actions[0] == Ack(1, 2)
+    assert isinstance(actions[1], Resubscribe) and resume_of(actions[1]) == (S, 1, 2)
+
+
+def test_sync_event_deletes_are_retention_not_retraction(core: ConsumerCore, store: CheckpointStore) -> None:
+    core.on_rows(rows(ev(1), ev(2)), snapshot=True)
+    assert core.on_rows(rows(st(head=2, floor=2), deletes=(ev(1),)), snapshot=False) == []
+    assert applied(store) == [1, 2] and core.watermark == 2 and core.state == "live"
+
+
+def test_events_of_another_epoch_or_stream_are_ignored(core: ConsumerCore, store: CheckpointStore) -> None:
+    core.on_rows(rows(ev(1, epoch=2), ev(1, stream="other"), ev(1)), snapshot=True)
+    assert applied(store) == [1]
+
+
+def test_an_empty_snapshot_acks_a_resumed_watermark_once(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path / "a.sqlite") as s:
+        with s.transaction() as tx:
+            s.reset(tx, S, 1, 5)
+        c = ConsumerCore(s, S, record)
+        c.start()
+        assert c.on_rows(rows(st(head=5)), snapshot=True) == [Ack(1, 5)]
+        assert c.on_rows(rows(st(head=5)), snapshot=False) == []
+
+
+# --- atomicity ---------------------------------------------------------------------------------------
+
+
+def test_apply_raising_leaves_effects_and_watermark_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "app.sqlite"
+    calls: list[int] = []
+
+    def flaky(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        calls.append(e.seq)
+        record(tx, e)  # the effect is written ...
+        if e.seq == 3:
+            raise ValueError("poison")  # ... and must vanish with the failure
+
+    with CheckpointStore(path) as s:
+        app_schema(s.db)
+        c = ConsumerCore(s, S, flaky)
+        c.start()
+        actions = c.on_rows(rows(ev(1), ev(2), ev(3), ev(4)), snapshot=True)
+        assert calls == [1, 2, 3]
+        assert applied(s) == [1, 2] and c.watermark == 2 and c.state == "failed"
+        assert actions[0] == Ack(1, 2)
+        assert isinstance(actions[1], Fail) and isinstance(actions[1].error, ValueError)
+        assert c.on_rows(rows(ev(3)), snapshot=False) == []  # a failed consumer applies nothing more
+    with CheckpointStore(path) as s:  # reopening restores exactly the committed state
+        cp = s.load(S)
+        assert cp is not None and cp.watermark == 2 and applied(s) == [1, 2]
+
+
+def test_the_first_event_failing_commits_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "app.sqlite"
+
+    def boom(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        record(tx, e)
+        raise RuntimeError("disk says no")
+
+    with CheckpointStore(path) as s:
+        app_schema(s.db)
+        c = ConsumerCore(s, S, boom)
+        c.start()
+        (action,) = c.on_rows(rows(ev(1)), snapshot=True)
+        assert isinstance(action, Fail)
+    with CheckpointStore(path) as s:
+        cp = s.load(S)
+        assert cp is not None and cp.watermark == 0 and applied(s) == []
+
+
+def test_watermark_and_effects_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "app.sqlite"
+    with CheckpointStore(path) as s:
+        app_schema(s.db)
+        c = ConsumerCore(s, S, record)
+        c.start()
+        c.on_rows(rows(ev(1), ev(2), ev(3)), snapshot=True)
+    with CheckpointStore(path) as s:
+        c = ConsumerCore(s, S, record)
+        (action,) = c.start()
+        assert isinstance(action, Resubscribe) and resume_of(action) == (S, 1, 3)
+        c.on_rows(rows(ev(2), ev(3), ev(4)), snapshot=True)  # the replay overlaps: duplicates dropped
+        assert applied(s) == [1, 2, 3, 4]
+
+
+def test_an_apply_that_commits_is_refused(core: ConsumerCore, store: CheckpointStore) -> None:
+    def committing(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        record(tx, e)
+        tx.commit()
+
+    core.apply = committing
+    with pytest.raises(LocalProtocolError, match="transaction"):
+        core.on_rows(rows(ev(1)), snapshot=True)
+
+
+def test_apply_events_rejects_a_batch_for_the_wrong_epoch(core: ConsumerCore, store: CheckpointStore) -> None:
+    with pytest.raises(LocalProtocolError):
+        store.apply_events(S, 2, [ev(1, epoch=2)], record)
+    with pytest.raises(LocalProtocolError):
+        store.apply_events(S, 1, [ev(1, stream="other")], record)
+    assert applied(store) == []
+
+
+# --- stale -------------------------------------------------------------------------------------------
+
+
+def test_stale_cursor_error_asks_for_a_rebootstrap_with_the_servers_numbers(core: ConsumerCore) -> None:
+    core.on_rows(rows(ev(1), ev(2)), snapshot=True)
+    (action,) = core.on_error(stale_error(epoch=2, floor_seq=1, head_seq=9, reasons=["epoch_changed"],
+                                          replay_budget=100, requested_epoch=1, requested_watermark=2))
+    assert action == Rebootstrap(Stale(S, ("epoch_changed",), 2, 1, 9, 1, 2, from_server=True))
+    assert core.state == "rebootstrapping"
+    assert core.on_rows(rows(ev(3)), snapshot=False) == []  # nothing is applied while rebootstrapping
+
+
+@pytest.mark.parametrize(("row", "reasons"), [
+    (st(epoch=2, head=4, floor=1), ("epoch_changed",)),
+    (st(head=9, floor=5), ("retention_floor_breach",)),
+    (st(head=1, floor=1), ("cursor_ahead_of_head",)),
+])
+def test_the_stream_row_alone_detects_stale(core: ConsumerCore, store: CheckpointStore, row: SyncStream,
+                                            reasons: tuple[str, ...]) -> None:
+    """Against a server that cannot reject (a real SpacetimeDB) the client's own check is the guard."""
+    core.on_rows(rows(ev(1), ev(2), ev(3)), snapshot=True)
+    (action,) = core.on_rows(rows(row, ev(4)), snapshot=False)
+    assert isinstance(action, Rebootstrap) and action.stale.reasons == reasons and not action.stale.from_server
+    assert applied(store) == [1, 2, 3]  # the event in the same message is not applied
+
+
+def test_a_stream_row_for_the_floor_just_above_the_watermark_is_fine(core: ConsumerCore) -> None:
+    core.on_rows(rows(ev(1), ev(2)), snapshot=True)
+    assert core.on_rows(rows(st(head=3, floor=3), ev(3)), snapshot=False) == [Ack(1, 3)]
+
+
+def test_rebootstrap_resumes_in_the_new_epoch(core: ConsumerCore, store: CheckpointStore) -> None:
+    core.on_rows(rows(ev(1)), snapshot=True)
+    (action,) = core.on_rows(rows(st(epoch=2, head=7, floor=3)), snapshot=False)
+    assert isinstance(action, Rebootstrap)
+    watermark = core.rebootstrap_watermark(action.stale, None)
+    assert watermark == 2  # floor - 1
+    with store.transaction() as tx:
+        store.reset(tx, S, action.stale.epoch, watermark)
+    ack, resub = core.rebootstrapped(2, watermark)
+    assert ack == Ack(2, 2) and isinstance(resub, Resubscribe) and resume_of(resub) == (S, 2, 2)
+    assert core.on_rows(rows(st(epoch=2, head=7, floor=3), ev(3, epoch=2), ev(1)), snapshot=True) == [Ack(2, 3)]
+    assert applied(store) == [1, 3] and core.rebootstraps == 1
+
+
+def test_the_rebootstrap_watermark_must_be_resumable(core: ConsumerCore) -> None:
+    stale = Stale(S, ("epoch_changed",), 2, 5, 9, 1, 0, from_server=True)
+    assert core.rebootstrap_watermark(stale, 4) == 4 and core.rebootstrap_watermark(stale, 9) == 9
+    for bad in (3, 10, -1, "7", 2.0):
+        with pytest.raises(LocalProtocolError):
+            core.rebootstrap_watermark(stale, bad)
+
+
+@pytest.mark.parametrize("error", [
+    SyncError(ErrorCode.FORBIDDEN_STREAM, {}).render(),
+    SyncError(ErrorCode.INVALID_QUERY, {"query": "x", "message": "bad"}).render(),
+    "some SpacetimeDB error text",
+])
+def test_other_subscription_errors_stop_the_consumer(core: ConsumerCore, error: str) -> None:
+    failure = SubscriptionFailed(1, 1, error)
+    assert core.on_error(failure) == [Fail(failure)] and core.state == "failed"
+
+
+def test_a_stale_cursor_without_numbers_is_a_remote_protocol_error(core: ConsumerCore) -> None:
+    (action,) = core.on_error(stale_error(reasons=["epoch_changed"]))
+    assert isinstance(action, Fail) and isinstance(action.error, RemoteProtocolError)
+
+
+def test_endless_staleness_gives_up(core: ConsumerCore) -> None:
+    for _ in range(ConsumerCore.MAX_STALE_STREAK):
+        (action,) = core.on_error(stale_error(epoch=2, floor_seq=1, head_seq=0, reasons=["epoch_changed"]))
+        assert isinstance(action, Rebootstrap)
+        core.rebootstrapped(1, 0)  # the application keeps resuming where the server refuses
+    (action,) = core.on_error(stale_error(epoch=2, floor_seq=1, head_seq=0, reasons=["epoch_changed"]))
+    assert isinstance(action, Fail) and core.state == "failed"

@@ -1,0 +1,273 @@
+"""The SDK end to end against ``syncref serve``: append, consume into SQLite, ack, survive drops.
+
+A real server runs in a subprocess (fresh data directory, tokens minted with ``syncref token mint``).
+Every scenario runs over v2 and over v3, each with a different compression.  What is checked is
+what an application relies on: every event applied exactly once and in order (the application's
+table has seq as its primary key, so a duplicate apply would fail the consumer), the durable
+watermark, the server-side checkpoint after acks, and a rebootstrap after an epoch reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import queue
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.sdk import V2, V3, Backoff, CheckpointStore, Connection, ReducerError, Stale, StreamConsumer
+from spec.values import SyncCheckpoint, SyncEvent
+
+SYNCREF = Path(sys.executable).parent / "syncref"
+SCOPES = "sync.subscribe,sync.append,sync.checkpoint.write"
+MODES = [pytest.param((V2,), "None", id="v2-none"), pytest.param((V3,), "Gzip", id="v3-gzip"),
+         pytest.param((V3, V2), "Brotli", id="v3-brotli")]
+FAST = Backoff(base=0.02, cap=0.2, jitter=0.5)
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    data: Path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("sdk-e2e-data")
+    log = (data.parent / "sdk-e2e-server.log").open("w+")
+    proc = subprocess.Popen([str(SYNCREF), "serve", "--data", str(data), "--host", "127.0.0.1", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout or ():
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    url = None
+    deadline = time.monotonic() + 60
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            m = re.match(r"syncref listening on (http://\S+)", lines.get(timeout=0.2))
+        except queue.Empty:
+            continue
+        url = m.group(1) if m else None
+    if url is None:
+        proc.kill()
+        log.seek(0)
+        pytest.fail(f"syncref serve did not come up (exit {proc.poll()}):\n{log.read()}")
+    try:
+        yield Server(url, data)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def mint(server: Server, subject: str, scopes: str = SCOPES, streams: str = "e2e.*") -> str:
+    out = subprocess.run([str(SYNCREF), "token", "mint", "--data", str(server.data), "--scopes", scopes,
+                          "--streams", streams, "--subject", subject, "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    token = json.loads(out.stdout)["token"]
+    assert isinstance(token, str)
+    return token
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 90))
+
+
+def sha(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+class App:
+    """The application: a table of applied events in the same SQLite file as the checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.store = CheckpointStore(path)
+        self.store.db.execute("CREATE TABLE IF NOT EXISTS events (epoch INTEGER, seq INTEGER, payload TEXT, "
+                              "hash TEXT, PRIMARY KEY (epoch, seq))")
+        self.stales: list[Stale] = []
+
+    def apply(self, tx: sqlite3.Connection, e: SyncEvent) -> None:
+        assert e.payload_hash == sha(e.payload)
+        tx.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (e.epoch, e.seq, e.payload, e.payload_hash))
+
+    def rebootstrap(self, tx: sqlite3.Connection, stale: Stale) -> None:
+        self.stales.append(stale)
+        tx.execute("DELETE FROM events")
+
+    def seqs(self, epoch: int = 1) -> list[int]:
+        return [s for (s,) in self.store.db.execute("SELECT seq FROM events WHERE epoch = ? ORDER BY seq", (epoch,))]
+
+
+def payload(i: int) -> str:
+    return json.dumps({"i": i, "text": f"message {i}"}, sort_keys=True, separators=(",", ":"))
+
+
+async def append(conn: Connection, stream: str, i: int) -> int:
+    out = await conn.call("append_sync_event", stream, f"key-{i}", payload(i), sha(payload(i)), None)
+    assert isinstance(out.value, int)
+    return out.value
+
+
+def connection(server: Server, token: str, protocols: tuple[str, ...], compression: str) -> Connection:
+    return Connection(server.url, token=token, protocols=protocols, compression=compression, backoff=FAST,
+                      call_timeout=20)
+
+
+@pytest.mark.parametrize(("protocols", "compression"), MODES)
+def test_append_consume_ack(server: Server, tmp_path: Path, protocols: tuple[str, ...], compression: str) -> None:
+    stream = f"e2e.{uuid.uuid4().hex[:12]}"
+
+    async def body() -> None:
+        producer = connection(server, mint(server, "producer"), protocols, compression)
+        reader_token = mint(server, "reader")
+        reader = connection(server, reader_token, protocols, compression)
+        info = await reader.connect()
+        assert info.protocol == protocols[0]
+        app = App(tmp_path / "app.sqlite")
+        consumer = StreamConsumer(reader, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap,
+                                  client_id="reader-laptop")
+        await consumer.start()
+        seqs = [await append(producer, stream, i) for i in range(1, 31)]
+        assert seqs == list(range(1, 31))
+        assert await append(producer, stream, 7) == 7  # same key, same payload: the existing seq
+        await consumer.wait_for(30)
+        assert app.seqs() == list(range(1, 31))
+        await consumer.flush_acks()
+        ckpt = reader.subscribe([f"SELECT * FROM sync_checkpoint WHERE stream_id = '{stream}'"])
+        await reader.applied(ckpt, timeout=10)
+        rows = [r for r in reader.cache.table("sync_checkpoint") if isinstance(r, SyncCheckpoint)]
+        assert [(r.client_id, r.epoch, r.last_applied_seq) for r in rows] == [("reader-laptop", 1, 30)]
+        assert rows[0].owner == info.identity
+        with pytest.raises(ReducerError) as err:
+            await producer.call("append_sync_event", stream, "key-7", payload(8), None, None)
+        assert err.value.code == "idempotency_conflict" and err.value.error is not None
+        assert err.value.error.details["existing_seq"] == 7
+        await consumer.stop()
+        await reader.close()
+        await producer.close()
+        app.store.close()
+
+    run(body())
+
+
+@pytest.mark.parametrize(("protocols", "compression"), MODES)
+def test_dropped_connections_and_a_restart_lose_and_duplicate_nothing(server: Server, tmp_path: Path,
+                                                                     protocols: tuple[str, ...],
+                                                                     compression: str) -> None:
+    stream = f"e2e.{uuid.uuid4().hex[:12]}"
+    total = 80
+
+    async def body() -> None:
+        producer = connection(server, mint(server, "producer"), protocols, compression)
+        token = mint(server, "reader")
+        reader = connection(server, token, protocols, compression)
+        await reader.connect()
+        app = App(tmp_path / "app.sqlite")
+        consumer = StreamConsumer(reader, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap,
+                                  client_id="reader")
+        await consumer.start()
+
+        async def produce(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                assert await append(producer, stream, i) == i
+                if i % 7 == 0:
+                    await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(produce(1, total // 2 + 1))
+        for _ in range(4):  # drop the consumer's socket mid-stream, several times
+            await asyncio.sleep(0.05)
+            reader.abort()
+        await task
+        await consumer.wait_for(total // 2)
+        assert reader.connects >= 2 and consumer.error is None
+        # a "process restart": everything closed, then reopened from the SQLite file
+        await consumer.stop()
+        await reader.close()
+        app.store.close()
+        await produce(total // 2 + 1, total + 1)  # appended while the consumer is away
+        app = App(tmp_path / "app.sqlite")
+        assert app.store.load(stream) is not None
+        reader = connection(server, token, protocols, compression)
+        await reader.connect()
+        consumer = StreamConsumer(reader, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap,
+                                  client_id="reader")
+        await consumer.start()
+        await consumer.wait_for(total)
+        assert app.seqs() == list(range(1, total + 1))
+        assert app.stales == [] and consumer.core.gaps == 0
+        await consumer.stop()
+        await reader.close()
+        await producer.close()
+        app.store.close()
+
+    run(body())
+
+
+@pytest.mark.parametrize(("protocols", "compression"), MODES[:2])
+def test_an_epoch_reset_rebootstraps_live_and_on_resume(server: Server, tmp_path: Path,
+                                                        protocols: tuple[str, ...], compression: str) -> None:
+    stream = f"e2e.{uuid.uuid4().hex[:12]}"
+
+    async def body() -> None:
+        admin = connection(server, mint(server, "admin", SCOPES + ",sync.admin"), protocols, compression)
+        token = mint(server, "reader")
+        reader = connection(server, token, protocols, compression)
+        await reader.connect()
+        live, resumed = App(tmp_path / "live.sqlite"), App(tmp_path / "resumed.sqlite")
+        c_live = StreamConsumer(reader, live.store, stream, apply=live.apply, on_rebootstrap=live.rebootstrap)
+        c_old = StreamConsumer(reader, resumed.store, stream, apply=resumed.apply,
+                               on_rebootstrap=resumed.rebootstrap)
+        await c_live.start()
+        await c_old.start()
+        for i in range(1, 6):
+            await append(admin, stream, i)
+        await c_live.wait_for(5)
+        await c_old.wait_for(5)
+        await c_old.stop()  # this one is offline during the reset
+        await admin.call("reset_stream_epoch", stream)
+        await c_live.wait_for(0, epoch=2)
+        assert [s.reasons for s in live.stales] == [("epoch_changed",)] and not live.stales[0].from_server
+        assert live.seqs(1) == []  # the callback dropped the old epoch's state
+        for i in range(6, 9):
+            await append(admin, stream, i)
+        await c_old.start()  # resumes with epoch 1: the server refuses with stale_cursor
+        epoch = live.stales[0].epoch
+        head = (await admin.call("append_sync_event", stream, "key-8", payload(8), None, None)).value
+        assert isinstance(head, int)
+        await c_live.wait_for(head, epoch=epoch)
+        await c_old.wait_for(head, epoch=epoch)
+        assert len(resumed.stales) == 1
+        assert resumed.stales[0].from_server and "epoch_changed" in resumed.stales[0].reasons
+        floor = live.stales[0].floor_seq
+        assert live.seqs(epoch) == resumed.seqs(epoch) == list(range(floor, head + 1))
+        for c in (c_live, c_old):
+            await c.stop()
+        await reader.close()
+        await admin.close()
+        live.store.close()
+        resumed.store.close()
+
+    run(body())

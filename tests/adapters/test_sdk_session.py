@@ -1,0 +1,223 @@
+"""The sans-I/O session: ids, routing of wire messages to the cache and listeners, reconnect bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters import wire
+from adapters.bsatn import BsatnError, encode_row
+from adapters.sdk.rows import TableChange
+from adapters.sdk.session import Session, Subscription, SubState, decode_transaction
+from spec.errors import ErrorCode, LocalProtocolError, SyncError
+from spec.values import PresenceSignal, Row, SessionPresence
+
+ALICE = "c2" + "a" * 62
+
+
+def presence(session: str, status: str = "online") -> SessionPresence:
+    return SessionPresence(session, ALICE, "dev", "node", status, "eu", 1, 2, None)
+
+
+def rl(*rows: Row) -> wire.RowList:
+    return wire.RowList.of([encode_row(r) for r in rows])
+
+
+def applied(rid: int, qs: int, table: str, *rows: Row) -> wire.SubscribeApplied:
+    return wire.SubscribeApplied(rid, qs, wire.QueryRows((wire.SingleTableRows(table, rl(*rows)),)))
+
+
+def tx(qs: int, table: str, inserts: tuple[Row, ...] = (), deletes: tuple[Row, ...] = ()) -> wire.TransactionUpdate:
+    part = wire.PersistentTableRows(rl(*inserts), rl(*deletes))
+    return wire.TransactionUpdate((wire.QuerySetUpdate(qs, (wire.TableUpdate(table, (part,)),)),))
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.log: list[tuple[str, object]] = []
+
+    def sub(self, queries: tuple[str, ...] = ("SELECT * FROM session_presence",), cached: bool = True) -> Subscription:
+        return Subscription(queries, cached=cached,
+                            on_applied=lambda s, t: self.log.append(("applied", _rows(t))),
+                            on_update=lambda s, t: self.log.append(("update", _rows(t))),
+                            on_error=lambda s, e: self.log.append(("error", e.error)),
+                            on_end=lambda s: self.log.append(("end", s.query_set_id)))
+
+
+def _rows(tables: tuple[TableChange, ...]) -> list[tuple[str, int, int, int]]:
+    return [(t.table, len(t.inserts), len(t.deletes), len(t.events)) for t in tables]
+
+
+def _sid(r: Row) -> str:
+    assert isinstance(r, SessionPresence)
+    return r.session_id
+
+
+def connected_session() -> Session:
+    s = Session()
+    assert s.connected() == []
+    return s
+
+
+def test_ids_are_fresh_per_subscribe_and_shared_with_calls() -> None:
+    s = connected_session()
+    (m1,) = s.subscribe(Listener().sub())
+    c = s.call("ack_checkpoint", b"")
+    (m2,) = s.subscribe(Listener().sub())
+    assert isinstance(m1, wire.Subscribe) and isinstance(m2, wire.Subscribe)
+    assert [m1.request_id, c.request_id, m2.request_id] == [1, 2, 3]
+    assert m1.query_set_id != m2.query_set_id
+    assert m1.query_strings == ("SELECT * FROM session_presence",)
+
+
+def test_a_subscription_cannot_be_subscribed_twice_or_be_empty() -> None:
+    s = connected_session()
+    sub = Listener().sub()
+    s.subscribe(sub)
+    with pytest.raises(LocalProtocolError):
+        s.subscribe(sub)
+    with pytest.raises(LocalProtocolError):
+        s.subscribe(Listener().sub(queries=()))
+
+
+def test_applied_and_updates_reach_cache_then_listener() -> None:
+    s = connected_session()
+    lis = Listener()
+    sub = lis.sub()
+    (m,) = s.subscribe(sub)
+    assert isinstance(m, wire.Subscribe)
+    s.receive(applied(m.request_id, m.query_set_id, "session_presence", presence("a")))
+    assert sub.state is SubState.APPLIED and s.cache.table("session_presence").find("a") == presence("a")
+    s.receive(tx(m.query_set_id, "session_presence", (presence("a", "away"),), (presence("a"),)))
+    assert s.cache.table("session_presence").find("a") == presence("a", "away")
+    assert lis.log == [("applied", [("session_presence", 1, 0, 0)]), ("update", [("session_presence", 1, 1, 0)])]
+
+
+def test_uncached_sets_only_reach_their_listener() -> None:
+    s = connected_session()
+    lis = Listener()
+    (m,) = s.subscribe(lis.sub(cached=False))
+    assert isinstance(m, wire.Subscribe)
+    s.receive(applied(m.request_id, m.query_set_id, "session_presence", presence("a")))
+    assert len(s.cache.table("session_presence")) == 0 and lis.log[0][0] == "applied"
+
+
+def test_reducer_results_route_their_updates_even_when_nobody_waits() -> None:
+    s = connected_session()
+    sub = Listener().sub()
+    (m,) = s.subscribe(sub)
+    assert isinstance(m, wire.Subscribe)
+    s.receive(applied(m.request_id, m.query_set_id, "session_presence"))
+    call = s.call("upsert_presence", b"args")
+    ok = wire.ReducerOk(b"", tx(m.query_set_id, "session_presence", (presence("b"),)))
+    (done,) = s.receive(wire.ReducerResult(call.request_id, 5, ok))
+    assert done.reducer == "upsert_presence" and done.request_id == call.request_id
+    late = s.call("upsert_presence", b"args")
+    s.forget_call(late.request_id)  # the caller timed out
+    ok2 = wire.ReducerOk(b"", tx(m.query_set_id, "session_presence", (presence("c"),)))
+    (done2,) = s.receive(wire.ReducerResult(late.request_id, 6, ok2))
+    assert done2.reducer is None
+    assert {r.session_id for r in s.cache.table("session_presence") if isinstance(r, SessionPresence)} == {"b", "c"}
+
+
+def test_event_rows_on_the_wire_fire_inserts_only() -> None:
+    s = connected_session()
+    seen: list[Row] = []
+    s.cache.table("presence_signal").on_insert(seen.append)
+    (m,) = s.subscribe(Listener().sub(queries=("SELECT * FROM presence_signal",)))
+    assert isinstance(m, wire.Subscribe)
+    sig = PresenceSignal("a", ALICE, "online", "", 7)
+    part = wire.EventTableRows(rl(sig))
+    s.receive(wire.TransactionUpdate((wire.QuerySetUpdate(m.query_set_id,
+                                                          (wire.TableUpdate("presence_signal", (part,)),)),)))
+    assert seen == [sig] and len(s.cache.table("presence_signal")) == 0
+
+
+def test_subscription_error_fails_the_set_with_the_parsed_error() -> None:
+    s = connected_session()
+    lis = Listener()
+    sub = lis.sub()
+    (m,) = s.subscribe(sub)
+    assert isinstance(m, wire.Subscribe)
+    err = SyncError(ErrorCode.FORBIDDEN_STREAM, {})
+    s.receive(wire.SubscriptionError(m.request_id, m.query_set_id, err.render()))
+    assert sub.state is SubState.FAILED and sub.error is not None and sub.error.error == err
+    assert lis.log == [("error", err)]
+    assert s.live == {}
+
+
+def test_unsubscribe_removes_only_this_sets_rows() -> None:
+    s = connected_session()
+    deleted: list[Row] = []
+    s.cache.table("session_presence").on_delete(deleted.append)
+    a, b = Listener().sub(), Listener().sub()
+    (ma,), (mb,) = s.subscribe(a), s.subscribe(b)
+    assert isinstance(ma, wire.Subscribe) and isinstance(mb, wire.Subscribe)
+    s.receive(applied(1, ma.query_set_id, "session_presence", presence("x"), presence("y")))
+    s.receive(applied(2, mb.query_set_id, "session_presence", presence("x")))
+    (un,) = s.unsubscribe(a)
+    assert isinstance(un, wire.Unsubscribe) and un.query_set_id == ma.query_set_id and not un.send_dropped_rows
+    assert a.state is SubState.ENDING and s.unsubscribe(a) == []
+    s.receive(wire.UnsubscribeApplied(un.request_id, un.query_set_id, None))
+    assert str(a.state) == "ended" and deleted == [presence("y")]
+
+
+def test_disconnect_fails_calls_and_reconnect_resubscribes_with_new_ids_without_spurious_callbacks() -> None:
+    s = connected_session()
+    log: list[str] = []
+    t = s.cache.table("session_presence")
+    t.on_insert(lambda r: log.append(f"+{_sid(r)}"))
+    t.on_delete(lambda r: log.append(f"-{_sid(r)}"))
+    t.on_update(lambda o, n: log.append(f"~{_sid(n)}"))
+    counter = iter(range(100))
+    sub = Subscription(lambda: (f"SELECT * FROM session_presence WHERE status = 's{next(counter)}'",))
+    (m1,) = s.subscribe(sub)
+    assert isinstance(m1, wire.Subscribe)
+    s.receive(applied(1, m1.query_set_id, "session_presence", presence("a"), presence("b")))
+    pending = s.call("upsert_presence", b"")
+    assert s.disconnected() == [pending.request_id]
+    assert sub.state is SubState.PENDING and s.live == {}
+    (m2,) = s.connected()
+    assert isinstance(m2, wire.Subscribe) and m2.query_set_id != m1.query_set_id
+    assert m2.query_strings != m1.query_strings  # recomputed at resubscribe
+    # a late message for the old incarnation is ignored
+    s.receive(tx(m1.query_set_id, "session_presence", (presence("zzz"),)))
+    s.receive(applied(2, m2.query_set_id, "session_presence", presence("b", "away"), presence("c")))
+    assert sorted(log) == sorted(["+a", "+b", "-a", "~b", "+c"])
+    assert s.cache.query_sets() == [m2.query_set_id]
+
+
+def test_unsubscribing_while_disconnected_ends_at_once() -> None:
+    s = connected_session()
+    sub = Listener().sub()
+    (m,) = s.subscribe(sub)
+    assert isinstance(m, wire.Subscribe)
+    s.receive(applied(1, m.query_set_id, "session_presence", presence("a")))
+    s.disconnected()
+    assert s.unsubscribe(sub) == [] and sub.state is SubState.ENDED
+    assert len(s.cache.table("session_presence")) == 0
+    assert s.connected() == []
+
+
+def test_a_malformed_row_changes_nothing() -> None:
+    s = connected_session()
+    (m,) = s.subscribe(Listener().sub())
+    assert isinstance(m, wire.Subscribe)
+    good = encode_row(presence("a"))
+    bad = wire.RowList.of([good, b"\x01\x00\x00\x00"])
+    msg = wire.SubscribeApplied(1, m.query_set_id, wire.QueryRows((wire.SingleTableRows("session_presence", bad),)))
+    with pytest.raises(BsatnError):
+        s.receive(msg)
+    assert len(s.cache.table("session_presence")) == 0
+
+
+def test_decode_transaction_flattens_per_query_fragments() -> None:
+    p = presence("a")
+    frag = wire.PersistentTableRows(rl(p), rl())
+    update = wire.TransactionUpdate((wire.QuerySetUpdate(4, (wire.TableUpdate("session_presence", (frag, frag)),)),))
+    (qs,) = decode_transaction(update)
+    assert qs.query_set_id == 4 and [len(t.inserts) for t in qs.tables] == [2]
+
+
+def test_calls_need_a_connection() -> None:
+    with pytest.raises(LocalProtocolError):
+        Session().call("ack_checkpoint", b"")

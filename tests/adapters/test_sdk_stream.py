@@ -1,0 +1,323 @@
+"""The StreamConsumer driver over a real Session, fed wire messages by hand (no network).
+
+Checks the parts the core cannot: stale incarnations of a query set are dropped, gaps resubscribe
+(Unsubscribe + Subscribe from the watermark), rebootstrap runs the application's callback inside
+the checkpoint transaction, reconnects resume from the watermark, acks are batched and monotonic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters import wire
+from adapters.bsatn import encode_row
+from adapters.sdk import CheckpointStore, ConnectionClosed, ReducerError, Stale, StreamConsumer
+from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Session, Subscription, TablesCallback
+from spec import query as q
+from spec.errors import ErrorCode, SyncError
+from spec.values import Row, SyncEvent, SyncStream
+
+S = "chat.room-1"
+ALICE = "c2" + "a" * 62
+
+
+def ev(seq: int, epoch: int = 1) -> SyncEvent:
+    return SyncEvent(S, epoch, seq, f"k{seq}", "sha256:" + f"{seq:064x}", f'{{"n":{seq}}}', ALICE, 10, seq)
+
+
+def st(epoch: int = 1, head: int = 0, floor: int = 1) -> SyncStream:
+    return SyncStream(S, "default", "scope", epoch, head, floor, 1000, 1, 2)
+
+
+def rl(rows: Sequence[Row]) -> wire.RowList:
+    return wire.RowList.of([encode_row(r) for r in rows])
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 20))
+
+
+class FakeConn:
+    """Session-backed: subscriptions are real, messages are delivered by the test."""
+
+    def __init__(self) -> None:
+        self.session = Session()
+        self.session.connected()
+        self.sent: list[wire.ClientMessage] = []
+        self.acks: list[tuple[object, ...]] = []
+        self.gate: asyncio.Event | None = None
+        self.ack_error: BaseException | None = None
+
+    def subscribe(self, queries: Queries, *, cached: bool = True, on_applied: TablesCallback | None = None,
+                  on_update: TablesCallback | None = None, on_error: ErrorCallback | None = None,
+                  on_end: EndCallback | None = None) -> Subscription:
+        sub = Subscription(queries, cached=cached, on_applied=on_applied, on_update=on_update, on_error=on_error,
+                           on_end=on_end)
+        sub.owner = lambda s: self.sent.extend(self.session.unsubscribe(s))
+        self.sent.extend(self.session.subscribe(sub))
+        return sub
+
+    async def call(self, reducer: str, *args: object, timeout: float | None = None) -> Any:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.acks.append((reducer, *args))
+        if self.ack_error is not None:
+            raise self.ack_error
+        return None
+
+    def last_subscribe(self) -> wire.Subscribe:
+        msg = [m for m in self.sent if isinstance(m, wire.Subscribe)][-1]
+        return msg
+
+    def cursor(self) -> tuple[int, int]:
+        tail = q.parse(self.last_subscribe().query_strings[1])[0]
+        epoch, low = q.pinned_value(tail, "epoch"), q.lower_bound_exclusive(tail, "seq")
+        assert isinstance(epoch, int) and isinstance(low, int)
+        return epoch, low
+
+    def snapshot(self, rows: list[Row], qs: int | None = None) -> None:
+        m = self.last_subscribe()
+        tables = [wire.SingleTableRows("sync_stream", rl([r for r in rows if isinstance(r, SyncStream)])),
+                  wire.SingleTableRows("sync_event", rl([r for r in rows if isinstance(r, SyncEvent)]))]
+        self.session.receive(wire.SubscribeApplied(m.request_id, m.query_set_id if qs is None else qs,
+                                                   wire.QueryRows(tuple(tables))))
+
+    def update(self, rows: list[Row], qs: int | None = None) -> None:
+        qs = self.last_subscribe().query_set_id if qs is None else qs
+        tus = []
+        for table, cls in (("sync_stream", SyncStream), ("sync_event", SyncEvent)):
+            mine = [r for r in rows if isinstance(r, cls)]
+            if mine:
+                tus.append(wire.TableUpdate(table, (wire.PersistentTableRows(rl(mine), wire.EMPTY_ROWS),)))
+        self.session.receive(wire.TransactionUpdate((wire.QuerySetUpdate(qs, tuple(tus)),)))
+
+    def error(self, text: str) -> None:
+        m = self.last_subscribe()
+        self.session.receive(wire.SubscriptionError(m.request_id, m.query_set_id, text))
+
+
+class App:
+    def __init__(self, path: Path) -> None:
+        self.store = CheckpointStore(path)
+        self.store.db.execute("CREATE TABLE IF NOT EXISTS msgs (seq INTEGER PRIMARY KEY, epoch INTEGER)")
+        self.stales: list[Stale] = []
+        self.fail_rebootstrap = False
+
+    def apply(self, tx: sqlite3.Connection, e: SyncEvent) -> None:
+        tx.execute("INSERT INTO msgs VALUES (?, ?)", (e.seq, e.epoch))
+
+    def rebootstrap(self, tx: sqlite3.Connection, stale: Stale) -> int | None:
+        self.stales.append(stale)
+        tx.execute("DELETE FROM msgs")
+        if self.fail_rebootstrap:
+            raise RuntimeError("authority unreachable")
+        return None
+
+    def msgs(self) -> list[tuple[int, int]]:
+        return [(s, e) for s, e in self.store.db.execute("SELECT seq, epoch FROM msgs ORDER BY seq")]
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def consumer(conn: FakeConn, app: App, **kw: Any) -> StreamConsumer:
+    return StreamConsumer(conn, app.store, S, apply=app.apply, on_rebootstrap=app.rebootstrap,
+                          client_id="laptop", **kw)
+
+
+def test_replay_then_live_tail_then_gap_resubscribes_and_drops_the_old_incarnation(tmp_path: Path) -> None:
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        assert conn.cursor() == (1, 0)
+        conn.snapshot([st(head=3), ev(1), ev(2), ev(3)])
+        await c.wait_for(3)
+        conn.update([st(head=4), ev(4)])
+        await c.wait_for(4)
+        old_qs = conn.last_subscribe().query_set_id
+        conn.update([st(head=6), ev(6)])  # 5 is missing
+        await settle()
+        assert c.core.gaps == 1 and conn.cursor() == (1, 4)
+        unsub = [m for m in conn.sent if isinstance(m, wire.Unsubscribe)]
+        assert [u.query_set_id for u in unsub] == [old_qs]
+        conn.update([ev(5)], qs=old_qs)  # late message of the old incarnation: ignored
+        await settle()
+        assert c.watermark == 4
+        conn.snapshot([st(head=6), ev(5), ev(6)])
+        await c.wait_for(6)
+        assert app.msgs() == [(i, 1) for i in range(1, 7)]
+        await c.flush_acks()
+        assert conn.acks[-1] == ("ack_checkpoint", "laptop", S, 1, 6)
+        await c.stop()
+    run(body())
+
+
+def test_stale_error_runs_the_callback_in_the_checkpoint_transaction(tmp_path: Path) -> None:
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=2), ev(1), ev(2)])
+        await c.wait_for(2)
+        await c.stop()
+        await c.start()  # resume: (1, 2); the server has reset the stream meanwhile
+        assert conn.cursor() == (1, 2)
+        conn.error(SyncError(ErrorCode.STALE_CURSOR, {
+            "epoch": 2, "floor_seq": 4, "head_seq": 9, "reasons": ["epoch_changed"], "replay_budget": 100,
+            "requested_epoch": 1, "requested_watermark": 2, "stream_id": S}).render())
+        await settle()
+        assert [s.reasons for s in app.stales] == [("epoch_changed",)]
+        assert app.msgs() == []  # the callback's DELETE committed with the reset
+        cp = app.store.load(S)
+        assert cp is not None and (cp.epoch, cp.watermark) == (2, 3) and conn.cursor() == (2, 3)
+        conn.snapshot([st(epoch=2, head=4, floor=4), ev(4, epoch=2)])
+        await c.wait_for(4, epoch=2)
+        assert app.msgs() == [(4, 2)]
+        await c.stop()
+    run(body())
+
+
+def test_stale_stream_row_and_a_failing_callback_leave_the_checkpoint_alone(tmp_path: Path) -> None:
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        errors: list[BaseException] = []
+        c = consumer(conn, app, on_error=errors.append)
+        await c.start()
+        conn.snapshot([st(head=2), ev(1), ev(2)])
+        await c.wait_for(2)
+        app.fail_rebootstrap = True
+        conn.update([st(epoch=2, head=5, floor=1)])
+        await settle()
+        assert [s.reasons for s in app.stales] == [("epoch_changed",)]
+        assert isinstance(c.error, RuntimeError) and errors == [c.error]
+        cp = app.store.load(S)
+        assert cp is not None and (cp.epoch, cp.watermark) == (1, 2)
+        assert app.msgs() == [(1, 1), (2, 1)]  # the callback's DELETE was rolled back
+        with pytest.raises(RuntimeError):
+            await c.wait_for(3)
+        await c.stop()
+    run(body())
+
+
+def test_async_rebootstrap_callbacks_are_awaited(tmp_path: Path) -> None:
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+
+        async def rehydrate(tx: sqlite3.Connection, stale: Stale) -> int:
+            await asyncio.sleep(0)
+            tx.execute("DELETE FROM msgs")
+            tx.execute("INSERT INTO msgs VALUES (?, ?)", (7, stale.epoch))  # state up to 7 from the authority
+            return 7
+
+        c = StreamConsumer(conn, app.store, S, apply=app.apply, on_rebootstrap=rehydrate)
+        await c.start()
+        conn.snapshot([st(epoch=3, head=9, floor=5)])
+        await settle()
+        assert conn.cursor() == (3, 7)
+        conn.snapshot([st(epoch=3, head=9, floor=5), ev(8, epoch=3), ev(9, epoch=3)])
+        await c.wait_for(9)
+        assert app.msgs() == [(7, 3), (8, 3), (9, 3)]
+        assert conn.acks == []  # no client_id: no acks
+        await c.stop()
+    run(body())
+
+
+def test_a_reconnect_resubscribes_from_the_current_watermark(tmp_path: Path) -> None:
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=3), ev(1), ev(2), ev(3)])
+        await c.wait_for(3)
+        old_qs = conn.last_subscribe().query_set_id
+        conn.session.disconnected()
+        conn.sent.extend(conn.session.connected())
+        assert conn.cursor() == (1, 3) and conn.last_subscribe().query_set_id != old_qs
+        conn.snapshot([st(head=4), ev(4)])
+        await c.wait_for(4)
+        assert app.msgs() == [(i, 1) for i in range(1, 5)]
+        await c.stop()
+    run(body())
+
+
+def test_acks_are_batched_while_one_is_in_flight(tmp_path: Path) -> None:
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        conn.gate = asyncio.Event()
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=1), ev(1)])
+        await c.wait_for(1)
+        for seq in range(2, 6):
+            conn.update([st(head=seq), ev(seq)])
+            await c.wait_for(seq)
+        conn.gate.set()
+        await c.flush_acks()
+        assert conn.acks == [("ack_checkpoint", "laptop", S, 1, 1), ("ack_checkpoint", "laptop", S, 1, 5)]
+        await c.stop()
+    run(body())
+
+
+def test_a_refused_ack_is_not_retried_forever(tmp_path: Path) -> None:
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        conn.ack_error = ReducerError("ack_checkpoint", SyncError(ErrorCode.STALE_EPOCH, {}).render())
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=2), ev(1), ev(2)])
+        await c.wait_for(2)
+        await c.flush_acks()
+        await settle()
+        assert len(conn.acks) == 1 and c.error is None
+        await c.stop()
+    run(body())
+
+
+def test_a_poison_event_stops_the_consumer_and_restart_resumes_there(tmp_path: Path) -> None:
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        poison = {3}
+
+        def apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            if e.seq in poison:
+                raise ValueError(f"cannot apply {e.seq}")
+            app.apply(tx, e)
+
+        c = StreamConsumer(conn, app.store, S, apply=apply, on_rebootstrap=app.rebootstrap)
+        await c.start()
+        conn.snapshot([st(head=4), ev(1), ev(2), ev(3), ev(4)])
+        with pytest.raises(ValueError):
+            await c.wait_for(4)
+        assert c.watermark == 2 and app.msgs() == [(1, 1), (2, 1)]
+        poison.clear()
+        await c.stop()
+        await c.start()
+        assert conn.cursor() == (1, 2)
+        conn.snapshot([st(head=4), ev(3), ev(4)])
+        await c.wait_for(4)
+        assert app.msgs() == [(i, 1) for i in range(1, 5)]
+        await c.stop()
+    run(body())
+
+
+def test_closing_the_connection_under_a_running_consumer_stops_it(tmp_path: Path) -> None:
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=1), ev(1)])
+        await c.wait_for(1)
+        conn.session.close()
+        with pytest.raises(ConnectionClosed):
+            await c.wait_for(2)
+        await c.stop()
+    run(body())
