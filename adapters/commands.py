@@ -13,8 +13,9 @@ key.  The config file is TOML with four optional tables (documented in docs/oper
     [compat]  every field of ``spec.compat.CompatWindow``
     [server]  host, port, database, sweep_interval_s, compact_interval_s
 
-Command-line flags win over the file.  ``--dev`` grants every token every scope and stream and
-allows anonymous identities; it prints a warning saying so.
+Command-line flags win over the file.  ``--dev`` allows anonymous identities and gives every
+*minted* identity every scope and stream (a presented token keeps its own claims); it prints a
+warning saying so.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def _check_keys(section: str, given: dict[str, Any], allowed: set[str]) -> None:
 def _typed(section: str, key: str, value: Any, like: Any) -> Any:
     if isinstance(like, bool):
         ok = isinstance(value, bool)
-    elif isinstance(like, int | float) and not isinstance(like, bool):
+    elif isinstance(like, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(like, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     elif isinstance(like, str):
         ok = isinstance(value, str)
@@ -123,7 +126,7 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     if "identity_ttl_s" in auth_raw:
         auth_kw["identity_ttl_s"] = _typed("auth", "identity_ttl_s", auth_raw["identity_ttl_s"], 1)
     if ("external_hs256_secret" in auth_kw or "external_public_key_pem" in auth_kw) != ("external_issuer" in auth_kw):
-        raise ConfigError("[auth]: external_issuer needs exactly one of external_hs256_secret_file or "
+        raise ConfigError("[auth]: external_issuer needs external_hs256_secret_file and/or "
                           "external_public_key_file, and they need external_issuer")
     if args.dev:
         auth_kw["dev"] = True
@@ -154,8 +157,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"syncref serve: bad config: {exc}", file=sys.stderr)
         return 2
     if config.auth.dev:
-        print("WARNING: --dev: every token gets every scope (including sync.admin) and every stream, and anyone "
-              "may mint an identity. Never expose this server.", file=sys.stderr, flush=True)
+        print("WARNING: --dev: anyone may mint an identity (POST /v1/identity, or connect without a token) and "
+              "every minted identity gets every scope, sync.admin included, and every stream. Never expose this "
+              "server.", file=sys.stderr, flush=True)
     server = SyncServer(config)
 
     async def run() -> int:
@@ -237,7 +241,11 @@ def trace(args: argparse.Namespace) -> int:
     from adapters.trace import decode_trace, parse_capture
 
     if args.hex:
-        frames = [(args.direction, bytes.fromhex(h)) for h in args.hex]
+        try:
+            frames = [(args.direction, bytes.fromhex(h)) for h in args.hex]
+        except ValueError as exc:
+            print(f"syncref trace: --hex: {exc}", file=sys.stderr)
+            return 2
     else:
         text = sys.stdin.read() if args.file in (None, "-") else Path(args.file).read_text(encoding="utf-8")
         try:
@@ -258,7 +266,8 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--port", type=int, default=None, help="port (default 3000; 0 picks a free one)")
     s.add_argument("--database", default=None, help=f"database name (default {DEFAULT_DATABASE})")
     s.add_argument("--config", default=None, metavar="FILE", help="TOML config (see docs/operations.md)")
-    s.add_argument("--dev", action="store_true", help="DANGER: every token gets every scope and stream")
+    s.add_argument("--dev", action="store_true",
+                   help="DANGER: anyone may mint an identity, and minted identities get every scope and stream")
     s.add_argument("--allow-anonymous", action="store_true", help="mint identities for callers without a token")
     t = sub.add_parser("token", help="JWT tools")
     tsub = t.add_subparsers(dest="token_command", required=True)

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -169,6 +170,7 @@ class Session:
         self.last_seen = time.monotonic()
         self.closing = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.closers: list[asyncio.Future[None]] = []  # closes the engine asked for; awaited, never cancelled
 
 
 class SyncServer:
@@ -221,8 +223,13 @@ class SyncServer:
             raise DataDirError(f"data directory {cfg.data_dir} is not usable: {exc}") from exc
         try:
             self._writer = GroupCommitWriter(self._store, self._durable_from_thread)
-            self._engine = restart(self._store, self._writer, self._tick(), cfg.policy,
-                                   max_queue=cfg.limits.max_outbound_queue, max_undurable=cfg.limits.max_undurable)
+            try:
+                self._engine = restart(self._store, self._writer, self._tick(), cfg.policy,
+                                       max_queue=cfg.limits.max_outbound_queue,
+                                       max_undurable=cfg.limits.max_undurable)
+            except (ValueError, RuntimeError) as exc:
+                raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} "
+                                   "(syncref verify-log --data DIR shows where)") from exc
             self._engine.on_close = self._engine_closed
             app = web.Application(client_max_size=max(cfg.limits.max_call_body_bytes, cfg.limits.max_sql_bytes))
             self._routes(app)
@@ -460,6 +467,8 @@ class SyncServer:
         try:
             offset, ret = self.engine.call_detached(verified.claims, reducer, args)
         except SyncError as err:
+            # a failure reveals state (e.g. the head in sequence_conflict): answer once that state is durable
+            await self._wait_durable(self.engine.committed)
             return _text(530, err.render())
         self._pump()
         await self._wait_durable(offset)
@@ -483,12 +492,12 @@ class SyncServer:
         except ValueError as exc:
             return _text(400, f"invalid confirmed parameter: {exc}")
         text = await request.text()
-        started = time.monotonic()
+        if len(text.encode("utf-8")) > self.config.limits.max_sql_bytes:
+            return _text(413, f"SQL text over {self.config.limits.max_sql_bytes} bytes")
         results = []
         offset = self.engine.committed
-        for stmt in (s.strip() for s in text.split(";")):
-            if not stmt:
-                continue
+        for stmt in split_statements(text):
+            started = time.monotonic()
             try:
                 rows = self.engine.query(verified.claims, stmt)
             except SyncError as err:
@@ -521,12 +530,9 @@ class SyncServer:
         assert verified is not None
         raw_cid = request.query.get("connection_id")
         if raw_cid is not None:
-            try:
-                connection_id = int(raw_cid, 16)
-                if not 0 <= connection_id < 2**128 or len(raw_cid) > 32:
-                    raise ValueError
-            except ValueError:
-                return _text(400, f"Invalid connection ID: {raw_cid!r} is not 32 hex digits")
+            if not re.fullmatch(r"[0-9a-fA-F]{1,32}", raw_cid):
+                return _text(400, f"Invalid connection ID: {raw_cid[:40]!r} is not 1 to 32 hex digits (big-endian)")
+            connection_id = int(raw_cid, 16)
             if connection_id == 0:
                 return _text(400, "Invalid connection ID: the all-zeros ConnectionId is reserved.")
         else:
@@ -544,7 +550,7 @@ class SyncServer:
         refused = self._admit(verified)
         if refused is not None:
             return refused
-        ws = web.WebSocketResponse(protocols=(chosen,), autoping=False,
+        ws = web.WebSocketResponse(protocols=(chosen,), autoping=False, compress=False,
                                    max_msg_size=self.config.limits.max_message_size)
         ws.headers["spacetime-identity"] = verified.claims.identity
         if minted is not None:
@@ -591,7 +597,9 @@ class SyncServer:
                 await s.ws.pong(msg.data)
             elif msg.type == WSMsgType.PONG:
                 continue
-            else:  # CLOSE / ERROR
+            else:  # CLOSE / ERROR (aiohttp closed an oversized message with 1009 itself)
+                if msg.type == WSMsgType.ERROR:
+                    self.metrics.closes.labels("message_error").inc()
                 return
 
     async def _processor(self, s: Session) -> None:
@@ -698,8 +706,7 @@ class SyncServer:
             code, text, cause = m.CLOSE_PROTOCOL, reason[len(f"{m.CLOSE_PROTOCOL}: "):], "protocol"
         else:
             code, text, cause = 1000, reason, "engine"
-        task = asyncio.ensure_future(self._close(s, code, text, cause))
-        s.tasks.append(task)
+        s.closers.append(asyncio.ensure_future(self._close(s, code, text, cause)))
 
     async def _close(self, s: Session, code: int, reason: str, cause: str) -> None:
         if s.closing:
@@ -728,10 +735,30 @@ class SyncServer:
         for task in s.tasks:
             with contextlib.suppress(BaseException):
                 await task
+        for closer in s.closers:
+            with contextlib.suppress(Exception):
+                await closer
         self.sessions.pop(s.conn_id, None)
         if s.conn_id in self.engine.conns:
             self.engine.close(s.conn_id, "closed")
             self._pump()
+
+
+def split_statements(text: str) -> list[str]:
+    """Split SQL text on ``;`` outside single-quoted literals (``''`` escapes a quote)."""
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    for ch in text:
+        if ch == "'":
+            quoted = not quoted
+        if ch == ";" and not quoted:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [stmt.strip() for stmt in out if stmt.strip()]
 
 
 def _text(status: int, text: str) -> web.Response:

@@ -138,3 +138,30 @@ def test_readme_quickstart_serve_command_exists() -> None:
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip() and line.strip() != "sh"]
     assert commands == ["./run serve", "./run test"], commands
     assert os.access(Path(__file__).resolve().parents[2] / "run", os.X_OK)
+
+
+def test_corrupt_commit_log_is_one_line(tmp_path: Path) -> None:
+    import sqlite3
+    data = tmp_path / "data"
+    with serve(data) as (proc, base):
+        token = json.loads(run("token", "mint", "--data", str(data), "--scopes", "sync.append", "--streams", "demo.*",
+                               "--json").stdout)["token"]
+        for i in range(3):
+            assert http("POST", f"{base}/v1/database/autopilot-sync/call/append_sync_event",
+                        json.dumps([S, f"k{i}", "1", {"none": []}, {"none": []}]),
+                        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}).status == 200
+    db = sqlite3.connect(data / "syncref.sqlite3")
+    table = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '%log%'").fetchone()[0]
+    cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+    hash_col = next(c for c in cols if c == "hash")
+    db.execute(f"UPDATE {table} SET {hash_col} = 'sha256:' || substr('0000000000', 1, 10) WHERE rowid = 2")
+    db.commit()
+    db.close()
+    res = run("serve", "--data", str(data), "--port", "0")
+    assert res.returncode == 2 and "cannot be recovered" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_trace_bad_hex_is_one_line() -> None:
+    res = run("trace", "--hex", "zz")
+    assert res.returncode == 2 and "--hex" in res.stderr and "Traceback" not in res.stderr
