@@ -143,7 +143,7 @@ def test_readme_quickstart_serve_command_exists() -> None:
 def test_corrupt_commit_log_is_one_line(tmp_path: Path) -> None:
     import sqlite3
     data = tmp_path / "data"
-    with serve(data) as (proc, base):
+    with serve(data) as (_proc, base):
         token = json.loads(run("token", "mint", "--data", str(data), "--scopes", "sync.append", "--streams", "demo.*",
                                "--json").stdout)["token"]
         for i in range(3):
