@@ -500,3 +500,40 @@ def test_sql_statements_split_outside_literals() -> None:
     assert split_statements("SELECT * FROM a; SELECT * FROM b WHERE x = 'p;q' ;") == [
         "SELECT * FROM a", "SELECT * FROM b WHERE x = 'p;q'"]
     assert split_statements("SELECT * FROM t WHERE s = 'it''s; fine'") == ["SELECT * FROM t WHERE s = 'it''s; fine'"]
+
+
+@pytest.mark.parametrize(("claims", "code"), [
+    ({}, None),  # no compatibility claims at all: admitted (the window does not require them)
+    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 1}, None),
+    ({"client_build_id": " ", "protocol_version": "oa.sync.v1", "schema_version": 1}, "invalid_client_build"),
+    ({"client_build_id": "2026-07-01", "protocol_version": "oa.sync.v1", "schema_version": 1},
+     "invalid_client_build"),
+    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v2", "schema_version": 1},
+     "unsupported_protocol_version"),
+    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 2},
+     "unsupported_schema_version"),
+    ({"client_build_id": "20250101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 1},
+     "upgrade_required"),
+    ({"client_build_id": "21000101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 1},
+     "unsupported_client_build"),
+    # several failures: the first in the documented order decides
+    ({"client_build_id": "20250101T000000Z", "protocol_version": "oa.sync.v0", "schema_version": 9},
+     "unsupported_protocol_version"),
+])
+def test_compatibility_matrix(tmp_path: Path, claims: dict[str, object], code: str | None) -> None:
+    """COMPAT-1 over the wire for every rejection code, at the upgrade (426 + JSON body)."""
+    from websockets.sync.client import connect
+    window = CompatWindow(min_client_build_id="20260601T000000Z", max_client_build_id="20991231T235959Z")
+    with running_server(tmp_path, window=window) as st:
+        tok = st.token(**claims)
+        url = f"{st.ws_base}/v1/database/autopilot-sync/subscribe?token={tok}"
+        if code is None:
+            WireClient(st, tok).close()
+            return
+        with pytest.raises(InvalidStatus) as info:
+            connect(url, subprotocols=["v2.bsatn.spacetimedb"])  # type: ignore[list-item]
+        assert info.value.response.status_code == 426
+        body = json.loads(info.value.response.body)
+        assert body["code"] == code and body["message"].startswith(code + ": ")
+        assert body["upgrade_required"] is (code == "upgrade_required")
+        assert body["window"] == window.as_json()
