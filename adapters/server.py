@@ -170,6 +170,7 @@ class Session:
         self.last_seen = time.monotonic()
         self.closing = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.reader: asyncio.Task[None] | None = None
         self.closers: list[asyncio.Future[None]] = []  # closes the engine asked for; awaited, never cancelled
 
 
@@ -551,6 +552,7 @@ class SyncServer:
         if refused is not None:
             return refused
         ws = web.WebSocketResponse(protocols=(chosen,), autoping=False, compress=False,
+                                   timeout=self.config.limits.close_timeout_s,
                                    max_msg_size=self.config.limits.max_message_size)
         ws.headers["spacetime-identity"] = verified.claims.identity
         if minted is not None:
@@ -568,7 +570,8 @@ class SyncServer:
             await ws.send_bytes(wire.frame_server(first, compression))
             s.tasks = [asyncio.create_task(self._sender(s)), asyncio.create_task(self._processor(s)),
                        asyncio.create_task(self._keepalive(s))]
-            await self._reader(s)
+            s.reader = asyncio.create_task(self._reader(s))
+            await s.reader
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -685,6 +688,7 @@ class SyncServer:
                 # as SpacetimeDB: a silent peer is dropped without a close handshake
                 self.metrics.closes.labels("idle_timeout").inc()
                 s.closing = True
+                self._tick()
                 self.engine.close(s.conn_id, "idle_timeout")
                 self._pump()
                 transport = s.request.transport
@@ -713,13 +717,22 @@ class SyncServer:
             return
         s.closing = True
         self.metrics.closes.labels(cause).inc()
+        self._tick()  # the disconnect transaction runs at the time of the close
         self.engine.close(s.conn_id, reason)
         self._pump()
         s.wake.set()
         s.inbound_ready.set()
+        reader = s.reader
+        if reader is not None and reader is not asyncio.current_task() and not reader.done():
+            # Stop reading first, so the close below is the only reader: it sends the close frame
+            # and then reads (discarding) until the peer's close.  Closing the socket under frames
+            # the peer already sent would reset the connection and lose the close frame.
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
         try:
             await asyncio.wait_for(s.ws.close(code=code, message=cut_reason(reason).encode("utf-8")),
-                                   self.config.limits.close_timeout_s)
+                                   self.config.limits.close_timeout_s + 1)
         except (ConnectionError, RuntimeError, TimeoutError):
             # a peer that does not read cannot take the close frame: drop the TCP connection
             transport = s.request.transport
@@ -740,6 +753,7 @@ class SyncServer:
                 await closer
         self.sessions.pop(s.conn_id, None)
         if s.conn_id in self.engine.conns:
+            self._tick()
             self.engine.close(s.conn_id, "closed")
             self._pump()
 
