@@ -168,7 +168,7 @@ class Client:
         for qs, s in list(self.qs_stream.items()):
             if s == stream_id:
                 del self.qs_stream[qs]
-                out.append(Unsubscribe(self._rid(), qs))
+                out.append(Unsubscribe(self._rid(), qs, send_dropped=True))  # as the official SDKs do
         view = self.streams[stream_id]
         if view.epoch is None:
             self._rebootstrap(stream_id)

@@ -76,10 +76,10 @@ MUTANTS: tuple[Mutant, ...] = (
            (("        rows = self._snapshot(conn.claims, queries)\n",
              "        rows = self._snapshot(conn.claims, queries, self.durable_db)\n"),
             ("    def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:\n",
-             "    def _snapshot(self, claims: Claims, queries: list[q.Query], db: DbState)"
+             "    def _snapshot(self, claims: Claims, queries: list[q.Query], db: DbState | None = None)"
              " -> tuple[TableRows, ...]:\n"),
             ("            for r in self._visible(claims, query, self.db.rows(query.table)):",
-             "            for r in self._visible(claims, query, db.rows(query.table)):")),
+             "            for r in self._visible(claims, query, (db if db is not None else self.db).rows(query.table)):")),
            "the snapshot is read from an older state than the one registration starts from", expected=('DELIV-2',)),
     Mutant("caller_also_gets_update", "spec.delivery",
            (("            elif updates:\n                self._send(conn, offset, TransactionUpdate",
