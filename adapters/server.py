@@ -126,6 +126,10 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+class DurabilityFailed(Exception):
+    """The commit log cannot be written: nothing more is acknowledged (HTTP 503, close 1011)."""
+
+
 class DataDirError(Exception):
     """The data directory cannot be created, written, locked or read (an operator error)."""
 
@@ -248,7 +252,8 @@ class SyncServer:
         self._metrics_offsets()
         self._room.set()
         self._periodic = [asyncio.create_task(self._every(cfg.sweep_interval_s, self._sweep)),
-                          asyncio.create_task(self._every(cfg.compact_interval_s, self._compact))]
+                          asyncio.create_task(self._every(cfg.compact_interval_s, self._compact)),
+                          asyncio.create_task(self._watch_writer())]
 
     async def _abort_start(self) -> None:
         if self._runner is not None:
@@ -301,22 +306,45 @@ class SyncServer:
     async def _wait_room(self) -> None:
         while not self.engine.can_commit():
             self._check_writer()
+            if self.failed is not None and self.failed.done():
+                raise DurabilityFailed(str(self.failed.result()))
             self._room.clear()
             await self._room.wait()
 
     async def _wait_durable(self, offset: int) -> None:
+        """Wait until ``offset`` is durable; :class:`DurabilityFailed` if it never will be."""
         if offset <= self.engine.durable:
             return
+        if self.failed is not None and self.failed.done():
+            raise DurabilityFailed(str(self.failed.result()))
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append((offset, fut))
         await fut
 
     def _check_writer(self) -> None:
+        """If the commit-log writer failed: acknowledge nothing more.  Every waiter fails (HTTP
+        503), every connection is closed (1011), and ``failed`` tells ``serve`` to stop."""
         assert self._writer is not None
         err = self._writer.error
-        if err is not None and self.failed is not None and not self.failed.done():
-            self.failed.set_result(err)
+        if err is None or self.failed is None or self.failed.done():
+            return
+        log.error("commit-log writer failed: %r", err)
+        self.failed.set_result(err)
+        for _offset, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(DurabilityFailed(str(err)))
+        self._waiters = []
+        self._room.set()
+        for sess in list(self.sessions.values()):
+            sess.closers.append(asyncio.ensure_future(self._close(
+                sess, m.CLOSE_PROTOCOL, f"durability failure: the commit log could not be written ({err!r})",
+                "durability")))
+
+    async def _watch_writer(self) -> None:
+        while self.failed is not None and not self.failed.done():
+            await asyncio.sleep(0.05)
+            self._check_writer()
 
     def _pump(self) -> None:
         """After any engine step: hand new commit records to the writer, wake senders."""
@@ -326,10 +354,8 @@ class SyncServer:
             assert self._writer is not None
             try:
                 self._writer.append(records)
-            except Exception as exc:
-                log.error("commit-log writer failed: %s", exc)
-                if self.failed is not None and not self.failed.done():
-                    self.failed.set_result(exc)
+            except Exception:
+                self._check_writer()
         for s in self.sessions.values():
             if s.side or engine.releasable(s.conn_id):
                 s.wake.set()
@@ -351,7 +377,7 @@ class SyncServer:
         while True:
             await asyncio.sleep(interval)
             self._check_writer()
-            if self.engine.can_commit():
+            if self.engine.can_commit() and self.failed is not None and not self.failed.done():
                 step()
                 self._pump()
 
@@ -463,16 +489,19 @@ class SyncServer:
             args = satsjson.args_from_json(rdef.args, body)
         except (ValueError, satsjson.SatsJsonError) as exc:
             return _text(400, SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": "*", "message": str(exc)}).render())
-        await self._wait_room()
-        self._tick()
         try:
-            offset, ret = self.engine.call_detached(verified.claims, reducer, args)
-        except SyncError as err:
-            # a failure reveals state (e.g. the head in sequence_conflict): answer once that state is durable
-            await self._wait_durable(self.engine.committed)
-            return _text(530, err.render())
-        self._pump()
-        await self._wait_durable(offset)
+            await self._wait_room()
+            self._tick()
+            try:
+                offset, ret = self.engine.call_detached(verified.claims, reducer, args)
+            except SyncError as err:
+                # a failure reveals state (e.g. the head in sequence_conflict): answer once that state is durable
+                await self._wait_durable(self.engine.committed)
+                return _text(530, err.render())
+            self._pump()
+            await self._wait_durable(offset)
+        except DurabilityFailed as exc:
+            return _text(503, f"the commit log could not be written, so the call is not acknowledged: {exc}")
         headers = {}
         if ret is not None:
             headers["syncref-return-value"] = json.dumps(ret)
@@ -513,7 +542,10 @@ class SyncServer:
         if not results:
             return _text(400, SyncError(ErrorCode.INVALID_QUERY, {"message": "no statement", "sql": text}).render())
         if confirmed:
-            await self._wait_durable(offset)
+            try:
+                await self._wait_durable(offset)
+            except DurabilityFailed as exc:
+                return _text(503, f"the commit log could not be written, so this read cannot be confirmed: {exc}")
         return web.json_response(results)
 
     # --- WebSocket ------------------------------------------------------------------------------------
@@ -525,6 +557,8 @@ class SyncServer:
         return resp
 
     async def _upgrade(self, request: web.Request) -> web.StreamResponse:
+        if self.failed is not None and self.failed.done():
+            return _text(503, "the commit log could not be written; the server is stopping")
         verified, error, minted = self._authenticate(request)
         if error is not None:
             return error
@@ -611,6 +645,8 @@ class SyncServer:
             await s.inbound_ready.wait()
             s.inbound_ready.clear()
             while s.inbound and not s.closing:
+                if self.failed is not None and self.failed.done():
+                    return  # nothing more is taken once the log cannot be written
                 first = s.inbound[0]
                 if isinstance(first, wire.CallReducer) and not engine.can_commit():
                     await self._wait_room()

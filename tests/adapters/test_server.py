@@ -537,3 +537,37 @@ def test_compatibility_matrix(tmp_path: Path, claims: dict[str, object], code: s
         assert body["code"] == code and body["message"].startswith(code + ": ")
         assert body["upgrade_required"] is (code == "upgrade_required")
         assert body["window"] == window.as_json()
+
+
+def test_commit_log_failure_acknowledges_nothing_more(tmp_path: Path) -> None:
+    """If SQLite cannot be written (disk full, I/O error), no further write is acknowledged: HTTP 503,
+    connections closed 1011, new upgrades refused 503, ``failed`` set for ``serve``; everything
+    acknowledged before is still there after a restart (DUR-1)."""
+    with running_server(tmp_path) as st:
+        tok = st.token()
+        assert call_http(st, tok, "append_sync_event", [S, "k0", "0", {"none": []}, {"none": []}]).status == 200
+        watcher = WireClient(st, st.token())
+        watcher.subscribe(1, SUB_EVENTS)
+        store = st.server._store
+        assert store is not None
+
+        def broken(records: object) -> int:
+            raise OSError(28, "No space left on device")
+
+        st.call(lambda: setattr(store, "write_batch", broken))
+        res = call_http(st, tok, "append_sync_event", [S, "k1", "1", {"none": []}, {"none": []}])
+        assert res.status == 503 and "not acknowledged" in res.text
+        code, reason = watcher.closed()
+        assert code == 1011 and reason.startswith("durability failure")
+        assert st.call(lambda: st.server.failed is not None and st.server.failed.done())
+        from websockets.sync.client import connect
+        with pytest.raises(InvalidStatus) as info:
+            connect(f"{st.ws_base}/v1/database/autopilot-sync/subscribe?token={tok}",
+                    subprotocols=["v2.bsatn.spacetimedb"])  # type: ignore[list-item]
+        assert info.value.response.status_code == 503
+    with running_server(tmp_path) as st:
+        a = WireClient(st, st.token())
+        applied = a.subscribe(1, SUB_EVENTS)
+        assert isinstance(applied, wire.SubscribeApplied)
+        assert [e.idempotency_key for e in wire.decode_rows("sync_event", applied.rows.tables[0].rows)] == ["k0"]  # type: ignore[attr-defined]
+        a.close()
