@@ -9,30 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from support.server import http
+from support.server import http, mint_cli, serve_process
 
 SYNCREF = [sys.executable, "-m", "adapters.cli"]
 S = "demo.cli"
-
-
-@contextmanager
-def serve(data: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(data), "--port", "0", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        m = re.search(r"listening on (http://\S+)", line)
-        assert m, f"no listening line: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
-        yield proc, m.group(1)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,11 +23,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_serve_token_call_and_clean_stop(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with serve(data) as (proc, base):
-        minted = run("token", "mint", "--data", str(data), "--scopes", "sync.subscribe,sync.append",
-                     "--streams", "demo.*", "--json")
-        assert minted.returncode == 0, minted.stderr
-        token = json.loads(minted.stdout)["token"]
+    with serve_process(data) as served:
+        base = served.url
+        token = mint_cli(data, "sync.subscribe,sync.append", "demo.*")["token"]
         res = http("POST", f"{base}/v1/database/autopilot-sync/call/append_sync_event",
                    json.dumps([S, "k1", "1", {"none": []}, {"none": []}]),
                    {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
@@ -54,9 +34,8 @@ def test_serve_token_call_and_clean_stop(tmp_path: Path) -> None:
                       json.dumps(["other", "k1", "1", {"none": []}, {"none": []}]),
                       {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         assert denied.status == 530 and denied.text.startswith("forbidden_stream")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0 and "stopped cleanly" in out
+        status, out = served.stop()
+        assert status == 0 and any("stopped cleanly" in line for line in out)
     checked = run("verify-log", "--data", str(data), "--json")
     report = json.loads(checked.stdout)
     assert checked.returncode == 0 and report["ok"] and report["clean_shutdown"] and report["records"] == 1
@@ -71,7 +50,7 @@ def test_busy_port_locked_dir_and_unusable_dir(tmp_path: Path) -> None:
     sock.close()
     assert busy.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in busy.stderr
     assert "Traceback" not in busy.stderr
-    with serve(tmp_path / "b"):
+    with serve_process(tmp_path / "b"):
         locked = run("serve", "--data", str(tmp_path / "b"), "--port", "0")
         assert locked.returncode == 2 and "in use by another process" in locked.stderr
     blocker = tmp_path / "file"
@@ -143,9 +122,9 @@ def test_readme_quickstart_serve_command_exists() -> None:
 def test_corrupt_commit_log_is_one_line(tmp_path: Path) -> None:
     import sqlite3
     data = tmp_path / "data"
-    with serve(data) as (_proc, base):
-        token = json.loads(run("token", "mint", "--data", str(data), "--scopes", "sync.append", "--streams", "demo.*",
-                               "--json").stdout)["token"]
+    with serve_process(data) as served:
+        base = served.url
+        token = mint_cli(data, "sync.append", "demo.*")["token"]
         for i in range(3):
             assert http("POST", f"{base}/v1/database/autopilot-sync/call/append_sync_event",
                         json.dumps([S, f"k{i}", "1", {"none": []}, {"none": []}]),

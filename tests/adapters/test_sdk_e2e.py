@@ -12,83 +12,32 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import queue
-import re
-import signal
 import sqlite3
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.server import ServedProcess, mint_cli, serve_process
 
 from adapters.sdk import V2, V3, Backoff, CheckpointStore, Connection, ReducerError, Stale, StreamConsumer
 from spec.values import SyncCheckpoint, SyncEvent
 
-SYNCREF = Path(sys.executable).parent / "syncref"
 SCOPES = "sync.subscribe,sync.append,sync.checkpoint.write"
 MODES = [pytest.param((V2,), "None", id="v2-none"), pytest.param((V3,), "Gzip", id="v3-gzip"),
          pytest.param((V3, V2), "Brotli", id="v3-brotli")]
 FAST = Backoff(base=0.02, cap=0.2, jitter=0.5)
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    data: Path
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data = tmp_path_factory.mktemp("sdk-e2e-data")
-    log = (data.parent / "sdk-e2e-server.log").open("w+")
-    proc = subprocess.Popen([str(SYNCREF), "serve", "--data", str(data), "--host", "127.0.0.1", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in proc.stdout or ():
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    url = None
-    deadline = time.monotonic() + 60
-    while url is None and time.monotonic() < deadline and proc.poll() is None:
-        try:
-            m = re.match(r"syncref listening on (http://\S+)", lines.get(timeout=0.2))
-        except queue.Empty:
-            continue
-        url = m.group(1) if m else None
-    if url is None:
-        proc.kill()
-        log.seek(0)
-        pytest.fail(f"syncref serve did not come up (exit {proc.poll()}):\n{log.read()}")
-    try:
-        yield Server(url, data)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
+    with serve_process(tmp_path_factory.mktemp("sdk-e2e-data")) as served:
+        yield served
 
 
-def mint(server: Server, subject: str, scopes: str = SCOPES, streams: str = "e2e.*") -> str:
-    out = subprocess.run([str(SYNCREF), "token", "mint", "--data", str(server.data), "--scopes", scopes,
-                          "--streams", streams, "--subject", subject, "--json"],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    token = json.loads(out.stdout)["token"]
-    assert isinstance(token, str)
-    return token
+def mint(server: ServedProcess, subject: str, scopes: str = SCOPES, streams: str = "e2e.*") -> str:
+    return mint_cli(server.data, scopes, streams, "--subject", subject)["token"]
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -131,13 +80,14 @@ async def append(conn: Connection, stream: str, i: int) -> int:
     return out.value
 
 
-def connection(server: Server, token: str, protocols: tuple[str, ...], compression: str) -> Connection:
+def connection(server: ServedProcess, token: str, protocols: tuple[str, ...], compression: str) -> Connection:
     return Connection(server.url, token=token, protocols=protocols, compression=compression, backoff=FAST,
                       call_timeout=20)
 
 
 @pytest.mark.parametrize(("protocols", "compression"), MODES)
-def test_append_consume_ack(server: Server, tmp_path: Path, protocols: tuple[str, ...], compression: str) -> None:
+def test_append_consume_ack(server: ServedProcess, tmp_path: Path, protocols: tuple[str, ...],
+                            compression: str) -> None:
     stream = f"e2e.{uuid.uuid4().hex[:12]}"
 
     async def body() -> None:
@@ -174,7 +124,7 @@ def test_append_consume_ack(server: Server, tmp_path: Path, protocols: tuple[str
 
 
 @pytest.mark.parametrize(("protocols", "compression"), MODES)
-def test_dropped_connections_and_a_restart_lose_and_duplicate_nothing(server: Server, tmp_path: Path,
+def test_dropped_connections_and_a_restart_lose_and_duplicate_nothing(server: ServedProcess, tmp_path: Path,
                                                                      protocols: tuple[str, ...],
                                                                      compression: str) -> None:
     stream = f"e2e.{uuid.uuid4().hex[:12]}"
@@ -227,7 +177,7 @@ def test_dropped_connections_and_a_restart_lose_and_duplicate_nothing(server: Se
 
 
 @pytest.mark.parametrize(("protocols", "compression"), MODES[:2])
-def test_an_epoch_reset_rebootstraps_live_and_on_resume(server: Server, tmp_path: Path,
+def test_an_epoch_reset_rebootstraps_live_and_on_resume(server: ServedProcess, tmp_path: Path,
                                                         protocols: tuple[str, ...], compression: str) -> None:
     stream = f"e2e.{uuid.uuid4().hex[:12]}"
 

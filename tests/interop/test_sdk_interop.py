@@ -28,24 +28,21 @@ import json
 import os
 import queue
 import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.server import ServedProcess, mint_cli, serve_process
 
 INTEROP_DIR = Path(__file__).resolve().parent
 DATABASE = "autopilot-sync"
 WAIT_S = 25.0
-SYNCREF = Path(sys.executable).parent / "syncref"  # the console script of the running venv
 HEX64 = re.compile(r"[0-9a-f]{64}")
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -61,68 +58,20 @@ def sha(text: str) -> str:
 # --- the server -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    data: Path
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not SYNCREF.exists():
-        pytest.fail(f"{SYNCREF} is missing: install the project (pip install -e .)")
-    data = tmp_path_factory.mktemp("interop-data")
-    log = (data.parent / "server.log").open("w+")
-    proc = subprocess.Popen([str(SYNCREF), "serve", "--data", str(data), "--host", "127.0.0.1", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    assert proc.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in proc.stdout or ():
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    url = None
-    deadline = time.monotonic() + WAIT_S
-    while url is None and time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            if proc.poll() is not None:
-                break
-            continue
-        m = re.match(r"syncref listening on (http://\S+)", line)
-        if m:
-            url = m.group(1)
-    if url is None:
-        proc.kill()
-        log.seek(0)
-        pytest.fail(f"syncref serve did not come up (exit {proc.poll()}):\n{log.read()}")
-    try:
-        yield Server(url, data)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
+    with serve_process(tmp_path_factory.mktemp("interop-data"), wait_s=WAIT_S) as served:
+        yield served
 
 
-def mint(server: Server, subject: str) -> tuple[str, str]:
+def mint(server: ServedProcess, subject: str) -> tuple[str, str]:
     """A token for ``subject`` with sync.subscribe,sync.append on demo.*, and the identity it names."""
-    out = subprocess.run([str(SYNCREF), "token", "mint", "--data", str(server.data), "--scopes",
-                          "sync.subscribe,sync.append", "--streams", "demo.*", "--ttl", "3600",
-                          "--subject", subject, "--json"], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    minted = json.loads(out.stdout)
+    minted = mint_cli(server.data, "sync.subscribe,sync.append", "demo.*", "--ttl", "3600", "--subject", subject)
     assert HEX64.fullmatch(minted["identity"]), minted
     return minted["token"], minted["identity"]
 
 
-def http_append(server: Server, token: str, stream: str, key: str, payload: str) -> None:
+def http_append(server: ServedProcess, token: str, stream: str, key: str, payload: str) -> None:
     body = json.dumps([stream, key, payload, {"none": []}, {"none": []}]).encode()
     req = urllib.request.Request(f"{server.url}/v1/database/{DATABASE}/call/append_sync_event", data=body,
                                  method="POST", headers={"Authorization": f"Bearer {token}",
@@ -207,7 +156,7 @@ RUNS = {
 
 
 @pytest.mark.parametrize("run", sorted(RUNS))
-def test_official_sdk_scenario(node: str, server: Server, run: str, tmp_path: Path) -> None:
+def test_official_sdk_scenario(node: str, server: ServedProcess, run: str, tmp_path: Path) -> None:
     stream = f"demo.interop.{run}"
     client_token, client_id = mint(server, f"sdk-client-{run}")
     appender_token, appender_id = mint(server, f"http-appender-{run}")

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -240,3 +246,85 @@ def rows_of(table: str, rl: wire.RowList) -> list[Any]:
 
 def with_limits(**kw: Any) -> Limits:
     return replace(Limits(), **kw)
+
+
+# --- `syncref serve` as a real process -----------------------------------------------------------------
+
+SYNCREF = Path(sys.executable).parent / "syncref"  # the console script of the running venv
+
+
+@dataclass
+class ServedProcess:
+    """A running ``syncref serve``: its base URL, data directory, process and stdout lines so far."""
+
+    url: str
+    data: Path
+    proc: subprocess.Popen[str]
+    lines: queue.Queue[str]
+
+    def stop(self, timeout: float = 20) -> tuple[int, list[str]]:
+        """SIGTERM, wait; (exit status, the stdout lines printed after start-up)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        out = []
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                out.append(self.lines.get(timeout=0.1))
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+        return self.proc.returncode, out
+
+
+@contextmanager
+def serve_process(data: Path, *extra: str, wait_s: float = 60) -> Iterator[ServedProcess]:
+    """Start ``syncref serve --data DATA --port 0 EXTRA...``, wait for its listening line, stop it
+    (SIGTERM) afterwards.  stderr goes to ``DATA.parent/<data name>-server.log``, shown on failure."""
+    log = (data.parent / f"{data.name}-server.log").open("w+")
+    proc = subprocess.Popen([str(SYNCREF), "serve", "--data", str(data), "--host", "127.0.0.1", "--port", "0",
+                             *extra], stdout=subprocess.PIPE, stderr=log, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout or ():
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    url = None
+    deadline = time.monotonic() + wait_s
+    while url is None and time.monotonic() < deadline:
+        try:
+            m = re.match(r"syncref listening on (http://\S+)", lines.get(timeout=0.2))
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        url = m.group(1) if m else None
+    if url is None:
+        proc.kill()
+        proc.wait()
+        log.seek(0)
+        log_text = log.read()
+        log.close()
+        raise AssertionError(f"syncref serve did not come up (exit {proc.poll()}):\n{log_text}")
+    served = ServedProcess(url, data, proc, lines)
+    try:
+        yield served
+    finally:
+        served.stop()
+        log.close()
+
+
+def mint_cli(data: Path, scopes: str, streams: str, *extra: str) -> dict[str, str]:
+    """``syncref token mint --json``: {"token", "identity"}."""
+    out = subprocess.run([str(SYNCREF), "token", "mint", "--data", str(data), "--scopes", scopes, "--streams",
+                          streams, "--json", *extra], capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    minted: dict[str, str] = json.loads(out.stdout)
+    return minted
