@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.sats_strategies import row_st_for, value_st
 
 from adapters.bsatn import (
     RETURN_TYPES,
@@ -24,10 +25,8 @@ from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import REDUCERS, TABLES
 from spec.values import (
     BOOL,
-    I64,
     IDENTITY,
     STRING,
-    TIMESTAMP,
     U32,
     U64,
     ArrayT,
@@ -40,27 +39,6 @@ from spec.values import (
 )
 
 # --- strategies from the schema ---------------------------------------------------------------
-
-
-def value_st(t: SatsType) -> st.SearchStrategy[object]:
-    if isinstance(t, OptionT):
-        return st.none() | value_st(t.inner)
-    if isinstance(t, ArrayT):
-        return st.lists(value_st(t.inner), max_size=4).map(tuple)
-    return {
-        STRING: st.text(max_size=20),
-        BOOL: st.booleans(),
-        U32: st.integers(0, 2**32 - 1),
-        U64: st.integers(0, 2**64 - 1),
-        I64: st.integers(-(2**63), 2**63 - 1),
-        TIMESTAMP: st.integers(-(2**63), 2**63 - 1),
-        IDENTITY: st.binary(min_size=32, max_size=32).map(bytes.hex),
-    }[t]
-
-
-def row_st_for(table_index: int) -> st.SearchStrategy[object]:
-    t = TABLES[table_index]
-    return st.tuples(*(value_st(c.type) for c in t.columns)).map(lambda vs: t.row_type(*vs))
 
 
 any_row_st = st.integers(0, len(TABLES) - 1).flatmap(row_st_for)

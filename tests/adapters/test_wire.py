@@ -9,6 +9,7 @@ import brotli
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.sats_strategies import row_st_for
 
 import adapters.wire as wire
 import spec.messages as sm
@@ -64,16 +65,6 @@ from adapters.wire import (
 from spec.errors import LocalProtocolError
 from spec.schema import TABLES
 from spec.values import (
-    BOOL,
-    I64,
-    IDENTITY,
-    STRING,
-    TIMESTAMP,
-    U32,
-    U64,
-    ArrayT,
-    OptionT,
-    SatsType,
     SyncEvent,
 )
 
@@ -458,20 +449,10 @@ server_messages: st.SearchStrategy[ServerMessage] = st.one_of(
 )
 
 
-def value_st(t: SatsType) -> st.SearchStrategy[object]:
-    if isinstance(t, OptionT):
-        return st.none() | value_st(t.inner)
-    if isinstance(t, ArrayT):
-        return st.lists(value_st(t.inner), max_size=3).map(tuple)
-    return {STRING: text, BOOL: st.booleans(), U32: u32, U64: st.integers(0, 2**64 - 1), I64: i64,
-            TIMESTAMP: i64, IDENTITY: st.binary(min_size=32, max_size=32).map(bytes.hex)}[t]
-
-
 def table_rows_st(snapshot: bool) -> st.SearchStrategy[sm.TableRows]:
     def build(i: int) -> st.SearchStrategy[sm.TableRows]:
         t = TABLES[i]
-        rows = st.lists(st.tuples(*(value_st(c.type) for c in t.columns)).map(lambda vs: t.row_type(*vs)),
-                        max_size=3).map(tuple)
+        rows = st.lists(row_st_for(i, max_items=3, max_text=12), max_size=3).map(tuple)
         if snapshot:
             return st.builds(sm.TableRows, st.just(t.name), rows)
         if t.event:
