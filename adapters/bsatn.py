@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from spec.errors import LocalProtocolError, RemoteProtocolError
-from spec.schema import REDUCER_BY_NAME, REDUCERS, TABLE_BY_NAME, TABLE_BY_ROW_TYPE, Table
+from spec.schema import REDUCER_BY_NAME, REDUCERS, TABLE_BY_NAME, TABLE_BY_ROW_TYPE, Column, Table
 from spec.values import (
     BOOL,
     I64,
@@ -396,23 +396,29 @@ def encode_row(row: Row) -> bytes:
     return w.getvalue()
 
 
+def _decode_product(columns: Sequence[Column], data: bytes, what: str, part: str) -> list[Any]:
+    """Decode a product of ``columns`` that must use every byte of ``data``; errors name ``what``
+    and the ``part`` (column or parameter) that failed."""
+    r = Reader(data)
+    values: list[Any] = []
+    for col in columns:
+        try:
+            values.append(_decoder(col.type)(r))
+        except BsatnError as exc:
+            raise BsatnError(f"{what}, {part} {col.name}: {exc}") from None
+    try:
+        r.expect_end()
+    except BsatnError as exc:
+        raise BsatnError(f"{what}: {exc}") from None
+    return values
+
+
 def decode_row(table: str, data: bytes) -> Row:
     """Decode one whole row of ``table``; every byte must be used."""
     t = TABLE_BY_NAME.get(table)
     if t is None:
         raise BsatnError(f"unknown table {table[:80]!r}")
-    r = Reader(data)
-    values: list[Any] = []
-    for col in t.columns:
-        try:
-            values.append(_decoder(col.type)(r))
-        except BsatnError as exc:
-            raise BsatnError(f"row of {table}, column {col.name}: {exc}") from None
-    try:
-        r.expect_end()
-    except BsatnError as exc:
-        raise BsatnError(f"row of {table}: {exc}") from None
-    return t.row_type(*values)
+    return t.row_type(*_decode_product(t.columns, data, f"row of {table}", "column"))
 
 
 # --- reducer arguments and return values ------------------------------------------------------
@@ -441,18 +447,7 @@ def decode_args(reducer: str, data: bytes) -> tuple[object, ...]:
     rdef = REDUCER_BY_NAME.get(reducer)
     if rdef is None:
         raise BsatnError(f"unknown reducer {reducer[:80]!r}")
-    r = Reader(data)
-    values: list[object] = []
-    for col in rdef.args:
-        try:
-            values.append(_decoder(col.type)(r))
-        except BsatnError as exc:
-            raise BsatnError(f"arguments of {reducer}, parameter {col.name}: {exc}") from None
-    try:
-        r.expect_end()
-    except BsatnError as exc:
-        raise BsatnError(f"arguments of {reducer}: {exc}") from None
-    return tuple(values)
+    return tuple(_decode_product(rdef.args, data, f"arguments of {reducer}", "parameter"))
 
 
 def encode_ret(reducer: str, value: object) -> bytes:

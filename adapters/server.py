@@ -154,6 +154,13 @@ class Metrics:
                                  registry=r)
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    verified: Verified
+    token: str  # as presented, or minted for an anonymous caller
+    minted: bool
+
+
 class Session:
     """One WebSocket connection's I/O state (the engine holds its subscriptions and queue)."""
 
@@ -442,23 +449,33 @@ class SyncServer:
             return _text(404, f"`{request.match_info['name']}` not found")
         return web.json_response(module_schema(self.config.database))
 
-    def _authenticate(self, request: web.Request) -> tuple[Verified | None, web.Response | None, str | None]:
-        """(verified caller, error response, freshly minted token when anonymous)."""
+    def _authenticate(self, request: web.Request) -> Caller | web.Response:
+        """The verified caller (minting an identity for a token-less one when that is allowed), or
+        the error response."""
         try:
             token = self.auth.token_from_request(request.headers.get("Authorization"), request.query.get("token"))
         except AuthError as err:
-            return None, _text(err.status, str(err)), None
-        minted = None
+            return _text(err.status, str(err))
+        minted = token is None
         if token is None:
             if not self.config.auth.anonymous_allowed:
-                return None, _text(401, "Authorization required: send a Bearer token (POST /v1/identity is "
-                                        "disabled unless the server allows anonymous identities)"), None
+                return _text(401, "Authorization required: send a Bearer token (POST /v1/identity is "
+                                  "disabled unless the server allows anonymous identities)")
             _identity, token = self.auth.mint_identity()
-            minted = token
         try:
-            return self.auth.verify(token), None, minted
+            return Caller(self.auth.verify(token), token, minted)
         except AuthError as err:
-            return None, _text(err.status, str(err)), None
+            return _text(err.status, str(err))
+
+    def _http_caller(self, request: web.Request) -> Verified | web.Response:
+        """The checks the HTTP database routes share, in order: token, database, compatibility."""
+        caller = self._authenticate(request)
+        if isinstance(caller, web.Response):
+            return caller
+        if request.match_info["name"] != self.config.database:
+            return _text(404, f"`{request.match_info['name']}` not found")
+        refused = self._admit(caller.verified)
+        return refused if refused is not None else caller.verified
 
     def _admit(self, verified: Verified) -> web.Response | None:
         err = self.engine.admit(verified.claims, self.config.window)
@@ -469,15 +486,9 @@ class SyncServer:
     # --- HTTP reducer calls and SQL -----------------------------------------------------------------
 
     async def _call(self, request: web.Request) -> web.Response:
-        verified, error, _ = self._authenticate(request)
-        if error is not None:
-            return error
-        assert verified is not None
-        if request.match_info["name"] != self.config.database:
-            return _text(404, f"`{request.match_info['name']}` not found")
-        refused = self._admit(verified)
-        if refused is not None:
-            return refused
+        verified = self._http_caller(request)
+        if isinstance(verified, web.Response):
+            return verified
         reducer = request.match_info["reducer"]
         rdef = REDUCER_BY_NAME.get(reducer)
         if rdef is None:
@@ -508,15 +519,9 @@ class SyncServer:
         return web.Response(status=200, headers=headers)
 
     async def _sql(self, request: web.Request) -> web.Response:
-        verified, error, _ = self._authenticate(request)
-        if error is not None:
-            return error
-        assert verified is not None
-        if request.match_info["name"] != self.config.database:
-            return _text(404, f"`{request.match_info['name']}` not found")
-        refused = self._admit(verified)
-        if refused is not None:
-            return refused
+        verified = self._http_caller(request)
+        if isinstance(verified, web.Response):
+            return verified
         try:
             confirmed = parse_bool(request.query.get("confirmed"), True)
         except ValueError as exc:
@@ -559,10 +564,10 @@ class SyncServer:
     async def _upgrade(self, request: web.Request) -> web.StreamResponse:
         if self.failed is not None and self.failed.done():
             return _text(503, "the commit log could not be written; the server is stopping")
-        verified, error, minted = self._authenticate(request)
-        if error is not None:
-            return error
-        assert verified is not None
+        caller = self._authenticate(request)
+        if isinstance(caller, web.Response):
+            return caller
+        verified = caller.verified
         raw_cid = request.query.get("connection_id")
         if raw_cid is not None:
             if not re.fullmatch(r"[0-9a-fA-F]{1,32}", raw_cid):
@@ -589,17 +594,15 @@ class SyncServer:
                                    timeout=self.config.limits.close_timeout_s,
                                    max_msg_size=self.config.limits.max_message_size)
         ws.headers["spacetime-identity"] = verified.claims.identity
-        if minted is not None:
-            ws.headers["spacetime-identity-token"] = minted
+        if caller.minted:
+            ws.headers["spacetime-identity-token"] = caller.token
         await ws.prepare(request)
         conn_id = self.engine.connect(verified.claims, confirmed)
         version = 3 if chosen.startswith("v3.") else 2
         s = Session(conn_id, ws, version, compression, verified, connection_id, request)
         self.sessions[conn_id] = s
         self.metrics.connects.labels(chosen).inc()
-        token = minted if minted is not None else self.auth.token_from_request(
-            request.headers.get("Authorization"), request.query.get("token")) or ""
-        first = wire.encode_server(wire.InitialConnection(verified.claims.identity, connection_id, token))
+        first = wire.encode_server(wire.InitialConnection(verified.claims.identity, connection_id, caller.token))
         try:
             await ws.send_bytes(wire.frame_server(first, compression))
             s.tasks = [asyncio.create_task(self._sender(s)), asyncio.create_task(self._processor(s)),
