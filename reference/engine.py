@@ -206,17 +206,11 @@ class Engine:
         """A one-off read (SpacetimeDB's ``OneOffQuery`` and the HTTP ``/sql`` route): the rows of
         one subscription-subset query, under the same scope, grant and row-filter rules as a
         subscription (no stale check: a one-off read resumes nothing).  Raises :class:`SyncError`."""
-        if "sync.subscribe" not in claims.scopes:
-            raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
-        queries = q.parse(text)
+        queries = self._authorized_queries(claims, (text,))
         if len(queries) != 1:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
                                                       "sql": text})
         query = queries[0]
-        if TABLE_BY_NAME[query.table].visibility is Visibility.STREAM_GRANT:
-            sid = q.pinned_value(query, "stream_id")
-            if isinstance(sid, str) and not any(grant_matches(g, sid) for g in claims.streams):
-                raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
         rows = [row for row in self._candidates(query) if q.matches(query, row) and can_read(claims, row, self._owner)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
@@ -231,6 +225,14 @@ class Engine:
         self._send(conn, self.committed, OneOffQueryResult(request_id, result))
 
     def _check_queries(self, claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
+        queries = self._authorized_queries(claims, texts)
+        for query in queries:
+            self._check_stale(query)
+        return queries
+
+    @staticmethod
+    def _authorized_queries(claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
+        """Scope, parse, then the grant check of every query that pins a stream (DESIGN §4 order)."""
         if "sync.subscribe" not in claims.scopes:
             raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
         queries = [query for text in texts for query in q.parse(text)]
@@ -239,8 +241,6 @@ class Engine:
                 sid = q.pinned_value(query, "stream_id")
                 if isinstance(sid, str) and not any(grant_matches(g, sid) for g in claims.streams):
                     raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
-        for query in queries:
-            self._check_stale(query)
         return queries
 
     def _check_stale(self, query: q.Query) -> None:
