@@ -5,9 +5,11 @@ Usage (from the repository root)::
     .venv/bin/python tests/conformance/generate_vectors.py          # (re)write the files
     .venv/bin/python tests/conformance/generate_vectors.py --check  # exit 1 if they drifted
 
-The vectors themselves are computed by :func:`spec.vectors.canonical_vectors` (pure, no I/O);
-this script only writes them, and removes stale ``*.json`` files from the directory it owns.
-``tests/conformance/test_vectors.py`` fails when the checked-in files differ from the model.
+The vectors themselves are computed by :func:`spec.vectors.canonical_vectors` (``canonical/``)
+and :func:`adapters.nostr.vectors.nostr_vectors` (``nostr/``), pure and without I/O; this script
+only writes them, and removes stale ``*.json`` files from the directories it owns.
+``tests/conformance/test_vectors.py`` and ``test_nostr_vectors.py`` fail when the checked-in files
+differ from what the code generates.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CANONICAL_DIR = Path(__file__).resolve().parent / "vectors" / "canonical"
+VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 
 
-def _generated() -> dict[str, str]:
+def _generated() -> dict[Path, dict[str, str]]:
     if str(ROOT) not in sys.path:  # run as a script: make the project importable
         sys.path.insert(0, str(ROOT))
+    from adapters.nostr.vectors import nostr_vectors
     from spec.vectors import canonical_vectors
 
-    return canonical_vectors()
+    return {VECTORS_DIR / "canonical": canonical_vectors(), VECTORS_DIR / "nostr": nostr_vectors()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,29 +38,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write nothing; exit 1 if the checked-in vectors differ")
     args = parser.parse_args(argv)
 
-    wanted = _generated()
-    present = {p.name: p.read_bytes() for p in sorted(CANONICAL_DIR.glob("*.json"))}
+    drift = False
+    for directory, wanted in _generated().items():
+        drift |= _sync(directory, wanted, check=args.check)
+    return 1 if args.check and drift else 0
+
+
+def _sync(directory: Path, wanted: dict[str, str], *, check: bool) -> bool:
+    """Write (or with ``check``, report) the files of one directory; True if anything differed."""
+    present = {p.name: p.read_bytes() for p in sorted(directory.glob("*.json"))}
     changed = [name for name, text in sorted(wanted.items())
                if present.get(name) != text.encode("utf-8")]
     stale = sorted(set(present) - set(wanted))
-    rel = CANONICAL_DIR.relative_to(ROOT)
-    if args.check:
+    rel = directory.relative_to(ROOT)
+    if check:
         for name in changed:
             print(f"out of date: {rel / name}")
         for name in stale:
             print(f"stale: {rel / name}")
-        return 1 if changed or stale else 0
-    CANONICAL_DIR.mkdir(parents=True, exist_ok=True)
+        return bool(changed or stale)
+    directory.mkdir(parents=True, exist_ok=True)
     for name in changed:
-        (CANONICAL_DIR / name).write_bytes(wanted[name].encode("utf-8"))
+        (directory / name).write_bytes(wanted[name].encode("utf-8"))
         print(f"wrote {rel / name}")
     for name in stale:
-        (CANONICAL_DIR / name).unlink()
+        (directory / name).unlink()
         print(f"removed {rel / name}")
     if not changed and not stale:
         print(f"{rel}: up to date ({len(wanted)} files)")
-    return 0
-
+    return bool(changed or stale)
 
 if __name__ == "__main__":
     sys.exit(main())
