@@ -177,7 +177,7 @@ class RelaySession:
                     events = self.core.receive(frame)
                 except RelayProtocolError as exc:
                     error = RelayProtocolError(f"{self.url}: {exc}")
-                    reason = str(error)
+                    reason = f"protocol error: {exc}"
                     log.warning("relay %s sent garbage, closing: %s", self.url, exc)
                     await self._ws.close(1002, "protocol error")
                     return

@@ -202,7 +202,7 @@ class _RelayWorker:
         self.failures += 1
         self.retry_at = self.clock() + delay
         self.last_error = one_line(reason)
-        log.warning("relay %s failed (%d in a row), retrying in %.1fs: %s", self.url, self.failures, delay, reason)
+        log.warning("relay %s failed (%d in a row), retrying in %.2fs: %s", self.url, self.failures, delay, reason)
         return delay
 
     async def _drop_session(self) -> None:

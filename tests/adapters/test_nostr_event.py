@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import nostr_oracle
 
 from adapters.nostr.errors import EventVerificationError, NostrUsageError, RelayProtocolError
 from adapters.nostr.event import (
@@ -25,7 +26,6 @@ from adapters.nostr.event import (
     verify_event,
 )
 from adapters.nostr.keys import SigningKey
-from support import nostr_oracle
 
 KEY = SigningKey(hashlib.sha256(b"test_nostr_event").digest())
 PUB = KEY.public_key_hex
@@ -112,7 +112,7 @@ def test_sign_event_round_trip_and_deterministic_aux() -> None:
 
 def test_sign_event_refuses_nonportable_content_unless_allowed() -> None:
     template = EventTemplate(1, 1, (("t", "ok\n"),), "bell\x07")
-    with pytest.raises(NostrUsageError, match="U\\+0007.*another id"):
+    with pytest.raises(NostrUsageError, match=r"U\+0007.*another id"):
         sign_event(template, KEY)
     event = sign_event(template, KEY, allow_nonportable=True)
     verify_event(event)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import bip340_ref
 
 from adapters.nostr.errors import KeyFileError, NostrUsageError
 from adapters.nostr.keys import (
@@ -22,7 +23,6 @@ from adapters.nostr.keys import (
     load_or_create_key_file,
     verify_signature,
 )
-from support import bip340_ref
 
 VECTORS = Path(__file__).resolve().parent / "data" / "bip340-test-vectors.csv"
 VECTORS_SHA256 = "34c9d1d9c3a88d524bc80778540dc43f8306ec249a7485293063c376db851c2d"

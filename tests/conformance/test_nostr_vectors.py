@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import bip340_ref, nostr_oracle
 
 from adapters.nostr.event import Event, serialize, verify_event
 from adapters.nostr.keys import SigningKey
 from adapters.nostr.vectors import EVENTS_FORMAT, VECTOR_SECRET_KEY, nostr_vectors
-from support import bip340_ref, nostr_oracle
 
 NOSTR_DIR = Path(__file__).resolve().parent / "vectors" / "nostr"
 REGENERATE = ".venv/bin/python tests/conformance/generate_vectors.py"

@@ -29,10 +29,8 @@ def _add(a: Point, b: Point) -> Point:
         return a
     if a[0] == b[0] and a[1] != b[1]:
         return None
-    if a == b:
-        lam = 3 * a[0] * a[0] * pow(2 * a[1], -1, P) % P
-    else:
-        lam = (b[1] - a[1]) * pow(b[0] - a[0], -1, P) % P
+    slope = (3 * a[0] * a[0], 2 * a[1]) if a == b else (b[1] - a[1], b[0] - a[0])
+    lam = slope[0] * pow(slope[1], -1, P) % P
     x = (lam * lam - a[0] - b[0]) % P
     return x, (lam * (a[0] - x) - a[1]) % P
 
