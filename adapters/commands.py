@@ -1,4 +1,4 @@
-"""``syncref serve``, ``syncref token mint`` and ``syncref trace``.
+"""``syncref serve``, ``syncref token mint``, ``syncref trace`` and ``syncref nostr-key``.
 
 ``serve`` runs :class:`adapters.server.SyncServer` until SIGINT/SIGTERM, then shuts down
 cleanly (flush, clean-shutdown marker).  Everything an operator can get wrong is reported as
@@ -289,6 +289,9 @@ def add_parsers(sub: Any) -> None:
     tr.add_argument("--hex", nargs="+", default=None, help="frames as hex instead of a capture file")
     tr.add_argument("--direction", choices=("c2s", "s2c"), default="s2c", help="direction of --hex frames")
     tr.add_argument("--version", type=int, choices=(2, 3), default=2, help="protocol version (v3 batches)")
+    nk = sub.add_parser("nostr-key", help="create or check the Nostr bridge's signing-key file; print its public key")
+    nk.add_argument("--key-file", required=True, metavar="FILE", help="the key file (64 hex digits, mode 0600)")
+    nk.add_argument("--create", action="store_true", help="create the file with a new key if it does not exist")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -298,4 +301,21 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return token_mint(args)
     if args.command == "trace":
         return trace(args)
+    if args.command == "nostr-key":
+        return nostr_key(args)
     return None
+
+
+def nostr_key(args: argparse.Namespace) -> int:
+    """Print the key file's public key (hex); with ``--create``, make the file first if absent."""
+    from adapters.nostr.errors import KeyFileError
+    from adapters.nostr.keys import load_key_file, load_or_create_key_file
+
+    path = Path(args.key_file)
+    try:
+        key = load_or_create_key_file(path) if args.create else load_key_file(path)
+    except KeyFileError as exc:
+        print(f"syncref nostr-key: {exc}", file=sys.stderr)
+        return 2
+    print(key.public_key_hex)
+    return 0

@@ -264,3 +264,26 @@ def test_key_file_tolerates_surrounding_whitespace_and_upper_case(tmp_path: Path
 
 def test_key_file_errors_are_usage_errors() -> None:
     assert issubclass(KeyFileError, NostrUsageError) and issubclass(KeyFileError, ValueError)
+
+
+def test_the_nostr_key_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adapters.cli import main
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(["nostr-key", *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    path = tmp_path / "bridge.key"
+    assert cli("--key-file", str(path)) == (2, "", f"syncref nostr-key: signing key file {path}: not found "
+                                                   f"(create one with: syncref nostr-key --create --key-file {path})\n")
+    code, out, err = cli("--create", "--key-file", str(path))
+    assert code == 0 and err == ""
+    pubkey = out.strip()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert pubkey == load_key_file(path).public_key_hex == bip340_ref.public_key(bytes.fromhex(path.read_text())).hex()
+    assert cli("--key-file", str(path)) == (0, pubkey + "\n", "")
+    assert cli("--create", "--key-file", str(path)) == (0, pubkey + "\n", "")  # never replaced
+    path.chmod(0o644)
+    code, out, err = cli("--key-file", str(path))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and "chmod 600" in err

@@ -260,7 +260,8 @@ def test_a_dead_hanging_or_garbage_relay_does_not_slow_the_healthy_one(relays: d
     # the first two batches are on beta, under the ids they were signed with
     ids_on_beta = {e["id"] for e in raw_req(beta.url, {"authors": [key.public_key_hex]})}
     assert {e.id for batch in batches[:2] for e in batch} <= ids_on_beta
-    figures["ratio_killed_vs_healthy"] = figures["alpha_median_ms_beta_killed"] / figures["alpha_median_ms_beta_healthy"]
+    figures["ratio_killed_vs_healthy"] = (figures["alpha_median_ms_beta_killed"]
+                                          / figures["alpha_median_ms_beta_healthy"])
     figures["ratio_hang_garbage_vs_alone"] = (figures["alpha_median_ms_hang_and_garbage"]
                                               / figures["alpha_median_ms_alone"])
     for name, value in figures.items():
