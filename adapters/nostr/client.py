@@ -176,9 +176,10 @@ class RelaySession:
                 try:
                     events = self.core.receive(frame)
                 except RelayProtocolError as exc:
-                    error = RelayProtocolError(f"{self.url}: {exc}")
+                    error = RelayProtocolError(f"{self.url}: protocol error: {exc}")
                     reason = f"protocol error: {exc}"
                     log.warning("relay %s sent garbage, closing: %s", self.url, exc)
+                    self._end(reason, error)  # settle the waiters now, not after the close handshake
                     await self._ws.close(1002, "protocol error")
                     return
                 for event in events:
@@ -189,15 +190,21 @@ class RelaySession:
         except Exception as exc:  # the socket failed in a way websockets did not wrap
             reason = f"connection failed: {_describe(exc)}"
         finally:
-            self._closed = reason
-            failure: Exception = error or RelayUnavailable(f"{self.url}: {reason}")
-            for event in self.core.connection_lost(reason):
-                if isinstance(event, PublishFailed):
-                    self._settle_ack(event.event_id, failure)
-                elif isinstance(event, SubscriptionEnded):
-                    query = self._queries.get(event.subscription_id)
-                    if query and not query.done.done():
-                        query.done.set_exception(failure)
+            self._end(reason, error)
+
+    def _end(self, reason: str, error: Exception | None) -> None:
+        """Mark the session closed and fail everything waiting on it (idempotent)."""
+        if self._closed is not None:
+            return
+        self._closed = reason
+        failure: Exception = error or RelayUnavailable(f"{self.url}: {reason}")
+        for event in self.core.connection_lost(reason):
+            if isinstance(event, PublishFailed):
+                self._settle_ack(event.event_id, failure)
+            elif isinstance(event, SubscriptionEnded):
+                query = self._queries.get(event.subscription_id)
+                if query and not query.done.done():
+                    query.done.set_exception(failure)
 
     def _settle_ack(self, event_id: str, outcome: Acknowledged | Rejected | Exception) -> None:
         future = self._acks.pop(event_id, None)

@@ -233,6 +233,11 @@ class _RelayWorker:
             except asyncio.CancelledError:
                 self._settle(job, OutcomeStatus.FAILED, f"{self.url}: the pool closed")
                 raise
+            except Exception as exc:  # a bug here must not stop this relay's queue for good
+                log.exception("relay %s: unexpected error while publishing", self.url)
+                await self._drop_session()
+                reason = f"{self.url}: internal error: {type(exc).__name__}: {exc}"
+                self._settle(job, OutcomeStatus.FAILED, reason, retry_after=self._failed(reason))
 
     async def _publish(self, job: _Job) -> None:
         if job.future.done():

@@ -239,3 +239,46 @@ def test_session_errors_are_one_line_and_typed() -> None:
         await accept.stop()
     run(scenario)
 
+
+
+def test_unsolicited_garbage_closes_the_session_cleanly() -> None:
+    async def scenario() -> None:
+        relay = await FakeRelay("greet_garbage").start()
+        session = await RelaySession.connect(relay.url)
+        while session.closed is None:
+            await asyncio.sleep(0.01)
+        assert session.closed.startswith("protocol error: bad OK message")
+        with pytest.raises(RelayUnavailable, match="protocol error"):
+            await session.publish(_event(1), timeout=5)
+        await session.close()
+        async with RelayPool([relay.url], FAST) as pool:
+            result = await pool.publish(_event(2)).wait(10)
+            assert result.failed == (relay.url,) and "protocol error" in result.outcomes[0].reason
+        await relay.stop()
+    run(scenario)
+
+
+def test_an_unexpected_error_fails_one_event_and_the_relay_keeps_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        relay = await FakeRelay("accept").start()
+        real_publish = RelaySession.publish
+        calls = 0
+
+        async def flaky(self: RelaySession, event: Event, *, timeout: float) -> object:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("planted bug")
+            return await real_publish(self, event, timeout=timeout)
+
+        monkeypatch.setattr(RelaySession, "publish", flaky)
+        config = PoolConfig(backoff=Backoff(base=0.05, cap=0.05, jitter=0.0))
+        async with RelayPool([relay.url], config) as pool:
+            first = await pool.publish(_event(1)).wait(10)
+            assert first.failed == (relay.url,)
+            assert first.outcomes[0].reason.endswith("internal error: RuntimeError: planted bug")
+            await asyncio.sleep(0.06)
+            second = await pool.publish(_event(2)).wait(10)
+            assert second.acked == (relay.url,)
+        await relay.stop()
+    run(scenario)

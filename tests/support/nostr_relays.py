@@ -9,7 +9,7 @@ environment) or ``SYNCREF_REQUIRE_NOSTR_RELAY=1``, where they fail: CI must not 
 
 The fakes run inside the test's event loop: :class:`FakeRelay` is a WebSocket server that answers
 every ``EVENT`` according to ``behaviour`` (``accept``, ``reject``, ``garbage``, ``silent``,
-``drop``), and :class:`HangingServer` accepts TCP connections and never says a word (a WebSocket
+``drop``, ``greet_garbage``: garbage on connect, then accept), and :class:`HangingServer` accepts TCP connections and never says a word (a WebSocket
 handshake to it can only time out).
 """
 
@@ -159,7 +159,7 @@ class FakeRelay:
     """A WebSocket relay stand-in answering every ``EVENT`` per ``behaviour``."""
 
     def __init__(self, behaviour: str, port: int = 0) -> None:
-        if behaviour not in {"accept", "reject", "garbage", "silent", "drop"}:
+        if behaviour not in {"accept", "reject", "garbage", "silent", "drop", "greet_garbage"}:
             raise ValueError(behaviour)
         self.behaviour = behaviour
         self.port = port
@@ -185,13 +185,15 @@ class FakeRelay:
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
         with contextlib.suppress(Exception):
+            if self.behaviour == "greet_garbage":  # unsolicited garbage before anything was sent
+                await ws.send('["OK"]')
             async for frame in ws:
                 message = json.loads(frame)
                 if message[0] != "EVENT":
                     continue
                 event = message[1]
                 self.events.append(event)
-                if self.behaviour == "accept":
+                if self.behaviour in ("accept", "greet_garbage"):
                     await ws.send(json.dumps(["OK", event["id"], True, ""]))
                 elif self.behaviour == "reject":
                     await ws.send(json.dumps(["OK", event["id"], False, "blocked: this test relay refuses everything"]))
