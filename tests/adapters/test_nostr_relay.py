@@ -286,3 +286,26 @@ def test_a_relay_that_always_rejects(relays: dict[str, RealRelay]) -> None:
         assert outcome.reason == "invalid: kind=30078 not allowed" and outcome.retry_after is None
     run(scenario)
     assert [e["id"] for e in raw_req(strict.url, {"authors": [key.public_key_hex]})] == [note.id]
+
+
+def test_a_relay_that_cannot_start_skips_locally_and_fails_in_ci(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from support import nostr_relays
+
+    monkeypatch.setattr(nostr_relays, "relay_executable", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("SYNCREF_REQUIRE_NOSTR_RELAY", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="nostr-relay cannot start: the nostr-relay executable"):
+        RealRelay(tmp_path, "absent").spawn()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="nostr-relay is required here \\(CI\\)"):
+        RealRelay(tmp_path, "absent").spawn()
+    # a relay that exits at once (a config it cannot load) is reported with its log
+    monkeypatch.delenv("CI")
+    monkeypatch.undo()
+    broken = RealRelay(tmp_path, "broken", validators=["no.such.validator"])
+    broken.spawn()
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="broken exited with"):
+        broken.wait_ready(timeout=30)
+    broken.kill()
