@@ -207,6 +207,10 @@ def test_pool_misuse() -> None:
 
 
 def test_the_defaults() -> None:
+    from adapters.nostr.client import MAX_FRAME_BYTES
+    from adapters.nostr.messages import MAX_SUBSCRIPTION_ID
+
+    assert (MAX_FRAME_BYTES, MAX_SUBSCRIPTION_ID) == (1 << 20, 64)
     config = PoolConfig()
     assert (config.open_timeout, config.ack_timeout, config.max_queue, config.ping_interval) == (5.0, 10.0, 1000, 20.0)
     assert (config.backoff.base, config.backoff.cap, config.backoff.factor, config.backoff.jitter) == (0.5, 60.0, 2.0,
@@ -280,5 +284,16 @@ def test_an_unexpected_error_fails_one_event_and_the_relay_keeps_serving(monkeyp
             await asyncio.sleep(0.06)
             second = await pool.publish(_event(2)).wait(10)
             assert second.acked == (relay.url,)
+        await relay.stop()
+    run(scenario)
+
+
+def test_a_frame_past_the_limit_closes_the_connection() -> None:
+    async def scenario() -> None:
+        relay = await FakeRelay("huge").start()
+        async with RelayPool([relay.url], FAST) as pool:
+            result = await pool.publish(_event(1)).wait(10)
+        outcome = result.outcomes[0]
+        assert outcome.status is OutcomeStatus.FAILED and "1009" in outcome.reason and "\n" not in outcome.reason
         await relay.stop()
     run(scenario)

@@ -9,7 +9,7 @@ environment) or ``SYNCREF_REQUIRE_NOSTR_RELAY=1``, where they fail: CI must not 
 
 The fakes run inside the test's event loop: :class:`FakeRelay` is a WebSocket server that answers
 every ``EVENT`` according to ``behaviour`` (``accept``, ``reject``, ``garbage``, ``silent``,
-``drop``, ``greet_garbage``: garbage on connect, then accept), and :class:`HangingServer` accepts
+``drop``, ``greet_garbage``: garbage on connect, then accept, ``huge``: a 2 MiB frame), and :class:`HangingServer` accepts
 TCP connections and never says a word (a WebSocket handshake to it can only time out).
 """
 
@@ -159,7 +159,7 @@ class FakeRelay:
     """A WebSocket relay stand-in answering every ``EVENT`` per ``behaviour``."""
 
     def __init__(self, behaviour: str, port: int = 0) -> None:
-        if behaviour not in {"accept", "reject", "garbage", "silent", "drop", "greet_garbage"}:
+        if behaviour not in {"accept", "reject", "garbage", "silent", "drop", "greet_garbage", "huge"}:
             raise ValueError(behaviour)
         self.behaviour = behaviour
         self.port = port
@@ -199,6 +199,8 @@ class FakeRelay:
                     await ws.send(json.dumps(["OK", event["id"], False, "blocked: this test relay refuses everything"]))
                 elif self.behaviour == "garbage":
                     await ws.send("HTTP/1.1 200 OK <html>not nostr</html>")
+                elif self.behaviour == "huge":  # past the client's 1 MiB frame limit
+                    await ws.send(json.dumps(["NOTICE", "x" * (1 << 21)]))
                 elif self.behaviour == "drop":
                     await ws.close(1011, "going away mid-publish")
                     return
