@@ -9,8 +9,9 @@ environment) or ``SYNCREF_REQUIRE_NOSTR_RELAY=1``, where they fail: CI must not 
 
 The fakes run inside the test's event loop: :class:`FakeRelay` is a WebSocket server that answers
 every ``EVENT`` according to ``behaviour`` (``accept``, ``reject``, ``garbage``, ``silent``,
-``drop``, ``greet_garbage``: garbage on connect, then accept, ``huge``: a 2 MiB frame), and :class:`HangingServer` accepts
-TCP connections and never says a word (a WebSocket handshake to it can only time out).
+``drop``, ``greet_garbage``: garbage on connect, then accept, ``huge``: a 2 MiB frame), and
+:class:`HangingServer` accepts TCP connections and never says a word (a WebSocket handshake to it
+can only time out).
 """
 
 from __future__ import annotations
