@@ -6,8 +6,9 @@ load comes from processes other than the server's.  The conversation is JSON lin
 1. the orchestrator writes the task (``{"kind": ..., "target": "syncref"|"redis"|"echo", ...}``);
 2. the client opens its connections (subscribers subscribe) and answers ``{"ready": true}``;
 3. ``{"go": <wall-clock start, s>}`` starts the measured phase;
-4. subscriber tasks then wait for ``{"expect": <events sent>, "grace": <s>}`` (the writer's count)
-   and stop when every subscription has them all, or when the grace runs out;
+4. the fanout writer says ``{"sent": n}`` after its last send; subscriber tasks then get
+   ``{"expect": n, "grace": <s>}`` and stop when every subscription has all n events, or when
+   the grace runs out;
 5. the client prints its result (``{"result": {...}}``, with its own CPU seconds over the
    measured phase, so the orchestrator can tell a busy client from a busy server) and exits.
 
@@ -45,9 +46,10 @@ TAG_INITIAL, TAG_SUB_APPLIED, TAG_UNSUB_APPLIED, TAG_SUB_ERROR, TAG_TX_UPDATE, T
 # --- payloads and frames ---------------------------------------------------------------------------
 
 
-def payload(i: int, size: int, t_ns: int | None = None) -> str:
-    """A canonical JSON object of exactly ``size`` bytes: ``{"i":i,"pad":"xxx"[,"t":t_ns]}``."""
-    tail = "" if t_ns is None else f',"t":{t_ns}'
+def payload(i: int, size: int, t_us: int | None = None) -> str:
+    """A canonical JSON object of exactly ``size`` bytes: ``{"i":i,"pad":"xxx"[,"t":t_us]}`` (``t``:
+    the writer's send time in µs since the epoch -- within JSON's safe integers, unlike ns)."""
+    tail = "" if t_us is None else f',"t":{t_us}'
     bare = f'{{"i":{i},"pad":""{tail}}}'
     return f'{{"i":{i},"pad":"{"x" * max(0, size - len(bare))}"{tail}}}'
 
@@ -74,7 +76,7 @@ def message_tag(frame: bytes) -> int:
 
 
 def marks(data: bytes) -> list[tuple[int, int, int]]:
-    """Every bench payload in ``data``: (i, t_ns, end) where ``end`` is the offset just past the
+    """Every bench payload in ``data``: (i, t_us, end) where ``end`` is the offset just past the
     payload's closing brace.  Payloads are ``{"i":..,"pad":"..","t":..}`` (keys sorted, so ``t``
     is last); anything else is skipped."""
     out = []
@@ -308,35 +310,35 @@ class Subscriber:
         self.redis: RespClient | None = None
         self.last_id = b"0-0"
 
-    def got(self, i: int, t_ns: int, now_ns: int) -> None:
+    def got(self, i: int, t_us: int, now_us: float) -> None:
         if i != self.next_i:
             self.out_of_order += 1
         self.next_i = i + 1
         self.count += 1
-        self.run.delivered(self, t_ns, now_ns)
+        self.run.delivered(self, t_us, now_us)
 
     def on_syncref(self, frame: bytes) -> None:
         if len(frame) < 2 or frame[1] != TAG_TX_UPDATE:
             return
-        now_ns = time.time_ns()
-        for i, t_ns, end in marks(frame):
-            self.got(i, t_ns, now_ns)
+        now_us = time.time_ns() / 1000
+        for i, t_us, end in marks(frame):
+            self.got(i, t_us, now_us)
             if self.run.commit_hist is not None and i % 8 == 0:
-                self.run.commit_hist.add(now_ns / 1000 - committed_at(frame, end))
+                self.run.commit_hist.add(now_us - committed_at(frame, end))
 
     def on_echo(self, frame: bytes) -> None:
-        now_ns = time.time_ns()
-        for i, t_ns, _end in marks(frame):
-            self.got(i, t_ns, now_ns)
+        now_us = time.time_ns() / 1000
+        for i, t_us, _end in marks(frame):
+            self.got(i, t_us, now_us)
 
     def on_redis(self, reply: Any) -> None:
-        now_ns = time.time_ns()
+        now_us = time.time_ns() / 1000
         if isinstance(reply, list):
             for _stream, entries in reply:
                 for entry_id, fields in entries:
                     self.last_id = entry_id
-                    for i, t_ns, _end in marks(fields[fields.index(b"p") + 1]):
-                        self.got(i, t_ns, now_ns)
+                    for i, t_us, _end in marks(fields[fields.index(b"p") + 1]):
+                        self.got(i, t_us, now_us)
         if not self.run.stopping and self.redis is not None:
             self.redis.send("XREAD", "BLOCK", "0", "STREAMS", self.run.stream, self.last_id)
 
@@ -349,20 +351,20 @@ class FanoutSubs:
         self.hist = Hist()
         self.slices = [Hist() for _ in range(SLICES)]
         self.commit_hist: Hist | None = Hist() if task["target"] == "syncref" else None
-        self.t0_ns = 0
-        self.slice_ns = 1
+        self.t0_us = 0.0
+        self.slice_us = 1.0
         self.expect: int | None = None
         self.all_in: asyncio.Future[None] | None = None
-        self.last_ns = 0
+        self.last_us = 0.0
         self.stopping = False
         self.closed = 0
 
-    def delivered(self, sub: Subscriber, t_ns: int, now_ns: int) -> None:
-        lat_us = (now_ns - t_ns) / 1000
+    def delivered(self, sub: Subscriber, t_us: int, now_us: float) -> None:
+        lat_us = now_us - t_us
         self.hist.add(lat_us)
-        k = min(SLICES - 1, max(0, (t_ns - self.t0_ns) // self.slice_ns))
+        k = min(SLICES - 1, max(0, int((t_us - self.t0_us) // self.slice_us)))
         self.slices[k].add(lat_us)
-        self.last_ns = now_ns
+        self.last_us = now_us
         if self.expect is not None and sub.count >= self.expect:
             self.check_done()
 
@@ -405,8 +407,8 @@ async def run_subscribers(task: dict[str, Any], control: Control) -> dict[str, A
     await run.open()
     go = await control.ready()
     phase = Phase.start(go)
-    run.t0_ns = int(go * 1e9)
-    run.slice_ns = max(1, int(float(task["duration"]) * 1e9 / SLICES))
+    run.t0_us = go * 1e6
+    run.slice_us = max(1.0, float(task["duration"]) * 1e6 / SLICES)
     msg = await control.next()
     run.expect = int(msg["expect"])
     run.all_in = asyncio.get_running_loop().create_future()
@@ -418,7 +420,7 @@ async def run_subscribers(task: dict[str, Any], control: Control) -> dict[str, A
         complete = False
     run.stopping = True
     cpu = phase.cpu()
-    wall = (run.last_ns / 1e9 - go) if run.last_ns else 0.0
+    wall = (run.last_us / 1e6 - go) if run.last_us else 0.0
     result = {"subs": len(run.subs), "expect": run.expect, "complete": complete,
               "received": sum(s.count for s in run.subs), "min_received": min(s.count for s in run.subs),
               "out_of_order": sum(s.out_of_order for s in run.subs), "closed": run.closed,
@@ -485,7 +487,7 @@ async def run_writer(task: dict[str, Any], control: Control) -> dict[str, Any]:
             await asyncio.sleep(delay)
         else:
             max_lag = max(max_lag, -delay)
-        body = payload(k, size, time.time_ns())
+        body = payload(k, size, time.time_ns() // 1000)
         sent_at[k + 1] = time.perf_counter()
         if target == "syncref":
             assert ws is not None
@@ -496,6 +498,7 @@ async def run_writer(task: dict[str, Any], control: Control) -> dict[str, Any]:
         else:
             assert redis is not None
             redis.send("XADD", stream, "*", "p", body)
+    emit({"sent": n})  # the subscribers' grace starts now, not when the last answer arrives
     if target == "echo":
         state["ok"] = n
     else:

@@ -234,8 +234,8 @@ class Bench:
                 between: Callable[[list[ClientProc], list[Any]], None] | None = None,
                 timeout: float = 120) -> tuple[list[Any], dict[str, Any]]:
         """Start one client process per task, wait until all are ready, start them together and
-        collect their results.  ``between`` runs after the first result (the fanout writer's) and
-        may message the others.  Returns the results and the CPU diagnostics of the run."""
+        collect their results.  ``between`` gets the first process's ``sent`` message (the fanout
+        writer's count) and may message the others.  Returns the results and the CPU diagnostics of the run."""
         procs = [ClientProc(self.workdir, t) for t in tasks]
         spies: list[subprocess.Popen[bytes]] = []
         try:
@@ -249,9 +249,8 @@ class Bench:
                 p.send({"go": go})
             results: list[Any] = []
             if between is not None:
-                results.append(procs[0].expect("result", timeout))
-                between(procs, results)
-                results += [p.expect("result", timeout) for p in procs[1:]]
+                between(procs, [procs[0].expect("sent", timeout)])
+                results = [p.expect("result", timeout) for p in procs]
             else:
                 results = [p.expect("result", timeout) for p in procs]
             wall = max(time.time() - go, 1e-9)
@@ -384,9 +383,9 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None) -
     subs = [{**ep, "kind": "subscribe", "stream": stream, "subs": n, "duration": s.fanout_duration}
             for n in split(subscribers, procs)]
 
-    def between(ps: list[ClientProc], results: list[Any]) -> None:
+    def between(ps: list[ClientProc], sent: list[Any]) -> None:
         for p in ps[1:]:
-            p.send({"expect": results[0]["ok"], "grace": s.fanout_grace})
+            p.send({"expect": sent[0], "grace": s.fanout_grace})
 
     results, diag = bench.clients([writer, *subs], pid, profile_as=profile, between=between,
                                   timeout=s.fanout_duration + s.fanout_grace + 120)
@@ -396,7 +395,7 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None) -
     hist = Hist.merged(Hist.from_json(r["hist"]) for r in subs_r)
     slices = [Hist.merged(Hist.from_json(r["slices"][k]) for r in subs_r) for k in range(len(subs_r[0]["slices"]))]
     received = sum(r["received"] for r in subs_r)
-    expected = w["ok"] * subscribers
+    expected = w["sent"] * subscribers
     wall = max(r["wall_s"] for r in subs_r)
     early, late = slices[0].quantile(0.5), slices[-1].quantile(0.5)
     growth = late / early if early and late else None
@@ -539,9 +538,9 @@ def memory(bench: Bench, peer: str, repeat: int) -> Run:
         return Run({"bytes_per_event": (after - before) / (per_stream * MEMORY_STREAMS)},
                    {"rss_before": before, "rss_after": after, "events": per_stream * MEMORY_STREAMS})
     redis = bench.fresh_redis()
-    bench.preload(peer, streams, 1, explicit_id=True)
+    bench.preload(peer, streams, 1)
     before_info = redis.info()
-    bench.preload(peer, streams, per_stream + 1, explicit_id=True)  # ids 1..n; the first exists
+    bench.preload(peer, streams, per_stream)
     after_info = redis.info()
     events = per_stream * MEMORY_STREAMS
     used = int(after_info["used_memory"]) - int(before_info["used_memory"])
