@@ -21,6 +21,7 @@ would make the client, not the server, the bottleneck.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 import sys
@@ -40,7 +41,9 @@ SLICES = 5  # the fanout run is cut into this many slices of send time, to see l
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 
-TAG_INITIAL, TAG_SUB_APPLIED, TAG_UNSUB_APPLIED, TAG_SUB_ERROR, TAG_TX_UPDATE, TAG_ONE_OFF, TAG_REDUCER_RESULT = range(7)
+# server message tags (adapters.wire.encode_server)
+TAG_INITIAL, TAG_SUB_APPLIED, TAG_UNSUB_APPLIED, TAG_SUB_ERROR, TAG_TX_UPDATE, TAG_ONE_OFF = range(6)
+TAG_REDUCER_RESULT = 6
 
 
 # --- payloads and frames ---------------------------------------------------------------------------
@@ -106,9 +109,16 @@ def syncref_path(token: str) -> str:
     return f"/v1/database/{DATABASE}/subscribe?token={token}&compression=None"
 
 
+ANSWER_TIMEOUT = 120.0  # s: an answer that takes longer is reported as an error, not waited for
+
+
+async def recv(ws: WsClient) -> bytes:
+    return await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT)
+
+
 async def syncref_connect(task: dict[str, Any]) -> WsClient:
     ws = await WsClient.connect(task["host"], task["port"], syncref_path(task["token"]), (SUBPROTOCOL,))
-    first = await ws.recv()
+    first = await recv(ws)
     if message_tag(first) != TAG_INITIAL:
         raise RuntimeError(f"expected InitialConnection, got tag {first[1]}")
     return ws
@@ -118,7 +128,7 @@ async def syncref_subscribe(ws: WsClient, request_id: int, qs: int, queries: tup
     """Subscribe and return the ``SubscribeApplied`` frame (raises on a ``SubscriptionError``)."""
     ws.send(wire.encode_client(wire.Subscribe(request_id, qs, queries)))
     while True:
-        frame = await ws.recv()
+        frame = await recv(ws)
         tag = message_tag(frame)
         if tag == TAG_SUB_APPLIED:
             return frame
@@ -179,12 +189,15 @@ class AppendConn:
         if self.target == "syncref":
             self.ws = await syncref_connect(self.task)
             self.ws.on_frame = self._on_syncref
+            self.ws.on_close = self._gone
         elif self.target == "echo":
             self.ws = await echo_connect(self.task)
             self.ws.on_frame = self._on_echo
+            self.ws.on_close = self._gone
         else:
             self.redis = await RespClient.connect(self.task["host"], self.task["port"])
             self.redis.on_reply = self._on_redis
+            self.redis.on_close = self._gone
             self.redis_next = 1
 
     def _on_redis(self, reply: Any) -> None:
@@ -237,7 +250,7 @@ class AppendConn:
                 cmds.append(("XADD", self.stream, f"{i + 1}-1" if self.task.get("explicit_id") else "*",
                              "k", f"{self.keys}{i}", "p", payload(i, size)))
             self.redis.send_many(cmds)
-            await self.done
+            await self._wait()
             return self.errors - errors_before
         assert self.ws is not None
         frames = []
@@ -250,8 +263,30 @@ class AppendConn:
             else:
                 frames.append(b"\x00" + _U32.pack(rid) + b"x" * max(0, self.echo_size - 5))
         self.ws.send_many(frames)
-        await self.done
+        await self._wait()
         return self.errors - errors_before
+
+    async def _wait(self) -> None:
+        """Until every call of the window is answered; a dropped connection or an answer that
+        never comes is an error naming what is missing (never a silent hang)."""
+        assert self.done is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self.done), ANSWER_TIMEOUT)
+        except TimeoutError:
+            missing = sorted(self.waiting)
+            raise RuntimeError(f"{self.target} stream {self.stream}: {len(missing)} calls unanswered after "
+                               f"{ANSWER_TIMEOUT} s (request ids {missing[:5]}...; "
+                               f"connection closed: {self._closed_note()})") from None
+
+    def _closed_note(self) -> str:
+        if self.ws is not None:
+            return f"{self.ws.closed} {self.ws.close_code} {self.ws.close_reason!r}"
+        return str(self.redis is not None and self.redis.closed)
+
+    def _gone(self, _conn: object) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(RuntimeError(f"{self.target} closed the connection with calls in flight: "
+                                                 f"{self._closed_note()}"))
 
 
 async def run_append(task: dict[str, Any], control: Control) -> dict[str, Any]:
@@ -390,7 +425,7 @@ class FanoutSubs:
             elif target == "echo":
                 sub.ws = await echo_connect(self.task)
                 sub.ws.send(b"\x01")
-                await sub.ws.recv()
+                await recv(sub.ws)
                 sub.ws.on_frame = sub.on_echo
                 sub.ws.on_close = self._closed
             else:
@@ -502,10 +537,8 @@ async def run_writer(task: dict[str, Any], control: Control) -> dict[str, Any]:
     if target == "echo":
         state["ok"] = n
     else:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(finished, float(task.get("ack_grace", 30.0)))
-        except TimeoutError:
-            pass
     result = {"sent": n, "ok": state["ok"], "errors": state["errors"], "first_error": state["first_error"],
               "ack_hist": acks.to_json(), "max_schedule_lag_s": max_lag, "cpu_s": phase.cpu(),
               "wall_s": time.time() - go}
@@ -554,12 +587,12 @@ async def run_replay(task: dict[str, Any], control: Control) -> dict[str, Any]:
             n = count_rows(frame, "sync_event")
             times.append(time.perf_counter() - started)
             ws.send(wire.encode_client(wire.Unsubscribe(2 * k + 2, 1)))
-            while message_tag(await ws.recv()) != TAG_UNSUB_APPLIED:
+            while message_tag(await recv(ws)) != TAG_UNSUB_APPLIED:
                 pass
         else:
             assert redis is not None
             start = "-" if watermark == 0 else f"({watermark}-1"
-            entries = await redis.call("XRANGE", stream, start, "+")
+            entries = await asyncio.wait_for(redis.call("XRANGE", stream, start, "+"), ANSWER_TIMEOUT)
             n = len(entries)
             times.append(time.perf_counter() - started)
         counts.append(n)
@@ -592,11 +625,11 @@ async def run_storm(task: dict[str, Any], control: Control) -> dict[str, Any]:
             ws = await echo_connect(task)
             conns.append(ws)
             ws.send(b"\x00ping")
-            await ws.recv()
+            await recv(ws)
         else:
             redis = await RespClient.connect(task["host"], task["port"])
             conns.append(redis)
-            await redis.call("XRANGE", stream, f"({watermark}-1", "+")
+            await asyncio.wait_for(redis.call("XRANGE", stream, f"({watermark}-1", "+"), ANSWER_TIMEOUT)
         return time.time() - go
 
     results = await asyncio.gather(*(one() for _ in range(int(task["clients"]))), return_exceptions=True)

@@ -44,14 +44,14 @@ async def main(host: str, port: int) -> None:
         finally:
             subscribers.discard(ws)
 
-    stop = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with serve(handler, host, port, compression=None, max_size=None, ping_interval=None,
                      max_queue=None) as server:
         bound = next(iter(server.sockets)).getsockname()[1]
         print(f"echo listening on {bound}", flush=True)
-        await stop
+        await stop.wait()
 
 
 def cli() -> None:

@@ -88,6 +88,12 @@ def selected(names: list[str] | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        import hiredis  # noqa: F401 -- the Redis clients parse with it
+    except ImportError:
+        print("syncref bench needs its extra: pip install 'syncref[bench]' (hiredis, matplotlib, py-spy)",
+              file=sys.stderr)
+        return 2
+    try:
         names = selected(args.workloads)
     except ValueError as exc:
         print(f"syncref bench: {exc}", file=sys.stderr)
@@ -106,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     doc: dict[str, Any] = {
         "version": 1, "command": "syncref bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "syncref bench",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "settings": asdict(settings),
-        "machine": {"cpus": os.cpu_count(), "loadavg_before": list(os.getloadavg()), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": list(os.getloadavg()),
+                    "python": platform.python_version(), "platform": platform.platform()},
         "workloads": {}}
     failed = False
     started = time.monotonic()

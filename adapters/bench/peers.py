@@ -60,6 +60,15 @@ def free_port() -> int:
         return port
 
 
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the bench dies (Linux ``PR_SET_PDEATHSIG``), so an
+    interrupted or killed bench leaves no server or client behind."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -125,7 +134,8 @@ class SyncrefPeer:
         started = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--data", str(self.data),
                                       "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=log, text=True, env=child_env(), cwd=ROOT)
+                                     stderr=log, text=True, env=child_env(), cwd=ROOT,
+                                     preexec_fn=die_with_parent)
         log.close()
         m = _Lines(self.proc).wait_for(r"listening on http://127\.0\.0\.1:(\d+) ", 600)
         self.startup_s = time.perf_counter() - started
@@ -165,9 +175,9 @@ def find_redis(binary: str | None = None) -> str:
 
 def redis_command(sock: socket.socket, *args: str) -> bytes:
     """One command on a blocking socket; the raw reply (enough for PING, INFO, SHUTDOWN)."""
-    from adapters.bench.proto import encode_command
-
     import hiredis
+
+    from adapters.bench.proto import encode_command
     sock.sendall(encode_command(*args))
     reader = hiredis.Reader()
     while True:
@@ -207,7 +217,7 @@ class RedisPeer:
         self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                                       "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
                                       "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
-                                     stdout=log, stderr=log, text=True)
+                                     stdout=log, stderr=log, text=True, preexec_fn=die_with_parent)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -269,7 +279,8 @@ class EchoPeer:
     def start(self) -> EchoPeer:
         log = (self.workdir / "echo.log").open("a")
         self.proc = subprocess.Popen([sys.executable, "-m", "adapters.bench.echo", "--port", "0"],
-                                     stdout=subprocess.PIPE, stderr=log, text=True, env=child_env(), cwd=ROOT)
+                                     stdout=subprocess.PIPE, stderr=log, text=True, env=child_env(), cwd=ROOT,
+                                     preexec_fn=die_with_parent)
         log.close()
         self.port = int(_Lines(self.proc).wait_for(r"echo listening on (\d+)", 60).group(1))
         return self

@@ -190,7 +190,7 @@ class WsClient(asyncio.Protocol):
                 self.transport.abort()
             return
         for opcode, payload in frames:
-            if opcode == OP_BINARY or opcode == OP_TEXT:
+            if opcode in (OP_BINARY, OP_TEXT):
                 if self.on_frame is not None:
                     self.on_frame(payload)
                 else:
@@ -277,6 +277,7 @@ class RespClient(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.on_reply: Callable[[Any], None] | None = None
+        self.on_close: Callable[[RespClient], None] | None = None
         self.closed = False
         self._reader = hiredis.Reader()
         self._pending: deque[asyncio.Future[Any] | None] = deque()
@@ -309,6 +310,8 @@ class RespClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_close is not None:
+            self.on_close(self)
         while self._pending:
             fut = self._pending.popleft()
             if fut is not None and not fut.done():

@@ -44,7 +44,7 @@ def cell(peer: dict[str, Any] | None, metric: str) -> str:
     if peer is None:
         return ""
     if peer["status"] != "ok":
-        return peer["status"]
+        return str(peer["status"])
     f = peer["figures"].get(metric)
     if f is None or f["median"] is None:
         return "-"

@@ -31,6 +31,7 @@ from adapters.bench.peers import (
     _Lines,
     child_env,
     cpu_seconds,
+    die_with_parent,
     find_redis,
     rss_bytes,
 )
@@ -83,7 +84,8 @@ class ClientProc:
     def __init__(self, workdir: Path, task: dict[str, Any]) -> None:
         log = (workdir / "clients.log").open("a")
         self.proc = subprocess.Popen([sys.executable, "-m", "adapters.bench.client"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=log, text=True, env=child_env(), cwd=ROOT)
+                                     stdout=subprocess.PIPE, stderr=log, text=True, env=child_env(), cwd=ROOT,
+                                     preexec_fn=die_with_parent)
         log.close()
         self.lines = _Lines(self.proc)
         self.send(task)
@@ -285,7 +287,8 @@ class Bench:
         out = []
         for fmt, ext in (("flamegraph", "svg"), ("raw", "folded.txt")):
             out.append(subprocess.Popen([*common, "--format", fmt, "-o", str(self.profile_dir / f"{name}.{ext}")],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=die_with_parent))
         time.sleep(1.0)  # let py-spy attach before the measured phase starts
         return out
 
@@ -379,7 +382,7 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None) -
     stream = f"fan-{_uid()}"
     procs = 1 if subscribers <= 10 else s.client_procs
     writer = {**ep, "kind": "writer", "stream": stream, "rate": s.fanout_rate, "duration": s.fanout_duration,
-              "payload_size": s.payload_size, "ack_grace": s.fanout_grace + 10}
+              "payload_size": s.payload_size, "ack_grace": s.fanout_grace}
     subs = [{**ep, "kind": "subscribe", "stream": stream, "subs": n, "duration": s.fanout_duration}
             for n in split(subscribers, procs)]
 
@@ -528,10 +531,10 @@ def memory(bench: Bench, peer: str, repeat: int) -> Run:
     if peer == "syncref":
         server = bench.fresh_syncref()
         bench.preload(peer, streams, 1)  # the streams exist; only events are counted
-        time.sleep(0.5)
+        time.sleep(0.2 if s.quick else 1.0)
         before = rss_bytes(server.pid)
         bench.preload(peer, streams, per_stream)
-        time.sleep(1.0)
+        time.sleep(0.2 if s.quick else 1.0)
         after = rss_bytes(server.pid)
         bench.kept["restart:syncref"] = (server, s.memory_events + MEMORY_STREAMS)
         bench.syncref = None  # kept for the restart workload
@@ -557,7 +560,6 @@ def _timed(cmd: list[str]) -> float:
 
 
 def restart(bench: Bench, peer: str, repeat: int) -> Run:
-    s = bench.s
     key = f"restart:{peer}"
     if key not in bench.kept:
         memory(bench, peer, repeat)
