@@ -141,7 +141,7 @@ class Workload:
     metrics: tuple[Metric, ...]
     run: Callable[[Bench, str, int], Run]
     doc: str
-    group: str | None = "own"  # workloads of one group share fresh servers; None: it starts its own
+    group: str | None = ""  # workloads of one group share fresh servers ("": its own name); None: it starts its own
     repeats: Callable[[Settings], int] = lambda s: s.repeats
 
 
@@ -169,9 +169,10 @@ class Bench:
     def begin(self, workload: Workload) -> None:
         """Fresh servers for each group of workloads (replay_full and replay_gap share a stream);
         a workload without a group starts its own."""
-        if workload.group is not None and workload.group == self.group:
+        group = workload.group if workload.group != "" else workload.name
+        if group is not None and group == self.group:
             return
-        self.group = workload.group
+        self.group = group
         self.kept = {k: v for k, v in self.kept.items() if k.startswith("restart:")}
         for p in (self.syncref, self.redis):
             if p is not None:
@@ -285,8 +286,11 @@ class Bench:
             raise RuntimeError("--profile needs py-spy (pip install py-spy)")
         common = [str(spy), "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--threads"]
         out = []
-        for fmt, ext in (("flamegraph", "svg"), ("raw", "folded.txt")):
-            out.append(subprocess.Popen([*common, "--format", fmt, "-o", str(self.profile_dir / f"{name}.{ext}")],
+        # the SVG shows every busy thread (the writer in fsync too); the folded stacks count only
+        # samples holding the GIL -- Python at work -- for the CPU budget (adapters.bench.profile)
+        for fmt, ext, extra in (("flamegraph", "svg", []), ("raw", "folded.txt", ["--gil"])):
+            out.append(subprocess.Popen([*common, *extra, "--format", fmt, "-o",
+                                         str(self.profile_dir / f"{name}.{ext}")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         preexec_fn=die_with_parent))
         time.sleep(1.0)  # let py-spy attach before the measured phase starts

@@ -311,3 +311,38 @@ def test_unknown_workload_is_a_usage_error(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "adapters.cli", "bench", "--workloads", "nope"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "unknown workload" in proc.stderr
+
+
+# --- the profile budget ---------------------------------------------------------------------------------
+
+FOLDED = """\
+thread (0x1);<module> (adapters/cli.py:261);_processor (adapters/server.py:600);handle (reference/engine.py:170);_call (reference/engine.py:300);append_sync_event (reference/reducers.py:90);canonicalize (spec/canonical.py:200);dumps (json/__init__.py:238) 30
+thread (0x1);<module> (adapters/cli.py:261);_processor (adapters/server.py:600);handle (reference/engine.py:170);_commit (reference/engine.py:420);make_record (reference/log.py:97);dumps (json/__init__.py:238) 20
+thread (0x1);<module> (adapters/cli.py:261);_sender (adapters/server.py:700);_encode (adapters/server.py:680);encode_server (adapters/wire.py:390);string (adapters/bsatn.py:140) 10
+thread (0x1);<module> (adapters/cli.py:261);_sender (adapters/server.py:700);send_bytes (aiohttp/web_ws.py:400);write (asyncio/selector_events.py:1040) 5
+thread (0x1);<module> (adapters/cli.py:261);_reader (adapters/server.py:560);decode_client_frame (adapters/wire.py:600);u32 (adapters/bsatn.py:213) 5
+thread (0x1);<module> (adapters/cli.py:261);_processor (adapters/server.py:600);wrapper (icontract/_checkers.py:640);handle (reference/engine.py:170);_fanout (reference/engine.py:460);can_read (spec/auth.py:80) 10
+thread (0x2);_run (reference/durability.py:424);_write (reference/durability.py:380);record_row (reference/durability.py:120) 15
+thread (0x1);<module> (adapters/cli.py:261);run_forever (asyncio/base_events.py:607);_run_once (asyncio/base_events.py:1884) 5
+"""
+
+
+def test_profile_budget_charges_each_sample_to_its_innermost_phase() -> None:
+    from adapters.bench.profile import REST, budget, parse_folded, threads
+
+    stacks = parse_folded(FOLDED.splitlines())
+    assert sum(c for _, c in stacks) == 100
+    got = budget(stacks)
+    assert got == {
+        "canonical JSON + payload hash": 0.30,
+        "record + hash chain": 0.20,
+        "group commit: serialise + SQLite": 0.15,
+        "fanout encode (BSATN, framing)": 0.10,
+        "auth checks (scopes, grants, row filter)": 0.10,
+        "socket writes": 0.05,
+        "frame decode (BSATN)": 0.05,
+        REST: 0.05,
+    }
+    assert list(got.values()) == sorted(got.values(), reverse=True)
+    assert threads(stacks) == {"thread": 1.0}
+    assert budget([]) == {}
