@@ -26,8 +26,10 @@ import json
 import struct
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from adapters import bsatn, wire
@@ -434,7 +436,12 @@ class FanoutSubs:
                 sub.redis.send("XREAD", "BLOCK", "0", "STREAMS", self.stream, sub.last_id)
 
         for k in range(0, len(self.subs), batch):
-            await asyncio.gather(*(one(s) for s in self.subs[k:k + batch]))
+            started = time.monotonic()
+            try:
+                await asyncio.gather(*(one(s) for s in self.subs[k:k + batch]))
+            except TimeoutError:
+                raise RuntimeError(f"subscribers {k}..{k + batch - 1} of {len(self.subs)}: connecting and "
+                                   f"subscribing timed out after {time.monotonic() - started:.0f} s") from None
 
 
 async def run_subscribers(task: dict[str, Any], control: Control) -> dict[str, Any]:
@@ -677,7 +684,9 @@ async def main() -> None:
     try:
         result = await TASKS[task["kind"]](task, control)
     except Exception as exc:
-        emit({"error": f"{type(exc).__name__}: {exc}"[:500]})
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        emit({"error": f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno} "
+                       f"{where.name})"[:600]})
         return
     emit({"result": result})
 

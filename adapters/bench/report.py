@@ -172,3 +172,28 @@ def plot(doc: dict[str, Any], outdir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The table as Markdown (what docs/performance.md embeds): ``python -m adapters.bench.report FILE``."""
+    lines = ["| workload | figure | better | syncref | Redis | echo | syncref / Redis | syncref / echo |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for name, w in doc["workloads"].items():
+        for k, (metric, meta) in enumerate(w["metrics"].items()):
+            ratios = [w.get("ratios", {}).get(p, {}).get(metric) for p in ("redis", "echo")]
+            cells = [cell(w["peers"].get(p), metric) or "n/a" for p in PEERS]
+            lines.append(f"| {name if k == 0 else ''} | {metric} ({meta['unit']}) | {meta['better']} | "
+                         + " | ".join(cells) + " | "
+                         + " | ".join("" if r is None else f"{r:.3g}x" for r in ratios) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import json
+
+    doc = json.loads(Path(sys.argv[1]).read_text())
+    sys.stdout.write(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()

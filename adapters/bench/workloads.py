@@ -242,22 +242,9 @@ class Bench:
         procs = [ClientProc(self.workdir, t) for t in tasks]
         spies: list[subprocess.Popen[bytes]] = []
         try:
-            for p in procs:
-                p.expect("ready", timeout)
-            go = time.time() + 0.2
-            if profile_as is not None and self.profile_dir is not None:
-                spies = self._spy(server_pid, profile_as)
-            cpu0 = cpu_seconds(server_pid)
-            for p in procs:
-                p.send({"go": go})
-            results: list[Any] = []
-            if between is not None:
-                between(procs, [procs[0].expect("sent", timeout)])
-                results = [p.expect("result", timeout) for p in procs]
-            else:
-                results = [p.expect("result", timeout) for p in procs]
-            wall = max(time.time() - go, 1e-9)
-            server_cpu = cpu_seconds(server_pid) - cpu0
+            return self._clients(procs, spies, server_pid, profile_as, between, timeout)
+        except ClientFailed as exc:
+            raise ClientFailed(f"{exc} [{self.server_state(tasks[0])}]") from None
         finally:
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
@@ -268,6 +255,40 @@ class Bench:
                     spy.kill()
             for p in procs:
                 p.close()
+
+    def server_state(self, task: dict[str, Any]) -> str:
+        """For an error message: the syncref server's committed and durable offsets, which tell a
+        call the server never answered from one it holds back for durability."""
+        if task.get("target") != "syncref":
+            return ""
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{task['port']}/metrics", timeout=10) as resp:
+                text = resp.read().decode()
+        except OSError as exc:
+            return f"server /metrics unreachable: {exc}"
+        wanted = ("syncref_committed_offset ", "syncref_durable_offset ", "syncref_connections ")
+        return "server: " + ", ".join(line for line in text.splitlines() if line.startswith(wanted))
+
+    def _clients(self, procs: list[ClientProc], spies: list[subprocess.Popen[bytes]], server_pid: int,
+                 profile_as: str | None, between: Callable[[list[ClientProc], list[Any]], None] | None,
+                 timeout: float) -> tuple[list[Any], dict[str, Any]]:
+        for p in procs:
+            p.expect("ready", timeout)
+        go = time.time() + 0.2
+        if profile_as is not None and self.profile_dir is not None:
+            spies += self._spy(server_pid, profile_as)
+        cpu0 = cpu_seconds(server_pid)
+        for p in procs:
+            p.send({"go": go})
+        results: list[Any] = []
+        if between is not None:
+            between(procs, [procs[0].expect("sent", timeout)])
+            results = [p.expect("result", timeout) for p in procs]
+        else:
+            results = [p.expect("result", timeout) for p in procs]
+        wall = max(time.time() - go, 1e-9)
+        server_cpu = cpu_seconds(server_pid) - cpu0
         utils = [r["cpu_s"] / r["wall_s"] for r in results if r.get("wall_s")]
         diag = {"server_cpu_s": round(server_cpu, 3), "wall_s": round(wall, 3),
                 "server_util": round(server_cpu / wall, 3),
