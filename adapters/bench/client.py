@@ -665,8 +665,11 @@ class Control:
         return msg
 
     async def ready(self) -> float:
+        """Say ready, wait for the go time and for it to come (every client starts together)."""
         emit({"ready": True})
-        return float((await self.next())["go"])
+        go = float((await self.next())["go"])
+        await wait_until(go)
+        return go
 
 
 def emit(obj: dict[str, Any]) -> None:

@@ -7,8 +7,9 @@ which a thread held the interpreter lock, i.e. Python doing work, not threads wa
 ``select`` or ``fsync``.  Each sample is charged to one budget line: walking from the leaf
 towards the root, the first frame that matches a rule of :data:`RULES` names the line (so the
 innermost phase wins: JSON encoding inside ``canonicalize`` is "canonical JSON + hash", the
-same encoder inside the record builder is "record + hash chain").  Samples that match nothing
-are "event loop + aiohttp (rest)".
+same encoder inside the record builder is "record + hash chain").  Contract checking is its own
+line: a sample whose innermost icontract frame is the leaf (the wrapper) or calls a condition
+``<lambda>``.  Samples that match nothing are "event loop + aiohttp (rest)".
 
 The budget in µs per operation is the line's share of the samples times the server's CPU time
 per operation measured in the same run (``server_cpu_us_per_op`` in the bench JSON).  Run:
@@ -21,28 +22,41 @@ import argparse
 import re
 from collections.abc import Iterable
 
+
+def _fn(names: str) -> str:
+    """A frame's function, qualified or not (py-spy writes ``Class.method`` and ``f.<locals>.g``)."""
+    return rf"(?:^|\.)(?:{names})"
+
+
 # (budget line, regex on a frame "function (path:line)"), tried for each frame from the leaf up
 RULES: tuple[tuple[str, str], ...] = (
-    ("contracts (icontract wrappers)", r"\(.*icontract/"),
     ("canonical JSON + payload hash", r"\(spec/canonical\.py"),
     ("record + hash chain", r"\(reference/log\.py"),
     ("group commit: serialise + SQLite", r"\(reference/durability\.py"),
     ("auth checks (scopes, grants, row filter)", r"\(spec/auth\.py"),
-    ("connect: JWT verify", r"\(adapters/auth\.py"),
+    ("connect: JWT verify", r"\(adapters/auth\.py|\(.*jwt/"),
     ("metrics (prometheus_client)", r"\(.*prometheus_client/"),
-    ("fanout encode (BSATN, framing)", r"^(_encode|frame_server|batch_v3) \(adapters/(server|wire)\.py"),
-    ("socket writes", r"^(send_bytes|send_frame|_send_frame|write|writelines) \(.*(aiohttp/|asyncio/)"),
-    ("fanout match (engine)", r"^(_fanout|_send|releasable|pop) \(reference/engine\.py"),
-    ("transaction: reducer + tables", r"\(reference/(reducers|db)\.py|^(handle|_call|_commit|_signature_error) "
-                                      r"\(reference/engine\.py"),
-    ("frame decode (BSATN)", r"^(decode_client_frame|decode_client|from_wire|_r_client|_dispatch|decode_args) "
-                             r"\(adapters/(wire|server|bsatn)\.py"),
-    ("frame read (aiohttp WebSocket reader)", r"^_reader \(adapters/server\.py|\(.*aiohttp/_websocket/reader"),
-    ("durability hand-back + wakeups", r"^(_durable_advanced|_pump|_wait_room|_wait_durable) \(adapters/server\.py"),
-    ("sender loop", r"^_sender \(adapters/server\.py"),
+    ("fanout encode (BSATN, framing)", _fn("_encode|frame_server|batch_v3|to_wire|encode_server") +
+     r" \(adapters/(server|wire)\.py"),
+    ("socket writes (aiohttp writer, transport)", _fn("send_bytes|send_frame|_send_frame|write|writelines") +
+     r" \(.*(aiohttp/|asyncio/)|\(.*aiohttp/_websocket/writer"),
+    ("frame read (aiohttp reader, transport)", r"\(.*aiohttp/_websocket/reader|" + _fn("receive|_read_ready"
+     r"|_read_ready__data_received|data_received|feed_data") + r" \(.*(aiohttp/|asyncio/)"),
+    ("fanout match + outbound queues (engine)", _fn("_fanout|_send|releasable|pop|take_records") +
+     r" \(reference/engine\.py"),
+    ("transaction: reducer + tables", r"\(reference/(reducers|db)\.py|" + _fn("handle|_call|_commit|_signature_error")
+     + r" \(reference/engine\.py"),
+    ("frame decode (BSATN)", _fn("decode_client_frame|decode_client|from_wire|_r_client|decode_args|_dispatch")
+     + r" \(adapters/(wire|server|bsatn)\.py"),
+    ("durability hand-back + wakeups", _fn("_durable_advanced|_pump|_wait_room|_wait_durable|_durable_from_thread")
+     + r" \(adapters/server\.py"),
+    ("per-connection tasks (sender, processor, reader loops)", _fn("_sender|_processor|_reader") +
+     r" \(adapters/server\.py"),
 )
+CONTRACTS = "contracts (icontract: wrappers and conditions)"
 REST = "event loop + aiohttp (rest)"
 _COMPILED = [(name, re.compile(rx)) for name, rx in RULES]
+_ICONTRACT = re.compile(r"\(.*icontract/")
 
 
 def parse_folded(lines: Iterable[str]) -> list[tuple[list[str], int]]:
@@ -58,7 +72,17 @@ def parse_folded(lines: Iterable[str]) -> list[tuple[list[str], int]]:
 
 
 def classify(frames: list[str]) -> str:
+    """The budget line of one sample (frames root first).  Contract work first: a sample whose
+    innermost icontract frame is the leaf (the wrapper itself) or calls a condition ``<lambda>``
+    is contract checking; otherwise the first rule matching a frame, from the leaf up."""
+    for i in range(len(frames) - 1, -1, -1):
+        if _ICONTRACT.search(frames[i]):
+            if i == len(frames) - 1 or "<lambda>" in frames[i + 1]:
+                return CONTRACTS
+            break
     for frame in reversed(frames):
+        if _ICONTRACT.search(frame):
+            continue
         for name, rx in _COMPILED:
             if rx.search(frame):
                 return name

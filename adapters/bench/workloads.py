@@ -289,9 +289,10 @@ class Bench:
             results = [p.expect("result", timeout) for p in procs]
         wall = max(time.time() - go, 1e-9)
         server_cpu = cpu_seconds(server_pid) - cpu0
-        utils = [r["cpu_s"] / r["wall_s"] for r in results if r.get("wall_s")]
+        # CPU times tick in 10 ms: a utilisation over less than half a second says nothing
+        utils = [r["cpu_s"] / r["wall_s"] for r in results if r.get("wall_s", 0) >= 0.5]
         diag = {"server_cpu_s": round(server_cpu, 3), "wall_s": round(wall, 3),
-                "server_util": round(server_cpu / wall, 3),
+                "server_util": round(server_cpu / wall, 3) if wall >= 0.5 else None,
                 "client_cpu_s": round(sum(r["cpu_s"] for r in results), 3),
                 "client_util_max": round(max(utils), 3) if utils else None,
                 "client_procs": len(procs)}
