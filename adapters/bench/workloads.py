@@ -457,6 +457,12 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None) -
 
 def fanout(n: int) -> Callable[[Bench, str, int], Run]:
     def run(bench: Bench, peer: str, repeat: int) -> Run:
+        # every fanout run starts on an idle server: a run that fell behind leaves a backlog that
+        # would otherwise be the next run's (the first baseline lost runs to exactly that)
+        if repeat > 0 and peer == "syncref":
+            bench.fresh_syncref()
+        elif repeat > 0 and peer == "redis":
+            bench.fresh_redis()
         return run_fanout(bench, peer, n, f"fanout_{n}" if repeat == 0 and peer == "syncref" else None)
     return run
 
