@@ -315,18 +315,85 @@ def test_unknown_workload_is_a_usage_error(tmp_path: Path) -> None:
 
 # --- the profile budget ---------------------------------------------------------------------------------
 
-FOLDED = """\
-thread (0x1);<module> (adapters/cli.py:261);SyncServer._processor (adapters/server.py:600);Engine.handle (reference/engine.py:170);Engine._call (reference/engine.py:300);append_sync_event (reference/reducers.py:90);canonicalize (spec/canonical.py:200);dumps (json/__init__.py:238) 30
-thread (0x1);<module> (adapters/cli.py:261);SyncServer._processor (adapters/server.py:600);Engine.handle (reference/engine.py:170);Engine._commit (reference/engine.py:420);make_record (reference/log.py:97);dumps (json/__init__.py:238) 20
-thread (0x1);<module> (adapters/cli.py:261);SyncServer._sender (adapters/server.py:700);SyncServer._encode (adapters/server.py:680);encode_server (adapters/wire.py:390);Writer.string (adapters/bsatn.py:140) 10
-thread (0x1);<module> (adapters/cli.py:261);SyncServer._sender (adapters/server.py:700);WebSocketResponse.send_bytes (aiohttp/web_ws.py:400);_SelectorSocketTransport.write (asyncio/selector_events.py:1040) 5
-thread (0x1);<module> (adapters/cli.py:261);SyncServer._reader (adapters/server.py:560);decode_client_frame (adapters/wire.py:600);Reader.u32 (adapters/bsatn.py:213) 5
-thread (0x1);<module> (adapters/cli.py:261);SyncServer._processor (adapters/server.py:600);decorate_with_checker.<locals>.wrapper (icontract/_checkers.py:640);Engine.handle (reference/engine.py:170);Engine._fanout (reference/engine.py:460);can_read (spec/auth.py:80) 4
-thread (0x1);<module> (adapters/cli.py:261);SyncServer._processor (adapters/server.py:600);decorate_with_checker.<locals>.wrapper (icontract/_checkers.py:640);Engine.<lambda> (reference/engine.py:160);Engine.<lambda>.<locals>.<genexpr> (reference/engine.py:160) 4
-thread (0x1);<module> (adapters/cli.py:261);SyncServer._sender (adapters/server.py:700);decorate_with_checker.<locals>.wrapper (icontract/_checkers.py:640) 2
-thread (0x2);GroupCommitWriter._run (reference/durability.py:424);GroupCommitWriter._write (reference/durability.py:380);record_row (reference/durability.py:120) 15
-thread (0x1);<module> (adapters/cli.py:261);BaseEventLoop.run_forever (asyncio/base_events.py:607);BaseEventLoop._run_once (asyncio/base_events.py:1884) 5
-"""
+STACKS: list[tuple[list[str], int]] = [
+    ([
+        "thread (0x1)",
+        "<module> (adapters/cli.py:261)",
+        "SyncServer._processor (adapters/server.py:600)",
+        "Engine.handle (reference/engine.py:170)",
+        "Engine._call (reference/engine.py:300)",
+        "append_sync_event (reference/reducers.py:90)",
+        "canonicalize (spec/canonical.py:200)",
+        "dumps (json/__init__.py:238)",
+    ], 30),
+    ([
+        "thread (0x1)",
+        "<module> (adapters/cli.py:261)",
+        "SyncServer._processor (adapters/server.py:600)",
+        "Engine.handle (reference/engine.py:170)",
+        "Engine._commit (reference/engine.py:420)",
+        "make_record (reference/log.py:97)",
+        "dumps (json/__init__.py:238)",
+    ], 20),
+    ([
+        "thread (0x1)",
+        "<module> (adapters/cli.py:261)",
+        "SyncServer._sender (adapters/server.py:700)",
+        "SyncServer._encode (adapters/server.py:680)",
+        "encode_server (adapters/wire.py:390)",
+        "Writer.string (adapters/bsatn.py:140)",
+    ], 10),
+    ([
+        "thread (0x1)",
+        "<module> (adapters/cli.py:261)",
+        "SyncServer._sender (adapters/server.py:700)",
+        "WebSocketResponse.send_bytes (aiohttp/web_ws.py:400)",
+        "_SelectorSocketTransport.write (asyncio/selector_events.py:1040)",
+    ], 5),
+    ([
+        "thread (0x1)",
+        "<module> (adapters/cli.py:261)",
+        "SyncServer._reader (adapters/server.py:560)",
+        "decode_client_frame (adapters/wire.py:600)",
+        "Reader.u32 (adapters/bsatn.py:213)",
+    ], 5),
+    ([
+        "thread (0x1)",
+        "<module> (adapters/cli.py:261)",
+        "SyncServer._processor (adapters/server.py:600)",
+        "decorate_with_checker.<locals>.wrapper (icontract/_checkers.py:640)",
+        "Engine.handle (reference/engine.py:170)",
+        "Engine._fanout (reference/engine.py:460)",
+        "can_read (spec/auth.py:80)",
+    ], 4),
+    ([
+        "thread (0x1)",
+        "<module> (adapters/cli.py:261)",
+        "SyncServer._processor (adapters/server.py:600)",
+        "decorate_with_checker.<locals>.wrapper (icontract/_checkers.py:640)",
+        "Engine.<lambda> (reference/engine.py:160)",
+        "Engine.<lambda>.<locals>.<genexpr> (reference/engine.py:160)",
+    ], 4),
+    ([
+        "thread (0x1)",
+        "<module> (adapters/cli.py:261)",
+        "SyncServer._sender (adapters/server.py:700)",
+        "decorate_with_checker.<locals>.wrapper (icontract/_checkers.py:640)",
+    ], 2),
+    ([
+        "thread (0x2)",
+        "GroupCommitWriter._run (reference/durability.py:424)",
+        "GroupCommitWriter._write (reference/durability.py:380)",
+        "record_row (reference/durability.py:120)",
+    ], 15),
+    ([
+        "thread (0x1)",
+        "<module> (adapters/cli.py:261)",
+        "BaseEventLoop.run_forever (asyncio/base_events.py:607)",
+        "BaseEventLoop._run_once (asyncio/base_events.py:1884)",
+    ], 5),
+]
+FOLDED = "\n".join(";".join(frames) + f" {count}" for frames, count in STACKS) + "\n"
 
 
 def test_profile_budget_charges_each_sample_to_its_innermost_phase() -> None:
