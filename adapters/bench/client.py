@@ -282,7 +282,8 @@ class AppendConn:
 
     def _closed_note(self) -> str:
         if self.ws is not None:
-            return f"{self.ws.closed} {self.ws.close_code} {self.ws.close_reason!r}"
+            return (f"closed={self.ws.closed} code={self.ws.close_code} reason={self.ws.close_reason!r} "
+                    f"{self.ws.lost_reason}")
         return str(self.redis is not None and self.redis.closed)
 
     def _gone(self, _conn: object) -> None:

@@ -174,8 +174,11 @@ def run(args: argparse.Namespace) -> int:
     doc["machine"]["loadavg_after"] = list(os.getloadavg())
     doc["machine"]["redis"] = None if bench.redis_missing else _redis_version(args.redis_server)
     doc["seconds"] = round(time.monotonic() - started, 1)
+    doc["incidents"] = bench.incidents
     add_ratios(doc)
     print_table(doc)
+    for incident in bench.incidents:
+        print(f"incident: {incident}")
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     if args.plot:

@@ -126,6 +126,7 @@ class WsClient(asyncio.Protocol):
         self.subprotocol: str | None = None
         self.close_code: int | None = None
         self.close_reason = ""
+        self.lost_reason = ""  # why the connection ended, when no close frame said it
         self.closed = False
         self._parser = FrameParser()
         self._head = bytearray()
@@ -184,7 +185,8 @@ class WsClient(asyncio.Protocol):
             data = rest
         try:
             frames = self._parser.feed(data)
-        except WsError:
+        except WsError as exc:
+            self.lost_reason = f"client-side parse error: {exc}"
             self._lost()
             if self.transport is not None:
                 self.transport.abort()
@@ -209,6 +211,8 @@ class WsClient(asyncio.Protocol):
                     self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost_reason:
+            self.lost_reason = "TCP connection closed" + (f" ({exc!r})" if exc else " by the peer")
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(WsError(f"connection lost during the upgrade: {exc!r}"))
         self._lost()

@@ -160,6 +160,7 @@ class Bench:
         self.redis: RedisPeer | None = None
         self.redis_missing: str | None = None
         self.kept: dict[str, Any] = {}
+        self.incidents: list[str] = []  # things that went wrong in setup and were retried
         self.group: str | None = None
         try:
             find_redis(redis_binary)
@@ -267,8 +268,19 @@ class Bench:
                 text = resp.read().decode()
         except OSError as exc:
             return f"server /metrics unreachable: {exc}"
-        wanted = ("syncref_committed_offset ", "syncref_durable_offset ", "syncref_connections ")
+        wanted = ("syncref_committed_offset ", "syncref_durable_offset ", "syncref_connections ",
+                  "syncref_closes_total{")
         return "server: " + ", ".join(line for line in text.splitlines() if line.startswith(wanted))
+
+    def committed(self) -> int:
+        """The syncref server's committed offset (its ``/metrics``)."""
+        import urllib.request
+        assert self.syncref is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.syncref.port}/metrics", timeout=30) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("syncref_committed_offset "):
+                    return int(float(line.split()[1]))
+        raise RuntimeError("syncref /metrics has no syncref_committed_offset")
 
     def _clients(self, procs: list[ClientProc], spies: list[subprocess.Popen[bytes]], server_pid: int,
                  profile_as: str | None, between: Callable[[list[ClientProc], list[Any]], None] | None,
@@ -329,7 +341,14 @@ class Bench:
                           "total": per_stream, "payload_size": self.s.payload_size, "explicit_id": explicit_id,
                           "stream_prefix": "", "streams": streams[start:start + n], "key_prefix": _uid()})
             start += n
-        results, _ = self.clients(tasks, pid, timeout=3600)
+        try:
+            results, _ = self.clients(tasks, pid, timeout=3600)
+        except ClientFailed as exc:
+            # setup, not a measurement: one retry (fresh keys), and the failure is kept for the report
+            self.incidents.append(f"preload on {peer} retried after: {exc}")
+            for t in tasks:
+                t["key_prefix"] = _uid()
+            results, _ = self.clients(tasks, pid, timeout=3600)
         bad = sum(r["errors"] for r in results)
         if bad:
             raise RuntimeError(f"preload on {peer}: {bad} appends failed: {results[0]['first_error']}")
@@ -373,8 +392,10 @@ def run_append(bench: Bench, peer: str, window: int, profile: str | None) -> Run
     wall = max(r["wall_s"] for r in results)
     diag["ops"] = ops
     diag["server_cpu_us_per_op"] = round(diag["server_cpu_s"] / max(1, ops) * 1e6 * (wall / diag["wall_s"]), 1)
+    why = {} if hist.n else {"p50_ms": "no call completed within the measured phase",
+                             "p99_ms": "no call completed within the measured phase"}
     return Run({"throughput": ops / wall, "p50_ms": _ms(hist.quantile(0.5)), "p99_ms": _ms(hist.quantile(0.99))},
-               diag, hist)
+               diag, hist, why)
 
 
 def append_closed(bench: Bench, peer: str, repeat: int) -> Run:
@@ -564,14 +585,14 @@ def memory(bench: Bench, peer: str, repeat: int) -> Run:
         server = bench.fresh_syncref()
         bench.preload(peer, streams, 1)  # the streams exist; only events are counted
         time.sleep(0.2 if s.quick else 1.0)
-        before = rss_bytes(server.pid)
+        before, first = rss_bytes(server.pid), bench.committed()
         bench.preload(peer, streams, per_stream)
         time.sleep(0.2 if s.quick else 1.0)
-        after = rss_bytes(server.pid)
-        bench.kept["restart:syncref"] = (server, s.memory_events + MEMORY_STREAMS)
+        after, events = rss_bytes(server.pid), bench.committed() - first  # one event per commit
+        bench.kept["restart:syncref"] = (server, events + first)
         bench.syncref = None  # kept for the restart workload
-        return Run({"bytes_per_event": (after - before) / (per_stream * MEMORY_STREAMS)},
-                   {"rss_before": before, "rss_after": after, "events": per_stream * MEMORY_STREAMS})
+        return Run({"bytes_per_event": (after - before) / events},
+                   {"rss_before": before, "rss_after": after, "events": events})
     redis = bench.fresh_redis()
     bench.preload(peer, streams, 1)
     before_info = redis.info()
