@@ -15,7 +15,7 @@ model checks and prints the matrix of invariants x checks: for each invariant of
 It exits non-zero if any check fails, any mutant survived, or an invariant has no check at all.
 The proofs and CrossHair run in subprocesses: the CLI imports neither (layering).
 ``syncref verify-log --data DIR`` re-executes a data directory's commit log.  ``serve``, ``token
-mint`` and ``trace`` live in :mod:`adapters.commands`.
+mint`` and ``trace`` live in :mod:`adapters.commands`; ``bench`` in :mod:`adapters.bench`.
 """
 
 from __future__ import annotations
@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     vl.add_argument("--data", required=True, metavar="DIR", help="the data directory (holds syncref.sqlite3)")
     vl.add_argument("--json", action="store_true", help="machine-readable report")
     commands.add_parsers(sub)
+    from adapters.bench.main import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     args = parser.parse_args(argv)
     handled = commands.dispatch(args)
     if handled is not None:
@@ -246,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         return verify(args)
     if args.command == "verify-log":
         return verify_log(args)
+    if args.command == "bench":
+        from adapters.bench.main import run as run_bench
+
+        return run_bench(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

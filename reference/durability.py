@@ -36,20 +36,18 @@ from __future__ import annotations
 
 import fcntl
 import json
-import operator
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
 from reference.engine import Engine
-from reference.log import GENESIS, RowChange, TxRecord, claims_from_json, claims_json, row_from_json
+from reference.log import GENESIS, RowChange, TxRecord, claims_from_json, claims_json, delta_text, row_from_json
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass
-from spec.values import Row
 
 DB_FILE = "syncref.sqlite3"
 LOCK_FILE = "syncref.lock"
@@ -101,29 +99,16 @@ def args_from_json(values: list[Any]) -> tuple[Any, ...]:
     return tuple(tuple(v) if isinstance(v, list) else v for v in values)
 
 
-_FIELDS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
-
-
-def _row_values(row: Row) -> tuple[Any, ...]:
-    """A row's column values in order -- :func:`reference.log.row_json` without the per-row
-    ``dataclasses.fields`` walk (the writer serializes every row of every delta)."""
-    get = _FIELDS.get(type(row))
-    if get is None:
-        names = [f.name for f in fields(row)]
-        many = operator.attrgetter(*names)
-        get = _FIELDS[type(row)] = many if len(names) > 1 else (lambda r: (many(r),))
-    return get(row)
-
-
 def changes_text(changes: tuple[RowChange, ...]) -> str:
     """The stored form of a delta: the JSON of :func:`reference.log.changes_json` (tuples are arrays)."""
-    return _dumps([[c.table, [_row_values(r) for r in c.deletes], [_row_values(r) for r in c.inserts]]
-                   for c in changes])
+    return delta_text(changes)
 
 
 def record_row(rec: TxRecord) -> tuple[Any, ...]:
+    """The ``commit_log`` row of a record.  The delta's JSON is the one :func:`make_record` already
+    wrote for the hash (the same text), when the record carries it."""
     return (rec.offset, rec.kind, rec.name, _dumps(claims_json(rec.caller)), _dumps(args_json(rec.args)),
-            rec.timestamp, changes_text(rec.changes), rec.prev_hash, rec.hash)
+            rec.timestamp, rec.delta_json or delta_text(rec.changes), rec.prev_hash, rec.hash)
 
 
 def record_from_row(row: Sequence[Any]) -> TxRecord:

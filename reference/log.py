@@ -5,13 +5,23 @@ arguments, timestamp) and carries its row delta for the persistent tables.  Reco
 hash-chained: ``hash = sha256(prev_hash || canonical JSON of the record body)``; the body
 includes the delta's own digest, so the chain commits to the data, and re-executing the calls
 from empty state must reproduce every delta and so every hash (``syncref verify-log``).
+
+:func:`body_json` and :func:`chain` are the definition.  :func:`make_record` computes the same
+hash faster (it runs once per commit): the delta's JSON is written once and kept on the record
+(``delta_json``, which the group-commit writer stores as is), row values come from a cached
+``attrgetter`` per row type, and the canonical body text is assembled from canonical parts --
+the caller's claims, the same object for every call on a connection, are encoded once.  A test
+holds the fast path to the definition on random records.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from dataclasses import dataclass, fields
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from spec.auth import Claims
@@ -39,6 +49,9 @@ class TxRecord:
     changes: tuple[RowChange, ...]
     prev_hash: str
     hash: str
+    # the JSON text of changes_json(changes), when make_record built it ("" otherwise); not part
+    # of the record's value, a cache of its serialisation
+    delta_json: str = field(default="", compare=False, repr=False)
 
 
 def row_json(row: Row) -> list[Any]:
@@ -72,8 +85,11 @@ def claims_from_json(d: dict[str, Any] | None) -> Claims | None:
                   d["client_build_id"], d["protocol_version"], d["schema_version"])
 
 
+_CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANON.encode(value)
 
 
 def changes_json(changes: tuple[RowChange, ...]) -> list[Any]:
@@ -92,7 +108,47 @@ def chain(prev_hash: str, body: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + _canon(body)).encode("utf-8")).hexdigest()
 
 
+# --- the fast path ----------------------------------------------------------------------------------
+
+_VALUES: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def row_values(row: Row) -> tuple[Any, ...]:
+    """A row's column values in order (a ``Vec`` column stays a tuple, which JSON writes as an
+    array): :func:`row_json` without the per-row ``dataclasses.fields`` walk."""
+    get = _VALUES.get(type(row))
+    if get is None:
+        names = [f.name for f in fields(row)]
+        many = operator.attrgetter(*names)
+        get = _VALUES[type(row)] = many if len(names) > 1 else (lambda r: (many(r),))
+    return get(row)
+
+
+def delta_text(changes: tuple[RowChange, ...]) -> str:
+    """``_canon(changes_json(changes))``: the delta holds no objects, only arrays and scalars,
+    so key order does not arise and one plain encoding is the canonical one."""
+    return _CANON.encode([[c.table, [row_values(r) for r in c.deletes], [row_values(r) for r in c.inserts]]
+                          for c in changes])
+
+
+@functools.lru_cache(maxsize=1024)
+def _claims_text(c: Claims | None) -> str:
+    return _canon(claims_json(c))
+
+
+def _body_text(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
+               delta_hash: str) -> str:
+    """``_canon(body_json(...))`` written key by key in sorted order (args, caller, delta_hash,
+    kind, name, offset, timestamp): the same text, without re-encoding the claims."""
+    enc = _CANON.encode
+    return (f'{{"args":{enc([list(a) if isinstance(a, tuple) else a for a in args])},"caller":{_claims_text(caller)},'
+            f'"delta_hash":"{delta_hash}","kind":{enc(kind)},"name":{enc(name)},"offset":{enc(offset)},'
+            f'"timestamp":{enc(timestamp)}}}')
+
+
 def make_record(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
                 changes: tuple[RowChange, ...], prev_hash: str) -> TxRecord:
-    body = body_json(offset, kind, name, caller, args, timestamp, changes)
-    return TxRecord(offset, kind, name, caller, args, timestamp, changes, prev_hash, chain(prev_hash, body))
+    delta = delta_text(changes)
+    body = _body_text(offset, kind, name, caller, args, timestamp, hashlib.sha256(delta.encode("utf-8")).hexdigest())
+    digest = hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+    return TxRecord(offset, kind, name, caller, args, timestamp, changes, prev_hash, digest, delta)

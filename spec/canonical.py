@@ -44,6 +44,7 @@ MAX_DEPTH = 64
 """At most this many arrays/objects nested in one another: ``[]`` has depth 1, a scalar 0."""
 _MAX_SAFE_DIGITS = len(str(MAX_SAFE_INTEGER))
 _HASH_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 REASONS: tuple[str, ...] = (
     "invalid_json", "duplicate_key", "lone_surrogate", "non_integer_number",
@@ -100,7 +101,7 @@ def _utf8_encodable(s: str) -> bool:
 @icontract.ensure(lambda s, result: result == (not _utf8_encodable(s)),
                   "a string holds a surrogate exactly when it cannot be written as UTF-8", enabled=contracts.PER_ROW)
 def _has_surrogate(s: str) -> bool:
-    return any(0xD800 <= ord(ch) <= 0xDFFF for ch in s)
+    return not s.isascii() and _SURROGATE.search(s) is not None
 
 
 def _walk(value: Any, depth: int) -> None:

@@ -1,0 +1,67 @@
+"""``syncref bench``: syncref measured against Redis and the transport ceiling, in the same run.
+
+Nothing here asserts a timing; it measures, and every figure is printed beside the same figure
+of the peers measured minutes apart on the same machine, as a ratio (syncref / peer).  Modules:
+:mod:`.main` (the command), :mod:`.workloads` (what runs), :mod:`.client` (the load-generating
+processes), :mod:`.proto` (their lean WebSocket and RESP clients), :mod:`.peers` (starting the
+servers), :mod:`.echo` (the ceiling), :mod:`.hist` (histograms, medians), :mod:`.report`.
+
+**Processes.**  The server under test runs in its own process (``syncref serve`` with defaults
+on a fresh data directory; ``redis-server --appendonly yes --appendfsync always``; the echo
+server).  Clients run in other processes (two by default, a third for the fanout writer), each
+an asyncio loop with many connections; each reports its CPU time over the measured phase, and a
+client process above 90 % of a core is flagged (``client_bound``): its figures are then a floor
+for the server, not a measurement of it.  Runs repeat (3 by default); the peers take turns
+within a repeat.
+
+**What each side does, workload by workload.**
+
+* ``append_closed`` / ``append_pipelined``: 8 client connections, each appending to its own
+  stream, 150-byte payloads (canonical JSON ``{"i":n,"pad":"xx.."}``).  *syncref*: v2 BSATN
+  WebSocket, ``compression=None``, confirmed reads (the default), ``CallReducer
+  append_sync_event(stream, key, payload, none, none)`` with a unique idempotency key; the call
+  is done when its ``ReducerResult`` arrives -- which, with confirmed reads, is after the
+  transaction's SQLite group commit has returned (fsync).  *Redis*: ``XADD stream * k <key> p
+  <payload>`` (no MAXLEN, so nothing is trimmed) on a RESP connection; with ``appendfsync always``
+  the reply comes after the AOF write and fsync.  *echo*: a binary message of the same size as
+  syncref's ``CallReducer`` frame, echoed back.  Closed loop: one call in flight per client.
+  Pipelined: a window of 32 calls sent in one write, the next window when all 32 are answered.
+  Figures: calls/s over the measured phase (after a warm-up), latency per call (send to answer).
+  What syncref does and Redis does not: canonicalize and hash the payload, dedupe on the key,
+  check scope and stream grant, keep a hash-chained commit log.
+* ``fanout_N`` (N = 10, 100, 500): one writer appends to one stream at 500 events/s, open loop
+  (event k is sent at t0 + k/500 whatever the answers do); N subscribers of that stream.
+  *syncref*: each subscriber subscribes ``SELECT * FROM sync_event WHERE stream_id = S`` (v2,
+  ``compression=None``, confirmed reads) and receives one ``TransactionUpdate`` per event.
+  *Redis*: each subscriber is its own connection looping ``XREAD BLOCK 0 STREAMS S <last id>``
+  (one consumer per subscriber; a lagging one gets several entries per reply).  *echo*: the
+  writer's message is sent to all N connections with ``websockets.broadcast``.  The payload
+  carries the writer's send time (``"t"``, ns since the epoch); latency is a subscriber's
+  receipt minus that (same machine, same clock), so it includes the commit.  For syncref the
+  row's ``committed_at`` also gives commit->delivery (1 event in 8).  After the writer stops the
+  subscribers get a grace period to receive everything.  Figures: deliveries/s, p50/p99,
+  delivered fraction, growth (median latency of the last fifth of the run over the first fifth),
+  kept up (everything delivered and growth < 2).
+* ``replay_full`` / ``replay_gap``: a stream preloaded with 20,000 events (the default replay
+  budget); one client replays it from watermark 0, or the last 100 events.  *syncref*: the resume
+  query set of DESIGN §3 (``sync_stream`` row + ``sync_event ... AND epoch = 1 AND seq > W``),
+  timed from Subscribe to ``SubscribeApplied`` (rows split and counted, not decoded), then
+  Unsubscribe.  *Redis*: ``XRANGE S (W-1 +`` (the preload used explicit ids ``n-1``), timed to
+  the parsed reply (hiredis).
+* ``reconnect_storm``: N clients (200) start at the same instant; each is *live* when it has
+  connected and resumed a 50-event gap (syncref: upgrade + ``InitialConnection`` + resume
+  ``SubscribeApplied``; Redis: connect + ``XRANGE``; echo: upgrade + one round trip).  Figure:
+  time until the last one is live, and the median.
+* ``memory``: 100,000 events over 10 streams, after each stream already exists.  *syncref*:
+  growth of the server process's RSS.  *Redis*: growth of ``INFO memory`` ``used_memory``
+  (its RSS growth is in the diagnostics).  One run (the figure barely moves between runs).
+* ``restart``: the memory workload's data, restarted.  *syncref*: ``syncref serve`` until it
+  prints its listening line, minus the same on an empty data directory, per record;
+  ``verify-log`` likewise.  *Redis*: start until ``PING`` answers ``PONG`` (AOF loaded), minus
+  an empty start, per record.
+
+``--profile DIR`` attaches py-spy to the syncref server during the first run of each
+append/fanout workload (``--nonblocking``, 200 Hz, threads shown) and writes an SVG flame graph
+and the folded stacks; ``docs/performance.md`` turns the folded stacks into the per-append cost
+budget.
+"""

@@ -1,0 +1,208 @@
+"""``syncref bench``: the command (argument parsing, the run loop, progress, exit status).
+
+Exit status: 0 when every selected workload ran on every peer that is installed (peers that are
+not installed are reported as skipped, with the reason); 1 when a run failed (a peer crashed, a
+call was refused, a replay came back short) -- the JSON still records everything else; 2 for a
+usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from adapters.bench.hist import summary
+from adapters.bench.peers import PeerUnavailable
+from adapters.bench.report import add_ratios, plot, print_table
+from adapters.bench.workloads import FULL, QUICK, WORKLOADS, Bench, ClientFailed, Run, metrics_for, workdir
+
+ALIASES = {"fanout": [n for n in WORKLOADS if n.startswith("fanout_")],
+           "append": ["append_closed", "append_pipelined"], "replay": ["replay_full", "replay_gap"]}
+
+
+def add_parser(sub: Any) -> None:
+    b = sub.add_parser("bench", help="measure syncref against Redis and a bare websockets echo server",
+                       description="Start syncref, Redis (if installed) and an echo server on loopback, drive them "
+                                   "from separate client processes and print each figure with its ratio to "
+                                   "each peer (see docs/performance.md).")
+    b.add_argument("--quick", action="store_true", help="tiny runs, one repeat (a smoke test, not a measurement)")
+    b.add_argument("--json", metavar="FILE", help="write the full results as JSON")
+    b.add_argument("--plot", metavar="DIR", help="write PNG charts (needs matplotlib)")
+    b.add_argument("--workloads", nargs="+", metavar="NAME",
+                   help=f"which workloads (default all): {', '.join(WORKLOADS)}; or {', '.join(ALIASES)}")
+    b.add_argument("--repeats", type=int, help="runs per workload and peer (default 3; --quick 1)")
+    b.add_argument("--profile", metavar="DIR",
+                   help="record py-spy flame graphs (SVG + folded stacks) of the syncref server, first run of "
+                        "each append/fanout workload")
+    b.add_argument("--redis-server", metavar="PATH", help="the redis-server binary (default: found on PATH)")
+    b.add_argument("--keep", action="store_true", help="keep the temporary directory (data, logs)")
+
+
+class Progress:
+    """A one-line status on a TTY; plain lines (no control characters) otherwise."""
+
+    def __init__(self, total: int, out: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.done = 0
+        self.out = out
+        self.tty = out.isatty()
+        self.started = time.monotonic()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        text = f"[{self.done}/{self.total} {time.monotonic() - self.started:5.0f}s] {label}"
+        if self.tty:
+            self.out.write("\r\x1b[K" + text)
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+
+
+def selected(names: list[str] | None) -> list[str]:
+    if not names or names == ["all"]:
+        return list(WORKLOADS)
+    out: list[str] = []
+    for n in names:
+        for m in ALIASES.get(n, [n]):
+            if m not in WORKLOADS:
+                raise ValueError(f"unknown workload {n!r}; known: {', '.join(WORKLOADS)}, {', '.join(ALIASES)}")
+            if m not in out:
+                out.append(m)
+    order = list(WORKLOADS)
+    return sorted(out, key=order.index)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import hiredis  # noqa: F401 -- the Redis clients parse with it
+    except ImportError:
+        print("syncref bench needs its extra: pip install 'syncref[bench]' (hiredis, matplotlib, py-spy)",
+              file=sys.stderr)
+        return 2
+    try:
+        names = selected(args.workloads)
+    except ValueError as exc:
+        print(f"syncref bench: {exc}", file=sys.stderr)
+        return 2
+    settings = QUICK if args.quick else FULL
+    if args.repeats is not None:
+        if args.repeats < 1:
+            print("syncref bench: --repeats must be at least 1", file=sys.stderr)
+            return 2
+        settings = type(settings)(**{**asdict(settings), "repeats": args.repeats})
+    tmp = workdir()
+    bench = Bench(settings, tmp, redis_binary=args.redis_server,
+                  profile_dir=Path(args.profile) if args.profile else None)
+    total = sum(WORKLOADS[n].repeats(settings) * len(WORKLOADS[n].peers) for n in names)
+    progress = Progress(total)
+    doc: dict[str, Any] = {
+        "version": 1, "command": "syncref bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "syncref bench",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "settings": asdict(settings),
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": list(os.getloadavg()),
+                    "python": platform.python_version(), "platform": platform.platform()},
+        "workloads": {}}
+    failed = False
+    started = time.monotonic()
+    try:
+        for name in names:
+            wl = WORKLOADS[name]
+            entry: dict[str, Any] = {"title": wl.title, "doc": wl.doc,
+                                     "metrics": {m.name: {"unit": m.unit, "better": m.better, "doc": m.doc}
+                                                 for m in metrics_for(wl, "syncref")},
+                                     "peers": {}}
+            doc["workloads"][name] = entry
+            runs: dict[str, list[Run]] = {p: [] for p in wl.peers}
+            status: dict[str, dict[str, str]] = {}
+            if "redis" in wl.peers and bench.redis_missing is not None:
+                status["redis"] = {"status": "skipped", "reason": bench.redis_missing}
+            try:
+                bench.begin(wl)
+            except (RuntimeError, OSError) as exc:
+                for p in wl.peers:
+                    status.setdefault(p, {"status": "failed", "reason": f"could not start the servers: {exc}"})
+            repeats = wl.repeats(settings)
+            for r in range(repeats):
+                order = list(wl.peers[r % len(wl.peers):] + wl.peers[:r % len(wl.peers)])
+                for peer in order:
+                    progress.step(f"{name}: {peer} run {r + 1}/{repeats}")
+                    if peer in status:
+                        continue
+                    try:
+                        runs[peer].append(wl.run(bench, peer, r))
+                    except PeerUnavailable as exc:
+                        status[peer] = {"status": "skipped", "reason": str(exc)}
+                    except (RuntimeError, ClientFailed, OSError, KeyError, ValueError) as exc:
+                        status[peer] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+                        (tmp / "errors.log").open("a").write(traceback.format_exc())
+            for peer in wl.peers:
+                if peer in status:
+                    entry["peers"][peer] = status[peer]
+                    failed = failed or status[peer]["status"] == "failed"
+                    continue
+                figs: dict[str, Any] = {}
+                for m in metrics_for(wl, peer):
+                    values = [v for v in (run_.figures.get(m.name) for run_ in runs[peer]) if v is not None]
+                    if values:
+                        figs[m.name] = summary(values).to_json()
+                    else:
+                        reasons = {run_.why.get(m.name, "not measured") for run_ in runs[peer]}
+                        figs[m.name] = {"median": None, "missing": "; ".join(sorted(reasons))}
+                hists = [run_.hist for run_ in runs[peer] if run_.hist is not None]
+                cdf = None
+                if hists:
+                    from adapters.bench.hist import Hist
+                    cdf = Hist.merged(hists).cdf()
+                entry["peers"][peer] = {"status": "ok", "figures": figs, "diag": [run_.diag for run_ in runs[peer]],
+                                        "cdf": cdf}
+    finally:
+        bench.teardown()
+        progress.finish()
+    doc["machine"]["loadavg_after"] = list(os.getloadavg())
+    doc["machine"]["redis"] = None if bench.redis_missing else _redis_version(args.redis_server)
+    doc["seconds"] = round(time.monotonic() - started, 1)
+    doc["incidents"] = bench.incidents
+    add_ratios(doc)
+    print_table(doc)
+    for incident in bench.incidents:
+        print(f"incident: {incident}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    if args.plot:
+        try:
+            for path in plot(doc, Path(args.plot)):
+                print(f"wrote {path}")
+        except ImportError:
+            print("syncref bench: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            failed = True
+    if args.keep:
+        print(f"kept {tmp}")
+    else:
+        if (tmp / "errors.log").exists():
+            print((tmp / "errors.log").read_text()[-3000:], file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def _redis_version(binary: str | None) -> str | None:
+    import subprocess
+
+    from adapters.bench.peers import find_redis
+    try:
+        out = subprocess.run([find_redis(binary), "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (PeerUnavailable, OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip()
