@@ -47,9 +47,10 @@ import json
 import logging
 import re
 import secrets
+import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,9 @@ log = logging.getLogger("syncref.server")
 
 SUBPROTOCOLS = ("v3.bsatn.spacetimedb", "v2.bsatn.spacetimedb")  # server preference order
 CLOSE_REASON_BYTES = 123
+SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP bytes, or one larger message)
+DECODE_TURN = 256  # v3 messages decoded per turn
+SWITCH_INTERVAL_S = 0.0005
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 
@@ -106,7 +110,8 @@ class Limits:
     max_outbound_message_bytes: int = 32 * MIB  # one server message (the decoders' frame limit)
     # durability and fairness
     max_undurable: int = 1024  # committed transactions allowed ahead of the disk
-    max_batch_per_turn: int = 16  # messages a connection's processor takes before others get a turn
+    max_undurable_per_connection: int = 64  # of those, one WebSocket connection's (HTTP: one identity's)
+    max_batch_per_turn: int = 4  # messages a connection's processor takes before others get a turn
     # keepalive and timeouts
     ping_interval_s: float = 15.0
     idle_timeout_s: float = 30.0  # nothing received for this long: the connection is dropped
@@ -252,6 +257,7 @@ class Session:
         self.tasks: list[asyncio.Task[None]] = []
         self.reader: asyncio.Task[None] | None = None
         self.closers: list[asyncio.Future[None]] = []  # closes the engine asked for; awaited, never cancelled
+        self.undurable: deque[int] = deque()  # offsets of this connection's commits not yet durable
 
 
 class SyncServer:
@@ -278,6 +284,8 @@ class SyncServer:
         self._listener: asyncio.AbstractServer | None = None
         self._body_bytes = 0  # bytes held by the encode-once LRU
         self._match_checks = 0
+        self._http_running: dict[str, int] = {}  # identity -> HTTP calls running
+        self._http_queues: dict[str, deque[asyncio.Future[None]]] = {}  # identity -> calls waiting their turn
         self.errors = RateLimitedLog(log)
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -297,6 +305,9 @@ class SyncServer:
         directory and ``OSError`` for a port that cannot be bound (the CLI reports both)."""
         self._loop = asyncio.get_running_loop()
         self.failed = self._loop.create_future()
+        # The group-commit writer thread needs the interpreter lock for a moment per batch; with the
+        # default 5 ms switch interval a busy event loop delays every durability step by that much.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         cfg = self.config
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -316,6 +327,7 @@ class SyncServer:
             except (ValueError, RuntimeError) as exc:
                 raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} "
                                    "(syncref verify-log --data DIR shows where)") from exc
+
             self._engine.on_close = self._engine_closed
             self._engine.on_internal_error = self._internal_error
             self._limit_engine(self._engine)
@@ -442,6 +454,12 @@ class SyncServer:
         fut: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append((offset, fut))
         await fut
+
+    async def _wait_durable_quietly(self, offset: int) -> None:
+        """Wait for ``offset`` to be durable; a durability failure is handled by the caller's
+        next check of ``failed``."""
+        with contextlib.suppress(DurabilityFailed):
+            await self._wait_durable(offset)
 
     def _check_writer(self) -> None:
         """If the commit-log writer failed: acknowledge nothing more.  Every waiter fails (HTTP
@@ -680,6 +698,49 @@ class SyncServer:
         except (ValueError, satsjson.SatsJsonError) as exc:
             return _text(400, SyncError(ErrorCode.INVALID_ARGUMENT, {
                 "argument": "*", "message": safe_text(str(exc))}).render())
+        async with self._http_share(verified.identity):
+            return await self._call_detached(verified, reducer, args)
+
+    @contextlib.asynccontextmanager
+    async def _http_share(self, identity: str) -> AsyncIterator[None]:
+        """At most ``max_undurable_per_connection`` HTTP calls of one identity run (and wait for
+        durability) at once; the others queue here, in arrival order."""
+        share = self.config.limits.max_undurable_per_connection
+        queue = self._http_queues.setdefault(identity, deque())
+        if self._http_running.get(identity, 0) >= share or queue:
+            assert self._loop is not None
+            ticket: asyncio.Future[None] = self._loop.create_future()
+            queue.append(ticket)
+            try:
+                await ticket
+            except BaseException:
+                if ticket in queue:
+                    queue.remove(ticket)
+                elif not ticket.cancelled():  # it was handed the slot: pass it on
+                    self._http_release(identity)
+                raise
+        else:
+            self._http_running[identity] = self._http_running.get(identity, 0) + 1
+        try:
+            yield
+        finally:
+            self._http_release(identity)
+
+    def _http_release(self, identity: str) -> None:
+        queue = self._http_queues.get(identity)
+        while queue:
+            ticket = queue.popleft()
+            if not ticket.done():
+                ticket.set_result(None)  # the slot passes to it: the running count stays
+                return
+        running = self._http_running.get(identity, 0) - 1
+        if running > 0:
+            self._http_running[identity] = running
+        else:
+            self._http_running.pop(identity, None)
+            self._http_queues.pop(identity, None)
+
+    async def _call_detached(self, verified: Verified, reducer: str, args: tuple[Any, ...]) -> web.Response:
         try:
             await self._wait_room()
             self._tick()
@@ -822,15 +883,28 @@ class SyncServer:
     async def _reader(self, s: Session) -> None:
         limit = self.config.limits.max_inbound_queue
         byte_limit = self.config.limits.max_inbound_bytes
+        batch = self.config.limits.max_batch_per_turn
+        frames = 0
         async for msg in s.ws:
             s.last_seen = time.monotonic()
+            frames += 1
+            if frames >= batch:  # frames already buffered come back without a pause: give others a turn
+                frames = 0
+                await asyncio.sleep(0)
             if msg.type == WSMsgType.BINARY:
                 size = len(msg.data)
                 if s.inbound_bytes + size > byte_limit:
                     await self._close(s, 1013, "too many requests", "inbound_bytes")
                     return
-                try:  # the count is checked while decoding: a frame never decodes past the room left
-                    decoded = wire.decode_client_frame(msg.data, s.version, max_messages=limit - len(s.inbound))
+                # The count is checked while decoding (a frame never decodes past the room left),
+                # and a long v3 frame is decoded a turn's worth at a time.  A frame is all or nothing:
+                # nothing of it is queued unless all of it decodes.
+                decoded: list[wire.ClientMessage] = []
+                try:
+                    for item in wire.client_frame_messages(msg.data, s.version, limit - len(s.inbound)):
+                        decoded.append(item)
+                        if len(decoded) % DECODE_TURN == 0:
+                            await asyncio.sleep(0)
                 except wire.TooManyMessages:
                     await self._close(s, 1013, "too many requests", "inbound_queue")
                     return
@@ -858,6 +932,7 @@ class SyncServer:
         per turn: then every other ready connection runs before this one goes on (round-robin)."""
         engine = self.engine
         batch = self.config.limits.max_batch_per_turn
+        share = self.config.limits.max_undurable_per_connection
         while not s.closing:
             await s.inbound_ready.wait()
             s.inbound_ready.clear()
@@ -870,14 +945,24 @@ class SyncServer:
                     await asyncio.sleep(0)
                     continue
                 first, size = s.inbound[0]
-                if isinstance(first, wire.CallReducer) and not engine.can_commit():
-                    taken = 0
-                    await self._wait_room()
-                    continue
+                if isinstance(first, wire.CallReducer):
+                    while s.undurable and s.undurable[0] <= engine.durable:
+                        s.undurable.popleft()
+                    if len(s.undurable) >= share:  # this connection's share of the window is in use
+                        taken = 0
+                        await self._wait_durable_quietly(s.undurable[0])
+                        continue
+                    if not engine.can_commit():
+                        taken = 0
+                        await self._wait_room()
+                        continue
                 s.inbound.popleft()
                 s.inbound_bytes -= size
                 taken += 1
+                before = engine.committed
                 self._dispatch(s, first)
+                if engine.committed > before and isinstance(first, wire.CallReducer):
+                    s.undurable.append(engine.committed)
                 self._pump()
 
     def _dispatch(self, s: Session, msg: wire.ClientMessage) -> None:
@@ -947,13 +1032,13 @@ class SyncServer:
             await s.wake.wait()
             s.wake.clear()
             while not s.closing and (s.side or engine.releasable(s.conn_id)):
-                # one turn: at most 256 messages and about V3_SOFT_CAP bytes (one larger message goes alone)
+                # one turn: at most SEND_BATCH messages and V3_SOFT_CAP bytes (one larger message goes alone)
                 bodies: list[bytes] = []
                 size = 0
-                while s.side and len(bodies) < 256:
+                while s.side and len(bodies) < SEND_BATCH:
                     bodies.append(s.side.popleft())
                     size += len(bodies[-1])
-                while (engine.releasable(s.conn_id) and len(bodies) < 256
+                while (engine.releasable(s.conn_id) and len(bodies) < SEND_BATCH
                        and (not bodies or size + engine.next_size(s.conn_id) <= wire.V3_SOFT_CAP)):
                     body = self._encode(s, engine.pop(s.conn_id).message)
                     if len(body) > self.config.limits.max_outbound_message_bytes:  # never sent undecodable

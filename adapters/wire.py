@@ -39,7 +39,7 @@ import enum
 import gzip
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import brotli
@@ -600,23 +600,31 @@ class TooManyMessages(RemoteProtocolError):
     than ``max_messages + 1`` are ever decoded)."""
 
 
-def decode_client_frame(data: bytes, version: int, max_messages: int | None = None) -> list[ClientMessage]:
-    """A client binary frame: one message (v2) or one or more concatenated messages (v3).
-    Decoding stops with :class:`TooManyMessages` as soon as it passes ``max_messages``."""
+def client_frame_messages(data: bytes, version: int, max_messages: int | None = None) -> Iterator[ClientMessage]:
+    """The messages of a client frame one at a time (so a caller can pause between them), with
+    :func:`decode_client_frame`'s errors; :class:`TooManyMessages` once past ``max_messages``."""
     _check_version(version)
     if max_messages is not None and max_messages < 1:
         raise TooManyMessages("no room for another client message")
     if version == 2:
-        return [decode_client(data)]
+        yield decode_client(data)
+        return
     if not data:
         raise BsatnError("empty v3 client frame")
     r = Reader(data)
-    out = []
+    n = 0
     while not r.at_end():
-        out.append(_r_client(r))
-        if max_messages is not None and len(out) > max_messages:
+        msg = _r_client(r)
+        n += 1
+        if max_messages is not None and n > max_messages:
             raise TooManyMessages(f"a v3 frame with more than {max_messages} messages")
-    return out
+        yield msg
+
+
+def decode_client_frame(data: bytes, version: int, max_messages: int | None = None) -> list[ClientMessage]:
+    """A client binary frame: one message (v2) or one or more concatenated messages (v3).
+    Decoding stops with :class:`TooManyMessages` as soon as it passes ``max_messages``."""
+    return list(client_frame_messages(data, version, max_messages))
 
 
 # --- compression and server frames ------------------------------------------------------------
