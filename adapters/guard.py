@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-DESCRIPTOR_RESERVE = 64  # descriptors kept for the log, its WAL, the key file, stdio, accept()
+LISTEN_BACKLOG = 100  # asyncio accepts up to this many connections per wake-up, before any is refused
+DESCRIPTOR_RESERVE = 64 + LISTEN_BACKLOG  # kept for the log, its WAL, the key file, stdio, and that burst
 
 
 def descriptor_budget(cap: int, reserve: int = DESCRIPTOR_RESERVE) -> int:

@@ -61,7 +61,7 @@ from aiohttp import WSMsgType, web
 from adapters import satsjson, wire
 from adapters.auth import MAX_TOKEN_CHARS, AuthConfig, Authenticator, AuthError, KeyStore, Verified
 from adapters.bsatn import BsatnError
-from adapters.guard import ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
+from adapters.guard import LISTEN_BACKLOG, ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
 from reference.durability import GroupCommitWriter, LogStore, restart, shutdown
 from reference.engine import Engine, InternalError, limit_exceeded, safe_text
 from spec import messages as m
@@ -350,7 +350,7 @@ class SyncServer:
                             "(ulimit -n)", cfg.limits.max_connections, cap)
             self._gate = ConnectionGate(handler, cap, lambda: self.metrics.refused.labels("max_connections").inc())
             self._listener = await self._loop.create_server(self._gate, cfg.host, cfg.port, reuse_address=True,
-                                                            backlog=128)
+                                                            backlog=LISTEN_BACKLOG)
         except BaseException:
             await self._abort_start()
             raise
