@@ -612,6 +612,7 @@ class SyncServer:
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         self.metrics.connections.set(len(self.sessions))
+        self.metrics.tcp_open.set(self._gate.open if self._gate is not None else 0)
         return web.Response(body=prom.generate_latest(self.metrics.registry),
                             headers={"Content-Type": prom.CONTENT_TYPE_LATEST})
 
