@@ -116,6 +116,7 @@ class Limits:
     ping_interval_s: float = 15.0
     idle_timeout_s: float = 30.0  # nothing received for this long: the connection is dropped
     close_timeout_s: float = 5.0  # a close frame the peer does not take within this: the TCP connection is cut
+    send_timeout_s: float = 60.0  # a frame the peer does not take within this: slow_consumer
     header_timeout_s: float = 10.0  # a request head (or the next one on a kept-alive connection) must arrive
     body_timeout_s: float = 30.0  # a request body must arrive within this
     # HTTP bodies, SQL and queries
@@ -136,6 +137,8 @@ class Limits:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"{f.name} must be a positive number, got {value!r}")
+        if self.max_outbound_bytes < self.max_outbound_message_bytes:
+            raise ValueError("max_outbound_bytes must be at least max_outbound_message_bytes (one message must fit)")
         if self.max_outbound_message_bytes > wire.MAX_FRAME_SIZE:
             raise ValueError(f"max_outbound_message_bytes must be at most {wire.MAX_FRAME_SIZE} "
                              "(the frame size clients decode)")
@@ -1053,7 +1056,14 @@ class SyncServer:
                           else [wire.frame_server(b, s.compression) for b in bodies])
                 del bodies
                 for frame in frames:
-                    await s.ws.send_bytes(frame)
+                    try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
+                        await asyncio.wait_for(s.ws.send_bytes(frame), self.config.limits.send_timeout_s)
+                    except TimeoutError:
+                        self.metrics.refused.labels("send_timeout_s").inc()
+                        self._tick()
+                        engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
+                        self._pump()
+                        return
                     self.metrics.frames_out.inc()
                     self.metrics.bytes_out.inc(len(frame))
                 del frames

@@ -60,6 +60,7 @@ LIMITS = {
     "max_queries_per_connection": 32,
     "max_outbound_message_bytes": 1 * MIB,
     "max_outbound_bytes": 4 * MIB,
+    "send_timeout_s": 3.0,
     "max_call_body_bytes": 300 * 1024,
     "max_connections": 120,
     "max_connections_per_identity": 6,
@@ -528,6 +529,28 @@ def test_never_reading_subscribers_are_dropped_by_bytes(remote: Remote) -> None:
             code, reason = close_code(sock)
             assert code == 1008 and reason.startswith(b"slow_consumer"), (code, reason)
             sock.close()
+
+
+def test_a_subscriber_that_stops_reading_is_dropped_after_the_send_timeout(remote: Remote) -> None:
+    """Under every byte bound, but it never takes its frame: after ``send_timeout_s`` it is a slow
+    consumer, and the frame's memory is free again."""
+    seed_events(remote, "stall", 3, 250_000)  # 750 KB: under the message and byte bounds
+    with attack(remote, "stalled-reader"):
+        drops = metric(remote.base, 'syncref_refused_total{limit="send_timeout_s"}')
+        sock = raw_ws(remote, remote.token(), rcvbuf=4096)
+        for j in range(8):  # one at a time, so little is ever queued: the kernel's buffers fill, then ours
+            sock.sendall(ws_frame(wire.encode_client(wire.Subscribe(
+                j + 1, j + 1, ("SELECT * FROM sync_event WHERE stream_id = 'stall'",)))))
+            time.sleep(0.3)
+        started = time.monotonic()
+        while metric(remote.base, 'syncref_refused_total{limit="send_timeout_s"}') == drops:
+            assert time.monotonic() - started < 30, "the stalled reader was never dropped for its send timeout"
+            time.sleep(0.2)
+        print(f"[stalled-reader] dropped after {time.monotonic() - started:.1f} s "
+              f"(send_timeout_s {LIMITS['send_timeout_s']})")
+        code, reason = close_code(sock)
+        assert code == 1008 and reason.startswith(b"slow_consumer"), (code, reason)
+        sock.close()
 
 
 # --- 6. slowloris and descriptor exhaustion ---------------------------------------------------------------

@@ -240,5 +240,7 @@ def test_limits_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="must be a positive number"):
         Limits(header_timeout_s=-1.0)
     with pytest.raises(ValueError, match="at most 33554432"):
-        Limits(max_outbound_message_bytes=wire.MAX_FRAME_SIZE + 1)
+        Limits(max_outbound_message_bytes=wire.MAX_FRAME_SIZE + 1, max_outbound_bytes=wire.MAX_FRAME_SIZE + 1)
+    with pytest.raises(ValueError, match="one message must fit"):
+        Limits(max_outbound_bytes=1024)
     assert Limits(max_outbound_message_bytes=wire.MAX_FRAME_SIZE).max_outbound_message_bytes == wire.MAX_FRAME_SIZE
