@@ -127,7 +127,7 @@ class Limits:
     max_sql_response_bytes: int = 16 * MIB
     max_query_bytes: int = 8 * 1024  # one query string, on every path
     max_query_conjuncts: int = 32
-    max_queries_per_connection: int = 256  # subscribed queries, all query sets together
+    max_queries_per_connection: int = 64  # subscribed queries, all query sets together
     # connections
     max_connections: int = 1000  # open TCP connections (HTTP and WebSocket), also kept below RLIMIT_NOFILE
     max_connections_per_identity: int = 64  # open WebSocket connections of one identity
