@@ -110,7 +110,7 @@ class Limits:
     max_outbound_message_bytes: int = 32 * MIB  # one server message (the decoders' frame limit)
     # durability and fairness
     max_undurable: int = 1024  # committed transactions allowed ahead of the disk
-    max_undurable_per_connection: int = 64  # of those, one WebSocket connection's (HTTP: one identity's)
+    max_undurable_per_connection: int = 32  # of those, one WebSocket connection's (HTTP: one identity's)
     max_batch_per_turn: int = 4  # messages a connection's processor takes before others get a turn
     # keepalive and timeouts
     ping_interval_s: float = 15.0

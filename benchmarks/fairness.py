@@ -77,6 +77,16 @@ class Bystander:
             out.append(time.perf_counter() - started)
         return out
 
+    def served_meanwhile(self, port: int, n: int) -> list[float]:
+        """Client messages the server handled while each of ``n`` calls was in flight (its own
+        included): how far back in line the bystander was, whatever the host's speed."""
+        out = []
+        for _ in range(n):
+            before = handled(port)
+            self.calls(1)
+            out.append(handled(port) - before)
+        return out
+
     def close(self) -> None:
         self.ws.close()
 
@@ -177,6 +187,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8, help="alternations of spam and idle per window")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--settle", type=float, default=0.3, help="pause after stopping/resuming the spammer")
+    parser.add_argument("--probes", type=int, default=40, help="calls timed by messages served meanwhile")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--pythonpath", default=None, help="run the server from this checkout")
     parser.add_argument("--config", default=None, help="a TOML config for the server (e.g. other [limits])")
@@ -225,6 +236,7 @@ def main() -> int:
                     spammer.stdin.write("r\n")
                     spammer.stdin.flush()
                     time.sleep(args.settle)
+                served = by.served_meanwhile(port, args.probes)
                 spammer.stdin.close()
                 spammer.kill()
                 spammer.wait()
@@ -232,7 +244,8 @@ def main() -> int:
                 runs.append({"mode": mode, "window": window, "idle_p50_ms": pct(idle, 0.5) * 1e3,
                              "idle_p99_ms": pct(idle, 0.99) * 1e3, "p50_ms": pct(busy, 0.5) * 1e3,
                              "p99_ms": pct(busy, 0.99) * 1e3, "max_ms": max(busy) * 1e3,
-                             "ratio_p99": pct(busy, 0.99) / pct(idle, 0.99)})
+                             "ratio_p99": pct(busy, 0.99) / pct(idle, 0.99),
+                             "served_p50": pct(served, 0.5), "served_max": max(served)})
                 time.sleep(args.settle)
         by.close()
         summary = {"idle_p50_ms": statistics.median(idle_all) * 1e3, "idle_p99_ms": pct(idle_all, 0.99) * 1e3,
@@ -245,10 +258,11 @@ def main() -> int:
     else:
         print(f"idle over all runs: p50 {summary['idle_p50_ms']:.1f} ms, p99 {summary['idle_p99_ms']:.1f} ms")
         print(f"{'mode':<8}{'window':>8}{'idle p50':>10}{'idle p99':>10}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}"
-              f"{'p99/idle':>10}")
+              f"{'p99/idle':>10}{'served p50':>12}{'served max':>12}")
         for r in runs:
             print(f"{r['mode']:<8}{r['window']:>8}{r['idle_p50_ms']:>10.1f}{r['idle_p99_ms']:>10.1f}{r['p50_ms']:>10.1f}"
-                  f"{r['p99_ms']:>10.1f}{r['max_ms']:>10.1f}{r['ratio_p99']:>10.2f}")
+                  f"{r['p99_ms']:>10.1f}{r['max_ms']:>10.1f}{r['ratio_p99']:>10.2f}{r['served_p50']:>12.0f}"
+                  f"{r['served_max']:>12.0f}")
     return 0
 
 
