@@ -45,11 +45,13 @@ class _Key:
 
 class RateLimitedLog:
     """At most one log line per ``key`` every ``interval_s`` seconds; the next line that gets
-    through says how many were suppressed meanwhile.  Keys are a fixed set of categories."""
+    through says how many were suppressed meanwhile.  Keys are meant to be a small set of
+    categories (never peer input); past ``max_keys`` the oldest are forgotten."""
 
     def __init__(self, logger: logging.Logger, interval_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 1024) -> None:
         self.logger = logger
+        self.max_keys = max_keys
         self.interval_s = interval_s
         self._clock = clock
         self._keys: dict[str, _Key] = {}
@@ -65,6 +67,9 @@ class RateLimitedLog:
             self.suppressed += 1
             return False
         missed = state.suppressed if state is not None else 0
+        self._keys.pop(key, None)
+        if len(self._keys) >= self.max_keys:
+            del self._keys[next(iter(self._keys))]
         self._keys[key] = _Key(now)
         if missed:
             message = f"{message} ({missed} more like it in the last {self.interval_s:g} s not logged)"

@@ -566,7 +566,7 @@ class SyncServer:
             raise
         except Exception as exc:
             self.metrics.internal.labels("http").inc()
-            self.errors.log(f"http:{request.path}:{type(exc).__name__}", logging.ERROR,
+            self.errors.log(f"http:{type(exc).__name__}", logging.ERROR,
                             f"internal error answering {request.method} {request.path}: {exc!r:.300}",
                             exc_info=exc)
             return _text(500, safe_text(f"internal error: {type(exc).__name__}: {exc}; nothing was written"))

@@ -64,9 +64,11 @@ class Bystander:
         self.tag = tag
         self.rid = 0
 
-    def calls(self, n: int) -> list[float]:
+    def calls(self, n: int, until: float = float("inf")) -> list[float]:
         out = []
         for _ in range(n):
+            if time.monotonic() > until:
+                break
             self.rid += 1
             started = time.perf_counter()
             self.ws.send(append(self.rid, f"bench.by.{self.tag}", f"k{self.rid}"))
@@ -188,6 +190,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--settle", type=float, default=0.3, help="pause after stopping/resuming the spammer")
     parser.add_argument("--probes", type=int, default=40, help="calls timed by messages served meanwhile")
+    parser.add_argument("--budget", type=float, default=120.0, help="seconds of spam sampling per window at most")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--pythonpath", default=None, help="run the server from this checkout")
     parser.add_argument("--config", default=None, help="a TOML config for the server (e.g. other [limits])")
@@ -227,8 +230,9 @@ def main() -> int:
                 time.sleep(args.warmup)
                 idle: list[float] = []
                 busy: list[float] = []
+                until = time.monotonic() + args.budget  # a starved bystander ends the window's sampling early
                 for _ in range(args.rounds):
-                    busy += by.calls(args.samples // args.rounds)
+                    busy += by.calls(args.samples // args.rounds, until)
                     spammer.stdin.write("p\n")
                     spammer.stdin.flush()
                     quiesce(port)  # what it already sent is handled: the server is idle again
@@ -236,12 +240,13 @@ def main() -> int:
                     spammer.stdin.write("r\n")
                     spammer.stdin.flush()
                     time.sleep(args.settle)
-                served = by.served_meanwhile(port, args.probes)
+                served = by.served_meanwhile(port, args.probes if time.monotonic() < until else 3)
                 spammer.stdin.close()
                 spammer.kill()
                 spammer.wait()
                 idle_all += idle
-                runs.append({"mode": mode, "window": window, "idle_p50_ms": pct(idle, 0.5) * 1e3,
+                runs.append({"mode": mode, "window": window, "busy_samples": len(busy),
+                             "idle_p50_ms": pct(idle, 0.5) * 1e3,
                              "idle_p99_ms": pct(idle, 0.99) * 1e3, "p50_ms": pct(busy, 0.5) * 1e3,
                              "p99_ms": pct(busy, 0.99) * 1e3, "max_ms": max(busy) * 1e3,
                              "ratio_p99": pct(busy, 0.99) / pct(idle, 0.99),

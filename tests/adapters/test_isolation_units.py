@@ -152,6 +152,10 @@ def test_rate_limited_log_writes_one_line_per_interval(caplog: pytest.LogCapture
     assert [r.getMessage() for r in caplog.records] == [
         "boom", "else", "boom (500 more like it in the last 10 s not logged)"]
     assert limiter.written == 3 and limiter.suppressed == 500
+    small = RateLimitedLog(logging.getLogger("test.rl2"), interval_s=10, clock=lambda: now[0], max_keys=4)
+    for i in range(100):
+        small.log(f"k{i}", logging.DEBUG, "x")
+    assert len(small._keys) == 4  # a bounded memory, whatever the keys
 
 
 class FakeTransport(asyncio.Transport):
