@@ -59,10 +59,12 @@ def append(rid: int, stream: str, key: str) -> bytes:
 class Bystander:
     """One connection that appends to its own stream, one call at a time, timing each call."""
 
-    def __init__(self, port: int, token: str, tag: str) -> None:
+    def __init__(self, port: int, token: str, tag: str, timeout: float = 60.0) -> None:
+        self.port, self.token = port, token
         self.ws = connect_v(port, token)
         self.tag = tag
         self.rid = 0
+        self.timeout = timeout
 
     def calls(self, n: int, until: float = float("inf")) -> list[float]:
         out = []
@@ -72,10 +74,16 @@ class Bystander:
             self.rid += 1
             started = time.perf_counter()
             self.ws.send(append(self.rid, f"bench.by.{self.tag}", f"k{self.rid}"))
-            while True:
-                msgs = wire.decode_server_frame(self.ws.recv(timeout=120), 2)
-                if any(isinstance(x, wire.ReducerResult) and x.request_id == self.rid for x in msgs):
-                    break
+            try:
+                while True:
+                    msgs = wire.decode_server_frame(self.ws.recv(timeout=self.timeout), 2)
+                    if any(isinstance(x, wire.ReducerResult) and x.request_id == self.rid for x in msgs):
+                        break
+            except TimeoutError:  # starved: count the timeout, go on with a fresh connection
+                out.append(self.timeout)
+                self.ws.close()
+                self.ws = connect_v(self.port, self.token)
+                continue
             out.append(time.perf_counter() - started)
         return out
 
@@ -251,6 +259,7 @@ def main() -> int:
                              "p99_ms": pct(busy, 0.99) * 1e3, "max_ms": max(busy) * 1e3,
                              "ratio_p99": pct(busy, 0.99) / pct(idle, 0.99),
                              "served_p50": pct(served, 0.5), "served_max": max(served)})
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
                 time.sleep(args.settle)
         by.close()
         summary = {"idle_p50_ms": statistics.median(idle_all) * 1e3, "idle_p99_ms": pct(idle_all, 0.99) * 1e3,
