@@ -151,12 +151,16 @@ class Bystander:
 
 
 @contextlib.contextmanager
-def attack(remote: Remote, label: str) -> Iterator[Bystander]:
-    """Around an attack: a bystander before and after, and RSS back near its start."""
+def attack(remote: Remote, label: str, writes: bool = False) -> Iterator[Bystander]:
+    """Around an attack: a bystander before and after, the state unchanged (no transaction but
+    the bystander's own, unless the attack legitimately ``writes``), RSS back near its start."""
     bystander = Bystander(remote, label)
     before = remote.rss
+    committed, appended = remote.committed(), bystander.n
     try:
         yield bystander
+        if not writes:
+            assert remote.committed() == committed + (bystander.n - appended), f"{label}: the attack wrote"
         bystander.check(label)
         after = remote.rss
         print(f"[{label}] server RSS {before / MIB:.0f} MiB -> {after / MIB:.0f} MiB")
@@ -256,7 +260,7 @@ def close_code(sock: socket.socket, seconds: float = 30) -> tuple[int | None, by
 
 def test_lone_surrogate_over_http_is_refused_and_the_server_goes_on(remote: Remote) -> None:
     tok = remote.token()
-    with attack(remote, "surrogate-http") as bystander:
+    with attack(remote, "surrogate-http", writes=True) as bystander:
         assert remote.call(tok, "enqueue_bridge_event", json.dumps(["ob1", "src", 31990, "[]", "hello"])).status == 200
         committed = remote.committed()
         # the attack run's repro: JSON escapes decode to a lone surrogate
@@ -469,7 +473,7 @@ def test_call_arguments_are_measured_before_they_are_parsed(remote: Remote) -> N
 def test_a_pipelining_client_does_not_starve_a_bystander(remote: Remote) -> None:
     """The attack run: 4,096 calls in flight kept a bystander 2-10 s per call.  Past the
     durability bound the spammer waits its turn; the bystander's latency is reported."""
-    with attack(remote, "pipeline") as bystander:
+    with attack(remote, "pipeline", writes=True) as bystander:
         spam = WireClient(remote, remote.token(), version=3, compression="None")  # type: ignore[arg-type]
         window = 4096 if BIG else 1500
         msgs = [wire.CallReducer(i + 1, 0, "append_sync_event", bsatn.encode_args(
