@@ -40,7 +40,10 @@ Verification (:meth:`Authenticator.verify`), in order:
 4. ``exp``/``nbf``/``iat`` are checked here against the injected clock (so tests use a fake
    one), with 30 s leeway: expired when ``exp <= now - leeway``, not yet valid when
    ``nbf > now + leeway`` or ``iat > now + leeway``.  They must be JSON numbers;
-5. the OpenAgents claims are typed: ``oa_sync_scopes`` and ``oa_sync_streams`` lists of
+5. every string in the payload (names and values, at any depth) must be text UTF-8 can carry:
+   a JSON ``\ud800`` escape decodes to a lone surrogate, which no frame, log or record can hold
+   (401 naming the claim);
+6. the OpenAgents claims are typed: ``oa_sync_scopes`` and ``oa_sync_streams`` lists of
    strings (absent = none; unknown scope names are kept, they simply grant nothing),
    ``oa_device_id``/``oa_session_id``/``oa_client_build_id``/``oa_protocol_version`` strings,
    ``oa_schema_version`` an integer.  ``null`` counts as absent.  A wrong type is 401 naming
@@ -395,6 +398,14 @@ class Authenticator:
         identity hex.  Unknown scopes are refused (a typo would otherwise grant nothing)."""
         if subject is None:
             subject = str(uuid.uuid4())
+        if not isinstance(streams, str):
+            streams = tuple(streams)  # iterated twice below
+        texts = {"subject": subject, "device_id": device_id, "session_id": session_id,
+                 "client_build_id": client_build_id, "protocol_version": protocol_version}
+        for name, text in [*texts.items(), *(("streams", g) for g in streams if isinstance(g, str))]:
+            if isinstance(text, str) and _has_surrogate(text):
+                raise AuthUsageError(f"{name} is not valid Unicode text (a lone surrogate, e.g. from a non-UTF-8 "
+                                     "command-line argument)")
         if not subject or len(subject.encode()) > MAX_ISS_SUB_BYTES:
             raise AuthUsageError(f"subject must be 1..{MAX_ISS_SUB_BYTES} bytes, got {subject!r}")
         if ttl_s is not None and ttl_s <= 0:
@@ -448,6 +459,8 @@ class Authenticator:
         """The verified claims of ``token``, or :class:`AuthError` (401) saying why not."""
         if len(token) > MAX_TOKEN_CHARS:
             raise AuthError(f"token too long ({len(token)} characters; limit {MAX_TOKEN_CHARS})")
+        if not token.isascii():
+            raise AuthError("token malformed: a JWT is ASCII (base64url segments)")
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -470,6 +483,7 @@ class Authenticator:
             allowed = sorted({a for _, algs in candidates for a in algs})
             raise AuthError(f"token algorithm {alg[:16]!r} is not accepted for this issuer (allowed: {allowed})")
         payload = self._decode_signed(token, alg, usable, issuer)
+        _check_text(payload)
         self._check_times(payload)
         return Verified(claims=self._claims_of(payload), raw=MappingProxyType(payload))
 
@@ -532,6 +546,42 @@ class Authenticator:
                       client_build_id=_optional_string(payload, "oa_client_build_id"),
                       protocol_version=_optional_string(payload, "oa_protocol_version"),
                       schema_version=schema_version)
+
+
+def _has_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_text(payload: Mapping[str, Any], max_items: int = 100_000) -> None:
+    """Every string of a claims payload (keys too, at any depth) must be text UTF-8 can carry: a
+    JSON ``"\ud800"`` escape decodes to a lone surrogate, which no log, frame or record can hold.
+    401 naming the top-level claim.  Walked without recursion, at most ``max_items`` values."""
+    stack: list[tuple[str, Any]] = [(str(k), (k, v)) for k, v in payload.items()]
+    seen = 0
+    while stack:
+        claim, item = stack.pop()
+        seen += 1
+        if seen > max_items:
+            raise AuthError("token malformed: claims too large")
+        if isinstance(item, tuple):  # (key, value) of an object
+            key, value = item
+            if isinstance(key, str) and _has_surrogate(key):
+                raise AuthError("malformed claim name (not valid Unicode text)")
+            stack.append((claim, value))
+        elif isinstance(item, str):
+            if _has_surrogate(item):
+                raise AuthError(f"malformed claim {claim[:64].encode('utf-8', 'backslashreplace').decode()} "
+                                "(not valid Unicode text: a lone surrogate)")
+        elif isinstance(item, list):
+            stack.extend((claim, v) for v in item)
+        elif isinstance(item, dict):
+            stack.extend((claim, (k, v)) for k, v in item.items())
 
 
 def _optional_string(payload: Mapping[str, Any], claim: str) -> str | None:

@@ -389,6 +389,39 @@ def encode_row_into(w: Writer, row: Row) -> None:
         _encoder(col.type)(w, value)
 
 
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+_FIXED_SIZES: Mapping[Prim, int] = {BOOL: 1, U32: 4, U64: 8, I64: 8, TIMESTAMP: 8, IDENTITY: 32}
+
+
+@functools.cache
+def _sizer(t: SatsType) -> Callable[[object], int]:
+    if isinstance(t, OptionT):
+        inner = _sizer(t.inner)
+        return lambda v: 1 if v is None else 1 + inner(v)
+    if isinstance(t, ArrayT):
+        item = _sizer(t.inner)
+
+        def array_size(v: object) -> int:
+            assert isinstance(v, tuple)
+            return 4 + sum(item(x) for x in v)
+        return array_size
+    if t == STRING:
+        return lambda v: 4 + _utf8_len(v)  # type: ignore[arg-type]
+    try:
+        n = _FIXED_SIZES[t]
+    except KeyError:
+        raise LocalProtocolError(f"no BSATN encoding for SATS type {sats_name(t)}") from None
+    return lambda _v: n
+
+
+def row_size(row: Row) -> int:
+    """``len(encode_row(row))``, computed without encoding (to bound what a message will take)."""
+    return sum(_sizer(col.type)(getattr(row, col.name)) for col in _table_for(row).columns)
+
+
 def encode_row(row: Row) -> bytes:
     """The row's BSATN: the product of its table's columns in schema order."""
     w = Writer()

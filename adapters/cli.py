@@ -225,6 +225,25 @@ def verify_log(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+PATH_ARGUMENTS = frozenset({"data", "config", "file"})  # file names: any bytes the OS allows
+
+
+def non_text_argument(args: argparse.Namespace) -> str | None:
+    """The first argument (other than a file name) that is not valid UTF-8: on POSIX, Python
+    hands such bytes over as lone surrogates (``surrogateescape``), which no token, frame or
+    log record can carry.  None when all are text."""
+    for name, value in sorted(vars(args).items()):
+        if name in PATH_ARGUMENTS:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="syncref", description="syncref: the OpenAgents sync substrate reference")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -242,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_bench_parser(sub)
     args = parser.parse_args(argv)
+    bad = non_text_argument(args)
+    if bad is not None:
+        parser.error(f"argument --{bad.replace('_', '-')} is not valid UTF-8 text")
     handled = commands.dispatch(args)
     if handled is not None:
         return handled

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import dataclasses
 import errno
+import gc
 import json
 import signal
 import sys
@@ -35,6 +36,7 @@ from spec.compat import CompatWindow, window_well_formed
 from spec.schema import DEFAULT_DATABASE, SCOPES
 
 DEFAULT_DATA_DIR = ".syncref-data"
+STOP_TIMEOUT_S = 30.0  # a stop that takes longer ends without the clean-shutdown marker
 
 
 class ConfigError(Exception):
@@ -78,6 +80,8 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     _check_keys("top level", raw, {"auth", "limits", "compat", "server"})
@@ -86,10 +90,10 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     limits_raw = raw.get("limits", {})
     defaults = Limits()
     _check_keys("limits", limits_raw, set(_fields(Limits)))
-    limits = Limits(**{k: _typed("limits", k, v, getattr(defaults, k)) for k, v in limits_raw.items()})
-    for k in _fields(Limits):
-        if getattr(limits, k) <= 0:
-            raise ConfigError(f"[limits] {k}: must be positive")
+    try:
+        limits = Limits(**{k: _typed("limits", k, v, getattr(defaults, k)) for k, v in limits_raw.items()})
+    except ValueError as exc:
+        raise ConfigError(f"[limits] {exc}") from None
     compat_raw = raw.get("compat", {})
     _check_keys("compat", compat_raw, set(_fields(CompatWindow)))
     cw_defaults = CompatWindow()
@@ -175,6 +179,10 @@ def serve(args: argparse.Namespace) -> int:
                 print(f"syncref serve: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
                       file=sys.stderr)
             return 2
+        # The recovered state lives as long as the process: keep it out of the cyclic collector's full
+        # passes, which otherwise pause everyone for a time that grows with the log.
+        gc.collect()
+        gc.freeze()
         print(f"syncref listening on http://{config.host}:{server.port} (database {config.database}, "
               f"data {config.data_dir})", flush=True)
         stop = asyncio.Event()
@@ -187,11 +195,23 @@ def serve(args: argparse.Namespace) -> int:
         watched: list[asyncio.Future[Any]] = [waiter, failed]
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
+        # Stopping is bounded: a second signal, or STOP_TIMEOUT_S, ends it without the clean
+        # marker (the next start recovers, as after a crash; every acknowledged write is durable).
+        stopping = asyncio.ensure_future(server.stop())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.cancel)
+        try:
+            await asyncio.wait_for(stopping, STOP_TIMEOUT_S)
+        except (TimeoutError, asyncio.CancelledError):
+            print("syncref serve: stopped without a clean shutdown (interrupted or timed out); the next start "
+                  "recovers", file=sys.stderr, flush=True)
+            return 1
+        except Exception as exc:
+            print(f"syncref serve: shutdown failed: {exc!r}", file=sys.stderr, flush=True)
+            return 1
         if failed.done():
             print(f"syncref serve: the commit-log writer failed, stopping: {failed.result()!r}", file=sys.stderr)
-            await server.stop()
             return 1
-        await server.stop()
         print("syncref stopped cleanly", flush=True)
         return 0
 

@@ -10,7 +10,9 @@ input), arrays are arrays.
 
 Parsing is peer input: anything malformed raises :class:`SatsJsonError` (a
 :class:`~spec.errors.RemoteProtocolError`) naming the argument and what was wrong; the server
-turns it into HTTP 400.  Type schemas (``algebraic_type``) follow SpacetimeDB's ``AlgebraicType``
+turns it into HTTP 400.  That includes a string holding a lone surrogate (JSON allows the escape
+``"\ud800"``; UTF-8, the wire and the commit log cannot carry it): it is refused here, where it
+enters, and never reaches a reducer.  Type schemas (``algebraic_type``) follow SpacetimeDB's ``AlgebraicType``
 JSON: ``{"String": []}``, ``{"U64": []}``, ``{"Array": T}``, option as a ``Sum`` of ``some``/``none``,
 Identity and Timestamp as their special one-field products.
 """
@@ -52,6 +54,10 @@ def from_json(t: SatsType, v: object, where: str) -> object:
         return tuple(from_json(t.inner, item, f"{where}[{i}]") for i, item in enumerate(v))
     if t == STRING:
         if isinstance(v, str):
+            bad = unencodable_at(v)
+            if bad is not None:
+                raise SatsJsonError(f"{where}: not valid Unicode text (a lone surrogate U+{ord(v[bad]):04X} at "
+                                    f"character {bad}; JSON \\u escapes must pair)")
             return v
     elif t == BOOL:
         if isinstance(v, bool):
@@ -78,6 +84,17 @@ def from_json(t: SatsType, v: object, where: str) -> object:
             if len(h) == 64 and all(c in "0123456789abcdefABCDEF" for c in h):
                 return h.lower()
     raise SatsJsonError(f"{where}: expected {_type_name(t)}, got {_show(v)}")
+
+
+def unencodable_at(text: str) -> int | None:
+    """The index of the first character UTF-8 cannot carry (a lone surrogate), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def to_json(t: SatsType, v: object) -> Any:

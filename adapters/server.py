@@ -22,6 +22,19 @@ is the order of things:
 * **Before the upgrade**, in DESIGN §4's order: token (401/400), connection id (400),
   database (404), subprotocol by *server* preference v3 > v2 (400), compatibility window (426).
 
+* **Isolation.**  No single request or client may freeze, exhaust or starve the server.  Every
+  resource a client can make the server spend has a bound in :class:`Limits` and a specific
+  error past it (docs/protocol.md, "Limits"): open TCP connections (:mod:`adapters.guard`) and
+  WebSocket connections per identity, the time to send a request head or body, queued inbound
+  messages and bytes (the v3 count is checked *while* decoding), the size of a call's arguments
+  (checked before they are parsed), SQL text, statements, rows and answer bytes, query length,
+  conjuncts and subscribed queries, and per connection the estimated bytes queued for it and the
+  size of any one message (a snapshot no client could decode is refused, never sent).  Processors
+  and senders take a bounded batch per turn and then yield, so connections are served round-robin
+  and one client's load shows in its own latency first.  Text that UTF-8 cannot carry is refused
+  where it enters; a transaction that fails inside the engine is rolled back and answered
+  ``InternalError``/500, and the server goes on.  A token that expires closes its connections.
+
 HTTP routes answer with SpacetimeDB's status codes (see docs/protocol.md); every error body is
 a plain, specific message.  ``GET /metrics`` is Prometheus text.
 """
@@ -34,10 +47,11 @@ import json
 import logging
 import re
 import secrets
+import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +59,15 @@ import prometheus_client as prom
 from aiohttp import WSMsgType, web
 
 from adapters import satsjson, wire
-from adapters.auth import AuthConfig, Authenticator, AuthError, KeyStore, Verified
+from adapters.auth import MAX_TOKEN_CHARS, AuthConfig, Authenticator, AuthError, KeyStore, Verified
 from adapters.bsatn import BsatnError
+from adapters.guard import LISTEN_BACKLOG, ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
 from reference.durability import GroupCommitWriter, LogStore, restart, shutdown
-from reference.engine import Engine
+from reference.engine import Engine, InternalError, limit_exceeded, safe_text
 from spec import messages as m
 from spec.compat import CompatWindow, rejection_body
 from spec.errors import ErrorCode, SyncError
+from spec.messages import TableRows
 from spec.policy import Policy
 from spec.schema import (
     DEFAULT_DATABASE,
@@ -69,19 +85,63 @@ log = logging.getLogger("syncref.server")
 
 SUBPROTOCOLS = ("v3.bsatn.spacetimedb", "v2.bsatn.spacetimedb")  # server preference order
 CLOSE_REASON_BYTES = 123
+SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP bytes, or one larger message)
+DECODE_TURN = 256  # v3 messages decoded per turn
+SWITCH_INTERVAL_S = 0.0005
+BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
+BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
+
+
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_message_size: int = 32 * 1024 * 1024  # inbound WebSocket message (SpacetimeDB: 32 MiB)
+    """Every bound a client can run into, in one place (TOML ``[limits]``; docs/protocol.md
+    "Limits" gives each one's error).  All values must be positive."""
+
+    # WebSocket input
+    max_message_size: int = 32 * MIB  # inbound WebSocket message (SpacetimeDB: 32 MiB); larger: 1009
     max_inbound_queue: int = 16384  # queued client messages before close 1013
+    max_inbound_bytes: int = 64 * MIB  # bytes of queued client frames before close 1013
+    # output, per connection
     max_outbound_queue: int = 16384  # engine queue per connection before slow_consumer
+    max_outbound_bytes: int = 64 * MIB  # estimated encoded bytes queued for it before slow_consumer
+    max_outbound_message_bytes: int = 32 * MIB  # one server message (the decoders' frame limit)
+    # durability and fairness
     max_undurable: int = 1024  # committed transactions allowed ahead of the disk
+    max_undurable_per_connection: int = 32  # of those, one WebSocket connection's (HTTP: one identity's)
+    max_batch_per_turn: int = 4  # messages a connection's processor takes before others get a turn
+    # keepalive and timeouts
     ping_interval_s: float = 15.0
     idle_timeout_s: float = 30.0  # nothing received for this long: the connection is dropped
     close_timeout_s: float = 5.0  # a close frame the peer does not take within this: the TCP connection is cut
+    send_timeout_s: float = 60.0  # a frame the peer does not take within this: slow_consumer
+    header_timeout_s: float = 10.0  # a request head (or the next one on a kept-alive connection) must arrive
+    body_timeout_s: float = 30.0  # a request body must arrive within this
+    # HTTP bodies, SQL and queries
     max_sql_bytes: int = 64 * 1024
-    max_call_body_bytes: int = 1024 * 1024
+    max_call_body_bytes: int = MIB  # HTTP call body, and a WebSocket CallReducer's BSATN arguments
+    max_sql_statements: int = 64
+    max_sql_rows: int = 100_000
+    max_sql_response_bytes: int = 16 * MIB
+    max_query_bytes: int = 8 * 1024  # one query string, on every path
+    max_query_conjuncts: int = 32
+    max_queries_per_connection: int = 64  # subscribed queries, all query sets together
+    # connections
+    max_connections: int = 1000  # open TCP connections (HTTP and WebSocket), also kept below RLIMIT_NOFILE
+    max_connections_per_identity: int = 64  # open WebSocket connections of one identity
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"{f.name} must be a positive number, got {value!r}")
+        if self.max_outbound_bytes < self.max_outbound_message_bytes:
+            raise ValueError("max_outbound_bytes must be at least max_outbound_message_bytes (one message must fit)")
+        if self.max_outbound_message_bytes > wire.MAX_FRAME_SIZE:
+            raise ValueError(f"max_outbound_message_bytes must be at most {wire.MAX_FRAME_SIZE} "
+                             "(the frame size clients decode)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +182,14 @@ def select_subprotocol(headers: list[str]) -> str | None:
     return next((p for p in SUBPROTOCOLS if p in offered), None)
 
 
+def _expiry(verified: Verified, leeway_s: float) -> float | None:
+    """When a verified token stops being accepted (its ``exp`` plus the leeway), if it expires."""
+    exp = verified.raw.get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        return float(exp) + leeway_s
+    return None
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -152,6 +220,14 @@ class Metrics:
         self.encode_hits = prom.Counter("syncref_encode_cache_hits", "Messages whose bytes were shared", registry=r)
         self.http = prom.Counter("syncref_http_requests", "HTTP requests by route and status", ["route", "status"],
                                  registry=r)
+        self.internal = prom.Counter("syncref_internal_errors", "Failures inside the server (rolled back)", ["where"],
+                                     registry=r)
+        self.refused = prom.Counter("syncref_refused", "Requests refused at a limit", ["limit"], registry=r)
+        self.tcp_open = prom.Gauge("syncref_tcp_connections", "Open TCP connections (HTTP and WebSocket)",
+                                   registry=r)
+        self.match_checks = prom.Counter("syncref_fanout_match_checks",
+                                         "(subscription shape, row) pairs matched while fanning out transactions",
+                                         registry=r)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +249,8 @@ class Session:
         self.verified = verified
         self.connection_id = connection_id
         self.request = request
-        self.inbound: deque[wire.ClientMessage] = deque()
+        self.inbound: deque[tuple[wire.ClientMessage, int]] = deque()  # (message, bytes of its frame)
+        self.inbound_bytes = 0
         self.inbound_ready = asyncio.Event()
         self.wake = asyncio.Event()
         self.side: deque[bytes] = deque()  # encoded bodies answered by this layer (procedure calls)
@@ -183,6 +260,7 @@ class Session:
         self.tasks: list[asyncio.Task[None]] = []
         self.reader: asyncio.Task[None] | None = None
         self.closers: list[asyncio.Future[None]] = []  # closes the engine asked for; awaited, never cancelled
+        self.undurable: deque[int] = deque()  # offsets of this connection's commits not yet durable
 
 
 class SyncServer:
@@ -205,6 +283,13 @@ class SyncServer:
         self.failed: asyncio.Future[BaseException] | None = None
         self.port = config.port
         self._stopped = False
+        self._gate: ConnectionGate | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._body_bytes = 0  # bytes held by the encode-once LRU
+        self._match_checks = 0
+        self._http_running: dict[str, int] = {}  # identity -> HTTP calls running
+        self._http_queues: dict[str, deque[asyncio.Future[None]]] = {}  # identity -> calls waiting their turn
+        self.errors = RateLimitedLog(log)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -223,6 +308,9 @@ class SyncServer:
         directory and ``OSError`` for a port that cannot be bound (the CLI reports both)."""
         self._loop = asyncio.get_running_loop()
         self.failed = self._loop.create_future()
+        # The group-commit writer thread needs the interpreter lock for a moment per batch; with the
+        # default 5 ms switch interval a busy event loop delays every durability step by that much.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         cfg = self.config
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -242,18 +330,34 @@ class SyncServer:
             except (ValueError, RuntimeError) as exc:
                 raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} "
                                    "(syncref verify-log --data DIR shows where)") from exc
+
             self._engine.on_close = self._engine_closed
-            app = web.Application(client_max_size=max(cfg.limits.max_call_body_bytes, cfg.limits.max_sql_bytes))
+            self._engine.on_internal_error = self._internal_error
+            self._limit_engine(self._engine)
+            quiet_loop_errors(self._loop, self.errors)
+            app = web.Application(client_max_size=max(cfg.limits.max_call_body_bytes, cfg.limits.max_sql_bytes),
+                                  middlewares=[self._guard])
             self._routes(app)
-            self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            # keepalive_timeout: aiohttp closes a connection whose next request head has not arrived
+            # within it (from the connection's start, or the end of the previous request) -- the
+            # header timeout.  Header fields and the request line fit a 16 KiB token.
+            self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
+                                         keepalive_timeout=cfg.limits.header_timeout_s,
+                                         max_field_size=MAX_TOKEN_CHARS + 1024, max_line_size=MAX_TOKEN_CHARS + 8192)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True)
-            await site.start()
+            handler = self._runner.server
+            assert handler is not None
+            cap = descriptor_budget(cfg.limits.max_connections)
+            if cap < cfg.limits.max_connections:
+                log.warning("max_connections lowered from %d to %d to stay below the descriptor limit "
+                            "(ulimit -n)", cfg.limits.max_connections, cap)
+            self._gate = ConnectionGate(handler, cap, lambda: self.metrics.refused.labels("max_connections").inc())
+            self._listener = await self._loop.create_server(self._gate, cfg.host, cfg.port, reuse_address=True,
+                                                            backlog=LISTEN_BACKLOG)
         except BaseException:
             await self._abort_start()
             raise
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
+        sockets: tuple[Any, ...] = tuple(self._listener.sockets or ())
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self._metrics_offsets()
@@ -262,7 +366,25 @@ class SyncServer:
                           asyncio.create_task(self._every(cfg.compact_interval_s, self._compact)),
                           asyncio.create_task(self._watch_writer())]
 
+    def _limit_engine(self, engine: Engine) -> None:
+        lim = self.config.limits
+        engine.max_query_bytes = lim.max_query_bytes
+        engine.max_query_conjuncts = lim.max_query_conjuncts
+        engine.max_queries_per_connection = lim.max_queries_per_connection
+        engine.max_outbound_bytes = lim.max_outbound_bytes
+        engine.max_outbound_message_bytes = lim.max_outbound_message_bytes
+        sizes = wire.RowSizes()
+        engine.measure = lambda message: wire.message_size_bound(message, sizes)
+
+    def _internal_error(self, err: InternalError) -> None:
+        """The engine rolled a transaction back: count it and log it (once per kind and interval)."""
+        self.metrics.internal.labels("engine").inc()
+        self.errors.log(f"engine:{err.name}:{type(err.cause).__name__}", logging.ERROR, err.message,
+                        exc_info=err.cause)
+
     async def _abort_start(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._writer is not None:
@@ -278,13 +400,20 @@ class SyncServer:
         self._stopped = True
         for task in self._periodic:
             task.cancel()
-        for s in list(self.sessions.values()):
-            await self._close(s, 1001, "server shutting down", "shutdown")
+        if self._listener is not None:
+            self._listener.close()
+        await asyncio.gather(*(self._close(sess, 1001, "server shutting down", "shutdown")
+                               for sess in list(self.sessions.values())), return_exceptions=True)
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # in-flight HTTP requests get shutdown_timeout, then are cancelled
+        self._fail_waiters(DurabilityFailed("the server is shutting down"))
         if self._engine is not None and self._writer is not None and self._store is not None:
             if self._writer.error is None:
-                shutdown(self._engine, self._writer, self._store)
+                try:
+                    shutdown(self._engine, self._writer, self._store)
+                except Exception as exc:  # the log stays as it is: the next start recovers (unclean)
+                    log.error("clean shutdown failed, the next start will recover: %r", exc)
+                    self._store.close()
             else:
                 self._store.close()
 
@@ -329,6 +458,12 @@ class SyncServer:
         self._waiters.append((offset, fut))
         await fut
 
+    async def _wait_durable_quietly(self, offset: int) -> None:
+        """Wait for ``offset`` to be durable; a durability failure is handled by the caller's
+        next check of ``failed``."""
+        with contextlib.suppress(DurabilityFailed):
+            await self._wait_durable(offset)
+
     def _check_writer(self) -> None:
         """If the commit-log writer failed: acknowledge nothing more.  Every waiter fails (HTTP
         503), every connection is closed (1011), and ``failed`` tells ``serve`` to stop."""
@@ -338,15 +473,18 @@ class SyncServer:
             return
         log.error("commit-log writer failed: %r", err)
         self.failed.set_result(err)
-        for _offset, fut in self._waiters:
-            if not fut.done():
-                fut.set_exception(DurabilityFailed(str(err)))
-        self._waiters = []
-        self._room.set()
+        self._fail_waiters(DurabilityFailed(str(err)))
         for sess in list(self.sessions.values()):
             sess.closers.append(asyncio.ensure_future(self._close(
                 sess, m.CLOSE_PROTOCOL, f"durability failure: the commit log could not be written ({err!r})",
                 "durability")))
+
+    def _fail_waiters(self, exc: DurabilityFailed) -> None:
+        for _offset, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiters = []
+        self._room.set()
 
     async def _watch_writer(self) -> None:
         while self.failed is not None and not self.failed.done():
@@ -361,12 +499,30 @@ class SyncServer:
             assert self._writer is not None
             try:
                 self._writer.append(records)
-            except Exception:
-                self._check_writer()
+            except Exception as exc:
+                # Records the writer refuses can never become durable: nothing more may be
+                # acknowledged.  Fail as a write failure does (503s, closes, serve exits 1) rather
+                # than leave every later call waiting forever.
+                self._writer_refused(exc)
         for s in self.sessions.values():
             if s.side or engine.releasable(s.conn_id):
                 s.wake.set()
         self._metrics_offsets()
+        checks = engine.match_checks
+        if checks > self._match_checks:
+            self.metrics.match_checks.inc(checks - self._match_checks)
+        self._match_checks = checks
+
+    def _writer_refused(self, exc: Exception) -> None:
+        if self.failed is None or self.failed.done():
+            return
+        log.error("the commit-log writer refused records: %r", exc)
+        self.failed.set_result(exc)
+        self._fail_waiters(DurabilityFailed(f"the commit log refused a record ({exc!r})"))
+        for sess in list(self.sessions.values()):
+            sess.closers.append(asyncio.ensure_future(self._close(
+                sess, m.CLOSE_PROTOCOL, f"durability failure: the commit log refused a record ({exc!r})",
+                "durability")))
 
     def _metrics_offsets(self) -> None:
         if self._engine is not None:
@@ -385,7 +541,10 @@ class SyncServer:
             await asyncio.sleep(interval)
             self._check_writer()
             if self.engine.can_commit() and self.failed is not None and not self.failed.done():
-                step()
+                try:
+                    step()
+                except InternalError as err:  # rolled back; the next period tries again
+                    self._internal_error(err)
                 self._pump()
 
     def _sweep(self) -> None:
@@ -395,6 +554,41 @@ class SyncServer:
         self.engine.compact(self._tick())
 
     # --- routes -----------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """The last line: an exception no route turned into a specific answer is a 500 with a
+        message (logged once per kind and interval), never a dead request or a dead server."""
+        try:
+            return await handler(request)
+        except (web.HTTPException, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            self.metrics.internal.labels("http").inc()
+            self.errors.log(f"http:{type(exc).__name__}", logging.ERROR,
+                            f"internal error answering {request.method} {request.path}: {exc!r:.300}",
+                            exc_info=exc)
+            return _text(500, safe_text(f"internal error: {type(exc).__name__}: {exc}; nothing was written"))
+
+    async def _body_text(self, request: web.Request, what: str) -> str | web.Response:
+        """The request body as text: read within ``body_timeout_s`` (else 408), declared charset
+        UTF-8 or none (else 415), valid UTF-8 (else 400).  Size is aiohttp's ``client_max_size``."""
+        charset = request.charset
+        if charset is not None and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            self.metrics.refused.labels("charset").inc()
+            return _text(415, f"unsupported charset {charset[:40]!r}: the {what} must be UTF-8")
+        try:
+            data = await asyncio.wait_for(request.read(), self.config.limits.body_timeout_s)
+        except TimeoutError:
+            self.metrics.refused.labels("body_timeout_s").inc()
+            return _text(408, f"the request body did not arrive within {self.config.limits.body_timeout_s:g} s")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _text(400, SyncError(ErrorCode.INVALID_ARGUMENT, {
+                "argument": "*", "message": f"the {what} is not valid UTF-8: {exc.reason} at byte {exc.start}"}
+            ).render())
 
     def _routes(self, app: web.Application) -> None:
         db = "/v1/database/{name}"
@@ -421,6 +615,7 @@ class SyncServer:
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         self.metrics.connections.set(len(self.sessions))
+        self.metrics.tcp_open.set(self._gate.open if self._gate is not None else 0)
         return web.Response(body=prom.generate_latest(self.metrics.registry),
                             headers={"Content-Type": prom.CONTENT_TYPE_LATEST})
 
@@ -495,11 +690,61 @@ class SyncServer:
             return _text(404, SyncError(ErrorCode.NO_SUCH_REDUCER, {"reducer": reducer}).render())
         if request.content_type != "application/json":
             return _text(415, "Expected request with `Content-Type: application/json`")
+        text = await self._body_text(request, "call body")
+        if isinstance(text, web.Response):
+            return text
         try:
-            body = json.loads(await request.text())
+            body = json.loads(text)
             args = satsjson.args_from_json(rdef.args, body)
+        except RecursionError:
+            return _text(400, SyncError(ErrorCode.INVALID_ARGUMENT, {
+                "argument": "*", "message": "the JSON body is nested too deeply"}).render())
         except (ValueError, satsjson.SatsJsonError) as exc:
-            return _text(400, SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": "*", "message": str(exc)}).render())
+            return _text(400, SyncError(ErrorCode.INVALID_ARGUMENT, {
+                "argument": "*", "message": safe_text(str(exc))}).render())
+        async with self._http_share(verified.identity):
+            return await self._call_detached(verified, reducer, args)
+
+    @contextlib.asynccontextmanager
+    async def _http_share(self, identity: str) -> AsyncIterator[None]:
+        """At most ``max_undurable_per_connection`` HTTP calls of one identity run (and wait for
+        durability) at once; the others queue here, in arrival order."""
+        share = self.config.limits.max_undurable_per_connection
+        queue = self._http_queues.setdefault(identity, deque())
+        if self._http_running.get(identity, 0) >= share or queue:
+            assert self._loop is not None
+            ticket: asyncio.Future[None] = self._loop.create_future()
+            queue.append(ticket)
+            try:
+                await ticket
+            except BaseException:
+                if ticket in queue:
+                    queue.remove(ticket)
+                elif not ticket.cancelled():  # it was handed the slot: pass it on
+                    self._http_release(identity)
+                raise
+        else:
+            self._http_running[identity] = self._http_running.get(identity, 0) + 1
+        try:
+            yield
+        finally:
+            self._http_release(identity)
+
+    def _http_release(self, identity: str) -> None:
+        queue = self._http_queues.get(identity)
+        while queue:
+            ticket = queue.popleft()
+            if not ticket.done():
+                ticket.set_result(None)  # the slot passes to it: the running count stays
+                return
+        running = self._http_running.get(identity, 0) - 1
+        if running > 0:
+            self._http_running[identity] = running
+        else:
+            self._http_running.pop(identity, None)
+            self._http_queues.pop(identity, None)
+
+    async def _call_detached(self, verified: Verified, reducer: str, args: tuple[Any, ...]) -> web.Response:
         try:
             await self._wait_room()
             self._tick()
@@ -509,6 +754,8 @@ class SyncServer:
                 # a failure reveals state (e.g. the head in sequence_conflict): answer once that state is durable
                 await self._wait_durable(self.engine.committed)
                 return _text(530, err.render())
+            except InternalError as err:  # rolled back, logged by the engine's hook; nothing to wait for
+                return _text(500, err.message)
             self._pump()
             await self._wait_durable(offset)
         except DurabilityFailed as exc:
@@ -522,36 +769,47 @@ class SyncServer:
         verified = self._http_caller(request)
         if isinstance(verified, web.Response):
             return verified
+        lim = self.config.limits
         try:
             confirmed = parse_bool(request.query.get("confirmed"), True)
         except ValueError as exc:
             return _text(400, f"invalid confirmed parameter: {exc}")
-        text = await request.text()
-        if len(text.encode("utf-8")) > self.config.limits.max_sql_bytes:
-            return _text(413, f"SQL text over {self.config.limits.max_sql_bytes} bytes")
-        results = []
+        text = await self._body_text(request, "SQL text")
+        if isinstance(text, web.Response):
+            return text
+        if len(text.encode("utf-8")) > lim.max_sql_bytes:
+            return _text(413, f"SQL text over {lim.max_sql_bytes} bytes")
+        statements = split_statements(text)
+        if len(statements) > lim.max_sql_statements:
+            return self._refuse_sql(limit_exceeded("max_sql_statements", lim.max_sql_statements, len(statements)))
         offset = self.engine.committed
-        for stmt in split_statements(text):
+        answers: list[tuple[TableRows, float]] = []
+        rows_total = 0
+        for stmt in statements:
             started = time.monotonic()
             try:
                 rows = self.engine.query(verified.claims, stmt)
             except SyncError as err:
                 return _text(400, err.render())
-            table = TABLE_BY_NAME[rows.table]
-            results.append({
-                "schema": satsjson.product_type(table.columns),
-                "rows": [satsjson.row_to_json(table, row_values(row)) for row in rows.inserts],
-                "total_duration_micros": int((time.monotonic() - started) * 1e6),
-                "stats": {"rows_inserted": 0, "rows_deleted": 0, "rows_updated": 0},
-            })
-        if not results:
+            rows_total += len(rows.inserts)
+            if rows_total > lim.max_sql_rows:
+                return self._refuse_sql(limit_exceeded("max_sql_rows", lim.max_sql_rows, rows_total))
+            answers.append((rows, time.monotonic() - started))
+        if not answers:
             return _text(400, SyncError(ErrorCode.INVALID_QUERY, {"message": "no statement", "sql": text}).render())
+        body = sql_answer(answers, lim.max_sql_response_bytes)
+        if isinstance(body, SyncError):
+            return self._refuse_sql(body)
         if confirmed:
             try:
                 await self._wait_durable(offset)
             except DurabilityFailed as exc:
                 return _text(503, f"the commit log could not be written, so this read cannot be confirmed: {exc}")
-        return web.json_response(results)
+        return web.Response(body=body, content_type="application/json")
+
+    def _refuse_sql(self, err: SyncError) -> web.Response:
+        self.metrics.refused.labels(str(err.details["limit"])).inc()
+        return _text(400, err.render())
 
     # --- WebSocket ------------------------------------------------------------------------------------
 
@@ -590,9 +848,18 @@ class SyncServer:
         refused = self._admit(verified)
         if refused is not None:
             return refused
+        lim = self.config.limits
+        mine = sum(1 for other in self.sessions.values() if other.verified.identity == verified.identity)
+        if mine >= lim.max_connections_per_identity:
+            self.metrics.refused.labels("max_connections_per_identity").inc()
+            return _text(429, f"too many connections for this identity ({mine} open; limit "
+                              f"{lim.max_connections_per_identity}): close one first")
+        expires = _expiry(verified, self.config.auth.leeway_s)
+        if expires is not None and expires <= time.time():
+            return _text(401, "token expired")
+        # aiohttp refuses a message of max_msg_size bytes or more; ours allows exactly max_message_size
         ws = web.WebSocketResponse(protocols=(chosen,), autoping=False, compress=False,
-                                   timeout=self.config.limits.close_timeout_s,
-                                   max_msg_size=self.config.limits.max_message_size)
+                                   timeout=lim.close_timeout_s, max_msg_size=lim.max_message_size + 1)
         ws.headers["spacetime-identity"] = verified.claims.identity
         if caller.minted:
             ws.headers["spacetime-identity-token"] = caller.token
@@ -607,6 +874,8 @@ class SyncServer:
             await ws.send_bytes(wire.frame_server(first, compression))
             s.tasks = [asyncio.create_task(self._sender(s)), asyncio.create_task(self._processor(s)),
                        asyncio.create_task(self._keepalive(s))]
+            if expires is not None:
+                s.tasks.append(asyncio.create_task(self._expire(s, expires)))
             s.reader = asyncio.create_task(self._reader(s))
             await s.reader
         except (ConnectionError, asyncio.CancelledError):
@@ -617,18 +886,38 @@ class SyncServer:
 
     async def _reader(self, s: Session) -> None:
         limit = self.config.limits.max_inbound_queue
+        byte_limit = self.config.limits.max_inbound_bytes
+        batch = self.config.limits.max_batch_per_turn
+        frames = 0
         async for msg in s.ws:
             s.last_seen = time.monotonic()
+            frames += 1
+            if frames >= batch:  # frames already buffered come back without a pause: give others a turn
+                frames = 0
+                await asyncio.sleep(0)
             if msg.type == WSMsgType.BINARY:
+                size = len(msg.data)
+                if s.inbound_bytes + size > byte_limit:
+                    await self._close(s, 1013, "too many requests", "inbound_bytes")
+                    return
+                # The count is checked while decoding (a frame never decodes past the room left),
+                # and a long v3 frame is decoded a turn's worth at a time.  A frame is all or nothing:
+                # nothing of it is queued unless all of it decodes.
+                decoded: list[wire.ClientMessage] = []
                 try:
-                    decoded = wire.decode_client_frame(msg.data, s.version)
+                    for item in wire.client_frame_messages(msg.data, s.version, limit - len(s.inbound)):
+                        decoded.append(item)
+                        if len(decoded) % DECODE_TURN == 0:
+                            await asyncio.sleep(0)
+                except wire.TooManyMessages:
+                    await self._close(s, 1013, "too many requests", "inbound_queue")
+                    return
                 except BsatnError as exc:
                     await self._close(s, 1011, f"malformed message: {exc}", "malformed")
                     return
-                s.inbound.extend(decoded)
-                if len(s.inbound) > limit:
-                    await self._close(s, 1013, "too many requests", "inbound_queue")
-                    return
+                s.inbound.append((decoded[0], size))
+                s.inbound.extend((x, 0) for x in decoded[1:])
+                s.inbound_bytes += size
                 s.inbound_ready.set()
             elif msg.type == WSMsgType.TEXT:
                 await self._close(s, 1011, "v2/v3 websocket does not support text messages", "text_frame")
@@ -643,22 +932,54 @@ class SyncServer:
                 return
 
     async def _processor(self, s: Session) -> None:
+        """Feed the connection's queue to the engine in order, ``max_batch_per_turn`` messages
+        per turn: then every other ready connection runs before this one goes on (round-robin)."""
         engine = self.engine
+        batch = self.config.limits.max_batch_per_turn
+        share = self.config.limits.max_undurable_per_connection
         while not s.closing:
             await s.inbound_ready.wait()
             s.inbound_ready.clear()
+            taken = 0
             while s.inbound and not s.closing:
                 if self.failed is not None and self.failed.done():
                     return  # nothing more is taken once the log cannot be written
-                first = s.inbound[0]
-                if isinstance(first, wire.CallReducer) and not engine.can_commit():
-                    await self._wait_room()
+                if taken >= batch:
+                    taken = 0
+                    await asyncio.sleep(0)
                     continue
+                first, size = s.inbound[0]
+                if isinstance(first, wire.CallReducer):
+                    while s.undurable and s.undurable[0] <= engine.durable:
+                        s.undurable.popleft()
+                    if len(s.undurable) >= share:  # this connection's share of the window is in use
+                        taken = 0
+                        await self._wait_durable_quietly(s.undurable[0])
+                        continue
+                    if not engine.can_commit():
+                        taken = 0
+                        await self._wait_room()
+                        continue
                 s.inbound.popleft()
+                s.inbound_bytes -= size
+                taken += 1
+                before = engine.committed
                 self._dispatch(s, first)
+                if engine.committed > before and isinstance(first, wire.CallReducer):
+                    s.undurable.append(engine.committed)
                 self._pump()
 
     def _dispatch(self, s: Session, msg: wire.ClientMessage) -> None:
+        try:
+            self._dispatch_one(s, msg)
+        except Exception as exc:  # a bug: this connection cannot trust its state any more; others go on
+            self.metrics.internal.labels("websocket").inc()
+            self.errors.log(f"ws:{type(msg).__name__}:{type(exc).__name__}", logging.ERROR,
+                            f"internal error handling {type(msg).__name__}: {exc!r:.300}", exc_info=exc)
+            s.closers.append(asyncio.ensure_future(self._close(
+                s, m.CLOSE_PROTOCOL, safe_text(f"internal error: {type(exc).__name__}"), "internal")))
+
+    def _dispatch_one(self, s: Session, msg: wire.ClientMessage) -> None:
         engine = self.engine
         now = self._tick()
         kind = type(msg).__name__
@@ -673,6 +994,11 @@ class SyncServer:
             return
         if isinstance(msg, wire.CallReducer):
             s.call_ts[msg.request_id] = now
+            most = self.config.limits.max_call_body_bytes
+            if len(msg.args) > most:  # before the arguments are decoded or parsed
+                self.metrics.refused.labels("max_call_body_bytes").inc()
+                engine.reject(s.conn_id, msg.request_id, limit_exceeded("max_call_body_bytes", most, len(msg.args)))
+                return
         try:
             abstract = wire.from_wire(msg)
         except BsatnError as exc:
@@ -696,9 +1022,12 @@ class SyncServer:
             self.metrics.encode_hits.inc()
             return body
         body = wire.encode_server(wire.to_wire(message, cache=self._rows))
-        self._bodies[key] = body
-        if len(self._bodies) > 512:
-            self._bodies.popitem(last=False)
+        if len(body) <= BODY_CACHE_ITEM_BYTES:  # a large body is not kept: it would pin memory
+            self._bodies[key] = body
+            self._body_bytes += len(body)
+            while len(self._bodies) > 512 or self._body_bytes > BODY_CACHE_BYTES:
+                _key, old = self._bodies.popitem(last=False)
+                self._body_bytes -= len(old)
         return body
 
     async def _sender(self, s: Session) -> None:
@@ -707,17 +1036,38 @@ class SyncServer:
             await s.wake.wait()
             s.wake.clear()
             while not s.closing and (s.side or engine.releasable(s.conn_id)):
+                # one turn: at most SEND_BATCH messages and V3_SOFT_CAP bytes (one larger message goes alone)
                 bodies: list[bytes] = []
-                while s.side and len(bodies) < 256:
+                size = 0
+                while s.side and len(bodies) < SEND_BATCH:
                     bodies.append(s.side.popleft())
-                while engine.releasable(s.conn_id) and len(bodies) < 256:
-                    bodies.append(self._encode(s, engine.pop(s.conn_id).message))
+                    size += len(bodies[-1])
+                while (engine.releasable(s.conn_id) and len(bodies) < SEND_BATCH
+                       and (not bodies or size + engine.next_size(s.conn_id) <= wire.V3_SOFT_CAP)):
+                    body = self._encode(s, engine.pop(s.conn_id).message)
+                    if len(body) > self.config.limits.max_outbound_message_bytes:  # never sent undecodable
+                        self.metrics.internal.labels("oversize").inc()
+                        await self._close(s, m.CLOSE_PROTOCOL, f"internal error: a {len(body)}-byte message is over "
+                                          "max_outbound_message_bytes", "internal")
+                        return
+                    bodies.append(body)
+                    size += len(body)
                 frames = ([wire.frame_server(b, s.compression) for b in wire.batch_v3(bodies)] if s.version == 3
                           else [wire.frame_server(b, s.compression) for b in bodies])
+                del bodies
                 for frame in frames:
-                    await s.ws.send_bytes(frame)
+                    try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
+                        await asyncio.wait_for(s.ws.send_bytes(frame), self.config.limits.send_timeout_s)
+                    except TimeoutError:
+                        self.metrics.refused.labels("send_timeout_s").inc()
+                        self._tick()
+                        engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
+                        self._pump()
+                        return
                     self.metrics.frames_out.inc()
                     self.metrics.bytes_out.inc(len(frame))
+                del frames
+                await asyncio.sleep(0)  # others' turn before this connection's next batch
 
     async def _keepalive(self, s: Session) -> None:
         limits = self.config.limits
@@ -737,6 +1087,11 @@ class SyncServer:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await s.ws.ping()
 
+    async def _expire(self, s: Session, expires: float) -> None:
+        """A connection lives no longer than its token: closed 1008 ``token expired`` when it does."""
+        await asyncio.sleep(max(0.0, expires - time.time()))
+        await self._close(s, m.CLOSE_POLICY, "token expired: reconnect with a fresh token", "token_expired")
+
     def _engine_closed(self, conn_id: int, reason: str) -> None:
         """The engine dropped a connection (slow consumer, reused query set id): close its socket."""
         s = self.sessions.get(conn_id)
@@ -744,7 +1099,10 @@ class SyncServer:
             return
         if reason == m.SLOW_CONSUMER_REASON:
             code, text, cause = m.CLOSE_POLICY, SyncError(ErrorCode.SLOW_CONSUMER, {
+                "max_bytes": self.config.limits.max_outbound_bytes,
                 "max_queue": self.config.limits.max_outbound_queue}).render(), "slow_consumer"
+        elif reason.startswith(f"{m.CLOSE_POLICY}: "):
+            code, text, cause = m.CLOSE_POLICY, reason[len(f"{m.CLOSE_POLICY}: "):], "limit"
         elif reason.startswith(f"{m.CLOSE_PROTOCOL}: "):
             code, text, cause = m.CLOSE_PROTOCOL, reason[len(f"{m.CLOSE_PROTOCOL}: "):], "protocol"
         else:
@@ -795,6 +1153,34 @@ class SyncServer:
             self._tick()
             self.engine.close(s.conn_id, "closed")
             self._pump()
+
+
+def sql_answer(answers: list[tuple[TableRows, float]], max_bytes: int) -> bytes | SyncError:
+    """The ``/sql`` JSON answer (exactly ``json.dumps`` of the list of statement results),
+    serialized row by row and abandoned with ``limit_exceeded`` as soon as it passes
+    ``max_bytes``: an answer is never built past its bound."""
+    parts: list[bytes] = [b"["]
+    size = 1
+    for i, (rows, seconds) in enumerate(answers):
+        table = TABLE_BY_NAME[rows.table]
+        head = json.dumps({"schema": satsjson.product_type(table.columns)})[:-1]
+        parts.append((", " if i else "").encode() + head.encode() + b', "rows": [')
+        size += len(parts[-1])
+        for j, row in enumerate(rows.inserts):
+            data = ((", " if j else "") + json.dumps(satsjson.row_to_json(table, row_values(row)))).encode()
+            size += len(data)
+            if size > max_bytes:
+                return limit_exceeded("max_sql_response_bytes", max_bytes, size)
+            parts.append(data)
+        tail = json.dumps({"total_duration_micros": int(seconds * 1e6),
+                           "stats": {"rows_inserted": 0, "rows_deleted": 0, "rows_updated": 0}})
+        parts.append(b"], " + tail[1:].encode())
+        size += len(parts[-1])
+    parts.append(b"]")
+    size += 1
+    if size > max_bytes:
+        return limit_exceeded("max_sql_response_bytes", max_bytes, size)
+    return b"".join(parts)
 
 
 def split_statements(text: str) -> list[str]:

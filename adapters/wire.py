@@ -39,14 +39,14 @@ import enum
 import gzip
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import brotli
 
 import spec.messages as sm
-from adapters.bsatn import BsatnError, Reader, Writer, decode_args, decode_row, encode_row
-from spec.errors import LocalProtocolError
+from adapters.bsatn import BsatnError, Reader, Writer, decode_args, decode_row, encode_row, row_size
+from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import REDUCER_BY_NAME
 from spec.values import Row
 
@@ -595,18 +595,36 @@ def _check_version(version: int) -> None:
         raise LocalProtocolError(f"unsupported wire version {version!r} (2 or 3)")
 
 
-def decode_client_frame(data: bytes, version: int) -> list[ClientMessage]:
-    """A client binary frame: one message (v2) or one or more concatenated messages (v3)."""
+class TooManyMessages(RemoteProtocolError):
+    """A v3 frame holds more messages than the receiver takes (found while decoding, so no more
+    than ``max_messages + 1`` are ever decoded)."""
+
+
+def client_frame_messages(data: bytes, version: int, max_messages: int | None = None) -> Iterator[ClientMessage]:
+    """The messages of a client frame one at a time (so a caller can pause between them), with
+    :func:`decode_client_frame`'s errors; :class:`TooManyMessages` once past ``max_messages``."""
     _check_version(version)
+    if max_messages is not None and max_messages < 1:
+        raise TooManyMessages("no room for another client message")
     if version == 2:
-        return [decode_client(data)]
+        yield decode_client(data)
+        return
     if not data:
         raise BsatnError("empty v3 client frame")
     r = Reader(data)
-    out = []
+    n = 0
     while not r.at_end():
-        out.append(_r_client(r))
-    return out
+        msg = _r_client(r)
+        n += 1
+        if max_messages is not None and n > max_messages:
+            raise TooManyMessages(f"a v3 frame with more than {max_messages} messages")
+        yield msg
+
+
+def decode_client_frame(data: bytes, version: int, max_messages: int | None = None) -> list[ClientMessage]:
+    """A client binary frame: one message (v2) or one or more concatenated messages (v3).
+    Decoding stops with :class:`TooManyMessages` as soon as it passes ``max_messages``."""
+    return list(client_frame_messages(data, version, max_messages))
 
 
 # --- compression and server frames ------------------------------------------------------------
@@ -750,25 +768,88 @@ def decode_server_frame(frame: bytes, version: int, max_size: int = MAX_FRAME_SI
 
 class RowCache:
     """Memoizes :func:`adapters.bsatn.encode_row` per row value, so a fan-out encodes each row
-    once.  Rows are frozen and hashable; the cache is cleared when it grows past ``max_entries``."""
+    once.  Rows are frozen and hashable; the cache is cleared when it grows past ``max_entries``
+    rows or ``max_bytes`` bytes of encodings (so large rows cannot pin memory)."""
 
-    __slots__ = ("_rows", "max_entries")
+    __slots__ = ("_bytes", "_rows", "max_bytes", "max_entries")
 
-    def __init__(self, max_entries: int = 65536) -> None:
+    def __init__(self, max_entries: int = 65536, max_bytes: int = 32 * 1024 * 1024) -> None:
         self._rows: dict[Row, bytes] = {}
+        self._bytes = 0
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
 
     def encode(self, row: Row) -> bytes:
         data = self._rows.get(row)
         if data is None:
             data = encode_row(row)
-            if len(self._rows) >= self.max_entries:
+            if len(self._rows) >= self.max_entries or self._bytes + len(data) > self.max_bytes:
                 self._rows.clear()
-            self._rows[row] = data
+                self._bytes = 0
+            if len(data) <= self.max_bytes:
+                self._rows[row] = data
+                self._bytes += len(data)
         return data
+
+
+class RowSizes:
+    """Memoizes :func:`adapters.bsatn.row_size` per row value (cleared past ``max_entries``)."""
+
+    __slots__ = ("_sizes", "max_entries")
+
+    def __init__(self, max_entries: int = 65536) -> None:
+        self._sizes: dict[Row, int] = {}
+        self.max_entries = max_entries
+
+    def __call__(self, row: Row) -> int:
+        size = self._sizes.get(row)
+        if size is None:
+            size = row_size(row)
+            if len(self._sizes) >= self.max_entries:
+                self._sizes.clear()
+            self._sizes[row] = size
+        return size
+
+
+def _rows_bound(tables: Iterable[sm.TableRows], size_of: Callable[[Row], int]) -> int:
+    # per table: its name (4 + UTF-8), one or two row lists (tag, hint of at most 4 + 8 per row,
+    # data length), an entry count and a variant tag
+    return sum(24 + len(t.table.encode()) + 2 * 9 + 8 * (len(t.inserts) + len(t.deletes))
+               + sum(size_of(r) for r in t.inserts) + sum(size_of(r) for r in t.deletes) for t in tables)
+
+
+def _sets_bound(sets: Iterable[sm.QuerySetUpdate], size_of: Callable[[Row], int]) -> int:
+    return 4 + sum(8 + _rows_bound(qs.tables, size_of) for qs in sets)
+
+
+def message_size_bound(msg: sm.ServerMessage, size_of: Callable[[Row], int] = row_size) -> int:
+    """An upper bound on ``len(encode_server(to_wire(msg)))``, computed from row sizes without
+    encoding anything: what a queued message will take once it is a frame body."""
+    head = 32  # tag, request and query-set ids, timestamp, option and result tags, counts
+    if isinstance(msg, sm.SubscribeApplied):
+        return head + _rows_bound(msg.rows, size_of)
+    if isinstance(msg, sm.UnsubscribeApplied):
+        return head + (0 if msg.rows is None else _rows_bound(msg.rows, size_of))
+    if isinstance(msg, sm.SubscriptionError):
+        return head + len(msg.error.encode("utf-8", "surrogatepass"))
+    if isinstance(msg, sm.TransactionUpdate):
+        return head + _sets_bound(msg.query_sets, size_of)
+    if isinstance(msg, sm.ReducerResult):
+        if isinstance(msg.outcome, sm.ReducerOk):
+            return head + 12 + _sets_bound(msg.outcome.query_sets, size_of)
+        return head + 8 + len(msg.outcome.error.encode("utf-8", "surrogatepass"))
+    if isinstance(msg, sm.OneOffQueryResult):
+        if isinstance(msg.result, str):
+            return head + len(msg.result.encode("utf-8", "surrogatepass"))
+        return head + _rows_bound((msg.result,), size_of)
+    raise LocalProtocolError(f"not a model ServerMessage: {msg!r:.80}")
 
 
 def _rowlist(rows: Iterable[Row], cache: RowCache | None) -> RowList:
@@ -826,6 +907,8 @@ def to_wire(msg: sm.ServerMessage, *, timestamp: int = 0, cache: RowCache | None
                 w.u64(msg.outcome.ret)
                 ret = w.getvalue()
             outcome = ReducerOk(ret, _wire_query_sets(msg.outcome.query_sets, cache))
+        elif msg.outcome.internal:
+            outcome = ReducerInternalError(msg.outcome.error)
         else:
             outcome = ReducerErr(_string_bytes(msg.outcome.error))
         return ReducerResult(msg.request_id, timestamp, outcome)
@@ -894,7 +977,7 @@ def _model_query_sets(tu: TransactionUpdate) -> tuple[sm.QuerySetUpdate, ...]:
 def server_from_wire(msg: ServerMessage, *, tx_offset: int = 0) -> sm.ServerMessage:
     """The model form of a server message, for client code and tests (rows decoded; one model
     ``TableRows`` per wire rows entry).  The wire has no transaction offsets: ``tx_offset`` fills
-    them in.  A reducer's internal error becomes a model ``ReducerErr`` with its text.
+    them in.  A reducer's internal error becomes a model ``ReducerErr`` with its text and ``internal``.
     InitialConnection and ProcedureResult have no model form."""
     if isinstance(msg, SubscribeApplied):
         return sm.SubscribeApplied(msg.request_id, msg.query_set_id, _model_tables_snapshot(msg.rows))
@@ -915,7 +998,7 @@ def server_from_wire(msg: ServerMessage, *, tx_offset: int = 0) -> sm.ServerMess
         elif isinstance(o, ReducerErr):
             outcome = sm.ReducerErr(decode_string(o.error))
         else:
-            outcome = sm.ReducerErr(o.message)
+            outcome = sm.ReducerErr(o.message, internal=True)
         return sm.ReducerResult(msg.request_id, tx_offset, outcome)
     if isinstance(msg, OneOffQueryResult):
         if isinstance(msg.result, str):

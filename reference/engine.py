@@ -18,6 +18,12 @@ Outbound messages carry the offset of the state they derive from; a confirmed-re
 releases them in order once that offset is durable.  A queue past ``max_queue`` disconnects its
 client with ``slow_consumer``.  The engine never runs more than ``max_undurable`` transactions
 ahead of the durable offset (:meth:`can_commit`); the I/O layer waits on the store when it is.
+
+A transaction is atomic end to end.  Its commit record is built and hashed *before* it takes an
+offset; anything that raises after the reducer returned (record building, hashing, a bug in a
+reducer) rolls the transaction back, leaves ``committed``, the hash chain and every index as they
+were, and answers the caller ``InternalError`` (:class:`InternalError` for callers without a
+connection).  ``on_internal_error`` tells the I/O layer, which logs it; the engine goes on serving.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +46,7 @@ from spec.compat import CompatWindow, negotiate
 from spec.errors import ErrorCode, SyncError
 from spec.invariants import check_state
 from spec.messages import (
+    CLOSE_POLICY,
     CLOSE_PROTOCOL,
     SLOW_CONSUMER_REASON,
     CallReducer,
@@ -91,14 +98,63 @@ class Connection:
     confirmed: bool
     query_sets: dict[int, tuple[q.Query, ...]] = field(default_factory=dict)
     outbound: deque[Outbound] = field(default_factory=deque)
+    sizes: deque[int] = field(default_factory=deque)  # estimated encoded bytes of each queued message
+    outbound_bytes: int = 0  # their sum
     sessions: set[str] = field(default_factory=set)
     closed_reason: str | None = None
+
+    @property
+    def query_count(self) -> int:
+        return sum(len(queries) for queries in self.query_sets.values())
+
+
+def _pin(query: q.Query) -> str | None:
+    """The stream a query is pinned to (``stream_id = 'S'``), if its table has that column."""
+    if TABLE_BY_NAME[query.table].column_type("stream_id") is None:
+        return None
+    sid = q.pinned_value(query, "stream_id")
+    return sid if isinstance(sid, str) else None
+
+
+def _equalities_first(query: q.Query) -> q.Query:
+    """The same conjunction with its ``=`` conjuncts first: cheap, selective tests run first."""
+    where = tuple(sorted(query.where, key=lambda c: c.op is not q.Op.EQ))
+    return q.Query(query.table, where, query.text)
 
 
 @dataclass
 class Shape:
     query: q.Query
     subscribers: dict[tuple[int, int], int] = field(default_factory=dict)  # (conn, qs) -> refcount
+    pin: str | None = None  # the stream it is pinned to: only that stream's rows are matched
+    probe: q.Query | None = None  # the query with its equalities first, for matching
+
+    def __post_init__(self) -> None:
+        self.pin = _pin(self.query)
+        self.probe = _equalities_first(self.query)
+
+
+class InternalError(Exception):
+    """A transaction failed for a reason that is not the caller's (a bug, text that cannot be
+    recorded): it was rolled back and nothing was written.  ``message`` is safe to send."""
+
+    def __init__(self, name: str, cause: BaseException) -> None:
+        self.name = name
+        self.cause = cause
+        self.message = safe_text(f"internal error in {name}: {type(cause).__name__}: {cause}; "
+                                 "the transaction was rolled back and nothing was written")
+        super().__init__(self.message)
+
+
+def limit_exceeded(limit: str, most: int, actual: int) -> SyncError:
+    """``limit_exceeded`` naming the ``Limits`` field, its value and what was asked for."""
+    return SyncError(ErrorCode.LIMIT_EXCEEDED, {"actual": actual, "limit": limit, "max": most})
+
+
+def safe_text(text: str, limit: int = 512) -> str:
+    """``text`` cut to ``limit`` characters with anything UTF-8 cannot carry (lone surrogates)
+    escaped, so it can go on the wire and into a log."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Engine:
@@ -113,9 +169,22 @@ class Engine:
         self.pending_records: list[TxRecord] = []  # committed, not yet handed to the store
         self.conns: dict[int, Connection] = {}
         self.shapes: dict[str, dict[tuple[object, ...], Shape]] = {}
+        # the same shapes by pinned stream (None: not pinned), so an insert into stream S is matched
+        # only against shapes pinned to S and unpinned ones, whatever others subscribe to
+        self.shapes_by_pin: dict[str, dict[str | None, dict[tuple[object, ...], Shape]]] = {}
+        self.match_checks = 0  # (shape, row) pairs matched in fanout: the per-transaction cost
+        # Resource limits (None: unbounded).  The server sets them from its ``Limits``; the names
+        # in ``limit_exceeded`` details are those fields.
+        self.max_query_bytes: int | None = None
+        self.max_query_conjuncts: int | None = None
+        self.max_queries_per_connection: int | None = None
+        self.max_outbound_bytes: int | None = None  # estimated encoded bytes queued per connection
+        self.max_outbound_message_bytes: int | None = None  # one message, estimated encoded
+        self.measure: Callable[[ServerMessage], int] | None = None  # encoded size estimate (an upper bound)
         self.now = 0
         self._next_conn = 1
         self.on_close: Callable[[int, str], None] | None = None
+        self.on_internal_error: Callable[[InternalError], None] | None = None
         self._disconnects: list[tuple[str, frozenset[str]]] = []
         self._fanning_out = False
 
@@ -153,8 +222,11 @@ class Engine:
         self._disconnects.sort(key=lambda d: (d[0], sorted(d[1])))  # same order however closes interleaved
         while self._disconnects and not self._fanning_out and self.can_commit():
             identity, sessions = self._disconnects.pop(0)
-            self._system("disconnect", (identity, tuple(sorted(sessions))),
-                         functools.partial(self._disconnect_body, identity, sessions))
+            try:
+                self._system("disconnect", (identity, tuple(sorted(sessions))),
+                             functools.partial(self._disconnect_body, identity, sessions))
+            except InternalError as err:  # rolled back; the presence sweep expires the sessions later
+                self._report(err)
 
     def _disconnect_body(self, identity: str, sessions: frozenset[str], tx: Txn) -> None:
         r.disconnect_sessions(tx, self.now, identity, sessions)
@@ -190,8 +262,14 @@ class Engine:
                 return
             dropped = (self._snapshot(conn.claims, list(conn.query_sets[msg.query_set_id]))
                        if msg.send_dropped else None)
+            applied = UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped)
+            try:
+                size = self._fits(applied)
+            except SyncError as err:  # the set stays active; unsubscribing without the rows works
+                self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
+                return
             self._unregister(conn, msg.query_set_id)
-            self._send(conn, self.committed, UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped))
+            self._send(conn, self.committed, applied, size)
         else:
             self._call(conn, msg)
 
@@ -219,10 +297,11 @@ class Engine:
         if conn is None:
             return
         try:
-            result: TableRows | str = self.query(conn.claims, text)
+            answer = OneOffQueryResult(request_id, self.query(conn.claims, text))
+            size = self._fits(answer)
         except SyncError as err:
-            result = err.render()
-        self._send(conn, self.committed, OneOffQueryResult(request_id, result))
+            answer, size = OneOffQueryResult(request_id, err.render()), None
+        self._send(conn, self.committed, answer, size)
 
     def _check_queries(self, claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
         queries = self._authorized_queries(claims, texts)
@@ -230,12 +309,21 @@ class Engine:
             self._check_stale(query)
         return queries
 
-    @staticmethod
-    def _authorized_queries(claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
-        """Scope, parse, then the grant check of every query that pins a stream (DESIGN §4 order)."""
+    def _authorized_queries(self, claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
+        """Scope, size, parse, conjunct count, then the grant check of every query that pins a
+        stream (DESIGN §4 order; the size checks come before any parsing work)."""
         if "sync.subscribe" not in claims.scopes:
             raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
+        limit = self.max_query_bytes
+        if limit is not None:
+            for text in texts:
+                if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+                    raise limit_exceeded("max_query_bytes", limit, len(text.encode("utf-8", "surrogatepass")))
         queries = [query for text in texts for query in q.parse(text)]
+        most = self.max_query_conjuncts
+        for query in queries:
+            if most is not None and len(query.where) > most:
+                raise limit_exceeded("max_query_conjuncts", most, len(query.where))
         for query in queries:
             if TABLE_BY_NAME[query.table].visibility is Visibility.STREAM_GRANT:
                 sid = q.pinned_value(query, "stream_id")
@@ -274,16 +362,33 @@ class Engine:
             return
         try:
             queries = self._check_queries(conn.claims, msg.queries)
+            most = self.max_queries_per_connection
+            if most is not None and conn.query_count + len(queries) > most:
+                raise limit_exceeded("max_queries_per_connection", most, conn.query_count + len(queries))
+            applied = SubscribeApplied(msg.request_id, msg.query_set_id, self._snapshot(conn.claims, queries))
+            size = self._fits(applied)
         except SyncError as err:
             self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
             return
-        rows = self._snapshot(conn.claims, queries)
         conn.query_sets[msg.query_set_id] = tuple(queries)
         for query in queries:
-            shape = self.shapes.setdefault(query.table, {}).setdefault(q.shape_key(query), Shape(query))
-            key = (conn.conn_id, msg.query_set_id)
-            shape.subscribers[key] = shape.subscribers.get(key, 0) + 1
-        self._send(conn, self.committed, SubscribeApplied(msg.request_id, msg.query_set_id, rows))
+            key = q.shape_key(query)
+            shape = self.shapes.setdefault(query.table, {}).get(key)
+            if shape is None:
+                shape = self.shapes[query.table][key] = Shape(query)
+                self.shapes_by_pin.setdefault(query.table, {}).setdefault(shape.pin, {})[key] = shape
+            sub = (conn.conn_id, msg.query_set_id)
+            shape.subscribers[sub] = shape.subscribers.get(sub, 0) + 1
+        self._send(conn, self.committed, applied, size)
+
+    def _fits(self, message: ServerMessage) -> int:
+        """The message's estimated encoded size; ``limit_exceeded`` if it is over the one-message
+        bound (a frame no client could decode is refused, never sent)."""
+        size = self.measure(message) if self.measure is not None else 0
+        most = self.max_outbound_message_bytes
+        if most is not None and size > most:
+            raise limit_exceeded("max_outbound_message_bytes", most, size)
+        return size
 
     def _unregister(self, conn: Connection, qs_id: int) -> None:
         for query in conn.query_sets.pop(qs_id, ()):
@@ -297,6 +402,10 @@ class Engine:
                 del shape.subscribers[key]
             if not shape.subscribers:
                 del table_shapes[q.shape_key(query)]
+                pinned = self.shapes_by_pin[query.table]
+                del pinned[shape.pin][q.shape_key(query)]
+                if not pinned[shape.pin]:
+                    del pinned[shape.pin]
 
     def _owner(self, provider_id: str) -> str | None:
         p = self.db.get("provider_capability", (provider_id,))
@@ -353,15 +462,36 @@ class Engine:
             tx.rollback()
             self._send(conn, self.committed, ReducerResult(msg.request_id, self.committed, ReducerErr(err.render())))
             return
+        except Exception as exc:  # a reducer bug: nothing is written, only the caller hears of it
+            tx.rollback()
+            self._internal(conn, msg.request_id, InternalError(msg.reducer, exc))
+            return
         except BaseException:
             tx.rollback()
             raise
-        if msg.reducer == "upsert_presence":
-            conn.sessions.add(str(msg.args[0]))
         if not tx.wrote:
+            if msg.reducer == "upsert_presence":
+                conn.sessions.add(str(msg.args[0]))
             self._send(conn, self.committed, ReducerResult(msg.request_id, self.committed, ReducerOk(ret, ())))
             return
-        self._commit(tx, "reducer", msg.reducer, conn.claims, msg.args, (conn, msg.request_id, ret))
+        try:
+            record = self._seal(tx, "reducer", msg.reducer, conn.claims, msg.args)
+        except InternalError as err:
+            self._internal(conn, msg.request_id, err)
+            return
+        if msg.reducer == "upsert_presence":
+            conn.sessions.add(str(msg.args[0]))
+        self._publish(tx, record, (conn, msg.request_id, ret))
+
+    def _report(self, err: InternalError) -> None:
+        if self.on_internal_error is not None:
+            self.on_internal_error(err)
+
+    def _internal(self, conn: Connection, request_id: int, err: InternalError) -> None:
+        """Answer a call that failed inside the server: ``InternalError``, state unchanged."""
+        self._report(err)
+        self._send(conn, self.committed, ReducerResult(request_id, self.committed, ReducerErr(err.message,
+                                                                                              internal=True)))
 
     def _system(self, kind: str, args: tuple[Any, ...], body: Callable[[Txn], None]) -> bool:
         if not self.can_commit():
@@ -369,6 +499,9 @@ class Engine:
         tx = Txn(self.db)
         try:
             body(tx)
+        except Exception as exc:
+            tx.rollback()
+            raise InternalError(kind, exc) from exc
         except BaseException:
             tx.rollback()
             raise
@@ -395,6 +528,12 @@ class Engine:
         except SyncError as err:
             tx.rollback()
             return err
+        except Exception as exc:
+            tx.rollback()
+            raise InternalError(reducer, exc) from exc
+        except BaseException:
+            tx.rollback()
+            raise
         if tx.wrote:
             self._commit(tx, "reducer", reducer, claims, args, None)
         return None
@@ -404,35 +543,62 @@ class Engine:
         """A reducer call with no WebSocket caller (the HTTP ``call`` route): every subscriber,
         the caller's own connections included, hears of it by ``TransactionUpdate``.  Returns
         (offset to wait on for durability, return value); raises :class:`SyncError` when the
-        reducer fails (nothing is written)."""
+        reducer fails and :class:`InternalError` when the server does (nothing is written)."""
         error = self._signature_error(reducer, args)
         if error is not None:
             raise error
         tx = Txn(self.db)
         try:
             ret = r.REDUCERS[reducer](tx, r.Ctx(claims, self.now, self.committed + 1, self.policy), *args)
+        except SyncError:
+            tx.rollback()
+            raise
+        except Exception as exc:
+            tx.rollback()
+            err = InternalError(reducer, exc)
+            self._report(err)
+            raise err from exc
         except BaseException:
             tx.rollback()
             raise
         if not tx.wrote:
             return self.committed, ret
-        self._commit(tx, "reducer", reducer, claims, args, None)
+        try:
+            self._commit(tx, "reducer", reducer, claims, args, None)
+        except InternalError as err:
+            self._report(err)
+            raise
         return self.committed, ret
+
+    def _commit(self, tx: Txn, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...],
+                reply: tuple[Connection, int, int | None] | None) -> None:
+        """Seal then publish; :class:`InternalError` (rolled back, nothing moved) if sealing fails."""
+        self._publish(tx, self._seal(tx, kind, name, caller, args), reply)
+
+    @icontract.snapshot(lambda self: (self.committed, self.head_hash, len(self.pending_records)), name="before")
+    @icontract.ensure(lambda self, OLD: (self.committed, self.head_hash, len(self.pending_records)) == OLD.before,
+                      "sealing moves nothing: the offset, the hash chain and the pending records are untouched")
+    def _seal(self, tx: Txn, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...]) -> TxRecord:
+        """The commit record of ``tx`` at the next offset, built before anything moves.  Whatever
+        raises here (text UTF-8 cannot carry, a bug) rolls ``tx`` back: :class:`InternalError`."""
+        try:
+            tables = [t for t in TABLE_BY_NAME if tx.deletes.get(t) or tx.inserts.get(t)]
+            changes = tuple(RowChange(t, tuple(tx.deletes.get(t, ())), tuple(tx.inserts.get(t, ())))
+                            for t in tables)
+            return make_record(self.committed + 1, kind, name, caller, args, self.now, changes, self.head_hash)
+        except Exception as exc:
+            tx.rollback()
+            raise InternalError(name, exc) from exc
 
     @icontract.snapshot(lambda self: self.committed, name="committed")
     @icontract.ensure(lambda self, OLD: self.committed > OLD.committed, "a commit takes the next offset")
-    def _commit(self, tx: Txn, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...],
-                reply: tuple[Connection, int, int | None] | None) -> None:
-        self.committed += 1
-        offset = self.committed
-        tables = [t for t in TABLE_BY_NAME if tx.deletes.get(t) or tx.inserts.get(t)]
-        changes = tuple(RowChange(t, tuple(tx.deletes.get(t, ())), tuple(tx.inserts.get(t, ()))) for t in tables)
-        record = make_record(offset, kind, name, caller, args, self.now, changes, self.head_hash)
+    def _publish(self, tx: Txn, record: TxRecord, reply: tuple[Connection, int, int | None] | None) -> None:
+        self.committed = record.offset
         self.head_hash = record.hash
         self.pending_records.append(record)
         self._fanning_out = True
         try:
-            self._fanout(tx, offset, reply)
+            self._fanout(tx, record.offset, reply)
         finally:
             self._fanning_out = False
         self._drain_disconnects()
@@ -441,12 +607,17 @@ class Engine:
         # per table, per shape: match the delta once
         per_client: dict[tuple[int, int], dict[str, tuple[dict[Row, None], dict[Row, None]]]] = {}
         touched = set(tx.deletes) | set(tx.inserts) | set(tx.events)
+        order: dict[int, int] = {}
         for table in touched:
             inserts = tx.inserts.get(table, []) + tx.events.get(table, [])
             deletes = tx.deletes.get(table, [])
-            for shape in self.shapes.get(table, {}).values():
-                ins = [row for row in inserts if q.matches(shape.query, row)]
-                dels = [row for row in deletes if q.matches(shape.query, row)]
+            order.update((id(row), i) for i, row in enumerate(inserts))
+            order.update((id(row), i) for i, row in enumerate(deletes))
+            for shape, ins_rows, del_rows in self._shape_candidates(table, inserts, deletes):
+                probe = shape.probe or shape.query
+                self.match_checks += len(ins_rows) + len(del_rows)
+                ins = [row for row in ins_rows if q.matches(probe, row)]
+                dels = [row for row in del_rows if q.matches(probe, row)]
                 if not ins and not dels:
                     continue
                 for key in shape.subscribers:
@@ -459,8 +630,11 @@ class Engine:
                         if can_read(claims, row, self._owner):
                             bucket[1][row] = None
         by_conn: dict[int, list[QuerySetUpdate]] = {}
+        def in_tx_order(rows: dict[Row, None]) -> tuple[Row, ...]:
+            return tuple(sorted(rows, key=lambda row: order[id(row)]))
+
         for (conn_id, qs_id) in sorted(per_client):
-            parts = tuple(TableRows(t, tuple(i), tuple(d), TABLE_BY_NAME[t].event)
+            parts = tuple(TableRows(t, in_tx_order(i), in_tx_order(d), TABLE_BY_NAME[t].event)
                           for t, (i, d) in sorted(per_client[(conn_id, qs_id)].items()) if i or d)
             if parts:
                 by_conn.setdefault(conn_id, []).append(QuerySetUpdate(qs_id, parts))
@@ -473,11 +647,45 @@ class Engine:
             if target is not None:
                 self._send(target, offset, TransactionUpdate(offset, tuple(updates)))
 
-    def _send(self, conn: Connection, offset: int, message: ServerMessage) -> None:
+    def _shape_candidates(self, table: str, inserts: list[Row], deletes: list[Row]
+                          ) -> Iterator[tuple[Shape, list[Row], list[Row]]]:
+        """Each shape of ``table`` that can match, with the rows it can match: unpinned shapes
+        see every row; a shape pinned to stream S sees only S's rows (so subscriptions to other
+        streams cost an insert nothing, however many or long they are)."""
+        index = self.shapes_by_pin.get(table)
+        if not index:
+            return
+        for shape in list(index.get(None, {}).values()):
+            yield shape, inserts, deletes
+        if len(index) == (None in index):
+            return
+        by_stream: dict[str, tuple[list[Row], list[Row]]] = {}
+        for row in inserts:
+            by_stream.setdefault(getattr(row, "stream_id"), ([], []))[0].append(row)  # noqa: B009
+        for row in deletes:
+            by_stream.setdefault(getattr(row, "stream_id"), ([], []))[1].append(row)  # noqa: B009
+        for sid, (ins, dels) in by_stream.items():
+            for shape in list(index.get(sid, {}).values()):
+                yield shape, ins, dels
+
+    def _send(self, conn: Connection, offset: int, message: ServerMessage, size: int | None = None) -> None:
+        """Queue ``message``; past ``max_queue`` messages or ``max_outbound_bytes`` the client is a
+        slow consumer.  An update over the one-message bound closes the connection (policy): it
+        cannot be split without breaking the transaction's atomicity, and must never be sent
+        undecodable; the client resubscribes."""
         if conn.conn_id not in self.conns:
             return
+        if size is None:
+            try:
+                size = self._fits(message)
+            except SyncError as err:
+                self.close(conn.conn_id, f"{CLOSE_POLICY}: {err.render()}")
+                return
         conn.outbound.append(Outbound(offset, message))
-        if len(conn.outbound) > self.max_queue:
+        conn.sizes.append(size)
+        conn.outbound_bytes += size
+        if len(conn.outbound) > self.max_queue or (
+                self.max_outbound_bytes is not None and conn.outbound_bytes > self.max_outbound_bytes):
             self.close(conn.conn_id, SLOW_CONSUMER_REASON)
 
     # --- delivery ---------------------------------------------------------------------------------
@@ -489,7 +697,14 @@ class Engine:
 
     @icontract.require(lambda self, conn_id: self.releasable(conn_id), "only a released message may be delivered")
     def pop(self, conn_id: int) -> Outbound:
-        return self.conns[conn_id].outbound.popleft()
+        conn = self.conns[conn_id]
+        conn.outbound_bytes -= conn.sizes.popleft()
+        return conn.outbound.popleft()
+
+    def next_size(self, conn_id: int) -> int:
+        """The estimated encoded size of the next queued message (0 when nothing is queued)."""
+        conn = self.conns.get(conn_id)
+        return conn.sizes[0] if conn is not None and conn.sizes else 0
 
     @icontract.ensure(lambda result: all(b.offset == a.offset + 1 and b.prev_hash == a.hash
                                          for a, b in itertools.pairwise(result)),

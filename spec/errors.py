@@ -57,6 +57,8 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_CLIENT_BUILD = "unsupported_client_build"
     SLOW_CONSUMER = "slow_consumer"
     NO_SUCH_REDUCER = "no_such_reducer"
+    # resource limits of a server (details: {"limit": <Limits field>, "max": n, "actual": m})
+    LIMIT_EXCEEDED = "limit_exceeded"
 
 
 CLIENT_ACTIONS: Mapping[ErrorCode, str] = {
@@ -86,6 +88,8 @@ CLIENT_ACTIONS: Mapping[ErrorCode, str] = {
     ErrorCode.UNSUPPORTED_CLIENT_BUILD: "Newer than the server supports; use a build <= max_client_build_id.",
     ErrorCode.SLOW_CONSUMER: "Reconnect and resume from the persisted watermark; consume faster.",
     ErrorCode.NO_SUCH_REDUCER: "Do not retry; call a reducer the module defines.",
+    ErrorCode.LIMIT_EXCEEDED: "Do not retry unchanged; stay within the server limit named in details "
+                              "(split the request, narrow the query, or consume faster).",
 }
 
 

@@ -96,6 +96,7 @@ class ReducerOk:
 @dataclass(frozen=True, slots=True)
 class ReducerErr:
     error: str
+    internal: bool = False  # the server failed, not the call (SpacetimeDB's ``InternalError``): plain text
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,9 +64,16 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
                          ("[limits\n", "not valid TOML"),
                          ("[limits]\nping_interval_s = 'x'\n", "expected float"),
                          ("[compat]\nmin_client_build_id = 'yesterday'\n", "not well formed"),
-                         ("[auth]\ndefault_scopes = ['root']\n", "default_scopes")):
+                         ("[auth]\ndefault_scopes = ['root']\n", "default_scopes"),
+                         ("[limits]\nmax_sql_rows = 0\n", "max_sql_rows must be a positive number"),
+                         ("[limits]\nmax_outbound_message_bytes = 40000000\n", "at most 33554432"),
+                         ("[server]\ndatabase = \"caf\xe9\"\n".encode("latin-1"), "is not valid UTF-8"),
+                         ('[server]\ndatabase = "\\ud800"\n', "not valid TOML")):
         cfg = tmp_path / "c.toml"
-        cfg.write_text(text)
+        if isinstance(text, bytes):
+            cfg.write_bytes(text)
+        else:
+            cfg.write_text(text)
         res = run("serve", "--data", str(tmp_path / "d"), "--port", "0", "--config", str(cfg))
         assert res.returncode == 2, text
         assert "bad config" in res.stderr and needle in res.stderr, (text, res.stderr)
@@ -85,6 +92,26 @@ def test_dev_warns_and_mints_anonymous(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+def test_arguments_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
+    """A non-UTF-8 argument reaches Python as lone surrogates; no token, frame or log can carry
+    them, so the CLI refuses them (the attack run minted a token with ``--device-id $'dev\\xff'``)."""
+    for flag in ("--device-id", "--session-id", "--subject", "--streams"):
+        res = subprocess.run([os.fsencode(sys.executable), b"-m", b"adapters.cli", b"token", b"mint", b"--data",
+                              os.fsencode(tmp_path), b"--scopes", b"sync.append", flag.encode(), b"x\xff"],
+                             capture_output=True, timeout=60, check=False)
+        assert res.returncode == 2 and f"argument {flag} is not valid UTF-8 text".encode() in res.stderr, res
+    res = subprocess.run([os.fsencode(sys.executable), b"-m", b"adapters.cli", b"serve", b"--data",
+                          os.fsencode(tmp_path), b"--database", b"db\xfe"], capture_output=True, timeout=60,
+                         check=False)
+    assert res.returncode == 2 and b"argument --database is not valid UTF-8 text" in res.stderr
+    # a data directory is a file name: any bytes the OS allows
+    odd = os.fsencode(tmp_path) + b"/d\xff"
+    res = subprocess.run([os.fsencode(sys.executable), b"-m", b"adapters.cli", b"token", b"mint", b"--data", odd,
+                          b"--scopes", b"sync.append", b"--streams", b"*"], capture_output=True, timeout=60,
+                         check=False)
+    assert res.returncode == 0, res.stderr
 
 
 def test_token_mint_errors(tmp_path: Path) -> None:

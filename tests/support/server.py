@@ -283,12 +283,15 @@ class ServedProcess:
 
 
 @contextmanager
-def serve_process(data: Path, *extra: str, wait_s: float = 60) -> Iterator[ServedProcess]:
+def serve_process(data: Path, *extra: str, wait_s: float = 60, env: dict[str, str] | None = None,
+                  prefix: tuple[str, ...] = ()) -> Iterator[ServedProcess]:
     """Start ``syncref serve --data DATA --port 0 EXTRA...``, wait for its listening line, stop it
-    (SIGTERM) afterwards.  stderr goes to ``DATA.parent/<data name>-server.log``, shown on failure."""
+    (SIGTERM) afterwards.  stderr goes to ``DATA.parent/<data name>-server.log``, shown on failure.
+    ``env`` replaces the environment; ``prefix`` goes before the command (e.g. a shell setting
+    ``ulimit``)."""
     log = (data.parent / f"{data.name}-server.log").open("w+")
-    proc = subprocess.Popen([str(SYNCREF), "serve", "--data", str(data), "--host", "127.0.0.1", "--port", "0",
-                             *extra], stdout=subprocess.PIPE, stderr=log, text=True)
+    proc = subprocess.Popen([*prefix, str(SYNCREF), "serve", "--data", str(data), "--host", "127.0.0.1", "--port",
+                             "0", *extra], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
@@ -319,6 +322,24 @@ def serve_process(data: Path, *extra: str, wait_s: float = 60) -> Iterator[Serve
     finally:
         served.stop()
         log.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident set size (``VmRSS`` of ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def metric(base: str, name: str) -> float:
+    """The value of an unlabelled Prometheus sample (or the sum of a labelled family)."""
+    text = http("GET", f"{base}/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def mint_cli(data: Path, scopes: str, streams: str, *extra: str) -> dict[str, str]:

@@ -1,0 +1,179 @@
+"""The limits the hostile suite does not reach, each through the public surface of an in-process
+server: the durability window and each connection's share of it (WebSocket and HTTP), round-robin
+turns, inbound bytes, request body time, and the HTTP size caps."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from support.server import ServerThread, WireClient, call_http, http, running_server, with_limits
+
+from adapters import bsatn, wire
+from spec.values import SyncEvent
+
+
+@contextmanager
+def writer_paused(st: ServerThread) -> Iterator[threading.Event]:
+    """Hold every commit-log write until the event is set (durability stands still meanwhile)."""
+    store = st.server._store
+    assert store is not None
+    release = threading.Event()
+    real = store.write_batch
+
+    def held(records: Any) -> int:
+        release.wait(30)
+        return real(records)
+
+    st.call(lambda: setattr(store, "write_batch", held))
+    try:
+        yield release
+    finally:
+        release.set()
+        st.call(lambda: setattr(store, "write_batch", real))
+
+
+def offsets(st: ServerThread) -> tuple[int, int]:
+    return st.call(lambda: (st.server.engine.committed, st.server.engine.durable))
+
+
+def wait_for(cond: Any, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
+
+
+def append(rid: int, stream: str, key: str) -> wire.CallReducer:
+    return wire.CallReducer(rid, 0, "append_sync_event", bsatn.encode_args(
+        "append_sync_event", (stream, key, "{}", None, None)))
+
+
+def test_a_connection_holds_at_most_its_share_of_the_durability_window(tmp_path: Path) -> None:
+    limits = with_limits(max_undurable=6, max_undurable_per_connection=2)
+    with running_server(tmp_path, limits=limits) as st:
+        greedy = WireClient(st, st.token(), version=3)
+        other = WireClient(st, st.token())
+        base, _ = offsets(st)
+        with writer_paused(st) as release:
+            greedy.send(*[append(i + 1, "greedy", f"g{i}") for i in range(5)])
+            wait_for(lambda: offsets(st)[0] >= base + 2)
+            time.sleep(0.3)
+            assert offsets(st)[0] == base + 2  # its share; the other three wait their turn
+            other.send(append(1, "other", "o1"))
+            wait_for(lambda: offsets(st)[0] == base + 3)  # another connection still gets in
+            third = WireClient(st, st.token(), version=3)
+            third.send(*[append(i + 1, "third", f"t{i}") for i in range(5)])
+            wait_for(lambda: offsets(st)[0] == base + 5)
+            time.sleep(0.3)
+            committed, durable = offsets(st)
+            assert committed == base + 5 and durable == base  # 2 + 1 + 2: shares, under the window of 6
+            release.set()
+        for client, n in ((greedy, 5), (other, 1), (third, 5)):
+            done = 0
+            while done < n:
+                msg = client.recv(30)
+                if isinstance(msg, wire.ReducerResult):
+                    assert isinstance(msg.outcome, wire.ReducerOk), msg.outcome
+                    done += 1
+            client.close()
+        assert offsets(st)[0] == base + 11
+
+
+def test_calls_wait_at_the_durability_bound(tmp_path: Path) -> None:
+    limits = with_limits(max_undurable=3, max_undurable_per_connection=3)
+    with running_server(tmp_path, limits=limits) as st:
+        clients = [WireClient(st, st.token(), version=3) for _ in range(2)]
+        base, _ = offsets(st)
+        with writer_paused(st) as release:
+            for k, c in enumerate(clients):
+                c.send(*[append(i + 1, f"w{k}", f"k{i}") for i in range(3)])
+            wait_for(lambda: offsets(st)[0] == base + 3)
+            time.sleep(0.3)
+            assert offsets(st) == (base + 3, base)  # at the bound: nobody commits more
+            release.set()
+        wait_for(lambda: offsets(st) == (base + 6, base + 6))
+        for c in clients:
+            c.close()
+
+
+def test_http_calls_of_one_identity_share_the_window(tmp_path: Path) -> None:
+    limits = with_limits(max_undurable_per_connection=2)
+    with running_server(tmp_path, limits=limits) as st:
+        tok, other = st.token(), st.token()
+        base, _ = offsets(st)
+        with writer_paused(st) as release, ThreadPoolExecutor(8) as pool:
+            mine = [pool.submit(call_http, st, tok, "append_sync_event", [f"h{i}", "k", "{}", {"none": []},
+                                                                           {"none": []}]) for i in range(4)]
+            wait_for(lambda: offsets(st)[0] == base + 2)
+            time.sleep(0.3)
+            assert offsets(st)[0] == base + 2  # two run; two queue behind them
+            theirs = pool.submit(call_http, st, other, "append_sync_event", ["x", "k", "{}", {"none": []},
+                                                                             {"none": []}])
+            wait_for(lambda: offsets(st)[0] == base + 3)  # another identity is not held up
+            release.set()
+            assert [f.result().status for f in mine] == [200] * 4 and theirs.result().status == 200
+        assert offsets(st)[0] == base + 5
+
+
+def test_connections_take_turns(tmp_path: Path) -> None:
+    """A client that sends 200 calls at once does not go first with all of them: one sent just
+    after is handled within a few turns (its event's tx_offset says how many came before it)."""
+    with running_server(tmp_path) as st:
+        flood = WireClient(st, st.token(), version=3)
+        late = WireClient(st, st.token())
+        base, _ = offsets(st)
+        flood.send(*[append(i + 1, "flood", f"f{i}") for i in range(200)])
+        late.send(append(1, "late", "l"))
+        result = late.recv_until(wire.ReducerResult)
+        assert isinstance(result.outcome, wire.ReducerOk)
+        event = st.call(lambda: st.server.engine.db.logs["late"].events[0])
+        assert isinstance(event, SyncEvent)
+        print(f"[turns] the late call committed {event.tx_offset - base - 1} of the flood's 200 calls after it began")
+        assert event.tx_offset - base <= 100
+        done = 0
+        while done < 200:
+            done += isinstance(flood.recv(30), wire.ReducerResult)
+        flood.close()
+        late.close()
+
+
+def test_inbound_bytes_are_bounded(tmp_path: Path) -> None:
+    with running_server(tmp_path, limits=with_limits(max_inbound_bytes=4096)) as st:
+        fits = WireClient(st, st.token())
+        fits.send(wire.OneOffQuery(1, "SELECT * FROM sync_stream WHERE stream_id = '" + "x" * 3000 + "'"))
+        assert isinstance(fits.recv_until(wire.OneOffQueryResult), wire.OneOffQueryResult)
+        over = WireClient(st, st.token())
+        over.send(wire.OneOffQuery(1, "SELECT * FROM sync_stream WHERE stream_id = '" + "x" * 5000 + "'"))
+        assert over.closed() == (1013, "too many requests")
+        assert 'syncref_closes_total{cause="inbound_bytes"} 1.0' in http("GET", f"{st.base}/metrics").text
+        fits.close()
+
+
+def test_request_bodies_have_a_deadline_and_a_size(tmp_path: Path) -> None:
+    limits = with_limits(body_timeout_s=0.5, max_sql_bytes=1000, max_call_body_bytes=2000)
+    with running_server(tmp_path, limits=limits) as st:
+        tok = st.token()
+        sock = socket.create_connection(("127.0.0.1", st.server.port), timeout=10)
+        sock.sendall(f"POST /v1/database/autopilot-sync/sql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n"
+                     "Content-Type: text/plain\r\nContent-Length: 100\r\n\r\nSELECT".encode())
+        started = time.monotonic()
+        head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"did not arrive within 0.5 s" in head or b"did not arrive within 0.5 s" in sock.recv(4096)
+        assert time.monotonic() - started < 5
+        sock.close()
+        sql = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", "SELECT * FROM sync_stream WHERE "
+                   + " AND ".join("stream_id = 'x'" for _ in range(80)), {"Authorization": f"Bearer {tok}"})
+        assert sql.status == 413 and sql.text == "SQL text over 1000 bytes"
+        body = json.dumps(["s", "k", json.dumps({"p": "x" * 3000}), {"none": []}, {"none": []}])
+        call = call_http(st, tok, "append_sync_event", json.loads(body))
+        assert call.status == 413  # aiohttp's client_max_size = max(max_call_body_bytes, max_sql_bytes)
+        assert call_http(st, tok, "append_sync_event", ["s", "k", "{}", {"none": []}, {"none": []}]).status == 200
