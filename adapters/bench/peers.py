@@ -122,7 +122,7 @@ class SyncrefPeer:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.startup_s = 0.0
-        self._token: str | None = None
+        self._tokens: dict[int, str] = {}
 
     @property
     def pid(self) -> int:
@@ -142,11 +142,14 @@ class SyncrefPeer:
         self.port = int(m.group(1))
         return self
 
-    def token(self) -> str:
-        if self._token is None:
+    def token(self, client: int = 0) -> str:
+        """Client ``client``'s token: every client is its own identity, as separate apps are (the
+        server caps WebSocket connections per identity, ``max_connections_per_identity``)."""
+        if client not in self._tokens:
             auth = Authenticator(AuthConfig(), KeyStore.load_or_create(self.data))
-            self._token = auth.mint(scopes=frozenset(SCOPES), streams=("*",), ttl_s=24 * 3600)
-        return self._token
+            self._tokens[client] = auth.mint(subject=f"bench-client-{client}", scopes=frozenset(SCOPES),
+                                             streams=("*",), ttl_s=24 * 3600)
+        return self._tokens[client]
 
     def stop(self) -> int:
         if self.proc is None:

@@ -240,6 +240,9 @@ class Bench:
         """Start one client process per task, wait until all are ready, start them together and
         collect their results.  ``between`` gets the first process's ``sent`` message (the fanout
         writer's count) and may message the others.  Returns the results and the CPU diagnostics of the run."""
+        if self.syncref is not None:
+            tasks = [{**t, "token": self.syncref.token(i)} if t.get("target") == "syncref" else t
+                     for i, t in enumerate(tasks)]
         procs = [ClientProc(self.workdir, t) for t in tasks]
         spies: list[subprocess.Popen[bytes]] = []
         try:

@@ -307,6 +307,7 @@ def test_a_relay_that_cannot_start_skips_locally_and_fails_in_ci(tmp_path: Path,
     broken = RealRelay(tmp_path, "broken", validators=["no.such.validator"])
     broken.spawn()
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("SYNCREF_REQUIRE_NOSTR_RELAY", raising=False)
     with pytest.raises(pytest.skip.Exception, match="broken exited with"):
         broken.wait_ready(timeout=30)
     broken.kill()
