@@ -50,7 +50,7 @@ import secrets
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,11 @@ from adapters import satsjson, wire
 from adapters.auth import MAX_TOKEN_CHARS, AuthConfig, Authenticator, AuthError, KeyStore, Verified
 from adapters.bsatn import BsatnError
 from adapters.guard import LISTEN_BACKLOG, ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
+from adapters.observe import COUNT_BOUNDS, LATENCY_BOUNDS_S, CommitClock, FastHistogram, StateCollector
 from reference.durability import GroupCommitWriter, LogStore, restart, shutdown
 from reference.engine import Engine, InternalError, limit_exceeded, safe_text
+from reference.log import TxRecord
+from spec import contracts
 from spec import messages as m
 from spec.compat import CompatWindow, rejection_body
 from spec.errors import ErrorCode, SyncError
@@ -86,10 +89,26 @@ log = logging.getLogger("syncref.server")
 SUBPROTOCOLS = ("v3.bsatn.spacetimedb", "v2.bsatn.spacetimedb")  # server preference order
 CLOSE_REASON_BYTES = 123
 SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP bytes, or one larger message)
+SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
 SWITCH_INTERVAL_S = 0.0005
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
+BODY_CACHE_ITEMS = 512  # ... and at most this many of them
+DELIVERED = (m.TransactionUpdate, m.ReducerResult)  # messages whose commit-to-delivery time is measured
+
+
+class _Encoded:
+    """One entry of the encode-once cache: the message (kept alive, so its id is not reused
+    while the entry lives), its BSATN body and its v2 frames by compression."""
+
+    __slots__ = ("body", "frames", "message", "nbytes")
+
+    def __init__(self, message: m.ServerMessage, body: bytes) -> None:
+        self.message = message
+        self.body = body
+        self.frames: dict[wire.Compression, bytes] = {}
+        self.nbytes = len(body)
 
 
 MIB = 1024 * 1024
@@ -157,6 +176,7 @@ class ServerConfig:
     sweep_interval_s: float = 1.0
     compact_interval_s: float = 60.0
     clock: Callable[[], int] | None = None  # µs since the epoch; None = wall time (tests inject one)
+    contracts: bool | None = None  # hot-path contracts (spec.contracts.hot); None: leave the process switch
 
 
 def cut_reason(text: str) -> str:
@@ -228,6 +248,31 @@ class Metrics:
         self.match_checks = prom.Counter("syncref_fanout_match_checks",
                                          "(subscription shape, row) pairs matched while fanning out transactions",
                                          registry=r)
+        self.contracts = prom.Gauge("syncref_contracts_enabled",
+                                    "1 when the engine hot-path contracts are checked (--contracts)", registry=r)
+        self.contracts.set_function(lambda: 1.0 if contracts.hot_enabled() else 0.0)
+        self.fanout_latency = FastHistogram(
+            "syncref_fanout_latency_seconds",
+            "From a transaction's commit to a message of it handed to a subscriber's socket", LATENCY_BOUNDS_S)
+        self.replay_gap = FastHistogram("syncref_replay_gap_events",
+                                        "Events an accepted resume query replays (head seq - watermark)", COUNT_BOUNDS)
+        self.batch_records = FastHistogram("syncref_group_commit_batch_records", "Commit records per group COMMIT",
+                                           COUNT_BOUNDS)
+        for histogram in (self.fanout_latency, self.replay_gap, self.batch_records):
+            r.register(histogram)
+        self.stale_cursors = prom.Counter("syncref_stale_cursors", "Resume queries refused stale_cursor, by reason",
+                                          ["reason"], registry=r)
+        self.slow_consumers = prom.Counter("syncref_slow_consumer_disconnects",
+                                           "Connections dropped as slow consumers (queue or bytes past the bound, or a "
+                                           "frame not taken within send_timeout_s)", registry=r)
+        self._out: dict[str, Any] = {}
+
+    def out_kind(self, kind: str) -> Any:
+        """The ``syncref_server_messages`` child for ``kind`` (resolved once, not per message)."""
+        child = self._out.get(kind)
+        if child is None:
+            child = self._out[kind] = self.messages_out.labels(kind)
+        return child
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +321,9 @@ class SyncServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._room = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._bodies: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
+        self._commits = CommitClock()
+        self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
         self._last_now = 0
         self._periodic: list[asyncio.Task[None]] = []
@@ -312,6 +359,8 @@ class SyncServer:
         # default 5 ms switch interval a busy event loop delays every durability step by that much.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         cfg = self.config
+        if cfg.contracts is not None:
+            contracts.enable_hot(cfg.contracts)
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
             probe = cfg.data_dir / ".write-probe"
@@ -375,6 +424,12 @@ class SyncServer:
         engine.max_outbound_message_bytes = lim.max_outbound_message_bytes
         sizes = wire.RowSizes()
         engine.measure = lambda message: wire.message_size_bound(message, sizes)
+        engine.on_resume = self.metrics.replay_gap.observe
+        engine.on_stale = self._stale
+
+    def _stale(self, reasons: tuple[str, ...]) -> None:
+        for reason in reasons:
+            self.metrics.stale_cursors.labels(reason).inc()
 
     def _internal_error(self, err: InternalError) -> None:
         """The engine rolled a transaction back: count it and log it (once per kind and interval)."""
@@ -419,13 +474,15 @@ class SyncServer:
 
     # --- durability -------------------------------------------------------------------------------
 
-    def _durable_from_thread(self, offset: int, _batch: object) -> None:
+    def _durable_from_thread(self, offset: int, batch: Sequence[TxRecord]) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._durable_advanced, offset)
+            loop.call_soon_threadsafe(self._durable_advanced, offset, len(batch))
 
-    def _durable_advanced(self, offset: int) -> None:
+    def _durable_advanced(self, offset: int, records: int = 0) -> None:
         engine = self.engine
+        if records:
+            self.metrics.batch_records.observe(records)
         if offset > engine.durable:
             engine.advance_durable(offset)
         self._room.set()
@@ -494,6 +551,7 @@ class SyncServer:
     def _pump(self) -> None:
         """After any engine step: hand new commit records to the writer, wake senders."""
         engine = self.engine
+        self._commits.stamp(engine.committed, time.monotonic())
         records = engine.take_records()
         if records:
             assert self._writer is not None
@@ -523,6 +581,16 @@ class SyncServer:
             sess.closers.append(asyncio.ensure_future(self._close(
                 sess, m.CLOSE_PROTOCOL, f"durability failure: the commit log refused a record ({exc!r})",
                 "durability")))
+
+    def _state_metrics(self) -> dict[str, Any]:
+        """What :class:`~adapters.observe.StateCollector` reports, computed at scrape time."""
+        engine = self._engine
+        if engine is None:
+            return {"lags": {}, "durability_lag": 0, "outbox_pending": 0}
+        lags = {cid: (engine.committed - conn.outbound[0].offset + 1 if conn.outbound else 0)
+                for cid, conn in engine.conns.items() if cid in self.sessions}
+        pending = sum(1 for row in engine.db.rows("bridge_outbox") if getattr(row, "status", None) == "pending")
+        return {"lags": lags, "durability_lag": engine.committed - engine.durable, "outbox_pending": pending}
 
     def _metrics_offsets(self) -> None:
         if self._engine is not None:
@@ -1008,64 +1076,102 @@ class SyncServer:
             return
         engine.handle(s.conn_id, abstract)
 
-    def _encode(self, s: Session, message: m.ServerMessage) -> bytes:
-        """The BSATN body of an engine message; equal messages share their bytes."""
-        kind = type(message).__name__
-        self.metrics.messages_out.labels(kind).inc()
+    def _encode(self, s: Session, message: m.ServerMessage) -> tuple[bytes, _Encoded | None]:
+        """The BSATN body of an engine message, and its cache entry when it is shared.
+
+        The engine hands every subscriber that sees the same rows the *same* ``TransactionUpdate``
+        object, so the encoded body is found by identity (no hashing of rows); other messages
+        (snapshots, errors) are looked up by value.  The entry also keeps the body's framed forms
+        per compression, so a v2 frame is compressed once for all its receivers."""
+        self.metrics.out_kind(type(message).__name__).inc()
         if isinstance(message, m.ReducerResult):
             ts = s.call_ts.pop(message.request_id, self._last_now)
-            return wire.encode_server(wire.to_wire(message, timestamp=ts, cache=self._rows))
-        key: tuple[object, ...] = (message,)
-        body = self._bodies.get(key)
-        if body is not None:
+            return wire.encode_server(wire.to_wire(message, timestamp=ts, cache=self._rows)), None
+        key: object = id(message) if isinstance(message, m.TransactionUpdate) else (message,)
+        entry = self._bodies.get(key)
+        if entry is not None and (entry.message is message or not isinstance(key, int)):
             self._bodies.move_to_end(key)
             self.metrics.encode_hits.inc()
-            return body
+            return entry.body, entry
         body = wire.encode_server(wire.to_wire(message, cache=self._rows))
-        if len(body) <= BODY_CACHE_ITEM_BYTES:  # a large body is not kept: it would pin memory
-            self._bodies[key] = body
-            self._body_bytes += len(body)
-            while len(self._bodies) > 512 or self._body_bytes > BODY_CACHE_BYTES:
-                _key, old = self._bodies.popitem(last=False)
-                self._body_bytes -= len(old)
-        return body
+        if len(body) > BODY_CACHE_ITEM_BYTES:  # a large body is not kept: it would pin memory
+            return body, None
+        if entry is not None:  # an id reused by a newer object: the old entry is stale
+            self._body_bytes -= entry.nbytes
+        entry = self._bodies[key] = _Encoded(message, body)
+        self._body_bytes += entry.nbytes
+        while len(self._bodies) > BODY_CACHE_ITEMS or self._body_bytes > BODY_CACHE_BYTES:
+            _key, old = self._bodies.popitem(last=False)
+            self._body_bytes -= old.nbytes
+        return body, entry
+
+    def _frame(self, body: bytes, entry: _Encoded | None, compression: wire.Compression) -> bytes:
+        if entry is None:
+            return wire.frame_server(body, compression)
+        frame = entry.frames.get(compression)
+        if frame is None:
+            frame = entry.frames[compression] = wire.frame_server(body, compression)
+            entry.nbytes += len(frame)
+            self._body_bytes += len(frame)
+        return frame
 
     async def _sender(self, s: Session) -> None:
         engine = self.engine
+        limits = self.config.limits
+        loop = asyncio.get_running_loop()
+        turn = SEND_BATCH_V3 if s.version == 3 else SEND_BATCH
         while not s.closing:
             await s.wake.wait()
             s.wake.clear()
             while not s.closing and (s.side or engine.releasable(s.conn_id)):
-                # one turn: at most SEND_BATCH messages and V3_SOFT_CAP bytes (one larger message goes alone)
+                # One turn: at most `turn` messages and V3_SOFT_CAP bytes (one larger message goes
+                # alone).  v3 puts the whole turn in one frame: a subscriber that lags behind gets
+                # fewer, larger frames, and its queue drains a turn at a time.
                 bodies: list[bytes] = []
+                entries: list[_Encoded | None] = []
                 size = 0
-                while s.side and len(bodies) < SEND_BATCH:
+                while s.side and len(bodies) < turn:
                     bodies.append(s.side.popleft())
+                    entries.append(None)
                     size += len(bodies[-1])
-                while (engine.releasable(s.conn_id) and len(bodies) < SEND_BATCH
+                while (engine.releasable(s.conn_id) and len(bodies) < turn
                        and (not bodies or size + engine.next_size(s.conn_id) <= wire.V3_SOFT_CAP)):
-                    body = self._encode(s, engine.pop(s.conn_id).message)
-                    if len(body) > self.config.limits.max_outbound_message_bytes:  # never sent undecodable
+                    out = engine.pop(s.conn_id)
+                    body, entry = self._encode(s, out.message)
+                    if len(body) > limits.max_outbound_message_bytes:  # never sent undecodable
                         self.metrics.internal.labels("oversize").inc()
                         await self._close(s, m.CLOSE_PROTOCOL, f"internal error: a {len(body)}-byte message is over "
                                           "max_outbound_message_bytes", "internal")
                         return
                     bodies.append(body)
+                    entries.append(entry)
                     size += len(body)
-                frames = ([wire.frame_server(b, s.compression) for b in wire.batch_v3(bodies)] if s.version == 3
-                          else [wire.frame_server(b, s.compression) for b in bodies])
-                del bodies
-                for frame in frames:
-                    try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
-                        await asyncio.wait_for(s.ws.send_bytes(frame), self.config.limits.send_timeout_s)
-                    except TimeoutError:
-                        self.metrics.refused.labels("send_timeout_s").inc()
-                        self._tick()
-                        engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
-                        self._pump()
-                        return
-                    self.metrics.frames_out.inc()
-                    self.metrics.bytes_out.inc(len(frame))
+                    if isinstance(out.message, DELIVERED):
+                        committed_at = self._commits.at(out.offset)
+                        if committed_at is not None:
+                            self.metrics.fanout_latency.observe(time.monotonic() - committed_at)
+                if s.version == 3:
+                    frames = [wire.frame_server(b, s.compression) for b in wire.batch_v3(bodies)]
+                else:
+                    frames = [self._frame(b, e, s.compression) for b, e in zip(bodies, entries, strict=True)]
+                del bodies, entries
+                sent = sent_bytes = 0
+                try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
+                    async with asyncio.timeout(None) as deadline:
+                        for frame in frames:
+                            deadline.reschedule(loop.time() + limits.send_timeout_s)
+                            await s.ws.send_bytes(frame)
+                            sent += 1
+                            sent_bytes += len(frame)
+                except TimeoutError:
+                    self.metrics.refused.labels("send_timeout_s").inc()
+                    self._tick()
+                    engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
+                    self._pump()
+                    return
+                finally:
+                    self.metrics.frames_out.inc(sent)
+                    self.metrics.bytes_out.inc(sent_bytes)
                 del frames
                 await asyncio.sleep(0)  # others' turn before this connection's next batch
 
@@ -1098,6 +1204,7 @@ class SyncServer:
         if s is None or s.closing:
             return
         if reason == m.SLOW_CONSUMER_REASON:
+            self.metrics.slow_consumers.inc()
             code, text, cause = m.CLOSE_POLICY, SyncError(ErrorCode.SLOW_CONSUMER, {
                 "max_bytes": self.config.limits.max_outbound_bytes,
                 "max_queue": self.config.limits.max_outbound_queue}).render(), "slow_consumer"

@@ -40,6 +40,7 @@ import icontract
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
 from reference.log import GENESIS, RowChange, TxRecord, make_record
+from spec import contracts
 from spec import query as q
 from spec.auth import Claims, can_read, grant_matches
 from spec.compat import CompatWindow, negotiate
@@ -185,6 +186,9 @@ class Engine:
         self._next_conn = 1
         self.on_close: Callable[[int, str], None] | None = None
         self.on_internal_error: Callable[[InternalError], None] | None = None
+        # observers for metrics: a resume query accepted (events it replays), refused stale (reasons)
+        self.on_resume: Callable[[int], None] | None = None
+        self.on_stale: Callable[[tuple[str, ...]], None] | None = None
         self._disconnects: list[tuple[str, frozenset[str]]] = []
         self._fanning_out = False
 
@@ -196,6 +200,7 @@ class Engine:
         the negotiation order is vocabulary, not engine logic."""
         return negotiate(window, claims.client_build_id, claims.protocol_version, claims.schema_version)
 
+    @contracts.hot
     @icontract.ensure(lambda self, result: result in self.conns and not self.conns[result].outbound)
     def connect(self, claims: Claims, confirmed: bool) -> int:
         cid = self._next_conn
@@ -236,6 +241,7 @@ class Engine:
 
     # --- client messages ------------------------------------------------------------------------
 
+    @contracts.hot
     @icontract.require(lambda self, msg: not isinstance(msg, CallReducer) or self.can_commit(),
                        "a call is taken only within the durability bound (the I/O layer waits otherwise)")
     @icontract.snapshot(lambda self: (self.committed, self.durable), name="offsets")
@@ -352,9 +358,13 @@ class Engine:
         if w > head:
             reasons.append("cursor_ahead_of_head")
         if reasons:
+            if self.on_stale is not None:
+                self.on_stale(tuple(reasons))
             raise SyncError(ErrorCode.STALE_CURSOR, {
                 "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": reasons, "replay_budget": budget,
                 "requested_epoch": req_epoch, "requested_watermark": w, "stream_id": sid})
+        if self.on_resume is not None:
+            self.on_resume(head - w)
 
     def _subscribe(self, conn: Connection, msg: Subscribe) -> None:
         if msg.query_set_id in conn.query_sets:
@@ -538,6 +548,7 @@ class Engine:
             self._commit(tx, "reducer", reducer, claims, args, None)
         return None
 
+    @contracts.hot
     @icontract.require(lambda self: self.can_commit(), "a call is taken only within the durability bound")
     def call_detached(self, claims: Claims, reducer: str, args: tuple[Any, ...]) -> tuple[int, int | None]:
         """A reducer call with no WebSocket caller (the HTTP ``call`` route): every subscriber,
@@ -575,6 +586,7 @@ class Engine:
         """Seal then publish; :class:`InternalError` (rolled back, nothing moved) if sealing fails."""
         self._publish(tx, self._seal(tx, kind, name, caller, args), reply)
 
+    @contracts.hot
     @icontract.snapshot(lambda self: (self.committed, self.head_hash, len(self.pending_records)), name="before")
     @icontract.ensure(lambda self, OLD: (self.committed, self.head_hash, len(self.pending_records)) == OLD.before,
                       "sealing moves nothing: the offset, the hash chain and the pending records are untouched")
@@ -590,6 +602,7 @@ class Engine:
             tx.rollback()
             raise InternalError(name, exc) from exc
 
+    @contracts.hot
     @icontract.snapshot(lambda self: self.committed, name="committed")
     @icontract.ensure(lambda self, OLD: self.committed > OLD.committed, "a commit takes the next offset")
     def _publish(self, tx: Txn, record: TxRecord, reply: tuple[Connection, int, int | None] | None) -> None:
@@ -631,21 +644,48 @@ class Engine:
                             bucket[1][row] = None
         by_conn: dict[int, list[QuerySetUpdate]] = {}
         def in_tx_order(rows: dict[Row, None]) -> tuple[Row, ...]:
+            if len(rows) == 1:
+                return tuple(rows)
             return tuple(sorted(rows, key=lambda row: order[id(row)]))
 
+        # Subscribers that see the same rows under the same query set id get the *same* objects
+        # (one QuerySetUpdate, one TransactionUpdate, measured once): the I/O layer then finds
+        # the encoded bytes by identity and sends them to all of them (encode once per update).
+        # Keys are row identities: every row here is alive until the fanout ends.
+        shared_sets: dict[tuple[object, ...], QuerySetUpdate] = {}
         for (conn_id, qs_id) in sorted(per_client):
-            parts = tuple(TableRows(t, in_tx_order(i), in_tx_order(d), TABLE_BY_NAME[t].event)
-                          for t, (i, d) in sorted(per_client[(conn_id, qs_id)].items()) if i or d)
+            parts_key: list[object] = [qs_id]
+            parts: list[TableRows] = []
+            for t, (i, d) in sorted(per_client[(conn_id, qs_id)].items()):
+                if i or d:
+                    ins_t, del_t = in_tx_order(i), in_tx_order(d)
+                    parts_key.append((t, tuple(map(id, ins_t)), tuple(map(id, del_t))))
+                    parts.append(TableRows(t, ins_t, del_t, TABLE_BY_NAME[t].event))
             if parts:
-                by_conn.setdefault(conn_id, []).append(QuerySetUpdate(qs_id, parts))
+                set_key = tuple(parts_key)
+                update = shared_sets.get(set_key)
+                if update is None:
+                    update = shared_sets[set_key] = QuerySetUpdate(qs_id, tuple(parts))
+                by_conn.setdefault(conn_id, []).append(update)
         if reply is not None:
             conn, request_id, ret = reply
             self._send(conn, offset, ReducerResult(request_id, offset, ReducerOk(ret, tuple(by_conn.pop(conn.conn_id,
                                                                                                          [])))))
+        shared: dict[tuple[int, ...], tuple[TransactionUpdate, int | None]] = {}
         for conn_id, updates in by_conn.items():
             target = self.conns.get(conn_id)
-            if target is not None:
-                self._send(target, offset, TransactionUpdate(offset, tuple(updates)))
+            if target is None:
+                continue
+            ids = tuple(map(id, updates))
+            hit = shared.get(ids)
+            if hit is None:
+                message = TransactionUpdate(offset, tuple(updates))
+                try:
+                    size: int | None = self._fits(message)
+                except SyncError:  # _send closes each receiver with the error (policy)
+                    size = None
+                hit = shared[ids] = (message, size)
+            self._send(target, offset, hit[0], hit[1])
 
     def _shape_candidates(self, table: str, inserts: list[Row], deletes: list[Row]
                           ) -> Iterator[tuple[Shape, list[Row], list[Row]]]:
@@ -695,6 +735,7 @@ class Engine:
         return conn is not None and bool(conn.outbound) and (
             not conn.confirmed or conn.outbound[0].offset <= self.durable)
 
+    @contracts.hot
     @icontract.require(lambda self, conn_id: self.releasable(conn_id), "only a released message may be delivered")
     def pop(self, conn_id: int) -> Outbound:
         conn = self.conns[conn_id]
@@ -706,6 +747,7 @@ class Engine:
         conn = self.conns.get(conn_id)
         return conn.sizes[0] if conn is not None and conn.sizes else 0
 
+    @contracts.hot
     @icontract.ensure(lambda result: all(b.offset == a.offset + 1 and b.prev_hash == a.hash
                                          for a, b in itertools.pairwise(result)),
                       "records come out consecutive and chained")
@@ -713,6 +755,7 @@ class Engine:
         out, self.pending_records = self.pending_records, []
         return out
 
+    @contracts.hot
     @icontract.require(lambda self, offset: offset <= self.committed, "nothing past the last commit is durable")
     @icontract.snapshot(lambda self: self.durable, name="durable")
     @icontract.ensure(lambda self, OLD: self.durable >= OLD.durable, "the durable offset never moves back")
@@ -723,6 +766,7 @@ class Engine:
     # --- recovery ---------------------------------------------------------------------------------
 
     @classmethod
+    @contracts.hot
     @icontract.ensure(lambda clean, result: result.durable == result.committed - (0 if clean else 1),
                       "everything loaded is durable; only an unclean restart's recovery transaction is not yet")
     @icontract.ensure(lambda result: _indexes_consistent(result.db), enabled=icontract.SLOW)
