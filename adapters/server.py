@@ -62,7 +62,14 @@ from adapters import satsjson, wire
 from adapters.auth import MAX_TOKEN_CHARS, AuthConfig, Authenticator, AuthError, KeyStore, Verified
 from adapters.bsatn import BsatnError
 from adapters.guard import LISTEN_BACKLOG, ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
-from adapters.observe import COUNT_BOUNDS, LATENCY_BOUNDS_S, CommitClock, FastHistogram, StateCollector
+from adapters.observe import (
+    COUNT_BOUNDS,
+    LATENCY_BOUNDS_S,
+    CommitClock,
+    FastHistogram,
+    SendCounts,
+    StateCollector,
+)
 from reference.durability import GroupCommitWriter, LogStore, restart, shutdown
 from reference.engine import Engine, InternalError, limit_exceeded, safe_text
 from reference.log import TxRecord
@@ -96,6 +103,17 @@ BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this ma
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 BODY_CACHE_ITEMS = 512  # ... and at most this many of them
 DELIVERED = (m.TransactionUpdate, m.ReducerResult)  # messages whose commit-to-delivery time is measured
+
+
+def _cannot_block(transport: asyncio.BaseTransport, size: int) -> bool:
+    """Whether writing ``size`` more bytes leaves the transport unpaused, so that aiohttp's
+    send returns without waiting for the peer (its drain waits only while the protocol is
+    paused: from the high-water mark down to the low one).  Then no send timer is needed."""
+    if not isinstance(transport, asyncio.WriteTransport):
+        return False
+    buffered = transport.get_write_buffer_size()
+    low, high = transport.get_write_buffer_limits()
+    return buffered <= low and buffered + size <= high
 
 
 class _Encoded:
@@ -234,10 +252,8 @@ class Metrics:
         self.committed = prom.Gauge("syncref_committed_offset", "Last committed tx_offset", registry=r)
         self.durable = prom.Gauge("syncref_durable_offset", "Last durable tx_offset", registry=r)
         self.messages_in = prom.Counter("syncref_client_messages", "Client messages by kind", ["kind"], registry=r)
-        self.messages_out = prom.Counter("syncref_server_messages", "Server messages by kind", ["kind"], registry=r)
-        self.frames_out = prom.Counter("syncref_frames_sent", "WebSocket frames sent", registry=r)
-        self.bytes_out = prom.Counter("syncref_bytes_sent", "Bytes of frames sent", registry=r)
-        self.encode_hits = prom.Counter("syncref_encode_cache_hits", "Messages whose bytes were shared", registry=r)
+        self.sends = SendCounts()  # syncref_server_messages, _encode_cache_hits, _frames_sent, _bytes_sent
+        r.register(self.sends)
         self.http = prom.Counter("syncref_http_requests", "HTTP requests by route and status", ["route", "status"],
                                  registry=r)
         self.internal = prom.Counter("syncref_internal_errors", "Failures inside the server (rolled back)", ["where"],
@@ -265,14 +281,6 @@ class Metrics:
         self.slow_consumers = prom.Counter("syncref_slow_consumer_disconnects",
                                            "Connections dropped as slow consumers (queue or bytes past the bound, or a "
                                            "frame not taken within send_timeout_s)", registry=r)
-        self._out: dict[str, Any] = {}
-
-    def out_kind(self, kind: str) -> Any:
-        """The ``syncref_server_messages`` child for ``kind`` (resolved once, not per message)."""
-        child = self._out.get(kind)
-        if child is None:
-            child = self._out[kind] = self.messages_out.labels(kind)
-        return child
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +331,7 @@ class SyncServer:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
         self._commits = CommitClock()
+        self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
         self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
         self._last_now = 0
@@ -1051,7 +1060,10 @@ class SyncServer:
         engine = self.engine
         now = self._tick()
         kind = type(msg).__name__
-        self.metrics.messages_in.labels(kind).inc()
+        counter = self._in_kinds.get(kind)
+        if counter is None:
+            counter = self._in_kinds[kind] = self.metrics.messages_in.labels(kind)
+        counter.inc()
         if isinstance(msg, wire.OneOffQuery):
             engine.one_off(s.conn_id, msg.request_id, msg.query_string)
             return
@@ -1083,7 +1095,7 @@ class SyncServer:
         object, so the encoded body is found by identity (no hashing of rows); other messages
         (snapshots, errors) are looked up by value.  The entry also keeps the body's framed forms
         per compression, so a v2 frame is compressed once for all its receivers."""
-        self.metrics.out_kind(type(message).__name__).inc()
+        self.metrics.sends.message(type(message).__name__)
         if isinstance(message, m.ReducerResult):
             ts = s.call_ts.pop(message.request_id, self._last_now)
             return wire.encode_server(wire.to_wire(message, timestamp=ts, cache=self._rows)), None
@@ -1091,7 +1103,7 @@ class SyncServer:
         entry = self._bodies.get(key)
         if entry is not None and (entry.message is message or not isinstance(key, int)):
             self._bodies.move_to_end(key)
-            self.metrics.encode_hits.inc()
+            self.metrics.sends.encode_hits += 1
             return entry.body, entry
         body = wire.encode_server(wire.to_wire(message, cache=self._rows))
         if len(body) > BODY_CACHE_ITEM_BYTES:  # a large body is not kept: it would pin memory
@@ -1118,7 +1130,6 @@ class SyncServer:
     async def _sender(self, s: Session) -> None:
         engine = self.engine
         limits = self.config.limits
-        loop = asyncio.get_running_loop()
         turn = SEND_BATCH_V3 if s.version == 3 else SEND_BATCH
         while not s.closing:
             await s.wake.wait()
@@ -1156,13 +1167,16 @@ class SyncServer:
                     frames = [self._frame(b, e, s.compression) for b, e in zip(bodies, entries, strict=True)]
                 del bodies, entries
                 sent = sent_bytes = 0
+                transport = s.request.transport
                 try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
-                    async with asyncio.timeout(None) as deadline:
-                        for frame in frames:
-                            deadline.reschedule(loop.time() + limits.send_timeout_s)
+                    for frame in frames:
+                        if transport is not None and _cannot_block(transport, len(frame)):
                             await s.ws.send_bytes(frame)
-                            sent += 1
-                            sent_bytes += len(frame)
+                        else:
+                            async with asyncio.timeout(limits.send_timeout_s):
+                                await s.ws.send_bytes(frame)
+                        sent += 1
+                        sent_bytes += len(frame)
                 except TimeoutError:
                     self.metrics.refused.labels("send_timeout_s").inc()
                     self._tick()
@@ -1170,8 +1184,8 @@ class SyncServer:
                     self._pump()
                     return
                 finally:
-                    self.metrics.frames_out.inc(sent)
-                    self.metrics.bytes_out.inc(sent_bytes)
+                    self.metrics.sends.frames += sent
+                    self.metrics.sends.bytes += sent_bytes
                 del frames
                 await asyncio.sleep(0)  # others' turn before this connection's next batch
 

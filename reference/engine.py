@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -617,10 +617,18 @@ class Engine:
         self._drain_disconnects()
 
     def _fanout(self, tx: Txn, offset: int, reply: tuple[Connection, int, int | None] | None) -> None:
-        # per table, per shape: match the delta once
-        per_client: dict[tuple[int, int], dict[str, tuple[dict[Row, None], dict[Row, None]]]] = {}
+        """Match the delta once per shape, filter it per subscriber, queue one update per client.
+
+        Subscribers that see the same rows under the same query set id get the *same* objects
+        (one ``TableRows``, one ``QuerySetUpdate``, one ``TransactionUpdate``, measured once):
+        the I/O layer finds the encoded bytes by identity and sends them to all of them.  A
+        subscriber that may read every matched row shares the shape's own tuples; keys are row
+        and tuple identities, all alive until the fanout ends."""
+        # (conn, qs) -> [(table, visible inserts, visible deletes)], one entry per matching shape
+        per_client: dict[tuple[int, int], list[tuple[str, tuple[Row, ...], tuple[Row, ...]]]] = {}
         touched = set(tx.deletes) | set(tx.inserts) | set(tx.events)
         order: dict[int, int] = {}
+        owner = self._owner
         for table in touched:
             inserts = tx.inserts.get(table, []) + tx.events.get(table, [])
             deletes = tx.deletes.get(table, [])
@@ -629,40 +637,45 @@ class Engine:
             for shape, ins_rows, del_rows in self._shape_candidates(table, inserts, deletes):
                 probe = shape.probe or shape.query
                 self.match_checks += len(ins_rows) + len(del_rows)
-                ins = [row for row in ins_rows if q.matches(probe, row)]
-                dels = [row for row in del_rows if q.matches(probe, row)]
+                # rows equal by value count once (as a set of rows would)
+                ins = tuple(dict.fromkeys(row for row in ins_rows if q.matches(probe, row)))
+                dels = tuple(dict.fromkeys(row for row in del_rows if q.matches(probe, row)))
                 if not ins and not dels:
                     continue
                 for key in shape.subscribers:
                     claims = self.conns[key[0]].claims
-                    bucket = per_client.setdefault(key, {}).setdefault(table, ({}, {}))
-                    for row in ins:
-                        if can_read(claims, row, self._owner):
-                            bucket[0][row] = None
-                    for row in dels:
-                        if can_read(claims, row, self._owner):
-                            bucket[1][row] = None
-        by_conn: dict[int, list[QuerySetUpdate]] = {}
-        def in_tx_order(rows: dict[Row, None]) -> tuple[Row, ...]:
-            if len(rows) == 1:
-                return tuple(rows)
-            return tuple(sorted(rows, key=lambda row: order[id(row)]))
+                    seen_ins = [can_read(claims, row, owner) for row in ins]
+                    seen_dels = [can_read(claims, row, owner) for row in dels]
+                    per_client.setdefault(key, []).append((
+                        table,
+                        ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
+                        dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels))))
 
-        # Subscribers that see the same rows under the same query set id get the *same* objects
-        # (one QuerySetUpdate, one TransactionUpdate, measured once): the I/O layer then finds
-        # the encoded bytes by identity and sends them to all of them (encode once per update).
-        # Keys are row identities: every row here is alive until the fanout ends.
-        shared_sets: dict[tuple[object, ...], QuerySetUpdate] = {}
+        def in_tx_order(rows: Iterable[Row]) -> tuple[Row, ...]:
+            return tuple(sorted(dict.fromkeys(rows), key=lambda row: order[id(row)]))
+
+        by_conn: dict[int, list[QuerySetUpdate]] = {}
+        shared_rows: dict[tuple[str, int, int], TableRows] = {}
+        shared_sets: dict[tuple[int, ...], QuerySetUpdate] = {}
         for (conn_id, qs_id) in sorted(per_client):
-            parts_key: list[object] = [qs_id]
+            found = per_client[(conn_id, qs_id)]
+            if len(found) > 1:  # several shapes of one query set matched: merge them per table
+                merged: dict[str, tuple[list[Row], list[Row]]] = {}
+                for t, i, d in found:
+                    both = merged.setdefault(t, ([], []))
+                    both[0].extend(i)
+                    both[1].extend(d)
+                found = [(t, in_tx_order(i), in_tx_order(d)) for t, (i, d) in merged.items()]
             parts: list[TableRows] = []
-            for t, (i, d) in sorted(per_client[(conn_id, qs_id)].items()):
+            for t, i, d in sorted(found, key=lambda part: part[0]):
                 if i or d:
-                    ins_t, del_t = in_tx_order(i), in_tx_order(d)
-                    parts_key.append((t, tuple(map(id, ins_t)), tuple(map(id, del_t))))
-                    parts.append(TableRows(t, ins_t, del_t, TABLE_BY_NAME[t].event))
+                    rows_key = (t, id(i), id(d))
+                    part = shared_rows.get(rows_key)
+                    if part is None:
+                        part = shared_rows[rows_key] = TableRows(t, i, d, TABLE_BY_NAME[t].event)
+                    parts.append(part)
             if parts:
-                set_key = tuple(parts_key)
+                set_key = (qs_id, *map(id, parts))
                 update = shared_sets.get(set_key)
                 if update is None:
                     update = shared_sets[set_key] = QuerySetUpdate(qs_id, tuple(parts))
