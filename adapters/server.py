@@ -331,6 +331,7 @@ class SyncServer:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
         self._commits = CommitClock()
+        self._wake_scheduled = False  # a wake of the commit-log writer is scheduled for this iteration
         self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
         self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
@@ -565,7 +566,12 @@ class SyncServer:
         if records:
             assert self._writer is not None
             try:
-                self._writer.append(records)
+                # queued now, the writer woken once at the end of this loop iteration: the commits
+                # of one iteration (several connections' calls) share a wakeup and a COMMIT
+                self._writer.append(records, wake=False)
+                if not self._wake_scheduled and self._loop is not None:
+                    self._wake_scheduled = True
+                    self._loop.call_soon(self._wake_writer)
             except Exception as exc:
                 # Records the writer refuses can never become durable: nothing more may be
                 # acknowledged.  Fail as a write failure does (503s, closes, serve exits 1) rather
@@ -579,6 +585,11 @@ class SyncServer:
         if checks > self._match_checks:
             self.metrics.match_checks.inc(checks - self._match_checks)
         self._match_checks = checks
+
+    def _wake_writer(self) -> None:
+        self._wake_scheduled = False
+        if self._writer is not None:
+            self._writer.wake()
 
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():
