@@ -47,6 +47,7 @@ import json
 import logging
 import re
 import secrets
+import struct
 import sys
 import time
 from collections import OrderedDict, deque
@@ -120,13 +121,25 @@ class _Encoded:
     """One entry of the encode-once cache: the message (kept alive, so its id is not reused
     while the entry lives), its BSATN body and its v2 frames by compression."""
 
-    __slots__ = ("body", "frames", "message", "nbytes")
+    __slots__ = ("body", "frames", "message", "nbytes", "wire")
 
     def __init__(self, message: m.ServerMessage, body: bytes) -> None:
         self.message = message
         self.body = body
         self.frames: dict[wire.Compression, bytes] = {}
+        self.wire: dict[wire.Compression, bytes] = {}  # the frames as whole WebSocket frames
         self.nbytes = len(body)
+
+
+def ws_binary_frame(payload: bytes) -> bytes:
+    """An unmasked, final WebSocket binary frame carrying ``payload`` (RFC 6455 §5.2: a server
+    never masks; lengths over 125 take a 16-bit, over 65535 a 64-bit extended length)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x82, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x82, 126, n) + payload
+    return struct.pack("!BBQ", 0x82, 127, n) + payload
 
 
 MIB = 1024 * 1024
@@ -314,6 +327,8 @@ class Session:
         self.reader: asyncio.Task[None] | None = None
         self.closers: list[asyncio.Future[None]] = []  # closes the engine asked for; awaited, never cancelled
         self.undurable: deque[int] = deque()  # offsets of this connection's commits not yet durable
+        self.busy = False  # its sender task is writing a turn: the pump does not write directly
+        self.broken = False  # a message could not be sent (over the bound): closing, nothing more goes out
 
 
 class SyncServer:
@@ -331,7 +346,7 @@ class SyncServer:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
         self._commits = CommitClock()
-        self._wake_scheduled = False  # a wake of the commit-log writer is scheduled for this iteration
+        self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
         self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
         self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
@@ -569,27 +584,35 @@ class SyncServer:
                 # queued now, the writer woken once at the end of this loop iteration: the commits
                 # of one iteration (several connections' calls) share a wakeup and a COMMIT
                 self._writer.append(records, wake=False)
-                if not self._wake_scheduled and self._loop is not None:
-                    self._wake_scheduled = True
-                    self._loop.call_soon(self._wake_writer)
             except Exception as exc:
                 # Records the writer refuses can never become durable: nothing more may be
                 # acknowledged.  Fail as a write failure does (503s, closes, serve exits 1) rather
                 # than leave every later call waiting forever.
                 self._writer_refused(exc)
-        for s in self.sessions.values():
-            if s.side or engine.releasable(s.conn_id):
-                s.wake.set()
+        if not self._deliver_scheduled and self._loop is not None:
+            self._deliver_scheduled = True
+            self._loop.call_soon(self._deliver)
         self._metrics_offsets()
         checks = engine.match_checks
         if checks > self._match_checks:
             self.metrics.match_checks.inc(checks - self._match_checks)
         self._match_checks = checks
 
-    def _wake_writer(self) -> None:
-        self._wake_scheduled = False
+    def _deliver(self) -> None:
+        """Once per loop iteration in which the engine moved: wake the commit-log writer for the
+        records queued (the commits of the iteration share a wakeup and a COMMIT), and send
+        what each connection may now receive -- written directly while its socket takes it
+        (:meth:`_write_now`), else by its sender task.  Deferring this to the end of the
+        iteration lets a v3 connection's replies to one frame go out in one frame."""
+        self._deliver_scheduled = False
         if self._writer is not None:
             self._writer.wake()
+        engine = self._engine
+        if engine is None:
+            return
+        for s in list(self.sessions.values()):
+            if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
+                s.wake.set()
 
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():
@@ -959,7 +982,9 @@ class SyncServer:
         self.metrics.connects.labels(chosen).inc()
         first = wire.encode_server(wire.InitialConnection(verified.claims.identity, connection_id, caller.token))
         try:
+            s.busy = True  # InitialConnection goes first
             await ws.send_bytes(wire.frame_server(first, compression))
+            s.busy = False
             s.tasks = [asyncio.create_task(self._sender(s)), asyncio.create_task(self._processor(s)),
                        asyncio.create_task(self._keepalive(s))]
             if expires is not None:
@@ -1138,66 +1163,115 @@ class SyncServer:
             self._body_bytes += len(frame)
         return frame
 
+    def _turn(self, s: Session) -> list[tuple[bytes, _Encoded | None]] | None:
+        """Take one turn's messages off the connection's queue, encoded and framed: at most
+        ``SEND_BATCH`` (v3: ``SEND_BATCH_V3``) messages and V3_SOFT_CAP bytes (one larger message
+        goes alone).  v3 puts the whole turn in one frame: a subscriber that lags behind gets
+        fewer, larger frames, and its queue drains a turn at a time.  Each frame comes with its
+        cache entry when it is a shared v2 frame.  None: a message was over the one-message
+        bound; the connection is being closed (``broken``) and nothing more is sent to it."""
+        engine = self.engine
+        turn = SEND_BATCH_V3 if s.version == 3 else SEND_BATCH
+        bodies: list[bytes] = []
+        entries: list[_Encoded | None] = []
+        size = 0
+        while s.side and len(bodies) < turn:
+            bodies.append(s.side.popleft())
+            entries.append(None)
+            size += len(bodies[-1])
+        commits = self._commits
+        latency = self.metrics.fanout_latency
+        now = time.monotonic()
+        while (engine.releasable(s.conn_id) and len(bodies) < turn
+               and (not bodies or size + engine.next_size(s.conn_id) <= wire.V3_SOFT_CAP)):
+            out = engine.pop(s.conn_id)
+            body, entry = self._encode(s, out.message)
+            if len(body) > self.config.limits.max_outbound_message_bytes:  # never sent undecodable
+                self.metrics.internal.labels("oversize").inc()
+                s.broken = True
+                s.closers.append(asyncio.ensure_future(self._close(
+                    s, m.CLOSE_PROTOCOL, f"internal error: a {len(body)}-byte message is over "
+                    "max_outbound_message_bytes", "internal")))
+                return None
+            bodies.append(body)
+            entries.append(entry)
+            size += len(body)
+            if isinstance(out.message, DELIVERED):
+                committed_at = commits.at(out.offset)
+                if committed_at is not None:
+                    latency.observe(now - committed_at)
+        if s.version == 3:
+            return [(wire.frame_server(b, s.compression), None) for b in wire.batch_v3(bodies)]
+        return [(self._frame(b, e, s.compression), e) for b, e in zip(bodies, entries, strict=True)]
+
+    def _write_now(self, s: Session) -> bool:
+        """Send the connection's released messages from here, without waking its sender task,
+        while the socket takes everything at once (nothing is waiting in the transport's
+        buffer).  Writes whole WebSocket frames to the transport, in order with everything the
+        sender task wrote before.  True when nothing is left to send; False when the sender
+        task must take over (the peer is not keeping up, or the connection is closing)."""
+        engine = self.engine
+        transport = s.request.transport
+        sends = self.metrics.sends
+        while s.side or engine.releasable(s.conn_id):
+            if (s.busy or s.closing or s.broken or s.ws.closed or transport is None or transport.is_closing()
+                    or transport.get_write_buffer_size()):
+                return False
+            frames = self._turn(s)
+            if frames is None:
+                return True
+            for frame, entry in frames:
+                transport.write(self._wire_frame(frame, entry, s.compression))
+                sends.frames += 1
+                sends.bytes += len(frame)
+        return True
+
+    def _wire_frame(self, frame: bytes, entry: _Encoded | None, compression: wire.Compression) -> bytes:
+        """``frame`` as a whole WebSocket binary frame (kept in the cache entry when shared)."""
+        if entry is None:
+            return ws_binary_frame(frame)
+        data = entry.wire.get(compression)
+        if data is None:
+            data = entry.wire[compression] = ws_binary_frame(frame)
+            entry.nbytes += len(data)
+            self._body_bytes += len(data)
+        return data
+
     async def _sender(self, s: Session) -> None:
         engine = self.engine
         limits = self.config.limits
-        turn = SEND_BATCH_V3 if s.version == 3 else SEND_BATCH
         while not s.closing:
             await s.wake.wait()
             s.wake.clear()
-            while not s.closing and (s.side or engine.releasable(s.conn_id)):
-                # One turn: at most `turn` messages and V3_SOFT_CAP bytes (one larger message goes
-                # alone).  v3 puts the whole turn in one frame: a subscriber that lags behind gets
-                # fewer, larger frames, and its queue drains a turn at a time.
-                bodies: list[bytes] = []
-                entries: list[_Encoded | None] = []
-                size = 0
-                while s.side and len(bodies) < turn:
-                    bodies.append(s.side.popleft())
-                    entries.append(None)
-                    size += len(bodies[-1])
-                while (engine.releasable(s.conn_id) and len(bodies) < turn
-                       and (not bodies or size + engine.next_size(s.conn_id) <= wire.V3_SOFT_CAP)):
-                    out = engine.pop(s.conn_id)
-                    body, entry = self._encode(s, out.message)
-                    if len(body) > limits.max_outbound_message_bytes:  # never sent undecodable
-                        self.metrics.internal.labels("oversize").inc()
-                        await self._close(s, m.CLOSE_PROTOCOL, f"internal error: a {len(body)}-byte message is over "
-                                          "max_outbound_message_bytes", "internal")
+            while not s.closing and not s.broken and (s.side or engine.releasable(s.conn_id)):
+                s.busy = True  # the pump's direct writes wait until this turn's frames are written
+                try:
+                    frames = self._turn(s)
+                    if frames is None:
                         return
-                    bodies.append(body)
-                    entries.append(entry)
-                    size += len(body)
-                    if isinstance(out.message, DELIVERED):
-                        committed_at = self._commits.at(out.offset)
-                        if committed_at is not None:
-                            self.metrics.fanout_latency.observe(time.monotonic() - committed_at)
-                if s.version == 3:
-                    frames = [wire.frame_server(b, s.compression) for b in wire.batch_v3(bodies)]
-                else:
-                    frames = [self._frame(b, e, s.compression) for b, e in zip(bodies, entries, strict=True)]
-                del bodies, entries
-                sent = sent_bytes = 0
-                transport = s.request.transport
-                try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
-                    for frame in frames:
-                        if transport is not None and _cannot_block(transport, len(frame)):
-                            await s.ws.send_bytes(frame)
-                        else:
-                            async with asyncio.timeout(limits.send_timeout_s):
+                    sent = sent_bytes = 0
+                    transport = s.request.transport
+                    try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
+                        for frame, _entry in frames:
+                            if transport is not None and _cannot_block(transport, len(frame)):
                                 await s.ws.send_bytes(frame)
-                        sent += 1
-                        sent_bytes += len(frame)
-                except TimeoutError:
-                    self.metrics.refused.labels("send_timeout_s").inc()
-                    self._tick()
-                    engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
-                    self._pump()
-                    return
+                            else:
+                                async with asyncio.timeout(limits.send_timeout_s):
+                                    await s.ws.send_bytes(frame)
+                            sent += 1
+                            sent_bytes += len(frame)
+                    except TimeoutError:
+                        self.metrics.refused.labels("send_timeout_s").inc()
+                        self._tick()
+                        engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
+                        self._pump()
+                        return
+                    finally:
+                        self.metrics.sends.frames += sent
+                        self.metrics.sends.bytes += sent_bytes
+                    del frames
                 finally:
-                    self.metrics.sends.frames += sent
-                    self.metrics.sends.bytes += sent_bytes
-                del frames
+                    s.busy = False
                 await asyncio.sleep(0)  # others' turn before this connection's next batch
 
     async def _keepalive(self, s: Session) -> None:

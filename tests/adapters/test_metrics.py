@@ -228,3 +228,32 @@ def wire_rows(table: wire.TableUpdate) -> list[Any]:
         assert isinstance(part, wire.PersistentTableRows)
         rows.extend(rows_of(table.table_name, part.inserts))
     return rows
+
+
+@pytest.mark.parametrize("pad", [10, 200, 70_000])  # WebSocket payload lengths of 7, 16 and 64 bits
+def test_frames_written_directly_decode_at_every_length(st: ServerThread, pad: int) -> None:
+    """Updates written straight to the transport (the pump's direct path) are well-formed
+    WebSocket frames whatever their length, byte-identical for every subscriber."""
+    from adapters.server import ws_binary_frame
+
+    for n in (0, 125, 126, 65535, 65536):  # the header's length forms at their boundaries
+        frame = ws_binary_frame(b"x" * n)
+        assert frame[0] == 0x82 and frame.endswith(b"x" * n)
+        assert len(frame) - n == (2 if n < 126 else 4 if n < 65536 else 10)
+    tok = st.token()
+    subs = [WireClient(st, tok) for _ in range(3)]
+    for c in subs:
+        assert isinstance(c.subscribe(1, SUB), wire.SubscribeApplied)
+        c.frames.clear()
+    payload = json.dumps({"pad": "p" * pad})
+    for i in range(3):
+        assert call_http(st, tok, "append_sync_event", [S, f"d{i}", payload, {"none": []}, {"none": []}]).status == 200
+    for c in subs:
+        for i in range(3):
+            update = c.recv()
+            assert isinstance(update, wire.TransactionUpdate)
+            (event,) = wire_rows(update.query_sets[0].tables[0])
+            assert event.seq == i + 1 and json.loads(event.payload) == {"pad": "p" * pad}
+    assert all(c.frames == subs[0].frames for c in subs)
+    for c in subs:
+        c.close()
