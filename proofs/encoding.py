@@ -119,6 +119,8 @@ H = z3.Function("H", z3.IntSort(), z3.IntSort())
 """payload -> hash (sha256 of the canonical text, interned)."""
 CANON = z3.Function("Canon", z3.IntSort(), z3.BoolSort())
 """payload -> is it canonical JSON."""
+ADVERTISES = z3.Function("Advertises", z3.IntSort(), z3.IntSort(), z3.BoolSort())
+"""(interned nip90_kinds list, job kind) -> does the list contain the kind."""
 
 # --- rows -------------------------------------------------------------------------------------------------
 
@@ -185,7 +187,7 @@ class Provider(Record):
 
 @dataclass(frozen=True)
 class Assignment(Record):
-    GUARDS: ClassVar[dict[str, str]] = {"provider": "has_provider", "result": "has_result"}
+    GUARDS: ClassVar[dict[str, str]] = {"provider": "has_provider", "owner": "has_owner", "result": "has_result"}
     used: ZBool
     requester: ZInt
     job_kind: ZInt
@@ -193,6 +195,8 @@ class Assignment(Record):
     hash: ZInt
     has_provider: ZBool
     provider: ZInt
+    has_owner: ZBool
+    owner: ZInt  # provider_owner
     status: ZInt
     has_result: ZBool
     result: ZInt
@@ -469,7 +473,8 @@ class OpenAct(Record):
 
 @dataclass(frozen=True)
 class UpdateAct(Record):
-    GUARDS: ClassVar[dict[str, str]] = {"provider": "has_provider", "result": "has_result"}
+    GUARDS: ClassVar[dict[str, str]] = {"provider": "has_provider", "prov_slot": "has_provider",
+                                        "result": "has_result"}
     request: ZInt
     caller: ZInt
     s_request: ZBool  # compute.request
@@ -480,6 +485,7 @@ class UpdateAct(Record):
     status: ZInt
     has_provider: ZBool
     provider: ZInt
+    prov_slot: ZInt  # the provider table slot provider_id names (-1: none of the pooled ids)
     has_result: ZBool
     result: ZInt  # the canonical result
     result_err: ZInt  # 0, or non_canonical_payload for the result
@@ -795,7 +801,8 @@ def t_open(pre: Db, a: OpenAct, post: Db, r: Result, d: Delta, pol: Policy, bug:
             (z3.And(old.used, z3.Not(z3.And(old.hash == digest, old.job_kind == a.job_kind))),
              code(ErrorCode.IDEMPOTENCY_CONFLICT)),
         ])
-        new = Assignment(True, a.caller, a.job_kind, a.canon, digest, False, 0, A_STATUS["open"], False, 0, 1)
+        new = Assignment(True, a.caller, a.job_kind, a.canon, digest, False, 0, False, 0, A_STATUS["open"], False, 0,
+                         1)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(old.used)),
             z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
@@ -830,6 +837,12 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
     def at(i: int) -> ZBool:
         old = pre.assignments[i]
         assigned = a.status == A_STATUS["assigned"]
+        exists = z3.Or([z3.And(a.prov_slot == k, p.used) for k, p in enumerate(pre.providers)])
+        p_status = pick([p.status for p in pre.providers], a.prov_slot)
+        p_kinds = pick([p.kinds for p in pre.providers], a.prov_slot)
+        p_owner = pick([p.owner for p in pre.providers], a.prov_slot)
+        unavailable = z3.And(assigned, z3.Or(z3.Not(exists), p_status != PROV_STATUS["active"],
+                                             z3.Not(ADVERTISES(p_kinds, old.job_kind))))
         err = first_error([
             (z3.Not(z3.Or(a.s_request, a.s_assign, a.s_execute)), MS),
             (z3.Or(a.arg_err != OK_CODE, z3.Not(one_of(a.status, A_STATUS.values()))), IA),
@@ -842,9 +855,11 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
             (z3.Not(_may_take(a, old)), FORBIDDEN),
             (z3.And(z3.Not(assigned), a.has_provider,
                     z3.Not(z3.And(old.has_provider, old.provider == a.provider))), IA),
+            (unavailable, code(ErrorCode.PROVIDER_UNAVAILABLE)),
         ])
         new = Assignment(True, old.requester, old.job_kind, old.request, old.hash,
                          z3.If(assigned, True, old.has_provider), z3.If(assigned, a.provider, old.provider),
+                         z3.If(assigned, True, old.has_owner), z3.If(assigned, p_owner, old.owner),
                          a.status, a.has_result, a.result,
                          old.version + (0 if bug == "assignment_version_not_bumped" else 1))
         return z3.And(z3.Not(r.has_ret), z3.If(
@@ -853,7 +868,7 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
                    frame(pre, post, {f"assignment{i}"}), no_delta(d)),
             fail(pre, post, r, d, err)))
 
-    return z3.And(arg_err_ok("update", a.arg_err),
+    return z3.And(arg_err_ok("update", a.arg_err), z3.Implies(a.has_provider, in_range(a.prov_slot, -1, N)),
                   one_of(a.result_err, (OK_CODE, code(ErrorCode.NON_CANONICAL_PAYLOAD))),
                   z3.Implies(z3.And(a.has_result, a.result_err == OK_CODE), CANON(a.result)),
                   per_slot(a.request, N, at))

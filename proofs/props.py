@@ -119,7 +119,9 @@ def assign2(db: Db) -> ZBool:
     """ASSIGN-2."""
     named = tuple(A_STATUS[s] for s in ("assigned", "running", "completed", "failed"))
     return z3.And([z3.Implies(a.used, z3.And(one_of(a.status, A_STATUS.values()), a.version >= 1,
-                                             z3.Implies(one_of(a.status, named), a.has_provider)))
+                                             z3.Implies(one_of(a.status, named), z3.And(a.has_provider, a.has_owner)),
+                                             z3.Implies(a.status == A_STATUS["open"],
+                                                        z3.Not(z3.Or(a.has_provider, a.has_owner)))))
                    for a in db.assignments])
 
 

@@ -547,8 +547,8 @@ class ReadCase(Record):
     granted: ZBool  # the reader's grants cover the row's stream_id
     owner: ZBool  # the row's owner is the reader
     requester: ZBool  # the row's requester is the reader
-    provider_owner: ZBool  # the row names a provider whose owner is the reader
-    compute_scope: ZBool  # the reader holds compute.assign or compute.execute
+    provider_owner: ZBool  # the row's provider_owner is the reader
+    assign_scope: ZBool  # the reader holds compute.assign
     bridge_scope: ZBool  # the reader holds a bridge scope
     matches: ZBool  # the row matches the query
 
@@ -561,7 +561,7 @@ def _visibility(vis: Visibility, c: ReadCase) -> ZBool:
     if vis is Visibility.OWNER:
         return c.owner
     if vis is Visibility.COMPUTE:
-        return z3.Or(c.requester, c.compute_scope, c.provider_owner)
+        return z3.Or(c.requester, c.assign_scope, c.provider_owner)
     if vis is Visibility.BRIDGE:
         return c.bridge_scope
     raise KeyError(f"the encoding does not know visibility {vis}")
@@ -583,7 +583,7 @@ AUTH1_RULES: dict[str, str] = {
 
 def auth1_allowed(c: ReadCase) -> ZBool:
     rules = {"granted": c.granted, "owner": c.owner, "bridge": c.bridge_scope,
-             "compute": z3.Or(c.requester, c.provider_owner, c.compute_scope)}
+             "compute": z3.Or(c.requester, c.provider_owner, c.assign_scope)}
     return z3.And([z3.Implies(c.table == i, rules[AUTH1_RULES[t.name]]) for i, t in enumerate(TABLES)
                    if t.name in AUTH1_RULES])
 

@@ -53,7 +53,7 @@ from spec.values import Row
 
 DB_FILE = "syncref.sqlite3"
 LOCK_FILE = "syncref.lock"
-FORMAT = "1"
+FORMAT = "2"  # 2: the schema-2 row shapes of ADR-0003 (a format-1 log holds schema-1 rows)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commit_log (

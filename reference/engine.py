@@ -62,7 +62,7 @@ from spec.messages import (
 from spec.policy import DEFAULT_POLICY, Policy
 from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
 from spec.state import DbState
-from spec.values import ProviderCapability, Row, SyncStream, value_has_type
+from spec.values import Row, SyncStream, value_has_type
 
 
 def _model_view(db: Db) -> DbState:
@@ -211,7 +211,7 @@ class Engine:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
                                                       "sql": text})
         query = queries[0]
-        rows = [row for row in self._candidates(query) if q.matches(query, row) and can_read(claims, row, self._owner)]
+        rows = [row for row in self._candidates(query) if q.matches(query, row) and can_read(claims, row)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
     def one_off(self, conn_id: int, request_id: int, text: str) -> None:
@@ -298,10 +298,6 @@ class Engine:
             if not shape.subscribers:
                 del table_shapes[q.shape_key(query)]
 
-    def _owner(self, provider_id: str) -> str | None:
-        p = self.db.get("provider_capability", (provider_id,))
-        return p.owner if isinstance(p, ProviderCapability) else None
-
     def _candidates(self, query: q.Query) -> list[Row]:
         """Rows a snapshot must consider: a slice of one stream's log for a resume query."""
         if query.table == "sync_event":
@@ -321,7 +317,7 @@ class Engine:
                 continue
             bucket = out.setdefault(query.table, {})
             for row in self._candidates(query):
-                if q.matches(query, row) and can_read(claims, row, self._owner):
+                if q.matches(query, row) and can_read(claims, row):
                     bucket[row] = None
         return tuple(TableRows(t, tuple(rows)) for t, rows in out.items() if rows)
 
@@ -453,10 +449,10 @@ class Engine:
                     claims = self.conns[key[0]].claims
                     bucket = per_client.setdefault(key, {}).setdefault(table, ({}, {}))
                     for row in ins:
-                        if can_read(claims, row, self._owner):
+                        if can_read(claims, row):
                             bucket[0][row] = None
                     for row in dels:
-                        if can_read(claims, row, self._owner):
+                        if can_read(claims, row):
                             bucket[1][row] = None
         by_conn: dict[int, list[QuerySetUpdate]] = {}
         for (conn_id, qs_id) in sorted(per_client):

@@ -225,8 +225,8 @@ def open_compute_assignment(tx: Txn, x: Ctx, request_id: str, job_kind: int, req
     canon = canonicalize(request_json, "request_json")
     digest = payload_hash(canon)
     if old is None:
-        tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, "open", None, 1, x.now,
-                                    x.now))
+        tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, "open", None, 1,
+                                    x.now, x.now))
     elif old.request_hash != digest or old.job_kind != job_kind:
         raise _err(ErrorCode.IDEMPOTENCY_CONFLICT, existing_request_hash=old.request_hash, request_hash=digest,
                    request_id=request_id)
@@ -264,8 +264,24 @@ def update_compute_assignment(tx: Txn, x: Ctx, request_id: str, expected_version
         raise _err(ErrorCode.FORBIDDEN, request_id=request_id)
     if status != "assigned" and provider_id is not None and provider_id != old.provider_id:
         raise _err(ErrorCode.INVALID_ARGUMENT, argument="provider_id", message="only the assign edge sets the provider")
+    owner = old.provider_owner
+    if status == "assigned":
+        prov = tx.db.get("provider_capability", (provider_id,))
+        assert prov is None or isinstance(prov, ProviderCapability)
+        if prov is None:
+            reason = "missing"
+        elif prov.status != "active":
+            reason = "withdrawn"
+        elif old.job_kind not in prov.nip90_kinds:
+            reason = "kind_not_advertised"
+        else:
+            reason = ""
+        if reason:
+            raise _err(ErrorCode.PROVIDER_UNAVAILABLE, job_kind=old.job_kind, provider_id=provider_id, reason=reason)
+        assert prov is not None
+        owner = prov.owner
     tx.update(old, replace(old, status=status, provider_id=provider_id if status == "assigned" else old.provider_id,
-                           result=result, version=old.version + 1, updated_at=x.now))
+                           provider_owner=owner, result=result, version=old.version + 1, updated_at=x.now))
     return None
 
 

@@ -61,7 +61,7 @@ from spec.policy import DEFAULT_POLICY, Policy
 from spec.reducers import CallContext, Err, Ok, call, disconnect_sessions, unclean_restart, virtual_stream
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState, Delta
-from spec.values import Identity, ProviderCapability, Row, SyncEvent, SyncStream
+from spec.values import Identity, Row, SyncEvent, SyncStream
 
 STALE_REASONS: tuple[str, ...] = (
     "epoch_changed", "retention_floor_breach", "replay_budget_exceeded", "cursor_ahead_of_head",
@@ -249,12 +249,8 @@ class Server:
         conn.query_sets[msg.query_set_id] = tuple(queries)
         self._send(conn, self.committed, SubscribeApplied(msg.request_id, msg.query_set_id, rows))
 
-    def _provider_owner(self, provider_id: str) -> Identity | None:
-        p = self.db.find(ProviderCapability, lambda r: r.provider_id == provider_id)
-        return p.owner if p else None
-
     def _visible(self, claims: Claims, query: q.Query, rows: Iterable[Row]) -> list[Row]:
-        return [r for r in rows if q.matches(query, r) and can_read(claims, r, self._provider_owner)]
+        return [r for r in rows if q.matches(query, r) and can_read(claims, r)]
 
     def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:
         out: dict[str, list[Row]] = {}

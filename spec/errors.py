@@ -43,6 +43,7 @@ class ErrorCode(enum.StrEnum):
     VERSION_CONFLICT = "version_conflict"
     INVALID_TRANSITION = "invalid_transition"
     ASSIGNMENT_MISSING = "assignment_missing"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
     POLICY_DENIED = "policy_denied"
     BRIDGE_EVENT_CONFLICT = "bridge_event_conflict"
     BRIDGE_EVENT_MISSING = "bridge_event_missing"
@@ -74,6 +75,8 @@ CLIENT_ACTIONS: Mapping[ErrorCode, str] = {
     ErrorCode.VERSION_CONFLICT: "Re-read the row (actual_version) and retry the update if it still applies.",
     ErrorCode.INVALID_TRANSITION: "Do not retry; the assignment's status does not allow this transition.",
     ErrorCode.ASSIGNMENT_MISSING: "Open the assignment first (open_compute_assignment).",
+    ErrorCode.PROVIDER_UNAVAILABLE: "Do not retry unchanged; assign a provider that exists, is active and advertises "
+                                    "the job kind (details: job_kind, provider_id, reason).",
     ErrorCode.POLICY_DENIED: "Do not retry; the bridge policy does not allow this Nostr kind.",
     ErrorCode.BRIDGE_EVENT_CONFLICT: "Do not retry; the outbox row was already sent as another Nostr event.",
     ErrorCode.BRIDGE_EVENT_MISSING: "Enqueue the outbox row before marking it.",

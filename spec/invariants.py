@@ -110,7 +110,8 @@ CATALOG: tuple[Invariant, ...] = (
               "emitted them, never in a SubscribeApplied."),
     Invariant("AUTH-1", "trace", "No client receives a row it may not read: stream rows only for granted "
               "streams, checkpoints only by their owner, bridge rows only by bridge scopes, assignments "
-              "only by requester, provider owner or compute scopes."),
+              "only by their requester, their provider_owner or compute.assign holders (compute.execute alone "
+              "reads nothing)."),
     Invariant("AUTH-2", "call", "A reducer call without the required scope or stream grant fails with "
               "missing_scope / forbidden_stream before any other check and changes nothing."),
     Invariant("COMPAT-1", "call", "Compatibility negotiation applies its checks in the documented order; the "
@@ -122,7 +123,10 @@ CATALOG: tuple[Invariant, ...] = (
     Invariant("ASSIGN-1", "transition", "A compute assignment changes only along the transition table, bumping "
               "version by exactly 1; terminal rows never change."),
     Invariant("ASSIGN-2", "state", "Assignment status is valid and version >= 1; assigned, running, completed "
-              "and failed rows name a provider."),
+              "and failed rows name a provider and its owner (provider_owner); open rows name neither."),
+    Invariant("ASSIGN-3", "transition", "An assignment becomes assigned only naming a provider that exists, is "
+              "active and advertises the job kind in the state before, and records that provider's owner as "
+              "provider_owner; provider_id and provider_owner never change afterwards."),
     Invariant("BRIDGE-1", "state", "An outbox row is sent exactly when it has a nostr_event_id; failed rows have "
               "reached the maximum attempts; pending rows are below it."),
     Invariant("BRIDGE-2", "transition", "A sent outbox row never changes; attempts never decrease."),
@@ -244,8 +248,10 @@ def check_state(db: DbState, bridge_max_attempts: int = 5) -> list[Violation]:
                 or p.expires_at < p.last_seen:
             v.append(("PRES-1", f"presence {p.session_id}: {p.status}/{p.offline_reason}"))
     for a in db.of_type(ComputeAssignment):
+        named = a.status in ("assigned", "running", "completed", "failed")
         if a.status not in ASSIGNMENT_STATUSES or a.version < 1 or (
-                a.status in ("assigned", "running", "completed", "failed") and a.provider_id is None):
+                named and (a.provider_id is None or a.provider_owner is None)) or (
+                a.status == "open" and (a.provider_id, a.provider_owner) != (None, None)):
             v.append(("ASSIGN-2", f"assignment {a.request_id}: {a.status} v{a.version}"))
         if not is_canonical(a.request) or payload_hash(a.request) != a.request_hash or (
                 a.result is not None and not is_canonical(a.result)):
@@ -303,6 +309,12 @@ def check_transition(before: DbState, after: DbState) -> list[Violation]:
         if a.status in ASSIGNMENT_TERMINAL or (a.status, b.status) not in ASSIGNMENT_TRANSITIONS \
                 or b.version != a.version + 1:
             v.append(("ASSIGN-1", f"assignment {rid}: {a.status} v{a.version} -> {b.status} v{b.version}"))
+        if b.status == "assigned" and a.status != "assigned":
+            p = _by(before.of_type(ProviderCapability), "provider_id").get(b.provider_id)
+            if p is None or p.status != "active" or b.job_kind not in p.nip90_kinds or b.provider_owner != p.owner:
+                v.append(("ASSIGN-3", f"assignment {rid} assigned to {b.provider_id}: provider {p}"))
+        elif a.provider_id is not None and (a.provider_id, a.provider_owner) != (b.provider_id, b.provider_owner):
+            v.append(("ASSIGN-3", f"assignment {rid} changed its provider after the assign edge"))
     b0, b1 = _by(before.of_type(BridgeOutbox), "outbox_id"), _by(after.of_type(BridgeOutbox), "outbox_id")
     for oid, a in b0.items():
         b = b1.get(oid)

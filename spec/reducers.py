@@ -531,7 +531,7 @@ def open_compute_assignment(db: DbState, ctx: CallContext, request_id: str, job_
         raise _fail(ErrorCode.IDEMPOTENCY_CONFLICT, existing_request_hash=old.request_hash,
                     request_hash=digest, request_id=request_id)
     tx = Tx(db)
-    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, "open", None, 1,
+    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, "open", None, 1,
                                 ctx.now, ctx.now))
     return _ok(tx)
 
@@ -572,11 +572,27 @@ def update_compute_assignment(db: DbState, ctx: CallContext, request_id: str, ex
     if status != "assigned" and provider_id is not None and provider_id != old.provider_id:
         raise _fail(ErrorCode.INVALID_ARGUMENT, argument="provider_id",
                     message="only the assign edge sets the provider")
+    provider_owner = old.provider_owner
+    if status == "assigned":
+        assert provider_id is not None
+        provider_owner = _available_provider(db, provider_id, old.job_kind).owner
     new = replace(old, status=status, provider_id=provider_id if status == "assigned" else old.provider_id,
-                  result=result, version=old.version + 1, updated_at=ctx.now)
+                  provider_owner=provider_owner, result=result, version=old.version + 1, updated_at=ctx.now)
     tx = Tx(db)
     tx.update(old, new)
     return _ok(tx)
+
+
+def _available_provider(db: DbState, provider_id: str, job_kind: int) -> ProviderCapability:
+    """The provider an assignment may name: it exists, is ``active`` and advertises the job kind;
+    else ``provider_unavailable`` with the reason (``missing``, ``withdrawn``, ``kind_not_advertised``)."""
+    p = db.find(ProviderCapability, lambda r: r.provider_id == provider_id)
+    reason = ("missing" if p is None else "withdrawn" if p.status != "active"
+              else "kind_not_advertised" if job_kind not in p.nip90_kinds else None)
+    if reason is not None:
+        raise _fail(ErrorCode.PROVIDER_UNAVAILABLE, job_kind=job_kind, provider_id=provider_id, reason=reason)
+    assert p is not None
+    return p
 
 
 def _tags_ok(tags_json: str) -> str:

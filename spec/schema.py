@@ -37,7 +37,7 @@ from spec.values import (
     SyncStream,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PROTOCOL_VERSION = "oa.sync.v1"
 DEFAULT_DATABASE = "autopilot-sync"
 
@@ -48,7 +48,7 @@ class Visibility(enum.StrEnum):
     EVERYONE = "everyone"  # any connected identity (discovery data)
     STREAM_GRANT = "stream_grant"  # rows whose stream_id the caller was granted
     OWNER = "owner"  # the row's `owner` column equals the caller
-    COMPUTE = "compute"  # requester, the provider's owner, compute.assign/compute.execute holders
+    COMPUTE = "compute"  # the requester, the assigned provider's owner (provider_owner), compute.assign holders
     BRIDGE = "bridge"  # holders of a bridge scope
 
 
@@ -117,7 +117,8 @@ TABLES: tuple[Table, ...] = (
         visibility=Visibility.EVERYONE),
     _t("compute_assignment", ComputeAssignment, [
         ("request_id", STRING), ("requester", IDENTITY), ("job_kind", U32), ("request", STRING),
-        ("request_hash", STRING), ("provider_id", OptionT(STRING)), ("status", STRING),
+        ("request_hash", STRING), ("provider_id", OptionT(STRING)),
+        ("provider_owner", OptionT(IDENTITY)), ("status", STRING),
         ("result", OptionT(STRING)), ("version", U64), ("opened_at", TIMESTAMP),
         ("updated_at", TIMESTAMP)], ("request_id",), visibility=Visibility.COMPUTE),
     _t("bridge_outbox", BridgeOutbox, [

@@ -36,7 +36,7 @@ from spec.policy import DEFAULT_POLICY, Policy
 from spec.reducers import virtual_stream
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState
-from spec.values import ProviderCapability, Row, SyncEvent, SyncStream
+from spec.values import Row, SyncEvent, SyncStream
 
 if TYPE_CHECKING:
     from spec.client import Client
@@ -144,10 +144,6 @@ class Trace:
             return
         claims = client.claims
 
-        def owner(pid: str) -> str | None:
-            p = state.find(ProviderCapability, lambda r: r.provider_id == pid)
-            return p.owner if p else None
-
         def rows_of(parts: tuple[TableRows, ...]) -> list[Row]:
             return [r for t in parts for r in (*t.inserts, *t.deletes)]
 
@@ -191,7 +187,7 @@ class Trace:
                         mirror.rows[r] -= 1
                     mirror.rows.update(t.inserts)
         for r in delivered:
-            if not can_read(claims, r, owner):
+            if not can_read(claims, r):
                 self._v("AUTH-1", f"client {i} received {type(r).__name__} it may not read")
             if isinstance(r, SyncEvent):
                 self._see(r, f"client {i}")
@@ -212,7 +208,7 @@ class Trace:
                     if TABLE_BY_NAME[pq.table].event:
                         continue
                     for r in state.rows(pq.table):
-                        if q.matches(pq, r) and can_read(claims, r, owner):
+                        if q.matches(pq, r) and can_read(claims, r):
                             expected[r] = 1
             got = +mirror.rows
             if got != expected:

@@ -183,6 +183,7 @@ class ComputeAssignment:
     request: str
     request_hash: str
     provider_id: str | None
+    provider_owner: Identity | None
     status: str
     result: str | None
     version: int

@@ -47,6 +47,8 @@ SESSIONS = ("p1", "p2")
 PROVIDERS = ("prov1", "prov2")
 REQUESTS = ("r1", "r2")
 OUTBOXES = ("o1", "o2")
+JOB_KINDS = (5000, 5001)
+"""The job kinds the correspondence tests open assignments with (ADVERTISES is pinned on these)."""
 assert len(STREAMS) == E.S and len(CLIENTS) == E.C
 assert len(SESSIONS) == len(PROVIDERS) == len(REQUESTS) == len(OUTBOXES) == E.N
 
@@ -57,6 +59,7 @@ class Interner:
 
     ids: dict[object, int] = field(default_factory=dict)
     payloads: set[str] = field(default_factory=set)
+    kind_lists: set[tuple[int, ...]] = field(default_factory=set)
 
     def __call__(self, value: object) -> int:
         if value == ():
@@ -70,11 +73,18 @@ class Interner:
         self.payloads.add(canon)
         return self(canon)
 
+    def kinds(self, kinds: tuple[int, ...]) -> int:
+        """A nip90_kinds list: which job kinds it advertises gets pinned."""
+        self.kind_lists.add(kinds)
+        return self(kinds)
+
     def axioms(self) -> list[Any]:
         out = []
         for p in sorted(self.payloads):
             out.append(E.H(self(p)) == self(payload_hash(p)))
             out.append(E.CANON(self(p)) == is_canonical(p))
+        for kinds in sorted(self.kind_lists):
+            out += [E.ADVERTISES(self(kinds), k) == (k in kinds) for k in JOB_KINDS]
         return out
 
 
@@ -126,7 +136,8 @@ def db(i: Interner, d: DbState) -> E.Db:
     providers = []
     for pid in PROVIDERS:
         v = d.find(ProviderCapability, lambda x, pid=pid: x.provider_id == pid)  # type: ignore[misc]
-        providers.append(E.Provider(True, i(v.owner), i.payload(v.capability), i(v.capability_hash), i(v.nip90_kinds),
+        providers.append(E.Provider(True, i(v.owner), i.payload(v.capability), i(v.capability_hash),
+                                    i.kinds(v.nip90_kinds),
                                     v.price_hint_sats, E.PROV_STATUS[v.status], v.version) if v
                          else E.Provider(False, 0, 0, 0, 0, 0, 0, 0))
     assignments = []
@@ -134,9 +145,10 @@ def db(i: Interner, d: DbState) -> E.Db:
         a = d.find(ComputeAssignment, lambda x, rid=rid: x.request_id == rid)  # type: ignore[misc]
         assignments.append(E.Assignment(
             True, i(a.requester), a.job_kind, i.payload(a.request), i(a.request_hash), a.provider_id is not None,
-            0 if a.provider_id is None else i(a.provider_id), E.A_STATUS[a.status], a.result is not None,
+            0 if a.provider_id is None else i(a.provider_id), a.provider_owner is not None,
+            0 if a.provider_owner is None else i(a.provider_owner), E.A_STATUS[a.status], a.result is not None,
             0 if a.result is None else i.payload(a.result), a.version) if a
-            else E.Assignment(False, 0, 0, 0, 0, False, 0, 0, False, 0, 0))
+            else E.Assignment(False, 0, 0, 0, 0, False, 0, False, 0, 0, False, 0, 0))
     outbox = []
     for oid in OUTBOXES:
         b = d.find(BridgeOutbox, lambda x, oid=oid: x.outbox_id == oid)  # type: ignore[misc]
@@ -248,7 +260,7 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
         err = _first(_ids(pid), _canon(cap, canon),
                      lambda: IA if any(not 5000 <= k <= 5999 for k in kinds) else OK_CODE)
         return E.ProviderAct(PROVIDERS.index(pid), me, has_scope(claims, "provider.publish"), err,
-                             i.payload(canon[0]) if canon else 0, i(tuple(sorted(set(kinds)))), price,
+                             i.payload(canon[0]) if canon else 0, i.kinds(tuple(sorted(set(kinds)))), price,
                              E.PROV_STATUS.get(status, E.INVALID_ENUM))
     if reducer == "open_compute_assignment":
         rid, job_kind, request = args
@@ -264,7 +276,8 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
         return E.UpdateAct(REQUESTS.index(rid), me, has_scope(claims, "compute.request"),
                            has_scope(claims, "compute.assign"), has_scope(claims, "compute.execute"), err, expected,
                            E.A_STATUS.get(status, E.INVALID_ENUM), provider is not None,
-                           0 if provider is None else i(provider), result_json is not None,
+                           0 if provider is None else i(provider),
+                           PROVIDERS.index(provider) if provider in PROVIDERS else -1, result_json is not None,
                            i.payload(canon[0]) if canon else 0, result_err)
     if reducer == "enqueue_bridge_event":
         oid, source, kind, tags, content = args

@@ -261,6 +261,8 @@ def _guided(ch: Chooser, d: DbState, op: str, now: int, offset: int) -> DbState:
         rid = ch.choice(REQUESTS)
         row = d.find(ComputeAssignment, lambda r: r.request_id == rid)
         status, version = (row.status, row.version) if row else ("open", 1)
+        if d.find(ProviderCapability, lambda r: r.provider_id == "prov1") is None:
+            calls.append(("publish_provider_capability", ("prov1", '{"gpu":1}', (5000, 5001), 0, "active")))
         if row is None:
             calls.append(("open_compute_assignment", (rid, 5000, '{"v":1}')))
         for _ in range(ch.integer(1, 3)):

@@ -691,8 +691,9 @@ def _row_for(table: str, rng: random.Random, me: Claims) -> Any:
         "sync_checkpoint": lambda: SyncCheckpoint(f"d1|{sid}", "d1", sid, who, 1, 0, 0),
         "session_presence": lambda: SessionPresence("p1", who, "dev", "n", "online", "", 0, 1, None),
         "provider_capability": lambda: ProviderCapability("prov1", who, "{}", "h", (5000,), 0, "active", 1, 0),
-        "compute_assignment": lambda: ComputeAssignment("r1", who, 5000, "{}", "h",
-                                                        rng.choice([None, "prov1", "prov2"]), "open", None, 1, 0, 0),
+        "compute_assignment": lambda: ComputeAssignment("r1", who, 5000, "{}", "h", rng.choice([None, "prov1"]),
+                                                        rng.choice([None, me.identity, "9" * 64]), "open", None, 1,
+                                                        0, 0),
         "bridge_outbox": lambda: BridgeOutbox("o1", "src", 1, "[]", "c", "h", "pending", 0, None, None, (), 0, 0),
         "presence_signal": lambda: PresenceSignal("p1", who, "online", "", 0),
         "stream_signal": lambda: StreamSignal(sid, "typing", "{}", who, 0),
@@ -708,19 +709,17 @@ def test_row_filter_matches_the_model(table: str) -> None:
                                        "sync.subscribe") if rng.random() < 0.3)
         me = Claims(rng.choice(["a" * 64, "c" * 64]), scopes, rng.choice([("s.*",), (), ("x.*",)]))
         row = _row_for(table, rng, me)
-        owners = {"prov1": me.identity, "prov2": "9" * 64}
-        python = can_read(me, row, owners.get)
+        python = can_read(me, row)
         from spec.auth import stream_granted
 
         sid = getattr(row, "stream_id", None)
-        provider = getattr(row, "provider_id", None)
         case = SV.ReadCase(
             table=[t.name for t in TABLES].index(table),
             granted=sid is not None and stream_granted(me, sid),
             owner=getattr(row, "owner", None) == me.identity,
             requester=getattr(row, "requester", None) == me.identity,
-            provider_owner=provider is not None and owners.get(provider) == me.identity,
-            compute_scope=bool(me.scopes & {"compute.assign", "compute.execute"}),
+            provider_owner=getattr(row, "provider_owner", None) == me.identity,
+            assign_scope="compute.assign" in me.scopes,
             bridge_scope=bool(me.scopes & BRIDGE_SCOPES),
             matches=True)
         assert truth(SV.visible(case, BUG[0])) == python, (table, me, row)

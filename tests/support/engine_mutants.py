@@ -30,7 +30,7 @@ ENGINE_MUTANTS: tuple[Mutant, ...] = (
              "            shape = self.shapes.setdefault(query.table, {}).setdefault((query.table,), Shape(query))"),),
            "queries of one table share a shape, so one query's matches go to all"),
     Mutant("fanout_ignores_row_filter", "reference.engine",
-           (("                    for row in ins:\n                        if can_read(claims, row, self._owner):",
+           (("                    for row in ins:\n                        if can_read(claims, row):",
              "                    for row in ins:\n                        if True:"),),
            "incremental updates skip the per-client row filter"),
     Mutant("durable_ahead_of_store", "reference.engine",
@@ -76,6 +76,18 @@ ENGINE_MUTANTS: tuple[Mutant, ...] = (
            (("        while self._disconnects and not self._fanning_out and self.can_commit():",
              "        while self._disconnects and self.can_commit():"),),
            "a slow consumer's presence is marked inside another transaction's fanout"),
+)
+ENGINE_MUTANTS += (
+    # --- issue 9, defects to fix (ADR-0003) ---
+    Mutant("assign_skips_provider_check", "reference.reducers",
+           (("        if reason:\n            raise _err(ErrorCode.PROVIDER_UNAVAILABLE",
+             "        if reason == 'missing':\n            raise _err(ErrorCode.PROVIDER_UNAVAILABLE"),),
+           "assigning checks only that the provider exists, not that it is active and advertises the kind"),
+    Mutant("fanout_execute_scope_reads", "reference.engine",
+           (("                    for row in ins:\n                        if can_read(claims, row):",
+             "                    for row in ins:\n                        if can_read(claims, row) or ("
+             "table == 'compute_assignment' and 'compute.execute' in claims.scopes):"),),
+           "incremental updates send every assignment to compute.execute holders"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

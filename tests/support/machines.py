@@ -166,14 +166,15 @@ class ModuleMachine(RuleBasedStateMachine):
         self.db = ok.state
 
     @rule(c=claims_st, pid=st.sampled_from(["prov1", "prov2"]), cap=st.sampled_from(PAYLOADS),
-          kinds=st.sampled_from([(5000,), (5001, 5000), (4000,)]), price=st.sampled_from([0, 10]),
+          kinds=st.sampled_from([(5000,), (5001, 5000), (5001,), (4000,)]), price=st.sampled_from([0, 10]),
           status=st.sampled_from(["active", "withdrawn"]))
     def provider(self, c: Claims, pid: str, cap: str, kinds: tuple[int, ...], price: int, status: str) -> None:
         self._run(c, "publish_provider_capability", (pid, cap, kinds, price, status))
 
-    @rule(c=claims_st, rid=st.sampled_from(["r1", "r2"]), req=st.sampled_from(PAYLOADS[:2]))
-    def open_assignment(self, c: Claims, rid: str, req: str) -> None:
-        self._run(c, "open_compute_assignment", (rid, 5000, req))
+    @rule(c=claims_st, rid=st.sampled_from(["r1", "r2"]), req=st.sampled_from(PAYLOADS[:2]),
+          kind=st.sampled_from([5000, 5000, 5001]))
+    def open_assignment(self, c: Claims, rid: str, req: str, kind: int) -> None:
+        self._run(c, "open_compute_assignment", (rid, kind, req))
 
     @rule(c=claims_st, rid=st.sampled_from(["r1", "r2"]),
           status=st.sampled_from(["assigned", "running", "completed", "failed", "cancelled", "open"]),
@@ -222,10 +223,19 @@ class ModuleMachine(RuleBasedStateMachine):
 # --- system machine ------------------------------------------------------------------------------
 
 SYSTEM_CLIENTS = [
+    # c0: everything but admin, confirmed reads; the dispatcher (compute.assign) of the compute rules
     ("c0", Claims(IDENTITIES[0], ALL_SCOPES - {"sync.admin"}, ("s.*",), session_id=None), True),
-    ("c1", Claims(IDENTITIES[1], ALL_SCOPES - {"sync.admin"}, ("s.*",)), False),
-    ("c2", Claims(IDENTITIES[2], frozenset({"sync.subscribe", "sync.checkpoint.write"}), ("s.a*",)), False),
+    # c1: no compute.assign: a requester and provider owner who reads only its own assignments
+    ("c1", Claims(IDENTITIES[1], ALL_SCOPES - {"sync.admin", "compute.assign"}, ("s.*",)), False),
+    # c2: a narrowly granted watcher of SELECT * FROM * (and the signals) that also publishes providers and
+    # executes jobs: what it may read of compute_assignment is exactly what AUTH-1 / DELIV-2 check
+    ("c2", Claims(IDENTITIES[2], frozenset({"sync.subscribe", "sync.checkpoint.write", "provider.publish",
+                                            "compute.request", "compute.execute"}), ("s.a*",)), False),
 ]
+WATCH_QUERIES = ("SELECT * FROM *", "SELECT * FROM stream_signal")
+PROVIDERS = ("prov1", "prov2")
+REQUESTS = ("r1", "r2", "r3")
+OUTBOXES = ("o1", "o2")
 client_st = st.sampled_from([0, 1])
 any_client_st = st.sampled_from([0, 1, 2])
 
@@ -236,6 +246,7 @@ class SystemMachine(RuleBasedStateMachine):
         self.sys = _mod("spec.system").System(POLICY, SYSTEM_CLIENTS, max_queue=8, max_undurable=4)
         self.watching = False
         self.last_restart = 0
+        self.jobs = 0
 
     @initialize(follows=st.lists(st.tuples(client_st, st.sampled_from(STREAMS)), max_size=4))
     def start(self, follows: list[tuple[int, str]]) -> None:
@@ -264,7 +275,7 @@ class SystemMachine(RuleBasedStateMachine):
         if 2 in self.sys.links and not self.watching:
             self.watching = True
             from spec.messages import Subscribe
-            self.sys._send(2, [Subscribe(900, 900, ("SELECT * FROM *",))])
+            self.sys._send(2, [Subscribe(900, 900, WATCH_QUERIES)])
 
     @rule(i=client_st, s=st.sampled_from(STREAMS), k=st.sampled_from(KEYS), p=st.sampled_from(PAYLOADS),
           expect=st.booleans())
@@ -284,6 +295,84 @@ class SystemMachine(RuleBasedStateMachine):
     @rule(i=client_st, status=st.sampled_from(["online", "away", "offline"]))
     def presence(self, i: int, status: str) -> None:
         self.sys.call(i, "upsert_presence", (f"sess{i}", "dev", "node", status, "eu", 2000))
+
+    # --- the other reducers: providers, compute assignments, the bridge outbox, stream signals ----
+
+    @rule(i=any_client_st, pid=st.sampled_from(PROVIDERS), kinds=st.sampled_from([(5000,), (5000, 5001), (5001,)]),
+          status=st.sampled_from(["active", "active", "withdrawn"]))
+    def provider(self, i: int, pid: str, kinds: tuple[int, ...], status: str) -> None:
+        self.sys.call(i, "publish_provider_capability", (pid, '{"gpu":1}', kinds, 10, status))
+
+    @rule(i=any_client_st, rid=st.sampled_from(REQUESTS), kind=st.sampled_from([5000, 5001]))
+    def open_assignment(self, i: int, rid: str, kind: int) -> None:
+        self.sys.call(i, "open_compute_assignment", (rid, kind, '{"job":1}'))
+
+    @rule(i=any_client_st, rid=st.sampled_from(REQUESTS),
+          status=st.sampled_from(["assigned", "assigned", "running", "completed", "failed", "cancelled"]),
+          pid=st.sampled_from(PROVIDERS), stale=st.sampled_from([False, False, False, True]))
+    def update_assignment(self, i: int, rid: str, status: str, pid: str, stale: bool) -> None:
+        """A dispatcher assigns, an executor starts/completes/fails, a requester or dispatcher cancels
+        (callers are drawn at random, so the wrong role is tried too); the expected version is the
+        server's current one (a client that just read the row), sometimes an older one."""
+        from spec.values import ComputeAssignment
+        row = self.sys.server.db.find(ComputeAssignment, lambda r: r.request_id == rid)
+        version = (row.version if row else 1) - (1 if stale else 0)
+        result = '{"ok":true}' if status in ("completed", "failed") else None
+        self.sys.call(i, "update_compute_assignment",
+                      (rid, max(0, version), status, pid if status == "assigned" else None, result))
+
+    def _handled(self, i: int, reducer: str, args: tuple[Any, ...]) -> None:
+        """Call and let the server take the call at once (durability advancing as needed)."""
+        self.sys.connect(i)
+        self.sys.call(i, reducer, args)
+        for _ in range(12):
+            link = self.sys.links.get(i)
+            if link is None or not link.inbox:
+                return
+            if not self.sys.server.can_commit():
+                self.sys.advance_durable(1)
+            self.sys.server_step(i)
+
+    @rule(owner=any_client_st, req=any_client_st, disp=st.sampled_from([0, 0, 1, 2]),
+          executor=st.sampled_from(["owner", "owner", "owner", "other"]), other=any_client_st,
+          rid=st.sampled_from([*REQUESTS, "fresh", "fresh"]), pid=st.sampled_from(PROVIDERS),
+          kind=st.sampled_from([5000, 5000, 5001]), ad=st.sampled_from(["active", "active", "active", "withdrawn"]),
+          path=st.sampled_from([("assigned", "running", "completed"), ("assigned", "running", "failed"),
+                                ("assigned", "cancelled"), ("cancelled",), ("assigned", "running", "cancelled")]))
+    def job(self, owner: int, req: int, disp: int, executor: str, other: int, rid: str, pid: str, kind: int,
+            ad: str, path: tuple[str, ...]) -> None:
+        """A whole job, each call taken at once: a provider ad, a request, the assignment, the execute
+        edges.  The dispatcher and the executor are sometimes the wrong role (c1 and c2 hold no
+        compute.assign; "other" is any client), so the role checks are exercised too."""
+        from spec.values import ComputeAssignment, ProviderCapability
+        if rid == "fresh":
+            self.jobs += 1
+            rid = f"job{self.jobs}"
+        self._handled(owner, "publish_provider_capability", (pid, '{"gpu":1}', (5000,), 10, ad))
+        self._handled(req, "open_compute_assignment", (rid, kind, '{"job":1}'))
+        for status in path:
+            row = self.sys.server.db.find(ComputeAssignment, lambda r: r.request_id == rid)
+            prov = self.sys.server.db.find(ProviderCapability, lambda r: r.provider_id == pid)
+            who = disp if status in ("assigned", "cancelled") else other
+            if status in ("running", "completed", "failed") and executor == "owner" and prov is not None:
+                who = next((k for k, c in enumerate(self.sys.clients) if c.claims.identity == prov.owner), other)
+            result = '{"ok":true}' if status in ("completed", "failed") else None
+            self._handled(who, "update_compute_assignment", (rid, row.version if row else 1, status,
+                                                             pid if status == "assigned" else None, result))
+
+    @rule(i=client_st, oid=st.sampled_from(OUTBOXES), op=st.sampled_from(["enqueue", "sent", "failure"]),
+          relay=st.sampled_from(["wss://r1", "wss://r2"]))
+    def bridge(self, i: int, oid: str, op: str, relay: str) -> None:
+        if op == "enqueue":
+            self.sys.call(i, "enqueue_bridge_event", (oid, "src", 30078, '[["t","x"]]', "hello"))
+        elif op == "sent":
+            self.sys.call(i, "mark_bridge_event_sent", (oid, "1" * 64, (relay,)))
+        else:
+            self.sys.call(i, "record_bridge_failure", (oid, "relay down", 1000))
+
+    @rule(i=client_st, s=st.sampled_from(STREAMS), kind=st.sampled_from(["typing", "progress"]))
+    def signal(self, i: int, s: str, kind: str) -> None:
+        self.sys.call(i, "publish_stream_signal", (s, kind, '{"at":1}'))
 
     @rule(i=client_st, s=st.sampled_from(STREAMS), n=st.integers(3, 12))
     def burst(self, i: int, s: str, n: int) -> None:
@@ -410,6 +499,7 @@ class DiffMachine(SystemMachine):
         self.sys = _mod("support.diff").DiffSystem(POLICY, SYSTEM_CLIENTS, max_queue=8, max_undurable=4)
         self.watching = False
         self.last_restart = 0
+        self.jobs = 0
 
 
 class DiffModuleMachine(ModuleMachine):

@@ -86,7 +86,7 @@ MUTANTS: tuple[Mutant, ...] = (
              "            if updates:\n                self._send(conn, offset, TransactionUpdate"),),
            "the caller gets a TransactionUpdate besides its ReducerResult", expected=('DELIV-3', 'DELIV-2')),
     Mutant("row_filter_ignored", "spec.delivery",
-           (("if q.matches(query, r) and can_read(claims, r, self._provider_owner)]", "if q.matches(query, r)]"),),
+           (("if q.matches(query, r) and can_read(claims, r)]", "if q.matches(query, r)]"),),
            "subscriptions are not row-filtered by grants and ownership", expected=('AUTH-1',)),
     Mutant("event_rows_persisted", "spec.state",
            (("    return {t.name: () for t in PERSISTENT_TABLES}", "    return {t.name: () for t in TABLES}"),
@@ -123,6 +123,20 @@ MUTANTS: tuple[Mutant, ...] = (
            (("        if r.status != \"offline\" and r.expires_at <= now:",
              "        if r.status != \"offline\" and r.expires_at < now:"),),
            "the presence sweep spares rows that expire exactly now", expected=("PRES-2",)),
+)
+MUTANTS += (
+    # --- issue 9, defects to fix (ADR-0003) ---
+    Mutant("assign_skips_provider_check", "spec.reducers",
+           (("        provider_owner = _available_provider(db, provider_id, old.job_kind).owner\n",
+             "        _p = db.find(ProviderCapability, lambda r: r.provider_id == provider_id)\n"
+             "        provider_owner = _p.owner if _p is not None else None\n"),),
+           "assigning does not check that the provider exists, is active and advertises the kind",
+           expected=("ASSIGN-2", "ASSIGN-3")),
+    Mutant("execute_scope_reads_assignments", "spec.delivery",
+           (("if q.matches(query, r) and can_read(claims, r)]",
+             "if q.matches(query, r) and (can_read(claims, r) or (type(r).__name__ == 'ComputeAssignment'"
+             " and 'compute.execute' in claims.scopes))]"),),
+           "every compute.execute holder reads every assignment (the rule before ADR-0003)", expected=("AUTH-1",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 

@@ -384,7 +384,7 @@ class WireDiff:
 
     def _compare_barrier(self, where: str, p: Peer, answer: wire.OneOffQueryResult) -> None:
         """The barrier is a one-off read of ``sync_stream``: the rows the peer may see, as of now."""
-        mine = sorted(repr(r) for r in self.model.db.rows("sync_stream") if can_read(p.claims, r, lambda _: None))
+        mine = sorted(repr(r) for r in self.model.db.rows("sync_stream") if can_read(p.claims, r))
         got = abstract(answer, lambda _: "?")
         assert isinstance(got, sm.OneOffQueryResult)
         theirs = (sorted(repr(r) for r in got.result.inserts) if isinstance(got.result, sm.TableRows)

@@ -1,0 +1,498 @@
+"""Scenario tables for the spec-hardening rules (issue 9), run at three layers.
+
+A :class:`Scenario` is data: people (claims), and steps -- connect, close, a reducer call with
+its expected outcome (``ok`` or an error code, plus the detail keys that matter), a subscription
+with its expected outcome, time passing (with a presence sweep and/or a retention pass), and
+``Sees``: what one connection must hold at that point for a table, projected on some columns.
+The expectations are written by hand from the rules in ``docs/adr/ADR-0003-spec-hardening.md``,
+not computed by the code under test, so they are an oracle of their own.
+
+The same tables run against
+
+* the model (:class:`ModelDriver`: ``spec.delivery.Server``) -- ``tests/spec/test_hardening.py``;
+* the reference engine next to the model (:class:`EngineDriver`: every message the engine queues
+  must equal the model's, as in ``support.diff``) -- ``tests/reference/test_hardening.py``;
+* the real server over WebSockets (:class:`WireDriver`) -- ``tests/adapters/test_hardening_wire.py``.
+
+A connection's mirror is built from what it received (snapshots, then inserts and deletes of
+transaction updates and of its own reducer results), per query set, exactly as a client's cache
+would be; ``Sees`` compares the union over its query sets with the expected rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from spec import messages as sm
+from spec.auth import Claims
+from spec.errors import SyncError
+from spec.policy import Policy, StreamClass
+from spec.schema import TABLE_BY_NAME
+from spec.values import Row
+
+T0 = 1_700_000_000_000_000
+"""The clock at the start of every scenario (µs)."""
+DAY_US = 86_400 * 10**6
+
+# --- the vocabulary -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    scopes: frozenset[str]
+    streams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Connect:
+    conn: str
+    person: str
+    confirmed: bool = False
+
+
+@dataclass(frozen=True)
+class Close:
+    conn: str
+
+
+@dataclass(frozen=True)
+class Call:
+    conn: str
+    reducer: str
+    args: tuple[Any, ...]
+    expect: str = "ok"  # "ok" or an error code
+    details: Mapping[str, Any] | None = None  # these detail keys must have these values
+    ret: int | None = None  # the expected return value (when not None)
+
+
+@dataclass(frozen=True)
+class Sub:
+    conn: str
+    queries: tuple[str, ...]
+    expect: str = "applied"  # "applied" or an error code
+    message: str | None = None  # a substring the error's details["message"] must contain
+    details: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Who:
+    """The identity of a person, as the layer under test assigns it (a value in ``Sees`` rows)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Sees:
+    """What ``conn`` holds of ``table`` (over all its query sets), projected on ``columns``."""
+
+    conn: str
+    table: str
+    columns: tuple[str, ...]
+    rows: frozenset[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Advance:
+    us: int
+    sweep: bool = False
+    compact: bool = False
+
+
+Step = Connect | Close | Call | Sub | Sees | Advance
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    defect: int  # the item of issue 9 "Defects to fix" it pins
+    people: tuple[Person, ...]
+    steps: tuple[Step, ...]
+    policy: Policy = field(default_factory=lambda: Policy(default_class=StreamClass("default", replay_budget=100)))
+
+
+# --- drivers ------------------------------------------------------------------------------------------
+
+
+class Driver(Protocol):
+    def identity(self, person: str) -> str: ...
+    def connect(self, conn: str, person: Person, confirmed: bool) -> None: ...
+    def close(self, conn: str) -> None: ...
+    def send(self, conn: str, msg: sm.ClientMessage) -> None: ...
+    def sync(self, conn: str) -> list[sm.ServerMessage]:
+        """Everything ``conn`` has been sent so far (all of it: the server is quiescent)."""
+        ...
+    def advance(self, us: int, sweep: bool, compact: bool) -> None: ...
+
+
+def claims_of(p: Person) -> Claims:
+    """The model's claims for a person (the wire mints a token with the same scopes and grants)."""
+    return Claims(format(sum(map(ord, p.name)) * 7919, "064x"), p.scopes, p.streams)
+
+
+class ModelDriver:
+    def __init__(self, policy: Policy) -> None:
+        from spec.delivery import Server
+        self.server = Server(policy, max_queue=10_000, max_undurable=10_000)
+        self.server.now = T0
+        self.conns: dict[str, int] = {}
+        self.people: dict[str, Claims] = {}
+
+    def identity(self, person: str) -> str:
+        return self.people[person].identity
+
+    def connect(self, conn: str, person: Person, confirmed: bool) -> None:
+        self.people[person.name] = claims_of(person)
+        self.conns[conn] = self.server.connect(claims_of(person), confirmed)
+
+    def close(self, conn: str) -> None:
+        self.server.close(self.conns.pop(conn))
+        self.server.advance_durable(self.server.committed)
+
+    def send(self, conn: str, msg: sm.ClientMessage) -> None:
+        self.server.handle(self.conns[conn], msg)
+        self.server.advance_durable(self.server.committed)
+
+    def sync(self, conn: str) -> list[sm.ServerMessage]:
+        cid = self.conns[conn]
+        out = []
+        while self.server.releasable(cid):
+            out.append(self.server.pop(cid).message)
+        return out
+
+    def advance(self, us: int, sweep: bool, compact: bool) -> None:
+        from spec.reducers import compact as compact_tx
+        from spec.reducers import presence_sweep
+        self.server.now += us
+        if sweep:
+            self.server.system_tx(presence_sweep(self.server.db, self.server.now))
+        if compact:
+            self.server.system_tx(compact_tx(self.server.db, self.server.now, self.server.policy))
+        self.server.advance_durable(self.server.committed)
+
+
+class EngineDriver:
+    """The reference engine, with the model beside it: every message must be the model's."""
+
+    def __init__(self, policy: Policy) -> None:
+        from reference.engine import Engine
+        self.model = ModelDriver(policy)
+        self.engine = Engine(policy, max_queue=10_000, max_undurable=10_000)
+        self.engine.now = T0
+        self.conns: dict[str, int] = {}
+
+    def identity(self, person: str) -> str:
+        return self.model.identity(person)
+
+    def connect(self, conn: str, person: Person, confirmed: bool) -> None:
+        self.model.connect(conn, person, confirmed)
+        self.conns[conn] = self.engine.connect(claims_of(person), confirmed)
+
+    def close(self, conn: str) -> None:
+        self.model.close(conn)
+        self.engine.close(self.conns.pop(conn))
+        self.engine.advance_durable(self.engine.committed)
+        self._same_tables("close")
+
+    def send(self, conn: str, msg: sm.ClientMessage) -> None:
+        self.model.send(conn, msg)
+        self.engine.handle(self.conns[conn], msg)
+        self.engine.advance_durable(self.engine.committed)
+        self._same_tables(repr(msg)[:80])
+
+    def sync(self, conn: str) -> list[sm.ServerMessage]:
+        from support.diff import normalize
+        cid = self.conns[conn]
+        mine = []
+        while self.engine.releasable(cid):
+            mine.append(self.engine.pop(cid))
+        theirs = self.model.sync(conn)
+        got = [normalize(o) for o in mine]
+        want = [normalize(sm.Outbound(o.offset, m)) for o, m in zip(mine, theirs, strict=False)]
+        if len(mine) != len(theirs) or got != want:
+            raise AssertionError(f"{conn}: engine sent {got}, the model {[type(m).__name__ for m in theirs]}")
+        return theirs
+
+    def advance(self, us: int, sweep: bool, compact: bool) -> None:
+        self.model.advance(us, sweep, compact)
+        self.engine.now += us
+        if sweep:
+            self.engine.sweep(self.engine.now)
+        if compact:
+            self.engine.compact(self.engine.now)
+        self.engine.advance_durable(self.engine.committed)
+        self._same_tables("advance")
+
+    def _same_tables(self, where: str) -> None:
+        db = self.model.server.db
+        for table, rows in db.tables.items():
+            if set(rows) != set(self.engine.db.rows(table)):
+                raise AssertionError(f"after {where}: table {table} differs: model {rows}, "
+                                     f"engine {tuple(self.engine.db.rows(table))}")
+
+
+class WireDriver:
+    """The real server (in a thread) over WebSockets; the clock is the scenario's."""
+
+    BARRIER = 3_000_000_000
+
+    def __init__(self, data_dir: Path, policy: Policy) -> None:
+        from support.server import running_server
+        from support.wire_diff import FakeClock
+        self.clock = FakeClock(T0)
+        self._stack = contextlib.ExitStack()
+        self.st = self._stack.enter_context(running_server(
+            data_dir, clock=self.clock, policy=policy, sweep_interval_s=1e6, compact_interval_s=1e6))
+        self.clients: dict[str, Any] = {}
+        self.inbox: dict[str, list[sm.ServerMessage]] = {}
+        self.people: dict[str, str] = {}
+        self._barrier = self.BARRIER
+
+    def identity(self, person: str) -> str:
+        return self.people[person]
+
+    def shutdown(self) -> None:
+        for c in self.clients.values():
+            with contextlib.suppress(Exception):
+                c.close()
+        self._stack.close()
+
+    def connect(self, conn: str, person: Person, confirmed: bool) -> None:
+        from support.server import WireClient
+        token = self.st.token(scopes=person.scopes, streams=person.streams, subject=person.name)
+        self.clients[conn] = WireClient(self.st, token, confirmed=confirmed)
+        self.people[person.name] = self.clients[conn].initial.identity
+        self.inbox[conn] = []
+
+    def close(self, conn: str) -> None:
+        self.clients.pop(conn).close()
+        self.inbox.pop(conn)
+        self.st.call(lambda: None)  # let the server take the close before the next step
+
+    def send(self, conn: str, msg: sm.ClientMessage) -> None:
+        from adapters import bsatn, wire
+        c = self.clients[conn]
+        if isinstance(msg, sm.CallReducer):
+            c.send(wire.CallReducer(msg.request_id, 0, msg.reducer, bsatn.encode_args(msg.reducer, msg.args)))
+        elif isinstance(msg, sm.Subscribe):
+            c.send(wire.Subscribe(msg.request_id, msg.query_set_id, msg.queries))
+        else:
+            c.send(wire.Unsubscribe(msg.request_id, msg.query_set_id, 1 if msg.send_dropped else 0))
+        self.inbox[conn].extend(self._until_barrier(conn))
+
+    def _until_barrier(self, conn: str) -> list[sm.ServerMessage]:
+        """A one-off query answered in order with everything else: once its answer is in, all the
+        server had sent this connection before it is in too."""
+        from adapters import wire
+        c = self.clients[conn]
+        self._barrier += 1
+        rid = self._barrier
+        c.send(wire.OneOffQuery(rid, "SELECT * FROM sync_stream"))
+        out: list[sm.ServerMessage] = []
+        while True:
+            msg = c.recv()
+            if isinstance(msg, wire.OneOffQueryResult) and msg.request_id == rid:
+                return out
+            out.append(wire.server_from_wire(msg))
+
+    def sync(self, conn: str) -> list[sm.ServerMessage]:
+        out = self.inbox[conn] + self._until_barrier(conn)
+        self.inbox[conn] = []
+        return out
+
+    def advance(self, us: int, sweep: bool, compact: bool) -> None:
+        self.clock.now += us
+        srv = self.st.server
+
+        def run() -> None:
+            srv._tick()
+            if sweep:
+                srv._sweep()
+            if compact:
+                srv._compact()
+            srv._pump()
+        self.st.call(run)
+
+
+# --- running a scenario ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Conn:
+    qs: dict[int, dict[str, Counter[Row]]] = field(default_factory=dict)  # live query set -> table -> rows
+    pending: list[sm.ServerMessage] = field(default_factory=list)
+
+
+def _apply(conn: _Conn, msg: sm.ServerMessage) -> None:
+    def rows(parts: tuple[sm.TableRows, ...], mirror: dict[str, Counter[Row]]) -> None:
+        for t in parts:
+            if TABLE_BY_NAME[t.table].event:
+                continue
+            bucket = mirror.setdefault(t.table, Counter())
+            bucket.update(t.inserts)
+            bucket.subtract(t.deletes)
+
+    if isinstance(msg, sm.SubscribeApplied):
+        conn.qs[msg.query_set_id] = {}
+        rows(msg.rows, conn.qs[msg.query_set_id])
+    elif isinstance(msg, sm.TransactionUpdate | sm.ReducerResult):
+        sets = msg.query_sets if isinstance(msg, sm.TransactionUpdate) else (
+            msg.outcome.query_sets if isinstance(msg.outcome, sm.ReducerOk) else ())
+        for u in sets:
+            if u.query_set_id in conn.qs:
+                rows(u.tables, conn.qs[u.query_set_id])
+
+
+def _outcome_error(msg: sm.ReducerResult | sm.SubscriptionError) -> SyncError | None:
+    if isinstance(msg, sm.SubscriptionError):
+        return SyncError.parse(msg.error)
+    return SyncError.parse(msg.outcome.error) if isinstance(msg.outcome, sm.ReducerErr) else None
+
+
+def run(scenario: Scenario, driver: Driver) -> None:
+    """Run every step; an unmet expectation raises AssertionError naming the step."""
+    people = {p.name: p for p in scenario.people}
+    conns: dict[str, _Conn] = {}
+    next_id = iter(range(1, 10**6))
+
+    def take(conn: str, want: Callable[[sm.ServerMessage], bool]) -> sm.ServerMessage:
+        c = conns[conn]
+        c.pending += driver.sync(conn)
+        found = None
+        for m in c.pending:
+            _apply(c, m)
+            if found is None and want(m):
+                found = m
+        c.pending = []
+        if found is None:
+            raise AssertionError(f"{conn}: no answer")
+        return found
+
+    for n, step in enumerate(scenario.steps):
+        where = f"{scenario.name} step {n} {step}"
+        if isinstance(step, Connect):
+            driver.connect(step.conn, people[step.person], step.confirmed)
+            conns[step.conn] = _Conn()
+        elif isinstance(step, Close):
+            driver.close(step.conn)
+            del conns[step.conn]
+        elif isinstance(step, Call):
+            rid = next(next_id)
+            driver.send(step.conn, sm.CallReducer(rid, step.reducer, step.args))
+            res = take(step.conn, lambda m, rid=rid: isinstance(m, sm.ReducerResult) and m.request_id == rid)
+            assert isinstance(res, sm.ReducerResult)
+            err = _outcome_error(res)
+            got = "ok" if err is None else err.code.value
+            assert got == step.expect, f"{where}: got {err.render() if err else 'ok'}"
+            if err is not None and step.details is not None:
+                assert {k: err.details.get(k) for k in step.details} == dict(step.details), f"{where}: {err.render()}"
+            if step.ret is not None:
+                assert isinstance(res.outcome, sm.ReducerOk) and res.outcome.ret == step.ret, f"{where}: {res}"
+        elif isinstance(step, Sub):
+            rid, qs = next(next_id), next(next_id)
+            driver.send(step.conn, sm.Subscribe(rid, qs, step.queries))
+            ans = take(step.conn, lambda m, qs=qs: isinstance(m, sm.SubscribeApplied | sm.SubscriptionError)
+                       and m.query_set_id == qs)
+            err = _outcome_error(ans) if isinstance(ans, sm.SubscriptionError) else None
+            got = "applied" if err is None else err.code.value
+            assert got == step.expect, f"{where}: got {err.render() if err else 'applied'}"
+            if err is not None and step.message is not None:
+                assert step.message in str(err.details.get("message", "")), f"{where}: {err.render()}"
+            if err is not None and step.details is not None:
+                assert {k: err.details.get(k) for k in step.details} == dict(step.details), f"{where}: {err.render()}"
+        elif isinstance(step, Sees):
+            c = conns[step.conn]
+            c.pending += driver.sync(step.conn)
+            for m in c.pending:
+                _apply(c, m)
+            c.pending = []
+            held = {tuple(getattr(r, col) for col in step.columns)
+                    for mirror in c.qs.values() for r, k in mirror.get(step.table, Counter()).items() if k > 0}
+            want = {tuple(driver.identity(v.name) if isinstance(v, Who) else v for v in row) for row in step.rows}
+            assert held == want, f"{where}: holds {sorted(held)}"
+        else:
+            for name in conns:  # deliver what is pending before time moves
+                conns[name].pending += driver.sync(name)
+            driver.advance(step.us, step.sweep, step.compact)
+
+
+def run_wire(scenario: Scenario, data_dir: Path) -> None:
+    d = WireDriver(data_dir, scenario.policy)
+    try:
+        run(scenario, d)
+    finally:
+        d.shutdown()
+
+
+# --- the scenarios ------------------------------------------------------------------------------------
+
+REQUESTER = Person("requester", frozenset({"sync.subscribe", "compute.request"}))
+DISPATCHER = Person("dispatcher", frozenset({"sync.subscribe", "compute.assign"}))
+PROVIDER = Person("provider", frozenset({"sync.subscribe", "provider.publish", "compute.execute"}))
+SQUATTER = Person("squatter", frozenset({"sync.subscribe", "provider.publish", "compute.execute"}))
+EXECUTOR = Person("executor", frozenset({"sync.subscribe", "compute.execute"}))
+COMPUTE_PEOPLE = (REQUESTER, DISPATCHER, PROVIDER, SQUATTER, EXECUTOR)
+WATCH_COMPUTE = ("SELECT * FROM compute_assignment",)
+CAP = '{"gpu":1}'
+
+
+def _compute_watchers() -> tuple[Step, ...]:
+    return tuple(s for p in COMPUTE_PEOPLE for s in (Connect(p.name, p.name), Sub(p.name, WATCH_COMPUTE)))
+
+
+def _sees_jobs(who: str, *rows: tuple[str, str]) -> Sees:
+    return Sees(who, "compute_assignment", ("request_id", "status"), frozenset(rows))
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("assign_to_an_unpublished_provider", 1, COMPUTE_PEOPLE, (
+        *_compute_watchers(),
+        Call("requester", "open_compute_assignment", ("r1", 5000, '{"prompt":"secret"}')),
+        # today: accepted, and whoever publishes prov.x first reads the request
+        Call("dispatcher", "update_compute_assignment", ("r1", 1, "assigned", "prov.x", None),
+             expect="provider_unavailable", details={"job_kind": 5000, "provider_id": "prov.x", "reason": "missing"}),
+        Call("squatter", "publish_provider_capability", ("prov.x", CAP, (5000,), 1, "active")),
+        # publishing changes nobody's view: the squatter reads nothing, and nothing was owed to it
+        _sees_jobs("squatter"), _sees_jobs("requester", ("r1", "open")), _sees_jobs("dispatcher", ("r1", "open")),
+        _sees_jobs("executor"), _sees_jobs("provider"),
+    )),
+    Scenario("assign_checks_the_provider", 1, COMPUTE_PEOPLE, (
+        *_compute_watchers(),
+        Call("requester", "open_compute_assignment", ("r1", 5000, '{"prompt":"p"}')),
+        Call("provider", "publish_provider_capability", ("prov.p", CAP, (5001,), 1, "active")),
+        Call("dispatcher", "update_compute_assignment", ("r1", 1, "assigned", "prov.p", None),
+             expect="provider_unavailable", details={"reason": "kind_not_advertised", "job_kind": 5000}),
+        Call("provider", "publish_provider_capability", ("prov.p", CAP, (5000, 5001), 1, "withdrawn")),
+        Call("dispatcher", "update_compute_assignment", ("r1", 1, "assigned", "prov.p", None),
+             expect="provider_unavailable", details={"reason": "withdrawn", "provider_id": "prov.p"}),
+        _sees_jobs("provider"),
+        Call("provider", "publish_provider_capability", ("prov.p", CAP, (5000, 5001), 1, "active")),
+        Call("dispatcher", "update_compute_assignment", ("r1", 1, "assigned", "prov.p", None)),
+        # the assignment enters the provider owner's view with the update that names it
+        _sees_jobs("provider", ("r1", "assigned")), _sees_jobs("requester", ("r1", "assigned")),
+        _sees_jobs("dispatcher", ("r1", "assigned")),
+        # compute.execute alone reads nothing; another provider's owner reads nothing
+        _sees_jobs("executor"), _sees_jobs("squatter"),
+        Sees("provider", "compute_assignment", ("request_id", "provider_id", "provider_owner"),
+             frozenset({("r1", "prov.p", Who("provider"))})),
+        # withdrawing later does not take the job away (visibility is the row's, not the provider's)
+        Call("provider", "publish_provider_capability", ("prov.p", CAP, (5000, 5001), 1, "withdrawn")),
+        _sees_jobs("provider", ("r1", "assigned")),
+    )),
+)
+SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def scenario_names(defect: int | None = None) -> Iterator[str]:
+    for s in SCENARIOS:
+        if defect is None or s.defect == defect:
+            yield s.name
+
+
+def people_claims(scenario: Scenario) -> Sequence[Claims]:
+    return [claims_of(p) for p in scenario.people]
