@@ -56,6 +56,7 @@ from proofs.core import (
 )
 from spec.errors import ErrorCode
 from spec.transitions import (
+    ASSIGNMENT_ROLES,
     ASSIGNMENT_STATUSES,
     ASSIGNMENT_TERMINAL,
     ASSIGNMENT_TRANSITIONS,
@@ -814,11 +815,17 @@ def t_open(pre: Db, a: OpenAct, post: Db, r: Result, d: Delta, pol: Policy, bug:
 
 
 def _role(name: str, a: UpdateAct, row: Assignment) -> ZBool:
-    roles = {"requester": a.caller == row.requester, "compute.request": a.s_request,
-             "compute.assign": a.s_assign, "compute.execute": a.s_execute}
-    if name not in roles:
+    """A role of ``spec.transitions.ASSIGNMENT_ROLES``: its scope, and the row column the caller must be."""
+    if name not in ASSIGNMENT_ROLES:
         raise KeyError(f"the encoding does not know the role {name!r} of spec.transitions.ASSIGNMENT_TRANSITIONS")
-    return roles[name]
+    role = ASSIGNMENT_ROLES[name]
+    scopes = {None: z3.BoolVal(True), "compute.request": a.s_request, "compute.assign": a.s_assign,
+              "compute.execute": a.s_execute}
+    columns = {None: z3.BoolVal(True), "requester": a.caller == row.requester,
+               "provider_owner": z3.And(row.has_owner, a.caller == row.owner)}
+    if role.scope not in scopes or role.identity_column not in columns:
+        raise KeyError(f"the encoding does not know the scope or column of role {name!r}")
+    return z3.And(scopes[role.scope], columns[role.identity_column])
 
 
 def edge_allowed(old: ZInt, new: ZInt) -> ZBool:

@@ -20,6 +20,7 @@ from spec.canonical import canonicalize, dumps_canonical, parse_strict, payload_
 from spec.errors import ErrorCode, SyncError
 from spec.policy import Policy
 from spec.transitions import (
+    ASSIGNMENT_ROLES,
     ASSIGNMENT_STATUSES,
     ASSIGNMENT_TRANSITIONS,
     PRESENCE_STATUSES,
@@ -260,7 +261,14 @@ def update_compute_assignment(tx: Txn, x: Ctx, request_id: str, expected_version
     who = ASSIGNMENT_TRANSITIONS.get((old.status, status))
     if who is None:
         raise _err(ErrorCode.INVALID_TRANSITION, request_id=request_id, status=old.status, requested_status=status)
-    if not (who & c.scopes) and not ("requester" in who and c.identity == old.requester):
+    for role in who:
+        need = ASSIGNMENT_ROLES[role]
+        if need.scope is not None and need.scope not in c.scopes:
+            continue
+        if need.identity_column is not None and getattr(old, need.identity_column) != c.identity:
+            continue
+        break
+    else:
         raise _err(ErrorCode.FORBIDDEN, request_id=request_id)
     if status != "assigned" and provider_id is not None and provider_id != old.provider_id:
         raise _err(ErrorCode.INVALID_ARGUMENT, argument="provider_id", message="only the assign edge sets the provider")

@@ -127,6 +127,10 @@ CATALOG: tuple[Invariant, ...] = (
     Invariant("ASSIGN-3", "transition", "An assignment becomes assigned only naming a provider that exists, is "
               "active and advertises the job kind in the state before, and records that provider's owner as "
               "provider_owner; provider_id and provider_owner never change afterwards."),
+    Invariant("ASSIGN-4", "call", "An assignment edge is taken only by a role the transition table names for it "
+              "-- requester (the row's requester), dispatcher (compute.assign), executor (compute.execute and the "
+              "row's provider_owner) -- and refused with forbidden only to a caller holding none of them: start, "
+              "complete and fail belong to the assigned provider's owner alone."),
     Invariant("BRIDGE-1", "state", "An outbox row is sent exactly when it has a nostr_event_id; failed rows have "
               "reached the maximum attempts; pending rows are below it."),
     Invariant("BRIDGE-2", "transition", "A sent outbox row never changes; attempts never decrease."),
@@ -341,13 +345,47 @@ def check_sweep(after: DbState, now: int) -> list[Violation]:
 # --- calls -------------------------------------------------------------------------------------
 
 
+def _assignment_roles(scopes: frozenset[str], identity: str | None, row: ComputeAssignment) -> set[str]:
+    """ASSIGN-4's reading of who the caller is for ``row``, written out (not via spec.transitions.has_role)."""
+    held = set()
+    if identity is not None and identity == row.requester:
+        held.add("requester")
+    if "compute.assign" in scopes:
+        held.add("dispatcher")
+    if "compute.execute" in scopes and row.provider_owner is not None and identity == row.provider_owner:
+        held.add("executor")
+    return held
+
+
+def _check_update_roles(before: DbState, scopes: frozenset[str], identity: str | None, args: tuple[Any, ...],
+                        outcome_ok: bool, error_code: ErrorCode | None, after: DbState) -> list[Violation]:
+    """ASSIGN-4: an edge taken was taken by a role the table names; a forbidden edge was refused to a
+    caller holding none of them."""
+    rid, expected, status = args[0], args[1], args[2]
+    old = _by(before.of_type(ComputeAssignment), "request_id").get(rid)
+    if old is None or old.version != expected or (old.status, status) not in ASSIGNMENT_TRANSITIONS:
+        return []
+    roles = ASSIGNMENT_TRANSITIONS[(old.status, status)]
+    held = _assignment_roles(scopes, identity, old)
+    new = _by(after.of_type(ComputeAssignment), "request_id").get(rid)
+    if outcome_ok and new is not None and new != old and not held & roles:
+        return [("ASSIGN-4", f"{old.status} -> {status} of {rid} taken by a caller holding {sorted(held)}, "
+                             f"not one of {sorted(roles)}")]
+    if error_code is ErrorCode.FORBIDDEN and held & roles:
+        return [("ASSIGN-4", f"{old.status} -> {status} of {rid} refused to a caller holding {sorted(held & roles)}")]
+    return []
+
+
 def check_call(before: DbState, scopes: frozenset[str], granted: bool, reducer: str, args: tuple[Any, ...],
                outcome_ok: bool, ret: int | None, error_code: ErrorCode | None, wrote: bool,
-               after: DbState) -> list[Violation]:
-    """Call-level invariants.  ``granted``: the caller holds a grant for the call's stream (if any)."""
+               after: DbState, identity: str | None = None) -> list[Violation]:
+    """Call-level invariants.  ``granted``: the caller holds a grant for the call's stream (if any);
+    ``identity``: the caller's (None: the checks that need it are skipped)."""
     v: list[Violation] = []
     if not outcome_ok and after != before:
         v.append(("DELIV-4", f"failed {reducer} changed the state"))
+    if reducer == "update_compute_assignment" and identity is not None:
+        v += _check_update_roles(before, scopes, identity, args, outcome_ok, error_code, after)
     if reducer == "append_sync_event":
         stream_id, key, payload_json = args[0], args[1], args[2]
         if "sync.append" not in scopes:

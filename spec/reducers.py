@@ -57,6 +57,7 @@ from spec.transitions import (
     SIGNAL_KINDS,
     assignment_edge_allowed,
     bridge_edge_allowed,
+    has_role,
 )
 from spec.values import (
     BridgeOutbox,
@@ -249,9 +250,9 @@ def _assignment_stepped(db: DbState, ctx: CallContext, request_id: str, result: 
     before, after = _assignment(db, request_id), _assignment(result.state, request_id)
     if before is None or after is None:
         return False
-    roles = set(ctx.claims.scopes) | ({"requester"} if ctx.claims.identity == before.requester else set())
+    roles = ASSIGNMENT_TRANSITIONS.get((before.status, after.status), frozenset())
     return (assignment_edge_allowed(before.status, after.status) and after.version - before.version == 1
-            and bool(roles & ASSIGNMENT_TRANSITIONS[(before.status, after.status)])
+            and any(has_role(r, ctx.claims.scopes, ctx.claims.identity, before) for r in roles)
             and (after.status not in ("assigned", "running", "completed", "failed") or after.provider_id is not None)
             and (before.requester, before.request_hash) == (after.requester, after.request_hash))
 
@@ -341,7 +342,7 @@ def _call_violations(db: DbState, ctx: CallContext, reducer: str, args: tuple[An
                       result.ret if isinstance(result, Ok) else None,
                       result.error.code if isinstance(result, Err) else None,
                       isinstance(result, Ok) and not result.noop,
-                      result.state if isinstance(result, Ok) else db)
+                      result.state if isinstance(result, Ok) else db, ctx.claims.identity)
 
 
 def _violation_error(checker: str, found: list[Violation]) -> icontract.ViolationError:
@@ -566,8 +567,7 @@ def update_compute_assignment(db: DbState, ctx: CallContext, request_id: str, ex
     if edge not in ASSIGNMENT_TRANSITIONS:
         raise _fail(ErrorCode.INVALID_TRANSITION, request_id=request_id, status=old.status,
                     requested_status=status)
-    roles = set(c.scopes) | ({"requester"} if c.identity == old.requester else set())
-    if not roles & ASSIGNMENT_TRANSITIONS[edge]:
+    if not any(has_role(role, c.scopes, c.identity, old) for role in ASSIGNMENT_TRANSITIONS[edge]):
         raise _fail(ErrorCode.FORBIDDEN, request_id=request_id)
     if status != "assigned" and provider_id is not None and provider_id != old.provider_id:
         raise _fail(ErrorCode.INVALID_ARGUMENT, argument="provider_id",

@@ -10,12 +10,23 @@ Compute assignments::
        \\-------------- cancel (from open, assigned, running) --> cancelled
 
 ``completed``, ``failed`` and ``cancelled`` are terminal; every accepted update bumps
-``version`` by exactly 1.  Each edge names who may take it: a scope, or ``requester``.
+``version`` by exactly 1.  Each edge names the *roles* that may take it, and a second small table,
+:data:`ASSIGNMENT_ROLES`, defines each role as a predicate over the caller and the row: a scope the
+caller must hold and a column of the row whose identity the caller must be (ADR-0003)::
+
+    role         scope             caller must be
+    requester    (none)            the row's requester
+    dispatcher   compute.assign    anyone
+    executor     compute.execute   the row's provider_owner (the assigned provider's owner)
+
+So start, complete and fail belong to the owner of the assigned provider alone; cancel to the
+requester or a dispatcher; assigning to a dispatcher.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import icontract
 
@@ -23,15 +34,36 @@ ASSIGNMENT_STATUSES: tuple[str, ...] = ("open", "assigned", "running", "complete
 ASSIGNMENT_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 ASSIGNMENT_TRANSITIONS: Mapping[tuple[str, str], frozenset[str]] = {
-    ("open", "assigned"): frozenset({"compute.assign"}),
-    ("assigned", "running"): frozenset({"compute.execute"}),
-    ("running", "completed"): frozenset({"compute.execute"}),
-    ("running", "failed"): frozenset({"compute.execute"}),
-    ("open", "cancelled"): frozenset({"requester", "compute.assign"}),
-    ("assigned", "cancelled"): frozenset({"requester", "compute.assign"}),
-    ("running", "cancelled"): frozenset({"requester", "compute.assign"}),
+    ("open", "assigned"): frozenset({"dispatcher"}),
+    ("assigned", "running"): frozenset({"executor"}),
+    ("running", "completed"): frozenset({"executor"}),
+    ("running", "failed"): frozenset({"executor"}),
+    ("open", "cancelled"): frozenset({"requester", "dispatcher"}),
+    ("assigned", "cancelled"): frozenset({"requester", "dispatcher"}),
+    ("running", "cancelled"): frozenset({"requester", "dispatcher"}),
 }
-"""(from, to) -> who may take the edge (any one suffices)."""
+"""(from, to) -> the roles that may take the edge (any one suffices)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    scope: str | None  # the oa_sync_scopes entry the caller must hold (None: no scope beyond the reducer's)
+    identity_column: str | None  # the caller must be the identity in this column of the row (None: anyone)
+
+
+ASSIGNMENT_ROLES: Mapping[str, Role] = {
+    "requester": Role(None, "requester"),
+    "dispatcher": Role("compute.assign", None),
+    "executor": Role("compute.execute", "provider_owner"),
+}
+"""Each role of :data:`ASSIGNMENT_TRANSITIONS` as a predicate: scope and identity relation."""
+
+
+def has_role(role: str, scopes: frozenset[str], identity: str, row: object) -> bool:
+    """Does a caller (``scopes``, ``identity``) hold ``role`` on the assignment ``row``?"""
+    r = ASSIGNMENT_ROLES[role]
+    return (r.scope is None or r.scope in scopes) and (
+        r.identity_column is None or getattr(row, r.identity_column) == identity)
 
 _NEXT_LIVE: Mapping[str, str] = {"open": "assigned", "assigned": "running", "running": "completed"}
 
@@ -50,10 +82,6 @@ PROVIDER_STATUSES: tuple[str, ...] = ("active", "withdrawn")
 SIGNAL_KINDS: tuple[str, ...] = ("typing", "progress", "custom")
 
 
-ASSIGNMENT_ROLES: frozenset[str] = frozenset({"requester", "compute.assign", "compute.execute"})
-"""Everything an assignment edge may name as who takes it."""
-
-
 @icontract.require(lambda old, new: old in ASSIGNMENT_STATUSES and new in ASSIGNMENT_STATUSES,
                    "both ends are assignment statuses")
 @icontract.ensure(lambda old, new, result: result == ((old, new) in ASSIGNMENT_TRANSITIONS),
@@ -63,7 +91,7 @@ ASSIGNMENT_ROLES: frozenset[str] = frozenset({"requester", "compute.assign", "co
     and ASSIGNMENT_STATUSES.index(old) < ASSIGNMENT_STATUSES.index(new)),
     "ASSIGN-1 (edges go forward in the lifecycle order and never leave a terminal status: no cycles)")
 @icontract.ensure(lambda old, new, result: not result or (bool(ASSIGNMENT_TRANSITIONS[(old, new)])
-                  and ASSIGNMENT_TRANSITIONS[(old, new)] <= ASSIGNMENT_ROLES),
+                  and ASSIGNMENT_TRANSITIONS[(old, new)] <= ASSIGNMENT_ROLES.keys()),
                   "ASSIGN-1 (every edge names who may take it, from the known roles)")
 @icontract.ensure(lambda old, new, result: result or not (
     new == "cancelled" and old in ASSIGNMENT_STATUSES and old not in ASSIGNMENT_TERMINAL),

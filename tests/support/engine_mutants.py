@@ -88,6 +88,10 @@ ENGINE_MUTANTS += (
              "                    for row in ins:\n                        if can_read(claims, row) or ("
              "table == 'compute_assignment' and 'compute.execute' in claims.scopes):"),),
            "incremental updates send every assignment to compute.execute holders"),
+    Mutant("execute_by_scope_alone", "reference.reducers",
+           (("        if need.identity_column is not None and getattr(old, need.identity_column) != c.identity:",
+             "        if need.identity_column == 'requester' and old.requester != c.identity:"),),
+           "the executor role checks the scope but not that the caller owns the assigned provider"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

@@ -85,7 +85,8 @@ class ModuleMachine(RuleBasedStateMachine):
         wrote = ok and not out.noop
         granted = not args or not isinstance(args[0], str) or stream_granted(claims, args[0])
         self.violations += check_call(before, claims.scopes, granted, reducer, args, ok,
-                                      out.ret if ok else None, None if ok else out.error.code, wrote, after)
+                                      out.ret if ok else None, None if ok else out.error.code, wrote, after,
+                                      claims.identity)
         if wrote:
             self.offset += 1
             self.violations += check_transition(before, after)
@@ -185,6 +186,19 @@ class ModuleMachine(RuleBasedStateMachine):
         version = (row.version if row else 1) + vdelta
         provider = "prov1" if status == "assigned" else None
         self._run(c, "update_compute_assignment", (rid, version, status, provider, result))
+
+    @rule(owner=st.sampled_from([_FULL_A, _FULL_B]), executor=claims_st, rid=st.sampled_from(["r1", "r2"]),
+          kind=st.sampled_from([5000, 5001]), steps=st.integers(1, 3))
+    def assignment_walk(self, owner: Claims, executor: Claims, rid: str, kind: int, steps: int) -> None:
+        """A provider ad, a request and the edges walked in order, the execute edges by a random caller
+        (the provider's owner or not): the role and availability rules, which random calls reach rarely."""
+        from spec.values import ComputeAssignment
+        self._run(owner, "publish_provider_capability", ("prov1", '{"gpu":1}', (5000, 5001), 0, "active"))
+        self._run(_FULL_A, "open_compute_assignment", (rid, kind, PAYLOADS[0]))
+        for status in ("assigned", "running", "completed")[:steps]:
+            row = self.db.find(ComputeAssignment, lambda r: r.request_id == rid)
+            self._run(_FULL_A if status == "assigned" else executor, "update_compute_assignment",
+                      (rid, row.version if row else 1, status, "prov1" if status == "assigned" else None, None))
 
     @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), kind=st.sampled_from([31990, 30078, 4]),
           content=st.sampled_from(["hello", "bye"]))
@@ -334,16 +348,17 @@ class SystemMachine(RuleBasedStateMachine):
             self.sys.server_step(i)
 
     @rule(owner=any_client_st, req=any_client_st, disp=st.sampled_from([0, 0, 1, 2]),
-          executor=st.sampled_from(["owner", "owner", "owner", "other"]), other=any_client_st,
+          intruder=st.booleans(), other=any_client_st,
           rid=st.sampled_from([*REQUESTS, "fresh", "fresh"]), pid=st.sampled_from(PROVIDERS),
           kind=st.sampled_from([5000, 5000, 5001]), ad=st.sampled_from(["active", "active", "active", "withdrawn"]),
           path=st.sampled_from([("assigned", "running", "completed"), ("assigned", "running", "failed"),
                                 ("assigned", "cancelled"), ("cancelled",), ("assigned", "running", "cancelled")]))
-    def job(self, owner: int, req: int, disp: int, executor: str, other: int, rid: str, pid: str, kind: int,
+    def job(self, owner: int, req: int, disp: int, intruder: bool, other: int, rid: str, pid: str, kind: int,
             ad: str, path: tuple[str, ...]) -> None:
         """A whole job, each call taken at once: a provider ad, a request, the assignment, the execute
-        edges.  The dispatcher and the executor are sometimes the wrong role (c1 and c2 hold no
-        compute.assign; "other" is any client), so the role checks are exercised too."""
+        edges.  The dispatcher is sometimes the wrong role (c1 and c2 hold no compute.assign); with
+        ``intruder`` every execute edge is first tried by ``other`` (any client, usually not the
+        provider's owner), then by the owner, so the role checks are exercised both ways."""
         from spec.values import ComputeAssignment, ProviderCapability
         if rid == "fresh":
             self.jobs += 1
@@ -351,14 +366,17 @@ class SystemMachine(RuleBasedStateMachine):
         self._handled(owner, "publish_provider_capability", (pid, '{"gpu":1}', (5000,), 10, ad))
         self._handled(req, "open_compute_assignment", (rid, kind, '{"job":1}'))
         for status in path:
-            row = self.sys.server.db.find(ComputeAssignment, lambda r: r.request_id == rid)
             prov = self.sys.server.db.find(ProviderCapability, lambda r: r.provider_id == pid)
-            who = disp if status in ("assigned", "cancelled") else other
-            if status in ("running", "completed", "failed") and executor == "owner" and prov is not None:
-                who = next((k for k, c in enumerate(self.sys.clients) if c.claims.identity == prov.owner), other)
+            callers = [disp]
+            if status in ("running", "completed", "failed"):
+                owner_ix = next((k for k, c in enumerate(self.sys.clients)
+                                 if prov is not None and c.claims.identity == prov.owner), other)
+                callers = [other, owner_ix] if intruder else [owner_ix]
             result = '{"ok":true}' if status in ("completed", "failed") else None
-            self._handled(who, "update_compute_assignment", (rid, row.version if row else 1, status,
-                                                             pid if status == "assigned" else None, result))
+            for who in callers:
+                row = self.sys.server.db.find(ComputeAssignment, lambda r: r.request_id == rid)
+                self._handled(who, "update_compute_assignment", (rid, row.version if row else 1, status,
+                                                                 pid if status == "assigned" else None, result))
 
     @rule(i=client_st, oid=st.sampled_from(OUTBOXES), op=st.sampled_from(["enqueue", "sent", "failure"]),
           relay=st.sampled_from(["wss://r1", "wss://r2"]))

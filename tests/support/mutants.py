@@ -137,6 +137,11 @@ MUTANTS += (
              "if q.matches(query, r) and (can_read(claims, r) or (type(r).__name__ == 'ComputeAssignment'"
              " and 'compute.execute' in claims.scopes))]"),),
            "every compute.execute holder reads every assignment (the rule before ADR-0003)", expected=("AUTH-1",)),
+    Mutant("execute_by_scope_alone", "spec.reducers",
+           (("    if not any(has_role(role, c.scopes, c.identity, old) for role in ASSIGNMENT_TRANSITIONS[edge]):",
+             "    if not any(has_role(role, c.scopes, c.identity, replace(old, provider_owner=c.identity))"
+             " for role in ASSIGNMENT_TRANSITIONS[edge]):"),),
+           "any compute.execute holder starts, completes or fails any assigned job", expected=("ASSIGN-4",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 

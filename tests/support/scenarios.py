@@ -485,6 +485,52 @@ SCENARIOS: tuple[Scenario, ...] = (
         _sees_jobs("provider", ("r1", "assigned")),
     )),
 )
+
+
+def _forbidden(conn: str, rid: str, version: int, status: str, result: str | None = None,
+               provider: str | None = None) -> Call:
+    return Call(conn, "update_compute_assignment", (rid, version, status, provider, result), expect="forbidden",
+                details={"request_id": rid})
+
+
+def _edge(conn: str, rid: str, version: int, status: str, provider: str | None = None,
+          result: str | None = None) -> Call:
+    return Call(conn, "update_compute_assignment", (rid, version, status, provider, result))
+
+
+SCENARIOS += (
+    Scenario("execute_edges_belong_to_the_provider_owner", 2, COMPUTE_PEOPLE, (
+        *_compute_watchers(),
+        Call("provider", "publish_provider_capability", ("prov.p", CAP, (5000,), 1, "active")),
+        Call("squatter", "publish_provider_capability", ("prov.s", CAP, (5000,), 1, "active")),
+        Call("requester", "open_compute_assignment", ("r1", 5000, '{"prompt":"p"}')),
+        _forbidden("provider", "r1", 1, "assigned", provider="prov.p"),  # an executor is no dispatcher
+        _edge("dispatcher", "r1", 1, "assigned", "prov.p"),
+        # today every compute.execute holder may start, complete or fail any job
+        _forbidden("squatter", "r1", 2, "running"),  # another provider's owner
+        _forbidden("executor", "r1", 2, "running"),  # compute.execute, owning no provider
+        _forbidden("dispatcher", "r1", 2, "running"),
+        _forbidden("requester", "r1", 2, "running"),
+        _edge("provider", "r1", 2, "running"),
+        _forbidden("squatter", "r1", 3, "completed", '{"forged":true}'),
+        _forbidden("squatter", "r1", 3, "failed"),
+        _edge("provider", "r1", 3, "completed", result='{"answer":42}'),
+        Sees("requester", "compute_assignment", ("request_id", "status", "result", "version"),
+             frozenset({("r1", "completed", '{"answer":42}', 4)})),
+        # cancel: the requester or a dispatcher, never an executor
+        Call("requester", "open_compute_assignment", ("r2", 5000, "{}")),
+        _edge("dispatcher", "r2", 1, "assigned", "prov.p"),
+        _forbidden("provider", "r2", 2, "cancelled"),
+        _edge("requester", "r2", 2, "cancelled"),
+        Call("requester", "open_compute_assignment", ("r3", 5000, "{}")),
+        _edge("dispatcher", "r3", 1, "assigned", "prov.p"),
+        _edge("provider", "r3", 2, "running"),
+        _forbidden("squatter", "r3", 3, "cancelled"),
+        _edge("dispatcher", "r3", 3, "cancelled"),
+        _sees_jobs("provider", ("r1", "completed"), ("r2", "cancelled"), ("r3", "cancelled")),
+        _sees_jobs("squatter"),
+    )),
+)
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
