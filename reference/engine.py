@@ -225,17 +225,28 @@ class Engine:
         self._send(conn, self.committed, OneOffQueryResult(request_id, result))
 
     def _check_queries(self, claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
-        queries = self._authorized_queries(claims, texts)
+        queries = self._authorized_queries(claims, texts, resume_form=True)
         for query in queries:
             self._check_stale(query)
         return queries
 
     @staticmethod
-    def _authorized_queries(claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
-        """Scope, parse, then the grant check of every query that pins a stream (DESIGN §4 order)."""
+    def _authorized_queries(claims: Claims, texts: tuple[str, ...], resume_form: bool = False) -> list[q.Query]:
+        """Scope, parse, (for a subscription) the resume form, then the grant check of every query that
+        pins a stream (DESIGN §4 order; ADR-0003 decision 3)."""
         if "sync.subscribe" not in claims.scopes:
             raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
         queries = [query for text in texts for query in q.parse(text)]
+        for query in queries if resume_form else ():
+            if query.table == "sync_event" and q.lower_bound_exclusive(query, "seq") is not None:
+                missing = [c for c in ("stream_id", "epoch") if q.pinned_value(query, c) is None]
+                if missing:
+                    raise SyncError(ErrorCode.INVALID_QUERY, {
+                        "query": query.text[:200],
+                        "message": f"a sync_event subscription that bounds seq from below must pin stream_id and "
+                                   f"epoch with = (missing: {', '.join(missing)}); resume with "
+                                   f"{q.RESUME_QUERY_FORM}, E and W from the checkpoint (or leave seq unbounded to "
+                                   f"read the whole stream)"})
         for query in queries:
             if TABLE_BY_NAME[query.table].visibility is Visibility.STREAM_GRANT:
                 sid = q.pinned_value(query, "stream_id")

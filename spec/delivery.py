@@ -89,6 +89,31 @@ def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoc
 
 
 @icontract.ensure(lambda query, result: result is None or (
+    result.code is ErrorCode.INVALID_QUERY and q.RESUME_QUERY_FORM in result.details["message"]),
+    "STALE-3 (the refusal shows how to write the resume query)")
+@icontract.ensure(lambda query, result: (result is None) == (
+    query.table != "sync_event" or q.lower_bound_exclusive(query, "seq") is None
+    or (isinstance(q.pinned_value(query, "stream_id"), str) and isinstance(q.pinned_value(query, "epoch"), int))),
+    "STALE-3 (refused exactly when it bounds seq from below without pinning stream_id and epoch)")
+def resume_form_error(query: q.Query) -> SyncError | None:
+    """A ``sync_event`` subscription that bounds ``seq`` from below is a resume: it is checked for
+    staleness, and the stale check needs the stream and the epoch the watermark belongs to.  Without
+    ``epoch =``, a cursor from a lost suffix would become valid again in a later epoch and the client
+    would keep events that no longer exist; without ``stream_id =`` there is no stream to check.
+    So such a query is refused (ADR-0003, decision 3)."""
+    if query.table != "sync_event" or q.lower_bound_exclusive(query, "seq") is None:
+        return None
+    missing = [c for c in ("stream_id", "epoch") if q.pinned_value(query, c) is None]
+    if not missing:
+        return None
+    return SyncError(ErrorCode.INVALID_QUERY, {
+        "query": query.text[:200],
+        "message": f"a sync_event subscription that bounds seq from below must pin stream_id and epoch with = "
+                   f"(missing: {', '.join(missing)}); resume with {q.RESUME_QUERY_FORM}, E and W from the "
+                   f"checkpoint (or leave seq unbounded to read the whole stream)"})
+
+
+@icontract.ensure(lambda query, result: result is None or (
     result.code is ErrorCode.STALE_CURSOR and bool(result.details["reasons"])
     and result.details["stream_id"] == q.pinned_value(query, "stream_id")
     and result.details["requested_watermark"] == q.lower_bound_exclusive(query, "seq")),
@@ -233,6 +258,10 @@ class Server:
             queries: list[q.Query] = []
             for text in msg.queries:
                 queries.extend(q.parse(text))
+            for query in queries:
+                refused = resume_form_error(query)
+                if refused:
+                    raise refused
             for query in queries:
                 denied = self._authorize_query(conn.claims, query)
                 if denied:

@@ -101,6 +101,9 @@ CATALOG: tuple[Invariant, ...] = (
               "replay_budget_exceeded, cursor_ahead_of_head), and the details carry all of them."),
     Invariant("STALE-2", "trace", "A resume subscription that is not stale never skips a compacted event: "
               "floor_seq <= W + 1 on the snapshot state."),
+    Invariant("STALE-3", "trace", "A sync_event subscription that bounds seq from below is accepted only when it "
+              "pins both stream_id and epoch with =; any other is refused with invalid_query, whose message shows "
+              "the resume form (SELECT * FROM sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W)."),
     Invariant("CONF-1", "trace", "A confirmed-read client never receives a message derived from a transaction "
               "offset that is not durable at the time it is received."),
     Invariant("CONF-2", "trace", "No event a confirmed-read client received is ever lost by a crash."),

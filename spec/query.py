@@ -398,6 +398,11 @@ def lower_bound_exclusive(q: Query, column: str) -> int | None:
     return max(bounds, default=None)
 
 
+RESUME_QUERY_FORM = "SELECT * FROM sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W"
+"""How a resume is written (ADR-0003, decision 3): a ``sync_event`` subscription that bounds ``seq`` from
+below must pin both ``stream_id`` and ``epoch`` with ``=``."""
+
+
 @icontract.require(lambda q: _well_typed(q), "the query is well typed (as parse makes it)")
 @icontract.ensure(lambda q, result: not result or bool(q.where), "a query without conditions is satisfiable")
 def unsatisfiable(q: Query) -> bool:

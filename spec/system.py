@@ -38,7 +38,8 @@ ADMIN = Claims("f" * 64, frozenset({"sync.admin"}), ("*",))
 class Link:
     conn_id: int
     inbox: list[ClientMessage] = field(default_factory=list)
-    subscribed: dict[int, tuple[str, ...]] = field(default_factory=dict)  # qs -> queries sent
+    subscribed: dict[int, tuple[str, ...]] = field(default_factory=dict)  # live qs -> queries sent
+    asked: dict[int, tuple[str, ...]] = field(default_factory=dict)  # qs -> queries of its last Subscribe
     mirrors: dict[int, Mirror] = field(default_factory=dict)  # qs -> rows received
     tainted: bool = False  # a frame was silently lost: mirrors no longer track the server
 
@@ -79,6 +80,8 @@ class System:
         if link is None:
             return
         for m in msgs:
+            if isinstance(m, Subscribe):
+                link.asked[m.query_set_id] = m.queries
             if isinstance(m, Subscribe) and not link.tainted:
                 link.subscribed[m.query_set_id] = m.queries
             elif isinstance(m, Unsubscribe):

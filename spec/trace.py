@@ -152,15 +152,14 @@ class Trace:
             delivered = rows_of(msg.rows)
             if any(TABLE_BY_NAME[t.table].event for t in msg.rows):
                 self._v("EVT-2", f"client {i} got event rows in a snapshot")
-            queries = link.subscribed.get(msg.query_set_id, ())
-            self._check_resume(i, queries, state, stale=None)
+            self._check_resume(i, link.asked.get(msg.query_set_id, ()), state, stale=None)
             m = Mirror()
             for t in msg.rows:
                 m.rows.update(t.inserts)
             if not link.tainted:  # after a silent loss the mirror cannot track the server
                 link.mirrors[msg.query_set_id] = m
         elif isinstance(msg, SubscriptionError):
-            queries = link.subscribed.get(msg.query_set_id, ())
+            queries = link.asked.get(msg.query_set_id, ())
             try:
                 err = SyncError.parse(msg.error)
             except Exception:
@@ -225,6 +224,9 @@ class Trace:
             for pq in parsed:
                 sid = q.pinned_value(pq, "stream_id")
                 w = q.lower_bound_exclusive(pq, "seq")
+                if pq.table == "sync_event" and w is not None and stale is None and (
+                        not isinstance(sid, str) or not isinstance(q.pinned_value(pq, "epoch"), int)):
+                    self._v("STALE-3", f"client {i} was subscribed to {pq.text!r}, a resume without stream and epoch")
                 if pq.table != "sync_event" or not isinstance(sid, str) or w is None:
                     continue
                 ep = q.pinned_value(pq, "epoch")

@@ -165,7 +165,7 @@ def test_subscribe_call_and_live_update(tmp_path: Path, version: int) -> None:
         # a resume query with a watermark gets only what is after it
         a.call("append_sync_event", S, "k2", "2", None, None)
         c = WireClient(st, st.token(), version=version)
-        resumed = c.subscribe(1, SUB_EVENTS + " AND seq > 1")
+        resumed = c.subscribe(1, SUB_EVENTS + " AND epoch = 1 AND seq > 1")
         assert isinstance(resumed, wire.SubscribeApplied)
         assert [e.seq for e in wire.decode_rows("sync_event", resumed.rows.tables[0].rows)] == [2]  # type: ignore[attr-defined]
         for x in (a, b, c):

@@ -92,6 +92,10 @@ ENGINE_MUTANTS += (
            (("        if need.identity_column is not None and getattr(old, need.identity_column) != c.identity:",
              "        if need.identity_column == 'requester' and old.requester != c.identity:"),),
            "the executor role checks the scope but not that the caller owns the assigned provider"),
+    Mutant("resume_without_epoch_accepted", "reference.engine",
+           (('                missing = [c for c in ("stream_id", "epoch") if q.pinned_value(query, c) is None]',
+             '                missing = [c for c in ("stream_id",) if q.pinned_value(query, c) is None]'),),
+           "a resume that pins the stream but not the epoch is accepted"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

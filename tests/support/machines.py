@@ -261,6 +261,7 @@ class SystemMachine(RuleBasedStateMachine):
         self.watching = False
         self.last_restart = 0
         self.jobs = 0
+        self.adhoc = 0
 
     @initialize(follows=st.lists(st.tuples(client_st, st.sampled_from(STREAMS)), max_size=4))
     def start(self, follows: list[tuple[int, str]]) -> None:
@@ -290,6 +291,26 @@ class SystemMachine(RuleBasedStateMachine):
             self.watching = True
             from spec.messages import Subscribe
             self.sys._send(2, [Subscribe(900, 900, WATCH_QUERIES)])
+
+    @rule(i=any_client_st, s=st.sampled_from(STREAMS), form=st.integers(0, 5), w=st.integers(0, 4))
+    def adhoc_query(self, i: int, s: str, form: int, w: int) -> None:
+        """A subscription written by hand (then dropped): resume forms with and without the epoch and
+        the stream pinned, in the spellings people type and the TS SDK's query builder emits."""
+        from spec.messages import Subscribe, Unsubscribe
+        from spec.reducers import virtual_stream
+        epoch = virtual_stream(self.sys.server.db, s)[0]
+        text = (
+            f"SELECT * FROM sync_event WHERE stream_id = '{s}' AND seq > {w}",  # no epoch: refused
+            f'SELECT * FROM "sync_event" WHERE (("sync_event"."stream_id" = \'{s}\') AND ("sync_event"."epoch" = '
+            f'{epoch})) AND ("sync_event"."seq" > {w})',
+            f"SELECT * FROM sync_event WHERE seq >= {w}",
+            f"SELECT * FROM sync_event WHERE epoch = {epoch} AND {w} < seq",
+            f"SELECT * FROM sync_event WHERE stream_id = '{s}'",  # not a resume: no seq bound
+            f"SELECT * FROM sync_event WHERE (stream_id = '{s}' AND epoch = {epoch}) AND seq >= {w}",
+        )[form]
+        self.adhoc += 1
+        qs = 700 + self.adhoc
+        self.sys._send(i, [Subscribe(qs, qs, (text,)), Unsubscribe(qs + 1, qs)])
 
     @rule(i=client_st, s=st.sampled_from(STREAMS), k=st.sampled_from(KEYS), p=st.sampled_from(PAYLOADS),
           expect=st.booleans())
@@ -518,6 +539,7 @@ class DiffMachine(SystemMachine):
         self.watching = False
         self.last_restart = 0
         self.jobs = 0
+        self.adhoc = 0
 
 
 class DiffModuleMachine(ModuleMachine):

@@ -142,6 +142,10 @@ MUTANTS += (
              "    if not any(has_role(role, c.scopes, c.identity, replace(old, provider_owner=c.identity))"
              " for role in ASSIGNMENT_TRANSITIONS[edge]):"),),
            "any compute.execute holder starts, completes or fails any assigned job", expected=("ASSIGN-4",)),
+    Mutant("resume_without_epoch_accepted", "spec.delivery",
+           (("                refused = resume_form_error(query)\n", "                refused = None\n"),),
+           "a sync_event subscription bounding seq without epoch = is accepted (skips the epoch check)",
+           expected=("STALE-3",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 

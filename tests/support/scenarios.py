@@ -531,6 +531,46 @@ SCENARIOS += (
         _sees_jobs("squatter"),
     )),
 )
+READER = Person("reader", frozenset({"sync.subscribe", "sync.append"}), ("s.*",))
+RESUME_FORM = "SELECT * FROM sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W"
+
+
+def _appends(conn: str, stream: str, n: int, start: int = 1) -> tuple[Step, ...]:
+    return tuple(Call(conn, "append_sync_event", (stream, f"k{k}", f'{{"n":{k}}}', None, None), ret=k)
+                 for k in range(start, start + n))
+
+
+SCENARIOS += (
+    Scenario("resume_needs_stream_and_epoch", 3, (READER,), (
+        Connect("reader", "reader"),
+        *_appends("reader", "s.a", 3),
+        # today: accepted without the epoch check, so a cursor from a lost suffix is valid again later
+        Sub("reader", ("SELECT * FROM sync_event WHERE stream_id = 's.a' AND seq > 1",), expect="invalid_query",
+            message=RESUME_FORM),
+        Sub("reader", ('SELECT * FROM "sync_event" WHERE ("sync_event"."stream_id" = \'s.a\') AND '
+                       '("sync_event"."seq" > 2)',), expect="invalid_query", message="missing: epoch"),
+        Sub("reader", ("SELECT * FROM sync_event WHERE seq >= 2",), expect="invalid_query",
+            message="missing: stream_id, epoch"),
+        Sub("reader", ("SELECT * FROM sync_event WHERE epoch = 1 AND 1 < seq",), expect="invalid_query",
+            message="missing: stream_id"),
+        # one bad query fails the whole set, before any grant or stale check
+        Sub("reader", ("SELECT * FROM sync_stream", "SELECT * FROM sync_event WHERE stream_id = 'x.b' AND seq > 0"),
+            expect="invalid_query"),
+        # the forms that pin both are resumes, in every spelling (the TS SDK's query builder included)
+        Sub("reader", ("SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = 1 AND seq > 2",)),
+        Sub("reader", ('SELECT * FROM "sync_event" WHERE (("sync_event"."stream_id" = \'s.a\') AND '
+                       '("sync_event"."epoch" = 1)) AND ("sync_event"."seq" > 1)',)),
+        Sub("reader", ('SELECT * FROM "sync_event" WHERE ("sync_event"."stream_id" = \'s.a\') AND '
+                       '("sync_event"."epoch" = 1) AND ("sync_event"."seq" >= 3)',)),
+        Sees("reader", "sync_event", ("seq",), frozenset({(2,), (3,)})),
+        # and a query that does not bound seq is no resume: it reads the stream
+        Sub("reader", ("SELECT * FROM sync_event WHERE stream_id = 's.a'",)),
+        Sees("reader", "sync_event", ("seq",), frozenset({(1,), (2,), (3,)})),
+        # a resume in another epoch is stale as before
+        Sub("reader", ("SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = 2 AND seq > 1",),
+            expect="stale_cursor", details={"reasons": ["epoch_changed"]}),
+    )),
+)
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
