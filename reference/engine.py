@@ -91,7 +91,6 @@ class Connection:
     confirmed: bool
     query_sets: dict[int, tuple[q.Query, ...]] = field(default_factory=dict)
     outbound: deque[Outbound] = field(default_factory=deque)
-    sessions: set[str] = field(default_factory=set)
     closed_reason: str | None = None
 
 
@@ -116,7 +115,9 @@ class Engine:
         self.now = 0
         self._next_conn = 1
         self.on_close: Callable[[int, str], None] | None = None
-        self._disconnects: list[tuple[str, frozenset[str]]] = []
+        self._disconnects: list[tuple[str, int, frozenset[str]]] = []
+        self._last_upsert: dict[str, int] = {}  # session -> the connection that last upserted it
+        self._upserted: dict[int, set[str]] = {}  # its inverse: connection -> the sessions it upserted last
         self._fanning_out = False
 
     # --- connections --------------------------------------------------------------------------
@@ -143,18 +144,32 @@ class Engine:
             self._unregister(conn, qs_id)
         if self.on_close is not None:
             self.on_close(conn_id, reason)
-        if conn.sessions:
-            self._disconnects.append((conn.claims.identity, frozenset(conn.sessions)))
+        mine = self._upserted.pop(conn_id, set())
+        if mine:
+            self._disconnects.append((conn.claims.identity, conn_id, frozenset(mine)))
         self._drain_disconnects()
 
     def _drain_disconnects(self) -> None:
         """Presence of closed connections goes ``disconnected`` in its own transaction, after any
-        fanout in progress and within the durability bound."""
-        self._disconnects.sort(key=lambda d: (d[0], sorted(d[1])))  # same order however closes interleaved
+        fanout in progress and within the durability bound -- only the sessions whose last upsert
+        came from the closed connection (ADR-0003 decision 4)."""
+        self._disconnects.sort(key=lambda d: (d[0], sorted(d[2])))  # same order however closes interleaved
         while self._disconnects and not self._fanning_out and self.can_commit():
-            identity, sessions = self._disconnects.pop(0)
+            identity, conn_id, queued = self._disconnects.pop(0)
+            sessions = frozenset(s for s in queued if self._last_upsert.get(s) == conn_id)
+            for s in sessions:
+                del self._last_upsert[s]
             self._system("disconnect", (identity, tuple(sorted(sessions))),
                          functools.partial(self._disconnect_body, identity, sessions))
+
+    def _upserted_by(self, session: str, conn_id: int | None) -> None:
+        """Remember which connection (None: none, an HTTP call) made the last upsert of ``session``."""
+        old = self._last_upsert.pop(session, None)
+        if old is not None:
+            self._upserted.get(old, set()).discard(session)
+        if conn_id is not None:
+            self._last_upsert[session] = conn_id
+            self._upserted.setdefault(conn_id, set()).add(session)
 
     def _disconnect_body(self, identity: str, sessions: frozenset[str], tx: Txn) -> None:
         r.disconnect_sessions(tx, self.now, identity, sessions)
@@ -364,7 +379,7 @@ class Engine:
             tx.rollback()
             raise
         if msg.reducer == "upsert_presence":
-            conn.sessions.add(str(msg.args[0]))
+            self._upserted_by(str(msg.args[0]), conn.conn_id)
         if not tx.wrote:
             self._send(conn, self.committed, ReducerResult(msg.request_id, self.committed, ReducerOk(ret, ())))
             return
@@ -402,6 +417,8 @@ class Engine:
         except SyncError as err:
             tx.rollback()
             return err
+        if reducer == "upsert_presence":
+            self._upserted_by(str(args[0]), None)
         if tx.wrote:
             self._commit(tx, "reducer", reducer, claims, args, None)
         return None
@@ -421,6 +438,8 @@ class Engine:
         except BaseException:
             tx.rollback()
             raise
+        if reducer == "upsert_presence":
+            self._upserted_by(str(args[0]), None)  # an HTTP upsert belongs to no connection
         if not tx.wrote:
             return self.committed, ret
         self._commit(tx, "reducer", reducer, claims, args, None)

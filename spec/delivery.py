@@ -4,7 +4,7 @@
 roll back to it, and one :class:`Conn` per open connection.  Its methods are the transitions:
 
 ``connect`` / ``close``
-    open or drop a connection (a close marks the sessions it upserted ``disconnected``);
+    open or drop a connection (a close marks ``disconnected`` the sessions whose last upsert it made);
 ``handle(conn, msg)``
     one client message, in per-connection order:
 
@@ -58,7 +58,7 @@ from spec.messages import (
     UnsubscribeApplied,
 )
 from spec.policy import DEFAULT_POLICY, Policy
-from spec.reducers import CallContext, Err, Ok, call, disconnect_sessions, unclean_restart, virtual_stream
+from spec.reducers import CallContext, Err, Ok, Outcome, call, disconnect_sessions, unclean_restart, virtual_stream
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState, Delta
 from spec.values import Identity, Row, SyncEvent, SyncStream
@@ -147,7 +147,6 @@ class Conn:
     confirmed: bool
     query_sets: dict[int, tuple[q.Query, ...]] = field(default_factory=dict)
     outbound: list[Outbound] = field(default_factory=list)
-    sessions: set[str] = field(default_factory=set)
     closed_reason: str | None = None
 
 
@@ -178,7 +177,8 @@ class Server:
         self.history: list[Commit] = []  # commits past the durable offset
         self.ledger: list[SyncEvent] = []  # every event ever committed (not subject to compaction)
         self.conns: dict[int, Conn] = {}
-        self._disconnects: list[tuple[Identity, frozenset[str]]] = []  # closed, sessions not yet marked
+        self._disconnects: list[tuple[Identity, int, frozenset[str]]] = []  # closed, sessions not yet marked
+        self.upserter: dict[str, int] = {}  # session -> the connection that last upserted it (memory only)
         self._fanning_out = False
         self.now = 0
         self._next_conn = 1
@@ -196,19 +196,25 @@ class Server:
         if conn is None:
             return
         conn.closed_reason = reason
-        if conn.sessions:
-            self._disconnects.append((conn.claims.identity, frozenset(conn.sessions)))
+        mine = frozenset(s for s, c in self.upserter.items() if c == conn_id)
+        if mine:
+            self._disconnects.append((conn.claims.identity, conn_id, mine))
         self._drain_disconnects()
 
     def _drain_disconnects(self) -> None:
         """Mark the sessions of closed connections ``disconnected``, one transaction per closed
         connection, never in the middle of another transaction's fanout (a slow consumer is
-        closed while a commit fans out) and never past the durability bound (it waits)."""
+        closed while a commit fans out) and never past the durability bound (it waits).  Only the
+        sessions whose last upsert came from that connection are marked (ADR-0003 decision 4): a
+        session re-upserted on a newer connection (the reconnect path) belongs to that one."""
         # waiting marks commit in (identity, sessions) order, so the order is the same however
         # the closes that queued them interleaved
-        self._disconnects.sort(key=lambda d: (d[0], sorted(d[1])))
+        self._disconnects.sort(key=lambda d: (d[0], sorted(d[2])))
         while self._disconnects and not self._fanning_out and self.can_commit():
-            identity, sessions = self._disconnects.pop(0)
+            identity, conn_id, queued = self._disconnects.pop(0)
+            sessions = frozenset(s for s in queued if self.upserter.get(s) == conn_id)
+            for s in sessions:
+                del self.upserter[s]
             ok = disconnect_sessions(self.db, self.now, identity, sessions)
             if not ok.noop:
                 self._commit(ok.state, ok.delta, None)
@@ -319,12 +325,23 @@ class Server:
                        ReducerResult(msg.request_id, self.committed, ReducerErr(outcome.error.render())))
             return
         if msg.reducer == "upsert_presence":
-            conn.sessions.add(str(msg.args[0]))
+            self.upserter[str(msg.args[0])] = conn.conn_id
         if outcome.noop:
             self._send(conn, self.committed,
                        ReducerResult(msg.request_id, self.committed, ReducerOk(outcome.ret, ())))
             return
         self._commit(outcome.state, outcome.delta, (conn, msg.request_id, outcome))
+
+    @icontract.require(lambda self: self.can_commit(), "a call is taken only within the durability bound")
+    def call_detached(self, claims: Claims, reducer: str, args: tuple[object, ...]) -> Outcome:
+        """A reducer call with no connection (the HTTP ``call`` route): every subscriber hears of it by
+        ``TransactionUpdate``.  A session upserted this way belongs to no connection: no close marks it."""
+        outcome = call(self.db, CallContext(claims, self.now, self.committed + 1, self.policy), reducer, args)
+        if isinstance(outcome, Ok):
+            if reducer == "upsert_presence":
+                self.upserter.pop(str(args[0]), None)
+            self.system_tx(outcome)
+        return outcome
 
     def system_tx(self, outcome: Ok) -> bool:
         """Commit a server-initiated transaction; False when it wrote nothing or must wait."""
@@ -393,6 +410,7 @@ class Server:
 
     def _restart(self) -> None:
         self._disconnects.clear()  # a restarted server has no sessions to mark: TTLs take over
+        self.upserter.clear()
         for cid in list(self.conns):
             self.conns.pop(cid).closed_reason = "server restart"
         self.db = self.durable_db

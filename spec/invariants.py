@@ -123,6 +123,10 @@ CATALOG: tuple[Invariant, ...] = (
               "offline_reason; expires_at >= last_seen."),
     Invariant("PRES-2", "transition", "After a presence sweep at time t no live (non-offline) row has "
               "expires_at <= t; a status change emits exactly one presence_signal."),
+    Invariant("PRES-3", "trace", "Closing a connection marks a session disconnected only when that connection made "
+              "the session's last upsert (a session re-upserted on a newer connection stays as that upsert left "
+              "it), and once faults heal every session whose last upserting connection closed (not by a crash: "
+              "TTLs take over then) is offline."),
     Invariant("ASSIGN-1", "transition", "A compute assignment changes only along the transition table, bumping "
               "version by exactly 1; terminal rows never change."),
     Invariant("ASSIGN-2", "state", "Assignment status is valid and version >= 1; assigned, running, completed "

@@ -76,7 +76,7 @@ class Trace:
             return
         prev = self.states.get(offset - 1)
         self.states[offset] = db
-        self.violations.extend(check_state(db))
+        self.violations.extend(check_state(db, self.policy.bridge_max_attempts))
         if prev is not None:
             self.violations.extend(check_transition(prev, db))
         if sweep_now is not None:

@@ -96,6 +96,11 @@ ENGINE_MUTANTS += (
            (('                missing = [c for c in ("stream_id", "epoch") if q.pinned_value(query, c) is None]',
              '                missing = [c for c in ("stream_id",) if q.pinned_value(query, c) is None]'),),
            "a resume that pins the stream but not the epoch is accepted"),
+    Mutant("first_upserter_marks", "reference.engine",
+           (('        old = self._last_upsert.pop(session, None)\n',
+             '        if session in self._last_upsert and conn_id is not None:\n            return\n'
+             '        old = self._last_upsert.pop(session, None)\n'),),
+           "a session stays with the first connection that upserted it, which marks it on close"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

@@ -327,6 +327,16 @@ class SystemMachine(RuleBasedStateMachine):
         if view is not None and view.epoch is not None:
             self.sys.call(i, "ack_checkpoint", (f"c{i}", s, view.epoch, view.last))
 
+    @rule(i=client_st, status=st.sampled_from(["online", "away"]), reap=st.booleans())
+    def reconnect_half_open(self, i: int, status: str, reap: bool) -> None:
+        """The reconnect path: the client reconnects while the server still holds its old connection,
+        re-upserts its session on the new one, and the old one closes later (PRES-3: the close must
+        not mark the session)."""
+        if self.sys.reconnect_leaving_old_open(i):
+            self._handled(i, "upsert_presence", (f"sess{i}", "dev", "node", status, "eu", 5000))
+        if reap:
+            self.sys.reap()
+
     @rule(i=client_st, status=st.sampled_from(["online", "away", "offline"]))
     def presence(self, i: int, status: str) -> None:
         self.sys.call(i, "upsert_presence", (f"sess{i}", "dev", "node", status, "eu", 2000))
@@ -509,6 +519,7 @@ class SystemMachine(RuleBasedStateMachine):
     @rule()
     def heal(self) -> None:
         self.sys.quiesce()
+        self.sys.check_marks_after_heal()
         self.watching = self.watching and 2 in self.sys.links
         views = [(c.client_id, s, v.epoch, v.last, v.applied) for c in self.sys.clients
                  for s, v in c.streams.items() if s not in c.forbidden]

@@ -146,6 +146,11 @@ MUTANTS += (
            (("                refused = resume_form_error(query)\n", "                refused = None\n"),),
            "a sync_event subscription bounding seq without epoch = is accepted (skips the epoch check)",
            expected=("STALE-3",)),
+    Mutant("first_upserter_marks", "spec.delivery",
+           (("            self.upserter[str(msg.args[0])] = conn.conn_id\n",
+             "            self.upserter.setdefault(str(msg.args[0]), conn.conn_id)\n"),),
+           "the first connection that upserted a session marks it on close, even after a newer connection "
+           "re-upserted it (the reconnect flap)", expected=("PRES-3",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 

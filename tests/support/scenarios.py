@@ -72,6 +72,16 @@ class Call:
 
 
 @dataclass(frozen=True)
+class CallHttp:
+    """A reducer call with no connection (``POST /v1/database/:name/call/:reducer``)."""
+
+    person: str
+    reducer: str
+    args: tuple[Any, ...]
+    expect: str = "ok"
+
+
+@dataclass(frozen=True)
 class Sub:
     conn: str
     queries: tuple[str, ...]
@@ -104,7 +114,7 @@ class Advance:
     compact: bool = False
 
 
-Step = Connect | Close | Call | Sub | Sees | Advance
+Step = Connect | Close | Call | CallHttp | Sub | Sees | Advance
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,9 @@ class Driver(Protocol):
         """Everything ``conn`` has been sent so far (all of it: the server is quiescent)."""
         ...
     def advance(self, us: int, sweep: bool, compact: bool) -> None: ...
+    def call_http(self, person: Person, reducer: str, args: tuple[Any, ...]) -> str:
+        """``ok`` or the error code."""
+        ...
 
 
 def claims_of(p: Person) -> Claims:
@@ -164,6 +177,13 @@ class ModelDriver:
         while self.server.releasable(cid):
             out.append(self.server.pop(cid).message)
         return out
+
+    def call_http(self, person: Person, reducer: str, args: tuple[Any, ...]) -> str:
+        from spec.reducers import Err
+        self.people[person.name] = claims_of(person)
+        out = self.server.call_detached(claims_of(person), reducer, args)
+        self.server.advance_durable(self.server.committed)
+        return out.error.code.value if isinstance(out, Err) else "ok"
 
     def advance(self, us: int, sweep: bool, compact: bool) -> None:
         from spec.reducers import compact as compact_tx
@@ -218,6 +238,18 @@ class EngineDriver:
             raise AssertionError(f"{conn}: engine sent {got}, the model {[type(m).__name__ for m in theirs]}")
         return theirs
 
+    def call_http(self, person: Person, reducer: str, args: tuple[Any, ...]) -> str:
+        want = self.model.call_http(person, reducer, args)
+        try:
+            self.engine.call_detached(claims_of(person), reducer, args)
+            got = "ok"
+        except SyncError as err:
+            got = err.code.value
+        self.engine.advance_durable(self.engine.committed)
+        assert got == want, f"http {reducer}: engine {got}, model {want}"
+        self._same_tables(f"http {reducer}")
+        return got
+
     def advance(self, us: int, sweep: bool, compact: bool) -> None:
         self.model.advance(us, sweep, compact)
         self.engine.now += us
@@ -270,9 +302,23 @@ class WireDriver:
         self.inbox[conn] = []
 
     def close(self, conn: str) -> None:
+        import time
+        before = self.st.call(lambda: len(self.st.server.sessions))
         self.clients.pop(conn).close()
         self.inbox.pop(conn)
-        self.st.call(lambda: None)  # let the server take the close before the next step
+        deadline = time.monotonic() + 10
+        while self.st.call(lambda: len(self.st.server.sessions)) >= before:  # the server took the close
+            assert time.monotonic() < deadline, "the server did not notice the close"
+            time.sleep(0.005)
+
+    def call_http(self, person: Person, reducer: str, args: tuple[Any, ...]) -> str:
+        from adapters import satsjson
+        from spec.schema import REDUCER_BY_NAME
+        from support.server import call_http
+        token = self.st.token(scopes=person.scopes, streams=person.streams, subject=person.name)
+        body = [satsjson.to_json(c.type, v) for c, v in zip(REDUCER_BY_NAME[reducer].args, args, strict=True)]
+        res = call_http(self.st, token, reducer, body)
+        return "ok" if res.status == 200 else SyncError.parse(res.text).code.value
 
     def send(self, conn: str, msg: sm.ClientMessage) -> None:
         from adapters import bsatn, wire
@@ -393,6 +439,9 @@ def run(scenario: Scenario, driver: Driver) -> None:
                 assert {k: err.details.get(k) for k in step.details} == dict(step.details), f"{where}: {err.render()}"
             if step.ret is not None:
                 assert isinstance(res.outcome, sm.ReducerOk) and res.outcome.ret == step.ret, f"{where}: {res}"
+        elif isinstance(step, CallHttp):
+            got = driver.call_http(people[step.person], step.reducer, step.args)
+            assert got == step.expect, f"{where}: got {got}"
         elif isinstance(step, Sub):
             rid, qs = next(next_id), next(next_id)
             driver.send(step.conn, sm.Subscribe(rid, qs, step.queries))
@@ -569,6 +618,37 @@ SCENARIOS += (
         # a resume in another epoch is stale as before
         Sub("reader", ("SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = 2 AND seq > 1",),
             expect="stale_cursor", details={"reasons": ["epoch_changed"]}),
+    )),
+)
+DEVICE = Person("device", frozenset({"sync.subscribe", "presence.write"}))
+WATCHER = Person("watcher", frozenset({"sync.subscribe"}))
+
+
+def _upsert(conn: str, session: str, status: str = "online") -> Call:
+    return Call(conn, "upsert_presence", (session, "dev1", "node1", status, "eu", 60_000))
+
+
+def _presence(*rows: tuple[str, str, str | None]) -> Sees:
+    return Sees("watcher", "session_presence", ("session_id", "status", "offline_reason"), frozenset(rows))
+
+
+SCENARIOS += (
+    Scenario("reconnect_does_not_flap_presence", 4, (DEVICE, WATCHER), (
+        Connect("watcher", "watcher"), Sub("watcher", ("SELECT * FROM session_presence",)),
+        Connect("old", "device"), _upsert("old", "s1"),
+        # the device reconnects before the server noticed the old connection is gone, and re-upserts
+        Connect("new", "device"), _upsert("new", "s1"),
+        Close("old"),  # today: s1 goes offline (disconnected) although "new" is live
+        _presence(("s1", "online", None)),
+        Close("new"),  # the connection that upserted it last closes: now it is disconnected
+        _presence(("s1", "offline", "disconnected")),
+        # an upsert over HTTP belongs to no connection: the earlier connection no longer marks it
+        Connect("c", "device"), _upsert("c", "s2"),
+        CallHttp("device", "upsert_presence", ("s2", "dev1", "node1", "away", "eu", 60_000)),
+        Close("c"),
+        _presence(("s1", "offline", "disconnected"), ("s2", "away", None)),
+        Advance(61 * 10**6, sweep=True),  # ... it expires instead
+        _presence(("s1", "offline", "disconnected"), ("s2", "offline", "ttl_expired")),
     )),
 )
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
