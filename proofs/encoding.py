@@ -20,7 +20,8 @@ Abstraction (what a :class:`Db` keeps of a :class:`spec.state.DbState`):
   model inserts in seq order and deletes prefixes, so table order is seq order);
 * columns no decision reads and no invariant names are dropped: timestamps other than
   ``committed_at``/``last_seen``/``expires_at``, ``stream_class``, ``owner_scope``,
-  ``producer``, ``tx_offset``, bridge source/kind/tags/content;
+  ``producer``, ``tx_offset``, bridge source/kind/tags/content (their hash, ``content_hash``, is
+  kept) and ``next_attempt_at``;
 * argument validation that needs strings (id syntax, JSON canonicalization, payload sizes,
   hash formats) is one action field ``arg_err``: 0, or the code of the first failing check.  The
   checks that depend on modelled values (enumerations, TTL range, the edge table, hash
@@ -122,6 +123,8 @@ CANON = z3.Function("Canon", z3.IntSort(), z3.BoolSort())
 """payload -> is it canonical JSON."""
 ADVERTISES = z3.Function("Advertises", z3.IntSort(), z3.IntSort(), z3.BoolSort())
 """(interned nip90_kinds list, job kind) -> does the list contain the kind."""
+MERGE = z3.Function("Merge", z3.IntSort(), z3.IntSort(), z3.IntSort())
+"""(interned relay list, interned relay list) -> the interned sorted union (relays_acked merging)."""
 
 # --- rows -------------------------------------------------------------------------------------------------
 
@@ -902,7 +905,8 @@ def t_enqueue(pre: Db, a: EnqueueAct, post: Db, r: Result, d: Delta, pol: Policy
 
 
 def t_mark_sent(pre: Db, a: MarkSentAct, post: Db, r: Result, d: Delta, pol: Policy, bug: str = "") -> ZBool:
-    """``mark_bridge_event_sent``: to sent; sent again with the same id is a no-op, another id a conflict."""
+    """``mark_bridge_event_sent``: to sent; sent again with the same id merges the relays (a no-op when it
+    adds none), another id a conflict."""
 
     def at(i: int) -> ZBool:
         old = pre.outbox[i]
@@ -914,10 +918,12 @@ def t_mark_sent(pre: Db, a: MarkSentAct, post: Db, r: Result, d: Delta, pol: Pol
             (z3.And(sent, z3.Not(z3.And(old.has_event_id, old.event_id == a.event_id))),
              code(ErrorCode.BRIDGE_EVENT_CONFLICT)),
         ])
-        new = Outbox(True, old.content_hash, B_STATUS["sent"], old.attempts, True, a.event_id, a.relays,
+        relays = z3.If(sent, MERGE(old.relays, a.relays), a.relays)
+        new = Outbox(True, old.content_hash, B_STATUS["sent"], old.attempts, True, a.event_id, relays,
                      old.has_error, old.error)
+        adds = z3.Or(z3.Not(sent), relays != old.relays)  # a repeated success writes only when it adds a relay
         return z3.And(z3.Not(r.has_ret), z3.If(
-            z3.And(err == OK_CODE, z3.Not(sent)),
+            z3.And(err == OK_CODE, adds),
             z3.And(r.code == OK_CODE, r.wrote, same(post.outbox[i], new), frame(pre, post, {f"outbox{i}"}),
                    no_delta(d)),
             fail(pre, post, r, d, err)))

@@ -306,12 +306,12 @@ def enqueue_bridge_event(tx: Txn, x: Ctx, outbox_id: str, source: str, nostr_kin
                    message="must be a JSON array of arrays of strings")
     if nostr_kind not in x.policy.bridge_kinds:
         raise _err(ErrorCode.POLICY_DENIED, nostr_kind=nostr_kind, outbox_id=outbox_id)
-    digest = payload_hash(dumps_canonical([nostr_kind, tags, content]))
+    digest = payload_hash(dumps_canonical([source, nostr_kind, tags, content]))
     old = tx.db.get("bridge_outbox", (outbox_id,))
     assert old is None or isinstance(old, BridgeOutbox)
     if old is None:
-        tx.insert(BridgeOutbox(outbox_id, source, nostr_kind, tags_canon, content, digest, "pending", 0, None, None, (),
-                               x.now, x.now))
+        tx.insert(BridgeOutbox(outbox_id, source, nostr_kind, tags_canon, content, digest, "pending", 0, x.now, None,
+                               None, (), x.now, x.now))
     elif old.content_hash != digest:
         raise _err(ErrorCode.IDEMPOTENCY_CONFLICT, content_hash=digest, existing_content_hash=old.content_hash,
                    outbox_id=outbox_id)
@@ -333,12 +333,15 @@ def mark_bridge_event_sent(tx: Txn, x: Ctx, outbox_id: str, nostr_event_id: str,
     assert old is None or isinstance(old, BridgeOutbox)
     if old is None:
         raise _err(ErrorCode.BRIDGE_EVENT_MISSING, outbox_id=outbox_id)
+    relays_acked = tuple(sorted(set(relays)))
     if old.status == "sent":
         if old.nostr_event_id != nostr_event_id:
             raise _err(ErrorCode.BRIDGE_EVENT_CONFLICT, nostr_event_id=old.nostr_event_id,
                        requested_nostr_event_id=nostr_event_id, outbox_id=outbox_id)
-        return None
-    tx.update(old, replace(old, status="sent", nostr_event_id=nostr_event_id, relays_acked=tuple(sorted(set(relays))),
+        relays_acked = tuple(sorted(set(old.relays_acked).union(relays)))
+        if relays_acked == old.relays_acked:
+            return None
+    tx.update(old, replace(old, status="sent", nostr_event_id=nostr_event_id, relays_acked=relays_acked,
                            updated_at=x.now))
     return None
 
@@ -359,6 +362,7 @@ def record_bridge_failure(tx: Txn, x: Ctx, outbox_id: str, error: str, retry_aft
     if old.status == "pending":
         attempts = old.attempts + 1
         tx.update(old, replace(old, attempts=attempts, last_error=error, updated_at=x.now,
+                               next_attempt_at=x.now + 1000 * retry_after_ms,
                                status="failed" if attempts >= p.bridge_max_attempts else "pending"))
     return None
 

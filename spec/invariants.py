@@ -140,7 +140,15 @@ CATALOG: tuple[Invariant, ...] = (
               "complete and fail belong to the assigned provider's owner alone."),
     Invariant("BRIDGE-1", "state", "An outbox row is sent exactly when it has a nostr_event_id; failed rows have "
               "reached the maximum attempts; pending rows are below it."),
-    Invariant("BRIDGE-2", "transition", "A sent outbox row never changes; attempts never decrease."),
+    Invariant("BRIDGE-2", "transition", "A sent outbox row stays sent with the same event id and content; the only "
+              "change it takes is relays_acked growing (a repeated success merging newly acknowledged relays). "
+              "Attempts never decrease."),
+    Invariant("BRIDGE-3", "call", "The outbox rules a bridge worker relies on: enqueue deduplicates on the hash of "
+              "canonical [source, nostr_kind, tags, content] (another source under the same outbox_id is "
+              "idempotency_conflict) and starts with next_attempt_at = the enqueue time; record_bridge_failure on "
+              "a pending row sets next_attempt_at = now + retry_after_ms; mark_bridge_event_sent with the event id "
+              "already recorded merges the relays into relays_acked, writing exactly when it adds one, and with "
+              "another event id is bridge_event_conflict."),
     Invariant("PROV-1", "transition", "A provider capability's version rises by exactly 1 on every content change "
               "and never without one."),
     Invariant("DUR-1", "trace", "After a crash the state is exactly the durable prefix: every transaction "
@@ -270,7 +278,8 @@ def check_state(db: DbState, bridge_max_attempts: int = 5) -> list[Violation]:
     for b in db.of_type(BridgeOutbox):
         bad = b.status not in BRIDGE_STATUSES or (b.status == "sent") != (b.nostr_event_id is not None) \
             or (b.status == "failed" and b.attempts < bridge_max_attempts) \
-            or (b.status == "pending" and b.attempts >= bridge_max_attempts)
+            or (b.status == "pending" and b.attempts >= bridge_max_attempts) \
+            or b.next_attempt_at < b.created_at or list(b.relays_acked) != sorted(set(b.relays_acked))
         if bad:
             v.append(("BRIDGE-1", f"outbox {b.outbox_id}: {b.status} attempts {b.attempts}"))
     for pc in db.of_type(ProviderCapability):
@@ -329,7 +338,12 @@ def check_transition(before: DbState, after: DbState) -> list[Violation]:
     b0, b1 = _by(before.of_type(BridgeOutbox), "outbox_id"), _by(after.of_type(BridgeOutbox), "outbox_id")
     for oid, a in b0.items():
         b = b1.get(oid)
-        if b is not None and ((a.status == "sent" and b != a) or b.attempts < a.attempts):
+        if b is None:
+            continue
+        grew = a.status == "sent" and (b.status != "sent" or not set(a.relays_acked) <= set(b.relays_acked)
+                                       or (b.nostr_event_id, b.content_hash, b.attempts, b.next_attempt_at)
+                                       != (a.nostr_event_id, a.content_hash, a.attempts, a.next_attempt_at))
+        if grew or b.attempts < a.attempts:
             v.append(("BRIDGE-2", f"outbox {oid} changed after sent or attempts decreased"))
     p0 = _by(before.of_type(ProviderCapability), "provider_id")
     p1 = _by(after.of_type(ProviderCapability), "provider_id")
@@ -383,6 +397,34 @@ def _check_update_roles(before: DbState, scopes: frozenset[str], identity: str |
     return []
 
 
+def _check_outbox_call(before: DbState, reducer: str, args: tuple[Any, ...], outcome_ok: bool,
+                       error_code: ErrorCode | None, wrote: bool, after: DbState) -> list[Violation]:
+    """BRIDGE-3, each rule read off the rows before and after (no reducer code reused)."""
+    oid = args[0]
+    old = _by(before.of_type(BridgeOutbox), "outbox_id").get(oid)
+    new = _by(after.of_type(BridgeOutbox), "outbox_id").get(oid)
+    if reducer == "enqueue_bridge_event" and old is not None and outcome_ok and old.source != args[1]:
+        return [("BRIDGE-3", f"enqueue of {oid} from source {args[1]} accepted over one from {old.source}")]
+    if reducer == "enqueue_bridge_event" and old is None and new is not None and new.next_attempt_at != new.created_at:
+        return [("BRIDGE-3", f"new outbox row {oid} starts with next_attempt_at {new.next_attempt_at}")]
+    if reducer == "mark_bridge_event_sent" and old is not None and old.status == "sent" \
+            and old.nostr_event_id == args[1] \
+            and error_code not in (ErrorCode.MISSING_SCOPE, ErrorCode.INVALID_ARGUMENT):
+        adds = not set(args[2]) <= set(old.relays_acked)
+        if not outcome_ok or wrote != adds or (new is not None and
+                                               set(new.relays_acked) != set(old.relays_acked) | set(args[2])):
+            return [("BRIDGE-3", f"repeated mark of {oid}: ok={outcome_ok} wrote={wrote}, relays "
+                                 f"{old.relays_acked} + {args[2]} -> {new.relays_acked if new else None}")]
+    if reducer == "mark_bridge_event_sent" and old is not None and old.status == "sent" \
+            and old.nostr_event_id != args[1] and outcome_ok:
+        return [("BRIDGE-3", f"{oid} sent as {old.nostr_event_id} accepted another event id")]
+    if reducer == "record_bridge_failure" and wrote and old is not None and new is not None \
+            and new.next_attempt_at != new.updated_at + 1000 * args[2]:
+        return [("BRIDGE-3", f"failure of {oid} with retry_after_ms {args[2]}: next_attempt_at "
+                             f"{new.next_attempt_at}, updated_at {new.updated_at}")]
+    return []
+
+
 def check_call(before: DbState, scopes: frozenset[str], granted: bool, reducer: str, args: tuple[Any, ...],
                outcome_ok: bool, ret: int | None, error_code: ErrorCode | None, wrote: bool,
                after: DbState, identity: str | None = None) -> list[Violation]:
@@ -393,6 +435,8 @@ def check_call(before: DbState, scopes: frozenset[str], granted: bool, reducer: 
         v.append(("DELIV-4", f"failed {reducer} changed the state"))
     if reducer == "update_compute_assignment" and identity is not None:
         v += _check_update_roles(before, scopes, identity, args, outcome_ok, error_code, after)
+    if reducer in ("enqueue_bridge_event", "mark_bridge_event_sent", "record_bridge_failure"):
+        v += _check_outbox_call(before, reducer, args, outcome_ok, error_code, wrote, after)
     if reducer == "append_sync_event":
         stream_id, key, payload_json = args[0], args[1], args[2]
         if "sync.append" not in scopes:

@@ -26,7 +26,7 @@ class Policy:
     default_class: StreamClass = field(default_factory=lambda: StreamClass("default"))
     presence_min_ttl_ms: int = 1_000
     presence_max_ttl_ms: int = 300_000
-    bridge_kinds: frozenset[int] = frozenset({1, 30078, 31990})
+    bridge_kinds: frozenset[int] = frozenset({30078, 31990})  # NIP-89 provider ads, receipt pointers (DESIGN §6)
     bridge_max_attempts: int = 5
     bridge_max_retry_after_ms: int = 86_400_000
     max_error_text: int = 1024

@@ -266,24 +266,29 @@ def _outbox_enqueued(db: DbState, outbox_id: str, result: Ok) -> bool:
     if result.noop:
         return before is not None and after == before
     return (before is None and after is not None and (after.status, after.attempts, after.nostr_event_id) ==
-            ("pending", 0, None) and is_hash(after.content_hash))
+            ("pending", 0, None) and is_hash(after.content_hash) and after.next_attempt_at == after.created_at)
 
 
-def _outbox_sent(db: DbState, outbox_id: str, nostr_event_id: str, result: Ok) -> bool:
+def _outbox_sent(db: DbState, outbox_id: str, nostr_event_id: str, relays: tuple[str, ...], result: Ok) -> bool:
+    """Sent with this event id, every relay ever acknowledged kept: a write exactly when it adds one."""
     before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
     if before is None or after is None or (after.status, after.nostr_event_id) != ("sent", nostr_event_id):
+        return False
+    merged = set(relays) | (set(before.relays_acked) if before.status == "sent" else set())
+    if after.relays_acked != tuple(sorted(merged)):
         return False
     return after == before if result.noop else bridge_edge_allowed(before.status, "sent")
 
 
-def _outbox_failed(db: DbState, ctx: CallContext, outbox_id: str, result: Ok) -> bool:
+def _outbox_failed(db: DbState, ctx: CallContext, outbox_id: str, retry_after_ms: int, result: Ok) -> bool:
     before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
     if before is None or after is None:
         return False
     if result.noop:
         return before.status != "pending" and after == before
     return (after.attempts == before.attempts + 1 and bridge_edge_allowed(before.status, after.status)
-            and (after.status == "failed") == (after.attempts >= ctx.policy.bridge_max_attempts))
+            and (after.status == "failed") == (after.attempts >= ctx.policy.bridge_max_attempts)
+            and after.next_attempt_at == ctx.now + 1000 * retry_after_ms)
 
 
 def _epoch_reset(db: DbState, stream_id: str, result: Ok) -> bool:
@@ -595,6 +600,11 @@ def _available_provider(db: DbState, provider_id: str, job_kind: int) -> Provide
     return p
 
 
+def outbox_content_hash(source: str, nostr_kind: int, tags_canonical: str, content: str) -> str:
+    """The outbox dedupe key: the hash of canonical ``[source, nostr_kind, tags, content]`` (ADR-0003)."""
+    return payload_hash(dumps_canonical([source, nostr_kind, parse_strict(tags_canonical), content]))
+
+
 def _tags_ok(tags_json: str) -> str:
     canon = canonicalize(tags_json, "tags_json")
     value = parse_strict(canon, "tags_json")
@@ -616,7 +626,7 @@ def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: 
     tags = _tags_ok(tags_json)
     if nostr_kind not in ctx.policy.bridge_kinds:
         raise _fail(ErrorCode.POLICY_DENIED, nostr_kind=nostr_kind, outbox_id=outbox_id)
-    digest = payload_hash(dumps_canonical([nostr_kind, parse_strict(tags), content]))
+    digest = outbox_content_hash(source, nostr_kind, tags, content)
     old = db.find(BridgeOutbox, lambda r: r.outbox_id == outbox_id)
     if old is not None:
         if old.content_hash == digest:
@@ -624,13 +634,15 @@ def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: 
         raise _fail(ErrorCode.IDEMPOTENCY_CONFLICT, content_hash=digest,
                     existing_content_hash=old.content_hash, outbox_id=outbox_id)
     tx = Tx(db)
-    tx.insert(BridgeOutbox(outbox_id, source, nostr_kind, tags, content, digest, "pending", 0, None, None,
+    tx.insert(BridgeOutbox(outbox_id, source, nostr_kind, tags, content, digest, "pending", 0, ctx.now, None, None,
                            (), ctx.now, ctx.now))
     return _ok(tx)
 
 
-@icontract.ensure(lambda db, outbox_id, nostr_event_id, result: _outbox_sent(db, outbox_id, nostr_event_id, result),
-                  "BRIDGE-1 BRIDGE-2 (the row ends sent with this event id, along an edge of the table)")
+@icontract.ensure(lambda db, outbox_id, nostr_event_id, relays, result:
+                  _outbox_sent(db, outbox_id, nostr_event_id, relays, result),
+                  "BRIDGE-1 BRIDGE-2 BRIDGE-3 (the row ends sent with this event id, along an edge of the table, "
+                  "with every relay acknowledged so far)")
 def mark_bridge_event_sent(db: DbState, ctx: CallContext, outbox_id: str, nostr_event_id: str,
                            relays: tuple[str, ...]) -> Outcome:
     c = ctx.claims
@@ -643,19 +655,24 @@ def mark_bridge_event_sent(db: DbState, ctx: CallContext, outbox_id: str, nostr_
     old = db.find(BridgeOutbox, lambda r: r.outbox_id == outbox_id)
     if old is None:
         raise _fail(ErrorCode.BRIDGE_EVENT_MISSING, outbox_id=outbox_id)
+    acked = set(relays)
     if old.status == "sent":
-        if old.nostr_event_id == nostr_event_id:
-            return _noop(db)
-        raise _fail(ErrorCode.BRIDGE_EVENT_CONFLICT, nostr_event_id=old.nostr_event_id,
-                    requested_nostr_event_id=nostr_event_id, outbox_id=outbox_id)
+        if old.nostr_event_id != nostr_event_id:
+            raise _fail(ErrorCode.BRIDGE_EVENT_CONFLICT, nostr_event_id=old.nostr_event_id,
+                        requested_nostr_event_id=nostr_event_id, outbox_id=outbox_id)
+        if acked <= set(old.relays_acked):
+            return _noop(db)  # nothing new acknowledged
+        acked |= set(old.relays_acked)
     tx = Tx(db)
     tx.update(old, replace(old, status="sent", nostr_event_id=nostr_event_id,
-                           relays_acked=tuple(sorted(set(relays))), updated_at=ctx.now))
+                           relays_acked=tuple(sorted(acked)), updated_at=ctx.now))
     return _ok(tx)
 
 
-@icontract.ensure(lambda db, ctx, outbox_id, result: _outbox_failed(db, ctx, outbox_id, result),
-                  "BRIDGE-1 BRIDGE-2 (attempts + 1; failed exactly at the maximum; only pending rows change)")
+@icontract.ensure(lambda db, ctx, outbox_id, retry_after_ms, result: _outbox_failed(db, ctx, outbox_id, retry_after_ms,
+                                                                                   result),
+                  "BRIDGE-1 BRIDGE-2 BRIDGE-3 (attempts + 1; failed exactly at the maximum; next_attempt_at = now + "
+                  "retry_after_ms; only pending rows change)")
 def record_bridge_failure(db: DbState, ctx: CallContext, outbox_id: str, error: str,
                           retry_after_ms: int) -> Outcome:
     c = ctx.claims
@@ -675,7 +692,8 @@ def record_bridge_failure(db: DbState, ctx: CallContext, outbox_id: str, error: 
     attempts = old.attempts + 1
     status = "failed" if attempts >= ctx.policy.bridge_max_attempts else "pending"
     tx = Tx(db)
-    tx.update(old, replace(old, attempts=attempts, status=status, last_error=error, updated_at=ctx.now))
+    tx.update(old, replace(old, attempts=attempts, status=status, next_attempt_at=ctx.now + 1000 * retry_after_ms,
+                           last_error=error, updated_at=ctx.now))
     return _ok(tx)
 
 

@@ -124,7 +124,7 @@ TABLES: tuple[Table, ...] = (
     _t("bridge_outbox", BridgeOutbox, [
         ("outbox_id", STRING), ("source", STRING), ("nostr_kind", U32), ("tags", STRING),
         ("content", STRING), ("content_hash", STRING), ("status", STRING), ("attempts", U32),
-        ("last_error", OptionT(STRING)), ("nostr_event_id", OptionT(STRING)),
+        ("next_attempt_at", TIMESTAMP), ("last_error", OptionT(STRING)), ("nostr_event_id", OptionT(STRING)),
         ("relays_acked", ArrayT(STRING)), ("created_at", TIMESTAMP), ("updated_at", TIMESTAMP)],
         ("outbox_id",), public=False, visibility=Visibility.BRIDGE),
     _t("presence_signal", PresenceSignal, [

@@ -74,7 +74,8 @@ BRIDGE_STATUSES: tuple[str, ...] = ("pending", "sent", "failed")
 BRIDGE_TRANSITIONS: Mapping[tuple[str, str], str] = {
     ("pending", "sent"): "mark_bridge_event_sent",
     ("failed", "sent"): "mark_bridge_event_sent",  # a late success still is a success
-    ("pending", "pending"): "record_bridge_failure",  # attempts + 1, below the maximum
+    ("sent", "sent"): "mark_bridge_event_sent",  # the same event id again: newly acked relays merge in
+    ("pending", "pending"): "record_bridge_failure",  # attempts + 1, below the maximum; backoff recorded
     ("pending", "failed"): "record_bridge_failure",  # attempts reached the maximum: dead letter
 }
 
@@ -107,9 +108,11 @@ def assignment_edge_allowed(old: str, new: str) -> bool:
                    "both ends are outbox statuses")
 @icontract.ensure(lambda old, new, result: result == ((old, new) in BRIDGE_TRANSITIONS),
                   "BRIDGE-2 (the function agrees with the table)")
-@icontract.ensure(lambda old, result: not result or old != "sent", "BRIDGE-2 (a sent outbox row never changes)")
-@icontract.ensure(lambda old, new, result: not result or old != new or old == "pending",
-                  "BRIDGE-1 (the only self-edge is a failed attempt that stays pending below the maximum)")
+@icontract.ensure(lambda old, new, result: not result or old != "sent" or new == "sent",
+                  "BRIDGE-2 (a sent outbox row stays sent)")
+@icontract.ensure(lambda old, new, result: not result or old != new or old in ("pending", "sent"),
+                  "BRIDGE-1 (the only self-edges are a failed attempt that stays pending below the maximum and a "
+                  "repeated success that merges relays into a sent row)")
 @icontract.ensure(lambda old, new, result: result or not (old in ("pending", "failed") and new == "sent"),
                   "BRIDGE-2 (a success is recorded from pending, and a late one from failed)")
 def bridge_edge_allowed(old: str, new: str) -> bool:

@@ -201,6 +201,7 @@ class BridgeOutbox:
     content_hash: str
     status: str
     attempts: int
+    next_attempt_at: Timestamp
     last_error: str | None
     nostr_event_id: str | None
     relays_acked: tuple[str, ...]

@@ -60,6 +60,7 @@ class Interner:
     ids: dict[object, int] = field(default_factory=dict)
     payloads: set[str] = field(default_factory=set)
     kind_lists: set[tuple[int, ...]] = field(default_factory=set)
+    relay_lists: set[tuple[str, ...]] = field(default_factory=set)
 
     def __call__(self, value: object) -> int:
         if value == ():
@@ -73,6 +74,11 @@ class Interner:
         self.payloads.add(canon)
         return self(canon)
 
+    def relays(self, relays: tuple[str, ...]) -> int:
+        """A sorted relay list: its unions with the other lists seen get pinned (``MERGE``)."""
+        self.relay_lists.add(relays)
+        return self(relays)
+
     def kinds(self, kinds: tuple[int, ...]) -> int:
         """A nip90_kinds list: which job kinds it advertises gets pinned."""
         self.kind_lists.add(kinds)
@@ -85,6 +91,10 @@ class Interner:
             out.append(E.CANON(self(p)) == is_canonical(p))
         for kinds in sorted(self.kind_lists):
             out += [E.ADVERTISES(self(kinds), k) == (k in kinds) for k in JOB_KINDS]
+        lists = sorted(self.relay_lists)
+        for x in lists:
+            for y in lists:
+                out.append(E.MERGE(self(x), self(y)) == self(tuple(sorted(set(x) | set(y)))))
         return out
 
 
@@ -153,7 +163,7 @@ def db(i: Interner, d: DbState) -> E.Db:
     for oid in OUTBOXES:
         b = d.find(BridgeOutbox, lambda x, oid=oid: x.outbox_id == oid)  # type: ignore[misc]
         outbox.append(E.Outbox(True, i(b.content_hash), E.B_STATUS[b.status], b.attempts, b.nostr_event_id is not None,
-                               0 if b.nostr_event_id is None else i(b.nostr_event_id), i(b.relays_acked),
+                               0 if b.nostr_event_id is None else i(b.nostr_event_id), i.relays(b.relays_acked),
                                b.last_error is not None, 0 if b.last_error is None else i(b.last_error)) if b
                       else E.Outbox(False, 0, 0, 0, False, 0, 0, False, 0))
     evt_rows = len(d.rows("presence_signal")) + len(d.rows("stream_signal"))
@@ -290,14 +300,15 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
 
         err = _first(_ids(oid, source), _canon(tags, canon), tags_shape,
                      lambda: OK_CODE if kind in pol.bridge_kinds else code_of(ErrorCode.POLICY_DENIED))
-        digest = i(payload_hash(dumps_canonical([kind, parse_strict(canon[0]), content]))) if err == OK_CODE else 0
+        digest = i(payload_hash(dumps_canonical([source, kind, parse_strict(canon[0]), content]))) \
+            if err == OK_CODE else 0
         return E.EnqueueAct(OUTBOXES.index(oid), has_scope(claims, "bridge.enqueue"), err, digest)
     if reducer == "mark_bridge_event_sent":
         oid, eid, relays = args
         err = _first(_ids(oid), lambda: OK_CODE if is_hash("sha256:" + eid) else IA,
                      lambda: IA if any(not r or len(r) > 512 for r in relays) else OK_CODE)
         return E.MarkSentAct(OUTBOXES.index(oid), has_scope(claims, "bridge.mark_sent"), err, i(eid),
-                             i(tuple(sorted(set(relays)))))
+                             i.relays(tuple(sorted(set(relays)))))
     if reducer == "record_bridge_failure":
         oid, error, retry = args
         err = _first(_ids(oid), lambda: OK_CODE if error and len(error) <= pol.max_error_text else IA,

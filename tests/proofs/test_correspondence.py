@@ -195,7 +195,8 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
                             provider or oneof([None, None, "prov1", "prov2"], ["bad prov"]),
                             oneof([None, None, '{"ok":true}'], ["{"]))
     if reducer == "enqueue_bridge_event":
-        return reducer, c, (ch.choice(OUTBOXES), oneof(["src"], ["bad src"]), oneof([1, 31990], [4]),
+        return reducer, c, (ch.choice(OUTBOXES), oneof(["src", "src", "other"], ["bad src"]),
+                            oneof([30078, 31990], [1]),
                             oneof(['[["t","x"]]'], ["[1]", "{"]), ch.choice(["hello", "bye"]))
     if reducer == "mark_bridge_event_sent":
         return reducer, c, (ch.choice(OUTBOXES), oneof(["1" * 64, "2" * 64], ["zz"]),
@@ -282,7 +283,7 @@ def _guided(ch: Chooser, d: DbState, op: str, now: int, offset: int) -> DbState:
             calls.append(("ack_checkpoint", (ch.choice(CLIENTS), sid, epoch, head + 2 - k)))
     elif op == "failures":
         oid = ch.choice(OUTBOXES)
-        calls.append(("enqueue_bridge_event", (oid, "src", 1, '[["t","x"]]', "hello")))
+        calls.append(("enqueue_bridge_event", (oid, "src", 30078, '[["t","x"]]', "hello")))
         calls += [("record_bridge_failure", (oid, "relay down", 1000))] * ch.integer(1, 3)
     else:
         sid = ch.choice(STREAMS)

@@ -694,7 +694,7 @@ def _row_for(table: str, rng: random.Random, me: Claims) -> Any:
         "compute_assignment": lambda: ComputeAssignment("r1", who, 5000, "{}", "h", rng.choice([None, "prov1"]),
                                                         rng.choice([None, me.identity, "9" * 64]), "open", None, 1,
                                                         0, 0),
-        "bridge_outbox": lambda: BridgeOutbox("o1", "src", 1, "[]", "c", "h", "pending", 0, None, None, (), 0, 0),
+        "bridge_outbox": lambda: BridgeOutbox("o1", "src", 1, "[]", "c", "h", "pending", 0, 0, None, None, (), 0, 0),
         "presence_signal": lambda: PresenceSignal("p1", who, "online", "", 0),
         "stream_signal": lambda: StreamSignal(sid, "typing", "{}", who, 0),
     }

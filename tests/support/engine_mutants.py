@@ -101,6 +101,17 @@ ENGINE_MUTANTS += (
              '        if session in self._last_upsert and conn_id is not None:\n            return\n'
              '        old = self._last_upsert.pop(session, None)\n'),),
            "a session stays with the first connection that upserted it, which marks it on close"),
+    Mutant("backoff_not_recorded", "reference.reducers",
+           (("                               next_attempt_at=x.now + 1000 * retry_after_ms,\n", ""),),
+           "record_bridge_failure drops retry_after_ms"),
+    Mutant("repeated_ack_overwrites_relays", "reference.reducers",
+           (("        relays_acked = tuple(sorted(set(old.relays_acked).union(relays)))",
+             "        relays_acked = tuple(sorted(set(relays)))"),),
+           "a repeated mark_bridge_event_sent replaces relays_acked instead of merging"),
+    Mutant("source_not_in_dedupe_hash", "reference.reducers",
+           (("    digest = payload_hash(dumps_canonical([source, nostr_kind, tags, content]))",
+             "    digest = payload_hash(dumps_canonical([nostr_kind, tags, content]))"),),
+           "the outbox dedupe hash leaves the source out"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

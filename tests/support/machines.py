@@ -200,18 +200,19 @@ class ModuleMachine(RuleBasedStateMachine):
             self._run(_FULL_A if status == "assigned" else executor, "update_compute_assignment",
                       (rid, row.version if row else 1, status, "prov1" if status == "assigned" else None, None))
 
-    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), kind=st.sampled_from([31990, 30078, 4]),
-          content=st.sampled_from(["hello", "bye"]))
-    def enqueue(self, c: Claims, oid: str, kind: int, content: str) -> None:
-        self._run(c, "enqueue_bridge_event", (oid, "src", kind, '[["t","x"]]', content))
+    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), kind=st.sampled_from([31990, 30078, 1]),
+          content=st.sampled_from(["hello", "bye"]), source=st.sampled_from(["src", "src", "other"]))
+    def enqueue(self, c: Claims, oid: str, kind: int, content: str, source: str) -> None:
+        self._run(c, "enqueue_bridge_event", (oid, source, kind, '[["t","x"]]', content))
 
-    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), eid=st.sampled_from(["1" * 64, "2" * 64]))
-    def mark_sent(self, c: Claims, oid: str, eid: str) -> None:
-        self._run(c, "mark_bridge_event_sent", (oid, eid, ("wss://r1",)))
+    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), eid=st.sampled_from(["1" * 64, "1" * 64, "2" * 64]),
+          relays=st.sampled_from([("wss://r1",), ("wss://r2",), ("wss://r2", "wss://r1"), ()]))
+    def mark_sent(self, c: Claims, oid: str, eid: str, relays: tuple[str, ...]) -> None:
+        self._run(c, "mark_bridge_event_sent", (oid, eid, relays))
 
-    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]))
-    def bridge_failure(self, c: Claims, oid: str) -> None:
-        self._run(c, "record_bridge_failure", (oid, "relay down", 1000))
+    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), retry=st.sampled_from([0, 1000, 60_000]))
+    def bridge_failure(self, c: Claims, oid: str, retry: int) -> None:
+        self._run(c, "record_bridge_failure", (oid, "relay down", retry))
 
     @rule(c=claims_st, s=st.sampled_from(STREAMS))
     def signal(self, c: Claims, s: str) -> None:
@@ -413,7 +414,7 @@ class SystemMachine(RuleBasedStateMachine):
           relay=st.sampled_from(["wss://r1", "wss://r2"]))
     def bridge(self, i: int, oid: str, op: str, relay: str) -> None:
         if op == "enqueue":
-            self.sys.call(i, "enqueue_bridge_event", (oid, "src", 30078, '[["t","x"]]', "hello"))
+            self.sys.call(i, "enqueue_bridge_event", (oid, f"src{i}", 30078, '[["t","x"]]', "hello"))
         elif op == "sent":
             self.sys.call(i, "mark_bridge_event_sent", (oid, "1" * 64, (relay,)))
         else:

@@ -151,6 +151,16 @@ MUTANTS += (
              "            self.upserter.setdefault(str(msg.args[0]), conn.conn_id)\n"),),
            "the first connection that upserted a session marks it on close, even after a newer connection "
            "re-upserted it (the reconnect flap)", expected=("PRES-3",)),
+    Mutant("backoff_not_recorded", "spec.reducers",
+           (("status=status, next_attempt_at=ctx.now + 1000 * retry_after_ms,", "status=status,"),),
+           "record_bridge_failure validates retry_after_ms and drops it (no durable backoff)", expected=("BRIDGE-3",)),
+    Mutant("repeated_ack_ignores_relays", "spec.reducers",
+           (("        if acked <= set(old.relays_acked):\n", "        if True:\n"),),
+           "a repeated mark_bridge_event_sent ignores relays acknowledged since", expected=("BRIDGE-3",)),
+    Mutant("source_not_in_dedupe_hash", "spec.reducers",
+           (("    return payload_hash(dumps_canonical([source, nostr_kind, parse_strict(tags_canonical), content]))",
+             "    return payload_hash(dumps_canonical([nostr_kind, parse_strict(tags_canonical), content]))"),),
+           "another source under the same outbox_id is a silent no-op", expected=("BRIDGE-3",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 

@@ -651,6 +651,42 @@ SCENARIOS += (
         _presence(("s1", "offline", "disconnected"), ("s2", "offline", "ttl_expired")),
     )),
 )
+BRIDGE = Person("bridge", frozenset({"sync.subscribe", "bridge.enqueue", "bridge.mark_sent"}))
+EID = "ab" * 32
+TAGS = '[["d","receipt:1"]]'
+
+
+def _outbox(*rows: tuple[Any, ...]) -> Sees:
+    return Sees("bridge", "bridge_outbox", ("outbox_id", "status", "attempts", "next_attempt_at", "relays_acked"),
+                frozenset(rows))
+
+
+SCENARIOS += (
+    Scenario("outbox_rules_the_bridge_relies_on", 7, (BRIDGE,), (
+        Connect("bridge", "bridge"), Sub("bridge", ("SELECT * FROM bridge_outbox",)),
+        Call("bridge", "enqueue_bridge_event", ("o1", "receipts", 30078, TAGS, "r1")),
+        _outbox(("o1", "pending", 0, T0, ())),  # due at once
+        Call("bridge", "enqueue_bridge_event", ("o1", "receipts", 30078, TAGS, "r1")),  # a retry: no-op
+        # today: the source is not in the dedupe hash, so another source is a silent no-op
+        Call("bridge", "enqueue_bridge_event", ("o1", "providers", 30078, TAGS, "r1"), expect="idempotency_conflict"),
+        # today kind 1 (a plain note) is allowed; DESIGN names only 31990 and 30078
+        Call("bridge", "enqueue_bridge_event", ("o2", "notes", 1, "[]", "hi"), expect="policy_denied",
+             details={"nostr_kind": 1, "outbox_id": "o2"}),
+        Advance(5 * 10**6),
+        # today retry_after_ms is validated and dropped
+        Call("bridge", "record_bridge_failure", ("o1", "relay timeout", 30_000)),
+        _outbox(("o1", "pending", 1, T0 + 35 * 10**6, ())),
+        Call("bridge", "mark_bridge_event_sent", ("o1", EID, ("wss://a",))),
+        _outbox(("o1", "sent", 1, T0 + 35 * 10**6, ("wss://a",))),
+        # today a repeated success ignores the relays acknowledged since
+        Call("bridge", "mark_bridge_event_sent", ("o1", EID, ("wss://b", "wss://a"))),
+        _outbox(("o1", "sent", 1, T0 + 35 * 10**6, ("wss://a", "wss://b"))),
+        Call("bridge", "mark_bridge_event_sent", ("o1", EID, ("wss://b",))),  # nothing new: a no-op
+        Call("bridge", "mark_bridge_event_sent", ("o1", "cd" * 32, ("wss://c",)), expect="bridge_event_conflict",
+             details={"nostr_event_id": EID, "requested_nostr_event_id": "cd" * 32, "outbox_id": "o1"}),
+        _outbox(("o1", "sent", 1, T0 + 35 * 10**6, ("wss://a", "wss://b"))),
+    )),
+)
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
