@@ -19,7 +19,7 @@ Abstraction (what a :class:`Db` keeps of a :class:`spec.state.DbState`):
 * a stream's retained events are a bounded list of at most ``K`` rows *in table order* (the
   model inserts in seq order and deletes prefixes, so table order is seq order);
 * columns no decision reads and no invariant names are dropped: timestamps other than
-  ``committed_at``/``last_seen``/``expires_at``, ``stream_class``, ``owner_scope``,
+  ``committed_at``/``last_seen``/``expires_at``, ``stream_class``,
   ``producer``, ``tx_offset``, bridge source/kind/tags/content (their hash, ``content_hash``, is
   kept) and ``next_attempt_at``;
 * argument validation that needs strings (id syntax, JSON canonicalization, payload sizes,
@@ -205,6 +205,7 @@ class Assignment(Record):
     has_result: ZBool
     result: ZInt
     version: ZInt
+    updated: ZInt  # updated_at (retention)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ class Outbox(Record):
     relays: ZInt
     has_error: ZBool
     error: ZInt
+    updated: ZInt  # updated_at (retention)
 
 
 def ckpt_index(client: int, stream: int) -> int:
@@ -473,6 +475,7 @@ class OpenAct(Record):
     arg_err: ZInt
     job_kind: ZInt
     canon: ZInt
+    now: ZInt
 
 
 @dataclass(frozen=True)
@@ -493,6 +496,7 @@ class UpdateAct(Record):
     has_result: ZBool
     result: ZInt  # the canonical result
     result_err: ZInt  # 0, or non_canonical_payload for the result
+    now: ZInt
 
 
 @dataclass(frozen=True)
@@ -500,7 +504,8 @@ class EnqueueAct(Record):
     outbox: ZInt
     scope: ZBool  # bridge.enqueue
     arg_err: ZInt
-    digest: ZInt  # hash of [kind, tags, content]
+    digest: ZInt  # hash of [source, kind, tags, content]
+    now: ZInt
 
 
 @dataclass(frozen=True)
@@ -510,6 +515,7 @@ class MarkSentAct(Record):
     arg_err: ZInt
     event_id: ZInt
     relays: ZInt  # the sorted, deduplicated relay list, interned
+    now: ZInt
 
 
 @dataclass(frozen=True)
@@ -518,6 +524,7 @@ class FailureAct(Record):
     scope: ZBool  # bridge.mark_sent
     arg_err: ZInt
     error: ZInt
+    now: ZInt
 
 
 @dataclass(frozen=True)
@@ -545,13 +552,30 @@ class Retention(Record):
 
 
 @dataclass(frozen=True)
+class Windows(Record):
+    """The retention windows of the other tables (``Policy.retain_*``); ``has_*`` False: kept for ever."""
+
+    GUARDS: ClassVar[dict[str, str]] = {"presence": "has_presence", "assignment": "has_assignment",
+                                        "sent": "has_sent", "failed": "has_failed"}
+    has_presence: ZBool
+    presence: ZInt
+    has_assignment: ZBool
+    assignment: ZInt
+    has_sent: ZBool
+    sent: ZInt
+    has_failed: ZBool
+    failed: ZInt
+
+
+@dataclass(frozen=True)
 class CompactAct:
     now: ZInt
     retention: tuple[Retention, ...]  # per stream: its class's retention
+    windows: Windows
 
     @staticmethod
     def fresh(p: str) -> CompactAct:
-        return CompactAct(z3.Int(f"{p}.now"), fresh_rows(Retention, f"{p}.retention", S))
+        return CompactAct(z3.Int(f"{p}.now"), fresh_rows(Retention, f"{p}.retention", S), fresh(Windows, f"{p}.win"))
 
 
 @dataclass(frozen=True)
@@ -806,7 +830,7 @@ def t_open(pre: Db, a: OpenAct, post: Db, r: Result, d: Delta, pol: Policy, bug:
              code(ErrorCode.IDEMPOTENCY_CONFLICT)),
         ])
         new = Assignment(True, a.caller, a.job_kind, a.canon, digest, False, 0, False, 0, A_STATUS["open"], False, 0,
-                         1)
+                         1, a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(old.used)),
             z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
@@ -871,7 +895,7 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
                          z3.If(assigned, True, old.has_provider), z3.If(assigned, a.provider, old.provider),
                          z3.If(assigned, True, old.has_owner), z3.If(assigned, p_owner, old.owner),
                          a.status, a.has_result, a.result,
-                         old.version + (0 if bug == "assignment_version_not_bumped" else 1))
+                         old.version + (0 if bug == "assignment_version_not_bumped" else 1), a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             err == OK_CODE,
             z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
@@ -894,7 +918,7 @@ def t_enqueue(pre: Db, a: EnqueueAct, post: Db, r: Result, d: Delta, pol: Policy
             (a.arg_err != OK_CODE, a.arg_err),
             (z3.And(old.used, old.content_hash != a.digest), code(ErrorCode.IDEMPOTENCY_CONFLICT)),
         ])
-        new = Outbox(True, a.digest, B_STATUS["pending"], 0, False, 0, RELAYS_NONE, False, 0)
+        new = Outbox(True, a.digest, B_STATUS["pending"], 0, False, 0, RELAYS_NONE, False, 0, a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(old.used)),
             z3.And(r.code == OK_CODE, r.wrote, same(post.outbox[i], new), frame(pre, post, {f"outbox{i}"}),
@@ -920,7 +944,7 @@ def t_mark_sent(pre: Db, a: MarkSentAct, post: Db, r: Result, d: Delta, pol: Pol
         ])
         relays = z3.If(sent, MERGE(old.relays, a.relays), a.relays)
         new = Outbox(True, old.content_hash, B_STATUS["sent"], old.attempts, True, a.event_id, relays,
-                     old.has_error, old.error)
+                     old.has_error, old.error, a.now)
         adds = z3.Or(z3.Not(sent), relays != old.relays)  # a repeated success writes only when it adds a relay
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, adds),
@@ -944,7 +968,7 @@ def t_failure(pre: Db, a: FailureAct, post: Db, r: Result, d: Delta, pol: Policy
         attempts = old.attempts + 1
         dead = attempts > pol.max_attempts if bug == "failure_past_max" else attempts >= pol.max_attempts
         new = Outbox(True, old.content_hash, z3.If(dead, B_STATUS["failed"], B_STATUS["pending"]),
-                     attempts, old.has_event_id, old.event_id, old.relays, True, a.error)
+                     attempts, old.has_event_id, old.event_id, old.relays, True, a.error, a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, old.status == B_STATUS["pending"]),
             z3.And(r.code == OK_CODE, r.wrote, same(post.outbox[i], new), frame(pre, post, {f"outbox{i}"}),
@@ -997,10 +1021,42 @@ def compaction_cut(ev: Events, ret: Retention, now: ZInt) -> ZInt:
     return cut
 
 
+def _past(window_on: ZBool, window: ZInt, stamp: ZInt, now: ZInt) -> ZBool:
+    return z3.And(window_on, stamp < now - window)
+
+
+def retention_drops(pre: Db, a: CompactAct) -> dict[str, ZBool]:
+    """Which rows of the other tables retention removes: offline presence past its window after
+    last_seen, terminal assignments and sent / failed outbox rows past theirs after updated_at."""
+    w = a.windows
+    out: dict[str, ZBool] = {}
+    for i, p in enumerate(pre.presence):
+        out[f"presence{i}"] = z3.And(p.used, p.status == P_OFFLINE, _past(w.has_presence, w.presence, p.last_seen,
+                                                                           a.now))
+    for i, x in enumerate(pre.assignments):
+        out[f"assignment{i}"] = z3.And(x.used, one_of(x.status, A_TERMINAL),
+                                       _past(w.has_assignment, w.assignment, x.updated, a.now))
+    for i, b in enumerate(pre.outbox):
+        out[f"outbox{i}"] = z3.And(b.used, z3.Or(
+            z3.And(b.status == B_STATUS["sent"], _past(w.has_sent, w.sent, b.updated, a.now)),
+            z3.And(b.status == B_STATUS["failed"], _past(w.has_failed, w.failed, b.updated, a.now))))
+    return out
+
+
 def t_compact(pre: Db, a: CompactAct, post: Db, r: Result, d: Delta, pol: Policy, bug: str = "") -> ZBool:
     """``compact``: per stream, drop the leading events past retention; floor_seq becomes
-    max(floor_seq, last dropped seq + 1) (dropping old-epoch events below the floor keeps it)."""
+    max(floor_seq, last dropped seq + 1) (dropping old-epoch events below the floor keeps it).  And
+    retention of the other tables (:func:`retention_drops`)."""
     parts: list[ZBool] = [r.code == OK_CODE, z3.Not(r.has_ret)]
+    drops = retention_drops(pre, a)
+    rows = {**{f"presence{i}": (x, post.presence[i]) for i, x in enumerate(pre.presence)},
+            **{f"assignment{i}": (x, post.assignments[i]) for i, x in enumerate(pre.assignments)},
+            **{f"outbox{i}": (x, post.outbox[i]) for i, x in enumerate(pre.outbox)}}
+    for name, (before, after) in rows.items():
+        parts.append(z3.If(drops[name], z3.Not(after.used), same(after, before)))
+    w = a.windows
+    parts += [z3.Implies(flag, v >= 0) for flag, v in ((w.has_presence, w.presence), (w.has_assignment, w.assignment),
+                                                        (w.has_sent, w.sent), (w.has_failed, w.failed))]
     cuts = []
     for j in range(S):
         st, ev = pre.streams[j], pre.events[j]
@@ -1015,9 +1071,9 @@ def t_compact(pre: Db, a: CompactAct, post: Db, r: Result, d: Delta, pol: Policy
             same_stream(post.streams[j], Stream(True, st.epoch, st.head, floor, st.budget)),
             dropped_prefix(ev, cut, post.events[j])),
             z3.And(same_stream(post.streams[j], st), same_events(post.events[j], ev))))
-    parts.append(frame(pre, post, {f"{x}{j}" for j in range(S) for x in ("stream", "events")}))
+    parts.append(frame(pre, post, {f"{x}{j}" for j in range(S) for x in ("stream", "events")} | set(rows)))
     parts.append(delta(d, dels=dict(enumerate(cuts))))
-    parts.append(r.wrote == z3.Or([c > 0 for c in cuts]))
+    parts.append(r.wrote == z3.Or([c > 0 for c in cuts] + list(drops.values())))
     return z3.And(parts)
 
 

@@ -188,7 +188,8 @@ def assign1(pre: Db, post: Db) -> ZBool:
 def bridge2(pre: Db, post: Db) -> ZBool:
     """BRIDGE-2."""
     return z3.And([z3.Implies(z3.And(a.used, b.used), z3.And(
-        z3.Implies(a.status == B_STATUS["sent"], same(a, replace(b, relays=a.relays))), b.attempts >= a.attempts))
+        z3.Implies(a.status == B_STATUS["sent"], same(a, replace(b, relays=a.relays, updated=a.updated))),
+        b.attempts >= a.attempts))
         for a, b in zip(pre.outbox, post.outbox, strict=True)])
 
 

@@ -144,11 +144,16 @@ def record_from_row(row: Sequence[Any]) -> TxRecord:
         raise LogCorruption(offset, f"{type(exc).__name__}: {exc}") from exc
 
 
+_RETENTION_KNOBS = ("retain_offline_presence_us", "retain_terminal_assignment_us", "retain_sent_outbox_us",
+                    "retain_failed_outbox_us")
+
+
 def policy_json(p: Policy) -> dict[str, Any]:
     return {"classes": [[prefix, asdict(c)] for prefix, c in p.classes], "default_class": asdict(p.default_class),
             "presence_min_ttl_ms": p.presence_min_ttl_ms, "presence_max_ttl_ms": p.presence_max_ttl_ms,
             "bridge_kinds": sorted(p.bridge_kinds), "bridge_max_attempts": p.bridge_max_attempts,
-            "bridge_max_retry_after_ms": p.bridge_max_retry_after_ms, "max_error_text": p.max_error_text}
+            "bridge_max_retry_after_ms": p.bridge_max_retry_after_ms, "max_error_text": p.max_error_text,
+            **{k: getattr(p, k) for k in _RETENTION_KNOBS}}
 
 
 def policy_from_json(d: dict[str, Any]) -> Policy:
@@ -156,7 +161,8 @@ def policy_from_json(d: dict[str, Any]) -> Policy:
                   default_class=StreamClass(**d["default_class"]),
                   presence_min_ttl_ms=d["presence_min_ttl_ms"], presence_max_ttl_ms=d["presence_max_ttl_ms"],
                   bridge_kinds=frozenset(d["bridge_kinds"]), bridge_max_attempts=d["bridge_max_attempts"],
-                  bridge_max_retry_after_ms=d["bridge_max_retry_after_ms"], max_error_text=d["max_error_text"])
+                  bridge_max_retry_after_ms=d["bridge_max_retry_after_ms"], max_error_text=d["max_error_text"],
+                  **{k: d[k] for k in _RETENTION_KNOBS})
 
 
 # --- the store ---------------------------------------------------------------------------------

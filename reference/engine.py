@@ -276,6 +276,7 @@ class Engine:
         w = q.lower_bound_exclusive(query, "seq")
         if not isinstance(sid, str) or w is None:
             return
+        w = max(w, 0)  # seqs start at 1: seq >= 0 resumes from the start (W = 0), not from W = -1
         req = q.pinned_value(query, "epoch")
         req_epoch = req if isinstance(req, int) and not isinstance(req, bool) else None
         epoch, head, floor = r.stream_position(self.db, sid)

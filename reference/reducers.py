@@ -116,9 +116,8 @@ def append_sync_event(tx: Txn, x: Ctx, stream_id: str, idempotency_key: str, pay
         raise _err(ErrorCode.SEQUENCE_CONFLICT, actual_next_seq=next_seq, expected_next_seq=expected_next_seq,
                    stream_id=stream_id)
     if stream is None:
-        scope = next((g for g in c.streams if grant_matches(g, stream_id)), stream_id)
         epoch = tx.db.epoch_floor
-        tx.insert(SyncStream(stream_id, cls.name, scope, epoch, next_seq, next_seq, cls.replay_budget, x.now, x.now))
+        tx.insert(SyncStream(stream_id, cls.name, epoch, next_seq, next_seq, cls.replay_budget, x.now, x.now))
     else:
         epoch = stream.epoch
         floor = stream.floor_seq if stream.head_seq >= stream.floor_seq else next_seq
@@ -432,8 +431,28 @@ def disconnect_sessions(tx: Txn, now: int, identity: str, sessions: frozenset[st
             tx.insert(PresenceSignal(r.session_id, r.identity, "offline", reason, now))
 
 
+def _retention_cutoffs(now: int, policy: Policy) -> dict[tuple[str, str], int | None]:
+    """(table, status) -> rows of that status stamped before this are removed (None: kept for ever)."""
+    def cut(window: int | None) -> int | None:
+        return None if window is None else now - window
+    terminal = cut(policy.retain_terminal_assignment_us)
+    return {("session_presence", "offline"): cut(policy.retain_offline_presence_us),
+            ("compute_assignment", "completed"): terminal, ("compute_assignment", "failed"): terminal,
+            ("compute_assignment", "cancelled"): terminal,
+            ("bridge_outbox", "sent"): cut(policy.retain_sent_outbox_us),
+            ("bridge_outbox", "failed"): cut(policy.retain_failed_outbox_us)}
+
+
 @icontract.ensure(lambda tx: all(log.floor >= 1 for log in tx.db.logs.values()))
 def compact(tx: Txn, now: int, policy: Policy) -> None:
+    cutoffs = _retention_cutoffs(now, policy)
+    for table in ("session_presence", "compute_assignment", "bridge_outbox"):
+        for row in list(tx.db.pk[table].values()):
+            assert isinstance(row, SessionPresence | ComputeAssignment | BridgeOutbox)
+            stamp = row.last_seen if isinstance(row, SessionPresence) else row.updated_at
+            before = cutoffs.get((table, row.status))
+            if before is not None and stamp < before:
+                tx.delete(row)
     for stream in list(tx.db.pk["sync_stream"].values()):
         assert isinstance(stream, SyncStream)
         log = tx.db.logs.get(stream.stream_id)

@@ -116,7 +116,7 @@ def resume_form_error(query: q.Query) -> SyncError | None:
 @icontract.ensure(lambda query, result: result is None or (
     result.code is ErrorCode.STALE_CURSOR and bool(result.details["reasons"])
     and result.details["stream_id"] == q.pinned_value(query, "stream_id")
-    and result.details["requested_watermark"] == q.lower_bound_exclusive(query, "seq")),
+    and result.details["requested_watermark"] == q.resume_watermark(query)),
     "STALE-1 (a stale_cursor names the resume's stream and watermark and at least one reason)")
 def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None:
     """The stale-cursor check of one subscription query (only sync_event queries that pin a
@@ -124,7 +124,7 @@ def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None
     if query.table != "sync_event":
         return None
     stream_id = q.pinned_value(query, "stream_id")
-    watermark = q.lower_bound_exclusive(query, "seq")
+    watermark = q.resume_watermark(query)
     if not isinstance(stream_id, str) or watermark is None:
         return None
     requested_epoch = q.pinned_value(query, "epoch")

@@ -25,6 +25,7 @@ import icontract
 
 from spec.canonical import is_canonical, payload_hash
 from spec.errors import ErrorCode
+from spec.policy import Policy
 from spec.schema import PERSISTENT_TABLES, TABLES
 from spec.state import DbState
 from spec.transitions import (
@@ -151,6 +152,9 @@ CATALOG: tuple[Invariant, ...] = (
               "another event id is bridge_event_conflict."),
     Invariant("PROV-1", "transition", "A provider capability's version rises by exactly 1 on every content change "
               "and never without one."),
+    Invariant("RET-1", "transition", "Retention (the compaction transaction) removes offline presence rows, terminal "
+              "assignments and sent or failed outbox rows exactly when they are past their policy windows (after "
+              "last_seen, resp. updated_at), and nothing else of those tables; subscribers receive the deletes."),
     Invariant("DUR-1", "trace", "After a crash the state is exactly the durable prefix: every transaction "
               "reported durable is present, nothing after it is."),
     Invariant("DUR-2", "trace", "Recovery from an unclean restart moves every stream to an epoch above every "
@@ -355,6 +359,38 @@ def check_transition(before: DbState, after: DbState) -> list[Violation]:
             b.capability_hash, b.nip90_kinds, b.price_hint_sats, b.status)
         if (same and b.version != a.version) or (not same and b.version != a.version + 1):
             v.append(("PROV-1", f"provider {pid}: v{a.version} -> v{b.version}, same content: {same}"))
+    return v
+
+
+_RETAINED = (("session_presence", "session_id"), ("compute_assignment", "request_id"), ("bridge_outbox", "outbox_id"))
+
+
+def _past_window(row: Any, now: int, policy: Policy) -> bool:
+    """RET-1's reading of the retention windows (written out, not spec.reducers.retention_expired)."""
+    if isinstance(row, SessionPresence):
+        ts, window = row.last_seen, (policy.retain_offline_presence_us if row.status == "offline" else None)
+    elif isinstance(row, ComputeAssignment):
+        ts, window = row.updated_at, (policy.retain_terminal_assignment_us
+                                      if row.status in ("completed", "failed", "cancelled") else None)
+    elif isinstance(row, BridgeOutbox):
+        ts = row.updated_at
+        window = policy.retain_sent_outbox_us if row.status == "sent" else (
+            policy.retain_failed_outbox_us if row.status == "failed" else None)
+    else:
+        return False
+    return window is not None and now - ts > window
+
+
+def check_retention(before: DbState, after: DbState, now: int, policy: Policy) -> list[Violation]:
+    """RET-1 for a compaction at ``now``: the rows of the retained tables it removed were past their
+    windows, and none past its window is left."""
+    v: list[Violation] = []
+    for table, key in _RETAINED:
+        kept = {getattr(r, key) for r in after.rows(table)}
+        for r in before.rows(table):
+            gone = getattr(r, key) not in kept
+            if gone != _past_window(r, now, policy):
+                v.append(("RET-1", f"{table} {getattr(r, key)}: {'removed' if gone else 'kept'} at {now}"))
     return v
 
 

@@ -41,16 +41,18 @@ from spec.errors import ErrorCode, SyncError
 from spec.invariants import (
     Violation,
     check_call,
+    check_retention,
     check_state,
     check_sweep,
     check_transition,
     stream_layout_ok,
 )
-from spec.policy import DEFAULT_POLICY, Policy
+from spec.policy import DEFAULT_POLICY, Policy, expired
 from spec.schema import REDUCER_BY_NAME
 from spec.state import DbState, Delta, R, Tx, table_of_type
 from spec.transitions import (
     ASSIGNMENT_STATUSES,
+    ASSIGNMENT_TERMINAL,
     ASSIGNMENT_TRANSITIONS,
     PRESENCE_STATUSES,
     PROVIDER_STATUSES,
@@ -64,6 +66,7 @@ from spec.values import (
     ComputeAssignment,
     PresenceSignal,
     ProviderCapability,
+    Row,
     SessionPresence,
     StreamSignal,
     SyncCheckpoint,
@@ -400,10 +403,7 @@ def append_sync_event(db: DbState, ctx: CallContext, stream_id: str, idempotency
     seq = head + 1
     tx = Tx(db)
     if stream is None:
-        owner_scope = next((g for g in c.streams if g == stream_id or
-                            (g.endswith("*") and stream_id.startswith(g[:-1]))), stream_id)
-        new_stream = SyncStream(stream_id, cls.name, owner_scope, db.epoch_floor, seq, seq,
-                                cls.replay_budget, ctx.now, ctx.now)
+        new_stream = SyncStream(stream_id, cls.name, db.epoch_floor, seq, seq, cls.replay_budget, ctx.now, ctx.now)
         tx.insert(new_stream)
         epoch = db.epoch_floor
     else:
@@ -830,13 +830,32 @@ def _compacted(db: DbState, result: Ok) -> bool:
     return True
 
 
+def retention_expired(row: Row, now: Timestamp, policy: Policy) -> bool:
+    """Is ``row`` one that retention removes at ``now`` (ADR-0003 decision 8)?"""
+    if isinstance(row, SessionPresence):
+        return row.status == "offline" and expired(row.last_seen, now, policy.retain_offline_presence_us)
+    if isinstance(row, ComputeAssignment):
+        return row.status in ASSIGNMENT_TERMINAL and expired(row.updated_at, now, policy.retain_terminal_assignment_us)
+    if isinstance(row, BridgeOutbox):
+        window = {"sent": policy.retain_sent_outbox_us, "failed": policy.retain_failed_outbox_us}.get(row.status)
+        return row.status != "pending" and expired(row.updated_at, now, window)
+    return False
+
+
 @icontract.ensure(lambda db, result: _compacted(db, result),
                   "SEQ-1 SEQ-3 (compaction drops a prefix and raises floor_seq to match; epoch and head are kept)")
 @icontract.ensure(lambda result: not result.delta.for_table("sync_event").inserts,
                   "compaction never writes an event")
+@icontract.ensure(lambda db, now, policy, result: not check_retention(db, result.state, now, policy),
+                  "RET-1 (compaction removes exactly the rows past their retention windows)")
 def compact(db: DbState, now: Timestamp, policy: Policy = DEFAULT_POLICY) -> Ok:
-    """Retention: drop events past their class's count or age limit; raise ``floor_seq``."""
+    """Retention: drop events past their class's count or age limit and raise ``floor_seq``; drop
+    offline presence rows, terminal assignments and sent or failed outbox rows past their windows
+    (subscribers receive the deletes)."""
     tx = Tx(db)
+    for table in ("session_presence", "compute_assignment", "bridge_outbox"):
+        for row in [r for r in db.rows(table) if retention_expired(r, now, policy)]:
+            tx.delete(row)
     for s in list(db.of_type(SyncStream)):
         cls = policy.class_for(s.stream_id)
         events = sorted((e for e in db.of_type(SyncEvent) if e.stream_id == s.stream_id), key=lambda e: e.seq)

@@ -267,7 +267,8 @@ class System:
         self._after_server_step()
 
     def compact(self) -> None:
-        self.server.system_tx(compact(self.server.db, self.server.now, self.server.policy))
+        if self.server.system_tx(compact(self.server.db, self.server.now, self.server.policy)):
+            self.trace.record_state(self.server.committed, self.server.db, compact_now=self.server.now)
         self._after_server_step()
 
     def reset_epoch(self, stream_id: str) -> None:

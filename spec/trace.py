@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from spec import query as q
 from spec.auth import can_read
 from spec.errors import ErrorCode, SyncError
-from spec.invariants import Violation, check_state, check_sweep, check_transition, stale_reasons
+from spec.invariants import Violation, check_retention, check_state, check_sweep, check_transition, stale_reasons
 from spec.messages import (
     Outbound,
     QuerySetUpdate,
@@ -71,10 +71,13 @@ class Trace:
 
     # --- server side ----------------------------------------------------------------------------
 
-    def record_state(self, offset: int, db: DbState, sweep_now: int | None = None) -> None:
+    def record_state(self, offset: int, db: DbState, sweep_now: int | None = None,
+                     compact_now: int | None = None) -> None:
+        prev = self.states.get(offset - 1)
+        if compact_now is not None and prev is not None:
+            self.violations.extend(check_retention(prev, db, compact_now, self.policy))
         if self.states.get(offset) is db:
             return
-        prev = self.states.get(offset - 1)
         self.states[offset] = db
         self.violations.extend(check_state(db, self.policy.bridge_max_attempts))
         if prev is not None:
@@ -224,6 +227,7 @@ class Trace:
             for pq in parsed:
                 sid = q.pinned_value(pq, "stream_id")
                 w = q.lower_bound_exclusive(pq, "seq")
+                w = None if w is None else max(w, 0)  # seqs start at 1 (read here, not via q.resume_watermark)
                 if pq.table == "sync_event" and w is not None and stale is None and (
                         not isinstance(sid, str) or not isinstance(q.pinned_value(pq, "epoch"), int)):
                     self._v("STALE-3", f"client {i} was subscribed to {pq.text!r}, a resume without stream and epoch")

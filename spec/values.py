@@ -116,7 +116,6 @@ def value_has_type(value: object, t: SatsType) -> bool:
 class SyncStream:
     stream_id: str
     stream_class: str
-    owner_scope: str
     epoch: int
     head_seq: int
     floor_seq: int

@@ -29,7 +29,7 @@ def ev(seq: int, epoch: int = 1, stream: str = S) -> SyncEvent:
 
 
 def st(epoch: int = 1, head: int = 0, floor: int = 1, stream: str = S) -> SyncStream:
-    return SyncStream(stream, "default", "scope", epoch, head, floor, 1000, 1, 2)
+    return SyncStream(stream, "default", epoch, head, floor, 1000, 1, 2)
 
 
 def d(row: Row) -> DecodedRow:

@@ -32,7 +32,7 @@ def ev(seq: int, epoch: int = 1) -> SyncEvent:
 
 
 def st(epoch: int = 1, head: int = 0, floor: int = 1) -> SyncStream:
-    return SyncStream(S, "default", "scope", epoch, head, floor, 1000, 1, 2)
+    return SyncStream(S, "default", epoch, head, floor, 1000, 1, 2)
 
 
 def rl(rows: Sequence[Row]) -> wire.RowList:

@@ -291,7 +291,7 @@ def test_http_call_and_sql(tmp_path: Path) -> None:
         assert sql.status == 200
         (stmt,) = sql.json()
         names = [e["name"]["some"] for e in stmt["schema"]["elements"]]
-        assert names[:5] == ["stream_id", "stream_class", "owner_scope", "epoch", "head_seq"]
+        assert names[:4] == ["stream_id", "stream_class", "epoch", "head_seq"]
         (row,) = stmt["rows"]
         assert row[0] == S and row[4] == 1
         hidden = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", "SELECT * FROM sync_event",

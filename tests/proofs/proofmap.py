@@ -157,15 +157,15 @@ def db(i: Interner, d: DbState) -> E.Db:
             True, i(a.requester), a.job_kind, i.payload(a.request), i(a.request_hash), a.provider_id is not None,
             0 if a.provider_id is None else i(a.provider_id), a.provider_owner is not None,
             0 if a.provider_owner is None else i(a.provider_owner), E.A_STATUS[a.status], a.result is not None,
-            0 if a.result is None else i.payload(a.result), a.version) if a
-            else E.Assignment(False, 0, 0, 0, 0, False, 0, False, 0, 0, False, 0, 0))
+            0 if a.result is None else i.payload(a.result), a.version, a.updated_at) if a
+            else E.Assignment(False, 0, 0, 0, 0, False, 0, False, 0, 0, False, 0, 0, 0))
     outbox = []
     for oid in OUTBOXES:
         b = d.find(BridgeOutbox, lambda x, oid=oid: x.outbox_id == oid)  # type: ignore[misc]
         outbox.append(E.Outbox(True, i(b.content_hash), E.B_STATUS[b.status], b.attempts, b.nostr_event_id is not None,
                                0 if b.nostr_event_id is None else i(b.nostr_event_id), i.relays(b.relays_acked),
-                               b.last_error is not None, 0 if b.last_error is None else i(b.last_error)) if b
-                      else E.Outbox(False, 0, 0, 0, False, 0, 0, False, 0))
+                               b.last_error is not None, 0 if b.last_error is None else i(b.last_error), b.updated_at)
+                      if b else E.Outbox(False, 0, 0, 0, False, 0, 0, False, 0, 0))
     evt_rows = len(d.rows("presence_signal")) + len(d.rows("stream_signal"))
     return E.Db(tuple(streams), tuple(events), d.epoch_floor, tuple(ckpts), tuple(presence), tuple(providers),
                 tuple(assignments), tuple(outbox), evt_rows)
@@ -277,7 +277,7 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
         canon = []
         err = _first(_ids(rid), lambda: OK_CODE if 5000 <= job_kind <= 5999 else IA, _canon(request, canon))
         return E.OpenAct(REQUESTS.index(rid), me, has_scope(claims, "compute.request"), err, job_kind,
-                         i.payload(canon[0]) if canon else 0)
+                         i.payload(canon[0]) if canon else 0, now)
     if reducer == "update_compute_assignment":
         rid, expected, status, provider, result_json = args
         err = _first(_ids(rid), _ids(provider) if provider is not None else lambda: OK_CODE)
@@ -288,7 +288,7 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
                            E.A_STATUS.get(status, E.INVALID_ENUM), provider is not None,
                            0 if provider is None else i(provider),
                            PROVIDERS.index(provider) if provider in PROVIDERS else -1, result_json is not None,
-                           i.payload(canon[0]) if canon else 0, result_err)
+                           i.payload(canon[0]) if canon else 0, result_err, now)
     if reducer == "enqueue_bridge_event":
         oid, source, kind, tags, content = args
         canon = []
@@ -302,18 +302,18 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
                      lambda: OK_CODE if kind in pol.bridge_kinds else code_of(ErrorCode.POLICY_DENIED))
         digest = i(payload_hash(dumps_canonical([source, kind, parse_strict(canon[0]), content]))) \
             if err == OK_CODE else 0
-        return E.EnqueueAct(OUTBOXES.index(oid), has_scope(claims, "bridge.enqueue"), err, digest)
+        return E.EnqueueAct(OUTBOXES.index(oid), has_scope(claims, "bridge.enqueue"), err, digest, now)
     if reducer == "mark_bridge_event_sent":
         oid, eid, relays = args
         err = _first(_ids(oid), lambda: OK_CODE if is_hash("sha256:" + eid) else IA,
                      lambda: IA if any(not r or len(r) > 512 for r in relays) else OK_CODE)
         return E.MarkSentAct(OUTBOXES.index(oid), has_scope(claims, "bridge.mark_sent"), err, i(eid),
-                             i.relays(tuple(sorted(set(relays)))))
+                             i.relays(tuple(sorted(set(relays)))), now)
     if reducer == "record_bridge_failure":
         oid, error, retry = args
         err = _first(_ids(oid), lambda: OK_CODE if error and len(error) <= pol.max_error_text else IA,
                      lambda: OK_CODE if retry <= pol.bridge_max_retry_after_ms else IA)
-        return E.FailureAct(OUTBOXES.index(oid), has_scope(claims, "bridge.mark_sent"), err, i(error))
+        return E.FailureAct(OUTBOXES.index(oid), has_scope(claims, "bridge.mark_sent"), err, i(error), now)
     if reducer == "publish_stream_signal":
         sid, kind, payload = args
         canon = []
@@ -324,6 +324,13 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
         (sid,) = args
         return E.ResetAct(STREAMS.index(sid), has_scope(claims, "sync.admin"), _first(_ids(sid)))
     raise KeyError(reducer)
+
+
+def windows(pol: Policy) -> E.Windows:
+    def w(v: int | None) -> tuple[bool, int]:
+        return v is not None, v or 0
+    return E.Windows(*w(pol.retain_offline_presence_us), *w(pol.retain_terminal_assignment_us),
+                     *w(pol.retain_sent_outbox_us), *w(pol.retain_failed_outbox_us))
 
 
 def retention(pol: Policy) -> tuple[E.Retention, ...]:

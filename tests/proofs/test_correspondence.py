@@ -36,6 +36,7 @@ from proofmap import (
     policy,
     result,
     retention,
+    windows,
 )
 
 from proofs import encoding as E
@@ -71,7 +72,9 @@ CALLERS = (A, A, A, B, B, NARROW, NOBODY, ASSIGNER, EXECUTOR, SESSIONED)
 POLICY = Policy(classes=(("s.b", StreamClass("aged", max_payload_bytes=14, retain_age_us=3_000_000,
                                              replay_budget=4)),),
                 default_class=StreamClass("default", retain_count=3, replay_budget=6),
-                presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3)
+                presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3,
+                retain_offline_presence_us=2_000_000, retain_terminal_assignment_us=3_000_000,
+                retain_sent_outbox_us=1_000_000, retain_failed_outbox_us=None)
 
 KEYS = ("k1", "k2", "k3", "k4", "k5", "k6", "k7", "bad key")
 PAYLOADS = ('{"v":1}', '{"v":2}', "[1,2]", '{"b":1,"a":2}', '"x"', "{", '{"long":"xxxxxxxxxxxxxxxxxxxx"}')
@@ -378,7 +381,8 @@ def test_compact_relation(data: st.DataObject) -> None:
     pre, now, _ = build_state(data)
     now += data.draw(st.sampled_from([0, 1_000_000, 4_000_000]))
     out = compact(pre, now, POLICY)
-    relation("compact").check(Interner(), pre, E.CompactAct(now, retention(POLICY)), out.state, out, out.delta)
+    relation("compact").check(Interner(), pre, E.CompactAct(now, retention(POLICY), windows(POLICY)), out.state, out,
+                              out.delta)
 
 
 @SETTINGS
@@ -414,6 +418,8 @@ def test_states_reach_interesting_shapes() -> None:
                        if isinstance(e, SyncEvent)]
             if any(e.seq + 1 < floors[e.stream_id] for e in dropped):
                 seen.add("compaction below the floor")  # the floor must not fall to the cut
+            gone = {td.table for td in compact(d, now + later, POLICY).delta.tables if td.deletes}
+            seen.update(f"retention of {t}" for t in gone - {"sync_event"})
         for s in d.of_type(SyncStream):
             if s.floor_seq > 1:
                 seen.add("compacted")
@@ -429,7 +435,8 @@ def test_states_reach_interesting_shapes() -> None:
 
     probe()
     assert {"compacted", "new epoch", "checkpoint", "assignment moved", "events below the floor",
-            "compaction below the floor"} <= seen, seen
+            "compaction below the floor", "retention of session_presence", "retention of compute_assignment",
+            "retention of bridge_outbox"} <= seen, seen
 
 
 # --- the check has teeth ----------------------------------------------------------------------------------------

@@ -663,7 +663,7 @@ def test_client_stream_row_matches_the_model(view: StreamView, epoch: int, floor
     client.streams["s.a"] = view
     i = Interner()
     pre = _view_val(i, view)
-    row = SyncStream("s.a", "default", "s.*", epoch, max(0, view.last + head_delta),
+    row = SyncStream("s.a", "default", epoch, max(0, view.last + head_delta),
                      max(1, view.last + 1 + floor_delta), 6, 0, 0)
     boots = view.rebootstraps
     client._on_rows("s.a", (TableRows("sync_stream", (row,)),))
@@ -686,7 +686,7 @@ def _row_for(table: str, rng: random.Random, me: Claims) -> Any:
     who = rng.choice([me.identity, "9" * 64])
     sid = rng.choice(["s.a", "x.b"])
     rows: dict[str, Callable[[], Any]] = {
-        "sync_stream": lambda: SyncStream(sid, "default", "s.*", 1, 0, 1, 6, 0, 0),
+        "sync_stream": lambda: SyncStream(sid, "default", 1, 0, 1, 6, 0, 0),
         "sync_event": lambda: SyncEvent(sid, 1, 1, "k", "h", "{}", who, 0, 0),
         "sync_checkpoint": lambda: SyncCheckpoint(f"d1|{sid}", "d1", sid, who, 1, 0, 0),
         "session_presence": lambda: SessionPresence("p1", who, "dev", "n", "online", "", 0, 1, None),

@@ -375,3 +375,19 @@ def test_group_commit_batches_the_backlog(tmp_path: Path) -> None:
     writer.close()
     store.close()
     assert sum(batches) == 200 and writer.batches == len(batches) <= 3, batches  # 1 in flight, then the rest
+
+
+def test_policy_round_trips_through_the_data_directory_meta() -> None:
+    """Every knob of the policy (retention windows included, ADR-0003) survives meta's JSON: verify-log
+    must replay under exactly the policy the log ran under."""
+    from dataclasses import fields
+
+    from reference.durability import policy_from_json, policy_json
+    odd = Policy(classes=(("x.", StreamClass("x", 10, 3, 5_000, 7)),), default_class=StreamClass("d", 99),
+                 presence_min_ttl_ms=7, presence_max_ttl_ms=70, bridge_kinds=frozenset({31990}),
+                 bridge_max_attempts=2, bridge_max_retry_after_ms=9, max_error_text=11,
+                 retain_offline_presence_us=None, retain_terminal_assignment_us=1, retain_sent_outbox_us=2,
+                 retain_failed_outbox_us=3)
+    for p in (odd, Policy()):
+        assert policy_from_json(json.loads(json.dumps(policy_json(p)))) == p
+    assert {f.name for f in fields(Policy)} <= set(policy_json(odd))  # no knob left out

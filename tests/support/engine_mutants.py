@@ -112,6 +112,14 @@ ENGINE_MUTANTS += (
            (("    digest = payload_hash(dumps_canonical([source, nostr_kind, tags, content]))",
              "    digest = payload_hash(dumps_canonical([nostr_kind, tags, content]))"),),
            "the outbox dedupe hash leaves the source out"),
+    Mutant("retention_takes_pending_outbox", "reference.reducers",
+           (('            ("bridge_outbox", "sent"): cut(policy.retain_sent_outbox_us),',
+             '            ("bridge_outbox", "sent"): cut(policy.retain_sent_outbox_us),'
+             ' ("bridge_outbox", "pending"): cut(policy.retain_sent_outbox_us),'),),
+           "retention removes pending outbox rows (never sent) too"),
+    Mutant("seq_ge_0_unclamped", "reference.engine",
+           (("        w = max(w, 0)  # seqs start at 1", "        w = w  # seqs start at 1"),),
+           "the engine's stale check reads seq >= 0 as watermark -1"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

@@ -26,6 +26,7 @@ from spec.errors import SyncError
 from spec.invariants import (
     check_call,
     check_convergence,
+    check_retention,
     check_state,
     check_sweep,
     check_transition,
@@ -37,7 +38,10 @@ STREAMS = ("s.a1", "s.a2", "s.b1")
 KEYS = ("k1", "k2", "k3", "k4", "k5")
 PAYLOADS = ('{"v":1}', '{"v":2}', "[1,2]", '{"b":1,"a":2}', '"x"')
 POLICY = Policy(default_class=StreamClass("default", retain_count=2, replay_budget=6),
-                presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3)
+                presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3,
+                retain_offline_presence_us=2_000_000, retain_terminal_assignment_us=3_000_000,
+                retain_sent_outbox_us=3_000_000, retain_failed_outbox_us=4_000_000)
+"""Windows short enough that the machines' clocks pass them (retention of every table is exercised)."""
 ALL_SCOPES = frozenset({"sync.subscribe", "sync.append", "sync.checkpoint.write", "presence.write",
                         "provider.publish", "compute.request", "compute.assign", "compute.execute",
                         "bridge.enqueue", "bridge.mark_sent", "sync.admin"})
@@ -135,15 +139,18 @@ class ModuleMachine(RuleBasedStateMachine):
             c, args = data.draw(st.sampled_from(self.sent_acks))
             self._run(c, "ack_checkpoint", args)
 
-    @rule(s=st.sampled_from(STREAMS), w_delta=st.integers(-4, 2), epoch_delta=st.sampled_from([0, 0, 1]))
-    def resume_decision(self, s: str, w_delta: int, epoch_delta: int) -> None:
+    @rule(s=st.sampled_from(STREAMS), w_delta=st.integers(-4, 2), epoch_delta=st.sampled_from([0, 0, 1]),
+          ge=st.booleans())
+    def resume_decision(self, s: str, w_delta: int, epoch_delta: int, ge: bool) -> None:
         """STALE-1 at the module level: the server's stale decision for a resume query equals the
-        oracle's, around the floor, the head and the budget."""
+        oracle's, around the floor, the head and the budget (``seq > W``, or ``seq >= W + 1``, which
+        for W = 0 is ``seq >= 1`` or, as people write it, ``seq >= 0``: watermark 0 either way)."""
         from spec import query as q
         from spec.reducers import virtual_stream
         epoch, head, floor = virtual_stream(self.db, s)
         w = max(0, (floor - 1 if w_delta < 0 else head) + w_delta)
-        text = f"SELECT * FROM sync_event WHERE stream_id = '{s}' AND epoch = {epoch + epoch_delta} AND seq > {w}"
+        bound = f"seq >= {w + 1 if w or w_delta % 2 else 0}" if ge else f"seq > {w}"
+        text = f"SELECT * FROM sync_event WHERE stream_id = '{s}' AND epoch = {epoch + epoch_delta} AND {bound}"
         err = _mod("spec.delivery").stale_error(self.db, POLICY, q.parse(text)[0])
         expected = stale_reasons(epoch, head, floor, POLICY.class_for(s).replay_budget, epoch + epoch_delta, w)
         got = tuple(err.details["reasons"]) if err is not None else ()
@@ -226,7 +233,7 @@ class ModuleMachine(RuleBasedStateMachine):
     def compact(self) -> None:
         red = _mod("spec.reducers")
         ok = red.compact(self.db, self.now, POLICY)
-        self.violations += check_transition(self.db, ok.state)
+        self.violations += check_transition(self.db, ok.state) + check_retention(self.db, ok.state, self.now, POLICY)
         self.offset += not ok.noop
         self.db = ok.state
 
@@ -293,7 +300,8 @@ class SystemMachine(RuleBasedStateMachine):
             from spec.messages import Subscribe
             self.sys._send(2, [Subscribe(900, 900, WATCH_QUERIES)])
 
-    @rule(i=any_client_st, s=st.sampled_from(STREAMS), form=st.integers(0, 5), w=st.integers(0, 4))
+    @rule(i=any_client_st, s=st.sampled_from(STREAMS), form=st.sampled_from([5, 0, 1, 2, 3, 4, 5]),
+          w=st.sampled_from([0, 0, 1, 2, 4]))
     def adhoc_query(self, i: int, s: str, form: int, w: int) -> None:
         """A subscription written by hand (then dropped): resume forms with and without the epoch and
         the stream pinned, in the spellings people type and the TS SDK's query builder emits."""

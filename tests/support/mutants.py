@@ -161,6 +161,14 @@ MUTANTS += (
            (("    return payload_hash(dumps_canonical([source, nostr_kind, parse_strict(tags_canonical), content]))",
              "    return payload_hash(dumps_canonical([nostr_kind, parse_strict(tags_canonical), content]))"),),
            "another source under the same outbox_id is a silent no-op", expected=("BRIDGE-3",)),
+    Mutant("retention_takes_live_assignments", "spec.reducers",
+           (("        return row.status in ASSIGNMENT_TERMINAL and expired(row.updated_at, now,"
+             " policy.retain_terminal_assignment_us)",
+             "        return expired(row.updated_at, now, policy.retain_terminal_assignment_us)"),),
+           "retention removes live assignments too", expected=("RET-1",)),
+    Mutant("seq_ge_0_is_watermark_minus_1", "spec.query",
+           (("    return None if bound is None else max(0, bound)", "    return bound"),),
+           "seq >= 0 resumes from watermark -1 (a floor breach on every stream)", expected=("STALE-1",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 

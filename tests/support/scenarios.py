@@ -687,6 +687,61 @@ SCENARIOS += (
         _outbox(("o1", "sent", 1, T0 + 35 * 10**6, ("wss://a", "wss://b"))),
     )),
 )
+KEEPER = Person("keeper", frozenset({"sync.subscribe", "presence.write", "compute.request", "compute.assign",
+                                     "bridge.enqueue", "bridge.mark_sent"}))
+
+
+def _kept(presence: frozenset[tuple[Any, ...]], jobs: frozenset[tuple[Any, ...]],
+          outbox: frozenset[tuple[Any, ...]]) -> tuple[Step, ...]:
+    return (Sees("keeper", "session_presence", ("session_id", "status"), presence),
+            Sees("keeper", "compute_assignment", ("request_id", "status"), jobs),
+            Sees("keeper", "bridge_outbox", ("outbox_id", "status"), outbox))
+
+
+SCENARIOS += (
+    Scenario("resume_from_seq_ge_0", 8, (READER,), (
+        Connect("reader", "reader"), *_appends("reader", "s.a", 2),
+        # today seq >= 0 is watermark -1: a retention floor breach on every stream
+        Sub("reader", ("SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = 1 AND seq >= 0",)),
+        Sub("reader", ("SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = 1 AND 0 <= seq",)),
+        Sub("reader", ("SELECT * FROM sync_event WHERE stream_id = 's.b' AND epoch = 1 AND seq >= 0",)),
+        Sees("reader", "sync_event", ("seq",), frozenset({(1,), (2,)})),
+    )),
+    Scenario("retention_of_presence_assignments_and_outbox", 8, (KEEPER,), (
+        Connect("keeper", "keeper"),
+        Sub("keeper", ("SELECT * FROM session_presence", "SELECT * FROM compute_assignment",
+                       "SELECT * FROM bridge_outbox")),
+        _upsert("keeper", "gone"), _upsert("keeper", "gone", "offline"), _upsert("keeper", "live"),
+        Call("keeper", "open_compute_assignment", ("done", 5000, "{}")),
+        Call("keeper", "update_compute_assignment", ("done", 1, "cancelled", None, None)),
+        Call("keeper", "open_compute_assignment", ("open", 5000, "{}")),
+        Call("keeper", "enqueue_bridge_event", ("sent", "r", 30078, "[]", "a")),
+        Call("keeper", "mark_bridge_event_sent", ("sent", EID, ())),
+        Call("keeper", "enqueue_bridge_event", ("dead", "r", 30078, "[]", "b")),
+        *(Call("keeper", "record_bridge_failure", ("dead", "down", 0)) for _ in range(5)),
+        Call("keeper", "enqueue_bridge_event", ("wait", "r", 30078, "[]", "c")),
+        Advance(DAY_US, compact=True),  # exactly a day: not older than the window yet
+        *_kept(frozenset({("gone", "offline"), ("live", "online")}),
+               frozenset({("done", "cancelled"), ("open", "open")}),
+               frozenset({("sent", "sent"), ("dead", "failed"), ("wait", "pending")})),
+        Advance(1, compact=True),  # today nothing is ever removed
+        *_kept(frozenset({("live", "online")}), frozenset({("done", "cancelled"), ("open", "open")}),
+               frozenset({("sent", "sent"), ("dead", "failed"), ("wait", "pending")})),
+        # the live session's TTL ran out long ago: the sweep takes it offline (last_seen kept), and it is
+        # past its day at once
+        Advance(0, sweep=True, compact=True),
+        *_kept(frozenset(), frozenset({("done", "cancelled"), ("open", "open")}),
+               frozenset({("sent", "sent"), ("dead", "failed"), ("wait", "pending")})),
+        Advance(6 * DAY_US, compact=True),
+        *_kept(frozenset(), frozenset({("open", "open")}), frozenset({("dead", "failed"), ("wait", "pending")})),
+        # past the window the id names nothing: it is free again (the dedupe horizon is the window)
+        Call("keeper", "enqueue_bridge_event", ("sent", "other", 31990, "[]", "new")),
+        Call("keeper", "open_compute_assignment", ("done", 5001, '{"again":1}')),
+        Advance(23 * DAY_US + 1, compact=True),
+        *_kept(frozenset(), frozenset({("open", "open"), ("done", "open")}),
+               frozenset({("sent", "pending"), ("wait", "pending")})),
+    )),
+)
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 
 

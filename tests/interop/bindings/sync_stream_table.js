@@ -7,7 +7,6 @@ import { t as __t } from "spacetimedb";
 export default __t.row({
   streamId: __t.string().primaryKey().name("stream_id"),
   streamClass: __t.string().name("stream_class"),
-  ownerScope: __t.string().name("owner_scope"),
   epoch: __t.u64(),
   headSeq: __t.u64().name("head_seq"),
   floorSeq: __t.u64().name("floor_seq"),
