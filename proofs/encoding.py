@@ -36,8 +36,8 @@ most ``K`` retained events per stream.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import z3
 
@@ -238,6 +238,7 @@ class Db:
     assignments: tuple[Assignment, ...]
     outbox: tuple[Outbox, ...]
     evt_rows: ZInt  # rows held in event tables (EVT-1: always 0)
+    version_floor: ZInt  # the version a new provider or assignment starts at
 
     @staticmethod
     def fresh(p: str) -> Db:
@@ -251,6 +252,7 @@ class Db:
             assignments=fresh_rows(Assignment, f"{p}.assignment", N),
             outbox=fresh_rows(Outbox, f"{p}.outbox", N),
             evt_rows=z3.Int(f"{p}.evt_rows"),
+            version_floor=z3.Int(f"{p}.version_floor"),
         )
 
 
@@ -269,7 +271,8 @@ def same_events(a: Events, b: Events) -> ZBool:
 
 def db_parts(a: Db, b: Db) -> dict[str, ZBool]:
     """Named equalities of the components of two states (used for frames)."""
-    parts: dict[str, ZBool] = {"epoch_floor": a.epoch_floor == b.epoch_floor, "evt_rows": a.evt_rows == b.evt_rows}
+    parts: dict[str, ZBool] = {"epoch_floor": a.epoch_floor == b.epoch_floor, "evt_rows": a.evt_rows == b.evt_rows,
+                               "version_floor": a.version_floor == b.version_floor}
     for j in range(S):
         parts[f"stream{j}"] = same_stream(a.streams[j], b.streams[j])
         parts[f"events{j}"] = same_events(a.events[j], b.events[j])
@@ -305,6 +308,12 @@ def vhead(db: Db, j: int) -> ZInt:
 
 def vfloor(db: Db, j: int) -> ZInt:
     return z3.If(db.streams[j].exists, db.streams[j].floor, 1)
+
+
+def max_version(db: Db) -> ZInt:
+    """The largest version any provider or assignment has, or a new one would get."""
+    rows: list[Provider | Assignment] = [*db.providers, *db.assignments]
+    return zmax([db.version_floor, *[z3.If(x.used, x.version, db.version_floor) for x in rows]])
 
 
 def max_epoch(db: Db) -> ZInt:
@@ -805,7 +814,7 @@ def t_provider(pre: Db, a: ProviderAct, post: Db, r: Result, d: Delta, pol: Poli
         noop = z3.And(old.used, old.hash == digest, old.kinds == a.kinds, old.price == a.price,
                       old.status == a.status, bug != "republish_bumps_version")
         new = Provider(True, a.caller, a.canon, digest, a.kinds, a.price, a.status,
-                       z3.If(old.used, old.version + 1, 1))
+                       z3.If(old.used, old.version + 1, pre.version_floor))
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(noop)),
             z3.And(r.code == OK_CODE, r.wrote, same(post.providers[i], new), frame(pre, post, {f"provider{i}"}),
@@ -830,7 +839,7 @@ def t_open(pre: Db, a: OpenAct, post: Db, r: Result, d: Delta, pol: Policy, bug:
              code(ErrorCode.IDEMPOTENCY_CONFLICT)),
         ])
         new = Assignment(True, a.caller, a.job_kind, a.canon, digest, False, 0, False, 0, A_STATUS["open"], False, 0,
-                         1, a.now)
+                         pre.version_floor, a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(old.used)),
             z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
@@ -1049,7 +1058,7 @@ def t_compact(pre: Db, a: CompactAct, post: Db, r: Result, d: Delta, pol: Policy
     retention of the other tables (:func:`retention_drops`)."""
     parts: list[ZBool] = [r.code == OK_CODE, z3.Not(r.has_ret)]
     drops = retention_drops(pre, a)
-    rows = {**{f"presence{i}": (x, post.presence[i]) for i, x in enumerate(pre.presence)},
+    rows: dict[str, tuple[Any, Any]] = {**{f"presence{i}": (x, post.presence[i]) for i, x in enumerate(pre.presence)},
             **{f"assignment{i}": (x, post.assignments[i]) for i, x in enumerate(pre.assignments)},
             **{f"outbox{i}": (x, post.outbox[i]) for i, x in enumerate(pre.outbox)}}
     for name, (before, after) in rows.items():
@@ -1071,7 +1080,11 @@ def t_compact(pre: Db, a: CompactAct, post: Db, r: Result, d: Delta, pol: Policy
             same_stream(post.streams[j], Stream(True, st.epoch, st.head, floor, st.budget)),
             dropped_prefix(ev, cut, post.events[j])),
             z3.And(same_stream(post.streams[j], st), same_events(post.events[j], ev))))
-    parts.append(frame(pre, post, {f"{x}{j}" for j in range(S) for x in ("stream", "events")} | set(rows)))
+    # an assignment removed for good takes its versions with it: the floor rises above them
+    parts.append(post.version_floor == zmax([pre.version_floor, *[
+        z3.If(drops[f"assignment{i}"], x.version + 1, pre.version_floor) for i, x in enumerate(pre.assignments)]]))
+    parts.append(frame(pre, post, {f"{x}{j}" for j in range(S) for x in ("stream", "events")} | set(rows)
+                       | {"version_floor"}))
     parts.append(delta(d, dels=dict(enumerate(cuts))))
     parts.append(r.wrote == z3.Or([c > 0 for c in cuts] + list(drops.values())))
     return z3.And(parts)
@@ -1090,7 +1103,14 @@ def t_unclean_restart(pre: Db, a: RestartAct, post: Db, r: Result, d: Delta, pol
         floor = st.floor if bug == "restart_keeps_floor" else st.head + 1
         parts.append(same_stream(post.streams[j], Stream(st.exists, fresh_epoch if bumped else st.epoch, st.head,
                                                          floor, st.budget)))
-    parts.append(frame(pre, post, {"epoch_floor", *(f"stream{j}" for j in range(S))}))
+    version = max_version(pre) + a.undurable + 1
+    parts.append(post.version_floor == version)
+    pairs: list[tuple[Provider | Assignment, Provider | Assignment]] = [
+        *zip(pre.providers, post.providers, strict=True), *zip(pre.assignments, post.assignments, strict=True)]
+    for x, y in pairs:
+        parts.append(same(y, replace(x, version=version)))
+    parts.append(frame(pre, post, {"epoch_floor", "version_floor", *(f"stream{j}" for j in range(S)),
+                                   *(f"provider{i}" for i in range(N)), *(f"assignment{i}" for i in range(N))}))
     return z3.And(parts)
 
 
@@ -1164,8 +1184,8 @@ DB_TRANSITION_BY_NAME = {t.name: t for t in DB_TRANSITIONS}
 
 
 def initial(db: Db) -> ZBool:
-    """``DbState()``: no rows, epoch_floor 1."""
-    parts: list[ZBool] = [db.epoch_floor == 1, db.evt_rows == 0]
+    """``DbState()``: no rows, epoch_floor and version_floor 1."""
+    parts: list[ZBool] = [db.epoch_floor == 1, db.evt_rows == 0, db.version_floor == 1]
     parts += [z3.Not(s.exists) for s in db.streams]
     parts += [e.n == 0 for e in db.events]
     for rows in (db.ckpts, db.presence, db.providers, db.assignments, db.outbox):

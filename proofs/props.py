@@ -29,6 +29,7 @@ from proofs.encoding import (
     P_STATUS,
     PROV_STATUS,
     AppendAct,
+    Assignment,
     C,
     Db,
     Delta,
@@ -36,6 +37,7 @@ from proofs.encoding import (
     K,
     N,
     Policy,
+    Provider,
     Result,
     S,
     ckpt_index,
@@ -118,13 +120,14 @@ def pres1(db: Db) -> ZBool:
 
 
 def assign2(db: Db) -> ZBool:
-    """ASSIGN-2."""
+    """ASSIGN-2 (and version_floor >= 1, which new rows start at)."""
     named = tuple(A_STATUS[s] for s in ("assigned", "running", "completed", "failed"))
-    return z3.And([z3.Implies(a.used, z3.And(one_of(a.status, A_STATUS.values()), a.version >= 1,
-                                             z3.Implies(one_of(a.status, named), z3.And(a.has_provider, a.has_owner)),
-                                             z3.Implies(a.status == A_STATUS["open"],
-                                                        z3.Not(z3.Or(a.has_provider, a.has_owner)))))
-                   for a in db.assignments])
+    rows = [z3.Implies(a.used, z3.And(one_of(a.status, A_STATUS.values()), a.version >= 1,
+                                      z3.Implies(one_of(a.status, named), z3.And(a.has_provider, a.has_owner)),
+                                      z3.Implies(a.status == A_STATUS["open"],
+                                                 z3.Not(z3.Or(a.has_provider, a.has_owner)))))
+            for a in db.assignments]
+    return z3.And(db.version_floor >= 1, *rows)
 
 
 def bridge1(db: Db, pol: Policy) -> ZBool:
@@ -137,9 +140,21 @@ def bridge1(db: Db, pol: Policy) -> ZBool:
 
 def prov_state(db: Db) -> ZBool:
     """The state part of the provider checks (``check_state`` files them under HASH-1): a valid
-    status and version >= 1."""
-    return z3.And([z3.Implies(p.used, z3.And(one_of(p.status, PROV_STATUS.values()), p.version >= 1))
-                   for p in db.providers])
+    status and version >= 1 (and version_floor >= 1, which new rows start at)."""
+    return z3.And(db.version_floor >= 1, *[z3.Implies(p.used, z3.And(one_of(p.status, PROV_STATUS.values()),
+                                                                     p.version >= 1)) for p in db.providers])
+
+
+def versions_raised(pre: Db, post: Db) -> ZBool:
+    """The recovery transaction's exception to PROV-1 and ASSIGN-1 (VER-1): rows keep their content
+    and their versions only rise."""
+    parts: list[ZBool] = [post.version_floor >= pre.version_floor]
+    pairs: list[tuple[Provider | Assignment, Provider | Assignment]] = [
+        *zip(pre.providers, post.providers, strict=True), *zip(pre.assignments, post.assignments, strict=True)]
+    for a, b in pairs:
+        parts.append(z3.And(a.used == b.used, z3.Implies(a.used, z3.And(same(b, replace(a, version=b.version)),
+                                                                       b.version > a.version))))
+    return z3.And(parts)
 
 
 def evt1(db: Db) -> ZBool:

@@ -194,15 +194,18 @@ DB_PROOFS: tuple[Proof, ...] = (
     db_proof("pres", "presence rows are well formed; sweeps leave no expired live row; one signal per change",
              ("PRES-1", "PRES-2"), ("sweep_strict_expiry", "offline_reason_not_set", "disconnect_ignores_expiry"),
              lambda db, pol: P.pres1(db), _pres_step),
-    db_proof("assign", "assignments move only along the edge table, version + 1; assigned rows name a provider",
+    db_proof("assign", "assignments move only along the edge table, version + 1 (recovery only raises versions); "
+             "assigned rows name a provider and its owner",
              ("ASSIGN-1", "ASSIGN-2"), ("assignment_version_not_bumped",),
-             lambda db, pol: P.assign2(db), lambda s: P.assign1(s.pre, s.post)),
+             lambda db, pol: P.assign2(db), lambda s: P.versions_raised(s.pre, s.post)
+             if s.transition == "unclean_restart" else P.assign1(s.pre, s.post)),
     db_proof("bridge", "sent iff an event id; failed at the maximum attempts; sent rows never change",
              ("BRIDGE-1", "BRIDGE-2"), ("failure_past_max",),
              lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post)),
-    db_proof("prov", "a provider's version rises by one exactly on a content change",
+    db_proof("prov", "a provider's version rises by one exactly on a content change (recovery only raises versions)",
              ("PROV-1",), ("republish_bumps_version",),
-             lambda db, pol: P.prov_state(db), lambda s: P.prov1(s.pre, s.post)),
+             lambda db, pol: P.prov_state(db), lambda s: P.versions_raised(s.pre, s.post)
+             if s.transition == "unclean_restart" else P.prov1(s.pre, s.post)),
     db_proof("evt", "event-table rows are never in the state",
              ("EVT-1",), ("event_rows_persisted",), lambda db, pol: P.evt1(db), _true),
     db_proof("auth-calls", "without its scope or stream grant a call fails first with missing_scope/forbidden_stream "

@@ -46,6 +46,7 @@ class Db:
         self.pk: dict[str, dict[object, Row]] = {name: {} for name in PK_TABLES}
         self.logs: dict[str, StreamLog] = {}
         self.epoch_floor = 1
+        self.version_floor = 1  # the version a new provider or assignment starts at (ADR-0003)
 
     def get(self, table: str, key: object) -> Row | None:
         return self.pk[table].get(key)
@@ -127,6 +128,7 @@ class Txn:
         self.inserts: dict[str, list[Row]] = {}
         self.events: dict[str, list[Row]] = {}
         self.old_epoch_floor = db.epoch_floor
+        self.old_version_floor = db.version_floor
 
     def insert(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
@@ -155,7 +157,7 @@ class Txn:
     @property
     def wrote(self) -> bool:
         return any(self.deletes.values()) or any(self.inserts.values()) or any(self.events.values()) \
-            or self.db.epoch_floor != self.old_epoch_floor
+            or self.db.epoch_floor != self.old_epoch_floor or self.db.version_floor != self.old_version_floor
 
     def rollback(self) -> None:
         for op, row in reversed(self.undo):
@@ -164,4 +166,5 @@ class Txn:
             else:
                 self.db._restore(row)
         self.db.epoch_floor = self.old_epoch_floor
+        self.db.version_floor = self.old_version_floor
         self.undo.clear()

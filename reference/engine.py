@@ -33,7 +33,7 @@ import icontract
 
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
-from reference.log import GENESIS, RowChange, TxRecord, make_record
+from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors
 from spec import query as q
 from spec.auth import Claims, can_read, grant_matches
 from spec.compat import CompatWindow, negotiate
@@ -71,7 +71,7 @@ def _model_view(db: Db) -> DbState:
     tables: dict[str, tuple[Row, ...]] = {t.name: () for t in PERSISTENT_TABLES}
     for name in tables:
         tables[name] = tuple(db.rows(name))
-    return DbState(tables, db.epoch_floor)
+    return DbState(tables, db.epoch_floor, db.version_floor)
 
 
 def _indexes_consistent(db: Db) -> bool:
@@ -552,18 +552,24 @@ class Engine:
                                    rec.prev_hash)
             if expected.hash != rec.hash:
                 raise ValueError(f"commit log hash mismatch at offset {rec.offset}")
-            for change in rec.changes:
-                for row in change.deletes:
-                    eng.db._delete(row)
-                for row in change.inserts:
-                    eng.db._insert(row)
-            if rec.kind == "recovery":
-                eng.db.epoch_floor = int(rec.args[0])
+            apply_record(eng.db, rec)
             eng.committed = rec.offset
             eng.head_hash = rec.hash
         eng.durable = eng.committed
         if not clean:
             fresh = max([eng.db.epoch_floor, *(s.epoch for s in eng.db.pk["sync_stream"].values()
                                                if isinstance(s, SyncStream))]) + max_undurable + 1
-            eng._system("recovery", (fresh,), lambda tx: r.recovery_bump(tx, now, max_undurable))
+            version = r.top_version(eng.db) + max_undurable + 1
+            eng._system("recovery", (fresh, version), lambda tx: r.recovery_bump(tx, now, max_undurable))
         return eng
+
+
+def apply_record(db: Db, rec: TxRecord) -> None:
+    """Apply a logged transaction to ``db`` as recovery does: its row delta, then the floors it moved
+    (:func:`reference.log.record_floors`)."""
+    for change in rec.changes:
+        for row in change.deletes:
+            db._delete(row)
+        for row in change.inserts:
+            db._insert(row)
+    db.epoch_floor, db.version_floor = record_floors(rec, db.epoch_floor, db.version_floor)

@@ -198,7 +198,7 @@ def publish_provider_capability(tx: Txn, x: Ctx, provider_id: str, capability_js
     _need_member("status", status, PROVIDER_STATUSES)
     kinds = tuple(sorted(set(nip90_kinds)))
     digest = payload_hash(canon)
-    version = 1
+    version = tx.db.version_floor
     if old is not None:
         if old.capability_hash == digest and old.nip90_kinds == kinds and old.price_hint_sats == price_hint_sats \
                 and old.status == status:
@@ -225,8 +225,8 @@ def open_compute_assignment(tx: Txn, x: Ctx, request_id: str, job_kind: int, req
     canon = canonicalize(request_json, "request_json")
     digest = payload_hash(canon)
     if old is None:
-        tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, "open", None, 1,
-                                    x.now, x.now))
+        tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, "open", None,
+                                    tx.db.version_floor, x.now, x.now))
     elif old.request_hash != digest or old.job_kind != job_kind:
         raise _err(ErrorCode.IDEMPOTENCY_CONFLICT, existing_request_hash=old.request_hash, request_hash=digest,
                    request_id=request_id)
@@ -453,6 +453,8 @@ def compact(tx: Txn, now: int, policy: Policy) -> None:
             before = cutoffs.get((table, row.status))
             if before is not None and stamp < before:
                 tx.delete(row)
+                if isinstance(row, ComputeAssignment):
+                    tx.db.version_floor = max(tx.db.version_floor, row.version + 1)
     for stream in list(tx.db.pk["sync_stream"].values()):
         assert isinstance(stream, SyncStream)
         log = tx.db.logs.get(stream.stream_id)
@@ -474,6 +476,15 @@ def compact(tx: Txn, now: int, policy: Policy) -> None:
         tx.update(stream, replace(stream, floor_seq=max(stream.floor_seq, keep_from), updated_at=now))
 
 
+def top_version(db: Db) -> int:
+    top = db.version_floor
+    for table in ("provider_capability", "compute_assignment"):
+        for row in db.pk[table].values():
+            assert isinstance(row, ProviderCapability | ComputeAssignment)
+            top = max(top, row.version)
+    return top
+
+
 def recovery_bump(tx: Txn, now: int, max_undurable: int) -> None:
     streams = list(tx.db.pk["sync_stream"].values())
     top = tx.db.epoch_floor
@@ -485,3 +496,9 @@ def recovery_bump(tx: Txn, now: int, max_undurable: int) -> None:
         assert isinstance(s, SyncStream)
         tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))
     tx.db.epoch_floor = fresh
+    version = top_version(tx.db) + max_undurable + 1
+    for table in ("provider_capability", "compute_assignment"):
+        for row in list(tx.db.pk[table].values()):
+            assert isinstance(row, ProviderCapability | ComputeAssignment)
+            tx.update(row, replace(row, version=version))
+    tx.db.version_floor = version

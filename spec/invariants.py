@@ -129,7 +129,8 @@ CATALOG: tuple[Invariant, ...] = (
               "it), and once faults heal every session whose last upserting connection closed (not by a crash: "
               "TTLs take over then) is offline."),
     Invariant("ASSIGN-1", "transition", "A compute assignment changes only along the transition table, bumping "
-              "version by exactly 1; terminal rows never change."),
+              "version by exactly 1; terminal rows never change. The one exception is the recovery transaction "
+              "after an unclean restart, which only raises versions (VER-1)."),
     Invariant("ASSIGN-2", "state", "Assignment status is valid and version >= 1; assigned, running, completed "
               "and failed rows name a provider and its owner (provider_owner); open rows name neither."),
     Invariant("ASSIGN-3", "transition", "An assignment becomes assigned only naming a provider that exists, is "
@@ -151,7 +152,13 @@ CATALOG: tuple[Invariant, ...] = (
               "already recorded merges the relays into relays_acked, writing exactly when it adds one, and with "
               "another event id is bridge_event_conflict."),
     Invariant("PROV-1", "transition", "A provider capability's version rises by exactly 1 on every content change "
-              "and never without one."),
+              "and never without one; a new provider starts at version_floor. The one exception is the recovery "
+              "transaction after an unclean restart, which only raises versions (VER-1)."),
+    Invariant("VER-1", "trace", "A version number never names two different contents: over the whole run, across "
+              "crashes and retention, each (provider_id or request_id, version) ever committed names one content. "
+              "New rows start at version_floor; retention raises the floor above every version it removes; "
+              "recovery raises every live row and the floor above every version the lost suffix can have handed "
+              "out."),
     Invariant("RET-1", "transition", "Retention (the compaction transaction) removes offline presence rows, terminal "
               "assignments and sent or failed outbox rows exactly when they are past their policy windows (after "
               "last_seen, resp. updated_at), and nothing else of those tables; subscribers receive the deletes."),
@@ -391,6 +398,37 @@ def check_retention(before: DbState, after: DbState, now: int, policy: Policy) -
             gone = getattr(r, key) not in kept
             if gone != _past_window(r, now, policy):
                 v.append(("RET-1", f"{table} {getattr(r, key)}: {'removed' if gone else 'kept'} at {now}"))
+    return v
+
+
+def versioned_content(row: ProviderCapability | ComputeAssignment) -> tuple[Any, ...]:
+    """What a version names: the row without its version and its timestamps of change."""
+    if isinstance(row, ProviderCapability):
+        return (row.owner, row.capability_hash, row.nip90_kinds, row.price_hint_sats, row.status)
+    return (row.requester, row.job_kind, row.request_hash, row.provider_id, row.provider_owner, row.status,
+            row.result, row.opened_at)
+
+
+def check_recovery(before: DbState, after: DbState, max_undurable: int) -> list[Violation]:
+    """The recovery transaction of an unclean restart (the one exception to PROV-1 and ASSIGN-1): the
+    rows keep their content, and every version, and the floor, move past every version the lost
+    suffix (at most ``max_undurable`` transactions, each raising the largest version by at most one)
+    can have handed out."""
+    v: list[Violation] = []
+    top = max([before.version_floor, *(r.version for r in before.of_type(ProviderCapability)),
+               *(r.version for r in before.of_type(ComputeAssignment))])
+    if after.version_floor <= top + max_undurable:
+        v.append(("VER-1", f"recovery left version_floor at {after.version_floor}, lost versions reach "
+                           f"{top + max_undurable}"))
+    for row_type, key in ((ProviderCapability, "provider_id"), (ComputeAssignment, "request_id")):
+        old, new = _by(before.of_type(row_type), key), _by(after.of_type(row_type), key)
+        if set(old) != set(new):
+            v.append(("VER-1", f"recovery added or removed {row_type.__name__} rows"))
+        for k, a in old.items():
+            b = new.get(k)
+            if b is not None and (versioned_content(a) != versioned_content(b) or b.version <= top + max_undurable):
+                v.append(("VER-1", f"recovery of {k}: v{a.version} -> v{b.version}, content kept: "
+                                   f"{versioned_content(a) == versioned_content(b)}"))
     return v
 
 

@@ -231,7 +231,7 @@ def _provider_versioned(db: DbState, provider_id: str, result: Ok) -> bool:
     before, after = _provider(db, provider_id), _provider(result.state, provider_id)
     if result.noop:
         return before is not None and after == before
-    return (after is not None and after.version == (before.version + 1 if before else 1)
+    return (after is not None and after.version == (before.version + 1 if before else db.version_floor)
             and after.capability_hash == payload_hash(after.capability)
             and list(after.nip90_kinds) == sorted(set(after.nip90_kinds)))
 
@@ -245,7 +245,7 @@ def _assignment_opened(db: DbState, request_id: str, job_kind: int, result: Ok) 
     if result.noop:
         return before is not None and after == before and before.job_kind == job_kind
     return (before is None and after is not None and (after.status, after.version, after.provider_id) ==
-            ("open", 1, None) and after.request_hash == payload_hash(after.request))
+            ("open", db.version_floor, None) and after.request_hash == payload_hash(after.request))
 
 
 def _assignment_stepped(db: DbState, ctx: CallContext, request_id: str, result: Ok) -> bool:
@@ -506,7 +506,7 @@ def publish_provider_capability(db: DbState, ctx: CallContext, provider_id: str,
     if old is not None and (old.capability_hash, old.nip90_kinds, old.price_hint_sats, old.status) == (
             digest, kinds, price_hint_sats, status):
         return _noop(db)
-    version = 1 if old is None else old.version + 1
+    version = db.version_floor if old is None else old.version + 1
     new = ProviderCapability(provider_id, c.identity, canon, digest, kinds, price_hint_sats, status,
                              version, ctx.now)
     tx = Tx(db)
@@ -537,8 +537,8 @@ def open_compute_assignment(db: DbState, ctx: CallContext, request_id: str, job_
         raise _fail(ErrorCode.IDEMPOTENCY_CONFLICT, existing_request_hash=old.request_hash,
                     request_hash=digest, request_id=request_id)
     tx = Tx(db)
-    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, "open", None, 1,
-                                ctx.now, ctx.now))
+    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, "open", None,
+                                db.version_floor, ctx.now, ctx.now))
     return _ok(tx)
 
 
@@ -856,6 +856,8 @@ def compact(db: DbState, now: Timestamp, policy: Policy = DEFAULT_POLICY) -> Ok:
     for table in ("session_presence", "compute_assignment", "bridge_outbox"):
         for row in [r for r in db.rows(table) if retention_expired(r, now, policy)]:
             tx.delete(row)
+            if isinstance(row, ComputeAssignment):  # its id may come back: never with a version it had
+                tx.version_floor = max(tx.version_floor, row.version + 1)
     for s in list(db.of_type(SyncStream)):
         cls = policy.class_for(s.stream_id)
         events = sorted((e for e in db.of_type(SyncEvent) if e.stream_id == s.stream_id), key=lambda e: e.seq)
@@ -886,14 +888,26 @@ def _max_epoch(db: DbState) -> int:
     return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
 
 
+def max_version(db: DbState) -> int:
+    """The largest version any provider or assignment has, or a new one would get."""
+    return max([db.version_floor, *(r.version for r in db.of_type(ProviderCapability)),
+                *(r.version for r in db.of_type(ComputeAssignment))])
+
+
 @icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
 @icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),
                   "DUR-2 (every stream, and every stream created later, moves above every epoch the lost"
                   " transactions can have handed out)")
-@icontract.ensure(lambda db, result: all(result.rows(t) == rows for t, rows in db.tables.items() if t != "sync_stream")
-                  and len(result.rows("sync_stream")) == len(db.rows("sync_stream")),
-                  "an unclean restart changes only the streams' epochs and floors")
+@icontract.ensure(lambda db, max_undurable, result: result.version_floor > max_version(db) + max_undurable
+                  and all(r.version == result.version_floor for r in result.of_type(ProviderCapability))
+                  and all(r.version == result.version_floor for r in result.of_type(ComputeAssignment)),
+                  "VER-1 (every provider and assignment, and every one created later, moves above every version the "
+                  "lost transactions can have handed out)")
+@icontract.ensure(lambda db, result: all(result.rows(t) == rows for t, rows in db.tables.items()
+                                         if t not in ("sync_stream", "provider_capability", "compute_assignment"))
+                  and all(len(result.rows(t)) == len(db.rows(t)) for t in db.tables),
+                  "an unclean restart changes only the streams' epochs and floors and the versions")
 def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     """After a crash the last non-durable transactions are gone, and some clients without
     confirmed reads may have seen them.  At most ``max_undurable`` transactions can have been
@@ -909,6 +923,15 @@ def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     for s in streams:
         tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))
     tx.epoch_floor = fresh
+    # versions: each lost transaction raised the largest version by at most one (an update bumps a
+    # row by one, a new row takes the floor, retention raises the floor above what it removed), so
+    # every row, and every row created later, moves above all of them (ADR-0003 decision 5)
+    version = max_version(db) + max_undurable + 1
+    versioned: list[ProviderCapability | ComputeAssignment] = [*db.of_type(ProviderCapability),
+                                                               *db.of_type(ComputeAssignment)]
+    for row in versioned:
+        tx.update(row, replace(row, version=version))
+    tx.version_floor = version
     state, _ = tx.finish()
     return state
 

@@ -251,6 +251,8 @@ class System:
         self.server.crash()
         self.states = {o: st for o, st in self.states.items() if o < self.server.committed}
         self.trace.on_crash(self.server.durable - 1, self.server.db, self.server.ledger)
+        self.states[self.server.committed] = self.server.db
+        self.trace.record_state(self.server.committed, self.server.db, recovery=self.server.max_undurable)
         self._sync_states()
         self._drop_dead_links()
 

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 from spec import query as q
 from spec.auth import can_read
 from spec.errors import ErrorCode, SyncError
-from spec.invariants import Violation, check_retention, check_state, check_sweep, check_transition, stale_reasons
+from spec.invariants import (
+    Violation,
+    check_recovery,
+    check_retention,
+    check_state,
+    check_sweep,
+    check_transition,
+    stale_reasons,
+    versioned_content,
+)
 from spec.messages import (
     Outbound,
     QuerySetUpdate,
@@ -36,7 +45,7 @@ from spec.policy import DEFAULT_POLICY, Policy
 from spec.reducers import virtual_stream
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState
-from spec.values import Row, SyncEvent, SyncStream
+from spec.values import ComputeAssignment, ProviderCapability, Row, SyncEvent, SyncStream
 
 if TYPE_CHECKING:
     from spec.client import Client
@@ -52,6 +61,7 @@ class Mirror:
 class Trace:
     violations: list[Violation] = field(default_factory=list)
     seen: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    versions: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
     states: dict[int, DbState] = field(default_factory=dict)
     last_offset: dict[tuple[int, int], int] = field(default_factory=dict)  # (client, conn) -> offset
     last_tx: dict[tuple[int, int], int] = field(default_factory=dict)
@@ -72,7 +82,9 @@ class Trace:
     # --- server side ----------------------------------------------------------------------------
 
     def record_state(self, offset: int, db: DbState, sweep_now: int | None = None,
-                     compact_now: int | None = None) -> None:
+                     compact_now: int | None = None, recovery: int | None = None) -> None:
+        """A committed state; ``recovery``: it is the recovery transaction of an unclean restart with
+        that loss bound (checked by check_recovery instead of check_transition)."""
         prev = self.states.get(offset - 1)
         if compact_now is not None and prev is not None:
             self.violations.extend(check_retention(prev, db, compact_now, self.policy))
@@ -81,7 +93,16 @@ class Trace:
         self.states[offset] = db
         self.violations.extend(check_state(db, self.policy.bridge_max_attempts))
         if prev is not None:
-            self.violations.extend(check_transition(prev, db))
+            self.violations.extend(check_transition(prev, db) if recovery is None
+                                   else check_recovery(prev, db, recovery))
+        versioned: list[ProviderCapability | ComputeAssignment] = [*db.of_type(ProviderCapability),
+                                                                   *db.of_type(ComputeAssignment)]
+        for row in versioned:
+            key = (type(row).__name__, row.provider_id if isinstance(row, ProviderCapability) else row.request_id,
+                   row.version)
+            named = self.versions.setdefault(key, versioned_content(row))
+            if named != versioned_content(row):
+                self._v("VER-1", f"{key} named {named} and {versioned_content(row)}")
         if sweep_now is not None:
             self.violations.extend(check_sweep(db, sweep_now))
         for e in db.of_type(SyncEvent):
@@ -96,11 +117,14 @@ class Trace:
         prior = self.states.get(durable)
         self.states = {o: st for o, st in self.states.items() if o <= durable}
         if prior is not None:
-            def strip(st: DbState) -> dict[str, frozenset[Row | tuple[str, int]]]:
-                out: dict[str, frozenset[Row | tuple[str, int]]] = {
-                    t: frozenset(rows) for t, rows in st.tables.items() if t != "sync_stream"}
-                out["sync_stream"] = frozenset((r.stream_id, r.head_seq)
-                                               for r in st.of_type(SyncStream))
+            def strip(st: DbState) -> dict[str, frozenset[Any]]:
+                """What recovery keeps: everything but epochs, floors and versions (it raises those)."""
+                moved = ("sync_stream", "provider_capability", "compute_assignment")
+                out: dict[str, frozenset[Any]] = {t: frozenset(rows) for t, rows in st.tables.items() if t not in moved}
+                out["sync_stream"] = frozenset((r.stream_id, r.head_seq) for r in st.of_type(SyncStream))
+                rows: list[ProviderCapability | ComputeAssignment] = [*st.of_type(ProviderCapability),
+                                                                      *st.of_type(ComputeAssignment)]
+                out["versioned"] = frozenset(versioned_content(r) for r in rows)
                 return out
             if strip(prior) != strip(db):
                 self._v("DUR-1", f"state after crash differs from the durable state at {durable}")

@@ -168,7 +168,7 @@ def db(i: Interner, d: DbState) -> E.Db:
                       if b else E.Outbox(False, 0, 0, 0, False, 0, 0, False, 0, 0))
     evt_rows = len(d.rows("presence_signal")) + len(d.rows("stream_signal"))
     return E.Db(tuple(streams), tuple(events), d.epoch_floor, tuple(ckpts), tuple(presence), tuple(providers),
-                tuple(assignments), tuple(outbox), evt_rows)
+                tuple(assignments), tuple(outbox), evt_rows, d.version_floor)
 
 
 def delta(i: Interner, d: Delta | None) -> E.Delta:

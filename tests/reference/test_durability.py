@@ -31,7 +31,7 @@ from spec.auth import Claims
 from spec.messages import CallReducer, ReducerOk, ReducerResult
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass
 from spec.schema import SCOPES
-from spec.values import SyncEvent, SyncStream
+from spec.values import ComputeAssignment, SyncEvent, SyncStream
 
 ALL = Claims("a" * 64, frozenset(SCOPES), ("*",))
 POLICY = Policy(classes=(("s.", StreamClass("short", retain_count=2)),))
@@ -55,7 +55,9 @@ def drive(eng: Engine, tag: str = "") -> None:
     call(eng, c, "upsert_presence", f"sess1{tag}", "dev1", "node1", "online", "eu", 1000)
     call(eng, c, "publish_provider_capability", f"p1{tag}", '{"gpu": true}', (5001, 5000), 10, "active")
     call(eng, c, "open_compute_assignment", f"r1{tag}", 5001, '{"x": 1}')
-    call(eng, c, "update_compute_assignment", f"r1{tag}", 1, "assigned", f"p1{tag}", None)
+    opened = eng.db.get("compute_assignment", (f"r1{tag}",))
+    assert isinstance(opened, ComputeAssignment) and opened.version == eng.db.version_floor  # ADR-0003 decision 5
+    call(eng, c, "update_compute_assignment", f"r1{tag}", opened.version, "assigned", f"p1{tag}", None)
     call(eng, c, "enqueue_bridge_event", f"o1{tag}", "src", 30078, '[["t", "x"]]', "hello")
     call(eng, c, "mark_bridge_event_sent", f"o1{tag}", "ab" * 32, ("wss://r2", "wss://r1"))
     call(eng, c, "enqueue_bridge_event", f"o2{tag}", "src", 31990, "[]", "x")

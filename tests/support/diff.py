@@ -81,8 +81,9 @@ class DiffSystem(System):
             if set(rows) != ref_rows:
                 raise Divergence(f"{where}: table {table} differs: model-only {set(rows) - ref_rows}, "
                                  f"ref-only {ref_rows - set(rows)}")
-        if s.db.epoch_floor != r.db.epoch_floor:
-            raise Divergence(f"{where}: epoch floor {s.db.epoch_floor} vs {r.db.epoch_floor}")
+        if (s.db.epoch_floor, s.db.version_floor) != (r.db.epoch_floor, r.db.version_floor):
+            raise Divergence(f"{where}: floors (epoch, version) {(s.db.epoch_floor, s.db.version_floor)} vs "
+                             f"{(r.db.epoch_floor, r.db.version_floor)}")
         for i in list(self.ref_links):
             if r.conns.get(self.ref_links[i]) is None:
                 del self.ref_links[i]

@@ -120,6 +120,13 @@ ENGINE_MUTANTS += (
     Mutant("seq_ge_0_unclamped", "reference.engine",
            (("        w = max(w, 0)  # seqs start at 1", "        w = w  # seqs start at 1"),),
            "the engine's stale check reads seq >= 0 as watermark -1"),
+    Mutant("recovery_keeps_versions", "reference.reducers",
+           (("            tx.update(row, replace(row, version=version))\n", "            pass\n"),),
+           "unclean recovery raises the version floor but leaves the live rows' versions"),
+    Mutant("retention_keeps_version_floor", "reference.reducers",
+           (("                    tx.db.version_floor = max(tx.db.version_floor, row.version + 1)",
+             "                    pass"),),
+           "retention frees an assignment id without raising the version floor"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

@@ -572,6 +572,9 @@ class DiffModuleMachine(ModuleMachine):
         self.engine_conns: dict[Claims, int] = {}
 
     def _compare_tables(self, where: str) -> None:
+        if self.db.version_floor != self.engine.db.version_floor:
+            self.violations.append(("DIFF", f"{where}: version_floor model {self.db.version_floor} engine "
+                                            f"{self.engine.db.version_floor}"))
         for table, rows in self.db.tables.items():
             ref_rows = set(self.engine.db.rows(table))
             if set(rows) != ref_rows:

@@ -169,6 +169,16 @@ MUTANTS += (
     Mutant("seq_ge_0_is_watermark_minus_1", "spec.query",
            (("    return None if bound is None else max(0, bound)", "    return bound"),),
            "seq >= 0 resumes from watermark -1 (a floor breach on every stream)", expected=("STALE-1",)),
+    Mutant("no_version_bump_on_crash", "spec.reducers",
+           (("    for row in versioned:\n        tx.update(row, replace(row, version=version))\n"
+             "    tx.version_floor = version\n", ""),),
+           "versions roll back with the lost suffix and are reused for other content", expected=("VER-1",)),
+    Mutant("reopened_assignment_restarts_at_1", "spec.reducers",
+           (("    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, \"open\","
+             " None,\n                                db.version_floor, ctx.now, ctx.now))",
+             "    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, \"open\","
+             " None,\n                                1, ctx.now, ctx.now))"),),
+           "an assignment id freed by retention starts again at version 1", expected=("VER-1",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 

@@ -114,7 +114,20 @@ class Advance:
     compact: bool = False
 
 
-Step = Connect | Close | Call | CallHttp | Sub | Sees | Advance
+@dataclass(frozen=True)
+class Hold:
+    """From here on nothing becomes durable (the disk stalls) until the next :class:`Crash`."""
+
+
+@dataclass(frozen=True)
+class Crash:
+    """The server process dies: everything not durable is lost, every connection is gone, and the
+    restart runs the recovery transaction (with ``MAX_UNDURABLE`` as its loss bound)."""
+
+
+Step = Connect | Close | Call | CallHttp | Sub | Sees | Advance | Hold | Crash
+MAX_UNDURABLE = 8
+"""The drivers' durability window: an unclean restart bumps epochs and versions by this + 1."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,11 @@ class Scenario:
     people: tuple[Person, ...]
     steps: tuple[Step, ...]
     policy: Policy = field(default_factory=lambda: Policy(default_class=StreamClass("default", replay_budget=100)))
+
+    @property
+    def over_the_wire(self) -> bool:
+        """Crashes are not run in-process over the wire (a real SIGKILL is: test_sdk_e2e.py)."""
+        return not any(isinstance(step, Hold | Crash) for step in self.steps)
 
 
 # --- drivers ------------------------------------------------------------------------------------------
@@ -138,6 +156,8 @@ class Driver(Protocol):
         """Everything ``conn`` has been sent so far (all of it: the server is quiescent)."""
         ...
     def advance(self, us: int, sweep: bool, compact: bool) -> None: ...
+    def hold(self) -> None: ...
+    def crash(self) -> None: ...
     def call_http(self, person: Person, reducer: str, args: tuple[Any, ...]) -> str:
         """``ok`` or the error code."""
         ...
@@ -151,10 +171,23 @@ def claims_of(p: Person) -> Claims:
 class ModelDriver:
     def __init__(self, policy: Policy) -> None:
         from spec.delivery import Server
-        self.server = Server(policy, max_queue=10_000, max_undurable=10_000)
+        self.server = Server(policy, max_queue=10_000, max_undurable=MAX_UNDURABLE)
         self.server.now = T0
         self.conns: dict[str, int] = {}
         self.people: dict[str, Claims] = {}
+        self.held = False
+
+    def _durable(self) -> None:
+        if not self.held:
+            self.server.advance_durable(self.server.committed)
+
+    def hold(self) -> None:
+        self.held = True
+
+    def crash(self) -> None:
+        self.server.crash()
+        self.conns.clear()
+        self.held = False
 
     def identity(self, person: str) -> str:
         return self.people[person].identity
@@ -165,11 +198,11 @@ class ModelDriver:
 
     def close(self, conn: str) -> None:
         self.server.close(self.conns.pop(conn))
-        self.server.advance_durable(self.server.committed)
+        self._durable()
 
     def send(self, conn: str, msg: sm.ClientMessage) -> None:
         self.server.handle(self.conns[conn], msg)
-        self.server.advance_durable(self.server.committed)
+        self._durable()
 
     def sync(self, conn: str) -> list[sm.ServerMessage]:
         cid = self.conns[conn]
@@ -182,7 +215,7 @@ class ModelDriver:
         from spec.reducers import Err
         self.people[person.name] = claims_of(person)
         out = self.server.call_detached(claims_of(person), reducer, args)
-        self.server.advance_durable(self.server.committed)
+        self._durable()
         return out.error.code.value if isinstance(out, Err) else "ok"
 
     def advance(self, us: int, sweep: bool, compact: bool) -> None:
@@ -193,7 +226,7 @@ class ModelDriver:
             self.server.system_tx(presence_sweep(self.server.db, self.server.now))
         if compact:
             self.server.system_tx(compact_tx(self.server.db, self.server.now, self.server.policy))
-        self.server.advance_durable(self.server.committed)
+        self._durable()
 
 
 class EngineDriver:
@@ -202,9 +235,33 @@ class EngineDriver:
     def __init__(self, policy: Policy) -> None:
         from reference.engine import Engine
         self.model = ModelDriver(policy)
-        self.engine = Engine(policy, max_queue=10_000, max_undurable=10_000)
+        self.policy = policy
+        self.engine = Engine(policy, max_queue=10_000, max_undurable=MAX_UNDURABLE)
         self.engine.now = T0
         self.conns: dict[str, int] = {}
+        self.records: list[Any] = []  # the commit log
+
+    def _durable(self) -> None:
+        self.records += self.engine.take_records()
+        if not self.model.held:
+            self.engine.advance_durable(self.engine.committed)
+
+    def hold(self) -> None:
+        self.model.hold()
+
+    def crash(self) -> None:
+        """Restart from the durable prefix of the log, as from disk after a SIGKILL."""
+        from reference.engine import Engine
+        self.records += self.engine.take_records()
+        now = self.engine.now
+        self.records = [r for r in self.records if r.offset <= self.engine.durable]
+        self.model.crash()
+        self.engine = Engine.recover(self.records, clean=False, now=now, policy=self.policy, max_queue=10_000,
+                                     max_undurable=MAX_UNDURABLE)
+        self.records += self.engine.take_records()
+        self.engine.advance_durable(self.engine.committed)
+        self.conns.clear()
+        self._same_tables("crash")
 
     def identity(self, person: str) -> str:
         return self.model.identity(person)
@@ -216,13 +273,13 @@ class EngineDriver:
     def close(self, conn: str) -> None:
         self.model.close(conn)
         self.engine.close(self.conns.pop(conn))
-        self.engine.advance_durable(self.engine.committed)
+        self._durable()
         self._same_tables("close")
 
     def send(self, conn: str, msg: sm.ClientMessage) -> None:
         self.model.send(conn, msg)
         self.engine.handle(self.conns[conn], msg)
-        self.engine.advance_durable(self.engine.committed)
+        self._durable()
         self._same_tables(repr(msg)[:80])
 
     def sync(self, conn: str) -> list[sm.ServerMessage]:
@@ -245,7 +302,7 @@ class EngineDriver:
             got = "ok"
         except SyncError as err:
             got = err.code.value
-        self.engine.advance_durable(self.engine.committed)
+        self._durable()
         assert got == want, f"http {reducer}: engine {got}, model {want}"
         self._same_tables(f"http {reducer}")
         return got
@@ -257,11 +314,14 @@ class EngineDriver:
             self.engine.sweep(self.engine.now)
         if compact:
             self.engine.compact(self.engine.now)
-        self.engine.advance_durable(self.engine.committed)
+        self._durable()
         self._same_tables("advance")
 
     def _same_tables(self, where: str) -> None:
         db = self.model.server.db
+        floors = ((db.epoch_floor, db.version_floor), (self.engine.db.epoch_floor, self.engine.db.version_floor))
+        if floors[0] != floors[1]:
+            raise AssertionError(f"after {where}: floors (epoch, version) model {floors[0]}, engine {floors[1]}")
         for table, rows in db.tables.items():
             if set(rows) != set(self.engine.db.rows(table)):
                 raise AssertionError(f"after {where}: table {table} differs: model {rows}, "
@@ -310,6 +370,12 @@ class WireDriver:
         while self.st.call(lambda: len(self.st.server.sessions)) >= before:  # the server took the close
             assert time.monotonic() < deadline, "the server did not notice the close"
             time.sleep(0.005)
+
+    def hold(self) -> None:
+        raise AssertionError("crash scenarios are not run over the wire in-process (Scenario.over_the_wire)")
+
+    def crash(self) -> None:
+        raise AssertionError("crash scenarios are not run over the wire in-process (Scenario.over_the_wire)")
 
     def call_http(self, person: Person, reducer: str, args: tuple[Any, ...]) -> str:
         from adapters import satsjson
@@ -464,6 +530,16 @@ def run(scenario: Scenario, driver: Driver) -> None:
                     for mirror in c.qs.values() for r, k in mirror.get(step.table, Counter()).items() if k > 0}
             want = {tuple(driver.identity(v.name) if isinstance(v, Who) else v for v in row) for row in step.rows}
             assert held == want, f"{where}: holds {sorted(held)}"
+        elif isinstance(step, Hold):
+            driver.hold()
+        elif isinstance(step, Crash):
+            for name in conns:  # what each client had received before the crash stays received
+                c = conns[name]
+                c.pending += driver.sync(name)
+                for m in c.pending:
+                    _apply(c, m)
+            driver.crash()
+            conns.clear()
         else:
             for name in conns:  # deliver what is pending before time moves
                 conns[name].pending += driver.sync(name)
@@ -742,12 +818,60 @@ SCENARIOS += (
                frozenset({("sent", "pending"), ("wait", "pending")})),
     )),
 )
+DISPATCHER2 = Person("dispatcher2", frozenset({"sync.subscribe", "compute.assign"}))
+V = 1 + MAX_UNDURABLE + 1  # the versions after one unclean restart from versions <= 1
+
+
+def _versions(who: str, table: str, key: str, *rows: tuple[str, int]) -> Sees:
+    return Sees(who, table, (key, "version"), frozenset(rows))
+
+
+SCENARIOS += (
+    Scenario("versions_are_never_reused_after_retention", 5, COMPUTE_PEOPLE, (
+        *_compute_watchers(),
+        Call("requester", "open_compute_assignment", ("r1", 5000, '{"v":1}')),
+        _edge("requester", "r1", 1, "cancelled"),
+        _versions("requester", "compute_assignment", "request_id", ("r1", 2)),
+        Advance(7 * DAY_US + 1, compact=True),  # retention removes the terminal row ...
+        _versions("requester", "compute_assignment", "request_id"),
+        # ... and the id comes back above every version it had (today: version 1 again, for new content)
+        Call("requester", "open_compute_assignment", ("r1", 5000, '{"v":2}')),
+        _versions("requester", "compute_assignment", "request_id", ("r1", 3)),
+        Sub("provider", ("SELECT * FROM provider_capability",)),
+        Call("provider", "publish_provider_capability", ("prov.new", CAP, (5000,), 1, "active")),
+        Sees("provider", "provider_capability", ("provider_id", "version"), frozenset({("prov.new", 3)})),
+    )),
+    Scenario("versions_are_never_reused_after_a_crash", 5, (*COMPUTE_PEOPLE, DISPATCHER2), (
+        *_compute_watchers(),
+        Call("requester", "open_compute_assignment", ("r1", 5000, '{"v":1}')),
+        Call("provider", "publish_provider_capability", ("prov.p", CAP, (5000,), 1, "active")),
+        Call("provider", "publish_provider_capability", ("prov.q", CAP, (5000,), 1, "active")),
+        Hold(),  # the disk stalls: what follows is never durable
+        _edge("dispatcher", "r1", 1, "assigned", "prov.p"),
+        Sees("dispatcher", "compute_assignment", ("request_id", "status", "provider_id", "version"),
+             frozenset({("r1", "assigned", "prov.p", 2)})),  # the dispatcher saw version 2 = prov.p
+        Crash(),
+        # recovery raises every version past what the lost suffix can have handed out
+        Connect("dispatcher2", "dispatcher2"), Sub("dispatcher2", WATCH_COMPUTE),
+        Sees("dispatcher2", "compute_assignment", ("request_id", "status", "version"), frozenset({("r1", "open", V)})),
+        _edge("dispatcher2", "r1", V, "assigned", "prov.q"),
+        # today the row rolled back to version 1 and this assign made version 2 name prov.q, so the first
+        # dispatcher's compare-and-set against the version 2 it saw (prov.p) succeeded on state it never saw
+        Connect("dispatcher", "dispatcher"),
+        Call("dispatcher", "update_compute_assignment", ("r1", 2, "cancelled", None, None), expect="version_conflict",
+             details={"actual_version": V + 1, "expected_version": 2}),
+        Connect("provider", "provider"), Sub("provider", ("SELECT * FROM provider_capability",)),
+        Call("provider", "publish_provider_capability", ("prov.r", CAP, (5000,), 1, "active")),
+        Sees("provider", "provider_capability", ("provider_id", "version"),
+             frozenset({("prov.p", V), ("prov.q", V), ("prov.r", V)})),
+    )),
+)
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
-def scenario_names(defect: int | None = None) -> Iterator[str]:
+def scenario_names(defect: int | None = None, wire: bool = False) -> Iterator[str]:
     for s in SCENARIOS:
-        if defect is None or s.defect == defect:
+        if (defect is None or s.defect == defect) and (s.over_the_wire or not wire):
             yield s.name
 
 
