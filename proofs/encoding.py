@@ -136,6 +136,8 @@ class Stream(Record):
     head: ZInt
     floor: ZInt
     budget: ZInt
+    cont_epoch: ZInt  # continues_epoch (0: the epoch started fresh)
+    cont_seq: ZInt  # continues_seq
 
 
 @dataclass(frozen=True)
@@ -675,12 +677,13 @@ def t_append(pre: Db, a: AppendAct, post: Db, r: Result, d: Delta, pol: Policy, 
         seq = head + (2 if bug == "seq_head_plus_2" else 1)
         epoch = z3.If(st.exists, st.epoch, pre.epoch_floor)
         new_stream = Stream(True, epoch, seq, z3.If(z3.And(st.exists, st.floor <= st.head), st.floor, seq),
-                            z3.If(st.exists, st.budget, a.budget))
+                            z3.If(st.exists, st.budget, a.budget), z3.If(st.exists, st.cont_epoch, 0),
+                            z3.If(st.exists, st.cont_seq, 0))
         new_ev = Event(seq, a.key, stored_hash, a.canon, epoch, a.now)
         write = z3.And(err == OK_CODE, z3.Not(any_found))
         failed = z3.And(fail(pre, post, r, d, err), z3.Not(r.has_ret))
         if bug == "stream_created_before_sequence_check":  # the stream row survives a sequence_conflict
-            created = Stream(True, pre.epoch_floor, 0, 1, a.budget)
+            created = Stream(True, pre.epoch_floor, 0, 1, a.budget, 0, 0)
             failed = z3.If(z3.And(err == code(ErrorCode.SEQUENCE_CONFLICT), z3.Not(st.exists)), z3.And(
                 r.code == err, z3.Not(r.wrote), z3.Not(r.has_ret), same_stream(post.streams[j], created),
                 frame(pre, post, {f"stream{j}"}), no_delta(d)), failed)
@@ -1002,7 +1005,7 @@ def t_reset(pre: Db, a: ResetAct, post: Db, r: Result, d: Delta, pol: Policy, bu
     def at(j: int) -> ZBool:
         st, ev = pre.streams[j], pre.events[j]
         err = first_error([(z3.Not(a.scope), MS), (a.arg_err != OK_CODE, a.arg_err), (z3.Not(st.exists), IA)])
-        new = Stream(True, st.epoch + 1, st.head, st.head + 1, st.budget)
+        new = Stream(True, st.epoch + 1, st.head, st.head + 1, st.budget, 0, 0)  # a fresh epoch continues nothing
         events = post.events[j].n == 0
         dels = ev.n
         return z3.And(z3.Not(r.has_ret), z3.If(
@@ -1074,10 +1077,9 @@ def t_compact(pre: Db, a: CompactAct, post: Db, r: Result, d: Delta, pol: Policy
         cut = z3.If(st.exists, compaction_cut(ev, ret, a.now), 0)
         cuts.append(cut)
         last = pick([e.seq for e in ev.slots], cut - 1)
-        floor = {"compaction_keeps_floor": st.floor, "compaction_floor_from_cut": last + 1}.get(
-            bug, zmax([st.floor, last + 1]))
+        floor = st.floor if bug == "compaction_keeps_floor" else zmax([st.floor, last + 1])
         parts.append(z3.If(cut > 0, z3.And(
-            same_stream(post.streams[j], Stream(True, st.epoch, st.head, floor, st.budget)),
+            same_stream(post.streams[j], Stream(True, st.epoch, st.head, floor, st.budget, st.cont_epoch, st.cont_seq)),
             dropped_prefix(ev, cut, post.events[j])),
             z3.And(same_stream(post.streams[j], st), same_events(post.events[j], ev))))
     # an assignment removed for good takes its versions with it: the floor rises above them
@@ -1093,16 +1095,30 @@ def t_compact(pre: Db, a: CompactAct, post: Db, r: Result, d: Delta, pol: Policy
 def t_unclean_restart(pre: Db, a: RestartAct, post: Db, r: Result, d: Delta, pol: Policy, bug: str = "") -> ZBool:
     """``unclean_restart`` applied to the durable state: every stream, and the epoch of streams
     created later, moves to max(all epochs, epoch_floor) + max_undurable + 1; each stream's new
-    epoch starts empty (floor_seq = head_seq + 1), its retained events staying below the floor."""
+    epoch continues the old one (continues_epoch = old epoch, continues_seq = head, floor kept) and
+    its retained events and checkpoints of the old epoch are relabelled to the new one.  Every
+    provider and assignment, and version_floor, move to max_version + max_undurable + 1."""
     fresh_epoch = zmax([pre.epoch_floor, *[z3.If(s.exists, s.epoch, pre.epoch_floor) for s in pre.streams]]) \
         + a.undurable + 1
     bumped = bug != "no_epoch_bump_on_crash"
+    new_epoch = fresh_epoch if bumped else None
     parts: list[ZBool] = [a.undurable >= 1, r.code == OK_CODE, z3.Not(r.has_ret), r.wrote, no_delta(d),
                           post.epoch_floor == (fresh_epoch if bumped else pre.epoch_floor)]
     for j, st in enumerate(pre.streams):
-        floor = st.floor if bug == "restart_keeps_floor" else st.head + 1
-        parts.append(same_stream(post.streams[j], Stream(st.exists, fresh_epoch if bumped else st.epoch, st.head,
-                                                         floor, st.budget)))
+        epoch = st.epoch if new_epoch is None else new_epoch
+        parts.append(same_stream(post.streams[j], Stream(st.exists, epoch, st.head, st.floor, st.budget, st.epoch,
+                                                         st.head)))
+        ev, pev = pre.events[j], post.events[j]
+        parts.append(pev.n == ev.n)
+        for i in range(K):
+            e = ev.slots[i]
+            moved = e.epoch if bug == "restart_without_relabel" else z3.If(e.epoch == st.epoch, epoch, e.epoch)
+            parts.append(z3.Implies(i < ev.n, same_event(pev.slots[i], replace(e, epoch=moved))))
+        for c in range(C):
+            k = ckpt_index(c, j)
+            ck = pre.ckpts[k]
+            parts.append(same(post.ckpts[k], replace(ck, epoch=z3.If(z3.And(st.exists, ck.epoch == st.epoch), epoch,
+                                                                      ck.epoch))))
     version = max_version(pre) + a.undurable + 1
     parts.append(post.version_floor == version)
     pairs: list[tuple[Provider | Assignment, Provider | Assignment]] = [
@@ -1110,6 +1126,7 @@ def t_unclean_restart(pre: Db, a: RestartAct, post: Db, r: Result, d: Delta, pol
     for x, y in pairs:
         parts.append(same(y, replace(x, version=version)))
     parts.append(frame(pre, post, {"epoch_floor", "version_floor", *(f"stream{j}" for j in range(S)),
+                                   *(f"events{j}" for j in range(S)), *(f"ckpt{k}" for k in range(C * S)),
                                    *(f"provider{i}" for i in range(N)), *(f"assignment{i}" for i in range(N))}))
     return z3.And(parts)
 
@@ -1133,11 +1150,9 @@ BUGS: dict[str, tuple[str, str]] = {
     "assignment_version_not_bumped": ("update_compute_assignment", "an assignment update keeps its version"),
     "failure_past_max": ("record_bridge_failure", "a row goes failed only past the maximum attempts"),
     "compaction_keeps_floor": ("compact", "compaction drops events but leaves floor_seq"),
-    "compaction_floor_from_cut": ("compact", "compaction sets floor_seq = last dropped seq + 1, lowering the floor "
-                                  "when it drops only old-epoch events below it"),
     "no_epoch_bump_on_crash": ("unclean_restart", "an unclean restart keeps epochs"),
-    "restart_keeps_floor": ("unclean_restart", "an unclean restart moves epochs but keeps floor_seq (the "
-                            "retained old-epoch events stay resumable in the new epoch)"),
+    "restart_without_relabel": ("unclean_restart", "an unclean restart continues the epochs but leaves the retained "
+                                "events in the old one (resumes in the new epoch would miss them)"),
     "disconnect_ignores_expiry": ("disconnect_sessions", "a disconnect marks an already-expired live session "
                                   "disconnected with last_seen = now"),
 }

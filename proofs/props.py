@@ -56,22 +56,40 @@ from spec.errors import ErrorCode
 
 def seq1(db: Db) -> ZBool:
     """SEQ-1 (slot form), and the epoch facts it rests on: a stream's retained events, in table
-    order, have seqs ``b, b + 1, ..., head`` (contiguous, ending at head, ``b >= 1``) with
-    ``b <= floor`` (so those at or above floor are exactly ``floor..head``); those at or above floor
-    carry the stream's epoch, those below it an earlier one (>= 1).  Epochs are >= 1; a stream's
-    epoch is at least ``epoch_floor`` (a new stream gets ``epoch_floor``)."""
+    order, have seqs ``floor, floor + 1, ..., head`` (contiguous, from the floor to the head) and
+    all carry the stream's epoch; ``1 <= floor <= head + 1``.  An epoch continues another only below
+    it and up to a seq at most the head (``cont_epoch = 0`` or ``0 < cont_epoch < epoch``,
+    ``cont_seq <= head``).  Epochs are >= 1; a stream's epoch is at least ``epoch_floor`` (a new
+    stream gets ``epoch_floor``)."""
     parts: list[ZBool] = [db.epoch_floor >= 1]
     for j in range(S):
         st, ev = db.streams[j], db.events[j]
-        base = st.head - ev.n + 1  # the first retained seq
-        slots = [z3.Implies(i < ev.n, z3.And(
-            ev.slots[i].seq == base + i, ev.slots[i].epoch >= 1,
-            z3.If(ev.slots[i].seq >= st.floor, ev.slots[i].epoch == st.epoch, ev.slots[i].epoch < st.epoch)))
-            for i in range(K)]
+        slots = [z3.Implies(i < ev.n, z3.And(ev.slots[i].seq == st.floor + i, ev.slots[i].epoch == st.epoch))
+                 for i in range(K)]
         parts.append(z3.And(ev.n >= 0, ev.n <= K))
-        parts.append(z3.If(st.exists, z3.And(st.floor >= 1, st.floor <= st.head + 1, base >= 1, base <= st.floor,
-                                             st.epoch >= db.epoch_floor, *slots),
+        parts.append(z3.If(st.exists, z3.And(st.floor >= 1, st.floor <= st.head + 1, ev.n == st.head - st.floor + 1,
+                                             st.epoch >= db.epoch_floor, st.cont_epoch >= 0,
+                                             z3.Implies(st.cont_epoch != 0, z3.And(st.cont_epoch < st.epoch,
+                                                                                   st.cont_seq <= st.head)),
+                                             *slots),
                            ev.n == 0))
+    return z3.And(parts)
+
+
+def seq3_restart(pre: Db, post: Db) -> ZBool:
+    """SEQ-3's one exception, the recovery transaction (CONT-1): heads and floors kept, epochs raised,
+    every retained event kept but for its epoch, which moves from the stream's old epoch to its new."""
+    parts: list[ZBool] = []
+    for j in range(S):
+        a, b = pre.streams[j], post.streams[j]
+        parts.append(z3.Implies(a.exists, z3.And(b.exists, b.head == a.head, b.floor == a.floor, b.epoch > a.epoch,
+                                                 b.cont_epoch == a.epoch, b.cont_seq == a.head)))
+        ea, eb = pre.events[j], post.events[j]
+        parts.append(eb.n == ea.n)
+        for i in range(K):
+            x, y = ea.slots[i], eb.slots[i]
+            parts.append(z3.Implies(i < ea.n, z3.And(same_event(replace(x, epoch=y.epoch), y),
+                                                    y.epoch == z3.If(x.epoch == a.epoch, b.epoch, x.epoch))))
     return z3.And(parts)
 
 

@@ -238,7 +238,13 @@ def t_deliver(pre: World, d: Delta, post: World, crash: bool, aux: str, bug: str
         a, b = pre.ledger[j], post.ledger[j]
         hit = z3.And(d.ins, d.ins_stream == j)
         parts.append(b.hash == z3.If(hit, z3.Store(a.hash, d.ins_ev.seq, d.ins_ev.hash), a.hash))
-        parts.append(b.epoch == z3.If(hit, z3.Store(a.epoch, d.ins_ev.seq, d.ins_ev.epoch), a.epoch))
+        if crash:  # the new epoch continues the old one: the ledger's events of it up to the head move too
+            old, new = pre.db.streams[j], post.db.streams[j]
+            x = z3.Int(f"{aux}.seq{j}")
+            parts.append(b.epoch == z3.If(old.exists, z3.Lambda([x], z3.If(
+                z3.And(x <= old.head, a.epoch[x] == old.epoch), new.epoch, a.epoch[x])), a.epoch))
+        else:
+            parts.append(b.epoch == z3.If(hit, z3.Store(a.epoch, d.ins_ev.seq, d.ins_ev.epoch), a.epoch))
     s, t = pre.sub, post.sub
     if crash:
         return z3.And(*parts, z3.Not(t.active))

@@ -118,7 +118,7 @@ def _true(_: Step) -> ZBool:
 
 
 def _seq_step(s: Step) -> ZBool:
-    goal = P.seq3(s.pre, s.post)
+    goal = P.seq3_restart(s.pre, s.post) if s.transition == "unclean_restart" else P.seq3(s.pre, s.post)
     if s.transition == "append_sync_event":
         assert isinstance(s.act, E.AppendAct)
         goal = z3.And(goal, P.seq4(s.pre, s.act, s.res, s.delta))
@@ -178,10 +178,10 @@ def _epoch_step(s: Step) -> ZBool:
 
 
 DB_PROOFS: tuple[Proof, ...] = (
-    db_proof("seq", "retained seqs run contiguously up to head, floor..head in the current epoch; heads, floors, "
-             "epochs never fall; append takes head+1",
+    db_proof("seq", "the retained seqs are exactly floor..head, in the current epoch; heads, floors, epochs never "
+             "fall (recovery relabels the continued epoch's events); append takes head+1",
              ("SEQ-1", "SEQ-3", "SEQ-4"),
-             ("seq_head_plus_2", "compaction_keeps_floor", "compaction_floor_from_cut", "restart_keeps_floor"),
+             ("seq_head_plus_2", "compaction_keeps_floor", "restart_without_relabel"),
              lambda db, pol: P.seq1(db), _seq_step),
     db_proof("idem", "keys and seqs unique; a retry returns its seq and writes nothing; a different payload conflicts",
              ("IDEM-1", "IDEM-2", "IDEM-3"), ("sequence_before_dedupe", "dedupe_without_hash_compare"),
@@ -287,7 +287,7 @@ RESUME_PROOF = Proof(
 EPOCH_CONSISTENT_PROOF = db_proof(
     "epoch-consistent", "lemma A-EPOCH: a retained event is in its stream's current epoch exactly when it is at "
     "or above floor_seq (the resume theorem's snapshot filters on the epoch)", ("REPLAY-2",),
-    ("restart_keeps_floor",),
+    ("restart_without_relabel",),
     lambda db, pol: PS.epoch_consistent(db), _true, lemma=PS.epoch_consistent)
 
 

@@ -16,7 +16,8 @@ delete plus an insert, as the wire reports it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from spec.errors import LocalProtocolError
 from spec.schema import TABLES
@@ -99,6 +100,14 @@ class Db:
             raise LocalProtocolError(f"row to delete not found in {table}")
         del self.pk[table][key]
 
+    def relabel_events(self, stream_id: str, old_epoch: int, new_epoch: int) -> None:
+        """Move a stream's retained events of ``old_epoch`` to ``new_epoch`` in place (an unclean
+        restart's continuation, ADR-0003): seqs, keys and positions are unchanged."""
+        log = self.logs.get(stream_id)
+        if log is None:
+            return
+        log.events = [replace(e, epoch=new_epoch) if e.epoch == old_epoch else e for e in log.events]
+
     def _restore(self, row: Row) -> None:
         """Undo a delete (rollback only)."""
         if isinstance(row, SyncEvent):
@@ -123,7 +132,7 @@ class Txn:
 
     def __init__(self, db: Db) -> None:
         self.db = db
-        self.undo: list[tuple[str, Row]] = []  # ("ins"|"del", row) as applied
+        self.undo: list[tuple[str, Any]] = []  # ("ins"|"del", row) or ("relabel", (stream, old, new)), as applied
         self.deletes: dict[str, list[Row]] = {}
         self.inserts: dict[str, list[Row]] = {}
         self.events: dict[str, list[Row]] = {}
@@ -154,6 +163,13 @@ class Txn:
             self.delete(old)
             self.insert(new)
 
+    def relabel_events(self, stream_id: str, old_epoch: int, new_epoch: int) -> None:
+        """:meth:`Db.relabel_events`, undone by a rollback.  Not part of the delta: the recovery record
+        that does it names the move in its stream rows (continues_epoch -> epoch), and recovery and
+        replay re-derive the relabel from them (reference.engine.apply_record)."""
+        self.db.relabel_events(stream_id, old_epoch, new_epoch)
+        self.undo.append(("relabel", (stream_id, old_epoch, new_epoch)))
+
     @property
     def wrote(self) -> bool:
         return any(self.deletes.values()) or any(self.inserts.values()) or any(self.events.values()) \
@@ -163,6 +179,9 @@ class Txn:
         for op, row in reversed(self.undo):
             if op == "ins":
                 self.db._delete(row)
+            elif op == "relabel":
+                stream_id, old_epoch, new_epoch = row
+                self.db.relabel_events(stream_id, new_epoch, old_epoch)
             else:
                 self.db._restore(row)
         self.db.epoch_floor = self.old_epoch_floor

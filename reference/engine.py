@@ -291,7 +291,10 @@ class Engine:
         if w > head:
             reasons.append("cursor_ahead_of_head")
         if reasons:
+            row = self.db.get("sync_stream", (sid,))
+            cont = (row.continues_epoch, row.continues_seq) if isinstance(row, SyncStream) else (0, 0)
             raise SyncError(ErrorCode.STALE_CURSOR, {
+                "continues_epoch": cont[0], "continues_seq": cont[1],
                 "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": reasons, "replay_budget": budget,
                 "requested_epoch": req_epoch, "requested_watermark": w, "stream_id": sid})
 
@@ -566,10 +569,18 @@ class Engine:
 
 def apply_record(db: Db, rec: TxRecord) -> None:
     """Apply a logged transaction to ``db`` as recovery does: its row delta, then the floors it moved
-    (:func:`reference.log.record_floors`)."""
+    (:func:`reference.log.record_floors`).  A recovery record's delta holds the stream rows moved to
+    their continuing epochs but not the relabelled events (their number is the whole retained log):
+    the relabel is re-derived from the rows, each stream's events of ``continues_epoch`` moving to
+    ``epoch`` (the record's hash covers those rows, so the relabel is as tamper-evident as a delta)."""
     for change in rec.changes:
         for row in change.deletes:
             db._delete(row)
         for row in change.inserts:
             db._insert(row)
+    if rec.kind == "recovery":
+        for change in rec.changes:
+            for row in change.inserts:
+                if isinstance(row, SyncStream) and row.continues_epoch != 0:
+                    db.relabel_events(row.stream_id, row.continues_epoch, row.epoch)
     db.epoch_floor, db.version_floor = record_floors(rec, db.epoch_floor, db.version_floor)

@@ -117,7 +117,7 @@ def append_sync_event(tx: Txn, x: Ctx, stream_id: str, idempotency_key: str, pay
                    stream_id=stream_id)
     if stream is None:
         epoch = tx.db.epoch_floor
-        tx.insert(SyncStream(stream_id, cls.name, epoch, next_seq, next_seq, cls.replay_budget, x.now, x.now))
+        tx.insert(SyncStream(stream_id, cls.name, epoch, 0, 0, next_seq, next_seq, cls.replay_budget, x.now, x.now))
     else:
         epoch = stream.epoch
         floor = stream.floor_seq if stream.head_seq >= stream.floor_seq else next_seq
@@ -391,7 +391,8 @@ def reset_stream_epoch(tx: Txn, x: Ctx, stream_id: str) -> None:
     log = tx.db.logs.get(stream_id)
     while log is not None and log.events:
         tx.delete(log.events[0])
-    tx.update(stream, replace(stream, epoch=stream.epoch + 1, floor_seq=stream.head_seq + 1, updated_at=x.now))
+    tx.update(stream, replace(stream, epoch=stream.epoch + 1, continues_epoch=0, continues_seq=0,
+                              floor_seq=stream.head_seq + 1, updated_at=x.now))
     return None
 
 
@@ -492,9 +493,17 @@ def recovery_bump(tx: Txn, now: int, max_undurable: int) -> None:
         assert isinstance(s, SyncStream)
         top = max(top, s.epoch)
     fresh = top + max_undurable + 1
+    moved: dict[str, int] = {}
     for s in streams:
         assert isinstance(s, SyncStream)
-        tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))
+        moved[s.stream_id] = s.epoch
+        # the new epoch continues the old one up to the (durable) head; the floor stays (ADR-0003)
+        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq, updated_at=now))
+        tx.relabel_events(s.stream_id, s.epoch, fresh)
+    for c in list(tx.db.pk["sync_checkpoint"].values()):
+        assert isinstance(c, SyncCheckpoint)
+        if moved.get(c.stream_id) == c.epoch:
+            tx.update(c, replace(c, epoch=fresh))
     tx.db.epoch_floor = fresh
     version = top_version(tx.db) + max_undurable + 1
     for table in ("provider_capability", "compute_assignment"):

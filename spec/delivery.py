@@ -31,7 +31,7 @@ The server never runs more than ``max_undurable`` transactions ahead of its dura
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import icontract
 
@@ -58,7 +58,17 @@ from spec.messages import (
     UnsubscribeApplied,
 )
 from spec.policy import DEFAULT_POLICY, Policy
-from spec.reducers import CallContext, Err, Ok, Outcome, call, disconnect_sessions, unclean_restart, virtual_stream
+from spec.reducers import (
+    CallContext,
+    Err,
+    Ok,
+    Outcome,
+    call,
+    continuation,
+    disconnect_sessions,
+    unclean_restart,
+    virtual_stream,
+)
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState, Delta
 from spec.values import Identity, Row, SyncEvent, SyncStream
@@ -134,7 +144,9 @@ def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None
     reasons = stale_reasons(epoch, head, floor, budget, req_epoch, watermark)
     if not reasons:
         return None
+    continues_epoch, continues_seq = continuation(db, stream_id)
     return SyncError(ErrorCode.STALE_CURSOR, {
+        "continues_epoch": continues_epoch, "continues_seq": continues_seq,
         "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": list(reasons),
         "replay_budget": budget, "requested_epoch": req_epoch, "requested_watermark": watermark,
         "stream_id": stream_id})
@@ -428,9 +440,13 @@ class Server:
     def crash(self) -> None:
         """Lose everything past the durable offset, then recover: without a clean-shutdown marker
         the server cannot know what was lost, so it bumps epochs (ADR-0001) in a recovery
-        transaction that is made durable before anyone connects."""
+        transaction that is made durable before anyone connects.  Each new epoch continues the
+        old one up to the durable head (ADR-0003): the ledger's events of the old epoch are the
+        new epoch's too."""
         self._restart()
         bumped = unclean_restart(self.db, self.now, self.max_undurable)
+        moved = {(s.stream_id, s.continues_epoch): s.epoch for s in bumped.of_type(SyncStream)}
+        self.ledger = [replace(e, epoch=moved.get((e.stream_id, e.epoch), e.epoch)) for e in self.ledger]
         self.committed += 1
         self.db = self.durable_db = bumped
         self.durable = self.committed

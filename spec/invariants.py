@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -58,15 +58,16 @@ class Invariant:
 
 
 CATALOG: tuple[Invariant, ...] = (
-    Invariant("SEQ-1", "state", "Per stream, the retained events' seqs are contiguous and end at head_seq, with "
-              "1 <= floor_seq <= head_seq + 1; the events at or above floor_seq are exactly floor_seq..head_seq and "
-              "belong to the stream's current epoch; any below floor_seq belong to earlier epochs (kept after an "
-              "unclean restart as the dedupe horizon, never resumable); every event belongs to an existing stream."),
+    Invariant("SEQ-1", "state", "Per stream, 1 <= floor_seq <= head_seq + 1 and the retained events are exactly "
+              "floor_seq..head_seq, all in the stream's current epoch; every event belongs to an existing stream. "
+              "An epoch continues another (continues_epoch != 0) only below it, up to a continues_seq <= head_seq."),
     Invariant("SEQ-2", "trace", "A (stream_id, epoch, seq) never names two different payloads, over the whole "
               "run, across crashes and restarts: not in the ledger, not in anything any client ever received "
               "or applied. In particular a seq is never reused within an epoch."),
     Invariant("SEQ-3", "transition", "A stream's head_seq, floor_seq and epoch never decrease from one committed "
-              "state to the next; a retained event row never changes."),
+              "state to the next; a retained event row never changes. The one exception is the recovery "
+              "transaction of an unclean restart, which relabels the retained events of the continued epoch to the "
+              "new one: same seq, payload, hash, producer and offset, epoch raised (CONT-1)."),
     Invariant("SEQ-4", "call", "An append that writes assigns seq = head_seq + 1 and returns it; the first "
               "append of a stream gives seq 1."),
     Invariant("IDEM-1", "state", "Within a stream, (stream_id, idempotency_key) and (stream_id, seq) are each "
@@ -154,6 +155,12 @@ CATALOG: tuple[Invariant, ...] = (
     Invariant("PROV-1", "transition", "A provider capability's version rises by exactly 1 on every content change "
               "and never without one; a new provider starts at version_floor. The one exception is the recovery "
               "transaction after an unclean restart, which only raises versions (VER-1)."),
+    Invariant("CONT-1", "trace", "An unclean restart's new epoch continues the old one: continues_epoch is the old "
+              "epoch, continues_seq the durable head, floor_seq kept, the retained events and checkpoints of the "
+              "old epoch relabelled (same seq, payload, hash, producer, offset). A client at (E, W) that meets an "
+              "epoch continuing E with W <= continues_seq and nothing else stale adopts it with the same watermark "
+              "and events and no rebootstrap; a client that meets any other new epoch rebootstraps. So a "
+              "confirmed-read client (W <= the durable head) never rebootstraps because of a crash."),
     Invariant("VER-1", "trace", "A version number never names two different contents: over the whole run, across "
               "crashes and retention, each (provider_id or request_id, version) ever committed names one content. "
               "New rows start at version_floor; retention raises the floor above every version it removes; "
@@ -230,12 +237,11 @@ def layout_ok(stream: SyncStream, events: Sequence[SyncEvent]) -> bool:
     """SEQ-1 for one stream, given its retained events."""
     if not 1 <= stream.floor_seq <= stream.head_seq + 1:
         return False
-    seqs = sorted(e.seq for e in events)
-    if seqs and seqs != list(range(seqs[0], stream.head_seq + 1)):
+    if stream.continues_epoch != 0 and not (stream.continues_epoch < stream.epoch
+                                            and stream.continues_seq <= stream.head_seq):
         return False
-    current = sorted(e.seq for e in events if e.seq >= stream.floor_seq)
-    return current == list(range(stream.floor_seq, stream.head_seq + 1)) and all(
-        (e.epoch == stream.epoch) if e.seq >= stream.floor_seq else (e.epoch < stream.epoch) for e in events)
+    return sorted(e.seq for e in events) == list(range(stream.floor_seq, stream.head_seq + 1)) and all(
+        e.epoch == stream.epoch for e in events)
 
 
 def stream_layout_ok(db: DbState, stream: SyncStream) -> bool:
@@ -410,11 +416,28 @@ def versioned_content(row: ProviderCapability | ComputeAssignment) -> tuple[Any,
 
 
 def check_recovery(before: DbState, after: DbState, max_undurable: int) -> list[Violation]:
-    """The recovery transaction of an unclean restart (the one exception to PROV-1 and ASSIGN-1): the
-    rows keep their content, and every version, and the floor, move past every version the lost
-    suffix (at most ``max_undurable`` transactions, each raising the largest version by at most one)
-    can have handed out."""
+    """The recovery transaction of an unclean restart (the one exception to SEQ-3, PROV-1 and
+    ASSIGN-1): each stream's new epoch continues its old one up to the head, its events and
+    checkpoints relabelled (CONT-1); the rows keep their content, and every version, and the
+    floor, move past every version the lost suffix (at most ``max_undurable`` transactions, each
+    raising the largest version by at most one) can have handed out (VER-1)."""
     v: list[Violation] = []
+    old_streams, new_streams = _by(before.of_type(SyncStream), "stream_id"), _by(after.of_type(SyncStream), "stream_id")
+    for sid, a in old_streams.items():
+        b = new_streams.get(sid)
+        if b is None or (b.continues_epoch, b.continues_seq, b.head_seq, b.floor_seq) != (
+                a.epoch, a.head_seq, a.head_seq, a.floor_seq) or b.epoch <= a.epoch:
+            v.append(("CONT-1", f"recovery moved {sid} from {a} to {b}"))
+    moved = {sid: (a.epoch, new_streams[sid].epoch) for sid, a in old_streams.items() if sid in new_streams}
+
+    def relabelled(row: Any) -> Any:
+        old_new = moved.get(row.stream_id)
+        return row if old_new is None or row.epoch != old_new[0] else replace(row, epoch=old_new[1])
+
+    for rows in ("sync_event", "sync_checkpoint"):
+        if Counter(map(relabelled, before.rows(rows))) != Counter(after.rows(rows)):
+            v.append(("CONT-1", f"recovery did not relabel the {rows} rows of the continued epochs (and only "
+                                f"those)"))
     top = max([before.version_floor, *(r.version for r in before.of_type(ProviderCapability)),
                *(r.version for r in before.of_type(ComputeAssignment))])
     if after.version_floor <= top + max_undurable:

@@ -145,6 +145,13 @@ def _noop(db: DbState, ret: int | None = None) -> Ok:
     return Ok(db, ret, Delta())
 
 
+def continuation(db: DbState, stream_id: str) -> tuple[int, int]:
+    """(continues_epoch, continues_seq) of a stream; (0, 0) -- a fresh epoch -- for one that does not
+    exist yet."""
+    s = db.find(SyncStream, lambda r: r.stream_id == stream_id)
+    return (0, 0) if s is None else (s.continues_epoch, s.continues_seq)
+
+
 def virtual_stream(db: DbState, stream_id: str) -> tuple[int, int, int]:
     """(epoch, head_seq, floor_seq) of a stream; one that does not exist yet is
     (epoch_floor, 0, 1): the values it will have when its first event is appended."""
@@ -297,6 +304,7 @@ def _outbox_failed(db: DbState, ctx: CallContext, outbox_id: str, retry_after_ms
 def _epoch_reset(db: DbState, stream_id: str, result: Ok) -> bool:
     before, after = _stream_row(db, stream_id), _stream_row(result.state, stream_id)
     return (before is not None and after is not None and after.epoch == before.epoch + 1
+            and (after.continues_epoch, after.continues_seq) == (0, 0)
             and after.head_seq == before.head_seq and after.floor_seq == before.head_seq + 1
             and not any(e.stream_id == stream_id for e in result.state.of_type(SyncEvent)))
 
@@ -403,7 +411,8 @@ def append_sync_event(db: DbState, ctx: CallContext, stream_id: str, idempotency
     seq = head + 1
     tx = Tx(db)
     if stream is None:
-        new_stream = SyncStream(stream_id, cls.name, db.epoch_floor, seq, seq, cls.replay_budget, ctx.now, ctx.now)
+        new_stream = SyncStream(stream_id, cls.name, db.epoch_floor, 0, 0, seq, seq, cls.replay_budget, ctx.now,
+                                ctx.now)
         tx.insert(new_stream)
         epoch = db.epoch_floor
     else:
@@ -717,10 +726,12 @@ def publish_stream_signal(db: DbState, ctx: CallContext, stream_id: str, kind: s
 
 
 @icontract.ensure(lambda db, stream_id, result: _epoch_reset(db, stream_id, result),
-                  "SEQ-1 SEQ-3 (epoch + 1, head kept, floor = head + 1, no retained event of the stream)")
+                  "SEQ-1 SEQ-3 (epoch + 1 starting fresh (continues nothing), head kept, floor = head + 1, no retained "
+                  "event of the stream)")
 def reset_stream_epoch(db: DbState, ctx: CallContext, stream_id: str) -> Outcome:
-    """Admin: start a new epoch.  Retained events are dropped (floor = head + 1); seqs go on
-    from the old head, so a (stream, seq) pair never names two events."""
+    """Admin: start a fresh, empty epoch (``continues_epoch = 0``: every client rebootstraps).
+    Retained events are dropped (floor = head + 1); seqs go on from the old head, so a (stream, seq)
+    pair never names two events."""
     _scope(ctx.claims, "sync.admin")
     _id("stream_id", stream_id)
     stream = db.find(SyncStream, lambda r: r.stream_id == stream_id)
@@ -729,8 +740,8 @@ def reset_stream_epoch(db: DbState, ctx: CallContext, stream_id: str) -> Outcome
     tx = Tx(db)
     for e in [e for e in db.of_type(SyncEvent) if e.stream_id == stream_id]:
         tx.delete(e)
-    tx.update(stream, replace(stream, epoch=stream.epoch + 1, floor_seq=stream.head_seq + 1,
-                              updated_at=ctx.now))
+    tx.update(stream, replace(stream, epoch=stream.epoch + 1, continues_epoch=0, continues_seq=0,
+                              floor_seq=stream.head_seq + 1, updated_at=ctx.now))
     return _ok(tx)
 
 
@@ -894,34 +905,70 @@ def max_version(db: DbState) -> int:
                 *(r.version for r in db.of_type(ComputeAssignment))])
 
 
+def _continued(db: DbState, after: DbState) -> bool:
+    """Every stream moved to a new epoch that continues its old one up to its head, floor kept; its
+    retained events and its checkpoints of the old epoch relabelled to the new one, nothing else."""
+    streams = {s.stream_id: s for s in after.of_type(SyncStream)}
+    for b in db.of_type(SyncStream):
+        a = streams.get(b.stream_id)
+        if a is None or (a.continues_epoch, a.continues_seq, a.head_seq, a.floor_seq) != (
+                b.epoch, b.head_seq, b.head_seq, b.floor_seq) or a.epoch <= b.epoch:
+            return False
+    relabel = {s.stream_id: (db_s.epoch, s.epoch) for s in after.of_type(SyncStream)
+               for db_s in db.of_type(SyncStream) if db_s.stream_id == s.stream_id}
+    events = [replace(e, epoch=relabel[e.stream_id][1]) if relabel[e.stream_id][0] == e.epoch else e
+              for e in db.of_type(SyncEvent)]
+    ckpts = [replace(c, epoch=relabel[c.stream_id][1]) if c.stream_id in relabel and relabel[c.stream_id][0] == c.epoch
+             else c for c in db.of_type(SyncCheckpoint)]
+    return (sorted(map(repr, events)) == sorted(map(repr, after.of_type(SyncEvent)))
+            and sorted(map(repr, ckpts)) == sorted(map(repr, after.of_type(SyncCheckpoint))))
+
+
 @icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
 @icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),
                   "DUR-2 (every stream, and every stream created later, moves above every epoch the lost"
                   " transactions can have handed out)")
+@icontract.ensure(lambda db, result: _continued(db, result),
+                  "SEQ-1 CONT-1 (each new epoch continues the old one up to the durable head, floor kept, its events "
+                  "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised)")
 @icontract.ensure(lambda db, max_undurable, result: result.version_floor > max_version(db) + max_undurable
                   and all(r.version == result.version_floor for r in result.of_type(ProviderCapability))
                   and all(r.version == result.version_floor for r in result.of_type(ComputeAssignment)),
                   "VER-1 (every provider and assignment, and every one created later, moves above every version the "
                   "lost transactions can have handed out)")
 @icontract.ensure(lambda db, result: all(result.rows(t) == rows for t, rows in db.tables.items()
-                                         if t not in ("sync_stream", "provider_capability", "compute_assignment"))
+                                         if t not in ("sync_stream", "sync_event", "sync_checkpoint",
+                                                      "provider_capability", "compute_assignment"))
                   and all(len(result.rows(t)) == len(db.rows(t)) for t in db.tables),
-                  "an unclean restart changes only the streams' epochs and floors and the versions")
+                  "an unclean restart changes only epochs (streams, their events and checkpoints) and versions")
 def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     """After a crash the last non-durable transactions are gone, and some clients without
     confirmed reads may have seen them.  At most ``max_undurable`` transactions can have been
     lost (the server never runs further ahead of its durable offset), and each raises any
     stream's epoch by at most one; so every stream moves to an epoch above every epoch that can
     ever have been handed out, and so do streams created from now on (``epoch_floor``).  Hence
-    no (stream, epoch, seq) ever names two different events (ADR-0001).  The new epoch starts
-    empty (``floor_seq = head_seq + 1``): the retained events stay, below the floor, as the
-    dedupe horizon, but no resume in the new epoch can reach them."""
+    no (stream, epoch, seq) ever names two different events (ADR-0001).
+
+    The new epoch E' *continues* the old one E (ADR-0003 decision 6): ``continues_epoch = E``,
+    ``continues_seq = head_seq`` (the durable head: every event up to it survived), ``floor_seq``
+    kept, and the retained events and checkpoints of E relabelled to E' (same seq, payload, hash,
+    producer and offset).  A client at (E, W) with W <= continues_seq saw only surviving events
+    and resumes at (E', W) without a rebootstrap; one with W > continues_seq may have seen lost
+    events and rebootstraps.  The relabel is the one exception to SEQ-3's "a retained event row
+    never changes": same seq and payload, epoch raised, to an epoch nobody has seen."""
     streams = list(db.of_type(SyncStream))
     fresh = max([db.epoch_floor, *(s.epoch for s in streams)]) + max_undurable + 1
     tx = Tx(db)
+    old_epoch = {s.stream_id: s.epoch for s in streams}
     for s in streams:
-        tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))
+        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq, updated_at=now))
+    for e in list(db.of_type(SyncEvent)):
+        if old_epoch.get(e.stream_id) == e.epoch:
+            tx.update(e, replace(e, epoch=fresh))
+    for c in list(db.of_type(SyncCheckpoint)):
+        if old_epoch.get(c.stream_id) == c.epoch:
+            tx.update(c, replace(c, epoch=fresh))
     tx.epoch_floor = fresh
     # versions: each lost transaction raised the largest version by at most one (an update bumps a
     # row by one, a new row takes the floor, retention raises the floor above what it removed), so

@@ -94,7 +94,8 @@ def _t(name: str, row_type: type[Row], cols: list[tuple[str, SatsType]], pk: tup
 
 TABLES: tuple[Table, ...] = (
     _t("sync_stream", SyncStream, [
-        ("stream_id", STRING), ("stream_class", STRING), ("epoch", U64),
+        ("stream_id", STRING), ("stream_class", STRING), ("epoch", U64), ("continues_epoch", U64),
+        ("continues_seq", U64),
         ("head_seq", U64), ("floor_seq", U64), ("replay_budget", U64), ("created_at", TIMESTAMP),
         ("updated_at", TIMESTAMP)], ("stream_id",), visibility=Visibility.STREAM_GRANT),
     _t("sync_event", SyncEvent, [

@@ -117,6 +117,8 @@ class SyncStream:
     stream_id: str
     stream_class: str
     epoch: int
+    continues_epoch: int  # 0: the epoch started fresh; else the epoch this one continues (ADR-0003)
+    continues_seq: int  # the last seq this epoch shares with continues_epoch
     head_seq: int
     floor_seq: int
     replay_budget: int

@@ -28,8 +28,9 @@ def ev(seq: int, epoch: int = 1, stream: str = S) -> SyncEvent:
     return SyncEvent(stream, epoch, seq, f"k{seq}", "sha256:" + f"{seq:064x}", f'{{"n":{seq}}}', ALICE, 10, seq)
 
 
-def st(epoch: int = 1, head: int = 0, floor: int = 1, stream: str = S) -> SyncStream:
-    return SyncStream(stream, "default", epoch, head, floor, 1000, 1, 2)
+def st(epoch: int = 1, head: int = 0, floor: int = 1, stream: str = S,
+       continues: tuple[int, int] = (0, 0)) -> SyncStream:
+    return SyncStream(stream, "default", epoch, *continues, head, floor, 1000, 1, 2)
 
 
 def d(row: Row) -> DecodedRow:

@@ -291,9 +291,9 @@ def test_http_call_and_sql(tmp_path: Path) -> None:
         assert sql.status == 200
         (stmt,) = sql.json()
         names = [e["name"]["some"] for e in stmt["schema"]["elements"]]
-        assert names[:4] == ["stream_id", "stream_class", "epoch", "head_seq"]
+        assert names[:6] == ["stream_id", "stream_class", "epoch", "continues_epoch", "continues_seq", "head_seq"]
         (row,) = stmt["rows"]
-        assert row[0] == S and row[4] == 1
+        assert row[0] == S and row[names.index("head_seq")] == 1 and row[names.index("continues_epoch")] == 0
         hidden = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", "SELECT * FROM sync_event",
                       {"Authorization": f"Bearer {st.token(streams=['x.*'])}"})
         assert hidden.status == 200 and hidden.json()[0]["rows"] == []  # row-filtered by grants

@@ -125,8 +125,8 @@ def db(i: Interner, d: DbState) -> E.Db:
     events = []
     for sid in STREAMS:
         s = d.find(SyncStream, lambda r, sid=sid: r.stream_id == sid)  # type: ignore[misc]
-        streams.append(E.Stream(True, s.epoch, s.head_seq, s.floor_seq, s.replay_budget) if s
-                       else E.Stream(False, 0, 0, 0, 0))
+        streams.append(E.Stream(True, s.epoch, s.head_seq, s.floor_seq, s.replay_budget, s.continues_epoch,
+                                s.continues_seq) if s else E.Stream(False, 0, 0, 0, 0, 0, 0))
         evs = [event(i, e) for e in d.of_type(SyncEvent) if e.stream_id == sid]
         assert len(evs) <= E.K
         events.append(E.Events(len(evs), tuple(evs + [ZERO_EVENT] * (E.K - len(evs)))))

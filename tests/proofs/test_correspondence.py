@@ -412,12 +412,7 @@ def test_states_reach_interesting_shapes() -> None:
     @given(data=st.data())
     def probe(data: st.DataObject) -> None:
         d, now, _ = build_state(data)
-        floors = {s.stream_id: s.floor_seq for s in d.of_type(SyncStream)}
         for later in (0, 1_000_000, 4_000_000):  # the compaction test's clocks
-            dropped = [e for td in compact(d, now + later, POLICY).delta.tables for e in td.deletes
-                       if isinstance(e, SyncEvent)]
-            if any(e.seq + 1 < floors[e.stream_id] for e in dropped):
-                seen.add("compaction below the floor")  # the floor must not fall to the cut
             gone = {td.table for td in compact(d, now + later, POLICY).delta.tables if td.deletes}
             seen.update(f"retention of {t}" for t in gone - {"sync_event"})
         for s in d.of_type(SyncStream):
@@ -425,17 +420,16 @@ def test_states_reach_interesting_shapes() -> None:
                 seen.add("compacted")
             if s.epoch > 1:
                 seen.add("new epoch")
-            below = [e.seq for e in d.of_type(SyncEvent) if e.stream_id == s.stream_id and e.seq < s.floor_seq]
-            if below:
-                seen.add("events below the floor")  # kept by an unclean restart
+            if s.continues_epoch and any(e.stream_id == s.stream_id for e in d.of_type(SyncEvent)):
+                seen.add("continued epoch with retained events")  # relabelled by an unclean restart
         if any(True for _ in d.of_type(SyncCheckpoint)):
             seen.add("checkpoint")
         if any(a.status != "open" for a in d.of_type(ComputeAssignment)):
             seen.add("assignment moved")
 
     probe()
-    assert {"compacted", "new epoch", "checkpoint", "assignment moved", "events below the floor",
-            "compaction below the floor", "retention of session_presence", "retention of compute_assignment",
+    assert {"compacted", "new epoch", "checkpoint", "assignment moved", "continued epoch with retained events",
+            "retention of session_presence", "retention of compute_assignment",
             "retention of bridge_outbox"} <= seen, seen
 
 

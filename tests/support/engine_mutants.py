@@ -127,6 +127,13 @@ ENGINE_MUTANTS += (
            (("                    tx.db.version_floor = max(tx.db.version_floor, row.version + 1)",
              "                    pass"),),
            "retention frees an assignment id without raising the version floor"),
+    Mutant("recovery_without_relabel", "reference.reducers",
+           (("        tx.relabel_events(s.stream_id, s.epoch, fresh)\n", ""),),
+           "unclean recovery continues epochs but leaves the retained events in the old epoch"),
+    Mutant("stale_cursor_without_continuation", "reference.engine",
+           (('            cont = (row.continues_epoch, row.continues_seq) if isinstance(row, SyncStream) else (0, 0)',
+             '            cont = (0, 0)'),),
+           "the stale_cursor details do not say which epoch the new one continues"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

@@ -432,6 +432,39 @@ class SystemMachine(RuleBasedStateMachine):
     def signal(self, i: int, s: str, kind: str) -> None:
         self.sys.call(i, "publish_stream_signal", (s, kind, '{"at":1}'))
 
+    @rule(s=st.sampled_from(STREAMS), lost=st.integers(1, 3), after=st.integers(0, 4))
+    def crash_after_a_lost_tail(self, s: str, lost: int, after: int) -> None:
+        """The case the epoch continuation must get right: the non-confirmed client c1 applies events
+        that never become durable, the server crashes, the stream grows again (``after`` events, so
+        its head may pass c1's watermark) and c1 comes back.  c1 must rebootstrap (it saw lost
+        events); the confirmed c0, which saw only durable ones, must continue."""
+        for i in (0, 1):
+            self.sys.connect(i)
+            self.sys.follow(i, s)
+        self.sys.advance_durable(self.sys.server.committed)
+        self.quiet(1)
+        for k in range(lost):  # committed, delivered to c1, never durable
+            self.sys.call(0, "append_sync_event", (s, f"lost{len(self.sys.server.ledger)}-{k}", f'{{"lost":{k}}}',
+                                                   None, None))
+            self.sys.server_step(0)
+        self.quiet(1)
+        self.sys.crash()
+        self.last_restart = self.sys.server.committed
+        self.sys.connect(0)
+        for k in range(after):
+            self._handled(0, "append_sync_event", (s, f"after{len(self.sys.server.ledger)}-{k}", f'{{"after":{k}}}',
+                                                   None, None))
+        self.sys.advance_durable(self.sys.server.committed)
+        self.quiet(1)
+
+    def quiet(self, i: int) -> None:
+        """Let client i take everything released to it (and answer it) for a while."""
+        for _ in range(30):
+            moved = self.sys.deliver(i)
+            moved = self.sys.server_step(i) or moved
+            if not moved:
+                return
+
     @rule(i=client_st, s=st.sampled_from(STREAMS), n=st.integers(3, 12))
     def burst(self, i: int, s: str, n: int) -> None:
         """A producer appends a burst that the server commits at once while nobody reads."""

@@ -179,6 +179,24 @@ MUTANTS += (
              "    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, \"open\","
              " None,\n                                1, ctx.now, ctx.now))"),),
            "an assignment id freed by retention starts again at version 1", expected=("VER-1",)),
+    Mutant("crash_starts_fresh_epochs", "spec.reducers",
+           (("        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq,"
+             " updated_at=now))",
+             "        tx.update(s, replace(s, epoch=fresh, continues_epoch=0, continues_seq=0, floor_seq=s.head_seq + 1,"
+             " updated_at=now))"),
+            ("        if old_epoch.get(e.stream_id) == e.epoch:\n            tx.update(e, replace(e, epoch=fresh))\n",
+             "        if old_epoch.get(e.stream_id) == e.epoch:\n            tx.delete(e)\n")),
+           "an unclean restart starts every stream in a fresh empty epoch: every client rebootstraps (before "
+           "ADR-0003)", expected=("CONT-1",)),
+    Mutant("client_never_continues", "spec.client",
+           (("    return epoch is not None and continues_epoch != 0 and continues_epoch == epoch and new_epoch != epoch \\\n"
+             "        and last <= continues_seq",
+             "    return False"),),
+           "the client rebootstraps whenever the epoch changed, even into an epoch continuing its own",
+           expected=("CONT-1",)),
+    Mutant("client_continues_past_continues_seq", "spec.client",
+           (("        and last <= continues_seq", "        and last >= 0"),),
+           "a client that saw events the crash lost continues instead of rebootstrapping", expected=("CONT-1",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 

@@ -8,6 +8,8 @@ export default __t.row({
   streamId: __t.string().primaryKey().name("stream_id"),
   streamClass: __t.string().name("stream_class"),
   epoch: __t.u64(),
+  continuesEpoch: __t.u64().name("continues_epoch"),
+  continuesSeq: __t.u64().name("continues_seq"),
   headSeq: __t.u64().name("head_seq"),
   floorSeq: __t.u64().name("floor_seq"),
   replayBudget: __t.u64().name("replay_budget"),
