@@ -40,6 +40,7 @@ import operator
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -180,6 +181,7 @@ class LogStore:
         self.readonly = readonly
         self._lock = lock
         self._closed = False
+        self.stall_while: Path | None = None  # fault injection: COMMIT waits while this file exists
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False,
@@ -299,7 +301,11 @@ class LogStore:
         return records[-1].offset
 
     def _commit(self) -> None:
-        """The COMMIT (and, with ``synchronous=FULL``, the WAL fsync).  A seam for fault tests."""
+        """The COMMIT (and, with ``synchronous=FULL``, the WAL fsync).  A seam for fault tests: with
+        ``stall_while`` set (``[faults] stall_commits_while``), it first waits while that file exists
+        -- a disk that stalls, so committed transactions stay undurable for as long as a test needs."""
+        while self.stall_while is not None and self.stall_while.exists():
+            time.sleep(0.005)
         self._conn.execute("COMMIT")
 
     def set_meta(self, key: str, value: str) -> None:

@@ -64,7 +64,9 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
                          ("[limits\n", "not valid TOML"),
                          ("[limits]\nping_interval_s = 'x'\n", "expected float"),
                          ("[compat]\nmin_client_build_id = 'yesterday'\n", "not well formed"),
-                         ("[auth]\ndefault_scopes = ['root']\n", "default_scopes")):
+                         ("[auth]\ndefault_scopes = ['root']\n", "default_scopes"),
+                         ("[faults]\nstall_commits = 'x'\n", "unknown key(s) stall_commits"),
+                         ("[faults]\nstall_commits_while = 3\n", "expected str")):
         cfg = tmp_path / "c.toml"
         cfg.write_text(text)
         res = run("serve", "--data", str(tmp_path / "d"), "--port", "0", "--config", str(cfg))

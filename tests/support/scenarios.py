@@ -866,6 +866,43 @@ SCENARIOS += (
              frozenset({("prov.p", V), ("prov.q", V), ("prov.r", V)})),
     )),
 )
+WRITER = Person("writer", frozenset({"sync.subscribe", "sync.append", "sync.checkpoint.write", "sync.admin"}),
+                ("s.*",))
+E2 = 1 + MAX_UNDURABLE + 1  # the epoch after one unclean restart from epoch 1
+
+
+def _resume(at_epoch: int, w: int, expect: str = "applied", **details: Any) -> Sub:
+    return Sub("writer", (f"SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = {at_epoch} AND seq > {w}",),
+               expect=expect, details=details or None)
+
+
+SCENARIOS += (
+    Scenario("an_unclean_restart_continues_the_epoch", 6, (WRITER,), (
+        Connect("writer", "writer"), *_appends("writer", "s.a", 3),
+        Call("writer", "ack_checkpoint", ("laptop", "s.a", 1, 3)),
+        Hold(), *_appends("writer", "s.a", 1, start=4), Crash(),  # seq 4 was never durable
+        Connect("writer", "writer"),
+        # today: epoch_changed for everyone and the new epoch starts empty (every client rebootstraps)
+        _resume(1, 3, "stale_cursor", reasons=["epoch_changed"], epoch=E2, continues_epoch=1, continues_seq=3,
+                floor_seq=1, head_seq=3),
+        _resume(1, 4, "stale_cursor", reasons=["epoch_changed", "cursor_ahead_of_head"], continues_seq=3),
+        _resume(E2, 3),  # the continue: same watermark, the new epoch
+        _resume(E2, 0),  # the durable events are the new epoch's, relabelled
+        Sees("writer", "sync_event", ("epoch", "seq"), frozenset({(E2, 1), (E2, 2), (E2, 3)})),
+        Sub("writer", ("SELECT * FROM sync_stream WHERE stream_id = 's.a'",)),
+        Sees("writer", "sync_stream", ("epoch", "continues_epoch", "continues_seq", "floor_seq", "head_seq"),
+             frozenset({(E2, 1, 3, 1, 3)})),
+        Sub("writer", ("SELECT * FROM sync_checkpoint",)),
+        Sees("writer", "sync_checkpoint", ("epoch", "last_applied_seq"), frozenset({(E2, 3)})),
+        Call("writer", "append_sync_event", ("s.a", "k4", '{"new":4}', None, None), ret=4),
+        Sees("writer", "sync_event", ("epoch", "seq"), frozenset({(E2, 1), (E2, 2), (E2, 3), (E2, 4)})),
+        # an admin reset starts a fresh epoch: it continues nothing
+        Call("writer", "reset_stream_epoch", ("s.a",)),
+        Sees("writer", "sync_stream", ("epoch", "continues_epoch", "continues_seq", "floor_seq", "head_seq"),
+             frozenset({(E2 + 1, 0, 0, 5, 4)})),
+        _resume(E2, 4, "stale_cursor", reasons=["epoch_changed"], continues_epoch=0, continues_seq=0),
+    )),
+)
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
