@@ -465,9 +465,13 @@ class SystemMachine(RuleBasedStateMachine):
             if not moved:
                 return
 
-    @rule(i=client_st, s=st.sampled_from(STREAMS), n=st.integers(3, 12))
-    def burst(self, i: int, s: str, n: int) -> None:
-        """A producer appends a burst that the server commits at once while nobody reads."""
+    @rule(i=client_st, s=st.sampled_from(STREAMS), n=st.integers(3, 12), live=st.booleans())
+    def burst(self, i: int, s: str, n: int, live: bool) -> None:
+        """A producer appends a burst that the server commits at once while nobody reads.  With
+        ``live`` the other client first (re-)upserts its session on its current connection, so when
+        the burst overflows its queue the slow-consumer close has presence to mark mid-fanout."""
+        if live:
+            self._handled(1 - i, "upsert_presence", (f"sess{1 - i}", "dev", "node", "online", "eu", 5000))
         for k in range(n):
             self.sys.call(i, "append_sync_event", (s, f"b{len(self.sys.server.ledger)}-{k}", f'{{"burst":{k}}}',
                                                    None, None))

@@ -96,8 +96,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("gap_applied", "spec.client", (("            if e.seq > view.last + 1:", "            if False:"),),
            "the client applies across a gap", expected=('REPLAY-1',)),
     Mutant("no_epoch_bump_on_crash", "spec.reducers",
-           (("        tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))\n    tx.epoch_floor = fresh\n",
-             "        pass\n"),),
+           (("    for s in streams:\n"
+             "        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq,"
+             " updated_at=now))\n", ""),
+            ("    tx.epoch_floor = fresh\n", ""),
+            ("            tx.update(e, replace(e, epoch=fresh))\n", "            pass\n"),
+            ("            tx.update(c, replace(c, epoch=fresh))\n", "            pass\n")),
            "an unclean restart keeps epochs, so lost seqs get reused", expected=('DUR-2', 'SEQ-2')),
     Mutant("compaction_keeps_floor", "spec.reducers",
            (("        tx.update(s, replace(s, floor_seq=max(s.floor_seq, cut + 1), updated_at=now))", "        pass"),),
