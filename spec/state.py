@@ -2,7 +2,9 @@
 
 :class:`DbState` is immutable: a mapping from table name to the tuple of its rows (insertion
 order), plus ``epoch_floor`` -- the smallest epoch a newly created stream may get (it rises on
-every unclean restart; see ADR-0001).  Event tables are always empty in a state: their rows
+every unclean restart; see ADR-0001) -- and ``version_floor`` -- the version a new provider or
+assignment row starts at (retention of a versioned row and every unclean restart raise it, so a
+version number never names two contents; ADR-0003).  Event tables are always empty in a state: their rows
 only ever appear in a :class:`Delta`.
 
 :class:`Delta` is what one committed transaction wrote: per table, the rows it deleted and the
@@ -28,6 +30,13 @@ from spec.values import Row
 R = TypeVar("R", bound=Row)
 
 
+def _table_or_none(row: Row) -> Any:
+    try:
+        return table_of(row)
+    except KeyError:
+        return None
+
+
 def _empty_tables() -> Mapping[str, tuple[Row, ...]]:
     return {t.name: () for t in PERSISTENT_TABLES}
 
@@ -36,9 +45,17 @@ def _empty_tables() -> Mapping[str, tuple[Row, ...]]:
 class DbState:
     tables: Mapping[str, tuple[Row, ...]] = field(default_factory=_empty_tables)
     epoch_floor: int = 1
+    version_floor: int = 1
 
     def rows(self, table: str) -> tuple[Row, ...]:
         return self.tables.get(table, ())
+
+    def well_typed(self) -> bool:
+        """Every table is one of the schema's persistent tables and holds only rows of its type
+        (the states the reducers make; a precondition for functions CrossHair explores)."""
+        names = {t.name for t in PERSISTENT_TABLES}
+        return all(name in names and all(getattr(_table_or_none(r), "name", None) == name for r in rows)
+                   for name, rows in self.tables.items())
 
     def of_type(self, row_type: type[R]) -> Iterator[R]:
         for r in self.rows(table_of_type(row_type)):
@@ -135,9 +152,10 @@ class Tx:
         self._deletes: dict[str, list[Row]] = {}
         self._inserts: dict[str, list[Row]] = {}
         self.epoch_floor = base.epoch_floor
+        self.version_floor = base.version_floor
 
     def view(self) -> DbState:
-        return DbState({k: tuple(v) for k, v in self._tables.items()}, self.epoch_floor)
+        return DbState({k: tuple(v) for k, v in self._tables.items()}, self.epoch_floor, self.version_floor)
 
     def insert(self, row: Row) -> None:
         t = table_of(row)

@@ -128,13 +128,15 @@ def test_metrics_move_with_the_workload(st: ServerThread) -> None:
 
     # --- replay gap: a resume query replays head - watermark events ------------------------------
     resumer = WireClient(st, tok)
-    assert isinstance(resumer.subscribe(1, f"{SUB} AND seq > 5"), wire.SubscribeApplied)  # head is 8
+    epoch = st.call(lambda: st.server.engine.db.get("sync_stream", (S,)).epoch)
+    resume = f"{SUB} AND epoch = {epoch}"
+    assert isinstance(resumer.subscribe(1, f"{resume} AND seq > 5"), wire.SubscribeApplied)  # head is 8
     gap = scrape(st)
     assert value(gap, "syncref_replay_gap_events_count") == 1
     assert value(gap, "syncref_replay_gap_events_sum") == 3
 
     # --- stale cursors, by reason ------------------------------------------------------------------
-    stale = resumer.subscribe(2, f"{SUB} AND seq > 100")
+    stale = resumer.subscribe(2, f"{resume} AND seq > 100")
     assert isinstance(stale, wire.SubscriptionError) and "cursor_ahead_of_head" in stale.error
     counted = scrape(st)
     assert value(counted, "syncref_stale_cursors_total", reason="cursor_ahead_of_head") == 1
