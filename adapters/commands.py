@@ -33,6 +33,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from spec import contracts
 from spec.compat import CompatWindow, window_well_formed
 from spec.schema import DEFAULT_DATABASE, SCOPES
 
@@ -94,7 +95,8 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     else:
         extra_faults = {}
     server = raw.get("server", {})
-    _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s"})
+    _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s",
+                                   "contracts"})
     limits_raw = raw.get("limits", {})
     defaults = Limits()
     _check_keys("limits", limits_raw, set(_fields(Limits)))
@@ -156,8 +158,11 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     database = args.database or _typed("server", "database", server.get("database", DEFAULT_DATABASE), "")
     extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
              if k in server}
+    # hot-path contracts (docs/contracts.md): off unless --contracts, [server] contracts or SYNCREF_CONTRACTS
+    checked = bool(_typed("server", "contracts", server.get("contracts", False), True))
+    checked = checked or bool(getattr(args, "contracts", False)) or contracts.hot_enabled()
     return ServerConfig(data_dir=Path(args.data), host=host, port=port, database=database, auth=auth,
-                        window=window, limits=limits, **extra, **extra_faults)
+                        window=window, limits=limits, contracts=checked, **extra, **extra_faults)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -297,6 +302,9 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--dev", action="store_true",
                    help="DANGER: anyone may mint an identity, and minted identities get every scope and stream")
     s.add_argument("--allow-anonymous", action="store_true", help="mint identities for callers without a token")
+    s.add_argument("--contracts", action="store_true",
+                   help="check the engine's hot-path contracts (off by default: ~15%% of an append; "
+                        "also SYNCREF_CONTRACTS=1 or [server] contracts = true)")
     t = sub.add_parser("token", help="JWT tools")
     tsub = t.add_subparsers(dest="token_command", required=True)
     mint = tsub.add_parser("mint", help="mint a token signed with the data directory's key")
