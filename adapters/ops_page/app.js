@@ -54,9 +54,11 @@ function cell(value) {
 function table(rows, columns, keyOf, flashKeys) {
   if (!rows || rows.length === 0) return el("p", "none", "empty");
   const t = el("table");
-  const head = el("tr");
-  for (const [h] of columns) head.appendChild(el("th", h));
-  t.appendChild(el("thead")).appendChild(head);
+  if (columns.some(([h]) => h)) {
+    const head = el("tr");
+    for (const [h] of columns) head.appendChild(el("th", h));
+    t.appendChild(el("thead")).appendChild(head);
+  }
   const body = el("tbody");
   for (const row of rows) {
     const tr = el("tr");
@@ -70,13 +72,15 @@ function table(rows, columns, keyOf, flashKeys) {
     body.appendChild(tr);
   }
   t.appendChild(body);
-  return t;
+  const wrap = el("div", null, "scroll");
+  wrap.appendChild(t);
+  return wrap;
 }
 
 function counts(obj) {
   const entries = Object.entries(obj || {});
   if (entries.length === 0) return el("p", "none", "empty");
-  return table(entries.map(([k, v]) => ({ k, v })), [["", r => r.k], ["count", r => r.v]]);
+  return table(entries.map(([k, v]) => ({ k, v })), [["", r => r.k], ["", r => r.v]]);
 }
 
 function put(id, node) {
