@@ -12,6 +12,7 @@ key.  The config file is TOML with four optional tables (documented in docs/oper
     [limits]  every field of ``adapters.server.Limits``
     [compat]  every field of ``spec.compat.CompatWindow``
     [server]  host, port, database, sweep_interval_s, compact_interval_s
+    [faults]  stall_commits_while (testing only: the commit log's COMMIT waits while that file exists)
 
 Command-line flags win over the file.  ``--dev`` allows anonymous identities and gives every
 *minted* identity every scope and stream (a presented token keeps its own claims); it prints a
@@ -84,7 +85,14 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
             raise ConfigError(f"{path} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    _check_keys("top level", raw, {"auth", "limits", "compat", "server"})
+    _check_keys("top level", raw, {"auth", "limits", "compat", "server", "faults"})
+    faults = raw.get("faults", {})
+    _check_keys("faults", faults, {"stall_commits_while"})
+    if "stall_commits_while" in faults:
+        extra_faults: dict[str, Any] = {"stall_commits_while": Path(_typed("faults", "stall_commits_while",
+                                                                             faults["stall_commits_while"], ""))}
+    else:
+        extra_faults = {}
     server = raw.get("server", {})
     _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s"})
     limits_raw = raw.get("limits", {})
@@ -149,7 +157,7 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
              if k in server}
     return ServerConfig(data_dir=Path(args.data), host=host, port=port, database=database, auth=auth,
-                        window=window, limits=limits, **extra)
+                        window=window, limits=limits, **extra, **extra_faults)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -157,6 +157,7 @@ class ServerConfig:
     sweep_interval_s: float = 1.0
     compact_interval_s: float = 60.0
     clock: Callable[[], int] | None = None  # µs since the epoch; None = wall time (tests inject one)
+    stall_commits_while: Path | None = None  # fault injection ([faults]): the log's COMMIT waits while it exists
 
 
 def cut_reason(text: str) -> str:
@@ -323,6 +324,7 @@ class SyncServer:
             probe.unlink()
             self._auth = Authenticator(cfg.auth, KeyStore.load_or_create(cfg.data_dir))
             self._store = LogStore.open(cfg.data_dir)
+            self._store.stall_while = cfg.stall_commits_while
         except (OSError, RuntimeError, ValueError) as exc:
             raise DataDirError(f"data directory {cfg.data_dir} is not usable: {exc}") from exc
         try:

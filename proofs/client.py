@@ -10,7 +10,9 @@ plus a count of rebootstraps.  Three transitions:
     resubscribes), ``seq = last + 1`` is applied;
 ``stream_row``
     a delivered sync_stream row: a different epoch, ``floor > last + 1`` or ``head < last`` makes the
-    client rebootstrap;
+    client rebootstrap -- unless the row's epoch continues the view's up to at least ``last`` and
+    nothing else is stale (ADR-0003): then the view adopts the epoch, keeping its watermark and its
+    events (a *continue*);
 ``rebootstrap``
     the application's callback replaces the view with the authority's events of the current epoch
     up to a watermark.  Assumed of the authority (checked on the model's authority by the
@@ -43,11 +45,12 @@ class View:
     n: ZInt
     applied: tuple[Item, ...]  # KA
     boots: ZInt  # rebootstraps so far
+    conts: ZInt  # continues so far
 
     @staticmethod
     def fresh(p: str) -> View:
         return View(z3.Bool(f"{p}.has_epoch"), z3.Int(f"{p}.epoch"), z3.Int(f"{p}.last"), z3.Int(f"{p}.n"),
-                    fresh_rows(Item, f"{p}.applied", KA), z3.Int(f"{p}.boots"))
+                    fresh_rows(Item, f"{p}.applied", KA), z3.Int(f"{p}.boots"), z3.Int(f"{p}.conts"))
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class StreamRow(Record):
     epoch: ZInt
     floor: ZInt
     head: ZInt
+    cont_epoch: ZInt
+    cont_seq: ZInt
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class Authority:
 
 def same_view(a: View, b: View) -> ZBool:
     return z3.And(a.has_epoch == b.has_epoch, z3.Implies(a.has_epoch, a.epoch == b.epoch), a.last == b.last,
-                  a.n == b.n, a.boots == b.boots,
+                  a.n == b.n, a.boots == b.boots, a.conts == b.conts,
                   *[z3.Implies(i < a.n, same_item(x, y)) for i, (x, y) in enumerate(zip(a.applied, b.applied,
                                                                                           strict=True))])
 
@@ -102,7 +107,8 @@ def t_apply(v: View, e: Incoming, w: View, gap: ZBool, bug: str = "") -> ZBool:
     other = z3.Or(z3.Not(v.has_epoch), e.epoch != v.epoch)
     dup = z3.BoolVal(False) if bug == "duplicate_applied" else e.seq <= v.last
     is_gap = z3.BoolVal(False) if bug == "gap_applied" else e.seq > v.last + 1
-    applied = z3.And(w.has_epoch == v.has_epoch, w.epoch == v.epoch, w.boots == v.boots, w.last == e.seq,
+    applied = z3.And(w.has_epoch == v.has_epoch, w.epoch == v.epoch, w.boots == v.boots, w.conts == v.conts,
+                     w.last == e.seq,
                      w.n == v.n + 1, v.n < KA,
                      *[z3.Implies(i < v.n, same_item(w.applied[i], v.applied[i])) for i in range(KA)],
                      *[z3.Implies(i == v.n, same_item(w.applied[i], Item(e.seq, e.hash))) for i in range(KA)])
@@ -113,18 +119,24 @@ def t_apply(v: View, e: Incoming, w: View, gap: ZBool, bug: str = "") -> ZBool:
 def t_rebootstrap(v: View, auth: Authority, w: View, bug: str = "") -> ZBool:
     """``Client._rebootstrap``."""
     return z3.And(authority_ok(auth), w.has_epoch, w.epoch == auth.epoch, w.last == auth.watermark,
-                  w.n == auth.n, w.boots == v.boots + 1,
+                  w.n == auth.n, w.boots == v.boots + 1, w.conts == v.conts,
                   *[z3.Implies(i < auth.n, same_item(w.applied[i], auth.events[i])) for i in range(KA)])
 
 
 def t_stream_row(v: View, row: StreamRow, auth: Authority, w: View, rebooted: ZBool, bug: str = "") -> ZBool:
-    """A sync_stream row in a delivery: the client-side stale check."""
+    """A sync_stream row in a delivery: the client-side stale check, and the continuation."""
     stale = z3.Or(z3.Not(v.has_epoch), row.epoch != v.epoch, row.floor > v.last + 1, row.head < v.last)
-    return z3.And(rebooted == stale, z3.If(stale, t_rebootstrap(v, auth, w), same_view(v, w)))
+    cont = z3.And(v.has_epoch, row.epoch != v.epoch, row.cont_epoch != 0, row.cont_epoch == v.epoch,
+                  v.last <= row.cont_seq, row.floor <= v.last + 1, row.head >= v.last)
+    continued = z3.And(w.has_epoch, w.epoch == row.epoch, w.last == v.last, w.n == v.n, w.boots == v.boots,
+                       w.conts == v.conts + 1,
+                       *[z3.Implies(i < v.n, same_item(w.applied[i], v.applied[i])) for i in range(KA)])
+    return z3.And(rebooted == z3.And(stale, z3.Not(cont)),
+                  z3.If(cont, continued, z3.If(stale, t_rebootstrap(v, auth, w), same_view(v, w))))
 
 
 def view_initial(v: View) -> ZBool:
-    return z3.And(z3.Not(v.has_epoch), v.last == 0, v.n == 0, v.boots == 0)
+    return z3.And(z3.Not(v.has_epoch), v.last == 0, v.n == 0, v.boots == 0, v.conts == 0)
 
 
 def replay1(v: View) -> ZBool:

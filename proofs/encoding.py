@@ -19,8 +19,9 @@ Abstraction (what a :class:`Db` keeps of a :class:`spec.state.DbState`):
 * a stream's retained events are a bounded list of at most ``K`` rows *in table order* (the
   model inserts in seq order and deletes prefixes, so table order is seq order);
 * columns no decision reads and no invariant names are dropped: timestamps other than
-  ``committed_at``/``last_seen``/``expires_at``, ``stream_class``, ``owner_scope``,
-  ``producer``, ``tx_offset``, bridge source/kind/tags/content;
+  ``committed_at``/``last_seen``/``expires_at``, ``stream_class``,
+  ``producer``, ``tx_offset``, bridge source/kind/tags/content (their hash, ``content_hash``, is
+  kept) and ``next_attempt_at``;
 * argument validation that needs strings (id syntax, JSON canonicalization, payload sizes,
   hash formats) is one action field ``arg_err``: 0, or the code of the first failing check.  The
   checks that depend on modelled values (enumerations, TTL range, the edge table, hash
@@ -35,8 +36,8 @@ most ``K`` retained events per stream.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import z3
 
@@ -56,6 +57,7 @@ from proofs.core import (
 )
 from spec.errors import ErrorCode
 from spec.transitions import (
+    ASSIGNMENT_ROLES,
     ASSIGNMENT_STATUSES,
     ASSIGNMENT_TERMINAL,
     ASSIGNMENT_TRANSITIONS,
@@ -119,6 +121,10 @@ H = z3.Function("H", z3.IntSort(), z3.IntSort())
 """payload -> hash (sha256 of the canonical text, interned)."""
 CANON = z3.Function("Canon", z3.IntSort(), z3.BoolSort())
 """payload -> is it canonical JSON."""
+ADVERTISES = z3.Function("Advertises", z3.IntSort(), z3.IntSort(), z3.BoolSort())
+"""(interned nip90_kinds list, job kind) -> does the list contain the kind."""
+MERGE = z3.Function("Merge", z3.IntSort(), z3.IntSort(), z3.IntSort())
+"""(interned relay list, interned relay list) -> the interned sorted union (relays_acked merging)."""
 
 # --- rows -------------------------------------------------------------------------------------------------
 
@@ -130,6 +136,8 @@ class Stream(Record):
     head: ZInt
     floor: ZInt
     budget: ZInt
+    cont_epoch: ZInt  # continues_epoch (0: the epoch started fresh)
+    cont_seq: ZInt  # continues_seq
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,7 @@ class Provider(Record):
 
 @dataclass(frozen=True)
 class Assignment(Record):
-    GUARDS: ClassVar[dict[str, str]] = {"provider": "has_provider", "result": "has_result"}
+    GUARDS: ClassVar[dict[str, str]] = {"provider": "has_provider", "owner": "has_owner", "result": "has_result"}
     used: ZBool
     requester: ZInt
     job_kind: ZInt
@@ -193,10 +201,13 @@ class Assignment(Record):
     hash: ZInt
     has_provider: ZBool
     provider: ZInt
+    has_owner: ZBool
+    owner: ZInt  # provider_owner
     status: ZInt
     has_result: ZBool
     result: ZInt
     version: ZInt
+    updated: ZInt  # updated_at (retention)
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,7 @@ class Outbox(Record):
     relays: ZInt
     has_error: ZBool
     error: ZInt
+    updated: ZInt  # updated_at (retention)
 
 
 def ckpt_index(client: int, stream: int) -> int:
@@ -228,6 +240,7 @@ class Db:
     assignments: tuple[Assignment, ...]
     outbox: tuple[Outbox, ...]
     evt_rows: ZInt  # rows held in event tables (EVT-1: always 0)
+    version_floor: ZInt  # the version a new provider or assignment starts at
 
     @staticmethod
     def fresh(p: str) -> Db:
@@ -241,6 +254,7 @@ class Db:
             assignments=fresh_rows(Assignment, f"{p}.assignment", N),
             outbox=fresh_rows(Outbox, f"{p}.outbox", N),
             evt_rows=z3.Int(f"{p}.evt_rows"),
+            version_floor=z3.Int(f"{p}.version_floor"),
         )
 
 
@@ -259,7 +273,8 @@ def same_events(a: Events, b: Events) -> ZBool:
 
 def db_parts(a: Db, b: Db) -> dict[str, ZBool]:
     """Named equalities of the components of two states (used for frames)."""
-    parts: dict[str, ZBool] = {"epoch_floor": a.epoch_floor == b.epoch_floor, "evt_rows": a.evt_rows == b.evt_rows}
+    parts: dict[str, ZBool] = {"epoch_floor": a.epoch_floor == b.epoch_floor, "evt_rows": a.evt_rows == b.evt_rows,
+                               "version_floor": a.version_floor == b.version_floor}
     for j in range(S):
         parts[f"stream{j}"] = same_stream(a.streams[j], b.streams[j])
         parts[f"events{j}"] = same_events(a.events[j], b.events[j])
@@ -295,6 +310,12 @@ def vhead(db: Db, j: int) -> ZInt:
 
 def vfloor(db: Db, j: int) -> ZInt:
     return z3.If(db.streams[j].exists, db.streams[j].floor, 1)
+
+
+def max_version(db: Db) -> ZInt:
+    """The largest version any provider or assignment has, or a new one would get."""
+    rows: list[Provider | Assignment] = [*db.providers, *db.assignments]
+    return zmax([db.version_floor, *[z3.If(x.used, x.version, db.version_floor) for x in rows]])
 
 
 def max_epoch(db: Db) -> ZInt:
@@ -465,11 +486,13 @@ class OpenAct(Record):
     arg_err: ZInt
     job_kind: ZInt
     canon: ZInt
+    now: ZInt
 
 
 @dataclass(frozen=True)
 class UpdateAct(Record):
-    GUARDS: ClassVar[dict[str, str]] = {"provider": "has_provider", "result": "has_result"}
+    GUARDS: ClassVar[dict[str, str]] = {"provider": "has_provider", "prov_slot": "has_provider",
+                                        "result": "has_result"}
     request: ZInt
     caller: ZInt
     s_request: ZBool  # compute.request
@@ -480,9 +503,11 @@ class UpdateAct(Record):
     status: ZInt
     has_provider: ZBool
     provider: ZInt
+    prov_slot: ZInt  # the provider table slot provider_id names (-1: none of the pooled ids)
     has_result: ZBool
     result: ZInt  # the canonical result
     result_err: ZInt  # 0, or non_canonical_payload for the result
+    now: ZInt
 
 
 @dataclass(frozen=True)
@@ -490,7 +515,8 @@ class EnqueueAct(Record):
     outbox: ZInt
     scope: ZBool  # bridge.enqueue
     arg_err: ZInt
-    digest: ZInt  # hash of [kind, tags, content]
+    digest: ZInt  # hash of [source, kind, tags, content]
+    now: ZInt
 
 
 @dataclass(frozen=True)
@@ -500,6 +526,7 @@ class MarkSentAct(Record):
     arg_err: ZInt
     event_id: ZInt
     relays: ZInt  # the sorted, deduplicated relay list, interned
+    now: ZInt
 
 
 @dataclass(frozen=True)
@@ -508,6 +535,7 @@ class FailureAct(Record):
     scope: ZBool  # bridge.mark_sent
     arg_err: ZInt
     error: ZInt
+    now: ZInt
 
 
 @dataclass(frozen=True)
@@ -535,13 +563,30 @@ class Retention(Record):
 
 
 @dataclass(frozen=True)
+class Windows(Record):
+    """The retention windows of the other tables (``Policy.retain_*``); ``has_*`` False: kept for ever."""
+
+    GUARDS: ClassVar[dict[str, str]] = {"presence": "has_presence", "assignment": "has_assignment",
+                                        "sent": "has_sent", "failed": "has_failed"}
+    has_presence: ZBool
+    presence: ZInt
+    has_assignment: ZBool
+    assignment: ZInt
+    has_sent: ZBool
+    sent: ZInt
+    has_failed: ZBool
+    failed: ZInt
+
+
+@dataclass(frozen=True)
 class CompactAct:
     now: ZInt
     retention: tuple[Retention, ...]  # per stream: its class's retention
+    windows: Windows
 
     @staticmethod
     def fresh(p: str) -> CompactAct:
-        return CompactAct(z3.Int(f"{p}.now"), fresh_rows(Retention, f"{p}.retention", S))
+        return CompactAct(z3.Int(f"{p}.now"), fresh_rows(Retention, f"{p}.retention", S), fresh(Windows, f"{p}.win"))
 
 
 @dataclass(frozen=True)
@@ -632,12 +677,13 @@ def t_append(pre: Db, a: AppendAct, post: Db, r: Result, d: Delta, pol: Policy, 
         seq = head + (2 if bug == "seq_head_plus_2" else 1)
         epoch = z3.If(st.exists, st.epoch, pre.epoch_floor)
         new_stream = Stream(True, epoch, seq, z3.If(z3.And(st.exists, st.floor <= st.head), st.floor, seq),
-                            z3.If(st.exists, st.budget, a.budget))
+                            z3.If(st.exists, st.budget, a.budget), z3.If(st.exists, st.cont_epoch, 0),
+                            z3.If(st.exists, st.cont_seq, 0))
         new_ev = Event(seq, a.key, stored_hash, a.canon, epoch, a.now)
         write = z3.And(err == OK_CODE, z3.Not(any_found))
         failed = z3.And(fail(pre, post, r, d, err), z3.Not(r.has_ret))
         if bug == "stream_created_before_sequence_check":  # the stream row survives a sequence_conflict
-            created = Stream(True, pre.epoch_floor, 0, 1, a.budget)
+            created = Stream(True, pre.epoch_floor, 0, 1, a.budget, 0, 0)
             failed = z3.If(z3.And(err == code(ErrorCode.SEQUENCE_CONFLICT), z3.Not(st.exists)), z3.And(
                 r.code == err, z3.Not(r.wrote), z3.Not(r.has_ret), same_stream(post.streams[j], created),
                 frame(pre, post, {f"stream{j}"}), no_delta(d)), failed)
@@ -771,7 +817,7 @@ def t_provider(pre: Db, a: ProviderAct, post: Db, r: Result, d: Delta, pol: Poli
         noop = z3.And(old.used, old.hash == digest, old.kinds == a.kinds, old.price == a.price,
                       old.status == a.status, bug != "republish_bumps_version")
         new = Provider(True, a.caller, a.canon, digest, a.kinds, a.price, a.status,
-                       z3.If(old.used, old.version + 1, 1))
+                       z3.If(old.used, old.version + 1, pre.version_floor))
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(noop)),
             z3.And(r.code == OK_CODE, r.wrote, same(post.providers[i], new), frame(pre, post, {f"provider{i}"}),
@@ -795,7 +841,8 @@ def t_open(pre: Db, a: OpenAct, post: Db, r: Result, d: Delta, pol: Policy, bug:
             (z3.And(old.used, z3.Not(z3.And(old.hash == digest, old.job_kind == a.job_kind))),
              code(ErrorCode.IDEMPOTENCY_CONFLICT)),
         ])
-        new = Assignment(True, a.caller, a.job_kind, a.canon, digest, False, 0, A_STATUS["open"], False, 0, 1)
+        new = Assignment(True, a.caller, a.job_kind, a.canon, digest, False, 0, False, 0, A_STATUS["open"], False, 0,
+                         pre.version_floor, a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(old.used)),
             z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
@@ -807,11 +854,17 @@ def t_open(pre: Db, a: OpenAct, post: Db, r: Result, d: Delta, pol: Policy, bug:
 
 
 def _role(name: str, a: UpdateAct, row: Assignment) -> ZBool:
-    roles = {"requester": a.caller == row.requester, "compute.request": a.s_request,
-             "compute.assign": a.s_assign, "compute.execute": a.s_execute}
-    if name not in roles:
+    """A role of ``spec.transitions.ASSIGNMENT_ROLES``: its scope, and the row column the caller must be."""
+    if name not in ASSIGNMENT_ROLES:
         raise KeyError(f"the encoding does not know the role {name!r} of spec.transitions.ASSIGNMENT_TRANSITIONS")
-    return roles[name]
+    role = ASSIGNMENT_ROLES[name]
+    scopes = {None: z3.BoolVal(True), "compute.request": a.s_request, "compute.assign": a.s_assign,
+              "compute.execute": a.s_execute}
+    columns = {None: z3.BoolVal(True), "requester": a.caller == row.requester,
+               "provider_owner": z3.And(row.has_owner, a.caller == row.owner)}
+    if role.scope not in scopes or role.identity_column not in columns:
+        raise KeyError(f"the encoding does not know the scope or column of role {name!r}")
+    return z3.And(scopes[role.scope], columns[role.identity_column])
 
 
 def edge_allowed(old: ZInt, new: ZInt) -> ZBool:
@@ -830,6 +883,12 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
     def at(i: int) -> ZBool:
         old = pre.assignments[i]
         assigned = a.status == A_STATUS["assigned"]
+        exists = z3.Or([z3.And(a.prov_slot == k, p.used) for k, p in enumerate(pre.providers)])
+        p_status = pick([p.status for p in pre.providers], a.prov_slot)
+        p_kinds = pick([p.kinds for p in pre.providers], a.prov_slot)
+        p_owner = pick([p.owner for p in pre.providers], a.prov_slot)
+        unavailable = z3.And(assigned, z3.Or(z3.Not(exists), p_status != PROV_STATUS["active"],
+                                             z3.Not(ADVERTISES(p_kinds, old.job_kind))))
         err = first_error([
             (z3.Not(z3.Or(a.s_request, a.s_assign, a.s_execute)), MS),
             (z3.Or(a.arg_err != OK_CODE, z3.Not(one_of(a.status, A_STATUS.values()))), IA),
@@ -842,18 +901,20 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
             (z3.Not(_may_take(a, old)), FORBIDDEN),
             (z3.And(z3.Not(assigned), a.has_provider,
                     z3.Not(z3.And(old.has_provider, old.provider == a.provider))), IA),
+            (unavailable, code(ErrorCode.PROVIDER_UNAVAILABLE)),
         ])
         new = Assignment(True, old.requester, old.job_kind, old.request, old.hash,
                          z3.If(assigned, True, old.has_provider), z3.If(assigned, a.provider, old.provider),
+                         z3.If(assigned, True, old.has_owner), z3.If(assigned, p_owner, old.owner),
                          a.status, a.has_result, a.result,
-                         old.version + (0 if bug == "assignment_version_not_bumped" else 1))
+                         old.version + (0 if bug == "assignment_version_not_bumped" else 1), a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             err == OK_CODE,
             z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
                    frame(pre, post, {f"assignment{i}"}), no_delta(d)),
             fail(pre, post, r, d, err)))
 
-    return z3.And(arg_err_ok("update", a.arg_err),
+    return z3.And(arg_err_ok("update", a.arg_err), z3.Implies(a.has_provider, in_range(a.prov_slot, -1, N)),
                   one_of(a.result_err, (OK_CODE, code(ErrorCode.NON_CANONICAL_PAYLOAD))),
                   z3.Implies(z3.And(a.has_result, a.result_err == OK_CODE), CANON(a.result)),
                   per_slot(a.request, N, at))
@@ -869,7 +930,7 @@ def t_enqueue(pre: Db, a: EnqueueAct, post: Db, r: Result, d: Delta, pol: Policy
             (a.arg_err != OK_CODE, a.arg_err),
             (z3.And(old.used, old.content_hash != a.digest), code(ErrorCode.IDEMPOTENCY_CONFLICT)),
         ])
-        new = Outbox(True, a.digest, B_STATUS["pending"], 0, False, 0, RELAYS_NONE, False, 0)
+        new = Outbox(True, a.digest, B_STATUS["pending"], 0, False, 0, RELAYS_NONE, False, 0, a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(old.used)),
             z3.And(r.code == OK_CODE, r.wrote, same(post.outbox[i], new), frame(pre, post, {f"outbox{i}"}),
@@ -880,7 +941,8 @@ def t_enqueue(pre: Db, a: EnqueueAct, post: Db, r: Result, d: Delta, pol: Policy
 
 
 def t_mark_sent(pre: Db, a: MarkSentAct, post: Db, r: Result, d: Delta, pol: Policy, bug: str = "") -> ZBool:
-    """``mark_bridge_event_sent``: to sent; sent again with the same id is a no-op, another id a conflict."""
+    """``mark_bridge_event_sent``: to sent; sent again with the same id merges the relays (a no-op when it
+    adds none), another id a conflict."""
 
     def at(i: int) -> ZBool:
         old = pre.outbox[i]
@@ -892,10 +954,12 @@ def t_mark_sent(pre: Db, a: MarkSentAct, post: Db, r: Result, d: Delta, pol: Pol
             (z3.And(sent, z3.Not(z3.And(old.has_event_id, old.event_id == a.event_id))),
              code(ErrorCode.BRIDGE_EVENT_CONFLICT)),
         ])
-        new = Outbox(True, old.content_hash, B_STATUS["sent"], old.attempts, True, a.event_id, a.relays,
-                     old.has_error, old.error)
+        relays = z3.If(sent, MERGE(old.relays, a.relays), a.relays)
+        new = Outbox(True, old.content_hash, B_STATUS["sent"], old.attempts, True, a.event_id, relays,
+                     old.has_error, old.error, a.now)
+        adds = z3.Or(z3.Not(sent), relays != old.relays)  # a repeated success writes only when it adds a relay
         return z3.And(z3.Not(r.has_ret), z3.If(
-            z3.And(err == OK_CODE, z3.Not(sent)),
+            z3.And(err == OK_CODE, adds),
             z3.And(r.code == OK_CODE, r.wrote, same(post.outbox[i], new), frame(pre, post, {f"outbox{i}"}),
                    no_delta(d)),
             fail(pre, post, r, d, err)))
@@ -916,7 +980,7 @@ def t_failure(pre: Db, a: FailureAct, post: Db, r: Result, d: Delta, pol: Policy
         attempts = old.attempts + 1
         dead = attempts > pol.max_attempts if bug == "failure_past_max" else attempts >= pol.max_attempts
         new = Outbox(True, old.content_hash, z3.If(dead, B_STATUS["failed"], B_STATUS["pending"]),
-                     attempts, old.has_event_id, old.event_id, old.relays, True, a.error)
+                     attempts, old.has_event_id, old.event_id, old.relays, True, a.error, a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, old.status == B_STATUS["pending"]),
             z3.And(r.code == OK_CODE, r.wrote, same(post.outbox[i], new), frame(pre, post, {f"outbox{i}"}),
@@ -941,7 +1005,7 @@ def t_reset(pre: Db, a: ResetAct, post: Db, r: Result, d: Delta, pol: Policy, bu
     def at(j: int) -> ZBool:
         st, ev = pre.streams[j], pre.events[j]
         err = first_error([(z3.Not(a.scope), MS), (a.arg_err != OK_CODE, a.arg_err), (z3.Not(st.exists), IA)])
-        new = Stream(True, st.epoch + 1, st.head, st.head + 1, st.budget)
+        new = Stream(True, st.epoch + 1, st.head, st.head + 1, st.budget, 0, 0)  # a fresh epoch continues nothing
         events = post.events[j].n == 0
         dels = ev.n
         return z3.And(z3.Not(r.has_ret), z3.If(
@@ -969,10 +1033,42 @@ def compaction_cut(ev: Events, ret: Retention, now: ZInt) -> ZInt:
     return cut
 
 
+def _past(window_on: ZBool, window: ZInt, stamp: ZInt, now: ZInt) -> ZBool:
+    return z3.And(window_on, stamp < now - window)
+
+
+def retention_drops(pre: Db, a: CompactAct) -> dict[str, ZBool]:
+    """Which rows of the other tables retention removes: offline presence past its window after
+    last_seen, terminal assignments and sent / failed outbox rows past theirs after updated_at."""
+    w = a.windows
+    out: dict[str, ZBool] = {}
+    for i, p in enumerate(pre.presence):
+        out[f"presence{i}"] = z3.And(p.used, p.status == P_OFFLINE, _past(w.has_presence, w.presence, p.last_seen,
+                                                                           a.now))
+    for i, x in enumerate(pre.assignments):
+        out[f"assignment{i}"] = z3.And(x.used, one_of(x.status, A_TERMINAL),
+                                       _past(w.has_assignment, w.assignment, x.updated, a.now))
+    for i, b in enumerate(pre.outbox):
+        out[f"outbox{i}"] = z3.And(b.used, z3.Or(
+            z3.And(b.status == B_STATUS["sent"], _past(w.has_sent, w.sent, b.updated, a.now)),
+            z3.And(b.status == B_STATUS["failed"], _past(w.has_failed, w.failed, b.updated, a.now))))
+    return out
+
+
 def t_compact(pre: Db, a: CompactAct, post: Db, r: Result, d: Delta, pol: Policy, bug: str = "") -> ZBool:
     """``compact``: per stream, drop the leading events past retention; floor_seq becomes
-    max(floor_seq, last dropped seq + 1) (dropping old-epoch events below the floor keeps it)."""
+    max(floor_seq, last dropped seq + 1) (dropping old-epoch events below the floor keeps it).  And
+    retention of the other tables (:func:`retention_drops`)."""
     parts: list[ZBool] = [r.code == OK_CODE, z3.Not(r.has_ret)]
+    drops = retention_drops(pre, a)
+    rows: dict[str, tuple[Any, Any]] = {**{f"presence{i}": (x, post.presence[i]) for i, x in enumerate(pre.presence)},
+            **{f"assignment{i}": (x, post.assignments[i]) for i, x in enumerate(pre.assignments)},
+            **{f"outbox{i}": (x, post.outbox[i]) for i, x in enumerate(pre.outbox)}}
+    for name, (before, after) in rows.items():
+        parts.append(z3.If(drops[name], z3.Not(after.used), same(after, before)))
+    w = a.windows
+    parts += [z3.Implies(flag, v >= 0) for flag, v in ((w.has_presence, w.presence), (w.has_assignment, w.assignment),
+                                                        (w.has_sent, w.sent), (w.has_failed, w.failed))]
     cuts = []
     for j in range(S):
         st, ev = pre.streams[j], pre.events[j]
@@ -981,32 +1077,57 @@ def t_compact(pre: Db, a: CompactAct, post: Db, r: Result, d: Delta, pol: Policy
         cut = z3.If(st.exists, compaction_cut(ev, ret, a.now), 0)
         cuts.append(cut)
         last = pick([e.seq for e in ev.slots], cut - 1)
-        floor = {"compaction_keeps_floor": st.floor, "compaction_floor_from_cut": last + 1}.get(
-            bug, zmax([st.floor, last + 1]))
+        floor = st.floor if bug == "compaction_keeps_floor" else zmax([st.floor, last + 1])
         parts.append(z3.If(cut > 0, z3.And(
-            same_stream(post.streams[j], Stream(True, st.epoch, st.head, floor, st.budget)),
+            same_stream(post.streams[j], Stream(True, st.epoch, st.head, floor, st.budget, st.cont_epoch, st.cont_seq)),
             dropped_prefix(ev, cut, post.events[j])),
             z3.And(same_stream(post.streams[j], st), same_events(post.events[j], ev))))
-    parts.append(frame(pre, post, {f"{x}{j}" for j in range(S) for x in ("stream", "events")}))
+    # an assignment removed for good takes its versions with it: the floor rises above them
+    parts.append(post.version_floor == zmax([pre.version_floor, *[
+        z3.If(drops[f"assignment{i}"], x.version + 1, pre.version_floor) for i, x in enumerate(pre.assignments)]]))
+    parts.append(frame(pre, post, {f"{x}{j}" for j in range(S) for x in ("stream", "events")} | set(rows)
+                       | {"version_floor"}))
     parts.append(delta(d, dels=dict(enumerate(cuts))))
-    parts.append(r.wrote == z3.Or([c > 0 for c in cuts]))
+    parts.append(r.wrote == z3.Or([c > 0 for c in cuts] + list(drops.values())))
     return z3.And(parts)
 
 
 def t_unclean_restart(pre: Db, a: RestartAct, post: Db, r: Result, d: Delta, pol: Policy, bug: str = "") -> ZBool:
     """``unclean_restart`` applied to the durable state: every stream, and the epoch of streams
     created later, moves to max(all epochs, epoch_floor) + max_undurable + 1; each stream's new
-    epoch starts empty (floor_seq = head_seq + 1), its retained events staying below the floor."""
+    epoch continues the old one (continues_epoch = old epoch, continues_seq = head, floor kept) and
+    its retained events and checkpoints of the old epoch are relabelled to the new one.  Every
+    provider and assignment, and version_floor, move to max_version + max_undurable + 1."""
     fresh_epoch = zmax([pre.epoch_floor, *[z3.If(s.exists, s.epoch, pre.epoch_floor) for s in pre.streams]]) \
         + a.undurable + 1
     bumped = bug != "no_epoch_bump_on_crash"
+    new_epoch = fresh_epoch if bumped else None
     parts: list[ZBool] = [a.undurable >= 1, r.code == OK_CODE, z3.Not(r.has_ret), r.wrote, no_delta(d),
                           post.epoch_floor == (fresh_epoch if bumped else pre.epoch_floor)]
     for j, st in enumerate(pre.streams):
-        floor = st.floor if bug == "restart_keeps_floor" else st.head + 1
-        parts.append(same_stream(post.streams[j], Stream(st.exists, fresh_epoch if bumped else st.epoch, st.head,
-                                                         floor, st.budget)))
-    parts.append(frame(pre, post, {"epoch_floor", *(f"stream{j}" for j in range(S))}))
+        epoch = st.epoch if new_epoch is None else new_epoch
+        parts.append(same_stream(post.streams[j], Stream(st.exists, epoch, st.head, st.floor, st.budget, st.epoch,
+                                                         st.head)))
+        ev, pev = pre.events[j], post.events[j]
+        parts.append(pev.n == ev.n)
+        for i in range(K):
+            e = ev.slots[i]
+            moved = e.epoch if bug == "restart_without_relabel" else z3.If(e.epoch == st.epoch, epoch, e.epoch)
+            parts.append(z3.Implies(i < ev.n, same_event(pev.slots[i], replace(e, epoch=moved))))
+        for c in range(C):
+            k = ckpt_index(c, j)
+            ck = pre.ckpts[k]
+            parts.append(same(post.ckpts[k], replace(ck, epoch=z3.If(z3.And(st.exists, ck.epoch == st.epoch), epoch,
+                                                                      ck.epoch))))
+    version = max_version(pre) + a.undurable + 1
+    parts.append(post.version_floor == version)
+    pairs: list[tuple[Provider | Assignment, Provider | Assignment]] = [
+        *zip(pre.providers, post.providers, strict=True), *zip(pre.assignments, post.assignments, strict=True)]
+    for x, y in pairs:
+        parts.append(same(y, replace(x, version=version)))
+    parts.append(frame(pre, post, {"epoch_floor", "version_floor", *(f"stream{j}" for j in range(S)),
+                                   *(f"events{j}" for j in range(S)), *(f"ckpt{k}" for k in range(C * S)),
+                                   *(f"provider{i}" for i in range(N)), *(f"assignment{i}" for i in range(N))}))
     return z3.And(parts)
 
 
@@ -1029,11 +1150,9 @@ BUGS: dict[str, tuple[str, str]] = {
     "assignment_version_not_bumped": ("update_compute_assignment", "an assignment update keeps its version"),
     "failure_past_max": ("record_bridge_failure", "a row goes failed only past the maximum attempts"),
     "compaction_keeps_floor": ("compact", "compaction drops events but leaves floor_seq"),
-    "compaction_floor_from_cut": ("compact", "compaction sets floor_seq = last dropped seq + 1, lowering the floor "
-                                  "when it drops only old-epoch events below it"),
     "no_epoch_bump_on_crash": ("unclean_restart", "an unclean restart keeps epochs"),
-    "restart_keeps_floor": ("unclean_restart", "an unclean restart moves epochs but keeps floor_seq (the "
-                            "retained old-epoch events stay resumable in the new epoch)"),
+    "restart_without_relabel": ("unclean_restart", "an unclean restart continues the epochs but leaves the retained "
+                                "events in the old one (resumes in the new epoch would miss them)"),
     "disconnect_ignores_expiry": ("disconnect_sessions", "a disconnect marks an already-expired live session "
                                   "disconnected with last_seen = now"),
 }
@@ -1080,8 +1199,8 @@ DB_TRANSITION_BY_NAME = {t.name: t for t in DB_TRANSITIONS}
 
 
 def initial(db: Db) -> ZBool:
-    """``DbState()``: no rows, epoch_floor 1."""
-    parts: list[ZBool] = [db.epoch_floor == 1, db.evt_rows == 0]
+    """``DbState()``: no rows, epoch_floor and version_floor 1."""
+    parts: list[ZBool] = [db.epoch_floor == 1, db.evt_rows == 0, db.version_floor == 1]
     parts += [z3.Not(s.exists) for s in db.streams]
     parts += [e.n == 0 for e in db.events]
     for rows in (db.ckpts, db.presence, db.providers, db.assignments, db.outbox):

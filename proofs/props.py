@@ -12,6 +12,8 @@ order", which the model maintains and the encoding of compaction relies on.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import z3
 
 from proofs.core import OK_CODE, ZBool, ZInt, code, one_of, same
@@ -27,6 +29,7 @@ from proofs.encoding import (
     P_STATUS,
     PROV_STATUS,
     AppendAct,
+    Assignment,
     C,
     Db,
     Delta,
@@ -34,6 +37,7 @@ from proofs.encoding import (
     K,
     N,
     Policy,
+    Provider,
     Result,
     S,
     ckpt_index,
@@ -52,22 +56,40 @@ from spec.errors import ErrorCode
 
 def seq1(db: Db) -> ZBool:
     """SEQ-1 (slot form), and the epoch facts it rests on: a stream's retained events, in table
-    order, have seqs ``b, b + 1, ..., head`` (contiguous, ending at head, ``b >= 1``) with
-    ``b <= floor`` (so those at or above floor are exactly ``floor..head``); those at or above floor
-    carry the stream's epoch, those below it an earlier one (>= 1).  Epochs are >= 1; a stream's
-    epoch is at least ``epoch_floor`` (a new stream gets ``epoch_floor``)."""
+    order, have seqs ``floor, floor + 1, ..., head`` (contiguous, from the floor to the head) and
+    all carry the stream's epoch; ``1 <= floor <= head + 1``.  An epoch continues another only below
+    it and up to a seq at most the head (``cont_epoch = 0`` or ``0 < cont_epoch < epoch``,
+    ``cont_seq <= head``).  Epochs are >= 1; a stream's epoch is at least ``epoch_floor`` (a new
+    stream gets ``epoch_floor``)."""
     parts: list[ZBool] = [db.epoch_floor >= 1]
     for j in range(S):
         st, ev = db.streams[j], db.events[j]
-        base = st.head - ev.n + 1  # the first retained seq
-        slots = [z3.Implies(i < ev.n, z3.And(
-            ev.slots[i].seq == base + i, ev.slots[i].epoch >= 1,
-            z3.If(ev.slots[i].seq >= st.floor, ev.slots[i].epoch == st.epoch, ev.slots[i].epoch < st.epoch)))
-            for i in range(K)]
+        slots = [z3.Implies(i < ev.n, z3.And(ev.slots[i].seq == st.floor + i, ev.slots[i].epoch == st.epoch))
+                 for i in range(K)]
         parts.append(z3.And(ev.n >= 0, ev.n <= K))
-        parts.append(z3.If(st.exists, z3.And(st.floor >= 1, st.floor <= st.head + 1, base >= 1, base <= st.floor,
-                                             st.epoch >= db.epoch_floor, *slots),
+        parts.append(z3.If(st.exists, z3.And(st.floor >= 1, st.floor <= st.head + 1, ev.n == st.head - st.floor + 1,
+                                             st.epoch >= db.epoch_floor, st.cont_epoch >= 0,
+                                             z3.Implies(st.cont_epoch != 0, z3.And(st.cont_epoch < st.epoch,
+                                                                                   st.cont_seq <= st.head)),
+                                             *slots),
                            ev.n == 0))
+    return z3.And(parts)
+
+
+def seq3_restart(pre: Db, post: Db) -> ZBool:
+    """SEQ-3's one exception, the recovery transaction (CONT-1): heads and floors kept, epochs raised,
+    every retained event kept but for its epoch, which moves from the stream's old epoch to its new."""
+    parts: list[ZBool] = []
+    for j in range(S):
+        a, b = pre.streams[j], post.streams[j]
+        parts.append(z3.Implies(a.exists, z3.And(b.exists, b.head == a.head, b.floor == a.floor, b.epoch > a.epoch,
+                                                 b.cont_epoch == a.epoch, b.cont_seq == a.head)))
+        ea, eb = pre.events[j], post.events[j]
+        parts.append(eb.n == ea.n)
+        for i in range(K):
+            x, y = ea.slots[i], eb.slots[i]
+            parts.append(z3.Implies(i < ea.n, z3.And(same_event(replace(x, epoch=y.epoch), y),
+                                                    y.epoch == z3.If(x.epoch == a.epoch, b.epoch, x.epoch))))
     return z3.And(parts)
 
 
@@ -116,11 +138,14 @@ def pres1(db: Db) -> ZBool:
 
 
 def assign2(db: Db) -> ZBool:
-    """ASSIGN-2."""
+    """ASSIGN-2 (and version_floor >= 1, which new rows start at)."""
     named = tuple(A_STATUS[s] for s in ("assigned", "running", "completed", "failed"))
-    return z3.And([z3.Implies(a.used, z3.And(one_of(a.status, A_STATUS.values()), a.version >= 1,
-                                             z3.Implies(one_of(a.status, named), a.has_provider)))
-                   for a in db.assignments])
+    rows = [z3.Implies(a.used, z3.And(one_of(a.status, A_STATUS.values()), a.version >= 1,
+                                      z3.Implies(one_of(a.status, named), z3.And(a.has_provider, a.has_owner)),
+                                      z3.Implies(a.status == A_STATUS["open"],
+                                                 z3.Not(z3.Or(a.has_provider, a.has_owner)))))
+            for a in db.assignments]
+    return z3.And(db.version_floor >= 1, *rows)
 
 
 def bridge1(db: Db, pol: Policy) -> ZBool:
@@ -133,9 +158,21 @@ def bridge1(db: Db, pol: Policy) -> ZBool:
 
 def prov_state(db: Db) -> ZBool:
     """The state part of the provider checks (``check_state`` files them under HASH-1): a valid
-    status and version >= 1."""
-    return z3.And([z3.Implies(p.used, z3.And(one_of(p.status, PROV_STATUS.values()), p.version >= 1))
-                   for p in db.providers])
+    status and version >= 1 (and version_floor >= 1, which new rows start at)."""
+    return z3.And(db.version_floor >= 1, *[z3.Implies(p.used, z3.And(one_of(p.status, PROV_STATUS.values()),
+                                                                     p.version >= 1)) for p in db.providers])
+
+
+def versions_raised(pre: Db, post: Db) -> ZBool:
+    """The recovery transaction's exception to PROV-1 and ASSIGN-1 (VER-1): rows keep their content
+    and their versions only rise."""
+    parts: list[ZBool] = [post.version_floor >= pre.version_floor]
+    pairs: list[tuple[Provider | Assignment, Provider | Assignment]] = [
+        *zip(pre.providers, post.providers, strict=True), *zip(pre.assignments, post.assignments, strict=True)]
+    for a, b in pairs:
+        parts.append(z3.And(a.used == b.used, z3.Implies(a.used, z3.And(same(b, replace(a, version=b.version)),
+                                                                       b.version > a.version))))
+    return z3.And(parts)
 
 
 def evt1(db: Db) -> ZBool:
@@ -184,7 +221,8 @@ def assign1(pre: Db, post: Db) -> ZBool:
 def bridge2(pre: Db, post: Db) -> ZBool:
     """BRIDGE-2."""
     return z3.And([z3.Implies(z3.And(a.used, b.used), z3.And(
-        z3.Implies(a.status == B_STATUS["sent"], same(a, b)), b.attempts >= a.attempts))
+        z3.Implies(a.status == B_STATUS["sent"], same(a, replace(b, relays=a.relays, updated=a.updated))),
+        b.attempts >= a.attempts))
         for a, b in zip(pre.outbox, post.outbox, strict=True)])
 
 

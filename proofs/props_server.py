@@ -21,7 +21,8 @@ def ledger_ok(w: World) -> ZBool:
 
 def epoch_consistent(db: Db) -> ZBool:
     """A-EPOCH: a retained event carries its stream's current epoch exactly when it is at or above
-    the stream's floor_seq (the events kept below it, after an unclean restart, are older epochs)."""
+    the stream's floor_seq (since ADR-0003 every retained event is: an unclean restart relabels the
+    retained events into the epoch that continues theirs)."""
     return z3.And([z3.Implies(z3.And(db.streams[j].exists, i < db.events[j].n),
                               (db.events[j].slots[i].epoch == db.streams[j].epoch)
                               == (db.events[j].slots[i].seq >= db.streams[j].floor))

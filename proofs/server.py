@@ -238,7 +238,13 @@ def t_deliver(pre: World, d: Delta, post: World, crash: bool, aux: str, bug: str
         a, b = pre.ledger[j], post.ledger[j]
         hit = z3.And(d.ins, d.ins_stream == j)
         parts.append(b.hash == z3.If(hit, z3.Store(a.hash, d.ins_ev.seq, d.ins_ev.hash), a.hash))
-        parts.append(b.epoch == z3.If(hit, z3.Store(a.epoch, d.ins_ev.seq, d.ins_ev.epoch), a.epoch))
+        if crash:  # the new epoch continues the old one: the ledger's events of it up to the head move too
+            old, new = pre.db.streams[j], post.db.streams[j]
+            x = z3.Int(f"{aux}.seq{j}")
+            parts.append(b.epoch == z3.If(old.exists, z3.Lambda([x], z3.If(
+                z3.And(x <= old.head, a.epoch[x] == old.epoch), new.epoch, a.epoch[x])), a.epoch))
+        else:
+            parts.append(b.epoch == z3.If(hit, z3.Store(a.epoch, d.ins_ev.seq, d.ins_ev.epoch), a.epoch))
     s, t = pre.sub, post.sub
     if crash:
         return z3.And(*parts, z3.Not(t.active))
@@ -547,8 +553,8 @@ class ReadCase(Record):
     granted: ZBool  # the reader's grants cover the row's stream_id
     owner: ZBool  # the row's owner is the reader
     requester: ZBool  # the row's requester is the reader
-    provider_owner: ZBool  # the row names a provider whose owner is the reader
-    compute_scope: ZBool  # the reader holds compute.assign or compute.execute
+    provider_owner: ZBool  # the row's provider_owner is the reader
+    assign_scope: ZBool  # the reader holds compute.assign
     bridge_scope: ZBool  # the reader holds a bridge scope
     matches: ZBool  # the row matches the query
 
@@ -561,7 +567,7 @@ def _visibility(vis: Visibility, c: ReadCase) -> ZBool:
     if vis is Visibility.OWNER:
         return c.owner
     if vis is Visibility.COMPUTE:
-        return z3.Or(c.requester, c.compute_scope, c.provider_owner)
+        return z3.Or(c.requester, c.assign_scope, c.provider_owner)
     if vis is Visibility.BRIDGE:
         return c.bridge_scope
     raise KeyError(f"the encoding does not know visibility {vis}")
@@ -583,7 +589,7 @@ AUTH1_RULES: dict[str, str] = {
 
 def auth1_allowed(c: ReadCase) -> ZBool:
     rules = {"granted": c.granted, "owner": c.owner, "bridge": c.bridge_scope,
-             "compute": z3.Or(c.requester, c.provider_owner, c.compute_scope)}
+             "compute": z3.Or(c.requester, c.provider_owner, c.assign_scope)}
     return z3.And([z3.Implies(c.table == i, rules[AUTH1_RULES[t.name]]) for i, t in enumerate(TABLES)
                    if t.name in AUTH1_RULES])
 

@@ -118,7 +118,7 @@ def _true(_: Step) -> ZBool:
 
 
 def _seq_step(s: Step) -> ZBool:
-    goal = P.seq3(s.pre, s.post)
+    goal = P.seq3_restart(s.pre, s.post) if s.transition == "unclean_restart" else P.seq3(s.pre, s.post)
     if s.transition == "append_sync_event":
         assert isinstance(s.act, E.AppendAct)
         goal = z3.And(goal, P.seq4(s.pre, s.act, s.res, s.delta))
@@ -178,10 +178,10 @@ def _epoch_step(s: Step) -> ZBool:
 
 
 DB_PROOFS: tuple[Proof, ...] = (
-    db_proof("seq", "retained seqs run contiguously up to head, floor..head in the current epoch; heads, floors, "
-             "epochs never fall; append takes head+1",
+    db_proof("seq", "the retained seqs are exactly floor..head, in the current epoch; heads, floors, epochs never "
+             "fall (recovery relabels the continued epoch's events); append takes head+1",
              ("SEQ-1", "SEQ-3", "SEQ-4"),
-             ("seq_head_plus_2", "compaction_keeps_floor", "compaction_floor_from_cut", "restart_keeps_floor"),
+             ("seq_head_plus_2", "compaction_keeps_floor", "restart_without_relabel"),
              lambda db, pol: P.seq1(db), _seq_step),
     db_proof("idem", "keys and seqs unique; a retry returns its seq and writes nothing; a different payload conflicts",
              ("IDEM-1", "IDEM-2", "IDEM-3"), ("sequence_before_dedupe", "dedupe_without_hash_compare"),
@@ -194,15 +194,18 @@ DB_PROOFS: tuple[Proof, ...] = (
     db_proof("pres", "presence rows are well formed; sweeps leave no expired live row; one signal per change",
              ("PRES-1", "PRES-2"), ("sweep_strict_expiry", "offline_reason_not_set", "disconnect_ignores_expiry"),
              lambda db, pol: P.pres1(db), _pres_step),
-    db_proof("assign", "assignments move only along the edge table, version + 1; assigned rows name a provider",
+    db_proof("assign", "assignments move only along the edge table, version + 1 (recovery only raises versions); "
+             "assigned rows name a provider and its owner",
              ("ASSIGN-1", "ASSIGN-2"), ("assignment_version_not_bumped",),
-             lambda db, pol: P.assign2(db), lambda s: P.assign1(s.pre, s.post)),
+             lambda db, pol: P.assign2(db), lambda s: P.versions_raised(s.pre, s.post)
+             if s.transition == "unclean_restart" else P.assign1(s.pre, s.post)),
     db_proof("bridge", "sent iff an event id; failed at the maximum attempts; sent rows never change",
              ("BRIDGE-1", "BRIDGE-2"), ("failure_past_max",),
              lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post)),
-    db_proof("prov", "a provider's version rises by one exactly on a content change",
+    db_proof("prov", "a provider's version rises by one exactly on a content change (recovery only raises versions)",
              ("PROV-1",), ("republish_bumps_version",),
-             lambda db, pol: P.prov_state(db), lambda s: P.prov1(s.pre, s.post)),
+             lambda db, pol: P.prov_state(db), lambda s: P.versions_raised(s.pre, s.post)
+             if s.transition == "unclean_restart" else P.prov1(s.pre, s.post)),
     db_proof("evt", "event-table rows are never in the state",
              ("EVT-1",), ("event_rows_persisted",), lambda db, pol: P.evt1(db), _true),
     db_proof("auth-calls", "without its scope or stream grant a call fails first with missing_scope/forbidden_stream "
@@ -284,7 +287,7 @@ RESUME_PROOF = Proof(
 EPOCH_CONSISTENT_PROOF = db_proof(
     "epoch-consistent", "lemma A-EPOCH: a retained event is in its stream's current epoch exactly when it is at "
     "or above floor_seq (the resume theorem's snapshot filters on the epoch)", ("REPLAY-2",),
-    ("restart_keeps_floor",),
+    ("restart_without_relabel",),
     lambda db, pol: PS.epoch_consistent(db), _true, lemma=PS.epoch_consistent)
 
 

@@ -16,7 +16,8 @@ delete plus an insert, as the wire reports it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from spec.errors import LocalProtocolError
 from spec.schema import TABLES
@@ -46,6 +47,7 @@ class Db:
         self.pk: dict[str, dict[object, Row]] = {name: {} for name in PK_TABLES}
         self.logs: dict[str, StreamLog] = {}
         self.epoch_floor = 1
+        self.version_floor = 1  # the version a new provider or assignment starts at (ADR-0003)
 
     def get(self, table: str, key: object) -> Row | None:
         return self.pk[table].get(key)
@@ -98,6 +100,14 @@ class Db:
             raise LocalProtocolError(f"row to delete not found in {table}")
         del self.pk[table][key]
 
+    def relabel_events(self, stream_id: str, old_epoch: int, new_epoch: int) -> None:
+        """Move a stream's retained events of ``old_epoch`` to ``new_epoch`` in place (an unclean
+        restart's continuation, ADR-0003): seqs, keys and positions are unchanged."""
+        log = self.logs.get(stream_id)
+        if log is None:
+            return
+        log.events = [replace(e, epoch=new_epoch) if e.epoch == old_epoch else e for e in log.events]
+
     def _restore(self, row: Row) -> None:
         """Undo a delete (rollback only)."""
         if isinstance(row, SyncEvent):
@@ -122,11 +132,12 @@ class Txn:
 
     def __init__(self, db: Db) -> None:
         self.db = db
-        self.undo: list[tuple[str, Row]] = []  # ("ins"|"del", row) as applied
+        self.undo: list[tuple[str, Any]] = []  # ("ins"|"del", row) or ("relabel", (stream, old, new)), as applied
         self.deletes: dict[str, list[Row]] = {}
         self.inserts: dict[str, list[Row]] = {}
         self.events: dict[str, list[Row]] = {}
         self.old_epoch_floor = db.epoch_floor
+        self.old_version_floor = db.version_floor
 
     def insert(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
@@ -152,16 +163,27 @@ class Txn:
             self.delete(old)
             self.insert(new)
 
+    def relabel_events(self, stream_id: str, old_epoch: int, new_epoch: int) -> None:
+        """:meth:`Db.relabel_events`, undone by a rollback.  Not part of the delta: the recovery record
+        that does it names the move in its stream rows (continues_epoch -> epoch), and recovery and
+        replay re-derive the relabel from them (reference.engine.apply_record)."""
+        self.db.relabel_events(stream_id, old_epoch, new_epoch)
+        self.undo.append(("relabel", (stream_id, old_epoch, new_epoch)))
+
     @property
     def wrote(self) -> bool:
         return any(self.deletes.values()) or any(self.inserts.values()) or any(self.events.values()) \
-            or self.db.epoch_floor != self.old_epoch_floor
+            or self.db.epoch_floor != self.old_epoch_floor or self.db.version_floor != self.old_version_floor
 
     def rollback(self) -> None:
         for op, row in reversed(self.undo):
             if op == "ins":
                 self.db._delete(row)
+            elif op == "relabel":
+                stream_id, old_epoch, new_epoch = row
+                self.db.relabel_events(stream_id, new_epoch, old_epoch)
             else:
                 self.db._restore(row)
         self.db.epoch_floor = self.old_epoch_floor
+        self.db.version_floor = self.old_version_floor
         self.undo.clear()

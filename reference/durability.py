@@ -39,6 +39,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -51,7 +52,7 @@ from spec.policy import DEFAULT_POLICY, Policy, StreamClass
 
 DB_FILE = "syncref.sqlite3"
 LOCK_FILE = "syncref.lock"
-FORMAT = "1"
+FORMAT = "2"  # 2: the schema-2 row shapes of ADR-0003 (a format-1 log holds schema-1 rows)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commit_log (
@@ -129,11 +130,16 @@ def record_from_row(row: Sequence[Any]) -> TxRecord:
         raise LogCorruption(offset, f"{type(exc).__name__}: {exc}") from exc
 
 
+_RETENTION_KNOBS = ("retain_offline_presence_us", "retain_terminal_assignment_us", "retain_sent_outbox_us",
+                    "retain_failed_outbox_us")
+
+
 def policy_json(p: Policy) -> dict[str, Any]:
     return {"classes": [[prefix, asdict(c)] for prefix, c in p.classes], "default_class": asdict(p.default_class),
             "presence_min_ttl_ms": p.presence_min_ttl_ms, "presence_max_ttl_ms": p.presence_max_ttl_ms,
             "bridge_kinds": sorted(p.bridge_kinds), "bridge_max_attempts": p.bridge_max_attempts,
-            "bridge_max_retry_after_ms": p.bridge_max_retry_after_ms, "max_error_text": p.max_error_text}
+            "bridge_max_retry_after_ms": p.bridge_max_retry_after_ms, "max_error_text": p.max_error_text,
+            **{k: getattr(p, k) for k in _RETENTION_KNOBS}}
 
 
 def policy_from_json(d: dict[str, Any]) -> Policy:
@@ -141,7 +147,8 @@ def policy_from_json(d: dict[str, Any]) -> Policy:
                   default_class=StreamClass(**d["default_class"]),
                   presence_min_ttl_ms=d["presence_min_ttl_ms"], presence_max_ttl_ms=d["presence_max_ttl_ms"],
                   bridge_kinds=frozenset(d["bridge_kinds"]), bridge_max_attempts=d["bridge_max_attempts"],
-                  bridge_max_retry_after_ms=d["bridge_max_retry_after_ms"], max_error_text=d["max_error_text"])
+                  bridge_max_retry_after_ms=d["bridge_max_retry_after_ms"], max_error_text=d["max_error_text"],
+                  **{k: d[k] for k in _RETENTION_KNOBS})
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -159,6 +166,7 @@ class LogStore:
         self.readonly = readonly
         self._lock = lock
         self._closed = False
+        self.stall_while: Path | None = None  # fault injection: COMMIT waits while this file exists
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False,
@@ -278,7 +286,11 @@ class LogStore:
         return records[-1].offset
 
     def _commit(self) -> None:
-        """The COMMIT (and, with ``synchronous=FULL``, the WAL fsync).  A seam for fault tests."""
+        """The COMMIT (and, with ``synchronous=FULL``, the WAL fsync).  A seam for fault tests: with
+        ``stall_while`` set (``[faults] stall_commits_while``), it first waits while that file exists
+        -- a disk that stalls, so committed transactions stay undurable for as long as a test needs."""
+        while self.stall_while is not None and self.stall_while.exists():
+            time.sleep(0.005)
         self._conn.execute("COMMIT")
 
     def set_meta(self, key: str, value: str) -> None:

@@ -39,7 +39,7 @@ import icontract
 
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
-from reference.log import GENESIS, RowChange, TxRecord, make_record
+from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors
 from spec import query as q
 from spec.auth import Claims, can_read, grant_matches
 from spec.compat import CompatWindow, negotiate
@@ -69,7 +69,7 @@ from spec.messages import (
 from spec.policy import DEFAULT_POLICY, Policy
 from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
 from spec.state import DbState
-from spec.values import ProviderCapability, Row, SyncStream, value_has_type
+from spec.values import Row, SyncStream, value_has_type
 
 
 def _model_view(db: Db) -> DbState:
@@ -78,7 +78,7 @@ def _model_view(db: Db) -> DbState:
     tables: dict[str, tuple[Row, ...]] = {t.name: () for t in PERSISTENT_TABLES}
     for name in tables:
         tables[name] = tuple(db.rows(name))
-    return DbState(tables, db.epoch_floor)
+    return DbState(tables, db.epoch_floor, db.version_floor)
 
 
 def _indexes_consistent(db: Db) -> bool:
@@ -100,7 +100,6 @@ class Connection:
     outbound: deque[Outbound] = field(default_factory=deque)
     sizes: deque[int] = field(default_factory=deque)  # estimated encoded bytes of each queued message
     outbound_bytes: int = 0  # their sum
-    sessions: set[str] = field(default_factory=set)
     closed_reason: str | None = None
 
     @property
@@ -186,7 +185,9 @@ class Engine:
         self._next_conn = 1
         self.on_close: Callable[[int, str], None] | None = None
         self.on_internal_error: Callable[[InternalError], None] | None = None
-        self._disconnects: list[tuple[str, frozenset[str]]] = []
+        self._disconnects: list[tuple[str, int, frozenset[str]]] = []
+        self._last_upsert: dict[str, int] = {}  # session -> the connection that last upserted it
+        self._upserted: dict[int, set[str]] = {}  # its inverse: connection -> the sessions it upserted last
         self._fanning_out = False
 
     # --- connections --------------------------------------------------------------------------
@@ -213,21 +214,35 @@ class Engine:
             self._unregister(conn, qs_id)
         if self.on_close is not None:
             self.on_close(conn_id, reason)
-        if conn.sessions:
-            self._disconnects.append((conn.claims.identity, frozenset(conn.sessions)))
+        mine = self._upserted.pop(conn_id, set())
+        if mine:
+            self._disconnects.append((conn.claims.identity, conn_id, frozenset(mine)))
         self._drain_disconnects()
 
     def _drain_disconnects(self) -> None:
         """Presence of closed connections goes ``disconnected`` in its own transaction, after any
-        fanout in progress and within the durability bound."""
-        self._disconnects.sort(key=lambda d: (d[0], sorted(d[1])))  # same order however closes interleaved
+        fanout in progress and within the durability bound -- only the sessions whose last upsert
+        came from the closed connection (ADR-0003 decision 4)."""
+        self._disconnects.sort(key=lambda d: (d[0], sorted(d[2])))  # same order however closes interleaved
         while self._disconnects and not self._fanning_out and self.can_commit():
-            identity, sessions = self._disconnects.pop(0)
+            identity, conn_id, queued = self._disconnects.pop(0)
+            sessions = frozenset(s for s in queued if self._last_upsert.get(s) == conn_id)
+            for s in sessions:
+                del self._last_upsert[s]
             try:
                 self._system("disconnect", (identity, tuple(sorted(sessions))),
                              functools.partial(self._disconnect_body, identity, sessions))
             except InternalError as err:  # rolled back; the presence sweep expires the sessions later
                 self._report(err)
+
+    def _upserted_by(self, session: str, conn_id: int | None) -> None:
+        """Remember which connection (None: none, an HTTP call) made the last upsert of ``session``."""
+        old = self._last_upsert.pop(session, None)
+        if old is not None:
+            self._upserted.get(old, set()).discard(session)
+        if conn_id is not None:
+            self._last_upsert[session] = conn_id
+            self._upserted.setdefault(conn_id, set()).add(session)
 
     def _disconnect_body(self, identity: str, sessions: frozenset[str], tx: Txn) -> None:
         r.disconnect_sessions(tx, self.now, identity, sessions)
@@ -290,7 +305,7 @@ class Engine:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
                                                       "sql": text})
         query = queries[0]
-        rows = [row for row in self._candidates(query) if q.matches(query, row) and can_read(claims, row, self._owner)]
+        rows = [row for row in self._candidates(query) if q.matches(query, row) and can_read(claims, row)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
     def one_off(self, conn_id: int, request_id: int, text: str) -> None:
@@ -305,14 +320,15 @@ class Engine:
         self._send(conn, self.committed, answer, size)
 
     def _check_queries(self, claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
-        queries = self._authorized_queries(claims, texts)
+        queries = self._authorized_queries(claims, texts, resume_form=True)
         for query in queries:
             self._check_stale(query)
         return queries
 
-    def _authorized_queries(self, claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
-        """Scope, size, parse, conjunct count, then the grant check of every query that pins a
-        stream (DESIGN §4 order; the size checks come before any parsing work)."""
+    def _authorized_queries(self, claims: Claims, texts: tuple[str, ...], resume_form: bool = False) -> list[q.Query]:
+        """Scope, size, parse, conjunct count, (for a subscription) the resume form, then the grant
+        check of every query that pins a stream (DESIGN §4 order; the size checks come before any
+        parsing work; ADR-0003 decision 3)."""
         if "sync.subscribe" not in claims.scopes:
             raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
         limit = self.max_query_bytes
@@ -325,6 +341,16 @@ class Engine:
         for query in queries:
             if most is not None and len(query.where) > most:
                 raise limit_exceeded("max_query_conjuncts", most, len(query.where))
+        for query in queries if resume_form else ():
+            if query.table == "sync_event" and q.lower_bound_exclusive(query, "seq") is not None:
+                missing = [c for c in ("stream_id", "epoch") if q.pinned_value(query, c) is None]
+                if missing:
+                    raise SyncError(ErrorCode.INVALID_QUERY, {
+                        "query": query.text[:200],
+                        "message": f"a sync_event subscription that bounds seq from below must pin stream_id and "
+                                   f"epoch with = (missing: {', '.join(missing)}); resume with "
+                                   f"{q.RESUME_QUERY_FORM}, E and W from the checkpoint (or leave seq unbounded to "
+                                   f"read the whole stream)"})
         for query in queries:
             if TABLE_BY_NAME[query.table].visibility is Visibility.STREAM_GRANT:
                 sid = q.pinned_value(query, "stream_id")
@@ -339,6 +365,7 @@ class Engine:
         w = q.lower_bound_exclusive(query, "seq")
         if not isinstance(sid, str) or w is None:
             return
+        w = max(w, 0)  # seqs start at 1: seq >= 0 resumes from the start (W = 0), not from W = -1
         req = q.pinned_value(query, "epoch")
         req_epoch = req if isinstance(req, int) and not isinstance(req, bool) else None
         epoch, head, floor = r.stream_position(self.db, sid)
@@ -355,7 +382,10 @@ class Engine:
         if reasons:
             for reason in reasons:
                 self.stale_reasons[reason] = self.stale_reasons.get(reason, 0) + 1
+            row = self.db.get("sync_stream", (sid,))
+            cont = (row.continues_epoch, row.continues_seq) if isinstance(row, SyncStream) else (0, 0)
             raise SyncError(ErrorCode.STALE_CURSOR, {
+                "continues_epoch": cont[0], "continues_seq": cont[1],
                 "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": reasons, "replay_budget": budget,
                 "requested_epoch": req_epoch, "requested_watermark": w, "stream_id": sid})
 
@@ -410,10 +440,6 @@ class Engine:
                 if not pinned[shape.pin]:
                     del pinned[shape.pin]
 
-    def _owner(self, provider_id: str) -> str | None:
-        p = self.db.get("provider_capability", (provider_id,))
-        return p.owner if isinstance(p, ProviderCapability) else None
-
     def _candidates(self, query: q.Query) -> list[Row]:
         """Rows a snapshot must consider: a slice of one stream's log for a resume query."""
         if query.table == "sync_event":
@@ -433,7 +459,7 @@ class Engine:
                 continue
             bucket = out.setdefault(query.table, {})
             for row in self._candidates(query):
-                if q.matches(query, row) and can_read(claims, row, self._owner):
+                if q.matches(query, row) and can_read(claims, row):
                     bucket[row] = None
         return tuple(TableRows(t, tuple(rows)) for t, rows in out.items() if rows)
 
@@ -474,7 +500,7 @@ class Engine:
             raise
         if not tx.wrote:
             if msg.reducer == "upsert_presence":
-                conn.sessions.add(str(msg.args[0]))
+                self._upserted_by(str(msg.args[0]), conn.conn_id)
             self._send(conn, self.committed, ReducerResult(msg.request_id, self.committed, ReducerOk(ret, ())))
             return
         try:
@@ -483,7 +509,7 @@ class Engine:
             self._internal(conn, msg.request_id, err)
             return
         if msg.reducer == "upsert_presence":
-            conn.sessions.add(str(msg.args[0]))
+            self._upserted_by(str(msg.args[0]), conn.conn_id)
         self._publish(tx, record, (conn, msg.request_id, ret))
 
     def _report(self, err: InternalError) -> None:
@@ -537,6 +563,8 @@ class Engine:
         except BaseException:
             tx.rollback()
             raise
+        if reducer == "upsert_presence":
+            self._upserted_by(str(args[0]), None)
         if tx.wrote:
             self._commit(tx, "reducer", reducer, claims, args, None)
         return None
@@ -564,6 +592,8 @@ class Engine:
         except BaseException:
             tx.rollback()
             raise
+        if reducer == "upsert_presence":
+            self._upserted_by(str(args[0]), None)  # an HTTP upsert belongs to no connection
         if not tx.wrote:
             return self.committed, ret
         try:
@@ -627,10 +657,10 @@ class Engine:
                     claims = self.conns[key[0]].claims
                     bucket = per_client.setdefault(key, {}).setdefault(table, ({}, {}))
                     for row in ins:
-                        if can_read(claims, row, self._owner):
+                        if can_read(claims, row):
                             bucket[0][row] = None
                     for row in dels:
-                        if can_read(claims, row, self._owner):
+                        if can_read(claims, row):
                             bucket[1][row] = None
         by_conn: dict[int, list[QuerySetUpdate]] = {}
         def in_tx_order(rows: dict[Row, None]) -> tuple[Row, ...]:
@@ -743,18 +773,32 @@ class Engine:
                                    rec.prev_hash)
             if expected.hash != rec.hash:
                 raise ValueError(f"commit log hash mismatch at offset {rec.offset}")
-            for change in rec.changes:
-                for row in change.deletes:
-                    eng.db._delete(row)
-                for row in change.inserts:
-                    eng.db._insert(row)
-            if rec.kind == "recovery":
-                eng.db.epoch_floor = int(rec.args[0])
+            apply_record(eng.db, rec)
             eng.committed = rec.offset
             eng.head_hash = rec.hash
         eng.durable = eng.committed
         if not clean:
             fresh = max([eng.db.epoch_floor, *(s.epoch for s in eng.db.pk["sync_stream"].values()
                                                if isinstance(s, SyncStream))]) + max_undurable + 1
-            eng._system("recovery", (fresh,), lambda tx: r.recovery_bump(tx, now, max_undurable))
+            version = r.top_version(eng.db) + max_undurable + 1
+            eng._system("recovery", (fresh, version), lambda tx: r.recovery_bump(tx, now, max_undurable))
         return eng
+
+
+def apply_record(db: Db, rec: TxRecord) -> None:
+    """Apply a logged transaction to ``db`` as recovery does: its row delta, then the floors it moved
+    (:func:`reference.log.record_floors`).  A recovery record's delta holds the stream rows moved to
+    their continuing epochs but not the relabelled events (their number is the whole retained log):
+    the relabel is re-derived from the rows, each stream's events of ``continues_epoch`` moving to
+    ``epoch`` (the record's hash covers those rows, so the relabel is as tamper-evident as a delta)."""
+    for change in rec.changes:
+        for row in change.deletes:
+            db._delete(row)
+        for row in change.inserts:
+            db._insert(row)
+    if rec.kind == "recovery":
+        for change in rec.changes:
+            for row in change.inserts:
+                if isinstance(row, SyncStream) and row.continues_epoch != 0:
+                    db.relabel_events(row.stream_id, row.continues_epoch, row.epoch)
+    db.epoch_floor, db.version_floor = record_floors(rec, db.epoch_floor, db.version_floor)

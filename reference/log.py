@@ -26,7 +26,7 @@ from typing import Any
 
 from spec.auth import Claims
 from spec.schema import TABLE_BY_NAME
-from spec.values import Row
+from spec.values import ComputeAssignment, Row
 
 GENESIS = "0" * 64
 
@@ -152,3 +152,21 @@ def make_record(offset: int, kind: str, name: str, caller: Claims | None, args: 
     body = _body_text(offset, kind, name, caller, args, timestamp, hashlib.sha256(delta.encode("utf-8")).hexdigest())
     digest = hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
     return TxRecord(offset, kind, name, caller, args, timestamp, changes, prev_hash, digest, delta)
+
+
+def record_floors(rec: TxRecord, epoch_floor: int, version_floor: int) -> tuple[int, int]:
+    """The floors after ``rec``, given those before: they are state but not rows, so the log carries
+    them implicitly.  A recovery record names both in its arguments (``(epoch_floor, version_floor)``);
+    any record that deletes an assignment for good (retention: no insert under the same key) raises
+    ``version_floor`` above that row's version, as the transaction itself did (ADR-0003 decision 5)."""
+    if rec.kind == "recovery":
+        return int(rec.args[0]), int(rec.args[1])
+    kept = {(c.table, TABLE_BY_NAME[c.table].key_of(row)) for c in rec.changes for row in c.inserts}
+    for c in rec.changes:
+        if c.table != "compute_assignment":
+            continue
+        for row in c.deletes:
+            if (c.table, TABLE_BY_NAME[c.table].key_of(row)) not in kept:
+                assert isinstance(row, ComputeAssignment)
+                version_floor = max(version_floor, row.version + 1)
+    return epoch_floor, version_floor

@@ -20,6 +20,7 @@ from spec.canonical import canonicalize, dumps_canonical, parse_strict, payload_
 from spec.errors import ErrorCode, SyncError
 from spec.policy import Policy
 from spec.transitions import (
+    ASSIGNMENT_ROLES,
     ASSIGNMENT_STATUSES,
     ASSIGNMENT_TRANSITIONS,
     PRESENCE_STATUSES,
@@ -115,9 +116,8 @@ def append_sync_event(tx: Txn, x: Ctx, stream_id: str, idempotency_key: str, pay
         raise _err(ErrorCode.SEQUENCE_CONFLICT, actual_next_seq=next_seq, expected_next_seq=expected_next_seq,
                    stream_id=stream_id)
     if stream is None:
-        scope = next((g for g in c.streams if grant_matches(g, stream_id)), stream_id)
         epoch = tx.db.epoch_floor
-        tx.insert(SyncStream(stream_id, cls.name, scope, epoch, next_seq, next_seq, cls.replay_budget, x.now, x.now))
+        tx.insert(SyncStream(stream_id, cls.name, epoch, 0, 0, next_seq, next_seq, cls.replay_budget, x.now, x.now))
     else:
         epoch = stream.epoch
         floor = stream.floor_seq if stream.head_seq >= stream.floor_seq else next_seq
@@ -198,7 +198,7 @@ def publish_provider_capability(tx: Txn, x: Ctx, provider_id: str, capability_js
     _need_member("status", status, PROVIDER_STATUSES)
     kinds = tuple(sorted(set(nip90_kinds)))
     digest = payload_hash(canon)
-    version = 1
+    version = tx.db.version_floor
     if old is not None:
         if old.capability_hash == digest and old.nip90_kinds == kinds and old.price_hint_sats == price_hint_sats \
                 and old.status == status:
@@ -225,8 +225,8 @@ def open_compute_assignment(tx: Txn, x: Ctx, request_id: str, job_kind: int, req
     canon = canonicalize(request_json, "request_json")
     digest = payload_hash(canon)
     if old is None:
-        tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, "open", None, 1, x.now,
-                                    x.now))
+        tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, "open", None,
+                                    tx.db.version_floor, x.now, x.now))
     elif old.request_hash != digest or old.job_kind != job_kind:
         raise _err(ErrorCode.IDEMPOTENCY_CONFLICT, existing_request_hash=old.request_hash, request_hash=digest,
                    request_id=request_id)
@@ -260,12 +260,35 @@ def update_compute_assignment(tx: Txn, x: Ctx, request_id: str, expected_version
     who = ASSIGNMENT_TRANSITIONS.get((old.status, status))
     if who is None:
         raise _err(ErrorCode.INVALID_TRANSITION, request_id=request_id, status=old.status, requested_status=status)
-    if not (who & c.scopes) and not ("requester" in who and c.identity == old.requester):
+    for role in who:
+        need = ASSIGNMENT_ROLES[role]
+        if need.scope is not None and need.scope not in c.scopes:
+            continue
+        if need.identity_column is not None and getattr(old, need.identity_column) != c.identity:
+            continue
+        break
+    else:
         raise _err(ErrorCode.FORBIDDEN, request_id=request_id)
     if status != "assigned" and provider_id is not None and provider_id != old.provider_id:
         raise _err(ErrorCode.INVALID_ARGUMENT, argument="provider_id", message="only the assign edge sets the provider")
+    owner = old.provider_owner
+    if status == "assigned":
+        prov = tx.db.get("provider_capability", (provider_id,))
+        assert prov is None or isinstance(prov, ProviderCapability)
+        if prov is None:
+            reason = "missing"
+        elif prov.status != "active":
+            reason = "withdrawn"
+        elif old.job_kind not in prov.nip90_kinds:
+            reason = "kind_not_advertised"
+        else:
+            reason = ""
+        if reason:
+            raise _err(ErrorCode.PROVIDER_UNAVAILABLE, job_kind=old.job_kind, provider_id=provider_id, reason=reason)
+        assert prov is not None
+        owner = prov.owner
     tx.update(old, replace(old, status=status, provider_id=provider_id if status == "assigned" else old.provider_id,
-                           result=result, version=old.version + 1, updated_at=x.now))
+                           provider_owner=owner, result=result, version=old.version + 1, updated_at=x.now))
     return None
 
 
@@ -282,12 +305,12 @@ def enqueue_bridge_event(tx: Txn, x: Ctx, outbox_id: str, source: str, nostr_kin
                    message="must be a JSON array of arrays of strings")
     if nostr_kind not in x.policy.bridge_kinds:
         raise _err(ErrorCode.POLICY_DENIED, nostr_kind=nostr_kind, outbox_id=outbox_id)
-    digest = payload_hash(dumps_canonical([nostr_kind, tags, content]))
+    digest = payload_hash(dumps_canonical([source, nostr_kind, tags, content]))
     old = tx.db.get("bridge_outbox", (outbox_id,))
     assert old is None or isinstance(old, BridgeOutbox)
     if old is None:
-        tx.insert(BridgeOutbox(outbox_id, source, nostr_kind, tags_canon, content, digest, "pending", 0, None, None, (),
-                               x.now, x.now))
+        tx.insert(BridgeOutbox(outbox_id, source, nostr_kind, tags_canon, content, digest, "pending", 0, x.now, None,
+                               None, (), x.now, x.now))
     elif old.content_hash != digest:
         raise _err(ErrorCode.IDEMPOTENCY_CONFLICT, content_hash=digest, existing_content_hash=old.content_hash,
                    outbox_id=outbox_id)
@@ -309,12 +332,15 @@ def mark_bridge_event_sent(tx: Txn, x: Ctx, outbox_id: str, nostr_event_id: str,
     assert old is None or isinstance(old, BridgeOutbox)
     if old is None:
         raise _err(ErrorCode.BRIDGE_EVENT_MISSING, outbox_id=outbox_id)
+    relays_acked = tuple(sorted(set(relays)))
     if old.status == "sent":
         if old.nostr_event_id != nostr_event_id:
             raise _err(ErrorCode.BRIDGE_EVENT_CONFLICT, nostr_event_id=old.nostr_event_id,
                        requested_nostr_event_id=nostr_event_id, outbox_id=outbox_id)
-        return None
-    tx.update(old, replace(old, status="sent", nostr_event_id=nostr_event_id, relays_acked=tuple(sorted(set(relays))),
+        relays_acked = tuple(sorted(set(old.relays_acked).union(relays)))
+        if relays_acked == old.relays_acked:
+            return None
+    tx.update(old, replace(old, status="sent", nostr_event_id=nostr_event_id, relays_acked=relays_acked,
                            updated_at=x.now))
     return None
 
@@ -335,6 +361,7 @@ def record_bridge_failure(tx: Txn, x: Ctx, outbox_id: str, error: str, retry_aft
     if old.status == "pending":
         attempts = old.attempts + 1
         tx.update(old, replace(old, attempts=attempts, last_error=error, updated_at=x.now,
+                               next_attempt_at=x.now + 1000 * retry_after_ms,
                                status="failed" if attempts >= p.bridge_max_attempts else "pending"))
     return None
 
@@ -364,7 +391,8 @@ def reset_stream_epoch(tx: Txn, x: Ctx, stream_id: str) -> None:
     log = tx.db.logs.get(stream_id)
     while log is not None and log.events:
         tx.delete(log.events[0])
-    tx.update(stream, replace(stream, epoch=stream.epoch + 1, floor_seq=stream.head_seq + 1, updated_at=x.now))
+    tx.update(stream, replace(stream, epoch=stream.epoch + 1, continues_epoch=0, continues_seq=0,
+                              floor_seq=stream.head_seq + 1, updated_at=x.now))
     return None
 
 
@@ -404,8 +432,30 @@ def disconnect_sessions(tx: Txn, now: int, identity: str, sessions: frozenset[st
             tx.insert(PresenceSignal(r.session_id, r.identity, "offline", reason, now))
 
 
+def _retention_cutoffs(now: int, policy: Policy) -> dict[tuple[str, str], int | None]:
+    """(table, status) -> rows of that status stamped before this are removed (None: kept for ever)."""
+    def cut(window: int | None) -> int | None:
+        return None if window is None else now - window
+    terminal = cut(policy.retain_terminal_assignment_us)
+    return {("session_presence", "offline"): cut(policy.retain_offline_presence_us),
+            ("compute_assignment", "completed"): terminal, ("compute_assignment", "failed"): terminal,
+            ("compute_assignment", "cancelled"): terminal,
+            ("bridge_outbox", "sent"): cut(policy.retain_sent_outbox_us),
+            ("bridge_outbox", "failed"): cut(policy.retain_failed_outbox_us)}
+
+
 @icontract.ensure(lambda tx: all(log.floor >= 1 for log in tx.db.logs.values()))
 def compact(tx: Txn, now: int, policy: Policy) -> None:
+    cutoffs = _retention_cutoffs(now, policy)
+    for table in ("session_presence", "compute_assignment", "bridge_outbox"):
+        for row in list(tx.db.pk[table].values()):
+            assert isinstance(row, SessionPresence | ComputeAssignment | BridgeOutbox)
+            stamp = row.last_seen if isinstance(row, SessionPresence) else row.updated_at
+            before = cutoffs.get((table, row.status))
+            if before is not None and stamp < before:
+                tx.delete(row)
+                if isinstance(row, ComputeAssignment):
+                    tx.db.version_floor = max(tx.db.version_floor, row.version + 1)
     for stream in list(tx.db.pk["sync_stream"].values()):
         assert isinstance(stream, SyncStream)
         log = tx.db.logs.get(stream.stream_id)
@@ -427,6 +477,15 @@ def compact(tx: Txn, now: int, policy: Policy) -> None:
         tx.update(stream, replace(stream, floor_seq=max(stream.floor_seq, keep_from), updated_at=now))
 
 
+def top_version(db: Db) -> int:
+    top = db.version_floor
+    for table in ("provider_capability", "compute_assignment"):
+        for row in db.pk[table].values():
+            assert isinstance(row, ProviderCapability | ComputeAssignment)
+            top = max(top, row.version)
+    return top
+
+
 def recovery_bump(tx: Txn, now: int, max_undurable: int) -> None:
     streams = list(tx.db.pk["sync_stream"].values())
     top = tx.db.epoch_floor
@@ -434,7 +493,21 @@ def recovery_bump(tx: Txn, now: int, max_undurable: int) -> None:
         assert isinstance(s, SyncStream)
         top = max(top, s.epoch)
     fresh = top + max_undurable + 1
+    moved: dict[str, int] = {}
     for s in streams:
         assert isinstance(s, SyncStream)
-        tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))
+        moved[s.stream_id] = s.epoch
+        # the new epoch continues the old one up to the (durable) head; the floor stays (ADR-0003)
+        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq, updated_at=now))
+        tx.relabel_events(s.stream_id, s.epoch, fresh)
+    for c in list(tx.db.pk["sync_checkpoint"].values()):
+        assert isinstance(c, SyncCheckpoint)
+        if moved.get(c.stream_id) == c.epoch:
+            tx.update(c, replace(c, epoch=fresh))
     tx.db.epoch_floor = fresh
+    version = top_version(tx.db) + max_undurable + 1
+    for table in ("provider_capability", "compute_assignment"):
+        for row in list(tx.db.pk[table].values()):
+            assert isinstance(row, ProviderCapability | ComputeAssignment)
+            tx.update(row, replace(row, version=version))
+    tx.db.version_floor = version

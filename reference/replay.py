@@ -14,7 +14,10 @@ whose behaviour has drifted since the log was written all stop replay at the off
 Reducers need the stream policy (payload limits, retention, bridge kinds); replay uses the one
 stored in the data directory, else :data:`spec.policy.DEFAULT_POLICY`.  The recovery action's
 margin (``max_undurable + 1``) is not in the log, so replay checks that a recovery record moves
-every epoch strictly past all existing ones and re-runs the bump with the margin it implies.
+every epoch strictly past all existing ones, that its version floor is past every version by the same
+margin, and re-runs the bump with the margin they imply.  The floors (``epoch_floor``,
+``version_floor``) are state but not rows: replay re-creates them by re-executing, and its final
+check compares them with what recovery (:func:`reference.engine.apply_record`) derives from the log.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from reference import reducers as r
 from reference.db import Db, Txn
 from reference.durability import LogCorruption, LogStore
-from reference.log import GENESIS, RowChange, TxRecord, make_record
+from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors
 from spec.errors import SyncError
 from spec.policy import DEFAULT_POLICY, Policy
 from spec.schema import REDUCER_BY_NAME, TABLE_BY_NAME
@@ -91,11 +94,15 @@ def _run(db: Db, tx: Txn, rec: TxRecord, policy: Policy) -> None:
         r.compact(tx, args[0], policy)
     elif rec.kind == "disconnect" and len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], tuple):
         r.disconnect_sessions(tx, rec.timestamp, args[0], frozenset(args[1]))
-    elif rec.kind == "recovery" and len(args) == 1 and isinstance(args[0], int):
+    elif rec.kind == "recovery" and len(args) == 2 and all(isinstance(a, int) for a in args):
         top = max([db.epoch_floor, *(s.epoch for s in db.pk["sync_stream"].values() if isinstance(s, SyncStream))])
         if args[0] <= top:
             raise _Diverged(f"recovery epoch {args[0]} does not exceed every existing epoch ({top})")
-        r.recovery_bump(tx, rec.timestamp, args[0] - top - 1)
+        margin = args[0] - top - 1
+        if args[1] != r.top_version(db) + margin + 1:
+            raise _Diverged(f"recovery version {args[1]} is not the largest version {r.top_version(db)} + "
+                            f"the margin {margin} + 1 its epoch implies")
+        r.recovery_bump(tx, rec.timestamp, margin)
     else:
         raise _Diverged(f"unknown or malformed {rec.kind!r} record")
     if rec.kind != rec.name and rec.kind != "reducer":
@@ -138,6 +145,10 @@ def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: 
     changes = delta_of(tx)
     if changes != rec.changes:
         raise _Diverged("re-executed delta differs: " + _describe(rec.changes, changes))
+    floors = record_floors(rec, tx.old_epoch_floor, tx.old_version_floor)
+    if floors != (db.epoch_floor, db.version_floor):
+        raise _Diverged(f"re-executed floors (epoch, version) {(db.epoch_floor, db.version_floor)}, recovery would "
+                        f"derive {floors} from the record")
     digest = make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, changes, head).hash
     if digest != rec.hash:
         raise _Diverged(f"hash differs: recorded {rec.hash}, recomputed {digest}")

@@ -14,7 +14,6 @@ answered here, purely:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import icontract
@@ -64,11 +63,10 @@ def has_scope(claims: Claims, scope: str) -> bool:
     return scope in claims.scopes
 
 
-ProviderOwner = Callable[[str], Identity | None]
-
-
-def can_read(claims: Claims, row: Row, provider_owner: ProviderOwner) -> bool:
-    """The row filter: may ``claims`` see ``row``?  ``provider_owner`` resolves a provider id."""
+def can_read(claims: Claims, row: Row) -> bool:
+    """The row filter: may ``claims`` see ``row``?  A function of the row and the claims only, so no
+    transaction can change what a subscriber may see without writing (and so delivering) the row
+    itself (ADR-0003, decision 1)."""
     vis = TABLE_BY_ROW_TYPE[type(row)].visibility
     if vis is Visibility.EVERYONE:
         return True
@@ -80,9 +78,5 @@ def can_read(claims: Claims, row: Row, provider_owner: ProviderOwner) -> bool:
         return row.owner == claims.identity
     if vis is Visibility.COMPUTE:
         assert isinstance(row, ComputeAssignment)
-        if row.requester == claims.identity:
-            return True
-        if claims.scopes & {"compute.assign", "compute.execute"}:
-            return True
-        return row.provider_id is not None and provider_owner(row.provider_id) == claims.identity
+        return claims.identity in (row.requester, row.provider_owner) or "compute.assign" in claims.scopes
     return bool(claims.scopes & BRIDGE_SCOPES)

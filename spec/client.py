@@ -14,7 +14,11 @@ A client follows streams.  For each it persists a :class:`StreamView` -- the epo
   whose floor passed ``last + 1`` or whose head is below ``last`` (so the client stays safe
   against a server that cannot reject).  Then it rebootstraps: the application's callback drops
   local state and rehydrates from the authority, and the client resumes from the watermark the
-  callback returns;
+  callback returns -- *unless* the stream's new epoch continues the client's (ADR-0003): epoch E'
+  with ``continues_epoch == E`` and ``last <= continues_seq`` and nothing else stale (floor, head)
+  means every event the client applied survived an unclean restart under the same seqs, so it
+  adopts E' and resumes from the same watermark, with no rebootstrap (a *continue*).  The stale
+  error carries ``continues_epoch``/``continues_seq`` so the client can continue from it too;
 * a stream it has never synced is bootstrapped the same way.
 
 The client is sans-I/O: every handler returns the messages to send.
@@ -54,14 +58,15 @@ Authority = Callable[[str], tuple[int, int, tuple[tuple[int, str], ...]]]
 the events of that epoch up to the watermark, as the system of record has them."""
 
 
-@icontract.invariant(lambda self: self.last >= 0 and self.rebootstraps >= 0,
-                     "a watermark is a seq (>= 0) and rebootstraps only count up")
+@icontract.invariant(lambda self: self.last >= 0 and self.rebootstraps >= 0 and self.continues >= 0,
+                     "a watermark is a seq (>= 0); rebootstraps and continues only count up")
 @dataclass
 class StreamView:
     epoch: int | None = None
     last: int = 0
     applied: list[tuple[int, str]] = field(default_factory=list)
     rebootstraps: int = 0
+    continues: int = 0  # epochs adopted without a rebootstrap (their new epoch continued ours)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -102,6 +107,14 @@ def apply_rule(last: int, seq: int) -> str:
     return "apply" if seq == last + 1 else "gap"
 
 
+def continues(epoch: int | None, last: int, new_epoch: int, continues_epoch: int, continues_seq: int) -> bool:
+    """May a view at (``epoch``, ``last``) adopt ``new_epoch`` without a rebootstrap?  Exactly when the
+    new epoch continues ``epoch`` up to at least ``last``: every event the view holds exists in the new
+    epoch under the same seq (ADR-0003 decision 6)."""
+    return epoch is not None and continues_epoch != 0 and continues_epoch == epoch and new_epoch != epoch \
+        and last <= continues_seq
+
+
 def _view_of(client: Client, stream_id: str) -> tuple[int | None, int, int, int]:
     view = client.streams[stream_id]
     return view.epoch, view.last, len(view.applied), view.rebootstraps
@@ -110,11 +123,11 @@ def _view_of(client: Client, stream_id: str) -> tuple[int | None, int, int, int]
 def _applied_in_order(client: Client, stream_id: str, before: tuple[int | None, int, int, int]) -> bool:
     """Without a rebootstrap the view only grew, by events each applied at ``apply_rule == 'apply'``."""
     view = client.streams[stream_id]
-    epoch, last, count, rebootstraps = before
+    _epoch, last, count, rebootstraps = before
     if view.rebootstraps != rebootstraps:
         return True  # the view was replaced from the authority
     new = [seq for seq, _ in view.applied[count:]]
-    return (view.epoch == epoch and len(view.applied) >= count and view.last == (new[-1] if new else last)
+    return (len(view.applied) >= count and view.last == (new[-1] if new else last)
             and all(apply_rule(prev, seq) == "apply" for prev, seq in pairwise([last, *new])))
 
 
@@ -179,6 +192,12 @@ class Client:
         out.append(Subscribe(self._rid(), qs, resume_queries(stream_id, view.epoch, view.last)))
         return out
 
+    def _continue(self, stream_id: str, epoch: int) -> None:
+        """Adopt a new epoch that continues the view's: same watermark, same applied events."""
+        view = self.streams[stream_id]
+        view.epoch = epoch
+        view.continues += 1
+
     def _rebootstrap(self, stream_id: str) -> None:
         view = self.streams[stream_id]
         epoch, watermark, events = self.authority(stream_id)
@@ -207,7 +226,13 @@ class Client:
                 return []
             err = SyncError.parse(msg.error)
             if err.code is ErrorCode.STALE_CURSOR:
-                self._rebootstrap(stream)
+                d, view = err.details, self.streams[stream]
+                if list(d.get("reasons", ())) == ["epoch_changed"] and continues(
+                        view.epoch, view.last, int(d["epoch"]), int(d.get("continues_epoch", 0)),
+                        int(d.get("continues_seq", 0))):
+                    self._continue(stream, int(d["epoch"]))
+                else:
+                    self._rebootstrap(stream)
                 return self._resubscribe(stream)
             self.forbidden.add(stream)
             return []
@@ -232,6 +257,10 @@ class Client:
                 continue
             for row in t.inserts:
                 assert isinstance(row, SyncStream)
+                if row.floor_seq <= view.last + 1 and row.head_seq >= view.last and continues(
+                        view.epoch, view.last, row.epoch, row.continues_epoch, row.continues_seq):
+                    self._continue(stream_id, row.epoch)
+                    return self._resubscribe(stream_id)
                 if row.epoch != view.epoch or row.floor_seq > view.last + 1 or row.head_seq < view.last:
                     self._rebootstrap(stream_id)
                     return self._resubscribe(stream_id)

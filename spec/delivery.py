@@ -4,7 +4,7 @@
 roll back to it, and one :class:`Conn` per open connection.  Its methods are the transitions:
 
 ``connect`` / ``close``
-    open or drop a connection (a close marks the sessions it upserted ``disconnected``);
+    open or drop a connection (a close marks ``disconnected`` the sessions whose last upsert it made);
 ``handle(conn, msg)``
     one client message, in per-connection order:
 
@@ -31,7 +31,7 @@ The server never runs more than ``max_undurable`` transactions ahead of its dura
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import icontract
 
@@ -58,10 +58,20 @@ from spec.messages import (
     UnsubscribeApplied,
 )
 from spec.policy import DEFAULT_POLICY, Policy
-from spec.reducers import CallContext, Err, Ok, call, disconnect_sessions, unclean_restart, virtual_stream
+from spec.reducers import (
+    CallContext,
+    Err,
+    Ok,
+    Outcome,
+    call,
+    continuation,
+    disconnect_sessions,
+    unclean_restart,
+    virtual_stream,
+)
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState, Delta
-from spec.values import Identity, ProviderCapability, Row, SyncEvent, SyncStream
+from spec.values import Identity, Row, SyncEvent, SyncStream
 
 STALE_REASONS: tuple[str, ...] = (
     "epoch_changed", "retention_floor_breach", "replay_budget_exceeded", "cursor_ahead_of_head",
@@ -89,9 +99,34 @@ def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoc
 
 
 @icontract.ensure(lambda query, result: result is None or (
+    result.code is ErrorCode.INVALID_QUERY and q.RESUME_QUERY_FORM in result.details["message"]),
+    "STALE-3 (the refusal shows how to write the resume query)")
+@icontract.ensure(lambda query, result: (result is None) == (
+    query.table != "sync_event" or q.lower_bound_exclusive(query, "seq") is None
+    or (isinstance(q.pinned_value(query, "stream_id"), str) and isinstance(q.pinned_value(query, "epoch"), int))),
+    "STALE-3 (refused exactly when it bounds seq from below without pinning stream_id and epoch)")
+def resume_form_error(query: q.Query) -> SyncError | None:
+    """A ``sync_event`` subscription that bounds ``seq`` from below is a resume: it is checked for
+    staleness, and the stale check needs the stream and the epoch the watermark belongs to.  Without
+    ``epoch =``, a cursor from a lost suffix would become valid again in a later epoch and the client
+    would keep events that no longer exist; without ``stream_id =`` there is no stream to check.
+    So such a query is refused (ADR-0003, decision 3)."""
+    if query.table != "sync_event" or q.lower_bound_exclusive(query, "seq") is None:
+        return None
+    missing = [c for c in ("stream_id", "epoch") if q.pinned_value(query, c) is None]
+    if not missing:
+        return None
+    return SyncError(ErrorCode.INVALID_QUERY, {
+        "query": query.text[:200],
+        "message": f"a sync_event subscription that bounds seq from below must pin stream_id and epoch with = "
+                   f"(missing: {', '.join(missing)}); resume with {q.RESUME_QUERY_FORM}, E and W from the "
+                   f"checkpoint (or leave seq unbounded to read the whole stream)"})
+
+
+@icontract.ensure(lambda query, result: result is None or (
     result.code is ErrorCode.STALE_CURSOR and bool(result.details["reasons"])
     and result.details["stream_id"] == q.pinned_value(query, "stream_id")
-    and result.details["requested_watermark"] == q.lower_bound_exclusive(query, "seq")),
+    and result.details["requested_watermark"] == q.resume_watermark(query)),
     "STALE-1 (a stale_cursor names the resume's stream and watermark and at least one reason)")
 def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None:
     """The stale-cursor check of one subscription query (only sync_event queries that pin a
@@ -99,7 +134,7 @@ def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None
     if query.table != "sync_event":
         return None
     stream_id = q.pinned_value(query, "stream_id")
-    watermark = q.lower_bound_exclusive(query, "seq")
+    watermark = q.resume_watermark(query)
     if not isinstance(stream_id, str) or watermark is None:
         return None
     requested_epoch = q.pinned_value(query, "epoch")
@@ -109,7 +144,9 @@ def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None
     reasons = stale_reasons(epoch, head, floor, budget, req_epoch, watermark)
     if not reasons:
         return None
+    continues_epoch, continues_seq = continuation(db, stream_id)
     return SyncError(ErrorCode.STALE_CURSOR, {
+        "continues_epoch": continues_epoch, "continues_seq": continues_seq,
         "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": list(reasons),
         "replay_budget": budget, "requested_epoch": req_epoch, "requested_watermark": watermark,
         "stream_id": stream_id})
@@ -122,7 +159,6 @@ class Conn:
     confirmed: bool
     query_sets: dict[int, tuple[q.Query, ...]] = field(default_factory=dict)
     outbound: list[Outbound] = field(default_factory=list)
-    sessions: set[str] = field(default_factory=set)
     closed_reason: str | None = None
 
 
@@ -153,7 +189,8 @@ class Server:
         self.history: list[Commit] = []  # commits past the durable offset
         self.ledger: list[SyncEvent] = []  # every event ever committed (not subject to compaction)
         self.conns: dict[int, Conn] = {}
-        self._disconnects: list[tuple[Identity, frozenset[str]]] = []  # closed, sessions not yet marked
+        self._disconnects: list[tuple[Identity, int, frozenset[str]]] = []  # closed, sessions not yet marked
+        self.upserter: dict[str, int] = {}  # session -> the connection that last upserted it (memory only)
         self._fanning_out = False
         self.now = 0
         self._next_conn = 1
@@ -171,19 +208,25 @@ class Server:
         if conn is None:
             return
         conn.closed_reason = reason
-        if conn.sessions:
-            self._disconnects.append((conn.claims.identity, frozenset(conn.sessions)))
+        mine = frozenset(s for s, c in self.upserter.items() if c == conn_id)
+        if mine:
+            self._disconnects.append((conn.claims.identity, conn_id, mine))
         self._drain_disconnects()
 
     def _drain_disconnects(self) -> None:
         """Mark the sessions of closed connections ``disconnected``, one transaction per closed
         connection, never in the middle of another transaction's fanout (a slow consumer is
-        closed while a commit fans out) and never past the durability bound (it waits)."""
+        closed while a commit fans out) and never past the durability bound (it waits).  Only the
+        sessions whose last upsert came from that connection are marked (ADR-0003 decision 4): a
+        session re-upserted on a newer connection (the reconnect path) belongs to that one."""
         # waiting marks commit in (identity, sessions) order, so the order is the same however
         # the closes that queued them interleaved
-        self._disconnects.sort(key=lambda d: (d[0], sorted(d[1])))
+        self._disconnects.sort(key=lambda d: (d[0], sorted(d[2])))
         while self._disconnects and not self._fanning_out and self.can_commit():
-            identity, sessions = self._disconnects.pop(0)
+            identity, conn_id, queued = self._disconnects.pop(0)
+            sessions = frozenset(s for s in queued if self.upserter.get(s) == conn_id)
+            for s in sessions:
+                del self.upserter[s]
             ok = disconnect_sessions(self.db, self.now, identity, sessions)
             if not ok.noop:
                 self._commit(ok.state, ok.delta, None)
@@ -234,6 +277,10 @@ class Server:
             for text in msg.queries:
                 queries.extend(q.parse(text))
             for query in queries:
+                refused = resume_form_error(query)
+                if refused:
+                    raise refused
+            for query in queries:
                 denied = self._authorize_query(conn.claims, query)
                 if denied:
                     raise denied
@@ -249,12 +296,8 @@ class Server:
         conn.query_sets[msg.query_set_id] = tuple(queries)
         self._send(conn, self.committed, SubscribeApplied(msg.request_id, msg.query_set_id, rows))
 
-    def _provider_owner(self, provider_id: str) -> Identity | None:
-        p = self.db.find(ProviderCapability, lambda r: r.provider_id == provider_id)
-        return p.owner if p else None
-
     def _visible(self, claims: Claims, query: q.Query, rows: Iterable[Row]) -> list[Row]:
-        return [r for r in rows if q.matches(query, r) and can_read(claims, r, self._provider_owner)]
+        return [r for r in rows if q.matches(query, r) and can_read(claims, r)]
 
     def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:
         out: dict[str, list[Row]] = {}
@@ -294,12 +337,23 @@ class Server:
                        ReducerResult(msg.request_id, self.committed, ReducerErr(outcome.error.render())))
             return
         if msg.reducer == "upsert_presence":
-            conn.sessions.add(str(msg.args[0]))
+            self.upserter[str(msg.args[0])] = conn.conn_id
         if outcome.noop:
             self._send(conn, self.committed,
                        ReducerResult(msg.request_id, self.committed, ReducerOk(outcome.ret, ())))
             return
         self._commit(outcome.state, outcome.delta, (conn, msg.request_id, outcome))
+
+    @icontract.require(lambda self: self.can_commit(), "a call is taken only within the durability bound")
+    def call_detached(self, claims: Claims, reducer: str, args: tuple[object, ...]) -> Outcome:
+        """A reducer call with no connection (the HTTP ``call`` route): every subscriber hears of it by
+        ``TransactionUpdate``.  A session upserted this way belongs to no connection: no close marks it."""
+        outcome = call(self.db, CallContext(claims, self.now, self.committed + 1, self.policy), reducer, args)
+        if isinstance(outcome, Ok):
+            if reducer == "upsert_presence":
+                self.upserter.pop(str(args[0]), None)
+            self.system_tx(outcome)
+        return outcome
 
     def system_tx(self, outcome: Ok) -> bool:
         """Commit a server-initiated transaction; False when it wrote nothing or must wait."""
@@ -368,6 +422,7 @@ class Server:
 
     def _restart(self) -> None:
         self._disconnects.clear()  # a restarted server has no sessions to mark: TTLs take over
+        self.upserter.clear()
         for cid in list(self.conns):
             self.conns.pop(cid).closed_reason = "server restart"
         self.db = self.durable_db
@@ -385,9 +440,13 @@ class Server:
     def crash(self) -> None:
         """Lose everything past the durable offset, then recover: without a clean-shutdown marker
         the server cannot know what was lost, so it bumps epochs (ADR-0001) in a recovery
-        transaction that is made durable before anyone connects."""
+        transaction that is made durable before anyone connects.  Each new epoch continues the
+        old one up to the durable head (ADR-0003): the ledger's events of the old epoch are the
+        new epoch's too."""
         self._restart()
         bumped = unclean_restart(self.db, self.now, self.max_undurable)
+        moved = {(s.stream_id, s.continues_epoch): s.epoch for s in bumped.of_type(SyncStream)}
+        self.ledger = [replace(e, epoch=moved.get((e.stream_id, e.epoch), e.epoch)) for e in self.ledger]
         self.committed += 1
         self.db = self.durable_db = bumped
         self.durable = self.committed

@@ -43,6 +43,7 @@ class ErrorCode(enum.StrEnum):
     VERSION_CONFLICT = "version_conflict"
     INVALID_TRANSITION = "invalid_transition"
     ASSIGNMENT_MISSING = "assignment_missing"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
     POLICY_DENIED = "policy_denied"
     BRIDGE_EVENT_CONFLICT = "bridge_event_conflict"
     BRIDGE_EVENT_MISSING = "bridge_event_missing"
@@ -76,11 +77,15 @@ CLIENT_ACTIONS: Mapping[ErrorCode, str] = {
     ErrorCode.VERSION_CONFLICT: "Re-read the row (actual_version) and retry the update if it still applies.",
     ErrorCode.INVALID_TRANSITION: "Do not retry; the assignment's status does not allow this transition.",
     ErrorCode.ASSIGNMENT_MISSING: "Open the assignment first (open_compute_assignment).",
+    ErrorCode.PROVIDER_UNAVAILABLE: "Do not retry unchanged; assign a provider that exists, is active and advertises "
+                                    "the job kind (details: job_kind, provider_id, reason).",
     ErrorCode.POLICY_DENIED: "Do not retry; the bridge policy does not allow this Nostr kind.",
     ErrorCode.BRIDGE_EVENT_CONFLICT: "Do not retry; the outbox row was already sent as another Nostr event.",
     ErrorCode.BRIDGE_EVENT_MISSING: "Enqueue the outbox row before marking it.",
     ErrorCode.INVALID_QUERY: "Fix the query; only the documented subscription SQL subset is accepted.",
-    ErrorCode.STALE_CURSOR: "Rebootstrap the stream (drop local state, rehydrate), then resume from the new watermark.",
+    ErrorCode.STALE_CURSOR: "If epoch_changed is the only reason and continues_epoch is your epoch with "
+                            "continues_seq >= your watermark, resume in the new epoch from the same watermark; else "
+                            "rebootstrap the stream (drop local state, rehydrate), then resume from the new watermark.",
     ErrorCode.INVALID_CLIENT_BUILD: "Send a non-blank oa_client_build_id (YYYYMMDDTHHMMSSZ).",
     ErrorCode.UNSUPPORTED_PROTOCOL_VERSION: "Use the protocol version the server names in the window.",
     ErrorCode.UNSUPPORTED_SCHEMA_VERSION: "Upgrade or downgrade to a schema version inside the window.",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -25,6 +25,7 @@ import icontract
 
 from spec.canonical import is_canonical, payload_hash
 from spec.errors import ErrorCode
+from spec.policy import Policy
 from spec.schema import PERSISTENT_TABLES, TABLES
 from spec.state import DbState
 from spec.transitions import (
@@ -57,15 +58,16 @@ class Invariant:
 
 
 CATALOG: tuple[Invariant, ...] = (
-    Invariant("SEQ-1", "state", "Per stream, the retained events' seqs are contiguous and end at head_seq, with "
-              "1 <= floor_seq <= head_seq + 1; the events at or above floor_seq are exactly floor_seq..head_seq and "
-              "belong to the stream's current epoch; any below floor_seq belong to earlier epochs (kept after an "
-              "unclean restart as the dedupe horizon, never resumable); every event belongs to an existing stream."),
+    Invariant("SEQ-1", "state", "Per stream, 1 <= floor_seq <= head_seq + 1 and the retained events are exactly "
+              "floor_seq..head_seq, all in the stream's current epoch; every event belongs to an existing stream. "
+              "An epoch continues another (continues_epoch != 0) only below it, up to a continues_seq <= head_seq."),
     Invariant("SEQ-2", "trace", "A (stream_id, epoch, seq) never names two different payloads, over the whole "
               "run, across crashes and restarts: not in the ledger, not in anything any client ever received "
               "or applied. In particular a seq is never reused within an epoch."),
     Invariant("SEQ-3", "transition", "A stream's head_seq, floor_seq and epoch never decrease from one committed "
-              "state to the next; a retained event row never changes."),
+              "state to the next; a retained event row never changes. The one exception is the recovery "
+              "transaction of an unclean restart, which relabels the retained events of the continued epoch to the "
+              "new one: same seq, payload, hash, producer and offset, epoch raised (CONT-1)."),
     Invariant("SEQ-4", "call", "An append that writes assigns seq = head_seq + 1 and returns it; the first "
               "append of a stream gives seq 1."),
     Invariant("IDEM-1", "state", "Within a stream, (stream_id, idempotency_key) and (stream_id, seq) are each "
@@ -101,6 +103,9 @@ CATALOG: tuple[Invariant, ...] = (
               "replay_budget_exceeded, cursor_ahead_of_head), and the details carry all of them."),
     Invariant("STALE-2", "trace", "A resume subscription that is not stale never skips a compacted event: "
               "floor_seq <= W + 1 on the snapshot state."),
+    Invariant("STALE-3", "trace", "A sync_event subscription that bounds seq from below is accepted only when it "
+              "pins both stream_id and epoch with =; any other is refused with invalid_query, whose message shows "
+              "the resume form (SELECT * FROM sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W)."),
     Invariant("CONF-1", "trace", "A confirmed-read client never receives a message derived from a transaction "
               "offset that is not durable at the time it is received."),
     Invariant("CONF-2", "trace", "No event a confirmed-read client received is ever lost by a crash."),
@@ -110,7 +115,8 @@ CATALOG: tuple[Invariant, ...] = (
               "emitted them, never in a SubscribeApplied."),
     Invariant("AUTH-1", "trace", "No client receives a row it may not read: stream rows only for granted "
               "streams, checkpoints only by their owner, bridge rows only by bridge scopes, assignments "
-              "only by requester, provider owner or compute scopes."),
+              "only by their requester, their provider_owner or compute.assign holders (compute.execute alone "
+              "reads nothing)."),
     Invariant("AUTH-2", "call", "A reducer call without the required scope or stream grant fails with "
               "missing_scope / forbidden_stream before any other check and changes nothing."),
     Invariant("COMPAT-1", "call", "Compatibility negotiation applies its checks in the documented order; the "
@@ -119,15 +125,50 @@ CATALOG: tuple[Invariant, ...] = (
               "offline_reason; expires_at >= last_seen."),
     Invariant("PRES-2", "transition", "After a presence sweep at time t no live (non-offline) row has "
               "expires_at <= t; a status change emits exactly one presence_signal."),
+    Invariant("PRES-3", "trace", "Closing a connection marks a session disconnected only when that connection made "
+              "the session's last upsert (a session re-upserted on a newer connection stays as that upsert left "
+              "it), and once faults heal every session whose last upserting connection closed (not by a crash: "
+              "TTLs take over then) is offline."),
     Invariant("ASSIGN-1", "transition", "A compute assignment changes only along the transition table, bumping "
-              "version by exactly 1; terminal rows never change."),
+              "version by exactly 1; terminal rows never change. The one exception is the recovery transaction "
+              "after an unclean restart, which only raises versions (VER-1)."),
     Invariant("ASSIGN-2", "state", "Assignment status is valid and version >= 1; assigned, running, completed "
-              "and failed rows name a provider."),
+              "and failed rows name a provider and its owner (provider_owner); open rows name neither."),
+    Invariant("ASSIGN-3", "transition", "An assignment becomes assigned only naming a provider that exists, is "
+              "active and advertises the job kind in the state before, and records that provider's owner as "
+              "provider_owner; provider_id and provider_owner never change afterwards."),
+    Invariant("ASSIGN-4", "call", "An assignment edge is taken only by a role the transition table names for it "
+              "-- requester (the row's requester), dispatcher (compute.assign), executor (compute.execute and the "
+              "row's provider_owner) -- and refused with forbidden only to a caller holding none of them: start, "
+              "complete and fail belong to the assigned provider's owner alone."),
     Invariant("BRIDGE-1", "state", "An outbox row is sent exactly when it has a nostr_event_id; failed rows have "
               "reached the maximum attempts; pending rows are below it."),
-    Invariant("BRIDGE-2", "transition", "A sent outbox row never changes; attempts never decrease."),
+    Invariant("BRIDGE-2", "transition", "A sent outbox row stays sent with the same event id and content; the only "
+              "change it takes is relays_acked growing (a repeated success merging newly acknowledged relays). "
+              "Attempts never decrease."),
+    Invariant("BRIDGE-3", "call", "The outbox rules a bridge worker relies on: enqueue deduplicates on the hash of "
+              "canonical [source, nostr_kind, tags, content] (another source under the same outbox_id is "
+              "idempotency_conflict) and starts with next_attempt_at = the enqueue time; record_bridge_failure on "
+              "a pending row sets next_attempt_at = now + retry_after_ms; mark_bridge_event_sent with the event id "
+              "already recorded merges the relays into relays_acked, writing exactly when it adds one, and with "
+              "another event id is bridge_event_conflict."),
     Invariant("PROV-1", "transition", "A provider capability's version rises by exactly 1 on every content change "
-              "and never without one."),
+              "and never without one; a new provider starts at version_floor. The one exception is the recovery "
+              "transaction after an unclean restart, which only raises versions (VER-1)."),
+    Invariant("CONT-1", "trace", "An unclean restart's new epoch continues the old one: continues_epoch is the old "
+              "epoch, continues_seq the durable head, floor_seq kept, the retained events and checkpoints of the "
+              "old epoch relabelled (same seq, payload, hash, producer, offset). A client at (E, W) that meets an "
+              "epoch continuing E with W <= continues_seq and nothing else stale adopts it with the same watermark "
+              "and events and no rebootstrap; a client that meets any other new epoch rebootstraps. So a "
+              "confirmed-read client (W <= the durable head) never rebootstraps because of a crash."),
+    Invariant("VER-1", "trace", "A version number never names two different contents: over the whole run, across "
+              "crashes and retention, each (provider_id or request_id, version) ever committed names one content. "
+              "New rows start at version_floor; retention raises the floor above every version it removes; "
+              "recovery raises every live row and the floor above every version the lost suffix can have handed "
+              "out."),
+    Invariant("RET-1", "transition", "Retention (the compaction transaction) removes offline presence rows, terminal "
+              "assignments and sent or failed outbox rows exactly when they are past their policy windows (after "
+              "last_seen, resp. updated_at), and nothing else of those tables; subscribers receive the deletes."),
     Invariant("DUR-1", "trace", "After a crash the state is exactly the durable prefix: every transaction "
               "reported durable is present, nothing after it is."),
     Invariant("DUR-2", "trace", "Recovery from an unclean restart moves every stream to an epoch above every "
@@ -196,12 +237,11 @@ def layout_ok(stream: SyncStream, events: Sequence[SyncEvent]) -> bool:
     """SEQ-1 for one stream, given its retained events."""
     if not 1 <= stream.floor_seq <= stream.head_seq + 1:
         return False
-    seqs = sorted(e.seq for e in events)
-    if seqs and seqs != list(range(seqs[0], stream.head_seq + 1)):
+    if stream.continues_epoch != 0 and not (stream.continues_epoch < stream.epoch
+                                            and stream.continues_seq <= stream.head_seq):
         return False
-    current = sorted(e.seq for e in events if e.seq >= stream.floor_seq)
-    return current == list(range(stream.floor_seq, stream.head_seq + 1)) and all(
-        (e.epoch == stream.epoch) if e.seq >= stream.floor_seq else (e.epoch < stream.epoch) for e in events)
+    return sorted(e.seq for e in events) == list(range(stream.floor_seq, stream.head_seq + 1)) and all(
+        e.epoch == stream.epoch for e in events)
 
 
 def stream_layout_ok(db: DbState, stream: SyncStream) -> bool:
@@ -244,8 +284,10 @@ def check_state(db: DbState, bridge_max_attempts: int = 5) -> list[Violation]:
                 or p.expires_at < p.last_seen:
             v.append(("PRES-1", f"presence {p.session_id}: {p.status}/{p.offline_reason}"))
     for a in db.of_type(ComputeAssignment):
+        named = a.status in ("assigned", "running", "completed", "failed")
         if a.status not in ASSIGNMENT_STATUSES or a.version < 1 or (
-                a.status in ("assigned", "running", "completed", "failed") and a.provider_id is None):
+                named and (a.provider_id is None or a.provider_owner is None)) or (
+                a.status == "open" and (a.provider_id, a.provider_owner) != (None, None)):
             v.append(("ASSIGN-2", f"assignment {a.request_id}: {a.status} v{a.version}"))
         if not is_canonical(a.request) or payload_hash(a.request) != a.request_hash or (
                 a.result is not None and not is_canonical(a.result)):
@@ -253,7 +295,8 @@ def check_state(db: DbState, bridge_max_attempts: int = 5) -> list[Violation]:
     for b in db.of_type(BridgeOutbox):
         bad = b.status not in BRIDGE_STATUSES or (b.status == "sent") != (b.nostr_event_id is not None) \
             or (b.status == "failed" and b.attempts < bridge_max_attempts) \
-            or (b.status == "pending" and b.attempts >= bridge_max_attempts)
+            or (b.status == "pending" and b.attempts >= bridge_max_attempts) \
+            or b.next_attempt_at < b.created_at or list(b.relays_acked) != sorted(set(b.relays_acked))
         if bad:
             v.append(("BRIDGE-1", f"outbox {b.outbox_id}: {b.status} attempts {b.attempts}"))
     for pc in db.of_type(ProviderCapability):
@@ -303,10 +346,21 @@ def check_transition(before: DbState, after: DbState) -> list[Violation]:
         if a.status in ASSIGNMENT_TERMINAL or (a.status, b.status) not in ASSIGNMENT_TRANSITIONS \
                 or b.version != a.version + 1:
             v.append(("ASSIGN-1", f"assignment {rid}: {a.status} v{a.version} -> {b.status} v{b.version}"))
+        if b.status == "assigned" and a.status != "assigned":
+            p = _by(before.of_type(ProviderCapability), "provider_id").get(b.provider_id)
+            if p is None or p.status != "active" or b.job_kind not in p.nip90_kinds or b.provider_owner != p.owner:
+                v.append(("ASSIGN-3", f"assignment {rid} assigned to {b.provider_id}: provider {p}"))
+        elif a.provider_id is not None and (a.provider_id, a.provider_owner) != (b.provider_id, b.provider_owner):
+            v.append(("ASSIGN-3", f"assignment {rid} changed its provider after the assign edge"))
     b0, b1 = _by(before.of_type(BridgeOutbox), "outbox_id"), _by(after.of_type(BridgeOutbox), "outbox_id")
     for oid, a in b0.items():
         b = b1.get(oid)
-        if b is not None and ((a.status == "sent" and b != a) or b.attempts < a.attempts):
+        if b is None:
+            continue
+        grew = a.status == "sent" and (b.status != "sent" or not set(a.relays_acked) <= set(b.relays_acked)
+                                       or (b.nostr_event_id, b.content_hash, b.attempts, b.next_attempt_at)
+                                       != (a.nostr_event_id, a.content_hash, a.attempts, a.next_attempt_at))
+        if grew or b.attempts < a.attempts:
             v.append(("BRIDGE-2", f"outbox {oid} changed after sent or attempts decreased"))
     p0 = _by(before.of_type(ProviderCapability), "provider_id")
     p1 = _by(after.of_type(ProviderCapability), "provider_id")
@@ -321,6 +375,86 @@ def check_transition(before: DbState, after: DbState) -> list[Violation]:
     return v
 
 
+_RETAINED = (("session_presence", "session_id"), ("compute_assignment", "request_id"), ("bridge_outbox", "outbox_id"))
+
+
+def _past_window(row: Any, now: int, policy: Policy) -> bool:
+    """RET-1's reading of the retention windows (written out, not spec.reducers.retention_expired)."""
+    if isinstance(row, SessionPresence):
+        ts, window = row.last_seen, (policy.retain_offline_presence_us if row.status == "offline" else None)
+    elif isinstance(row, ComputeAssignment):
+        ts, window = row.updated_at, (policy.retain_terminal_assignment_us
+                                      if row.status in ("completed", "failed", "cancelled") else None)
+    elif isinstance(row, BridgeOutbox):
+        ts = row.updated_at
+        window = policy.retain_sent_outbox_us if row.status == "sent" else (
+            policy.retain_failed_outbox_us if row.status == "failed" else None)
+    else:
+        return False
+    return window is not None and now - ts > window
+
+
+def check_retention(before: DbState, after: DbState, now: int, policy: Policy) -> list[Violation]:
+    """RET-1 for a compaction at ``now``: the rows of the retained tables it removed were past their
+    windows, and none past its window is left."""
+    v: list[Violation] = []
+    for table, key in _RETAINED:
+        kept = {getattr(r, key) for r in after.rows(table)}
+        for r in before.rows(table):
+            gone = getattr(r, key) not in kept
+            if gone != _past_window(r, now, policy):
+                v.append(("RET-1", f"{table} {getattr(r, key)}: {'removed' if gone else 'kept'} at {now}"))
+    return v
+
+
+def versioned_content(row: ProviderCapability | ComputeAssignment) -> tuple[Any, ...]:
+    """What a version names: the row without its version and its timestamps of change."""
+    if isinstance(row, ProviderCapability):
+        return (row.owner, row.capability_hash, row.nip90_kinds, row.price_hint_sats, row.status)
+    return (row.requester, row.job_kind, row.request_hash, row.provider_id, row.provider_owner, row.status,
+            row.result, row.opened_at)
+
+
+def check_recovery(before: DbState, after: DbState, max_undurable: int) -> list[Violation]:
+    """The recovery transaction of an unclean restart (the one exception to SEQ-3, PROV-1 and
+    ASSIGN-1): each stream's new epoch continues its old one up to the head, its events and
+    checkpoints relabelled (CONT-1); the rows keep their content, and every version, and the
+    floor, move past every version the lost suffix (at most ``max_undurable`` transactions, each
+    raising the largest version by at most one) can have handed out (VER-1)."""
+    v: list[Violation] = []
+    old_streams, new_streams = _by(before.of_type(SyncStream), "stream_id"), _by(after.of_type(SyncStream), "stream_id")
+    for sid, a in old_streams.items():
+        b = new_streams.get(sid)
+        if b is None or (b.continues_epoch, b.continues_seq, b.head_seq, b.floor_seq) != (
+                a.epoch, a.head_seq, a.head_seq, a.floor_seq) or b.epoch <= a.epoch:
+            v.append(("CONT-1", f"recovery moved {sid} from {a} to {b}"))
+    moved = {sid: (a.epoch, new_streams[sid].epoch) for sid, a in old_streams.items() if sid in new_streams}
+
+    def relabelled(row: Any) -> Any:
+        old_new = moved.get(row.stream_id)
+        return row if old_new is None or row.epoch != old_new[0] else replace(row, epoch=old_new[1])
+
+    for rows in ("sync_event", "sync_checkpoint"):
+        if Counter(map(relabelled, before.rows(rows))) != Counter(after.rows(rows)):
+            v.append(("CONT-1", f"recovery did not relabel the {rows} rows of the continued epochs (and only "
+                                f"those)"))
+    top = max([before.version_floor, *(r.version for r in before.of_type(ProviderCapability)),
+               *(r.version for r in before.of_type(ComputeAssignment))])
+    if after.version_floor <= top + max_undurable:
+        v.append(("VER-1", f"recovery left version_floor at {after.version_floor}, lost versions reach "
+                           f"{top + max_undurable}"))
+    for row_type, key in ((ProviderCapability, "provider_id"), (ComputeAssignment, "request_id")):
+        old, new = _by(before.of_type(row_type), key), _by(after.of_type(row_type), key)
+        if set(old) != set(new):
+            v.append(("VER-1", f"recovery added or removed {row_type.__name__} rows"))
+        for k, a in old.items():
+            b = new.get(k)
+            if b is not None and (versioned_content(a) != versioned_content(b) or b.version <= top + max_undurable):
+                v.append(("VER-1", f"recovery of {k}: v{a.version} -> v{b.version}, content kept: "
+                                   f"{versioned_content(a) == versioned_content(b)}"))
+    return v
+
+
 def check_sweep(after: DbState, now: int) -> list[Violation]:
     return [("PRES-2", f"presence {p.session_id} live past expiry") for p in after.of_type(SessionPresence)
             if p.status != "offline" and p.expires_at <= now]
@@ -329,13 +463,77 @@ def check_sweep(after: DbState, now: int) -> list[Violation]:
 # --- calls -------------------------------------------------------------------------------------
 
 
+def _assignment_roles(scopes: frozenset[str], identity: str | None, row: ComputeAssignment) -> set[str]:
+    """ASSIGN-4's reading of who the caller is for ``row``, written out (not via spec.transitions.has_role)."""
+    held = set()
+    if identity is not None and identity == row.requester:
+        held.add("requester")
+    if "compute.assign" in scopes:
+        held.add("dispatcher")
+    if "compute.execute" in scopes and row.provider_owner is not None and identity == row.provider_owner:
+        held.add("executor")
+    return held
+
+
+def _check_update_roles(before: DbState, scopes: frozenset[str], identity: str | None, args: tuple[Any, ...],
+                        outcome_ok: bool, error_code: ErrorCode | None, after: DbState) -> list[Violation]:
+    """ASSIGN-4: an edge taken was taken by a role the table names; a forbidden edge was refused to a
+    caller holding none of them."""
+    rid, expected, status = args[0], args[1], args[2]
+    old = _by(before.of_type(ComputeAssignment), "request_id").get(rid)
+    if old is None or old.version != expected or (old.status, status) not in ASSIGNMENT_TRANSITIONS:
+        return []
+    roles = ASSIGNMENT_TRANSITIONS[(old.status, status)]
+    held = _assignment_roles(scopes, identity, old)
+    new = _by(after.of_type(ComputeAssignment), "request_id").get(rid)
+    if outcome_ok and new is not None and new != old and not held & roles:
+        return [("ASSIGN-4", f"{old.status} -> {status} of {rid} taken by a caller holding {sorted(held)}, "
+                             f"not one of {sorted(roles)}")]
+    if error_code is ErrorCode.FORBIDDEN and held & roles:
+        return [("ASSIGN-4", f"{old.status} -> {status} of {rid} refused to a caller holding {sorted(held & roles)}")]
+    return []
+
+
+def _check_outbox_call(before: DbState, reducer: str, args: tuple[Any, ...], outcome_ok: bool,
+                       error_code: ErrorCode | None, wrote: bool, after: DbState) -> list[Violation]:
+    """BRIDGE-3, each rule read off the rows before and after (no reducer code reused)."""
+    oid = args[0]
+    old = _by(before.of_type(BridgeOutbox), "outbox_id").get(oid)
+    new = _by(after.of_type(BridgeOutbox), "outbox_id").get(oid)
+    if reducer == "enqueue_bridge_event" and old is not None and outcome_ok and old.source != args[1]:
+        return [("BRIDGE-3", f"enqueue of {oid} from source {args[1]} accepted over one from {old.source}")]
+    if reducer == "enqueue_bridge_event" and old is None and new is not None and new.next_attempt_at != new.created_at:
+        return [("BRIDGE-3", f"new outbox row {oid} starts with next_attempt_at {new.next_attempt_at}")]
+    if reducer == "mark_bridge_event_sent" and old is not None and old.status == "sent" \
+            and old.nostr_event_id == args[1] \
+            and error_code not in (ErrorCode.MISSING_SCOPE, ErrorCode.INVALID_ARGUMENT):
+        adds = not set(args[2]) <= set(old.relays_acked)
+        if not outcome_ok or wrote != adds or (new is not None and
+                                               set(new.relays_acked) != set(old.relays_acked) | set(args[2])):
+            return [("BRIDGE-3", f"repeated mark of {oid}: ok={outcome_ok} wrote={wrote}, relays "
+                                 f"{old.relays_acked} + {args[2]} -> {new.relays_acked if new else None}")]
+    if reducer == "mark_bridge_event_sent" and old is not None and old.status == "sent" \
+            and old.nostr_event_id != args[1] and outcome_ok:
+        return [("BRIDGE-3", f"{oid} sent as {old.nostr_event_id} accepted another event id")]
+    if reducer == "record_bridge_failure" and wrote and old is not None and new is not None \
+            and new.next_attempt_at != new.updated_at + 1000 * args[2]:
+        return [("BRIDGE-3", f"failure of {oid} with retry_after_ms {args[2]}: next_attempt_at "
+                             f"{new.next_attempt_at}, updated_at {new.updated_at}")]
+    return []
+
+
 def check_call(before: DbState, scopes: frozenset[str], granted: bool, reducer: str, args: tuple[Any, ...],
                outcome_ok: bool, ret: int | None, error_code: ErrorCode | None, wrote: bool,
-               after: DbState) -> list[Violation]:
-    """Call-level invariants.  ``granted``: the caller holds a grant for the call's stream (if any)."""
+               after: DbState, identity: str | None = None) -> list[Violation]:
+    """Call-level invariants.  ``granted``: the caller holds a grant for the call's stream (if any);
+    ``identity``: the caller's (None: the checks that need it are skipped)."""
     v: list[Violation] = []
     if not outcome_ok and after != before:
         v.append(("DELIV-4", f"failed {reducer} changed the state"))
+    if reducer == "update_compute_assignment" and identity is not None:
+        v += _check_update_roles(before, scopes, identity, args, outcome_ok, error_code, after)
+    if reducer in ("enqueue_bridge_event", "mark_bridge_event_sent", "record_bridge_failure"):
+        v += _check_outbox_call(before, reducer, args, outcome_ok, error_code, wrote, after)
     if reducer == "append_sync_event":
         stream_id, key, payload_json = args[0], args[1], args[2]
         if "sync.append" not in scopes:

@@ -2,6 +2,14 @@
 
 Stream classes are chosen by the longest matching stream-id prefix; each fixes the payload size
 limit, retention (count and age) and the replay budget written into ``sync_stream``.
+
+Retention of the other tables (ADR-0003 decision 8), applied by the compaction system transaction:
+an offline presence row goes ``retain_offline_presence_us`` after its ``last_seen`` (default 1 day),
+a terminal assignment ``retain_terminal_assignment_us`` after its ``updated_at`` (7 days), a sent
+outbox row ``retain_sent_outbox_us`` after its ``updated_at`` (7 days), a failed (dead-letter) one
+``retain_failed_outbox_us`` after it (30 days).  ``None`` keeps such rows for ever.  A row is
+removed once its timestamp is *older* than now minus the window (as events by age).  The window is
+also the dedupe horizon of those ids: after it, the id names nothing and can be used again.
 """
 
 from __future__ import annotations
@@ -26,10 +34,14 @@ class Policy:
     default_class: StreamClass = field(default_factory=lambda: StreamClass("default"))
     presence_min_ttl_ms: int = 1_000
     presence_max_ttl_ms: int = 300_000
-    bridge_kinds: frozenset[int] = frozenset({1, 30078, 31990})
+    bridge_kinds: frozenset[int] = frozenset({30078, 31990})  # NIP-89 provider ads, receipt pointers (DESIGN §6)
     bridge_max_attempts: int = 5
     bridge_max_retry_after_ms: int = 86_400_000
     max_error_text: int = 1024
+    retain_offline_presence_us: int | None = 86_400 * 10**6  # 1 day after last_seen
+    retain_terminal_assignment_us: int | None = 7 * 86_400 * 10**6  # completed/failed/cancelled, after updated_at
+    retain_sent_outbox_us: int | None = 7 * 86_400 * 10**6  # after updated_at
+    retain_failed_outbox_us: int | None = 30 * 86_400 * 10**6  # dead letters, after updated_at
 
     def class_for(self, stream_id: str) -> StreamClass:
         best: tuple[int, StreamClass] | None = None
@@ -37,6 +49,11 @@ class Policy:
             if stream_id.startswith(prefix) and (best is None or len(prefix) > best[0]):
                 best = (len(prefix), cls)
         return best[1] if best else self.default_class
+
+
+def expired(ts: int, now: int, window: int | None) -> bool:
+    """A row stamped ``ts`` is past a retention window at ``now`` (never when the window is None)."""
+    return window is not None and ts < now - window
 
 
 DEFAULT_POLICY = Policy()

@@ -398,6 +398,24 @@ def lower_bound_exclusive(q: Query, column: str) -> int | None:
     return max(bounds, default=None)
 
 
+@icontract.ensure(lambda q, result: (result is None) == (lower_bound_exclusive(q, "seq") is None),
+                  "None exactly when seq has no lower bound", enabled=contracts.PER_ROW)
+@icontract.ensure(lambda q, result: result is None or result == max(0, lower_bound_exclusive(q, "seq") or 0),
+                  "STALE-1 (the seq bound, clamped at 0: seqs start at 1, so seq >= 0 means from the start)",
+                  enabled=contracts.PER_ROW)
+def resume_watermark(q: Query) -> int | None:
+    """The watermark W a ``sync_event`` resume query asks to resume after: the largest W with ``seq > W``
+    implied, clamped at 0 -- seqs start at 1, so ``seq >= 0`` and ``seq > 0`` both mean W = 0
+    (before ADR-0003, ``seq >= 0`` gave W = -1, a retention floor breach on every stream)."""
+    bound = lower_bound_exclusive(q, "seq")
+    return None if bound is None else max(0, bound)
+
+
+RESUME_QUERY_FORM = "SELECT * FROM sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W"
+"""How a resume is written (ADR-0003, decision 3): a ``sync_event`` subscription that bounds ``seq`` from
+below must pin both ``stream_id`` and ``epoch`` with ``=``."""
+
+
 @icontract.require(lambda q: _well_typed(q), "the query is well typed (as parse makes it)")
 @icontract.ensure(lambda q, result: not result or bool(q.where), "a query without conditions is satisfiable")
 def unsatisfiable(q: Query) -> bool:

@@ -41,28 +41,32 @@ from spec.errors import ErrorCode, SyncError
 from spec.invariants import (
     Violation,
     check_call,
+    check_retention,
     check_state,
     check_sweep,
     check_transition,
     stream_layout_ok,
 )
-from spec.policy import DEFAULT_POLICY, Policy
+from spec.policy import DEFAULT_POLICY, Policy, expired
 from spec.schema import REDUCER_BY_NAME
 from spec.state import DbState, Delta, R, Tx, table_of_type
 from spec.transitions import (
     ASSIGNMENT_STATUSES,
+    ASSIGNMENT_TERMINAL,
     ASSIGNMENT_TRANSITIONS,
     PRESENCE_STATUSES,
     PROVIDER_STATUSES,
     SIGNAL_KINDS,
     assignment_edge_allowed,
     bridge_edge_allowed,
+    has_role,
 )
 from spec.values import (
     BridgeOutbox,
     ComputeAssignment,
     PresenceSignal,
     ProviderCapability,
+    Row,
     SessionPresence,
     StreamSignal,
     SyncCheckpoint,
@@ -139,6 +143,13 @@ def _ok(tx: Tx, ret: int | None = None) -> Ok:
 
 def _noop(db: DbState, ret: int | None = None) -> Ok:
     return Ok(db, ret, Delta())
+
+
+def continuation(db: DbState, stream_id: str) -> tuple[int, int]:
+    """(continues_epoch, continues_seq) of a stream; (0, 0) -- a fresh epoch -- for one that does not
+    exist yet."""
+    s = db.find(SyncStream, lambda r: r.stream_id == stream_id)
+    return (0, 0) if s is None else (s.continues_epoch, s.continues_seq)
 
 
 def virtual_stream(db: DbState, stream_id: str) -> tuple[int, int, int]:
@@ -227,7 +238,7 @@ def _provider_versioned(db: DbState, provider_id: str, result: Ok) -> bool:
     before, after = _provider(db, provider_id), _provider(result.state, provider_id)
     if result.noop:
         return before is not None and after == before
-    return (after is not None and after.version == (before.version + 1 if before else 1)
+    return (after is not None and after.version == (before.version + 1 if before else db.version_floor)
             and after.capability_hash == payload_hash(after.capability)
             and list(after.nip90_kinds) == sorted(set(after.nip90_kinds)))
 
@@ -241,7 +252,7 @@ def _assignment_opened(db: DbState, request_id: str, job_kind: int, result: Ok) 
     if result.noop:
         return before is not None and after == before and before.job_kind == job_kind
     return (before is None and after is not None and (after.status, after.version, after.provider_id) ==
-            ("open", 1, None) and after.request_hash == payload_hash(after.request))
+            ("open", db.version_floor, None) and after.request_hash == payload_hash(after.request))
 
 
 def _assignment_stepped(db: DbState, ctx: CallContext, request_id: str, result: Ok) -> bool:
@@ -249,9 +260,9 @@ def _assignment_stepped(db: DbState, ctx: CallContext, request_id: str, result: 
     before, after = _assignment(db, request_id), _assignment(result.state, request_id)
     if before is None or after is None:
         return False
-    roles = set(ctx.claims.scopes) | ({"requester"} if ctx.claims.identity == before.requester else set())
+    roles = ASSIGNMENT_TRANSITIONS.get((before.status, after.status), frozenset())
     return (assignment_edge_allowed(before.status, after.status) and after.version - before.version == 1
-            and bool(roles & ASSIGNMENT_TRANSITIONS[(before.status, after.status)])
+            and any(has_role(r, ctx.claims.scopes, ctx.claims.identity, before) for r in roles)
             and (after.status not in ("assigned", "running", "completed", "failed") or after.provider_id is not None)
             and (before.requester, before.request_hash) == (after.requester, after.request_hash))
 
@@ -265,29 +276,35 @@ def _outbox_enqueued(db: DbState, outbox_id: str, result: Ok) -> bool:
     if result.noop:
         return before is not None and after == before
     return (before is None and after is not None and (after.status, after.attempts, after.nostr_event_id) ==
-            ("pending", 0, None) and is_hash(after.content_hash))
+            ("pending", 0, None) and is_hash(after.content_hash) and after.next_attempt_at == after.created_at)
 
 
-def _outbox_sent(db: DbState, outbox_id: str, nostr_event_id: str, result: Ok) -> bool:
+def _outbox_sent(db: DbState, outbox_id: str, nostr_event_id: str, relays: tuple[str, ...], result: Ok) -> bool:
+    """Sent with this event id, every relay ever acknowledged kept: a write exactly when it adds one."""
     before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
     if before is None or after is None or (after.status, after.nostr_event_id) != ("sent", nostr_event_id):
+        return False
+    merged = set(relays) | (set(before.relays_acked) if before.status == "sent" else set())
+    if after.relays_acked != tuple(sorted(merged)):
         return False
     return after == before if result.noop else bridge_edge_allowed(before.status, "sent")
 
 
-def _outbox_failed(db: DbState, ctx: CallContext, outbox_id: str, result: Ok) -> bool:
+def _outbox_failed(db: DbState, ctx: CallContext, outbox_id: str, retry_after_ms: int, result: Ok) -> bool:
     before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
     if before is None or after is None:
         return False
     if result.noop:
         return before.status != "pending" and after == before
     return (after.attempts == before.attempts + 1 and bridge_edge_allowed(before.status, after.status)
-            and (after.status == "failed") == (after.attempts >= ctx.policy.bridge_max_attempts))
+            and (after.status == "failed") == (after.attempts >= ctx.policy.bridge_max_attempts)
+            and after.next_attempt_at == ctx.now + 1000 * retry_after_ms)
 
 
 def _epoch_reset(db: DbState, stream_id: str, result: Ok) -> bool:
     before, after = _stream_row(db, stream_id), _stream_row(result.state, stream_id)
     return (before is not None and after is not None and after.epoch == before.epoch + 1
+            and (after.continues_epoch, after.continues_seq) == (0, 0)
             and after.head_seq == before.head_seq and after.floor_seq == before.head_seq + 1
             and not any(e.stream_id == stream_id for e in result.state.of_type(SyncEvent)))
 
@@ -341,7 +358,7 @@ def _call_violations(db: DbState, ctx: CallContext, reducer: str, args: tuple[An
                       result.ret if isinstance(result, Ok) else None,
                       result.error.code if isinstance(result, Err) else None,
                       isinstance(result, Ok) and not result.noop,
-                      result.state if isinstance(result, Ok) else db)
+                      result.state if isinstance(result, Ok) else db, ctx.claims.identity)
 
 
 def _violation_error(checker: str, found: list[Violation]) -> icontract.ViolationError:
@@ -394,10 +411,8 @@ def append_sync_event(db: DbState, ctx: CallContext, stream_id: str, idempotency
     seq = head + 1
     tx = Tx(db)
     if stream is None:
-        owner_scope = next((g for g in c.streams if g == stream_id or
-                            (g.endswith("*") and stream_id.startswith(g[:-1]))), stream_id)
-        new_stream = SyncStream(stream_id, cls.name, owner_scope, db.epoch_floor, seq, seq,
-                                cls.replay_budget, ctx.now, ctx.now)
+        new_stream = SyncStream(stream_id, cls.name, db.epoch_floor, 0, 0, seq, seq, cls.replay_budget, ctx.now,
+                                ctx.now)
         tx.insert(new_stream)
         epoch = db.epoch_floor
     else:
@@ -500,7 +515,7 @@ def publish_provider_capability(db: DbState, ctx: CallContext, provider_id: str,
     if old is not None and (old.capability_hash, old.nip90_kinds, old.price_hint_sats, old.status) == (
             digest, kinds, price_hint_sats, status):
         return _noop(db)
-    version = 1 if old is None else old.version + 1
+    version = db.version_floor if old is None else old.version + 1
     new = ProviderCapability(provider_id, c.identity, canon, digest, kinds, price_hint_sats, status,
                              version, ctx.now)
     tx = Tx(db)
@@ -531,8 +546,8 @@ def open_compute_assignment(db: DbState, ctx: CallContext, request_id: str, job_
         raise _fail(ErrorCode.IDEMPOTENCY_CONFLICT, existing_request_hash=old.request_hash,
                     request_hash=digest, request_id=request_id)
     tx = Tx(db)
-    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, "open", None, 1,
-                                ctx.now, ctx.now))
+    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, "open", None,
+                                db.version_floor, ctx.now, ctx.now))
     return _ok(tx)
 
 
@@ -566,17 +581,37 @@ def update_compute_assignment(db: DbState, ctx: CallContext, request_id: str, ex
     if edge not in ASSIGNMENT_TRANSITIONS:
         raise _fail(ErrorCode.INVALID_TRANSITION, request_id=request_id, status=old.status,
                     requested_status=status)
-    roles = set(c.scopes) | ({"requester"} if c.identity == old.requester else set())
-    if not roles & ASSIGNMENT_TRANSITIONS[edge]:
+    if not any(has_role(role, c.scopes, c.identity, old) for role in ASSIGNMENT_TRANSITIONS[edge]):
         raise _fail(ErrorCode.FORBIDDEN, request_id=request_id)
     if status != "assigned" and provider_id is not None and provider_id != old.provider_id:
         raise _fail(ErrorCode.INVALID_ARGUMENT, argument="provider_id",
                     message="only the assign edge sets the provider")
+    provider_owner = old.provider_owner
+    if status == "assigned":
+        assert provider_id is not None
+        provider_owner = _available_provider(db, provider_id, old.job_kind).owner
     new = replace(old, status=status, provider_id=provider_id if status == "assigned" else old.provider_id,
-                  result=result, version=old.version + 1, updated_at=ctx.now)
+                  provider_owner=provider_owner, result=result, version=old.version + 1, updated_at=ctx.now)
     tx = Tx(db)
     tx.update(old, new)
     return _ok(tx)
+
+
+def _available_provider(db: DbState, provider_id: str, job_kind: int) -> ProviderCapability:
+    """The provider an assignment may name: it exists, is ``active`` and advertises the job kind;
+    else ``provider_unavailable`` with the reason (``missing``, ``withdrawn``, ``kind_not_advertised``)."""
+    p = db.find(ProviderCapability, lambda r: r.provider_id == provider_id)
+    reason = ("missing" if p is None else "withdrawn" if p.status != "active"
+              else "kind_not_advertised" if job_kind not in p.nip90_kinds else None)
+    if reason is not None:
+        raise _fail(ErrorCode.PROVIDER_UNAVAILABLE, job_kind=job_kind, provider_id=provider_id, reason=reason)
+    assert p is not None
+    return p
+
+
+def outbox_content_hash(source: str, nostr_kind: int, tags_canonical: str, content: str) -> str:
+    """The outbox dedupe key: the hash of canonical ``[source, nostr_kind, tags, content]`` (ADR-0003)."""
+    return payload_hash(dumps_canonical([source, nostr_kind, parse_strict(tags_canonical), content]))
 
 
 def _tags_ok(tags_json: str) -> str:
@@ -600,7 +635,7 @@ def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: 
     tags = _tags_ok(tags_json)
     if nostr_kind not in ctx.policy.bridge_kinds:
         raise _fail(ErrorCode.POLICY_DENIED, nostr_kind=nostr_kind, outbox_id=outbox_id)
-    digest = payload_hash(dumps_canonical([nostr_kind, parse_strict(tags), content]))
+    digest = outbox_content_hash(source, nostr_kind, tags, content)
     old = db.find(BridgeOutbox, lambda r: r.outbox_id == outbox_id)
     if old is not None:
         if old.content_hash == digest:
@@ -608,13 +643,15 @@ def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: 
         raise _fail(ErrorCode.IDEMPOTENCY_CONFLICT, content_hash=digest,
                     existing_content_hash=old.content_hash, outbox_id=outbox_id)
     tx = Tx(db)
-    tx.insert(BridgeOutbox(outbox_id, source, nostr_kind, tags, content, digest, "pending", 0, None, None,
+    tx.insert(BridgeOutbox(outbox_id, source, nostr_kind, tags, content, digest, "pending", 0, ctx.now, None, None,
                            (), ctx.now, ctx.now))
     return _ok(tx)
 
 
-@icontract.ensure(lambda db, outbox_id, nostr_event_id, result: _outbox_sent(db, outbox_id, nostr_event_id, result),
-                  "BRIDGE-1 BRIDGE-2 (the row ends sent with this event id, along an edge of the table)")
+@icontract.ensure(lambda db, outbox_id, nostr_event_id, relays, result:
+                  _outbox_sent(db, outbox_id, nostr_event_id, relays, result),
+                  "BRIDGE-1 BRIDGE-2 BRIDGE-3 (the row ends sent with this event id, along an edge of the table, "
+                  "with every relay acknowledged so far)")
 def mark_bridge_event_sent(db: DbState, ctx: CallContext, outbox_id: str, nostr_event_id: str,
                            relays: tuple[str, ...]) -> Outcome:
     c = ctx.claims
@@ -627,19 +664,24 @@ def mark_bridge_event_sent(db: DbState, ctx: CallContext, outbox_id: str, nostr_
     old = db.find(BridgeOutbox, lambda r: r.outbox_id == outbox_id)
     if old is None:
         raise _fail(ErrorCode.BRIDGE_EVENT_MISSING, outbox_id=outbox_id)
+    acked = set(relays)
     if old.status == "sent":
-        if old.nostr_event_id == nostr_event_id:
-            return _noop(db)
-        raise _fail(ErrorCode.BRIDGE_EVENT_CONFLICT, nostr_event_id=old.nostr_event_id,
-                    requested_nostr_event_id=nostr_event_id, outbox_id=outbox_id)
+        if old.nostr_event_id != nostr_event_id:
+            raise _fail(ErrorCode.BRIDGE_EVENT_CONFLICT, nostr_event_id=old.nostr_event_id,
+                        requested_nostr_event_id=nostr_event_id, outbox_id=outbox_id)
+        if acked <= set(old.relays_acked):
+            return _noop(db)  # nothing new acknowledged
+        acked |= set(old.relays_acked)
     tx = Tx(db)
     tx.update(old, replace(old, status="sent", nostr_event_id=nostr_event_id,
-                           relays_acked=tuple(sorted(set(relays))), updated_at=ctx.now))
+                           relays_acked=tuple(sorted(acked)), updated_at=ctx.now))
     return _ok(tx)
 
 
-@icontract.ensure(lambda db, ctx, outbox_id, result: _outbox_failed(db, ctx, outbox_id, result),
-                  "BRIDGE-1 BRIDGE-2 (attempts + 1; failed exactly at the maximum; only pending rows change)")
+@icontract.ensure(lambda db, ctx, outbox_id, retry_after_ms, result: _outbox_failed(db, ctx, outbox_id, retry_after_ms,
+                                                                                   result),
+                  "BRIDGE-1 BRIDGE-2 BRIDGE-3 (attempts + 1; failed exactly at the maximum; next_attempt_at = now + "
+                  "retry_after_ms; only pending rows change)")
 def record_bridge_failure(db: DbState, ctx: CallContext, outbox_id: str, error: str,
                           retry_after_ms: int) -> Outcome:
     c = ctx.claims
@@ -659,7 +701,8 @@ def record_bridge_failure(db: DbState, ctx: CallContext, outbox_id: str, error: 
     attempts = old.attempts + 1
     status = "failed" if attempts >= ctx.policy.bridge_max_attempts else "pending"
     tx = Tx(db)
-    tx.update(old, replace(old, attempts=attempts, status=status, last_error=error, updated_at=ctx.now))
+    tx.update(old, replace(old, attempts=attempts, status=status, next_attempt_at=ctx.now + 1000 * retry_after_ms,
+                           last_error=error, updated_at=ctx.now))
     return _ok(tx)
 
 
@@ -683,10 +726,12 @@ def publish_stream_signal(db: DbState, ctx: CallContext, stream_id: str, kind: s
 
 
 @icontract.ensure(lambda db, stream_id, result: _epoch_reset(db, stream_id, result),
-                  "SEQ-1 SEQ-3 (epoch + 1, head kept, floor = head + 1, no retained event of the stream)")
+                  "SEQ-1 SEQ-3 (epoch + 1 starting fresh (continues nothing), head kept, floor = head + 1, no retained "
+                  "event of the stream)")
 def reset_stream_epoch(db: DbState, ctx: CallContext, stream_id: str) -> Outcome:
-    """Admin: start a new epoch.  Retained events are dropped (floor = head + 1); seqs go on
-    from the old head, so a (stream, seq) pair never names two events."""
+    """Admin: start a fresh, empty epoch (``continues_epoch = 0``: every client rebootstraps).
+    Retained events are dropped (floor = head + 1); seqs go on from the old head, so a (stream, seq)
+    pair never names two events."""
     _scope(ctx.claims, "sync.admin")
     _id("stream_id", stream_id)
     stream = db.find(SyncStream, lambda r: r.stream_id == stream_id)
@@ -695,8 +740,8 @@ def reset_stream_epoch(db: DbState, ctx: CallContext, stream_id: str) -> Outcome
     tx = Tx(db)
     for e in [e for e in db.of_type(SyncEvent) if e.stream_id == stream_id]:
         tx.delete(e)
-    tx.update(stream, replace(stream, epoch=stream.epoch + 1, floor_seq=stream.head_seq + 1,
-                              updated_at=ctx.now))
+    tx.update(stream, replace(stream, epoch=stream.epoch + 1, continues_epoch=0, continues_seq=0,
+                              floor_seq=stream.head_seq + 1, updated_at=ctx.now))
     return _ok(tx)
 
 
@@ -796,13 +841,34 @@ def _compacted(db: DbState, result: Ok) -> bool:
     return True
 
 
+def retention_expired(row: Row, now: Timestamp, policy: Policy) -> bool:
+    """Is ``row`` one that retention removes at ``now`` (ADR-0003 decision 8)?"""
+    if isinstance(row, SessionPresence):
+        return row.status == "offline" and expired(row.last_seen, now, policy.retain_offline_presence_us)
+    if isinstance(row, ComputeAssignment):
+        return row.status in ASSIGNMENT_TERMINAL and expired(row.updated_at, now, policy.retain_terminal_assignment_us)
+    if isinstance(row, BridgeOutbox):
+        window = {"sent": policy.retain_sent_outbox_us, "failed": policy.retain_failed_outbox_us}.get(row.status)
+        return row.status != "pending" and expired(row.updated_at, now, window)
+    return False
+
+
 @icontract.ensure(lambda db, result: _compacted(db, result),
                   "SEQ-1 SEQ-3 (compaction drops a prefix and raises floor_seq to match; epoch and head are kept)")
 @icontract.ensure(lambda result: not result.delta.for_table("sync_event").inserts,
                   "compaction never writes an event")
+@icontract.ensure(lambda db, now, policy, result: not check_retention(db, result.state, now, policy),
+                  "RET-1 (compaction removes exactly the rows past their retention windows)")
 def compact(db: DbState, now: Timestamp, policy: Policy = DEFAULT_POLICY) -> Ok:
-    """Retention: drop events past their class's count or age limit; raise ``floor_seq``."""
+    """Retention: drop events past their class's count or age limit and raise ``floor_seq``; drop
+    offline presence rows, terminal assignments and sent or failed outbox rows past their windows
+    (subscribers receive the deletes)."""
     tx = Tx(db)
+    for table in ("session_presence", "compute_assignment", "bridge_outbox"):
+        for row in [r for r in db.rows(table) if retention_expired(r, now, policy)]:
+            tx.delete(row)
+            if isinstance(row, ComputeAssignment):  # its id may come back: never with a version it had
+                tx.version_floor = max(tx.version_floor, row.version + 1)
     for s in list(db.of_type(SyncStream)):
         cls = policy.class_for(s.stream_id)
         events = sorted((e for e in db.of_type(SyncEvent) if e.stream_id == s.stream_id), key=lambda e: e.seq)
@@ -833,29 +899,86 @@ def _max_epoch(db: DbState) -> int:
     return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
 
 
+def max_version(db: DbState) -> int:
+    """The largest version any provider or assignment has, or a new one would get."""
+    return max([db.version_floor, *(r.version for r in db.of_type(ProviderCapability)),
+                *(r.version for r in db.of_type(ComputeAssignment))])
+
+
+def _continued(db: DbState, after: DbState) -> bool:
+    """Every stream moved to a new epoch that continues its old one up to its head, floor kept; its
+    retained events and its checkpoints of the old epoch relabelled to the new one, nothing else."""
+    streams = {s.stream_id: s for s in after.of_type(SyncStream)}
+    for b in db.of_type(SyncStream):
+        a = streams.get(b.stream_id)
+        if a is None or (a.continues_epoch, a.continues_seq, a.head_seq, a.floor_seq) != (
+                b.epoch, b.head_seq, b.head_seq, b.floor_seq) or a.epoch <= b.epoch:
+            return False
+    relabel = {s.stream_id: (db_s.epoch, s.epoch) for s in after.of_type(SyncStream)
+               for db_s in db.of_type(SyncStream) if db_s.stream_id == s.stream_id}
+    events = [replace(e, epoch=relabel[e.stream_id][1]) if relabel[e.stream_id][0] == e.epoch else e
+              for e in db.of_type(SyncEvent)]
+    ckpts = [replace(c, epoch=relabel[c.stream_id][1]) if c.stream_id in relabel and relabel[c.stream_id][0] == c.epoch
+             else c for c in db.of_type(SyncCheckpoint)]
+    return (sorted(map(repr, events)) == sorted(map(repr, after.of_type(SyncEvent)))
+            and sorted(map(repr, ckpts)) == sorted(map(repr, after.of_type(SyncCheckpoint))))
+
+
 @icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
 @icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),
                   "DUR-2 (every stream, and every stream created later, moves above every epoch the lost"
                   " transactions can have handed out)")
-@icontract.ensure(lambda db, result: all(result.rows(t) == rows for t, rows in db.tables.items() if t != "sync_stream")
-                  and len(result.rows("sync_stream")) == len(db.rows("sync_stream")),
-                  "an unclean restart changes only the streams' epochs and floors")
+@icontract.ensure(lambda db, result: _continued(db, result),
+                  "SEQ-1 CONT-1 (each new epoch continues the old one up to the durable head, floor kept, its events "
+                  "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised)")
+@icontract.ensure(lambda db, max_undurable, result: result.version_floor > max_version(db) + max_undurable
+                  and all(r.version == result.version_floor for r in result.of_type(ProviderCapability))
+                  and all(r.version == result.version_floor for r in result.of_type(ComputeAssignment)),
+                  "VER-1 (every provider and assignment, and every one created later, moves above every version the "
+                  "lost transactions can have handed out)")
+@icontract.ensure(lambda db, result: all(result.rows(t) == rows for t, rows in db.tables.items()
+                                         if t not in ("sync_stream", "sync_event", "sync_checkpoint",
+                                                      "provider_capability", "compute_assignment"))
+                  and all(len(result.rows(t)) == len(db.rows(t)) for t in db.tables),
+                  "an unclean restart changes only epochs (streams, their events and checkpoints) and versions")
 def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     """After a crash the last non-durable transactions are gone, and some clients without
     confirmed reads may have seen them.  At most ``max_undurable`` transactions can have been
     lost (the server never runs further ahead of its durable offset), and each raises any
     stream's epoch by at most one; so every stream moves to an epoch above every epoch that can
     ever have been handed out, and so do streams created from now on (``epoch_floor``).  Hence
-    no (stream, epoch, seq) ever names two different events (ADR-0001).  The new epoch starts
-    empty (``floor_seq = head_seq + 1``): the retained events stay, below the floor, as the
-    dedupe horizon, but no resume in the new epoch can reach them."""
+    no (stream, epoch, seq) ever names two different events (ADR-0001).
+
+    The new epoch E' *continues* the old one E (ADR-0003 decision 6): ``continues_epoch = E``,
+    ``continues_seq = head_seq`` (the durable head: every event up to it survived), ``floor_seq``
+    kept, and the retained events and checkpoints of E relabelled to E' (same seq, payload, hash,
+    producer and offset).  A client at (E, W) with W <= continues_seq saw only surviving events
+    and resumes at (E', W) without a rebootstrap; one with W > continues_seq may have seen lost
+    events and rebootstraps.  The relabel is the one exception to SEQ-3's "a retained event row
+    never changes": same seq and payload, epoch raised, to an epoch nobody has seen."""
     streams = list(db.of_type(SyncStream))
     fresh = max([db.epoch_floor, *(s.epoch for s in streams)]) + max_undurable + 1
     tx = Tx(db)
+    old_epoch = {s.stream_id: s.epoch for s in streams}
     for s in streams:
-        tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))
+        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq, updated_at=now))
+    for e in list(db.of_type(SyncEvent)):
+        if old_epoch.get(e.stream_id) == e.epoch:
+            tx.update(e, replace(e, epoch=fresh))
+    for c in list(db.of_type(SyncCheckpoint)):
+        if old_epoch.get(c.stream_id) == c.epoch:
+            tx.update(c, replace(c, epoch=fresh))
     tx.epoch_floor = fresh
+    # versions: each lost transaction raised the largest version by at most one (an update bumps a
+    # row by one, a new row takes the floor, retention raises the floor above what it removed), so
+    # every row, and every row created later, moves above all of them (ADR-0003 decision 5)
+    version = max_version(db) + max_undurable + 1
+    versioned: list[ProviderCapability | ComputeAssignment] = [*db.of_type(ProviderCapability),
+                                                               *db.of_type(ComputeAssignment)]
+    for row in versioned:
+        tx.update(row, replace(row, version=version))
+    tx.version_floor = version
     state, _ = tx.finish()
     return state
 

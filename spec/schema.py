@@ -37,7 +37,7 @@ from spec.values import (
     SyncStream,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PROTOCOL_VERSION = "oa.sync.v1"
 DEFAULT_DATABASE = "autopilot-sync"
 
@@ -48,7 +48,7 @@ class Visibility(enum.StrEnum):
     EVERYONE = "everyone"  # any connected identity (discovery data)
     STREAM_GRANT = "stream_grant"  # rows whose stream_id the caller was granted
     OWNER = "owner"  # the row's `owner` column equals the caller
-    COMPUTE = "compute"  # requester, the provider's owner, compute.assign/compute.execute holders
+    COMPUTE = "compute"  # the requester, the assigned provider's owner (provider_owner), compute.assign holders
     BRIDGE = "bridge"  # holders of a bridge scope
 
 
@@ -94,7 +94,8 @@ def _t(name: str, row_type: type[Row], cols: list[tuple[str, SatsType]], pk: tup
 
 TABLES: tuple[Table, ...] = (
     _t("sync_stream", SyncStream, [
-        ("stream_id", STRING), ("stream_class", STRING), ("owner_scope", STRING), ("epoch", U64),
+        ("stream_id", STRING), ("stream_class", STRING), ("epoch", U64), ("continues_epoch", U64),
+        ("continues_seq", U64),
         ("head_seq", U64), ("floor_seq", U64), ("replay_budget", U64), ("created_at", TIMESTAMP),
         ("updated_at", TIMESTAMP)], ("stream_id",), visibility=Visibility.STREAM_GRANT),
     _t("sync_event", SyncEvent, [
@@ -117,13 +118,14 @@ TABLES: tuple[Table, ...] = (
         visibility=Visibility.EVERYONE),
     _t("compute_assignment", ComputeAssignment, [
         ("request_id", STRING), ("requester", IDENTITY), ("job_kind", U32), ("request", STRING),
-        ("request_hash", STRING), ("provider_id", OptionT(STRING)), ("status", STRING),
+        ("request_hash", STRING), ("provider_id", OptionT(STRING)),
+        ("provider_owner", OptionT(IDENTITY)), ("status", STRING),
         ("result", OptionT(STRING)), ("version", U64), ("opened_at", TIMESTAMP),
         ("updated_at", TIMESTAMP)], ("request_id",), visibility=Visibility.COMPUTE),
     _t("bridge_outbox", BridgeOutbox, [
         ("outbox_id", STRING), ("source", STRING), ("nostr_kind", U32), ("tags", STRING),
         ("content", STRING), ("content_hash", STRING), ("status", STRING), ("attempts", U32),
-        ("last_error", OptionT(STRING)), ("nostr_event_id", OptionT(STRING)),
+        ("next_attempt_at", TIMESTAMP), ("last_error", OptionT(STRING)), ("nostr_event_id", OptionT(STRING)),
         ("relays_acked", ArrayT(STRING)), ("created_at", TIMESTAMP), ("updated_at", TIMESTAMP)],
         ("outbox_id",), public=False, visibility=Visibility.BRIDGE),
     _t("presence_signal", PresenceSignal, [

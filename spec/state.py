@@ -2,7 +2,9 @@
 
 :class:`DbState` is immutable: a mapping from table name to the tuple of its rows (insertion
 order), plus ``epoch_floor`` -- the smallest epoch a newly created stream may get (it rises on
-every unclean restart; see ADR-0001).  Event tables are always empty in a state: their rows
+every unclean restart; see ADR-0001) -- and ``version_floor`` -- the version a new provider or
+assignment row starts at (retention of a versioned row and every unclean restart raise it, so a
+version number never names two contents; ADR-0003).  Event tables are always empty in a state: their rows
 only ever appear in a :class:`Delta`.
 
 :class:`Delta` is what one committed transaction wrote: per table, the rows it deleted and the
@@ -36,6 +38,7 @@ def _empty_tables() -> Mapping[str, tuple[Row, ...]]:
 class DbState:
     tables: Mapping[str, tuple[Row, ...]] = field(default_factory=_empty_tables)
     epoch_floor: int = 1
+    version_floor: int = 1
 
     def rows(self, table: str) -> tuple[Row, ...]:
         return self.tables.get(table, ())
@@ -135,9 +138,10 @@ class Tx:
         self._deletes: dict[str, list[Row]] = {}
         self._inserts: dict[str, list[Row]] = {}
         self.epoch_floor = base.epoch_floor
+        self.version_floor = base.version_floor
 
     def view(self) -> DbState:
-        return DbState({k: tuple(v) for k, v in self._tables.items()}, self.epoch_floor)
+        return DbState({k: tuple(v) for k, v in self._tables.items()}, self.epoch_floor, self.version_floor)
 
     def insert(self, row: Row) -> None:
         t = table_of(row)

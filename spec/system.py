@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from spec.auth import Claims
 from spec.client import Client
 from spec.delivery import Server
-from spec.messages import ClientMessage, Outbound, Subscribe, TransactionUpdate, Unsubscribe
+from spec.messages import CallReducer, ClientMessage, Outbound, Subscribe, TransactionUpdate, Unsubscribe
 from spec.policy import Policy
 from spec.reducers import CallContext, Ok, call, compact, presence_sweep, virtual_stream
 from spec.state import DbState
 from spec.trace import Mirror, Trace
-from spec.values import SyncEvent
+from spec.values import SessionPresence, SyncEvent
 
 ADMIN = Claims("f" * 64, frozenset({"sync.admin"}), ("*",))
 
@@ -38,7 +38,8 @@ ADMIN = Claims("f" * 64, frozenset({"sync.admin"}), ("*",))
 class Link:
     conn_id: int
     inbox: list[ClientMessage] = field(default_factory=list)
-    subscribed: dict[int, tuple[str, ...]] = field(default_factory=dict)  # qs -> queries sent
+    subscribed: dict[int, tuple[str, ...]] = field(default_factory=dict)  # live qs -> queries sent
+    asked: dict[int, tuple[str, ...]] = field(default_factory=dict)  # qs -> queries of its last Subscribe
     mirrors: dict[int, Mirror] = field(default_factory=dict)  # qs -> rows received
     tainted: bool = False  # a frame was silently lost: mirrors no longer track the server
 
@@ -50,9 +51,11 @@ class System:
         self.clients: list[Client] = [Client(cid, claims, confirmed, self.authority)
                                       for cid, claims, confirmed in clients]
         self.links: dict[int, Link] = {}  # client index -> live link
+        self.zombies: list[int] = []  # connections their clients left, still open on the server
         self.trace = Trace(policy=policy)
         self.states: dict[int, DbState] = {0: self.server.db}
         self.trace.record_state(0, self.server.db)
+        self.last_upsert: dict[str, int] = {}  # session -> connection of its last successful upsert (PRES-3)
 
     # --- the system of record, for rebootstrap ------------------------------------------------
 
@@ -71,6 +74,8 @@ class System:
             if c.offset not in self.states or self.states[c.offset] is not c.state:
                 self.states[c.offset] = c.state
                 self.trace.record_state(c.offset, c.state)
+                if c.offset - 1 in self.states:
+                    self._check_marks(self.states[c.offset - 1], c.state)
         self.states[s.committed] = s.db
         self.trace.record_state(s.committed, s.db)
 
@@ -79,6 +84,8 @@ class System:
         if link is None:
             return
         for m in msgs:
+            if isinstance(m, Subscribe):
+                link.asked[m.query_set_id] = m.queries
             if isinstance(m, Subscribe) and not link.tainted:
                 link.subscribed[m.query_set_id] = m.queries
             elif isinstance(m, Unsubscribe):
@@ -110,6 +117,25 @@ class System:
         self.clients[i].on_disconnect()
         self._after_server_step()
 
+    def reconnect_leaving_old_open(self, i: int) -> bool:
+        """The client's connection is dead to it but not yet to the server (a half-open TCP
+        connection): the client reconnects while the old connection stays open on the server, which
+        closes it only later (:meth:`reap`, or as a slow consumer).  The common reconnect path."""
+        link = self.links.pop(i, None)
+        if link is None:
+            return False
+        self.zombies.append(link.conn_id)
+        self.clients[i].on_disconnect()
+        self.connect(i)
+        return True
+
+    def reap(self) -> None:
+        """The server notices the half-open connections are gone and closes them."""
+        zombies, self.zombies = self.zombies, []
+        for conn_id in zombies:
+            self.server.close(conn_id)
+        self._after_server_step()
+
     def follow(self, i: int, stream_id: str) -> None:
         self._send(i, self.clients[i].follow(stream_id))
 
@@ -133,8 +159,43 @@ class System:
             return False  # back-pressure: the server waits for durability
         msg = link.inbox.pop(0)
         self.server.handle(link.conn_id, msg)
+        if isinstance(msg, CallReducer) and msg.reducer == "upsert_presence" and self._upsert_took(i, msg):
+            self.last_upsert[str(msg.args[0])] = link.conn_id
         self._after_server_step()
         return True
+
+    # --- PRES-3: who marks a session disconnected ----------------------------------------------------
+
+    def _upsert_took(self, i: int, msg: CallReducer) -> bool:
+        """Did the upsert just handled write the session as asked (the harness's own reading)?"""
+        session, device, node, status, region, ttl = msg.args
+        row = self.server.db.find(SessionPresence, lambda r: r.session_id == session)
+        now = self.server.now
+        return row is not None and (row.identity, row.device_id, row.node_id, row.status, row.region, row.last_seen,
+                                    row.expires_at) == (self.clients[i].claims.identity, device, node, status, region,
+                                                        now, now + int(str(ttl)) * 1000)
+
+    def _check_marks(self, before: DbState, after: DbState) -> None:
+        """PRES-3: a session goes offline as ``disconnected`` only once the connection that made its
+        last upsert is closed."""
+        old = {r.session_id: r for r in before.of_type(SessionPresence)}
+        for r in after.of_type(SessionPresence):
+            o = old.get(r.session_id)
+            if r.offline_reason == "disconnected" and o is not None and o.status != "offline":
+                owner = self.last_upsert.get(r.session_id)
+                if owner is not None and owner in self.server.conns:
+                    self.trace.violations.append(("PRES-3", f"{r.session_id} marked disconnected while connection "
+                                                            f"{owner}, which upserted it last, is open"))
+
+    def check_marks_after_heal(self) -> None:
+        """PRES-3, the other half: once healed, a session whose last upsert came from a connection that
+        has closed (not in a crash: then TTLs take over) is offline."""
+        rows = {r.session_id: r for r in self.server.db.of_type(SessionPresence)}
+        for session, conn_id in self.last_upsert.items():
+            row = rows.get(session)
+            if conn_id not in self.server.conns and row is not None and row.status != "offline":
+                self.trace.violations.append(("PRES-3", f"{session}: its connection {conn_id} closed, the session "
+                                                        f"is still {row.status}"))
 
     def _after_server_step(self) -> None:
         self._sync_states()
@@ -185,13 +246,19 @@ class System:
         self._after_server_step()  # durability may release waiting disconnect transactions
 
     def crash(self) -> None:
+        self.last_upsert.clear()  # a restart marks nothing: TTLs take over
+        self.zombies.clear()
         self.server.crash()
         self.states = {o: st for o, st in self.states.items() if o < self.server.committed}
         self.trace.on_crash(self.server.durable - 1, self.server.db, self.server.ledger)
+        self.states[self.server.committed] = self.server.db
+        self.trace.record_state(self.server.committed, self.server.db, recovery=self.server.max_undurable)
         self._sync_states()
         self._drop_dead_links()
 
     def clean_restart(self) -> None:
+        self.last_upsert.clear()
+        self.zombies.clear()
         self.server.clean_restart()
         self._drop_dead_links()
 
@@ -202,7 +269,8 @@ class System:
         self._after_server_step()
 
     def compact(self) -> None:
-        self.server.system_tx(compact(self.server.db, self.server.now, self.server.policy))
+        if self.server.system_tx(compact(self.server.db, self.server.now, self.server.policy)):
+            self.trace.record_state(self.server.committed, self.server.db, compact_now=self.server.now)
         self._after_server_step()
 
     def reset_epoch(self, stream_id: str) -> None:
@@ -220,6 +288,8 @@ class System:
         """Heal every fault and drain the network until nothing moves."""
         for _ in range(max_steps):
             self.advance_durable(self.server.committed)
+            if self.zombies:
+                self.reap()
             for i, link in list(self.links.items()):
                 if link.tainted:  # a client that saw trouble reconnects
                     self.disconnect(i)

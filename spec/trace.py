@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from spec import query as q
 from spec.auth import can_read
 from spec.errors import ErrorCode, SyncError
-from spec.invariants import Violation, check_state, check_sweep, check_transition, stale_reasons
+from spec.invariants import (
+    Violation,
+    check_recovery,
+    check_retention,
+    check_state,
+    check_sweep,
+    check_transition,
+    stale_reasons,
+    versioned_content,
+)
 from spec.messages import (
     Outbound,
     QuerySetUpdate,
@@ -36,7 +45,7 @@ from spec.policy import DEFAULT_POLICY, Policy
 from spec.reducers import virtual_stream
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState
-from spec.values import ProviderCapability, Row, SyncEvent, SyncStream
+from spec.values import ComputeAssignment, ProviderCapability, Row, SyncCheckpoint, SyncEvent, SyncStream
 
 if TYPE_CHECKING:
     from spec.client import Client
@@ -52,11 +61,17 @@ class Mirror:
 class Trace:
     violations: list[Violation] = field(default_factory=list)
     seen: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    versions: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    continued: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # (stream, epoch) -> (old, seq)
     states: dict[int, DbState] = field(default_factory=dict)
     last_offset: dict[tuple[int, int], int] = field(default_factory=dict)  # (client, conn) -> offset
     last_tx: dict[tuple[int, int], int] = field(default_factory=dict)
     confirmed_seen: set[tuple[str, int, int, str]] = field(default_factory=set)
     watermark: dict[tuple[int, str], tuple[int | None, int, int, int]] = field(default_factory=dict)
+    # CONT-1: (client, stream) -> (the view's epoch, watermark, applied count, rebootstraps, continues) before a
+    # message that showed it a new epoch, that epoch, and whether the view may continue into it
+    meets: dict[tuple[int, str], tuple[tuple[int | None, int, int, int, int], int, bool]] = field(
+        default_factory=dict)
     steps: int = 0
     policy: Policy = DEFAULT_POLICY
 
@@ -71,14 +86,28 @@ class Trace:
 
     # --- server side ----------------------------------------------------------------------------
 
-    def record_state(self, offset: int, db: DbState, sweep_now: int | None = None) -> None:
+    def record_state(self, offset: int, db: DbState, sweep_now: int | None = None,
+                     compact_now: int | None = None, recovery: int | None = None) -> None:
+        """A committed state; ``recovery``: it is the recovery transaction of an unclean restart with
+        that loss bound (checked by check_recovery instead of check_transition)."""
+        prev = self.states.get(offset - 1)
+        if compact_now is not None and prev is not None:
+            self.violations.extend(check_retention(prev, db, compact_now, self.policy))
         if self.states.get(offset) is db:
             return
-        prev = self.states.get(offset - 1)
         self.states[offset] = db
-        self.violations.extend(check_state(db))
+        self.violations.extend(check_state(db, self.policy.bridge_max_attempts))
         if prev is not None:
-            self.violations.extend(check_transition(prev, db))
+            self.violations.extend(check_transition(prev, db) if recovery is None
+                                   else check_recovery(prev, db, recovery))
+        versioned: list[ProviderCapability | ComputeAssignment] = [*db.of_type(ProviderCapability),
+                                                                   *db.of_type(ComputeAssignment)]
+        for row in versioned:
+            key = (type(row).__name__, row.provider_id if isinstance(row, ProviderCapability) else row.request_id,
+                   row.version)
+            named = self.versions.setdefault(key, versioned_content(row))
+            if named != versioned_content(row):
+                self._v("VER-1", f"{key} named {named} and {versioned_content(row)}")
         if sweep_now is not None:
             self.violations.extend(check_sweep(db, sweep_now))
         for e in db.of_type(SyncEvent):
@@ -93,15 +122,29 @@ class Trace:
         prior = self.states.get(durable)
         self.states = {o: st for o, st in self.states.items() if o <= durable}
         if prior is not None:
-            def strip(st: DbState) -> dict[str, frozenset[Row | tuple[str, int]]]:
-                out: dict[str, frozenset[Row | tuple[str, int]]] = {
-                    t: frozenset(rows) for t, rows in st.tables.items() if t != "sync_stream"}
-                out["sync_stream"] = frozenset((r.stream_id, r.head_seq)
-                                               for r in st.of_type(SyncStream))
+            def strip(st: DbState) -> dict[str, frozenset[Any]]:
+                """What recovery keeps: everything but epochs, floors and versions (it raises those)."""
+                moved = ("sync_stream", "sync_event", "sync_checkpoint", "provider_capability", "compute_assignment")
+                out: dict[str, frozenset[Any]] = {t: frozenset(rows) for t, rows in st.tables.items() if t not in moved}
+                out["sync_stream"] = frozenset((r.stream_id, r.head_seq, r.floor_seq) for r in st.of_type(SyncStream))
+                out["sync_event"] = frozenset(replace(r, epoch=0) for r in st.of_type(SyncEvent))
+                out["sync_checkpoint"] = frozenset(replace(r, epoch=0) for r in st.of_type(SyncCheckpoint))
+                rows: list[ProviderCapability | ComputeAssignment] = [*st.of_type(ProviderCapability),
+                                                                      *st.of_type(ComputeAssignment)]
+                out["versioned"] = frozenset(versioned_content(r) for r in rows)
                 return out
             if strip(prior) != strip(db):
                 self._v("DUR-1", f"state after crash differs from the durable state at {durable}")
-        present = {(e.stream_id, e.epoch, e.seq, e.payload_hash) for e in ledger}
+        for st in db.of_type(SyncStream):
+            if st.continues_epoch:
+                self.continued[(st.stream_id, st.epoch)] = (st.continues_epoch, st.continues_seq)
+        present = set()
+        for e in ledger:  # an event of a continuing epoch is also the event of the epochs it continues
+            epoch: int | None = e.epoch
+            while epoch is not None:
+                present.add((e.stream_id, epoch, e.seq, e.payload_hash))
+                older = self.continued.get((e.stream_id, epoch))
+                epoch = older[0] if older is not None and e.seq <= older[1] else None
         for ev in sorted(self.confirmed_seen):
             if ev not in present:
                 self._v("CONF-2", f"a confirmed-read client saw {ev[:3]} and the crash lost it")
@@ -121,9 +164,55 @@ class Trace:
 
     # --- client side ----------------------------------------------------------------------------
 
+    def _meet(self, i: int, client: Client, stream: str, new_epoch: int, continuable: bool) -> None:
+        view = client.streams.get(stream)
+        if view is None or (i, stream) in self.meets or new_epoch == view.epoch:
+            return
+        before = (view.epoch, view.last, len(view.applied), view.rebootstraps, view.continues)
+        self.meets[(i, stream)] = (before, new_epoch, continuable)
+
+    def _meetings(self, i: int, client: Client, msg: Any) -> None:
+        """CONT-1: note, before the client handles ``msg``, whether it shows a followed stream in a new
+        epoch, and whether the client's view may continue into it (read here from the message alone:
+        the new epoch continues the view's epoch up to at least its watermark, nothing else stale)."""
+        if isinstance(msg, SubscriptionError):
+            stream = client.qs_stream.get(msg.query_set_id)
+            try:
+                err = SyncError.parse(msg.error)
+            except Exception:
+                return
+            view = client.streams.get(stream) if stream else None
+            if stream is None or view is None or err.code is not ErrorCode.STALE_CURSOR:
+                return
+            d = err.details
+            ok = (list(d.get("reasons", ())) == ["epoch_changed"] and view.epoch is not None
+                  and d.get("continues_epoch") == view.epoch and view.last <= int(d.get("continues_seq", -1)))
+            self._meet(i, client, stream, int(d["epoch"]), ok)
+            return
+        sets: tuple[tuple[int, tuple[TableRows, ...]], ...] = ()
+        if isinstance(msg, SubscribeApplied):
+            sets = ((msg.query_set_id, msg.rows),)
+        elif isinstance(msg, TransactionUpdate):
+            sets = tuple((u.query_set_id, u.tables) for u in msg.query_sets)
+        elif isinstance(msg, ReducerResult) and isinstance(msg.outcome, ReducerOk):
+            sets = tuple((u.query_set_id, u.tables) for u in msg.outcome.query_sets)
+        for qs, tables in sets:
+            stream = client.qs_stream.get(qs)
+            view = client.streams.get(stream) if stream else None
+            if stream is None or view is None:
+                continue
+            for t in tables:
+                for r in t.inserts if t.table == "sync_stream" else ():
+                    if isinstance(r, SyncStream) and r.stream_id == stream and r.epoch != view.epoch:
+                        ok = (view.epoch is not None and r.continues_epoch == view.epoch
+                              and view.last <= r.continues_seq and r.floor_seq <= view.last + 1
+                              and r.head_seq >= view.last)
+                        self._meet(i, client, stream, r.epoch, ok)
+
     def observe(self, i: int, client: Client, link: Any, out: Outbound, durable: int,
                 states: dict[int, DbState]) -> None:
         self.steps += 1
+        self._meetings(i, client, out.message)
         key = (i, link.conn_id)
         msg = out.message
         if client.confirmed and out.offset > durable:
@@ -144,10 +233,6 @@ class Trace:
             return
         claims = client.claims
 
-        def owner(pid: str) -> str | None:
-            p = state.find(ProviderCapability, lambda r: r.provider_id == pid)
-            return p.owner if p else None
-
         def rows_of(parts: tuple[TableRows, ...]) -> list[Row]:
             return [r for t in parts for r in (*t.inserts, *t.deletes)]
 
@@ -156,15 +241,14 @@ class Trace:
             delivered = rows_of(msg.rows)
             if any(TABLE_BY_NAME[t.table].event for t in msg.rows):
                 self._v("EVT-2", f"client {i} got event rows in a snapshot")
-            queries = link.subscribed.get(msg.query_set_id, ())
-            self._check_resume(i, queries, state, stale=None)
+            self._check_resume(i, link.asked.get(msg.query_set_id, ()), state, stale=None)
             m = Mirror()
             for t in msg.rows:
                 m.rows.update(t.inserts)
             if not link.tainted:  # after a silent loss the mirror cannot track the server
                 link.mirrors[msg.query_set_id] = m
         elif isinstance(msg, SubscriptionError):
-            queries = link.subscribed.get(msg.query_set_id, ())
+            queries = link.asked.get(msg.query_set_id, ())
             try:
                 err = SyncError.parse(msg.error)
             except Exception:
@@ -191,7 +275,7 @@ class Trace:
                         mirror.rows[r] -= 1
                     mirror.rows.update(t.inserts)
         for r in delivered:
-            if not can_read(claims, r, owner):
+            if not can_read(claims, r):
                 self._v("AUTH-1", f"client {i} received {type(r).__name__} it may not read")
             if isinstance(r, SyncEvent):
                 self._see(r, f"client {i}")
@@ -212,7 +296,7 @@ class Trace:
                     if TABLE_BY_NAME[pq.table].event:
                         continue
                     for r in state.rows(pq.table):
-                        if q.matches(pq, r) and can_read(claims, r, owner):
+                        if q.matches(pq, r) and can_read(claims, r):
                             expected[r] = 1
             got = +mirror.rows
             if got != expected:
@@ -229,6 +313,10 @@ class Trace:
             for pq in parsed:
                 sid = q.pinned_value(pq, "stream_id")
                 w = q.lower_bound_exclusive(pq, "seq")
+                w = None if w is None else max(w, 0)  # seqs start at 1 (read here, not via q.resume_watermark)
+                if pq.table == "sync_event" and w is not None and stale is None and (
+                        not isinstance(sid, str) or not isinstance(q.pinned_value(pq, "epoch"), int)):
+                    self._v("STALE-3", f"client {i} was subscribed to {pq.text!r}, a resume without stream and epoch")
                 if pq.table != "sync_event" or not isinstance(sid, str) or w is None:
                     continue
                 ep = q.pinned_value(pq, "epoch")
@@ -248,6 +336,19 @@ class Trace:
                         self._v("STALE-1", f"client {i} stale {sid} reasons {got}, expected {expected}")
 
     def observe_client(self, i: int, client: Client) -> None:
+        for (ci, sid), (before, new_epoch, ok) in list(self.meets.items()):
+            if ci != i:
+                continue
+            del self.meets[(ci, sid)]
+            view = client.streams[sid]
+            epoch, last, count, boots, conts = before
+            if ok and (view.rebootstraps != boots or view.continues != conts + 1 or view.epoch != new_epoch
+                       or view.last != last or len(view.applied) != count):
+                self._v("CONT-1", f"client {i} at ({epoch}, {last}) did not continue {sid} into epoch {new_epoch} "
+                                  f"(rebootstraps {boots} -> {view.rebootstraps})")
+            if not ok and view.continues != conts:
+                self._v("CONT-1", f"client {i} at ({epoch}, {last}) continued {sid} into epoch {new_epoch}, which "
+                                  f"does not continue it far enough")
         for sid, view in client.streams.items():
             seqs = [s for s, _ in view.applied]
             if any(b != a + 1 for a, b in itertools.pairwise(seqs)):

@@ -116,8 +116,9 @@ def value_has_type(value: object, t: SatsType) -> bool:
 class SyncStream:
     stream_id: str
     stream_class: str
-    owner_scope: str
     epoch: int
+    continues_epoch: int  # 0: the epoch started fresh; else the epoch this one continues (ADR-0003)
+    continues_seq: int  # the last seq this epoch shares with continues_epoch
     head_seq: int
     floor_seq: int
     replay_budget: int
@@ -183,6 +184,7 @@ class ComputeAssignment:
     request: str
     request_hash: str
     provider_id: str | None
+    provider_owner: Identity | None
     status: str
     result: str | None
     version: int
@@ -200,6 +202,7 @@ class BridgeOutbox:
     content_hash: str
     status: str
     attempts: int
+    next_attempt_at: Timestamp
     last_error: str | None
     nostr_event_id: str | None
     relays_acked: tuple[str, ...]

@@ -96,7 +96,15 @@ function card(k, v, cls) {
 }
 
 const STREAM_FIXED = ["stream_id", "stream_class", "epoch", "floor_seq", "head_seq", "retained_events"];
-const STREAM_SKIP = new Set([...STREAM_FIXED, "last_append", "created_at", "updated_at"]);
+const STREAM_SKIP = new Set([...STREAM_FIXED, "last_append", "created_at", "updated_at", "continues_epoch",
+  "continues_seq"]);
+
+// schema 2: an epoch either started fresh (a new stream, an admin reset) or continues an earlier one
+// (the recovery epoch after an unclean restart) up to continues_seq
+function origin(r) {
+  if (!("continues_epoch" in r)) return "";
+  return r.continues_epoch ? "continues epoch " + r.continues_epoch + " to seq " + r.continues_seq : "fresh";
+}
 let lastHeads = new Map();
 
 function render(d) {
@@ -127,6 +135,7 @@ function render(d) {
   lastHeads = heads;
   const streamCols = [
     ["stream", r => r.stream_id], ["class", r => r.stream_class], ["epoch", r => r.epoch],
+    ["epoch origin", origin],
     ["floor", r => r.floor_seq], ["head", r => r.head_seq], ["retained", r => r.retained_events],
     ...extra.map(k => [k.replaceAll("_", " "), r => r[k]]),
     ["last append", r => r.last_append ? "seq " + r.last_append.seq + " · " + ago(r.last_append.at, now) : ""],

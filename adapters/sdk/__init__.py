@@ -9,7 +9,9 @@ application's SQLite database, resuming and rebootstrapping by the delivery cont
   reducers (typed, with parsed errors);
 * :class:`ClientCache` (:mod:`.cache`) -- the refcounted table cache with insert/delete/update callbacks;
 * :class:`StreamConsumer` (:mod:`.consumer`) with :class:`CheckpointStore` (:mod:`.checkpoints`) --
-  durable, atomic apply with watermark, gap and stale handling, acks;
+  durable, atomic apply with watermark, gap and stale handling, acks; after the server's unclean
+  restart it continues into the new epoch without calling ``on_rebootstrap`` when everything it
+  applied survived (always, with confirmed reads; ADR-0003);
 * :class:`Session` (:mod:`.session`) and :class:`ConsumerCore` -- the sans-I/O cores underneath.
 
 Example::

@@ -23,6 +23,15 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   the stream's new epoch and the watermark the callback returned (default ``floor_seq - 1``) in one
   transaction, then the core resubscribes.  A watermark below ``floor_seq - 1`` or above
   ``head_seq`` is refused: resuming from it would skip events or be stale again;
+* **continue** -- the exception (ADR-0003): after an unclean restart of the server the stream's new
+  epoch E' *continues* the old one E up to ``continues_seq`` (the durable head; every event up to it
+  survived under the same seq).  A consumer at (E, W) with ``W <= continues_seq`` (and nothing else
+  stale) saw only surviving events, so the core answers ``Continue`` and the driver moves the
+  checkpoint to (E', W) -- the application's state is kept, the rebootstrap callback is *not* called
+  -- and resubscribes.  ``spec.client.continues`` is the rule; the server's ``stale_cursor`` carries
+  ``continues_epoch``/``continues_seq`` and so does the ``sync_stream`` row.  A consumer with
+  ``W > continues_seq`` may have applied events the crash lost: it rebootstraps as above.  A
+  confirmed-read consumer only ever sees durable events, so a crash never makes it rebootstrap;
 * **ack** -- after every durable apply, ``Ack(epoch, W)``; the driver sends ``ack_checkpoint``
   batched (while one ack is in flight, later ones merge into the highest) and monotonic.
 
@@ -60,7 +69,7 @@ from adapters.sdk.errors import (
 )
 from adapters.sdk.rows import TableChange
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Subscription, TablesCallback
-from spec.client import apply_rule, resume_queries
+from spec.client import apply_rule, continues, resume_queries
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from spec.values import SyncEvent, SyncStream, is_id, is_u64
 
@@ -68,6 +77,7 @@ __all__ = [
     "Ack",
     "Action",
     "ConsumerCore",
+    "Continue",
     "Fail",
     "Rebootstrap",
     "RebootstrapFn",
@@ -101,12 +111,20 @@ class Stale:
 @dataclass(frozen=True, slots=True)
 class Resubscribe:
     queries: tuple[str, ...]
-    reason: str  # start, gap, rebootstrap
+    reason: str  # start, gap, rebootstrap, continue
 
 
 @dataclass(frozen=True, slots=True)
 class Rebootstrap:
     stale: Stale
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """Adopt ``epoch``, which continues the consumer's epoch past its watermark: keep everything."""
+
+    epoch: int
+    from_server: bool  # a stale_cursor SubscriptionError (else: the sync_stream row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +138,7 @@ class Fail:
     error: BaseException
 
 
-Action = Resubscribe | Rebootstrap | Ack | Fail
+Action = Resubscribe | Rebootstrap | Continue | Ack | Fail
 
 RebootstrapFn = Callable[[sqlite3.Connection, Stale], "int | Awaitable[int | None] | None"]
 
@@ -145,10 +163,10 @@ class ConsumerCore:
         if not is_id(stream_id):
             raise LocalProtocolError(f"not a stream id: {stream_id!r:.140}")
         self.store, self.stream_id, self.apply = store, stream_id, apply
-        self.state = "idle"  # idle, subscribing, live, rebootstrapping, failed
+        self.state = "idle"  # idle, subscribing, live, rebootstrapping, continuing, failed
         self.epoch = 0
         self.watermark = 0
-        self.applied = self.duplicates = self.gaps = self.rebootstraps = 0
+        self.applied = self.duplicates = self.gaps = self.rebootstraps = self.continues = 0
         self._stale_streak = 0
 
     def queries(self) -> tuple[str, ...]:
@@ -177,6 +195,10 @@ class ConsumerCore:
                 row = r.row
                 if not isinstance(row, SyncStream) or row.stream_id != self.stream_id:
                     continue
+                if row.floor_seq <= self.watermark + 1 and row.head_seq >= self.watermark and continues(
+                        self.epoch, self.watermark, row.epoch, row.continues_epoch, row.continues_seq):
+                    self.state = "continuing"
+                    return [Continue(row.epoch, from_server=False)]
                 reasons = _stale_from_row(row, self.epoch, self.watermark)
                 if reasons:
                     return self._stale(Stale(self.stream_id, reasons, row.epoch, row.floor_seq, row.head_seq,
@@ -230,6 +252,11 @@ class ConsumerCore:
             self.state = "failed"
             return [Fail(RemoteProtocolError(f"stale_cursor without epoch/floor_seq/head_seq: {error.message[:200]}"))]
         reasons = d.get("reasons")
+        cont_epoch, cont_seq = d.get("continues_epoch", 0), d.get("continues_seq", 0)
+        if reasons == ["epoch_changed"] and is_u64(cont_epoch) and is_u64(cont_seq) and continues(
+                self.epoch, self.watermark, epoch, int(str(cont_epoch)), int(str(cont_seq))):
+            self.state = "continuing"
+            return [Continue(epoch, from_server=True)]
         return self._stale(Stale(self.stream_id, tuple(str(r) for r in reasons) if isinstance(reasons, list) else (),
                                  epoch, floor, head, self.epoch, self.watermark, from_server=True))
 
@@ -268,6 +295,18 @@ class ConsumerCore:
         out: list[Action] = [Resubscribe(self.queries(), "rebootstrap")]
         if watermark > 0:
             out.insert(0, Ack(epoch, watermark))
+        return out
+
+    def continued(self, epoch: int) -> list[Action]:
+        """The checkpoint now holds (epoch, watermark): resume there, keeping everything applied."""
+        if self.state != "continuing":
+            raise LocalProtocolError(f"continued() in state {self.state}")
+        self.epoch = epoch
+        self.continues += 1
+        self.state = "subscribing"
+        out: list[Action] = [Resubscribe(self.queries(), "continue")]
+        if self.watermark > 0:
+            out.insert(0, Ack(epoch, self.watermark))
         return out
 
     def stopped(self) -> None:
@@ -442,6 +481,13 @@ class StreamConsumer:
                 self._subscribe()
             elif isinstance(a, Ack):
                 self._want_ack(a.epoch, a.seq)
+            elif isinstance(a, Continue):
+                self._drop_subscription()
+                log.info("%s: epoch %d continues %d past watermark %d: no rebootstrap", self.stream_id, a.epoch,
+                         self.core.epoch, self.core.watermark)
+                with self.store.transaction() as tx:
+                    self.store.reset(tx, self.stream_id, a.epoch, self.core.watermark)
+                await self._perform(self.core.continued(a.epoch))
             elif isinstance(a, Rebootstrap):
                 self._drop_subscription()
                 try:

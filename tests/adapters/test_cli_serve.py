@@ -68,7 +68,9 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
                          ("[limits]\nmax_sql_rows = 0\n", "max_sql_rows must be a positive number"),
                          ("[limits]\nmax_outbound_message_bytes = 40000000\n", "at most 33554432"),
                          ("[server]\ndatabase = \"caf\xe9\"\n".encode("latin-1"), "is not valid UTF-8"),
-                         ('[server]\ndatabase = "\\ud800"\n', "not valid TOML")):
+                         ('[server]\ndatabase = "\\ud800"\n', "not valid TOML"),
+                         ("[faults]\nstall_commits = 'x'\n", "unknown key(s) stall_commits"),
+                         ("[faults]\nstall_commits_while = 3\n", "expected str")):
         cfg = tmp_path / "c.toml"
         if isinstance(text, bytes):
             cfg.write_bytes(text)

@@ -123,7 +123,7 @@ def test_durability_batches_presence_assignments_outbox_and_errors() -> None:
         eng.call_detached(WRITER, "open_compute_assignment", (rid, 5050, '{"q":1}'))
     eng.call_detached(WRITER, "update_compute_assignment", ("r2", 1, "cancelled", None, None))
     for oid in ("o1", "o2"):
-        eng.call_detached(WRITER, "enqueue_bridge_event", (oid, "src", 1, "[]", "hi"))
+        eng.call_detached(WRITER, "enqueue_bridge_event", (oid, "src", 30078, "[]", "hi"))
     for _ in range(eng.policy.bridge_max_attempts):
         eng.call_detached(WRITER, "record_bridge_failure", ("o2", "relay down", 0))
     errors = (ops.ErrorEntry(1, "ERROR", "syncref.server", "first"), ops.ErrorEntry(2, "WARNING", "syncref", "second"))
@@ -150,10 +150,12 @@ def test_durability_batches_presence_assignments_outbox_and_errors() -> None:
 def test_stale_cursors_are_counted_by_reason() -> None:
     eng = loaded()
     conn = eng.connect(WRITER, True)
-    eng.handle(conn, Subscribe(1, 1, ("SELECT * FROM sync_event WHERE stream_id = 'demo.a' AND seq > 9",)))
+    eng.handle(conn, Subscribe(1, 1, ("SELECT * FROM sync_event WHERE stream_id = 'demo.a' AND epoch = 1 "
+                                      "AND seq > 9",)))
     eng.handle(conn, Subscribe(2, 2, ("SELECT * FROM sync_event WHERE stream_id = 'demo.a' AND epoch = 7 "
                                       "AND seq > 1",)))
-    eng.handle(conn, Subscribe(3, 3, ("SELECT * FROM sync_event WHERE stream_id = 'demo.a' AND seq > 1",)))
+    eng.handle(conn, Subscribe(3, 3, ("SELECT * FROM sync_event WHERE stream_id = 'demo.a' AND epoch = 1 "
+                                      "AND seq > 1",)))  # not stale
     assert ops.gather(eng, FACTS, ADMIN)["stale_cursors"] == {"cursor_ahead_of_head": 1, "epoch_changed": 1}
 
 

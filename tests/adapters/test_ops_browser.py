@@ -46,7 +46,7 @@ def row(stream: str) -> str:
 
 def head_of(page: Page, stream: str) -> int | None:
     """The head column of the stream's row as the page shows it (None: no row)."""
-    value = page.evaluate(f"(() => {{ const r = {row(stream)}; return r ? r.children[4].textContent : null; }})()")
+    value = page.evaluate(f"(() => {{ const r = {row(stream)}; return r ? r.children[5].textContent : null; }})()")
     return None if value is None else int(value)
 
 
@@ -62,7 +62,7 @@ def test_operators_page_live_in_chromium(tmp_path: Path) -> None:
         call(base, writer, "append_sync_event", ["other.audit", "k0", "{}", NONE, NONE])
         call(base, writer, "upsert_presence", ["laptop-1", "laptop", "node-a", "online", "eu-west", 300_000])
         call(base, writer, "open_compute_assignment", ["job-1", 5050, '{"prompt":"hi"}'])
-        call(base, writer, "enqueue_bridge_event", ["out-1", "demo.chat", 1, "[]", "hello"])
+        call(base, writer, "enqueue_bridge_event", ["out-1", "demo.chat", 30078, "[]", "hello"])
         client = WireClient(SimpleNamespace(ws_base=base.replace("http://", "ws://")), writer, version=3)
         try:
             client.subscribe(1, "SELECT * FROM sync_event WHERE stream_id = 'demo.live'")
@@ -72,6 +72,7 @@ def test_operators_page_live_in_chromium(tmp_path: Path) -> None:
                 assert "token=" not in page.evaluate("location.href")  # the token leaves the address bar
                 assert head_of(page, "demo.chat") == 3 and head_of(page, "demo.live") is None
                 text = page.evaluate("document.body.innerText")
+                assert "fresh" in page.evaluate(f"{row('demo.chat')}.textContent")  # schema 2: epoch origin
                 for needle in ("v3.bsatn.spacetimedb", "laptop-1", "online", "open", "backlog", "durable offset"):
                     assert needle in text, needle
                 sent = time.monotonic()

@@ -13,7 +13,7 @@ import pytest
 
 from adapters.bsatn import encode_row
 from adapters.sdk.checkpoints import Checkpoint, CheckpointStore
-from adapters.sdk.consumer import Ack, ConsumerCore, Fail, Rebootstrap, Resubscribe, Stale
+from adapters.sdk.consumer import Ack, ConsumerCore, Continue, Fail, Rebootstrap, Resubscribe, Stale
 from adapters.sdk.errors import SubscriptionFailed
 from adapters.sdk.rows import DecodedRow, TableChange
 from spec import query as q
@@ -28,8 +28,9 @@ def ev(seq: int, epoch: int = 1, stream: str = S) -> SyncEvent:
     return SyncEvent(stream, epoch, seq, f"k{seq}", "sha256:" + f"{seq:064x}", f'{{"n":{seq}}}', ALICE, 10, seq)
 
 
-def st(epoch: int = 1, head: int = 0, floor: int = 1, stream: str = S) -> SyncStream:
-    return SyncStream(stream, "default", "scope", epoch, head, floor, 1000, 1, 2)
+def st(epoch: int = 1, head: int = 0, floor: int = 1, stream: str = S,
+       continues: tuple[int, int] = (0, 0)) -> SyncStream:
+    return SyncStream(stream, "default", epoch, *continues, head, floor, 1000, 1, 2)
 
 
 def d(row: Row) -> DecodedRow:
@@ -320,3 +321,64 @@ def test_endless_staleness_gives_up(core: ConsumerCore) -> None:
         core.rebootstrapped(1, 0)  # the application keeps resuming where the server refuses
     (action,) = core.on_error(stale_error(epoch=2, floor_seq=1, head_seq=0, reasons=["epoch_changed"]))
     assert isinstance(action, Fail) and core.state == "failed"
+
+
+# --- continuing an epoch after the server's unclean restart (ADR-0003 decision 6) -----------------
+
+
+def _continue_to(core: ConsumerCore, store: CheckpointStore, action: Continue) -> list[object]:
+    with store.transaction() as tx:  # what the driver does: the checkpoint moves, nothing else
+        store.reset(tx, S, action.epoch, core.watermark)
+    return list(core.continued(action.epoch))
+
+
+def test_a_stream_row_continuing_the_epoch_keeps_everything(core: ConsumerCore, store: CheckpointStore) -> None:
+    """CONT-1: epoch 11 continues epoch 1 up to seq 5; a consumer at 3 saw only surviving events."""
+    core.on_rows(rows(ev(1), ev(2), ev(3)), snapshot=True)
+    (action,) = core.on_rows(rows(st(epoch=11, head=5, floor=1, continues=(1, 5)), ev(4, epoch=11)), snapshot=False)
+    assert action == Continue(11, from_server=False) and core.state == "continuing"
+    ack, resub = _continue_to(core, store, action)
+    assert ack == Ack(11, 3) and isinstance(resub, Resubscribe) and resume_of(resub) == (S, 11, 3)
+    assert resub.reason == "continue"
+    assert (core.epoch, core.watermark, core.continues, core.rebootstraps) == (11, 3, 1, 0)
+    assert store.load(S) == Checkpoint(S, 11, 3)
+    assert core.on_rows(rows(ev(4, epoch=11), ev(5, epoch=11)), snapshot=True) == [Ack(11, 5)]
+    assert applied(store) == [1, 2, 3, 4, 5]  # nothing replaced, nothing applied twice
+
+
+@pytest.mark.parametrize(("row", "why"), [
+    (st(epoch=11, head=9, floor=1, continues=(1, 2)), "the consumer may have seen events past the durable head"),
+    (st(epoch=11, head=9, floor=1, continues=(0, 0)), "a fresh epoch (an admin reset) continues nothing"),
+    (st(epoch=11, head=9, floor=1, continues=(7, 9)), "it continues another epoch"),
+    (st(epoch=11, head=9, floor=5, continues=(1, 9)), "retention passed the watermark meanwhile"),
+])
+def test_a_stream_row_that_does_not_continue_far_enough_rebootstraps(core: ConsumerCore, row: SyncStream,
+                                                                     why: str) -> None:
+    core.on_rows(rows(ev(1), ev(2), ev(3)), snapshot=True)
+    (action,) = core.on_rows(rows(row), snapshot=False)
+    assert isinstance(action, Rebootstrap), why
+
+
+def test_a_stale_cursor_naming_the_continuation_continues(core: ConsumerCore, store: CheckpointStore) -> None:
+    core.on_rows(rows(ev(1), ev(2)), snapshot=True)
+    base = dict(epoch=11, floor_seq=1, head_seq=9, replay_budget=100, requested_epoch=1, requested_watermark=2)
+    (action,) = core.on_error(stale_error(reasons=["epoch_changed"], continues_epoch=1, continues_seq=4, **base))
+    assert action == Continue(11, from_server=True)
+    _continue_to(core, store, action)
+    assert (core.epoch, core.watermark, core.continues) == (11, 2, 1)
+    # not continuable: seen past continues_seq, another reason too, or an older server without the keys
+    for extra in (dict(reasons=["epoch_changed"], continues_epoch=1, continues_seq=1),
+                  dict(reasons=["epoch_changed", "replay_budget_exceeded"], continues_epoch=1, continues_seq=4),
+                  dict(reasons=["epoch_changed"])):
+        c = ConsumerCore(store, f"other{len(extra)}{extra.get('continues_seq', 0)}", lambda tx, e: None)
+        c.start()
+        c.on_rows(rows(ev(1, stream=c.stream_id), ev(2, stream=c.stream_id)), snapshot=True)
+        err = SubscriptionFailed(3, 9, SyncError(ErrorCode.STALE_CURSOR, {"stream_id": c.stream_id, **base, **extra})
+                                 .render())
+        (action2,) = c.on_error(err)
+        assert isinstance(action2, Rebootstrap), extra
+
+
+def test_continued_outside_a_continue_is_a_caller_bug(core: ConsumerCore) -> None:
+    with pytest.raises(LocalProtocolError):
+        core.continued(5)

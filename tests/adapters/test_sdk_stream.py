@@ -31,8 +31,8 @@ def ev(seq: int, epoch: int = 1) -> SyncEvent:
     return SyncEvent(S, epoch, seq, f"k{seq}", "sha256:" + f"{seq:064x}", f'{{"n":{seq}}}', ALICE, 10, seq)
 
 
-def st(epoch: int = 1, head: int = 0, floor: int = 1) -> SyncStream:
-    return SyncStream(S, "default", "scope", epoch, head, floor, 1000, 1, 2)
+def st(epoch: int = 1, head: int = 0, floor: int = 1, continues: tuple[int, int] = (0, 0)) -> SyncStream:
+    return SyncStream(S, "default", epoch, *continues, head, floor, 1000, 1, 2)
 
 
 def rl(rows: Sequence[Row]) -> wire.RowList:

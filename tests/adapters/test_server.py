@@ -113,7 +113,7 @@ def test_compat_window_426(tmp_path: Path) -> None:
     """COMPAT-1 at the upgrade and on HTTP: the first failing check decides the 426 body."""
     window = CompatWindow(min_client_build_id="20260601T000000Z")
     with running_server(tmp_path, window=window) as st:
-        old = st.token(client_build_id="20260101T000000Z", protocol_version="oa.sync.v1", schema_version=1)
+        old = st.token(client_build_id="20260101T000000Z", protocol_version="oa.sync.v1", schema_version=2)
         from websockets.sync.client import connect
         with pytest.raises(InvalidStatus) as info:
             connect(f"{st.ws_base}/v1/database/autopilot-sync/subscribe?token={old}",
@@ -122,9 +122,9 @@ def test_compat_window_426(tmp_path: Path) -> None:
         body = json.loads(info.value.response.body)
         assert body["code"] == "upgrade_required" and body["upgrade_required"] is True
         assert body["window"]["min_client_build_id"] == "20260601T000000Z"
-        ok = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v1", schema_version=1)
+        ok = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v1", schema_version=2)
         WireClient(st, ok).close()
-        bad_proto = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v0", schema_version=1)
+        bad_proto = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v0", schema_version=2)
         res = call_http(st, bad_proto, "append_sync_event", [S, "k", "{}", {"none": []}, {"none": []}])
         assert res.status == 426 and res.json()["code"] == "unsupported_protocol_version"
 
@@ -165,7 +165,7 @@ def test_subscribe_call_and_live_update(tmp_path: Path, version: int) -> None:
         # a resume query with a watermark gets only what is after it
         a.call("append_sync_event", S, "k2", "2", None, None)
         c = WireClient(st, st.token(), version=version)
-        resumed = c.subscribe(1, SUB_EVENTS + " AND seq > 1")
+        resumed = c.subscribe(1, SUB_EVENTS + " AND epoch = 1 AND seq > 1")
         assert isinstance(resumed, wire.SubscribeApplied)
         assert [e.seq for e in wire.decode_rows("sync_event", resumed.rows.tables[0].rows)] == [2]  # type: ignore[attr-defined]
         for x in (a, b, c):
@@ -291,9 +291,9 @@ def test_http_call_and_sql(tmp_path: Path) -> None:
         assert sql.status == 200
         (stmt,) = sql.json()
         names = [e["name"]["some"] for e in stmt["schema"]["elements"]]
-        assert names[:5] == ["stream_id", "stream_class", "owner_scope", "epoch", "head_seq"]
+        assert names[:6] == ["stream_id", "stream_class", "epoch", "continues_epoch", "continues_seq", "head_seq"]
         (row,) = stmt["rows"]
-        assert row[0] == S and row[4] == 1
+        assert row[0] == S and row[names.index("head_seq")] == 1 and row[names.index("continues_epoch")] == 0
         hidden = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", "SELECT * FROM sync_event",
                       {"Authorization": f"Bearer {st.token(streams=['x.*'])}"})
         assert hidden.status == 200 and hidden.json()[0]["rows"] == []  # row-filtered by grants
@@ -504,17 +504,17 @@ def test_sql_statements_split_outside_literals() -> None:
 
 @pytest.mark.parametrize(("claims", "code"), [
     ({}, None),  # no compatibility claims at all: admitted (the window does not require them)
-    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 1}, None),
-    ({"client_build_id": " ", "protocol_version": "oa.sync.v1", "schema_version": 1}, "invalid_client_build"),
-    ({"client_build_id": "2026-07-01", "protocol_version": "oa.sync.v1", "schema_version": 1},
+    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 2}, None),
+    ({"client_build_id": " ", "protocol_version": "oa.sync.v1", "schema_version": 2}, "invalid_client_build"),
+    ({"client_build_id": "2026-07-01", "protocol_version": "oa.sync.v1", "schema_version": 2},
      "invalid_client_build"),
-    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v2", "schema_version": 1},
+    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v2", "schema_version": 2},
      "unsupported_protocol_version"),
-    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 2},
-     "unsupported_schema_version"),
-    ({"client_build_id": "20250101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 1},
+    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 1},
+     "unsupported_schema_version"),  # a schema-1 client (before ADR-0003's column changes) is refused
+    ({"client_build_id": "20250101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 2},
      "upgrade_required"),
-    ({"client_build_id": "21000101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 1},
+    ({"client_build_id": "21000101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 2},
      "unsupported_client_build"),
     # several failures: the first in the documented order decides
     ({"client_build_id": "20250101T000000Z", "protocol_version": "oa.sync.v0", "schema_version": 9},

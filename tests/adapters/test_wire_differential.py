@@ -59,7 +59,8 @@ def _scenario(d: WireDiff) -> None:
     d.call(0, "append_sync_event", ("demo.a", "k1", '{"other":1}', None, None))  # idempotency conflict
     d.call(1, "append_sync_event", ("demo.a", "k2", "[1,2]", None, 9))  # sequence conflict
     d.http_call(1, "append_sync_event", ("demo.a", "k3", "[1]", None, None))
-    d.subscribe(1, 3, ("SELECT * FROM sync_event WHERE stream_id = 'demo.a' AND seq > 1",))  # resume
+    d.subscribe(1, 3, ("SELECT * FROM sync_event WHERE stream_id = 'demo.a' AND seq > 1",))  # no epoch: refused
+    d.subscribe(1, 5, ("SELECT * FROM sync_event WHERE stream_id = 'demo.a' AND epoch = 1 AND seq > 1",))  # resume
     d.subscribe(1, 4, ("SELECT * FROM sync_event WHERE stream_id = 'demo.a' AND epoch = 9 AND seq > 1",))  # stale
     d.call(2, "upsert_presence", ("p1", "dev", "node", "online", "eu", 3000))
     d.call(0, "publish_stream_signal", ("demo.a", "typing", "{}"))

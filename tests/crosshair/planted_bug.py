@@ -83,14 +83,14 @@ def grant_matches(grant: str, stream_id: str) -> bool:
 # --- spec.transitions.assignment_edge_allowed, over a table with a "retry" edge out of failed ----
 
 ASSIGNMENT_TRANSITIONS: Mapping[tuple[str, str], frozenset[str]] = {
-    ("open", "assigned"): frozenset({"compute.assign"}),
-    ("assigned", "running"): frozenset({"compute.execute"}),
-    ("running", "completed"): frozenset({"compute.execute"}),
-    ("running", "failed"): frozenset({"compute.execute"}),
+    ("open", "assigned"): frozenset({"dispatcher"}),
+    ("assigned", "running"): frozenset({"executor"}),
+    ("running", "completed"): frozenset({"executor"}),
+    ("running", "failed"): frozenset({"executor"}),
     ("failed", "open"): frozenset({"requester"}),  # planted: a retry edge makes a terminal status live
-    ("open", "cancelled"): frozenset({"requester", "compute.assign"}),
-    ("assigned", "cancelled"): frozenset({"requester", "compute.assign"}),
-    ("running", "cancelled"): frozenset({"requester", "compute.assign"}),
+    ("open", "cancelled"): frozenset({"requester", "dispatcher"}),
+    ("assigned", "cancelled"): frozenset({"requester", "dispatcher"}),
+    ("running", "cancelled"): frozenset({"requester", "dispatcher"}),
 }
 
 
@@ -103,7 +103,7 @@ ASSIGNMENT_TRANSITIONS: Mapping[tuple[str, str], frozenset[str]] = {
     and ASSIGNMENT_STATUSES.index(old) < ASSIGNMENT_STATUSES.index(new)),
     "ASSIGN-1 (edges go forward in the lifecycle order and never leave a terminal status: no cycles)")
 @icontract.ensure(lambda old, new, result: not result or (bool(ASSIGNMENT_TRANSITIONS[(old, new)])
-                  and ASSIGNMENT_TRANSITIONS[(old, new)] <= ASSIGNMENT_ROLES),
+                  and ASSIGNMENT_TRANSITIONS[(old, new)] <= ASSIGNMENT_ROLES.keys()),
                   "ASSIGN-1 (every edge names who may take it, from the known roles)")
 @icontract.ensure(lambda old, new, result: result or not (
     new == "cancelled" and old in ASSIGNMENT_STATUSES and old not in ASSIGNMENT_TERMINAL),

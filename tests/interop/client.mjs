@@ -254,9 +254,27 @@ function subscribe(name, queries) {
   return handle;
 }
 
+/** A subscription the server must refuse: resolve with the SDK's error message. */
+function refused(name, queries) {
+  conn.subscriptionBuilder()
+    .onApplied(() => fail("subscription applied, expected a SubscriptionError", { query_set: name }))
+    .onError((_ctx, err) => {
+      const message = String(err?.message ?? err);
+      state.subErrors.push({ name, message });
+      emit({ event: "refused", query_set: name, message });
+    })
+    .subscribe(queries);
+  return until(`SubscriptionError(${name})`, () => state.subErrors.some((e) => e.name === name));
+}
+
 // --- (b) resume from watermark 2 -------------------------------------------------------------------
 
-const events = subscribe("events", [`SELECT * FROM sync_event WHERE stream_id = ${sqlString(STREAM)} AND seq > 2`]);
+// A resume must pin the stream and the epoch (ADR-0003): a seq bound alone is refused with invalid_query.
+await refused("unpinned", [tables.syncEvent.where((r) => r.streamId.eq(STREAM)).where((r) => r.seq.gt(2n))]);
+// The typed query builder's resume (quoted identifiers, parenthesized conjuncts) is accepted:
+// SELECT * FROM "sync_event" WHERE (("sync_event"."stream_id" = '...') AND ("sync_event"."epoch" = 1)) AND (... > 2).
+const events = subscribe("events", [
+  tables.syncEvent.where((r) => r.streamId.eq(STREAM)).where((r) => r.epoch.eq(1n)).where((r) => r.seq.gt(2n))]);
 await until("SubscribeApplied(events) and its 3 rows", () => state.applied.has("events") && state.inserts.length >= 3);
 emit({ event: "cache", table: "sync_event", rows: cachedEvents(conn) });
 

@@ -7,8 +7,10 @@ tokens (the SDK client's and an appender's), appends seqs 1..5 over HTTP, then r
 * connect: the SDK trades the token at ``/v1/identity/websocket-token``, opens
   ``/v1/database/autopilot-sync/subscribe`` with the subprotocol the server echoes, and is told
   the identity the token names;
-* resume: ``seq > 2`` gives exactly seqs 3, 4, 5 in the snapshot, with the bytes the appender
-  wrote; the stream row arrives through the SDK's typed query builder (quoted SQL);
+* resume: through the SDK's typed query builder (quoted, parenthesized SQL), ``stream_id = S AND
+  epoch = 1 AND seq > 2`` gives exactly seqs 3, 4, 5 in the snapshot, with the bytes the appender
+  wrote; the same without the epoch is refused with ``invalid_query`` naming the resume form
+  (ADR-0003); the stream row arrives through the typed query builder too;
 * live tail: seqs 6, 7 appended over HTTP by another identity arrive as one TransactionUpdate each;
 * reducers: an append from the SDK is seq 8 with ``ret_value`` u64 8; replaying it is a no-op
   success; the same key with another payload is rejected with ``idempotency_conflict: {...}``;
@@ -209,7 +211,15 @@ def check_observations(c: NodeClient, run: str, stream: str, client_id: str, app
     assert HEX32.fullmatch(connect["connection_id"]) and int(connect["connection_id"], 16) != 0
     assert connect["token_is_ours"] is True
 
-    # (b) resume from watermark 2: exactly 3, 4, 5 in the snapshot, as the appender wrote them.
+    # (b) a resume without the epoch is refused, with the form to use; with it, exactly 3, 4, 5 in the
+    # snapshot, as the appender wrote them.
+    (refusal,) = c.of("refused", query_set="unpinned")
+    assert "invalid_query" in refusal["message"] and "missing: epoch" in refusal["message"], refusal
+    assert "SELECT * FROM sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W" in refusal["message"], refusal
+    (resume,) = c.of("subscribe", query_set="events")
+    assert resume["queries"] == [
+        f'SELECT * FROM "sync_event" WHERE (("sync_event"."stream_id" = \'{stream}\') AND ("sync_event"."epoch" = 1))'
+        f' AND ("sync_event"."seq" > 2)']
     inserts = c.of("insert", table="sync_event")
     snapshot = [e for e in inserts if e["phase"] == "SubscribeApplied"]
     assert [without_server_fields(e["row"]) for e in snapshot] == [
@@ -286,7 +296,7 @@ def check_frames(c: NodeClient, run: str) -> None:
         assert all(len(f["messages"]) == 1 for f in frames)  # v2: exactly one message per frame
     types = [m["type"] for m in messages]
     assert types.count("InitialConnection") == 1
-    assert "SubscriptionError" not in types
+    assert types.count("SubscriptionError") == 1  # the resume without an epoch, and nothing else
     assert types.count("SubscribeApplied") == 3 and types.count("UnsubscribeApplied") == 1
     assert types.count("TransactionUpdate") == 2  # one per live append, none for the caller's own reducers
     results = [m for m in messages if m["type"] == "ReducerResult"]

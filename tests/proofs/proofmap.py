@@ -47,6 +47,8 @@ SESSIONS = ("p1", "p2")
 PROVIDERS = ("prov1", "prov2")
 REQUESTS = ("r1", "r2")
 OUTBOXES = ("o1", "o2")
+JOB_KINDS = (5000, 5001)
+"""The job kinds the correspondence tests open assignments with (ADVERTISES is pinned on these)."""
 assert len(STREAMS) == E.S and len(CLIENTS) == E.C
 assert len(SESSIONS) == len(PROVIDERS) == len(REQUESTS) == len(OUTBOXES) == E.N
 
@@ -57,6 +59,8 @@ class Interner:
 
     ids: dict[object, int] = field(default_factory=dict)
     payloads: set[str] = field(default_factory=set)
+    kind_lists: set[tuple[int, ...]] = field(default_factory=set)
+    relay_lists: set[tuple[str, ...]] = field(default_factory=set)
 
     def __call__(self, value: object) -> int:
         if value == ():
@@ -70,11 +74,27 @@ class Interner:
         self.payloads.add(canon)
         return self(canon)
 
+    def relays(self, relays: tuple[str, ...]) -> int:
+        """A sorted relay list: its unions with the other lists seen get pinned (``MERGE``)."""
+        self.relay_lists.add(relays)
+        return self(relays)
+
+    def kinds(self, kinds: tuple[int, ...]) -> int:
+        """A nip90_kinds list: which job kinds it advertises gets pinned."""
+        self.kind_lists.add(kinds)
+        return self(kinds)
+
     def axioms(self) -> list[Any]:
         out = []
         for p in sorted(self.payloads):
             out.append(E.H(self(p)) == self(payload_hash(p)))
             out.append(E.CANON(self(p)) == is_canonical(p))
+        for kinds in sorted(self.kind_lists):
+            out += [E.ADVERTISES(self(kinds), k) == (k in kinds) for k in JOB_KINDS]
+        lists = sorted(self.relay_lists)
+        for x in lists:
+            for y in lists:
+                out.append(E.MERGE(self(x), self(y)) == self(tuple(sorted(set(x) | set(y)))))
         return out
 
 
@@ -105,8 +125,8 @@ def db(i: Interner, d: DbState) -> E.Db:
     events = []
     for sid in STREAMS:
         s = d.find(SyncStream, lambda r, sid=sid: r.stream_id == sid)  # type: ignore[misc]
-        streams.append(E.Stream(True, s.epoch, s.head_seq, s.floor_seq, s.replay_budget) if s
-                       else E.Stream(False, 0, 0, 0, 0))
+        streams.append(E.Stream(True, s.epoch, s.head_seq, s.floor_seq, s.replay_budget, s.continues_epoch,
+                                s.continues_seq) if s else E.Stream(False, 0, 0, 0, 0, 0, 0))
         evs = [event(i, e) for e in d.of_type(SyncEvent) if e.stream_id == sid]
         assert len(evs) <= E.K
         events.append(E.Events(len(evs), tuple(evs + [ZERO_EVENT] * (E.K - len(evs)))))
@@ -126,7 +146,8 @@ def db(i: Interner, d: DbState) -> E.Db:
     providers = []
     for pid in PROVIDERS:
         v = d.find(ProviderCapability, lambda x, pid=pid: x.provider_id == pid)  # type: ignore[misc]
-        providers.append(E.Provider(True, i(v.owner), i.payload(v.capability), i(v.capability_hash), i(v.nip90_kinds),
+        providers.append(E.Provider(True, i(v.owner), i.payload(v.capability), i(v.capability_hash),
+                                    i.kinds(v.nip90_kinds),
                                     v.price_hint_sats, E.PROV_STATUS[v.status], v.version) if v
                          else E.Provider(False, 0, 0, 0, 0, 0, 0, 0))
     assignments = []
@@ -134,19 +155,20 @@ def db(i: Interner, d: DbState) -> E.Db:
         a = d.find(ComputeAssignment, lambda x, rid=rid: x.request_id == rid)  # type: ignore[misc]
         assignments.append(E.Assignment(
             True, i(a.requester), a.job_kind, i.payload(a.request), i(a.request_hash), a.provider_id is not None,
-            0 if a.provider_id is None else i(a.provider_id), E.A_STATUS[a.status], a.result is not None,
-            0 if a.result is None else i.payload(a.result), a.version) if a
-            else E.Assignment(False, 0, 0, 0, 0, False, 0, 0, False, 0, 0))
+            0 if a.provider_id is None else i(a.provider_id), a.provider_owner is not None,
+            0 if a.provider_owner is None else i(a.provider_owner), E.A_STATUS[a.status], a.result is not None,
+            0 if a.result is None else i.payload(a.result), a.version, a.updated_at) if a
+            else E.Assignment(False, 0, 0, 0, 0, False, 0, False, 0, 0, False, 0, 0, 0))
     outbox = []
     for oid in OUTBOXES:
         b = d.find(BridgeOutbox, lambda x, oid=oid: x.outbox_id == oid)  # type: ignore[misc]
         outbox.append(E.Outbox(True, i(b.content_hash), E.B_STATUS[b.status], b.attempts, b.nostr_event_id is not None,
-                               0 if b.nostr_event_id is None else i(b.nostr_event_id), i(b.relays_acked),
-                               b.last_error is not None, 0 if b.last_error is None else i(b.last_error)) if b
-                      else E.Outbox(False, 0, 0, 0, False, 0, 0, False, 0))
+                               0 if b.nostr_event_id is None else i(b.nostr_event_id), i.relays(b.relays_acked),
+                               b.last_error is not None, 0 if b.last_error is None else i(b.last_error), b.updated_at)
+                      if b else E.Outbox(False, 0, 0, 0, False, 0, 0, False, 0, 0))
     evt_rows = len(d.rows("presence_signal")) + len(d.rows("stream_signal"))
     return E.Db(tuple(streams), tuple(events), d.epoch_floor, tuple(ckpts), tuple(presence), tuple(providers),
-                tuple(assignments), tuple(outbox), evt_rows)
+                tuple(assignments), tuple(outbox), evt_rows, d.version_floor)
 
 
 def delta(i: Interner, d: Delta | None) -> E.Delta:
@@ -248,14 +270,14 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
         err = _first(_ids(pid), _canon(cap, canon),
                      lambda: IA if any(not 5000 <= k <= 5999 for k in kinds) else OK_CODE)
         return E.ProviderAct(PROVIDERS.index(pid), me, has_scope(claims, "provider.publish"), err,
-                             i.payload(canon[0]) if canon else 0, i(tuple(sorted(set(kinds)))), price,
+                             i.payload(canon[0]) if canon else 0, i.kinds(tuple(sorted(set(kinds)))), price,
                              E.PROV_STATUS.get(status, E.INVALID_ENUM))
     if reducer == "open_compute_assignment":
         rid, job_kind, request = args
         canon = []
         err = _first(_ids(rid), lambda: OK_CODE if 5000 <= job_kind <= 5999 else IA, _canon(request, canon))
         return E.OpenAct(REQUESTS.index(rid), me, has_scope(claims, "compute.request"), err, job_kind,
-                         i.payload(canon[0]) if canon else 0)
+                         i.payload(canon[0]) if canon else 0, now)
     if reducer == "update_compute_assignment":
         rid, expected, status, provider, result_json = args
         err = _first(_ids(rid), _ids(provider) if provider is not None else lambda: OK_CODE)
@@ -264,8 +286,9 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
         return E.UpdateAct(REQUESTS.index(rid), me, has_scope(claims, "compute.request"),
                            has_scope(claims, "compute.assign"), has_scope(claims, "compute.execute"), err, expected,
                            E.A_STATUS.get(status, E.INVALID_ENUM), provider is not None,
-                           0 if provider is None else i(provider), result_json is not None,
-                           i.payload(canon[0]) if canon else 0, result_err)
+                           0 if provider is None else i(provider),
+                           PROVIDERS.index(provider) if provider in PROVIDERS else -1, result_json is not None,
+                           i.payload(canon[0]) if canon else 0, result_err, now)
     if reducer == "enqueue_bridge_event":
         oid, source, kind, tags, content = args
         canon = []
@@ -277,19 +300,20 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
 
         err = _first(_ids(oid, source), _canon(tags, canon), tags_shape,
                      lambda: OK_CODE if kind in pol.bridge_kinds else code_of(ErrorCode.POLICY_DENIED))
-        digest = i(payload_hash(dumps_canonical([kind, parse_strict(canon[0]), content]))) if err == OK_CODE else 0
-        return E.EnqueueAct(OUTBOXES.index(oid), has_scope(claims, "bridge.enqueue"), err, digest)
+        digest = i(payload_hash(dumps_canonical([source, kind, parse_strict(canon[0]), content]))) \
+            if err == OK_CODE else 0
+        return E.EnqueueAct(OUTBOXES.index(oid), has_scope(claims, "bridge.enqueue"), err, digest, now)
     if reducer == "mark_bridge_event_sent":
         oid, eid, relays = args
         err = _first(_ids(oid), lambda: OK_CODE if is_hash("sha256:" + eid) else IA,
                      lambda: IA if any(not r or len(r) > 512 for r in relays) else OK_CODE)
         return E.MarkSentAct(OUTBOXES.index(oid), has_scope(claims, "bridge.mark_sent"), err, i(eid),
-                             i(tuple(sorted(set(relays)))))
+                             i.relays(tuple(sorted(set(relays)))), now)
     if reducer == "record_bridge_failure":
         oid, error, retry = args
         err = _first(_ids(oid), lambda: OK_CODE if error and len(error) <= pol.max_error_text else IA,
                      lambda: OK_CODE if retry <= pol.bridge_max_retry_after_ms else IA)
-        return E.FailureAct(OUTBOXES.index(oid), has_scope(claims, "bridge.mark_sent"), err, i(error))
+        return E.FailureAct(OUTBOXES.index(oid), has_scope(claims, "bridge.mark_sent"), err, i(error), now)
     if reducer == "publish_stream_signal":
         sid, kind, payload = args
         canon = []
@@ -300,6 +324,13 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
         (sid,) = args
         return E.ResetAct(STREAMS.index(sid), has_scope(claims, "sync.admin"), _first(_ids(sid)))
     raise KeyError(reducer)
+
+
+def windows(pol: Policy) -> E.Windows:
+    def w(v: int | None) -> tuple[bool, int]:
+        return v is not None, v or 0
+    return E.Windows(*w(pol.retain_offline_presence_us), *w(pol.retain_terminal_assignment_us),
+                     *w(pol.retain_sent_outbox_us), *w(pol.retain_failed_outbox_us))
 
 
 def retention(pol: Policy) -> tuple[E.Retention, ...]:

@@ -36,6 +36,7 @@ from proofmap import (
     policy,
     result,
     retention,
+    windows,
 )
 
 from proofs import encoding as E
@@ -71,7 +72,9 @@ CALLERS = (A, A, A, B, B, NARROW, NOBODY, ASSIGNER, EXECUTOR, SESSIONED)
 POLICY = Policy(classes=(("s.b", StreamClass("aged", max_payload_bytes=14, retain_age_us=3_000_000,
                                              replay_budget=4)),),
                 default_class=StreamClass("default", retain_count=3, replay_budget=6),
-                presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3)
+                presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3,
+                retain_offline_presence_us=2_000_000, retain_terminal_assignment_us=3_000_000,
+                retain_sent_outbox_us=1_000_000, retain_failed_outbox_us=None)
 
 KEYS = ("k1", "k2", "k3", "k4", "k5", "k6", "k7", "bad key")
 PAYLOADS = ('{"v":1}', '{"v":2}', "[1,2]", '{"b":1,"a":2}', '"x"', "{", '{"long":"xxxxxxxxxxxxxxxxxxxx"}')
@@ -195,7 +198,8 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
                             provider or oneof([None, None, "prov1", "prov2"], ["bad prov"]),
                             oneof([None, None, '{"ok":true}'], ["{"]))
     if reducer == "enqueue_bridge_event":
-        return reducer, c, (ch.choice(OUTBOXES), oneof(["src"], ["bad src"]), oneof([1, 31990], [4]),
+        return reducer, c, (ch.choice(OUTBOXES), oneof(["src", "src", "other"], ["bad src"]),
+                            oneof([30078, 31990], [1]),
                             oneof(['[["t","x"]]'], ["[1]", "{"]), ch.choice(["hello", "bye"]))
     if reducer == "mark_bridge_event_sent":
         return reducer, c, (ch.choice(OUTBOXES), oneof(["1" * 64, "2" * 64], ["zz"]),
@@ -261,6 +265,8 @@ def _guided(ch: Chooser, d: DbState, op: str, now: int, offset: int) -> DbState:
         rid = ch.choice(REQUESTS)
         row = d.find(ComputeAssignment, lambda r: r.request_id == rid)
         status, version = (row.status, row.version) if row else ("open", 1)
+        if d.find(ProviderCapability, lambda r: r.provider_id == "prov1") is None:
+            calls.append(("publish_provider_capability", ("prov1", '{"gpu":1}', (5000, 5001), 0, "active")))
         if row is None:
             calls.append(("open_compute_assignment", (rid, 5000, '{"v":1}')))
         for _ in range(ch.integer(1, 3)):
@@ -280,7 +286,7 @@ def _guided(ch: Chooser, d: DbState, op: str, now: int, offset: int) -> DbState:
             calls.append(("ack_checkpoint", (ch.choice(CLIENTS), sid, epoch, head + 2 - k)))
     elif op == "failures":
         oid = ch.choice(OUTBOXES)
-        calls.append(("enqueue_bridge_event", (oid, "src", 1, '[["t","x"]]', "hello")))
+        calls.append(("enqueue_bridge_event", (oid, "src", 30078, '[["t","x"]]', "hello")))
         calls += [("record_bridge_failure", (oid, "relay down", 1000))] * ch.integer(1, 3)
     else:
         sid = ch.choice(STREAMS)
@@ -375,7 +381,8 @@ def test_compact_relation(data: st.DataObject) -> None:
     pre, now, _ = build_state(data)
     now += data.draw(st.sampled_from([0, 1_000_000, 4_000_000]))
     out = compact(pre, now, POLICY)
-    relation("compact").check(Interner(), pre, E.CompactAct(now, retention(POLICY)), out.state, out, out.delta)
+    relation("compact").check(Interner(), pre, E.CompactAct(now, retention(POLICY), windows(POLICY)), out.state, out,
+                              out.delta)
 
 
 @SETTINGS
@@ -405,28 +412,25 @@ def test_states_reach_interesting_shapes() -> None:
     @given(data=st.data())
     def probe(data: st.DataObject) -> None:
         d, now, _ = build_state(data)
-        floors = {s.stream_id: s.floor_seq for s in d.of_type(SyncStream)}
         for later in (0, 1_000_000, 4_000_000):  # the compaction test's clocks
-            dropped = [e for td in compact(d, now + later, POLICY).delta.tables for e in td.deletes
-                       if isinstance(e, SyncEvent)]
-            if any(e.seq + 1 < floors[e.stream_id] for e in dropped):
-                seen.add("compaction below the floor")  # the floor must not fall to the cut
+            gone = {td.table for td in compact(d, now + later, POLICY).delta.tables if td.deletes}
+            seen.update(f"retention of {t}" for t in gone - {"sync_event"})
         for s in d.of_type(SyncStream):
             if s.floor_seq > 1:
                 seen.add("compacted")
             if s.epoch > 1:
                 seen.add("new epoch")
-            below = [e.seq for e in d.of_type(SyncEvent) if e.stream_id == s.stream_id and e.seq < s.floor_seq]
-            if below:
-                seen.add("events below the floor")  # kept by an unclean restart
+            if s.continues_epoch and any(e.stream_id == s.stream_id for e in d.of_type(SyncEvent)):
+                seen.add("continued epoch with retained events")  # relabelled by an unclean restart
         if any(True for _ in d.of_type(SyncCheckpoint)):
             seen.add("checkpoint")
         if any(a.status != "open" for a in d.of_type(ComputeAssignment)):
             seen.add("assignment moved")
 
     probe()
-    assert {"compacted", "new epoch", "checkpoint", "assignment moved", "events below the floor",
-            "compaction below the floor"} <= seen, seen
+    assert {"compacted", "new epoch", "checkpoint", "assignment moved", "continued epoch with retained events",
+            "retention of session_presence", "retention of compute_assignment",
+            "retention of bridge_outbox"} <= seen, seen
 
 
 # --- the check has teeth ----------------------------------------------------------------------------------------

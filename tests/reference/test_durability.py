@@ -31,7 +31,7 @@ from spec.auth import Claims
 from spec.messages import CallReducer, ReducerOk, ReducerResult
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass
 from spec.schema import SCOPES
-from spec.values import SyncEvent, SyncStream
+from spec.values import ComputeAssignment, SyncEvent, SyncStream
 
 ALL = Claims("a" * 64, frozenset(SCOPES), ("*",))
 POLICY = Policy(classes=(("s.", StreamClass("short", retain_count=2)),))
@@ -55,10 +55,12 @@ def drive(eng: Engine, tag: str = "") -> None:
     call(eng, c, "upsert_presence", f"sess1{tag}", "dev1", "node1", "online", "eu", 1000)
     call(eng, c, "publish_provider_capability", f"p1{tag}", '{"gpu": true}', (5001, 5000), 10, "active")
     call(eng, c, "open_compute_assignment", f"r1{tag}", 5001, '{"x": 1}')
-    call(eng, c, "update_compute_assignment", f"r1{tag}", 1, "assigned", f"p1{tag}", None)
-    call(eng, c, "enqueue_bridge_event", f"o1{tag}", "src", 1, '[["t", "x"]]', "hello")
+    opened = eng.db.get("compute_assignment", (f"r1{tag}",))
+    assert isinstance(opened, ComputeAssignment) and opened.version == eng.db.version_floor  # ADR-0003 decision 5
+    call(eng, c, "update_compute_assignment", f"r1{tag}", opened.version, "assigned", f"p1{tag}", None)
+    call(eng, c, "enqueue_bridge_event", f"o1{tag}", "src", 30078, '[["t", "x"]]', "hello")
     call(eng, c, "mark_bridge_event_sent", f"o1{tag}", "ab" * 32, ("wss://r2", "wss://r1"))
-    call(eng, c, "enqueue_bridge_event", f"o2{tag}", "src", 1, "[]", "x")
+    call(eng, c, "enqueue_bridge_event", f"o2{tag}", "src", 31990, "[]", "x")
     call(eng, c, "record_bridge_failure", f"o2{tag}", "timeout", 1000)
     call(eng, c, "publish_stream_signal", f"s.one{tag}", "typing", "{}")
     call(eng, c, "reset_stream_epoch", f"x.two{tag}")
@@ -375,3 +377,19 @@ def test_group_commit_batches_the_backlog(tmp_path: Path) -> None:
     writer.close()
     store.close()
     assert sum(batches) == 200 and writer.batches == len(batches) <= 3, batches  # 1 in flight, then the rest
+
+
+def test_policy_round_trips_through_the_data_directory_meta() -> None:
+    """Every knob of the policy (retention windows included, ADR-0003) survives meta's JSON: verify-log
+    must replay under exactly the policy the log ran under."""
+    from dataclasses import fields
+
+    from reference.durability import policy_from_json, policy_json
+    odd = Policy(classes=(("x.", StreamClass("x", 10, 3, 5_000, 7)),), default_class=StreamClass("d", 99),
+                 presence_min_ttl_ms=7, presence_max_ttl_ms=70, bridge_kinds=frozenset({31990}),
+                 bridge_max_attempts=2, bridge_max_retry_after_ms=9, max_error_text=11,
+                 retain_offline_presence_us=None, retain_terminal_assignment_us=1, retain_sent_outbox_us=2,
+                 retain_failed_outbox_us=3)
+    for p in (odd, Policy()):
+        assert policy_from_json(json.loads(json.dumps(policy_json(p)))) == p
+    assert {f.name for f in fields(Policy)} <= set(policy_json(odd))  # no knob left out

@@ -17,9 +17,9 @@ BUDGET = int(os.environ.get("SYNCREF_MUTANT_BUDGET", "300"))
 def test_every_mutant_is_killed() -> None:
     assert len(MUTANTS) >= 12
     results = run_in_subprocesses("support.mutants", [m.name for m in MUTANTS], BUDGET, "mutants.json")
-    print("\nmutant                          killed  by              invariants          seconds")
+    print(f"\n{'mutant':<38}killed  by              {'invariants':<26}seconds")
     for r in results:
-        print(f"{r['mutant']!s:<32}{'yes' if r['killed'] else 'NO':<8}{r.get('by', '-')!s:<16}"
-              f"{','.join(r.get('invariants', [])) or '-':<20}{r.get('seconds', '-')}")  # type: ignore[arg-type]
+        print(f"{r['mutant']!s:<38}{'yes' if r['killed'] else 'NO':<8}{r.get('by', '-')!s:<16}"
+              f"{','.join(r.get('invariants', [])) or '-':<26}{r.get('seconds', '-')}")  # type: ignore[arg-type]
     survivors = [r["mutant"] for r in results if not r["killed"]]
     assert not survivors, f"mutants not caught: {survivors}"

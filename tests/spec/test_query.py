@@ -443,7 +443,7 @@ def test_evaluate_filters_preserving_order() -> None:
 
 
 def test_matches_rejects_a_row_of_another_table() -> None:
-    stream = SyncStream("s", "c", "o", 1, 0, 1, 10, 0, 0)
+    stream = SyncStream("s", "c", 1, 0, 0, 0, 1, 10, 0, 0)
     with pytest.raises(LocalProtocolError):
         matches(one("SELECT * FROM sync_event"), stream)
     with pytest.raises(LocalProtocolError):

@@ -110,3 +110,13 @@ def test_epoch_reset_drops_events_and_keeps_seqs_going() -> None:
     assert stream is not None and (stream.epoch, stream.head_seq, stream.floor_seq) == (2, 1, 2)
     again = ok(db, "append_sync_event", "s", "a", "{}", None, None)
     assert again.ret == 2 and not again.noop
+
+
+def test_default_policy_knobs_are_pinned() -> None:
+    """Defaults users rely on (ADR-0003): the bridge bridges only NIP-89 provider ads (31990) and receipt
+    pointers (30078); five attempts; retry_after_ms at most a day."""
+    p = Policy()
+    assert p.bridge_kinds == frozenset({30078, 31990})
+    assert (p.bridge_max_attempts, p.bridge_max_retry_after_ms) == (5, 86_400_000)
+    assert (p.presence_min_ttl_ms, p.presence_max_ttl_ms, p.max_error_text) == (1_000, 300_000, 1024)
+    assert p.default_class == StreamClass("default") and p.default_class.max_payload_bytes == 256 * 1024

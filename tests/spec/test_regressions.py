@@ -23,8 +23,9 @@ def drain(server: Server, conn: int) -> list[object]:
     return out
 
 
-def test_resume_from_floor_minus_one_after_an_unclean_restart_has_no_gap() -> None:
-    """SEQ-1 / REPLAY-2: the new epoch starts empty, so floor - 1 is the head."""
+def test_an_unclean_restart_continues_the_epoch_SEQ_1_CONT_1() -> None:
+    """SEQ-1 / REPLAY-2 / CONT-1 (ADR-0003): the new epoch continues the old one -- the retained events
+    are relabelled into it, so a resume from the old watermark, or from floor - 1, has no gap."""
     server = Server(Policy(), max_undurable=4)
     conn = server.connect(ME, confirmed=False)
     for k in ("a", "b", "c"):
@@ -32,20 +33,23 @@ def test_resume_from_floor_minus_one_after_an_unclean_restart_has_no_gap() -> No
     server.advance_durable(server.committed)
     server.crash()
     stream = server.db.find(SyncStream, lambda r: r.stream_id == "s")
-    assert stream is not None and stream.floor_seq == stream.head_seq + 1 == 4
+    assert stream is not None and (stream.epoch, stream.continues_epoch, stream.continues_seq) == (1 + 4 + 1, 1, 3)
+    assert (stream.floor_seq, stream.head_seq) == (1, 3)
+    assert {(e.epoch, e.seq) for e in server.db.of_type(SyncEvent)} == {(6, 1), (6, 2), (6, 3)}
     assert not check_state(server.db)
     conn = server.connect(ME, confirmed=False)
     q = f"SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = {stream.epoch} AND seq > {stream.floor_seq - 1}"
     server.handle(conn, Subscribe(2, 7, (q,)))
     applied = drain(server, conn)
-    assert isinstance(applied[0], SubscribeApplied) and applied[0].rows == ()
+    assert isinstance(applied[0], SubscribeApplied)
+    assert [r.seq for t in applied[0].rows for r in t.inserts if isinstance(r, SyncEvent)] == [1, 2, 3]
     other = server.connect(ME, confirmed=False)
     server.handle(other, CallReducer(3, "append_sync_event", ("s", "d", "{}", None, None)))
     update = drain(server, conn)
     assert isinstance(update[0], TransactionUpdate)
     seqs = [r.seq for t in update[0].query_sets[0].tables for r in t.inserts if isinstance(r, SyncEvent)]
     assert seqs == [4]
-    # the old epoch's events stay as the dedupe horizon
+    # the relabelled events are the dedupe horizon, as before
     server.handle(other, CallReducer(4, "append_sync_event", ("s", "a", "{}", None, None)))
     result = drain(server, other)[-1]
     assert isinstance(result, ReducerResult) and isinstance(result.outcome, ReducerOk) and result.outcome.ret == 1

@@ -63,6 +63,7 @@ class DiffSystem(System):
         self.ref = Engine(policy, max_queue=max_queue, max_undurable=max_undurable)
         self.store: list[TxRecord] = []
         self.ref_links: dict[int, int] = {}
+        self.ref_zombies: list[int] = []
         self.compared = 0
 
     # --- bookkeeping -----------------------------------------------------------------------------
@@ -80,13 +81,17 @@ class DiffSystem(System):
             if set(rows) != ref_rows:
                 raise Divergence(f"{where}: table {table} differs: model-only {set(rows) - ref_rows}, "
                                  f"ref-only {ref_rows - set(rows)}")
-        if s.db.epoch_floor != r.db.epoch_floor:
-            raise Divergence(f"{where}: epoch floor {s.db.epoch_floor} vs {r.db.epoch_floor}")
+        if (s.db.epoch_floor, s.db.version_floor) != (r.db.epoch_floor, r.db.version_floor):
+            raise Divergence(f"{where}: floors (epoch, version) {(s.db.epoch_floor, s.db.version_floor)} vs "
+                             f"{(r.db.epoch_floor, r.db.version_floor)}")
         for i in list(self.ref_links):
             if r.conns.get(self.ref_links[i]) is None:
                 del self.ref_links[i]
         if set(self.links) != set(self.ref_links):
             raise Divergence(f"{where}: live clients model {sorted(self.links)} ref {sorted(self.ref_links)}")
+        alive = [(z in s.conns, rz in r.conns) for z, rz in zip(self.zombies, self.ref_zombies, strict=True)]
+        if any(a != b for a, b in alive):
+            raise Divergence(f"{where}: half-open connections alive model/ref {alive}")
         for i, link in self.links.items():
             mq = [normalize(o) for o in s.conns[link.conn_id].outbound]
             rq = [normalize(o) for o in r.conns[self.ref_links[i]].outbound]
@@ -118,6 +123,19 @@ class DiffSystem(System):
         self.ref.close(self.ref_links.pop(i))
         super().disconnect(i)
         self._compare(f"disconnect {i}")
+
+    def reconnect_leaving_old_open(self, i: int) -> bool:
+        if i not in self.links:
+            return False
+        self.ref_zombies.append(self.ref_links.pop(i))
+        return super().reconnect_leaving_old_open(i)
+
+    def reap(self) -> None:
+        zombies, self.ref_zombies = self.ref_zombies, []
+        for conn_id in zombies:
+            self.ref.close(conn_id)
+        super().reap()
+        self._compare("reap")
 
     def server_step(self, i: int) -> bool:
         link = self.links.get(i)
@@ -167,6 +185,7 @@ class DiffSystem(System):
     def crash(self) -> None:
         self._flush()
         self.ref_links.clear()  # the old engine dies with its connections
+        self.ref_zombies.clear()
         durable = self.server.durable
         self.store = [rec for rec in self.store if rec.offset <= durable]
         super().crash()
@@ -180,6 +199,7 @@ class DiffSystem(System):
     def clean_restart(self) -> None:
         self._flush()
         self.ref_links.clear()  # the old engine stops with its connections
+        self.ref_zombies.clear()
         super().clean_restart()
         self.ref = Engine.recover(self.store, clean=True, now=self.server.now, policy=self.server.policy,
                                   max_queue=self.server.max_queue, max_undurable=self.server.max_undurable)

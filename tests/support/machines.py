@@ -26,6 +26,7 @@ from spec.errors import SyncError
 from spec.invariants import (
     check_call,
     check_convergence,
+    check_retention,
     check_state,
     check_sweep,
     check_transition,
@@ -37,7 +38,10 @@ STREAMS = ("s.a1", "s.a2", "s.b1")
 KEYS = ("k1", "k2", "k3", "k4", "k5")
 PAYLOADS = ('{"v":1}', '{"v":2}', "[1,2]", '{"b":1,"a":2}', '"x"')
 POLICY = Policy(default_class=StreamClass("default", retain_count=2, replay_budget=6),
-                presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3)
+                presence_min_ttl_ms=1000, presence_max_ttl_ms=5000, bridge_max_attempts=3,
+                retain_offline_presence_us=2_000_000, retain_terminal_assignment_us=3_000_000,
+                retain_sent_outbox_us=3_000_000, retain_failed_outbox_us=4_000_000)
+"""Windows short enough that the machines' clocks pass them (retention of every table is exercised)."""
 ALL_SCOPES = frozenset({"sync.subscribe", "sync.append", "sync.checkpoint.write", "presence.write",
                         "provider.publish", "compute.request", "compute.assign", "compute.execute",
                         "bridge.enqueue", "bridge.mark_sent", "sync.admin"})
@@ -85,7 +89,8 @@ class ModuleMachine(RuleBasedStateMachine):
         wrote = ok and not out.noop
         granted = not args or not isinstance(args[0], str) or stream_granted(claims, args[0])
         self.violations += check_call(before, claims.scopes, granted, reducer, args, ok,
-                                      out.ret if ok else None, None if ok else out.error.code, wrote, after)
+                                      out.ret if ok else None, None if ok else out.error.code, wrote, after,
+                                      claims.identity)
         if wrote:
             self.offset += 1
             self.violations += check_transition(before, after)
@@ -134,15 +139,18 @@ class ModuleMachine(RuleBasedStateMachine):
             c, args = data.draw(st.sampled_from(self.sent_acks))
             self._run(c, "ack_checkpoint", args)
 
-    @rule(s=st.sampled_from(STREAMS), w_delta=st.integers(-4, 2), epoch_delta=st.sampled_from([0, 0, 1]))
-    def resume_decision(self, s: str, w_delta: int, epoch_delta: int) -> None:
+    @rule(s=st.sampled_from(STREAMS), w_delta=st.integers(-4, 2), epoch_delta=st.sampled_from([0, 0, 1]),
+          ge=st.booleans())
+    def resume_decision(self, s: str, w_delta: int, epoch_delta: int, ge: bool) -> None:
         """STALE-1 at the module level: the server's stale decision for a resume query equals the
-        oracle's, around the floor, the head and the budget."""
+        oracle's, around the floor, the head and the budget (``seq > W``, or ``seq >= W + 1``, which
+        for W = 0 is ``seq >= 1`` or, as people write it, ``seq >= 0``: watermark 0 either way)."""
         from spec import query as q
         from spec.reducers import virtual_stream
         epoch, head, floor = virtual_stream(self.db, s)
         w = max(0, (floor - 1 if w_delta < 0 else head) + w_delta)
-        text = f"SELECT * FROM sync_event WHERE stream_id = '{s}' AND epoch = {epoch + epoch_delta} AND seq > {w}"
+        bound = f"seq >= {w + 1 if w or w_delta % 2 else 0}" if ge else f"seq > {w}"
+        text = f"SELECT * FROM sync_event WHERE stream_id = '{s}' AND epoch = {epoch + epoch_delta} AND {bound}"
         err = _mod("spec.delivery").stale_error(self.db, POLICY, q.parse(text)[0])
         expected = stale_reasons(epoch, head, floor, POLICY.class_for(s).replay_budget, epoch + epoch_delta, w)
         got = tuple(err.details["reasons"]) if err is not None else ()
@@ -166,14 +174,15 @@ class ModuleMachine(RuleBasedStateMachine):
         self.db = ok.state
 
     @rule(c=claims_st, pid=st.sampled_from(["prov1", "prov2"]), cap=st.sampled_from(PAYLOADS),
-          kinds=st.sampled_from([(5000,), (5001, 5000), (4000,)]), price=st.sampled_from([0, 10]),
+          kinds=st.sampled_from([(5000,), (5001, 5000), (5001,), (4000,)]), price=st.sampled_from([0, 10]),
           status=st.sampled_from(["active", "withdrawn"]))
     def provider(self, c: Claims, pid: str, cap: str, kinds: tuple[int, ...], price: int, status: str) -> None:
         self._run(c, "publish_provider_capability", (pid, cap, kinds, price, status))
 
-    @rule(c=claims_st, rid=st.sampled_from(["r1", "r2"]), req=st.sampled_from(PAYLOADS[:2]))
-    def open_assignment(self, c: Claims, rid: str, req: str) -> None:
-        self._run(c, "open_compute_assignment", (rid, 5000, req))
+    @rule(c=claims_st, rid=st.sampled_from(["r1", "r2"]), req=st.sampled_from(PAYLOADS[:2]),
+          kind=st.sampled_from([5000, 5000, 5001]))
+    def open_assignment(self, c: Claims, rid: str, req: str, kind: int) -> None:
+        self._run(c, "open_compute_assignment", (rid, kind, req))
 
     @rule(c=claims_st, rid=st.sampled_from(["r1", "r2"]),
           status=st.sampled_from(["assigned", "running", "completed", "failed", "cancelled", "open"]),
@@ -185,18 +194,32 @@ class ModuleMachine(RuleBasedStateMachine):
         provider = "prov1" if status == "assigned" else None
         self._run(c, "update_compute_assignment", (rid, version, status, provider, result))
 
-    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), kind=st.sampled_from([31990, 30078, 4]),
-          content=st.sampled_from(["hello", "bye"]))
-    def enqueue(self, c: Claims, oid: str, kind: int, content: str) -> None:
-        self._run(c, "enqueue_bridge_event", (oid, "src", kind, '[["t","x"]]', content))
+    @rule(owner=st.sampled_from([_FULL_A, _FULL_B]), executor=claims_st, rid=st.sampled_from(["r1", "r2"]),
+          kind=st.sampled_from([5000, 5001]), steps=st.integers(1, 3))
+    def assignment_walk(self, owner: Claims, executor: Claims, rid: str, kind: int, steps: int) -> None:
+        """A provider ad, a request and the edges walked in order, the execute edges by a random caller
+        (the provider's owner or not): the role and availability rules, which random calls reach rarely."""
+        from spec.values import ComputeAssignment
+        self._run(owner, "publish_provider_capability", ("prov1", '{"gpu":1}', (5000, 5001), 0, "active"))
+        self._run(_FULL_A, "open_compute_assignment", (rid, kind, PAYLOADS[0]))
+        for status in ("assigned", "running", "completed")[:steps]:
+            row = self.db.find(ComputeAssignment, lambda r: r.request_id == rid)
+            self._run(_FULL_A if status == "assigned" else executor, "update_compute_assignment",
+                      (rid, row.version if row else 1, status, "prov1" if status == "assigned" else None, None))
 
-    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), eid=st.sampled_from(["1" * 64, "2" * 64]))
-    def mark_sent(self, c: Claims, oid: str, eid: str) -> None:
-        self._run(c, "mark_bridge_event_sent", (oid, eid, ("wss://r1",)))
+    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), kind=st.sampled_from([31990, 30078, 1]),
+          content=st.sampled_from(["hello", "bye"]), source=st.sampled_from(["src", "src", "other"]))
+    def enqueue(self, c: Claims, oid: str, kind: int, content: str, source: str) -> None:
+        self._run(c, "enqueue_bridge_event", (oid, source, kind, '[["t","x"]]', content))
 
-    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]))
-    def bridge_failure(self, c: Claims, oid: str) -> None:
-        self._run(c, "record_bridge_failure", (oid, "relay down", 1000))
+    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), eid=st.sampled_from(["1" * 64, "1" * 64, "2" * 64]),
+          relays=st.sampled_from([("wss://r1",), ("wss://r2",), ("wss://r2", "wss://r1"), ()]))
+    def mark_sent(self, c: Claims, oid: str, eid: str, relays: tuple[str, ...]) -> None:
+        self._run(c, "mark_bridge_event_sent", (oid, eid, relays))
+
+    @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), retry=st.sampled_from([0, 1000, 60_000]))
+    def bridge_failure(self, c: Claims, oid: str, retry: int) -> None:
+        self._run(c, "record_bridge_failure", (oid, "relay down", retry))
 
     @rule(c=claims_st, s=st.sampled_from(STREAMS))
     def signal(self, c: Claims, s: str) -> None:
@@ -210,7 +233,7 @@ class ModuleMachine(RuleBasedStateMachine):
     def compact(self) -> None:
         red = _mod("spec.reducers")
         ok = red.compact(self.db, self.now, POLICY)
-        self.violations += check_transition(self.db, ok.state)
+        self.violations += check_transition(self.db, ok.state) + check_retention(self.db, ok.state, self.now, POLICY)
         self.offset += not ok.noop
         self.db = ok.state
 
@@ -222,10 +245,19 @@ class ModuleMachine(RuleBasedStateMachine):
 # --- system machine ------------------------------------------------------------------------------
 
 SYSTEM_CLIENTS = [
+    # c0: everything but admin, confirmed reads; the dispatcher (compute.assign) of the compute rules
     ("c0", Claims(IDENTITIES[0], ALL_SCOPES - {"sync.admin"}, ("s.*",), session_id=None), True),
-    ("c1", Claims(IDENTITIES[1], ALL_SCOPES - {"sync.admin"}, ("s.*",)), False),
-    ("c2", Claims(IDENTITIES[2], frozenset({"sync.subscribe", "sync.checkpoint.write"}), ("s.a*",)), False),
+    # c1: no compute.assign: a requester and provider owner who reads only its own assignments
+    ("c1", Claims(IDENTITIES[1], ALL_SCOPES - {"sync.admin", "compute.assign"}, ("s.*",)), False),
+    # c2: a narrowly granted watcher of SELECT * FROM * (and the signals) that also publishes providers and
+    # executes jobs: what it may read of compute_assignment is exactly what AUTH-1 / DELIV-2 check
+    ("c2", Claims(IDENTITIES[2], frozenset({"sync.subscribe", "sync.checkpoint.write", "provider.publish",
+                                            "compute.request", "compute.execute"}), ("s.a*",)), False),
 ]
+WATCH_QUERIES = ("SELECT * FROM *", "SELECT * FROM stream_signal")
+PROVIDERS = ("prov1", "prov2")
+REQUESTS = ("r1", "r2", "r3")
+OUTBOXES = ("o1", "o2")
 client_st = st.sampled_from([0, 1])
 any_client_st = st.sampled_from([0, 1, 2])
 
@@ -236,6 +268,8 @@ class SystemMachine(RuleBasedStateMachine):
         self.sys = _mod("spec.system").System(POLICY, SYSTEM_CLIENTS, max_queue=8, max_undurable=4)
         self.watching = False
         self.last_restart = 0
+        self.jobs = 0
+        self.adhoc = 0
 
     @initialize(follows=st.lists(st.tuples(client_st, st.sampled_from(STREAMS)), max_size=4))
     def start(self, follows: list[tuple[int, str]]) -> None:
@@ -264,7 +298,28 @@ class SystemMachine(RuleBasedStateMachine):
         if 2 in self.sys.links and not self.watching:
             self.watching = True
             from spec.messages import Subscribe
-            self.sys._send(2, [Subscribe(900, 900, ("SELECT * FROM *",))])
+            self.sys._send(2, [Subscribe(900, 900, WATCH_QUERIES)])
+
+    @rule(i=any_client_st, s=st.sampled_from(STREAMS), form=st.sampled_from([5, 0, 1, 2, 3, 4, 5]),
+          w=st.sampled_from([0, 0, 1, 2, 4]))
+    def adhoc_query(self, i: int, s: str, form: int, w: int) -> None:
+        """A subscription written by hand (then dropped): resume forms with and without the epoch and
+        the stream pinned, in the spellings people type and the TS SDK's query builder emits."""
+        from spec.messages import Subscribe, Unsubscribe
+        from spec.reducers import virtual_stream
+        epoch = virtual_stream(self.sys.server.db, s)[0]
+        text = (
+            f"SELECT * FROM sync_event WHERE stream_id = '{s}' AND seq > {w}",  # no epoch: refused
+            f'SELECT * FROM "sync_event" WHERE (("sync_event"."stream_id" = \'{s}\') AND ("sync_event"."epoch" = '
+            f'{epoch})) AND ("sync_event"."seq" > {w})',
+            f"SELECT * FROM sync_event WHERE seq >= {w}",
+            f"SELECT * FROM sync_event WHERE epoch = {epoch} AND {w} < seq",
+            f"SELECT * FROM sync_event WHERE stream_id = '{s}'",  # not a resume: no seq bound
+            f"SELECT * FROM sync_event WHERE (stream_id = '{s}' AND epoch = {epoch}) AND seq >= {w}",
+        )[form]
+        self.adhoc += 1
+        qs = 700 + self.adhoc
+        self.sys._send(i, [Subscribe(qs, qs, (text,)), Unsubscribe(qs + 1, qs)])
 
     @rule(i=client_st, s=st.sampled_from(STREAMS), k=st.sampled_from(KEYS), p=st.sampled_from(PAYLOADS),
           expect=st.booleans())
@@ -281,13 +336,142 @@ class SystemMachine(RuleBasedStateMachine):
         if view is not None and view.epoch is not None:
             self.sys.call(i, "ack_checkpoint", (f"c{i}", s, view.epoch, view.last))
 
+    @rule(i=client_st, status=st.sampled_from(["online", "away"]), reap=st.booleans())
+    def reconnect_half_open(self, i: int, status: str, reap: bool) -> None:
+        """The reconnect path: the client reconnects while the server still holds its old connection,
+        re-upserts its session on the new one, and the old one closes later (PRES-3: the close must
+        not mark the session)."""
+        if self.sys.reconnect_leaving_old_open(i):
+            self._handled(i, "upsert_presence", (f"sess{i}", "dev", "node", status, "eu", 5000))
+        if reap:
+            self.sys.reap()
+
     @rule(i=client_st, status=st.sampled_from(["online", "away", "offline"]))
     def presence(self, i: int, status: str) -> None:
         self.sys.call(i, "upsert_presence", (f"sess{i}", "dev", "node", status, "eu", 2000))
 
-    @rule(i=client_st, s=st.sampled_from(STREAMS), n=st.integers(3, 12))
-    def burst(self, i: int, s: str, n: int) -> None:
-        """A producer appends a burst that the server commits at once while nobody reads."""
+    # --- the other reducers: providers, compute assignments, the bridge outbox, stream signals ----
+
+    @rule(i=any_client_st, pid=st.sampled_from(PROVIDERS), kinds=st.sampled_from([(5000,), (5000, 5001), (5001,)]),
+          status=st.sampled_from(["active", "active", "withdrawn"]))
+    def provider(self, i: int, pid: str, kinds: tuple[int, ...], status: str) -> None:
+        self.sys.call(i, "publish_provider_capability", (pid, '{"gpu":1}', kinds, 10, status))
+
+    @rule(i=any_client_st, rid=st.sampled_from(REQUESTS), kind=st.sampled_from([5000, 5001]))
+    def open_assignment(self, i: int, rid: str, kind: int) -> None:
+        self.sys.call(i, "open_compute_assignment", (rid, kind, '{"job":1}'))
+
+    @rule(i=any_client_st, rid=st.sampled_from(REQUESTS),
+          status=st.sampled_from(["assigned", "assigned", "running", "completed", "failed", "cancelled"]),
+          pid=st.sampled_from(PROVIDERS), stale=st.sampled_from([False, False, False, True]))
+    def update_assignment(self, i: int, rid: str, status: str, pid: str, stale: bool) -> None:
+        """A dispatcher assigns, an executor starts/completes/fails, a requester or dispatcher cancels
+        (callers are drawn at random, so the wrong role is tried too); the expected version is the
+        server's current one (a client that just read the row), sometimes an older one."""
+        from spec.values import ComputeAssignment
+        row = self.sys.server.db.find(ComputeAssignment, lambda r: r.request_id == rid)
+        version = (row.version if row else 1) - (1 if stale else 0)
+        result = '{"ok":true}' if status in ("completed", "failed") else None
+        self.sys.call(i, "update_compute_assignment",
+                      (rid, max(0, version), status, pid if status == "assigned" else None, result))
+
+    def _handled(self, i: int, reducer: str, args: tuple[Any, ...]) -> None:
+        """Call and let the server take the call at once (durability advancing as needed)."""
+        self.sys.connect(i)
+        self.sys.call(i, reducer, args)
+        for _ in range(12):
+            link = self.sys.links.get(i)
+            if link is None or not link.inbox:
+                return
+            if not self.sys.server.can_commit():
+                self.sys.advance_durable(1)
+            self.sys.server_step(i)
+
+    @rule(owner=any_client_st, req=any_client_st, disp=st.sampled_from([0, 0, 1, 2]),
+          intruder=st.booleans(), other=any_client_st,
+          rid=st.sampled_from([*REQUESTS, "fresh", "fresh"]), pid=st.sampled_from(PROVIDERS),
+          kind=st.sampled_from([5000, 5000, 5001]), ad=st.sampled_from(["active", "active", "active", "withdrawn"]),
+          path=st.sampled_from([("assigned", "running", "completed"), ("assigned", "running", "failed"),
+                                ("assigned", "cancelled"), ("cancelled",), ("assigned", "running", "cancelled")]))
+    def job(self, owner: int, req: int, disp: int, intruder: bool, other: int, rid: str, pid: str, kind: int,
+            ad: str, path: tuple[str, ...]) -> None:
+        """A whole job, each call taken at once: a provider ad, a request, the assignment, the execute
+        edges.  The dispatcher is sometimes the wrong role (c1 and c2 hold no compute.assign); with
+        ``intruder`` every execute edge is first tried by ``other`` (any client, usually not the
+        provider's owner), then by the owner, so the role checks are exercised both ways."""
+        from spec.values import ComputeAssignment, ProviderCapability
+        if rid == "fresh":
+            self.jobs += 1
+            rid = f"job{self.jobs}"
+        self._handled(owner, "publish_provider_capability", (pid, '{"gpu":1}', (5000,), 10, ad))
+        self._handled(req, "open_compute_assignment", (rid, kind, '{"job":1}'))
+        for status in path:
+            prov = self.sys.server.db.find(ProviderCapability, lambda r: r.provider_id == pid)
+            callers = [disp]
+            if status in ("running", "completed", "failed"):
+                owner_ix = next((k for k, c in enumerate(self.sys.clients)
+                                 if prov is not None and c.claims.identity == prov.owner), other)
+                callers = [other, owner_ix] if intruder else [owner_ix]
+            result = '{"ok":true}' if status in ("completed", "failed") else None
+            for who in callers:
+                row = self.sys.server.db.find(ComputeAssignment, lambda r: r.request_id == rid)
+                self._handled(who, "update_compute_assignment", (rid, row.version if row else 1, status,
+                                                                 pid if status == "assigned" else None, result))
+
+    @rule(i=client_st, oid=st.sampled_from(OUTBOXES), op=st.sampled_from(["enqueue", "sent", "failure"]),
+          relay=st.sampled_from(["wss://r1", "wss://r2"]))
+    def bridge(self, i: int, oid: str, op: str, relay: str) -> None:
+        if op == "enqueue":
+            self.sys.call(i, "enqueue_bridge_event", (oid, f"src{i}", 30078, '[["t","x"]]', "hello"))
+        elif op == "sent":
+            self.sys.call(i, "mark_bridge_event_sent", (oid, "1" * 64, (relay,)))
+        else:
+            self.sys.call(i, "record_bridge_failure", (oid, "relay down", 1000))
+
+    @rule(i=client_st, s=st.sampled_from(STREAMS), kind=st.sampled_from(["typing", "progress"]))
+    def signal(self, i: int, s: str, kind: str) -> None:
+        self.sys.call(i, "publish_stream_signal", (s, kind, '{"at":1}'))
+
+    @rule(s=st.sampled_from(STREAMS), lost=st.integers(1, 3), after=st.integers(0, 4))
+    def crash_after_a_lost_tail(self, s: str, lost: int, after: int) -> None:
+        """The case the epoch continuation must get right: the non-confirmed client c1 applies events
+        that never become durable, the server crashes, the stream grows again (``after`` events, so
+        its head may pass c1's watermark) and c1 comes back.  c1 must rebootstrap (it saw lost
+        events); the confirmed c0, which saw only durable ones, must continue."""
+        for i in (0, 1):
+            self.sys.connect(i)
+            self.sys.follow(i, s)
+        self.sys.advance_durable(self.sys.server.committed)
+        self.quiet(1)
+        for k in range(lost):  # committed, delivered to c1, never durable
+            self.sys.call(0, "append_sync_event", (s, f"lost{len(self.sys.server.ledger)}-{k}", f'{{"lost":{k}}}',
+                                                   None, None))
+            self.sys.server_step(0)
+        self.quiet(1)
+        self.sys.crash()
+        self.last_restart = self.sys.server.committed
+        self.sys.connect(0)
+        for k in range(after):
+            self._handled(0, "append_sync_event", (s, f"after{len(self.sys.server.ledger)}-{k}", f'{{"after":{k}}}',
+                                                   None, None))
+        self.sys.advance_durable(self.sys.server.committed)
+        self.quiet(1)
+
+    def quiet(self, i: int) -> None:
+        """Let client i take everything released to it (and answer it) for a while."""
+        for _ in range(30):
+            moved = self.sys.deliver(i)
+            moved = self.sys.server_step(i) or moved
+            if not moved:
+                return
+
+    @rule(i=client_st, s=st.sampled_from(STREAMS), n=st.integers(3, 12), live=st.booleans())
+    def burst(self, i: int, s: str, n: int, live: bool) -> None:
+        """A producer appends a burst that the server commits at once while nobody reads.  With
+        ``live`` the other client first (re-)upserts its session on its current connection, so when
+        the burst overflows its queue the slow-consumer close has presence to mark mid-fanout."""
+        if live:
+            self._handled(1 - i, "upsert_presence", (f"sess{1 - i}", "dev", "node", "online", "eu", 5000))
         for k in range(n):
             self.sys.call(i, "append_sync_event", (s, f"b{len(self.sys.server.ledger)}-{k}", f'{{"burst":{k}}}',
                                                    None, None))
@@ -381,6 +565,7 @@ class SystemMachine(RuleBasedStateMachine):
     @rule()
     def heal(self) -> None:
         self.sys.quiesce()
+        self.sys.check_marks_after_heal()
         self.watching = self.watching and 2 in self.sys.links
         views = [(c.client_id, s, v.epoch, v.last, v.applied) for c in self.sys.clients
                  for s, v in c.streams.items() if s not in c.forbidden]
@@ -410,6 +595,8 @@ class DiffMachine(SystemMachine):
         self.sys = _mod("support.diff").DiffSystem(POLICY, SYSTEM_CLIENTS, max_queue=8, max_undurable=4)
         self.watching = False
         self.last_restart = 0
+        self.jobs = 0
+        self.adhoc = 0
 
 
 class DiffModuleMachine(ModuleMachine):
@@ -422,6 +609,9 @@ class DiffModuleMachine(ModuleMachine):
         self.engine_conns: dict[Claims, int] = {}
 
     def _compare_tables(self, where: str) -> None:
+        if self.db.version_floor != self.engine.db.version_floor:
+            self.violations.append(("DIFF", f"{where}: version_floor model {self.db.version_floor} engine "
+                                            f"{self.engine.db.version_floor}"))
         for table, rows in self.db.tables.items():
             ref_rows = set(self.engine.db.rows(table))
             if set(rows) != ref_rows:

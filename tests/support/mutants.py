@@ -86,7 +86,7 @@ MUTANTS: tuple[Mutant, ...] = (
              "            if updates:\n                self._send(conn, offset, TransactionUpdate"),),
            "the caller gets a TransactionUpdate besides its ReducerResult", expected=('DELIV-3', 'DELIV-2')),
     Mutant("row_filter_ignored", "spec.delivery",
-           (("if q.matches(query, r) and can_read(claims, r, self._provider_owner)]", "if q.matches(query, r)]"),),
+           (("if q.matches(query, r) and can_read(claims, r)]", "if q.matches(query, r)]"),),
            "subscriptions are not row-filtered by grants and ownership", expected=('AUTH-1',)),
     Mutant("event_rows_persisted", "spec.state",
            (("    return {t.name: () for t in PERSISTENT_TABLES}", "    return {t.name: () for t in TABLES}"),
@@ -96,8 +96,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("gap_applied", "spec.client", (("            if e.seq > view.last + 1:", "            if False:"),),
            "the client applies across a gap", expected=('REPLAY-1',)),
     Mutant("no_epoch_bump_on_crash", "spec.reducers",
-           (("        tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))\n    tx.epoch_floor = fresh\n",
-             "        pass\n"),),
+           (("    for s in streams:\n"
+             "        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq,"
+             " updated_at=now))\n", ""),
+            ("    tx.epoch_floor = fresh\n", ""),
+            ("            tx.update(e, replace(e, epoch=fresh))\n", "            pass\n"),
+            ("            tx.update(c, replace(c, epoch=fresh))\n", "            pass\n")),
            "an unclean restart keeps epochs, so lost seqs get reused", expected=('DUR-2', 'SEQ-2')),
     Mutant("compaction_keeps_floor", "spec.reducers",
            (("        tx.update(s, replace(s, floor_seq=max(s.floor_seq, cut + 1), updated_at=now))", "        pass"),),
@@ -123,6 +127,80 @@ MUTANTS: tuple[Mutant, ...] = (
            (("        if r.status != \"offline\" and r.expires_at <= now:",
              "        if r.status != \"offline\" and r.expires_at < now:"),),
            "the presence sweep spares rows that expire exactly now", expected=("PRES-2",)),
+)
+MUTANTS += (
+    # --- issue 9, defects to fix (ADR-0003) ---
+    Mutant("assign_skips_provider_check", "spec.reducers",
+           (("        provider_owner = _available_provider(db, provider_id, old.job_kind).owner\n",
+             "        _p = db.find(ProviderCapability, lambda r: r.provider_id == provider_id)\n"
+             "        provider_owner = _p.owner if _p is not None else None\n"),),
+           "assigning does not check that the provider exists, is active and advertises the kind",
+           expected=("ASSIGN-2", "ASSIGN-3")),
+    Mutant("execute_scope_reads_assignments", "spec.delivery",
+           (("if q.matches(query, r) and can_read(claims, r)]",
+             "if q.matches(query, r) and (can_read(claims, r) or (type(r).__name__ == 'ComputeAssignment'"
+             " and 'compute.execute' in claims.scopes))]"),),
+           "every compute.execute holder reads every assignment (the rule before ADR-0003)", expected=("AUTH-1",)),
+    Mutant("execute_by_scope_alone", "spec.reducers",
+           (("    if not any(has_role(role, c.scopes, c.identity, old) for role in ASSIGNMENT_TRANSITIONS[edge]):",
+             "    if not any(has_role(role, c.scopes, c.identity, replace(old, provider_owner=c.identity))"
+             " for role in ASSIGNMENT_TRANSITIONS[edge]):"),),
+           "any compute.execute holder starts, completes or fails any assigned job", expected=("ASSIGN-4",)),
+    Mutant("resume_without_epoch_accepted", "spec.delivery",
+           (("                refused = resume_form_error(query)\n", "                refused = None\n"),),
+           "a sync_event subscription bounding seq without epoch = is accepted (skips the epoch check)",
+           expected=("STALE-3",)),
+    Mutant("first_upserter_marks", "spec.delivery",
+           (("            self.upserter[str(msg.args[0])] = conn.conn_id\n",
+             "            self.upserter.setdefault(str(msg.args[0]), conn.conn_id)\n"),),
+           "the first connection that upserted a session marks it on close, even after a newer connection "
+           "re-upserted it (the reconnect flap)", expected=("PRES-3",)),
+    Mutant("backoff_not_recorded", "spec.reducers",
+           (("status=status, next_attempt_at=ctx.now + 1000 * retry_after_ms,", "status=status,"),),
+           "record_bridge_failure validates retry_after_ms and drops it (no durable backoff)", expected=("BRIDGE-3",)),
+    Mutant("repeated_ack_ignores_relays", "spec.reducers",
+           (("        if acked <= set(old.relays_acked):\n", "        if True:\n"),),
+           "a repeated mark_bridge_event_sent ignores relays acknowledged since", expected=("BRIDGE-3",)),
+    Mutant("source_not_in_dedupe_hash", "spec.reducers",
+           (("    return payload_hash(dumps_canonical([source, nostr_kind, parse_strict(tags_canonical), content]))",
+             "    return payload_hash(dumps_canonical([nostr_kind, parse_strict(tags_canonical), content]))"),),
+           "another source under the same outbox_id is a silent no-op", expected=("BRIDGE-3",)),
+    Mutant("retention_takes_live_assignments", "spec.reducers",
+           (("        return row.status in ASSIGNMENT_TERMINAL and expired(row.updated_at, now,"
+             " policy.retain_terminal_assignment_us)",
+             "        return expired(row.updated_at, now, policy.retain_terminal_assignment_us)"),),
+           "retention removes live assignments too", expected=("RET-1",)),
+    Mutant("seq_ge_0_is_watermark_minus_1", "spec.query",
+           (("    return None if bound is None else max(0, bound)", "    return bound"),),
+           "seq >= 0 resumes from watermark -1 (a floor breach on every stream)", expected=("STALE-1",)),
+    Mutant("no_version_bump_on_crash", "spec.reducers",
+           (("    for row in versioned:\n        tx.update(row, replace(row, version=version))\n"
+             "    tx.version_floor = version\n", ""),),
+           "versions roll back with the lost suffix and are reused for other content", expected=("VER-1",)),
+    Mutant("reopened_assignment_restarts_at_1", "spec.reducers",
+           (("    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, \"open\","
+             " None,\n                                db.version_floor, ctx.now, ctx.now))",
+             "    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, \"open\","
+             " None,\n                                1, ctx.now, ctx.now))"),),
+           "an assignment id freed by retention starts again at version 1", expected=("VER-1",)),
+    Mutant("crash_starts_fresh_epochs", "spec.reducers",
+           (("        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq,"
+             " updated_at=now))",
+             "        tx.update(s, replace(s, epoch=fresh, continues_epoch=0, continues_seq=0, floor_seq=s.head_seq + 1,"
+             " updated_at=now))"),
+            ("        if old_epoch.get(e.stream_id) == e.epoch:\n            tx.update(e, replace(e, epoch=fresh))\n",
+             "        if old_epoch.get(e.stream_id) == e.epoch:\n            tx.delete(e)\n")),
+           "an unclean restart starts every stream in a fresh empty epoch: every client rebootstraps (before "
+           "ADR-0003)", expected=("CONT-1",)),
+    Mutant("client_never_continues", "spec.client",
+           (("    return epoch is not None and continues_epoch != 0 and continues_epoch == epoch and new_epoch != epoch \\\n"
+             "        and last <= continues_seq",
+             "    return False"),),
+           "the client rebootstraps whenever the epoch changed, even into an epoch continuing its own",
+           expected=("CONT-1",)),
+    Mutant("client_continues_past_continues_seq", "spec.client",
+           (("        and last <= continues_seq", "        and last >= 0"),),
+           "a client that saw events the crash lost continues instead of rebootstrapping", expected=("CONT-1",)),
 )
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 

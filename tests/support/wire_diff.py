@@ -60,7 +60,7 @@ from spec.auth import Claims, can_read
 from spec.delivery import Conn, Server
 from spec.messages import CLOSE_PROTOCOL
 from spec.policy import Policy, StreamClass
-from spec.reducers import CallContext, Err, call, compact, presence_sweep, virtual_stream
+from spec.reducers import Err, compact, presence_sweep, virtual_stream
 from spec.schema import REDUCER_BY_NAME, SCOPES, TABLES
 from spec.values import ComputeAssignment
 from support.server import ServerThread, WireClient, call_http, running_server
@@ -384,7 +384,7 @@ class WireDiff:
 
     def _compare_barrier(self, where: str, p: Peer, answer: wire.OneOffQueryResult) -> None:
         """The barrier is a one-off read of ``sync_stream``: the rows the peer may see, as of now."""
-        mine = sorted(repr(r) for r in self.model.db.rows("sync_stream") if can_read(p.claims, r, lambda _: None))
+        mine = sorted(repr(r) for r in self.model.db.rows("sync_stream") if can_read(p.claims, r))
         got = abstract(answer, lambda _: "?")
         assert isinstance(got, sm.OneOffQueryResult)
         theirs = (sorted(repr(r) for r in got.result.inserts) if isinstance(got.result, sm.TableRows)
@@ -524,12 +524,10 @@ class WireDiff:
         self._set_now()
         rdef = REDUCER_BY_NAME[reducer]
         body = [satsjson.to_json(c.type, v) for c, v in zip(rdef.args, args, strict=True)]
-        ctx = CallContext(p.claims, self.model.now, self.model.committed + 1, self.policy)
-        outcome = call(self.model.db, ctx, reducer, args)
+        outcome = self.model.call_detached(p.claims, reducer, args)
         if isinstance(outcome, Err):
             want: tuple[int, str | None, str] = (530, None, outcome.error.render())
         else:
-            self.model.system_tx(outcome)
             want = (200, None if outcome.ret is None else json.dumps(outcome.ret), "")
         res = call_http(self.st, p.token, reducer, body)
         got = (res.status, res.headers.get("syncref-return-value"), res.text)

@@ -13,6 +13,7 @@ export default __t.row({
   contentHash: __t.string().name("content_hash"),
   status: __t.string(),
   attempts: __t.u32(),
+  nextAttemptAt: __t.timestamp().name("next_attempt_at"),
   lastError: __t.option(__t.string()).name("last_error"),
   nostrEventId: __t.option(__t.string()).name("nostr_event_id"),
   relaysAcked: __t.array(__t.string()).name("relays_acked"),

@@ -11,6 +11,7 @@ export default __t.row({
   request: __t.string(),
   requestHash: __t.string().name("request_hash"),
   providerId: __t.option(__t.string()).name("provider_id"),
+  providerOwner: __t.option(__t.identity()).name("provider_owner"),
   status: __t.string(),
   result: __t.option(__t.string()),
   version: __t.u64(),

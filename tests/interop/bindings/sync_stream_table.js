@@ -7,8 +7,9 @@ import { t as __t } from "spacetimedb";
 export default __t.row({
   streamId: __t.string().primaryKey().name("stream_id"),
   streamClass: __t.string().name("stream_class"),
-  ownerScope: __t.string().name("owner_scope"),
   epoch: __t.u64(),
+  continuesEpoch: __t.u64().name("continues_epoch"),
+  continuesSeq: __t.u64().name("continues_seq"),
   headSeq: __t.u64().name("head_seq"),
   floorSeq: __t.u64().name("floor_seq"),
   replayBudget: __t.u64().name("replay_budget"),
