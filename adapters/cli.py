@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from adapters import commands
+from adapters.progress import Progress
 from spec.invariants import CATALOG
 
 MODULE_KINDS = {"state", "transition", "call"}
@@ -45,7 +46,10 @@ def _root() -> Path:
     raise SystemExit("syncref verify needs a source checkout (tests/support/machines.py not found)")
 
 
-def _run_machines(root: Path, examples: int) -> dict[str, dict[str, Any]]:
+MACHINES = ("ModuleMachine", "SystemMachine", "DiffModuleMachine", "DiffMachine")
+
+
+def _run_machines(root: Path, examples: int, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
     sys.path.insert(0, str(root / "tests"))
     os.environ.setdefault("ICONTRACT_SLOW", "1")
     from hypothesis import HealthCheck, settings
@@ -53,7 +57,9 @@ def _run_machines(root: Path, examples: int) -> dict[str, dict[str, Any]]:
     from support import machines  # type: ignore[import-not-found]
 
     results: dict[str, dict[str, Any]] = {}
-    for name in ("ModuleMachine", "SystemMachine", "DiffModuleMachine", "DiffMachine"):
+    for name in MACHINES:
+        if progress is not None:
+            progress.step(f"machine {name} ({examples} examples)")
         started = time.monotonic()
         try:
             run_state_machine_as_test(getattr(machines, name), settings=settings(
@@ -87,10 +93,13 @@ def _crosshair_module(root: Path) -> ModuleType:
     return mod
 
 
-def _run_crosshair(root: Path) -> list[dict[str, Any]]:
+def _run_crosshair(root: Path, progress: Progress | None = None) -> list[dict[str, Any]]:
     mod = _crosshair_module(root)
     out = []
-    for t in mod.crosshair_targets():
+    targets = list(mod.crosshair_targets())
+    for i, t in enumerate(targets):
+        if progress is not None:
+            progress.count(i, len(targets))
         r: dict[str, Any] = mod.run(t)
         r["invariants"] = list(t.invariants)
         out.append(r)
@@ -125,12 +134,30 @@ def _verdict(results: list[bool]) -> str:
 
 def verify(args: argparse.Namespace) -> int:
     root = _root()
-    machines = _run_machines(root, args.examples)
-    proofs: dict[str, Any] = {"ok": True, "proofs": [], "skipped": True} if args.skip_proofs else _run_proofs(root)
-    crosshair = [] if args.skip_crosshair else _run_crosshair(root)
-    mutants = _recorded(root, "mutants.json", args.mutants, "tests/spec/test_mutants.py")
-    engine_mutants = _recorded(root, "engine_mutants.json", args.mutants, "tests/reference/test_engine_mutants.py")
-    naming = _tests_naming(root)
+    steps = len(MACHINES) + (not args.skip_proofs) + (not args.skip_crosshair) + 2 * args.mutants + 1
+    progress = Progress(steps)
+    try:
+        machines = _run_machines(root, args.examples, progress)
+        if args.skip_proofs:
+            proofs: dict[str, Any] = {"ok": True, "proofs": [], "skipped": True}
+        else:
+            progress.step("z3 proofs (python -m proofs)")
+            proofs = _run_proofs(root)
+        crosshair: list[dict[str, Any]] = []
+        if not args.skip_crosshair:
+            progress.step("crosshair contracts")
+            crosshair = _run_crosshair(root, progress)
+        if args.mutants:
+            progress.step("model mutants (tests/spec/test_mutants.py)")
+        mutants = _recorded(root, "mutants.json", args.mutants, "tests/spec/test_mutants.py")
+        if args.mutants:
+            progress.step("engine mutants (tests/reference/test_engine_mutants.py)")
+        engine_mutants = _recorded(root, "engine_mutants.json", args.mutants,
+                                   "tests/reference/test_engine_mutants.py")
+        progress.step("tests naming each invariant")
+        naming = _tests_naming(root)
+    finally:
+        progress.finish()
     rows: list[dict[str, Any]] = []
     failed = not proofs.get("ok", False) or not all(m["ok"] for m in machines.values())
     for inv in CATALOG:
@@ -201,11 +228,15 @@ def _print_matrix(rows: list[dict[str, Any]], machines: dict[str, dict[str, Any]
 def verify_log(args: argparse.Namespace) -> int:
     from reference.replay import verify_log as replay_log
 
+    progress = Progress(1)
+    progress.step(f"replaying the commit log of {args.data}")
     try:
-        report = replay_log(args.data)
+        report = replay_log(args.data, progress.count)
     except FileNotFoundError as exc:
+        progress.finish()
         print(f"verify-log: {exc}", file=sys.stderr)
         return 2
+    progress.finish()
     mismatch = report.mismatch
     if args.json:
         print(json.dumps({"ok": report.ok, "records": report.records, "digest": report.digest,
