@@ -184,10 +184,20 @@ def verify(args: argparse.Namespace) -> int:
     failed = failed or bool(survivors) or any(not c["ok"] for c in crosshair)
     report = {"ok": not failed, "machines": machines, "proofs": proofs, "crosshair": crosshair,
               "mutants": mutants, "engine_mutants": engine_mutants, "invariants": rows}
+    if args.html:
+        from adapters.verify_html import render
+
+        try:
+            Path(args.html).write_text(render(report), encoding="utf-8")
+        except OSError as exc:
+            print(f"verify: cannot write {args.html}: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         _print_matrix(rows, machines, proofs, crosshair, mutants, engine_mutants, survivors)
+        if args.html:
+            print(f"wrote {args.html}")
         print("verify:", "OK" if not failed else "FAILED")
     return 1 if failed else 0
 
@@ -256,7 +266,7 @@ def verify_log(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-PATH_ARGUMENTS = frozenset({"data", "config", "file"})  # file names: any bytes the OS allows
+PATH_ARGUMENTS = frozenset({"data", "config", "file", "html"})  # file names: any bytes the OS allows
 
 
 def non_text_argument(args: argparse.Namespace) -> str | None:
@@ -280,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="run the model checks and print the invariants x checks matrix")
     v.add_argument("--json", action="store_true", help="machine-readable report")
+    v.add_argument("--html", metavar="FILE", help="also write the report as a page (the invariants x checks matrix)")
     v.add_argument("--mutants", action="store_true", help="also run the planted-mutant kill tests (minutes)")
     v.add_argument("--examples", type=int, default=100, help="examples per stateful machine")
     v.add_argument("--skip-proofs", action="store_true", help="leave the Z3 column empty")

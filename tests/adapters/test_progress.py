@@ -15,6 +15,7 @@ from pathlib import Path
 from support.server import call_http, running_server
 
 from adapters.progress import BAR_WIDTH, CLEAR, Progress
+from spec.invariants import CATALOG
 
 SYNCREF = [sys.executable, "-m", "adapters.cli"]
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n
@@ -110,15 +111,19 @@ def test_verify_log_both_ways(tmp_path: Path) -> None:
     assert json.loads(as_json.stdout)["records"] == 5
 
 
-def test_verify_both_ways() -> None:
+def test_verify_both_ways(tmp_path: Path) -> None:
     cmd = [*SYNCREF, "verify", "--examples", "1", "--skip-proofs", "--skip-crosshair"]
     code, out, term = run_on_terminal(cmd)
     assert code == 0 and "verify: OK" in out and "\x1b" not in out
     for name in ("ModuleMachine", "SystemMachine", "DiffModuleMachine", "DiffMachine"):
         assert f"machine {name} (1 examples)" in term
     assert "[5/5" in term and "tests naming each invariant" in term and term.endswith(CLEAR)
-    piped = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert piped.returncode == 0
+    page = tmp_path / "verify.html"
+    piped = subprocess.run([*cmd, "--html", str(page)], capture_output=True, text=True, timeout=120, check=False)
+    assert piped.returncode == 0 and f"wrote {page}" in piped.stdout
+    text = page.read_text()  # the same run as a page: one row per invariant (syncref verify --html)
+    assert "syncref verify: <span class=\"ok\">OK</span>" in text
+    assert all(f'<tr id="{inv.id}">' in text for inv in CATALOG)
     lines = piped.stderr.splitlines()
     assert len(lines) == 5 and not CONTROL.search(piped.stderr)
     assert re.fullmatch(r"\[1/5 +\d+s\] machine ModuleMachine \(1 examples\)", lines[0])
