@@ -2,13 +2,16 @@
 
 ``GET /`` (the page), ``GET /ops/data`` (its JSON feed) need an admin token: ``Authorization:
 Bearer`` or ``?token=`` (a browser opening the page); 401 without one or with one that does not
-verify, 403 for a token without ``sync.admin`` -- never any data.  ``GET /ops/app.js`` and
+verify, 403 for a token without ``sync.admin`` -- never any data.  ``/ops/data?wait=OFFSET`` is a long
+poll: it answers once the committed offset differs from OFFSET, or after ``WAIT_S``.  ``GET /ops/app.js`` and
 ``/ops/style.css`` are the page's own code and style (no data, no token needed, no CDN).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -20,6 +23,8 @@ from adapters.auth import Authenticator, AuthError
 from reference.engine import Engine
 from spec.auth import Claims
 
+WAIT_S = 1.0  # the longest a /ops/data?wait= request is held
+WAIT_STEP_S = 0.05
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 # the page loads nothing from anywhere else: no CDN, no inline script
@@ -69,6 +74,13 @@ def install(app: web.Application, source: OpsSource, counted: Callable[[str, Han
         who = viewer(request)
         if isinstance(who, web.Response):
             return who
+        wait = request.query.get("wait")
+        if wait is not None:  # long poll: answer as soon as something commits, or after WAIT_S
+            if not wait.isdigit() or len(wait) > 20:
+                return text(400, f"wait must be a committed offset (a non-negative integer), got {wait[:40]!r}")
+            deadline = time.monotonic() + WAIT_S
+            while source.engine().committed == int(wait) and time.monotonic() < deadline:
+                await asyncio.sleep(WAIT_STEP_S)
         body = json.dumps(ops.gather(source.engine(), source.facts(), who), separators=(",", ":"))
         return web.Response(text=body, content_type="application/json", headers=NO_STORE)
 

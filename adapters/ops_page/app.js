@@ -2,7 +2,8 @@
 // textContent (stream ids and payloads come from clients), nothing is loaded from elsewhere.
 "use strict";
 
-const POLL_MS = 400;
+const MIN_GAP_MS = 150; // between two requests; each is a long poll (the server holds it up to 1 s)
+let committed = null;
 const KEY = "syncref.ops.token";
 
 function takeToken() {
@@ -211,18 +212,24 @@ function status(text, bad) {
 
 async function poll(token) {
   try {
-    const r = await fetch("/ops/data", { headers: { Authorization: "Bearer " + token }, cache: "no-store" });
+    const url = committed === null ? "/ops/data" : "/ops/data?wait=" + committed;
+    const r = await fetch(url, { headers: { Authorization: "Bearer " + token }, cache: "no-store" });
     if (!r.ok) {
       status("HTTP " + r.status + ": " + (await r.text()), true);
       if (r.status === 401 || r.status === 403) return;  // no point asking again
     } else {
-      render(await r.json());
+      const d = await r.json();
+      committed = d.durability.committed_offset;
+      render(d);
       status("live · updated " + new Date().toLocaleTimeString());
     }
   } catch (e) {
     status("server unreachable, retrying", true);
+    committed = null;
+    setTimeout(() => poll(token), 1000);
+    return;
   }
-  setTimeout(() => poll(token), POLL_MS);
+  setTimeout(() => poll(token), MIN_GAP_MS);
 }
 
 const token = takeToken();

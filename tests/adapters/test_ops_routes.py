@@ -4,6 +4,7 @@ server's own."""
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 from support.server import call_http, http, running_server
@@ -66,3 +67,26 @@ def test_assets_are_served_by_the_server_and_load_nothing_else(tmp_path: Path) -
         http("GET", st.base + "/ops/data", headers={"Authorization": f"Bearer {admin}"})
         metrics = http("GET", st.base + "/metrics").text
         assert 'syncref_http_requests_total{route="ops_data",status="200"} 1.0' in metrics
+
+
+def test_the_feed_long_polls_on_the_committed_offset(tmp_path: Path) -> None:
+    with running_server(tmp_path / "d") as st:
+        admin = st.token(scopes=("sync.admin",), streams=("*",))
+        writer = st.token(scopes=("sync.append",), streams=("*",))
+        auth = {"Authorization": f"Bearer {admin}"}
+        for bad in ("-1", "x", "1.5", "9" * 21):
+            res = http("GET", f"{st.base}/ops/data?wait={bad}", headers=auth)
+            assert res.status == 400 and "wait must be a committed offset" in res.text
+        idle = http("GET", f"{st.base}/ops/data?wait=0", headers=auth)  # nothing commits: answered after WAIT_S
+        assert idle.status == 200 and idle.json()["durability"]["committed_offset"] == 0
+        stale = http("GET", f"{st.base}/ops/data?wait=5", headers=auth)  # not the current offset: at once
+        assert stale.json()["durability"]["committed_offset"] == 0
+        got: list[int] = []
+        waiter = threading.Thread(target=lambda: got.append(
+            http("GET", f"{st.base}/ops/data?wait=0", headers=auth).json()["durability"]["committed_offset"]))
+        waiter.start()
+        assert call_http(st, writer, "append_sync_event", ["w.s", "k", "1", {"none": []}, {"none": []}]).status \
+            == 200
+        waiter.join(10)
+        assert got == [1]
+        assert http("GET", f"{st.base}/ops/data?wait=0").status == 401  # the token comes first
