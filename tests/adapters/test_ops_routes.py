@@ -90,3 +90,8 @@ def test_the_feed_long_polls_on_the_committed_offset(tmp_path: Path) -> None:
         waiter.join(10)
         assert got == [1]
         assert http("GET", f"{st.base}/ops/data?wait=0").status == 401  # the token comes first
+
+
+def test_documented_feed_defaults_are_pinned() -> None:
+    from adapters import ops_routes
+    assert (ops_routes.WAIT_S, ops_routes.WAIT_STEP_S) == (1.0, 0.05)  # docs/protocol.md: "else after 1 s"

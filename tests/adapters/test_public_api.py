@@ -33,3 +33,9 @@ def test_importing_syncref_does_not_load_the_server() -> None:
             "print(sorted(m for m in sys.modules if m.startswith(('reference', 'adapters.server'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_documented_sdk_defaults_are_pinned() -> None:
+    conn = syncref.Connection("http://127.0.0.1:1")
+    assert conn.close_flush_timeout == 2.0  # docs/clients.md: close flushes acks within 2 s
+    assert conn.closing is False
