@@ -59,7 +59,7 @@ from typing import Any
 import prometheus_client as prom
 from aiohttp import WSMsgType, web
 
-from adapters import satsjson, wire
+from adapters import ops, ops_routes, satsjson, wire
 from adapters.auth import MAX_TOKEN_CHARS, AuthConfig, Authenticator, AuthError, KeyStore, Verified
 from adapters.bsatn import BsatnError
 from adapters.guard import LISTEN_BACKLOG, ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
@@ -330,6 +330,7 @@ class Session:
         self.undurable: deque[int] = deque()  # offsets of this connection's commits not yet durable
         self.busy = False  # its sender task is writing a turn: the pump does not write directly
         self.broken = False  # a message could not be sent (over the bound): closing, nothing more goes out
+        self.connected_at_us = now_us()
 
 
 class SyncServer:
@@ -363,6 +364,9 @@ class SyncServer:
         self._http_running: dict[str, int] = {}  # identity -> HTTP calls running
         self._http_queues: dict[str, deque[asyncio.Future[None]]] = {}  # identity -> calls waiting their turn
         self.errors = RateLimitedLog(log)
+        self.started_at_us = now_us()
+        self.batch_sizes: deque[int] = deque(maxlen=ops.BATCH_WINDOW)  # records per recent group commit
+        self.recent_errors = ops.RecentErrors()
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -411,6 +415,7 @@ class SyncServer:
             self._engine.on_internal_error = self._internal_error
             self._limit_engine(self._engine)
             quiet_loop_errors(self._loop, self.errors)
+            logging.getLogger("syncref").addHandler(self.recent_errors)
             app = web.Application(client_max_size=max(cfg.limits.max_call_body_bytes, cfg.limits.max_sql_bytes),
                                   middlewares=[self._guard])
             self._routes(app)
@@ -480,6 +485,7 @@ class SyncServer:
         if self._stopped:
             return
         self._stopped = True
+        logging.getLogger("syncref").removeHandler(self.recent_errors)
         for task in self._periodic:
             task.cancel()
         if self._listener is not None:
@@ -502,6 +508,7 @@ class SyncServer:
     # --- durability -------------------------------------------------------------------------------
 
     def _durable_from_thread(self, offset: int, batch: Sequence[TxRecord]) -> None:
+        self.batch_sizes.append(len(batch))  # deque.append is atomic: safe from the writer thread
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._durable_advanced, offset, len(batch))
@@ -714,6 +721,8 @@ class SyncServer:
         app.router.add_post(db + "/call/{reducer}", self._counted("call", self._call))
         app.router.add_post(db + "/sql", self._counted("sql", self._sql))
         app.router.add_get(db + "/schema", self._counted("schema", self._schema))
+        ops_routes.install(app, ops_routes.OpsSource(lambda: self.engine, lambda: self.auth, lambda: ops_facts(self)),
+                           self._counted)
 
     def _counted(self, route: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                  ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -1435,3 +1444,26 @@ def module_schema(database: str) -> dict[str, Any]:
         } for rd in REDUCERS],
         "scopes": sorted(SCOPES),
     }
+
+
+def ops_facts(server: SyncServer) -> ops.ServerFacts:
+    """What the operator's page needs from the I/O layer (``adapters.ops.gather`` does the rest)."""
+    writer = server._writer
+    closes: dict[str, int] = {}
+    refused: dict[str, int] = {}
+    for metric in server.metrics.registry.collect():
+        for sample in metric.samples:
+            if sample.name == "syncref_closes_total":
+                closes[sample.labels["cause"]] = int(sample.value)
+            elif sample.name == "syncref_refused_total":
+                refused[sample.labels["limit"]] = int(sample.value)
+    failed = server.failed
+    return ops.ServerFacts(
+        database=server.config.database, now_us=now_us(), started_at_us=server.started_at_us,
+        sessions=tuple(ops.SessionFacts(s.conn_id, SUBPROTOCOLS[0] if s.version == 3 else SUBPROTOCOLS[1],
+                                        s.compression.value, s.connected_at_us) for s in server.sessions.values()),
+        batch_sizes=tuple(server.batch_sizes), batches=writer.batches if writer is not None else 0,
+        records_written=writer.written if writer is not None else 0,
+        tcp_connections=server._gate.open if server._gate is not None else 0,
+        closes=closes, refused=refused, errors=tuple(server.recent_errors.entries),
+        durability_failed=repr(failed.result()) if failed is not None and failed.done() else None)

@@ -173,6 +173,7 @@ class Engine:
         # only against shapes pinned to S and unpinned ones, whatever others subscribe to
         self.shapes_by_pin: dict[str, dict[str | None, dict[tuple[object, ...], Shape]]] = {}
         self.match_checks = 0  # (shape, row) pairs matched in fanout: the per-transaction cost
+        self.stale_reasons: dict[str, int] = {}  # stale_cursor refusals by reason (the operator's page)
         # Resource limits (None: unbounded).  The server sets them from its ``Limits``; the names
         # in ``limit_exceeded`` details are those fields.
         self.max_query_bytes: int | None = None
@@ -387,6 +388,8 @@ class Engine:
         if reasons:
             if self.on_stale is not None:
                 self.on_stale(tuple(reasons))
+            for reason in reasons:
+                self.stale_reasons[reason] = self.stale_reasons.get(reason, 0) + 1
             row = self.db.get("sync_stream", (sid,))
             cont = (row.continues_epoch, row.continues_seq) if isinstance(row, SyncStream) else (0, 0)
             raise SyncError(ErrorCode.STALE_CURSOR, {
