@@ -47,7 +47,7 @@ from support.nostr_relays import FakeRelay, RealRelay, start_relays
 from support.server import SYNCREF, ServedProcess, http, mint_cli, serve_process
 from websockets.sync.client import connect as sync_connect
 
-from adapters.bridge.mappings import receipt_request
+from adapters.bridge.mappings import OutboxRequest, receipt_request
 from adapters.nostr.keys import create_key_file
 from adapters.sdk.connection import Connection
 from spec.values import ComputeAssignment
@@ -132,16 +132,21 @@ class Site:
             rows[row["outbox_id"]] = row
         return rows
 
-    def enqueue_receipts(self, prefix: str, n: int) -> list[str]:
-        ids = []
+    def receipts(self, prefix: str, n: int) -> list[OutboxRequest]:
+        out = []
         for i in range(n):
             a = ComputeAssignment(f"{prefix}-{i}", "00" * 32, 5050, "{}", "sha256:" + "ab" * 32, "gpu-1", None,
                                   "completed", f'{{"ok":true,"i":{i}}}', 4, 0, 0)
             req = receipt_request(a)
             assert req is not None
+            out.append(req)
+        return out
+
+    def enqueue_receipts(self, prefix: str, n: int) -> list[str]:
+        reqs = self.receipts(prefix, n)
+        for req in reqs:
             self.call("enqueue_bridge_event", *req.args())
-            ids.append(req.outbox_id)
-        return ids
+        return [r.outbox_id for r in reqs]
 
 
 def _opt(value: Any) -> Any:
@@ -306,7 +311,10 @@ class Workload:
     def __init__(self, url: str, token: str) -> None:
         self.url, self.token = url, token
 
-    def run(self, stream: str, n: int) -> tuple[float, float]:
+    def run(self, stream: str, n: int, enqueue: list[OutboxRequest]) -> tuple[float, float]:
+        """``n`` timed appends; the ``enqueue`` rows are enqueued (untimed) spread between them, so the
+        worker publishes and marks while the appends run."""
+        every = max(1, n // max(1, len(enqueue)))
         async def main() -> tuple[float, float]:
             seen: dict[int, float] = {}
             async with Connection(self.url, DB, self.token) as writer, Connection(self.url, DB, self.token) as reader:
@@ -319,7 +327,10 @@ class Workload:
                                        on_update=on_update)
                 await reader.applied(sub, 10)
                 calls, deliveries = [], []
+                pending = list(enqueue)
                 for i in range(n):
+                    if pending and i % every == 0:
+                        await writer.call("enqueue_bridge_event", *pending.pop(0).args())
                     t0 = time.monotonic()
                     seq = (await writer.call("append_sync_event", stream, f"k{i}", f'{{"i":{i}}}', None, None)).value
                     calls.append(time.monotonic() - t0)
@@ -327,6 +338,8 @@ class Workload:
                         while seq not in seen:
                             await asyncio.sleep(0.001)
                     deliveries.append(seen[seq] - t0)  # type: ignore[index]
+                for req in pending:
+                    await writer.call("enqueue_bridge_event", *req.args())
                 return statistics.median(calls), statistics.median(deliveries)
         return asyncio.run(main())
 
@@ -366,21 +379,21 @@ def test_a_dead_or_hanging_relay_costs_neither_reducers_nor_the_healthy_relay(re
     n_events, n_appends = 15, 40
     figures: dict[str, tuple[float, ...]] = {}
 
-    def measure(phase: str, b: BridgeProcess, stream: str) -> None:
+    def measure(phase: str, b: BridgeProcess, stream: str) -> list[str]:
+        reqs = s.receipts(stream, n_events)
         cpu0 = cpu_seconds(b.proc.pid), cpu_seconds(s.served.proc.pid)
-        call, sub = work.run(stream, n_appends)
+        call, sub = work.run(stream, n_appends, reqs)
         figures[phase] = (call, sub, cpu_seconds(b.proc.pid) - cpu0[0], cpu_seconds(s.served.proc.pid) - cpu0[1])
+        return [r.outbox_id for r in reqs]
 
     with site(tmp_path, "iso") as s:
         work = Workload(s.url, s.token)
         with bridge(s, [alpha.url, beta.url], "iso") as b:
-            healthy_ids = s.enqueue_receipts("healthy", n_events)
-            measure("both relays healthy", b, "bench.healthy")
+            healthy_ids = measure("both relays healthy", b, "bench.healthy")
             until("healthy phase delivered", lambda: all_sent(s, healthy_ids, [alpha.url, beta.url]))
             beta.kill()
             try:
-                outage_ids = s.enqueue_receipts("outage", n_events)
-                measure("beta SIGKILLed", b, "bench.outage")
+                outage_ids = measure("beta SIGKILLed", b, "bench.outage")
                 until("alpha has every event of the outage", lambda: all_sent(s, outage_ids, [alpha.url]))
                 rows = s.outbox()
                 assert all(beta.url not in rows[i]["relays_acked"] for i in outage_ids)
@@ -393,14 +406,14 @@ def test_a_dead_or_hanging_relay_costs_neither_reducers_nor_the_healthy_relay(re
             until("the backlog drains when beta returns",
                   lambda: all_sent(s, outage_ids + healthy_ids, [alpha.url, beta.url]), timeout=60)
             until("backlog metric 0", lambda: b.metric("syncref_bridge_backlog") == 0)
-            measure("healthy again (beta back)", b, "bench.again")  # a second baseline: drift, not outage
+            again_ids = measure("healthy again (beta back)", b, "bench.again")  # a 2nd baseline: drift, not outage
+            until("delivered again", lambda: all_sent(s, again_ids, [alpha.url, beta.url]))
         for relay in (alpha, beta):
-            check_relay_copies(s, relay, healthy_ids + outage_ids)
+            check_relay_copies(s, relay, healthy_ids + outage_ids + again_ids)
         hanging = HangingRelay()
         try:
             with bridge(s, [alpha.url, hanging.url], "hang") as b:
-                hang_ids = s.enqueue_receipts("hanging", n_events)
-                measure("a hanging relay in the list", b, "bench.hanging")
+                hang_ids = measure("a hanging relay in the list", b, "bench.hanging")
                 until("alpha has every event despite the hanging relay", lambda: all_sent(s, hang_ids, [alpha.url]))
                 until("hanging failures counted", lambda: b.metric("syncref_bridge_relay_failures_total",
                                                                    relay=hanging.url) >= 1)
@@ -409,7 +422,7 @@ def test_a_dead_or_hanging_relay_costs_neither_reducers_nor_the_healthy_relay(re
             hanging.close()
         check_relay_copies(s, alpha, hang_ids)
     base_call, base_sub = figures["both relays healthy"][:2]
-    print(f"\nbridge isolation, {n_appends} appends per phase while the worker publishes {n_events} events "
+    print(f"\nbridge isolation, {n_appends} appends per phase, {n_events} outbox rows enqueued among them "
           f"(median latency, ratio to the healthy phase; CPU seconds during the phase; load {os.getloadavg()[0]:.1f}):")
     for phase, (call, sub, worker_cpu, server_cpu) in figures.items():
         print(f"  {phase:<28} reducer call {call * 1000:7.2f} ms ({call / base_call:4.2f}x)   "
