@@ -48,6 +48,7 @@ from support.server import SYNCREF, ServedProcess, http, mint_cli, serve_process
 from websockets.sync.client import connect as sync_connect
 
 from adapters.bridge.mappings import OutboxRequest, receipt_request
+from adapters.cli import main as cli_main
 from adapters.nostr.keys import create_key_file
 from adapters.sdk.connection import Connection
 from spec.values import ComputeAssignment
@@ -62,8 +63,8 @@ ack_timeout = 3.0
 backoff_base = 0.2
 backoff_cap = 1.0
 [policy]
-reject_retry_ms = 1000
 min_retry_ms = 200
+reject_retry_ms = {reject_retry_ms}
 """
 
 
@@ -210,9 +211,10 @@ class BridgeProcess:
 
 
 @contextlib.contextmanager
-def bridge(s: Site, relay_urls: list[str], name: str, extra_config: str = "") -> Iterator[BridgeProcess]:
+def bridge(s: Site, relay_urls: list[str], name: str, extra_config: str = "",
+           reject_retry_ms: int = 1000) -> Iterator[BridgeProcess]:
     config = s.tmp / f"{name}.toml"
-    config.write_text(FAST_CONFIG + extra_config)
+    config.write_text(FAST_CONFIG.format(reject_retry_ms=reject_retry_ms) + extra_config)
     log = s.tmp / f"{name}.log"
     args = [str(SYNCREF), "bridge", "--url", s.url, "--key-file", str(s.key_file), "--token-file", str(s.token_file),
             "--config", str(config), "--metrics-port", "0"]
@@ -462,7 +464,7 @@ def test_a_relay_that_always_rejects_ends_in_dead_letters(tmp_path: Path) -> Non
     threading.Thread(target=loop.run_forever, daemon=True).start()
     rejecting = asyncio.run_coroutine_threadsafe(FakeRelay("reject").start(), loop).result(10)
     try:
-        with site(tmp_path, "dead") as s, bridge(s, [rejecting.url], "dead") as b:
+        with site(tmp_path, "dead") as s, bridge(s, [rejecting.url], "dead", reject_retry_ms=200) as b:
             ids = s.enqueue_receipts("dead", 2)
             until("dead letters", lambda: all(r["status"] == "failed" for r in s.outbox().values()), timeout=60)
             rows = s.outbox()
@@ -481,7 +483,8 @@ def test_a_relay_that_always_rejects_ends_in_dead_letters(tmp_path: Path) -> Non
     ("malformed", "malformed: expected one line of 64 hex digits"),
     ("readable", "lets other users read the secret key"),
 ])
-def test_key_problems_are_one_line_and_exit_2(tmp_path: Path, setup: str, message: str) -> None:
+def test_key_problems_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: str,
+                                              message: str) -> None:
     key = tmp_path / "bridge.key"
     if setup == "malformed":
         key.write_text("nope\n")
@@ -489,24 +492,32 @@ def test_key_problems_are_one_line_and_exit_2(tmp_path: Path, setup: str, messag
     elif setup == "readable":
         create_key_file(key)
         key.chmod(0o644)
-    out = subprocess.run([str(SYNCREF), "bridge", "--url", "http://127.0.0.1:9", "--relay", "ws://127.0.0.1:9",
-                          "--key-file", str(key)], capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 2, out
-    assert out.stderr.count("\n") == 1 and message in out.stderr and out.stderr.startswith("syncref bridge: "), \
-        out.stderr
+    status = cli_main(["bridge", "--url", "http://127.0.0.1:9", "--relay", "ws://127.0.0.1:9", "--key-file", str(key)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.count("\n") == 1 and message in err and err.startswith("syncref bridge: signing key file "), err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--relay", "http://x.test"], "no usable relay: relay left out: relay URL 'http://x.test' must start with ws://"),
     ([], "no relay: give --relay"),
     (["--relay", "ws://x.test", "--config", "/nonexistent/bridge.toml"], "cannot read it"),
+    (["--relay", "ws://x.test", "--token-file", "/nonexistent/token"], "token file /nonexistent/token: cannot read"),
 ])
-def test_config_problems_are_one_line_and_exit_2(tmp_path: Path, argv: list[str], message: str) -> None:
+def test_config_problems_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                 message: str) -> None:
     key = tmp_path / "k"
     create_key_file(key)
-    out = subprocess.run([str(SYNCREF), "bridge", "--url", "http://127.0.0.1:9", "--key-file", str(key), *argv],
-                         capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out
+    status = cli_main(["bridge", "--url", "http://127.0.0.1:9", "--key-file", str(key), *argv])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_the_cli_runs_the_bridge_subcommand() -> None:
+    """One subprocess run: the console script knows ``bridge`` (the tests above call it in-process)."""
+    out = subprocess.run([str(SYNCREF), "bridge", "--url", "http://127.0.0.1:9", "--key-file", "/nonexistent/key",
+                          "--relay", "ws://127.0.0.1:9"], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2 and out.stderr.startswith("syncref bridge: signing key file /nonexistent/key: not found")
 
 
 # --- crash between publish and mark ------------------------------------------------------------------
