@@ -1,4 +1,4 @@
-"""``syncref serve``, ``syncref token mint``, ``syncref trace`` and ``syncref nostr-key``.
+"""``syncref serve``, ``syncref token mint``, ``syncref trace``, ``syncref nostr-key`` (and ``bridge``).
 
 ``serve`` runs :class:`adapters.server.SyncServer` until SIGINT/SIGTERM, then shuts down
 cleanly (flush, clean-shutdown marker).  Everything an operator can get wrong is reported as
@@ -328,6 +328,9 @@ def add_parsers(sub: Any) -> None:
     nk = sub.add_parser("nostr-key", help="create or check the Nostr bridge's signing-key file; print its public key")
     nk.add_argument("--key-file", required=True, metavar="FILE", help="the key file (64 hex digits, mode 0600)")
     nk.add_argument("--create", action="store_true", help="create the file with a new key if it does not exist")
+    from adapters.bridge.worker import add_parser as add_bridge_parser
+
+    add_bridge_parser(sub)
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -339,6 +342,10 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return trace(args)
     if args.command == "nostr-key":
         return nostr_key(args)
+    if args.command == "bridge":
+        from adapters.bridge.worker import main as bridge_main
+
+        return bridge_main(args)
     return None
 
 

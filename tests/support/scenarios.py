@@ -748,6 +748,11 @@ SCENARIOS += (
         # today kind 1 (a plain note) is allowed; DESIGN names only 31990 and 30078
         Call("bridge", "enqueue_bridge_event", ("o2", "notes", 1, "[]", "hi"), expect="policy_denied",
              details={"nostr_kind": 1, "outbox_id": "o2"}),
+        # today a control character relays serialize differently (NIP-01 verbatim, JSON escaped) is accepted
+        Call("bridge", "enqueue_bridge_event", ("o3", "receipts", 30078, "[]", "bell\x07"), expect="policy_denied",
+             details={"nostr_kind": 30078, "outbox_id": "o3"}),
+        Call("bridge", "enqueue_bridge_event", ("o3", "receipts", 30078, '[["t","\\u001f"]]', "ok"),
+             expect="policy_denied", details={"nostr_kind": 30078, "outbox_id": "o3"}),
         Advance(5 * 10**6),
         # today retry_after_ms is validated and dropped
         Call("bridge", "record_bridge_failure", ("o1", "relay timeout", 30_000)),
