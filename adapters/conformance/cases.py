@@ -341,10 +341,7 @@ def _assignment_cases() -> tuple[Case, ...]:
         for new in ASSIGNMENT_STATUSES:
             roles = ASSIGNMENT_TRANSITIONS.get((old, new))
             for role, who in ROLE_CALLERS.items():
-                if roles is None:
-                    expect = "invalid_transition"
-                else:
-                    expect = "ok" if role in roles else "forbidden"
+                expect = "invalid_transition" if roles is None else "ok" if role in roles else "forbidden"
                 cases.append(_c("update", f"{old}_to_{new}_by_{role}",
                                 f"{old} -> {new} by the {role}: {expect}", setup,
                                 op(who, "update_compute_assignment", "req1", version, new,
