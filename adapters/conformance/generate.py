@@ -375,6 +375,20 @@ def bsatn_vectors() -> Iterator[Vector]:
                      {"ops": {"message": wire_to_json(smsg)}, "post": {"hex": wire.encode_server(smsg).hex()}})
 
 
+# --- delivery scenarios --------------------------------------------------------------------------------
+
+def delivery_vectors() -> Iterator[Vector]:
+    from adapters.conformance import delivery as d
+    for name, (description, steps) in d.SCENARIOS.items():
+        received = d.drive(d.model_target(), steps)
+        if not d.EXPECT[name](received):
+            raise VectorError(f"delivery/{name}: the model's messages break the scenario's expectation: "
+                              f"{json.dumps(received)[:800]}")
+        yield Vector("delivery", "scenario", name, description, {
+            "pre": {"policy": policy_to_json(d.POLICY), "max_queue": 1000, "max_undurable": 8, "now": d.T0},
+            "ops": steps, "post": {"received": received}})
+
+
 # --- the tree --------------------------------------------------------------------------------------------
 
 def all_vectors() -> list[Vector]:
@@ -382,7 +396,7 @@ def all_vectors() -> list[Vector]:
     out = list(canonical_vectors())
     out += [call_vector(c) for c in cs.ALL_CASES]
     out += list(sql_vectors()) + list(stale_vectors()) + list(compat_vectors()) + list(client_vectors())
-    out += list(bsatn_vectors())
+    out += list(bsatn_vectors()) + list(delivery_vectors())
     return out
 
 

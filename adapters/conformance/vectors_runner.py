@@ -221,6 +221,27 @@ def model_continues(c: Case) -> None:
           c.part("post")["continues"])
 
 
+def _delivery(c: Case, make: Callable[[], Any]) -> None:
+    from adapters.conformance.delivery import drive
+    pre = c.part("pre")
+    steps = c.part("ops")
+    want = c.part("post")["received"]
+    got = drive(make(policy_from_json(pre["policy"]), pre["max_queue"], pre["max_undurable"], pre["now"]), steps)
+    receives = [s for s in steps if s["op"] == "receive"]
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        _same(f"receive #{i} on connection {receives[i]['conn']}", g, w)
+
+
+def model_delivery(c: Case) -> None:
+    from adapters.conformance.delivery import model_target
+    _delivery(c, model_target)
+
+
+def engine_delivery(c: Case) -> None:
+    from adapters.conformance.delivery import engine_target
+    _delivery(c, engine_target)
+
+
 # --- engine ----------------------------------------------------------------------------------------------
 
 def _engine_state(engine: Any) -> dict[str, Any]:
@@ -333,8 +354,10 @@ HANDLERS: dict[str, dict[tuple[str, str | None], Handler]] = {
     "model": {("canonical", None): model_canonical, **{(a, None): model_calls for a in CALL_AREAS},
               ("sql", None): model_sql, ("stale", "reasons"): model_stale_reasons,
               ("stale", "resume_form"): model_resume_form, ("compat", None): model_compat,
-              ("client", "apply_rule"): model_apply_rule, ("client", "continues"): model_continues},
-    "engine": {**{(a, None): engine_calls for a in CALL_AREAS}, ("stale", "reasons"): engine_stale_reasons},
+              ("client", "apply_rule"): model_apply_rule, ("client", "continues"): model_continues,
+              ("delivery", None): model_delivery},
+    "engine": {**{(a, None): engine_calls for a in CALL_AREAS}, ("stale", "reasons"): engine_stale_reasons,
+               ("delivery", None): engine_delivery},
     "codec": {("bsatn", "row"): codec_row, ("bsatn", "client_message"): codec_client,
               ("bsatn", "server_message"): codec_server},
 }

@@ -41,7 +41,7 @@ def test_checked_in_vectors_match_the_model() -> None:
 def test_layout_and_manifests() -> None:
     index = json.loads((VECTORS_DIR / "index.json").read_text("ascii"))
     expected_areas = {"canonical", "bsatn", "sql", "reducers", "checkpoint", "stale", "compat", "client",
-                      "compute", "outbox"}
+                      "compute", "outbox", "delivery"}
     assert set(index["areas"]) == expected_areas
     count = 0
     for area, handlers in index["areas"].items():
@@ -70,6 +70,7 @@ def test_every_vector_passes_on_model_engine_and_codec() -> None:
         n = sum(len(c) for c in index["areas"][area].values())
         assert passed[(area, "engine")] == passed[(area, "model")] == n
     assert passed[("stale", "engine")] == len(index["areas"]["stale"]["reasons"])
+    assert passed[("delivery", "engine")] == passed[("delivery", "model")] == len(index["areas"]["delivery"]["scenario"])
     assert passed[("bsatn", "codec")] == sum(len(c) for c in index["areas"]["bsatn"].values())
     assert not report.unread
 
