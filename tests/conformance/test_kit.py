@@ -70,7 +70,8 @@ def test_every_vector_passes_on_model_engine_and_codec() -> None:
         n = sum(len(c) for c in index["areas"][area].values())
         assert passed[(area, "engine")] == passed[(area, "model")] == n
     assert passed[("stale", "engine")] == len(index["areas"]["stale"]["reasons"])
-    assert passed[("delivery", "engine")] == passed[("delivery", "model")] == len(index["areas"]["delivery"]["scenario"])
+    scenarios = len(index["areas"]["delivery"]["scenario"])
+    assert passed[("delivery", "engine")] == passed[("delivery", "model")] == scenarios
     assert passed[("bsatn", "codec")] == sum(len(c) for c in index["areas"]["bsatn"].values())
     assert not report.unread
 
