@@ -221,7 +221,7 @@ def model_continues(c: Case) -> None:
           c.part("post")["continues"])
 
 
-def _delivery(c: Case, make: Callable[[], Any]) -> None:
+def _delivery(c: Case, make: Callable[..., Any]) -> None:
     from adapters.conformance.delivery import drive
     pre = c.part("pre")
     steps = c.part("ops")
