@@ -45,12 +45,19 @@ def _id(n: int) -> str:
     return format(n, "064x")
 
 
-PEOPLE: Final[dict[str, Claims]] = {
-    "writer": Claims(_id(0x3417E), frozenset(SCOPES), ("s.*",)),
-    "reader": Claims(_id(0x4EAD), frozenset({"sync.subscribe"}), ("s.a",)),
-    "watcher": Claims(_id(0x3A7C), frozenset({"sync.subscribe"}), ("s.*",)),
-    "noscope": Claims(_id(0x0DD), frozenset(), ("s.*",)),
-}
+def people(ns: str = "s") -> dict[str, Claims]:
+    """The scenario's people; their stream grants are under the namespace ``ns`` (``s`` in the vectors,
+    a fresh one per run over the wire, so runs against a shared server do not see each other)."""
+    return {
+        "writer": Claims(_id(0x3417E), frozenset(SCOPES), (f"{ns}.*",)),
+        "reader": Claims(_id(0x4EAD), frozenset({"sync.subscribe"}), (f"{ns}.a",)),
+        "watcher": Claims(_id(0x3A7C), frozenset({"sync.subscribe"}), (f"{ns}.*",)),
+        "noscope": Claims(_id(0x0DD), frozenset(), (f"{ns}.*",)),
+        "bridge": Claims(_id(0xB41D6E), frozenset({"sync.subscribe", "bridge.enqueue", "bridge.mark_sent"}), ()),
+    }
+
+
+PEOPLE: Final = people()
 
 
 def _tables_json(parts: tuple[sm.TableRows, ...]) -> list[dict[str, Any]]:
@@ -105,77 +112,120 @@ def client_message_from_json(doc: dict[str, Any]) -> sm.ClientMessage:
 
 # --- scenarios (steps as data) ----------------------------------------------------------------------------
 
-def connect(conn: str, who: str, confirmed: bool = False) -> dict[str, Any]:
-    return {"op": "connect", "conn": conn, "person": who, "claims": claims_to_json(PEOPLE[who]), "confirmed": confirmed}
+def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Every scenario's description and steps, with stream and outbox ids under ``ns``."""
+    folk = people(ns)
+    a, b = f"{ns}.a", f"{ns}.b"
+    ev_a = f"SELECT * FROM sync_event WHERE stream_id = '{a}'"
+
+    def connect(conn: str, who: str, confirmed: bool = False) -> dict[str, Any]:
+        return {"op": "connect", "conn": conn, "person": who, "claims": claims_to_json(folk[who]),
+                "confirmed": confirmed}
+
+    def send(conn: str, msg: sm.ClientMessage) -> dict[str, Any]:
+        return {"op": "send", "conn": conn, "message": client_message_json(msg)}
+
+    def receive(conn: str) -> dict[str, Any]:
+        return {"op": "receive", "conn": conn}
+
+    def sub(conn: str, rid: int, qs: int, *queries: str) -> dict[str, Any]:
+        return send(conn, sm.Subscribe(rid, qs, tuple(queries)))
+
+    def append(conn: str, rid: int, stream: str, key: str, payload: str = '{"n":1}') -> dict[str, Any]:
+        return send(conn, sm.CallReducer(rid, "append_sync_event", (stream, key, payload, None, None)))
+
+    def call(conn: str, rid: int, reducer: str, *args: Any) -> dict[str, Any]:
+        return send(conn, sm.CallReducer(rid, reducer, tuple(args)))
+
+    hold: dict[str, Any] = {"op": "hold"}
+    release: dict[str, Any] = {"op": "release"}
+
+    def durable(to: int) -> dict[str, Any]:
+        return {"op": "durable", "to": to}
+
+    o1, o2 = f"{ns}o1", f"{ns}o2"
+    outbox = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o1}'"
+    eid = "ab" * 32
+    return {
+        "subscribe_snapshot": ("a subscription's first answer is the snapshot of the rows it matches, atomically", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
+            append("w", 3, b, "k1"), receive("w"),
+            connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r")]),
+        "update_and_caller_result": ("the caller hears of its own write only in its ReducerResult; every other "
+                                     "subscriber gets a TransactionUpdate", [
+            connect("w", "writer"), connect("r", "reader"), sub("w", 1, 10, ev_a), sub("r", 1, 10, ev_a),
+            receive("w"), receive("r"), append("w", 2, a, "k1"), receive("w"), receive("r")]),
+        "duplicate_call_is_a_noop": ("a retried append (same key, same payload) answers the first seq and sends "
+                                     "no update to anyone", [
+            connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
+            append("w", 1, a, "k1"), append("w", 2, a, "k1"), receive("w"), receive("r")]),
+        "duplicate_frame": ("the very same CallReducer frame twice (same request id): two identical answers, "
+                            "one transaction", [
+            connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
+            append("w", 7, a, "k1"), append("w", 7, a, "k1"), receive("w"), receive("r")]),
+        "reducer_error_result": ("a failing call answers ReducerResult with the error string and writes nothing", [
+            connect("n", "noscope"), append("n", 1, a, "k1"), receive("n")]),
+        "confirmed_reads_wait_for_durability": ("a confirmed-reads connection is sent an update only once its "
+                                                "offset is durable; an unconfirmed one at once", [
+            connect("w", "writer"), connect("c", "watcher", confirmed=True), connect("u", "watcher"),
+            sub("c", 1, 10, ev_a), sub("u", 1, 10, ev_a), receive("c"), receive("u"), hold,
+            append("w", 2, a, "k1"), receive("w"), receive("c"), receive("u"),
+            append("w", 3, a, "k2", '{"n":2}'), durable(1), receive("c"), durable(2), receive("c"), receive("w")]),
+        "confirmed_reads_released": ("while the log stalls, a confirmed reader is sent nothing of the new "
+                                     "transaction (an unconfirmed one is); once it is durable, the update", [
+            connect("w", "writer"), connect("c", "watcher", confirmed=True), connect("u", "watcher"),
+            sub("c", 1, 10, ev_a), sub("u", 1, 10, ev_a), receive("c"), receive("u"), hold,
+            append("w", 2, a, "k1"), receive("w"), receive("u"), {"op": "receive_quiet", "conn": "c"},
+            release, receive("c")]),
+        "event_tables": ("event-table rows reach subscribers once, marked as events, and never appear in a "
+                         "snapshot", [
+            connect("w", "writer"), connect("r", "watcher"), sub("r", 1, 10, "SELECT * FROM stream_signal"),
+            receive("r"), call("w", 1, "publish_stream_signal", a, "typing", '{"on":true}'),
+            receive("w"), receive("r"), sub("r", 2, 11, "SELECT * FROM stream_signal"), receive("r")]),
+        "row_filter": ("a subscriber sees only rows of streams its grant covers, in snapshots and updates", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, b, "k1"), receive("w"),
+            connect("r", "reader"), sub("r", 1, 10, "SELECT * FROM sync_event"), receive("r"),
+            append("w", 3, b, "k2", '{"n":2}'), append("w", 4, a, "k2", '{"n":2}'), receive("r")]),
+        "unsubscribe": ("unsubscribe answers UnsubscribeApplied (with the set's rows when asked) and stops "
+                        "updates", [
+            connect("w", "writer"), append("w", 1, a, "k1"), connect("r", "reader"),
+            sub("r", 1, 10, ev_a), sub("r", 2, 11, "SELECT * FROM sync_stream"),
+            send("r", sm.Unsubscribe(3, 10, True)), send("r", sm.Unsubscribe(4, 11, False)), receive("r"),
+            append("w", 2, a, "k2", '{"n":2}'), receive("r")]),
+        "resume_and_stale_cursor": ("a resume within budget is a snapshot of the events after W; a stale one is a "
+                                    "SubscriptionError naming every reason; a malformed resume is invalid_query", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
+            append("w", 3, a, "k3", '{"n":3}'), receive("w"), connect("r", "reader"),
+            sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 1"), sub("r", 2, 11, f"{ev_a} AND epoch = 2 AND seq > 1"),
+            sub("r", 3, 12, f"{ev_a} AND epoch = 1 AND seq > 9"), sub("r", 4, 13, f"{ev_a} AND seq > 1"),
+            sub("r", 5, 14, f"SELECT * FROM sync_event WHERE stream_id = '{b}' AND epoch = 1 AND seq > 0"),
+            receive("r")]),
+        "stale_cursor_recovery": ("after an epoch reset the old cursor is stale (epoch_changed, continues "
+                                  "nothing); the client re-reads the stream row and resumes in the new epoch", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
+            call("w", 3, "reset_stream_epoch", a), receive("w"), connect("r", "watcher"),
+            sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 2"),
+            sub("r", 2, 11, f"SELECT * FROM sync_stream WHERE stream_id = '{a}'"),
+            sub("r", 3, 12, f"{ev_a} AND epoch = 2 AND seq > 2"), receive("r"),
+            append("w", 4, a, "k3", '{"n":3}'), receive("r")]),
+        "bridge_outbox": ("the outbox rules a bridge worker relies on, without any relay: enqueue dedupes on "
+                          "[source, kind, tags, content], kinds outside policy are denied, a failure records its "
+                          "backoff, a success is kept and merges newly acked relays, another event id conflicts", [
+            connect("g", "bridge"), sub("g", 1, 10, outbox), receive("g"),
+            call("g", 2, "enqueue_bridge_event", o1, "receipts", 30078, '[["d","x"]]', "hello"),
+            call("g", 3, "enqueue_bridge_event", o1, "receipts", 30078, '[ ["d", "x"] ]', "hello"),
+            call("g", 4, "enqueue_bridge_event", o1, "providers", 30078, '[["d","x"]]', "hello"),
+            call("g", 5, "enqueue_bridge_event", o2, "notes", 1, "[]", "hi"),
+            call("g", 6, "record_bridge_failure", o1, "relay timeout", 30_000),
+            call("g", 7, "mark_bridge_event_sent", o1, eid, ("wss://a",)),
+            call("g", 8, "mark_bridge_event_sent", o1, eid, ("wss://b", "wss://a")),
+            call("g", 9, "mark_bridge_event_sent", o1, eid, ("wss://b",)),
+            call("g", 10, "mark_bridge_event_sent", o1, "cd" * 32, ("wss://c",)),
+            call("g", 11, "record_bridge_failure", o1, "late", 0), receive("g")]),
+    }
 
 
-def send(conn: str, msg: sm.ClientMessage) -> dict[str, Any]:
-    return {"op": "send", "conn": conn, "message": client_message_json(msg)}
-
-
-def receive(conn: str) -> dict[str, Any]:
-    return {"op": "receive", "conn": conn}
-
-
-def sub(conn: str, rid: int, qs: int, *queries: str) -> dict[str, Any]:
-    return send(conn, sm.Subscribe(rid, qs, tuple(queries)))
-
-
-def append(conn: str, rid: int, stream: str, key: str, payload: str = '{"n":1}') -> dict[str, Any]:
-    return send(conn, sm.CallReducer(rid, "append_sync_event", (stream, key, payload, None, None)))
-
-
-HOLD: Final = {"op": "hold"}
-
-
-def durable(to: int) -> dict[str, Any]:
-    return {"op": "durable", "to": to}
-
-
-EV_A = "SELECT * FROM sync_event WHERE stream_id = 's.a'"
-SCENARIOS: Final[dict[str, tuple[str, list[dict[str, Any]]]]] = {
-    "subscribe_snapshot": ("a subscription's first answer is the snapshot of the rows it matches, atomically", [
-        connect("w", "writer"), append("w", 1, "s.a", "k1"), append("w", 2, "s.a", "k2", '{"n":2}'),
-        append("w", 3, "s.b", "k1"), receive("w"),
-        connect("r", "reader"), sub("r", 1, 10, EV_A), receive("r")]),
-    "update_and_caller_result": ("the caller hears of its own write only in its ReducerResult; every other "
-                                 "subscriber gets a TransactionUpdate", [
-        connect("w", "writer"), connect("r", "reader"), sub("w", 1, 10, EV_A), sub("r", 1, 10, EV_A),
-        receive("w"), receive("r"), append("w", 2, "s.a", "k1"), receive("w"), receive("r")]),
-    "duplicate_call_is_a_noop": ("a retried append (same key, same payload) answers the first seq and sends "
-                                 "no update to anyone", [
-        connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, EV_A), receive("r"),
-        append("w", 1, "s.a", "k1"), append("w", 2, "s.a", "k1"), receive("w"), receive("r")]),
-    "reducer_error_result": ("a failing call answers ReducerResult with the error string and writes nothing", [
-        connect("n", "noscope"), append("n", 1, "s.a", "k1"), receive("n")]),
-    "confirmed_reads_wait_for_durability": ("a confirmed-reads connection is sent an update only once its "
-                                            "offset is durable; an unconfirmed one at once", [
-        connect("w", "writer"), connect("c", "watcher", confirmed=True), connect("u", "watcher"),
-        sub("c", 1, 10, EV_A), sub("u", 1, 10, EV_A), receive("c"), receive("u"), HOLD,
-        append("w", 2, "s.a", "k1"), receive("w"), receive("c"), receive("u"),
-        append("w", 3, "s.a", "k2", '{"n":2}'), durable(1), receive("c"), durable(2), receive("c"), receive("w")]),
-    "event_tables": ("event-table rows reach subscribers once, marked as events, and never appear in a snapshot", [
-        connect("w", "writer"), connect("r", "watcher"), sub("r", 1, 10, "SELECT * FROM stream_signal"),
-        receive("r"), send("w", sm.CallReducer(1, "publish_stream_signal", ("s.a", "typing", '{"on":true}'))),
-        receive("w"), receive("r"), sub("r", 2, 11, "SELECT * FROM stream_signal"), receive("r")]),
-    "row_filter": ("a subscriber sees only rows of streams its grant covers, in snapshots and updates", [
-        connect("w", "writer"), append("w", 1, "s.a", "k1"), append("w", 2, "s.b", "k1"), receive("w"),
-        connect("r", "reader"), sub("r", 1, 10, "SELECT * FROM sync_event"), receive("r"),
-        append("w", 3, "s.b", "k2", '{"n":2}'), append("w", 4, "s.a", "k2", '{"n":2}'), receive("r")]),
-    "unsubscribe": ("unsubscribe answers UnsubscribeApplied (with the set's rows when asked) and stops updates", [
-        connect("w", "writer"), append("w", 1, "s.a", "k1"), connect("r", "reader"),
-        sub("r", 1, 10, EV_A), sub("r", 2, 11, "SELECT * FROM sync_stream"),
-        send("r", sm.Unsubscribe(3, 10, True)), send("r", sm.Unsubscribe(4, 11, False)), receive("r"),
-        append("w", 2, "s.a", "k2", '{"n":2}'), receive("r")]),
-    "resume_and_stale_cursor": ("a resume within budget is a snapshot of the events after W; a stale one is a "
-                                "SubscriptionError naming every reason; a malformed resume is invalid_query", [
-        connect("w", "writer"), append("w", 1, "s.a", "k1"), append("w", 2, "s.a", "k2", '{"n":2}'),
-        append("w", 3, "s.a", "k3", '{"n":3}'), receive("w"), connect("r", "reader"),
-        sub("r", 1, 10, f"{EV_A} AND epoch = 1 AND seq > 1"), sub("r", 2, 11, f"{EV_A} AND epoch = 2 AND seq > 1"),
-        sub("r", 3, 12, f"{EV_A} AND epoch = 1 AND seq > 9"), sub("r", 4, 13, f"{EV_A} AND seq > 1"),
-        sub("r", 5, 14, "SELECT * FROM sync_event WHERE stream_id = 's.b' AND epoch = 1 AND seq > 0"),
-        receive("r")]),
-}
+SCENARIOS: Final = scenarios()
 
 
 def drive(target: Target, steps: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -197,9 +247,12 @@ def drive(target: Target, steps: list[dict[str, Any]]) -> list[list[dict[str, An
             settle()
         elif op == "hold":
             held = True
+        elif op == "release":
+            held = False
+            target.advance_durable(target.committed)
         elif op == "durable":
             target.advance_durable(step["to"])
-        elif op == "receive":
+        elif op in ("receive", "receive_quiet"):
             cid = conns[step["conn"]]
             got = []
             while target.releasable(cid):
@@ -249,6 +302,14 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1,
     "unsubscribe": lambda r: _types(r[0])[2:] == ["UnsubscribeApplied", "UnsubscribeApplied"]
     and r[0][2]["rows"] is not None and r[0][3]["rows"] is None and r[1] == [],
+    "duplicate_frame": lambda r: [m["request_id"] for m in r[1]] == [7, 7] and r[1][0] == r[1][1]
+    and _types(r[2]) == ["TransactionUpdate"],
+    "confirmed_reads_released": lambda r: r[4] == [] and _types(r[3]) == ["TransactionUpdate"]
+    and _types(r[5]) == ["TransactionUpdate"],
+    "stale_cursor_recovery": lambda r: _types(r[1]) == ["SubscriptionError", "SubscribeApplied", "SubscribeApplied"]
+    and '"epoch_changed"' in r[1][0]["error"] and _types(r[2]) == ["TransactionUpdate"],
+    "bridge_outbox": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0] for m in r[1]]
+    == ["ok", "ok", "idempotency_conflict", "policy_denied", "ok", "ok", "ok", "ok", "bridge_event_conflict", "ok"],
     "resume_and_stale_cursor": lambda r: _types(r[1]) == ["SubscribeApplied"] + ["SubscriptionError"] * 4
     and r[1][1]["error"].startswith("stale_cursor") and r[1][3]["error"].startswith("invalid_query"),
 }
