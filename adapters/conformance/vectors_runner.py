@@ -116,8 +116,8 @@ def _outcome_model(db: Any, o: dict[str, Any], policy: Any) -> tuple[Any, dict[s
     return out.state, {"ret": out.ret, "noop": out.noop, "events": events}
 
 
-def _check_calls(c: Case, step: Callable[[dict[str, Any]], dict[str, Any]], setup_state: Callable[[], Any],
-                 state: Callable[[], dict[str, Any]], pre: dict[str, Any]) -> None:
+def _check_calls(c: Case, step: Callable[[dict[str, Any]], dict[str, Any]], state: Callable[[], dict[str, Any]],
+                 pre: dict[str, Any]) -> None:
     ops = c.part("ops")
     outcomes = [step(o) for o in ops]
     if c.has("error"):
@@ -141,7 +141,7 @@ def model_calls(c: Case) -> None:
     def step(o: dict[str, Any]) -> dict[str, Any]:
         holder["db"], out = _outcome_model(holder["db"], o, policy)
         return out
-    _check_calls(c, step, lambda: None, lambda: state_to_json(holder["db"]), pre)
+    _check_calls(c, step, lambda: state_to_json(holder["db"]), pre)
 
 
 def model_sql(c: Case) -> None:
@@ -297,7 +297,7 @@ def engine_calls(c: Case) -> None:
         if "error" in out:
             raise Divergence(f"setup call {i} ({o['reducer']}) failed: {out['error']}")
     _same("state after the setup calls (pre.state)", _engine_state(engine), pre["state"])
-    _check_calls(c, step, lambda: None, lambda: _engine_state(engine), pre)
+    _check_calls(c, step, lambda: _engine_state(engine), pre)
 
 
 def engine_stale_reasons(c: Case) -> None:

@@ -177,3 +177,50 @@ def test_bad_targets_get_one_line_answers(tmp_path: Path) -> None:
     with serving(tmp_path) as t:  # a refused token
         rc, out, results = conformance("--url", t.url, "--token", "not.a.token", "--only", "protocol")
     assert rc == 1 and "upgrade was refused: HTTP 401" in results[0]["message"], out
+
+
+@contextlib.contextmanager
+def _fake_ws_server(behaviour: str) -> Iterator[str]:
+    """A WebSocket server that greets like SpacetimeDB (``/v1/ping``, ``InitialConnection``) and then
+    either closes with 1011 (``close``) or never answers again (``silent``)."""
+    from http import HTTPStatus
+
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+    from websockets.sync.server import ServerConnection, serve
+
+    from adapters import wire
+
+    def process_request(conn: ServerConnection, request: Any) -> Response | None:
+        if request.path == "/v1/ping":
+            return Response(HTTPStatus.OK.value, "OK", Headers(), b"")
+        return None
+
+    def handler(conn: ServerConnection) -> None:
+        hello = wire.encode_server(wire.InitialConnection("ab" * 32, 1, "t"))
+        conn.send(wire.frame_server(hello, wire.Compression.NONE))
+        if behaviour == "close":  # after the subscribe and the barrier query
+            conn.recv()
+            conn.recv()
+            conn.close(1011, "boom")
+        else:
+            with contextlib.suppress(Exception):
+                while True:
+                    conn.recv()
+
+    with serve(handler, "127.0.0.1", 0, subprotocols=["v2.bsatn.spacetimedb"],  # type: ignore[list-item]
+               process_request=process_request, compression=None) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{srv.socket.getsockname()[1]}"
+        srv.shutdown()
+
+
+def test_a_close_mid_scenario_and_a_silent_server_are_reported_where_they_happened() -> None:
+    with _fake_ws_server("close") as url:
+        rc, out, results = conformance("--url", url, "--token", "t", "--only", "protocol")
+    assert rc == 1 and "the server closed the connection (code 1011 'boom') while waiting for the barrier" \
+        in results[0]["message"], out
+    with _fake_ws_server("silent") as url:
+        rc, out, results = conformance("--url", url, "--token", "t", "--only", "protocol", "--timeout", "1")
+    assert rc == 1 and "no answer within 1 s while waiting for the barrier query's answer after a subscribe" \
+        in results[0]["message"], out
