@@ -203,6 +203,7 @@ def in_fixed_order(reasons: Sequence[str], order: Sequence[str]) -> bool:
     return all(p >= 0 for p in positions) and all(a < b for a, b in pairwise(positions))
 
 
+@icontract.require(lambda budget: budget >= 0, "a replay budget is a count")
 @icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
                   (not result) == resume_is_safe(epoch, head, floor, budget, requested_epoch, watermark),
                   "STALE-1 (no reason exactly when the resume window is safe)")
@@ -212,17 +213,26 @@ def in_fixed_order(reasons: Sequence[str], order: Sequence[str]) -> bool:
                   "STALE-2 (a resume that is not refused for retention skips no compacted event)")
 def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
                   watermark: int) -> tuple[str, ...]:
-    """Why resuming from (requested_epoch, watermark) cannot yield exactly the events after it."""
-    reasons = []
-    if requested_epoch is not None and requested_epoch != epoch:
-        reasons.append("epoch_changed")
-    if watermark < floor - 1:
-        reasons.append("retention_floor_breach")
-    if head - watermark > budget:
-        reasons.append("replay_budget_exceeded")
-    if watermark > head:
-        reasons.append("cursor_ahead_of_head")
-    return tuple(reasons)
+    """Why resuming from (requested_epoch, watermark) cannot yield exactly the events after it.
+
+    The second opinion on :func:`spec.resume.stale_reasons`, written differently on purpose: each
+    reason is a statement about a range of seqs (Python's ``range`` does the arithmetic, for integers
+    of any size) instead of a comparison of bounds:
+
+    * the events the client still needs are ``range(W + 1, head + 1)``; those compacted away below
+      the floor are ``range(W + 1, floor)`` -- any, and the resume breaches retention;
+    * more than ``budget`` events to replay: ``range(W, head)[budget:]`` is not empty;
+    * seqs the client claims to hold that the stream never had: ``range(head + 1, W + 1)``;
+    * the epoch: a requested epoch that is not the stream's.
+    """
+    wanted_epoch = {None, epoch}
+    found = {
+        "epoch_changed": requested_epoch not in wanted_epoch,
+        "retention_floor_breach": bool(range(watermark + 1, floor)),
+        "replay_budget_exceeded": bool(range(watermark, head)[budget:]),
+        "cursor_ahead_of_head": bool(range(head + 1, watermark + 1)),
+    }
+    return tuple(reason for reason in STALE_REASON_ORDER if found[reason])
 
 
 @icontract.ensure(lambda seqs, floor, head, result:
