@@ -5,7 +5,7 @@ Four abstractions, each a state record with its transitions, each written once h
 the proofs and the correspondence tests alike:
 
 ``stale_reasons`` / ``oracle_stale_reasons``
-    the server's decision (:func:`spec.delivery.stale_reasons`) and the invariant's oracle
+    the server's decision (:func:`spec.resume.stale_reasons`) and the invariant's oracle
     (:func:`spec.invariants.stale_reasons`), encoded separately;
 :class:`World` -- a resume subscription
     the database (:class:`~proofs.encoding.Db`), the ledger (every event ever committed, per
@@ -83,7 +83,7 @@ Reasons = tuple[ZBool, ZBool, ZBool, ZBool]
 
 def stale_reasons(epoch: ZInt, head: ZInt, floor: ZInt, budget: ZInt, has_req: ZBool, req: ZInt, w: ZInt,
                   bug: str = "") -> Reasons:
-    """The server's decision, :func:`spec.delivery.stale_reasons`."""
+    """The server's decision, :func:`spec.resume.stale_reasons`."""
     return (
         z3.BoolVal(False) if bug == "epoch_ignored_on_resume" else z3.And(has_req, req != epoch),
         w < floor - (2 if bug == "stale_floor_lt_vs_le" else 1),

@@ -68,6 +68,7 @@ from spec.messages import (
     UnsubscribeApplied,
 )
 from spec.policy import DEFAULT_POLICY, Policy
+from spec.resume import stale_reasons
 from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
 from spec.state import DbState
 from spec.values import Row, SyncStream, value_has_type
@@ -376,15 +377,7 @@ class Engine:
         req_epoch = req if isinstance(req, int) and not isinstance(req, bool) else None
         epoch, head, floor = r.stream_position(self.db, sid)
         budget = self.policy.class_for(sid).replay_budget
-        reasons = []
-        if req_epoch is not None and req_epoch != epoch:
-            reasons.append("epoch_changed")
-        if w + 1 < floor:
-            reasons.append("retention_floor_breach")
-        if head - w > budget:
-            reasons.append("replay_budget_exceeded")
-        if w > head:
-            reasons.append("cursor_ahead_of_head")
+        reasons = list(stale_reasons(epoch, head, floor, budget, req_epoch, w))  # the one rule (spec.resume)
         if reasons:
             if self.on_stale is not None:
                 self.on_stale(tuple(reasons))

@@ -269,11 +269,12 @@ class Client:
         for e in events:
             if e.epoch != view.epoch:
                 continue
-            if e.seq <= view.last:
-                continue  # duplicate
-            if e.seq > view.last + 1:
+            rule = apply_rule(view.last, e.seq)
+            if rule == "duplicate":
+                continue
+            if rule == "gap":
                 self.gaps_detected += 1
-                return self._resubscribe(stream_id)  # gap: never applied
+                return self._resubscribe(stream_id)  # never applied
             view.applied.append((e.seq, e.payload_hash))
             view.last = e.seq
         return []

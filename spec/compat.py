@@ -51,20 +51,31 @@ class CompatWindow:
                 "max_client_build_id": self.max_client_build_id}
 
 
+CHECK_ORDER: tuple[ErrorCode, ...] = (
+    ErrorCode.INVALID_CLIENT_BUILD, ErrorCode.UNSUPPORTED_PROTOCOL_VERSION, ErrorCode.UNSUPPORTED_SCHEMA_VERSION,
+    ErrorCode.UPGRADE_REQUIRED, ErrorCode.UNSUPPORTED_CLIENT_BUILD)
+"""The documented order of the checks, as data (the module essay's list)."""
+
+
 def _first_failure(window: CompatWindow, build: str | None, protocol: str | None,
                    schema: int | None) -> ErrorCode | None:
-    """The documented order, as a table: the first failing check decides the code."""
+    """The second opinion on :func:`negotiate`, written differently on purpose: it states what each
+    check *means* on its own (every code whose condition holds, not only the first), then lets the
+    documented rank (:data:`CHECK_ORDER`) pick the one reported.  :func:`negotiate` runs the checks as
+    a chain of early returns; a chain in the wrong order, or a check that looks at the wrong claim,
+    disagrees with this on some input."""
     if build is None and protocol is None and schema is None and not window.require_claims:
         return None
-    checks = (
-        (build is None or not well_formed_build(build), ErrorCode.INVALID_CLIENT_BUILD),
-        (protocol != window.protocol_version, ErrorCode.UNSUPPORTED_PROTOCOL_VERSION),
-        (schema is None or schema < window.min_schema_version or schema > window.max_schema_version,
-         ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
-        (build is not None and build < window.min_client_build_id, ErrorCode.UPGRADE_REQUIRED),
-        (build is not None and build > window.max_client_build_id, ErrorCode.UNSUPPORTED_CLIENT_BUILD),
-    )
-    return next((code for failed, code in checks if failed), None)
+    ok_build = build is not None and well_formed_build(build)
+    failing = {
+        ErrorCode.INVALID_CLIENT_BUILD: not ok_build,
+        ErrorCode.UNSUPPORTED_PROTOCOL_VERSION: protocol != window.protocol_version,
+        ErrorCode.UNSUPPORTED_SCHEMA_VERSION: schema not in range(window.min_schema_version,
+                                                                  window.max_schema_version + 1),
+        ErrorCode.UPGRADE_REQUIRED: ok_build and build is not None and build < window.min_client_build_id,
+        ErrorCode.UNSUPPORTED_CLIENT_BUILD: ok_build and build is not None and build > window.max_client_build_id,
+    }
+    return min((code for code, failed in failing.items() if failed), key=CHECK_ORDER.index, default=None)
 
 
 def window_well_formed(window: CompatWindow) -> bool:

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field, replace
 
 import icontract
 
-from spec import invariants as oracle
 from spec import query as q
 from spec.auth import Claims, can_read, has_scope, stream_granted
 from spec.errors import ErrorCode, SyncError
@@ -69,33 +68,10 @@ from spec.reducers import (
     unclean_restart,
     virtual_stream,
 )
+from spec.resume import stale_reasons
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState, Delta
 from spec.values import Identity, Row, SyncEvent, SyncStream
-
-STALE_REASONS: tuple[str, ...] = (
-    "epoch_changed", "retention_floor_breach", "replay_budget_exceeded", "cursor_ahead_of_head",
-)
-
-
-@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
-                  result == oracle.stale_reasons(epoch, head, floor, budget, requested_epoch, watermark),
-                  "STALE-1 (the server's decision agrees with the oracle spec.invariants.stale_reasons)")
-@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
-                  (not result) == oracle.resume_is_safe(epoch, head, floor, budget, requested_epoch, watermark),
-                  "STALE-1 (no reason exactly when floor-1 <= W <= head, head-W <= budget and the epoch is equal)")
-@icontract.ensure(lambda result: oracle.in_fixed_order(result, STALE_REASONS),
-                  "STALE-1 (reasons are distinct and in the fixed order of STALE_REASONS)")
-def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
-                  watermark: int) -> tuple[str, ...]:
-    """The server's stale-cursor decision (the oracle is :func:`spec.invariants.stale_reasons`)."""
-    checks = (
-        ("epoch_changed", requested_epoch is not None and requested_epoch != epoch),
-        ("retention_floor_breach", watermark < floor - 1),
-        ("replay_budget_exceeded", head - watermark > budget),
-        ("cursor_ahead_of_head", watermark > head),
-    )
-    return tuple(name for name, failed in checks if failed)
 
 
 @icontract.ensure(lambda query, result: result is None or (

@@ -23,8 +23,19 @@ from dataclasses import dataclass, field
 
 from spec.auth import Claims
 from spec.client import Client
-from spec.delivery import Server
-from spec.messages import CallReducer, ClientMessage, Outbound, Subscribe, TransactionUpdate, Unsubscribe
+from spec.delivery import Conn, Server
+from spec.messages import (
+    CLOSE_PROTOCOL,
+    SLOW_CONSUMER_REASON,
+    CallReducer,
+    ClientMessage,
+    Outbound,
+    ReducerErr,
+    ReducerResult,
+    Subscribe,
+    TransactionUpdate,
+    Unsubscribe,
+)
 from spec.policy import Policy
 from spec.reducers import CallContext, Ok, call, compact, presence_sweep, virtual_stream
 from spec.state import DbState
@@ -56,6 +67,7 @@ class System:
         self.states: dict[int, DbState] = {0: self.server.db}
         self.trace.record_state(0, self.server.db)
         self.last_upsert: dict[str, int] = {}  # session -> connection of its last successful upsert (PRES-3)
+        self.conn_objs: dict[int, Conn] = {}  # the server's connection objects, read after a server-side close
 
     # --- the system of record, for rebootstrap ------------------------------------------------
 
@@ -97,7 +109,24 @@ class System:
         for i, link in list(self.links.items()):
             if link.conn_id not in self.server.conns:
                 del self.links[i]
+                self._check_slow_close(i, link.conn_id)
+                views = {s: (v.epoch, v.last, tuple(v.applied)) for s, v in self.clients[i].streams.items()}
                 self.clients[i].on_disconnect()
+                kept = {s: (v.epoch, v.last, tuple(v.applied)) for s, v in self.clients[i].streams.items()}
+                if kept != views:
+                    self.trace.violations.append(("SLOW-1", f"client {i} lost its watermarks on a disconnect"))
+
+    def _check_slow_close(self, i: int, conn_id: int) -> None:
+        """SLOW-1: the server drops a connection on its own as a slow consumer only past the bound (or in a
+        restart, or for a protocol violation)."""
+        conn = self.conn_objs.pop(conn_id, None)
+        reason = conn.closed_reason if conn is not None else None
+        if conn is None or reason == "server restart" or (reason or "").startswith(f"{CLOSE_PROTOCOL}:"):
+            return
+        if reason != SLOW_CONSUMER_REASON or len(conn.outbound) <= self.server.max_queue:
+            self.trace.violations.append(("SLOW-1", f"client {i}'s connection {conn_id} closed by the server "
+                                          f"({conn.closed_reason}) with {len(conn.outbound)} queued, bound "
+                                          f"{self.server.max_queue}"))
 
     # --- actions ---------------------------------------------------------------------------------
 
@@ -106,6 +135,7 @@ class System:
             return
         c = self.clients[i]
         conn_id = self.server.connect(c.claims, c.confirmed)
+        self.conn_objs[conn_id] = self.server.conns[conn_id]
         self.links[i] = Link(conn_id)
         self._send(i, c.on_connect())
 
@@ -158,11 +188,59 @@ class System:
         if not self.server.can_commit():
             return False  # back-pressure: the server waits for durability
         msg = link.inbox.pop(0)
+        seen = self._queues() if isinstance(msg, CallReducer) else None
         self.server.handle(link.conn_id, msg)
+        if isinstance(msg, CallReducer) and seen is not None:
+            self._check_call_delivery(link.conn_id, msg, *seen)
         if isinstance(msg, CallReducer) and msg.reducer == "upsert_presence" and self._upsert_took(i, msg):
             self.last_upsert[str(msg.args[0])] = link.conn_id
         self._after_server_step()
         return True
+
+    # --- DELIV-3, DELIV-4: who hears of a call, read off the server's queues --------------------------
+
+    def _queues(self) -> tuple[DbState, int, dict[int, tuple[Conn, int]]]:
+        return self.server.db, self.server.committed, {
+            cid: (conn, len(conn.outbound)) for cid, conn in self.server.conns.items()}
+
+    def _check_call_delivery(self, caller: int, msg: CallReducer, db: DbState, committed: int,
+                             queues: dict[int, tuple[Conn, int]]) -> None:
+        """What one handled call put in every queue: the caller exactly one ``ReducerResult`` for its
+        request; a failed call changes no state, takes no offset and nobody else hears of it (DELIV-4);
+        a committed call's caller gets no ``TransactionUpdate`` for its transaction and every other
+        client at most one (DELIV-3).  Skipped when a connection was closed in the step (a slow
+        consumer's close marks its sessions in a transaction of its own)."""
+        if any(cid not in self.server.conns for cid in queues) or caller not in queues:
+            return
+        new = {cid: [o for o in conn.outbound[n:]] for cid, (conn, n) in queues.items()}
+        mine = [o for o in new[caller] if isinstance(o.message, ReducerResult)
+                and o.message.request_id == msg.request_id]
+        if len(mine) != 1:
+            self.trace.violations.append(("DELIV-3", f"{msg.reducer} call {msg.request_id}: {len(mine)} results"))
+            return
+        result = mine[0].message
+        assert isinstance(result, ReducerResult)
+        others = [o for cid, outs in new.items() if cid != caller for o in outs]
+        if isinstance(result.outcome, ReducerErr):
+            if self.server.db != db or self.server.committed != committed or len(new[caller]) != 1 or others:
+                self.trace.violations.append(("DELIV-4", f"failed {msg.reducer}: state changed "
+                                              f"{self.server.db != db}, offset {committed} -> {self.server.committed}, "
+                                              f"{len(new[caller]) - 1 + len(others)} other messages"))
+            return
+        if self.server.committed == committed:
+            if others or self.server.db != db:
+                self.trace.violations.append(("DELIV-4", f"no-op {msg.reducer} was heard by others or wrote"))
+            return
+        offset = committed + 1
+        if result.tx_offset != offset or any(isinstance(o.message, TransactionUpdate) and o.offset == offset
+                                          for o in new[caller]):
+            self.trace.violations.append(("DELIV-3", f"{msg.reducer} committed at {offset}: the caller's result "
+                                          f"has offset {result.tx_offset} or it also got the TransactionUpdate"))
+        for cid, outs in new.items():
+            heard = [o for o in outs if o.offset == offset]
+            if cid != caller and (len(heard) > 1 or any(not isinstance(o.message, TransactionUpdate) for o in heard)):
+                self.trace.violations.append(("DELIV-3", f"connection {cid} heard of offset {offset} as "
+                                              f"{[type(o.message).__name__ for o in heard]}"))
 
     # --- PRES-3: who marks a session disconnected ----------------------------------------------------
 

@@ -15,17 +15,18 @@ import icontract
 
 from spec import invariants as oracle
 from spec.compat import BUILD_RE, CompatWindow, _first_failure, window_well_formed
-from spec.delivery import STALE_REASONS
 from spec.errors import ErrorCode, SyncError
 from spec.query import Op, Query, _int_lower_bounds
 from spec.reducers import Timestamp, _continued, max_version
+from spec.resume import STALE_REASONS
 from spec.state import DbState, Tx
 from spec.transitions import _NEXT_LIVE, ASSIGNMENT_ROLES, ASSIGNMENT_STATUSES, ASSIGNMENT_TERMINAL
 from spec.values import ComputeAssignment, ProviderCapability, SyncCheckpoint, SyncEvent, SyncStream
 
-# --- spec.delivery.stale_reasons, with the retention check off by one (W < floor - 2) -----------
+# --- spec.resume.stale_reasons, with the retention check off by one (W < floor - 2) -----------
 
 
+@icontract.require(lambda budget: budget >= 0, "a replay budget is a count")
 @icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
                   result == oracle.stale_reasons(epoch, head, floor, budget, requested_epoch, watermark),
                   "STALE-1 (the server's decision agrees with the oracle spec.invariants.stale_reasons)")
@@ -213,7 +214,7 @@ def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
 
 
 PLANTED: Mapping[str, str] = {
-    "stale_reasons": "spec.delivery.stale_reasons",
+    "stale_reasons": "spec.resume.stale_reasons",
     "apply_rule": "spec.client.apply_rule",
     "grant_matches": "spec.auth.grant_matches",
     "assignment_edge_allowed": "spec.transitions.assignment_edge_allowed",

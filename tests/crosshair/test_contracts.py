@@ -122,8 +122,8 @@ def test_ack_contract_catches_a_checkpoint_past_the_head() -> None:
 
 
 def test_stale_contract_catches_an_off_by_one_floor() -> None:
-    with planted("spec.delivery", ('("retention_floor_breach", watermark < floor - 1)',
-                                   '("retention_floor_breach", watermark < floor - 2)')) as dlv:
+    with planted("spec.resume", ('("retention_floor_breach", watermark < floor - 1)',
+                                 '("retention_floor_breach", watermark < floor - 2)')) as dlv:
         text = _violation(lambda: dlv.stale_reasons(1, 10, 5, 100, None, 3))
     assert "STALE-1" in text
 
@@ -140,7 +140,7 @@ def test_state_contract_catches_event_rows_in_the_state() -> None:
 
 
 def test_client_contract_catches_applying_across_a_gap() -> None:
-    with planted("spec.client", ("            if e.seq > view.last + 1:", "            if False:")) as cl:
+    with planted("spec.client", ('            if rule == "gap":', "            if False:")) as cl:
         client = cl.Client("c", ME, False, lambda s: (1, 0, ()))
         client.streams["s"] = cl.StreamView(epoch=1, last=0)
         rows = (TableRows("sync_event", (_event(1), _event(3))),)

@@ -1,0 +1,102 @@
+"""``CheckpointStore`` on its own (issue 9: public classes are tested directly, not only through the
+stream consumer that calls them).  ``apply_events`` must keep its promises whoever calls it: a gap is
+never applied, duplicates are skipped, a failing ``apply`` rolls back that event only, the watermark
+moves atomically with the effects, and a reopened file has every stream's (epoch, watermark)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from adapters.sdk.checkpoints import ApplyResult, Checkpoint, CheckpointStore
+from spec.errors import LocalProtocolError
+from spec.values import SyncEvent
+
+S = "s.one"
+
+
+def ev(seq: int, epoch: int = 1, stream: str = S) -> SyncEvent:
+    return SyncEvent(stream, epoch, seq, f"k{seq}", "sha256:" + "0" * 64, f"[{seq}]", "a" * 64, 0, seq)
+
+
+def record(tx: sqlite3.Connection, e: SyncEvent) -> None:
+    tx.execute("INSERT INTO effects VALUES (?, ?)", (e.stream_id, e.seq))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CheckpointStore:
+    st = CheckpointStore(tmp_path / "cp.sqlite", clock=lambda: 7)
+    st.db.execute("CREATE TABLE effects (stream_id TEXT, seq INTEGER)")
+    with st.transaction() as tx:
+        st.reset(tx, S, 1, 0)
+    return st
+
+
+def effects(store: CheckpointStore) -> list[int]:
+    return [int(s) for (s,) in store.db.execute("SELECT seq FROM effects ORDER BY rowid")]
+
+
+def test_a_gap_is_never_applied_when_called_directly(store: CheckpointStore) -> None:
+    result = store.apply_events(S, 1, [ev(1), ev(2), ev(4), ev(5)], record)
+    assert result == ApplyResult(2, 2, None)
+    assert effects(store) == [1, 2] and store.load(S) == Checkpoint(S, 1, 2)
+    # the batch that starts past the watermark applies nothing
+    assert store.apply_events(S, 1, [ev(4)], record) == ApplyResult(2, 0, None)
+    assert effects(store) == [1, 2]
+
+
+def test_duplicates_are_skipped_and_unsorted_input_is_not_reordered(store: CheckpointStore) -> None:
+    store.apply_events(S, 1, [ev(1), ev(2)], record)
+    assert store.apply_events(S, 1, [ev(1), ev(2), ev(3)], record) == ApplyResult(3, 1, None)
+    assert store.apply_events(S, 1, [ev(5), ev(4)], record) == ApplyResult(3, 0, None)  # 5 is a gap: stop there
+    assert effects(store) == [1, 2, 3]
+
+
+def test_a_failing_apply_rolls_back_that_event_and_keeps_the_ones_before(store: CheckpointStore) -> None:
+    def flaky(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        record(tx, e)
+        if e.seq == 2:
+            raise ValueError("boom")
+    result = store.apply_events(S, 1, [ev(1), ev(2), ev(3)], flaky)
+    assert (result.watermark, result.applied, type(result.error)) == (1, 1, ValueError)
+    assert effects(store) == [1] and store.load(S) == Checkpoint(S, 1, 1)
+
+
+def test_wrong_stream_epoch_or_no_checkpoint_is_a_caller_bug(store: CheckpointStore) -> None:
+    with pytest.raises(LocalProtocolError):
+        store.apply_events("s.unknown", 1, [ev(1, stream="s.unknown")], record)
+    with pytest.raises(LocalProtocolError):
+        store.apply_events(S, 2, [ev(1, epoch=2)], record)
+    with pytest.raises(LocalProtocolError):
+        store.apply_events(S, 1, [ev(1, epoch=2)], record)
+    assert effects(store) == [] and store.load(S) == Checkpoint(S, 1, 0)
+
+
+def test_apply_must_not_end_the_transaction(store: CheckpointStore) -> None:
+    def commits(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        tx.execute("COMMIT")
+    with pytest.raises(LocalProtocolError):
+        store.apply_events(S, 1, [ev(1)], commits)
+
+
+def test_reopen_restores_every_stream(tmp_path: Path) -> None:
+    path = tmp_path / "cp.sqlite"
+    with CheckpointStore(path) as st:
+        with st.transaction() as tx:
+            st.reset(tx, "a", 3, 10)
+            st.reset(tx, "b", 1, 0)
+        st.apply_events("b", 1, [ev(1, stream="b")], lambda tx, e: None)
+    with CheckpointStore(path) as again:
+        assert again.all() == [Checkpoint("a", 3, 10), Checkpoint("b", 1, 1)]
+
+
+def test_reset_outside_a_transaction_and_out_of_range_values_are_refused(store: CheckpointStore) -> None:
+    with pytest.raises(LocalProtocolError):
+        store.reset(store.db, S, 1, 0)
+    with pytest.raises(LocalProtocolError), store.transaction() as tx:
+        store.reset(tx, S, 2**63, 0)
+    with pytest.raises(LocalProtocolError):
+        CheckpointStore(":memory:", synchronous="SOMETIMES")
+    assert store.load(S) == Checkpoint(S, 1, 0)

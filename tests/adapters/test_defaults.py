@@ -1,0 +1,91 @@
+"""Every default a user relies on, pinned (issue 9, "Defaults and public APIs").
+
+A default changed by accident passes every test that sets the value explicitly, so each default is
+written out here by hand: changing one is a deliberate edit of this file (and of the docs that state
+it: docs/protocol.md "Limits", ADR-0003, docs/bridge.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from support.server import WireClient, running_server
+
+from adapters import wire
+from adapters.sdk.checkpoints import CheckpointStore
+from adapters.server import Limits
+from reference.engine import Engine
+from spec.compat import CompatWindow
+from spec.policy import DEFAULT_POLICY, Policy, StreamClass
+
+MIB = 1024 * 1024
+DAY_US = 86_400 * 10**6
+
+
+def test_websocket_upgrade_defaults_to_confirmed_reads(tmp_path: Path) -> None:
+    """No ``confirmed`` parameter means confirmed reads (CONF-1 for every client that does not opt out)."""
+    with running_server(tmp_path) as st:
+        clients = [WireClient(st, st.token()), WireClient(st, st.token(), confirmed=False),
+                   WireClient(st, st.token(), confirmed=True)]
+        try:
+            engine = st.server.engine
+            confirmed = st.call(lambda: sorted((cid, c.confirmed) for cid, c in engine.conns.items()))
+        finally:
+            for c in clients:
+                c.ws.close()
+    assert [flag for _cid, flag in confirmed] == [True, False, True]
+
+
+def test_compression_defaults_to_brotli_as_upstream() -> None:
+    assert wire.Compression.parse(None) is wire.Compression.BROTLI
+
+
+def test_limits_defaults() -> None:
+    expected = {
+        "max_message_size": 32 * MIB, "max_inbound_queue": 16384, "max_inbound_bytes": 64 * MIB,
+        "max_outbound_queue": 16384, "max_outbound_bytes": 64 * MIB, "max_outbound_message_bytes": 32 * MIB,
+        "max_undurable": 1024, "max_undurable_per_connection": 32, "max_batch_per_turn": 4,
+        "ping_interval_s": 15.0, "idle_timeout_s": 30.0, "close_timeout_s": 5.0, "send_timeout_s": 60.0,
+        "header_timeout_s": 10.0, "body_timeout_s": 30.0, "max_sql_bytes": 64 * 1024, "max_call_body_bytes": MIB,
+        "max_sql_statements": 64, "max_sql_rows": 100_000, "max_sql_response_bytes": 16 * MIB,
+        "max_query_bytes": 8 * 1024, "max_query_conjuncts": 32,
+    }
+    actual = dataclasses.asdict(Limits())
+    assert {k: actual[k] for k in expected} == expected
+    unpinned = sorted(set(actual) - set(expected))
+    assert all(isinstance(actual[k], int | float) and actual[k] > 0 for k in unpinned), unpinned
+
+
+def test_policy_defaults() -> None:
+    assert Policy() == DEFAULT_POLICY
+    p = Policy()
+    assert p.classes == ()
+    assert p.default_class == StreamClass("default", max_payload_bytes=256 * 1024, retain_count=None,
+                                          retain_age_us=None, replay_budget=20000)
+    assert (p.presence_min_ttl_ms, p.presence_max_ttl_ms) == (1_000, 300_000)
+    assert p.bridge_kinds == frozenset({30078, 31990})  # ADR-0003 decision 7: no kind 1 notes
+    assert (p.bridge_max_attempts, p.bridge_max_retry_after_ms, p.max_error_text) == (5, 86_400_000, 1024)
+    assert (p.retain_offline_presence_us, p.retain_terminal_assignment_us, p.retain_sent_outbox_us,
+            p.retain_failed_outbox_us) == (DAY_US, 7 * DAY_US, 7 * DAY_US, 30 * DAY_US)  # ADR-0003 decision 8
+
+
+def test_compat_window_defaults() -> None:
+    w = CompatWindow()
+    assert (w.protocol_version, w.min_schema_version, w.max_schema_version) == ("oa.sync.v1", 2, 2)
+    assert (w.min_client_build_id, w.max_client_build_id, w.require_claims) == (
+        "20260101T000000Z", "20991231T235959Z", False)
+
+
+def test_engine_defaults_are_unbounded_until_the_server_sets_limits() -> None:
+    """The sans-I/O engine leaves every limit off; the server sets them from ``Limits`` (pinned above)."""
+    e = Engine()
+    assert e.policy == DEFAULT_POLICY and (e.max_queue, e.max_undurable) == (1024, 1024)
+    assert (e.max_query_bytes, e.max_query_conjuncts, e.max_queries_per_connection, e.max_outbound_bytes,
+            e.max_outbound_message_bytes) == (None, None, None, None, None)
+
+
+def test_checkpoint_store_defaults_to_synchronous_full(tmp_path: Path) -> None:
+    with CheckpointStore(tmp_path / "cp.sqlite") as store:
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
