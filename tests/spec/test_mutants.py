@@ -23,3 +23,9 @@ def test_every_mutant_is_killed() -> None:
               f"{','.join(r.get('invariants', [])) or '-':<26}{r.get('seconds', '-')}")  # type: ignore[arg-type]
     survivors = [r["mutant"] for r in results if not r["killed"]]
     assert not survivors, f"mutants not caught: {survivors}"
+    # a mutant "dies on" the invariants it claims: its kill must cite every one of them (docs/invariants.md)
+    by_name = {m.name: m for m in MUTANTS}
+    uncited = {r["mutant"]: sorted(set(by_name[str(r["mutant"])].expected) - set(r.get("invariants", [])))
+               for r in results}
+    uncited = {k: v for k, v in uncited.items() if v}
+    assert not uncited, f"kills that do not cite the invariants their mutants claim: {uncited}"

@@ -903,7 +903,6 @@ SCENARIOS += (
         _resume(E2, 4, "stale_cursor", reasons=["epoch_changed"], continues_epoch=0, continues_seq=0),
     )),
 )
-SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
 def scenario_names(defect: int | None = None, wire: bool = False) -> Iterator[str]:
@@ -984,3 +983,4 @@ SCENARIOS += (
         Sees("ops2", "bridge_outbox", ("outbox_id", "status"), frozenset()),
     )),
 )
+SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
