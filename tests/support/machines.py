@@ -300,7 +300,7 @@ class ModuleMachine(RuleBasedStateMachine):
 
     @invariant()
     def holds(self) -> None:
-        assert not self.violations, self.violations[:3]
+        assert not self.violations, (sorted({v[0] for v in self.violations}), self.violations[:3])
 
 
 # --- system machine ------------------------------------------------------------------------------
@@ -664,7 +664,7 @@ class SystemMachine(RuleBasedStateMachine):
     @invariant()
     def holds(self) -> None:
         v = self.sys.trace.violations
-        assert not v, v[:3]
+        assert not v, (sorted({x[0] for x in v}), v[:3])  # every invariant violated, then the first cases
 
 
 def system_run_ok(machine: SystemMachine) -> None:
