@@ -6,9 +6,10 @@ Nothing here is inferred from an invariant's kind.  Per invariant it lists
 
 * *checked by*: the functions of ``spec/`` whose code or contracts name the id (the predicates that
   report a violation of it), found by reading their source;
-* *mutants that die on it*: the planted bugs (``tests/support/mutants.py``) whose kill cites the id --
-  ``tests/spec/test_mutants.py`` fails when a kill does not cite every id its mutant claims, so each
-  entry was shown: that check, with that bug, fails;
+* *mutants that die on it*: the planted bugs (``tests/support/mutants.py``) that claim the id;
+  ``tests/spec/test_mutants.py`` fails when a kill cites none of the ids its mutant claims (a kill stops
+  at its first failing step, so a mutant claiming two ids may be recorded citing one of them:
+  ``build/mutants.json`` has each kill's citations);
 * *Z3 proofs*: the proofs (``proofs/``) that name it, each with negative controls Z3 must refute
   (``tests/proofs/test_proofs.py``);
 * *tests naming it*: the test files that cite the id.
@@ -97,9 +98,10 @@ def render() -> str:
         "Generated from `spec/invariants.py` by `PYTHONPATH=tests python -m support.invdoc`; a test fails when",
         "this file drifts. Each column lists checks that actually cite the invariant, found in their source,",
         "not inferred from its kind: *checked by* -- the `spec` functions (predicates, contracts) that report",
-        "it; *mutants that die on it* -- planted bugs whose kill cites it (`tests/spec/test_mutants.py` fails",
-        "when a kill does not cite every invariant its mutant names; a killer test file is named in",
-        "parentheses where no machine reaches the code); *Z3 proofs* -- proofs naming it, each with negative",
+        "it; *mutants that die on it* -- planted bugs that break it (`tests/spec/test_mutants.py` fails when a",
+        "kill cites none of the invariants its mutant names; `build/mutants.json` records each kill's citations;",
+        "a killer test file is named in parentheses where no machine reaches the code); *Z3 proofs* -- proofs",
+        "naming it, each with negative",
         "controls Z3 must refute; *tests naming it*. `syncref verify` prints the live matrix and the reach",
         "table.",
         "",

@@ -33,7 +33,7 @@ class Mutant:
     module: str
     edits: tuple[tuple[str, str], ...]
     description: str
-    expected: tuple[str, ...] = ()  # invariants its kill must cite (tests/spec/test_mutants.py checks it)
+    expected: tuple[str, ...] = ()  # invariants it breaks; its kill must cite one (tests/spec/test_mutants.py)
     killer: str | None = None  # a test file (under tests/) that kills it, when no machine can reach the code
     system_only: bool = False  # delivery code the module machine never runs: only the system machine tries it
 
