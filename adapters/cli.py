@@ -62,14 +62,42 @@ def _run_machines(root: Path, examples: int, progress: Progress | None = None) -
             progress.step(f"machine {name} ({examples} examples)")
         started = time.monotonic()
         try:
-            run_state_machine_as_test(getattr(machines, name), settings=settings(
-                max_examples=examples, stateful_step_count=60, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck)))
+            with _reach_observer(name):
+                run_state_machine_as_test(getattr(machines, name), settings=settings(
+                    max_examples=examples, stateful_step_count=60, deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck)))
             results[name] = {"ok": True, "seconds": round(time.monotonic() - started, 1), "examples": examples}
         except Exception as exc:  # a failing machine is reported, not raised
             results[name] = {"ok": False, "seconds": round(time.monotonic() - started, 1),
                              "error": str(exc)[:500]}
     return results
+
+
+def _reach_observer(machine: str) -> Any:
+    """Count the rule cells a machine reaches (tests/support/reach.py) while it runs."""
+    from support import reach
+    return reach.observe(machine)
+
+
+def _reach_report(root: Path, show: bool) -> dict[str, Any]:
+    """The reach table over the machines run so far and the scenario tables (run now): every reducer x
+    outcome and role, transition edge, stale reason, close reason and client rule, with how often each
+    machine reached it.  A cell nobody reached that is not listed unreachable (with its reason) fails."""
+    from support import reach
+    try:
+        reach.run_scenarios()
+        error = None
+    except AssertionError as exc:  # a scenario expectation failed: reported, and verify fails
+        error = f"scenario tables: {exc}"[:500]
+    report = reach.evaluate(reach.RECORDER.counts)
+    if show:
+        print(reach.render(report))
+    failures = [" ".join(r.cell) + f" ({r.verdict})" for r in report.failures]
+    return {"ok": report.ok and error is None, "error": error, "cells": len(report.rows),
+            "reached": sum(r.verdict == "reached" for r in report.rows),
+            "unreachable": {" ".join(r.cell): r.unreachable for r in report.rows if r.verdict == "unreachable"},
+            "failures": failures, "stale_entries": list(report.stale_entries),
+            "counts": {" ".join(r.cell): dict(r.counts) for r in report.rows}}
 
 
 def _run_proofs(root: Path) -> dict[str, Any]:
@@ -158,6 +186,7 @@ def verify(args: argparse.Namespace) -> int:
         naming = _tests_naming(root)
     finally:
         progress.finish()
+    reach = _reach_report(root, show=not args.json)
     rows: list[dict[str, Any]] = []
     failed = not proofs.get("ok", False) or not all(m["ok"] for m in machines.values())
     for inv in CATALOG:
@@ -181,8 +210,8 @@ def verify(args: argparse.Namespace) -> int:
             failed = True
         rows.append({"id": inv.id, "kind": inv.kind, "statement": inv.statement, "checks": checks})
     survivors = [m["mutant"] for m in mutants + engine_mutants if not m.get("killed")]
-    failed = failed or bool(survivors) or any(not c["ok"] for c in crosshair)
-    report = {"ok": not failed, "machines": machines, "proofs": proofs, "crosshair": crosshair,
+    failed = failed or bool(survivors) or any(not c["ok"] for c in crosshair) or not reach["ok"]
+    report = {"ok": not failed, "machines": machines, "proofs": proofs, "crosshair": crosshair, "reach": reach,
               "mutants": mutants, "engine_mutants": engine_mutants, "invariants": rows}
     if args.html:
         from adapters.verify_html import render
