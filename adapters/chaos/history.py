@@ -156,10 +156,10 @@ def check(h: History, final: FinalState) -> list[Anomaly]:
             seen = {x for x in seen if x[:2] != (a.client, a.stream)}
             continue
         prev = last.get((a.client, a.stream))
-        if (a.client, a.stream, a.seq) in seen:
-            add(Anomaly("duplicate_apply", f"{a.client}: {a.stream} seq {a.seq} applied again"))
-        elif prev is not None and a.seq < prev:
+        if prev is not None and a.seq < prev:
             add(Anomaly("non_monotonic_read", f"{a.client}: {a.stream} seq {a.seq} after {prev}"))
+        elif (a.client, a.stream, a.seq) in seen:
+            add(Anomaly("duplicate_apply", f"{a.client}: {a.stream} seq {a.seq} applied again"))
         elif prev is not None and a.seq > prev + 1:
             add(Anomaly("skipped_event", f"{a.client}: {a.stream} seq {prev} then {a.seq}"))
         elif prev is None and a.seq > final.floors.get(a.stream, 1):
