@@ -278,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         from adapters.bench.main import run as run_bench
 
         return run_bench(args)
+    if args.command == "fuzz":
+        from adapters.chaos.fuzz import run as run_fuzz
+
+        return run_fuzz(args)
     if args.command == "chaos":
         from adapters.chaos.cli import run as run_chaos
 

@@ -20,6 +20,9 @@ from adapters.chaos.schedule import PROFILES
 
 
 def add_parser(sub: Any) -> None:
+    from adapters.chaos import fuzz
+
+    fuzz.add_parser(sub)
     c = sub.add_parser("chaos", help="seeded chaos run against real server processes (docs/reliability.md)")
     c.add_argument("--seed", type=int, default=None, help="the seed (default: random, printed); one seed, one schedule")
     c.add_argument("--quick", action="store_true", help="the CI profile (about 20 s of nemeses)")
