@@ -189,3 +189,16 @@ def test_a_planted_client_bug_is_reported_with_its_seed(tmp_path: Path) -> None:
     codes = set(report["anomaly_counts"])
     assert {"skipped_event", "view_mismatch"} <= codes, codes
     assert "seed 4242" in out.stdout and "syncref chaos --seed 4242 --quick --plant skip-apply" in out.stdout
+
+
+def test_chaos_misuse_is_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    for args, text in ((["--duration", "0"], "--duration must be positive"),
+                       (["--workdir", str(tmp_path / "busy")], "is not empty")):
+        out = subprocess.run([str(SYNCREF), "chaos", "--seed", "1", *args], capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert out.returncode == 2 and text in out.stderr, out.stderr
+    out = subprocess.run([str(SYNCREF), "chaos", "--plant", "nope"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 2 and "invalid choice" in out.stderr
