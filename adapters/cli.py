@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     from adapters.bench.main import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    from adapters.chaos.cli import add_parser as add_chaos_parser
+
+    add_chaos_parser(sub)
     args = parser.parse_args(argv)
     bad = non_text_argument(args)
     if bad is not None:
@@ -352,6 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         from adapters.bench.main import run as run_bench
 
         return run_bench(args)
+    if args.command == "fuzz":
+        from adapters.chaos.fuzz import run as run_fuzz
+
+        return run_fuzz(args)
+    if args.command == "chaos":
+        from adapters.chaos.cli import run as run_chaos
+
+        return run_chaos(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import re
@@ -250,6 +251,15 @@ class DurabilityFailed(Exception):
     """The commit log cannot be written: nothing more is acknowledged (HTTP 503, close 1011)."""
 
 
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or its causes) is SQLite's or the OS's "no space left"."""
+    while exc is not None:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
 class DataDirError(Exception):
     """The data directory cannot be created, written, locked or read (an operator error)."""
 
@@ -408,6 +418,9 @@ class SyncServer:
                                        max_queue=cfg.limits.max_outbound_queue,
                                        max_undurable=cfg.limits.max_undurable)
             except (ValueError, RuntimeError) as exc:
+                if _disk_full(exc):
+                    raise DataDirError(f"the disk holding {cfg.data_dir} is full: the recovery could not be written "
+                                       "(nothing acknowledged is lost); free space and start again") from exc
                 raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} "
                                    "(syncref verify-log --data DIR shows where)") from exc
 
