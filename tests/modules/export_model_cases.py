@@ -224,6 +224,7 @@ def scenarios() -> list[dict[str, Any]]:
             r.call(a, "append_sync_event", "s.1", f"k{i}", str(i), None, None)
         r.call(a, "ack_checkpoint", "c1", "s.1", 1, 2)
         r.call(a, "ack_checkpoint", "c1", "s.1", 1, 1)  # lower: no-op
+        r.call(a, "ack_checkpoint", "c1", "s.1", 1, 2)  # equal: no-op
         r.call(a, "ack_checkpoint", "c1", "s.1", 2, 3)  # stale epoch
         r.call(b, "ack_checkpoint", "c1", "s.1", 1, 3)  # forbidden: A's checkpoint
         r.call(b, "ack_checkpoint", "c 1", "s.1", 1, 3)
