@@ -138,3 +138,26 @@ export function rowDefs(t: T) {
   stream_signal: { row: streamSignalRow, unique: [], event: true },
 } as const;
 }
+
+/** Every reducer's parameters, in wire order (spec/schema.py REDUCERS). */
+// eslint-disable-next-line @typescript-eslint/explicit-function-return-type
+export function reducerParams(t: T) {
+  return {
+    append_sync_event: { stream_id: t.string(), idempotency_key: t.string(), payload_json: t.string(),
+      payload_hash: t.option(t.string()), expected_next_seq: t.option(t.u64()) },
+    ack_checkpoint: { client_id: t.string(), stream_id: t.string(), epoch: t.u64(), seq: t.u64() },
+    upsert_presence: { session_id: t.string(), device_id: t.string(), node_id: t.string(), status: t.string(),
+      region: t.string(), ttl_ms: t.u64() },
+    publish_provider_capability: { provider_id: t.string(), capability_json: t.string(), nip90_kinds: t.array(t.u32()),
+      price_hint_sats: t.u64(), status: t.string() },
+    open_compute_assignment: { request_id: t.string(), job_kind: t.u32(), request_json: t.string() },
+    update_compute_assignment: { request_id: t.string(), expected_version: t.u64(), status: t.string(),
+      provider_id: t.option(t.string()), result_json: t.option(t.string()) },
+    enqueue_bridge_event: { outbox_id: t.string(), source: t.string(), nostr_kind: t.u32(), tags_json: t.string(),
+      content: t.string() },
+    mark_bridge_event_sent: { outbox_id: t.string(), nostr_event_id: t.string(), relays: t.array(t.string()) },
+    record_bridge_failure: { outbox_id: t.string(), error: t.string(), retry_after_ms: t.u64() },
+    publish_stream_signal: { stream_id: t.string(), kind: t.string(), payload_json: t.string() },
+    reset_stream_epoch: { stream_id: t.string() },
+  };
+}
