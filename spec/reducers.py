@@ -916,14 +916,15 @@ def _continued(db: DbState, after: DbState) -> bool:
             return False
     relabel = {s.stream_id: (db_s.epoch, s.epoch) for s in after.of_type(SyncStream)
                for db_s in db.of_type(SyncStream) if db_s.stream_id == s.stream_id}
-    events = [replace(e, epoch=relabel[e.stream_id][1]) if relabel[e.stream_id][0] == e.epoch else e
-              for e in db.of_type(SyncEvent)]
+    events = [replace(e, epoch=relabel[e.stream_id][1]) if e.stream_id in relabel and relabel[e.stream_id][0] == e.epoch
+              else e for e in db.of_type(SyncEvent)]
     ckpts = [replace(c, epoch=relabel[c.stream_id][1]) if c.stream_id in relabel and relabel[c.stream_id][0] == c.epoch
              else c for c in db.of_type(SyncCheckpoint)]
     return (sorted(map(repr, events)) == sorted(map(repr, after.of_type(SyncEvent)))
             and sorted(map(repr, ckpts)) == sorted(map(repr, after.of_type(SyncCheckpoint))))
 
 
+@icontract.require(lambda db: db.well_typed(), "a state of the schema's tables, each holding rows of its type")
 @icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
 @icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),

@@ -30,6 +30,13 @@ from spec.values import Row
 R = TypeVar("R", bound=Row)
 
 
+def _table_or_none(row: Row) -> Any:
+    try:
+        return table_of(row)
+    except KeyError:
+        return None
+
+
 def _empty_tables() -> Mapping[str, tuple[Row, ...]]:
     return {t.name: () for t in PERSISTENT_TABLES}
 
@@ -42,6 +49,13 @@ class DbState:
 
     def rows(self, table: str) -> tuple[Row, ...]:
         return self.tables.get(table, ())
+
+    def well_typed(self) -> bool:
+        """Every table is one of the schema's persistent tables and holds only rows of its type
+        (the states the reducers make; a precondition for functions CrossHair explores)."""
+        names = {t.name for t in PERSISTENT_TABLES}
+        return all(name in names and all(getattr(_table_or_none(r), "name", None) == name for r in rows)
+                   for name, rows in self.tables.items())
 
     def of_type(self, row_type: type[R]) -> Iterator[R]:
         for r in self.rows(table_of_type(row_type)):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import struct
 import sys
@@ -118,8 +119,15 @@ async def recv(ws: WsClient) -> bytes:
     return await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT)
 
 
+_CONNECTIONS = itertools.count()
+
+
 async def syncref_connect(task: dict[str, Any]) -> WsClient:
-    ws = await WsClient.connect(task["host"], task["port"], syncref_path(task["token"]), (SUBPROTOCOL,))
+    """Upgrade and read InitialConnection.  Successive connections of one process take the task's
+    tokens in turn: each simulated client is its own identity, as separate apps are."""
+    tokens = task.get("tokens") or [task["token"]]
+    token = tokens[next(_CONNECTIONS) % len(tokens)]
+    ws = await WsClient.connect(task["host"], task["port"], syncref_path(token), (SUBPROTOCOL,))
     first = await recv(ws)
     if message_tag(first) != TAG_INITIAL:
         raise RuntimeError(f"expected InitialConnection, got tag {first[1]}")

@@ -123,6 +123,7 @@ class SyncrefPeer:
         self.port = 0
         self.startup_s = 0.0
         self._tokens: dict[int, str] = {}
+        self._auth: Authenticator | None = None
 
     @property
     def pid(self) -> int:
@@ -146,8 +147,9 @@ class SyncrefPeer:
         """Client ``client``'s token: every client is its own identity, as separate apps are (the
         server caps WebSocket connections per identity, ``max_connections_per_identity``)."""
         if client not in self._tokens:
-            auth = Authenticator(AuthConfig(), KeyStore.load_or_create(self.data))
-            self._tokens[client] = auth.mint(subject=f"bench-client-{client}", scopes=frozenset(SCOPES),
+            if self._auth is None:
+                self._auth = Authenticator(AuthConfig(), KeyStore.load_or_create(self.data))
+            self._tokens[client] = self._auth.mint(subject=f"bench-client-{client}", scopes=frozenset(SCOPES),
                                              streams=("*",), ttl_s=24 * 3600)
         return self._tokens[client]
 

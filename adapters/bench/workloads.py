@@ -240,9 +240,16 @@ class Bench:
         """Start one client process per task, wait until all are ready, start them together and
         collect their results.  ``between`` gets the first process's ``sent`` message (the fanout
         writer's count) and may message the others.  Returns the results and the CPU diagnostics of the run."""
-        if self.syncref is not None:
-            tasks = [{**t, "token": self.syncref.token(i)} if t.get("target") == "syncref" else t
-                     for i, t in enumerate(tasks)]
+        if self.syncref is not None:  # one identity per simulated client (max_connections_per_identity)
+            first, given = 0, []
+            for t in tasks:
+                if t.get("target") == "syncref":
+                    n = int(t.get("subs") or t.get("clients") or 1)
+                    tokens = [self.syncref.token(first + k) for k in range(n)]
+                    first += n
+                    t = {**t, "token": tokens[0], "tokens": tokens}
+                given.append(t)
+            tasks = given
         procs = [ClientProc(self.workdir, t) for t in tasks]
         spies: list[subprocess.Popen[bytes]] = []
         try:

@@ -18,9 +18,10 @@ from spec.compat import BUILD_RE, CompatWindow, _first_failure, window_well_form
 from spec.delivery import STALE_REASONS
 from spec.errors import ErrorCode, SyncError
 from spec.query import Op, Query, _int_lower_bounds
+from spec.reducers import Timestamp, _continued, max_version
 from spec.state import DbState, Tx
 from spec.transitions import _NEXT_LIVE, ASSIGNMENT_ROLES, ASSIGNMENT_STATUSES, ASSIGNMENT_TERMINAL
-from spec.values import SyncStream
+from spec.values import ComputeAssignment, ProviderCapability, SyncCheckpoint, SyncEvent, SyncStream
 
 # --- spec.delivery.stale_reasons, with the retention check off by one (W < floor - 2) -----------
 
@@ -165,21 +166,48 @@ def _max_epoch(db: DbState) -> int:
     return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
 
 
+@icontract.require(lambda db: db.well_typed(), "a state of the schema's tables, each holding rows of its type")
 @icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
 @icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),
                   "DUR-2 (every stream, and every stream created later, moves above every epoch the lost"
                   " transactions can have handed out)")
-@icontract.ensure(lambda db, result: all(result.rows(t) == rows for t, rows in db.tables.items() if t != "sync_stream")
-                  and len(result.rows("sync_stream")) == len(db.rows("sync_stream")),
-                  "an unclean restart changes only the streams' epochs and floors")
-def unclean_restart(db: DbState, now: int, max_undurable: int) -> DbState:
+@icontract.ensure(lambda db, result: _continued(db, result),
+                  "SEQ-1 CONT-1 (each new epoch continues the old one up to the durable head, floor kept, its events "
+                  "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised)")
+@icontract.ensure(lambda db, max_undurable, result: result.version_floor > max_version(db) + max_undurable
+                  and all(r.version == result.version_floor for r in result.of_type(ProviderCapability))
+                  and all(r.version == result.version_floor for r in result.of_type(ComputeAssignment)),
+                  "VER-1 (every provider and assignment, and every one created later, moves above every version the "
+                  "lost transactions can have handed out)")
+@icontract.ensure(lambda db, result: all(result.rows(t) == rows for t, rows in db.tables.items()
+                                         if t not in ("sync_stream", "sync_event", "sync_checkpoint",
+                                                      "provider_capability", "compute_assignment"))
+                  and all(len(result.rows(t)) == len(db.rows(t)) for t in db.tables),
+                  "an unclean restart changes only epochs (streams, their events and checkpoints) and versions")
+def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     streams = list(db.of_type(SyncStream))
     fresh = max([db.epoch_floor, *(s.epoch for s in streams)]) + max_undurable  # planted: + 1 missing
     tx = Tx(db)
+    old_epoch = {s.stream_id: s.epoch for s in streams}
     for s in streams:
-        tx.update(s, replace(s, epoch=fresh, floor_seq=s.head_seq + 1, updated_at=now))
+        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq, updated_at=now))
+    for e in list(db.of_type(SyncEvent)):
+        if old_epoch.get(e.stream_id) == e.epoch:
+            tx.update(e, replace(e, epoch=fresh))
+    for c in list(db.of_type(SyncCheckpoint)):
+        if old_epoch.get(c.stream_id) == c.epoch:
+            tx.update(c, replace(c, epoch=fresh))
     tx.epoch_floor = fresh
+    # versions: each lost transaction raised the largest version by at most one (an update bumps a
+    # row by one, a new row takes the floor, retention raises the floor above what it removed), so
+    # every row, and every row created later, moves above all of them (ADR-0003 decision 5)
+    version = max_version(db) + max_undurable + 1
+    versioned: list[ProviderCapability | ComputeAssignment] = [*db.of_type(ProviderCapability),
+                                                               *db.of_type(ComputeAssignment)]
+    for row in versioned:
+        tx.update(row, replace(row, version=version))
+    tx.version_floor = version
     state, _ = tx.finish()
     return state
 

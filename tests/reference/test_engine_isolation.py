@@ -217,7 +217,7 @@ def test_a_snapshot_over_the_message_bound_is_refused_and_not_registered() -> No
     eng.handle(conn, Subscribe(1, 1, ("SELECT * FROM sync_event WHERE stream_id = 's'",)))
     assert limit_of(last(eng, conn).error) == ("max_outbound_message_bytes", 510, 610)
     assert not eng.conns[conn].query_sets and not eng.shapes.get("sync_event")
-    eng.handle(conn, Subscribe(2, 2, ("SELECT * FROM sync_event WHERE stream_id = 's' AND seq > 1",)))
+    eng.handle(conn, Subscribe(2, 2, ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 1",)))
     assert isinstance(last(eng, conn), SubscribeApplied)  # 5 rows: 510, at the bound
     eng.one_off(conn, 3, "SELECT * FROM sync_event WHERE stream_id = 's'")
     assert limit_of(last(eng, conn).result)[0] == "max_outbound_message_bytes"
@@ -276,7 +276,7 @@ def test_subscriptions_pinned_to_other_streams_cost_an_insert_nothing() -> None:
     call(eng, me, 1, "append_sync_event", "mine", "k", "{}", None, None)
     assert eng.match_checks == before  # no shape was even looked at
     eng.handle(me, Subscribe(50, 50, ("SELECT * FROM sync_event WHERE stream_id = 'mine'",)))
-    eng.handle(me, Subscribe(51, 51, ("SELECT * FROM sync_event WHERE seq > 0",)))
+    eng.handle(me, Subscribe(51, 51, ("SELECT * FROM sync_event WHERE committed_at > 0",)))
     before = eng.match_checks
     call(eng, me, 2, "append_sync_event", "mine", "k2", "{}", None, None)
     assert eng.match_checks == before + 2  # its own pinned shape and the unpinned one, one row each
