@@ -37,7 +37,7 @@ from spec.policy import DEFAULT_POLICY, Policy, StreamClass
 from spec.reducers import CallContext, Err, Ok, call, disconnect_sessions, presence_sweep
 from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, REDUCERS, TABLES, table_of
 from spec.state import DbState, with_epoch_floor
-from spec.values import Row, SatsType, sats_name
+from spec.values import ComputeAssignment, Row, SatsType, SyncStream, sats_name
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "modules" / "syncref-ts" / "test" / "model-cases"
@@ -273,7 +273,8 @@ def scenarios() -> list[dict[str, Any]]:
 
     @scenario("providers_and_compute", "provider versions, assignment transitions and roles, ADR-0003 rules")
     def _(r: Recorder) -> None:
-        req, disp, prov = cl(A, {"compute.request"}), cl(B, {"compute.assign"}), cl(C, {"provider.publish", "compute.execute"})
+        req, disp = cl(A, {"compute.request"}), cl(B, {"compute.assign"})
+        prov = cl(C, {"provider.publish", "compute.execute"})
         other = cl(D, {"compute.execute", "provider.publish"})
         r.call(prov, "publish_provider_capability", "p1", '{"m":"x"}', (5100, 5050, 5100), 10, "active")
         r.call(prov, "publish_provider_capability", "p1", '{ "m" : "x" }', (5050, 5100), 10, "active")  # no-op
@@ -389,14 +390,15 @@ def walks(n_walks: int = 24, n_steps: int = 60) -> list[dict[str, Any]]:
             op = rnd.randrange(14)
             sid = rnd.choice(IDS)
             if op <= 3:
-                head = next((s.head_seq for s in r.db.rows("sync_stream") if getattr(s, "stream_id") == sid), 0)
+                head = next((s.head_seq for s in r.db.of_type(SyncStream) if s.stream_id == sid), 0)
                 r.call(who, "append_sync_event", sid, f"k{rnd.randrange(5)}", rnd.choice(PAYLOADS),
                        rnd.choice([None, None, h('{"a":1}')]), rnd.choice([None, head + 1, head + 1, head, 1]))
             elif op == 4:
                 r.call(who, "ack_checkpoint", f"c{rnd.randrange(2)}", sid, rnd.choice([1, 2, 3]), rnd.randrange(5))
             elif op == 5:
                 r.call(who, "upsert_presence", f"sess{rnd.randrange(3)}", "dev", "node",
-                       rnd.choice(["online", "away", "offline"]), rnd.choice(["", "eu"]), rnd.choice([1000, 2000, 60_000]))
+                       rnd.choice(["online", "away", "offline"]), rnd.choice(["", "eu"]),
+                       rnd.choice([1000, 2000, 60_000]))
             elif op == 6:
                 r.call(who, "publish_provider_capability", f"p{rnd.randrange(2)}", rnd.choice(['{}', '{"v":1}']),
                        tuple(rnd.sample([5050, 5100, 5200], rnd.randrange(1, 3))), rnd.randrange(2),
@@ -406,8 +408,8 @@ def walks(n_walks: int = 24, n_steps: int = 60) -> list[dict[str, Any]]:
                        rnd.choice(['{}', '{"q":1}']))
             elif op == 8:
                 rid = f"r{rnd.randrange(3)}"
-                row = next((x for x in r.db.rows("compute_assignment") if getattr(x, "request_id") == rid), None)
-                ver = getattr(row, "version") if row is not None else versions.get(rid, 1)
+                row = next((x for x in r.db.of_type(ComputeAssignment) if x.request_id == rid), None)
+                ver = row.version if row is not None else versions.get(rid, 1)
                 status = rnd.choice(["assigned", "running", "completed", "failed", "cancelled"])
                 res = rnd.choice([None, '{"r":1}']) if status in ("completed", "failed") else None
                 r.call(who, "update_compute_assignment", rid, rnd.choice([ver, ver, ver + 1]), status,
