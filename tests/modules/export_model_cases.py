@@ -34,7 +34,7 @@ from spec.canonical import canonicalize, payload_hash
 from spec.delivery import stale_error
 from spec.errors import SyncError
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass
-from spec.reducers import CallContext, Err, Ok, call, disconnect_sessions, presence_sweep
+from spec.reducers import CallContext, Err, Ok, call, compact, disconnect_sessions, presence_sweep
 from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, REDUCERS, TABLES, table_of
 from spec.state import DbState, with_epoch_floor
 from spec.values import ComputeAssignment, Row, SatsType, SyncStream, sats_name
@@ -47,10 +47,15 @@ ALL_SCOPES = frozenset({"sync.subscribe", "sync.append", "sync.checkpoint.write"
                         "provider.publish", "compute.request", "compute.assign", "compute.execute",
                         "bridge.enqueue", "bridge.mark_sent", "sync.admin"})
 
-SMALL_POLICY = Policy(classes=(("small.", StreamClass("small", max_payload_bytes=40, replay_budget=3)),
+SMALL_POLICY = Policy(classes=(("small.", StreamClass("small", max_payload_bytes=40, replay_budget=3, retain_count=3)),
                                ("small.big.", StreamClass("small_big", max_payload_bytes=200, replay_budget=5))),
                       bridge_max_attempts=2, presence_max_ttl_ms=5_000, bridge_max_retry_after_ms=10_000,
-                      max_error_text=20)
+                      max_error_text=20, retain_offline_presence_us=5_000_000, retain_terminal_assignment_us=4_000_000,
+                      retain_sent_outbox_us=3_000_000, retain_failed_outbox_us=None)
+RETENTION_POLICY = Policy(classes=(("s.age.", StreamClass("aged", retain_age_us=5_000_000)),
+                                   ("s.count.", StreamClass("counted", retain_count=2))),
+                          retain_offline_presence_us=2_000_000, retain_terminal_assignment_us=2_000_000,
+                          retain_sent_outbox_us=2_000_000, retain_failed_outbox_us=4_000_000, bridge_max_attempts=1)
 
 
 def _key(doc: Any) -> str:
@@ -139,6 +144,13 @@ class Recorder:
         out = disconnect_sessions(self.db, self.now, identity, frozenset(sessions))
         self.steps.append({"op": "disconnect", "now": self.now, "identity": identity, "sessions": sorted(sessions),
                            "expect": {"noop": out.noop, "signals": signals_json(out)}})
+        self.db = out.state
+        self.tick()
+
+    def compact(self) -> None:
+        out = compact(self.db, self.now, self.policy)
+        self.steps.append({"op": "compact", "now": self.now,
+                           "expect": {"noop": out.noop, "version_floor": out.state.version_floor}})
         self.db = out.state
         self.tick()
 
@@ -363,6 +375,46 @@ def scenarios() -> list[dict[str, Any]]:
         r.stale("s.new", 1, 0)
         r.stale("s.new", 5, 0)
 
+    @scenario("retention", "compaction: events by count and age (a prefix only), offline presence, terminal "
+              "assignments (raising the version floor), sent and failed outbox rows", RETENTION_POLICY)
+    def _(r: Recorder) -> None:
+        a = cl(A)
+        for i in range(4):
+            r.call(a, "append_sync_event", "s.count.1", f"k{i}", str(i), None, None)
+            r.call(a, "append_sync_event", "s.age.1", f"k{i}", str(i), None, None)
+        r.call(a, "append_sync_event", "s.1", "k", "1", None, None)
+        r.call(a, "upsert_presence", "p1", "d", "n", "offline", "", 1000)
+        r.call(a, "upsert_presence", "p2", "d", "n", "online", "", 60_000)
+        r.call(a, "publish_provider_capability", "pv", "{}", (5050,), 0, "active")
+        r.call(a, "open_compute_assignment", "r1", 5050, "{}")
+        r.call(a, "update_compute_assignment", "r1", 1, "cancelled", None, None)
+        r.call(a, "open_compute_assignment", "r2", 5050, "{}")
+        r.call(a, "enqueue_bridge_event", "o1", "s", 31990, "[]", "x")
+        r.call(a, "enqueue_bridge_event", "o2", "s", 31990, "[]", "y")
+        r.call(a, "enqueue_bridge_event", "o3", "s", 31990, "[]", "z")
+        r.call(a, "mark_bridge_event_sent", "o1", "1" * 64, ("wss://r",))
+        r.call(a, "record_bridge_failure", "o2", "down", 0)
+        # the clock steps back between two appends: only a prefix of old events may go
+        r.call(a, "append_sync_event", "s.age.2", "k0", "0", None, None)
+        r.tick(-20_000_000)
+        r.call(a, "append_sync_event", "s.age.2", "k1", "1", None, None)
+        r.tick(20_000_000)
+        r.call(a, "append_sync_event", "s.age.2", "k2", "2", None, None)
+        r.compact()
+        r.stale("s.age.2", 1, 0)  # k1 is past the window, k0 is not: nothing may go yet
+        r.stale("s.count.1", 1, 0)
+        r.stale("s.count.1", 1, 1)
+        r.call(a, "append_sync_event", "s.count.1", "k0", "0", None, None)  # key forgotten: a new event
+        r.tick(3_000_000)
+        r.compact()
+        r.tick(2_000_000)
+        r.compact()
+        r.call(a, "open_compute_assignment", "r1", 5050, "{}")  # comes back above every version it had
+        r.compact()
+        r.stale("s.age.1", 1, 0)
+        r.stale("s.age.1", 1, 4)
+        r.stale("s.age.2", 1, 0)
+
     return out
 
 
@@ -426,8 +478,10 @@ def walks(n_walks: int = 24, n_steps: int = 60) -> list[dict[str, Any]]:
                 r.call(who, "publish_stream_signal", sid, rnd.choice(["typing", "custom", "loud"]),
                        rnd.choice(PAYLOADS))
             else:
-                choice = rnd.randrange(4)
-                if choice == 0:
+                choice = rnd.randrange(5)
+                if choice == 4:
+                    r.compact()
+                elif choice == 0:
                     r.sweep()
                 elif choice == 1:
                     r.disconnect(who.identity, [f"sess{i}" for i in range(3)])

@@ -30,6 +30,10 @@ class MemKeyed<R> implements Keyed<R> {
     this.rows.set(k, structuredClone(row));
     this.store.writes++;
   }
+  delete(key: string): void {
+    if (!this.rows.delete(key)) throw new Error(`${this.name}: delete of a missing row ${key}`);
+    this.store.writes++;
+  }
   all(): R[] {
     return [...this.rows.values()].map((r) => structuredClone(r));
   }
@@ -75,6 +79,7 @@ export class MemStore implements Store {
 
   epochFloor(): bigint { return this.epoch_floor; }
   versionFloor(): bigint { return this.version_floor; }
+  raiseVersionFloor(v: bigint): void { this.version_floor = v; }
 
   /** Every persistent table's rows, by table name (event tables hold no rows). */
   tables(): Record<string, object[]> {

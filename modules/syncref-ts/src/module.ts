@@ -36,13 +36,14 @@ import { CaseConversionPolicy, schema, SenderError, t, table, type ReducerCtx } 
 import { reducerParams, rowDefs } from './rows.js';
 import {
   type BridgeOutbox, type Caller, type ComputeAssignment, type Ctx, DEFAULT_POLICY, disconnect_sessions,
-  grantMatches, type Keyed, type Policy, presence_sweep, type ProviderCapability, REDUCERS, type SessionPresence,
+  compact, grantMatches, type Keyed, type Policy, presence_sweep, type ProviderCapability, REDUCERS, type SessionPresence,
   type Store, type SyncCheckpoint, type SyncEvent, type SyncStream,
 } from './rules.js';
 import { SyncError } from './errors.js';
 
 const POLICY: Policy = DEFAULT_POLICY;
 const SWEEP_INTERVAL_US = 1_000_000n;
+const COMPACT_INTERVAL_US = 60_000_000n;
 
 const R = rowDefs(t);
 const P = reducerParams(t);
@@ -57,6 +58,8 @@ const assignmentAccessRow = { access_id: t.string().primaryKey(), identity: t.id
 const connectionSessionRow = { link_id: t.string().primaryKey(), connection: t.string(), session_id: t.string(), identity: t.identity() };
 const sweepScheduleRow = t.row('PresenceSweepSchedule', { scheduled_id: t.u64().primaryKey().autoInc(), scheduled_at: t.scheduleAt() });
 
+const compactScheduleRow = t.row('CompactionSchedule', { scheduled_id: t.u64().primaryKey().autoInc(), scheduled_at: t.scheduleAt() });
+const compactSchedule = table({ name: 'compaction_schedule', scheduled: (): any => compaction_tick }, compactScheduleRow); // eslint-disable-line @typescript-eslint/no-explicit-any
 const sweepSchedule = table({ name: 'presence_sweep_schedule', scheduled: (): any => presence_sweep_tick }, sweepScheduleRow); // eslint-disable-line @typescript-eslint/no-explicit-any
 
 const spacetimedb = schema({
@@ -95,6 +98,7 @@ const spacetimedb = schema({
     name: 'connection_session', indexes: [{ accessor: 'by_connection', algorithm: 'btree', columns: ['connection'] }],
   }, connectionSessionRow),
   presence_sweep_schedule: sweepSchedule,
+  compaction_schedule: compactSchedule,
 }, { CASE_CONVERSION_POLICY: CaseConversionPolicy.None });
 export default spacetimedb;
 
@@ -160,6 +164,11 @@ function moduleState(db: Db): { id: number; epoch_floor: bigint; version_floor: 
   return db.module_state.id.find(0) ?? { id: 0, epoch_floor: 1n, version_floor: 1n, tx_offset: 0n };
 }
 
+function saveState(db: Db, next: { id: number; epoch_floor: bigint; version_floor: bigint; tx_offset: bigint }): void {
+  if (db.module_state.id.find(0) === null) db.module_state.insert(next);
+  else db.module_state.id.update(next);
+}
+
 /** The rules' table interface over the module's tables; counts writes. */
 function hostStore(ctx: Ctx_, onStreamCreated: (stream_id: string) => void): Store & { writes: number } {
   const db = ctx.db;
@@ -186,17 +195,31 @@ function hostStore(ctx: Ctx_, onStreamCreated: (stream_id: string) => void): Sto
     ...keyed<SessionPresence>((k) => db.session_presence.session_id.find(k), (r) => db.session_presence.insert(r),
       (r) => db.session_presence.session_id.update(r), w),
     all: () => [...db.session_presence.iter()].map((r) => fromHost<SessionPresence>(r)),
+    delete: (k) => { db.session_presence.session_id.delete(k); w(); },
   };
   s.provider_capability = keyed<ProviderCapability>((k) => db.provider_capability.provider_id.find(k),
     (r) => db.provider_capability.insert(r), (r) => db.provider_capability.provider_id.update(r), w);
-  s.compute_assignment = keyed<ComputeAssignment>((k) => db.compute_assignment.request_id.find(k),
-    (r) => db.compute_assignment.insert(r), (r) => db.compute_assignment.request_id.update(r), w);
-  s.bridge_outbox = keyed<BridgeOutbox>((k) => db.bridge_outbox.outbox_id.find(k), (r) => db.bridge_outbox.insert(r),
-    (r) => db.bridge_outbox.outbox_id.update(r), w);
+  s.compute_assignment = {
+    ...keyed<ComputeAssignment>((k) => db.compute_assignment.request_id.find(k),
+      (r) => db.compute_assignment.insert(r), (r) => db.compute_assignment.request_id.update(r), w),
+    all: () => [...db.compute_assignment.iter()].map((r) => fromHost<ComputeAssignment>(r)),
+    delete: (k) => {
+      db.compute_assignment.request_id.delete(k);
+      for (const a of [...db.assignment_access.iter()]) if (a.request_id === k) db.assignment_access.delete(a);
+      w();
+    },
+  };
+  s.bridge_outbox = {
+    ...keyed<BridgeOutbox>((k) => db.bridge_outbox.outbox_id.find(k), (r) => db.bridge_outbox.insert(r),
+      (r) => db.bridge_outbox.outbox_id.update(r), w),
+    all: () => [...db.bridge_outbox.iter()].map((r) => fromHost<BridgeOutbox>(r)),
+    delete: (k) => { db.bridge_outbox.outbox_id.delete(k); w(); },
+  };
   s.presence_signal = { emit: (r) => { db.presence_signal.insert(toHost(r)); w(); } };
   s.stream_signal = { emit: (r) => { db.stream_signal.insert(toHost(r)); w(); } };
   s.epochFloor = () => moduleState(db).epoch_floor;
   s.versionFloor = () => moduleState(db).version_floor;
+  s.raiseVersionFloor = (v) => saveState(db, { ...moduleState(db), version_floor: v });
   return s;
 }
 
@@ -268,11 +291,7 @@ function run(ctx: Ctx_, reducer: string, args: unknown[]): void {
     if (e instanceof SyncError) throw new SenderError(e.render());
     throw e;
   }
-  if (store.writes > 0) {
-    const next = { ...state, tx_offset: state.tx_offset + 1n };
-    if (db.module_state.id.find(0) === null) db.module_state.insert(next);
-    else db.module_state.id.update(next);
-  }
+  if (store.writes > 0) saveState(db, { ...moduleState(db), tx_offset: state.tx_offset + 1n });
 }
 
 // --- reducers (argument order = wire order, spec/schema.py REDUCERS) -------------------------------
@@ -344,6 +363,7 @@ export const init = spacetimedb.init((ctx) => {
     ctx.db.module_state.insert({ id: 0, epoch_floor: 1n, version_floor: 1n, tx_offset: 0n });
   }
   ctx.db.presence_sweep_schedule.insert({ scheduled_id: 0n, scheduled_at: ScheduleAt.interval(SWEEP_INTERVAL_US) });
+  ctx.db.compaction_schedule.insert({ scheduled_id: 0n, scheduled_at: ScheduleAt.interval(COMPACT_INTERVAL_US) });
 });
 
 export const on_connect = spacetimedb.clientConnected((ctx) => refreshGrants(ctx));
@@ -361,4 +381,10 @@ export const on_disconnect = spacetimedb.clientDisconnected((ctx) => {
 export const presence_sweep_tick = spacetimedb.reducer({ arg: sweepScheduleRow }, (ctx) => {
   if (!ctx.sender.isEqual(ctx.identity)) throw new SenderError('forbidden: {"reducer":"presence_sweep_tick"}');
   presence_sweep(hostStore(ctx, (id) => onStreamCreated(ctx.db, id)), ctx.timestamp.microsSinceUnixEpoch);
+});
+
+/** Retention (ADR-0003 decision 8), run by the scheduler every COMPACT_INTERVAL_US; refused to clients. */
+export const compaction_tick = spacetimedb.reducer({ arg: compactScheduleRow }, (ctx) => {
+  if (!ctx.sender.isEqual(ctx.identity)) throw new SenderError('forbidden: {"reducer":"compaction_tick"}');
+  compact(hostStore(ctx, (id) => onStreamCreated(ctx.db, id)), ctx.timestamp.microsSinceUnixEpoch, POLICY);
 });

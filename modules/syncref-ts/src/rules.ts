@@ -74,15 +74,23 @@ export interface Store {
     delete(row: SyncEvent): void;
   };
   sync_checkpoint: Keyed<SyncCheckpoint>;
-  session_presence: Keyed<SessionPresence> & { all(): Iterable<SessionPresence> };
+  session_presence: Keyed<SessionPresence> & Scannable<SessionPresence>;
   provider_capability: Keyed<ProviderCapability>;
-  compute_assignment: Keyed<ComputeAssignment>;
-  bridge_outbox: Keyed<BridgeOutbox>;
+  compute_assignment: Keyed<ComputeAssignment> & Scannable<ComputeAssignment>;
+  bridge_outbox: Keyed<BridgeOutbox> & Scannable<BridgeOutbox>;
   presence_signal: { emit(row: PresenceSignal): void };
   stream_signal: { emit(row: StreamSignal): void };
   /** The epoch a new stream starts in, the version a new provider/assignment starts at (DbState). */
   epochFloor(): bigint;
   versionFloor(): bigint;
+  /** Raise the version floor (retention removed a row that had versions below it). */
+  raiseVersionFloor(v: bigint): void;
+}
+
+/** A table retention scans and deletes from (by primary key). */
+export interface Scannable<R> {
+  all(): Iterable<R>;
+  delete(key: string): void;
 }
 
 // --- policy, caller, context -----------------------------------------------------------------
@@ -104,6 +112,11 @@ export interface Policy {
   bridge_max_attempts: number;
   bridge_max_retry_after_ms: bigint;
   max_error_text: number;
+  /** Retention windows (ADR-0003 decision 8); null keeps such rows for ever. */
+  retain_offline_presence_us: bigint | null;
+  retain_terminal_assignment_us: bigint | null;
+  retain_sent_outbox_us: bigint | null;
+  retain_failed_outbox_us: bigint | null;
 }
 
 /** spec.policy.DEFAULT_POLICY. */
@@ -116,6 +129,10 @@ export const DEFAULT_POLICY: Policy = {
   bridge_max_attempts: 5,
   bridge_max_retry_after_ms: 86400000n,
   max_error_text: 1024,
+  retain_offline_presence_us: 86_400n * 1_000_000n,
+  retain_terminal_assignment_us: 7n * 86_400n * 1_000_000n,
+  retain_sent_outbox_us: 7n * 86_400n * 1_000_000n,
+  retain_failed_outbox_us: 30n * 86_400n * 1_000_000n,
 };
 
 /** The longest matching stream-id prefix wins. */
@@ -580,6 +597,52 @@ export function disconnect_sessions(db: Store, now: bigint, identity: string, se
         db.presence_signal.emit({ session_id: r.session_id, identity, status: 'offline', reason: 'disconnected', at: now });
       }
     }
+  }
+}
+
+// --- retention (ADR-0003 decision 8) ----------------------------------------------------------
+
+/** A row stamped `ts` is past a retention window at `now` (never when the window is null). */
+export function expired(ts: bigint, now: bigint, window: bigint | null): boolean {
+  return window !== null && ts < now - window;
+}
+
+/** Retention: drop events past their class's count or age limit (a prefix only, so retained seqs
+ * stay contiguous up to head) and raise floor_seq; drop offline presence rows, terminal
+ * assignments and sent or failed outbox rows past their windows. A removed assignment raises the
+ * version floor above its version, so its id never comes back with a version it had. */
+export function compact(db: Store, now: bigint, policy: Policy): void {
+  for (const r of [...db.session_presence.all()]) {
+    if (r.status === 'offline' && expired(r.last_seen, now, policy.retain_offline_presence_us)) db.session_presence.delete(r.session_id);
+  }
+  for (const r of [...db.compute_assignment.all()]) {
+    if (ASSIGNMENT_TERMINAL.has(r.status) && expired(r.updated_at, now, policy.retain_terminal_assignment_us)) {
+      db.compute_assignment.delete(r.request_id);
+      if (r.version + 1n > db.versionFloor()) db.raiseVersionFloor(r.version + 1n);
+    }
+  }
+  for (const r of [...db.bridge_outbox.all()]) {
+    const window = r.status === 'sent' ? policy.retain_sent_outbox_us : r.status === 'failed' ? policy.retain_failed_outbox_us : null;
+    if (r.status !== 'pending' && expired(r.updated_at, now, window)) db.bridge_outbox.delete(r.outbox_id);
+  }
+  for (const s of [...db.sync_stream.all()]) {
+    const cls = classFor(policy, s.stream_id);
+    const events = [...db.sync_event.ofStream(s.stream_id)].sort((a, b) => (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
+    const drop = new Set<bigint>();
+    if (cls.retain_count !== null && events.length > cls.retain_count) {
+      for (const e of events.slice(0, events.length - cls.retain_count)) drop.add(e.seq);
+    }
+    if (cls.retain_age_us !== null) {
+      for (const e of events) if (e.committed_at < now - cls.retain_age_us) drop.add(e.seq);
+    }
+    let cut = 0n;
+    for (const e of events) {
+      if (drop.has(e.seq)) cut = e.seq;
+      else break;
+    }
+    if (cut === 0n) continue;
+    for (const e of events) if (e.seq <= cut) db.sync_event.delete(e);
+    db.sync_stream.update({ ...s, floor_seq: s.floor_seq > cut + 1n ? s.floor_seq : cut + 1n, updated_at: now });
   }
 }
 

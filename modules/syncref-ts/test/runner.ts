@@ -73,6 +73,8 @@ export function rowToJson(table: string, row: Record<string, unknown>): Record<s
   return out;
 }
 
+const big = (v: number | null): bigint | null => (v === null ? null : BigInt(v));
+
 export function policyFromJson(p: Json): Policy {
   const cls = (c: Json): StreamClass => ({
     name: c.name, max_payload_bytes: c.max_payload_bytes, retain_count: c.retain_count,
@@ -87,6 +89,10 @@ export function policyFromJson(p: Json): Policy {
     bridge_max_attempts: p.bridge_max_attempts,
     bridge_max_retry_after_ms: BigInt(p.bridge_max_retry_after_ms),
     max_error_text: p.max_error_text,
+    retain_offline_presence_us: big(p.retain_offline_presence_us),
+    retain_terminal_assignment_us: big(p.retain_terminal_assignment_us),
+    retain_sent_outbox_us: big(p.retain_sent_outbox_us),
+    retain_failed_outbox_us: big(p.retain_failed_outbox_us),
   };
 }
 
@@ -173,6 +179,12 @@ export function runCases(rules: Rules, canon: Canonical, file: CaseFile, stopAt 
         } else if (step.op === 'disconnect') {
           rules.disconnect_sessions(db, BigInt(step.now), step.identity, new Set(step.sessions as string[]));
           if ((db.writes === before) !== step.expect.noop) failures.push(`${where()} disconnect: noop mismatch`);
+        } else if (step.op === 'compact') {
+          rules.compact(db, BigInt(step.now), policy);
+          if ((db.writes === before) !== step.expect.noop) failures.push(`${where()} compact: noop mismatch`);
+          if (db.version_floor !== BigInt(step.expect.version_floor)) {
+            failures.push(`${where()} compact: version_floor ${db.version_floor} != ${step.expect.version_floor}`);
+          }
         } else if (step.op === 'stale') {
           const err = rules.staleError(db, policy, step.stream_id,
             step.requested_epoch === null ? undefined : BigInt(step.requested_epoch), BigInt(step.watermark));
@@ -194,6 +206,9 @@ export function runCases(rules: Rules, canon: Canonical, file: CaseFile, stopAt 
       }
       signalsSeen = db.signals.length;
       if (failures.length >= stopAt) return failures;
+    }
+    if (db.epoch_floor !== BigInt(c.post.epoch_floor) || db.version_floor !== BigInt(c.post.version_floor)) {
+      failures.push(`${c.name}: final floors ${db.epoch_floor}/${db.version_floor} != ${c.post.epoch_floor}/${c.post.version_floor}`);
     }
     const want = tablesText(canon, c.post.tables, false);
     const got = tablesText(canon, db.tables(), true);
