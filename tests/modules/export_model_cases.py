@@ -446,7 +446,11 @@ def walks(n_walks: int = 24, n_steps: int = 60) -> list[dict[str, Any]]:
                 r.call(who, "append_sync_event", sid, f"k{rnd.randrange(5)}", rnd.choice(PAYLOADS),
                        rnd.choice([None, None, h('{"a":1}')]), rnd.choice([None, head + 1, head + 1, head, 1]))
             elif op == 4:
-                r.call(who, "ack_checkpoint", f"c{rnd.randrange(2)}", sid, rnd.choice([1, 2, 3]), rnd.randrange(5))
+                srow = next((x for x in r.db.of_type(SyncStream) if x.stream_id == sid), None)
+                epoch = srow.epoch if srow is not None and rnd.random() < 0.7 else rnd.choice([1, 2, 3])
+                head = srow.head_seq if srow is not None else 0
+                seq = rnd.choice([head, head, rnd.randrange(5)])
+                r.call(who, "ack_checkpoint", f"c{rnd.randrange(2)}", sid, epoch, seq)
             elif op == 5:
                 r.call(who, "upsert_presence", f"sess{rnd.randrange(3)}", "dev", "node",
                        rnd.choice(["online", "away", "offline"]), rnd.choice(["", "eu"]),
@@ -462,7 +466,9 @@ def walks(n_walks: int = 24, n_steps: int = 60) -> list[dict[str, Any]]:
                 rid = f"r{rnd.randrange(3)}"
                 row = next((x for x in r.db.of_type(ComputeAssignment) if x.request_id == rid), None)
                 ver = row.version if row is not None else versions.get(rid, 1)
-                status = rnd.choice(["assigned", "running", "completed", "failed", "cancelled"])
+                natural = {"open": "assigned", "assigned": "running", "running": rnd.choice(["completed", "failed"])}
+                status = (natural[row.status] if row is not None and row.status in natural and rnd.random() < 0.6
+                          else rnd.choice(["assigned", "running", "completed", "failed", "cancelled"]))
                 res = rnd.choice([None, '{"r":1}']) if status in ("completed", "failed") else None
                 r.call(who, "update_compute_assignment", rid, rnd.choice([ver, ver, ver + 1]), status,
                        rnd.choice([None, "p0", "p1"]) if status == "assigned" else None, res)
