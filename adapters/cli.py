@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     vl.add_argument("--data", required=True, metavar="DIR", help="the data directory (holds syncref.sqlite3)")
     vl.add_argument("--json", action="store_true", help="machine-readable report")
     commands.add_parsers(sub)
+    from adapters.conformance.wire_runner import add_parser as add_conformance_parser
+    add_conformance_parser(sub)
     from adapters.bench.main import add_parser as add_bench_parser
 
     add_bench_parser(sub)
@@ -271,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         return verify(args)
     if args.command == "verify-log":
         return verify_log(args)
+    if args.command == "conformance":
+        from adapters.conformance.wire_runner import main as run_conformance
+
+        return run_conformance(args)
     if args.command == "bench":
         from adapters.bench.main import run as run_bench
 
