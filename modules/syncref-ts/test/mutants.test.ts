@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 
-import { type Canonical, loadJson, type Rules, runCanonical, runCases } from './runner.js';
+import { kitPresent, runKit } from './kit.js';
+import { type Canonical, loadJson, type Rules, runCases } from './runner.js';
 
 interface Mutant { name: string; file: 'rules' | 'canonical'; find: RegExp; replace: string }
 
@@ -77,6 +78,7 @@ test('every planted bug is caught by the vectors', async (t) => {
     canonical: readFileSync(new URL('canonical.js', SRC), 'utf8'),
   };
   const canonical = (await import(new URL('canonical.js', SRC).href)) as Canonical;
+  const originalRules = (await import(new URL('rules.js', SRC).href)) as Rules;
   let i = 0;
   for (const m of MUTANTS) {
     i++;
@@ -88,10 +90,11 @@ test('every planted bug is caught by the vectors', async (t) => {
       let failures: string[];
       if (m.file === 'rules') {
         const rules = await load<Rules>('rules', mutated, String(i));
-        failures = CASES.flatMap((c) => runCases(rules, canonical, c, 1));
+        failures = [...(kitPresent() ? runKit(rules, canonical, 1).failures : []),
+          ...CASES.flatMap((c) => runCases(rules, canonical, c, 1))];
       } else {
         const mc = await load<Canonical>('canonical', mutated, String(i));
-        failures = runCanonical(mc).failures;
+        failures = runKit(originalRules, mc, 1).failures;
       }
       assert.ok(failures.length > 0, `mutant survived: ${m.name}`);
       t.diagnostic(`${m.name}: killed by ${failures[0]!.split('\n')[0]}`);
