@@ -9,6 +9,7 @@
 
 import { existsSync, readFileSync } from 'node:fs';
 
+import * as clientModule from '../src/client.js';
 import { MemStore } from '../src/memstore.js';
 import type { Ctx } from '../src/rules.js';
 import {
@@ -27,8 +28,6 @@ export const NOT_APPLICABLE: Record<string, string> = {
   'sql/reject': 'subscription SQL: SpacetimeDB host',
   'stale/resume_form': 'a subscribe-time refusal: module code cannot refuse a subscription (README)',
   'compat/negotiate': 'connect-time negotiation: no SpacetimeDB hook (README)',
-  'client/apply_rule': 'client SDK rule',
-  'client/continues': 'client SDK rule',
   'delivery/scenario': 'delivery: SpacetimeDB host',
 };
 
@@ -195,6 +194,21 @@ function runStaleCase(rules: Rules, name: string): string | undefined {
   return got.join(',') === (post.reasons as string[]).join(',') ? undefined : `${got} != ${post.reasons}`;
 }
 
+/** client/apply_rule and client/continues: the client-side rules (src/client.ts). */
+export type Client = typeof clientModule;
+
+function runClientCase(client: Client, handler: string, name: string): string | undefined {
+  const o = read('client', handler, name, 'ops');
+  const post = read('client', handler, name, 'post');
+  if (handler === 'apply_rule') {
+    const got = client.applyRule(BigInt(o.last), BigInt(o.seq));
+    return got === post.action ? undefined : `${got} != ${post.action}`;
+  }
+  const got = client.continues(o.epoch === null ? undefined : BigInt(o.epoch), BigInt(o.last), BigInt(o.new_epoch),
+    BigInt(o.continues_epoch), BigInt(o.continues_seq));
+  return got === post.continues ? undefined : `${got} != ${post.continues}`;
+}
+
 export interface KitResult {
   /** area/handler -> [passed, failed] */
   handlers: Record<string, [number, number]>;
@@ -202,7 +216,7 @@ export interface KitResult {
   failures: string[];
 }
 
-export function runKit(rules: Rules, canon: Canonical, stopAt = 50): KitResult {
+export function runKit(rules: Rules, canon: Canonical, stopAt = 50, client: Client = clientModule): KitResult {
   const index = JSON.parse(readFileSync(new URL('index.json', KIT_DIR), 'utf8'));
   const result: KitResult = { handlers: {}, notApplicable: {}, failures: [] };
   for (const [area, handlers] of Object.entries(index.areas as Record<string, Record<string, string[]>>)) {
@@ -224,6 +238,7 @@ export function runKit(rules: Rules, canon: Canonical, stopAt = 50): KitResult {
         try {
           if (area === 'canonical') failure = runCanonicalCase(canon, handler, name);
           else if (key === 'stale/reasons') failure = runStaleCase(rules, name);
+          else if (area === 'client') failure = runClientCase(client, handler, name);
           else if (['reducers', 'checkpoint', 'compute', 'outbox'].includes(area)) {
             failure = runCallCase(rules, canon, area, handler, name, manifest.parts);
           } else failure = `no runner for ${key}`;

@@ -9,10 +9,10 @@ import assert from 'node:assert/strict';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 
-import { kitPresent, runKit } from './kit.js';
+import { type Client, kitPresent, runKit } from './kit.js';
 import { type Canonical, loadJson, type Rules, runCases } from './runner.js';
 
-interface Mutant { name: string; file: 'rules' | 'canonical'; find: RegExp; replace: string }
+interface Mutant { name: string; file: 'rules' | 'canonical' | 'client'; find: RegExp; replace: string }
 
 const MUTANTS: Mutant[] = [
   { name: 'sequence checked before dedupe', file: 'rules',
@@ -48,6 +48,10 @@ const MUTANTS: Mutant[] = [
     find: /if \(r\.version \+ 1n > db\.versionFloor\(\)\)\s+db\.raiseVersionFloor\(r\.version \+ 1n\);/, replace: '' },
   { name: 'retention keeps sent outbox rows for ever', file: 'rules',
     find: /r\.status === 'sent' \? policy\.retain_sent_outbox_us/, replace: "r.status === 'sent' ? null" },
+  { name: 'client: continues past the continued seq', file: 'client',
+    find: /last <= continues_seq/, replace: 'last <= continues_seq + 1n' },
+  { name: 'client: a gap is applied', file: 'client',
+    find: /seq === last \+ 1n \? 'apply' : 'gap'/, replace: "'apply'" },
   { name: 'canonical: keys sorted by UTF-16 units', file: 'canonical',
     find: /\[\.\.\.v\.entries\]\.sort\(\(a, b\) => compareCodePoints\(a\[0\], b\[0\]\)\)/,
     replace: '[...v.entries].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))' },
@@ -76,6 +80,7 @@ test('every planted bug is caught by the vectors', async (t) => {
   const originals = {
     rules: readFileSync(new URL('rules.js', SRC), 'utf8'),
     canonical: readFileSync(new URL('canonical.js', SRC), 'utf8'),
+    client: readFileSync(new URL('client.js', SRC), 'utf8'),
   };
   const canonical = (await import(new URL('canonical.js', SRC).href)) as Canonical;
   const originalRules = (await import(new URL('rules.js', SRC).href)) as Rules;
@@ -92,6 +97,9 @@ test('every planted bug is caught by the vectors', async (t) => {
         const rules = await load<Rules>('rules', mutated, String(i));
         failures = [...(kitPresent() ? runKit(rules, canonical, 1).failures : []),
           ...CASES.flatMap((c) => runCases(rules, canonical, c, 1))];
+      } else if (m.file === 'client') {
+        const mc = await load<Client>('client', mutated, String(i));
+        failures = runKit(originalRules, canonical, 1, mc).failures;
       } else {
         const mc = await load<Canonical>('canonical', mutated, String(i));
         failures = runKit(originalRules, mc, 1).failures;
