@@ -8,10 +8,11 @@ hand-written scenarios and seeded random walks, and writes what the model did as
 through the module's pure rules and an in-memory store and must get the same outcome (return
 value, no-op or write, error string), the same emitted event rows, and the same final tables.
 
-The conformance kit's own language-neutral vectors (branch ``conf``) replace these once merged;
-until then this is the bridge. Values use SATS-JSON as ``adapters.satsjson`` writes it
-(identities ``"0x<hex>"``, timestamps ``{"__timestamp_micros_since_unix_epoch__": n}``,
-options ``{"some": v}``/``{"none": []}``).
+The conformance kit's language-neutral vectors (``adapters/conformance/vectors``) are run by the
+module too (``test/kit.test.ts``); these cases cover what the kit does not: retention, sweeps,
+disconnects, stream classes, raised floors and long seeded random sequences. Values use SATS-JSON
+as ``adapters.satsjson`` writes it (identities ``"0x<hex>"``, timestamps
+``{"__timestamp_micros_since_unix_epoch__": n}``, options ``{"some": v}``/``{"none": []}``).
 
     .venv/bin/python tests/modules/export_model_cases.py           # rewrite the files
     .venv/bin/python tests/modules/export_model_cases.py --check   # exit 1 on drift
