@@ -41,9 +41,10 @@ from spec import messages as sm
 from spec import query as q
 from spec.client import apply_rule, continues
 from spec.compat import CompatWindow, negotiate
-from spec.delivery import resume_form_error, stale_reasons
+from spec.delivery import resume_form_error
 from spec.errors import SyncError
 from spec.reducers import CallContext, Err, call
+from spec.resume import stale_reasons
 from spec.schema import PROTOCOL_VERSION, TABLES, table_of
 from spec.state import DbState, Delta
 from spec.values import Row

@@ -162,7 +162,7 @@ def model_sql(c: Case) -> None:
 
 
 def model_stale_reasons(c: Case) -> None:
-    from spec.delivery import stale_reasons
+    from spec.resume import stale_reasons
     o = c.part("ops")
     got = stale_reasons(o["epoch"], o["head"], o["floor"], o["budget"], o["requested_epoch"], o["watermark"])
     _same("reasons", list(got), c.part("post")["reasons"])
