@@ -90,9 +90,9 @@ ENGINE_MUTANTS += (
              "        if reason == 'missing':\n            raise _err(ErrorCode.PROVIDER_UNAVAILABLE"),),
            "assigning checks only that the provider exists, not that it is active and advertises the kind"),
     Mutant("fanout_execute_scope_reads", "reference.engine",
-           (("                    for row in ins:\n                        if can_read(claims, row):",
-             "                    for row in ins:\n                        if can_read(claims, row) or ("
-             "table == 'compute_assignment' and 'compute.execute' in claims.scopes):"),),
+           (("                    seen_ins = [can_read(claims, row) for row in ins]",
+             "                    seen_ins = [can_read(claims, row) or ("
+             "table == 'compute_assignment' and 'compute.execute' in claims.scopes) for row in ins]"),),
            "incremental updates send every assignment to compute.execute holders"),
     Mutant("execute_by_scope_alone", "reference.reducers",
            (("        if need.identity_column is not None and getattr(old, need.identity_column) != c.identity:",
