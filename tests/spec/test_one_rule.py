@@ -1,7 +1,7 @@
 """One definition per rule (issue 9): the rule and its second opinion are written differently.
 
 * ``spec.resume.stale_reasons`` is the stale-cursor rule, called by the model server and the engine;
-  ``spec.invariants.stale_reasons`` states the same reasons as counts of seq ranges.  Both are checked
+  ``spec.invariants.stale_reasons`` states the same reasons as counts of seqs.  Both are checked
   here against a hand-written table of cases (a third, independent statement), including seqs past
   2**63, and the engine is shown to call the rule rather than restate it.
 * ``spec.compat._first_failure`` (every failing check, ranked by the documented order) judges
