@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from adapters import commands
+from adapters.progress import Progress
 from spec.invariants import CATALOG
 
 MODULE_KINDS = {"state", "transition", "call"}
@@ -45,7 +46,10 @@ def _root() -> Path:
     raise SystemExit("syncref verify needs a source checkout (tests/support/machines.py not found)")
 
 
-def _run_machines(root: Path, examples: int) -> dict[str, dict[str, Any]]:
+MACHINES = ("ModuleMachine", "SystemMachine", "DiffModuleMachine", "DiffMachine")
+
+
+def _run_machines(root: Path, examples: int, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
     sys.path.insert(0, str(root / "tests"))
     os.environ.setdefault("ICONTRACT_SLOW", "1")
     from hypothesis import HealthCheck, settings
@@ -53,17 +57,47 @@ def _run_machines(root: Path, examples: int) -> dict[str, dict[str, Any]]:
     from support import machines  # type: ignore[import-not-found]
 
     results: dict[str, dict[str, Any]] = {}
-    for name in ("ModuleMachine", "SystemMachine", "DiffModuleMachine", "DiffMachine"):
+    for name in MACHINES:
+        if progress is not None:
+            progress.step(f"machine {name} ({examples} examples)")
         started = time.monotonic()
         try:
-            run_state_machine_as_test(getattr(machines, name), settings=settings(
-                max_examples=examples, stateful_step_count=60, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck)))
+            with _reach_observer(name):
+                run_state_machine_as_test(getattr(machines, name), settings=settings(
+                    max_examples=examples, stateful_step_count=60, deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck)))
             results[name] = {"ok": True, "seconds": round(time.monotonic() - started, 1), "examples": examples}
         except Exception as exc:  # a failing machine is reported, not raised
             results[name] = {"ok": False, "seconds": round(time.monotonic() - started, 1),
                              "error": str(exc)[:500]}
     return results
+
+
+def _reach_observer(machine: str) -> Any:
+    """Count the rule cells a machine reaches (tests/support/reach.py) while it runs."""
+    from support import reach
+    return reach.observe(machine)
+
+
+def _reach_report(root: Path, show: bool) -> dict[str, Any]:
+    """The reach table over the machines run so far and the scenario tables (run now): every reducer x
+    outcome and role, transition edge, stale reason, close reason and client rule, with how often each
+    machine reached it.  A cell nobody reached that is not listed unreachable (with its reason) fails."""
+    from support import reach
+    try:
+        reach.run_scenarios()
+        error = None
+    except AssertionError as exc:  # a scenario expectation failed: reported, and verify fails
+        error = f"scenario tables: {exc}"[:500]
+    report = reach.evaluate(reach.RECORDER.counts)
+    if show:
+        print(reach.render(report))
+    failures = [" ".join(r.cell) + f" ({r.verdict})" for r in report.failures]
+    return {"ok": report.ok and error is None, "error": error, "cells": len(report.rows),
+            "reached": sum(r.verdict == "reached" for r in report.rows),
+            "unreachable": {" ".join(r.cell): r.unreachable for r in report.rows if r.verdict == "unreachable"},
+            "failures": failures, "stale_entries": list(report.stale_entries),
+            "counts": {" ".join(r.cell): dict(r.counts) for r in report.rows}}
 
 
 def _run_proofs(root: Path) -> dict[str, Any]:
@@ -87,10 +121,13 @@ def _crosshair_module(root: Path) -> ModuleType:
     return mod
 
 
-def _run_crosshair(root: Path) -> list[dict[str, Any]]:
+def _run_crosshair(root: Path, progress: Progress | None = None) -> list[dict[str, Any]]:
     mod = _crosshair_module(root)
     out = []
-    for t in mod.crosshair_targets():
+    targets = list(mod.crosshair_targets())
+    for i, t in enumerate(targets):
+        if progress is not None:
+            progress.count(i, len(targets))
         r: dict[str, Any] = mod.run(t)
         r["invariants"] = list(t.invariants)
         out.append(r)
@@ -125,12 +162,31 @@ def _verdict(results: list[bool]) -> str:
 
 def verify(args: argparse.Namespace) -> int:
     root = _root()
-    machines = _run_machines(root, args.examples)
-    proofs: dict[str, Any] = {"ok": True, "proofs": [], "skipped": True} if args.skip_proofs else _run_proofs(root)
-    crosshair = [] if args.skip_crosshair else _run_crosshair(root)
-    mutants = _recorded(root, "mutants.json", args.mutants, "tests/spec/test_mutants.py")
-    engine_mutants = _recorded(root, "engine_mutants.json", args.mutants, "tests/reference/test_engine_mutants.py")
-    naming = _tests_naming(root)
+    steps = len(MACHINES) + (not args.skip_proofs) + (not args.skip_crosshair) + 2 * args.mutants + 1
+    progress = Progress(steps)
+    try:
+        machines = _run_machines(root, args.examples, progress)
+        if args.skip_proofs:
+            proofs: dict[str, Any] = {"ok": True, "proofs": [], "skipped": True}
+        else:
+            progress.step("z3 proofs (python -m proofs)")
+            proofs = _run_proofs(root)
+        crosshair: list[dict[str, Any]] = []
+        if not args.skip_crosshair:
+            progress.step("crosshair contracts")
+            crosshair = _run_crosshair(root, progress)
+        if args.mutants:
+            progress.step("model mutants (tests/spec/test_mutants.py)")
+        mutants = _recorded(root, "mutants.json", args.mutants, "tests/spec/test_mutants.py")
+        if args.mutants:
+            progress.step("engine mutants (tests/reference/test_engine_mutants.py)")
+        engine_mutants = _recorded(root, "engine_mutants.json", args.mutants,
+                                   "tests/reference/test_engine_mutants.py")
+        progress.step("tests naming each invariant")
+        naming = _tests_naming(root)
+    finally:
+        progress.finish()
+    reach = _reach_report(root, show=not args.json)
     rows: list[dict[str, Any]] = []
     failed = not proofs.get("ok", False) or not all(m["ok"] for m in machines.values())
     for inv in CATALOG:
@@ -154,13 +210,23 @@ def verify(args: argparse.Namespace) -> int:
             failed = True
         rows.append({"id": inv.id, "kind": inv.kind, "statement": inv.statement, "checks": checks})
     survivors = [m["mutant"] for m in mutants + engine_mutants if not m.get("killed")]
-    failed = failed or bool(survivors) or any(not c["ok"] for c in crosshair)
-    report = {"ok": not failed, "machines": machines, "proofs": proofs, "crosshair": crosshair,
+    failed = failed or bool(survivors) or any(not c["ok"] for c in crosshair) or not reach["ok"]
+    report = {"ok": not failed, "machines": machines, "proofs": proofs, "crosshair": crosshair, "reach": reach,
               "mutants": mutants, "engine_mutants": engine_mutants, "invariants": rows}
+    if args.html:
+        from adapters.verify_html import render
+
+        try:
+            Path(args.html).write_text(render(report), encoding="utf-8")
+        except OSError as exc:
+            print(f"verify: cannot write {args.html}: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         _print_matrix(rows, machines, proofs, crosshair, mutants, engine_mutants, survivors)
+        if args.html:
+            print(f"wrote {args.html}")
         print("verify:", "OK" if not failed else "FAILED")
     return 1 if failed else 0
 
@@ -201,11 +267,15 @@ def _print_matrix(rows: list[dict[str, Any]], machines: dict[str, dict[str, Any]
 def verify_log(args: argparse.Namespace) -> int:
     from reference.replay import verify_log as replay_log
 
+    progress = Progress(1)
+    progress.step(f"replaying the commit log of {args.data}")
     try:
-        report = replay_log(args.data)
+        report = replay_log(args.data, progress.count)
     except FileNotFoundError as exc:
+        progress.finish()
         print(f"verify-log: {exc}", file=sys.stderr)
         return 2
+    progress.finish()
     mismatch = report.mismatch
     if args.json:
         print(json.dumps({"ok": report.ok, "records": report.records, "digest": report.digest,
@@ -225,7 +295,7 @@ def verify_log(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-PATH_ARGUMENTS = frozenset({"data", "config", "file"})  # file names: any bytes the OS allows
+PATH_ARGUMENTS = frozenset({"data", "config", "file", "html"})  # file names: any bytes the OS allows
 
 
 def non_text_argument(args: argparse.Namespace) -> str | None:
@@ -249,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="run the model checks and print the invariants x checks matrix")
     v.add_argument("--json", action="store_true", help="machine-readable report")
+    v.add_argument("--html", metavar="FILE", help="also write the report as a page (the invariants x checks matrix)")
     v.add_argument("--mutants", action="store_true", help="also run the planted-mutant kill tests (minutes)")
     v.add_argument("--examples", type=int, default=100, help="examples per stateful machine")
     v.add_argument("--skip-proofs", action="store_true", help="leave the Z3 column empty")
@@ -257,9 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     vl.add_argument("--data", required=True, metavar="DIR", help="the data directory (holds syncref.sqlite3)")
     vl.add_argument("--json", action="store_true", help="machine-readable report")
     commands.add_parsers(sub)
+    from adapters.conformance.wire_runner import add_parser as add_conformance_parser
+    add_conformance_parser(sub)
     from adapters.bench.main import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    from adapters.chaos.cli import add_parser as add_chaos_parser
+
+    add_chaos_parser(sub)
     args = parser.parse_args(argv)
     bad = non_text_argument(args)
     if bad is not None:
@@ -271,10 +347,22 @@ def main(argv: list[str] | None = None) -> int:
         return verify(args)
     if args.command == "verify-log":
         return verify_log(args)
+    if args.command == "conformance":
+        from adapters.conformance.wire_runner import main as run_conformance
+
+        return run_conformance(args)
     if args.command == "bench":
         from adapters.bench.main import run as run_bench
 
         return run_bench(args)
+    if args.command == "fuzz":
+        from adapters.chaos.fuzz import run as run_fuzz
+
+        return run_fuzz(args)
+    if args.command == "chaos":
+        from adapters.chaos.cli import run as run_chaos
+
+        return run_chaos(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,4 +1,4 @@
-"""``syncref serve``, ``syncref token mint``, ``syncref trace`` and ``syncref nostr-key``.
+"""``syncref serve``, ``syncref token mint``, ``syncref trace``, ``syncref nostr-key`` (and ``bridge``).
 
 ``serve`` runs :class:`adapters.server.SyncServer` until SIGINT/SIGTERM, then shuts down
 cleanly (flush, clean-shutdown marker).  Everything an operator can get wrong is reported as
@@ -33,6 +33,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from spec import contracts
 from spec.compat import CompatWindow, window_well_formed
 from spec.schema import DEFAULT_DATABASE, SCOPES
 
@@ -94,7 +95,8 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     else:
         extra_faults = {}
     server = raw.get("server", {})
-    _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s"})
+    _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s",
+                                   "contracts"})
     limits_raw = raw.get("limits", {})
     defaults = Limits()
     _check_keys("limits", limits_raw, set(_fields(Limits)))
@@ -156,8 +158,11 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     database = args.database or _typed("server", "database", server.get("database", DEFAULT_DATABASE), "")
     extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
              if k in server}
+    # hot-path contracts (docs/contracts.md): off unless --contracts, [server] contracts or SYNCREF_CONTRACTS
+    checked = bool(_typed("server", "contracts", server.get("contracts", False), True))
+    checked = checked or bool(getattr(args, "contracts", False)) or contracts.hot_enabled()
     return ServerConfig(data_dir=Path(args.data), host=host, port=port, database=database, auth=auth,
-                        window=window, limits=limits, **extra, **extra_faults)
+                        window=window, limits=limits, contracts=checked, **extra, **extra_faults)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -297,6 +302,9 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--dev", action="store_true",
                    help="DANGER: anyone may mint an identity, and minted identities get every scope and stream")
     s.add_argument("--allow-anonymous", action="store_true", help="mint identities for callers without a token")
+    s.add_argument("--contracts", action="store_true",
+                   help="check the engine's hot-path contracts (off by default: ~15%% of an append; "
+                        "also SYNCREF_CONTRACTS=1 or [server] contracts = true)")
     t = sub.add_parser("token", help="JWT tools")
     tsub = t.add_subparsers(dest="token_command", required=True)
     mint = tsub.add_parser("mint", help="mint a token signed with the data directory's key")
@@ -320,6 +328,9 @@ def add_parsers(sub: Any) -> None:
     nk = sub.add_parser("nostr-key", help="create or check the Nostr bridge's signing-key file; print its public key")
     nk.add_argument("--key-file", required=True, metavar="FILE", help="the key file (64 hex digits, mode 0600)")
     nk.add_argument("--create", action="store_true", help="create the file with a new key if it does not exist")
+    from adapters.bridge.worker import add_parser as add_bridge_parser
+
+    add_bridge_parser(sub)
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -331,6 +342,10 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return trace(args)
     if args.command == "nostr-key":
         return nostr_key(args)
+    if args.command == "bridge":
+        from adapters.bridge.worker import main as bridge_main
+
+        return bridge_main(args)
     return None
 
 

@@ -43,14 +43,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import re
 import secrets
+import struct
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -58,12 +60,22 @@ from typing import Any
 import prometheus_client as prom
 from aiohttp import WSMsgType, web
 
-from adapters import satsjson, wire
+from adapters import ops, ops_routes, satsjson, wire
 from adapters.auth import MAX_TOKEN_CHARS, AuthConfig, Authenticator, AuthError, KeyStore, Verified
 from adapters.bsatn import BsatnError
 from adapters.guard import LISTEN_BACKLOG, ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
+from adapters.observe import (
+    COUNT_BOUNDS,
+    LATENCY_BOUNDS_S,
+    CommitClock,
+    FastHistogram,
+    SendCounts,
+    StateCollector,
+)
 from reference.durability import GroupCommitWriter, LogStore, restart, shutdown
 from reference.engine import Engine, InternalError, limit_exceeded, safe_text
+from reference.log import TxRecord
+from spec import contracts
 from spec import messages as m
 from spec.compat import CompatWindow, rejection_body
 from spec.errors import ErrorCode, SyncError
@@ -86,10 +98,49 @@ log = logging.getLogger("syncref.server")
 SUBPROTOCOLS = ("v3.bsatn.spacetimedb", "v2.bsatn.spacetimedb")  # server preference order
 CLOSE_REASON_BYTES = 123
 SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP bytes, or one larger message)
+SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
 SWITCH_INTERVAL_S = 0.0005
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
+BODY_CACHE_ITEMS = 512  # ... and at most this many of them
+DELIVERED = (m.TransactionUpdate, m.ReducerResult)  # messages whose commit-to-delivery time is measured
+
+
+def _cannot_block(transport: asyncio.BaseTransport, size: int) -> bool:
+    """Whether writing ``size`` more bytes leaves the transport unpaused, so that aiohttp's
+    send returns without waiting for the peer (its drain waits only while the protocol is
+    paused: from the high-water mark down to the low one).  Then no send timer is needed."""
+    if not isinstance(transport, asyncio.WriteTransport):
+        return False
+    buffered = transport.get_write_buffer_size()
+    low, high = transport.get_write_buffer_limits()
+    return buffered <= low and buffered + size <= high
+
+
+class _Encoded:
+    """One entry of the encode-once cache: the message (kept alive, so its id is not reused
+    while the entry lives), its BSATN body and its v2 frames by compression."""
+
+    __slots__ = ("body", "frames", "message", "nbytes", "wire")
+
+    def __init__(self, message: m.ServerMessage, body: bytes) -> None:
+        self.message = message
+        self.body = body
+        self.frames: dict[wire.Compression, bytes] = {}
+        self.wire: dict[wire.Compression, bytes] = {}  # the frames as whole WebSocket frames
+        self.nbytes = len(body)
+
+
+def ws_binary_frame(payload: bytes) -> bytes:
+    """An unmasked, final WebSocket binary frame carrying ``payload`` (RFC 6455 §5.2: a server
+    never masks; lengths over 125 take a 16-bit, over 65535 a 64-bit extended length)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x82, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x82, 126, n) + payload
+    return struct.pack("!BBQ", 0x82, 127, n) + payload
 
 
 MIB = 1024 * 1024
@@ -157,6 +208,7 @@ class ServerConfig:
     sweep_interval_s: float = 1.0
     compact_interval_s: float = 60.0
     clock: Callable[[], int] | None = None  # µs since the epoch; None = wall time (tests inject one)
+    contracts: bool | None = None  # hot-path contracts (spec.contracts.hot); None: leave the process switch
     stall_commits_while: Path | None = None  # fault injection ([faults]): the log's COMMIT waits while it exists
 
 
@@ -199,6 +251,15 @@ class DurabilityFailed(Exception):
     """The commit log cannot be written: nothing more is acknowledged (HTTP 503, close 1011)."""
 
 
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or its causes) is SQLite's or the OS's "no space left"."""
+    while exc is not None:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
 class DataDirError(Exception):
     """The data directory cannot be created, written, locked or read (an operator error)."""
 
@@ -215,10 +276,8 @@ class Metrics:
         self.committed = prom.Gauge("syncref_committed_offset", "Last committed tx_offset", registry=r)
         self.durable = prom.Gauge("syncref_durable_offset", "Last durable tx_offset", registry=r)
         self.messages_in = prom.Counter("syncref_client_messages", "Client messages by kind", ["kind"], registry=r)
-        self.messages_out = prom.Counter("syncref_server_messages", "Server messages by kind", ["kind"], registry=r)
-        self.frames_out = prom.Counter("syncref_frames_sent", "WebSocket frames sent", registry=r)
-        self.bytes_out = prom.Counter("syncref_bytes_sent", "Bytes of frames sent", registry=r)
-        self.encode_hits = prom.Counter("syncref_encode_cache_hits", "Messages whose bytes were shared", registry=r)
+        self.sends = SendCounts()  # syncref_server_messages, _encode_cache_hits, _frames_sent, _bytes_sent
+        r.register(self.sends)
         self.http = prom.Counter("syncref_http_requests", "HTTP requests by route and status", ["route", "status"],
                                  registry=r)
         self.internal = prom.Counter("syncref_internal_errors", "Failures inside the server (rolled back)", ["where"],
@@ -229,6 +288,23 @@ class Metrics:
         self.match_checks = prom.Counter("syncref_fanout_match_checks",
                                          "(subscription shape, row) pairs matched while fanning out transactions",
                                          registry=r)
+        self.contracts = prom.Gauge("syncref_contracts_enabled",
+                                    "1 when the engine hot-path contracts are checked (--contracts)", registry=r)
+        self.contracts.set_function(lambda: 1.0 if contracts.hot_enabled() else 0.0)
+        self.fanout_latency = FastHistogram(
+            "syncref_fanout_latency_seconds",
+            "From a transaction's commit to a message of it handed to a subscriber's socket", LATENCY_BOUNDS_S)
+        self.replay_gap = FastHistogram("syncref_replay_gap_events",
+                                        "Events an accepted resume query replays (head seq - watermark)", COUNT_BOUNDS)
+        self.batch_records = FastHistogram("syncref_group_commit_batch_records", "Commit records per group COMMIT",
+                                           COUNT_BOUNDS)
+        for histogram in (self.fanout_latency, self.replay_gap, self.batch_records):
+            r.register(histogram)
+        self.stale_cursors = prom.Counter("syncref_stale_cursors", "Resume queries refused stale_cursor, by reason",
+                                          ["reason"], registry=r)
+        self.slow_consumers = prom.Counter("syncref_slow_consumer_disconnects",
+                                           "Connections dropped as slow consumers (queue or bytes past the bound, or a "
+                                           "frame not taken within send_timeout_s)", registry=r)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +338,9 @@ class Session:
         self.reader: asyncio.Task[None] | None = None
         self.closers: list[asyncio.Future[None]] = []  # closes the engine asked for; awaited, never cancelled
         self.undurable: deque[int] = deque()  # offsets of this connection's commits not yet durable
+        self.busy = False  # its sender task is writing a turn: the pump does not write directly
+        self.broken = False  # a message could not be sent (over the bound): closing, nothing more goes out
+        self.connected_at_us = now_us()
 
 
 class SyncServer:
@@ -277,7 +356,11 @@ class SyncServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._room = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._bodies: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
+        self._commits = CommitClock()
+        self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
+        self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
+        self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
         self._last_now = 0
         self._periodic: list[asyncio.Task[None]] = []
@@ -291,6 +374,9 @@ class SyncServer:
         self._http_running: dict[str, int] = {}  # identity -> HTTP calls running
         self._http_queues: dict[str, deque[asyncio.Future[None]]] = {}  # identity -> calls waiting their turn
         self.errors = RateLimitedLog(log)
+        self.started_at_us = now_us()
+        self.batch_sizes: deque[int] = deque(maxlen=ops.BATCH_WINDOW)  # records per recent group commit
+        self.recent_errors = ops.RecentErrors()
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -313,6 +399,8 @@ class SyncServer:
         # default 5 ms switch interval a busy event loop delays every durability step by that much.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         cfg = self.config
+        if cfg.contracts is not None:
+            contracts.enable_hot(cfg.contracts)
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
             probe = cfg.data_dir / ".write-probe"
@@ -330,6 +418,9 @@ class SyncServer:
                                        max_queue=cfg.limits.max_outbound_queue,
                                        max_undurable=cfg.limits.max_undurable)
             except (ValueError, RuntimeError) as exc:
+                if _disk_full(exc):
+                    raise DataDirError(f"the disk holding {cfg.data_dir} is full: the recovery could not be written "
+                                       "(nothing acknowledged is lost); free space and start again") from exc
                 raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} "
                                    "(syncref verify-log --data DIR shows where)") from exc
 
@@ -337,6 +428,7 @@ class SyncServer:
             self._engine.on_internal_error = self._internal_error
             self._limit_engine(self._engine)
             quiet_loop_errors(self._loop, self.errors)
+            logging.getLogger("syncref").addHandler(self.recent_errors)
             app = web.Application(client_max_size=max(cfg.limits.max_call_body_bytes, cfg.limits.max_sql_bytes),
                                   middlewares=[self._guard])
             self._routes(app)
@@ -377,6 +469,12 @@ class SyncServer:
         engine.max_outbound_message_bytes = lim.max_outbound_message_bytes
         sizes = wire.RowSizes()
         engine.measure = lambda message: wire.message_size_bound(message, sizes)
+        engine.on_resume = self.metrics.replay_gap.observe
+        engine.on_stale = self._stale
+
+    def _stale(self, reasons: tuple[str, ...]) -> None:
+        for reason in reasons:
+            self.metrics.stale_cursors.labels(reason).inc()
 
     def _internal_error(self, err: InternalError) -> None:
         """The engine rolled a transaction back: count it and log it (once per kind and interval)."""
@@ -400,6 +498,7 @@ class SyncServer:
         if self._stopped:
             return
         self._stopped = True
+        logging.getLogger("syncref").removeHandler(self.recent_errors)
         for task in self._periodic:
             task.cancel()
         if self._listener is not None:
@@ -421,13 +520,16 @@ class SyncServer:
 
     # --- durability -------------------------------------------------------------------------------
 
-    def _durable_from_thread(self, offset: int, _batch: object) -> None:
+    def _durable_from_thread(self, offset: int, batch: Sequence[TxRecord]) -> None:
+        self.batch_sizes.append(len(batch))  # deque.append is atomic: safe from the writer thread
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._durable_advanced, offset)
+            loop.call_soon_threadsafe(self._durable_advanced, offset, len(batch))
 
-    def _durable_advanced(self, offset: int) -> None:
+    def _durable_advanced(self, offset: int, records: int = 0) -> None:
         engine = self.engine
+        if records:
+            self.metrics.batch_records.observe(records)
         if offset > engine.durable:
             engine.advance_durable(offset)
         self._room.set()
@@ -496,24 +598,43 @@ class SyncServer:
     def _pump(self) -> None:
         """After any engine step: hand new commit records to the writer, wake senders."""
         engine = self.engine
+        self._commits.stamp(engine.committed, time.monotonic())
         records = engine.take_records()
         if records:
             assert self._writer is not None
             try:
-                self._writer.append(records)
+                # queued now, the writer woken once at the end of this loop iteration: the commits
+                # of one iteration (several connections' calls) share a wakeup and a COMMIT
+                self._writer.append(records, wake=False)
             except Exception as exc:
                 # Records the writer refuses can never become durable: nothing more may be
                 # acknowledged.  Fail as a write failure does (503s, closes, serve exits 1) rather
                 # than leave every later call waiting forever.
                 self._writer_refused(exc)
-        for s in self.sessions.values():
-            if s.side or engine.releasable(s.conn_id):
-                s.wake.set()
+        if not self._deliver_scheduled and self._loop is not None:
+            self._deliver_scheduled = True
+            self._loop.call_soon(self._deliver)
         self._metrics_offsets()
         checks = engine.match_checks
         if checks > self._match_checks:
             self.metrics.match_checks.inc(checks - self._match_checks)
         self._match_checks = checks
+
+    def _deliver(self) -> None:
+        """Once per loop iteration in which the engine moved: wake the commit-log writer for the
+        records queued (the commits of the iteration share a wakeup and a COMMIT), and send
+        what each connection may now receive -- written directly while its socket takes it
+        (:meth:`_write_now`), else by its sender task.  Deferring this to the end of the
+        iteration lets a v3 connection's replies to one frame go out in one frame."""
+        self._deliver_scheduled = False
+        if self._writer is not None:
+            self._writer.wake()
+        engine = self._engine
+        if engine is None:
+            return
+        for s in list(self.sessions.values()):
+            if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
+                s.wake.set()
 
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():
@@ -525,6 +646,16 @@ class SyncServer:
             sess.closers.append(asyncio.ensure_future(self._close(
                 sess, m.CLOSE_PROTOCOL, f"durability failure: the commit log refused a record ({exc!r})",
                 "durability")))
+
+    def _state_metrics(self) -> dict[str, Any]:
+        """What :class:`~adapters.observe.StateCollector` reports, computed at scrape time."""
+        engine = self._engine
+        if engine is None:
+            return {"lags": {}, "durability_lag": 0, "outbox_pending": 0}
+        lags = {cid: (engine.committed - conn.outbound[0].offset + 1 if conn.outbound else 0)
+                for cid, conn in engine.conns.items() if cid in self.sessions}
+        pending = sum(1 for row in engine.db.rows("bridge_outbox") if getattr(row, "status", None) == "pending")
+        return {"lags": lags, "durability_lag": engine.committed - engine.durable, "outbox_pending": pending}
 
     def _metrics_offsets(self) -> None:
         if self._engine is not None:
@@ -603,6 +734,8 @@ class SyncServer:
         app.router.add_post(db + "/call/{reducer}", self._counted("call", self._call))
         app.router.add_post(db + "/sql", self._counted("sql", self._sql))
         app.router.add_get(db + "/schema", self._counted("schema", self._schema))
+        ops_routes.install(app, ops_routes.OpsSource(lambda: self.engine, lambda: self.auth, lambda: ops_facts(self)),
+                           self._counted)
 
     def _counted(self, route: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                  ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -873,7 +1006,9 @@ class SyncServer:
         self.metrics.connects.labels(chosen).inc()
         first = wire.encode_server(wire.InitialConnection(verified.claims.identity, connection_id, caller.token))
         try:
+            s.busy = True  # InitialConnection goes first
             await ws.send_bytes(wire.frame_server(first, compression))
+            s.busy = False
             s.tasks = [asyncio.create_task(self._sender(s)), asyncio.create_task(self._processor(s)),
                        asyncio.create_task(self._keepalive(s))]
             if expires is not None:
@@ -985,7 +1120,10 @@ class SyncServer:
         engine = self.engine
         now = self._tick()
         kind = type(msg).__name__
-        self.metrics.messages_in.labels(kind).inc()
+        counter = self._in_kinds.get(kind)
+        if counter is None:
+            counter = self._in_kinds[kind] = self.metrics.messages_in.labels(kind)
+        counter.inc()
         if isinstance(msg, wire.OneOffQuery):
             engine.one_off(s.conn_id, msg.request_id, msg.query_string)
             return
@@ -1010,65 +1148,154 @@ class SyncServer:
             return
         engine.handle(s.conn_id, abstract)
 
-    def _encode(self, s: Session, message: m.ServerMessage) -> bytes:
-        """The BSATN body of an engine message; equal messages share their bytes."""
-        kind = type(message).__name__
-        self.metrics.messages_out.labels(kind).inc()
+    def _encode(self, s: Session, message: m.ServerMessage) -> tuple[bytes, _Encoded | None]:
+        """The BSATN body of an engine message, and its cache entry when it is shared.
+
+        The engine hands every subscriber that sees the same rows the *same* ``TransactionUpdate``
+        object, so the encoded body is found by identity (no hashing of rows); other messages
+        (snapshots, errors) are looked up by value.  The entry also keeps the body's framed forms
+        per compression, so a v2 frame is compressed once for all its receivers."""
+        self.metrics.sends.message(type(message).__name__)
         if isinstance(message, m.ReducerResult):
             ts = s.call_ts.pop(message.request_id, self._last_now)
-            return wire.encode_server(wire.to_wire(message, timestamp=ts, cache=self._rows))
-        key: tuple[object, ...] = (message,)
-        body = self._bodies.get(key)
-        if body is not None:
+            return wire.encode_server(wire.to_wire(message, timestamp=ts, cache=self._rows)), None
+        key: object = id(message) if isinstance(message, m.TransactionUpdate) else (message,)
+        entry = self._bodies.get(key)
+        if entry is not None and (entry.message is message or not isinstance(key, int)):
             self._bodies.move_to_end(key)
-            self.metrics.encode_hits.inc()
-            return body
+            self.metrics.sends.encode_hits += 1
+            return entry.body, entry
         body = wire.encode_server(wire.to_wire(message, cache=self._rows))
-        if len(body) <= BODY_CACHE_ITEM_BYTES:  # a large body is not kept: it would pin memory
-            self._bodies[key] = body
-            self._body_bytes += len(body)
-            while len(self._bodies) > 512 or self._body_bytes > BODY_CACHE_BYTES:
-                _key, old = self._bodies.popitem(last=False)
-                self._body_bytes -= len(old)
-        return body
+        if len(body) > BODY_CACHE_ITEM_BYTES:  # a large body is not kept: it would pin memory
+            return body, None
+        if entry is not None:  # an id reused by a newer object: the old entry is stale
+            self._body_bytes -= entry.nbytes
+        entry = self._bodies[key] = _Encoded(message, body)
+        self._body_bytes += entry.nbytes
+        while len(self._bodies) > BODY_CACHE_ITEMS or self._body_bytes > BODY_CACHE_BYTES:
+            _key, old = self._bodies.popitem(last=False)
+            self._body_bytes -= old.nbytes
+        return body, entry
+
+    def _frame(self, body: bytes, entry: _Encoded | None, compression: wire.Compression) -> bytes:
+        if entry is None:
+            return wire.frame_server(body, compression)
+        frame = entry.frames.get(compression)
+        if frame is None:
+            frame = entry.frames[compression] = wire.frame_server(body, compression)
+            entry.nbytes += len(frame)
+            self._body_bytes += len(frame)
+        return frame
+
+    def _turn(self, s: Session) -> list[tuple[bytes, _Encoded | None]] | None:
+        """Take one turn's messages off the connection's queue, encoded and framed: at most
+        ``SEND_BATCH`` (v3: ``SEND_BATCH_V3``) messages and V3_SOFT_CAP bytes (one larger message
+        goes alone).  v3 puts the whole turn in one frame: a subscriber that lags behind gets
+        fewer, larger frames, and its queue drains a turn at a time.  Each frame comes with its
+        cache entry when it is a shared v2 frame.  None: a message was over the one-message
+        bound; the connection is being closed (``broken``) and nothing more is sent to it."""
+        engine = self.engine
+        turn = SEND_BATCH_V3 if s.version == 3 else SEND_BATCH
+        bodies: list[bytes] = []
+        entries: list[_Encoded | None] = []
+        size = 0
+        while s.side and len(bodies) < turn:
+            bodies.append(s.side.popleft())
+            entries.append(None)
+            size += len(bodies[-1])
+        commits = self._commits
+        latency = self.metrics.fanout_latency
+        now = time.monotonic()
+        while (engine.releasable(s.conn_id) and len(bodies) < turn
+               and (not bodies or size + engine.next_size(s.conn_id) <= wire.V3_SOFT_CAP)):
+            out = engine.pop(s.conn_id)
+            body, entry = self._encode(s, out.message)
+            if len(body) > self.config.limits.max_outbound_message_bytes:  # never sent undecodable
+                self.metrics.internal.labels("oversize").inc()
+                s.broken = True
+                s.closers.append(asyncio.ensure_future(self._close(
+                    s, m.CLOSE_PROTOCOL, f"internal error: a {len(body)}-byte message is over "
+                    "max_outbound_message_bytes", "internal")))
+                return None
+            bodies.append(body)
+            entries.append(entry)
+            size += len(body)
+            if isinstance(out.message, DELIVERED):
+                committed_at = commits.at(out.offset)
+                if committed_at is not None:
+                    latency.observe(now - committed_at)
+        if s.version == 3:
+            return [(wire.frame_server(b, s.compression), None) for b in wire.batch_v3(bodies)]
+        return [(self._frame(b, e, s.compression), e) for b, e in zip(bodies, entries, strict=True)]
+
+    def _write_now(self, s: Session) -> bool:
+        """Send the connection's released messages from here, without waking its sender task,
+        while the socket takes everything at once (nothing is waiting in the transport's
+        buffer).  Writes whole WebSocket frames to the transport, in order with everything the
+        sender task wrote before.  True when nothing is left to send; False when the sender
+        task must take over (the peer is not keeping up, or the connection is closing)."""
+        engine = self.engine
+        transport = s.request.transport
+        sends = self.metrics.sends
+        while s.side or engine.releasable(s.conn_id):
+            if (s.busy or s.closing or s.broken or s.ws.closed or transport is None or transport.is_closing()
+                    or transport.get_write_buffer_size()):
+                return False
+            frames = self._turn(s)
+            if frames is None:
+                return True
+            for frame, entry in frames:
+                transport.write(self._wire_frame(frame, entry, s.compression))
+                sends.frames += 1
+                sends.bytes += len(frame)
+        return True
+
+    def _wire_frame(self, frame: bytes, entry: _Encoded | None, compression: wire.Compression) -> bytes:
+        """``frame`` as a whole WebSocket binary frame (kept in the cache entry when shared)."""
+        if entry is None:
+            return ws_binary_frame(frame)
+        data = entry.wire.get(compression)
+        if data is None:
+            data = entry.wire[compression] = ws_binary_frame(frame)
+            entry.nbytes += len(data)
+            self._body_bytes += len(data)
+        return data
 
     async def _sender(self, s: Session) -> None:
         engine = self.engine
+        limits = self.config.limits
         while not s.closing:
             await s.wake.wait()
             s.wake.clear()
-            while not s.closing and (s.side or engine.releasable(s.conn_id)):
-                # one turn: at most SEND_BATCH messages and V3_SOFT_CAP bytes (one larger message goes alone)
-                bodies: list[bytes] = []
-                size = 0
-                while s.side and len(bodies) < SEND_BATCH:
-                    bodies.append(s.side.popleft())
-                    size += len(bodies[-1])
-                while (engine.releasable(s.conn_id) and len(bodies) < SEND_BATCH
-                       and (not bodies or size + engine.next_size(s.conn_id) <= wire.V3_SOFT_CAP)):
-                    body = self._encode(s, engine.pop(s.conn_id).message)
-                    if len(body) > self.config.limits.max_outbound_message_bytes:  # never sent undecodable
-                        self.metrics.internal.labels("oversize").inc()
-                        await self._close(s, m.CLOSE_PROTOCOL, f"internal error: a {len(body)}-byte message is over "
-                                          "max_outbound_message_bytes", "internal")
+            while not s.closing and not s.broken and (s.side or engine.releasable(s.conn_id)):
+                s.busy = True  # the pump's direct writes wait until this turn's frames are written
+                try:
+                    frames = self._turn(s)
+                    if frames is None:
                         return
-                    bodies.append(body)
-                    size += len(body)
-                frames = ([wire.frame_server(b, s.compression) for b in wire.batch_v3(bodies)] if s.version == 3
-                          else [wire.frame_server(b, s.compression) for b in bodies])
-                del bodies
-                for frame in frames:
+                    sent = sent_bytes = 0
+                    transport = s.request.transport
                     try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
-                        await asyncio.wait_for(s.ws.send_bytes(frame), self.config.limits.send_timeout_s)
+                        for frame, _entry in frames:
+                            if transport is not None and _cannot_block(transport, len(frame)):
+                                await s.ws.send_bytes(frame)
+                            else:
+                                async with asyncio.timeout(limits.send_timeout_s):
+                                    await s.ws.send_bytes(frame)
+                            sent += 1
+                            sent_bytes += len(frame)
                     except TimeoutError:
                         self.metrics.refused.labels("send_timeout_s").inc()
                         self._tick()
                         engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
                         self._pump()
                         return
-                    self.metrics.frames_out.inc()
-                    self.metrics.bytes_out.inc(len(frame))
-                del frames
+                    finally:
+                        self.metrics.sends.frames += sent
+                        self.metrics.sends.bytes += sent_bytes
+                    del frames
+                finally:
+                    s.busy = False
                 await asyncio.sleep(0)  # others' turn before this connection's next batch
 
     async def _keepalive(self, s: Session) -> None:
@@ -1100,6 +1327,7 @@ class SyncServer:
         if s is None or s.closing:
             return
         if reason == m.SLOW_CONSUMER_REASON:
+            self.metrics.slow_consumers.inc()
             code, text, cause = m.CLOSE_POLICY, SyncError(ErrorCode.SLOW_CONSUMER, {
                 "max_bytes": self.config.limits.max_outbound_bytes,
                 "max_queue": self.config.limits.max_outbound_queue}).render(), "slow_consumer"
@@ -1229,3 +1457,26 @@ def module_schema(database: str) -> dict[str, Any]:
         } for rd in REDUCERS],
         "scopes": sorted(SCOPES),
     }
+
+
+def ops_facts(server: SyncServer) -> ops.ServerFacts:
+    """What the operator's page needs from the I/O layer (``adapters.ops.gather`` does the rest)."""
+    writer = server._writer
+    closes: dict[str, int] = {}
+    refused: dict[str, int] = {}
+    for metric in server.metrics.registry.collect():
+        for sample in metric.samples:
+            if sample.name == "syncref_closes_total":
+                closes[sample.labels["cause"]] = int(sample.value)
+            elif sample.name == "syncref_refused_total":
+                refused[sample.labels["limit"]] = int(sample.value)
+    failed = server.failed
+    return ops.ServerFacts(
+        database=server.config.database, now_us=now_us(), started_at_us=server.started_at_us,
+        sessions=tuple(ops.SessionFacts(s.conn_id, SUBPROTOCOLS[0] if s.version == 3 else SUBPROTOCOLS[1],
+                                        s.compression.value, s.connected_at_us) for s in server.sessions.values()),
+        batch_sizes=tuple(server.batch_sizes), batches=writer.batches if writer is not None else 0,
+        records_written=writer.written if writer is not None else 0,
+        tcp_connections=server._gate.open if server._gate is not None else 0,
+        closes=closes, refused=refused, errors=tuple(server.recent_errors.entries),
+        durability_failed=repr(failed.result()) if failed is not None and failed.done() else None)

@@ -853,7 +853,7 @@ def t_open(pre: Db, a: OpenAct, post: Db, r: Result, d: Delta, pol: Policy, bug:
                   per_slot(a.request, N, at))
 
 
-def _role(name: str, a: UpdateAct, row: Assignment) -> ZBool:
+def _role(name: str, a: UpdateAct, row: Assignment, bug: str = "") -> ZBool:
     """A role of ``spec.transitions.ASSIGNMENT_ROLES``: its scope, and the row column the caller must be."""
     if name not in ASSIGNMENT_ROLES:
         raise KeyError(f"the encoding does not know the role {name!r} of spec.transitions.ASSIGNMENT_TRANSITIONS")
@@ -861,7 +861,8 @@ def _role(name: str, a: UpdateAct, row: Assignment) -> ZBool:
     scopes = {None: z3.BoolVal(True), "compute.request": a.s_request, "compute.assign": a.s_assign,
               "compute.execute": a.s_execute}
     columns = {None: z3.BoolVal(True), "requester": a.caller == row.requester,
-               "provider_owner": z3.And(row.has_owner, a.caller == row.owner)}
+               "provider_owner": z3.BoolVal(True) if bug == "execute_by_scope_alone"
+               else z3.And(row.has_owner, a.caller == row.owner)}
     if role.scope not in scopes or role.identity_column not in columns:
         raise KeyError(f"the encoding does not know the scope or column of role {name!r}")
     return z3.And(scopes[role.scope], columns[role.identity_column])
@@ -871,9 +872,9 @@ def edge_allowed(old: ZInt, new: ZInt) -> ZBool:
     return z3.Or([z3.And(old == A_STATUS[f], new == A_STATUS[t]) for f, t in ASSIGNMENT_TRANSITIONS])
 
 
-def _may_take(a: UpdateAct, row: Assignment) -> ZBool:
+def _may_take(a: UpdateAct, row: Assignment, bug: str = "") -> ZBool:
     return z3.Or([z3.And(row.status == A_STATUS[f], a.status == A_STATUS[t],
-                         z3.Or([_role(who, a, row) for who in sorted(roles)]))
+                         z3.Or([_role(who, a, row, bug) for who in sorted(roles)]))
                   for (f, t), roles in ASSIGNMENT_TRANSITIONS.items()])
 
 
@@ -889,6 +890,8 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
         p_owner = pick([p.owner for p in pre.providers], a.prov_slot)
         unavailable = z3.And(assigned, z3.Or(z3.Not(exists), p_status != PROV_STATUS["active"],
                                              z3.Not(ADVERTISES(p_kinds, old.job_kind))))
+        if bug == "assign_skips_provider_check":
+            unavailable = z3.BoolVal(False)
         err = first_error([
             (z3.Not(z3.Or(a.s_request, a.s_assign, a.s_execute)), MS),
             (z3.Or(a.arg_err != OK_CODE, z3.Not(one_of(a.status, A_STATUS.values()))), IA),
@@ -898,7 +901,7 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
             (z3.Not(old.used), code(ErrorCode.ASSIGNMENT_MISSING)),
             (old.version != a.expected, code(ErrorCode.VERSION_CONFLICT)),
             (z3.Not(edge_allowed(old.status, a.status)), code(ErrorCode.INVALID_TRANSITION)),
-            (z3.Not(_may_take(a, old)), FORBIDDEN),
+            (z3.Not(_may_take(a, old, bug)), FORBIDDEN),
             (z3.And(z3.Not(assigned), a.has_provider,
                     z3.Not(z3.And(old.has_provider, old.provider == a.provider))), IA),
             (unavailable, code(ErrorCode.PROVIDER_UNAVAILABLE)),
@@ -1149,6 +1152,10 @@ BUGS: dict[str, tuple[str, str]] = {
     "republish_bumps_version": ("publish_provider_capability", "an identical republish bumps the version"),
     "assignment_version_not_bumped": ("update_compute_assignment", "an assignment update keeps its version"),
     "failure_past_max": ("record_bridge_failure", "a row goes failed only past the maximum attempts"),
+    "execute_by_scope_alone": ("update_compute_assignment", "any compute.execute holder takes the executor edges "
+                               "(start, complete, fail) of any assigned job"),
+    "assign_skips_provider_check": ("update_compute_assignment", "assigning does not check that the provider exists, "
+                                    "is active and advertises the kind"),
     "compaction_keeps_floor": ("compact", "compaction drops events but leaves floor_seq"),
     "no_epoch_bump_on_crash": ("unclean_restart", "an unclean restart keeps epochs"),
     "restart_without_relabel": ("unclean_restart", "an unclean restart continues the epochs but leaves the retained "

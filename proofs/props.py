@@ -20,6 +20,7 @@ from proofs.core import OK_CODE, ZBool, ZInt, code, one_of, same
 from proofs.encoding import (
     A_STATUS,
     A_TERMINAL,
+    ADVERTISES,
     B_STATUS,
     CANON,
     FS,
@@ -40,6 +41,7 @@ from proofs.encoding import (
     Provider,
     Result,
     S,
+    UpdateAct,
     ckpt_index,
     edge_allowed,
     max_epoch,
@@ -216,6 +218,44 @@ def assign1(pre: Db, post: Db) -> ZBool:
     return z3.And([z3.Implies(z3.And(a.used, b.used, z3.Not(same(a, b))), z3.And(
         z3.Not(one_of(a.status, A_TERMINAL)), edge_allowed(a.status, b.status), b.version == a.version + 1))
         for a, b in zip(pre.assignments, post.assignments, strict=True)])
+
+
+def assign3(pre: Db, post: Db, act: UpdateAct | None) -> ZBool:
+    """ASSIGN-3: a row becomes assigned only by an update naming (``prov_slot``) a provider that exists, is
+    active and advertises the job kind in the state before, and records that provider's owner; a row's
+    provider and provider_owner, once set, never change."""
+    parts: list[ZBool] = []
+    for a, b in zip(pre.assignments, post.assignments, strict=True):
+        became = z3.And(a.used, b.used, a.status == A_STATUS["open"], b.status == A_STATUS["assigned"])
+        if act is None:
+            named: ZBool = z3.BoolVal(False)  # no other transition assigns
+        else:
+            named = z3.Or([z3.And(act.prov_slot == k, p.used, p.status == PROV_STATUS["active"],
+                                  ADVERTISES(p.kinds, a.job_kind), b.has_owner, b.owner == p.owner)
+                           for k, p in enumerate(pre.providers)])
+        kept = z3.Implies(z3.And(a.used, b.used, a.has_provider), z3.And(
+            b.has_provider, b.provider == a.provider, b.has_owner == a.has_owner,
+            z3.Implies(a.has_owner, b.owner == a.owner)))
+        parts.append(z3.And(z3.Implies(became, named), kept))
+    return z3.And(parts)
+
+
+def assign4(pre: Db, act: UpdateAct, post: Db) -> ZBool:
+    """ASSIGN-4, written out edge by edge (not through spec.transitions' role predicates): assign by a
+    compute.assign holder; start, complete, fail by a compute.execute holder who is the row's provider_owner;
+    cancel by the requester or a compute.assign holder."""
+    st = A_STATUS
+    parts: list[ZBool] = []
+    for a, b in zip(pre.assignments, post.assignments, strict=True):
+        executor = z3.And(act.s_execute, a.has_owner, act.caller == a.owner)
+        allowed = z3.Or(
+            z3.And(a.status == st["open"], b.status == st["assigned"], act.s_assign),
+            z3.And(a.status == st["assigned"], b.status == st["running"], executor),
+            z3.And(a.status == st["running"], one_of(b.status, (st["completed"], st["failed"])), executor),
+            z3.And(one_of(a.status, (st["open"], st["assigned"], st["running"])), b.status == st["cancelled"],
+                   z3.Or(act.caller == a.requester, act.s_assign)))
+        parts.append(z3.Implies(z3.And(a.used, b.used, z3.Not(same(a, b))), allowed))
+    return z3.And(parts)
 
 
 def bridge2(pre: Db, post: Db) -> ZBool:

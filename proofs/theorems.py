@@ -170,6 +170,13 @@ def _auth_step(s: Step) -> ZBool:
         E.same_db(s.pre, s.post), z3.Not(s.res.wrote))))
 
 
+def _assign_roles_step(s: Step) -> ZBool:
+    if s.transition == "update_compute_assignment":
+        assert isinstance(s.act, E.UpdateAct)
+        return z3.And(P.assign3(s.pre, s.post, s.act), P.assign4(s.pre, s.act, s.post))
+    return P.assign3(s.pre, s.post, None)
+
+
 def _epoch_step(s: Step) -> ZBool:
     if s.transition == "unclean_restart":
         assert isinstance(s.act, E.RestartAct)
@@ -199,6 +206,11 @@ DB_PROOFS: tuple[Proof, ...] = (
              ("ASSIGN-1", "ASSIGN-2"), ("assignment_version_not_bumped",),
              lambda db, pol: P.assign2(db), lambda s: P.versions_raised(s.pre, s.post)
              if s.transition == "unclean_restart" else P.assign1(s.pre, s.post)),
+    db_proof("assign-roles", "an edge is taken only by a role it names (start, complete and fail by the assigned "
+             "provider's owner alone); assigning names an existing, active provider advertising the kind and records "
+             "its owner, and neither changes afterwards",
+             ("ASSIGN-3", "ASSIGN-4"), ("execute_by_scope_alone", "assign_skips_provider_check"),
+             None, _assign_roles_step),
     db_proof("bridge", "sent iff an event id; failed at the maximum attempts; sent rows never change",
              ("BRIDGE-1", "BRIDGE-2"), ("failure_past_max",),
              lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post)),

@@ -379,8 +379,11 @@ class GroupCommitWriter:
         if self._closed:
             raise DurabilityError("the commit-log writer is closed")
 
-    def append(self, records: Sequence[TxRecord]) -> None:
-        """Queue records; they must continue the log (next offset, chained to the last hash)."""
+    def append(self, records: Sequence[TxRecord], *, wake: bool = True) -> None:
+        """Queue records; they must continue the log (next offset, chained to the last hash).
+        ``wake=False`` leaves the writer thread asleep until :meth:`wake` (or a later append,
+        flush or close): a caller that commits several transactions in one go wakes it once, so
+        they share a COMMIT and the thread is not woken per transaction."""
         with self._cv:
             self._check()
             offset, last_hash = self._appended, self._last_hash
@@ -390,7 +393,13 @@ class GroupCommitWriter:
                 offset, last_hash = rec.offset, rec.hash
             self._queue.extend(records)
             self._appended, self._last_hash = offset, last_hash
-            if records:
+            if records and wake:
+                self._cv.notify_all()
+
+    def wake(self) -> None:
+        """Wake the writer thread for whatever is queued."""
+        with self._cv:
+            if self._queue:
                 self._cv.notify_all()
 
     def _take(self) -> list[TxRecord]:
@@ -442,6 +451,7 @@ class GroupCommitWriter:
                     raise DurabilityError(f"the commit-log write failed: {exc!r}") from exc
         with self._cv:
             target = self._appended
+            self._cv.notify_all()  # records appended with wake=False
             while self._durable < target and self._error is None:
                 self._cv.wait()
             if self._error is not None:
@@ -451,6 +461,7 @@ class GroupCommitWriter:
     def wait_durable(self, offset: int, timeout: float | None = None) -> bool:
         """Block until ``offset`` is durable (True), the timeout passes (False), or the writer fails."""
         with self._cv:
+            self._cv.notify_all()  # records appended with wake=False
             ok = self._cv.wait_for(lambda: self._durable >= offset or self._error is not None, timeout)
             if self._error is not None:
                 raise DurabilityError(f"the commit-log writer failed: {self._error!r}") from self._error

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ import icontract
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
 from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors
+from spec import contracts
 from spec import query as q
 from spec.auth import Claims, can_read, grant_matches
 from spec.compat import CompatWindow, negotiate
@@ -173,6 +174,7 @@ class Engine:
         # only against shapes pinned to S and unpinned ones, whatever others subscribe to
         self.shapes_by_pin: dict[str, dict[str | None, dict[tuple[object, ...], Shape]]] = {}
         self.match_checks = 0  # (shape, row) pairs matched in fanout: the per-transaction cost
+        self.stale_reasons: dict[str, int] = {}  # stale_cursor refusals by reason (the operator's page)
         # Resource limits (None: unbounded).  The server sets them from its ``Limits``; the names
         # in ``limit_exceeded`` details are those fields.
         self.max_query_bytes: int | None = None
@@ -185,6 +187,9 @@ class Engine:
         self._next_conn = 1
         self.on_close: Callable[[int, str], None] | None = None
         self.on_internal_error: Callable[[InternalError], None] | None = None
+        # observers for metrics: a resume query accepted (events it replays), refused stale (reasons)
+        self.on_resume: Callable[[int], None] | None = None
+        self.on_stale: Callable[[tuple[str, ...]], None] | None = None
         self._disconnects: list[tuple[str, int, frozenset[str]]] = []
         self._last_upsert: dict[str, int] = {}  # session -> the connection that last upserted it
         self._upserted: dict[int, set[str]] = {}  # its inverse: connection -> the sessions it upserted last
@@ -198,6 +203,7 @@ class Engine:
         the negotiation order is vocabulary, not engine logic."""
         return negotiate(window, claims.client_build_id, claims.protocol_version, claims.schema_version)
 
+    @contracts.hot
     @icontract.ensure(lambda self, result: result in self.conns and not self.conns[result].outbound)
     def connect(self, claims: Claims, confirmed: bool) -> int:
         cid = self._next_conn
@@ -252,6 +258,7 @@ class Engine:
 
     # --- client messages ------------------------------------------------------------------------
 
+    @contracts.hot
     @icontract.require(lambda self, msg: not isinstance(msg, CallReducer) or self.can_commit(),
                        "a call is taken only within the durability bound (the I/O layer waits otherwise)")
     @icontract.snapshot(lambda self: (self.committed, self.durable), name="offsets")
@@ -372,12 +379,18 @@ class Engine:
         budget = self.policy.class_for(sid).replay_budget
         reasons = list(stale_reasons(epoch, head, floor, budget, req_epoch, w))  # the one rule (spec.resume)
         if reasons:
+            if self.on_stale is not None:
+                self.on_stale(tuple(reasons))
+            for reason in reasons:
+                self.stale_reasons[reason] = self.stale_reasons.get(reason, 0) + 1
             row = self.db.get("sync_stream", (sid,))
             cont = (row.continues_epoch, row.continues_seq) if isinstance(row, SyncStream) else (0, 0)
             raise SyncError(ErrorCode.STALE_CURSOR, {
                 "continues_epoch": cont[0], "continues_seq": cont[1],
                 "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": reasons, "replay_budget": budget,
                 "requested_epoch": req_epoch, "requested_watermark": w, "stream_id": sid})
+        if self.on_resume is not None:
+            self.on_resume(head - w)
 
     def _subscribe(self, conn: Connection, msg: Subscribe) -> None:
         if msg.query_set_id in conn.query_sets:
@@ -559,6 +572,7 @@ class Engine:
             self._commit(tx, "reducer", reducer, claims, args, None)
         return None
 
+    @contracts.hot
     @icontract.require(lambda self: self.can_commit(), "a call is taken only within the durability bound")
     def call_detached(self, claims: Claims, reducer: str, args: tuple[Any, ...]) -> tuple[int, int | None]:
         """A reducer call with no WebSocket caller (the HTTP ``call`` route): every subscriber,
@@ -598,6 +612,7 @@ class Engine:
         """Seal then publish; :class:`InternalError` (rolled back, nothing moved) if sealing fails."""
         self._publish(tx, self._seal(tx, kind, name, caller, args), reply)
 
+    @contracts.hot
     @icontract.snapshot(lambda self: (self.committed, self.head_hash, len(self.pending_records)), name="before")
     @icontract.ensure(lambda self, OLD: (self.committed, self.head_hash, len(self.pending_records)) == OLD.before,
                       "sealing moves nothing: the offset, the hash chain and the pending records are untouched")
@@ -613,6 +628,7 @@ class Engine:
             tx.rollback()
             raise InternalError(name, exc) from exc
 
+    @contracts.hot
     @icontract.snapshot(lambda self: self.committed, name="committed")
     @icontract.ensure(lambda self, OLD: self.committed > OLD.committed, "a commit takes the next offset")
     def _publish(self, tx: Txn, record: TxRecord, reply: tuple[Connection, int, int | None] | None) -> None:
@@ -627,8 +643,15 @@ class Engine:
         self._drain_disconnects()
 
     def _fanout(self, tx: Txn, offset: int, reply: tuple[Connection, int, int | None] | None) -> None:
-        # per table, per shape: match the delta once
-        per_client: dict[tuple[int, int], dict[str, tuple[dict[Row, None], dict[Row, None]]]] = {}
+        """Match the delta once per shape, filter it per subscriber, queue one update per client.
+
+        Subscribers that see the same rows under the same query set id get the *same* objects
+        (one ``TableRows``, one ``QuerySetUpdate``, one ``TransactionUpdate``, measured once):
+        the I/O layer finds the encoded bytes by identity and sends them to all of them.  A
+        subscriber that may read every matched row shares the shape's own tuples; keys are row
+        and tuple identities, all alive until the fanout ends."""
+        # (conn, qs) -> [(table, visible inserts, visible deletes)], one entry per matching shape
+        per_client: dict[tuple[int, int], list[tuple[str, tuple[Row, ...], tuple[Row, ...]]]] = {}
         touched = set(tx.deletes) | set(tx.inserts) | set(tx.events)
         order: dict[int, int] = {}
         for table in touched:
@@ -639,36 +662,68 @@ class Engine:
             for shape, ins_rows, del_rows in self._shape_candidates(table, inserts, deletes):
                 probe = shape.probe or shape.query
                 self.match_checks += len(ins_rows) + len(del_rows)
-                ins = [row for row in ins_rows if q.matches(probe, row)]
-                dels = [row for row in del_rows if q.matches(probe, row)]
+                # rows equal by value count once (as a set of rows would)
+                ins = tuple(dict.fromkeys(row for row in ins_rows if q.matches(probe, row)))
+                dels = tuple(dict.fromkeys(row for row in del_rows if q.matches(probe, row)))
                 if not ins and not dels:
                     continue
                 for key in shape.subscribers:
                     claims = self.conns[key[0]].claims
-                    bucket = per_client.setdefault(key, {}).setdefault(table, ({}, {}))
-                    for row in ins:
-                        if can_read(claims, row):
-                            bucket[0][row] = None
-                    for row in dels:
-                        if can_read(claims, row):
-                            bucket[1][row] = None
-        by_conn: dict[int, list[QuerySetUpdate]] = {}
-        def in_tx_order(rows: dict[Row, None]) -> tuple[Row, ...]:
-            return tuple(sorted(rows, key=lambda row: order[id(row)]))
+                    seen_ins = [can_read(claims, row) for row in ins]
+                    seen_dels = [can_read(claims, row) for row in dels]
+                    per_client.setdefault(key, []).append((
+                        table,
+                        ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
+                        dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels))))
 
+        def in_tx_order(rows: Iterable[Row]) -> tuple[Row, ...]:
+            return tuple(sorted(dict.fromkeys(rows), key=lambda row: order[id(row)]))
+
+        by_conn: dict[int, list[QuerySetUpdate]] = {}
+        shared_rows: dict[tuple[str, int, int], TableRows] = {}
+        shared_sets: dict[tuple[int, ...], QuerySetUpdate] = {}
         for (conn_id, qs_id) in sorted(per_client):
-            parts = tuple(TableRows(t, in_tx_order(i), in_tx_order(d), TABLE_BY_NAME[t].event)
-                          for t, (i, d) in sorted(per_client[(conn_id, qs_id)].items()) if i or d)
+            found = per_client[(conn_id, qs_id)]
+            if len(found) > 1:  # several shapes of one query set matched: merge them per table
+                merged: dict[str, tuple[list[Row], list[Row]]] = {}
+                for t, i, d in found:
+                    both = merged.setdefault(t, ([], []))
+                    both[0].extend(i)
+                    both[1].extend(d)
+                found = [(t, in_tx_order(i), in_tx_order(d)) for t, (i, d) in merged.items()]
+            parts: list[TableRows] = []
+            for t, i, d in sorted(found, key=lambda part: part[0]):
+                if i or d:
+                    rows_key = (t, id(i), id(d))
+                    part = shared_rows.get(rows_key)
+                    if part is None:
+                        part = shared_rows[rows_key] = TableRows(t, i, d, TABLE_BY_NAME[t].event)
+                    parts.append(part)
             if parts:
-                by_conn.setdefault(conn_id, []).append(QuerySetUpdate(qs_id, parts))
+                set_key = (qs_id, *map(id, parts))
+                update = shared_sets.get(set_key)
+                if update is None:
+                    update = shared_sets[set_key] = QuerySetUpdate(qs_id, tuple(parts))
+                by_conn.setdefault(conn_id, []).append(update)
         if reply is not None:
             conn, request_id, ret = reply
             self._send(conn, offset, ReducerResult(request_id, offset, ReducerOk(ret, tuple(by_conn.pop(conn.conn_id,
                                                                                                          [])))))
+        shared: dict[tuple[int, ...], tuple[TransactionUpdate, int | None]] = {}
         for conn_id, updates in by_conn.items():
             target = self.conns.get(conn_id)
-            if target is not None:
-                self._send(target, offset, TransactionUpdate(offset, tuple(updates)))
+            if target is None:
+                continue
+            ids = tuple(map(id, updates))
+            hit = shared.get(ids)
+            if hit is None:
+                message = TransactionUpdate(offset, tuple(updates))
+                try:
+                    size: int | None = self._fits(message)
+                except SyncError:  # _send closes each receiver with the error (policy)
+                    size = None
+                hit = shared[ids] = (message, size)
+            self._send(target, offset, hit[0], hit[1])
 
     def _shape_candidates(self, table: str, inserts: list[Row], deletes: list[Row]
                           ) -> Iterator[tuple[Shape, list[Row], list[Row]]]:
@@ -718,6 +773,7 @@ class Engine:
         return conn is not None and bool(conn.outbound) and (
             not conn.confirmed or conn.outbound[0].offset <= self.durable)
 
+    @contracts.hot
     @icontract.require(lambda self, conn_id: self.releasable(conn_id), "only a released message may be delivered")
     def pop(self, conn_id: int) -> Outbound:
         conn = self.conns[conn_id]
@@ -729,6 +785,7 @@ class Engine:
         conn = self.conns.get(conn_id)
         return conn.sizes[0] if conn is not None and conn.sizes else 0
 
+    @contracts.hot
     @icontract.ensure(lambda result: all(b.offset == a.offset + 1 and b.prev_hash == a.hash
                                          for a, b in itertools.pairwise(result)),
                       "records come out consecutive and chained")
@@ -736,6 +793,7 @@ class Engine:
         out, self.pending_records = self.pending_records, []
         return out
 
+    @contracts.hot
     @icontract.require(lambda self, offset: offset <= self.committed, "nothing past the last commit is durable")
     @icontract.snapshot(lambda self: self.durable, name="durable")
     @icontract.ensure(lambda self, OLD: self.durable >= OLD.durable, "the durable offset never moves back")
@@ -746,6 +804,7 @@ class Engine:
     # --- recovery ---------------------------------------------------------------------------------
 
     @classmethod
+    @contracts.hot
     @icontract.ensure(lambda clean, result: result.durable == result.committed - (0 if clean else 1),
                       "everything loaded is durable; only an unclean restart's recovery transaction is not yet")
     @icontract.ensure(lambda result: _indexes_consistent(result.db), enabled=icontract.SLOW)

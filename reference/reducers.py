@@ -8,6 +8,7 @@ scans.  The differential tests hold this module to the model, outcome by outcome
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -303,7 +304,8 @@ def enqueue_bridge_event(tx: Txn, x: Ctx, outbox_id: str, source: str, nostr_kin
                                          for t in tags):
         raise _err(ErrorCode.INVALID_ARGUMENT, argument="tags_json",
                    message="must be a JSON array of arrays of strings")
-    if nostr_kind not in x.policy.bridge_kinds:
+    if nostr_kind not in x.policy.bridge_kinds or _NOSTR_AMBIGUOUS.search(content) \
+            or any(_NOSTR_AMBIGUOUS.search(item) for tag in tags for item in tag):
         raise _err(ErrorCode.POLICY_DENIED, nostr_kind=nostr_kind, outbox_id=outbox_id)
     digest = payload_hash(dumps_canonical([source, nostr_kind, tags, content]))
     old = tx.db.get("bridge_outbox", (outbox_id,))
@@ -318,6 +320,8 @@ def enqueue_bridge_event(tx: Txn, x: Ctx, outbox_id: str, source: str, nostr_kin
 
 
 _HEX = frozenset("0123456789abcdef")
+# C0 controls other than \b \t \n \f \r: relays serialize them differently (spec.policy.NOSTR_NONPORTABLE_CONTROLS)
+_NOSTR_AMBIGUOUS = re.compile("[\x00-\x07\x0b\x0e-\x1f]")
 
 
 def mark_bridge_event_sent(tx: Txn, x: Ctx, outbox_id: str, nostr_event_id: str, relays: tuple[str, ...]) -> None:

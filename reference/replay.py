@@ -23,7 +23,7 @@ check compares them with what recovery (:func:`reference.engine.apply_record`) d
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from reference import reducers as r
@@ -175,15 +175,26 @@ def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY) -> Repl
         count += 1
 
 
-def verify_log(data_dir: str | os.PathLike[str]) -> VerifyReport:
-    """Replay the data directory's whole log (read-only: the clean marker is left alone)."""
+def _told(records: Iterable[TxRecord], total: int, on_record: Callable[[int, int], None]) -> Iterator[TxRecord]:
+    for n, rec in enumerate(records, 1):
+        on_record(n, total)
+        yield rec
+
+
+def verify_log(data_dir: str | os.PathLike[str],
+               on_record: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Replay the data directory's whole log (read-only: the clean marker is left alone).
+    ``on_record(n, total)`` is told after each record is read (progress for the CLI)."""
     store = LogStore.open(data_dir, readonly=True)
     try:
         with store.read_snapshot():  # safe against a server that is still committing
             stored = store.load_policy()
             policy = stored if stored is not None else DEFAULT_POLICY
-            result = replay(store.iter_records(), policy)
             stored_records = store.count()
+            records: Iterable[TxRecord] = store.iter_records()
+            if on_record is not None:
+                records = _told(records, stored_records, on_record)
+            result = replay(records, policy)
             _, stored_digest = store.last()
             return VerifyReport(result.records, result.digest, stored_records, stored_digest,
                                 "stored" if stored is not None else "default", store.clean_at_open,

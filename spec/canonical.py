@@ -205,7 +205,7 @@ def _digest_of(canonical_text: str, result: str) -> bool:
 
 
 @icontract.ensure(lambda result: _HASH_TEXT.fullmatch(result) is not None,
-                  "HASH-1 (a payload hash is sha256: and 64 lowercase hex digits)")
+                  "HASH-1 (a payload hash is sha256: and 64 lowercase hex digits)", enabled=icontract.SLOW)
 @icontract.ensure(lambda canonical_text, result: _digest_of(canonical_text, result),
                   "HASH-1 (the hash is the SHA-256 of the text's UTF-8 bytes)", enabled=icontract.SLOW)
 def payload_hash(canonical_text: str) -> str:

@@ -79,7 +79,9 @@ CLIENT_ACTIONS: Mapping[ErrorCode, str] = {
     ErrorCode.ASSIGNMENT_MISSING: "Open the assignment first (open_compute_assignment).",
     ErrorCode.PROVIDER_UNAVAILABLE: "Do not retry unchanged; assign a provider that exists, is active and advertises "
                                     "the job kind (details: job_kind, provider_id, reason).",
-    ErrorCode.POLICY_DENIED: "Do not retry; the bridge policy does not allow this Nostr kind.",
+    ErrorCode.POLICY_DENIED: ("Do not retry; the bridge policy does not allow this Nostr kind, or the tags/content "
+                              "hold a control character relays serialize differently (C0 other than \\b \\t "
+                              "\\n \\f \\r)."),
     ErrorCode.BRIDGE_EVENT_CONFLICT: "Do not retry; the outbox row was already sent as another Nostr event.",
     ErrorCode.BRIDGE_EVENT_MISSING: "Enqueue the outbox row before marking it.",
     ErrorCode.INVALID_QUERY: "Fix the query; only the documented subscription SQL subset is accepted.",

@@ -28,6 +28,11 @@ class StreamClass:
     replay_budget: int = 20000  # head - W above this is `replay_budget_exceeded`
 
 
+# The C0 controls NIP-01 writes verbatim but JSON encoders escape (in two spellings): an event holding
+# one has no id every relay agrees on (docs/bridge.md, ADR-0005), so the outbox refuses them.
+NOSTR_NONPORTABLE_CONTROLS: frozenset[str] = frozenset(chr(c) for c in range(0x20)) - frozenset("\n\r\t\b\f")
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     classes: tuple[tuple[str, StreamClass], ...] = ()  # (stream id prefix, class)

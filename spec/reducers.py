@@ -47,7 +47,7 @@ from spec.invariants import (
     check_transition,
     stream_layout_ok,
 )
-from spec.policy import DEFAULT_POLICY, Policy, expired
+from spec.policy import DEFAULT_POLICY, NOSTR_NONPORTABLE_CONTROLS, Policy, expired
 from spec.schema import REDUCER_BY_NAME
 from spec.state import DbState, Delta, R, Tx, table_of_type
 from spec.transitions import (
@@ -634,6 +634,9 @@ def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: 
     _id("source", source)
     tags = _tags_ok(tags_json)
     if nostr_kind not in ctx.policy.bridge_kinds:
+        raise _fail(ErrorCode.POLICY_DENIED, nostr_kind=nostr_kind, outbox_id=outbox_id)
+    texts = [content, *(item for tag in parse_strict(tags, "tags_json") for item in tag)]
+    if any(NOSTR_NONPORTABLE_CONTROLS.intersection(text) for text in texts):
         raise _fail(ErrorCode.POLICY_DENIED, nostr_kind=nostr_kind, outbox_id=outbox_id)
     digest = outbox_content_hash(source, nostr_kind, tags, content)
     old = db.find(BridgeOutbox, lambda r: r.outbox_id == outbox_id)

@@ -265,6 +265,8 @@ class Trace:
                 delivered.extend(rows_of(u.tables))
                 mirror = link.mirrors.get(u.query_set_id)
                 for t in u.tables:
+                    if t.event != TABLE_BY_NAME[t.table].event:
+                        self._v("EVT-2", f"client {i} got {t.table} rows flagged event={t.event}")
                     if t.event:
                         continue
                     if mirror is None:

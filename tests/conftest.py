@@ -10,6 +10,9 @@ import os
 # Scanning contracts (icontract.SLOW) are on in tests, off in benchmarks and production. Set before
 # any project module (and so icontract's globals) is imported.
 os.environ.setdefault("ICONTRACT_SLOW", "1")
+# The engine's hot-path contracts (spec.contracts.hot: off in a default server) are on in every
+# test, and in every server a test starts as a subprocess (they inherit the environment).
+os.environ.setdefault("SYNCREF_CONTRACTS", "1")
 
 from hypothesis import HealthCheck, settings
 

@@ -18,12 +18,13 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from adapters.bench.hist import summary
 from adapters.bench.peers import PeerUnavailable
 from adapters.bench.report import add_ratios, plot, print_table
 from adapters.bench.workloads import FULL, QUICK, WORKLOADS, Bench, ClientFailed, Run, metrics_for, workdir
+from adapters.progress import Progress
 
 ALIASES = {"fanout": [n for n in WORKLOADS if n.startswith("fanout_")],
            "append": ["append_closed", "append_pipelined"], "replay": ["replay_full", "replay_gap"]}
@@ -45,31 +46,6 @@ def add_parser(sub: Any) -> None:
                         "each append/fanout workload")
     b.add_argument("--redis-server", metavar="PATH", help="the redis-server binary (default: found on PATH)")
     b.add_argument("--keep", action="store_true", help="keep the temporary directory (data, logs)")
-
-
-class Progress:
-    """A one-line status on a TTY; plain lines (no control characters) otherwise."""
-
-    def __init__(self, total: int, out: TextIO = sys.stderr) -> None:
-        self.total = total
-        self.done = 0
-        self.out = out
-        self.tty = out.isatty()
-        self.started = time.monotonic()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        text = f"[{self.done}/{self.total} {time.monotonic() - self.started:5.0f}s] {label}"
-        if self.tty:
-            self.out.write("\r\x1b[K" + text)
-        else:
-            self.out.write(text + "\n")
-        self.out.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            self.out.write("\r\x1b[K")
-            self.out.flush()
 
 
 def selected(names: list[str] | None) -> list[str]:

@@ -317,16 +317,22 @@ class RelayPool:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def publish(self, event: Event) -> PublishTicket:
-        """Queue ``event`` for every relay and return at once."""
+    def publish(self, event: Event, relays: Sequence[str] | None = None) -> PublishTicket:
+        """Queue ``event`` for every relay (or only those of ``relays``, in pool order) and return at once."""
         if not self._started or self._closed:
             raise NostrUsageError("publish needs a started, open relay pool")
         if not isinstance(event, Event):
             raise NostrUsageError(f"publish needs an Event, got {type(event).__name__}")
+        if relays is not None:
+            unknown = sorted(set(relays) - set(self._workers))
+            if unknown or isinstance(relays, str):
+                raise NostrUsageError(f"relay {unknown[0] if unknown else relays!r} is not in this pool")
         loop = asyncio.get_running_loop()
         now = self._clock()
         futures: dict[str, asyncio.Future[RelayOutcome]] = {}
         for url, worker in self._workers.items():
+            if relays is not None and url not in relays:
+                continue
             future: asyncio.Future[RelayOutcome] = loop.create_future()
             futures[url] = future
             worker.submit(_Job(event, future, now))

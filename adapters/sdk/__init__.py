@@ -1,4 +1,5 @@
-"""The syncref Python client SDK.
+"""The syncref Python client SDK.  Applications import it as ``syncref`` (ADR-0007; the guide is
+docs/clients.md); this package is where it lives in the layer layout.
 
 A SpacetimeDB-compatible client (v2 and v3 BSATN WebSocket protocols) for the sync module, plus the
 piece the official SDKs lack: a stream consumer that applies a sync stream exactly once into the

@@ -161,6 +161,8 @@ class Connection:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._fatal: BaseException | None = None
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.close_flush_timeout = 2.0  # seconds close() gives the close hooks (pending acks) to finish
         self._http: aiohttp.ClientSession | None = None
 
     # --- properties ------------------------------------------------------------------------------
@@ -172,6 +174,11 @@ class Connection:
     @property
     def connected(self) -> bool:
         return self.session.is_connected
+
+    @property
+    def closing(self) -> bool:
+        """True once the application called :meth:`close`: what ends now ends normally."""
+        return self._closing
 
     @property
     def identity(self) -> str | None:
@@ -195,8 +202,26 @@ class Connection:
             self._check_open()
             self._task = asyncio.create_task(self._supervise(), name=f"syncref-sdk:{self.ws_url}")
 
+    def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` at the start of :meth:`close`, while the connection still works (a stream
+        consumer flushes its pending acks); together the hooks get ``close_flush_timeout`` seconds."""
+        self._close_hooks.append(hook)
+
+    def remove_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        with contextlib.suppress(ValueError):
+            self._close_hooks.remove(hook)
+
     async def close(self) -> None:
-        """Close for good: no reconnect, every subscription ends, waiting calls raise ConnectionClosed."""
+        """Close for good: no reconnect, every subscription ends, waiting calls raise ConnectionClosed.
+        Close hooks run first (bounded by ``close_flush_timeout``); a normal close logs nothing above
+        debug level."""
+        hooks, self._close_hooks = list(self._close_hooks), []
+        if hooks and not self._closing and self.connected:
+            try:
+                async with asyncio.timeout(self.close_flush_timeout):
+                    await asyncio.gather(*(hook() for hook in hooks), return_exceptions=True)
+            except TimeoutError:
+                log.debug("close hooks did not finish within %.1f s", self.close_flush_timeout)
         self._closing = True
         ws = self._ws
         if ws is not None:

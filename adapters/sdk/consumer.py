@@ -389,8 +389,21 @@ class StreamConsumer:
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream_id}")
         if self.client_id is not None and (self._ack_task is None or self._ack_task.done()):
             self._ack_task = asyncio.create_task(self._ack_loop(), name=f"acks:{self.stream_id}")
+        hook = getattr(self.conn, "add_close_hook", None)  # connections that offer it: flush acks on close
+        if hook is not None:
+            hook(self._flush_on_close)
+
+    def _closing(self) -> bool:
+        """The application is closing the connection: what ends now is a normal shutdown."""
+        return bool(getattr(self.conn, "closing", False))
+
+    async def _flush_on_close(self) -> None:
+        await self.flush_acks()
 
     async def stop(self) -> None:
+        unhook = getattr(self.conn, "remove_close_hook", None)
+        if unhook is not None:
+            unhook(self._flush_on_close)
         self._drop_subscription()
         for task in (self._task, self._ack_task):
             if task is not None and not task.done():
@@ -444,6 +457,9 @@ class StreamConsumer:
             if item.sub is not self._sub or item.query_set_id != item.sub.query_set_id:
                 continue  # an older incarnation of the query set
             try:
+                if item.kind == "end" and self._closing():  # the application closed it: a normal stop
+                    await self._closed_normally()
+                    continue
                 if item.kind == "end":  # not dropped by us: the connection was closed for good
                     actions: list[Action] = [Fail(ConnectionClosed(f"{self.stream_id}: the connection was closed"))]
                 elif item.kind == "error":
@@ -495,6 +511,19 @@ class StreamConsumer:
             self.store.reset(tx, self.stream_id, stale.epoch, watermark)
         return stale.epoch, watermark
 
+    async def _closed_normally(self) -> None:
+        """The application closed the connection: stop without an error report (``wait_for`` still
+        raises ConnectionClosed, as nothing more will arrive)."""
+        self._drop_subscription()
+        self.core.stopped()
+        self.error = ConnectionClosed(f"{self.stream_id}: the connection was closed by the application")
+        if self._ack_task is not None and not self._ack_task.done():
+            self._ack_task.cancel()  # close() already gave it its chance to flush
+        log.debug("%s: consumer stopped: the connection was closed (watermark %d)", self.stream_id,
+                  self.core.watermark)
+        async with self._progress:
+            self._progress.notify_all()
+
     async def _fail(self, error: BaseException) -> None:
         self._drop_subscription()
         self.core.state = "failed"
@@ -539,6 +568,10 @@ class StreamConsumer:
                 except (ReducerError, ReducerInternalError) as exc:
                     log.warning("%s: ack %s refused: %s", self.stream_id, target, exc)
                 except SdkError as exc:  # closed for good (or refused for good): nothing left to ack on
-                    log.warning("%s: acks stopped: %s", self.stream_id, exc)
+                    if self._closing():  # a normal shutdown: the checkpoint server-side lags, said once
+                        log.debug("%s: acks stopped at close: %s not acked (acked %s)", self.stream_id, target,
+                                  self.acked)
+                    else:
+                        log.warning("%s: acks stopped: %s", self.stream_id, exc)
                     return
                 self.acked = target

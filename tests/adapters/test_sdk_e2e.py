@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -21,7 +22,17 @@ from typing import Any
 import pytest
 from support.server import ServedProcess, mint_cli, serve_process
 
-from adapters.sdk import V2, V3, Backoff, CheckpointStore, Connection, ReducerError, Stale, StreamConsumer
+from adapters.sdk import (
+    V2,
+    V3,
+    Backoff,
+    CheckpointStore,
+    Connection,
+    ConnectionClosed,
+    ReducerError,
+    Stale,
+    StreamConsumer,
+)
 from spec.values import SyncCheckpoint, SyncEvent
 
 SCOPES = "sync.subscribe,sync.append,sync.checkpoint.write"
@@ -221,6 +232,58 @@ def test_an_epoch_reset_rebootstraps_live_and_on_resume(server: ServedProcess, t
         resumed.store.close()
 
     run(body())
+
+
+def test_a_normal_close_is_quiet_and_flushes_acks(server: ServedProcess, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Leaving ``async with Connection`` with a running consumer: pending acks are sent first, the
+    consumer stops without an error report, nothing is logged above DEBUG (issue 15)."""
+    app = App(tmp_path / "quiet.sqlite")
+    caplog.set_level(logging.DEBUG, logger="syncref.sdk")
+
+    async def body() -> None:
+        async with Connection(server.url, token=mint(server, "quiet")) as conn:
+            consumer = StreamConsumer(conn, app.store, "e2e.quiet", client_id="quiet", apply=app.apply,
+                                      on_rebootstrap=app.rebootstrap, ack_delay=0.2)  # acks still pending
+            await consumer.start()
+            last = 0
+            for i in range(3):
+                last = (await conn.call("append_sync_event", "e2e.quiet", f"q{i}", payload(i), sha(payload(i)),
+                                        None)).value
+            await consumer.wait_for(last)
+        assert consumer.acked == (1, last)  # flushed by close
+        assert isinstance(consumer.error, ConnectionClosed)
+        with pytest.raises(ConnectionClosed):
+            await consumer.wait_for(last + 1)
+
+    run(body())
+    loud = [r for r in caplog.records if r.levelno > logging.DEBUG and r.name.startswith("syncref.sdk")]
+    assert loud == [], [r.getMessage() for r in loud]
+    assert any("consumer stopped: the connection was closed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_server_that_goes_away_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The same consumer, but the connection is closed for good by the other side: an error."""
+    app = App(tmp_path / "loud.sqlite")
+    with serve_process(tmp_path / "data") as served:
+        token = mint(served, "loud")
+
+        async def body() -> None:
+            conn = Connection(served.url, token=token, reconnect=False)
+            await conn.connect()
+            consumer = StreamConsumer(conn, app.store, "e2e.loud", client_id="loud", apply=app.apply,
+                                      on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            seq = (await conn.call("append_sync_event", "e2e.loud", "k", payload(1), sha(payload(1)), None)).value
+            await consumer.wait_for(seq)
+            await asyncio.get_running_loop().run_in_executor(None, served.stop)
+            with pytest.raises(ConnectionClosed):
+                await consumer.wait_for(seq + 1)
+            await conn.close()
+
+        run(body())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("e2e.loud: consumer stopped" in m for m in errors), errors
 
 
 # --- an unclean restart of the server (ADR-0003 decision 6) ----------------------------------------

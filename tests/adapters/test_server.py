@@ -427,7 +427,7 @@ def test_equal_updates_are_encoded_once(tmp_path: Path) -> None:
         for c in subs:
             assert isinstance(c.subscribe(1, SUB_EVENTS), wire.SubscribeApplied)
             c.frames.clear()
-        before = st.call(lambda: st.server.metrics.encode_hits._value.get())
+        before = st.call(lambda: st.server.metrics.sends.encode_hits)
         tok = st.token()
         for i in range(3):
             res = call_http(st, tok, "append_sync_event", [S, f"k{i}", str(i), {"none": []}, {"none": []}])
@@ -436,7 +436,7 @@ def test_equal_updates_are_encoded_once(tmp_path: Path) -> None:
             for _ in range(3):
                 assert isinstance(c.recv(), wire.TransactionUpdate)
         assert all(c.frames == subs[0].frames for c in subs)
-        hits = st.call(lambda: st.server.metrics.encode_hits._value.get()) - before
+        hits = st.call(lambda: st.server.metrics.sends.encode_hits) - before
         assert hits == 3 * (len(subs) - 1)  # each update encoded once, shared three times
         for c in subs:
             c.close()

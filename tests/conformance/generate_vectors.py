@@ -5,9 +5,10 @@ Usage (from the repository root)::
     .venv/bin/python tests/conformance/generate_vectors.py          # (re)write the files
     .venv/bin/python tests/conformance/generate_vectors.py --check  # exit 1 if they drifted
 
-The vectors themselves are computed by :func:`spec.vectors.canonical_vectors` (``canonical/``)
-and :func:`adapters.nostr.vectors.nostr_vectors` (``nostr/``), pure and without I/O; this script
-only writes them, and removes stale ``*.json`` files from the directories it owns.
+The Nostr vectors are computed by :func:`adapters.nostr.vectors.nostr_vectors` (``nostr/``), pure
+and without I/O; this script writes them, removes stale ``*.json`` files from the directories it
+owns, and runs the conformance kit's generator (``python -m adapters.conformance.generate``: the
+canonical-JSON vectors moved into ``adapters/conformance/vectors/canonical/``).
 ``tests/conformance/test_vectors.py`` and ``test_nostr_vectors.py`` fail when the checked-in files
 differ from what the code generates.
 """
@@ -27,9 +28,8 @@ def _generated() -> dict[Path, dict[str, str]]:
     if str(ROOT) not in sys.path:  # run as a script: make the project importable
         sys.path.insert(0, str(ROOT))
     from adapters.nostr.vectors import nostr_vectors
-    from spec.vectors import canonical_vectors
 
-    return {VECTORS_DIR / "canonical": canonical_vectors(), VECTORS_DIR / "nostr": nostr_vectors()}
+    return {VECTORS_DIR / "nostr": nostr_vectors()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     drift = False
     for directory, wanted in _generated().items():
         drift |= _sync(directory, wanted, check=args.check)
+    from adapters.conformance import generate as kit  # the conformance kit (canonical/ lives there now)
+    drift |= kit.main(["--check"] if args.check else []) != 0
     return 1 if args.check and drift else 0
 
 

@@ -1,8 +1,8 @@
 """The checked-in canonical-JSON vectors: no drift from the model, the model passes them, and
 they mean what an independent implementation would take them to mean.
 
-(a) ``tests/conformance/vectors/canonical/*.json`` equal what :func:`spec.vectors.canonical_vectors`
-    generates now;
+(a) ``adapters/conformance/vectors/canonical/`` (one directory per case) equal what
+    :func:`spec.vectors.canonical_vectors` generates now;
 (b) every vector passes against :mod:`spec.canonical`;
 (c) every vector is checked the way another implementation would read it: hashes recomputed with
     :mod:`hashlib`, canonical texts rebuilt by a separate serializer written from the rule's
@@ -15,17 +15,17 @@ import difflib
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.conformance.generate import VECTORS_DIR
 from spec.canonical import MAX_DEPTH, REASONS, canonical_and_hash, canonicalize, is_canonical
 from spec.errors import ErrorCode, SyncError
-from spec.vectors import ACCEPT_FORMAT, REJECT_FORMAT, canonical_vectors
+from spec.vectors import ACCEPT_FORMAT, REJECT_FORMAT, accept_document, canonical_vectors, reject_document, render
 
-CANONICAL_DIR = Path(__file__).resolve().parent / "vectors" / "canonical"
-REGENERATE = ".venv/bin/python tests/conformance/generate_vectors.py"
+CANONICAL_DIR = VECTORS_DIR / "canonical"
+REGENERATE = ".venv/bin/python -m adapters.conformance.generate"
 HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 # Published in OpenAgentsInc/openagents docs/protocol/testdata/khala_payload_hash_vectors.v1.json
@@ -45,11 +45,21 @@ KHALA_PUBLISHED_HASHES = {
 
 
 def _document(name: str) -> dict[str, Any]:
-    path = CANONICAL_DIR / name
-    if not path.exists():  # test_checked_in_vectors_match_the_model reports it
-        return {"cases": []}
-    doc: dict[str, Any] = json.loads(path.read_bytes().decode("utf-8"))
-    return doc
+    """The accept/reject document of spec.vectors, reassembled from the kit's one-directory-per-case
+    layout (``canonical/<accept|reject>/<case>/{ops,post|error}.json``)."""
+    handler = name.removesuffix(".json")
+    generated = accept_document() if handler == "accept" else reject_document()
+    index = json.loads((VECTORS_DIR / "index.json").read_text("ascii"))
+    cases = []
+    for case in index["areas"]["canonical"][handler]:
+        base = CANONICAL_DIR / handler / case
+        entry: dict[str, Any] = {"name": case, **json.loads((base / "ops.json").read_text("ascii"))}
+        if handler == "accept":
+            entry.update(json.loads((base / "post.json").read_text("ascii")))
+        else:
+            entry["reason"] = json.loads((base / "error.json").read_text("ascii"))["reason"]
+        cases.append(entry)
+    return {**{k: v for k, v in generated.items() if k != "cases"}, "count": len(cases), "cases": cases}
 
 
 ACCEPT_DOC = _document("accept.json")
@@ -87,7 +97,7 @@ def _canonical_bytes(case: dict[str, Any]) -> bytes:
 
 def test_checked_in_vectors_match_the_model() -> None:
     expected = canonical_vectors()
-    present = {p.name: p.read_bytes().decode("utf-8") for p in CANONICAL_DIR.glob("*.json")}
+    present = {name: render(_document(name)) for name in expected}
     problems: list[str] = []
     for name in sorted(set(expected) - set(present)):
         problems.append(f"missing: {name}")
@@ -111,7 +121,7 @@ def test_vector_files_are_well_formed() -> None:
         assert doc["count"] == len(doc["cases"]) > 0
         names = [c["name"] for c in doc["cases"]]
         assert len(names) == len(set(names)), "case names must be unique"
-    for path in CANONICAL_DIR.glob("*.json"):
+    for path in CANONICAL_DIR.rglob("*.json"):
         data = path.read_bytes()
         assert data.isascii(), f"{path.name} must be ASCII (written with ensure_ascii)"
         assert data.endswith(b"\n") and b"\r" not in data

@@ -299,7 +299,11 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
             return OK_CODE if ok else IA
 
         err = _first(_ids(oid, source), _canon(tags, canon), tags_shape,
-                     lambda: OK_CODE if kind in pol.bridge_kinds else code_of(ErrorCode.POLICY_DENIED))
+                     lambda: OK_CODE if kind in pol.bridge_kinds else code_of(ErrorCode.POLICY_DENIED),
+                     lambda: code_of(ErrorCode.POLICY_DENIED)
+                     if any(0 <= ord(ch) < 32 and ch not in "\b\t\n\f\r"
+                            for text in [content, *(x for t in parse_strict(canon[0]) for x in t)] for ch in text)
+                     else OK_CODE)
         digest = i(payload_hash(dumps_canonical([source, kind, parse_strict(canon[0]), content]))) \
             if err == OK_CODE else 0
         return E.EnqueueAct(OUTBOXES.index(oid), has_scope(claims, "bridge.enqueue"), err, digest, now)

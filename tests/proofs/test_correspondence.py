@@ -188,8 +188,10 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
         onward = [t for f, t in ASSIGNMENT_TRANSITIONS if row is not None and f == row.status]
         if aim and row is not None and onward:  # an edge that exists, taken properly
             status = ch.choice(onward)
-            return reducer, ch.choice([A, A, c]), (
-                rid, row.version, status, "prov1" if status == "assigned" else None,
+            # the edge's roles are tried by a likely holder (A) and by others: B and EXECUTOR hold
+            # compute.execute without owning the provider, which only the role's identity column refuses
+            return reducer, ch.choice([A, A, c, B, EXECUTOR]), (
+                rid, row.version, status, ch.choice(["prov1", "prov1", "prov2"]) if status == "assigned" else None,
                 ch.choice([None, '{"ok":true}']) if status in ("completed", "failed") else None)
         version = (row.version if row else 1) + ch.choice([0, 0, 0, 1])
         status = ch.choice(STATUSES)

@@ -1,4 +1,4 @@
-"""Properties of canonical JSON (spec/canonical.py, DESIGN §2 "Canonical JSON").
+"""HASH-2: properties of canonical JSON (spec/canonical.py, DESIGN §2 "Canonical JSON").
 
 The reference point is the rule's own definition: the canonical text of any JSON value within
 the rules is ``json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, however

@@ -23,3 +23,10 @@ def test_every_mutant_is_killed() -> None:
               f"{','.join(r.get('invariants', [])) or '-':<26}{r.get('seconds', '-')}")  # type: ignore[arg-type]
     survivors = [r["mutant"] for r in results if not r["killed"]]
     assert not survivors, f"mutants not caught: {survivors}"
+    # a mutant "dies on" what its kill cites: every kill must cite at least one invariant its mutant claims
+    # (a kill fails at its first failing step, which may cite one claimed invariant and not another: e.g.
+    # seq_head_plus_2 claims SEQ-1 and SEQ-4 and its kill cites SEQ-4; build/mutants.json has the citations)
+    by_name = {m.name: m for m in MUTANTS}
+    uncited = [r["mutant"] for r in results
+               if not set(by_name[str(r["mutant"])].expected) & set(r.get("invariants", []))]  # type: ignore[arg-type]
+    assert not uncited, f"kills that cite none of the invariants their mutants claim: {uncited}"

@@ -65,6 +65,45 @@ CALLERS = (
     Claims(IDENTITIES[1], frozenset({"compute.execute", "bridge.mark_sent", "provider.publish"}), ()),
 )
 claims_st = st.sampled_from(CALLERS)
+_BIG = '"' + "x" * (256 * 1024) + '"'
+_HEX0 = "sha256:" + "0" * 64
+BAD_CALLS: tuple[tuple[str, tuple[Any, ...], str], ...] = (
+    # (reducer, args, the error a fully authorized caller gets) -- one row per argument check
+    ("append_sync_event", ("s.a1", "bad key!", "{}", None, None), "invalid_argument"),
+    ("append_sync_event", ("s.a1", "kx", "{bad", None, None), "non_canonical_payload"),
+    ("append_sync_event", ("s.a1", "kx", _BIG, None, None), "payload_too_large"),
+    ("append_sync_event", ("s.a1", "kx", "{}", _HEX0, None), "payload_hash_mismatch"),
+    ("append_sync_event", ("s.a1", "kx"), "invalid_argument"),  # arity
+    ("append_sync_event", (1, "kx", "{}", None, None), "invalid_argument"),  # type
+    ("ack_checkpoint", ("bad id!", "s.a1", 0, 0), "invalid_argument"),
+    ("ack_checkpoint", ("d9", "s.a1", 0, 10**6), "checkpoint_ahead_of_head"),
+    ("upsert_presence", ("p9", "dev", "node", "online", "eu", 10), "invalid_argument"),  # ttl below the minimum
+    ("upsert_presence", ("p9", "dev", "node", "busy", "eu", 1000), "invalid_argument"),
+    ("upsert_presence", ("p9", "dev", "node", "online", "bad region!", 1000), "invalid_argument"),
+    ("publish_provider_capability", ("prov9", "{bad", (5000,), 0, "active"), "non_canonical_payload"),
+    ("publish_provider_capability", ("prov9", "{}", (42,), 0, "active"), "invalid_argument"),
+    ("publish_provider_capability", ("prov9", "{}", (5000,), 0, "gone"), "invalid_argument"),
+    ("open_compute_assignment", ("r9", 42, "{}"), "invalid_argument"),
+    ("open_compute_assignment", ("r9", 5000, "{bad"), "non_canonical_payload"),
+    ("update_compute_assignment", ("r9", 1, "completed", None, "{bad"), "non_canonical_payload"),
+    ("update_compute_assignment", ("r9", 1, "assigned", None, None), "invalid_argument"),
+    ("update_compute_assignment", ("r9", 1, "running", None, "{}"), "invalid_argument"),
+    ("update_compute_assignment", ("r9", 1, "done", None, None), "invalid_argument"),
+    ("enqueue_bridge_event", ("o9", "src", 30078, "{bad", "x"), "non_canonical_payload"),
+    ("enqueue_bridge_event", ("o9", "src", 30078, "[1]", "x"), "invalid_argument"),
+    ("enqueue_bridge_event", ("o9", "bad source!", 30078, "[]", "x"), "invalid_argument"),
+    ("mark_bridge_event_sent", ("o9", "not hex", ()), "invalid_argument"),
+    ("mark_bridge_event_sent", ("o9", "1" * 64, ("",)), "invalid_argument"),
+    ("record_bridge_failure", ("o9", "", 0), "invalid_argument"),
+    ("record_bridge_failure", ("o9", "x", 10**12), "invalid_argument"),
+    ("publish_stream_signal", ("s.a1", "shout", "{}"), "invalid_argument"),
+    ("publish_stream_signal", ("s.a1", "typing", "{bad"), "non_canonical_payload"),
+    ("publish_stream_signal", ("s.a1", "typing", _BIG), "payload_too_large"),
+    ("reset_stream_epoch", ("bad id!",), "invalid_argument"),
+    ("no_such_reducer", (), "no_such_reducer"),
+)
+"""Malformed calls and the error each must get (written by hand from the reducers' documented checks)."""
+
 """Mostly fully authorized callers (so state builds up), sometimes arbitrary ones."""
 
 
@@ -225,6 +264,28 @@ class ModuleMachine(RuleBasedStateMachine):
     def signal(self, c: Claims, s: str) -> None:
         self._run(c, "publish_stream_signal", (s, "typing", "{}"))
 
+    @rule(case=st.sampled_from(BAD_CALLS))
+    def bad_call(self, case: tuple[str, tuple[Any, ...], str]) -> None:
+        """A malformed call (the argument checks of every reducer, which well-formed random calls never
+        reach): the outcome must be the error code written next to it by hand (an oracle of its own)."""
+        from spec.reducers import virtual_stream
+        reducer, args, code = case
+        if reducer == "ack_checkpoint":  # the current epoch, so only the checked argument is wrong
+            args = (*args[:2], virtual_stream(self.db, str(args[1]))[0], *args[3:])
+        from spec.schema import REDUCER_BY_NAME
+        from spec.values import value_has_type
+        rdef = REDUCER_BY_NAME.get(reducer)
+        if rdef is None or len(args) != len(rdef.args) or not all(
+                value_has_type(v, col.type) for col, v in zip(rdef.args, args, strict=True)):
+            # refused by ``call`` itself, before any reducer (check_call presumes a well-formed call)
+            red = _mod("spec.reducers")
+            out = red.call(self.db, red.CallContext(_FULL_A, self.now, self.offset + 1, POLICY), reducer, args)
+        else:
+            out = self._run(_FULL_A, reducer, args)
+        got = out.error.code.value if hasattr(out, "error") else "ok"
+        if got != code:
+            self.violations.append(("BAD-CALL", f"{reducer}{args!r:.80}: expected {code}, got {got}"))
+
     @rule(c=claims_st, s=st.sampled_from(STREAMS))
     def reset(self, c: Claims, s: str) -> None:
         self._run(c, "reset_stream_epoch", (s,))
@@ -239,7 +300,7 @@ class ModuleMachine(RuleBasedStateMachine):
 
     @invariant()
     def holds(self) -> None:
-        assert not self.violations, self.violations[:3]
+        assert not self.violations, (sorted({v[0] for v in self.violations}), self.violations[:3])
 
 
 # --- system machine ------------------------------------------------------------------------------
@@ -531,6 +592,34 @@ class SystemMachine(RuleBasedStateMachine):
     def duplicate_frame(self, i: int) -> None:
         self.sys.duplicate_frame(i)
 
+    @rule(i=client_st, s=st.sampled_from(STREAMS), n=st.integers(1, 3))
+    def duplicated_tail(self, i: int, s: str, n: int) -> None:
+        """A replaying proxy on a follower's live tail: the other client appends, each update reaches
+        the follower twice.  The second copy must be dropped as a duplicate (REPLAY-1)."""
+        self.sys.connect(i)
+        self.sys.connect(1 - i)
+        self.sys.follow(i, s)
+        self.quiet(i)
+        for k in range(n):
+            self.sys.call(1 - i, "append_sync_event", (s, f"d{len(self.sys.server.ledger)}-{k}", "[]", None, None))
+            self.sys.advance_durable(1)
+            self.sys.server_step(1 - i)
+            self.sys.advance_durable(1)
+            self.sys.duplicate_frame(i)
+            self.sys.deliver(i)
+
+    @rule(i=any_client_st)
+    def reuse_query_set(self, i: int) -> None:
+        """A client bug: a Subscribe reusing an active query-set id.  The server closes the connection
+        (1011); the client reconnects and resumes like after any other drop."""
+        from spec.messages import Subscribe
+        link = self.sys.links.get(i)
+        conn = self.sys.server.conns.get(link.conn_id) if link is not None else None
+        if link is None or conn is None or not conn.query_sets:
+            return
+        self.sys.server.handle(link.conn_id, Subscribe(10**6, min(conn.query_sets), ("SELECT * FROM sync_stream",)))
+        self.sys._after_server_step()
+
     @rule(k=st.integers(1, 3))
     def durable(self, k: int) -> None:
         self.sys.advance_durable(k)
@@ -575,7 +664,7 @@ class SystemMachine(RuleBasedStateMachine):
     @invariant()
     def holds(self) -> None:
         v = self.sys.trace.violations
-        assert not v, v[:3]
+        assert not v, (sorted({x[0] for x in v}), v[:3])  # every invariant violated, then the first cases
 
 
 def system_run_ok(machine: SystemMachine) -> None:

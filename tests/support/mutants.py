@@ -33,8 +33,9 @@ class Mutant:
     module: str
     edits: tuple[tuple[str, str], ...]
     description: str
-    expected: tuple[str, ...] = ()  # invariants expected to catch it (documentation, not a requirement)
-    system_only: bool = False  # a delivery bug only the system machine can see (skip the module machine's budget)
+    expected: tuple[str, ...] = ()  # invariants it breaks; its kill must cite one (tests/spec/test_mutants.py)
+    killer: str | None = None  # a test file (under tests/) that kills it, when no machine can reach the code
+    system_only: bool = False  # delivery code the module machine never runs: only the system machine tries it
 
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -228,6 +229,73 @@ MUTANTS += (
            (("        and last <= continues_seq", "        and last >= 0"),),
            "a client that saw events the crash lost continues instead of rebootstrapping", expected=("CONT-1",)),
 )
+MUTANTS += (
+    # --- issue 9, "every invariant has at least one planted mutant that dies on it" ---
+    Mutant("reset_lowers_the_epoch", "spec.reducers",
+           (("    tx.update(stream, replace(stream, epoch=stream.epoch + 1, continues_epoch=0,",
+             "    tx.update(stream, replace(stream, epoch=stream.epoch - 1, continues_epoch=0,"),),
+           "reset_stream_epoch moves the stream to a lower epoch", expected=("SEQ-3",)),
+    Mutant("dedupe_lookup_misses", "spec.reducers",
+           (("    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == idempotency_key)",
+             "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == idempotency_key"
+             " and e.seq < 0)"),),
+           "the dedupe lookup never finds the retained key, so a retry appends a second event under it",
+           expected=("IDEM-1",)),
+    Mutant("event_stores_raw_payload", "spec.reducers",
+           (("    tx.insert(SyncEvent(stream_id, epoch, seq, idempotency_key, digest, canon, c.identity, ctx.now,",
+             "    tx.insert(SyncEvent(stream_id, epoch, seq, idempotency_key, payload_hash(payload_json), payload_json,"
+             " c.identity, ctx.now,"),),
+           "an appended event stores the payload as sent (and its hash), not its canonical form", expected=("HASH-1",)),
+    Mutant("canonical_keeps_key_order", "spec.canonical",
+           (('    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,',
+             '    return json.dumps(value, sort_keys=False, separators=(",", ":"), ensure_ascii=False,'),),
+           "canonical JSON keeps the input's key order", expected=("HASH-2",), killer="spec/test_canonical.py"),
+    Mutant("error_result_at_older_offset", "spec.delivery",
+           (("            self._send(conn, self.committed,\n"
+             "                       ReducerResult(msg.request_id, self.committed, ReducerErr(",
+             "            self._send(conn, max(0, self.committed - 1),\n"
+             "                       ReducerResult(msg.request_id, self.committed, ReducerErr("),),
+           "a failed call's result is queued tagged with the offset before the state it read", system_only=True, expected=("DELIV-1",)),
+    Mutant("rebootstrap_drops_the_last_event", "spec.client",
+           (("        view.applied = list(events)\n", "        view.applied = list(events)[:-1]\n"),),
+           "a rebootstrap loads the authority's events but the last", expected=("REPLAY-2",)),
+    Mutant("event_rows_sent_as_table_rows", "spec.delivery",
+           (("            parts = tuple(TableRows(t, tuple(i), tuple(d), TABLE_BY_NAME[t].event)",
+             "            parts = tuple(TableRows(t, tuple(i), tuple(d), False)"),),
+           "event-table rows reach subscribers as ordinary table rows", system_only=True, expected=("EVT-2",)),
+    Mutant("minimum_build_refused", "spec.compat",
+           (("    if build < window.min_client_build_id:", "    if build <= window.min_client_build_id:"),),
+           "a client exactly at the minimum build is told to upgrade", expected=("COMPAT-1",),
+           killer="spec/test_compat.py"),
+    Mutant("offline_without_reason", "spec.reducers",
+           (('    reason = "explicit_offline" if status == "offline" else None\n', "    reason = None\n"),),
+           "an explicit offline upsert records no offline_reason", expected=("PRES-1",)),
+    Mutant("dead_letter_one_late", "spec.reducers",
+           (('    status = "failed" if attempts >= ctx.policy.bridge_max_attempts else "pending"',
+             '    status = "failed" if attempts > ctx.policy.bridge_max_attempts else "pending"'),),
+           "an outbox row reaching the maximum attempts stays pending", expected=("BRIDGE-1",)),
+    Mutant("failure_recorded_on_sent_rows", "spec.reducers",
+           (('    if old.status != "pending":\n', '    if old.status == "failed":\n'),),
+           "record_bridge_failure on a sent row counts an attempt and moves it back", expected=("BRIDGE-2",)),
+    Mutant("provider_version_plus_2", "spec.reducers",
+           (("    version = db.version_floor if old is None else old.version + 1",
+             "    version = db.version_floor if old is None else old.version + 2"),),
+           "a provider update bumps its version by 2", expected=("PROV-1",)),
+    Mutant("checkpoint_always_inserted", "spec.reducers",
+           (("    new = SyncCheckpoint(cid, client_id, stream_id, c.identity, epoch, seq, ctx.now)\n    if old is None:",
+             "    new = SyncCheckpoint(cid, client_id, stream_id, c.identity, epoch, seq, ctx.now)\n    if True:"),),
+           "an ack inserts a second checkpoint row under the same id", expected=("KEY-1",)),
+)
+NO_MUTANT: dict[str, str] = {
+    "CONF-2": "every planted bug that loses an event a confirmed client received (recovery dropping the last durable "
+              "transaction, a durable state lagging its offset, a durable offset that falls) breaks DUR-1, REPLAY-1, "
+              "REPLAY-2 or a contract in an earlier step of the same runs, so no kill cites CONF-2 first; its check "
+              "is shown able to fail by the Z3 proof conf (control durable_can_fall)",
+    "DELIV-4": "its check (check_call with the state after a failed call) cannot fail while the machines' harness "
+               "sets after = before on error; issue 9 'Checks that cannot fail' fixes the harness and adds its "
+               "mutant",
+}
+"""Invariants without a planted mutant that dies on them, each with the reason (tests/spec/test_docs.py)."""
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
 
 
@@ -250,9 +318,41 @@ def apply(m: Mutant, implementation: tuple[str, ...] = IMPLEMENTATION) -> None:
             importlib.reload(importlib.import_module(name))
 
 
+def _cited(text: str) -> list[str]:
+    """The invariant ids of the catalog a failure message names."""
+    import re
+
+    from spec.invariants import CATALOG
+    known = {i.id for i in CATALOG}
+    return sorted({t for t in re.findall(r"\b[A-Z][A-Z0-9]*-\d+\b", text) if t in known})
+
+
+def run_killer(m: Mutant) -> dict[str, object]:
+    """A mutant of code no machine reaches, killed by its test file: killed when the file fails; the
+    invariants cited are those its module docstring says the file checks."""
+    import ast
+    import contextlib
+    import io
+    from pathlib import Path
+
+    import pytest
+    assert m.killer is not None
+    path = Path(__file__).resolve().parents[1] / m.killer
+    started = time.monotonic()
+    apply(m)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = pytest.main(["-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-x", "--tb=short", str(path)])
+    ids = _cited(ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "")  # what the file checks
+    return {"mutant": m.name, "killed": code == 1, "by": m.killer, "invariants": ids,
+            "seconds": round(time.monotonic() - started, 1)}
+
+
 def run(name: str, budget: int = 300) -> dict[str, object]:
     from support.machines import ModuleMachine, SystemMachine
     m = MUTANT_BY_NAME[name]
+    if m.killer is not None:
+        return run_killer(m)
     apply(m)
     started = time.monotonic()
     machines = (SystemMachine,) if m.module == "spec.client" or m.system_only else (ModuleMachine, SystemMachine)
@@ -264,15 +364,14 @@ def run(name: str, budget: int = 300) -> dict[str, object]:
                 phases=[Phase.explicit, Phase.generate]))
         except Exception as exc:
             text = str(exc)
-            ids = sorted({t for t in text.replace("'", " ").replace('"', " ").replace("(", " ").split()
-                          if "-" in t and t.split("-")[0].isupper() and t.split("-")[-1].isdigit()})
+            ids = _cited(text)
             contract = type(exc).__name__ == "ViolationError"
             if not ids and not contract:
                 # an unexpected crash is not a kill: the machines must *detect* the bug
                 return {"mutant": name, "killed": False, "by": machine.__name__, "error": f"{type(exc).__name__}: "
                         f"{text[:300]}", "seconds": round(time.monotonic() - started, 1)}
             return {"mutant": name, "killed": True, "by": machine.__name__,
-                    "invariants": ids[:4] or ["contract"], "error": type(exc).__name__,
+                    "invariants": ids or ["contract"], "error": type(exc).__name__,
                     "seconds": round(time.monotonic() - started, 1)}
     return {"mutant": name, "killed": False, "seconds": round(time.monotonic() - started, 1)}
 

@@ -748,6 +748,11 @@ SCENARIOS += (
         # today kind 1 (a plain note) is allowed; DESIGN names only 31990 and 30078
         Call("bridge", "enqueue_bridge_event", ("o2", "notes", 1, "[]", "hi"), expect="policy_denied",
              details={"nostr_kind": 1, "outbox_id": "o2"}),
+        # today a control character relays serialize differently (NIP-01 verbatim, JSON escaped) is accepted
+        Call("bridge", "enqueue_bridge_event", ("o3", "receipts", 30078, "[]", "bell\x07"), expect="policy_denied",
+             details={"nostr_kind": 30078, "outbox_id": "o3"}),
+        Call("bridge", "enqueue_bridge_event", ("o3", "receipts", 30078, '[["t","\\u001f"]]', "ok"),
+             expect="policy_denied", details={"nostr_kind": 30078, "outbox_id": "o3"}),
         Advance(5 * 10**6),
         # today retry_after_ms is validated and dropped
         Call("bridge", "record_bridge_failure", ("o1", "relay timeout", 30_000)),
@@ -903,7 +908,6 @@ SCENARIOS += (
         _resume(E2, 4, "stale_cursor", reasons=["epoch_changed"], continues_epoch=0, continues_seq=0),
     )),
 )
-SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 
 
 def scenario_names(defect: int | None = None, wire: bool = False) -> Iterator[str]:
@@ -914,3 +918,74 @@ def scenario_names(defect: int | None = None, wire: bool = False) -> Iterator[st
 
 def people_claims(scenario: Scenario) -> Sequence[Claims]:
     return [claims_of(p) for p in scenario.people]
+
+
+# --- reach (issue 9, "Measure what is reached"): lifecycle edges the random machines reach rarely ---------
+
+OPS = Person("ops", frozenset({"sync.subscribe", "presence.write", "provider.publish", "compute.request",
+                               "compute.assign", "compute.execute", "bridge.enqueue", "bridge.mark_sent"}))
+WATCH_LIFECYCLE = ("SELECT * FROM compute_assignment", "SELECT * FROM bridge_outbox",
+                   "SELECT * FROM session_presence")
+EVENT_A, EVENT_B = "a" * 64, "b" * 64
+
+
+def _fail_times(conn: str, oid: str, n: int) -> tuple[Step, ...]:
+    return tuple(Call(conn, "record_bridge_failure", (oid, "relay down", 1000)) for _ in range(n))
+
+
+def _job_to(status: str) -> tuple[Step, ...]:
+    """Open r.<status> and walk it to ``status`` (ops is requester, dispatcher and provider owner)."""
+    rid = f"r.{status}"
+    path = {"open": (), "assigned": ("assigned",), "running": ("assigned", "running"),
+            "completed": ("assigned", "running", "completed"), "failed": ("assigned", "running", "failed"),
+            "cancelled": ("cancelled",)}[status]
+    steps: list[Step] = [Call("ops", "open_compute_assignment", (rid, 5000, "{}"))]
+    for version, s in enumerate(path, start=1):
+        steps.append(_edge("ops", rid, version, s, "prov.o" if s == "assigned" else None,
+                           '{"r":1}' if s in ("completed", "failed") else None))
+    return tuple(steps)
+
+
+SCENARIOS += (
+    Scenario("lifecycles_to_the_end", 8, (OPS,), (
+        Connect("ops", "ops"), Sub("ops", WATCH_LIFECYCLE),
+        # presence: online -> away -> away (a refresh) -> offline (explicit)
+        Call("ops", "upsert_presence", ("sess.o", "dev", "node", "online", "eu", 60_000)),
+        Advance(1000), Call("ops", "upsert_presence", ("sess.o", "dev", "node", "away", "eu", 60_000)),
+        Advance(1000), Call("ops", "upsert_presence", ("sess.o", "dev", "node", "away", "eu", 60_000)),
+        Advance(1000), Call("ops", "upsert_presence", ("sess.o", "dev", "node", "offline", "eu", 60_000)),
+        # outbox: pending -> pending (x4) -> failed at the 5th attempt -> sent (a late success) -> sent (relays merge)
+        Call("ops", "enqueue_bridge_event", ("o.1", "src", 30078, "[]", "hello")),
+        *_fail_times("ops", "o.1", 4),
+        Sees("ops", "bridge_outbox", ("outbox_id", "status", "attempts"), frozenset({("o.1", "pending", 4)})),
+        *_fail_times("ops", "o.1", 1),
+        Sees("ops", "bridge_outbox", ("outbox_id", "status", "attempts"), frozenset({("o.1", "failed", 5)})),
+        Call("ops", "mark_bridge_event_sent", ("o.1", EVENT_A, ("wss://r1",))),
+        Call("ops", "mark_bridge_event_sent", ("o.1", EVENT_A, ("wss://r2",))),
+        Call("ops", "mark_bridge_event_sent", ("o.1", EVENT_B, ("wss://r2",)), expect="bridge_event_conflict",
+             details={"nostr_event_id": EVENT_A, "requested_nostr_event_id": EVENT_B}),
+        Sees("ops", "bridge_outbox", ("outbox_id", "status", "relays_acked"),
+             frozenset({("o.1", "sent", ("wss://r1", "wss://r2"))})),
+        Call("ops", "enqueue_bridge_event", ("o.2", "src", 31990, "[]", "dead letter")),
+        *_fail_times("ops", "o.2", 5),
+        # assignments in every status, then an unclean restart raises every version (VER-1)
+        Call("ops", "publish_provider_capability", ("prov.o", CAP, (5000,), 1, "active")),
+        *(s for status in ("open", "assigned", "running", "completed", "failed", "cancelled")
+          for s in _job_to(status)),
+        Crash(),
+        Connect("ops2", "ops"), Sub("ops2", WATCH_LIFECYCLE),
+        Sees("ops2", "compute_assignment", ("request_id", "status", "version"), frozenset({
+            ("r.open", "open", 1 + MAX_UNDURABLE + 4), ("r.assigned", "assigned", 2 + MAX_UNDURABLE + 3),
+            ("r.running", "running", 3 + MAX_UNDURABLE + 2), ("r.completed", "completed", 4 + MAX_UNDURABLE + 1),
+            ("r.failed", "failed", 4 + MAX_UNDURABLE + 1), ("r.cancelled", "cancelled", 2 + MAX_UNDURABLE + 3)})),
+        # retention: 8 days on, terminal assignments, the sent outbox row and the offline session go; the
+        # dead letter stays (30 days), live assignments stay
+        Advance(8 * DAY_US, compact=True),
+        _sees_jobs("ops2", ("r.open", "open"), ("r.assigned", "assigned"), ("r.running", "running")),
+        Sees("ops2", "bridge_outbox", ("outbox_id", "status"), frozenset({("o.2", "failed")})),
+        Sees("ops2", "session_presence", ("session_id",), frozenset()),
+        Advance(23 * DAY_US, compact=True),
+        Sees("ops2", "bridge_outbox", ("outbox_id", "status"), frozenset()),
+    )),
+)
+SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}

@@ -1,0 +1,565 @@
+"""The chaos run: real ``syncref serve`` processes, SDK clients, nemeses, a heal, the checks.
+
+Layout of a run (all under ``workdir``): ``data/`` the server's data directory, ``server.log``
+its stderr across restarts, ``stall`` the file whose existence stalls the disk (``[faults]
+stall_commits_while``), ``sub<i>.sqlite`` each subscriber's application database (its view, its
+checkpoints and the persisted log of what it applied, all in one transaction per batch).
+
+The workload, while :func:`.schedule.plan`'s nemeses act:
+
+* writers (one identity each) loop over appends to the shared streams (idempotency key
+  ``w<i>.<n>``, distinct content per write), assignment opens, outbox enqueues and presence
+  upserts.  A call that gets no answer (connection lost, timeout, server restarting) is retried
+  with the *same* key until it is answered; the history records the outcome (``ok`` with the
+  acknowledged seq, ``failed`` with the error, or ``unknown``).  Writers use confirmed reads (the
+  server's default): an acknowledgement means durable.
+* subscribers follow every stream with :class:`~adapters.sdk.StreamConsumer` into SQLite and are
+  restarted by the ``client_restart`` nemesis (store closed and reopened: they resume from the
+  persisted checkpoints).
+
+The heal: the nemeses stop, the disk and the proxy recover, the server runs; the writers finish
+their pending retries, then each makes one more write (progress); every subscriber must reach
+every stream's head.  The final state is read by a fresh client connected directly to the server,
+the server is stopped cleanly and ``verify-log`` re-executes its log.  :func:`.history.check`
+judges.  ``plant`` deliberately breaks a client (``skip-apply``: subscriber 0 drops every fifth
+event from its view while its checkpoint advances; ``fresh-key-retry``: writers retry with a new
+idempotency key) so tests can show the checker catches it and the report names the seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.auth import AuthConfig, Authenticator, KeyStore
+from adapters.chaos.history import FINDINGS, REBOOTSTRAP, Anomaly, Applied, FinalState, History, Write, check
+from adapters.chaos.proxy import ChaosProxy
+from adapters.chaos.schedule import Nemesis, Profile, plan
+from adapters.sdk import (
+    Backoff,
+    CheckpointStore,
+    ConnectError,
+    Connection,
+    ReducerError,
+    SdkError,
+    Stale,
+    StreamConsumer,
+)
+from spec.schema import SCOPES
+from spec.values import BridgeOutbox, ComputeAssignment, SessionPresence, SyncEvent, SyncStream
+
+PLANTS = ("skip-apply", "fresh-key-retry")
+FAST = Backoff(base=0.05, cap=0.5, jitter=0.5)
+WRITER_SCOPES = ("sync.subscribe", "sync.append", "presence.write", "compute.request", "bridge.enqueue")
+SUB_SCOPES = ("sync.subscribe", "sync.checkpoint.write")
+RETRY_FOR_S = 90.0  # a write keeps being retried this long before it is recorded as unknown
+HEAL_FOR_S = 90.0  # how long the heal waits for subscribers to reach the heads
+
+
+def sha(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """``syncref serve`` in a subprocess on a fixed port, killed and restarted at will."""
+
+    def __init__(self, data: Path, port: int, config: Path, log: Path) -> None:
+        self.data, self.port, self.config, self.log = data, port, config, log
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = self.kills = 0
+        self.start_seconds: list[float] = []
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 90.0) -> None:
+        started = time.monotonic()
+        with self.log.open("a") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "adapters.cli", "serve", "--data", str(self.data), "--host", "127.0.0.1",
+                "--port", str(self.port), "--config", str(self.config),
+                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                left = max(0.1, timeout - (time.monotonic() - started))
+                line = await asyncio.wait_for(self.proc.stdout.readline(), left)
+            except TimeoutError:
+                line = b""
+            if line.startswith(b"syncref listening on"):
+                break
+            if not line:
+                code = self.proc.returncode if self.proc.returncode is not None else "still running"
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+                raise RuntimeError(f"syncref serve did not come up (exit {code}); see {self.log}")
+        self._drain = asyncio.create_task(self._pump(self.proc.stdout))
+        self.starts += 1
+        self.start_seconds.append(time.monotonic() - started)
+
+    @staticmethod
+    async def _pump(stream: asyncio.StreamReader) -> None:
+        while await stream.readline():
+            pass
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+            await self.proc.wait()
+            self.kills += 1
+
+    async def stop(self) -> int:
+        """SIGTERM and wait: the exit status (0 = clean shutdown)."""
+        if self.proc is None:
+            return 0
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 60)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode or 0
+
+
+@dataclass
+class Counters:
+    nemeses: Counter[str] = field(default_factory=Counter)
+    calls: int = 0  # reducer call attempts by the writers
+    retries: int = 0
+    client_restarts: int = 0
+
+
+class Writer:
+    def __init__(self, run: ChaosRun, index: int, token: str) -> None:
+        self.run, self.index, self.token = run, index, token
+        self.name = f"w{index}"
+        self.rng = random.Random(f"{run.seed}:{self.name}")
+        self.conn = self._connection()
+        self.n = 0
+        self.presence_status = ""
+
+    def _connection(self) -> Connection:
+        return Connection(self.run.proxy_url, token=self.token, backoff=FAST, call_timeout=8, open_timeout=5)
+
+    async def call(self, reducer: str, key_arg: int, *args: Any) -> tuple[str, object, int]:
+        """Call with retries under the same key until answered: (status, value or error code, attempts)."""
+        deadline = time.monotonic() + RETRY_FOR_S
+        attempts = 0
+        args_l = list(args)
+        while True:
+            attempts += 1
+            self.run.counters.calls += 1
+            if attempts > 1 and self.run.plant == "fresh-key-retry":
+                args_l[key_arg] = f"{args[key_arg]}-r{attempts}"
+            try:
+                out = await self.conn.call(reducer, *args_l)
+                return "ok", out.value, attempts
+            except ReducerError as exc:
+                return "failed", exc.code, attempts
+            except ConnectError as exc:
+                if exc.permanent:  # the connection gave up: a new one (e.g. refused while restarting)
+                    await self.conn.close()
+                    self.conn = self._connection()
+            except (SdkError, OSError):
+                pass
+            self.run.counters.retries += 1
+            if time.monotonic() > deadline:
+                return "unknown", None, attempts
+            await asyncio.sleep(0.05)
+
+    async def step(self) -> None:
+        self.n += 1
+        n, run = self.n, self.run
+        pick = self.rng.random()
+        if pick < 0.7:
+            await self.append(run.streams[self.rng.randrange(len(run.streams))])
+        elif pick < 0.8:
+            rid = f"req-{self.name}-{n}"
+            request = canonical({"op": rid, "seed": run.seed})
+            status, value, attempts = await self.call("open_compute_assignment", 0, rid, 5000, request)
+            run.history.writes.append(Write(self.name, "open", rid, sha(request), status, attempts=attempts))
+            if status == "failed":
+                run.history.client_errors.append(f"{self.name}: open {rid} refused: {value}")
+        elif pick < 0.9:
+            oid = f"ob-{self.name}-{n}"
+            content = f"chaos {run.seed} {oid}"
+            status, value, attempts = await self.call("enqueue_bridge_event", 0, oid, "chaos", 30078, "[]", content)
+            run.history.writes.append(Write(self.name, "enqueue", oid, sha(content), status, attempts=attempts))
+            if status == "failed":
+                run.history.client_errors.append(f"{self.name}: enqueue {oid} refused: {value}")
+        else:
+            await self.presence(self.rng.choice(("online", "away")))
+
+    async def append(self, stream: str) -> Write:
+        run = self.run
+        key = f"{self.name}.{self.n}"
+        payload = canonical({"op": key, "seed": run.seed, "w": self.index, "pad": "x" * self.rng.randrange(64)})
+        status, value, attempts = await self.call("append_sync_event", 1, stream, key, payload, sha(payload), None)
+        seq = value if isinstance(value, int) and status == "ok" else None
+        write = Write(self.name, "append", key, sha(payload), status, stream, seq, attempts)
+        run.history.writes.append(write)
+        if status == "failed":
+            run.history.client_errors.append(f"{self.name}: append {key} refused: {value}")
+        return write
+
+    async def step_append_only(self) -> Write:
+        self.n += 1
+        return await self.append(self.run.streams[self.n % len(self.run.streams)])
+
+    async def presence(self, status: str) -> bool:
+        session = f"sess-{self.name}"
+        outcome, value, _ = await self.call("upsert_presence", 0, session, f"dev-{self.name}", "chaos", status,
+                                            "local", 300_000)
+        if outcome == "ok":
+            self.run.history.presence_acked.setdefault(session, set()).add(status)
+        elif outcome == "failed":
+            self.run.history.client_errors.append(f"{self.name}: presence refused: {value}")
+        return outcome == "ok"
+
+    async def loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.step()
+            await asyncio.sleep(self.run.profile.write_pause_s)
+
+
+class Subscriber:
+    """Follows every stream into ``sub<i>.sqlite``: a view table and the log of what it applied."""
+
+    def __init__(self, run: ChaosRun, index: int, token: str) -> None:
+        self.run, self.index, self.token = run, index, token
+        self.name = f"sub{index}"
+        self.path = run.workdir / f"{self.name}.sqlite"
+        self.conn: Connection | None = None
+        self.store: CheckpointStore | None = None
+        self.consumers: list[StreamConsumer] = []
+
+    async def start(self) -> None:
+        store = CheckpointStore(self.path)
+        store.db.execute("CREATE TABLE IF NOT EXISTS chaos_view (stream TEXT, seq INTEGER, key TEXT, hash TEXT, "
+                         "PRIMARY KEY (stream, seq))")
+        store.db.execute("CREATE TABLE IF NOT EXISTS chaos_applied (n INTEGER PRIMARY KEY AUTOINCREMENT, "
+                         "stream TEXT, seq INTEGER, key TEXT, hash TEXT)")
+        self.store = store
+        self.conn = Connection(self.run.proxy_url, token=self.token, backoff=FAST, call_timeout=10, open_timeout=5)
+        self.consumers = [StreamConsumer(self.conn, store, s, apply=self.apply, on_rebootstrap=self.rebootstrap,
+                                         client_id=self.name, on_error=self.on_error, ack_delay=0.05)
+                          for s in self.run.streams]
+        await self.conn.connect()
+        for c in self.consumers:
+            await c.start()
+
+    def apply(self, tx: sqlite3.Connection, e: SyncEvent) -> None:
+        if self.run.plant == "skip-apply" and self.index == 0 and e.seq % 5 == 0:
+            return  # the planted bug: the application forgets the event, the checkpoint still advances
+        digest = sha(e.payload)
+        tx.execute("INSERT INTO chaos_applied (stream, seq, key, hash) VALUES (?, ?, ?, ?)",
+                   (e.stream_id, e.seq, e.idempotency_key, digest))
+        tx.execute("INSERT OR REPLACE INTO chaos_view VALUES (?, ?, ?, ?)",
+                   (e.stream_id, e.seq, e.idempotency_key, digest))
+
+    def rebootstrap(self, tx: sqlite3.Connection, stale: Stale) -> None:
+        self.run.history.rebootstraps.append((self.name, f"{stale.stream_id} ({stale!r})"[:400]))
+        tx.execute("DELETE FROM chaos_view WHERE stream = ?", (stale.stream_id,))
+        # a boundary in the applied log: what follows is a rehydration from the floor, not a re-apply
+        tx.execute("INSERT INTO chaos_applied (stream, seq, key, hash) VALUES (?, ?, '', '')",
+                   (stale.stream_id, REBOOTSTRAP))
+
+    def on_error(self, exc: BaseException) -> None:
+        self.run.history.client_errors.append(f"{self.name}: consumer failed: {exc!r}"[:300])
+
+    async def stop(self) -> None:
+        for c in self.consumers:
+            await c.stop()
+        if self.conn is not None:
+            await self.conn.close()
+        if self.store is not None:
+            self.store.close()
+        self.consumers, self.conn, self.store = [], None, None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    def watermarks(self) -> dict[str, int]:
+        return {c.stream_id: c.watermark for c in self.consumers}
+
+    def read(self) -> tuple[list[Applied], dict[str, tuple[int, dict[int, tuple[str, str]]]]]:
+        db = sqlite3.connect(self.path)
+        try:
+            applied = [Applied(self.name, s, q, k, h) for s, q, k, h in
+                       db.execute("SELECT stream, seq, key, hash FROM chaos_applied ORDER BY n")]
+            marks = dict(db.execute("SELECT stream_id, watermark FROM syncref_checkpoint").fetchall())
+            views: dict[str, tuple[int, dict[int, tuple[str, str]]]] = {}
+            for stream in self.run.streams:
+                rows = db.execute("SELECT seq, key, hash FROM chaos_view WHERE stream = ?", (stream,)).fetchall()
+                views[stream] = (int(marks.get(stream, 0)), {q: (k, h) for q, k, h in rows})
+            return applied, views
+        finally:
+            db.close()
+
+
+class ChaosRun:
+    def __init__(self, seed: int, profile: Profile, workdir: Path, *, plant: str | None = None,
+                 log: Any = None) -> None:
+        if plant is not None and plant not in PLANTS:
+            raise ValueError(f"unknown plant {plant!r}; known: {', '.join(PLANTS)}")
+        self.seed, self.profile, self.workdir, self.plant = seed, profile, workdir, plant
+        self.schedule = plan(seed, profile)
+        self.streams = [f"chaos.s{i}" for i in range(profile.streams)]
+        self.history = History()
+        self.counters = Counters()
+        self.log = log
+        self.data = workdir / "data"
+        self.stall = workdir / "stall"
+        self.server: ServerProcess | None = None
+        self.proxy: ChaosProxy | None = None
+        self.proxy_url = ""
+
+    def say(self, text: str) -> None:
+        if self.log is not None:
+            print(text, file=self.log, flush=True)
+
+    async def execute(self) -> dict[str, Any]:
+        started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "syncref.toml"
+        config.write_text(f'[faults]\nstall_commits_while = "{self.stall}"\n', encoding="utf-8")
+        auth = Authenticator(AuthConfig(), KeyStore.load_or_create(self.data))
+        past = Authenticator(AuthConfig(), KeyStore.load_or_create(self.data), clock=lambda: time.time() - 7200)
+        p = self.profile
+        w_tokens = [auth.mint(subject=f"chaos-w{i}", scopes=WRITER_SCOPES, streams=("chaos.*",), ttl_s=None)
+                    for i in range(p.writers)]
+        s_tokens = [auth.mint(subject=f"chaos-sub{i}", scopes=SUB_SCOPES, streams=("chaos.*",), ttl_s=None)
+                    for i in range(p.subscribers)]
+        admin_token = auth.mint(subject="chaos-admin", scopes=SCOPES, streams=("*",), ttl_s=None)
+        expired = past.mint(subject="chaos-expired", scopes=WRITER_SCOPES, streams=("chaos.*",), ttl_s=60)
+        server = self.server = ServerProcess(self.data, free_port(), config, self.workdir / "server.log")
+        await server.start()
+        proxy = self.proxy = ChaosProxy(server.port)
+        await proxy.start()
+        self.proxy_url = f"http://127.0.0.1:{proxy.port}"
+        writers = [Writer(self, i, t) for i, t in enumerate(w_tokens)]
+        subs = [Subscriber(self, i, t) for i, t in enumerate(s_tokens)]
+        for s in subs:
+            await s.start()
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(w.loop(stop)) for w in writers]
+        self.say(f"chaos: seed {self.seed}, profile {p.name}, {len(self.schedule)} nemeses over {p.duration_s:.0f} s")
+        t0 = time.monotonic()
+        try:
+            for nem in self.schedule:
+                wait = nem.at_s - (time.monotonic() - t0)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self.nemesis(nem, subs, expired)
+                for t in tasks:
+                    if t.done() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+        finally:
+            # --- heal ---
+            with contextlib.suppress(FileNotFoundError):
+                self.stall.unlink()
+            proxy.clear()
+            if not server.running:
+                await server.start()
+            stop.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                self.history.client_errors.append(f"writer crashed: {r!r}"[:300])
+        self.say(f"chaos: healing ({server.kills} kills so far)")
+        for w in writers:
+            await self.progress(w)
+        heads = await self.read_final(server.url, admin_token)
+        await self.catch_up(subs, heads.heads)
+        for s in subs:
+            await s.stop()
+        for w in writers:
+            await w.conn.close()
+        await proxy.stop()
+        for s in subs:
+            applied, views = s.read()
+            self.history.applied.extend(applied)
+            self.history.views[s.name] = views
+        code = await server.stop()
+        anomalies = check(self.history, heads)
+        findings = [a for a in anomalies if a.code in FINDINGS]
+        anomalies = [a for a in anomalies if a.code not in FINDINGS]
+        if code != 0:
+            anomalies.append(Anomaly("client_error", f"the server did not stop cleanly (exit {code})"))
+        from reference.replay import verify_log
+
+        report = verify_log(self.data)
+        if not report.ok:
+            anomalies.append(Anomaly("verify_log", f"verify-log failed: {report.mismatch}"))
+        return self.report(anomalies, findings, heads, report.records, time.monotonic() - started)
+
+    async def nemesis(self, nem: Nemesis, subs: list[Subscriber], expired: str) -> None:
+        server, proxy = self.server, self.proxy
+        assert server is not None and proxy is not None
+        self.counters.nemeses[nem.kind] += 1
+        kind, prm = nem.kind, nem.params
+        self.say(f"  {nem.at_s:7.2f} s  {kind} {prm if prm else ''}")
+        if kind == "kill":
+            await server.kill()
+            await asyncio.sleep(prm["down_s"])
+            await server.start()
+        elif kind == "stall_kill":
+            self.stall.write_text("stalled by the chaos run")
+            await asyncio.sleep(prm["stall_s"])
+            await server.kill()
+            self.stall.unlink()
+            await asyncio.sleep(prm["down_s"])
+            await server.start()
+        elif kind == "stall":
+            self.stall.write_text("stalled by the chaos run")
+            await asyncio.sleep(prm["stall_s"])
+            self.stall.unlink()
+        elif kind == "storm":
+            proxy.cut()
+        elif kind == "delay":
+            proxy.delay(prm["delay_ms"] / 1000)
+            await asyncio.sleep(prm["for_s"])
+            proxy.clear()
+        elif kind == "client_restart":
+            self.counters.client_restarts += 1
+            await subs[int(prm["client"])].restart()
+        elif kind == "token_expiry":
+            conn = Connection(self.proxy_url, token=expired, backoff=FAST, open_timeout=5)
+            try:
+                await asyncio.wait_for(conn.connect(), 20)
+                refused = False
+            except ConnectError as exc:
+                refused = exc.status == 401
+            except TimeoutError:
+                refused = True  # never admitted (the server was unreachable through the whole window)
+            finally:
+                await conn.close()
+            self.history.expired_tokens.append(refused)
+
+    async def progress(self, w: Writer) -> None:
+        """After the heal: one more append and a presence upsert must be acknowledged."""
+        ok = (await w.step_append_only()).status == "ok"
+        self.history.progress.append((f"{w.name}: append after the heal {'acknowledged' if ok else 'not acknowledged'}",
+                                      ok))
+        ok = await w.presence("online")
+        self.history.progress.append((f"{w.name}: presence after the heal", ok))
+
+    async def read_final(self, url: str, token: str) -> FinalState:
+        conn = Connection(url, token=token, backoff=FAST, call_timeout=30)
+        try:
+            await asyncio.wait_for(conn.connect(), 60)
+            sub = conn.subscribe(["SELECT * FROM sync_stream", "SELECT * FROM sync_event",
+                                  "SELECT * FROM compute_assignment", "SELECT * FROM bridge_outbox",
+                                  "SELECT * FROM session_presence"])
+            await asyncio.wait_for(conn.applied(sub, timeout=60), 90)
+            cache = conn.cache
+            events: dict[str, list[tuple[int, str, str]]] = {s: [] for s in self.streams}
+            for r in cache.table("sync_event"):
+                if isinstance(r, SyncEvent) and r.stream_id in events:
+                    events[r.stream_id].append((r.seq, r.idempotency_key, sha(r.payload)))
+            floors, heads = {}, {}
+            for r in cache.table("sync_stream"):
+                if isinstance(r, SyncStream) and r.stream_id in events:
+                    floors[r.stream_id], heads[r.stream_id] = r.floor_seq, r.head_seq
+            for s in self.streams:
+                heads.setdefault(s, 0)
+                floors.setdefault(s, 1)
+            assignments = {r.request_id: sha(r.request) for r in cache.table("compute_assignment")
+                           if isinstance(r, ComputeAssignment)}
+            outbox = {r.outbox_id: sha(r.content) for r in cache.table("bridge_outbox") if isinstance(r, BridgeOutbox)}
+            presence = {r.session_id: r.status for r in cache.table("session_presence")
+                        if isinstance(r, SessionPresence)}
+            return FinalState(events, floors, heads, assignments, outbox, presence)
+        finally:
+            await conn.close()
+
+    async def catch_up(self, subs: list[Subscriber], heads: dict[str, int]) -> None:
+        deadline = time.monotonic() + HEAL_FOR_S
+        for s in subs:
+            while any(s.watermarks().get(st, 0) < h for st, h in heads.items()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            reached = all(s.watermarks().get(st, 0) >= h for st, h in heads.items())
+            self.history.progress.append((f"{s.name}: reached every head after the heal (watermarks "
+                                          f"{s.watermarks()}, heads {heads})", reached))
+            for c in s.consumers:
+                await c.flush_acks()
+
+    def report(self, anomalies: list[Anomaly], findings: list[Anomaly], final: FinalState, records: int,
+               seconds: float) -> dict[str, Any]:
+        server = self.server
+        assert server is not None and self.proxy is not None
+        writes = Counter(w.status for w in self.history.writes)
+        kinds = Counter(w.kind for w in self.history.writes if w.status == "ok")
+        return {
+            "ok": not anomalies,
+            "seed": self.seed,
+            "profile": self.profile.name,
+            "duration_s": self.profile.duration_s,
+            "plant": self.plant,
+            "replay": f"syncref chaos --seed {self.seed}" + (" --quick" if self.profile.name == "quick" else
+                                                               f" --duration {self.profile.duration_s:g}")
+                      + (f" --plant {self.plant}" if self.plant else ""),
+            "seconds": round(seconds, 1),
+            "schedule": [n.as_json() for n in self.schedule],
+            "faults": dict(self.counters.nemeses),
+            "sigkill_restarts": server.kills,
+            "server_starts": server.starts,
+            "restart_seconds_max": round(max(server.start_seconds), 2),
+            "proxy": {"connections": self.proxy.accepted, "cut": self.proxy.cuts, "refused": self.proxy.refused},
+            "writes": {"ok": writes["ok"], "failed": writes["failed"], "unknown": writes["unknown"],
+                       "ok_by_kind": dict(kinds), "call_attempts": self.counters.calls,
+                       "retries": self.counters.retries},
+            "events_final": sum(len(v) for v in final.events.values()),
+            "events_applied": sum(1 for a in self.history.applied if a.seq != REBOOTSTRAP),
+            "rebootstraps": len(self.history.rebootstraps),
+            "log_records": records,
+            "client_restarts": self.counters.client_restarts,
+            "expired_tokens_refused": sum(self.history.expired_tokens),
+            "anomalies": [a.as_json() for a in anomalies],
+            "anomaly_counts": dict(Counter(a.code for a in anomalies)),
+            "findings": [a.as_json() for a in findings],
+        }
+
+
+def run_chaos(seed: int, profile: Profile, workdir: Path, *, plant: str | None = None,
+              log: Any = None) -> dict[str, Any]:
+    """Run one chaos run to the end; the report (``ok``, figures, anomalies)."""
+    run = ChaosRun(seed, profile, workdir, plant=plant, log=log)
+    return asyncio.run(run.execute())
+
+
+def default_seed() -> int:
+    return int.from_bytes(os.urandom(4), "big")

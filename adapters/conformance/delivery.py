@@ -1,0 +1,315 @@
+"""Delivery scenarios: what each connection receives, in order, as steps drive a server.
+
+A scenario is a list of steps over named connections -- ``connect`` (claims, confirmed reads or
+not), ``send`` (a client message: ``Subscribe``, ``Unsubscribe``, ``CallReducer``), ``hold`` (from
+here on nothing becomes durable until a ``durable`` step), ``durable`` (the durable offset moves to
+``to``), and ``receive`` (everything the connection may be sent now).  The model
+(:class:`spec.delivery.Server`) and the reference engine (:class:`reference.engine.Engine`) both
+expose that interface, so :func:`drive` runs a scenario on either; the vector records the model's
+messages for every ``receive`` and the consumer compares the engine's.
+
+Messages are written in a normal form (:func:`message_json`): a ``$type`` tag and the fields, rows
+as objects by column (SATS-JSON), and within one message the tables sorted by name and rows by
+their JSON text -- the order of rows inside a message is not significant; the order of messages is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from adapters.conformance.codec import args_from_json, args_to_json, claims_from_json, claims_to_json, rows_to_json
+from spec import messages as sm
+from spec.auth import Claims
+from spec.policy import Policy, StreamClass
+from spec.schema import SCOPES
+
+
+class Target(Protocol):
+    committed: int
+
+    def connect(self, claims: Claims, confirmed: bool) -> int: ...
+    def handle(self, conn_id: int, msg: sm.ClientMessage) -> None: ...
+    def releasable(self, conn_id: int) -> bool: ...
+    def pop(self, conn_id: int) -> sm.Outbound: ...
+    def advance_durable(self, to: int) -> None: ...
+
+
+POLICY: Final = Policy(default_class=StreamClass("default", max_payload_bytes=1024, replay_budget=50))
+T0: Final = 1_700_000_000_000_000
+
+
+def _id(n: int) -> str:
+    return format(n, "064x")
+
+
+def people(ns: str = "s") -> dict[str, Claims]:
+    """The scenario's people; their stream grants are under the namespace ``ns`` (``s`` in the vectors,
+    a fresh one per run over the wire, so runs against a shared server do not see each other)."""
+    return {
+        "writer": Claims(_id(0x3417E), frozenset(SCOPES), (f"{ns}.*",)),
+        "reader": Claims(_id(0x4EAD), frozenset({"sync.subscribe"}), (f"{ns}.a",)),
+        "watcher": Claims(_id(0x3A7C), frozenset({"sync.subscribe"}), (f"{ns}.*",)),
+        "noscope": Claims(_id(0x0DD), frozenset(), (f"{ns}.*",)),
+        "bridge": Claims(_id(0xB41D6E), frozenset({"sync.subscribe", "bridge.enqueue", "bridge.mark_sent"}), ()),
+    }
+
+
+PEOPLE: Final = people()
+
+
+def _tables_json(parts: tuple[sm.TableRows, ...]) -> list[dict[str, Any]]:
+    return sorted(({"table": t.table, "event": t.event, "inserts": rows_to_json(t.inserts),
+                    "deletes": rows_to_json(t.deletes)} for t in parts), key=lambda d: str(d["table"]))
+
+
+def _sets_json(sets: tuple[sm.QuerySetUpdate, ...]) -> list[dict[str, Any]]:
+    return sorted(({"query_set_id": u.query_set_id, "tables": _tables_json(u.tables)} for u in sets),
+                  key=lambda d: int(d["query_set_id"]))
+
+
+def message_json(msg: sm.ServerMessage) -> dict[str, Any]:
+    """The normal form of a model server message."""
+    out: dict[str, Any] = {"$type": type(msg).__name__}
+    if isinstance(msg, sm.SubscribeApplied):
+        out.update(request_id=msg.request_id, query_set_id=msg.query_set_id, rows=_tables_json(msg.rows))
+    elif isinstance(msg, sm.UnsubscribeApplied):
+        out.update(request_id=msg.request_id, query_set_id=msg.query_set_id,
+                   rows=None if msg.rows is None else _tables_json(msg.rows))
+    elif isinstance(msg, sm.TransactionUpdate):
+        out.update(tx_offset=msg.tx_offset, query_sets=_sets_json(msg.query_sets))
+    elif isinstance(msg, sm.ReducerResult):
+        o = msg.outcome
+        outcome = ({"ok": {"ret": o.ret, "query_sets": _sets_json(o.query_sets)}} if isinstance(o, sm.ReducerOk)
+                   else {"err": {"error": o.error, "internal": o.internal}})
+        out.update(request_id=msg.request_id, tx_offset=msg.tx_offset, outcome=outcome)
+    else:
+        out.update({f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)})
+    return json.loads(json.dumps(out, sort_keys=True))  # type: ignore[no-any-return]
+
+
+def client_message_json(msg: sm.ClientMessage) -> dict[str, Any]:
+    if isinstance(msg, sm.CallReducer):
+        return {"$type": "CallReducer", "request_id": msg.request_id, "reducer": msg.reducer,
+                "args": args_to_json(msg.reducer, msg.args)}
+    if isinstance(msg, sm.Subscribe):
+        return {"$type": "Subscribe", "request_id": msg.request_id, "query_set_id": msg.query_set_id,
+                "queries": list(msg.queries)}
+    return {"$type": "Unsubscribe", "request_id": msg.request_id, "query_set_id": msg.query_set_id,
+            "send_dropped": msg.send_dropped}
+
+
+def client_message_from_json(doc: dict[str, Any]) -> sm.ClientMessage:
+    t = doc["$type"]
+    if t == "CallReducer":
+        return sm.CallReducer(doc["request_id"], doc["reducer"], args_from_json(doc["reducer"], doc["args"]))
+    if t == "Subscribe":
+        return sm.Subscribe(doc["request_id"], doc["query_set_id"], tuple(doc["queries"]))
+    return sm.Unsubscribe(doc["request_id"], doc["query_set_id"], doc["send_dropped"])
+
+
+# --- scenarios (steps as data) ----------------------------------------------------------------------------
+
+def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Every scenario's description and steps, with stream and outbox ids under ``ns``."""
+    folk = people(ns)
+    a, b = f"{ns}.a", f"{ns}.b"
+    ev_a = f"SELECT * FROM sync_event WHERE stream_id = '{a}'"
+
+    def connect(conn: str, who: str, confirmed: bool = False) -> dict[str, Any]:
+        return {"op": "connect", "conn": conn, "person": who, "claims": claims_to_json(folk[who]),
+                "confirmed": confirmed}
+
+    def send(conn: str, msg: sm.ClientMessage) -> dict[str, Any]:
+        return {"op": "send", "conn": conn, "message": client_message_json(msg)}
+
+    def receive(conn: str) -> dict[str, Any]:
+        return {"op": "receive", "conn": conn}
+
+    def sub(conn: str, rid: int, qs: int, *queries: str) -> dict[str, Any]:
+        return send(conn, sm.Subscribe(rid, qs, tuple(queries)))
+
+    def append(conn: str, rid: int, stream: str, key: str, payload: str = '{"n":1}') -> dict[str, Any]:
+        return send(conn, sm.CallReducer(rid, "append_sync_event", (stream, key, payload, None, None)))
+
+    def call(conn: str, rid: int, reducer: str, *args: Any) -> dict[str, Any]:
+        return send(conn, sm.CallReducer(rid, reducer, tuple(args)))
+
+    hold: dict[str, Any] = {"op": "hold"}
+    release: dict[str, Any] = {"op": "release"}
+
+    def durable(to: int) -> dict[str, Any]:
+        return {"op": "durable", "to": to}
+
+    o1, o2 = f"{ns}o1", f"{ns}o2"
+    outbox = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o1}'"
+    eid = "ab" * 32
+    return {
+        "subscribe_snapshot": ("a subscription's first answer is the snapshot of the rows it matches, atomically", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
+            append("w", 3, b, "k1"), receive("w"),
+            connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r")]),
+        "update_and_caller_result": ("the caller hears of its own write only in its ReducerResult; every other "
+                                     "subscriber gets a TransactionUpdate", [
+            connect("w", "writer"), connect("r", "reader"), sub("w", 1, 10, ev_a), sub("r", 1, 10, ev_a),
+            receive("w"), receive("r"), append("w", 2, a, "k1"), receive("w"), receive("r")]),
+        "duplicate_call_is_a_noop": ("a retried append (same key, same payload) answers the first seq and sends "
+                                     "no update to anyone", [
+            connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
+            append("w", 1, a, "k1"), append("w", 2, a, "k1"), receive("w"), receive("r")]),
+        "duplicate_frame": ("the very same CallReducer frame twice (same request id): two identical answers, "
+                            "one transaction", [
+            connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
+            append("w", 7, a, "k1"), append("w", 7, a, "k1"), receive("w"), receive("r")]),
+        "reducer_error_result": ("a failing call answers ReducerResult with the error string and writes nothing", [
+            connect("n", "noscope"), append("n", 1, a, "k1"), receive("n")]),
+        "confirmed_reads_wait_for_durability": ("a confirmed-reads connection is sent an update only once its "
+                                                "offset is durable; an unconfirmed one at once", [
+            connect("w", "writer"), connect("c", "watcher", confirmed=True), connect("u", "watcher"),
+            sub("c", 1, 10, ev_a), sub("u", 1, 10, ev_a), receive("c"), receive("u"), hold,
+            append("w", 2, a, "k1"), receive("w"), receive("c"), receive("u"),
+            append("w", 3, a, "k2", '{"n":2}'), durable(1), receive("c"), durable(2), receive("c"), receive("w")]),
+        "confirmed_reads_released": ("while the log stalls, a confirmed reader is sent nothing of the new "
+                                     "transaction (an unconfirmed one is); once it is durable, the update", [
+            connect("w", "writer"), connect("c", "watcher", confirmed=True), connect("u", "watcher"),
+            sub("c", 1, 10, ev_a), sub("u", 1, 10, ev_a), receive("c"), receive("u"), hold,
+            append("w", 2, a, "k1"), receive("w"), receive("u"), {"op": "receive_quiet", "conn": "c"},
+            release, receive("c")]),
+        "event_tables": ("event-table rows reach subscribers once, marked as events, and never appear in a "
+                         "snapshot", [
+            connect("w", "writer"), connect("r", "watcher"), sub("r", 1, 10, "SELECT * FROM stream_signal"),
+            receive("r"), call("w", 1, "publish_stream_signal", a, "typing", '{"on":true}'),
+            receive("w"), receive("r"), sub("r", 2, 11, "SELECT * FROM stream_signal"), receive("r")]),
+        "row_filter": ("a subscriber sees only rows of streams its grant covers, in snapshots and updates", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, b, "k1"), receive("w"),
+            connect("r", "reader"), sub("r", 1, 10, "SELECT * FROM sync_event"), receive("r"),
+            append("w", 3, b, "k2", '{"n":2}'), append("w", 4, a, "k2", '{"n":2}'), receive("r")]),
+        "unsubscribe": ("unsubscribe answers UnsubscribeApplied (with the set's rows when asked) and stops "
+                        "updates", [
+            connect("w", "writer"), append("w", 1, a, "k1"), connect("r", "reader"),
+            sub("r", 1, 10, ev_a), sub("r", 2, 11, "SELECT * FROM sync_stream"),
+            send("r", sm.Unsubscribe(3, 10, True)), send("r", sm.Unsubscribe(4, 11, False)), receive("r"),
+            append("w", 2, a, "k2", '{"n":2}'), receive("r")]),
+        "resume_and_stale_cursor": ("a resume within budget is a snapshot of the events after W; a stale one is a "
+                                    "SubscriptionError naming every reason; a malformed resume is invalid_query", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
+            append("w", 3, a, "k3", '{"n":3}'), receive("w"), connect("r", "reader"),
+            sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 1"), sub("r", 2, 11, f"{ev_a} AND epoch = 2 AND seq > 1"),
+            sub("r", 3, 12, f"{ev_a} AND epoch = 1 AND seq > 9"), sub("r", 4, 13, f"{ev_a} AND seq > 1"),
+            sub("r", 5, 14, f"SELECT * FROM sync_event WHERE stream_id = '{b}' AND epoch = 1 AND seq > 0"),
+            receive("r")]),
+        "stale_cursor_recovery": ("after an epoch reset the old cursor is stale (epoch_changed, continues "
+                                  "nothing); the client re-reads the stream row and resumes in the new epoch", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
+            call("w", 3, "reset_stream_epoch", a), receive("w"), connect("r", "watcher"),
+            sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 2"),
+            sub("r", 2, 11, f"SELECT * FROM sync_stream WHERE stream_id = '{a}'"),
+            sub("r", 3, 12, f"{ev_a} AND epoch = 2 AND seq > 2"), receive("r"),
+            append("w", 4, a, "k3", '{"n":3}'), receive("r")]),
+        "bridge_outbox": ("the outbox rules a bridge worker relies on, without any relay: enqueue dedupes on "
+                          "[source, kind, tags, content], kinds outside policy are denied, a failure records its "
+                          "backoff, a success is kept and merges newly acked relays, another event id conflicts", [
+            connect("g", "bridge"), sub("g", 1, 10, outbox), receive("g"),
+            call("g", 2, "enqueue_bridge_event", o1, "receipts", 30078, '[["d","x"]]', "hello"),
+            call("g", 3, "enqueue_bridge_event", o1, "receipts", 30078, '[ ["d", "x"] ]', "hello"),
+            call("g", 4, "enqueue_bridge_event", o1, "providers", 30078, '[["d","x"]]', "hello"),
+            call("g", 5, "enqueue_bridge_event", o2, "notes", 1, "[]", "hi"),
+            call("g", 6, "record_bridge_failure", o1, "relay timeout", 30_000),
+            call("g", 7, "mark_bridge_event_sent", o1, eid, ("wss://a",)),
+            call("g", 8, "mark_bridge_event_sent", o1, eid, ("wss://b", "wss://a")),
+            call("g", 9, "mark_bridge_event_sent", o1, eid, ("wss://b",)),
+            call("g", 10, "mark_bridge_event_sent", o1, "cd" * 32, ("wss://c",)),
+            call("g", 11, "record_bridge_failure", o1, "late", 0), receive("g")]),
+    }
+
+
+SCENARIOS: Final = scenarios()
+
+
+def drive(target: Target, steps: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Run ``steps``; return the messages of each ``receive`` step, in order."""
+    conns: dict[str, int] = {}
+    held = False
+    received: list[list[dict[str, Any]]] = []
+
+    def settle() -> None:
+        if not held:
+            target.advance_durable(target.committed)
+
+    for step in steps:
+        op = step["op"]
+        if op == "connect":
+            conns[step["conn"]] = target.connect(claims_from_json(step["claims"]), step["confirmed"])
+        elif op == "send":
+            target.handle(conns[step["conn"]], client_message_from_json(step["message"]))
+            settle()
+        elif op == "hold":
+            held = True
+        elif op == "release":
+            held = False
+            target.advance_durable(target.committed)
+        elif op == "durable":
+            target.advance_durable(step["to"])
+        elif op in ("receive", "receive_quiet"):
+            cid = conns[step["conn"]]
+            got = []
+            while target.releasable(cid):
+                got.append(message_json(target.pop(cid).message))
+            received.append(got)
+        else:
+            raise ValueError(f"unknown step {op!r}")
+    return received
+
+
+def model_target(policy: Policy = POLICY, max_queue: int = 1000, max_undurable: int = 8, now: int = T0) -> Target:
+    from spec.delivery import Server
+    server = Server(policy, max_queue=max_queue, max_undurable=max_undurable)
+    server.now = now
+    return server
+
+
+def engine_target(policy: Policy = POLICY, max_queue: int = 1000, max_undurable: int = 8, now: int = T0) -> Target:
+    from reference.engine import Engine
+
+    class _Engine(Engine):
+        def advance_durable(self, to: int) -> None:
+            self.take_records()  # the store took the records; now they are durable up to ``to``
+            super().advance_durable(to)
+
+    engine = _Engine(policy, max_queue=max_queue, max_undurable=max_undurable)
+    engine.now = now
+    return engine
+
+
+def _types(got: list[dict[str, Any]]) -> list[str]:
+    return [m["$type"] for m in got]
+
+
+EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
+    # hand-written facts each scenario must show (the generator refuses a model that breaks one)
+    "subscribe_snapshot": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 2,
+    "update_and_caller_result": lambda r: _types(r[2]) == ["ReducerResult"] and _types(r[3]) == ["TransactionUpdate"]
+    and bool(r[2][0]["outcome"]["ok"]["query_sets"]),
+    "duplicate_call_is_a_noop": lambda r: [m["outcome"]["ok"]["ret"] for m in r[1]] == [1, 1]
+    and _types(r[2]) == ["TransactionUpdate"],
+    "reducer_error_result": lambda r: r[0][0]["outcome"]["err"]["error"].startswith("missing_scope"),
+    "confirmed_reads_wait_for_durability": lambda r: r[3] == [] and _types(r[4]) == ["TransactionUpdate"]
+    and r[5][0]["tx_offset"] == 1 and r[6][0]["tx_offset"] == 2,
+    "event_tables": lambda r: r[2][0]["query_sets"][0]["tables"][0]["event"] is True
+    and r[3][0]["rows"] == [],
+    "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1,
+    "unsubscribe": lambda r: _types(r[0])[2:] == ["UnsubscribeApplied", "UnsubscribeApplied"]
+    and r[0][2]["rows"] is not None and r[0][3]["rows"] is None and r[1] == [],
+    "duplicate_frame": lambda r: [m["request_id"] for m in r[1]] == [7, 7] and r[1][0] == r[1][1]
+    and _types(r[2]) == ["TransactionUpdate"],
+    "confirmed_reads_released": lambda r: r[4] == [] and _types(r[3]) == ["TransactionUpdate"]
+    and _types(r[5]) == ["TransactionUpdate"],
+    "stale_cursor_recovery": lambda r: _types(r[1]) == ["SubscriptionError", "SubscribeApplied", "SubscribeApplied"]
+    and '"epoch_changed"' in r[1][0]["error"] and _types(r[2]) == ["TransactionUpdate"],
+    "bridge_outbox": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0] for m in r[1]]
+    == ["ok", "ok", "idempotency_conflict", "policy_denied", "ok", "ok", "ok", "ok", "bridge_event_conflict", "ok"],
+    "resume_and_stale_cursor": lambda r: _types(r[1]) == ["SubscribeApplied"] + ["SubscriptionError"] * 4
+    and r[1][1]["error"].startswith("stale_cursor") and r[1][3]["error"].startswith("invalid_query"),
+}

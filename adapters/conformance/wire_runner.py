@@ -1,0 +1,592 @@
+"""``syncref conformance``: drive scenarios over v2 BSATN against any server and judge them by the model.
+
+Each scenario is a list of steps (:mod:`adapters.conformance.delivery`: the same steps the delivery
+vectors record) over named WebSocket connections.  The runner plays them against the target --
+each ``receive`` is closed by a *barrier* (a ``OneOffQuery`` answered in order with everything
+else, so once its answer is in, everything the server sent before it is in too) -- then plays the
+same steps on the model (:class:`spec.delivery.Server`) with the identities the target assigned,
+and compares every message of every ``receive``: type, order, request ids, outcomes, error
+strings, rows (SATS-JSON by column).  Transaction offsets (v2 carries none in updates) and
+timestamps are the target's own (its log holds other data) and are masked.  The model runs with
+the default policy (``spec.policy.DEFAULT_POLICY``, what ``syncref serve`` uses unconfigured): a
+target with other stream classes or budgets differs where those show (``replay_budget``).
+
+Scenario stream and outbox ids are under a fresh namespace per run, and every person's grants
+are limited to it, so a shared or long-lived target gives the same answers as a fresh one.
+
+Hooks a target may offer (without them the scenarios that need them are *skipped*, with the reason):
+
+``--mint-with DIR``  the target's data directory (its JWT signing key, ``jwt-es256-key.pem``):
+                     tokens with the scopes, grants and compatibility claims each scenario needs.
+                     With only ``--token T`` just the handshake scenario runs.
+``--stall-file PATH`` a path whose existence stalls the target's commit log (``syncref serve``:
+                     ``[faults] stall_commits_while``): the confirmed-reads scenario.
+``--restart-cmd CMD`` a shell command that restarts the target (and returns once it is started or
+                     in the background): replay parity across a restart.
+
+Bad targets get a one-line answer per scenario, never a traceback: nothing listening, not a
+SpacetimeDB endpoint (the HTTP status of the refused upgrade), a refused token, a close
+mid-scenario (code and reason), a server that never answers (where it waited).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from adapters import bsatn, wire
+from adapters.conformance import delivery as d
+from spec import messages as sm
+from spec.policy import DEFAULT_POLICY
+
+BARRIER_BASE = 3_000_000_000
+
+
+class ScenarioFailed(Exception):
+    """The target diverged from the model, or misbehaved; the message is the first divergence."""
+
+
+class Skipped(Exception):
+    """The scenario needs a hook the target was not given."""
+
+
+@dataclass
+class Options:
+    url: str
+    database: str
+    token: str | None = None
+    mint_with: Path | None = None
+    only: str | None = None
+    restart_cmd: str | None = None
+    stall_file: Path | None = None
+    timeout: float = 10.0
+    quiet_s: float = 0.5
+
+
+@dataclass
+class Outcome:
+    area: str
+    scenario: str
+    invariants: tuple[str, ...]
+    status: str  # pass | fail | skip
+    message: str = ""
+    seconds: float = 0.0
+
+
+# --- the target ----------------------------------------------------------------------------------------------
+
+class Conn:
+    """One v2 BSATN WebSocket connection."""
+
+    def __init__(self, opts: Options, token: str | None, confirmed: bool, name: str) -> None:
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+        from websockets.sync.client import connect
+        self.name = name
+        self.opts = opts
+        base = opts.url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        url = (f"{base}/v1/database/{opts.database}/subscribe?compression=None"
+               f"&confirmed={'true' if confirmed else 'false'}")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            self.ws = connect(url, subprotocols=["v2.bsatn.spacetimedb"],  # type: ignore[list-item]
+                              additional_headers=headers, open_timeout=opts.timeout, max_size=64 * 1024 * 1024)
+        except InvalidStatus as exc:
+            body = exc.response.body.decode("utf-8", "replace")[:300] if exc.response.body else ""
+            raise ScenarioFailed(f"connection {name}: the WebSocket upgrade was refused: HTTP "
+                                 f"{exc.response.status_code} {body!r}") from None
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            raise ScenarioFailed(f"connection {name}: cannot open {url}: {type(exc).__name__}: {exc}") from None
+        if self.ws.subprotocol != "v2.bsatn.spacetimedb":
+            raise ScenarioFailed(f"connection {name}: the server chose subprotocol {self.ws.subprotocol!r}, "
+                                 "not v2.bsatn.spacetimedb")
+        self.pending: list[wire.ServerMessage] = []
+        first = self.recv("the InitialConnection")
+        if not isinstance(first, wire.InitialConnection):
+            raise ScenarioFailed(f"connection {name}: the first message is {type(first).__name__}, "
+                                 "not InitialConnection")
+        self.identity = first.identity
+        self._barrier = BARRIER_BASE
+
+    def send(self, msg: wire.ClientMessage) -> None:
+        self._guard(lambda: self.ws.send(wire.encode_client(msg)), "sending")
+
+    def recv(self, waiting_for: str, timeout: float | None = None) -> wire.ServerMessage:
+        while not self.pending:
+            frame = self._guard(lambda: self.ws.recv(timeout=self.opts.timeout if timeout is None else timeout),
+                                f"waiting for {waiting_for}")
+            if not isinstance(frame, bytes):
+                raise ScenarioFailed(f"connection {self.name}: a text frame {frame[:80]!r} (v2 BSATN is binary)")
+            try:
+                self.pending.extend(wire.decode_server_frame(frame, 2))
+            except bsatn.BsatnError as exc:
+                raise ScenarioFailed(f"connection {self.name}: an undecodable frame ({exc}): "
+                                     f"{frame[:64].hex()}...") from None
+        return self.pending.pop(0)
+
+    def _guard(self, fn: Callable[[], Any], doing: str) -> Any:
+        from websockets.exceptions import ConnectionClosed
+        try:
+            return fn()
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            how = f"code {rcvd.code} {rcvd.reason!r}" if rcvd is not None else "without a close frame"
+            raise ScenarioFailed(f"connection {self.name}: the server closed the connection ({how}) while "
+                                 f"{doing}") from None
+        except TimeoutError:
+            raise ScenarioFailed(f"connection {self.name}: no answer within {self.opts.timeout:g} s while "
+                                 f"{doing}") from None
+
+    def until_barrier(self, where: str) -> list[wire.ServerMessage]:
+        self._barrier += 1
+        rid = self._barrier
+        self.send(wire.OneOffQuery(rid, "SELECT * FROM sync_stream WHERE stream_id = 'conformance.barrier'"))
+        out: list[wire.ServerMessage] = []
+        while True:
+            msg = self.recv(f"the barrier query's answer {where}")
+            if isinstance(msg, wire.OneOffQueryResult) and msg.request_id == rid:
+                return out
+            out.append(msg)
+
+    def quiet(self) -> list[wire.ServerMessage]:
+        """Whatever arrives within ``quiet_s`` (no barrier: for a connection that must hear nothing)."""
+        out = list(self.pending)
+        self.pending.clear()
+        deadline = time.monotonic() + self.opts.quiet_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                out.append(self.recv("nothing", timeout=left))
+            except ScenarioFailed as exc:
+                if "no answer within" in str(exc):
+                    break
+                raise
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a broken connection is best effort
+            self.ws.close()
+
+
+class Tokens:
+    """Tokens for the scenario's people: minted with the target's key, or the one given token."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.auth: Any = None
+        if opts.mint_with is not None:
+            from adapters.auth import KEY_FILE_NAME, AuthConfig, Authenticator, KeyStore
+            key = opts.mint_with / KEY_FILE_NAME
+            if not key.exists():
+                raise SystemExit(f"syncref conformance: --mint-with {opts.mint_with}: no {KEY_FILE_NAME} there "
+                                 "(give the target's data directory)")
+            self.auth = Authenticator(AuthConfig(), KeyStore.load_or_create(opts.mint_with))
+
+    @property
+    def can_mint(self) -> bool:
+        return self.auth is not None
+
+    def token(self, subject: str, claims: dict[str, Any], **compat: Any) -> str | None:
+        if self.auth is None:
+            return self.opts.token
+        token: str = self.auth.mint(subject=subject, scopes=frozenset(claims["scopes"]),
+                                    streams=tuple(claims["streams"]), ttl_s=3600, **compat)
+        return token
+
+
+# --- comparing with the model --------------------------------------------------------------------------------
+
+def _mask(v: Any) -> Any:
+    if isinstance(v, dict):
+        if set(v) == {"__timestamp_micros_since_unix_epoch__"}:
+            return "<timestamp>"
+        return {k: ("<offset>" if k == "tx_offset" else _mask(x)) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_mask(x) for x in v]
+    return v
+
+
+def _show(msgs: list[dict[str, Any]]) -> str:
+    return json.dumps(msgs, sort_keys=True)[:900]
+
+
+def _first_divergence(where: str, got: list[dict[str, Any]], want: list[dict[str, Any]]) -> str | None:
+    g, w = _mask(got), _mask(want)
+    if g == w:
+        return None
+    for i, (a, b) in enumerate(zip(g, w, strict=False)):
+        if a != b:
+            return (f"{where}, message {i}: the target sent {json.dumps(a, sort_keys=True)[:700]}; the model "
+                    f"sends {json.dumps(b, sort_keys=True)[:700]}")
+    if len(g) > len(w):
+        return f"{where}: the target sent {len(g) - len(w)} more message(s): {_show(g[len(w):])}"
+    return f"{where}: the target sent {len(w) - len(g)} fewer message(s); the model also sends {_show(w[len(g):])}"
+
+
+# --- scenarios ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scenario:
+    area: str
+    name: str
+    invariants: tuple[str, ...]
+    needs: tuple[str, ...] = ()  # "mint", "stall", "restart"
+    steps: str | None = None  # the delivery scenario it plays (None: a scenario of its own below)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("protocol", "handshake", ("handshake",)),
+    Scenario("delivery", "subscribe_snapshot", ("DELIV-2",), ("mint",), "subscribe_snapshot"),
+    Scenario("delivery", "update_and_caller_result", ("DELIV-3",), ("mint",), "update_and_caller_result"),
+    Scenario("delivery", "reducer_error_result", ("DELIV-4", "AUTH-2"), ("mint",), "reducer_error_result"),
+    Scenario("delivery", "event_tables", ("EVT-2",), ("mint",), "event_tables"),
+    Scenario("delivery", "row_filter", ("AUTH-1",), ("mint",), "row_filter"),
+    Scenario("delivery", "unsubscribe", ("DELIV-2",), ("mint",), "unsubscribe"),
+    Scenario("idempotency", "duplicate_call_is_a_noop", ("IDEM-2",), ("mint",), "duplicate_call_is_a_noop"),
+    Scenario("idempotency", "duplicate_frame", ("IDEM-2",), ("mint",), "duplicate_frame"),
+    Scenario("resume", "resume_and_stale_cursor", ("STALE-1", "STALE-3"), ("mint",), "resume_and_stale_cursor"),
+    Scenario("resume", "stale_cursor_recovery", ("STALE-1", "REPLAY-2"), ("mint",), "stale_cursor_recovery"),
+    Scenario("durability", "confirmed_reads_released", ("CONF-1",), ("mint", "stall"), "confirmed_reads_released"),
+    Scenario("compat", "negotiation_order", ("COMPAT-1",), ("mint",)),
+    Scenario("bridge", "bridge_outbox", ("BRIDGE-2", "BRIDGE-3"), ("mint",), "bridge_outbox"),
+    Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2"), ("mint", "restart")),
+)
+AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
+_HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
+          "stall": "--stall-file PATH (a way to stall the target's commit log)",
+          "restart": "--restart-cmd CMD (a way to restart the target)"}
+
+
+class Runner:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.tokens = Tokens(opts)
+        self.run_id = uuid.uuid4().hex[:10]
+
+    # --- playing delivery steps ---
+
+    def play(self, name: str) -> None:
+        ns = f"cf{self.run_id}{abs(hash(name)) % 10_000:04d}"
+        _, steps = d.scenarios(ns)[name]
+        conns: dict[str, Conn] = {}
+        inbox: dict[str, list[wire.ServerMessage]] = {}
+        dirty: set[str] = set()  # connections that sent something since their last barrier
+        identities: dict[str, str] = {}
+        got: list[list[dict[str, Any]]] = []
+        stall = self.opts.stall_file
+        try:
+            for k, step in enumerate(steps):
+                op = step["op"]
+                where = f"step {k} ({op} {step.get('conn', '')})"
+                if op == "connect":
+                    person = step["person"]
+                    token = self.tokens.token(f"{ns}-{person}", step["claims"])
+                    conns[step["conn"]] = c = Conn(self.opts, token, step["confirmed"], step["conn"])
+                    identities[person] = c.identity
+                elif op == "send":
+                    conns[step["conn"]].send(_to_wire(step["message"]))
+                    dirty.add(step["conn"])
+                elif op in ("receive", "receive_quiet"):
+                    # a barrier orders one connection only: first make every other connection's sends
+                    # taken (their answers wait in their inbox), so their writes reach this one first
+                    for other in sorted(dirty - {step["conn"]}):
+                        inbox.setdefault(other, []).extend(conns[other].until_barrier(f"after {where}"))
+                    dirty.clear()
+                    c = conns[step["conn"]]
+                    msgs = inbox.pop(step["conn"], [])
+                    msgs += c.until_barrier(f"after {where}") if op == "receive" else c.quiet()
+                    got.append([d.message_json(wire.server_from_wire(m)) for m in msgs])
+                elif op == "hold":
+                    assert stall is not None
+                    stall.touch()
+                elif op == "release":
+                    assert stall is not None
+                    stall.unlink(missing_ok=True)
+                else:
+                    raise Skipped(f"step {op!r} needs a hook no wire target has (the vector covers it)")
+        finally:
+            if stall is not None:
+                stall.unlink(missing_ok=True)
+            for c in conns.values():
+                c.close()
+        # the model, with the identities the target assigned
+        for step in steps:
+            if step["op"] == "connect":
+                step["claims"] = {**step["claims"], "identity": identities[step["person"]]}
+        want = d.drive(d.model_target(DEFAULT_POLICY), steps)
+        receives = [s for s in steps if s["op"] in ("receive", "receive_quiet")]
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            diff = _first_divergence(f"receive #{i} on connection {receives[i]['conn']}", g, w)
+            if diff is not None:
+                raise ScenarioFailed(diff)
+
+    # --- scenarios of their own ---
+
+    def handshake(self) -> None:
+        """InitialConnection first; a subscription answered; offsets never go backwards."""
+        token = self.tokens.token(f"cf{self.run_id}-hs", {"scopes": ["sync.subscribe"], "streams": []})
+        c = Conn(self.opts, token, False, "h")
+        try:
+            if not re.fullmatch(r"[0-9a-f]{64}", c.identity):
+                raise ScenarioFailed(f"InitialConnection identity {c.identity!r} is not 64 lowercase hex")
+            c.send(wire.Subscribe(1, 1, ("SELECT * FROM sync_stream WHERE stream_id = 'conformance.none'",)))
+            msgs = c.until_barrier("after a subscribe")
+            kinds = [type(m).__name__ for m in msgs]
+            if kinds not in (["SubscribeApplied"], ["SubscriptionError"]):
+                raise ScenarioFailed(f"a subscribe was answered with {kinds}")
+        finally:
+            c.close()
+
+    def negotiation_order(self) -> None:
+        """Every compatibility code, in order: the HTTP answer of the upgrade against the model's
+        negotiation with the target's own window (read from its first refusal)."""
+        from spec.compat import CompatWindow, negotiate
+        cases = [(None, None, None), ("bad", "oa.sync.v1", 2), ("bad", "x", 99), ("20991231T235959Z", "x", 99),
+                 ("20260601T000000Z", "x", 2), ("20260601T000000Z", "oa.sync.v1", 99),
+                 ("20000101T000000Z", "oa.sync.v1", 2), ("29991231T235959Z", "oa.sync.v1", 2),
+                 ("20000101T000000Z", "oa.sync.v1", 99), ("20260601T000000Z", "oa.sync.v1", 2)]
+        window: CompatWindow | None = None
+        for i, (build, protocol, schema) in enumerate(cases):
+            status, body = self._upgrade_status(f"cf{self.run_id}-compat{i}", build, protocol, schema)
+            if window is None and status == 426:
+                w = body.get("window") or {}
+                window = CompatWindow(w["protocol_version"], w["min_schema_version"], w["max_schema_version"],
+                                      w["min_client_build_id"], w["max_client_build_id"])
+            model = CompatWindow() if window is None else window
+            err = negotiate(model, build, protocol, schema)
+            want = (101, None) if err is None else (426, err.code.value)
+            got_code = body.get("code") if status == 426 else None
+            if (status, got_code) != want:
+                raise ScenarioFailed(f"claims build={build!r} protocol={protocol!r} schema={schema!r}: the target "
+                                     f"answered HTTP {status} {body!r:.300}; the model says "
+                                     f"{'101 (admitted)' if err is None else f'426 {err.code.value}'}")
+            if status == 426 and body.get("upgrade_required") != (got_code == "upgrade_required"):
+                raise ScenarioFailed(f"a 426 {got_code} body says upgrade_required={body.get('upgrade_required')}")
+
+    def _upgrade_status(self, subject: str, build: str | None, protocol: str | None,
+                        schema: int | None) -> tuple[int, dict[str, Any]]:
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+        token = self.tokens.auth.mint(subject=subject, scopes=frozenset({"sync.subscribe"}), streams=(), ttl_s=600,
+                                      client_build_id=build, protocol_version=protocol, schema_version=schema)
+        base = self.opts.url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        try:
+            ws = connect(f"{base}/v1/database/{self.opts.database}/subscribe?compression=None",
+                         subprotocols=["v2.bsatn.spacetimedb"],  # type: ignore[list-item]
+                         additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=self.opts.timeout)
+        except InvalidStatus as exc:
+            raw = exc.response.body or b""
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = {"text": raw.decode("utf-8", "replace")[:200]}
+            return exc.response.status_code, body if isinstance(body, dict) else {"body": body}
+        ws.close()
+        return 101, {}
+
+    def replay_parity_across_restart(self) -> None:
+        """Events read back after a restart equal those before it; a resume from W yields exactly the
+        events after W; a retried append is still deduplicated; the next append is head + 1."""
+        ns = f"cf{self.run_id}rp"
+        claims = {"scopes": ["sync.subscribe", "sync.append"], "streams": [f"{ns}.*"]}
+        token = self.tokens.token(f"{ns}-writer", claims)
+        stream = f"{ns}.r"
+        query = f"SELECT * FROM sync_event WHERE stream_id = '{stream}'"
+
+        def appended(c: Conn, key: str, n: int) -> int | None:
+            c.send(wire.CallReducer(n, 0, "append_sync_event",
+                                    bsatn.encode_args("append_sync_event", (stream, key, f'{{"n":{n}}}', None, None))))
+            for m in c.until_barrier(f"after appending {key}"):
+                if isinstance(m, wire.ReducerResult) and m.request_id == n:
+                    res = wire.server_from_wire(m)
+                    assert isinstance(res, sm.ReducerResult)
+                    if not isinstance(res.outcome, sm.ReducerOk):
+                        raise ScenarioFailed(f"append {key} failed: {res.outcome.error}")
+                    return res.outcome.ret
+            raise ScenarioFailed(f"no ReducerResult for append {key}")
+
+        def snapshot(c: Conn, qs: int, q: str) -> list[dict[str, Any]]:
+            c.send(wire.Subscribe(qs, qs, (q,)))
+            msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier(f"after subscribing {q}")]
+            if [m["$type"] for m in msgs] != ["SubscribeApplied"]:
+                raise ScenarioFailed(f"subscribing {q!r} was answered {_show(msgs)}")
+            rows: list[dict[str, Any]] = msgs[0]["rows"][0]["inserts"] if msgs[0]["rows"] else []
+            return rows
+
+        c = Conn(self.opts, token, True, "before")
+        try:
+            seqs = [appended(c, f"k{i}", i) for i in range(1, 6)]
+            if seqs != [1, 2, 3, 4, 5]:
+                raise ScenarioFailed(f"appends to a new stream returned seqs {seqs}, not 1..5")
+            before = snapshot(c, 1, query)
+        finally:
+            c.close()
+        assert self.opts.restart_cmd is not None
+        proc = subprocess.run(self.opts.restart_cmd, shell=True, capture_output=True, text=True,
+                              timeout=120)
+        if proc.returncode != 0:
+            raise ScenarioFailed(f"--restart-cmd exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                c = Conn(self.opts, token, True, "after")
+                break
+            except ScenarioFailed as exc:
+                if time.monotonic() > deadline:
+                    raise ScenarioFailed(f"the target did not come back within 60 s of --restart-cmd: {exc}") from None
+                time.sleep(0.2)
+        try:
+            after = snapshot(c, 1, query)
+            stream_rows = snapshot(c, 3, f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'")
+            same = [{k: r[k] for k in ("seq", "idempotency_key", "payload", "payload_hash")} for r in after]
+            if same != [{k: r[k] for k in ("seq", "idempotency_key", "payload", "payload_hash")} for r in before]:
+                raise ScenarioFailed(f"after the restart the stream reads {_show(after)}; before it {_show(before)}")
+            old_epoch, new_epoch = before[0]["epoch"], after[0]["epoch"]
+            row = stream_rows[0] if stream_rows else {}
+            if new_epoch != old_epoch and not (row.get("continues_epoch") == old_epoch
+                                               and row.get("continues_seq", 0) >= 5):
+                raise ScenarioFailed(f"the restart moved the stream from epoch {old_epoch} to {new_epoch} without "
+                                     f"continuing it past seq 5: {_show([row])}")
+            resumed = snapshot(c, 2, f"{query} AND epoch = {new_epoch} AND seq > 3")
+            if resumed != [r for r in after if r["seq"] > 3]:
+                raise ScenarioFailed(f"a resume from W=3 after the restart read {_show(resumed)}")
+            if appended(c, "k2", 2) != 2:
+                raise ScenarioFailed("a retried append after the restart was not deduplicated to seq 2")
+            if appended(c, "k6", 6) != 6:
+                raise ScenarioFailed("the first new append after the restart is not seq 6")
+        finally:
+            c.close()
+
+    # --- running ---
+
+    def run(self) -> list[Outcome]:
+        out = []
+        for s in SCENARIOS:
+            if self.opts.only is not None and s.area != self.opts.only:
+                continue
+            missing = [h for h in s.needs if not self._has(h)]
+            start = time.monotonic()
+            if missing:
+                out.append(Outcome(s.area, s.name, s.invariants, "skip",
+                                   "needs " + "; ".join(_HOOKS[h] for h in missing)))
+                continue
+            try:
+                if s.steps is not None:
+                    self.play(s.steps)
+                else:
+                    getattr(self, s.name)()
+            except Skipped as exc:
+                out.append(Outcome(s.area, s.name, s.invariants, "skip", str(exc)))
+            except ScenarioFailed as exc:
+                out.append(Outcome(s.area, s.name, s.invariants, "fail", str(exc), time.monotonic() - start))
+            except Exception as exc:  # a runner bug or an odd answer: one line
+                out.append(Outcome(s.area, s.name, s.invariants, "fail",
+                                   f"unexpected {type(exc).__name__}: {exc}"[:900], time.monotonic() - start))
+            else:
+                out.append(Outcome(s.area, s.name, s.invariants, "pass", "", time.monotonic() - start))
+        return out
+
+    def _has(self, hook: str) -> bool:
+        return {"mint": self.tokens.can_mint, "stall": self.opts.stall_file is not None,
+                "restart": self.opts.restart_cmd is not None}[hook]
+
+
+def _to_wire(doc: dict[str, Any]) -> wire.ClientMessage:
+    msg = d.client_message_from_json(doc)
+    if isinstance(msg, sm.CallReducer):
+        return wire.CallReducer(msg.request_id, 0, msg.reducer, bsatn.encode_args(msg.reducer, msg.args))
+    if isinstance(msg, sm.Subscribe):
+        return wire.Subscribe(msg.request_id, msg.query_set_id, msg.queries)
+    assert isinstance(msg, sm.Unsubscribe)
+    return wire.Unsubscribe(msg.request_id, msg.query_set_id, msg.send_dropped)
+
+
+def preflight(opts: Options) -> str | None:
+    """None if something that looks like a SpacetimeDB host answers at the URL, else why not."""
+    url = opts.url.rstrip("/") + "/v1/ping"
+    try:
+        with urllib.request.urlopen(url, timeout=opts.timeout) as resp:
+            resp.read(1024)
+    except urllib.error.HTTPError as exc:
+        return (f"{url} answered HTTP {exc.code}: not a SpacetimeDB host (it serves GET /v1/ping)")
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"nothing usable at {opts.url}: {reason}"
+    return None
+
+
+# --- reports ---------------------------------------------------------------------------------------------------
+
+def table(outcomes: list[Outcome]) -> str:
+    lines = []
+    for area in dict.fromkeys(o.area for o in outcomes):
+        lines.append(f"== {area}")
+        for o in (x for x in outcomes if x.area == area):
+            lines.append(f"  {o.status.upper():<5} {o.scenario:<34} {' '.join(o.invariants)}")
+            if o.message:
+                lines.append(f"        {o.message}")
+    n = {k: sum(o.status == k for o in outcomes) for k in ("pass", "fail", "skip")}
+    lines.append(f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped")
+    return "\n".join(lines)
+
+
+def junit(outcomes: list[Outcome]) -> str:
+    cases = []
+    for o in outcomes:
+        inner = ""
+        if o.status == "fail":
+            inner = f"<failure message={quoteattr(o.message[:300])}>{escape(o.message)}</failure>"
+        elif o.status == "skip":
+            inner = f"<skipped message={quoteattr(o.message)}/>"
+        cases.append(f'  <testcase classname={quoteattr("conformance." + o.area)} name={quoteattr(o.scenario)} '
+                     f'time="{o.seconds:.3f}">{inner}</testcase>')
+    n_fail = sum(o.status == "fail" for o in outcomes)
+    n_skip = sum(o.status == "skip" for o in outcomes)
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="syncref-conformance" tests="{len(outcomes)}" '
+            f'failures="{n_fail}" skipped="{n_skip}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("conformance", help="run the conformance scenarios against a server over v2 BSATN "
+                                           "(docs/conformance.md)")
+    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:3000")
+    p.add_argument("--database", default="autopilot-sync")
+    p.add_argument("--token", help="one bearer token (only the handshake runs without --mint-with)")
+    p.add_argument("--mint-with", type=Path, metavar="DIR", help="the target's data directory: mint tokens "
+                   "with its signing key")
+    p.add_argument("--only", choices=AREAS, help="run one area")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write the results as JUnit XML")
+    p.add_argument("--restart-cmd", metavar="CMD", help="a shell command that restarts the target")
+    p.add_argument("--stall-file", type=Path, metavar="PATH",
+                   help="a path whose existence stalls the target's commit log ([faults] stall_commits_while)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
+
+
+
+def main(args: argparse.Namespace) -> int:
+    opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
+                   args.stall_file, args.timeout)
+    problem = preflight(opts)
+    if problem is not None:
+        outcomes = [Outcome(s.area, s.name, s.invariants, "fail", problem) for s in SCENARIOS
+                    if opts.only is None or s.area == opts.only]
+    else:
+        outcomes = Runner(opts).run()
+    print(table(outcomes))
+    if args.json:
+        args.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=2) + "\n")
+    if args.junit:
+        args.junit.write_text(junit(outcomes))
+    return 1 if any(o.status == "fail" for o in outcomes) or not outcomes else 0
+

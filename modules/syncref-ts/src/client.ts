@@ -1,0 +1,40 @@
+/**
+ * Client-side rules (spec/client.py). On SpacetimeDB these move to the client: the module cannot
+ * refuse a stale resume, so a client checks the `sync_stream` row it receives with its resume
+ * query set ({@link resumeCheck}) and applies events by the per-event rule ({@link applyRule}).
+ * Pure functions, importable by a TypeScript client of the module.
+ */
+
+import { staleReasons } from './rules.js';
+
+/** What a client does with event `seq` at watermark `last`. */
+export function applyRule(last: bigint, seq: bigint): 'duplicate' | 'apply' | 'gap' {
+  if (seq <= last) return 'duplicate';
+  return seq === last + 1n ? 'apply' : 'gap';
+}
+
+/** May a view at (`epoch`, `last`) adopt `new_epoch` without a rebootstrap? Exactly when the new
+ * epoch continues `epoch` up to at least `last` (ADR-0003 decision 6). */
+export function continues(epoch: bigint | undefined, last: bigint, new_epoch: bigint, continues_epoch: bigint,
+  continues_seq: bigint): boolean {
+  return epoch !== undefined && continues_epoch !== 0n && continues_epoch === epoch && new_epoch !== epoch && last <= continues_seq;
+}
+
+/** The `sync_stream` columns a resume check reads. */
+export interface StreamRow { epoch: bigint; head_seq: bigint; floor_seq: bigint; replay_budget: bigint; continues_epoch: bigint; continues_seq: bigint }
+
+/** What a client resuming at (epoch, watermark) does once the stream row arrives: `resume` (the
+ * snapshot is the replay), `continue` (adopt the new epoch, same watermark), or `rebootstrap` with
+ * the stale reasons. No row yet: the stream is empty (epoch 1 unless the server raised its floor),
+ * and the resume is safe when the watermark is 0. */
+export function resumeCheck(row: StreamRow | undefined, epoch: bigint, watermark: bigint):
+  { action: 'resume' } | { action: 'continue'; epoch: bigint } | { action: 'rebootstrap'; reasons: string[] } {
+  if (row === undefined) return watermark === 0n ? { action: 'resume' } : { action: 'rebootstrap', reasons: ['cursor_ahead_of_head'] };
+  const reasons = staleReasons(row.epoch, row.head_seq, row.floor_seq, row.replay_budget, epoch, watermark);
+  if (reasons.length === 0) return { action: 'resume' };
+  if (reasons.length === 1 && reasons[0] === 'epoch_changed'
+    && continues(epoch, watermark, row.epoch, row.continues_epoch, row.continues_seq)) {
+    return { action: 'continue', epoch: row.epoch };
+  }
+  return { action: 'rebootstrap', reasons };
+}

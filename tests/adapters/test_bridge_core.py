@@ -1,0 +1,294 @@
+"""The bridge worker's sans-I/O core, table-driven: rows in, actions out.
+
+The event the core builds is judged by second opinions that share no code with it: the
+hand-written NIP-01 byte table (:mod:`support.nostr_oracle`) for the id, and the pure-Python BIP-340
+reference signer (:mod:`support.bip340_ref`) with ``aux_rand`` = 32 zero bytes, which must produce
+the very same signature (determinism is what makes a republish after a crash byte-identical).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from support import bip340_ref, nostr_oracle
+
+from adapters.bridge.core import (
+    BridgeCore,
+    BridgePolicy,
+    Mark,
+    Publish,
+    RecordFailure,
+    Unpublishable,
+    build_event,
+)
+from adapters.nostr.errors import NostrUsageError
+from adapters.nostr.keys import SigningKey
+from adapters.nostr.pool import OutcomeStatus, RelayOutcome
+from spec.values import BridgeOutbox
+
+A, B = "ws://relay-a.test", "ws://relay-b.test"
+SECRET = hashlib.sha256(b"test_bridge_core").digest()
+KEY = SigningKey(SECRET)
+T0 = 1_767_225_600_000_000  # µs
+S = 1_000_000
+
+
+def row(oid: str = "o1", *, status: str = "pending", attempts: int = 0, due: int = T0, acked: tuple[str, ...] = (),
+        event_id: str | None = None, kind: int = 31990, tags: str = '[["d","gpu-1"],["k","5050"]]',
+        content: str = '{"name":"gpu-1"}', updated: int = T0) -> BridgeOutbox:
+    return BridgeOutbox(oid, "test", kind, tags, content, "sha256:" + "0" * 64, status, attempts, due, None, event_id,
+                        acked, T0, updated)
+
+
+def sent(oid: str = "o1", acked: tuple[str, ...] = (A,), **kw: Any) -> BridgeOutbox:
+    base = row(oid, **kw)
+    return replace(base, status="sent", nostr_event_id=build_event(base, KEY).id, relays_acked=acked)
+
+
+def core(*rows: BridgeOutbox, policy: BridgePolicy | None = None) -> BridgeCore:
+    c = BridgeCore((A, B), KEY, policy or BridgePolicy())
+    c.sync_rows(rows)
+    return c
+
+
+def ok(relay: str, dup: bool = False) -> RelayOutcome:
+    return RelayOutcome(relay, OutcomeStatus.ACKED, "duplicate: have it" if dup else "", dup, None, 0.01)
+
+
+def failed(relay: str, retry: float | None) -> RelayOutcome:
+    return RelayOutcome(relay, OutcomeStatus.FAILED, f"{relay}: connect failed", False, retry, None)
+
+
+def rejected(relay: str) -> RelayOutcome:
+    return RelayOutcome(relay, OutcomeStatus.REJECTED, "blocked: not here", False, None, 0.01)
+
+
+# --- building the event ----------------------------------------------------------------------------
+
+
+def test_the_event_is_the_row_signed_deterministically_and_agrees_with_independent_checks() -> None:
+    r = row(tags='[["d","syncref:receipt:req-42"],["t","receipt"]]',
+            content='{"note":"line\\nbreak \\"q\\" \\u00e9 🚀","request_id":"req-42"}', kind=30078)
+    event = build_event(r, KEY)
+    doc = event.to_json()
+    assert (doc["kind"], doc["content"], doc["created_at"]) == (30078, r.content, T0 // S)
+    assert doc["tags"] == json.loads(r.tags)
+    assert doc["pubkey"] == bip340_ref.public_key(SECRET).hex()
+    assert nostr_oracle.event_id(doc) == event.id
+    assert bip340_ref.sign(SECRET, bytes.fromhex(event.id), bytes(32)).hex() == event.sig  # same bytes, other code
+    assert nostr_oracle.event_is_valid(doc)
+    assert build_event(r, KEY) == event  # a rebuild (after a crash) is byte-identical
+
+
+@pytest.mark.parametrize(("tags", "content", "reason"), [
+    ('{"d":"x"}', "{}", "array of arrays of strings"),
+    ('[["d",1]]', "{}", "array of arrays of strings"),
+    ("not json", "{}", "not JSON"),
+    ('[["d","x"]]', "bell \x07", "U+0007"),
+    ('[["d","x\\u001f"]]', "{}", "U+001F"),
+])
+def test_rows_that_cannot_be_events_are_refused_with_the_reason(tags: str, content: str, reason: str) -> None:
+    with pytest.raises(Unpublishable, match=re.escape(reason)):
+        build_event(row(tags=tags, content=content), KEY)
+
+
+# --- poll: what a row becomes ----------------------------------------------------------------------
+
+POLL_CASES: list[tuple[str, BridgeOutbox, int, str | None, tuple[str, ...] | str]] = [
+    # name, row, now, expected action type, relays (Publish) or error fragment (RecordFailure)
+    ("pending and due", row(), T0, "Publish", (A, B)),
+    ("pending, due later", row(due=T0 + 5 * S), T0, None, ()),
+    ("pending, due exactly now", row(due=T0 + 5 * S), T0 + 5 * S, "Publish", (A, B)),
+    ("sent to A only: catch B up", sent(acked=(A,)), T0, "Publish", (B,)),
+    ("sent to B only: catch A up", sent(acked=(B,)), T0, "Publish", (A,)),
+    ("sent to both: done", sent(acked=(A, B)), T0, None, ()),
+    ("sent to both and an old relay", sent(acked=("ws://old.test", A, B)), T0, None, ()),
+    ("dead letter", row(status="failed", attempts=5), T0, None, ()),
+    ("kind outside the allowlist", row(kind=1), T0, "RecordFailure", "does not mirror kind 1"),
+    ("control character", row(content="a\x01b"), T0, "RecordFailure", "U+0001"),
+    ("tags not tags", row(tags='[1,2]'), T0, "RecordFailure", "unpublishable"),
+    ("sent under another key's id", replace(sent(acked=(A,)), nostr_event_id="ab" * 32), T0, None, ()),
+    ("sent, kind no longer allowed", sent(acked=(A,), kind=1), T0, None, ()),
+]
+
+
+@pytest.mark.parametrize(("name", "r", "now", "kind", "expect"), POLL_CASES, ids=[c[0] for c in POLL_CASES])
+def test_poll_table(name: str, r: BridgeOutbox, now: int, kind: str | None, expect: Any) -> None:
+    c = core(r)
+    actions = c.poll(now)
+    if kind is None:
+        assert actions == []
+        assert c.poll(now) == []
+        return
+    assert len(actions) == 1 and type(actions[0]).__name__ == kind, actions
+    action = actions[0]
+    if isinstance(action, Publish):
+        assert action.relays == expect
+        assert action.event == build_event(r, KEY)
+    else:
+        assert isinstance(action, RecordFailure)
+        assert expect in action.error and action.retry_after_ms == BridgePolicy().reject_retry_ms
+    assert c.poll(now) == []  # busy: never acted on twice
+
+
+def test_poll_orders_by_due_time_and_respects_max_in_flight() -> None:
+    rows = [row(f"o{i}", due=T0 - i * S) for i in range(5)]
+    c = core(*rows, policy=BridgePolicy(max_in_flight=3))
+    first = c.poll(T0)
+    assert [a.outbox_id for a in first] == ["o4", "o3", "o2"]
+    assert c.poll(T0) == []
+    c.published("o4", [ok(A), ok(B)], T0)
+    c.call_done("o4", T0)
+    assert [a.outbox_id for a in c.poll(T0)] == ["o1"]
+
+
+# --- published: what the relays' outcomes become ---------------------------------------------------
+
+PUBLISHED_CASES: list[tuple[str, BridgeOutbox, list[RelayOutcome], list[Any], int | None]] = [
+    # name, row, outcomes, expected actions (with the event id filled in), in-memory hold (s) or None
+    ("both ack", row(), [ok(A), ok(B)], [Mark("o1", "*", (A, B))], None),
+    ("both answer duplicate (a republish)", row(), [ok(A, True), ok(B, True)], [Mark("o1", "*", (A, B))], None),
+    ("A acks, B down: sent now, B caught up later", row(), [ok(A), failed(B, 3.0)], [Mark("o1", "*", (A,))], 3),
+    ("both down: the largest retry_after", row(), [failed(A, 2.0), failed(B, 7.5)],
+     [RecordFailure("o1", "*", 7500)], 7.5),
+    ("both reject: the policy's retry", row(), [rejected(A), rejected(B)], [RecordFailure("o1", "*", 60_000)], 60),
+    ("short retry_after is floored", row(), [failed(A, 0.01), failed(B, None)], [RecordFailure("o1", "*", 1000)], 1),
+    ("no answer in time", row(), [RelayOutcome(A, OutcomeStatus.PENDING), RelayOutcome(B, OutcomeStatus.PENDING)],
+     [RecordFailure("o1", "*", 1000)], 1),
+    ("catch-up acked: relays merge", sent(acked=(A,)), [ok(B)], [Mark("o1", "*", (A, B))], None),
+    ("catch-up failed: no call, held in memory", sent(acked=(A,)), [failed(B, 4.0)], [], 4),
+    ("catch-up rejected: no call, held", sent(acked=(A,)), [rejected(B)], [], 60),
+]
+
+
+@pytest.mark.parametrize(("name", "r", "outcomes", "expect", "hold"), PUBLISHED_CASES,
+                         ids=[c[0] for c in PUBLISHED_CASES])
+def test_published_table(name: str, r: BridgeOutbox, outcomes: list[RelayOutcome], expect: list[Any],
+                         hold: float | None) -> None:
+    c = core(r)
+    (publish,) = c.poll(T0)
+    assert isinstance(publish, Publish)
+    actions = c.published("o1", outcomes, T0)
+    assert len(actions) == len(expect)
+    for got, want in zip(actions, expect, strict=True):
+        assert type(got) is type(want)
+        if isinstance(want, Mark):
+            assert got == Mark("o1", publish.event.id, want.relays)
+        else:
+            assert isinstance(got, RecordFailure)
+            assert got.retry_after_ms == want.retry_after_ms
+            for o in outcomes:
+                assert o.relay in got.error
+    if hold is None:
+        assert "o1" not in c.hold_until
+    else:
+        assert c.hold_until["o1"] == T0 + int(hold * 1000) * 1000
+    if not actions:  # nothing to call: free again, but held until the retry time
+        assert c.poll(T0) == []
+        assert c.next_due() == c.hold_until["o1"]
+        assert len(c.poll(c.hold_until["o1"])) == 1
+
+
+def test_a_relay_that_keeps_rejecting_a_sent_row_is_given_up_after_max_rejections() -> None:
+    c = core(sent(acked=(A,)), policy=BridgePolicy(max_rejections=3, reject_retry_ms=1000))
+    now = T0
+    for _ in range(3):
+        (p,) = c.poll(now)
+        assert isinstance(p, Publish) and p.relays == (B,)
+        assert c.published("o1", [rejected(B)], now) == []
+        now += 2 * S
+    assert ("o1", B) in c.given_up
+    assert c.poll(now) == [] and c.backlog() == 0 and c.next_due() is None
+
+
+# --- calls -----------------------------------------------------------------------------------------
+
+
+def test_after_a_mark_the_row_is_not_republished_until_the_update_arrives() -> None:
+    r = row()
+    c = core(r)
+    (p,) = c.poll(T0)
+    assert isinstance(p, Publish)
+    assert len(c.published("o1", [ok(A), ok(B)], T0)) == 1
+    c.call_done("o1", T0)  # the result came before the subscription's update
+    assert c.poll(T0 + S) == [] and c.next_due() is None
+    c.sync_rows([replace(r, status="sent", nostr_event_id=p.event.id, relays_acked=(A, B), updated_at=T0 + 1)])
+    assert c.poll(T0 + S) == [] and c.backlog() == 0
+
+
+def test_the_update_may_arrive_before_the_call_result() -> None:
+    r = row()
+    c = core(r)
+    (p,) = c.poll(T0)
+    c.published("o1", [ok(A), ok(B)], T0)
+    c.sync_rows([replace(r, status="sent", nostr_event_id=p.event.id, relays_acked=(A, B), updated_at=T0 + 1)])
+    c.call_done("o1", T0)
+    assert c.stale == {} and c.poll(T0) == [] and c.backlog() == 0
+
+
+@pytest.mark.parametrize(("code", "skipped", "held"), [
+    ("call_failed", False, True),  # connection lost: try again later
+    ("reducer_error", False, True),
+    ("bridge_event_conflict", True, False),  # the server will never accept it: stop
+    ("bridge_event_missing", True, False),
+    ("missing_scope", True, False),
+])
+def test_failed_calls(code: str, skipped: bool, held: bool) -> None:
+    c = core(row())
+    c.poll(T0)
+    c.published("o1", [ok(A), ok(B)], T0)
+    c.call_done("o1", T0, code)
+    assert ("o1" in c.skipped) is skipped
+    assert ("o1" in c.hold_until) is held
+    if held:
+        assert c.poll(T0) == []
+        assert len(c.poll(T0 + BridgePolicy().call_retry_ms * 1000)) == 1
+    else:
+        assert c.poll(T0 + 3600 * S) == [] and c.backlog() == 0
+
+
+def test_misuse_is_refused() -> None:
+    c = core(row())
+    with pytest.raises(NostrUsageError):
+        c.published("o1", [ok(A)], T0)
+    with pytest.raises(NostrUsageError):
+        c.call_done("o1", T0)
+    with pytest.raises(NostrUsageError):
+        BridgeCore((), KEY)
+
+
+def test_backlog_dead_letters_and_next_due() -> None:
+    c = core(row("p1", due=T0 + 9 * S), row("p2", due=T0 + 4 * S), sent("s1", acked=(A,)), sent("s2", acked=(A, B)),
+             row("f1", status="failed"))
+    assert c.backlog() == 3 and c.dead_letters() == 1
+    assert c.next_due() == 0  # the sent row missing B is due at once (no time of its own)
+    c.sync_rows([row("p1", due=T0 + 9 * S), row("p2", due=T0 + 4 * S)])
+    assert c.next_due() == T0 + 4 * S
+
+
+def test_rows_that_leave_the_view_are_forgotten() -> None:
+    c = core(row())
+    c.poll(T0)
+    c.published("o1", [failed(A, 5), failed(B, 5)], T0)
+    c.call_done("o1", T0, "call_failed")
+    c.sync_rows([])
+    assert c.hold_until == {} and c.backlog() == 0
+
+
+def test_policy_defaults_are_pinned() -> None:
+    p = BridgePolicy()
+    assert p.kinds == frozenset({30078, 31990})
+    assert (p.reject_retry_ms, p.min_retry_ms, p.max_retry_ms) == (60_000, 1_000, 86_400_000)
+    assert (p.call_retry_ms, p.max_rejections, p.max_in_flight) == (2_000, 5, 64)
+
+
+@pytest.mark.parametrize("kw", [{"kinds": frozenset()}, {"kinds": frozenset({70000})}, {"min_retry_ms": 0},
+                                {"reject_retry_ms": 10}, {"max_in_flight": 0}, {"max_rejections": 0}])
+def test_bad_policies_are_refused(kw: dict[str, Any]) -> None:
+    with pytest.raises(NostrUsageError):
+        BridgePolicy(**kw)

@@ -1,0 +1,226 @@
+"""``syncref conformance`` against real servers: it passes against ``syncref serve`` (every scenario,
+with every hook: minting, a stalling log, a SIGKILL restart), fails naming the right scenario and
+invariant against servers with planted bugs, skips (never passes) what it lacks a hook for, and
+answers bad targets with one clear line each instead of a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Target:
+    url: str
+    data: Path
+    stall: Path
+    pidfile: Path
+    restart: str
+
+
+def _start_cmd(mutant: str, port: int, data: Path, config: Path, log: Path, pidfile: Path) -> str:
+    serve = [sys.executable, "-m", "support.serve_with_bug", mutant, "serve", "--port", str(port),
+             "--data", str(data), "--config", str(config)]
+    return (f"cd {shlex.quote(str(ROOT))} && PYTHONPATH=tests {shlex.join(serve)} >> {shlex.quote(str(log))} 2>&1 & "
+            f"echo $! > {shlex.quote(str(pidfile))}")
+
+
+def _wait_up(url: str, pidfile: Path, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v1/ping", timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server did not start: {log.read_text()[-2000:]}") from None
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serving(tmp: Path, mutant: str = "none") -> Iterator[Target]:
+    port = _free_port()
+    data, stall, pidfile, log, config = (tmp / "data", tmp / "stall", tmp / "pid", tmp / "log", tmp / "conf.toml")
+    config.write_text(f'[faults]\nstall_commits_while = "{stall}"\n')
+    start = _start_cmd(mutant, port, data, config, log, pidfile)
+    subprocess.run(start, shell=True, check=True, env=ENV)
+    url = f"http://127.0.0.1:{port}"
+    restart = (f"kill -9 $(cat {shlex.quote(str(pidfile))}); "
+               f"while kill -0 $(cat {shlex.quote(str(pidfile))}) 2>/dev/null; do sleep 0.05; done; {start}")
+    try:
+        _wait_up(url, pidfile, log)
+        yield Target(url, data, stall, pidfile, restart)
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def conformance(*args: str, timeout: float = 240) -> tuple[int, str, list[dict[str, Any]]]:
+    out = Path(f"/tmp/conformance-{os.getpid()}-{time.monotonic_ns()}.json")
+    proc = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", *args, "--json", str(out)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    results = json.loads(out.read_text()) if out.exists() else []
+    out.unlink(missing_ok=True)
+    return proc.returncode, proc.stdout, results
+
+
+def test_passes_against_syncref_serve_with_every_hook(tmp_path: Path) -> None:
+    with serving(tmp_path) as t:
+        junit = tmp_path / "junit.xml"
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall),
+                                       "--restart-cmd", t.restart, "--junit", str(junit))
+    print(out)
+    assert rc == 0, out
+    assert results and {r["status"] for r in results} == {"pass"}, out
+    from adapters.conformance.wire_runner import SCENARIOS
+    assert {r["scenario"] for r in results} == {s.name for s in SCENARIOS}
+    assert 'failures="0" skipped="0"' in junit.read_text()
+    assert f"{len(SCENARIOS)} passed, 0 failed, 0 skipped" in out
+
+
+def test_hooks_missing_are_skipped_not_passed(tmp_path: Path) -> None:
+    with serving(tmp_path) as t:
+        token = subprocess.run([sys.executable, "-m", "adapters.cli", "token", "mint", "--data", str(t.data),
+                                "--scopes", "sync.subscribe"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        rc, out, results = conformance("--url", t.url, "--token", token)
+    by_status = {r["scenario"]: r for r in results}
+    assert rc == 0, out
+    assert by_status["handshake"]["status"] == "pass"
+    skipped = [r for r in results if r["status"] == "skip"]
+    assert len(skipped) == len(results) - 1
+    assert all("needs --mint-with DIR" in r["message"] for r in skipped)
+
+
+# the planted bug, the area to run, the scenario that must fail and the invariant it names
+BUGS = [
+    ("caller_also_gets_update", "delivery", "update_and_caller_result", "DELIV-3"),
+    ("fanout_ignores_row_filter", "delivery", "row_filter", "AUTH-1"),
+    ("stale_ignores_epoch", "resume", "resume_and_stale_cursor", "STALE-1"),
+    ("source_not_in_dedupe_hash", "bridge", "bridge_outbox", "BRIDGE-3"),
+    ("confirmed_gate_off_by_one", "durability", "confirmed_reads_released", "CONF-1"),
+]
+
+
+@pytest.mark.parametrize(("mutant", "area", "scenario", "invariant"), BUGS, ids=[b[0] for b in BUGS])
+def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, area: str, scenario: str,
+                                                  invariant: str) -> None:
+    with serving(tmp_path, mutant) as t:
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall),
+                                       "--only", area)
+    print(out)
+    assert rc == 1
+    failed = {r["scenario"]: r for r in results if r["status"] == "fail"}
+    assert scenario in failed, out
+    assert invariant in failed[scenario]["invariants"]
+    assert "the target sent" in failed[scenario]["message"]  # the first divergence, decoded
+    assert f"FAIL  {scenario}" in out
+
+
+class _NotSpacetime(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.end_headers()
+        self.wfile.write(b"nope")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_bad_targets_get_one_line_answers(tmp_path: Path) -> None:
+    port = _free_port()  # nothing listening
+    rc, out, results = conformance("--url", f"http://127.0.0.1:{port}", "--only", "protocol")
+    assert rc == 1 and "nothing usable at" in results[0]["message"]
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _NotSpacetime)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        rc, out, results = conformance("--url", f"http://127.0.0.1:{httpd.server_port}", "--only", "protocol")
+        assert rc == 1 and "answered HTTP 404: not a SpacetimeDB host" in results[0]["message"]
+    finally:
+        httpd.shutdown()
+    silent = socket.socket()  # accepts, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        rc, out, results = conformance("--url", f"http://127.0.0.1:{silent.getsockname()[1]}", "--only", "protocol",
+                                       "--timeout", "1")
+        assert rc == 1 and "timed out" in results[0]["message"]
+    finally:
+        silent.close()
+    with serving(tmp_path) as t:  # a refused token
+        rc, out, results = conformance("--url", t.url, "--token", "not.a.token", "--only", "protocol")
+    assert rc == 1 and "upgrade was refused: HTTP 401" in results[0]["message"], out
+
+
+@contextlib.contextmanager
+def _fake_ws_server(behaviour: str) -> Iterator[str]:
+    """A WebSocket server that greets like SpacetimeDB (``/v1/ping``, ``InitialConnection``) and then
+    either closes with 1011 (``close``) or never answers again (``silent``)."""
+    from http import HTTPStatus
+
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+    from websockets.sync.server import ServerConnection, serve
+
+    from adapters import wire
+
+    def process_request(conn: ServerConnection, request: Any) -> Response | None:
+        if request.path == "/v1/ping":
+            return Response(HTTPStatus.OK.value, "OK", Headers(), b"")
+        return None
+
+    def handler(conn: ServerConnection) -> None:
+        hello = wire.encode_server(wire.InitialConnection("ab" * 32, 1, "t"))
+        conn.send(wire.frame_server(hello, wire.Compression.NONE))
+        if behaviour == "close":  # after the subscribe and the barrier query
+            conn.recv()
+            conn.recv()
+            conn.close(1011, "boom")
+        else:
+            with contextlib.suppress(Exception):
+                while True:
+                    conn.recv()
+
+    with serve(handler, "127.0.0.1", 0, subprotocols=["v2.bsatn.spacetimedb"],  # type: ignore[list-item]
+               process_request=process_request, compression=None) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{srv.socket.getsockname()[1]}"
+        srv.shutdown()
+
+
+def test_a_close_mid_scenario_and_a_silent_server_are_reported_where_they_happened() -> None:
+    with _fake_ws_server("close") as url:
+        rc, out, results = conformance("--url", url, "--token", "t", "--only", "protocol")
+    assert rc == 1 and "the server closed the connection (code 1011 'boom') while waiting for the barrier" \
+        in results[0]["message"], out
+    with _fake_ws_server("silent") as url:
+        rc, out, results = conformance("--url", url, "--token", "t", "--only", "protocol", "--timeout", "1")
+    assert rc == 1 and "no answer within 1 s while waiting for the barrier query's answer after a subscribe" \
+        in results[0]["message"], out

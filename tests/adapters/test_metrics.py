@@ -1,0 +1,261 @@
+"""``GET /metrics`` during a workload: each delivery and durability metric moves as it should.
+
+One server; the group-commit writer is held at a gate (its ``write_batch`` waits) to create a
+durability lag and a lagging confirmed-read subscriber on demand, then released.  Each metric is
+read from the scraped text (``prometheus_client``'s parser), and checked against what the
+workload did: counts equal to the deliveries, sums equal to the records written or the events
+replayed, gauges up while the writer is held and back to 0 after.  No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support.server import ServerThread, WireClient, call_http, http, rows_of, running_server, with_limits
+
+from adapters import wire
+from adapters.observe import CommitClock, FastHistogram
+
+S = "metrics.s1"
+SUB = f"SELECT * FROM sync_event WHERE stream_id = '{S}'"
+
+
+def scrape(st: ServerThread) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    res = http("GET", f"{st.base}/metrics")
+    assert res.status == 200
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(res.text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Gate:
+    """Holds the commit-log writer before each batch while closed."""
+
+    def __init__(self, st: ServerThread) -> None:
+        store = st.server._store
+        assert store is not None
+        self.open = threading.Event()
+        self.open.set()
+        original = store.write_batch
+
+        def gated(records: Any) -> int:
+            self.open.wait(30)
+            return original(records)
+
+        store.write_batch = gated  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def st(tmp_path: Path) -> Iterator[ServerThread]:
+    with running_server(tmp_path, limits=with_limits(max_outbound_queue=20)) as server:
+        yield server
+
+
+def append(st: ServerThread, token: str, key: str) -> Any:
+    return call_http(st, token, "append_sync_event", [S, key, json.dumps({"k": key}), {"none": []}, {"none": []}])
+
+
+def test_metrics_move_with_the_workload(st: ServerThread) -> None:
+    tok = st.token()
+    gate = Gate(st)
+    before = scrape(st)
+    assert value(before, "syncref_fanout_latency_seconds_count") == 0
+    assert value(before, "syncref_subscriber_lag_max_offsets") == 0
+
+    # --- fanout latency: one observation per delivered update ------------------------------------
+    subs = [WireClient(st, tok) for _ in range(3)]
+    for c in subs:
+        assert isinstance(c.subscribe(1, SUB), wire.SubscribeApplied)
+    for i in range(5):
+        assert append(st, tok, f"k{i}").status == 200
+    for c in subs:
+        for _ in range(5):
+            assert isinstance(c.recv(), wire.TransactionUpdate)
+    after = scrape(st)
+    assert value(after, "syncref_fanout_latency_seconds_count") == 15
+    assert value(after, "syncref_fanout_latency_seconds_sum") > 0
+    assert value(after, "syncref_fanout_latency_seconds_bucket", le="+Inf") == 15
+
+    # --- group-commit batches: their sizes add up to the records written --------------------------
+    durable = value(after, "syncref_durable_offset")
+    assert durable >= 5
+    assert value(after, "syncref_group_commit_batch_records_sum") == durable
+    assert 1 <= value(after, "syncref_group_commit_batch_records_count") <= durable
+
+    # --- durability lag and subscriber lag: up while the writer is held, 0 after ------------------
+    gate.open.clear()
+    done: list[int] = []
+    writers = [threading.Thread(target=lambda i=i: done.append(append(st, tok, f"held{i}").status)) for i in range(3)]
+    for w in writers:
+        w.start()
+    wait_for(lambda: value(scrape(st), "syncref_durability_lag_offsets") >= 1, "a durability lag")
+    held = scrape(st)
+    lags = {labels: v for (name, labels), v in held.items() if name == "syncref_subscriber_lag_offsets"}
+    assert len(lags) == 3 and all(v >= 1 for v in lags.values()), lags  # confirmed reads: held back
+    assert value(held, "syncref_subscriber_lag_max_offsets") >= 1
+    gate.open.set()
+    for w in writers:
+        w.join(20)
+    assert done == [200, 200, 200]
+    for c in subs:
+        for _ in range(3):
+            assert isinstance(c.recv(), wire.TransactionUpdate)
+    wait_for(lambda: value(scrape(st), "syncref_subscriber_lag_max_offsets") == 0, "lag back to 0")
+    released = scrape(st)
+    assert value(released, "syncref_durability_lag_offsets") == 0
+    assert value(released, "syncref_fanout_latency_seconds_count") == 15 + 9
+
+    # --- replay gap: a resume query replays head - watermark events ------------------------------
+    resumer = WireClient(st, tok)
+    epoch = st.call(lambda: st.server.engine.db.get("sync_stream", (S,)).epoch)
+    resume = f"{SUB} AND epoch = {epoch}"
+    assert isinstance(resumer.subscribe(1, f"{resume} AND seq > 5"), wire.SubscribeApplied)  # head is 8
+    gap = scrape(st)
+    assert value(gap, "syncref_replay_gap_events_count") == 1
+    assert value(gap, "syncref_replay_gap_events_sum") == 3
+
+    # --- stale cursors, by reason ------------------------------------------------------------------
+    stale = resumer.subscribe(2, f"{resume} AND seq > 100")
+    assert isinstance(stale, wire.SubscriptionError) and "cursor_ahead_of_head" in stale.error
+    counted = scrape(st)
+    assert value(counted, "syncref_stale_cursors_total", reason="cursor_ahead_of_head") == 1
+    assert value(counted, "syncref_stale_cursors_total", reason="replay_budget_exceeded") == 0
+    assert value(counted, "syncref_replay_gap_events_count") == 1  # a refused resume replays nothing
+
+    # --- slow consumers: a confirmed reader whose queue passes max_outbound_queue (20) -------------
+    assert value(counted, "syncref_slow_consumer_disconnects_total") == 0
+    gate.open.clear()
+    writers = [threading.Thread(target=lambda i=i: append(st, tok, f"slow{i}")) for i in range(25)]
+    for w in writers:
+        w.start()
+    wait_for(lambda: value(scrape(st), "syncref_slow_consumer_disconnects_total") >= 1, "a slow consumer")
+    gate.open.set()
+    for w in writers:
+        w.join(30)
+    assert value(scrape(st), "syncref_slow_consumer_disconnects_total") == 4  # the 3 subscribers and the resumer
+
+    # --- outbox backlog: pending rows ------------------------------------------------------------
+    assert value(scrape(st), "syncref_bridge_outbox_pending") == 0
+    assert call_http(st, tok, "enqueue_bridge_event", ["ob1", "src", 31990, "[]", "hello"]).status == 200
+    assert call_http(st, tok, "enqueue_bridge_event", ["ob2", "src", 31990, "[]", "hello"]).status == 200
+    assert value(scrape(st), "syncref_bridge_outbox_pending") == 2
+    sent = call_http(st, tok, "mark_bridge_event_sent", ["ob1", "ab" * 32, ["wss://relay.example"]])
+    assert sent.status == 200, sent.text
+    assert value(scrape(st), "syncref_bridge_outbox_pending") == 1
+    for c in (*subs, resumer):
+        c.close()
+
+
+def test_fast_histogram_buckets_and_exposition() -> None:
+    h = FastHistogram("h_test", "doc", (1, 2, 5))
+    for v in (0.5, 1, 1.5, 2, 7, 5):
+        h.observe(v)
+    assert h.counts == [2, 2, 1, 1]  # <=1, (1,2], (2,5], +Inf
+    (family,) = h.collect()
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "h_test_bucket"}
+    assert buckets == {"1.0": 2, "2.0": 4, "5.0": 5, "+Inf": 6}
+    assert h.total == 17 and h.count == 6
+    with pytest.raises(ValueError):
+        FastHistogram("bad", "doc", (2, 1))
+
+
+def test_commit_clock_ring() -> None:
+    clock = CommitClock(size=4)
+    assert clock.at(1) is None
+    clock.stamp(2, 10.0)
+    clock.stamp(3, 11.0)
+    clock.stamp(3, 99.0)  # already stamped: unchanged
+    assert (clock.at(1), clock.at(2), clock.at(3), clock.at(4)) == (10.0, 10.0, 11.0, None)
+    clock.stamp(9, 12.0)  # past the ring: only the last 4 offsets are known
+    assert clock.at(5) is None and clock.at(6) == 12.0 and clock.at(9) == 12.0
+
+
+def test_a_lagging_v3_subscriber_gets_its_backlog_in_few_frames(st: ServerThread) -> None:
+    """Ten updates held back (confirmed reads, the writer at the gate) go to a v3 subscriber in
+    fewer frames than updates -- in order, none lost -- while a v2 subscriber gets one frame each."""
+    tok = st.token()
+    gate = Gate(st)
+    v3 = WireClient(st, tok, version=3)
+    v2 = WireClient(st, tok, version=2)
+    for c in (v3, v2):
+        assert isinstance(c.subscribe(1, SUB), wire.SubscribeApplied)
+        c.frames.clear()
+    gate.open.clear()
+    writers = [threading.Thread(target=lambda i=i: append(st, tok, f"lag{i}")) for i in range(10)]
+    for w in writers:
+        w.start()
+    wait_for(lambda: st.call(lambda: st.server.engine.committed) >= 10, "ten commits held back")
+    gate.open.set()
+    for w in writers:
+        w.join(20)
+    for c in (v3, v2):
+        seqs = []
+        for _ in range(10):
+            update = c.recv()
+            assert isinstance(update, wire.TransactionUpdate)
+            (qs,) = update.query_sets
+            (table,) = qs.tables
+            seqs.extend(row.seq for row in wire_rows(table))
+        assert seqs == list(range(1, 11))
+    assert len(v2.frames) == 10
+    assert len(v3.frames) < 10, len(v3.frames)
+    v3.close()
+    v2.close()
+
+
+def wire_rows(table: wire.TableUpdate) -> list[Any]:
+    rows: list[Any] = []
+    for part in table.rows:
+        assert isinstance(part, wire.PersistentTableRows)
+        rows.extend(rows_of(table.table_name, part.inserts))
+    return rows
+
+
+@pytest.mark.parametrize("pad", [10, 200, 70_000])  # WebSocket payload lengths of 7, 16 and 64 bits
+def test_frames_written_directly_decode_at_every_length(st: ServerThread, pad: int) -> None:
+    """Updates written straight to the transport (the pump's direct path) are well-formed
+    WebSocket frames whatever their length, byte-identical for every subscriber."""
+    from adapters.server import ws_binary_frame
+
+    for n in (0, 125, 126, 65535, 65536):  # the header's length forms at their boundaries
+        frame = ws_binary_frame(b"x" * n)
+        assert frame[0] == 0x82 and frame.endswith(b"x" * n)
+        assert len(frame) - n == (2 if n < 126 else 4 if n < 65536 else 10)
+    tok = st.token()
+    subs = [WireClient(st, tok) for _ in range(3)]
+    for c in subs:
+        assert isinstance(c.subscribe(1, SUB), wire.SubscribeApplied)
+        c.frames.clear()
+    payload = json.dumps({"pad": "p" * pad})
+    for i in range(3):
+        assert call_http(st, tok, "append_sync_event", [S, f"d{i}", payload, {"none": []}, {"none": []}]).status == 200
+    for c in subs:
+        for i in range(3):
+            update = c.recv()
+            assert isinstance(update, wire.TransactionUpdate)
+            (event,) = wire_rows(update.query_sets[0].tables[0])
+            assert event.seq == i + 1 and json.loads(event.payload) == {"pad": "p" * pad}
+    assert all(c.frames == subs[0].frames for c in subs)
+    for c in subs:
+        c.close()

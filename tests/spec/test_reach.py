@@ -1,0 +1,149 @@
+"""The reach table (tests/support/reach.py): it fails when a cell goes unreached, when a cell listed
+unreachable is reached, when an observed cell is not expected (an error the rules table does not list,
+or with other detail keys) and when an unreachable entry names no cell; its observer records at the
+model's boundary and leaves the model as it found it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from support import reach
+from support.machines import CALLERS
+
+import spec.delivery
+import spec.reducers
+import spec.rules
+from spec.auth import Claims
+from spec.errors import ErrorCode
+from spec.policy import DEFAULT_POLICY
+from spec.schema import REDUCERS
+from spec.state import DbState
+
+FULL = CALLERS[0]
+
+
+def _complete() -> dict[str, Counter[reach.Cell]]:
+    """Counts that reach every expected cell not listed unreachable, split over two machines."""
+    a: Counter[reach.Cell] = Counter()
+    b: Counter[reach.Cell] = Counter()
+    for k, cell in enumerate(reach.expected_cells()):
+        if reach.unreachable_reason(cell) is None:
+            (a if k % 2 else b)[cell] += 1 + k % 3
+    return {"ModuleMachine": a, "scenarios": b}
+
+
+def test_a_complete_table_passes() -> None:
+    report = reach.evaluate(_complete())
+    assert report.ok, reach.render(report)
+    assert {r.verdict for r in report.rows} == {"reached", "unreachable"}
+    assert "0 failing" in reach.render(report)
+
+
+@pytest.mark.parametrize("cell", [("outcome", "append_sync_event", "sequence_conflict"),
+                                  ("assignment", "running", "failed"), ("close", "1011"), ("client", "gap"),
+                                  ("role", "update_compute_assignment", "provider_owner", "accepted")])
+def test_the_table_fails_when_a_cell_goes_unreached(cell: reach.Cell) -> None:
+    counts = _complete()
+    for c in counts.values():
+        c.pop(cell, None)
+    report = reach.evaluate(counts)
+    assert not report.ok
+    assert [(r.cell, r.verdict) for r in report.failures] == [(cell, "UNREACHED")]
+    assert f"{' '.join(cell)}" in reach.render(report)
+
+
+def test_a_reached_unreachable_cell_fails() -> None:
+    counts = _complete()
+    cell = ("role", "ack_checkpoint", "missing_scope", "accepted")
+    assert reach.unreachable_reason(cell) is not None
+    counts["scenarios"][cell] += 1
+    report = reach.evaluate(counts)
+    assert [(r.cell, r.verdict) for r in report.failures] == [(cell, "REACHED-BUT-LISTED")]
+
+
+def test_an_unexpected_cell_fails() -> None:
+    counts = _complete()
+    counts["ModuleMachine"][("outcome", "append_sync_event", "bridge_event_missing")] += 1
+    report = reach.evaluate(counts)
+    assert [r.verdict for r in report.failures] == ["UNEXPECTED"]
+
+
+def test_a_stale_unreachable_entry_fails() -> None:
+    table = (*reach.UNREACHABLE, ("outcome no_such_reducer_anywhere *", "names nothing"))
+    report = reach.evaluate(_complete(), unreachable=table)
+    assert report.stale_entries == ("outcome no_such_reducer_anywhere *",)
+    assert not report.ok
+
+
+def test_every_unreachable_entry_has_a_reason_and_a_cell() -> None:
+    cells = reach.expected_cells()
+    assert len(cells) == len(set(cells))
+    for pattern, why in reach.UNREACHABLE:
+        assert len(why) > 20, pattern
+    assert not reach.evaluate(_complete()).stale_entries
+
+
+def test_the_rules_table_names_every_reducer_once() -> None:
+    assert [r.reducer for r in spec.rules.REDUCER_RULES] == [r.name for r in REDUCERS]
+    for r in spec.rules.REDUCER_RULES:
+        assert ErrorCode.MISSING_SCOPE in r.errors and ErrorCode.INVALID_ARGUMENT in r.errors
+        assert all(keys == tuple(sorted(keys)) for keys in r.errors.values())
+        assert r.roles[0] == "missing_scope"
+
+
+def _call(db: DbState, claims: Claims, reducer: str, args: tuple[object, ...]) -> spec.reducers.Outcome:
+    return spec.reducers.call(db, spec.reducers.CallContext(claims, 1_000, 1, DEFAULT_POLICY), reducer, args)
+
+
+def test_observe_records_at_the_boundary_and_restores_it() -> None:
+    originals = (spec.reducers.call, spec.delivery.call, spec.delivery.stale_error, spec.delivery.Server.close)
+    with reach.observe("probe") as rec:
+        assert spec.delivery.call is not originals[1]
+        db = DbState()
+        ok = _call(db, FULL, "append_sync_event", ("s.a1", "k1", "{}", None, None))
+        assert isinstance(ok, spec.reducers.Ok)
+        _call(ok.state, FULL, "append_sync_event", ("s.a1", "k1", "{}", None, None))  # a retry: no-op
+        _call(ok.state, FULL, "append_sync_event", ("s.a1", "k2", "{}", None, 7))  # sequence_conflict
+        _call(db, CALLERS[6], "append_sync_event", ("s.a1", "k1", "{}", None, None))  # no scopes
+        _call(db, FULL, "nope", ())
+        opened = _call(db, FULL, "open_compute_assignment", ("r1", 5000, "{}"))
+        assert isinstance(opened, spec.reducers.Ok)
+        counts = rec.counts["probe"]
+    assert (spec.reducers.call, spec.delivery.call, spec.delivery.stale_error, spec.delivery.Server.close) \
+        == originals
+    assert counts[("outcome", "append_sync_event", "ok")] == 1
+    assert counts[("outcome", "append_sync_event", "noop")] == 1
+    assert counts[("outcome", "append_sync_event", "sequence_conflict")] == 1
+    assert counts[("role", "append_sync_event", "missing_scope", "refused")] == 1
+    assert counts[("role", "append_sync_event", "holder", "accepted")] == 2
+    assert counts[("outcome", reach.UNKNOWN_REDUCER, "no_such_reducer")] == 1
+    assert counts[("assignment", reach.CREATED, "open")] == 1
+    reach.RECORDER.counts.pop("probe")
+
+
+def test_detail_keys_that_drift_from_the_rules_table_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    rule = spec.rules.REDUCER_RULE_BY_NAME["append_sync_event"]
+    drifted = replace(rule, errors={**rule.errors, ErrorCode.SEQUENCE_CONFLICT: ("actual_next_seq",)})
+    monkeypatch.setitem(spec.rules.REDUCER_RULE_BY_NAME, "append_sync_event", drifted)  # type: ignore[arg-type]
+    with reach.observe("drift") as rec:
+        ok = _call(DbState(), FULL, "append_sync_event", ("s.a1", "k1", "{}", None, None))
+        assert isinstance(ok, spec.reducers.Ok)
+        _call(ok.state, FULL, "append_sync_event", ("s.a1", "k2", "{}", None, 7))
+    counts = {"drift": rec.counts.pop("drift")}
+    cell = ("detail_keys", "append_sync_event", "sequence_conflict", "actual_next_seq,expected_next_seq,stream_id")
+    assert counts["drift"][cell] == 1
+    report = reach.evaluate(counts)
+    assert ("UNEXPECTED", cell) in [(r.verdict, r.cell) for r in report.failures]
+
+
+def test_the_scenario_tables_reach_the_rare_lifecycle_edges() -> None:
+    reach.RECORDER.counts.pop("scenarios", None)
+    reach.run_scenarios()
+    got = reach.RECORDER.counts.pop("scenarios")
+    for cell in [("assignment", s, s) for s in ("open", "assigned", "running", "completed", "failed", "cancelled")] \
+            + [("assignment", s, reach.REMOVED) for s in ("completed", "failed", "cancelled")] \
+            + [("outbox", "failed", "sent"), ("outbox", "sent", "sent"), ("outbox", "pending", "failed"),
+               ("outbox", "sent", reach.REMOVED), ("outbox", "failed", reach.REMOVED), ("presence", "away", "away")]:
+        assert got[cell] >= 1, cell
