@@ -216,21 +216,21 @@ def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoc
     """Why resuming from (requested_epoch, watermark) cannot yield exactly the events after it.
 
     The second opinion on :func:`spec.resume.stale_reasons`, written differently on purpose: each
-    reason is a statement about a range of seqs (Python's ``range`` does the arithmetic, for integers
-    of any size) instead of a comparison of bounds:
+    reason is a count of seqs that is not zero (or over the budget), not a comparison of bounds:
 
-    * the events the client still needs are ``range(W + 1, head + 1)``; those compacted away below
-      the floor are ``range(W + 1, floor)`` -- any, and the resume breaches retention;
-    * more than ``budget`` events to replay: ``range(W, head)[budget:]`` is not empty;
-    * seqs the client claims to hold that the stream never had: ``range(head + 1, W + 1)``;
+    * the events after W that were compacted away below the floor: ``max(0, floor - (W + 1))``;
+    * the events to replay, ``max(0, head - W)``, more than ``budget``;
+    * the seqs the client claims to hold that the stream never had: ``max(0, W - head)``;
     * the epoch: a requested epoch that is not the stream's.
     """
-    wanted_epoch = {None, epoch}
+    compacted_needed = max(0, floor - (watermark + 1))
+    to_replay = max(0, head - watermark)
+    never_existed = max(0, watermark - head)
     found = {
-        "epoch_changed": requested_epoch not in wanted_epoch,
-        "retention_floor_breach": bool(range(watermark + 1, floor)),
-        "replay_budget_exceeded": bool(range(watermark, head)[budget:]),
-        "cursor_ahead_of_head": bool(range(head + 1, watermark + 1)),
+        "epoch_changed": requested_epoch not in (None, epoch),
+        "retention_floor_breach": compacted_needed > 0,
+        "replay_budget_exceeded": to_replay > budget,
+        "cursor_ahead_of_head": never_existed > 0,
     }
     return tuple(reason for reason in STALE_REASON_ORDER if found[reason])
 

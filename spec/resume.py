@@ -4,7 +4,7 @@ One definition, used by the model server (:mod:`spec.delivery`) and the referenc
 (the engine may import this vocabulary module, not ``spec.delivery``).  A resume of a stream at
 ``epoch`` with retained seqs ``floor..head`` is refused with every reason that applies, in the fixed
 order of :data:`STALE_REASONS`.  Its second opinion, :func:`spec.invariants.stale_reasons`, is
-written differently (as counts of seq ranges, not as comparisons) and is what the contracts, the
+written differently (as counts of seqs, not as comparisons of bounds) and is what the contracts, the
 trace and the Z3 correspondence compare this rule with.
 """
 

@@ -291,9 +291,6 @@ NO_MUTANT: dict[str, str] = {
               "transaction, a durable state lagging its offset, a durable offset that falls) breaks DUR-1, REPLAY-1, "
               "REPLAY-2 or a contract in an earlier step of the same runs, so no kill cites CONF-2 first; its check "
               "is shown able to fail by the Z3 proof conf (control durable_can_fall)",
-    "DELIV-4": "its check (check_call with the state after a failed call) cannot fail while the machines' harness "
-               "sets after = before on error; issue 9 'Checks that cannot fail' fixes the harness and adds its "
-               "mutant",
 }
 """Invariants without a planted mutant that dies on them, each with the reason (tests/spec/test_docs.py)."""
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
