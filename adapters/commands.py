@@ -165,6 +165,19 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
                         window=window, limits=limits, contracts=checked, **extra, **extra_faults)
 
 
+def _log_to_stderr() -> None:
+    """Warnings and errors of the ``syncref`` loggers go to stderr as bare lines -- what Python's
+    last-resort handler did before the server attached its recent-errors handler (which would
+    otherwise silence them).  Nothing is added when the application configured logging itself."""
+    import logging
+
+    if not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
 def serve(args: argparse.Namespace) -> int:
     from adapters.server import DataDirError, SyncServer
 
@@ -177,6 +190,7 @@ def serve(args: argparse.Namespace) -> int:
         print("WARNING: --dev: anyone may mint an identity (POST /v1/identity, or connect without a token) and "
               "every minted identity gets every scope, sync.admin included, and every stream. Never expose this "
               "server.", file=sys.stderr, flush=True)
+    _log_to_stderr()
     server = SyncServer(config)
 
     async def run() -> int:

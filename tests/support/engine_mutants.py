@@ -17,7 +17,7 @@ import time
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from support.mutants import Mutant, apply
+from support.mutants import Mutant, apply, run_killer
 
 ENGINE = ("reference.log", "reference.db", "reference.reducers", "reference.engine", "support.diff")
 
@@ -132,7 +132,8 @@ ENGINE_MUTANTS += (
     Mutant("retention_keeps_version_floor", "reference.reducers",
            (("                    tx.db.version_floor = max(tx.db.version_floor, row.version + 1)",
              "                    pass"),),
-           "retention frees an assignment id without raising the version floor"),
+           "retention frees an assignment id without raising the version floor",
+           killer="reference/test_hardening_engine.py"),
     Mutant("recovery_without_relabel", "reference.reducers",
            (("        tx.relabel_events(s.stream_id, s.epoch, fresh)\n", ""),),
            "unclean recovery continues epochs but leaves the retained events in the old epoch"),
@@ -146,6 +147,8 @@ ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 
 def run(name: str, budget: int = 200) -> dict[str, object]:
     m = ENGINE_MUTANT_BY_NAME[name]
+    if m.killer is not None:  # code the differential machines reach only by chance: its test file kills it
+        return run_killer(m, ENGINE)
     apply(m, ENGINE)
     from support.machines import DiffMachine, DiffModuleMachine
     started = time.monotonic()

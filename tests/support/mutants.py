@@ -262,7 +262,8 @@ MUTANTS += (
     Mutant("event_rows_sent_as_table_rows", "spec.delivery",
            (("            parts = tuple(TableRows(t, tuple(i), tuple(d), TABLE_BY_NAME[t].event)",
              "            parts = tuple(TableRows(t, tuple(i), tuple(d), False)"),),
-           "event-table rows reach subscribers as ordinary table rows", system_only=True, expected=("EVT-2",)),
+           "event-table rows reach subscribers as ordinary table rows", system_only=True, expected=("EVT-2",),
+           killer="spec/test_key_and_event_flags.py"),
     Mutant("minimum_build_refused", "spec.compat",
            (("    if build < window.min_client_build_id:", "    if build <= window.min_client_build_id:"),),
            "a client exactly at the minimum build is told to upgrade", expected=("COMPAT-1",),
@@ -284,7 +285,8 @@ MUTANTS += (
     Mutant("checkpoint_always_inserted", "spec.reducers",
            (("    new = SyncCheckpoint(cid, client_id, stream_id, c.identity, epoch, seq, ctx.now)\n    if old is None:",
              "    new = SyncCheckpoint(cid, client_id, stream_id, c.identity, epoch, seq, ctx.now)\n    if True:"),),
-           "an ack inserts a second checkpoint row under the same id", expected=("KEY-1",)),
+           "an ack inserts a second checkpoint row under the same id", expected=("KEY-1",),
+           killer="spec/test_key_and_event_flags.py"),
 )
 NO_MUTANT: dict[str, str] = {
     "CONF-2": "every planted bug that loses an event a confirmed client received (recovery dropping the last durable "
@@ -324,7 +326,7 @@ def _cited(text: str) -> list[str]:
     return sorted({t for t in re.findall(r"\b[A-Z][A-Z0-9]*-\d+\b", text) if t in known})
 
 
-def run_killer(m: Mutant) -> dict[str, object]:
+def run_killer(m: Mutant, implementation: tuple[str, ...] = IMPLEMENTATION) -> dict[str, object]:
     """A mutant of code no machine reaches, killed by its test file: killed when the file fails; the
     invariants cited are those its module docstring says the file checks."""
     import ast
@@ -336,7 +338,7 @@ def run_killer(m: Mutant) -> dict[str, object]:
     assert m.killer is not None
     path = Path(__file__).resolve().parents[1] / m.killer
     started = time.monotonic()
-    apply(m)
+    apply(m, implementation)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = pytest.main(["-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-x", "--tb=short", str(path)])

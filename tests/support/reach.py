@@ -9,7 +9,7 @@ A *cell* is one case of a rule the spec distinguishes:
 * ``assignment`` / ``outbox`` / ``presence`` (from, to): every transition edge of those rows, from
                 :mod:`spec.transitions`, plus creation (``-``), retention (``removed``) and the
                 recovery transaction's version raise (``s -> s``);
-* ``stale``     every stale-cursor reason of :data:`spec.delivery.STALE_REASONS`, and ``fresh``;
+* ``stale``     every stale-cursor reason of :data:`spec.resume.STALE_REASONS`, and ``fresh``;
 * ``close``     every reason the model closes a connection for (client close, slow consumer, a
                 1011 protocol close, a server restart);
 * ``client``    every client apply rule (:data:`spec.client.APPLY_RULES`, and events of another epoch
@@ -51,7 +51,7 @@ REMOVED = "removed"
 
 def expected_cells() -> list[Cell]:
     from spec.client import APPLY_RULES
-    from spec.delivery import STALE_REASONS
+    from spec.resume import STALE_REASONS
     from spec.messages import CLOSE_PROTOCOL, SLOW_CONSUMER_REASON
     from spec.rules import REDUCER_RULES, outcomes
     from spec.transitions import (
