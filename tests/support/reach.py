@@ -51,8 +51,8 @@ REMOVED = "removed"
 
 def expected_cells() -> list[Cell]:
     from spec.client import APPLY_RULES
-    from spec.resume import STALE_REASONS
     from spec.messages import CLOSE_PROTOCOL, SLOW_CONSUMER_REASON
+    from spec.resume import STALE_REASONS
     from spec.rules import REDUCER_RULES, outcomes
     from spec.transitions import (
         ASSIGNMENT_STATUSES,
