@@ -945,7 +945,7 @@ def _continued(db: DbState, after: DbState) -> bool:
                                          if t not in ("sync_stream", "sync_event", "sync_checkpoint",
                                                       "provider_capability", "compute_assignment"))
                   and all(len(result.rows(t)) == len(db.rows(t)) for t in db.tables),
-                  "an unclean restart changes only epochs (streams, their events and checkpoints) and versions")
+                  "CONT-1 (an unclean restart changes only epochs of streams, events and checkpoints, and versions)")
 def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     """After a crash the last non-durable transactions are gone, and some clients without
     confirmed reads may have seen them.  At most ``max_undurable`` transactions can have been

@@ -185,7 +185,7 @@ def _max_epoch(db: DbState) -> int:
                                          if t not in ("sync_stream", "sync_event", "sync_checkpoint",
                                                       "provider_capability", "compute_assignment"))
                   and all(len(result.rows(t)) == len(db.rows(t)) for t in db.tables),
-                  "an unclean restart changes only epochs (streams, their events and checkpoints) and versions")
+                  "CONT-1 (an unclean restart changes only epochs of streams, events and checkpoints, and versions)")
 def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     streams = list(db.of_type(SyncStream))
     fresh = max([db.epoch_floor, *(s.epoch for s in streams)]) + max_undurable  # planted: + 1 missing
