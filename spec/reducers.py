@@ -927,7 +927,7 @@ def _continued(db: DbState, after: DbState) -> bool:
             and sorted(map(repr, ckpts)) == sorted(map(repr, after.of_type(SyncCheckpoint))))
 
 
-@icontract.require(lambda db: db.well_typed(), "a state of the schema's tables, each holding rows of its type")
+@icontract.require(lambda db: db.well_formed(), "a state of the schema's tables: rows of its type, keys unique")
 @icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
 @icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),

@@ -50,12 +50,17 @@ class DbState:
     def rows(self, table: str) -> tuple[Row, ...]:
         return self.tables.get(table, ())
 
-    def well_typed(self) -> bool:
-        """Every table is one of the schema's persistent tables and holds only rows of its type
-        (the states the reducers make; a precondition for functions CrossHair explores)."""
+    def well_formed(self) -> bool:
+        """Every table is one of the schema's persistent tables, holds only rows of its type, and no
+        two rows share a primary key (the states the reducers make; a precondition for functions
+        CrossHair explores)."""
         names = {t.name for t in PERSISTENT_TABLES}
-        return all(name in names and all(getattr(_table_or_none(r), "name", None) == name for r in rows)
-                   for name, rows in self.tables.items())
+        if not all(name in names and all(getattr(_table_or_none(r), "name", None) == name for r in rows)
+                   for name, rows in self.tables.items()):
+            return False
+        by_name = {t.name: t for t in PERSISTENT_TABLES}
+        return all(len({by_name[name].key_of(r) for r in rows}) == len(rows) for name, rows in self.tables.items()
+                   if by_name[name].primary_key is not None)
 
     def of_type(self, row_type: type[R]) -> Iterator[R]:
         for r in self.rows(table_of_type(row_type)):

@@ -167,7 +167,7 @@ def _max_epoch(db: DbState) -> int:
     return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
 
 
-@icontract.require(lambda db: db.well_typed(), "a state of the schema's tables, each holding rows of its type")
+@icontract.require(lambda db: db.well_formed(), "a state of the schema's tables: rows of its type, keys unique")
 @icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
 @icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),
