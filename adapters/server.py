@@ -104,6 +104,7 @@ SWITCH_INTERVAL_S = 0.0005
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 BODY_CACHE_ITEMS = 512  # ... and at most this many of them
+COMMIT_GATHER_S = 0.004  # GroupCommitWriter gather_s (ADR-0014): also capped at half a COMMIT's duration
 DELIVERED = (m.TransactionUpdate, m.ReducerResult)  # messages whose commit-to-delivery time is measured
 
 
@@ -209,6 +210,8 @@ class ServerConfig:
     compact_interval_s: float = 60.0
     clock: Callable[[], int] | None = None  # µs since the epoch; None = wall time (tests inject one)
     contracts: bool | None = None  # hot-path contracts (spec.contracts.hot); None: leave the process switch
+    commit_gather_s: float = COMMIT_GATHER_S  # an idle group-commit writer waits this long at most for a round
+    event_loop: str = "auto"  # `syncref serve`'s loop: auto (uvloop when installed), uvloop, asyncio (ADR-0014)
     stall_commits_while: Path | None = None  # fault injection ([faults]): the log's COMMIT waits while it exists
 
 
@@ -412,7 +415,7 @@ class SyncServer:
         except (OSError, RuntimeError, ValueError) as exc:
             raise DataDirError(f"data directory {cfg.data_dir} is not usable: {exc}") from exc
         try:
-            self._writer = GroupCommitWriter(self._store, self._durable_from_thread)
+            self._writer = GroupCommitWriter(self._store, self._durable_from_thread, gather_s=cfg.commit_gather_s)
             try:
                 self._engine = restart(self._store, self._writer, self._tick(), cfg.policy,
                                        max_queue=cfg.limits.max_outbound_queue,
