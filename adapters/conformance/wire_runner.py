@@ -48,6 +48,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from adapters import bsatn, wire
 from adapters.conformance import delivery as d
+from adapters.progress import Progress
 from spec import messages as sm
 from spec.policy import DEFAULT_POLICY
 
@@ -469,11 +470,13 @@ class Runner:
 
     # --- running ---
 
-    def run(self) -> list[Outcome]:
+    def run(self, progress: Progress | None = None) -> list[Outcome]:
         out = []
         for s in SCENARIOS:
             if self.opts.only is not None and s.area != self.opts.only:
                 continue
+            if progress is not None:
+                progress.step(f"{s.area}: {s.name}")
             missing = [h for h in s.needs if not self._has(h)]
             start = time.monotonic()
             if missing:
@@ -582,7 +585,11 @@ def main(args: argparse.Namespace) -> int:
         outcomes = [Outcome(s.area, s.name, s.invariants, "fail", problem) for s in SCENARIOS
                     if opts.only is None or s.area == opts.only]
     else:
-        outcomes = Runner(opts).run()
+        progress = Progress(sum(opts.only is None or s.area == opts.only for s in SCENARIOS))
+        try:
+            outcomes = Runner(opts).run(progress)
+        finally:
+            progress.finish()
     print(table(outcomes))
     if args.json:
         args.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=2) + "\n")
