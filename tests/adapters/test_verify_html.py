@@ -91,10 +91,10 @@ def test_the_summary_and_verdict() -> None:
 
 def test_the_conformance_summary() -> None:
     assert "<li>conformance: skipped</li>" in render(REPORT)
-    outcomes = [{"area": "delivery", "scenario": "row_filter", "invariants": ["AUTH-1"], "status": "fail",
+    outcomes = [{"area": "delivery", "scenario": "row_filter", "invariants": ["X-1"], "status": "fail",
                  "message": "leak"},
                 {"area": "protocol", "scenario": "handshake", "invariants": [], "status": "pass", "message": ""},
-                {"area": "replay", "scenario": "replay_parity_across_restart", "invariants": ["DUR-1"],
+                {"area": "replay", "scenario": "replay_parity_across_restart", "invariants": ["Y-2"],
                  "status": "skip", "message": "needs --restart-cmd CMD"}]
     page = render({**REPORT, "conformance": outcomes})
     assert '<span class="bad">1 scenarios passed, 1 failed</span>, 1 skipped' in page
