@@ -229,6 +229,13 @@ def serve(args: argparse.Namespace) -> int:
     server = SyncServer(config)
 
     async def run() -> int:
+        # Signals are handled from the start: a stop sent as soon as the listening line appears
+        # (or during recovery) must be a clean stop, not the default action's kill (which left no
+        # clean-shutdown marker: the torn-tail storage test's "known bug").
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         try:
             await server.start()
         except DataDirError as exc:
@@ -247,10 +254,6 @@ def serve(args: argparse.Namespace) -> int:
         gc.freeze()
         print(f"syncref listening on http://{config.host}:{server.port} (database {config.database}, "
               f"data {config.data_dir}, event loop {loop_name})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         assert server.failed is not None
         failed = server.failed
         waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())

@@ -112,11 +112,14 @@ def _cannot_block(transport: asyncio.BaseTransport, size: int) -> bool:
     """Whether writing ``size`` more bytes leaves the transport unpaused, so that aiohttp's
     send returns without waiting for the peer (its drain waits only while the protocol is
     paused: from the high-water mark down to the low one).  Then no send timer is needed."""
-    if not isinstance(transport, asyncio.WriteTransport):
+    # duck-typed: uvloop's transports are not subclasses of asyncio's (ADR-0014)
+    size_of = getattr(transport, "get_write_buffer_size", None)
+    limits_of = getattr(transport, "get_write_buffer_limits", None)
+    if size_of is None or limits_of is None:
         return False
-    buffered = transport.get_write_buffer_size()
-    low, high = transport.get_write_buffer_limits()
-    return buffered <= low and buffered + size <= high
+    buffered = size_of()
+    low, high = limits_of()
+    return bool(buffered <= low and buffered + size <= high)
 
 
 class _Encoded:

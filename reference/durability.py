@@ -35,6 +35,7 @@ the kernel even on SIGKILL); read-only opens (``verify-log``) take no lock and c
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -48,6 +49,7 @@ from typing import Any, TextIO
 
 from reference.engine import Engine
 from reference.log import GENESIS, RowChange, TxRecord, claims_from_json, claims_json, delta_text, row_from_json
+from spec.auth import Claims
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass
 
 DB_FILE = "syncref.sqlite3"
@@ -105,10 +107,16 @@ def changes_text(changes: tuple[RowChange, ...]) -> str:
     return delta_text(changes)
 
 
+@functools.lru_cache(maxsize=1024)
+def _caller_text(caller: Claims | None) -> str:
+    return _dumps(claims_json(caller))
+
+
 def record_row(rec: TxRecord) -> tuple[Any, ...]:
-    """The ``commit_log`` row of a record.  The delta's JSON is the one :func:`make_record` already
-    wrote for the hash (the same text), when the record carries it."""
-    return (rec.offset, rec.kind, rec.name, _dumps(claims_json(rec.caller)), _dumps(args_json(rec.args)),
+    """The ``commit_log`` row of a record.  The delta's and the arguments' JSON are the texts
+    :func:`make_record` already wrote for the hash (the same text: no objects, so no key order),
+    when the record carries them; a caller's claims are written once per ``Claims`` value."""
+    return (rec.offset, rec.kind, rec.name, _caller_text(rec.caller), rec.args_json or _dumps(args_json(rec.args)),
             rec.timestamp, rec.delta_json or delta_text(rec.changes), rec.prev_hash, rec.hash)
 
 
