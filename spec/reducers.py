@@ -149,30 +149,30 @@ class NoOp(Generic[A]):
 Step = Check[A] | NoOp[A]
 
 
-def run(steps: tuple[Step[A], ...], effect: Callable[[A], Ok], call: A) -> Ok:
-    """Walk the steps in order: the first :class:`Check` that refuses raises its error (``call``
-    turns it into an :class:`Err`), the first :class:`NoOp` that holds accepts without writing;
-    a call that passes every step takes the effect."""
+def decide(steps: tuple[Step[A], ...], call: A) -> tuple[Step[A], Details | None] | None:
+    """The step that decides ``call``: the first :class:`Check` that refuses (with the error's
+    details) or the first :class:`NoOp` that holds (with None), whichever comes first in ``steps``;
+    None when the call passes every step."""
     for step in steps:
         if isinstance(step, NoOp):
             if step.holds(call):
-                return Ok(call.db, step.ret(call), Delta())
+                return step, None
         elif (details := step.refuse(call)) is not None:
-            raise SyncError(step.code, details)
-    return effect(call)
-
-
-def first_refusal(steps: tuple[Step[A], ...], call: A) -> tuple[str, ErrorCode | None] | None:
-    """The step that decides ``call`` without running the effect -- (name, its error code, or None
-    for a no-op) -- or None when every step passes.  For the tests and the docs; :func:`run` is
-    what the reducers execute."""
-    for step in steps:
-        if isinstance(step, NoOp):
-            if step.holds(call):
-                return step.name, None
-        elif step.refuse(call) is not None:
-            return step.name, step.code
+            return step, details
     return None
+
+
+def run(steps: tuple[Step[A], ...], effect: Callable[[A], Ok], call: A) -> Ok:
+    """Run a reducer: the step that decides the call refuses it (raising its error; ``call`` turns
+    it into an :class:`Err`) or accepts it without writing; a call no step decides takes the effect."""
+    decided = decide(steps, call)
+    if decided is None:
+        return effect(call)
+    step, details = decided
+    if isinstance(step, NoOp):
+        return Ok(call.db, step.ret(call), Delta())
+    assert details is not None
+    raise SyncError(step.code, details)
 
 
 # --- steps shared by several reducers ---------------------------------------------------------
@@ -394,13 +394,18 @@ class AckCall(Call):
     def old(self) -> SyncCheckpoint | None:
         return self.db.find(SyncCheckpoint, lambda r: r.checkpoint_id == self.checkpoint_id)
 
+    @cached_property
+    def position(self) -> tuple[int, int, int]:
+        """(epoch, head_seq, floor_seq) of the stream, or what a new one will have."""
+        return virtual_stream(self.db, self.stream_id)
+
     @property
     def stream_epoch(self) -> int:
-        return virtual_stream(self.db, self.stream_id)[0]
+        return self.position[0]
 
     @property
     def head(self) -> int:
-        return virtual_stream(self.db, self.stream_id)[1]
+        return self.position[1]
 
 
 # --- upsert_presence -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ prints is what the reducers run, and it agrees with the rules table (``spec.rule
 * the terms class of each reducer takes the schema's arguments in the schema's order;
 * over every call of the conformance cases (each error of each reducer, in check order) and a table
   of calls for the steps those do not reach, the step
-  :func:`spec.reducers.first_refusal` finds in ``CHECKS`` decides the outcome ``call`` returns: its
+  :func:`spec.reducers.decide` finds in ``CHECKS`` decides the outcome ``call`` returns: its
   code for an error, a no-op step or a write otherwise -- so the registry is what runs;
 * the evaluator is shown able to fail: a reordered tuple changes an outcome the conformance vectors
   pin, and a check removed from a tuple lets a call through that the rules refuse (AUTH-2).
@@ -124,7 +124,8 @@ def test_the_first_step_that_decides_is_the_outcome(monkeypatch: pytest.MonkeyPa
         if reducer not in red.CHECKS or len(args) != len(REDUCER_BY_NAME[reducer].args):
             continue
         terms = red.TERMS[reducer](db, ctx, *args)
-        step = red.first_refusal(red.CHECKS[reducer], terms)
+        found = red.decide(red.CHECKS[reducer], terms)
+        step = None if found is None else (found[0].name, getattr(found[0], "code", None))
         if isinstance(out, red.Err):
             if out.error.code is ErrorCode.INVALID_ARGUMENT and out.error.details.get("message") == "wrong type":
                 continue  # refused by call before any step
@@ -161,7 +162,8 @@ def test_a_reordered_tuple_changes_the_outcome(monkeypatch: pytest.MonkeyPatch) 
     noop = next(i for i, s in enumerate(steps) if isinstance(s, red.NoOp))
     steps.insert(noop, steps.pop(seq))
     terms = red.AppendCall(second.state, ctx, *retry)
-    assert red.first_refusal(tuple(steps), terms) == (red.APPEND_SYNC_EVENT[seq].name, ErrorCode.SEQUENCE_CONFLICT)
+    decided = red.decide(tuple(steps), terms)
+    assert decided is not None and decided[0] is red.APPEND_SYNC_EVENT[seq]
     with pytest.raises(SyncError) as info:
         red.run(tuple(steps), red.EFFECTS["append_sync_event"], terms)
     assert info.value.code is ErrorCode.SEQUENCE_CONFLICT
