@@ -1,6 +1,6 @@
 """docs/protocol.md "Signals" is checked against the model: every transaction listed there is run
 against ``spec.reducers`` and the (signal, transaction, status: reason) triples it emits must be
-exactly the ones the table lists (EVT-1: signals are delivered rows of event tables, never stored)."""
+exactly the ones the table lists."""
 
 from __future__ import annotations
 
