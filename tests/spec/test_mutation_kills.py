@@ -11,9 +11,24 @@ from datetime import datetime
 import icontract
 import pytest
 
+from spec.auth import Claims, can_read
 from spec.errors import ErrorCode, LocalProtocolError, SyncError
+from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
 from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
-from spec.values import SyncEvent, SyncStream
+from spec.schema import TABLES
+from spec.transitions import assignment_edge_allowed, bridge_edge_allowed, has_role
+from spec.values import (
+    BridgeOutbox,
+    ComputeAssignment,
+    PresenceSignal,
+    ProviderCapability,
+    Row,
+    SessionPresence,
+    StreamSignal,
+    SyncCheckpoint,
+    SyncEvent,
+    SyncStream,
+)
 
 # --- spec.query ---------------------------------------------------------------------------------
 
@@ -100,3 +115,136 @@ def test_int_lower_bounds_are_the_integer_greater_than_conjuncts_on_the_column()
     assert _int_lower_bounds(q, "epoch") == [Comparison("epoch", Op.GT, 2)]
     assert _int_lower_bounds(q, "stream_id") == []
     assert _int_lower_bounds(Query("sync_event", (Comparison("seq", Op.GT, False),), "x"), "seq") == []
+
+
+# --- spec.auth: can_read, the row filter, as a table of cases (docs/protocol.md, ADR-0003) ----------
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+
+
+def _claims(identity: str = C, scopes: tuple[str, ...] = (), streams: tuple[str, ...] = ()) -> Claims:
+    return Claims(identity, frozenset(scopes), streams)
+
+
+def _assignment(requester: str, provider_owner: str | None) -> ComputeAssignment:
+    return ComputeAssignment("r", requester, 1, "q", "h", None if provider_owner is None else "p", provider_owner,
+                             "open", None, 1, 0, 0)
+
+
+EVENT = SyncEvent("team.a.x", 1, 1, "k", "h", "p", A, 0, 0)
+CAN_READ: list[tuple[Row, Claims, bool]] = [
+    # stream-granted tables: an exact id or a prefix ending in *; no claim, no stream
+    (EVENT, _claims(streams=("team.a.x",)), True),
+    (EVENT, _claims(streams=("team.a.*",)), True),
+    (EVENT, _claims(streams=("team.a.x*",)), True),
+    (EVENT, _claims(streams=("team.a.y", "team.a.x")), True),
+    (EVENT, _claims(streams=("team.a.xy",)), False),
+    (EVENT, _claims(streams=("team.a",)), False),
+    (EVENT, _claims(streams=("team.b.*",)), False),
+    (EVENT, _claims(identity=A, scopes=("compute.assign", "bridge.enqueue")), False),
+    (SyncStream("team.a.x", "c", 1, 0, 0, 0, 0, 0, 0, 0), _claims(streams=("*",)), True),
+    (SyncStream("team.a.x", "c", 1, 0, 0, 0, 0, 0, 0, 0), _claims(), False),
+    (StreamSignal("team.a.x", "typing", "", A, 0), _claims(streams=("team.a.x",)), True),
+    (StreamSignal("team.a.x", "typing", "", A, 0), _claims(identity=A), False),
+    # checkpoints: the owner only
+    (SyncCheckpoint("k", "cl", "team.a.x", A, 1, 0, 0), _claims(identity=A), True),
+    (SyncCheckpoint("k", "cl", "team.a.x", A, 1, 0, 0), _claims(identity=B, streams=("*",)), False),
+    # assignments: the requester, the assigned provider's owner, or a dispatcher (compute.assign)
+    (_assignment(A, B), _claims(identity=A), True),
+    (_assignment(A, B), _claims(identity=B), True),
+    (_assignment(A, B), _claims(identity=C), False),
+    (_assignment(A, B), _claims(identity=C, scopes=("compute.assign",)), True),
+    (_assignment(A, B), _claims(identity=C, scopes=("compute.execute",)), False),
+    (_assignment(A, None), _claims(identity=B), False),
+    (_assignment(A, None), _claims(identity=A), True),
+    # the outbox: the bridge's scopes only
+    (BridgeOutbox("o", "s", 1, "[]", "", "h", "pending", 0, 0, None, None, (), 0, 0), _claims(), False),
+    (BridgeOutbox("o", "s", 1, "[]", "", "h", "pending", 0, 0, None, None, (), 0, 0),
+     _claims(scopes=("bridge.enqueue",)), True),
+    (BridgeOutbox("o", "s", 1, "[]", "", "h", "pending", 0, 0, None, None, (), 0, 0),
+     _claims(scopes=("bridge.mark_sent",)), True),
+    (BridgeOutbox("o", "s", 1, "[]", "", "h", "pending", 0, 0, None, None, (), 0, 0),
+     _claims(identity=A, scopes=("compute.assign",), streams=("*",)), False),
+    # everyone
+    (SessionPresence("s", A, "d", "n", "online", "r", 0, 0, None), _claims(), True),
+    (ProviderCapability("p", A, "c", "h", (), 0, "active", 1, 0), _claims(), True),
+    (PresenceSignal("s", A, "online", "", 0), _claims(), True),
+]
+
+
+@pytest.mark.parametrize(("row", "claims", "expected"), CAN_READ)
+def test_can_read_table(row: Row, claims: Claims, expected: bool) -> None:
+    assert can_read(claims, row) is expected
+
+
+def test_can_read_table_covers_every_table() -> None:
+    assert {type(row) for row, _, _ in CAN_READ} == {t.row_type for t in TABLES}
+
+
+# --- spec.policy ----------------------------------------------------------------------------------
+
+
+def test_class_for_takes_the_longest_matching_prefix_in_any_order() -> None:
+    short, long_, other = StreamClass("short"), StreamClass("long"), StreamClass("other")
+    classes = (("team.", short), ("team.a.", long_), ("x", other))
+    for order in (classes, classes[::-1]):
+        policy = Policy(classes=order)
+        assert policy.class_for("team.a.b") is long_
+        assert policy.class_for("team.a.") is long_
+        assert policy.class_for("team.b") is short
+        assert policy.class_for("team") is policy.default_class
+        assert policy.class_for("xyz") is other
+        assert policy.class_for("") is policy.default_class
+    assert Policy().class_for("anything") == DEFAULT_POLICY.default_class
+    assert Policy().class_for("anything").name == "default"
+
+
+def test_class_for_the_first_of_equal_prefixes_wins() -> None:
+    first, second = StreamClass("first"), StreamClass("second")
+    assert Policy(classes=(("a.", first), ("a.", second))).class_for("a.b") is first
+
+
+@pytest.mark.parametrize(("ts", "now", "window", "expected"), [
+    (0, 100, None, False),       # no window: kept for ever
+    (10**12, 0, None, False),
+    (89, 100, 10, True),         # older than now - window
+    (90, 100, 10, False),        # exactly at the edge: kept
+    (91, 100, 10, False),
+    (100, 100, 0, False),        # a zero window drops only what is older than now
+    (99, 100, 0, True),
+    (-5, 0, 4, True),
+])
+def test_expired_table(ts: int, now: int, window: int | None, expected: bool) -> None:
+    assert expired(ts, now, window) is expected
+
+
+# --- spec.transitions: the lifecycles, written out from the module's diagrams ---------------------
+
+ASSIGNMENT_EDGES = {("open", "assigned"), ("assigned", "running"), ("running", "completed"), ("running", "failed"),
+                    ("open", "cancelled"), ("assigned", "cancelled"), ("running", "cancelled")}
+BRIDGE_EDGES = {("pending", "sent"), ("failed", "sent"), ("sent", "sent"), ("pending", "pending"),
+                ("pending", "failed")}
+
+
+def test_assignment_edges_are_exactly_the_diagram() -> None:
+    statuses = ("open", "assigned", "running", "completed", "failed", "cancelled")
+    for old in statuses:
+        for new in statuses:
+            assert assignment_edge_allowed(old, new) is ((old, new) in ASSIGNMENT_EDGES), (old, new)
+
+
+def test_bridge_edges_are_exactly_the_diagram() -> None:
+    for old in ("pending", "sent", "failed"):
+        for new in ("pending", "sent", "failed"):
+            assert bridge_edge_allowed(old, new) is ((old, new) in BRIDGE_EDGES), (old, new)
+
+
+@pytest.mark.parametrize(("role", "scopes", "identity", "expected"), [
+    ("requester", (), A, True), ("requester", ("compute.assign",), C, False), ("requester", (), B, False),
+    ("dispatcher", ("compute.assign",), C, True), ("dispatcher", (), A, False),
+    ("dispatcher", ("compute.execute",), B, False),
+    ("executor", ("compute.execute",), B, True), ("executor", (), B, False),
+    ("executor", ("compute.execute",), A, False), ("executor", ("compute.assign",), B, False),
+])
+def test_has_role_table(role: str, scopes: tuple[str, ...], identity: str, expected: bool) -> None:
+    assert has_role(role, frozenset(scopes), identity, _assignment(A, B)) is expected
