@@ -12,6 +12,7 @@ import icontract
 import pytest
 
 from spec.auth import Claims, can_read
+from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
 from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
@@ -248,3 +249,52 @@ def test_bridge_edges_are_exactly_the_diagram() -> None:
 ])
 def test_has_role_table(role: str, scopes: tuple[str, ...], identity: str, expected: bool) -> None:
     assert has_role(role, frozenset(scopes), identity, _assignment(A, B)) is expected
+
+
+# --- spec.compat ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("build", "ok"), [
+    ("20260101T000000Z", True), ("20261231T235959Z", True),
+    ("2026010XT000000Z", False), ("20260101TX00000Z", False), ("20260101T00000XZ", False),
+    ("20260101 000000Z", False), ("20260101T000000z", False), ("20260101T000000", False),
+    ("20260101T000000ZZ", False), ("2026-01-01T00:00", False), ("٢٠٢٦0101T000000Z", False), ("", False),
+])
+def test_well_formed_build_table(build: str, ok: bool) -> None:
+    assert well_formed_build(build) is ok
+
+
+@pytest.mark.parametrize(("window", "ok"), [
+    (CompatWindow(), True),
+    (CompatWindow(min_schema_version=2, max_schema_version=2), True),
+    (CompatWindow(min_schema_version=3, max_schema_version=2), False),
+    (CompatWindow(min_client_build_id="20260101T000000Z", max_client_build_id="20260101T000000Z"), True),
+    (CompatWindow(min_client_build_id="20270101T000000Z", max_client_build_id="20260101T000000Z"), False),
+    (CompatWindow(min_client_build_id="2026", max_client_build_id="20260101T000000Z"), False),
+    (CompatWindow(min_client_build_id="20260101T000000Z", max_client_build_id="2099"), False),
+    (CompatWindow(min_client_build_id="", max_client_build_id=""), False),
+])
+def test_window_well_formed_table(window: CompatWindow, ok: bool) -> None:
+    assert window_well_formed(window) is ok
+
+
+def test_window_as_json_names_every_bound() -> None:
+    w = CompatWindow("oa.sync.v9", 2, 5, "20260101T000000Z", "20270101T000000Z", require_claims=True)
+    assert w.as_json() == {"protocol_version": "oa.sync.v9", "min_schema_version": 2, "max_schema_version": 5,
+                           "min_client_build_id": "20260101T000000Z", "max_client_build_id": "20270101T000000Z"}
+
+
+@pytest.mark.parametrize(("build", "protocol", "schema", "code"), [
+    ("20260101T000000Z", None, None, ErrorCode.UNSUPPORTED_PROTOCOL_VERSION),   # one claim is enough to check
+    (None, "oa.sync.v1", None, ErrorCode.INVALID_CLIENT_BUILD),
+    (None, None, 1, ErrorCode.INVALID_CLIENT_BUILD),
+    ("20260101T000000Z", "oa.sync.v1", 1, None),                                # both window edges admit
+    ("20261231T235959Z", "oa.sync.v1", 2, None),
+    ("20261231T235959Z", "oa.sync.v1", 3, ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
+    ("20251231T235959Z", "oa.sync.v1", 2, ErrorCode.UPGRADE_REQUIRED),
+    ("20270101T000000Z", "oa.sync.v1", 1, ErrorCode.UNSUPPORTED_CLIENT_BUILD),
+])
+def test_negotiate_edges(build: str | None, protocol: str | None, schema: int | None, code: ErrorCode | None) -> None:
+    w = CompatWindow("oa.sync.v1", 1, 2, "20260101T000000Z", "20261231T235959Z")
+    err = negotiate(w, build, protocol, schema)
+    assert (err.code if err else None) is code
