@@ -13,7 +13,7 @@ import pytest
 
 from spec.auth import Claims, can_read
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
-from spec.errors import ErrorCode, LocalProtocolError, SyncError
+from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
 from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
 from spec.schema import TABLES
@@ -298,3 +298,55 @@ def test_negotiate_edges(build: str | None, protocol: str | None, schema: int | 
     w = CompatWindow("oa.sync.v1", 1, 2, "20260101T000000Z", "20261231T235959Z")
     err = negotiate(w, build, protocol, schema)
     assert (err.code if err else None) is code
+
+
+# --- spec.errors: the wire string of an error, written out by hand ---------------------------------
+
+
+def test_render_is_code_then_canonical_json() -> None:
+    err = SyncError(ErrorCode.INVALID_QUERY, {"z": [1, {"b": 2, "a": "é"}], "a": "x: y"})
+    assert err.render() == 'invalid_query: {"a":"x: y","z":[1,{"a":"é","b":2}]}'
+    assert str(err) == err.render()
+    assert canonical_details({}) == "{}"
+    with pytest.raises(ValueError):
+        canonical_details({"x": float("nan")})
+
+
+def test_error_value_semantics() -> None:
+    err = SyncError(ErrorCode.INVALID_QUERY, {"message": "m"})
+    assert err.args == (ErrorCode.INVALID_QUERY, {"message": "m"})
+    assert repr(err) == "SyncError(<ErrorCode.INVALID_QUERY: 'invalid_query'>, {'message': 'm'})"
+    assert err == SyncError(ErrorCode.INVALID_QUERY, {"message": "m"})
+    assert err != SyncError(ErrorCode.INVALID_QUERY, {"message": "n"})
+    assert err != SyncError(ErrorCode.NO_SUCH_REDUCER, {"message": "m"})
+    assert err != "invalid_query"
+    assert SyncError(ErrorCode.NO_SUCH_REDUCER).details == {}
+    distinct = {err, SyncError(ErrorCode.INVALID_QUERY, {"message": "n"}), SyncError(ErrorCode.NO_SUCH_REDUCER),
+                SyncError(ErrorCode.INVALID_QUERY, {"message": "m"})}
+    assert len(distinct) == 3
+
+
+def test_parse_inverts_render_even_with_the_separator_inside_details() -> None:
+    text = 'invalid_query: {"message":"unexpected: \': \'","query":"x"}'
+    err = SyncError.parse(text)
+    assert err.code is ErrorCode.INVALID_QUERY
+    assert dict(err.details) == {"message": "unexpected: ': '", "query": "x"}
+    assert err.render() == text
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("nonsense: {}", "unknown error code in 'nonsense: {}'"),
+    ("x" * 100, f"unknown error code in {'x' * 80!r}"),
+    ("invalid_query", "error string without details: 'invalid_query'"),
+    ("invalid_query: [1]", "error details must be a JSON object"),
+    ("invalid_query: 7", "error details must be a JSON object"),
+])
+def test_parse_rejections(text: str, message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as e:
+        SyncError.parse(text)
+    assert str(e.value) == message
+
+
+def test_parse_rejects_details_that_are_not_json() -> None:
+    with pytest.raises(RemoteProtocolError, match=r"^error details are not JSON: Expecting property name"):
+        SyncError.parse("invalid_query: {oops")
