@@ -194,6 +194,13 @@ def serve(args: argparse.Namespace) -> int:
     server = SyncServer(config)
 
     async def run() -> int:
+        # The handlers go in before anything else: a SIGTERM that arrives during recovery, or just
+        # after the listening line (a supervisor, or a test, may react to it at once), must stop the
+        # server cleanly, not kill it with the default action and leave no clean-shutdown marker.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         try:
             await server.start()
         except DataDirError as exc:
@@ -212,10 +219,6 @@ def serve(args: argparse.Namespace) -> int:
         gc.freeze()
         print(f"syncref listening on http://{config.host}:{server.port} (database {config.database}, "
               f"data {config.data_dir})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         assert server.failed is not None
         failed = server.failed
         waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
