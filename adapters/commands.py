@@ -11,7 +11,8 @@ key.  The config file is TOML with four optional tables (documented in docs/oper
               identity_ttl_s
     [limits]  every field of ``adapters.server.Limits``
     [compat]  every field of ``spec.compat.CompatWindow``
-    [server]  host, port, database, sweep_interval_s, compact_interval_s
+    [server]  host, port, database, sweep_interval_s, compact_interval_s, contracts, snapshot_every,
+              snapshot_keep
     [faults]  stall_commits_while (testing only: the commit log's COMMIT waits while that file exists)
 
 Command-line flags win over the file.  ``--dev`` allows anonymous identities and gives every
@@ -96,7 +97,7 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
         extra_faults = {}
     server = raw.get("server", {})
     _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s",
-                                   "contracts"})
+                                   "contracts", "snapshot_every", "snapshot_keep"})
     limits_raw = raw.get("limits", {})
     defaults = Limits()
     _check_keys("limits", limits_raw, set(_fields(Limits)))
@@ -158,6 +159,12 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     database = args.database or _typed("server", "database", server.get("database", DEFAULT_DATABASE), "")
     extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
              if k in server}
+    for key, least in (("snapshot_every", 0), ("snapshot_keep", 1)):
+        if key in server:
+            value = _typed("server", key, server[key], 1)
+            if value < least:
+                raise ConfigError(f"[server] {key}: at least {least}, got {value}")
+            extra[key] = value
     # hot-path contracts (docs/contracts.md): off unless --contracts, [server] contracts or SYNCREF_CONTRACTS
     checked = bool(_typed("server", "contracts", server.get("contracts", False), True))
     checked = checked or bool(getattr(args, "contracts", False)) or contracts.hot_enabled()
