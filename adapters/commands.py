@@ -11,7 +11,8 @@ key.  The config file is TOML with four optional tables (documented in docs/oper
               identity_ttl_s
     [limits]  every field of ``adapters.server.Limits``
     [compat]  every field of ``spec.compat.CompatWindow``
-    [server]  host, port, database, sweep_interval_s, compact_interval_s
+    [server]  host, port, database, sweep_interval_s, compact_interval_s, contracts, snapshot_every,
+              snapshot_keep
     [faults]  stall_commits_while (testing only: the commit log's COMMIT waits while that file exists)
 
 Command-line flags win over the file.  ``--dev`` allows anonymous identities and gives every
@@ -97,7 +98,7 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
         extra_faults = {}
     server = raw.get("server", {})
     _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s",
-                                   "contracts"})
+                                   "contracts", "snapshot_every", "snapshot_keep"})
     limits_raw = raw.get("limits", {})
     defaults = Limits()
     _check_keys("limits", limits_raw, set(_fields(Limits)))
@@ -159,6 +160,12 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     database = args.database or _typed("server", "database", server.get("database", DEFAULT_DATABASE), "")
     extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
              if k in server}
+    for key, least in (("snapshot_every", 0), ("snapshot_keep", 1)):
+        if key in server:
+            value = _typed("server", key, server[key], 1)
+            if value < least:
+                raise ConfigError(f"[server] {key}: at least {least}, got {value}")
+            extra[key] = value
     # hot-path contracts (docs/contracts.md): off unless --contracts, [server] contracts or SYNCREF_CONTRACTS
     checked = bool(_typed("server", "contracts", server.get("contracts", False), True))
     checked = checked or bool(getattr(args, "contracts", False)) or contracts.hot_enabled()
@@ -195,6 +202,13 @@ def serve(args: argparse.Namespace) -> int:
     server = SyncServer(config)
 
     async def run() -> int:
+        # The handlers go in before anything else: a SIGTERM that arrives during recovery, or just
+        # after the listening line (a supervisor, or a test, may react to it at once), must stop the
+        # server cleanly, not kill it with the default action and leave no clean-shutdown marker.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         try:
             await server.start()
         except DataDirError as exc:
@@ -213,10 +227,6 @@ def serve(args: argparse.Namespace) -> int:
         gc.freeze()
         print(f"syncref listening on http://{config.host}:{server.port} (database {config.database}, "
               f"data {config.data_dir})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         assert server.failed is not None
         failed = server.failed
         waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())

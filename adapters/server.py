@@ -81,9 +81,10 @@ from adapters.observe import (
     SendCounts,
     StateCollector,
 )
-from reference.durability import GroupCommitWriter, LogStore, restart, shutdown
+from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir
 from reference.engine import Engine, InternalError, limit_exceeded, safe_text
 from reference.log import TxRecord
+from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Snapshotter
 from spec import contracts
 from spec import messages as m
 from spec.compat import CompatWindow, rejection_body
@@ -220,6 +221,8 @@ class ServerConfig:
     clock: Callable[[], int] | None = None  # µs since the epoch; None = wall time (tests inject one)
     contracts: bool | None = None  # hot-path contracts (spec.contracts.hot); None: leave the process switch
     stall_commits_while: Path | None = None  # fault injection ([faults]): the log's COMMIT waits while it exists
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY  # records between state snapshots (ADR-0011); 0: none
+    snapshot_keep: int = DEFAULT_SNAPSHOT_KEEP  # snapshots kept in DATA/snapshots, newest first
 
 
 def cut_reason(text: str) -> str:
@@ -360,6 +363,7 @@ class SyncServer:
         self.sessions: dict[int, Session] = {}
         self._store: LogStore | None = None
         self._writer: GroupCommitWriter | None = None
+        self._snapshots: Snapshotter | None = None
         self._engine: Engine | None = None
         self._runner: web.AppRunner | None = None
         self._auth: Authenticator | None = None
@@ -435,6 +439,14 @@ class SyncServer:
                 raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} "
                                    "(syncref verify-log --data DIR shows where)") from exc
 
+            recovery = self._store.recovery
+            if recovery is not None:
+                for line in recovery.lines():
+                    log.warning("%s", line)
+            self._snapshots = Snapshotter(snapshot_dir(self._store), cfg.snapshot_every, cfg.snapshot_keep,
+                                          self._writer.wait_durable,
+                                          recovery.snapshot_offset if recovery is not None else 0,
+                                          on_error=self._snapshot_failed)
             self._engine.on_close = self._engine_closed
             self._engine.on_internal_error = self._internal_error
             self._limit_engine(self._engine)
@@ -532,6 +544,10 @@ class SyncServer:
 
     # --- durability -------------------------------------------------------------------------------
 
+    def _snapshot_failed(self, exc: BaseException) -> None:
+        """A snapshot could not be written (its thread): the log is whole, the next one retries."""
+        log.error("writing a state snapshot failed (the commit log is unaffected): %r", exc)
+
     def _durable_from_thread(self, offset: int, batch: Sequence[TxRecord]) -> None:
         self.batch_sizes.append(len(batch))  # deque.append is atomic: safe from the writer thread
         loop = self._loop
@@ -544,6 +560,10 @@ class SyncServer:
             self.metrics.batch_records.observe(records)
         if offset > engine.durable:
             engine.advance_durable(offset)
+        snaps = self._snapshots
+        if snaps is not None and snaps.due(engine.committed) and self._writer is not None \
+                and self._writer.error is None:
+            snaps.maybe(engine.db, engine.committed, engine.head_hash)  # between transactions: consistent
         self._room.set()
         still = []
         for target, fut in self._waiters:

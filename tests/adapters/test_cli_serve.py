@@ -192,3 +192,16 @@ def test_corrupt_commit_log_is_one_line(tmp_path: Path) -> None:
 def test_trace_bad_hex_is_one_line() -> None:
     res = run("trace", "--hex", "zz")
     assert res.returncode == 2 and "--hex" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_sigterm_right_after_the_listening_line_stops_cleanly(tmp_path: Path) -> None:
+    """Regression (issue 13): the signal handlers were installed just *after* the listening line, so
+    a supervisor (or test) that sent SIGTERM as soon as it read the line often killed the server
+    with the default action -- no clean-shutdown marker, the next start an unclean recovery."""
+    data = tmp_path / "data"
+    for _ in range(2):
+        with serve_process(data) as served:
+            status, out = served.stop()  # SIGTERM at once
+        assert status == 0 and any("stopped cleanly" in line for line in out), (status, out)
+        report = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
+        assert report["ok"] and report["clean_shutdown"], report

@@ -154,9 +154,6 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[s
     return data, _write_and_kill(data, 12)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug found at merge: after recovering a torn WAL tail, a SIGTERM stop "
-                   "of the restarted server leaves no clean-shutdown marker (verify-log reports an unclean last "
-                   "shutdown); recovery itself is right (the asserts before it pass). Open in issue 13's note.")
 def test_a_torn_log_tail_recovers_to_the_last_intact_record(killed: tuple[Path, list[tuple[str, int]]],
                                                             tmp_path: Path) -> None:
     data = tmp_path / "data"
