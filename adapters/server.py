@@ -115,6 +115,7 @@ REVOCATION_CHECK_S = 1.0  # how often the revocation list is re-read for open co
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 BODY_CACHE_ITEMS = 512  # ... and at most this many of them
+COMMIT_GATHER_S = 0.004  # GroupCommitWriter gather_s (ADR-0014): also capped at half a COMMIT's duration
 DELIVERED = (m.TransactionUpdate, m.ReducerResult)  # messages whose commit-to-delivery time is measured
 
 
@@ -122,11 +123,14 @@ def _cannot_block(transport: asyncio.BaseTransport, size: int) -> bool:
     """Whether writing ``size`` more bytes leaves the transport unpaused, so that aiohttp's
     send returns without waiting for the peer (its drain waits only while the protocol is
     paused: from the high-water mark down to the low one).  Then no send timer is needed."""
-    if not isinstance(transport, asyncio.WriteTransport):
+    # duck-typed: uvloop's transports are not subclasses of asyncio's (ADR-0014)
+    size_of = getattr(transport, "get_write_buffer_size", None)
+    limits_of = getattr(transport, "get_write_buffer_limits", None)
+    if size_of is None or limits_of is None:
         return False
-    buffered = transport.get_write_buffer_size()
-    low, high = transport.get_write_buffer_limits()
-    return buffered <= low and buffered + size <= high
+    buffered = size_of()
+    low, high = limits_of()
+    return bool(buffered <= low and buffered + size <= high)
 
 
 class _Encoded:
@@ -220,6 +224,8 @@ class ServerConfig:
     compact_interval_s: float = 60.0
     clock: Callable[[], int] | None = None  # µs since the epoch; None = wall time (tests inject one)
     contracts: bool | None = None  # hot-path contracts (spec.contracts.hot); None: leave the process switch
+    commit_gather_s: float = COMMIT_GATHER_S  # an idle group-commit writer waits this long at most for a round
+    event_loop: str = "auto"  # `syncref serve`'s loop: auto (uvloop when installed), uvloop, asyncio (ADR-0014)
     stall_commits_while: Path | None = None  # fault injection ([faults]): the log's COMMIT waits while it exists
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY  # records between state snapshots (ADR-0011); 0: none
     snapshot_keep: int = DEFAULT_SNAPSHOT_KEEP  # snapshots kept in DATA/snapshots, newest first
@@ -427,7 +433,7 @@ class SyncServer:
         except (OSError, RuntimeError, ValueError) as exc:
             raise DataDirError(f"data directory {cfg.data_dir} is not usable: {exc}") from exc
         try:
-            self._writer = GroupCommitWriter(self._store, self._durable_from_thread)
+            self._writer = GroupCommitWriter(self._store, self._durable_from_thread, gather_s=cfg.commit_gather_s)
             try:
                 self._engine = restart(self._store, self._writer, self._tick(), cfg.policy,
                                        max_queue=cfg.limits.max_outbound_queue,

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jwt
 from support.server import http, mint_cli, serve_process
@@ -205,3 +206,34 @@ def test_a_sigterm_right_after_the_listening_line_stops_cleanly(tmp_path: Path) 
         assert status == 0 and any("stopped cleanly" in line for line in out), (status, out)
         report = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
         assert report["ok"] and report["clean_shutdown"], report
+
+
+def test_serve_runs_on_uvloop_by_default_and_on_asyncio_when_asked(tmp_path: Path) -> None:
+    """ADR-0014: uvloop when installed (it is a dependency), asyncio's own loop on request; the
+    listening line says which, and the server answers on both."""
+    for extra, expected in (((), "uvloop"), (("--loop", "asyncio"), "asyncio")):
+        data = tmp_path / expected
+        with serve_process(data, *extra) as served:
+            assert f"event loop {expected})" in served.first_line
+            assert http("GET", f"{served.url}/v1/ping").status == 200
+
+
+def test_choose_loop_falls_back_cleanly_without_uvloop(monkeypatch: Any) -> None:
+    import asyncio
+
+    import pytest
+
+    from adapters.commands import ConfigError, choose_loop
+    name, factory = choose_loop("auto")
+    assert name == "uvloop" and type(factory()).__module__.startswith("uvloop")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed: import fails
+    name, factory = choose_loop("auto")
+    loop = factory()
+    assert name == "asyncio" and isinstance(loop, asyncio.BaseEventLoop) and type(loop).__module__.startswith("asyncio")
+    loop.close()
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        choose_loop("uvloop")
+    with pytest.raises(ConfigError, match="must be one of"):
+        choose_loop("trio")
+    bad = run("serve", "--data", "/nonexistent-unused", "--loop", "trio")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
