@@ -11,8 +11,8 @@ key.  The config file is TOML with four optional tables (documented in docs/oper
               identity_ttl_s
     [limits]  every field of ``adapters.server.Limits``
     [compat]  every field of ``spec.compat.CompatWindow``
-    [server]  host, port, database, sweep_interval_s, compact_interval_s, contracts, commit_gather_s,
-              event_loop
+    [server]  host, port, database, sweep_interval_s, compact_interval_s, contracts, snapshot_every,
+              snapshot_keep, commit_gather_s, event_loop
     [faults]  stall_commits_while (testing only: the commit log's COMMIT waits while that file exists)
 
 Command-line flags win over the file.  ``--dev`` allows anonymous identities and gives every
@@ -28,6 +28,7 @@ import dataclasses
 import errno
 import gc
 import json
+import os
 import signal
 import sys
 import tomllib
@@ -118,7 +119,8 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
         extra_faults = {}
     server = raw.get("server", {})
     _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s",
-                                   "contracts", "commit_gather_s", "event_loop"})
+                                   "contracts", "snapshot_every", "snapshot_keep", "commit_gather_s",
+                                   "event_loop"})
     limits_raw = raw.get("limits", {})
     defaults = Limits()
     _check_keys("limits", limits_raw, set(_fields(Limits)))
@@ -180,6 +182,12 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     database = args.database or _typed("server", "database", server.get("database", DEFAULT_DATABASE), "")
     extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
              if k in server}
+    for key, least in (("snapshot_every", 0), ("snapshot_keep", 1)):
+        if key in server:
+            value = _typed("server", key, server[key], 1)
+            if value < least:
+                raise ConfigError(f"[server] {key}: at least {least}, got {value}")
+            extra[key] = value
     if "commit_gather_s" in server:
         gather = _typed("server", "commit_gather_s", server["commit_gather_s"], 1.0)
         if not 0 <= gather <= 1:
@@ -317,9 +325,46 @@ def token_mint(args: argparse.Namespace) -> int:
         print(f"syncref token mint: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"token": token, "identity": auth.verify(token).claims.identity}))
+        verified = auth.verify(token)
+        print(json.dumps({"token": token, "identity": verified.claims.identity, "jti": verified.raw["jti"]}))
     else:
         print(token)
+    return 0
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    """Append a jti to ``DIR/revoked-jti``; a running server picks it up within a second."""
+    import jwt
+
+    from adapters.auth import MAX_JTI_CHARS, REVOKED_JTI_FILE
+
+    jti = args.jti
+    if args.token is not None:
+        try:
+            jti = jwt.decode(args.token, options={"verify_signature": False}).get("jti")
+        except jwt.PyJWTError as exc:
+            print(f"syncref token revoke: not a JWT: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(jti, str):
+            print("syncref token revoke: this token has no jti, so it cannot be revoked by name; it stays valid "
+                  "until its exp (or rotate the signing key)", file=sys.stderr)
+            return 2
+    if not jti or len(jti) > MAX_JTI_CHARS or not jti.isascii() or not jti.isprintable() or " " in jti \
+            or "#" in jti:
+        print(f"syncref token revoke: not a jti: {jti!r} (printable ASCII, no spaces or '#', at most "
+              f"{MAX_JTI_CHARS} characters)", file=sys.stderr)
+        return 2
+    path = Path(args.data) / REVOKED_JTI_FILE
+    try:
+        Path(args.data).mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"{jti}\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        print(f"syncref token revoke: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"revoked jti {jti} (in {path}; a running server closes its connections within a second)")
     return 0
 
 
@@ -375,7 +420,12 @@ def add_parsers(sub: Any) -> None:
     mint.add_argument("--client-build-id", default=None)
     mint.add_argument("--protocol-version", default=None)
     mint.add_argument("--schema-version", type=int, default=None)
-    mint.add_argument("--json", action="store_true", help="print {token, identity}")
+    mint.add_argument("--json", action="store_true", help="print {token, identity, jti}")
+    rv = tsub.add_parser("revoke", help="stop accepting a token (and every websocket token traded for it)")
+    rv.add_argument("--data", default=DEFAULT_DATA_DIR, metavar="DIR")
+    what = rv.add_mutually_exclusive_group(required=True)
+    what.add_argument("--token", help="the token to revoke (its jti is read; no signature check)")
+    what.add_argument("--jti", help="the jti to revoke")
     tr = sub.add_parser("trace", help="decode captured frames into readable JSON lines")
     tr.add_argument("file", nargs="?", default=None, help="capture file (default stdin); see adapters/trace.py")
     tr.add_argument("--hex", nargs="+", default=None, help="frames as hex instead of a capture file")
@@ -393,7 +443,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "serve":
         return serve(args)
     if args.command == "token":
-        return token_mint(args)
+        return token_mint(args) if args.token_command == "mint" else token_revoke(args)
     if args.command == "trace":
         return trace(args)
     if args.command == "nostr-key":

@@ -43,10 +43,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from reference import snapshot
 from reference.engine import Engine
 from reference.log import GENESIS, RowChange, TxRecord, claims_from_json, claims_json, delta_text, row_from_json
 from spec.auth import Claims
@@ -175,6 +176,7 @@ class LogStore:
         self._lock = lock
         self._closed = False
         self.stall_while: Path | None = None  # fault injection: COMMIT waits while this file exists
+        self.recovery: RecoveryReport | None = None  # set by restart()
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False,
@@ -247,9 +249,16 @@ class LogStore:
         finally:
             self._conn.execute("COMMIT")
 
-    def iter_records(self) -> Iterator[TxRecord]:
-        for row in self._conn.execute(f"SELECT {_COLUMNS} FROM commit_log ORDER BY \"offset\""):
+    def iter_records(self, after: int = 0) -> Iterator[TxRecord]:
+        """The stored records past offset ``after``, in offset order."""
+        for row in self._conn.execute(f"SELECT {_COLUMNS} FROM commit_log WHERE \"offset\" > ? ORDER BY \"offset\"",
+                                      (after,)):
             yield record_from_row(row)
+
+    def hash_at(self, offset: int) -> str | None:
+        """The stored hash of record ``offset`` (None: no such record)."""
+        row = self._conn.execute('SELECT hash FROM commit_log WHERE "offset" = ?', (offset,)).fetchone()
+        return None if row is None else str(row[0])
 
     def load(self) -> tuple[list[TxRecord], bool]:
         """Every stored record in offset order, and whether the last process shut down cleanly.
@@ -551,7 +560,7 @@ def sync(engine: Engine, writer: GroupCommitWriter) -> int:
 
 
 def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy | None = None,
-            max_queue: int = 1024, max_undurable: int = 1024) -> Engine:
+            max_queue: int = 1024, max_undurable: int = 1024, snapshots: bool = True) -> Engine:
     """Rebuild the engine from the log and make any recovery transaction durable before returning;
     call it before the engine serves anyone (it also writes ``meta`` on the store's connection).
 
@@ -561,7 +570,11 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
 
     The recovery bump must cover the undurable window of the process that *crashed*, which may
     have run with a larger ``max_undurable`` than this one: ``meta.max_undurable`` records each
-    run's bound (durably, before that run serves), and the bump uses the larger of the two."""
+    run's bound (durably, before that run serves), and the bump uses the larger of the two.
+
+    With ``snapshots`` (ADR-0011) the state starts from the newest intact snapshot bound to the
+    log and only the records after it are applied; a corrupt or unbound snapshot is passed over
+    (an older one, else the whole log) and named in ``store.recovery``."""
     stored = store.load_policy()
     if stored is None:
         policy = policy if policy is not None else DEFAULT_POLICY
@@ -572,14 +585,72 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
         raise ValueError("the data directory was created under a different policy")
     previous = store.get_meta("max_undurable")
     margin = max(max_undurable, int(previous)) if previous is not None else max_undurable
-    records, clean = store.load()
-    engine = Engine.recover(records, clean, now, policy, max_queue, margin)
-    del records
+    report = RecoveryReport()
+    base = newest_snapshot(store, report) if snapshots else None
+    start = None if base is None else (snapshot.restore(base), base.offset, base.head_hash)
+    del base
+    records = list(store.iter_records(report.snapshot_offset))
+    report.tail_records = len(records)
+    engine = Engine.recover(records, store.clean_at_open, now, policy, max_queue, margin, start)
+    del records, start
     sync(engine, writer)
     engine.max_undurable = max_undurable
     if previous != str(max_undurable):
         store.set_meta("max_undurable", str(max_undurable))
+    store.recovery = report
     return engine
+
+
+@dataclass
+class RecoveryReport:
+    """How :func:`restart` rebuilt the state: from which snapshot (offset 0: none, a full replay),
+    how many log records it applied after it, and every snapshot it passed over, with why."""
+
+    snapshot_offset: int = 0
+    snapshot_file: str | None = None
+    tail_records: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+
+    def lines(self) -> list[str]:
+        """One line per rejected snapshot (what the server logs as warnings)."""
+        used = f"using {self.snapshot_file}" if self.snapshot_file else "replaying the whole log"
+        return [f"snapshot {name} not used ({reason}); {used}" for name, reason in self.rejected]
+
+
+def snapshot_dir(store: LogStore) -> Path:
+    return store.path.parent / snapshot.SNAPSHOT_DIR
+
+
+def check_binding(store: LogStore, image: snapshot.Image, name: str) -> None:
+    """A snapshot is usable only for the log it was taken from: record ``offset`` must be stored with
+    the hash the snapshot names (the chain head, which commits to the whole prefix)."""
+    stored = store.hash_at(image.offset)
+    if stored is None:
+        raise snapshot.SnapshotError(name, f"its offset {image.offset} is past the log head {store.last()[0]}")
+    if stored != image.head_hash:
+        raise snapshot.SnapshotError(name, f"not bound to this log: record {image.offset} has hash {stored[:16]}..., "
+                                           f"the snapshot names {image.head_hash[:16]}...")
+
+
+def newest_snapshot(store: LogStore, report: RecoveryReport) -> snapshot.Image | None:
+    """The newest intact snapshot bound to the log (``report`` notes it, and every one passed over).
+    A writable store also removes stray temp files (snapshots a crash interrupted)."""
+    directory = snapshot_dir(store)
+    if not store.readonly and directory.is_dir():
+        for tmp in directory.glob("snap-*.tmp"):
+            tmp.unlink(missing_ok=True)
+    for _offset, path in snapshot.listing(directory):
+        try:
+            image = snapshot.read(path)
+            if f"snap-{image.offset:012d}.json" != path.name:
+                raise snapshot.SnapshotError(path.name, f"the file name does not match its offset {image.offset}")
+            check_binding(store, image, path.name)
+        except snapshot.SnapshotError as exc:
+            report.rejected.append((path.name, exc.reason))
+            continue
+        report.snapshot_offset, report.snapshot_file = image.offset, path.name
+        return image
+    return None
 
 
 def shutdown(engine: Engine, writer: GroupCommitWriter, store: LogStore) -> None:

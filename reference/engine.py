@@ -817,12 +817,18 @@ class Engine:
                       "everything loaded is durable; only an unclean restart's recovery transaction is not yet")
     @icontract.ensure(lambda result: _indexes_consistent(result.db), enabled=icontract.SLOW)
     def recover(cls, records: list[TxRecord], clean: bool, now: int, policy: Policy = DEFAULT_POLICY,
-                max_queue: int = 1024, max_undurable: int = 1024) -> Engine:
+                max_queue: int = 1024, max_undurable: int = 1024,
+                start: tuple[Db, int, str] | None = None) -> Engine:
         """Rebuild from the durable commit log: apply every record's delta in order, checking the
         hash chain; then, after an unclean stop, commit the recovery transaction (ADR-0001).
-        Raises :class:`ValueError` when the chain does not verify."""
+        Raises :class:`ValueError` when the chain does not verify.
+
+        ``start`` is a snapshot's state ``(db, offset, head_hash)`` (ADR-0011): ``records`` are
+        then the log after ``offset``, chained to ``head_hash``."""
         eng = cls(policy, max_queue, max_undurable)
         eng.now = now
+        if start is not None:
+            eng.db, eng.committed, eng.head_hash = start
         for rec in records:
             if rec.offset != eng.committed + 1 or rec.prev_hash != eng.head_hash:
                 raise ValueError(f"commit log broken at offset {rec.offset}")

@@ -5,6 +5,7 @@ writer's batching and contiguity checks (DESIGN §5, ADR-0001 decision 9)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -395,6 +396,50 @@ def test_policy_round_trips_through_the_data_directory_meta() -> None:
     assert {f.name for f in fields(Policy)} <= set(policy_json(odd))  # no knob left out
 
 
+_KILLED_WRITER = """
+import os, sys
+sys.path[:0] = {paths!r}
+from reference.durability import GroupCommitWriter, LogStore
+from reference.engine import Engine
+from tests.reference.test_durability import POLICY, drive
+store = LogStore.open({data!r})
+store.save_policy(POLICY)
+writer = GroupCommitWriter(store, background=False)
+eng = Engine(POLICY)
+drive(eng)
+for rec in eng.take_records():  # one COMMIT (one WAL transaction) per record
+    writer.append([rec])
+    writer.flush()
+os._exit(0)  # SIGKILL-like: no close, no checkpoint -- every record stays in the WAL
+"""
+
+
+def test_a_torn_wal_tail_recovers_and_a_clean_shutdown_after_it_sets_the_marker(tmp_path: Path) -> None:
+    """Regression (issue 13): after a torn WAL tail, restart recovers to the last intact record and
+    the next clean shutdown leaves the marker (the serve-level half is in test_cli_serve)."""
+    data = tmp_path / "data"
+    root = str(Path(__file__).resolve().parents[2])
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER.format(paths=[root], data=str(data))], check=True,
+                   timeout=120)
+    store = LogStore.open(data, readonly=True)
+    whole = list(store.iter_records())
+    store.close()
+    wal = data / (DB_FILE + "-wal")
+    (data / (DB_FILE + "-shm")).unlink(missing_ok=True)
+    os.truncate(wal, wal.stat().st_size - 1000)  # the last frame cut mid-write
+    store = LogStore.open(data)
+    assert not store.clean_at_open
+    survived = list(store.iter_records())
+    assert 0 < len(survived) < len(whole) and survived == whole[: len(survived)]
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=10**12)
+    assert eng.committed == len(survived) + 1 and eng.durable == eng.committed  # the recovery record
+    shutdown(eng, writer, store)
+    store = LogStore.open(data, readonly=True)
+    assert store.clean_at_open and store.last() == (eng.committed, eng.head_hash)
+    store.close()
+    report = verify_log(data)
+    assert report.ok and report.clean_shutdown and report.records == eng.committed
 
 class SlowStore(LogStore):
     """Each COMMIT first sleeps the next of ``delays`` seconds (a slow disk; none once they run out)."""
