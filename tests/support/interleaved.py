@@ -1,0 +1,115 @@
+"""Interleaved A/B phases for an isolation figure: the schedule and the arithmetic, pure.
+
+An isolation figure compares the same workload with and without a fault, *in the same run*.  Run
+as "baseline, then outage" it also measures whatever drifts over the run (the machine's load
+from other processes, a server whose work per request grows with its state), and reports the drift
+as the outage's cost.  So the phases alternate -- baseline, outage 1, baseline, outage 2, baseline,
+outage 1, ... always starting and ending with a baseline -- and each outage phase is compared with
+the mean of the two baselines around it (:func:`bracketed_ratios`): a drift that is linear over
+the three phases cancels exactly, a slower one nearly.  Over several rounds each outage kind gets
+one ratio per occurrence; :func:`summarize` reports their median and their spread (min and max),
+so a reader sees how much one run can be trusted.
+
+Per phase the statistics of the samples are nearest-rank percentiles (:func:`percentile`): p50 and
+p99 (with fewer than 100 samples p99 is the largest, so it is a "worst case of the phase").
+
+The figures are printed and written into the docs; no test asserts them (a shared 2-core machine
+makes any timing threshold either flaky or meaningless).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["BASELINE", "METRICS", "Phase", "Spread", "baseline_drift", "bracketed_ratios", "percentile", "schedule",
+           "summarize"]
+
+BASELINE = "baseline"
+
+
+def schedule(rounds: int, outages: Sequence[str]) -> list[str]:
+    """``rounds`` x (baseline, each outage in turn, each followed by a baseline): every outage phase
+    sits between two baselines.  ``schedule(2, ["killed", "hung"])`` is B K B H B K B H B."""
+    if rounds < 1 or not outages or BASELINE in outages or len(set(outages)) != len(outages):
+        raise ValueError("schedule needs rounds >= 1 and distinct outage names other than 'baseline'")
+    out = [BASELINE]
+    for _ in range(rounds):
+        for outage in outages:
+            out += [outage, BASELINE]
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least ``q`` percent of the values at or
+    below it (``q`` in (0, 100])."""
+    if not values or not 0 < q <= 100:
+        raise ValueError("percentile needs values and 0 < q <= 100")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One phase's samples (seconds) and the CPU seconds the processes used during it."""
+
+    kind: str
+    calls: tuple[float, ...]
+    deliveries: tuple[float, ...]
+    server_cpu: float = 0.0
+    worker_cpu: float = 0.0
+
+
+Metric = Callable[[Phase], float]
+
+METRICS: dict[str, Metric] = {
+    "call p50": lambda p: percentile(p.calls, 50),
+    "call p99": lambda p: percentile(p.calls, 99),
+    "delivery p50": lambda p: percentile(p.deliveries, 50),
+    "delivery p99": lambda p: percentile(p.deliveries, 99),
+}
+
+
+def bracketed_ratios(phases: Sequence[Phase], metric: Metric) -> dict[str, list[float]]:
+    """For each non-baseline phase, ``metric(phase) / mean(metric(baseline before), metric(baseline
+    after))``, grouped by kind in schedule order.  The phases must follow :func:`schedule`'s shape."""
+    kinds = [p.kind for p in phases]
+    if len(phases) < 3 or kinds[0] != BASELINE or kinds[-1] != BASELINE or any(
+            (k == BASELINE) != (i % 2 == 0) for i, k in enumerate(kinds)):
+        raise ValueError(f"phases must alternate baseline / outage, starting and ending with a baseline: {kinds}")
+    out: dict[str, list[float]] = {}
+    for i in range(1, len(phases), 2):
+        around = (metric(phases[i - 1]) + metric(phases[i + 1])) / 2
+        out.setdefault(phases[i].kind, []).append(metric(phases[i]) / around if around > 0 else math.inf)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    median: float
+    low: float
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 1:
+            return f"{self.median:.2f}"
+        return f"{self.median:.2f} ({self.low:.2f}-{self.high:.2f}, n={self.n})"
+
+
+def summarize(phases: Sequence[Phase]) -> dict[str, dict[str, Spread]]:
+    """outage kind -> metric name -> the median and range of its bracketed ratios."""
+    out: dict[str, dict[str, Spread]] = {}
+    for name, metric in METRICS.items():
+        for kind, ratios in bracketed_ratios(phases, metric).items():
+            out.setdefault(kind, {})[name] = Spread(statistics.median(ratios), min(ratios), max(ratios), len(ratios))
+    return out
+
+
+def baseline_drift(phases: Sequence[Phase], metric: Metric) -> float:
+    """The last baseline's metric over the first's: what an unbracketed comparison would have
+    mistaken for an outage cost."""
+    base = [metric(p) for p in phases if p.kind == BASELINE]
+    return base[-1] / base[0] if base and base[0] > 0 else math.inf
