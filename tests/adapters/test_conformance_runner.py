@@ -224,3 +224,58 @@ def test_a_close_mid_scenario_and_a_silent_server_are_reported_where_they_happen
         rc, out, results = conformance("--url", url, "--token", "t", "--only", "protocol", "--timeout", "1")
     assert rc == 1 and "no answer within 1 s while waiting for the barrier query's answer after a subscribe" \
         in results[0]["message"], out
+
+
+def test_local_brings_its_own_server_and_hooks(tmp_path: Path) -> None:
+    rc, out, results = conformance("--local")
+    from adapters.conformance.wire_runner import SCENARIOS
+    assert rc == 0, out
+    assert [r["scenario"] for r in results] == [s.name for s in SCENARIOS]
+    assert {r["status"] for r in results} == {"pass"}, out  # every hook present: nothing skipped
+    misuse = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", "--local", "--token", "t"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+    assert misuse.returncode == 2 and "--local brings its own hooks" in misuse.stderr
+    neither = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance"], cwd=ROOT, env=ENV,
+                             capture_output=True, text=True, timeout=60)
+    assert neither.returncode == 2 and "--url" in neither.stderr and "--local" in neither.stderr
+
+
+def _verify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "adapters.cli", "verify", "--examples", "1", "--skip-proofs",
+                           "--skip-crosshair", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_verify_fills_its_conformance_column_from_the_runners_results(tmp_path: Path) -> None:
+    from adapters.conformance.wire_runner import SCENARIOS
+    results = [{"area": s.area, "scenario": s.name, "invariants": list(s.invariants), "status": "pass",
+                "message": "", "seconds": 0.1} for s in SCENARIOS]
+    # (the ids are read from the scenarios, not written here: this tests verify's column, it checks no invariant)
+    failing = next(r for r in results if r["scenario"] == "update_and_caller_result")
+    failing.update(status="fail", message="the caller also got a TransactionUpdate")
+    skipped = next(r for r in results if r["scenario"] == "event_tables")
+    passing = next(r for r in results if r["scenario"] == "confirmed_reads_released")
+    (failed_id,), (skipped_id,), (passed_id,) = failing["invariants"], skipped["invariants"], passing["invariants"]
+    assert all(failed_id not in r["invariants"] for r in results if r is not failing)
+    assert all(skipped_id not in r["invariants"] for r in results if r is not skipped)
+    assert all(passed_id not in r["invariants"] or r is passing for r in results)
+    skipped.update(status="skip", message="needs --mint-with DIR")
+    path = tmp_path / "conformance.json"
+    path.write_text(json.dumps(results))
+    proc = _verify("--conformance", str(path), "--json")
+    report = json.loads(proc.stdout)
+    rows = {r["id"]: r["checks"] for r in report["invariants"]}
+    assert proc.returncode == 1 and report["ok"] is False  # a failed scenario fails verify
+    assert rows[failed_id]["conformance"] == "FAIL"
+    assert rows[failed_id]["conformance_scenarios"] == ["update_and_caller_result"]
+    assert rows[skipped_id]["conformance"] == "-" and rows[skipped_id]["conformance_scenarios"] == []  # no pass
+    assert rows[passed_id]["conformance"] == "pass"
+    assert rows[passed_id]["conformance_scenarios"] == ["confirmed_reads_released"]
+    assert report["conformance"] == results
+    text = _verify("--conformance", str(path))
+    assert any(line.startswith("invariant") and " conform " in line for line in text.stdout.splitlines())
+    assert "conformance: 13 scenarios passed, 1 failed, 1 skipped" in text.stdout
+    assert "FAIL delivery/update_and_caller_result: the caller also got a TransactionUpdate" in text.stdout
+    path.write_text('{"not": "a list"}')
+    bad = _verify("--conformance", str(path))
+    assert bad.returncode == 2 and "cannot read --conformance" in bad.stderr and "Traceback" not in bad.stderr
