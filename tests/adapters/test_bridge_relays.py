@@ -44,7 +44,7 @@ from typing import Any
 import pytest
 from support import nostr_oracle
 from support.interleaved import BASELINE, METRICS, Phase, baseline_drift, percentile, schedule, summarize
-from support.nostr_relays import FakeRelay, RealRelay, start_relays
+from support.nostr_relays import FakeRelay, RealRelay, free_port, start_relays
 from support.server import SYNCREF, ServedProcess, http, mint_cli, serve_process
 from support.server import metric as server_metric
 from websockets.sync.client import connect as sync_connect
@@ -66,7 +66,7 @@ ack_timeout = {ack_timeout}
 backoff_base = 0.2
 backoff_cap = 1.0
 [policy]
-min_retry_ms = 200
+min_retry_ms = {min_retry_ms}
 reject_retry_ms = {reject_retry_ms}
 """
 
@@ -162,6 +162,13 @@ def _opt(value: Any) -> Any:
     return value
 
 
+def _micros(value: Any) -> int:
+    """A SATS JSON timestamp (``{"__timestamp_micros_since_unix_epoch__": n}``) in µs."""
+    (n,) = value.values()
+    assert isinstance(n, int), value
+    return n
+
+
 @contextlib.contextmanager
 def site(tmp: Path, name: str, env: dict[str, str] | None = None) -> Iterator[Site]:
     data = tmp / f"{name}-data"
@@ -215,10 +222,11 @@ class BridgeProcess:
 
 @contextlib.contextmanager
 def bridge(s: Site, relay_urls: list[str], name: str, extra_config: str = "",
-           reject_retry_ms: int = 1000, ack_timeout: float = 10.0,
+           reject_retry_ms: int = 1000, ack_timeout: float = 10.0, min_retry_ms: int = 200,
            env: dict[str, str] | None = None) -> Iterator[BridgeProcess]:
     config = s.tmp / f"{name}.toml"
-    config.write_text(FAST_CONFIG.format(reject_retry_ms=reject_retry_ms, ack_timeout=ack_timeout) + extra_config)
+    config.write_text(FAST_CONFIG.format(reject_retry_ms=reject_retry_ms, ack_timeout=ack_timeout,
+                                         min_retry_ms=min_retry_ms) + extra_config)
     log = s.tmp / f"{name}.log"
     args = [str(SYNCREF), "bridge", "--url", s.url, "--key-file", str(s.key_file), "--token-file", str(s.token_file),
             "--config", str(config), "--metrics-port", "0"]
@@ -584,3 +592,35 @@ def test_sigkill_between_publish_and_mark_republishes_the_same_event(relays: dic
         recorded = {_opt(r["nostr_event_id"]) for r in s.outbox().values()}
         assert recorded == set(before["alpha"]) == set(before["beta"])
         assert hashlib.sha256(b"").hexdigest() not in recorded
+
+
+# --- a restart follows the outbox's durable schedule ----------------------------------------------
+
+
+def test_a_restarted_worker_retries_at_the_durable_next_attempt_at_not_at_once(relays: dict[str, RealRelay],
+                                                                               tmp_path: Path) -> None:
+    """The first worker's only relay is down: it records the failure with ``retry_after_ms`` 6 s (its
+    ``min_retry_ms``), and is SIGKILLed.  A second worker, with a healthy relay, starts at once: it
+    must leave the rows alone until their ``next_attempt_at`` -- the schedule lives in the outbox,
+    not in the dead worker's memory -- and deliver them then.  Checked on the server's clock: each
+    row's mark (``updated_at``) comes at or after the ``next_attempt_at`` the failure recorded."""
+    alpha = relays["alpha"]
+    dead = f"ws://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    with site(tmp_path, "restart") as s:
+        with bridge(s, [dead], "restart-1", min_retry_ms=6000, reject_retry_ms=6000) as first:
+            ids = s.enqueue_receipts("restart", 2)
+            until("the failure recorded", lambda: all(s.outbox()[i]["attempts"] == 1 for i in ids))
+            first.kill()
+        failed = s.outbox()
+        for i in ids:
+            row = failed[i]
+            assert row["status"] == "pending" and f"{dead}: failed" in _opt(row["last_error"]), row
+            assert _micros(row["next_attempt_at"]) - _micros(row["updated_at"]) == 6_000_000  # 6000 ms, in µs
+        with bridge(s, [alpha.url], "restart-2") as second:
+            until("sent after the restart", lambda: all_sent(s, ids, [alpha.url]), timeout=60)
+            rows = s.outbox()
+            for i in ids:
+                assert rows[i]["attempts"] == 1  # no failure in between: nothing was tried early
+                assert _micros(rows[i]["updated_at"]) >= _micros(failed[i]["next_attempt_at"]), (rows[i], failed[i])
+            assert second.metric("syncref_bridge_calls_total", reducer="record_bridge_failure") == 0
+        check_relay_copies(s, alpha, ids)

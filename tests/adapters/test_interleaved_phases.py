@@ -66,7 +66,7 @@ def phases_with(kinds: list[str], level: float, drift: float, cost: dict[str, fl
     out = []
     for i, kind in enumerate(kinds):
         v = (level + drift * i) * cost.get(kind, 1.0)
-        out.append(Phase(kind, (v,) * 5, (2 * v,) * 5))
+        out.append(Phase(kind, (v,) * 5, (2 * v,) * 5, server_cpu=5 * v))
     return out
 
 
