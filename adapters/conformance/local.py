@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ class LocalTarget:
     log: Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -58,16 +58,26 @@ def _wait_up(url: str, log: Path) -> None:
             time.sleep(0.1)
 
 
+SERVE = (sys.executable, "-m", "adapters.cli", "serve")
+
+
 @contextlib.contextmanager
-def local_target(workdir: Path) -> Iterator[LocalTarget]:
-    """Start ``syncref serve`` under ``workdir`` (which must exist); stop it (SIGKILL) on exit."""
-    port = _free_port()
+def local_target(workdir: Path, serve_cmd: Sequence[str] = SERVE, *, cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> Iterator[LocalTarget]:
+    """Start ``syncref serve`` under ``workdir`` (which must exist); stop it (SIGKILL) on exit.
+
+    ``serve_cmd`` is the command up to and including ``serve`` (the runner's tests start the server
+    with a planted bug this way); ``cwd`` and ``env`` apply to the start and to every restart."""
+    port = free_port()
     data, stall, pidfile, log, config = (workdir / "data", workdir / "stall", workdir / "serve.pid",
                                          workdir / "serve.log", workdir / "syncref.toml")
     config.write_text(f"[faults]\nstall_commits_while = {json.dumps(str(stall))}\n", encoding="utf-8")
-    serve = [sys.executable, "-m", "adapters.cli", "serve", "--port", str(port), "--data", str(data),
-             "--config", str(config)]
-    start = f"{shlex.join(serve)} >> {shlex.quote(str(log))} 2>&1 & echo $! > {shlex.quote(str(pidfile))}"
+    serve = [*serve_cmd, "--port", str(port), "--data", str(data), "--config", str(config)]
+    # a subshell that execs the server, so $! is the server's own pid (what the restart SIGKILLs)
+    where = f"cd {shlex.quote(str(cwd))}; " if cwd is not None else ""
+    assign = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " if env else ""
+    start = (f"({where}exec {assign}{shlex.join(serve)} >> {shlex.quote(str(log))} 2>&1) & "
+             f"echo $! > {shlex.quote(str(pidfile))}")
     pid = f"$(cat {shlex.quote(str(pidfile))})"
     restart = f"kill -9 {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.05; done; {start}"
     url = f"http://127.0.0.1:{port}"
