@@ -43,7 +43,16 @@ from typing import Any
 
 import pytest
 from support import nostr_oracle
-from support.interleaved import BASELINE, METRICS, Phase, baseline_drift, percentile, schedule, summarize
+from support.interleaved import (
+    BASELINE,
+    CONTROLLED_METRICS,
+    METRICS,
+    Phase,
+    baseline_drift,
+    percentile,
+    schedule,
+    summarize,
+)
 from support.nostr_relays import FakeRelay, RealRelay, free_port, raw_req, start_relays
 from support.server import SYNCREF, ServedProcess, http, mint_cli, serve_process
 from support.server import metric as server_metric
@@ -337,49 +346,75 @@ def deployed_env() -> dict[str, str]:
 
 
 class Workload:
-    """Appends through the SDK; a second connection's subscription sees each one.  Latencies in s."""
+    """Appends through the SDK, each waited for by a second connection's subscription; with a
+    ``control`` (url, token), the same on a control server, paired call by call.  Latencies in s."""
 
-    def __init__(self, url: str, token: str) -> None:
-        self.url, self.token = url, token
+    def __init__(self, url: str, token: str, control: tuple[str, str] | None = None) -> None:
+        self.url, self.token, self.control = url, token, control
 
-    def run(self, stream: str, n: int, enqueue: list[OutboxRequest]) -> tuple[list[float], list[float]]:
+    def run(self, stream: str, n: int, enqueue: list[OutboxRequest]) -> tuple[list[float], ...]:
         """``n`` timed appends, one after another: each call's latency, and the time from the call's
-        start until the subscriber has the row.  The ``enqueue`` rows are enqueued (untimed) spread
-        between them, so the worker publishes and marks while the appends run."""
+        start until the subscriber has the row (then the control's two lists, empty without one).
+        The ``enqueue`` rows are enqueued (untimed) spread between them, so the worker publishes and
+        marks while the appends run."""
         every = max(1, n // max(1, len(enqueue)))
 
-        async def main() -> tuple[list[float], list[float]]:
-            seen: dict[int, float] = {}
-            waiting: dict[int, asyncio.Future[None]] = {}
-            async with Connection(self.url, DB, self.token) as writer, Connection(self.url, DB, self.token) as reader:
-                def on_update(sub: Any, changes: Any) -> None:
-                    now = time.monotonic()
-                    for change in changes:
-                        for r in change.inserts:
-                            seen.setdefault(r.row.seq, now)
-                            fut = waiting.pop(r.row.seq, None)
-                            if fut is not None and not fut.done():
-                                fut.set_result(None)
-                sub = reader.subscribe([f"SELECT * FROM sync_event WHERE stream_id = '{stream}'"],
-                                       on_update=on_update)
-                await reader.applied(sub, 10)
-                calls, deliveries = [], []
+        async def main() -> tuple[list[float], ...]:
+            async with contextlib.AsyncExitStack() as stack:
+                measured = await _Appender.open(stack, self.url, self.token, stream)
+                control = None if self.control is None else await _Appender.open(stack, *self.control, stream)
                 pending = list(enqueue)
                 for i in range(n):
                     if pending and i % every == 0:
-                        await writer.call("enqueue_bridge_event", *pending.pop(0).args())
-                    t0 = time.monotonic()
-                    seq = (await writer.call("append_sync_event", stream, f"k{i}", f'{{"i":{i}}}', None, None)).value
-                    assert isinstance(seq, int), seq
-                    calls.append(time.monotonic() - t0)
-                    if seq not in seen:
-                        fut = waiting[seq] = asyncio.get_running_loop().create_future()
-                        await asyncio.wait_for(fut, 10)
-                    deliveries.append(seen[seq] - t0)
+                        await measured.writer.call("enqueue_bridge_event", *pending.pop(0).args())
+                    await measured.append(i)
+                    if control is not None:
+                        await control.append(i)
                 for req in pending:
-                    await writer.call("enqueue_bridge_event", *req.args())
-                return calls, deliveries
+                    await measured.writer.call("enqueue_bridge_event", *req.args())
+                none: list[float] = []
+                return (measured.calls, measured.deliveries, control.calls if control else none,
+                        control.deliveries if control else none)
         return asyncio.run(main())
+
+
+class _Appender:
+    """A writer and a subscribed reader on one server, timing appends to ``stream``."""
+
+    def __init__(self, writer: Connection, stream: str) -> None:
+        self.writer, self.stream = writer, stream
+        self.seen: dict[int, float] = {}
+        self.waiting: dict[int, asyncio.Future[None]] = {}
+        self.calls: list[float] = []
+        self.deliveries: list[float] = []
+
+    @classmethod
+    async def open(cls, stack: contextlib.AsyncExitStack, url: str, token: str, stream: str) -> _Appender:
+        writer = await stack.enter_async_context(Connection(url, DB, token))
+        reader = await stack.enter_async_context(Connection(url, DB, token))
+        self = cls(writer, stream)
+        sub = reader.subscribe([f"SELECT * FROM sync_event WHERE stream_id = '{stream}'"], on_update=self._on_update)
+        await reader.applied(sub, 10)
+        return self
+
+    def _on_update(self, sub: Any, changes: Any) -> None:
+        now = time.monotonic()
+        for change in changes:
+            for r in change.inserts:
+                self.seen.setdefault(r.row.seq, now)
+                fut = self.waiting.pop(r.row.seq, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    async def append(self, i: int) -> None:
+        t0 = time.monotonic()
+        seq = (await self.writer.call("append_sync_event", self.stream, f"k{i}", f'{{"i":{i}}}', None, None)).value
+        assert isinstance(seq, int), seq
+        self.calls.append(time.monotonic() - t0)
+        if seq not in self.seen:
+            fut = self.waiting[seq] = asyncio.get_running_loop().create_future()
+            await asyncio.wait_for(fut, 10)
+        self.deliveries.append(self.seen[seq] - t0)
 
 
 def more_failures(b: BridgeProcess, relay: str, before: float) -> bool:
@@ -399,9 +434,10 @@ def test_a_dead_or_hanging_relay_costs_neither_reducers_nor_the_healthy_relay(re
     n_events = 15
     phases: list[Phase] = []
     every_id: list[str] = []
-    with site(tmp_path, "iso", env=deployed_env()) as s:
-        assert server_metric(s.url, "syncref_contracts_enabled") == 0  # measured as deployed, see above
-        work = Workload(s.url, s.token)
+    with site(tmp_path, "iso", env=deployed_env()) as s, site(tmp_path, "control", env=deployed_env()) as c:
+        for served in (s, c):  # measured as deployed, see above
+            assert server_metric(served.url, "syncref_contracts_enabled") == 0
+        work = Workload(s.url, s.token, control=(c.url, c.token))
         with bridge(s, both, "iso", ack_timeout=2.0, env=deployed_env()) as b:
             for k, kind in enumerate(schedule(ISOLATION_ROUNDS, [KILLED, HUNG])):
                 stream = f"bench.{k}"
@@ -415,9 +451,10 @@ def test_a_dead_or_hanging_relay_costs_neither_reducers_nor_the_healthy_relay(re
                     beta.freeze()
                 try:
                     cpu0 = cpu_seconds(s.served.proc.pid), cpu_seconds(b.proc.pid)
-                    calls, deliveries = work.run(stream, ISOLATION_APPENDS, reqs)
+                    calls, deliveries, control_calls, control_deliveries = work.run(stream, ISOLATION_APPENDS, reqs)
                     phases.append(Phase(kind, tuple(calls), tuple(deliveries),
-                                        cpu_seconds(s.served.proc.pid) - cpu0[0], cpu_seconds(b.proc.pid) - cpu0[1]))
+                                        cpu_seconds(s.served.proc.pid) - cpu0[0], cpu_seconds(b.proc.pid) - cpu0[1],
+                                        tuple(control_calls), tuple(control_deliveries)))
                     if kind == BASELINE:
                         until(f"phase {k} delivered to both relays", functools.partial(all_sent, s, ids, both))
                         continue
@@ -450,15 +487,17 @@ def report_isolation(phases: list[Phase], n_appends: int, n_events: int) -> None
     print(f"\nbridge isolation: {len(phases)} interleaved phases of {n_appends} appends (and {n_events} outbox rows "
           f"enqueued among them); load {os.getloadavg()[0]:.1f}")
     for i, p in enumerate(phases):
-        print(f"  {i:2d} {p.kind:<22} call p50 {percentile(p.calls, 50) * 1e3:7.2f} ms p99 "
+        print(f"  {i:2d} {p.kind:<22} control call p50 {percentile(p.control_calls, 50) * 1e3:7.2f} ms   "
+              f"call p50 {percentile(p.calls, 50) * 1e3:7.2f} ms p99 "
               f"{percentile(p.calls, 99) * 1e3:7.2f} ms   delivery p50 {percentile(p.deliveries, 50) * 1e3:7.2f} ms "
               f"p99 {percentile(p.deliveries, 99) * 1e3:7.2f} ms   cpu server {p.server_cpu:.2f} s "
               f"worker {p.worker_cpu:.2f} s")
     print(f"  drift, last baseline over the first: call p50 {baseline_drift(phases, METRICS['call p50']):.2f}x, "
           f"server cpu {baseline_drift(phases, lambda p: p.server_cpu):.2f}x")
     print("  ratio to the mean of the two baselines around each outage phase: median (min-max, n)")
-    for kind, spreads in summarize(phases).items():
-        print(f"  {kind:<22} " + "   ".join(f"{name} {spread}" for name, spread in spreads.items()))
+    for metrics in (METRICS, CONTROLLED_METRICS):
+        for kind, spreads in summarize(phases, metrics).items():
+            print(f"  {kind:<22} " + "   ".join(f"{name} {spread}" for name, spread in spreads.items()))
 
 
 # --- bad input, dead letters --------------------------------------------------------------------------

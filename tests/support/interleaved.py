@@ -10,6 +10,13 @@ the three phases cancels exactly, a slower one nearly.  Over several rounds each
 one ratio per occurrence; :func:`summarize` reports their median and their spread (min and max),
 so a reader sees how much one run can be trusted.
 
+Bracketing cancels a drift over minutes, not the noise of a shared machine from one second to the
+next (another process's burst makes every call of a phase slower).  For that the workload can run
+against a *control* server as well, paired call by call (one append on the measured server, one on
+the control, ...): the control sees the same moment's load but no fault, so the phase's latency
+over the control's (:data:`CONTROLLED_METRICS`) divides the load out, and the bracketed ratio of
+that is the outage's own cost.
+
 Per phase the statistics of the samples are nearest-rank percentiles (:func:`percentile`): p50 and
 p99 (with fewer than 100 samples p99 is the largest, so it is a "worst case of the phase"), and the
 server's CPU seconds per append, which waiting (fsync, other processes on the machine) does not
@@ -26,8 +33,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["BASELINE", "METRICS", "Phase", "Spread", "baseline_drift", "bracketed_ratios", "percentile", "schedule",
-           "summarize"]
+__all__ = ["BASELINE", "CONTROLLED_METRICS", "METRICS", "Phase", "Spread", "baseline_drift", "bracketed_ratios",
+           "percentile", "schedule", "summarize"]
 
 BASELINE = "baseline"
 
@@ -62,6 +69,8 @@ class Phase:
     deliveries: tuple[float, ...]
     server_cpu: float = 0.0
     worker_cpu: float = 0.0
+    control_calls: tuple[float, ...] = ()  # the same workload on a control server, paired call by call
+    control_deliveries: tuple[float, ...] = ()
 
 
 Metric = Callable[[Phase], float]
@@ -74,6 +83,14 @@ METRICS: dict[str, Metric] = {
     # the server's CPU per append: insensitive to waiting (fsync, a busy machine's run queue), so it
     # shows whether the server *works* more during an outage even when the latencies are noise
     "server cpu/append": lambda p: p.server_cpu / len(p.calls),
+}
+
+# With a control server (see the module essay): each phase's p50 over the control's p50 in the same
+# phase -- the machine's load at that moment divides out.
+CONTROLLED_METRICS: dict[str, Metric] = {
+    "call p50/control": lambda p: percentile(p.calls, 50) / percentile(p.control_calls, 50),
+    "call p99/control": lambda p: percentile(p.calls, 99) / percentile(p.control_calls, 99),
+    "delivery p50/control": lambda p: percentile(p.deliveries, 50) / percentile(p.control_deliveries, 50),
 }
 
 
@@ -104,10 +121,11 @@ class Spread:
         return f"{self.median:.2f} ({self.low:.2f}-{self.high:.2f}, n={self.n})"
 
 
-def summarize(phases: Sequence[Phase]) -> dict[str, dict[str, Spread]]:
-    """outage kind -> metric name -> the median and range of its bracketed ratios."""
+def summarize(phases: Sequence[Phase], metrics: dict[str, Metric] | None = None) -> dict[str, dict[str, Spread]]:
+    """outage kind -> metric name -> the median and range of its bracketed ratios (``metrics``
+    default :data:`METRICS`)."""
     out: dict[str, dict[str, Spread]] = {}
-    for name, metric in METRICS.items():
+    for name, metric in (METRICS if metrics is None else metrics).items():
         for kind, ratios in bracketed_ratios(phases, metric).items():
             out.setdefault(kind, {})[name] = Spread(statistics.median(ratios), min(ratios), max(ratios), len(ratios))
     return out
