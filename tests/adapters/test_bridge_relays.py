@@ -649,3 +649,41 @@ def test_a_restarted_worker_retries_at_the_durable_next_attempt_at_not_at_once(r
                 assert _micros(rows[i]["updated_at"]) >= _micros(failed[i]["next_attempt_at"]), (rows[i], failed[i])
             assert second.metric("syncref_bridge_calls_total", reducer="record_bridge_failure") == 0
         check_relay_copies(s, alpha, ids)
+
+
+def test_a_restarted_worker_catches_up_only_the_relays_missing_from_relays_acked(relays: dict[str, RealRelay],
+                                                                                  tmp_path: Path) -> None:
+    """What a catch-up needs survives a restart: ``relays_acked`` is in the outbox.  The first worker
+    delivers to alpha while its second relay is down (the rows end ``sent`` to alpha only) and is
+    SIGKILLed; the second relay comes up; a new worker publishes each row to it -- the same event id
+    -- and to nobody else (no acknowledgement from alpha: it is not asked again).  Only the catch-up's
+    *timer* is in memory (docs/bridge.md, Limits): a restarted worker tries the missing relay at once."""
+    alpha = relays["alpha"]
+    port = free_port()
+    late = f"ws://127.0.0.1:{port}"
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    try:
+        with site(tmp_path, "catchup") as s:
+            with bridge(s, [alpha.url, late], "catchup-1") as first:
+                ids = s.enqueue_receipts("catchup", 2)
+                until("sent to alpha only", lambda: all_sent(s, ids, [alpha.url]))
+                until("the late relay failed", lambda: first.metric("syncref_bridge_relay_failures_total",
+                                                                    relay=late) >= 1)
+                first.kill()
+            before = s.outbox()
+            assert all(before[i]["relays_acked"] == [alpha.url] for i in ids), before
+            fake = asyncio.run_coroutine_threadsafe(FakeRelay("accept", port=port).start(), loop).result(10)
+            try:
+                with bridge(s, [alpha.url, late], "catchup-2") as second:
+                    until("caught up", lambda: all_sent(s, ids, [alpha.url, late]))
+                    assert second.metric("syncref_bridge_relay_acks_total", relay=alpha.url) == 0
+                    assert second.metric("syncref_bridge_relay_acks_total", relay=late) == 2
+                rows = s.outbox()
+                assert sorted(e["id"] for e in fake.events) == sorted(_opt(rows[i]["nostr_event_id"]) for i in ids)
+                assert all(_opt(rows[i]["nostr_event_id"]) == _opt(before[i]["nostr_event_id"]) for i in ids)
+            finally:
+                asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+            check_relay_copies(s, alpha, ids)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
