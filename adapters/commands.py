@@ -27,6 +27,7 @@ import dataclasses
 import errno
 import gc
 import json
+import os
 import signal
 import sys
 import tomllib
@@ -278,9 +279,46 @@ def token_mint(args: argparse.Namespace) -> int:
         print(f"syncref token mint: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"token": token, "identity": auth.verify(token).claims.identity}))
+        verified = auth.verify(token)
+        print(json.dumps({"token": token, "identity": verified.claims.identity, "jti": verified.raw["jti"]}))
     else:
         print(token)
+    return 0
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    """Append a jti to ``DIR/revoked-jti``; a running server picks it up within a second."""
+    import jwt
+
+    from adapters.auth import MAX_JTI_CHARS, REVOKED_JTI_FILE
+
+    jti = args.jti
+    if args.token is not None:
+        try:
+            jti = jwt.decode(args.token, options={"verify_signature": False}).get("jti")
+        except jwt.PyJWTError as exc:
+            print(f"syncref token revoke: not a JWT: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(jti, str):
+            print("syncref token revoke: this token has no jti, so it cannot be revoked by name; it stays valid "
+                  "until its exp (or rotate the signing key)", file=sys.stderr)
+            return 2
+    if not jti or len(jti) > MAX_JTI_CHARS or not jti.isascii() or not jti.isprintable() or " " in jti \
+            or "#" in jti:
+        print(f"syncref token revoke: not a jti: {jti!r} (printable ASCII, no spaces or '#', at most "
+              f"{MAX_JTI_CHARS} characters)", file=sys.stderr)
+        return 2
+    path = Path(args.data) / REVOKED_JTI_FILE
+    try:
+        Path(args.data).mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"{jti}\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        print(f"syncref token revoke: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"revoked jti {jti} (in {path}; a running server closes its connections within a second)")
     return 0
 
 
@@ -333,7 +371,12 @@ def add_parsers(sub: Any) -> None:
     mint.add_argument("--client-build-id", default=None)
     mint.add_argument("--protocol-version", default=None)
     mint.add_argument("--schema-version", type=int, default=None)
-    mint.add_argument("--json", action="store_true", help="print {token, identity}")
+    mint.add_argument("--json", action="store_true", help="print {token, identity, jti}")
+    rv = tsub.add_parser("revoke", help="stop accepting a token (and every websocket token traded for it)")
+    rv.add_argument("--data", default=DEFAULT_DATA_DIR, metavar="DIR")
+    what = rv.add_mutually_exclusive_group(required=True)
+    what.add_argument("--token", help="the token to revoke (its jti is read; no signature check)")
+    what.add_argument("--jti", help="the jti to revoke")
     tr = sub.add_parser("trace", help="decode captured frames into readable JSON lines")
     tr.add_argument("file", nargs="?", default=None, help="capture file (default stdin); see adapters/trace.py")
     tr.add_argument("--hex", nargs="+", default=None, help="frames as hex instead of a capture file")
@@ -351,7 +394,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "serve":
         return serve(args)
     if args.command == "token":
-        return token_mint(args)
+        return token_mint(args) if args.token_command == "mint" else token_revoke(args)
     if args.command == "trace":
         return trace(args)
     if args.command == "nostr-key":

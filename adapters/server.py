@@ -61,7 +61,16 @@ import prometheus_client as prom
 from aiohttp import WSMsgType, web
 
 from adapters import ops, ops_routes, satsjson, wire
-from adapters.auth import MAX_TOKEN_CHARS, AuthConfig, Authenticator, AuthError, KeyStore, Verified
+from adapters.auth import (
+    MAX_TOKEN_CHARS,
+    REVOKED_JTI_FILE,
+    AuthConfig,
+    Authenticator,
+    AuthError,
+    KeyStore,
+    RevocationList,
+    Verified,
+)
 from adapters.bsatn import BsatnError
 from adapters.guard import LISTEN_BACKLOG, ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
 from adapters.observe import (
@@ -101,6 +110,7 @@ SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP by
 SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
 SWITCH_INTERVAL_S = 0.0005
+REVOCATION_CHECK_S = 1.0  # how often the revocation list is re-read for open connections
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 BODY_CACHE_ITEMS = 512  # ... and at most this many of them
@@ -406,7 +416,8 @@ class SyncServer:
             probe = cfg.data_dir / ".write-probe"
             probe.write_bytes(b"")
             probe.unlink()
-            self._auth = Authenticator(cfg.auth, KeyStore.load_or_create(cfg.data_dir))
+            self._auth = Authenticator(cfg.auth, KeyStore.load_or_create(cfg.data_dir),
+                                       revocations=RevocationList(cfg.data_dir / REVOKED_JTI_FILE))
             self._store = LogStore.open(cfg.data_dir)
             self._store.stall_while = cfg.stall_commits_while
         except (OSError, RuntimeError, ValueError) as exc:
@@ -458,7 +469,8 @@ class SyncServer:
         self._room.set()
         self._periodic = [asyncio.create_task(self._every(cfg.sweep_interval_s, self._sweep)),
                           asyncio.create_task(self._every(cfg.compact_interval_s, self._compact)),
-                          asyncio.create_task(self._watch_writer())]
+                          asyncio.create_task(self._watch_writer()),
+                          asyncio.create_task(self._watch_revocations())]
 
     def _limit_engine(self, engine: Engine) -> None:
         lim = self.config.limits
@@ -1320,6 +1332,26 @@ class SyncServer:
         """A connection lives no longer than its token: closed 1008 ``token expired`` when it does."""
         await asyncio.sleep(max(0.0, expires - time.time()))
         await self._close(s, m.CLOSE_POLICY, "token expired: reconnect with a fresh token", "token_expired")
+
+    async def _watch_revocations(self) -> None:
+        """Re-read the revocation list every ``REVOCATION_CHECK_S``; close (1008) every connection
+        whose token's ``jti`` it now names.  A bad file keeps the last good list and is logged once."""
+        told: str | None = None
+        revocations = self.auth.revocations
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK_S)
+            changed = revocations.refresh()
+            if revocations.problem != told:
+                told = revocations.problem
+                if told is not None:
+                    log.warning("revocation list: %s", told)
+            if not changed:
+                continue
+            for s in list(self.sessions.values()):
+                jti = s.verified.raw.get("jti")
+                if not s.closing and isinstance(jti, str) and jti in revocations.jtis:
+                    await self._close(s, m.CLOSE_POLICY, "token revoked: reconnect with another token",
+                                      "token_revoked")
 
     def _engine_closed(self, conn_id: int, reason: str) -> None:
         """The engine dropped a connection (slow consumer, reused query set id): close its socket."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jwt
 from support.server import http, mint_cli, serve_process
 
 SYNCREF = [sys.executable, "-m", "adapters.cli"]
@@ -121,6 +122,24 @@ def test_token_mint_errors(tmp_path: Path) -> None:
     assert res.returncode == 2 and "unknown scope(s) sync.root" in res.stderr
     res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--ttl", "0")
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_token_revoke_writes_the_list_and_refuses_what_it_cannot_name(tmp_path: Path) -> None:
+    minted = json.loads(run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--json").stdout)
+    res = run("token", "revoke", "--data", str(tmp_path), "--token", minted["token"])
+    assert res.returncode == 0 and f"revoked jti {minted['jti']}" in res.stdout
+    res = run("token", "revoke", "--data", str(tmp_path), "--jti", "abc123")
+    assert res.returncode == 0
+    assert (tmp_path / "revoked-jti").read_text() == f"{minted['jti']}\nabc123\n"
+    no_jti = jwt.encode({"sub": "x", "iss": "y"}, "k" * 32, algorithm="HS256")
+    res = run("token", "revoke", "--data", str(tmp_path), "--token", no_jti)
+    assert res.returncode == 2 and "has no jti" in res.stderr
+    for bad in ("has space", "a#b", "x" * 129):
+        res = run("token", "revoke", "--data", str(tmp_path), "--jti", bad)
+        assert res.returncode == 2 and "not a jti" in res.stderr, bad
+    res = run("token", "revoke", "--data", str(tmp_path), "--token", "not-a-jwt")
+    assert res.returncode == 2 and "not a JWT" in res.stderr and "Traceback" not in res.stderr
+    assert (tmp_path / "revoked-jti").read_text() == f"{minted['jti']}\nabc123\n"  # the refusals wrote nothing
 
 
 def test_trace_decodes_frames(tmp_path: Path) -> None:
