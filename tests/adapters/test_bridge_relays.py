@@ -9,9 +9,10 @@ as its own process.
 * Isolation: the same append workload (reducer call latency, and a second client's subscription
   latency) while the worker publishes, in interleaved phases -- both relays healthy, beta SIGKILLed,
   healthy, beta hanging (SIGSTOP), healthy, ... -- against a server running as deployed (contracts
-  off); ratios to the baselines around each outage are printed (``-s``), never asserted; the healthy
-  relay gets every event during each outage, the backlog drains each time beta returns, and each
-  relay holds each event once, under the id the outbox recorded, and nothing else.
+  off), paired call by call with a control server; ratios to the baselines around each outage are
+  printed (``-s``), never asserted; the healthy relay gets every event during each outage, the
+  backlog drains each time beta returns, and each relay holds each event once, under the id the
+  outbox recorded, and nothing else.
 * Bad input: a relay URL that is not ws://, a relay that answers garbage -- one line each on
   stderr, the healthy relay still gets everything; a missing / malformed / world-readable key is
   one line and exit status 2.
@@ -20,6 +21,8 @@ as its own process.
 * Crash: SIGKILL the worker after the relays acknowledged and before ``mark_bridge_event_sent``
   (a testing-only fault hook holds the mark), restart it: the rows end ``sent``, each relay holds
   exactly one copy of each event, with the id and signature of the first publish.
+* Restart: a restarted worker follows what the outbox kept -- a failed row waits for its
+  ``next_attempt_at``; a ``sent`` row goes only to the relays missing from ``relays_acked``.
 """
 
 from __future__ import annotations
