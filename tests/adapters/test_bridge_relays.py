@@ -441,7 +441,7 @@ def test_a_dead_or_hanging_relay_costs_neither_reducers_nor_the_healthy_relay(re
         for served in (s, c):  # measured as deployed, see above
             assert server_metric(served.url, "syncref_contracts_enabled") == 0
         work = Workload(s.url, s.token, control=(c.url, c.token))
-        with bridge(s, both, "iso", ack_timeout=2.0, env=deployed_env()) as b:
+        with bridge(s, both, "iso", ack_timeout=5.0, env=deployed_env()) as b:
             for k, kind in enumerate(schedule(ISOLATION_ROUNDS, [KILLED, HUNG])):
                 stream = f"bench.{k}"
                 reqs = s.receipts(stream, n_events)
