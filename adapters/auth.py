@@ -82,6 +82,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from adapters.fsutil import fsync_dir
 from spec.auth import Claims
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import SCOPES
@@ -256,7 +257,7 @@ class KeyStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
         return store
 
     @property
@@ -274,19 +275,6 @@ class KeyStore:
     def public_key_pem(self) -> bytes:
         """SubjectPublicKeyInfo PEM (what ``GET /v1/identity/public-key`` serves)."""
         return self._public_pem
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -189,6 +190,13 @@ def test_a_planted_client_bug_is_reported_with_its_seed(tmp_path: Path) -> None:
     codes = set(report["anomaly_counts"])
     assert {"skipped_event", "view_mismatch"} <= codes, codes
     assert "seed 4242" in out.stdout and "syncref chaos --seed 4242 --quick --plant skip-apply" in out.stdout
+    # progress on stderr, plain off a terminal: one line per phase and per nemesis, no control characters
+    steps = [line for line in out.stderr.splitlines() if line.startswith("[")]  # not the SDK's warnings
+    n = len(report["schedule"])
+    assert len(steps) == n + 3 and not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", out.stderr), out.stderr
+    assert re.fullmatch(rf"\[1/{n + 3} +\d+s\] starting the server, the proxy and the subscribers", steps[0])
+    assert all(f"nemesis {i}/{n} at " in steps[i] for i in range(1, n + 1)), steps
+    assert "healing" in steps[-2] and "checking the histories" in steps[-1]
 
 
 def test_chaos_misuse_is_exit_2(tmp_path: Path) -> None:
