@@ -16,6 +16,7 @@ from spec.messages import (
     TransactionUpdate,
     Unsubscribe,
 )
+from spec.state import DbState, Tx
 from spec.values import SyncEvent, SyncStream
 
 ME = Claims("a" * 64, frozenset({"sync.subscribe"}), ("s.*",))
@@ -132,3 +133,43 @@ def test_a_continuing_epoch_is_adopted_without_a_rebootstrap() -> None:
     assert _subscribes(out)[0].queries == resume_queries("s.a", 2, 2)
     view = c.streams["s.a"]
     assert (view.epoch, view.last, view.continues, view.rebootstraps) == (2, 2, 1, 0)
+
+
+# --- REPLAY-2's check on its own: which streams must converge comes from the claims ---------------------
+
+
+def _db_with_stream(head: int, floor: int) -> tuple[DbState, list[SyncEvent]]:
+    tx = Tx(DbState())
+    tx.insert(_row(1, head, floor))
+    events = [_ev(k) for k in range(1, head + 1)]
+    for e in events[floor - 1:]:
+        tx.insert(e)
+    return tx.finish()[0], events
+
+
+def test_convergence_is_computed_from_the_claims() -> None:
+    from spec.invariants import check_convergence
+    db, ledger = _db_with_stream(head=4, floor=3)
+    full = tuple((k, f"h{k}") for k in range(1, 5))
+    window = tuple((k, f"h{k}") for k in range(3, 5))
+    sub = frozenset({"sync.subscribe"})
+    cases = [
+        # (scopes, grants, view (epoch, base, last, applied, rehydrating), refused, violated)
+        (sub, ("s.*",), (1, 0, 4, full, False), {}, False),  # replayed from zero
+        (sub, ("s.*",), (1, 2, 4, window, False), {}, False),  # rehydrated from the floor
+        (sub, ("s.a",), (1, 2, 4, window, False), {}, False),  # an exact grant
+        (sub, ("s.*",), (1, 3, 4, window[1:], False), {}, True),  # started above the floor
+        (sub, ("s.*",), (1, 0, 4, full[:3], False), {}, True),  # an event missing
+        (sub, ("s.*",), (1, 0, 3, full[:3], False), {}, True),  # behind the head
+        (sub, ("s.*",), (1, 2, 4, window, True), {}, True),  # still rehydrating
+        (sub, ("s.*",), (1, 0, 0, (), False), {"s.a": "forbidden_stream"}, True),  # readable, refused
+        (sub, ("s.b*",), (1, 0, 0, (), False), {"s.a": "forbidden_stream"}, False),  # not granted, refused
+        (sub, ("s.b*",), (1, 0, 0, (), False), {}, True),  # not granted, never refused
+        (sub, ("s.b*",), (1, 0, 1, full[:1], False), {"s.a": "forbidden_stream"}, True),  # refused yet holds one
+        (sub, ("s.a.*",), (1, 0, 0, (), False), {"s.a": "forbidden_stream"}, False),  # a namespace grant
+        (frozenset(), ("s.*",), (1, 0, 0, (), False), {"s.a": "missing_scope"}, False),  # no sync.subscribe
+        (frozenset(), ("s.*",), (1, 0, 0, (), False), {"s.a": "invalid_query"}, True),  # the wrong refusal
+    ]
+    for scopes, grants, view, refused, violated in cases:
+        got = check_convergence([("c", scopes, grants, {"s.a": view}, refused)], db, ledger)
+        assert bool(got) == violated and all(v[0] == "REPLAY-2" for v in got), (grants, view, refused, got)

@@ -143,8 +143,9 @@ MUTANTS: tuple[Mutant, ...] = (
            (("        if len(conn.outbound) > self.max_queue:\n", "        if len(conn.outbound) >= self.max_queue:\n"),),
            "a client is disconnected as slow with a queue at (not past) the bound", expected=("SLOW-1",), system_only=True),
     Mutant("disconnect_forgets_watermarks", "spec.client",
-           (("        self.connected = False\n        self.qs_stream.clear()\n",
-             "        self.connected = False\n        self.qs_stream.clear()\n        self.streams.clear()\n"),),
+           (("    def on_disconnect(self) -> None:\n        self.connected = False\n        self.qs_stream.clear()\n",
+             "    def on_disconnect(self) -> None:\n        self.connected = False\n        self.qs_stream.clear()\n"
+             "        self.streams.clear()\n"),),
            "a client forgets its streams' watermarks when its connection drops", expected=("SLOW-1",)),
     Mutant("crash_keeps_undurable_state", "spec.delivery",
            (("        self.db = self.durable_db\n        self.committed = self.durable\n",
