@@ -15,8 +15,9 @@ test keeps the two in step.  The reference engine may use these predicates in it
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
@@ -96,8 +97,16 @@ CATALOG: tuple[Invariant, ...] = (
               "is last + 1 (duplicates dropped, gaps never applied), and its watermark never decreases "
               "within an epoch."),
     Invariant("REPLAY-2", "convergence", "Resume from watermark W yields exactly the events after W (NoEventLoss): "
-              "after faults heal, each client's view of each followed stream equals the authority's events "
-              "of the current epoch up to head, and its watermark equals head."),
+              "after faults heal, for every stream a client follows that its claims let it read (sync.subscribe "
+              "and a grant covering it, read from the claims, not from what the client kept), the client is in "
+              "the current epoch, its watermark equals head, its base is below the floor and its events are the "
+              "authority's events of the epoch from base + 1 to head; every followed stream its claims do not "
+              "let it read was refused (forbidden_stream or missing_scope) and holds no event."),
+    Invariant("REPLAY-3", "trace", "Rebootstraps are bounded: a client rebootstraps (or continues into a new epoch) "
+              "a stream only in answer to a stale signal delivered to it for that stream -- a stale_cursor "
+              "refusal, or a sync_stream row its (epoch, watermark) is stale against -- at most once per signal. "
+              "A servable replay from zero, a gap, a reconnect or a restart of the client's process never "
+              "rebootstraps."),
     Invariant("STALE-1", "trace", "A resume subscription is rejected with stale_cursor exactly when one of the "
               "reasons holds on the snapshot state (epoch_changed, retention_floor_breach, "
               "replay_budget_exceeded, cursor_ahead_of_head), and the details carry all of them."),
@@ -580,18 +589,50 @@ def check_call(before: DbState, scopes: frozenset[str], granted: bool, reducer: 
 # --- convergence ------------------------------------------------------------------------------
 
 
-def check_convergence(views: Iterable[tuple[str, str, int | None, int, Sequence[tuple[int, str]]]],
+ConvergenceView = tuple[int | None, int, int, Sequence[tuple[int, str]], bool]
+"""One followed stream of a client after quiescence: (epoch, base, watermark, applied (seq, hash), rehydrating)."""
+
+
+def _covers(grants: Sequence[str], stream_id: str) -> bool:
+    """Does a claim's ``oa_sync_streams`` cover ``stream_id``?  The second opinion on
+    :func:`spec.auth.stream_granted`, written as a regular expression per grant (``*`` at the end: any
+    tail, else the whole id) rather than string prefix comparisons."""
+    for g in grants:
+        pattern = re.escape(g[:-1]) + ".*" if g.endswith("*") else re.escape(g)
+        if re.fullmatch(pattern, stream_id, flags=re.DOTALL):
+            return True
+    return False
+
+
+def check_convergence(clients: Iterable[tuple[str, frozenset[str], Sequence[str], Mapping[str, ConvergenceView],
+                                              Mapping[str, str]]],
                       db: DbState, ledger: Sequence[SyncEvent]) -> list[Violation]:
-    """``views``: (client, stream, epoch, watermark, applied) after quiescence."""
+    """REPLAY-2 after quiescence.  ``clients``: (client, its scopes, its stream grants, its followed streams'
+    views, the error code of each stream the server refused it).  Which streams must converge is computed
+    here from the claims; a refusal of a readable stream is a violation, never a reason to skip it."""
     v: list[Violation] = []
     streams = _by(db.of_type(SyncStream), "stream_id")
-    for client, sid, epoch, last, applied in views:
-        s = streams.get(sid)
-        cur_epoch, head = (s.epoch, s.head_seq) if s else (db.epoch_floor, 0)
-        truth = [(e.seq, e.payload_hash) for e in sorted(ledger, key=lambda e: e.seq)
-                 if e.stream_id == sid and e.epoch == cur_epoch and e.seq <= head]
-        if epoch != cur_epoch or last != head:
-            v.append(("REPLAY-2", f"{client}/{sid}: at epoch {epoch} seq {last}, server at {cur_epoch}/{head}"))
-        elif list(applied) != truth:
-            v.append(("REPLAY-2", f"{client}/{sid}: view differs from the authority"))
+    for client, scopes, grants, views, refused in clients:
+        for sid, (epoch, base, last, applied, rehydrating) in sorted(views.items()):
+            readable = "sync.subscribe" in scopes and _covers(grants, sid)
+            if not readable:
+                if refused.get(sid) not in ("forbidden_stream", "missing_scope") or applied:
+                    v.append(("REPLAY-2", f"{client}/{sid}: not readable by its claims, refused with "
+                                          f"{refused.get(sid)}, holds {len(applied)} events"))
+                continue
+            if sid in refused:
+                v.append(("REPLAY-2", f"{client}/{sid}: readable by its claims but refused ({refused[sid]})"))
+                continue
+            s = streams.get(sid)
+            cur_epoch, head, floor = (s.epoch, s.head_seq, s.floor_seq) if s else (db.epoch_floor, 0, 1)
+            truth = [(e.seq, e.payload_hash) for e in sorted(ledger, key=lambda e: e.seq)
+                     if e.stream_id == sid and e.epoch == cur_epoch and base < e.seq <= head]
+            if rehydrating or epoch != cur_epoch or last != head:
+                v.append(("REPLAY-2", f"{client}/{sid}: at epoch {epoch} seq {last} (rehydrating {rehydrating}), "
+                                      f"server at {cur_epoch}/{head}"))
+            elif base > max(floor - 1, 0):
+                v.append(("REPLAY-2", f"{client}/{sid}: holds events from {base + 1} only, the server retains "
+                                      f"from {floor}"))
+            elif list(applied) != truth:
+                v.append(("REPLAY-2", f"{client}/{sid}: view differs from the authority"))
     return v

@@ -10,11 +10,14 @@ confirmed-read gating).  Across connections nothing is ordered.  Faults:
 * a reconnecting client resends a call it has no answer for (a duplicate frame);
 * the durable offset lags behind the committed one, then advances;
 * the server crashes (losing the non-durable suffix) or restarts cleanly;
-* compaction, presence sweeps on a logical clock, and admin epoch resets happen.
+* compaction, presence sweeps on a logical clock, and admin epoch resets happen;
+* a client's process crashes and restarts from its checkpoint store (:meth:`System.crash_client`).
 
 Every observation a client makes is recorded (:attr:`System.trace`) so that the invariants of
 :mod:`spec.invariants` can be checked after every step; :meth:`System.quiesce` heals all faults
-and drains the network, after which the convergence invariants must hold.
+and drains the network, after which the convergence invariants must hold.  The clients are given
+nothing but their claims and the messages they receive: a rebootstrap reads the retained window
+over the wire, and healing uses only what a client observes (ADR-0013).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from spec.messages import (
     Unsubscribe,
 )
 from spec.policy import Policy
-from spec.reducers import CallContext, Ok, call, compact, presence_sweep, virtual_stream
+from spec.reducers import CallContext, Ok, call, compact, presence_sweep
 from spec.state import DbState
 from spec.trace import Mirror, Trace
 from spec.values import SessionPresence, SyncEvent
@@ -52,15 +55,14 @@ class Link:
     subscribed: dict[int, tuple[str, ...]] = field(default_factory=dict)  # live qs -> queries sent
     asked: dict[int, tuple[str, ...]] = field(default_factory=dict)  # qs -> queries of its last Subscribe
     mirrors: dict[int, Mirror] = field(default_factory=dict)  # qs -> rows received
-    tainted: bool = False  # a frame was silently lost: mirrors no longer track the server
+    lost_qs: set[int] = field(default_factory=set)  # query sets an update of which was lost (DELIV-2 skips them)
 
 
 class System:
     def __init__(self, policy: Policy, clients: list[tuple[str, Claims, bool]], max_queue: int = 64,
                  max_undurable: int = 8) -> None:
         self.server = Server(policy, max_queue=max_queue, max_undurable=max_undurable)
-        self.clients: list[Client] = [Client(cid, claims, confirmed, self.authority)
-                                      for cid, claims, confirmed in clients]
+        self.clients: list[Client] = [Client(cid, claims, confirmed) for cid, claims, confirmed in clients]
         self.links: dict[int, Link] = {}  # client index -> live link
         self.zombies: list[int] = []  # connections their clients left, still open on the server
         self.trace = Trace(policy=policy)
@@ -68,15 +70,6 @@ class System:
         self.trace.record_state(0, self.server.db)
         self.last_upsert: dict[str, int] = {}  # session -> connection of its last successful upsert (PRES-3)
         self.conn_objs: dict[int, Conn] = {}  # the server's connection objects, read after a server-side close
-
-    # --- the system of record, for rebootstrap ------------------------------------------------
-
-    def authority(self, stream_id: str) -> tuple[int, int, tuple[tuple[int, str], ...]]:
-        epoch, head, _ = virtual_stream(self.server.durable_db, stream_id)
-        events = tuple((e.seq, e.payload_hash) for e in self.server.ledger
-                       if e.stream_id == stream_id and e.epoch == epoch and e.seq <= head
-                       and e.tx_offset <= self.server.durable)
-        return epoch, head, events
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -98,7 +91,7 @@ class System:
         for m in msgs:
             if isinstance(m, Subscribe):
                 link.asked[m.query_set_id] = m.queries
-            if isinstance(m, Subscribe) and not link.tainted:
+            if isinstance(m, Subscribe):
                 link.subscribed[m.query_set_id] = m.queries
             elif isinstance(m, Unsubscribe):
                 link.subscribed.pop(m.query_set_id, None)
@@ -287,7 +280,9 @@ class System:
         out: Outbound = self.server.pop(link.conn_id)
         c = self.clients[i]
         self.trace.observe(i, c, link, out, self.server.durable, self.states)
-        self._send(i, c.on_message(out.message))
+        sent = c.on_message(out.message)
+        self.trace.after_message(i, c, sent)
+        self._send(i, sent)
         self.trace.observe_client(i, c)
         return True
 
@@ -301,8 +296,9 @@ class System:
         for k, out in enumerate(queue):
             if isinstance(out.message, TransactionUpdate):
                 del queue[k]
-                link.tainted = True
-                link.mirrors.clear()
+                for u in out.message.query_sets:  # the oracle's bookkeeping; the client is told nothing
+                    link.lost_qs.add(u.query_set_id)
+                    link.mirrors.pop(u.query_set_id, None)
                 return True
         return False
 
@@ -315,9 +311,21 @@ class System:
         if not isinstance(msg, TransactionUpdate):
             return False
         c = self.clients[i]
-        self._send(i, c.on_message(msg))
+        self.trace.before_message(i, c, msg)
+        sent = c.on_message(msg)
+        self.trace.after_message(i, c, sent)
+        self._send(i, sent)
         self.trace.observe_client(i, c)
         return True
+
+    def crash_client(self, i: int) -> None:
+        """Client i's process dies (its socket with it: the server sees a close) and restarts from its
+        checkpoint store; it reconnects later, like after any drop."""
+        link = self.links.pop(i, None)
+        if link is not None:
+            self.server.close(link.conn_id)
+        self.clients[i].crash()
+        self._after_server_step()
 
     def advance_durable(self, k: int) -> None:
         self.server.advance_durable(self.server.durable + k)
@@ -363,14 +371,20 @@ class System:
     # --- healing ---------------------------------------------------------------------------------
 
     def quiesce(self, max_steps: int = 20000) -> None:
-        """Heal every fault and drain the network until nothing moves."""
+        """Heal every fault and drain the network until nothing moves, then let every client run its idle
+        check (:meth:`Client.resync`) and drain again.  Nothing here reads what the oracle knows of a fault
+        (which frames were lost): clients heal by what they observe -- a gap, a stale_cursor, a close, and
+        the idle check's fresh replay from their watermarks."""
+        self._drain(max_steps)
+        for i in range(len(self.clients)):
+            self._send(i, self.clients[i].resync())
+        self._drain(max_steps)
+
+    def _drain(self, max_steps: int) -> None:
         for _ in range(max_steps):
             self.advance_durable(self.server.committed)
             if self.zombies:
                 self.reap()
-            for i, link in list(self.links.items()):
-                if link.tainted:  # a client that saw trouble reconnects
-                    self.disconnect(i)
             for i in range(len(self.clients)):
                 self.connect(i)
             moved = False

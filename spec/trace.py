@@ -36,6 +36,7 @@ from spec.messages import (
     QuerySetUpdate,
     ReducerOk,
     ReducerResult,
+    Subscribe,
     SubscribeApplied,
     SubscriptionError,
     TableRows,
@@ -67,7 +68,10 @@ class Trace:
     last_offset: dict[tuple[int, int], int] = field(default_factory=dict)  # (client, conn) -> offset
     last_tx: dict[tuple[int, int], int] = field(default_factory=dict)
     confirmed_seen: set[tuple[str, int, int, str]] = field(default_factory=set)
-    watermark: dict[tuple[int, str], tuple[int | None, int, int, int]] = field(default_factory=dict)
+    watermark: dict[tuple[int, str], tuple[int | None, int, int, int, bool]] = field(default_factory=dict)
+    # REPLAY-3: (client, stream) -> stale signals delivered to the client for the stream
+    signals: Counter[tuple[int, str]] = field(default_factory=Counter)
+    gaps_shown: dict[int, set[str]] = field(default_factory=dict)  # client -> streams the message shows a gap in
     # CONT-1: (client, stream) -> (the view's epoch, watermark, applied count, rebootstraps, continues) before a
     # message that showed it a new epoch, that epoch, and whether the view may continue into it
     meets: dict[tuple[int, str], tuple[tuple[int | None, int, int, int, int], int, bool]] = field(
@@ -166,8 +170,8 @@ class Trace:
 
     def _meet(self, i: int, client: Client, stream: str, new_epoch: int, continuable: bool) -> None:
         view = client.streams.get(stream)
-        if view is None or (i, stream) in self.meets or new_epoch == view.epoch:
-            return
+        if view is None or view.rehydrating or (i, stream) in self.meets or new_epoch == view.epoch:
+            return  # (a rehydrating view has no cursor to continue: it starts from the window it reads)
         before = (view.epoch, view.last, len(view.applied), view.rebootstraps, view.continues)
         self.meets[(i, stream)] = (before, new_epoch, continuable)
 
@@ -209,10 +213,75 @@ class Trace:
                               and r.head_seq >= view.last)
                         self._meet(i, client, stream, r.epoch, ok)
 
+    def before_message(self, i: int, client: Client, msg: Any) -> None:
+        """Before client i handles ``msg``: CONT-1's meetings, and REPLAY-3's stale signals."""
+        self._meetings(i, client, msg)
+        for stream in self._stale_signals(client, msg):
+            self.signals[(i, stream)] += 1
+        self.gaps_shown[i] = self._gaps(client, msg)
+
+    def after_message(self, i: int, client: Client, sent: list[Any]) -> None:
+        """REPLAY-1, the other half of "gaps are never applied": a message that showed the client a gap
+        in a followed stream makes it ask for that stream again (a Subscribe in its answer)."""
+        asked = {client.qs_stream.get(m.query_set_id) for m in sent if isinstance(m, Subscribe)}
+        for stream in sorted(self.gaps_shown.pop(i, set()) - asked):
+            self._v("REPLAY-1", f"client {i} was shown a gap in {stream} and did not resubscribe")
+
+    @staticmethod
+    def _gaps(client: Client, msg: Any) -> set[str]:
+        """Streams whose events in ``msg`` (of the view's epoch, above its watermark) are not one run
+        starting at watermark + 1 -- read as a set of seqs, not event by event."""
+        out = set()
+        for qs, tables in Trace._row_sets(msg):
+            stream = client.qs_stream.get(qs)
+            view = client.streams.get(stream) if stream else None
+            if stream is None or view is None or view.rehydrating:
+                continue
+            ahead = sorted({r.seq for t in tables if t.table == "sync_event" for r in t.inserts
+                            if isinstance(r, SyncEvent) and r.epoch == view.epoch and r.seq > view.last})
+            if ahead and ahead != list(range(view.last + 1, view.last + 1 + len(ahead))):
+                out.add(stream)
+        return out
+
+    @staticmethod
+    def _row_sets(msg: Any) -> tuple[tuple[int, tuple[TableRows, ...]], ...]:
+        if isinstance(msg, SubscribeApplied):
+            return ((msg.query_set_id, msg.rows),)
+        if isinstance(msg, TransactionUpdate):
+            return tuple((u.query_set_id, u.tables) for u in msg.query_sets)
+        if isinstance(msg, ReducerResult) and isinstance(msg.outcome, ReducerOk):
+            return tuple((u.query_set_id, u.tables) for u in msg.outcome.query_sets)
+        return ()
+
+    @staticmethod
+    def _stale_signals(client: Client, msg: Any) -> list[str]:
+        """The streams ``msg`` tells the client its cursor is not servable on: a stale_cursor refusal of a
+        query set of the stream, or a sync_stream row of it that the oracle's stale_reasons (without a
+        budget: a row carries none) finds the client's (epoch, watermark) stale against.  A rehydrating view
+        has no cursor: its snapshot's row names the window it starts from."""
+        if isinstance(msg, SubscriptionError):
+            stream = client.qs_stream.get(msg.query_set_id)
+            try:
+                err = SyncError.parse(msg.error)
+            except Exception:
+                return []
+            return [stream] if stream is not None and err.code is ErrorCode.STALE_CURSOR else []
+        out = []
+        for qs, tables in Trace._row_sets(msg):
+            stream = client.qs_stream.get(qs)
+            view = client.streams.get(stream) if stream else None
+            if stream is None or view is None or view.rehydrating:
+                continue
+            rows = [r for t in tables if t.table == "sync_stream" for r in t.inserts
+                    if isinstance(r, SyncStream) and r.stream_id == stream]
+            if any(stale_reasons(r.epoch, r.head_seq, r.floor_seq, 2**64, view.epoch, view.last) for r in rows):
+                out.append(stream)
+        return out
+
     def observe(self, i: int, client: Client, link: Any, out: Outbound, durable: int,
                 states: dict[int, DbState]) -> None:
         self.steps += 1
-        self._meetings(i, client, out.message)
+        self.before_message(i, client, out.message)
         key = (i, link.conn_id)
         msg = out.message
         if client.confirmed and out.offset > durable:
@@ -245,7 +314,7 @@ class Trace:
             m = Mirror()
             for t in msg.rows:
                 m.rows.update(t.inserts)
-            if not link.tainted:  # after a silent loss the mirror cannot track the server
+            if msg.query_set_id not in link.lost_qs:  # after a silent loss the mirror cannot track the server
                 link.mirrors[msg.query_set_id] = m
         elif isinstance(msg, SubscriptionError):
             queries = link.asked.get(msg.query_set_id, ())
@@ -284,7 +353,7 @@ class Trace:
                 if client.confirmed:
                     self.confirmed_seen.add((r.stream_id, r.epoch, r.seq, r.payload_hash))
         # DELIV-2: every live mirror equals its query set on the state at this offset
-        for qs_id, mirror in ({} if link.tainted else link.mirrors).items():
+        for qs_id, mirror in link.mirrors.items():
             queries = link.subscribed.get(qs_id)
             if queries is None:
                 continue
@@ -337,7 +406,17 @@ class Trace:
                     if got != expected or not got:
                         self._v("STALE-1", f"client {i} stale {sid} reasons {got}, expected {expected}")
 
+    def check_rebootstraps(self, i: int, client: Client) -> None:
+        """REPLAY-3: every rebootstrap (and every continue) of a stream answers a stale signal the client
+        received for it, at most one each: the bound on rebootstraps.  A replay from zero that is servable
+        needs none; a gap, a reconnect or a crash of the client's process is resumed, never rebootstrapped."""
+        for sid, view in client.streams.items():
+            if view.rebootstraps + view.continues > self.signals[(i, sid)]:
+                self._v("REPLAY-3", f"client {i} {sid}: {view.rebootstraps} rebootstraps and {view.continues} "
+                                    f"continues after {self.signals[(i, sid)]} stale signals")
+
     def observe_client(self, i: int, client: Client) -> None:
+        self.check_rebootstraps(i, client)
         for (ci, sid), (before, new_epoch, ok) in list(self.meets.items()):
             if ci != i:
                 continue
@@ -356,12 +435,12 @@ class Trace:
             if any(b != a + 1 for a, b in itertools.pairwise(seqs)):
                 self._v("REPLAY-1", f"client {i} {sid} applied {seqs[-6:]}")
             prev = self.watermark.get((i, sid))
-            if prev is not None and prev[0] == view.epoch and prev[3] == view.rebootstraps:
-                _epoch, last, count, _boots = prev
+            if prev is not None and prev[0] == view.epoch and prev[3] == view.rebootstraps and not prev[4]:
+                _epoch, last, count, _boots, _rehydrating = prev
                 fresh = seqs[count:]
                 if view.last < last or fresh != list(range(last + 1, last + 1 + len(fresh))):
                     self._v("REPLAY-1", f"client {i} {sid} went from {last} to {view.last} applying {fresh[:6]}")
-            self.watermark[(i, sid)] = (view.epoch, view.last, len(seqs), view.rebootstraps)
+            self.watermark[(i, sid)] = (view.epoch, view.last, len(seqs), view.rebootstraps, view.rehydrating)
             for seq, h in view.applied:
                 if view.epoch is not None:
                     key = (sid, view.epoch, seq)

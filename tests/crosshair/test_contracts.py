@@ -143,7 +143,7 @@ def test_state_contract_catches_event_rows_in_the_state() -> None:
 
 def test_client_contract_catches_applying_across_a_gap() -> None:
     with planted("spec.client", ('            if rule == "gap":', "            if False:")) as cl:
-        client = cl.Client("c", ME, False, lambda s: (1, 0, ()))
+        client = cl.Client("c", ME, False)
         client.streams["s"] = cl.StreamView(epoch=1, last=0)
         rows = (TableRows("sync_event", (_event(1), _event(3))),)
         text = _violation(lambda: client._on_rows("s", rows))
@@ -181,7 +181,7 @@ def _event(seq: int, epoch: int = 1) -> SyncEvent:
 
 @given(st.integers(0, 6), st.lists(st.integers(1, 10), max_size=6))
 def test_apply_rule_is_what_the_client_does(last: int, seqs: list[int]) -> None:
-    client = Client("c", ME, False, lambda s: (1, last, ()))
+    client = Client("c", ME, False)
     client.streams["s"] = StreamView(epoch=1, last=last)
     client._on_rows("s", (TableRows("sync_event", tuple(_event(s) for s in seqs)),))
     expected, mark, gap = [], last, False

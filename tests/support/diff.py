@@ -124,6 +124,13 @@ class DiffSystem(System):
         super().disconnect(i)
         self._compare(f"disconnect {i}")
 
+    def crash_client(self, i: int) -> None:
+        rc = self.ref_links.pop(i, None)
+        if rc is not None:
+            self.ref.close(rc)
+        super().crash_client(i)
+        self._compare(f"crash client {i}")
+
     def reconnect_leaving_old_open(self, i: int) -> bool:
         if i not in self.links:
             return False

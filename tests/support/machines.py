@@ -350,9 +350,18 @@ class SystemMachine(RuleBasedStateMachine):
     def disconnect(self, i: int) -> None:
         self.sys.disconnect(i)
 
-    @rule(i=client_st, s=st.sampled_from(STREAMS))
+    @rule(i=any_client_st, s=st.sampled_from(STREAMS))
     def follow(self, i: int, s: str) -> None:
+        """Follow a stream (c2's grant covers s.a* only: s.b1 must be refused, and stays followed)."""
         self.sys.follow(i, s)
+
+    @rule(i=any_client_st, deliver=st.integers(0, 3))
+    def crash_client(self, i: int, deliver: int) -> None:
+        """The client's process dies after taking ``deliver`` more messages and restarts from its
+        checkpoint store; it reconnects when the machine next connects it."""
+        for _ in range(deliver):
+            self.sys.deliver(i)
+        self.sys.crash_client(i)
 
     @rule()
     def watch_all(self) -> None:
@@ -656,10 +665,14 @@ class SystemMachine(RuleBasedStateMachine):
         self.sys.quiesce()
         self.sys.check_marks_after_heal()
         self.watching = self.watching and 2 in self.sys.links
-        views = [(c.client_id, s, v.epoch, v.last, v.applied) for c in self.sys.clients
-                 for s, v in c.streams.items() if s not in c.forbidden]
-        violations = check_convergence(views, self.sys.server.db, self.sys.server.ledger)
-        assert not violations, violations[:3]
+        clients = [(c.client_id, c.claims.scopes, c.claims.streams,
+                    {s: (v.epoch, v.base, v.last, tuple(v.applied), v.rehydrating) for s, v in c.streams.items()},
+                    dict(c.refused)) for c in self.sys.clients]
+        violations = check_convergence(clients, self.sys.server.db, self.sys.server.ledger)
+        for i, c in enumerate(self.sys.clients):
+            self.sys.trace.check_rebootstraps(i, c)
+        violations += self.sys.trace.violations
+        assert not violations, (sorted({x[0] for x in violations}), violations[:3])
 
     @invariant()
     def holds(self) -> None:

@@ -143,8 +143,9 @@ MUTANTS: tuple[Mutant, ...] = (
            (("        if len(conn.outbound) > self.max_queue:\n", "        if len(conn.outbound) >= self.max_queue:\n"),),
            "a client is disconnected as slow with a queue at (not past) the bound", expected=("SLOW-1",), system_only=True),
     Mutant("disconnect_forgets_watermarks", "spec.client",
-           (("        self.connected = False\n        self.qs_stream.clear()\n",
-             "        self.connected = False\n        self.qs_stream.clear()\n        self.streams.clear()\n"),),
+           (("    def on_disconnect(self) -> None:\n        self.connected = False\n        self.qs_stream.clear()\n",
+             "    def on_disconnect(self) -> None:\n        self.connected = False\n        self.qs_stream.clear()\n"
+             "        self.streams.clear()\n"),),
            "a client forgets its streams' watermarks when its connection drops", expected=("SLOW-1",)),
     Mutant("crash_keeps_undurable_state", "spec.delivery",
            (("        self.db = self.durable_db\n        self.committed = self.durable\n",
@@ -253,9 +254,11 @@ MUTANTS += (
              "            self._send(conn, max(0, self.committed - 1),\n"
              "                       ReducerResult(msg.request_id, self.committed, ReducerErr("),),
            "a failed call's result is queued tagged with the offset before the state it read", system_only=True, expected=("DELIV-1",)),
-    Mutant("rebootstrap_drops_the_last_event", "spec.client",
-           (("        view.applied = list(events)\n", "        view.applied = list(events)[:-1]\n"),),
-           "a rebootstrap loads the authority's events but the last", expected=("REPLAY-2", "REPLAY-1")),
+    Mutant("rehydrate_skips_the_window", "spec.client",
+           (("            view.last = view.base = max(row.floor_seq - 1, 0)",
+             "            view.last = view.base = max(row.head_seq, 0)"),),
+           "a rebootstrap starts at the head instead of the floor: the retained window is never applied",
+           expected=("REPLAY-2",)),
     Mutant("event_rows_sent_as_table_rows", "spec.delivery",
            (("            parts = tuple(TableRows(t, tuple(i), tuple(d), TABLE_BY_NAME[t].event)",
              "            parts = tuple(TableRows(t, tuple(i), tuple(d), False)"),),
@@ -283,6 +286,37 @@ MUTANTS += (
            (("a.seq, a.ctx.now)\n    if a.old is None:", "a.seq, a.ctx.now)\n    if True:"),),
            "an ack inserts a second checkpoint row under the same id", expected=("KEY-1",),
            killer="spec/test_key_and_event_flags.py"),
+)
+MUTANTS += (
+    # --- issue 9, convergence that is not circular (ADR-0013) ---
+    Mutant("client_ignores_gaps", "spec.client",
+           (("                self.gaps_detected += 1\n                self._commit(stream_id)\n"
+             "                return self._resubscribe(stream_id)  # never applied\n",
+             "                break\n"),),
+           "the client skips gap detection: it stops applying at a gap but never asks again", expected=("REPLAY-1",)),
+    Mutant("rebootstrap_keeps_rows", "spec.client",
+           (("        view.applied = []\n        view.epoch = epoch\n", "        view.epoch = epoch\n"),),
+           "a rebootstrap keeps the rows applied before it and adds the rehydrated window to them",
+           expected=("REPLAY-1", "REPLAY-2")),
+    Mutant("checkpoint_without_the_apply", "spec.client",
+           (("        return Checkpoint(self.epoch, self.last, self.base, tuple(self.applied), self.rehydrating,",
+             "        return Checkpoint(self.epoch, self.last, self.base, (), self.rehydrating,"),),
+           "the checkpoint store commits the watermark without the applied events: a restarted client has "
+           "neither", expected=("REPLAY-2", "REPLAY-1")),
+    Mutant("first_follow_rebootstraps", "spec.client",
+           (("        self.streams[stream_id] = StreamView(epoch=FIRST_EPOCH)\n",
+             "        self.streams[stream_id] = StreamView(epoch=FIRST_EPOCH, rebootstraps=1, rehydrating=True)\n"),),
+           "a stream without a checkpoint is rebootstrapped instead of replayed from zero", expected=("REPLAY-3",)),
+    Mutant("gap_rebootstraps", "spec.client",
+           (("                return self._resubscribe(stream_id)  # never applied\n",
+             "                self._rebootstrap(stream_id, e.epoch)\n"
+             "                return self._resubscribe(stream_id)  # never applied\n"),),
+           "a gap makes the client rebootstrap instead of resuming from its watermark", expected=("REPLAY-3",)),
+    Mutant("subscribe_grant_exact_only", "spec.delivery",
+           (("            if isinstance(stream_id, str) and not stream_granted(claims, stream_id):",
+             "            if isinstance(stream_id, str) and stream_id not in claims.streams:"),),
+           "a subscription's stream grant is matched exactly, never as a prefix: readable streams are refused",
+           expected=("REPLAY-2",), system_only=True),
 )
 NO_MUTANT: dict[str, str] = {
     "CONF-2": "every planted bug that loses an event a confirmed client received (recovery dropping the last durable "

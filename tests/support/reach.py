@@ -79,7 +79,8 @@ def expected_cells() -> list[Cell]:
     cells += [("presence", a, b) for a in (CREATED, *PRESENCE_STATUSES) for b in targets]
     cells += [("stale", r) for r in (*STALE_REASONS, "fresh")]
     cells += [("close", r) for r in ("closed", SLOW_CONSUMER_REASON, str(CLOSE_PROTOCOL), "server restart")]
-    cells += [("client", r) for r in (*APPLY_RULES, "other_epoch", "continue", "rebootstrap")]
+    cells += [("client", r) for r in (*APPLY_RULES, "other_epoch", "continue", "rebootstrap", "rehydrate",
+                                      "refused", "restart")]
     return cells
 
 
@@ -104,8 +105,9 @@ UNREACHABLE: tuple[tuple[str, str], ...] = (
     ("presence away removed", "retention removes offline presence rows only (RET-1)"),
     ("presence offline offline:ttl_expired", "the sweep skips rows that are already offline"),
     ("presence offline offline:disconnected", "a close marks live (non-offline) sessions only"),
-    ("client other_epoch", "a resume query pins epoch = E, so the server sends a view no event of another epoch "
-     "(the client's epoch check is defensive)"),
+    ("client other_epoch", "a resume query pins epoch = E, and the server holds one epoch's events per stream "
+     "(recovery relabels them, a reset drops them; a new epoch's row reaches a rehydrate before its events): no "
+     "event of another epoch reaches the client's apply loop (its epoch check is defensive)"),
 )
 """Cells no machine can reach, each with the reason: a cell pattern (``fnmatch``) and why."""
 
@@ -287,11 +289,16 @@ def _on_restart(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _on_rows(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def wrapped(self: Any, stream_id: str, tables: Any) -> Any:
+    def wrapped(self: Any, stream_id: str, tables: Any, snapshot: bool = False) -> Any:
         from spec.values import SyncEvent
         view = self.streams[stream_id]
+        rehydrating = view.rehydrating
         epoch, last, moved = view.epoch, view.last, (view.rebootstraps, view.continues)
-        out = fn(self, stream_id, tables)
+        out = fn(self, stream_id, tables, snapshot)
+        if rehydrating:
+            if not view.rehydrating:
+                RECORDER.hit("client", "rehydrate")
+            return out  # its events are the window it starts from, applied from the floor
         if (view.rebootstraps, view.continues) != moved:
             return out  # the sync_stream row decided (continue / rebootstrap): no event was looked at
         events = sorted((r for t in tables if t.table == "sync_event" for r in t.inserts if isinstance(r, SyncEvent)),
@@ -315,6 +322,16 @@ def _on_client(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
     def wrapped(self: Any, *args: Any) -> Any:
         RECORDER.hit("client", what)
         return fn(self, *args)
+    return wrapped
+
+
+def _on_refusal(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapped(self: Any, msg: Any) -> Any:
+        before = dict(self.refused)
+        out = fn(self, msg)
+        if self.refused != before:
+            RECORDER.hit("client", "refused")
+        return out
     return wrapped
 
 
@@ -355,6 +372,8 @@ def observe(machine: str) -> Iterator[Recorder]:
     method(client.Client, "_on_rows", _on_rows(client.Client.__dict__["_on_rows"]))
     method(client.Client, "_continue", _on_client(client.Client._continue, "continue"))
     method(client.Client, "_rebootstrap", _on_client(client.Client._rebootstrap, "rebootstrap"))
+    method(client.Client, "crash", _on_client(client.Client.crash, "restart"))
+    method(client.Client, "on_message", _on_refusal(client.Client.on_message))
     try:
         yield RECORDER
     finally:
