@@ -118,6 +118,16 @@ def test_int_lower_bounds_are_the_integer_greater_than_conjuncts_on_the_column()
     assert _int_lower_bounds(Query("sync_event", (Comparison("seq", Op.GT, False),), "x"), "seq") == []
 
 
+
+def test_integer_literals_are_read_up_to_forty_characters() -> None:
+    """Leading zeros count: a 40-character literal is read as its value, a 41-character one is refused."""
+    (q,) = parse("SELECT * FROM sync_event WHERE seq = " + "5".rjust(40, "0"))
+    assert q.where[0].value == 5
+    assert _rejection("SELECT * FROM sync_event WHERE seq = " + "5".rjust(41, "0")) == \
+        f"integer {'0' * 40} is out of range for column 'seq' of table 'sync_event' (U64)"
+    assert _rejection("SELECT * FROM sync_event WHERE seq = " + "9" * 60) == \
+        f"integer {'9' * 40} is out of range for column 'seq' of table 'sync_event' (U64)"
+
 # --- spec.auth: can_read, the row filter, as a table of cases (docs/protocol.md, ADR-0003) ----------
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64

@@ -6,4 +6,17 @@ measured run (`support.mutate` flags an entry that a test now kills).
 """
 
 EQUIVALENT: dict[str, str] = {
+    # spec/query.py
+    "spec.query.xǁ_Parserǁunexpected__mutmut_3":
+        "the key of a non-word, non-symbol token (a number, 0x..., a quoted string or identifier, quotes "
+        "included) is never a key of _UNSUPPORTED, so looking it up finds nothing either way",
+    "spec.query.xǁ_Parserǁunexpected__mutmut_10":
+        "the empty key and 'XXXX' are both absent from _UNSUPPORTED: the lookup falls back the same way",
+    "spec.query.xǁ_Parserǁcoerce__mutmut_9":
+        "no table has a Bool column (spec.schema), so the (BOOL, 'a boolean') pair is never looked up",
+    "spec.query.xǁ_Parserǁcoerce__mutmut_10":
+        "no table has a Bool column (spec.schema), so the (BOOL, 'a boolean') pair is never looked up",
+    "spec.query.xǁ_Parserǁcoerce__mutmut_36":
+        "the stand-in for an over-long literal is only compared with the range: hi + 2 is out of range like "
+        "hi + 1, and the message quotes the literal's text, not the stand-in",
 }
