@@ -14,7 +14,8 @@ model checks and prints the matrix of invariants x checks: for each invariant of
 
 It exits non-zero if any check fails, any mutant survived, or an invariant has no check at all.
 The proofs and CrossHair run in subprocesses: the CLI imports neither (layering).
-``syncref verify-log --data DIR`` re-executes a data directory's commit log.  ``serve``, ``token
+``syncref verify-log --data DIR`` re-executes a data directory's commit log and checks every snapshot
+against the re-executed state at its offset (ADR-0011).  ``serve``, ``token
 mint`` and ``trace`` live in :mod:`adapters.commands`; ``bench`` in :mod:`adapters.bench`.
 """
 
@@ -319,7 +320,9 @@ def verify_log(args: argparse.Namespace) -> int:
                           "stored_records": report.stored_records, "stored_digest": report.stored_digest,
                           "policy": report.policy, "clean_shutdown": report.clean_shutdown,
                           "mismatch": None if mismatch is None else {"offset": mismatch.offset,
-                                                                     "reason": mismatch.reason}}, indent=1))
+                                                                     "reason": mismatch.reason},
+                          "snapshots": [{"file": c.file, "offset": c.offset, "status": c.status, "reason": c.reason}
+                                        for c in report.snapshots]}, indent=1))
     else:
         print(f"records: {report.records} re-executed of {report.stored_records} stored")
         print(f"digest:  {report.digest}")
@@ -328,6 +331,9 @@ def verify_log(args: argparse.Namespace) -> int:
         print(f"policy:  {report.policy}; last shutdown {'clean' if report.clean_shutdown else 'unclean'}")
         if mismatch is not None:
             print(f"MISMATCH at offset {mismatch.offset}: {mismatch.reason}")
+        for check in report.snapshots:
+            print(f"snapshot {check.file} (offset {check.offset}): {check.status}"
+                  + (f": {check.reason}" if check.reason else ""))
         print("verify-log:", "OK" if report.ok else "FAILED")
     return 0 if report.ok else 1
 
