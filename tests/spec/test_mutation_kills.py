@@ -12,6 +12,7 @@ import icontract
 import pytest
 
 from spec.auth import Claims, can_read
+from spec.canonical import parse_strict
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
@@ -360,3 +361,19 @@ def test_parse_rejections(text: str, message: str) -> None:
 def test_parse_rejects_details_that_are_not_json() -> None:
     with pytest.raises(RemoteProtocolError, match=r"^error details are not JSON: Expecting property name"):
         SyncError.parse("invalid_query: {oops")
+
+
+# --- spec.canonical: the rejection messages -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "reason", "message"), [
+    ("1.5", "non_integer_number", "number 1.5 is not an integer"),
+    ("[1e3]", "non_integer_number", "number 1e3 is not an integer"),
+    ("0." + "1" * 60, "non_integer_number", f"number {('0.' + '1' * 60)[:40]} is not an integer"),
+    ("NaN", "nan_or_infinity", "NaN is not a JSON number"),
+    ('{"a":-Infinity}', "nan_or_infinity", "-Infinity is not a JSON number"),
+])
+def test_number_rejections_name_the_number(text: str, reason: str, message: str) -> None:
+    with pytest.raises(SyncError) as e:
+        parse_strict(text, "payload_json")
+    assert dict(e.value.details) == {"argument": "payload_json", "reason": reason, "message": message}
