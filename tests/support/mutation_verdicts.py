@@ -22,4 +22,7 @@ EQUIVALENT: dict[str, str] = {
     "spec.query.xǁ_Parserǁcoerce__mutmut_56":
         "RFC 3339 years 0001-9999 give |micros| < 2.6e17, far inside -(2**63) (and -(3**63)): the lower "
         "bound never binds",
+    # spec/canonical.py
+    "spec.canonical.xǁ_Rejectǁ__init____mutmut_1":
+        "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args",
 }
