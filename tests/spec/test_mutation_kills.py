@@ -12,7 +12,7 @@ import icontract
 import pytest
 
 from spec.auth import Claims, can_read
-from spec.canonical import parse_strict
+from spec.canonical import _utf8_encodable, parse_strict
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
@@ -377,3 +377,9 @@ def test_number_rejections_name_the_number(text: str, reason: str, message: str)
     with pytest.raises(SyncError) as e:
         parse_strict(text, "payload_json")
     assert dict(e.value.details) == {"argument": "payload_json", "reason": reason, "message": message}
+
+
+def test_utf8_encodable() -> None:
+    """The helper of canonical's output contracts: only a lone surrogate cannot be written as UTF-8."""
+    assert _utf8_encodable("") and _utf8_encodable("abc") and _utf8_encodable("é\u2028😀")
+    assert not _utf8_encodable("a\ud800") and not _utf8_encodable("\udfff")

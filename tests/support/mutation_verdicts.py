@@ -22,7 +22,21 @@ EQUIVALENT: dict[str, str] = {
     "spec.query.xǁ_Parserǁcoerce__mutmut_56":
         "RFC 3339 years 0001-9999 give |micros| < 2.6e17, far inside -(2**63) (and -(3**63)): the lower "
         "bound never binds",
+    # spec/errors.py
+    "spec.errors.x_canonical_details__mutmut_4":
+        "ensure_ascii=None is falsy, so json.dumps treats it as ensure_ascii=False",
+    "spec.errors.x_canonical_details__mutmut_5":
+        "allow_nan=None is falsy, so json.dumps treats it as allow_nan=False",
+    "spec.errors.xǁSyncErrorǁ__hash____mutmut_1":
+        "a constant hash still agrees with __eq__ (equal errors hash equal); only hashing speed changes",
+    "spec.errors.xǁSyncErrorǁparse__mutmut_11":
+        "the 'without details' branch is reached only when the whole text is a known code (at most 28 "
+        "characters), so quoting text[:80] or text[:81] is the same",
     # spec/canonical.py
     "spec.canonical.xǁ_Rejectǁ__init____mutmut_1":
         "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args",
+    "spec.canonical.xǁ_Rejectǁ__init____mutmut_2": "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args",
+    "spec.canonical.xǁ_Rejectǁ__init____mutmut_3": "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args",
+    "spec.canonical.xǁ_Rejectǁ__init____mutmut_4": "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args",
+    "spec.canonical.x__utf8_encodable__mutmut_3": "codec names are case-insensitive: 'UTF-8' is the utf-8 codec",
 }
