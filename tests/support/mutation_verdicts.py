@@ -5,6 +5,8 @@ docs/mutation.md: editing a function renumbers its mutants, so the list is re-ch
 measured run (`support.mutate` flags an entry that a test now kills).
 """
 
+_REJECT_ARGS = "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args"
+
 EQUIVALENT: dict[str, str] = {
     # spec/query.py
     "spec.query.xǁ_Parserǁunexpected__mutmut_3":
@@ -33,10 +35,9 @@ EQUIVALENT: dict[str, str] = {
         "the 'without details' branch is reached only when the whole text is a known code (at most 28 "
         "characters), so quoting text[:80] or text[:81] is the same",
     # spec/canonical.py
-    "spec.canonical.xǁ_Rejectǁ__init____mutmut_1":
-        "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args",
-    "spec.canonical.xǁ_Rejectǁ__init____mutmut_2": "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args",
-    "spec.canonical.xǁ_Rejectǁ__init____mutmut_3": "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args",
-    "spec.canonical.xǁ_Rejectǁ__init____mutmut_4": "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args",
+    "spec.canonical.xǁ_Rejectǁ__init____mutmut_1": _REJECT_ARGS,
+    "spec.canonical.xǁ_Rejectǁ__init____mutmut_2": _REJECT_ARGS,
+    "spec.canonical.xǁ_Rejectǁ__init____mutmut_3": _REJECT_ARGS,
+    "spec.canonical.xǁ_Rejectǁ__init____mutmut_4": _REJECT_ARGS,
     "spec.canonical.x__utf8_encodable__mutmut_3": "codec names are case-insensitive: 'UTF-8' is the utf-8 codec",
 }
