@@ -156,18 +156,28 @@ def verify(module: str, tests: list[str]) -> dict[str, bool]:
     shutil.copytree(ROOT / "tests", work / "tests", ignore=IGNORED)
     survivors = report(module)["survivors"]
     assert isinstance(survivors, list)
-    def fails(name: str) -> bool:
-        env = dict(os.environ, HYPOTHESIS_PROFILE="mutation", MUTANT_UNDER_TEST=name)
-        run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
-                              *tests], cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             check=False)
-        return run.returncode != 0
-
-    # the control: with no mutant active the tests pass in the mutated tree (so a failure below is a kill,
-    # not a broken setup)
-    if fails(""):
+    # One process for all survivors (the machine is shared; a process per mutant re-imports everything):
+    # mutmut's trampolines read MUTANT_UNDER_TEST on every call, so switching it between pytest runs
+    # switches the mutant.  The first run is the control: no mutant active, the tests must pass (so a
+    # failure below is a kill, not a broken setup).
+    worker = (
+        "import json, os, sys, pytest\n"
+        "args = ['-x', '-q', '-p', 'no:xdist', '-p', 'no:cacheprovider', *json.loads(sys.argv[2])]\n"
+        "out = {}\n"
+        "for name in [''] + json.loads(sys.argv[1]):\n"
+        "    os.environ['MUTANT_UNDER_TEST'] = name\n"
+        "    out[name] = int(pytest.main(args))\n"
+        "print('VERDICTS ' + json.dumps(out))\n")
+    env = dict(os.environ, HYPOTHESIS_PROFILE="mutation")
+    run = subprocess.run([sys.executable, "-c", worker, json.dumps(survivors), json.dumps(tests)], cwd=work, env=env,
+                         capture_output=True, text=True, check=False)
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("VERDICTS ")), None)
+    if line is None:
+        raise SystemExit(f"the verify worker failed:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
+    codes: dict[str, int] = json.loads(line.removeprefix("VERDICTS "))
+    if codes.pop("") != 0:
         raise SystemExit(f"the tests {tests} fail in {work} with no mutant active")
-    return {name: fails(name) for name in survivors}
+    return {name: code != 0 for name, code in codes.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
