@@ -24,6 +24,9 @@ EQUIVALENT: dict[str, str] = {
     "spec.query.xǁ_Parserǁcoerce__mutmut_56":
         "RFC 3339 years 0001-9999 give |micros| < 2.6e17, far inside -(2**63) (and -(3**63)): the lower "
         "bound never binds",
+    "spec.query.xǁ_Parserǁcoerce__mutmut_57": "as coerce__mutmut_56 (-(2**64)): the lower bound never binds",
+    "spec.query.xǁ_Parserǁcoerce__mutmut_59":
+        "RFC 3339 years 0001-9999 give micros < 2.6e17, far below 2**63: the upper bound never binds",
     # spec/errors.py
     "spec.errors.x_canonical_details__mutmut_4":
         "ensure_ascii=None is falsy, so json.dumps treats it as ensure_ascii=False",
