@@ -12,7 +12,7 @@ import icontract
 import pytest
 
 from spec.auth import Claims, can_read
-from spec.canonical import _utf8_encodable, parse_strict
+from spec.canonical import _utf8_encodable, dumps_canonical, parse_strict
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
@@ -383,3 +383,9 @@ def test_utf8_encodable() -> None:
     """The helper of canonical's output contracts: only a lone surrogate cannot be written as UTF-8."""
     assert _utf8_encodable("") and _utf8_encodable("abc") and _utf8_encodable("é\u2028😀")
     assert not _utf8_encodable("a\ud800") and not _utf8_encodable("\udfff")
+
+
+def test_dumps_canonical_sorts_keys_and_refuses_nan() -> None:
+    assert dumps_canonical({"b": [1, {"d": 1, "c": "é"}], "a": None}) == '{"a":null,"b":[1,{"c":"é","d":1}]}'
+    with pytest.raises(ValueError):
+        dumps_canonical({"a": float("nan")})

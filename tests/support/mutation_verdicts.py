@@ -42,5 +42,7 @@ EQUIVALENT: dict[str, str] = {
     "spec.canonical.xǁ_Rejectǁ__init____mutmut_2": _REJECT_ARGS,
     "spec.canonical.xǁ_Rejectǁ__init____mutmut_3": _REJECT_ARGS,
     "spec.canonical.xǁ_Rejectǁ__init____mutmut_4": _REJECT_ARGS,
+    "spec.canonical.x_dumps_canonical__mutmut_4": "ensure_ascii=None is falsy, so json.dumps treats it as False",
+    "spec.canonical.x_dumps_canonical__mutmut_5": "allow_nan=None is falsy, so json.dumps treats it as False",
     "spec.canonical.x__utf8_encodable__mutmut_3": "codec names are case-insensitive: 'UTF-8' is the utf-8 codec",
 }
