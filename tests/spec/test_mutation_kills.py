@@ -12,6 +12,7 @@ import icontract
 import pytest
 
 from spec.auth import Claims, can_read
+from spec.canonical import _utf8_encodable, dumps_canonical, parse_strict
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
@@ -117,6 +118,16 @@ def test_int_lower_bounds_are_the_integer_greater_than_conjuncts_on_the_column()
     assert _int_lower_bounds(q, "stream_id") == []
     assert _int_lower_bounds(Query("sync_event", (Comparison("seq", Op.GT, False),), "x"), "seq") == []
 
+
+
+def test_integer_literals_are_read_up_to_forty_characters() -> None:
+    """Leading zeros count: a 40-character literal is read as its value, a 41-character one is refused."""
+    (q,) = parse("SELECT * FROM sync_event WHERE seq = " + "5".rjust(40, "0"))
+    assert q.where[0].value == 5
+    assert _rejection("SELECT * FROM sync_event WHERE seq = " + "5".rjust(41, "0")) == \
+        f"integer {'0' * 40} is out of range for column 'seq' of table 'sync_event' (U64)"
+    assert _rejection("SELECT * FROM sync_event WHERE seq = " + "9" * 60) == \
+        f"integer {'9' * 40} is out of range for column 'seq' of table 'sync_event' (U64)"
 
 # --- spec.auth: can_read, the row filter, as a table of cases (docs/protocol.md, ADR-0003) ----------
 
@@ -350,3 +361,31 @@ def test_parse_rejections(text: str, message: str) -> None:
 def test_parse_rejects_details_that_are_not_json() -> None:
     with pytest.raises(RemoteProtocolError, match=r"^error details are not JSON: Expecting property name"):
         SyncError.parse("invalid_query: {oops")
+
+
+# --- spec.canonical: the rejection messages -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "reason", "message"), [
+    ("1.5", "non_integer_number", "number 1.5 is not an integer"),
+    ("[1e3]", "non_integer_number", "number 1e3 is not an integer"),
+    ("0." + "1" * 60, "non_integer_number", f"number {('0.' + '1' * 60)[:40]} is not an integer"),
+    ("NaN", "nan_or_infinity", "NaN is not a JSON number"),
+    ('{"a":-Infinity}', "nan_or_infinity", "-Infinity is not a JSON number"),
+])
+def test_number_rejections_name_the_number(text: str, reason: str, message: str) -> None:
+    with pytest.raises(SyncError) as e:
+        parse_strict(text, "payload_json")
+    assert dict(e.value.details) == {"argument": "payload_json", "reason": reason, "message": message}
+
+
+def test_utf8_encodable() -> None:
+    """The helper of canonical's output contracts: only a lone surrogate cannot be written as UTF-8."""
+    assert _utf8_encodable("") and _utf8_encodable("abc") and _utf8_encodable("é\u2028😀")
+    assert not _utf8_encodable("a\ud800") and not _utf8_encodable("\udfff")
+
+
+def test_dumps_canonical_sorts_keys_and_refuses_nan() -> None:
+    assert dumps_canonical({"b": [1, {"d": 1, "c": "é"}], "a": None}) == '{"a":null,"b":[1,{"c":"é","d":1}]}'
+    with pytest.raises(ValueError):
+        dumps_canonical({"a": float("nan")})

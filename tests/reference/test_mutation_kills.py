@@ -1,1 +1,0 @@
-"""Tests written to kill mutants that mutmut's run left alive (docs/mutation.md)."""
