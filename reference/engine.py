@@ -667,14 +667,19 @@ class Engine:
                 dels = tuple(dict.fromkeys(row for row in del_rows if q.matches(probe, row)))
                 if not ins and not dels:
                     continue
+                # the row filter is a function of the claims and the row only (spec.auth.can_read):
+                # subscribers with equal claims see the same rows, so it runs once per claims value
+                visible: dict[Claims, tuple[tuple[Row, ...], tuple[Row, ...]]] = {}
                 for key in shape.subscribers:
                     claims = self.conns[key[0]].claims
-                    seen_ins = [can_read(claims, row) for row in ins]
-                    seen_dels = [can_read(claims, row) for row in dels]
-                    per_client.setdefault(key, []).append((
-                        table,
-                        ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
-                        dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels))))
+                    seen = visible.get(claims)
+                    if seen is None:
+                        seen_ins = [can_read(claims, row) for row in ins]
+                        seen_dels = [can_read(claims, row) for row in dels]
+                        seen = visible[claims] = (
+                            ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
+                            dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels)))
+                    per_client.setdefault(key, []).append((table, seen[0], seen[1]))
 
         def in_tx_order(rows: Iterable[Row]) -> tuple[Row, ...]:
             return tuple(sorted(dict.fromkeys(rows), key=lambda row: order[id(row)]))
@@ -684,7 +689,9 @@ class Engine:
         shared_sets: dict[tuple[int, ...], QuerySetUpdate] = {}
         for (conn_id, qs_id) in sorted(per_client):
             found = per_client[(conn_id, qs_id)]
-            if len(found) > 1:  # several shapes of one query set matched: merge them per table
+            if len(found) > 1 and len({part[0] for part in found}) < len(found):
+                # several shapes of one query set matched one table: merge them per table (a table
+                # matched by one shape keeps its tuples, deduplicated and in transaction order already)
                 merged: dict[str, tuple[list[Row], list[Row]]] = {}
                 for t, i, d in found:
                     both = merged.setdefault(t, ([], []))

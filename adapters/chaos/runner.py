@@ -378,7 +378,7 @@ class ChaosRun:
         server = self.server = ServerProcess(self.data, free_port(), config, self.workdir / "server.log")
         self.step("starting the server, the proxy and the subscribers")
         await server.start()
-        proxy = self.proxy = ChaosProxy(server.port)
+        proxy = self.proxy = ChaosProxy(server.port, seed=self.seed)
         await proxy.start()
         self.proxy_url = f"http://127.0.0.1:{proxy.port}"
         writers = [Writer(self, i, t) for i, t in enumerate(w_tokens)]
@@ -468,6 +468,12 @@ class ChaosRun:
             proxy.delay(prm["delay_ms"] / 1000)
             await asyncio.sleep(prm["for_s"])
             proxy.clear()
+        elif kind == "duplicate":
+            proxy.duplicate()
+            await asyncio.sleep(prm["for_s"] / 2)
+            proxy.cut()  # the reconnects carry replayed frames
+            await asyncio.sleep(prm["for_s"] / 2)
+            proxy.clear()
         elif kind == "client_restart":
             self.counters.client_restarts += 1
             await subs[int(prm["client"])].restart()
@@ -553,7 +559,8 @@ class ChaosRun:
             "sigkill_restarts": server.kills,
             "server_starts": server.starts,
             "restart_seconds_max": round(max(server.start_seconds), 2),
-            "proxy": {"connections": self.proxy.accepted, "cut": self.proxy.cuts, "refused": self.proxy.refused},
+            "proxy": {"connections": self.proxy.accepted, "cut": self.proxy.cuts, "refused": self.proxy.refused,
+                      "frames_duplicated": self.proxy.duplicated, "frames_replayed": self.proxy.replayed},
             "writes": {"ok": writes["ok"], "failed": writes["failed"], "unknown": writes["unknown"],
                        "ok_by_kind": dict(kinds), "call_attempts": self.counters.calls,
                        "retries": self.counters.retries},
