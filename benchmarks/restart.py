@@ -123,9 +123,11 @@ def main() -> int:
     store = LogStore.open(data, readonly=True)
     records = store.count()
     store.close()
+    newest = snapshot.listing(data / snapshot.SNAPSHOT_DIR)
+    tail = records - (newest[0][0] if newest else 0)
     times: dict[str, list[float]] = {k: [] for k in args.only.split(",")}
     if args.baseline is not None:
-        times.update({"base_full": [], "base_verify": []})
+        times.update({f"base_{k}": [] for k in ("full", "verify") if k in times})
     for _ in range(args.repeat):
         for what in times:
             if what.startswith("base_"):
@@ -137,6 +139,7 @@ def main() -> int:
                 out = subprocess.run([sys.executable, __file__, "--dir", str(data), "--measure", what],
                                      capture_output=True, text=True, check=True)
             times[what].append(float(out.stdout))
+            print(f"{what}: {times[what][-1]:.2f} s", file=sys.stderr, flush=True)
     result = {"records": records, "tail": tail,
               **{k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
                      "us_per_record": statistics.median(v) / records * 1e6} for k, v in times.items()}}

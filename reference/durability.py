@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import gc
 import json
 import os
 import sqlite3
@@ -121,20 +122,42 @@ def record_row(rec: TxRecord) -> tuple[Any, ...]:
             rec.timestamp, rec.delta_json or delta_text(rec.changes), rec.prev_hash, rec.hash)
 
 
-def record_from_row(row: Sequence[Any]) -> TxRecord:
+@functools.lru_cache(maxsize=1024)
+def _claims(text: str) -> Claims | None:
+    """A caller's claims from their stored JSON (every call on a connection stores the same text;
+    ``Claims`` is frozen, so one value serves them all)."""
+    return claims_from_json(json.loads(text))
+
+
+def record_from_row(row: Sequence[Any], rows: bool = True) -> TxRecord:
+    """The record of a ``commit_log`` row; ``delta_json`` keeps the stored delta text, which
+    :func:`reference.log.record_hash` hashes as is (it is the text the record's hash was made over).
+    ``rows=False`` leaves the delta undecoded (``changes`` empty, the text in ``delta_json``): for
+    replay, which compares texts and decodes only to explain a difference (:func:`decode_changes`)."""
     offset = row[0]
     try:
         kind, name, caller_text, args_text, timestamp, changes_text, prev_hash, digest = row[1:]
         args = json.loads(args_text)
-        changes = json.loads(changes_text)
-        if not isinstance(args, list) or not isinstance(changes, list):
-            raise ValueError("args and changes must be JSON arrays")
-        return TxRecord(offset, kind, name, claims_from_json(json.loads(caller_text)), args_from_json(args),
-                        timestamp,
-                        tuple(RowChange(table, tuple(row_from_json(table, r) for r in deletes),
-                                        tuple(row_from_json(table, r) for r in inserts))
-                              for table, deletes, inserts in changes),
-                        prev_hash, digest)
+        if not isinstance(args, list):
+            raise ValueError("args must be a JSON array")
+        changes = decode_changes(offset, changes_text) if rows else ()
+        return TxRecord(offset, kind, name, _claims(caller_text), args_from_json(args), timestamp, changes,
+                        prev_hash, digest, changes_text)
+    except LogCorruption:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise LogCorruption(offset, f"{type(exc).__name__}: {exc}") from exc
+
+
+def decode_changes(offset: int, text: str) -> tuple[RowChange, ...]:
+    """A stored delta's rows; :class:`LogCorruption` (naming ``offset``) if they do not decode."""
+    try:
+        changes = json.loads(text)
+        if not isinstance(changes, list):
+            raise ValueError("changes must be a JSON array")
+        return tuple(RowChange(table, tuple([row_from_json(table, r) for r in deletes]),
+                               tuple([row_from_json(table, r) for r in inserts]))
+                     for table, deletes, inserts in changes)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise LogCorruption(offset, f"{type(exc).__name__}: {exc}") from exc
 
@@ -249,11 +272,11 @@ class LogStore:
         finally:
             self._conn.execute("COMMIT")
 
-    def iter_records(self, after: int = 0) -> Iterator[TxRecord]:
-        """The stored records past offset ``after``, in offset order."""
+    def iter_records(self, after: int = 0, rows: bool = True) -> Iterator[TxRecord]:
+        """The stored records past offset ``after``, in offset order (``rows``: see :func:`record_from_row`)."""
         for row in self._conn.execute(f"SELECT {_COLUMNS} FROM commit_log WHERE \"offset\" > ? ORDER BY \"offset\"",
                                       (after,)):
-            yield record_from_row(row)
+            yield record_from_row(row, rows)
 
     def hash_at(self, offset: int) -> str | None:
         """The stored hash of record ``offset`` (None: no such record)."""
@@ -586,13 +609,26 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
     previous = store.get_meta("max_undurable")
     margin = max(max_undurable, int(previous)) if previous is not None else max_undurable
     report = RecoveryReport()
-    base = newest_snapshot(store, report) if snapshots else None
-    start = None if base is None else (snapshot.restore(base), base.offset, base.head_hash)
-    del base
-    records = list(store.iter_records(report.snapshot_offset))
-    report.tail_records = len(records)
-    engine = Engine.recover(records, store.clean_at_open, now, policy, max_queue, margin, start)
-    del records, start
+    # Loading builds millions of objects that all stay alive: the cyclic collector would walk the
+    # growing heap again and again (a third of restart time, by profile) and find nothing -- rows
+    # and records are acyclic -- so it is off while loading.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        base = newest_snapshot(store, report) if snapshots else None
+        start = None if base is None else (snapshot.restore(base), base.offset, base.head_hash)
+        del base
+
+        def tail() -> Iterator[TxRecord]:
+            for rec in store.iter_records(report.snapshot_offset):
+                report.tail_records += 1
+                yield rec
+
+        engine = Engine.recover(tail(), store.clean_at_open, now, policy, max_queue, margin, start)
+        del start
+    finally:
+        if collecting:
+            gc.enable()
     sync(engine, writer)
     engine.max_undurable = max_undurable
     if previous != str(max_undurable):

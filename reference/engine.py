@@ -39,7 +39,7 @@ import icontract
 
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
-from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors
+from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors, record_hash
 from spec import contracts
 from spec import query as q
 from spec.auth import Claims, can_read, filter_key, grant_matches
@@ -816,7 +816,7 @@ class Engine:
     @icontract.ensure(lambda clean, result: result.durable == result.committed - (0 if clean else 1),
                       "everything loaded is durable; only an unclean restart's recovery transaction is not yet")
     @icontract.ensure(lambda result: _indexes_consistent(result.db), enabled=icontract.SLOW)
-    def recover(cls, records: list[TxRecord], clean: bool, now: int, policy: Policy = DEFAULT_POLICY,
+    def recover(cls, records: Iterable[TxRecord], clean: bool, now: int, policy: Policy = DEFAULT_POLICY,
                 max_queue: int = 1024, max_undurable: int = 1024,
                 start: tuple[Db, int, str] | None = None) -> Engine:
         """Rebuild from the durable commit log: apply every record's delta in order, checking the
@@ -832,9 +832,7 @@ class Engine:
         for rec in records:
             if rec.offset != eng.committed + 1 or rec.prev_hash != eng.head_hash:
                 raise ValueError(f"commit log broken at offset {rec.offset}")
-            expected = make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, rec.changes,
-                                   rec.prev_hash)
-            if expected.hash != rec.hash:
+            if record_hash(rec) != rec.hash:
                 raise ValueError(f"commit log hash mismatch at offset {rec.offset}")
             apply_record(eng.db, rec)
             eng.committed = rec.offset

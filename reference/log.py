@@ -26,7 +26,7 @@ from typing import Any
 
 from spec.auth import Claims
 from spec.schema import TABLE_BY_NAME
-from spec.values import ComputeAssignment, Row
+from spec.values import ArrayT, ComputeAssignment, OptionT, Row
 
 GENESIS = "0" * 64
 
@@ -64,11 +64,27 @@ def row_json(row: Row) -> list[Any]:
     return out
 
 
-def row_from_json(table: str, values: list[Any]) -> Row:
+@functools.cache
+def _row_maker(table: str) -> tuple[Any, tuple[int, ...]]:
+    """A table's row type and the positions of its array columns (``Vec``, or an option of one):
+    the only values JSON gives back as lists that must become tuples."""
     t = TABLE_BY_NAME[table]
-    conv = [tuple(v) if isinstance(v, list) else v for v in values]
-    make: Any = t.row_type
-    row: Row = make(*conv)
+    types = {c.name: c.type for c in t.columns}
+
+    def is_array(ty: Any) -> bool:
+        return isinstance(ty, ArrayT) or (isinstance(ty, OptionT) and isinstance(ty.inner, ArrayT))
+
+    return t.row_type, tuple(i for i, f in enumerate(fields(t.row_type)) if is_array(types[f.name]))
+
+
+def row_from_json(table: str, values: list[Any]) -> Row:
+    make, arrays = _row_maker(table)
+    if arrays:
+        values = list(values)
+        for i in arrays:
+            if isinstance(values[i], list):
+                values[i] = tuple(values[i])
+    row: Row = make(*values)
     return row
 
 
@@ -158,6 +174,17 @@ def _body_text(offset: int, kind: str, name: str, caller: Claims | None, args: s
             f'"offset":{int.__repr__(offset)},"timestamp":{int.__repr__(timestamp)}}}')
 
 
+def record_hash(rec: TxRecord) -> str:
+    """The chain hash of ``rec`` recomputed from its parts: :func:`make_record`'s hash, except that
+    the delta's canonical text is the one the record carries (``delta_json``: the text a stored
+    record was decoded from) when it has one -- hashing that text checks that it is the text the
+    hash was made over, and the delta was decoded from it, so re-encoding it is not needed."""
+    delta = rec.delta_json or delta_text(rec.changes)
+    body = _body_text(rec.offset, rec.kind, rec.name, rec.caller, rec.args_json or args_text(rec.args), rec.timestamp,
+                      hashlib.sha256(delta.encode("utf-8")).hexdigest())
+    return hashlib.sha256((rec.prev_hash + body).encode("utf-8")).hexdigest()
+
+
 def make_record(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
                 changes: tuple[RowChange, ...], prev_hash: str) -> TxRecord:
     delta = delta_text(changes)
@@ -175,6 +202,8 @@ def record_floors(rec: TxRecord, epoch_floor: int, version_floor: int) -> tuple[
     ``version_floor`` above that row's version, as the transaction itself did (ADR-0003 decision 5)."""
     if rec.kind == "recovery":
         return int(rec.args[0]), int(rec.args[1])
+    if not any(c.table == "compute_assignment" and c.deletes for c in rec.changes):
+        return epoch_floor, version_floor  # the common case (appends): nothing to scan
     kept = {(c.table, TABLE_BY_NAME[c.table].key_of(row)) for c in rec.changes for row in c.inserts}
     for c in rec.changes:
         if c.table != "compute_assignment":

@@ -11,6 +11,11 @@ every offset, so the final digest is reached only if every transaction is reprod
 tampered argument, a delta that no call produces, a reordered or missing record and a reducer
 whose behaviour has drifted since the log was written all stop replay at the offset concerned.
 
+The comparison is of texts: the re-executed delta's canonical JSON against the stored delta text
+(equal texts are equal deltas -- the encoding is injective on row values -- and a stored text that
+is not canonical is a difference too); the stored rows are decoded only to say what differs.  The
+hash is then recomputed over that re-executed text.
+
 Reducers need the stream policy (payload limits, retention, bridge kinds); replay uses the one
 stored in the data directory, else :data:`spec.policy.DEFAULT_POLICY`.  The recovery action's
 margin (``max_undurable + 1``) is not in the log, so replay checks that a recovery record moves
@@ -29,8 +34,8 @@ from dataclasses import dataclass
 from reference import reducers as r
 from reference import snapshot
 from reference.db import Db, Txn
-from reference.durability import LogCorruption, LogStore
-from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors
+from reference.durability import LogCorruption, LogStore, decode_changes
+from reference.log import GENESIS, RowChange, TxRecord, delta_text, record_floors, record_hash
 from spec.errors import SyncError
 from spec.policy import DEFAULT_POLICY, Policy
 from spec.schema import REDUCER_BY_NAME, TABLE_BY_NAME
@@ -137,7 +142,7 @@ def _describe(recorded: tuple[RowChange, ...], replayed: tuple[RowChange, ...]) 
             def show(c: RowChange | None) -> str:
                 return "nothing" if c is None else f"-{list(c.deletes)!r} +{list(c.inserts)!r}"
             return f"table {table}: recorded {show(a)[:300]}, re-executed {show(b)[:300]}"
-    return "the tables are ordered differently"
+    return "the stored delta text is not the canonical encoding of its rows (or its tables are out of order)"
 
 
 def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: Policy) -> str:
@@ -162,13 +167,23 @@ def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: 
     if not tx.wrote:
         raise _Diverged("re-execution wrote nothing, but only writing transactions are logged")
     changes = delta_of(tx)
-    if changes != rec.changes:
-        raise _Diverged("re-executed delta differs: " + _describe(rec.changes, changes))
-    floors = record_floors(rec, tx.old_epoch_floor, tx.old_version_floor)
+    text = delta_text(changes)
+    # A stored record carries its delta's stored text: equal canonical texts are equal deltas (the
+    # encoding is injective on row values), so the stored rows need decoding only to explain a
+    # difference.  A record without the text (built in memory) is compared row by row.
+    if (text != rec.delta_json) if rec.delta_json else (changes != rec.changes):
+        try:
+            recorded = decode_changes(rec.offset, rec.delta_json) if rec.delta_json else rec.changes
+        except LogCorruption as exc:
+            raise _Diverged(str(exc)) from exc
+        raise _Diverged("re-executed delta differs: " + _describe(recorded, changes))
+    replayed = TxRecord(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, changes, head, rec.hash,
+                        text)
+    floors = record_floors(replayed, tx.old_epoch_floor, tx.old_version_floor)
     if floors != (db.epoch_floor, db.version_floor):
         raise _Diverged(f"re-executed floors (epoch, version) {(db.epoch_floor, db.version_floor)}, recovery would "
                         f"derive {floors} from the record")
-    digest = make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, changes, head).hash
+    digest = record_hash(replayed)  # over the call and the *re-executed* delta's text
     if digest != rec.hash:
         raise _Diverged(f"hash differs: recorded {rec.hash}, recomputed {digest}")
     return digest
@@ -214,7 +229,7 @@ def verify_log(data_dir: str | os.PathLike[str],
             stored = store.load_policy()
             policy = stored if stored is not None else DEFAULT_POLICY
             stored_records = store.count()
-            records: Iterable[TxRecord] = store.iter_records()
+            records: Iterable[TxRecord] = store.iter_records(rows=False)  # deltas compared as text
             if on_record is not None:
                 records = _told(records, stored_records, on_record)
             checks: dict[str, SnapshotCheck] = {}

@@ -23,6 +23,7 @@ from reference.log import (
     claims_json,
     delta_text,
     make_record,
+    record_hash,
 )
 from spec.auth import Claims
 from spec.schema import SCOPES, TABLES
@@ -62,8 +63,12 @@ def test_fast_record_equals_the_definition(offset: int, kind: str, name: str, ca
     assert row == (offset, kind, name, _old_dumps(claims_json(caller)), _old_dumps(args_json(args)), timestamp,
                    row[6], prev, rec.hash)
     back = record_from_row(row)
-    assert back == rec and back.delta_json == "" and back.args_json == ""
+    assert back == rec and back.delta_json == row[6] and back.args_json == ""  # the stored delta text, for record_hash
     assert record_row(back) == row
+    # recovery's hash check: from the carried text, from the rows alone, and the definition agree
+    plain = TxRecord(back.offset, back.kind, back.name, back.caller, back.args, back.timestamp, back.changes,
+                     back.prev_hash, back.hash)
+    assert record_hash(back) == record_hash(plain) == rec.hash
 
 
 def test_delta_json_is_a_cache_not_part_of_the_value() -> None:
@@ -71,3 +76,15 @@ def test_delta_json_is_a_cache_not_part_of_the_value() -> None:
     plain = TxRecord(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, rec.changes,
                      rec.prev_hash, rec.hash)
     assert plain == rec and "delta_json" not in repr(rec) and rec.delta_json == "[]"
+
+
+def test_record_hash_refuses_a_stored_delta_text_that_is_not_the_hashed_one() -> None:
+    """Recovery hashes the stored delta text as is: any change to it -- new content, or the same
+    rows written differently -- breaks the hash, so the rows decoded from it are the hashed ones."""
+    from dataclasses import replace
+
+    rec = make_record(3, "sweep", "sweep", None, (5,), 7, (), "0" * 64)
+    assert record_hash(replace(rec, delta_json="[]")) == rec.hash
+    assert record_hash(replace(rec, delta_json="[ ]")) != rec.hash
+    assert record_hash(replace(rec, delta_json='[["sync_event",[],[]]]')) != rec.hash
+    assert record_hash(replace(rec, args=(6,), args_json="")) != rec.hash  # stored records carry no args text

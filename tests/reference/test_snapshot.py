@@ -1,4 +1,4 @@
-"""Snapshots (ADR-0011): a state image plus the log after it.
+"""Snapshots (ADR-0011): a state image plus the log after it (DUR-1 across snapshots).
 
 * **Differential.**  Random histories -- appends with duplicate keys, epoch resets, compaction,
   presence, sweeps, disconnects and unclean restarts (recovery records that relabel epochs) --
