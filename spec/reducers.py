@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from itertools import takewhile
 from typing import Any
 
 import icontract
@@ -47,7 +48,8 @@ from spec.invariants import (
     check_transition,
     stream_layout_ok,
 )
-from spec.policy import DEFAULT_POLICY, NOSTR_NONPORTABLE_CONTROLS, Policy, expired
+from spec.policy import DEFAULT_POLICY, MAX_CONTINUATION_HOPS, NOSTR_NONPORTABLE_CONTROLS, Policy, expired
+from spec.resume import continued_stream
 from spec.schema import REDUCER_BY_NAME
 from spec.state import DbState, Delta, R, Tx, table_of_type
 from spec.transitions import (
@@ -143,13 +145,6 @@ def _ok(tx: Tx, ret: int | None = None) -> Ok:
 
 def _noop(db: DbState, ret: int | None = None) -> Ok:
     return Ok(db, ret, Delta())
-
-
-def continuation(db: DbState, stream_id: str) -> tuple[int, int]:
-    """(continues_epoch, continues_seq) of a stream; (0, 0) -- a fresh epoch -- for one that does not
-    exist yet."""
-    s = db.find(SyncStream, lambda r: r.stream_id == stream_id)
-    return (0, 0) if s is None else (s.continues_epoch, s.continues_seq)
 
 
 def virtual_stream(db: DbState, stream_id: str) -> tuple[int, int, int]:
@@ -744,7 +739,8 @@ def reset_stream_epoch(db: DbState, ctx: CallContext, stream_id: str) -> Outcome
     for e in [e for e in db.of_type(SyncEvent) if e.stream_id == stream_id]:
         tx.delete(e)
     tx.update(stream, replace(stream, epoch=stream.epoch + 1, continues_epoch=0, continues_seq=0,
-                              floor_seq=stream.head_seq + 1, updated_at=ctx.now))
+                              earlier_epochs=(), earlier_seqs=(), floor_seq=stream.head_seq + 1,
+                              updated_at=ctx.now))
     return _ok(tx)
 
 
@@ -917,6 +913,14 @@ def _continued(db: DbState, after: DbState) -> bool:
         if a is None or (a.continues_epoch, a.continues_seq, a.head_seq, a.floor_seq) != (
                 b.epoch, b.head_seq, b.head_seq, b.floor_seq) or a.epoch <= b.epoch:
             return False
+        # ADR-0010: the old chain, each bound capped at the durable head, as long as it is usable
+        old: list[tuple[int, int]] = [] if not b.continues_epoch else [
+            (b.continues_epoch, b.continues_seq), *zip(b.earlier_epochs, b.earlier_seqs, strict=True)]
+        capped = [(e, min(seq, b.head_seq)) for e, seq in old]
+        usable = list(takewhile(lambda h: h[1] >= b.floor_seq - 1, capped))  # noqa: B023 (used at once)
+        chain = usable[:MAX_CONTINUATION_HOPS - 1]
+        if list(zip(a.earlier_epochs, a.earlier_seqs, strict=True)) != chain:
+            return False
     relabel = {s.stream_id: (db_s.epoch, s.epoch) for s in after.of_type(SyncStream)
                for db_s in db.of_type(SyncStream) if db_s.stream_id == s.stream_id}
     events = [replace(e, epoch=relabel[e.stream_id][1]) if e.stream_id in relabel and relabel[e.stream_id][0] == e.epoch
@@ -935,7 +939,8 @@ def _continued(db: DbState, after: DbState) -> bool:
                   " transactions can have handed out)")
 @icontract.ensure(lambda db, result: _continued(db, result),
                   "SEQ-1 CONT-1 (each new epoch continues the old one up to the durable head, floor kept, its events "
-                  "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised)")
+                  "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised; and every "
+                  "epoch the old one continued, each bound capped at the durable head, while usable, ADR-0010)")
 @icontract.ensure(lambda db, max_undurable, result: result.version_floor > max_version(db) + max_undurable
                   and all(r.version == result.version_floor for r in result.of_type(ProviderCapability))
                   and all(r.version == result.version_floor for r in result.of_type(ComputeAssignment)),
@@ -960,13 +965,18 @@ def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     producer and offset).  A client at (E, W) with W <= continues_seq saw only surviving events
     and resumes at (E', W) without a rebootstrap; one with W > continues_seq may have seen lost
     events and rebootstraps.  The relabel is the one exception to SEQ-3's "a retained event row
-    never changes": same seq and payload, epoch raised, to an epoch nobody has seen."""
+    never changes": same seq and payload, epoch raised, to an epoch nobody has seen.
+
+    The new epoch also continues every epoch the old one continued (ADR-0010): the chain
+    ``earlier_epochs``/``earlier_seqs`` gains the old last hop, each bound capped at the durable
+    head (:func:`spec.resume.continued_stream`), so a client two or more restarts behind with a
+    watermark at or below every bound since its epoch continues as well."""
     streams = list(db.of_type(SyncStream))
     fresh = max([db.epoch_floor, *(s.epoch for s in streams)]) + max_undurable + 1
     tx = Tx(db)
     old_epoch = {s.stream_id: s.epoch for s in streams}
     for s in streams:
-        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq, updated_at=now))
+        tx.update(s, continued_stream(s, fresh, now))
     for e in list(db.of_type(SyncEvent)):
         if old_epoch.get(e.stream_id) == e.epoch:
             tx.update(e, replace(e, epoch=fresh))
