@@ -43,7 +43,12 @@ Verification (:meth:`Authenticator.verify`), in order:
 5. every string in the payload (names and values, at any depth) must be text UTF-8 can carry:
    a JSON ``\ud800`` escape decodes to a lone surrogate, which no frame, log or record can hold
    (401 naming the claim);
-6. the OpenAgents claims are typed: ``oa_sync_scopes`` and ``oa_sync_streams`` lists of
+6. a token whose ``jti`` is on the revocation list (:class:`RevocationList`, the file
+   ``revoked-jti`` in the server's data directory) is refused, 401 ``token revoked``; minted
+   tokens carry a fresh ``jti``, and a websocket token keeps its parent's, so revoking a token
+   revokes everything traded for it.  The server re-reads the file when it changes and closes
+   open connections whose token it now names (1008);
+7. the OpenAgents claims are typed: ``oa_sync_scopes`` and ``oa_sync_streams`` lists of
    strings (absent = none; unknown scope names are kept, they simply grant nothing),
    ``oa_device_id``/``oa_session_id``/``oa_client_build_id``/``oa_protocol_version`` strings,
    ``oa_schema_version`` an integer.  ``null`` counts as absent.  A wrong type is 401 naming
@@ -82,6 +87,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from adapters.fsutil import fsync_dir
 from spec.auth import Claims
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import SCOPES
@@ -256,7 +262,7 @@ class KeyStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
         return store
 
     @property
@@ -276,17 +282,68 @@ class KeyStore:
         return self._public_pem
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+REVOKED_JTI_FILE = "revoked-jti"
+MAX_JTI_CHARS = 128
+
+
+class RevocationList:
+    """The ``jti`` values no longer accepted: one per line in a text file (blank lines and ``#``
+    comments ignored), written by ``syncref token revoke`` or by hand.
+
+    :meth:`refresh` re-reads the file when its size or mtime changed (a missing file is an empty
+    list) and returns whether the list changed; :meth:`revoked` refreshes first, so a revocation
+    takes effect at the next authentication.  A file that cannot be read or holds a malformed line
+    keeps the last good list (failing open on a typo would be wrong, failing closed would lock
+    everyone out): :attr:`problem` says why, and the server logs it."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.jtis: frozenset[str] = frozenset()
+        self.problem: str | None = None
+        self._seen: tuple[int, int] | None = None
+        self.refresh()
+
+    def refresh(self) -> bool:
+        if self.path is None:
+            return False
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            stamp, text = (0, -1), ""
+        except OSError as exc:
+            self.problem = f"{self.path}: cannot read it ({exc.strerror}); the previous list stays in force"
+            return False
+        else:
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp == self._seen:
+                return False
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+                self.problem = f"{self.path}: cannot read it ({why}); the previous list stays in force"
+                return False
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        jtis = set()
+        for n, line in enumerate(text.splitlines(), 1):
+            entry = line.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            if len(entry) > MAX_JTI_CHARS or not entry.isascii() or not entry.isprintable() or " " in entry:
+                self.problem = (f"{self.path}:{n}: not a jti (printable ASCII without spaces, at most "
+                                f"{MAX_JTI_CHARS} characters); the previous list stays in force")
+                return False
+            jtis.add(entry)
+        self.problem = None
+        changed = frozenset(jtis) != self.jtis
+        self.jtis = frozenset(jtis)
+        return changed
+
+    def revoked(self, jti: object) -> bool:
+        self.refresh()
+        return isinstance(jti, str) and jti in self.jtis
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,10 +395,12 @@ def _is_number(value: object) -> bool:
 class Authenticator:
     """Mints and verifies tokens for one server (sans-I/O; time comes from ``clock``)."""
 
-    def __init__(self, config: AuthConfig, keys: KeyStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: AuthConfig, keys: KeyStore, clock: Callable[[], float] = time.time,
+                 revocations: RevocationList | None = None) -> None:
         self.config = config
         self.keys = keys
         self._clock = clock
+        self.revocations = revocations if revocations is not None else RevocationList(None)
         own: _KeyChoice = (keys.public_key, ("ES256",))
         self._local_keys: tuple[_KeyChoice, ...] = (own,)
         external: list[_KeyChoice] = [own]  # our re-signed websocket tokens keep the external issuer
@@ -367,6 +426,7 @@ class Authenticator:
             "iss": self.config.issuer,
             "aud": [self.config.audience],
             "iat": now,
+            "jti": uuid.uuid4().hex,  # what `syncref token revoke` names
         }
         if ttl_s is not None:
             claims["exp"] = now + ttl_s
@@ -485,6 +545,8 @@ class Authenticator:
         payload = self._decode_signed(token, alg, usable, issuer)
         _check_text(payload)
         self._check_times(payload)
+        if self.revocations.revoked(payload.get("jti")):
+            raise AuthError(f"token revoked (jti {str(payload['jti'])[:MAX_JTI_CHARS]})")
         return Verified(claims=self._claims_of(payload), raw=MappingProxyType(payload))
 
     def _decode_signed(self, token: str, alg: str, keys: list[Any], issuer: str) -> dict[str, Any]:

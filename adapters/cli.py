@@ -14,7 +14,8 @@ model checks and prints the matrix of invariants x checks: for each invariant of
 
 It exits non-zero if any check fails, any mutant survived, or an invariant has no check at all.
 The proofs and CrossHair run in subprocesses: the CLI imports neither (layering).
-``syncref verify-log --data DIR`` re-executes a data directory's commit log.  ``serve``, ``token
+``syncref verify-log --data DIR`` re-executes a data directory's commit log and checks every snapshot
+against the re-executed state at its offset (ADR-0011).  ``serve``, ``token
 mint`` and ``trace`` live in :mod:`adapters.commands`; ``bench`` in :mod:`adapters.bench`.
 """
 
@@ -160,9 +161,26 @@ def _verdict(results: list[bool]) -> str:
     return "pass" if all(results) else "FAIL"
 
 
+def _read_conformance(path: Path) -> list[dict[str, Any]]:
+    """The outcomes of a ``syncref conformance --json`` run, checked for shape."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    keys = {"area", "scenario", "invariants", "status", "message"}
+    if not isinstance(data, list) or not all(isinstance(o, dict) and keys <= o.keys() for o in data):
+        raise ValueError("not the JSON that `syncref conformance --json` writes (a list of scenario outcomes)")
+    if any(o["status"] not in ("pass", "fail", "skip") for o in data):
+        raise ValueError("a scenario status is not pass, fail or skip")
+    return data
+
+
 def verify(args: argparse.Namespace) -> int:
     root = _root()
-    steps = len(MACHINES) + (not args.skip_proofs) + (not args.skip_crosshair) + 2 * args.mutants + 1
+    steps = (len(MACHINES) + (not args.skip_proofs) + (not args.skip_crosshair) + 2 * args.mutants + 1
+             + (not args.skip_conformance and args.conformance is None))
+    try:
+        conformance = _read_conformance(args.conformance) if args.conformance is not None else None
+    except (OSError, ValueError) as exc:
+        print(f"verify: cannot read --conformance {args.conformance}: {exc}", file=sys.stderr)
+        return 2
     progress = Progress(steps)
     try:
         machines = _run_machines(root, args.examples, progress)
@@ -182,6 +200,11 @@ def verify(args: argparse.Namespace) -> int:
             progress.step("engine mutants (tests/reference/test_engine_mutants.py)")
         engine_mutants = _recorded(root, "engine_mutants.json", args.mutants,
                                    "tests/reference/test_engine_mutants.py")
+        if conformance is None and not args.skip_conformance:
+            from adapters.conformance.wire_runner import run_local
+
+            progress.step("conformance scenarios against a throwaway syncref serve")
+            conformance = [o.__dict__ for o in run_local(tick=lambda i, n, _label: progress.count(i, n))]
         progress.step("tests naming each invariant")
         naming = _tests_naming(root)
     finally:
@@ -204,15 +227,20 @@ def verify(args: argparse.Namespace) -> int:
         checks["crosshair"] = _verdict([c["ok"] for c in ch])
         checks["mutants_caught"] = [m["mutant"] for m in mutants
                                     if m.get("killed") and inv.id in m.get("invariants", [])]
+        scenarios = [o for o in conformance or [] if inv.id in o["invariants"] and o["status"] != "skip"]
+        checks["conformance"] = _verdict([o["status"] == "pass" for o in scenarios])
+        checks["conformance_scenarios"] = [o["scenario"] for o in scenarios]
         checks["tests"] = naming[inv.id]
         verdicts = [v for v in checks.values() if isinstance(v, str)]
         if "FAIL" in verdicts or not ("pass" in verdicts or naming[inv.id]):
             failed = True
         rows.append({"id": inv.id, "kind": inv.kind, "statement": inv.statement, "checks": checks})
     survivors = [m["mutant"] for m in mutants + engine_mutants if not m.get("killed")]
-    failed = failed or bool(survivors) or any(not c["ok"] for c in crosshair) or not reach["ok"]
+    failed = (failed or bool(survivors) or any(not c["ok"] for c in crosshair) or not reach["ok"]
+              or any(o["status"] == "fail" for o in conformance or []))
     report = {"ok": not failed, "machines": machines, "proofs": proofs, "crosshair": crosshair, "reach": reach,
-              "mutants": mutants, "engine_mutants": engine_mutants, "invariants": rows}
+              "mutants": mutants, "engine_mutants": engine_mutants, "conformance": conformance,
+              "invariants": rows}
     if args.html:
         from adapters.verify_html import render
 
@@ -224,7 +252,7 @@ def verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        _print_matrix(rows, machines, proofs, crosshair, mutants, engine_mutants, survivors)
+        _print_matrix(rows, machines, proofs, crosshair, mutants, engine_mutants, survivors, conformance)
         if args.html:
             print(f"wrote {args.html}")
         print("verify:", "OK" if not failed else "FAILED")
@@ -233,15 +261,17 @@ def verify(args: argparse.Namespace) -> int:
 
 def _print_matrix(rows: list[dict[str, Any]], machines: dict[str, dict[str, Any]], proofs: dict[str, Any],
                   crosshair: list[dict[str, Any]], mutants: list[dict[str, Any]],
-                  engine_mutants: list[dict[str, Any]], survivors: list[str]) -> None:
-    head = ("invariant", "kind", "module", "system", "engine=", "z3", "crosshair", "mutants", "tests")
+                  engine_mutants: list[dict[str, Any]], survivors: list[str],
+                  conformance: list[dict[str, Any]] | None) -> None:
+    head = ("invariant", "kind", "module", "system", "engine=", "z3", "crosshair", "conform", "mutants", "tests")
     print(f"{head[0]:<10}{head[1]:<12}{head[2]:<8}{head[3]:<8}{head[4]:<9}{head[5]:<6}{head[6]:<10}{head[7]:<8}"
-          f"{head[8]}")
+          f"{head[8]:<8}{head[9]}")
     for r in rows:
         c = r["checks"]
         engine = c.get("engine_vs_model_system", c.get("engine_vs_model_calls", "-"))
         print(f"{r['id']:<10}{r['kind']:<12}{c.get('module_machine', '-'):<8}{c.get('system_machine', '-'):<8}"
-              f"{engine:<9}{c['z3']:<6}{c['crosshair']:<10}{len(c['mutants_caught']):<8}{len(c['tests'])}")
+              f"{engine:<9}{c['z3']:<6}{c['crosshair']:<10}{c['conformance']:<8}{len(c['mutants_caught']):<8}"
+              f"{len(c['tests'])}")
     for name, m in machines.items():
         print(f"{name}: {'pass' if m['ok'] else 'FAIL'} ({m.get('examples', '?')} examples, {m['seconds']} s)"
               + ("" if m["ok"] else f"\n  {m.get('error', '')}"))
@@ -260,6 +290,14 @@ def _print_matrix(rows: list[dict[str, Any]], machines: dict[str, dict[str, Any]
             print(f"{label}: {sum(1 for m in data if m.get('killed'))}/{len(data)} killed (recorded run)")
         else:
             print(f"{label}: no recorded run (use --mutants)")
+    if conformance is None:
+        print("conformance: skipped")
+    else:
+        counts = {k: sum(o["status"] == k for o in conformance) for k in ("pass", "fail", "skip")}
+        print(f"conformance: {counts['pass']} scenarios passed, {counts['fail']} failed, {counts['skip']} skipped")
+        for o in conformance:
+            if o["status"] == "fail":
+                print(f"  FAIL {o['area']}/{o['scenario']}: {o['message'][:300]}")
     if survivors:
         print(f"surviving mutants: {survivors}")
 
@@ -282,7 +320,9 @@ def verify_log(args: argparse.Namespace) -> int:
                           "stored_records": report.stored_records, "stored_digest": report.stored_digest,
                           "policy": report.policy, "clean_shutdown": report.clean_shutdown,
                           "mismatch": None if mismatch is None else {"offset": mismatch.offset,
-                                                                     "reason": mismatch.reason}}, indent=1))
+                                                                     "reason": mismatch.reason},
+                          "snapshots": [{"file": c.file, "offset": c.offset, "status": c.status, "reason": c.reason}
+                                        for c in report.snapshots]}, indent=1))
     else:
         print(f"records: {report.records} re-executed of {report.stored_records} stored")
         print(f"digest:  {report.digest}")
@@ -291,6 +331,9 @@ def verify_log(args: argparse.Namespace) -> int:
         print(f"policy:  {report.policy}; last shutdown {'clean' if report.clean_shutdown else 'unclean'}")
         if mismatch is not None:
             print(f"MISMATCH at offset {mismatch.offset}: {mismatch.reason}")
+        for check in report.snapshots:
+            print(f"snapshot {check.file} (offset {check.offset}): {check.status}"
+                  + (f": {check.reason}" if check.reason else ""))
         print("verify-log:", "OK" if report.ok else "FAILED")
     return 0 if report.ok else 1
 
@@ -324,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--examples", type=int, default=100, help="examples per stateful machine")
     v.add_argument("--skip-proofs", action="store_true", help="leave the Z3 column empty")
     v.add_argument("--skip-crosshair", action="store_true", help="leave the CrossHair column empty")
+    conf = v.add_mutually_exclusive_group()
+    conf.add_argument("--conformance", type=Path, metavar="FILE",
+                      help="fill the conformance column from a `syncref conformance --json FILE` run (for "
+                           "example against another server) instead of running the scenarios locally")
+    conf.add_argument("--skip-conformance", action="store_true", help="leave the conformance column empty")
     vl = sub.add_parser("verify-log", help="re-execute a data directory's commit log from empty state")
     vl.add_argument("--data", required=True, metavar="DIR", help="the data directory (holds syncref.sqlite3)")
     vl.add_argument("--json", action="store_true", help="machine-readable report")

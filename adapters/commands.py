@@ -11,7 +11,8 @@ key.  The config file is TOML with four optional tables (documented in docs/oper
               identity_ttl_s
     [limits]  every field of ``adapters.server.Limits``
     [compat]  every field of ``spec.compat.CompatWindow``
-    [server]  host, port, database, sweep_interval_s, compact_interval_s
+    [server]  host, port, database, sweep_interval_s, compact_interval_s, contracts, snapshot_every,
+              snapshot_keep, commit_gather_s, event_loop
     [faults]  stall_commits_while (testing only: the commit log's COMMIT waits while that file exists)
 
 Command-line flags win over the file.  ``--dev`` allows anonymous identities and gives every
@@ -27,9 +28,11 @@ import dataclasses
 import errno
 import gc
 import json
+import os
 import signal
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +44,28 @@ DEFAULT_DATA_DIR = ".syncref-data"
 STOP_TIMEOUT_S = 30.0  # a stop that takes longer ends without the clean-shutdown marker
 
 
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
 class ConfigError(Exception):
     """The operator's configuration is unusable (reported as one line, exit status 2)."""
+
+
+def choose_loop(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loop ``syncref serve`` runs on (ADR-0014): ``auto`` takes uvloop when it can be
+    imported and falls back to asyncio's own loop (printing nothing: both are supported);
+    ``uvloop`` insists (a :class:`ConfigError` when it is missing); ``asyncio`` never uses it."""
+    if choice not in EVENT_LOOPS:
+        raise ConfigError(f"event loop must be one of {', '.join(EVENT_LOOPS)}, got {choice!r}")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError as exc:
+            if choice == "uvloop":
+                raise ConfigError(f"event loop uvloop is not installed ({exc}); use auto or asyncio") from None
+        else:
+            return "uvloop", uvloop.new_event_loop
+    return "asyncio", asyncio.new_event_loop
 
 
 def _fields(cls: Any) -> dict[str, Any]:
@@ -96,7 +119,8 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
         extra_faults = {}
     server = raw.get("server", {})
     _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s",
-                                   "contracts"})
+                                   "contracts", "snapshot_every", "snapshot_keep", "commit_gather_s",
+                                   "event_loop"})
     limits_raw = raw.get("limits", {})
     defaults = Limits()
     _check_keys("limits", limits_raw, set(_fields(Limits)))
@@ -158,6 +182,20 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     database = args.database or _typed("server", "database", server.get("database", DEFAULT_DATABASE), "")
     extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
              if k in server}
+    for key, least in (("snapshot_every", 0), ("snapshot_keep", 1)):
+        if key in server:
+            value = _typed("server", key, server[key], 1)
+            if value < least:
+                raise ConfigError(f"[server] {key}: at least {least}, got {value}")
+            extra[key] = value
+    if "commit_gather_s" in server:
+        gather = _typed("server", "commit_gather_s", server["commit_gather_s"], 1.0)
+        if not 0 <= gather <= 1:
+            raise ConfigError(f"[server] commit_gather_s must be between 0 and 1 (seconds), got {gather!r}")
+        extra["commit_gather_s"] = gather
+    loop = getattr(args, "loop", None) or _typed("server", "event_loop", server.get("event_loop", "auto"), "")
+    choose_loop(loop)  # an unknown or missing loop is a config error now, not at start
+    extra["event_loop"] = loop
     # hot-path contracts (docs/contracts.md): off unless --contracts, [server] contracts or SYNCREF_CONTRACTS
     checked = bool(_typed("server", "contracts", server.get("contracts", False), True))
     checked = checked or bool(getattr(args, "contracts", False)) or contracts.hot_enabled()
@@ -191,9 +229,21 @@ def serve(args: argparse.Namespace) -> int:
               "every minted identity gets every scope, sync.admin included, and every stream. Never expose this "
               "server.", file=sys.stderr, flush=True)
     _log_to_stderr()
+    try:
+        loop_name, new_loop = choose_loop(config.event_loop)
+    except ConfigError as exc:
+        print(f"syncref serve: bad config: {exc}", file=sys.stderr)
+        return 2
     server = SyncServer(config)
 
     async def run() -> int:
+        # Signals are handled from the start: a stop sent as soon as the listening line appears
+        # (or during recovery) must be a clean stop, not the default action's kill (which left no
+        # clean-shutdown marker: the torn-tail storage test's "known bug").
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         try:
             await server.start()
         except DataDirError as exc:
@@ -211,11 +261,7 @@ def serve(args: argparse.Namespace) -> int:
         gc.collect()
         gc.freeze()
         print(f"syncref listening on http://{config.host}:{server.port} (database {config.database}, "
-              f"data {config.data_dir})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+              f"data {config.data_dir}, event loop {loop_name})", flush=True)
         assert server.failed is not None
         failed = server.failed
         waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
@@ -242,7 +288,8 @@ def serve(args: argparse.Namespace) -> int:
         print("syncref stopped cleanly", flush=True)
         return 0
 
-    return asyncio.run(run())
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(run())
 
 
 def token_mint(args: argparse.Namespace) -> int:
@@ -278,9 +325,46 @@ def token_mint(args: argparse.Namespace) -> int:
         print(f"syncref token mint: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"token": token, "identity": auth.verify(token).claims.identity}))
+        verified = auth.verify(token)
+        print(json.dumps({"token": token, "identity": verified.claims.identity, "jti": verified.raw["jti"]}))
     else:
         print(token)
+    return 0
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    """Append a jti to ``DIR/revoked-jti``; a running server picks it up within a second."""
+    import jwt
+
+    from adapters.auth import MAX_JTI_CHARS, REVOKED_JTI_FILE
+
+    jti = args.jti
+    if args.token is not None:
+        try:
+            jti = jwt.decode(args.token, options={"verify_signature": False}).get("jti")
+        except jwt.PyJWTError as exc:
+            print(f"syncref token revoke: not a JWT: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(jti, str):
+            print("syncref token revoke: this token has no jti, so it cannot be revoked by name; it stays valid "
+                  "until its exp (or rotate the signing key)", file=sys.stderr)
+            return 2
+    if not jti or len(jti) > MAX_JTI_CHARS or not jti.isascii() or not jti.isprintable() or " " in jti \
+            or "#" in jti:
+        print(f"syncref token revoke: not a jti: {jti!r} (printable ASCII, no spaces or '#', at most "
+              f"{MAX_JTI_CHARS} characters)", file=sys.stderr)
+        return 2
+    path = Path(args.data) / REVOKED_JTI_FILE
+    try:
+        Path(args.data).mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"{jti}\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        print(f"syncref token revoke: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"revoked jti {jti} (in {path}; a running server closes its connections within a second)")
     return 0
 
 
@@ -319,6 +403,9 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--contracts", action="store_true",
                    help="check the engine's hot-path contracts (off by default: ~15%% of an append; "
                         "also SYNCREF_CONTRACTS=1 or [server] contracts = true)")
+    s.add_argument("--loop", choices=EVENT_LOOPS, default=None,
+                   help="event loop: auto (default: uvloop when installed, else asyncio), uvloop, asyncio "
+                        "(also [server] event_loop)")
     t = sub.add_parser("token", help="JWT tools")
     tsub = t.add_subparsers(dest="token_command", required=True)
     mint = tsub.add_parser("mint", help="mint a token signed with the data directory's key")
@@ -333,7 +420,12 @@ def add_parsers(sub: Any) -> None:
     mint.add_argument("--client-build-id", default=None)
     mint.add_argument("--protocol-version", default=None)
     mint.add_argument("--schema-version", type=int, default=None)
-    mint.add_argument("--json", action="store_true", help="print {token, identity}")
+    mint.add_argument("--json", action="store_true", help="print {token, identity, jti}")
+    rv = tsub.add_parser("revoke", help="stop accepting a token (and every websocket token traded for it)")
+    rv.add_argument("--data", default=DEFAULT_DATA_DIR, metavar="DIR")
+    what = rv.add_mutually_exclusive_group(required=True)
+    what.add_argument("--token", help="the token to revoke (its jti is read; no signature check)")
+    what.add_argument("--jti", help="the jti to revoke")
     tr = sub.add_parser("trace", help="decode captured frames into readable JSON lines")
     tr.add_argument("file", nargs="?", default=None, help="capture file (default stdin); see adapters/trace.py")
     tr.add_argument("--hex", nargs="+", default=None, help="frames as hex instead of a capture file")
@@ -351,7 +443,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "serve":
         return serve(args)
     if args.command == "token":
-        return token_mint(args)
+        return token_mint(args) if args.token_command == "mint" else token_revoke(args)
     if args.command == "trace":
         return trace(args)
     if args.command == "nostr-key":

@@ -23,7 +23,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 LISTEN_BACKLOG = 100  # asyncio accepts up to this many connections per wake-up, before any is refused
 DESCRIPTOR_RESERVE = 64 + LISTEN_BACKLOG  # kept for the log, its WAL, the key file, stdio, and that burst
@@ -91,18 +91,42 @@ def quiet_loop_errors(loop: asyncio.AbstractEventLoop, limiter: RateLimitedLog) 
     loop.set_exception_handler(handler)
 
 
+REFUSE_LINGER_S = 0.5  # a refused connection is cut this long after its 503 at the latest
+
+
 class _Refuse(asyncio.Protocol):
-    """A connection over the cap: one ``503`` and close, nothing read."""
+    """A connection over the cap: one ``503``, then the write side is shut (FIN after the answer)
+    and whatever the peer sends is discarded until it closes, at most ``REFUSE_LINGER_S``.
+    Closing a socket with unread input makes the kernel reset it, which can destroy the 503 before
+    the peer reads it (under uvloop the request head has usually arrived by the time the
+    connection is accepted); reading it away first lets the answer arrive whole."""
 
     def __init__(self, body: bytes) -> None:
         self._body = body
+        self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # a stream transport (uvloop's is not a subclass of asyncio.Transport: no isinstance here)
+        transport = cast(asyncio.Transport, base)
         transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
                         b"Connection: close\r\nRetry-After: 1\r\nContent-Length: "
                         + str(len(self._body)).encode() + b"\r\n\r\n" + self._body)
-        transport.close()
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            transport.close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(REFUSE_LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # discarded: the answer is already on its way
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done: the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class _Counted(asyncio.Protocol):

@@ -1,4 +1,4 @@
-"""Progress for long commands (``verify``, ``verify-log``, ``bench``) on stderr.
+"""Progress for long commands (``verify``, ``verify-log``, ``bench``, ``chaos``, ``conformance``) on stderr.
 
 On a terminal: one live line, rewritten in place -- ``[3/7  12s] ModuleMachine (100 examples)``,
 plus a bar and a counter when a step reports how far it is (``[####......] 1,204/5,000``).
@@ -7,7 +7,8 @@ and the line is cleared when the work ends, leaving the command's real output al
 
 Not on a terminal (a pipe, a CI log, a file): plain lines, one per step, no control characters,
 and no counter updates -- the output stays readable and diffable.  stdout is never touched, so
-``--json`` output is unaffected either way.
+``--json`` output is unaffected either way.  A command that prints its own lines while a step runs
+(``chaos`` prints its schedule) goes through ``note`` so the live line is not torn.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ class Progress:
         else:
             tail = f" {done:,}"
         self._write(CLEAR + self._head() + tail)
+
+    def note(self, text: str, out: TextIO) -> None:
+        """Print a line of the command's own output to ``out`` without tearing the live line: on a
+        terminal the live line is cleared first and drawn again after it."""
+        if self.tty:
+            self._write(CLEAR)
+        print(text, file=out, flush=True)
+        if self.tty and self.done:
+            self._write(self._head())
+            self._drawn = self.clock()
 
     def finish(self) -> None:
         if self.tty:

@@ -61,7 +61,16 @@ import prometheus_client as prom
 from aiohttp import WSMsgType, web
 
 from adapters import ops, ops_routes, satsjson, wire
-from adapters.auth import MAX_TOKEN_CHARS, AuthConfig, Authenticator, AuthError, KeyStore, Verified
+from adapters.auth import (
+    MAX_TOKEN_CHARS,
+    REVOKED_JTI_FILE,
+    AuthConfig,
+    Authenticator,
+    AuthError,
+    KeyStore,
+    RevocationList,
+    Verified,
+)
 from adapters.bsatn import BsatnError
 from adapters.guard import LISTEN_BACKLOG, ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
 from adapters.observe import (
@@ -72,9 +81,10 @@ from adapters.observe import (
     SendCounts,
     StateCollector,
 )
-from reference.durability import GroupCommitWriter, LogStore, restart, shutdown
+from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir
 from reference.engine import Engine, InternalError, limit_exceeded, safe_text
 from reference.log import TxRecord
+from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Snapshotter
 from spec import contracts
 from spec import messages as m
 from spec.compat import CompatWindow, rejection_body
@@ -101,9 +111,11 @@ SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP by
 SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
 SWITCH_INTERVAL_S = 0.0005
+REVOCATION_CHECK_S = 1.0  # how often the revocation list is re-read for open connections
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 BODY_CACHE_ITEMS = 512  # ... and at most this many of them
+COMMIT_GATHER_S = 0.004  # GroupCommitWriter gather_s (ADR-0014): also capped at half a COMMIT's duration
 DELIVERED = (m.TransactionUpdate, m.ReducerResult)  # messages whose commit-to-delivery time is measured
 
 
@@ -111,11 +123,14 @@ def _cannot_block(transport: asyncio.BaseTransport, size: int) -> bool:
     """Whether writing ``size`` more bytes leaves the transport unpaused, so that aiohttp's
     send returns without waiting for the peer (its drain waits only while the protocol is
     paused: from the high-water mark down to the low one).  Then no send timer is needed."""
-    if not isinstance(transport, asyncio.WriteTransport):
+    # duck-typed: uvloop's transports are not subclasses of asyncio's (ADR-0014)
+    size_of = getattr(transport, "get_write_buffer_size", None)
+    limits_of = getattr(transport, "get_write_buffer_limits", None)
+    if size_of is None or limits_of is None:
         return False
-    buffered = transport.get_write_buffer_size()
-    low, high = transport.get_write_buffer_limits()
-    return buffered <= low and buffered + size <= high
+    buffered = size_of()
+    low, high = limits_of()
+    return bool(buffered <= low and buffered + size <= high)
 
 
 class _Encoded:
@@ -209,7 +224,11 @@ class ServerConfig:
     compact_interval_s: float = 60.0
     clock: Callable[[], int] | None = None  # µs since the epoch; None = wall time (tests inject one)
     contracts: bool | None = None  # hot-path contracts (spec.contracts.hot); None: leave the process switch
+    commit_gather_s: float = COMMIT_GATHER_S  # an idle group-commit writer waits this long at most for a round
+    event_loop: str = "auto"  # `syncref serve`'s loop: auto (uvloop when installed), uvloop, asyncio (ADR-0014)
     stall_commits_while: Path | None = None  # fault injection ([faults]): the log's COMMIT waits while it exists
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY  # records between state snapshots (ADR-0011); 0: none
+    snapshot_keep: int = DEFAULT_SNAPSHOT_KEEP  # snapshots kept in DATA/snapshots, newest first
 
 
 def cut_reason(text: str) -> str:
@@ -350,6 +369,7 @@ class SyncServer:
         self.sessions: dict[int, Session] = {}
         self._store: LogStore | None = None
         self._writer: GroupCommitWriter | None = None
+        self._snapshots: Snapshotter | None = None
         self._engine: Engine | None = None
         self._runner: web.AppRunner | None = None
         self._auth: Authenticator | None = None
@@ -406,13 +426,14 @@ class SyncServer:
             probe = cfg.data_dir / ".write-probe"
             probe.write_bytes(b"")
             probe.unlink()
-            self._auth = Authenticator(cfg.auth, KeyStore.load_or_create(cfg.data_dir))
+            self._auth = Authenticator(cfg.auth, KeyStore.load_or_create(cfg.data_dir),
+                                       revocations=RevocationList(cfg.data_dir / REVOKED_JTI_FILE))
             self._store = LogStore.open(cfg.data_dir)
             self._store.stall_while = cfg.stall_commits_while
         except (OSError, RuntimeError, ValueError) as exc:
             raise DataDirError(f"data directory {cfg.data_dir} is not usable: {exc}") from exc
         try:
-            self._writer = GroupCommitWriter(self._store, self._durable_from_thread)
+            self._writer = GroupCommitWriter(self._store, self._durable_from_thread, gather_s=cfg.commit_gather_s)
             try:
                 self._engine = restart(self._store, self._writer, self._tick(), cfg.policy,
                                        max_queue=cfg.limits.max_outbound_queue,
@@ -424,6 +445,14 @@ class SyncServer:
                 raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} "
                                    "(syncref verify-log --data DIR shows where)") from exc
 
+            recovery = self._store.recovery
+            if recovery is not None:
+                for line in recovery.lines():
+                    log.warning("%s", line)
+            self._snapshots = Snapshotter(snapshot_dir(self._store), cfg.snapshot_every, cfg.snapshot_keep,
+                                          self._writer.wait_durable,
+                                          recovery.snapshot_offset if recovery is not None else 0,
+                                          on_error=self._snapshot_failed)
             self._engine.on_close = self._engine_closed
             self._engine.on_internal_error = self._internal_error
             self._limit_engine(self._engine)
@@ -458,7 +487,8 @@ class SyncServer:
         self._room.set()
         self._periodic = [asyncio.create_task(self._every(cfg.sweep_interval_s, self._sweep)),
                           asyncio.create_task(self._every(cfg.compact_interval_s, self._compact)),
-                          asyncio.create_task(self._watch_writer())]
+                          asyncio.create_task(self._watch_writer()),
+                          asyncio.create_task(self._watch_revocations())]
 
     def _limit_engine(self, engine: Engine) -> None:
         lim = self.config.limits
@@ -520,6 +550,10 @@ class SyncServer:
 
     # --- durability -------------------------------------------------------------------------------
 
+    def _snapshot_failed(self, exc: BaseException) -> None:
+        """A snapshot could not be written (its thread): the log is whole, the next one retries."""
+        log.error("writing a state snapshot failed (the commit log is unaffected): %r", exc)
+
     def _durable_from_thread(self, offset: int, batch: Sequence[TxRecord]) -> None:
         self.batch_sizes.append(len(batch))  # deque.append is atomic: safe from the writer thread
         loop = self._loop
@@ -532,6 +566,10 @@ class SyncServer:
             self.metrics.batch_records.observe(records)
         if offset > engine.durable:
             engine.advance_durable(offset)
+        snaps = self._snapshots
+        if snaps is not None and snaps.due(engine.committed) and self._writer is not None \
+                and self._writer.error is None:
+            snaps.maybe(engine.db, engine.committed, engine.head_hash)  # between transactions: consistent
         self._room.set()
         still = []
         for target, fut in self._waiters:
@@ -1320,6 +1358,26 @@ class SyncServer:
         """A connection lives no longer than its token: closed 1008 ``token expired`` when it does."""
         await asyncio.sleep(max(0.0, expires - time.time()))
         await self._close(s, m.CLOSE_POLICY, "token expired: reconnect with a fresh token", "token_expired")
+
+    async def _watch_revocations(self) -> None:
+        """Re-read the revocation list every ``REVOCATION_CHECK_S``; close (1008) every connection
+        whose token's ``jti`` it now names.  A bad file keeps the last good list and is logged once."""
+        told: str | None = None
+        revocations = self.auth.revocations
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK_S)
+            changed = revocations.refresh()
+            if revocations.problem != told:
+                told = revocations.problem
+                if told is not None:
+                    log.warning("revocation list: %s", told)
+            if not changed:
+                continue
+            for s in list(self.sessions.values()):
+                jti = s.verified.raw.get("jti")
+                if not s.closing and isinstance(jti, str) and jti in revocations.jtis:
+                    await self._close(s, m.CLOSE_POLICY, "token revoked: reconnect with another token",
+                                      "token_revoked")
 
     def _engine_closed(self, conn_id: int, reason: str) -> None:
         """The engine dropped a connection (slow consumer, reused query set id): close its socket."""

@@ -30,7 +30,7 @@ ul { margin: 0; padding-left: 18px; }
 
 CHECKS = (("module_machine", "module machine"), ("system_machine", "system machine"),
           ("engine_vs_model_calls", "engine = model (calls)"), ("engine_vs_model_system", "engine = model (system)"),
-          ("z3", "Z3"), ("crosshair", "CrossHair"))
+          ("z3", "Z3"), ("crosshair", "CrossHair"), ("conformance", "conformance (wire)"))
 
 
 def _e(value: object) -> str:
@@ -71,6 +71,14 @@ def _summary(report: dict[str, Any]) -> str:
                      "counterexample (none found within the budget, not a proof)</li>")
     else:
         lines.append("<li>CrossHair: skipped</li>")
+    conformance = report.get("conformance")
+    if conformance is None:
+        lines.append("<li>conformance: skipped</li>")
+    else:
+        n = {k: sum(1 for o in conformance if o.get("status") == k) for k in ("pass", "fail", "skip")}
+        cls = "ok" if n["fail"] == 0 else "bad"
+        lines.append(f'<li>conformance: <span class="{cls}">{n["pass"]} scenarios passed, {n["fail"]} failed'
+                     f'</span>, {n["skip"]} skipped</li>')
     for label, key in (("model mutants", "mutants"), ("engine mutants", "engine_mutants")):
         data = report.get(key, [])
         if data:
@@ -83,8 +91,8 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def _matrix(rows: list[dict[str, Any]]) -> str:
-    head = ["invariant", "kind", "statement", *(label for _, label in CHECKS), "Z3 proofs", "mutants caught",
-            "tests naming it"]
+    head = ["invariant", "kind", "statement", *(label for _, label in CHECKS), "Z3 proofs", "scenarios",
+            "mutants caught", "tests naming it"]
     out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
     for r in rows:
         c = r.get("checks", {})
@@ -92,6 +100,7 @@ def _matrix(rows: list[dict[str, Any]]) -> str:
                    f'<td class="stmt">{_e(r.get("statement", ""))}</td>')
         out.extend(_verdict(c.get(key)) for key, _ in CHECKS)
         out.append(_items(c.get("z3_proofs", [])))
+        out.append(_items(c.get("conformance_scenarios", [])))
         out.append(_items(c.get("mutants_caught", [])))
         out.append(_items(c.get("tests", [])))
         out.append("</tr>")

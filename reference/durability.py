@@ -35,6 +35,7 @@ the kernel even on SIGKILL); read-only opens (``verify-log``) take no lock and c
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -42,12 +43,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from reference import snapshot
 from reference.engine import Engine
 from reference.log import GENESIS, RowChange, TxRecord, claims_from_json, claims_json, delta_text, row_from_json
+from spec.auth import Claims
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass
 
 DB_FILE = "syncref.sqlite3"
@@ -105,10 +108,16 @@ def changes_text(changes: tuple[RowChange, ...]) -> str:
     return delta_text(changes)
 
 
+@functools.lru_cache(maxsize=1024)
+def _caller_text(caller: Claims | None) -> str:
+    return _dumps(claims_json(caller))
+
+
 def record_row(rec: TxRecord) -> tuple[Any, ...]:
-    """The ``commit_log`` row of a record.  The delta's JSON is the one :func:`make_record` already
-    wrote for the hash (the same text), when the record carries it."""
-    return (rec.offset, rec.kind, rec.name, _dumps(claims_json(rec.caller)), _dumps(args_json(rec.args)),
+    """The ``commit_log`` row of a record.  The delta's and the arguments' JSON are the texts
+    :func:`make_record` already wrote for the hash (the same text: no objects, so no key order),
+    when the record carries them; a caller's claims are written once per ``Claims`` value."""
+    return (rec.offset, rec.kind, rec.name, _caller_text(rec.caller), rec.args_json or _dumps(args_json(rec.args)),
             rec.timestamp, rec.delta_json or delta_text(rec.changes), rec.prev_hash, rec.hash)
 
 
@@ -167,6 +176,7 @@ class LogStore:
         self._lock = lock
         self._closed = False
         self.stall_while: Path | None = None  # fault injection: COMMIT waits while this file exists
+        self.recovery: RecoveryReport | None = None  # set by restart()
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False,
@@ -239,9 +249,16 @@ class LogStore:
         finally:
             self._conn.execute("COMMIT")
 
-    def iter_records(self) -> Iterator[TxRecord]:
-        for row in self._conn.execute(f"SELECT {_COLUMNS} FROM commit_log ORDER BY \"offset\""):
+    def iter_records(self, after: int = 0) -> Iterator[TxRecord]:
+        """The stored records past offset ``after``, in offset order."""
+        for row in self._conn.execute(f"SELECT {_COLUMNS} FROM commit_log WHERE \"offset\" > ? ORDER BY \"offset\"",
+                                      (after,)):
             yield record_from_row(row)
+
+    def hash_at(self, offset: int) -> str | None:
+        """The stored hash of record ``offset`` (None: no such record)."""
+        row = self._conn.execute('SELECT hash FROM commit_log WHERE "offset" = ?', (offset,)).fetchone()
+        return None if row is None else str(row[0])
 
     def load(self) -> tuple[list[TxRecord], bool]:
         """Every stored record in offset order, and whether the last process shut down cleanly.
@@ -336,10 +353,20 @@ class GroupCommitWriter:
     ``background=False`` nothing happens until :meth:`flush`, which writes in the caller's thread.
     ``on_durable(offset, batch)`` runs after each COMMIT (on the writing thread); an exception
     from it stops the writer like a write failure.
+
+    **Gathering** (``gather_s`` > 0, ADR-0014).  Closed-loop clients answered by one COMMIT send
+    their next calls at about the same time, but the first of them wakes an idle writer alone: its
+    COMMIT (one record) is in flight when the others arrive, so they wait for it *and* for their
+    own -- two fsyncs per round.  So a writer that was idle, woken with fewer records than its
+    previous COMMIT wrote, waits until that many are queued, but never longer than ``gather_s``
+    nor half the previous COMMIT's duration (a fast disk gathers little), and not at all when a
+    caller waits in :meth:`flush`/:meth:`wait_durable` or the writer closes.  A writer that is
+    never idle (the backlog grows while a COMMIT runs) never waits.  What may be lost in a crash
+    is unchanged: nothing is acknowledged before its COMMIT.
     """
 
     def __init__(self, store: LogStore, on_durable: DurableCallback | None = None, *, background: bool = True,
-                 max_batch: int | None = None) -> None:
+                 max_batch: int | None = None, gather_s: float = 0.0) -> None:
         if store.readonly:
             raise ValueError("a read-only store cannot be written")
         self._store = store
@@ -353,6 +380,12 @@ class GroupCommitWriter:
         self._closed = False
         self.batches = 0  # COMMITs that wrote records
         self.written = 0  # records written
+        self._gather_s = gather_s
+        self._last_batch = 0  # records in the previous COMMIT
+        self._last_commit_s = 0.0  # how long the previous COMMIT took
+        self._hurry = False  # a caller waits for durability: no gathering
+        self.gathered = 0  # COMMITs that waited for more records (and how long, in total)
+        self.gather_waited_s = 0.0
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._run, name="syncref-group-commit", daemon=True)
@@ -402,6 +435,23 @@ class GroupCommitWriter:
             if self._queue:
                 self._cv.notify_all()
 
+    def _gather(self) -> None:
+        """With the lock held, after an idle wait: wait (bounded) for the previous COMMIT's worth of
+        records, so closed-loop callers answered together share the next COMMIT too."""
+        target = self._last_batch if self._max_batch is None else min(self._last_batch, self._max_batch)
+        delay = min(self._gather_s, self._last_commit_s / 2)
+        if len(self._queue) >= target or delay <= 0 or self._hurry:
+            return
+        start = time.monotonic()
+        deadline = start + delay
+        while len(self._queue) < target and not self._closed and not self._hurry and self._error is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._cv.wait(left)
+        self.gathered += 1
+        self.gather_waited_s += time.monotonic() - start
+
     def _take(self) -> list[TxRecord]:
         n = len(self._queue) if self._max_batch is None else min(self._max_batch, len(self._queue))
         batch, self._queue = self._queue[:n], self._queue[n:]
@@ -409,8 +459,11 @@ class GroupCommitWriter:
 
     def _write(self, batch: list[TxRecord]) -> None:
         try:
+            started = time.monotonic()
             offset = self._store.write_batch(batch)
             with self._cv:
+                self._last_commit_s = time.monotonic() - started
+                self._last_batch = len(batch)
                 self._durable = offset
                 self.batches += 1
                 self.written += len(batch)
@@ -426,11 +479,16 @@ class GroupCommitWriter:
     def _run(self) -> None:
         while True:
             with self._cv:
+                idle = False
                 while not self._queue and not self._closed and self._error is None:
+                    idle = True
                     self._cv.wait()
                 if self._error is not None or not self._queue:
                     return  # failed, or closed with nothing left
+                if idle and self._gather_s > 0:
+                    self._gather()
                 batch = self._take()
+                self._hurry = False
             try:
                 self._write(batch)
             except BaseException:
@@ -451,6 +509,7 @@ class GroupCommitWriter:
                     raise DurabilityError(f"the commit-log write failed: {exc!r}") from exc
         with self._cv:
             target = self._appended
+            self._hurry = True
             self._cv.notify_all()  # records appended with wake=False
             while self._durable < target and self._error is None:
                 self._cv.wait()
@@ -461,6 +520,7 @@ class GroupCommitWriter:
     def wait_durable(self, offset: int, timeout: float | None = None) -> bool:
         """Block until ``offset`` is durable (True), the timeout passes (False), or the writer fails."""
         with self._cv:
+            self._hurry = True
             self._cv.notify_all()  # records appended with wake=False
             ok = self._cv.wait_for(lambda: self._durable >= offset or self._error is not None, timeout)
             if self._error is not None:
@@ -500,7 +560,7 @@ def sync(engine: Engine, writer: GroupCommitWriter) -> int:
 
 
 def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy | None = None,
-            max_queue: int = 1024, max_undurable: int = 1024) -> Engine:
+            max_queue: int = 1024, max_undurable: int = 1024, snapshots: bool = True) -> Engine:
     """Rebuild the engine from the log and make any recovery transaction durable before returning;
     call it before the engine serves anyone (it also writes ``meta`` on the store's connection).
 
@@ -510,7 +570,11 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
 
     The recovery bump must cover the undurable window of the process that *crashed*, which may
     have run with a larger ``max_undurable`` than this one: ``meta.max_undurable`` records each
-    run's bound (durably, before that run serves), and the bump uses the larger of the two."""
+    run's bound (durably, before that run serves), and the bump uses the larger of the two.
+
+    With ``snapshots`` (ADR-0011) the state starts from the newest intact snapshot bound to the
+    log and only the records after it are applied; a corrupt or unbound snapshot is passed over
+    (an older one, else the whole log) and named in ``store.recovery``."""
     stored = store.load_policy()
     if stored is None:
         policy = policy if policy is not None else DEFAULT_POLICY
@@ -521,14 +585,72 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
         raise ValueError("the data directory was created under a different policy")
     previous = store.get_meta("max_undurable")
     margin = max(max_undurable, int(previous)) if previous is not None else max_undurable
-    records, clean = store.load()
-    engine = Engine.recover(records, clean, now, policy, max_queue, margin)
-    del records
+    report = RecoveryReport()
+    base = newest_snapshot(store, report) if snapshots else None
+    start = None if base is None else (snapshot.restore(base), base.offset, base.head_hash)
+    del base
+    records = list(store.iter_records(report.snapshot_offset))
+    report.tail_records = len(records)
+    engine = Engine.recover(records, store.clean_at_open, now, policy, max_queue, margin, start)
+    del records, start
     sync(engine, writer)
     engine.max_undurable = max_undurable
     if previous != str(max_undurable):
         store.set_meta("max_undurable", str(max_undurable))
+    store.recovery = report
     return engine
+
+
+@dataclass
+class RecoveryReport:
+    """How :func:`restart` rebuilt the state: from which snapshot (offset 0: none, a full replay),
+    how many log records it applied after it, and every snapshot it passed over, with why."""
+
+    snapshot_offset: int = 0
+    snapshot_file: str | None = None
+    tail_records: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+
+    def lines(self) -> list[str]:
+        """One line per rejected snapshot (what the server logs as warnings)."""
+        used = f"using {self.snapshot_file}" if self.snapshot_file else "replaying the whole log"
+        return [f"snapshot {name} not used ({reason}); {used}" for name, reason in self.rejected]
+
+
+def snapshot_dir(store: LogStore) -> Path:
+    return store.path.parent / snapshot.SNAPSHOT_DIR
+
+
+def check_binding(store: LogStore, image: snapshot.Image, name: str) -> None:
+    """A snapshot is usable only for the log it was taken from: record ``offset`` must be stored with
+    the hash the snapshot names (the chain head, which commits to the whole prefix)."""
+    stored = store.hash_at(image.offset)
+    if stored is None:
+        raise snapshot.SnapshotError(name, f"its offset {image.offset} is past the log head {store.last()[0]}")
+    if stored != image.head_hash:
+        raise snapshot.SnapshotError(name, f"not bound to this log: record {image.offset} has hash {stored[:16]}..., "
+                                           f"the snapshot names {image.head_hash[:16]}...")
+
+
+def newest_snapshot(store: LogStore, report: RecoveryReport) -> snapshot.Image | None:
+    """The newest intact snapshot bound to the log (``report`` notes it, and every one passed over).
+    A writable store also removes stray temp files (snapshots a crash interrupted)."""
+    directory = snapshot_dir(store)
+    if not store.readonly and directory.is_dir():
+        for tmp in directory.glob("snap-*.tmp"):
+            tmp.unlink(missing_ok=True)
+    for _offset, path in snapshot.listing(directory):
+        try:
+            image = snapshot.read(path)
+            if f"snap-{image.offset:012d}.json" != path.name:
+                raise snapshot.SnapshotError(path.name, f"the file name does not match its offset {image.offset}")
+            check_binding(store, image, path.name)
+        except snapshot.SnapshotError as exc:
+            report.rejected.append((path.name, exc.reason))
+            continue
+        report.snapshot_offset, report.snapshot_file = image.offset, path.name
+        return image
+    return None
 
 
 def shutdown(engine: Engine, writer: GroupCommitWriter, store: LogStore) -> None:

@@ -666,14 +666,19 @@ class Engine:
                 dels = tuple(dict.fromkeys(row for row in del_rows if q.matches(probe, row)))
                 if not ins and not dels:
                     continue
+                # the row filter is a function of the claims and the row only (spec.auth.can_read):
+                # subscribers with equal claims see the same rows, so it runs once per claims value
+                visible: dict[Claims, tuple[tuple[Row, ...], tuple[Row, ...]]] = {}
                 for key in shape.subscribers:
                     claims = self.conns[key[0]].claims
-                    seen_ins = [can_read(claims, row) for row in ins]
-                    seen_dels = [can_read(claims, row) for row in dels]
-                    per_client.setdefault(key, []).append((
-                        table,
-                        ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
-                        dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels))))
+                    seen = visible.get(claims)
+                    if seen is None:
+                        seen_ins = [can_read(claims, row) for row in ins]
+                        seen_dels = [can_read(claims, row) for row in dels]
+                        seen = visible[claims] = (
+                            ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
+                            dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels)))
+                    per_client.setdefault(key, []).append((table, seen[0], seen[1]))
 
         def in_tx_order(rows: Iterable[Row]) -> tuple[Row, ...]:
             return tuple(sorted(dict.fromkeys(rows), key=lambda row: order[id(row)]))
@@ -683,7 +688,9 @@ class Engine:
         shared_sets: dict[tuple[int, ...], QuerySetUpdate] = {}
         for (conn_id, qs_id) in sorted(per_client):
             found = per_client[(conn_id, qs_id)]
-            if len(found) > 1:  # several shapes of one query set matched: merge them per table
+            if len(found) > 1 and len({part[0] for part in found}) < len(found):
+                # several shapes of one query set matched one table: merge them per table (a table
+                # matched by one shape keeps its tuples, deduplicated and in transaction order already)
                 merged: dict[str, tuple[list[Row], list[Row]]] = {}
                 for t, i, d in found:
                     both = merged.setdefault(t, ([], []))
@@ -808,12 +815,18 @@ class Engine:
                       "everything loaded is durable; only an unclean restart's recovery transaction is not yet")
     @icontract.ensure(lambda result: _indexes_consistent(result.db), enabled=icontract.SLOW)
     def recover(cls, records: list[TxRecord], clean: bool, now: int, policy: Policy = DEFAULT_POLICY,
-                max_queue: int = 1024, max_undurable: int = 1024) -> Engine:
+                max_queue: int = 1024, max_undurable: int = 1024,
+                start: tuple[Db, int, str] | None = None) -> Engine:
         """Rebuild from the durable commit log: apply every record's delta in order, checking the
         hash chain; then, after an unclean stop, commit the recovery transaction (ADR-0001).
-        Raises :class:`ValueError` when the chain does not verify."""
+        Raises :class:`ValueError` when the chain does not verify.
+
+        ``start`` is a snapshot's state ``(db, offset, head_hash)`` (ADR-0011): ``records`` are
+        then the log after ``offset``, chained to ``head_hash``."""
         eng = cls(policy, max_queue, max_undurable)
         eng.now = now
+        if start is not None:
+            eng.db, eng.committed, eng.head_hash = start
         for rec in records:
             if rec.offset != eng.committed + 1 or rec.prev_hash != eng.head_hash:
                 raise ValueError(f"commit log broken at offset {rec.offset}")

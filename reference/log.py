@@ -52,6 +52,8 @@ class TxRecord:
     # the JSON text of changes_json(changes), when make_record built it ("" otherwise); not part
     # of the record's value, a cache of its serialisation
     delta_json: str = field(default="", compare=False, repr=False)
+    # likewise the JSON text of the arguments (as ``args`` in the hashed body and the stored row)
+    args_json: str = field(default="", compare=False, repr=False)
 
 
 def row_json(row: Row) -> list[Any]:
@@ -136,22 +138,34 @@ def _claims_text(c: Claims | None) -> str:
     return _canon(claims_json(c))
 
 
-def _body_text(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
+# kind and reducer names come from small fixed sets: their JSON string is written once
+_name_text = functools.lru_cache(maxsize=1024)(_CANON.encode)
+
+
+def args_text(args: tuple[Any, ...]) -> str:
+    """The JSON array of a call's arguments (a tuple argument is an array; arguments are flat, so
+    there are no objects and no key order to decide)."""
+    return _CANON.encode([list(a) if isinstance(a, tuple) else a for a in args])
+
+
+def _body_text(offset: int, kind: str, name: str, caller: Claims | None, args: str, timestamp: int,
                delta_hash: str) -> str:
     """``_canon(body_json(...))`` written key by key in sorted order (args, caller, delta_hash,
-    kind, name, offset, timestamp): the same text, without re-encoding the claims."""
-    enc = _CANON.encode
-    return (f'{{"args":{enc([list(a) if isinstance(a, tuple) else a for a in args])},"caller":{_claims_text(caller)},'
-            f'"delta_hash":"{delta_hash}","kind":{enc(kind)},"name":{enc(name)},"offset":{enc(offset)},'
-            f'"timestamp":{enc(timestamp)}}}')
+    kind, name, offset, timestamp): the same text, without re-encoding the claims, the names or
+    the integers (``int.__repr__`` is JSON's form of an int)."""
+    return (f'{{"args":{args},"caller":{_claims_text(caller)},'
+            f'"delta_hash":"{delta_hash}","kind":{_name_text(kind)},"name":{_name_text(name)},'
+            f'"offset":{int.__repr__(offset)},"timestamp":{int.__repr__(timestamp)}}}')
 
 
 def make_record(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
                 changes: tuple[RowChange, ...], prev_hash: str) -> TxRecord:
     delta = delta_text(changes)
-    body = _body_text(offset, kind, name, caller, args, timestamp, hashlib.sha256(delta.encode("utf-8")).hexdigest())
+    arguments = args_text(args)
+    body = _body_text(offset, kind, name, caller, arguments, timestamp,
+                      hashlib.sha256(delta.encode("utf-8")).hexdigest())
     digest = hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
-    return TxRecord(offset, kind, name, caller, args, timestamp, changes, prev_hash, digest, delta)
+    return TxRecord(offset, kind, name, caller, args, timestamp, changes, prev_hash, digest, delta, arguments)
 
 
 def record_floors(rec: TxRecord, epoch_floor: int, version_floor: int) -> tuple[int, int]:

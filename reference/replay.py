@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from reference import reducers as r
+from reference import snapshot
 from reference.db import Db, Txn
 from reference.durability import LogCorruption, LogStore
 from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors
@@ -58,10 +59,28 @@ class VerifyReport:
     policy: str  # "stored" or "default"
     clean_shutdown: bool
     mismatch: Mismatch | None
+    snapshots: tuple[SnapshotCheck, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.mismatch is None and self.digest == self.stored_digest and self.records == self.stored_records
+        return (self.mismatch is None and self.digest == self.stored_digest and self.records == self.stored_records
+                and all(s.ok for s in self.snapshots))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotCheck:
+    """One snapshot file against the replay: ``status`` is ``match`` (the re-executed state and
+    chain head at its offset equal the image), ``mismatch``, ``corrupt`` (unreadable, checksum),
+    or ``unreached`` (its offset is past what was replayed)."""
+
+    file: str
+    offset: int
+    status: str
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "match"
 
 
 class _Diverged(Exception):
@@ -155,8 +174,10 @@ def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: 
     return digest
 
 
-def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY) -> ReplayResult:
-    """Re-execute ``records`` from empty state; stop at the first record that does not reproduce."""
+def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY,
+           on_step: Callable[[int, Db, str], None] | None = None) -> ReplayResult:
+    """Re-execute ``records`` from empty state; stop at the first record that does not reproduce.
+    ``on_step(offset, db, head)`` sees the re-executed state after each record."""
     db = Db()
     head = GENESIS
     count = 0
@@ -173,6 +194,8 @@ def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY) -> Repl
         except _Diverged as exc:
             return ReplayResult(count, head, Mismatch(rec.offset, str(exc)))
         count += 1
+        if on_step is not None:
+            on_step(count, db, head)
 
 
 def _told(records: Iterable[TxRecord], total: int, on_record: Callable[[int, int], None]) -> Iterator[TxRecord]:
@@ -194,10 +217,41 @@ def verify_log(data_dir: str | os.PathLike[str],
             records: Iterable[TxRecord] = store.iter_records()
             if on_record is not None:
                 records = _told(records, stored_records, on_record)
-            result = replay(records, policy)
+            checks: dict[str, SnapshotCheck] = {}
+            images: dict[int, tuple[str, snapshot.Image]] = {}
+            for offset, path in snapshot.listing(store.path.parent / snapshot.SNAPSHOT_DIR):
+                try:
+                    image = snapshot.read(path)
+                except snapshot.SnapshotError as exc:
+                    checks[path.name] = SnapshotCheck(path.name, offset, "corrupt", exc.reason)
+                    continue
+                if image.offset != offset:
+                    checks[path.name] = SnapshotCheck(path.name, offset, "corrupt",
+                                                      f"the file name does not match its offset {image.offset}")
+                    continue
+                images[offset] = (path.name, image)
+
+            def at_snapshot(offset: int, db: Db, head: str) -> None:
+                found = images.get(offset)
+                if found is None:
+                    return
+                name, image = found
+                if image.head_hash != head:
+                    checks[name] = SnapshotCheck(name, offset, "mismatch",
+                                                 f"chain head at {offset} is {head[:16]}..., the snapshot names "
+                                                 f"{image.head_hash[:16]}...")
+                    return
+                diff = snapshot.differs(image, db)
+                checks[name] = SnapshotCheck(name, offset, "match" if diff is None else "mismatch", diff or "")
+
+            result = replay(records, policy, at_snapshot if images else None)
+            for offset, (name, _image) in images.items():
+                if name not in checks:
+                    checks[name] = SnapshotCheck(name, offset, "unreached",
+                                                 f"past the {result.records} records replayed")
             _, stored_digest = store.last()
             return VerifyReport(result.records, result.digest, stored_records, stored_digest,
                                 "stored" if stored is not None else "default", store.clean_at_open,
-                                result.mismatch)
+                                result.mismatch, tuple(sorted(checks.values(), key=lambda c: c.offset)))
     finally:
         store.close()

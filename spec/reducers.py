@@ -7,7 +7,31 @@ state untouched -- a failed reducer changes nothing and only its caller hears of
 ``Ok`` whose delta is empty is an accepted no-op (a deduplicated retry, a lower ack): it reads,
 it does not write, and it takes no transaction offset.
 
-Check order is part of the specification and is the same in every reducer:
+How a reducer reads
+-------------------
+Each reducer below is its rule, top to bottom:
+
+1. the **statement** -- the public function's docstring (``docs/protocol.md`` prints it);
+2. the **checks, in order**, as data: a tuple of named :class:`Check` steps (a name, the error
+   code it refuses with, and a function giving the error's details when the call fails it, None
+   when it passes) and :class:`NoOp` steps (a name and a condition under which the call is an
+   accepted no-op).  One small evaluator, :func:`run`, walks the tuple: the first check that
+   refuses decides the error, the first no-op that holds decides the no-op, and only a call that
+   passes them all reaches
+3. the **effect** -- one function writing the transaction (its docstring says what it writes);
+4. the **terms** the checks and the effect read (``a.head``, ``a.existing``, ``a.digest``): a
+   frozen dataclass of the arguments whose derived values are cached properties, computed when a
+   step first reads them -- so a value whose computation could fail (canonical JSON) is read only
+   after the check that guards it.
+
+The check order is therefore visible, not implied by the order of ``raise`` statements, and the
+documentation and the reach table read the same tuples the reducers run (:data:`CHECKS`; the
+``check-order`` table of ``docs/protocol.md`` is generated from it and a test fails on drift).  The
+contracts (icontract postconditions) stay on the public functions, with their predicates in the
+companion module :mod:`spec.reducer_contracts`; the call/outcome vocabulary is in
+:mod:`spec.outcome` (re-exported here).
+
+The order is part of the specification and has the same shape in every reducer:
 
 1. authorization -- ``missing_scope``, ``forbidden_stream``, ``forbidden`` (owner-bound rows);
 2. argument validation -- ``invalid_argument``, ``non_canonical_payload``,
@@ -22,6 +46,11 @@ take an edge is a property of the edge (:data:`spec.transitions.ASSIGNMENT_TRANS
 already committed must get its original seq back even though the head has moved on.  The dedupe
 horizon is the set of retained events of the stream (compaction forgets keys; ADR-0001).
 
+Why data and not code: a check tuple can be printed (the protocol doc's per-reducer check order),
+counted (the reach table) and reordered by a planted mutant in one edit, and each entry is small
+enough to read against the doc line it produces.  The engine (``reference/reducers.py``) stays
+imperative on purpose: it is the second implementation the differential tests hold to this one.
+
 System transactions (not callable by clients): :func:`presence_sweep`, :func:`disconnect_sessions`,
 :func:`compact`, :func:`unclean_restart`.
 """
@@ -30,28 +59,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from itertools import takewhile
-from typing import Any
+from functools import cached_property
+from typing import Any, Generic, TypeVar
 
 import icontract
 
 from spec import contracts
+from spec import reducer_contracts as rc
 from spec.auth import Claims, has_scope, stream_granted
 from spec.canonical import canonicalize, dumps_canonical, parse_strict, payload_hash
 from spec.errors import ErrorCode, SyncError
-from spec.invariants import (
-    Violation,
-    check_call,
-    check_retention,
-    check_state,
-    check_sweep,
-    check_transition,
-    stream_layout_ok,
-)
-from spec.policy import DEFAULT_POLICY, MAX_CONTINUATION_HOPS, NOSTR_NONPORTABLE_CONTROLS, Policy, expired
+from spec.invariants import check_retention, check_sweep
+from spec.outcome import CallContext as CallContext
+from spec.outcome import Err as Err
+from spec.outcome import Ok as Ok
+from spec.outcome import Outcome as Outcome
+from spec.outcome import virtual_stream as virtual_stream
+from spec.policy import DEFAULT_POLICY, NOSTR_NONPORTABLE_CONTROLS, Policy, StreamClass, expired
 from spec.resume import continued_stream
 from spec.schema import REDUCER_BY_NAME
-from spec.state import DbState, Delta, R, Tx, table_of_type
+from spec.state import DbState, Delta, Tx
 from spec.transitions import (
     ASSIGNMENT_STATUSES,
     ASSIGNMENT_TERMINAL,
@@ -59,8 +86,6 @@ from spec.transitions import (
     PRESENCE_STATUSES,
     PROVIDER_STATUSES,
     SIGNAL_KINDS,
-    assignment_edge_allowed,
-    bridge_edge_allowed,
     has_role,
 )
 from spec.values import (
@@ -80,62 +105,122 @@ from spec.values import (
     value_has_type,
 )
 
+# --- the evaluator ---------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    claims: Claims
-    now: Timestamp
-    tx_offset: int  # the offset this transaction commits at, if it writes
-    policy: Policy = DEFAULT_POLICY
+Details = Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Ok:
-    state: DbState
-    ret: int | None
-    delta: Delta
+@dataclass(frozen=True)
+class Call:
+    """The terms a reducer's steps read: the state before, the context, and (in each reducer's
+    subclass) the arguments and the values derived from them, as cached properties."""
+    db: DbState
+    ctx: CallContext
 
     @property
-    def noop(self) -> bool:
-        return self.delta.empty
+    def claims(self) -> Claims:
+        return self.ctx.claims
+
+
+A = TypeVar("A", bound=Call)
 
 
 @dataclass(frozen=True, slots=True)
-class Err:
-    error: SyncError
+class Check(Generic[A]):
+    """A named condition: ``refuse(call)`` is the error's details when the call fails it, None when
+    it passes; a failing call is refused with ``code``."""
+    name: str
+    code: ErrorCode
+    refuse: Callable[[A], Details | None]
 
 
-Outcome = Ok | Err
+def _nothing(call: Any) -> int | None:
+    return None
 
 
-def _fail(code: ErrorCode, **details: Any) -> SyncError:
-    return SyncError(code, details)
+@dataclass(frozen=True, slots=True)
+class NoOp(Generic[A]):
+    """A named condition under which the call is accepted and writes nothing; it returns ``ret``."""
+    name: str
+    holds: Callable[[A], bool]
+    ret: Callable[[A], int | None] = _nothing
 
 
-def _scope(claims: Claims, scope: str) -> None:
-    if not has_scope(claims, scope):
-        raise _fail(ErrorCode.MISSING_SCOPE, scope=scope)
+Step = Check[A] | NoOp[A]
 
 
-def _grant(claims: Claims, stream_id: str) -> None:
-    if not stream_granted(claims, stream_id):
-        raise _fail(ErrorCode.FORBIDDEN_STREAM, stream_id=stream_id)
+def decide(steps: tuple[Step[A], ...], call: A) -> tuple[Step[A], Details | None] | None:
+    """The step that decides ``call``: the first :class:`Check` that refuses (with the error's
+    details) or the first :class:`NoOp` that holds (with None), whichever comes first in ``steps``;
+    None when the call passes every step."""
+    for step in steps:
+        if isinstance(step, NoOp):
+            if step.holds(call):
+                return step, None
+        elif (details := step.refuse(call)) is not None:
+            return step, details
+    return None
 
 
-def _id(name: str, value: str) -> None:
-    if not is_id(value):
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument=name,
-                    message="must be 1-128 characters of [A-Za-z0-9._:-]")
+def run(steps: tuple[Step[A], ...], effect: Callable[[A], Ok], call: A) -> Ok:
+    """Run a reducer: the step that decides the call refuses it (raising its error; ``call`` turns
+    it into an :class:`Err`) or accepts it without writing; a call no step decides takes the effect."""
+    decided = decide(steps, call)
+    if decided is None:
+        return effect(call)
+    step, details = decided
+    if isinstance(step, NoOp):
+        return Ok(call.db, step.ret(call), Delta())
+    assert details is not None
+    raise SyncError(step.code, details)
 
 
-def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument=name, message=f"must be one of {list(allowed)}")
+# --- steps shared by several reducers ---------------------------------------------------------
+
+ID_MESSAGE = "must be 1-128 characters of [A-Za-z0-9._:-]"
 
 
-def _kinds_ok(kinds: tuple[int, ...]) -> None:
-    if any(not 5000 <= k <= 5999 for k in kinds):
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="nip90_kinds", message="each kind must be 5000-5999")
+def needs_scope(scope: str) -> Check[Any]:
+    return Check(f"the caller holds `{scope}`", ErrorCode.MISSING_SCOPE,
+                 lambda a: None if has_scope(a.claims, scope) else {"scope": scope})
+
+
+def needs_grant(argument: str) -> Check[Any]:
+    return Check(f"a stream grant of the token matches `{argument}`", ErrorCode.FORBIDDEN_STREAM,
+                 lambda a: None if stream_granted(a.claims, getattr(a, argument))
+                 else {"stream_id": getattr(a, argument)})
+
+
+def valid_id(argument: str) -> Check[Any]:
+    return Check(f"`{argument}` is an id", ErrorCode.INVALID_ARGUMENT,
+                 lambda a: None if is_id(getattr(a, argument)) else {"argument": argument, "message": ID_MESSAGE})
+
+
+def one_of(argument: str, allowed: tuple[str, ...]) -> Check[Any]:
+    return Check(f"`{argument}` is one of {', '.join(allowed)}", ErrorCode.INVALID_ARGUMENT,
+                 lambda a: None if getattr(a, argument) in allowed
+                 else {"argument": argument, "message": f"must be one of {list(allowed)}"})
+
+
+def _canonical_refusal(text: str | None, argument: str) -> Details | None:
+    if text is None:
+        return None
+    try:
+        canonicalize(text, argument)
+    except SyncError as err:
+        return err.details
+    return None
+
+
+def canonical(argument: str) -> Check[Any]:
+    return Check(f"`{argument}` is canonical JSON", ErrorCode.NON_CANONICAL_PAYLOAD,
+                 lambda a: _canonical_refusal(getattr(a, argument), argument))
+
+
+def fits_stream_class() -> Check[Any]:
+    return Check("the canonical payload fits the stream class's `max_payload_bytes`", ErrorCode.PAYLOAD_TOO_LARGE,
+                 lambda a: None if a.size <= a.limit
+                 else {"limit_bytes": a.limit, "payload_bytes": a.size, "stream_id": a.stream_id})
 
 
 def _ok(tx: Tx, ret: int | None = None) -> Ok:
@@ -143,465 +228,520 @@ def _ok(tx: Tx, ret: int | None = None) -> Ok:
     return Ok(state, ret, delta)
 
 
-def _noop(db: DbState, ret: int | None = None) -> Ok:
-    return Ok(db, ret, Delta())
-
-
-def virtual_stream(db: DbState, stream_id: str) -> tuple[int, int, int]:
-    """(epoch, head_seq, floor_seq) of a stream; one that does not exist yet is
-    (epoch_floor, 0, 1): the values it will have when its first event is appended."""
-    s = db.find(SyncStream, lambda r: r.stream_id == stream_id)
-    if s is None:
-        return db.epoch_floor, 0, 1
-    return s.epoch, s.head_seq, s.floor_seq
-
-
-# --- contract helpers (read-only; used by the icontract conditions below) --------------------
-
-
-def _inserted(result: Ok, row_type: type[R]) -> list[R]:
-    return [r for r in result.delta.for_table(table_of_type(row_type)).inserts if isinstance(r, row_type)]
-
-
-def _stream_row(db: DbState, stream_id: str) -> SyncStream | None:
-    return next((r for r in db.of_type(SyncStream) if r.stream_id == stream_id), None)
-
-
-def _retained(db: DbState, stream_id: str, key: str) -> SyncEvent | None:
-    return next((e for e in db.of_type(SyncEvent) if (e.stream_id, e.idempotency_key) == (stream_id, key)), None)
-
-
-def _hash_of_json(text: str) -> str | None:
-    try:
-        return payload_hash(canonicalize(text))
-    except SyncError:
-        return None
-
-
-def _appended_one(db: DbState, stream_id: str, key: str, result: Ok) -> bool:
-    """The write is exactly one event of the stream, at seq ``ret`` in the stream's epoch, whose
-    hash is of its payload, and the stream's head moved to it."""
-    events = _inserted(result, SyncEvent)
-    stream = _stream_row(result.state, stream_id)
-    return (len(events) == 1 and stream is not None and stream.head_seq == result.ret
-            and (events[0].stream_id, events[0].idempotency_key, events[0].seq) == (stream_id, key, result.ret)
-            and events[0].epoch == virtual_stream(db, stream_id)[0] == stream.epoch
-            and events[0].payload_hash == payload_hash(events[0].payload))
-
-
-def _deduplicated(db: DbState, stream_id: str, key: str, payload_json: str, result: Ok) -> bool:
-    """A no-op append is a retry: the key is retained with this very payload, and ``ret`` is its seq."""
-    kept = _retained(db, stream_id, key)
-    return kept is not None and kept.seq == result.ret and kept.payload_hash == _hash_of_json(payload_json)
-
-
-def _checkpoint(db: DbState, client_id: str, stream_id: str) -> SyncCheckpoint | None:
-    wanted = f"{client_id}|{stream_id}"
-    return next((r for r in db.of_type(SyncCheckpoint) if r.checkpoint_id == wanted), None)
-
-
-def _ack_written(db: DbState, ctx: CallContext, client_id: str, stream_id: str, epoch: int, seq: int,
-                 result: Ok) -> bool:
-    s_epoch, head, _floor = virtual_stream(db, stream_id)
-    prev = _checkpoint(db, client_id, stream_id)
-    now = _checkpoint(result.state, client_id, stream_id)
-    return (now is not None and (now.epoch, now.last_applied_seq, now.owner) == (s_epoch, seq, ctx.claims.identity)
-            and seq <= head and (prev is None or prev.epoch != epoch or prev.last_applied_seq < seq))
-
-
-def _ack_redundant(db: DbState, client_id: str, stream_id: str, epoch: int, seq: int) -> bool:
-    prev = _checkpoint(db, client_id, stream_id)
-    return prev is not None and prev.epoch == epoch and seq <= prev.last_applied_seq
-
-
-def _presence_written(db: DbState, ctx: CallContext, session_id: str, status: str, result: Ok) -> bool:
-    before = next((r for r in db.of_type(SessionPresence) if r.session_id == session_id), None)
-    row = next((r for r in result.state.of_type(SessionPresence) if r.session_id == session_id), None)
-    changed = before is None or before.status != status
-    signals = _inserted(result, PresenceSignal)
-    return (row is not None and row.identity == ctx.claims.identity and row.status == status
-            and (row.status == "offline") == (row.offline_reason is not None) and row.expires_at >= row.last_seen
-            and len(signals) == (1 if changed else 0)
-            and all((sig.session_id, sig.status) == (session_id, status) for sig in signals))
-
-
-def _provider(db: DbState, provider_id: str) -> ProviderCapability | None:
-    return next((r for r in db.of_type(ProviderCapability) if r.provider_id == provider_id), None)
-
-
-def _provider_versioned(db: DbState, provider_id: str, result: Ok) -> bool:
-    before, after = _provider(db, provider_id), _provider(result.state, provider_id)
-    if result.noop:
-        return before is not None and after == before
-    return (after is not None and after.version == (before.version + 1 if before else db.version_floor)
-            and after.capability_hash == payload_hash(after.capability)
-            and list(after.nip90_kinds) == sorted(set(after.nip90_kinds)))
-
-
-def _assignment(db: DbState, request_id: str) -> ComputeAssignment | None:
-    return next((r for r in db.of_type(ComputeAssignment) if r.request_id == request_id), None)
-
-
-def _assignment_opened(db: DbState, request_id: str, job_kind: int, result: Ok) -> bool:
-    before, after = _assignment(db, request_id), _assignment(result.state, request_id)
-    if result.noop:
-        return before is not None and after == before and before.job_kind == job_kind
-    return (before is None and after is not None and (after.status, after.version, after.provider_id) ==
-            ("open", db.version_floor, None) and after.request_hash == payload_hash(after.request))
-
-
-def _assignment_stepped(db: DbState, ctx: CallContext, request_id: str, result: Ok) -> bool:
-    """One edge of the table, taken by someone it names, bumping the version by exactly one."""
-    before, after = _assignment(db, request_id), _assignment(result.state, request_id)
-    if before is None or after is None:
-        return False
-    roles = ASSIGNMENT_TRANSITIONS.get((before.status, after.status), frozenset())
-    return (assignment_edge_allowed(before.status, after.status) and after.version - before.version == 1
-            and any(has_role(r, ctx.claims.scopes, ctx.claims.identity, before) for r in roles)
-            and (after.status not in ("assigned", "running", "completed", "failed") or after.provider_id is not None)
-            and (before.requester, before.request_hash) == (after.requester, after.request_hash))
-
-
-def _outbox(db: DbState, outbox_id: str) -> BridgeOutbox | None:
-    return next((r for r in db.of_type(BridgeOutbox) if r.outbox_id == outbox_id), None)
-
-
-def _outbox_enqueued(db: DbState, outbox_id: str, result: Ok) -> bool:
-    before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
-    if result.noop:
-        return before is not None and after == before
-    return (before is None and after is not None and (after.status, after.attempts, after.nostr_event_id) ==
-            ("pending", 0, None) and is_hash(after.content_hash) and after.next_attempt_at == after.created_at)
-
-
-def _outbox_sent(db: DbState, outbox_id: str, nostr_event_id: str, relays: tuple[str, ...], result: Ok) -> bool:
-    """Sent with this event id, every relay ever acknowledged kept: a write exactly when it adds one."""
-    before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
-    if before is None or after is None or (after.status, after.nostr_event_id) != ("sent", nostr_event_id):
-        return False
-    merged = set(relays) | (set(before.relays_acked) if before.status == "sent" else set())
-    if after.relays_acked != tuple(sorted(merged)):
-        return False
-    return after == before if result.noop else bridge_edge_allowed(before.status, "sent")
-
-
-def _outbox_failed(db: DbState, ctx: CallContext, outbox_id: str, retry_after_ms: int, result: Ok) -> bool:
-    before, after = _outbox(db, outbox_id), _outbox(result.state, outbox_id)
-    if before is None or after is None:
-        return False
-    if result.noop:
-        return before.status != "pending" and after == before
-    return (after.attempts == before.attempts + 1 and bridge_edge_allowed(before.status, after.status)
-            and (after.status == "failed") == (after.attempts >= ctx.policy.bridge_max_attempts)
-            and after.next_attempt_at == ctx.now + 1000 * retry_after_ms)
-
-
-def _epoch_reset(db: DbState, stream_id: str, result: Ok) -> bool:
-    before, after = _stream_row(db, stream_id), _stream_row(result.state, stream_id)
-    return (before is not None and after is not None and after.epoch == before.epoch + 1
-            and (after.continues_epoch, after.continues_seq) == (0, 0)
-            and after.head_seq == before.head_seq and after.floor_seq == before.head_seq + 1
-            and not any(e.stream_id == stream_id for e in result.state.of_type(SyncEvent)))
-
-
-def _signal_only(db: DbState, stream_id: str, result: Ok) -> bool:
-    rows = [r for td in result.delta.tables for r in (*td.deletes, *td.inserts)]
-    return (result.state == db and len(rows) == 1 and isinstance(rows[0], StreamSignal)
-            and rows[0].stream_id == stream_id)
-
-
-_STREAM_ARG: Mapping[str, int] = {"append_sync_event": 0, "ack_checkpoint": 1, "publish_stream_signal": 0}
-"""Reducers that need a stream grant, and the position of their stream id argument."""
-
-
-def _well_typed(reducer: str, args: tuple[Any, ...]) -> bool:
-    rdef = REDUCER_BY_NAME.get(reducer)
-    return rdef is not None and len(args) == len(rdef.args) and all(
-        value_has_type(v, col.type) for col, v in zip(rdef.args, args, strict=True))
-
-
-def _authorized_first(ctx: CallContext, reducer: str, args: tuple[Any, ...], result: Outcome) -> bool:
-    """A well-typed call without the reducer's scope fails with missing_scope, and one with the scope
-    but without the stream grant fails with forbidden_stream, before any other check."""
-    if not _well_typed(reducer, args):
-        return True
-    scope = REDUCER_BY_NAME[reducer].scope
-    if scope is not None and scope not in ctx.claims.scopes:
-        return isinstance(result, Err) and result.error.code is ErrorCode.MISSING_SCOPE
-    if reducer in _STREAM_ARG and not stream_granted(ctx.claims, args[_STREAM_ARG[reducer]]):
-        return isinstance(result, Err) and result.error.code is ErrorCode.FORBIDDEN_STREAM
-    return True
-
-
-def _state_violations(db: DbState, ctx: CallContext, result: Outcome) -> list[Violation]:
-    """If the state before satisfied every state invariant, so must the state after, and the step
-    every transition invariant: what is broken (empty when the call kept them, or the state before
-    was broken already)."""
-    if isinstance(result, Err) or result.noop:
-        return []
-    limit = ctx.policy.bridge_max_attempts
-    found = check_state(result.state, limit) + check_transition(db, result.state)
-    return found if found and not check_state(db, limit) else []
-
-
-def _call_violations(db: DbState, ctx: CallContext, reducer: str, args: tuple[Any, ...],
-                     result: Outcome) -> list[Violation]:
-    if not _well_typed(reducer, args):
-        return []
-    granted = reducer in _STREAM_ARG and stream_granted(ctx.claims, args[_STREAM_ARG[reducer]])
-    return check_call(db, ctx.claims.scopes, granted, reducer, args, isinstance(result, Ok),
-                      result.ret if isinstance(result, Ok) else None,
-                      result.error.code if isinstance(result, Err) else None,
-                      isinstance(result, Ok) and not result.noop,
-                      result.state if isinstance(result, Ok) else db, ctx.claims.identity)
-
-
-def _violation_error(checker: str, found: list[Violation]) -> icontract.ViolationError:
-    """A contract error naming the invariants actually broken (the mutant harness reads the ids)."""
-    return icontract.ViolationError(f"{checker} after a reducer call: {found}")
-
-
-# --- reducers --------------------------------------------------------------------------------
+# --- append_sync_event -----------------------------------------------------------------------
 
 
 @icontract.ensure(lambda db, stream_id, result: result.noop or result.ret == virtual_stream(db, stream_id)[1] + 1,
                   "SEQ-4 (an append that writes returns head_seq + 1)")
 @icontract.ensure(lambda db, stream_id, idempotency_key, expected_next_seq, result: result.noop or (
-    _appended_one(db, stream_id, idempotency_key, result) and expected_next_seq in (None, result.ret)),
+    rc.appended_one(db, stream_id, idempotency_key, result) and expected_next_seq in (None, result.ret)),
     "SEQ-1 SEQ-4 (the write is one event at seq ret in the stream's epoch, the head moves to it)")
 @icontract.ensure(lambda db, stream_id, idempotency_key, payload_json, result: not result.noop
-                  or _deduplicated(db, stream_id, idempotency_key, payload_json, result),
+                  or rc.deduplicated(db, stream_id, idempotency_key, payload_json, result),
                   "IDEM-2 IDEM-3 (a no-op append is a retry of the same payload and returns its original seq)")
 def append_sync_event(db: DbState, ctx: CallContext, stream_id: str, idempotency_key: str,
                       payload_json: str, payload_hash_arg: str | None,
                       expected_next_seq: int | None) -> Outcome:
-    c = ctx.claims
-    _scope(c, "sync.append")
-    _grant(c, stream_id)
-    _id("stream_id", stream_id)
-    _id("idempotency_key", idempotency_key)
-    canon = canonicalize(payload_json)
-    cls = ctx.policy.class_for(stream_id)
-    size = len(canon.encode("utf-8"))
-    if size > cls.max_payload_bytes:
-        raise _fail(ErrorCode.PAYLOAD_TOO_LARGE, limit_bytes=cls.max_payload_bytes, payload_bytes=size,
-                    stream_id=stream_id)
-    digest = payload_hash(canon)
-    if payload_hash_arg is not None and payload_hash_arg != digest:
-        raise _fail(ErrorCode.PAYLOAD_HASH_MISMATCH, payload_hash=digest,
-                    requested_payload_hash=payload_hash_arg, stream_id=stream_id)
-    # state checks: dedupe before sequence
-    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == idempotency_key)
-    if existing is not None:
-        if existing.payload_hash == digest:
-            return _noop(db, existing.seq)
-        raise _fail(ErrorCode.IDEMPOTENCY_CONFLICT, existing_payload_hash=existing.payload_hash,
-                    existing_seq=existing.seq, idempotency_key=idempotency_key, payload_hash=digest,
-                    stream_id=stream_id)
-    stream = db.find(SyncStream, lambda r: r.stream_id == stream_id)
-    head = stream.head_seq if stream else 0
-    if expected_next_seq is not None and expected_next_seq != head + 1:
-        raise _fail(ErrorCode.SEQUENCE_CONFLICT, actual_next_seq=head + 1,
-                    expected_next_seq=expected_next_seq, stream_id=stream_id)
-    seq = head + 1
-    tx = Tx(db)
-    if stream is None:
-        new_stream = SyncStream(stream_id, cls.name, db.epoch_floor, 0, 0, seq, seq, cls.replay_budget, ctx.now,
-                                ctx.now)
-        tx.insert(new_stream)
-        epoch = db.epoch_floor
+    """Append an event at seq = head + 1; a retry under a retained idempotency key returns the
+    original seq (dedupe before sequence)."""
+    return run(APPEND_SYNC_EVENT, _append,
+               AppendCall(db, ctx, stream_id, idempotency_key, payload_json, payload_hash_arg, expected_next_seq))
+
+
+APPEND_SYNC_EVENT: tuple[Step[AppendCall], ...] = (
+    needs_scope("sync.append"),
+    needs_grant("stream_id"),
+    valid_id("stream_id"),
+    valid_id("idempotency_key"),
+    canonical("payload_json"),
+    fits_stream_class(),
+    Check("`payload_hash`, when given, is the hash of the canonical payload", ErrorCode.PAYLOAD_HASH_MISMATCH,
+          lambda a: None if a.payload_hash_arg in (None, a.digest)
+          else {"payload_hash": a.digest, "requested_payload_hash": a.payload_hash_arg, "stream_id": a.stream_id}),
+    NoOp("the key is retained with this payload: a retry, answered with its original seq",
+         lambda a: a.existing is not None and a.existing.payload_hash == a.digest,
+         lambda a: a.existing.seq if a.existing is not None else None),
+    Check("the key is not retained with another payload", ErrorCode.IDEMPOTENCY_CONFLICT,
+          lambda a: None if a.existing is None or a.existing.payload_hash == a.digest
+          else {"existing_payload_hash": a.existing.payload_hash, "existing_seq": a.existing.seq,
+                "idempotency_key": a.idempotency_key, "payload_hash": a.digest, "stream_id": a.stream_id}),
+    Check("`expected_next_seq`, when given, is head + 1", ErrorCode.SEQUENCE_CONFLICT,
+          lambda a: None if a.expected_next_seq in (None, a.head + 1)
+          else {"actual_next_seq": a.head + 1, "expected_next_seq": a.expected_next_seq, "stream_id": a.stream_id}),
+)
+
+
+def _append(a: AppendCall) -> Ok:
+    """Write the event at seq = head + 1 in the stream's epoch and move the head to it; the first
+    append creates the stream (its class, epoch = the database's epoch floor, continuing nothing)."""
+    seq = a.head + 1
+    tx = Tx(a.db)
+    if a.stream is None:
+        epoch = a.db.epoch_floor
+        tx.insert(SyncStream(a.stream_id, a.cls.name, epoch, 0, 0, seq, seq, a.cls.replay_budget, a.ctx.now,
+                             a.ctx.now))
     else:
-        floor = stream.floor_seq if stream.floor_seq <= stream.head_seq else seq
-        tx.update(stream, replace(stream, head_seq=seq, floor_seq=floor, updated_at=ctx.now))
-        epoch = stream.epoch
-    tx.insert(SyncEvent(stream_id, epoch, seq, idempotency_key, digest, canon, c.identity, ctx.now,
-                        ctx.tx_offset))
+        epoch = a.stream.epoch
+        floor = a.stream.floor_seq if a.stream.floor_seq <= a.stream.head_seq else seq
+        tx.update(a.stream, replace(a.stream, head_seq=seq, floor_seq=floor, updated_at=a.ctx.now))
+    tx.insert(SyncEvent(a.stream_id, epoch, seq, a.idempotency_key, a.digest, a.canon, a.claims.identity, a.ctx.now,
+                        a.ctx.tx_offset))
     return _ok(tx, seq)
 
 
+@dataclass(frozen=True)
+class AppendCall(Call):
+    stream_id: str
+    idempotency_key: str
+    payload_json: str
+    payload_hash_arg: str | None
+    expected_next_seq: int | None
+
+    @cached_property
+    def cls(self) -> StreamClass:
+        """The stream's class (retention, payload limit, replay budget) under the policy."""
+        return self.ctx.policy.class_for(self.stream_id)
+
+    @cached_property
+    def canon(self) -> str:
+        return canonicalize(self.payload_json)
+
+    @cached_property
+    def size(self) -> int:
+        return len(self.canon.encode("utf-8"))
+
+    @cached_property
+    def limit(self) -> int:
+        return self.cls.max_payload_bytes
+
+    @cached_property
+    def digest(self) -> str:
+        return payload_hash(self.canon)
+
+    @cached_property
+    def existing(self) -> SyncEvent | None:
+        """The retained event under this idempotency key, if any (the dedupe horizon)."""
+        key = (self.stream_id, self.idempotency_key)
+        return self.db.find(SyncEvent, lambda e: (e.stream_id, e.idempotency_key) == key)
+
+    @cached_property
+    def stream(self) -> SyncStream | None:
+        return self.db.find(SyncStream, lambda r: r.stream_id == self.stream_id)
+
+    @cached_property
+    def head(self) -> int:
+        return self.stream.head_seq if self.stream is not None else 0
+
+
+# --- ack_checkpoint --------------------------------------------------------------------------
+
+
 @icontract.ensure(lambda db, ctx, client_id, stream_id, epoch, seq, result: result.noop
-                  or _ack_written(db, ctx, client_id, stream_id, epoch, seq, result),
+                  or rc.ack_written(db, ctx, client_id, stream_id, epoch, seq, result),
                   "CKPT-1 CKPT-2 (a written checkpoint is the caller's, in the stream's epoch, at most head, and"
                   " above any previous one of that epoch)")
 @icontract.ensure(lambda db, client_id, stream_id, epoch, seq, result: not result.noop
-                  or _ack_redundant(db, client_id, stream_id, epoch, seq),
+                  or rc.ack_redundant(db, client_id, stream_id, epoch, seq),
                   "CKPT-2 (an ack is a no-op only when the checkpoint is already at or past it)")
 def ack_checkpoint(db: DbState, ctx: CallContext, client_id: str, stream_id: str, epoch: int,
                    seq: int) -> Outcome:
-    c = ctx.claims
-    _scope(c, "sync.checkpoint.write")
-    _grant(c, stream_id)
-    cid = f"{client_id}|{stream_id}"
-    old = db.find(SyncCheckpoint, lambda r: r.checkpoint_id == cid)
-    if old is not None and old.owner != c.identity:
-        raise _fail(ErrorCode.FORBIDDEN, checkpoint_id=cid)
-    _id("client_id", client_id)
-    _id("stream_id", stream_id)
-    s_epoch, head, _floor = virtual_stream(db, stream_id)
-    if epoch != s_epoch:
-        raise _fail(ErrorCode.STALE_EPOCH, epoch=s_epoch, requested_epoch=epoch, stream_id=stream_id)
-    if seq > head:
-        raise _fail(ErrorCode.CHECKPOINT_AHEAD_OF_HEAD, head_seq=head, requested_seq=seq,
-                    stream_id=stream_id)
-    if old is not None and old.epoch == epoch and old.last_applied_seq >= seq:
-        return _noop(db)
-    tx = Tx(db)
-    new = SyncCheckpoint(cid, client_id, stream_id, c.identity, epoch, seq, ctx.now)
-    if old is None:
+    """Record a client's watermark for a stream in the current epoch; never past the head, never
+    backwards."""
+    return run(ACK_CHECKPOINT, _ack, AckCall(db, ctx, client_id, stream_id, epoch, seq))
+
+
+ACK_CHECKPOINT: tuple[Step[AckCall], ...] = (
+    needs_scope("sync.checkpoint.write"),
+    needs_grant("stream_id"),
+    Check("the checkpoint of (`client_id`, `stream_id`) is new or the caller's", ErrorCode.FORBIDDEN,
+          lambda a: None if a.old is None or a.old.owner == a.claims.identity else {"checkpoint_id": a.checkpoint_id}),
+    valid_id("client_id"),
+    valid_id("stream_id"),
+    Check("`epoch` is the stream's epoch", ErrorCode.STALE_EPOCH,
+          lambda a: None if a.epoch == a.stream_epoch
+          else {"epoch": a.stream_epoch, "requested_epoch": a.epoch, "stream_id": a.stream_id}),
+    Check("`seq` is at most the stream's head", ErrorCode.CHECKPOINT_AHEAD_OF_HEAD,
+          lambda a: None if a.seq <= a.head
+          else {"head_seq": a.head, "requested_seq": a.seq, "stream_id": a.stream_id}),
+    NoOp("the checkpoint is already in this epoch at or past `seq`",
+         lambda a: a.old is not None and a.old.epoch == a.epoch and a.old.last_applied_seq >= a.seq),
+)
+
+
+def _ack(a: AckCall) -> Ok:
+    """Write the caller's checkpoint at (epoch, seq)."""
+    tx = Tx(a.db)
+    new = SyncCheckpoint(a.checkpoint_id, a.client_id, a.stream_id, a.claims.identity, a.epoch, a.seq, a.ctx.now)
+    if a.old is None:
         tx.insert(new)
     else:
-        tx.update(old, new)
+        tx.update(a.old, new)
     return _ok(tx)
 
 
+@dataclass(frozen=True)
+class AckCall(Call):
+    client_id: str
+    stream_id: str
+    epoch: int
+    seq: int
+
+    @property
+    def checkpoint_id(self) -> str:
+        return f"{self.client_id}|{self.stream_id}"
+
+    @cached_property
+    def old(self) -> SyncCheckpoint | None:
+        return self.db.find(SyncCheckpoint, lambda r: r.checkpoint_id == self.checkpoint_id)
+
+    @cached_property
+    def position(self) -> tuple[int, int, int]:
+        """(epoch, head_seq, floor_seq) of the stream, or what a new one will have."""
+        return virtual_stream(self.db, self.stream_id)
+
+    @property
+    def stream_epoch(self) -> int:
+        return self.position[0]
+
+    @property
+    def head(self) -> int:
+        return self.position[1]
+
+
+# --- upsert_presence -------------------------------------------------------------------------
+
+
 @icontract.ensure(lambda db, ctx, session_id, status, result: result.noop
-                  or _presence_written(db, ctx, session_id, status, result),
+                  or rc.presence_written(db, ctx, session_id, status, result),
                   "PRES-1 PRES-2 (the caller's row, offline exactly with a reason, expires_at >= last_seen; a status"
                   " change emits exactly one presence_signal)")
 def upsert_presence(db: DbState, ctx: CallContext, session_id: str, device_id: str, node_id: str,
                     status: str, region: str, ttl_ms: int) -> Outcome:
-    c = ctx.claims
-    _scope(c, "presence.write")
-    old = db.find(SessionPresence, lambda r: r.session_id == session_id)
-    if old is not None and old.identity != c.identity:
-        raise _fail(ErrorCode.FORBIDDEN, session_id=session_id)
-    if (c.session_id is not None and c.session_id != session_id) or (
-            c.device_id is not None and c.device_id != device_id):
-        raise _fail(ErrorCode.FORBIDDEN, session_id=session_id)
-    _id("session_id", session_id)
-    _id("device_id", device_id)
-    _id("node_id", node_id)
-    _one_of("status", status, PRESENCE_STATUSES)
-    if region and not is_id(region):
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="region",
-                    message="must be empty or 1-128 characters of [A-Za-z0-9._:-]")
-    p = ctx.policy
-    if not p.presence_min_ttl_ms <= ttl_ms <= p.presence_max_ttl_ms:
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="ttl_ms",
-                    message=f"must be {p.presence_min_ttl_ms}-{p.presence_max_ttl_ms}")
-    reason = "explicit_offline" if status == "offline" else None
-    new = SessionPresence(session_id, c.identity, device_id, node_id, status, region, ctx.now,
-                          ctx.now + ttl_ms * 1000, reason)
-    tx = Tx(db)
-    if old is None:
+    """Create or refresh the caller's session row (status, TTL); a status change emits one
+    presence_signal."""
+    return run(UPSERT_PRESENCE, _upsert_presence,
+               PresenceCall(db, ctx, session_id, device_id, node_id, status, region, ttl_ms))
+
+
+UPSERT_PRESENCE: tuple[Step[PresenceCall], ...] = (
+    needs_scope("presence.write"),
+    Check("the session row is new or the caller's", ErrorCode.FORBIDDEN,
+          lambda a: None if a.old is None or a.old.identity == a.claims.identity else {"session_id": a.session_id}),
+    Check("a token pinned to a session or device names this one", ErrorCode.FORBIDDEN,
+          lambda a: None if a.claims.session_id in (None, a.session_id) and a.claims.device_id in (None, a.device_id)
+          else {"session_id": a.session_id}),
+    valid_id("session_id"),
+    valid_id("device_id"),
+    valid_id("node_id"),
+    one_of("status", PRESENCE_STATUSES),
+    Check("`region` is empty or an id", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if not a.region or is_id(a.region)
+          else {"argument": "region", "message": "must be empty or 1-128 characters of [A-Za-z0-9._:-]"}),
+    Check("`ttl_ms` is within the policy's presence TTL range", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if a.ctx.policy.presence_min_ttl_ms <= a.ttl_ms <= a.ctx.policy.presence_max_ttl_ms
+          else {"argument": "ttl_ms",
+                "message": f"must be {a.ctx.policy.presence_min_ttl_ms}-{a.ctx.policy.presence_max_ttl_ms}"}),
+)
+
+
+def _upsert_presence(a: PresenceCall) -> Ok:
+    """Write the row (last_seen now, expiring after ttl_ms; offline with ``explicit_offline``); a new
+    row or a status change also emits one presence_signal.  A row that would not change is a no-op."""
+    reason = "explicit_offline" if a.status == "offline" else None
+    new = SessionPresence(a.session_id, a.claims.identity, a.device_id, a.node_id, a.status, a.region, a.ctx.now,
+                          a.ctx.now + a.ttl_ms * 1000, reason)
+    tx = Tx(a.db)
+    if a.old is None:
         tx.insert(new)
     else:
-        tx.update(old, new)
-    if old is None or old.status != status:
-        tx.insert(PresenceSignal(session_id, c.identity, status, reason or "", ctx.now))
+        tx.update(a.old, new)
+    if a.old is None or a.old.status != a.status:
+        tx.insert(PresenceSignal(a.session_id, a.claims.identity, a.status, reason or "", a.ctx.now))
     return _ok(tx)
 
 
-@icontract.ensure(lambda db, provider_id, result: _provider_versioned(db, provider_id, result),
+@dataclass(frozen=True)
+class PresenceCall(Call):
+    session_id: str
+    device_id: str
+    node_id: str
+    status: str
+    region: str
+    ttl_ms: int
+
+    @cached_property
+    def old(self) -> SessionPresence | None:
+        return self.db.find(SessionPresence, lambda r: r.session_id == self.session_id)
+
+
+# --- publish_provider_capability -------------------------------------------------------------
+
+
+@icontract.ensure(lambda db, provider_id, result: rc.provider_versioned(db, provider_id, result),
                   "PROV-1 (the version rises by exactly one on a content change, and only then)")
 def publish_provider_capability(db: DbState, ctx: CallContext, provider_id: str, capability_json: str,
                                 nip90_kinds: tuple[int, ...], price_hint_sats: int, status: str) -> Outcome:
-    c = ctx.claims
-    _scope(c, "provider.publish")
-    old = db.find(ProviderCapability, lambda r: r.provider_id == provider_id)
-    if old is not None and old.owner != c.identity:
-        raise _fail(ErrorCode.FORBIDDEN, provider_id=provider_id)
-    _id("provider_id", provider_id)
-    canon = canonicalize(capability_json, "capability_json")
-    _kinds_ok(nip90_kinds)
-    _one_of("status", status, PROVIDER_STATUSES)
-    kinds = tuple(sorted(set(nip90_kinds)))
-    digest = payload_hash(canon)
-    if old is not None and (old.capability_hash, old.nip90_kinds, old.price_hint_sats, old.status) == (
-            digest, kinds, price_hint_sats, status):
-        return _noop(db)
-    version = db.version_floor if old is None else old.version + 1
-    new = ProviderCapability(provider_id, c.identity, canon, digest, kinds, price_hint_sats, status,
-                             version, ctx.now)
-    tx = Tx(db)
-    if old is None:
+    """Create or update the caller's provider ad; the version rises by 1 on every content change."""
+    return run(PUBLISH_PROVIDER_CAPABILITY, _publish_provider,
+               ProviderCall(db, ctx, provider_id, capability_json, nip90_kinds, price_hint_sats, status))
+
+
+PUBLISH_PROVIDER_CAPABILITY: tuple[Step[ProviderCall], ...] = (
+    needs_scope("provider.publish"),
+    Check("the provider is new or the caller's", ErrorCode.FORBIDDEN,
+          lambda a: None if a.old is None or a.old.owner == a.claims.identity else {"provider_id": a.provider_id}),
+    valid_id("provider_id"),
+    canonical("capability_json"),
+    Check("every kind of `nip90_kinds` is 5000-5999", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if all(5000 <= k <= 5999 for k in a.nip90_kinds)
+          else {"argument": "nip90_kinds", "message": "each kind must be 5000-5999"}),
+    one_of("status", PROVIDER_STATUSES),
+    NoOp("the stored ad has this capability, kinds, price and status (version kept)",
+         lambda a: a.old is not None and (a.old.capability_hash, a.old.nip90_kinds, a.old.price_hint_sats,
+                                          a.old.status) == (a.digest, a.kinds, a.price_hint_sats, a.status)),
+)
+
+
+def _publish_provider(a: ProviderCall) -> Ok:
+    """Write the ad, owned by the caller, kinds sorted and distinct, at version + 1 (a new provider
+    at the database's version floor)."""
+    version = a.db.version_floor if a.old is None else a.old.version + 1
+    new = ProviderCapability(a.provider_id, a.claims.identity, a.canon, a.digest, a.kinds, a.price_hint_sats,
+                             a.status, version, a.ctx.now)
+    tx = Tx(a.db)
+    if a.old is None:
         tx.insert(new)
     else:
-        tx.update(old, new)
+        tx.update(a.old, new)
     return _ok(tx)
 
 
-@icontract.ensure(lambda db, request_id, job_kind, result: _assignment_opened(db, request_id, job_kind, result),
+@dataclass(frozen=True)
+class ProviderCall(Call):
+    provider_id: str
+    capability_json: str
+    nip90_kinds: tuple[int, ...]
+    price_hint_sats: int
+    status: str
+
+    @cached_property
+    def old(self) -> ProviderCapability | None:
+        return self.db.find(ProviderCapability, lambda r: r.provider_id == self.provider_id)
+
+    @cached_property
+    def canon(self) -> str:
+        return canonicalize(self.capability_json, "capability_json")
+
+    @cached_property
+    def digest(self) -> str:
+        return payload_hash(self.canon)
+
+    @property
+    def kinds(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.nip90_kinds)))
+
+
+# --- open_compute_assignment -----------------------------------------------------------------
+
+
+@icontract.ensure(lambda db, request_id, job_kind, result: rc.assignment_opened(db, request_id, job_kind, result),
                   "ASSIGN-2 (a new assignment is open at version 1 with the hash of its request; a retry is a no-op)")
 def open_compute_assignment(db: DbState, ctx: CallContext, request_id: str, job_kind: int,
                             request_json: str) -> Outcome:
-    c = ctx.claims
-    _scope(c, "compute.request")
-    old = db.find(ComputeAssignment, lambda r: r.request_id == request_id)
-    if old is not None and old.requester != c.identity:
-        raise _fail(ErrorCode.FORBIDDEN, request_id=request_id)
-    _id("request_id", request_id)
-    if not 5000 <= job_kind <= 5999:
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="job_kind", message="must be 5000-5999")
-    canon = canonicalize(request_json, "request_json")
-    digest = payload_hash(canon)
-    if old is not None:
-        if old.request_hash == digest and old.job_kind == job_kind:
-            return _noop(db)
-        raise _fail(ErrorCode.IDEMPOTENCY_CONFLICT, existing_request_hash=old.request_hash,
-                    request_hash=digest, request_id=request_id)
-    tx = Tx(db)
-    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, "open", None,
-                                db.version_floor, ctx.now, ctx.now))
+    """Open a compute request (status open, no provider) at the database's version_floor."""
+    return run(OPEN_COMPUTE_ASSIGNMENT, _open_assignment, OpenCall(db, ctx, request_id, job_kind, request_json))
+
+
+OPEN_COMPUTE_ASSIGNMENT: tuple[Step[OpenCall], ...] = (
+    needs_scope("compute.request"),
+    Check("the request id is new or the caller's request", ErrorCode.FORBIDDEN,
+          lambda a: None if a.old is None or a.old.requester == a.claims.identity else {"request_id": a.request_id}),
+    valid_id("request_id"),
+    Check("`job_kind` is 5000-5999", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if 5000 <= a.job_kind <= 5999 else {"argument": "job_kind", "message": "must be 5000-5999"}),
+    canonical("request_json"),
+    NoOp("the request id is open with this request and job kind: a retry",
+         lambda a: a.old is not None and a.old.request_hash == a.digest and a.old.job_kind == a.job_kind),
+    Check("the request id is not taken by another request", ErrorCode.IDEMPOTENCY_CONFLICT,
+          lambda a: None if a.old is None
+          else {"existing_request_hash": a.old.request_hash, "request_hash": a.digest, "request_id": a.request_id}),
+)
+
+
+def _open_assignment(a: OpenCall) -> Ok:
+    """Write the assignment: requested by the caller, open, no provider, at the version floor."""
+    tx = Tx(a.db)
+    tx.insert(ComputeAssignment(a.request_id, a.claims.identity, a.job_kind, a.canon, a.digest, None, None, "open",
+                                None, a.db.version_floor, a.ctx.now, a.ctx.now))
     return _ok(tx)
 
 
+@dataclass(frozen=True)
+class OpenCall(Call):
+    request_id: str
+    job_kind: int
+    request_json: str
+
+    @cached_property
+    def old(self) -> ComputeAssignment | None:
+        return self.db.find(ComputeAssignment, lambda r: r.request_id == self.request_id)
+
+    @cached_property
+    def canon(self) -> str:
+        return canonicalize(self.request_json, "request_json")
+
+    @cached_property
+    def digest(self) -> str:
+        return payload_hash(self.canon)
+
+
+# --- update_compute_assignment ---------------------------------------------------------------
+
+COMPUTE_SCOPES = frozenset({"compute.request", "compute.assign", "compute.execute"})
+RESULT_STATUSES = ("completed", "failed")
+
+
 @icontract.ensure(lambda result: not result.noop, "every accepted assignment update writes")
-@icontract.ensure(lambda db, ctx, request_id, result: _assignment_stepped(db, ctx, request_id, result),
+@icontract.ensure(lambda db, ctx, request_id, result: rc.assignment_stepped(db, ctx, request_id, result),
                   "ASSIGN-1 ASSIGN-2 (one edge of the table, by a role it names, version + 1)")
 def update_compute_assignment(db: DbState, ctx: CallContext, request_id: str, expected_version: int,
                               status: str, provider_id: str | None, result_json: str | None) -> Outcome:
-    c = ctx.claims
-    if not c.scopes & {"compute.request", "compute.assign", "compute.execute"}:
-        raise _fail(ErrorCode.MISSING_SCOPE, scope="compute.assign")
-    _id("request_id", request_id)
-    _one_of("status", status, ASSIGNMENT_STATUSES)
-    if provider_id is not None:
-        _id("provider_id", provider_id)
-    if status == "assigned" and provider_id is None:
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="provider_id", message="required to assign")
-    result = None
-    if result_json is not None:
-        if status not in ("completed", "failed"):
-            raise _fail(ErrorCode.INVALID_ARGUMENT, argument="result_json",
-                        message="only completed or failed carry a result")
-        result = canonicalize(result_json, "result_json")
-    old = db.find(ComputeAssignment, lambda r: r.request_id == request_id)
-    if old is None:
-        raise _fail(ErrorCode.ASSIGNMENT_MISSING, request_id=request_id)
-    if old.version != expected_version:
-        raise _fail(ErrorCode.VERSION_CONFLICT, actual_version=old.version,
-                    expected_version=expected_version, request_id=request_id)
-    edge = (old.status, status)
-    if edge not in ASSIGNMENT_TRANSITIONS:
-        raise _fail(ErrorCode.INVALID_TRANSITION, request_id=request_id, status=old.status,
-                    requested_status=status)
-    if not any(has_role(role, c.scopes, c.identity, old) for role in ASSIGNMENT_TRANSITIONS[edge]):
-        raise _fail(ErrorCode.FORBIDDEN, request_id=request_id)
-    if status != "assigned" and provider_id is not None and provider_id != old.provider_id:
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="provider_id",
-                    message="only the assign edge sets the provider")
-    provider_owner = old.provider_owner
-    if status == "assigned":
-        assert provider_id is not None
-        provider_owner = _available_provider(db, provider_id, old.job_kind).owner
-    new = replace(old, status=status, provider_id=provider_id if status == "assigned" else old.provider_id,
-                  provider_owner=provider_owner, result=result, version=old.version + 1, updated_at=ctx.now)
-    tx = Tx(db)
+    """Take one edge of the assignment table as a role the edge names, compare-and-set on version."""
+    return run(UPDATE_COMPUTE_ASSIGNMENT, _update_assignment,
+               UpdateCall(db, ctx, request_id, expected_version, status, provider_id, result_json))
+
+
+UPDATE_COMPUTE_ASSIGNMENT: tuple[Step[UpdateCall], ...] = (
+    Check("the caller holds one of `compute.request`, `compute.assign`, `compute.execute`", ErrorCode.MISSING_SCOPE,
+          lambda a: None if a.claims.scopes & COMPUTE_SCOPES else {"scope": "compute.assign"}),
+    valid_id("request_id"),
+    one_of("status", ASSIGNMENT_STATUSES),
+    Check("`provider_id` is absent or an id", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if a.provider_id is None or is_id(a.provider_id)
+          else {"argument": "provider_id", "message": ID_MESSAGE}),
+    Check("`provider_id` is given to assign", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if a.status != "assigned" or a.provider_id is not None
+          else {"argument": "provider_id", "message": "required to assign"}),
+    Check("`result_json` comes only with completed or failed", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if a.result_json is None or a.status in RESULT_STATUSES
+          else {"argument": "result_json", "message": "only completed or failed carry a result"}),
+    canonical("result_json"),
+    Check("the request id exists", ErrorCode.ASSIGNMENT_MISSING,
+          lambda a: None if a.old is not None else {"request_id": a.request_id}),
+    Check("`expected_version` is the row's version", ErrorCode.VERSION_CONFLICT,
+          lambda a: None if a.row.version == a.expected_version
+          else {"actual_version": a.row.version, "expected_version": a.expected_version, "request_id": a.request_id}),
+    Check("(status, requested status) is an edge of the table", ErrorCode.INVALID_TRANSITION,
+          lambda a: None if a.edge in ASSIGNMENT_TRANSITIONS
+          else {"request_id": a.request_id, "status": a.row.status, "requested_status": a.status}),
+    Check("the caller holds a role the edge names", ErrorCode.FORBIDDEN,
+          lambda a: None if any(has_role(role, a.claims.scopes, a.claims.identity, a.row)
+                                for role in ASSIGNMENT_TRANSITIONS[a.edge])
+          else {"request_id": a.request_id}),
+    Check("only the assign edge names a provider (another edge: absent or the row's own)", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if a.status == "assigned" or a.provider_id in (None, a.row.provider_id)
+          else {"argument": "provider_id", "message": "only the assign edge sets the provider"}),
+    Check("to assign, the provider exists, is active and advertises the job kind", ErrorCode.PROVIDER_UNAVAILABLE,
+          lambda a: None if a.status != "assigned" or a.unavailable is None
+          else {"job_kind": a.row.job_kind, "provider_id": a.provider_id, "reason": a.unavailable}),
+)
+
+
+def _update_assignment(a: UpdateCall) -> Ok:
+    """Move the row along the edge at version + 1 with the result (if any); the assign edge sets
+    the provider and its owner, no other edge changes either."""
+    old = a.row
+    provider_id, provider_owner = old.provider_id, old.provider_owner
+    if a.status == "assigned":
+        assert a.provider is not None  # the provider check passed
+        provider_id, provider_owner = a.provider.provider_id, a.provider.owner
+    new = replace(old, status=a.status, provider_id=provider_id, provider_owner=provider_owner,
+                  result=a.result, version=old.version + 1, updated_at=a.ctx.now)
+    tx = Tx(a.db)
     tx.update(old, new)
     return _ok(tx)
 
 
-def _available_provider(db: DbState, provider_id: str, job_kind: int) -> ProviderCapability:
-    """The provider an assignment may name: it exists, is ``active`` and advertises the job kind;
-    else ``provider_unavailable`` with the reason (``missing``, ``withdrawn``, ``kind_not_advertised``)."""
-    p = db.find(ProviderCapability, lambda r: r.provider_id == provider_id)
-    reason = ("missing" if p is None else "withdrawn" if p.status != "active"
-              else "kind_not_advertised" if job_kind not in p.nip90_kinds else None)
-    if reason is not None:
-        raise _fail(ErrorCode.PROVIDER_UNAVAILABLE, job_kind=job_kind, provider_id=provider_id, reason=reason)
-    assert p is not None
-    return p
+@dataclass(frozen=True)
+class UpdateCall(Call):
+    request_id: str
+    expected_version: int
+    status: str
+    provider_id: str | None
+    result_json: str | None
+
+    @cached_property
+    def old(self) -> ComputeAssignment | None:
+        return self.db.find(ComputeAssignment, lambda r: r.request_id == self.request_id)
+
+    @property
+    def row(self) -> ComputeAssignment:
+        """The row, once the check that it exists has passed."""
+        assert self.old is not None
+        return self.old
+
+    @property
+    def edge(self) -> tuple[str, str]:
+        return self.row.status, self.status
+
+    @cached_property
+    def result(self) -> str | None:
+        return None if self.result_json is None else canonicalize(self.result_json, "result_json")
+
+    @cached_property
+    def provider(self) -> ProviderCapability | None:
+        return self.db.find(ProviderCapability, lambda r: r.provider_id == self.provider_id)
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the named provider cannot take the job (``missing``, ``withdrawn``,
+        ``kind_not_advertised``), or None."""
+        p = self.provider
+        return ("missing" if p is None else "withdrawn" if p.status != "active"
+                else "kind_not_advertised" if self.row.job_kind not in p.nip90_kinds else None)
+
+
+# --- enqueue_bridge_event --------------------------------------------------------------------
+
+
+@icontract.ensure(lambda db, outbox_id, result: rc.outbox_enqueued(db, outbox_id, result),
+                  "BRIDGE-1 (a new outbox row is pending with no attempts; a retry is a no-op)")
+def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: str, nostr_kind: int,
+                         tags_json: str, content: str) -> Outcome:
+    """Queue a Nostr event for the bridge (pending, due now), deduplicated on hash([source, kind,
+    tags, content])."""
+    return run(ENQUEUE_BRIDGE_EVENT, _enqueue, EnqueueCall(db, ctx, outbox_id, source, nostr_kind, tags_json, content))
+
+
+ENQUEUE_BRIDGE_EVENT: tuple[Step[EnqueueCall], ...] = (
+    needs_scope("bridge.enqueue"),
+    valid_id("outbox_id"),
+    valid_id("source"),
+    canonical("tags_json"),
+    Check("`tags_json` is an array of arrays of strings", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if isinstance(a.tags, list) and all(
+              isinstance(t, list) and all(isinstance(x, str) for x in t) for t in a.tags)
+          else {"argument": "tags_json", "message": "must be a JSON array of arrays of strings"}),
+    Check("`nostr_kind` is one of the policy's `bridge_kinds`", ErrorCode.POLICY_DENIED,
+          lambda a: None if a.nostr_kind in a.ctx.policy.bridge_kinds
+          else {"nostr_kind": a.nostr_kind, "outbox_id": a.outbox_id}),
+    Check("no tag string and not the content holds a non-portable control character", ErrorCode.POLICY_DENIED,
+          lambda a: None if not any(NOSTR_NONPORTABLE_CONTROLS.intersection(t) for t in a.texts)
+          else {"nostr_kind": a.nostr_kind, "outbox_id": a.outbox_id}),
+    NoOp("the outbox id holds this content hash: a retry",
+         lambda a: a.old is not None and a.old.content_hash == a.digest),
+    Check("the outbox id is not taken by other content", ErrorCode.IDEMPOTENCY_CONFLICT,
+          lambda a: None if a.old is None
+          else {"content_hash": a.digest, "existing_content_hash": a.old.content_hash, "outbox_id": a.outbox_id}),
+)
+
+
+def _enqueue(a: EnqueueCall) -> Ok:
+    """Write the row: pending, no attempts, due at once (next_attempt_at = created_at)."""
+    tx = Tx(a.db)
+    tx.insert(BridgeOutbox(a.outbox_id, a.source, a.nostr_kind, a.canon, a.content, a.digest, "pending", 0,
+                           a.ctx.now, None, None, (), a.ctx.now, a.ctx.now))
+    return _ok(tx)
 
 
 def outbox_content_hash(source: str, nostr_kind: int, tags_canonical: str, content: str) -> str:
@@ -609,140 +749,248 @@ def outbox_content_hash(source: str, nostr_kind: int, tags_canonical: str, conte
     return payload_hash(dumps_canonical([source, nostr_kind, parse_strict(tags_canonical), content]))
 
 
-def _tags_ok(tags_json: str) -> str:
-    canon = canonicalize(tags_json, "tags_json")
-    value = parse_strict(canon, "tags_json")
-    if not (isinstance(value, list) and all(isinstance(t, list) and all(isinstance(x, str) for x in t)
-                                            for t in value)):
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="tags_json",
-                    message="must be a JSON array of arrays of strings")
-    return canon
+@dataclass(frozen=True)
+class EnqueueCall(Call):
+    outbox_id: str
+    source: str
+    nostr_kind: int
+    tags_json: str
+    content: str
+
+    @cached_property
+    def canon(self) -> str:
+        return canonicalize(self.tags_json, "tags_json")
+
+    @cached_property
+    def tags(self) -> Any:
+        return parse_strict(self.canon, "tags_json")
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.content, *(item for tag in self.tags for item in tag)]
+
+    @cached_property
+    def digest(self) -> str:
+        return outbox_content_hash(self.source, self.nostr_kind, self.canon, self.content)
+
+    @cached_property
+    def old(self) -> BridgeOutbox | None:
+        return self.db.find(BridgeOutbox, lambda r: r.outbox_id == self.outbox_id)
 
 
-@icontract.ensure(lambda db, outbox_id, result: _outbox_enqueued(db, outbox_id, result),
-                  "BRIDGE-1 (a new outbox row is pending with no attempts; a retry is a no-op)")
-def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: str, nostr_kind: int,
-                         tags_json: str, content: str) -> Outcome:
-    c = ctx.claims
-    _scope(c, "bridge.enqueue")
-    _id("outbox_id", outbox_id)
-    _id("source", source)
-    tags = _tags_ok(tags_json)
-    if nostr_kind not in ctx.policy.bridge_kinds:
-        raise _fail(ErrorCode.POLICY_DENIED, nostr_kind=nostr_kind, outbox_id=outbox_id)
-    texts = [content, *(item for tag in parse_strict(tags, "tags_json") for item in tag)]
-    if any(NOSTR_NONPORTABLE_CONTROLS.intersection(text) for text in texts):
-        raise _fail(ErrorCode.POLICY_DENIED, nostr_kind=nostr_kind, outbox_id=outbox_id)
-    digest = outbox_content_hash(source, nostr_kind, tags, content)
-    old = db.find(BridgeOutbox, lambda r: r.outbox_id == outbox_id)
-    if old is not None:
-        if old.content_hash == digest:
-            return _noop(db)
-        raise _fail(ErrorCode.IDEMPOTENCY_CONFLICT, content_hash=digest,
-                    existing_content_hash=old.content_hash, outbox_id=outbox_id)
-    tx = Tx(db)
-    tx.insert(BridgeOutbox(outbox_id, source, nostr_kind, tags, content, digest, "pending", 0, ctx.now, None, None,
-                           (), ctx.now, ctx.now))
-    return _ok(tx)
+# --- mark_bridge_event_sent ------------------------------------------------------------------
 
 
 @icontract.ensure(lambda db, outbox_id, nostr_event_id, relays, result:
-                  _outbox_sent(db, outbox_id, nostr_event_id, relays, result),
+                  rc.outbox_sent(db, outbox_id, nostr_event_id, relays, result),
                   "BRIDGE-1 BRIDGE-2 BRIDGE-3 (the row ends sent with this event id, along an edge of the table, "
                   "with every relay acknowledged so far)")
 def mark_bridge_event_sent(db: DbState, ctx: CallContext, outbox_id: str, nostr_event_id: str,
                            relays: tuple[str, ...]) -> Outcome:
-    c = ctx.claims
-    _scope(c, "bridge.mark_sent")
-    _id("outbox_id", outbox_id)
-    if not is_hash("sha256:" + nostr_event_id):
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="nostr_event_id", message="must be 64 lowercase hex")
-    if any(not r or len(r) > 512 for r in relays):
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="relays", message="each relay must be 1-512 chars")
-    old = db.find(BridgeOutbox, lambda r: r.outbox_id == outbox_id)
-    if old is None:
-        raise _fail(ErrorCode.BRIDGE_EVENT_MISSING, outbox_id=outbox_id)
-    acked = set(relays)
-    if old.status == "sent":
-        if old.nostr_event_id != nostr_event_id:
-            raise _fail(ErrorCode.BRIDGE_EVENT_CONFLICT, nostr_event_id=old.nostr_event_id,
-                        requested_nostr_event_id=nostr_event_id, outbox_id=outbox_id)
-        if acked <= set(old.relays_acked):
-            return _noop(db)  # nothing new acknowledged
-        acked |= set(old.relays_acked)
-    tx = Tx(db)
-    tx.update(old, replace(old, status="sent", nostr_event_id=nostr_event_id,
-                           relays_acked=tuple(sorted(acked)), updated_at=ctx.now))
+    """Record a published outbox row (sent, event id, relays); a repeat with the same id merges
+    relays."""
+    return run(MARK_BRIDGE_EVENT_SENT, _mark_sent, SentCall(db, ctx, outbox_id, nostr_event_id, relays))
+
+
+MARK_BRIDGE_EVENT_SENT: tuple[Step[SentCall], ...] = (
+    needs_scope("bridge.mark_sent"),
+    valid_id("outbox_id"),
+    Check("`nostr_event_id` is 64 lowercase hex", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if is_hash("sha256:" + a.nostr_event_id)
+          else {"argument": "nostr_event_id", "message": "must be 64 lowercase hex"}),
+    Check("each relay is 1-512 characters", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if all(r and len(r) <= 512 for r in a.relays)
+          else {"argument": "relays", "message": "each relay must be 1-512 chars"}),
+    Check("the outbox row exists", ErrorCode.BRIDGE_EVENT_MISSING,
+          lambda a: None if a.old is not None else {"outbox_id": a.outbox_id}),
+    Check("a sent row was sent with this event id", ErrorCode.BRIDGE_EVENT_CONFLICT,
+          lambda a: None if a.row.status != "sent" or a.row.nostr_event_id == a.nostr_event_id
+          else {"nostr_event_id": a.row.nostr_event_id, "requested_nostr_event_id": a.nostr_event_id,
+                "outbox_id": a.outbox_id}),
+    NoOp("the row is sent and already acknowledges every relay given",
+         lambda a: a.row.status == "sent" and set(a.relays) <= set(a.row.relays_acked)),
+)
+
+
+def _mark_sent(a: SentCall) -> Ok:
+    """Write the row sent with this event id; relays_acked = the relays given, merged with those a
+    sent row already acknowledges (sorted, distinct)."""
+    acked = set(a.relays) | (set(a.row.relays_acked) if a.row.status == "sent" else set())
+    tx = Tx(a.db)
+    tx.update(a.row, replace(a.row, status="sent", nostr_event_id=a.nostr_event_id,
+                             relays_acked=tuple(sorted(acked)), updated_at=a.ctx.now))
     return _ok(tx)
 
 
-@icontract.ensure(lambda db, ctx, outbox_id, retry_after_ms, result: _outbox_failed(db, ctx, outbox_id, retry_after_ms,
-                                                                                   result),
+@dataclass(frozen=True)
+class SentCall(Call):
+    outbox_id: str
+    nostr_event_id: str
+    relays: tuple[str, ...]
+
+    @cached_property
+    def old(self) -> BridgeOutbox | None:
+        return self.db.find(BridgeOutbox, lambda r: r.outbox_id == self.outbox_id)
+
+    @property
+    def row(self) -> BridgeOutbox:
+        """The row, once the check that it exists has passed."""
+        assert self.old is not None
+        return self.old
+
+
+# --- record_bridge_failure -------------------------------------------------------------------
+
+
+@icontract.ensure(lambda db, ctx, outbox_id, retry_after_ms, result: rc.outbox_failed(db, ctx, outbox_id,
+                                                                                      retry_after_ms, result),
                   "BRIDGE-1 BRIDGE-2 BRIDGE-3 (attempts + 1; failed exactly at the maximum; next_attempt_at = now + "
                   "retry_after_ms; only pending rows change)")
 def record_bridge_failure(db: DbState, ctx: CallContext, outbox_id: str, error: str,
                           retry_after_ms: int) -> Outcome:
-    c = ctx.claims
-    _scope(c, "bridge.mark_sent")
-    _id("outbox_id", outbox_id)
-    if not error or len(error) > ctx.policy.max_error_text:
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="error",
-                    message=f"must be 1-{ctx.policy.max_error_text} characters")
-    if retry_after_ms > ctx.policy.bridge_max_retry_after_ms:
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="retry_after_ms",
-                    message=f"must be at most {ctx.policy.bridge_max_retry_after_ms}")
-    old = db.find(BridgeOutbox, lambda r: r.outbox_id == outbox_id)
-    if old is None:
-        raise _fail(ErrorCode.BRIDGE_EVENT_MISSING, outbox_id=outbox_id)
-    if old.status != "pending":
-        return _noop(db)
-    attempts = old.attempts + 1
-    status = "failed" if attempts >= ctx.policy.bridge_max_attempts else "pending"
-    tx = Tx(db)
-    tx.update(old, replace(old, attempts=attempts, status=status, next_attempt_at=ctx.now + 1000 * retry_after_ms,
-                           last_error=error, updated_at=ctx.now))
+    """Count a failed attempt on a pending row with its durable backoff; failed at the maximum
+    attempts."""
+    return run(RECORD_BRIDGE_FAILURE, _record_failure, FailureCall(db, ctx, outbox_id, error, retry_after_ms))
+
+
+RECORD_BRIDGE_FAILURE: tuple[Step[FailureCall], ...] = (
+    needs_scope("bridge.mark_sent"),
+    valid_id("outbox_id"),
+    Check("`error` is 1 to the policy's `max_error_text` characters", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if a.error and len(a.error) <= a.ctx.policy.max_error_text
+          else {"argument": "error", "message": f"must be 1-{a.ctx.policy.max_error_text} characters"}),
+    Check("`retry_after_ms` is at most the policy's `bridge_max_retry_after_ms`", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if a.retry_after_ms <= a.ctx.policy.bridge_max_retry_after_ms
+          else {"argument": "retry_after_ms", "message": f"must be at most {a.ctx.policy.bridge_max_retry_after_ms}"}),
+    Check("the outbox row exists", ErrorCode.BRIDGE_EVENT_MISSING,
+          lambda a: None if a.old is not None else {"outbox_id": a.outbox_id}),
+    NoOp("the row is sent or failed (only a pending row counts attempts)",
+         lambda a: a.row.status != "pending"),
+)
+
+
+def _record_failure(a: FailureCall) -> Ok:
+    """attempts + 1, last_error, next_attempt_at = now + retry_after_ms; the row is failed (a dead
+    letter) once attempts reach the policy's ``bridge_max_attempts``."""
+    attempts = a.row.attempts + 1
+    status = "failed" if attempts >= a.ctx.policy.bridge_max_attempts else "pending"
+    tx = Tx(a.db)
+    tx.update(a.row, replace(a.row, attempts=attempts, status=status,
+                             next_attempt_at=a.ctx.now + 1000 * a.retry_after_ms,
+                             last_error=a.error, updated_at=a.ctx.now))
     return _ok(tx)
 
 
-@icontract.ensure(lambda db, stream_id, result: _signal_only(db, stream_id, result),
+@dataclass(frozen=True)
+class FailureCall(Call):
+    outbox_id: str
+    error: str
+    retry_after_ms: int
+
+    @cached_property
+    def old(self) -> BridgeOutbox | None:
+        return self.db.find(BridgeOutbox, lambda r: r.outbox_id == self.outbox_id)
+
+    @property
+    def row(self) -> BridgeOutbox:
+        """The row, once the check that it exists has passed."""
+        assert self.old is not None
+        return self.old
+
+
+# --- publish_stream_signal -------------------------------------------------------------------
+
+
+@icontract.ensure(lambda db, stream_id, result: rc.signal_only(db, stream_id, result),
                   "EVT-1 (a signal is one event row of the stream and changes no table)")
 def publish_stream_signal(db: DbState, ctx: CallContext, stream_id: str, kind: str,
                           payload_json: str) -> Outcome:
-    c = ctx.claims
-    _scope(c, "sync.append")
-    _grant(c, stream_id)
-    _id("stream_id", stream_id)
-    _one_of("kind", kind, SIGNAL_KINDS)
-    canon = canonicalize(payload_json)
-    limit = ctx.policy.class_for(stream_id).max_payload_bytes
-    if len(canon.encode("utf-8")) > limit:
-        raise _fail(ErrorCode.PAYLOAD_TOO_LARGE, limit_bytes=limit,
-                    payload_bytes=len(canon.encode("utf-8")), stream_id=stream_id)
-    tx = Tx(db)
-    tx.insert(StreamSignal(stream_id, kind, canon, c.identity, ctx.now))
+    """Emit an ephemeral stream_signal row (event table: delivered, never stored)."""
+    return run(PUBLISH_STREAM_SIGNAL, _signal, SignalCall(db, ctx, stream_id, kind, payload_json))
+
+
+PUBLISH_STREAM_SIGNAL: tuple[Step[SignalCall], ...] = (
+    needs_scope("sync.append"),
+    needs_grant("stream_id"),
+    valid_id("stream_id"),
+    one_of("kind", SIGNAL_KINDS),
+    canonical("payload_json"),
+    fits_stream_class(),
+)
+
+
+def _signal(a: SignalCall) -> Ok:
+    """Emit one stream_signal row (the caller, now, the canonical payload); no table changes."""
+    tx = Tx(a.db)
+    tx.insert(StreamSignal(a.stream_id, a.kind, a.canon, a.claims.identity, a.ctx.now))
     return _ok(tx)
 
 
-@icontract.ensure(lambda db, stream_id, result: _epoch_reset(db, stream_id, result),
+@dataclass(frozen=True)
+class SignalCall(Call):
+    stream_id: str
+    kind: str
+    payload_json: str
+
+    @cached_property
+    def canon(self) -> str:
+        return canonicalize(self.payload_json)
+
+    @cached_property
+    def size(self) -> int:
+        return len(self.canon.encode("utf-8"))
+
+    @property
+    def limit(self) -> int:
+        return self.ctx.policy.class_for(self.stream_id).max_payload_bytes
+
+
+# --- reset_stream_epoch ----------------------------------------------------------------------
+
+
+@icontract.ensure(lambda db, stream_id, result: rc.epoch_reset(db, stream_id, result),
                   "SEQ-1 SEQ-3 (epoch + 1 starting fresh (continues nothing), head kept, floor = head + 1, no retained "
                   "event of the stream)")
 def reset_stream_epoch(db: DbState, ctx: CallContext, stream_id: str) -> Outcome:
-    """Admin: start a fresh, empty epoch (``continues_epoch = 0``: every client rebootstraps).
-    Retained events are dropped (floor = head + 1); seqs go on from the old head, so a (stream, seq)
-    pair never names two events."""
-    _scope(ctx.claims, "sync.admin")
-    _id("stream_id", stream_id)
-    stream = db.find(SyncStream, lambda r: r.stream_id == stream_id)
-    if stream is None:
-        raise _fail(ErrorCode.INVALID_ARGUMENT, argument="stream_id", message="stream does not exist")
-    tx = Tx(db)
-    for e in [e for e in db.of_type(SyncEvent) if e.stream_id == stream_id]:
+    """Move an existing stream to a fresh epoch (continues nothing) and drop its retained events.
+
+    An admin's tool: ``continues_epoch = 0``, so every client rebootstraps.  Retained events are
+    dropped (floor = head + 1); seqs go on from the old head, so a (stream, seq) pair never names
+    two events."""
+    return run(RESET_STREAM_EPOCH, _reset, ResetCall(db, ctx, stream_id))
+
+
+RESET_STREAM_EPOCH: tuple[Step[ResetCall], ...] = (
+    needs_scope("sync.admin"),
+    valid_id("stream_id"),
+    Check("the stream exists", ErrorCode.INVALID_ARGUMENT,
+          lambda a: None if a.stream is not None else {"argument": "stream_id", "message": "stream does not exist"}),
+)
+
+
+def _reset(a: ResetCall) -> Ok:
+    """Delete the stream's retained events; epoch + 1 continuing nothing, floor = head + 1."""
+    stream = a.stream
+    assert stream is not None  # the existence check passed
+    tx = Tx(a.db)
+    for e in [e for e in a.db.of_type(SyncEvent) if e.stream_id == a.stream_id]:
         tx.delete(e)
     tx.update(stream, replace(stream, epoch=stream.epoch + 1, continues_epoch=0, continues_seq=0,
                               earlier_epochs=(), earlier_seqs=(), floor_seq=stream.head_seq + 1,
-                              updated_at=ctx.now))
+                              updated_at=a.ctx.now))
     return _ok(tx)
 
+
+@dataclass(frozen=True)
+class ResetCall(Call):
+    stream_id: str
+
+    @cached_property
+    def stream(self) -> SyncStream | None:
+        return self.db.find(SyncStream, lambda r: r.stream_id == self.stream_id)
+
+
+# --- the entry point -------------------------------------------------------------------------
 
 ReducerFn = Callable[..., Outcome]
 
@@ -760,34 +1008,80 @@ REDUCER_FUNCTIONS: Mapping[str, ReducerFn] = {
     "reset_stream_epoch": reset_stream_epoch,
 }
 
+CHECKS: Mapping[str, tuple[Step[Any], ...]] = {
+    "append_sync_event": APPEND_SYNC_EVENT,
+    "ack_checkpoint": ACK_CHECKPOINT,
+    "upsert_presence": UPSERT_PRESENCE,
+    "publish_provider_capability": PUBLISH_PROVIDER_CAPABILITY,
+    "open_compute_assignment": OPEN_COMPUTE_ASSIGNMENT,
+    "update_compute_assignment": UPDATE_COMPUTE_ASSIGNMENT,
+    "enqueue_bridge_event": ENQUEUE_BRIDGE_EVENT,
+    "mark_bridge_event_sent": MARK_BRIDGE_EVENT_SENT,
+    "record_bridge_failure": RECORD_BRIDGE_FAILURE,
+    "publish_stream_signal": PUBLISH_STREAM_SIGNAL,
+    "reset_stream_epoch": RESET_STREAM_EPOCH,
+}
+"""Each reducer's steps in order: what the reducer runs, and what the protocol doc's check-order
+table and the tests read."""
+
+EFFECTS: Mapping[str, Callable[[Any], Ok]] = {
+    "append_sync_event": _append,
+    "ack_checkpoint": _ack,
+    "upsert_presence": _upsert_presence,
+    "publish_provider_capability": _publish_provider,
+    "open_compute_assignment": _open_assignment,
+    "update_compute_assignment": _update_assignment,
+    "enqueue_bridge_event": _enqueue,
+    "mark_bridge_event_sent": _mark_sent,
+    "record_bridge_failure": _record_failure,
+    "publish_stream_signal": _signal,
+    "reset_stream_epoch": _reset,
+}
+"""Each reducer's effect (its docstring is the doc's "then" line)."""
+
+TERMS: Mapping[str, type[Call]] = {
+    "append_sync_event": AppendCall,
+    "ack_checkpoint": AckCall,
+    "upsert_presence": PresenceCall,
+    "publish_provider_capability": ProviderCall,
+    "open_compute_assignment": OpenCall,
+    "update_compute_assignment": UpdateCall,
+    "enqueue_bridge_event": EnqueueCall,
+    "mark_bridge_event_sent": SentCall,
+    "record_bridge_failure": FailureCall,
+    "publish_stream_signal": SignalCall,
+    "reset_stream_epoch": ResetCall,
+}
+"""Each reducer's terms class (its fields after ``db, ctx`` are the reducer's arguments, in order)."""
+
 
 @icontract.ensure(lambda db, result: isinstance(result, Err) or not result.noop or result.state == db,
                   "DELIV-4 (an accepted no-op leaves the state as it was; an Err carries no state at all)")
 @icontract.ensure(lambda db, result: isinstance(result, Err) or result.noop or result.ret is None
                   or result.ret >= 1, "SEQ-4 (a write returns a seq, if anything)")
-@icontract.ensure(lambda ctx, reducer, args, result: _authorized_first(ctx, reducer, args, result),
+@icontract.ensure(lambda ctx, reducer, args, result: rc.authorized_first(ctx, reducer, args, result),
                   "AUTH-2 (missing_scope, then forbidden_stream, before any other check)")
-@icontract.ensure(lambda db, ctx, result: not _state_violations(db, ctx, result),
+@icontract.ensure(lambda db, ctx, result: not rc.state_violations(db, ctx, result),
                   "a committed call keeps every state invariant and every transition invariant",
-                  error=lambda db, ctx, result: _violation_error(
-                      "check_state/check_transition", _state_violations(db, ctx, result)),
+                  error=lambda db, ctx, result: rc.violation_error(
+                      "check_state/check_transition", rc.state_violations(db, ctx, result)),
                   enabled=contracts.WHOLE_STATE)
-@icontract.ensure(lambda db, ctx, reducer, args, result: not _call_violations(db, ctx, reducer, args, result),
+@icontract.ensure(lambda db, ctx, reducer, args, result: not rc.call_violations(db, ctx, reducer, args, result),
                   "spec.invariants.check_call holds",
-                  error=lambda db, ctx, reducer, args, result: _violation_error(
-                      "check_call", _call_violations(db, ctx, reducer, args, result)),
+                  error=lambda db, ctx, reducer, args, result: rc.violation_error(
+                      "check_call", rc.call_violations(db, ctx, reducer, args, result)),
                   enabled=icontract.SLOW)
 def call(db: DbState, ctx: CallContext, reducer: str, args: tuple[Any, ...]) -> Outcome:
     """Run one reducer call; the single entry point (argument types are checked here)."""
     rdef = REDUCER_BY_NAME.get(reducer)
     if rdef is None:
-        return Err(_fail(ErrorCode.NO_SUCH_REDUCER, reducer=reducer))
+        return Err(SyncError(ErrorCode.NO_SUCH_REDUCER, {"reducer": reducer}))
     if len(args) != len(rdef.args):
-        return Err(_fail(ErrorCode.INVALID_ARGUMENT, argument="*",
-                         message=f"{reducer} takes {len(rdef.args)} arguments, got {len(args)}"))
+        return Err(SyncError(ErrorCode.INVALID_ARGUMENT, {
+            "argument": "*", "message": f"{reducer} takes {len(rdef.args)} arguments, got {len(args)}"}))
     for col, value in zip(rdef.args, args, strict=True):
         if not value_has_type(value, col.type):
-            return Err(_fail(ErrorCode.INVALID_ARGUMENT, argument=col.name, message="wrong type"))
+            return Err(SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": col.name, "message": "wrong type"}))
     try:
         return REDUCER_FUNCTIONS[reducer](db, ctx, *args)
     except SyncError as err:
@@ -799,7 +1093,7 @@ def call(db: DbState, ctx: CallContext, reducer: str, args: tuple[Any, ...]) -> 
 
 @icontract.ensure(lambda now, result: not check_sweep(result.state, now),
                   "PRES-2 (after a sweep at t no live row has expires_at <= t)")
-@icontract.ensure(lambda result: len(_inserted(result, PresenceSignal)) == len(
+@icontract.ensure(lambda result: len(rc.inserted(result, PresenceSignal)) == len(
     result.delta.for_table("session_presence").inserts), "PRES-2 (each row taken offline emits one signal)")
 def presence_sweep(db: DbState, now: Timestamp) -> Ok:
     """Mark every live presence row whose TTL has passed offline (``ttl_expired``)."""
@@ -828,18 +1122,6 @@ def disconnect_sessions(db: DbState, now: Timestamp, identity: str, sessions: fr
     return _ok(tx)
 
 
-def _compacted(db: DbState, result: Ok) -> bool:
-    """Per stream: epoch and head kept, floor never lower, SEQ-1 kept."""
-    for before in db.of_type(SyncStream):
-        after = _stream_row(result.state, before.stream_id)
-        if after is None or (after.epoch, after.head_seq) != (before.epoch, before.head_seq) \
-                or after.floor_seq < before.floor_seq:
-            return False
-        if stream_layout_ok(db, before) and not stream_layout_ok(result.state, after):
-            return False
-    return True
-
-
 def retention_expired(row: Row, now: Timestamp, policy: Policy) -> bool:
     """Is ``row`` one that retention removes at ``now`` (ADR-0003 decision 8)?"""
     if isinstance(row, SessionPresence):
@@ -852,7 +1134,7 @@ def retention_expired(row: Row, now: Timestamp, policy: Policy) -> bool:
     return False
 
 
-@icontract.ensure(lambda db, result: _compacted(db, result),
+@icontract.ensure(lambda db, result: rc.compacted(db, result),
                   "SEQ-1 SEQ-3 (compaction drops a prefix and raises floor_seq to match; epoch and head are kept)")
 @icontract.ensure(lambda result: not result.delta.for_table("sync_event").inserts,
                   "compaction never writes an event")
@@ -894,50 +1176,19 @@ def compact(db: DbState, now: Timestamp, policy: Policy = DEFAULT_POLICY) -> Ok:
     return _ok(tx)
 
 
-def _max_epoch(db: DbState) -> int:
-    return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
-
-
 def max_version(db: DbState) -> int:
     """The largest version any provider or assignment has, or a new one would get."""
     return max([db.version_floor, *(r.version for r in db.of_type(ProviderCapability)),
                 *(r.version for r in db.of_type(ComputeAssignment))])
 
 
-def _continued(db: DbState, after: DbState) -> bool:
-    """Every stream moved to a new epoch that continues its old one up to its head, floor kept; its
-    retained events and its checkpoints of the old epoch relabelled to the new one, nothing else."""
-    streams = {s.stream_id: s for s in after.of_type(SyncStream)}
-    for b in db.of_type(SyncStream):
-        a = streams.get(b.stream_id)
-        if a is None or (a.continues_epoch, a.continues_seq, a.head_seq, a.floor_seq) != (
-                b.epoch, b.head_seq, b.head_seq, b.floor_seq) or a.epoch <= b.epoch:
-            return False
-        # ADR-0010: the old chain, each bound capped at the durable head, as long as it is usable
-        old: list[tuple[int, int]] = [] if not b.continues_epoch else [
-            (b.continues_epoch, b.continues_seq), *zip(b.earlier_epochs, b.earlier_seqs, strict=True)]
-        capped = [(e, min(seq, b.head_seq)) for e, seq in old]
-        usable = list(takewhile(lambda h: h[1] >= b.floor_seq - 1, capped))  # noqa: B023 (used at once)
-        chain = usable[:MAX_CONTINUATION_HOPS - 1]
-        if list(zip(a.earlier_epochs, a.earlier_seqs, strict=True)) != chain:
-            return False
-    relabel = {s.stream_id: (db_s.epoch, s.epoch) for s in after.of_type(SyncStream)
-               for db_s in db.of_type(SyncStream) if db_s.stream_id == s.stream_id}
-    events = [replace(e, epoch=relabel[e.stream_id][1]) if e.stream_id in relabel and relabel[e.stream_id][0] == e.epoch
-              else e for e in db.of_type(SyncEvent)]
-    ckpts = [replace(c, epoch=relabel[c.stream_id][1]) if c.stream_id in relabel and relabel[c.stream_id][0] == c.epoch
-             else c for c in db.of_type(SyncCheckpoint)]
-    return (sorted(map(repr, events)) == sorted(map(repr, after.of_type(SyncEvent)))
-            and sorted(map(repr, ckpts)) == sorted(map(repr, after.of_type(SyncCheckpoint))))
-
-
 @icontract.require(lambda db: db.well_formed(), "a state of the schema's tables: rows of its type, keys unique")
 @icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
-@icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
+@icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > rc.max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),
                   "DUR-2 (every stream, and every stream created later, moves above every epoch the lost"
                   " transactions can have handed out)")
-@icontract.ensure(lambda db, result: _continued(db, result),
+@icontract.ensure(lambda db, result: rc.continued(db, result),
                   "SEQ-1 CONT-1 (each new epoch continues the old one up to the durable head, floor kept, its events "
                   "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised; and every "
                   "epoch the old one continued, each bound capped at the durable head, while usable, ADR-0010)")

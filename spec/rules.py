@@ -1,10 +1,17 @@
 """Per-reducer rules as data: who may call, which errors with which detail keys, when a call is a no-op.
 
-This table is the normative summary of ``spec/reducers.py`` that the documentation and the reach
-table read; nothing here is executed by a reducer.  It is kept honest from both sides:
+This table is the summary of ``spec/reducers.py`` that the documentation and the reach table read;
+nothing here is executed by a reducer.  What a reducer *runs* is in ``spec/reducers.py`` itself:
+its statement (the reducer's docstring), its checks in order (:data:`spec.reducers.CHECKS`, each
+with the error code it refuses with) and its effect.  This table adds what the reducers do not
+spell out as data: the detail keys of each error, the caller roles, and when an accepted call
+writes nothing.  It is kept honest from three sides:
 
 * ``docs/protocol.md`` ("Per-reducer rules") is generated from it (``tests/spec/test_protocol_doc.py``
   fails when the doc drifts);
+* ``tests/spec/test_check_order.py`` fails when the codes listed here differ from the codes of the
+  reducer's checks (plus ``invalid_argument``, which ``call`` answers for a wrong arity or type), or
+  when a reducer whose checks include a no-op step has no no-op condition here;
 * the reach table (``tests/support/reach.py``, printed by ``syncref verify``) counts every
   (reducer, outcome) cell named here over the machines' runs and fails on a listed error no machine
   produces, on an error a reducer returns that is not listed, and on an error whose detail keys are
@@ -44,7 +51,6 @@ NON_CANONICAL = ("argument", "message", "reason")
 @dataclass(frozen=True, slots=True)
 class ReducerRule:
     reducer: str
-    statement: str
     roles: tuple[str, ...]
     errors: Mapping[ErrorCode, tuple[str, ...]]  # code -> its detail keys, sorted
     noop: str | None  # when an accepted call writes nothing; None: every accepted call writes
@@ -57,8 +63,6 @@ def _errors(**codes: tuple[str, ...]) -> Mapping[ErrorCode, tuple[str, ...]]:
 REDUCER_RULES: tuple[ReducerRule, ...] = (
     ReducerRule(
         "append_sync_event",
-        "Append an event at seq = head + 1; a retry under a retained idempotency key returns the original seq "
-        "(dedupe before sequence).",
         ("missing_scope", "missing_grant", "holder"),
         _errors(missing_scope=("scope",), forbidden_stream=("stream_id",), invalid_argument=ARG,
                 non_canonical_payload=NON_CANONICAL,
@@ -70,7 +74,6 @@ REDUCER_RULES: tuple[ReducerRule, ...] = (
         "the key is retained with the same payload hash (returns the original seq, whatever expected_next_seq)"),
     ReducerRule(
         "ack_checkpoint",
-        "Record a client's watermark for a stream in the current epoch; never past the head, never backwards.",
         ("missing_scope", "missing_grant", "first_writer", "owner", "non_owner"),
         _errors(missing_scope=("scope",), forbidden_stream=("stream_id",), forbidden=("checkpoint_id",),
                 invalid_argument=ARG, stale_epoch=("epoch", "requested_epoch", "stream_id"),
@@ -78,20 +81,17 @@ REDUCER_RULES: tuple[ReducerRule, ...] = (
         "the checkpoint is in that epoch at or above the seq"),
     ReducerRule(
         "upsert_presence",
-        "Create or refresh the caller's session row (status, TTL); a status change emits one presence_signal.",
         ("missing_scope", "first_writer", "owner", "non_owner"),
         _errors(missing_scope=("scope",), forbidden=("session_id",), invalid_argument=ARG),
         "the row would not change: same device, node, status and region at the same clock reading"),
     ReducerRule(
         "publish_provider_capability",
-        "Create or update the caller's provider ad; the version rises by 1 on every content change.",
         ("missing_scope", "first_writer", "owner", "non_owner"),
         _errors(missing_scope=("scope",), forbidden=("provider_id",), invalid_argument=ARG,
                 non_canonical_payload=NON_CANONICAL),
         "the same capability, kinds, price and status as the stored row (version kept)"),
     ReducerRule(
         "open_compute_assignment",
-        "Open a compute request (status open, no provider) at the database's version_floor.",
         ("missing_scope", "first_writer", "requester", "non_owner"),
         _errors(missing_scope=("scope",), forbidden=("request_id",), invalid_argument=ARG,
                 non_canonical_payload=NON_CANONICAL,
@@ -99,7 +99,6 @@ REDUCER_RULES: tuple[ReducerRule, ...] = (
         "the request id is open with the same request hash and job kind"),
     ReducerRule(
         "update_compute_assignment",
-        "Take one edge of the assignment table as a role the edge names, compare-and-set on version.",
         ("missing_scope", "no_row", "requester", "dispatcher", "provider_owner", "no_role"),
         _errors(missing_scope=("scope",), invalid_argument=ARG, non_canonical_payload=NON_CANONICAL,
                 assignment_missing=("request_id",),
@@ -109,8 +108,6 @@ REDUCER_RULES: tuple[ReducerRule, ...] = (
         None),
     ReducerRule(
         "enqueue_bridge_event",
-        "Queue a Nostr event for the bridge (pending, due now), deduplicated on hash([source, kind, tags, "
-        "content]).",
         ("missing_scope", "holder"),
         _errors(missing_scope=("scope",), invalid_argument=ARG, non_canonical_payload=NON_CANONICAL,
                 policy_denied=("nostr_kind", "outbox_id"),
@@ -118,27 +115,23 @@ REDUCER_RULES: tuple[ReducerRule, ...] = (
         "the outbox id holds the same content hash"),
     ReducerRule(
         "mark_bridge_event_sent",
-        "Record a published outbox row (sent, event id, relays); a repeat with the same id merges relays.",
         ("missing_scope", "holder"),
         _errors(missing_scope=("scope",), invalid_argument=ARG, bridge_event_missing=("outbox_id",),
                 bridge_event_conflict=("nostr_event_id", "outbox_id", "requested_nostr_event_id")),
         "the row is sent with that event id and every relay is already acknowledged"),
     ReducerRule(
         "record_bridge_failure",
-        "Count a failed attempt on a pending row with its durable backoff; failed at the maximum attempts.",
         ("missing_scope", "holder"),
         _errors(missing_scope=("scope",), invalid_argument=ARG, bridge_event_missing=("outbox_id",)),
         "the row is sent or failed"),
     ReducerRule(
         "publish_stream_signal",
-        "Emit an ephemeral stream_signal row (event table: delivered, never stored).",
         ("missing_scope", "missing_grant", "holder"),
         _errors(missing_scope=("scope",), forbidden_stream=("stream_id",), invalid_argument=ARG,
                 non_canonical_payload=NON_CANONICAL, payload_too_large=("limit_bytes", "payload_bytes", "stream_id")),
         None),
     ReducerRule(
         "reset_stream_epoch",
-        "Move an existing stream to a fresh epoch (continues nothing) and drop its retained events.",
         ("missing_scope", "admin"),
         _errors(missing_scope=("scope",), invalid_argument=ARG),
         None),

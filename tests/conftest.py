@@ -1,4 +1,4 @@
-"""Hypothesis profiles: `default` (CI, a few minutes on 2 cores) and `deep` (exploration).
+"""Hypothesis profiles: `default` (CI, a few minutes on 2 cores), `deep` (exploration) and `mutation`.
 
 Select with HYPOTHESIS_PROFILE=deep.  ICONTRACT_SLOW is switched on here, so the contracts that
 scan (e.g. the model's state invariants over the engine's tables) run in every test.  The
@@ -20,4 +20,9 @@ settings.register_profile("default", max_examples=100, deadline=None, derandomiz
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("deep", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# `mutation`: the profile of the mutation runs (docs/mutation.md, `./run mutate`): few examples, a fixed
+# seed (derandomize) and no example database, so a mutant's verdict is the same on every run and
+# does not depend on what an earlier run stored.
+settings.register_profile("mutation", max_examples=25, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -282,6 +282,18 @@ class Bench:
                   "syncref_closes_total{")
         return "server: " + ", ".join(line for line in text.splitlines() if line.startswith(wanted))
 
+    def commit_counts(self) -> tuple[float, float]:
+        """The syncref server's group COMMITs so far and the records they wrote (``/metrics``)."""
+        import urllib.request
+        assert self.syncref is not None
+        got = {"syncref_group_commit_batch_records_count": 0.0, "syncref_group_commit_batch_records_sum": 0.0}
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.syncref.port}/metrics", timeout=30) as resp:
+            for line in resp.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name in got:
+                    got[name] = float(value)
+        return got["syncref_group_commit_batch_records_count"], got["syncref_group_commit_batch_records_sum"]
+
     def committed(self) -> int:
         """The syncref server's committed offset (its ``/metrics``)."""
         import urllib.request
@@ -393,7 +405,12 @@ def run_append(bench: Bench, peer: str, window: int, profile: str | None) -> Run
                       "warmup": s.warmup, "duration": s.duration, "payload_size": s.payload_size,
                       "stream_prefix": prefix})
         first += n
+    before = bench.commit_counts() if peer == "syncref" else None
     results, diag = bench.clients(tasks, pid, profile_as=profile)
+    if before is not None:  # records per group COMMIT over the run (warm-up included)
+        after = bench.commit_counts()
+        diag["commits"] = int(after[0] - before[0])
+        diag["records_per_commit"] = round((after[1] - before[1]) / max(1.0, after[0] - before[0]), 2)
     ops = sum(r["ops"] for r in results)
     errors = sum(r["errors"] for r in results)
     if errors:

@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from adapters.chaos.runner import PLANTS, default_seed, run_chaos
+from adapters.chaos.runner import PLANTS, default_seed, phases, run_chaos
 from adapters.chaos.schedule import PROFILES
+from adapters.progress import Progress
 
 
 def add_parser(sub: Any) -> None:
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"syncref chaos: --workdir {workdir} is not empty", file=sys.stderr)
         return 2
     try:
-        report = run_chaos(seed, profile, workdir, plant=args.plant, log=sys.stdout)
+        report = run_chaos(seed, profile, workdir, plant=args.plant, log=sys.stdout,
+                           progress=Progress(phases(seed, profile)))
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)

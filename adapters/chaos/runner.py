@@ -48,6 +48,7 @@ from adapters.auth import AuthConfig, Authenticator, KeyStore
 from adapters.chaos.history import FINDINGS, REBOOTSTRAP, Anomaly, Applied, FinalState, History, Write, check
 from adapters.chaos.proxy import ChaosProxy
 from adapters.chaos.schedule import Nemesis, Profile, plan
+from adapters.progress import Progress
 from adapters.sdk import (
     Backoff,
     CheckpointStore,
@@ -332,7 +333,7 @@ class Subscriber:
 
 class ChaosRun:
     def __init__(self, seed: int, profile: Profile, workdir: Path, *, plant: str | None = None,
-                 log: Any = None) -> None:
+                 log: Any = None, progress: Progress | None = None) -> None:
         if plant is not None and plant not in PLANTS:
             raise ValueError(f"unknown plant {plant!r}; known: {', '.join(PLANTS)}")
         self.seed, self.profile, self.workdir, self.plant = seed, profile, workdir, plant
@@ -346,9 +347,18 @@ class ChaosRun:
         self.server: ServerProcess | None = None
         self.proxy: ChaosProxy | None = None
         self.proxy_url = ""
+        self.bar = progress
+
+    def step(self, label: str) -> None:
+        if self.bar is not None:
+            self.bar.step(label)
 
     def say(self, text: str) -> None:
-        if self.log is not None:
+        if self.log is None:
+            return
+        if self.bar is not None:
+            self.bar.note(text, self.log)
+        else:
             print(text, file=self.log, flush=True)
 
     async def execute(self) -> dict[str, Any]:
@@ -366,8 +376,9 @@ class ChaosRun:
         admin_token = auth.mint(subject="chaos-admin", scopes=SCOPES, streams=("*",), ttl_s=None)
         expired = past.mint(subject="chaos-expired", scopes=WRITER_SCOPES, streams=("chaos.*",), ttl_s=60)
         server = self.server = ServerProcess(self.data, free_port(), config, self.workdir / "server.log")
+        self.step("starting the server, the proxy and the subscribers")
         await server.start()
-        proxy = self.proxy = ChaosProxy(server.port)
+        proxy = self.proxy = ChaosProxy(server.port, seed=self.seed)
         await proxy.start()
         self.proxy_url = f"http://127.0.0.1:{proxy.port}"
         writers = [Writer(self, i, t) for i, t in enumerate(w_tokens)]
@@ -379,7 +390,9 @@ class ChaosRun:
         self.say(f"chaos: seed {self.seed}, profile {p.name}, {len(self.schedule)} nemeses over {p.duration_s:.0f} s")
         t0 = time.monotonic()
         try:
-            for nem in self.schedule:
+            for i, nem in enumerate(self.schedule, 1):
+                self.step(f"nemesis {i}/{len(self.schedule)} at {nem.at_s:.0f} s: {nem.kind} "
+                          f"({server.kills} kills so far)")
                 wait = nem.at_s - (time.monotonic() - t0)
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -400,6 +413,7 @@ class ChaosRun:
             if isinstance(r, BaseException):
                 self.history.client_errors.append(f"writer crashed: {r!r}"[:300])
         self.say(f"chaos: healing ({server.kills} kills so far)")
+        self.step("healing: one more write per writer, every subscriber to every head")
         for w in writers:
             await self.progress(w)
         heads = await self.read_final(server.url, admin_token)
@@ -413,6 +427,7 @@ class ChaosRun:
             applied, views = s.read()
             self.history.applied.extend(applied)
             self.history.views[s.name] = views
+        self.step("stopping the server, checking the histories and the commit log")
         code = await server.stop()
         anomalies = check(self.history, heads)
         findings = [a for a in anomalies if a.code in FINDINGS]
@@ -452,6 +467,12 @@ class ChaosRun:
         elif kind == "delay":
             proxy.delay(prm["delay_ms"] / 1000)
             await asyncio.sleep(prm["for_s"])
+            proxy.clear()
+        elif kind == "duplicate":
+            proxy.duplicate()
+            await asyncio.sleep(prm["for_s"] / 2)
+            proxy.cut()  # the reconnects carry replayed frames
+            await asyncio.sleep(prm["for_s"] / 2)
             proxy.clear()
         elif kind == "client_restart":
             self.counters.client_restarts += 1
@@ -538,7 +559,8 @@ class ChaosRun:
             "sigkill_restarts": server.kills,
             "server_starts": server.starts,
             "restart_seconds_max": round(max(server.start_seconds), 2),
-            "proxy": {"connections": self.proxy.accepted, "cut": self.proxy.cuts, "refused": self.proxy.refused},
+            "proxy": {"connections": self.proxy.accepted, "cut": self.proxy.cuts, "refused": self.proxy.refused,
+                      "frames_duplicated": self.proxy.duplicated, "frames_replayed": self.proxy.replayed},
             "writes": {"ok": writes["ok"], "failed": writes["failed"], "unknown": writes["unknown"],
                        "ok_by_kind": dict(kinds), "call_attempts": self.counters.calls,
                        "retries": self.counters.retries},
@@ -555,10 +577,20 @@ class ChaosRun:
 
 
 def run_chaos(seed: int, profile: Profile, workdir: Path, *, plant: str | None = None,
-              log: Any = None) -> dict[str, Any]:
-    """Run one chaos run to the end; the report (``ok``, figures, anomalies)."""
-    run = ChaosRun(seed, profile, workdir, plant=plant, log=log)
-    return asyncio.run(run.execute())
+              log: Any = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Run one chaos run to the end; the report (``ok``, figures, anomalies).  ``progress`` (if given)
+    gets one step per phase and per nemesis."""
+    run = ChaosRun(seed, profile, workdir, plant=plant, log=log, progress=progress)
+    try:
+        return asyncio.run(run.execute())
+    finally:
+        if progress is not None:
+            progress.finish()
+
+
+def phases(seed: int, profile: Profile) -> int:
+    """How many progress steps a run of ``seed`` under ``profile`` reports: start, each nemesis, heal, check."""
+    return len(plan(seed, profile)) + 3
 
 
 def default_seed() -> int:

@@ -16,6 +16,8 @@ gives another schedule).  Kinds:
 ``client_restart`` subscriber ``client`` stops, closes its store and connection, and starts again
                    from its persisted checkpoints
 ``token_expiry``   a client presents an expired token: it must be refused (HTTP 401) and leave no trace
+``duplicate``      for ``for_s`` the proxy sends half the client frames twice, and halfway cuts every
+                   connection, so each client's reconnect first carries its last frames replayed
 =================  =========================================================================
 """
 
@@ -24,9 +26,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-KINDS: tuple[str, ...] = ("kill", "stall_kill", "stall", "storm", "delay", "client_restart", "token_expiry")
-# relative weights of the kinds: a third of the faults restart the server
-WEIGHTS: tuple[int, ...] = (4, 2, 2, 3, 2, 2, 1)
+KINDS: tuple[str, ...] = ("kill", "stall_kill", "stall", "storm", "delay", "client_restart", "token_expiry",
+                          "duplicate")
+# relative weights of the kinds: about a third of the faults restart the server
+WEIGHTS: tuple[int, ...] = (4, 2, 2, 3, 2, 2, 1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,8 @@ def plan(seed: int, profile: Profile) -> tuple[Nemesis, ...]:
             params = {"delay_ms": float(rng.randint(5, 150)), "for_s": round(rng.uniform(0.3, 1.5), 3)}
         elif kind == "client_restart":
             params = {"client": float(rng.randrange(profile.subscribers))}
+        elif kind == "duplicate":
+            params = {"for_s": round(rng.uniform(0.4, 1.5), 3)}
         else:
             params = {}
         out.append(Nemesis(round(t, 3), kind, params))

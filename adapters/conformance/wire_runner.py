@@ -36,6 +36,8 @@ import contextlib
 import json
 import re
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +50,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from adapters import bsatn, wire
 from adapters.conformance import delivery as d
+from adapters.progress import Progress
 from spec import messages as sm
 from spec.policy import DEFAULT_POLICY
 
@@ -73,6 +76,10 @@ class Options:
     stall_file: Path | None = None
     timeout: float = 10.0
     quiet_s: float = 0.5
+
+
+Tick = Callable[[int, int, str], None]
+"""Called before each scenario with its index, the number chosen and ``"area: name"``."""
 
 
 @dataclass
@@ -469,11 +476,12 @@ class Runner:
 
     # --- running ---
 
-    def run(self) -> list[Outcome]:
+    def run(self, tick: Tick | None = None) -> list[Outcome]:
         out = []
-        for s in SCENARIOS:
-            if self.opts.only is not None and s.area != self.opts.only:
-                continue
+        chosen = [s for s in SCENARIOS if self.opts.only is None or s.area == self.opts.only]
+        for i, s in enumerate(chosen):
+            if tick is not None:
+                tick(i, len(chosen), f"{s.area}: {s.name}")
             missing = [h for h in s.needs if not self._has(h)]
             start = time.monotonic()
             if missing:
@@ -559,7 +567,10 @@ def junit(outcomes: list[Outcome]) -> str:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("conformance", help="run the conformance scenarios against a server over v2 BSATN "
                                            "(docs/conformance.md)")
-    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:3000")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="the server, e.g. http://127.0.0.1:3000")
+    target.add_argument("--local", action="store_true", help="start a throwaway syncref serve with every hook "
+                        "(minting, a stallable log, a SIGKILL restart) and run against it")
     p.add_argument("--database", default="autopilot-sync")
     p.add_argument("--token", help="one bearer token (only the handshake runs without --mint-with)")
     p.add_argument("--mint-with", type=Path, metavar="DIR", help="the target's data directory: mint tokens "
@@ -574,15 +585,48 @@ def add_parser(sub: Any) -> None:
 
 
 
-def main(args: argparse.Namespace) -> int:
-    opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
-                   args.stall_file, args.timeout)
+def run_options(opts: Options, tick: Tick | None = None) -> list[Outcome]:
+    """Every selected scenario against ``opts.url``: one outcome each (all failed, naming why, when
+    nothing usable answers there).  ``tick(i, n, label)`` is called before each scenario."""
     problem = preflight(opts)
     if problem is not None:
-        outcomes = [Outcome(s.area, s.name, s.invariants, "fail", problem) for s in SCENARIOS
-                    if opts.only is None or s.area == opts.only]
-    else:
-        outcomes = Runner(opts).run()
+        return [Outcome(s.area, s.name, s.invariants, "fail", problem) for s in SCENARIOS
+                if opts.only is None or s.area == opts.only]
+    return Runner(opts).run(tick)
+
+
+def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None = None) -> list[Outcome]:
+    """Every selected scenario against a throwaway ``syncref serve`` with every hook (``--local``)."""
+    from adapters.conformance.local import local_target
+
+    with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
+        opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout)
+        return run_options(opts, tick)
+
+
+def _steps(progress: Progress) -> Tick:
+    return lambda _i, _n, label: progress.step(label)
+
+
+def main(args: argparse.Namespace) -> int:
+    selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
+    if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file):
+        print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
+              "--stall-file", file=sys.stderr)
+        return 2
+    progress = Progress(selected)
+    try:
+        if args.local:
+            outcomes = run_local(args.only, args.timeout, _steps(progress))
+        else:
+            opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
+                           args.stall_file, args.timeout)
+            outcomes = run_options(opts, _steps(progress))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        progress.finish()
+        print(f"syncref conformance: {exc}", file=sys.stderr)
+        return 2
+    progress.finish()
     print(table(outcomes))
     if args.json:
         args.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=2) + "\n")

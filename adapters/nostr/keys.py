@@ -29,6 +29,7 @@ from pathlib import Path
 
 from coincurve import PrivateKey, PublicKeyXOnly
 
+from adapters.fsutil import fsync_dir
 from adapters.nostr.errors import KeyFileError, NostrUsageError
 
 __all__ = [
@@ -130,7 +131,7 @@ def create_key_file(path: Path) -> SigningKey:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise KeyFileError(f"signing key file {path}: cannot write it ({exc.strerror})") from None
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return key
 
 
@@ -197,14 +198,3 @@ def _parse_key_text(raw: bytes, where: str) -> SigningKey:
                            "(zero, or not below the curve order)") from None
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

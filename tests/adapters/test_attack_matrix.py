@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from support.server import ServerThread, WireClient, call_http, http, running_server
+from websockets.exceptions import InvalidStatus
 
 from adapters import wire
 from adapters.auth import Authenticator, KeyStore
@@ -179,9 +182,38 @@ def test_a_token_for_another_database_reaches_nothing(world: World) -> None:
     assert persistent_state(world.st) == before
 
 
-def test_revoked_jti_is_not_supported() -> None:
-    pytest.skip("token revocation (a jti denylist) is not implemented: tokens are bounded by exp, websocket "
-                "tokens live 60 s (documented in docs/reliability.md)")
+def test_a_revoked_jti_is_401_everywhere_and_closes_its_open_connection(world: World) -> None:
+    """``syncref token revoke`` names a token: its open connection is closed (1008) within
+    a few seconds, and the token -- and a websocket token traded for it before -- gets 401 ``token
+    revoked`` on every route; other tokens keep working, and nothing was written."""
+    st = world.st
+    own = st.token(("sync.subscribe", "sync.append"), ("mine.*",))  # not the shared attacker: revoked for good
+    traded = http("POST", f"{st.base}/v1/identity/websocket-token", b"", {"Authorization": f"Bearer {own}"})
+    assert traded.status == 200
+    ws_token = json.loads(traded.text)["token"]
+    live = WireClient(st, own)
+    assert isinstance(live.subscribe(1, "SELECT * FROM sync_stream"), wire.SubscribeApplied)
+    before = persistent_state(st)
+    revoke = subprocess.run([sys.executable, "-m", "adapters.cli", "token", "revoke", "--data",
+                             str(st.config.data_dir), "--token", own],
+                            capture_output=True, text=True, timeout=60, check=False)
+    jti = jwt.decode(own, options={"verify_signature": False})["jti"]
+    assert revoke.returncode == 0 and f"revoked jti {jti}" in revoke.stdout, revoke.stderr
+    started = time.monotonic()
+    assert live.closed(timeout=10) == (1008, "token revoked: reconnect with another token")
+    assert time.monotonic() - started < 5
+    for token in (own, ws_token):
+        res = call_http(st, token, "append_sync_event", [MINE, "after-revoke", '{"x":1}', NONE, NONE])
+        assert (res.status, res.text) == (401, f"token revoked (jti {jti})")
+        again = http("POST", f"{st.base}/v1/identity/websocket-token", b"", {"Authorization": f"Bearer {token}"})
+        assert again.status == 401 and again.text.startswith("token revoked")
+        with pytest.raises(InvalidStatus) as refused:
+            WireClient(st, token)
+        assert refused.value.response.status_code == 401
+    assert persistent_state(st) == before
+    assert call_http(st, world.victim, "append_sync_event", [VICTIM_STREAM, "still-fine", '{"x":1}', NONE,
+                                                            NONE]).status == 200
+    assert 'syncref_closes_total{cause="token_revoked"} 1.0' in http("GET", f"{st.base}/metrics").text
 
 
 @pytest.mark.parametrize("reducer", [r.name for r in REDUCERS])

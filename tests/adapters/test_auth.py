@@ -29,6 +29,7 @@ from adapters.auth import (
     Authenticator,
     AuthError,
     KeyStore,
+    RevocationList,
     Verified,
     identity_from_claims,
 )
@@ -507,3 +508,48 @@ def test_keystore_creation_race_keeps_the_first_key(tmp_path: Path, monkeypatch:
     loaded = KeyStore.load_or_create(tmp_path)
     assert loaded.public_key_pem() == winner.public_key_pem()
     assert os.listdir(tmp_path) == [KEY_FILE_NAME]
+
+
+# -- revocation ------------------------------------------------------------------------------
+
+
+def test_minted_tokens_carry_a_fresh_jti_and_websocket_tokens_keep_it() -> None:
+    auth, _ = make_auth()
+    a, b = (auth.mint(scopes=["sync.subscribe"], streams=["s"], ttl_s=60) for _ in range(2))
+    _, c = auth.mint_identity()
+    jtis = [auth.verify(t).raw["jti"] for t in (a, b, c)]
+    assert len(set(jtis)) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", j) for j in jtis)
+    traded = auth.websocket_token(auth.verify(a).raw)
+    assert auth.verify(traded).raw["jti"] == jtis[0]
+
+
+def test_the_revocation_list_follows_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "revoked-jti"
+    rl = RevocationList(path)
+    assert rl.jtis == frozenset() and rl.problem is None and not rl.revoked("a1")  # no file: nothing revoked
+    path.write_text("# leaked on 2026-12-01\na1\n\n  b2   # trailing comment\n")
+    assert rl.revoked("a1") and rl.revoked("b2") and not rl.revoked("c3") and not rl.revoked(None)
+    assert rl.refresh() is False  # unchanged file: not re-read, no change
+    path.write_text("a1\nb2\nnot valid\n")  # a malformed line: the last good list stays
+    assert rl.refresh() is False and rl.jtis == {"a1", "b2"}
+    assert rl.problem is not None and rl.problem.startswith(f"{path}:3: not a jti")
+    path.write_text("c3\n")
+    assert rl.refresh() is True and rl.jtis == {"c3"} and rl.problem is None
+    path.unlink()  # removing the file un-revokes
+    assert rl.refresh() is True and rl.jtis == frozenset()
+    path.write_bytes(b"\xff\xfe")
+    assert rl.refresh() is False and rl.problem is not None and "not UTF-8" in rl.problem
+    assert RevocationList(None).refresh() is False and not RevocationList(None).revoked("a1")
+
+
+def test_verify_refuses_a_revoked_jti_and_only_that(tmp_path: Path) -> None:
+    path = tmp_path / "revoked-jti"
+    auth = Authenticator(AuthConfig(), KEYS, clock=FakeClock(), revocations=RevocationList(path))
+    bad, good = (auth.mint(scopes=["sync.subscribe"], streams=["s"], ttl_s=None) for _ in range(2))
+    jti = auth.verify(bad).raw["jti"]
+    no_jti = sign({"iss": LOCAL, "sub": "legacy", "aud": ["spacetimedb"], "iat": T0})
+    path.write_text(f"{jti}\n")
+    assert refused(auth, bad) == f"token revoked (jti {jti})"
+    assert refused(auth, auth.websocket_token(jwt.decode(bad, options={"verify_signature": False}))) \
+        == f"token revoked (jti {jti})"
+    assert auth.verify(good).claims.identity and auth.verify(no_jti).claims.identity

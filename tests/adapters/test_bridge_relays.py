@@ -43,9 +43,8 @@ from typing import Any
 
 import pytest
 from support import nostr_oracle
-from support.nostr_relays import FakeRelay, RealRelay, start_relays
+from support.nostr_relays import FakeRelay, RealRelay, raw_req, start_relays
 from support.server import SYNCREF, ServedProcess, http, mint_cli, serve_process
-from websockets.sync.client import connect as sync_connect
 
 from adapters.bridge.mappings import OutboxRequest, receipt_request
 from adapters.cli import main as cli_main
@@ -86,19 +85,6 @@ def until(what: str, predicate: Callable[[], Any], timeout: float = 30.0, step: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
         time.sleep(step)
-
-
-def raw_req(url: str, filters: dict[str, Any], timeout: float = 10) -> list[dict[str, Any]]:
-    """REQ until EOSE over a plain WebSocket, parsed with ``json`` -- none of the bridge's code."""
-    events: list[dict[str, Any]] = []
-    with sync_connect(url, open_timeout=timeout) as ws:
-        ws.send(json.dumps(["REQ", "raw", filters]))
-        while True:
-            message = json.loads(ws.recv(timeout=timeout))
-            if message[0] == "EOSE":
-                return events
-            assert message[0] == "EVENT" and message[1] == "raw", message
-            events.append(message[2])
 
 
 @dataclass

@@ -8,14 +8,18 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import re
 import subprocess
 from pathlib import Path
 
+import jwt
 import pytest
 from support.server import SYNCREF
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
 
 from adapters.chaos.history import REBOOTSTRAP, Applied, FinalState, History, Write, check
-from adapters.chaos.proxy import ChaosProxy
+from adapters.chaos.proxy import ChaosProxy, ClientFrames, Frame, token_of
 from adapters.chaos.runner import run_chaos
 from adapters.chaos.schedule import KINDS, PROFILES, plan
 
@@ -171,13 +175,15 @@ def test_the_proxy_forwards_cuts_and_refuses() -> None:
 
 
 def test_a_quick_chaos_run_finds_nothing(tmp_path: Path) -> None:
-    report = run_chaos(11, QUICK, tmp_path / "run")
+    assert {n.kind for n in plan(3, QUICK)} == set(KINDS)  # seed 3: every kind of nemesis in one quick run
+    report = run_chaos(3, QUICK, tmp_path / "run")
     assert report["ok"], json.dumps(report["anomalies"][:20], indent=1)
+    assert report["proxy"]["frames_duplicated"] > 0 and report["proxy"]["frames_replayed"] > 0
     assert report["sigkill_restarts"] >= 1 and report["server_starts"] == report["sigkill_restarts"] + 1
     assert report["writes"]["ok"] > 50 and report["events_applied"] > 50 and report["log_records"] > 50
     assert report["expired_tokens_refused"] == report["faults"].get("token_expiry", 0)
-    assert report["replay"] == "syncref chaos --seed 11 --quick"
-    assert [n["kind"] for n in report["schedule"]] == [n.kind for n in plan(11, QUICK)]
+    assert report["replay"] == "syncref chaos --seed 3 --quick"
+    assert [n["kind"] for n in report["schedule"]] == [n.kind for n in plan(3, QUICK)]
 
 
 def test_a_planted_client_bug_is_reported_with_its_seed(tmp_path: Path) -> None:
@@ -189,6 +195,13 @@ def test_a_planted_client_bug_is_reported_with_its_seed(tmp_path: Path) -> None:
     codes = set(report["anomaly_counts"])
     assert {"skipped_event", "view_mismatch"} <= codes, codes
     assert "seed 4242" in out.stdout and "syncref chaos --seed 4242 --quick --plant skip-apply" in out.stdout
+    # progress on stderr, plain off a terminal: one line per phase and per nemesis, no control characters
+    steps = [line for line in out.stderr.splitlines() if line.startswith("[")]  # not the SDK's warnings
+    n = len(report["schedule"])
+    assert len(steps) == n + 3 and not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", out.stderr), out.stderr
+    assert re.fullmatch(rf"\[1/{n + 3} +\d+s\] starting the server, the proxy and the subscribers", steps[0])
+    assert all(f"nemesis {i}/{n} at " in steps[i] for i in range(1, n + 1)), steps
+    assert "healing" in steps[-2] and "checking the histories" in steps[-1]
 
 
 def test_chaos_misuse_is_exit_2(tmp_path: Path) -> None:
@@ -202,3 +215,99 @@ def test_chaos_misuse_is_exit_2(tmp_path: Path) -> None:
     out = subprocess.run([str(SYNCREF), "chaos", "--plant", "nope"], capture_output=True, text=True, timeout=60,
                          check=False)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+# --- frame duplication (the ``duplicate`` nemesis) ---------------------------------------------------
+
+
+def _ws(payload: bytes, opcode: Opcode = Opcode.BINARY, fin: bool = True) -> bytes:
+    """A masked client frame, serialized by the websockets library (not by the code under test)."""
+    return WsFrame(opcode, payload, fin=fin).serialize(mask=True, extensions=[])
+
+
+def _jwt(sub: str) -> str:
+    return jwt.encode({"iss": "syncref://local", "sub": sub}, "k" * 32, algorithm="HS256")
+
+
+HEAD = b"GET /v1/database/d/subscribe?compression=None&token=%s HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_client_frames_cut_the_stream_whatever_the_chunking() -> None:
+    frames = [_ws(b"a" * n) for n in (0, 1, 125, 126, 300, 65535, 65536, 70000)]
+    frames.insert(2, _ws(b"ping", Opcode.PING))
+    frames.insert(4, _ws(b"part", fin=False))
+    stream = HEAD % _jwt("w0").encode() + b"".join(frames)
+    for size in (1, 7, 4096, len(stream)):
+        cut = ClientFrames()
+        pieces = [p for i in range(0, len(stream), size) for p in cut.feed(stream[i:i + size])]
+        head = b"".join(p for p in pieces if isinstance(p, bytes))
+        got = [p for p in pieces if isinstance(p, Frame)]
+        assert head == HEAD % _jwt("w0").encode() and cut.head == head, size
+        assert [f.raw for f in got] == frames, size
+        assert [(f.opcode, f.fin) for f in got][2:5] == [(9, True), (2, True), (2, False)]
+    opaque = ClientFrames()  # not a WebSocket client: passed through untouched after the head
+    assert opaque.feed(b"GET / HTTP/1.1\r\n\r\n\x82\x03abc") == [b"GET / HTTP/1.1\r\n\r\n", b"\x82\x03abc"]
+    assert opaque.feed(b"more") == [b"more"]
+    raw = ClientFrames()  # no head at all: every byte forwarded as it comes
+    assert raw.feed(b"ping") == [b"ping"] and raw.head is None
+
+
+def test_token_of_names_the_subject_not_the_token() -> None:
+    a, b = _jwt("w0"), _jwt("w0")
+    assert token_of(HEAD % a.encode()) == token_of(b"GET / HTTP/1.1\r\nAuthorization: Bearer " + b.encode()
+                                                   + b"\r\n\r\n") == "syncref://local w0"
+    assert token_of(HEAD % _jwt("w1").encode()) == "syncref://local w1"
+    assert token_of(b"GET / HTTP/1.1\r\n\r\n") is None
+    assert token_of(HEAD % b"not-a-jwt") == "not-a-jwt"
+
+
+def test_the_proxy_duplicates_frames_and_replays_them_on_the_next_connection() -> None:
+    async def body() -> None:
+        received: list[list[bytes]] = []
+
+        async def sink(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            mine: list[bytes] = []
+            received.append(mine)
+            cut = ClientFrames()
+            while data := await r.read(65536):
+                mine.extend(p.raw for p in cut.feed(data) if isinstance(p, Frame))
+            w.close()
+
+        upstream = await asyncio.start_server(sink, "127.0.0.1", 0)
+        proxy = ChaosProxy(upstream.sockets[0].getsockname()[1], seed=7)
+        await proxy.start()
+        sent = [_ws(f"call {i}".encode()) for i in range(20)]
+        _, w = await asyncio.open_connection("127.0.0.1", proxy.port)
+        w.write(HEAD % _jwt("w0").encode())
+        for f in sent[:10]:  # before duplicate(): forwarded once each
+            w.write(f)
+        await w.drain()
+        await asyncio.sleep(0.2)
+        proxy.duplicate()
+        for f in sent[10:]:
+            w.write(f)
+        await w.drain()
+        await asyncio.sleep(0.3)
+        assert proxy.cut() == 1
+        first = received[0]
+        assert first[:10] == sent[:10] and proxy.duplicated > 0
+        assert sorted(first[10:]) == sorted(sent[10:] + [f for f in sent[10:] if first.count(f) == 2])
+        assert len(first) == 20 + proxy.duplicated and all(first.count(f) in (1, 2) for f in sent[10:])
+        _, w2 = await asyncio.open_connection("127.0.0.1", proxy.port)  # the same subject reconnects
+        new = _ws(b"new")  # (masks are random: serialize once)
+        w2.write(HEAD % _jwt("w0").encode() + new)
+        await w2.drain()
+        await asyncio.sleep(0.3)
+        second = received[1]
+        assert second[:8] == sent[12:] and second[8:] in ([new], [new, new])  # replayed first, then its own
+        assert proxy.replayed == 8
+        _, w3 = await asyncio.open_connection("127.0.0.1", proxy.port)  # another subject: nothing replayed
+        other = _ws(b"other")
+        w3.write(HEAD % _jwt("w9").encode() + other)
+        await w3.drain()
+        await asyncio.sleep(0.3)
+        assert received[2][0] == other and proxy.replayed == 8
+        await proxy.stop()
+        upstream.close()
+
+    asyncio.run(body())

@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import jwt
 from support.server import http, mint_cli, serve_process
 
 SYNCREF = [sys.executable, "-m", "adapters.cli"]
@@ -123,6 +125,24 @@ def test_token_mint_errors(tmp_path: Path) -> None:
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
+def test_token_revoke_writes_the_list_and_refuses_what_it_cannot_name(tmp_path: Path) -> None:
+    minted = json.loads(run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--json").stdout)
+    res = run("token", "revoke", "--data", str(tmp_path), "--token", minted["token"])
+    assert res.returncode == 0 and f"revoked jti {minted['jti']}" in res.stdout
+    res = run("token", "revoke", "--data", str(tmp_path), "--jti", "abc123")
+    assert res.returncode == 0
+    assert (tmp_path / "revoked-jti").read_text() == f"{minted['jti']}\nabc123\n"
+    no_jti = jwt.encode({"sub": "x", "iss": "y"}, "k" * 32, algorithm="HS256")
+    res = run("token", "revoke", "--data", str(tmp_path), "--token", no_jti)
+    assert res.returncode == 2 and "has no jti" in res.stderr
+    for bad in ("has space", "a#b", "x" * 129):
+        res = run("token", "revoke", "--data", str(tmp_path), "--jti", bad)
+        assert res.returncode == 2 and "not a jti" in res.stderr, bad
+    res = run("token", "revoke", "--data", str(tmp_path), "--token", "not-a-jwt")
+    assert res.returncode == 2 and "not a JWT" in res.stderr and "Traceback" not in res.stderr
+    assert (tmp_path / "revoked-jti").read_text() == f"{minted['jti']}\nabc123\n"  # the refusals wrote nothing
+
+
 def test_trace_decodes_frames(tmp_path: Path) -> None:
     from adapters import bsatn, wire
     call = wire.encode_client(wire.CallReducer(5, 0, "append_sync_event", bsatn.encode_args(
@@ -173,3 +193,47 @@ def test_corrupt_commit_log_is_one_line(tmp_path: Path) -> None:
 def test_trace_bad_hex_is_one_line() -> None:
     res = run("trace", "--hex", "zz")
     assert res.returncode == 2 and "--hex" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_sigterm_right_after_the_listening_line_stops_cleanly(tmp_path: Path) -> None:
+    """Regression (issue 13): the signal handlers were installed just *after* the listening line, so
+    a supervisor (or test) that sent SIGTERM as soon as it read the line often killed the server
+    with the default action -- no clean-shutdown marker, the next start an unclean recovery."""
+    data = tmp_path / "data"
+    for _ in range(2):
+        with serve_process(data) as served:
+            status, out = served.stop()  # SIGTERM at once
+        assert status == 0 and any("stopped cleanly" in line for line in out), (status, out)
+        report = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
+        assert report["ok"] and report["clean_shutdown"], report
+
+
+def test_serve_runs_on_uvloop_by_default_and_on_asyncio_when_asked(tmp_path: Path) -> None:
+    """ADR-0014: uvloop when installed (it is a dependency), asyncio's own loop on request; the
+    listening line says which, and the server answers on both."""
+    for extra, expected in (((), "uvloop"), (("--loop", "asyncio"), "asyncio")):
+        data = tmp_path / expected
+        with serve_process(data, *extra) as served:
+            assert f"event loop {expected})" in served.first_line
+            assert http("GET", f"{served.url}/v1/ping").status == 200
+
+
+def test_choose_loop_falls_back_cleanly_without_uvloop(monkeypatch: Any) -> None:
+    import asyncio
+
+    import pytest
+
+    from adapters.commands import ConfigError, choose_loop
+    name, factory = choose_loop("auto")
+    assert name == "uvloop" and type(factory()).__module__.startswith("uvloop")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed: import fails
+    name, factory = choose_loop("auto")
+    loop = factory()
+    assert name == "asyncio" and isinstance(loop, asyncio.BaseEventLoop) and type(loop).__module__.startswith("asyncio")
+    loop.close()
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        choose_loop("uvloop")
+    with pytest.raises(ConfigError, match="must be one of"):
+        choose_loop("trio")
+    bad = run("serve", "--data", "/nonexistent-unused", "--loop", "trio")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -9,76 +9,29 @@ import contextlib
 import http.server
 import json
 import os
-import shlex
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.conformance.local import LocalTarget, free_port, local_target
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Target:
-    url: str
-    data: Path
-    stall: Path
-    pidfile: Path
-    restart: str
-
-
-def _start_cmd(mutant: str, port: int, data: Path, config: Path, log: Path, pidfile: Path) -> str:
-    serve = [sys.executable, "-m", "support.serve_with_bug", mutant, "serve", "--port", str(port),
-             "--data", str(data), "--config", str(config)]
-    return (f"cd {shlex.quote(str(ROOT))} && PYTHONPATH=tests {shlex.join(serve)} >> {shlex.quote(str(log))} 2>&1 & "
-            f"echo $! > {shlex.quote(str(pidfile))}")
-
-
-def _wait_up(url: str, pidfile: Path, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/v1/ping", timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.1)
-
-
 @contextlib.contextmanager
-def serving(tmp: Path, mutant: str = "none") -> Iterator[Target]:
-    port = _free_port()
-    data, stall, pidfile, log, config = (tmp / "data", tmp / "stall", tmp / "pid", tmp / "log", tmp / "conf.toml")
-    config.write_text(f'[faults]\nstall_commits_while = "{stall}"\n')
-    start = _start_cmd(mutant, port, data, config, log, pidfile)
-    subprocess.run(start, shell=True, check=True, env=ENV)
-    url = f"http://127.0.0.1:{port}"
-    restart = (f"kill -9 $(cat {shlex.quote(str(pidfile))}); "
-               f"while kill -0 $(cat {shlex.quote(str(pidfile))}) 2>/dev/null; do sleep 0.05; done; {start}")
-    try:
-        _wait_up(url, pidfile, log)
-        yield Target(url, data, stall, pidfile, restart)
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+def serving(tmp: Path, mutant: str = "none") -> Iterator[LocalTarget]:
+    """``syncref serve`` with a planted bug (or none), every hook on, in a child process."""
+    serve = [sys.executable, "-m", "support.serve_with_bug", mutant, "serve"]
+    with local_target(tmp, serve, cwd=ROOT, env={"PYTHONPATH": "tests"}) as t:
+        yield t
 
 
 def conformance(*args: str, timeout: float = 240) -> tuple[int, str, list[dict[str, Any]]]:
@@ -94,8 +47,8 @@ def conformance(*args: str, timeout: float = 240) -> tuple[int, str, list[dict[s
 def test_passes_against_syncref_serve_with_every_hook(tmp_path: Path) -> None:
     with serving(tmp_path) as t:
         junit = tmp_path / "junit.xml"
-        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall),
-                                       "--restart-cmd", t.restart, "--junit", str(junit))
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
+                                       "--restart-cmd", t.restart_cmd, "--junit", str(junit))
     print(out)
     assert rc == 0, out
     assert results and {r["status"] for r in results} == {"pass"}, out
@@ -133,7 +86,7 @@ BUGS = [
 def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, area: str, scenario: str,
                                                   invariant: str) -> None:
     with serving(tmp_path, mutant) as t:
-        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall),
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
                                        "--only", area)
     print(out)
     assert rc == 1
@@ -155,7 +108,7 @@ class _NotSpacetime(http.server.BaseHTTPRequestHandler):
 
 
 def test_bad_targets_get_one_line_answers(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listening
+    port = free_port()  # nothing listening
     rc, out, results = conformance("--url", f"http://127.0.0.1:{port}", "--only", "protocol")
     assert rc == 1 and "nothing usable at" in results[0]["message"]
     httpd = http.server.HTTPServer(("127.0.0.1", 0), _NotSpacetime)
@@ -224,3 +177,58 @@ def test_a_close_mid_scenario_and_a_silent_server_are_reported_where_they_happen
         rc, out, results = conformance("--url", url, "--token", "t", "--only", "protocol", "--timeout", "1")
     assert rc == 1 and "no answer within 1 s while waiting for the barrier query's answer after a subscribe" \
         in results[0]["message"], out
+
+
+def test_local_brings_its_own_server_and_hooks(tmp_path: Path) -> None:
+    rc, out, results = conformance("--local")
+    from adapters.conformance.wire_runner import SCENARIOS
+    assert rc == 0, out
+    assert [r["scenario"] for r in results] == [s.name for s in SCENARIOS]
+    assert {r["status"] for r in results} == {"pass"}, out  # every hook present: nothing skipped
+    misuse = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", "--local", "--token", "t"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+    assert misuse.returncode == 2 and "--local brings its own hooks" in misuse.stderr
+    neither = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance"], cwd=ROOT, env=ENV,
+                             capture_output=True, text=True, timeout=60)
+    assert neither.returncode == 2 and "--url" in neither.stderr and "--local" in neither.stderr
+
+
+def _verify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "adapters.cli", "verify", "--examples", "1", "--skip-proofs",
+                           "--skip-crosshair", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_verify_fills_its_conformance_column_from_the_runners_results(tmp_path: Path) -> None:
+    from adapters.conformance.wire_runner import SCENARIOS
+    results = [{"area": s.area, "scenario": s.name, "invariants": list(s.invariants), "status": "pass",
+                "message": "", "seconds": 0.1} for s in SCENARIOS]
+    # (the ids are read from the scenarios, not written here: this tests verify's column, it checks no invariant)
+    failing = next(r for r in results if r["scenario"] == "update_and_caller_result")
+    failing.update(status="fail", message="the caller also got a TransactionUpdate")
+    skipped = next(r for r in results if r["scenario"] == "event_tables")
+    passing = next(r for r in results if r["scenario"] == "confirmed_reads_released")
+    (failed_id,), (skipped_id,), (passed_id,) = failing["invariants"], skipped["invariants"], passing["invariants"]
+    assert all(failed_id not in r["invariants"] for r in results if r is not failing)
+    assert all(skipped_id not in r["invariants"] for r in results if r is not skipped)
+    assert all(passed_id not in r["invariants"] or r is passing for r in results)
+    skipped.update(status="skip", message="needs --mint-with DIR")
+    path = tmp_path / "conformance.json"
+    path.write_text(json.dumps(results))
+    proc = _verify("--conformance", str(path), "--json")
+    report = json.loads(proc.stdout)
+    rows = {r["id"]: r["checks"] for r in report["invariants"]}
+    assert proc.returncode == 1 and report["ok"] is False  # a failed scenario fails verify
+    assert rows[failed_id]["conformance"] == "FAIL"
+    assert rows[failed_id]["conformance_scenarios"] == ["update_and_caller_result"]
+    assert rows[skipped_id]["conformance"] == "-" and rows[skipped_id]["conformance_scenarios"] == []  # no pass
+    assert rows[passed_id]["conformance"] == "pass"
+    assert rows[passed_id]["conformance_scenarios"] == ["confirmed_reads_released"]
+    assert report["conformance"] == results
+    text = _verify("--conformance", str(path))
+    assert any(line.startswith("invariant") and " conform " in line for line in text.stdout.splitlines())
+    assert "conformance: 13 scenarios passed, 1 failed, 1 skipped" in text.stdout
+    assert "FAIL delivery/update_and_caller_result: the caller also got a TransactionUpdate" in text.stdout
+    path.write_text('{"not": "a list"}')
+    bad = _verify("--conformance", str(path))
+    assert bad.returncode == 2 and "cannot read --conformance" in bad.stderr and "Traceback" not in bad.stderr

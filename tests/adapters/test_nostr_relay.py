@@ -33,8 +33,7 @@ from typing import Any
 
 import pytest
 from support import nostr_oracle
-from support.nostr_relays import FakeRelay, HangingServer, RealRelay, start_relays
-from websockets.sync.client import connect as sync_connect
+from support.nostr_relays import FakeRelay, HangingServer, RealRelay, raw_req, start_relays
 
 from adapters.nostr.client import RelaySession
 from adapters.nostr.event import Event, EventTemplate, sign_event
@@ -76,19 +75,6 @@ def _bridge_events(key: SigningKey, tag: str, n: int = 1) -> list[Event]:
                                             "note": "line\nbreak \"quoted\" back\\slash \u2028"}))
         out += [sign_event(handler, key), sign_event(receipt, key)]
     return out
-
-
-def raw_req(url: str, filters: dict[str, Any], timeout: float = 10) -> list[dict[str, Any]]:
-    """REQ until EOSE over a plain WebSocket, parsed with ``json`` -- none of the client's code."""
-    events: list[dict[str, Any]] = []
-    with sync_connect(url, open_timeout=timeout) as ws:
-        ws.send(json.dumps(["REQ", "raw", filters]))
-        while True:
-            message = json.loads(ws.recv(timeout=timeout))
-            if message[0] == "EOSE":
-                return events
-            assert message[0] == "EVENT" and message[1] == "raw", message
-            events.append(message[2])
 
 
 def test_kinds_31990_and_30078_reach_both_relays_and_verify_independently(relays: dict[str, RealRelay]) -> None:

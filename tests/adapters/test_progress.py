@@ -112,7 +112,7 @@ def test_verify_log_both_ways(tmp_path: Path) -> None:
 
 
 def test_verify_both_ways(tmp_path: Path) -> None:
-    cmd = [*SYNCREF, "verify", "--examples", "1", "--skip-proofs", "--skip-crosshair"]
+    cmd = [*SYNCREF, "verify", "--examples", "1", "--skip-proofs", "--skip-crosshair", "--skip-conformance"]
     code, out, term = run_on_terminal(cmd)
     # one example per machine leaves reach-table cells unreached, so the verdict may be FAILED (exit 1);
     # what is checked here is the progress display and the page, not the verdict
@@ -129,3 +129,37 @@ def test_verify_both_ways(tmp_path: Path) -> None:
     lines = piped.stderr.splitlines()
     assert len(lines) == 5 and not CONTROL.search(piped.stderr)
     assert re.fullmatch(r"\[1/5 +\d+s\] machine ModuleMachine \(1 examples\)", lines[0])
+
+
+def test_a_note_does_not_tear_the_live_line() -> None:
+    err, out = io.StringIO(), io.StringIO()
+    p = Progress(3, err, tty=True, clock=Clock())
+    p.note("before any step", out)  # nothing drawn yet: nothing to redraw
+    assert err.getvalue() == CLEAR and out.getvalue() == "before any step\n"
+    p.step("nemesis 1/3")
+    p.note("  1.50 s  kill", out)
+    assert out.getvalue().endswith("  1.50 s  kill\n")
+    assert err.getvalue().endswith(CLEAR + "[1/3    0s] nemesis 1/3")  # cleared, then drawn again
+    plain_err, plain_out = io.StringIO(), io.StringIO()
+    q = Progress(3, plain_err, tty=False)
+    q.step("nemesis 1/3")
+    q.note("  1.50 s  kill", plain_out)
+    assert plain_out.getvalue() == "  1.50 s  kill\n" and CLEAR not in plain_err.getvalue()
+
+
+def test_conformance_both_ways(tmp_path: Path) -> None:
+    from adapters.conformance.wire_runner import SCENARIOS
+
+    data = tmp_path / "data"
+    with running_server(data) as st:
+        cmd = [*SYNCREF, "conformance", "--url", st.base, "--mint-with", str(data), "--only", "delivery"]
+        names = [s.name for s in SCENARIOS if s.area == "delivery"]
+        code, out, term = run_on_terminal(cmd)
+        assert code == 0 and "\x1b" not in out and "failed" in out  # the results table, on stdout
+        assert all(f"delivery: {n}" in term for n in names) and term.endswith(CLEAR)
+        piped = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert piped.returncode == 0 and not CONTROL.search(piped.stderr)
+    lines = piped.stderr.splitlines()
+    assert len(lines) == len(names) >= 1
+    for i, (line, name) in enumerate(zip(lines, names, strict=True), 1):
+        assert re.fullmatch(rf"\[{i}/{len(names)} +\d+s\] delivery: {re.escape(name)}", line), line

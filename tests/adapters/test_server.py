@@ -368,7 +368,7 @@ def test_slow_consumer_is_dropped_others_unaffected(tmp_path: Path) -> None:
                 dropped_at = i
                 break
         assert dropped_at is not None, "the slow consumer was never dropped"
-        tail = slow.read_all(10)
+        tail = slow.read_all(30)  # returns at the close; generous for a loaded machine
         # its last frame is a close frame: 1008 with a reason naming slow_consumer
         close_at = tail.rfind(b"\x88")
         assert close_at >= 0 and b"slow_consumer" in tail[close_at:]

@@ -52,7 +52,8 @@ REPORT = {
     "invariants": [
         {"id": "X-1", "kind": "state", "statement": "floor <= head + 1 & <script>alert(1)</script>",
          "checks": {"module_machine": "pass", "system_machine": "FAIL", "z3": "pass", "z3_proofs": ["p1"],
-                    "crosshair": "-", "mutants_caught": ["m1", "m3"], "tests": ["tests/a.py"]}},
+                    "crosshair": "-", "conformance": "FAIL", "conformance_scenarios": ["row_filter"],
+                    "mutants_caught": ["m1", "m3"], "tests": ["tests/a.py"]}},
         {"id": "Y-2", "kind": "trace", "statement": "in order",
          "checks": {"system_machine": "pass", "engine_vs_model_system": "pass", "z3": "-", "z3_proofs": [],
                     "crosshair": "-", "mutants_caught": [], "tests": []}},
@@ -68,10 +69,10 @@ def test_the_matrix_cell_by_cell() -> None:
     parsed.feed(page)
     matrix = parsed.tables[0]
     assert matrix[0] == ["invariant", "kind", "statement", *(label for _, label in CHECKS), "Z3 proofs",
-                         "mutants caught", "tests naming it"]
+                         "scenarios", "mutants caught", "tests naming it"]
     assert matrix[1] == ["X-1", "state", "floor <= head + 1 & <script>alert(1)</script>",
-                         "pass", "FAIL", "-", "-", "pass", "-", "p1", "m1 | m3", "tests/a.py"]
-    assert matrix[2] == ["Y-2", "trace", "in order", "-", "pass", "-", "pass", "-", "-", "-", "-", "-"]
+                         "pass", "FAIL", "-", "-", "pass", "-", "FAIL", "p1", "row_filter", "m1 | m3", "tests/a.py"]
+    assert matrix[2] == ["Y-2", "trace", "in order", "-", "pass", "-", "pass", "-", "-", "-", "-", "-", "-", "-"]
     assert "script" not in parsed.tags and "<script>" not in page  # escaped, never markup
     assert ' class="FAIL"' in page and ' class="pass"' in page
     assert parsed.tables[1] == [["state", "reached", "verdict"], ["stale", "12", "pass"], ["crash", "0", "FAIL"]]
@@ -86,3 +87,14 @@ def test_the_summary_and_verdict() -> None:
     ok = render({**REPORT, "ok": True, "proofs": {"skipped": True}})
     assert "syncref verify: <span class=\"ok\">OK</span>" in ok and "Z3: skipped" in ok
     assert "http" not in ok.replace("http-equiv", "")  # self-contained: nothing fetched
+
+
+def test_the_conformance_summary() -> None:
+    assert "<li>conformance: skipped</li>" in render(REPORT)
+    outcomes = [{"area": "delivery", "scenario": "row_filter", "invariants": ["X-1"], "status": "fail",
+                 "message": "leak"},
+                {"area": "protocol", "scenario": "handshake", "invariants": [], "status": "pass", "message": ""},
+                {"area": "replay", "scenario": "replay_parity_across_restart", "invariants": ["Y-2"],
+                 "status": "skip", "message": "needs --restart-cmd CMD"}]
+    page = render({**REPORT, "conformance": outcomes})
+    assert '<span class="bad">1 scenarios passed, 1 failed</span>, 1 skipped' in page

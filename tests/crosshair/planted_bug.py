@@ -14,10 +14,11 @@ from dataclasses import replace
 import icontract
 
 from spec import invariants as oracle
+from spec import reducer_contracts as rc
 from spec.compat import BUILD_RE, CompatWindow, _first_failure, window_well_formed
 from spec.errors import ErrorCode, SyncError
 from spec.query import Op, Query, _int_lower_bounds
-from spec.reducers import Timestamp, _continued, max_version
+from spec.reducers import Timestamp, max_version
 from spec.resume import STALE_REASONS
 from spec.state import DbState, Tx
 from spec.transitions import _NEXT_LIVE, ASSIGNMENT_ROLES, ASSIGNMENT_STATUSES, ASSIGNMENT_TERMINAL
@@ -163,17 +164,13 @@ def negotiate(window: CompatWindow, build: str | None, protocol: str | None,
 # --- spec.reducers.unclean_restart, bumping epochs by the loss bound but not past it ------------
 
 
-def _max_epoch(db: DbState) -> int:
-    return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
-
-
 @icontract.require(lambda db: db.well_formed(), "a state of the schema's tables: rows of its type, keys unique")
 @icontract.require(lambda max_undurable: max_undurable >= 0, "the loss bound is a count")
-@icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > _max_epoch(db) + max_undurable
+@icontract.ensure(lambda db, max_undurable, result: result.epoch_floor > rc.max_epoch(db) + max_undurable
                   and all(s.epoch == result.epoch_floor for s in result.of_type(SyncStream)),
                   "DUR-2 (every stream, and every stream created later, moves above every epoch the lost"
                   " transactions can have handed out)")
-@icontract.ensure(lambda db, result: _continued(db, result),
+@icontract.ensure(lambda db, result: rc.continued(db, result),
                   "SEQ-1 CONT-1 (each new epoch continues the old one up to the durable head, floor kept, its events "
                   "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised)")
 @icontract.ensure(lambda db, max_undurable, result: result.version_floor > max_version(db) + max_undurable

@@ -95,7 +95,7 @@ def _violation(fn: Callable[[], Any]) -> str:
 
 
 def test_append_contract_catches_a_wrong_seq() -> None:
-    with planted("spec.reducers", ("    seq = head + 1\n", "    seq = head + 2\n")) as red:
+    with planted("spec.reducers", ("    seq = a.head + 1\n", "    seq = a.head + 2\n")) as red:
         ctx = red.CallContext(ME, 10, 1)
         text = _violation(lambda: red.call(DbState(), ctx, "append_sync_event", ("s", "k", "{}", None, None)))
     assert "SEQ-4" in text
@@ -105,7 +105,8 @@ def test_append_contract_catches_dedupe_that_ignores_the_payload() -> None:
     from spec.reducers import CallContext, Ok, call
     first = call(DbState(), CallContext(ME, 10, 1), "append_sync_event", ("s", "k", '{"a":1}', None, None))
     assert isinstance(first, Ok)
-    with planted("spec.reducers", ("        if existing.payload_hash == digest:\n", "        if True:\n")) as red:
+    with planted("spec.reducers", ("lambda a: a.existing is not None and a.existing.payload_hash == a.digest,",
+                                   "lambda a: a.existing is not None,")) as red:
         text = _violation(lambda: red.call(first.state, red.CallContext(ME, 11, 2), "append_sync_event",
                                            ("s", "k", '{"a":2}', None, None)))
     assert "IDEM-2" in text and "IDEM-3" in text
@@ -115,7 +116,8 @@ def test_ack_contract_catches_a_checkpoint_past_the_head() -> None:
     from spec.reducers import CallContext, Ok, call
     db = call(DbState(), CallContext(ME, 10, 1), "append_sync_event", ("s", "k", "{}", None, None))
     assert isinstance(db, Ok)
-    with planted("spec.reducers", ("    if seq > head:\n", "    if seq > head + 1:\n")) as red:
+    with planted("spec.reducers", ("lambda a: None if a.seq <= a.head\n",
+                                   "lambda a: None if a.seq <= a.head + 1\n")) as red:
         text = _violation(lambda: red.call(db.state, red.CallContext(ME, 11, 2), "ack_checkpoint",
                                            ("c", "s", 1, 2)))
     assert "CKPT-1" in text

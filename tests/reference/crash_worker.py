@@ -1,6 +1,7 @@
 """Crash-test worker: the engine and its data directory under load, until it is killed.
 
-``python crash_worker.py DIR [--seed N] [--max-undurable K] [--slow-commit-ms T]`` restarts from
+``python crash_worker.py DIR [--seed N] [--max-undurable K] [--slow-commit-ms T] [--snapshot-every S]
+[--snapshot-stall-ms W]`` restarts from
 ``DIR`` (:func:`reference.durability.restart`: recovery, and after an unclean stop the epoch bump,
 made durable before anything else), then commits transactions as fast as the back-pressure bound
 lets it -- appends to four streams, frequent epoch resets of ``s.a`` (so that the undurable window
@@ -14,7 +15,11 @@ into the ``max_undurable`` bound and waits on the writer.  It prints, each line 
 * ``E <stream> <epoch>`` the first time a committed -- not necessarily durable -- transaction shows
   a stream at an epoch (a client without confirmed reads may see it at once);
 * ``D <offset> <hash>`` for every record, from the writer thread, only after its COMMIT returned;
-* ``C <offset> <hash>`` after a clean shutdown on SIGTERM.
+* ``C <offset> <hash>`` after a clean shutdown on SIGTERM;
+* with ``--snapshot-every S`` (a :class:`reference.snapshot.Snapshotter`, ADR-0011): ``W <offset>``
+  when a snapshot's temp file is durable and about to be renamed (it then waits ``W`` ms there, so
+  a kill can land mid-snapshot), ``S <offset>`` once it is in place.  ``R`` then also names the
+  snapshot the restart started from and the ones it passed over.
 
 The test (``test_crash.py``) SIGKILLs it at random moments and checks the promises against what
 was printed.
@@ -31,8 +36,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from reference.durability import GroupCommitWriter, LogStore, restart, shutdown
+from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir
 from reference.log import TxRecord
+from reference.snapshot import Snapshotter
 from spec.auth import Claims
 from spec.messages import CallReducer
 from spec.policy import Policy, StreamClass
@@ -69,6 +75,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-undurable", type=int, default=32)
     ap.add_argument("--slow-commit-ms", type=float, default=0.0)
+    ap.add_argument("--snapshot-every", type=int, default=0)
+    ap.add_argument("--snapshot-stall-ms", type=float, default=0.0)
     args = ap.parse_args()
     SlowStore.delay = args.slow_commit_ms / 1000
     rng = random.Random(args.seed)
@@ -82,8 +90,19 @@ def main() -> int:
     for row in eng.db.pk["sync_stream"].values():
         assert isinstance(row, SyncStream)
         seen[row.stream_id] = row.epoch
+    recovery = store.recovery
+    assert recovery is not None
     emit("R " + json.dumps({"committed": eng.committed, "clean": store.clean_at_open, "epochs": seen,
-                            "epoch_floor": eng.db.epoch_floor}) + "\n")
+                            "epoch_floor": eng.db.epoch_floor, "snapshot": recovery.snapshot_offset,
+                            "tail": recovery.tail_records, "rejected": recovery.rejected}) + "\n")
+    snaps = Snapshotter(snapshot_dir(store), args.snapshot_every, 2, writer.wait_durable, recovery.snapshot_offset,
+                        on_done=lambda path, _s: emit(f"S {int(path.stem.removeprefix('snap-'))}\n"))
+
+    def stall() -> None:
+        emit(f"W {snaps.last_offset}\n")
+        time.sleep(args.snapshot_stall_ms / 1000)
+
+    snaps.before_rename = stall
     def hand_over() -> None:
         records = eng.take_records()
         for rec in records:
@@ -124,6 +143,7 @@ def main() -> int:
         else:
             eng.sweep(eng.now)
         hand_over()
+        snaps.maybe(eng.db, eng.committed, eng.head_hash)
     shutdown(eng, writer, store)
     emit(f"C {eng.committed} {eng.head_hash}\n")
     return 0

@@ -5,13 +5,14 @@ writer's batching and contiguity checks (DESIGN §5, ADR-0001 decision 9)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -393,3 +394,147 @@ def test_policy_round_trips_through_the_data_directory_meta() -> None:
     for p in (odd, Policy()):
         assert policy_from_json(json.loads(json.dumps(policy_json(p)))) == p
     assert {f.name for f in fields(Policy)} <= set(policy_json(odd))  # no knob left out
+
+
+_KILLED_WRITER = """
+import os, sys
+sys.path[:0] = {paths!r}
+from reference.durability import GroupCommitWriter, LogStore
+from reference.engine import Engine
+from tests.reference.test_durability import POLICY, drive
+store = LogStore.open({data!r})
+store.save_policy(POLICY)
+writer = GroupCommitWriter(store, background=False)
+eng = Engine(POLICY)
+drive(eng)
+for rec in eng.take_records():  # one COMMIT (one WAL transaction) per record
+    writer.append([rec])
+    writer.flush()
+os._exit(0)  # SIGKILL-like: no close, no checkpoint -- every record stays in the WAL
+"""
+
+
+def test_a_torn_wal_tail_recovers_and_a_clean_shutdown_after_it_sets_the_marker(tmp_path: Path) -> None:
+    """Regression (issue 13): after a torn WAL tail, restart recovers to the last intact record and
+    the next clean shutdown leaves the marker (the serve-level half is in test_cli_serve)."""
+    data = tmp_path / "data"
+    root = str(Path(__file__).resolve().parents[2])
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER.format(paths=[root], data=str(data))], check=True,
+                   timeout=120)
+    store = LogStore.open(data, readonly=True)
+    whole = list(store.iter_records())
+    store.close()
+    wal = data / (DB_FILE + "-wal")
+    (data / (DB_FILE + "-shm")).unlink(missing_ok=True)
+    os.truncate(wal, wal.stat().st_size - 1000)  # the last frame cut mid-write
+    store = LogStore.open(data)
+    assert not store.clean_at_open
+    survived = list(store.iter_records())
+    assert 0 < len(survived) < len(whole) and survived == whole[: len(survived)]
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=10**12)
+    assert eng.committed == len(survived) + 1 and eng.durable == eng.committed  # the recovery record
+    shutdown(eng, writer, store)
+    store = LogStore.open(data, readonly=True)
+    assert store.clean_at_open and store.last() == (eng.committed, eng.head_hash)
+    store.close()
+    report = verify_log(data)
+    assert report.ok and report.clean_shutdown and report.records == eng.committed
+
+class SlowStore(LogStore):
+    """Each COMMIT first sleeps the next of ``delays`` seconds (a slow disk; none once they run out)."""
+
+    delays: ClassVar[list[float]] = []
+
+    def _commit(self) -> None:
+        if self.delays:
+            time.sleep(self.delays.pop(0))
+        super()._commit()
+
+
+def _gathering_writer(tmp_path: Path, gather_s: float, delays: list[float]
+                      ) -> tuple[Engine, GroupCommitWriter, LogStore, list[int]]:
+    """A writer whose previous COMMIT wrote 3 records and took ``delays[0]`` s, now idle: gathering
+    allows min(gather_s, delays[0] / 2)."""
+    SlowStore.delays = list(delays)
+    eng = Engine(POLICY, max_undurable=10_000)
+    store = SlowStore.open(tmp_path)
+    batches: list[int] = []
+    writer = GroupCommitWriter(store, lambda offset, batch: batches.append(len(batch)), gather_s=gather_s)
+    for i in range(3):
+        eng.admin_call(ALL, "append_sync_event", ("s.g", f"k{i}", "{}", None, None))
+    writer.append(eng.take_records())  # one batch of 3
+    assert writer.flush() == 3 and batches == [3]
+    return eng, writer, store, batches
+
+
+def _append_one(eng: Engine, writer: GroupCommitWriter, key: str) -> None:
+    eng.admin_call(ALL, "append_sync_event", ("s.g", key, "{}", None, None))
+    writer.append(eng.take_records())
+
+
+def _wait_offset(writer: GroupCommitWriter, offset: int, timeout: float = 10.0) -> None:
+    """Poll (never flush or wait_durable: they hurry the writer) until ``offset`` is durable."""
+    deadline = time.monotonic() + timeout
+    while writer.durable_offset < offset:
+        assert time.monotonic() < deadline, "not durable in time"
+        time.sleep(0.005)
+
+
+def test_an_idle_writer_gathers_a_round_into_one_commit(tmp_path: Path) -> None:
+    """Closed-loop callers answered by one COMMIT come back one by one: the idle writer waits for
+    as many records as its previous COMMIT wrote (bounded), so they share one COMMIT, not two."""
+    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=5.0, delays=[1.0, 1.0])
+    for i in range(3):
+        _append_one(eng, writer, f"r{i}")
+        time.sleep(0.03)
+    _wait_offset(writer, 6)
+    assert batches == [3, 3] and writer.gathered == 1, batches
+    # fewer arrive than last time: the wait ends at its bound (half the previous COMMIT, not gather_s)
+    _append_one(eng, writer, "alone")
+    _wait_offset(writer, 7)
+    assert batches == [3, 3, 1] and writer.gathered == 2
+    assert 0.45 <= writer.gather_waited_s <= 4.0, writer.gather_waited_s
+    writer.close()
+    store.close()
+
+
+@pytest.mark.parametrize("how", ["flush", "wait_durable"])
+def test_a_waiting_caller_cuts_the_gathering_short(tmp_path: Path, how: str) -> None:
+    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=5.0, delays=[1.0])
+    _append_one(eng, writer, "x")
+    started = time.monotonic()
+    if how == "flush":
+        assert writer.flush() == 4
+    else:
+        assert writer.wait_durable(4, timeout=10)
+    assert time.monotonic() - started < 0.4  # it does not wait out the 0.5 s a gathering would
+    writer.close()
+    store.close()
+    assert batches == [3, 1]
+
+
+def test_gathering_off_writes_at_once(tmp_path: Path) -> None:
+    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=0.0, delays=[1.0])
+    _append_one(eng, writer, "x")
+    _wait_offset(writer, 4)
+    assert batches == [3, 1] and writer.gathered == 0 and writer.gather_waited_s == 0
+    writer.close()
+    store.close()
+
+
+def test_a_busy_writer_never_gathers(tmp_path: Path) -> None:
+    """Records that queued while a COMMIT ran go at once: only an idle writer waits."""
+    eng = Engine(POLICY, max_undurable=10_000)
+    store = GatedStore.open(tmp_path)
+    GatedStore.gate.clear()
+    batches: list[int] = []
+    writer = GroupCommitWriter(store, lambda offset, batch: batches.append(len(batch)), gather_s=5.0)
+    for i in range(50):
+        _append_one(eng, writer, f"k{i}")
+    time.sleep(0.2)
+    GatedStore.gate.set()
+    _wait_offset(writer, 50)
+    assert writer.gathered == 0 and sum(batches) == 50
+    writer.close()
+    store.close()

@@ -338,6 +338,44 @@ def test_indexed_fanout_delivers_what_brute_force_says() -> None:
                 {k: sorted(map(repr, v)) for k, v in expected.items()}
 
 
+
+def test_row_filter_shared_per_claims_value_matches_a_per_subscriber_filter() -> None:
+    """ADR-0014: the fanout runs the row filter once per claims *value* and hands subscribers with
+    equal claims the same objects.  Second opinion: each subscriber's own filter, the grant rule
+    written out by hand (exact id, or a prefix before a trailing ``*``), on unpinned queries over
+    appends to several streams; equal claims (distinct objects) get the identical update."""
+    def granted(grants: tuple[str, ...], sid: str) -> bool:
+        return any(g == sid or (g.endswith("*") and sid.startswith(g[:-1])) for g in grants)
+
+    grant_sets = [("a",), ("a",), ("b*",), ("*",), ("ab",), (), ("a", "b")]
+    eng = Engine()
+    subs = []
+    for grants in grant_sets:
+        claims = Claims(f"{grant_sets.index(grants):064x}", frozenset(SCOPES), tuple(grants))  # equal: 0 and 1
+        conn = eng.connect(claims, confirmed=False)
+        eng.handle(conn, Subscribe(1, 1, ("SELECT * FROM sync_event", "SELECT * FROM sync_stream")))
+        assert isinstance(last(eng, conn), SubscribeApplied), last(eng, conn)
+        eng.conns[conn].outbound.clear()
+        eng.conns[conn].sizes.clear()
+        subs.append((conn, grants))
+    w = eng.connect(ADMIN, confirmed=False)
+    for i, stream in enumerate(["a", "b", "ab", "bx", "a", "c"]):
+        offset = eng.committed + 1
+        call(eng, w, i + 1, "append_sync_event", stream, f"k{i}", "{}", None, None)
+        rows = [row for change in eng.pending_records[-1].changes for row in change.inserts]
+        updates: dict[tuple[Any, ...], list[Any]] = {}
+        for conn, grants in subs:
+            got = [out.message for out in eng.conns[conn].outbound
+                   if isinstance(out.message, TransactionUpdate) and out.message.tx_offset == offset]
+            seen = [row for u in got for qsu in u.query_sets for t in qsu.tables for row in t.inserts]
+            expected = [row for row in rows if granted(grants, row.stream_id)]
+            assert sorted(map(repr, seen)) == sorted(map(repr, expected)), (grants, stream)
+            if got:
+                updates.setdefault((grants, eng.conns[conn].claims.identity), []).append(got[0])
+        for same in updates.values():
+            assert all(u is same[0] for u in same)  # equal claims: one object, encoded once
+
+
 def test_planted_isolation_bugs_are_caught() -> None:
     """Each planted bug in the guarantees above (support/isolation_mutants.py) fails this file."""
     from support.isolation_mutants import ISOLATION_MUTANTS

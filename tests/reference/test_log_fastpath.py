@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.sats_strategies import row_st_for
 
-from reference.durability import record_from_row, record_row
+from reference.durability import args_json, record_from_row, record_row
 from reference.log import (
     RowChange,
     TxRecord,
@@ -20,6 +20,7 @@ from reference.log import (
     body_json,
     chain,
     changes_json,
+    claims_json,
     delta_text,
     make_record,
 )
@@ -39,6 +40,10 @@ change_st = st.integers(0, len(TABLES) - 1).flatmap(lambda i: st.builds(
     st.lists(row_st_for(i), max_size=2).map(tuple)))
 
 
+def _old_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 2**40), st.sampled_from(["reducer", "sweep", "compact", "disconnect", "recovery"]),
        st.text(max_size=30), claims_st, st.lists(arg_st, max_size=5).map(tuple), st.integers(-(2**62), 2**62),
@@ -52,9 +57,12 @@ def test_fast_record_equals_the_definition(offset: int, kind: str, name: str, ca
     # the stored row: the delta text as written before the fast path (plain json.dumps), and it
     # decodes back to the same record
     row = record_row(rec)
-    assert row[6] == json.dumps(changes_json(changes), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert row[6] == _old_dumps(changes_json(changes))
+    # and the whole row as the writer stored it before the fast path (claims, arguments: json.dumps)
+    assert row == (offset, kind, name, _old_dumps(claims_json(caller)), _old_dumps(args_json(args)), timestamp,
+                   row[6], prev, rec.hash)
     back = record_from_row(row)
-    assert back == rec and back.delta_json == ""
+    assert back == rec and back.delta_json == "" and back.args_json == ""
     assert record_row(back) == row
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -11,10 +13,11 @@ from spec.errors import ErrorCode
 W = CompatWindow(protocol_version="oa.sync.v1", min_schema_version=1, max_schema_version=2,
                  min_client_build_id="20260101T000000Z", max_client_build_id="20261231T235959Z")
 
-builds = st.sampled_from(["", "  ", "garbage", "20251231T235959Z", "20260101T000000Z", "20260601T120000Z",
-                          "20261231T235959Z", "20270101T000000Z", None])
-protocols = st.sampled_from(["oa.sync.v1", "oa.sync.v0", "", None])
-schemas = st.sampled_from([0, 1, 2, 3, None])
+BUILDS = ["", "  ", "garbage", "20251231T235959Z", "20260101T000000Z", "20260601T120000Z",
+          "20261231T235959Z", "20270101T000000Z", None]
+PROTOCOLS = ["oa.sync.v1", "oa.sync.v0", "", None]
+SCHEMAS = [0, 1, 2, 3, None]
+builds, protocols, schemas = st.sampled_from(BUILDS), st.sampled_from(PROTOCOLS), st.sampled_from(SCHEMAS)
 
 
 def oracle(build: str | None, protocol: str | None, schema: int | None) -> ErrorCode | None:
@@ -39,6 +42,13 @@ def test_negotiation_order_matches_the_documented_order(build: str | None, proto
                                                         schema: int | None) -> None:
     err = negotiate(W, build, protocol, schema)
     assert (err.code if err else None) == oracle(build, protocol, schema)
+
+
+def test_negotiation_order_on_every_combination() -> None:
+    """The same, exhaustively over the 180 combinations (Hypothesis samples only some of them per run)."""
+    for build, protocol, schema in itertools.product(BUILDS, PROTOCOLS, SCHEMAS):
+        err = negotiate(W, build, protocol, schema)
+        assert (err.code if err else None) == oracle(build, protocol, schema), (build, protocol, schema)
 
 
 def test_rejection_body_is_the_426_payload() -> None:

@@ -146,7 +146,7 @@ ENGINE_MUTANTS += (
              "        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq,"
              " earlier_epochs=(), earlier_seqs=(), updated_at=now))"),),
            "the engine's recovery records only the last hop (CONT-1, ADR-0010): a reader two unclean restarts "
-           "behind rebootstraps", killer="reference/test_continuation_chain.py"),
+           "behind rebootstraps", killer="reference/test_engine_chain.py"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

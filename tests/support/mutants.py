@@ -39,29 +39,29 @@ class Mutant:
 
 
 MUTANTS: tuple[Mutant, ...] = (
-    Mutant("seq_head_plus_2", "spec.reducers", (("    seq = head + 1\n", "    seq = head + 2\n"),),
+    Mutant("seq_head_plus_2", "spec.reducers", (("    seq = a.head + 1\n", "    seq = a.head + 2\n"),),
            "append assigns head+2", expected=('SEQ-1', 'SEQ-4')),
-    Mutant("sequence_before_dedupe", "spec.reducers", ((
-        "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id"
-        " and e.idempotency_key == idempotency_key)\n",
-        "    _s = db.find(SyncStream, lambda r: r.stream_id == stream_id)\n"
-        "    if expected_next_seq is not None and expected_next_seq != (_s.head_seq if _s else 0) + 1:\n"
-        "        raise _fail(ErrorCode.SEQUENCE_CONFLICT, actual_next_seq=(_s.head_seq if _s else 0) + 1,\n"
-        "                    expected_next_seq=expected_next_seq, stream_id=stream_id)\n"
-        "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id"
-        " and e.idempotency_key == idempotency_key)\n"),),
+    Mutant("sequence_before_dedupe", "spec.reducers", (
+        ("    Check(\"`expected_next_seq`, when given, is head + 1\", ErrorCode.SEQUENCE_CONFLICT,\n"
+         "          lambda a: None if a.expected_next_seq in (None, a.head + 1)\n"
+         "          else {\"actual_next_seq\": a.head + 1, \"expected_next_seq\": a.expected_next_seq, \"stream_id\": a.stream_id}),\n",
+         ""),
+        ("    NoOp(\"the key is retained with this payload: a retry, answered with its original seq\",\n",
+         "    Check(\"`expected_next_seq`, when given, is head + 1\", ErrorCode.SEQUENCE_CONFLICT,\n"
+         "          lambda a: None if a.expected_next_seq in (None, a.head + 1)\n"
+         "          else {\"actual_next_seq\": a.head + 1, \"expected_next_seq\": a.expected_next_seq, \"stream_id\": a.stream_id}),\n"
+         "    NoOp(\"the key is retained with this payload: a retry, answered with its original seq\",\n")),
         "the sequence check runs before dedupe, so a retry after the head moved fails", expected=("IDEM-2", "IDEM-3")),
     Mutant("dedupe_without_hash_compare", "spec.reducers",
-           (("        if existing.payload_hash == digest:\n            return _noop(db, existing.seq)",
-             "        if True:\n            return _noop(db, existing.seq)"),),
+           (("lambda a: a.existing is not None and a.existing.payload_hash == a.digest,",
+             "lambda a: a.existing is not None,"),),
            "a duplicate key is accepted whatever its payload", expected=('IDEM-3',)),
     Mutant("non_monotonic_ack", "spec.reducers",
-           (("old.epoch == epoch and old.last_applied_seq >= seq:",
-             "old.epoch == epoch and old.last_applied_seq == seq:"),),
+           (("a.old.epoch == a.epoch and a.old.last_applied_seq >= a.seq)",
+             "a.old.epoch == a.epoch and a.old.last_applied_seq == a.seq)"),),
            "a lower ack overwrites the checkpoint", expected=('CKPT-2',)),
     Mutant("ack_past_head", "spec.reducers",
-           (("    if seq > head:\n        raise _fail(ErrorCode.CHECKPOINT_AHEAD",
-             "    if seq > head + 1:\n        raise _fail(ErrorCode.CHECKPOINT_AHEAD"),),
+           (("          lambda a: None if a.seq <= a.head\n", "          lambda a: None if a.seq <= a.head + 1\n"),),
            "the checkpoint may run one past the head", expected=('CKPT-1',)),
     Mutant("confirmed_gate_off_by_one", "spec.delivery",
            (("conn.outbound[0].offset <= self.durable", "conn.outbound[0].offset <= self.durable + 1"),),
@@ -108,12 +108,12 @@ MUTANTS: tuple[Mutant, ...] = (
            (("        tx.update(s, replace(s, floor_seq=max(s.floor_seq, cut + 1), updated_at=now))", "        pass"),),
            "compaction drops events but leaves floor_seq", expected=('SEQ-1',)),
     Mutant("assignment_version_not_bumped", "spec.reducers",
-           (("result=result, version=old.version + 1,", "result=result, version=old.version,"),),
+           (("result=a.result, version=old.version + 1,", "result=a.result, version=old.version,"),),
            "an assignment update keeps its version", expected=('ASSIGN-1',)),
     Mutant("scope_not_checked", "spec.reducers",
-           (('    _scope(c, "sync.append")\n'
-             '    _grant(c, stream_id)\n    _id("stream_id", stream_id)\n    _id("idempotency_key"',
-             '    _grant(c, stream_id)\n    _id("stream_id", stream_id)\n    _id("idempotency_key"'),),
+           (('    needs_scope("sync.append"),\n    needs_grant("stream_id"),\n    valid_id("stream_id"),\n'
+             '    valid_id("idempotency_key"),\n',
+             '    needs_grant("stream_id"),\n    valid_id("stream_id"),\n    valid_id("idempotency_key"),\n'),),
            "append does not check the sync.append scope", expected=('AUTH-2',)),
     Mutant("slow_consumer_kept", "spec.delivery",
            (("        if len(conn.outbound) > self.max_queue:\n"
@@ -157,9 +157,12 @@ MUTANTS: tuple[Mutant, ...] = (
 MUTANTS += (
     # --- issue 9, defects to fix (ADR-0003) ---
     Mutant("assign_skips_provider_check", "spec.reducers",
-           (("        provider_owner = _available_provider(db, provider_id, old.job_kind).owner\n",
-             "        _p = db.find(ProviderCapability, lambda r: r.provider_id == provider_id)\n"
-             "        provider_owner = _p.owner if _p is not None else None\n"),),
+           (("    Check(\"to assign, the provider exists, is active and advertises the job kind\", ErrorCode.PROVIDER_UNAVAILABLE,\n"
+             "          lambda a: None if a.status != \"assigned\" or a.unavailable is None\n"
+             "          else {\"job_kind\": a.row.job_kind, \"provider_id\": a.provider_id, \"reason\": a.unavailable}),\n", ""),
+            ("        assert a.provider is not None  # the provider check passed\n"
+             "        provider_id, provider_owner = a.provider.provider_id, a.provider.owner\n",
+             "        provider_id, provider_owner = a.provider_id, a.provider.owner if a.provider is not None else None\n")),
            "assigning does not check that the provider exists, is active and advertises the kind",
            expected=("ASSIGN-2", "ASSIGN-3")),
     Mutant("execute_scope_reads_assignments", "spec.delivery",
@@ -168,9 +171,8 @@ MUTANTS += (
              " and 'compute.execute' in claims.scopes))]"),),
            "every compute.execute holder reads every assignment (the rule before ADR-0003)", expected=("AUTH-1",)),
     Mutant("execute_by_scope_alone", "spec.reducers",
-           (("    if not any(has_role(role, c.scopes, c.identity, old) for role in ASSIGNMENT_TRANSITIONS[edge]):",
-             "    if not any(has_role(role, c.scopes, c.identity, replace(old, provider_owner=c.identity))"
-             " for role in ASSIGNMENT_TRANSITIONS[edge]):"),),
+           (("has_role(role, a.claims.scopes, a.claims.identity, a.row)",
+             "has_role(role, a.claims.scopes, a.claims.identity, replace(a.row, provider_owner=a.claims.identity))"),),
            "any compute.execute holder starts, completes or fails any assigned job", expected=("ASSIGN-4", "ASSIGN-2")),
     Mutant("resume_without_epoch_accepted", "spec.delivery",
            (("                refused = resume_form_error(query)\n", "                refused = None\n"),),
@@ -182,10 +184,10 @@ MUTANTS += (
            "the first connection that upserted a session marks it on close, even after a newer connection "
            "re-upserted it (the reconnect flap)", expected=("PRES-3",)),
     Mutant("backoff_not_recorded", "spec.reducers",
-           (("status=status, next_attempt_at=ctx.now + 1000 * retry_after_ms,", "status=status,"),),
+           (("                             next_attempt_at=a.ctx.now + 1000 * a.retry_after_ms,\n", ""),),
            "record_bridge_failure validates retry_after_ms and drops it (no durable backoff)", expected=("BRIDGE-3",)),
     Mutant("repeated_ack_ignores_relays", "spec.reducers",
-           (("        if acked <= set(old.relays_acked):\n", "        if True:\n"),),
+           (("a.row.status == \"sent\" and set(a.relays) <= set(a.row.relays_acked)", "a.row.status == \"sent\""),),
            "a repeated mark_bridge_event_sent ignores relays acknowledged since", expected=("BRIDGE-3",)),
     Mutant("source_not_in_dedupe_hash", "spec.reducers",
            (("    return payload_hash(dumps_canonical([source, nostr_kind, parse_strict(tags_canonical), content]))",
@@ -204,10 +206,7 @@ MUTANTS += (
              "    tx.version_floor = version\n", ""),),
            "versions roll back with the lost suffix and are reused for other content", expected=("VER-1",)),
     Mutant("reopened_assignment_restarts_at_1", "spec.reducers",
-           (("    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, \"open\","
-             " None,\n                                db.version_floor, ctx.now, ctx.now))",
-             "    tx.insert(ComputeAssignment(request_id, c.identity, job_kind, canon, digest, None, None, \"open\","
-             " None,\n                                1, ctx.now, ctx.now))"),),
+           (("None, a.db.version_floor, a.ctx.now, a.ctx.now))", "None, 1, a.ctx.now, a.ctx.now))"),),
            "an assignment id freed by retention starts again at version 1", expected=("VER-1", "ASSIGN-2")),
     Mutant("crash_starts_fresh_epochs", "spec.reducers",
            (("        tx.update(s, continued_stream(s, fresh, now))",
@@ -248,15 +247,13 @@ MUTANTS += (
              "    tx.update(stream, replace(stream, epoch=stream.epoch - 1, continues_epoch=0,"),),
            "reset_stream_epoch moves the stream to a lower epoch", expected=("SEQ-3",)),
     Mutant("dedupe_lookup_misses", "spec.reducers",
-           (("    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == idempotency_key)",
-             "    existing = db.find(SyncEvent, lambda e: e.stream_id == stream_id and e.idempotency_key == idempotency_key"
-             " and e.seq < 0)"),),
+           (("lambda e: (e.stream_id, e.idempotency_key) == key)", "lambda e: (e.stream_id, e.idempotency_key) == key and e.seq < 0)"),),
            "the dedupe lookup never finds the retained key, so a retry appends a second event under it",
            expected=("IDEM-1", "IDEM-3")),
     Mutant("event_stores_raw_payload", "spec.reducers",
-           (("    tx.insert(SyncEvent(stream_id, epoch, seq, idempotency_key, digest, canon, c.identity, ctx.now,",
-             "    tx.insert(SyncEvent(stream_id, epoch, seq, idempotency_key, payload_hash(payload_json), payload_json,"
-             " c.identity, ctx.now,"),),
+           (("    tx.insert(SyncEvent(a.stream_id, epoch, seq, a.idempotency_key, a.digest, a.canon, a.claims.identity,",
+             "    tx.insert(SyncEvent(a.stream_id, epoch, seq, a.idempotency_key, payload_hash(a.payload_json), a.payload_json,"
+             " a.claims.identity,"),),
            "an appended event stores the payload as sent (and its hash), not its canonical form", expected=("HASH-1",)),
     Mutant("canonical_keeps_key_order", "spec.canonical",
            (('    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,',
@@ -281,22 +278,21 @@ MUTANTS += (
            "a client exactly at the minimum build is told to upgrade", expected=("COMPAT-1",),
            killer="spec/test_compat.py"),
     Mutant("offline_without_reason", "spec.reducers",
-           (('    reason = "explicit_offline" if status == "offline" else None\n', "    reason = None\n"),),
+           (('    reason = "explicit_offline" if a.status == "offline" else None\n', "    reason = None\n"),),
            "an explicit offline upsert records no offline_reason", expected=("PRES-1",)),
     Mutant("dead_letter_one_late", "spec.reducers",
-           (('    status = "failed" if attempts >= ctx.policy.bridge_max_attempts else "pending"',
-             '    status = "failed" if attempts > ctx.policy.bridge_max_attempts else "pending"'),),
+           (('    status = "failed" if attempts >= a.ctx.policy.bridge_max_attempts else "pending"',
+             '    status = "failed" if attempts > a.ctx.policy.bridge_max_attempts else "pending"'),),
            "an outbox row reaching the maximum attempts stays pending", expected=("BRIDGE-1",)),
     Mutant("failure_recorded_on_sent_rows", "spec.reducers",
-           (('    if old.status != "pending":\n', '    if old.status == "failed":\n'),),
+           (('lambda a: a.row.status != "pending"', 'lambda a: a.row.status == "failed"'),),
            "record_bridge_failure on a sent row counts an attempt and moves it back", expected=("BRIDGE-2",)),
     Mutant("provider_version_plus_2", "spec.reducers",
-           (("    version = db.version_floor if old is None else old.version + 1",
-             "    version = db.version_floor if old is None else old.version + 2"),),
+           (("    version = a.db.version_floor if a.old is None else a.old.version + 1",
+             "    version = a.db.version_floor if a.old is None else a.old.version + 2"),),
            "a provider update bumps its version by 2", expected=("PROV-1",)),
     Mutant("checkpoint_always_inserted", "spec.reducers",
-           (("    new = SyncCheckpoint(cid, client_id, stream_id, c.identity, epoch, seq, ctx.now)\n    if old is None:",
-             "    new = SyncCheckpoint(cid, client_id, stream_id, c.identity, epoch, seq, ctx.now)\n    if True:"),),
+           (("a.seq, a.ctx.now)\n    if a.old is None:", "a.seq, a.ctx.now)\n    if True:"),),
            "an ack inserts a second checkpoint row under the same id", expected=("KEY-1",),
            killer="spec/test_key_and_event_flags.py"),
 )

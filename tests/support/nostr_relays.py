@@ -33,8 +33,23 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.sync.client import connect as sync_connect
 
 STARTUP_TIMEOUT = 60.0
+
+
+def raw_req(url: str, filters: dict[str, Any], timeout: float = 10) -> list[dict[str, Any]]:
+    """REQ until EOSE over a plain WebSocket, parsed with ``json`` -- none of syncref's Nostr code: the
+    independent reader the relay tests check with."""
+    events: list[dict[str, Any]] = []
+    with sync_connect(url, open_timeout=timeout) as ws:
+        ws.send(json.dumps(["REQ", "raw", filters]))
+        while True:
+            message = json.loads(ws.recv(timeout=timeout))
+            if message[0] == "EOSE":
+                return events
+            assert message[0] == "EVENT" and message[1] == "raw", message
+            events.append(message[2])
 
 
 def free_port() -> int:

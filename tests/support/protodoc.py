@@ -19,6 +19,20 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
 
 
+def statement(reducer: str) -> str:
+    """A reducer's statement: the first paragraph of its docstring in spec/reducers.py, on one line."""
+    import inspect
+
+    from spec.reducers import REDUCER_FUNCTIONS
+    doc = inspect.getdoc(REDUCER_FUNCTIONS[reducer]) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def _first_line(fn: Callable[..., object]) -> str:
+    import inspect
+    return " ".join((inspect.getdoc(fn) or "").split())
+
+
 def reducer_rules() -> str:
     from spec.rules import REDUCER_RULES
     from spec.schema import REDUCER_BY_NAME
@@ -28,9 +42,28 @@ def reducer_rules() -> str:
         scope = REDUCER_BY_NAME[r.reducer].scope or "one of `compute.request`, `compute.assign`, `compute.execute`"
         scope = scope if scope.startswith("one of") else f"`{scope}`"
         errors = "; ".join(f"`{code.value}` {{{', '.join(keys)}}}" for code, keys in r.errors.items())
-        lines.append(f"| `{r.reducer}` | {scope} | {r.statement} | {r.noop or '-- (every accepted call writes)'} "
-                     f"| {errors} |")
+        lines.append(f"| `{r.reducer}` | {scope} | {statement(r.reducer)} | "
+                     f"{r.noop or '-- (every accepted call writes)'} | {errors} |")
     return "\n".join(lines)
+
+
+def check_order() -> str:
+    """Each reducer's steps in the order ``spec.reducers.run`` evaluates them (``spec.reducers.CHECKS``,
+    the tuples the reducers run), then its effect (the effect function's docstring)."""
+    from spec.reducers import CHECKS, EFFECTS, NoOp
+    from spec.rules import REDUCER_RULE_BY_NAME
+    out: list[str] = []
+    for reducer, steps in CHECKS.items():
+        keys = REDUCER_RULE_BY_NAME[reducer].errors
+        out += [f"**`{reducer}`**: {statement(reducer)}", "",
+                "| # | the call must pass | else |", "|---|---|---|"]
+        for i, step in enumerate(steps, 1):
+            if isinstance(step, NoOp):
+                out.append(f"| {i} | *no-op when* {step.name} | accepted, writes nothing |")
+            else:
+                out.append(f"| {i} | {step.name} | `{step.code.value}` {{{', '.join(keys[step.code])}}} |")
+        out += ["", f"Then: {_first_line(EFFECTS[reducer])}", ""]
+    return "\n".join(out).rstrip("\n")
 
 
 def compute_roles() -> str:
@@ -77,6 +110,7 @@ def policy_defaults() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "reducer-rules": reducer_rules,
+    "check-order": check_order,
     "compute-roles": compute_roles,
     "outbox-edges": outbox_edges,
     "policy-defaults": policy_defaults,

@@ -261,6 +261,7 @@ class ServedProcess:
     data: Path
     proc: subprocess.Popen[str]
     lines: queue.Queue[str]
+    first_line: str = ""  # the listening line
 
     def stop(self, timeout: float = 20) -> tuple[int, list[str]]:
         """SIGTERM, wait; (exit status, the stdout lines printed after start-up)."""
@@ -300,14 +301,16 @@ def serve_process(data: Path, *extra: str, wait_s: float = 60, env: dict[str, st
 
     threading.Thread(target=pump, daemon=True).start()
     url = None
+    first = ""
     deadline = time.monotonic() + wait_s
     while url is None and time.monotonic() < deadline:
         try:
-            m = re.match(r"syncref listening on (http://\S+)", lines.get(timeout=0.2))
+            first = lines.get(timeout=0.2)
         except queue.Empty:
             if proc.poll() is not None:
                 break
             continue
+        m = re.match(r"syncref listening on (http://\S+)", first)
         url = m.group(1) if m else None
     if url is None:
         proc.kill()
@@ -316,7 +319,7 @@ def serve_process(data: Path, *extra: str, wait_s: float = 60, env: dict[str, st
         log_text = log.read()
         log.close()
         raise AssertionError(f"syncref serve did not come up (exit {proc.poll()}):\n{log_text}")
-    served = ServedProcess(url, data, proc, lines)
+    served = ServedProcess(url, data, proc, lines, first)
     try:
         yield served
     finally:

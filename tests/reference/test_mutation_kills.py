@@ -1,0 +1,1 @@
+"""Tests written to kill mutants that mutmut's run left alive (docs/mutation.md)."""

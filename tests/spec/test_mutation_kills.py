@@ -1,0 +1,352 @@
+"""Tests written to kill the mutants mutmut's runs left alive (docs/mutation.md, `support.mutate`).
+
+Each group names the module and the behaviour the surviving mutants changed; the expected values
+come from an independent source (Python's datetime for timestamps, hand-written tables otherwise).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import icontract
+import pytest
+
+from spec.auth import Claims, can_read
+from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
+from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
+from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
+from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
+from spec.schema import TABLES
+from spec.transitions import assignment_edge_allowed, bridge_edge_allowed, has_role
+from spec.values import (
+    BridgeOutbox,
+    ComputeAssignment,
+    PresenceSignal,
+    ProviderCapability,
+    Row,
+    SessionPresence,
+    StreamSignal,
+    SyncCheckpoint,
+    SyncEvent,
+    SyncStream,
+)
+
+# --- spec.query ---------------------------------------------------------------------------------
+
+
+def _rejection(sql: str) -> str:
+    with pytest.raises(SyncError) as e:
+        parse(sql)
+    assert e.value.code is ErrorCode.INVALID_QUERY
+    return str(e.value.details["message"])
+
+
+def _micros_by_datetime(text: str) -> int | None:
+    """The oracle: Python's own ISO 8601 parser (3.11 reads RFC 3339's date-time form), plus RFC 3339's
+    grammar for the offset (time-numoffset's minute is 00-59; datetime takes `+00:60` as one hour)."""
+    if text[-6] in "+-" and int(text[-2:]) > 59:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        return None
+    return (dt - datetime.fromisoformat("1970-01-01T00:00:00Z")) // datetime.resolution
+
+
+# Every clock field at its last valid value and one past it, alone (so a rule that only rejects
+# when two fields are out of range, or accepts the last valid value, gives a different answer).
+TIMESTAMP_EDGES = [
+    "2024-03-01T23:59:59Z", "2024-03-01T24:00:00Z",
+    "2024-03-01T00:59:00Z", "2024-03-01T00:60:00Z",
+    "2024-03-01T00:00:59Z", "2024-03-01T00:00:60Z",
+    "2024-03-01T00:00:00+23:59", "2024-03-01T00:00:00+24:00", "2024-03-01T00:00:00-23:00",
+    "2024-03-01T00:00:00+23:60", "2024-03-01T00:00:00+00:60", "2024-03-01T00:00:00-00:59",
+    "2024-03-01T10:60:00Z", "2024-03-01T10:00:60Z",
+]
+
+
+@pytest.mark.parametrize("text", TIMESTAMP_EDGES)
+def test_timestamp_field_ranges_agree_with_datetime(text: str) -> None:
+    expected = _micros_by_datetime(text)
+    sql = f"SELECT * FROM sync_event WHERE committed_at >= '{text}'"
+    if expected is None:
+        assert "is not an RFC 3339 timestamp" in _rejection(sql)
+    else:
+        (q,) = parse(sql)
+        assert q.where[0].value == expected
+
+
+def test_only_one_statement_message() -> None:
+    assert _rejection("SELECT * FROM sync_event; SELECT * FROM sync_stream") == \
+        "only one statement per query is supported"
+
+
+def test_unexpected_token_is_quoted_to_forty_characters() -> None:
+    word = "a" * 30 + "b" * 30
+    assert _rejection(f"SELECT * FROM sync_event {word}") == \
+        f"unexpected {word[:40]!r}, expected WHERE, ';' or the end of the query"
+
+
+def test_matches_names_the_wrong_row_type_and_the_table() -> None:
+    (q,) = parse("SELECT * FROM sync_event")
+    row = SyncStream("s", "c", 1, 0, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(LocalProtocolError) as e:
+        matches(q, row)
+    assert str(e.value) == "SyncStream row given to a query on 'sync_event'"
+
+
+@pytest.mark.parametrize("query", [
+    Query("no_such_table", (), "x"),                                     # unknown table
+    Query("sync_event", (Comparison("no_such_column", Op.EQ, 1),), "x"),  # unknown column
+    Query("sync_event", (Comparison("seq", Op.EQ, "seven"),), "x"),       # literal of the wrong type
+])
+def test_evaluate_requires_a_well_typed_query(query: Query) -> None:
+    event = SyncEvent("s", 1, 1, "k", "h", "p", "0" * 64, 0, 0)
+    with pytest.raises(icontract.ViolationError, match="well typed"):
+        evaluate(query, [event])
+
+
+def test_int_lower_bounds_are_the_integer_greater_than_conjuncts_on_the_column() -> None:
+    """The contract helper behind STALE-1 (checked with SYNCREF_PER_ROW_CONTRACTS=1): a table of cases."""
+    gt, ge = Comparison("seq", Op.GT, 3), Comparison("seq", Op.GE, 5)
+    where = (Comparison("stream_id", Op.EQ, "S"), gt, Comparison("seq", Op.LT, 9), ge,
+             Comparison("epoch", Op.GT, 2), Comparison("seq", Op.EQ, 4), Comparison("seq", Op.GT, True))
+    q = Query("sync_event", where, "x")
+    assert _int_lower_bounds(q, "seq") == [gt, ge]
+    assert _int_lower_bounds(q, "epoch") == [Comparison("epoch", Op.GT, 2)]
+    assert _int_lower_bounds(q, "stream_id") == []
+    assert _int_lower_bounds(Query("sync_event", (Comparison("seq", Op.GT, False),), "x"), "seq") == []
+
+
+# --- spec.auth: can_read, the row filter, as a table of cases (docs/protocol.md, ADR-0003) ----------
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+
+
+def _claims(identity: str = C, scopes: tuple[str, ...] = (), streams: tuple[str, ...] = ()) -> Claims:
+    return Claims(identity, frozenset(scopes), streams)
+
+
+def _assignment(requester: str, provider_owner: str | None) -> ComputeAssignment:
+    return ComputeAssignment("r", requester, 1, "q", "h", None if provider_owner is None else "p", provider_owner,
+                             "open", None, 1, 0, 0)
+
+
+EVENT = SyncEvent("team.a.x", 1, 1, "k", "h", "p", A, 0, 0)
+CAN_READ: list[tuple[Row, Claims, bool]] = [
+    # stream-granted tables: an exact id or a prefix ending in *; no claim, no stream
+    (EVENT, _claims(streams=("team.a.x",)), True),
+    (EVENT, _claims(streams=("team.a.*",)), True),
+    (EVENT, _claims(streams=("team.a.x*",)), True),
+    (EVENT, _claims(streams=("team.a.y", "team.a.x")), True),
+    (EVENT, _claims(streams=("team.a.xy",)), False),
+    (EVENT, _claims(streams=("team.a",)), False),
+    (EVENT, _claims(streams=("team.b.*",)), False),
+    (EVENT, _claims(identity=A, scopes=("compute.assign", "bridge.enqueue")), False),
+    (SyncStream("team.a.x", "c", 1, 0, 0, 0, 0, 0, 0, 0), _claims(streams=("*",)), True),
+    (SyncStream("team.a.x", "c", 1, 0, 0, 0, 0, 0, 0, 0), _claims(), False),
+    (StreamSignal("team.a.x", "typing", "", A, 0), _claims(streams=("team.a.x",)), True),
+    (StreamSignal("team.a.x", "typing", "", A, 0), _claims(identity=A), False),
+    # checkpoints: the owner only
+    (SyncCheckpoint("k", "cl", "team.a.x", A, 1, 0, 0), _claims(identity=A), True),
+    (SyncCheckpoint("k", "cl", "team.a.x", A, 1, 0, 0), _claims(identity=B, streams=("*",)), False),
+    # assignments: the requester, the assigned provider's owner, or a dispatcher (compute.assign)
+    (_assignment(A, B), _claims(identity=A), True),
+    (_assignment(A, B), _claims(identity=B), True),
+    (_assignment(A, B), _claims(identity=C), False),
+    (_assignment(A, B), _claims(identity=C, scopes=("compute.assign",)), True),
+    (_assignment(A, B), _claims(identity=C, scopes=("compute.execute",)), False),
+    (_assignment(A, None), _claims(identity=B), False),
+    (_assignment(A, None), _claims(identity=A), True),
+    # the outbox: the bridge's scopes only
+    (BridgeOutbox("o", "s", 1, "[]", "", "h", "pending", 0, 0, None, None, (), 0, 0), _claims(), False),
+    (BridgeOutbox("o", "s", 1, "[]", "", "h", "pending", 0, 0, None, None, (), 0, 0),
+     _claims(scopes=("bridge.enqueue",)), True),
+    (BridgeOutbox("o", "s", 1, "[]", "", "h", "pending", 0, 0, None, None, (), 0, 0),
+     _claims(scopes=("bridge.mark_sent",)), True),
+    (BridgeOutbox("o", "s", 1, "[]", "", "h", "pending", 0, 0, None, None, (), 0, 0),
+     _claims(identity=A, scopes=("compute.assign",), streams=("*",)), False),
+    # everyone
+    (SessionPresence("s", A, "d", "n", "online", "r", 0, 0, None), _claims(), True),
+    (ProviderCapability("p", A, "c", "h", (), 0, "active", 1, 0), _claims(), True),
+    (PresenceSignal("s", A, "online", "", 0), _claims(), True),
+]
+
+
+@pytest.mark.parametrize(("row", "claims", "expected"), CAN_READ)
+def test_can_read_table(row: Row, claims: Claims, expected: bool) -> None:
+    assert can_read(claims, row) is expected
+
+
+def test_can_read_table_covers_every_table() -> None:
+    assert {type(row) for row, _, _ in CAN_READ} == {t.row_type for t in TABLES}
+
+
+# --- spec.policy ----------------------------------------------------------------------------------
+
+
+def test_class_for_takes_the_longest_matching_prefix_in_any_order() -> None:
+    short, long_, other = StreamClass("short"), StreamClass("long"), StreamClass("other")
+    classes = (("team.", short), ("team.a.", long_), ("x", other))
+    for order in (classes, classes[::-1]):
+        policy = Policy(classes=order)
+        assert policy.class_for("team.a.b") is long_
+        assert policy.class_for("team.a.") is long_
+        assert policy.class_for("team.b") is short
+        assert policy.class_for("team") is policy.default_class
+        assert policy.class_for("xyz") is other
+        assert policy.class_for("") is policy.default_class
+    assert Policy().class_for("anything") == DEFAULT_POLICY.default_class
+    assert Policy().class_for("anything").name == "default"
+
+
+def test_class_for_the_first_of_equal_prefixes_wins() -> None:
+    first, second = StreamClass("first"), StreamClass("second")
+    assert Policy(classes=(("a.", first), ("a.", second))).class_for("a.b") is first
+
+
+@pytest.mark.parametrize(("ts", "now", "window", "expected"), [
+    (0, 100, None, False),       # no window: kept for ever
+    (10**12, 0, None, False),
+    (89, 100, 10, True),         # older than now - window
+    (90, 100, 10, False),        # exactly at the edge: kept
+    (91, 100, 10, False),
+    (100, 100, 0, False),        # a zero window drops only what is older than now
+    (99, 100, 0, True),
+    (-5, 0, 4, True),
+])
+def test_expired_table(ts: int, now: int, window: int | None, expected: bool) -> None:
+    assert expired(ts, now, window) is expected
+
+
+# --- spec.transitions: the lifecycles, written out from the module's diagrams ---------------------
+
+ASSIGNMENT_EDGES = {("open", "assigned"), ("assigned", "running"), ("running", "completed"), ("running", "failed"),
+                    ("open", "cancelled"), ("assigned", "cancelled"), ("running", "cancelled")}
+BRIDGE_EDGES = {("pending", "sent"), ("failed", "sent"), ("sent", "sent"), ("pending", "pending"),
+                ("pending", "failed")}
+
+
+def test_assignment_edges_are_exactly_the_diagram() -> None:
+    statuses = ("open", "assigned", "running", "completed", "failed", "cancelled")
+    for old in statuses:
+        for new in statuses:
+            assert assignment_edge_allowed(old, new) is ((old, new) in ASSIGNMENT_EDGES), (old, new)
+
+
+def test_bridge_edges_are_exactly_the_diagram() -> None:
+    for old in ("pending", "sent", "failed"):
+        for new in ("pending", "sent", "failed"):
+            assert bridge_edge_allowed(old, new) is ((old, new) in BRIDGE_EDGES), (old, new)
+
+
+@pytest.mark.parametrize(("role", "scopes", "identity", "expected"), [
+    ("requester", (), A, True), ("requester", ("compute.assign",), C, False), ("requester", (), B, False),
+    ("dispatcher", ("compute.assign",), C, True), ("dispatcher", (), A, False),
+    ("dispatcher", ("compute.execute",), B, False),
+    ("executor", ("compute.execute",), B, True), ("executor", (), B, False),
+    ("executor", ("compute.execute",), A, False), ("executor", ("compute.assign",), B, False),
+])
+def test_has_role_table(role: str, scopes: tuple[str, ...], identity: str, expected: bool) -> None:
+    assert has_role(role, frozenset(scopes), identity, _assignment(A, B)) is expected
+
+
+# --- spec.compat ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("build", "ok"), [
+    ("20260101T000000Z", True), ("20261231T235959Z", True),
+    ("2026010XT000000Z", False), ("20260101TX00000Z", False), ("20260101T00000XZ", False),
+    ("20260101 000000Z", False), ("20260101T000000z", False), ("20260101T000000", False),
+    ("20260101T000000ZZ", False), ("2026-01-01T00:00", False), ("٢٠٢٦0101T000000Z", False), ("", False),
+])
+def test_well_formed_build_table(build: str, ok: bool) -> None:
+    assert well_formed_build(build) is ok
+
+
+@pytest.mark.parametrize(("window", "ok"), [
+    (CompatWindow(), True),
+    (CompatWindow(min_schema_version=2, max_schema_version=2), True),
+    (CompatWindow(min_schema_version=3, max_schema_version=2), False),
+    (CompatWindow(min_client_build_id="20260101T000000Z", max_client_build_id="20260101T000000Z"), True),
+    (CompatWindow(min_client_build_id="20270101T000000Z", max_client_build_id="20260101T000000Z"), False),
+    (CompatWindow(min_client_build_id="2026", max_client_build_id="20260101T000000Z"), False),
+    (CompatWindow(min_client_build_id="20260101T000000Z", max_client_build_id="2099"), False),
+    (CompatWindow(min_client_build_id="", max_client_build_id=""), False),
+])
+def test_window_well_formed_table(window: CompatWindow, ok: bool) -> None:
+    assert window_well_formed(window) is ok
+
+
+def test_window_as_json_names_every_bound() -> None:
+    w = CompatWindow("oa.sync.v9", 2, 5, "20260101T000000Z", "20270101T000000Z", require_claims=True)
+    assert w.as_json() == {"protocol_version": "oa.sync.v9", "min_schema_version": 2, "max_schema_version": 5,
+                           "min_client_build_id": "20260101T000000Z", "max_client_build_id": "20270101T000000Z"}
+
+
+@pytest.mark.parametrize(("build", "protocol", "schema", "code"), [
+    ("20260101T000000Z", None, None, ErrorCode.UNSUPPORTED_PROTOCOL_VERSION),   # one claim is enough to check
+    (None, "oa.sync.v1", None, ErrorCode.INVALID_CLIENT_BUILD),
+    (None, None, 1, ErrorCode.INVALID_CLIENT_BUILD),
+    ("20260101T000000Z", "oa.sync.v1", 1, None),                                # both window edges admit
+    ("20261231T235959Z", "oa.sync.v1", 2, None),
+    ("20261231T235959Z", "oa.sync.v1", 3, ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
+    ("20251231T235959Z", "oa.sync.v1", 2, ErrorCode.UPGRADE_REQUIRED),
+    ("20270101T000000Z", "oa.sync.v1", 1, ErrorCode.UNSUPPORTED_CLIENT_BUILD),
+])
+def test_negotiate_edges(build: str | None, protocol: str | None, schema: int | None, code: ErrorCode | None) -> None:
+    w = CompatWindow("oa.sync.v1", 1, 2, "20260101T000000Z", "20261231T235959Z")
+    err = negotiate(w, build, protocol, schema)
+    assert (err.code if err else None) is code
+
+
+# --- spec.errors: the wire string of an error, written out by hand ---------------------------------
+
+
+def test_render_is_code_then_canonical_json() -> None:
+    err = SyncError(ErrorCode.INVALID_QUERY, {"z": [1, {"b": 2, "a": "é"}], "a": "x: y"})
+    assert err.render() == 'invalid_query: {"a":"x: y","z":[1,{"a":"é","b":2}]}'
+    assert str(err) == err.render()
+    assert canonical_details({}) == "{}"
+    with pytest.raises(ValueError):
+        canonical_details({"x": float("nan")})
+
+
+def test_error_value_semantics() -> None:
+    err = SyncError(ErrorCode.INVALID_QUERY, {"message": "m"})
+    assert err.args == (ErrorCode.INVALID_QUERY, {"message": "m"})
+    assert repr(err) == "SyncError(<ErrorCode.INVALID_QUERY: 'invalid_query'>, {'message': 'm'})"
+    assert err == SyncError(ErrorCode.INVALID_QUERY, {"message": "m"})
+    assert err != SyncError(ErrorCode.INVALID_QUERY, {"message": "n"})
+    assert err != SyncError(ErrorCode.NO_SUCH_REDUCER, {"message": "m"})
+    assert err != "invalid_query"
+    assert SyncError(ErrorCode.NO_SUCH_REDUCER).details == {}
+    distinct = {err, SyncError(ErrorCode.INVALID_QUERY, {"message": "n"}), SyncError(ErrorCode.NO_SUCH_REDUCER),
+                SyncError(ErrorCode.INVALID_QUERY, {"message": "m"})}
+    assert len(distinct) == 3
+
+
+def test_parse_inverts_render_even_with_the_separator_inside_details() -> None:
+    text = 'invalid_query: {"message":"unexpected: \': \'","query":"x"}'
+    err = SyncError.parse(text)
+    assert err.code is ErrorCode.INVALID_QUERY
+    assert dict(err.details) == {"message": "unexpected: ': '", "query": "x"}
+    assert err.render() == text
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("nonsense: {}", "unknown error code in 'nonsense: {}'"),
+    ("x" * 100, f"unknown error code in {'x' * 80!r}"),
+    ("invalid_query", "error string without details: 'invalid_query'"),
+    ("invalid_query: [1]", "error details must be a JSON object"),
+    ("invalid_query: 7", "error details must be a JSON object"),
+])
+def test_parse_rejections(text: str, message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as e:
+        SyncError.parse(text)
+    assert str(e.value) == message
+
+
+def test_parse_rejects_details_that_are_not_json() -> None:
+    with pytest.raises(RemoteProtocolError, match=r"^error details are not JSON: Expecting property name"):
+        SyncError.parse("invalid_query: {oops")
