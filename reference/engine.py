@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from reference.db import PK_TABLES, Db, Txn
 from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors
 from spec import contracts
 from spec import query as q
-from spec.auth import Claims, can_read, grant_matches
+from spec.auth import Claims, can_read, filter_key, grant_matches
 from spec.compat import CompatWindow, negotiate
 from spec.errors import ErrorCode, SyncError
 from spec.invariants import check_state
@@ -666,16 +666,17 @@ class Engine:
                 dels = tuple(dict.fromkeys(row for row in del_rows if q.matches(probe, row)))
                 if not ins and not dels:
                     continue
-                # the row filter is a function of the claims and the row only (spec.auth.can_read):
-                # subscribers with equal claims see the same rows, so it runs once per claims value
-                visible: dict[Claims, tuple[tuple[Row, ...], tuple[Row, ...]]] = {}
+                # the row filter reads only part of the claims (spec.auth.filter_key): subscribers
+                # whose claims agree on it see the same rows, so it runs once per filter key
+                visible: dict[Hashable, tuple[tuple[Row, ...], tuple[Row, ...]]] = {}
                 for key in shape.subscribers:
                     claims = self.conns[key[0]].claims
-                    seen = visible.get(claims)
+                    fkey = filter_key(claims, table)
+                    seen = visible.get(fkey)
                     if seen is None:
                         seen_ins = [can_read(claims, row) for row in ins]
                         seen_dels = [can_read(claims, row) for row in dels]
-                        seen = visible[claims] = (
+                        seen = visible[fkey] = (
                             ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
                             dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels)))
                     per_client.setdefault(key, []).append((table, seen[0], seen[1]))

@@ -14,12 +14,13 @@ answered here, purely:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import icontract
 
 from spec import contracts
-from spec.schema import BRIDGE_SCOPES, TABLE_BY_ROW_TYPE, Visibility
+from spec.schema import BRIDGE_SCOPES, TABLE_BY_NAME, TABLE_BY_ROW_TYPE, Visibility
 from spec.values import ComputeAssignment, Identity, Row, StreamSignal, SyncCheckpoint, SyncEvent, SyncStream
 
 
@@ -80,3 +81,21 @@ def can_read(claims: Claims, row: Row) -> bool:
         assert isinstance(row, ComputeAssignment)
         return claims.identity in (row.requester, row.provider_owner) or "compute.assign" in claims.scopes
     return bool(claims.scopes & BRIDGE_SCOPES)
+
+
+# What of the claims each visibility rule reads (the branches of can_read above, in the same order)
+_FILTER_KEYS: dict[Visibility, Callable[[Claims], Hashable]] = {
+    Visibility.EVERYONE: lambda c: None,
+    Visibility.STREAM_GRANT: lambda c: c.streams,
+    Visibility.OWNER: lambda c: c.identity,
+    Visibility.COMPUTE: lambda c: (c.identity, "compute.assign" in c.scopes),
+    Visibility.BRIDGE: lambda c: bool(c.scopes & BRIDGE_SCOPES),
+}
+
+
+def filter_key(claims: Claims, table: str) -> Hashable:
+    """The part of ``claims`` that :func:`can_read` reads for rows of ``table``: two claims with
+    equal keys see exactly the same rows of it.  The fanout filters a transaction's rows once per
+    key instead of once per subscriber (ADR-0014): subscribers with different identities but the
+    same stream grants share one filtered update, and so one encoding."""
+    return _FILTER_KEYS[TABLE_BY_NAME[table].visibility](claims)

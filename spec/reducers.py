@@ -25,8 +25,10 @@ Each reducer below is its rule, top to bottom:
    after the check that guards it.
 
 The check order is therefore visible, not implied by the order of ``raise`` statements, and the
-documentation and the reach table read the same tuples the reducers run (:data:`CHECKS`; the
-``check-order`` table of ``docs/protocol.md`` is generated from it and a test fails on drift).  The
+documentation reads the same tuples the reducers run (:data:`CHECKS`; the ``check-order`` table of
+``docs/protocol.md`` is generated from it and a test fails on drift).  The reach table counts the
+error codes of :data:`spec.rules.REDUCER_RULES`, which ``tests/spec/test_check_order.py`` holds
+equal to the codes of these tuples.  The
 contracts (icontract postconditions) stay on the public functions, with their predicates in the
 companion module :mod:`spec.reducer_contracts`; the call/outcome vocabulary is in
 :mod:`spec.outcome` (re-exported here).
@@ -47,7 +49,8 @@ already committed must get its original seq back even though the head has moved 
 horizon is the set of retained events of the stream (compaction forgets keys; ADR-0001).
 
 Why data and not code: a check tuple can be printed (the protocol doc's per-reducer check order),
-counted (the reach table) and reordered by a planted mutant in one edit, and each entry is small
+compared (with the rules table, and step by step with ``call``'s outcomes in the tests) and
+reordered by a planted mutant in one edit, and each entry is small
 enough to read against the doc line it produces.  The engine (``reference/reducers.py``) stays
 imperative on purpose: it is the second implementation the differential tests hold to this one.
 

@@ -2,10 +2,11 @@
 
 :class:`RealRelay` runs ``nostr-relay -c relay.yaml serve --use-uvicorn`` (the PyPI package, in the
 dev extra) on a free loopback port with its own SQLite file in a temp directory (an absolute
-``sqlite+aiosqlite:////...`` URL), and can be killed (SIGKILL) and restarted on the same port and
-database.  :func:`start_relays` starts several at once.  When the relay cannot start, the tests
-skip with the reason and the relay's log tail -- except under ``CI`` (set by ``.ci/run``'s
-environment) or ``SYNCREF_REQUIRE_NOSTR_RELAY=1``, where they fail: CI must not pass without it.
+``sqlite+aiosqlite:////...`` URL), can be killed (SIGKILL) and restarted on the same port and
+database, or frozen (SIGSTOP: a relay that hangs) and thawed.  :func:`start_relays` starts several
+at once.  When the relay cannot start, the tests skip with the reason and the relay's log tail --
+except under ``CI`` (set by ``.ci/run``'s environment) or ``SYNCREF_REQUIRE_NOSTR_RELAY=1``, where
+they fail: CI must not pass without it.
 
 The fakes run inside the test's event loop: :class:`FakeRelay` is a WebSocket server that answers
 every ``EVENT`` according to ``behaviour`` (``accept``, ``reject``, ``garbage``, ``silent``,
@@ -146,6 +147,18 @@ class RealRelay:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
         self.process = None
+
+    def freeze(self) -> None:
+        """SIGSTOP the relay's process group: a relay that hangs.  The kernel still accepts TCP
+        connections on its port (the listen backlog), but no WebSocket handshake and no ``OK`` comes."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`: the relay carries on with whatever it had been sent."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGCONT)
 
     def restart(self) -> None:
         self.kill()
