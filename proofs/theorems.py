@@ -25,6 +25,7 @@ from typing import Any
 
 import z3
 
+from proofs import chain as CH
 from proofs import client as CL
 from proofs import encoding as E
 from proofs import props as P
@@ -430,3 +431,90 @@ ROWS_PROOF = Proof(
 
 ALL_PROOFS: tuple[Proof, ...] = (*DB_PROOFS, EPOCH_CONSISTENT_PROOF, STALE_PROOF, RESUME_PROOF, DELIV_ORDER_PROOF,
                                  CONF_PROOF, DUR_PROOF, REPLAY_PROOF, ROWS_PROOF)
+
+
+# --- histories across unclean restarts (proofs.chain) --------------------------------------------------------
+
+
+def _chain_only(bug: str) -> str | None:
+    return CH.BUGS[bug][0] if bug else None
+
+
+def _ver_build(bug: str) -> list[Obligation]:
+    only = _chain_only(bug)
+    m, x = z3.Int("max_undurable"), z3.Int("x")
+    out: list[Obligation] = []
+    a, b = CH.Ver.fresh("pre"), CH.Ver.fresh("post")
+    if only is None:
+        s = CH.Ver.fresh("init")
+        out.append(Obligation("init", "init", (m >= 0, CH.ver_init(s)), CH.ver_inv(s, m, x), (("state", s),)))
+        c2 = z3.Int("content")
+        out.append(Obligation(
+            "step[update]", "update", (CH.ver_inv(a, m, x), CH.ver_inv(a, m, a.v + 1), CH.t_update(a, c2, b, m)),
+            z3.And(CH.ver_inv(b, m, x), z3.Implies(c2 != a.c, CH.issues(a.v + 1, c2, a))),
+            (("pre", a), ("content", c2), ("post", b))))
+        out.append(Obligation("step[durable]", "durable", (CH.ver_inv(a, m, x), CH.t_durable(a, b)),
+                              CH.ver_inv(b, m, x), (("pre", a), ("post", b))))
+    if only in (None, "crash"):
+        f = z3.Int("recovery_version")
+        out.append(Obligation(
+            "step[crash]", "crash", (CH.ver_inv(a, m, x), CH.ver_inv(a, m, f), CH.t_crash(a, f, b, m, bug)),
+            z3.And(CH.ver_inv(b, m, x), CH.issues(f, a.cd, a)),
+            (("pre", a), ("max_undurable", m), ("recovery_version", f), ("x", x), ("post", b))))
+    return out
+
+
+VER_PROOF = Proof(
+    "ver", "no version number ever names two contents: an update takes version + 1, recovery after an unclean "
+    "restart moves every row above every version the lost suffix (at most max_undurable transactions) can have "
+    "handed out", ("VER-1",), ("update", "durable", "crash"),
+    "one row of provider_capability or compute_assignment, symbolic max_undurable, every version (pointwise)",
+    _ver_build, ("recovery_keeps_versions", "recovery_bump_too_small"))
+
+
+def _cont_chain_build(bug: str) -> list[Obligation]:
+    only = _chain_only(bug)
+    x = z3.Int("seq")
+    a, b = CH.Chain.fresh("pre"), CH.Chain.fresh("post")
+    out: list[Obligation] = []
+    show: Show = (("pre", a), ("seq", x), ("post", b))
+    f, new = z3.Int("fresh_epoch"), z3.Array("fresh_epoch.content", z3.IntSort(), z3.IntSort())
+    d = z3.Int("durable_head")
+    if only is None:
+        s = CH.Chain.fresh("init")
+        out.append(Obligation("init", "init", (CH.chain_init(s),), CH.chain_inv(s, x), (("state", s),)))
+        steps: list[tuple[str, ZBool]] = [
+            ("append", CH.t_append(a, z3.Int("content"), b)),
+            ("reset", CH.t_reset(a, f, new, b)),
+            ("apply", CH.t_apply(a, b)),
+            ("rebootstrap", CH.t_rebootstrap(a, z3.Int("authority.watermark"),
+                                             z3.Array("authority.applied", z3.IntSort(), z3.IntSort()), x, b)),
+        ]
+        for name, rel in steps:
+            out.append(Obligation(f"step[{name}]", name, (CH.chain_inv(a, x), rel), CH.chain_inv(b, x), show))
+    if only in (None, "restart"):
+        out.append(Obligation("step[restart]", "restart", (CH.chain_inv(a, x), CH.t_restart(a, d, f, new, x, b, bug)),
+                              CH.chain_inv(b, x), (*show, ("durable_head", d), ("fresh_epoch", f))))
+        # the chain is what lets a reader continue: one that could before, watermark durable, still can
+        capped = z3.If(a.nh < CH.L - 1, a.nh, CH.L - 1)
+        could = z3.Or(z3.And(a.has, a.ev == a.en),
+                      CH.continues(a.has, a.ev, a.w, a.en, capped, a.ep[:CH.L - 1], a.bd[:CH.L - 1]))
+        out.append(Obligation(
+            "live[restart]", "restart",
+            (CH.chain_inv(a, x), CH.t_restart(a, d, f, new, x, b, bug, keep_all=True), could, a.w <= d),
+            CH.continues(b.has, b.ev, b.w, b.en, b.nh, b.ep, b.bd), (*show, ("durable_head", d))))
+    if only in (None, "continue"):
+        out.append(Obligation("step[continue]", "continue", (CH.chain_inv(a, x), CH.t_continue(a, b, bug)),
+                              CH.chain_inv(b, x), show))
+    return out
+
+
+CONT_CHAIN_PROOF = Proof(
+    "cont-chain", "a client that adopts a new epoch without a rebootstrap holds exactly a prefix of the new epoch's "
+    "history, across any number of unclean restarts (the continuation chain, each bound capped at the durable "
+    "head); and a reader that could continue before a restart, its watermark durable, still can",
+    ("CONT-1",), ("append", "restart", "reset", "apply", "rebootstrap", "continue"),
+    f"one stream and one view, L={CH.L} hops on the chain, every seq (pointwise), epochs and heads unbounded",
+    _cont_chain_build, ("restart_keeps_bounds", "restart_reuses_epoch", "restart_drops_chain", "client_ignores_bound"))
+
+ALL_PROOFS = (*ALL_PROOFS, VER_PROOF, CONT_CHAIN_PROOF)

@@ -68,7 +68,7 @@ from spec.messages import (
     UnsubscribeApplied,
 )
 from spec.policy import DEFAULT_POLICY, Policy
-from spec.resume import stale_reasons
+from spec.resume import continuation_details, stale_reasons
 from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
 from spec.state import DbState
 from spec.values import Row, SyncStream, value_has_type
@@ -384,9 +384,8 @@ class Engine:
             for reason in reasons:
                 self.stale_reasons[reason] = self.stale_reasons.get(reason, 0) + 1
             row = self.db.get("sync_stream", (sid,))
-            cont = (row.continues_epoch, row.continues_seq) if isinstance(row, SyncStream) else (0, 0)
             raise SyncError(ErrorCode.STALE_CURSOR, {
-                "continues_epoch": cont[0], "continues_seq": cont[1],
+                **continuation_details(row if isinstance(row, SyncStream) else None),
                 "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": reasons, "replay_budget": budget,
                 "requested_epoch": req_epoch, "requested_watermark": w, "stream_id": sid})
         if self.on_resume is not None:

@@ -20,6 +20,7 @@ from spec.auth import Claims, grant_matches
 from spec.canonical import canonicalize, dumps_canonical, parse_strict, payload_hash
 from spec.errors import ErrorCode, SyncError
 from spec.policy import Policy
+from spec.resume import continued_stream
 from spec.transitions import (
     ASSIGNMENT_ROLES,
     ASSIGNMENT_STATUSES,
@@ -396,7 +397,8 @@ def reset_stream_epoch(tx: Txn, x: Ctx, stream_id: str) -> None:
     while log is not None and log.events:
         tx.delete(log.events[0])
     tx.update(stream, replace(stream, epoch=stream.epoch + 1, continues_epoch=0, continues_seq=0,
-                              floor_seq=stream.head_seq + 1, updated_at=x.now))
+                              earlier_epochs=(), earlier_seqs=(), floor_seq=stream.head_seq + 1,
+                              updated_at=x.now))
     return None
 
 
@@ -502,7 +504,7 @@ def recovery_bump(tx: Txn, now: int, max_undurable: int) -> None:
         assert isinstance(s, SyncStream)
         moved[s.stream_id] = s.epoch
         # the new epoch continues the old one up to the (durable) head; the floor stays (ADR-0003)
-        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq, updated_at=now))
+        tx.update(s, continued_stream(s, fresh, now))  # and the chain before it (ADR-0010)
         tx.relabel_events(s.stream_id, s.epoch, fresh)
     for c in list(tx.db.pk["sync_checkpoint"].values()):
         assert isinstance(c, SyncCheckpoint)

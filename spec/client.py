@@ -23,8 +23,10 @@ A crash of its process (:meth:`Client.crash`) keeps the store and nothing else. 
   continues the client's (ADR-0003): epoch E' with ``continues_epoch == E`` and ``last <= continues_seq``
   and nothing else stale (floor, head) means every event the client applied survived an unclean
   restart under the same seqs, so it adopts E' and resumes from the same watermark, with no
-  rebootstrap (a *continue*).  The stale error carries ``continues_epoch``/``continues_seq`` so the
-  client can continue from it too;
+  rebootstrap (a *continue*).  After several unclean restarts the row carries the chain
+  (``earlier_epochs``/``earlier_seqs``, ADR-0010): a view whose epoch is an earlier hop continues when
+  ``last`` is at or below that hop's bound.  The stale error carries ``continues_epoch``/``continues_seq``
+  and the chain so the client can continue from it too;
 * any other ``SubscriptionError`` (``forbidden_stream``, ...) is recorded (:attr:`Client.refused`); the
   stream stays followed and is asked for again at the next (re)subscription;
 * idle check (:meth:`Client.resync`): resubscribe every followed stream from its checkpoint -- how a
@@ -36,6 +38,7 @@ The client is sans-I/O: every handler returns the messages to send.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -145,12 +148,24 @@ def apply_rule(last: int, seq: int) -> str:
     return "apply" if seq == last + 1 else "gap"
 
 
-def continues(epoch: int | None, last: int, new_epoch: int, continues_epoch: int, continues_seq: int) -> bool:
+def continues(epoch: int | None, last: int, new_epoch: int, continues_epoch: int, continues_seq: int,
+              earlier_epochs: Sequence[int] = (), earlier_seqs: Sequence[int] = ()) -> bool:
     """May a view at (``epoch``, ``last``) adopt ``new_epoch`` without a rebootstrap?  Exactly when the
     new epoch continues ``epoch`` up to at least ``last``: every event the view holds exists in the new
-    epoch under the same seq (ADR-0003 decision 6)."""
-    return epoch is not None and continues_epoch != 0 and continues_epoch == epoch and new_epoch != epoch \
-        and last <= continues_seq
+    epoch under the same seq (ADR-0003 decision 6).  The chain (ADR-0010) is the last hop
+    ``(continues_epoch, continues_seq)`` then the earlier hops, newest first; the view's epoch must be
+    on it, and ``last`` at or below every bound from the newest hop back to the view's epoch (a server
+    writes each earlier bound already folded to that minimum; the client takes it again, so a chain
+    written hop by hop is read safely too).  A malformed chain (arrays of different lengths) continues
+    nothing."""
+    if epoch is None or continues_epoch == 0 or new_epoch == epoch or len(earlier_epochs) != len(earlier_seqs):
+        return False
+    bound = continues_seq
+    for hop_epoch, hop_seq in ((continues_epoch, continues_seq), *zip(earlier_epochs, earlier_seqs, strict=True)):
+        bound = min(bound, hop_seq)
+        if hop_epoch == epoch:
+            return last <= bound
+    return False
 
 
 def _view_of(client: Client, stream_id: str) -> tuple[int | None, int, int, int, bool]:
@@ -321,7 +336,8 @@ class Client:
                 d, view = err.details, self.streams[stream]
                 if list(d.get("reasons", ())) == ["epoch_changed"] and continues(
                         view.epoch, view.last, int(d["epoch"]), int(d.get("continues_epoch", 0)),
-                        int(d.get("continues_seq", 0))):
+                        int(d.get("continues_seq", 0)), [int(e) for e in d.get("earlier_epochs", ())],
+                        [int(x) for x in d.get("earlier_seqs", ())]):
                     self._continue(stream, int(d["epoch"]))
                 else:
                     self._rebootstrap(stream, int(d["epoch"]))
@@ -352,7 +368,8 @@ class Client:
             rows = []
         for row in rows:
             if row.floor_seq <= view.last + 1 and row.head_seq >= view.last and continues(
-                    view.epoch, view.last, row.epoch, row.continues_epoch, row.continues_seq):
+                    view.epoch, view.last, row.epoch, row.continues_epoch, row.continues_seq,
+                    row.earlier_epochs, row.earlier_seqs):
                 self._continue(stream_id, row.epoch)
                 return self._resubscribe(stream_id)
             if row.epoch != view.epoch or row.floor_seq > view.last + 1 or row.head_seq < view.last:

@@ -63,12 +63,11 @@ from spec.reducers import (
     Ok,
     Outcome,
     call,
-    continuation,
     disconnect_sessions,
     unclean_restart,
     virtual_stream,
 )
-from spec.resume import stale_reasons
+from spec.resume import continuation_details, stale_reasons
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState, Delta
 from spec.values import Identity, Row, SyncEvent, SyncStream
@@ -120,9 +119,8 @@ def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None
     reasons = stale_reasons(epoch, head, floor, budget, req_epoch, watermark)
     if not reasons:
         return None
-    continues_epoch, continues_seq = continuation(db, stream_id)
     return SyncError(ErrorCode.STALE_CURSOR, {
-        "continues_epoch": continues_epoch, "continues_seq": continues_seq,
+        **continuation_details(db.find(SyncStream, lambda r: r.stream_id == stream_id)),
         "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": list(reasons),
         "replay_budget": budget, "requested_epoch": req_epoch, "requested_watermark": watermark,
         "stream_id": stream_id})

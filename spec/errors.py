@@ -85,9 +85,11 @@ CLIENT_ACTIONS: Mapping[ErrorCode, str] = {
     ErrorCode.BRIDGE_EVENT_CONFLICT: "Do not retry; the outbox row was already sent as another Nostr event.",
     ErrorCode.BRIDGE_EVENT_MISSING: "Enqueue the outbox row before marking it.",
     ErrorCode.INVALID_QUERY: "Fix the query; only the documented subscription SQL subset is accepted.",
-    ErrorCode.STALE_CURSOR: "If epoch_changed is the only reason and continues_epoch is your epoch with "
-                            "continues_seq >= your watermark, resume in the new epoch from the same watermark; else "
-                            "rebootstrap the stream (drop local state, rehydrate), then resume from the new watermark.",
+    ErrorCode.STALE_CURSOR: "If epoch_changed is the only reason and your epoch is on the continuation chain "
+                            "(continues_epoch, then earlier_epochs) with your watermark at or below every bound from "
+                            "continues_seq back to your epoch's, resume in the new epoch from the same watermark; "
+                            "else rebootstrap the stream (drop local state, rehydrate), then resume from the new "
+                            "watermark.",
     ErrorCode.INVALID_CLIENT_BUILD: "Send a non-blank oa_client_build_id (YYYYMMDDTHHMMSSZ).",
     ErrorCode.UNSUPPORTED_PROTOCOL_VERSION: "Use the protocol version the server names in the window.",
     ErrorCode.UNSUPPORTED_SCHEMA_VERSION: "Upgrade or downgrade to a schema version inside the window.",

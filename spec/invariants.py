@@ -26,7 +26,7 @@ import icontract
 
 from spec.canonical import is_canonical, payload_hash
 from spec.errors import ErrorCode
-from spec.policy import Policy
+from spec.policy import MAX_CONTINUATION_HOPS, Policy
 from spec.schema import PERSISTENT_TABLES, TABLES
 from spec.state import DbState
 from spec.transitions import (
@@ -169,7 +169,10 @@ CATALOG: tuple[Invariant, ...] = (
               "old epoch relabelled (same seq, payload, hash, producer, offset). A client at (E, W) that meets an "
               "epoch continuing E with W <= continues_seq and nothing else stale adopts it with the same watermark "
               "and events and no rebootstrap; a client that meets any other new epoch rebootstraps. So a "
-              "confirmed-read client (W <= the durable head) never rebootstraps because of a crash."),
+              "confirmed-read client (W <= the durable head) never rebootstraps because of a crash. Across "
+              "several unclean restarts the new epoch also continues every epoch the old one continued "
+              "(earlier_epochs/earlier_seqs, each bound the minimum of the durable heads since, ADR-0010), so a "
+              "client at an earlier epoch E with W at or below E's bound continues too."),
     Invariant("VER-1", "trace", "A version number never names two different contents: over the whole run, across "
               "crashes and retention, each (provider_id or request_id, version) ever committed names one content. "
               "New rows start at version_floor; retention raises the floor above every version it removes; "
@@ -252,12 +255,27 @@ def seqs_contiguous(seqs: Sequence[int], floor: int, head: int) -> bool:
     return list(seqs) == list(range(floor, head + 1))
 
 
+def continuation_chain_ok(stream: SyncStream) -> bool:
+    """SEQ-1 for the continuation chain (ADR-0010): a fresh epoch continues nothing; otherwise the
+    earlier hops pair up, their epochs strictly fall going back (each below the last hop's), and so do
+    their bounds, never rising (a bound is the minimum over every hop since)."""
+    epochs, seqs = stream.earlier_epochs, stream.earlier_seqs
+    if len(epochs) != len(seqs):
+        return False
+    if stream.continues_epoch == 0:
+        return not epochs
+    return (all(a > b for a, b in pairwise((stream.continues_epoch, *epochs)))
+            and all(a >= b for a, b in pairwise((stream.continues_seq, *seqs))))
+
+
 def layout_ok(stream: SyncStream, events: Sequence[SyncEvent]) -> bool:
     """SEQ-1 for one stream, given its retained events."""
     if not 1 <= stream.floor_seq <= stream.head_seq + 1:
         return False
     if stream.continues_epoch != 0 and not (stream.continues_epoch < stream.epoch
                                             and stream.continues_seq <= stream.head_seq):
+        return False
+    if not continuation_chain_ok(stream):
         return False
     return sorted(e.seq for e in events) == list(range(stream.floor_seq, stream.head_seq + 1)) and all(
         e.epoch == stream.epoch for e in events)
@@ -434,6 +452,27 @@ def versioned_content(row: ProviderCapability | ComputeAssignment) -> tuple[Any,
             row.result, row.opened_at)
 
 
+def _chain_carried(a: SyncStream, b: SyncStream) -> bool:
+    """ADR-0010, as a bound per epoch: each earlier hop of ``b`` names an epoch ``a`` continued, with
+    the smaller of ``a``'s bound for it and ``a``'s head (never more: events past either may be lost;
+    never less: a client up to it must continue); and no usable hop is dropped before the cap: the
+    hops kept are ``a``'s, in ``a``'s order, up to the first whose bound falls below ``a.floor_seq - 1``."""
+    old = [(a.continues_epoch, a.continues_seq), *zip(a.earlier_epochs, a.earlier_seqs, strict=False)]
+    if not a.continues_epoch:
+        old = []
+    bound: dict[int, int] = {}
+    for e, s in old:
+        bound.setdefault(e, s)
+    new = list(zip(b.earlier_epochs, b.earlier_seqs, strict=False))
+    if len(b.earlier_epochs) != len(b.earlier_seqs) or any(
+            e not in bound or s != min(bound[e], a.head_seq) for e, s in new):
+        return False
+    usable = 0
+    while usable < len(old) and min(old[usable][1], a.head_seq) + 1 >= a.floor_seq:
+        usable += 1
+    return [e for e, _ in new] == [e for e, _ in old[:min(usable, MAX_CONTINUATION_HOPS - 1)]]
+
+
 def check_recovery(before: DbState, after: DbState, max_undurable: int) -> list[Violation]:
     """The recovery transaction of an unclean restart (the one exception to SEQ-3, PROV-1 and
     ASSIGN-1): each stream's new epoch continues its old one up to the head, its events and
@@ -447,6 +486,8 @@ def check_recovery(before: DbState, after: DbState, max_undurable: int) -> list[
         if b is None or (b.continues_epoch, b.continues_seq, b.head_seq, b.floor_seq) != (
                 a.epoch, a.head_seq, a.head_seq, a.floor_seq) or b.epoch <= a.epoch:
             v.append(("CONT-1", f"recovery moved {sid} from {a} to {b}"))
+        elif not _chain_carried(a, b):
+            v.append(("CONT-1", f"recovery of {sid} did not carry the continuation chain: {a} -> {b} (ADR-0010)"))
     moved = {sid: (a.epoch, new_streams[sid].epoch) for sid, a in old_streams.items() if sid in new_streams}
 
     def relabelled(row: Any) -> Any:

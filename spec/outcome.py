@@ -49,13 +49,6 @@ class Err:
 Outcome = Ok | Err
 
 
-def continuation(db: DbState, stream_id: str) -> tuple[int, int]:
-    """(continues_epoch, continues_seq) of a stream; (0, 0) -- a fresh epoch -- for one that does not
-    exist yet."""
-    s = db.find(SyncStream, lambda r: r.stream_id == stream_id)
-    return (0, 0) if s is None else (s.continues_epoch, s.continues_seq)
-
-
 def virtual_stream(db: DbState, stream_id: str) -> tuple[int, int, int]:
     """(epoch, head_seq, floor_seq) of a stream; one that does not exist yet is
     (epoch_floor, 0, 1): the values it will have when its first event is appended."""

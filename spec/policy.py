@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 
 MIB = 1024 * 1024
 
+# At most this many epochs (the last hop plus MAX_CONTINUATION_HOPS - 1 earlier ones) a stream's current
+# epoch names as continued after unclean restarts; a client further behind rebootstraps (ADR-0010,
+# docs/protocol.md "Limits").
+MAX_CONTINUATION_HOPS = 16
+
 
 @dataclass(frozen=True, slots=True)
 class StreamClass:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from itertools import takewhile
 from typing import Any
 
 import icontract
@@ -26,6 +27,7 @@ from spec.canonical import canonicalize, payload_hash
 from spec.errors import ErrorCode, SyncError
 from spec.invariants import Violation, check_call, check_state, check_transition, stream_layout_ok
 from spec.outcome import CallContext, Err, Ok, Outcome, virtual_stream
+from spec.policy import MAX_CONTINUATION_HOPS
 from spec.schema import REDUCER_BY_NAME
 from spec.state import DbState, R, table_of_type
 from spec.transitions import ASSIGNMENT_TRANSITIONS, assignment_edge_allowed, bridge_edge_allowed, has_role
@@ -273,6 +275,14 @@ def continued(db: DbState, after: DbState) -> bool:
         a = streams.get(b.stream_id)
         if a is None or (a.continues_epoch, a.continues_seq, a.head_seq, a.floor_seq) != (
                 b.epoch, b.head_seq, b.head_seq, b.floor_seq) or a.epoch <= b.epoch:
+            return False
+        # ADR-0010: the old chain, each bound capped at the durable head, as long as it is usable
+        old: list[tuple[int, int]] = [] if not b.continues_epoch else [
+            (b.continues_epoch, b.continues_seq), *zip(b.earlier_epochs, b.earlier_seqs, strict=True)]
+        capped = [(e, min(seq, b.head_seq)) for e, seq in old]
+        usable = list(takewhile(lambda h: h[1] >= b.floor_seq - 1, capped))  # noqa: B023 (used at once)
+        chain = usable[:MAX_CONTINUATION_HOPS - 1]
+        if list(zip(a.earlier_epochs, a.earlier_seqs, strict=True)) != chain:
             return False
     relabel = {s.stream_id: (db_s.epoch, s.epoch) for s in after.of_type(SyncStream)
                for db_s in db.of_type(SyncStream) if db_s.stream_id == s.stream_id}

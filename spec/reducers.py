@@ -77,9 +77,9 @@ from spec.outcome import CallContext as CallContext
 from spec.outcome import Err as Err
 from spec.outcome import Ok as Ok
 from spec.outcome import Outcome as Outcome
-from spec.outcome import continuation as continuation
 from spec.outcome import virtual_stream as virtual_stream
 from spec.policy import DEFAULT_POLICY, NOSTR_NONPORTABLE_CONTROLS, Policy, StreamClass, expired
+from spec.resume import continued_stream
 from spec.schema import REDUCER_BY_NAME
 from spec.state import DbState, Delta, Tx
 from spec.transitions import (
@@ -979,7 +979,8 @@ def _reset(a: ResetCall) -> Ok:
     for e in [e for e in a.db.of_type(SyncEvent) if e.stream_id == a.stream_id]:
         tx.delete(e)
     tx.update(stream, replace(stream, epoch=stream.epoch + 1, continues_epoch=0, continues_seq=0,
-                              floor_seq=stream.head_seq + 1, updated_at=a.ctx.now))
+                              earlier_epochs=(), earlier_seqs=(), floor_seq=stream.head_seq + 1,
+                              updated_at=a.ctx.now))
     return _ok(tx)
 
 
@@ -1192,7 +1193,8 @@ def max_version(db: DbState) -> int:
                   " transactions can have handed out)")
 @icontract.ensure(lambda db, result: rc.continued(db, result),
                   "SEQ-1 CONT-1 (each new epoch continues the old one up to the durable head, floor kept, its events "
-                  "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised)")
+                  "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised; and every "
+                  "epoch the old one continued, each bound capped at the durable head, while usable, ADR-0010)")
 @icontract.ensure(lambda db, max_undurable, result: result.version_floor > max_version(db) + max_undurable
                   and all(r.version == result.version_floor for r in result.of_type(ProviderCapability))
                   and all(r.version == result.version_floor for r in result.of_type(ComputeAssignment)),
@@ -1217,13 +1219,18 @@ def unclean_restart(db: DbState, now: Timestamp, max_undurable: int) -> DbState:
     producer and offset).  A client at (E, W) with W <= continues_seq saw only surviving events
     and resumes at (E', W) without a rebootstrap; one with W > continues_seq may have seen lost
     events and rebootstraps.  The relabel is the one exception to SEQ-3's "a retained event row
-    never changes": same seq and payload, epoch raised, to an epoch nobody has seen."""
+    never changes": same seq and payload, epoch raised, to an epoch nobody has seen.
+
+    The new epoch also continues every epoch the old one continued (ADR-0010): the chain
+    ``earlier_epochs``/``earlier_seqs`` gains the old last hop, each bound capped at the durable
+    head (:func:`spec.resume.continued_stream`), so a client two or more restarts behind with a
+    watermark at or below every bound since its epoch continues as well."""
     streams = list(db.of_type(SyncStream))
     fresh = max([db.epoch_floor, *(s.epoch for s in streams)]) + max_undurable + 1
     tx = Tx(db)
     old_epoch = {s.stream_id: s.epoch for s in streams}
     for s in streams:
-        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq, updated_at=now))
+        tx.update(s, continued_stream(s, fresh, now))
     for e in list(db.of_type(SyncEvent)):
         if old_epoch.get(e.stream_id) == e.epoch:
             tx.update(e, replace(e, epoch=fresh))

@@ -37,7 +37,7 @@ from spec.values import (
     SyncStream,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PROTOCOL_VERSION = "oa.sync.v1"
 DEFAULT_DATABASE = "autopilot-sync"
 
@@ -97,7 +97,8 @@ TABLES: tuple[Table, ...] = (
         ("stream_id", STRING), ("stream_class", STRING), ("epoch", U64), ("continues_epoch", U64),
         ("continues_seq", U64),
         ("head_seq", U64), ("floor_seq", U64), ("replay_budget", U64), ("created_at", TIMESTAMP),
-        ("updated_at", TIMESTAMP)], ("stream_id",), visibility=Visibility.STREAM_GRANT),
+        ("updated_at", TIMESTAMP), ("earlier_epochs", ArrayT(U64)), ("earlier_seqs", ArrayT(U64))],
+       ("stream_id",), visibility=Visibility.STREAM_GRANT),
     _t("sync_event", SyncEvent, [
         ("stream_id", STRING), ("epoch", U64), ("seq", U64), ("idempotency_key", STRING),
         ("payload_hash", STRING), ("payload", STRING), ("producer", IDENTITY),

@@ -58,6 +58,18 @@ class Mirror:
     rows: Counter[Row] = field(default_factory=Counter)
 
 
+def _shares(epoch: int | None, last: int, cont_epoch: Any, cont_seq: Any, epochs: Any, seqs: Any) -> bool:
+    """CONT-1, re-derived from a message alone and written apart from :func:`spec.client.continues`:
+    the chain as a map epoch -> the seqs of every hop from the newest back to it; the view's events
+    all exist in the new epoch when its epoch is a key and ``last`` is below each of those seqs."""
+    if epoch is None or not cont_epoch or not isinstance(epochs, list) or not isinstance(seqs, list) \
+            or len(epochs) != len(seqs):
+        return False
+    hops = [(int(cont_epoch), int(cont_seq))] + [(int(e), int(x)) for e, x in zip(epochs, seqs, strict=True)]
+    reach = {e: [x for _, x in hops[:i + 1]] for i, (e, _) in reversed(list(enumerate(hops)))}
+    return epoch in reach and all(last <= x for x in reach[epoch])
+
+
 @dataclass
 class Trace:
     violations: list[Violation] = field(default_factory=list)
@@ -189,8 +201,9 @@ class Trace:
             if stream is None or view is None or err.code is not ErrorCode.STALE_CURSOR:
                 return
             d = err.details
-            ok = (list(d.get("reasons", ())) == ["epoch_changed"] and view.epoch is not None
-                  and d.get("continues_epoch") == view.epoch and view.last <= int(d.get("continues_seq", -1)))
+            ok = (list(d.get("reasons", ())) == ["epoch_changed"]
+                  and _shares(view.epoch, view.last, d.get("continues_epoch"), d.get("continues_seq"),
+                              d.get("earlier_epochs", []), d.get("earlier_seqs", [])))
             self._meet(i, client, stream, int(d["epoch"]), ok)
             return
         sets: tuple[tuple[int, tuple[TableRows, ...]], ...] = ()
@@ -208,9 +221,9 @@ class Trace:
             for t in tables:
                 for r in t.inserts if t.table == "sync_stream" else ():
                     if isinstance(r, SyncStream) and r.stream_id == stream and r.epoch != view.epoch:
-                        ok = (view.epoch is not None and r.continues_epoch == view.epoch
-                              and view.last <= r.continues_seq and r.floor_seq <= view.last + 1
-                              and r.head_seq >= view.last)
+                        ok = (_shares(view.epoch, view.last, r.continues_epoch, r.continues_seq,
+                                      list(r.earlier_epochs), list(r.earlier_seqs))
+                              and r.floor_seq <= view.last + 1 and r.head_seq >= view.last)
                         self._meet(i, client, stream, r.epoch, ok)
 
     def before_message(self, i: int, client: Client, msg: Any) -> None:

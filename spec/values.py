@@ -124,6 +124,10 @@ class SyncStream:
     replay_budget: int
     created_at: Timestamp
     updated_at: Timestamp
+    # the earlier hops of the continuation chain (ADR-0010), newest first: this epoch also continues
+    # earlier_epochs[i] up to earlier_seqs[i] (already the minimum over every hop in between)
+    earlier_epochs: tuple[int, ...] = ()
+    earlier_seqs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ from spec.delivery import resume_form_error
 from spec.errors import SyncError
 from spec.reducers import CallContext, Err, call
 from spec.resume import stale_reasons
-from spec.schema import PROTOCOL_VERSION, TABLES, table_of
+from spec.schema import PROTOCOL_VERSION, SCHEMA_VERSION, TABLES, table_of
 from spec.state import DbState, Delta
 from spec.values import Row
 from spec.vectors import accept_document, reject_document
@@ -274,7 +274,7 @@ def compat_vectors() -> Iterator[Vector]:
               "at_min": "20260101T000000Z", "inside": "20260601T120000Z", "at_max": "20991231T235959Z",
               "above_max": "21000101T000000Z"}
     protocols = {"none": None, "current": PROTOCOL_VERSION, "other": "oa.sync.v0"}
-    schemas = {"none": None, "below": 1, "current": 2, "above": 3}
+    schemas = {"none": None, "below": SCHEMA_VERSION - 1, "current": SCHEMA_VERSION, "above": SCHEMA_VERSION + 1}
     for require in (False, True):
         window = CompatWindow(require_claims=require)
         for bn, build in builds.items():
@@ -310,6 +310,17 @@ def client_vectors() -> Iterator[Vector]:
                              {"ops": {"epoch": epoch, "last": last, "new_epoch": new, "continues_epoch": ce,
                                       "continues_seq": cseq},
                               "post": {"continues": continues(epoch, last, new, ce, cseq)}})
+    # the chain of several unclean restarts (ADR-0010): the last hop 7 up to 6, then earlier hops
+    chains = {"folded": ((5, 2), (4, 3)), "hop_by_hop": ((5, 2), (5, 3)), "malformed": ((5,), ())}
+    for cname, (epochs, seqs) in chains.items():
+        for epoch in (None, 7, 5, 2, 1):
+            for last in (0, 3, 4, 5, 6):
+                yield Vector("client", "continues",
+                             f"chain_{cname}_view_{'none' if epoch is None else epoch}_{last}",
+                             "may a view adopt the new epoch without a rebootstrap? (a chain of hops, ADR-0010)",
+                             {"ops": {"epoch": epoch, "last": last, "new_epoch": 9, "continues_epoch": 7,
+                                      "continues_seq": 6, "earlier_epochs": list(epochs), "earlier_seqs": list(seqs)},
+                              "post": {"continues": continues(epoch, last, 9, 7, 6, epochs, seqs)}})
 
 
 # --- BSATN ---------------------------------------------------------------------------------------------

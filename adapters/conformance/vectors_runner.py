@@ -217,7 +217,8 @@ def model_apply_rule(c: Case) -> None:
 def model_continues(c: Case) -> None:
     from spec.client import continues
     o = c.part("ops")
-    _same("continues", continues(o["epoch"], o["last"], o["new_epoch"], o["continues_epoch"], o["continues_seq"]),
+    _same("continues", continues(o["epoch"], o["last"], o["new_epoch"], o["continues_epoch"], o["continues_seq"],
+                                 o.get("earlier_epochs", ()), o.get("earlier_seqs", ())),
           c.part("post")["continues"])
 
 

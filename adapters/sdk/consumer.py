@@ -29,9 +29,11 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   stale) saw only surviving events, so the core answers ``Continue`` and the driver moves the
   checkpoint to (E', W) -- the application's state is kept, the rebootstrap callback is *not* called
   -- and resubscribes.  ``spec.client.continues`` is the rule; the server's ``stale_cursor`` carries
-  ``continues_epoch``/``continues_seq`` and so does the ``sync_stream`` row.  A consumer with
-  ``W > continues_seq`` may have applied events the crash lost: it rebootstraps as above.  A
-  confirmed-read consumer only ever sees durable events, so a crash never makes it rebootstrap;
+  ``continues_epoch``/``continues_seq`` and the earlier hops (``earlier_epochs``/``earlier_seqs``,
+  ADR-0010: a consumer several unclean restarts behind continues too), and so does the
+  ``sync_stream`` row.  A consumer with ``W > continues_seq`` may have applied events the crash
+  lost: it rebootstraps as above.  A confirmed-read consumer only ever sees durable events, so a
+  crash never makes it rebootstrap;
 * **ack** -- after every durable apply, ``Ack(epoch, W)``; the driver sends ``ack_checkpoint``
   batched (while one ack is in flight, later ones merge into the highest) and monotonic.
 
@@ -88,6 +90,14 @@ __all__ = [
 
 log = logging.getLogger("syncref.sdk.consumer")
 
+
+
+def _u64_list(value: object) -> list[int] | None:
+    """A details array of u64s (``earlier_epochs``/``earlier_seqs``, ADR-0010); None when malformed (the
+    consumer then does not continue: it rebootstraps, which is always safe)."""
+    if not isinstance(value, list) or not all(is_u64(v) for v in value):
+        return None
+    return [int(str(v)) for v in value]
 
 @dataclass(frozen=True, slots=True)
 class Stale:
@@ -196,7 +206,8 @@ class ConsumerCore:
                 if not isinstance(row, SyncStream) or row.stream_id != self.stream_id:
                     continue
                 if row.floor_seq <= self.watermark + 1 and row.head_seq >= self.watermark and continues(
-                        self.epoch, self.watermark, row.epoch, row.continues_epoch, row.continues_seq):
+                        self.epoch, self.watermark, row.epoch, row.continues_epoch, row.continues_seq,
+                        row.earlier_epochs, row.earlier_seqs):
                     self.state = "continuing"
                     return [Continue(row.epoch, from_server=False)]
                 reasons = _stale_from_row(row, self.epoch, self.watermark)
@@ -253,8 +264,10 @@ class ConsumerCore:
             return [Fail(RemoteProtocolError(f"stale_cursor without epoch/floor_seq/head_seq: {error.message[:200]}"))]
         reasons = d.get("reasons")
         cont_epoch, cont_seq = d.get("continues_epoch", 0), d.get("continues_seq", 0)
-        if reasons == ["epoch_changed"] and is_u64(cont_epoch) and is_u64(cont_seq) and continues(
-                self.epoch, self.watermark, epoch, int(str(cont_epoch)), int(str(cont_seq))):
+        earlier = (_u64_list(d.get("earlier_epochs", [])), _u64_list(d.get("earlier_seqs", [])))
+        if reasons == ["epoch_changed"] and is_u64(cont_epoch) and is_u64(cont_seq) and None not in earlier \
+                and continues(self.epoch, self.watermark, epoch, int(str(cont_epoch)), int(str(cont_seq)),
+                              earlier[0] or (), earlier[1] or ()):
             self.state = "continuing"
             return [Continue(epoch, from_server=True)]
         return self._stale(Stale(self.stream_id, tuple(str(r) for r in reasons) if isinstance(reasons, list) else (),

@@ -358,7 +358,8 @@ def test_the_matrix_checks_can_fail(world: World) -> None:
         msg = c.subscribe(1, f"SELECT * FROM sync_event WHERE stream_id = '{VICTIM_STREAM}'")
         assert isinstance(msg, wire.SubscribeApplied)
         rows = [r for t in msg.rows.tables for r in _decode_rows(t.table, t.rows)]
-        assert len(_leaks(rows)) == 3
+        # the three set up (the revocation test may have added its "still-fine" since: order-independent)
+        assert {"k0", "k1", "k2"} <= {getattr(r, "idempotency_key", None) for r in _leaks(rows)}
         before = persistent_state(world.st)
         r = c.call("append_sync_event", MINE, f"control-{time.time_ns()}", '{"control":true}', None, None)
         assert isinstance(r.outcome, wire.ReducerOk)

@@ -72,7 +72,8 @@ def test_policy_defaults() -> None:
 
 def test_compat_window_defaults() -> None:
     w = CompatWindow()
-    assert (w.protocol_version, w.min_schema_version, w.max_schema_version) == ("oa.sync.v1", 2, 2)
+    # schema 3: the continuation chain (ADR-0010)
+    assert (w.protocol_version, w.min_schema_version, w.max_schema_version) == ("oa.sync.v1", 3, 3)
     assert (w.min_client_build_id, w.max_client_build_id, w.require_claims) == (
         "20260101T000000Z", "20991231T235959Z", False)
 

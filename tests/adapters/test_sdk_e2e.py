@@ -385,3 +385,67 @@ async def _epoch_moved(consumer: StreamConsumer) -> int:
     while consumer.epoch == 1:
         await asyncio.sleep(0.02)
     return consumer.epoch
+
+
+def test_a_confirmed_consumer_away_through_two_sigkills_continues_CONT_1(tmp_path: Path) -> None:
+    """CONT-1 over a chain, end to end (ADR-0010; issue 9, found by the chaos harness).  A confirmed
+    consumer applies 1..3 and stops (the application closes; its checkpoint is (1, 3)).  The server is
+    SIGKILLed, restarts (epoch E2 continuing 1 up to 3), takes seq 4, is SIGKILLed again and restarts
+    (E3 continuing E2 up to 4 and, through the chain, 1 up to 3).  The application starts again from
+    its checkpoint: the consumer continues into E3 with watermark 3 -- its rebootstrap callback is
+    never called -- and applies seq 4.  Before ADR-0010 the stale cursor named only E2: it rebootstrapped."""
+    data = tmp_path / "data"
+    port = free_port()
+    stream = f"e2e.chain.{uuid.uuid4().hex[:8]}"
+    producer_token = mint_cli(data, SCOPES, "e2e.*", "--subject", "producer")["token"]
+    reader_token = mint_cli(data, SCOPES, "e2e.*", "--subject", "reader")["token"]
+    app = App(tmp_path / "app.sqlite")
+    url = f"http://127.0.0.1:{port}"
+
+    def producer() -> Connection:  # confirmed: an acknowledged append is durable
+        return Connection(url, token=producer_token, confirmed=True, backoff=FAST, call_timeout=20)
+
+    async def first_run(server: ServedProcess) -> None:
+        prod, reader = producer(), Connection(url, token=reader_token, confirmed=True, backoff=FAST, call_timeout=20)
+        await prod.connect()
+        await reader.connect()
+        for i in (1, 2, 3):
+            assert await append(prod, stream, i) == i
+        consumer = StreamConsumer(reader, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap)
+        await consumer.start()
+        await consumer.wait_for(3)
+        await consumer.stop()
+        for conn in (prod, reader):
+            await conn.close()
+        server.proc.kill()  # SIGKILL: no clean-shutdown marker
+        server.proc.wait()
+
+    async def second_run(server: ServedProcess) -> None:
+        prod = producer()
+        await prod.connect()
+        assert await append(prod, stream, 4) == 4
+        await prod.close()
+        server.proc.kill()
+        server.proc.wait()
+
+    async def third_run() -> None:
+        reader = Connection(url, token=reader_token, confirmed=True, backoff=FAST, call_timeout=20)
+        consumer = StreamConsumer(reader, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap)
+        await reader.connect()
+        await consumer.start()
+        new_epoch = await asyncio.wait_for(_epoch_moved(consumer), 30)
+        await consumer.wait_for(4, epoch=new_epoch)
+        assert app.stales == [] and consumer.core.rebootstraps == 0 and consumer.core.continues == 1
+        assert app.seqs(1) == [1, 2, 3] and app.seqs(new_epoch) == [4]
+        await consumer.stop()
+        await reader.close()
+
+    with serve_process(data, "--port", str(port)) as first:
+        run(first_run(first))
+    with serve_process(data, "--port", str(port)) as second:
+        run(second_run(second))
+    with serve_process(data, "--port", str(port)):
+        run(third_run())
+    from reference.replay import verify_log
+    report = verify_log(data)
+    assert report.ok, report

@@ -113,7 +113,7 @@ def test_compat_window_426(tmp_path: Path) -> None:
     """COMPAT-1 at the upgrade and on HTTP: the first failing check decides the 426 body."""
     window = CompatWindow(min_client_build_id="20260601T000000Z")
     with running_server(tmp_path, window=window) as st:
-        old = st.token(client_build_id="20260101T000000Z", protocol_version="oa.sync.v1", schema_version=2)
+        old = st.token(client_build_id="20260101T000000Z", protocol_version="oa.sync.v1", schema_version=3)
         from websockets.sync.client import connect
         with pytest.raises(InvalidStatus) as info:
             connect(f"{st.ws_base}/v1/database/autopilot-sync/subscribe?token={old}",
@@ -122,9 +122,9 @@ def test_compat_window_426(tmp_path: Path) -> None:
         body = json.loads(info.value.response.body)
         assert body["code"] == "upgrade_required" and body["upgrade_required"] is True
         assert body["window"]["min_client_build_id"] == "20260601T000000Z"
-        ok = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v1", schema_version=2)
+        ok = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v1", schema_version=3)
         WireClient(st, ok).close()
-        bad_proto = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v0", schema_version=2)
+        bad_proto = st.token(client_build_id="20260701T000000Z", protocol_version="oa.sync.v0", schema_version=3)
         res = call_http(st, bad_proto, "append_sync_event", [S, "k", "{}", {"none": []}, {"none": []}])
         assert res.status == 426 and res.json()["code"] == "unsupported_protocol_version"
 
@@ -504,17 +504,17 @@ def test_sql_statements_split_outside_literals() -> None:
 
 @pytest.mark.parametrize(("claims", "code"), [
     ({}, None),  # no compatibility claims at all: admitted (the window does not require them)
-    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 2}, None),
-    ({"client_build_id": " ", "protocol_version": "oa.sync.v1", "schema_version": 2}, "invalid_client_build"),
-    ({"client_build_id": "2026-07-01", "protocol_version": "oa.sync.v1", "schema_version": 2},
+    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 3}, None),
+    ({"client_build_id": " ", "protocol_version": "oa.sync.v1", "schema_version": 3}, "invalid_client_build"),
+    ({"client_build_id": "2026-07-01", "protocol_version": "oa.sync.v1", "schema_version": 3},
      "invalid_client_build"),
-    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v2", "schema_version": 2},
+    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v2", "schema_version": 3},
      "unsupported_protocol_version"),
-    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 1},
-     "unsupported_schema_version"),  # a schema-1 client (before ADR-0003's column changes) is refused
-    ({"client_build_id": "20250101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 2},
+    ({"client_build_id": "20260701T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 2},
+     "unsupported_schema_version"),  # a schema-2 client (before ADR-0010's chain columns) is refused
+    ({"client_build_id": "20250101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 3},
      "upgrade_required"),
-    ({"client_build_id": "21000101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 2},
+    ({"client_build_id": "21000101T000000Z", "protocol_version": "oa.sync.v1", "schema_version": 3},
      "unsupported_client_build"),
     # several failures: the first in the documented order decides
     ({"client_build_id": "20250101T000000Z", "protocol_version": "oa.sync.v0", "schema_version": 9},

@@ -71,3 +71,4 @@ def test_a_call_past_the_durability_bound_is_refused_to_the_caller() -> None:
     server.handle(conn, CallReducer(1, "append_sync_event", ("s", "a", "{}", None, None)))
     with pytest.raises(icontract.ViolationError):
         server.handle(conn, CallReducer(2, "append_sync_event", ("s", "b", "{}", None, None)))
+

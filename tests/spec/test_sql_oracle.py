@@ -181,13 +181,14 @@ def states(draw: st.DrawFn) -> State:
         if not any(e.stream_id == s.stream_id for e in events):
             floor = min(max(s.floor_seq, 1), 2**63)
             streams.append(replace(s, floor_seq=floor, head_seq=floor - 1, epoch=max(s.epoch, 1), continues_epoch=0,
-                                   continues_seq=0))
+                                   continues_seq=0, earlier_epochs=(), earlier_seqs=()))
     for sid in dict.fromkeys(e.stream_id for e in events):
         mine = [e for e in events if e.stream_id == sid]
         base = draw(STREAM_ROW)
         assert isinstance(base, SyncStream)
         streams.append(replace(base, stream_id=sid, floor_seq=mine[0].seq, head_seq=mine[-1].seq,
-                               epoch=mine[0].epoch, continues_epoch=0, continues_seq=0))
+                               epoch=mine[0].epoch, continues_epoch=0, continues_seq=0, earlier_epochs=(),
+                               earlier_seqs=()))
     tables["sync_stream"] = streams
     return tables
 

@@ -138,9 +138,15 @@ ENGINE_MUTANTS += (
            (("        tx.relabel_events(s.stream_id, s.epoch, fresh)\n", ""),),
            "unclean recovery continues epochs but leaves the retained events in the old epoch"),
     Mutant("stale_cursor_without_continuation", "reference.engine",
-           (('            cont = (row.continues_epoch, row.continues_seq) if isinstance(row, SyncStream) else (0, 0)',
-             '            cont = (0, 0)'),),
+           (('                **continuation_details(row if isinstance(row, SyncStream) else None),',
+             '                **continuation_details(None),'),),
            "the stale_cursor details do not say which epoch the new one continues"),
+    Mutant("recovery_drops_the_chain", "reference.reducers",
+           (("        tx.update(s, continued_stream(s, fresh, now))",
+             "        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq,"
+             " earlier_epochs=(), earlier_seqs=(), updated_at=now))"),),
+           "the engine's recovery records only the last hop (CONT-1, ADR-0010): a reader two unclean restarts "
+           "behind rebootstraps", killer="reference/test_engine_chain.py"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

@@ -99,8 +99,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "the client applies across a gap", expected=('REPLAY-1',)),
     Mutant("no_epoch_bump_on_crash", "spec.reducers",
            (("    for s in streams:\n"
-             "        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq,"
-             " updated_at=now))\n", ""),
+             "        tx.update(s, continued_stream(s, fresh, now))\n", ""),
             ("    tx.epoch_floor = fresh\n", ""),
             ("            tx.update(e, replace(e, epoch=fresh))\n", "            pass\n"),
             ("            tx.update(c, replace(c, epoch=fresh))\n", "            pass\n")),
@@ -211,23 +210,36 @@ MUTANTS += (
            (("None, a.db.version_floor, a.ctx.now, a.ctx.now))", "None, 1, a.ctx.now, a.ctx.now))"),),
            "an assignment id freed by retention starts again at version 1", expected=("VER-1", "ASSIGN-2")),
     Mutant("crash_starts_fresh_epochs", "spec.reducers",
-           (("        tx.update(s, replace(s, epoch=fresh, continues_epoch=s.epoch, continues_seq=s.head_seq,"
-             " updated_at=now))",
-             "        tx.update(s, replace(s, epoch=fresh, continues_epoch=0, continues_seq=0, floor_seq=s.head_seq + 1,"
-             " updated_at=now))"),
+           (("        tx.update(s, continued_stream(s, fresh, now))",
+             "        tx.update(s, replace(s, epoch=fresh, continues_epoch=0, continues_seq=0, earlier_epochs=(),"
+             " earlier_seqs=(), floor_seq=s.head_seq + 1, updated_at=now))"),
             ("        if old_epoch.get(e.stream_id) == e.epoch:\n            tx.update(e, replace(e, epoch=fresh))\n",
              "        if old_epoch.get(e.stream_id) == e.epoch:\n            tx.delete(e)\n")),
            "an unclean restart starts every stream in a fresh empty epoch: every client rebootstraps (before "
            "ADR-0003)", expected=("CONT-1",)),
     Mutant("client_never_continues", "spec.client",
-           (("    return epoch is not None and continues_epoch != 0 and continues_epoch == epoch and new_epoch != epoch \\\n"
-             "        and last <= continues_seq",
-             "    return False"),),
+           (("            return last <= bound", "            return False"),),
            "the client rebootstraps whenever the epoch changed, even into an epoch continuing its own",
            expected=("CONT-1",)),
     Mutant("client_continues_past_continues_seq", "spec.client",
-           (("        and last <= continues_seq", "        and last >= 0"),),
+           (("            return last <= bound", "            return last >= 0"),),
            "a client that saw events the crash lost continues instead of rebootstrapping", expected=("CONT-1",)),
+    # --- ADR-0010: the continuation chain across several unclean restarts ---
+    Mutant("crash_drops_the_chain", "spec.resume",
+           (("                   earlier_epochs=tuple(e for e, _ in earlier), earlier_seqs=tuple(s for _, s in earlier),",
+             "                   earlier_epochs=(), earlier_seqs=(),"),),
+           "an unclean restart records only the last hop: a client two restarts behind rebootstraps (before "
+           "ADR-0010)", expected=("CONT-1",), killer="spec/test_continuation_chain.py"),
+    Mutant("client_reads_only_the_last_hop", "spec.client",
+           (("    for hop_epoch, hop_seq in ((continues_epoch, continues_seq), *zip(earlier_epochs, earlier_seqs, "
+             "strict=True)):",
+             "    for hop_epoch, hop_seq in ((continues_epoch, continues_seq),):"),),
+           "the client ignores the earlier hops of the chain: it rebootstraps two restarts behind",
+           expected=("CONT-1",), killer="spec/test_continuation_chain.py"),
+    Mutant("client_takes_its_hop_s_bound_only", "spec.client",
+           (("        bound = min(bound, hop_seq)\n", "        bound = hop_seq\n"),),
+           "the client reads its own hop's bound, not the minimum since: a chain written hop by hop lets a "
+           "client past a later crash's head continue", expected=("CONT-1",), killer="spec/test_continuation_chain.py"),
 )
 MUTANTS += (
     # --- issue 9, "every invariant has at least one planted mutant that dies on it" ---

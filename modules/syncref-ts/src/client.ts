@@ -14,14 +14,28 @@ export function applyRule(last: bigint, seq: bigint): 'duplicate' | 'apply' | 'g
 }
 
 /** May a view at (`epoch`, `last`) adopt `new_epoch` without a rebootstrap? Exactly when the new
- * epoch continues `epoch` up to at least `last` (ADR-0003 decision 6). */
+ * epoch continues `epoch` up to at least `last` (ADR-0003 decision 6): `epoch` is on the chain -- the
+ * last hop (`continues_epoch`, `continues_seq`) then the earlier hops, newest first (ADR-0010) -- and
+ * `last` is at or below every bound from the newest hop back to it. A malformed chain continues nothing. */
 export function continues(epoch: bigint | undefined, last: bigint, new_epoch: bigint, continues_epoch: bigint,
-  continues_seq: bigint): boolean {
-  return epoch !== undefined && continues_epoch !== 0n && continues_epoch === epoch && new_epoch !== epoch && last <= continues_seq;
+  continues_seq: bigint, earlier_epochs: readonly bigint[] = [], earlier_seqs: readonly bigint[] = []): boolean {
+  if (epoch === undefined || continues_epoch === 0n || new_epoch === epoch || earlier_epochs.length !== earlier_seqs.length) {
+    return false;
+  }
+  const hops: [bigint, bigint][] = [[continues_epoch, continues_seq], ...earlier_epochs.map((e, i): [bigint, bigint] => [e, earlier_seqs[i]!])];
+  let bound = continues_seq;
+  for (const [hop_epoch, hop_seq] of hops) {
+    if (hop_seq < bound) bound = hop_seq;
+    if (hop_epoch === epoch) return last <= bound;
+  }
+  return false;
 }
 
 /** The `sync_stream` columns a resume check reads. */
-export interface StreamRow { epoch: bigint; head_seq: bigint; floor_seq: bigint; replay_budget: bigint; continues_epoch: bigint; continues_seq: bigint }
+export interface StreamRow {
+  epoch: bigint; head_seq: bigint; floor_seq: bigint; replay_budget: bigint; continues_epoch: bigint; continues_seq: bigint;
+  earlier_epochs?: readonly bigint[]; earlier_seqs?: readonly bigint[];
+}
 
 /** What a client resuming at (epoch, watermark) does once the stream row arrives: `resume` (the
  * snapshot is the replay), `continue` (adopt the new epoch, same watermark), or `rebootstrap` with
@@ -33,7 +47,8 @@ export function resumeCheck(row: StreamRow | undefined, epoch: bigint, watermark
   const reasons = staleReasons(row.epoch, row.head_seq, row.floor_seq, row.replay_budget, epoch, watermark);
   if (reasons.length === 0) return { action: 'resume' };
   if (reasons.length === 1 && reasons[0] === 'epoch_changed'
-    && continues(epoch, watermark, row.epoch, row.continues_epoch, row.continues_seq)) {
+    && continues(epoch, watermark, row.epoch, row.continues_epoch, row.continues_seq, row.earlier_epochs ?? [],
+      row.earlier_seqs ?? [])) {
     return { action: 'continue', epoch: row.epoch };
   }
   return { action: 'rebootstrap', reasons };

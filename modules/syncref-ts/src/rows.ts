@@ -29,6 +29,8 @@ export function rowDefs(t: T) {
   replay_budget: t.u64(),
   created_at: t.timestamp(),
   updated_at: t.timestamp(),
+  earlier_epochs: t.array(t.u64()),
+  earlier_seqs: t.array(t.u64()),
 };
 
   const syncEventRow = {

@@ -25,6 +25,7 @@ import { ErrorCode, SyncError } from './errors.js';
 export interface SyncStream {
   stream_id: string; stream_class: string; epoch: bigint; continues_epoch: bigint; continues_seq: bigint;
   head_seq: bigint; floor_seq: bigint; replay_budget: bigint; created_at: bigint; updated_at: bigint;
+  earlier_epochs: bigint[]; earlier_seqs: bigint[];
 }
 export interface SyncEvent {
   stream_id: string; epoch: bigint; seq: bigint; idempotency_key: string; payload_hash: string;
@@ -273,6 +274,7 @@ export function append_sync_event(db: Store, ctx: Ctx, stream_id: string, idempo
     db.sync_stream.insert({
       stream_id, stream_class: cls.name, epoch, continues_epoch: 0n, continues_seq: 0n, head_seq: seq,
       floor_seq: seq, replay_budget: cls.replay_budget, created_at: ctx.now, updated_at: ctx.now,
+      earlier_epochs: [], earlier_seqs: [],
     });
   } else {
     const floor = stream.floor_seq <= stream.head_seq ? stream.floor_seq : seq;
@@ -541,8 +543,8 @@ export function reset_stream_epoch(db: Store, ctx: Ctx, stream_id: string): void
   if (stream === undefined) throw fail(ErrorCode.INVALID_ARGUMENT, { argument: 'stream_id', message: 'stream does not exist' });
   for (const e of [...db.sync_event.ofStream(stream_id)]) db.sync_event.delete(e);
   db.sync_stream.update({
-    ...stream, epoch: stream.epoch + 1n, continues_epoch: 0n, continues_seq: 0n, floor_seq: stream.head_seq + 1n,
-    updated_at: ctx.now,
+    ...stream, epoch: stream.epoch + 1n, continues_epoch: 0n, continues_seq: 0n, earlier_epochs: [], earlier_seqs: [],
+    floor_seq: stream.head_seq + 1n, updated_at: ctx.now,
   });
 }
 
@@ -673,7 +675,8 @@ export function staleError(db: Store, policy: Policy, stream_id: string, request
   if (reasons.length === 0) return undefined;
   const s = db.sync_stream.find(stream_id);
   return fail(ErrorCode.STALE_CURSOR, {
-    continues_epoch: s ? s.continues_epoch : 0n, continues_seq: s ? s.continues_seq : 0n, epoch, floor_seq: floor,
+    continues_epoch: s ? s.continues_epoch : 0n, continues_seq: s ? s.continues_seq : 0n,
+    earlier_epochs: s ? [...s.earlier_epochs] : [], earlier_seqs: s ? [...s.earlier_seqs] : [], epoch, floor_seq: floor,
     head_seq: head, reasons, replay_budget: budget, requested_epoch: requested_epoch ?? null,
     requested_watermark: watermark, stream_id,
   });

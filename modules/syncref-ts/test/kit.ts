@@ -205,7 +205,8 @@ function runClientCase(client: Client, handler: string, name: string): string | 
     return got === post.action ? undefined : `${got} != ${post.action}`;
   }
   const got = client.continues(o.epoch === null ? undefined : BigInt(o.epoch), BigInt(o.last), BigInt(o.new_epoch),
-    BigInt(o.continues_epoch), BigInt(o.continues_seq));
+    BigInt(o.continues_epoch), BigInt(o.continues_seq), (o.earlier_epochs ?? []).map(BigInt),
+    (o.earlier_seqs ?? []).map(BigInt));
   return got === post.continues ? undefined : `${got} != ${post.continues}`;
 }
 

@@ -15,4 +15,6 @@ export default __t.row({
   replayBudget: __t.u64().name("replay_budget"),
   createdAt: __t.timestamp().name("created_at"),
   updatedAt: __t.timestamp().name("updated_at"),
+  earlierEpochs: __t.array(__t.u64()).name("earlier_epochs"),
+  earlierSeqs: __t.array(__t.u64()).name("earlier_seqs"),
 });
