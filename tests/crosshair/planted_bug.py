@@ -172,7 +172,8 @@ def negotiate(window: CompatWindow, build: str | None, protocol: str | None,
                   " transactions can have handed out)")
 @icontract.ensure(lambda db, result: rc.continued(db, result),
                   "SEQ-1 CONT-1 (each new epoch continues the old one up to the durable head, floor kept, its events "
-                  "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised)")
+                  "and checkpoints relabelled: same seq, payload, hash, producer and offset, epoch raised; and every "
+                  "epoch the old one continued, each bound capped at the durable head, while usable, ADR-0010)")
 @icontract.ensure(lambda db, max_undurable, result: result.version_floor > max_version(db) + max_undurable
                   and all(r.version == result.version_floor for r in result.of_type(ProviderCapability))
                   and all(r.version == result.version_floor for r in result.of_type(ComputeAssignment)),
