@@ -26,6 +26,7 @@ import json
 import random
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 REPLAY_KEEP = 8  # frames kept per token for replay on its next connection
@@ -167,57 +168,49 @@ class ChaosProxy:
         pair = (writer, up_writer)
         self._pairs.add(pair)
         try:
-            await asyncio.gather(self._pump_client(reader, up_writer), self._pump(up_reader, writer))
+            await asyncio.gather(self._pump(reader, up_writer, self._client_side()), self._pump(up_reader, writer))
         finally:
             self._pairs.discard(pair)
             for w in pair:
                 with contextlib.suppress(Exception):
                     w.transport.abort()
 
-    async def _pump_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Client to server, frame by frame (see :meth:`duplicate`)."""
+    def _client_side(self) -> Callable[[bytes], list[bytes]]:
+        """What to send upstream for each chunk a client sends (see :meth:`duplicate`)."""
         frames = ClientFrames()
         key: str | None = None
         replay: list[bytes] = []
-        try:
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
-                keyed = frames.head is not None
-                for piece in frames.feed(chunk):
-                    if not keyed and frames.head is not None:
-                        keyed = True
-                        key = token_of(frames.head)
-                        if self.duplicating and key is not None:
-                            replay = list(self._sent.get(key, ()))
-                    if isinstance(piece, bytes):
-                        writer.write(piece)
-                        self.bytes += len(piece)
-                        continue
-                    if piece.opcode == 2 and piece.fin:
-                        if replay:  # before the client's first frame on this connection: after the upgrade
-                            for old in replay:
-                                writer.write(old)
-                            self.replayed += len(replay)
-                            replay = []
-                        if key is not None:
-                            self._sent.setdefault(key, deque(maxlen=REPLAY_KEEP)).append(piece.raw)
-                        if self.duplicating and self.rng.random() < 0.5:
-                            writer.write(piece.raw)
-                            self.duplicated += 1
-                    writer.write(piece.raw)
-                    self.bytes += len(piece.raw)
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, RuntimeError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                writer.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def forward(chunk: bytes) -> list[bytes]:
+            nonlocal key, replay
+            out: list[bytes] = []
+            keyed = frames.head is not None
+            for piece in frames.feed(chunk):
+                if not keyed and frames.head is not None:
+                    keyed = True
+                    key = token_of(frames.head)
+                    if self.duplicating and key is not None:
+                        replay = list(self._sent.get(key, ()))
+                if isinstance(piece, bytes):
+                    out.append(piece)
+                    continue
+                if piece.opcode == 2 and piece.fin:
+                    if replay:  # before the client's first frame on this connection: after the upgrade
+                        out.extend(replay)
+                        self.replayed += len(replay)
+                        replay = []
+                    if key is not None:
+                        self._sent.setdefault(key, deque(maxlen=REPLAY_KEEP)).append(piece.raw)
+                    if self.duplicating and self.rng.random() < 0.5:
+                        out.append(piece.raw)
+                        self.duplicated += 1
+                out.append(piece.raw)
+            return out
+
+        return forward
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    forward: Callable[[bytes], list[bytes]] | None = None) -> None:
         try:
             while True:
                 chunk = await reader.read(65536)
@@ -225,8 +218,9 @@ class ChaosProxy:
                     break
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
-                writer.write(chunk)
-                self.bytes += len(chunk)
+                for piece in [chunk] if forward is None else forward(chunk):
+                    writer.write(piece)
+                    self.bytes += len(piece)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError, RuntimeError):
             pass
