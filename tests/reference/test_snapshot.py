@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.logfiles import write_records
 
 from reference import snapshot
 from reference.db import Db
@@ -110,16 +111,7 @@ def history(seed: int, n: int = 220) -> tuple[list[TxRecord], list[Image], int]:
 
 
 def write_log(data: Path, records: list[TxRecord], *, clean: bool) -> None:
-    store = LogStore.open(data)
-    store.save_policy(POLICY)
-    writer = GroupCommitWriter(store, background=False)
-    writer.append(records)
-    writer.flush()
-    writer.close()
-    if clean:
-        store.close_clean(records[-1].offset)
-    else:
-        store.close()
+    write_records(data, records, clean=clean, policy=POLICY)
 
 
 def restarted(data: Path, now: int, *, snapshots: bool = True) -> tuple[Engine, list[TxRecord], Any]:
