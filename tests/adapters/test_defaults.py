@@ -90,3 +90,14 @@ def test_checkpoint_store_defaults_to_synchronous_full(tmp_path: Path) -> None:
     with CheckpointStore(tmp_path / "cp.sqlite") as store:
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_revocation_defaults_are_pinned(tmp_path: Path) -> None:
+    """docs/operations.md: the list is DATA/revoked-jti, re-read every second; minted tokens carry a jti."""
+    from adapters.auth import MAX_JTI_CHARS, REVOKED_JTI_FILE
+    from adapters.server import REVOCATION_CHECK_S
+
+    assert (REVOKED_JTI_FILE, REVOCATION_CHECK_S, MAX_JTI_CHARS) == ("revoked-jti", 1.0, 128)
+    with running_server(tmp_path) as st:
+        assert st.server.auth.revocations.path == tmp_path / "revoked-jti"
+        assert "jti" in st.server.auth.verify(st.token()).raw
