@@ -101,3 +101,12 @@ def test_revocation_defaults_are_pinned(tmp_path: Path) -> None:
     with running_server(tmp_path) as st:
         assert st.server.auth.revocations.path == tmp_path / "revoked-jti"
         assert "jti" in st.server.auth.verify(st.token()).raw
+
+
+def test_group_commit_gathering_default_is_pinned(tmp_path: Path) -> None:
+    """ADR-0014 / docs/operations.md: an idle writer waits at most 4 ms for a round; serve uses it."""
+    from adapters.server import ServerConfig
+
+    assert ServerConfig(data_dir=tmp_path).commit_gather_s == 0.004
+    with running_server(tmp_path) as st:
+        assert st.server._writer._gather_s == 0.004
