@@ -12,7 +12,17 @@ import icontract
 import pytest
 
 from spec.auth import Claims, can_read
-from spec.canonical import _utf8_encodable, dumps_canonical, parse_strict
+from spec.canonical import (
+    _digest_of,
+    _is_clean,
+    _is_fixed_point,
+    _json_equal,
+    _no_raw_control,
+    _same_value,
+    _utf8_encodable,
+    dumps_canonical,
+    parse_strict,
+)
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
@@ -389,3 +399,83 @@ def test_dumps_canonical_sorts_keys_and_refuses_nan() -> None:
     assert dumps_canonical({"b": [1, {"d": 1, "c": "é"}], "a": None}) == '{"a":null,"b":[1,{"c":"é","d":1}]}'
     with pytest.raises(ValueError):
         dumps_canonical({"a": float("nan")})
+
+
+# --- spec.canonical: the helpers of the output contracts (HASH-1, HASH-2), as tables --------------
+# A contract whose helper always answers True cannot fail; these pin each helper's answer.
+
+
+@pytest.mark.parametrize(("a", "b", "equal"), [
+    (1, 1, True), (True, True, True), (None, None, True), ("x", "x", True), ([], [], True), ({}, {}, True),
+    (True, 1, False), (1, True, False), (False, 0, False), (1, 2, False), ("x", "y", False), (None, 0, False),
+    ([1, 2], [1, 2], True), ([1, 2], [2, 1], False), ([1], [1, 2], False), ([1, 2], [1], False),
+    ([True], [1], False), ([1], [True], False), ([[1]], [[1]], True), ([[True]], [[1]], False),
+    ([1, [2, [3]]], [1, [2, [3]]], True), ([1, [2, [3]]], [1, [2, [4]]], False),
+    ({"a": 1}, {"a": 1}, True), ({"a": 1}, {"b": 1}, False), ({"a": 1}, {"a": 1, "b": 2}, False),
+    ({"a": 1, "b": 2}, {"a": 1}, False), ({"a": True}, {"a": 1}, False), ({"a": 1}, {"a": True}, False),
+    ({"a": {"b": [1]}}, {"a": {"b": [1]}}, True), ({"a": {"b": [1]}}, {"a": {"b": [True]}}, False),
+    ([1], {"0": 1}, False), ({"a": 1, "b": 2}, {"b": 2, "a": 1}, True), ([{"a": 1}], [{"a": 2}], False),
+])
+def test_json_equal_table(a: object, b: object, equal: bool) -> None:
+    assert _json_equal(a, b) is equal
+
+
+@pytest.mark.parametrize(("text", "clean"), [
+    ("", True), ("abc", True), (" ", True), ("\x7f", True), ("é😀", True),
+    ("\x00", False), ("\x1f", False), ("a\nb", False), ("ab\t", False), ("\rab", False),
+])
+def test_no_raw_control_table(text: str, clean: bool) -> None:
+    assert _no_raw_control(text) is clean
+
+
+@pytest.mark.parametrize(("result", "fixed"), [
+    ('{"a":1,"b":[true,null]}', True), ('"x"', True), ("7", True),
+    ('{"b":1,"a":2}', False), ("[1, 2]", False), ('{"a": 1}', False), ('"\\u00e9"', False),
+])
+def test_is_fixed_point_table(result: str, fixed: bool) -> None:
+    assert _is_fixed_point(result) is fixed
+
+
+@pytest.mark.parametrize(("result", "clean"), [
+    ('"ok"', True), ('"é"', True), ('"a\x1fb"', False), ('"\ud801"', False), ('"a\nb"', False),
+])
+def test_is_clean_table(result: str, clean: bool) -> None:
+    assert _is_clean(result) is clean
+
+
+@pytest.mark.parametrize(("text", "result", "same"), [
+    ('{"b": 1, "a": [true]}', '{"a":[true],"b":1}', True), ("[1, 2]", "[1,2]", True),
+    ('{"a": 1}', '{"a":true}', False), ("[1,2]", "[2,1]", False), ('{"a": 1}', '{"a":1,"b":1}', False),
+])
+def test_same_value_table(text: str, result: str, same: bool) -> None:
+    assert _same_value(text, result) is same
+
+
+# SHA-256 test vectors (FIPS 180-2 / NIST): "" and "abc".
+SHA256_EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+SHA256_ABC = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize(("text", "result", "ok"), [
+    ("", "sha256:" + SHA256_EMPTY, True), ("abc", "sha256:" + SHA256_ABC, True),
+    ("abc", "sha256:" + SHA256_EMPTY, False), ("", "sha256:" + SHA256_ABC, False),
+    ("abc", "sha256:" + SHA256_ABC[:-1] + "c", False),
+])
+def test_digest_of_table(text: str, result: str, ok: bool) -> None:
+    assert _digest_of(text, result) is ok
+
+
+@pytest.mark.parametrize(("text", "reason", "message"), [
+    ('"\\ud800"', "lone_surrogate", "string contains an unpaired surrogate"),
+    ('["ok", "\\udfff"]', "lone_surrogate", "string contains an unpaired surrogate"),
+    ('{"\\ud800": 1}', "lone_surrogate", "object key contains an unpaired surrogate"),
+    ('{"a": {"\\udc00x": 1}}', "lone_surrogate", "object key contains an unpaired surrogate"),
+    ("[" * 65 + "]" * 65, "too_deep", "nesting deeper than 64"),
+    ('{"a":' * 65 + "1" + "}" * 65, "too_deep", "nesting deeper than 64"),
+])
+def test_escaped_rejections_found_after_parsing_name_the_place(text: str, reason: str, message: str) -> None:
+    """Surrogates written as escapes and nesting are found by the walk over the parsed value; each
+    rejection says what it found (string or key) in words written here."""
+    with pytest.raises(SyncError) as e:
+        parse_strict(text, "capability_json")
+    assert dict(e.value.details) == {"argument": "capability_json", "reason": reason, "message": message}

@@ -14,6 +14,19 @@ example database), so a verdict does not change from one run to the next.
     PYTHONPATH=tests python -m support.mutate --report spec/query.py   # summary of the last run
     PYTHONPATH=tests python -m support.mutate --verify spec/query.py   # do the killer tests kill the
                                                                        # last run's survivors? (quick)
+    PYTHONPATH=tests python -m support.mutate --resume spec/query.py   # check the mutants a stopped
+                                                                       # run did not reach
+    PYTHONPATH=tests python -m support.mutate --sample 150 --seed 9 spec/reducers.py
+        # a seeded uniform random sample of the module's mutants (for modules too big for a full run);
+        # rerunning the same command resumes it, a larger --sample with the same seed extends it;
+        # --report/--again/--verify keep to the sample
+
+Sampling: the module's mutants are listed the way mutmut names them (its own mutation code over the
+source, `all_mutants`), sorted, shuffled by `random.Random(seed)`, and the first N are the sample (so a
+larger N with the same seed extends a smaller one); the pick is stored in
+`.mutate/<module>/sample.json` and only those names are given to `mutmut run`.  The report then
+counts the sample only and gives the score with a 95 % Wilson interval over the sampled mutants that
+were checked and are not equivalent.
 
 The summary counts mutants by mutmut's verdict and applies `support.mutation_verdicts.EQUIVALENT`
 (mutants shown not to change behaviour, each with its reason): the score is killed (including
@@ -24,13 +37,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+
+from mutmut.mutation.file_mutation import mutate_file_contents
+from mutmut.utils.format_utils import get_mutant_name
 
 from support.mutation_verdicts import EQUIVALENT
 
@@ -54,6 +73,33 @@ TESTS: dict[str, list[str]] = {
                        "tests/spec/test_mutation_kills.py"],
     "spec/errors.py": ["tests/spec/test_canonical.py", "tests/spec/test_compat.py",
                        "tests/spec/test_one_rule.py", "tests/spec/test_mutation_kills.py"],
+    "spec/resume.py": ["tests/spec/test_one_rule.py", "tests/spec/test_continuation_chain.py",
+                       "tests/spec/test_reducers.py", "tests/spec/test_mutation_kills.py"],
+    "spec/rules.py": ["tests/spec/test_check_order.py", "tests/spec/test_protocol_doc.py",
+                      "tests/spec/test_reach.py", "tests/spec/test_mutation_kills.py"],
+    "spec/outcome.py": ["tests/spec/test_reducers.py", "tests/spec/test_check_order.py",
+                        "tests/spec/test_mutation_kills.py"],
+    "spec/schema.py": ["tests/spec/test_query.py", "tests/spec/test_filter_key.py",
+                       "tests/spec/test_key_and_event_flags.py", "tests/spec/test_check_order.py",
+                       "tests/spec/test_mutation_kills.py"],
+    "spec/state.py": ["tests/spec/test_reducers.py", "tests/spec/test_key_and_event_flags.py",
+                      "tests/spec/test_check_order.py", "tests/spec/test_signals_doc.py",
+                      "tests/spec/test_sql_oracle.py", "tests/spec/test_mutation_kills.py"],
+    "spec/client.py": ["tests/spec/test_client_model.py", "tests/spec/test_continuation_chain.py",
+                       "tests/spec/test_one_rule.py", "tests/spec/test_mutation_kills.py"],
+    "spec/invariants.py": ["tests/spec/test_regressions.py", "tests/spec/test_hardening_checks.py",
+                           "tests/spec/test_one_rule.py", "tests/spec/test_client_model.py",
+                           "tests/spec/test_continuation_chain.py", "tests/spec/test_reducers.py",
+                           "tests/spec/test_mutation_kills.py"],
+    "spec/reducers.py": ["tests/spec/test_reducers.py", "tests/spec/test_check_order.py",
+                         "tests/spec/test_key_and_event_flags.py", "tests/spec/test_regressions.py",
+                         "tests/spec/test_hardening_checks.py", "tests/spec/test_signals_doc.py",
+                         "tests/spec/test_continuation_chain.py", "tests/spec/test_reach.py",
+                         "tests/spec/test_mutation_kills.py"],
+    "spec/reducer_contracts.py": ["tests/spec/test_reducers.py", "tests/spec/test_check_order.py",
+                                  "tests/spec/test_key_and_event_flags.py", "tests/spec/test_regressions.py",
+                                  "tests/spec/test_hardening_checks.py", "tests/spec/test_continuation_chain.py",
+                                  "tests/spec/test_mutation_kills.py"],
     "reference/log.py": ["tests/reference/test_log_fastpath.py"],
     "reference/db.py": ["tests/reference/test_engine_units.py"],
     "reference/replay.py": ["tests/reference/test_durability.py"],
@@ -68,6 +114,11 @@ KILLED = {1, 3}
 TIMEOUT = {36, -24, 24, 152, 255, -9}
 SURVIVED = {0}
 NO_TESTS = {5, 33}
+
+
+def known(code: int | None) -> bool:
+    """Whether `code` is a verdict (None: not run yet; anything else unknown, e.g. -15: interrupted)."""
+    return code is not None and (code in KILLED or code in TIMEOUT or code in SURVIVED or code in NO_TESTS)
 
 
 def slug(module: str) -> str:
@@ -108,6 +159,57 @@ def prepare(module: str, fresh: bool) -> Path:
     return work
 
 
+def all_mutants(module: str) -> list[str]:
+    """Every mutant name mutmut generates for `module` (sorted), from mutmut's own mutation code, so the
+    names are the ones `mutmut run` uses; depends only on the module's source."""
+    source = (ROOT / module).read_text()
+    mutated = mutate_file_contents(module, source, None, set())
+    return sorted(get_mutant_name(Path(module), name) for name in mutated.mutant_names)
+
+
+def sample_file(module: str) -> Path:
+    return SCRATCH / slug(module) / "sample.json"
+
+
+def pick_sample(module: str, size: int, seed: int) -> list[str]:
+    """A uniform random sample of `size` mutant names, reproducible from (source, size, seed): the first
+    `size` of the sorted names shuffled by `random.Random(seed)`.  A prefix of a uniformly random order
+    is a uniform sample without replacement, and a larger sample with the same seed contains the smaller
+    one, so it extends a run instead of starting another."""
+    names = all_mutants(module)
+    random.Random(seed).shuffle(names)
+    return sorted(names[:size])
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A run's sample: `size` names of the module's `of` mutants, picked with `seed`."""
+
+    size: int
+    seed: int
+    of: int
+    names: list[str]
+
+
+def load_sample(module: str) -> Sample | None:
+    path = sample_file(module)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return Sample(size=int(data["size"]), seed=int(data["seed"]), of=int(data["of"]), names=list(data["names"]))
+
+
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % by default) for a proportion killed/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = killed / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def verdicts(module: str) -> dict[str, int | None]:
     meta = SCRATCH / slug(module) / "mutants" / (module + ".meta")
     if not meta.exists():
@@ -118,6 +220,9 @@ def verdicts(module: str) -> dict[str, int | None]:
 
 def report(module: str) -> dict[str, object]:
     codes = verdicts(module)
+    sample = load_sample(module)
+    if sample is not None:
+        codes = {name: codes.get(name) for name in sample.names}
     count: Counter[str] = Counter()
     survivors: list[str] = []
     for name, code in sorted(codes.items()):
@@ -138,9 +243,15 @@ def report(module: str) -> dict[str, object]:
     stale = sorted(n for n in EQUIVALENT if n.startswith(slug(module) + ".") and codes.get(n) in KILLED)
     total = len(codes)
     live = total - count["equivalent"] - count["not checked"]
-    score = (count["killed"] + count["timeout"]) / live if live else 0.0
-    return {"module": module, "mutants": total, **count, "score": round(100 * score, 1),
-            "survivors": survivors, "equivalent_but_killed": stale}
+    killed = count["killed"] + count["timeout"]
+    score = killed / live if live else 0.0
+    out: dict[str, object] = {"module": module, "mutants": total, **count, "score": round(100 * score, 1)}
+    if sample is not None:
+        low, high = wilson(killed, live)
+        out.update({"sample": {"size": sample.size, "seed": sample.seed, "of": sample.of},
+                    "interval_95": [round(100 * low, 1), round(100 * high, 1)]})
+    out.update({"survivors": survivors, "equivalent_but_killed": stale})
+    return out
 
 
 KILLER_TESTS = ["tests/spec/test_mutation_kills.py"]
@@ -187,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only summarise the last run")
     parser.add_argument("--verify", action="store_true", help="run the killer tests against the survivors")
     parser.add_argument("--tests", nargs="*", default=KILLER_TESTS, help="the tests --verify runs")
+    parser.add_argument("--resume", action="store_true", help="check the mutants the last run did not reach")
+    parser.add_argument("--sample", type=int, help="run a seeded uniform random sample of this many mutants")
+    parser.add_argument("--seed", type=int, default=9, help="the sample's seed (default 9)")
     parser.add_argument("--children", type=int, default=int(os.environ.get("MUTATE_CHILDREN", "1")))
     args = parser.parse_args(argv)
     os.nice(19)
@@ -197,9 +311,29 @@ def main(argv: list[str] | None = None) -> int:
                               "still_alive": sorted(n for n, k in killed.items() if not k)}))
             continue
         if not args.report:
-            work = prepare(module, fresh=not args.again)
-            names = report(module)["survivors"] if args.again else [slug(module) + ".*"]
-            assert isinstance(names, list)
+            names: list[str] = [slug(module) + ".*"]
+            resuming = args.again or args.resume
+            if args.sample is not None:
+                chosen = pick_sample(module, args.sample, args.seed)
+                previous = load_sample(module)
+                # the same sample again resumes it, a larger one with the same seed extends it (both keep the
+                # verdicts); another sample starts afresh
+                resuming = resuming or (previous is not None and previous.seed == args.seed
+                                        and set(previous.names) <= set(chosen))
+                work = prepare(module, fresh=not resuming)
+                sample_file(module).write_text(json.dumps(
+                    {"module": module, "size": len(chosen), "seed": args.seed, "of": len(all_mutants(module)),
+                     "names": chosen}, indent=1))
+                codes = verdicts(module)
+                names = [n for n in chosen if not known(codes.get(n))]
+            else:
+                work = prepare(module, fresh=not resuming)
+                if args.resume:
+                    names = [n for n, code in verdicts(module).items() if not known(code)]
+            if args.again:
+                survivors = report(module)["survivors"]
+                assert isinstance(survivors, list)
+                names = survivors
             if names:
                 env = dict(os.environ, HYPOTHESIS_PROFILE="mutation")
                 cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
