@@ -479,3 +479,19 @@ def test_escaped_rejections_found_after_parsing_name_the_place(text: str, reason
     with pytest.raises(SyncError) as e:
         parse_strict(text, "capability_json")
     assert dict(e.value.details) == {"argument": "capability_json", "reason": reason, "message": message}
+
+
+@pytest.mark.parametrize(("text", "reason", "message"), [
+    ('{"a":1,"a":2}', "duplicate_key", "duplicate object key 'a'"),
+    ('"\ud800"', "lone_surrogate", "text contains an unpaired surrogate"),  # a raw surrogate, not an escape
+    ("1" * 50, "integer_out_of_range", "integer " + "1" * 40 + " is outside +/-(2^53-1)"),
+    ("-9007199254740992", "integer_out_of_range", "integer -9007199254740992 is outside +/-(2^53-1)"),
+    ("[1,", "invalid_json", "Expecting value: line 1 column 4 (char 3)"),  # Python's json module's words
+    # so deep that Python's own parser gives up (RecursionError) before the walk counts the depth
+    ("[" * 100_000 + "]" * 100_000, "too_deep", "nesting deeper than 64"),
+])
+def test_rejection_details_under_the_default_argument_name(text: str, reason: str, message: str) -> None:
+    with pytest.raises(SyncError) as e:
+        parse_strict(text)
+    assert e.value.code is ErrorCode.NON_CANONICAL_PAYLOAD
+    assert dict(e.value.details) == {"argument": "payload_json", "reason": reason, "message": message}

@@ -7,6 +7,9 @@ measured run (`support.mutate` flags an entry that a test now kills).
 
 _REJECT_ARGS = "_Reject never leaves the module and parse_strict reads its .reason and .detail, never .args"
 
+_ZIP_AFTER_LEN = ("the lengths are compared first (`len(a) == len(b) and ...`), so zip's strict flag never sees "
+                  "lists of different lengths")
+
 EQUIVALENT: dict[str, str] = {
     # spec/query.py
     "spec.query.xǁ_Parserǁunexpected__mutmut_3":
@@ -45,4 +48,17 @@ EQUIVALENT: dict[str, str] = {
     "spec.canonical.x_dumps_canonical__mutmut_4": "ensure_ascii=None is falsy, so json.dumps treats it as False",
     "spec.canonical.x_dumps_canonical__mutmut_5": "allow_nan=None is falsy, so json.dumps treats it as False",
     "spec.canonical.x__utf8_encodable__mutmut_3": "codec names are case-insensitive: 'UTF-8' is the utf-8 codec",
+
+    # ---- spec/ modules, second session (branch mutspec) ------------------------------------------------
+    # spec/canonical.py (the rest of the module)
+    "spec.canonical.x__json_equal__mutmut_14": _ZIP_AFTER_LEN,
+    "spec.canonical.x__json_equal__mutmut_17": _ZIP_AFTER_LEN,
+    "spec.canonical.x__json_equal__mutmut_18": _ZIP_AFTER_LEN,
+    "spec.canonical.x__check_int__mutmut_21":
+        "the range check after the length check sees at most 16 digits and a sign (17 characters), so "
+        "quoting text[:40] or text[:41] is the same",
+    "spec.canonical.x_parse_strict__mutmut_63":
+        "the ValueErrors parse_strict can meet are json's JSONDecodeError (a message of at most ~50 characters "
+        "plus line, column and offset) -- int()'s digit limit is kept out by _check_int's length check -- so "
+        "no message reaches 200 characters and [:200] or [:201] is the same",
 }
