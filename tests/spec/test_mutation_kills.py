@@ -30,9 +30,19 @@ from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, match
 from spec.schema import TABLES
 from spec.transitions import assignment_edge_allowed, bridge_edge_allowed, has_role
 from spec.values import (
+    BOOL,
+    I64,
+    IDENTITY,
+    STRING,
+    TIMESTAMP,
+    U32,
+    U64,
+    ArrayT,
     BridgeOutbox,
     ComputeAssignment,
+    OptionT,
     PresenceSignal,
+    Prim,
     ProviderCapability,
     Row,
     SessionPresence,
@@ -40,6 +50,14 @@ from spec.values import (
     SyncCheckpoint,
     SyncEvent,
     SyncStream,
+    column,
+    is_hash,
+    is_id,
+    is_identity,
+    is_u32,
+    is_u64,
+    row_values,
+    value_has_type,
 )
 
 # --- spec.query ---------------------------------------------------------------------------------
@@ -495,3 +513,69 @@ def test_rejection_details_under_the_default_argument_name(text: str, reason: st
         parse_strict(text)
     assert e.value.code is ErrorCode.NON_CANONICAL_PAYLOAD
     assert dict(e.value.details) == {"argument": "payload_json", "reason": reason, "message": message}
+
+
+# --- spec.values: the value predicates as tables (DESIGN section 2: ids, identities, hashes, SATS) ---
+
+HEX64 = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("a", True), ("A-z0.9_:x", True), ("x" * 128, True), ("x" * 129, False), ("", False), ("a|b", False),
+    ("a b", False), ("é", False), ("a\n", False), (7, False), (None, False), (b"abc", False),
+])
+def test_is_id_table(value: object, ok: bool) -> None:
+    assert is_id(value) is ok
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    (HEX64, True), ("0" * 64, True), (HEX64.upper(), False), (HEX64[:63], False), (HEX64 + "0", False),
+    ("g" * 64, False), (int(HEX64, 16), False), (None, False),
+])
+def test_is_identity_table(value: object, ok: bool) -> None:
+    assert is_identity(value) is ok
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("sha256:" + HEX64, True), (HEX64, False), ("sha256:" + HEX64.upper(), False), ("sha256:" + HEX64[:63], False),
+    ("SHA256:" + HEX64, False), ("sha256:" + HEX64 + "0", False), (7, False), (None, False),
+])
+def test_is_hash_table(value: object, ok: bool) -> None:
+    assert is_hash(value) is ok
+
+
+@pytest.mark.parametrize(("value", "u32", "u64"), [
+    (0, True, True), (1, True, True), (2**32 - 1, True, True), (2**32, False, True), (2**64 - 1, False, True),
+    (2**64, False, False), (-1, False, False), (True, False, False), (False, False, False), (1.0, False, False),
+    ("1", False, False), (None, False, False),
+])
+def test_unsigned_ranges_table(value: object, u32: bool, u64: bool) -> None:
+    assert is_u32(value) is u32
+    assert is_u64(value) is u64
+
+
+@pytest.mark.parametrize(("value", "t", "ok"), [
+    ("", STRING, True), (1, STRING, False), (True, BOOL, True), (1, BOOL, False),
+    (0, U32, True), (2**32, U32, False), (2**64 - 1, U64, True), (-1, U64, False), (True, U64, False),
+    (-(2**63), I64, True), (2**63 - 1, I64, True), (-(2**63) - 1, I64, False), (2**63, I64, False),
+    (True, I64, False), ("1", I64, False),
+    (-(2**63), TIMESTAMP, True), (2**63 - 1, TIMESTAMP, True), (-(2**63) - 1, TIMESTAMP, False),
+    (2**63, TIMESTAMP, False), (False, TIMESTAMP, False),
+    (HEX64, IDENTITY, True), ("x", IDENTITY, False),
+    (None, OptionT(STRING), True), ("s", OptionT(STRING), True), (1, OptionT(STRING), False),
+    (None, STRING, False), (None, OptionT(OptionT(U32)), True), (-1, OptionT(U32), False),
+    ((), ArrayT(U32), True), ((1, 2), ArrayT(U32), True), ((1, -2), ArrayT(U32), False),
+    ([1, 2], ArrayT(U32), False), (("a",), ArrayT(U32), False), ((("a",),), ArrayT(ArrayT(STRING)), True),
+    ((None, 3), ArrayT(OptionT(U32)), True), ((None, "3"), ArrayT(OptionT(U32)), False),
+    (1.5, Prim("F64"), False), ("x", Prim("Unknown"), False),
+])
+def test_value_has_type_table(value: object, t: object, ok: bool) -> None:
+    assert value_has_type(value, t) is ok  # type: ignore[arg-type]
+
+
+def test_row_values_and_column_read_the_fields_in_column_order() -> None:
+    cp = SyncCheckpoint(checkpoint_id="c|s", client_id="c", stream_id="s", owner=HEX64, epoch=2,
+                        last_applied_seq=5, updated_at=9)
+    assert row_values(cp) == ("c|s", "c", "s", HEX64, 2, 5, 9)
+    assert column(cp, "last_applied_seq") == 5
+    assert column(cp, "owner") == HEX64
