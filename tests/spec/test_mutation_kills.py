@@ -25,9 +25,13 @@ from spec.canonical import (
 )
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
+from spec.outcome import virtual_stream
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
 from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
+from spec.resume import continuation_details, continuation_hops, continued_stream
+from spec.rules import REDUCER_RULE_BY_NAME, _errors, outcomes
 from spec.schema import TABLES
+from spec.state import DbState
 from spec.transitions import assignment_edge_allowed, bridge_edge_allowed, has_role
 from spec.values import (
     BOOL,
@@ -579,3 +583,58 @@ def test_row_values_and_column_read_the_fields_in_column_order() -> None:
     assert row_values(cp) == ("c|s", "c", "s", HEX64, 2, 5, 9)
     assert column(cp, "last_applied_seq") == 5
     assert column(cp, "owner") == HEX64
+
+
+# --- spec.resume: the continuation chain (ADR-0010), worked examples ---------------------------------
+
+
+def _stream(epoch: int, head: int, floor: int, continues: tuple[int, int] = (0, 0),
+            earlier: tuple[tuple[int, int], ...] = ()) -> SyncStream:
+    return SyncStream(stream_id="s", stream_class="default", epoch=epoch, continues_epoch=continues[0],
+                      continues_seq=continues[1], head_seq=head, floor_seq=floor, replay_budget=100,
+                      created_at=1, updated_at=2, earlier_epochs=tuple(e for e, _ in earlier),
+                      earlier_seqs=tuple(q for _, q in earlier))
+
+
+def test_continuation_details_of_a_missing_stream_and_of_a_chain() -> None:
+    assert continuation_details(None) == {"continues_epoch": 0, "continues_seq": 0, "earlier_epochs": [],
+                                          "earlier_seqs": []}
+    row = _stream(5, 20, 3, continues=(4, 18), earlier=((3, 12), (2, 7)))
+    assert continuation_details(row) == {"continues_epoch": 4, "continues_seq": 18, "earlier_epochs": [3, 2],
+                                         "earlier_seqs": [12, 7]}
+
+
+def test_continued_stream_keeps_a_hop_whose_bound_is_exactly_floor_minus_one() -> None:
+    """floor 5: a client at watermark 4 (= floor - 1) may still resume, so a hop bounded at 4 is usable;
+    a hop bounded at 3 is not, and neither is any hop after it."""
+    old = _stream(7, 10, 5, continues=(6, 9), earlier=((5, 4), (4, 3), (3, 9)))
+    new = continued_stream(old, fresh=8, now=1234)
+    assert (new.epoch, new.continues_epoch, new.continues_seq) == (8, 7, 10)
+    assert (new.earlier_epochs, new.earlier_seqs) == ((6, 5), (9, 4))
+    assert new.updated_at == 1234 and new.created_at == 1 and new.floor_seq == 5
+
+
+def test_continuation_hops_of_a_fresh_and_of_a_continued_epoch() -> None:
+    assert continuation_hops(_stream(2, 5, 1)) == ()
+    assert continuation_hops(_stream(5, 20, 1, continues=(4, 18), earlier=((3, 12),))) == ((4, 18), (3, 12))
+
+
+# --- spec.rules: the outcome cells, written out --------------------------------------------------
+
+
+def test_errors_sorts_each_codes_detail_keys() -> None:
+    assert _errors(forbidden=("b", "a"), stale_epoch=("z", "y", "x")) == {
+        ErrorCode.FORBIDDEN: ("a", "b"), ErrorCode.STALE_EPOCH: ("x", "y", "z")}
+
+
+def test_outcomes_are_ok_then_noop_when_there_is_one_then_the_errors() -> None:
+    assert outcomes(REDUCER_RULE_BY_NAME["record_bridge_failure"]) == (
+        "ok", "noop", "missing_scope", "invalid_argument", "bridge_event_missing")
+    assert outcomes(REDUCER_RULE_BY_NAME["reset_stream_epoch"]) == ("ok", "missing_scope", "invalid_argument")
+
+
+# --- spec.outcome ----------------------------------------------------------------------------------
+
+
+def test_virtual_stream_of_a_stream_not_created_yet() -> None:
+    assert virtual_stream(DbState(epoch_floor=4), "nowhere") == (4, 0, 1)

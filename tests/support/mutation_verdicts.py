@@ -61,4 +61,11 @@ EQUIVALENT: dict[str, str] = {
         "the ValueErrors parse_strict can meet are json's JSONDecodeError (a message of at most ~50 characters "
         "plus line, column and offset) -- int()'s digit limit is kept out by _check_int's length check -- so "
         "no message reaches 200 characters and [:200] or [:201] is the same",
+    # spec/resume.py
+    "spec.resume.x_continuation_hops__mutmut_5": "strict=None is falsy: zip behaves as with strict=False",
+    "spec.resume.x_continuation_hops__mutmut_8": "strict=False is zip's default",
+    "spec.resume.x_continuation_hops__mutmut_9":
+        "earlier_epochs and earlier_seqs always have the same length: a stream row gets them only from "
+        "continued_stream (both built from one list of pairs) or empty at creation, so strict=True never "
+        "raises (a row with unequal lists also breaks CONT-1, spec.invariants._chain_carried)",
 }
