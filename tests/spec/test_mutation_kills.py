@@ -11,6 +11,7 @@ from datetime import datetime
 import icontract
 import pytest
 
+from spec import schema
 from spec.auth import Claims, can_read
 from spec.canonical import (
     _digest_of,
@@ -30,7 +31,7 @@ from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
 from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
 from spec.resume import continuation_details, continuation_hops, continued_stream
 from spec.rules import REDUCER_RULE_BY_NAME, _errors, outcomes
-from spec.schema import TABLES
+from spec.schema import TABLES, Column, Table, Visibility, _t, check_schema_matches_rows
 from spec.state import DbState
 from spec.transitions import assignment_edge_allowed, bridge_edge_allowed, has_role
 from spec.values import (
@@ -638,3 +639,37 @@ def test_outcomes_are_ok_then_noop_when_there_is_one_then_the_errors() -> None:
 
 def test_virtual_stream_of_a_stream_not_created_yet() -> None:
     assert virtual_stream(DbState(epoch_floor=4), "nowhere") == (4, 0, 1)
+
+
+# --- spec.schema: the table constructor and the layout check (they run at import, so test them here) --
+
+
+def test_t_builds_the_table_with_its_defaults() -> None:
+    assert _t("a_table", SyncEvent, [("x", STRING), ("y", OptionT(U64))], None, visibility=Visibility.EVERYONE) == \
+        Table("a_table", SyncEvent, (Column("x", STRING), Column("y", OptionT(U64))), None, (), False, True,
+              Visibility.EVERYONE)
+    assert _t("b", SyncCheckpoint, [("k", U32)], ("k",), (("k",),), event=True, public=False,
+              visibility=Visibility.OWNER) == \
+        Table("b", SyncCheckpoint, (Column("k", U32),), ("k",), (("k",),), True, False, Visibility.OWNER)
+
+
+def test_key_of_is_the_primary_key_columns_or_none() -> None:
+    cp = SyncCheckpoint(checkpoint_id="c|s", client_id="c", stream_id="s", owner=HEX64, epoch=2,
+                        last_applied_seq=5, updated_at=9)
+    with_pk = Table("t", SyncCheckpoint, (), ("stream_id", "epoch"), (), False, True, Visibility.OWNER)
+    without = Table("t", SyncCheckpoint, (), None, (), False, True, Visibility.OWNER)
+    assert with_pk.key_of(cp) == ("s", 2)
+    assert without.key_of(cp) is None
+
+
+def test_check_schema_matches_rows_names_the_table_that_drifts(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_schema_matches_rows()  # the real tables agree with their row types
+    swapped = Table("drifted", PresenceSignal, (Column("identity", IDENTITY), Column("session_id", STRING),
+                                                Column("status", STRING), Column("reason", STRING),
+                                                Column("at", TIMESTAMP)), None, (), True, True, Visibility.EVERYONE)
+    monkeypatch.setattr(schema, "TABLES", (swapped,))
+    fields_ = "('session_id', 'identity', 'status', 'reason', 'at')"
+    columns = "('identity', 'session_id', 'status', 'reason', 'at')"
+    with pytest.raises(AssertionError) as e:
+        check_schema_matches_rows()
+    assert str(e.value) == f"drifted: row fields {fields_} != columns {columns}"
