@@ -6,6 +6,7 @@ come from an independent source (Python's datetime for timestamps, hand-written 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import icontract
@@ -32,7 +33,7 @@ from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, match
 from spec.resume import continuation_details, continuation_hops, continued_stream
 from spec.rules import REDUCER_RULE_BY_NAME, _errors, outcomes
 from spec.schema import TABLES, Column, Table, Visibility, _t, check_schema_matches_rows
-from spec.state import DbState
+from spec.state import DbState, Delta, TableDelta, Tx, delta_accounts, delta_is_diff, row_dict, with_epoch_floor
 from spec.transitions import assignment_edge_allowed, bridge_edge_allowed, has_role
 from spec.values import (
     BOOL,
@@ -673,3 +674,99 @@ def test_check_schema_matches_rows_names_the_table_that_drifts(monkeypatch: pyte
     with pytest.raises(AssertionError) as e:
         check_schema_matches_rows()
     assert str(e.value) == f"drifted: row fields {fields_} != columns {columns}"
+
+
+# --- spec.state: states, deltas and transactions, as worked examples ---------------------------------
+
+
+def _event(seq: int, key: str = "k") -> SyncEvent:
+    return SyncEvent(stream_id="s", epoch=1, seq=seq, idempotency_key=f"{key}{seq}", payload_hash="sha256:" + HEX64,
+                     payload="{}", producer=HEX64, committed_at=seq, tx_offset=seq)
+
+
+def _signal() -> PresenceSignal:
+    return PresenceSignal(session_id="p", identity=HEX64, status="online", reason="", at=1)
+
+
+S1, S2 = _stream(1, 0, 1), replace(_stream(1, 0, 1), stream_id="t")
+E1, E2, E3 = _event(1), _event(2), _event(3)
+
+
+def _db(**tables: tuple[Row, ...]) -> DbState:
+    base = dict(DbState().tables)
+    base.update(tables)
+    return DbState(base)
+
+
+def _d(*parts: TableDelta) -> Delta:
+    return Delta(parts)
+
+
+# (before, after, delta, accounts, is_diff): each False names the one rule it breaks
+DELTA_CASES = [
+    (_db(), _db(sync_event=(E1,)), _d(TableDelta("sync_event", (), (E1,))), True, True),
+    (_db(sync_event=(E1, E2)), _db(sync_event=(E2,)), _d(TableDelta("sync_event", (E1,), ())), True, True),
+    # the same table twice in one delta
+    (_db(), _db(sync_event=(E1,)), _d(TableDelta("sync_event", (), (E1,)), TableDelta("sync_event")), False, False),
+    # an event row left in the state, or deleted from an event table
+    (_db(), _db(presence_signal=(_signal(),)), _d(TableDelta("presence_signal", (), (_signal(),))), False, False),
+    (_db(), _db(), _d(TableDelta("presence_signal", (_signal(),), ())), False, False),
+    # event rows inserted and not kept: accounted for
+    (_db(), _db(), _d(TableDelta("presence_signal", (), (_signal(),))), True, True),
+    # a size that does not move by inserts - deletes
+    (_db(), _db(sync_event=(E1, E2)), _d(TableDelta("sync_event", (), (E1,))), False, False),
+    # sizes right, contents wrong: an untouched table that changed, a delete of a row that was not there,
+    # rows after that are not before - deletes + inserts
+    (_db(sync_stream=(S1,)), _db(sync_stream=(S2,)), _d(), True, False),
+    (_db(sync_event=(E1,)), _db(sync_event=(E1,)), _d(TableDelta("sync_event", (E2,), (E1,))), True, False),
+    (_db(sync_event=(E1,)), _db(sync_event=(E3,)), _d(TableDelta("sync_event", (E1,), (E2,))), True, False),
+    # the untouched sync_stream comes first and is unchanged; the touched sync_event after it is wrong
+    (_db(sync_stream=(S1,), sync_event=(E1,)), _db(sync_stream=(S1,), sync_event=(E3,)),
+     _d(TableDelta("sync_event", (E1,), (E2,))), True, False),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "delta", "accounts", "is_diff"), DELTA_CASES)
+def test_delta_accounts_and_is_diff_table(before: DbState, after: DbState, delta: Delta, accounts: bool,
+                                          is_diff: bool) -> None:
+    assert delta_accounts(before, after, delta) is accounts
+    assert delta_is_diff(before, after, delta) is is_diff
+
+
+@pytest.mark.parametrize(("db", "ok"), [
+    (_db(), True), (_db(sync_stream=(S1, S2), sync_event=(E1, E2)), True),
+    (DbState({"no_such_table": ()}), False),  # an unknown table, even empty
+    (_db(sync_stream=(E1,)), False),  # a row in another type's table
+    (_db(sync_event=("not a row",)), False),  # type: ignore[arg-type]  # not a row at all
+    (_db(sync_stream=(S1, replace(S1, head_seq=3))), False),  # two rows with one primary key
+])
+def test_well_formed_table(db: DbState, ok: bool) -> None:
+    assert db.well_formed() is ok
+
+
+def test_canonical_forgets_row_order_only() -> None:
+    assert _db(sync_event=(E2, E1)).canonical() == _db(sync_event=(E1, E2)).canonical()
+    assert _db(sync_event=(E1,)).canonical()["sync_event"] == frozenset({E1})
+    assert _db(sync_event=(E1,)).canonical() != _db(sync_event=(E2,)).canonical()
+
+
+def test_for_table_of_an_untouched_table_is_its_empty_delta() -> None:
+    assert _d(TableDelta("sync_event", (), (E1,))).for_table("sync_stream") == TableDelta("sync_stream", (), ())
+
+
+def test_tx_delete_of_an_event_row_and_of_a_row_inserted_in_the_same_tx() -> None:
+    tx = Tx(_db(sync_event=(E1,)))
+    with pytest.raises(LocalProtocolError, match=r"^event rows cannot be deleted$"):
+        tx.delete(_signal())
+    tx.insert(E2)
+    tx.delete(E2)  # cancels the insert: no trace in the delta
+    tx.delete(E1)
+    state, delta = tx.finish()
+    assert state.rows("sync_event") == ()
+    assert delta == Delta((TableDelta("sync_event", (E1,), ()),))
+
+
+def test_with_epoch_floor_and_row_dict() -> None:
+    db = with_epoch_floor(_db(sync_event=(E1,)), 7)
+    assert (db.epoch_floor, db.version_floor, db.rows("sync_event")) == (7, 1, (E1,))
+    assert row_dict(_signal()) == {"session_id": "p", "identity": HEX64, "status": "online", "reason": "", "at": 1}
