@@ -33,7 +33,17 @@ from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, match
 from spec.resume import continuation_details, continuation_hops, continued_stream
 from spec.rules import REDUCER_RULE_BY_NAME, _errors, outcomes
 from spec.schema import TABLES, Column, Table, Visibility, _t, check_schema_matches_rows
-from spec.state import DbState, Delta, TableDelta, Tx, delta_accounts, delta_is_diff, row_dict, with_epoch_floor
+from spec.state import (
+    DbState,
+    Delta,
+    TableDelta,
+    Tx,
+    delta_accounts,
+    delta_is_diff,
+    row_dict,
+    table_of_type,
+    with_epoch_floor,
+)
 from spec.transitions import assignment_edge_allowed, bridge_edge_allowed, has_role
 from spec.values import (
     BOOL,
@@ -770,3 +780,10 @@ def test_with_epoch_floor_and_row_dict() -> None:
     db = with_epoch_floor(_db(sync_event=(E1,)), 7)
     assert (db.epoch_floor, db.version_floor, db.rows("sync_event")) == (7, 1, (E1,))
     assert row_dict(_signal()) == {"session_id": "p", "identity": HEX64, "status": "online", "reason": "", "at": 1}
+
+
+def test_rows_of_a_table_the_state_does_not_hold_is_empty_and_table_of_type_names_a_non_row() -> None:
+    assert DbState().rows("presence_signal") == ()  # event tables are never in the state
+    assert DbState().rows("no_such_table") == ()
+    with pytest.raises(LocalProtocolError, match=r"^int is not a row type$"):
+        table_of_type(int)  # type: ignore[type-var]
