@@ -25,8 +25,17 @@ from spec.canonical import (
     dumps_canonical,
     parse_strict,
 )
+from spec.client import Client
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
+from spec.messages import (
+    CallReducer,
+    ReducerErr,
+    ReducerResult,
+    Subscribe,
+    SubscriptionError,
+    Unsubscribe,
+)
 from spec.outcome import virtual_stream
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
 from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
@@ -787,3 +796,54 @@ def test_rows_of_a_table_the_state_does_not_hold_is_empty_and_table_of_type_name
     assert DbState().rows("no_such_table") == ()
     with pytest.raises(LocalProtocolError, match=r"^int is not a row type$"):
         table_of_type(int)  # type: ignore[type-var]
+
+
+# --- spec.client: the messages a model client sends, written out -------------------------------------
+
+READER = Claims(HEX64, frozenset({"sync.subscribe", "sync.append"}), ("s",))
+RESUME_S_1_0 = ("SELECT * FROM sync_stream WHERE stream_id = 's'",
+                "SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 0")
+REHYDRATE_S = ("SELECT * FROM sync_stream WHERE stream_id = 's'", "SELECT * FROM sync_event WHERE stream_id = 's'")
+
+
+def test_client_numbers_requests_and_query_sets_from_one_and_keeps_calls_and_results() -> None:
+    c = Client("c1", READER, confirmed=True)
+    assert c.follow("s") == []  # not connected: nothing sent yet
+    assert c.on_connect() == [Subscribe(1, 1, RESUME_S_1_0)]
+    call = c.call("append_sync_event", ("s", "k", "{}", None, None))
+    assert call == CallReducer(2, "append_sync_event", ("s", "k", "{}", None, None))
+    assert c.pending == {2: call}
+    result = ReducerResult(2, 7, ReducerErr("forbidden_stream: {}"))
+    assert c.on_message(result) == []
+    assert (c.pending, c.results) == ({}, {2: result})
+    # the idle resync drops the old query set (asking for its rows, as the official SDKs do) and resubscribes
+    assert c.resync() == [Unsubscribe(3, 1, send_dropped=True), Subscribe(4, 2, RESUME_S_1_0)]
+
+
+@pytest.mark.parametrize(("chain", "continued"), [
+    ({"continues_epoch": 1, "continues_seq": 0}, True),   # the new epoch continues epoch 1 up to seq 0
+    ({}, False),                                          # no chain named: a fresh epoch, rebootstrap
+    ({"continues_epoch": 1}, True),                       # a missing bound is 0: the watermark 0 is covered
+])
+def test_stale_epoch_changed_continues_only_along_a_named_chain(chain: dict[str, int], continued: bool) -> None:
+    c = Client("c1", READER, confirmed=True)
+    c.follow("s")
+    c.on_connect()
+    error = SyncError(ErrorCode.STALE_CURSOR, {"stream_id": "s", "reasons": ["epoch_changed"], "epoch": 2, **chain})
+    sent = c.on_message(SubscriptionError(1, 1, error.render()))
+    view = c.streams["s"]
+    assert (view.epoch, view.continues, view.rebootstraps) == (2, int(continued), int(not continued))
+    queries = ("SELECT * FROM sync_stream WHERE stream_id = 's'",
+               "SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 2 AND seq > 0")
+    assert sent == [Subscribe(2, 2, queries if continued else REHYDRATE_S)]
+
+
+def test_stale_with_a_chain_missing_its_bound_does_not_cover_watermark_one() -> None:
+    c = Client("c1", READER, confirmed=True)
+    c.follow("s")
+    c.streams["s"].last = 1  # the view holds event 1 (its content does not matter here)
+    c.on_connect()
+    error = SyncError(ErrorCode.STALE_CURSOR, {"stream_id": "s", "reasons": ["epoch_changed"], "epoch": 2,
+                                               "continues_epoch": 1})
+    c.on_message(SubscriptionError(1, 1, error.render()))
+    assert (c.streams["s"].continues, c.streams["s"].rebootstraps) == (0, 1)
