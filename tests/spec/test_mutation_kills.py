@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from types import SimpleNamespace
 
 import icontract
 import pytest
@@ -39,6 +40,16 @@ from spec.messages import (
 from spec.outcome import virtual_stream
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
 from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
+from spec.reducers import (
+    CallContext,
+    Ok,
+    call,
+    canonical,
+    fits_stream_class,
+    needs_grant,
+    one_of,
+    valid_id,
+)
 from spec.resume import continuation_details, continuation_hops, continued_stream
 from spec.rules import REDUCER_RULE_BY_NAME, _errors, outcomes
 from spec.schema import TABLES, Column, Table, Visibility, _t, check_schema_matches_rows
@@ -847,3 +858,71 @@ def test_stale_with_a_chain_missing_its_bound_does_not_cover_watermark_one() -> 
                                                "continues_epoch": 1})
     c.on_message(SubscriptionError(1, 1, error.render()))
     assert (c.streams["s"].continues, c.streams["s"].rebootstraps) == (0, 1)
+
+
+# --- spec.reducers: the check builders (CHECKS is built from them at import, so call them here) -------
+
+
+def test_needs_grant_builds_the_forbidden_stream_check() -> None:
+    check = needs_grant("stream_id")
+    assert (check.name, check.code) == ("a stream grant of the token matches `stream_id`", ErrorCode.FORBIDDEN_STREAM)
+    assert check.refuse(SimpleNamespace(claims=READER, stream_id="s")) is None
+    assert check.refuse(SimpleNamespace(claims=READER, stream_id="t")) == {"stream_id": "t"}
+
+
+def test_valid_id_and_one_of_build_invalid_argument_checks() -> None:
+    ids = valid_id("request_id")
+    assert (ids.name, ids.code) == ("`request_id` is an id", ErrorCode.INVALID_ARGUMENT)
+    assert ids.refuse(SimpleNamespace(request_id="r-1")) is None
+    assert ids.refuse(SimpleNamespace(request_id="r 1")) == {
+        "argument": "request_id", "message": "must be 1-128 characters of [A-Za-z0-9._:-]"}
+    status = one_of("status", ("online", "away"))
+    assert (status.name, status.code) == ("`status` is one of online, away", ErrorCode.INVALID_ARGUMENT)
+    assert status.refuse(SimpleNamespace(status="away")) is None
+    assert status.refuse(SimpleNamespace(status="offline")) == {
+        "argument": "status", "message": "must be one of ['online', 'away']"}
+
+
+def test_canonical_and_fits_stream_class_build_their_checks() -> None:
+    check = canonical("tags_json")
+    assert (check.name, check.code) == ("`tags_json` is canonical JSON", ErrorCode.NON_CANONICAL_PAYLOAD)
+    assert check.refuse(SimpleNamespace(tags_json='[["p","x"]]')) is None
+    assert check.refuse(SimpleNamespace(tags_json=None)) is None  # an absent optional argument
+    assert check.refuse(SimpleNamespace(tags_json='{"a":1,"a":2}')) == {
+        "argument": "tags_json", "reason": "duplicate_key", "message": "duplicate object key 'a'"}
+    size = fits_stream_class()
+    assert size.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert size.refuse(SimpleNamespace(size=10, limit=10, stream_id="s")) is None  # the limit itself fits
+    assert size.refuse(SimpleNamespace(size=11, limit=10, stream_id="s")) == {
+        "limit_bytes": 10, "payload_bytes": 11, "stream_id": "s"}
+
+
+# --- spec.reducers: rows the effects write, field by field --------------------------------------------
+
+BRIDGE = Claims(HEX64, frozenset({"bridge.enqueue", "bridge.mark_sent", "presence.write"}), ())
+
+
+def _run(db: DbState, now: int, reducer: str, *args: object) -> Ok:
+    out = call(db, CallContext(BRIDGE, now, 1, DEFAULT_POLICY), reducer, tuple(args))
+    assert isinstance(out, Ok), out
+    return out
+
+
+def test_enqueue_then_mark_sent_write_the_outbox_row() -> None:
+    db = _run(DbState(), 100, "enqueue_bridge_event", "o1", "src", 30078, '[["t","x"]]', "hello").state
+    (row,) = db.rows("bridge_outbox")
+    assert isinstance(row, BridgeOutbox)
+    assert (row.outbox_id, row.source, row.nostr_kind, row.tags, row.content, row.status, row.attempts) == \
+        ("o1", "src", 30078, '[["t","x"]]', "hello", "pending", 0)
+    assert (row.created_at, row.updated_at) == (100, 100)
+    db = _run(db, 250, "mark_bridge_event_sent", "o1", "e" * 64, ("wss://b", "wss://a")).state
+    (sent,) = db.rows("bridge_outbox")
+    assert isinstance(sent, BridgeOutbox)
+    assert (sent.status, sent.nostr_event_id, sent.relays_acked) == ("sent", "e" * 64, ("wss://a", "wss://b"))
+    assert (sent.content, sent.created_at, sent.updated_at) == ("hello", 100, 250)
+
+
+def test_presence_signal_names_the_callers_identity() -> None:
+    out = _run(DbState(), 100, "upsert_presence", "p1", "d", "n", "online", "eu", 30_000)
+    signals = [r for td in out.delta.tables if td.table == "presence_signal" for r in td.inserts]
+    assert signals == [PresenceSignal("p1", HEX64, "online", "", 100)]
