@@ -40,6 +40,14 @@ from spec.messages import (
 from spec.outcome import virtual_stream
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
 from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
+from spec.reducer_contracts import (
+    outbox_enqueued,
+    outbox_sent,
+    provider_versioned,
+    signal_only,
+    state_violations,
+    well_typed,
+)
 from spec.reducers import (
     CallContext,
     Ok,
@@ -926,3 +934,51 @@ def test_presence_signal_names_the_callers_identity() -> None:
     out = _run(DbState(), 100, "upsert_presence", "p1", "d", "n", "online", "eu", 30_000)
     signals = [r for td in out.delta.tables if td.table == "presence_signal" for r in td.inserts]
     assert signals == [PresenceSignal("p1", HEX64, "online", "", 100)]
+
+
+# --- spec.reducer_contracts: each postcondition refuses a wrong outcome (negative controls) -----------
+
+
+def test_well_typed_table() -> None:
+    assert well_typed("reset_stream_epoch", ("s",))
+    assert not well_typed("no_such_reducer", ("s",))
+    assert not well_typed("reset_stream_epoch", (1,))
+    assert not well_typed("reset_stream_epoch", ())
+    assert not well_typed("reset_stream_epoch", ("s", "t"))
+
+
+def _outbox_row(status: str = "pending", relays: tuple[str, ...] = ()) -> BridgeOutbox:
+    return BridgeOutbox("o1", "src", 30078, "[]", "hi", "sha256:" + HEX64, status, 0, 100, None,
+                        "e" * 64 if status == "sent" else None, relays, 100, 100)
+
+
+def test_outbox_contracts_refuse_wrong_rows() -> None:
+    empty, pending = _db(), _db(bridge_outbox=(_outbox_row(),))
+    wrote = _d(TableDelta("bridge_outbox", (), (_outbox_row(),)))
+    assert outbox_enqueued(empty, "o1", Ok(pending, None, wrote))
+    assert not outbox_enqueued(empty, "o1", Ok(_db(bridge_outbox=(_outbox_row("sent"),)), None, wrote))
+    assert not outbox_enqueued(pending, "o1", Ok(pending, None, wrote))  # "enqueued" over an existing row
+    sent = _db(bridge_outbox=(_outbox_row("sent", ("wss://a",)),))
+    moved = _d(TableDelta("bridge_outbox", (_outbox_row(),), (_outbox_row("sent", ("wss://a",)),)))
+    assert outbox_sent(pending, "o1", "e" * 64, ("wss://a",), Ok(sent, None, moved))
+    assert not outbox_sent(pending, "o1", "e" * 64, ("wss://a", "wss://b"), Ok(sent, None, moved))  # a relay lost
+    assert not outbox_sent(pending, "o1", "e" * 64, ("wss://a",), Ok(empty, None, moved))  # the row vanished
+
+
+def test_provider_noop_needs_the_provider() -> None:
+    assert not provider_versioned(_db(), "p1", Ok(_db(), None, Delta()))
+
+
+def test_signal_only_is_one_stream_signal_row() -> None:
+    signal = StreamSignal("s", "typing", "{}", HEX64, 5)
+    assert signal_only(_db(), "s", Ok(_db(), None, _d(TableDelta("stream_signal", (), (signal,)))))
+    assert not signal_only(_db(), "s", Ok(_db(), None, _d(TableDelta("sync_event", (), (E1,)))))
+    assert not signal_only(_db(), "t", Ok(_db(), None, _d(TableDelta("stream_signal", (), (signal,)))))
+
+
+def test_state_violations_reports_a_step_that_breaks_a_good_state() -> None:
+    ctx = CallContext(BRIDGE, 100, 1, DEFAULT_POLICY)
+    broken = _db(sync_stream=(_stream(1, 0, 5),))  # empty stream whose floor is not head + 1
+    step = Ok(broken, None, _d(TableDelta("sync_stream", (), (_stream(1, 0, 5),))))
+    assert state_violations(_db(), ctx, step) != []
+    assert state_violations(broken, ctx, step) == []  # broken before: not this step's fault
