@@ -6,6 +6,7 @@ come from an independent source (Python's datetime for timestamps, hand-written 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from datetime import datetime
 from types import SimpleNamespace
@@ -29,6 +30,7 @@ from spec.canonical import (
 from spec.client import Client
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
+from spec.invariants import check_state
 from spec.messages import (
     CallReducer,
     ReducerErr,
@@ -717,8 +719,11 @@ def test_check_schema_matches_rows_names_the_table_that_drifts(monkeypatch: pyte
 # --- spec.state: states, deltas and transactions, as worked examples ---------------------------------
 
 
+EMPTY_OBJECT_HASH = "sha256:" + hashlib.sha256(b"{}").hexdigest()
+
+
 def _event(seq: int, key: str = "k") -> SyncEvent:
-    return SyncEvent(stream_id="s", epoch=1, seq=seq, idempotency_key=f"{key}{seq}", payload_hash="sha256:" + HEX64,
+    return SyncEvent(stream_id="s", epoch=1, seq=seq, idempotency_key=f"{key}{seq}", payload_hash=EMPTY_OBJECT_HASH,
                      payload="{}", producer=HEX64, committed_at=seq, tx_offset=seq)
 
 
@@ -982,3 +987,44 @@ def test_state_violations_reports_a_step_that_breaks_a_good_state() -> None:
     step = Ok(broken, None, _d(TableDelta("sync_stream", (), (_stream(1, 0, 5),))))
     assert state_violations(_db(), ctx, step) != []
     assert state_violations(broken, ctx, step) == []  # broken before: not this step's fault
+
+
+# --- spec.invariants: check_state finds each planted break, with its words (negative controls) --------
+
+
+def _cp(epoch: int, last: int) -> SyncCheckpoint:
+    return SyncCheckpoint("c|s", "c", "s", HEX64, epoch, last, 1)
+
+
+def _outbox(status: str, attempts: int, event_id: str | None) -> BridgeOutbox:
+    return BridgeOutbox("o", "src", 30078, "[]", "hi", "sha256:" + HEX64, status, attempts, 100, None, event_id, (),
+                        100, 100)
+
+
+def _provider(capability: str, digest: str) -> ProviderCapability:
+    return ProviderCapability("p", HEX64, capability, digest, (5000,), 0, "active", 1, 1)
+
+
+NON_CANONICAL_CAP = '{"b": 1}'
+NON_CANONICAL_CAP_HASH = "sha256:" + hashlib.sha256(NON_CANONICAL_CAP.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(("db", "violations"), [
+    (_db(sync_event=(E1,)), [("SEQ-1", "event s/1 has no stream or a future epoch")]),
+    (DbState({**_db().tables, "presence_signal": (_signal(),)}), [("EVT-1", "event table presence_signal holds rows")]),
+    # checkpoints: ahead of the head in the stream's epoch is a break; in an older epoch it is not
+    (_db(sync_stream=(_stream(2, 0, 1),), sync_checkpoint=(_cp(2, 3),)), [("CKPT-1", "c|s: 3 > head 0")]),
+    (_db(sync_stream=(_stream(2, 0, 1),), sync_checkpoint=(_cp(1, 3),)), []),
+    (_db(sync_checkpoint=(_cp(1, 3),)), [("CKPT-1", "c|s: 3 > head 0")]),  # no stream yet: epoch floor 1
+    # outbox rows: each status with the wrong attempts / event id
+    (_db(bridge_outbox=(_outbox("pending", 0, None),)), []),
+    (_db(bridge_outbox=(_outbox("failed", 4, None),)), [("BRIDGE-1", "outbox o: failed attempts 4")]),
+    (_db(bridge_outbox=(_outbox("failed", 5, None),)), []),
+    (_db(bridge_outbox=(_outbox("pending", 5, None),)), [("BRIDGE-1", "outbox o: pending attempts 5")]),
+    (_db(bridge_outbox=(_outbox("sent", 1, None),)), [("BRIDGE-1", "outbox o: sent attempts 1")]),
+    (_db(bridge_outbox=(_outbox("pending", 0, "e" * 64),)), [("BRIDGE-1", "outbox o: pending attempts 0")]),
+    # a provider whose capability text is not canonical, even with the matching hash of that text
+    (_db(provider_capability=(_provider(NON_CANONICAL_CAP, NON_CANONICAL_CAP_HASH),)), [("HASH-1", "provider p")]),
+])
+def test_check_state_finds_each_planted_break(db: DbState, violations: list[tuple[str, str]]) -> None:
+    assert check_state(db, 5) == violations
