@@ -30,7 +30,7 @@ from spec.canonical import (
 from spec.client import Client
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
-from spec.invariants import check_state
+from spec.invariants import _past_window, check_state, layout_ok
 from spec.messages import (
     CallReducer,
     ReducerErr,
@@ -1028,3 +1028,37 @@ NON_CANONICAL_CAP_HASH = "sha256:" + hashlib.sha256(NON_CANONICAL_CAP.encode()).
 ])
 def test_check_state_finds_each_planted_break(db: DbState, violations: list[tuple[str, str]]) -> None:
     assert check_state(db, 5) == violations
+
+
+WINDOWS = Policy(retain_offline_presence_us=10, retain_terminal_assignment_us=20, retain_sent_outbox_us=100,
+                 retain_failed_outbox_us=1000)
+
+
+def _presence(status: str) -> SessionPresence:
+    reason = "explicit_offline" if status == "offline" else None
+    return SessionPresence("p", HEX64, "d", "n", status, "eu", 0, 0, reason)
+
+
+def _assignment_row(status: str) -> ComputeAssignment:
+    return ComputeAssignment("r", HEX64, 5000, "{}", EMPTY_OBJECT_HASH, None, None, status, None, 1, 0, 0)
+
+
+@pytest.mark.parametrize(("row", "now", "gone"), [
+    (_presence("offline"), 10, False), (_presence("offline"), 11, True), (_presence("online"), 10**9, False),
+    (_assignment_row("failed"), 21, True), (_assignment_row("completed"), 21, True),
+    (_assignment_row("cancelled"), 21, True), (_assignment_row("failed"), 20, False),
+    (_assignment_row("running"), 10**9, False),
+    (_outbox("sent", 1, "e" * 64), 201, True), (_outbox("sent", 1, "e" * 64), 200, False),
+    (_outbox("failed", 5, None), 500, False), (_outbox("failed", 5, None), 1101, True),
+    (_outbox("pending", 0, None), 10**9, False),
+    (E1, 10**9, False),  # events are not under these windows
+])
+def test_past_window_reads_each_table_with_its_own_window(row: Row, now: int, gone: bool) -> None:
+    """RET-1's second opinion: the outbox rows are stamped 100 (updated_at), the others 0."""
+    assert _past_window(row, now, WINDOWS) is gone
+
+
+def test_layout_ok_refuses_a_continuation_that_does_not_go_back() -> None:
+    assert layout_ok(_stream(3, 0, 1, continues=(2, 0)), [])
+    assert not layout_ok(_stream(3, 0, 1, continues=(3, 0)), [])  # continues itself
+    assert not layout_ok(_stream(3, 0, 1, continues=(2, 1)), [])  # shares a seq past the head
