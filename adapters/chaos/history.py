@@ -23,7 +23,8 @@ at the first, so a report shows the whole damage.  The checks, by code:
                                ``epoch_changed`` rebootstrap across a recorded epoch reset of that stream
                                (``local_epoch <= old epoch < new epoch <= epoch``), and a
                                ``retention_floor_breach`` on a small-retention stream whose floor is within
-                               what the policy allows (``floor <= head - retain_count + 1``)
+                               what the policy allows (``floor <= head - retain_count + 1``), with or
+                               without an ``epoch_changed`` of an unclean restart beside it
 ``missing_rebootstrap``        a subscriber did not rebootstrap a stream after an epoch reset of it
 ``reset_not_applied``          the admin's answer to ``reset_stream_epoch`` shows no new epoch, or no reset
 ``retention_overreach``        a stream's floor is above what its resets and its retention policy allow
@@ -333,12 +334,14 @@ def check(h: History, final: FinalState) -> list[Anomaly]:
 
 def explained(h: History, final: FinalState, r: Rebootstrap) -> str | None:
     """Why ``r`` is expected (``epoch_reset`` or ``retention``), or None: unexpected."""
-    if "epoch_changed" in r.reasons:
-        if any(x.stream == r.stream and r.local_epoch <= x.old_epoch < x.new_epoch <= r.epoch for x in h.resets):
-            return "epoch_reset"
-        return None
+    if "epoch_changed" in r.reasons and any(x.stream == r.stream and r.local_epoch <= x.old_epoch < x.new_epoch
+                                            <= r.epoch for x in h.resets):
+        return "epoch_reset"
     keep = h.retention.get(r.stream)
-    if (r.reasons == ("retention_floor_breach",) and keep is not None and r.local_watermark < r.floor - 1
+    # a retention breach needs a rebootstrap whatever else: an epoch change beside it is an unclean
+    # restart's (which alone the consumer would have continued, ADR-0010)
+    if ("retention_floor_breach" in r.reasons and set(r.reasons) <= {"epoch_changed", "retention_floor_breach"}
+            and keep is not None and r.local_watermark < r.floor - 1
             and r.floor <= max(r.head - keep + 1, 1 + max([0, *(x.head for x in h.resets if x.stream == r.stream)]))):
         return "retention"
     return None

@@ -65,7 +65,7 @@ from adapters.chaos.history import (
 )
 from adapters.chaos.proxy import ChaosProxy
 from adapters.chaos.relays import BridgeProcess, Relay, read_relay, relay_executable
-from adapters.chaos.schedule import Nemesis, Profile, plan
+from adapters.chaos.schedule import PROFILES, Nemesis, Profile, plan
 from adapters.progress import Progress
 from adapters.sdk import (
     Backoff,
@@ -776,9 +776,7 @@ class ChaosRun:
             "profile": self.profile.name,
             "duration_s": self.profile.duration_s,
             "plant": self.plant,
-            "replay": f"syncref chaos --seed {self.seed}" + (" --quick" if self.profile.name == "quick" else
-                                                               f" --duration {self.profile.duration_s:g}")
-                      + (f" --plant {self.plant}" if self.plant else ""),
+            "replay": replay(self.seed, self.profile, self.plants),
             "seconds": round(seconds, 1),
             "schedule": [n.as_json() for n in self.schedule],
             "faults": dict(self.counters.nemeses),
@@ -821,6 +819,15 @@ def run_chaos(seed: int, profile: Profile, workdir: Path, *, plant: str | None =
     finally:
         if progress is not None:
             progress.finish()
+
+
+def replay(seed: int, profile: Profile, plants: tuple[str, ...] = ()) -> str:
+    """The command that replays ``seed``'s schedule under ``profile`` (with its plants)."""
+    named = PROFILES.get(profile.name)
+    out = f"syncref chaos --seed {seed}" + (" --quick" if profile.name == "quick" else "")
+    if profile.name != "quick" or named is None or named.duration_s != profile.duration_s:
+        out += f" --duration {profile.duration_s:g}"
+    return out + "".join(f" --plant {p}" for p in plants)
 
 
 def phases(seed: int, profile: Profile) -> int:
