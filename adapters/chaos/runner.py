@@ -439,16 +439,20 @@ class ChaosRun:
         server = self.server = ServerProcess(self.data, free_port(), config, self.workdir / "server.log",
                                              tuple(p for p in self.plants if p in planted.SERVER))
         self.step("starting the server, the proxy and the subscribers")
+        relays = asyncio.create_task(self.start_relays())  # they start while the server does
         await server.start()
         proxy = self.proxy = ChaosProxy(server.port, seed=self.seed)
         await proxy.start()
         self.proxy_url = f"http://127.0.0.1:{proxy.port}"
         await self.start_admin(server.url, admin_token)
-        await self.start_bridge(auth.mint(subject="chaos-bridge", scopes=BRIDGE_SCOPES, streams=("*",), ttl_s=None))
+        await relays
+        bridge = asyncio.create_task(self.start_bridge(auth.mint(subject="chaos-bridge", scopes=BRIDGE_SCOPES,
+                                                                 streams=("*",), ttl_s=None)))
         writers = [Writer(self, i, t) for i, t in enumerate(w_tokens)]
         subs = [Subscriber(self, i, t) for i, t in enumerate(s_tokens)]
         for s in subs:
             await s.start()
+        await bridge
         stop = asyncio.Event()
         tasks = [asyncio.create_task(w.loop(stop)) for w in writers]
         self.say(f"chaos: seed {self.seed}, profile {p.name}, {len(self.schedule)} nemeses over {p.duration_s:.0f} s")
@@ -663,19 +667,22 @@ class ChaosRun:
 
     # --- the bridge ------------------------------------------------------------------------------------
 
-    async def start_bridge(self, token: str) -> None:
+    async def start_relays(self) -> None:
         exe = relay_executable()
         if exe is None:
             self.skipped["relay_outage"] = ("the nostr-relay executable is not installed (pip install -e '.[dev]'): "
                                             "no bridge, relay_outage nemeses skipped")
             self.say(f"chaos: {self.skipped['relay_outage']}")
             return
-        from adapters.nostr.keys import create_key_file
-
         directory = self.workdir / "relays"
         self.relays = [Relay(directory, name, exe) for name in ("relay0", "relay1")]
-        for relay in self.relays:
-            await relay.start()
+        await asyncio.gather(*(relay.start() for relay in self.relays))
+
+    async def start_bridge(self, token: str) -> None:
+        if not self.relays:
+            return
+        from adapters.nostr.keys import create_key_file
+
         key_file = self.workdir / "bridge.key"
         self.bridge_pubkey = create_key_file(key_file).public_key_hex
         token_file = self.workdir / "bridge.token"
