@@ -16,14 +16,23 @@ The workload, while :func:`.schedule.plan`'s nemeses act:
 * subscribers follow every stream with :class:`~adapters.sdk.StreamConsumer` into SQLite and are
   restarted by the ``client_restart`` nemesis (store closed and reopened: they resume from the
   persisted checkpoints).
+* an admin, connected directly to the server (not through the proxy), watches ``sync_stream`` and
+  calls ``reset_stream_epoch`` for the ``epoch_reset`` nemesis; the ``compaction`` nemesis reads the
+  small-retention stream's floor from it.  The data directory is created with
+  :func:`chaos_policy` (the last stream keeps :data:`RETAIN` events) and the server compacts every
+  :data:`COMPACT_EVERY_S`.
+* with the ``nostr-relay`` executable, two relays and a ``syncref bridge`` worker (through the proxy)
+  mirror the outbox (:mod:`.relays`); without it the ``relay_outage`` nemeses are skipped and the
+  report says why.
 
 The heal: the nemeses stop, the disk and the proxy recover, the server runs; the writers finish
 their pending retries, then each makes one more write (progress); every subscriber must reach
 every stream's head.  The final state is read by a fresh client connected directly to the server,
 the server is stopped cleanly and ``verify-log`` re-executes its log.  :func:`.history.check`
-judges.  ``plant`` deliberately breaks a client (``skip-apply``: subscriber 0 drops every fifth
-event from its view while its checkpoint advances; ``fresh-key-retry``: writers retry with a new
-idempotency key) so tests can show the checker catches it and the report names the seed.
+judges.  ``plant`` (comma-separated) deliberately breaks a client (``skip-apply``: subscriber 0 drops
+every fifth event from its view while its checkpoint advances; ``fresh-key-retry``: writers retry with
+a new idempotency key), the server or the bridge (:mod:`.planted`) so tests can show the checker
+catches it and the report names the seed.
 """
 
 from __future__ import annotations
