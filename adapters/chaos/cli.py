@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"chaos: seed {seed}: {report['sigkill_restarts']} SIGKILL restarts, faults {report['faults']}, "
           f"{w['ok']} writes acknowledged ({w['unknown']} unanswered, {w['retries']} retries), "
           f"{report['events_applied']} events applied by subscribers, {report['seconds']} s")
+    print(f"chaos: {len(report['resets'])} epoch resets, {report['compaction']['overtaken']} subscribers overtaken by "
+          f"compaction ({report['compaction']['not_overtaken']} not), rebootstraps {report['rebootstraps_expected']}"
+          + (f", {report['bridge_events']} bridge events checked on {len(report['relays'])} relays"
+             if report["bridge_events"] is not None else "")
+          + "".join(f"; {kind} skipped: {why}" for kind, why in report["skipped"].items()))
     for a in report["findings"][:20]:
         print(f"  finding {a['code']}: {a['detail']}")
     for a in report["anomalies"][:50]:
