@@ -312,7 +312,7 @@ def check(h: History, final: FinalState) -> list[Anomaly]:
             if wrong:
                 add(Anomaly("view_mismatch", f"{client}: {stream} below the floor holds {_span(wrong)} that no "
                                              "writer sent there"))
-    out.extend(_rebootstraps(h, final))
+    out.extend(_rebootstraps(h))
     for session, statuses in sorted(h.presence_acked.items()):
         status = final.presence.get(session)
         if status is None:
@@ -328,11 +328,11 @@ def check(h: History, final: FinalState) -> list[Anomaly]:
     for msg in h.client_errors:
         add(Anomaly("client_error", msg))
     if final.bridge is not None:
-        out.extend(_bridge(h, final, final.bridge))
+        out.extend(_bridge(h, final.bridge))
     return out
 
 
-def explained(h: History, final: FinalState, r: Rebootstrap) -> str | None:
+def explained(h: History, r: Rebootstrap) -> str | None:
     """Why ``r`` is expected (``epoch_reset`` or ``retention``), or None: unexpected."""
     if "epoch_changed" in r.reasons and any(x.stream == r.stream and r.local_epoch <= x.old_epoch < x.new_epoch
                                             <= r.epoch for x in h.resets):
@@ -347,10 +347,10 @@ def explained(h: History, final: FinalState, r: Rebootstrap) -> str | None:
     return None
 
 
-def _rebootstraps(h: History, final: FinalState) -> list[Anomaly]:
+def _rebootstraps(h: History) -> list[Anomaly]:
     out: list[Anomaly] = []
     for r in h.rebootstraps:
-        if explained(h, final, r) is None:
+        if explained(h, r) is None:
             out.append(Anomaly("unexpected_rebootstrap", f"{r.client}: told to rebootstrap {r.stream} ({r})"))
     subscribers = sorted(h.views)
     for x in h.resets:
@@ -371,7 +371,7 @@ def _rebootstraps(h: History, final: FinalState) -> list[Anomaly]:
     return out
 
 
-def _bridge(h: History, final: FinalState, b: BridgeFinal) -> list[Anomaly]:
+def _bridge(h: History, b: BridgeFinal) -> list[Anomaly]:
     out: list[Anomaly] = []
     add = out.append
     enqueued = {w.key for w in h.writes if w.kind == "enqueue" and w.status == "ok"}

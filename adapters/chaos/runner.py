@@ -807,7 +807,7 @@ class ChaosRun:
             "events_final": sum(len(v) for v in final.events.values()),
             "events_applied": sum(1 for a in self.history.applied if a.seq != REBOOTSTRAP),
             "rebootstraps": len(self.history.rebootstraps),
-            "rebootstraps_expected": dict(Counter(explained(self.history, final, r) or "unexpected"
+            "rebootstraps_expected": dict(Counter(explained(self.history, r) or "unexpected"
                                                   for r in self.history.rebootstraps)),
             "resets": [dataclasses.asdict(r) for r in self.history.resets],
             "compaction": {"overtaken": self.counters.overtaken, "not_overtaken": self.counters.not_overtaken,

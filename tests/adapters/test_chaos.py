@@ -207,7 +207,7 @@ RESET_CASES = {
 def test_a_clean_reset_history_has_no_anomaly_and_its_rebootstrap_is_expected() -> None:
     h, final = reset_history()
     assert check(h, final) == []
-    assert [explained(h, final, r) for r in h.rebootstraps] == ["epoch_reset"]
+    assert [explained(h, r) for r in h.rebootstraps] == ["epoch_reset"]
 
 
 def test_without_the_reset_record_the_same_history_is_lost_writes() -> None:
@@ -263,7 +263,7 @@ RETENTION_CASES = {
 def test_a_clean_retention_history_has_no_anomaly_and_its_rebootstrap_is_expected() -> None:
     h, final = retention_history()
     assert check(h, final) == []
-    assert [explained(h, final, r) for r in h.rebootstraps] == ["retention"]
+    assert [explained(h, r) for r in h.rebootstraps] == ["retention"]
 
 
 @pytest.mark.parametrize("case", sorted(RETENTION_CASES))
@@ -277,11 +277,11 @@ def test_a_retention_breach_beside_an_unclean_restarts_epoch_change_is_expected(
     h, final = retention_history()
     both = dataclasses.replace(h.rebootstraps[0], reasons=("epoch_changed", "retention_floor_breach"), epoch=1025)
     h.rebootstraps = [both]
-    assert check(h, final) == [] and explained(h, final, both) == "retention"
+    assert check(h, final) == [] and explained(h, both) == "retention"
     alone = dataclasses.replace(both, reasons=("epoch_changed",))  # no breach: it should have continued
-    assert explained(h, final, alone) is None
+    assert explained(h, alone) is None
     odd = dataclasses.replace(both, reasons=("retention_floor_breach", "replay_budget_exceeded"))
-    assert explained(h, final, odd) is None
+    assert explained(h, odd) is None
 
 
 def test_a_write_appended_again_past_the_dedupe_horizon_is_a_finding_not_an_anomaly() -> None:
