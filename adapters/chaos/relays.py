@@ -139,10 +139,11 @@ class BridgeProcess:
 
     async def start(self) -> None:
         config = self.workdir / "bridge.toml"
-        # quick retries: the run's outages last seconds, and the heal waits for the backlog to drain
+        # quick retries: the run's outages last seconds, and the heal waits for the backlog to drain; a 1 s
+        # OK timeout makes a frozen relay (SIGSTOP for 0.5-2 s) fail its events, so they need a catch-up
         config.write_text("[policy]\nmin_retry_ms = 200\nmax_retry_ms = 3000\ncall_retry_ms = 500\n"
                           "reject_retry_ms = 3000\n"
-                          "[pool]\nopen_timeout = 2.0\nack_timeout = 3.0\nbackoff_base = 0.2\nbackoff_cap = 2.0\n",
+                          "[pool]\nopen_timeout = 1.0\nack_timeout = 1.0\nbackoff_base = 0.2\nbackoff_cap = 2.0\n",
                           encoding="utf-8")
         prefix = ["-m", "adapters.chaos.planted", ",".join(self.plants)] if self.plants else ["-m", "adapters.cli"]
         args = [*prefix, "bridge", "--url", self.url, "--key-file", str(self.key_file), "--token-file",

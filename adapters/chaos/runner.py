@@ -404,6 +404,8 @@ class ChaosRun:
         self.bridge: BridgeProcess | None = None
         self.bridge_pubkey = ""
         self.skipped: dict[str, str] = {}  # nemesis kind -> why it did not run
+        self.catch_ups: set[asyncio.Task[None]] = set()
+        self.relay_catch_ups: list[dict[str, object]] = []  # per relay outage: its backlog and how long it took
         self.counters = Counters()
         self.log = log
         self.data = workdir / "data"
@@ -575,6 +577,10 @@ class ChaosRun:
                 self.say(f"           skipped: {self.skipped.get(kind, 'no relays')}")
                 return
             relay = self.relays[int(prm["relay"])]
+            healed = asyncio.Event()
+            task = asyncio.create_task(self.catch_up_relay(relay.url, nem.at_s, healed))
+            self.catch_ups.add(task)
+            task.add_done_callback(self.catch_ups.discard)
             if prm["how"] == 0:
                 relay.kill()
                 relay.kills += 1
@@ -584,6 +590,7 @@ class ChaosRun:
                 relay.freeze()
                 await asyncio.sleep(prm["for_s"])
                 relay.thaw()
+            healed.set()
         elif kind == "token_expiry":
             conn = Connection(self.proxy_url, token=expired, backoff=FAST, open_timeout=5)
             try:
@@ -604,7 +611,7 @@ class ChaosRun:
         admin = self.admin = Connection(url, token=token, backoff=FAST, call_timeout=30, open_timeout=10)
         admin.cache["sync_stream"].on_update(self._stream_changed)
         await asyncio.wait_for(admin.connect(), 60)
-        sub = admin.subscribe(["SELECT * FROM sync_stream"])
+        sub = admin.subscribe(["SELECT * FROM sync_stream", "SELECT * FROM bridge_outbox"])
         await asyncio.wait_for(admin.applied(sub, timeout=60), 90)
 
     def _stream_changed(self, old: object, new: object) -> None:
@@ -700,12 +707,42 @@ class ChaosRun:
                                     tuple(p for p in self.plants if p in planted.BRIDGE))
         await self.bridge.start()
 
+    def missed(self, relay: str) -> set[str]:
+        """The outbox rows already ``sent`` that ``relay`` does not have."""
+        assert self.admin is not None
+        return {r.outbox_id for r in self.admin.cache.table("bridge_outbox")
+                if isinstance(r, BridgeOutbox) and r.status == "sent" and relay not in r.relays_acked}
+
+    async def catch_up_relay(self, relay: str, at_s: float, healed: asyncio.Event) -> None:
+        """A relay outage's backlog -- the rows marked ``sent`` without that relay from the outage's start
+        until 3 s after its heal (a publish that timed out at the end is marked a little later) -- and how
+        long after the heal the bridge had caught the relay up on all of them.  A figure for the report,
+        never a pass/fail: the heal's drain check is the check."""
+        backlog: set[str] = set()
+        while not healed.is_set():
+            backlog |= self.missed(relay)
+            await asyncio.sleep(0.1)
+        start, healed_at = time.monotonic(), time.time()
+        left = backlog
+        while time.monotonic() - start < BRIDGE_HEAL_S:
+            if time.monotonic() - start < 3.0:
+                backlog |= self.missed(relay)
+            left = backlog & self.missed(relay)
+            if not left and time.monotonic() - start >= 3.0:
+                break
+            await asyncio.sleep(0.1)
+        caught = [r.updated_at for r in self.admin.cache.table("bridge_outbox")  # type: ignore[union-attr]
+                  if isinstance(r, BridgeOutbox) and r.outbox_id in backlog and relay in r.relays_acked]
+        last = max(caught, default=None)
+        self.relay_catch_ups.append({"at_s": at_s, "relay": relay, "backlog": len(backlog), "caught_up": not left,
+                                     "seconds_after_heal": None if last is None else round(last / 1e6 - healed_at, 2)})
+
     async def drain_bridge(self) -> None:
         """After the heal: wait until every acknowledged enqueue is ``sent`` to every relay (or give up)."""
         if self.bridge is None or self.admin is None:
             return
-        sub = self.admin.subscribe(["SELECT * FROM bridge_outbox"])
-        await asyncio.wait_for(self.admin.applied(sub, timeout=60), 90)
+        for task in list(self.catch_ups):
+            await task
         want = {w.key for w in self.history.writes if w.kind == "enqueue" and w.status == "ok"}
         relays = {r.url for r in self.relays}
         deadline = time.monotonic() + BRIDGE_HEAL_S
@@ -813,6 +850,7 @@ class ChaosRun:
             "compaction": {"overtaken": self.counters.overtaken, "not_overtaken": self.counters.not_overtaken,
                            "retain_count": RETAIN, "stream": self.streams[-1]},
             "relays": {r.url: {"kills": r.kills, "freezes": r.freezes} for r in self.relays},
+            "relay_catch_ups": self.relay_catch_ups,
             "bridge_events": (sum(1 for w in self.history.writes if w.kind == "enqueue" and w.status == "ok")
                               if self.bridge is not None else None),
             "skipped": dict(self.skipped),

@@ -402,6 +402,8 @@ def test_a_quick_chaos_run_finds_nothing(tmp_path: Path) -> None:
             pytest.fail(f"CI must run the relay nemesis: {reason}")
         pytest.skip(reason)
     assert report["faults"]["relay_outage"] >= 1 and report["bridge_events"] > 10 and not report["skipped"]
+    catch_ups = report["relay_catch_ups"]  # one per outage: the rows the relay missed, caught up on after it
+    assert len(catch_ups) == report["faults"]["relay_outage"] and all(c["caught_up"] for c in catch_ups), catch_ups
 
 
 def test_a_planted_client_bug_is_reported_with_its_seed(tmp_path: Path) -> None:
