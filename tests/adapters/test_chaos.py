@@ -19,6 +19,7 @@ from support.server import SYNCREF
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
+from adapters.chaos import planted
 from adapters.chaos.history import (
     FINDINGS,
     REBOOTSTRAP,
@@ -34,8 +35,9 @@ from adapters.chaos.history import (
     check,
     explained,
 )
+from adapters.chaos.planted import main as planted_main
 from adapters.chaos.proxy import ChaosProxy, ClientFrames, Frame, token_of
-from adapters.chaos.relays import relay_executable
+from adapters.chaos.relays import Relay, read_relay, relay_executable
 from adapters.chaos.runner import RETAIN, chaos_policy, replay, run_chaos
 from adapters.chaos.schedule import KINDS, PROFILES, plan
 
@@ -557,3 +559,42 @@ def test_the_proxy_duplicates_frames_and_replays_them_on_the_next_connection() -
         upstream.close()
 
     asyncio.run(body())
+
+
+# --- the relays and the plant launcher ------------------------------------------------------------------
+
+
+def test_a_chaos_relay_starts_freezes_thaws_and_restarts_on_its_port(tmp_path: Path) -> None:
+    exe = relay_executable()
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have the nostr-relay executable")
+        pytest.skip("the nostr-relay executable is not installed")
+
+    async def body() -> None:
+        relay = Relay(tmp_path, "r", exe)
+        await relay.start()
+        try:
+            assert await read_relay(relay.url, "ab" * 32) == []
+            port = relay.port
+            relay.freeze()
+            with pytest.raises(TimeoutError):  # a frozen relay answers nothing
+                await read_relay(relay.url, "ab" * 32, timeout=1.0)
+            relay.thaw()
+            assert await read_relay(relay.url, "ab" * 32) == []
+            relay.kill()
+            assert relay.process is None
+            with pytest.raises(OSError):
+                await read_relay(relay.url, "ab" * 32, timeout=2.0)
+            await relay.start()
+            assert relay.port == port and await read_relay(relay.url, "ab" * 32) == []
+        finally:
+            relay.kill()
+
+    asyncio.run(body())
+
+
+def test_the_plant_launcher_refuses_an_unknown_plant() -> None:
+    assert planted_main(["nope", "serve"]) == 2
+    assert planted_main([]) == 2
+    assert set(planted.PATCHES) == set(planted.SERVER) | set(planted.BRIDGE)
