@@ -37,9 +37,12 @@ at the first, so a report shows the whole damage.  The checks, by code:
                                on the relays under two ids: signed twice), ``bridge_wrong_id`` (a relay's
                                copy has another id than the row's ``nostr_event_id``), ``bridge_unknown``
                                (a relay holds an event of ours no outbox row explains),
-                               ``bridge_dead_letter`` (a row failed although a relay was always up: the
-                               policy dead-letters only after ``bridge_max_attempts`` failed attempts, each
-                               meaning no relay took the event)
+                               ``bridge_dead_letter`` (a row failed before ``bridge_max_attempts`` attempts,
+                               or its last error does not name every relay failing: the policy dead-letters
+                               only after that many attempts, each meaning no relay took the event).  A dead
+                               letter *by the policy* (every relay failed, e.g. both timed out under load,
+                               that many times) is the finding ``bridge_dead_letter_by_policy``, and the
+                               relays are not expected to hold it
 ``no_progress``                after the heal, a fresh write was not acknowledged or not seen by everyone
 ``token_accepted``             an expired token was accepted
 ``presence_mismatch``          a session's presence row is missing or shows a status never acknowledged
@@ -69,7 +72,7 @@ REBOOTSTRAP = -1  # the seq of an applied-log marker: the client dropped the str
 # after several unclean restarts) is fixed by the continuation chain, ADR-0010.  beyond_dedupe_horizon:
 # a write appended twice because its first copy had been compacted away before a retry (or a replayed
 # frame) arrived -- the documented dedupe horizon (ADR-0001: retained events), not a bug.
-FINDINGS: frozenset[str] = frozenset({"beyond_dedupe_horizon"})
+FINDINGS: frozenset[str] = frozenset({"beyond_dedupe_horizon", "bridge_dead_letter_by_policy"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,7 @@ class OutboxRow:
     event_id: str | None
     relays_acked: tuple[str, ...]
     content: str
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +379,8 @@ def _bridge(h: History, b: BridgeFinal) -> list[Anomaly]:
     out: list[Anomaly] = []
     add = out.append
     enqueued = {w.key for w in h.writes if w.kind == "enqueue" and w.status == "ok"}
+    by_policy = {oid for oid, row in b.rows.items() if row.status == "failed" and row.attempts >= b.max_attempts
+                 and all(relay in (row.last_error or "") for relay in b.relays)}
     by_content: dict[str, str] = {row.content: oid for oid, row in b.rows.items()}
     ids_of: dict[str, set[str]] = {}
     for relay in b.relays:
@@ -393,7 +399,7 @@ def _bridge(h: History, b: BridgeFinal) -> list[Anomaly]:
         have = {content for _, content in held}
         for oid in sorted(enqueued):
             row = b.rows.get(oid)
-            if row is not None and row.content not in have:
+            if row is not None and row.content not in have and oid not in by_policy:
                 add(Anomaly("bridge_missing", f"{oid} ({row.status}, attempts {row.attempts}) is not on {relay}"))
     for oid, ids in sorted(ids_of.items()):
         if len(ids) > 1:
@@ -403,9 +409,12 @@ def _bridge(h: History, b: BridgeFinal) -> list[Anomaly]:
         row = b.rows.get(oid)
         if row is None:
             continue  # lost_write reports it
-        if row.status == "failed":
+        if oid in by_policy:
+            add(Anomaly("bridge_dead_letter_by_policy", f"{oid}: dead letter after {row.attempts} attempts, every "
+                                                        f"relay failing: {(row.last_error or '')[:300]}"))
+        elif row.status == "failed":
             add(Anomaly("bridge_dead_letter", f"{oid}: dead letter after {row.attempts} attempts (max "
-                                              f"{b.max_attempts}) although a relay was always up"))
+                                              f"{b.max_attempts}), last error {row.last_error!r}"))
         elif row.status != "sent" or set(row.relays_acked) != set(b.relays):
             add(Anomaly("bridge_missing", f"{oid}: {row.status}, relays_acked {list(row.relays_acked)} after the heal"))
     return out

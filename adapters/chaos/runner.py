@@ -764,8 +764,8 @@ class ChaosRun:
         for relay in self.relays:
             events = await read_relay(relay.url, self.bridge_pubkey)
             held[relay.url] = [(str(e["id"]), str(e["content"])) for e in events]
-        out = {r.outbox_id: OutboxRow(r.status, r.attempts, r.nostr_event_id, tuple(r.relays_acked), r.content)
-               for r in rows}
+        out = {r.outbox_id: OutboxRow(r.status, r.attempts, r.nostr_event_id, tuple(r.relays_acked), r.content,
+                                      r.last_error) for r in rows}
         return BridgeFinal(tuple(r.url for r in self.relays), out, held, self.policy.bridge_max_attempts)
 
     async def progress(self, w: Writer) -> None:
