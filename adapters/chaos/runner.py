@@ -648,9 +648,9 @@ class ChaosRun:
             return
         finally:
             self.resetting = None
-        hits = [(o, n) for o, n in seen if n.epoch != o.epoch or n.floor_seq == o.head_seq + 1]
-        if hits:
-            old, new = hits[0]
+        found = reset_update(seen)
+        if found is not None:
+            old, new = found
             self.history.resets.append(Reset(stream, old.epoch, old.head_seq, new.epoch))
         elif before is not None:  # the answer changed nothing the admin can see
             self.history.resets.append(Reset(stream, before.epoch, before.head_seq, before.epoch))
@@ -873,6 +873,16 @@ def run_chaos(seed: int, profile: Profile, workdir: Path, *, plant: str | None =
     finally:
         if progress is not None:
             progress.finish()
+
+
+def reset_update(seen: list[tuple[SyncStream, SyncStream]]) -> tuple[SyncStream, SyncStream] | None:
+    """Among the updates of a stream row the admin saw while its ``reset_stream_epoch`` was in flight, the
+    reset's own: the floor moves past the head, the head stays, the continuation chain is cleared.  Not
+    just any epoch change: an admin that reconnects after a kill sees the unclean restart's bump as an
+    update too (``continues_epoch`` set, floor kept), and compaction moves the floor to head - N + 1."""
+    hits = [(o, n) for o, n in seen if n.floor_seq == o.head_seq + 1 and n.head_seq == o.head_seq
+            and n.continues_epoch == 0]
+    return hits[-1] if hits else None
 
 
 def replay(seed: int, profile: Profile, plants: tuple[str, ...] = ()) -> str:

@@ -38,8 +38,9 @@ from adapters.chaos.history import (
 from adapters.chaos.planted import main as planted_main
 from adapters.chaos.proxy import ChaosProxy, ClientFrames, Frame, token_of
 from adapters.chaos.relays import Relay, read_relay, relay_executable
-from adapters.chaos.runner import RETAIN, chaos_policy, replay, run_chaos
+from adapters.chaos.runner import RETAIN, chaos_policy, replay, reset_update, run_chaos
 from adapters.chaos.schedule import KINDS, PROFILES, plan
+from spec.values import SyncStream
 
 QUICK = PROFILES["quick"]
 QUICK_SEED = 85  # CI's quick run: this seed's quick schedule holds every kind (pinned below)
@@ -210,6 +211,25 @@ def test_a_clean_reset_history_has_no_anomaly_and_its_rebootstrap_is_expected() 
     h, final = reset_history()
     assert check(h, final) == []
     assert [explained(h, r) for r in h.rebootstraps] == ["epoch_reset"]
+
+
+def _row(epoch: int, head: int, floor: int, continues: int = 0) -> SyncStream:
+    return SyncStream("s", "default", epoch, continues, head if continues else 0, head, floor, 20000, 0, 0)
+
+
+def test_the_reset_is_told_from_the_other_updates_the_admin_sees_meanwhile() -> None:
+    """Found by a 150 s run (seed 7): an admin reconnecting after a kill saw the unclean restart's epoch
+    bump as an update while its reset was in flight, and the run recorded *that* as the reset (wrong head,
+    wrong epochs: lost writes, unexpected and missing rebootstraps followed)."""
+    bump = (_row(14351, 833, 700), _row(15376, 835, 700, continues=14351))  # recovery: chain set, floor kept
+    compaction = (_row(15376, 835, 700, 14351), _row(15376, 835, 806, 14351))
+    reset = (_row(15376, 835, 806, 14351), _row(15377, 835, 836))
+    assert reset_update([bump, compaction, reset]) == reset
+    assert reset_update([bump, compaction]) is None
+    keeps_epoch = (_row(3, 9, 1), _row(3, 9, 10))  # the planted bug's update is still the reset's
+    assert reset_update([keeps_epoch]) == keeps_epoch
+    empty = (_row(2, 9, 10), _row(3, 9, 10))  # an empty stream reset again
+    assert reset_update([empty]) == empty
 
 
 def test_without_the_reset_record_the_same_history_is_lost_writes() -> None:
