@@ -21,6 +21,8 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,125 @@ def test_a_corrupted_middle_record_is_refused_naming_its_offset(killed: tuple[Pa
     db.close()
     res = serve_once(data)
     assert res.returncode == 2 and f"offset {middle}" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+# --- EIO at the OS boundary: a FUSE filesystem that fails fsync or write on demand ---------------
+
+FAULTFS = Path(__file__).resolve().parents[1] / "support" / "faultfs.py"
+
+
+class FaultyDisk:
+    """The mount of ``tests/support/faultfs.py``: ``arm(op, glob, count)`` makes ``op`` (fsync or
+    write) fail with EIO on matching files, ``disarm(op)`` heals it, ``hits()`` lists the faults
+    the filesystem injected."""
+
+    def __init__(self, mnt: Path, control: Path) -> None:
+        self.mnt = mnt
+        self.control = control
+
+    def arm(self, op: str, glob: str, count: int | None = None) -> None:
+        (self.control / op).write_text(glob if count is None else f"{glob} {count}")
+
+    def disarm(self, op: str) -> None:
+        (self.control / op).unlink(missing_ok=True)
+
+    def hits(self) -> list[str]:
+        log = self.control / "log"
+        return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.fixture
+def faulty_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    why = "EIO tests: need a FUSE mount"
+    if os.geteuid() != 0:
+        pytest.skip(f"{why}, as root (not root here)")
+    if not Path("/dev/fuse").exists():
+        pytest.skip(f"{why}: no /dev/fuse on this machine")
+    probe = subprocess.run([sys.executable, "-c", "import mfusepy"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"{why}: mfusepy cannot load libfuse3 (Debian package fuse3): "
+                    f"{probe.stderr.strip().splitlines()[-1:]}")
+    backing, mnt, control = tmp_path / "backing", tmp_path / "mnt", tmp_path / "control"
+    for d in (backing, mnt, control):
+        d.mkdir()
+    daemon = subprocess.Popen([sys.executable, str(FAULTFS), str(backing), str(mnt), str(control)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mnt):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            err = daemon.communicate()[1]
+            pytest.skip(f"{why}: the FUSE filesystem did not mount: {err.strip()[-300:]}")
+        time.sleep(0.02)
+    try:
+        yield FaultyDisk(mnt, control)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
+def start_serve(data: Path, log: Path, *extra: str, prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], str]:
+    """``syncref serve`` with stderr in ``log`` (off the faulty disk); returns it and its URL."""
+    with log.open("w") as err:
+        proc = subprocess.Popen([*prefix, str(SYNCREF), "serve", "--data", str(data), "--port", "0", *extra],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    assert proc.stdout is not None
+    m = re.match(r"syncref listening on (\S+)", proc.stdout.readline())
+    assert m, log.read_text()
+    return proc, m.group(1)
+
+
+def check_recovers(data: Path, tok: str, acked: list[tuple[str, int]], log: Path) -> None:
+    """Once the disk is healthy: the server starts, every acknowledged append is in the log at its
+    acknowledged seq, a new append lands after them, it stops cleanly, and verify-log passes."""
+    proc, url = start_serve(data, log)
+    try:
+        more = asyncio.run(append_until_refused(url, tok, 1, 10, "after-"))
+    finally:
+        proc.terminate()
+        code = proc.wait(60)
+    assert more and more[0][1] > max(seq for _, seq in acked), (more, acked)
+    assert code == 0 and "Traceback" not in log.read_text(), log.read_text()
+    events = dict((key, seq) for seq, key in stored(data))
+    lost = [(key, seq) for key, seq in acked if events.get(key) != seq]
+    assert not lost, f"acknowledged appends lost: {lost}"
+    report = json.loads(verify_log(data).stdout)
+    assert report["ok"] and report["clean_shutdown"], report
+
+
+@pytest.mark.parametrize(("op", "sqlite_name", "operation"), [
+    ("fsync", "SQLITE_IOERR_FSYNC", "fsync of the commit log"),
+    ("write", "SQLITE_IOERR_WRITE", "a write to the commit log"),
+])
+def test_an_io_error_on_the_commit_log_stops_acknowledging_loses_nothing_and_recovers(
+        faulty_disk: FaultyDisk, tmp_path: Path, op: str, sqlite_name: str, operation: str) -> None:
+    data = faulty_disk.mnt / "data"
+    tok = token(data)
+    proc, url = start_serve(data, tmp_path / "first.log")
+    acked = asyncio.run(append_until_refused(url, tok, 8, 100))
+    assert len(acked) == 8
+    faulty_disk.arm(op, "syncref.sqlite3-wal")  # the device fails from now on, until healed
+    refused = asyncio.run(append_until_refused(url, tok, 5, 100, "during-"))
+    assert refused == [], "a call was acknowledged although its commit could not be made durable"
+    code = proc.wait(30)
+    log = (tmp_path / "first.log").read_text()
+    assert code == 1 and "Traceback" not in log, (code, log)
+    assert f"EIO {op} /data/syncref.sqlite3-wal" in faulty_disk.hits()
+    last = log.strip().splitlines()[-1]
+    assert last == (f"syncref serve: the commit-log writer failed, stopping: {operation} failed with an I/O error "
+                    f"({sqlite_name}); nothing acknowledged is lost (the calls waiting on the failed write got "
+                    "errors, not acknowledgements); check the disk (dmesg, SMART); start again once it is healthy: "
+                    "the restart recovers, and syncref verify-log --data DIR checks the log"), log
+    # still failing: the start refuses in one line (its first write, clearing the clean marker, fails)
+    res = serve_once(data)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip() == (
+        f"syncref serve: the disk holding {data} failed: {operation} failed with an I/O error ({sqlite_name}); "
+        "the start could not write its recovery (nothing acknowledged is lost); check the disk (dmesg, SMART); "
+        "start again once it is healthy: the restart recovers, and syncref verify-log --data DIR checks the log")
+    faulty_disk.disarm(op)
+    check_recovers(data, tok, acked, tmp_path / "after.log")
