@@ -269,10 +269,11 @@ def faulty_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
             daemon.wait()
 
 
-def start_serve(data: Path, log: Path, *extra: str, prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], str]:
+def start_serve(data: Path, log: Path, *extra: str,
+                command: tuple[str, ...] = (str(SYNCREF),)) -> tuple[subprocess.Popen[str], str]:
     """``syncref serve`` with stderr in ``log`` (off the faulty disk); returns it and its URL."""
     with log.open("w") as err:
-        proc = subprocess.Popen([*prefix, str(SYNCREF), "serve", "--data", str(data), "--port", "0", *extra],
+        proc = subprocess.Popen([*command, "serve", "--data", str(data), "--port", "0", *extra],
                                 stdout=subprocess.PIPE, stderr=err, text=True)
     assert proc.stdout is not None
     m = re.match(r"syncref listening on (\S+)", proc.stdout.readline())
@@ -280,16 +281,22 @@ def start_serve(data: Path, log: Path, *extra: str, prefix: tuple[str, ...] = ()
     return proc, m.group(1)
 
 
-def check_recovers(data: Path, tok: str, acked: list[tuple[str, int]], log: Path) -> None:
+def check_recovers(data: Path, tok: str, acked: list[tuple[str, int]], log: Path, retry: str = "") -> None:
     """Once the disk is healthy: the server starts, every acknowledged append is in the log at its
-    acknowledged seq, a new append lands after them, it stops cleanly, and verify-log passes."""
+    acknowledged seq, a new append lands after them, it stops cleanly, and verify-log passes.
+    ``retry``: the prefix of a refused call, sent again (same key and payload) before the new one:
+    it is answered (deduplicated if its failed write survived) and stored exactly once."""
     proc, url = start_serve(data, log)
     try:
+        again = asyncio.run(append_until_refused(url, tok, 1, 100, retry)) if retry else []
         more = asyncio.run(append_until_refused(url, tok, 1, 10, "after-"))
     finally:
         proc.terminate()
         code = proc.wait(60)
     assert more and more[0][1] > max(seq for _, seq in acked), (more, acked)
+    if retry:
+        assert len(again) == 1 and again[0][1] > max(seq for _, seq in acked), (again, acked)
+        assert [seq for seq, key in stored(data) if key == again[0][0]] == [again[0][1]]
     assert code == 0 and "Traceback" not in log.read_text(), log.read_text()
     events = dict((key, seq) for seq, key in stored(data))
     lost = [(key, seq) for key, seq in acked if events.get(key) != seq]
@@ -330,3 +337,34 @@ def test_an_io_error_on_the_commit_log_stops_acknowledging_loses_nothing_and_rec
         "start again once it is healthy: the restart recovers, and syncref verify-log --data DIR checks the log")
     faulty_disk.disarm(op)
     check_recovers(data, tok, acked, tmp_path / "after.log")
+
+
+RETRYING_WRITER = (sys.executable, str(Path(__file__).resolve().parents[1] / "support" / "serve_retrying_writer.py"))
+
+
+@pytest.mark.parametrize("writer", ["syncref", "planted-retry"])
+def test_a_failed_fsync_is_never_acknowledged_even_when_the_next_fsync_succeeds(
+        faulty_disk: FaultyDisk, tmp_path: Path, writer: str) -> None:
+    """"fsyncgate": after a failed fsync a retry may succeed without the data being on disk, so the
+    failed batch must stay unacknowledged.  One fsync fails, every later one succeeds: the call
+    whose fsync failed gets an error and the server stops.  The planted writer that retries the
+    failed write (``tests/support/serve_retrying_writer.py``) acknowledges it: the check can fail."""
+    data = faulty_disk.mnt / "data"
+    tok = token(data)
+    command = RETRYING_WRITER if writer == "planted-retry" else (str(SYNCREF),)
+    proc, url = start_serve(data, tmp_path / "first.log", command=command)
+    acked = asyncio.run(append_until_refused(url, tok, 4, 100))
+    assert len(acked) == 4
+    faulty_disk.arm("fsync", "syncref.sqlite3-wal", 1)  # exactly one fsync fails
+    during = asyncio.run(append_until_refused(url, tok, 3, 100, "during-"))
+    assert faulty_disk.hits() == ["EIO fsync /data/syncref.sqlite3-wal"]
+    if writer == "planted-retry":
+        proc.terminate()
+        proc.wait(30)
+        assert [key for key, _ in during] == ["during-0", "during-1", "during-2"], during  # the bug is visible
+        return
+    assert during == [], "the call whose fsync failed was acknowledged"
+    code = proc.wait(30)
+    log = (tmp_path / "first.log").read_text()
+    assert code == 1 and "fsync of the commit log failed with an I/O error (SQLITE_IOERR_FSYNC)" in log, log
+    check_recovers(data, tok, acked, tmp_path / "after.log", retry="during-")
