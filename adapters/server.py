@@ -557,7 +557,9 @@ class SyncServer:
 
     def _snapshot_failed(self, exc: BaseException) -> None:
         """A snapshot could not be written (its thread): the log is whole, the next one retries."""
-        log.error("writing a state snapshot failed (the commit log is unaffected): %r", exc)
+        text = str(exc) if isinstance(exc, OSError) else repr(exc)
+        log.error("writing a state snapshot failed (the commit log is unaffected; the next snapshot tries again): %s",
+                  text)
 
     def _durable_from_thread(self, offset: int, batch: Sequence[TxRecord]) -> None:
         self.batch_sizes.append(len(batch))  # deque.append is atomic: safe from the writer thread
