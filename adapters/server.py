@@ -997,7 +997,7 @@ class SyncServer:
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         resp = await self._upgrade(request)
-        if resp.status != 101:
+        if resp.status != 101 and not isinstance(resp, web.WebSocketResponse):  # a refusal, not a lost client
             self.metrics.rejects.labels(str(resp.status)).inc()
         return resp
 
@@ -1045,7 +1045,11 @@ class SyncServer:
         ws.headers["spacetime-identity"] = verified.claims.identity
         if caller.minted:
             ws.headers["spacetime-identity-token"] = caller.token
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionError as exc:  # the client reset the connection during the 101: a plain disconnect
+            log.debug("client %s went away during the WebSocket upgrade: %r", request.remote, exc)
+            return ws  # nothing registered; aiohttp finds the connection gone and drops it quietly
         conn_id = self.engine.connect(verified.claims, confirmed)
         version = 3 if chosen.startswith("v3.") else 2
         s = Session(conn_id, ws, version, compression, verified, connection_id, request)
