@@ -627,7 +627,7 @@ class SyncServer:
         why = fault.what if fault is not None else repr(err)
         for sess in list(self.sessions.values()):
             sess.closers.append(asyncio.ensure_future(self._close(
-                sess, m.CLOSE_PROTOCOL, f"durability failure: the commit log could not be written ({why})",
+                sess, m.CLOSE_PROTOCOL, f"durability failure: {why}",
                 "durability")))
 
     def _fail_waiters(self, exc: DurabilityFailed) -> None:

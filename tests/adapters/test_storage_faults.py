@@ -38,8 +38,10 @@ def token(data: Path) -> str:
         subject="storage", scopes=SCOPES, streams=("*",), ttl_s=None)
 
 
-async def append_until_refused(url: str, tok: str, n: int, pad: int, prefix: str = "k") -> list[tuple[str, int]]:
-    """Append up to ``n`` events (confirmed: an answer means durable); stop at the first failure."""
+async def append_until_refused(url: str, tok: str, n: int, pad: int, prefix: str = "k",
+                               errors: list[str] | None = None) -> list[tuple[str, int]]:
+    """Append up to ``n`` events (confirmed: an answer means durable); stop at the first failure
+    (its text goes to ``errors``)."""
     acked: list[tuple[str, int]] = []
     conn = Connection(url, token=tok, reconnect=False, call_timeout=20, backoff=Backoff(base=0.05, cap=0.1))
     try:
@@ -48,12 +50,16 @@ async def append_until_refused(url: str, tok: str, n: int, pad: int, prefix: str
             try:
                 out = await conn.call("append_sync_event", "s.disk", key, json.dumps({"i": i, "pad": "x" * pad}),
                                       None, None)
-            except SdkError:
+            except SdkError as exc:
+                if errors is not None:
+                    errors.append(str(exc))
                 break
             assert isinstance(out.value, int)
             acked.append((key, out.value))
     finally:
         await conn.close()
+    if errors is not None:
+        errors.extend(f"closed {d.code}: {d.reason}" for d in conn.disconnects if d.code is not None)
     return acked
 
 
@@ -261,6 +267,11 @@ def faulty_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     try:
         yield FaultyDisk(mnt, control)
     finally:
+        while _STARTED:  # a failed test may leave its server running on the mount
+            proc = _STARTED.pop()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
         try:
             daemon.wait(10)
@@ -269,12 +280,16 @@ def faulty_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
             daemon.wait()
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
 def start_serve(data: Path, log: Path, *extra: str,
                 command: tuple[str, ...] = (str(SYNCREF),)) -> tuple[subprocess.Popen[str], str]:
     """``syncref serve`` with stderr in ``log`` (off the faulty disk); returns it and its URL."""
     with log.open("w") as err:
         proc = subprocess.Popen([*command, "serve", "--data", str(data), "--port", "0", *extra],
                                 stdout=subprocess.PIPE, stderr=err, text=True)
+    _STARTED.append(proc)
     assert proc.stdout is not None
     m = re.match(r"syncref listening on (\S+)", proc.stdout.readline())
     assert m, log.read_text()
@@ -317,8 +332,11 @@ def test_an_io_error_on_the_commit_log_stops_acknowledging_loses_nothing_and_rec
     acked = asyncio.run(append_until_refused(url, tok, 8, 100))
     assert len(acked) == 8
     faulty_disk.arm(op, "syncref.sqlite3-wal")  # the device fails from now on, until healed
-    refused = asyncio.run(append_until_refused(url, tok, 5, 100, "during-"))
+    errors: list[str] = []
+    refused = asyncio.run(append_until_refused(url, tok, 5, 100, "during-", errors))
     assert refused == [], "a call was acknowledged although its commit could not be made durable"
+    # the caller is told why: its connection closes 1011 naming the failed operation
+    assert f"closed 1011: durability failure: {operation} failed with an I/O error ({sqlite_name})" in errors, errors
     code = proc.wait(30)
     log = (tmp_path / "first.log").read_text()
     assert code == 1 and "Traceback" not in log, (code, log)
