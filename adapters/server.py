@@ -280,8 +280,8 @@ def _start_failure(data_dir: Path, exc: BaseException) -> DataDirError | None:
     if fault.kind == "full":
         return DataDirError(f"the disk holding {data_dir} is full: the recovery could not be written "
                             f"(nothing acknowledged is lost); {fault.action}")
-    return DataDirError(f"the disk holding {data_dir} failed: {fault.what}; the start could not write its recovery "
-                        f"(nothing acknowledged is lost); {fault.action}")
+    return DataDirError(f"the disk holding {data_dir} failed: {fault.what}; nothing was started (nothing acknowledged "
+                        f"is lost); {fault.action}")
 
 class DataDirError(Exception):
     """The data directory cannot be created, written, locked or read (an operator error)."""

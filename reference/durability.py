@@ -102,7 +102,9 @@ class StorageFault:
 
 _IO_OPS = {"SQLITE_IOERR_FSYNC": "fsync of the commit log", "SQLITE_IOERR_DIR_FSYNC": "fsync of the data directory",
            "SQLITE_IOERR_WRITE": "a write to the commit log", "SQLITE_IOERR_SHORT_READ": "a read of the commit log",
-           "SQLITE_IOERR_READ": "a read of the commit log", "SQLITE_IOERR_TRUNCATE": "truncating the commit log"}
+           "SQLITE_IOERR_READ": "a read of the commit log",
+           "SQLITE_IOERR_CORRUPTFS": "a read of the commit log",  # SQLite's code for a read failing with EIO
+           "SQLITE_IOERR_TRUNCATE": "truncating the commit log"}
 _FULL_ACTION = "free space and start again"
 _IO_ACTION = ("check the disk (dmesg, SMART); start again once it is healthy: the restart recovers, and "
               "syncref verify-log --data DIR checks the log")

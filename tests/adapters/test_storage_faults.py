@@ -351,7 +351,7 @@ def test_an_io_error_on_the_commit_log_stops_acknowledging_loses_nothing_and_rec
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip() == (
         f"syncref serve: the disk holding {data} failed: {operation} failed with an I/O error ({sqlite_name}); "
-        "the start could not write its recovery (nothing acknowledged is lost); check the disk (dmesg, SMART); "
+        "nothing was started (nothing acknowledged is lost); check the disk (dmesg, SMART); "
         "start again once it is healthy: the restart recovers, and syncref verify-log --data DIR checks the log")
     faulty_disk.disarm(op)
     check_recovers(data, tok, acked, tmp_path / "after.log")
@@ -435,4 +435,28 @@ def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_
     assert written and all(re.fullmatch(r"snap-\d{12}\.json", name) for name in written), written
     report = json.loads(verify_log(data).stdout)
     assert report["ok"] and report["snapshots"] and all(s["status"] == "match" for s in report["snapshots"]), report
+    check_recovers(data, tok, acked, tmp_path / "after.log")
+
+
+def test_an_io_error_reading_the_log_at_start_is_refused_in_one_line(faulty_disk: FaultyDisk, tmp_path: Path) -> None:
+    """A disk that fails *reads* of the log: the start refuses in one line naming the read (exit 2,
+    nothing written); verify-log fails without a traceback; healed, everything acknowledged is there."""
+    data = faulty_disk.mnt / "data"
+    tok = token(data)
+    proc, url = start_serve(data, tmp_path / "first.log")
+    acked = asyncio.run(append_until_refused(url, tok, 6, 100))
+    proc.terminate()
+    assert proc.wait(60) == 0 and len(acked) == 6
+    faulty_disk.arm("read", "syncref.sqlite3*")
+    res = serve_once(data)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith(
+        f"syncref serve: the disk holding {data} failed: a read of the commit log failed with an I/O error "
+        "(SQLITE_IOERR_"), res.stderr
+    out = verify_log(data)  # was a traceback (sqlite3.OperationalError: disk I/O error)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"verify-log: the disk holding {data} failed: a read of the commit log failed with an I/O error "
+        "(SQLITE_IOERR_"), out.stderr
+    faulty_disk.disarm("read")
     check_recovers(data, tok, acked, tmp_path / "after.log")

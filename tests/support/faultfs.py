@@ -8,7 +8,7 @@ through to ``BACKING`` -- except that, while a rule in the ``CONTROL`` directory
 kernel gets ``EIO`` back, exactly as from a failing disk, and so does the process that made the
 system call (SQLite inside ``syncref serve``): the fault is at the OS boundary, not in Python.
 
-A rule is a file ``CONTROL/<op>`` (``op`` is ``fsync`` or ``write``) holding ``GLOB [COUNT]``:
+A rule is a file ``CONTROL/<op>`` (``op`` is ``fsync``, ``write`` or ``read``) holding ``GLOB [COUNT]``:
 the operation fails on files whose name matches ``GLOB`` (``fnmatch`` on the base name), for the
 next ``COUNT`` calls (default: until the rule is removed).  A rule is re-read when its file
 changes, which restarts its count.  ``fsync`` also covers ``fdatasync`` and the directory fsync
@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import mfusepy as fuse  # type: ignore[import-untyped]
-
-OPS = ("fsync", "write")
 
 
 class Rules:
@@ -169,6 +167,7 @@ class FaultFS(fuse.Operations):  # type: ignore[misc]
         return os.open(self._full(path), (flags & ~os.O_APPEND) | os.O_CREAT, mode)
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        self.rules.fail("read", path)
         return os.pread(fh, size, offset)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
