@@ -686,13 +686,14 @@ class SyncServer:
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():
             return
-        log.error("the commit-log writer refused records: %r", exc)
+        fault = storage_fault(exc)  # the writer failed on the disk: say so, as _check_writer does
+        why = fault.what if fault is not None else f"the commit log refused a record ({exc!r})"
+        log.error("the commit-log writer refused records: %s", why)
         self.failed.set_result(exc)
-        self._fail_waiters(DurabilityFailed(f"the commit log refused a record ({exc!r})"))
+        self._fail_waiters(DurabilityFailed(why))
         for sess in list(self.sessions.values()):
-            sess.closers.append(asyncio.ensure_future(self._close(
-                sess, m.CLOSE_PROTOCOL, f"durability failure: the commit log refused a record ({exc!r})",
-                "durability")))
+            sess.closers.append(asyncio.ensure_future(self._close(sess, m.CLOSE_PROTOCOL, f"durability failure: {why}",
+                                                                  "durability")))
 
     def _state_metrics(self) -> dict[str, Any]:
         """What :class:`~adapters.observe.StateCollector` reports, computed at scrape time."""

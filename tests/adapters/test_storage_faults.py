@@ -23,6 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,39 @@ async def append_until_refused(url: str, tok: str, n: int, pad: int, prefix: str
         await conn.close()
     if errors is not None:
         errors.extend(f"closed {d.code}: {d.reason}" for d in conn.disconnects if d.code is not None)
+    return acked
+
+
+CLIENTS, ARM_AFTER = 4, 24
+
+
+async def append_concurrently(url: str, tok: str, clients: int, each: int, arm_after: int, errors: list[str],
+                              arm: Callable[[], None]) -> list[tuple[str, int]]:
+    """``clients`` connections append at once (confirmed reads: an answer means durable), each up to
+    ``each`` events, until its first failure (``errors`` gets ``call failed: ...`` and the close).
+    ``arm()`` runs once ``arm_after`` appends are acknowledged: the fault starts under load."""
+    acked: list[tuple[str, int]] = []
+
+    async def client(c: int) -> None:
+        conn = Connection(url, token=tok, reconnect=False, call_timeout=20, backoff=Backoff(base=0.05, cap=0.1))
+        try:
+            for i in range(each):
+                key = f"c{c}-{i}"
+                try:
+                    out = await conn.call("append_sync_event", "s.disk", key, json.dumps({"c": c, "i": i}), None,
+                                          None)
+                except SdkError as exc:
+                    errors.append(f"call failed: {exc}")
+                    break
+                assert isinstance(out.value, int)
+                acked.append((key, out.value))
+                if len(acked) == arm_after:
+                    arm()
+        finally:
+            await conn.close()
+        errors.extend(f"closed {d.code}: {d.reason}" for d in conn.disconnects if d.code is not None)
+
+    await asyncio.gather(*(client(c) for c in range(clients)))
     return acked
 
 
@@ -329,13 +363,14 @@ def test_an_io_error_on_the_commit_log_stops_acknowledging_loses_nothing_and_rec
     data = faulty_disk.mnt / "data"
     tok = token(data)
     proc, url = start_serve(data, tmp_path / "first.log")
-    acked = asyncio.run(append_until_refused(url, tok, 8, 100))
-    assert len(acked) == 8
-    faulty_disk.arm(op, "syncref.sqlite3-wal")  # the device fails from now on, until healed
     errors: list[str] = []
-    refused = asyncio.run(append_until_refused(url, tok, 5, 100, "during-", errors))
-    assert refused == [], "a call was acknowledged although its commit could not be made durable"
-    # the caller is told why: its connection closes 1011 naming the failed operation
+    acked = asyncio.run(append_concurrently(url, tok, CLIENTS, 40, ARM_AFTER, errors,
+                                            lambda: faulty_disk.arm(op, "syncref.sqlite3-wal")))
+    # once the device fails, only calls whose COMMIT had already returned are answered: at most one
+    # in flight per client; every client then stops on an error, and is told why (1011, naming it)
+    assert ARM_AFTER <= len(acked) <= ARM_AFTER + CLIENTS, len(acked)
+    assert len({seq for _, seq in acked}) == len(acked)
+    assert sum(e.startswith("call failed: ") for e in errors) == CLIENTS, errors
     assert f"closed 1011: durability failure: {operation} failed with an I/O error ({sqlite_name})" in errors, errors
     code = proc.wait(30)
     log = (tmp_path / "first.log").read_text()
