@@ -10,6 +10,14 @@
   leaves): restart recovers to the last intact record, and ``verify-log`` counts the same records.
 * **Corrupted middle record** -- a record's stored delta rewritten: restart refuses with one line
   naming the offset, and ``verify-log`` names the same offset.
+* **EIO at the OS boundary** -- the data directory on a fault-injecting FUSE filesystem
+  (``tests/support/faultfs.py``; skipped with the reason without root, ``/dev/fuse`` or libfuse3):
+  fsync or write of the WAL fails under four concurrent confirmed-read clients (the server stops
+  acknowledging, names the failed operation in one line, refuses to start while the disk fails,
+  recovers with everything acknowledged once it heals); one failed fsync followed by good ones
+  ("fsyncgate": the failed batch is never acknowledged -- a planted retrying writer is); reads of
+  the log failing at start (start and ``verify-log`` refuse in one line); snapshot writes failing
+  (the server keeps serving, no half-written snapshot is ever visible).
 """
 
 from __future__ import annotations
