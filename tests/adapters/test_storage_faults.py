@@ -119,15 +119,15 @@ def stored(data: Path) -> list[tuple[int, str]]:
         db.close()
 
 
-def verify_log(data: Path) -> subprocess.CompletedProcess[str]:
+def verify_log(data: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(SYNCREF), "verify-log", "--data", str(data), "--json"], capture_output=True,
-                          text=True, timeout=120, check=False)
+                          text=True, timeout=120, check=False, env=env)
 
 
-def serve_once(data: Path) -> subprocess.CompletedProcess[str]:
+def serve_once(data: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``syncref serve`` expected to refuse at start (exit 2)."""
     return subprocess.run([str(SYNCREF), "serve", "--data", str(data), "--port", "0"], capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, env=env)
 
 
 @pytest.fixture
@@ -261,39 +261,79 @@ def test_a_corrupted_middle_record_is_refused_naming_its_offset(killed: tuple[Pa
 # --- EIO at the OS boundary: a FUSE filesystem that fails fsync or write on demand ---------------
 
 FAULTFS = Path(__file__).resolve().parents[1] / "support" / "faultfs.py"
+EIO_SHIM = Path(__file__).resolve().parents[1] / "support" / "eio_shim.c"
 
 
 class FaultyDisk:
-    """The mount of ``tests/support/faultfs.py``: ``arm(op, glob, count)`` makes ``op`` (fsync or
-    write) fail with EIO on matching files, ``disarm(op)`` heals it, ``hits()`` lists the faults
-    the filesystem injected."""
+    """A directory whose I/O fails on demand: ``arm(op, glob, count)`` makes ``op`` (fsync, write or
+    read) fail with EIO on matching files, ``disarm(op)`` heals it, ``hits()`` lists the faults
+    injected (paths relative to ``mnt``).  ``mechanism`` is ``fuse`` (``tests/support/faultfs.py``
+    mounted at ``mnt``: the filesystem fails, preferred) or ``preload`` (``tests/support/eio_shim.c``
+    in the server's ``LD_PRELOAD``: libc fails; ``env`` is the environment a server needs for it)."""
 
-    def __init__(self, mnt: Path, control: Path) -> None:
+    def __init__(self, mechanism: str, mnt: Path, control: Path, env: dict[str, str] | None = None) -> None:
+        self.mechanism = mechanism
         self.mnt = mnt
         self.control = control
+        self.env = env
 
     def arm(self, op: str, glob: str, count: int | None = None) -> None:
-        (self.control / op).write_text(glob if count is None else f"{glob} {count}")
+        tmp = self.control / f".{op}.tmp"  # renamed into place: a rule is never seen half-written
+        tmp.write_text(glob if count is None else f"{glob} {count}")
+        os.replace(tmp, self.control / op)
 
     def disarm(self, op: str) -> None:
         (self.control / op).unlink(missing_ok=True)
 
     def hits(self) -> list[str]:
         log = self.control / "log"
-        return log.read_text().splitlines() if log.exists() else []
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [line.replace(f" {self.mnt}/", " /", 1) for line in lines]
+
+
+def _fuse_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    if not Path("/dev/fuse").exists():
+        return "no /dev/fuse"
+    probe = subprocess.run([sys.executable, "-c", "import mfusepy"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return f"mfusepy cannot load libfuse3 (Debian package fuse3): {probe.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+def _preload_disk(tmp_path: Path) -> FaultyDisk:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("EIO tests: neither FUSE nor gcc (for the LD_PRELOAD shim) is available")
+    mnt, control = tmp_path / "disk", tmp_path / "control"
+    mnt.mkdir()
+    control.mkdir()
+    shim = tmp_path / "eio_shim.so"
+    res = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(shim), str(EIO_SHIM), "-ldl"],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        pytest.skip(f"EIO tests: the LD_PRELOAD shim does not compile: {res.stderr.strip()[-300:]}")
+    env = {**os.environ, "LD_PRELOAD": str(shim), "SYNCREF_EIO_CONTROL": str(control)}
+    return FaultyDisk("preload", mnt, control, env)
 
 
 @pytest.fixture
-def faulty_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    why = "EIO tests: need a FUSE mount"
-    if os.geteuid() != 0:
-        pytest.skip(f"{why}, as root (not root here)")
-    if not Path("/dev/fuse").exists():
-        pytest.skip(f"{why}: no /dev/fuse on this machine")
-    probe = subprocess.run([sys.executable, "-c", "import mfusepy"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip(f"{why}: mfusepy cannot load libfuse3 (Debian package fuse3): "
-                    f"{probe.stderr.strip().splitlines()[-1:]}")
+def faulty_disk(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """FUSE where the machine allows it, else the LD_PRELOAD shim; an ``indirect`` parameter, or
+    ``SYNCREF_EIO_MECHANISM=preload`` (to run every EIO test on the fallback), picks one."""
+    wanted = getattr(request, "param", os.environ.get("SYNCREF_EIO_MECHANISM", "fuse"))
+    missing = _fuse_unavailable() if wanted == "fuse" else "the preload mechanism was asked for"
+    if missing is not None:
+        if wanted == "fuse":
+            print(f"EIO tests: FUSE unavailable ({missing}); using the LD_PRELOAD shim")
+        yield _preload_disk(tmp_path)
+        while _STARTED:
+            proc = _STARTED.pop()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return
     backing, mnt, control = tmp_path / "backing", tmp_path / "mnt", tmp_path / "control"
     for d in (backing, mnt, control):
         d.mkdir()
@@ -304,10 +344,10 @@ def faulty_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
         if daemon.poll() is not None or time.monotonic() > deadline:
             daemon.kill()
             err = daemon.communicate()[1]
-            pytest.skip(f"{why}: the FUSE filesystem did not mount: {err.strip()[-300:]}")
+            pytest.skip(f"EIO tests: the FUSE filesystem did not mount: {err.strip()[-300:]}")
         time.sleep(0.02)
     try:
-        yield FaultyDisk(mnt, control)
+        yield FaultyDisk("fuse", mnt, control)
     finally:
         while _STARTED:  # a failed test may leave its server running on the mount
             proc = _STARTED.pop()
@@ -325,12 +365,12 @@ def faulty_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
 _STARTED: list[subprocess.Popen[str]] = []
 
 
-def start_serve(data: Path, log: Path, *extra: str,
-                command: tuple[str, ...] = (str(SYNCREF),)) -> tuple[subprocess.Popen[str], str]:
+def start_serve(data: Path, log: Path, *extra: str, command: tuple[str, ...] = (str(SYNCREF),),
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """``syncref serve`` with stderr in ``log`` (off the faulty disk); returns it and its URL."""
     with log.open("w") as err:
         proc = subprocess.Popen([*command, "serve", "--data", str(data), "--port", "0", *extra],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     _STARTED.append(proc)
     assert proc.stdout is not None
     m = re.match(r"syncref listening on (\S+)", proc.stdout.readline())
@@ -338,12 +378,13 @@ def start_serve(data: Path, log: Path, *extra: str,
     return proc, m.group(1)
 
 
-def check_recovers(data: Path, tok: str, acked: list[tuple[str, int]], log: Path, retry: str = "") -> None:
+def check_recovers(data: Path, tok: str, acked: list[tuple[str, int]], log: Path, retry: str = "",
+                   env: dict[str, str] | None = None) -> None:
     """Once the disk is healthy: the server starts, every acknowledged append is in the log at its
     acknowledged seq, a new append lands after them, it stops cleanly, and verify-log passes.
     ``retry``: the prefix of a refused call, sent again (same key and payload) before the new one:
     it is answered (deduplicated if its failed write survived) and stored exactly once."""
-    proc, url = start_serve(data, log)
+    proc, url = start_serve(data, log, env=env)
     try:
         again = asyncio.run(append_until_refused(url, tok, 1, 100, retry)) if retry else []
         more = asyncio.run(append_until_refused(url, tok, 1, 10, "after-"))
@@ -358,7 +399,7 @@ def check_recovers(data: Path, tok: str, acked: list[tuple[str, int]], log: Path
     events = dict((key, seq) for seq, key in stored(data))
     lost = [(key, seq) for key, seq in acked if events.get(key) != seq]
     assert not lost, f"acknowledged appends lost: {lost}"
-    report = json.loads(verify_log(data).stdout)
+    report = json.loads(verify_log(data, env).stdout)
     assert report["ok"] and report["clean_shutdown"], report
 
 
@@ -368,9 +409,21 @@ def check_recovers(data: Path, tok: str, acked: list[tuple[str, int]], log: Path
 ])
 def test_an_io_error_on_the_commit_log_stops_acknowledging_loses_nothing_and_recovers(
         faulty_disk: FaultyDisk, tmp_path: Path, op: str, sqlite_name: str, operation: str) -> None:
+    io_error_scenario(faulty_disk, tmp_path, op, sqlite_name, operation)
+
+
+@pytest.mark.parametrize("faulty_disk", ["preload"], indirect=True)
+def test_the_ld_preload_fallback_injects_the_same_fsync_failure(faulty_disk: FaultyDisk, tmp_path: Path) -> None:
+    """The fallback mechanism (libc's fdatasync fails inside the server) gives the same behaviour and
+    the same words; it is what runs where FUSE is not available, so it is kept honest here."""
+    assert faulty_disk.mechanism == "preload"
+    io_error_scenario(faulty_disk, tmp_path, "fsync", "SQLITE_IOERR_FSYNC", "fsync of the commit log")
+
+
+def io_error_scenario(faulty_disk: FaultyDisk, tmp_path: Path, op: str, sqlite_name: str, operation: str) -> None:
     data = faulty_disk.mnt / "data"
     tok = token(data)
-    proc, url = start_serve(data, tmp_path / "first.log")
+    proc, url = start_serve(data, tmp_path / "first.log", env=faulty_disk.env)
     errors: list[str] = []
     acked = asyncio.run(append_concurrently(url, tok, CLIENTS, 40, ARM_AFTER, errors,
                                             lambda: faulty_disk.arm(op, "syncref.sqlite3-wal")))
@@ -390,14 +443,14 @@ def test_an_io_error_on_the_commit_log_stops_acknowledging_loses_nothing_and_rec
                     "errors, not acknowledgements); check the disk (dmesg, SMART); start again once it is healthy: "
                     "the restart recovers, and syncref verify-log --data DIR checks the log"), log
     # still failing: the start refuses in one line (its first write, clearing the clean marker, fails)
-    res = serve_once(data)
+    res = serve_once(data, faulty_disk.env)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip() == (
         f"syncref serve: the disk holding {data} failed: {operation} failed with an I/O error ({sqlite_name}); "
         "nothing was started (nothing acknowledged is lost); check the disk (dmesg, SMART); "
         "start again once it is healthy: the restart recovers, and syncref verify-log --data DIR checks the log")
     faulty_disk.disarm(op)
-    check_recovers(data, tok, acked, tmp_path / "after.log")
+    check_recovers(data, tok, acked, tmp_path / "after.log", env=faulty_disk.env)
 
 
 RETRYING_WRITER = (sys.executable, str(Path(__file__).resolve().parents[1] / "support" / "serve_retrying_writer.py"))
@@ -413,7 +466,7 @@ def test_a_failed_fsync_is_never_acknowledged_even_when_the_next_fsync_succeeds(
     data = faulty_disk.mnt / "data"
     tok = token(data)
     command = RETRYING_WRITER if writer == "planted-retry" else (str(SYNCREF),)
-    proc, url = start_serve(data, tmp_path / "first.log", command=command)
+    proc, url = start_serve(data, tmp_path / "first.log", command=command, env=faulty_disk.env)
     acked = asyncio.run(append_until_refused(url, tok, 4, 100))
     assert len(acked) == 4
     faulty_disk.arm("fsync", "syncref.sqlite3-wal", 1)  # exactly one fsync fails
@@ -428,7 +481,7 @@ def test_a_failed_fsync_is_never_acknowledged_even_when_the_next_fsync_succeeds(
     code = proc.wait(30)
     log = (tmp_path / "first.log").read_text()
     assert code == 1 and "fsync of the commit log failed with an I/O error (SQLITE_IOERR_FSYNC)" in log, log
-    check_recovers(data, tok, acked, tmp_path / "after.log", retry="during-")
+    check_recovers(data, tok, acked, tmp_path / "after.log", retry="during-", env=faulty_disk.env)
 
 
 def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_snapshot(
@@ -443,7 +496,7 @@ def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_
     config.write_text("[server]\nsnapshot_every = 5\n")
     snaps = data / "snapshots"
     faulty_disk.arm("fsync", "snap-*.tmp")
-    proc, url = start_serve(data, tmp_path / "first.log", "--config", str(config))
+    proc, url = start_serve(data, tmp_path / "first.log", "--config", str(config), env=faulty_disk.env)
     try:
         acked = asyncio.run(append_until_refused(url, tok, 12, 100))
         assert len(acked) == 12, "a failing snapshot stopped the acknowledgements"
@@ -476,9 +529,9 @@ def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_
     assert any("fsync of the snapshot directory failed after snap-" in line for line in failures), failures
     written = sorted(p.name for p in snaps.iterdir())
     assert written and all(re.fullmatch(r"snap-\d{12}\.json", name) for name in written), written
-    report = json.loads(verify_log(data).stdout)
+    report = json.loads(verify_log(data, faulty_disk.env).stdout)
     assert report["ok"] and report["snapshots"] and all(s["status"] == "match" for s in report["snapshots"]), report
-    check_recovers(data, tok, acked, tmp_path / "after.log")
+    check_recovers(data, tok, acked, tmp_path / "after.log", env=faulty_disk.env)
 
 
 def test_an_io_error_reading_the_log_at_start_is_refused_in_one_line(faulty_disk: FaultyDisk, tmp_path: Path) -> None:
@@ -486,20 +539,20 @@ def test_an_io_error_reading_the_log_at_start_is_refused_in_one_line(faulty_disk
     nothing written); verify-log fails without a traceback; healed, everything acknowledged is there."""
     data = faulty_disk.mnt / "data"
     tok = token(data)
-    proc, url = start_serve(data, tmp_path / "first.log")
+    proc, url = start_serve(data, tmp_path / "first.log", env=faulty_disk.env)
     acked = asyncio.run(append_until_refused(url, tok, 6, 100))
     proc.terminate()
     assert proc.wait(60) == 0 and len(acked) == 6
     faulty_disk.arm("read", "syncref.sqlite3*")
-    res = serve_once(data)
+    res = serve_once(data, faulty_disk.env)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith(
         f"syncref serve: the disk holding {data} failed: a read of the commit log failed with an I/O error "
         "(SQLITE_IOERR_"), res.stderr
-    out = verify_log(data)  # was a traceback (sqlite3.OperationalError: disk I/O error)
+    out = verify_log(data, faulty_disk.env)  # was a traceback (sqlite3.OperationalError: disk I/O error)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(
         f"verify-log: the disk holding {data} failed: a read of the commit log failed with an I/O error "
         "(SQLITE_IOERR_"), out.stderr
     faulty_disk.disarm("read")
-    check_recovers(data, tok, acked, tmp_path / "after.log")
+    check_recovers(data, tok, acked, tmp_path / "after.log", env=faulty_disk.env)
