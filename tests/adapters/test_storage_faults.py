@@ -160,7 +160,9 @@ def test_a_full_disk_stops_acknowledging_loses_nothing_and_recovers(small_disk: 
     log = proc.stderr.read() if proc.stderr else ""
     assert code == 1 and len(acked) >= 5, (code, len(acked), log)
     last = log.strip().splitlines()[-1]
-    assert last.startswith("syncref serve: the commit-log writer failed, stopping") and "disk is full" in last, log
+    assert last == ("syncref serve: the commit-log writer failed, stopping: the disk is full; nothing acknowledged is "
+                    "lost (the calls waiting on the failed write got errors, not acknowledgements); free space and "
+                    "start again"), log
     assert "Traceback" not in log
     # still full: it refuses to start in one line -- or, when its recovery record still fits, it
     # starts and fails again at the next write; either way what it acknowledges is durable
