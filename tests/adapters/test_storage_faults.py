@@ -489,7 +489,8 @@ def test_a_failed_fsync_is_never_acknowledged_even_when_the_next_fsync_succeeds(
 def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_snapshot(
         faulty_disk: FaultyDisk, tmp_path: Path) -> None:
     """Snapshots (every 5 records here) on a disk whose fsync fails: of the temp file (the snapshot
-    is dropped, never renamed), then of the directory after the rename (the file is whole).  The
+    is dropped, never renamed), a write of the temp file (the same), then the directory fsync after
+    the rename (the file is whole).  The
     server keeps acknowledging throughout -- a snapshot is an optimisation, the log is whole -- and
     says why in one line each time; a restart uses only whole snapshots; verify-log agrees."""
     data = faulty_disk.mnt / "data"
@@ -508,8 +509,18 @@ def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_
             time.sleep(0.05)
         time.sleep(0.2)  # the snapshot thread removes its temp file after the failed fsync
         assert not list(snaps.glob("snap-*")), list(snaps.iterdir())  # neither a snapshot nor a temp file
-        # the directory fsync fails: the renamed snapshot was fsynced before, it is whole
+        # a write of the temp file fails: the same, dropped before it is ever renamed
         faulty_disk.disarm("fsync")
+        faulty_disk.arm("write", "snap-*.tmp")
+        acked += asyncio.run(append_until_refused(url, tok, 5, 100, "write-"))
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("EIO write /data/snapshots/snap-") for line in faulty_disk.hits()):
+            assert time.monotonic() < deadline, faulty_disk.hits()
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert not list(snaps.glob("snap-*")), list(snaps.iterdir())
+        faulty_disk.disarm("write")
+        # the directory fsync fails: the renamed snapshot was fsynced before, it is whole
         faulty_disk.arm("fsync", "snapshots")
         acked += asyncio.run(append_until_refused(url, tok, 6, 100, "dir-"))
         deadline = time.monotonic() + 10
@@ -518,7 +529,7 @@ def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_
             time.sleep(0.05)
         faulty_disk.disarm("fsync")
         acked += asyncio.run(append_until_refused(url, tok, 6, 100, "healed-"))
-        assert len(acked) == 24
+        assert len(acked) == 29
     finally:
         proc.terminate()
         code = proc.wait(60)
@@ -529,6 +540,8 @@ def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_
                             r"tries again\): \[Errno 5\] fsync of snap-\d+\.tmp failed: Input/output error", line)
                for line in failures), failures
     assert any("fsync of the snapshot directory failed after snap-" in line for line in failures), failures
+    assert any(re.search(r"\): \[Errno 5\] writing snap-\d+\.tmp failed: Input/output error$", line)
+               for line in failures), failures
     written = sorted(p.name for p in snaps.iterdir())
     assert written and all(re.fullmatch(r"snap-\d{12}\.json", name) for name in written), written
     report = json.loads(verify_log(data, faulty_disk.env).stdout)
