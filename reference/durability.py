@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from reference import snapshot
 from reference.engine import Engine
@@ -95,7 +95,7 @@ class StorageFault:
     left) or ``"io"`` (the device reported an I/O error); ``what`` names the failed
     operation; ``action`` says what to do.  :func:`storage_fault` builds it from an exception."""
 
-    kind: str
+    kind: Literal["full", "io"]
     what: str
     action: str
 

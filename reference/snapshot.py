@@ -212,6 +212,7 @@ def write(directory: Path, image: Image, before_rename: Callable[[], None] | Non
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / file_name(image.offset)
     tmp = final.with_suffix(".tmp")
+    step = f"creating {tmp.name}"  # named in the error: which step of the write failed
     try:
         with open(tmp, "wb") as f:
             step = f"writing {tmp.name}"
