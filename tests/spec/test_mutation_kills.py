@@ -1062,3 +1062,22 @@ def test_layout_ok_refuses_a_continuation_that_does_not_go_back() -> None:
     assert layout_ok(_stream(3, 0, 1, continues=(2, 0)), [])
     assert not layout_ok(_stream(3, 0, 1, continues=(3, 0)), [])  # continues itself
     assert not layout_ok(_stream(3, 0, 1, continues=(2, 1)), [])  # shares a seq past the head
+
+
+# --- spec.query (the sampled part of the second session) ---------------------------------------------
+
+
+@pytest.mark.parametrize(("sql", "message"), [
+    ("SELECT * FROM sync_event WHERE seq = 1." + "5" * 50,
+     "malformed number '1." + "5" * 38 + "' (only integer literals are supported)"),  # quoted to 40 characters
+    ("SELECT * FROM 5", "unexpected '5', expected a table name"),
+    ("SELECT * FROM * WHERE seq = 1", "SELECT * FROM * takes no WHERE clause"),
+])
+def test_query_rejection_messages(sql: str, message: str) -> None:
+    assert _rejection(sql) == message
+
+
+def test_a_forty_character_integer_literal_is_read_as_its_value() -> None:
+    """Leading zeros are allowed: 39 zeros and a 1 is 1, in range (only longer literals stand in as too big)."""
+    (q,) = parse("SELECT * FROM sync_event WHERE seq = " + "0" * 39 + "1")
+    assert q.where == (Comparison("seq", Op.EQ, 1),)

@@ -75,4 +75,11 @@ EQUIVALENT: dict[str, str] = {
     # spec/reducer_contracts.py (sample)
     "spec.reducer_contracts.x_well_typed__mutmut_14": _ZIP_AFTER_LEN.replace("`len(a) == len(b) and ...`",
                                                                             "`len(args) == len(rdef.args) and ...`"),
+    # spec/query.py (sample)
+    "spec.query.xǁ_Parserǁ__init____mutmut_28":
+        "every alternative of _TOKEN is a named group that matches at least one character, so m.lastgroup "
+        "is never None and the fallback string is never used",
+    "spec.query.xǁ_Parserǁoperand__mutmut_46":
+        "no table has a Bool column (spec.schema), so a boolean literal's value is never compared: coerce "
+        "refuses it with a message that quotes its text, the same for TRUE and FALSE",
 }
