@@ -27,7 +27,7 @@ from spec.canonical import (
     dumps_canonical,
     parse_strict,
 )
-from spec.client import Client
+from spec.client import Checkpoint, Client, StreamView, _applied_in_order, continues
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
 from spec.invariants import _past_window, check_state, layout_ok
@@ -36,7 +36,9 @@ from spec.messages import (
     ReducerErr,
     ReducerResult,
     Subscribe,
+    SubscribeApplied,
     SubscriptionError,
+    TableRows,
     Unsubscribe,
 )
 from spec.outcome import virtual_stream
@@ -1081,3 +1083,71 @@ def test_a_forty_character_integer_literal_is_read_as_its_value() -> None:
     """Leading zeros are allowed: 39 zeros and a 1 is 1, in range (only longer literals stand in as too big)."""
     (q,) = parse("SELECT * FROM sync_event WHERE seq = " + "0" * 39 + "1")
     assert q.where == (Comparison("seq", Op.EQ, 1),)
+
+
+# --- spec.client: the rest of the full run --------------------------------------------------------
+
+
+def _stale(c: Client, qs: int, **details: object) -> list[object]:
+    error = SyncError(ErrorCode.STALE_CURSOR, {"stream_id": "s", **details})
+    return list(c.on_message(SubscriptionError(None, qs, error.render())))
+
+
+def test_continues_table() -> None:
+    assert continues(1, 3, 2, 1, 5)            # epoch 2 continues epoch 1 up to 5 >= 3
+    assert not continues(2, 0, 2, 2, 5)        # the view's own epoch is not a new one
+    assert not continues(None, 0, 2, 1, 5)     # a view with no epoch continues nothing
+    assert not continues(1, 0, 2, 0, 0)        # a fresh epoch continues nothing
+
+
+def test_client_counts_continues_and_rebootstraps_and_restarts_its_numbering_after_a_crash() -> None:
+    c = Client("c1", READER, confirmed=True)
+    c.follow("s")
+    c.on_connect()  # qs 1
+    _stale(c, 1, reasons=["epoch_changed"], epoch=2, continues_epoch=1, continues_seq=0)  # continue: qs 2
+    _stale(c, 2, reasons=["epoch_changed"], epoch=3, continues_epoch=2, continues_seq=0)  # continue: qs 3
+    assert (c.streams["s"].epoch, c.streams["s"].continues, c.streams["s"].rebootstraps) == (3, 2, 0)
+    _stale(c, 3, reasons=["epoch_changed"], epoch=4)  # no chain: rebootstrap, qs 4
+    _stale(c, 4, reasons=["epoch_changed"], epoch=5)  # again, qs 5
+    view = c.streams["s"]
+    assert (view.epoch, view.last, view.base, view.rebootstraps, view.rehydrating) == (5, 0, 0, 2, True)
+    # a stale error without reasons (and an error for a query set the client no longer has) is no crash
+    assert _stale(c, 5, epoch=6) == [Subscribe(6, 6, REHYDRATE_S)]  # one request id per subscription so far
+    assert _stale(c, 99, epoch=6) == []
+    assert c.on_message(ReducerResult(77, 1, ReducerErr("x: {}"))) == []  # a result nobody waits for
+    c.crash()
+    assert c.on_connect() == [Subscribe(1, 1, REHYDRATE_S)]
+
+
+def test_rehydrate_of_a_stream_with_floor_one_starts_at_zero() -> None:
+    c = Client("c1", READER, confirmed=True)
+    c.follow("s")
+    c.on_connect()
+    _stale(c, 1, reasons=["epoch_changed"], epoch=2)  # rebootstrap: rehydrate on qs 2
+    row = _stream(2, 0, 1)
+    c.on_message(SubscribeApplied(3, 2, (TableRows("sync_stream", (row,)),)))
+    view = c.streams["s"]
+    assert (view.epoch, view.last, view.base, view.rehydrating) == (2, 0, 0, False)
+
+
+def test_stream_view_restore_reads_every_field() -> None:
+    cp = Checkpoint(epoch=4, last=9, base=2, applied=((9, "h"),), rehydrating=True, rebootstraps=3, continues=5)
+    view = StreamView.restore(cp)
+    assert (view.epoch, view.last, view.applied, view.base, view.rehydrating, view.rebootstraps, view.continues) \
+        == (4, 9, [(9, "h")], 2, True, 3, 5)
+
+
+def test_applied_in_order_refuses_a_skipped_seq() -> None:
+    c = Client("c1", READER, confirmed=True)
+    c.streams["s"] = StreamView(epoch=1, last=3, applied=[(1, "h"), (3, "h")])
+    assert not _applied_in_order(c, "s", (1, 1, 1, 0, False))  # from watermark 1, seq 3 was applied: a gap
+    c.streams["s"] = StreamView(epoch=1, last=2, applied=[(1, "h"), (2, "h")])
+    assert _applied_in_order(c, "s", (1, 1, 1, 0, False))
+
+
+def test_stale_naming_the_views_own_epoch_is_no_continuation() -> None:
+    c = Client("c1", READER, confirmed=True)
+    c.follow("s")
+    c.on_connect()
+    _stale(c, 1, reasons=["epoch_changed"], epoch=1, continues_epoch=1, continues_seq=5)
+    assert (c.streams["s"].continues, c.streams["s"].rebootstraps) == (0, 1)

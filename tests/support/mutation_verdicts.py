@@ -10,6 +10,12 @@ _REJECT_ARGS = "_Reject never leaves the module and parse_strict reads its .reas
 _ZIP_AFTER_LEN = ("the lengths are compared first (`len(a) == len(b) and ...`), so zip's strict flag never sees "
                   "lists of different lengths")
 
+_CONNECTED_FALSY = ("Client.connected is only read for its truth (`if self.connected`, `if not self.connected`): "
+                    "None is as False")
+_ZIP_AFTER_LEN_CHAIN = ("the chain's two lists are compared in length first "
+                        "(`len(earlier_epochs) != len(earlier_seqs)` returns False), so zip's strict flag never "
+                        "sees lists of different lengths")
+
 EQUIVALENT: dict[str, str] = {
     # spec/query.py
     "spec.query.xǁ_Parserǁunexpected__mutmut_3":
@@ -82,4 +88,13 @@ EQUIVALENT: dict[str, str] = {
     "spec.query.xǁ_Parserǁoperand__mutmut_46":
         "no table has a Bool column (spec.schema), so a boolean literal's value is never compared: coerce "
         "refuses it with a message that quotes its text, the same for TRUE and FALSE",
+    # spec/client.py (full run)
+    "spec.client.x_continues__mutmut_13": _ZIP_AFTER_LEN_CHAIN,
+    "spec.client.x_continues__mutmut_16": _ZIP_AFTER_LEN_CHAIN,
+    "spec.client.x_continues__mutmut_17": _ZIP_AFTER_LEN_CHAIN,
+    "spec.client.x_continues__mutmut_3":
+        "with epoch None the loop still finds no hop (hop epochs are ints, never None) and returns False, "
+        "as the early exit does",
+    "spec.client.xǁClientǁcrash__mutmut_3": _CONNECTED_FALSY,
+    "spec.client.xǁClientǁon_disconnect__mutmut_1": _CONNECTED_FALSY,
 }
