@@ -59,6 +59,7 @@ from spec.reducers import (
     canonical,
     fits_stream_class,
     needs_grant,
+    needs_scope,
     one_of,
     valid_id,
 )
@@ -1151,3 +1152,40 @@ def test_stale_naming_the_views_own_epoch_is_no_continuation() -> None:
     c.on_connect()
     _stale(c, 1, reasons=["epoch_changed"], epoch=1, continues_epoch=1, continues_seq=5)
     assert (c.streams["s"].continues, c.streams["s"].rebootstraps) == (0, 1)
+
+
+
+def test_needs_scope_and_the_size_check_names() -> None:
+    check = needs_scope("sync.append")
+    assert (check.name, check.code) == ("the caller holds `sync.append`", ErrorCode.MISSING_SCOPE)
+    assert check.refuse(SimpleNamespace(claims=READER)) is None
+    assert check.refuse(SimpleNamespace(claims=BRIDGE)) == {"scope": "sync.append"}
+    assert fits_stream_class().name == "the canonical payload fits the stream class's `max_payload_bytes`"
+
+
+EVERYTHING = Claims(HEX64, frozenset({"compute.request", "sync.admin", "sync.append", "presence.write"}), ("s",))
+
+
+def _run_as(claims: Claims, db: DbState, now: int, reducer: str, *args: object) -> Ok:
+    out = call(db, CallContext(claims, now, 1, DEFAULT_POLICY), reducer, tuple(args))
+    assert isinstance(out, Ok), out
+    return out
+
+
+def test_rows_stamp_the_clock_and_keep_every_argument() -> None:
+    db = _run_as(EVERYTHING, DbState(), 100, "open_compute_assignment", "r1", 5000, '{"b": 1}').state
+    (a,) = db.rows("compute_assignment")
+    assert isinstance(a, ComputeAssignment)
+    assert (a.request, a.status, a.opened_at, a.updated_at) == ('{"b":1}', "open", 100, 100)
+    db = _run_as(EVERYTHING, DbState(), 100, "append_sync_event", "s", "k", "{}", None, None).state
+    db = _run_as(EVERYTHING, db, 300, "reset_stream_epoch", "s").state
+    (stream,) = db.rows("sync_stream")
+    assert isinstance(stream, SyncStream)
+    assert (stream.created_at, stream.updated_at) == (100, 300)
+    out = _run_as(EVERYTHING, DbState(), 100, "publish_stream_signal", "s", "typing", '{ "x" : 1 }')
+    signals = [r for td in out.delta.tables if td.table == "stream_signal" for r in td.inserts]
+    assert signals == [StreamSignal("s", "typing", '{"x":1}', HEX64, 100)]
+    db = _run_as(EVERYTHING, DbState(), 100, "upsert_presence", "p1", "d", "n", "online", "eu-west", 30_000).state
+    (p,) = db.rows("session_presence")
+    assert isinstance(p, SessionPresence)
+    assert (p.device_id, p.node_id, p.status, p.region, p.last_seen) == ("d", "n", "online", "eu-west", 100)
