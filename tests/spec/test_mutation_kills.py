@@ -1026,6 +1026,12 @@ NON_CANONICAL_CAP_HASH = "sha256:" + hashlib.sha256(NON_CANONICAL_CAP.encode()).
     (_db(bridge_outbox=(_outbox("pending", 5, None),)), [("BRIDGE-1", "outbox o: pending attempts 5")]),
     (_db(bridge_outbox=(_outbox("sent", 1, None),)), [("BRIDGE-1", "outbox o: sent attempts 1")]),
     (_db(bridge_outbox=(_outbox("pending", 0, "e" * 64),)), [("BRIDGE-1", "outbox o: pending attempts 0")]),
+    (_db(sync_stream=(_stream(1, 1, 1),), sync_event=(replace(E1, payload_hash="sha256:" + HEX64),)),
+     [("HASH-1", "event s/1 payload/hash")]),
+    (_db(sync_checkpoint=(replace(_cp(1, 0), checkpoint_id="c|t"),)), [("KEY-1", "checkpoint id c|t")]),
+    # a stream whose head is one short of its ten events: the message lists the first eight seqs
+    (_db(sync_stream=(_stream(1, 9, 1),), sync_event=tuple(_event(q) for q in range(1, 11))),
+     [("SEQ-1", "s: seqs [1, 2, 3, 4, 5, 6, 7, 8]... floor 1 head 9 epoch 1")]),
     # a provider whose capability text is not canonical, even with the matching hash of that text
     (_db(provider_capability=(_provider(NON_CANONICAL_CAP, NON_CANONICAL_CAP_HASH),)), [("HASH-1", "provider p")]),
 ])
