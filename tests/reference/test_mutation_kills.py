@@ -7,14 +7,21 @@ function under test to compute the expectation.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from reference import reducers as r
 from reference.db import Db, StreamLog, Txn
 from reference.log import RowChange, TxRecord, body_json, claims_from_json, make_record, record_floors
+from reference.reducers import Ctx
 from spec.auth import Claims
-from spec.errors import LocalProtocolError
-from spec.values import ComputeAssignment, SyncCheckpoint, SyncEvent
+from spec.errors import ErrorCode, LocalProtocolError, SyncError
+from spec.policy import DEFAULT_POLICY
+from spec.schema import SCOPES
+from spec.values import ComputeAssignment, ProviderCapability, SyncCheckpoint, SyncEvent, SyncStream
 
 A = "a" * 64
 H = "sha256:" + "0" * 64
@@ -249,3 +256,129 @@ def test_claims_from_json_reads_every_field() -> None:
     assert claims_from_json(d) == Claims(A, frozenset({"sync.append", "sync.read"}), ("a", "b*"), "dev", "sess",
                                          "20260101T000000Z", "oa.sync.v1", 3)
     assert claims_from_json(None) is None
+
+
+# --- reference/snapshot.py -----------------------------------------------------------------------
+
+
+def test_prune_keeps_the_newest_drops_the_future_and_stray_temp_files(tmp_path: Path) -> None:
+    from reference.snapshot import prune
+
+    for name in ["snap-000000000001.json", "snap-000000000002.json", "snap-000000000003.json",
+                 "snap-000000000009.json",  # past the newest: a future the log lost
+                 "snap-000000000002.tmp",  # a stray temp file
+                 "snap-000000000003.tmp",  # the newest's own temp file (being renamed): left alone
+                 "notes.txt"]:
+        (tmp_path / name).write_text("x")
+    prune(tmp_path, 3, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt", "snap-000000000002.json", "snap-000000000003.json", "snap-000000000003.tmp"]
+
+
+def test_snapshotter_counts_from_offset_zero_by_default(tmp_path: Path) -> None:
+    from reference.snapshot import Snapshotter
+
+    s = Snapshotter(tmp_path, 5, 1, lambda offset: None)
+    # every 5 records from an empty log: due at 5, not at 4
+    assert [s.due(n) for n in (0, 4, 5, 6)] == [False, False, True, True]
+    assert Snapshotter(tmp_path, 5, 1, lambda offset: None, last_offset=3).due(7) is False
+
+
+def test_an_unreadable_header_says_why(tmp_path: Path) -> None:
+    from reference.snapshot import SnapshotError, header
+
+    bad = tmp_path / "snap-000000000001.json"
+    bad.write_text("not json\n")
+    with pytest.raises(SnapshotError) as err:
+        header(bad)
+    assert err.value.name == "snap-000000000001.json" and err.value.reason.startswith("unreadable header: ")
+    bad.write_text("[1, 2]\n")
+    with pytest.raises(SnapshotError, match="unreadable header: not an object"):
+        header(bad)
+
+
+# --- reference/reducers.py: called directly on a Db, with the expected rows and errors written out ---
+
+
+def _ctx(*scopes: str) -> Ctx:
+    return Ctx(Claims(A, frozenset(scopes or SCOPES), ("*",)), 1_000, 1, DEFAULT_POLICY)
+
+
+def _stream(**changes: object) -> SyncStream:
+    base = SyncStream("s", "default", 3, 2, 5, 9, 4, 20_000, 10, 20, (1,), (2,))
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _fails(call: Callable[[], object], code: ErrorCode, details: dict[str, object]) -> None:
+    with pytest.raises(SyncError) as err:
+        call()
+    assert (err.value.code, dict(err.value.details)) == (code, details)
+
+
+def test_checkpoint_ahead_of_head_names_the_head() -> None:
+    db = Db()
+    db._insert(_stream(head_seq=2, floor_seq=1))
+    _fails(lambda: r.ack_checkpoint(Txn(db), _ctx(), "c1", "s", 3, 5), ErrorCode.CHECKPOINT_AHEAD_OF_HEAD,
+           {"head_seq": 2, "requested_seq": 5, "stream_id": "s"})
+
+
+def test_reset_stream_epoch_starts_a_fresh_epoch_with_no_continuation() -> None:
+    db = Db()
+    db._insert(_stream())
+    for s in (4, 5, 6, 7, 8, 9):
+        db._insert(ev(s, epoch=3))
+    tx = Txn(db)
+    r.reset_stream_epoch(tx, _ctx("sync.admin"), "s")
+    assert db.get("sync_stream", ("s",)) == SyncStream("s", "default", 4, 0, 0, 9, 10, 20_000, 10, 1_000, (), ())
+    assert db.logs["s"].events == [] and len(tx.deletes["sync_event"]) == 6
+    _fails(lambda: r.reset_stream_epoch(Txn(db), _ctx("sync.append"), "s"), ErrorCode.MISSING_SCOPE,
+           {"scope": "sync.admin"})
+    _fails(lambda: r.reset_stream_epoch(Txn(db), _ctx("sync.admin"), "nope"), ErrorCode.INVALID_ARGUMENT,
+           {"argument": "stream_id", "message": "stream does not exist"})
+
+
+def test_assigning_names_why_the_provider_is_unavailable() -> None:
+    db = Db()
+    db._insert(ca("r1", 1))
+    db._insert(ProviderCapability("gone", A, "{}", H, (5001,), 0, "withdrawn", 1, 0))
+    db._insert(ProviderCapability("other", A, "{}", H, (5002,), 0, "active", 1, 0))
+    for provider, reason in [("absent", "missing"), ("gone", "withdrawn"), ("other", "kind_not_advertised")]:
+        _fails(lambda p=provider: r.update_compute_assignment(Txn(db), _ctx(), "r1", 1, "assigned", p, None),
+               ErrorCode.PROVIDER_UNAVAILABLE, {"job_kind": 5001, "provider_id": provider, "reason": reason})
+
+
+def test_bridge_argument_messages() -> None:
+    db = Db()
+    _fails(lambda: r.enqueue_bridge_event(Txn(db), _ctx(), "o1", "src", 1, "[1]", "hi"), ErrorCode.INVALID_ARGUMENT,
+           {"argument": "tags_json", "message": "must be a JSON array of arrays of strings"})
+    _fails(lambda: r.mark_bridge_event_sent(Txn(db), _ctx(), "o1", "0" * 64, ("wss://a", "")),
+           ErrorCode.INVALID_ARGUMENT, {"argument": "relays", "message": "each relay must be 1-512 chars"})
+    _fails(lambda: r.publish_stream_signal(Txn(db), _ctx(), "bad id", "typing", "{}"), ErrorCode.INVALID_ARGUMENT,
+           {"argument": "stream_id", "message": "must be 1-128 characters of [A-Za-z0-9._:-]"})
+
+
+# --- reference/replay.py -------------------------------------------------------------------------
+
+
+def test_replay_names_a_broken_chain_and_a_gap() -> None:
+    from reference.replay import Mismatch, replay
+
+    out = replay([make_record(1, "sweep", "sweep", None, (5,), 7, (), "1" * 64)])
+    assert (out.records, out.mismatch) == (0, Mismatch(1, "prev_hash does not match the recomputed chain"))
+    out = replay([make_record(2, "sweep", "sweep", None, (5,), 7, (), "0" * 64)])
+    assert (out.records, out.mismatch) == (0, Mismatch(2, "expected offset 1, found 2"))
+
+
+# --- reference/durability.py ---------------------------------------------------------------------
+
+
+def test_a_store_has_no_recovery_report_until_restart(tmp_path: Path) -> None:
+    from reference.durability import GroupCommitWriter, LogStore, RecoveryReport, restart
+
+    store = LogStore.open(tmp_path)
+    assert store.recovery is None  # the server logs a report's lines only when there is one
+    writer = GroupCommitWriter(store)
+    restart(store, writer, now=1)
+    assert store.recovery == RecoveryReport(0, None, 0, [])  # an empty directory: no snapshot, no records
+    writer.close()
+    store.close()

@@ -80,10 +80,13 @@ TESTS: dict[str, list[str]] = {
     "reference/engine.py": ["tests/reference/test_engine_units.py",
                             "tests/reference/test_hardening_engine.py",
                             "tests/reference/test_engine_isolation.py", "tests/reference/test_engine_chain.py",
-                            "tests/reference/test_contract_switch.py",
                             "tests/reference/test_bridge_enqueue_controls.py",
                             "tests/reference/test_mutation_kills.py"],
 }
+
+# planted-mutant harnesses inside a selected file: they edit the module's source text, which mutmut has
+# rewritten (its trampolines), so they cannot find their edit targets there
+DESELECTED = ["--deselect", "tests/reference/test_engine_isolation.py::test_planted_isolation_bugs_are_caught"]
 
 COPIED = ["spec", "reference", "tests", "proofs", "adapters", "benchmarks", "docs", "syncref", "README.md",
           "pyproject.toml"]
@@ -131,7 +134,7 @@ def prepare(modules: list[str], fresh: bool) -> Path:
         'source_paths = ["spec/", "reference/"]',
         f"only_mutate = {json.dumps(modules)}",
         'also_copy = ["proofs/", "adapters/", "benchmarks/", "docs/", "syncref/", "README.md"]',
-        'pytest_add_cli_args = ["-p", "no:xdist", "-p", "no:cacheprovider", "-q"]',
+        f"pytest_add_cli_args = {json.dumps(['-p', 'no:xdist', '-p', 'no:cacheprovider', '-q', *DESELECTED])}",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         "",
     ])
@@ -145,7 +148,12 @@ def prepare(modules: list[str], fresh: bool) -> Path:
 
 
 def mutant_names(module: str) -> list[str]:
-    """Every mutant mutmut makes of `module`, by name (its own generator, in memory: nothing is written)."""
+    """Every mutant mutmut makes of `module`, by name: from the scratch copy's record when mutmut has made
+    them there from the current source, else from its generator, in memory (nothing is written)."""
+    meta = scratch(module) / "mutants" / (module + ".meta")
+    made_from = scratch(module) / module
+    if meta.exists() and made_from.exists() and made_from.read_bytes() == (ROOT / module).read_bytes():
+        return sorted(json.loads(meta.read_text())["exit_code_by_key"])
     here = Path.cwd()
     os.chdir(ROOT)  # mutmut reads its configuration from the working directory's pyproject.toml on import
     try:
