@@ -6,6 +6,7 @@ function under test to compute the expectation.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import replace
@@ -343,7 +344,7 @@ def test_assigning_names_why_the_provider_is_unavailable() -> None:
     db._insert(ProviderCapability("gone", A, "{}", H, (5001,), 0, "withdrawn", 1, 0))
     db._insert(ProviderCapability("other", A, "{}", H, (5002,), 0, "active", 1, 0))
     for provider, reason in [("absent", "missing"), ("gone", "withdrawn"), ("other", "kind_not_advertised")]:
-        _fails(lambda p=provider: r.update_compute_assignment(Txn(db), _ctx(), "r1", 1, "assigned", p, None),
+        _fails(functools.partial(r.update_compute_assignment, Txn(db), _ctx(), "r1", 1, "assigned", provider, None),
                ErrorCode.PROVIDER_UNAVAILABLE, {"job_kind": 5001, "provider_id": provider, "reason": reason})
 
 

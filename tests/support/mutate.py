@@ -157,12 +157,13 @@ def mutant_names(module: str) -> list[str]:
     here = Path.cwd()
     os.chdir(ROOT)  # mutmut reads its configuration from the working directory's pyproject.toml on import
     try:
-        import mutmut.__main__ as mm
+        from mutmut.__main__ import write_all_mutants_to_file
+        from mutmut.utils.format_utils import get_mutant_name
     finally:
         os.chdir(here)
     path = Path(module)
-    made = mm.write_all_mutants_to_file(out=io.StringIO(), source=(ROOT / module).read_text(), filename=path)
-    return sorted(mm.get_mutant_name(path, name) for name in made.mutant_names)
+    made = write_all_mutants_to_file(out=io.StringIO(), source=(ROOT / module).read_text(), filename=path)
+    return sorted(get_mutant_name(path, name) for name in made.mutant_names)
 
 
 def sample(module: str, size: int, seed: int) -> list[str]:
