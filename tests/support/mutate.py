@@ -27,6 +27,7 @@ timeouts) over the mutants that are not equivalent.  The process lowers its own 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -154,6 +155,12 @@ def mutant_names(module: str) -> list[str]:
     made_from = scratch(module) / module
     if meta.exists() and made_from.exists() and made_from.read_bytes() == (ROOT / module).read_bytes():
         return sorted(json.loads(meta.read_text())["exit_code_by_key"])
+    return list(_generated(module, (ROOT / module).read_text()))
+
+
+@functools.lru_cache(maxsize=16)
+def _generated(module: str, source: str) -> tuple[str, ...]:
+    """mutmut's mutant names for `source` (the text of `module`; cached by content)."""
     here = Path.cwd()
     os.chdir(ROOT)  # mutmut reads its configuration from the working directory's pyproject.toml on import
     try:
@@ -162,8 +169,8 @@ def mutant_names(module: str) -> list[str]:
     finally:
         os.chdir(here)
     path = Path(module)
-    made = write_all_mutants_to_file(out=io.StringIO(), source=(ROOT / module).read_text(), filename=path)
-    return sorted(get_mutant_name(path, name) for name in made.mutant_names)
+    made = write_all_mutants_to_file(out=io.StringIO(), source=source, filename=path)
+    return tuple(sorted(get_mutant_name(path, name) for name in made.mutant_names))
 
 
 def sample(module: str, size: int, seed: int) -> list[str]:
