@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from support.mutate import all_mutants, pick_sample, wilson
+from support.mutate import mutant_names, pick_sample, wilson
 
 
 def test_all_mutants_lists_mutmuts_names_for_the_module() -> None:
     # the nine names mutmut's own run of spec/rules.py reported (docs/mutation.md, second session)
-    assert all_mutants("spec/rules.py") == sorted(
+    assert mutant_names("spec/rules.py") == sorted(
         [f"spec.rules.x__errors__mutmut_{i}" for i in range(1, 4)]
         + [f"spec.rules.x_outcomes__mutmut_{i}" for i in range(1, 7)])
 
 
 def test_a_sample_is_reproducible_and_a_larger_one_extends_it() -> None:
-    names = set(all_mutants("spec/resume.py"))
+    names = set(mutant_names("spec/resume.py"))
     small, again, large = pick_sample("spec/resume.py", 10, 9), pick_sample("spec/resume.py", 10, 9), \
         pick_sample("spec/resume.py", 30, 9)
     assert small == again and len(small) == 10 and len(set(small)) == 10
