@@ -195,7 +195,8 @@ class Server:
 
     def _queue(self, sends: d.Sends) -> None:
         """Append each message to its connection's queue, closing a connection past the bound at once;
-        marks its close queues wait until the whole batch is queued."""
+        the presence marks such a close queues wait until the whole batch is queued (the re-entrancy
+        flag), then commit."""
         self._fanning_out = True
         for conn_id, out in sends:
             conn = self.conns.get(conn_id)

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 from support import reach
-from support.machines import CALLERS
+from support.machines import CALLERS, ModuleMachine
 
 import spec.delivery
 import spec.harness
@@ -111,6 +111,24 @@ def test_a_step_no_machine_decides_fails_verify() -> None:
     assert reach.evaluate(counts, unreachable=explained).ok
     counts["ModuleMachine"][cell] += 1
     assert [r.verdict for r in reach.evaluate(counts, unreachable=explained).failures] == ["REACHED-BUT-LISTED"]
+
+
+def test_one_sweep_of_the_module_machine_decides_every_argument_check() -> None:
+    """``ModuleMachine.every_check`` (once per run) makes every argument check of every reducer, and the
+    pinned-token check, the step that decides a call, from any state: from the empty one here.  A new
+    argument check without a ``BAD_CALLS`` row fails this test before it empties a reach cell."""
+    machine = ModuleMachine()
+    with reach.observe("sweep") as rec:
+        machine.every_check()
+    got = {c for c in rec.counts.pop("sweep") if c[0] == "check"}
+    assert not machine.violations, machine.violations[:3]
+    argument_codes = {ErrorCode.INVALID_ARGUMENT, ErrorCode.NON_CANONICAL_PAYLOAD, ErrorCode.PAYLOAD_TOO_LARGE,
+                      ErrorCode.PAYLOAD_HASH_MISMATCH}
+    want = {("check", reducer, step.name) for reducer, steps in spec.reducers.CHECKS.items() for step in steps
+            if isinstance(step, spec.reducers.Check) and step.code in argument_codes}
+    want.add(("check", "upsert_presence", "a token pinned to a session or device names this one"))
+    assert len(want) > 40
+    assert sorted(want - got) == []
 
 
 def test_the_rules_table_names_every_reducer_once() -> None:

@@ -115,6 +115,7 @@ BAD_CALLS: tuple[tuple[str, tuple[Any, ...], str], ...] = (
     ("mark_bridge_event_sent", ("bad id!", "1" * 64, ()), "invalid_argument"),
     ("record_bridge_failure", ("bad id!", "x", 0), "invalid_argument"),
     ("publish_stream_signal", ("s.bad id!", "typing", "{}"), "invalid_argument"),
+    ("reset_stream_epoch", ("s.none",), "invalid_argument"),  # no such stream (the machines never create it)
 )
 """Malformed calls and the error each must get (written by hand from the reducers' documented checks)."""
 PINNED = Claims(IDENTITIES[0], ALL_SCOPES, ("s.*",), session_id="p1")

@@ -465,11 +465,12 @@ def evaluate(counts: Mapping[str, Counter[Cell]], expected: list[Cell] | None = 
 
 def render(report: Report) -> str:
     short = {m: m.replace("Machine", "")[:10] for m in report.machines}
-    head = f"{'cell':<62}" + "".join(f"{short[m]:>11}" for m in report.machines) + "  verdict"
+    width = max([61, *(len(" ".join(r.cell)) for r in report.rows)]) + 1  # a cell is always named in full
+    head = f"{'cell':<{width}}" + "".join(f"{short[m]:>11}" for m in report.machines) + "  verdict"
     lines = [head]
     for r in report.rows:
         name = " ".join(r.cell)
-        line = f"{name[:61]:<62}" + "".join(f"{r.counts.get(m, 0):>11}" for m in report.machines)
+        line = f"{name:<{width}}" + "".join(f"{r.counts.get(m, 0):>11}" for m in report.machines)
         line += f"  {r.verdict}" + (f" ({r.unreachable})" if r.unreachable and r.verdict != "reached" else "")
         lines.append(line)
     n = len(report.rows)
