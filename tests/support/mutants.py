@@ -320,6 +320,15 @@ MUTANTS += (
              "        if isinstance(stream_id, str) and stream_id not in claims.streams:"),),
            "a subscription's stream grant is matched exactly, never as a prefix: readable streams are refused",
            expected=("REPLAY-2",), system_only=True),
+    # --- ADR-0015: the harness's scheduling of the pure delivery transitions (the system machine reaches
+    # this code but did not hit the ordering within 300 examples: a slow consumer's close needs a session
+    # it owns and a later subscriber of both transactions; tests/spec/test_harness.py builds that case) ---
+    Mutant("marks_commit_mid_fanout", "spec.harness",
+           (("        while self._disconnects and not self._fanning_out and self.can_commit():",
+             "        while self._disconnects and self.can_commit():"),),
+           "without the re-entrancy flag, a slow consumer's close commits its presence marks in the middle of "
+           "another transaction's fanout: the connections after it hear the later offset first",
+           expected=("DELIV-1",), system_only=True, killer="spec/test_harness.py"),
 )
 NO_MUTANT: dict[str, str] = {
     "CONF-2": "every planted bug that loses an event a confirmed client received (recovery dropping the last durable "
