@@ -13,9 +13,10 @@ pieces of state are
 and the rules, in the order a reader meets them on the wire:
 
 Subscriptions (``subscribe`` / ``unsubscribe``)
-    every query of a set is parsed and authorized first (one bad query fails the set), then checked
-    for the resume form and for staleness, then the snapshot is taken from ``log.db`` and the set
-    registered *in the same transition* -- nothing can commit in between, which is the atomic
+    the ``sync.subscribe`` scope, then every query of the set is parsed, checked for the resume form,
+    against the stream grants and for staleness -- each check over every query before the next, and
+    one bad query fails the set; then the snapshot is taken from ``log.db`` and the set registered
+    *in the same transition* -- nothing can commit in between, which is the atomic
     snapshot+registration of the contract.  Reusing an active query set id is a protocol close.
 Resume (``resume_form_error``, ``stale_error``)
     a ``sync_event`` query that bounds ``seq`` from below is a resume; it must pin ``stream_id`` and
