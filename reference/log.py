@@ -174,15 +174,20 @@ def _body_text(offset: int, kind: str, name: str, caller: Claims | None, args: s
             f'"offset":{int.__repr__(offset)},"timestamp":{int.__repr__(timestamp)}}}')
 
 
+def chain_hash(prev_hash: str, offset: int, kind: str, name: str, caller: Claims | None, args: str, timestamp: int,
+               delta: str) -> str:
+    """The chain hash of a record given its parts, the arguments and the delta as their JSON texts."""
+    body = _body_text(offset, kind, name, caller, args, timestamp, hashlib.sha256(delta.encode("utf-8")).hexdigest())
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
 def record_hash(rec: TxRecord) -> str:
     """The chain hash of ``rec`` recomputed from its parts: :func:`make_record`'s hash, except that
     the delta's canonical text is the one the record carries (``delta_json``: the text a stored
     record was decoded from) when it has one -- hashing that text checks that it is the text the
     hash was made over, and the delta was decoded from it, so re-encoding it is not needed."""
-    delta = rec.delta_json or delta_text(rec.changes)
-    body = _body_text(rec.offset, rec.kind, rec.name, rec.caller, rec.args_json or args_text(rec.args), rec.timestamp,
-                      hashlib.sha256(delta.encode("utf-8")).hexdigest())
-    return hashlib.sha256((rec.prev_hash + body).encode("utf-8")).hexdigest()
+    return chain_hash(rec.prev_hash, rec.offset, rec.kind, rec.name, rec.caller, rec.args_json or args_text(rec.args),
+                      rec.timestamp, rec.delta_json or delta_text(rec.changes))
 
 
 def make_record(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
@@ -200,12 +205,18 @@ def record_floors(rec: TxRecord, epoch_floor: int, version_floor: int) -> tuple[
     them implicitly.  A recovery record names both in its arguments (``(epoch_floor, version_floor)``);
     any record that deletes an assignment for good (retention: no insert under the same key) raises
     ``version_floor`` above that row's version, as the transaction itself did (ADR-0003 decision 5)."""
-    if rec.kind == "recovery":
-        return int(rec.args[0]), int(rec.args[1])
-    if not any(c.table == "compute_assignment" and c.deletes for c in rec.changes):
+    return floors_after(rec.kind, rec.args, rec.changes, epoch_floor, version_floor)
+
+
+def floors_after(kind: str, args: tuple[Any, ...], changes: tuple[RowChange, ...], epoch_floor: int,
+                 version_floor: int) -> tuple[int, int]:
+    """:func:`record_floors` of a record with these parts."""
+    if kind == "recovery":
+        return int(args[0]), int(args[1])
+    if not any(c.table == "compute_assignment" and c.deletes for c in changes):
         return epoch_floor, version_floor  # the common case (appends): nothing to scan
-    kept = {(c.table, TABLE_BY_NAME[c.table].key_of(row)) for c in rec.changes for row in c.inserts}
-    for c in rec.changes:
+    kept = {(c.table, TABLE_BY_NAME[c.table].key_of(row)) for c in changes for row in c.inserts}
+    for c in changes:
         if c.table != "compute_assignment":
             continue
         for row in c.deletes:
