@@ -78,7 +78,8 @@ class Db:
                 raise LocalProtocolError(f"event {row.stream_id}/{row.seq} is not at either end")
             return
         key = PK_TABLES[table].key_of(row)
-        if self.pk[table].get(key) != row:
+        held = self.pk[table].get(key)
+        if held is not row and held != row:
             raise LocalProtocolError(f"row to delete not found in {table}")
         del self.pk[table][key]
 

@@ -56,23 +56,20 @@ _HASH_PREFIX = "sha256:"
 
 def _encodable(ev: SyncEvent, stream_id: str) -> tuple[bytes, int] | None:
     """``ev``'s hash, key and payload bytes for ``_data`` and the key's length, or None if some
-    field would not come back exactly from the columns (the row is then kept whole)."""
-    h, key, payload = ev.payload_hash, ev.idempotency_key, ev.payload
-    if not (type(h) is str and type(key) is str and type(payload) is str and type(ev.producer) is str
-            and type(ev.epoch) is int and type(ev.committed_at) is int and type(ev.tx_offset) is int
-            and ev.stream_id == stream_id and type(ev.stream_id) is str):
-        return None
-    if not (_I64_MIN <= ev.committed_at <= _I64_MAX and 0 <= ev.tx_offset <= _I64_MAX and 0 <= ev.epoch <= _U64):
-        return None
-    if len(h) != 71 or not h.startswith(_HASH_PREFIX):
-        return None
+    field would not come back equal from the columns (the row is then kept whole)."""
+    h = ev.payload_hash
     try:
+        if not (h.startswith(_HASH_PREFIX) and len(h) == 71 and _I64_MIN <= ev.committed_at <= _I64_MAX
+                and 0 <= ev.tx_offset <= _I64_MAX and 0 <= ev.epoch <= _U64 and ev.stream_id == stream_id
+                and type(ev.producer) is str):
+            return None
         raw = bytes.fromhex(h[7:])
-        kb = key.encode("utf-8")
-        pb = payload.encode("utf-8")
-    except (ValueError, UnicodeEncodeError):
+        kb = ev.idempotency_key.encode("utf-8")
+        pb = ev.payload.encode("utf-8")
+    except (TypeError, AttributeError, ValueError, UnicodeEncodeError):
         return None
-    if raw.hex() != h[7:] or len(kb) > _KEY_MASK:  # fromhex also takes upper case and spaces
+    if raw.hex() != h[7:] or len(kb) > _KEY_MASK or type(ev.idempotency_key) is not str \
+            or type(ev.payload) is not str:  # fromhex also takes upper case and spaces
         return None
     return raw + kb + pb, len(kb)
 
@@ -81,7 +78,7 @@ class StreamLog:
     """The retained events of one stream: ``floor`` is the seq of the first one."""
 
     __slots__ = ("stream_id", "floor", "_head", "_data", "_base", "_cols", "_producers", "_producer_no",
-                 "_run_seqs", "_run_epochs", "_table", "_tbase", "_tfill", "_odd", "_odd_keys")
+                 "_run_seqs", "_run_epochs", "_table", "_tbase", "_tfill", "_miss", "_odd", "_odd_keys")
 
     def __init__(self, stream_id: str, floor: int = 1) -> None:
         self.stream_id = stream_id
@@ -100,6 +97,7 @@ class StreamLog:
         self._table = array("I", bytes(4 * 8))
         self._tbase = self.floor
         self._tfill = 0  # live entries + tombstones
+        self._miss: tuple[bytes, int] | None = None  # the last key looked up and not found, and its free slot
         self._odd: dict[int, SyncEvent] | None = None
         self._odd_keys: dict[str, int] | None = None
 
@@ -143,8 +141,11 @@ class StreamLog:
             kb = key.encode("utf-8")
         except (UnicodeEncodeError, AttributeError):
             return None
-        p = self._find(kb)
-        return None if p < 0 else p - self._head + self.floor
+        p, slot = self._probe(kb)
+        if p < 0:
+            self._miss = (kb, slot)  # an append of this key follows (dedupe, then insert): one probe
+            return None
+        return p - self._head + self.floor
 
     def _event(self, p: int) -> SyncEvent:
         """The event at position ``p`` of the columns."""
@@ -180,23 +181,31 @@ class StreamLog:
     def append(self, ev: SyncEvent) -> None:
         """Add ``ev`` as the newest event (its seq must be ``floor + len``); a key the log already
         holds raises :class:`LocalProtocolError` and changes nothing."""
-        if len(self) == 0:
+        if len(self._cols) == self._head * _STRIDE:  # empty
             self.floor = ev.seq
             self._reset()
         enc = _encodable(ev, self.stream_id)
         slot = self._slot(ev, enc)
-        end = self._base + len(self._data)
+        data = self._data
+        end = self._base + len(data)
         if enc is None:
             self._cols.extend((end, 0, 0, 0))
             self._keep_odd(ev)
             return
         encoded, klen = enc
-        self._data += encoded
-        self._cols.extend((end + len(encoded), ev.committed_at, ev.tx_offset, klen | self._producer(ev.producer)))
-        if not self._run_epochs or self._run_epochs[-1] != ev.epoch:
+        data += encoded
+        no = self._producer_no.get(ev.producer)
+        self._cols.extend((end + len(encoded), ev.committed_at, ev.tx_offset,
+                           klen | (self._producer(ev.producer) if no is None else no << _KEY_BITS)))
+        epochs = self._run_epochs
+        if not epochs or epochs[-1] != ev.epoch:
             self._run_seqs.append(ev.seq)
-            self._run_epochs.append(ev.epoch)
-        self._enter(slot, ev.seq)
+            epochs.append(ev.epoch)
+        self._miss = None
+        table = self._table
+        if table[slot] == 0:
+            self._tfill += 1
+        table[slot] = ev.seq - self._tbase + 1
 
     def pop_first(self) -> SyncEvent:
         """Drop the oldest event (retention) and return it."""
@@ -315,6 +324,7 @@ class StreamLog:
         self._odd_keys[ev.idempotency_key] = ev.seq
 
     def _unindex(self, ev: SyncEvent) -> None:
+        self._miss = None
         if self._odd is not None and self._odd.get(ev.seq) is ev:
             del self._odd[ev.seq]
             del self._odd_keys[ev.idempotency_key]  # type: ignore[index]
@@ -372,14 +382,18 @@ class StreamLog:
             if self.seq_of(ev.idempotency_key) is not None:
                 raise LocalProtocolError(f"duplicate idempotency key {ev.idempotency_key}")
             return -1
-        if (self._tfill + 1) * 4 > len(self._table) * 3 or not 0 < ev.seq - self._tbase + 1 < _TOMB:
+        if (self._tfill + 1) * 3 > len(self._table) * 2 or not 0 < ev.seq - self._tbase + 1 < _TOMB:
             self._rehash(min(ev.seq, self.floor))
-        found, slot = self._probe(enc[0][32:32 + enc[1]])
+        kb = enc[0][32:32 + enc[1]]
+        if self._miss is not None and self._miss[0] == kb:  # the index has not changed since that lookup
+            return self._miss[1]
+        found, slot = self._probe(kb)
         if found >= 0:
             raise LocalProtocolError(f"duplicate idempotency key {ev.idempotency_key}")
         return slot
 
     def _enter(self, slot: int, seq: int) -> None:
+        self._miss = None
         if self._table[slot] == 0:
             self._tfill += 1
         self._table[slot] = seq - self._tbase + 1
@@ -393,6 +407,7 @@ class StreamLog:
         while size < 2 * (len(live) + 1):
             size *= 2
         table = self._table = array("I", bytes(4 * size))
+        self._miss = None
         self._tbase = tbase
         self._tfill = len(live)
         mask = size - 1

@@ -110,6 +110,23 @@ def _canon(value: Any) -> str:
     return _CANON.encode(value)
 
 
+try:  # CPython's C encoder, built once
+    from _json import encode_basestring as _c_str
+    from _json import make_encoder as _c_make_encoder
+    _FLAT: Any = _c_make_encoder(None, _CANON.default, _c_str, None, ":", ",", True, False, False)
+except ImportError:  # pragma: no cover - other interpreters
+    _FLAT = None
+
+
+def _encode_flat(value: Any) -> str:
+    """``_canon(value)`` for a value of arrays and scalars only (rows, argument lists: no cycles,
+    no floats): the same C encoder ``_CANON`` uses, built once instead of per call and without
+    the bookkeeping for circular references a value of this shape cannot have."""
+    if _FLAT is None:  # pragma: no cover
+        return _canon(value)
+    return "".join(_FLAT(value, 0))
+
+
 def changes_json(changes: tuple[RowChange, ...]) -> list[Any]:
     return [[c.table, [row_json(r) for r in c.deletes], [row_json(r) for r in c.inserts]] for c in changes]
 
@@ -145,8 +162,8 @@ def row_values(row: Row) -> tuple[Any, ...]:
 def delta_text(changes: tuple[RowChange, ...]) -> str:
     """``_canon(changes_json(changes))``: the delta holds no objects, only arrays and scalars,
     so key order does not arise and one plain encoding is the canonical one."""
-    return _CANON.encode([[c.table, [row_values(r) for r in c.deletes], [row_values(r) for r in c.inserts]]
-                          for c in changes])
+    return _encode_flat([[c.table, [row_values(r) for r in c.deletes], [row_values(r) for r in c.inserts]]
+                         for c in changes])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -161,7 +178,7 @@ _name_text = functools.lru_cache(maxsize=1024)(_CANON.encode)
 def args_text(args: tuple[Any, ...]) -> str:
     """The JSON array of a call's arguments (a tuple argument is an array; arguments are flat, so
     there are no objects and no key order to decide)."""
-    return _CANON.encode([list(a) if isinstance(a, tuple) else a for a in args])
+    return _encode_flat([list(a) if isinstance(a, tuple) else a for a in args])
 
 
 def _body_text(offset: int, kind: str, name: str, caller: Claims | None, args: str, timestamp: int,
