@@ -4,33 +4,38 @@ A retained event used to be a :class:`~spec.values.SyncEvent` object with nine f
 own -- the payload and its ``sha256:<hex>`` hash as Python strings, a copy of the stream id and
 key per event, boxed integers -- plus a list slot and an ``idempotency_key -> seq`` dict entry:
 ~600 bytes for a 150-byte payload.  :class:`StreamLog` keeps the same rows as columns instead
-and builds a ``SyncEvent`` only when one is read (a resume snapshot, a dedupe hit, retention):
+and builds a ``SyncEvent`` only when one is read (a resume snapshot, a dedupe hit, retention).
 
-* ``_data`` (a ``bytearray``): per event, the 32 raw bytes of the payload hash, the
+Events are stored in chunks of :data:`CHUNK` (positions ``c * CHUNK .. c * CHUNK + CHUNK - 1``
+are chunk ``c``), each chunk two buffers:
+
+* ``_data[c]`` (a ``bytearray``): per event, the 32 raw bytes of the payload hash, the
   idempotency key and the canonical payload, both UTF-8, back to back;
-* ``_cols`` (an ``array('q')``), four integers per event: where its bytes end in ``_data``
-  (absolute: ``_base`` is the absolute offset of ``_data[0]``), ``committed_at``, ``tx_offset``
-  and ``meta`` = key length | producer number << 20;
-* the stream id once; producers once per distinct identity (``_producers``, numbered);
-  epochs as runs (``_run_seqs``/``_run_epochs``: the epoch from that seq on), since a stream's
-  epoch changes only at a reset or an unclean restart;
-* the ``(stream_id, idempotency_key)`` unique index as an open-addressing table of ``seq -
-  _tbase + 1`` (``array('I')``, 0 empty, ``_TOMB`` deleted) probed with the hash of the key's
-  bytes and confirmed against the key in ``_data``: a few bytes per event where a dict entry,
-  the key string and a boxed seq took ~130.
+* ``_cols[c]`` (an ``array('q')``), four integers per event: where its bytes end in the chunk's
+  data, ``committed_at``, ``tx_offset`` and ``meta`` = key length | producer number << 20.
 
-Seqs are contiguous (``seq = floor + position``), so the seq is not stored.  Retention drops a
-prefix: dropped events stay as a dead prefix (``_head`` of them) until they are an eighth of the
-store, then the columns are cut (amortised O(1) per dropped event; a rollback of a drop revives
-the dead slot).  A rollback of an append pops the last event.
+Chunks, not one buffer per stream: a buffer that grows by reallocation leaves its earlier
+copies as holes in the C heap, which the allocator keeps (measured: ~150 bytes per event of the
+server's RSS, returned only by ``malloc_trim``); chunks stop growing at a few tens of KiB, and
+retention drops whole chunks instead of moving the rest of the buffers.  Beside the chunks: the
+stream id once; producers once per distinct identity (``_producers``, numbered); epochs as runs
+(``_run_seqs``/``_run_epochs``: the epoch from that seq on), since a stream's epoch changes only
+at a reset or an unclean restart; and the ``(stream_id, idempotency_key)`` unique index as an
+open-addressing table of ``seq - _tbase + 1`` (``array('I')``, 0 empty, ``_TOMB`` deleted)
+probed with the hash of the key's bytes and confirmed against the key in the data: a few bytes
+per event where a dict entry, the key string and a boxed seq took ~130.
+
+Seqs are contiguous (``seq = floor + position - _head``), so the seq is not stored.  Retention
+drops a prefix: the ``_head`` dropped events at the front of chunk 0 stay as dead slots until the
+chunk holds nothing else, then the chunk goes (a rollback of a drop revives the dead slot).  A
+rollback of an append pops the last event.
 
 A row that does not round-trip through the columns exactly -- a hash not of the ``sha256:`` +
 64 lowercase hex form, an integer out of the columns' range, a string that is not valid UTF-8
-(lone surrogates), a field of the wrong type -- is kept whole in ``_odd`` (by seq, its key in
-``_odd_keys``), so the store gives back exactly the rows it was given, whatever they are; the
-engine's own rows never take that path.  ``tests/reference/test_eventlog.py`` drives the store
-and a plain list-and-dict model with the same random operations (odd rows included) and
-compares every read.
+(lone surrogates) -- is kept whole in ``_odd`` (by seq, its key in ``_odd_keys``), so the store
+gives back the rows it was given, whatever they are; the engine's own rows never take that
+path.  ``tests/reference/test_eventlog.py`` drives the store and a plain list-and-dict model with
+the same random operations (odd rows included) and compares every read.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ from spec.errors import LocalProtocolError
 from spec.values import SyncEvent
 
 _STRIDE = 4  # _cols per event: end, committed_at, tx_offset, meta
+CHUNK_BITS = 8
+CHUNK = 1 << CHUNK_BITS  # events per chunk
+_IN_CHUNK = CHUNK - 1
 _KEY_BITS = 20
 _KEY_MASK = (1 << _KEY_BITS) - 1
 _PRODUCER_LIMIT = 1 << 40
@@ -77,7 +85,7 @@ def _encodable(ev: SyncEvent, stream_id: str) -> tuple[bytes, int] | None:
 class StreamLog:
     """The retained events of one stream: ``floor`` is the seq of the first one."""
 
-    __slots__ = ("stream_id", "floor", "_head", "_data", "_base", "_cols", "_producers", "_producer_no",
+    __slots__ = ("stream_id", "floor", "_head", "_size", "_data", "_cols", "_producers", "_producer_no",
                  "_run_seqs", "_run_epochs", "_table", "_tbase", "_tfill", "_miss", "_odd", "_odd_keys")
 
     def __init__(self, stream_id: str, floor: int = 1) -> None:
@@ -86,10 +94,10 @@ class StreamLog:
         self._reset()
 
     def _reset(self) -> None:
-        self._head = 0  # dead events at the front of the columns
-        self._data = bytearray()
-        self._base = 0
-        self._cols = array("q")
+        self._head = 0  # dead events at the front of chunk 0
+        self._size = 0  # positions in the chunks, dead ones included
+        self._data: list[bytearray] = []
+        self._cols: list[array[int]] = []
         self._producers: list[str] = []
         self._producer_no: dict[str, int] = {}
         self._run_seqs: list[int] = []
@@ -114,7 +122,7 @@ class StreamLog:
     # --- reads ---------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._cols) // _STRIDE - self._head
+        return self._size - self._head
 
     @property
     def events(self) -> EventSeq:
@@ -128,7 +136,7 @@ class StreamLog:
 
     def get(self, seq: int) -> SyncEvent | None:
         i = seq - self.floor
-        return self._event(self._head + i) if 0 <= i < len(self) else None
+        return self._event(self._head + i) if 0 <= i < self._size - self._head else None
 
     def after(self, watermark: int) -> list[SyncEvent]:
         return self._events_from(max(0, watermark + 1 - self.floor))
@@ -148,55 +156,63 @@ class StreamLog:
         return p - self._head + self.floor
 
     def _event(self, p: int) -> SyncEvent:
-        """The event at position ``p`` of the columns."""
+        """The event at position ``p`` of the chunks."""
         seq = self.floor + p - self._head
         if self._odd is not None:
             odd = self._odd.get(seq)
             if odd is not None:
                 return odd
-        cols = self._cols
-        j = p * _STRIDE
-        start = (cols[j - _STRIDE] if p else self._base) - self._base
+        cols = self._cols[p >> CHUNK_BITS]
+        data = self._data[p >> CHUNK_BITS]
+        j = (p & _IN_CHUNK) * _STRIDE
+        start = cols[j - _STRIDE] if j else 0
         meta = cols[j + 3]
         kend = start + 32 + (meta & _KEY_MASK)
-        data = self._data
         epochs = self._run_epochs
         epoch = epochs[0] if len(epochs) == 1 else epochs[bisect_right(self._run_seqs, seq) - 1]
         return SyncEvent(self.stream_id, epoch, seq, data[start + 32:kend].decode("utf-8"),
-                         _HASH_PREFIX + data[start:start + 32].hex(), data[kend:cols[j] - self._base].decode("utf-8"),
+                         _HASH_PREFIX + data[start:start + 32].hex(), data[kend:cols[j]].decode("utf-8"),
                          self._producers[meta >> _KEY_BITS], cols[j + 1], cols[j + 2])
 
     def _events_from(self, i: int) -> list[SyncEvent]:
         """Events ``i..`` (positions counted from the first retained event)."""
         event = self._event
-        return [event(p) for p in range(self._head + max(0, i), len(self._cols) // _STRIDE)]
+        return [event(p) for p in range(self._head + max(0, i), self._size)]
 
     def _key_bytes(self, p: int) -> bytes:
-        j = p * _STRIDE
-        start = (self._cols[j - _STRIDE] if p else self._base) - self._base + 32
-        return bytes(self._data[start:start + (self._cols[j + 3] & _KEY_MASK)])
+        cols = self._cols[p >> CHUNK_BITS]
+        j = (p & _IN_CHUNK) * _STRIDE
+        start = (cols[j - _STRIDE] if j else 0) + 32
+        return bytes(self._data[p >> CHUNK_BITS][start:start + (cols[j + 3] & _KEY_MASK)])
 
-    # --- writes (Db calls these; the checks of order and uniqueness are Db's) -----------------------
+    # --- writes (Db calls these; the check of seq order is Db's) -----------------------------------
 
     def append(self, ev: SyncEvent) -> None:
         """Add ``ev`` as the newest event (its seq must be ``floor + len``); a key the log already
         holds raises :class:`LocalProtocolError` and changes nothing."""
-        if len(self._cols) == self._head * _STRIDE:  # empty
+        if self._size == self._head:  # empty
             self.floor = ev.seq
             self._reset()
         enc = _encodable(ev, self.stream_id)
         slot = self._slot(ev, enc)
-        data = self._data
-        end = self._base + len(data)
+        if not self._size & _IN_CHUNK:
+            if self._data:  # the last chunk is full: drop its growth slack (~10 %)
+                self._data[-1] = bytearray(self._data[-1])
+                self._cols[-1] = array("q", self._cols[-1])
+            self._data.append(bytearray())
+            self._cols.append(array("q"))
+        data = self._data[-1]
+        end = len(data)
+        self._size += 1
         if enc is None:
-            self._cols.extend((end, 0, 0, 0))
+            self._cols[-1].extend((end, 0, 0, 0))
             self._keep_odd(ev)
             return
         encoded, klen = enc
         data += encoded
         no = self._producer_no.get(ev.producer)
-        self._cols.extend((end + len(encoded), ev.committed_at, ev.tx_offset,
-                           klen | (self._producer(ev.producer) if no is None else no << _KEY_BITS)))
+        self._cols[-1].extend((end + len(encoded), ev.committed_at, ev.tx_offset,
+                               klen | (self._producer(ev.producer) if no is None else no << _KEY_BITS)))
         epochs = self._run_epochs
         if not epochs or epochs[-1] != ev.epoch:
             self._run_seqs.append(ev.seq)
@@ -213,61 +229,66 @@ class StreamLog:
         self._unindex(ev)
         self._head += 1
         self.floor += 1
-        if len(self) == 0:
+        if self._size == self._head:
             self._reset()
             return ev
         while len(self._run_seqs) > 1 and self._run_seqs[1] <= self.floor:
             del self._run_seqs[0], self._run_epochs[0]
-        if self._head >= 64 and self._head * 8 >= len(self._cols) // _STRIDE:
-            self._cut()
+        if self._head == CHUNK:  # chunk 0 holds only dropped events
+            del self._data[0], self._cols[0]
+            self._head = 0
+            self._size -= CHUNK
+            self._renumber_producers()
         return ev
 
     def pop_last(self) -> SyncEvent:
         """Drop the newest event (the rollback of an append) and return it."""
-        p = len(self._cols) // _STRIDE - 1
+        p = self._size - 1
         ev = self._event(p)
         self._unindex(ev)
-        start = self._cols[p * _STRIDE - _STRIDE] if p else self._base
-        del self._data[start - self._base:]
-        del self._cols[p * _STRIDE:]
+        j = (p & _IN_CHUNK) * _STRIDE
+        if j:  # new objects, not in place: a copy may share this chunk (see copy)
+            self._data[-1] = self._data[-1][:self._cols[-1][j - _STRIDE]]
+            self._cols[-1] = self._cols[-1][:j]
+        else:
+            self._data.pop()
+            self._cols.pop()
+        self._size -= 1
         if self._run_seqs and self._run_seqs[-1] == ev.seq:
             self._run_seqs.pop()
             self._run_epochs.pop()
-        if len(self) == 0:
+        if self._size == self._head:
             self._reset()
         return ev
 
     def push_first(self, ev: SyncEvent) -> None:
         """Put back the event just before the oldest (the rollback of a retention drop)."""
-        if len(self) == 0:
+        if self._size == self._head:
             self.append(ev)
             return
         if ev.stream_id != self.stream_id or ev.seq != self.floor - 1:
             raise LocalProtocolError(f"event {ev.stream_id}/{ev.seq} is not just before {self.stream_id}/{self.floor}")
         enc = _encodable(ev, self.stream_id)
+        slot = self._slot(ev, enc)
         if enc is None:
-            self._slot(ev, None)
-            if self._head:
-                self._cut()
-            self._cols[0:0] = array("q", (self._base, 0, 0, 0))
+            self._write_front(b"", (0, 0, 0))
             self.floor -= 1
             self._keep_odd(ev)
             return
         encoded, klen = enc
-        slot = self._slot(ev, enc)
+        meta = klen | self._producer(ev.producer)
         p = self._head - 1
-        start = (self._cols[p * _STRIDE - _STRIDE] if p > 0 else self._base) if p >= 0 else 0
-        cols = array("q", (start + len(encoded), ev.committed_at, ev.tx_offset, klen | self._producer(ev.producer)))
-        if p >= 0 and self._cols[p * _STRIDE:p * _STRIDE + _STRIDE] == cols \
-                and self._data[start - self._base:start - self._base + len(encoded)] == encoded:
+        revive = False
+        if p >= 0:
+            cols, data = self._cols[0], self._data[0]
+            j = p * _STRIDE
+            start = cols[j - _STRIDE] if j else 0
+            revive = cols[j:j + _STRIDE] == array("q", (start + len(encoded), ev.committed_at, ev.tx_offset, meta)) \
+                and data[start:start + len(encoded)] == encoded
+        if revive:
             self._head = p  # the dead slot still holds it
         else:
-            if self._head:
-                self._cut()
-            self._data[0:0] = encoded
-            cols[0] = self._base
-            self._cols[0:0] = cols
-            self._base -= len(encoded)
+            self._write_front(encoded, (ev.committed_at, ev.tx_offset, meta))
         self.floor -= 1
         if not self._run_epochs:
             self._run_seqs, self._run_epochs = [self.floor], [ev.epoch]
@@ -277,7 +298,10 @@ class StreamLog:
             self._run_seqs[0] = max(self._run_seqs[0], self.floor + 1)
             self._run_seqs.insert(0, self.floor)
             self._run_epochs.insert(0, ev.epoch)
-        self._enter(slot, self.floor)
+        self._miss = None
+        if self._table[slot] == 0:
+            self._tfill += 1
+        self._table[slot] = self.floor - self._tbase + 1
 
     def relabel(self, old_epoch: int, new_epoch: int) -> None:
         """Every retained event of ``old_epoch`` moves to ``new_epoch`` (seqs, keys unchanged)."""
@@ -295,9 +319,16 @@ class StreamLog:
                     self._odd[seq] = replace(ev, epoch=new_epoch)
 
     def copy(self) -> StreamLog:
-        """An independent copy (a snapshot image reads it while this one goes on changing)."""
+        """An independent copy (a snapshot image reads it while this one goes on changing).  It
+        shares every chunk but the last: a chunk is changed in place only while it is the last one
+        being appended to; anything else that changes a chunk (a rollback, a write in front, a
+        renumbering) puts a changed copy in its place.  So a copy costs the last chunk and the
+        key index, not the whole log."""
         other = StreamLog(self.stream_id, self.floor)
-        other._head, other._base, other._data, other._cols = self._head, self._base, self._data[:], self._cols[:]
+        other._head, other._size = self._head, self._size
+        other._data, other._cols = self._data[:], self._cols[:]
+        if other._data:
+            other._data[-1], other._cols[-1] = self._data[-1][:], self._cols[-1][:]
         other._producers, other._producer_no = self._producers[:], dict(self._producer_no)
         other._run_seqs, other._run_epochs = self._run_seqs[:], self._run_epochs[:]
         other._table, other._tbase, other._tfill = self._table[:], self._tbase, self._tfill
@@ -306,6 +337,28 @@ class StreamLog:
         return other
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _write_front(self, encoded: bytes, ints: tuple[int, int, int]) -> None:
+        """Write an event into the dead slot just before the first live one (a fresh chunk of dead
+        slots in front when chunk 0 has none), whatever that slot held."""
+        if self._head == 0:
+            self._data.insert(0, bytearray())
+            self._cols.insert(0, array("q", bytes(8 * _STRIDE * CHUNK)))
+            self._head = CHUNK
+            self._size += CHUNK
+        p = self._head - 1
+        cols = self._cols[0][:]  # changed copies (a snapshot's copy may share chunk 0)
+        j = p * _STRIDE
+        old_end = cols[j]
+        delta = len(encoded) - old_end
+        data = bytearray(encoded) + self._data[0][old_end:]  # the dead slots before it become empty
+        for k in range(j + _STRIDE, len(cols), _STRIDE):
+            cols[k] += delta
+        for k in range(0, j, _STRIDE):
+            cols[k] = 0
+        cols[j:j + _STRIDE] = array("q", (len(encoded), *ints))
+        self._data[0], self._cols[0] = data, cols
+        self._head = p
 
     def _producer(self, producer: str) -> int:
         """The producer's number, shifted into place for ``meta``."""
@@ -316,6 +369,23 @@ class StreamLog:
             no = self._producer_no[producer] = len(self._producers)
             self._producers.append(producer)
         return no << _KEY_BITS
+
+    def _renumber_producers(self) -> None:
+        """Forget producers no stored slot names any more (checked when a chunk goes)."""
+        if len(self._producers) <= 16:
+            return
+        used = sorted({m >> _KEY_BITS for cols in self._cols for m in cols[3::_STRIDE]})
+        if 2 * len(used) >= len(self._producers):
+            return
+        renumber = {old: new for new, old in enumerate(used)}
+        self._producers = [self._producers[old] for old in used]
+        self._producer_no = {p: i for i, p in enumerate(self._producers)}
+        for c, shared in enumerate(self._cols):
+            cols = shared[:]  # a changed copy (a snapshot's copy may share the chunk)
+            for j in range(3, len(cols), _STRIDE):
+                meta = cols[j]
+                cols[j] = (meta & _KEY_MASK) | renumber[meta >> _KEY_BITS] << _KEY_BITS
+            self._cols[c] = cols
 
     def _keep_odd(self, ev: SyncEvent) -> None:
         if self._odd is None or self._odd_keys is None:
@@ -352,7 +422,7 @@ class StreamLog:
         mask = len(table) - 1
         perturb = hash(kb) & _U64
         i = perturb & mask
-        cols, data, base = self._cols, self._data, self._base
+        chunks, datas = self._cols, self._data
         off = self.floor - self._head - self._tbase + 1  # an entry v is at position v - off
         n = len(kb)
         free = -1
@@ -364,11 +434,13 @@ class StreamLog:
                 if free < 0:
                     free = i
             else:
-                j = (v - off) * _STRIDE
+                p = v - off
+                cols = chunks[p >> CHUNK_BITS]
+                j = (p & _IN_CHUNK) * _STRIDE
                 if cols[j + 3] & _KEY_MASK == n:
-                    start = (cols[j - _STRIDE] if j else base) - base + 32
-                    if data[start:start + n] == kb:
-                        return j // _STRIDE, i
+                    start = (cols[j - _STRIDE] if j else 0) + 32
+                    if datas[p >> CHUNK_BITS][start:start + n] == kb:
+                        return p, i
             perturb >>= 5
             i = (i * 5 + perturb + 1) & mask
 
@@ -392,17 +464,10 @@ class StreamLog:
             raise LocalProtocolError(f"duplicate idempotency key {ev.idempotency_key}")
         return slot
 
-    def _enter(self, slot: int, seq: int) -> None:
-        self._miss = None
-        if self._table[slot] == 0:
-            self._tfill += 1
-        self._table[slot] = seq - self._tbase + 1
-
     def _rehash(self, tbase: int) -> None:
         """Rebuild the key index from the live events, at most half full, entries from ``tbase``."""
         first = self.floor - self._head
-        live = [p for p in range(self._head, len(self._cols) // _STRIDE)
-                if self._odd is None or first + p not in self._odd]
+        live = [p for p in range(self._head, self._size) if self._odd is None or first + p not in self._odd]
         size = 8
         while size < 2 * (len(live) + 1):
             size *= 2
@@ -418,24 +483,6 @@ class StreamLog:
                 perturb >>= 5
                 i = (i * 5 + perturb + 1) & mask
             table[i] = first + p - tbase + 1
-
-    def _cut(self) -> None:
-        """Drop the dead prefix from the columns (and producers no live event names)."""
-        head = self._head
-        end = self._cols[head * _STRIDE - _STRIDE]
-        del self._data[:end - self._base]
-        self._base = end
-        del self._cols[:head * _STRIDE]
-        self._head = 0
-        if len(self._producers) > 16:
-            used = {self._cols[j] >> _KEY_BITS for j in range(3, len(self._cols), _STRIDE)}
-            if 2 * len(used) < len(self._producers):
-                renumber = {old: new for new, old in enumerate(sorted(used))}
-                self._producers = [self._producers[old] for old in sorted(used)]
-                self._producer_no = {p: i for i, p in enumerate(self._producers)}
-                for j in range(3, len(self._cols), _STRIDE):
-                    meta = self._cols[j]
-                    self._cols[j] = (meta & _KEY_MASK) | renumber[meta >> _KEY_BITS] << _KEY_BITS
 
 
 class EventSeq(Sequence[SyncEvent]):
@@ -469,7 +516,7 @@ class EventSeq(Sequence[SyncEvent]):
 
     def __iter__(self) -> Iterator[SyncEvent]:
         log = self._log
-        for p in range(log._head, len(log._cols) // _STRIDE):
+        for p in range(log._head, log._size):
             yield log._event(p)
 
     def __eq__(self, other: object) -> bool:

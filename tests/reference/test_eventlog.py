@@ -13,6 +13,7 @@ comparison fail (the check can fail).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import random
 import types
 from dataclasses import replace
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 import reference.eventlog as eventlog
-from reference.eventlog import StreamLog
+from reference.eventlog import CHUNK, StreamLog
 from spec.errors import LocalProtocolError
 from spec.values import SyncEvent
 
@@ -119,7 +120,12 @@ def drive(cls: Any, seed: int, steps: int, odd_share: float = 0.08) -> None:
             events = [replace(e, epoch=epoch) if e.epoch == old else e for e in events]
             dropped.clear()
         elif op == "copy":
-            copies.append((log.copy(), list(events)))
+            copy, then = log.copy(), list(events)
+            if events and rng.random() < 0.5:  # a copy is a log of its own: it takes appends too
+                ev = _event(rng, floor + len(events), epoch, f"copy-{key_no}", False)
+                copy.append(ev)
+                then.append(ev)
+            copies.append((copy, then))
         _check(log, floor, events, rng)
     for copy, then in copies:  # copies do not follow the original
         assert list(copy.events) == then
@@ -139,9 +145,10 @@ def test_long_runs_cross_the_rehash_and_cut_thresholds() -> None:
         log.append(ev)
         events.append(ev)
     assert len(log._table) >= 4096  # grown several times
-    for _ in range(2500):  # past the cut threshold (an eighth dead) many times over
+    assert len(log._data) == len(log._cols) == -(-3000 // CHUNK)
+    for _ in range(2500):  # whole chunks of dropped events go
         assert log.pop_first() == events.pop(0)
-    assert log._head < len(events)  # the dead prefix was cut
+    assert len(log._data) == len(log._cols) == -(-3000 // CHUNK) - 2500 // CHUNK and log._head == 2500 % CHUNK
     _check(log, events[0].seq, events, rng)
     assert all(log.seq_of(f"k{i}") is None for i in range(1, 2501))
 
@@ -181,15 +188,18 @@ def test_a_retained_event_costs_little_more_than_its_bytes() -> None:
     for i in range(1, 5001):
         log.append(_event(rng, i, 1, f"key-{i:06d}", False))
     payload_and_keys = sum(len(e.payload.encode()) + len(e.idempotency_key) for e in log.events)
-    held = len(log._data) + 8 * len(log._cols) + 4 * len(log._table)
+    held = sum(map(len, log._data)) + 8 * sum(map(len, log._cols)) + 4 * len(log._table)
     assert held - payload_and_keys <= 32 * 5000 + 32 * 5000 + 4 * 4 * 5000  # hash + 4 ints + the index
 
 
 PLANTED = (
-    ("the dead prefix is cut one event short",
-     "        end = self._cols[head * _STRIDE - _STRIDE]\n", "        end = self._cols[head * _STRIDE - 2 * _STRIDE]\n"),
+    ("a dropped chunk still counts", "            self._size -= CHUNK\n", ""),
+    ("a rollback that empties the last chunk keeps it",
+     "        else:\n            self._data.pop()\n            self._cols.pop()\n", ""),
+    ("a write in front leaves the later ends where they were",
+     "        for k in range(j + _STRIDE, len(cols), _STRIDE):\n            cols[k] += delta\n", ""),
     ("a rehash leaves the oldest live event out",
-     "        live = [p for p in range(self._head, len", "        live = [p for p in range(self._head + 1, len"),
+     "        live = [p for p in range(self._head, self._size)", "        live = [p for p in range(self._head + 1, self._size)"),
     ("a revived event keeps the epoch of the run after it",
      "            self._run_seqs[0] = max(self._run_seqs[0], self.floor + 1)\n            self._run_seqs.insert(0, self.floor)\n"
      "            self._run_epochs.insert(0, ev.epoch)\n",
@@ -199,17 +209,36 @@ PLANTED = (
     ("a probe stops at a tombstone",
      "            if v == _TOMB:\n                if free < 0:\n                    free = i\n",
      "            if v == _TOMB:\n                return -1, i\n"),
-    ("the copy shares its columns", "self._data[:], self._cols[:]", "self._data, self._cols"),
+    ("the copy shares its last chunk", "            other._data[-1], other._cols[-1] = self._data[-1][:], self._cols[-1][:]\n",
+     "            pass\n"),
+    ("a rollback truncates a chunk a copy shares",
+     "            self._data[-1] = self._data[-1][:self._cols[-1][j - _STRIDE]]\n",
+     "            del self._data[-1][self._cols[-1][j - _STRIDE]:]\n"),
 )
+
+
+def _variant(name: str, *edits: tuple[str, str]) -> Any:
+    """The store's module with chunks of 4 events (so short runs cross chunk boundaries often) and
+    ``edits`` applied to its source."""
+    src = inspect.getsource(eventlog)
+    for old, new in (("CHUNK_BITS = 8\n", "CHUNK_BITS = 2\n"), *edits):
+        assert src.count(old) == 1, (name, old)
+        src = src.replace(old, new)
+    mod = types.ModuleType(f"eventlog_{name}")
+    exec(compile(src, f"<eventlog {name}>", "exec"), mod.__dict__)
+    return mod
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_small_chunks_read_like_a_list_and_a_dict(seed: int) -> None:
+    mod = _variant("chunks_of_4")
+    assert mod.CHUNK == 4
+    drive(mod.StreamLog, seed, 600, odd_share=0.15)
 
 
 @pytest.mark.parametrize(("name", "old", "new"), PLANTED, ids=[p[0] for p in PLANTED])
 def test_planted_bugs_in_the_store_are_caught(name: str, old: str, new: str) -> None:
-    import inspect
-    src = inspect.getsource(eventlog)
-    assert src.count(old) == 1, name
-    mod = types.ModuleType("planted_eventlog")
-    exec(compile(src.replace(old, new), f"<planted {name}>", "exec"), mod.__dict__)
+    mod = _variant(name, (old, new))
     with pytest.raises((AssertionError, IndexError, LocalProtocolError, UnicodeDecodeError, KeyError, ValueError)):
         for seed in range(40):
             drive(mod.StreamLog, seed, 600, odd_share=0.2)
