@@ -48,7 +48,7 @@ from spec.values import Row, SyncEvent
 SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_FORMAT = 1
 LOG_FORMAT = "2"  # reference.durability.FORMAT: the row shapes the image's rows have
-CHUNK_ROWS = 4096
+CHUNK_ROWS = 256  # rows a line: what the writer thread holds built at once (4096 held ~5 MB of rows and text)
 DEFAULT_SNAPSHOT_EVERY = 50_000  # records between snapshots ([server] snapshot_every; 0: never)
 DEFAULT_SNAPSHOT_KEEP = 2  # snapshots kept, newest first ([server] snapshot_keep)
 
@@ -81,7 +81,9 @@ class Image:
 
 
 def capture(db: Db, offset: int, head_hash: str) -> Image:
-    """The image of ``db`` as it is now (call it between transactions, on the engine's thread)."""
+    """The image of ``db`` as it is now (call it between transactions, on the engine's thread).
+    Each stream's events are a copy of its column store (``StreamLog.copy``: it shares the full
+    chunks, so capturing costs little), read row by row as the file is written."""
     return Image(offset, head_hash, db.epoch_floor, db.version_floor,
                  tuple((name, tuple(index.values())) for name, index in db.pk.items()),
                  tuple((sid, log.floor, log.copy().events) for sid, log in db.logs.items()))
