@@ -303,6 +303,9 @@ def _print_matrix(rows: list[dict[str, Any]], machines: dict[str, dict[str, Any]
 
 
 def verify_log(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from reference.durability import storage_fault
     from reference.replay import verify_log as replay_log
 
     progress = Progress(1)
@@ -312,6 +315,14 @@ def verify_log(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         progress.finish()
         print(f"verify-log: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:
+        progress.finish()
+        fault = storage_fault(exc)
+        if fault is None:
+            raise
+        print(f"verify-log: the disk holding {args.data} failed: {fault.what}; nothing was checked; {fault.action}",
+              file=sys.stderr)
         return 2
     progress.finish()
     mismatch = report.mismatch

@@ -218,6 +218,7 @@ def _log_to_stderr() -> None:
 
 def serve(args: argparse.Namespace) -> int:
     from adapters.server import DataDirError, SyncServer
+    from reference.durability import writer_failure_line
 
     try:
         config = load_config(Path(args.config) if args.config else None, args)
@@ -283,7 +284,7 @@ def serve(args: argparse.Namespace) -> int:
             print(f"syncref serve: shutdown failed: {exc!r}", file=sys.stderr, flush=True)
             return 1
         if failed.done():
-            print(f"syncref serve: the commit-log writer failed, stopping: {failed.result()!r}", file=sys.stderr)
+            print(f"syncref serve: {writer_failure_line(failed.result())}", file=sys.stderr)
             return 1
         print("syncref stopped cleanly", flush=True)
         return 0

@@ -43,11 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import re
 import secrets
+import sqlite3
 import struct
 import sys
 import time
@@ -81,7 +81,7 @@ from adapters.observe import (
     SendCounts,
     StateCollector,
 )
-from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir
+from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir, storage_fault
 from reference.engine import Engine, InternalError, limit_exceeded, safe_text
 from reference.log import TxRecord
 from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Snapshotter
@@ -271,13 +271,17 @@ class DurabilityFailed(Exception):
 
 
 
-def _disk_full(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or its causes) is SQLite's or the OS's "no space left"."""
-    while exc is not None:
-        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+def _start_failure(data_dir: Path, exc: BaseException) -> DataDirError | None:
+    """A start that failed on the disk (full, or an I/O error): one line saying which, that nothing
+    acknowledged is lost, and what to do; None when the failure is not the disk's."""
+    fault = storage_fault(exc)
+    if fault is None:
+        return None
+    if fault.kind == "full":
+        return DataDirError(f"the disk holding {data_dir} is full: the recovery could not be written "
+                            f"(nothing acknowledged is lost); {fault.action}")
+    return DataDirError(f"the disk holding {data_dir} failed: {fault.what}; nothing was started (nothing acknowledged "
+                        f"is lost); {fault.action}")
 
 class DataDirError(Exception):
     """The data directory cannot be created, written, locked or read (an operator error)."""
@@ -430,18 +434,19 @@ class SyncServer:
                                        revocations=RevocationList(cfg.data_dir / REVOKED_JTI_FILE))
             self._store = LogStore.open(cfg.data_dir)
             self._store.stall_while = cfg.stall_commits_while
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise DataDirError(f"data directory {cfg.data_dir} is not usable: {exc}") from exc
+        except (OSError, RuntimeError, ValueError, sqlite3.Error) as exc:
+            raise _start_failure(cfg.data_dir, exc) or DataDirError(
+                f"data directory {cfg.data_dir} is not usable: {exc}") from exc
         try:
             self._writer = GroupCommitWriter(self._store, self._durable_from_thread, gather_s=cfg.commit_gather_s)
             try:
                 self._engine = restart(self._store, self._writer, self._tick(), cfg.policy,
                                        max_queue=cfg.limits.max_outbound_queue,
                                        max_undurable=cfg.limits.max_undurable)
-            except (ValueError, RuntimeError) as exc:
-                if _disk_full(exc):
-                    raise DataDirError(f"the disk holding {cfg.data_dir} is full: the recovery could not be written "
-                                       "(nothing acknowledged is lost); free space and start again") from exc
+            except (ValueError, RuntimeError, sqlite3.Error) as exc:
+                failure = _start_failure(cfg.data_dir, exc)
+                if failure is not None:
+                    raise failure from exc
                 raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} "
                                    "(syncref verify-log --data DIR shows where)") from exc
 
@@ -552,7 +557,9 @@ class SyncServer:
 
     def _snapshot_failed(self, exc: BaseException) -> None:
         """A snapshot could not be written (its thread): the log is whole, the next one retries."""
-        log.error("writing a state snapshot failed (the commit log is unaffected): %r", exc)
+        text = str(exc) if isinstance(exc, OSError) else repr(exc)
+        log.error("writing a state snapshot failed (the commit log is unaffected; the next snapshot tries again): %s",
+                  text)
 
     def _durable_from_thread(self, offset: int, batch: Sequence[TxRecord]) -> None:
         self.batch_sizes.append(len(batch))  # deque.append is atomic: safe from the writer thread
@@ -613,12 +620,14 @@ class SyncServer:
         err = self._writer.error
         if err is None or self.failed is None or self.failed.done():
             return
-        log.error("commit-log writer failed: %r", err)
+        fault = storage_fault(err)
+        log.error("commit-log writer failed: %s", fault.what if fault is not None else repr(err))
         self.failed.set_result(err)
         self._fail_waiters(DurabilityFailed(str(err)))
+        why = fault.what if fault is not None else repr(err)
         for sess in list(self.sessions.values()):
             sess.closers.append(asyncio.ensure_future(self._close(
-                sess, m.CLOSE_PROTOCOL, f"durability failure: the commit log could not be written ({err!r})",
+                sess, m.CLOSE_PROTOCOL, f"durability failure: {why}",
                 "durability")))
 
     def _fail_waiters(self, exc: DurabilityFailed) -> None:
@@ -677,13 +686,14 @@ class SyncServer:
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():
             return
-        log.error("the commit-log writer refused records: %r", exc)
+        fault = storage_fault(exc)  # the writer failed on the disk: say so, as _check_writer does
+        why = fault.what if fault is not None else f"the commit log refused a record ({exc!r})"
+        log.error("the commit-log writer refused records: %s", why)
         self.failed.set_result(exc)
-        self._fail_waiters(DurabilityFailed(f"the commit log refused a record ({exc!r})"))
+        self._fail_waiters(DurabilityFailed(why))
         for sess in list(self.sessions.values()):
-            sess.closers.append(asyncio.ensure_future(self._close(
-                sess, m.CLOSE_PROTOCOL, f"durability failure: the commit log refused a record ({exc!r})",
-                "durability")))
+            sess.closers.append(asyncio.ensure_future(self._close(sess, m.CLOSE_PROTOCOL, f"durability failure: {why}",
+                                                                  "durability")))
 
     def _state_metrics(self) -> dict[str, Any]:
         """What :class:`~adapters.observe.StateCollector` reports, computed at scrape time."""
@@ -988,7 +998,7 @@ class SyncServer:
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         resp = await self._upgrade(request)
-        if resp.status != 101:
+        if resp.status != 101 and not isinstance(resp, web.WebSocketResponse):  # a refusal, not a lost client
             self.metrics.rejects.labels(str(resp.status)).inc()
         return resp
 
@@ -1036,7 +1046,11 @@ class SyncServer:
         ws.headers["spacetime-identity"] = verified.claims.identity
         if caller.minted:
             ws.headers["spacetime-identity-token"] = caller.token
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionError as exc:  # the client reset the connection during the 101: a plain disconnect
+            log.debug("client %s went away during the WebSocket upgrade: %r", request.remote, exc)
+            return ws  # nothing registered; aiohttp finds the connection gone and drops it quietly
         conn_id = self.engine.connect(verified.claims, confirmed)
         version = 3 if chosen.startswith("v3.") else 2
         s = Session(conn_id, ws, version, compression, verified, connection_id, request)

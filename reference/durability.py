@@ -34,6 +34,7 @@ the kernel even on SIGKILL); read-only opens (``verify-log``) take no lock and c
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import gc
@@ -46,7 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from reference import snapshot
 from reference.engine import Engine
@@ -86,6 +87,56 @@ class LogCorruption(ValueError):
     def __init__(self, offset: int, message: str) -> None:
         super().__init__(f"commit log row at offset {offset} is corrupt: {message}")
         self.offset = offset
+
+
+@dataclass(frozen=True, slots=True)
+class StorageFault:
+    """What a failed commit-log write was, in an operator's words: ``kind`` is ``"full"`` (no space
+    left) or ``"io"`` (the device reported an I/O error); ``what`` names the failed
+    operation; ``action`` says what to do.  :func:`storage_fault` builds it from an exception."""
+
+    kind: Literal["full", "io"]
+    what: str
+    action: str
+
+
+_IO_OPS = {"SQLITE_IOERR_FSYNC": "fsync of the commit log", "SQLITE_IOERR_DIR_FSYNC": "fsync of the data directory",
+           "SQLITE_IOERR_WRITE": "a write to the commit log", "SQLITE_IOERR_SHORT_READ": "a read of the commit log",
+           "SQLITE_IOERR_READ": "a read of the commit log",
+           "SQLITE_IOERR_CORRUPTFS": "a read of the commit log",  # SQLite's code for a read failing with EIO
+           "SQLITE_IOERR_TRUNCATE": "truncating the commit log"}
+_FULL_ACTION = "free space and start again"
+_IO_ACTION = ("check the disk (dmesg, SMART); start again once it is healthy: the restart recovers, and "
+              "syncref verify-log --data DIR checks the log")
+
+
+def storage_fault(exc: BaseException | None) -> StorageFault | None:
+    """The storage fault behind ``exc`` (searched through its causes), or None when there is none:
+    SQLite's ``SQLITE_FULL``/``SQLITE_IOERR_*`` (Python 3.11 names the extended code) or an
+    ``OSError`` with ``ENOSPC``/``EIO`` (a snapshot write, the recovery)."""
+    seen = exc
+    while seen is not None:
+        name = getattr(seen, "sqlite_errorname", None)
+        if (isinstance(name, str) and name.startswith("SQLITE_FULL")) or "disk is full" in str(seen) or (
+                isinstance(seen, OSError) and seen.errno == errno.ENOSPC):
+            return StorageFault("full", "the disk is full", _FULL_ACTION)
+        if isinstance(name, str) and name.startswith("SQLITE_IOERR"):
+            op = _IO_OPS.get(name, "a commit-log operation")
+            return StorageFault("io", f"{op} failed with an I/O error ({name})", _IO_ACTION)
+        if isinstance(seen, OSError) and seen.errno == errno.EIO:
+            return StorageFault("io", f"an I/O error ({seen.strerror or 'EIO'})", _IO_ACTION)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def writer_failure_line(exc: BaseException) -> str:
+    """The one line ``syncref serve`` prints when the commit-log writer failed while serving: which
+    operation failed, that nothing acknowledged is lost, and what to do."""
+    fault = storage_fault(exc)
+    what, action = (fault.what, fault.action) if fault is not None else (
+        f"{exc!r:.200}", "start again: the restart recovers, and syncref verify-log --data DIR checks the log")
+    return (f"the commit-log writer failed, stopping: {what}; nothing acknowledged is lost (the calls waiting "
+            f"on the failed write got errors, not acknowledgements); {action}")
 
 
 # --- record <-> row ----------------------------------------------------------------------------

@@ -220,19 +220,31 @@ def write(directory: Path, image: Image, before_rename: Callable[[], None] | Non
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / file_name(image.offset)
     tmp = final.with_suffix(".tmp")
+    step = f"creating {tmp.name}"  # named in the error: which step of the write failed
     try:
         with open(tmp, "wb") as f:
+            step = f"writing {tmp.name}"
             for line in encode(image):
                 f.write(line)
             f.flush()
-            os.fsync(f.fileno())
+            step = f"fsync of {tmp.name}"
+            os.fsync(f.fileno())  # failed: the temp file is removed, never renamed (nor fsynced again)
+            step = f"closing {tmp.name}"
         if before_rename is not None:
             before_rename()
+        step = f"renaming {tmp.name}"
         os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{step} failed: {exc.strerror or exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    try:
+        _fsync_dir(directory)
+    except OSError as exc:  # the file is whole (fsynced before the rename); only its name may not last
+        raise OSError(exc.errno, f"fsync of the snapshot directory failed after {final.name} was renamed into "
+                                 f"place: {exc.strerror or exc}") from exc
     return final
 
 

@@ -46,7 +46,7 @@ from adapters.nostr.errors import KeyFileError
 from adapters.nostr.keys import SigningKey, load_key_file
 from adapters.nostr.pool import OutcomeStatus, RelayPool
 from adapters.sdk.connection import Connection
-from adapters.sdk.errors import ReducerError, SdkError
+from adapters.sdk.errors import ReducerError, SdkError, SubscriptionFailed
 from adapters.sdk.rows import TableChange
 from adapters.sdk.session import Subscription
 from spec.values import BridgeOutbox, ComputeAssignment, ProviderCapability
@@ -106,13 +106,13 @@ class BridgeWorker:
         await self.pool.start()
         try:
             self.conn.subscribe(["SELECT * FROM bridge_outbox"], on_applied=self._outbox_changed,
-                                on_update=self._outbox_changed)
+                                on_update=self._outbox_changed, on_error=self._subscription_failed)
             if self.config.mappings.provider_capability:
                 self.conn.subscribe(["SELECT * FROM provider_capability"], on_applied=self._sources_changed,
-                                    on_update=self._sources_changed)
+                                    on_update=self._sources_changed, on_error=self._subscription_failed)
             if self.config.mappings.receipts:
                 self.conn.subscribe(["SELECT * FROM compute_assignment"], on_applied=self._sources_changed,
-                                    on_update=self._sources_changed)
+                                    on_update=self._sources_changed, on_error=self._subscription_failed)
             await self.conn.connect()
             while not stop.is_set():
                 now = _now_us()
@@ -154,6 +154,11 @@ class BridgeWorker:
         rows = [r for r in self.conn.cache["bridge_outbox"].rows() if isinstance(r, BridgeOutbox)]
         self.core.sync_rows(rows)
         self._wake.set()
+
+    def _subscription_failed(self, sub: Subscription, error: SubscriptionFailed) -> None:
+        """A refused subscription (e.g. a token without ``sync.subscribe``) would leave the worker idle
+        with nothing said: one error line names it."""
+        log.error("subscription refused, nothing will be mirrored until it is fixed: %s", error)
 
     def _sources_changed(self, sub: Subscription, changes: tuple[TableChange, ...]) -> None:
         requests: list[OutboxRequest] = []

@@ -10,6 +10,8 @@ The pieces, each usable alone:
   duplicate apply, skipped event, non-monotonic read, confirmed read of a lost write, a view that
   differs from the server's at the same watermark, progress that did not resume.  Pure functions
   over plain data, tested with planted histories.
+* :mod:`.relays` -- real ``nostr-relay`` processes (killed, frozen) and the ``syncref bridge`` worker.
+* :mod:`.planted` -- server and bridge bugs patched into their processes, for the planted runs.
 * :mod:`.runner` -- the run: a server process, writers with idempotent retries, subscribers that
   resume from persisted checkpoints with the SDK, presence, assignments and outbox, the nemeses,
   then the heal phase and the checks.

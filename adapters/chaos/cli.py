@@ -1,4 +1,4 @@
-"""``syncref chaos [--seed N] [--quick | --duration S] [--json FILE] [--workdir DIR] [--plant BUG]``.
+"""``syncref chaos [--seed N] [--quick | --duration S] [--json FILE] [--workdir DIR] [--plant BUG ...]``.
 
 Prints the schedule as it runs and a summary; exits 0 when the checks found no anomaly, 1 when
 they did (the summary names the seed and the command that replays the schedule), 2 on misuse.
@@ -31,7 +31,8 @@ def add_parser(sub: Any) -> None:
                    help="seconds of nemeses (default: the long profile's 1200)")
     c.add_argument("--json", default=None, metavar="FILE", help="write the full report (schedule, figures, anomalies)")
     c.add_argument("--workdir", default=None, metavar="DIR", help="keep the run's files here (default: a temp dir)")
-    c.add_argument("--plant", choices=PLANTS, default=None, help="testing the checker: break a client on purpose")
+    c.add_argument("--plant", choices=PLANTS, action="append", default=None, metavar="BUG",
+                   help=f"testing the checker: plant a bug on purpose (repeatable; {', '.join(PLANTS)})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"syncref chaos: --workdir {workdir} is not empty", file=sys.stderr)
         return 2
     try:
-        report = run_chaos(seed, profile, workdir, plant=args.plant, log=sys.stdout,
+        report = run_chaos(seed, profile, workdir, plant=",".join(args.plant) if args.plant else None, log=sys.stdout,
                            progress=Progress(phases(seed, profile)))
     finally:
         if not keep:
@@ -59,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"chaos: seed {seed}: {report['sigkill_restarts']} SIGKILL restarts, faults {report['faults']}, "
           f"{w['ok']} writes acknowledged ({w['unknown']} unanswered, {w['retries']} retries), "
           f"{report['events_applied']} events applied by subscribers, {report['seconds']} s")
+    print(f"chaos: {len(report['resets'])} epoch resets, {report['compaction']['overtaken']} subscribers overtaken by "
+          f"compaction ({report['compaction']['not_overtaken']} not), rebootstraps {report['rebootstraps_expected']}"
+          + (f", {report['bridge_events']} bridge events checked on {len(report['relays'])} relays"
+             if report["bridge_events"] is not None else "")
+          + "".join(f"; {kind} skipped: {why}" for kind, why in report["skipped"].items()))
     for a in report["findings"][:20]:
         print(f"  finding {a['code']}: {a['detail']}")
     for a in report["anomalies"][:50]:

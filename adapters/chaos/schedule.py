@@ -18,6 +18,14 @@ gives another schedule).  Kinds:
 ``token_expiry``   a client presents an expired token: it must be refused (HTTP 401) and leave no trace
 ``duplicate``      for ``for_s`` the proxy sends half the client frames twice, and halfway cuts every
                    connection, so each client's reconnect first carries its last frames replayed
+``epoch_reset``    an admin calls ``reset_stream_epoch`` on stream ``stream``: its events are gone by
+                   design and every subscriber must rebootstrap it (an *expected* rebootstrap)
+``compaction``     subscriber ``client`` pauses (store and connection closed) for at least ``for_s`` and
+                   until compaction of the small-retention stream has passed its watermark; on resume
+                   the server must answer ``stale_cursor`` (``retention_floor_breach``) and the
+                   subscriber rebootstraps from the retained window
+``relay_outage``   Nostr relay ``relay`` of the bridge is SIGKILLed (``how`` 0, restarted on the same
+                   port and database after ``for_s``) or SIGSTOPped (``how`` 1, SIGCONT after ``for_s``)
 =================  =========================================================================
 """
 
@@ -27,9 +35,9 @@ import random
 from dataclasses import dataclass, field
 
 KINDS: tuple[str, ...] = ("kill", "stall_kill", "stall", "storm", "delay", "client_restart", "token_expiry",
-                          "duplicate")
+                          "duplicate", "epoch_reset", "compaction", "relay_outage")
 # relative weights of the kinds: about a third of the faults restart the server
-WEIGHTS: tuple[int, ...] = (4, 2, 2, 3, 2, 2, 1, 2)
+WEIGHTS: tuple[int, ...] = (4, 2, 2, 3, 2, 2, 1, 2, 1, 1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,13 @@ def plan(seed: int, profile: Profile) -> tuple[Nemesis, ...]:
             params = {"client": float(rng.randrange(profile.subscribers))}
         elif kind == "duplicate":
             params = {"for_s": round(rng.uniform(0.4, 1.5), 3)}
+        elif kind == "epoch_reset":
+            params = {"stream": float(rng.randrange(profile.streams))}
+        elif kind == "compaction":
+            params = {"client": float(rng.randrange(profile.subscribers)), "for_s": round(rng.uniform(0.3, 1.0), 3)}
+        elif kind == "relay_outage":
+            params = {"relay": float(rng.randrange(2)), "how": float(rng.randrange(2)),
+                      "for_s": round(rng.uniform(0.5, 2.0), 3)}
         else:
             params = {}
         out.append(Nemesis(round(t, 3), kind, params))

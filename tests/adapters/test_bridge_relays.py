@@ -506,6 +506,19 @@ def report_isolation(phases: list[Phase], n_appends: int, n_events: int) -> None
 # --- bad input, dead letters --------------------------------------------------------------------------
 
 
+def test_a_token_without_sync_subscribe_is_one_error_line_not_an_idle_worker(relays: dict[str, RealRelay],
+                                                                             tmp_path: Path) -> None:
+    """Found by the chaos run: a bridge token with only the bridge scopes (docs/bridge.md's old example)
+    cannot subscribe to the outbox; the worker used to sit idle without a word."""
+    with site(tmp_path, "noscope") as s:
+        ids = s.enqueue_receipts("noscope", 1)
+        s.token_file.write_text(mint_cli(tmp_path / "noscope-data", "bridge.mark_sent,bridge.enqueue", "*")["token"])
+        with bridge(s, [relays["alpha"].url], "noscope") as b:
+            line = until("the refusal logged", lambda: [x for x in b.stderr().splitlines() if "refused" in x])
+            assert "subscription refused, nothing will be mirrored until it is fixed: missing_scope" in line[0], line
+            assert s.outbox()[ids[0]]["status"] == "pending"  # and indeed nothing was mirrored
+
+
 def test_bad_relays_get_one_line_each_and_the_healthy_relay_still_gets_everything(relays: dict[str, RealRelay],
                                                                                    tmp_path: Path) -> None:
     alpha = relays["alpha"]

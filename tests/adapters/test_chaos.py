@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -18,12 +19,31 @@ from support.server import SYNCREF
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
-from adapters.chaos.history import REBOOTSTRAP, Applied, FinalState, History, Write, check
+from adapters.chaos import planted
+from adapters.chaos.history import (
+    FINDINGS,
+    REBOOTSTRAP,
+    Applied,
+    BridgeFinal,
+    FinalState,
+    History,
+    OutboxRow,
+    Overtaken,
+    Rebootstrap,
+    Reset,
+    Write,
+    check,
+    explained,
+)
+from adapters.chaos.planted import main as planted_main
 from adapters.chaos.proxy import ChaosProxy, ClientFrames, Frame, token_of
-from adapters.chaos.runner import run_chaos
+from adapters.chaos.relays import Relay, read_relay, relay_executable
+from adapters.chaos.runner import RETAIN, chaos_policy, replay, reset_update, run_chaos
 from adapters.chaos.schedule import KINDS, PROFILES, plan
+from spec.values import SyncStream
 
 QUICK = PROFILES["quick"]
+QUICK_SEED = 85  # CI's quick run: this seed's quick schedule holds every kind (pinned below)
 
 
 # --- the schedule ---------------------------------------------------------------------------------
@@ -52,6 +72,25 @@ def test_schedules_cover_every_kind_and_stay_in_the_window() -> None:
 def test_the_quick_profile_is_pinned() -> None:
     assert (QUICK.duration_s, QUICK.writers, QUICK.subscribers, QUICK.streams) == (18.0, 3, 2, 2)
     assert PROFILES["long"].duration_s == 1200.0
+
+
+def test_the_quick_seed_holds_every_kind() -> None:
+    assert {n.kind for n in plan(QUICK_SEED, QUICK)} == set(KINDS)
+    assert {"epoch_reset", "compaction", "relay_outage"} <= set(KINDS)
+
+
+def test_the_run_policy_gives_only_the_last_stream_small_retention() -> None:
+    policy = chaos_policy(["chaos.s0", "chaos.s1"])
+    assert policy.class_for("chaos.s1").retain_count == RETAIN == 30
+    assert policy.class_for("chaos.s0").retain_count is None
+    assert policy.bridge_max_attempts == 5  # the default the bridge checks rely on
+
+
+def test_the_replay_command_names_the_duration_when_it_is_not_the_profiles() -> None:
+    assert replay(3, QUICK) == "syncref chaos --seed 3 --quick"
+    assert replay(3, dataclasses.replace(QUICK, duration_s=5), ("a", "b")) == \
+        "syncref chaos --seed 3 --quick --duration 5 --plant a --plant b"
+    assert replay(2026, PROFILES["long"]) == "syncref chaos --seed 2026 --duration 1200"
 
 
 # --- the checker, on planted histories ------------------------------------------------------------
@@ -108,7 +147,8 @@ CASES = {
     "view_mismatch": lambda h, f: (dataclasses.replace(h, views={"sub0": {"s": (4, {1: ("w0.1", "h1")})}}), f),
     "view_mismatch/behind": lambda h, f: (dataclasses.replace(h, views={"sub0": {"s": (3, {
         seq: (k, x) for seq, k, x in f.events["s"][:3]})}}), f),
-    "unexpected_rebootstrap": lambda h, f: (dataclasses.replace(h, rebootstraps=[("sub0", "s")]), f),
+    "unexpected_rebootstrap": lambda h, f: (dataclasses.replace(h, rebootstraps=[
+        Rebootstrap("sub0", "s", ("epoch_changed",), 2, 1, 4, 1, 4, True)]), f),
     "no_progress": lambda h, f: (dataclasses.replace(h, progress=[("w0 append after the heal", False)]), f),
     "token_accepted": lambda h, f: (dataclasses.replace(h, expired_tokens=[True, False]), f),
     "presence_mismatch": lambda h, f: (h, dataclasses.replace(f, presence={"sess-w0": "busy"})),
@@ -132,6 +172,208 @@ def test_a_rebootstrap_marker_starts_the_subscriber_afresh() -> None:
     assert check(h, final) == []
     h.applied = [*h.applied[:3], marker, *h.applied[1:]]  # ... but not from past the floor
     assert {a.code for a in check(h, final)} == {"skipped_event"}
+
+
+# --- epoch resets: removed events are exempt, rebootstraps across a reset are expected ---------------
+
+
+def reset_history() -> tuple[History, FinalState]:
+    """Four appends to s; the admin reset s at head 2 (epoch 1 -> 2); sub0 rebootstrapped and rehydrated
+    3..4; the final log holds 3..4 from floor 3."""
+    rows = [(1, "w0.1", "h1"), (2, "w1.1", "h2"), (3, "w0.2", "h3"), (4, "w1.2", "h4")]
+    h = History()
+    h.writes = [Write("w0" if k.startswith("w0") else "w1", "append", k, x, "ok", "s", q) for q, k, x in rows]
+    marker = Applied("sub0", "s", REBOOTSTRAP, "", "")
+    h.applied = [*(Applied("sub0", "s", q, k, x) for q, k, x in rows[:2]), marker,
+                 *(Applied("sub0", "s", q, k, x) for q, k, x in rows[2:])]
+    h.views = {"sub0": {"s": (4, {q: (k, x) for q, k, x in rows[2:]})}}
+    h.resets = [Reset("s", 1, 2, 2)]
+    h.rebootstraps = [Rebootstrap("sub0", "s", ("epoch_changed",), 2, 3, 2, 1, 2, False)]
+    final = FinalState(events={"s": rows[2:]}, floors={"s": 3}, heads={"s": 4}, assignments={}, outbox={},
+                       presence={})
+    return h, final
+
+
+RESET_CASES = {
+    "missing_rebootstrap": lambda h, f: (dataclasses.replace(h, rebootstraps=[], applied=[
+        a for a in h.applied if a.seq != REBOOTSTRAP and a.seq > 2], views={"sub0": {"s": (4, {
+            q: (k, x) for q, k, x in f.events["s"]})}}), f),
+    "reset_not_applied": lambda h, f: (dataclasses.replace(h, resets=[Reset("s", 1, 2, 1)]), f),
+    "view_mismatch": lambda h, f: (dataclasses.replace(h, views={"sub0": {"s": (4, {
+        1: ("w0.1", "h1"), 2: ("w1.1", "h2"), 3: ("w0.2", "h3"), 4: ("w1.2", "h4")})}}), f),
+    "lost_write": lambda h, f: (h, dataclasses.replace(f, events={"s": [(3, "w0.2", "h3"), (4, "x", "hx")]})),
+    "unexpected_rebootstrap": lambda h, f: (dataclasses.replace(h, rebootstraps=[
+        *h.rebootstraps, Rebootstrap("sub0", "s", ("epoch_changed",), 3, 5, 4, 2, 4, True)]), f),
+}
+
+
+def test_a_clean_reset_history_has_no_anomaly_and_its_rebootstrap_is_expected() -> None:
+    h, final = reset_history()
+    assert check(h, final) == []
+    assert [explained(h, r) for r in h.rebootstraps] == ["epoch_reset"]
+
+
+def _row(epoch: int, head: int, floor: int, continues: int = 0) -> SyncStream:
+    return SyncStream("s", "default", epoch, continues, head if continues else 0, head, floor, 20000, 0, 0)
+
+
+def test_the_reset_is_told_from_the_other_updates_the_admin_sees_meanwhile() -> None:
+    """Found by a 150 s run (seed 7): an admin reconnecting after a kill saw the unclean restart's epoch
+    bump as an update while its reset was in flight, and the run recorded *that* as the reset (wrong head,
+    wrong epochs: lost writes, unexpected and missing rebootstraps followed)."""
+    bump = (_row(14351, 833, 700), _row(15376, 835, 700, continues=14351))  # recovery: chain set, floor kept
+    compaction = (_row(15376, 835, 700, 14351), _row(15376, 835, 806, 14351))
+    reset = (_row(15376, 835, 806, 14351), _row(15377, 835, 836))
+    assert reset_update([bump, compaction, reset]) == reset
+    assert reset_update([bump, compaction]) is None
+    keeps_epoch = (_row(3, 9, 1), _row(3, 9, 10))  # the planted bug's update is still the reset's
+    assert reset_update([keeps_epoch]) == keeps_epoch
+    empty = (_row(2, 9, 10), _row(3, 9, 10))  # an empty stream reset again
+    assert reset_update([empty]) == empty
+
+
+def test_without_the_reset_record_the_same_history_is_lost_writes() -> None:
+    """The exemption is what keeps the run green: a checker that did not know of the reset (or a reset
+    the admin's answer did not show) would report the removed events as lost."""
+    h, final = reset_history()
+    codes = {a.code for a in check(dataclasses.replace(h, resets=[]), final)}
+    assert {"lost_write", "retention_overreach", "unexpected_rebootstrap"} <= codes, codes
+
+
+@pytest.mark.parametrize("case", sorted(RESET_CASES))
+def test_the_checker_catches_each_planted_reset_anomaly(case: str) -> None:
+    h, final = RESET_CASES[case](*reset_history())
+    codes = {a.code for a in check(h, final)}
+    assert case.split("/")[0] in codes, codes
+
+
+# --- compaction: a paused subscriber overtaken by the floor must be told stale by the server --------
+
+
+def retention_history() -> tuple[History, FinalState]:
+    """Stream s keeps 2 events; 4 appends, floor 3.  sub0 kept up (its view keeps 1..2 below the floor);
+    sub1 was paused at 1, the server answered stale_cursor (retention_floor_breach), it rehydrated 3..4."""
+    rows = [(1, "w0.1", "h1"), (2, "w1.1", "h2"), (3, "w0.2", "h3"), (4, "w1.2", "h4")]
+    h = History(retention={"s": 2})
+    h.writes = [Write("w0" if k.startswith("w0") else "w1", "append", k, x, "ok", "s", q) for q, k, x in rows]
+    h.applied = [*(Applied("sub0", "s", q, k, x) for q, k, x in rows), Applied("sub1", "s", 1, "w0.1", "h1"),
+                 Applied("sub1", "s", REBOOTSTRAP, "", ""), *(Applied("sub1", "s", q, k, x) for q, k, x in rows[2:])]
+    h.views = {"sub0": {"s": (4, {q: (k, x) for q, k, x in rows})},
+               "sub1": {"s": (4, {q: (k, x) for q, k, x in rows[2:]})}}
+    h.rebootstraps = [Rebootstrap("sub1", "s", ("retention_floor_breach",), 1, 3, 4, 1, 1, True)]
+    h.overtaken = [Overtaken("sub1", "s", 1, 3)]
+    final = FinalState(events={"s": rows[2:]}, floors={"s": 3}, heads={"s": 4}, assignments={}, outbox={},
+                       presence={})
+    return h, final
+
+
+RETENTION_CASES = {
+    "stale_not_signalled": lambda h, f: (dataclasses.replace(h, rebootstraps=[
+        dataclasses.replace(h.rebootstraps[0], from_server=False)]), f),
+    "stale_not_signalled/no-rebootstrap": lambda h, f: (dataclasses.replace(h, rebootstraps=[]), f),
+    "retention_overreach": lambda h, f: (h, dataclasses.replace(f, events={"s": f.events["s"][1:]}, floors={"s": 4})),
+    "unexpected_rebootstrap": lambda h, f: (dataclasses.replace(h, retention={}), f),
+    "unexpected_rebootstrap/floor-beyond-policy": lambda h, f: (dataclasses.replace(h, rebootstraps=[
+        Rebootstrap("sub1", "s", ("retention_floor_breach",), 1, 4, 4, 1, 1, True), *h.rebootstraps]), f),
+    "confirmed_read_of_lost_write": lambda h, f: (dataclasses.replace(h, applied=[
+        Applied("sub0", "s", 1, "w0.1", "other"), *h.applied[1:]]), f),
+    "view_mismatch": lambda h, f: (dataclasses.replace(h, views={**h.views, "sub0": {"s": (4, {
+        1: ("w9.9", "h9"), 2: ("w1.1", "h2"), 3: ("w0.2", "h3"), 4: ("w1.2", "h4")})}}), f),
+}
+
+
+def test_a_clean_retention_history_has_no_anomaly_and_its_rebootstrap_is_expected() -> None:
+    h, final = retention_history()
+    assert check(h, final) == []
+    assert [explained(h, r) for r in h.rebootstraps] == ["retention"]
+
+
+@pytest.mark.parametrize("case", sorted(RETENTION_CASES))
+def test_the_checker_catches_each_planted_retention_anomaly(case: str) -> None:
+    h, final = RETENTION_CASES[case](*retention_history())
+    codes = {a.code for a in check(h, final)}
+    assert case.split("/")[0] in codes, codes
+
+
+def test_a_retention_breach_beside_an_unclean_restarts_epoch_change_is_expected() -> None:
+    h, final = retention_history()
+    both = dataclasses.replace(h.rebootstraps[0], reasons=("epoch_changed", "retention_floor_breach"), epoch=1025)
+    h.rebootstraps = [both]
+    assert check(h, final) == [] and explained(h, both) == "retention"
+    alone = dataclasses.replace(both, reasons=("epoch_changed",))  # no breach: it should have continued
+    assert explained(h, alone) is None
+    odd = dataclasses.replace(both, reasons=("retention_floor_breach", "replay_budget_exceeded"))
+    assert explained(h, odd) is None
+
+
+def test_a_write_appended_again_past_the_dedupe_horizon_is_a_finding_not_an_anomaly() -> None:
+    h, final = retention_history()
+    final = dataclasses.replace(final, events={"s": [(3, "w0.2", "h3"), (4, "w0.1", "h1")]})
+    h.writes = [*h.writes[:3], Write("w1", "append", "w1.2", "h4", "unknown", "s")]
+    h.applied, h.views, h.rebootstraps, h.overtaken = [], {}, [], []
+    codes = [a.code for a in check(h, final)]
+    assert codes == ["beyond_dedupe_horizon"] and set(codes) <= FINDINGS
+
+
+# --- the bridge: every enqueued event on every relay once, under one id --------------------------------
+
+
+def bridge_history() -> tuple[History, FinalState]:
+    h = History()
+    h.writes = [Write("w0", "enqueue", "ob-1", "c1", "ok"), Write("w1", "enqueue", "ob-2", "c2", "ok")]
+    rows = {"ob-1": OutboxRow("sent", 0, "e1", ("ra", "rb"), "one"),
+            "ob-2": OutboxRow("sent", 1, "e2", ("rb", "ra"), "two")}
+    held = {"ra": [("e1", "one"), ("e2", "two")], "rb": [("e2", "two"), ("e1", "one")]}
+    final = FinalState(events={}, floors={}, heads={}, assignments={}, outbox={"ob-1": "c1", "ob-2": "c2"},
+                       presence={}, bridge=BridgeFinal(("ra", "rb"), rows, held, 5))
+    return h, final
+
+
+def _bridge(f: FinalState, **kw: object) -> FinalState:
+    assert f.bridge is not None
+    return dataclasses.replace(f, bridge=dataclasses.replace(f.bridge, **kw))  # type: ignore[arg-type]
+
+
+BRIDGE_CASES = {
+    "bridge_missing": lambda f: _bridge(f, held={"ra": [("e1", "one"), ("e2", "two")], "rb": [("e2", "two")]}),
+    "bridge_missing/not-drained": lambda f: _bridge(f, rows={**f.bridge.rows, "ob-1": OutboxRow(
+        "pending", 2, None, (), "one")}),
+    "bridge_missing/one-relay": lambda f: _bridge(f, rows={**f.bridge.rows, "ob-1": OutboxRow(
+        "sent", 0, "e1", ("ra",), "one")}),
+    "bridge_duplicate": lambda f: _bridge(f, held={**f.bridge.held, "ra": [("e1", "one"), ("e1", "one"),
+                                                                             ("e2", "two")]}),
+    "bridge_duplicate/signed-twice": lambda f: _bridge(f, held={**f.bridge.held, "rb": [("e2", "two"),
+                                                                                      ("e9", "one")]}),
+    "bridge_wrong_id": lambda f: _bridge(f, held={**f.bridge.held, "rb": [("e2", "two"), ("e9", "one")]}),
+    "bridge_unknown": lambda f: _bridge(f, held={**f.bridge.held, "ra": [*f.bridge.held["ra"], ("e7", "who?")]}),
+    "bridge_dead_letter": lambda f: _bridge(f, rows={**f.bridge.rows, "ob-2": OutboxRow(
+        "failed", 5, None, (), "two")}, held={"ra": [("e1", "one")], "rb": [("e1", "one")]}),
+    "bridge_dead_letter/early": lambda f: _bridge(f, rows={**f.bridge.rows, "ob-2": OutboxRow(
+        "failed", 4, None, (), "two", "ra: failed: no OK; rb: failed: no OK")}, held={"ra": [("e1", "one")],
+                                                                                      "rb": [("e1", "one")]}),
+    "bridge_dead_letter/one-relay-named": lambda f: _bridge(f, rows={**f.bridge.rows, "ob-2": OutboxRow(
+        "failed", 5, None, (), "two", "ra: failed: no OK")}, held={"ra": [("e1", "one")], "rb": [("e1", "one")]}),
+}
+
+
+def test_a_dead_letter_the_policy_explains_is_a_finding_and_not_missing() -> None:
+    h, final = bridge_history()
+    final = _bridge(final, rows={**final.bridge.rows, "ob-2": OutboxRow(  # type: ignore[union-attr]
+        "failed", 5, None, (), "two", "ra: failed: no OK for event 12 within 1s; rb: failed: connect failed")},
+        held={"ra": [("e1", "one")], "rb": [("e1", "one")]})
+    found = check(h, final)
+    assert [a.code for a in found] == ["bridge_dead_letter_by_policy"] and set(FINDINGS) >= {found[0].code}
+
+
+def test_a_clean_bridge_history_has_no_anomaly() -> None:
+    assert check(*bridge_history()) == []
+
+
+@pytest.mark.parametrize("case", sorted(BRIDGE_CASES))
+def test_the_checker_catches_each_planted_bridge_anomaly(case: str) -> None:
+    h, final = bridge_history()
+    codes = {a.code for a in check(h, BRIDGE_CASES[case](final))}
+    assert case.split("/")[0] in codes, codes
 
 
 # --- the proxy ------------------------------------------------------------------------------------
@@ -175,15 +417,29 @@ def test_the_proxy_forwards_cuts_and_refuses() -> None:
 
 
 def test_a_quick_chaos_run_finds_nothing(tmp_path: Path) -> None:
-    assert {n.kind for n in plan(3, QUICK)} == set(KINDS)  # seed 3: every kind of nemesis in one quick run
-    report = run_chaos(3, QUICK, tmp_path / "run")
+    report = run_chaos(QUICK_SEED, QUICK, tmp_path / "run")
     assert report["ok"], json.dumps(report["anomalies"][:20], indent=1)
     assert report["proxy"]["frames_duplicated"] > 0 and report["proxy"]["frames_replayed"] > 0
     assert report["sigkill_restarts"] >= 1 and report["server_starts"] == report["sigkill_restarts"] + 1
     assert report["writes"]["ok"] > 50 and report["events_applied"] > 50 and report["log_records"] > 50
     assert report["expired_tokens_refused"] == report["faults"].get("token_expiry", 0)
-    assert report["replay"] == "syncref chaos --seed 3 --quick"
-    assert [n["kind"] for n in report["schedule"]] == [n.kind for n in plan(3, QUICK)]
+    assert report["replay"] == f"syncref chaos --seed {QUICK_SEED} --quick"
+    assert [n["kind"] for n in report["schedule"]] == [n.kind for n in plan(QUICK_SEED, QUICK)]
+    # the new kinds did what they say: a reset answered with a new epoch, every subscriber's rebootstrap of
+    # it expected; a paused subscriber overtaken by compaction; a relay outage healed
+    assert report["resets"] and all(r["new_epoch"] > r["old_epoch"] for r in report["resets"])
+    assert report["rebootstraps_expected"].get("epoch_reset", 0) >= QUICK.subscribers
+    assert report["compaction"]["overtaken"] == report["faults"]["compaction"] >= 1
+    assert report["rebootstraps_expected"].get("retention", 0) >= 1
+    assert "unexpected" not in report["rebootstraps_expected"]
+    if relay_executable() is None:
+        reason = report["skipped"]["relay_outage"]
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the relay nemesis: {reason}")
+        pytest.skip(reason)
+    assert report["faults"]["relay_outage"] >= 1 and report["bridge_events"] > 10 and not report["skipped"]
+    catch_ups = report["relay_catch_ups"]  # one per outage: the rows the relay missed, caught up on after it
+    assert len(catch_ups) == report["faults"]["relay_outage"] and all(c["caught_up"] for c in catch_ups), catch_ups
 
 
 def test_a_planted_client_bug_is_reported_with_its_seed(tmp_path: Path) -> None:
@@ -194,7 +450,8 @@ def test_a_planted_client_bug_is_reported_with_its_seed(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "r.json").read_text())
     codes = set(report["anomaly_counts"])
     assert {"skipped_event", "view_mismatch"} <= codes, codes
-    assert "seed 4242" in out.stdout and "syncref chaos --seed 4242 --quick --plant skip-apply" in out.stdout
+    assert "seed 4242" in out.stdout
+    assert "syncref chaos --seed 4242 --quick --duration 5 --plant skip-apply" in out.stdout
     # progress on stderr, plain off a terminal: one line per phase and per nemesis, no control characters
     steps = [line for line in out.stderr.splitlines() if line.startswith("[")]  # not the SDK's warnings
     n = len(report["schedule"])
@@ -202,6 +459,31 @@ def test_a_planted_client_bug_is_reported_with_its_seed(tmp_path: Path) -> None:
     assert re.fullmatch(rf"\[1/{n + 3} +\d+s\] starting the server, the proxy and the subscribers", steps[0])
     assert all(f"nemesis {i}/{n} at " in steps[i] for i in range(1, n + 1)), steps
     assert "healing" in steps[-2] and "checking the histories" in steps[-1]
+
+
+PLANTED_SEED = 498  # its 6 s quick schedule: an epoch reset of chaos.s0, a relay SIGKILL, a compaction pause
+
+
+def test_planted_server_and_bridge_bugs_are_reported_with_their_seed(tmp_path: Path) -> None:
+    """One run, three planted bugs, each caught by its own check: a reset that keeps the epoch
+    (``reset_not_applied``; verify-log, which re-executes with the real reducer, disagrees too), a resume
+    below the retention floor the server does not call stale (``stale_not_signalled``: only the SDK's own
+    row check saved the subscriber), a bridge that counts a catch-up publish as sent without sending it
+    (``bridge_missing``)."""
+    kinds = {n.kind for n in plan(PLANTED_SEED, dataclasses.replace(QUICK, duration_s=6))}
+    assert {"epoch_reset", "compaction", "relay_outage"} <= kinds
+    if relay_executable() is None and not os.environ.get("CI"):
+        pytest.skip("the nostr-relay executable is not installed: the bridge plant cannot run")
+    plants = ["reset-keeps-epoch", "unsignalled-floor", "bridge-drops-retry"]
+    out = subprocess.run([str(SYNCREF), "chaos", "--quick", "--duration", "6", "--seed", str(PLANTED_SEED),
+                          *(x for p in plants for x in ("--plant", p)), "--json", str(tmp_path / "r.json"),
+                          "--workdir", str(tmp_path / "run")], capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    codes = set(report["anomaly_counts"])
+    assert {"reset_not_applied", "stale_not_signalled", "bridge_missing", "verify_log"} <= codes, codes
+    assert f"seed {PLANTED_SEED}" in out.stdout
+    assert replay(PLANTED_SEED, dataclasses.replace(QUICK, duration_s=6), tuple(plants)) in out.stdout
 
 
 def test_chaos_misuse_is_exit_2(tmp_path: Path) -> None:
@@ -311,3 +593,42 @@ def test_the_proxy_duplicates_frames_and_replays_them_on_the_next_connection() -
         upstream.close()
 
     asyncio.run(body())
+
+
+# --- the relays and the plant launcher ------------------------------------------------------------------
+
+
+def test_a_chaos_relay_starts_freezes_thaws_and_restarts_on_its_port(tmp_path: Path) -> None:
+    exe = relay_executable()
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have the nostr-relay executable")
+        pytest.skip("the nostr-relay executable is not installed")
+
+    async def body() -> None:
+        relay = Relay(tmp_path, "r", exe)
+        await relay.start()
+        try:
+            assert await read_relay(relay.url, "ab" * 32) == []
+            port = relay.port
+            relay.freeze()
+            with pytest.raises(TimeoutError):  # a frozen relay answers nothing
+                await read_relay(relay.url, "ab" * 32, timeout=1.0)
+            relay.thaw()
+            assert await read_relay(relay.url, "ab" * 32) == []
+            relay.kill()
+            assert relay.process is None
+            with pytest.raises(OSError):
+                await read_relay(relay.url, "ab" * 32, timeout=2.0)
+            await relay.start()
+            assert relay.port == port and await read_relay(relay.url, "ab" * 32) == []
+        finally:
+            relay.kill()
+
+    asyncio.run(body())
+
+
+def test_the_plant_launcher_refuses_an_unknown_plant() -> None:
+    assert planted_main(["nope", "serve"]) == 2
+    assert planted_main([]) == 2
+    assert set(planted.PATCHES) == set(planted.SERVER) | set(planted.BRIDGE)

@@ -18,12 +18,15 @@ import pytest
 
 from reference.durability import (
     DB_FILE,
+    DurabilityError,
     GroupCommitWriter,
     LogCorruption,
     LogStore,
     restart,
     shutdown,
+    storage_fault,
     sync,
+    writer_failure_line,
 )
 from reference.engine import Engine
 from reference.log import TxRecord
@@ -530,3 +533,92 @@ def test_a_busy_writer_never_gathers(tmp_path: Path) -> None:
     assert writer.gathered == 0 and sum(batches) == 50
     writer.close()
     store.close()
+
+
+def _sqlite_error(message: str, name: str) -> sqlite3.OperationalError:
+    """An error as Python 3.11's sqlite3 raises it (the extended result code's name attached)."""
+    exc = sqlite3.OperationalError(message)
+    exc.sqlite_errorname = name  # type: ignore[attr-defined]
+    return exc
+
+
+class FailingOnceStore(LogStore):
+    """COMMIT fails once as a failed WAL fsync does (``SQLITE_IOERR_FSYNC``); every later COMMIT works."""
+
+    failures = 0
+
+    def _commit(self) -> None:
+        if self.failures == 0:
+            self.failures += 1
+            raise _sqlite_error("disk I/O error", "SQLITE_IOERR_FSYNC")
+        super()._commit()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_after_a_failed_commit_the_writer_never_reports_that_batch_durable(tmp_path: Path, background: bool) -> None:
+    """"fsyncgate": a retried fsync may succeed although the failed write never reached the disk,
+    so a failed COMMIT freezes the durable offset for good: the writer does not retry, refuses new
+    records, and the log holds nothing of the failed batch.  (Against a real failing disk:
+    tests/adapters/test_storage_faults.py, whose planted retrying writer shows the check can fail.)"""
+    eng = Engine(POLICY)
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, background=False)
+    drive(eng)
+    records = eng.take_records()
+    writer.append(records[:3])
+    assert writer.flush() == 3
+    writer.close()
+    store.close()
+    store = FailingOnceStore.open(tmp_path)
+    writer = GroupCommitWriter(store, background=background)
+    writer.append(records[3:5])
+    with pytest.raises(DurabilityError, match="disk I/O error"):
+        writer.flush()
+    assert store.failures == 1 and writer.durable_offset == 3
+    with pytest.raises(DurabilityError):  # the store would accept a retry now; the writer must not make one
+        writer.flush()
+    with pytest.raises(DurabilityError):
+        writer.wait_durable(5, timeout=1)
+    with pytest.raises(DurabilityError):
+        writer.append(records[5:6])
+    assert writer.durable_offset == 3 and store.last()[0] == 3 and store.failures == 1
+    with pytest.raises(DurabilityError):
+        writer.close()
+    store.close()
+
+
+@pytest.mark.parametrize(("exc", "kind", "what"), [
+    (_sqlite_error("disk I/O error", "SQLITE_IOERR_FSYNC"), "io",
+     "fsync of the commit log failed with an I/O error (SQLITE_IOERR_FSYNC)"),
+    (_sqlite_error("disk I/O error", "SQLITE_IOERR_WRITE"), "io",
+     "a write to the commit log failed with an I/O error (SQLITE_IOERR_WRITE)"),
+    (_sqlite_error("disk I/O error", "SQLITE_IOERR_DIR_FSYNC"), "io",
+     "fsync of the data directory failed with an I/O error (SQLITE_IOERR_DIR_FSYNC)"),
+    (_sqlite_error("disk I/O error", "SQLITE_IOERR_LOCK"), "io",
+     "a commit-log operation failed with an I/O error (SQLITE_IOERR_LOCK)"),
+    (_sqlite_error("database or disk is full", "SQLITE_FULL"), "full", "the disk is full"),
+    (sqlite3.OperationalError("database or disk is full"), "full", "the disk is full"),  # no extended name
+    (OSError(28, "No space left on device"), "full", "the disk is full"),
+    (OSError(5, "Input/output error"), "io", "an I/O error (Input/output error)"),
+    (DurabilityError("the commit-log writer failed"), None, None),
+    (sqlite3.OperationalError("database is locked"), None, None),
+    (OSError(13, "Permission denied"), None, None),
+    (ValueError("commit log hash mismatch at offset 3"), None, None),
+])
+def test_storage_fault_names_the_failed_operation(exc: BaseException, kind: str | None, what: str | None) -> None:
+    fault = storage_fault(exc)
+    assert (fault.kind, fault.what) == (kind, what) if fault is not None else (kind, what) == (None, None)
+    wrapped = DurabilityError("the commit-log writer failed")  # found through the cause chain, as the server sees it
+    wrapped.__cause__ = exc
+    assert storage_fault(wrapped) == fault
+
+
+def test_the_writer_failure_line_says_what_failed_that_nothing_acknowledged_is_lost_and_what_to_do() -> None:
+    line = writer_failure_line(_sqlite_error("disk I/O error", "SQLITE_IOERR_FSYNC"))
+    assert line == ("the commit-log writer failed, stopping: fsync of the commit log failed with an I/O error "
+                    "(SQLITE_IOERR_FSYNC); nothing acknowledged is lost (the calls waiting on the failed write got "
+                    "errors, not acknowledgements); check the disk (dmesg, SMART); start again once it is healthy: "
+                    "the restart recovers, and syncref verify-log --data DIR checks the log")
+    assert writer_failure_line(OSError(28, "No space left on device")).endswith("; free space and start again")
+    other = writer_failure_line(RuntimeError("boom"))
+    assert "RuntimeError('boom')" in other and "nothing acknowledged is lost" in other

@@ -403,3 +403,69 @@ def test_sigkill_during_snapshots_loses_nothing(tmp_path: Path) -> None:
     assert report.ok, report
     assert report.snapshots and all(c.status == "match" for c in report.snapshots), report.snapshots
     assert mid_snapshot >= 3 and used >= 2, (mid_snapshot, used)
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync", "directory fsync"])
+def test_a_snapshot_write_on_a_failing_disk_names_the_step_and_never_leaves_a_half_written_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """EIO from the file's write or fsync: the temp file is removed, nothing is renamed, the error
+    names the step.  EIO from the directory fsync after the rename: the file is whole (its contents
+    were fsynced first) and reads back; the error says so.  (Against a real failing filesystem:
+    tests/adapters/test_storage_faults.py.)"""
+    eng = Engine.recover(history(1)[0][:40], clean=True, now=0, policy=POLICY)
+    image = capture(eng.db, eng.committed, eng.head_hash)
+    directory = tmp_path / snapshot.SNAPSHOT_DIR
+    directory.mkdir()
+    real_fsync, real_open = os.fsync, open
+    dir_fds: set[int] = set()
+
+    def fsync(fd: int) -> None:
+        if (failing == "fsync" and fd not in dir_fds) or (failing == "directory fsync" and fd in dir_fds):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    real_os_open = os.open
+
+    def os_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        fd = real_os_open(path, flags, *args, **kw)
+        if Path(path) == directory:
+            dir_fds.add(fd)
+        return fd
+
+    class FailingFile:
+        def __init__(self, f: Any) -> None:
+            self._f = f
+
+        def __enter__(self) -> FailingFile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._f.close()
+
+        def write(self, data: bytes) -> int:
+            raise OSError(5, "Input/output error")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._f, name)
+
+    def failing_open(path: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        f = real_open(path, mode, *args, **kw)
+        return FailingFile(f) if failing == "write" and str(path).endswith(".tmp") else f
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(snapshot, "open", failing_open, raising=False)
+    with pytest.raises(OSError) as caught:
+        snapshot.write(directory, image)
+    monkeypatch.undo()
+    name = snapshot.file_name(image.offset)
+    tmp_name = name.removesuffix(".json") + ".tmp"
+    if failing == "directory fsync":
+        assert str(caught.value) == (f"[Errno 5] fsync of the snapshot directory failed after {name} was renamed into "
+                                     "place: Input/output error")
+        assert sorted(p.name for p in directory.iterdir()) == [name]
+        assert snapshot.read(directory / name) == image  # whole
+    else:
+        step = {"write": f"writing {tmp_name}", "fsync": f"fsync of {tmp_name}"}[failing]
+        assert str(caught.value) == f"[Errno 5] {step} failed: Input/output error"
+        assert list(directory.iterdir()) == []  # neither the temp file nor a snapshot

@@ -1,0 +1,64 @@
+"""A client that resets its connection while the server answers the upgrade (the 101) is a plain
+disconnect: no internal error (counted, logged at ERROR, answered 500), no half-registered
+connection, and the server goes on serving (issue 13's weak point).
+
+The reset is made deterministic: ``WebSocketResponse.prepare`` is wrapped so that the client's
+TCP reset (``SO_LINGER`` 0) has certainly arrived before the 101 is written -- the moment a real
+client's reset can hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from support.server import WireClient, running_server
+
+
+def test_a_reset_during_the_101_is_a_quiet_disconnect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    prepare = web.WebSocketResponse.prepare
+    reset_seen: list[bool] = []
+
+    async def prepare_after_the_reset(self: web.WebSocketResponse, request: web.BaseRequest) -> Any:
+        transport = request.transport
+        deadline = time.monotonic() + 5
+        while transport is not None and not transport.is_closing() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the reset arrives: aiohttp closes the transport
+        reset_seen.append(transport is None or transport.is_closing())
+        return await prepare(self, request)
+
+    monkeypatch.setattr(web.WebSocketResponse, "prepare", prepare_after_the_reset)
+    with caplog.at_level(logging.DEBUG, logger="syncref"), running_server(tmp_path / "data") as st:
+        tok = st.token()
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", st.server.port))
+            sock.sendall((f"GET /v1/database/autopilot-sync/subscribe?token={tok} HTTP/1.1\r\n"
+                          f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                          f"Sec-WebSocket-Protocol: v2.bsatn.spacetimedb\r\n\r\n").encode())
+            time.sleep(0.1)  # the request is read and the handler waits in prepare
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST
+        deadline = time.monotonic() + 10
+        while len(reset_seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        monkeypatch.undo()
+        assert len(reset_seen) >= 3 and all(reset_seen), reset_seen  # aiohttp re-prepares the returned response
+        time.sleep(0.2)
+        internal = st.call(lambda: st.server.metrics.internal.labels("http")._value.get())
+        assert internal == 0, "a reset during the upgrade was counted as an internal error"
+        assert st.call(lambda: len(st.server.engine.conns)) == 0, "a reset connection stayed registered"
+        client = WireClient(st, tok)  # the server goes on serving
+        client.ws.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not errors, [r.getMessage() for r in errors]
+    gone = [r for r in caplog.records if "went away during the WebSocket upgrade" in r.getMessage()]
+    assert len(gone) >= 3 and all(r.levelno == logging.DEBUG for r in gone), [r.getMessage() for r in gone]
