@@ -85,8 +85,24 @@ def _encodable(ev: SyncEvent, stream_id: str) -> tuple[bytes, int] | None:
 class StreamLog:
     """The retained events of one stream: ``floor`` is the seq of the first one."""
 
-    __slots__ = ("stream_id", "floor", "_head", "_size", "_data", "_cols", "_producers", "_producer_no",
-                 "_run_seqs", "_run_epochs", "_table", "_tbase", "_tfill", "_miss", "_odd", "_odd_keys")
+    __slots__ = (
+        "_cols",
+        "_data",
+        "_head",
+        "_miss",
+        "_odd",
+        "_odd_keys",
+        "_producer_no",
+        "_producers",
+        "_run_epochs",
+        "_run_seqs",
+        "_size",
+        "_table",
+        "_tbase",
+        "_tfill",
+        "floor",
+        "stream_id",
+    )
 
     def __init__(self, stream_id: str, floor: int = 1) -> None:
         self.stream_id = stream_id
@@ -395,9 +411,9 @@ class StreamLog:
 
     def _unindex(self, ev: SyncEvent) -> None:
         self._miss = None
-        if self._odd is not None and self._odd.get(ev.seq) is ev:
+        if self._odd is not None and self._odd_keys is not None and self._odd.get(ev.seq) is ev:
             del self._odd[ev.seq]
-            del self._odd_keys[ev.idempotency_key]  # type: ignore[index]
+            del self._odd_keys[ev.idempotency_key]
             return
         table = self._table
         mask = len(table) - 1

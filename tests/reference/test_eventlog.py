@@ -30,7 +30,7 @@ SID = "s.one"
 
 
 def _event(rng: random.Random, seq: int, epoch: int, key: str, odd: bool) -> SyncEvent:
-    payload = rng.choice(['{"i":%d}' % seq, '"é✓ %d"' % seq, '{"pad":"%s"}' % ("x" * rng.randrange(300)), "[]"])
+    payload = rng.choice([f'{{"i":{seq}}}', f'"é✓ {seq}"', f'{{"pad":"{"x" * rng.randrange(300)}"}}', "[]"])
     h = "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
     producer = rng.choice(["a" * 64, "b" * 64, "c" * 64] + [f"{i:064x}" for i in range(30)])
     ev = SyncEvent(SID, epoch, seq, key, h, payload, producer, 1_700_000_000_000_000 + seq, 1000 + seq)
@@ -199,17 +199,21 @@ PLANTED = (
     ("a write in front leaves the later ends where they were",
      "        for k in range(j + _STRIDE, len(cols), _STRIDE):\n            cols[k] += delta\n", ""),
     ("a rehash leaves the oldest live event out",
-     "        live = [p for p in range(self._head, self._size)", "        live = [p for p in range(self._head + 1, self._size)"),
+     "        live = [p for p in range(self._head, self._size)",
+     "        live = [p for p in range(self._head + 1, self._size)"),
     ("a revived event keeps the epoch of the run after it",
-     "            self._run_seqs[0] = max(self._run_seqs[0], self.floor + 1)\n            self._run_seqs.insert(0, self.floor)\n"
+     "            self._run_seqs[0] = max(self._run_seqs[0], self.floor + 1)\n"
+     "            self._run_seqs.insert(0, self.floor)\n"
      "            self._run_epochs.insert(0, ev.epoch)\n",
      "            pass\n"),
     ("relabel does not touch odd rows",
-     "                if ev.epoch == old_epoch:\n                    self._odd[seq]", "                if False:\n                    self._odd[seq]"),
+     "                if ev.epoch == old_epoch:\n                    self._odd[seq]",
+     "                if False:\n                    self._odd[seq]"),
     ("a probe stops at a tombstone",
      "            if v == _TOMB:\n                if free < 0:\n                    free = i\n",
      "            if v == _TOMB:\n                return -1, i\n"),
-    ("the copy shares its last chunk", "            other._data[-1], other._cols[-1] = self._data[-1][:], self._cols[-1][:]\n",
+    ("the copy shares its last chunk",
+     "            other._data[-1], other._cols[-1] = self._data[-1][:], self._cols[-1][:]\n",
      "            pass\n"),
     ("a rollback truncates a chunk a copy shares",
      "            self._data[-1] = self._data[-1][:self._cols[-1][j - _STRIDE]]\n",
