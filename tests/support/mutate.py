@@ -14,6 +14,10 @@ example database), so a verdict does not change from one run to the next.
     PYTHONPATH=tests python -m support.mutate --report spec/query.py   # summary of the last run
     PYTHONPATH=tests python -m support.mutate --verify spec/query.py   # do the killer tests kill the
                                                                        # last run's survivors? (quick)
+    PYTHONPATH=tests python -m support.mutate --sample 120 --seed 1 reference/engine.py
+                                            # a seeded uniform random sample of the module's mutants
+                                            # (score with a 95 % Wilson interval), for modules too big
+                                            # to measure whole
 
 The summary counts mutants by mutmut's verdict and applies `support.mutation_verdicts.EQUIVALENT`
 (mutants shown not to change behaviour, each with its reason): the score is killed (including
@@ -23,8 +27,12 @@ timeouts) over the mutants that are not equivalent.  The process lowers its own 
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import json
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -54,10 +62,32 @@ TESTS: dict[str, list[str]] = {
                        "tests/spec/test_mutation_kills.py"],
     "spec/errors.py": ["tests/spec/test_canonical.py", "tests/spec/test_compat.py",
                        "tests/spec/test_one_rule.py", "tests/spec/test_mutation_kills.py"],
-    "reference/log.py": ["tests/reference/test_log_fastpath.py"],
-    "reference/db.py": ["tests/reference/test_engine_units.py"],
-    "reference/replay.py": ["tests/reference/test_durability.py"],
+    # reference/: the engine's unit, scenario and durability tests (no server processes; the
+    # differential machines are left out: 40 s a run, too slow to rerun per surviving mutant)
+    "reference/log.py": ["tests/reference/test_log_fastpath.py", "tests/reference/test_engine_chain.py",
+                         "tests/reference/test_durability.py", "tests/reference/test_mutation_kills.py"],
+    "reference/db.py": ["tests/reference/test_engine_units.py", "tests/reference/test_engine_isolation.py",
+                        "tests/reference/test_hardening_engine.py", "tests/reference/test_engine_chain.py",
+                        "tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills.py"],
+    "reference/replay.py": ["tests/reference/test_durability.py", "tests/reference/test_snapshot.py",
+                            "tests/reference/test_engine_chain.py", "tests/reference/test_mutation_kills.py"],
+    "reference/snapshot.py": ["tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills.py"],
+    "reference/reducers.py": ["tests/reference/test_engine_units.py", "tests/reference/test_hardening_engine.py",
+                              "tests/reference/test_engine_isolation.py",
+                              "tests/reference/test_bridge_enqueue_controls.py",
+                              "tests/reference/test_engine_chain.py", "tests/reference/test_mutation_kills.py"],
+    "reference/durability.py": ["tests/reference/test_durability.py", "tests/reference/test_log_fastpath.py",
+                                "tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills.py"],
+    "reference/engine.py": ["tests/reference/test_engine_units.py",
+                            "tests/reference/test_hardening_engine.py",
+                            "tests/reference/test_engine_isolation.py", "tests/reference/test_engine_chain.py",
+                            "tests/reference/test_bridge_enqueue_controls.py",
+                            "tests/reference/test_mutation_kills.py"],
 }
+
+# planted-mutant harnesses inside a selected file: they edit the module's source text, which mutmut has
+# rewritten (its trampolines), so they cannot find their edit targets there
+DESELECTED = ["--deselect", "tests/reference/test_engine_isolation.py::test_planted_isolation_bugs_are_caught"]
 
 COPIED = ["spec", "reference", "tests", "proofs", "adapters", "benchmarks", "docs", "syncref", "README.md",
           "pyproject.toml"]
@@ -74,9 +104,19 @@ def slug(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
 
-def prepare(module: str, fresh: bool) -> Path:
-    """The scratch copy for `module`, its sources and tests synced from the checkout."""
-    work = SCRATCH / slug(module)
+# `--together`: modules measured in one scratch copy and one mutmut run (one tracing phase over the
+# union of their tests) share a directory; every other module has its own.
+SHARED: dict[str, Path] = {}
+
+
+def scratch(module: str) -> Path:
+    return SHARED.get(module, SCRATCH / slug(module))
+
+
+def prepare(modules: list[str], fresh: bool) -> Path:
+    """The scratch copy for `modules` (one, or several measured together), sources and tests synced
+    from the checkout."""
+    work = scratch(modules[0])
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -88,14 +128,14 @@ def prepare(module: str, fresh: bool) -> Path:
             shutil.copytree(src, work / name, ignore=IGNORED, dirs_exist_ok=True)
         elif src.exists():
             shutil.copy2(src, work / name)
-    tests = [t for t in TESTS[module] if (ROOT / t).exists()]
+    tests = [t for t in dict.fromkeys(t for m in modules for t in TESTS[m]) if (ROOT / t).exists()]
     table = "\n".join([
         "[tool.mutmut]",
-        f"# generated by support.mutate for {module}",
+        f"# generated by support.mutate for {' '.join(modules)}",
         'source_paths = ["spec/", "reference/"]',
-        f"only_mutate = {json.dumps([module])}",
+        f"only_mutate = {json.dumps(modules)}",
         'also_copy = ["proofs/", "adapters/", "benchmarks/", "docs/", "syncref/", "README.md"]',
-        'pytest_add_cli_args = ["-p", "no:xdist", "-p", "no:cacheprovider", "-q"]',
+        f"pytest_add_cli_args = {json.dumps(['-p', 'no:xdist', '-p', 'no:cacheprovider', '-q', *DESELECTED])}",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         "",
     ])
@@ -108,8 +148,50 @@ def prepare(module: str, fresh: bool) -> Path:
     return work
 
 
+def mutant_names(module: str) -> list[str]:
+    """Every mutant mutmut makes of `module`, by name: from the scratch copy's record when mutmut has made
+    them there from the current source, else from its generator, in memory (nothing is written)."""
+    meta = scratch(module) / "mutants" / (module + ".meta")
+    made_from = scratch(module) / module
+    if meta.exists() and made_from.exists() and made_from.read_bytes() == (ROOT / module).read_bytes():
+        return sorted(json.loads(meta.read_text())["exit_code_by_key"])
+    return list(_generated(module, (ROOT / module).read_text()))
+
+
+@functools.lru_cache(maxsize=16)
+def _generated(module: str, source: str) -> tuple[str, ...]:
+    """mutmut's mutant names for `source` (the text of `module`; cached by content)."""
+    here = Path.cwd()
+    os.chdir(ROOT)  # mutmut reads its configuration from the working directory's pyproject.toml on import
+    try:
+        from mutmut.__main__ import write_all_mutants_to_file
+        from mutmut.utils.format_utils import get_mutant_name
+    finally:
+        os.chdir(here)
+    path = Path(module)
+    made = write_all_mutants_to_file(out=io.StringIO(), source=source, filename=path)
+    return tuple(sorted(get_mutant_name(path, name) for name in made.mutant_names))
+
+
+def sample(module: str, size: int, seed: int) -> list[str]:
+    """A uniform random sample of `size` of the module's mutants, without replacement, reproducible
+    from `seed` (the names are sorted first, so the sample depends only on the source and the seed)."""
+    names = mutant_names(module)
+    return sorted(random.Random(seed).sample(names, min(size, len(names))))
+
+
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % for z = 1.96) of a proportion `killed / n` (a sample's kill rate)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = killed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def verdicts(module: str) -> dict[str, int | None]:
-    meta = SCRATCH / slug(module) / "mutants" / (module + ".meta")
+    meta = scratch(module) / "mutants" / (module + ".meta")
     if not meta.exists():
         return {}
     data: dict[str, dict[str, int | None]] = json.loads(meta.read_text())
@@ -139,8 +221,17 @@ def report(module: str) -> dict[str, object]:
     total = len(codes)
     live = total - count["equivalent"] - count["not checked"]
     score = (count["killed"] + count["timeout"]) / live if live else 0.0
-    return {"module": module, "mutants": total, **count, "score": round(100 * score, 1),
-            "survivors": survivors, "equivalent_but_killed": stale}
+    out: dict[str, object] = {"module": module, "mutants": total, **count, "score": round(100 * score, 1)}
+    if count["not checked"]:  # a sample (or a stopped run): the interval of the kill rate over the checked part
+        low, high = wilson(count["killed"] + count["timeout"], live)
+        out["wilson95"] = [round(100 * low, 1), round(100 * high, 1)]
+    return {**out, "survivors": survivors, "equivalent_but_killed": stale}
+
+
+def survivors_of(module: str) -> list[str]:
+    found = report(module)["survivors"]
+    assert isinstance(found, list)
+    return found
 
 
 KILLER_TESTS = ["tests/spec/test_mutation_kills.py"]
@@ -151,7 +242,7 @@ def verify(module: str, tests: list[str]) -> dict[str, bool]:
     run, the way mutmut does (its trampolines read MUTANT_UNDER_TEST), without touching mutmut's
     verdicts: a quick check that new tests kill what they were written for; `--again` is the
     authoritative rerun."""
-    work = SCRATCH / slug(module) / "mutants"
+    work = scratch(module) / "mutants"
     shutil.rmtree(work / "tests", ignore_errors=True)
     shutil.copytree(ROOT / "tests", work / "tests", ignore=IGNORED)
     survivors = report(module)["survivors"]
@@ -188,8 +279,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true", help="run the killer tests against the survivors")
     parser.add_argument("--tests", nargs="*", default=KILLER_TESTS, help="the tests --verify runs")
     parser.add_argument("--children", type=int, default=int(os.environ.get("MUTATE_CHILDREN", "1")))
+    parser.add_argument("--sample", type=int, default=0, help="measure a uniform random sample of this many mutants")
+    parser.add_argument("--seed", type=int, default=1, help="the sample's seed")
+    parser.add_argument("--together", action="store_true",
+                        help="the modules in one scratch copy and one mutmut run (one tracing phase over the union "
+                             "of their tests; with --sample, N mutants of each module)")
     args = parser.parse_args(argv)
     os.nice(19)
+    if args.together:
+        shared = SCRATCH / "+".join(slug(m) for m in args.modules)
+        SHARED.update({m: shared for m in args.modules})
+        if not (args.verify or args.report):
+            prepare(args.modules, fresh=not args.again)
+            if args.again:
+                names = [str(n) for m in args.modules for n in survivors_of(m)]
+                if args.sample:  # a stopped sampled run: also the sampled mutants not checked yet
+                    names += [n for m in args.modules for n in sample(m, args.sample, args.seed)
+                              if verdicts(m).get(n) is None]
+            elif args.sample:
+                names = [n for m in args.modules for n in sample(m, args.sample, args.seed)]
+            else:
+                names = [slug(m) + ".*" for m in args.modules]
+            if names:
+                cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
+                       *names]
+                subprocess.run(cmd, cwd=shared, env=dict(os.environ, HYPOTHESIS_PROFILE="mutation"), check=False)
+            args.report = True
     for module in args.modules:
         if args.verify:
             killed = verify(module, args.tests)
@@ -197,8 +312,14 @@ def main(argv: list[str] | None = None) -> int:
                               "still_alive": sorted(n for n, k in killed.items() if not k)}))
             continue
         if not args.report:
-            work = prepare(module, fresh=not args.again)
-            names = report(module)["survivors"] if args.again else [slug(module) + ".*"]
+            work = prepare([module], fresh=not args.again)
+            if args.again:
+                names = survivors_of(module)
+                if args.sample:  # a stopped sampled run: its survivors and the sampled mutants not checked yet
+                    codes = verdicts(module)
+                    names += [n for n in sample(module, args.sample, args.seed) if codes.get(n) is None]
+            else:
+                names = sample(module, args.sample, args.seed) if args.sample else [slug(module) + ".*"]
             assert isinstance(names, list)
             if names:
                 env = dict(os.environ, HYPOTHESIS_PROFILE="mutation")

@@ -46,3 +46,26 @@ EQUIVALENT: dict[str, str] = {
     "spec.canonical.x_dumps_canonical__mutmut_5": "allow_nan=None is falsy, so json.dumps treats it as False",
     "spec.canonical.x__utf8_encodable__mutmut_3": "codec names are case-insensitive: 'UTF-8' is the utf-8 codec",
 }
+
+# --- reference/ (the reference block of docs/mutation.md) --------------------------------------------
+
+_UTF8 = "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, the bytes hashed are the same"
+
+EQUIVALENT.update({
+    "reference.log.x_make_record__mutmut_23": _UTF8,
+    "reference.log.x_record_hash__mutmut_24": _UTF8,
+    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2":
+        "idle starts as None instead of False: it is only read as `if idle and ...`, where None is false too",
+    "reference.replay.x__run__mutmut_20":
+        "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), so the "
+        "two sequences always have the same length there",
+    "reference.reducers.x_append_sync_event__mutmut_127":
+        "`or True` keeps stream.floor_seq when the stream is empty (head_seq < floor_seq); SEQ-1 (floor_seq <= "
+        "head_seq + 1, a state invariant the contracts and machines check) makes it head_seq + 1 = next_seq then, "
+        "the value the original picks",
+    "reference.durability.xǁLogStoreǁopen__mutmut_11":
+        "uri=None for the read-only 'file:...?mode=ro' name: the SQLite this runs on (Debian's 3.40.1) is built "
+        "with SQLITE_USE_URI=1, which reads file: names as URIs whatever the flag says (checked: the mutant opens "
+        "the same database read-only); a SQLite built without it would open a file named 'file:...' instead, so "
+        "this is equivalent on this platform only",
+})
