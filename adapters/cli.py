@@ -82,8 +82,9 @@ def _reach_observer(machine: str) -> Any:
 
 def _reach_report(root: Path, show: bool) -> dict[str, Any]:
     """The reach table over the machines run so far and the scenario tables (run now): every reducer x
-    outcome and role, transition edge, stale reason, close reason and client rule, with how often each
-    machine reached it.  A cell nobody reached that is not listed unreachable (with its reason) fails."""
+    outcome and role, check step that decides a call, transition edge, stale reason, close reason and client
+    rule, with how often each machine reached it.  A cell nobody reached that is not listed unreachable (with
+    its reason) fails."""
     from support import reach
     try:
         reach.run_scenarios()

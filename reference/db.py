@@ -3,10 +3,11 @@
 Rows are the spec's frozen row values; the containers are the engine's own:
 
 * every table with a primary key is a dict ``key -> row`` (the PK index);
-* ``sync_event`` has no PK: it is held per stream as a :class:`StreamLog` -- a list of events
-  whose position is ``seq - floor`` (the (stream_id, seq) ordering index: retained seqs are
-  contiguous, so an offset into a list is the index) and a dict ``idempotency_key -> seq`` (the
-  (stream_id, idempotency_key) unique index).  A replay from W is a list slice.
+* ``sync_event`` has no PK: it is held per stream as a :class:`~reference.eventlog.StreamLog`,
+  columns whose position is ``seq - floor`` (the (stream_id, seq) ordering index: retained seqs
+  are contiguous, so a position is the index) and an ``idempotency_key -> seq`` table (the
+  (stream_id, idempotency_key) unique index).  A replay from W reads the columns from a
+  position.  Rows of this table are built when read (``StreamLog.events``, ``get``, ``after``).
 
 Writes go through :class:`Txn`, which keeps an undo log (rollback restores every index) and
 the ordered delta (deletes and inserts per table, event-table rows separately).  An update is a
@@ -16,9 +17,9 @@ delete plus an insert, as the wire reports it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
 from typing import Any
 
+from reference.eventlog import StreamLog
 from spec.errors import LocalProtocolError
 from spec.schema import TABLES
 from spec.values import Row, SyncEvent
@@ -26,20 +27,6 @@ from spec.values import Row, SyncEvent
 PK_TABLES = {t.name: t for t in TABLES if t.primary_key is not None and not t.event}
 EVENT_TABLES = {t.name for t in TABLES if t.event}
 ROW_TABLE = {t.row_type: t.name for t in TABLES}
-
-
-@dataclass(slots=True)
-class StreamLog:
-    floor: int = 1  # seq of events[0]
-    events: list[SyncEvent] = field(default_factory=list)
-    by_key: dict[str, int] = field(default_factory=dict)
-
-    def get(self, seq: int) -> SyncEvent | None:
-        i = seq - self.floor
-        return self.events[i] if 0 <= i < len(self.events) else None
-
-    def after(self, watermark: int) -> list[SyncEvent]:
-        return self.events[max(0, watermark + 1 - self.floor):]
 
 
 class Db:
@@ -66,15 +53,12 @@ class Db:
     def _insert(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
         if isinstance(row, SyncEvent):
-            log = self.logs.setdefault(row.stream_id, StreamLog(floor=row.seq))
-            if not log.events:
-                log.floor = row.seq
-            if row.seq != log.floor + len(log.events):
+            log = self.logs.get(row.stream_id)
+            if log is None:
+                log = self.logs[row.stream_id] = StreamLog(row.stream_id, row.seq)
+            if len(log) and row.seq != log.floor + len(log):
                 raise LocalProtocolError(f"event {row.stream_id}/{row.seq} is not the next seq")
-            if row.idempotency_key in log.by_key:
-                raise LocalProtocolError(f"duplicate idempotency key {row.idempotency_key}")
-            log.events.append(row)
-            log.by_key[row.idempotency_key] = row.seq
+            log.append(row)  # refuses a duplicate idempotency key
             return
         key = PK_TABLES[table].key_of(row)
         index = self.pk[table]
@@ -86,17 +70,16 @@ class Db:
         table = ROW_TABLE[type(row)]
         if isinstance(row, SyncEvent):
             log = self.logs[row.stream_id]
-            if log.events and log.events[0] == row:  # retention drops a prefix
-                log.events.pop(0)
-                log.floor += 1
-            elif log.events and log.events[-1] == row:  # rollback of an append
-                log.events.pop()
+            if len(log) and row.seq == log.floor and log.get(row.seq) == row:  # retention drops a prefix
+                log.pop_first()
+            elif len(log) and row.seq == log.floor + len(log) - 1 and log.get(row.seq) == row:  # rollback of an append
+                log.pop_last()
             else:
                 raise LocalProtocolError(f"event {row.stream_id}/{row.seq} is not at either end")
-            del log.by_key[row.idempotency_key]
             return
         key = PK_TABLES[table].key_of(row)
-        if self.pk[table].get(key) != row:
+        held = self.pk[table].get(key)
+        if held is not row and held != row:
             raise LocalProtocolError(f"row to delete not found in {table}")
         del self.pk[table][key]
 
@@ -106,25 +89,18 @@ class Db:
         log = self.logs.get(stream_id)
         if log is None:
             return
-        log.events = [replace(e, epoch=new_epoch) if e.epoch == old_epoch else e for e in log.events]
+        log.relabel(old_epoch, new_epoch)
 
     def _restore(self, row: Row) -> None:
         """Undo a delete (rollback only)."""
         if isinstance(row, SyncEvent):
-            _restore_event(self.logs[row.stream_id], row)
+            log = self.logs[row.stream_id]
+            if len(log) and row.seq == log.floor - 1:
+                log.push_first(row)
+            else:
+                self._insert(row)
         else:
             self._insert(row)
-
-
-def _restore_event(log: StreamLog, row: SyncEvent) -> None:
-    if log.events and row.seq == log.floor - 1:
-        log.events.insert(0, row)
-        log.floor -= 1
-    else:
-        if not log.events:
-            log.floor = row.seq
-        log.events.append(row)
-    log.by_key[row.idempotency_key] = row.seq
 
 
 class Txn:

@@ -183,17 +183,20 @@ def _claims(text: str) -> Claims | None:
 def record_from_row(row: Sequence[Any], rows: bool = True) -> TxRecord:
     """The record of a ``commit_log`` row; ``delta_json`` keeps the stored delta text, which
     :func:`reference.log.record_hash` hashes as is (it is the text the record's hash was made over).
-    ``rows=False`` leaves the delta undecoded (``changes`` empty, the text in ``delta_json``): for
-    replay, which compares texts and decodes only to explain a difference (:func:`decode_changes`)."""
+    ``rows=False`` leaves the delta undecoded (``changes`` empty, the text in ``delta_json``) and
+    keeps the stored arguments' text in ``args_json``: for replay, which compares texts, decodes
+    only to explain a difference (:func:`decode_changes`) and hashes the stored texts first."""
     offset = row[0]
     try:
         kind, name, caller_text, args_text, timestamp, changes_text, prev_hash, digest = row[1:]
         args = json.loads(args_text)
         if not isinstance(args, list):
             raise ValueError("args must be a JSON array")
-        changes = decode_changes(offset, changes_text) if rows else ()
-        return TxRecord(offset, kind, name, _claims(caller_text), args_from_json(args), timestamp, changes,
-                        prev_hash, digest, changes_text)
+        if not rows:  # replay: the stored texts, the delta undecoded
+            return TxRecord(offset, kind, name, _claims(caller_text), args_from_json(args), timestamp, (), prev_hash,
+                            digest, changes_text, args_text)
+        return TxRecord(offset, kind, name, _claims(caller_text), args_from_json(args), timestamp,
+                        decode_changes(offset, changes_text), prev_hash, digest, changes_text)
     except LogCorruption:
         raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:

@@ -84,11 +84,12 @@ def _model_view(db: Db) -> DbState:
 
 
 def _indexes_consistent(db: Db) -> bool:
-    for log in db.logs.values():
-        seqs = [e.seq for e in log.events]
-        if seqs != list(range(log.floor, log.floor + len(seqs))):
+    for sid, log in db.logs.items():
+        events = list(log.events)
+        if [(e.stream_id, e.seq) for e in events] != [(sid, s) for s in range(log.floor, log.floor + len(events))]:
             return False
-        if log.by_key != {e.idempotency_key: e.seq for e in log.events}:
+        keys = list(log.by_key)  # read from the key index itself, each entry once
+        if len(keys) != len(events) or log.by_key != {e.idempotency_key: e.seq for e in events}:
             return False
     return all(PK_TABLES[t].key_of(row) == key for t, index in db.pk.items() for key, row in index.items())
 

@@ -110,6 +110,23 @@ def _canon(value: Any) -> str:
     return _CANON.encode(value)
 
 
+try:  # CPython's C encoder, built once
+    from _json import encode_basestring as _c_str
+    from _json import make_encoder as _c_make_encoder
+    _FLAT: Any = _c_make_encoder(None, _CANON.default, _c_str, None, ":", ",", True, False, False)
+except ImportError:  # pragma: no cover - other interpreters
+    _FLAT = None
+
+
+def _encode_flat(value: Any) -> str:
+    """``_canon(value)`` for a value of arrays and scalars only (rows, argument lists: no cycles,
+    no floats): the same C encoder ``_CANON`` uses, built once instead of per call and without
+    the bookkeeping for circular references a value of this shape cannot have."""
+    if _FLAT is None:  # pragma: no cover
+        return _canon(value)
+    return "".join(_FLAT(value, 0))
+
+
 def changes_json(changes: tuple[RowChange, ...]) -> list[Any]:
     return [[c.table, [row_json(r) for r in c.deletes], [row_json(r) for r in c.inserts]] for c in changes]
 
@@ -145,8 +162,8 @@ def row_values(row: Row) -> tuple[Any, ...]:
 def delta_text(changes: tuple[RowChange, ...]) -> str:
     """``_canon(changes_json(changes))``: the delta holds no objects, only arrays and scalars,
     so key order does not arise and one plain encoding is the canonical one."""
-    return _CANON.encode([[c.table, [row_values(r) for r in c.deletes], [row_values(r) for r in c.inserts]]
-                          for c in changes])
+    return _encode_flat([[c.table, [row_values(r) for r in c.deletes], [row_values(r) for r in c.inserts]]
+                         for c in changes])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -161,7 +178,7 @@ _name_text = functools.lru_cache(maxsize=1024)(_CANON.encode)
 def args_text(args: tuple[Any, ...]) -> str:
     """The JSON array of a call's arguments (a tuple argument is an array; arguments are flat, so
     there are no objects and no key order to decide)."""
-    return _CANON.encode([list(a) if isinstance(a, tuple) else a for a in args])
+    return _encode_flat([list(a) if isinstance(a, tuple) else a for a in args])
 
 
 def _body_text(offset: int, kind: str, name: str, caller: Claims | None, args: str, timestamp: int,
@@ -174,15 +191,20 @@ def _body_text(offset: int, kind: str, name: str, caller: Claims | None, args: s
             f'"offset":{int.__repr__(offset)},"timestamp":{int.__repr__(timestamp)}}}')
 
 
+def chain_hash(prev_hash: str, offset: int, kind: str, name: str, caller: Claims | None, args: str, timestamp: int,
+               delta: str) -> str:
+    """The chain hash of a record given its parts, the arguments and the delta as their JSON texts."""
+    body = _body_text(offset, kind, name, caller, args, timestamp, hashlib.sha256(delta.encode("utf-8")).hexdigest())
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
 def record_hash(rec: TxRecord) -> str:
     """The chain hash of ``rec`` recomputed from its parts: :func:`make_record`'s hash, except that
     the delta's canonical text is the one the record carries (``delta_json``: the text a stored
     record was decoded from) when it has one -- hashing that text checks that it is the text the
     hash was made over, and the delta was decoded from it, so re-encoding it is not needed."""
-    delta = rec.delta_json or delta_text(rec.changes)
-    body = _body_text(rec.offset, rec.kind, rec.name, rec.caller, rec.args_json or args_text(rec.args), rec.timestamp,
-                      hashlib.sha256(delta.encode("utf-8")).hexdigest())
-    return hashlib.sha256((rec.prev_hash + body).encode("utf-8")).hexdigest()
+    return chain_hash(rec.prev_hash, rec.offset, rec.kind, rec.name, rec.caller, rec.args_json or args_text(rec.args),
+                      rec.timestamp, rec.delta_json or delta_text(rec.changes))
 
 
 def make_record(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
@@ -200,12 +222,18 @@ def record_floors(rec: TxRecord, epoch_floor: int, version_floor: int) -> tuple[
     them implicitly.  A recovery record names both in its arguments (``(epoch_floor, version_floor)``);
     any record that deletes an assignment for good (retention: no insert under the same key) raises
     ``version_floor`` above that row's version, as the transaction itself did (ADR-0003 decision 5)."""
-    if rec.kind == "recovery":
-        return int(rec.args[0]), int(rec.args[1])
-    if not any(c.table == "compute_assignment" and c.deletes for c in rec.changes):
+    return floors_after(rec.kind, rec.args, rec.changes, epoch_floor, version_floor)
+
+
+def floors_after(kind: str, args: tuple[Any, ...], changes: tuple[RowChange, ...], epoch_floor: int,
+                 version_floor: int) -> tuple[int, int]:
+    """:func:`record_floors` of a record with these parts."""
+    if kind == "recovery":
+        return int(args[0]), int(args[1])
+    if not any(c.table == "compute_assignment" and c.deletes for c in changes):
         return epoch_floor, version_floor  # the common case (appends): nothing to scan
-    kept = {(c.table, TABLE_BY_NAME[c.table].key_of(row)) for c in rec.changes for row in c.inserts}
-    for c in rec.changes:
+    kept = {(c.table, TABLE_BY_NAME[c.table].key_of(row)) for c in changes for row in c.inserts}
+    for c in changes:
         if c.table != "compute_assignment":
             continue
         for row in c.deletes:

@@ -103,8 +103,8 @@ def append_sync_event(tx: Txn, x: Ctx, stream_id: str, idempotency_key: str, pay
         raise _err(ErrorCode.PAYLOAD_HASH_MISMATCH, payload_hash=digest, requested_payload_hash=given_hash,
                    stream_id=stream_id)
     log = tx.db.logs.get(stream_id)
-    if log is not None and idempotency_key in log.by_key:
-        seq = log.by_key[idempotency_key]
+    seq = log.seq_of(idempotency_key) if log is not None else None
+    if log is not None and seq is not None:
         existing = log.get(seq)
         assert existing is not None
         if existing.payload_hash == digest:

@@ -27,6 +27,7 @@ check compares them with what recovery (:func:`reference.engine.apply_record`) d
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from reference import reducers as r
 from reference import snapshot
 from reference.db import Db, Txn
 from reference.durability import LogCorruption, LogStore, decode_changes
-from reference.log import GENESIS, RowChange, TxRecord, delta_text, record_floors, record_hash
+from reference.log import GENESIS, RowChange, TxRecord, args_text, chain_hash, delta_text, floors_after
 from spec.errors import SyncError
 from spec.policy import DEFAULT_POLICY, Policy
 from spec.schema import REDUCER_BY_NAME, TABLE_BY_NAME
@@ -177,13 +178,18 @@ def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: 
         except LogCorruption as exc:
             raise _Diverged(str(exc)) from exc
         raise _Diverged("re-executed delta differs: " + _describe(recorded, changes))
-    replayed = TxRecord(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, changes, head, rec.hash,
-                        text)
-    floors = record_floors(replayed, tx.old_epoch_floor, tx.old_version_floor)
+    floors = floors_after(rec.kind, rec.args, changes, tx.old_epoch_floor, tx.old_version_floor)  # = record_floors
     if floors != (db.epoch_floor, db.version_floor):
         raise _Diverged(f"re-executed floors (epoch, version) {(db.epoch_floor, db.version_floor)}, recovery would "
                         f"derive {floors} from the record")
-    digest = record_hash(replayed)  # over the call and the *re-executed* delta's text
+    # The chain hash over the call and the *re-executed* delta's text.  The arguments' text is the
+    # stored one when the record has it (a hash that matches proves it is the text the hash was
+    # made over, and the arguments replayed were decoded from it); else, or if that does not
+    # match, their canonical encoding -- so a stored text that is not the hashed one changes nothing.
+    digest = chain_hash(head, rec.offset, rec.kind, rec.name, rec.caller, rec.args_json or args_text(rec.args),
+                        rec.timestamp, text)
+    if digest != rec.hash and rec.args_json:
+        digest = chain_hash(head, rec.offset, rec.kind, rec.name, rec.caller, args_text(rec.args), rec.timestamp, text)
     if digest != rec.hash:
         raise _Diverged(f"hash differs: recorded {rec.hash}, recomputed {digest}")
     return digest
@@ -192,25 +198,35 @@ def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: 
 def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY,
            on_step: Callable[[int, Db, str], None] | None = None) -> ReplayResult:
     """Re-execute ``records`` from empty state; stop at the first record that does not reproduce.
-    ``on_step(offset, db, head)`` sees the re-executed state after each record."""
+    ``on_step(offset, db, head)`` sees the re-executed state after each record.
+
+    The cyclic garbage collector is off meanwhile, as in :func:`reference.durability.restart`: the
+    state only grows, and rows and records are acyclic, so its passes over the growing heap would
+    find nothing."""
     db = Db()
     head = GENESIS
     count = 0
     it = iter(records)
-    while True:
-        try:
-            rec = next(it)
-        except StopIteration:
-            return ReplayResult(count, head, None)
-        except LogCorruption as exc:
-            return ReplayResult(count, head, Mismatch(exc.offset, str(exc)))
-        try:
-            head = replay_step(db, rec, head, count + 1, policy)
-        except _Diverged as exc:
-            return ReplayResult(count, head, Mismatch(rec.offset, str(exc)))
-        count += 1
-        if on_step is not None:
-            on_step(count, db, head)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            try:
+                rec = next(it)
+            except StopIteration:
+                return ReplayResult(count, head, None)
+            except LogCorruption as exc:
+                return ReplayResult(count, head, Mismatch(exc.offset, str(exc)))
+            try:
+                head = replay_step(db, rec, head, count + 1, policy)
+            except _Diverged as exc:
+                return ReplayResult(count, head, Mismatch(rec.offset, str(exc)))
+            count += 1
+            if on_step is not None:
+                on_step(count, db, head)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _told(records: Iterable[TxRecord], total: int, on_record: Callable[[int, int], None]) -> Iterator[TxRecord]:

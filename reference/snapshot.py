@@ -35,19 +35,20 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reference.db import PK_TABLES, Db, StreamLog
+from reference.db import PK_TABLES, Db
+from reference.eventlog import StreamLog
 from reference.log import row_from_json, row_values
 from spec.values import Row, SyncEvent
 
 SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_FORMAT = 1
 LOG_FORMAT = "2"  # reference.durability.FORMAT: the row shapes the image's rows have
-CHUNK_ROWS = 4096
+CHUNK_ROWS = 256  # rows a line: what the writer thread holds built at once (4096 held ~5 MB of rows and text)
 DEFAULT_SNAPSHOT_EVERY = 50_000  # records between snapshots ([server] snapshot_every; 0: never)
 DEFAULT_SNAPSHOT_KEEP = 2  # snapshots kept, newest first ([server] snapshot_keep)
 
@@ -72,7 +73,7 @@ class Image:
     epoch_floor: int
     version_floor: int
     tables: tuple[tuple[str, tuple[Row, ...]], ...]  # primary-key tables, rows in index order
-    logs: tuple[tuple[str, int, tuple[SyncEvent, ...]], ...]  # stream id, floor, retained events
+    logs: tuple[tuple[str, int, Sequence[SyncEvent]], ...]  # stream id, floor, retained events (oldest first)
 
     @property
     def rows(self) -> int:
@@ -80,10 +81,12 @@ class Image:
 
 
 def capture(db: Db, offset: int, head_hash: str) -> Image:
-    """The image of ``db`` as it is now (call it between transactions, on the engine's thread)."""
+    """The image of ``db`` as it is now (call it between transactions, on the engine's thread).
+    Each stream's events are a copy of its column store (``StreamLog.copy``: it shares the full
+    chunks, so capturing costs little), read row by row as the file is written."""
     return Image(offset, head_hash, db.epoch_floor, db.version_floor,
                  tuple((name, tuple(index.values())) for name, index in db.pk.items()),
-                 tuple((sid, log.floor, tuple(log.events)) for sid, log in db.logs.items()))
+                 tuple((sid, log.floor, log.copy().events) for sid, log in db.logs.items()))
 
 
 def restore(image: Image) -> Db:
@@ -93,7 +96,7 @@ def restore(image: Image) -> Db:
         key_of = PK_TABLES[name].key_of
         db.pk[name] = {key_of(row): row for row in rows}
     for sid, floor, events in image.logs:
-        db.logs[sid] = StreamLog(floor, list(events), {e.idempotency_key: e.seq for e in events})
+        db.logs[sid] = StreamLog.of(sid, floor, events)
     db.epoch_floor, db.version_floor = image.epoch_floor, image.version_floor
     return db
 
@@ -111,7 +114,7 @@ def differs(image: Image, db: Db) -> str | None:
             extra, missing = sorted(map(repr, a - b))[:1], sorted(map(repr, b - a))[:1]
             return f"table {name}: snapshot has {len(a)} rows, log {len(b)}; only in snapshot {extra}, only in log " \
                    f"{missing}"[:600]
-    logs = {sid: (floor, events) for sid, floor, events in image.logs}
+    logs = {sid: (floor, tuple(events)) for sid, floor, events in image.logs}
     for sid in sorted(set(logs) | set(db.logs)):
         live = db.logs.get(sid)
         theirs = None if live is None else (live.floor, tuple(live.events))
@@ -185,6 +188,11 @@ def decode(data: bytes, name: str = "snapshot") -> Image:
                 if table not in PK_TABLES:
                     raise ValueError(f"unknown table {table!r}")
                 tables.setdefault(table, []).extend(row_from_json(table, values) for values in rows)
+        for sid, (floor, events) in logs.items():
+            if [(e.stream_id, e.seq) for e in events] != [(sid, s) for s in range(floor, floor + len(events))]:
+                raise ValueError(f"stream {sid!r}: the events' seqs do not run from its floor {floor}")
+            if len({e.idempotency_key for e in events}) != len(events):
+                raise ValueError(f"stream {sid!r}: an idempotency key repeats")
         image = Image(int(head["offset"]), str(head["head_hash"]), int(head["epoch_floor"]),
                       int(head["version_floor"]), tuple((t, tuple(tables.get(t, ()))) for t in PK_TABLES),
                       tuple((sid, floor, tuple(events)) for sid, (floor, events) in logs.items()))

@@ -1,36 +1,50 @@
-"""The server side of the delivery contract (DESIGN §3), as an executable model.
+"""The server side of the delivery contract (DESIGN §3), as pure transitions.
 
-:class:`Server` holds the committed database, the durable offset, the commit history needed to
-roll back to it, and one :class:`Conn` per open connection.  Its methods are the transitions:
+Every function here takes values and returns values: the state it read, and the new state and the
+messages it produces.  Nothing is mutated, nothing waits, nothing is queued for later.  The two
+pieces of state are
 
-``connect`` / ``close``
-    open or drop a connection (a close marks ``disconnected`` the sessions whose last upsert it made);
-``handle(conn, msg)``
-    one client message, in per-connection order:
+:class:`Log`
+    the committed database, its offset, the durable offset, the commits past it (what a crash
+    loses) and the ledger of every event ever committed;
+:class:`Subscriber`
+    what delivery knows of one connection: its claims, whether it reads confirmed, its query sets.
 
-    * ``Subscribe``: every query of the set is parsed and authorized first (one bad query fails
-      the set), then stale-cursor checked, then the snapshot is taken from the current state and
-      the set registered *in the same step* -- nothing can commit in between, which is the
-      atomic snapshot+registration of the contract;
-    * ``CallReducer``: run the reducer; if it wrote, commit at offset ``committed + 1`` and fan
-      out; the caller gets a ``ReducerResult`` (carrying its own matching rows), every other
-      client with matching rows one ``TransactionUpdate``;
-``system_tx``
-    a server-initiated transaction (presence sweep, compaction), fanned out the same way;
-``advance_durable`` / ``crash`` / ``clean_restart``
-    durability: a crash loses every transaction past the durable offset and then bumps epochs
-    (:func:`spec.reducers.unclean_restart`).
+and the rules, in the order a reader meets them on the wire:
 
-Outbound messages queue per connection tagged with the offset of the state they were derived
-from.  A client consumes from the front only when that offset is released: always for a
-non-confirmed connection, once ``offset <= durable`` for a confirmed one.  Order is never
-changed.  A queue longer than ``max_queue`` disconnects that client (``slow_consumer``).
-The server never runs more than ``max_undurable`` transactions ahead of its durable offset.
+Subscriptions (``subscribe`` / ``unsubscribe``)
+    the ``sync.subscribe`` scope, then every query of the set is parsed, checked for the resume form,
+    against the stream grants and for staleness -- each check over every query before the next, and
+    one bad query fails the set; then the snapshot is taken from ``log.db`` and the set registered
+    *in the same transition* -- nothing can commit in between, which is the atomic
+    snapshot+registration of the contract.  Reusing an active query set id is a protocol close.
+Resume (``resume_form_error``, ``stale_error``)
+    a ``sync_event`` query that bounds ``seq`` from below is a resume; it must pin ``stream_id`` and
+    ``epoch``, and is refused with ``stale_cursor`` when :func:`spec.resume.stale_reasons` says so.
+Calls (``answer``) and fanout (``commit``, ``fanout``)
+    a failed or no-op call is answered to its caller alone, tagged with the offset of the state it
+    read; a call that writes commits at ``committed + 1``: its caller gets a ``ReducerResult``
+    carrying its own matching rows, every other subscriber with matching rows one
+    ``TransactionUpdate`` (``updates_for``: row-filtered, grouped by query set, then table).
+Confirmed reads (``released``)
+    a message is released to a confirmed-read connection only once its offset is durable; order is
+    never changed.
+The slow-consumer bound (``over_bound``)
+    a connection whose outbound queue grows past the bound is closed as ``slow_consumer``.
+Presence on close (``upserted``, ``mark_disconnected``)
+    a close marks ``disconnected`` only the sessions whose last upsert came from that connection.
+Durability (``can_commit``, ``advance_durable``, ``lose_suffix``, ``recover``)
+    the server runs at most ``max_undurable`` transactions ahead of its durable offset; a restart
+    keeps the durable prefix; an unclean one then bumps epochs (:func:`spec.reducers.unclean_restart`).
+
+How these compose -- per-connection outbound queues, closing a connection while a commit fans out,
+the queue of sessions waiting to be marked until the durability bound allows it -- is engine
+mechanics, and lives in the harness (:class:`spec.harness.Server`), not here (ADR-0015).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import icontract
@@ -40,9 +54,6 @@ from spec.auth import Claims, can_read, has_scope, stream_granted
 from spec.errors import ErrorCode, SyncError
 from spec.messages import (
     CLOSE_PROTOCOL,
-    SLOW_CONSUMER_REASON,
-    CallReducer,
-    ClientMessage,
     Outbound,
     QuerySetUpdate,
     ReducerErr,
@@ -56,22 +67,70 @@ from spec.messages import (
     Unsubscribe,
     UnsubscribeApplied,
 )
-from spec.policy import DEFAULT_POLICY, Policy
-from spec.reducers import (
-    CallContext,
-    Err,
-    Ok,
-    Outcome,
-    call,
-    disconnect_sessions,
-    unclean_restart,
-    virtual_stream,
-)
+from spec.policy import Policy
+from spec.reducers import Err, Ok, Outcome, disconnect_sessions, unclean_restart, virtual_stream
 from spec.resume import continuation_details, stale_reasons
 from spec.schema import TABLE_BY_NAME
 from spec.state import DbState, Delta
 from spec.values import Identity, Row, SyncEvent, SyncStream
 
+# --- state ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    offset: int
+    state: DbState
+    delta: Delta
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """The committed state and its durability: what a crash keeps and what it loses."""
+
+    db: DbState
+    durable_db: DbState  # the state at the durable offset
+    committed: int = 0
+    durable: int = 0
+    history: tuple[Commit, ...] = ()  # commits past the durable offset
+    ledger: tuple[SyncEvent, ...] = ()  # every event ever committed (not subject to compaction)
+
+
+def start(db: DbState | None = None) -> Log:
+    """A server's log before its first transaction: ``db`` (empty by default), durable at offset 0."""
+    db = DbState() if db is None else db
+    return Log(db, db)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """What delivery knows of one connection."""
+
+    claims: Claims
+    confirmed: bool
+    query_sets: Mapping[int, tuple[q.Query, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The connection must be closed with this reason (a protocol violation)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The connection and request a committing call answers."""
+
+    conn_id: int
+    request_id: int
+    ret: int | None
+
+
+Sends = tuple[tuple[int, Outbound], ...]
+"""Messages for connections, in the order they are queued: (connection id, tagged message)."""
+
+
+# --- resume: the form and the stale check -------------------------------------------------------------
 
 @icontract.ensure(lambda query, result: result is None or (
     result.code is ErrorCode.INVALID_QUERY and q.RESUME_QUERY_FORM in result.details["message"]),
@@ -126,305 +185,235 @@ def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None
         "stream_id": stream_id})
 
 
-@dataclass
-class Conn:
-    conn_id: int
-    claims: Claims
-    confirmed: bool
-    query_sets: dict[int, tuple[q.Query, ...]] = field(default_factory=dict)
-    outbound: list[Outbound] = field(default_factory=list)
-    closed_reason: str | None = None
+# --- subscriptions --------------------------------------------------------------------------------------
+
+def authorize_query(claims: Claims, query: q.Query) -> SyncError | None:
+    """A query that pins a stream the claims do not grant is refused (``forbidden_stream``, no
+    details: nothing leaks); a query that pins none is row-filtered instead."""
+    table = TABLE_BY_NAME[query.table]
+    if table.visibility.value == "stream_grant":
+        stream_id = q.pinned_value(query, "stream_id")
+        if isinstance(stream_id, str) and not stream_granted(claims, stream_id):
+            return SyncError(ErrorCode.FORBIDDEN_STREAM, {})
+    return None
 
 
-@dataclass
-class Commit:
-    offset: int
-    state: DbState
-    delta: Delta
+def visible(claims: Claims, query: q.Query, rows: Iterable[Row]) -> list[Row]:
+    """The rows the query matches that the claims may read (the row filter)."""
+    return [r for r in rows if q.matches(query, r) and can_read(claims, r)]
 
 
-def _front_offset(server: Server, conn_id: int) -> int:
-    return server.conns[conn_id].outbound[0].offset
+def snapshot(db: DbState, claims: Claims, queries: Iterable[q.Query]) -> tuple[TableRows, ...]:
+    """The rows of a query set in ``db``, per table in first-query order, each row once; event
+    tables have no rows to snapshot."""
+    out: dict[str, list[Row]] = {}
+    for query in queries:
+        if TABLE_BY_NAME[query.table].event:
+            continue  # event rows are never in a snapshot
+        bucket = out.setdefault(query.table, [])
+        for r in visible(claims, query, db.rows(query.table)):
+            if r not in bucket:
+                bucket.append(r)
+    return tuple(TableRows(t, tuple(rs)) for t, rs in out.items() if rs)
+
+
+def subscribe(log: Log, policy: Policy, sub: Subscriber, msg: Subscribe) -> tuple[Subscriber, Outbound | Close]:
+    """Check the set (scope, parse, resume form, grants, staleness -- each over every query before the
+    next), then snapshot ``log.db`` and register the set: the answer is tagged ``log.committed``."""
+    if msg.query_set_id in sub.query_sets:
+        return sub, Close(f"{CLOSE_PROTOCOL}: query set {msg.query_set_id} is already active")
+    try:
+        if not has_scope(sub.claims, "sync.subscribe"):
+            raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
+        queries: list[q.Query] = []
+        for text in msg.queries:
+            queries.extend(q.parse(text))
+        for query in queries:
+            refused = resume_form_error(query)
+            if refused:
+                raise refused
+        for query in queries:
+            denied = authorize_query(sub.claims, query)
+            if denied:
+                raise denied
+        for query in queries:
+            stale = stale_error(log.db, policy, query)
+            if stale:
+                raise stale
+    except SyncError as err:
+        return sub, Outbound(log.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
+    rows = snapshot(log.db, sub.claims, queries)
+    registered = replace(sub, query_sets={**sub.query_sets, msg.query_set_id: tuple(queries)})
+    return registered, Outbound(log.committed, SubscribeApplied(msg.request_id, msg.query_set_id, rows))
+
+
+def unsubscribe(log: Log, sub: Subscriber, msg: Unsubscribe) -> tuple[Subscriber, Outbound]:
+    """Drop an active query set (with its rows, when asked); an unknown one is an ``invalid_query``."""
+    if msg.query_set_id not in sub.query_sets:
+        return sub, Outbound(log.committed, SubscriptionError(
+            msg.request_id, msg.query_set_id,
+            SyncError(ErrorCode.INVALID_QUERY, {"message": "unknown query set",
+                                                "query_set_id": msg.query_set_id}).render()))
+    dropped = snapshot(log.db, sub.claims, sub.query_sets[msg.query_set_id]) if msg.send_dropped else None
+    rest = {k: v for k, v in sub.query_sets.items() if k != msg.query_set_id}
+    return replace(sub, query_sets=rest), Outbound(log.committed,
+                                                   UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped))
+
+
+# --- calls and fanout ---------------------------------------------------------------------------------
+
+def updates_for(sub: Subscriber, delta: Delta) -> tuple[QuerySetUpdate, ...]:
+    """One subscriber's share of a transaction: per query set (in id order), per table, the
+    visible inserts and deletes, each row once; event-table rows flagged as such."""
+    out = []
+    for qs_id in sorted(sub.query_sets):
+        tables: dict[str, tuple[list[Row], list[Row]]] = {}
+        for query in sub.query_sets[qs_id]:
+            td = delta.for_table(query.table)
+            ins, dels = tables.setdefault(query.table, ([], []))
+            for r in visible(sub.claims, query, td.inserts):
+                if r not in ins:
+                    ins.append(r)
+            for r in visible(sub.claims, query, td.deletes):
+                if r not in dels:
+                    dels.append(r)
+        parts = tuple(TableRows(t, tuple(i), tuple(d), TABLE_BY_NAME[t].event)
+                      for t, (i, d) in tables.items() if i or d)
+        if parts:
+            out.append(QuerySetUpdate(qs_id, parts))
+    return tuple(out)
+
+
+def fanout(subs: Mapping[int, Subscriber], offset: int, delta: Delta, caller: Caller | None) -> Sends:
+    """Who hears of the transaction at ``offset``: its caller by its ``ReducerResult`` (always, with
+    its own matching rows), every other subscriber with matching rows by one ``TransactionUpdate``."""
+    sends: list[tuple[int, Outbound]] = []
+    for conn_id, sub in subs.items():
+        updates = updates_for(sub, delta)
+        if caller is not None and conn_id == caller.conn_id:
+            sends.append((conn_id, Outbound(offset, ReducerResult(caller.request_id, offset,
+                                                                  ReducerOk(caller.ret, updates)))))
+        elif updates:
+            sends.append((conn_id, Outbound(offset, TransactionUpdate(offset, updates))))
+    return tuple(sends)
+
+
+def commit(log: Log, subs: Mapping[int, Subscriber], state: DbState, delta: Delta,
+           caller: Caller | None) -> tuple[Log, Sends]:
+    """Commit a transaction that wrote at ``committed + 1`` and fan it out."""
+    offset = log.committed + 1
+    events = tuple(r for r in delta.for_table("sync_event").inserts if isinstance(r, SyncEvent))
+    after = replace(log, db=state, committed=offset, history=(*log.history, Commit(offset, state, delta)),
+                    ledger=log.ledger + events)
+    return after, fanout(subs, offset, delta, caller)
+
+
+def answer(log: Log, subs: Mapping[int, Subscriber], conn_id: int, request_id: int,
+           outcome: Outcome) -> tuple[Log, Sends]:
+    """A connection's reducer call, once run: a failure or a no-op is answered to the caller alone,
+    tagged with the offset of the state it read; a write commits."""
+    if isinstance(outcome, Err):
+        return log, ((conn_id, Outbound(log.committed,
+                                        ReducerResult(request_id, log.committed, ReducerErr(outcome.error.render())))),)
+    if outcome.noop:
+        return log, ((conn_id, Outbound(log.committed,
+                                        ReducerResult(request_id, log.committed, ReducerOk(outcome.ret, ())))),)
+    return commit(log, subs, outcome.state, outcome.delta, Caller(conn_id, request_id, outcome.ret))
+
+
+def system_tx(log: Log, subs: Mapping[int, Subscriber], outcome: Ok) -> tuple[Log, Sends]:
+    """A server-initiated transaction (presence sweep, compaction, a detached call): no caller."""
+    if outcome.noop:
+        return log, ()
+    return commit(log, subs, outcome.state, outcome.delta, None)
+
+
+# --- confirmed reads and the slow-consumer bound ---------------------------------------------------------
+
+@icontract.ensure(lambda confirmed, offset, durable, result: not result or not confirmed or offset <= durable,
+                  "CONF-1 (a confirmed-read connection is released only messages of durable offsets)")
+def released(confirmed: bool, offset: int, durable: int) -> bool:
+    """May the message at the front of a queue, derived from ``offset``, go out?"""
+    return not confirmed or offset <= durable
+
+
+def over_bound(queued: int, max_queue: int) -> bool:
+    """A connection with ``queued`` messages waiting is past the bound: it is closed as a slow
+    consumer (and resumes from its watermark)."""
+    return queued > max_queue
+
+
+# --- presence marks on close ------------------------------------------------------------------------------
+
+def upserted(owners: Mapping[str, int], session: str, conn_id: int | None) -> dict[str, int]:
+    """After an accepted ``upsert_presence`` (a no-op included), the session belongs to the connection
+    that made it; one made with no connection (the HTTP call route) belongs to none, so no close
+    marks it (ADR-0003 decision 4)."""
+    if conn_id is None:
+        return {s: c for s, c in owners.items() if s != session}
+    return {**owners, session: conn_id}
+
+
+def owned_by(owners: Mapping[str, int], conn_id: int) -> frozenset[str]:
+    return frozenset(s for s, c in owners.items() if c == conn_id)
+
+
+def mark_disconnected(db: DbState, now: int, owners: Mapping[str, int], identity: Identity, conn_id: int,
+                      sessions: frozenset[str]) -> tuple[dict[str, int], Ok]:
+    """Mark ``disconnected`` those of a closed connection's sessions it still owns (a session
+    re-upserted on a newer connection since belongs to that one); they are owned by none after."""
+    still = frozenset(s for s in sessions if owners.get(s) == conn_id)
+    rest = {s: c for s, c in owners.items() if s not in still}
+    return rest, disconnect_sessions(db, now, identity, still)
+
+
+# --- durability ---------------------------------------------------------------------------------------
+
+def can_commit(log: Log, max_undurable: int) -> bool:
+    return log.committed - log.durable < max_undurable
+
+
+@icontract.ensure(lambda log, result: log.durable <= result.durable <= result.committed,
+                  "the durable offset never decreases and never passes the committed offset")
+@icontract.ensure(lambda result: all(c.offset > result.durable for c in result.history),
+                  "the rollback history holds exactly the commits past the durable offset")
+def advance_durable(log: Log, to: int) -> Log:
+    to = min(max(to, log.durable), log.committed)
+    durable_db = log.durable_db
+    for c in log.history:
+        if c.offset <= to:
+            durable_db = c.state
+    return replace(log, durable=to, durable_db=durable_db, history=tuple(c for c in log.history if c.offset > to))
+
+
+def lose_suffix(log: Log) -> Log:
+    """A restart keeps the durable prefix only."""
+    return replace(
+        log,
+        db=log.durable_db,
+        committed=log.durable,
+        history=(),
+        ledger=tuple(e for e in log.ledger if e.tx_offset <= log.durable))
 
 
 def _max_epoch(db: DbState) -> int:
     return max([db.epoch_floor, *(s.epoch for s in db.of_type(SyncStream))])
 
 
-class Server:
-    def __init__(self, policy: Policy = DEFAULT_POLICY, max_queue: int = 64, max_undurable: int = 8) -> None:
-        self.policy = policy
-        self.max_queue = max_queue
-        self.max_undurable = max_undurable
-        self.db = DbState()
-        self.committed = 0
-        self.durable = 0
-        self.durable_db = self.db
-        self.history: list[Commit] = []  # commits past the durable offset
-        self.ledger: list[SyncEvent] = []  # every event ever committed (not subject to compaction)
-        self.conns: dict[int, Conn] = {}
-        self._disconnects: list[tuple[Identity, int, frozenset[str]]] = []  # closed, sessions not yet marked
-        self.upserter: dict[str, int] = {}  # session -> the connection that last upserted it (memory only)
-        self._fanning_out = False
-        self.now = 0
-        self._next_conn = 1
-
-    # --- connections -----------------------------------------------------------------------
-
-    def connect(self, claims: Claims, confirmed: bool) -> int:
-        cid = self._next_conn
-        self._next_conn += 1
-        self.conns[cid] = Conn(cid, claims, confirmed)
-        return cid
-
-    def close(self, conn_id: int, reason: str = "closed") -> None:
-        conn = self.conns.pop(conn_id, None)
-        if conn is None:
-            return
-        conn.closed_reason = reason
-        mine = frozenset(s for s, c in self.upserter.items() if c == conn_id)
-        if mine:
-            self._disconnects.append((conn.claims.identity, conn_id, mine))
-        self._drain_disconnects()
-
-    def _drain_disconnects(self) -> None:
-        """Mark the sessions of closed connections ``disconnected``, one transaction per closed
-        connection, never in the middle of another transaction's fanout (a slow consumer is
-        closed while a commit fans out) and never past the durability bound (it waits).  Only the
-        sessions whose last upsert came from that connection are marked (ADR-0003 decision 4): a
-        session re-upserted on a newer connection (the reconnect path) belongs to that one."""
-        # waiting marks commit in (identity, sessions) order, so the order is the same however
-        # the closes that queued them interleaved
-        self._disconnects.sort(key=lambda d: (d[0], sorted(d[2])))
-        while self._disconnects and not self._fanning_out and self.can_commit():
-            identity, conn_id, queued = self._disconnects.pop(0)
-            sessions = frozenset(s for s in queued if self.upserter.get(s) == conn_id)
-            for s in sessions:
-                del self.upserter[s]
-            ok = disconnect_sessions(self.db, self.now, identity, sessions)
-            if not ok.noop:
-                self._commit(ok.state, ok.delta, None)
-
-    def can_commit(self) -> bool:
-        return self.committed - self.durable < self.max_undurable
-
-    # --- client messages -------------------------------------------------------------------
-
-    @icontract.require(lambda self, msg: not isinstance(msg, CallReducer) or self.can_commit(),
-                       "a call is taken only within the durability bound (the caller waits otherwise)")
-    def handle(self, conn_id: int, msg: ClientMessage) -> None:
-        conn = self.conns.get(conn_id)
-        if conn is None:
-            return
-        if isinstance(msg, Subscribe):
-            self._subscribe(conn, msg)
-        elif isinstance(msg, Unsubscribe):
-            if msg.query_set_id not in conn.query_sets:
-                self._send(conn, self.committed, SubscriptionError(
-                    msg.request_id, msg.query_set_id,
-                    SyncError(ErrorCode.INVALID_QUERY, {"message": "unknown query set",
-                                                        "query_set_id": msg.query_set_id}).render()))
-                return
-            dropped = (self._snapshot(conn.claims, list(conn.query_sets[msg.query_set_id]))
-                       if msg.send_dropped else None)
-            del conn.query_sets[msg.query_set_id]
-            self._send(conn, self.committed, UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped))
-        else:
-            self._call(conn, msg)
-
-    def _authorize_query(self, claims: Claims, query: q.Query) -> SyncError | None:
-        table = TABLE_BY_NAME[query.table]
-        if table.visibility.value == "stream_grant":
-            stream_id = q.pinned_value(query, "stream_id")
-            if isinstance(stream_id, str) and not stream_granted(claims, stream_id):
-                return SyncError(ErrorCode.FORBIDDEN_STREAM, {})
-        return None
-
-    def _subscribe(self, conn: Conn, msg: Subscribe) -> None:
-        if msg.query_set_id in conn.query_sets:
-            self.close(conn.conn_id, f"{CLOSE_PROTOCOL}: query set {msg.query_set_id} is already active")
-            return
-        try:
-            if not has_scope(conn.claims, "sync.subscribe"):
-                raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
-            queries: list[q.Query] = []
-            for text in msg.queries:
-                queries.extend(q.parse(text))
-            for query in queries:
-                refused = resume_form_error(query)
-                if refused:
-                    raise refused
-            for query in queries:
-                denied = self._authorize_query(conn.claims, query)
-                if denied:
-                    raise denied
-            for query in queries:
-                stale = stale_error(self.db, self.policy, query)
-                if stale:
-                    raise stale
-        except SyncError as err:
-            self._send(conn, self.committed,
-                       SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
-            return
-        rows = self._snapshot(conn.claims, queries)
-        conn.query_sets[msg.query_set_id] = tuple(queries)
-        self._send(conn, self.committed, SubscribeApplied(msg.request_id, msg.query_set_id, rows))
-
-    def _visible(self, claims: Claims, query: q.Query, rows: Iterable[Row]) -> list[Row]:
-        return [r for r in rows if q.matches(query, r) and can_read(claims, r)]
-
-    def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:
-        out: dict[str, list[Row]] = {}
-        for query in queries:
-            if TABLE_BY_NAME[query.table].event:
-                continue  # event rows are never in a snapshot
-            bucket = out.setdefault(query.table, [])
-            for r in self._visible(claims, query, self.db.rows(query.table)):
-                if r not in bucket:
-                    bucket.append(r)
-        return tuple(TableRows(t, tuple(rs)) for t, rs in out.items() if rs)
-
-    def _updates_for(self, conn: Conn, delta: Delta) -> tuple[QuerySetUpdate, ...]:
-        out = []
-        for qs_id in sorted(conn.query_sets):
-            tables: dict[str, tuple[list[Row], list[Row]]] = {}
-            for query in conn.query_sets[qs_id]:
-                td = delta.for_table(query.table)
-                ins, dels = tables.setdefault(query.table, ([], []))
-                for r in self._visible(conn.claims, query, td.inserts):
-                    if r not in ins:
-                        ins.append(r)
-                for r in self._visible(conn.claims, query, td.deletes):
-                    if r not in dels:
-                        dels.append(r)
-            parts = tuple(TableRows(t, tuple(i), tuple(d), TABLE_BY_NAME[t].event)
-                          for t, (i, d) in tables.items() if i or d)
-            if parts:
-                out.append(QuerySetUpdate(qs_id, parts))
-        return tuple(out)
-
-    def _call(self, conn: Conn, msg: CallReducer) -> None:
-        ctx = CallContext(conn.claims, self.now, self.committed + 1, self.policy)
-        outcome = call(self.db, ctx, msg.reducer, msg.args)
-        if isinstance(outcome, Err):
-            self._send(conn, self.committed,
-                       ReducerResult(msg.request_id, self.committed, ReducerErr(outcome.error.render())))
-            return
-        if msg.reducer == "upsert_presence":
-            self.upserter[str(msg.args[0])] = conn.conn_id
-        if outcome.noop:
-            self._send(conn, self.committed,
-                       ReducerResult(msg.request_id, self.committed, ReducerOk(outcome.ret, ())))
-            return
-        self._commit(outcome.state, outcome.delta, (conn, msg.request_id, outcome))
-
-    @icontract.require(lambda self: self.can_commit(), "a call is taken only within the durability bound")
-    def call_detached(self, claims: Claims, reducer: str, args: tuple[object, ...]) -> Outcome:
-        """A reducer call with no connection (the HTTP ``call`` route): every subscriber hears of it by
-        ``TransactionUpdate``.  A session upserted this way belongs to no connection: no close marks it."""
-        outcome = call(self.db, CallContext(claims, self.now, self.committed + 1, self.policy), reducer, args)
-        if isinstance(outcome, Ok):
-            if reducer == "upsert_presence":
-                self.upserter.pop(str(args[0]), None)
-            self.system_tx(outcome)
-        return outcome
-
-    def system_tx(self, outcome: Ok) -> bool:
-        """Commit a server-initiated transaction; False when it wrote nothing or must wait."""
-        if outcome.noop or not self.can_commit():
-            return False
-        self._commit(outcome.state, outcome.delta, None)
-        return True
-
-    def _commit(self, state: DbState, delta: Delta, caller: tuple[Conn, int, Ok] | None) -> None:
-        self.committed += 1
-        offset = self.committed
-        self.db = state
-        self.history.append(Commit(offset, state, delta))
-        self.ledger.extend(r for r in delta.for_table("sync_event").inserts if isinstance(r, SyncEvent))
-        self._fanning_out = True
-        self._fanout(offset, delta, caller)
-        self._fanning_out = False
-        self._drain_disconnects()
-
-    def _fanout(self, offset: int, delta: Delta, caller: tuple[Conn, int, Ok] | None) -> None:
-        for conn in list(self.conns.values()):
-            updates = self._updates_for(conn, delta)
-            if caller is not None and conn is caller[0]:
-                self._send(conn, offset, ReducerResult(caller[1], offset, ReducerOk(caller[2].ret, updates)))
-            elif updates:
-                self._send(conn, offset, TransactionUpdate(offset, updates))
-
-    def _send(self, conn: Conn, offset: int, message: SubscribeApplied | UnsubscribeApplied
-              | SubscriptionError | TransactionUpdate | ReducerResult) -> None:
-        if conn.conn_id not in self.conns:
-            return
-        conn.outbound.append(Outbound(offset, message))
-        if len(conn.outbound) > self.max_queue:
-            self.close(conn.conn_id, SLOW_CONSUMER_REASON)
-
-    # --- delivery to the client --------------------------------------------------------------
-
-    @icontract.ensure(lambda self, conn_id, result: not result or not self.conns[conn_id].confirmed
-                      or _front_offset(self, conn_id) <= self.durable,
-                      "CONF-1 (a confirmed-read connection is released only messages of durable offsets)")
-    def releasable(self, conn_id: int) -> bool:
-        conn = self.conns.get(conn_id)
-        if conn is None or not conn.outbound:
-            return False
-        return not conn.confirmed or conn.outbound[0].offset <= self.durable
-
-    def pop(self, conn_id: int) -> Outbound:
-        assert self.releasable(conn_id)
-        return self.conns[conn_id].outbound.pop(0)
-
-    # --- durability ------------------------------------------------------------------------
-
-    @icontract.snapshot(lambda self: self.durable, name="durable")
-    @icontract.ensure(lambda self, OLD: OLD.durable <= self.durable <= self.committed,
-                      "the durable offset never decreases and never passes the committed offset")
-    @icontract.ensure(lambda self: all(c.offset > self.durable for c in self.history),
-                      "the rollback history holds exactly the commits past the durable offset")
-    def advance_durable(self, to: int) -> None:
-        to = min(max(to, self.durable), self.committed)
-        for c in self.history:
-            if c.offset <= to:
-                self.durable_db = c.state
-        self.history = [c for c in self.history if c.offset > to]
-        self.durable = to
-        self._drain_disconnects()
-
-    def _restart(self) -> None:
-        self._disconnects.clear()  # a restarted server has no sessions to mark: TTLs take over
-        self.upserter.clear()
-        for cid in list(self.conns):
-            self.conns.pop(cid).closed_reason = "server restart"
-        self.db = self.durable_db
-        self.committed = self.durable
-        self.history = []
-        self.ledger = [e for e in self.ledger if e.tx_offset <= self.durable]
-
-    @icontract.snapshot(lambda self: _max_epoch(self.db), name="max_epoch")
-    @icontract.ensure(lambda self, OLD: self.db.epoch_floor > OLD.max_epoch
-                      and all(s.epoch == self.db.epoch_floor for s in self.db.of_type(SyncStream)),
-                      "DUR-2 (recovery moves every stream, and every stream created later, above every epoch of the"
-                      " lost committed state, i.e. above every epoch that can have been handed out)")
-    @icontract.ensure(lambda self: self.durable == self.committed and self.durable_db is self.db,
-                      "the recovery transaction is durable before anyone connects")
-    def crash(self) -> None:
-        """Lose everything past the durable offset, then recover: without a clean-shutdown marker
-        the server cannot know what was lost, so it bumps epochs (ADR-0001) in a recovery
-        transaction that is made durable before anyone connects.  Each new epoch continues the
-        old one up to the durable head (ADR-0003): the ledger's events of the old epoch are the
-        new epoch's too."""
-        self._restart()
-        bumped = unclean_restart(self.db, self.now, self.max_undurable)
-        moved = {(s.stream_id, s.continues_epoch): s.epoch for s in bumped.of_type(SyncStream)}
-        self.ledger = [replace(e, epoch=moved.get((e.stream_id, e.epoch), e.epoch)) for e in self.ledger]
-        self.committed += 1
-        self.db = self.durable_db = bumped
-        self.durable = self.committed
-
-    def clean_restart(self) -> None:
-        self.advance_durable(self.committed)
-        self._restart()
+@icontract.ensure(lambda log, result: result.db.epoch_floor > _max_epoch(log.db)
+                  and all(s.epoch == result.db.epoch_floor for s in result.db.of_type(SyncStream)),
+                  "DUR-2 (recovery moves every stream, and every stream created later, above every epoch of the"
+                  " lost committed state, i.e. above every epoch that can have been handed out)")
+@icontract.ensure(lambda result: result.durable == result.committed and result.durable_db is result.db,
+                  "the recovery transaction is durable before anyone connects")
+def recover(log: Log, now: int, max_undurable: int) -> Log:
+    """An unclean restart: lose everything past the durable offset, then recover.  Without a
+    clean-shutdown marker the server cannot know what was lost, so it bumps epochs (ADR-0001) in a
+    recovery transaction that is made durable before anyone connects.  Each new epoch continues the
+    old one up to the durable head (ADR-0003): the ledger's events of the old epoch are the new
+    epoch's too."""
+    kept = lose_suffix(log)
+    bumped = unclean_restart(kept.db, now, max_undurable)
+    moved = {(s.stream_id, s.continues_epoch): s.epoch for s in bumped.of_type(SyncStream)}
+    return replace(kept, db=bumped, durable_db=bumped, committed=kept.committed + 1, durable=kept.committed + 1,
+                   ledger=tuple(replace(e, epoch=moved.get((e.stream_id, e.epoch), e.epoch)) for e in kept.ledger))

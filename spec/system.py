@@ -1,6 +1,6 @@
 """The system machine: one server, N clients and the network between them.
 
-Composes :class:`spec.delivery.Server` and :class:`spec.client.Client` under faults.  The
+Composes :class:`spec.harness.Server` and :class:`spec.client.Client` under faults.  The
 network is two FIFO channels per connection (it is TCP): client -> server (``inbox``) and
 server -> client (the server's outbound queue, drained by :meth:`System.deliver` subject to
 confirmed-read gating).  Across connections nothing is ordered.  Faults:
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from spec.auth import Claims
 from spec.client import Client
-from spec.delivery import Conn, Server
+from spec.harness import Conn, Server
 from spec.messages import (
     CLOSE_PROTOCOL,
     SLOW_CONSUMER_REASON,

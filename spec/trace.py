@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,7 @@ from spec.values import ComputeAssignment, ProviderCapability, Row, SyncCheckpoi
 
 if TYPE_CHECKING:
     from spec.client import Client
-    from spec.delivery import Server
+    from spec.harness import Server
 
 
 @dataclass
@@ -129,11 +130,11 @@ class Trace:
         for e in db.of_type(SyncEvent):
             self._see(e, f"state@{offset}")
 
-    def record_ledger(self, ledger: list[SyncEvent]) -> None:
+    def record_ledger(self, ledger: Sequence[SyncEvent]) -> None:
         for e in ledger:
             self._see(e, "ledger")
 
-    def on_crash(self, durable: int, db: DbState, ledger: list[SyncEvent]) -> None:
+    def on_crash(self, durable: int, db: DbState, ledger: Sequence[SyncEvent]) -> None:
         """After recovery: DUR-1 (the durable prefix, nothing more), CONF-2, DUR-2."""
         prior = self.states.get(durable)
         self.states = {o: st for o, st in self.states.items() if o <= durable}

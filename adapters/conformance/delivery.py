@@ -4,7 +4,7 @@ A scenario is a list of steps over named connections -- ``connect`` (claims, con
 not), ``send`` (a client message: ``Subscribe``, ``Unsubscribe``, ``CallReducer``), ``hold`` (from
 here on nothing becomes durable until a ``durable`` step), ``durable`` (the durable offset moves to
 ``to``), and ``receive`` (everything the connection may be sent now).  The model
-(:class:`spec.delivery.Server`) and the reference engine (:class:`reference.engine.Engine`) both
+(:class:`spec.harness.Server`) and the reference engine (:class:`reference.engine.Engine`) both
 expose that interface, so :func:`drive` runs a scenario on either; the vector records the model's
 messages for every ``receive`` and the consumer compares the engine's.
 
@@ -28,7 +28,8 @@ from spec.schema import SCOPES
 
 
 class Target(Protocol):
-    committed: int
+    @property
+    def committed(self) -> int: ...
 
     def connect(self, claims: Claims, confirmed: bool) -> int: ...
     def handle(self, conn_id: int, msg: sm.ClientMessage) -> None: ...
@@ -264,7 +265,7 @@ def drive(target: Target, steps: list[dict[str, Any]]) -> list[list[dict[str, An
 
 
 def model_target(policy: Policy = POLICY, max_queue: int = 1000, max_undurable: int = 8, now: int = T0) -> Target:
-    from spec.delivery import Server
+    from spec.harness import Server
     server = Server(policy, max_queue=max_queue, max_undurable=max_undurable)
     server.now = now
     return server

@@ -4,7 +4,7 @@ Each scenario is a list of steps (:mod:`adapters.conformance.delivery`: the same
 vectors record) over named WebSocket connections.  The runner plays them against the target --
 each ``receive`` is closed by a *barrier* (a ``OneOffQuery`` answered in order with everything
 else, so once its answer is in, everything the server sent before it is in too) -- then plays the
-same steps on the model (:class:`spec.delivery.Server`) with the identities the target assigned,
+same steps on the model (:class:`spec.harness.Server`) with the identities the target assigned,
 and compares every message of every ``receive``: type, order, request ids, outcomes, error
 strings, rows (SATS-JSON by column).  Transaction offsets (v2 carries none in updates) and
 timestamps are the target's own (its log holds other data) and are masked.  The model runs with

@@ -30,6 +30,14 @@ connection if :meth:`Connection.connect` was not called yet and waits for it, an
 :class:`~adapters.sdk.errors.ConnectionLost` (the call may have run; calls are idempotent by key,
 so retry).  The backoff's RNG and the sleep are
 injectable, so tests control time.
+
+Ids: each ``Connection`` numbers its request ids and query set ids from a random u32
+(``first_id``, drawn with :mod:`secrets` unless given), not from 1.  Ids are unique within one
+connection object already; the random start makes an answer addressed to an *earlier* client
+process of the same identity (a restarted application whose old subscribe reached the server
+late, or was replayed by a middlebox) match nothing pending here, instead of being taken for
+the new process's query set 1.  The chaos run's long profile found exactly that (a stale answer
+for a previous process's subscribe, read as this process's, made it rebootstrap needlessly).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +70,7 @@ from adapters.sdk.errors import (
     ReducerInternalError,
 )
 from adapters.sdk.session import (
+    U32_MAX,
     CallDone,
     EndCallback,
     ErrorCallback,
@@ -137,7 +147,7 @@ class Connection:
                  on_connect: Callable[[ConnectInfo], None] | None = None,
                  on_disconnect: Callable[[DisconnectInfo], None] | None = None,
                  on_connect_error: Callable[[BaseException, float], None] | None = None,
-                 cache: ClientCache | None = None) -> None:
+                 cache: ClientCache | None = None, first_id: int | None = None) -> None:
         unknown = [p for p in protocols if p not in VERSIONS]
         if not protocols or unknown:
             raise LocalProtocolError(f"protocols must be a non-empty subset of {sorted(VERSIONS)}, got {protocols}")
@@ -150,7 +160,10 @@ class Connection:
         self.sleep = sleep
         self.call_timeout, self.open_timeout, self.ping_interval = call_timeout, open_timeout, ping_interval
         self.on_connect, self.on_disconnect, self.on_connect_error = on_connect, on_disconnect, on_connect_error
-        self.session = Session(cache)
+        if first_id is not None and not 0 <= first_id <= U32_MAX:
+            raise LocalProtocolError(f"first_id must be a u32, got {first_id}")
+        self.first_id = first_id if first_id is not None else secrets.randbelow(U32_MAX + 1)
+        self.session = Session(cache, first_id=self.first_id)
         self.info: ConnectInfo | None = None
         self.connects = 0
         self.disconnects: list[DisconnectInfo] = []

@@ -1,6 +1,6 @@
 """The server over real sockets equals the model: random action sequences (three peers with
 different claims, v2 and v3, confirmed or not, reconnects, duplicate resends, HTTP calls, sweeps
-and compactions) are done to a live server and to :class:`spec.delivery.Server` in lockstep, and
+and compactions) are done to a live server and to :class:`spec.harness.Server` in lockstep, and
 every message each peer receives is compared, in order, with the model's (tests/support/wire_diff.py).
 
 The harness is shown to fail: with a bug planted in the codec's model-to-wire translation the

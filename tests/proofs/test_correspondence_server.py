@@ -2,7 +2,7 @@
 ``spec.delivery``, ``spec.invariants``, ``spec.client`` and ``spec.auth``.
 
 * stale cursors: both encodings of the stale decision against both Python functions;
-* the outbound queue and durability (:class:`proofs.server.Srv`): a ``spec.delivery.Server`` is
+* the outbound queue and durability (:class:`proofs.server.Srv`): a ``spec.harness.Server`` is
   driven through random connects, closes, messages, commits (the connection's own calls, other
   connections' calls, system transactions), deliveries, durability advances, crashes and clean
   restarts; every step, observed on one designated connection, must be the unique step the
@@ -48,7 +48,8 @@ from proofs.encoding import Delta
 from spec import invariants
 from spec.auth import Claims, can_read
 from spec.client import Client, StreamView, resume_queries
-from spec.delivery import Server, stale_reasons
+from spec.delivery import stale_reasons
+from spec.harness import Server
 from spec.messages import (
     CallReducer,
     ReducerOk,
@@ -131,7 +132,7 @@ class Tokens:
 
 
 class Harness:
-    """A ``spec.delivery.Server`` seen through the abstraction of ``proofs.server``."""
+    """A ``spec.harness.Server`` seen through the abstraction of ``proofs.server``."""
 
     def __init__(self, undurable: int) -> None:
         self.server = Server(POLICY, max_queue=SV.Q, max_undurable=undurable)

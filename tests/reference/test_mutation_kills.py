@@ -50,7 +50,7 @@ def state(db: Db) -> tuple[object, ...]:
 
 
 def test_stream_log_get_and_after_are_offsets_from_the_floor() -> None:
-    log = StreamLog(floor=5, events=[ev(5), ev(6), ev(7)], by_key={"k5": 5, "k6": 6, "k7": 7})
+    log = StreamLog.of("s", 5, [ev(5), ev(6), ev(7)])
     # seq -> the event at that seq, or None outside the retained range
     for seq, want in [(0, None), (4, None), (5, ev(5)), (6, ev(6)), (7, ev(7)), (8, None), (50, None)]:
         assert log.get(seq) == want, seq

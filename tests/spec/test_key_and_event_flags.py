@@ -8,7 +8,7 @@ They are the killers of the planted mutants ``checkpoint_always_inserted`` and
 from __future__ import annotations
 
 from spec.auth import Claims
-from spec.delivery import Server
+from spec.harness import Server
 from spec.messages import CallReducer, Subscribe, SubscribeApplied, TransactionUpdate
 from spec.policy import Policy
 from spec.reducers import CallContext, Ok, call

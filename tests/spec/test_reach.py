@@ -10,9 +10,10 @@ from dataclasses import replace
 
 import pytest
 from support import reach
-from support.machines import CALLERS
+from support.machines import CALLERS, ModuleMachine
 
 import spec.delivery
+import spec.harness
 import spec.reducers
 import spec.rules
 from spec.auth import Claims
@@ -43,7 +44,10 @@ def test_a_complete_table_passes() -> None:
 
 @pytest.mark.parametrize("cell", [("outcome", "append_sync_event", "sequence_conflict"),
                                   ("assignment", "running", "failed"), ("close", "1011"), ("client", "gap"),
-                                  ("role", "update_compute_assignment", "provider_owner", "accepted")])
+                                  ("role", "update_compute_assignment", "provider_owner", "accepted"),
+                                  ("check", "append_sync_event", "`expected_next_seq`, when given, is head + 1"),
+                                  ("check", "record_bridge_failure",
+                                   "the row is sent or failed (only a pending row counts attempts)")])
 def test_the_table_fails_when_a_cell_goes_unreached(cell: reach.Cell) -> None:
     counts = _complete()
     for c in counts.values():
@@ -85,6 +89,48 @@ def test_every_unreachable_entry_has_a_reason_and_a_cell() -> None:
     assert not reach.evaluate(_complete()).stale_entries
 
 
+def test_every_step_of_every_check_table_is_a_cell() -> None:
+    """One cell per named step of :data:`spec.reducers.CHECKS`, in order, so a step added to a reducer is
+    a cell the machines must reach (or one listed unreachable with its reason)."""
+    cells = [c for c in reach.expected_cells() if c[0] == "check"]
+    assert cells == [("check", reducer, step.name) for reducer, steps in spec.reducers.CHECKS.items()
+                     for step in steps]
+    assert len(cells) == sum(len(steps) for steps in spec.reducers.CHECKS.values()) > 80
+
+
+def test_a_step_no_machine_decides_fails_verify() -> None:
+    """A check step nobody decides, and that UNREACHABLE does not explain, fails the table; explained, it
+    passes; explained but reached, it fails again."""
+    counts = _complete()
+    cell = ("check", "mark_bridge_event_sent", "each relay is 1-512 characters")
+    for c in counts.values():
+        c.pop(cell, None)
+    report = reach.evaluate(counts)
+    assert [(r.cell, r.verdict) for r in report.failures] == [(cell, "UNREACHED")]
+    explained = (*reach.UNREACHABLE, ("check mark_bridge_event_sent each relay is *", "a reason long enough to read"))
+    assert reach.evaluate(counts, unreachable=explained).ok
+    counts["ModuleMachine"][cell] += 1
+    assert [r.verdict for r in reach.evaluate(counts, unreachable=explained).failures] == ["REACHED-BUT-LISTED"]
+
+
+def test_one_sweep_of_the_module_machine_decides_every_argument_check() -> None:
+    """``ModuleMachine.every_check`` (once per run) makes every argument check of every reducer, and the
+    pinned-token check, the step that decides a call, from any state: from the empty one here.  A new
+    argument check without a ``BAD_CALLS`` row fails this test before it empties a reach cell."""
+    machine = ModuleMachine()
+    with reach.observe("sweep") as rec:
+        machine.every_check()
+    got = {c for c in rec.counts.pop("sweep") if c[0] == "check"}
+    assert not machine.violations, machine.violations[:3]
+    argument_codes = {ErrorCode.INVALID_ARGUMENT, ErrorCode.NON_CANONICAL_PAYLOAD, ErrorCode.PAYLOAD_TOO_LARGE,
+                      ErrorCode.PAYLOAD_HASH_MISMATCH}
+    want = {("check", reducer, step.name) for reducer, steps in spec.reducers.CHECKS.items() for step in steps
+            if isinstance(step, spec.reducers.Check) and step.code in argument_codes}
+    want.add(("check", "upsert_presence", "a token pinned to a session or device names this one"))
+    assert len(want) > 40
+    assert sorted(want - got) == []
+
+
 def test_the_rules_table_names_every_reducer_once() -> None:
     assert [r.reducer for r in spec.rules.REDUCER_RULES] == [r.name for r in REDUCERS]
     for r in spec.rules.REDUCER_RULES:
@@ -98,9 +144,9 @@ def _call(db: DbState, claims: Claims, reducer: str, args: tuple[object, ...]) -
 
 
 def test_observe_records_at_the_boundary_and_restores_it() -> None:
-    originals = (spec.reducers.call, spec.delivery.call, spec.delivery.stale_error, spec.delivery.Server.close)
+    originals = (spec.reducers.call, spec.harness.call, spec.delivery.stale_error, spec.harness.Server.close)
     with reach.observe("probe") as rec:
-        assert spec.delivery.call is not originals[1]
+        assert spec.harness.call is not originals[1]
         db = DbState()
         ok = _call(db, FULL, "append_sync_event", ("s.a1", "k1", "{}", None, None))
         assert isinstance(ok, spec.reducers.Ok)
@@ -111,7 +157,7 @@ def test_observe_records_at_the_boundary_and_restores_it() -> None:
         opened = _call(db, FULL, "open_compute_assignment", ("r1", 5000, "{}"))
         assert isinstance(opened, spec.reducers.Ok)
         counts = rec.counts["probe"]
-    assert (spec.reducers.call, spec.delivery.call, spec.delivery.stale_error, spec.delivery.Server.close) \
+    assert (spec.reducers.call, spec.harness.call, spec.delivery.stale_error, spec.harness.Server.close) \
         == originals
     assert counts[("outcome", "append_sync_event", "ok")] == 1
     assert counts[("outcome", "append_sync_event", "noop")] == 1
@@ -120,6 +166,12 @@ def test_observe_records_at_the_boundary_and_restores_it() -> None:
     assert counts[("role", "append_sync_event", "holder", "accepted")] == 2
     assert counts[("outcome", reach.UNKNOWN_REDUCER, "no_such_reducer")] == 1
     assert counts[("assignment", reach.CREATED, "open")] == 1
+    # the step that decided each call: the retry's no-op, the sequence check, the scope check
+    assert counts[("check", "append_sync_event",
+                   "the key is retained with this payload: a retry, answered with its original seq")] == 1
+    assert counts[("check", "append_sync_event", "`expected_next_seq`, when given, is head + 1")] == 1
+    assert counts[("check", "append_sync_event", "the caller holds `sync.append`")] == 1
+    assert sum(n for cell, n in counts.items() if cell[0] == "check") == 3  # accepted calls take no step
     reach.RECORDER.counts.pop("probe")
 
 

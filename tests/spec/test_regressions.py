@@ -6,7 +6,7 @@ import icontract
 import pytest
 
 from spec.auth import Claims
-from spec.delivery import Server
+from spec.harness import Server
 from spec.invariants import check_state
 from spec.messages import CallReducer, ReducerOk, ReducerResult, Subscribe, SubscribeApplied, TransactionUpdate
 from spec.policy import Policy

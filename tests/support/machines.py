@@ -101,8 +101,25 @@ BAD_CALLS: tuple[tuple[str, tuple[Any, ...], str], ...] = (
     ("publish_stream_signal", ("s.a1", "typing", _BIG), "payload_too_large"),
     ("reset_stream_epoch", ("bad id!",), "invalid_argument"),
     ("no_such_reducer", (), "no_such_reducer"),
+    # every id argument (a stream id the grant `s.*` still matches, so the id check decides)
+    ("append_sync_event", ("s.bad id!", "kx", "{}", None, None), "invalid_argument"),
+    ("ack_checkpoint", ("d9", "s.bad id!", 0, 0), "invalid_argument"),
+    ("upsert_presence", ("bad id!", "dev", "node", "online", "eu", 1000), "invalid_argument"),
+    ("upsert_presence", ("p9", "bad id!", "node", "online", "eu", 1000), "invalid_argument"),
+    ("upsert_presence", ("p9", "dev", "bad id!", "online", "eu", 1000), "invalid_argument"),
+    ("publish_provider_capability", ("bad id!", "{}", (5000,), 0, "active"), "invalid_argument"),
+    ("open_compute_assignment", ("bad id!", 5000, "{}"), "invalid_argument"),
+    ("update_compute_assignment", ("bad id!", 1, "cancelled", None, None), "invalid_argument"),
+    ("update_compute_assignment", ("r9", 1, "assigned", "bad id!", None), "invalid_argument"),
+    ("enqueue_bridge_event", ("bad id!", "src", 30078, "[]", "x"), "invalid_argument"),
+    ("mark_bridge_event_sent", ("bad id!", "1" * 64, ()), "invalid_argument"),
+    ("record_bridge_failure", ("bad id!", "x", 0), "invalid_argument"),
+    ("publish_stream_signal", ("s.bad id!", "typing", "{}"), "invalid_argument"),
+    ("reset_stream_epoch", ("s.none",), "invalid_argument"),  # no such stream (the machines never create it)
 )
 """Malformed calls and the error each must get (written by hand from the reducers' documented checks)."""
+PINNED = Claims(IDENTITIES[0], ALL_SCOPES, ("s.*",), session_id="p1")
+"""A token pinned to session ``p1`` (``oa_session_id``): it may upsert that session only."""
 
 """Mostly fully authorized callers (so state builds up), sometimes arbitrary ones."""
 
@@ -117,6 +134,7 @@ class ModuleMachine(RuleBasedStateMachine):
         self.offset = 0
         self.violations: list[tuple[str, str]] = []
         self.sent_acks: list[tuple[Claims, tuple[Any, ...]]] = []
+        self.swept = False
 
     def _run(self, claims: Claims, reducer: str, args: tuple[Any, ...]) -> Any:
         red = _mod("spec.reducers")
@@ -268,6 +286,33 @@ class ModuleMachine(RuleBasedStateMachine):
     def bad_call(self, case: tuple[str, tuple[Any, ...], str]) -> None:
         """A malformed call (the argument checks of every reducer, which well-formed random calls never
         reach): the outcome must be the error code written next to it by hand (an oracle of its own)."""
+        self._bad_call(case)
+
+    @precondition(lambda self: not self.swept)
+    @rule()
+    def every_check(self) -> None:
+        """Once per run, in whatever state the run has reached: every malformed call of ``BAD_CALLS``, a
+        token pinned to another session, and a provider named on an edge other than assign.  So every
+        step of every reducer's check table decides a call in every run (the reach table's ``check``
+        cells, tests/support/reach.py), not only when ``bad_call`` happens to draw its row."""
+        from spec.values import ComputeAssignment
+        self.swept = True
+        for case in BAD_CALLS:
+            self._bad_call(case)
+        self._expect(PINNED, "upsert_presence", ("p9", "dev", "node", "online", "eu", 1000), "forbidden")
+        self._run(_FULL_A, "open_compute_assignment", ("r8", 5000, PAYLOADS[0]))
+        row = self.db.find(ComputeAssignment, lambda r: r.request_id == "r8")
+        if row is not None and row.status == "open" and row.requester == _FULL_A.identity:
+            self._expect(_FULL_A, "update_compute_assignment", ("r8", row.version, "cancelled", "prov8", None),
+                         "invalid_argument")
+
+    def _expect(self, claims: Claims, reducer: str, args: tuple[Any, ...], code: str) -> None:
+        out = self._run(claims, reducer, args)
+        got = out.error.code.value if hasattr(out, "error") else "ok"
+        if got != code:
+            self.violations.append(("BAD-CALL", f"{reducer}{args!r:.80}: expected {code}, got {got}"))
+
+    def _bad_call(self, case: tuple[str, tuple[Any, ...], str]) -> None:
         from spec.reducers import virtual_stream
         reducer, args, code = case
         if reducer == "ack_checkpoint":  # the current epoch, so only the checked argument is wrong

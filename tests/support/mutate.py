@@ -103,6 +103,8 @@ TESTS: dict[str, list[str]] = {
     "reference/db.py": ["tests/reference/test_engine_units.py", "tests/reference/test_engine_isolation.py",
                         "tests/reference/test_hardening_engine.py", "tests/reference/test_engine_chain.py",
                         "tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills.py"],
+    "reference/eventlog.py": ["tests/reference/test_eventlog.py", "tests/reference/test_engine_units.py",
+                              "tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills.py"],
     "reference/replay.py": ["tests/reference/test_durability.py", "tests/reference/test_snapshot.py",
                             "tests/reference/test_engine_chain.py", "tests/reference/test_mutation_kills.py"],
     "reference/snapshot.py": ["tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills.py"],

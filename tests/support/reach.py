@@ -4,6 +4,10 @@ A *cell* is one case of a rule the spec distinguishes:
 
 * ``outcome``   (reducer, outcome): ``ok``, ``noop`` (when the reducer has one) and every error code
                 the reducer can return -- from :data:`spec.rules.REDUCER_RULES`;
+* ``check``     (reducer, step): every named step of the reducer's check table
+                (:data:`spec.reducers.CHECKS`, ADR-0012) *decides* some call -- a ``Check`` refuses it or a
+                ``NoOp`` holds -- so no step is dead weight and every refusal path is exercised on its own,
+                not only through an outcome code several steps share (the ``invalid_argument`` of six ids);
 * ``role``      (reducer, role, accepted|refused): the caller's relation to the call (the roles of
                 :data:`spec.rules.REDUCER_RULES`; see that module for their definitions);
 * ``assignment`` / ``outbox`` / ``presence`` (from, to): every transition edge of those rows, from
@@ -16,8 +20,9 @@ A *cell* is one case of a rule the spec distinguishes:
                 skipped) and the epoch decisions (continue, rebootstrap).
 
 Instrumentation is at the harness level: :func:`observe` rebinds the model's boundary functions
-(``spec.reducers.call`` and the system transactions wherever they are bound, ``stale_error``,
-``Server.close``/``_restart``, the client's row handler) to wrappers that record the call and its
+(``spec.reducers.call``, the check evaluator ``decide``, the system transactions wherever they are
+bound, ``stale_error``, ``Server.close``/``_restart``, the client's row handler) to wrappers that
+record the call and its
 result and then return it unchanged; the reducer bodies are not edited.  Whatever drives the model
 -- a Hypothesis machine, the scenario tables, the engine or wire differential (which run the model
 in lockstep) -- is counted under the name given to :func:`observe`.
@@ -52,6 +57,7 @@ REMOVED = "removed"
 def expected_cells() -> list[Cell]:
     from spec.client import APPLY_RULES
     from spec.messages import CLOSE_PROTOCOL, SLOW_CONSUMER_REASON
+    from spec.reducers import CHECKS
     from spec.resume import STALE_REASONS
     from spec.rules import REDUCER_RULES, outcomes
     from spec.transitions import (
@@ -66,6 +72,7 @@ def expected_cells() -> list[Cell]:
     for rule in REDUCER_RULES:
         cells += [("outcome", rule.reducer, o) for o in outcomes(rule)]
         cells += [("role", rule.reducer, role, verdict) for role in rule.roles for verdict in ("accepted", "refused")]
+        cells += [("check", rule.reducer, step.name) for step in CHECKS[rule.reducer]]
     cells.append(("outcome", UNKNOWN_REDUCER, "no_such_reducer"))
     cells.append(("assignment", CREATED, "open"))
     cells += [("assignment", a, b) for a, b in ASSIGNMENT_TRANSITIONS]
@@ -250,6 +257,19 @@ def _on_call(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+def _on_decide(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from spec.reducers import CHECKS
+    reducer_of = {id(steps): reducer for reducer, steps in CHECKS.items()}
+
+    def wrapped(steps: Any, call: Any) -> Any:
+        out = fn(steps, call)
+        reducer = reducer_of.get(id(steps))
+        if out is not None and reducer is not None:
+            RECORDER.hit("check", reducer, out[0].name)
+        return out
+    return wrapped
+
+
 def _on_system_tx(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapped(db: Any, *args: Any, **kwargs: Any) -> Any:
         out = fn(db, *args, **kwargs)
@@ -343,6 +363,7 @@ def observe(machine: str) -> Iterator[Recorder]:
     """Count every cell the model reaches while the block runs, under ``machine``."""
     import spec.client as client
     import spec.delivery as delivery
+    import spec.harness as harness
     import spec.reducers as reducers
 
     patches: list[tuple[Any, str, Any]] = []
@@ -364,11 +385,12 @@ def observe(machine: str) -> Iterator[Recorder]:
     previous = RECORDER.machine
     RECORDER.machine = machine
     rebind("call", _on_call, reducers)
+    rebind("decide", _on_decide, reducers)
     for name in _SYSTEM_TX:
         rebind(name, _on_system_tx, reducers)
     rebind("stale_error", _on_stale, delivery)
-    method(delivery.Server, "close", _on_close(delivery.Server.close))
-    method(delivery.Server, "_restart", _on_restart(delivery.Server._restart))
+    method(harness.Server, "close", _on_close(harness.Server.close))
+    method(harness.Server, "_restart", _on_restart(harness.Server._restart))
     method(client.Client, "_on_rows", _on_rows(client.Client.__dict__["_on_rows"]))
     method(client.Client, "_continue", _on_client(client.Client._continue, "continue"))
     method(client.Client, "_rebootstrap", _on_client(client.Client._rebootstrap, "rebootstrap"))
@@ -443,11 +465,12 @@ def evaluate(counts: Mapping[str, Counter[Cell]], expected: list[Cell] | None = 
 
 def render(report: Report) -> str:
     short = {m: m.replace("Machine", "")[:10] for m in report.machines}
-    head = f"{'cell':<62}" + "".join(f"{short[m]:>11}" for m in report.machines) + "  verdict"
+    width = max([61, *(len(" ".join(r.cell)) for r in report.rows)]) + 1  # a cell is always named in full
+    head = f"{'cell':<{width}}" + "".join(f"{short[m]:>11}" for m in report.machines) + "  verdict"
     lines = [head]
     for r in report.rows:
         name = " ".join(r.cell)
-        line = f"{name[:61]:<62}" + "".join(f"{r.counts.get(m, 0):>11}" for m in report.machines)
+        line = f"{name:<{width}}" + "".join(f"{r.counts.get(m, 0):>11}" for m in report.machines)
         line += f"  {r.verdict}" + (f" ({r.unreachable})" if r.unreachable and r.verdict != "reached" else "")
         lines.append(line)
     n = len(report.rows)

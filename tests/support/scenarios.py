@@ -9,7 +9,7 @@ not computed by the code under test, so they are an oracle of their own.
 
 The same tables run against
 
-* the model (:class:`ModelDriver`: ``spec.delivery.Server``) -- ``tests/spec/test_hardening.py``;
+* the model (:class:`ModelDriver`: ``spec.harness.Server``) -- ``tests/spec/test_hardening.py``;
 * the reference engine next to the model (:class:`EngineDriver`: every message the engine queues
   must equal the model's, as in ``support.diff``) -- ``tests/reference/test_hardening.py``;
 * the real server over WebSockets (:class:`WireDriver`) -- ``tests/adapters/test_hardening_wire.py``.
@@ -170,7 +170,7 @@ def claims_of(p: Person) -> Claims:
 
 class ModelDriver:
     def __init__(self, policy: Policy) -> None:
-        from spec.delivery import Server
+        from spec.harness import Server
         self.server = Server(policy, max_queue=10_000, max_undurable=MAX_UNDURABLE)
         self.server.now = T0
         self.conns: dict[str, int] = {}

@@ -2,7 +2,7 @@
 
 :class:`WireDiff` runs one :class:`adapters.server.SyncServer` (in-thread, see
 ``support.server.running_server``) on a fresh data directory with a clock the test owns and
-background sweeps/compactions pushed out of reach, next to a :class:`spec.delivery.Server` with
+background sweeps/compactions pushed out of reach, next to a :class:`spec.harness.Server` with
 the same policy and time.  Three peers with different claims (:data:`PEERS`) talk to the server
 over WebSockets (v2 or v3, confirmed or not, any compression) and to the model through
 ``connect``/``handle``/``close``.  Actions: connect and disconnect, a *pipeline* of subscribe /
@@ -57,7 +57,7 @@ from websockets.exceptions import ConnectionClosed
 from adapters import bsatn, satsjson, wire
 from spec import messages as sm
 from spec.auth import Claims, can_read
-from spec.delivery import Conn, Server
+from spec.harness import Conn, Server
 from spec.messages import CLOSE_PROTOCOL
 from spec.policy import Policy, StreamClass
 from spec.reducers import Err, compact, presence_sweep, virtual_stream

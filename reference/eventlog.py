@@ -1,0 +1,579 @@
+"""One stream's retained ``sync_event`` rows, stored by column (issue 10: memory per event).
+
+A retained event used to be a :class:`~spec.values.SyncEvent` object with nine fields of its
+own -- the payload and its ``sha256:<hex>`` hash as Python strings, a copy of the stream id and
+key per event, boxed integers -- plus a list slot and an ``idempotency_key -> seq`` dict entry:
+~600 bytes for a 150-byte payload.  :class:`StreamLog` keeps the same rows as columns instead
+and builds a ``SyncEvent`` only when one is read (a resume snapshot, a dedupe hit, retention).
+
+Events are stored in chunks of :data:`CHUNK` (positions ``c * CHUNK .. c * CHUNK + CHUNK - 1``
+are chunk ``c``), each chunk two buffers:
+
+* ``_data[c]`` (a ``bytearray``): per event, the 32 raw bytes of the payload hash, the
+  idempotency key and the canonical payload, both UTF-8, back to back;
+* ``_cols[c]`` (an ``array('q')``), four integers per event: where its bytes end in the chunk's
+  data, ``committed_at``, ``tx_offset`` and ``meta`` = key length | producer number << 20.
+
+Chunks, not one buffer per stream: a buffer that grows by reallocation leaves its earlier
+copies as holes in the C heap, which the allocator keeps (measured: ~150 bytes per event of the
+server's RSS, returned only by ``malloc_trim``); chunks stop growing at a few tens of KiB, and
+retention drops whole chunks instead of moving the rest of the buffers.  Beside the chunks: the
+stream id once; producers once per distinct identity (``_producers``, numbered); epochs as runs
+(``_run_seqs``/``_run_epochs``: the epoch from that seq on), since a stream's epoch changes only
+at a reset or an unclean restart; and the ``(stream_id, idempotency_key)`` unique index as an
+open-addressing table of ``seq - _tbase + 1`` (``array('I')``, 0 empty, ``_TOMB`` deleted)
+probed with the hash of the key's bytes and confirmed against the key in the data: a few bytes
+per event where a dict entry, the key string and a boxed seq took ~130.
+
+Seqs are contiguous (``seq = floor + position - _head``), so the seq is not stored.  Retention
+drops a prefix: the ``_head`` dropped events at the front of chunk 0 stay as dead slots until the
+chunk holds nothing else, then the chunk goes (a rollback of a drop revives the dead slot).  A
+rollback of an append pops the last event.
+
+A row that does not round-trip through the columns exactly -- a hash not of the ``sha256:`` +
+64 lowercase hex form, an integer out of the columns' range, a string that is not valid UTF-8
+(lone surrogates) -- is kept whole in ``_odd`` (by seq, its key in ``_odd_keys``), so the store
+gives back the rows it was given, whatever they are; the engine's own rows never take that
+path.  ``tests/reference/test_eventlog.py`` drives the store and a plain list-and-dict model with
+the same random operations (odd rows included) and compares every read.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import overload
+
+from spec.errors import LocalProtocolError
+from spec.values import SyncEvent
+
+_STRIDE = 4  # _cols per event: end, committed_at, tx_offset, meta
+CHUNK_BITS = 8
+CHUNK = 1 << CHUNK_BITS  # events per chunk
+_IN_CHUNK = CHUNK - 1
+_KEY_BITS = 20
+_KEY_MASK = (1 << _KEY_BITS) - 1
+_PRODUCER_LIMIT = 1 << 40
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+_U64 = (1 << 64) - 1
+_TOMB = 0xFFFFFFFF
+_HASH_PREFIX = "sha256:"
+
+
+def _encodable(ev: SyncEvent, stream_id: str) -> tuple[bytes, int] | None:
+    """``ev``'s hash, key and payload bytes for ``_data`` and the key's length, or None if some
+    field would not come back equal from the columns (the row is then kept whole)."""
+    h = ev.payload_hash
+    try:
+        if not (h.startswith(_HASH_PREFIX) and len(h) == 71 and _I64_MIN <= ev.committed_at <= _I64_MAX
+                and 0 <= ev.tx_offset <= _I64_MAX and 0 <= ev.epoch <= _U64 and ev.stream_id == stream_id
+                and type(ev.producer) is str):
+            return None
+        raw = bytes.fromhex(h[7:])
+        kb = ev.idempotency_key.encode("utf-8")
+        pb = ev.payload.encode("utf-8")
+    except (TypeError, AttributeError, ValueError, UnicodeEncodeError):
+        return None
+    if raw.hex() != h[7:] or len(kb) > _KEY_MASK or type(ev.idempotency_key) is not str \
+            or type(ev.payload) is not str:  # fromhex also takes upper case and spaces
+        return None
+    return raw + kb + pb, len(kb)
+
+
+class StreamLog:
+    """The retained events of one stream: ``floor`` is the seq of the first one."""
+
+    __slots__ = (
+        "_cols",
+        "_data",
+        "_head",
+        "_miss",
+        "_odd",
+        "_odd_keys",
+        "_producer_no",
+        "_producers",
+        "_run_epochs",
+        "_run_seqs",
+        "_size",
+        "_table",
+        "_tbase",
+        "_tfill",
+        "floor",
+        "stream_id",
+    )
+
+    def __init__(self, stream_id: str, floor: int = 1) -> None:
+        self.stream_id = stream_id
+        self.floor = floor
+        self._reset()
+
+    def _reset(self) -> None:
+        self._head = 0  # dead events at the front of chunk 0
+        self._size = 0  # positions in the chunks, dead ones included
+        self._data: list[bytearray] = []
+        self._cols: list[array[int]] = []
+        self._producers: list[str] = []
+        self._producer_no: dict[str, int] = {}
+        self._run_seqs: list[int] = []
+        self._run_epochs: list[int] = []
+        self._table = array("I", bytes(4 * 8))
+        self._tbase = self.floor
+        self._tfill = 0  # live entries + tombstones
+        self._miss: tuple[bytes, int] | None = None  # the last key looked up and not found, and its free slot
+        self._odd: dict[int, SyncEvent] | None = None
+        self._odd_keys: dict[str, int] | None = None
+
+    @classmethod
+    def of(cls, stream_id: str, floor: int, events: Sequence[SyncEvent]) -> StreamLog:
+        """A log holding ``events``, whose seqs must run from ``floor`` on and keys differ."""
+        log = cls(stream_id, floor)
+        for ev in events:
+            if ev.stream_id != stream_id or ev.seq != floor + len(log):
+                raise LocalProtocolError(f"event {ev.stream_id}/{ev.seq} is not the next of {stream_id}")
+            log.append(ev)
+        return log
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._size - self._head
+
+    @property
+    def events(self) -> EventSeq:
+        """The retained events, oldest first (a read-only sequence; each read builds the row)."""
+        return EventSeq(self)
+
+    @property
+    def by_key(self) -> KeyIndex:
+        """The ``idempotency_key -> seq`` index (a read-only mapping over the index itself)."""
+        return KeyIndex(self)
+
+    def get(self, seq: int) -> SyncEvent | None:
+        i = seq - self.floor
+        return self._event(self._head + i) if 0 <= i < self._size - self._head else None
+
+    def after(self, watermark: int) -> list[SyncEvent]:
+        return self._events_from(max(0, watermark + 1 - self.floor))
+
+    def seq_of(self, key: str) -> int | None:
+        """The seq of the retained event with this idempotency key, if any."""
+        if self._odd_keys is not None and key in self._odd_keys:
+            return self._odd_keys[key]
+        try:
+            kb = key.encode("utf-8")
+        except (UnicodeEncodeError, AttributeError):
+            return None
+        p, slot = self._probe(kb)
+        if p < 0:
+            self._miss = (kb, slot)  # an append of this key follows (dedupe, then insert): one probe
+            return None
+        return p - self._head + self.floor
+
+    def _event(self, p: int) -> SyncEvent:
+        """The event at position ``p`` of the chunks."""
+        seq = self.floor + p - self._head
+        if self._odd is not None:
+            odd = self._odd.get(seq)
+            if odd is not None:
+                return odd
+        cols = self._cols[p >> CHUNK_BITS]
+        data = self._data[p >> CHUNK_BITS]
+        j = (p & _IN_CHUNK) * _STRIDE
+        start = cols[j - _STRIDE] if j else 0
+        meta = cols[j + 3]
+        kend = start + 32 + (meta & _KEY_MASK)
+        epochs = self._run_epochs
+        epoch = epochs[0] if len(epochs) == 1 else epochs[bisect_right(self._run_seqs, seq) - 1]
+        return SyncEvent(self.stream_id, epoch, seq, data[start + 32:kend].decode("utf-8"),
+                         _HASH_PREFIX + data[start:start + 32].hex(), data[kend:cols[j]].decode("utf-8"),
+                         self._producers[meta >> _KEY_BITS], cols[j + 1], cols[j + 2])
+
+    def _events_from(self, i: int) -> list[SyncEvent]:
+        """Events ``i..`` (positions counted from the first retained event)."""
+        event = self._event
+        return [event(p) for p in range(self._head + max(0, i), self._size)]
+
+    def _key_bytes(self, p: int) -> bytes:
+        cols = self._cols[p >> CHUNK_BITS]
+        j = (p & _IN_CHUNK) * _STRIDE
+        start = (cols[j - _STRIDE] if j else 0) + 32
+        return bytes(self._data[p >> CHUNK_BITS][start:start + (cols[j + 3] & _KEY_MASK)])
+
+    # --- writes (Db calls these; the check of seq order is Db's) -----------------------------------
+
+    def append(self, ev: SyncEvent) -> None:
+        """Add ``ev`` as the newest event (its seq must be ``floor + len``); a key the log already
+        holds raises :class:`LocalProtocolError` and changes nothing."""
+        if self._size == self._head:  # empty
+            self.floor = ev.seq
+            self._reset()
+        enc = _encodable(ev, self.stream_id)
+        slot = self._slot(ev, enc)
+        if not self._size & _IN_CHUNK:
+            if self._data:  # the last chunk is full: drop its growth slack (~10 %)
+                self._data[-1] = bytearray(self._data[-1])
+                self._cols[-1] = array("q", self._cols[-1])
+            self._data.append(bytearray())
+            self._cols.append(array("q"))
+        data = self._data[-1]
+        end = len(data)
+        self._size += 1
+        if enc is None:
+            self._cols[-1].extend((end, 0, 0, 0))
+            self._keep_odd(ev)
+            return
+        encoded, klen = enc
+        data += encoded
+        no = self._producer_no.get(ev.producer)
+        self._cols[-1].extend((end + len(encoded), ev.committed_at, ev.tx_offset,
+                               klen | (self._producer(ev.producer) if no is None else no << _KEY_BITS)))
+        epochs = self._run_epochs
+        if not epochs or epochs[-1] != ev.epoch:
+            self._run_seqs.append(ev.seq)
+            epochs.append(ev.epoch)
+        self._miss = None
+        table = self._table
+        if table[slot] == 0:
+            self._tfill += 1
+        table[slot] = ev.seq - self._tbase + 1
+
+    def pop_first(self) -> SyncEvent:
+        """Drop the oldest event (retention) and return it."""
+        ev = self._event(self._head)
+        self._unindex(ev)
+        self._head += 1
+        self.floor += 1
+        if self._size == self._head:
+            self._reset()
+            return ev
+        while len(self._run_seqs) > 1 and self._run_seqs[1] <= self.floor:
+            del self._run_seqs[0], self._run_epochs[0]
+        if self._head == CHUNK:  # chunk 0 holds only dropped events
+            del self._data[0], self._cols[0]
+            self._head = 0
+            self._size -= CHUNK
+            self._renumber_producers()
+        return ev
+
+    def pop_last(self) -> SyncEvent:
+        """Drop the newest event (the rollback of an append) and return it."""
+        p = self._size - 1
+        ev = self._event(p)
+        self._unindex(ev)
+        j = (p & _IN_CHUNK) * _STRIDE
+        if j:  # new objects, not in place: a copy may share this chunk (see copy)
+            self._data[-1] = self._data[-1][:self._cols[-1][j - _STRIDE]]
+            self._cols[-1] = self._cols[-1][:j]
+        else:
+            self._data.pop()
+            self._cols.pop()
+        self._size -= 1
+        if self._run_seqs and self._run_seqs[-1] == ev.seq:
+            self._run_seqs.pop()
+            self._run_epochs.pop()
+        if self._size == self._head:
+            self._reset()
+        return ev
+
+    def push_first(self, ev: SyncEvent) -> None:
+        """Put back the event just before the oldest (the rollback of a retention drop)."""
+        if self._size == self._head:
+            self.append(ev)
+            return
+        if ev.stream_id != self.stream_id or ev.seq != self.floor - 1:
+            raise LocalProtocolError(f"event {ev.stream_id}/{ev.seq} is not just before {self.stream_id}/{self.floor}")
+        enc = _encodable(ev, self.stream_id)
+        slot = self._slot(ev, enc)
+        if enc is None:
+            self._write_front(b"", (0, 0, 0))
+            self.floor -= 1
+            self._keep_odd(ev)
+            return
+        encoded, klen = enc
+        meta = klen | self._producer(ev.producer)
+        p = self._head - 1
+        revive = False
+        if p >= 0:
+            cols, data = self._cols[0], self._data[0]
+            j = p * _STRIDE
+            start = cols[j - _STRIDE] if j else 0
+            revive = cols[j:j + _STRIDE] == array("q", (start + len(encoded), ev.committed_at, ev.tx_offset, meta)) \
+                and data[start:start + len(encoded)] == encoded
+        if revive:
+            self._head = p  # the dead slot still holds it
+        else:
+            self._write_front(encoded, (ev.committed_at, ev.tx_offset, meta))
+        self.floor -= 1
+        if not self._run_epochs:
+            self._run_seqs, self._run_epochs = [self.floor], [ev.epoch]
+        elif self._run_epochs[0] == ev.epoch:
+            self._run_seqs[0] = min(self._run_seqs[0], self.floor)
+        else:
+            self._run_seqs[0] = max(self._run_seqs[0], self.floor + 1)
+            self._run_seqs.insert(0, self.floor)
+            self._run_epochs.insert(0, ev.epoch)
+        self._miss = None
+        if self._table[slot] == 0:
+            self._tfill += 1
+        self._table[slot] = self.floor - self._tbase + 1
+
+    def relabel(self, old_epoch: int, new_epoch: int) -> None:
+        """Every retained event of ``old_epoch`` moves to ``new_epoch`` (seqs, keys unchanged)."""
+        epochs = [new_epoch if e == old_epoch else e for e in self._run_epochs]
+        seqs: list[int] = []
+        merged: list[int] = []
+        for s, e in zip(self._run_seqs, epochs, strict=True):
+            if not merged or merged[-1] != e:
+                seqs.append(s)
+                merged.append(e)
+        self._run_seqs, self._run_epochs = seqs, merged
+        if self._odd is not None:
+            for seq, ev in list(self._odd.items()):
+                if ev.epoch == old_epoch:
+                    self._odd[seq] = replace(ev, epoch=new_epoch)
+
+    def copy(self) -> StreamLog:
+        """An independent copy (a snapshot image reads it while this one goes on changing).  It
+        shares every chunk but the last: a chunk is changed in place only while it is the last one
+        being appended to; anything else that changes a chunk (a rollback, a write in front, a
+        renumbering) puts a changed copy in its place.  So a copy costs the last chunk and the
+        key index, not the whole log."""
+        other = StreamLog(self.stream_id, self.floor)
+        other._head, other._size = self._head, self._size
+        other._data, other._cols = self._data[:], self._cols[:]
+        if other._data:
+            other._data[-1], other._cols[-1] = self._data[-1][:], self._cols[-1][:]
+        other._producers, other._producer_no = self._producers[:], dict(self._producer_no)
+        other._run_seqs, other._run_epochs = self._run_seqs[:], self._run_epochs[:]
+        other._table, other._tbase, other._tfill = self._table[:], self._tbase, self._tfill
+        other._odd = None if self._odd is None else dict(self._odd)
+        other._odd_keys = None if self._odd_keys is None else dict(self._odd_keys)
+        return other
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _write_front(self, encoded: bytes, ints: tuple[int, int, int]) -> None:
+        """Write an event into the dead slot just before the first live one (a fresh chunk of dead
+        slots in front when chunk 0 has none), whatever that slot held."""
+        if self._head == 0:
+            self._data.insert(0, bytearray())
+            self._cols.insert(0, array("q", bytes(8 * _STRIDE * CHUNK)))
+            self._head = CHUNK
+            self._size += CHUNK
+        p = self._head - 1
+        cols = self._cols[0][:]  # changed copies (a snapshot's copy may share chunk 0)
+        j = p * _STRIDE
+        old_end = cols[j]
+        delta = len(encoded) - old_end
+        data = bytearray(encoded) + self._data[0][old_end:]  # the dead slots before it become empty
+        for k in range(j + _STRIDE, len(cols), _STRIDE):
+            cols[k] += delta
+        for k in range(0, j, _STRIDE):
+            cols[k] = 0
+        cols[j:j + _STRIDE] = array("q", (len(encoded), *ints))
+        self._data[0], self._cols[0] = data, cols
+        self._head = p
+
+    def _producer(self, producer: str) -> int:
+        """The producer's number, shifted into place for ``meta``."""
+        no = self._producer_no.get(producer)
+        if no is None:
+            if len(self._producers) >= _PRODUCER_LIMIT:  # pragma: no cover - 2^40 identities in one stream
+                raise LocalProtocolError("too many producers in one stream")
+            no = self._producer_no[producer] = len(self._producers)
+            self._producers.append(producer)
+        return no << _KEY_BITS
+
+    def _renumber_producers(self) -> None:
+        """Forget producers no stored slot names any more (checked when a chunk goes)."""
+        if len(self._producers) <= 16:
+            return
+        used = sorted({m >> _KEY_BITS for cols in self._cols for m in cols[3::_STRIDE]})
+        if 2 * len(used) >= len(self._producers):
+            return
+        renumber = {old: new for new, old in enumerate(used)}
+        self._producers = [self._producers[old] for old in used]
+        self._producer_no = {p: i for i, p in enumerate(self._producers)}
+        for c, shared in enumerate(self._cols):
+            cols = shared[:]  # a changed copy (a snapshot's copy may share the chunk)
+            for j in range(3, len(cols), _STRIDE):
+                meta = cols[j]
+                cols[j] = (meta & _KEY_MASK) | renumber[meta >> _KEY_BITS] << _KEY_BITS
+            self._cols[c] = cols
+
+    def _keep_odd(self, ev: SyncEvent) -> None:
+        if self._odd is None or self._odd_keys is None:
+            self._odd, self._odd_keys = {}, {}
+        self._odd[ev.seq] = ev
+        self._odd_keys[ev.idempotency_key] = ev.seq
+
+    def _unindex(self, ev: SyncEvent) -> None:
+        self._miss = None
+        if self._odd is not None and self._odd_keys is not None and self._odd.get(ev.seq) is ev:
+            del self._odd[ev.seq]
+            del self._odd_keys[ev.idempotency_key]
+            return
+        table = self._table
+        mask = len(table) - 1
+        want = ev.seq - self._tbase + 1
+        perturb = hash(ev.idempotency_key.encode("utf-8")) & _U64
+        i = perturb & mask
+        while table[i] != want:
+            if table[i] == 0:
+                raise LocalProtocolError(f"event {self.stream_id}/{ev.seq} is not in the key index")
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & mask
+        table[i] = _TOMB
+
+    def _find(self, kb: bytes) -> int:
+        """The position of the live event whose key bytes are ``kb``, else -1."""
+        return self._probe(kb)[0]
+
+    def _probe(self, kb: bytes) -> tuple[int, int]:
+        """Look the key bytes ``kb`` up in the index: (the position of the live event holding them
+        or -1, the slot a new entry for them would take)."""
+        table = self._table
+        mask = len(table) - 1
+        perturb = hash(kb) & _U64
+        i = perturb & mask
+        chunks, datas = self._cols, self._data
+        off = self.floor - self._head - self._tbase + 1  # an entry v is at position v - off
+        n = len(kb)
+        free = -1
+        while True:
+            v = table[i]
+            if v == 0:
+                return -1, (i if free < 0 else free)
+            if v == _TOMB:
+                if free < 0:
+                    free = i
+            else:
+                p = v - off
+                cols = chunks[p >> CHUNK_BITS]
+                j = (p & _IN_CHUNK) * _STRIDE
+                if cols[j + 3] & _KEY_MASK == n:
+                    start = (cols[j - _STRIDE] if j else 0) + 32
+                    if datas[p >> CHUNK_BITS][start:start + n] == kb:
+                        return p, i
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & mask
+
+    def _slot(self, ev: SyncEvent, enc: tuple[bytes, int] | None) -> int:
+        """The index slot for a new event ``ev`` (-1: it is kept whole, its key in ``_odd_keys``);
+        raises if the log holds its key.  Rebuilds the index first when it is full or ``ev.seq``
+        is out of the entries' range."""
+        if self._odd_keys is not None and ev.idempotency_key in self._odd_keys:
+            raise LocalProtocolError(f"duplicate idempotency key {ev.idempotency_key}")
+        if enc is None:
+            if self.seq_of(ev.idempotency_key) is not None:
+                raise LocalProtocolError(f"duplicate idempotency key {ev.idempotency_key}")
+            return -1
+        if (self._tfill + 1) * 3 > len(self._table) * 2 or not 0 < ev.seq - self._tbase + 1 < _TOMB:
+            self._rehash(min(ev.seq, self.floor))
+        kb = enc[0][32:32 + enc[1]]
+        if self._miss is not None and self._miss[0] == kb:  # the index has not changed since that lookup
+            return self._miss[1]
+        found, slot = self._probe(kb)
+        if found >= 0:
+            raise LocalProtocolError(f"duplicate idempotency key {ev.idempotency_key}")
+        return slot
+
+    def _rehash(self, tbase: int) -> None:
+        """Rebuild the key index from the live events, at most half full, entries from ``tbase``."""
+        first = self.floor - self._head
+        live = [p for p in range(self._head, self._size) if self._odd is None or first + p not in self._odd]
+        size = 8
+        while size < 2 * (len(live) + 1):
+            size *= 2
+        table = self._table = array("I", bytes(4 * size))
+        self._miss = None
+        self._tbase = tbase
+        self._tfill = len(live)
+        mask = size - 1
+        for p in live:
+            perturb = hash(self._key_bytes(p)) & _U64
+            i = perturb & mask
+            while table[i]:
+                perturb >>= 5
+                i = (i * 5 + perturb + 1) & mask
+            table[i] = first + p - tbase + 1
+
+
+class EventSeq(Sequence[SyncEvent]):
+    """A :class:`StreamLog`'s retained events as a read-only sequence (rows built on read)."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: StreamLog) -> None:
+        self._log = log
+
+    def __len__(self) -> int:
+        return len(self._log)
+
+    @overload
+    def __getitem__(self, i: int) -> SyncEvent: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[SyncEvent]: ...
+
+    def __getitem__(self, i: int | slice) -> SyncEvent | list[SyncEvent]:
+        n = len(self._log)
+        if isinstance(i, slice):
+            event = self._log._event
+            head = self._log._head
+            return [event(head + k) for k in range(*i.indices(n))]
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("event index out of range")
+        return self._log._event(self._log._head + i)
+
+    def __iter__(self) -> Iterator[SyncEvent]:
+        log = self._log
+        for p in range(log._head, log._size):
+            yield log._event(p)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EventSeq | list | tuple):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"EventSeq({list(self)!r})"
+
+
+class KeyIndex(Mapping[str, int]):
+    """A :class:`StreamLog`'s ``idempotency_key -> seq`` index, read from the index itself (so a
+    consistency check that compares it with the events checks the index), in seq order."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: StreamLog) -> None:
+        self._log = log
+
+    def __getitem__(self, key: str) -> int:
+        seq = self._log.seq_of(key)
+        if seq is None:
+            raise KeyError(key)
+        return seq
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._log.seq_of(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys in seq order (the order the events were appended)."""
+        log = self._log
+        first = log.floor - log._head
+        entries: list[tuple[int, str | None]] = [(v - 1 + log._tbase, None) for v in log._table if v and v != _TOMB]
+        if log._odd_keys is not None:
+            entries += [(seq, key) for key, seq in log._odd_keys.items()]
+        for seq, key in sorted(entries):
+            yield log._key_bytes(seq - first).decode("utf-8") if key is None else key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -1,0 +1,248 @@
+"""The column store of retained events (``reference.eventlog.StreamLog``) against a plain model.
+
+The model is what the store replaced: a list of :class:`SyncEvent` rows whose position is
+``seq - floor`` and a dict ``idempotency_key -> seq``.  Random operations -- appends (some of
+them rows the columns cannot hold: odd hashes, lone surrogates, integers past 63 bits), retention
+drops and their rollbacks, rollbacks of appends, epoch relabels, copies -- go to both, and after
+every step every read must agree: the events (as a sequence, by index, by slice), ``get``,
+``after``, ``seq_of``, ``by_key`` (its items and order), ``len`` and ``floor``.  Long runs cross
+the store's rehash and cut thresholds.  Planted bugs in the store's source must make the same
+comparison fail (the check can fail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import random
+import types
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+import reference.eventlog as eventlog
+from reference.eventlog import CHUNK, StreamLog
+from spec.errors import LocalProtocolError
+from spec.values import SyncEvent
+
+SID = "s.one"
+
+
+def _event(rng: random.Random, seq: int, epoch: int, key: str, odd: bool) -> SyncEvent:
+    payload = rng.choice([f'{{"i":{seq}}}', f'"é✓ {seq}"', f'{{"pad":"{"x" * rng.randrange(300)}"}}', "[]"])
+    h = "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+    producer = rng.choice(["a" * 64, "b" * 64, "c" * 64] + [f"{i:064x}" for i in range(30)])
+    ev = SyncEvent(SID, epoch, seq, key, h, payload, producer, 1_700_000_000_000_000 + seq, 1000 + seq)
+    if odd:
+        which = rng.randrange(6)
+        if which == 0:
+            ev = replace(ev, payload_hash=h.upper().replace("SHA256", "sha256"))  # upper-case hex
+        elif which == 1:
+            ev = replace(ev, payload_hash="not a hash")
+        elif which == 2:
+            ev = replace(ev, payload="\ud800 lone")
+        elif which == 3:
+            ev = replace(ev, tx_offset=2**64 - 1)
+        elif which == 4:
+            ev = replace(ev, committed_at=-(2**70))
+        else:
+            ev = replace(ev, idempotency_key=key + "\udfff")
+    return ev
+
+
+def _check(log: Any, floor: int, events: list[SyncEvent], rng: random.Random) -> None:
+    assert len(log) == len(events)
+    assert list(log.events) == events
+    assert log.floor == floor
+    if events:
+        assert log.events[0] == events[0] and log.events[-1] == events[-1]
+        a, b = sorted(rng.randrange(-2, len(events) + 2) for _ in range(2))
+        assert log.events[a:b] == events[a:b]
+    for seq in {floor - 1, floor, floor + len(events) - 1, floor + len(events), rng.randrange(floor - 3, floor + 40)}:
+        i = seq - floor
+        assert log.get(seq) == (events[i] if 0 <= i < len(events) else None)
+    w = rng.randrange(floor - 3, floor + len(events) + 3)
+    assert log.after(w) == events[max(0, w + 1 - floor):]
+    index = {e.idempotency_key: e.seq for e in events}
+    assert list(log.by_key.items()) == list(index.items())  # the same pairs, in seq order
+    assert len(log.by_key) == len(index)
+    for key in [*rng.sample(sorted(index), min(3, len(index))), "absent", "k-never"]:
+        assert log.seq_of(key) == index.get(key)
+        assert (key in log.by_key) == (key in index)
+
+
+def drive(cls: Any, seed: int, steps: int, odd_share: float = 0.08) -> None:
+    """Random operations on ``cls`` (a StreamLog class) and on the model; AssertionError on the
+    first read that differs."""
+    rng = random.Random(seed)
+    log = cls(SID, 1)
+    floor, events = 1, []
+    dropped: list[SyncEvent] = []  # retention drops, newest last: what a rollback puts back
+    copies: list[tuple[Any, list[SyncEvent]]] = []
+    epoch = 1
+    key_no = 0
+    for _ in range(steps):
+        op = rng.choices(["append", "drop", "undrop", "pop", "relabel", "copy"], [50, 18, 8, 6, 3, 2])[0]
+        if op == "append":
+            key_no += 1
+            key = f"k{key_no}" if rng.random() < 0.9 or not events else events[0].idempotency_key
+            if key in {e.idempotency_key for e in events}:
+                continue  # Db refuses a duplicate key before it reaches the store
+            if not events:
+                floor = floor if rng.random() < 0.7 else floor + rng.randrange(1, 50)
+            if rng.random() < 0.05:
+                epoch += 1
+            ev = _event(rng, floor + len(events), epoch, key, rng.random() < odd_share)
+            log.append(ev)
+            events.append(ev)
+            dropped.clear()
+        elif op == "drop" and events:
+            n = rng.randrange(1, max(2, len(events) // 3))
+            for _ in range(min(n, len(events))):
+                assert log.pop_first() == events[0]
+                dropped.append(events.pop(0))
+                floor += 1
+        elif op == "undrop" and dropped and events:
+            for _ in range(rng.randrange(1, len(dropped) + 1)):
+                ev = dropped.pop()
+                log.push_first(ev)
+                events.insert(0, ev)
+                floor -= 1
+        elif op == "pop" and events:
+            assert log.pop_last() == events[-1]
+            events.pop()
+            dropped.clear()
+        elif op == "relabel" and events:
+            old = rng.choice(events).epoch
+            epoch += 1
+            log.relabel(old, epoch)
+            events = [replace(e, epoch=epoch) if e.epoch == old else e for e in events]
+            dropped.clear()
+        elif op == "copy":
+            copy, then = log.copy(), list(events)
+            if events and rng.random() < 0.5:  # a copy is a log of its own: it takes appends too
+                ev = _event(rng, floor + len(events), epoch, f"copy-{key_no}", False)
+                copy.append(ev)
+                then.append(ev)
+            copies.append((copy, then))
+        _check(log, floor, events, rng)
+    for copy, then in copies:  # copies do not follow the original
+        assert list(copy.events) == then
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_column_store_reads_like_a_list_and_a_dict(seed: int) -> None:
+    drive(StreamLog, seed, 600)
+
+
+def test_long_runs_cross_the_rehash_and_cut_thresholds() -> None:
+    rng = random.Random(99)
+    log = StreamLog(SID, 1)
+    events: list[SyncEvent] = []
+    for i in range(1, 3001):
+        ev = _event(rng, i, 1, f"k{i}", i % 97 == 0)
+        log.append(ev)
+        events.append(ev)
+    assert len(log._table) >= 4096  # grown several times
+    assert len(log._data) == len(log._cols) == -(-3000 // CHUNK)
+    for _ in range(2500):  # whole chunks of dropped events go
+        assert log.pop_first() == events.pop(0)
+    assert len(log._data) == len(log._cols) == -(-3000 // CHUNK) - 2500 // CHUNK and log._head == 2500 % CHUNK
+    _check(log, events[0].seq, events, rng)
+    assert all(log.seq_of(f"k{i}") is None for i in range(1, 2501))
+
+
+def test_a_row_comes_back_exactly_whatever_its_values() -> None:
+    rng = random.Random(5)
+    log = StreamLog(SID, 7)
+    rows = [_event(rng, 7 + i, 3, f"k{i}", odd=i % 2 == 1) for i in range(12)]
+    for ev in rows:
+        log.append(ev)
+    assert list(log.events) == rows
+    assert [type(getattr(e, f)) for e in log.events for f in e.__slots__] == \
+        [type(getattr(e, f)) for e in rows for f in e.__slots__]
+    assert log._odd is not None and len(log._odd) == 6  # the odd rows are kept whole, the rest as columns
+    wide = replace(rows[0], seq=7 + len(rows), idempotency_key="kw", epoch=2**64 - 1, payload="ü" * 1000)
+    log.append(wide)
+    assert log.get(wide.seq) == wide
+
+
+def test_of_rebuilds_a_log_and_refuses_rows_out_of_order() -> None:
+    rng = random.Random(1)
+    rows = [_event(rng, 5 + i, 1, f"k{i}", False) for i in range(5)]
+    log = StreamLog.of(SID, 5, rows)
+    assert list(log.events) == rows and log.floor == 5 and dict(log.by_key) == {e.idempotency_key: e.seq for e in rows}
+    with pytest.raises(LocalProtocolError, match="not the next"):
+        StreamLog.of(SID, 4, rows)
+    with pytest.raises(LocalProtocolError, match="duplicate"):
+        StreamLog.of(SID, 5, [rows[0], replace(rows[1], idempotency_key=rows[0].idempotency_key)])
+    with pytest.raises(LocalProtocolError, match="not just before"):
+        log.push_first(rows[2])
+
+
+def test_a_retained_event_costs_little_more_than_its_bytes() -> None:
+    """Not a timing: the store's layout, in bytes (the figure itself is docs/performance.md's)."""
+    rng = random.Random(2)
+    log = StreamLog(SID, 1)
+    for i in range(1, 5001):
+        log.append(_event(rng, i, 1, f"key-{i:06d}", False))
+    payload_and_keys = sum(len(e.payload.encode()) + len(e.idempotency_key) for e in log.events)
+    held = sum(map(len, log._data)) + 8 * sum(map(len, log._cols)) + 4 * len(log._table)
+    assert held - payload_and_keys <= 32 * 5000 + 32 * 5000 + 4 * 4 * 5000  # hash + 4 ints + the index
+
+
+PLANTED = (
+    ("a dropped chunk still counts", "            self._size -= CHUNK\n", ""),
+    ("a rollback that empties the last chunk keeps it",
+     "        else:\n            self._data.pop()\n            self._cols.pop()\n", ""),
+    ("a write in front leaves the later ends where they were",
+     "        for k in range(j + _STRIDE, len(cols), _STRIDE):\n            cols[k] += delta\n", ""),
+    ("a rehash leaves the oldest live event out",
+     "        live = [p for p in range(self._head, self._size)",
+     "        live = [p for p in range(self._head + 1, self._size)"),
+    ("a revived event keeps the epoch of the run after it",
+     "            self._run_seqs[0] = max(self._run_seqs[0], self.floor + 1)\n"
+     "            self._run_seqs.insert(0, self.floor)\n"
+     "            self._run_epochs.insert(0, ev.epoch)\n",
+     "            pass\n"),
+    ("relabel does not touch odd rows",
+     "                if ev.epoch == old_epoch:\n                    self._odd[seq]",
+     "                if False:\n                    self._odd[seq]"),
+    ("a probe stops at a tombstone",
+     "            if v == _TOMB:\n                if free < 0:\n                    free = i\n",
+     "            if v == _TOMB:\n                return -1, i\n"),
+    ("the copy shares its last chunk",
+     "            other._data[-1], other._cols[-1] = self._data[-1][:], self._cols[-1][:]\n",
+     "            pass\n"),
+    ("a rollback truncates a chunk a copy shares",
+     "            self._data[-1] = self._data[-1][:self._cols[-1][j - _STRIDE]]\n",
+     "            del self._data[-1][self._cols[-1][j - _STRIDE]:]\n"),
+)
+
+
+def _variant(name: str, *edits: tuple[str, str]) -> Any:
+    """The store's module with chunks of 4 events (so short runs cross chunk boundaries often) and
+    ``edits`` applied to its source."""
+    src = inspect.getsource(eventlog)
+    for old, new in (("CHUNK_BITS = 8\n", "CHUNK_BITS = 2\n"), *edits):
+        assert src.count(old) == 1, (name, old)
+        src = src.replace(old, new)
+    mod = types.ModuleType(f"eventlog_{name}")
+    exec(compile(src, f"<eventlog {name}>", "exec"), mod.__dict__)
+    return mod
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_small_chunks_read_like_a_list_and_a_dict(seed: int) -> None:
+    mod = _variant("chunks_of_4")
+    assert mod.CHUNK == 4
+    drive(mod.StreamLog, seed, 600, odd_share=0.15)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED, ids=[p[0] for p in PLANTED])
+def test_planted_bugs_in_the_store_are_caught(name: str, old: str, new: str) -> None:
+    mod = _variant(name, (old, new))
+    with pytest.raises((AssertionError, IndexError, LocalProtocolError, UnicodeDecodeError, KeyError, ValueError)):
+        for seed in range(40):
+            drive(mod.StreamLog, seed, 600, odd_share=0.2)
