@@ -47,6 +47,8 @@ from spec.values import (
     Prim,
     Row,
     SatsType,
+    SyncEvent,
+    is_identity,
     sats_name,
     value_has_type,
 )
@@ -63,8 +65,10 @@ __all__ = [
     "encode_args",
     "encode_ret",
     "encode_row",
+    "encode_sync_event",
     "encode_value",
     "min_size",
+    "sync_event_size",
 ]
 
 _U16 = struct.Struct("<H")
@@ -427,6 +431,65 @@ def encode_row(row: Row) -> bytes:
     w = Writer()
     encode_row_into(w, row)
     return w.getvalue()
+
+
+# --- sync_event fast path ----------------------------------------------------------------------
+#
+# A replay sends thousands of ``sync_event`` rows at once; the generic encoder above walks the
+# schema per column (a type check and an encoder lookup each).  ``encode_sync_event`` writes the
+# same bytes with one ``struct`` call and a join, for rows whose every field is plainly in range;
+# any other row (a lone surrogate, an int past the column's range, a producer that is not an
+# identity, a non-str where a str belongs) goes to :func:`encode_row`, which raises its usual
+# error.  ``tests/adapters/test_bsatn_fast.py`` checks the two give equal bytes row by row.
+
+_EV_MID = struct.Struct("<QQI")  # epoch, seq, key length
+_EV_TAIL = struct.Struct("<qQ")  # committed_at, tx_offset
+_PRODUCERS: dict[str, bytes] = {}  # identity hex -> its 32 BSATN bytes (a bounded memo)
+_PRODUCERS_MAX = 4096
+_U63 = 1 << 63
+
+
+def _producer_bytes(producer: object) -> bytes | None:
+    if type(producer) is not str:
+        return None
+    raw = _PRODUCERS.get(producer)
+    if raw is None:
+        if not is_identity(producer):
+            return None
+        if len(_PRODUCERS) >= _PRODUCERS_MAX:
+            _PRODUCERS.clear()
+        raw = _PRODUCERS[producer] = bytes.fromhex(producer)[::-1]
+    return raw
+
+
+def encode_sync_event(ev: SyncEvent) -> bytes:
+    """``encode_row(ev)`` for a ``sync_event`` row, by a shorter path (same bytes, same errors)."""
+    sid, key, h, payload = ev.stream_id, ev.idempotency_key, ev.payload_hash, ev.payload
+    epoch, seq, at, tx = ev.epoch, ev.seq, ev.committed_at, ev.tx_offset
+    producer = _producer_bytes(ev.producer)
+    if (producer is None or type(ev) is not SyncEvent
+            or not (type(sid) is type(key) is type(h) is type(payload) is str)
+            or not (type(epoch) is type(seq) is type(at) is type(tx) is int)
+            or not (0 <= epoch < _U64_END and 0 <= seq < _U64_END and -_U63 <= at < _U63 and 0 <= tx < _U64_END)):
+        return encode_row(ev)
+    try:
+        sb, kb, hb, pb = sid.encode("utf-8"), key.encode("utf-8"), h.encode("utf-8"), payload.encode("utf-8")
+    except UnicodeEncodeError:
+        return encode_row(ev)  # raises the generic encoder's error
+    return b"".join((_U32.pack(len(sb)), sb, _EV_MID.pack(epoch, seq, len(kb)), kb, _U32.pack(len(hb)), hb,
+                     _U32.pack(len(pb)), pb, producer, _EV_TAIL.pack(at, tx)))
+
+
+def sync_event_size(ev: SyncEvent) -> int:
+    """``row_size(ev)`` for a ``sync_event`` row: 80 fixed bytes plus its four strings' UTF-8."""
+    if type(ev) is not SyncEvent or not all(type(v) is str for v in (ev.stream_id, ev.idempotency_key,
+                                                                        ev.payload_hash, ev.payload)):
+        return row_size(ev)
+    return 80 + _utf8_len(ev.stream_id) + _utf8_len(ev.idempotency_key) + _utf8_len(ev.payload_hash) \
+        + _utf8_len(ev.payload)
+
+
+_U64_END = 1 << 64
 
 
 def _decode_product(columns: Sequence[Column], data: bytes, what: str, part: str) -> list[Any]:

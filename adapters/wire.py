@@ -45,7 +45,17 @@ from dataclasses import dataclass
 import brotli
 
 import spec.messages as sm
-from adapters.bsatn import BsatnError, Reader, Writer, decode_args, decode_row, encode_row, row_size
+from adapters.bsatn import (
+    BsatnError,
+    Reader,
+    Writer,
+    decode_args,
+    decode_row,
+    encode_row,
+    encode_sync_event,
+    row_size,
+    sync_event_size,
+)
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import REDUCER_BY_NAME
 from spec.values import Row
@@ -822,7 +832,8 @@ def _rows_bound(tables: Iterable[sm.TableRows], size_of: Callable[[Row], int]) -
     # per table: its name (4 + UTF-8), one or two row lists (tag, hint of at most 4 + 8 per row,
     # data length), an entry count and a variant tag
     return sum(24 + len(t.table.encode()) + 2 * 9 + 8 * (len(t.inserts) + len(t.deletes))
-               + sum(size_of(r) for r in t.inserts) + sum(size_of(r) for r in t.deletes) for t in tables)
+               + sum(map(sync_event_size if t.table == "sync_event" else size_of, (*t.inserts, *t.deletes)))  # type: ignore[arg-type]
+               for t in tables)
 
 
 def _sets_bound(sets: Iterable[sm.QuerySetUpdate], size_of: Callable[[Row], int]) -> int:
@@ -857,10 +868,17 @@ def _rowlist(rows: Iterable[Row], cache: RowCache | None) -> RowList:
     return RowList.of([enc(r) for r in rows])
 
 
+def _snapshot_rowlist(t: sm.TableRows, cache: RowCache | None) -> RowList:
+    rows = (*t.inserts, *t.deletes)
+    if t.table == "sync_event":  # a replay: thousands of rows met once; encoded directly, not cached
+        return RowList.of([encode_sync_event(r) for r in rows])  # type: ignore[arg-type]
+    return _rowlist(rows, cache)
+
+
 def _wire_query_rows(tables: Iterable[sm.TableRows], cache: RowCache | None) -> QueryRows:
     # A QueryRows has one list per table: a snapshot's rows are its inserts (dropped rows may be
     # given as deletes; both go in, inserts first).
-    return QueryRows(tuple(SingleTableRows(t.table, _rowlist((*t.inserts, *t.deletes), cache)) for t in tables))
+    return QueryRows(tuple(SingleTableRows(t.table, _snapshot_rowlist(t, cache)) for t in tables))
 
 
 def _wire_query_sets(sets: Iterable[sm.QuerySetUpdate], cache: RowCache | None) -> TransactionUpdate:

@@ -61,7 +61,7 @@ within a repeat.
   an empty start, per record.
 
 ``--profile DIR`` attaches py-spy to the syncref server during the first run of each
-append/fanout workload (``--nonblocking``, 200 Hz, threads shown) and writes an SVG flame graph
+append/fanout/replay workload (``--nonblocking``, 200 Hz, threads shown) and writes an SVG flame graph
 and the folded stacks; ``docs/performance.md`` turns the folded stacks into the per-append cost
 budget.
 """

@@ -43,7 +43,7 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--repeats", type=int, help="runs per workload and peer (default 3; --quick 1)")
     b.add_argument("--profile", metavar="DIR",
                    help="record py-spy flame graphs (SVG + folded stacks) of the syncref server, first run of "
-                        "each append/fanout workload")
+                        "each append/fanout/replay workload")
     b.add_argument("--redis-server", metavar="PATH", help="the redis-server binary (default: found on PATH)")
     b.add_argument("--keep", action="store_true", help="keep the temporary directory (data, logs)")
 

@@ -534,12 +534,12 @@ def _replay_stream(bench: Bench, peer: str) -> str:
     return stream_name
 
 
-def run_replay(bench: Bench, peer: str, watermark: int, expect: int) -> Run:
+def run_replay(bench: Bench, peer: str, watermark: int, expect: int, profile: str | None = None) -> Run:
     s = bench.s
     ep, pid = bench.endpoint(peer)
     stream = _replay_stream(bench, peer)
     task = {**ep, "kind": "replay", "stream": stream, "watermark": watermark, "repeats": s.replay_repeats}
-    results, diag = bench.clients([task], pid)
+    results, diag = bench.clients([task], pid, profile_as=profile)
     r = results[0]
     if any(c != expect for c in r["counts"]):
         raise RuntimeError(f"replay on {peer} returned {r['counts']} events, expected {expect} each")
@@ -551,11 +551,12 @@ def run_replay(bench: Bench, peer: str, watermark: int, expect: int) -> Run:
 
 
 def replay_full(bench: Bench, peer: str, repeat: int) -> Run:
-    return run_replay(bench, peer, 0, bench.s.replay_full)
+    return run_replay(bench, peer, 0, bench.s.replay_full, "replay_full" if repeat == 0 and peer == "syncref" else None)
 
 
 def replay_gap(bench: Bench, peer: str, repeat: int) -> Run:
-    return run_replay(bench, peer, bench.s.replay_full - bench.s.replay_gap, bench.s.replay_gap)
+    return run_replay(bench, peer, bench.s.replay_full - bench.s.replay_gap, bench.s.replay_gap,
+                      "replay_gap" if repeat == 0 and peer == "syncref" else None)
 
 
 # --- reconnect storm ------------------------------------------------------------------------------------
