@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import REDUCER_BY_NAME, REDUCERS, TABLE_BY_NAME, TABLE_BY_ROW_TYPE, Column, Table
@@ -56,13 +56,16 @@ from spec.values import (
 __all__ = [
     "RETURN_TYPES",
     "BsatnError",
+    "ColumnRows",
     "Reader",
     "Writer",
+    "column_rows_size",
     "decode_args",
     "decode_ret",
     "decode_row",
     "decode_value",
     "encode_args",
+    "encode_event_columns",
     "encode_ret",
     "encode_row",
     "encode_sync_event",
@@ -447,6 +450,7 @@ _EV_TAIL = struct.Struct("<qQ")  # committed_at, tx_offset
 _PRODUCERS: dict[str, bytes] = {}  # identity hex -> its 32 BSATN bytes (a bounded memo)
 _PRODUCERS_MAX = 4096
 _U63 = 1 << 63
+_U64_END = 1 << 64
 
 
 def _producer_bytes(producer: object) -> bytes | None:
@@ -480,6 +484,61 @@ def encode_sync_event(ev: SyncEvent) -> bytes:
                      _U32.pack(len(pb)), pb, producer, _EV_TAIL.pack(at, tx)))
 
 
+_HASH_HEAD = _U32.pack(71) + b"sha256:"
+EventColumns = SyncEvent | tuple[int, int, bytes, bytes, bytes, str, int, int]
+
+
+@runtime_checkable
+class ColumnRows(Protocol):
+    """Rows of one stream's ``sync_event`` given by their stored fields (what
+    :class:`reference.eventlog.RetainedRows` offers): see :func:`encode_event_columns`."""
+
+    @property
+    def stream_id(self) -> str: ...
+
+    def columns(self) -> Iterable[EventColumns]: ...
+
+    def column_bytes(self) -> tuple[int, int, list[SyncEvent]]: ...
+
+
+def encode_event_columns(stream_id: str, columns: Iterable[EventColumns]) -> list[bytes]:
+    """The BSATN of each row, given as a whole row (encoded as :func:`encode_sync_event` does)
+    or as ``(epoch, seq, digest, key UTF-8, payload UTF-8, producer, committed_at, tx_offset)`` of
+    a row of ``stream_id`` with payload hash ``sha256:<digest hex>``: its bytes written from those
+    fields as they are, no row built -- unless a field is out of its column's range, when the row
+    is built and :func:`encode_row` gives its error."""
+    try:
+        sb: bytes | None = stream_id.encode("utf-8")
+    except UnicodeEncodeError:
+        sb = None
+    head = b"" if sb is None else _U32.pack(len(sb)) + sb
+    mid, tail, u32 = _EV_MID.pack, _EV_TAIL.pack, _U32.pack
+    out: list[bytes] = []
+    for c in columns:
+        if type(c) is not tuple:
+            assert isinstance(c, SyncEvent)
+            out.append(encode_sync_event(c))
+            continue
+        epoch, seq, digest, kb, pb, producer, at, tx = c
+        prod = _producer_bytes(producer)
+        if prod is None or sb is None or not (0 <= epoch < _U64_END and 0 <= seq < _U64_END and -_U63 <= at < _U63
+                                              and 0 <= tx < _U64_END):
+            out.append(encode_row(SyncEvent(stream_id, epoch, seq, kb.decode("utf-8"), "sha256:" + digest.hex(),
+                                            pb.decode("utf-8"), producer, at, tx)))
+            continue
+        out.append(b"".join((head, mid(epoch, seq, len(kb)), kb, _HASH_HEAD, digest.hex().encode(),
+                             u32(len(pb)), pb, prod, tail(at, tx))))
+    return out
+
+
+def column_rows_size(rows: ColumnRows) -> int:
+    """``sum(row_size(r) for r in rows)``, from the columns' byte counts: a stored row takes
+    80 fixed bytes, its stream id, ``sha256:`` and 64 hex digits for its 32-byte digest, and its
+    key and payload (the digest, key and payload are what the data holds)."""
+    n, data, odd = rows.column_bytes()
+    return n * (80 + _utf8_len(rows.stream_id) + 71 - 32) + data + sum(sync_event_size(ev) for ev in odd)
+
+
 def sync_event_size(ev: SyncEvent) -> int:
     """``row_size(ev)`` for a ``sync_event`` row: 80 fixed bytes plus its four strings' UTF-8."""
     if type(ev) is not SyncEvent or not all(type(v) is str for v in (ev.stream_id, ev.idempotency_key,
@@ -488,8 +547,6 @@ def sync_event_size(ev: SyncEvent) -> int:
     return 80 + _utf8_len(ev.stream_id) + _utf8_len(ev.idempotency_key) + _utf8_len(ev.payload_hash) \
         + _utf8_len(ev.payload)
 
-
-_U64_END = 1 << 64
 
 
 def _decode_product(columns: Sequence[Column], data: bytes, what: str, part: str) -> list[Any]:

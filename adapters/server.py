@@ -1204,14 +1204,17 @@ class SyncServer:
         """The BSATN body of an engine message, and its cache entry when it is shared.
 
         The engine hands every subscriber that sees the same rows the *same* ``TransactionUpdate``
-        object, so the encoded body is found by identity (no hashing of rows); other messages
-        (snapshots, errors) are looked up by value.  The entry also keeps the body's framed forms
+        object, so the encoded body is found by identity (no hashing of rows), and so is a snapshot
+        (``SubscribeApplied``: a replay's rows are built only when read); other messages (errors,
+        unsubscribes) are looked up by value.  The entry also keeps the body's framed forms
         per compression, so a v2 frame is compressed once for all its receivers."""
         self.metrics.sends.message(type(message).__name__)
         if isinstance(message, m.ReducerResult):
             ts = s.call_ts.pop(message.request_id, self._last_now)
             return wire.encode_server(wire.to_wire(message, timestamp=ts, cache=self._rows)), None
-        key: object = id(message) if isinstance(message, m.TransactionUpdate) else (message,)
+        # by identity: a TransactionUpdate is shared by its subscribers; a SubscribeApplied may hold
+        # a replay's rows, built only when read (hashing it by value would build them all)
+        key: object = id(message) if isinstance(message, m.TransactionUpdate | m.SubscribeApplied) else (message,)
         entry = self._bodies.get(key)
         if entry is not None and (entry.message is message or not isinstance(key, int)):
             self._bodies.move_to_end(key)

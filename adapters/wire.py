@@ -47,10 +47,13 @@ import brotli
 import spec.messages as sm
 from adapters.bsatn import (
     BsatnError,
+    ColumnRows,
     Reader,
     Writer,
+    column_rows_size,
     decode_args,
     decode_row,
+    encode_event_columns,
     encode_row,
     encode_sync_event,
     row_size,
@@ -828,11 +831,18 @@ class RowSizes:
         return size
 
 
+def _rows_size(t: sm.TableRows, size_of: Callable[[Row], int]) -> int:
+    if t.table != "sync_event":
+        return sum(map(size_of, (*t.inserts, *t.deletes)))
+    inserts = column_rows_size(t.inserts) if isinstance(t.inserts, ColumnRows) \
+        else sum(map(sync_event_size, t.inserts))  # type: ignore[arg-type]
+    return inserts + sum(map(sync_event_size, t.deletes))  # type: ignore[arg-type]
+
+
 def _rows_bound(tables: Iterable[sm.TableRows], size_of: Callable[[Row], int]) -> int:
     # per table: its name (4 + UTF-8), one or two row lists (tag, hint of at most 4 + 8 per row,
     # data length), an entry count and a variant tag
-    return sum(24 + len(t.table.encode()) + 2 * 9 + 8 * (len(t.inserts) + len(t.deletes))
-               + sum(map(sync_event_size if t.table == "sync_event" else size_of, (*t.inserts, *t.deletes)))  # type: ignore[arg-type]
+    return sum(24 + len(t.table.encode()) + 2 * 9 + 8 * (len(t.inserts) + len(t.deletes)) + _rows_size(t, size_of)
                for t in tables)
 
 
@@ -869,9 +879,11 @@ def _rowlist(rows: Iterable[Row], cache: RowCache | None) -> RowList:
 
 
 def _snapshot_rowlist(t: sm.TableRows, cache: RowCache | None) -> RowList:
-    rows = (*t.inserts, *t.deletes)
     if t.table == "sync_event":  # a replay: thousands of rows met once; encoded directly, not cached
-        return RowList.of([encode_sync_event(r) for r in rows])  # type: ignore[arg-type]
+        if not t.deletes and isinstance(t.inserts, ColumnRows):  # straight from the store's columns
+            return RowList.of(encode_event_columns(t.inserts.stream_id, t.inserts.columns()))
+        return RowList.of([encode_sync_event(r) for r in (*t.inserts, *t.deletes)])  # type: ignore[arg-type]
+    rows = (*t.inserts, *t.deletes)
     return _rowlist(rows, cache)
 
 

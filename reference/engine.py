@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -455,7 +455,7 @@ class Engine:
                 return list(log.after(w)) if w is not None else list(log.events)
         return list(self.db.rows(query.table))
 
-    def _resume_rows(self, claims: Claims, query: q.Query) -> list[Row] | None:
+    def _resume_rows(self, claims: Claims, query: q.Query) -> Sequence[Row] | None:
         """The rows of a resume query ``stream_id = S AND epoch = E AND seq > W`` (any other
         conjuncts: None, the general path), read without the general match: ``after(W)`` gives
         only rows with seq > W, and whether ``claims`` may read a row depends on its stream alone.
@@ -473,12 +473,12 @@ class Engine:
         log = self.db.logs.get(sid)
         if log is None:
             return []
-        rows: list[Row] = [ev for ev in log.after(w) if ev.epoch == epoch and ev.stream_id == sid]
+        rows = log.retained_rows(w, epoch)  # every row of the log is of stream sid
         return rows if rows and can_read(claims, rows[0]) else []
 
     def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:
         out: dict[str, dict[Row, None]] = {}
-        fast: dict[str, list[Row]] = {}
+        fast: dict[str, Sequence[Row]] = {}
         for query in queries:
             if TABLE_BY_NAME[query.table].event:
                 continue
@@ -492,7 +492,9 @@ class Engine:
             for row in self._candidates(query):
                 if q.matches(query, row) and can_read(claims, row):
                     bucket[row] = None
-        return tuple(TableRows(t, tuple(fast.get(t) or rows)) for t, rows in out.items() if rows or fast.get(t))
+        # a resume query's rows stay a RetainedRows (rows built on read; the wire encodes its columns)
+        return tuple(TableRows(t, fast[t] if t in fast else tuple(rows))  # type: ignore[arg-type]
+                     for t, rows in out.items() if fast.get(t, rows))
 
     # --- transactions ----------------------------------------------------------------------------
 

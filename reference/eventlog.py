@@ -190,6 +190,34 @@ class StreamLog:
                          _HASH_PREFIX + data[start:start + 32].hex(), data[kend:cols[j]].decode("utf-8"),
                          self._producers[meta >> _KEY_BITS], cols[j + 1], cols[j + 2])
 
+    def retained_rows(self, watermark: int, epoch: int) -> RetainedRows:
+        """The retained events with seq > ``watermark`` and this epoch, as they are now (later
+        changes to the log do not show), rows built only when read: a resume snapshot's rows,
+        which the wire layer encodes from the columns (:meth:`RetainedRows.columns`)."""
+        view = StreamLog.__new__(StreamLog)  # the read side only: no key index, no writes
+        view.stream_id, view.floor, view._head, view._size = self.stream_id, self.floor, self._head, self._size
+        # chunks are never changed in place but by appends past the end (see copy): share them
+        view._data, view._cols = self._data[:], self._cols[:]
+        view._producers = self._producers[:]
+        view._run_seqs, view._run_epochs = self._run_seqs[:], self._run_epochs[:]
+        view._odd = None if self._odd is None else dict(self._odd)
+        first = self._head + max(0, watermark + 1 - self.floor)  # the first position in range
+        segments: list[tuple[int, int]] = []
+        seqs, epochs = self._run_seqs, self._run_epochs
+        for k, e in enumerate(epochs):  # a column row's epoch is its run's
+            if e != epoch:
+                continue
+            lo = max(first, seqs[k] - self.floor + self._head)
+            hi = self._size if k + 1 == len(seqs) else min(self._size, seqs[k + 1] - self.floor + self._head)
+            if lo < hi:
+                segments.append((lo, hi))
+        if self._odd:  # a row kept whole has its own epoch, whatever the runs say
+            odd_at = {seq - self.floor + self._head: ev.epoch == epoch for seq, ev in self._odd.items()}
+            ps = [p for p in range(first, self._size)
+                  if (odd_at[p] if p in odd_at else any(lo <= p < hi for lo, hi in segments))]
+            segments = [(p, p + 1) for p in ps]
+        return RetainedRows(view, tuple(segments))
+
     def _events_from(self, i: int) -> list[SyncEvent]:
         """Events ``i..`` (positions counted from the first retained event)."""
         event = self._event
@@ -545,6 +573,118 @@ class EventSeq(Sequence[SyncEvent]):
 
     def __repr__(self) -> str:
         return f"EventSeq({list(self)!r})"
+
+
+class RetainedRows(Sequence[SyncEvent]):
+    """Some retained events of one stream, oldest first, fixed when taken
+    (:meth:`StreamLog.retained_rows`): a read-only sequence equal to the tuple or list of the same
+    rows, whose rows are built on read, and whose :meth:`columns` give the stored fields without
+    building a row -- for an encoder that writes them straight to bytes."""
+
+    __slots__ = ("_len", "_log", "_segments")
+
+    def __init__(self, log: StreamLog, segments: tuple[tuple[int, int], ...]) -> None:
+        self._log = log
+        self._segments = segments  # runs of positions [lo, hi) of the log's chunks
+        self._len = sum(hi - lo for lo, hi in segments)
+
+    @property
+    def stream_id(self) -> str:
+        return self._log.stream_id
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _positions(self) -> Iterator[int]:
+        for lo, hi in self._segments:
+            yield from range(lo, hi)
+
+    @overload
+    def __getitem__(self, i: int) -> SyncEvent: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[SyncEvent]: ...
+
+    def __getitem__(self, i: int | slice) -> SyncEvent | list[SyncEvent]:
+        if isinstance(i, slice):
+            ps = list(self._positions())
+            return [self._log._event(ps[k]) for k in range(*i.indices(len(ps)))]
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError("event index out of range")
+        for lo, hi in self._segments:
+            if i < hi - lo:
+                return self._log._event(lo + i)
+            i -= hi - lo
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def __iter__(self) -> Iterator[SyncEvent]:
+        event = self._log._event
+        for p in self._positions():
+            yield event(p)
+
+    def columns(self) -> Iterator[SyncEvent | tuple[int, int, bytes, bytes, bytes, str, int, int]]:
+        """Per row, oldest first: a row kept whole (:class:`SyncEvent`), or its stored fields
+        ``(epoch, seq, hash digest (32 bytes), key UTF-8, payload UTF-8, producer, committed_at,
+        tx_offset)`` -- its stream is :attr:`stream_id`, its hash ``sha256:`` + the digest's hex."""
+        log = self._log
+        odd = log._odd or {}
+        base = log.floor - log._head
+        epochs, run_seqs = log._run_epochs, log._run_seqs
+        producers = log._producers
+        for lo, hi in self._segments:
+            p = lo
+            while p < hi:
+                c = p >> CHUNK_BITS
+                cols, data = log._cols[c], log._data[c]
+                stop = min(hi, (c + 1) << CHUNK_BITS)
+                j = (p & _IN_CHUNK) * _STRIDE
+                start = cols[j - _STRIDE] if j else 0
+                for q in range(p, stop):
+                    seq = base + q
+                    end = cols[j]
+                    ev = odd.get(seq) if odd else None
+                    if ev is not None:
+                        yield ev
+                    else:
+                        meta = cols[j + 3]
+                        kend = start + 32 + (meta & _KEY_MASK)
+                        epoch = epochs[0] if len(epochs) == 1 else epochs[bisect_right(run_seqs, seq) - 1]
+                        yield (epoch, seq, bytes(data[start:start + 32]), bytes(data[start + 32:kend]),
+                               bytes(data[kend:end]), producers[meta >> _KEY_BITS], cols[j + 1], cols[j + 2])
+                    start = end
+                    j += _STRIDE
+                p = stop
+
+    def column_bytes(self) -> tuple[int, int, list[SyncEvent]]:
+        """``(rows stored in the columns, their bytes in the chunks' data (digest, key, payload),
+        the rows kept whole)``, counted from the columns' offsets without reading a row."""
+        log = self._log
+        odd = [] if not log._odd else [ev for ev in (log._odd.get(log.floor - log._head + p)
+                                                     for p in self._positions()) if ev is not None]
+        total = 0
+        for lo, hi in self._segments:
+            p = lo
+            while p < hi:
+                c = p >> CHUNK_BITS
+                cols = log._cols[c]
+                stop = min(hi, (c + 1) << CHUNK_BITS)
+                j = (p & _IN_CHUNK) * _STRIDE
+                total += cols[((stop - 1) & _IN_CHUNK) * _STRIDE] - (cols[j - _STRIDE] if j else 0)
+                p = stop
+        return self._len - len(odd), total, odd
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RetainedRows | EventSeq | list | tuple):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"RetainedRows({list(self)!r})"
 
 
 class KeyIndex(Mapping[str, int]):
