@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import adapters.bsatn as bsatn
 import reference.eventlog as eventlog
 from reference.eventlog import CHUNK, StreamLog
 from spec.errors import LocalProtocolError
@@ -32,7 +33,7 @@ SID = "s.one"
 def _event(rng: random.Random, seq: int, epoch: int, key: str, odd: bool) -> SyncEvent:
     payload = rng.choice([f'{{"i":{seq}}}', f'"é✓ {seq}"', f'{{"pad":"{"x" * rng.randrange(300)}"}}', "[]"])
     h = "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
-    producer = rng.choice(["a" * 64, "b" * 64, "c" * 64] + [f"{i:064x}" for i in range(30)])
+    producer = rng.choice(["a" * 64, "b" * 64, "c" * 64, "not an identity"] + [f"{i:064x}" for i in range(30)])
     ev = SyncEvent(SID, epoch, seq, key, h, payload, producer, 1_700_000_000_000_000 + seq, 1000 + seq)
     if odd:
         which = rng.randrange(6)
@@ -64,12 +65,37 @@ def _check(log: Any, floor: int, events: list[SyncEvent], rng: random.Random) ->
         assert log.get(seq) == (events[i] if 0 <= i < len(events) else None)
     w = rng.randrange(floor - 3, floor + len(events) + 3)
     assert log.after(w) == events[max(0, w + 1 - floor):]
+    _check_retained(log, floor, events, rng.choice([e.epoch for e in events[-3:]] or [1]), w)
     index = {e.idempotency_key: e.seq for e in events}
     assert list(log.by_key.items()) == list(index.items())  # the same pairs, in seq order
     assert len(log.by_key) == len(index)
     for key in [*rng.sample(sorted(index), min(3, len(index))), "absent", "k-never"]:
         assert log.seq_of(key) == index.get(key)
         assert (key in log.by_key) == (key in index)
+
+
+def _outcome(encode: Any, *args: Any) -> bytes | str:
+    try:
+        return bytes(encode(*args) if len(args) == 1 else b"".join(encode(*args)))
+    except LocalProtocolError as exc:
+        return f"error: {exc}"
+
+
+ENCODER: dict[str, Any] = {"columns": bsatn.encode_event_columns}  # the fast path under test (planted bugs swap it)
+
+
+def _check_retained(log: Any, floor: int, events: list[SyncEvent], epoch: int, w: int) -> None:
+    """``retained_rows(w, epoch)``: the model's events after ``w`` of that epoch; each row's bytes
+    from the columns equal the generic encoder's (or both refuse the row with the same error); the
+    size bound from the columns' offsets is the rows' exact size."""
+    want = [e for e in events[max(0, w + 1 - floor):] if e.epoch == epoch]
+    rows = log.retained_rows(w, epoch)
+    assert len(rows) == len(want) and list(rows) == want and rows == tuple(want)
+    if want:
+        assert rows[0] == want[0] and rows[-1] == want[-1] and rows[1:3] == want[1:3]
+    for col, ev in zip(rows.columns(), want, strict=True):
+        assert _outcome(ENCODER["columns"], SID, [col]) == _outcome(bsatn.encode_row, ev), ev
+    assert bsatn.column_rows_size(rows) == sum(bsatn.row_size(e) for e in want)
 
 
 def drive(cls: Any, seed: int, steps: int, odd_share: float = 0.08) -> None:
@@ -80,6 +106,7 @@ def drive(cls: Any, seed: int, steps: int, odd_share: float = 0.08) -> None:
     floor, events = 1, []
     dropped: list[SyncEvent] = []  # retention drops, newest last: what a rollback puts back
     copies: list[tuple[Any, list[SyncEvent]]] = []
+    taken: list[tuple[Any, list[SyncEvent]]] = []
     epoch = 1
     key_no = 0
     for _ in range(steps):
@@ -119,6 +146,9 @@ def drive(cls: Any, seed: int, steps: int, odd_share: float = 0.08) -> None:
             log.relabel(old, epoch)
             events = [replace(e, epoch=epoch) if e.epoch == old else e for e in events]
             dropped.clear()
+        elif op == "copy" and rng.random() < 0.5:  # a replay's rows do not follow the log either
+            e = rng.choice([ev.epoch for ev in events] or [1])
+            taken.append((log.retained_rows(floor - 1, e), [ev for ev in events if ev.epoch == e]))
         elif op == "copy":
             copy, then = log.copy(), list(events)
             if events and rng.random() < 0.5:  # a copy is a log of its own: it takes appends too
@@ -129,6 +159,8 @@ def drive(cls: Any, seed: int, steps: int, odd_share: float = 0.08) -> None:
         _check(log, floor, events, rng)
     for copy, then in copies:  # copies do not follow the original
         assert list(copy.events) == then
+    for rows, then in taken:
+        assert list(rows) == then and len(rows) == len(then)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -219,6 +251,44 @@ PLANTED = (
      "            self._data[-1] = self._data[-1][:self._cols[-1][j - _STRIDE]]\n",
      "            del self._data[-1][self._cols[-1][j - _STRIDE]:]\n"),
 )
+
+
+PLANTED_RETAINED = (
+    ("retained rows start one late",
+     "        first = self._head + max(0, watermark + 1 - self.floor)",
+     "        first = self._head + max(0, watermark + 2 - self.floor)"),
+    ("retained rows ignore the epoch", "            if e != epoch:\n                continue\n", ""),
+    ("retained rows share the run lists",
+     "        view._run_seqs, view._run_epochs = self._run_seqs[:], self._run_epochs[:]",
+     "        view._run_seqs, view._run_epochs = self._run_seqs, self._run_epochs"),
+    ("the column bytes skip a chunk's first row",
+     "                total += cols[((stop - 1) & _IN_CHUNK) * _STRIDE] - (cols[j - _STRIDE] if j else 0)",
+     "                total += cols[((stop - 1) & _IN_CHUNK) * _STRIDE] - cols[j]"),
+)
+PLANTED += PLANTED_RETAINED
+
+PLANTED_ENCODER = (
+    ("upper-case digest", "digest.hex().encode()", "digest.hex().upper().encode()"),
+    ("key length where the payload's belongs", "mid(epoch, seq, len(kb))", "mid(epoch, seq, len(pb))"),
+    ("producer bytes not reversed", "raw = _PRODUCERS[producer] = bytes.fromhex(producer)[::-1]",
+     "raw = _PRODUCERS[producer] = bytes.fromhex(producer)"),
+    ("a producer that is not an identity written anyway",
+     "        if not is_identity(producer):\n            return None\n",
+     "        if not is_identity(producer):\n            return b'?' * 32\n"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_ENCODER, ids=[p[0] for p in PLANTED_ENCODER])
+def test_planted_bugs_in_the_column_encoder_are_caught(name: str, old: str, new: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    src = inspect.getsource(bsatn)
+    assert src.count(old) == 1, old
+    mod = types.ModuleType(f"bsatn_{name}")
+    exec(compile(src.replace(old, new), f"<bsatn {name}>", "exec"), mod.__dict__)
+    monkeypatch.setitem(ENCODER, "columns", mod.encode_event_columns)
+    with pytest.raises(AssertionError):
+        for seed in range(40):
+            drive(_variant("chunks_of_4").StreamLog, seed, 600, odd_share=0.2)
 
 
 def _variant(name: str, *edits: tuple[str, str]) -> Any:
