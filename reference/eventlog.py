@@ -4,7 +4,10 @@ A retained event used to be a :class:`~spec.values.SyncEvent` object with nine f
 own -- the payload and its ``sha256:<hex>`` hash as Python strings, a copy of the stream id and
 key per event, boxed integers -- plus a list slot and an ``idempotency_key -> seq`` dict entry:
 ~600 bytes for a 150-byte payload.  :class:`StreamLog` keeps the same rows as columns instead
-and builds a ``SyncEvent`` only when one is read (a resume snapshot, a dedupe hit, retention).
+and builds a ``SyncEvent`` only when one is read (a dedupe hit, retention).  A resume snapshot
+takes :meth:`StreamLog.retained_rows`: the rows as they are at that moment, built only if read,
+whose stored fields the wire layer writes straight to BSATN (docs/performance.md, "Replay from
+the column store").
 
 Events are stored in chunks of :data:`CHUNK` (positions ``c * CHUNK .. c * CHUNK + CHUNK - 1``
 are chunk ``c``), each chunk two buffers:
