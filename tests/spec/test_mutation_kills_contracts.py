@@ -134,7 +134,8 @@ def test_call_violations_passes_the_reducer_and_the_identity_on() -> None:
     before = _db(compute_assignment=(_assignment("open", 1),))
     taken = _db(compute_assignment=(_assignment("assigned", 2, ("p", OWNER)),))
     assert call_violations(before, _ctx(), "update_compute_assignment", ("r1", 1, "assigned", "p", None),
-                           _ok(taken, None, TableDelta("compute_assignment"))) == [
+                           _ok(taken, None, TableDelta("compute_assignment", before.rows("compute_assignment"),
+                                                       taken.rows("compute_assignment")))) == [
         ("ASSIGN-4", "open -> assigned of r1 taken by a caller holding [], not one of ['dispatcher']")]
 
 
@@ -202,9 +203,6 @@ def test_epoch_reset_needs_the_new_epoch() -> None:
 
 
 # --- outbox_failed -----------------------------------------------------------------------------------------
-
-FAILED_WRITE = TableDelta("bridge_outbox")
-
 
 @pytest.mark.parametrize(("before", "after", "wrote", "ok"), [
     (None, _outbox("pending", 1, 1000 + 5000), True, False),  # no row before
