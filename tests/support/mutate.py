@@ -86,7 +86,7 @@ TESTS: dict[str, list[str]] = {
     "spec/invariants.py": ["tests/spec/test_regressions.py", "tests/spec/test_hardening_checks.py",
                            "tests/spec/test_one_rule.py", "tests/spec/test_client_model.py",
                            "tests/spec/test_continuation_chain.py", "tests/spec/test_reducers.py",
-                           "tests/spec/test_mutation_kills.py"],
+                           "tests/spec/test_mutation_kills.py", "tests/spec/test_mutation_kills_invariants.py"],
     "spec/reducers.py": ["tests/spec/test_reducers.py", "tests/spec/test_check_order.py",
                          "tests/spec/test_key_and_event_flags.py", "tests/spec/test_regressions.py",
                          "tests/spec/test_hardening_checks.py", "tests/spec/test_signals_doc.py",
@@ -95,7 +95,8 @@ TESTS: dict[str, list[str]] = {
     "spec/reducer_contracts.py": ["tests/spec/test_reducers.py", "tests/spec/test_check_order.py",
                                   "tests/spec/test_key_and_event_flags.py", "tests/spec/test_regressions.py",
                                   "tests/spec/test_hardening_checks.py", "tests/spec/test_continuation_chain.py",
-                                  "tests/spec/test_mutation_kills.py"],
+                                  "tests/spec/test_mutation_kills.py", "tests/spec/test_mutation_kills_contracts.py",
+                                  "tests/spec/test_mutation_kills_invariants.py"],
     # reference/: the engine's unit, scenario and durability tests (no server processes; the
     # differential machines are left out: 40 s a run, too slow to rerun per surviving mutant)
     "reference/log.py": ["tests/reference/test_log_fastpath.py", "tests/reference/test_engine_chain.py",
@@ -313,7 +314,8 @@ def survivors_of(module: str) -> list[str]:
     return found
 
 
-KILLER_TESTS = ["tests/spec/test_mutation_kills.py"]
+KILLER_TESTS = ["tests/spec/test_mutation_kills.py", "tests/spec/test_mutation_kills_invariants.py",
+                "tests/spec/test_mutation_kills_contracts.py"]
 
 
 def verify(module: str, tests: list[str]) -> dict[str, bool]:
