@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from adapters.auth import AuthConfig, Authenticator, KeyStore
+from adapters.netutil import free_port
 from spec.schema import SCOPES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,13 +52,6 @@ def cpu_seconds(pid: int) -> float:
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process now."""
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def die_with_parent() -> None:

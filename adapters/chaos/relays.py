@@ -23,10 +23,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
+
+from adapters.netutil import free_port
 
 STARTUP_S = 60.0
 
@@ -38,17 +41,36 @@ def relay_executable() -> str | None:
     return shutil.which("nostr-relay")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def relay_config(directory: Path, name: str, port: int, *, title: str,
+                 validators: Sequence[str] = ("nostr_relay.validators.is_signed",),
+                 extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``DIR/NAME.yaml`` for a ``nostr-relay`` on 127.0.0.1:PORT with its own SQLite file
+    (the absolute ``sqlite+aiosqlite:////...`` URL it needs) and return the path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    db = (directory / f"{name}.sqlite3").resolve()
+    config = {"DEBUG": False, "relay_name": title,
+              "storage": {"sqlalchemy.url": f"sqlite+aiosqlite:///{db}", "validators": list(validators)},
+              "gunicorn": {"bind": f"127.0.0.1:{port}"},
+              "logging": {"version": 1, "root": {"level": "WARNING"}},
+              **(extra or {})}
+    path = directory / f"{name}.yaml"
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return path
+
+
+def spawn_relay(exe: str, config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``nostr-relay -c CONFIG serve --use-uvicorn`` in its own session (so a kill or a
+    SIGSTOP reaches uvicorn's workers too), appending its output to ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen([exe, "-c", str(config), "serve", "--use-uvicorn"], cwd=config.parent,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
 
 
 class Relay:
     def __init__(self, directory: Path, name: str, exe: str) -> None:
         self.directory, self.name, self.exe = directory, name, exe
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.frozen = False
         self.kills = self.freezes = 0
@@ -61,24 +83,10 @@ class Relay:
     def log_path(self) -> Path:
         return self.directory / f"{self.name}.log"
 
-    def _config(self) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        db = (self.directory / f"{self.name}.sqlite3").resolve()
-        config = {"DEBUG": False, "relay_name": f"syncref chaos relay {self.name}", "max_limit": 1_000_000,
-                  "storage": {"sqlalchemy.url": f"sqlite+aiosqlite:///{db}",
-                              "validators": ["nostr_relay.validators.is_signed"]},
-                  "gunicorn": {"bind": f"127.0.0.1:{self.port}"},
-                  "logging": {"version": 1, "root": {"level": "WARNING"}}}
-        path = self.directory / f"{self.name}.yaml"
-        path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-        return path
-
     async def start(self) -> None:
-        config = self._config()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([self.exe, "-c", str(config), "serve", "--use-uvicorn"],
-                                            cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        config = relay_config(self.directory, self.name, self.port, title=f"syncref chaos relay {self.name}",
+                              extra={"max_limit": 1_000_000})
+        self.process = spawn_relay(self.exe, config, self.log_path)
         deadline = time.monotonic() + STARTUP_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

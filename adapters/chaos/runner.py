@@ -45,7 +45,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -75,6 +74,7 @@ from adapters.chaos.history import (
 from adapters.chaos.proxy import ChaosProxy
 from adapters.chaos.relays import BridgeProcess, Relay, read_relay, relay_executable
 from adapters.chaos.schedule import PROFILES, Nemesis, Profile, plan
+from adapters.netutil import free_port
 from adapters.progress import Progress
 from adapters.sdk import (
     Backoff,
@@ -115,13 +115,6 @@ def sha(text: str) -> str:
 
 def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class ServerProcess:

@@ -21,11 +21,9 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +33,9 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.sync.client import connect as sync_connect
+
+from adapters.chaos.relays import relay_config, relay_executable, spawn_relay
+from adapters.netutil import free_port
 
 STARTUP_TIMEOUT = 60.0
 
@@ -51,20 +52,6 @@ def raw_req(url: str, filters: dict[str, Any], timeout: float = 10) -> list[dict
                 return events
             assert message[0] == "EVENT" and message[1] == "raw", message
             events.append(message[2])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def relay_executable() -> str | None:
-    candidate = Path(sys.executable).parent / "nostr-relay"
-    if candidate.exists():
-        return str(candidate)
-    return shutil.which("nostr-relay")
 
 
 def _require_or_skip(reason: str) -> None:
@@ -93,31 +80,15 @@ class RealRelay:
         return self.directory / f"{self.name}.log"
 
     def write_config(self) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        db = (self.directory / f"{self.name}.sqlite3").resolve()
-        config = {
-            "DEBUG": False,
-            "relay_name": f"syncref test relay {self.name}",
-            "storage": {"sqlalchemy.url": f"sqlite+aiosqlite:///{db}", "validators": list(self.validators)},
-            "gunicorn": {"bind": f"127.0.0.1:{self.port}"},
-            "logging": {"version": 1, "root": {"level": "WARNING"}},
-            **self.extra,
-        }
-        path = self.directory / f"{self.name}.yaml"
-        path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-        return path
+        return relay_config(self.directory, self.name, self.port, title=f"syncref test relay {self.name}",
+                            validators=self.validators, extra=self.extra)
 
     def spawn(self) -> None:
         exe = relay_executable()
         if exe is None:
             _require_or_skip("the nostr-relay executable is not installed (pip install -e '.[dev]')")
         assert exe is not None
-        config = self.write_config()
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen([exe, "-c", str(config), "serve", "--use-uvicorn"], cwd=self.directory,
-                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-        log.close()
+        self.process = spawn_relay(exe, self.write_config(), self.log_path)
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
         assert self.process is not None
