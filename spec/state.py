@@ -25,7 +25,7 @@ import icontract
 
 from spec.errors import LocalProtocolError
 from spec.schema import PERSISTENT_TABLES, TABLES, table_of
-from spec.values import Row
+from spec.values import Row, SyncStream
 
 R = TypeVar("R", bound=Row)
 
@@ -51,16 +51,18 @@ class DbState:
         return self.tables.get(table, ())
 
     def well_formed(self) -> bool:
-        """Every table is one of the schema's persistent tables, holds only rows of its type, and no
-        two rows share a primary key (the states the reducers make; a precondition for functions
-        CrossHair explores)."""
+        """Every table is one of the schema's persistent tables, holds only rows of its type, no
+        two rows share a primary key, and every stream's continuation chain pairs each earlier
+        epoch with its bound (``earlier_epochs``/``earlier_seqs`` of one length, ADR-0010): the
+        states the reducers make; a precondition for functions CrossHair explores."""
         names = {t.name for t in PERSISTENT_TABLES}
         if not all(name in names and all(getattr(_table_or_none(r), "name", None) == name for r in rows)
                    for name, rows in self.tables.items()):
             return False
         by_name = {t.name: t for t in PERSISTENT_TABLES}
         return all(len({by_name[name].key_of(r) for r in rows}) == len(rows) for name, rows in self.tables.items()
-                   if by_name[name].primary_key is not None)
+                   if by_name[name].primary_key is not None) and all(
+            len(s.earlier_epochs) == len(s.earlier_seqs) for s in self.of_type(SyncStream))
 
     def of_type(self, row_type: type[R]) -> Iterator[R]:
         for r in self.rows(table_of_type(row_type)):

@@ -383,10 +383,16 @@ def test_row_cache_encodes_each_row_once(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(wire, "encode_row", counting)
     cache = RowCache()
-    msg = sm.SubscribeApplied(1, 2, (sm.TableRows("sync_event", (GOLDEN_EVENT,)),))
+    # a fanout (TransactionUpdate) goes through the cache: the row is encoded once for every subscriber
+    msg = sm.TransactionUpdate(3, (sm.QuerySetUpdate(7, (sm.TableRows("sync_event", (GOLDEN_EVENT,)),)),))
     first = to_wire(msg, cache=cache)
     second = to_wire(msg, cache=cache)
     assert first == second and len(calls) == 1 and len(cache) == 1
+    # a snapshot's sync_event rows (a replay, each row met once) bypass it, to the same bytes
+    calls.clear()
+    applied = to_wire(sm.SubscribeApplied(1, 2, (sm.TableRows("sync_event", (GOLDEN_EVENT,)),)), cache=cache)
+    assert isinstance(applied, SubscribeApplied) and calls == [] and len(cache) == 1
+    assert applied.rows.tables[0].rows == RowList(FixedSize(86), GOLDEN_EVENT_BYTES)
     small = RowCache(max_entries=2)
     for seq in range(5):
         small.encode(SyncEvent("s", 0, seq, "k", "h", "{}", ID_HEX, 0, 0))

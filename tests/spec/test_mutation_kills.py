@@ -1195,3 +1195,18 @@ def test_rows_stamp_the_clock_and_keep_every_argument() -> None:
     (p,) = db.rows("session_presence")
     assert isinstance(p, SessionPresence)
     assert (p.device_id, p.node_id, p.status, p.region, p.last_seen) == ("d", "n", "online", "eu-west", 100)
+
+
+@pytest.mark.parametrize(("epochs", "seqs", "ok"), [
+    ((), (), True),
+    ((3, 1), (9, 4), True),
+    ((3,), (), False),  # an epoch without its bound
+    ((), (4,), False),  # a bound without its epoch
+    ((3, 1), (9,), False),
+])
+def test_well_formed_pairs_each_earlier_epoch_with_its_bound(epochs: tuple[int, ...], seqs: tuple[int, ...],
+                                                             ok: bool) -> None:
+    # CrossHair found unclean_restart's postcondition raising on a stream whose two chain lists
+    # differed in length: such a state is not one the reducers make, and well_formed now says so.
+    stream = SyncStream("s", "durable", 5, 4, 9, 9, 1, 100, 0, 0, earlier_epochs=epochs, earlier_seqs=seqs)
+    assert DbState({"sync_stream": (stream,)}).well_formed() is ok
