@@ -111,6 +111,7 @@ class Txn:
         self.undo: list[tuple[str, Any]] = []  # ("ins"|"del", row) or ("relabel", (stream, old, new)), as applied
         self.deletes: dict[str, list[Row]] = {}
         self.inserts: dict[str, list[Row]] = {}
+        self._inserted: dict[Row, int] = {}  # how many of each row ``inserts`` holds: delete tests it in O(1)
         self.events: dict[str, list[Row]] = {}
         self.old_epoch_floor = db.epoch_floor
         self.old_version_floor = db.version_floor
@@ -123,14 +124,19 @@ class Txn:
         self.db._insert(row)
         self.undo.append(("ins", row))
         self.inserts.setdefault(table, []).append(row)
+        self._inserted[row] = self._inserted.get(row, 0) + 1
 
     def delete(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
         self.db._delete(row)
         self.undo.append(("del", row))
-        ins = self.inserts.get(table, [])
-        if row in ins:
-            ins.remove(row)
+        # a row inserted earlier in this transaction leaves the inserts instead of joining the
+        # deletes; the count keeps that test O(1) (a recovery updates every assignment and
+        # provider row in one transaction: a list scan per delete was quadratic in them)
+        count = self._inserted.get(row, 0)
+        if count:
+            self._inserted[row] = count - 1
+            self.inserts[table].remove(row)
         else:
             self.deletes.setdefault(table, []).append(row)
 

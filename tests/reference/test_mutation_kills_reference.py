@@ -383,3 +383,24 @@ def test_a_store_has_no_recovery_report_until_restart(tmp_path: Path) -> None:
     assert store.recovery == RecoveryReport(0, None, 0, [])  # an empty directory: no snapshot, no records
     writer.close()
     store.close()
+
+
+def test_txn_delta_nets_a_row_inserted_then_deleted_and_keeps_other_deletes() -> None:
+    """The transaction's delta, written out by hand for each sequence of writes (Txn.delete's
+    O(1) "inserted earlier in this transaction?" test must give what a scan of the list gave)."""
+    db = Db()
+    before = Txn(db)
+    old1, old2 = ca("r1", 1), ca("r2", 1)
+    before.insert(old1)
+    before.insert(old2)
+    tx = Txn(db)
+    tx.update(old1, ca("r1", 2))            # an existing row replaced: delete old, insert new
+    tx.insert(ca("r3", 1))
+    tx.update(ca("r3", 1), ca("r3", 2))     # a row inserted in this tx, then replaced: only the last
+    tx.delete(ca("r3", 2))                  # ... then deleted: nets to nothing
+    tx.update(old2, ca("r2", 7))
+    tx.update(ca("r2", 7), ca("r2", 8))     # replaced twice: old2 deleted, only the last inserted
+    assert tx.deletes == {"compute_assignment": [old1, old2]}
+    assert tx.inserts == {"compute_assignment": [ca("r1", 2), ca("r2", 8)]}
+    assert {r.request_id: r.version for r in db.pk["compute_assignment"].values()  # type: ignore[attr-defined]
+            } == {"r1": 2, "r2": 8}
