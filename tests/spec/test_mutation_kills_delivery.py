@@ -206,13 +206,23 @@ def test_a_snapshot_is_per_table_in_first_query_order_each_row_once() -> None:
     s1, s2, t = stream("s1"), stream("s2"), stream("t")
     e1, e2 = event("s1", 1), event("s1", 2)
     db = db_of(s1, s2, t, e1, e2)
-    queries = [one("SELECT * FROM sync_event WHERE seq > 1"), one("SELECT * FROM sync_stream"),
+    queries = [one("SELECT * FROM sync_event WHERE seq > 1"),
+               one("SELECT * FROM stream_signal"),   # an event table: never in a snapshot (and the rest still is)
+               one("SELECT * FROM sync_stream"),
                one("SELECT * FROM sync_event"), one("SELECT * FROM sync_stream WHERE stream_id = 's2'"),
-               one("SELECT * FROM stream_signal"),   # an event table: never in a snapshot
                one("SELECT * FROM session_presence")]  # no rows: no entry
     assert d.snapshot(db, ALICE, queries) == (
         TableRows("sync_event", (e2, e1)), TableRows("sync_stream", (s1, s2)))  # t is not ALICE's
     assert d.snapshot(db, BOB, queries) == (TableRows("sync_stream", (t,)),)
+
+
+def test_a_log_starts_durable_at_offset_zero_on_the_state_given() -> None:
+    db = db_of(stream("s"))
+    log = d.start(db)
+    assert log.db is db and log.durable_db is db
+    assert (log.committed, log.durable, log.history, log.ledger) == (0, 0, (), ())
+    empty = d.start()
+    assert empty.db == DbState() and empty.durable_db is empty.db
 
 
 # --- subscribe / unsubscribe --------------------------------------------------------------------------
@@ -695,14 +705,16 @@ def test_a_crash_loses_the_suffix_closes_everyone_and_bumps_epochs() -> None:
     conn = server.conns[a]
     server.handle(a, CallReducer(1, "upsert_presence", ("p", "dev", "node", "online", "eu", 60_000)))
     server.handle(a, CallReducer(2, "append_sync_event", ("t", "x", "{}", None, None)))
-    server.advance_durable(1)
+    server.advance_durable(2)
     server.handle(a, CallReducer(3, "append_sync_event", ("t", "y", "{}", None, None)))
     server.now = 42
     server.crash()
     assert server.conns == {} and conn.closed_reason == "server restart" and server.owners == {}
-    assert (server.committed, server.durable) == (2, 2) and server.ledger == ()
-    assert server.db.epoch_floor == 1 + 3 + 1
-    assert server.db.find(SyncEvent, lambda e: True) is None
+    assert (server.committed, server.durable) == (3, 3) and server.durable_db is server.db
+    assert server.db.epoch_floor == 1 + 3 + 1   # epoch 1, at most 3 lost transactions, one more
+    assert [(e.epoch, e.seq, e.idempotency_key) for e in server.ledger] == [(5, 1, "x")]
+    s = server.db.find(SyncStream, lambda r: r.stream_id == "t")
+    assert s is not None and (s.epoch, s.head_seq, s.updated_at) == (5, 1, 42)   # stamped with the restart's now
     row = server.db.find(SessionPresence, lambda r: r.session_id == "p")
     assert row is not None and row.status == "online"   # no mark after a restart
     assert server.connect(BOB, False) == 2   # connection ids are not reused
