@@ -159,6 +159,11 @@ def known(code: int | None) -> bool:
     return code is not None and (code in KILLED or code in TIMEOUT or code in SURVIVED or code in NO_TESTS)
 
 
+# the mutmut command: plain mutmut, or (`--icontract`) mutmut that also mutates the functions whose only
+# decorators are icontract's (support.mutmut_icontract; run from the scratch copy's tests/)
+MUTMUT: list[str] = [str(Path(sys.executable).parent / "mutmut")]
+
+
 def slug(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
@@ -387,8 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--together", action="store_true",
                         help="the modules in one scratch copy and one mutmut run (one tracing phase over the union "
                              "of their tests; with --sample, N mutants of each module)")
+    parser.add_argument("--icontract", action="store_true",
+                        help="also mutate the functions whose only decorators are icontract's (mutmut skips every "
+                             "decorated function); in a scratch copy of its own, .mutate/<module>+icontract")
     args = parser.parse_args(argv)
     os.nice(19)
+    if args.icontract:
+        if args.together:
+            parser.error("--icontract measures one module at a time")
+        SHARED.update({m: SCRATCH / (slug(m) + "+icontract") for m in args.modules})
+        MUTMUT[:] = [sys.executable, "-m", "support.mutmut_icontract"]
+        os.environ["PYTHONPATH"] = "tests"  # the scratch copy's tests/ (mutmut runs in the scratch copy)
     if args.together:
         shared = SCRATCH / "+".join(slug(m) for m in args.modules)
         SHARED.update({m: shared for m in args.modules})
@@ -404,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 names = [slug(m) + ".*" for m in args.modules]
             if names:
-                cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
+                cmd = [*MUTMUT, "run", "--max-children", str(args.children),
                        *names]
                 subprocess.run(cmd, cwd=shared, env=dict(os.environ, HYPOTHESIS_PROFILE="mutation"), check=False)
             args.report = True
@@ -428,14 +442,14 @@ def main(argv: list[str] | None = None) -> int:
             codes = verdicts(module)
             names = survivors_of(module) if args.again else [n for n in chosen if not known(codes.get(n))]
             if names:
-                cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
+                cmd = [*MUTMUT, "run", "--max-children", str(args.children),
                        *names]
                 subprocess.run(cmd, cwd=work, env=dict(os.environ, HYPOTHESIS_PROFILE="mutation"), check=False)
         elif not args.report and args.resume:
             work = prepare([module], fresh=False)
             names = [n for n, code in verdicts(module).items() if not known(code)]
             if names:
-                cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
+                cmd = [*MUTMUT, "run", "--max-children", str(args.children),
                        *names]
                 subprocess.run(cmd, cwd=work, env=dict(os.environ, HYPOTHESIS_PROFILE="mutation"), check=False)
         elif not args.report:
@@ -450,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             assert isinstance(names, list)
             if names:
                 env = dict(os.environ, HYPOTHESIS_PROFILE="mutation")
-                cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
+                cmd = [*MUTMUT, "run", "--max-children", str(args.children),
                        *names]
                 subprocess.run(cmd, cwd=work, env=env, check=False)
         print(json.dumps(report(module)))
