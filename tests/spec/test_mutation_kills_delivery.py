@@ -790,3 +790,33 @@ def test_hot_keeps_the_name_the_doc_and_the_checked_function() -> None:
     with pytest.raises(icontract.ViolationError):
         checked(-2)   # the icontract-decorated function, whatever the switch says
 
+
+
+# --- harness: the calls run with the server's policy, clock and next offset -------------------------------
+
+TINY = Policy(classes=(("t", StreamClass("tiny", max_payload_bytes=4)),))
+
+
+def test_a_connection_s_call_runs_under_the_server_s_policy_clock_and_next_offset() -> None:
+    server = Server(TINY)
+    b = server.connect(BOB, False)
+    server.handle(b, CallReducer(1, "append_sync_event", ("t", "big", '{"abc":1}', None, None)))
+    (refused,) = _drain(server, b)
+    assert isinstance(refused, ReducerResult) and isinstance(refused.outcome, ReducerErr)
+    assert SyncError.parse(refused.outcome.error).code is ErrorCode.PAYLOAD_TOO_LARGE and server.committed == 0
+    server.now = 1234
+    server.handle(b, CallReducer(2, "append_sync_event", ("t", "small", "{}", None, None)))
+    (e,) = server.ledger
+    assert (e.tx_offset, e.committed_at) == (1, 1234) and server.committed == 1
+
+
+def test_a_detached_call_runs_under_the_server_s_policy_clock_and_next_offset() -> None:
+    server = Server(TINY)
+    out = server.call_detached(BOB, "append_sync_event", ("t", "big", '{"abc":1}', None, None))
+    assert isinstance(out, Err) and out.error.code is ErrorCode.PAYLOAD_TOO_LARGE and server.committed == 0
+    server.now = 777
+    server.handle(server.connect(BOB, False), CallReducer(1, "append_sync_event", ("t", "a", "{}", None, None)))
+    server.now = 999
+    out = server.call_detached(BOB, "append_sync_event", ("t", "b", "{}", None, None))
+    assert isinstance(out, Ok) and server.committed == 2
+    assert [(e.seq, e.tx_offset, e.committed_at) for e in server.ledger] == [(1, 1, 777), (2, 2, 999)]

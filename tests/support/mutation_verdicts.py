@@ -142,6 +142,11 @@ EQUIVALENT.update({
         "connection at most once (fanout: one message per subscriber; subscribe/unsubscribe: one message), all "
         "of them open when it was made, and in the batch only a connection's own over-bound append closes it "
         "(the marks its close queues wait for the end of the batch)",
+    # measured with `--icontract` (support.mutmut_icontract): a function that carries icontract contracts
+    "spec.delivery.x_stale_error__mutmut_25":
+        "`isinstance(requested_epoch, int) or True`: the pinned epoch is an int or None whatever the query (the "
+        "parser refuses a literal that is not an integer for the U64 column epoch, a boolean included), so the "
+        "value is kept exactly when the original keeps it",
     "spec.contracts.x_hot__mutmut_6":
         "typing.cast(None, dispatch) returns dispatch unchanged, as cast(F, dispatch) does: cast only informs "
         "the type checker",
