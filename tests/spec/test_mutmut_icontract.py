@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -102,3 +103,16 @@ def test_a_mutated_icontract_function_runs_the_mutant_and_keeps_its_contract(
 def _body(code: str, name: str) -> str:
     start = code.index(f"def {name}(")
     return code[start:code.index("\n\n", start)]
+
+
+def test_the_driver_lists_and_samples_the_decorated_functions_with_icontract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`./run mutate --icontract --shuffled --sample N` picks from the same names mutmut makes with the flag."""
+    from support import mutate
+    monkeypatch.setattr(mutate, "SHARED", {})  # no scratch copy: the names come from the generator
+    monkeypatch.setattr(mutate, "SCRATCH", ROOT / ".no-such-scratch")
+    plain = set(mutate.mutant_names("spec/resume.py"))
+    monkeypatch.setattr(mutate, "MUTMUT", [sys.executable, "-m", "support.mutmut_icontract"])
+    assert mutate.icontract_on()
+    lifted = set(mutate.mutant_names("spec/resume.py"))
+    assert plain < lifted and {n.split("__mutmut_")[0] for n in lifted - plain} == {"spec.resume.x_stale_reasons"}
+    assert set(mutate.pick_sample("spec/resume.py", 1000, 9)) == lifted

@@ -33,6 +33,7 @@ timeouts) over the mutants that are not equivalent.  The process lowers its own 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
 import json
@@ -164,6 +165,11 @@ def known(code: int | None) -> bool:
 MUTMUT: list[str] = [str(Path(sys.executable).parent / "mutmut")]
 
 
+def icontract_on() -> bool:
+    """Whether this run mutates the icontract-decorated functions too (`--icontract`)."""
+    return MUTMUT[-1] == "support.mutmut_icontract"
+
+
 def slug(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
@@ -219,12 +225,13 @@ def mutant_names(module: str) -> list[str]:
     made_from = scratch(module) / module
     if meta.exists() and made_from.exists() and made_from.read_bytes() == (ROOT / module).read_bytes():
         return sorted(json.loads(meta.read_text())["exit_code_by_key"])
-    return list(_generated(module, (ROOT / module).read_text()))
+    return list(_generated(module, (ROOT / module).read_text(), icontract_on()))
 
 
 @functools.lru_cache(maxsize=16)
-def _generated(module: str, source: str) -> tuple[str, ...]:
-    """mutmut's mutant names for `source` (the text of `module`; cached by content)."""
+def _generated(module: str, source: str, icontract: bool = False) -> tuple[str, ...]:
+    """mutmut's mutant names for `source` (the text of `module`; cached by content), with the functions
+    decorated by icontract alone when `icontract` (as `--icontract` runs mutmut)."""
     here = Path.cwd()
     os.chdir(ROOT)  # mutmut reads its configuration from the working directory's pyproject.toml on import
     try:
@@ -232,8 +239,10 @@ def _generated(module: str, source: str) -> tuple[str, ...]:
         from mutmut.utils.format_utils import get_mutant_name
     finally:
         os.chdir(here)
+    from support.mutmut_icontract import patched
     path = Path(module)
-    made = write_all_mutants_to_file(out=io.StringIO(), source=source, filename=path)
+    with patched() if icontract else contextlib.nullcontext():
+        made = write_all_mutants_to_file(out=io.StringIO(), source=source, filename=path)
     return tuple(sorted(get_mutant_name(path, name) for name in made.mutant_names))
 
 
