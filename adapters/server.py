@@ -383,6 +383,7 @@ class SyncServer:
         self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
         self._commits = CommitClock()
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
+        self._pump_scheduled = False  # _pump likewise (calls the reader handled itself: one pump for them all)
         self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
         self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
@@ -642,8 +643,16 @@ class SyncServer:
             await asyncio.sleep(0.05)
             self._check_writer()
 
+    def _pump_soon(self) -> None:
+        """:meth:`_pump` once, at the end of this loop iteration, for every engine step taken
+        until then (the calls a reader handled directly: their records reach the writer together)."""
+        if not self._pump_scheduled and self._loop is not None:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
     def _pump(self) -> None:
         """After any engine step: hand new commit records to the writer, wake senders."""
+        self._pump_scheduled = False
         engine = self.engine
         self._commits.stamp(engine.committed, time.monotonic())
         records = engine.take_records()
@@ -1104,6 +1113,8 @@ class SyncServer:
                 except BsatnError as exc:
                     await self._close(s, 1011, f"malformed message: {exc}", "malformed")
                     return
+                if len(decoded) == 1 and not s.inbound and self._take_now(s, decoded[0]):
+                    continue  # handled here: nothing queued ahead of it and nothing to wait for
                 s.inbound.append((decoded[0], size))
                 s.inbound.extend((x, 0) for x in decoded[1:])
                 s.inbound_bytes += size
@@ -1135,6 +1146,7 @@ class SyncServer:
                     return  # nothing more is taken once the log cannot be written
                 if taken >= batch:
                     taken = 0
+                    self._pump()  # once per turn: its messages' records go to the writer together
                     await asyncio.sleep(0)
                     continue
                 first, size = s.inbound[0]
@@ -1143,10 +1155,12 @@ class SyncServer:
                         s.undurable.popleft()
                     if len(s.undurable) >= share:  # this connection's share of the window is in use
                         taken = 0
+                        self._pump()  # before any wait: the records waited on must reach the writer
                         await self._wait_durable_quietly(s.undurable[0])
                         continue
                     if not engine.can_commit():
                         taken = 0
+                        self._pump()
                         await self._wait_room()
                         continue
                 s.inbound.popleft()
@@ -1156,7 +1170,32 @@ class SyncServer:
                 self._dispatch(s, first)
                 if engine.committed > before and isinstance(first, wire.CallReducer):
                     s.undurable.append(engine.committed)
+            if taken:
                 self._pump()
+
+    def _take_now(self, s: Session, msg: wire.ClientMessage) -> bool:
+        """Handle ``msg`` from the reader itself, without the hop through the inbound queue and the
+        processor task, when the processor would take it at once: the queue is empty (the caller
+        checks; so the processor is parked, waiting for it), the connection is open, the log
+        writable, and a call has room in the connection's share and the durability window.
+        False: queue it as usual.  Order is kept (nothing is queued ahead of it) and so is
+        fairness (the reader yields every ``max_batch_per_turn`` frames, as the processor does)."""
+        if s.closing or (self.failed is not None and self.failed.done()):
+            return False
+        engine = self.engine
+        if isinstance(msg, wire.CallReducer):
+            while s.undurable and s.undurable[0] <= engine.durable:
+                s.undurable.popleft()
+            if len(s.undurable) >= self.config.limits.max_undurable_per_connection or not engine.can_commit():
+                return False
+            before = engine.committed
+            self._dispatch(s, msg)
+            if engine.committed > before:
+                s.undurable.append(engine.committed)
+        else:
+            self._dispatch(s, msg)
+        self._pump_soon()
+        return True
 
     def _dispatch(self, s: Session, msg: wire.ClientMessage) -> None:
         try:
@@ -1211,7 +1250,7 @@ class SyncServer:
         self.metrics.sends.message(type(message).__name__)
         if isinstance(message, m.ReducerResult):
             ts = s.call_ts.pop(message.request_id, self._last_now)
-            return wire.encode_server(wire.to_wire(message, timestamp=ts, cache=self._rows)), None
+            return wire.encode_reducer_result(message, ts, self._rows), None
         # by identity: a TransactionUpdate is shared by its subscribers; a SubscribeApplied may hold
         # a replay's rows, built only when read (hashing it by value would build them all)
         key: object = id(message) if isinstance(message, m.TransactionUpdate | m.SubscribeApplied) else (message,)
