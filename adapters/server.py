@@ -12,7 +12,10 @@ is the order of things:
   transactions ahead of the disk, calls wait (``_room``), never the other way round.
 * **Per connection, three tasks.**  The reader decodes frames into a bounded inbound queue
   (past the bound: close 1013, as SpacetimeDB); the processor feeds that queue to the engine in
-  order; the sender pops whatever the engine has *released* (confirmed reads: only messages
+  order -- except that a frame arriving while the queue is empty and the call has room in the
+  durability window is handed to the engine by the reader itself (ADR-0019: the processor is
+  parked on the empty queue then, so the order is the same and the hop through a second task
+  is saved); the sender pops whatever the engine has *released* (confirmed reads: only messages
   whose offset is durable) and writes frames.  A keepalive pings and drops a silent peer.
   Writing blocks on a client that does not read; meanwhile the engine's queue for it grows
   and past ``max_queue`` the engine drops it as a ``slow_consumer``.  Nobody else waits.
