@@ -387,6 +387,7 @@ class SyncServer:
         self._commits = CommitClock()
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
         self._pump_scheduled = False  # _pump likewise (calls the reader handled itself: one pump for them all)
+        self.taken_by_reader = 0  # messages a reader handed to the engine itself (ADR-0019), not via the queue
         self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
         self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
@@ -1116,7 +1117,7 @@ class SyncServer:
                 except BsatnError as exc:
                     await self._close(s, 1011, f"malformed message: {exc}", "malformed")
                     return
-                if len(decoded) == 1 and not s.inbound and self._take_now(s, decoded[0]):
+                if len(decoded) == 1 and self._take_now(s, decoded[0]):
                     continue  # handled here: nothing queued ahead of it and nothing to wait for
                 s.inbound.append((decoded[0], size))
                 s.inbound.extend((x, 0) for x in decoded[1:])
@@ -1178,12 +1179,12 @@ class SyncServer:
 
     def _take_now(self, s: Session, msg: wire.ClientMessage) -> bool:
         """Handle ``msg`` from the reader itself, without the hop through the inbound queue and the
-        processor task, when the processor would take it at once: the queue is empty (the caller
-        checks; so the processor is parked, waiting for it), the connection is open, the log
-        writable, and a call has room in the connection's share and the durability window.
+        processor task, when the processor would take it at once: the queue is empty (so the
+        processor is parked, waiting for it), the connection is open, the log writable, and a
+        call has room in the connection's share and the durability window.
         False: queue it as usual.  Order is kept (nothing is queued ahead of it) and so is
         fairness (the reader yields every ``max_batch_per_turn`` frames, as the processor does)."""
-        if s.closing or (self.failed is not None and self.failed.done()):
+        if s.inbound or s.closing or (self.failed is not None and self.failed.done()):
             return False
         engine = self.engine
         if isinstance(msg, wire.CallReducer):
@@ -1197,6 +1198,7 @@ class SyncServer:
                 s.undurable.append(engine.committed)
         else:
             self._dispatch(s, msg)
+        self.taken_by_reader += 1
         self._pump_soon()
         return True
 
