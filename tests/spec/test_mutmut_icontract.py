@@ -116,3 +116,28 @@ def test_the_driver_lists_and_samples_the_decorated_functions_with_icontract(mon
     lifted = set(mutate.mutant_names("spec/resume.py"))
     assert plain < lifted and {n.split("__mutmut_")[0] for n in lifted - plain} == {"spec.resume.x_stale_reasons"}
     assert set(mutate.pick_sample("spec/resume.py", 1000, 9)) == lifted
+
+
+def test_decorated_only_lists_and_samples_only_the_mutants_the_flag_adds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`./run mutate --icontract --decorated-only --shuffled --sample N`: the sample is drawn from the
+    decorated functions' mutants alone (docs/mutation.md "Decorated functions (--icontract)")."""
+    from support import mutate
+    monkeypatch.setattr(mutate, "SHARED", {})
+    monkeypatch.setattr(mutate, "SCRATCH", ROOT / ".no-such-scratch")
+    plain = set(mutate.mutant_names("spec/resume.py"))
+    monkeypatch.setattr(mutate, "MUTMUT", [sys.executable, "-m", "support.mutmut_icontract"])
+    lifted = set(mutate.mutant_names("spec/resume.py"))
+    monkeypatch.setattr(mutate, "DECORATED_ONLY", [True])
+    assert mutate.decorated_only()
+    added = mutate.mutant_names("spec/resume.py")
+    assert set(added) == lifted - plain and len(added) == len(set(added)) > 10
+    small, large = mutate.pick_sample("spec/resume.py", 5, 3), mutate.pick_sample("spec/resume.py", 12, 3)
+    assert len(small) == 5 and set(small) <= set(large) <= set(added)
+    assert set(mutate.pick_sample("spec/resume.py", 1000, 3)) == set(added)
+    assert set(mutate.sample("spec/resume.py", 7, 1)) <= set(added)
+
+
+def test_decorated_only_needs_icontract() -> None:
+    from support import mutate
+    with pytest.raises(SystemExit):
+        mutate.main(["--decorated-only", "spec/resume.py"])

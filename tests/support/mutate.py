@@ -24,6 +24,8 @@ example database), so a verdict does not change from one run to the next.
         # the spec/ modules' samples (docs/mutation.md, second session): the first N of the module's
         # mutants shuffled by random.Random(seed); kept in .mutate/<module>/sample.json, rerunning
         # resumes it, a larger N with the same seed extends it, and --report/--again/--verify keep to it
+    PYTHONPATH=tests python -m support.mutate --icontract --decorated-only --shuffled --sample 60 --seed 3 \
+        spec/reducers.py    # a sample of the mutants only --icontract adds (the decorated functions')
 
 The summary counts mutants by mutmut's verdict and applies `support.mutation_verdicts.EQUIVALENT`
 (mutants shown not to change behaviour, each with its reason): the score is killed (including
@@ -170,6 +172,16 @@ def icontract_on() -> bool:
     return MUTMUT[-1] == "support.mutmut_icontract"
 
 
+# `--decorated-only` (with --icontract): the mutants only the --icontract run makes, those of the functions
+# decorated by icontract alone, listed and sampled apart from the rest (scratch copy `.mutate/<module>+decorated`)
+DECORATED_ONLY: list[bool] = [False]
+
+
+def decorated_only() -> bool:
+    """Whether names, samples and reports keep to the icontract-decorated functions' mutants."""
+    return DECORATED_ONLY[0]
+
+
 def slug(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
@@ -223,9 +235,15 @@ def mutant_names(module: str) -> list[str]:
     them there from the current source, else from its generator, in memory (nothing is written)."""
     meta = scratch(module) / "mutants" / (module + ".meta")
     made_from = scratch(module) / module
+    source = (ROOT / module).read_text()
     if meta.exists() and made_from.exists() and made_from.read_bytes() == (ROOT / module).read_bytes():
-        return sorted(json.loads(meta.read_text())["exit_code_by_key"])
-    return list(_generated(module, (ROOT / module).read_text(), icontract_on()))
+        names = sorted(json.loads(meta.read_text())["exit_code_by_key"])
+    else:
+        names = list(_generated(module, source, icontract_on()))
+    if decorated_only():  # the names a plain run would not make: mutmut never renumbers the others
+        plain = set(_generated(module, source, False))
+        names = [n for n in names if n not in plain]
+    return names
 
 
 @functools.lru_cache(maxsize=16)
@@ -307,6 +325,8 @@ def report(module: str) -> dict[str, object]:
     stored = load_sample(module)
     if stored is not None:  # a --shuffled sample: count the sample only
         codes = {name: codes.get(name) for name in stored.names}
+    elif decorated_only():  # the decorated functions' mutants only
+        codes = {name: codes.get(name) for name in mutant_names(module)}
     count: Counter[str] = Counter()
     survivors: list[str] = []
     for name, code in sorted(codes.items()):
@@ -404,12 +424,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--icontract", action="store_true",
                         help="also mutate the functions whose only decorators are icontract's (mutmut skips every "
                              "decorated function); in a scratch copy of its own, .mutate/<module>+icontract")
+    parser.add_argument("--decorated-only", action="store_true",
+                        help="with --icontract: only the mutants the flag adds (the icontract-decorated functions'), "
+                             "for runs, samples and reports; scratch copy .mutate/<module>+decorated")
     args = parser.parse_args(argv)
+    if args.decorated_only and not args.icontract:
+        parser.error("--decorated-only needs --icontract")
     os.nice(19)
     if args.icontract:
         if args.together:
             parser.error("--icontract measures one module at a time")
-        SHARED.update({m: SCRATCH / (slug(m) + "+icontract") for m in args.modules})
+        DECORATED_ONLY[0] = args.decorated_only
+        suffix = "+decorated" if args.decorated_only else "+icontract"
+        SHARED.update({m: SCRATCH / (slug(m) + suffix) for m in args.modules})
         MUTMUT[:] = [sys.executable, "-m", "support.mutmut_icontract"]
         os.environ["PYTHONPATH"] = "tests"  # the scratch copy's tests/ (mutmut runs in the scratch copy)
     if args.together:
@@ -469,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
                     codes = verdicts(module)
                     names += [n for n in sample(module, args.sample, args.seed) if codes.get(n) is None]
             else:
-                names = sample(module, args.sample, args.seed) if args.sample else [slug(module) + ".*"]
+                names = (sample(module, args.sample, args.seed) if args.sample
+                         else mutant_names(module) if decorated_only() else [slug(module) + ".*"])
             assert isinstance(names, list)
             if names:
                 env = dict(os.environ, HYPOTHESIS_PROFILE="mutation")
