@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import icontract
 import pytest
 
+from spec import reducers as red
 from spec import schema
 from spec.auth import Claims, can_read
 from spec.canonical import (
@@ -43,7 +44,7 @@ from spec.messages import (
 )
 from spec.outcome import virtual_stream
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
-from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse
+from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse, resume_watermark
 from spec.reducer_contracts import (
     outbox_enqueued,
     outbox_sent,
@@ -65,7 +66,7 @@ from spec.reducers import (
 )
 from spec.resume import continuation_details, continuation_hops, continued_stream
 from spec.rules import REDUCER_RULE_BY_NAME, _errors, outcomes
-from spec.schema import TABLES, Column, Table, Visibility, _t, check_schema_matches_rows
+from spec.schema import PROTOCOL_VERSION, SCHEMA_VERSION, TABLES, Column, Table, Visibility, _t, check_schema_matches_rows
 from spec.state import (
     DbState,
     Delta,
@@ -1210,3 +1211,138 @@ def test_well_formed_pairs_each_earlier_epoch_with_its_bound(epochs: tuple[int, 
     # differed in length: such a state is not one the reducers make, and well_formed now says so.
     stream = SyncStream("s", "durable", 5, 4, 9, 9, 1, 100, 0, 0, earlier_epochs=epochs, earlier_seqs=seqs)
     assert DbState({"sync_stream": (stream,)}).well_formed() is ok
+
+
+# --- spec/reducers.py, decorated functions (`./run mutate --icontract --decorated-only`, docs/mutation.md
+# "Decorated functions (--icontract)"): the reducers and system transactions that carry contracts
+
+_ADMIN = Claims("a" * 64, frozenset({"sync.append", "sync.admin", "presence.write"}), ("s*",))
+
+
+def _red_ok(db: DbState, now: int, reducer: str, *args: object, policy: Policy = DEFAULT_POLICY) -> DbState:
+    out = call(db, CallContext(_ADMIN, now, 1, policy), reducer, tuple(args))
+    assert isinstance(out, Ok), out
+    return out.state
+
+
+def test_call_names_the_unknown_reducer_and_the_expected_arity() -> None:
+    ctx = CallContext(_ADMIN, 10, 1)
+    assert call(DbState(), ctx, "no_such", ()) == red.Err(SyncError(ErrorCode.NO_SUCH_REDUCER, {"reducer": "no_such"}))
+    assert call(DbState(), ctx, "append_sync_event", ("s", "k")) == red.Err(SyncError(
+        ErrorCode.INVALID_ARGUMENT, {"argument": "*", "message": "append_sync_event takes 5 arguments, got 2"}))
+
+
+def _presence(db: DbState, now: int, session: str, ttl_ms: int) -> DbState:
+    return _red_ok(db, now, "upsert_presence", session, "d", "n", "online", "", ttl_ms)
+
+
+def test_presence_signals_carry_the_session_and_the_time_of_the_transition() -> None:
+    db = _presence(_presence(DbState(), 1_000, "s1", 1_000), 1_000, "s2", 5_000)  # s1 expires at 1_001_000 (TTL in ms)
+    now = 2_000_000
+    swept = red.presence_sweep(db, now)
+    assert swept.delta.for_table("presence_signal").inserts == (
+        PresenceSignal("s1", "a" * 64, "offline", "ttl_expired", now),)  # s2 lives until 5_001_000
+    # a connection closing after s1's TTL ran out (not swept yet) and before s2's
+    closed = red.disconnect_sessions(db, 3_000_000, "a" * 64, frozenset({"s1", "s2"}))
+    assert set(closed.delta.for_table("presence_signal").inserts) == {
+        PresenceSignal("s1", "a" * 64, "offline", "ttl_expired", 3_000_000),
+        PresenceSignal("s2", "a" * 64, "offline", "disconnected", 3_000_000)}
+
+
+def test_disconnecting_a_session_already_offline_changes_nothing() -> None:
+    db = red.presence_sweep(_presence(DbState(), 1_000, "s1", 1_000), 2_000_000).state
+    row = next(iter(db.of_type(SessionPresence)))
+    assert (row.status, row.offline_reason, row.last_seen) == ("offline", "ttl_expired", 1_000)
+    closed = red.disconnect_sessions(db, 3_000_000, "a" * 64, frozenset({"s1"}))
+    assert list(closed.state.of_type(SessionPresence)) == [row]
+    assert not closed.delta.for_table("presence_signal").inserts and not closed.delta.for_table("session_presence").inserts
+
+
+def _events(db: DbState, stream: str) -> list[tuple[int, int]]:
+    return sorted((e.seq, e.committed_at) for e in db.of_type(SyncEvent) if e.stream_id == stream)
+
+
+def test_compaction_by_age_keeps_an_event_exactly_at_the_window_and_everything_younger() -> None:
+    policy = Policy(default_class=StreamClass("aged", retain_age_us=100))
+    db = DbState()
+    for t, key in ((1_000, "a"), (1_050, "b"), (1_100, "c"), (1_200, "d")):
+        db = _red_ok(db, t, "append_sync_event", "s1", key, "{}", None, None, policy=policy)
+    out = red.compact(db, 1_150, policy)  # window: older than 1_050 goes; 1_050 (exactly 100 ago) stays
+    assert _events(out.state, "s1") == [(2, 1_050), (3, 1_100), (4, 1_200)]
+    assert next(iter(out.state.of_type(SyncStream))).floor_seq == 2
+
+
+def test_compaction_drops_only_a_prefix_and_goes_on_to_the_next_stream() -> None:
+    # the server clock went back between two appends to s1: its second event is older than its first,
+    # so the aged-out set is not a prefix and nothing of s1 may go (retained seqs stay contiguous);
+    # s2, after it, is still compacted
+    policy = Policy(default_class=StreamClass("aged", retain_age_us=100))
+    db = _red_ok(DbState(), 1_000, "append_sync_event", "s1", "a", "{}", None, None, policy=policy)
+    db = _red_ok(db, 500, "append_sync_event", "s1", "b", "{}", None, None, policy=policy)
+    db = _red_ok(db, 500, "append_sync_event", "s2", "a", "{}", None, None, policy=policy)
+    db = _red_ok(db, 1_000, "append_sync_event", "s2", "b", "{}", None, None, policy=policy)
+    out = red.compact(db, 1_050, policy)
+    assert _events(out.state, "s1") == [(1, 1_000), (2, 500)]
+    assert _events(out.state, "s2") == [(2, 1_000)]
+    assert {s.stream_id: s.floor_seq for s in out.state.of_type(SyncStream)} == {"s1": 1, "s2": 2}
+
+
+# --- spec/client.py, spec/query.py, spec/compat.py, decorated functions (`--icontract --decorated-only`)
+
+def _client_at(epoch: int, last: int) -> Client:
+    c = Client("c1", READER, confirmed=True)
+    c.follow("s")
+    c.on_connect()  # query set 1
+    view = c.streams["s"]
+    view.epoch, view.last, view.applied = epoch, last, [(s, "h") for s in range(1, last + 1)]
+    return c
+
+
+def _stream_applied(row: SyncStream) -> SubscribeApplied:
+    return SubscribeApplied(9, 1, (TableRows("sync_stream", (row,)),))
+
+
+def _view(c: Client) -> tuple[int | None, int, int, int, bool]:
+    v = c.streams["s"]
+    return v.epoch, v.last, v.continues, v.rebootstraps, v.rehydrating
+
+
+def test_a_stream_row_continuing_the_view_with_its_floor_just_above_the_watermark_is_adopted() -> None:
+    c = _client_at(1, 3)
+    # epoch 2 continues epoch 1 up to 3, and retention kept from seq 4: nothing the view needs is gone
+    c.on_message(_stream_applied(_stream(2, 5, 4, continues=(1, 3))))
+    assert _view(c) == (2, 3, 1, 0, False)
+
+
+def test_a_stream_row_whose_head_is_the_watermark_changes_nothing() -> None:
+    c = _client_at(1, 3)
+    assert c.on_message(_stream_applied(_stream(1, 3, 2))) == []
+    assert _view(c) == (1, 3, 0, 0, False)
+
+
+def test_a_stream_row_behind_the_watermark_or_of_a_fresh_epoch_rebootstraps() -> None:
+    c = _client_at(1, 3)  # the same epoch, but its head went back below what the view holds
+    sent = c.on_message(_stream_applied(_stream(1, 2, 1)))
+    assert _view(c) == (1, 0, 0, 1, True) and sent[-1] == Subscribe(3, 2, REHYDRATE_S)
+    c = _client_at(1, 3)  # a fresh epoch (no chain) from seq 1
+    sent = c.on_message(_stream_applied(_stream(2, 5, 1)))
+    assert _view(c) == (2, 0, 0, 1, True) and sent[-1] == Subscribe(3, 2, REHYDRATE_S)
+
+
+@pytest.mark.parametrize(("sql", "watermark"), [
+    ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 5", 5),
+    ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq >= 5", 4),
+    ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq >= 0", 0),   # clamped: seqs start at 1
+    ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1", None),
+])
+def test_resume_watermark_table(sql: str, watermark: int | None) -> None:
+    (q,) = parse(sql)
+    assert resume_watermark(q) == watermark
+
+
+def test_a_malformed_build_is_quoted_back_as_sent_and_a_missing_one_as_empty() -> None:
+    w = CompatWindow()
+    bad = negotiate(w, "2026-01-01", PROTOCOL_VERSION, SCHEMA_VERSION)
+    assert bad == SyncError(ErrorCode.INVALID_CLIENT_BUILD, {"client_build_id": "2026-01-01", "window": w.as_json()})
+    missing = negotiate(w, None, PROTOCOL_VERSION, SCHEMA_VERSION)
+    assert missing == SyncError(ErrorCode.INVALID_CLIENT_BUILD, {"client_build_id": "", "window": w.as_json()})
