@@ -25,6 +25,7 @@ from spec.canonical import (
     _no_raw_control,
     _same_value,
     _utf8_encodable,
+    canonicalize,
     dumps_canonical,
     parse_strict,
 )
@@ -1346,3 +1347,13 @@ def test_a_malformed_build_is_quoted_back_as_sent_and_a_missing_one_as_empty() -
     assert bad == SyncError(ErrorCode.INVALID_CLIENT_BUILD, {"client_build_id": "2026-01-01", "window": w.as_json()})
     missing = negotiate(w, None, PROTOCOL_VERSION, SCHEMA_VERSION)
     assert missing == SyncError(ErrorCode.INVALID_CLIENT_BUILD, {"client_build_id": "", "window": w.as_json()})
+
+
+def test_canonicalize_names_the_payload_argument_by_default() -> None:
+    with pytest.raises(SyncError) as caught:
+        canonicalize("{")
+    assert (caught.value.code, caught.value.details["argument"], caught.value.details["reason"]) \
+        == (ErrorCode.NON_CANONICAL_PAYLOAD, "payload_json", "invalid_json")
+    with pytest.raises(SyncError) as other:
+        canonicalize("{", "args")
+    assert other.value.details["argument"] == "args"
