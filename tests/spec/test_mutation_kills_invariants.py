@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from spec.errors import ErrorCode
-from spec.invariants import Violation, check_call, check_recovery, check_state, check_transition
+from spec.invariants import Violation, check_call, check_recovery, check_state, check_transition, seqs_contiguous
 from spec.state import DbState
 from spec.values import BridgeOutbox, ComputeAssignment, ProviderCapability, Row, SyncCheckpoint, SyncEvent, SyncStream
 
@@ -238,3 +238,18 @@ def test_check_call_outbox_cases(before: DbState, reducer: str, args: tuple[obje
                                  violations: list[Violation]) -> None:
     scopes = frozenset({"bridge.write"})
     assert check_call(before, scopes, True, reducer, args, ok, None, error, wrote, after, OWNER) == violations
+
+
+@pytest.mark.parametrize(("seqs", "floor", "head", "contiguous"), [
+    ((3, 4, 5), 3, 5, True),
+    ((), 3, 2, True),          # everything compacted: floor is head + 1, no seq retained
+    ((), 1, 0, True),          # a new stream
+    ((3, 5), 3, 5, False),     # a hole
+    ((4, 5), 3, 5, False),     # the floor's event missing
+    ((3, 4), 3, 5, False),     # the head's event missing
+    ((1,), 1, 0, False),       # an event past the head
+    ((4, 3, 5), 3, 5, False),  # out of order
+])
+def test_seqs_contiguous_table_SEQ_1(seqs: tuple[int, ...], floor: int, head: int, contiguous: bool) -> None:
+    # decorated (icontract), so only `./run mutate --icontract` mutates it; its one caller is CrossHair's target list
+    assert seqs_contiguous(seqs, floor, head) is contiguous
