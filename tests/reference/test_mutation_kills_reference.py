@@ -20,7 +20,7 @@ from reference.log import RowChange, TxRecord, body_json, claims_from_json, make
 from reference.reducers import Ctx
 from spec.auth import Claims
 from spec.errors import ErrorCode, LocalProtocolError, SyncError
-from spec.policy import DEFAULT_POLICY
+from spec.policy import DEFAULT_POLICY, Policy, StreamClass
 from spec.schema import SCOPES
 from spec.values import ComputeAssignment, ProviderCapability, SyncCheckpoint, SyncEvent, SyncStream
 
@@ -404,3 +404,39 @@ def test_txn_delta_nets_a_row_inserted_then_deleted_and_keeps_other_deletes() ->
     assert tx.inserts == {"compute_assignment": [ca("r1", 2), ca("r2", 8)]}
     assert {r.request_id: r.version for r in db.pk["compute_assignment"].values()  # type: ignore[attr-defined]
             } == {"r1": 2, "r2": 8}
+
+
+# --- reference/reducers.py compact (decorated: measured by `./run mutate --icontract --decorated-only`) ---
+
+def _streams_with_events(events: dict[str, list[int]], committed: dict[int, int] | None = None) -> Db:
+    """Streams named in order; each one's events 1..n (committed_at from `committed` by seq, else 0)."""
+    db = Db()
+    for sid, seqs in events.items():
+        db._insert(SyncStream(sid, "default", 1, 0, 0, len(seqs), 1, 20_000, 10, 20))
+        for s in seqs:
+            db._insert(replace(ev(s, stream=sid), committed_at=(committed or {}).get(s, 0)))
+    return db
+
+
+def _window(db: Db, sid: str) -> tuple[list[int], int, int]:
+    stream = db.get("sync_stream", (sid,))
+    assert isinstance(stream, SyncStream)
+    log = db.logs.get(sid)
+    return [e.seq for e in log.events] if log else [], stream.floor_seq, stream.updated_at
+
+
+def test_compaction_by_count_keeps_the_newest_and_skips_streams_without_events() -> None:
+    # "a" has no event at all (no log) and comes first: the next streams are still compacted
+    db = _streams_with_events({"a": [], "s": [1, 2, 3, 4, 5], "t": [1, 2]})
+    r.compact(Txn(db), 5_000, Policy(default_class=StreamClass("c", retain_count=2)))
+    assert _window(db, "a") == ([], 1, 20)
+    assert _window(db, "s") == ([4, 5], 4, 5_000)
+    assert _window(db, "t") == ([1, 2], 1, 20)  # within its count: not touched, not even its updated_at
+
+
+def test_compaction_by_age_drops_the_aged_prefix_of_every_stream() -> None:
+    policy = Policy(default_class=StreamClass("aged", retain_age_us=100))
+    db = _streams_with_events({"s": [1, 2, 3, 4], "t": [1, 2]}, {1: 1_000, 2: 1_050, 3: 1_100, 4: 1_200})
+    r.compact(Txn(db), 1_160, policy)  # older than 1_060 goes
+    assert _window(db, "s") == ([3, 4], 3, 1_160)
+    assert _window(db, "t") == ([], 3, 1_160)
