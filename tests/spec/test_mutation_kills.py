@@ -25,6 +25,7 @@ from spec.canonical import (
     _no_raw_control,
     _same_value,
     _utf8_encodable,
+    canonical_and_hash,
     canonicalize,
     dumps_canonical,
     parse_strict,
@@ -1248,6 +1249,10 @@ def test_presence_signals_carry_the_session_and_the_time_of_the_transition() -> 
     assert set(closed.delta.for_table("presence_signal").inserts) == {
         PresenceSignal("s1", "a" * 64, "offline", "ttl_expired", 3_000_000),
         PresenceSignal("s2", "a" * 64, "offline", "disconnected", 3_000_000)}
+    rows = {r.session_id: r for r in closed.state.of_type(SessionPresence)}
+    assert (rows["s1"].status, rows["s1"].offline_reason, rows["s1"].last_seen) == ("offline", "ttl_expired", 1_000)
+    assert (rows["s2"].status, rows["s2"].offline_reason, rows["s2"].last_seen) \
+        == ("offline", "disconnected", 3_000_000)  # last seen when its connection closed
 
 
 def test_disconnecting_a_session_already_offline_changes_nothing() -> None:
@@ -1357,3 +1362,13 @@ def test_canonicalize_names_the_payload_argument_by_default() -> None:
     with pytest.raises(SyncError) as other:
         canonicalize("{", "args")
     assert other.value.details["argument"] == "args"
+    with pytest.raises(SyncError) as hashed:
+        canonical_and_hash("{", "args")
+    assert hashed.value.details["argument"] == "args"
+
+
+def test_an_unsupported_protocol_is_quoted_back_and_a_missing_one_as_empty() -> None:
+    w = CompatWindow()
+    for sent, quoted in (("oa.sync.v0", "oa.sync.v0"), (None, "")):
+        assert negotiate(w, "20260601T000000Z", sent, SCHEMA_VERSION) == SyncError(
+            ErrorCode.UNSUPPORTED_PROTOCOL_VERSION, {"requested_protocol_version": quoted, "window": w.as_json()})
