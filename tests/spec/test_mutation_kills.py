@@ -1362,9 +1362,15 @@ def test_canonicalize_names_the_payload_argument_by_default() -> None:
     with pytest.raises(SyncError) as other:
         canonicalize("{", "args")
     assert other.value.details["argument"] == "args"
+
+
+def test_canonical_and_hash_passes_the_argument_name_on() -> None:
     with pytest.raises(SyncError) as hashed:
         canonical_and_hash("{", "args")
     assert hashed.value.details["argument"] == "args"
+    with pytest.raises(SyncError) as default:
+        canonical_and_hash("{")
+    assert default.value.details["argument"] == "payload_json"
 
 
 def test_an_unsupported_protocol_is_quoted_back_and_a_missing_one_as_empty() -> None:
