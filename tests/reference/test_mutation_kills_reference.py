@@ -426,8 +426,8 @@ def _window(db: Db, sid: str) -> tuple[list[int], int, int]:
 
 
 def test_compaction_by_count_keeps_the_newest_and_skips_streams_without_events() -> None:
-    # "a" has no event at all (no log) and comes first: the next streams are still compacted
-    db = _streams_with_events({"a": [], "s": [1, 2, 3, 4, 5], "t": [1, 2]})
+    # "a" has no event at all (no log), "t" nothing past its count, both before "s": "s" is still compacted
+    db = _streams_with_events({"a": [], "t": [1, 2], "s": [1, 2, 3, 4, 5]})
     r.compact(Txn(db), 5_000, Policy(default_class=StreamClass("c", retain_count=2)))
     assert _window(db, "a") == ([], 1, 20)
     assert _window(db, "s") == ([4, 5], 4, 5_000)
@@ -440,3 +440,10 @@ def test_compaction_by_age_drops_the_aged_prefix_of_every_stream() -> None:
     r.compact(Txn(db), 1_160, policy)  # older than 1_060 goes
     assert _window(db, "s") == ([3, 4], 3, 1_160)
     assert _window(db, "t") == ([], 3, 1_160)
+
+
+def test_compaction_by_age_keeps_an_event_exactly_at_the_window() -> None:
+    policy = Policy(default_class=StreamClass("aged", retain_age_us=100))
+    db = _streams_with_events({"s": [1, 2, 3]}, {1: 1_000, 2: 1_050, 3: 1_100})
+    r.compact(Txn(db), 1_150, policy)  # committed exactly 100 ago: not older than the window, kept
+    assert _window(db, "s") == ([2, 3], 2, 1_150)

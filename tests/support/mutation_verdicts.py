@@ -17,6 +17,10 @@ _ZIP_AFTER_LEN_CHAIN = ("the chain's two lists are compared in length first "
                         "sees lists of different lengths")
 
 EQUIVALENT: dict[str, str] = {
+    # reference/reducers.py, decorated functions (`--icontract --decorated-only`)
+    "reference.reducers.x_compact__mutmut_43":
+        "with len(log.events) == retain_count (`>=` for `>`), keep_from = log.floor + 0 = log.floor, and "
+        "keep_from == log.floor skips the stream, as when the count rule is skipped",
     # spec/reducers.py, decorated functions (`./run mutate --icontract --decorated-only`)
     "spec.reducers.x_call__mutmut_27":
         "call checks len(args) == len(rdef.args) first and returns invalid_argument otherwise, so zip's strict "
