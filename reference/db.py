@@ -16,7 +16,8 @@ delete plus an insert, as the wire reports it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from reference.eventlog import StreamLog
@@ -27,6 +28,19 @@ from spec.values import Row, SyncEvent
 PK_TABLES = {t.name: t for t in TABLES if t.primary_key is not None and not t.event}
 EVENT_TABLES = {t.name for t in TABLES if t.event}
 ROW_TABLE = {t.row_type: t.name for t in TABLES}
+
+
+def _key_getter(columns: tuple[str, ...]) -> Callable[[Row], tuple[object, ...]]:
+    """``Table.key_of`` for a table with these primary-key columns, as one C-level attribute read
+    (``attrgetter`` of several names already gives the tuple)."""
+    if len(columns) == 1:
+        one = operator.attrgetter(columns[0])
+        return lambda row: (one(row),)
+    return operator.attrgetter(*columns)  # type: ignore[return-value]
+
+
+KEY_OF: dict[str, Callable[[Row], tuple[object, ...]]] = {
+    name: _key_getter(t.primary_key) for name, t in PK_TABLES.items() if t.primary_key is not None}
 
 
 class Db:
@@ -60,7 +74,7 @@ class Db:
                 raise LocalProtocolError(f"event {row.stream_id}/{row.seq} is not the next seq")
             log.append(row)  # refuses a duplicate idempotency key
             return
-        key = PK_TABLES[table].key_of(row)
+        key = KEY_OF[table](row)
         index = self.pk[table]
         if key in index:
             raise LocalProtocolError(f"duplicate primary key {key} in {table}")
@@ -77,7 +91,7 @@ class Db:
             else:
                 raise LocalProtocolError(f"event {row.stream_id}/{row.seq} is not at either end")
             return
-        key = PK_TABLES[table].key_of(row)
+        key = KEY_OF[table](row)
         held = self.pk[table].get(key)
         if held is not row and held != row:
             raise LocalProtocolError(f"row to delete not found in {table}")
@@ -111,7 +125,10 @@ class Txn:
         self.undo: list[tuple[str, Any]] = []  # ("ins"|"del", row) or ("relabel", (stream, old, new)), as applied
         self.deletes: dict[str, list[Row]] = {}
         self.inserts: dict[str, list[Row]] = {}
-        self._inserted: dict[Row, int] = {}  # how many of each row ``inserts`` holds: delete tests it in O(1)
+        # how many of each row ``inserts`` holds, so delete tests it in O(1); built by the first
+        # delete from a table this transaction has inserted into (most never do: an append hashes
+        # no row for it)
+        self._inserted: dict[Row, int] | None = None
         self.events: dict[str, list[Row]] = {}
         self.old_epoch_floor = db.epoch_floor
         self.old_version_floor = db.version_floor
@@ -124,7 +141,8 @@ class Txn:
         self.db._insert(row)
         self.undo.append(("ins", row))
         self.inserts.setdefault(table, []).append(row)
-        self._inserted[row] = self._inserted.get(row, 0) + 1
+        if self._inserted is not None:
+            self._inserted[row] = self._inserted.get(row, 0) + 1
 
     def delete(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
@@ -133,12 +151,20 @@ class Txn:
         # a row inserted earlier in this transaction leaves the inserts instead of joining the
         # deletes; the count keeps that test O(1) (a recovery updates every assignment and
         # provider row in one transaction: a list scan per delete was quadratic in them)
-        count = self._inserted.get(row, 0)
-        if count:
-            self._inserted[row] = count - 1
-            self.inserts[table].remove(row)
-        else:
-            self.deletes.setdefault(table, []).append(row)
+        inserted = self.inserts.get(table)
+        if inserted:
+            counts = self._inserted
+            if counts is None:
+                counts = self._inserted = {}
+                for rows in self.inserts.values():
+                    for r in rows:
+                        counts[r] = counts.get(r, 0) + 1
+            count = counts.get(row, 0)
+            if count:
+                counts[row] = count - 1
+                inserted.remove(row)
+                return
+        self.deletes.setdefault(table, []).append(row)
 
     def update(self, old: Row, new: Row) -> None:
         if old != new:

@@ -20,7 +20,7 @@ import functools
 import hashlib
 import json
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -164,6 +164,12 @@ def delta_text(changes: tuple[RowChange, ...]) -> str:
     so key order does not arise and one plain encoding is the canonical one."""
     return _encode_flat([[c.table, [row_values(r) for r in c.deletes], [row_values(r) for r in c.inserts]]
                          for c in changes])
+
+
+def delta_text_of(parts: list[tuple[str, Sequence[Row], Sequence[Row]]]) -> str:
+    """:func:`delta_text` of the delta given as ``(table, deletes, inserts)`` triples, in order."""
+    return _encode_flat([[t, [row_values(r) for r in deletes], [row_values(r) for r in inserts]]
+                         for t, deletes, inserts in parts])
 
 
 @functools.lru_cache(maxsize=1024)
