@@ -152,6 +152,8 @@ def args_json(args: tuple[Any, ...]) -> list[Any]:
 
 def args_from_json(values: list[Any]) -> tuple[Any, ...]:
     """Reducer arguments are flat: an array argument (``Vec<..>``) is the only list, and a tuple."""
+    if list not in map(type, values):  # most calls have no array argument (JSON gives exact lists)
+        return tuple(values)
     return tuple(tuple(v) if isinstance(v, list) else v for v in values)
 
 

@@ -563,8 +563,12 @@ class StreamLog:
         self._tbase = tbase
         self._tfill = len(live)
         mask = size - 1
-        for p in live:
-            perturb = hash(self._key_bytes(p)) & _U64
+        chunks, datas = self._cols, self._data
+        for p in live:  # _key_bytes(p), inline: a rebuild reads every live key
+            cols = chunks[p >> CHUNK_BITS]
+            j = (p & _IN_CHUNK) * _STRIDE
+            start = (cols[j - _STRIDE] if j else 0) + 32
+            perturb = hash(bytes(datas[p >> CHUNK_BITS][start:start + (cols[j + 3] & _KEY_MASK)])) & _U64
             i = perturb & mask
             while table[i]:
                 perturb >>= 5
