@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from typing import Any
 
 from reference.eventlog import StreamLog
@@ -37,6 +38,18 @@ def _key_getter(columns: tuple[str, ...]) -> Callable[[Row], tuple[object, ...]]
         one = operator.attrgetter(columns[0])
         return lambda row: (one(row),)
     return operator.attrgetter(*columns)  # type: ignore[return-value]
+
+
+_FIELDS: dict[type, Callable[[Row], tuple[object, ...]]] = {
+    t.row_type: operator.attrgetter(*(f.name for f in fields(t.row_type))) for t in TABLES}
+
+def _differ(old: Row, new: Row) -> bool:
+    """``old != new`` as the rows' dataclass equality has it (the same type and equal fields), the
+    fields read by one ``attrgetter`` each instead of two tuples built in Python."""
+    get = _FIELDS.get(type(old))
+    if get is None or type(new) is not type(old):
+        return bool(old != new)
+    return bool(get(old) != get(new))
 
 
 KEY_OF: dict[str, Callable[[Row], tuple[object, ...]]] = {
@@ -167,7 +180,7 @@ class Txn:
         self.deletes.setdefault(table, []).append(row)
 
     def update(self, old: Row, new: Row) -> None:
-        if old != new:
+        if _differ(old, new):
             self.delete(old)
             self.insert(new)
 

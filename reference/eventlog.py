@@ -226,7 +226,7 @@ class StreamLog:
         in field order -- ``reference.log.row_values`` of each row -- read from the columns without
         building the rows (a snapshot writes these)."""
         n = self._size - self._head
-        stop = n if stop is None else min(stop, n)
+        start, stop = max(0, start), (n if stop is None else min(stop, n))
         out: list[tuple[object, ...]] = []
         if start >= stop:
             return out

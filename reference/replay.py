@@ -100,14 +100,17 @@ def delta_of(tx: Txn) -> tuple[RowChange, ...]:
     return tuple(RowChange(t, tuple(tx.deletes.get(t, ())), tuple(tx.inserts.get(t, ()))) for t in tables)
 
 
-_PERSISTENT = tuple(t for t, table in TABLE_BY_NAME.items() if not table.event)
+_ORDER = {t: i for i, t in enumerate(TABLE_BY_NAME)}  # delta_of's table order
 
 
 def _delta_text(tx: Txn) -> str:
     """``delta_text(delta_of(tx))``, written from the transaction's lists without building the
     :class:`RowChange` values (they are needed only to explain a difference)."""
     dels, ins = tx.deletes, tx.inserts
-    return delta_text_of([(t, dels.get(t, ()), ins.get(t, ())) for t in _PERSISTENT if dels.get(t) or ins.get(t)])
+    tables = ins.keys() | dels.keys()  # every table written to (a list may have emptied again)
+    if len(tables) > 1:
+        tables = sorted(tables, key=_ORDER.__getitem__)
+    return delta_text_of([(t, dels.get(t, ()), ins.get(t, ())) for t in tables if dels.get(t) or ins.get(t)])
 
 
 def _type_check(t: SatsType) -> Callable[[object], bool]:
@@ -312,8 +315,10 @@ def verify_log(data_dir: str | os.PathLike[str],
         with store.read_snapshot():  # safe against a server that is still committing
             stored = store.load_policy()
             policy = stored if stored is not None else DEFAULT_POLICY
-            stored_records = store.count()
-            records: Iterable[TxRecord] = _batched(store.iter_records(rows=False))  # deltas compared as text
+            # the progress report needs the count first; else a replay that reads every record has
+            # counted them (the same read transaction), and the table is counted only if it stops
+            stored_records = store.count() if on_record is not None else -1
+            records: Iterable[TxRecord] = _batched(store.iter_records(rows=False), READ_BATCH)  # deltas as text
             if on_record is not None:
                 records = _told(records, stored_records, on_record)
             checks: dict[str, SnapshotCheck] = {}
@@ -379,6 +384,8 @@ def verify_log(data_dir: str | os.PathLike[str],
                 if name not in checks and (not isinstance(held, bytes) or decoded(offset, name, held) is not None):
                     checks[name] = SnapshotCheck(name, offset, "unreached",
                                                  f"past the {result.records} records replayed")
+            if stored_records < 0:
+                stored_records = result.records if result.mismatch is None else store.count()
             _, stored_digest = store.last()
             return VerifyReport(result.records, result.digest, stored_records, stored_digest,
                                 "stored" if stored is not None else "default", store.clean_at_open,
