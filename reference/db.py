@@ -37,7 +37,7 @@ def _key_getter(columns: tuple[str, ...]) -> Callable[[Row], tuple[object, ...]]
     if len(columns) == 1:
         one = operator.attrgetter(columns[0])
         return lambda row: (one(row),)
-    return operator.attrgetter(*columns)  # type: ignore[return-value]
+    return operator.attrgetter(*columns)
 
 
 _FIELDS: dict[type, Callable[[Row], tuple[object, ...]]] = {

@@ -182,7 +182,7 @@ def _claims(text: str) -> Claims | None:
     return claims_from_json(json.loads(text))
 
 
-_scan_json = json.JSONDecoder().scan_once
+_scan_json: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _json_array(text: str) -> Any:

@@ -100,17 +100,10 @@ def delta_of(tx: Txn) -> tuple[RowChange, ...]:
     return tuple(RowChange(t, tuple(tx.deletes.get(t, ())), tuple(tx.inserts.get(t, ()))) for t in tables)
 
 
-_ORDER = {t: i for i, t in enumerate(TABLE_BY_NAME)}  # delta_of's table order
-
-
 def _delta_text(tx: Txn) -> str:
     """``delta_text(delta_of(tx))``, written from the transaction's lists without building the
     :class:`RowChange` values (they are needed only to explain a difference)."""
-    dels, ins = tx.deletes, tx.inserts
-    tables = ins.keys() | dels.keys()  # every table written to (a list may have emptied again)
-    if len(tables) > 1:
-        tables = sorted(tables, key=_ORDER.__getitem__)
-    return delta_text_of([(t, dels.get(t, ()), ins.get(t, ())) for t in tables if dels.get(t) or ins.get(t)])
+    return delta_text_of(tx.deletes, tx.inserts)
 
 
 def _type_check(t: SatsType) -> Callable[[object], bool]:

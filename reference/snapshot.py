@@ -139,9 +139,9 @@ def _chunks(image: Image) -> Iterator[str]:
             yield _ENC.encode(["sync_event", sid, floor, []])
         for i in range(0, len(events), CHUNK_ROWS):
             # a captured log's rows are read from its columns as values, never built as rows
-            rows = events.values(i, i + CHUNK_ROWS) if isinstance(events, EventSeq) else \
+            values = events.values(i, i + CHUNK_ROWS) if isinstance(events, EventSeq) else \
                 [row_values(e) for e in events[i:i + CHUNK_ROWS]]
-            yield _ENC.encode(["sync_event", sid, floor, rows])
+            yield _ENC.encode(["sync_event", sid, floor, values])
 
 
 def encode(image: Image) -> Iterator[bytes]:
