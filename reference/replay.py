@@ -14,7 +14,9 @@ whose behaviour has drifted since the log was written all stop replay at the off
 The comparison is of texts: the re-executed delta's canonical JSON against the stored delta text
 (equal texts are equal deltas -- the encoding is injective on row values -- and a stored text that
 is not canonical is a difference too); the stored rows are decoded only to say what differs.  The
-hash is then recomputed over that re-executed text.
+hash is then recomputed over that re-executed text.  Likewise each snapshot file is first compared,
+byte for byte, with the file this build writes of the replayed state at its offset, and decoded
+(and compared row by row) only if it is not that file.
 
 Reducers need the stream policy (payload limits, retention, bridge kinds); replay uses the one
 stored in the data directory, else :data:`spec.policy.DEFAULT_POLICY`.  The recovery action's
