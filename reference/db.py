@@ -43,6 +43,7 @@ def _key_getter(columns: tuple[str, ...]) -> Callable[[Row], tuple[object, ...]]
 _FIELDS: dict[type, Callable[[Row], tuple[object, ...]]] = {
     t.row_type: operator.attrgetter(*(f.name for f in fields(t.row_type))) for t in TABLES}
 
+
 def _differ(old: Row, new: Row) -> bool:
     """``old != new`` as the rows' dataclass equality has it (the same type and equal fields), the
     fields read by one ``attrgetter`` each instead of two tuples built in Python."""
@@ -138,9 +139,9 @@ class Txn:
         self.undo: list[tuple[str, Any]] = []  # ("ins"|"del", row) or ("relabel", (stream, old, new)), as applied
         self.deletes: dict[str, list[Row]] = {}
         self.inserts: dict[str, list[Row]] = {}
-        # how many of each row ``inserts`` holds, so delete tests it in O(1); built by the first
-        # delete from a table this transaction has inserted into (most never do: an append hashes
-        # no row for it)
+        # how many of each row ``inserts`` holds, so delete tests it in O(1); built by the first delete
+        # that follows an insert (an append deletes its stream row before it inserts anything, and
+        # hashing every inserted row by value for nothing was a visible share of its cost)
         self._inserted: dict[Row, int] | None = None
         self.events: dict[str, list[Row]] = {}
         self.old_epoch_floor = db.epoch_floor
@@ -154,8 +155,9 @@ class Txn:
         self.db._insert(row)
         self.undo.append(("ins", row))
         self.inserts.setdefault(table, []).append(row)
-        if self._inserted is not None:
-            self._inserted[row] = self._inserted.get(row, 0) + 1
+        inserted = self._inserted
+        if inserted is not None:
+            inserted[row] = inserted.get(row, 0) + 1
 
     def delete(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
@@ -164,20 +166,21 @@ class Txn:
         # a row inserted earlier in this transaction leaves the inserts instead of joining the
         # deletes; the count keeps that test O(1) (a recovery updates every assignment and
         # provider row in one transaction: a list scan per delete was quadratic in them)
-        inserted = self.inserts.get(table)
-        if inserted:
-            counts = self._inserted
-            if counts is None:
-                counts = self._inserted = {}
-                for rows in self.inserts.values():
-                    for r in rows:
-                        counts[r] = counts.get(r, 0) + 1
-            count = counts.get(row, 0)
-            if count:
-                counts[row] = count - 1
-                inserted.remove(row)
+        inserted = self._inserted
+        if inserted is None:
+            if not self.inserts:  # nothing inserted yet: nothing to count
+                self.deletes.setdefault(table, []).append(row)
                 return
-        self.deletes.setdefault(table, []).append(row)
+            inserted = self._inserted = {}
+            for rows in self.inserts.values():
+                for held in rows:
+                    inserted[held] = inserted.get(held, 0) + 1
+        count = inserted.get(row, 0)
+        if count:
+            inserted[row] = count - 1
+            self.inserts[table].remove(row)
+        else:
+            self.deletes.setdefault(table, []).append(row)
 
     def update(self, old: Row, new: Row) -> None:
         if _differ(old, new):
