@@ -747,7 +747,8 @@ class Engine:
             conn, request_id, ret = reply
             self._send(conn, offset, ReducerResult(request_id, offset, ReducerOk(ret, tuple(by_conn.pop(conn.conn_id,
                                                                                                          [])))))
-        shared: dict[tuple[int, ...], tuple[TransactionUpdate, int | None]] = {}
+        # receivers of equal updates share one TransactionUpdate, sized once, in one Outbound
+        shared: dict[tuple[int, ...], tuple[Outbound, int | None]] = {}
         for conn_id, updates in by_conn.items():
             target = self.conns.get(conn_id)
             if target is None:
@@ -760,8 +761,8 @@ class Engine:
                     size: int | None = self._fits(message)
                 except SyncError:  # _send closes each receiver with the error (policy)
                     size = None
-                hit = shared[ids] = (message, size)
-            self._send(target, offset, hit[0], hit[1])
+                hit = shared[ids] = (Outbound(offset, message), size)
+            self._send(target, offset, hit[0].message, hit[1], hit[0])
 
     def _shape_candidates(self, table: str, inserts: list[Row], deletes: list[Row]
                           ) -> Iterator[tuple[Shape, list[Row], list[Row]]]:
@@ -784,11 +785,13 @@ class Engine:
             for shape in list(index.get(sid, {}).values()):
                 yield shape, ins, dels
 
-    def _send(self, conn: Connection, offset: int, message: ServerMessage, size: int | None = None) -> None:
+    def _send(self, conn: Connection, offset: int, message: ServerMessage, size: int | None = None,
+              out: Outbound | None = None) -> None:
         """Queue ``message``; past ``max_queue`` messages or ``max_outbound_bytes`` the client is a
         slow consumer.  An update over the one-message bound closes the connection (policy): it
         cannot be split without breaking the transaction's atomicity, and must never be sent
-        undecodable; the client resubscribes."""
+        undecodable; the client resubscribes.  ``out``: the queue entry to append (the receivers
+        of one shared update share one), else one is made."""
         if conn.conn_id not in self.conns:
             return
         if size is None:
@@ -797,7 +800,7 @@ class Engine:
             except SyncError as err:
                 self.close(conn.conn_id, f"{CLOSE_POLICY}: {err.render()}")
                 return
-        conn.outbound.append(Outbound(offset, message))
+        conn.outbound.append(Outbound(offset, message) if out is None else out)
         conn.sizes.append(size)
         conn.outbound_bytes += size
         if len(conn.outbound) > self.max_queue or (
@@ -817,6 +820,37 @@ class Engine:
         conn = self.conns[conn_id]
         conn.outbound_bytes -= conn.sizes.popleft()
         return conn.outbound.popleft()
+
+    @contracts.hot
+    @icontract.require(lambda most: most >= 0)
+    @icontract.ensure(lambda self, conn_id, result: all(
+        not self.conns[conn_id].confirmed or out.offset <= self.durable for out in result)
+        if conn_id in self.conns else not result, "only released messages are taken")
+    def take(self, conn_id: int, most: int, max_bytes: int, used: int = 0) -> list[Outbound]:
+        """Pop one turn of released messages, in queue order: at most ``most`` of them, stopping
+        before one whose estimated size would take ``used`` plus the sizes taken past ``max_bytes``
+        -- except that a turn that has nothing yet (``used`` 0, nothing taken) takes its first
+        message whatever its size.  The same messages, in the same order, as :meth:`pop` called
+        while :meth:`releasable` and the size bound allow, in one call per turn (ADR-0018)."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return []
+        queue, sizes = conn.outbound, conn.sizes
+        durable = self.durable if conn.confirmed else None
+        out: list[Outbound] = []
+        total = used
+        while queue and len(out) < most:
+            head = queue[0]
+            if durable is not None and head.offset > durable:
+                break
+            size = sizes[0]
+            if total + size > max_bytes and (out or used):
+                break
+            total += size
+            out.append(queue.popleft())
+            sizes.popleft()
+        conn.outbound_bytes -= total - used
+        return out
 
     def next_size(self, conn_id: int) -> int:
         """The estimated encoded size of the next queued message (0 when nothing is queued)."""

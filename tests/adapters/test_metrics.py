@@ -224,6 +224,40 @@ def test_a_lagging_v3_subscriber_gets_its_backlog_in_few_frames(st: ServerThread
     v2.close()
 
 
+def test_a_lagging_v2_subscriber_gets_its_backlog_in_fewer_writes(st: ServerThread) -> None:
+    """Ten updates held back (confirmed reads, the writer at the gate) reach a v2 subscriber as
+    ten frames, in order, none lost -- written in fewer transport writes than frames (a turn's
+    frames share a write, ADR-0018), as ``syncref_socket_writes_total`` counts."""
+    tok = st.token()
+    gate = Gate(st)
+    v2 = WireClient(st, tok, version=2)
+    assert isinstance(v2.subscribe(1, SUB), wire.SubscribeApplied)
+    v2.frames.clear()
+    before = scrape(st)
+    gate.open.clear()
+    writers = [threading.Thread(target=lambda i=i: append(st, tok, f"w{i}")) for i in range(10)]
+    for w in writers:
+        w.start()
+    wait_for(lambda: st.call(lambda: st.server.engine.committed) >= 10, "ten commits held back")
+    gate.open.set()
+    for w in writers:
+        w.join(20)
+    seqs = []
+    for _ in range(10):
+        update = v2.recv()
+        assert isinstance(update, wire.TransactionUpdate)
+        seqs.extend(row.seq for row in wire_rows(update.query_sets[0].tables[0]))
+    assert seqs == list(range(1, 11))
+    assert len(v2.frames) == 10
+    after = scrape(st)
+    frames = value(after, "syncref_frames_sent_total") - value(before, "syncref_frames_sent_total")
+    writes = value(after, "syncref_socket_writes_total") - value(before, "syncref_socket_writes_total")
+    assert frames == 10 and 1 <= writes < 10, (frames, writes)
+    assert value(after, "syncref_bytes_sent_total") - value(before, "syncref_bytes_sent_total") == sum(
+        map(len, v2.frames))
+    v2.close()
+
+
 def wire_rows(table: wire.TableUpdate) -> list[Any]:
     rows: list[Any] = []
     for part in table.rows:
