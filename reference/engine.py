@@ -130,6 +130,9 @@ class Shape:
     subscribers: dict[tuple[int, int], int] = field(default_factory=dict)  # (conn, qs) -> refcount
     pin: str | None = None  # the stream it is pinned to: only that stream's rows are matched
     probe: q.Query | None = None  # the query with its equalities first, for matching
+    # subscribers grouped by the filter key of their claims for the shape's table (the fanout's
+    # row filter runs once per group); None: to be rebuilt, as after every change of subscribers
+    groups: dict[Hashable, list[tuple[int, int]]] | None = None
 
     def __post_init__(self) -> None:
         self.pin = _pin(self.query)
@@ -415,6 +418,7 @@ class Engine:
                 self.shapes_by_pin.setdefault(query.table, {}).setdefault(shape.pin, {})[key] = shape
             sub = (conn.conn_id, msg.query_set_id)
             shape.subscribers[sub] = shape.subscribers.get(sub, 0) + 1
+            shape.groups = None
         self._send(conn, self.committed, applied, size)
 
     def _fits(self, message: ServerMessage) -> int:
@@ -434,6 +438,7 @@ class Engine:
                 continue
             key = (conn.conn_id, qs_id)
             shape.subscribers[key] -= 1
+            shape.groups = None
             if shape.subscribers[key] == 0:
                 del shape.subscribers[key]
             if not shape.subscribers:
@@ -698,19 +703,25 @@ class Engine:
                 if not ins and not dels:
                     continue
                 # the row filter reads only part of the claims (spec.auth.filter_key): subscribers
-                # whose claims agree on it see the same rows, so it runs once per filter key
-                visible: dict[Hashable, tuple[tuple[Row, ...], tuple[Row, ...]]] = {}
-                for key in shape.subscribers:
-                    claims = self.conns[key[0]].claims
-                    fkey = filter_key(claims, table)
-                    seen = visible.get(fkey)
-                    if seen is None:
-                        seen_ins = [can_read(claims, row) for row in ins]
-                        seen_dels = [can_read(claims, row) for row in dels]
-                        seen = visible[fkey] = (
-                            ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
+                # whose claims agree on it see the same rows, so it runs once per filter key, on
+                # the shape's subscribers grouped by key (kept until they change)
+                groups = shape.groups
+                if groups is None:
+                    groups = shape.groups = {}
+                    for key in shape.subscribers:
+                        groups.setdefault(filter_key(self.conns[key[0]].claims, table), []).append(key)
+                for keys in groups.values():
+                    claims = self.conns[keys[0][0]].claims
+                    seen_ins = [can_read(claims, row) for row in ins]
+                    seen_dels = [can_read(claims, row) for row in dels]
+                    seen = (table, ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
                             dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels)))
-                    per_client.setdefault(key, []).append((table, seen[0], seen[1]))
+                    for key in keys:
+                        found = per_client.get(key)
+                        if found is None:
+                            per_client[key] = [seen]
+                        else:
+                            found.append(seen)
 
         def in_tx_order(rows: Iterable[Row]) -> tuple[Row, ...]:
             return tuple(sorted(dict.fromkeys(rows), key=lambda row: order[id(row)]))
@@ -718,6 +729,7 @@ class Engine:
         by_conn: dict[int, list[QuerySetUpdate]] = {}
         shared_rows: dict[tuple[str, int, int], TableRows] = {}
         shared_sets: dict[tuple[int, ...], QuerySetUpdate] = {}
+        single: dict[tuple[int, int], QuerySetUpdate] = {}  # (qs id, id of the one matched part) -> update
         for (conn_id, qs_id) in sorted(per_client):
             found = per_client[(conn_id, qs_id)]
             if len(found) > 1 and len({part[0] for part in found}) < len(found):
@@ -729,6 +741,28 @@ class Engine:
                     both[0].extend(i)
                     both[1].extend(d)
                 found = [(t, in_tx_order(i), in_tx_order(d)) for t, (i, d) in merged.items()]
+            if len(found) == 1:  # the common case: one shape of the query set matched
+                only = found[0]
+                update = single.get((qs_id, id(only)))
+                if update is None:
+                    t, i, d = only
+                    if not (i or d):
+                        continue
+                    rows_key = (t, id(i), id(d))
+                    part = shared_rows.get(rows_key)
+                    if part is None:
+                        part = shared_rows[rows_key] = TableRows(t, i, d, TABLE_BY_NAME[t].event)
+                    set_key = (qs_id, id(part))
+                    update = shared_sets.get(set_key)
+                    if update is None:
+                        update = shared_sets[set_key] = QuerySetUpdate(qs_id, (part,))
+                    single[(qs_id, id(only))] = update
+                updates = by_conn.get(conn_id)
+                if updates is None:
+                    by_conn[conn_id] = [update]
+                else:
+                    updates.append(update)
+                continue
             parts: list[TableRows] = []
             for t, i, d in sorted(found, key=lambda part: part[0]):
                 if i or d:
@@ -753,7 +787,7 @@ class Engine:
             target = self.conns.get(conn_id)
             if target is None:
                 continue
-            ids = tuple(map(id, updates))
+            ids = (id(updates[0]),) if len(updates) == 1 else tuple(map(id, updates))
             hit = shared.get(ids)
             if hit is None:
                 message = TransactionUpdate(offset, tuple(updates))
