@@ -387,6 +387,7 @@ class SyncServer:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
         self._commits = CommitClock()
+        self._records_queued = False  # records handed to the writer since it was last woken
         self._delivered: dict[int, int] = {}  # commit offset -> messages from it handed to sockets, not yet observed
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
         self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
@@ -659,6 +660,7 @@ class SyncServer:
                 # queued now, the writer woken once at the end of this loop iteration: the commits
                 # of one iteration (several connections' calls) share a wakeup and a COMMIT
                 self._writer.append(records, wake=False)
+                self._records_queued = True
             except Exception as exc:
                 # Records the writer refuses can never become durable: nothing more may be
                 # acknowledged.  Fail as a write failure does (503s, closes, serve exits 1) rather
@@ -680,7 +682,8 @@ class SyncServer:
         (:meth:`_write_now`), else by its sender task.  Deferring this to the end of the
         iteration lets a v3 connection's replies to one frame go out in one frame."""
         self._deliver_scheduled = False
-        if self._writer is not None:
+        if self._writer is not None and self._records_queued:  # only new records need the writer woken
+            self._records_queued = False
             self._writer.wake()
         engine = self._engine
         if engine is None:

@@ -293,3 +293,74 @@ def test_frames_written_directly_decode_at_every_length(st: ServerThread, pad: i
     assert all(c.frames == subs[0].frames for c in subs)
     for c in subs:
         c.close()
+
+
+def parse_ws_frames(data: bytes) -> tuple[list[bytes], bytes]:
+    """Unmasked server frames (RFC 6455 §5.2) from ``data``: the whole binary frames' payloads
+    and the bytes of an incomplete last frame."""
+    import struct
+    out: list[bytes] = []
+    while len(data) >= 2:
+        assert data[0] == 0x82, f"not a final binary frame: {data[:2]!r}"
+        n, head = data[1], 2
+        if n == 126:
+            if len(data) < 4:
+                break
+            n, head = struct.unpack("!H", data[2:4])[0], 4
+        elif n == 127:
+            if len(data) < 10:
+                break
+            n, head = struct.unpack("!Q", data[2:10])[0], 10
+        if len(data) < head + n:
+            break
+        out.append(data[head:head + n])
+        data = data[head + n:]
+    return out, data
+
+
+N_SLOW = 100
+
+
+def test_a_subscriber_that_reads_slowly_gets_its_backlog_in_order_through_its_sender(tmp_path: Path) -> None:
+    """A v2 subscriber whose socket stops taking frames falls back to its sender task: the sender
+    writes whole turns (several frames per transport write once a backlog built up), waits for the
+    peer under ``send_timeout_s``, and every update arrives once, in order, when the peer reads."""
+    from support.server import RawSocketClient
+
+    with running_server(tmp_path) as st:
+        turns: list[tuple[bool, int]] = []  # (written by the sender task?, frames) per turn
+        plain_turn = st.server._turn
+
+        def spy(s: Any) -> Any:
+            result = plain_turn(s)
+            if result is not None and result[0]:
+                turns.append((s.busy, len(result[0])))
+            return result
+
+        st.server._turn = spy  # type: ignore[method-assign]
+        slow = RawSocketClient(st, st.token(), rcvbuf=4096)  # reads nothing until the end
+        slow.send(wire.Subscribe(1, 1, (SUB,)))
+        tok = st.token()
+        payload = json.dumps({"pad": "z" * 60_000})  # 6 MB in all: more than the kernel's buffers take
+        for i in range(N_SLOW):
+            assert call_http(st, tok, "append_sync_event", [S, f"slow{i}", payload, {"none": []},
+                                                            {"none": []}]).status == 200
+        seqs: list[int] = []
+        rest = b""
+        deadline = time.monotonic() + 60
+        while len(seqs) < N_SLOW and time.monotonic() < deadline:
+            try:
+                chunk = slow.sock.recv(1 << 20)
+            except TimeoutError:
+                continue
+            assert chunk, "the server closed the connection"
+            frames, rest = parse_ws_frames(rest + chunk)
+            for frame in frames:
+                for msg in wire.decode_server_frame(frame, 2):
+                    if isinstance(msg, wire.TransactionUpdate):
+                        seqs.extend(row.seq for row in wire_rows(msg.query_sets[0].tables[0]))
+        assert seqs == list(range(1, N_SLOW + 1))
+        by_sender = [n for busy, n in turns if busy]
+        assert by_sender, "the sender task never wrote: the socket took everything directly"
+        assert max(by_sender) > 1, turns
+        slow.close()
