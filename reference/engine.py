@@ -752,10 +752,10 @@ class Engine:
                     part = shared_rows.get(rows_key)
                     if part is None:
                         part = shared_rows[rows_key] = TableRows(t, i, d, TABLE_BY_NAME[t].event)
-                    set_key = (qs_id, id(part))
-                    update = shared_sets.get(set_key)
+                    one_key: tuple[int, ...] = (qs_id, id(part))
+                    update = shared_sets.get(one_key)
                     if update is None:
-                        update = shared_sets[set_key] = QuerySetUpdate(qs_id, (part,))
+                        update = shared_sets[one_key] = QuerySetUpdate(qs_id, (part,))
                     single[(qs_id, id(only))] = update
                 updates = by_conn.get(conn_id)
                 if updates is None:

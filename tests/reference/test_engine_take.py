@@ -115,3 +115,32 @@ def test_receivers_of_one_update_share_its_queue_entry() -> None:
     eng.handle(writer, CallReducer(1, "append_sync_event", ("s", "k", "{}", None, None)))
     entries = [eng.conns[sub].outbound[0] for sub in subs]
     assert all(entry is entries[0] for entry in entries)
+
+
+def test_the_postcondition_refuses_an_unreleased_message() -> None:
+    """The contract on ``take`` can fail: a queue that shows one message at its head but hands
+    out another, not yet durable, makes ``take`` return an unreleased message -- refused."""
+    import collections
+
+    import icontract
+
+    from spec import contracts
+    assert contracts.hot_enabled()  # the suite runs the hot-path contracts (tests/conftest.py)
+    eng = Engine()
+    sub = eng.connect(ADMIN, confirmed=True)
+    eng.handle(sub, Subscribe(1, 1, ("SELECT * FROM sync_event",)))
+    eng.advance_durable(eng.committed)
+    eng.take(sub, 10, 1 << 30)
+    writer = eng.connect(ADMIN, confirmed=False)
+    eng.handle(writer, CallReducer(1, "append_sync_event", ("s", "k", "{}", None, None)))
+    conn = eng.conns[sub]
+    (queued,) = conn.outbound
+    assert queued.offset > eng.durable
+
+    class Lying(collections.deque[Outbound]):
+        def __getitem__(self, i: object) -> Outbound:  # type: ignore[override]
+            return Outbound(eng.durable, queued.message)  # looks released
+
+    conn.outbound = Lying(conn.outbound)
+    with pytest.raises(icontract.ViolationError, match="only released messages are taken"):
+        eng.take(sub, 10, 1 << 30)
