@@ -389,6 +389,10 @@ class SyncServer:
         self._commits = CommitClock()
         self._records_queued = False  # records handed to the writer since it was last woken
         self._delivered: dict[int, int] = {}  # commit offset -> messages from it handed to sockets, not yet observed
+        # v3 turns of shared updates built in this pass: (compression, their ids) -> (the updates,
+        # the frames, their payload bytes); the updates are kept so an id is never reused meanwhile
+        self._v3_turns: dict[tuple[wire.Compression, tuple[int, ...]],
+                             tuple[tuple[m.ServerMessage, ...], list[bytes], int]] = {}
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
         self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
         self.metrics.registry.register(StateCollector(self._state_metrics))
@@ -1291,6 +1295,9 @@ class SyncServer:
         delivered = self._delivered
         bound = self.config.limits.max_outbound_message_bytes
         shared = 0
+        # v3: a turn of shared updates only is one frame every receiver of the same updates gets:
+        # built (and compressed) once per pass, found by the updates' identities
+        v3_key: tuple[int, ...] | None = () if v3 and not taken else None
         for out in outs:
             message = out.message
             entry = cache.get(id(message)) if type(message) is m.TransactionUpdate else None
@@ -1309,6 +1316,8 @@ class SyncServer:
                 return None
             if v3:
                 bodies.append(body)
+                if v3_key is not None:
+                    v3_key = (*v3_key, id(message)) if entry is not None else None
             elif entry is not None:
                 data = entry.wire.get(compression)
                 if data is None:
@@ -1326,15 +1335,25 @@ class SyncServer:
             sends.encode_hits += shared
             sends.messages["TransactionUpdate"] = sends.messages.get("TransactionUpdate", 0) + shared
         if v3:
-            for body in wire.batch_v3(bodies):
-                frame = wire.frame_server(body, compression)
-                frames.append(ws_binary_frame(frame))
-                payload += len(frame)
+            turn_key = None if v3_key is None else (compression, v3_key)
+            made = None if turn_key is None else self._v3_turns.get(turn_key)
+            if made is not None and all(a is b.message for a, b in zip(made[0], outs, strict=True)):
+                frames.extend(made[1])
+                payload += made[2]
+            else:
+                start, before = len(frames), payload
+                for body in wire.batch_v3(bodies):
+                    frame = wire.frame_server(body, compression)
+                    frames.append(ws_binary_frame(frame))
+                    payload += len(frame)
+                if turn_key is not None:
+                    self._v3_turns[turn_key] = (tuple(out.message for out in outs), frames[start:], payload - before)
         return frames, payload
 
     def _flush_delivered(self) -> None:
         """Observe the fanout latency of the messages handed to sockets since the last flush:
         once per commit offset, weighted by how many receivers got a message derived from it."""
+        self._v3_turns.clear()
         delivered = self._delivered
         if not delivered:
             return

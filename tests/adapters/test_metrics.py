@@ -364,3 +364,53 @@ def test_a_subscriber_that_reads_slowly_gets_its_backlog_in_order_through_its_se
         assert by_sender, "the sender task never wrote: the socket took everything directly"
         assert max(by_sender) > 1, turns
         slow.close()
+
+
+@pytest.mark.parametrize("held", [1, 10])
+def test_v3_subscribers_of_the_same_updates_share_each_turns_frame(st: ServerThread, monkeypatch: Any,
+                                                                    held: int) -> None:
+    """Three v3 subscribers (gzip: every body here is over the compression threshold) get the
+    same updates: each turn's frame is built and compressed once for all three (ADR-0018), and
+    each subscriber decodes every update, in order -- one update per turn when they keep up, a
+    coalesced backlog when ``held`` updates wait for durability together."""
+    from adapters import server as server_module
+
+    tok = st.token()
+    gate = Gate(st)
+    subs = [WireClient(st, tok, version=3, compression="Gzip") for _ in range(3)]
+    for c in subs:
+        assert isinstance(c.subscribe(1, SUB), wire.SubscribeApplied)
+        c.frames.clear()
+    framed: list[int] = []
+    plain = wire.frame_server
+
+    def counting(body: bytes, compression: wire.Compression) -> bytes:
+        framed.append(len(body))
+        return plain(body, compression)
+
+    monkeypatch.setattr(server_module.wire, "frame_server", counting)
+    payload = json.dumps({"pad": "q" * 3000})
+    if held > 1:
+        gate.open.clear()
+    writers = [threading.Thread(target=lambda i=i: call_http(
+        st, tok, "append_sync_event", [S, f"v3s{i}", payload, {"none": []}, {"none": []}])) for i in range(held)]
+    for w in writers:
+        w.start()
+    if held > 1:
+        wait_for(lambda: st.call(lambda: st.server.engine.committed) >= held, "updates held back")
+        gate.open.set()
+    for w in writers:
+        w.join(20)
+    for c in subs:
+        seqs = []
+        while len(seqs) < held:
+            update = c.recv()
+            assert isinstance(update, wire.TransactionUpdate)
+            seqs.extend(row.seq for row in wire_rows(update.query_sets[0].tables[0]))
+        assert sorted(seqs) == seqs and len(set(seqs)) == held
+    assert subs[0].frames == subs[1].frames == subs[2].frames
+    assert len(framed) == len(subs[0].frames), (framed, len(subs[0].frames))  # once per frame, not per receiver
+    if held > 1:
+        assert len(subs[0].frames) < held  # coalesced
+    for c in subs:
+        c.close()
