@@ -404,3 +404,85 @@ def test_txn_delta_nets_a_row_inserted_then_deleted_and_keeps_other_deletes() ->
     assert tx.inserts == {"compute_assignment": [ca("r1", 2), ca("r2", 8)]}
     assert {r.request_id: r.version for r in db.pk["compute_assignment"].values()  # type: ignore[attr-defined]
             } == {"r1": 2, "r2": 8}
+
+
+# --- reference/eventlog.py: the column store ---------------------------------------------------------
+
+I64_MAX = 2**63 - 1
+
+
+def test_a_row_is_stored_in_the_columns_up_to_their_edges_and_whole_past_them() -> None:
+    # the columns hold 64-bit signed integers; a row past them is kept whole (a SyncEvent from
+    # columns()) and still comes back exactly
+    base = ev(1)
+    cases = [
+        ({}, True),
+        ({"committed_at": I64_MAX}, True),
+        ({"committed_at": -(2**63)}, True),
+        ({"committed_at": I64_MAX + 1}, False),
+        ({"committed_at": -(2**63) - 1}, False),
+        ({"tx_offset": 0}, True),
+        ({"tx_offset": I64_MAX}, True),
+        ({"tx_offset": I64_MAX + 1}, False),
+        ({"tx_offset": -1}, False),
+        ({"payload_hash": "sha256:" + "A" * 64}, False),  # upper-case hex would come back lower-case
+        ({"payload_hash": "sha256:" + "a" * 63}, False),
+    ]
+    for change, in_columns in cases:
+        row = replace(base, **change)  # type: ignore[arg-type]
+        log = StreamLog("s", 1)
+        log.append(row)
+        assert list(log.events) == [row], change
+        (stored,) = log.retained_rows(0, row.epoch).columns()
+        assert isinstance(stored, tuple) is in_columns, change
+        if in_columns:
+            assert stored[6:] == (row.committed_at, row.tx_offset), change
+
+
+def test_the_events_sequence_equals_a_list_only_of_the_same_rows() -> None:
+    log = StreamLog.of("s", 1, [ev(1), ev(2)])
+    assert log.events == [ev(1), ev(2)] and log.events == (ev(1), ev(2))
+    assert log.events != [ev(1), ev(2, key="other")]  # same length, another row
+    assert log.events != [ev(1)] and log.events != [ev(1), ev(2), ev(3)]
+    assert log.events == StreamLog.of("s", 1, [ev(1), ev(2)]).events
+
+
+def test_reading_past_the_retained_rows_raises_index_error() -> None:
+    log = StreamLog.of("s", 4, [ev(4), ev(5), ev(6)])
+    assert (log.events[0].seq, log.events[-1].seq, log.events[-3].seq) == (4, 6, 4)
+    rows = log.retained_rows(4, 1)  # seqs 5 and 6
+    assert (rows[0].seq, rows[1].seq, rows[-1].seq, rows[-2].seq) == (5, 6, 6, 5)
+    for seq_view in (log.events, rows):
+        for i in (len(seq_view), len(seq_view) + 5, -len(seq_view) - 1):
+            with pytest.raises(IndexError, match="^event index out of range$"):
+                seq_view[i]
+
+
+def test_a_stream_refuses_more_producers_than_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import reference.eventlog as eventlog
+
+    monkeypatch.setattr(eventlog, "_PRODUCER_LIMIT", 2)  # 2^40 in production
+    log = StreamLog("s", 1)
+    log.append(replace(ev(1), producer="a" * 64))
+    log.append(replace(ev(2), producer="b" * 64))
+    log.append(replace(ev(3), producer="a" * 64))  # a known producer takes no new number
+    with pytest.raises(LocalProtocolError, match="^too many producers in one stream$"):
+        log.append(replace(ev(4), producer="c" * 64))
+
+
+def test_the_rollback_of_a_retention_drop_revives_the_dropped_slot() -> None:
+    rows = [replace(ev(s), payload=f'{{"n":{s}}}') for s in range(1, 6)]
+    log = StreamLog.of("s", 1, rows)
+    assert (log.pop_first(), log.pop_first()) == (rows[0], rows[1])
+    chunk = log._data[0], log._cols[0]
+    log.push_first(rows[1])  # the dead slot still holds it: nothing is copied or rewritten
+    log.push_first(rows[0])
+    assert (log._data[0], log._cols[0]) == chunk and log._data[0] is chunk[0] and log._cols[0] is chunk[1]
+    assert list(log.events) == rows and log.floor == 1 and dict(log.by_key) == {f"k{s}": s for s in range(1, 6)}
+    # another row of the same shape (key and payload lengths, integers, producer) put back in front
+    # is that row, not the dropped one the slot still holds
+    log.pop_first()
+    other = replace(rows[0], idempotency_key="q1", payload='{"n":9}')
+    log.push_first(other)
+    assert list(log.events) == [other, *rows[1:]] and log.get(1) == other
+    assert log.seq_of("q1") == 1 and log.seq_of("k1") is None

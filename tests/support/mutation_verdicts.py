@@ -104,14 +104,19 @@ EQUIVALENT: dict[str, str] = {
 _UTF8 = "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, the bytes hashed are the same"
 
 EQUIVALENT.update({
+    # every "utf-8" -> "UTF-8" of log.py as of f1da87b (record_hash's own went when it began calling chain_hash)
+    "reference.log.x_body_json__mutmut_25": _UTF8,
+    "reference.log.x_chain__mutmut_6": _UTF8,
+    "reference.log.x_chain_hash__mutmut_19": _UTF8,
+    "reference.log.x_chain_hash__mutmut_24": _UTF8,
     "reference.log.x_make_record__mutmut_23": _UTF8,
-    "reference.log.x_record_hash__mutmut_24": _UTF8,
+    "reference.log.x_make_record__mutmut_29": _UTF8,
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2":
         "idle starts as None instead of False: it is only read as `if idle and ...`, where None is false too",
     "reference.replay.x__run__mutmut_20":
         "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), so the "
         "two sequences always have the same length there",
-    "reference.reducers.x_append_sync_event__mutmut_127":
+    "reference.reducers.x_append_sync_event__mutmut_131":
         "`or True` keeps stream.floor_seq when the stream is empty (head_seq < floor_seq); SEQ-1 (floor_seq <= "
         "head_seq + 1, a state invariant the contracts and machines check) makes it head_seq + 1 = next_seq then, "
         "the value the original picks",
@@ -121,3 +126,25 @@ EQUIVALENT.update({
         "the same database read-only); a SQLite built without it would open a file named 'file:...' instead, so "
         "this is equivalent on this platform only",
 })
+
+# The mutated line of each reference/ entry (stripped, as mutmut writes it): `support.mutate --report`
+# lists an entry whose mutant no longer carries it under "equivalent_moved" and does not count it as
+# equivalent -- editing a function renumbers its mutants, and a name then means another mutant (as
+# record_hash__mutmut_24 and append_sync_event__mutmut_127 did after f1da87b and fad3263).
+MUTATED_LINE: dict[str, str] = {
+    "reference.log.x_body_json__mutmut_25": '"delta_hash": hashlib.sha256(delta.encode("UTF-8")).hexdigest()}',
+    "reference.log.x_chain__mutmut_6": 'return hashlib.sha256((prev_hash + _canon(body)).encode("UTF-8")).hexdigest()',
+    "reference.log.x_chain_hash__mutmut_19":
+        'body = _body_text(offset, kind, name, caller, args, timestamp, '
+        'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
+    "reference.log.x_chain_hash__mutmut_24": 'return hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
+    "reference.log.x_make_record__mutmut_23": 'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
+    "reference.log.x_make_record__mutmut_29":
+        'digest = hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
+    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2": "idle = None",
+    "reference.replay.x__run__mutmut_20": "for col, value in zip(rdef.args, args, ):",
+    "reference.reducers.x_append_sync_event__mutmut_131":
+        "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
+    "reference.durability.xǁLogStoreǁopen__mutmut_11":
+        'conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=None, isolation_level=None,',
+}
