@@ -454,7 +454,7 @@ def test_reading_past_the_retained_rows_raises_index_error() -> None:
     assert (rows[0].seq, rows[1].seq, rows[-1].seq, rows[-2].seq) == (5, 6, 6, 5)
     for seq_view in (log.events, rows):
         for i in (len(seq_view), len(seq_view) + 5, -len(seq_view) - 1):
-            with pytest.raises(IndexError, match="^event index out of range$"):
+            with pytest.raises(IndexError, match=r"^event index out of range$"):
                 seq_view[i]
 
 
@@ -466,7 +466,7 @@ def test_a_stream_refuses_more_producers_than_its_limit(monkeypatch: pytest.Monk
     log.append(replace(ev(1), producer="a" * 64))
     log.append(replace(ev(2), producer="b" * 64))
     log.append(replace(ev(3), producer="a" * 64))  # a known producer takes no new number
-    with pytest.raises(LocalProtocolError, match="^too many producers in one stream$"):
+    with pytest.raises(LocalProtocolError, match=r"^too many producers in one stream$"):
         log.append(replace(ev(4), producer="c" * 64))
 
 
