@@ -486,3 +486,146 @@ def test_the_rollback_of_a_retention_drop_revives_the_dropped_slot() -> None:
     log.push_first(other)
     assert list(log.events) == [other, *rows[1:]] and log.get(1) == other
     assert log.seq_of("q1") == 1 and log.seq_of("k1") is None
+
+
+# --- second sample (24 per module): survivors of the first run -------------------------------------------
+
+
+def test_rollback_puts_back_the_newest_event_a_transaction_deleted() -> None:
+    # Db takes event deletes at either end; undoing one at the tail appends it again
+    db = Db()
+    for s in (1, 2, 3):
+        db._insert(ev(s))
+    tx = Txn(db)
+    tx.delete(ev(3))
+    assert [e.seq for e in db.logs["s"].events] == [1, 2]
+    tx.rollback()
+    assert list(db.logs["s"].events) == [ev(1), ev(2), ev(3)] and dict(db.logs["s"].by_key) == {
+        "k1": 1, "k2": 2, "k3": 3}
+
+
+def test_a_snapshot_past_the_log_head_is_refused_by_name(tmp_path: Path) -> None:
+    from reference.durability import LogStore, check_binding
+    from reference.snapshot import SnapshotError, capture
+
+    store = LogStore.open(tmp_path)
+    try:
+        with pytest.raises(SnapshotError) as err:
+            check_binding(store, capture(Db(), 3, "ab" * 32), "snap-000000000003.json")
+        assert err.value.name == "snap-000000000003.json"
+        assert str(err.value) == "snapshot snap-000000000003.json: its offset 3 is past the log head 0"
+    finally:
+        store.close()
+
+
+def test_recovery_report_lines_say_what_recovery_used_instead() -> None:
+    from reference.durability import RecoveryReport
+
+    rejected = [("snap-000000000009.json", "checksum mismatch"), ("snap-000000000005.json", "truncated")]
+    assert RecoveryReport(3, "snap-000000000003.json", 4, rejected).lines() == [
+        "snapshot snap-000000000009.json not used (checksum mismatch); using snap-000000000003.json",
+        "snapshot snap-000000000005.json not used (truncated); using snap-000000000003.json"]
+    assert RecoveryReport(0, None, 12, rejected[:1]).lines() == [
+        "snapshot snap-000000000009.json not used (checksum mismatch); replaying the whole log"]
+    assert RecoveryReport(3, "snap-000000000003.json", 0, []).lines() == []
+
+
+def _engine_call(eng: object, claims: Claims, reducer: str, *args: object) -> None:
+    from reference.engine import Engine
+    from spec.messages import CallReducer, ReducerOk, ReducerResult
+
+    assert isinstance(eng, Engine)
+    c = eng.connect(claims, confirmed=False)
+    eng.handle(c, CallReducer(1, reducer, tuple(args)))
+    eng.advance_durable(eng.committed)
+    out = eng.pop(c).message
+    assert isinstance(out, ReducerResult) and isinstance(out.outcome, ReducerOk), out
+    eng.close(c)
+
+
+def test_a_subscription_to_a_stream_outside_the_grant_is_forbidden() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscribeApplied, SubscriptionError
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "team.b", "k", "{}", None, None)
+    reader = eng.connect(Claims(A, frozenset(SCOPES), ("team.a*",)), confirmed=False)
+    for table in ("sync_event", "sync_stream"):
+        eng.handle(reader, Subscribe(1, 1, (f"SELECT * FROM {table} WHERE stream_id = 'team.b'",)))
+        out = eng.pop(reader).message
+        assert isinstance(out, SubscriptionError), (table, out)
+        assert SyncError.parse(out.error).code is ErrorCode.FORBIDDEN_STREAM, table
+    assert not eng.conns[reader].query_sets
+    eng.handle(reader, Subscribe(2, 2, ("SELECT * FROM sync_stream WHERE stream_id = 'team.a1'",)))
+    assert isinstance(eng.pop(reader).message, SubscribeApplied)  # inside the grant
+
+
+def test_the_last_unsubscribe_of_a_query_drops_its_shape_and_its_updates() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscribeApplied, Unsubscribe, UnsubscribeApplied
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    reader = eng.connect(everyone, confirmed=False)
+    eng.handle(reader, Subscribe(1, 1, ("SELECT * FROM sync_stream WHERE stream_id = 's'",)))
+    eng.handle(reader, Subscribe(2, 2, ("SELECT * FROM sync_stream WHERE stream_id = 's'",)))  # the same shape
+    assert [type(eng.pop(reader).message) for _ in range(2)] == [SubscribeApplied, SubscribeApplied]
+    eng.handle(reader, Unsubscribe(3, 1))
+    assert isinstance(eng.pop(reader).message, UnsubscribeApplied)
+    assert eng.shapes.get("sync_stream")  # set 2 still holds it
+    eng.handle(reader, Unsubscribe(4, 2))
+    assert isinstance(eng.pop(reader).message, UnsubscribeApplied)
+    assert not eng.shapes.get("sync_stream")  # no subscriber left: the shape goes
+    _engine_call(eng, everyone, "append_sync_event", "s", "k", "{}", None, None)
+    assert not eng.conns[reader].outbound  # and the reader hears nothing of the new row
+
+
+def test_assigning_without_a_provider_names_the_argument() -> None:
+    db = Db()
+    db._insert(ca("r1", 1))
+    _fails(lambda: r.update_compute_assignment(Txn(db), _ctx(), "r1", 1, "assigned", None, None),
+           ErrorCode.INVALID_ARGUMENT, {"argument": "provider_id", "message": "required to assign"})
+
+
+def test_replay_describes_how_a_re_executed_delta_differs() -> None:
+    from reference.engine import Engine
+    from reference.replay import replay
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", '{"a":1}', None, None)
+    (rec,) = eng.take_records()
+    forged = tuple(RowChange(c.table, c.deletes, tuple(replace(row, payload='{"a":2}') for row in c.inserts))
+                   if c.table == "sync_event" else c for c in rec.changes)
+    bad = make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, forged, rec.prev_hash)
+    out = replay([bad])
+    assert out.mismatch is not None and out.mismatch.offset == 1
+    reason = out.mismatch.reason
+    prefix = "re-executed delta differs: table sync_event: recorded -[] +[SyncEvent("
+    assert reason.startswith(prefix), reason
+    recorded, _, replayed = reason.removeprefix("re-executed delta differs: table sync_event: ").partition(
+        ", re-executed ")
+    assert "payload='{\"a\":2}'" in recorded and replayed.startswith("-[] +[SyncEvent(")
+    assert "payload='{\"a\":1}'" in replayed
+
+
+def test_the_snapshotter_writes_the_head_it_is_given_on_its_own_named_daemon_thread(tmp_path: Path) -> None:
+    import threading
+
+    from reference.snapshot import Snapshotter, read
+
+    seen: list[tuple[str, bool, int]] = []
+
+    def wait_durable(offset: int) -> None:
+        me = threading.current_thread()
+        seen.append((me.name, me.daemon, offset))
+
+    done: list[Path] = []
+    s = Snapshotter(tmp_path, 2, 1, wait_durable, on_done=lambda path, _secs: done.append(path))
+    db = Db()
+    db._insert(ev(1))
+    assert s.maybe(db, 1, "cd" * 32) is False  # one record: not due yet
+    assert s.maybe(db, 2, "ab" * 32) is True
+    s.join(10)
+    assert seen == [("syncref-snapshot", True, 2)]
+    image = read(done[0])
+    assert (done[0].name, image.offset, image.head_hash) == ("snap-000000000002.json", 2, "ab" * 32)

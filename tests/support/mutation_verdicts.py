@@ -113,6 +113,9 @@ EQUIVALENT.update({
     "reference.log.x_make_record__mutmut_29": _UTF8,
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2":
         "idle starts as None instead of False: it is only read as `if idle and ...`, where None is false too",
+    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_18":
+        "_hurry reset to None instead of False after taking a batch: it is only read for its truth (`... or "
+        "self._hurry` and `not self._hurry` in _gather), where None is false like False, and set to True again",
     "reference.replay.x__run__mutmut_20":
         "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), so the "
         "two sequences always have the same length there",
@@ -142,6 +145,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.log.x_make_record__mutmut_29":
         'digest = hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2": "idle = None",
+    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_18": "self._hurry = None",
     "reference.replay.x__run__mutmut_20": "for col, value in zip(rdef.args, args, ):",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
