@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -629,3 +630,86 @@ def test_the_snapshotter_writes_the_head_it_is_given_on_its_own_named_daemon_thr
     assert seen == [("syncref-snapshot", True, 2)]
     image = read(done[0])
     assert (done[0].name, image.offset, image.head_hash) == ("snap-000000000002.json", 2, "ab" * 32)
+
+
+def test_replay_says_why_a_record_does_not_reproduce(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reference.engine import Engine
+    from reference.log import GENESIS
+    from reference.replay import Mismatch, replay
+
+    idle_sweep = make_record(1, "sweep", "sweep", None, (5,), 7, (), GENESIS)  # nothing to sweep
+    assert replay([idle_sweep]).mismatch == Mismatch(
+        1, "re-execution wrote nothing, but only writing transactions are logged")
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", "{}", None, None)
+    (rec,) = eng.take_records()
+    assert replay([rec]).mismatch is None
+    assert replay([replace(rec, hash="f" * 64)]).mismatch == Mismatch(
+        1, f"hash differs: recorded {'f' * 64}, recomputed {rec.hash}")
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(r.REDUCERS, "append_sync_event", broken)
+    out = replay([rec])
+    assert (out.records, out.mismatch) == (0, Mismatch(1, "re-execution raised RuntimeError: boom"))
+
+
+def _chained(n: int) -> list[TxRecord]:
+    from reference.log import GENESIS
+
+    out: list[TxRecord] = []
+    for offset in range(1, n + 1):
+        out.append(make_record(offset, "sweep", "sweep", None, (offset,), offset, (), out[-1].hash if out else GENESIS))
+    return out
+
+
+def test_group_commit_writes_at_most_max_batch_records_per_commit(tmp_path: Path) -> None:
+    from reference.durability import GroupCommitWriter, LogStore
+
+    store = LogStore.open(tmp_path)
+    commits: list[tuple[int, list[int]]] = []
+    writer = GroupCommitWriter(store, lambda offset, batch: commits.append((offset, [r.offset for r in batch])),
+                               background=False, max_batch=2)
+    writer.append(_chained(5))
+    assert writer.flush() == 5
+    assert commits == [(2, [1, 2]), (4, [3, 4]), (5, [5])]
+    assert (writer.batches, writer.written, store.last()[0]) == (3, 5, 5)
+    writer.close()
+    store.close()
+
+
+def test_a_gathering_writer_commits_a_lone_record(tmp_path: Path) -> None:
+    from reference.durability import GroupCommitWriter, LogStore
+
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, gather_s=0.05)  # background thread, gathering on (ADR-0014)
+    try:
+        records = _chained(3)
+        time.sleep(0.5)  # let the thread reach its idle wait: the first record then wakes an idle writer
+        writer.append(records[:1])
+        assert writer.wait_durable(1, timeout=30)
+        writer.append(records[1:])
+        assert writer.wait_durable(3, timeout=30) and writer.error is None
+        assert writer.written == 3
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_snapshot_cut_anywhere_in_its_trailer_line_is_truncated() -> None:
+    from reference.snapshot import SnapshotError, capture, decode, encode
+
+    db = Db()
+    db._insert(ev(1))
+    data = b"".join(encode(capture(db, 1, "ab" * 32)))
+    trailer = data[data.rfind(b"\n", 0, len(data) - 1) + 1:]
+    assert trailer.startswith(b'{"sha256":') and decode(data).offset == 1
+    # the trailer's own line end missing, or the trailer cut short: the file was not written out
+    for end in (len(data) - 1, len(data) - 10, len(data) - len(trailer) + 3):
+        with pytest.raises(SnapshotError) as err:
+            decode(data[:end], "snap")
+        assert err.value.reason == "truncated (no trailer line)", end
+    with pytest.raises(SnapshotError) as err:  # one line only, however it ends
+        decode(trailer, "snap")
+    assert err.value.reason == "truncated (no trailer line)"
