@@ -713,3 +713,31 @@ def test_a_snapshot_cut_anywhere_in_its_trailer_line_is_truncated() -> None:
     with pytest.raises(SnapshotError) as err:  # one line only, however it ends
         decode(trailer, "snap")
     assert err.value.reason == "truncated (no trailer line)"
+
+
+def test_an_engine_waiting_for_durability_refuses_admin_calls() -> None:
+    from reference.engine import Engine
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine(max_undurable=1)
+    assert eng.admin_call(everyone, "append_sync_event", ("s", "k1", "{}", None, None)) is None
+    assert (eng.committed, eng.durable) == (1, 0)  # one commit not yet durable: at the bound
+    refused = eng.admin_call(everyone, "append_sync_event", ("s", "k2", "{}", None, None))
+    assert isinstance(refused, SyncError)
+    assert (refused.code, dict(refused.details)) == (ErrorCode.INVALID_ARGUMENT,
+                                                     {"message": "server is waiting for durability"})
+    assert eng.committed == 1 and [e.idempotency_key for e in eng.db.logs["s"].events] == ["k1"]
+    eng.advance_durable(1)
+    assert eng.admin_call(everyone, "append_sync_event", ("s", "k2", "{}", None, None)) is None
+
+
+def test_a_snapshot_image_missing_a_table_differs_from_a_log_with_rows_in_it() -> None:
+    from reference.snapshot import Image, differs
+
+    db = Db()
+    db._insert(cp("c1", 4))
+    image = Image(3, "ab" * 32, db.epoch_floor, db.version_floor, (), ())  # no tables, no streams
+    assert differs(image, db) == (f"table sync_checkpoint: snapshot has 0 rows, log 1; only in snapshot [], "
+                                  f"only in log {[repr(cp('c1', 4))]}")  # the first row's repr, in a list
+    assert differs(Image(3, "ab" * 32, db.epoch_floor, db.version_floor, (("sync_checkpoint", (cp("c1", 4),)),),
+                         ()), db) is None
