@@ -741,3 +741,18 @@ def test_a_snapshot_image_missing_a_table_differs_from_a_log_with_rows_in_it() -
                                   f"only in log {[repr(cp('c1', 4))]}")  # the first row's repr, in a list
     assert differs(Image(3, "ab" * 32, db.epoch_floor, db.version_floor, (("sync_checkpoint", (cp("c1", 4),)),),
                          ()), db) is None
+
+
+def test_a_record_without_its_stored_texts_hashes_as_made() -> None:
+    from reference.log import GENESIS, record_hash
+
+    caller = Claims(A, frozenset({"sync.append"}), ("s*",), "dev", None, None, "oa.sync.v1", 3)
+    made = make_record(1, "reducer", "append_sync_event", caller, ("s", "k", "{}", None, None), 42,
+                       (RowChange("sync_event", (), (ev(1),)),), GENESIS)
+    bare = TxRecord(made.offset, made.kind, made.name, made.caller, made.args, made.timestamp, made.changes,
+                    made.prev_hash, made.hash)  # built in memory: no delta or argument text carried
+    assert (bare.delta_json, bare.args_json) == ("", "")
+    assert record_hash(bare) == record_hash(made) == made.hash
+    for other in (replace(bare, name="upsert_presence"), replace(bare, timestamp=43),
+                  replace(bare, prev_hash="1" * 64), replace(bare, args=("s", "k2", "{}", None, None))):
+        assert record_hash(other) != made.hash
