@@ -756,3 +756,42 @@ def test_a_record_without_its_stored_texts_hashes_as_made() -> None:
     for other in (replace(bare, name="upsert_presence"), replace(bare, timestamp=43),
                   replace(bare, prev_hash="1" * 64), replace(bare, args=("s", "k2", "{}", None, None))):
         assert record_hash(other) != made.hash
+
+
+def test_verify_log_checks_every_snapshot_file_in_offset_order(tmp_path: Path) -> None:
+    from reference import snapshot
+    from reference.durability import GroupCommitWriter, LogStore
+    from reference.engine import Engine
+    from reference.replay import SnapshotCheck, verify_log
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    records: list[TxRecord] = []
+    images: dict[int, snapshot.Image] = {}
+    for i in range(1, 6):
+        _engine_call(eng, everyone, "append_sync_event", "s", f"k{i}", "{}", None, None)
+        records += eng.take_records()
+        images[eng.committed] = snapshot.capture(eng.db, eng.committed, records[-1].hash)
+    assert [rec.offset for rec in records] == [1, 2, 3, 4, 5]
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, background=False)
+    writer.append(records)
+    writer.flush()
+    writer.close()
+    store.close()
+    directory = tmp_path / snapshot.SNAPSHOT_DIR
+    snapshot.write(directory, images[2])  # good
+    (directory / snapshot.file_name(3)).write_bytes(b"".join(snapshot.encode(images[2])))  # misnamed
+    snapshot.write(directory, replace(images[4], head_hash="f" * 64))  # another chain's
+    snapshot.write(directory, replace(images[5], offset=99))  # past the log
+    (directory / snapshot.file_name(1)).write_bytes(b"".join(snapshot.encode(images[1]))[:-1])  # cut short
+    report = verify_log(tmp_path)
+    assert report.mismatch is None and (report.records, report.stored_records) == (5, 5) and not report.ok
+    assert report.snapshots == (
+        SnapshotCheck("snap-000000000001.json", 1, "corrupt", "truncated (no trailer line)"),
+        SnapshotCheck("snap-000000000002.json", 2, "match", ""),
+        SnapshotCheck("snap-000000000003.json", 3, "corrupt", "the file name does not match its offset 2"),
+        SnapshotCheck("snap-000000000004.json", 4, "mismatch",
+                      f"chain head at 4 is {records[3].hash[:16]}..., the snapshot names {'f' * 16}..."),
+        SnapshotCheck("snap-000000000099.json", 99, "unreached", "past the 5 records replayed"),
+    )
