@@ -729,6 +729,11 @@ def test_an_engine_waiting_for_durability_refuses_admin_calls() -> None:
     assert eng.committed == 1 and [e.idempotency_key for e in eng.db.logs["s"].events] == ["k1"]
     eng.advance_durable(1)
     assert eng.admin_call(everyone, "append_sync_event", ("s", "k2", "{}", None, None)) is None
+    from reference.replay import replay
+
+    records = eng.take_records()  # logged as reducer calls, which replay re-executes to the same chain
+    assert [(rec.kind, rec.name) for rec in records] == [("reducer", "append_sync_event")] * 2
+    assert replay(records).mismatch is None
 
 
 def test_a_snapshot_image_missing_a_table_differs_from_a_log_with_rows_in_it() -> None:
@@ -795,3 +800,38 @@ def test_verify_log_checks_every_snapshot_file_in_offset_order(tmp_path: Path) -
                       f"chain head at 4 is {records[3].hash[:16]}..., the snapshot names {'f' * 16}..."),
         SnapshotCheck("snap-000000000099.json", 99, "unreached", "past the 5 records replayed"),
     )
+
+
+def test_a_first_append_creates_the_stream_row_and_the_next_moves_its_head() -> None:
+    from spec.policy import DEFAULT_POLICY as P
+
+    db = Db()
+    x = Ctx(Claims(A, frozenset(SCOPES), ("*",)), 5_000, 1, P)
+    assert r.append_sync_event(Txn(db), x, "s", "k1", "{}", None, None) == 1
+    budget = P.class_for("s").replay_budget
+    # a fresh stream: epoch 1, no continuation, head and floor at the first seq
+    assert db.get("sync_stream", ("s",)) == SyncStream("s", P.class_for("s").name, 1, 0, 0, 1, 1, budget,
+                                                       5_000, 5_000, (), ())
+    x2 = replace(x, now=6_000)
+    assert r.append_sync_event(Txn(db), x2, "s", "k2", "{}", None, None) == 2
+    assert db.get("sync_stream", ("s",)) == SyncStream("s", P.class_for("s").name, 1, 0, 0, 2, 1, budget,
+                                                       5_000, 6_000, (), ())
+
+
+def test_presence_rows_and_signals_carry_the_offline_reason() -> None:
+    from spec.values import PresenceSignal, SessionPresence
+
+    db = Db()
+    ttl = DEFAULT_POLICY.presence_min_ttl_ms
+    x = Ctx(Claims(A, frozenset(SCOPES), ("*",)), 1_000, 1, DEFAULT_POLICY)
+    tx = Txn(db)
+    r.upsert_presence(tx, x, "sess", "dev", "node", "online", "", ttl)
+    assert db.get("session_presence", ("sess",)) == SessionPresence("sess", A, "dev", "node", "online", "", 1_000,
+                                                                     1_000 + 1000 * ttl, None)
+    assert [row for rows in tx.events.values() for row in rows] == [PresenceSignal("sess", A, "online", "", 1_000)]
+    tx = Txn(db)
+    r.upsert_presence(tx, x, "sess", "dev", "node", "offline", "", ttl)
+    assert db.get("session_presence", ("sess",)) == SessionPresence("sess", A, "dev", "node", "offline", "", 1_000,
+                                                                     1_000 + 1000 * ttl, "explicit_offline")
+    assert [row for rows in tx.events.values() for row in rows] == [
+        PresenceSignal("sess", A, "offline", "explicit_offline", 1_000)]

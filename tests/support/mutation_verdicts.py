@@ -118,6 +118,14 @@ EQUIVALENT.update({
     "reference.log.x__encode_flat__mutmut_9":
         "_FLAT(value, 1): the second argument is the C encoder's current indent level, read only when an indent "
         "is set; _FLAT has none, so the text is the same (checked)",
+    "reference.db.xǁTxnǁdelete__mutmut_5":
+        "the undo tag 'XXdelXX' for 'del': rollback dispatches on 'ins' and 'relabel' and restores the row for any "
+        "other tag, so the delete is undone the same way",
+    "reference.db.xǁTxnǁinsert__mutmut_20":
+        "_inserted.get(None, 0) + 1: the count before an insert is always 0 -- Db refuses a second copy of a row "
+        "(duplicate primary key, or an event seq/key the stream holds), so a row inserted in this transaction "
+        "is inserted again only after its delete took the count back to 0 -- and None is never a key, so both "
+        "give 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2":
         "idle starts as None instead of False: it is only read as `if idle and ...`, where None is false too",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_18":
@@ -153,6 +161,8 @@ MUTATED_LINE: dict[str, str] = {
         'digest = hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
     "reference.log.x__encode_flat__mutmut_1": "if _FLAT is not None:  # pragma: no cover",
     "reference.log.x__encode_flat__mutmut_9": 'return "".join(_FLAT(value, 1))',
+    "reference.db.xǁTxnǁdelete__mutmut_5": 'self.undo.append(("XXdelXX", row))',
+    "reference.db.xǁTxnǁinsert__mutmut_20": "self._inserted[row] = self._inserted.get(None, 0) + 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2": "idle = None",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_18": "self._hurry = None",
     "reference.replay.x__run__mutmut_20": "for col, value in zip(rdef.args, args, ):",
