@@ -835,3 +835,23 @@ def test_presence_rows_and_signals_carry_the_offline_reason() -> None:
                                                                      1_000 + 1000 * ttl, "explicit_offline")
     assert [row for rows in tx.events.values() for row in rows] == [
         PresenceSignal("sess", A, "offline", "explicit_offline", 1_000)]
+
+
+def test_replay_stops_at_an_undecodable_stored_record() -> None:
+    from collections.abc import Iterator
+
+    from reference.durability import LogCorruption
+    from reference.engine import Engine
+    from reference.replay import Mismatch, replay
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", "{}", None, None)
+    (rec,) = eng.take_records()
+
+    def stored() -> Iterator[TxRecord]:  # what LogStore.iter_records does with a row it cannot decode
+        yield rec
+        raise LogCorruption(2, "delta is not JSON")
+
+    out = replay(stored())
+    assert (out.records, out.digest, out.mismatch) == (
+        1, rec.hash, Mismatch(2, "commit log row at offset 2 is corrupt: delta is not JSON"))
