@@ -138,6 +138,12 @@ EQUIVALENT.update({
         "`or True` keeps stream.floor_seq when the stream is empty (head_seq < floor_seq); SEQ-1 (floor_seq <= "
         "head_seq + 1, a state invariant the contracts and machines check) makes it head_seq + 1 = next_seq then, "
         "the value the original picks",
+    "reference.durability.xǁLogStoreǁopen__mutmut_68":
+        "the writable connection opened without isolation_level=None (Python's legacy transaction control, "
+        "deferred): that control only adds a BEGIN before INSERT/UPDATE/DELETE run outside a transaction, and "
+        "every write here runs between the module's own BEGIN [IMMEDIATE] and COMMIT/ROLLBACK (open, write_batch, "
+        "set_meta; read_snapshot's BEGIN is explicit too), and executescript(_SCHEMA) runs with none open; a "
+        "future write outside an explicit transaction would make this mutant differ",
     "reference.durability.xǁLogStoreǁopen__mutmut_11":
         "uri=None for the read-only 'file:...?mode=ro' name: the SQLite this runs on (Debian's 3.40.1) is built "
         "with SQLITE_USE_URI=1, which reads file: names as URIs whatever the flag says (checked: the mutant opens "
@@ -168,6 +174,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.replay.x__run__mutmut_20": "for col, value in zip(rdef.args, args, ):",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
+    "reference.durability.xǁLogStoreǁopen__mutmut_68": "conn = sqlite3.connect(path, check_same_thread=False)",
     "reference.durability.xǁLogStoreǁopen__mutmut_11":
         'conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=None, isolation_level=None,',
 }
