@@ -12,7 +12,10 @@ is the order of things:
   transactions ahead of the disk, calls wait (``_room``), never the other way round.
 * **Per connection, three tasks.**  The reader decodes frames into a bounded inbound queue
   (past the bound: close 1013, as SpacetimeDB); the processor feeds that queue to the engine in
-  order; the sender pops whatever the engine has *released* (confirmed reads: only messages
+  order -- except that a frame arriving while the queue is empty and the call has room in the
+  durability window is handed to the engine by the reader itself (ADR-0019: the processor is
+  parked on the empty queue then, so the order is the same and the hop through a second task
+  is saved); the sender pops whatever the engine has *released* (confirmed reads: only messages
   whose offset is durable) and writes frames.  A keepalive pings and drops a silent peer.
   Writing blocks on a client that does not read; meanwhile the engine's queue for it grows
   and past ``max_queue`` the engine drops it as a ``slow_consumer``.  Nobody else waits.
@@ -383,6 +386,8 @@ class SyncServer:
         self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
         self._commits = CommitClock()
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
+        self._pump_scheduled = False  # _pump likewise (calls the reader handled itself: one pump for them all)
+        self.taken_by_reader = 0  # messages a reader handed to the engine itself (ADR-0019), not via the queue
         self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
         self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
@@ -642,8 +647,16 @@ class SyncServer:
             await asyncio.sleep(0.05)
             self._check_writer()
 
+    def _pump_soon(self) -> None:
+        """:meth:`_pump` once, at the end of this loop iteration, for every engine step taken
+        until then (the calls a reader handled directly: their records reach the writer together)."""
+        if not self._pump_scheduled and self._loop is not None:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
     def _pump(self) -> None:
         """After any engine step: hand new commit records to the writer, wake senders."""
+        self._pump_scheduled = False
         engine = self.engine
         self._commits.stamp(engine.committed, time.monotonic())
         records = engine.take_records()
@@ -1104,6 +1117,8 @@ class SyncServer:
                 except BsatnError as exc:
                     await self._close(s, 1011, f"malformed message: {exc}", "malformed")
                     return
+                if len(decoded) == 1 and self._take_now(s, decoded[0]):
+                    continue  # handled here: nothing queued ahead of it and nothing to wait for
                 s.inbound.append((decoded[0], size))
                 s.inbound.extend((x, 0) for x in decoded[1:])
                 s.inbound_bytes += size
@@ -1135,6 +1150,7 @@ class SyncServer:
                     return  # nothing more is taken once the log cannot be written
                 if taken >= batch:
                     taken = 0
+                    self._pump()  # once per turn: its messages' records go to the writer together
                     await asyncio.sleep(0)
                     continue
                 first, size = s.inbound[0]
@@ -1143,10 +1159,12 @@ class SyncServer:
                         s.undurable.popleft()
                     if len(s.undurable) >= share:  # this connection's share of the window is in use
                         taken = 0
+                        self._pump()  # before any wait: the records waited on must reach the writer
                         await self._wait_durable_quietly(s.undurable[0])
                         continue
                     if not engine.can_commit():
                         taken = 0
+                        self._pump()
                         await self._wait_room()
                         continue
                 s.inbound.popleft()
@@ -1156,7 +1174,33 @@ class SyncServer:
                 self._dispatch(s, first)
                 if engine.committed > before and isinstance(first, wire.CallReducer):
                     s.undurable.append(engine.committed)
+            if taken:
                 self._pump()
+
+    def _take_now(self, s: Session, msg: wire.ClientMessage) -> bool:
+        """Handle ``msg`` from the reader itself, without the hop through the inbound queue and the
+        processor task, when the processor would take it at once: the queue is empty (so the
+        processor is parked, waiting for it), the connection is open, the log writable, and a
+        call has room in the connection's share and the durability window.
+        False: queue it as usual.  Order is kept (nothing is queued ahead of it) and so is
+        fairness (the reader yields every ``max_batch_per_turn`` frames, as the processor does)."""
+        if s.inbound or s.closing or (self.failed is not None and self.failed.done()):
+            return False
+        engine = self.engine
+        if isinstance(msg, wire.CallReducer):
+            while s.undurable and s.undurable[0] <= engine.durable:
+                s.undurable.popleft()
+            if len(s.undurable) >= self.config.limits.max_undurable_per_connection or not engine.can_commit():
+                return False
+            before = engine.committed
+            self._dispatch(s, msg)
+            if engine.committed > before:
+                s.undurable.append(engine.committed)
+        else:
+            self._dispatch(s, msg)
+        self.taken_by_reader += 1
+        self._pump_soon()
+        return True
 
     def _dispatch(self, s: Session, msg: wire.ClientMessage) -> None:
         try:
@@ -1211,7 +1255,7 @@ class SyncServer:
         self.metrics.sends.message(type(message).__name__)
         if isinstance(message, m.ReducerResult):
             ts = s.call_ts.pop(message.request_id, self._last_now)
-            return wire.encode_server(wire.to_wire(message, timestamp=ts, cache=self._rows)), None
+            return wire.encode_reducer_result(message, ts, self._rows), None
         # by identity: a TransactionUpdate is shared by its subscribers; a SubscribeApplied may hold
         # a replay's rows, built only when read (hashing it by value would build them all)
         key: object = id(message) if isinstance(message, m.TransactionUpdate | m.SubscribeApplied) else (message,)

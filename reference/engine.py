@@ -71,7 +71,32 @@ from spec.policy import DEFAULT_POLICY, Policy
 from spec.resume import continuation_details, stale_reasons
 from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
 from spec.state import DbState
-from spec.values import Row, SyncStream, value_has_type
+from spec.values import STRING, OptionT, Row, SatsType, SyncStream, value_has_type
+
+
+def type_check(t: SatsType) -> Callable[[object], bool]:
+    """``value_has_type(·, t)`` as a function built once per type: ``String`` and ``Option<String>``
+    (most reducer arguments) are tested inline, every other type by ``value_has_type`` itself."""
+    if t == STRING:
+        return lambda v: isinstance(v, str)
+    if isinstance(t, OptionT) and t.inner == STRING:
+        return lambda v: v is None or isinstance(v, str)
+    return lambda v: value_has_type(v, t)
+
+
+@functools.cache
+def _arg_checks(reducer: str) -> tuple[tuple[str, Callable[[object], bool]], ...]:
+    """Each parameter of a known reducer: its name and its type check."""
+    return tuple((col.name, type_check(col.type)) for col in REDUCER_BY_NAME[reducer].args)
+
+
+_SCHEMA_ORDER = tuple(TABLE_BY_NAME)
+_POSITION = {t: i for i, t in enumerate(_SCHEMA_ORDER)}
+
+
+def _in_order(deletes: dict[str, list[Row]], inserts: dict[str, list[Row]]) -> list[str]:
+    """The tables a small delta touches, in schema order (the record's order)."""
+    return sorted({*deletes, *inserts}, key=_POSITION.__getitem__)
 
 
 def _model_view(db: Db) -> DbState:
@@ -506,9 +531,9 @@ class Engine:
         if len(args) != len(rdef.args):
             return SyncError(ErrorCode.INVALID_ARGUMENT, {
                 "argument": "*", "message": f"{reducer} takes {len(rdef.args)} arguments, got {len(args)}"})
-        for col, value in zip(rdef.args, args, strict=True):
-            if not value_has_type(value, col.type):
-                return SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": col.name, "message": "wrong type"})
+        for (name, check), value in zip(_arg_checks(reducer), args, strict=True):
+            if not check(value):
+                return SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": name, "message": "wrong type"})
         return None
 
     def _call(self, conn: Connection, msg: CallReducer) -> None:
@@ -650,9 +675,10 @@ class Engine:
         """The commit record of ``tx`` at the next offset, built before anything moves.  Whatever
         raises here (text UTF-8 cannot carry, a bug) rolls ``tx`` back: :class:`InternalError`."""
         try:
-            tables = [t for t in TABLE_BY_NAME if tx.deletes.get(t) or tx.inserts.get(t)]
-            changes = tuple(RowChange(t, tuple(tx.deletes.get(t, ())), tuple(tx.inserts.get(t, ())))
-                            for t in tables)
+            deletes, inserts = tx.deletes, tx.inserts
+            changes = tuple(RowChange(t, tuple(deletes.get(t, ())), tuple(inserts.get(t, ())))
+                            for t in (_SCHEMA_ORDER if len(deletes) + len(inserts) > 2 else _in_order(deletes, inserts))
+                            if deletes.get(t) or inserts.get(t))
             return make_record(self.committed + 1, kind, name, caller, args, self.now, changes, self.head_hash)
         except Exception as exc:
             tx.rollback()

@@ -33,6 +33,7 @@ timeouts) over the mutants that are not equivalent.  The process lowers its own 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
 import json
@@ -97,6 +98,18 @@ TESTS: dict[str, list[str]] = {
                                   "tests/spec/test_hardening_checks.py", "tests/spec/test_continuation_chain.py",
                                   "tests/spec/test_mutation_kills.py", "tests/spec/test_mutation_kills_contracts.py",
                                   "tests/spec/test_mutation_kills_invariants.py"],
+    # spec/delivery.py, harness.py, contracts.py (third session): the harness and scenario tables and the
+    # regressions drive the transitions directly.  Left out: the Hypothesis machines (tests/spec/
+    # test_machines.py, a minute a run under the mutation profile) and the SQL oracle (test_sql_oracle.py:
+    # 25 s in the tracing run, 130-225 s per mutant of authorize_query or Server.releasable on the loaded
+    # machine -- its negative controls search their whole budget when a mutant hides the planted bug)
+    "spec/delivery.py": ["tests/spec/test_harness.py", "tests/spec/test_hardening_model.py",
+                         "tests/spec/test_regressions.py", "tests/spec/test_key_and_event_flags.py",
+                         "tests/spec/test_one_rule.py", "tests/spec/test_mutation_kills_delivery.py"],
+    "spec/harness.py": ["tests/spec/test_harness.py", "tests/spec/test_hardening_model.py",
+                        "tests/spec/test_regressions.py", "tests/spec/test_key_and_event_flags.py",
+                        "tests/spec/test_one_rule.py", "tests/spec/test_mutation_kills_delivery.py"],
+    "spec/contracts.py": ["tests/reference/test_contract_switch.py", "tests/spec/test_mutation_kills_delivery.py"],
     # reference/: the engine's unit, scenario and durability tests (no server processes; the
     # differential machines are left out: 40 s a run, too slow to rerun per surviving mutant)
     "reference/log.py": ["tests/reference/test_log_fastpath.py", "tests/reference/test_engine_chain.py",
@@ -128,7 +141,11 @@ TESTS: dict[str, list[str]] = {
 # drive 40 seeds per planted bug: minutes per mutant)
 DESELECTED = ["--deselect", "tests/reference/test_engine_isolation.py::test_planted_isolation_bugs_are_caught",
               "--deselect", "tests/reference/test_eventlog.py::test_planted_bugs_in_the_store_are_caught",
-              "--deselect", "tests/reference/test_eventlog.py::test_planted_bugs_in_the_column_encoder_are_caught"]
+              "--deselect", "tests/reference/test_eventlog.py::test_planted_bugs_in_the_column_encoder_are_caught",
+              # starts `syncref serve` processes from the scratch copy, whose package resources (the
+              # mutants/ tree beside the sources) do not resolve; in-process tests of the switch remain
+              "--deselect", "tests/reference/test_contract_switch.py::"
+              "test_serve_defaults_off_and_the_flag_the_env_and_the_config_turn_them_on"]
 
 COPIED = ["spec", "reference", "tests", "proofs", "adapters", "benchmarks", "docs", "syncref", "README.md",
           "pyproject.toml"]
@@ -144,6 +161,16 @@ NO_TESTS = {5, 33}
 def known(code: int | None) -> bool:
     """Whether `code` is a verdict (None: not run yet; anything else unknown, e.g. -15: interrupted)."""
     return code is not None and (code in KILLED or code in TIMEOUT or code in SURVIVED or code in NO_TESTS)
+
+
+# the mutmut command: plain mutmut, or (`--icontract`) mutmut that also mutates the functions whose only
+# decorators are icontract's (support.mutmut_icontract; run from the scratch copy's tests/)
+MUTMUT: list[str] = [str(Path(sys.executable).parent / "mutmut")]
+
+
+def icontract_on() -> bool:
+    """Whether this run mutates the icontract-decorated functions too (`--icontract`)."""
+    return MUTMUT[-1] == "support.mutmut_icontract"
 
 
 def slug(module: str) -> str:
@@ -201,12 +228,13 @@ def mutant_names(module: str) -> list[str]:
     made_from = scratch(module) / module
     if meta.exists() and made_from.exists() and made_from.read_bytes() == (ROOT / module).read_bytes():
         return sorted(json.loads(meta.read_text())["exit_code_by_key"])
-    return list(_generated(module, (ROOT / module).read_text()))
+    return list(_generated(module, (ROOT / module).read_text(), icontract_on()))
 
 
 @functools.lru_cache(maxsize=16)
-def _generated(module: str, source: str) -> tuple[str, ...]:
-    """mutmut's mutant names for `source` (the text of `module`; cached by content)."""
+def _generated(module: str, source: str, icontract: bool = False) -> tuple[str, ...]:
+    """mutmut's mutant names for `source` (the text of `module`; cached by content), with the functions
+    decorated by icontract alone when `icontract` (as `--icontract` runs mutmut)."""
     here = Path.cwd()
     os.chdir(ROOT)  # mutmut reads its configuration from the working directory's pyproject.toml on import
     try:
@@ -214,8 +242,10 @@ def _generated(module: str, source: str) -> tuple[str, ...]:
         from mutmut.utils.format_utils import get_mutant_name
     finally:
         os.chdir(here)
+    from support.mutmut_icontract import patched
     path = Path(module)
-    made = write_all_mutants_to_file(out=io.StringIO(), source=source, filename=path)
+    with patched() if icontract else contextlib.nullcontext():
+        made = write_all_mutants_to_file(out=io.StringIO(), source=source, filename=path)
     return tuple(sorted(get_mutant_name(path, name) for name in made.mutant_names))
 
 
@@ -354,7 +384,8 @@ def survivors_of(module: str) -> list[str]:
 
 
 KILLER_TESTS = ["tests/spec/test_mutation_kills.py", "tests/spec/test_mutation_kills_invariants.py",
-                "tests/spec/test_mutation_kills_contracts.py"]
+                "tests/spec/test_mutation_kills_contracts.py",
+                "tests/spec/test_mutation_kills_delivery.py"]
 
 
 def verify(module: str, tests: list[str]) -> dict[str, bool]:
@@ -408,8 +439,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--together", action="store_true",
                         help="the modules in one scratch copy and one mutmut run (one tracing phase over the union "
                              "of their tests; with --sample, N mutants of each module)")
+    parser.add_argument("--icontract", action="store_true",
+                        help="also mutate the functions whose only decorators are icontract's (mutmut skips every "
+                             "decorated function); in a scratch copy of its own, .mutate/<module>+icontract")
     args = parser.parse_args(argv)
     os.nice(19)
+    if args.icontract:
+        if args.together:
+            parser.error("--icontract measures one module at a time")
+        SHARED.update({m: SCRATCH / (slug(m) + "+icontract") for m in args.modules})
+        MUTMUT[:] = [sys.executable, "-m", "support.mutmut_icontract"]
+        os.environ["PYTHONPATH"] = "tests"  # the scratch copy's tests/ (mutmut runs in the scratch copy)
     if args.together:
         shared = SCRATCH / "+".join(slug(m) for m in args.modules)
         SHARED.update({m: shared for m in args.modules})
@@ -425,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 names = [slug(m) + ".*" for m in args.modules]
             if names:
-                cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
+                cmd = [*MUTMUT, "run", "--max-children", str(args.children),
                        *names]
                 subprocess.run(cmd, cwd=shared, env=dict(os.environ, HYPOTHESIS_PROFILE="mutation"), check=False)
             args.report = True
@@ -449,14 +489,14 @@ def main(argv: list[str] | None = None) -> int:
             codes = verdicts(module)
             names = survivors_of(module) if args.again else [n for n in chosen if not known(codes.get(n))]
             if names:
-                cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
+                cmd = [*MUTMUT, "run", "--max-children", str(args.children),
                        *names]
                 subprocess.run(cmd, cwd=work, env=dict(os.environ, HYPOTHESIS_PROFILE="mutation"), check=False)
         elif not args.report and args.resume:
             work = prepare([module], fresh=False)
             names = [n for n, code in verdicts(module).items() if not known(code)]
             if names:
-                cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
+                cmd = [*MUTMUT, "run", "--max-children", str(args.children),
                        *names]
                 subprocess.run(cmd, cwd=work, env=dict(os.environ, HYPOTHESIS_PROFILE="mutation"), check=False)
         elif not args.report:
@@ -471,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             assert isinstance(names, list)
             if names:
                 env = dict(os.environ, HYPOTHESIS_PROFILE="mutation")
-                cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(args.children),
+                cmd = [*MUTMUT, "run", "--max-children", str(args.children),
                        *names]
                 subprocess.run(cmd, cwd=work, env=env, check=False)
         print(json.dumps(report(module)))

@@ -178,3 +178,33 @@ MUTATED_LINE: dict[str, str] = {
     "reference.durability.xǁLogStoreǁopen__mutmut_11":
         'conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=None, isolation_level=None,',
 }
+
+# ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
+
+_NO_DETAILS = ("SyncError(code) and SyncError(code, None) have details {} (SyncError.__init__: `dict(details) if "
+               "details is not None else {}`), as SyncError(code, {}) does: the same error, the same wire string")
+_FANNING_FALSY = "Server._fanning_out is only read as `not self._fanning_out` (in _drain_disconnects): None is as False"
+
+EQUIVALENT.update({
+    "spec.delivery.x_authorize_query__mutmut_19": _NO_DETAILS,
+    "spec.delivery.x_authorize_query__mutmut_21": _NO_DETAILS,
+    "spec.harness.xǁServerǁ__init____mutmut_10": _FANNING_FALSY,
+    "spec.harness.xǁServerǁ_queue__mutmut_16": _FANNING_FALSY,
+    "spec.harness.xǁServerǁ__init____mutmut_11":
+        "_fanning_out starts True instead of False: it is read only while a close waits to be marked, and a close "
+        "waits only for a session its connection owns, which it took by an upsert call whose answer went through "
+        "_queue -- which leaves the flag False; so no read ever sees the initial value",
+    "spec.harness.xǁServerǁ_queue__mutmut_6":
+        "`break` for `continue` on a connection closed earlier in the batch: never taken -- a batch names each "
+        "connection at most once (fanout: one message per subscriber; subscribe/unsubscribe: one message), all "
+        "of them open when it was made, and in the batch only a connection's own over-bound append closes it "
+        "(the marks its close queues wait for the end of the batch)",
+    # measured with `--icontract` (support.mutmut_icontract): a function that carries icontract contracts
+    "spec.delivery.x_stale_error__mutmut_25":
+        "`isinstance(requested_epoch, int) or True`: the pinned epoch is an int or None whatever the query (the "
+        "parser refuses a literal that is not an integer for the U64 column epoch, a boolean included), so the "
+        "value is kept exactly when the original keeps it",
+    "spec.contracts.x_hot__mutmut_6":
+        "typing.cast(None, dispatch) returns dispatch unchanged, as cast(F, dispatch) does: cast only informs "
+        "the type checker",
+})
