@@ -121,14 +121,14 @@ EQUIVALENT.update({
     "reference.db.xǁTxnǁdelete__mutmut_5":
         "the undo tag 'XXdelXX' for 'del': rollback dispatches on 'ins' and 'relabel' and restores the row for any "
         "other tag, so the delete is undone the same way",
-    "reference.db.xǁTxnǁinsert__mutmut_20":
-        "_inserted.get(None, 0) + 1: the count before an insert is always 0 -- Db refuses a second copy of a row "
+    "reference.db.xǁTxnǁinsert__mutmut_22":
+        "inserted.get(None, 0) + 1 (once the counts exist): the count before an insert is always 0 -- Db refuses a second copy of a row "
         "(duplicate primary key, or an event seq/key the stream holds), so a row inserted in this transaction "
         "is inserted again only after its delete took the count back to 0 -- and None is never a key, so both "
         "give 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2":
         "idle starts as None instead of False: it is only read as `if idle and ...`, where None is false too",
-    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_18":
+    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22":
         "_hurry reset to None instead of False after taking a batch: it is only read for its truth (`... or "
         "self._hurry` and `not self._hurry` in _gather), where None is false like False, and set to True again",
     "reference.replay.x__run__mutmut_20":
@@ -168,9 +168,9 @@ MUTATED_LINE: dict[str, str] = {
     "reference.log.x__encode_flat__mutmut_1": "if _FLAT is not None:  # pragma: no cover",
     "reference.log.x__encode_flat__mutmut_9": 'return "".join(_FLAT(value, 1))',
     "reference.db.xǁTxnǁdelete__mutmut_5": 'self.undo.append(("XXdelXX", row))',
-    "reference.db.xǁTxnǁinsert__mutmut_20": "self._inserted[row] = self._inserted.get(None, 0) + 1",
+    "reference.db.xǁTxnǁinsert__mutmut_22": "inserted[row] = inserted.get(None, 0) + 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2": "idle = None",
-    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_18": "self._hurry = None",
+    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22": "self._hurry = None",
     "reference.replay.x__run__mutmut_20": "for col, value in zip(rdef.args, args, ):",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
