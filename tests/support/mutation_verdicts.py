@@ -122,10 +122,10 @@ EQUIVALENT.update({
         "the undo tag 'XXdelXX' for 'del': rollback dispatches on 'ins' and 'relabel' and restores the row for any "
         "other tag, so the delete is undone the same way",
     "reference.db.xǁTxnǁinsert__mutmut_22":
-        "inserted.get(None, 0) + 1 (once the counts exist): the count before an insert is always 0 -- Db refuses a second copy of a row "
-        "(duplicate primary key, or an event seq/key the stream holds), so a row inserted in this transaction "
-        "is inserted again only after its delete took the count back to 0 -- and None is never a key, so both "
-        "give 1",
+        "inserted.get(None, 0) + 1 (once the counts exist): the count before an insert is always 0 -- Db "
+        "refuses a second copy of a row (duplicate primary key, or an event seq/key the stream holds), so a row "
+        "inserted in this transaction is inserted again only after its delete took the count back to 0 -- and "
+        "None is never a key, so both give 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2":
         "idle starts as None instead of False: it is only read as `if idle and ...`, where None is false too",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22":
