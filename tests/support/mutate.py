@@ -129,7 +129,7 @@ TESTS: dict[str, list[str]] = {
                               "tests/reference/test_mutation_kills_reference.py"],
     "reference/durability.py": ["tests/reference/test_durability.py", "tests/reference/test_log_fastpath.py",
                                 "tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills_reference.py"],
-    "reference/engine.py": ["tests/reference/test_engine_units.py",
+    "reference/engine.py": ["tests/reference/test_engine_units.py", "tests/reference/test_resume_fast_path.py",
                             "tests/reference/test_hardening_engine.py",
                             "tests/reference/test_engine_isolation.py", "tests/reference/test_engine_chain.py",
                             "tests/reference/test_bridge_enqueue_controls.py",
