@@ -134,8 +134,9 @@ EQUIVALENT.update({
         "_hurry reset to None instead of False after taking a batch: it is only read for its truth (`... or "
         "self._hurry` and `not self._hurry` in _gather), where None is false like False, and set to True again",
     "reference.replay.x__run__mutmut_20":
-        "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), so the "
-        "two sequences always have the same length there",
+        "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), and "
+        "_arg_checks(rec.name) has one entry per argument of rdef, so the two sequences always have the same "
+        "length there",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "`or True` keeps stream.floor_seq when the stream is empty (head_seq < floor_seq); SEQ-1 (floor_seq <= "
         "head_seq + 1, a state invariant the contracts and machines check) makes it head_seq + 1 = next_seq then, "
@@ -173,7 +174,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.db.xǁTxnǁinsert__mutmut_22": "inserted[row] = inserted.get(None, 0) + 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2": "idle = None",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22": "self._hurry = None",
-    "reference.replay.x__run__mutmut_20": "for col, value in zip(rdef.args, args, ):",
+    "reference.replay.x__run__mutmut_20": "for (col, has_type), value in zip(_arg_checks(rec.name), args, ):",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
     "reference.durability.xǁLogStoreǁopen__mutmut_68": "conn = sqlite3.connect(path, check_same_thread=False)",
