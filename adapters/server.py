@@ -150,6 +150,11 @@ class _Encoded:
         self.nbytes = len(body)
 
 
+def _ws_header(n: int) -> int:
+    """The header length of an unmasked WebSocket frame of ``n`` bytes in all (header included)."""
+    return 2 if n < 128 else 4 if n < 65540 else 10
+
+
 def ws_binary_frame(payload: bytes) -> bytes:
     """An unmasked, final WebSocket binary frame carrying ``payload`` (RFC 6455 §5.2: a server
     never masks; lengths over 125 take a 16-bit, over 65535 a 64-bit extended length)."""
@@ -385,6 +390,12 @@ class SyncServer:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
         self._commits = CommitClock()
+        self._records_queued = False  # records handed to the writer since it was last woken
+        self._delivered: dict[int, int] = {}  # commit offset -> messages from it handed to sockets, not yet observed
+        # v3 turns of shared updates built in this pass: (compression, their ids) -> (the updates,
+        # the frames, their payload bytes); the updates are kept so an id is never reused meanwhile
+        self._v3_turns: dict[tuple[wire.Compression, tuple[int, ...]],
+                             tuple[tuple[m.ServerMessage, ...], list[bytes], int]] = {}
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
         self._pump_scheduled = False  # _pump likewise (calls the reader handled itself: one pump for them all)
         self.taken_by_reader = 0  # messages a reader handed to the engine itself (ADR-0019), not via the queue
@@ -666,6 +677,7 @@ class SyncServer:
                 # queued now, the writer woken once at the end of this loop iteration: the commits
                 # of one iteration (several connections' calls) share a wakeup and a COMMIT
                 self._writer.append(records, wake=False)
+                self._records_queued = True
             except Exception as exc:
                 # Records the writer refuses can never become durable: nothing more may be
                 # acknowledged.  Fail as a write failure does (503s, closes, serve exits 1) rather
@@ -687,14 +699,18 @@ class SyncServer:
         (:meth:`_write_now`), else by its sender task.  Deferring this to the end of the
         iteration lets a v3 connection's replies to one frame go out in one frame."""
         self._deliver_scheduled = False
-        if self._writer is not None:
+        if self._writer is not None and self._records_queued:  # only new records need the writer woken
+            self._records_queued = False
             self._writer.wake()
         engine = self._engine
         if engine is None:
             return
-        for s in list(self.sessions.values()):
-            if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
-                s.wake.set()
+        try:
+            for s in list(self.sessions.values()):
+                if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
+                    s.wake.set()
+        finally:
+            self._flush_delivered()
 
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():
@@ -1286,53 +1302,120 @@ class SyncServer:
             self._body_bytes += len(frame)
         return frame
 
-    def _turn(self, s: Session) -> list[tuple[bytes, _Encoded | None]] | None:
-        """Take one turn's messages off the connection's queue, encoded and framed: at most
-        ``SEND_BATCH`` (v3: ``SEND_BATCH_V3``) messages and V3_SOFT_CAP bytes (one larger message
-        goes alone).  v3 puts the whole turn in one frame: a subscriber that lags behind gets
-        fewer, larger frames, and its queue drains a turn at a time.  Each frame comes with its
-        cache entry when it is a shared v2 frame.  None: a message was over the one-message
-        bound; the connection is being closed (``broken``) and nothing more is sent to it."""
-        engine = self.engine
-        turn = SEND_BATCH_V3 if s.version == 3 else SEND_BATCH
-        bodies: list[bytes] = []
-        entries: list[_Encoded | None] = []
-        size = 0
-        while s.side and len(bodies) < turn:
-            bodies.append(s.side.popleft())
-            entries.append(None)
-            size += len(bodies[-1])
-        commits = self._commits
-        latency = self.metrics.fanout_latency
-        now = time.monotonic()
-        while (engine.releasable(s.conn_id) and len(bodies) < turn
-               and (not bodies or size + engine.next_size(s.conn_id) <= wire.V3_SOFT_CAP)):
-            out = engine.pop(s.conn_id)
-            body, entry = self._encode(s, out.message)
-            if len(body) > self.config.limits.max_outbound_message_bytes:  # never sent undecodable
+    def _turn(self, s: Session) -> tuple[list[bytes], int] | None:
+        """Take one turn's messages off the connection's queue as whole WebSocket frames, ready
+        for one transport write, and their payload bytes: at most ``SEND_BATCH`` (v3:
+        ``SEND_BATCH_V3``) messages and V3_SOFT_CAP bytes (one larger message goes alone).  v2
+        sends one frame per message (the frames of a turn are written together, ADR-0018); v3
+        puts the whole turn in one frame of several messages.  A subscriber that lags behind
+        therefore gets its backlog in few writes, and its queue drains a turn at a time.  None: a
+        message was over the one-message bound; the connection is being closed (``broken``) and
+        nothing more is sent to it.
+
+        The common message -- a ``TransactionUpdate`` the engine shares between subscribers,
+        already encoded for an earlier receiver -- costs a cache lookup by identity and an
+        append; its delivery is counted for the latency histogram by offset and observed once
+        per offset when the pass ends (:meth:`_flush_delivered`)."""
+        v3 = s.version == 3
+        turn = SEND_BATCH_V3 if v3 else SEND_BATCH
+        compression = s.compression
+        bodies: list[bytes] = []  # v3: the turn's message bodies
+        frames: list[bytes] = []  # v2: the turn's whole WebSocket frames
+        size = payload = 0
+        while s.side and len(bodies) + len(frames) < turn:
+            body = s.side.popleft()
+            if v3:
+                bodies.append(body)
+            else:
+                frame = wire.frame_server(body, compression)
+                frames.append(ws_binary_frame(frame))
+                payload += len(frame)
+            size += len(body)
+        taken = len(bodies) + len(frames)
+        outs = self.engine.take(s.conn_id, turn - taken, wire.V3_SOFT_CAP, size) if taken < turn else []
+        if not outs and not taken:
+            return [], 0
+        cache = self._bodies
+        delivered = self._delivered
+        bound = self.config.limits.max_outbound_message_bytes
+        shared = 0
+        # v3: a turn of shared updates only is one frame every receiver of the same updates gets:
+        # built (and compressed) once per pass, found by the updates' identities
+        v3_key: tuple[int, ...] | None = () if v3 and not taken else None
+        for out in outs:
+            message = out.message
+            entry = cache.get(id(message)) if type(message) is m.TransactionUpdate else None
+            if entry is not None and entry.message is message:  # encoded for an earlier receiver
+                cache.move_to_end(id(message))
+                shared += 1
+                body = entry.body
+            else:
+                body, entry = self._encode(s, message)
+            if len(body) > bound:  # never sent undecodable
                 self.metrics.internal.labels("oversize").inc()
                 s.broken = True
                 s.closers.append(asyncio.ensure_future(self._close(
                     s, m.CLOSE_PROTOCOL, f"internal error: a {len(body)}-byte message is over "
                     "max_outbound_message_bytes", "internal")))
                 return None
-            bodies.append(body)
-            entries.append(entry)
-            size += len(body)
-            if isinstance(out.message, DELIVERED):
-                committed_at = commits.at(out.offset)
-                if committed_at is not None:
-                    latency.observe(now - committed_at)
-        if s.version == 3:
-            return [(wire.frame_server(b, s.compression), None) for b in wire.batch_v3(bodies)]
-        return [(self._frame(b, e, s.compression), e) for b, e in zip(bodies, entries, strict=True)]
+            if v3:
+                bodies.append(body)
+                if v3_key is not None:
+                    v3_key = (*v3_key, id(message)) if entry is not None else None
+            elif entry is not None:
+                data = entry.wire.get(compression)
+                if data is None:
+                    data = self._wire_frame(self._frame(body, entry, compression), entry, compression)
+                frames.append(data)
+                payload += len(data) - _ws_header(len(data))
+            else:
+                frame = wire.frame_server(body, compression)
+                frames.append(ws_binary_frame(frame))
+                payload += len(frame)
+            if isinstance(message, DELIVERED):
+                delivered[out.offset] = delivered.get(out.offset, 0) + 1
+        if shared:
+            sends = self.metrics.sends
+            sends.encode_hits += shared
+            sends.messages["TransactionUpdate"] = sends.messages.get("TransactionUpdate", 0) + shared
+        if v3:
+            turn_key = None if v3_key is None else (compression, v3_key)
+            made = None if turn_key is None else self._v3_turns.get(turn_key)
+            if made is not None and all(a is b.message for a, b in zip(made[0], outs, strict=True)):
+                frames.extend(made[1])
+                payload += made[2]
+            else:
+                start, before = len(frames), payload
+                for body in wire.batch_v3(bodies):
+                    frame = wire.frame_server(body, compression)
+                    frames.append(ws_binary_frame(frame))
+                    payload += len(frame)
+                if turn_key is not None:
+                    self._v3_turns[turn_key] = (tuple(out.message for out in outs), frames[start:], payload - before)
+        return frames, payload
+
+    def _flush_delivered(self) -> None:
+        """Observe the fanout latency of the messages handed to sockets since the last flush:
+        once per commit offset, weighted by how many receivers got a message derived from it."""
+        self._v3_turns.clear()
+        delivered = self._delivered
+        if not delivered:
+            return
+        now = time.monotonic()
+        commits = self._commits
+        latency = self.metrics.fanout_latency
+        for offset, n in delivered.items():
+            committed_at = commits.at(offset)
+            if committed_at is not None:
+                latency.observe(now - committed_at, n)
+        delivered.clear()
 
     def _write_now(self, s: Session) -> bool:
         """Send the connection's released messages from here, without waking its sender task,
         while the socket takes everything at once (nothing is waiting in the transport's
-        buffer).  Writes whole WebSocket frames to the transport, in order with everything the
-        sender task wrote before.  True when nothing is left to send; False when the sender
-        task must take over (the peer is not keeping up, or the connection is closing)."""
+        buffer): each turn's frames in one transport write, in order with everything the sender
+        task wrote before.  True when nothing is left to send; False when the sender task must
+        take over (the peer is not keeping up, or the connection is closing)."""
         engine = self.engine
         transport = s.request.transport
         sends = self.metrics.sends
@@ -1340,13 +1423,15 @@ class SyncServer:
             if (s.busy or s.closing or s.broken or s.ws.closed or transport is None or transport.is_closing()
                     or transport.get_write_buffer_size()):
                 return False
-            frames = self._turn(s)
-            if frames is None:
+            turn = self._turn(s)
+            if turn is None:
                 return True
-            for frame, entry in frames:
-                transport.write(self._wire_frame(frame, entry, s.compression))
-                sends.frames += 1
-                sends.bytes += len(frame)
+            frames, payload = turn
+            if frames:
+                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                sends.writes += 1
+                sends.frames += len(frames)
+                sends.bytes += payload
         return True
 
     def _wire_frame(self, frame: bytes, entry: _Encoded | None, compression: wire.Compression) -> bytes:
@@ -1361,38 +1446,45 @@ class SyncServer:
         return data
 
     async def _sender(self, s: Session) -> None:
+        """Send what the pump could not write directly: one turn at a time, each turn's frames in
+        one transport write; then, while the transport is over its high-water mark, wait for the
+        peer to take it -- at most ``send_timeout_s``, else the peer is a slow consumer."""
         engine = self.engine
         limits = self.config.limits
+        sends = self.metrics.sends
         while not s.closing:
             await s.wake.wait()
             s.wake.clear()
             while not s.closing and not s.broken and (s.side or engine.releasable(s.conn_id)):
-                s.busy = True  # the pump's direct writes wait until this turn's frames are written
+                transport = s.request.transport
+                if s.ws.closed or transport is None or transport.is_closing():
+                    break  # the connection is going: its close path finishes it
+                s.busy = True  # the pump's direct writes wait until this turn is written and taken
                 try:
-                    frames = self._turn(s)
-                    if frames is None:
+                    turn = self._turn(s)
+                    if turn is None:
                         return
-                    sent = sent_bytes = 0
-                    transport = s.request.transport
+                    frames, payload = turn
+                    self._flush_delivered()
+                    if not frames:
+                        continue
+                    transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                    sends.writes += 1
+                    sends.frames += len(frames)
+                    sends.bytes += payload
+                    del frames
                     try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
-                        for frame, _entry in frames:
-                            if transport is not None and _cannot_block(transport, len(frame)):
-                                await s.ws.send_bytes(frame)
-                            else:
-                                async with asyncio.timeout(limits.send_timeout_s):
-                                    await s.ws.send_bytes(frame)
-                            sent += 1
-                            sent_bytes += len(frame)
+                        if not _cannot_block(transport, 0):
+                            async with asyncio.timeout(limits.send_timeout_s):
+                                await s.request.writer.drain()
                     except TimeoutError:
                         self.metrics.refused.labels("send_timeout_s").inc()
                         self._tick()
                         engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
                         self._pump()
                         return
-                    finally:
-                        self.metrics.sends.frames += sent
-                        self.metrics.sends.bytes += sent_bytes
-                    del frames
+                    except ConnectionError:
+                        break  # the peer went away: the reader's end closes the session
                 finally:
                     s.busy = False
                 await asyncio.sleep(0)  # others' turn before this connection's next batch
