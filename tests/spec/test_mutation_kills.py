@@ -68,7 +68,16 @@ from spec.reducers import (
 )
 from spec.resume import continuation_details, continuation_hops, continued_stream
 from spec.rules import REDUCER_RULE_BY_NAME, _errors, outcomes
-from spec.schema import PROTOCOL_VERSION, SCHEMA_VERSION, TABLES, Column, Table, Visibility, _t, check_schema_matches_rows
+from spec.schema import (
+    PROTOCOL_VERSION,
+    SCHEMA_VERSION,
+    TABLES,
+    Column,
+    Table,
+    Visibility,
+    _t,
+    check_schema_matches_rows,
+)
 from spec.state import (
     DbState,
     Delta,
@@ -1261,7 +1270,8 @@ def test_disconnecting_a_session_already_offline_changes_nothing() -> None:
     assert (row.status, row.offline_reason, row.last_seen) == ("offline", "ttl_expired", 1_000)
     closed = red.disconnect_sessions(db, 3_000_000, "a" * 64, frozenset({"s1"}))
     assert list(closed.state.of_type(SessionPresence)) == [row]
-    assert not closed.delta.for_table("presence_signal").inserts and not closed.delta.for_table("session_presence").inserts
+    assert not closed.delta.for_table("presence_signal").inserts
+    assert not closed.delta.for_table("session_presence").inserts
 
 
 def _events(db: DbState, stream: str) -> list[tuple[int, int]]:
