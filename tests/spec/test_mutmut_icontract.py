@@ -4,6 +4,7 @@ third session; `./run mutate --icontract MODULE`)."""
 from __future__ import annotations
 
 import importlib
+import json
 import io
 import os
 import sys
@@ -141,3 +142,24 @@ def test_decorated_only_needs_icontract() -> None:
     from support import mutate
     with pytest.raises(SystemExit):
         mutate.main(["--decorated-only", "spec/resume.py"])
+
+
+def test_decorated_only_drops_names_of_a_stale_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scratch copy's mutmut record can predate a source change (the copy is synced before mutmut
+    regenerates): names it holds that the current source does not make are not decorated mutants."""
+    from support import mutate
+    monkeypatch.setattr(mutate, "SHARED", {"spec/resume.py": tmp_path})
+    monkeypatch.setattr(mutate, "MUTMUT", [sys.executable, "-m", "support.mutmut_icontract"])
+    monkeypatch.setattr(mutate, "DECORATED_ONLY", [True])
+    (tmp_path / "spec").mkdir()
+    (tmp_path / "spec" / "resume.py").write_bytes((ROOT / "spec" / "resume.py").read_bytes())
+    monkeypatch.setattr(mutate, "SHARED", {})
+    monkeypatch.setattr(mutate, "SCRATCH", ROOT / ".no-such-scratch")
+    expected = mutate.mutant_names("spec/resume.py")  # from the generator
+    assert len(expected) > 10
+    monkeypatch.setattr(mutate, "SHARED", {"spec/resume.py": tmp_path})
+    meta = tmp_path / "mutants" / "spec" / "resume.py.meta"
+    meta.parent.mkdir(parents=True)
+    stale = ["spec.resume.x_stale_reasons__mutmut_999", "spec.resume.x_gone__mutmut_1"]
+    meta.write_text(json.dumps({"exit_code_by_key": dict.fromkeys([*expected, *stale], 0)}))
+    assert mutate.mutant_names("spec/resume.py") == sorted(expected)

@@ -245,7 +245,9 @@ def mutant_names(module: str) -> list[str]:
         names = list(_generated(module, source, icontract_on()))
     if decorated_only():  # the names a plain run would not make: mutmut never renumbers the others
         plain = set(_generated(module, source, False))
-        names = [n for n in names if n not in plain]
+        # (and names the flag makes from this source: a scratch copy's record may predate a source change)
+        lifted = set(_generated(module, source, True))
+        names = [n for n in names if n in lifted and n not in plain]
     return names
 
 

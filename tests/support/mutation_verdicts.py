@@ -17,6 +17,9 @@ _ZIP_AFTER_LEN_CHAIN = ("the chain's two lists are compared in length first "
                         "sees lists of different lengths")
 
 EQUIVALENT: dict[str, str] = {
+    # spec/canonical.py, decorated functions (`--icontract --decorated-only`)
+    "spec.canonical.x_payload_hash__mutmut_7":
+        "str.encode looks codec names up case-insensitively: 'UTF-8' is the same codec as 'utf-8'",
     # reference/reducers.py, decorated functions (`--icontract --decorated-only`)
     "reference.reducers.x_compact__mutmut_43":
         "with len(log.events) == retain_count (`>=` for `>`), keep_from = log.floor + 0 = log.floor, and "
@@ -171,6 +174,8 @@ EQUIVALENT.update({
 # record_hash__mutmut_24 and append_sync_event__mutmut_127 did after f1da87b and fad3263).
 MUTATED_LINE: dict[str, str] = {
     # the decorated functions' entries (`--icontract --decorated-only`)
+    "spec.canonical.x_payload_hash__mutmut_7":
+        'return "sha256:" + hashlib.sha256(canonical_text.encode("UTF-8")).hexdigest()',
     "reference.reducers.x_compact__mutmut_43":
         "if cls.retain_count is not None and len(log.events) >= cls.retain_count:",
     "spec.reducers.x_call__mutmut_27": "for col, value in zip(rdef.args, args, ):",
