@@ -30,18 +30,20 @@ from spec.canonical import (
     dumps_canonical,
     parse_strict,
 )
-from spec.client import Checkpoint, Client, StreamView, _applied_in_order, continues
+from spec.client import Checkpoint, Client, StreamView, _applied_in_order, apply_rule, continues
 from spec.compat import CompatWindow, negotiate, well_formed_build, window_well_formed
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError, canonical_details
 from spec.invariants import _past_window, check_state, layout_ok
 from spec.messages import (
     CallReducer,
+    QuerySetUpdate,
     ReducerErr,
     ReducerResult,
     Subscribe,
     SubscribeApplied,
     SubscriptionError,
     TableRows,
+    TransactionUpdate,
     Unsubscribe,
 )
 from spec.outcome import virtual_stream
@@ -1388,3 +1390,59 @@ def test_an_unsupported_protocol_is_quoted_back_and_a_missing_one_as_empty() -> 
     for sent, quoted in (("oa.sync.v0", "oa.sync.v0"), (None, "")):
         assert negotiate(w, "20260601T000000Z", sent, SCHEMA_VERSION) == SyncError(
             ErrorCode.UNSUPPORTED_PROTOCOL_VERSION, {"requested_protocol_version": quoted, "window": w.as_json()})
+
+
+# --- spec/client.py, decorated functions measured whole (`--icontract --decorated-only`, 96 mutants)
+
+@pytest.mark.parametrize(("last", "seq", "rule"), [
+    (3, 1, "duplicate"), (3, 3, "duplicate"), (3, 4, "apply"), (3, 5, "gap"), (0, 1, "apply"), (0, 9, "gap"),
+])
+def test_apply_rule_table_REPLAY_1(last: int, seq: int, rule: str) -> None:
+    assert apply_rule(last, seq) == rule
+
+
+def _event(seq: int, epoch: int = 1) -> SyncEvent:
+    return SyncEvent("s", epoch, seq, f"k{seq}", f"h{seq}", "{}", HEX64, 0, seq)
+
+
+def _update(*events: SyncEvent, qs: int = 1) -> TransactionUpdate:
+    return TransactionUpdate(7, (QuerySetUpdate(qs, (TableRows("sync_event", events),)),))
+
+
+def test_duplicates_are_skipped_and_the_events_after_them_applied() -> None:
+    c = _client_at(1, 2)
+    assert c.on_message(_update(_event(1), _event(2), _event(3), _event(4))) == []
+    assert c.streams["s"].last == 4 and c.streams["s"].applied == [(1, "h"), (2, "h"), (3, "h3"), (4, "h4")]
+
+
+def test_every_gap_is_counted() -> None:
+    c = _client_at(1, 2)
+    c.on_message(_update(_event(5)))
+    c.on_message(_update(_event(6), qs=2))  # after the resubscription, on its new query set
+    assert c.gaps_detected == 2 and c.streams["s"].last == 2
+
+
+def test_a_rehydrating_view_ignores_updates_before_its_snapshot_and_a_snapshot_without_a_stream_row() -> None:
+    c = _client_at(1, 2)
+    c.on_message(_stream_applied(_stream(2, 5, 1)))  # a fresh epoch: rebootstrap, rehydrate on query set 2
+    assert c.on_message(_update(_event(1, epoch=2), qs=2)) == [] and _view(c) == (2, 0, 0, 1, True)
+    c.on_message(SubscribeApplied(10, 2, ()))  # the snapshot names no stream row: nothing to hold yet
+    assert _view(c) == (2, 0, 0, 1, False)
+
+
+def test_a_continuation_past_a_compacted_event_or_of_the_views_own_epoch_is_not_adopted() -> None:
+    c = _client_at(1, 3)  # epoch 2 continues epoch 1 up to 3, but its floor is 5: event 4 is gone
+    c.on_message(_stream_applied(_stream(2, 6, 5, continues=(1, 3))))
+    assert _view(c) == (2, 0, 0, 1, True)
+    c = _client_at(1, 3)  # the same epoch, floor 5: event 4 is gone too
+    c.on_message(_stream_applied(_stream(1, 6, 5)))
+    assert _view(c) == (1, 0, 0, 1, True)
+    c = _client_at(1, 3)  # a row of the view's own epoch naming that epoch in its chain continues nothing
+    assert c.on_message(_stream_applied(_stream(1, 5, 1, continues=(1, 5)))) == []
+    assert _view(c) == (1, 3, 0, 0, False)
+
+
+def test_a_continuation_through_an_earlier_hop_is_adopted() -> None:
+    c = _client_at(1, 3)  # epoch 3 continues epoch 2 up to 10, and through it epoch 1 up to 5
+    c.on_message(_stream_applied(_stream(3, 12, 2, continues=(2, 10), earlier=((1, 5),))))
+    assert _view(c) == (3, 3, 1, 0, False)
