@@ -1446,3 +1446,14 @@ def test_a_continuation_through_an_earlier_hop_is_adopted() -> None:
     c = _client_at(1, 3)  # epoch 3 continues epoch 2 up to 10, and through it epoch 1 up to 5
     c.on_message(_stream_applied(_stream(3, 12, 2, continues=(2, 10), earlier=((1, 5),))))
     assert _view(c) == (3, 3, 1, 0, False)
+
+
+@pytest.mark.parametrize(("build", "schema", "code", "details"), [
+    ("20260601T000000Z", 99, ErrorCode.UNSUPPORTED_SCHEMA_VERSION, {"requested_schema_version": 99}),
+    ("20251231T235959Z", SCHEMA_VERSION, ErrorCode.UPGRADE_REQUIRED, {"client_build_id": "20251231T235959Z"}),
+    ("21000101T000000Z", SCHEMA_VERSION, ErrorCode.UNSUPPORTED_CLIENT_BUILD, {"client_build_id": "21000101T000000Z"}),
+])
+def test_negotiate_rejections_name_what_was_refused(build: str, schema: int, code: ErrorCode,
+                                                     details: dict[str, object]) -> None:
+    w = CompatWindow()
+    assert negotiate(w, build, PROTOCOL_VERSION, schema) == SyncError(code, {**details, "window": w.as_json()})
