@@ -16,7 +16,7 @@ import pytest
 
 from spec import reducers as red
 from spec import schema
-from spec.auth import Claims, can_read
+from spec.auth import Claims, can_read, grant_matches
 from spec.canonical import (
     _digest_of,
     _is_clean,
@@ -1457,3 +1457,16 @@ def test_negotiate_rejections_name_what_was_refused(build: str, schema: int, cod
                                                      details: dict[str, object]) -> None:
     w = CompatWindow()
     assert negotiate(w, build, PROTOCOL_VERSION, schema) == SyncError(code, {**details, "window": w.as_json()})
+
+
+@pytest.mark.parametrize(("grant", "stream_id", "covered"), [
+    ("a.own*", "a.owner", True),   # a plain string prefix
+    ("a.own*", "a.own", True),
+    ("a.own*", "a.ow", False),     # one character short of the prefix
+    ("a.own*", "a.owx", False),
+    ("ab*", "ac", False),
+    ("*", "anything", True),
+    ("a.x", "a.x", True), ("a.x", "a.xy", False),
+])
+def test_grant_matches_table_AUTH_1(grant: str, stream_id: str, covered: bool) -> None:
+    assert grant_matches(grant, stream_id) is covered
