@@ -48,7 +48,17 @@ from spec.messages import (
 )
 from spec.outcome import virtual_stream
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass, expired
-from spec.query import Comparison, Op, Query, _int_lower_bounds, evaluate, matches, parse, resume_watermark
+from spec.query import (
+    Comparison,
+    Op,
+    Query,
+    _int_lower_bounds,
+    evaluate,
+    matches,
+    parse,
+    resume_watermark,
+    unsatisfiable,
+)
 from spec.reducer_contracts import (
     outbox_enqueued,
     outbox_sent,
@@ -1470,3 +1480,17 @@ def test_negotiate_rejections_name_what_was_refused(build: str, schema: int, cod
 ])
 def test_grant_matches_table_AUTH_1(grant: str, stream_id: str, covered: bool) -> None:
     assert grant_matches(grant, stream_id) is covered
+
+
+_PINS = ["stream_id = 's'", "epoch = 1", "idempotency_key = 'k'", "payload_hash = 'h'", "payload = '{}'",
+         "tx_offset = 3"]
+
+
+def test_an_empty_seq_range_is_unsatisfiable_whatever_else_is_pinned() -> None:
+    # unsatisfiable walks a *set* of columns: a satisfied pin must not end the walk (the columns come in
+    # string-hash order, so every pin alone, and all of them, are tried with the empty range on seq)
+    for pins in [*([p] for p in _PINS), _PINS]:
+        (q,) = parse("SELECT * FROM sync_event WHERE " + " AND ".join([*pins, "seq > 5", "seq < 3"]))
+        assert unsatisfiable(q), pins
+        (ok,) = parse("SELECT * FROM sync_event WHERE " + " AND ".join([*pins, "seq > 2", "seq < 5"]))
+        assert not unsatisfiable(ok), pins
