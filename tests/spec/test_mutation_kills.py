@@ -1297,7 +1297,16 @@ def test_compaction_by_age_keeps_an_event_exactly_at_the_window_and_everything_y
         db = _red_ok(db, t, "append_sync_event", "s1", key, "{}", None, None, policy=policy)
     out = red.compact(db, 1_150, policy)  # window: older than 1_050 goes; 1_050 (exactly 100 ago) stays
     assert _events(out.state, "s1") == [(2, 1_050), (3, 1_100), (4, 1_200)]
-    assert next(iter(out.state.of_type(SyncStream))).floor_seq == 2
+    stream = next(iter(out.state.of_type(SyncStream)))
+    assert (stream.floor_seq, stream.updated_at) == (2, 1_150)
+
+
+def test_an_unclean_restart_stamps_every_stream_with_the_restart_time() -> None:
+    db = _red_ok(DbState(), 1_000, "append_sync_event", "s1", "a", "{}", None, None)
+    db = _red_ok(db, 2_000, "append_sync_event", "s2", "a", "{}", None, None)
+    after = red.unclean_restart(db, 9_000, 2)
+    assert {(s.stream_id, s.epoch, s.continues_epoch, s.continues_seq, s.updated_at)
+            for s in after.of_type(SyncStream)} == {("s1", 4, 1, 1, 9_000), ("s2", 4, 1, 1, 9_000)}
 
 
 def test_compaction_drops_only_a_prefix_and_goes_on_to_the_next_stream() -> None:

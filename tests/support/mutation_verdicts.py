@@ -25,6 +25,12 @@ EQUIVALENT: dict[str, str] = {
         "with len(log.events) == retain_count (`>=` for `>`), keep_from = log.floor + 0 = log.floor, and "
         "keep_from == log.floor skips the stream, as when the count rule is skipped",
     # spec/reducers.py, decorated functions (`./run mutate --icontract --decorated-only`)
+    "spec.reducers.x_call__mutmut_24":
+        "call checks len(args) == len(rdef.args) first and returns invalid_argument otherwise, so zip's strict "
+        "flag (None here) never sees sequences of different lengths",
+    "spec.reducers.x_call__mutmut_28":
+        "call checks len(args) == len(rdef.args) first and returns invalid_argument otherwise, so zip's strict "
+        "flag (False here) never sees sequences of different lengths",
     "spec.reducers.x_call__mutmut_27":
         "call checks len(args) == len(rdef.args) first and returns invalid_argument otherwise, so zip's strict "
         "flag never sees sequences of different lengths",
@@ -179,6 +185,8 @@ MUTATED_LINE: dict[str, str] = {
     "reference.reducers.x_compact__mutmut_43":
         "if cls.retain_count is not None and len(log.events) >= cls.retain_count:",
     "spec.reducers.x_call__mutmut_27": "for col, value in zip(rdef.args, args, ):",
+    "spec.reducers.x_call__mutmut_24": "for col, value in zip(rdef.args, args, strict=None):",
+    "spec.reducers.x_call__mutmut_28": "for col, value in zip(rdef.args, args, strict=False):",
     "spec.reducers.x_compact__mutmut_39": "if cls.retain_count is not None and len(events) >= cls.retain_count:",
     "reference.log.x_body_json__mutmut_25": '"delta_hash": hashlib.sha256(delta.encode("UTF-8")).hexdigest()}',
     "reference.log.x_chain__mutmut_6": 'return hashlib.sha256((prev_hash + _canon(body)).encode("UTF-8")).hexdigest()',
