@@ -97,6 +97,12 @@ TESTS: dict[str, list[str]] = {
                                   "tests/spec/test_hardening_checks.py", "tests/spec/test_continuation_chain.py",
                                   "tests/spec/test_mutation_kills.py", "tests/spec/test_mutation_kills_contracts.py",
                                   "tests/spec/test_mutation_kills_invariants.py"],
+    # third session: the system machine, its trace checker and the canonical-JSON vectors (the
+    # Hypothesis machines are left out: test_mutation_kills_system.py runs the system machine briefly)
+    "spec/system.py": ["tests/spec/test_continuation_chain.py", "tests/spec/test_mutation_kills_system.py"],
+    "spec/trace.py": ["tests/spec/test_hardening_checks.py", "tests/spec/test_continuation_chain.py",
+                      "tests/spec/test_mutation_kills_system.py"],
+    "spec/vectors.py": ["tests/conformance/test_vectors.py", "tests/spec/test_mutation_kills_system.py"],
     # reference/: the engine's unit, scenario and durability tests (no server processes; the
     # differential machines are left out: 40 s a run, too slow to rerun per surviving mutant)
     "reference/log.py": ["tests/reference/test_log_fastpath.py", "tests/reference/test_engine_chain.py",
@@ -316,7 +322,7 @@ def survivors_of(module: str) -> list[str]:
 
 
 KILLER_TESTS = ["tests/spec/test_mutation_kills.py", "tests/spec/test_mutation_kills_invariants.py",
-                "tests/spec/test_mutation_kills_contracts.py"]
+                "tests/spec/test_mutation_kills_contracts.py", "tests/spec/test_mutation_kills_system.py"]
 
 
 def verify(module: str, tests: list[str]) -> dict[str, bool]:

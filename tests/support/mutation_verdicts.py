@@ -121,3 +121,11 @@ EQUIVALENT.update({
         "the same database read-only); a SQLite built without it would open a file named 'file:...' instead, so "
         "this is equivalent on this platform only",
 })
+
+# --- third session: spec/system.py, spec/trace.py, spec/vectors.py (samples, seed 9) -------------------
+
+EQUIVALENT.update({
+    # spec/vectors.py
+    "spec.vectors.x_accept_document__mutmut_21":
+        "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so input_utf8_hex holds the same bytes",
+})

@@ -1,0 +1,529 @@
+"""Killer tests for the third mutation session: spec/vectors.py, spec/trace.py, spec/system.py
+(docs/mutation.md, "Third session").
+
+Each test states what the module must do, written from the spec's meaning and checked against a
+second source (the checked-in vectors, published hashes, tables written out by hand, concrete bad
+traces with the violation they must produce) -- never by calling the code under test for the answer.
+
+*Vectors.*  ``spec.vectors`` builds its case tables (``_khala_cases``, ``_control_cases``, ``_nest``,
+``_r``) when it is imported, before a mutant is active, so the drift test cannot see a mutant in a
+builder; the tests below call the builders themselves and compare with the checked-in vector files
+(a builder that changed would change a vector) and with what the cases mean (the published Khala
+hashes, the 32 control characters and their names, the nesting written out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+from support.machines import SystemMachine
+
+import spec.vectors as vectors
+from spec.auth import Claims
+from spec.client import Client, StreamView
+from spec.errors import ErrorCode, SyncError
+from spec.messages import (
+    Outbound,
+    QuerySetUpdate,
+    ReducerErr,
+    ReducerResult,
+    Subscribe,
+    SubscribeApplied,
+    SubscriptionError,
+    TableRows,
+    TransactionUpdate,
+)
+from spec.policy import Policy
+from spec.state import DbState
+from spec.system import Link
+from spec.trace import Mirror, Trace, _shares
+from spec.values import ProviderCapability, Row, SessionPresence, StreamSignal, SyncCheckpoint, SyncEvent, SyncStream
+from spec.canonical import MAX_DEPTH, REASONS
+from spec.vectors import (
+    ACCEPT_FORMAT,
+    REJECT_FORMAT,
+    Accept,
+    Reject,
+    VectorError,
+    _check_names,
+    _control_cases,
+    _khala_cases,
+    _nest,
+    _printable_ascii,
+    _r,
+    _utf16_hex,
+    _valid_unicode,
+    accept_document,
+    reject_document,
+    render,
+)
+
+CANONICAL_VECTORS = Path(__file__).resolve().parents[2] / "adapters" / "conformance" / "vectors" / "canonical"
+
+# ------------------------------------------------------------------------------------------------ vectors
+
+
+def _checked_in_input(handler: str, name: str) -> Any:
+    path = CANONICAL_VECTORS / handler / name / "ops.json"
+    assert path.exists(), f"no checked-in vector {handler}/{name}: the builder made a case that is not in the kit"
+    return json.loads(path.read_text("ascii"))["input"]
+
+
+# Published in OpenAgentsInc/openagents docs/protocol/testdata/khala_payload_hash_vectors.v1.json
+# (the same table as tests/conformance/test_vectors.py's, where it checks the files).
+KHALA = {
+    "khala_v1_sorted_flat_object": "43258cff783fe7036d8a43033f830adfc60ec037382473548ac742b888292777",
+    "khala_v1_nested_sync_payload": "bf367b161129295cb3fab72a7eae88f8602207d4fc8fcf4510c4d5fa0bcb5317",
+    "khala_v1_bool_null_array": "b5ef670c5e47639c44a0ed4ba6901df6b0e7f59e41e4102bb26e76fb1f4af946",
+    "khala_v1_string_escaping": "5da82c8c6bf15cceb33ae20ba89c0adb33d030c5d65824d138936fae7a1ab3d8",
+    "khala_v1_array_of_objects": "700bae9e6bc89b1810ee4cc08c459cc2a02ccb13fcde1949b10adfa031e8212d",
+}
+
+
+def test_the_khala_cases_are_the_published_payloads_pretty_printed() -> None:
+    cases = _khala_cases()
+    assert [c.name for c in cases] == list(KHALA)
+    for case in cases:
+        # the payload's canonical form, by a serializer written here (keys sorted, no whitespace),
+        # hashes to the published value: the case is the published payload
+        value = json.loads(case.text)
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert hashlib.sha256(canonical.encode()).hexdigest() == KHALA[case.name], case.name
+        # and its input is spelled as in the kit: indented by two spaces, in the payload's own key order
+        assert case.text == _checked_in_input("accept", case.name)
+        assert case.text.startswith('{\n  "') and "\n" + " " * 2 + '"' in case.text
+
+
+_NAMES = {0x08: "b", 0x09: "t", 0x0A: "n", 0x0C: "f", 0x0D: "r"}  # JSON's named escapes (RFC 8259 section 7)
+
+
+def test_the_control_cases_cover_each_control_character_by_name() -> None:
+    cases = _control_cases()
+    singles = cases[:32]
+    for cp, case in enumerate(singles):
+        suffix = f"_{_NAMES[cp]}" if cp in _NAMES else ""
+        assert case.name == f"control_u{cp:04x}{suffix}"
+        assert case.text == '"\\u%04X"' % cp and json.loads(case.text) == chr(cp)
+    assert [c.name for c in cases[32:]] == ["control_all_in_one_string", "control_named_escapes_in_input",
+                                            "control_in_object_key"]
+    all_in_one, named, in_key = cases[32:]
+    assert json.loads(all_in_one.text) == "".join(map(chr, range(32)))
+    assert all_in_one.text == '"' + "".join("\\u00%02x" % cp for cp in range(32)) + '"'
+    assert named.text == '"\\b\\f\\n\\r\\t"'
+    assert json.loads(in_key.text) == {"\x00": 0, "\x1f": 31, "\n": 10}
+    assert in_key.text == '{"\\u0000":0,"\\u001F":31,"\\n":10}'
+    for case in cases:
+        assert _checked_in_input("accept", case.name) == case.text
+
+
+@pytest.mark.parametrize(("depth", "inner", "text"), [
+    (0, "null", "null"),
+    (1, "1", "[1]"),
+    (2, "null", '[{"k":null}]'),
+    (3, "null", '[{"k":[null]}]'),
+    (4, "0", '[{"k":[{"k":0}]}]'),
+])
+def test_nest_alternates_arrays_and_objects_arrays_outermost(depth: int, inner: str, text: str) -> None:
+    assert _nest(depth, inner) == text
+
+
+def test_nest_builds_the_kits_deepest_mixed_cases() -> None:
+    assert _nest(MAX_DEPTH, "null") == _checked_in_input("accept", f"nesting_{MAX_DEPTH}_mixed")
+    assert _nest(MAX_DEPTH + 1, "null") == _checked_in_input("reject", f"nesting_{MAX_DEPTH + 1}_mixed")
+    deep = json.loads(_nest(MAX_DEPTH, "null"))
+    for level in range(MAX_DEPTH - 1):  # depth counted by walking the value, not the text
+        deep = deep[0] if level % 2 == 0 else deep["k"]
+    assert deep == [None] or deep == {"k": None}
+
+
+def test_r_keeps_each_cases_name_text_and_reason() -> None:
+    assert _r("too_deep", ("a", "[["), ("b", "x")) == [Reject("a", "[[", "too_deep"), Reject("b", "x", "too_deep")]
+    assert _r("invalid_json") == []
+
+
+@pytest.mark.parametrize(("names", "error"), [
+    (["a", "b_2", "Z9"], None),
+    (["a", "a"], "duplicate case name 'a'"),
+    ([""], "case name '' is not [A-Za-z0-9_]+"),
+    (["a-b"], "case name 'a-b' is not [A-Za-z0-9_]+"),
+    (["a b"], "case name 'a b' is not [A-Za-z0-9_]+"),
+    (["caf\u00e9"], "case name 'caf\u00e9' is not [A-Za-z0-9_]+"),  # alphanumeric, but not ASCII
+    (["\u0661"], "case name '\u0661' is not [A-Za-z0-9_]+"),  # ARABIC-INDIC DIGIT ONE: a digit, not ASCII
+])
+def test_case_names_are_unique_ascii_words(names: list[str], error: str | None) -> None:
+    if error is None:
+        _check_names(names)
+        return
+    with pytest.raises(VectorError) as caught:
+        _check_names(names)
+    assert str(caught.value) == error
+
+
+@pytest.mark.parametrize(("text", "valid"), [
+    ("abc", True), ("\ud7ff", True), ("\ud800", False), ("\udbff", False), ("\udc00", False),
+    ("a\udfffb", False), ("\ue000", True), ("\U0001f600", True), ("", True),
+])
+def test_valid_unicode_means_no_surrogate_code_point(text: str, valid: bool) -> None:
+    assert _valid_unicode(text) is valid
+
+
+@pytest.mark.parametrize(("text", "printable"), [
+    (" ", True), ("~", True), ("a b", True), ("\x1f", False), ("\x7f", False), ("\u00e9", False), ("", True),
+])
+def test_printable_ascii_is_u0020_to_u007e(text: str, printable: bool) -> None:
+    assert _printable_ascii(text) is printable
+
+
+def test_utf16_hex_is_big_endian_code_units_and_refuses_a_pair_that_would_merge() -> None:
+    assert _utf16_hex("\ud800") == "d800"
+    assert _utf16_hex("a\udc00b") == "0061dc000062"
+    with pytest.raises(VectorError) as caught:
+        _utf16_hex("\ud83d\ude00")  # two raw surrogates that pair up: read back as one U+1F600
+    assert str(caught.value) == "input '\\ud83d\\ude00' does not survive a UTF-16 round trip"
+
+
+def test_the_documents_have_the_readme_layout() -> None:
+    accept, reject = accept_document(), reject_document()
+    assert set(accept) == {"description", "format", "count", "cases"}
+    assert set(reject) == {"description", "format", "reasons", "count", "cases"}
+    assert accept["format"] == ACCEPT_FORMAT == "syncref.canonical_json.accept.v1"
+    assert reject["format"] == REJECT_FORMAT == "syncref.canonical_json.reject.v1"
+    for doc in (accept, reject):
+        assert doc["count"] == len(doc["cases"]) > 0
+        assert isinstance(doc["description"], list) and all(isinstance(p, str) and p for p in doc["description"])
+    assert list(reject["reasons"]) == list(REASONS)
+
+
+def test_a_curated_reject_case_the_model_accepts_stops_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "REJECT_CASES", (Reject("one_is_fine", "1", "invalid_json"),))
+    with pytest.raises(VectorError) as caught:
+        reject_document()
+    assert str(caught.value) == "reject case 'one_is_fine' is accepted by the model"
+
+
+def test_a_reason_without_a_meaning_stops_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    meanings = dict(vectors.REASON_MEANINGS)
+    del meanings["too_deep"]
+    monkeypatch.setattr(vectors, "REASON_MEANINGS", meanings)
+    with pytest.raises(VectorError) as caught:
+        reject_document()
+    assert str(caught.value) == "REASON_MEANINGS does not describe exactly spec.canonical.REASONS"
+
+
+def test_a_curated_accept_case_the_model_rejects_stops_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "ACCEPT_CASES", (Accept("duplicate", '{"a":1,"a":2}'),))
+    with pytest.raises(VectorError, match="^accept case 'duplicate' is rejected by the model: "):
+        accept_document()
+
+
+def test_render_refuses_what_is_not_json() -> None:
+    assert render({"b": [1], "a": "\u00e9"}) == '{\n  "b": [\n    1\n  ],\n  "a": "\\u00e9"\n}\n'
+    with pytest.raises(ValueError):
+        render({"x": float("nan")})  # NaN is not JSON: a vector file must never hold it
+
+
+# ------------------------------------------------------------------------------------------------ system
+
+
+def test_a_short_derandomized_system_machine_run_sees_no_violation() -> None:
+    """The system machine (tests/spec/test_machines.py runs it long), briefly and the same every time:
+    every fault, every client action, the convergence check after each heal -- a correct system
+    raises no violation and quiesces."""
+    run_state_machine_as_test(SystemMachine, settings=settings(
+        max_examples=30, stateful_step_count=50, derandomize=True, database=None, deadline=None,
+        suppress_health_check=list(HealthCheck)))
+
+
+# ------------------------------------------------------------------------------------------------- trace
+# Hand-made observations fed to spec.trace.Trace: a correct one it must pass, and broken ones, each with
+# the exact violation (invariant id and message) it must report.
+
+READER = Claims("a" * 64, frozenset({"sync.subscribe"}), ("s*",))
+H1, H2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+EMPTY_HASH = "sha256:" + hashlib.sha256(b"{}").hexdigest()
+
+
+def _event(seq: int, epoch: int = 1, h: str = H1, stream: str = "s") -> SyncEvent:
+    return SyncEvent(stream, epoch, seq, f"k{seq}", h, "{}", "b" * 64, 0, seq)
+
+
+def _stream_row(epoch: int = 1, head: int = 0, floor: int = 1, cont: tuple[int, int] = (0, 0),
+                earlier: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())) -> SyncStream:
+    return SyncStream("s", "default", epoch, cont[0], cont[1], head, floor, 100, 0, 0, earlier[0], earlier[1])
+
+
+def _db(**tables: tuple[Row, ...]) -> DbState:
+    base = dict(DbState().tables)
+    base.update(tables)
+    return DbState(base)
+
+
+def _reader(epoch: int | None = 1, last: int = 5, qs: int = 7, confirmed: bool = False, **view: Any) -> Client:
+    c = Client("c0", READER, confirmed)
+    c.streams["s"] = StreamView(epoch=epoch, last=last, applied=[(k, H1) for k in range(1, last + 1)], **view)
+    c.qs_stream[qs] = "s"
+    return c
+
+
+def _stale(**details: Any) -> SubscriptionError:
+    return SubscriptionError(3, 7, SyncError(ErrorCode.STALE_CURSOR, {"stream_id": "s", **details}).render())
+
+
+@pytest.mark.parametrize(("epoch", "last", "cont_epoch", "cont_seq", "epochs", "seqs", "shares"), [
+    (None, 0, 2, 3, [], [], False),         # the view has no epoch: nothing to continue
+    (1, 3, 0, 0, [], [], False),            # the new epoch started fresh
+    (1, 3, 1, 5, [], [], True),             # continues epoch 1 up to 5, the view is at 3
+    (1, 5, 1, 5, [], [], True),             # ... at exactly 5
+    (1, 6, 1, 5, [], [], False),            # ... past 5: events 6.. may be lost
+    (1, 3, 2, 5, [1], [4], True),           # two hops: 1 is reached through 2, bounded by 5 and 4
+    (1, 5, 2, 5, [1], [4], False),          # ... the second hop's bound is below the view
+    (1, 4, 2, 3, [1], [9], False),          # ... the first hop's bound is below the view
+    (2, 5, 2, 5, [1], [4], True),           # the view's epoch is the newest hop
+    (3, 0, 2, 5, [1], [4], False),          # an epoch not in the chain
+    (1, 3, 2, 5, [1], None, False),         # malformed details: not lists
+    (1, 3, 2, 5, None, [4], False),
+    (1, 3, 2, 5, [1], [4, 3], False),       # ... or lists of different lengths
+])
+def test_shares_reads_the_continuation_chain(epoch: int | None, last: int, cont_epoch: int, cont_seq: int,
+                                             epochs: Any, seqs: Any, shares: bool) -> None:
+    assert _shares(epoch, last, cont_epoch, cont_seq, epochs, seqs) is shares
+
+
+def test_trace_seq_2_one_name_per_stream_epoch_seq() -> None:
+    t = Trace()
+    t.record_ledger([_event(1), _event(2)])
+    assert t.violations == []
+    t.record_ledger([_event(2, h=H2)])
+    assert t.violations == [("SEQ-2", f"('s', 1, 2) named {H1[:15]} and {H2[:15]} (ledger)")]
+
+
+def test_trace_slow_1_flags_a_queue_past_the_bound() -> None:
+    server = SimpleNamespace(max_queue=2, conns={4: SimpleNamespace(conn_id=4, outbound=[None] * 2),
+                                                 5: SimpleNamespace(conn_id=5, outbound=[None] * 3)})
+    t = Trace()
+    t.check_queues(server)  # type: ignore[arg-type]
+    assert t.violations == [("SLOW-1", "conn 5 queue 3 > 2")]
+
+
+def test_trace_replay_3_a_rebootstrap_needs_a_stale_signal() -> None:
+    c = _reader(rebootstraps=1)
+    t = Trace()
+    t.signals[(0, "s")] = 1
+    t.check_rebootstraps(0, c)
+    assert t.violations == []
+    t.signals[(0, "s")] = 0
+    t.check_rebootstraps(0, c)
+    assert t.violations == [("REPLAY-3", "client 0 s: 1 rebootstraps and 0 continues after 0 stale signals")]
+
+
+def test_trace_retention_is_judged_with_the_trace_policy() -> None:
+    gone = SessionPresence("p", "b" * 64, "d", "n", "offline", "eu", 0, 0, "explicit_offline")
+    before, after = _db(session_presence=(gone,)), _db()
+    short = Trace(policy=Policy(retain_offline_presence_us=10))
+    short.record_state(0, before)
+    short.record_state(1, after, compact_now=11)  # past its 10 us window: removing it is right
+    assert short.violations == []
+    default = Trace()
+    default.record_state(0, before)
+    default.record_state(1, after, compact_now=11)  # a day's window: removed too early
+    assert default.violations == [("RET-1", "session_presence p: removed at 11")]
+
+
+def test_trace_ver_1_a_version_first_seen_is_not_a_violation() -> None:
+    row = ProviderCapability("p", "b" * 64, "{}", EMPTY_HASH, (5000,), 0, "active", 1, 0)
+    t = Trace()
+    t.record_state(0, _db(provider_capability=(row,)))
+    assert t.violations == []
+
+
+def test_trace_on_crash_dur_1_compares_what_recovery_keeps() -> None:
+    cp = SyncCheckpoint("c|s", "c", "s", "b" * 64, 1, 2, 0)
+    prov = ProviderCapability("p", "b" * 64, "{}", EMPTY_HASH, (5000,), 0, "active", 1, 0)
+    prior = _db(sync_checkpoint=(cp,), provider_capability=(prov,))
+    # recovery raises epochs and versions (ADR-0003): the same state for DUR-1
+    raised = _db(sync_checkpoint=(replace(cp, epoch=2),), provider_capability=(replace(prov, version=2),))
+    t = Trace()
+    t.states[3] = prior
+    t.on_crash(3, raised, [])
+    assert t.violations == []
+    t = Trace()
+    t.states[3] = prior
+    t.on_crash(3, _db(provider_capability=(prov,)), [])  # the checkpoint is lost
+    assert t.violations == [("DUR-1", "state after crash differs from the durable state at 3")]
+
+
+def test_trace_conf_2_a_crash_must_keep_what_a_confirmed_reader_saw() -> None:
+    t = Trace()
+    t.confirmed_seen.add(("s", 1, 1, H1))
+    t.on_crash(0, DbState(), [])
+    assert t.violations == [("CONF-2", "a confirmed-read client saw ('s', 1, 1) and the crash lost it")]
+
+
+def test_trace_observe_deliv_1_offsets_never_go_back() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    t.observe(0, c, link, Outbound(1, TransactionUpdate(1, ())), 9, {})  # the first message: after -1
+    t.observe(0, c, link, Outbound(3, ReducerResult(1, 3, ReducerErr("x"))), 9, {})
+    assert t.violations == []
+    t.observe(0, c, link, Outbound(2, ReducerResult(2, 2, ReducerErr("x"))), 9, {})
+    assert t.violations == [("DELIV-1", "client 0 got offset 2 after 3")]
+
+
+def test_trace_observe_auth_1_a_row_the_client_may_not_read() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    foreign = SyncCheckpoint("x|s", "x", "s", "c" * 64, 1, 1, 0)  # another identity's checkpoint
+    db = _db(sync_checkpoint=(foreign,))
+    t.observe(0, c, link, Outbound(1, TransactionUpdate(1, (QuerySetUpdate(7, (TableRows(
+        "sync_checkpoint", (foreign,)),)),))), 9, {1: db})
+    assert t.violations == [("AUTH-1", "client 0 received SyncCheckpoint it may not read")]
+
+
+def test_trace_observe_evt_2_no_event_rows_in_a_snapshot() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    signal = StreamSignal("s", "typing", "{}", "b" * 64, 0)
+    t.observe(0, c, link, Outbound(0, SubscribeApplied(1, 7, (TableRows("stream_signal", (signal,), event=True),))),
+              9, {0: DbState()})
+    assert t.violations == [("EVT-2", "client 0 got event rows in a snapshot")]
+
+
+def test_trace_observe_stale_3_a_resume_must_pin_stream_and_epoch() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    text = "SELECT * FROM sync_event WHERE seq > 2"
+    link.asked[7] = (text,)
+    t.observe(0, c, link, Outbound(0, SubscribeApplied(1, 7, ())), 9, {0: DbState()})
+    assert t.violations == [("STALE-3", f"client 0 was subscribed to {text!r}, a resume without stream and epoch")]
+
+
+def test_trace_observe_stale_1_and_2_a_resume_past_the_floor() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    link.asked[7] = ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 2",)
+    db = _db(sync_stream=(_stream_row(head=9, floor=5),), sync_event=tuple(_event(k) for k in range(5, 10)))
+    t.observe(0, c, link, Outbound(0, SubscribeApplied(1, 7, ())), 9, {0: db})
+    assert t.violations == [("STALE-1", "client 0 resumed s from 2 though ('retention_floor_breach',)"),
+                            ("STALE-2", "client 0 resumed s from 2 past floor 5")]
+
+
+def test_trace_observe_stale_1_a_stale_cursor_must_give_the_right_reasons() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    link.asked[7] = ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 2",)
+    db = _db(sync_stream=(_stream_row(head=9, floor=5),), sync_event=tuple(_event(k) for k in range(5, 10)))
+    right = _stale(reasons=["retention_floor_breach"], replay_budget=100, epoch=1)
+    t.observe(0, c, link, Outbound(0, right), 9, {0: db})
+    assert t.violations == []
+    wrong = _stale(reasons=["epoch_changed"], replay_budget=100, epoch=1)
+    t.observe(0, c, link, Outbound(0, wrong), 9, {0: db})
+    assert t.violations == [("STALE-1", "client 0 stale s reasons ('epoch_changed',), expected ('retention_floor_breach',)")]
+
+
+def test_trace_observe_deliv_2_mirrors_follow_updates_past_event_tables() -> None:
+    """An update's event-table rows are skipped for the mirror (they are transient), the tables after them
+    are not; a mirror that does not match the query set on the server's state is DELIV-2."""
+    t, c, link = Trace(), _reader(), Link(1)
+    row = _stream_row(head=1, floor=1)
+    link.subscribed[7] = ("SELECT * FROM sync_stream",)
+    link.mirrors[7] = Mirror()
+    signal = StreamSignal("s", "typing", "{}", "b" * 64, 0)
+    update = TransactionUpdate(1, (QuerySetUpdate(7, (TableRows("stream_signal", (signal,), event=True),
+                                                      TableRows("sync_stream", (row,)))),))
+    t.observe(0, c, link, Outbound(1, update), 9, {1: _db(sync_stream=(row,))})
+    assert t.violations == []
+    assert link.mirrors[7].rows == Counter({row: 1})
+    t.observe(0, c, link, Outbound(2, TransactionUpdate(2, ())), 9, {2: DbState()})  # the row is gone, not told
+    assert t.violations == [("DELIV-2", f"client 0 qs 7 at 2: missing [] extra {[row]}")]
+
+
+def test_trace_observe_client_replay_1_applied_runs_have_no_holes() -> None:
+    t = Trace()
+    c = _reader(last=3)
+    c.streams["s"].applied = [(1, H1), (3, H1)]
+    t.observe_client(0, c)
+    assert t.violations == [("REPLAY-1", "client 0 s applied [1, 3]")]
+
+
+def test_trace_observe_client_replay_1_a_watermark_never_goes_back() -> None:
+    t, c = Trace(), _reader(last=5)
+    t.observe_client(0, c)
+    t.observe_client(0, c)  # nothing new: fine
+    assert t.violations == []
+    c.streams["s"].last = 3
+    c.streams["s"].applied = c.streams["s"].applied[:3]
+    t.observe_client(0, c)
+    assert t.violations == [("REPLAY-1", "client 0 s went from 5 to 3 applying []")]
+
+
+def test_trace_observe_client_cont_1_judges_this_clients_meetings_only() -> None:
+    t, c = Trace(), _reader(last=5)
+    c.streams["s"].continues = 1  # it continued ...
+    t.signals[(0, "s")] = 1  # (on a stale signal: REPLAY-3 is content)
+    t.meets[(1, "s")] = ((1, 5, 5, 0, 0), 2, True)  # (another client's meeting, left alone)
+    t.meets[(0, "s")] = ((1, 5, 5, 0, 0), 2, False)  # ... into an epoch that does not continue it far enough
+    t.observe_client(0, c)
+    assert t.violations == [("CONT-1", "client 0 at (1, 5) continued s into epoch 2, which does not continue it "
+                                       "far enough")]
+    assert list(t.meets) == [(1, "s")]
+
+
+def test_trace_meet_is_taken_once_and_only_for_a_new_epoch() -> None:
+    t, c = Trace(), _reader(epoch=1, last=5)
+    t._meet(0, c, "s", 1, True)  # the view's own epoch: no meeting
+    assert t.meets == {}
+    t._meet(0, c, "s", 2, True)
+    t._meet(0, c, "s", 3, False)  # the first meeting stands
+    assert t.meets == {(0, "s"): ((1, 5, 5, 0, 0), 2, True)}
+
+
+@pytest.mark.parametrize(("row", "ok"), [
+    (_stream_row(epoch=2, cont=(1, 5), head=7, floor=6), True),   # floor = watermark + 1: nothing missed
+    (_stream_row(epoch=2, cont=(1, 5), head=7, floor=7), False),  # seq 6 is gone
+    (_stream_row(epoch=2, cont=(1, 4), head=7, floor=1), False),  # continues only up to 4
+    (_stream_row(epoch=2, cont=(3, 9), head=9, floor=1, earlier=((1,), (5,))), True),  # through a chain
+])
+def test_trace_meetings_from_a_stream_row_of_a_new_epoch(row: SyncStream, ok: bool) -> None:
+    t, c = Trace(), _reader(epoch=1, last=5)
+    update = TransactionUpdate(1, (QuerySetUpdate(7, (TableRows("sync_stream", (row,)),)),))
+    t.before_message(0, c, update)
+    assert t.meets == {(0, "s"): ((1, 5, 5, 0, 0), 2, ok)}
+
+
+def test_trace_meetings_from_a_stale_cursor_refusal() -> None:
+    t, c = Trace(), _reader(epoch=1, last=5)
+    t.before_message(0, c, _stale(reasons=["epoch_changed"], epoch=2, continues_epoch=1, continues_seq=6))
+    assert t.meets == {(0, "s"): ((1, 5, 5, 0, 0), 2, True)}  # no earlier hops in the details: none needed
+    t, c = Trace(), _reader(epoch=1, last=5)
+    t.before_message(0, c, _stale(epoch=2, continues_epoch=1, continues_seq=6))  # no reasons given: not ok
+    assert t.meets == {(0, "s"): ((1, 5, 5, 0, 0), 2, False)}
+    t, c = Trace(), _reader(epoch=1, last=5)
+    del c.streams["s"]  # a query set of a stream the client no longer follows
+    t.before_message(0, c, _stale(reasons=["epoch_changed"], epoch=2, continues_epoch=1, continues_seq=6))
+    assert t.meets == {}
+
+
+def test_trace_stale_signals_are_counted_per_stream_not_for_a_rehydrating_view() -> None:
+    stale_row = TransactionUpdate(1, (QuerySetUpdate(7, (TableRows("sync_stream", (_stream_row(head=9, floor=8),)),)),))
+    t, c = Trace(), _reader(epoch=1, last=5)
+    t.before_message(0, c, stale_row)  # floor 8 > watermark 5 + 1: a stale signal
+    assert t.signals == Counter({(0, "s"): 1})
+    t, c = Trace(), _reader(epoch=1, last=5, rehydrating=True)
+    t.before_message(0, c, stale_row)  # a rehydrating view has no cursor to be stale
+    assert t.signals == Counter()
+
+
+def test_trace_replay_1_a_gap_shown_needs_a_resubscribe() -> None:
+    gap = TransactionUpdate(1, (QuerySetUpdate(7, (TableRows("sync_event", (_event(7),)),)),))
+    t, c = Trace(), _reader(epoch=1, last=5)
+    t.before_message(0, c, gap)
+    c.qs_stream[8] = "s"
+    t.after_message(0, c, [Subscribe(4, 8, ("SELECT * FROM sync_stream WHERE stream_id = 's'",))])
+    assert t.violations == []
+    t, c = Trace(), _reader(epoch=1, last=5)
+    t.before_message(0, c, gap)
+    t.after_message(0, c, [])
+    assert t.violations == [("REPLAY-1", "client 0 was shown a gap in s and did not resubscribe")]
