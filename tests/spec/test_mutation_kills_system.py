@@ -27,11 +27,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 from support.machines import SystemMachine
 
+import spec.system
 import spec.vectors as vectors
 from spec.auth import Claims
+from spec.canonical import MAX_DEPTH, REASONS
 from spec.client import Client, StreamView
 from spec.errors import ErrorCode, SyncError
 from spec.messages import (
+    CallReducer,
     Outbound,
     QuerySetUpdate,
     ReducerErr,
@@ -41,13 +44,14 @@ from spec.messages import (
     SubscriptionError,
     TableRows,
     TransactionUpdate,
+    Unsubscribe,
 )
+from spec.outcome import Ok
 from spec.policy import Policy
-from spec.state import DbState
-from spec.system import Link
+from spec.state import DbState, Delta, TableDelta
+from spec.system import Link, System
 from spec.trace import Mirror, Trace, _shares
 from spec.values import ProviderCapability, Row, SessionPresence, StreamSignal, SyncCheckpoint, SyncEvent, SyncStream
-from spec.canonical import MAX_DEPTH, REASONS
 from spec.vectors import (
     ACCEPT_FORMAT,
     REJECT_FORMAT,
@@ -112,12 +116,12 @@ def test_the_control_cases_cover_each_control_character_by_name() -> None:
     for cp, case in enumerate(singles):
         suffix = f"_{_NAMES[cp]}" if cp in _NAMES else ""
         assert case.name == f"control_u{cp:04x}{suffix}"
-        assert case.text == '"\\u%04X"' % cp and json.loads(case.text) == chr(cp)
+        assert case.text == '"\\u' + format(cp, "04X") + '"' and json.loads(case.text) == chr(cp)
     assert [c.name for c in cases[32:]] == ["control_all_in_one_string", "control_named_escapes_in_input",
                                             "control_in_object_key"]
     all_in_one, named, in_key = cases[32:]
     assert json.loads(all_in_one.text) == "".join(map(chr, range(32)))
-    assert all_in_one.text == '"' + "".join("\\u00%02x" % cp for cp in range(32)) + '"'
+    assert all_in_one.text == '"' + "".join("\\u00" + format(cp, "02x") for cp in range(32)) + '"'
     assert named.text == '"\\b\\f\\n\\r\\t"'
     assert json.loads(in_key.text) == {"\x00": 0, "\x1f": 31, "\n": 10}
     assert in_key.text == '{"\\u0000":0,"\\u001F":31,"\\n":10}'
@@ -219,9 +223,17 @@ def test_a_reason_without_a_meaning_stops_the_build(monkeypatch: pytest.MonkeyPa
     assert str(caught.value) == "REASON_MEANINGS does not describe exactly spec.canonical.REASONS"
 
 
+def test_a_reason_without_a_reject_case_stops_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "REJECT_CASES", tuple(_r("invalid_json", ("bare_word", "hello"))))
+    with pytest.raises(VectorError) as caught:
+        reject_document()
+    assert str(caught.value) == ("no reject case for reasons ['duplicate_key', 'integer_out_of_range', "
+                                 "'lone_surrogate', 'nan_or_infinity', 'non_integer_number', 'too_deep']")
+
+
 def test_a_curated_accept_case_the_model_rejects_stops_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vectors, "ACCEPT_CASES", (Accept("duplicate", '{"a":1,"a":2}'),))
-    with pytest.raises(VectorError, match="^accept case 'duplicate' is rejected by the model: "):
+    with pytest.raises(VectorError, match=r"^accept case 'duplicate' is rejected by the model: "):
         accept_document()
 
 
@@ -229,18 +241,6 @@ def test_render_refuses_what_is_not_json() -> None:
     assert render({"b": [1], "a": "\u00e9"}) == '{\n  "b": [\n    1\n  ],\n  "a": "\\u00e9"\n}\n'
     with pytest.raises(ValueError):
         render({"x": float("nan")})  # NaN is not JSON: a vector file must never hold it
-
-
-# ------------------------------------------------------------------------------------------------ system
-
-
-def test_a_short_derandomized_system_machine_run_sees_no_violation() -> None:
-    """The system machine (tests/spec/test_machines.py runs it long), briefly and the same every time:
-    every fault, every client action, the convergence check after each heal -- a correct system
-    raises no violation and quiesces."""
-    run_state_machine_as_test(SystemMachine, settings=settings(
-        max_examples=30, stateful_step_count=50, derandomize=True, database=None, deadline=None,
-        suppress_health_check=list(HealthCheck)))
 
 
 # ------------------------------------------------------------------------------------------------- trace
@@ -332,6 +332,10 @@ def test_trace_retention_is_judged_with_the_trace_policy() -> None:
     short.record_state(0, before)
     short.record_state(1, after, compact_now=11)  # past its 10 us window: removing it is right
     assert short.violations == []
+    plain = Trace(policy=Policy(retain_offline_presence_us=10))
+    plain.record_state(0, before)
+    plain.record_state(1, _db(session_presence=(gone,)))  # not a compaction: retention is not judged
+    assert plain.violations == []
     default = Trace()
     default.record_state(0, before)
     default.record_state(1, after, compact_now=11)  # a day's window: removed too early
@@ -420,7 +424,8 @@ def test_trace_observe_stale_1_a_stale_cursor_must_give_the_right_reasons() -> N
     assert t.violations == []
     wrong = _stale(reasons=["epoch_changed"], replay_budget=100, epoch=1)
     t.observe(0, c, link, Outbound(0, wrong), 9, {0: db})
-    assert t.violations == [("STALE-1", "client 0 stale s reasons ('epoch_changed',), expected ('retention_floor_breach',)")]
+    assert t.violations == [("STALE-1", "client 0 stale s reasons ('epoch_changed',), expected "
+                                        "('retention_floor_breach',)")]
 
 
 def test_trace_observe_deliv_2_mirrors_follow_updates_past_event_tables() -> None:
@@ -527,3 +532,393 @@ def test_trace_replay_1_a_gap_shown_needs_a_resubscribe() -> None:
     t.before_message(0, c, gap)
     t.after_message(0, c, [])
     assert t.violations == [("REPLAY-1", "client 0 was shown a gap in s and did not resubscribe")]
+
+
+# ------------------------------------------------------------------------------------------------ system
+# spec.system.System's own checks (DELIV-3/4 per call, PRES-3, SLOW-1) shown failing on a planted server
+# fault, and its actions (faults, healing) shown doing what their docstrings say.
+
+WRITER = Claims("a" * 64, frozenset({"sync.append", "sync.subscribe", "presence.write"}), ("s*",))
+UPSERT = ("sess0", "dev", "node", "online", "eu", 5000)
+
+
+def _system(n: int = 2, policy: Policy | None = None, confirmed: bool = True, **kw: Any) -> System:
+    sysm = System(policy or Policy(), [(f"c{k}", WRITER, confirmed) for k in range(n)], **kw)
+    for k in range(n):
+        sysm.connect(k)
+    return sysm
+
+
+def _pump(sysm: System) -> None:
+    """Everything in flight handled and delivered, durability keeping up (no quiesce: no resync)."""
+    moved = True
+    while moved:
+        moved = False
+        sysm.advance_durable(sysm.server.committed)
+        for i in list(sysm.links):
+            while sysm.server_step(i) or sysm.deliver(i):
+                moved = True
+
+
+def _presence(sysm: System) -> SessionPresence:
+    row = sysm.server.db.find(SessionPresence, lambda r: r.session_id == "sess0")
+    assert row is not None
+    return row
+
+
+def test_system_remembers_the_connection_of_the_last_upsert_that_took_PRES_3() -> None:
+    sysm = _system()
+    sysm.call(0, "upsert_presence", UPSERT)
+    _pump(sysm)
+    assert sysm.last_upsert == {"sess0": sysm.links[0].conn_id}
+    sysm.call(1, "upsert_presence", ("sess0", "dev", "node", "away", "eu", 7000))  # the same identity, elsewhere
+    _pump(sysm)
+    assert sysm.last_upsert == {"sess0": sysm.links[1].conn_id}
+    sysm.call(0, "upsert_presence", ("sess0", "dev", "node", "sleeping", "eu", 5000))  # refused: not a status
+    _pump(sysm)
+    assert sysm.last_upsert == {"sess0": sysm.links[1].conn_id}
+    assert sysm.trace.violations == []
+
+
+def _marked(before: SessionPresence, status: str = "offline", reason: str | None = "disconnected") -> SessionPresence:
+    return replace(before, status=status, offline_reason=reason)
+
+
+ONLINE = SessionPresence("sess0", "a" * 64, "dev", "node", "online", "eu", 0, 5, None)
+
+
+@pytest.mark.parametrize(("before", "after", "owner_open", "flagged"), [
+    (ONLINE, _marked(ONLINE), True, True),                       # marked while its connection is open
+    (ONLINE, _marked(ONLINE), False, False),                     # ... after it closed: right
+    (ONLINE, _marked(ONLINE, reason="ttl_expired"), True, False),  # swept by TTL: not a disconnect mark
+    (ONLINE, _marked(ONLINE, reason="explicit_offline"), True, False),
+    (_marked(ONLINE, reason="ttl_expired"), _marked(ONLINE), True, False),  # already offline: no new mark
+    (None, _marked(ONLINE), True, False),                        # a new row, not a mark
+])
+def test_system_check_marks_PRES_3(before: SessionPresence | None, after: SessionPresence, owner_open: bool,
+                                   flagged: bool) -> None:
+    sysm = _system()
+    owner = sysm.links[0].conn_id if owner_open else 99
+    sysm.last_upsert["sess0"] = owner
+    sysm._check_marks(_db(session_presence=(before,) if before else ()), _db(session_presence=(after,)))
+    expected = [("PRES-3", f"sess0 marked disconnected while connection {owner}, which upserted it last, is open")]
+    assert sysm.trace.violations == (expected if flagged else [])
+
+
+def test_system_check_marks_unknown_session_is_not_judged_PRES_3() -> None:
+    sysm = _system()
+    sysm._check_marks(_db(session_presence=(ONLINE,)), _db(session_presence=(_marked(ONLINE),)))
+    assert sysm.trace.violations == []  # no upsert seen for it (e.g. before a restart): TTLs take over
+
+
+def test_system_flags_a_committed_mark_while_the_upserting_connection_is_open_PRES_3() -> None:
+    sysm = _system()
+    sysm.call(0, "upsert_presence", UPSERT)
+    _pump(sysm)
+    row = _presence(sysm)
+    bad = _marked(row)  # a planted server fault: marks the session though connection 0 is open
+    db = DbState({**sysm.server.db.tables, "session_presence": (bad,)})
+    assert sysm.server.system_tx(Ok(db, None, Delta((TableDelta("session_presence", (row,), (bad,)),))))
+    sysm._after_server_step()
+    conn = sysm.links[0].conn_id
+    assert ("PRES-3", f"sess0 marked disconnected while connection {conn}, which upserted it last, is open") \
+        in sysm.trace.violations
+
+
+def test_system_after_heal_a_closed_connections_session_is_offline_PRES_3() -> None:
+    sysm = _system()
+    sysm.call(0, "upsert_presence", UPSERT)
+    _pump(sysm)
+    conn = sysm.links[0].conn_id
+    sysm.disconnect(0)
+    _pump(sysm)
+    sysm.check_marks_after_heal()
+    assert _presence(sysm).status == "offline" and sysm.trace.violations == []
+    sysm = _system()
+    sysm.call(0, "upsert_presence", UPSERT)
+    _pump(sysm)
+    conn = sysm.links[0].conn_id
+    del sysm.server.conns[conn]  # a planted server fault: the connection is forgotten, its session not marked
+    sysm.check_marks_after_heal()
+    assert sysm.trace.violations == [("PRES-3", f"sess0: its connection {conn} closed, the session is still online")]
+
+
+def test_system_a_server_close_that_is_not_a_slow_consumer_is_SLOW_1() -> None:
+    sysm = _system()
+    conn = sysm.links[0].conn_id
+    sysm.server.close(conn)  # the server drops a connection with nothing queued
+    sysm._after_server_step()
+    assert 0 not in sysm.links
+    assert sysm.trace.violations == [("SLOW-1", f"client 0's connection {conn} closed by the server (closed) with "
+                                                f"0 queued, bound 64")]
+    sysm = _system()
+    sysm.clean_restart()  # a restart closes every connection: not SLOW-1
+    assert sysm.links == {} and sysm.trace.violations == []
+
+
+def _tamper(monkeypatch: pytest.MonkeyPatch, sysm: System, after: Any) -> None:
+    real = sysm.server.handle
+
+    def handle(conn_id: int, msg: Any) -> None:
+        real(conn_id, msg)
+        if isinstance(msg, CallReducer):
+            after(sysm.server)
+
+    monkeypatch.setattr(sysm.server, "handle", handle)
+
+
+def test_system_a_correct_call_is_heard_once_by_each_follower_DELIV_3() -> None:
+    sysm = _system(3)
+    for i in range(3):
+        sysm.follow(i, "s")
+    _pump(sysm)
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    _pump(sysm)
+    assert [sysm.clients[i].streams["s"].last for i in range(3)] == [1, 1, 1]
+    assert sysm.trace.violations == []
+
+
+@pytest.mark.parametrize("who", ["other", "caller"])
+def test_system_a_failed_call_heard_beyond_its_result_is_DELIV_4(monkeypatch: pytest.MonkeyPatch, who: str) -> None:
+    sysm = _system()
+    _pump(sysm)
+    target = sysm.links[1 if who == "other" else 0].conn_id
+    offset = sysm.server.committed
+    _tamper(monkeypatch, sysm, lambda server: server.conns[target].outbound.append(
+        Outbound(offset, TransactionUpdate(offset, ()))))
+    sysm.call(0, "append_sync_event", ("x", "k1", "{}", None, None))  # stream x is not granted: refused
+    sysm.server_step(0)
+    assert sysm.trace.violations == [("DELIV-4", f"failed append_sync_event: state changed False, offset {offset} -> "
+                                                 f"{offset}, 1 other messages")]
+
+
+def test_system_a_caller_that_also_gets_the_update_is_DELIV_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    sysm = _system()
+    _pump(sysm)
+    caller = sysm.links[0].conn_id
+    offset = sysm.server.committed + 1
+    _tamper(monkeypatch, sysm, lambda server: server.conns[caller].outbound.append(
+        Outbound(offset, TransactionUpdate(offset, ()))))
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    sysm.server_step(0)
+    assert sysm.trace.violations == [("DELIV-3", f"append_sync_event committed at {offset}: the caller's result has "
+                                                 f"offset {offset} or it also got the TransactionUpdate")]
+
+
+def test_system_another_client_hearing_a_call_twice_is_DELIV_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    sysm = _system()
+    _pump(sysm)
+    other = sysm.links[1].conn_id
+    offset = sysm.server.committed + 1
+    _tamper(monkeypatch, sysm, lambda server: server.conns[other].outbound.extend(
+        [Outbound(offset, TransactionUpdate(offset, ()))] * 2))
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    sysm.server_step(0)
+    assert sysm.trace.violations == [("DELIV-3", f"connection {other} heard of offset {offset} as "
+                                                 f"['TransactionUpdate', 'TransactionUpdate']")]
+
+
+def test_system_drain_leaves_nothing_in_flight() -> None:
+    sysm = _system(confirmed=False)
+    _pump(sysm)
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    sysm._drain(100)
+    assert sysm.links[0].inbox == [] and sysm.clients[0].pending == {}
+    assert len(sysm.ledger_events()) == 1
+    with pytest.raises(AssertionError, match=r"^the system did not quiesce$"):
+        sysm.quiesce(max_steps=0)
+
+
+def test_system_quiesce_heals_a_lost_frame() -> None:
+    sysm = _system()
+    sysm.follow(1, "s")
+    _pump(sysm)
+    for k in ("k1", "k2"):
+        sysm.call(0, "append_sync_event", ("s", k, "{}", None, None))
+        sysm.server_step(0)
+    sysm.advance_durable(sysm.server.committed)
+    assert sysm.lose_frame(1)
+    sysm.quiesce()
+    assert sysm.clients[1].streams["s"].last == 2 and sysm.trace.violations == []
+
+
+def test_system_lose_frame_drops_the_next_update_only() -> None:
+    sysm = _system()
+    sysm.follow(1, "s")
+    _pump(sysm)
+    assert not sysm.lose_frame(1)  # nothing queued
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    sysm.server_step(0)
+    queue = sysm.server.conns[sysm.links[1].conn_id].outbound
+    assert [type(o.message) for o in queue] == [TransactionUpdate]
+    qs = queue[0].message.query_sets[0].query_set_id  # type: ignore[union-attr]
+    assert sysm.lose_frame(1)
+    assert queue == [] and sysm.links[1].lost_qs == {qs} and qs not in sysm.links[1].mirrors
+    sysm.disconnect(1)
+    assert not sysm.lose_frame(1)  # no link
+
+
+def test_system_duplicate_frame_delivers_the_next_update_twice() -> None:
+    sysm = _system()
+    sysm.follow(1, "s")
+    _pump(sysm)
+    assert not sysm.duplicate_frame(1)  # nothing queued
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    sysm.server_step(0)
+    assert not sysm.duplicate_frame(1)  # not released yet: not durable (a confirmed reader)
+    sysm.advance_durable(sysm.server.committed)
+    assert not sysm.duplicate_frame(0)  # the caller's next message is its ReducerResult, not an update
+    assert sysm.duplicate_frame(1)
+    assert sysm.clients[1].streams["s"].last == 1  # applied once ...
+    assert sysm.deliver(1)
+    assert sysm.clients[1].streams["s"].last == 1  # ... the second copy dropped
+    assert sysm.trace.violations == []
+    sysm.disconnect(1)
+    assert not sysm.duplicate_frame(1)  # no link
+
+
+@pytest.mark.parametrize("deaf", [False, True])
+def test_system_a_duplicated_frame_that_shows_a_gap_must_be_answered_REPLAY_1(
+        monkeypatch: pytest.MonkeyPatch, deaf: bool) -> None:
+    """The first copy is the one the client acts on: a gap it shows is answered by a resubscribe (a
+    planted deaf client drops it: REPLAY-1)."""
+    sysm = _system()
+    sysm.follow(1, "s")
+    _pump(sysm)
+    for k in ("k1", "k2"):
+        sysm.call(0, "append_sync_event", ("s", k, "{}", None, None))
+        sysm.server_step(0)
+    sysm.advance_durable(sysm.server.committed)
+    assert sysm.lose_frame(1)  # seq 1 lost: the next update shows a gap
+    if deaf:
+        client = sysm.clients[1]
+        real = client.on_message
+        monkeypatch.setattr(client, "on_message", lambda msg: [m for m in real(msg) if not isinstance(m, Subscribe)])
+    assert sysm.duplicate_frame(1)
+    if deaf:
+        assert sysm.trace.violations == [("REPLAY-1", "client 1 was shown a gap in s and did not resubscribe")]
+    else:
+        assert any(isinstance(m, Subscribe) for m in sysm.links[1].inbox) and sysm.trace.violations == []
+        sysm.quiesce()
+        assert sysm.clients[1].streams["s"].last == 2 and sysm.trace.violations == []
+
+
+def test_system_resend_repeats_the_oldest_unanswered_call() -> None:
+    sysm = _system()
+    _pump(sysm)
+    assert not sysm.resend(0)  # nothing pending
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    sysm.call(0, "append_sync_event", ("s", "k2", "{}", None, None))
+    first, second = sysm.links[0].inbox
+    assert sysm.resend(0)
+    assert sysm.links[0].inbox == [first, second, first]
+    _pump(sysm)  # the duplicate is answered from the idempotency key
+    assert [e.idempotency_key for e in sysm.ledger_events()] == ["k1", "k2"] and sysm.trace.violations == []
+    sysm.call(0, "append_sync_event", ("s", "k3", "{}", None, None))
+    sysm.disconnect(0)
+    assert sysm.clients[0].pending and not sysm.resend(0)  # not connected
+
+
+def test_system_disconnect_and_crash_client() -> None:
+    sysm = _system()
+    conn = sysm.links[0].conn_id
+    sysm.disconnect(0)
+    assert conn not in sysm.server.conns and 0 not in sysm.links
+    sysm.disconnect(0)  # again: nothing to do
+    sysm.follow(1, "s")
+    _pump(sysm)
+    conn = sysm.links[1].conn_id
+    sysm.crash_client(1)
+    assert conn not in sysm.server.conns and 1 not in sysm.links
+    sysm.crash_client(1)  # a crash while disconnected: restarts from the store all the same
+    assert sysm.clients[1].streams["s"].epoch == 1 and sysm.trace.violations == []
+
+
+def test_system_an_unclean_restart_loses_only_the_undurable_suffix() -> None:
+    sysm = _system(confirmed=False)
+    sysm.follow(1, "s")
+    _pump(sysm)
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    sysm.server_step(0)
+    sysm.advance_durable(sysm.server.committed)
+    for k in ("k2", "k3"):
+        sysm.call(0, "append_sync_event", ("s", k, "{}", None, None))
+        sysm.server_step(0)
+    sysm.crash()
+    assert [e.idempotency_key for e in sysm.ledger_events()] == ["k1"]
+    sysm.quiesce()
+    assert sysm.trace.violations == []
+
+
+def test_system_reset_epoch_as_admin_waits_for_durability() -> None:
+    sysm = _system(max_undurable=1)
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    sysm.server_step(0)
+    epoch = sysm.server.db.find(SyncStream, lambda r: r.stream_id == "s").epoch  # type: ignore[union-attr]
+    sysm.reset_epoch("s")  # one undurable transaction already: the admin call waits
+    assert sysm.server.db.find(SyncStream, lambda r: r.stream_id == "s").epoch == epoch  # type: ignore[union-attr]
+    sysm.advance_durable(sysm.server.committed)
+    sysm.reset_epoch("s")
+    assert sysm.server.db.find(SyncStream, lambda r: r.stream_id == "s").epoch > epoch  # type: ignore[union-attr]
+    assert sysm.trace.violations == []
+
+
+def test_system_tick_sweeps_expired_sessions() -> None:
+    sysm = _system()
+    sysm.call(0, "upsert_presence", UPSERT)  # ttl 5000 ms
+    _pump(sysm)
+    sysm.tick(4_000_000)
+    assert _presence(sysm).status == "online"
+    sysm.tick(2_000_000)
+    assert (_presence(sysm).status, _presence(sysm).offline_reason) == ("offline", "ttl_expired")
+    assert sysm.trace.violations == []
+
+
+def test_system_compact_uses_the_systems_policy() -> None:
+    sysm = _system(policy=Policy(retain_offline_presence_us=1_000))
+    sysm.call(0, "upsert_presence", ("sess0", "dev", "node", "offline", "eu", 5000))
+    _pump(sysm)
+    sysm.tick(500)
+    sysm.compact()  # 500 us since last seen: kept
+    assert _presence(sysm).status == "offline"
+    sysm.tick(1_000)
+    sysm.compact()  # 1500 us: past the system's 1 ms window (the default keeps it a day)
+    assert sysm.server.db.find(SessionPresence, lambda r: r.session_id == "sess0") is None
+    assert sysm.trace.violations == []
+
+
+def test_system_a_compaction_that_takes_too_much_is_RET_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    sysm = _system()
+    sysm.call(0, "upsert_presence", UPSERT)
+    _pump(sysm)
+    row = _presence(sysm)
+
+    def greedy(db: DbState, now: int, policy: Policy) -> Ok:  # a planted compaction: drops a live session
+        return Ok(DbState({**db.tables, "session_presence": ()}), None,
+                  Delta((TableDelta("session_presence", (row,), ()),)))
+
+    monkeypatch.setattr(spec.system, "compact", greedy)
+    sysm.compact()
+    assert ("RET-1", f"session_presence sess0: removed at {sysm.server.now}") in sysm.trace.violations
+
+
+def test_system_an_unsubscribed_query_sets_rows_are_no_longer_judged_DELIV_2() -> None:
+    sysm = _system()
+    _pump(sysm)
+    sysm._send(1, [Subscribe(900, 900, ("SELECT * FROM sync_stream",)), Unsubscribe(901, 900)])
+    _pump(sysm)
+    sysm.follow(1, "s")  # (so client 1 hears of the next transaction)
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))  # stream s's row appears
+    _pump(sysm)
+    assert sysm.clients[1].streams["s"].last == 1
+    assert 900 not in sysm.links[1].subscribed
+    assert sysm.trace.violations == []
+
+
+def test_a_short_derandomized_system_machine_run_sees_no_violation() -> None:
+    """The system machine (tests/spec/test_machines.py runs it long), briefly and the same every time:
+    every fault, every client action, the convergence check after each heal -- a correct system
+    raises no violation and quiesces."""
+    run_state_machine_as_test(SystemMachine, settings=settings(
+        max_examples=30, stateful_step_count=50, derandomize=True, database=None, deadline=None,
+        suppress_health_check=list(HealthCheck)))

@@ -128,4 +128,34 @@ EQUIVALENT.update({
     # spec/vectors.py
     "spec.vectors.x_accept_document__mutmut_21":
         "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so input_utf8_hex holds the same bytes",
+    # spec/trace.py
+    "spec.trace.xǁTraceǁ_meetings__mutmut_81":
+        "`if (stream) or True`: a None stream then looks up client.streams.get(None), which is None too (the keys "
+        "are stream ids, never None or empty), and the next line skips it either way",
+    "spec.trace.xǁTraceǁ_stale_signals__mutmut_16":
+        "`if (stream) or True`: a None stream then looks up client.streams.get(None), which is None too (the keys "
+        "are stream ids, never None or empty), and the next line skips it either way",
+    "spec.trace.xǁTraceǁobserve__mutmut_26":
+        "the first-message default -2 for -1: offsets are never negative (the initial state is offset 0), so "
+        "`offset < last`, `offset <= last` and max(last, offset) come out the same",
+    "spec.trace.xǁTraceǁon_crash__mutmut_9":
+        "sync_event dropped from strip()'s `moved`: the comprehension then copies the raw sync_event rows, but "
+        "the next lines overwrite out['sync_event'] with the epoch-stripped rows",
+    "spec.trace.xǁTraceǁon_crash__mutmut_37":
+        "the stripped checkpoints stored under 'SYNC_CHECKPOINT' instead of 'sync_checkpoint': the key is "
+        "internal to strip(), both sides of the comparison use it, and the raw table is still left out by `moved`",
+    # spec/system.py
+    "spec.system.xǁSystemǁ_check_slow_close__mutmut_4":
+        "pop(conn_id) without the None default: the id is always there -- connect() records conn_objs[conn_id] "
+        "before it makes the link, links are made only there, and _check_slow_close runs once per link as "
+        "_drop_dead_links removes it, the only place an entry is popped",
+    "spec.system.xǁSystemǁcrash__mutmut_11":
+        "states[committed] = None is overwritten before anything reads it: the _sync_states() two lines below "
+        "ends with states[committed] = server.db (its loop may re-record the recovery commit and run the PRES-3 "
+        "mark check on it, which cannot flag: crash() has just cleared last_upsert)",
+    "spec.system.xǁSystemǁserver_step__mutmut_14":
+        "`or True` computes the queue snapshot for every message, not only calls: _queues() only reads, and the "
+        "snapshot is used only under `isinstance(msg, CallReducer)`, so only the cost changes",
+    "spec.vectors.x_accept_document__mutmut_32":
+        "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so canonical_utf8_hex holds the same bytes",
 })
