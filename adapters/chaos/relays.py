@@ -58,6 +58,20 @@ def relay_config(directory: Path, name: str, port: int, *, title: str,
     return path
 
 
+def signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send ``sig`` to ``process``'s process group (a relay runs uvicorn under its launcher, so the
+    group is the unit); a group that has already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+def kill_group(process: subprocess.Popen[bytes], reap_s: float = 10.0) -> None:
+    """SIGKILL ``process``'s process group and reap it (waiting up to ``reap_s``)."""
+    signal_group(process, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(reap_s)
+
+
 def spawn_relay(exe: str, config: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``nostr-relay -c CONFIG serve --use-uvicorn`` in its own session (so a kill or a
     SIGSTOP reaches uvicorn's workers too), appending its output to ``log_path``."""
@@ -99,23 +113,19 @@ class Relay:
     def kill(self) -> None:
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(10)
+        kill_group(self.process)
         self.process = None
         self.frozen = False
 
     def freeze(self) -> None:
         if self.process is not None:
-            os.killpg(self.process.pid, signal.SIGSTOP)
+            signal_group(self.process, signal.SIGSTOP)
             self.frozen = True
             self.freezes += 1
 
     def thaw(self) -> None:
         if self.process is not None and self.frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGCONT)
+            signal_group(self.process, signal.SIGCONT)
         self.frozen = False
 
 

@@ -34,7 +34,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.sync.client import connect as sync_connect
 
-from adapters.chaos.relays import relay_config, relay_executable, spawn_relay
+from adapters.chaos.relays import kill_group, relay_config, relay_executable, signal_group, spawn_relay
 from adapters.netutil import free_port
 
 STARTUP_TIMEOUT = 60.0
@@ -113,23 +113,19 @@ class RealRelay:
         """SIGKILL the relay's process group (uvicorn and all) and reap it."""
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(10)
+        kill_group(self.process)
         self.process = None
 
     def freeze(self) -> None:
         """SIGSTOP the relay's process group: a relay that hangs.  The kernel still accepts TCP
         connections on its port (the listen backlog), but no WebSocket handshake and no ``OK`` comes."""
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGSTOP)
+        signal_group(self.process, signal.SIGSTOP)
 
     def thaw(self) -> None:
         """SIGCONT after :meth:`freeze`: the relay carries on with whatever it had been sent."""
         if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGCONT)
+            signal_group(self.process, signal.SIGCONT)
 
     def restart(self) -> None:
         self.kill()
