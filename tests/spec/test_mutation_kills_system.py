@@ -231,6 +231,30 @@ def test_a_reason_without_a_reject_case_stops_the_build(monkeypatch: pytest.Monk
                                  "'lone_surrogate', 'nan_or_infinity', 'non_integer_number', 'too_deep']")
 
 
+def test_a_curated_reason_the_model_does_not_give_stops_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "REJECT_CASES", (Reject("bare_word", "hello", "too_deep"),))
+    with pytest.raises(VectorError) as caught:
+        reject_document()
+    assert str(caught.value) == "reject case 'bare_word': model says 'invalid_json', curated 'too_deep'"
+
+
+def test_a_reject_case_failing_with_another_code_stops_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuses(text: str) -> str:
+        raise SyncError(ErrorCode.PAYLOAD_TOO_LARGE)
+
+    monkeypatch.setattr(vectors, "canonicalize", refuses)
+    with pytest.raises(VectorError) as caught:
+        reject_document()
+    assert str(caught.value) == "reject case 'empty_text' failed with payload_too_large"
+
+
+def test_a_canonical_text_that_is_not_a_fixed_point_stops_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "canonicalize", lambda text: text + " ")  # a model whose output moves again
+    with pytest.raises(VectorError) as caught:
+        accept_document()
+    assert str(caught.value) == "accept case 'top_null': canonical text is not a fixed point"
+
+
 def test_a_curated_accept_case_the_model_rejects_stops_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vectors, "ACCEPT_CASES", (Accept("duplicate", '{"a":1,"a":2}'),))
     with pytest.raises(VectorError, match=r"^accept case 'duplicate' is rejected by the model: "):

@@ -158,4 +158,12 @@ EQUIVALENT.update({
         "snapshot is used only under `isinstance(msg, CallReducer)`, so only the cost changes",
     "spec.vectors.x_accept_document__mutmut_32":
         "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so canonical_utf8_hex holds the same bytes",
+    "spec.vectors.x_reject_document__mutmut_33":
+        "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so input_utf8_hex holds the same bytes",
+    "spec.vectors.x__utf16_hex__mutmut_7":
+        "codec names are case-insensitive: 'UTF-16-BE' is the utf-16-be codec, the same code units",
+    "spec.vectors.x__utf16_hex__mutmut_15":
+        "codec names are case-insensitive: 'UTF-16-BE' is the utf-16-be codec, the same round trip",
+    "spec.vectors.x_render__mutmut_5": "allow_nan=None is falsy, read as False: json.dumps still refuses NaN",
+    "spec.vectors.x_render__mutmut_8": "ensure_ascii left out: json.dumps' default is True, the value it was given",
 })
