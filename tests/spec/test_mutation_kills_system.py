@@ -387,6 +387,10 @@ def test_trace_on_crash_dur_1_compares_what_recovery_keeps() -> None:
     t.states[3] = prior
     t.on_crash(3, _db(provider_capability=(prov,)), [])  # the checkpoint is lost
     assert t.violations == [("DUR-1", "state after crash differs from the durable state at 3")]
+    t = Trace()
+    t.states[3] = prior
+    t.on_crash(3, _db(sync_checkpoint=(cp,)), [])  # the provider is lost
+    assert t.violations == [("DUR-1", "state after crash differs from the durable state at 3")]
 
 
 def test_trace_conf_2_a_crash_must_keep_what_a_confirmed_reader_saw() -> None:
@@ -403,6 +407,46 @@ def test_trace_observe_deliv_1_offsets_never_go_back() -> None:
     assert t.violations == []
     t.observe(0, c, link, Outbound(2, ReducerResult(2, 2, ReducerErr("x"))), 9, {})
     assert t.violations == [("DELIV-1", "client 0 got offset 2 after 3")]
+
+
+def test_trace_observe_deliv_1_an_update_after_a_message_of_its_offset() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    t.observe(0, c, link, Outbound(3, ReducerResult(1, 3, ReducerErr("x"))), 9, {})
+    t.observe(0, c, link, Outbound(3, TransactionUpdate(3, ())), 9, {})
+    assert t.violations == [("DELIV-1", "client 0 got TransactionUpdate 3 after offset 3")]
+
+
+def test_trace_observe_deliv_2_a_delete_of_a_row_never_had() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    row = _stream_row(head=1, floor=1)
+    link.subscribed[7] = ("SELECT * FROM sync_stream",)
+    link.mirrors[7] = Mirror()
+    update = TransactionUpdate(1, (QuerySetUpdate(7, (TableRows("sync_stream", (), (row,)),)),))
+    t.observe(0, c, link, Outbound(1, update), 9, {1: DbState()})
+    assert t.violations == [("DELIV-2", f"client 0 got a delete of a row it never had: {row}")]
+
+
+def test_trace_observe_a_stale_refusal_of_a_query_set_never_asked_is_not_judged() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    t.observe(0, c, link, Outbound(0, _stale(reasons=["epoch_changed"], replay_budget=100, epoch=2)), 9,
+              {0: DbState()})
+    assert t.violations == []
+
+
+def test_trace_observe_client_seq_2_an_applied_event_named_twice() -> None:
+    t, c = Trace(), _reader(last=1)
+    t.seen[("s", 1, 1)] = H2
+    t.observe_client(0, c)
+    assert t.violations == [("SEQ-2", f"client 0 applied ('s', 1, 1) as {H1[:15]}, elsewhere {H2[:15]}")]
+
+
+def test_trace_dur_2_epochs_after_recovery_are_above_every_epoch_seen() -> None:
+    t = Trace()
+    t.seen[("s", 3, 1)] = H1
+    t.check_epochs_above(_db(sync_stream=(_stream_row(epoch=4, head=7, floor=8),)))
+    assert t.violations == []
+    t.check_epochs_above(_db(sync_stream=(_stream_row(epoch=3, head=7, floor=8),)))
+    assert t.violations == [("DUR-2", "s: epoch after recovery 3 <= seen 3")]
 
 
 def test_trace_observe_auth_1_a_row_the_client_may_not_read() -> None:
@@ -430,13 +474,16 @@ def test_trace_observe_stale_3_a_resume_must_pin_stream_and_epoch() -> None:
     assert t.violations == [("STALE-3", f"client 0 was subscribed to {text!r}, a resume without stream and epoch")]
 
 
-def test_trace_observe_stale_1_and_2_a_resume_past_the_floor() -> None:
+@pytest.mark.parametrize("floor", [3, 4, 5])
+def test_trace_observe_stale_1_and_2_a_resume_past_the_floor(floor: int) -> None:
+    """Resuming after seq 2 needs seq 3 retained: a floor of 3 is fine, 4 or more is past it."""
     t, c, link = Trace(), _reader(), Link(1)
     link.asked[7] = ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 2",)
-    db = _db(sync_stream=(_stream_row(head=9, floor=5),), sync_event=tuple(_event(k) for k in range(5, 10)))
+    db = _db(sync_stream=(_stream_row(head=9, floor=floor),), sync_event=tuple(_event(k) for k in range(floor, 10)))
     t.observe(0, c, link, Outbound(0, SubscribeApplied(1, 7, ())), 9, {0: db})
-    assert t.violations == [("STALE-1", "client 0 resumed s from 2 though ('retention_floor_breach',)"),
-                            ("STALE-2", "client 0 resumed s from 2 past floor 5")]
+    assert t.violations == ([] if floor == 3 else [
+        ("STALE-1", "client 0 resumed s from 2 though ('retention_floor_breach',)"),
+        ("STALE-2", f"client 0 resumed s from 2 past floor {floor}")])
 
 
 def test_trace_observe_stale_1_a_stale_cursor_must_give_the_right_reasons() -> None:
@@ -740,6 +787,32 @@ def test_system_another_client_hearing_a_call_twice_is_DELIV_3(monkeypatch: pyte
     sysm.server_step(0)
     assert sysm.trace.violations == [("DELIV-3", f"connection {other} heard of offset {offset} as "
                                                  f"['TransactionUpdate', 'TransactionUpdate']")]
+
+
+def test_system_a_no_op_call_heard_by_others_is_DELIV_4(monkeypatch: pytest.MonkeyPatch) -> None:
+    sysm = _system()
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    _pump(sysm)
+    other = sysm.links[1].conn_id
+    offset = sysm.server.committed
+    _tamper(monkeypatch, sysm, lambda server: server.conns[other].outbound.append(
+        Outbound(offset, TransactionUpdate(offset, ()))))
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))  # a retry: deduplicated, writes nothing
+    sysm.server_step(0)
+    assert sysm.server.committed == offset
+    assert sysm.trace.violations == [("DELIV-4", "no-op append_sync_event was heard by others or wrote")]
+
+
+def test_system_reconnect_leaving_old_open_then_reap() -> None:
+    sysm = _system()
+    old = sysm.links[0].conn_id
+    assert sysm.reconnect_leaving_old_open(0)
+    assert sysm.zombies == [old] and old in sysm.server.conns and sysm.links[0].conn_id != old
+    sysm.reap()
+    assert sysm.zombies == [] and old not in sysm.server.conns and sysm.links[0].conn_id in sysm.server.conns
+    sysm.disconnect(0)
+    assert not sysm.reconnect_leaving_old_open(0)  # nothing to leave open
+    assert 0 not in sysm.links and sysm.trace.violations == []
 
 
 def test_system_drain_leaves_nothing_in_flight() -> None:
