@@ -815,6 +815,24 @@ def test_system_reconnect_leaving_old_open_then_reap() -> None:
     assert 0 not in sysm.links and sysm.trace.violations == []
 
 
+def test_system_defaults_queue_bound_64_and_8_undurable_transactions() -> None:
+    sysm = System(Policy(), [])
+    assert (sysm.server.max_queue, sysm.server.max_undurable) == (64, 8)
+
+
+def test_system_server_step_waits_for_durability() -> None:
+    sysm = _system(max_undurable=1)
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    sysm.call(0, "append_sync_event", ("s", "k2", "{}", None, None))
+    assert sysm.server_step(0)
+    assert not sysm.server_step(0)  # one undurable transaction: the next call waits in the inbox
+    assert len(sysm.links[0].inbox) == 1 and len(sysm.ledger_events()) == 1
+    sysm.advance_durable(sysm.server.committed)
+    assert sysm.server_step(0) and len(sysm.ledger_events()) == 2
+    assert not sysm.server_step(0)  # nothing left
+    assert sysm.trace.violations == []
+
+
 def test_system_drain_leaves_nothing_in_flight() -> None:
     sysm = _system(confirmed=False)
     _pump(sysm)
