@@ -10,6 +10,15 @@ traces with the violation they must produce) -- never by calling the code under 
 builder; the tests below call the builders themselves and compare with the checked-in vector files
 (a builder that changed would change a vector) and with what the cases mean (the published Khala
 hashes, the 32 control characters and their names, the nesting written out).
+
+*Trace.*  The suite only ever ran ``spec.trace.Trace`` on correct runs; here each check gets a concrete
+bad observation, built by hand, with the exact violation (invariant id and message) it must report, next
+to the correct observation it must pass.
+
+*System.*  ``spec.system.System``'s own checks (DELIV-3/4 per call, PRES-3, SLOW-1, and RET-1 through its
+``compact``) are shown failing on a planted server fault driven through the real flow (a wrapped
+``Server.handle``, a hand-made commit, a patched compaction), and its fault and healing actions are shown
+doing what their docstrings say.  Last, a short derandomized run of the system machine.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from spec.messages import (
     Outbound,
     QuerySetUpdate,
     ReducerErr,
+    ReducerOk,
     ReducerResult,
     Subscribe,
     SubscribeApplied,
@@ -51,7 +61,16 @@ from spec.policy import Policy
 from spec.state import DbState, Delta, TableDelta
 from spec.system import Link, System
 from spec.trace import Mirror, Trace, _shares
-from spec.values import ProviderCapability, Row, SessionPresence, StreamSignal, SyncCheckpoint, SyncEvent, SyncStream
+from spec.values import (
+    BridgeOutbox,
+    ProviderCapability,
+    Row,
+    SessionPresence,
+    StreamSignal,
+    SyncCheckpoint,
+    SyncEvent,
+    SyncStream,
+)
 from spec.vectors import (
     ACCEPT_FORMAT,
     REJECT_FORMAT,
@@ -366,6 +385,16 @@ def test_trace_retention_is_judged_with_the_trace_policy() -> None:
     assert default.violations == [("RET-1", "session_presence p: removed at 11")]
 
 
+def test_trace_state_checks_use_the_policys_bridge_attempts() -> None:
+    dead = BridgeOutbox("o1", "src", 30078, '[["t","x"]]', "hello", H1, "failed", 2, 0, "relay down", None, (), 0, 0)
+    t = Trace(policy=Policy(bridge_max_attempts=2))
+    t.record_state(0, _db(bridge_outbox=(dead,)))  # failed after its 2 attempts: right
+    assert t.violations == []
+    t = Trace()
+    t.record_state(0, _db(bridge_outbox=(dead,)))  # the default allows 5: failed too early
+    assert t.violations == [("BRIDGE-1", "outbox o1: failed attempts 2")]
+
+
 def test_trace_ver_1_a_version_first_seen_is_not_a_violation() -> None:
     row = ProviderCapability("p", "b" * 64, "{}", EMPTY_HASH, (5000,), 0, "active", 1, 0)
     t = Trace()
@@ -414,6 +443,32 @@ def test_trace_observe_deliv_1_an_update_after_a_message_of_its_offset() -> None
     t.observe(0, c, link, Outbound(3, ReducerResult(1, 3, ReducerErr("x"))), 9, {})
     t.observe(0, c, link, Outbound(3, TransactionUpdate(3, ())), 9, {})
     assert t.violations == [("DELIV-1", "client 0 got TransactionUpdate 3 after offset 3")]
+
+
+def test_trace_observe_evt_2_an_update_flags_its_tables_as_the_schema_does() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    row = _stream_row(head=1, floor=1)
+    update = TransactionUpdate(1, (QuerySetUpdate(7, (TableRows("sync_stream", (row,), event=True),)),))
+    t.observe(0, c, link, Outbound(1, update), 9, {1: _db(sync_stream=(row,))})
+    assert t.violations == [("EVT-2", "client 0 got sync_stream rows flagged event=True")]
+
+
+def test_trace_observe_deliv_2_names_at_most_two_missing_rows() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    rows = tuple(replace(_stream_row(head=1, floor=1), stream_id=f"s{k}") for k in range(3))
+    link.subscribed[7] = ("SELECT * FROM sync_stream",)
+    link.mirrors[7] = Mirror()
+    t.observe(0, c, link, Outbound(1, TransactionUpdate(1, ())), 9, {1: _db(sync_stream=rows)})
+    assert t.violations == [("DELIV-2", f"client 0 qs 7 at 1: missing {list(rows[:2])} extra []")]
+
+
+def test_trace_observe_deliv_3_an_update_and_a_result_for_one_offset() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    t.observe(0, c, link, Outbound(3, TransactionUpdate(3, ())), 9, {})
+    t.observe(0, c, link, Outbound(3, ReducerResult(1, 3, ReducerOk(None, ()))), 9, {})  # no rows: fine
+    assert t.violations == []
+    t.observe(0, c, link, Outbound(3, ReducerResult(2, 3, ReducerOk(None, (QuerySetUpdate(7, ()),)))), 9, {})
+    assert t.violations == [("DELIV-3", "client 0 got both an update and a result for offset 3")]
 
 
 def test_trace_observe_deliv_2_a_delete_of_a_row_never_had() -> None:
@@ -472,6 +527,14 @@ def test_trace_observe_stale_3_a_resume_must_pin_stream_and_epoch() -> None:
     link.asked[7] = (text,)
     t.observe(0, c, link, Outbound(0, SubscribeApplied(1, 7, ())), 9, {0: DbState()})
     assert t.violations == [("STALE-3", f"client 0 was subscribed to {text!r}, a resume without stream and epoch")]
+
+
+def test_trace_observe_stale_1_a_resume_in_an_old_epoch() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    link.asked[7] = ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 2",)
+    db = _db(sync_stream=(_stream_row(epoch=2, head=9, floor=1),), sync_event=tuple(_event(k, 2) for k in range(1, 10)))
+    t.observe(0, c, link, Outbound(0, SubscribeApplied(1, 7, ())), 9, {0: db})
+    assert t.violations == [("STALE-1", "client 0 resumed s from 2 though ('epoch_changed',)")]
 
 
 @pytest.mark.parametrize("floor", [3, 4, 5])
@@ -547,6 +610,19 @@ def test_trace_observe_client_cont_1_judges_this_clients_meetings_only() -> None
     assert list(t.meets) == [(1, "s")]
 
 
+def test_trace_observe_client_cont_1_a_view_that_should_have_continued() -> None:
+    t, c = Trace(), _reader(epoch=2, last=5)  # in the new epoch with its watermark and events ...
+    t.signals[(0, "s")] = 1
+    t.meets[(0, "s")] = ((1, 5, 5, 0, 0), 2, True)
+    t.observe_client(0, c)  # ... but not counted as a continue
+    assert t.violations == [("CONT-1", "client 0 at (1, 5) did not continue s into epoch 2 (rebootstraps 0 -> 0)")]
+    t, c = Trace(), _reader(epoch=2, last=5, continues=1)
+    t.signals[(0, "s")] = 1
+    t.meets[(0, "s")] = ((1, 5, 5, 0, 0), 2, True)
+    t.observe_client(0, c)
+    assert t.violations == []
+
+
 def test_trace_meet_is_taken_once_and_only_for_a_new_epoch() -> None:
     t, c = Trace(), _reader(epoch=1, last=5)
     t._meet(0, c, "s", 1, True)  # the view's own epoch: no meeting
@@ -590,6 +666,26 @@ def test_trace_stale_signals_are_counted_per_stream_not_for_a_rehydrating_view()
     t, c = Trace(), _reader(epoch=1, last=5, rehydrating=True)
     t.before_message(0, c, stale_row)  # a rehydrating view has no cursor to be stale
     assert t.signals == Counter()
+
+
+def test_trace_stale_signals_read_every_query_set_of_a_message() -> None:
+    t, c = Trace(), _reader(epoch=1, last=5)
+    stale_row = TableRows("sync_stream", (_stream_row(head=9, floor=8),))
+    t.before_message(0, c, TransactionUpdate(1, (QuerySetUpdate(5, (stale_row,)), QuerySetUpdate(7, (stale_row,)))))
+    assert t.signals == Counter({(0, "s"): 1})  # query set 5 is not the client's: skipped, not the end
+
+
+def test_trace_an_answer_to_a_message_that_showed_nothing_is_fine() -> None:
+    t = Trace()
+    t.after_message(0, _reader(), [])
+    assert t.violations == []
+
+
+def test_trace_observe_an_error_that_is_not_a_sync_error_is_not_judged() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    link.asked[7] = ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 2",)
+    t.observe(0, c, link, Outbound(0, SubscriptionError(3, 7, "internal error")), 9, {0: DbState()})
+    assert t.violations == []
 
 
 def test_trace_replay_1_a_gap_shown_needs_a_resubscribe() -> None:

@@ -150,6 +150,12 @@ EQUIVALENT.update({
     "spec.trace.xǁTraceǁ_stale_signals__mutmut_43":
         "the budget that stands for 'none' (a sync_stream row carries no budget) 3**64 for 2**64: heads and "
         "watermarks are u64, so head - watermark < 2**64 and neither bound is ever exceeded",
+    "spec.trace.xǁTraceǁ_stale_signals__mutmut_44":
+        "the budget that stands for 'none' (a sync_stream row carries no budget) 2**65 for 2**64: heads and "
+        "watermarks are u64, so head - watermark < 2**64 and neither bound is ever exceeded",
+    "spec.trace.xǁTraceǁ_meetings__mutmut_88":
+        "`or True` walks the inserts of every table, not only sync_stream's: the loop keeps only SyncStream rows "
+        "(`isinstance(r, SyncStream)`), which no other table holds",
     # spec/system.py
     "spec.system.xǁSystemǁcrash__mutmut_2":
         "keeping states[committed] too (<= for <): that entry is overwritten with server.db two lines below, "
