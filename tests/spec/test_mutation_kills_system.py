@@ -43,6 +43,7 @@ from spec.canonical import MAX_DEPTH, REASONS
 from spec.client import Client, StreamView
 from spec.errors import ErrorCode, SyncError
 from spec.messages import (
+    SLOW_CONSUMER_REASON,
     CallReducer,
     Outbound,
     QuerySetUpdate,
@@ -927,6 +928,52 @@ def test_system_server_step_waits_for_durability() -> None:
     assert sysm.server_step(0) and len(sysm.ledger_events()) == 2
     assert not sysm.server_step(0)  # nothing left
     assert sysm.trace.violations == []
+
+
+def test_system_call_delivery_is_not_judged_when_a_connection_closed_in_the_step() -> None:
+    """A slow consumer's close in the step commits its sessions' marks in a transaction of its own, so
+    the per-call check stands aside: here the caller's queue got nothing at all, which it would flag."""
+    sysm = _system()
+    caller, other = sysm.links[0].conn_id, sysm.links[1].conn_id
+    msg = CallReducer(5, "append_sync_event", ("s", "k1", "{}", None, None))
+    queues = {cid: (sysm.server.conns[cid], len(sysm.server.conns[cid].outbound)) for cid in (caller, other)}
+    sysm.server.close(other, SLOW_CONSUMER_REASON)  # closed in the step
+    sysm._check_call_delivery(caller, msg, sysm.server.db, sysm.server.committed, queues)
+    assert sysm.trace.violations == []
+    del queues[other]
+    sysm._check_call_delivery(caller, msg, sysm.server.db, sysm.server.committed, queues)
+    assert sysm.trace.violations == [("DELIV-3", "append_sync_event call 5: 0 results")]
+    sysm.trace.violations.clear()
+    sysm._check_call_delivery(99, msg, sysm.server.db, sysm.server.committed, queues)  # not a live caller
+    assert sysm.trace.violations == []
+
+
+@pytest.mark.parametrize(("queued", "flagged"), [(2, True), (3, False)])
+def test_system_a_slow_consumer_close_only_past_the_bound_SLOW_1(queued: int, flagged: bool) -> None:
+    sysm = _system(max_queue=2)
+    conn = sysm.links[0].conn_id
+    sysm.server.conns[conn].outbound.extend([Outbound(0, TransactionUpdate(0, ()))] * queued)
+    sysm.server.close(conn, SLOW_CONSUMER_REASON)
+    sysm._drop_dead_links()
+    expected = [("SLOW-1", f"client 0's connection {conn} closed by the server (slow_consumer) with {queued} queued, "
+                           f"bound 2")]
+    assert sysm.trace.violations == (expected if flagged else [])
+
+
+def test_system_a_sweep_that_leaves_an_expired_session_live_is_PRES_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    sysm = _system()
+    sysm.call(0, "upsert_presence", UPSERT)  # ttl 5000 ms
+    _pump(sysm)
+    row = _presence(sysm)
+
+    def lazy(db: DbState, now: int) -> Ok:  # a planted sweep: touches the row, leaves it online
+        touched = replace(row, region="us")
+        return Ok(DbState({**db.tables, "session_presence": (touched,)}), None,
+                  Delta((TableDelta("session_presence", (row,), (touched,)),)))
+
+    monkeypatch.setattr(spec.system, "presence_sweep", lazy)
+    sysm.tick(6_000_000)
+    assert ("PRES-2", "presence sess0 live past expiry") in sysm.trace.violations
 
 
 def test_system_drain_leaves_nothing_in_flight() -> None:
