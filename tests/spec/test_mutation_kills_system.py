@@ -976,6 +976,25 @@ def test_system_a_sweep_that_leaves_an_expired_session_live_is_PRES_2(monkeypatc
     assert ("PRES-2", "presence sess0 live past expiry") in sysm.trace.violations
 
 
+def test_system_drain_delivers_a_disconnect_mark_that_waited_for_durability() -> None:
+    """A drain's first round makes the waiting mark durable-eligible and commits it; the confirmed watcher
+    can take it only in the next round (after the next advance): deliveries alone are progress."""
+    sysm = System(Policy(), [("c0", WRITER, False), ("c1", WRITER, True), ("c2", WRITER, True)], max_undurable=1)
+    for k in range(3):
+        sysm.connect(k)
+    sysm._send(1, [Subscribe(900, 900, ("SELECT * FROM session_presence",))])
+    sysm.call(2, "upsert_presence", ("sess2", "dev", "node", "online", "eu", 5000))
+    _pump(sysm)
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    assert sysm.server_step(0)  # one undurable transaction: the bound
+    sysm.disconnect(2)  # its mark waits for durability
+    sysm._drain(100)
+    assert {cid: conn.outbound for cid, conn in sysm.server.conns.items()} == {
+        sysm.links[k].conn_id: [] for k in range(3)}
+    assert sysm.server.db.find(SessionPresence, lambda r: r.session_id == "sess2").status == "offline"  # type: ignore[union-attr]
+    assert sysm.trace.violations == []
+
+
 def test_system_drain_leaves_nothing_in_flight() -> None:
     sysm = _system(confirmed=False)
     _pump(sysm)

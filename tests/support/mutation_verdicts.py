@@ -174,11 +174,6 @@ EQUIVALENT.update({
     "spec.system.xǁSystemǁ_check_slow_close__mutmut_7":
         "`(conn is not None) or True` reads conn.closed_reason even when conn is None, which it never is: as for "
         "_check_slow_close__mutmut_4, the connection object is always in conn_objs when its link is dropped",
-    "spec.system.xǁSystemǁ_drain__mutmut_9":
-        "deliveries alone no longer count as moving: an iteration whose only moves were deliveries leaves nothing "
-        "for the next -- durability was advanced to the committed offset at its start, so every queued message "
-        "was releasable and is delivered by the `while deliver(i)` loop, and any answer a client sends is "
-        "handled by the `while server_step(i)` right after it, which sets moved itself",
     "spec.system.xǁSystemǁreset_epoch__mutmut_11":
         "the admin call's context offset committed - 1 for committed + 1: reset_stream_epoch writes no event, and "
         "ctx.tx_offset is read only by append_sync_event (the events' tx_offset column)",
