@@ -995,6 +995,42 @@ def test_system_drain_delivers_a_disconnect_mark_that_waited_for_durability() ->
     assert sysm.trace.violations == []
 
 
+def test_system_a_crash_that_keeps_an_undurable_commit_is_DUR_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initial state (offset 0) is the durable state a crash falls back to when nothing else is durable."""
+    sysm = _system(confirmed=False)
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    assert sysm.server_step(0) and sysm.server.durable == 0  # offset 1 committed, only offset 0 durable
+    server, real = sysm.server, sysm.server.crash
+    ghost = replace(ONLINE, session_id="ghost")
+
+    def haunted() -> None:  # a planted recovery that brings back a row the durable state never had
+        real()
+        server.log = replace(server.log, db=DbState({**server.db.tables, "session_presence": (ghost,)}))
+
+    monkeypatch.setattr(server, "crash", haunted)
+    sysm.crash()
+    assert ("DUR-1", "state after crash differs from the durable state at 0") in sysm.trace.violations
+
+
+def test_system_a_client_that_forgets_its_watermarks_on_a_drop_is_SLOW_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    sysm = _system()
+    sysm.follow(1, "s")
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    _pump(sysm)
+    client = sysm.clients[1]
+    assert client.streams["s"].last == 1
+    real = client.on_disconnect
+
+    def forgetful() -> None:  # a planted client bug: a drop resets its views
+        real()
+        client.streams["s"] = StreamView(epoch=client.streams["s"].epoch)
+
+    monkeypatch.setattr(client, "on_disconnect", forgetful)
+    sysm.server.close(sysm.links[1].conn_id, "server restart")  # (a restart's close: not itself SLOW-1)
+    sysm._drop_dead_links()
+    assert sysm.trace.violations == [("SLOW-1", "client 1 lost its watermarks on a disconnect")]
+
+
 def test_system_drain_leaves_nothing_in_flight() -> None:
     sysm = _system(confirmed=False)
     _pump(sysm)
