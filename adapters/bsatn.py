@@ -203,72 +203,86 @@ class Reader:
         if self.remaining:
             raise BsatnError(f"trailing bytes: {self.remaining} after offset {self._pos}")
 
-    def _take(self, n: int, kind: str) -> bytes:
+    def _take(self, n: int, what: str, default: str) -> bytes:
+        """``n`` bytes; the error names the field (its label is built only on that path: a read
+        that succeeds formats nothing)."""
         pos = self._pos
         if n > len(self._data) - pos:
-            raise BsatnError(f"truncated {kind} at offset {pos}: need {n} bytes but {len(self._data) - pos} left")
+            raise BsatnError(f"truncated {_label(what, default)} at offset {pos}: need {n} bytes but "
+                             f"{len(self._data) - pos} left")
         self._pos = pos + n
         return self._data[pos:pos + n]
 
     def u8(self, what: str = "") -> int:
-        return self._take(1, _label(what, "u8"))[0]
+        return self._take(1, what, "u8")[0]
 
     def u16(self, what: str = "") -> int:
-        value: int = _U16.unpack(self._take(2, _label(what, "u16")))[0]
+        value: int = _U16.unpack(self._take(2, what, "u16"))[0]
         return value
 
     def u32(self, what: str = "") -> int:
-        value: int = _U32.unpack(self._take(4, _label(what, "u32")))[0]
+        value: int = _U32.unpack(self._take(4, what, "u32"))[0]
         return value
 
     def u64(self, what: str = "") -> int:
-        value: int = _U64.unpack(self._take(8, _label(what, "u64")))[0]
+        value: int = _U64.unpack(self._take(8, what, "u64"))[0]
         return value
 
     def i64(self, what: str = "") -> int:
-        value: int = _I64.unpack(self._take(8, _label(what, "i64")))[0]
+        value: int = _I64.unpack(self._take(8, what, "i64"))[0]
         return value
 
     def u128(self, what: str = "") -> int:
-        return int.from_bytes(self._take(16, _label(what, "u128")), "little")
+        return int.from_bytes(self._take(16, what, "u128"), "little")
 
     def bool_(self, what: str = "") -> bool:
         pos = self._pos
-        byte = self._take(1, _label(what, "bool"))[0]
+        byte = self._take(1, what, "bool")[0]
         if byte > 1:
             raise BsatnError(f"invalid bool byte 0x{byte:02x} at offset {pos}")
         return byte == 1
 
-    def length(self, kind: str, min_item: int = 1) -> int:
-        """A u32 length/count prefix, rejected unless ``count * min_item`` bytes remain."""
+    def length(self, kind: str, min_item: int = 1, what: str = "") -> int:
+        """A u32 length/count prefix, rejected unless ``count * min_item`` bytes remain.  The
+        errors name ``kind``, or ``kind (what)`` when ``what`` is given."""
         pos = self._pos
-        n = self.u32(f"{kind} length")
-        if n * min_item > self.remaining:
+        data = self._data
+        if pos + 4 > len(data):
+            label = _label(what, kind)
+            raise BsatnError(f"truncated u32 ({label} length) at offset {pos}: need 4 bytes but {len(data) - pos} left")
+        n: int = _U32.unpack_from(data, pos)[0]
+        self._pos = pos + 4
+        if n * min_item > len(data) - pos - 4:
+            label = _label(what, kind)
             need = f"length {n}" if min_item == 1 else f"count {n} needs at least {n * min_item} bytes"
-            raise BsatnError(f"truncated {kind} at offset {pos}: {need} but {self.remaining} bytes left")
+            raise BsatnError(f"truncated {label} at offset {pos}: {need} but {self.remaining} bytes left")
         return n
 
     def string(self, what: str = "") -> str:
-        kind = _label(what, "String")
         pos = self._pos
-        data = self._take(self.length(kind), kind)
+        n = self.length("String", 1, what)
+        start = self._pos
+        self._pos = start + n  # length() checked that n bytes remain
         try:
-            return data.decode("utf-8")
+            return self._data[start:start + n].decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise BsatnError(f"invalid UTF-8 in {kind} at offset {pos}: {exc.reason} at byte {exc.start}") from None
+            raise BsatnError(f"invalid UTF-8 in {_label(what, 'String')} at offset {pos}: {exc.reason} "
+                             f"at byte {exc.start}") from None
 
     def bytes_(self, what: str = "") -> bytes:
-        kind = _label(what, "bytes")
-        return self._take(self.length(kind), kind)
+        n = self.length("bytes", 1, what)
+        start = self._pos
+        self._pos = start + n
+        return self._data[start:start + n]
 
     def raw(self, n: int, what: str = "") -> bytes:
         """``n`` bytes with no prefix."""
         if n < 0:
             raise LocalProtocolError(f"cannot read {n} bytes")
-        return self._take(n, _label(what, "bytes"))
+        return self._take(n, what, "bytes")
 
     def identity(self, what: str = "") -> str:
-        return self._take(32, _label(what, "Identity"))[::-1].hex()
+        return self._take(32, what, "Identity")[::-1].hex()
 
     def connection_id(self, what: str = "") -> int:
         return self.u128(_label(what, "ConnectionId"))
@@ -343,6 +357,7 @@ def _encoder(t: SatsType) -> _Enc:
         raise LocalProtocolError(f"no BSATN encoding for SATS type {sats_name(t)}") from None
 
 
+@functools.cache
 @functools.cache
 def _decoder(t: SatsType) -> _Dec:
     name = sats_name(t)
@@ -549,16 +564,20 @@ def sync_event_size(ev: SyncEvent) -> int:
 
 
 
-def _decode_product(columns: Sequence[Column], data: bytes, what: str, part: str) -> list[Any]:
+def _decode_product(columns: Sequence[Column], data: bytes, what: str, part: str,
+                    decoders: Sequence[_Dec] | None = None) -> list[Any]:
     """Decode a product of ``columns`` that must use every byte of ``data``; errors name ``what``
-    and the ``part`` (column or parameter) that failed."""
+    and the ``part`` (column or parameter) that failed.  ``decoders``: the columns' decoders,
+    when the caller has them already (a reducer's or a table's, built once)."""
     r = Reader(data)
     values: list[Any] = []
-    for col in columns:
-        try:
-            values.append(_decoder(col.type)(r))
-        except BsatnError as exc:
-            raise BsatnError(f"{what}, {part} {col.name}: {exc}") from None
+    if decoders is None:
+        decoders = [_decoder(col.type) for col in columns]
+    try:
+        for dec in decoders:
+            values.append(dec(r))
+    except BsatnError as exc:
+        raise BsatnError(f"{what}, {part} {columns[len(values)].name}: {exc}") from None
     try:
         r.expect_end()
     except BsatnError as exc:
@@ -571,7 +590,12 @@ def decode_row(table: str, data: bytes) -> Row:
     t = TABLE_BY_NAME.get(table)
     if t is None:
         raise BsatnError(f"unknown table {table[:80]!r}")
-    return t.row_type(*_decode_product(t.columns, data, f"row of {table}", "column"))
+    return t.row_type(*_decode_product(t.columns, data, f"row of {table}", "column", _row_decoders(table)))
+
+
+@functools.cache
+def _row_decoders(table: str) -> tuple[_Dec, ...]:
+    return tuple(_decoder(col.type) for col in TABLE_BY_NAME[table].columns)
 
 
 # --- reducer arguments and return values ------------------------------------------------------
@@ -595,12 +619,17 @@ def encode_args(reducer: str, args: tuple[object, ...]) -> bytes:
     return w.getvalue()
 
 
+@functools.cache
+def _args_decoders(reducer: str) -> tuple[_Dec, ...]:
+    return tuple(_decoder(col.type) for col in REDUCER_BY_NAME[reducer].args)
+
+
 def decode_args(reducer: str, data: bytes) -> tuple[object, ...]:
     """Decode ``reducer``'s argument product; every byte must be used."""
     rdef = REDUCER_BY_NAME.get(reducer)
     if rdef is None:
         raise BsatnError(f"unknown reducer {reducer[:80]!r}")
-    return tuple(_decode_product(rdef.args, data, f"arguments of {reducer}", "parameter"))
+    return tuple(_decode_product(rdef.args, data, f"arguments of {reducer}", "parameter", _args_decoders(reducer)))
 
 
 def encode_ret(reducer: str, value: object) -> bytes:

@@ -48,9 +48,11 @@ class FastHistogram(Collector):
         self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
         self.total = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1  # bucket i holds bounds[i-1] < v <= bounds[i]
-        self.total += value
+    def observe(self, value: float, n: int = 1) -> None:
+        """Count ``n`` observations of ``value`` (a fanout observes one value per commit offset,
+        weighted by its receivers)."""
+        self.counts[bisect_left(self.bounds, value)] += n  # bucket i holds bounds[i-1] < v <= bounds[i]
+        self.total += value * n
 
     @property
     def count(self) -> int:
@@ -118,13 +120,15 @@ class SendCounts(Collector):
     """Per-message counters of the send path as plain integers (an ``inc`` of a
     ``prometheus_client`` counter takes a lock: a measurable share of a fanout), exposed with
     the names the counters had: ``syncref_server_messages_total{kind}``,
-    ``syncref_encode_cache_hits_total``, ``syncref_frames_sent_total``, ``syncref_bytes_sent_total``."""
+    ``syncref_encode_cache_hits_total``, ``syncref_frames_sent_total``, ``syncref_bytes_sent_total``,
+    and ``syncref_socket_writes_total`` (transport writes: a lagging subscriber's frames share one)."""
 
     def __init__(self) -> None:
         self.messages: dict[str, int] = {}
         self.encode_hits = 0
         self.frames = 0
         self.bytes = 0
+        self.writes = 0
 
     def message(self, kind: str) -> None:
         self.messages[kind] = self.messages.get(kind, 0) + 1
@@ -138,3 +142,5 @@ class SendCounts(Collector):
                                   value=self.encode_hits)
         yield CounterMetricFamily("syncref_frames_sent", "WebSocket frames sent", value=self.frames)
         yield CounterMetricFamily("syncref_bytes_sent", "Bytes of frames sent", value=self.bytes)
+        yield CounterMetricFamily("syncref_socket_writes", "Transport writes of data frames (one per turn: "
+                                  "a turn's frames share a write)", value=self.writes)

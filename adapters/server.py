@@ -12,7 +12,10 @@ is the order of things:
   transactions ahead of the disk, calls wait (``_room``), never the other way round.
 * **Per connection, three tasks.**  The reader decodes frames into a bounded inbound queue
   (past the bound: close 1013, as SpacetimeDB); the processor feeds that queue to the engine in
-  order; the sender pops whatever the engine has *released* (confirmed reads: only messages
+  order -- except that a frame arriving while the queue is empty and the call has room in the
+  durability window is handed to the engine by the reader itself (ADR-0019: the processor is
+  parked on the empty queue then, so the order is the same and the hop through a second task
+  is saved); the sender pops whatever the engine has *released* (confirmed reads: only messages
   whose offset is durable) and writes frames.  A keepalive pings and drops a silent peer.
   Writing blocks on a client that does not read; meanwhile the engine's queue for it grows
   and past ``max_queue`` the engine drops it as a ``slow_consumer``.  Nobody else waits.
@@ -145,6 +148,11 @@ class _Encoded:
         self.frames: dict[wire.Compression, bytes] = {}
         self.wire: dict[wire.Compression, bytes] = {}  # the frames as whole WebSocket frames
         self.nbytes = len(body)
+
+
+def _ws_header(n: int) -> int:
+    """The header length of an unmasked WebSocket frame of ``n`` bytes in all (header included)."""
+    return 2 if n < 128 else 4 if n < 65540 else 10
 
 
 def ws_binary_frame(payload: bytes) -> bytes:
@@ -382,7 +390,15 @@ class SyncServer:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._bodies: OrderedDict[object, _Encoded] = OrderedDict()  # the encode-once cache
         self._commits = CommitClock()
+        self._records_queued = False  # records handed to the writer since it was last woken
+        self._delivered: dict[int, int] = {}  # commit offset -> messages from it handed to sockets, not yet observed
+        # v3 turns of shared updates built in this pass: (compression, their ids) -> (the updates,
+        # the frames, their payload bytes); the updates are kept so an id is never reused meanwhile
+        self._v3_turns: dict[tuple[wire.Compression, tuple[int, ...]],
+                             tuple[tuple[m.ServerMessage, ...], list[bytes], int]] = {}
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
+        self._pump_scheduled = False  # _pump likewise (calls the reader handled itself: one pump for them all)
+        self.taken_by_reader = 0  # messages a reader handed to the engine itself (ADR-0019), not via the queue
         self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
         self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
@@ -642,8 +658,16 @@ class SyncServer:
             await asyncio.sleep(0.05)
             self._check_writer()
 
+    def _pump_soon(self) -> None:
+        """:meth:`_pump` once, at the end of this loop iteration, for every engine step taken
+        until then (the calls a reader handled directly: their records reach the writer together)."""
+        if not self._pump_scheduled and self._loop is not None:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
     def _pump(self) -> None:
         """After any engine step: hand new commit records to the writer, wake senders."""
+        self._pump_scheduled = False
         engine = self.engine
         self._commits.stamp(engine.committed, time.monotonic())
         records = engine.take_records()
@@ -653,6 +677,7 @@ class SyncServer:
                 # queued now, the writer woken once at the end of this loop iteration: the commits
                 # of one iteration (several connections' calls) share a wakeup and a COMMIT
                 self._writer.append(records, wake=False)
+                self._records_queued = True
             except Exception as exc:
                 # Records the writer refuses can never become durable: nothing more may be
                 # acknowledged.  Fail as a write failure does (503s, closes, serve exits 1) rather
@@ -674,14 +699,18 @@ class SyncServer:
         (:meth:`_write_now`), else by its sender task.  Deferring this to the end of the
         iteration lets a v3 connection's replies to one frame go out in one frame."""
         self._deliver_scheduled = False
-        if self._writer is not None:
+        if self._writer is not None and self._records_queued:  # only new records need the writer woken
+            self._records_queued = False
             self._writer.wake()
         engine = self._engine
         if engine is None:
             return
-        for s in list(self.sessions.values()):
-            if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
-                s.wake.set()
+        try:
+            for s in list(self.sessions.values()):
+                if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
+                    s.wake.set()
+        finally:
+            self._flush_delivered()
 
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():
@@ -1104,6 +1133,8 @@ class SyncServer:
                 except BsatnError as exc:
                     await self._close(s, 1011, f"malformed message: {exc}", "malformed")
                     return
+                if len(decoded) == 1 and self._take_now(s, decoded[0]):
+                    continue  # handled here: nothing queued ahead of it and nothing to wait for
                 s.inbound.append((decoded[0], size))
                 s.inbound.extend((x, 0) for x in decoded[1:])
                 s.inbound_bytes += size
@@ -1135,6 +1166,7 @@ class SyncServer:
                     return  # nothing more is taken once the log cannot be written
                 if taken >= batch:
                     taken = 0
+                    self._pump()  # once per turn: its messages' records go to the writer together
                     await asyncio.sleep(0)
                     continue
                 first, size = s.inbound[0]
@@ -1143,10 +1175,12 @@ class SyncServer:
                         s.undurable.popleft()
                     if len(s.undurable) >= share:  # this connection's share of the window is in use
                         taken = 0
+                        self._pump()  # before any wait: the records waited on must reach the writer
                         await self._wait_durable_quietly(s.undurable[0])
                         continue
                     if not engine.can_commit():
                         taken = 0
+                        self._pump()
                         await self._wait_room()
                         continue
                 s.inbound.popleft()
@@ -1156,7 +1190,33 @@ class SyncServer:
                 self._dispatch(s, first)
                 if engine.committed > before and isinstance(first, wire.CallReducer):
                     s.undurable.append(engine.committed)
+            if taken:
                 self._pump()
+
+    def _take_now(self, s: Session, msg: wire.ClientMessage) -> bool:
+        """Handle ``msg`` from the reader itself, without the hop through the inbound queue and the
+        processor task, when the processor would take it at once: the queue is empty (so the
+        processor is parked, waiting for it), the connection is open, the log writable, and a
+        call has room in the connection's share and the durability window.
+        False: queue it as usual.  Order is kept (nothing is queued ahead of it) and so is
+        fairness (the reader yields every ``max_batch_per_turn`` frames, as the processor does)."""
+        if s.inbound or s.closing or (self.failed is not None and self.failed.done()):
+            return False
+        engine = self.engine
+        if isinstance(msg, wire.CallReducer):
+            while s.undurable and s.undurable[0] <= engine.durable:
+                s.undurable.popleft()
+            if len(s.undurable) >= self.config.limits.max_undurable_per_connection or not engine.can_commit():
+                return False
+            before = engine.committed
+            self._dispatch(s, msg)
+            if engine.committed > before:
+                s.undurable.append(engine.committed)
+        else:
+            self._dispatch(s, msg)
+        self.taken_by_reader += 1
+        self._pump_soon()
+        return True
 
     def _dispatch(self, s: Session, msg: wire.ClientMessage) -> None:
         try:
@@ -1211,7 +1271,7 @@ class SyncServer:
         self.metrics.sends.message(type(message).__name__)
         if isinstance(message, m.ReducerResult):
             ts = s.call_ts.pop(message.request_id, self._last_now)
-            return wire.encode_server(wire.to_wire(message, timestamp=ts, cache=self._rows)), None
+            return wire.encode_reducer_result(message, ts, self._rows), None
         # by identity: a TransactionUpdate is shared by its subscribers; a SubscribeApplied may hold
         # a replay's rows, built only when read (hashing it by value would build them all)
         key: object = id(message) if isinstance(message, m.TransactionUpdate | m.SubscribeApplied) else (message,)
@@ -1242,53 +1302,120 @@ class SyncServer:
             self._body_bytes += len(frame)
         return frame
 
-    def _turn(self, s: Session) -> list[tuple[bytes, _Encoded | None]] | None:
-        """Take one turn's messages off the connection's queue, encoded and framed: at most
-        ``SEND_BATCH`` (v3: ``SEND_BATCH_V3``) messages and V3_SOFT_CAP bytes (one larger message
-        goes alone).  v3 puts the whole turn in one frame: a subscriber that lags behind gets
-        fewer, larger frames, and its queue drains a turn at a time.  Each frame comes with its
-        cache entry when it is a shared v2 frame.  None: a message was over the one-message
-        bound; the connection is being closed (``broken``) and nothing more is sent to it."""
-        engine = self.engine
-        turn = SEND_BATCH_V3 if s.version == 3 else SEND_BATCH
-        bodies: list[bytes] = []
-        entries: list[_Encoded | None] = []
-        size = 0
-        while s.side and len(bodies) < turn:
-            bodies.append(s.side.popleft())
-            entries.append(None)
-            size += len(bodies[-1])
-        commits = self._commits
-        latency = self.metrics.fanout_latency
-        now = time.monotonic()
-        while (engine.releasable(s.conn_id) and len(bodies) < turn
-               and (not bodies or size + engine.next_size(s.conn_id) <= wire.V3_SOFT_CAP)):
-            out = engine.pop(s.conn_id)
-            body, entry = self._encode(s, out.message)
-            if len(body) > self.config.limits.max_outbound_message_bytes:  # never sent undecodable
+    def _turn(self, s: Session) -> tuple[list[bytes], int] | None:
+        """Take one turn's messages off the connection's queue as whole WebSocket frames, ready
+        for one transport write, and their payload bytes: at most ``SEND_BATCH`` (v3:
+        ``SEND_BATCH_V3``) messages and V3_SOFT_CAP bytes (one larger message goes alone).  v2
+        sends one frame per message (the frames of a turn are written together, ADR-0018); v3
+        puts the whole turn in one frame of several messages.  A subscriber that lags behind
+        therefore gets its backlog in few writes, and its queue drains a turn at a time.  None: a
+        message was over the one-message bound; the connection is being closed (``broken``) and
+        nothing more is sent to it.
+
+        The common message -- a ``TransactionUpdate`` the engine shares between subscribers,
+        already encoded for an earlier receiver -- costs a cache lookup by identity and an
+        append; its delivery is counted for the latency histogram by offset and observed once
+        per offset when the pass ends (:meth:`_flush_delivered`)."""
+        v3 = s.version == 3
+        turn = SEND_BATCH_V3 if v3 else SEND_BATCH
+        compression = s.compression
+        bodies: list[bytes] = []  # v3: the turn's message bodies
+        frames: list[bytes] = []  # v2: the turn's whole WebSocket frames
+        size = payload = 0
+        while s.side and len(bodies) + len(frames) < turn:
+            body = s.side.popleft()
+            if v3:
+                bodies.append(body)
+            else:
+                frame = wire.frame_server(body, compression)
+                frames.append(ws_binary_frame(frame))
+                payload += len(frame)
+            size += len(body)
+        taken = len(bodies) + len(frames)
+        outs = self.engine.take(s.conn_id, turn - taken, wire.V3_SOFT_CAP, size) if taken < turn else []
+        if not outs and not taken:
+            return [], 0
+        cache = self._bodies
+        delivered = self._delivered
+        bound = self.config.limits.max_outbound_message_bytes
+        shared = 0
+        # v3: a turn of shared updates only is one frame every receiver of the same updates gets:
+        # built (and compressed) once per pass, found by the updates' identities
+        v3_key: tuple[int, ...] | None = () if v3 and not taken else None
+        for out in outs:
+            message = out.message
+            entry = cache.get(id(message)) if type(message) is m.TransactionUpdate else None
+            if entry is not None and entry.message is message:  # encoded for an earlier receiver
+                cache.move_to_end(id(message))
+                shared += 1
+                body = entry.body
+            else:
+                body, entry = self._encode(s, message)
+            if len(body) > bound:  # never sent undecodable
                 self.metrics.internal.labels("oversize").inc()
                 s.broken = True
                 s.closers.append(asyncio.ensure_future(self._close(
                     s, m.CLOSE_PROTOCOL, f"internal error: a {len(body)}-byte message is over "
                     "max_outbound_message_bytes", "internal")))
                 return None
-            bodies.append(body)
-            entries.append(entry)
-            size += len(body)
-            if isinstance(out.message, DELIVERED):
-                committed_at = commits.at(out.offset)
-                if committed_at is not None:
-                    latency.observe(now - committed_at)
-        if s.version == 3:
-            return [(wire.frame_server(b, s.compression), None) for b in wire.batch_v3(bodies)]
-        return [(self._frame(b, e, s.compression), e) for b, e in zip(bodies, entries, strict=True)]
+            if v3:
+                bodies.append(body)
+                if v3_key is not None:
+                    v3_key = (*v3_key, id(message)) if entry is not None else None
+            elif entry is not None:
+                data = entry.wire.get(compression)
+                if data is None:
+                    data = self._wire_frame(self._frame(body, entry, compression), entry, compression)
+                frames.append(data)
+                payload += len(data) - _ws_header(len(data))
+            else:
+                frame = wire.frame_server(body, compression)
+                frames.append(ws_binary_frame(frame))
+                payload += len(frame)
+            if isinstance(message, DELIVERED):
+                delivered[out.offset] = delivered.get(out.offset, 0) + 1
+        if shared:
+            sends = self.metrics.sends
+            sends.encode_hits += shared
+            sends.messages["TransactionUpdate"] = sends.messages.get("TransactionUpdate", 0) + shared
+        if v3:
+            turn_key = None if v3_key is None else (compression, v3_key)
+            made = None if turn_key is None else self._v3_turns.get(turn_key)
+            if made is not None and all(a is b.message for a, b in zip(made[0], outs, strict=True)):
+                frames.extend(made[1])
+                payload += made[2]
+            else:
+                start, before = len(frames), payload
+                for body in wire.batch_v3(bodies):
+                    frame = wire.frame_server(body, compression)
+                    frames.append(ws_binary_frame(frame))
+                    payload += len(frame)
+                if turn_key is not None:
+                    self._v3_turns[turn_key] = (tuple(out.message for out in outs), frames[start:], payload - before)
+        return frames, payload
+
+    def _flush_delivered(self) -> None:
+        """Observe the fanout latency of the messages handed to sockets since the last flush:
+        once per commit offset, weighted by how many receivers got a message derived from it."""
+        self._v3_turns.clear()
+        delivered = self._delivered
+        if not delivered:
+            return
+        now = time.monotonic()
+        commits = self._commits
+        latency = self.metrics.fanout_latency
+        for offset, n in delivered.items():
+            committed_at = commits.at(offset)
+            if committed_at is not None:
+                latency.observe(now - committed_at, n)
+        delivered.clear()
 
     def _write_now(self, s: Session) -> bool:
         """Send the connection's released messages from here, without waking its sender task,
         while the socket takes everything at once (nothing is waiting in the transport's
-        buffer).  Writes whole WebSocket frames to the transport, in order with everything the
-        sender task wrote before.  True when nothing is left to send; False when the sender
-        task must take over (the peer is not keeping up, or the connection is closing)."""
+        buffer): each turn's frames in one transport write, in order with everything the sender
+        task wrote before.  True when nothing is left to send; False when the sender task must
+        take over (the peer is not keeping up, or the connection is closing)."""
         engine = self.engine
         transport = s.request.transport
         sends = self.metrics.sends
@@ -1296,13 +1423,15 @@ class SyncServer:
             if (s.busy or s.closing or s.broken or s.ws.closed or transport is None or transport.is_closing()
                     or transport.get_write_buffer_size()):
                 return False
-            frames = self._turn(s)
-            if frames is None:
+            turn = self._turn(s)
+            if turn is None:
                 return True
-            for frame, entry in frames:
-                transport.write(self._wire_frame(frame, entry, s.compression))
-                sends.frames += 1
-                sends.bytes += len(frame)
+            frames, payload = turn
+            if frames:
+                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                sends.writes += 1
+                sends.frames += len(frames)
+                sends.bytes += payload
         return True
 
     def _wire_frame(self, frame: bytes, entry: _Encoded | None, compression: wire.Compression) -> bytes:
@@ -1317,38 +1446,45 @@ class SyncServer:
         return data
 
     async def _sender(self, s: Session) -> None:
+        """Send what the pump could not write directly: one turn at a time, each turn's frames in
+        one transport write; then, while the transport is over its high-water mark, wait for the
+        peer to take it -- at most ``send_timeout_s``, else the peer is a slow consumer."""
         engine = self.engine
         limits = self.config.limits
+        sends = self.metrics.sends
         while not s.closing:
             await s.wake.wait()
             s.wake.clear()
             while not s.closing and not s.broken and (s.side or engine.releasable(s.conn_id)):
-                s.busy = True  # the pump's direct writes wait until this turn's frames are written
+                transport = s.request.transport
+                if s.ws.closed or transport is None or transport.is_closing():
+                    break  # the connection is going: its close path finishes it
+                s.busy = True  # the pump's direct writes wait until this turn is written and taken
                 try:
-                    frames = self._turn(s)
-                    if frames is None:
+                    turn = self._turn(s)
+                    if turn is None:
                         return
-                    sent = sent_bytes = 0
-                    transport = s.request.transport
+                    frames, payload = turn
+                    self._flush_delivered()
+                    if not frames:
+                        continue
+                    transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                    sends.writes += 1
+                    sends.frames += len(frames)
+                    sends.bytes += payload
+                    del frames
                     try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
-                        for frame, _entry in frames:
-                            if transport is not None and _cannot_block(transport, len(frame)):
-                                await s.ws.send_bytes(frame)
-                            else:
-                                async with asyncio.timeout(limits.send_timeout_s):
-                                    await s.ws.send_bytes(frame)
-                            sent += 1
-                            sent_bytes += len(frame)
+                        if not _cannot_block(transport, 0):
+                            async with asyncio.timeout(limits.send_timeout_s):
+                                await s.request.writer.drain()
                     except TimeoutError:
                         self.metrics.refused.labels("send_timeout_s").inc()
                         self._tick()
                         engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
                         self._pump()
                         return
-                    finally:
-                        self.metrics.sends.frames += sent
-                        self.metrics.sends.bytes += sent_bytes
-                    del frames
+                    except ConnectionError:
+                        break  # the peer went away: the reader's end closes the session
                 finally:
                     s.busy = False
                 await asyncio.sleep(0)  # others' turn before this connection's next batch

@@ -916,6 +916,31 @@ def _string_bytes(text: str) -> bytes:
     return w.getvalue()
 
 
+# A ReducerResult whose outcome is Ok with a u64 return value (or none) and no rows -- the answer
+# to every append that touches no subscription of its caller -- laid out in one pack: tag 6,
+# request_id u32, timestamp i64, outcome tag 0, ret_value (u32 length 8 + u64, or length 0), and
+# an empty TransactionUpdate (u32 count 0).
+_OK_U64 = struct.Struct("<BIqBIQI")
+_OK_NONE = struct.Struct("<BIqBII")
+_U32_MAX, _I64_MIN, _I64_MAX, _U64_MAX = (1 << 32) - 1, -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+
+
+def encode_reducer_result(msg: sm.ReducerResult, timestamp: int, cache: RowCache | None = None) -> bytes:
+    """``encode_server(to_wire(msg, timestamp=timestamp, cache=cache))``, the common case without
+    building the wire objects: an Ok outcome with no rows and a return value that is an int in u64
+    range or None, with a request id and a timestamp in range.  Anything else takes the general
+    path (which also raises for out-of-range values).  The test holds the two to the same bytes."""
+    outcome = msg.outcome
+    rid, ret = msg.request_id, getattr(outcome, "ret", 0)
+    if (type(outcome) is sm.ReducerOk and not outcome.query_sets and type(rid) is int and 0 <= rid <= _U32_MAX
+            and type(timestamp) is int and _I64_MIN <= timestamp <= _I64_MAX):
+        if ret is None:
+            return _OK_NONE.pack(6, rid, timestamp, 0, 0, 0)
+        if type(ret) is int and 0 <= ret <= _U64_MAX:
+            return _OK_U64.pack(6, rid, timestamp, 0, 8, ret, 0)
+    return encode_server(to_wire(msg, timestamp=timestamp, cache=cache))
+
+
 def to_wire(msg: sm.ServerMessage, *, timestamp: int = 0, cache: RowCache | None = None) -> ServerMessage:
     """The v2 wire form of a model server message (``timestamp`` goes into ``ReducerResult``)."""
     if isinstance(msg, sm.SubscribeApplied):

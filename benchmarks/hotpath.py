@@ -24,14 +24,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters import bsatn  # noqa: E402
-from adapters.bench.client import payload  # noqa: E402
-from reference.durability import record_row  # noqa: E402
-from reference.log import RowChange, make_record  # noqa: E402
-from spec.auth import Claims  # noqa: E402
-from spec.canonical import canonicalize, payload_hash  # noqa: E402
-from spec.schema import SCOPES  # noqa: E402
-from spec.values import SyncEvent, SyncStream  # noqa: E402
+from adapters import bsatn
+from adapters.bench.client import payload
+from reference.durability import record_row
+from reference.log import RowChange, make_record
+from spec.auth import Claims
+from spec.canonical import canonicalize, payload_hash
+from spec.schema import SCOPES
+from spec.values import SyncEvent, SyncStream
 
 
 def cases() -> dict[str, Any]:
@@ -39,7 +39,7 @@ def cases() -> dict[str, Any]:
     canon = canonicalize(text)
     digest = payload_hash(canon)
     claims = Claims("ab" * 32, frozenset(SCOPES), ("*",))
-    stream = SyncStream("ap-1234abcd-3", "default", "*", 1, 41, 1, 20000, 1_796_000_000_000_000,
+    stream = SyncStream("ap-1234abcd-3", "default", 1, 0, 0, 41, 1, 20000, 1_796_000_000_000_000,
                         1_796_000_000_000_000)
     later = replace(stream, head_seq=42, updated_at=1_796_000_000_001_000)
     event = SyncEvent("ap-1234abcd-3", 1, 42, "k-3-41", digest, canon, "ab" * 32, 1_796_000_000_001_000, 1042)

@@ -111,7 +111,10 @@ class Txn:
         self.undo: list[tuple[str, Any]] = []  # ("ins"|"del", row) or ("relabel", (stream, old, new)), as applied
         self.deletes: dict[str, list[Row]] = {}
         self.inserts: dict[str, list[Row]] = {}
-        self._inserted: dict[Row, int] = {}  # how many of each row ``inserts`` holds: delete tests it in O(1)
+        # how many of each row ``inserts`` holds, so delete tests it in O(1); built by the first delete
+        # that follows an insert (an append deletes its stream row before it inserts anything, and
+        # hashing every inserted row by value for nothing was a visible share of its cost)
+        self._inserted: dict[Row, int] | None = None
         self.events: dict[str, list[Row]] = {}
         self.old_epoch_floor = db.epoch_floor
         self.old_version_floor = db.version_floor
@@ -124,7 +127,9 @@ class Txn:
         self.db._insert(row)
         self.undo.append(("ins", row))
         self.inserts.setdefault(table, []).append(row)
-        self._inserted[row] = self._inserted.get(row, 0) + 1
+        inserted = self._inserted
+        if inserted is not None:
+            inserted[row] = inserted.get(row, 0) + 1
 
     def delete(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
@@ -133,9 +138,18 @@ class Txn:
         # a row inserted earlier in this transaction leaves the inserts instead of joining the
         # deletes; the count keeps that test O(1) (a recovery updates every assignment and
         # provider row in one transaction: a list scan per delete was quadratic in them)
-        count = self._inserted.get(row, 0)
+        inserted = self._inserted
+        if inserted is None:
+            if not self.inserts:  # nothing inserted yet: nothing to count
+                self.deletes.setdefault(table, []).append(row)
+                return
+            inserted = self._inserted = {}
+            for rows in self.inserts.values():
+                for held in rows:
+                    inserted[held] = inserted.get(held, 0) + 1
+        count = inserted.get(row, 0)
         if count:
-            self._inserted[row] = count - 1
+            inserted[row] = count - 1
             self.inserts[table].remove(row)
         else:
             self.deletes.setdefault(table, []).append(row)

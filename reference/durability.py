@@ -461,6 +461,9 @@ class GroupCommitWriter:
         self._last_batch = 0  # records in the previous COMMIT
         self._last_commit_s = 0.0  # how long the previous COMMIT took
         self._hurry = False  # a caller waits for durability: no gathering
+        self._sleeping = False  # the thread waits, idle, for records (wake() must notify it)
+        self._gather_target = 0  # while gathering: the queue length that ends the gather (else 0)
+        self.wakeups = 0  # times wake() notified the thread
         self.gathered = 0  # COMMITs that waited for more records (and how long, in total)
         self.gather_waited_s = 0.0
         self._thread: threading.Thread | None = None
@@ -507,9 +510,14 @@ class GroupCommitWriter:
                 self._cv.notify_all()
 
     def wake(self) -> None:
-        """Wake the writer thread for whatever is queued."""
+        """Wake the writer thread for whatever is queued -- unless waking it would change nothing:
+        while it writes (it takes the queue when its COMMIT returns) or while it gathers and the
+        queue is still short of its target (it wakes by itself at the bound).  The event loop calls
+        this once per iteration in which the engine moved; each needless wakeup made the thread
+        take the interpreter lock from the loop just to go back to sleep."""
         with self._cv:
-            if self._queue:
+            if self._queue and (self._sleeping or 0 < self._gather_target <= len(self._queue)):
+                self.wakeups += 1
                 self._cv.notify_all()
 
     def _gather(self) -> None:
@@ -521,11 +529,15 @@ class GroupCommitWriter:
             return
         start = time.monotonic()
         deadline = start + delay
-        while len(self._queue) < target and not self._closed and not self._hurry and self._error is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self._cv.wait(left)
+        self._gather_target = target
+        try:
+            while len(self._queue) < target and not self._closed and not self._hurry and self._error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+        finally:
+            self._gather_target = 0
         self.gathered += 1
         self.gather_waited_s += time.monotonic() - start
 
@@ -559,7 +571,11 @@ class GroupCommitWriter:
                 idle = False
                 while not self._queue and not self._closed and self._error is None:
                     idle = True
-                    self._cv.wait()
+                    self._sleeping = True
+                    try:
+                        self._cv.wait()
+                    finally:
+                        self._sleeping = False
                 if self._error is not None or not self._queue:
                     return  # failed, or closed with nothing left
                 if idle and self._gather_s > 0:

@@ -71,7 +71,32 @@ from spec.policy import DEFAULT_POLICY, Policy
 from spec.resume import continuation_details, stale_reasons
 from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
 from spec.state import DbState
-from spec.values import Row, SyncStream, value_has_type
+from spec.values import STRING, OptionT, Row, SatsType, SyncStream, value_has_type
+
+
+def type_check(t: SatsType) -> Callable[[object], bool]:
+    """``value_has_type(·, t)`` as a function built once per type: ``String`` and ``Option<String>``
+    (most reducer arguments) are tested inline, every other type by ``value_has_type`` itself."""
+    if t == STRING:
+        return lambda v: isinstance(v, str)
+    if isinstance(t, OptionT) and t.inner == STRING:
+        return lambda v: v is None or isinstance(v, str)
+    return lambda v: value_has_type(v, t)
+
+
+@functools.cache
+def _arg_checks(reducer: str) -> tuple[tuple[str, Callable[[object], bool]], ...]:
+    """Each parameter of a known reducer: its name and its type check."""
+    return tuple((col.name, type_check(col.type)) for col in REDUCER_BY_NAME[reducer].args)
+
+
+_SCHEMA_ORDER = tuple(TABLE_BY_NAME)
+_POSITION = {t: i for i, t in enumerate(_SCHEMA_ORDER)}
+
+
+def _in_order(deletes: dict[str, list[Row]], inserts: dict[str, list[Row]]) -> list[str]:
+    """The tables a small delta touches, in schema order (the record's order)."""
+    return sorted({*deletes, *inserts}, key=_POSITION.__getitem__)
 
 
 def _model_view(db: Db) -> DbState:
@@ -130,6 +155,9 @@ class Shape:
     subscribers: dict[tuple[int, int], int] = field(default_factory=dict)  # (conn, qs) -> refcount
     pin: str | None = None  # the stream it is pinned to: only that stream's rows are matched
     probe: q.Query | None = None  # the query with its equalities first, for matching
+    # subscribers grouped by the filter key of their claims for the shape's table (the fanout's
+    # row filter runs once per group); None: to be rebuilt, as after every change of subscribers
+    groups: dict[Hashable, list[tuple[int, int]]] | None = None
 
     def __post_init__(self) -> None:
         self.pin = _pin(self.query)
@@ -415,6 +443,7 @@ class Engine:
                 self.shapes_by_pin.setdefault(query.table, {}).setdefault(shape.pin, {})[key] = shape
             sub = (conn.conn_id, msg.query_set_id)
             shape.subscribers[sub] = shape.subscribers.get(sub, 0) + 1
+            shape.groups = None
         self._send(conn, self.committed, applied, size)
 
     def _fits(self, message: ServerMessage) -> int:
@@ -434,6 +463,7 @@ class Engine:
                 continue
             key = (conn.conn_id, qs_id)
             shape.subscribers[key] -= 1
+            shape.groups = None
             if shape.subscribers[key] == 0:
                 del shape.subscribers[key]
             if not shape.subscribers:
@@ -506,9 +536,9 @@ class Engine:
         if len(args) != len(rdef.args):
             return SyncError(ErrorCode.INVALID_ARGUMENT, {
                 "argument": "*", "message": f"{reducer} takes {len(rdef.args)} arguments, got {len(args)}"})
-        for col, value in zip(rdef.args, args, strict=True):
-            if not value_has_type(value, col.type):
-                return SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": col.name, "message": "wrong type"})
+        for (name, check), value in zip(_arg_checks(reducer), args, strict=True):
+            if not check(value):
+                return SyncError(ErrorCode.INVALID_ARGUMENT, {"argument": name, "message": "wrong type"})
         return None
 
     def _call(self, conn: Connection, msg: CallReducer) -> None:
@@ -650,9 +680,10 @@ class Engine:
         """The commit record of ``tx`` at the next offset, built before anything moves.  Whatever
         raises here (text UTF-8 cannot carry, a bug) rolls ``tx`` back: :class:`InternalError`."""
         try:
-            tables = [t for t in TABLE_BY_NAME if tx.deletes.get(t) or tx.inserts.get(t)]
-            changes = tuple(RowChange(t, tuple(tx.deletes.get(t, ())), tuple(tx.inserts.get(t, ())))
-                            for t in tables)
+            deletes, inserts = tx.deletes, tx.inserts
+            changes = tuple(RowChange(t, tuple(deletes.get(t, ())), tuple(inserts.get(t, ())))
+                            for t in (_SCHEMA_ORDER if len(deletes) + len(inserts) > 2 else _in_order(deletes, inserts))
+                            if deletes.get(t) or inserts.get(t))
             return make_record(self.committed + 1, kind, name, caller, args, self.now, changes, self.head_hash)
         except Exception as exc:
             tx.rollback()
@@ -698,19 +729,25 @@ class Engine:
                 if not ins and not dels:
                     continue
                 # the row filter reads only part of the claims (spec.auth.filter_key): subscribers
-                # whose claims agree on it see the same rows, so it runs once per filter key
-                visible: dict[Hashable, tuple[tuple[Row, ...], tuple[Row, ...]]] = {}
-                for key in shape.subscribers:
-                    claims = self.conns[key[0]].claims
-                    fkey = filter_key(claims, table)
-                    seen = visible.get(fkey)
-                    if seen is None:
-                        seen_ins = [can_read(claims, row) for row in ins]
-                        seen_dels = [can_read(claims, row) for row in dels]
-                        seen = visible[fkey] = (
-                            ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
+                # whose claims agree on it see the same rows, so it runs once per filter key, on
+                # the shape's subscribers grouped by key (kept until they change)
+                groups = shape.groups
+                if groups is None:
+                    groups = shape.groups = {}
+                    for key in shape.subscribers:
+                        groups.setdefault(filter_key(self.conns[key[0]].claims, table), []).append(key)
+                for keys in groups.values():
+                    claims = self.conns[keys[0][0]].claims
+                    seen_ins = [can_read(claims, row) for row in ins]
+                    seen_dels = [can_read(claims, row) for row in dels]
+                    seen = (table, ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
                             dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels)))
-                    per_client.setdefault(key, []).append((table, seen[0], seen[1]))
+                    for key in keys:
+                        found = per_client.get(key)
+                        if found is None:
+                            per_client[key] = [seen]
+                        else:
+                            found.append(seen)
 
         def in_tx_order(rows: Iterable[Row]) -> tuple[Row, ...]:
             return tuple(sorted(dict.fromkeys(rows), key=lambda row: order[id(row)]))
@@ -718,6 +755,7 @@ class Engine:
         by_conn: dict[int, list[QuerySetUpdate]] = {}
         shared_rows: dict[tuple[str, int, int], TableRows] = {}
         shared_sets: dict[tuple[int, ...], QuerySetUpdate] = {}
+        single: dict[tuple[int, int], QuerySetUpdate] = {}  # (qs id, id of the one matched part) -> update
         for (conn_id, qs_id) in sorted(per_client):
             found = per_client[(conn_id, qs_id)]
             if len(found) > 1 and len({part[0] for part in found}) < len(found):
@@ -729,6 +767,28 @@ class Engine:
                     both[0].extend(i)
                     both[1].extend(d)
                 found = [(t, in_tx_order(i), in_tx_order(d)) for t, (i, d) in merged.items()]
+            if len(found) == 1:  # the common case: one shape of the query set matched
+                only = found[0]
+                update = single.get((qs_id, id(only)))
+                if update is None:
+                    t, i, d = only
+                    if not (i or d):
+                        continue
+                    rows_key = (t, id(i), id(d))
+                    part = shared_rows.get(rows_key)
+                    if part is None:
+                        part = shared_rows[rows_key] = TableRows(t, i, d, TABLE_BY_NAME[t].event)
+                    one_key: tuple[int, ...] = (qs_id, id(part))
+                    update = shared_sets.get(one_key)
+                    if update is None:
+                        update = shared_sets[one_key] = QuerySetUpdate(qs_id, (part,))
+                    single[(qs_id, id(only))] = update
+                updates = by_conn.get(conn_id)
+                if updates is None:
+                    by_conn[conn_id] = [update]
+                else:
+                    updates.append(update)
+                continue
             parts: list[TableRows] = []
             for t, i, d in sorted(found, key=lambda part: part[0]):
                 if i or d:
@@ -747,12 +807,13 @@ class Engine:
             conn, request_id, ret = reply
             self._send(conn, offset, ReducerResult(request_id, offset, ReducerOk(ret, tuple(by_conn.pop(conn.conn_id,
                                                                                                          [])))))
-        shared: dict[tuple[int, ...], tuple[TransactionUpdate, int | None]] = {}
+        # receivers of equal updates share one TransactionUpdate, sized once, in one Outbound
+        shared: dict[tuple[int, ...], tuple[Outbound, int | None]] = {}
         for conn_id, updates in by_conn.items():
             target = self.conns.get(conn_id)
             if target is None:
                 continue
-            ids = tuple(map(id, updates))
+            ids = (id(updates[0]),) if len(updates) == 1 else tuple(map(id, updates))
             hit = shared.get(ids)
             if hit is None:
                 message = TransactionUpdate(offset, tuple(updates))
@@ -760,8 +821,8 @@ class Engine:
                     size: int | None = self._fits(message)
                 except SyncError:  # _send closes each receiver with the error (policy)
                     size = None
-                hit = shared[ids] = (message, size)
-            self._send(target, offset, hit[0], hit[1])
+                hit = shared[ids] = (Outbound(offset, message), size)
+            self._send(target, offset, hit[0].message, hit[1], hit[0])
 
     def _shape_candidates(self, table: str, inserts: list[Row], deletes: list[Row]
                           ) -> Iterator[tuple[Shape, list[Row], list[Row]]]:
@@ -784,11 +845,13 @@ class Engine:
             for shape in list(index.get(sid, {}).values()):
                 yield shape, ins, dels
 
-    def _send(self, conn: Connection, offset: int, message: ServerMessage, size: int | None = None) -> None:
+    def _send(self, conn: Connection, offset: int, message: ServerMessage, size: int | None = None,
+              out: Outbound | None = None) -> None:
         """Queue ``message``; past ``max_queue`` messages or ``max_outbound_bytes`` the client is a
         slow consumer.  An update over the one-message bound closes the connection (policy): it
         cannot be split without breaking the transaction's atomicity, and must never be sent
-        undecodable; the client resubscribes."""
+        undecodable; the client resubscribes.  ``out``: the queue entry to append (the receivers
+        of one shared update share one), else one is made."""
         if conn.conn_id not in self.conns:
             return
         if size is None:
@@ -797,7 +860,7 @@ class Engine:
             except SyncError as err:
                 self.close(conn.conn_id, f"{CLOSE_POLICY}: {err.render()}")
                 return
-        conn.outbound.append(Outbound(offset, message))
+        conn.outbound.append(Outbound(offset, message) if out is None else out)
         conn.sizes.append(size)
         conn.outbound_bytes += size
         if len(conn.outbound) > self.max_queue or (
@@ -817,6 +880,37 @@ class Engine:
         conn = self.conns[conn_id]
         conn.outbound_bytes -= conn.sizes.popleft()
         return conn.outbound.popleft()
+
+    @contracts.hot
+    @icontract.require(lambda most: most >= 0)
+    @icontract.ensure(lambda self, conn_id, result: all(
+        not self.conns[conn_id].confirmed or out.offset <= self.durable for out in result)
+        if conn_id in self.conns else not result, "only released messages are taken")
+    def take(self, conn_id: int, most: int, max_bytes: int, used: int = 0) -> list[Outbound]:
+        """Pop one turn of released messages, in queue order: at most ``most`` of them, stopping
+        before one whose estimated size would take ``used`` plus the sizes taken past ``max_bytes``
+        -- except that a turn that has nothing yet (``used`` 0, nothing taken) takes its first
+        message whatever its size.  The same messages, in the same order, as :meth:`pop` called
+        while :meth:`releasable` and the size bound allow, in one call per turn (ADR-0018)."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return []
+        queue, sizes = conn.outbound, conn.sizes
+        durable = self.durable if conn.confirmed else None
+        out: list[Outbound] = []
+        total = used
+        while queue and len(out) < most:
+            head = queue[0]
+            if durable is not None and head.offset > durable:
+                break
+            size = sizes[0]
+            if total + size > max_bytes and (out or used):
+                break
+            total += size
+            out.append(queue.popleft())
+            sizes.popleft()
+        conn.outbound_bytes -= total - used
+        return out
 
     def next_size(self, conn_id: int) -> int:
         """The estimated encoded size of the next queued message (0 when nothing is queued)."""

@@ -242,6 +242,9 @@ class StreamLog:
             self._reset()
         enc = _encodable(ev, self.stream_id)
         slot = self._slot(ev, enc)
+        if enc is not None:  # the producer's number before anything changes: it is the last check that can raise
+            no = self._producer_no.get(ev.producer)
+            pmeta = self._producer(ev.producer) if no is None else no << _KEY_BITS
         if not self._size & _IN_CHUNK:
             if self._data:  # the last chunk is full: drop its growth slack (~10 %)
                 self._data[-1] = bytearray(self._data[-1])
@@ -257,9 +260,7 @@ class StreamLog:
             return
         encoded, klen = enc
         data += encoded
-        no = self._producer_no.get(ev.producer)
-        self._cols[-1].extend((end + len(encoded), ev.committed_at, ev.tx_offset,
-                               klen | (self._producer(ev.producer) if no is None else no << _KEY_BITS)))
+        self._cols[-1].extend((end + len(encoded), ev.committed_at, ev.tx_offset, klen | pmeta))
         epochs = self._run_epochs
         if not epochs or epochs[-1] != ev.epoch:
             self._run_seqs.append(ev.seq)
@@ -411,7 +412,7 @@ class StreamLog:
         """The producer's number, shifted into place for ``meta``."""
         no = self._producer_no.get(producer)
         if no is None:
-            if len(self._producers) >= _PRODUCER_LIMIT:  # pragma: no cover - 2^40 identities in one stream
+            if len(self._producers) >= _PRODUCER_LIMIT:  # 2^40 identities in one stream
                 raise LocalProtocolError("too many producers in one stream")
             no = self._producer_no[producer] = len(self._producers)
             self._producers.append(producer)

@@ -284,15 +284,22 @@ class Bench:
 
     def commit_counts(self) -> tuple[float, float]:
         """The syncref server's group COMMITs so far and the records they wrote (``/metrics``)."""
+        got = self.counters()
+        return got["syncref_group_commit_batch_records_count"], got["syncref_group_commit_batch_records_sum"]
+
+    def counters(self) -> dict[str, float]:
+        """The syncref server's counters the diagnostics read (``/metrics``): group COMMITs and
+        their records, data frames sent and the transport writes that carried them."""
         import urllib.request
         assert self.syncref is not None
-        got = {"syncref_group_commit_batch_records_count": 0.0, "syncref_group_commit_batch_records_sum": 0.0}
+        got = {"syncref_group_commit_batch_records_count": 0.0, "syncref_group_commit_batch_records_sum": 0.0,
+               "syncref_frames_sent_total": 0.0, "syncref_socket_writes_total": 0.0}
         with urllib.request.urlopen(f"http://127.0.0.1:{self.syncref.port}/metrics", timeout=30) as resp:
             for line in resp.read().decode().splitlines():
                 name, _, value = line.partition(" ")
                 if name in got:
                     got[name] = float(value)
-        return got["syncref_group_commit_batch_records_count"], got["syncref_group_commit_batch_records_sum"]
+        return got
 
     def committed(self) -> int:
         """The syncref server's committed offset (its ``/metrics``)."""
@@ -464,8 +471,16 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None) -
         for p in ps[1:]:
             p.send({"expect": sent[0], "grace": s.fanout_grace})
 
+    before = bench.counters() if peer == "syncref" else None
     results, diag = bench.clients([writer, *subs], pid, profile_as=profile, between=between,
                                   timeout=s.fanout_duration + s.fanout_grace + 120)
+    if before is not None:  # how much the group COMMITs and the transport writes carried each
+        after = bench.counters()
+        diff = {k: after[k] - before[k] for k in after}
+        diag["records_per_commit"] = round(diff["syncref_group_commit_batch_records_sum"]
+                                           / max(1.0, diff["syncref_group_commit_batch_records_count"]), 2)
+        diag["frames_per_write"] = round(diff["syncref_frames_sent_total"]
+                                         / max(1.0, diff["syncref_socket_writes_total"]), 2)
     w, subs_r = results[0], results[1:]
     if w["errors"]:
         raise RuntimeError(f"fanout writer on {peer}: {w['errors']} appends failed: {w['first_error']}")

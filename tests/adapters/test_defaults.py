@@ -110,3 +110,11 @@ def test_group_commit_gathering_default_is_pinned(tmp_path: Path) -> None:
     assert ServerConfig(data_dir=tmp_path).commit_gather_s == 0.004
     with running_server(tmp_path) as st:
         assert st.server._writer._gather_s == 0.004
+
+
+def test_turn_bounds_are_pinned() -> None:
+    """docs/protocol.md ("Frames"), ADR-0018: a connection's turn -- one transport write -- takes
+    at most 64 released messages (v3: 256, in one frame) and 512 KiB unless one message is larger."""
+    from adapters.server import SEND_BATCH, SEND_BATCH_V3
+
+    assert (SEND_BATCH, SEND_BATCH_V3, wire.V3_SOFT_CAP) == (64, 256, 512 * 1024)

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.server import ServerThread, WireClient, call_http, http, rows_of, running_server, with_limits
 
-from adapters import wire
+from adapters import bsatn, wire
 from adapters.observe import CommitClock, FastHistogram
 
 S = "metrics.s1"
@@ -224,6 +224,62 @@ def test_a_lagging_v3_subscriber_gets_its_backlog_in_few_frames(st: ServerThread
     v2.close()
 
 
+@pytest.mark.parametrize("n", [10, 70])
+def test_a_lagging_v2_subscriber_gets_its_backlog_in_fewer_writes(tmp_path: Path, n: int) -> None:
+    """``n`` updates held back (confirmed reads, the writer at the gate) reach a v2 subscriber as
+    ``n`` frames, in order, none lost -- written in fewer transport writes than frames (a turn's
+    frames share a write, ADR-0018), as ``syncref_socket_writes_total`` counts, and no write
+    carries more than a turn's 64 frames."""
+    # the default queue bound (70 held updates are no slow consumer); 70 calls of one connection ahead of the disk
+    with running_server(tmp_path, limits=with_limits(max_undurable_per_connection=128)) as st:
+        lagging_v2(st, n)
+
+
+def lagging_v2(st: ServerThread, n: int) -> None:
+    tok = st.token()
+    gate = Gate(st)
+    turns: list[int] = []
+    plain_turn = st.server._turn
+
+    def spy(s: Any) -> Any:
+        result = plain_turn(s)
+        if result is not None and result[0]:
+            turns.append(len(result[0]))
+        return result
+
+    st.server._turn = spy  # type: ignore[method-assign]
+    v2 = WireClient(st, tok, version=2)
+    assert isinstance(v2.subscribe(1, SUB), wire.SubscribeApplied)
+    v2.frames.clear()
+    before = scrape(st)
+    gate.open.clear()
+    turns.clear()
+    writer = WireClient(st, tok)  # pipelines its n calls: all committed while the gate holds them
+    start = st.call(lambda: st.server.engine.committed)
+    writer.send(*(wire.CallReducer(writer.rid(), 0, "append_sync_event", bsatn.encode_args(
+        "append_sync_event", (S, f"w{i}", json.dumps({"k": i}), None, None))) for i in range(n)))
+    wait_for(lambda: st.call(lambda: st.server.engine.committed) >= start + n, "commits held back")
+    gate.open.set()
+    seqs = []
+    for _ in range(n):
+        update = v2.recv()
+        assert isinstance(update, wire.TransactionUpdate)
+        seqs.extend(row.seq for row in wire_rows(update.query_sets[0].tables[0]))
+    assert seqs == list(range(1, n + 1))
+    assert len(v2.frames) == n
+    for _ in range(n):
+        assert isinstance(writer.recv(), wire.ReducerResult)
+    after = scrape(st)
+    frames = value(after, "syncref_frames_sent_total") - value(before, "syncref_frames_sent_total")
+    writes = value(after, "syncref_socket_writes_total") - value(before, "syncref_socket_writes_total")
+    assert frames == 2 * n and 2 <= writes < 2 * n, (frames, writes)  # the subscriber's n, the writer's n results
+    assert sum(turns) == 2 * n and max(turns) <= 64, turns
+    writer.close()
+    assert value(after, "syncref_bytes_sent_total") - value(before, "syncref_bytes_sent_total") == sum(
+        map(len, v2.frames + writer.frames[1:]))  # the first, its IdentityToken, is not counted (protocol.md)
+    v2.close()
+
+
 def wire_rows(table: wire.TableUpdate) -> list[Any]:
     rows: list[Any] = []
     for part in table.rows:
@@ -257,5 +313,126 @@ def test_frames_written_directly_decode_at_every_length(st: ServerThread, pad: i
             (event,) = wire_rows(update.query_sets[0].tables[0])
             assert event.seq == i + 1 and json.loads(event.payload) == {"pad": "p" * pad}
     assert all(c.frames == subs[0].frames for c in subs)
+    for c in subs:
+        c.close()
+
+
+def parse_ws_frames(data: bytes) -> tuple[list[bytes], bytes]:
+    """Unmasked server frames (RFC 6455 §5.2) from ``data``: the whole binary frames' payloads
+    and the bytes of an incomplete last frame."""
+    import struct
+    out: list[bytes] = []
+    while len(data) >= 2:
+        assert data[0] == 0x82, f"not a final binary frame: {data[:2]!r}"
+        n, head = data[1], 2
+        if n == 126:
+            if len(data) < 4:
+                break
+            n, head = struct.unpack("!H", data[2:4])[0], 4
+        elif n == 127:
+            if len(data) < 10:
+                break
+            n, head = struct.unpack("!Q", data[2:10])[0], 10
+        if len(data) < head + n:
+            break
+        out.append(data[head:head + n])
+        data = data[head + n:]
+    return out, data
+
+
+N_SLOW = 100
+
+
+def test_a_subscriber_that_reads_slowly_gets_its_backlog_in_order_through_its_sender(tmp_path: Path) -> None:
+    """A v2 subscriber whose socket stops taking frames falls back to its sender task: the sender
+    writes whole turns (several frames per transport write once a backlog built up), waits for the
+    peer under ``send_timeout_s``, and every update arrives once, in order, when the peer reads."""
+    from support.server import RawSocketClient
+
+    with running_server(tmp_path) as st:
+        turns: list[tuple[bool, int]] = []  # (written by the sender task?, frames) per turn
+        plain_turn = st.server._turn
+
+        def spy(s: Any) -> Any:
+            result = plain_turn(s)
+            if result is not None and result[0]:
+                turns.append((s.busy, len(result[0])))
+            return result
+
+        st.server._turn = spy  # type: ignore[method-assign]
+        slow = RawSocketClient(st, st.token(), rcvbuf=4096)  # reads nothing until the end
+        slow.send(wire.Subscribe(1, 1, (SUB,)))
+        tok = st.token()
+        payload = json.dumps({"pad": "z" * 60_000})  # 6 MB in all: more than the kernel's buffers take
+        for i in range(N_SLOW):
+            assert call_http(st, tok, "append_sync_event", [S, f"slow{i}", payload, {"none": []},
+                                                            {"none": []}]).status == 200
+        seqs: list[int] = []
+        rest = b""
+        deadline = time.monotonic() + 60
+        while len(seqs) < N_SLOW and time.monotonic() < deadline:
+            try:
+                chunk = slow.sock.recv(1 << 20)
+            except TimeoutError:
+                continue
+            assert chunk, "the server closed the connection"
+            frames, rest = parse_ws_frames(rest + chunk)
+            for frame in frames:
+                for msg in wire.decode_server_frame(frame, 2):
+                    if isinstance(msg, wire.TransactionUpdate):
+                        seqs.extend(row.seq for row in wire_rows(msg.query_sets[0].tables[0]))
+        assert seqs == list(range(1, N_SLOW + 1))
+        by_sender = [n for busy, n in turns if busy]
+        assert by_sender, "the sender task never wrote: the socket took everything directly"
+        assert max(by_sender) > 1, turns
+        slow.close()
+
+
+@pytest.mark.parametrize("held", [1, 10])
+def test_v3_subscribers_of_the_same_updates_share_each_turns_frame(st: ServerThread, monkeypatch: Any,
+                                                                    held: int) -> None:
+    """Three v3 subscribers (gzip: every body here is over the compression threshold) get the
+    same updates: each turn's frame is built and compressed once for all three (ADR-0018), and
+    each subscriber decodes every update, in order -- one update per turn when they keep up, a
+    coalesced backlog when ``held`` updates wait for durability together."""
+    from adapters import server as server_module
+
+    tok = st.token()
+    gate = Gate(st)
+    subs = [WireClient(st, tok, version=3, compression="Gzip") for _ in range(3)]
+    for c in subs:
+        assert isinstance(c.subscribe(1, SUB), wire.SubscribeApplied)
+        c.frames.clear()
+    framed: list[int] = []
+    plain = wire.frame_server
+
+    def counting(body: bytes, compression: wire.Compression) -> bytes:
+        framed.append(len(body))
+        return plain(body, compression)
+
+    monkeypatch.setattr(server_module.wire, "frame_server", counting)
+    payload = json.dumps({"pad": "q" * 3000})
+    if held > 1:
+        gate.open.clear()
+    writers = [threading.Thread(target=lambda i=i: call_http(
+        st, tok, "append_sync_event", [S, f"v3s{i}", payload, {"none": []}, {"none": []}])) for i in range(held)]
+    for w in writers:
+        w.start()
+    if held > 1:
+        wait_for(lambda: st.call(lambda: st.server.engine.committed) >= held, "updates held back")
+        gate.open.set()
+    for w in writers:
+        w.join(20)
+    for c in subs:
+        seqs = []
+        while len(seqs) < held:
+            update = c.recv()
+            assert isinstance(update, wire.TransactionUpdate)
+            seqs.extend(row.seq for row in wire_rows(update.query_sets[0].tables[0]))
+        assert sorted(seqs) == seqs and len(set(seqs)) == held
+    assert subs[0].frames == subs[1].frames == subs[2].frames
+    assert len(framed) == len(subs[0].frames), (framed, len(subs[0].frames))  # once per frame, not per receiver
+    if held > 1:
+        assert len(subs[0].frames) < held  # coalesced
     for c in subs:
         c.close()

@@ -404,6 +404,78 @@ def test_confirmed_reads_wait_for_durability(tmp_path: Path) -> None:
         assert durable >= 1 and committed >= durable
 
 
+def test_a_burst_is_answered_in_order_whichever_task_takes_each_call(tmp_path: Path) -> None:
+    """ADR-0019: a call arriving on an empty inbound queue is handed to the engine by the reader, the
+    rest queue for the processor.  With the disk stalled, a burst fills the connection's undurable
+    share (4) so both paths are taken; every call is still answered, in order, with the seqs of
+    the order they were sent in, and only once durable."""
+    stall = tmp_path / "stall"
+    with running_server(tmp_path / "data", limits=with_limits(max_undurable_per_connection=4),
+                        stall_commits_while=stall) as st:
+        a = WireClient(st, st.token(), confirmed=True)
+        stall.touch()
+        rids = [a.rid() for _ in range(40)]
+        a.send(*(wire.CallReducer(rid, 0, "append_sync_event", bsatn.encode_args(
+            "append_sync_event", (S, f"b{i}", str(i), None, None))) for i, rid in enumerate(rids)))
+        time.sleep(0.3)
+        committed, durable, by_reader = st.call(
+            lambda: (st.server.engine.committed, st.server.engine.durable, st.server.taken_by_reader))
+        assert committed == 4 and durable == 0, (committed, durable)  # the share is full; nothing answered yet
+        with pytest.raises(TimeoutError):
+            a.recv(timeout=0.2)
+        stall.unlink()
+        results = [a.recv_until(wire.ReducerResult) for _ in rids]
+        assert [r.request_id for r in results] == rids
+        assert [bsatn.decode_ret("append_sync_event", r.outcome.ret_value) for r in results  # type: ignore[union-attr]
+                ] == list(range(1, 41))
+        taken = st.call(lambda: st.server.taken_by_reader)
+        assert by_reader >= 1 and taken < 40, (by_reader, taken)  # both paths were taken
+        a.close()
+
+
+def test_the_reader_takes_a_call_only_when_the_processor_would(tmp_path: Path) -> None:
+    """``SyncServer._take_now`` directly: it refuses (and the engine does not move) while anything is
+    queued ahead, the connection's undurable share is in use, or the connection closes; otherwise it
+    hands the call to the engine and counts it."""
+    stall = tmp_path / "stall"
+    with running_server(tmp_path / "data", limits=with_limits(max_undurable_per_connection=2),
+                        stall_commits_while=stall) as st:
+        a = WireClient(st, st.token())
+        stall.touch()
+        calls = iter(range(100))
+
+        def call() -> wire.CallReducer:
+            i = next(calls)
+            return wire.CallReducer(1000 + i, 0, "append_sync_event",
+                                    bsatn.encode_args("append_sync_event", (S, f"t{i}", "1", None, None)))
+
+        def attempt(setup: str) -> tuple[bool, int]:
+            server = st.server
+            (s,) = server.sessions.values()
+            before = server.engine.committed
+            if setup == "queued":
+                s.inbound.append((call(), 0))
+            elif setup == "closing":
+                s.closing = True
+            try:
+                taken = server._take_now(s, call())
+            finally:
+                if setup == "queued":
+                    s.inbound.clear()
+                s.closing = False
+            return taken, server.engine.committed - before
+
+        assert st.call(attempt, "queued") == (False, 0)
+        assert st.call(attempt, "closing") == (False, 0)
+        count = st.call(lambda: st.server.taken_by_reader)
+        assert st.call(attempt, "") == (True, 1)
+        assert st.call(attempt, "") == (True, 1)
+        assert st.call(attempt, "") == (False, 0)  # the share (2) is in use until the disk answers
+        assert st.call(lambda: st.server.taken_by_reader) == count + 2
+        stall.unlink()
+        a.close()
+
+
 def test_acknowledged_writes_survive_restart(tmp_path: Path) -> None:
     """DUR-1: every write acknowledged over HTTP (200 after durability) survives a restart."""
     with running_server(tmp_path) as st:

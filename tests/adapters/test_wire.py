@@ -351,6 +351,38 @@ def test_to_wire_transaction_update() -> None:
     assert server_from_wire(decode_server(encode_server(out)), tx_offset=3) == msg
 
 
+def test_encode_reducer_result_fast_path() -> None:
+    """The packed reply of an append is the general encoder's bytes (a golden frame written by hand,
+    then a table of edges); values the fast path does not take fall back, errors included."""
+    assert wire.encode_reducer_result(sm.ReducerResult(4, 10, sm.ReducerOk(42, ())), 99) == h(
+        "06", "04000000", "6300000000000000", "00", "08000000", "2a00000000000000", "00000000")
+    row = sm.TableRows("sync_stream", (), ())
+    cases: list[tuple[object, int, object]] = [
+        (rid, ts, ret)
+        for rid in (0, 1, 2**32 - 1)
+        for ts in (-(2**63), -1, 0, 2**63 - 1)
+        for ret in (None, 0, 7, 2**64 - 1)
+    ]
+    for rid, ts, ret in cases:
+        msg = sm.ReducerResult(rid, 1, sm.ReducerOk(ret, ()))  # type: ignore[arg-type]
+        assert wire.encode_reducer_result(msg, ts) == encode_server(to_wire(msg, timestamp=ts))  # type: ignore[arg-type]
+    others = [sm.ReducerResult(4, 1, sm.ReducerErr("boom")), sm.ReducerResult(4, 1, sm.ReducerErr("x", internal=True)),
+              sm.ReducerResult(4, 1, sm.ReducerOk(3, (sm.QuerySetUpdate(1, (row,)),)))]
+    for msg in others:
+        assert wire.encode_reducer_result(msg, 5) == encode_server(to_wire(msg, timestamp=5))
+    for rid, ts, ret in ((2**32, 0, 1), (-1, 0, 1), (0, 2**63, 1), (0, 0, 2**64), (0, 0, -1), (0, 0, True)):
+        msg = sm.ReducerResult(rid, 1, sm.ReducerOk(ret, ()))  # type: ignore[arg-type]
+        try:
+            expected: bytes | type[Exception] = encode_server(to_wire(msg, timestamp=ts))
+        except Exception as exc:  # the general path refuses it: so must the fast one
+            expected = type(exc)
+        if isinstance(expected, bytes):
+            assert wire.encode_reducer_result(msg, ts) == expected
+        else:
+            with pytest.raises(expected):
+                wire.encode_reducer_result(msg, ts)
+
+
 def test_to_wire_reducer_results() -> None:
     ok = to_wire(sm.ReducerResult(4, 10, sm.ReducerOk(42, ())), timestamp=99)
     assert encode_server(ok) == h("06", "04000000", "6300000000000000", "00", "08000000", "2a00000000000000",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -531,6 +532,43 @@ def test_a_busy_writer_never_gathers(tmp_path: Path) -> None:
     GatedStore.gate.set()
     _wait_offset(writer, 50)
     assert writer.gathered == 0 and sum(batches) == 50
+    writer.close()
+    store.close()
+
+
+def _until(what: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def test_wake_notifies_only_when_the_writer_would_act(tmp_path: Path) -> None:
+    """``wake`` (the event loop calls it once per iteration) wakes an idle writer, leaves a gathering
+    writer asleep while its queue is short of the target, and wakes it once the target is reached:
+    that COMMIT goes before the gathering bound."""
+    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=5.0, delays=[2.0])  # bound: 1 s
+    _until(lambda: writer._sleeping)
+    eng.admin_call(ALL, "append_sync_event", ("s.g", "w0", "{}", None, None))
+    writer.append(eng.take_records(), wake=False)
+    time.sleep(0.05)
+    assert writer.durable_offset == 3 and writer.wakeups == 0  # not woken: nothing happens
+    writer.wake()
+    assert writer.wakeups == 1
+    _until(lambda: writer._gather_target == 3)  # idle, woken with 1 < 3 records: it gathers
+    started = time.monotonic()
+    eng.admin_call(ALL, "append_sync_event", ("s.g", "w1", "{}", None, None))
+    writer.append(eng.take_records(), wake=False)
+    for _ in range(20):
+        writer.wake()
+    assert writer.wakeups == 1  # still short of the target: no needless wakeups
+    eng.admin_call(ALL, "append_sync_event", ("s.g", "w2", "{}", None, None))
+    writer.append(eng.take_records(), wake=False)
+    writer.wake()
+    assert writer.wakeups == 2
+    _wait_offset(writer, 6)
+    assert time.monotonic() - started < 0.8, "the target was reached: the COMMIT must not wait out the bound"
+    assert batches == [3, 3]
     writer.close()
     store.close()
 

@@ -316,3 +316,20 @@ def test_planted_bugs_in_the_store_are_caught(name: str, old: str, new: str) -> 
     with pytest.raises((AssertionError, IndexError, LocalProtocolError, UnicodeDecodeError, KeyError, ValueError)):
         for seed in range(40):
             drive(mod.StreamLog, seed, 600, odd_share=0.2)
+
+
+def test_a_producer_over_the_limit_is_refused_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The producer number is the last check of ``append`` that can raise: it is taken before the
+    chunk, size or index change, so a refused append leaves the log as it was (found by review:
+    it used to be taken after ``_size`` had grown)."""
+    monkeypatch.setattr(eventlog, "_PRODUCER_LIMIT", 2)
+    log = StreamLog(SID)
+    h = "sha256:" + "0" * 64
+    for seq, producer in ((1, "a" * 64), (2, "b" * 64), (3, "a" * 64)):
+        log.append(SyncEvent(SID, 1, seq, f"k{seq}", h, "{}", producer, 1_000 + seq, seq))
+    before = list(log.events)
+    with pytest.raises(LocalProtocolError, match="too many producers"):
+        log.append(SyncEvent(SID, 1, 4, "k4", h, "{}", "c" * 64, 1_004, 4))
+    assert len(log) == 3 and list(log.events) == before and log.seq_of("k4") is None
+    log.append(SyncEvent(SID, 1, 4, "k4", h, "{}", "b" * 64, 1_004, 4))  # still appendable at seq 4
+    assert [e.seq for e in log.events] == [1, 2, 3, 4] and log.events[-1].producer == "b" * 64

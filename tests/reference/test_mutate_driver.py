@@ -1,10 +1,15 @@
 """The mutation driver's sample and interval (tests/support/mutate.py; docs/mutation.md, reference/):
-the figures in the docs are only as good as these two functions."""
+the figures in the docs are only as good as these functions."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from support import mutate
 from support.mutate import mutant_names, sample, wilson
+from support.mutation_verdicts import EQUIVALENT
 
 
 def test_wilson_interval_known_values() -> None:
@@ -27,3 +32,50 @@ def test_sample_is_reproducible_nested_and_without_repeats() -> None:
     every = mutant_names("reference/db.py")
     assert sample("reference/db.py", 10_000, 1) == every  # capped at all of the module's mutants, sorted
     assert len(every) == len(set(every)) > 100 and set(twelve) <= set(every)
+
+
+def test_report_counts_a_sampled_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a run's verdicts as mutmut records them (exit codes; None: not in the sample), and two equivalence
+    # claims that no longer hold: one killed, one naming a mutant the module does not make any more
+    codes: dict[str, int | None] = {
+        "reference.db.x_f__mutmut_1": 1, "reference.db.x_f__mutmut_2": 3, "reference.db.x_f__mutmut_3": 0,
+        "reference.db.x_f__mutmut_4": 0, "reference.db.x_f__mutmut_5": -24, "reference.db.x_f__mutmut_6": None,
+        "reference.db.x_f__mutmut_7": None, "reference.db.x_f__mutmut_8": 1, "reference.db.x_f__mutmut_9": 33,
+        "reference.db.x_f__mutmut_10": 0,
+    }
+    meta = tmp_path / "mutants" / "reference" / "db.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    # the mutants as mutmut wrote them: 4 still the pinned mutant, 10 renumbered (another mutant now)
+    (tmp_path / "mutants" / "reference" / "db.py").write_text(
+        "def x_f__mutmut_4(a):\n    b = a\n    return b.encode('UTF-8')\n\n"
+        "def x_f__mutmut_10(a):\n    b = None\n    return b.encode('utf-8')\n")
+    monkeypatch.setitem(mutate.SHARED, "reference/db.py", tmp_path)
+    monkeypatch.setattr(mutate, "MUTATED_LINE", {"reference.db.x_f__mutmut_4": "return b.encode('UTF-8')",
+                                                 "reference.db.x_f__mutmut_10": "return b.encode('UTF-8')"})
+    monkeypatch.setattr(mutate, "EQUIVALENT", {
+        "reference.db.x_f__mutmut_4": "survives, equivalent",
+        "reference.db.x_f__mutmut_7": "equivalent, but outside the sample: not counted as checked",
+        "reference.db.x_f__mutmut_8": "stale: it was killed",
+        "reference.db.x_f__mutmut_99": "stale: no such mutant",
+        "reference.db.x_f__mutmut_10": "stale: renumbered, it is another mutant now",
+        "reference.log.x_g__mutmut_1": "another module's",
+    })
+    got = mutate.report("reference/db.py")
+    # killed 1, 2, 8; timeout 5; survived 3, 10 (its claim moved); no tests 9; equivalent 4; not checked 6, 7
+    assert (got["mutants"], got["killed"], got["timeout"], got["survived"], got["no tests"], got["equivalent"],
+            got["not checked"]) == (10, 3, 1, 2, 1, 1, 2)
+    assert got["score"] == 57.1  # (3 + 1) / (10 - 1 equivalent - 2 not checked)
+    assert got["wilson95"] == [25.0, 84.2]  # 4 of 7
+    assert got["survivors"] == ["reference.db.x_f__mutmut_10", "reference.db.x_f__mutmut_3",
+                                "reference.db.x_f__mutmut_9"]
+    assert got["equivalent_moved"] == ["reference.db.x_f__mutmut_10"]
+    assert got["equivalent_but_killed"] == ["reference.db.x_f__mutmut_8"]
+    assert got["equivalent_not_a_mutant"] == ["reference.db.x_f__mutmut_99"]
+
+
+def test_reference_log_equivalents_name_mutants_of_todays_source() -> None:
+    # an entry outlives a renumbering (record_hash's 'UTF-8' mutant went when it started calling chain_hash)
+    every = set(mutant_names("reference/log.py"))
+    claimed = [n for n in EQUIVALENT if n.startswith("reference.log.")]
+    assert claimed and set(claimed) <= every

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -404,3 +405,453 @@ def test_txn_delta_nets_a_row_inserted_then_deleted_and_keeps_other_deletes() ->
     assert tx.inserts == {"compute_assignment": [ca("r1", 2), ca("r2", 8)]}
     assert {r.request_id: r.version for r in db.pk["compute_assignment"].values()  # type: ignore[attr-defined]
             } == {"r1": 2, "r2": 8}
+
+
+# --- reference/eventlog.py: the column store ---------------------------------------------------------
+
+I64_MAX = 2**63 - 1
+
+
+def test_a_row_is_stored_in_the_columns_up_to_their_edges_and_whole_past_them() -> None:
+    # the columns hold 64-bit signed integers; a row past them is kept whole (a SyncEvent from
+    # columns()) and still comes back exactly
+    base = ev(1)
+    cases = [
+        ({}, True),
+        ({"committed_at": I64_MAX}, True),
+        ({"committed_at": -(2**63)}, True),
+        ({"committed_at": I64_MAX + 1}, False),
+        ({"committed_at": -(2**63) - 1}, False),
+        ({"tx_offset": 0}, True),
+        ({"tx_offset": I64_MAX}, True),
+        ({"tx_offset": I64_MAX + 1}, False),
+        ({"tx_offset": -1}, False),
+        ({"payload_hash": "sha256:" + "A" * 64}, False),  # upper-case hex would come back lower-case
+        ({"payload_hash": "sha256:" + "a" * 63}, False),
+    ]
+    for change, in_columns in cases:
+        row = replace(base, **change)  # type: ignore[arg-type]
+        log = StreamLog("s", 1)
+        log.append(row)
+        assert list(log.events) == [row], change
+        (stored,) = log.retained_rows(0, row.epoch).columns()
+        assert isinstance(stored, tuple) is in_columns, change
+        if in_columns:
+            assert stored[6:] == (row.committed_at, row.tx_offset), change
+
+
+def test_the_events_sequence_equals_a_list_only_of_the_same_rows() -> None:
+    log = StreamLog.of("s", 1, [ev(1), ev(2)])
+    assert log.events == [ev(1), ev(2)] and log.events == (ev(1), ev(2))
+    assert log.events != [ev(1), ev(2, key="other")]  # same length, another row
+    assert log.events != [ev(1)] and log.events != [ev(1), ev(2), ev(3)]
+    assert log.events == StreamLog.of("s", 1, [ev(1), ev(2)]).events
+
+
+def test_reading_past_the_retained_rows_raises_index_error() -> None:
+    log = StreamLog.of("s", 4, [ev(4), ev(5), ev(6)])
+    assert (log.events[0].seq, log.events[-1].seq, log.events[-3].seq) == (4, 6, 4)
+    rows = log.retained_rows(4, 1)  # seqs 5 and 6
+    assert (rows[0].seq, rows[1].seq, rows[-1].seq, rows[-2].seq) == (5, 6, 6, 5)
+    for seq_view in (log.events, rows):
+        for i in (len(seq_view), len(seq_view) + 5, -len(seq_view) - 1):
+            with pytest.raises(IndexError, match=r"^event index out of range$"):
+                seq_view[i]
+
+
+def test_a_stream_refuses_more_producers_than_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import reference.eventlog as eventlog
+
+    monkeypatch.setattr(eventlog, "_PRODUCER_LIMIT", 2)  # 2^40 in production
+    log = StreamLog("s", 1)
+    log.append(replace(ev(1), producer="a" * 64))
+    log.append(replace(ev(2), producer="b" * 64))
+    log.append(replace(ev(3), producer="a" * 64))  # a known producer takes no new number
+    with pytest.raises(LocalProtocolError, match=r"^too many producers in one stream$"):
+        log.append(replace(ev(4), producer="c" * 64))
+
+
+def test_the_rollback_of_a_retention_drop_revives_the_dropped_slot() -> None:
+    rows = [replace(ev(s), payload=f'{{"n":{s}}}') for s in range(1, 6)]
+    log = StreamLog.of("s", 1, rows)
+    assert (log.pop_first(), log.pop_first()) == (rows[0], rows[1])
+    chunk = log._data[0], log._cols[0]
+    log.push_first(rows[1])  # the dead slot still holds it: nothing is copied or rewritten
+    log.push_first(rows[0])
+    assert (log._data[0], log._cols[0]) == chunk and log._data[0] is chunk[0] and log._cols[0] is chunk[1]
+    assert list(log.events) == rows and log.floor == 1 and dict(log.by_key) == {f"k{s}": s for s in range(1, 6)}
+    # another row of the same shape (key and payload lengths, integers, producer) put back in front
+    # is that row, not the dropped one the slot still holds
+    log.pop_first()
+    other = replace(rows[0], idempotency_key="q1", payload='{"n":9}')
+    log.push_first(other)
+    assert list(log.events) == [other, *rows[1:]] and log.get(1) == other
+    assert log.seq_of("q1") == 1 and log.seq_of("k1") is None
+
+
+# --- second sample (24 per module): survivors of the first run -------------------------------------------
+
+
+def test_rollback_puts_back_the_newest_event_a_transaction_deleted() -> None:
+    # Db takes event deletes at either end; undoing one at the tail appends it again
+    db = Db()
+    for s in (1, 2, 3):
+        db._insert(ev(s))
+    tx = Txn(db)
+    tx.delete(ev(3))
+    assert [e.seq for e in db.logs["s"].events] == [1, 2]
+    tx.rollback()
+    assert list(db.logs["s"].events) == [ev(1), ev(2), ev(3)] and dict(db.logs["s"].by_key) == {
+        "k1": 1, "k2": 2, "k3": 3}
+
+
+def test_a_snapshot_past_the_log_head_is_refused_by_name(tmp_path: Path) -> None:
+    from reference.durability import LogStore, check_binding
+    from reference.snapshot import SnapshotError, capture
+
+    store = LogStore.open(tmp_path)
+    try:
+        with pytest.raises(SnapshotError) as err:
+            check_binding(store, capture(Db(), 3, "ab" * 32), "snap-000000000003.json")
+        assert err.value.name == "snap-000000000003.json"
+        assert str(err.value) == "snapshot snap-000000000003.json: its offset 3 is past the log head 0"
+    finally:
+        store.close()
+
+
+def test_recovery_report_lines_say_what_recovery_used_instead() -> None:
+    from reference.durability import RecoveryReport
+
+    rejected = [("snap-000000000009.json", "checksum mismatch"), ("snap-000000000005.json", "truncated")]
+    assert RecoveryReport(3, "snap-000000000003.json", 4, rejected).lines() == [
+        "snapshot snap-000000000009.json not used (checksum mismatch); using snap-000000000003.json",
+        "snapshot snap-000000000005.json not used (truncated); using snap-000000000003.json"]
+    assert RecoveryReport(0, None, 12, rejected[:1]).lines() == [
+        "snapshot snap-000000000009.json not used (checksum mismatch); replaying the whole log"]
+    assert RecoveryReport(3, "snap-000000000003.json", 0, []).lines() == []
+
+
+def _engine_call(eng: object, claims: Claims, reducer: str, *args: object) -> None:
+    from reference.engine import Engine
+    from spec.messages import CallReducer, ReducerOk, ReducerResult
+
+    assert isinstance(eng, Engine)
+    c = eng.connect(claims, confirmed=False)
+    eng.handle(c, CallReducer(1, reducer, tuple(args)))
+    eng.advance_durable(eng.committed)
+    out = eng.pop(c).message
+    assert isinstance(out, ReducerResult) and isinstance(out.outcome, ReducerOk), out
+    eng.close(c)
+
+
+def test_a_subscription_to_a_stream_outside_the_grant_is_forbidden() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscribeApplied, SubscriptionError
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "team.b", "k", "{}", None, None)
+    reader = eng.connect(Claims(A, frozenset(SCOPES), ("team.a*",)), confirmed=False)
+    for table in ("sync_event", "sync_stream"):
+        eng.handle(reader, Subscribe(1, 1, (f"SELECT * FROM {table} WHERE stream_id = 'team.b'",)))
+        out = eng.pop(reader).message
+        assert isinstance(out, SubscriptionError), (table, out)
+        assert SyncError.parse(out.error).code is ErrorCode.FORBIDDEN_STREAM, table
+    assert not eng.conns[reader].query_sets
+    eng.handle(reader, Subscribe(2, 2, ("SELECT * FROM sync_stream WHERE stream_id = 'team.a1'",)))
+    assert isinstance(eng.pop(reader).message, SubscribeApplied)  # inside the grant
+
+
+def test_the_last_unsubscribe_of_a_query_drops_its_shape_and_its_updates() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscribeApplied, Unsubscribe, UnsubscribeApplied
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    reader = eng.connect(everyone, confirmed=False)
+    eng.handle(reader, Subscribe(1, 1, ("SELECT * FROM sync_stream WHERE stream_id = 's'",)))
+    eng.handle(reader, Subscribe(2, 2, ("SELECT * FROM sync_stream WHERE stream_id = 's'",)))  # the same shape
+    assert [type(eng.pop(reader).message) for _ in range(2)] == [SubscribeApplied, SubscribeApplied]
+    eng.handle(reader, Unsubscribe(3, 1))
+    assert isinstance(eng.pop(reader).message, UnsubscribeApplied)
+    assert eng.shapes.get("sync_stream")  # set 2 still holds it
+    eng.handle(reader, Unsubscribe(4, 2))
+    assert isinstance(eng.pop(reader).message, UnsubscribeApplied)
+    assert not eng.shapes.get("sync_stream")  # no subscriber left: the shape goes
+    _engine_call(eng, everyone, "append_sync_event", "s", "k", "{}", None, None)
+    assert not eng.conns[reader].outbound  # and the reader hears nothing of the new row
+
+
+def test_assigning_without_a_provider_names_the_argument() -> None:
+    db = Db()
+    db._insert(ca("r1", 1))
+    _fails(lambda: r.update_compute_assignment(Txn(db), _ctx(), "r1", 1, "assigned", None, None),
+           ErrorCode.INVALID_ARGUMENT, {"argument": "provider_id", "message": "required to assign"})
+
+
+def test_replay_describes_how_a_re_executed_delta_differs() -> None:
+    from reference.engine import Engine
+    from reference.replay import replay
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", '{"a":1}', None, None)
+    (rec,) = eng.take_records()
+    forged = tuple(RowChange(c.table, c.deletes, tuple(replace(row, payload='{"a":2}') for row in c.inserts))
+                   if c.table == "sync_event" else c for c in rec.changes)
+    bad = make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, forged, rec.prev_hash)
+    out = replay([bad])
+    assert out.mismatch is not None and out.mismatch.offset == 1
+    reason = out.mismatch.reason
+    prefix = "re-executed delta differs: table sync_event: recorded -[] +[SyncEvent("
+    assert reason.startswith(prefix), reason
+    recorded, _, replayed = reason.removeprefix("re-executed delta differs: table sync_event: ").partition(
+        ", re-executed ")
+    assert "payload='{\"a\":2}'" in recorded and replayed.startswith("-[] +[SyncEvent(")
+    assert "payload='{\"a\":1}'" in replayed
+
+
+def test_the_snapshotter_writes_the_head_it_is_given_on_its_own_named_daemon_thread(tmp_path: Path) -> None:
+    import threading
+
+    from reference.snapshot import Snapshotter, read
+
+    seen: list[tuple[str, bool, int]] = []
+
+    def wait_durable(offset: int) -> None:
+        me = threading.current_thread()
+        seen.append((me.name, me.daemon, offset))
+
+    done: list[Path] = []
+    s = Snapshotter(tmp_path, 2, 1, wait_durable, on_done=lambda path, _secs: done.append(path))
+    db = Db()
+    db._insert(ev(1))
+    assert s.maybe(db, 1, "cd" * 32) is False  # one record: not due yet
+    assert s.maybe(db, 2, "ab" * 32) is True
+    s.join(10)
+    assert seen == [("syncref-snapshot", True, 2)]
+    image = read(done[0])
+    assert (done[0].name, image.offset, image.head_hash) == ("snap-000000000002.json", 2, "ab" * 32)
+
+
+def test_replay_says_why_a_record_does_not_reproduce(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reference.engine import Engine
+    from reference.log import GENESIS
+    from reference.replay import Mismatch, replay
+
+    idle_sweep = make_record(1, "sweep", "sweep", None, (5,), 7, (), GENESIS)  # nothing to sweep
+    assert replay([idle_sweep]).mismatch == Mismatch(
+        1, "re-execution wrote nothing, but only writing transactions are logged")
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", "{}", None, None)
+    (rec,) = eng.take_records()
+    assert replay([rec]).mismatch is None
+    assert replay([replace(rec, hash="f" * 64)]).mismatch == Mismatch(
+        1, f"hash differs: recorded {'f' * 64}, recomputed {rec.hash}")
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(r.REDUCERS, "append_sync_event", broken)
+    out = replay([rec])
+    assert (out.records, out.mismatch) == (0, Mismatch(1, "re-execution raised RuntimeError: boom"))
+
+
+def _chained(n: int) -> list[TxRecord]:
+    from reference.log import GENESIS
+
+    out: list[TxRecord] = []
+    for offset in range(1, n + 1):
+        out.append(make_record(offset, "sweep", "sweep", None, (offset,), offset, (), out[-1].hash if out else GENESIS))
+    return out
+
+
+def test_group_commit_writes_at_most_max_batch_records_per_commit(tmp_path: Path) -> None:
+    from reference.durability import GroupCommitWriter, LogStore
+
+    store = LogStore.open(tmp_path)
+    commits: list[tuple[int, list[int]]] = []
+    writer = GroupCommitWriter(store, lambda offset, batch: commits.append((offset, [r.offset for r in batch])),
+                               background=False, max_batch=2)
+    writer.append(_chained(5))
+    assert writer.flush() == 5
+    assert commits == [(2, [1, 2]), (4, [3, 4]), (5, [5])]
+    assert (writer.batches, writer.written, store.last()[0]) == (3, 5, 5)
+    writer.close()
+    store.close()
+
+
+def test_a_gathering_writer_commits_a_lone_record(tmp_path: Path) -> None:
+    from reference.durability import GroupCommitWriter, LogStore
+
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, gather_s=0.05)  # background thread, gathering on (ADR-0014)
+    try:
+        records = _chained(3)
+        time.sleep(0.5)  # let the thread reach its idle wait: the first record then wakes an idle writer
+        writer.append(records[:1])
+        assert writer.wait_durable(1, timeout=30)
+        writer.append(records[1:])
+        assert writer.wait_durable(3, timeout=30) and writer.error is None
+        assert writer.written == 3
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_snapshot_cut_anywhere_in_its_trailer_line_is_truncated() -> None:
+    from reference.snapshot import SnapshotError, capture, decode, encode
+
+    db = Db()
+    db._insert(ev(1))
+    data = b"".join(encode(capture(db, 1, "ab" * 32)))
+    trailer = data[data.rfind(b"\n", 0, len(data) - 1) + 1:]
+    assert trailer.startswith(b'{"sha256":') and decode(data).offset == 1
+    # the trailer's own line end missing, or the trailer cut short: the file was not written out
+    for end in (len(data) - 1, len(data) - 10, len(data) - len(trailer) + 3):
+        with pytest.raises(SnapshotError) as err:
+            decode(data[:end], "snap")
+        assert err.value.reason == "truncated (no trailer line)", end
+    with pytest.raises(SnapshotError) as err:  # one line only, however it ends
+        decode(trailer, "snap")
+    assert err.value.reason == "truncated (no trailer line)"
+
+
+def test_an_engine_waiting_for_durability_refuses_admin_calls() -> None:
+    from reference.engine import Engine
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine(max_undurable=1)
+    assert eng.admin_call(everyone, "append_sync_event", ("s", "k1", "{}", None, None)) is None
+    assert (eng.committed, eng.durable) == (1, 0)  # one commit not yet durable: at the bound
+    refused = eng.admin_call(everyone, "append_sync_event", ("s", "k2", "{}", None, None))
+    assert isinstance(refused, SyncError)
+    assert (refused.code, dict(refused.details)) == (ErrorCode.INVALID_ARGUMENT,
+                                                     {"message": "server is waiting for durability"})
+    assert eng.committed == 1 and [e.idempotency_key for e in eng.db.logs["s"].events] == ["k1"]
+    eng.advance_durable(1)
+    assert eng.admin_call(everyone, "append_sync_event", ("s", "k2", "{}", None, None)) is None
+    from reference.replay import replay
+
+    records = eng.take_records()  # logged as reducer calls, which replay re-executes to the same chain
+    assert [(rec.kind, rec.name) for rec in records] == [("reducer", "append_sync_event")] * 2
+    assert replay(records).mismatch is None
+
+
+def test_a_snapshot_image_missing_a_table_differs_from_a_log_with_rows_in_it() -> None:
+    from reference.snapshot import Image, differs
+
+    db = Db()
+    db._insert(cp("c1", 4))
+    image = Image(3, "ab" * 32, db.epoch_floor, db.version_floor, (), ())  # no tables, no streams
+    assert differs(image, db) == (f"table sync_checkpoint: snapshot has 0 rows, log 1; only in snapshot [], "
+                                  f"only in log {[repr(cp('c1', 4))]}")  # the first row's repr, in a list
+    assert differs(Image(3, "ab" * 32, db.epoch_floor, db.version_floor, (("sync_checkpoint", (cp("c1", 4),)),),
+                         ()), db) is None
+
+
+def test_a_record_without_its_stored_texts_hashes_as_made() -> None:
+    from reference.log import GENESIS, record_hash
+
+    caller = Claims(A, frozenset({"sync.append"}), ("s*",), "dev", None, None, "oa.sync.v1", 3)
+    made = make_record(1, "reducer", "append_sync_event", caller, ("s", "k", "{}", None, None), 42,
+                       (RowChange("sync_event", (), (ev(1),)),), GENESIS)
+    bare = TxRecord(made.offset, made.kind, made.name, made.caller, made.args, made.timestamp, made.changes,
+                    made.prev_hash, made.hash)  # built in memory: no delta or argument text carried
+    assert (bare.delta_json, bare.args_json) == ("", "")
+    assert record_hash(bare) == record_hash(made) == made.hash
+    for other in (replace(bare, name="upsert_presence"), replace(bare, timestamp=43),
+                  replace(bare, prev_hash="1" * 64), replace(bare, args=("s", "k2", "{}", None, None))):
+        assert record_hash(other) != made.hash
+
+
+def test_verify_log_checks_every_snapshot_file_in_offset_order(tmp_path: Path) -> None:
+    from reference import snapshot
+    from reference.durability import GroupCommitWriter, LogStore
+    from reference.engine import Engine
+    from reference.replay import SnapshotCheck, verify_log
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    records: list[TxRecord] = []
+    images: dict[int, snapshot.Image] = {}
+    for i in range(1, 6):
+        _engine_call(eng, everyone, "append_sync_event", "s", f"k{i}", "{}", None, None)
+        records += eng.take_records()
+        images[eng.committed] = snapshot.capture(eng.db, eng.committed, records[-1].hash)
+    assert [rec.offset for rec in records] == [1, 2, 3, 4, 5]
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, background=False)
+    writer.append(records)
+    writer.flush()
+    writer.close()
+    store.close()
+    directory = tmp_path / snapshot.SNAPSHOT_DIR
+    snapshot.write(directory, images[2])  # good
+    (directory / snapshot.file_name(3)).write_bytes(b"".join(snapshot.encode(images[2])))  # misnamed
+    snapshot.write(directory, replace(images[4], head_hash="f" * 64))  # another chain's
+    snapshot.write(directory, replace(images[5], offset=99))  # past the log
+    (directory / snapshot.file_name(1)).write_bytes(b"".join(snapshot.encode(images[1]))[:-1])  # cut short
+    report = verify_log(tmp_path)
+    assert report.mismatch is None and (report.records, report.stored_records) == (5, 5) and not report.ok
+    assert report.snapshots == (
+        SnapshotCheck("snap-000000000001.json", 1, "corrupt", "truncated (no trailer line)"),
+        SnapshotCheck("snap-000000000002.json", 2, "match", ""),
+        SnapshotCheck("snap-000000000003.json", 3, "corrupt", "the file name does not match its offset 2"),
+        SnapshotCheck("snap-000000000004.json", 4, "mismatch",
+                      f"chain head at 4 is {records[3].hash[:16]}..., the snapshot names {'f' * 16}..."),
+        SnapshotCheck("snap-000000000099.json", 99, "unreached", "past the 5 records replayed"),
+    )
+
+
+def test_a_first_append_creates_the_stream_row_and_the_next_moves_its_head() -> None:
+    from spec.policy import DEFAULT_POLICY as P
+
+    db = Db()
+    x = Ctx(Claims(A, frozenset(SCOPES), ("*",)), 5_000, 1, P)
+    assert r.append_sync_event(Txn(db), x, "s", "k1", "{}", None, None) == 1
+    budget = P.class_for("s").replay_budget
+    # a fresh stream: epoch 1, no continuation, head and floor at the first seq
+    assert db.get("sync_stream", ("s",)) == SyncStream("s", P.class_for("s").name, 1, 0, 0, 1, 1, budget,
+                                                       5_000, 5_000, (), ())
+    x2 = replace(x, now=6_000)
+    assert r.append_sync_event(Txn(db), x2, "s", "k2", "{}", None, None) == 2
+    assert db.get("sync_stream", ("s",)) == SyncStream("s", P.class_for("s").name, 1, 0, 0, 2, 1, budget,
+                                                       5_000, 6_000, (), ())
+
+
+def test_presence_rows_and_signals_carry_the_offline_reason() -> None:
+    from spec.values import PresenceSignal, SessionPresence
+
+    db = Db()
+    ttl = DEFAULT_POLICY.presence_min_ttl_ms
+    x = Ctx(Claims(A, frozenset(SCOPES), ("*",)), 1_000, 1, DEFAULT_POLICY)
+    tx = Txn(db)
+    r.upsert_presence(tx, x, "sess", "dev", "node", "online", "", ttl)
+    assert db.get("session_presence", ("sess",)) == SessionPresence("sess", A, "dev", "node", "online", "", 1_000,
+                                                                     1_000 + 1000 * ttl, None)
+    assert [row for rows in tx.events.values() for row in rows] == [PresenceSignal("sess", A, "online", "", 1_000)]
+    tx = Txn(db)
+    r.upsert_presence(tx, x, "sess", "dev", "node", "offline", "", ttl)
+    assert db.get("session_presence", ("sess",)) == SessionPresence("sess", A, "dev", "node", "offline", "", 1_000,
+                                                                     1_000 + 1000 * ttl, "explicit_offline")
+    assert [row for rows in tx.events.values() for row in rows] == [
+        PresenceSignal("sess", A, "offline", "explicit_offline", 1_000)]
+
+
+def test_replay_stops_at_an_undecodable_stored_record() -> None:
+    from collections.abc import Iterator
+
+    from reference.durability import LogCorruption
+    from reference.engine import Engine
+    from reference.replay import Mismatch, replay
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", "{}", None, None)
+    (rec,) = eng.take_records()
+
+    def stored() -> Iterator[TxRecord]:  # what LogStore.iter_records does with a row it cannot decode
+        yield rec
+        raise LogCorruption(2, "delta is not JSON")
+
+    out = replay(stored())
+    assert (out.records, out.digest, out.mismatch) == (
+        1, rec.hash, Mismatch(2, "commit log row at offset 2 is corrupt: delta is not JSON"))

@@ -104,17 +104,46 @@ EQUIVALENT: dict[str, str] = {
 _UTF8 = "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, the bytes hashed are the same"
 
 EQUIVALENT.update({
+    # every "utf-8" -> "UTF-8" of log.py as of f1da87b (record_hash's own went when it began calling chain_hash)
+    "reference.log.x_body_json__mutmut_25": _UTF8,
+    "reference.log.x_chain__mutmut_6": _UTF8,
+    "reference.log.x_chain_hash__mutmut_19": _UTF8,
+    "reference.log.x_chain_hash__mutmut_24": _UTF8,
     "reference.log.x_make_record__mutmut_23": _UTF8,
-    "reference.log.x_record_hash__mutmut_24": _UTF8,
+    "reference.log.x_make_record__mutmut_29": _UTF8,
+    "reference.log.x__encode_flat__mutmut_1":
+        "always _canon(value) instead of the prebuilt C encoder: _FLAT is _CANON's own C encoder with the same "
+        "separators, sort_keys and allow_nan, built once and without the circular-reference markers, so on the "
+        "acyclic lists of rows and arguments it encodes the texts are identical (checked on nested values)",
+    "reference.log.x__encode_flat__mutmut_9":
+        "_FLAT(value, 1): the second argument is the C encoder's current indent level, read only when an indent "
+        "is set; _FLAT has none, so the text is the same (checked)",
+    "reference.db.xǁTxnǁdelete__mutmut_5":
+        "the undo tag 'XXdelXX' for 'del': rollback dispatches on 'ins' and 'relabel' and restores the row for any "
+        "other tag, so the delete is undone the same way",
+    "reference.db.xǁTxnǁinsert__mutmut_22":
+        "inserted.get(None, 0) + 1 (once the counts exist): the count before an insert is always 0 -- Db "
+        "refuses a second copy of a row (duplicate primary key, or an event seq/key the stream holds), so a row "
+        "inserted in this transaction is inserted again only after its delete took the count back to 0 -- and "
+        "None is never a key, so both give 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2":
         "idle starts as None instead of False: it is only read as `if idle and ...`, where None is false too",
+    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22":
+        "_hurry reset to None instead of False after taking a batch: it is only read for its truth (`... or "
+        "self._hurry` and `not self._hurry` in _gather), where None is false like False, and set to True again",
     "reference.replay.x__run__mutmut_20":
         "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), so the "
         "two sequences always have the same length there",
-    "reference.reducers.x_append_sync_event__mutmut_127":
+    "reference.reducers.x_append_sync_event__mutmut_131":
         "`or True` keeps stream.floor_seq when the stream is empty (head_seq < floor_seq); SEQ-1 (floor_seq <= "
         "head_seq + 1, a state invariant the contracts and machines check) makes it head_seq + 1 = next_seq then, "
         "the value the original picks",
+    "reference.durability.xǁLogStoreǁopen__mutmut_68":
+        "the writable connection opened without isolation_level=None (Python's legacy transaction control, "
+        "deferred): that control only adds a BEGIN before INSERT/UPDATE/DELETE run outside a transaction, and "
+        "every write here runs between the module's own BEGIN [IMMEDIATE] and COMMIT/ROLLBACK (open, write_batch, "
+        "set_meta; read_snapshot's BEGIN is explicit too), and executescript(_SCHEMA) runs with none open; a "
+        "future write outside an explicit transaction would make this mutant differ",
     "reference.durability.xǁLogStoreǁopen__mutmut_11":
         "uri=None for the read-only 'file:...?mode=ro' name: the SQLite this runs on (Debian's 3.40.1) is built "
         "with SQLITE_USE_URI=1, which reads file: names as URIs whatever the flag says (checked: the mutant opens "
@@ -187,4 +216,62 @@ EQUIVALENT.update({
         "codec names are case-insensitive: 'UTF-16-BE' is the utf-16-be codec, the same round trip",
     "spec.vectors.x_render__mutmut_5": "allow_nan=None is falsy, read as False: json.dumps still refuses NaN",
     "spec.vectors.x_render__mutmut_8": "ensure_ascii left out: json.dumps' default is True, the value it was given",
+})
+
+# The mutated line of each reference/ entry (stripped, as mutmut writes it): `support.mutate --report`
+# lists an entry whose mutant no longer carries it under "equivalent_moved" and does not count it as
+# equivalent -- editing a function renumbers its mutants, and a name then means another mutant (as
+# record_hash__mutmut_24 and append_sync_event__mutmut_127 did after f1da87b and fad3263).
+MUTATED_LINE: dict[str, str] = {
+    "reference.log.x_body_json__mutmut_25": '"delta_hash": hashlib.sha256(delta.encode("UTF-8")).hexdigest()}',
+    "reference.log.x_chain__mutmut_6": 'return hashlib.sha256((prev_hash + _canon(body)).encode("UTF-8")).hexdigest()',
+    "reference.log.x_chain_hash__mutmut_19":
+        'body = _body_text(offset, kind, name, caller, args, timestamp, '
+        'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
+    "reference.log.x_chain_hash__mutmut_24": 'return hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
+    "reference.log.x_make_record__mutmut_23": 'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
+    "reference.log.x_make_record__mutmut_29":
+        'digest = hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
+    "reference.log.x__encode_flat__mutmut_1": "if _FLAT is not None:  # pragma: no cover",
+    "reference.log.x__encode_flat__mutmut_9": 'return "".join(_FLAT(value, 1))',
+    "reference.db.xǁTxnǁdelete__mutmut_5": 'self.undo.append(("XXdelXX", row))',
+    "reference.db.xǁTxnǁinsert__mutmut_22": "inserted[row] = inserted.get(None, 0) + 1",
+    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2": "idle = None",
+    "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22": "self._hurry = None",
+    "reference.replay.x__run__mutmut_20": "for col, value in zip(rdef.args, args, ):",
+    "reference.reducers.x_append_sync_event__mutmut_131":
+        "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
+    "reference.durability.xǁLogStoreǁopen__mutmut_68": "conn = sqlite3.connect(path, check_same_thread=False)",
+    "reference.durability.xǁLogStoreǁopen__mutmut_11":
+        'conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=None, isolation_level=None,',
+}
+
+# ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
+
+_NO_DETAILS = ("SyncError(code) and SyncError(code, None) have details {} (SyncError.__init__: `dict(details) if "
+               "details is not None else {}`), as SyncError(code, {}) does: the same error, the same wire string")
+_FANNING_FALSY = "Server._fanning_out is only read as `not self._fanning_out` (in _drain_disconnects): None is as False"
+
+EQUIVALENT.update({
+    "spec.delivery.x_authorize_query__mutmut_19": _NO_DETAILS,
+    "spec.delivery.x_authorize_query__mutmut_21": _NO_DETAILS,
+    "spec.harness.xǁServerǁ__init____mutmut_10": _FANNING_FALSY,
+    "spec.harness.xǁServerǁ_queue__mutmut_16": _FANNING_FALSY,
+    "spec.harness.xǁServerǁ__init____mutmut_11":
+        "_fanning_out starts True instead of False: it is read only while a close waits to be marked, and a close "
+        "waits only for a session its connection owns, which it took by an upsert call whose answer went through "
+        "_queue -- which leaves the flag False; so no read ever sees the initial value",
+    "spec.harness.xǁServerǁ_queue__mutmut_6":
+        "`break` for `continue` on a connection closed earlier in the batch: never taken -- a batch names each "
+        "connection at most once (fanout: one message per subscriber; subscribe/unsubscribe: one message), all "
+        "of them open when it was made, and in the batch only a connection's own over-bound append closes it "
+        "(the marks its close queues wait for the end of the batch)",
+    # measured with `--icontract` (support.mutmut_icontract): a function that carries icontract contracts
+    "spec.delivery.x_stale_error__mutmut_25":
+        "`isinstance(requested_epoch, int) or True`: the pinned epoch is an int or None whatever the query (the "
+        "parser refuses a literal that is not an integer for the U64 column epoch, a boolean included), so the "
+        "value is kept exactly when the original keeps it",
+    "spec.contracts.x_hot__mutmut_6":
+        "typing.cast(None, dispatch) returns dispatch unchanged, as cast(F, dispatch) does: cast only informs "
+        "the type checker",
 })
