@@ -421,6 +421,11 @@ def test_trace_on_crash_dur_1_compares_what_recovery_keeps() -> None:
     t.states[3] = prior
     t.on_crash(3, _db(sync_checkpoint=(cp,)), [])  # the provider is lost
     assert t.violations == [("DUR-1", "state after crash differs from the durable state at 3")]
+    t = Trace()
+    t.states[3] = _db(sync_stream=(_stream_row(head=3, floor=1),), sync_event=tuple(_event(k) for k in (1, 2, 3)))
+    t.on_crash(3, _db(sync_stream=(_stream_row(epoch=2, head=3, floor=2),),
+                      sync_event=tuple(_event(k, 2) for k in (1, 2, 3))), [])  # the same events, the floor moved
+    assert t.violations == [("DUR-1", "state after crash differs from the durable state at 3")]
 
 
 def test_trace_conf_2_a_crash_must_keep_what_a_confirmed_reader_saw() -> None:
@@ -452,6 +457,24 @@ def test_trace_observe_evt_2_an_update_flags_its_tables_as_the_schema_does() -> 
     update = TransactionUpdate(1, (QuerySetUpdate(7, (TableRows("sync_stream", (row,), event=True),)),))
     t.observe(0, c, link, Outbound(1, update), 9, {1: _db(sync_stream=(row,))})
     assert t.violations == [("EVT-2", "client 0 got sync_stream rows flagged event=True")]
+
+
+def test_trace_observe_evt_2_checks_every_table_of_an_update_without_a_mirror() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    row, signal = _stream_row(head=1, floor=1), StreamSignal("s", "typing", "{}", "b" * 64, 0)
+    update = TransactionUpdate(1, (QuerySetUpdate(7, (TableRows("sync_stream", (row,)),
+                                                      TableRows("stream_signal", (signal,), event=False))),))
+    t.observe(0, c, link, Outbound(1, update), 9, {1: _db(sync_stream=(row,))})
+    assert t.violations == [("EVT-2", "client 0 got stream_signal rows flagged event=False")]
+
+
+def test_trace_observe_stale_1_a_refusal_without_a_budget_is_judged_with_none() -> None:
+    t, c, link = Trace(), _reader(), Link(1)
+    link.asked[7] = ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 2",)
+    db = _db(sync_stream=(_stream_row(head=9, floor=5),), sync_event=tuple(_event(k) for k in range(5, 10)))
+    no_budget = _stale(reasons=["retention_floor_breach", "replay_budget_exceeded"], epoch=1)  # budget 0: 7 > 0
+    t.observe(0, c, link, Outbound(0, no_budget), 9, {0: db})
+    assert t.violations == []
 
 
 def test_trace_observe_deliv_2_names_at_most_two_missing_rows() -> None:
@@ -588,8 +611,10 @@ def test_trace_observe_client_replay_1_applied_runs_have_no_holes() -> None:
     assert t.violations == [("REPLAY-1", "client 0 s applied [1, 3]")]
 
 
-def test_trace_observe_client_replay_1_a_watermark_never_goes_back() -> None:
-    t, c = Trace(), _reader(last=5)
+@pytest.mark.parametrize("rebootstraps", [0, 1])
+def test_trace_observe_client_replay_1_a_watermark_never_goes_back(rebootstraps: int) -> None:
+    t, c = Trace(), _reader(last=5, rebootstraps=rebootstraps)
+    t.signals[(0, "s")] = rebootstraps
     t.observe_client(0, c)
     t.observe_client(0, c)  # nothing new: fine
     assert t.violations == []
@@ -622,6 +647,11 @@ def test_trace_observe_client_cont_1_a_view_that_should_have_continued() -> None
     t.meets[(0, "s")] = ((1, 5, 5, 0, 0), 2, True)
     t.observe_client(0, c)
     assert t.violations == []
+    t, c = Trace(), _reader(epoch=1, last=5, continues=1)  # counted a continue but stayed in epoch 1
+    t.signals[(0, "s")] = 1
+    t.meets[(0, "s")] = ((1, 5, 5, 0, 0), 2, True)
+    t.observe_client(0, c)
+    assert t.violations == [("CONT-1", "client 0 at (1, 5) did not continue s into epoch 2 (rebootstraps 0 -> 0)")]
 
 
 def test_trace_meet_is_taken_once_and_only_for_a_new_epoch() -> None:
@@ -687,6 +717,23 @@ def test_trace_observe_an_error_that_is_not_a_sync_error_is_not_judged() -> None
     link.asked[7] = ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 2",)
     t.observe(0, c, link, Outbound(0, SubscriptionError(3, 7, "internal error")), 9, {0: DbState()})
     assert t.violations == []
+
+
+def test_trace_no_stale_signal_for_a_fresh_row_or_another_refusal() -> None:
+    t, c = Trace(), _reader(epoch=1, last=5)
+    fresh = TableRows("sync_stream", (_stream_row(head=9, floor=3),))  # same epoch, seq 6 retained
+    t.before_message(0, c, TransactionUpdate(1, (QuerySetUpdate(7, (fresh,)),)))
+    refused = SubscriptionError(3, 7, SyncError(ErrorCode.FORBIDDEN_STREAM, {"stream_id": "s"}).render())
+    t.before_message(0, c, refused)
+    assert t.signals == Counter()
+
+
+def test_trace_meetings_skip_a_stream_row_of_a_stream_not_followed() -> None:
+    t, c = Trace(), _reader(epoch=1, last=5)
+    del c.streams["s"]
+    t.before_message(0, c, TransactionUpdate(1, (QuerySetUpdate(7, (TableRows(
+        "sync_stream", (_stream_row(epoch=2, cont=(1, 5), head=7, floor=6),)),)),)))
+    assert t.meets == {}
 
 
 def test_trace_replay_1_a_gap_shown_needs_a_resubscribe() -> None:
@@ -1029,6 +1076,25 @@ def test_system_a_client_that_forgets_its_watermarks_on_a_drop_is_SLOW_1(monkeyp
     sysm.server.close(sysm.links[1].conn_id, "server restart")  # (a restart's close: not itself SLOW-1)
     sysm._drop_dead_links()
     assert sysm.trace.violations == [("SLOW-1", "client 1 lost its watermarks on a disconnect")]
+
+
+def test_system_tracks_the_snapshot_at_offset_0() -> None:
+    sysm = _system()
+    sysm.follow(1, "s")
+    _pump(sysm)  # the stream's snapshot answers at offset 0, before any commit
+    assert sysm.server.committed == 0 and set(sysm.links[1].mirrors) == set(sysm.links[1].subscribed) != set()
+
+
+def test_system_a_query_set_id_reused_after_an_unsubscribe_starts_a_new_mirror() -> None:
+    sysm = _system()
+    sysm.call(0, "append_sync_event", ("s", "k1", "{}", None, None))
+    _pump(sysm)
+    sysm._send(1, [Subscribe(900, 900, ("SELECT * FROM sync_stream",))])
+    _pump(sysm)
+    assert sysm.links[1].mirrors[900].rows != Counter()
+    sysm._send(1, [Unsubscribe(901, 900), Subscribe(902, 900, ("SELECT * FROM session_presence",))])
+    _pump(sysm)
+    assert sysm.links[1].mirrors[900].rows == Counter() and sysm.trace.violations == []
 
 
 def test_system_drain_leaves_nothing_in_flight() -> None:

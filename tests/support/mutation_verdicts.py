@@ -206,6 +206,30 @@ EQUIVALENT.update({
     "spec.system.xǁSystemǁreset_epoch__mutmut_11":
         "the admin call's context offset committed - 1 for committed + 1: reset_stream_epoch writes no event, and "
         "ctx.tx_offset is read only by append_sync_event (the events' tx_offset column)",
+    "spec.trace.x__shares__mutmut_22": _ZIP_AFTER_LEN_CHAIN,
+    "spec.trace.xǁTraceǁ_meetings__mutmut_7":
+        "`if (stream) or True`: a None stream then looks up client.streams.get(None), which is None too (the keys "
+        "are stream ids, never None or empty), and the next line returns either way",
+    "spec.trace.xǁTraceǁon_crash__mutmut_7":
+        "sync_stream dropped from strip()'s `moved`: the comprehension then copies the raw sync_stream rows, but "
+        "the next lines overwrite out['sync_stream'] with the (stream, head, floor) triples",
+    "spec.trace.xǁTraceǁon_crash__mutmut_40":
+        "strip() blanks the checkpoints' epochs with None instead of 0: any constant does, it is applied to both "
+        "sides of the comparison",
+    "spec.trace.xǁTraceǁon_crash__mutmut_49":
+        "the versioned contents stored under 'XXversionedXX' instead of 'versioned': the key is internal to "
+        "strip(), and both sides of the comparison use it",
+    "spec.trace.xǁTraceǁobserve__mutmut_162":
+        "`break` for `continue` after an event-table query in the DELIV-2 oracle: a query text parses to one "
+        "query (one statement per query), or for `SELECT * FROM *` to the public persistent tables, none of them "
+        "an event table, so that `continue` only ever ends the loop anyway",
+    "spec.system.xǁSystemǁ_drain__mutmut_5": "moved starts None instead of False: it is only read as `if not moved`",
+    "spec.system.xǁSystemǁreset_epoch__mutmut_12":
+        "the admin call's context offset committed + 2 for committed + 1: reset_stream_epoch writes no event, and "
+        "ctx.tx_offset is read only by append_sync_event (the events' tx_offset column)",
+    "spec.system.xǁSystemǁserver_step__mutmut_19":
+        "`isinstance(msg, CallReducer) or seen is not None` for `and`: seen is set (not None) exactly when msg is "
+        "a CallReducer (the line that computes it), so both conditions are the same",
     "spec.vectors.x_accept_document__mutmut_32":
         "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so canonical_utf8_hex holds the same bytes",
     "spec.vectors.x_reject_document__mutmut_33":
