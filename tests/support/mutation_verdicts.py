@@ -230,6 +230,15 @@ EQUIVALENT.update({
     "spec.system.xǁSystemǁserver_step__mutmut_19":
         "`isinstance(msg, CallReducer) or seen is not None` for `and`: seen is set (not None) exactly when msg is "
         "a CallReducer (the line that computes it), so both conditions are the same",
+    "spec.system.xǁSystemǁreset_epoch__mutmut_10":
+        "the admin call's context left with the default policy: reset_stream_epoch reads nothing of ctx.policy "
+        "(its checks are the admin scope, the id's form and the stream's existence; its write is epoch + 1 and "
+        "floor = head + 1)",
+    "spec.system.xǁSystemǁ_sync_states__mutmut_11":
+        "the PRES-3 mark check guarded by `offset - 2 in states` for `offset - 1`: System.states holds every "
+        "offset from 0 to the committed one (each commit is recorded by the _sync_states after the action that "
+        "made it; crash() trims only offsets at or above the new committed one), so the guards differ only at "
+        "offset 1, whose check compares with the empty initial state, where no session exists to be marked",
     "spec.vectors.x_accept_document__mutmut_32":
         "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so canonical_utf8_hex holds the same bytes",
     "spec.vectors.x_reject_document__mutmut_33":
