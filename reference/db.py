@@ -16,7 +16,9 @@ delete plus an insert, as the wire reports it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
+from dataclasses import fields
 from typing import Any
 
 from reference.eventlog import StreamLog
@@ -27,6 +29,32 @@ from spec.values import Row, SyncEvent
 PK_TABLES = {t.name: t for t in TABLES if t.primary_key is not None and not t.event}
 EVENT_TABLES = {t.name for t in TABLES if t.event}
 ROW_TABLE = {t.row_type: t.name for t in TABLES}
+
+
+def _key_getter(columns: tuple[str, ...]) -> Callable[[Row], tuple[object, ...]]:
+    """``Table.key_of`` for a table with these primary-key columns, as one C-level attribute read
+    (``attrgetter`` of several names already gives the tuple)."""
+    if len(columns) == 1:
+        one = operator.attrgetter(columns[0])
+        return lambda row: (one(row),)
+    return operator.attrgetter(*columns)
+
+
+_FIELDS: dict[type, Callable[[Row], tuple[object, ...]]] = {
+    t.row_type: operator.attrgetter(*(f.name for f in fields(t.row_type))) for t in TABLES}
+
+
+def _differ(old: Row, new: Row) -> bool:
+    """``old != new`` as the rows' dataclass equality has it (the same type and equal fields), the
+    fields read by one ``attrgetter`` each instead of two tuples built in Python."""
+    get = _FIELDS.get(type(old))
+    if get is None or type(new) is not type(old):
+        return bool(old != new)
+    return bool(get(old) != get(new))
+
+
+KEY_OF: dict[str, Callable[[Row], tuple[object, ...]]] = {
+    name: _key_getter(t.primary_key) for name, t in PK_TABLES.items() if t.primary_key is not None}
 
 
 class Db:
@@ -60,7 +88,7 @@ class Db:
                 raise LocalProtocolError(f"event {row.stream_id}/{row.seq} is not the next seq")
             log.append(row)  # refuses a duplicate idempotency key
             return
-        key = PK_TABLES[table].key_of(row)
+        key = KEY_OF[table](row)
         index = self.pk[table]
         if key in index:
             raise LocalProtocolError(f"duplicate primary key {key} in {table}")
@@ -77,7 +105,7 @@ class Db:
             else:
                 raise LocalProtocolError(f"event {row.stream_id}/{row.seq} is not at either end")
             return
-        key = PK_TABLES[table].key_of(row)
+        key = KEY_OF[table](row)
         held = self.pk[table].get(key)
         if held is not row and held != row:
             raise LocalProtocolError(f"row to delete not found in {table}")
@@ -155,7 +183,7 @@ class Txn:
             self.deletes.setdefault(table, []).append(row)
 
     def update(self, old: Row, new: Row) -> None:
-        if old != new:
+        if _differ(old, new):
             self.delete(old)
             self.insert(new)
 

@@ -152,6 +152,8 @@ def args_json(args: tuple[Any, ...]) -> list[Any]:
 
 def args_from_json(values: list[Any]) -> tuple[Any, ...]:
     """Reducer arguments are flat: an array argument (``Vec<..>``) is the only list, and a tuple."""
+    if list not in map(type, values):  # most calls have no array argument (JSON gives exact lists)
+        return tuple(values)
     return tuple(tuple(v) if isinstance(v, list) else v for v in values)
 
 
@@ -180,6 +182,20 @@ def _claims(text: str) -> Claims | None:
     return claims_from_json(json.loads(text))
 
 
+_scan_json: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _json_array(text: str) -> Any:
+    """``json.loads(text)``, for the texts this module writes (no surrounding whitespace) without
+    ``json.loads``'s layers; anything else -- whitespace, trailing data, an error -- is left to
+    ``json.loads`` itself, so the value or the error is the same."""
+    try:
+        value, end = _scan_json(text, 0)
+    except (StopIteration, ValueError, TypeError, RecursionError):
+        end = -1
+    return value if end == len(text) else json.loads(text)
+
+
 def record_from_row(row: Sequence[Any], rows: bool = True) -> TxRecord:
     """The record of a ``commit_log`` row; ``delta_json`` keeps the stored delta text, which
     :func:`reference.log.record_hash` hashes as is (it is the text the record's hash was made over).
@@ -189,7 +205,7 @@ def record_from_row(row: Sequence[Any], rows: bool = True) -> TxRecord:
     offset = row[0]
     try:
         kind, name, caller_text, args_text, timestamp, changes_text, prev_hash, digest = row[1:]
-        args = json.loads(args_text)
+        args = _json_array(args_text)
         if not isinstance(args, list):
             raise ValueError("args must be a JSON array")
         if not rows:  # replay: the stored texts, the delta undecoded

@@ -221,6 +221,46 @@ class StreamLog:
             segments = [(p, p + 1) for p in ps]
         return RetainedRows(view, tuple(segments))
 
+    def values(self, start: int = 0, stop: int | None = None) -> list[tuple[object, ...]]:
+        """The retained events ``start..stop-1`` (positions from the oldest) as their column values
+        in field order -- ``reference.log.row_values`` of each row -- read from the columns without
+        building the rows (a snapshot writes these)."""
+        n = self._size - self._head
+        start, stop = max(0, start), (n if stop is None else min(stop, n))
+        out: list[tuple[object, ...]] = []
+        if start >= stop:
+            return out
+        sid, odd, producers = self.stream_id, self._odd, self._producers
+        epochs, run_seqs = self._run_epochs, self._run_seqs
+        one_epoch = epochs[0] if len(epochs) == 1 else None
+        base = self.floor - self._head  # the seq of position 0
+        append = out.append
+        p, end_p = self._head + start, self._head + stop
+        while p < end_p:
+            c = p >> CHUNK_BITS
+            cols, data = self._cols[c], self._data[c]
+            chunk_stop = min(end_p, (c + 1) << CHUNK_BITS)
+            j = (p & _IN_CHUNK) * _STRIDE
+            begin = cols[j - _STRIDE] if j else 0
+            for q in range(p, chunk_stop):
+                seq = base + q
+                end = cols[j]
+                ev = odd.get(seq) if odd else None
+                if ev is not None:
+                    append((ev.stream_id, ev.epoch, ev.seq, ev.idempotency_key, ev.payload_hash, ev.payload,
+                            ev.producer, ev.committed_at, ev.tx_offset))
+                else:
+                    meta = cols[j + 3]
+                    kend = begin + 32 + (meta & _KEY_MASK)
+                    epoch = one_epoch if one_epoch is not None else epochs[bisect_right(run_seqs, seq) - 1]
+                    append((sid, epoch, seq, data[begin + 32:kend].decode("utf-8"),
+                            _HASH_PREFIX + data[begin:begin + 32].hex(), data[kend:end].decode("utf-8"),
+                            producers[meta >> _KEY_BITS], cols[j + 1], cols[j + 2]))
+                begin = end
+                j += _STRIDE
+            p = chunk_stop
+        return out
+
     def _events_from(self, i: int) -> list[SyncEvent]:
         """Events ``i..`` (positions counted from the first retained event)."""
         event = self._event
@@ -524,8 +564,12 @@ class StreamLog:
         self._tbase = tbase
         self._tfill = len(live)
         mask = size - 1
-        for p in live:
-            perturb = hash(self._key_bytes(p)) & _U64
+        chunks, datas = self._cols, self._data
+        for p in live:  # _key_bytes(p), inline: a rebuild reads every live key
+            cols = chunks[p >> CHUNK_BITS]
+            j = (p & _IN_CHUNK) * _STRIDE
+            start = (cols[j - _STRIDE] if j else 0) + 32
+            perturb = hash(bytes(datas[p >> CHUNK_BITS][start:start + (cols[j + 3] & _KEY_MASK)])) & _U64
             i = perturb & mask
             while table[i]:
                 perturb >>= 5
@@ -566,6 +610,10 @@ class EventSeq(Sequence[SyncEvent]):
         log = self._log
         for p in range(log._head, log._size):
             yield log._event(p)
+
+    def values(self, start: int = 0, stop: int | None = None) -> list[tuple[object, ...]]:
+        """:meth:`StreamLog.values`: rows ``start..stop-1`` as column values, no row built."""
+        return self._log.values(start, stop)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, EventSeq | list | tuple):

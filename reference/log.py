@@ -20,7 +20,7 @@ import functools
 import hashlib
 import json
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -164,6 +164,27 @@ def delta_text(changes: tuple[RowChange, ...]) -> str:
     so key order does not arise and one plain encoding is the canonical one."""
     return _encode_flat([[c.table, [row_values(r) for r in c.deletes], [row_values(r) for r in c.inserts]]
                          for c in changes])
+
+
+@functools.cache
+def _table_values(table: str) -> Callable[[Any], tuple[Any, ...]]:
+    """:func:`row_values` for the rows of one table (all of its row type): one ``attrgetter``."""
+    return operator.attrgetter(*(f.name for f in fields(TABLE_BY_NAME[table].row_type)))
+
+
+def delta_text_of(deletes: Mapping[str, Sequence[Row]], inserts: Mapping[str, Sequence[Row]]) -> str:
+    """:func:`delta_text` of the delta whose rows deleted and inserted per table are these (a
+    :class:`~reference.db.Txn`'s lists: each table's rows of its row type), tables in schema order
+    and those whose lists are empty left out, as ``delta_of`` builds it -- without building the
+    :class:`RowChange` values; each list's values are read by the table's ``attrgetter``, in C."""
+    out = []
+    for t in TABLE_BY_NAME:
+        d = deletes.get(t)
+        i = inserts.get(t)
+        if d or i:
+            get = _table_values(t)
+            out.append([t, list(map(get, d)) if d else [], list(map(get, i)) if i else []])
+    return _encode_flat(out)
 
 
 @functools.lru_cache(maxsize=1024)

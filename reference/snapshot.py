@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from reference.db import PK_TABLES, Db
-from reference.eventlog import StreamLog
+from reference.eventlog import EventSeq, StreamLog
 from reference.log import row_from_json, row_values
 from spec.values import Row, SyncEvent
 
@@ -138,7 +138,10 @@ def _chunks(image: Image) -> Iterator[str]:
         if not events:
             yield _ENC.encode(["sync_event", sid, floor, []])
         for i in range(0, len(events), CHUNK_ROWS):
-            yield _ENC.encode(["sync_event", sid, floor, [row_values(e) for e in events[i:i + CHUNK_ROWS]]])
+            # a captured log's rows are read from its columns as values, never built as rows
+            values = events.values(i, i + CHUNK_ROWS) if isinstance(events, EventSeq) else \
+                [row_values(e) for e in events[i:i + CHUNK_ROWS]]
+            yield _ENC.encode(["sync_event", sid, floor, values])
 
 
 def encode(image: Image) -> Iterator[bytes]:
@@ -346,12 +349,27 @@ class Snapshotter:
             self._thread.join(timeout)
 
 
-def read(path: Path) -> Image:
+def matches(data: bytes, db: Db, offset: int, head_hash: str) -> bool:
+    """Whether ``data`` is, byte for byte, the file :func:`write` makes of ``db`` after record
+    ``offset`` (whose hash is ``head_hash``).  A file that is would :func:`decode` to an image that
+    :func:`differs` finds equal to ``db`` at that head; a file that is not may still be equal (rows
+    in another index order), which only decoding it tells."""
     try:
-        data = path.read_bytes()
+        return data == b"".join(encode(capture(db, offset, head_hash)))
+    except (ValueError, TypeError, UnicodeEncodeError):  # a state this writer cannot write
+        return False
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, :class:`SnapshotError` if it cannot be read."""
+    try:
+        return path.read_bytes()
     except OSError as exc:
         raise SnapshotError(path.name, f"unreadable: {exc.strerror or exc}") from None
-    return decode(data, path.name)
+
+
+def read(path: Path) -> Image:
+    return decode(read_bytes(path), path.name)
 
 
 def header(path: Path) -> dict[str, Any]:

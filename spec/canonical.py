@@ -122,6 +122,24 @@ def _walk(value: Any, depth: int) -> None:
             _walk(v, depth + 1)
 
 
+# ``json.loads`` and ``json.dumps`` with options build a new decoder or encoder on every call, which
+# cost as much as the parsing and writing of a small payload: both are built once here, with the
+# same options (``_loads`` keeps ``json.loads``'s own check of a leading byte-order mark and its
+# handling of bytes, so every input is accepted or refused with the same reason and message).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_float=_reject_float,
+                            parse_constant=_reject_constant, parse_int=_check_int)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _loads(text: str) -> JsonValue:
+    if type(text) is not str:  # bytes: json.loads detects their encoding
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_reject_float,
+                          parse_constant=_reject_constant, parse_int=_check_int)
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
+
+
 def parse_strict(text: str, argument: str = "payload_json") -> JsonValue:
     """Parse ``text`` under the strict rules above, or raise ``SyncError(non_canonical_payload)``.
 
@@ -130,8 +148,7 @@ def parse_strict(text: str, argument: str = "payload_json") -> JsonValue:
     try:
         if _has_surrogate(text):
             raise _Reject("lone_surrogate", "text contains an unpaired surrogate")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_reject_float,
-                           parse_constant=_reject_constant, parse_int=_check_int)
+        value = _loads(text)
         _walk(value, 0)
     except _Reject as r:
         raise SyncError(ErrorCode.NON_CANONICAL_PAYLOAD,
@@ -148,8 +165,7 @@ def parse_strict(text: str, argument: str = "payload_json") -> JsonValue:
 
 def dumps_canonical(value: JsonValue) -> str:
     """Canonical text of an already-parsed, valid value."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def _json_equal(a: JsonValue, b: JsonValue) -> bool:

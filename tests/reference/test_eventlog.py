@@ -24,6 +24,7 @@ import pytest
 import adapters.bsatn as bsatn
 import reference.eventlog as eventlog
 from reference.eventlog import CHUNK, StreamLog
+from reference.log import row_values
 from spec.errors import LocalProtocolError
 from spec.values import SyncEvent
 
@@ -55,6 +56,10 @@ def _event(rng: random.Random, seq: int, epoch: int, key: str, odd: bool) -> Syn
 def _check(log: Any, floor: int, events: list[SyncEvent], rng: random.Random) -> None:
     assert len(log) == len(events)
     assert list(log.events) == events
+    # the rows' values read from the columns (what a snapshot writes) are the rows' own values
+    assert log.values() == log.events.values() == [row_values(e) for e in events]
+    a, b = rng.randrange(-2, len(events) + 3), rng.randrange(0, len(events) + 3)  # positions (not from the end)
+    assert log.values(a, b) == [row_values(e) for e in events[max(0, a):b]]
     assert log.floor == floor
     if events:
         assert log.events[0] == events[0] and log.events[-1] == events[-1]

@@ -248,8 +248,8 @@ MUTANTS += (
              " a.claims.identity,"),),
            "an appended event stores the payload as sent (and its hash), not its canonical form", expected=("HASH-1",)),
     Mutant("canonical_keeps_key_order", "spec.canonical",
-           (('    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,',
-             '    return json.dumps(value, sort_keys=False, separators=(",", ":"), ensure_ascii=False,'),),
+           (('_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,',
+             '_ENCODER = json.JSONEncoder(sort_keys=False, separators=(",", ":"), ensure_ascii=False,'),),
            "canonical JSON keeps the input's key order", expected=("HASH-2",), killer="spec/test_canonical.py"),
     Mutant("error_result_at_older_offset", "spec.delivery",
            (("        return log, ((conn_id, Outbound(log.committed,\n"

@@ -51,8 +51,8 @@ EQUIVALENT: dict[str, str] = {
     "spec.canonical.xǁ_Rejectǁ__init____mutmut_2": _REJECT_ARGS,
     "spec.canonical.xǁ_Rejectǁ__init____mutmut_3": _REJECT_ARGS,
     "spec.canonical.xǁ_Rejectǁ__init____mutmut_4": _REJECT_ARGS,
-    "spec.canonical.x_dumps_canonical__mutmut_4": "ensure_ascii=None is falsy, so json.dumps treats it as False",
-    "spec.canonical.x_dumps_canonical__mutmut_5": "allow_nan=None is falsy, so json.dumps treats it as False",
+    # (dumps_canonical's mutmut_4 and _5, ensure_ascii=None and allow_nan=None, are gone: the encoder's
+    # options are now set once at module level, which mutmut does not mutate; branch snap)
     "spec.canonical.x__utf8_encodable__mutmut_3": "codec names are case-insensitive: 'UTF-8' is the utf-8 codec",
 
     # ---- spec/ modules, second session (branch mutspec) ------------------------------------------------
@@ -63,7 +63,9 @@ EQUIVALENT: dict[str, str] = {
     "spec.canonical.x__check_int__mutmut_21":
         "the range check after the length check sees at most 16 digits and a sign (17 characters), so "
         "quoting text[:40] or text[:41] is the same",
-    "spec.canonical.x_parse_strict__mutmut_63":
+    # renumbered from mutmut_63 when parse_strict's json.loads call moved into _loads (branch snap;
+    # matched by the mutation itself, '200' -> '201', with mutmut's create_mutations on both sources)
+    "spec.canonical.x_parse_strict__mutmut_54":
         "the ValueErrors parse_strict can meet are json's JSONDecodeError (a message of at most ~50 characters "
         "plus line, column and offset) -- int()'s digit limit is kept out by _check_int's length check -- so "
         "no message reaches 200 characters and [:200] or [:201] is the same",
@@ -132,8 +134,9 @@ EQUIVALENT.update({
         "_hurry reset to None instead of False after taking a batch: it is only read for its truth (`... or "
         "self._hurry` and `not self._hurry` in _gather), where None is false like False, and set to True again",
     "reference.replay.x__run__mutmut_20":
-        "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), so the "
-        "two sequences always have the same length there",
+        "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), and "
+        "_arg_checks(rec.name) has one entry per argument of rdef, so the two sequences always have the same "
+        "length there",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "`or True` keeps stream.floor_seq when the stream is empty (head_seq < floor_seq); SEQ-1 (floor_seq <= "
         "head_seq + 1, a state invariant the contracts and machines check) makes it head_seq + 1 = next_seq then, "
@@ -277,7 +280,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.db.xǁTxnǁinsert__mutmut_22": "inserted[row] = inserted.get(None, 0) + 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2": "idle = None",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22": "self._hurry = None",
-    "reference.replay.x__run__mutmut_20": "for col, value in zip(rdef.args, args, ):",
+    "reference.replay.x__run__mutmut_20": "for (col, has_type), value in zip(_arg_checks(rec.name), args, ):",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
     "reference.durability.xǁLogStoreǁopen__mutmut_68": "conn = sqlite3.connect(path, check_same_thread=False)",

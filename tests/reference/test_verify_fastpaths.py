@@ -1,0 +1,267 @@
+"""verify-log's faster paths (docs/performance.md, "verify-log, halved?"), each against the plain
+code it stands in for.
+
+* ``replay._type_check``: the per-reducer argument predicates against ``value_has_type``, over
+  every argument type of every reducer and a table of values of every kind.
+* ``db._differ``: the rows' dataclass inequality, over pairs that differ in each field in turn,
+  equal pairs, rows of different tables, and objects that are not rows.
+* ``durability._json_array``: ``json.loads``'s value or its error (type and message) for texts
+  the log writes and texts it never writes (whitespace, trailing data, syntax errors).
+* ``replay._delta_text``: ``delta_text(delta_of(tx))`` on transactions of every reducer, with
+  updates and an insert deleted again in the same transaction.
+* ``snapshot.matches`` and verify-log's lazy snapshot decoding: every status (match, mismatch,
+  corrupt, a misnamed file, unreached, a file whose rows are in another order, two files for one
+  offset) is what decoding every file first gave; ``stored_records`` is the table's count
+  whether replay reads every record or stops early; a record that does not decode stops
+  replay at its offset, after every record before it was replayed (the batched read).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.logfiles import write_records
+
+from reference import durability, replay, snapshot
+from reference.db import Db, Txn, _differ
+from reference.durability import DB_FILE
+from reference.engine import Engine
+from reference.log import TxRecord, delta_text
+from spec.auth import Claims
+from spec.messages import CallReducer
+from spec.policy import Policy, StreamClass
+from spec.schema import REDUCER_BY_NAME, TABLES
+from spec.values import ArrayT, OptionT, SyncStream, value_has_type
+
+POLICY = Policy(classes=(("s.", StreamClass("short", retain_count=5)),))
+WRITER = Claims("a" * 64, frozenset({"sync.append", "sync.admin", "presence.write", "sync.checkpoint.write",
+                                     "provider.publish"}), ("*",))
+
+VALUES: list[Any] = [None, True, False, 0, 1, -1, 2**32 - 1, 2**32, 2**64 - 1, 2**64, -(2**63), 2**63, 1.0, "",
+                     "x", "a" * 64, "sha256:" + "0" * 64, (), (5000,), (1, "x"), [1], {"a": 1}, b"x"]
+
+
+def test_argument_predicates_are_value_has_type() -> None:
+    types = {col.type for rdef in REDUCER_BY_NAME.values() for col in rdef.args}
+    types |= {OptionT(t) for t in list(types) if not isinstance(t, OptionT)} | {ArrayT(t) for t in list(types)}
+    for t in types:
+        check = replay._type_check(t)
+        for v in VALUES:
+            assert check(v) == value_has_type(v, t), (t, v)
+    for name, rdef in REDUCER_BY_NAME.items():
+        assert [n for n, _ in replay._arg_checks(name)] == [c.name for c in rdef.args]
+
+
+def _rows() -> list[Any]:
+    """One row of each table, built from made-up values of the right shapes."""
+    out = []
+    for t in TABLES:
+        values: list[Any] = []
+        for f in fields(t.row_type):
+            kind = str(f.type)
+            values.append(() if "tuple" in kind else (None if "None" in kind and "str" not in kind
+                                                      else ("v" if "str" in kind else 3)))
+        out.append(t.row_type(*values))
+    return out
+
+
+def test_differ_is_row_inequality() -> None:
+    rows = _rows()
+    for row in rows:
+        assert _differ(row, row) is False and _differ(row, replace(row)) is False
+        for f in fields(row):
+            other = replace(row, **{f.name: ("changed" if isinstance(getattr(row, f.name), str) else 99)})
+            assert _differ(row, other) == (row != other) is True
+        for other in rows:
+            assert _differ(row, other) == (row != other)
+        for stranger in (None, 3, "row", (1, 2)):
+            assert _differ(row, stranger) == (row != stranger)  # type: ignore[arg-type]
+    assert _differ("a", "a") is False and _differ("a", "b") is True  # type: ignore[arg-type]
+
+
+def _loads_outcome(f: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "value", f(text)
+    except Exception as exc:  # the outcome compared is the exception itself
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("text", [
+    '["s.a","k1","{\\"a\\": 1}",null,null]', "[]", '["x",[5001,5002],3,"sha256:00"]', " []", "[] ", "[]x", "[1,]",
+    "", "[", "[\"a\"", "nul", "[NaN]", "[1e5,-0,1.5]", "\ufeff[]", '[{"a":1,"a":2}]', "[" * 3000 + "]" * 3000,
+    '"just a string"', "7", '[1] [2]',
+])
+def test_json_array_is_json_loads(text: str) -> None:
+    assert _loads_outcome(durability._json_array, text) == _loads_outcome(json.loads, text)
+
+
+def _history() -> tuple[Engine, list[TxRecord]]:
+    """Transactions of every reducer and system action (updates, deletes by retention, a recovery)."""
+    eng = Engine(POLICY)
+    records: list[TxRecord] = []
+    for i in range(40):
+        eng.now += 1_000_000
+        sid = ("s.a", "s.b", "x.c")[i % 3]
+        eng.admin_call(WRITER, "append_sync_event", (sid, f"k{i}", json.dumps({"i": i, "pad": "é" * (i % 4)}),
+                                                     None, None))
+        if i % 5 == 0:
+            eng.admin_call(WRITER, "ack_checkpoint", ("c1", sid, 1, 1))
+            eng.admin_call(WRITER, "publish_provider_capability", (f"p{i % 2}", json.dumps({"n": i}), (5001,), i,
+                                                                   "active"))
+        if i % 7 == 0:
+            kept = eng.connect(WRITER, confirmed=False)  # its session expires: the sweep marks it
+            eng.handle(kept, CallReducer(i, "upsert_presence", (f"swept{i}", "dev", "node", "online", "", 1000)))
+            eng.sweep(eng.now + 3_000_000)
+            conn = eng.connect(WRITER, confirmed=False)  # closed: a disconnect transaction
+            eng.handle(conn, CallReducer(i, "upsert_presence", (f"sess{i}", "dev", "node", "online", "", 1000)))
+            eng.close(conn)
+            eng.compact(eng.now)
+        if i == 20:
+            eng.admin_call(WRITER, "reset_stream_epoch", ("s.b",))
+        records += eng.take_records()
+        eng.advance_durable(eng.committed)
+    eng = Engine.recover(records, clean=False, now=eng.now, policy=POLICY)
+    records += eng.take_records()
+    return eng, records
+
+
+def test_delta_text_from_the_transaction_is_the_delta_text() -> None:
+    _, records = _history()
+    db = Db()
+    kinds = set()
+    for rec in records:
+        tx = Txn(db)
+        replay._run(db, tx, rec, POLICY)
+        assert replay._delta_text(tx) == delta_text(replay.delta_of(tx)) == rec.delta_json
+        kinds.add(rec.kind)
+    assert kinds == {"reducer", "sweep", "compact", "disconnect", "recovery"}
+    # an insert deleted again in the same transaction leaves an empty list behind: not in the delta
+    tx = Txn(db)
+    row = SyncStream("s.new", "short", 1, 0, 0, 0, 1, 10, 1, 1)
+    tx.insert(row)
+    other = replace(row, stream_id="s.other")
+    tx.insert(other)
+    tx.delete(row)
+    assert tx.inserts["sync_stream"] == [other] and "sync_stream" not in tx.deletes
+    assert replay._delta_text(tx) == delta_text(replay.delta_of(tx))
+    tx.delete(other)
+    assert replay._delta_text(tx) == delta_text(replay.delta_of(tx)) == "[]"
+
+
+def _data(tmp_path: Path) -> tuple[Path, list[TxRecord]]:
+    _, records = _history()
+    data = tmp_path / "data"
+    write_records(data, records, clean=True, policy=POLICY)
+    return data, records
+
+
+def _image_at(records: list[TxRecord], offset: int) -> snapshot.Image:
+    eng = Engine.recover(records[:offset], clean=True, now=0, policy=POLICY)
+    return snapshot.capture(eng.db, eng.committed, eng.head_hash)
+
+
+def _statuses(data: Path) -> dict[str, tuple[str, str]]:
+    return {c.file: (c.status, c.reason) for c in replay.verify_log(data).snapshots}
+
+
+def _eager_statuses(data: Path) -> dict[str, tuple[str, str]]:
+    """What verify-log said when it decoded every file before replaying: the same replay, each
+    file decoded up front (corrupt or misnamed: corrupt; the later of two for an offset stands),
+    then compared with ``differs`` at its offset, or unreached."""
+    store = durability.LogStore.open(data, readonly=True)
+    policy = store.load_policy() or POLICY
+    out: dict[str, tuple[str, str]] = {}
+    images: dict[int, tuple[str, snapshot.Image]] = {}
+    for offset, path in snapshot.listing(data / snapshot.SNAPSHOT_DIR):
+        try:
+            image = snapshot.read(path)
+        except snapshot.SnapshotError as exc:
+            out[path.name] = ("corrupt", exc.reason)
+            continue
+        if image.offset != offset:
+            out[path.name] = ("corrupt", f"the file name does not match its offset {image.offset}")
+            continue
+        images[offset] = (path.name, image)
+
+    def seen(offset: int, db: Db, head: str) -> None:
+        if offset in images:
+            name, image = images[offset]
+            if image.head_hash != head:
+                out[name] = ("mismatch", f"chain head at {offset} is {head[:16]}..., the snapshot names "
+                                         f"{image.head_hash[:16]}...")
+                return
+            diff = snapshot.differs(image, db)
+            out[name] = ("match" if diff is None else "mismatch", diff or "")
+
+    result = replay.replay(store.iter_records(), policy, seen)
+    for _offset, (name, _image) in images.items():
+        out.setdefault(name, ("unreached", f"past the {result.records} records replayed"))
+    store.close()
+    return out
+
+
+def test_snapshot_statuses_are_what_decoding_every_file_gave(tmp_path: Path) -> None:
+    data, records = _data(tmp_path)
+    directory = data / snapshot.SNAPSHOT_DIR
+    at = len(records) // 2
+    image = _image_at(records, at)
+    good = b"".join(snapshot.encode(image))
+    snapshot.write(directory, image)
+    eng = Engine.recover(records[:at], clean=True, now=0, policy=POLICY)
+    assert snapshot.matches(good, eng.db, at, image.head_hash)
+    assert not snapshot.matches(good[:-2] + b"x\n", eng.db, at, image.head_hash)
+    assert not snapshot.matches(good, eng.db, at, "f" * 64)
+    assert _statuses(data) == _eager_statuses(data) == {snapshot.file_name(at): ("match", "")}
+
+    # the same state with every table's rows in reverse order: not the bytes this build writes,
+    # so it is decoded -- and matches
+    flipped = replace(image, tables=tuple((t, rows[::-1]) for t, rows in image.tables))
+    assert any(len(rows) > 1 for _, rows in image.tables)
+    snapshot.write(directory, flipped)
+    assert not snapshot.matches((directory / snapshot.file_name(at)).read_bytes(), eng.db, at, image.head_hash)
+    assert _statuses(data) == _eager_statuses(data) == {snapshot.file_name(at): ("match", "")}
+
+    # misnamed, corrupt, past the end (unreached), forged rows, and two files for one offset
+    cases = tmp_path / "cases"
+    shutil.copytree(data, cases)
+    d = cases / snapshot.SNAPSHOT_DIR
+    (d / snapshot.file_name(at - 1)).write_bytes(good)  # names at - 1, says at
+    (d / snapshot.file_name(at + 1)).write_bytes(good[:100])  # cut
+    beyond = replace(image, offset=len(records) + 5)
+    snapshot.write(d, beyond)
+    (d / f"snap-{beyond.offset}.json").write_bytes(b"".join(snapshot.encode(beyond)))  # the same offset again
+    sid = next(s for s, _, events in image.logs if len(events) > 1)
+    forged = replace(image, logs=tuple((s, f, tuple(e)[::-1] if s == sid else e) for s, f, e in image.logs))
+    quarter = len(records) // 4
+    snapshot.write(d, replace(_image_at(records, quarter), head_hash="e" * 64))  # bound to another log
+    at3 = 3 * len(records) // 4
+    snapshot.write(d, replace(forged, offset=at3, head_hash=_image_at(records, at3).head_hash))
+    got, want = _statuses(cases), _eager_statuses(cases)
+    assert got == want
+    assert {s for s, _ in got.values()} == {"match", "mismatch", "corrupt", "unreached"}
+    assert got[snapshot.file_name(at - 1)] == ("corrupt", f"the file name does not match its offset {at}")
+
+    # a log that stops early: the records before the bad one replayed, the table's count reported
+    report = replay.verify_log(cases)
+    assert report.ok is False and report.mismatch is None and report.stored_records == len(records)
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    target = records[len(records) - 7].offset
+    conn = sqlite3.connect(broken / DB_FILE)
+    with conn:
+        conn.execute('UPDATE commit_log SET args_json = ? WHERE "offset" = ?', ("[1,", target))
+    conn.close()
+    for size in (1, 3, replay.READ_BATCH):
+        replay.READ_BATCH = size  # type: ignore[misc]
+        try:
+            report = replay.verify_log(broken)
+        finally:
+            replay.READ_BATCH = 1024  # type: ignore[misc]
+        assert report.mismatch is not None and report.mismatch.offset == target and report.records == target - 1
+        assert report.stored_records == len(records) and not report.ok
