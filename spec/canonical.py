@@ -124,17 +124,15 @@ def _walk(value: Any, depth: int) -> None:
 
 # ``json.loads`` and ``json.dumps`` with options build a new decoder or encoder on every call, which
 # cost as much as the parsing and writing of a small payload: both are built once here, with the
-# same options (``_loads`` keeps ``json.loads``'s own check of a leading byte-order mark and its
-# handling of bytes, so every input is accepted or refused with the same reason and message).
+# same options (``_loads`` keeps ``json.loads``'s own check of a leading byte-order mark, so every
+# input is accepted or refused with the same reason and message; the text is always a str here:
+# ``parse_strict`` searches it for surrogates first, which a bytes value would not get past).
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_float=_reject_float,
                             parse_constant=_reject_constant, parse_int=_check_int)
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _loads(text: str) -> JsonValue:
-    if type(text) is not str:  # bytes: json.loads detects their encoding
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_reject_float,
-                          parse_constant=_reject_constant, parse_int=_check_int)
     if text.startswith("\ufeff"):
         raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     return _DECODER.decode(text)

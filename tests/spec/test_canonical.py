@@ -14,9 +14,11 @@ import random
 import re
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from spec import canonical
 from spec.canonical import (
     MAX_DEPTH,
     MAX_SAFE_INTEGER,
@@ -24,6 +26,7 @@ from spec.canonical import (
     canonical_and_hash,
     canonicalize,
     is_canonical,
+    parse_strict,
     payload_hash,
 )
 from spec.errors import ErrorCode, SyncError
@@ -342,3 +345,38 @@ def test_nesting_up_to_the_limit_is_accepted(text: str) -> None:
 @example("[" * MAX_DEPTH + "{}" + "]" * MAX_DEPTH)
 def test_nesting_beyond_the_limit_is_rejected(text: str) -> None:
     assert_rejected(text, "too_deep")
+
+
+BUILT_ONCE_CASES = ['{"a":1}', '\ufeff{"a":1}', "\ufeff", ' \ufeff{}', '{"a":1,"a":2}', "[1.5]", "[NaN]", "[Infinity]",
+                    "[-Infinity]", "[9007199254740993]", "[1e3]", '{"a":[1,{"b":null}]}', "", "[", "tru", '"\\u00e9"',
+                    '{"b":1,"a":2}', "[" * 3 + "]" * 3, '"x"  ', '"x" y', "0", "-0", "[01]"]
+
+
+@pytest.mark.parametrize("text", BUILT_ONCE_CASES)
+def test_the_decoder_built_once_refuses_and_accepts_as_json_loads_does(text: str) -> None:
+    """``parse_strict`` parses with a decoder built once (``_loads``); the oracle is ``json.loads``
+    with the same hooks, built per call as the module did before, which also checks a leading BOM
+    itself: the same value, or the same reason and message."""
+    def oracle() -> object:
+        return json.loads(text, object_pairs_hook=canonical._no_duplicates, parse_float=canonical._reject_float,
+                          parse_constant=canonical._reject_constant, parse_int=canonical._check_int)
+    try:
+        expected: object = ("ok", oracle())
+    except canonical._Reject as r:
+        expected = ("non_canonical", r.reason)
+    except ValueError as exc:
+        expected = ("invalid_json", str(exc)[:200])
+    try:
+        got: object = ("ok", parse_strict(text))
+    except SyncError as err:
+        reason = err.details["reason"]
+        got = ("invalid_json", err.details["message"]) if reason == "invalid_json" else ("non_canonical", reason)
+    assert got == expected
+
+
+def test_a_leading_byte_order_mark_is_refused_by_name() -> None:
+    with pytest.raises(SyncError) as exc:
+        parse_strict('\ufeff{"a":1}')
+    assert exc.value.code is ErrorCode.NON_CANONICAL_PAYLOAD and exc.value.details == {
+        "argument": "payload_json", "reason": "invalid_json",
+        "message": "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)"}

@@ -100,6 +100,12 @@ TESTS: dict[str, list[str]] = {
                                   "tests/spec/test_hardening_checks.py", "tests/spec/test_continuation_chain.py",
                                   "tests/spec/test_mutation_kills.py", "tests/spec/test_mutation_kills_contracts.py",
                                   "tests/spec/test_mutation_kills_invariants.py"],
+    # third session: the system machine, its trace checker and the canonical-JSON vectors (the
+    # Hypothesis machines are left out: test_mutation_kills_system.py runs the system machine briefly)
+    "spec/system.py": ["tests/spec/test_continuation_chain.py", "tests/spec/test_mutation_kills_system.py"],
+    "spec/trace.py": ["tests/spec/test_hardening_checks.py", "tests/spec/test_continuation_chain.py",
+                      "tests/spec/test_mutation_kills_system.py"],
+    "spec/vectors.py": ["tests/conformance/test_vectors.py", "tests/spec/test_mutation_kills_system.py"],
     # spec/delivery.py, harness.py, contracts.py (third session): the harness and scenario tables and the
     # regressions drive the transitions directly.  Left out: the Hypothesis machines (tests/spec/
     # test_machines.py, a minute a run under the mutation profile) and the SQL oracle (test_sql_oracle.py:
@@ -406,8 +412,8 @@ def survivors_of(module: str) -> list[str]:
 
 
 KILLER_TESTS = ["tests/spec/test_mutation_kills.py", "tests/spec/test_mutation_kills_invariants.py",
-                "tests/spec/test_mutation_kills_contracts.py",
-                "tests/spec/test_mutation_kills_delivery.py"]
+                "tests/spec/test_mutation_kills_contracts.py", "tests/spec/test_mutation_kills_delivery.py",
+                "tests/spec/test_mutation_kills_system.py"]
 
 
 def verify(module: str, tests: list[str]) -> dict[str, bool]:

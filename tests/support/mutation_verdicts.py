@@ -174,6 +174,112 @@ EQUIVALENT.update({
         "this is equivalent on this platform only",
 })
 
+# --- third session: spec/system.py, spec/trace.py, spec/vectors.py (samples, seed 9) -------------------
+
+EQUIVALENT.update({
+    # spec/vectors.py
+    "spec.vectors.x_accept_document__mutmut_21":
+        "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so input_utf8_hex holds the same bytes",
+    # spec/trace.py
+    "spec.trace.xǁTraceǁ_meetings__mutmut_81":
+        "`if (stream) or True`: a None stream then looks up client.streams.get(None), which is None too (the keys "
+        "are stream ids, never None or empty), and the next line skips it either way",
+    "spec.trace.xǁTraceǁ_stale_signals__mutmut_16":
+        "`if (stream) or True`: a None stream then looks up client.streams.get(None), which is None too (the keys "
+        "are stream ids, never None or empty), and the next line skips it either way",
+    "spec.trace.xǁTraceǁobserve__mutmut_26":
+        "the first-message default -2 for -1: offsets are never negative (the initial state is offset 0), so "
+        "`offset < last`, `offset <= last` and max(last, offset) come out the same",
+    "spec.trace.xǁTraceǁon_crash__mutmut_9":
+        "sync_event dropped from strip()'s `moved`: the comprehension then copies the raw sync_event rows, but "
+        "the next lines overwrite out['sync_event'] with the epoch-stripped rows",
+    "spec.trace.xǁTraceǁon_crash__mutmut_37":
+        "the stripped checkpoints stored under 'SYNC_CHECKPOINT' instead of 'sync_checkpoint': the key is "
+        "internal to strip(), both sides of the comparison use it, and the raw table is still left out by `moved`",
+    "spec.trace.xǁTraceǁon_crash__mutmut_30":
+        "strip() blanks the events' epochs with None instead of 0: any constant does, it is applied to both "
+        "sides of the comparison",
+    "spec.trace.xǁTraceǁ_stale_signals__mutmut_43":
+        "the budget that stands for 'none' (a sync_stream row carries no budget) 3**64 for 2**64: heads and "
+        "watermarks are u64, so head - watermark < 2**64 and neither bound is ever exceeded",
+    "spec.trace.xǁTraceǁ_stale_signals__mutmut_44":
+        "the budget that stands for 'none' (a sync_stream row carries no budget) 2**65 for 2**64: heads and "
+        "watermarks are u64, so head - watermark < 2**64 and neither bound is ever exceeded",
+    "spec.trace.xǁTraceǁ_meetings__mutmut_88":
+        "`or True` walks the inserts of every table, not only sync_stream's: the loop keeps only SyncStream rows "
+        "(`isinstance(r, SyncStream)`), which no other table holds",
+    # spec/system.py
+    "spec.system.xǁSystemǁcrash__mutmut_2":
+        "keeping states[committed] too (<= for <): that entry is overwritten with server.db two lines below, "
+        "before anything reads it (trace.on_crash reads the trace's own states)",
+    "spec.system.xǁSystemǁ_check_slow_close__mutmut_4":
+        "pop(conn_id) without the None default: the id is always there -- connect() records conn_objs[conn_id] "
+        "before it makes the link, links are made only there, and _check_slow_close runs once per link as "
+        "_drop_dead_links removes it, the only place an entry is popped",
+    "spec.system.xǁSystemǁcrash__mutmut_11":
+        "states[committed] = None is overwritten before anything reads it: the _sync_states() two lines below "
+        "ends with states[committed] = server.db (its loop may re-record the recovery commit and run the PRES-3 "
+        "mark check on it, which cannot flag: crash() has just cleared last_upsert)",
+    "spec.system.xǁSystemǁserver_step__mutmut_14":
+        "`or True` computes the queue snapshot for every message, not only calls: _queues() only reads, and the "
+        "snapshot is used only under `isinstance(msg, CallReducer)`, so only the cost changes",
+    "spec.system.xǁSystemǁ_check_slow_close__mutmut_7":
+        "`(conn is not None) or True` reads conn.closed_reason even when conn is None, which it never is: as for "
+        "_check_slow_close__mutmut_4, the connection object is always in conn_objs when its link is dropped",
+    "spec.system.xǁSystemǁreset_epoch__mutmut_11":
+        "the admin call's context offset committed - 1 for committed + 1: reset_stream_epoch writes no event, and "
+        "ctx.tx_offset is read only by append_sync_event (the events' tx_offset column)",
+    "spec.trace.x__shares__mutmut_22": _ZIP_AFTER_LEN_CHAIN,
+    "spec.trace.xǁTraceǁ_meetings__mutmut_7":
+        "`if (stream) or True`: a None stream then looks up client.streams.get(None), which is None too (the keys "
+        "are stream ids, never None or empty), and the next line returns either way",
+    "spec.trace.xǁTraceǁon_crash__mutmut_7":
+        "sync_stream dropped from strip()'s `moved`: the comprehension then copies the raw sync_stream rows, but "
+        "the next lines overwrite out['sync_stream'] with the (stream, head, floor) triples",
+    "spec.trace.xǁTraceǁon_crash__mutmut_40":
+        "strip() blanks the checkpoints' epochs with None instead of 0: any constant does, it is applied to both "
+        "sides of the comparison",
+    "spec.trace.xǁTraceǁon_crash__mutmut_49":
+        "the versioned contents stored under 'XXversionedXX' instead of 'versioned': the key is internal to "
+        "strip(), and both sides of the comparison use it",
+    "spec.trace.xǁTraceǁobserve__mutmut_162":
+        "`break` for `continue` after an event-table query in the DELIV-2 oracle: a query text parses to one "
+        "query (one statement per query), or for `SELECT * FROM *` to the public persistent tables, none of them "
+        "an event table, so that `continue` only ever ends the loop anyway",
+    "spec.system.xǁSystemǁ_drain__mutmut_5": "moved starts None instead of False: it is only read as `if not moved`",
+    "spec.system.xǁSystemǁreset_epoch__mutmut_12":
+        "the admin call's context offset committed + 2 for committed + 1: reset_stream_epoch writes no event, and "
+        "ctx.tx_offset is read only by append_sync_event (the events' tx_offset column)",
+    "spec.system.xǁSystemǁserver_step__mutmut_19":
+        "`isinstance(msg, CallReducer) or seen is not None` for `and`: seen is set (not None) exactly when msg is "
+        "a CallReducer (the line that computes it), so both conditions are the same",
+    "spec.system.xǁSystemǁreset_epoch__mutmut_10":
+        "the admin call's context left with the default policy: reset_stream_epoch reads nothing of ctx.policy "
+        "(its checks are the admin scope, the id's form and the stream's existence; its write is epoch + 1 and "
+        "floor = head + 1)",
+    "spec.system.xǁSystemǁ_sync_states__mutmut_11":
+        "the PRES-3 mark check guarded by `offset - 2 in states` for `offset - 1`: System.states holds every "
+        "offset from 0 to the committed one (each commit is recorded by the _sync_states after the action that "
+        "made it; crash() trims only offsets at or above the new committed one), so the guards differ only at "
+        "offset 1, whose check compares with the empty initial state, where no session exists to be marked",
+    "spec.system.xǁSystemǁ__init____mutmut_22":
+        "states starts as {1: db} instead of {0: db}: the wrong entry at 1 is replaced by _sync_states when offset "
+        "1 commits, before anything reads it, and the entry at 0 is written by the _sync_states after the "
+        "server's first step while nothing is committed, which comes before any message of offset 0 is "
+        "delivered (every server step is followed by _sync_states); the first commit's PRES-3 check, which the "
+        "missing entry skips, compares with the empty initial state, where no session exists to be marked",
+    "spec.vectors.x_accept_document__mutmut_32":
+        "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so canonical_utf8_hex holds the same bytes",
+    "spec.vectors.x_reject_document__mutmut_33":
+        "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, so input_utf8_hex holds the same bytes",
+    "spec.vectors.x__utf16_hex__mutmut_7":
+        "codec names are case-insensitive: 'UTF-16-BE' is the utf-16-be codec, the same code units",
+    "spec.vectors.x__utf16_hex__mutmut_15":
+        "codec names are case-insensitive: 'UTF-16-BE' is the utf-16-be codec, the same round trip",
+    "spec.vectors.x_render__mutmut_5": "allow_nan=None is falsy, read as False: json.dumps still refuses NaN",
+    "spec.vectors.x_render__mutmut_8": "ensure_ascii left out: json.dumps' default is True, the value it was given",
+})
+
 # The mutated line of each reference/ entry (stripped, as mutmut writes it): `support.mutate --report`
 # lists an entry whose mutant no longer carries it under "equivalent_moved" and does not count it as
 # equivalent -- editing a function renumbers its mutants, and a name then means another mutant (as
