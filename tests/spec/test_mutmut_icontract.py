@@ -4,8 +4,8 @@ third session; `./run mutate --icontract MODULE`)."""
 from __future__ import annotations
 
 import importlib
-import json
 import io
+import json
 import os
 import sys
 from collections import Counter
