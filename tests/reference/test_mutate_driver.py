@@ -4,6 +4,7 @@ the figures in the docs are only as good as these functions."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,32 @@ def test_reference_log_equivalents_name_mutants_of_todays_source() -> None:
     every = set(mutant_names("reference/log.py"))
     claimed = [n for n in EQUIVALENT if n.startswith("reference.log.")]
     assert claimed and set(claimed) <= every
+
+
+def test_a_record_older_than_the_synced_source_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `prepare` copies the checkout's source into the scratch copy before mutmut regenerates its mutants:
+    # in between, the copy's source is today's but its record is an older source's (names and verdicts)
+    module = "reference/db.py"
+    today = (mutate.ROOT / module).read_bytes()
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "mutants" / "reference").mkdir(parents=True)
+    source, mutated = tmp_path / module, tmp_path / "mutants" / module
+    meta = tmp_path / "mutants" / (module + ".meta")
+    stale = {"reference.db.x_gone__mutmut_1": 1, "reference.db.x_gone__mutmut_2": 0}
+    meta.write_text(json.dumps({"exit_code_by_key": stale}))
+    mutated.write_text("# mutants of an older source\n")
+    source.write_bytes(today)
+    os.utime(mutated, (1_000_000_000, 1_000_000_000))  # mutmut wrote its mutants before the sync
+    os.utime(source, (2_000_000_000, 2_000_000_000))
+    monkeypatch.setitem(mutate.SHARED, module, tmp_path)
+    assert not mutate.record_current(module)
+    names = mutant_names(module)
+    assert "reference.db.x_gone__mutmut_1" not in names and len(names) > 100  # generated from today's source
+    # once mutmut has written the mutants after the copy, the record is today's and is what names them
+    os.utime(mutated, (2_000_000_100, 2_000_000_100))
+    assert mutate.record_current(module)
+    assert mutant_names(module) == sorted(stale)
+    # a copy holding another source is never current, whatever the times
+    source.write_bytes(today + b"\n# edited\n")
+    os.utime(source, (1_000_000_000, 1_000_000_000))
+    assert not mutate.record_current(module)

@@ -239,13 +239,25 @@ def prepare(modules: list[str], fresh: bool) -> Path:
     return work
 
 
+def record_current(module: str) -> bool:
+    """Whether the scratch copy's mutmut record (`mutants/<module>.meta`) was made from the checkout's
+    source.  `prepare` syncs the source before mutmut runs, so equal source texts are not enough: the
+    record is current only when mutmut wrote its mutants after the source it copied (mutmut's own test,
+    `source_mtime < mutant_mtime`); until then its names and verdicts are an older source's."""
+    work = scratch(module)
+    made_from, mutated, meta = work / module, work / "mutants" / module, work / "mutants" / (module + ".meta")
+    if not (meta.exists() and mutated.exists() and made_from.exists()):
+        return False
+    return (made_from.read_bytes() == (ROOT / module).read_bytes()
+            and made_from.stat().st_mtime < mutated.stat().st_mtime)
+
+
 def mutant_names(module: str) -> list[str]:
     """Every mutant mutmut makes of `module`, by name: from the scratch copy's record when mutmut has made
     them there from the current source, else from its generator, in memory (nothing is written)."""
     meta = scratch(module) / "mutants" / (module + ".meta")
-    made_from = scratch(module) / module
     source = (ROOT / module).read_text()
-    if meta.exists() and made_from.exists() and made_from.read_bytes() == (ROOT / module).read_bytes():
+    if record_current(module):
         names = sorted(json.loads(meta.read_text())["exit_code_by_key"])
     else:
         names = list(_generated(module, source, icontract_on()))
@@ -491,10 +503,13 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.verify or args.report):
             prepare(args.modules, fresh=not args.again)
             if args.again:
-                names = [str(n) for m in args.modules for n in survivors_of(m)]
+                # a module whose record predates its source: mutmut regenerates it and resets the verdicts
+                # of the changed functions, so its old verdicts choose nothing (every sampled mutant runs)
+                current = {m: record_current(m) for m in args.modules}
+                names = [str(n) for m in args.modules if current[m] for n in survivors_of(m)]
                 if args.sample:  # a stopped sampled run: also the sampled mutants not checked yet
                     names += [n for m in args.modules for n in sample(m, args.sample, args.seed)
-                              if verdicts(m).get(n) is None]
+                              if not current[m] or verdicts(m).get(n) is None]
             elif args.sample:
                 names = [n for m in args.modules for n in sample(m, args.sample, args.seed)]
             else:
