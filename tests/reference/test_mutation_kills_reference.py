@@ -898,3 +898,69 @@ def test_replay_stops_at_an_undecodable_stored_record() -> None:
     out = replay(stored())
     assert (out.records, out.digest, out.mismatch) == (
         1, rec.hash, Mismatch(2, "commit log row at offset 2 is corrupt: delta is not JSON"))
+
+
+# --- third sample (36 per module, docs/mutation.md "Third sample") ----------------------------------------
+
+
+def test_row_json_writes_tuple_columns_as_json_lists() -> None:
+    from reference.log import row_json
+
+    out = row_json(_stream(earlier_epochs=(2, 1), earlier_seqs=(9, 4)))
+    # the columns in declaration order; the two continuation-chain tuples become lists (JSON arrays)
+    assert out == ["s", "default", 3, 2, 5, 9, 4, 20_000, 10, 20, [2, 1], [9, 4]]
+    assert [type(v) for v in out[-2:]] == [list, list]
+
+
+def test_a_primary_key_of_one_column_is_read_as_a_one_tuple() -> None:
+    from reference.db import _key_getter
+
+    row = ca("r1", 7)
+    assert _key_getter(("request_id",))(row) == ("r1",)
+    assert _key_getter(("request_id", "version"))(row) == ("r1", 7)
+
+
+def test_event_count_sums_the_retained_events_of_every_stream() -> None:
+    db = Db()
+    assert db.event_count() == 0
+    for e in (ev(1), ev(2), ev(3), ev(1, stream="t")):
+        db._insert(e)
+    assert db.event_count() == 4
+
+
+def test_a_snapshotter_counts_the_snapshots_it_wrote(tmp_path: Path) -> None:
+    from reference.snapshot import Snapshotter
+
+    s = Snapshotter(tmp_path, 1, 3, lambda offset: None)
+    assert s.written == 0
+    db = Db()
+    db._insert(ev(1))
+    for offset in (1, 2):
+        assert s.maybe(db, offset, "ab" * 32) is True
+        s.join(10)
+    assert s.written == 2 and len(list(tmp_path.glob("snap-*.json"))) == 2
+
+
+def test_a_snapshot_table_the_log_does_not_have_differs() -> None:
+    from reference.snapshot import Image, differs
+
+    db = Db()
+    image = Image(0, "ab" * 32, db.epoch_floor, db.version_floor, (("no_such_table", (cp("c1", 4),)),), ())
+    assert differs(image, db) == (f"table no_such_table: snapshot has 1 rows, log 0; "
+                                  f"only in snapshot {[repr(cp('c1', 4))]}, only in log []")
+
+
+def test_replay_describes_a_table_the_record_left_out_as_nothing() -> None:
+    from reference.engine import Engine
+    from reference.replay import replay
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", '{"a":1}', None, None)
+    (rec,) = eng.take_records()
+    forged = tuple(c for c in rec.changes if c.table != "sync_event")
+    bad = make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, forged, rec.prev_hash)
+    out = replay([bad])
+    assert out.mismatch is not None
+    assert out.mismatch.reason.startswith(
+        "re-executed delta differs: table sync_event: recorded nothing, re-executed -[] +[SyncEvent("), \
+        out.mismatch.reason
