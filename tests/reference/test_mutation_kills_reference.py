@@ -964,3 +964,59 @@ def test_replay_describes_a_table_the_record_left_out_as_nothing() -> None:
     assert out.mismatch.reason.startswith(
         "re-executed delta differs: table sync_event: recorded nothing, re-executed -[] +[SyncEvent("), \
         out.mismatch.reason
+
+
+def test_a_snapshot_whose_header_miscounts_its_rows_is_refused_with_both_counts() -> None:
+    import json
+
+    from reference.snapshot import Image, SnapshotError, decode, encode
+
+    db = Db()
+    image = Image(1, "ab" * 32, db.epoch_floor, db.version_floor, (("sync_checkpoint", (cp("c1", 4),)),), ())
+    head, *rest = b"".join(encode(image)).splitlines(keepends=True)
+    header = json.loads(head)
+    assert header["rows"] == 1
+    header["rows"] = 5  # the checksum is made over the edited body: only the count is wrong
+    body = (json.dumps(header) + "\n").encode() + b"".join(rest[:-1])
+    data = body + (json.dumps({"sha256": hashlib.sha256(body).hexdigest()}) + "\n").encode()
+    with pytest.raises(SnapshotError) as err:
+        decode(data, "snap-000000000001.json")
+    assert "undecodable: ValueError: 1 rows, the header says 5" in str(err.value)
+
+
+def test_a_snapshot_is_written_into_a_directory_made_with_its_parents(tmp_path: Path) -> None:
+    from reference.snapshot import Image, read, write
+
+    db = Db()
+    image = Image(1, "ab" * 32, db.epoch_floor, db.version_floor, (), ())
+    path = write(tmp_path / "not" / "yet" / "there", image)
+    assert path == tmp_path / "not" / "yet" / "there" / "snap-000000000001.json"
+    assert read(path).offset == 1
+
+
+def test_a_one_off_read_of_every_table_is_refused_naming_the_sql() -> None:
+    from reference.engine import Engine
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    _fails(lambda: Engine().query(everyone, "SELECT * FROM *"), ErrorCode.INVALID_QUERY,
+           {"message": "a one-off query reads exactly one table", "sql": "SELECT * FROM *"})
+
+
+def test_a_gathering_writer_with_a_batch_limit_commits_every_record_within_it(tmp_path: Path) -> None:
+    from reference.durability import GroupCommitWriter, LogStore
+
+    store = LogStore.open(tmp_path)
+    commits: list[list[int]] = []
+    writer = GroupCommitWriter(store, lambda offset, batch: commits.append([r.offset for r in batch]),
+                               gather_s=0.05, max_batch=2)
+    try:
+        records = _chained(5)
+        for n in range(5):  # one at a time, after an idle wait each: the writer gathers before each COMMIT
+            time.sleep(0.2)
+            writer.append(records[n:n + 1])
+            assert writer.wait_durable(n + 1, timeout=10), (n, writer.error)
+        assert writer.error is None and writer.written == 5 and store.last()[0] == 5
+        assert [o for batch in commits for o in batch] == [1, 2, 3, 4, 5] and max(map(len, commits)) <= 2
+    finally:
+        writer.close()
+        store.close()
