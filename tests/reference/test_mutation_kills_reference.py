@@ -1020,3 +1020,24 @@ def test_a_gathering_writer_with_a_batch_limit_commits_every_record_within_it(tm
     finally:
         writer.close()
         store.close()
+
+
+def test_the_file_the_writer_made_matches_its_state_byte_for_byte(tmp_path: Path) -> None:
+    from reference.snapshot import capture, matches, write
+
+    db = Db()
+    db._insert(cp("c1", 4))
+    db._insert(ev(1))
+    data = write(tmp_path, capture(db, 2, "ab" * 32)).read_bytes()
+    assert matches(data, db, 2, "ab" * 32) is True
+    assert matches(data, db, 3, "ab" * 32) is False and matches(data, db, 2, "cd" * 32) is False
+    assert matches(data[:-1], db, 2, "ab" * 32) is False
+
+
+def test_an_unreadable_snapshot_file_is_named_with_the_reason(tmp_path: Path) -> None:
+    from reference.snapshot import SnapshotError, read_bytes
+
+    with pytest.raises(SnapshotError) as err:
+        read_bytes(tmp_path / "snap-000000000007.json")
+    assert (err.value.name, err.value.reason) == ("snap-000000000007.json", "unreadable: No such file or directory")
+    assert str(err.value) == "snapshot snap-000000000007.json: unreadable: No such file or directory"

@@ -172,6 +172,10 @@ EQUIVALENT.update({
         "with SQLITE_USE_URI=1, which reads file: names as URIs whatever the flag says (checked: the mutant opens "
         "the same database read-only); a SQLite built without it would open a file named 'file:...' instead, so "
         "this is equivalent on this platform only",
+    # the third sample (36 per module, seed 1), on main's source as of this branch's merge of 41dd903
+    "reference.eventlog.xǁRetainedRowsǁ__eq____mutmut_7":
+        "the lengths are compared first (`len(self) == len(other) and ...`), so zip's strict flag (None here) "
+        "never sees sequences of different lengths",
 })
 
 # --- third session: spec/system.py, spec/trace.py, spec/vectors.py (samples, seed 9) -------------------
@@ -315,6 +319,8 @@ MUTATED_LINE: dict[str, str] = {
     "reference.durability.xǁLogStoreǁopen__mutmut_68": "conn = sqlite3.connect(path, check_same_thread=False)",
     "reference.durability.xǁLogStoreǁopen__mutmut_11":
         'conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=None, isolation_level=None,',
+    "reference.eventlog.xǁRetainedRowsǁ__eq____mutmut_7":
+        "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=None))",
 }
 
 # ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
