@@ -1041,3 +1041,21 @@ def test_an_unreadable_snapshot_file_is_named_with_the_reason(tmp_path: Path) ->
         read_bytes(tmp_path / "snap-000000000007.json")
     assert (err.value.name, err.value.reason) == ("snap-000000000007.json", "unreadable: No such file or directory")
     assert str(err.value) == "snapshot snap-000000000007.json: unreadable: No such file or directory"
+
+
+def test_waking_a_writer_that_neither_sleeps_nor_gathers_changes_nothing(tmp_path: Path) -> None:
+    from reference.durability import GroupCommitWriter, LogStore
+
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, background=False)  # no thread: never asleep, never gathering
+    try:
+        writer.wake()
+        assert writer.wakeups == 0  # nothing queued
+        writer.append(_chained(2))
+        writer.wake()
+        writer.wake()
+        assert writer.wakeups == 0  # queued, but no thread waits to be woken
+        assert writer.flush() == 2 and writer.wakeups == 0
+    finally:
+        writer.close()
+        store.close()

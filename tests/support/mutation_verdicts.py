@@ -176,6 +176,14 @@ EQUIVALENT.update({
     "reference.eventlog.xǁRetainedRowsǁ__eq____mutmut_7":
         "the lengths are compared first (`len(self) == len(other) and ...`), so zip's strict flag (None here) "
         "never sees sequences of different lengths",
+    "reference.engine.xǁEngineǁone_off__mutmut_23":
+        "one_off passes _send the size _fits measured of the same answer; given None, _send measures it with "
+        "_fits itself (deterministic, and it fitted a line before): the same size is queued, at twice the cost; "
+        "an error answer is passed None by the original too",
+    "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
+        "`and` for `or` only lets through a query with a seq lower bound and stream_id or epoch not pinned with "
+        "=; _resume_rows only sees subscription queries (_snapshot's two callers), and _authorized_queries' "
+        "resume-form check (resume_form=True for every Subscribe) refuses exactly those before they are registered",
 })
 
 # --- third session: spec/system.py, spec/trace.py, spec/vectors.py (samples, seed 9) -------------------
@@ -321,6 +329,9 @@ MUTATED_LINE: dict[str, str] = {
         'conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=None, isolation_level=None,',
     "reference.eventlog.xǁRetainedRowsǁ__eq____mutmut_7":
         "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=None))",
+    "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
+    "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
+        "if not isinstance(sid, str) and type(epoch) is not int or w is None or not all(",
 }
 
 # ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
