@@ -1059,3 +1059,10 @@ def test_waking_a_writer_that_neither_sleeps_nor_gathers_changes_nothing(tmp_pat
     finally:
         writer.close()
         store.close()
+
+
+def test_marking_a_bridge_event_sent_names_a_malformed_nostr_id() -> None:
+    db = Db()
+    for bad in ("0" * 63, "0" * 65, "A" * 64, "g" + "0" * 63):
+        _fails(lambda bad=bad: r.mark_bridge_event_sent(Txn(db), _ctx(), "o1", bad, ("wss://a",)),
+               ErrorCode.INVALID_ARGUMENT, {"argument": "nostr_event_id", "message": "must be 64 lowercase hex"})
