@@ -330,7 +330,8 @@ MUTATED_LINE: dict[str, str] = {
         'conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=None, isolation_level=None,',
     "reference.eventlog.xǁRetainedRowsǁ__eq____mutmut_7":
         "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=None))",
-    "reference.snapshot.x_encode__mutmut_33": 'yield (_ENC.encode({"sha256": digest.hexdigest()}) + "\\n").encode("UTF-8")',
+    "reference.snapshot.x_encode__mutmut_33":
+        'yield (_ENC.encode({"sha256": digest.hexdigest()}) + "\\n").encode("UTF-8")',
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
     "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
         "if not isinstance(sid, str) and type(epoch) is not int or w is None or not all(",
