@@ -1066,3 +1066,18 @@ def test_marking_a_bridge_event_sent_names_a_malformed_nostr_id() -> None:
     for bad in ("0" * 63, "0" * 65, "A" * 64, "g" + "0" * 63):
         _fails(lambda bad=bad: r.mark_bridge_event_sent(Txn(db), _ctx(), "o1", bad, ("wss://a",)),
                ErrorCode.INVALID_ARGUMENT, {"argument": "nostr_event_id", "message": "must be 64 lowercase hex"})
+
+
+def test_a_call_that_misses_the_reducers_signature_is_answered_with_the_error_text() -> None:
+    from reference.engine import Engine
+    from spec.messages import CallReducer, ReducerErr, ReducerResult
+
+    eng = Engine()
+    c = eng.connect(Claims(A, frozenset(SCOPES), ("*",)), confirmed=False)
+    for request_id, reducer, args, text in [
+            (7, "no_such_reducer", (), 'no_such_reducer: {"reducer":"no_such_reducer"}'),
+            (8, "append_sync_event", ("s",),
+             'invalid_argument: {"argument":"*","message":"append_sync_event takes 5 arguments, got 1"}')]:
+        eng.handle(c, CallReducer(request_id, reducer, args))
+        assert eng.pop(c).message == ReducerResult(request_id, 0, ReducerErr(text, internal=False))
+    assert eng.committed == 0  # nothing was written
