@@ -869,10 +869,18 @@ class Engine:
 
     # --- delivery ---------------------------------------------------------------------------------
 
+    def _release_bound(self, conn: Connection) -> int | None:
+        """The confirmed-read gate (CONF-1), defined once: a confirmed reader's queued messages are
+        released up to the durable offset; None: no bound (an unconfirmed reader).  Both
+        :meth:`releasable` and :meth:`take` ask it, so they cannot disagree."""
+        return self.durable if conn.confirmed else None
+
     def releasable(self, conn_id: int) -> bool:
         conn = self.conns.get(conn_id)
-        return conn is not None and bool(conn.outbound) and (
-            not conn.confirmed or conn.outbound[0].offset <= self.durable)
+        if conn is None or not conn.outbound:
+            return False
+        bound = self._release_bound(conn)
+        return bound is None or conn.outbound[0].offset <= bound
 
     @contracts.hot
     @icontract.require(lambda self, conn_id: self.releasable(conn_id), "only a released message may be delivered")
@@ -896,7 +904,7 @@ class Engine:
         if conn is None:
             return []
         queue, sizes = conn.outbound, conn.sizes
-        durable = self.durable if conn.confirmed else None
+        durable = self._release_bound(conn)
         out: list[Outbound] = []
         total = used
         while queue and len(out) < most:

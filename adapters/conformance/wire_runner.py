@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -53,6 +54,13 @@ from adapters.conformance import delivery as d
 from adapters.progress import Progress
 from spec import messages as sm
 from spec.policy import DEFAULT_POLICY
+
+# The client library's own log: a target that never answers a close or a keepalive ping makes it log
+# a traceback from its keepalive thread ("keepalive ping failed"), on stderr, mid-report.  The runner
+# reports every such failure itself (a scenario's message names the connection and the step), so the
+# library's log is kept to CRITICAL.
+_WS_LOG = logging.getLogger("syncref.conformance.websockets")
+_WS_LOG.setLevel(logging.CRITICAL)
 
 BARRIER_BASE = 3_000_000_000
 
@@ -108,7 +116,8 @@ class Conn:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             self.ws = connect(url, subprotocols=["v2.bsatn.spacetimedb"],  # type: ignore[list-item]
-                              additional_headers=headers, open_timeout=opts.timeout, max_size=64 * 1024 * 1024)
+                              additional_headers=headers, open_timeout=opts.timeout, max_size=64 * 1024 * 1024,
+                              logger=_WS_LOG)
         except InvalidStatus as exc:
             body = exc.response.body.decode("utf-8", "replace")[:300] if exc.response.body else ""
             raise ScenarioFailed(f"connection {name}: the WebSocket upgrade was refused: HTTP "
@@ -390,7 +399,8 @@ class Runner:
         try:
             ws = connect(f"{base}/v1/database/{self.opts.database}/subscribe?compression=None",
                          subprotocols=["v2.bsatn.spacetimedb"],  # type: ignore[list-item]
-                         additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=self.opts.timeout)
+                         additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=self.opts.timeout,
+                         logger=_WS_LOG)
         except InvalidStatus as exc:
             raw = exc.response.body or b""
             try:

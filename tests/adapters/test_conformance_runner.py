@@ -28,9 +28,15 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
 
 @contextlib.contextmanager
 def serving(tmp: Path, mutant: str = "none") -> Iterator[LocalTarget]:
-    """``syncref serve`` with a planted bug (or none), every hook on, in a child process."""
+    """``syncref serve`` with a planted bug (or none), every hook on, in a child process.
+
+    A server with a planted bug runs with its contracts off, as a production build does: the kit
+    judges what a buggy server *sends*, and the reference's own contracts would otherwise stop the
+    bug first (``Engine.take``'s postcondition restates the confirmed-read gate, so the
+    ``confirmed_gate_off_by_one`` server failed its own delivery instead of sending early)."""
     serve = [sys.executable, "-m", "support.serve_with_bug", mutant, "serve"]
-    with local_target(tmp, serve, cwd=ROOT, env={"PYTHONPATH": "tests"}) as t:
+    env = {"PYTHONPATH": "tests"} if mutant == "none" else {"PYTHONPATH": "tests", "SYNCREF_CONTRACTS": "0"}
+    with local_target(tmp, serve, cwd=ROOT, env=env) as t:
         yield t
 
 

@@ -1324,6 +1324,51 @@ def test_compaction_drops_only_a_prefix_and_goes_on_to_the_next_stream() -> None
     assert {s.stream_id: s.floor_seq for s in out.state.of_type(SyncStream)} == {"s1": 1, "s2": 2}
 
 
+def test_a_wrongly_typed_argument_is_named_in_the_error() -> None:
+    # INVALID_ARGUMENT's details name the offending argument (the arity error names "*")
+    ctx = CallContext(_ADMIN, 10, 1)
+    assert call(DbState(), ctx, "append_sync_event", (5, "k", "{}", None, None)) == red.Err(SyncError(
+        ErrorCode.INVALID_ARGUMENT, {"argument": "stream_id", "message": "wrong type"}))
+    assert call(DbState(), ctx, "append_sync_event", ("s", "k", "{}", None, "7")) == red.Err(SyncError(
+        ErrorCode.INVALID_ARGUMENT, {"argument": "expected_next_seq", "message": "wrong type"}))
+
+
+def _appended(policy: Policy, *events: tuple[str, int]) -> DbState:
+    db = DbState()
+    for n, (stream, t) in enumerate(events):
+        db = _red_ok(db, t, "append_sync_event", stream, f"k{n}", "{}", None, None, policy=policy)
+    return db
+
+
+def test_compaction_applies_each_streams_own_class() -> None:
+    # the class is chosen per stream by its id's prefix: "s.chat." keeps one event, the default all
+    policy = Policy(classes=(("s.chat.", StreamClass("chat", retain_count=1)),))
+    db = _appended(policy, ("s.chat.1", 1_000), ("s.chat.1", 1_001), ("s.log.1", 1_002), ("s.log.1", 1_003))
+    out = red.compact(db, 2_000, policy)
+    assert _events(out.state, "s.chat.1") == [(2, 1_001)]
+    assert _events(out.state, "s.log.1") == [(1, 1_002), (2, 1_003)]
+    assert {s.stream_id: s.floor_seq for s in out.state.of_type(SyncStream)} == {"s.chat.1": 2, "s.log.1": 1}
+
+
+def test_compaction_drops_what_either_the_count_or_the_age_limit_drops() -> None:
+    policy = Policy(default_class=StreamClass("both", retain_count=2, retain_age_us=100))
+    db = _appended(policy, *(("s", t) for t in (1_000, 1_100, 1_200, 1_210)))
+    # at 1_150 the age limit drops only seq 1 (older than 1_050), the count limit seqs 1 and 2
+    assert _events(red.compact(db, 1_150, policy).state, "s") == [(3, 1_200), (4, 1_210)]
+    # at 1_305 the age limit drops seqs 1-3 (older than 1_205), the count limit seqs 1 and 2
+    assert _events(red.compact(db, 1_305, policy).state, "s") == [(4, 1_210)]
+
+
+def test_compaction_goes_past_a_stream_with_nothing_to_drop() -> None:
+    # "sa.kept" (no limits) comes first, by insertion and by id; "sb" after it is still compacted
+    policy = Policy(classes=(("sa.", StreamClass("kept")),), default_class=StreamClass("aged", retain_age_us=100))
+    db = _appended(policy, ("sa.kept", 1_000), ("sb", 1_000), ("sb", 1_200))
+    out = red.compact(db, 1_250, policy)
+    assert _events(out.state, "sa.kept") == [(1, 1_000)]
+    assert _events(out.state, "sb") == [(2, 1_200)]
+    assert {s.stream_id: s.floor_seq for s in out.state.of_type(SyncStream)} == {"sa.kept": 1, "sb": 2}
+
+
 # --- spec/client.py, spec/query.py, spec/compat.py, decorated functions (`--icontract --decorated-only`)
 
 def _client_at(epoch: int, last: int) -> Client:

@@ -41,7 +41,7 @@ _OWN: tuple[Mutant, ...] = (
            (("OPTION_SOME = 0\nOPTION_NONE = 1\n", "OPTION_SOME = 1\nOPTION_NONE = 0\n"),),
            "Option's some/none tags are the wrong way round"),
     Mutant("canonical_keys_by_utf16", "spec.canonical",
-           (("    return json.dumps(value, sort_keys=True,", "    return json.dumps(value, sort_keys=False,"),),
+           (("_ENCODER = json.JSONEncoder(sort_keys=True,", "_ENCODER = json.JSONEncoder(sort_keys=False,"),),
            "object keys are not sorted"),
     Mutant("apply_across_gap", "spec.client",
            (('    return "apply" if seq == last + 1 else "gap"', '    return "apply"'),),

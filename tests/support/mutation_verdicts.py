@@ -37,6 +37,9 @@ EQUIVALENT: dict[str, str] = {
     "spec.reducers.x_compact__mutmut_39":
         "with len(events) == retain_count (`>=` for `>`), the count rule drops events[:len(events) - retain_count], "
         "i.e. events[:0]: nothing, as when the rule is skipped",
+    "spec.reducers.x_compact__mutmut_40":
+        "the count rule is the first to add to `drop`, which is the fresh empty set made just before "
+        "(`drop = set()`), so `drop = {...}` for `drop |= {...}` gives the same set and nothing else holds it",
     # spec/query.py
     "spec.query.xǁ_Parserǁunexpected__mutmut_3":
         "the key of a non-word, non-symbol token (a number, 0x..., a quoted string or identifier, quotes "
@@ -307,6 +310,7 @@ MUTATED_LINE: dict[str, str] = {
     "spec.reducers.x_call__mutmut_24": "for col, value in zip(rdef.args, args, strict=None):",
     "spec.reducers.x_call__mutmut_28": "for col, value in zip(rdef.args, args, strict=False):",
     "spec.reducers.x_compact__mutmut_39": "if cls.retain_count is not None and len(events) >= cls.retain_count:",
+    "spec.reducers.x_compact__mutmut_40": "drop = {e.seq for e in events[: len(events) - cls.retain_count]}",
     "reference.log.x_body_json__mutmut_25": '"delta_hash": hashlib.sha256(delta.encode("UTF-8")).hexdigest()}',
     "reference.log.x_chain__mutmut_6": 'return hashlib.sha256((prev_hash + _canon(body)).encode("UTF-8")).hexdigest()',
     "reference.log.x_chain_hash__mutmut_19":
