@@ -1081,3 +1081,16 @@ def test_a_call_that_misses_the_reducers_signature_is_answered_with_the_error_te
         eng.handle(c, CallReducer(request_id, reducer, args))
         assert eng.pop(c).message == ReducerResult(request_id, 0, ReducerErr(text, internal=False))
     assert eng.committed == 0  # nothing was written
+
+
+def test_the_engines_model_view_carries_both_floors_and_every_table() -> None:
+    from reference.engine import _model_view
+    from spec.schema import PERSISTENT_TABLES
+
+    db = Db()
+    db._insert(cp("c1", 4))
+    db.epoch_floor, db.version_floor = 5, 9  # two different values: neither can stand in for the other
+    view = _model_view(db)
+    assert (view.epoch_floor, view.version_floor) == (5, 9)
+    assert set(view.tables) == {t.name for t in PERSISTENT_TABLES}
+    assert view.tables["sync_checkpoint"] == (cp("c1", 4),)
