@@ -180,6 +180,9 @@ EQUIVALENT.update({
         "the lengths are compared first (`len(self) == len(other) and ...`), so zip's strict flag (None here) "
         "never sees sequences of different lengths",
     "reference.snapshot.x_encode__mutmut_33": _UTF8,
+    "reference.eventlog.xǁStreamLogǁvalues__mutmut_21":
+        "one_epoch is a shortcut: without it every row's epoch is epochs[bisect_right(run_seqs, seq) - 1], and "
+        "with one epoch that index is 0 or -1, both epochs[0], the value the shortcut gives",
     "reference.engine.xǁEngineǁone_off__mutmut_23":
         "one_off passes _send the size _fits measured of the same answer; given None, _send measures it with "
         "_fits itself (deterministic, and it fitted a line before): the same size is queued, at twice the cost; "
@@ -336,6 +339,7 @@ MUTATED_LINE: dict[str, str] = {
         "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=None))",
     "reference.snapshot.x_encode__mutmut_33":
         'yield (_ENC.encode({"sha256": digest.hexdigest()}) + "\\n").encode("UTF-8")',
+    "reference.eventlog.xǁStreamLogǁvalues__mutmut_21": "one_epoch = None",
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
     "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
         "if not isinstance(sid, str) and type(epoch) is not int or w is None or not all(",
