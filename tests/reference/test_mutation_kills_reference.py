@@ -1094,3 +1094,37 @@ def test_the_engines_model_view_carries_both_floors_and_every_table() -> None:
     assert (view.epoch_floor, view.version_floor) == (5, 9)
     assert set(view.tables) == {t.name for t in PERSISTENT_TABLES}
     assert view.tables["sync_checkpoint"] == (cp("c1", 4),)
+
+
+def test_verify_log_reports_an_unreadable_snapshot_and_two_files_of_one_offset(tmp_path: Path) -> None:
+    from reference import snapshot
+    from reference.durability import GroupCommitWriter, LogStore
+    from reference.engine import Engine
+    from reference.replay import SnapshotCheck, verify_log
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    records: list[TxRecord] = []
+    images: dict[int, snapshot.Image] = {}
+    for i in range(1, 4):
+        _engine_call(eng, everyone, "append_sync_event", "s", f"k{i}", "{}", None, None)
+        records += eng.take_records()
+        images[eng.committed] = snapshot.capture(eng.db, eng.committed, records[-1].hash)
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, background=False)
+    writer.append(records)
+    writer.flush()
+    writer.close()
+    store.close()
+    directory = tmp_path / snapshot.SNAPSHOT_DIR
+    (directory / snapshot.file_name(1)).mkdir(parents=True)  # a directory where a file should be: unreadable
+    good = b"".join(snapshot.encode(images[2]))
+    (directory / snapshot.file_name(2)).write_bytes(good)
+    (directory / "snap-2.json").write_bytes(good)  # the same offset under another name
+    report = verify_log(tmp_path)
+    assert report.mismatch is None and report.records == 3
+    assert report.snapshots == (
+        SnapshotCheck("snap-000000000001.json", 1, "corrupt", "unreadable: Is a directory"),
+        SnapshotCheck("snap-000000000002.json", 2, "match", ""),
+    )  # files of one offset are decoded in listing order (newest first, then by name, descending): the later
+    #    one, snap-000000000002.json, stands for the offset
