@@ -180,6 +180,10 @@ EQUIVALENT.update({
         "the lengths are compared first (`len(self) == len(other) and ...`), so zip's strict flag (None here) "
         "never sees sequences of different lengths",
     "reference.snapshot.x_encode__mutmut_33": _UTF8,
+    "reference.replay.x_verify_log__mutmut_102":
+        "snapshot.matches is verify_log's shortcut: with offset None the bytes it builds name offset null and never "
+        "equal a file, so every file goes the slow way (decoded, then head hash and differs), which gives the same "
+        "check the shortcut would (matches' contract: a file it accepts decodes to an image differs finds equal)",
     "reference.eventlog.xǁStreamLogǁvalues__mutmut_21":
         "one_epoch is a shortcut: without it every row's epoch is epochs[bisect_right(run_seqs, seq) - 1], and "
         "with one epoch that index is 0 or -1, both epochs[0], the value the shortcut gives",
@@ -340,6 +344,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.snapshot.x_encode__mutmut_33":
         'yield (_ENC.encode({"sha256": digest.hexdigest()}) + "\\n").encode("UTF-8")',
     "reference.eventlog.xǁStreamLogǁvalues__mutmut_21": "one_epoch = None",
+    "reference.replay.x_verify_log__mutmut_102": "if snapshot.matches(held, db, None, head):",
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
     "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
         "if not isinstance(sid, str) and type(epoch) is not int or w is None or not all(",
