@@ -1128,3 +1128,16 @@ def test_verify_log_reports_an_unreadable_snapshot_and_two_files_of_one_offset(t
         SnapshotCheck("snap-000000000002.json", 2, "match", ""),
     )  # files of one offset are decoded in listing order (newest first, then by name, descending): the later
     #    one, snap-000000000002.json, stands for the offset
+
+
+def test_replay_refuses_a_reducer_record_without_a_caller() -> None:
+    from reference.engine import Engine
+    from reference.replay import replay
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", "{}", None, None)
+    (rec,) = eng.take_records()
+    orphan = make_record(rec.offset, rec.kind, rec.name, None, rec.args, rec.timestamp, rec.changes, rec.prev_hash)
+    out = replay([orphan])
+    assert out.records == 0 and out.mismatch is not None and out.mismatch.offset == 1
+    assert "a reducer record without a caller" in out.mismatch.reason, out.mismatch.reason
