@@ -1141,3 +1141,13 @@ def test_replay_refuses_a_reducer_record_without_a_caller() -> None:
     out = replay([orphan])
     assert out.records == 0 and out.mismatch is not None and out.mismatch.offset == 1
     assert "a reducer record without a caller" in out.mismatch.reason, out.mismatch.reason
+
+
+def test_replay_refuses_system_records_with_malformed_arguments() -> None:
+    from reference.log import GENESIS
+    from reference.replay import Mismatch, replay
+
+    for kind, args in [("compact", ("x",)), ("compact", (1, 2)), ("disconnect", (5,)),
+                       ("disconnect", ("id", "not a tuple")), ("recovery", (3,))]:
+        bad = make_record(1, kind, kind, None, args, 7, (), GENESIS)
+        assert replay([bad]).mismatch == Mismatch(1, f"unknown or malformed {kind!r} record"), (kind, args)
