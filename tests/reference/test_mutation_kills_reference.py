@@ -1151,3 +1151,21 @@ def test_replay_refuses_system_records_with_malformed_arguments() -> None:
                        ("disconnect", ("id", "not a tuple")), ("recovery", (3,))]:
         bad = make_record(1, kind, kind, None, args, 7, (), GENESIS)
         assert replay([bad]).mismatch == Mismatch(1, f"unknown or malformed {kind!r} record"), (kind, args)
+
+
+def test_replay_compares_a_record_without_its_stored_text_row_by_row() -> None:
+    from reference.engine import Engine
+    from reference.replay import replay
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", '{"a":1}', None, None)
+    (rec,) = eng.take_records()
+    bare = replace(rec, delta_json="")  # as built in memory: no stored delta text
+    assert bare.delta_json == "" and bare == rec
+    out = replay([bare])
+    assert (out.records, out.mismatch) == (1, None)
+    forged = tuple(RowChange(c.table, c.deletes, tuple(replace(row, payload='{"a":2}') for row in c.inserts))
+                   if c.table == "sync_event" else c for c in rec.changes)
+    out = replay([replace(bare, changes=forged)])
+    assert out.mismatch is not None and out.mismatch.reason.startswith(
+        "re-executed delta differs: table sync_event: recorded -[] +[SyncEvent("), out.mismatch.reason
