@@ -1169,3 +1169,12 @@ def test_replay_compares_a_record_without_its_stored_text_row_by_row() -> None:
     out = replay([replace(bare, changes=forged)])
     assert out.mismatch is not None and out.mismatch.reason.startswith(
         "re-executed delta differs: table sync_event: recorded -[] +[SyncEvent("), out.mismatch.reason
+
+
+def test_a_presence_region_that_is_not_an_id_is_named() -> None:
+    db = Db()
+    for bad in ("eu west", "x" * 129, "eu/west"):
+        _fails(lambda bad=bad: r.upsert_presence(Txn(db), _ctx(), "sess1", "dev1", "node1", "online", bad, 30_000),
+               ErrorCode.INVALID_ARGUMENT,
+               {"argument": "region", "message": "must be empty or 1-128 characters of [A-Za-z0-9._:-]"})
+    r.upsert_presence(Txn(db), _ctx(), "sess1", "dev1", "node1", "online", "", 30_000)  # empty: no region
