@@ -1178,3 +1178,19 @@ def test_a_presence_region_that_is_not_an_id_is_named() -> None:
                ErrorCode.INVALID_ARGUMENT,
                {"argument": "region", "message": "must be empty or 1-128 characters of [A-Za-z0-9._:-]"})
     r.upsert_presence(Txn(db), _ctx(), "sess1", "dev1", "node1", "online", "", 30_000)  # empty: no region
+
+
+def test_a_closed_writer_refuses_records_and_its_thread_is_a_named_daemon(tmp_path: Path) -> None:
+    from reference.durability import DurabilityError, GroupCommitWriter, LogStore
+
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store)  # background: a thread that must not keep the process alive
+    try:
+        thread = writer._thread
+        assert thread is not None and (thread.name, thread.daemon) == ("syncref-group-commit", True)
+    finally:
+        writer.close()
+    with pytest.raises(DurabilityError) as err:
+        writer.append(_chained(1))
+    assert str(err.value) == "the commit-log writer is closed"
+    store.close()
