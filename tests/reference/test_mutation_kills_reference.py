@@ -1194,3 +1194,12 @@ def test_a_closed_writer_refuses_records_and_its_thread_is_a_named_daemon(tmp_pa
         writer.append(_chained(1))
     assert str(err.value) == "the commit-log writer is closed"
     store.close()
+
+
+def test_a_stored_row_whose_arguments_are_not_an_array_is_refused_by_offset() -> None:
+    from reference.durability import LogCorruption, record_from_row
+
+    row = (4, "sweep", "sweep", "null", '{"a": 1}', 7, "[]", "0" * 64, "1" * 64)
+    with pytest.raises(LogCorruption) as err:
+        record_from_row(row)
+    assert str(err.value) == "commit log row at offset 4 is corrupt: ValueError: args must be a JSON array"
