@@ -288,11 +288,16 @@ class Runner:
         self.opts = opts
         self.tokens = Tokens(opts)
         self.run_id = uuid.uuid4().hex[:10]
+        self.plays = 0  # numbers each played scenario: its own stream and identity namespace
 
     # --- playing delivery steps ---
 
     def play(self, name: str) -> None:
-        ns = f"cf{self.run_id}{abs(hash(name)) % 10_000:04d}"
+        # one namespace per play, never shared: scenarios run against one server, one after another,
+        # and a later one must not find an earlier one's rows (a name hash modulo 10,000 collided once
+        # in about a hundred runs, and a snapshot then held another scenario's events)
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
         _, steps = d.scenarios(ns)[name]
         conns: dict[str, Conn] = {}
         inbox: dict[str, list[wire.ServerMessage]] = {}

@@ -238,3 +238,28 @@ def test_verify_fills_its_conformance_column_from_the_runners_results(tmp_path: 
     path.write_text('{"not": "a list"}')
     bad = _verify("--conformance", str(path))
     assert bad.returncode == 2 and "cannot read --conformance" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_every_play_gets_its_own_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenarios run one after another against one server: each play must use streams and identities
+    no other play of the run uses, whatever the scenarios' names (a namespace from a name hash modulo
+    10,000 once gave two scenarios the same stream, and a snapshot held the other one's events)."""
+    from adapters.conformance import delivery as d
+    from adapters.conformance import wire_runner as wr
+    seen: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(ns: str) -> dict[str, Any]:
+        seen.append(ns)
+        raise Stop
+
+    monkeypatch.setattr(d, "scenarios", capture)
+    runner = wr.Runner(wr.Options(url="http://127.0.0.1:1", database="x"))
+    names = [s.name for s in wr.SCENARIOS] * 2  # every scenario, twice
+    for name in names:
+        with pytest.raises(Stop):
+            runner.play(name)
+    assert len(seen) == len(names) and len(set(seen)) == len(seen)
+    assert all(ns.startswith(f"cf{runner.run_id}") for ns in seen)
