@@ -40,16 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 from adapters import bsatn, wire  # noqa: E402
 from adapters.auth import AuthConfig, Authenticator, KeyStore  # noqa: E402
+from benchmarks._frames import binary  # noqa: E402
 from spec.schema import SCOPES  # noqa: E402
 
 MIB = 1024 * 1024
-
-
-def _binary(frame: str | bytes) -> bytes:
-    """The server sends binary frames only: a text frame here is a bug worth stopping on."""
-    if not isinstance(frame, bytes):
-        raise TypeError(f"expected a binary frame, got text: {frame[:80]!r}")
-    return frame
 
 
 class Server:
@@ -103,7 +97,7 @@ class Server:
         c = connect(f"ws://127.0.0.1:{self.port}/v1/database/autopilot-sync/subscribe?compression=None&token="
                     f"{tok or self.token()}", subprotocols=[f"v{version}.bsatn.spacetimedb"],  # type: ignore[list-item]
                     max_size=None, open_timeout=30)
-        wire.decode_server_frame(_binary(c.recv(timeout=30)), version)
+        wire.decode_server_frame(binary(c.recv(timeout=30)), version)
         return c
 
     def stop(self) -> None:

@@ -39,21 +39,15 @@ sys.path.insert(0, str(ROOT))
 
 from adapters import bsatn, wire  # noqa: E402
 from adapters.auth import AuthConfig, Authenticator, KeyStore  # noqa: E402
+from benchmarks._frames import binary  # noqa: E402
 from spec.schema import SCOPES  # noqa: E402
-
-
-def _binary(frame: str | bytes) -> bytes:
-    """The server sends binary frames only: a text frame here is a bug worth stopping on."""
-    if not isinstance(frame, bytes):
-        raise TypeError(f"expected a binary frame, got text: {frame[:80]!r}")
-    return frame
 
 
 def connect_v(port: int, token: str, version: int = 2) -> Any:
     ws = connect(f"ws://127.0.0.1:{port}/v1/database/autopilot-sync/subscribe?token={token}&compression=None",
                  subprotocols=[f"v{version}.bsatn.spacetimedb"], max_size=None,  # type: ignore[list-item]
                  open_timeout=30)
-    first = wire.decode_server_frame(_binary(ws.recv()), version)[0]
+    first = wire.decode_server_frame(binary(ws.recv()), version)[0]
     assert isinstance(first, wire.InitialConnection)
     return ws
 

@@ -35,23 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters import bsatn, wire
 from adapters.auth import AuthConfig, Authenticator, KeyStore
+from benchmarks._frames import binary
 from spec.schema import SCOPES
 from spec.values import SyncEvent
 
 STREAM = "bench.s"
 
 
-def _binary(frame: str | bytes) -> bytes:
-    """The server sends binary frames only: a text frame here is a bug worth stopping on."""
-    if not isinstance(frame, bytes):
-        raise TypeError(f"expected a binary frame, got text: {frame[:80]!r}")
-    return frame
-
-
 def _client(port: int, token: str) -> Any:
     ws = connect(f"ws://127.0.0.1:{port}/v1/database/autopilot-sync/subscribe?token={token}&compression=None",
                  subprotocols=["v2.bsatn.spacetimedb"], max_size=None)  # type: ignore[list-item]
-    first = wire.decode_server_frame(_binary(ws.recv()), 2)[0]
+    first = wire.decode_server_frame(binary(ws.recv()), 2)[0]
     assert isinstance(first, wire.InitialConnection)
     return ws
 
@@ -83,12 +77,12 @@ def run(subscribers: int, appends: int, window: int) -> dict[str, Any]:
         for ws in subs:
             query = f"SELECT * FROM sync_event WHERE stream_id = '{STREAM}'"
             ws.send(wire.encode_client(wire.Subscribe(1, 1, (query,))))
-            assert isinstance(wire.decode_server_frame(_binary(ws.recv()), 2)[0], wire.SubscribeApplied)
+            assert isinstance(wire.decode_server_frame(binary(ws.recv()), 2)[0], wire.SubscribeApplied)
 
         def reader(ws: Any) -> None:
             got = 0
             while got < appends:
-                for msg in wire.decode_server_frame(_binary(ws.recv()), 2):
+                for msg in wire.decode_server_frame(binary(ws.recv()), 2):
                     if isinstance(msg, wire.TransactionUpdate):
                         for row in wire.decode_rows("sync_event", msg.query_sets[0].tables[0].rows[0].inserts):  # type: ignore[union-attr]
                             assert isinstance(row, SyncEvent)
