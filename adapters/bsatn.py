@@ -27,8 +27,13 @@ against the bytes left before anything is allocated, so a hostile ``0xffffffff``
 
 from __future__ import annotations
 
+import binascii
 import functools
 import struct
+import sys
+import threading
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -55,9 +60,12 @@ from spec.values import (
 
 __all__ = [
     "RETURN_TYPES",
+    "RUN_CACHE",
     "BsatnError",
     "ColumnRows",
+    "EventRun",
     "Reader",
+    "RunCache",
     "Writer",
     "column_rows_size",
     "decode_args",
@@ -66,6 +74,7 @@ __all__ = [
     "decode_value",
     "encode_args",
     "encode_event_columns",
+    "encode_event_runs",
     "encode_ret",
     "encode_row",
     "encode_sync_event",
@@ -515,6 +524,47 @@ class ColumnRows(Protocol):
 
     def column_bytes(self) -> tuple[int, int, list[SyncEvent]]: ...
 
+    def runs(self) -> Iterable[SyncEvent | EventRun]: ...
+
+
+class EventRun(Protocol):
+    """Consecutive ``sync_event`` rows of one stream and epoch given as columns (what
+    :class:`reference.eventlog.ColumnRun` is): row ``i`` has seq ``first_seq + i`` and its bytes in
+    ``data`` from ``ends[i - 1]`` (``start`` for row 0) to ``ends[i]``: a 32-byte hash digest, the
+    key (``key_lens[i]`` bytes of UTF-8), the payload (UTF-8).  ``token`` is not None only for
+    rows that never change while the token's objects are alive (a full chunk of the store): such
+    a run's bytes may be kept in a :class:`RunCache`."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def first_seq(self) -> int: ...
+
+    @property
+    def data(self) -> bytearray: ...
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def ends(self) -> Sequence[int]: ...
+
+    @property
+    def key_lens(self) -> Sequence[int]: ...
+
+    @property
+    def producers(self) -> Sequence[str]: ...
+
+    @property
+    def committed_at(self) -> Sequence[int]: ...
+
+    @property
+    def tx_offset(self) -> Sequence[int]: ...
+
+    @property
+    def token(self) -> tuple[object, object] | None: ...
+
 
 def encode_event_columns(stream_id: str, columns: Iterable[EventColumns]) -> list[bytes]:
     """The BSATN of each row, given as a whole row (encoded as :func:`encode_sync_event` does)
@@ -544,6 +594,173 @@ def encode_event_columns(stream_id: str, columns: Iterable[EventColumns]) -> lis
         out.append(b"".join((head, mid(epoch, seq, len(kb)), kb, _HASH_HEAD, digest.hex().encode(),
                              u32(len(pb)), pb, prod, tail(at, tx))))
     return out
+
+
+class RunCache:
+    """The encoded rows of whole full chunks (runs with a ``token``), least recently used first
+    out, bounded by ``max_bytes``: an entry costs its encoded rows, 4 bytes a row of lengths and
+    the chunk buffers it keeps alive (``sys.getsizeof`` of the token's objects -- an entry holds
+    them so that their ``id`` cannot be reused while it lives; a chunk the store has dropped costs
+    its memory until its entry goes).  An entry is found by the token's objects' identity, the
+    stream, the run's first seq and its epoch: a relabelled epoch, a rollback or a retention drop
+    (which put new buffers in the store, or a different epoch) never meet an old entry.  Shared by
+    every connection of the process (the event-loop thread; the lock makes it safe elsewhere)."""
+
+    __slots__ = ("_bytes", "_entries", "_lock", "hits", "max_bytes", "misses")
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._entries: OrderedDict[tuple[int, int, str, int, int],
+                                   tuple[tuple[object, object], bytes, array[int], int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def size(self) -> int:
+        """The bytes the entries account for (at most ``max_bytes``)."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def _key(stream_id: str, run: EventRun, token: tuple[object, object]) -> tuple[int, int, str, int, int]:
+        return (id(token[0]), id(token[1]), stream_id, run.first_seq, run.epoch)
+
+    def get(self, stream_id: str, run: EventRun) -> tuple[bytes, array[int]] | None:
+        token = run.token
+        if token is None:
+            return None
+        key = self._key(stream_id, run, token)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0][0] is not token[0] or entry[0][1] is not token[1]:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[1], entry[2]
+
+    def put(self, stream_id: str, run: EventRun, data: bytes, lengths: Sequence[int]) -> None:
+        token = run.token
+        if token is None:
+            return
+        lens = array("I", lengths)
+        cost = len(data) + 4 * len(lens) + sys.getsizeof(token[0]) + sys.getsizeof(token[1]) + 200
+        if cost > self.max_bytes:
+            return
+        key = self._key(stream_id, run, token)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[3]
+            while self._entries and self._bytes + cost > self.max_bytes:
+                self._bytes -= self._entries.popitem(last=False)[1][3]
+            self._entries[key] = (token, data, lens, cost)
+            self._bytes += cost
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+RUN_CACHE = RunCache()
+"""The process's cache of encoded full chunks (32 MiB; docs/protocol.md "Limits")."""
+
+_RUN_FIXED = 80 + 71 - 32  # a stored row's bytes beyond its stream id and its data (digest, key, payload)
+
+
+def _encode_run(head: bytes, run: EventRun) -> tuple[bytes, list[int]] | None:
+    """The rows' BSATN back to back and each row's length, written from the columns in one pass
+    (no row, no per-row tuple), or None if a field is out of its column's range."""
+    epoch, seq, ends = run.epoch, run.first_seq, run.ends
+    n = len(ends)
+    if not n:
+        return b"", []
+    ats, txs = run.committed_at, run.tx_offset
+    if not (0 <= epoch < _U64_END and seq >= 0 and seq + n <= _U64_END and min(ats) >= -_U63 and max(ats) < _U63
+            and min(txs) >= 0 and max(txs) < _U64_END):
+        return None
+    prods: dict[str, bytes] = {}
+    for producer in set(run.producers):
+        raw = _producer_bytes(producer)
+        if raw is None:
+            return None
+        prods[producer] = raw
+    d = bytes(run.data)
+    mid, tail, u32, hexl, hash_head = _EV_MID.pack, _EV_TAIL.pack, _U32.pack, binascii.hexlify, _HASH_HEAD
+    parts: list[bytes] = []
+    put = parts.extend
+    s = run.start
+    for e, kl, producer, at, tx in zip(ends, run.key_lens, run.producers, ats, txs, strict=True):
+        k = s + 32 + kl
+        put((head, mid(epoch, seq, kl), d[s + 32:k], hash_head, hexl(d[s:s + 32]), u32(e - k), d[k:e],
+             prods[producer], tail(at, tx)))
+        s = e
+        seq += 1
+    fixed = _RUN_FIXED + len(head) - 4
+    s = run.start
+    lengths = []
+    for e in ends:
+        lengths.append(fixed + e - s)
+        s = e
+    return b"".join(parts), lengths
+
+
+def _run_rows(stream_id: str, run: EventRun) -> list[SyncEvent]:
+    """The run's rows, built (for the odd cases the one-pass writer leaves to the generic encoder)."""
+    d, s, rows = bytes(run.data), run.start, []
+    for i, (e, kl) in enumerate(zip(run.ends, run.key_lens, strict=True)):
+        k = s + 32 + kl
+        rows.append(SyncEvent(stream_id, run.epoch, run.first_seq + i, d[s + 32:k].decode("utf-8"),
+                              "sha256:" + d[s:s + 32].hex(), d[k:e].decode("utf-8"), run.producers[i],
+                              run.committed_at[i], run.tx_offset[i]))
+        s = e
+    return rows
+
+
+def encode_event_runs(stream_id: str, runs: Iterable[SyncEvent | EventRun],
+                      cache: RunCache | None = RUN_CACHE) -> tuple[list[bytes], list[int]]:
+    """The BSATN of the rows of ``runs`` (rows kept whole, or :class:`EventRun` s of stream
+    ``stream_id``): pieces whose concatenation is every row's ``encode_row`` bytes in order, and
+    each row's length.  A run is written in one pass (:func:`_encode_run`), or taken from
+    ``cache`` when it is a full chunk met before; a run with a field out of range has its rows
+    built and given to :func:`encode_sync_event` (same bytes or the same error as ``encode_row``)."""
+    try:
+        sb = stream_id.encode("utf-8")
+    except UnicodeEncodeError:
+        sb = None
+    head = b"" if sb is None else _U32.pack(len(sb)) + sb
+    pieces: list[bytes] = []
+    lengths: list[int] = []
+    for run in runs:
+        if isinstance(run, SyncEvent):
+            row = encode_sync_event(run)
+            pieces.append(row)
+            lengths.append(len(row))
+            continue
+        token = run.token
+        if cache is not None and token is not None and sb is not None:
+            hit = cache.get(stream_id, run)
+            if hit is not None:
+                pieces.append(hit[0])
+                lengths += hit[1]
+                continue
+        enc = None if sb is None else _encode_run(head, run)
+        if enc is None:
+            for ev in _run_rows(stream_id, run):
+                row = encode_sync_event(ev)
+                pieces.append(row)
+                lengths.append(len(row))
+            continue
+        if cache is not None and token is not None:
+            cache.put(stream_id, run, *enc)
+        pieces.append(enc[0])
+        lengths += enc[1]
+    return pieces, lengths
 
 
 def column_rows_size(rows: ColumnRows) -> int:

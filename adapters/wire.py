@@ -35,12 +35,15 @@ for client messages; :func:`server_from_wire` and :func:`decode_rows` serve clie
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import gzip
+import operator
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import brotli
 
@@ -53,7 +56,7 @@ from adapters.bsatn import (
     column_rows_size,
     decode_args,
     decode_row,
-    encode_event_columns,
+    encode_event_runs,
     encode_row,
     encode_sync_event,
     row_size,
@@ -103,8 +106,10 @@ def _split(hint: RowSizeHint, data: bytes) -> list[bytes]:
     if offsets[0] != 0:
         raise BsatnError(f"row list: first row offset is {offsets[0]}, must be 0")
     ends = (*offsets[1:], len(data))
+    if not any(map(operator.gt, offsets, ends)):  # the common case, checked in one pass
+        return [data[start:end] for start, end in zip(offsets, ends, strict=True)]
     rows = []
-    for i, (start, end) in enumerate(zip(offsets, ends, strict=True)):
+    for i, (start, end) in enumerate(zip(offsets, ends, strict=True)):  # name the first one out of place
         if end < start or end > len(data):
             raise BsatnError(f"row list: row offset {i + 1} ({end}) is not within {start}..{len(data)}")
         rows.append(data[start:end])
@@ -133,6 +138,25 @@ class RowList:
             offsets.append(pos)
             pos += len(r)
         return RowList(RowOffsets(tuple(offsets)), data)
+
+    @staticmethod
+    def joined(data: bytes, lengths: Sequence[int]) -> RowList:
+        """``RowList.of`` of the rows lying back to back in ``data``, ``lengths[i]`` bytes each
+        (the same list, without splitting the rows out)."""
+        if not lengths:
+            return EMPTY_ROWS
+        first = lengths[0]
+        if 0 < first <= U16_MAX and len(data) == first * len(lengths) and min(lengths) == max(lengths):
+            return RowList(FixedSize(first), data)
+        return RowList(RowOffsets(tuple(accumulate(lengths[:-1], initial=0))), data)
+
+    def count(self) -> int:
+        """How many rows the hint gives (``len(self.rows())`` for a list that decoded; this does
+        not check that the rows fit the data, :meth:`rows` and the decoder do)."""
+        hint = self.size_hint
+        if isinstance(hint, FixedSize):
+            return len(self.rows_data) // hint.size if hint.size else 0
+        return len(hint.offsets)
 
     def rows(self) -> list[bytes]:
         """The encoded rows; a hint that does not fit the data raises :class:`BsatnError`."""
@@ -327,8 +351,15 @@ def _w_rowlist(w: Writer, rl: RowList) -> None:
     else:
         w.u8(1)
         w.u32(len(hint.offsets))
-        for o in hint.offsets:
-            w.u64(o)
+        packed = None
+        if set(map(type, hint.offsets)) <= {int}:
+            with contextlib.suppress(struct.error):  # a value past u64: the loop below names it
+                packed = struct.pack(f"<{len(hint.offsets)}Q", *hint.offsets)  # one call for a replay's 20,000
+        if packed is None:
+            for o in hint.offsets:
+                w.u64(o)  # raises the writer's error for the value that is not a u64
+        else:
+            w.raw(packed)
     w.bytes_(rl.rows_data)
 
 
@@ -395,9 +426,34 @@ def encode_client(msg: ClientMessage) -> bytes:
     return w.getvalue()
 
 
+class _PartsWriter(Writer):
+    """A :class:`Writer` that keeps large ``bytes`` values (a replay's megabytes of rows) as parts
+    and joins everything once at the end, instead of copying them into its buffer and then out."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+
+    def __len__(self) -> int:
+        return sum(map(len, self._parts)) + super().__len__()
+
+    def bytes_(self, value: bytes) -> None:
+        if len(value) < 65536 or not isinstance(value, bytes):
+            super().bytes_(value)
+            return
+        self.u32(len(value))
+        self._parts += (super().getvalue(), value)
+        self._buf = bytearray()
+
+    def getvalue(self) -> bytes:
+        return b"".join((*self._parts, self._buf)) if self._parts else super().getvalue()
+
+
 def encode_server(msg: ServerMessage) -> bytes:
     """The BSATN of one server message (a frame body, before the compression tag)."""
-    w = Writer()
+    w = _PartsWriter() if isinstance(msg, SubscribeApplied | UnsubscribeApplied) else Writer()
     if isinstance(msg, InitialConnection):
         w.u8(0)
         w.identity(msg.identity)
@@ -881,7 +937,8 @@ def _rowlist(rows: Iterable[Row], cache: RowCache | None) -> RowList:
 def _snapshot_rowlist(t: sm.TableRows, cache: RowCache | None) -> RowList:
     if t.table == "sync_event":  # a replay: thousands of rows met once; encoded directly, not cached
         if not t.deletes and isinstance(t.inserts, ColumnRows):  # straight from the store's columns
-            return RowList.of(encode_event_columns(t.inserts.stream_id, t.inserts.columns()))
+            pieces, lengths = encode_event_runs(t.inserts.stream_id, t.inserts.runs())
+            return RowList.joined(b"".join(pieces), lengths)
         return RowList.of([encode_sync_event(r) for r in (*t.inserts, *t.deletes)])  # type: ignore[arg-type]
     rows = (*t.inserts, *t.deletes)
     return _rowlist(rows, cache)

@@ -47,7 +47,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import overload
+from typing import NamedTuple, overload
 
 from spec.errors import LocalProtocolError
 from spec.values import SyncEvent
@@ -627,6 +627,30 @@ class EventSeq(Sequence[SyncEvent]):
         return f"EventSeq({list(self)!r})"
 
 
+class ColumnRun(NamedTuple):
+    """Consecutive rows of one chunk, all stored in the columns, of one epoch (what
+    :meth:`RetainedRows.runs` yields): row ``i`` has seq ``first_seq + i``, its bytes in ``data``
+    run from ``ends[i - 1]`` (``start`` for the first) to ``ends[i]``: the 32 bytes of its hash
+    digest, its key (``key_lens[i]`` bytes of UTF-8), its payload (UTF-8).
+
+    ``token`` is not None only when the run is a whole full chunk: then it is the chunk's buffers,
+    which are never changed once the chunk is full (a change puts new buffers in its place, see
+    :meth:`StreamLog.copy`), so while the same objects are alive, the same ``token`` objects with
+    the same ``first_seq`` and ``epoch`` (and stream) hold the same rows -- what lets an encoder
+    keep a full chunk's bytes (``adapters.bsatn.RunCache``)."""
+
+    epoch: int
+    first_seq: int
+    data: bytearray
+    start: int
+    ends: Sequence[int]
+    key_lens: Sequence[int]
+    producers: Sequence[str]
+    committed_at: Sequence[int]
+    tx_offset: Sequence[int]
+    token: tuple[object, object] | None
+
+
 class RetainedRows(Sequence[SyncEvent]):
     """Some retained events of one stream, oldest first, fixed when taken
     (:meth:`StreamLog.retained_rows`): a read-only sequence equal to the tuple or list of the same
@@ -707,6 +731,36 @@ class RetainedRows(Sequence[SyncEvent]):
                                bytes(data[kend:end]), producers[meta >> _KEY_BITS], cols[j + 1], cols[j + 2])
                     start = end
                     j += _STRIDE
+                p = stop
+
+    def runs(self) -> Iterator[SyncEvent | ColumnRun]:
+        """The rows, oldest first, a chunk's worth at a time: a row kept whole
+        (:class:`SyncEvent`), or a :class:`ColumnRun` of consecutive rows of one chunk and one
+        epoch, their fields as columns (read from the chunk's arrays by slicing, no row built)."""
+        log = self._log
+        odd = log._odd or {}
+        base = log.floor - log._head
+        epochs, run_seqs, producers = log._run_epochs, log._run_seqs, log._producers
+        for lo, hi in self._segments:  # with odd rows in the log, segments are single rows
+            p = lo
+            while p < hi:
+                c = p >> CHUNK_BITS
+                stop = min(hi, (c + 1) << CHUNK_BITS)
+                seq = base + p
+                ev = odd.get(seq) if odd else None
+                if ev is not None:
+                    yield ev
+                    p += 1
+                    continue
+                cols, data = log._cols[c], log._data[c]
+                i, k = p & _IN_CHUNK, stop - (c << CHUNK_BITS)  # rows i..k-1 of the chunk
+                j, jk = i * _STRIDE, k * _STRIDE
+                metas = cols[j + 3:jk:_STRIDE]
+                whole = i == 0 and k == CHUNK and len(cols) == CHUNK * _STRIDE
+                yield ColumnRun(epochs[0] if len(epochs) == 1 else epochs[bisect_right(run_seqs, seq) - 1], seq,
+                                data, cols[j - _STRIDE] if j else 0, cols[j:jk:_STRIDE],
+                                [m & _KEY_MASK for m in metas], [producers[m >> _KEY_BITS] for m in metas],
+                                cols[j + 1:jk:_STRIDE], cols[j + 2:jk:_STRIDE], (cols, data) if whole else None)
                 p = stop
 
     def column_bytes(self) -> tuple[int, int, list[SyncEvent]]:

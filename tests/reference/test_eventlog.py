@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import adapters.bsatn as bsatn
+import adapters.wire as wire
 import reference.eventlog as eventlog
 from reference.eventlog import CHUNK, StreamLog
 from reference.log import row_values
@@ -86,7 +87,40 @@ def _outcome(encode: Any, *args: Any) -> bytes | str:
         return f"error: {exc}"
 
 
-ENCODER: dict[str, Any] = {"columns": bsatn.encode_event_columns}  # the fast path under test (planted bugs swap it)
+ENCODER: dict[str, Any] = {"columns": bsatn.encode_event_columns,  # the fast paths under test (planted bugs swap them)
+                            "runs": bsatn.encode_event_runs, "cache_type": bsatn.RunCache, "cache": bsatn.RunCache()}
+
+
+def _runs_outcome(rows: Any) -> tuple[bytes, list[int]] | str:
+    try:
+        pieces, lengths = ENCODER["runs"](SID, rows.runs(), ENCODER["cache"])
+    except LocalProtocolError as exc:
+        return f"error: {exc}"
+    return b"".join(pieces), list(lengths)
+
+
+def _rows_outcome(want: list[SyncEvent]) -> tuple[bytes, list[int]] | str:
+    """The second opinion: each row through the generic encoder (the first error, if any)."""
+    encoded = []
+    for ev in want:
+        try:
+            encoded.append(bsatn.encode_row(ev))
+        except LocalProtocolError as exc:
+            return f"error: {exc}"
+    return b"".join(encoded), [len(b) for b in encoded]
+
+
+def _check_runs(rows: Any, want: list[SyncEvent]) -> None:
+    """The rows written a run at a time, twice (the second time full chunks come from the cache,
+    which lives across the whole random run: entries made before a retention drop, a rollback,
+    a relabel or a copy are met again after it), against the rows through ``encode_row``; and
+    the row list built from them against ``RowList.of`` of the rows."""
+    expect = _rows_outcome(want)
+    for _ in range(2):
+        got = _runs_outcome(rows)
+        assert got == expect, want
+    if isinstance(expect, tuple):
+        assert wire.RowList.joined(*expect) == wire.RowList.of([bsatn.encode_row(ev) for ev in want])
 
 
 def _check_retained(log: Any, floor: int, events: list[SyncEvent], epoch: int, w: int) -> None:
@@ -101,12 +135,14 @@ def _check_retained(log: Any, floor: int, events: list[SyncEvent], epoch: int, w
     for col, ev in zip(rows.columns(), want, strict=True):
         assert _outcome(ENCODER["columns"], SID, [col]) == _outcome(bsatn.encode_row, ev), ev
     assert bsatn.column_rows_size(rows) == sum(bsatn.row_size(e) for e in want)
+    _check_runs(rows, want)
 
 
 def drive(cls: Any, seed: int, steps: int, odd_share: float = 0.08) -> None:
     """Random operations on ``cls`` (a StreamLog class) and on the model; AssertionError on the
     first read that differs."""
     rng = random.Random(seed)
+    ENCODER["cache"] = ENCODER["cache_type"]()  # one cache for the run: its entries meet every later change
     log = cls(SID, 1)
     floor, events = 1, []
     dropped: list[SyncEvent] = []  # retention drops, newest last: what a rollback puts back
@@ -166,6 +202,7 @@ def drive(cls: Any, seed: int, steps: int, odd_share: float = 0.08) -> None:
         assert list(copy.events) == then
     for rows, then in taken:
         assert list(rows) == then and len(rows) == len(then)
+        _check_runs(rows, then)  # a replay's rows are encoded as they were when taken
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -294,6 +331,67 @@ def test_planted_bugs_in_the_column_encoder_are_caught(name: str, old: str, new:
     with pytest.raises(AssertionError):
         for seed in range(40):
             drive(_variant("chunks_of_4").StreamLog, seed, 600, odd_share=0.2)
+
+
+# Planted bugs in the run-at-a-time writer and its cache of full chunks (adapters.bsatn) and in the
+# runs the store gives (reference.eventlog): the comparison of _check_runs must fail.
+PLANTED_RUNS_ENCODER: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("cache key ignores the epoch (not invalidated by a relabel)",
+     (("return (id(token[0]), id(token[1]), stream_id, run.first_seq, run.epoch)",
+       "return (id(token[0]), id(token[1]), stream_id, run.first_seq, 0)"),)),
+    ("cache found by stream and seq only (a rollback and a new append meet the old bytes)",
+     (("return (id(token[0]), id(token[1]), stream_id, run.first_seq, run.epoch)",
+       "return (0, 0, stream_id, run.first_seq, run.epoch)"),
+      ("if entry is None or entry[0][0] is not token[0] or entry[0][1] is not token[1]:", "if entry is None:"))),
+    ("row lengths one byte long", (("fixed = _RUN_FIXED + len(head) - 4", "fixed = _RUN_FIXED + len(head) - 3"),)),
+    ("seq not advanced within a run", (("        s = e\n        seq += 1\n", "        s = e\n"),)),
+    ("a run's digest one byte short", (("hexl(d[s:s + 32])", "hexl(d[s:s + 31]) + b'00'"),)),
+)
+PLANTED_RUNS_STORE = (
+    ("a partial chunk given a token (the last chunk grows in place)",
+     "                whole = i == 0 and k == CHUNK and len(cols) == CHUNK * _STRIDE\n",
+     "                whole = i == 0\n"),
+    ("a run ends one row early at the chunk boundary",
+     "i, k = p & _IN_CHUNK, stop - (c << CHUNK_BITS)  # rows i..k-1 of the chunk",
+     "i, k = p & _IN_CHUNK, stop - (c << CHUNK_BITS) - 1  # rows i..k-1 of the chunk"),
+    ("a run takes the newest epoch", "yield ColumnRun(epochs[0] if len(epochs) == 1 else "
+     "epochs[bisect_right(run_seqs, seq) - 1], seq,", "yield ColumnRun(epochs[-1], seq,"),
+)
+
+
+def _drive_runs(cls: Any) -> None:
+    for seed in range(40):  # with no odd rows (every chunk run whole: the cache is met) and with some
+        drive(cls, seed, 600, odd_share=0.0 if seed % 2 else 0.2)
+
+
+def test_the_cache_is_met_across_retention_rollback_and_relabel() -> None:
+    """The cached path is exercised (not only the one-pass writer): entries are found again."""
+    hits = 0
+    for seed in range(4):
+        drive(_variant("chunks_of_4").StreamLog, seed, 600, odd_share=0.0)
+        hits += ENCODER["cache"].hits
+    assert hits > 200
+
+
+@pytest.mark.parametrize(("name", "edits"), PLANTED_RUNS_ENCODER, ids=[p[0] for p in PLANTED_RUNS_ENCODER])
+def test_planted_bugs_in_the_run_writer_and_its_cache_are_caught(name: str, edits: tuple[tuple[str, str], ...],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    src = inspect.getsource(bsatn)
+    for old, new in edits:
+        assert src.count(old) == 1, old
+        src = src.replace(old, new)
+    mod = types.ModuleType(f"bsatn_{name}")
+    exec(compile(src, f"<bsatn {name}>", "exec"), mod.__dict__)
+    monkeypatch.setitem(ENCODER, "runs", mod.encode_event_runs)
+    monkeypatch.setitem(ENCODER, "cache_type", mod.RunCache)
+    with pytest.raises(AssertionError):
+        _drive_runs(_variant("chunks_of_4").StreamLog)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_RUNS_STORE, ids=[p[0] for p in PLANTED_RUNS_STORE])
+def test_planted_bugs_in_the_store_runs_are_caught(name: str, old: str, new: str) -> None:
+    with pytest.raises(AssertionError):
+        _drive_runs(_variant(name, (old, new)).StreamLog)
 
 
 def _variant(name: str, *edits: tuple[str, str]) -> Any:
