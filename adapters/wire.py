@@ -50,7 +50,6 @@ import brotli
 import spec.messages as sm
 from adapters.bsatn import (
     BsatnError,
-    ColumnRows,
     Reader,
     Writer,
     column_rows_size,
@@ -59,6 +58,7 @@ from adapters.bsatn import (
     encode_event_runs,
     encode_row,
     encode_sync_event,
+    is_column_rows,
     row_size,
     sync_event_size,
 )
@@ -890,7 +890,7 @@ class RowSizes:
 def _rows_size(t: sm.TableRows, size_of: Callable[[Row], int]) -> int:
     if t.table != "sync_event":
         return sum(map(size_of, (*t.inserts, *t.deletes)))
-    inserts = column_rows_size(t.inserts) if isinstance(t.inserts, ColumnRows) \
+    inserts = column_rows_size(t.inserts) if is_column_rows(t.inserts) \
         else sum(map(sync_event_size, t.inserts))  # type: ignore[arg-type]
     return inserts + sum(map(sync_event_size, t.deletes))  # type: ignore[arg-type]
 
@@ -936,7 +936,7 @@ def _rowlist(rows: Iterable[Row], cache: RowCache | None) -> RowList:
 
 def _snapshot_rowlist(t: sm.TableRows, cache: RowCache | None) -> RowList:
     if t.table == "sync_event":  # a replay: thousands of rows met once; encoded directly, not cached
-        if not t.deletes and isinstance(t.inserts, ColumnRows):  # straight from the store's columns
+        if not t.deletes and is_column_rows(t.inserts):  # straight from the store's columns
             pieces, lengths = encode_event_runs(t.inserts.stream_id, t.inserts.runs())
             return RowList.joined(b"".join(pieces), lengths)
         return RowList.of([encode_sync_event(r) for r in (*t.inserts, *t.deletes)])  # type: ignore[arg-type]

@@ -101,3 +101,13 @@ def test_planted_bugs_in_the_cache_are_caught(name: str, old: str, new: str, mon
     monkeypatch.setattr(bsatn, "RunCache", mod.RunCache)
     with pytest.raises(AssertionError):
         test_bounded_least_recently_used_out_first()
+
+
+def test_is_column_rows_is_the_protocol_check_remembered_per_type() -> None:
+    from reference.eventlog import StreamLog  # tests may cross the layers
+
+    rows = StreamLog("s", 1).retained_rows(0, 1)
+    for _ in range(2):  # the second time from the memo
+        assert bsatn.is_column_rows(rows) and isinstance(rows, bsatn.ColumnRows)
+        assert not bsatn.is_column_rows(()) and not bsatn.is_column_rows([1])
+    assert bsatn._COLUMN_ROW_TYPES[type(rows)] is True and bsatn._COLUMN_ROW_TYPES[tuple] is False
