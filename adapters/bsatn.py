@@ -700,8 +700,9 @@ def _encode_run(head: bytes, run: EventRun) -> tuple[bytes, list[int]] | None:
     if not (0 <= epoch < _U64_END and seq >= 0 and seq + n <= _U64_END and min(ats) >= -_U63 and max(ats) < _U63
             and min(txs) >= 0 and max(txs) < _U64_END):
         return None
+    producers = run.producers
     prods: dict[str, bytes] = {}
-    for producer in set(run.producers):
+    for producer in set(producers):
         raw = _producer_bytes(producer)
         if raw is None:
             return None
@@ -711,7 +712,7 @@ def _encode_run(head: bytes, run: EventRun) -> tuple[bytes, list[int]] | None:
     parts: list[bytes] = []
     put = parts.extend
     s = run.start
-    for e, kl, producer, at, tx in zip(ends, run.key_lens, run.producers, ats, txs, strict=True):
+    for e, kl, producer, at, tx in zip(ends, run.key_lens, producers, ats, txs, strict=True):
         k = s + 32 + kl
         put((head, mid(epoch, seq, kl), d[s + 32:k], hash_head, hexl(d[s:s + 32]), u32(e - k), d[k:e],
              prods[producer], tail(at, tx)))
@@ -729,11 +730,11 @@ def _encode_run(head: bytes, run: EventRun) -> tuple[bytes, list[int]] | None:
 def _run_rows(stream_id: str, run: EventRun) -> list[SyncEvent]:
     """The run's rows, built (for the odd cases the one-pass writer leaves to the generic encoder)."""
     d, s, rows = bytes(run.data), run.start, []
-    for i, (e, kl) in enumerate(zip(run.ends, run.key_lens, strict=True)):
+    columns = zip(run.ends, run.key_lens, run.producers, run.committed_at, run.tx_offset, strict=True)
+    for i, (e, kl, producer, at, tx) in enumerate(columns):
         k = s + 32 + kl
         rows.append(SyncEvent(stream_id, run.epoch, run.first_seq + i, d[s + 32:k].decode("utf-8"),
-                              "sha256:" + d[s:s + 32].hex(), d[k:e].decode("utf-8"), run.producers[i],
-                              run.committed_at[i], run.tx_offset[i]))
+                              "sha256:" + d[s:s + 32].hex(), d[k:e].decode("utf-8"), producer, at, tx))
         s = e
     return rows
 

@@ -47,7 +47,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import NamedTuple, overload
+from typing import overload
 
 from spec.errors import LocalProtocolError
 from spec.values import SyncEvent
@@ -627,11 +627,13 @@ class EventSeq(Sequence[SyncEvent]):
         return f"EventSeq({list(self)!r})"
 
 
-class ColumnRun(NamedTuple):
+class ColumnRun:
     """Consecutive rows of one chunk, all stored in the columns, of one epoch (what
     :meth:`RetainedRows.runs` yields): row ``i`` has seq ``first_seq + i``, its bytes in ``data``
     run from ``ends[i - 1]`` (``start`` for the first) to ``ends[i]``: the 32 bytes of its hash
-    digest, its key (``key_lens[i]`` bytes of UTF-8), its payload (UTF-8).
+    digest, its key (``key_lens[i]`` bytes of UTF-8), its payload (UTF-8).  The per-row columns
+    are read from the chunk's arrays when asked for (an encoder that has the run's bytes already
+    asks only for ``token``, ``first_seq`` and ``epoch``).
 
     ``token`` is not None only when the run is a whole full chunk: then it is the chunk's buffers,
     which are never changed once the chunk is full (a change puts new buffers in its place, see
@@ -639,16 +641,35 @@ class ColumnRun(NamedTuple):
     the same ``first_seq`` and ``epoch`` (and stream) hold the same rows -- what lets an encoder
     keep a full chunk's bytes (``adapters.bsatn.RunCache``)."""
 
-    epoch: int
-    first_seq: int
-    data: bytearray
-    start: int
-    ends: Sequence[int]
-    key_lens: Sequence[int]
-    producers: Sequence[str]
-    committed_at: Sequence[int]
-    tx_offset: Sequence[int]
-    token: tuple[object, object] | None
+    __slots__ = ("_cols", "_j", "_jk", "_producers", "data", "epoch", "first_seq", "start", "token")
+
+    def __init__(self, epoch: int, first_seq: int, data: bytearray, cols: array[int], i: int, k: int,
+                 producers: list[str], whole: bool) -> None:
+        self.epoch, self.first_seq, self.data = epoch, first_seq, data
+        self._cols, self._j, self._jk, self._producers = cols, i * _STRIDE, k * _STRIDE, producers
+        self.start = cols[self._j - _STRIDE] if i else 0
+        self.token: tuple[object, object] | None = (cols, data) if whole else None
+
+    @property
+    def ends(self) -> array[int]:
+        return self._cols[self._j:self._jk:_STRIDE]
+
+    @property
+    def committed_at(self) -> array[int]:
+        return self._cols[self._j + 1:self._jk:_STRIDE]
+
+    @property
+    def tx_offset(self) -> array[int]:
+        return self._cols[self._j + 2:self._jk:_STRIDE]
+
+    @property
+    def key_lens(self) -> list[int]:
+        return [m & _KEY_MASK for m in self._cols[self._j + 3:self._jk:_STRIDE]]
+
+    @property
+    def producers(self) -> list[str]:
+        producers = self._producers
+        return [producers[m >> _KEY_BITS] for m in self._cols[self._j + 3:self._jk:_STRIDE]]
 
 
 class RetainedRows(Sequence[SyncEvent]):
@@ -752,15 +773,11 @@ class RetainedRows(Sequence[SyncEvent]):
                     yield ev
                     p += 1
                     continue
-                cols, data = log._cols[c], log._data[c]
+                cols = log._cols[c]
                 i, k = p & _IN_CHUNK, stop - (c << CHUNK_BITS)  # rows i..k-1 of the chunk
-                j, jk = i * _STRIDE, k * _STRIDE
-                metas = cols[j + 3:jk:_STRIDE]
-                whole = i == 0 and k == CHUNK and len(cols) == CHUNK * _STRIDE
                 yield ColumnRun(epochs[0] if len(epochs) == 1 else epochs[bisect_right(run_seqs, seq) - 1], seq,
-                                data, cols[j - _STRIDE] if j else 0, cols[j:jk:_STRIDE],
-                                [m & _KEY_MASK for m in metas], [producers[m >> _KEY_BITS] for m in metas],
-                                cols[j + 1:jk:_STRIDE], cols[j + 2:jk:_STRIDE], (cols, data) if whole else None)
+                                log._data[c], cols, i, k, producers,
+                                i == 0 and k == CHUNK and len(cols) == CHUNK * _STRIDE)
                 p = stop
 
     def column_bytes(self) -> tuple[int, int, list[SyncEvent]]:

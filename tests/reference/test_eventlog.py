@@ -349,8 +349,8 @@ PLANTED_RUNS_ENCODER: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 )
 PLANTED_RUNS_STORE = (
     ("a partial chunk given a token (the last chunk grows in place)",
-     "                whole = i == 0 and k == CHUNK and len(cols) == CHUNK * _STRIDE\n",
-     "                whole = i == 0\n"),
+     "                                i == 0 and k == CHUNK and len(cols) == CHUNK * _STRIDE)\n",
+     "                                i == 0)\n"),
     ("a run ends one row early at the chunk boundary",
      "i, k = p & _IN_CHUNK, stop - (c << CHUNK_BITS)  # rows i..k-1 of the chunk",
      "i, k = p & _IN_CHUNK, stop - (c << CHUNK_BITS) - 1  # rows i..k-1 of the chunk"),
