@@ -217,6 +217,7 @@ def _log_to_stderr() -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from adapters.heap import keep_freed_heap
     from adapters.server import DataDirError, SyncServer
     from reference.durability import writer_failure_line
 
@@ -230,6 +231,11 @@ def serve(args: argparse.Namespace) -> int:
               "every minted identity gets every scope, sync.admin included, and every stream. Never expose this "
               "server.", file=sys.stderr, flush=True)
     _log_to_stderr()
+    try:
+        keep_freed_heap()  # freed replay-sized blocks stay for the next one (ADR-0020)
+    except ValueError as exc:
+        print(f"syncref serve: bad environment: {exc}", file=sys.stderr)
+        return 2
     try:
         loop_name, new_loop = choose_loop(config.event_loop)
     except ConfigError as exc:
