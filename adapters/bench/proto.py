@@ -94,7 +94,8 @@ class FrameParser:
                 head = 10
             if end - pos < head + n:
                 break
-            payload = bytes(buf[pos + head:pos + head + n])
+            with memoryview(buf) as view:  # one copy of a large frame, not two (slice, then bytes)
+                payload = bytes(view[pos + head:pos + head + n])
             pos += head + n
             opcode = b0 & 0x0F
             fin = b0 & 0x80

@@ -39,7 +39,7 @@ def test_the_limit_and_who_decides_it() -> None:
     assert heap.keep_mib({"MALLOC_TRIM_THRESHOLD_": "1"}) == 0  # the operator's own setting wins
     assert heap.keep_mib({"MALLOC_MMAP_THRESHOLD_": "1", "SYNCREF_HEAP_KEEP_MIB": "8"}) == 0
     for bad in ("33", "-1", "lots"):
-        with pytest.raises(ValueError, match="SYNCREF_HEAP_KEEP_MIB must be an integer 0..32"):
+        with pytest.raises(ValueError, match=r"SYNCREF_HEAP_KEEP_MIB must be an integer 0\.\.32"):
             heap.keep_mib({"SYNCREF_HEAP_KEEP_MIB": bad})
 
 
