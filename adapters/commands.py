@@ -232,7 +232,7 @@ def serve(args: argparse.Namespace) -> int:
               "server.", file=sys.stderr, flush=True)
     _log_to_stderr()
     try:
-        keep_freed_heap()  # freed replay-sized blocks stay for the next one (ADR-0020)
+        keep_freed_heap()  # only if SYNCREF_HEAP_KEEP_MIB asks (ADR-0020)
     except ValueError as exc:
         print(f"syncref serve: bad environment: {exc}", file=sys.stderr)
         return 2

@@ -45,9 +45,17 @@ within a repeat.
 * ``replay_full`` / ``replay_gap``: a stream preloaded with 20,000 events (the default replay
   budget); one client replays it from watermark 0, or the last 100 events.  *syncref*: the resume
   query set of DESIGN §3 (``sync_stream`` row + ``sync_event ... AND epoch = 1 AND seq > W``),
-  timed from Subscribe to ``SubscribeApplied`` (rows split and counted, not decoded), then
-  Unsubscribe.  *Redis*: ``XRANGE S (W-1 +`` (the preload used explicit ids ``n-1``), timed to
-  the parsed reply (hiredis).
+  timed from Subscribe to ``SubscribeApplied`` decoded (the frame parsed, its row list split
+  into its rows, which checks every offset) and the rows counted from the list, not decoded
+  further; then Unsubscribe.  *Redis*: ``XRANGE S (W-1 +`` (the preload used explicit ids
+  ``n-1``), timed to the parsed reply (hiredis builds every entry: id and field strings) and
+  its entries counted.  Both clients parse their answer down to each row or entry and no
+  further; the syncref client splitting the row list a second time to count (as it did before
+  ADR-0020) was work Redis's client did not do.  No compression: the bench's syncref clients ask
+  for ``compression=None`` (a client that names no compression gets Brotli, upstream's default:
+  ~15-35 ms more per full replay on the bench machine), Redis has none.  Each replay's time is in
+  the diagnostics in order (``times_ms``): the first one of a bench meets the server's chunk
+  cache empty (ADR-0020).
 * ``reconnect_storm``: N clients (200) start at the same instant; each is *live* when it has
   connected and resumed a 50-event gap (syncref: upgrade + ``InitialConnection`` + resume
   ``SubscribeApplied``; Redis: connect + ``XRANGE``; echo: upgrade + one round trip).  Figure:
@@ -59,6 +67,11 @@ within a repeat.
   prints its listening line, minus the same on an empty data directory, per record;
   ``verify-log`` likewise.  *Redis*: start until ``PING`` answers ``PONG`` (AOF loaded), minus
   an empty start, per record.
+
+**Heap.**  Every client process, whatever peer it drives, runs with the C heap policy of
+``syncref serve`` (:func:`adapters.heap.keep_freed_heap`, ADR-0020): freed blocks under 32 MiB are
+reused, so a client copying a multi-megabyte frame does not pay page faults the other peer's
+client would not.
 
 ``--profile DIR`` attaches py-spy to the syncref server during the first run of each
 append/fanout/replay workload (``--nonblocking``, 200 Hz, threads shown) and writes an SVG flame graph

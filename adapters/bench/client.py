@@ -36,7 +36,7 @@ from typing import Any
 from adapters import bsatn, wire
 from adapters.bench.hist import Hist
 from adapters.bench.proto import RespClient, WsClient
-from adapters.heap import keep_freed_heap
+from adapters.heap import CLIENT_KEEP_MIB, keep_freed_heap
 
 DATABASE = "autopilot-sync"
 SUBPROTOCOL = "v2.bsatn.spacetimedb"
@@ -694,7 +694,7 @@ TASKS = {"append": run_append, "subscribe": run_subscribers, "writer": run_write
 
 
 async def main() -> None:
-    keep_freed_heap()  # the same C heap policy as the server's, for every peer's client (ADR-0020)
+    keep_freed_heap(default=CLIENT_KEEP_MIB)  # freed large blocks reused, for every peer's client (ADR-0020)
     control = Control()
     task = await control.next()
     try:

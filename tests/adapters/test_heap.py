@@ -1,6 +1,7 @@
-"""``adapters.heap``: the C heap keeps freed replay-sized blocks (ADR-0020).
+"""``adapters.heap``: the C heap keeps freed replay-sized blocks when asked (ADR-0020).
 
-The setting is pinned (32 MiB, the operator's own glibc variables win, bad values refused), and
+The setting is pinned (off for the server, 32 MiB for the bench's clients, the operator's own glibc
+variables win, bad values refused), and
 its effect is checked as what it is meant to change -- minor page faults of copying a 6.6 MB
 message four times, counted by the kernel in a fresh interpreter -- not as a timing.
 """
@@ -33,7 +34,9 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 10)
 
 
 def test_the_limit_and_who_decides_it() -> None:
-    assert heap.keep_mib({}) == heap.DEFAULT_KEEP_MIB == 32
+    assert heap.keep_mib({}) == heap.DEFAULT_KEEP_MIB == 0  # syncref serve leaves glibc alone by default
+    assert heap.keep_mib({}, heap.CLIENT_KEEP_MIB) == heap.CLIENT_KEEP_MIB == 32  # the bench's clients
+    assert heap.keep_mib({"MALLOC_TRIM_THRESHOLD_": "1"}, 32) == 0
     assert heap.keep_mib({"SYNCREF_HEAP_KEEP_MIB": "8"}) == 8
     assert heap.keep_mib({"SYNCREF_HEAP_KEEP_MIB": "0"}) == 0
     assert heap.keep_mib({"MALLOC_TRIM_THRESHOLD_": "1"}) == 0  # the operator's own setting wins
