@@ -114,22 +114,23 @@ def value_has_type(value: object, t: SatsType) -> bool:
 # A frozen dataclass's generated ``__init__`` writes each field through ``object.__setattr__(self,
 # name, value)`` (its own ``__setattr__`` refuses), which looks the field's slot up by name every
 # time: ~0.15 us a field, ~5 % of the CPU of verify-log (docs/performance.md).  Rows are
-# built on every append, restart and replay, so ``_fast_init`` gives each row class an ``__init__``
+# built on every append, restart and replay, so ``fast_init`` gives each row class an ``__init__``
 # with the same parameters (names, order, defaults) that writes each field through its slot's own
 # descriptor (``cls.field.__set__``, bound once): the same slots written with the same values, the
 # class still frozen afterwards.  It takes only what the rows use -- fields in ``__init__``,
-# positional, plain defaults -- and refuses any other dataclass at import.
+# positional, plain defaults -- and refuses any other dataclass at import.  ``reference`` uses it for
+# the two values it builds per record replayed (``TxRecord``, the reducers' ``Ctx``).
 
 _C = TypeVar("_C", bound=type)
 
 
-def _fast_init(cls: _C) -> _C:
+def fast_init(cls: _C) -> _C:
     params: list[str] = []
     lines: list[str] = []
     env: dict[str, Any] = {}
     for i, f in enumerate(fields(cls)):
         if not f.init or f.kw_only is True or f.default_factory is not MISSING:
-            raise TypeError(f"_fast_init: {cls.__name__}.{f.name} is not a plain positional field")
+            raise TypeError(f"fast_init: {cls.__name__}.{f.name} is not a plain positional field")
         env[f"_set{i}"] = cls.__dict__[f.name].__set__
         lines.append(f"    _set{i}(self, {f.name})\n")
         if f.default is MISSING:
@@ -146,7 +147,7 @@ def _fast_init(cls: _C) -> _C:
     return cls
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SyncStream:
     stream_id: str
@@ -165,7 +166,7 @@ class SyncStream:
     earlier_seqs: tuple[int, ...] = ()
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SyncEvent:
     stream_id: str
@@ -179,7 +180,7 @@ class SyncEvent:
     tx_offset: int
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SyncCheckpoint:
     checkpoint_id: str
@@ -191,7 +192,7 @@ class SyncCheckpoint:
     updated_at: Timestamp
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SessionPresence:
     session_id: str
@@ -205,7 +206,7 @@ class SessionPresence:
     offline_reason: str | None
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ProviderCapability:
     provider_id: str
@@ -219,7 +220,7 @@ class ProviderCapability:
     updated_at: Timestamp
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ComputeAssignment:
     request_id: str
@@ -236,7 +237,7 @@ class ComputeAssignment:
     updated_at: Timestamp
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BridgeOutbox:
     outbox_id: str
@@ -255,7 +256,7 @@ class BridgeOutbox:
     updated_at: Timestamp
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PresenceSignal:
     session_id: str
@@ -265,7 +266,7 @@ class PresenceSignal:
     at: Timestamp
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StreamSignal:
     stream_id: str

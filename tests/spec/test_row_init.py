@@ -1,4 +1,6 @@
-"""The rows' ``__init__`` (``spec.values._fast_init``) against the one ``dataclasses`` generates.
+"""The rows' ``__init__`` (``spec.values.fast_init``) against the one ``dataclasses`` generates.
+
+(Also ``reference.log.TxRecord`` and ``reference.reducers.Ctx``, built once per record replayed.)
 
 Each row class gets an ``__init__`` that writes its slots through their descriptors instead of
 ``object.__setattr__`` by name (docs/performance.md, "verify-log, halved (fourth session)").  The
@@ -17,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from reference.log import TxRecord
+from reference.reducers import Ctx
 from spec import values
 from spec.values import (
     BridgeOutbox,
@@ -32,13 +36,14 @@ from spec.values import (
 
 ROWS = (SyncStream, SyncEvent, SyncCheckpoint, SessionPresence, ProviderCapability, ComputeAssignment,
         BridgeOutbox, PresenceSignal, StreamSignal)
+ALL = (*ROWS, TxRecord, Ctx)  # and the two per-record values of reference/ that use it
 
 
 def _twin(cls: type) -> type:
     specs: list[Any] = []
     for f in dataclasses.fields(cls):
         specs.append((f.name, f.type) if f.default is dataclasses.MISSING
-                     else (f.name, f.type, dataclasses.field(default=f.default)))
+                     else (f.name, f.type, dataclasses.field(default=f.default, compare=f.compare, repr=f.repr)))
     return dataclasses.make_dataclass(cls.__name__, specs, frozen=True, slots=True)
 
 
@@ -46,16 +51,16 @@ def _fields(row: Any) -> list[tuple[str, Any]]:
     return [(f.name, getattr(row, f.name)) for f in dataclasses.fields(row)]
 
 
-def test_every_row_class_of_the_schema_has_the_fast_init() -> None:
+def test_every_row_class_of_the_schema_has_thefast_init() -> None:
     rows = set(values.Row.__args__)  # type: ignore[attr-defined]
     assert rows == set(ROWS)
-    for cls in ROWS:
+    for cls in ALL:
         assert cls.__init__.__code__.co_filename == "<string>" and "_set0" in cls.__init__.__code__.co_names
         assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
-        assert cls.__init__.__module__ == "spec.values"
+        assert cls.__init__.__module__ == cls.__module__
 
 
-@pytest.mark.parametrize("cls", ROWS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
 def test_the_signature_is_the_dataclass_one(cls: type) -> None:
     twin = _twin(cls)
     assert str(inspect.signature(cls.__init__)) == str(inspect.signature(twin.__init__))
@@ -63,7 +68,7 @@ def test_the_signature_is_the_dataclass_one(cls: type) -> None:
     assert cls.__init__.__defaults__ == twin.__init__.__defaults__
 
 
-@pytest.mark.parametrize("cls", ROWS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
 def test_positional_keyword_and_default_arguments_fill_the_same_fields(cls: type) -> None:
     twin = _twin(cls)
     fs = dataclasses.fields(cls)
@@ -80,7 +85,7 @@ def test_positional_keyword_and_default_arguments_fill_the_same_fields(cls: type
         assert mine == cls(*[getattr(mine, f.name) for f in fs]) and hash(mine) == hash(dataclasses.replace(mine))
 
 
-@pytest.mark.parametrize("cls", ROWS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
 def test_bad_calls_are_refused_with_the_dataclass_messages(cls: type) -> None:
     twin = _twin(cls)
     fs = dataclasses.fields(cls)
@@ -97,7 +102,7 @@ def test_bad_calls_are_refused_with_the_dataclass_messages(cls: type) -> None:
         assert str(got.value) == str(want.value)
 
 
-@pytest.mark.parametrize("cls", ROWS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
 def test_the_rows_stay_frozen_and_slotted(cls: type) -> None:
     row = cls(*range(len(dataclasses.fields(cls))))
     first = dataclasses.fields(cls)[0].name
@@ -123,12 +128,12 @@ def test_a_stream_row_left_without_its_chain_gets_fresh_empty_tuples() -> None:
 ])
 def test_other_dataclasses_are_refused_at_decoration(fld: Any, why: str) -> None:
     cls = dataclasses.make_dataclass("Odd", [("a", int), ("b", int, fld)], frozen=True, slots=True)
-    with pytest.raises(TypeError, match=r"^_fast_init: Odd\.b is not a plain positional field$"):
-        values._fast_init(cls)
+    with pytest.raises(TypeError, match=r"^fast_init: Odd\.b is not a plain positional field$"):
+        values.fast_init(cls)
 
 
 def test_a_plain_dataclass_is_taken_whole() -> None:
-    cls = values._fast_init(dataclasses.make_dataclass(
+    cls = values.fast_init(dataclasses.make_dataclass(
         "Plain", [("a", int), ("b", int, dataclasses.field(default=7)), ("c", str, dataclasses.field(default="z"))],
         frozen=True, slots=True))
     assert _fields(cls(1)) == [("a", 1), ("b", 7), ("c", "z")]
