@@ -133,8 +133,16 @@ def test_other_dataclasses_are_refused_at_decoration(fld: Any, why: str) -> None
 
 
 def test_a_plain_dataclass_is_taken_whole() -> None:
-    cls = values.fast_init(dataclasses.make_dataclass(
+    """Called here, not at import (where mutmut's trampolines cannot reach the decoration)."""
+    plain = dataclasses.make_dataclass(
         "Plain", [("a", int), ("b", int, dataclasses.field(default=7)), ("c", str, dataclasses.field(default="z"))],
-        frozen=True, slots=True))
+        frozen=True, slots=True)
+    plain.__module__ = "some.module"
+    generated = plain.__init__
+    cls = values.fast_init(plain)
+    assert cls is plain and cls.__init__ is not generated
+    assert cls.__init__.__module__ == "some.module" and cls.__init__.__qualname__ == "Plain.__init__"
+    assert cls.__init__.__annotations__ == generated.__annotations__ == {"a": int, "b": int, "c": str, "return": None}
+    assert cls.__init__.__defaults__ == generated.__defaults__ == (7, "z")
     assert _fields(cls(1)) == [("a", 1), ("b", 7), ("c", "z")]
     assert _fields(cls(1, c="y")) == [("a", 1), ("b", 7), ("c", "y")]
