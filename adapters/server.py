@@ -697,20 +697,28 @@ class SyncServer:
         records queued (the commits of the iteration share a wakeup and a COMMIT), and send
         what each connection may now receive -- written directly while its socket takes it
         (:meth:`_write_now`), else by its sender task.  Deferring this to the end of the
-        iteration lets a v3 connection's replies to one frame go out in one frame."""
+        iteration lets a v3 connection's replies to one frame go out in one frame.
+
+        The writer is woken *after* the pass's socket writes (ADR-0021): the woken thread often
+        takes the CPU on the spot while this thread holds the interpreter lock -- which the writer
+        needs before it can do anything, and gets when this loop goes idle after the pass (or
+        after the 5 ms switch interval).  Woken first, it delayed every write of the pass by that
+        switch (the profiles charged 8-11 % of the loop's lock-holding samples to the notify) and
+        started its COMMIT no sooner for a pass shorter than the switch interval."""
         self._deliver_scheduled = False
-        if self._writer is not None and self._records_queued:  # only new records need the writer woken
-            self._records_queued = False
-            self._writer.wake()
         engine = self._engine
-        if engine is None:
-            return
         try:
-            for s in list(self.sessions.values()):
-                if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
-                    s.wake.set()
+            if engine is not None:
+                try:
+                    for s in list(self.sessions.values()):
+                        if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
+                            s.wake.set()
+                finally:
+                    self._flush_delivered()
         finally:
-            self._flush_delivered()
+            if self._writer is not None and self._records_queued:  # only new records need the writer woken
+                self._records_queued = False
+                self._writer.wake()
 
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():
