@@ -699,26 +699,25 @@ class SyncServer:
         (:meth:`_write_now`), else by its sender task.  Deferring this to the end of the
         iteration lets a v3 connection's replies to one frame go out in one frame.
 
-        The writer is woken *after* the pass's socket writes (ADR-0021): the woken thread often
-        takes the CPU on the spot while this thread holds the interpreter lock -- which the writer
-        needs before it can do anything, and gets when this loop goes idle after the pass (or
-        after the 5 ms switch interval).  Woken first, it delayed every write of the pass by that
-        switch (the profiles charged 8-11 % of the loop's lock-holding samples to the notify) and
-        started its COMMIT no sooner for a pass shorter than the switch interval."""
+        The writer is woken *before* the pass's writes, although the notify is where the loop
+        thread often loses the CPU to it (8-11 % of the loop's lock-holding samples in the
+        profiles): the writer needs the interpreter lock only to start, gets it within the switch
+        interval (``SWITCH_INTERVAL_S``), and its COMMIT's fsync then runs beside the rest of a
+        long pass.  Woken after the writes (measured, ADR-0021), the COMMIT waited for the whole
+        pass: at 100 subscribers the median commit-to-receipt latency about doubled."""
         self._deliver_scheduled = False
+        if self._writer is not None and self._records_queued:  # only new records need the writer woken
+            self._records_queued = False
+            self._writer.wake()
         engine = self._engine
+        if engine is None:
+            return
         try:
-            if engine is not None:
-                try:
-                    for s in list(self.sessions.values()):
-                        if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
-                            s.wake.set()
-                finally:
-                    self._flush_delivered()
+            for s in list(self.sessions.values()):
+                if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
+                    s.wake.set()
         finally:
-            if self._writer is not None and self._records_queued:  # only new records need the writer woken
-                self._records_queued = False
-                self._writer.wake()
+            self._flush_delivered()
 
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():

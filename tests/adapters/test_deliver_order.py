@@ -1,11 +1,12 @@
-"""``SyncServer._deliver``: the pass's socket writes first, then the commit-log writer's wakeup
-(ADR-0021).
+"""``SyncServer._deliver``: the commit-log writer's wakeup first, then the pass's socket writes
+(ADR-0021: woken after the writes, the writer's COMMIT waited for the whole pass; measured).
 
 The pass is driven on a server that is never started: a real engine holds the queued messages,
 the sessions are stand-ins, ``_write_now`` and the writer are recorders that log into one list,
-so the order of writes and wakeup is read off that list.  Planted bugs in ``_deliver`` (the old
-order, a wakeup lost when a write raises, a wakeup with nothing queued) are rebuilt from the
-module's source with one edit and must fail these checks.
+so the order of wakeup and writes is read off that list.  Planted bugs in ``_deliver`` (the
+order tried and measured worse, a wakeup with nothing queued, none without an engine, a pass
+not flushed when a write raises) are rebuilt from the module's source with one edit and must
+fail these checks.
 """
 
 from __future__ import annotations
@@ -62,10 +63,10 @@ def rig(module: Any, records_queued: bool, fail_on: int | None = None
     return server, log, server._deliver
 
 
-def test_the_writer_is_woken_after_every_write_of_the_pass() -> None:
+def test_the_writer_is_woken_before_the_writes_of_the_pass() -> None:
     server, log, deliver = rig(srv, records_queued=True)
     deliver()
-    assert log == ["write 1", "write 2", "wake"]
+    assert log == ["wake", "write 1", "write 2"]
     assert server._records_queued is False and not server._delivered
 
 
@@ -75,11 +76,11 @@ def test_no_wakeup_when_no_records_were_queued() -> None:
     assert log == ["write 1", "write 2"]
 
 
-def test_a_failing_write_still_wakes_the_writer_and_flushes_the_pass() -> None:
+def test_a_failing_write_leaves_the_writer_woken_and_the_pass_flushed() -> None:
     server, log, deliver = rig(srv, records_queued=True, fail_on=2)
     with pytest.raises(ConnectionResetError):
         deliver()
-    assert log == ["write 1", "wake"]  # the records queued still reach the disk
+    assert log == ["wake", "write 1"]  # the records queued still reach the disk
     assert server._records_queued is False and not server._delivered
 
 
@@ -92,23 +93,49 @@ def test_without_an_engine_only_the_wakeup_runs() -> None:
 
 # --- planted bugs ---------------------------------------------------------------------------------------
 
-OLD_ORDER = """        self._deliver_scheduled = False
-        if self._writer is not None and self._records_queued:
+AFTER_THE_WRITES = """        self._deliver_scheduled = False
+        engine = self._engine
+        if engine is None:
+            return
+        try:
+            for s in list(self.sessions.values()):
+                if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
+                    s.wake.set()
+        finally:
+            self._flush_delivered()
+            if self._writer is not None and self._records_queued:
+                self._records_queued = False
+                self._writer.wake()
+"""
+CURRENT = """        self._deliver_scheduled = False
+        if self._writer is not None and self._records_queued:  # only new records need the writer woken
             self._records_queued = False
             self._writer.wake()
         engine = self._engine
+        if engine is None:
+            return
+        try:
+            for s in list(self.sessions.values()):
+                if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
+                    s.wake.set()
+        finally:
+            self._flush_delivered()
 """
 MUTANTS: tuple[tuple[str, str, str], ...] = (
-    ("wake_before_the_writes", "        self._deliver_scheduled = False\n        engine = self._engine\n", OLD_ORDER),
-    ("wakeup_lost_when_a_write_raises",
-     "        finally:\n            if self._writer is not None and self._records_queued:",
-     "        except BaseException:\n            raise\n        else:\n"
-     "            if self._writer is not None and self._records_queued:"),
-    ("wakes_with_nothing_queued", "            if self._writer is not None and self._records_queued:  # only new",
-     "            if self._writer is not None:  # only new"),
+    ("wake_after_the_writes", CURRENT, AFTER_THE_WRITES),
+    ("wakes_with_nothing_queued", "        if self._writer is not None and self._records_queued:  # only new",
+     "        if self._writer is not None:  # only new"),
+    ("no_wakeup_without_an_engine", CURRENT, CURRENT.replace(
+        "        if self._writer is not None and self._records_queued:", "        if self._engine is None:\n"
+        "            return\n        if self._writer is not None and self._records_queued:")),
+    ("pass_not_flushed_when_a_write_raises",
+     "        finally:\n            self._flush_delivered()\n\n    def _writer_refused",
+     "        except BaseException:\n            raise\n        else:\n            self._flush_delivered()\n\n"
+     "    def _writer_refused"),
 )
-CHECKS = (test_the_writer_is_woken_after_every_write_of_the_pass, test_no_wakeup_when_no_records_were_queued,
-          test_a_failing_write_still_wakes_the_writer_and_flushes_the_pass, test_without_an_engine_only_the_wakeup_runs)
+CHECKS = (test_the_writer_is_woken_before_the_writes_of_the_pass, test_no_wakeup_when_no_records_were_queued,
+          test_a_failing_write_leaves_the_writer_woken_and_the_pass_flushed,
+          test_without_an_engine_only_the_wakeup_runs)
 
 
 def mutated_server(old: str, new: str) -> types.ModuleType:
@@ -142,5 +169,4 @@ def test_planted_bugs_in_the_pass_fail_the_checks(mutant: tuple[str, str, str], 
 
 
 def test_the_rebuilt_module_alone_fails_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    same = "        self._deliver_scheduled = False\n        engine = self._engine\n"
-    assert failures(mutated_server(same, same), monkeypatch) == []
+    assert failures(mutated_server(CURRENT, CURRENT), monkeypatch) == []
