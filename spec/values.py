@@ -118,8 +118,8 @@ def value_has_type(value: object, t: SatsType) -> bool:
 # with the same parameters (names, order, defaults) that writes each field through its slot's own
 # descriptor (``cls.field.__set__``, bound once): the same slots written with the same values, the
 # class still frozen afterwards.  It takes only what the rows use -- fields in ``__init__``,
-# positional, plain defaults -- and refuses any other dataclass at import.  ``reference`` uses it for
-# the two values it builds per record replayed (``TxRecord``, the reducers' ``Ctx``).
+# positional, plain defaults, no ``__post_init__`` -- and refuses any other dataclass at import.
+# ``reference`` uses it for the two values it builds per record replayed (``TxRecord``, the reducers' ``Ctx``).
 
 _C = TypeVar("_C", bound=type)
 
@@ -128,6 +128,8 @@ def fast_init(cls: _C) -> _C:
     params: list[str] = []
     lines: list[str] = []
     env: dict[str, Any] = {}
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"fast_init: {cls.__name__} has a __post_init__, which the fast __init__ would skip")
     for i, f in enumerate(fields(cls)):
         if not f.init or f.kw_only is True or f.default_factory is not MISSING:
             raise TypeError(f"fast_init: {cls.__name__}.{f.name} is not a plain positional field")

@@ -146,3 +146,12 @@ def test_a_plain_dataclass_is_taken_whole() -> None:
     assert cls.__init__.__defaults__ == generated.__defaults__ == (7, "z")
     assert _fields(cls(1)) == [("a", 1), ("b", 7), ("c", "z")]
     assert _fields(cls(1, c="y")) == [("a", 1), ("b", 7), ("c", "y")]
+
+
+def test_a_dataclass_with_a_post_init_is_refused_at_decoration() -> None:
+    # the fast __init__ writes the slots and nothing else: a __post_init__ check would be skipped
+    cls = dataclasses.make_dataclass("Checked", [("a", int)], frozen=True, slots=True,
+                                     namespace={"__post_init__": lambda self: None})
+    with pytest.raises(TypeError, match=r"^fast_init: Checked has a __post_init__, which the fast "
+                                        r"__init__ would skip$"):
+        values.fast_init(cls)
