@@ -6,8 +6,9 @@ key per event, boxed integers -- plus a list slot and an ``idempotency_key -> se
 ~600 bytes for a 150-byte payload.  :class:`StreamLog` keeps the same rows as columns instead
 and builds a ``SyncEvent`` only when one is read (a dedupe hit, retention).  A resume snapshot
 takes :meth:`StreamLog.retained_rows`: the rows as they are at that moment, built only if read,
-whose stored fields the wire layer writes straight to BSATN (docs/performance.md, "Replay from
-the column store").
+whose stored fields the wire layer writes straight to BSATN a chunk at a time
+(:meth:`RetainedRows.runs`; a full chunk is never changed in place, so the wire keeps its bytes:
+ADR-0020; docs/performance.md, "Replay from the column store").
 
 Events are stored in chunks of :data:`CHUNK` (positions ``c * CHUNK .. c * CHUNK + CHUNK - 1``
 are chunk ``c``), each chunk two buffers:

@@ -68,10 +68,11 @@ within a repeat.
   ``verify-log`` likewise.  *Redis*: start until ``PING`` answers ``PONG`` (AOF loaded), minus
   an empty start, per record.
 
-**Heap.**  Every client process, whatever peer it drives, runs with the C heap policy of
-``syncref serve`` (:func:`adapters.heap.keep_freed_heap`, ADR-0020): freed blocks under 32 MiB are
-reused, so a client copying a multi-megabyte frame does not pay page faults the other peer's
-client would not.
+**Heap.**  Every client process, whatever peer it drives, reuses freed C heap
+(:func:`adapters.heap.keep_freed_heap`, 32 MiB, ADR-0020), so a client copying a multi-megabyte
+frame does not pay page faults the other peer's client would not.  The syncref server runs with
+glibc's defaults (what users get) unless ``SYNCREF_HEAP_KEEP_MIB`` is set in the bench's
+environment (which the clients then follow too).
 
 ``--profile DIR`` attaches py-spy to the syncref server during the first run of each
 append/fanout/replay workload (``--nonblocking``, 200 Hz, threads shown) and writes an SVG flame graph

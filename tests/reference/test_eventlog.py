@@ -7,7 +7,9 @@ drops and their rollbacks, rollbacks of appends, epoch relabels, copies -- go to
 every step every read must agree: the events (as a sequence, by index, by slice), ``get``,
 ``after``, ``seq_of``, ``by_key`` (its items and order), ``len`` and ``floor``.  Long runs cross
 the store's rehash and cut thresholds.  Planted bugs in the store's source must make the same
-comparison fail (the check can fail).
+comparison fail (the check can fail).  The wire's writers are held to ``encode_row`` on the same
+rows: per row from ``columns()``, and a run at a time from ``runs()`` through a chunk cache that
+lives for the whole random run (``_check_runs``, ADR-0020), each with planted bugs.
 """
 
 from __future__ import annotations
