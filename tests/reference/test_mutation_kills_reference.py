@@ -1203,3 +1203,58 @@ def test_a_stored_row_whose_arguments_are_not_an_array_is_refused_by_offset() ->
     with pytest.raises(LogCorruption) as err:
         record_from_row(row)
     assert str(err.value) == "commit log row at offset 4 is corrupt: ValueError: args must be a JSON array"
+
+
+# --- third sample, completed (main b7b4995; docs/mutation.md "Third sample") ----------------------------
+
+
+def test_a_read_only_store_is_marked_so_refuses_a_writer_and_leaves_stray_snapshot_files(tmp_path: Path) -> None:
+    from reference.durability import GroupCommitWriter, LogStore, RecoveryReport, newest_snapshot, snapshot_dir
+
+    LogStore.open(tmp_path).close()  # a data directory with an empty log
+    store = LogStore.open(tmp_path, readonly=True)
+    try:
+        assert store.readonly is True
+        with pytest.raises(ValueError) as err:
+            GroupCommitWriter(store, background=False)
+        assert str(err.value) == "a read-only store cannot be written"
+        # a verifier opens the directory read-only and must change nothing in it, not even the temp
+        # file a crash left behind (a writable open removes that)
+        stray = snapshot_dir(store) / "snap-000000000003.json.tmp"
+        stray.parent.mkdir(parents=True, exist_ok=True)
+        stray.write_text("cut short")
+        report = RecoveryReport()
+        assert newest_snapshot(store, report) is None
+        assert stray.read_text() == "cut short" and report.rejected == []
+    finally:
+        store.close()
+    writable = LogStore.open(tmp_path)
+    try:
+        assert writable.readonly is False
+        assert newest_snapshot(writable, RecoveryReport()) is None
+        assert not stray.exists()  # the writable open does clear it
+    finally:
+        writable.close()
+
+
+def test_a_confirmed_readers_one_off_answer_waits_until_what_it_read_is_durable() -> None:
+    from reference.engine import Engine
+    from spec.messages import OneOffQueryResult
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    confirmed = eng.connect(everyone, confirmed=True)
+    unconfirmed = eng.connect(everyone, confirmed=False)
+    assert eng.admin_call(everyone, "append_sync_event", ("s", "k1", "{}", None, None)) is None
+    assert (eng.committed, eng.durable) == (1, 0)  # the append is read before it is durable
+    for conn in (confirmed, unconfirmed):
+        eng.one_off(conn, 7, "SELECT * FROM sync_stream WHERE stream_id = 's'")
+    # the unconfirmed reader gets its answer at once, stamped with the offset it read
+    [now] = eng.take(unconfirmed, 10, 1 << 20)
+    assert now.offset == 1 and isinstance(now.message, OneOffQueryResult) and now.message.request_id == 7
+    # the confirmed one only once offset 1 is durable (CONF-1)
+    assert not eng.releasable(confirmed) and eng.take(confirmed, 10, 1 << 20) == []
+    eng.advance_durable(1)
+    assert eng.releasable(confirmed)
+    [later] = eng.take(confirmed, 10, 1 << 20)
+    assert later.offset == 1 and later.message == now.message

@@ -126,6 +126,12 @@ EQUIVALENT: dict[str, str] = {
 
 # --- reference/ (the reference block of docs/mutation.md) --------------------------------------------
 
+_DIFFER_FALLBACK = ("_differ without its per-type attrgetter falls back to `old != new`, the rows' dataclass "
+                    "equality, which the fast path restates: Python 3.11's generated __eq__ compares the two "
+                    "tuples of every field (no row type sets compare=False or its own __eq__), as the two "
+                    "attrgetter tuples do, and answers NotImplemented -> identity for another type, as the "
+                    "type check does: the same answer for every pair of rows, only slower")
+
 _UTF8 = "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, the bytes hashed are the same"
 
 EQUIVALENT.update({
@@ -198,6 +204,21 @@ EQUIVALENT.update({
         "`and` for `or` only lets through a query with a seq lower bound and stream_id or epoch not pinned with "
         "=; _resume_rows only sees subscription queries (_snapshot's two callers), and _authorized_queries' "
         "resume-form check (resume_form=True for every Subscribe) refuses exactly those before they are registered",
+})
+
+# the third sample completed on main's b7b4995 (docs/mutation.md "Third sample")
+EQUIVALENT.update({
+    "reference.db.x__differ__mutmut_1": _DIFFER_FALLBACK,
+    "reference.db.x__differ__mutmut_2": _DIFFER_FALLBACK,
+    "reference.db.x__differ__mutmut_3": _DIFFER_FALLBACK,
+    "reference.durability.xǁLogStoreǁopen__mutmut_103":
+        "the fresh-directory check's SQL in lower case: SQLite's keywords are case-insensitive and the table's "
+        "name is commit_log either way, so it is the same query",
+    "reference.engine.xǁEngineǁ_unregister__mutmut_14":
+        "`break` for `continue` on a query whose shape is gone: never taken -- _subscribe registers every query "
+        "of a set under its shape with a count per (connection, set), only _unregister removes a shape, and "
+        "only once no set counts on it, so while a set is being unregistered each of its queries still has its "
+        "shape (two queries of one shape in one set count 2, and the first leaves it)",
 })
 
 # --- third session: spec/system.py, spec/trace.py, spec/vectors.py (samples, seed 9) -------------------
@@ -352,6 +373,12 @@ MUTATED_LINE: dict[str, str] = {
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
     "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
         "if not isinstance(sid, str) and type(epoch) is not int or w is None or not all(",
+    "reference.db.x__differ__mutmut_1": "get = None",
+    "reference.db.x__differ__mutmut_2": "get = _FIELDS.get(None)",
+    "reference.db.x__differ__mutmut_3": "get = _FIELDS.get(type(None))",
+    "reference.durability.xǁLogStoreǁopen__mutmut_103":
+        'if conn.execute("select 1 from commit_log limit 1").fetchone() is not None:',
+    "reference.engine.xǁEngineǁ_unregister__mutmut_14": "break",
 }
 
 # ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
