@@ -129,5 +129,7 @@ def test_a_plain_samples_report_counts_only_the_drawn_names(tmp_path: Path, monk
     got = mutate.report("reference/db.py", drawn)
     assert (got["mutants"], got["killed"], got["survived"], got["not checked"]) == (3, 1, 1, 1)
     assert got["survivors"] == ["reference.db.x_f__mutmut_2"]
+    assert got["interval_95"] == [9.5, 90.5]  # 1 of 2 checked
+    assert mutate.report("reference/db.py", drawn[:1])["interval_95"] == [20.7, 100.0]  # 1 of 1, checked whole
     whole = mutate.report("reference/db.py")  # without the names: every verdict the copy holds
     assert (whole["mutants"], whole["killed"], whole["survived"]) == (4, 2, 2)

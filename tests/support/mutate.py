@@ -418,6 +418,9 @@ def report(module: str, drawn: list[str] | None = None) -> dict[str, object]:
         low, high = wilson(count["killed"] + count["timeout"], live)
         out.update({"sample": {"size": stored.size, "seed": stored.seed, "of": stored.of},
                     "interval_95": [round(100 * low, 1), round(100 * high, 1)]})
+    elif drawn is not None:  # a plain sample: the interval of its kill rate, checked whole or not
+        low, high = wilson(count["killed"] + count["timeout"], live)
+        out["interval_95"] = [round(100 * low, 1), round(100 * high, 1)]
     return {**out, "survivors": survivors, "equivalent_but_killed": stale, "equivalent_not_a_mutant": unknown,
             "equivalent_moved": shifted}
 
