@@ -1273,3 +1273,36 @@ def test_a_stream_log_made_by_its_first_event_starts_at_that_events_seq() -> Non
     with pytest.raises(LocalProtocolError) as err:
         db._insert(ev(8))
     assert str(err.value) == "event s/8 is not the next seq"
+
+
+# --- the sample extended to 48 per module (seed 1; the 36 are among the 48) ----------------------------------
+
+
+def test_publishing_a_provider_another_identity_owns_is_forbidden_naming_it() -> None:
+    db = Db()
+    r.publish_provider_capability(Txn(db), _ctx(), "p1", '{"gpu":true}', (5001,), 10, "active")
+    other = Ctx(Claims("b" * 64, frozenset(SCOPES), ("*",)), 2_000, 2, DEFAULT_POLICY)
+    _fails(lambda: r.publish_provider_capability(Txn(db), other, "p1", "{}", (5002,), 1, "active"),
+           ErrorCode.FORBIDDEN, {"provider_id": "p1"})
+    row = db.get("provider_capability", ("p1",))
+    assert isinstance(row, ProviderCapability) and (row.owner, row.nip90_kinds) == (A, (5001,))  # unchanged
+
+
+def test_each_stale_resume_is_counted_once_per_reason() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscriptionError
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    _engine_call(eng, everyone, "append_sync_event", "s", "k1", "{}", None, None)
+    epoch = eng.db.get("sync_stream", ("s",)).epoch  # type: ignore[union-attr]
+    reader = eng.connect(everyone, confirmed=False)
+    stale = [f"SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = {epoch + 1} AND seq > 0",  # epoch_changed
+             f"SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = {epoch} AND seq > 5"]  # ahead of head 1
+    for i, text in enumerate(stale, 1):
+        eng.handle(reader, Subscribe(i, i, (text,)))
+        assert isinstance(eng.pop(reader).message, SubscriptionError)
+    assert eng.stale_reasons == {"epoch_changed": 1, "cursor_ahead_of_head": 1}
+    eng.handle(reader, Subscribe(3, 3, (stale[0],)))
+    eng.pop(reader)
+    assert eng.stale_reasons == {"epoch_changed": 2, "cursor_ahead_of_head": 1}
