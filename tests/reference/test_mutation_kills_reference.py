@@ -1306,3 +1306,56 @@ def test_each_stale_resume_is_counted_once_per_reason() -> None:
     eng.handle(reader, Subscribe(3, 3, (stale[0],)))
     eng.pop(reader)
     assert eng.stale_reasons == {"epoch_changed": 2, "cursor_ahead_of_head": 1}
+
+
+def test_delta_of_lists_tables_with_only_deletes_or_only_inserts_in_schema_order() -> None:
+    from reference.replay import delta_of
+
+    db = Db()
+    db._insert(ca("r1", 1))
+    tx = Txn(db)
+    tx.delete(ca("r1", 1))  # compute_assignment: a delete only
+    tx.insert(cp("c2", 2))  # sync_checkpoint: an insert only
+    # the schema's table order (sync_stream, sync_event, sync_checkpoint, ..., compute_assignment, ...),
+    # not the order the transaction wrote them
+    assert delta_of(tx) == (RowChange("sync_checkpoint", (), (cp("c2", 2),)),
+                            RowChange("compute_assignment", (ca("r1", 1),), ()))
+
+
+def test_a_diverging_replay_reports_the_head_of_the_records_it_matched() -> None:
+    from reference.engine import Engine
+    from reference.replay import Mismatch, replay
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    for key in ("k1", "k2"):
+        _engine_call(eng, everyone, "append_sync_event", "s", key, "{}", None, None)
+    first, second = eng.take_records()
+    out = replay([first, replace(second, hash="e" * 64)])
+    assert (out.records, out.digest) == (1, first.hash)  # the chain up to the last record that reproduced
+    assert out.mismatch == Mismatch(2, f"hash differs: recorded {'e' * 64}, recomputed {second.hash}")
+
+
+def test_verify_log_names_a_corrupt_snapshot_past_the_log(tmp_path: Path) -> None:
+    from reference import snapshot
+    from reference.durability import GroupCommitWriter, LogStore
+    from reference.engine import Engine
+    from reference.replay import SnapshotCheck, verify_log
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k1", "{}", None, None)
+    (rec,) = eng.take_records()
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, background=False)
+    writer.append([rec])
+    writer.flush()
+    writer.close()
+    store.close()
+    image = snapshot.capture(eng.db, 7, rec.hash)
+    directory = tmp_path / snapshot.SNAPSHOT_DIR
+    directory.mkdir(parents=True)
+    (directory / snapshot.file_name(7)).write_bytes(b"".join(snapshot.encode(image))[:-1])  # cut short
+    report = verify_log(tmp_path)
+    assert report.mismatch is None and report.records == 1 and not report.ok
+    # past the one record replayed, but corrupt is what it is: named, with the reason
+    assert report.snapshots == (SnapshotCheck("snap-000000000007.json", 7, "corrupt", "truncated (no trailer line)"),)
