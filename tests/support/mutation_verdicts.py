@@ -133,8 +133,9 @@ _DIFFER_FALLBACK = ("_differ without its per-type attrgetter falls back to `old 
                     "type check does: the same answer for every pair of rows, only slower")
 
 _TXN_COUNT = ("Txn.delete's count of a row in the transaction's inserts is only read for its truth (`if count:`); "
-              "the mutant's count (built as -1 per held row, or left at count + 1 by a delete) is non-zero "
-              "wherever the original's is, and differs only once the row has left the inserts (the "
+              "the mutant's count (built as -1 or 2 per held row, left at count + 1 by a delete, or started at "
+              "2 by an insert) is non-zero wherever the original's is, and differs only once the row has left "
+              "the inserts (the "
               "original's 0): deleting that row again needs it back in the Db, and only Txn.insert (which "
               "makes both counts non-zero again) puts rows back -- Txn.relabel_events changes event values in "
               "place, but its one caller, recovery_bump, inserts and deletes no event and relabels to a fresh "
@@ -232,6 +233,8 @@ EQUIVALENT.update({
         "and None is false as 0 is",
     "reference.db.xǁTxnǁdelete__mutmut_17": _TXN_COUNT,
     "reference.db.xǁTxnǁdelete__mutmut_31": _TXN_COUNT,
+    "reference.db.xǁTxnǁdelete__mutmut_23": _TXN_COUNT,
+    "reference.db.xǁTxnǁinsert__mutmut_26": _TXN_COUNT,
     "reference.eventlog.xǁStreamLogǁappend__mutmut_14":
         "append's inline lookup of the producer's number is a shortcut: with `no = None` every append calls "
         "_producer(ev.producer), which looks the producer up the same way and returns the same `no << "
@@ -410,6 +413,8 @@ MUTATED_LINE: dict[str, str] = {
     "reference.db.xǁTxnǁdelete__mutmut_26": "count = inserted.get(row, None)",
     "reference.db.xǁTxnǁdelete__mutmut_17": "inserted[held] = inserted.get(held, 0) - 1",
     "reference.db.xǁTxnǁdelete__mutmut_31": "inserted[row] = count + 1",
+    "reference.db.xǁTxnǁdelete__mutmut_23": "inserted[held] = inserted.get(held, 0) + 2",
+    "reference.db.xǁTxnǁinsert__mutmut_26": "inserted[row] = inserted.get(row, 1) + 1",
     "reference.eventlog.xǁStreamLogǁrelabel__mutmut_12": "for s, e in zip(self._run_seqs, epochs, ):",
     "reference.eventlog.xǁStreamLogǁappend__mutmut_14": "no = None",
 }
