@@ -234,6 +234,9 @@ EQUIVALENT.update({
     "reference.db.xǁTxnǁdelete__mutmut_17": _TXN_COUNT,
     "reference.db.xǁTxnǁdelete__mutmut_31": _TXN_COUNT,
     "reference.db.xǁTxnǁdelete__mutmut_23": _TXN_COUNT,
+    "reference.log.x_row_values__mutmut_1":
+        "row_values without its per-type cache lookup: every call builds the attrgetter of the row's fields "
+        "(and stores it again), the getter a cache hit would have returned: the same values, slower",
     "reference.db.xǁTxnǁinsert__mutmut_26": _TXN_COUNT,
     "reference.eventlog.xǁStreamLogǁappend__mutmut_14":
         "append's inline lookup of the producer's number is a shortcut: with `no = None` every append calls "
@@ -414,6 +417,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.db.xǁTxnǁdelete__mutmut_17": "inserted[held] = inserted.get(held, 0) - 1",
     "reference.db.xǁTxnǁdelete__mutmut_31": "inserted[row] = count + 1",
     "reference.db.xǁTxnǁdelete__mutmut_23": "inserted[held] = inserted.get(held, 0) + 2",
+    "reference.log.x_row_values__mutmut_1": "get = None",
     "reference.db.xǁTxnǁinsert__mutmut_26": "inserted[row] = inserted.get(row, 1) + 1",
     "reference.eventlog.xǁStreamLogǁrelabel__mutmut_12": "for s, e in zip(self._run_seqs, epochs, ):",
     "reference.eventlog.xǁStreamLogǁappend__mutmut_14": "no = None",
