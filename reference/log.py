@@ -26,7 +26,7 @@ from typing import Any
 
 from spec.auth import Claims
 from spec.schema import TABLE_BY_NAME
-from spec.values import ArrayT, ComputeAssignment, OptionT, Row
+from spec.values import ArrayT, ComputeAssignment, OptionT, Row, fast_init
 
 GENESIS = "0" * 64
 
@@ -38,6 +38,7 @@ class RowChange:
     inserts: tuple[Row, ...]
 
 
+@fast_init  # spec.values: built per record read, as the rows are
 @dataclass(frozen=True, slots=True)
 class TxRecord:
     offset: int

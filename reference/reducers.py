@@ -39,10 +39,12 @@ from spec.values import (
     SyncCheckpoint,
     SyncEvent,
     SyncStream,
+    fast_init,
     is_id,
 )
 
 
+@fast_init  # spec.values: built per call
 @dataclass(frozen=True, slots=True)
 class Ctx:
     claims: Claims

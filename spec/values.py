@@ -15,8 +15,8 @@ join them unambiguously (checkpoint ids are ``client_id|stream_id``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, TypeVar
 
 Identity = str
 Timestamp = int
@@ -111,7 +111,45 @@ def value_has_type(value: object, t: SatsType) -> bool:
 
 # --- Rows, in normative column order ----------------------------------------------------------
 
+# A frozen dataclass's generated ``__init__`` writes each field through ``object.__setattr__(self,
+# name, value)`` (its own ``__setattr__`` refuses), which looks the field's slot up by name every
+# time: ~0.15 us a field, ~5 % of the CPU of verify-log (docs/performance.md).  Rows are
+# built on every append, restart and replay, so ``fast_init`` gives each row class an ``__init__``
+# with the same parameters (names, order, defaults) that writes each field through its slot's own
+# descriptor (``cls.field.__set__``, bound once): the same slots written with the same values, the
+# class still frozen afterwards.  It takes only what the rows use -- fields in ``__init__``,
+# positional, plain defaults, no ``__post_init__`` -- and refuses any other dataclass at import.
+# ``reference`` uses it for the two values it builds per record replayed (``TxRecord``, the reducers' ``Ctx``).
 
+_C = TypeVar("_C", bound=type)
+
+
+def fast_init(cls: _C) -> _C:
+    params: list[str] = []
+    lines: list[str] = []
+    env: dict[str, Any] = {}
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"fast_init: {cls.__name__} has a __post_init__, which the fast __init__ would skip")
+    for i, f in enumerate(fields(cls)):
+        if not f.init or f.kw_only is True or f.default_factory is not MISSING:
+            raise TypeError(f"fast_init: {cls.__name__}.{f.name} is not a plain positional field")
+        env[f"_set{i}"] = cls.__dict__[f.name].__set__
+        lines.append(f"    _set{i}(self, {f.name})\n")
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            env[f"_default{i}"] = f.default
+            params.append(f"{f.name}=_default{i}")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "".join(lines), env)
+    init = env["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__annotations__ = dict(cls.__dict__["__init__"].__annotations__)
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SyncStream:
     stream_id: str
@@ -130,6 +168,7 @@ class SyncStream:
     earlier_seqs: tuple[int, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SyncEvent:
     stream_id: str
@@ -143,6 +182,7 @@ class SyncEvent:
     tx_offset: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SyncCheckpoint:
     checkpoint_id: str
@@ -154,6 +194,7 @@ class SyncCheckpoint:
     updated_at: Timestamp
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SessionPresence:
     session_id: str
@@ -167,6 +208,7 @@ class SessionPresence:
     offline_reason: str | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ProviderCapability:
     provider_id: str
@@ -180,6 +222,7 @@ class ProviderCapability:
     updated_at: Timestamp
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ComputeAssignment:
     request_id: str
@@ -196,6 +239,7 @@ class ComputeAssignment:
     updated_at: Timestamp
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BridgeOutbox:
     outbox_id: str
@@ -214,6 +258,7 @@ class BridgeOutbox:
     updated_at: Timestamp
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PresenceSignal:
     session_id: str
@@ -223,6 +268,7 @@ class PresenceSignal:
     at: Timestamp
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StreamSignal:
     stream_id: str

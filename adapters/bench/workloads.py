@@ -282,11 +282,6 @@ class Bench:
                   "syncref_closes_total{")
         return "server: " + ", ".join(line for line in text.splitlines() if line.startswith(wanted))
 
-    def commit_counts(self) -> tuple[float, float]:
-        """The syncref server's group COMMITs so far and the records they wrote (``/metrics``)."""
-        got = self.counters()
-        return got["syncref_group_commit_batch_records_count"], got["syncref_group_commit_batch_records_sum"]
-
     def counters(self) -> dict[str, float]:
         """The syncref server's counters the diagnostics read (``/metrics``): group COMMITs and
         their records, data frames sent and the transport writes that carried them."""
@@ -412,12 +407,16 @@ def run_append(bench: Bench, peer: str, window: int, profile: str | None) -> Run
                       "warmup": s.warmup, "duration": s.duration, "payload_size": s.payload_size,
                       "stream_prefix": prefix})
         first += n
-    before = bench.commit_counts() if peer == "syncref" else None
+    before = bench.counters() if peer == "syncref" else None
     results, diag = bench.clients(tasks, pid, profile_as=profile)
-    if before is not None:  # records per group COMMIT over the run (warm-up included)
-        after = bench.commit_counts()
-        diag["commits"] = int(after[0] - before[0])
-        diag["records_per_commit"] = round((after[1] - before[1]) / max(1.0, after[0] - before[0]), 2)
+    if before is not None:  # records per group COMMIT, replies per transport write (warm-up included)
+        after = bench.counters()
+        diff = {k: after[k] - before[k] for k in after}
+        commits = diff["syncref_group_commit_batch_records_count"]
+        diag["commits"] = int(commits)
+        diag["records_per_commit"] = round(diff["syncref_group_commit_batch_records_sum"] / max(1.0, commits), 2)
+        diag["frames_per_write"] = round(diff["syncref_frames_sent_total"]
+                                         / max(1.0, diff["syncref_socket_writes_total"]), 2)
     ops = sum(r["ops"] for r in results)
     errors = sum(r["errors"] for r in results)
     if errors:

@@ -380,3 +380,192 @@ def test_a_leading_byte_order_mark_is_refused_by_name() -> None:
     assert exc.value.code is ErrorCode.NON_CANONICAL_PAYLOAD and exc.value.details == {
         "argument": "payload_json", "reason": "invalid_json",
         "message": "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)"}
+
+
+# ------------------------------------------------------------------ the fast paths (fourth session)
+# ``parse_strict`` skips its validation walk (``_walk``) when the text has no ``\u`` and at most
+# MAX_DEPTH opening brackets: the walk could then find nothing.  Each case: the text, the outcome
+# written by hand ("ok" and the value, or the reason), and whether the walk runs -- the bound is
+# exactly MAX_DEPTH brackets, string contents counted (a conservative count).
+
+def _arrays(n: int, inner: str = "") -> str:
+    return "[" * n + inner + "]" * n
+
+
+def _objects(n: int, inner: str = "0") -> str:
+    return '{"k":' * n + inner + "}" * n
+
+
+def _nest_value(n: int, inner: Any = None) -> Any:
+    value: Any = [] if inner is None else inner
+    for _ in range(n - (1 if inner is None else 0)):
+        value = [value]
+    return value
+
+
+def _nest_objects(n: int, inner: Any = 0) -> Any:
+    value = inner
+    for _ in range(n):
+        value = {"k": value}
+    return value
+
+
+FAST_PATH_CASES: list[tuple[str, str, tuple[str, Any], bool]] = [
+    ("63 arrays", _arrays(63), ("ok", _nest_value(63)), False),
+    ("64 arrays (the limit, and the bound)", _arrays(64), ("ok", _nest_value(64)), False),
+    ("65 arrays", _arrays(65), ("reject", "too_deep"), True),
+    ("64 objects", _objects(64), ("ok", _nest_objects(64)), False),
+    ("65 objects", _objects(65), ("reject", "too_deep"), True),
+    ("32 objects around 32 arrays", _objects(32, _arrays(32)), ("ok", _nest_objects(32, _nest_value(32))), False),
+    ("64 arrays around an empty object", _arrays(64, "{}"), ("reject", "too_deep"), True),
+    ("63 arrays around an empty object", _arrays(63, "{}"), ("ok", _nest_value(63, {})), False),
+    ("63 arrays, a string holding one bracket", _arrays(63, '"["'), ("ok", _nest_value(63, "[")), False),
+    ("63 arrays, a string holding two brackets", _arrays(63, '"[{"'), ("ok", _nest_value(63, "[{")), True),
+    ("65 brackets in a string only", '"' + "[" * 65 + '"', ("ok", "[" * 65), True),
+    ("64 braces in a string only", '"' + "{" * 64 + '"', ("ok", "{" * 64), False),
+    ("an escaped quote before brackets", '["a\\"[{", "]"]', ("ok", ['a"[{', "]"]), False),
+    ("64 arrays and an escaped quote", _arrays(64, '"\\"]["'), ("ok", _nest_value(64, '"][')), True),
+    ("a named escape", '"a\\n\\t\\\\b"', ("ok", "a\n\t\\b"), False),
+    ("a u-escape (backslash, u)", '"\\u00e9"', ("ok", "é"), True),
+    ("an escaped surrogate pair", '["\\ud83d\\ude00"]', ("ok", ["😀"]), True),
+    ("a lone surrogate escaped in a value", '["\\ud800"]', ("reject", "lone_surrogate"), True),
+    ("a lone surrogate escaped in a key", '{"\\udc00":1}', ("reject", "lone_surrogate"), True),
+    ("an escaped lone surrogate 63 deep", _arrays(63, '"\\udfff"'), ("reject", "lone_surrogate"), True),
+    ("an escaped backslash before u (not an escape)", '"\\\\u0041"', ("ok", "\\u0041"), True),
+    ("a surrogate before a too-deep part: the walk's order", '["\\ud800",' + _arrays(65) + "]",
+     ("reject", "lone_surrogate"), True),
+    ("a too-deep part before a surrogate", "[" + _arrays(65) + ',"\\ud800"]', ("reject", "too_deep"), True),
+    ("a raw lone surrogate (refused before parsing)", '["\ud800"]', ("reject", "lone_surrogate"), False),
+    ("not JSON, 100 brackets (refused by the decoder)", "[" * 100, ("reject", "invalid_json"), False),
+    ("a scalar", "17", ("ok", 17), False),
+]
+
+
+@pytest.mark.parametrize(("text", "outcome", "walks"), [c[1:] for c in FAST_PATH_CASES],
+                         ids=[c[0] for c in FAST_PATH_CASES])
+def test_the_validation_walk_is_skipped_exactly_where_it_could_find_nothing(
+        text: str, outcome: tuple[str, Any], walks: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    walk = canonical._walk
+
+    def spy(value: Any, depth: int) -> None:
+        calls.append(depth)
+        walk(value, depth)
+
+    monkeypatch.setattr(canonical, "_walk", spy)
+    try:
+        got: tuple[str, Any] = ("ok", parse_strict(text))
+    except SyncError as err:
+        got = ("reject", err.details["reason"])
+    assert got == outcome
+    if got[0] == "ok":  # the same value and JSON types (true is not 1)
+        assert expected_canonical(got[1]) == expected_canonical(outcome[1])
+    assert (0 in calls) == walks, "the walk runs from the top exactly when the text may nest or escape too far"
+
+
+@st.composite
+def deep_texts(draw: st.DrawFn) -> str:
+    """Nesting around the limit, with strings holding brackets, quotes, backslashes and \\u escapes."""
+    depth = draw(st.integers(MAX_DEPTH - 3, MAX_DEPTH + 2))
+    pieces = st.sampled_from(["[", "{", "]", "}", '\\"', "\\\\", "\\u00e9", "\\ud800", "\\udc00", "\\ud83d\\ude00",
+                              "x", "\\n", ","])
+    s = '"' + "".join(draw(st.lists(pieces, max_size=8))) + '"'
+    kinds = draw(st.lists(st.booleans(), min_size=depth, max_size=depth))
+    opens = "".join("[" if is_array else "{" + s + ":" for is_array in kinds)
+    closes = "".join("]" if is_array else "}" for is_array in reversed(kinds))
+    return opens + draw(st.sampled_from([s, "0", "[]", "{}"])) + closes
+
+
+def _depth_and_surrogates(value: Any) -> tuple[int, bool]:
+    """Nesting depth (containers) and whether any string or key holds a surrogate, iteratively."""
+    deepest, surrogate, todo = 0, False, [(value, 0)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, str):
+            surrogate = surrogate or any(0xD800 <= ord(ch) <= 0xDFFF for ch in v)
+        elif isinstance(v, list):
+            deepest = max(deepest, d + 1)
+            todo.extend((x, d + 1) for x in v)
+        elif isinstance(v, dict):
+            deepest = max(deepest, d + 1)
+            todo.extend((k, d + 1) for k in v)
+            todo.extend((x, d + 1) for x in v.values())
+    return deepest, surrogate
+
+
+@given(deep_texts())
+def test_parse_strict_near_the_depth_limit_agrees_with_an_iterative_check(text: str) -> None:
+    """Second opinion: ``json.loads`` and an iterative depth and surrogate count (not ``_walk``)."""
+    try:
+        value = json.loads(text, object_pairs_hook=canonical._no_duplicates)
+    except canonical._Reject:
+        assert_rejected(text, "duplicate_key")
+        return
+    deepest, surrogate = _depth_and_surrogates(value)
+    if surrogate or deepest > MAX_DEPTH:
+        with pytest.raises(SyncError) as exc:
+            parse_strict(text)
+        assert exc.value.details["reason"] in ({"lone_surrogate"} if not deepest > MAX_DEPTH else
+                                               {"too_deep"} if not surrogate else {"too_deep", "lone_surrogate"})
+    else:
+        assert expected_canonical(parse_strict(text)) == expected_canonical(value)
+
+
+# ``dumps_canonical`` calls CPython's C encoder with ``JSONEncoder``'s options itself.  The oracle is
+# ``json.dumps`` with the rule's options, built per call by the standard library.
+
+def _dumps_oracle(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@pytest.mark.parametrize("value", [
+    None, True, 0, -1, "x", "é\u2028\x00\x1f\"\\", [], {}, [1, "a", None, False], {"b": 1, "a": [{"d": 2, "c": 3}]},
+    {"é": 1, "e": 2, "\x00": 3}, {2: "x", 1.5: 1},
+    list(range(60_000)),  # more than 100,000 pieces: the C encoder's output comes in chunks
+    [{"k": i, "v": [str(i)] * 3} for i in range(20_000)],
+], ids=lambda v: type(v).__name__ + str(len(v) if isinstance(v, list | dict | str) else v)[:12])
+def test_dumps_canonical_writes_what_json_dumps_writes(value: Any) -> None:
+    assert canonical.dumps_canonical(value) == _dumps_oracle(value)
+
+
+@pytest.mark.parametrize("value", [
+    float("nan"), [float("inf")], {"a": object()}, {(1,): 2}, b"x", {"a", "b"}, {"a": 1, 2: 3},
+])
+def test_dumps_canonical_refuses_what_json_dumps_refuses_with_the_same_error(value: Any) -> None:
+    with pytest.raises((TypeError, ValueError)) as want:
+        _dumps_oracle(value)
+    with pytest.raises(type(want.value)) as got:
+        canonical.dumps_canonical(value)
+    assert str(got.value) == str(want.value)
+
+
+def test_dumps_canonical_refuses_a_cyclic_value_by_name_every_time() -> None:
+    """The circular-reference markers are fresh per call (as in ``JSONEncoder.iterencode``): a cycle is
+    refused by name, and a refused value leaves nothing behind for the next call."""
+    cyclic: list[Any] = [1]
+    cyclic.append([cyclic])
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"^Circular reference detected$"):
+            canonical.dumps_canonical(cyclic)
+    shared = [1, 2]
+    assert canonical.dumps_canonical([shared, shared, {"a": shared}]) == '[[1,2],[1,2],{"a":[1,2]}]'
+    with pytest.raises(TypeError):
+        canonical.dumps_canonical([shared, object()])
+    assert canonical.dumps_canonical([shared, shared]) == "[[1,2],[1,2]]"
+
+
+def test_dumps_canonical_without_the_c_encoder_falls_back_to_json_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interpreters without CPython's ``_json``: a copy of the module loaded with ``c_make_encoder`` None."""
+    import importlib.util
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    spec = importlib.util.spec_from_file_location("canonical_without_c", canonical.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module._C_MAKE_ENCODER is not canonical._C_MAKE_ENCODER
+    for value in [{"b": 1, "a": ["é", None]}, "x", list(range(1000))]:
+        assert module.dumps_canonical(value) == _dumps_oracle(value)
+    with pytest.raises(ValueError, match=r"^Circular reference detected$"):
+        cyclic: list[Any] = []
+        cyclic.append(cyclic)
+        module.dumps_canonical(cyclic)

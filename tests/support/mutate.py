@@ -68,7 +68,7 @@ TESTS: dict[str, list[str]] = {
     "spec/transitions.py": ["tests/spec/test_protocol_doc.py", "tests/spec/test_mutation_kills.py"],
     "spec/compat.py": ["tests/spec/test_compat.py", "tests/spec/test_one_rule.py",
                        "tests/spec/test_mutation_kills.py"],
-    "spec/values.py": ["tests/spec/test_query.py", "tests/spec/test_canonical.py",
+    "spec/values.py": ["tests/spec/test_query.py", "tests/spec/test_canonical.py", "tests/spec/test_row_init.py",
                        "tests/spec/test_mutation_kills.py"],
     "spec/errors.py": ["tests/spec/test_canonical.py", "tests/spec/test_compat.py",
                        "tests/spec/test_one_rule.py", "tests/spec/test_mutation_kills.py"],

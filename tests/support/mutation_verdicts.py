@@ -87,11 +87,15 @@ EQUIVALENT: dict[str, str] = {
         "the range check after the length check sees at most 16 digits and a sign (17 characters), so "
         "quoting text[:40] or text[:41] is the same",
     # renumbered from mutmut_63 when parse_strict's json.loads call moved into _loads (branch snap;
-    # matched by the mutation itself, '200' -> '201', with mutmut's create_mutations on both sources)
-    "spec.canonical.x_parse_strict__mutmut_54":
+    # matched by the mutation itself, '200' -> '201', with mutmut's create_mutations on both sources),
+    # and back to mutmut_63 when the walk's skip test came before it (fourth session, branch snap)
+    "spec.canonical.x_parse_strict__mutmut_63":
         "the ValueErrors parse_strict can meet are json's JSONDecodeError (a message of at most ~50 characters "
         "plus line, column and offset) -- int()'s digit limit is kept out by _check_int's length check -- so "
         "no message reaches 200 characters and [:200] or [:201] is the same",
+    "spec.canonical.x_dumps_canonical__mutmut_10":
+        "the C encoder's second argument is the current indent level, read only when an indent is set; the "
+        "canonical encoder has none (separators only), so level 1 writes the same text as level 0",
     # spec/resume.py
     "spec.resume.x_continuation_hops__mutmut_5": "strict=None is falsy: zip behaves as with strict=False",
     "spec.resume.x_continuation_hops__mutmut_8": "strict=False is zip's default",
@@ -365,6 +369,9 @@ EQUIVALENT.update({
 # equivalent -- editing a function renumbers its mutants, and a name then means another mutant (as
 # record_hash__mutmut_24 and append_sync_event__mutmut_127 did after f1da87b and fad3263).
 MUTATED_LINE: dict[str, str] = {
+    "spec.canonical.x_parse_strict__mutmut_63":
+        '{"argument": argument, "reason": "invalid_json", "message": str(exc)[:201]}) from None',
+    "spec.canonical.x_dumps_canonical__mutmut_10": 'return "".join(_C_MAKE_ENCODER({}, *_ENCODER_OPTIONS)(value, 1))',
     # the decorated functions' entries (`--icontract --decorated-only`)
     "spec.canonical.x_payload_hash__mutmut_7":
         'return "sha256:" + hashlib.sha256(canonical_text.encode("UTF-8")).hexdigest()',
