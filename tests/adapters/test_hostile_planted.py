@@ -10,6 +10,7 @@ A smaller cap than the hostile suite's (30, and 10 over it) keeps each server's 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ EXPECTED = {
 }
 
 
+@contextlib.contextmanager
 def served(tmp: Path, mutant: str) -> Iterator[tuple[str, int]]:
     """``syncref serve`` with the planted gate bug ``mutant`` (or none), as (base URL, port)."""
     config = tmp / "gate.toml"
@@ -50,13 +52,13 @@ def test_every_planted_gate_bug_is_listed() -> None:
 
 
 def test_the_unmutated_gate_passes_through_the_wrapper(tmp_path: Path) -> None:
-    for base, port in served(tmp_path, "none"):
+    with served(tmp_path, "none") as (base, port):
         assert stall_request_heads(base, port, CAP, extra=10) >= 1
 
 
 @pytest.mark.parametrize("mutant", sorted(EXPECTED))
 def test_a_planted_gate_bug_fails_the_slowloris_check(tmp_path: Path, mutant: str) -> None:
-    for base, port in served(tmp_path, mutant):
+    with served(tmp_path, mutant) as (base, port):
         with pytest.raises(AssertionError, match=EXPECTED[mutant]) as failed:
             stall_request_heads(base, port, CAP, extra=10)
         print(f"[{mutant}] {str(failed.value).splitlines()[0]}")
