@@ -112,3 +112,24 @@ def test_a_record_older_than_the_synced_source_is_not_used(tmp_path: Path, monke
     source.write_bytes(today + b"\n# edited\n")
     os.utime(source, (1_000_000_000, 1_000_000_000))
     assert not mutate.record_current(module)
+
+
+def test_a_plain_samples_report_counts_only_the_drawn_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a --together copy kept across sources holds verdicts of mutants outside today's sample (an older
+    # sample's survivor, say): the report of `--sample N` counts the N drawn names only, a drawn name
+    # with no verdict as not checked
+    codes = {"reference.db.x_f__mutmut_1": 1, "reference.db.x_f__mutmut_2": 0, "reference.db.x_f__mutmut_3": 0,
+             "reference.db.x_f__mutmut_4": 1}
+    meta = tmp_path / "mutants" / "reference" / "db.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    monkeypatch.setitem(mutate.SHARED, "reference/db.py", tmp_path)
+    monkeypatch.setattr(mutate, "EQUIVALENT", {})
+    drawn = ["reference.db.x_f__mutmut_1", "reference.db.x_f__mutmut_2", "reference.db.x_f__mutmut_5"]
+    got = mutate.report("reference/db.py", drawn)
+    assert (got["mutants"], got["killed"], got["survived"], got["not checked"]) == (3, 1, 1, 1)
+    assert got["survivors"] == ["reference.db.x_f__mutmut_2"]
+    assert got["interval_95"] == [9.5, 90.5]  # 1 of 2 checked
+    assert mutate.report("reference/db.py", drawn[:1])["interval_95"] == [20.7, 100.0]  # 1 of 1, checked whole
+    whole = mutate.report("reference/db.py")  # without the names: every verdict the copy holds
+    assert (whole["mutants"], whole["killed"], whole["survived"]) == (4, 2, 2)

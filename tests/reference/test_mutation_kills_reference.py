@@ -1203,3 +1203,159 @@ def test_a_stored_row_whose_arguments_are_not_an_array_is_refused_by_offset() ->
     with pytest.raises(LogCorruption) as err:
         record_from_row(row)
     assert str(err.value) == "commit log row at offset 4 is corrupt: ValueError: args must be a JSON array"
+
+
+# --- third sample, completed (main b7b4995; docs/mutation.md "Third sample") ----------------------------
+
+
+def test_a_read_only_store_is_marked_so_refuses_a_writer_and_leaves_stray_snapshot_files(tmp_path: Path) -> None:
+    from reference.durability import GroupCommitWriter, LogStore, RecoveryReport, newest_snapshot, snapshot_dir
+
+    LogStore.open(tmp_path).close()  # a data directory with an empty log
+    store = LogStore.open(tmp_path, readonly=True)
+    try:
+        assert store.readonly is True
+        with pytest.raises(ValueError) as err:
+            GroupCommitWriter(store, background=False)
+        assert str(err.value) == "a read-only store cannot be written"
+        # a verifier opens the directory read-only and must change nothing in it, not even the temp
+        # file a crash left behind (a writable open removes that)
+        stray = snapshot_dir(store) / "snap-000000000003.json.tmp"
+        stray.parent.mkdir(parents=True, exist_ok=True)
+        stray.write_text("cut short")
+        report = RecoveryReport()
+        assert newest_snapshot(store, report) is None
+        assert stray.read_text() == "cut short" and report.rejected == []
+    finally:
+        store.close()
+    writable = LogStore.open(tmp_path)
+    try:
+        assert writable.readonly is False
+        assert newest_snapshot(writable, RecoveryReport()) is None
+        assert not stray.exists()  # the writable open does clear it
+    finally:
+        writable.close()
+
+
+def test_a_confirmed_readers_one_off_answer_waits_until_what_it_read_is_durable() -> None:
+    from reference.engine import Engine
+    from spec.messages import OneOffQueryResult
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    confirmed = eng.connect(everyone, confirmed=True)
+    unconfirmed = eng.connect(everyone, confirmed=False)
+    assert eng.admin_call(everyone, "append_sync_event", ("s", "k1", "{}", None, None)) is None
+    assert (eng.committed, eng.durable) == (1, 0)  # the append is read before it is durable
+    for conn in (confirmed, unconfirmed):
+        eng.one_off(conn, 7, "SELECT * FROM sync_stream WHERE stream_id = 's'")
+    # the unconfirmed reader gets its answer at once, stamped with the offset it read
+    [now] = eng.take(unconfirmed, 10, 1 << 20)
+    assert now.offset == 1 and isinstance(now.message, OneOffQueryResult) and now.message.request_id == 7
+    # the confirmed one only once offset 1 is durable (CONF-1)
+    assert not eng.releasable(confirmed) and eng.take(confirmed, 10, 1 << 20) == []
+    eng.advance_durable(1)
+    assert eng.releasable(confirmed)
+    [later] = eng.take(confirmed, 10, 1 << 20)
+    assert later.offset == 1 and later.message == now.message
+
+
+def test_a_stream_log_made_by_its_first_event_starts_at_that_events_seq() -> None:
+    # a compacted stream's retained events, loaded into a fresh Db (a snapshot, a replay) start past seq 1
+    # (written for Db._insert__mutmut_10, which it does not kill: the log's first append sets its floor,
+    # so that mutant is equivalent; kept as the statement of the behaviour)
+    db = Db()
+    db._insert(ev(5))
+    db._insert(ev(6))
+    log = db.logs["s"]
+    assert log.floor == 5 and len(log) == 2
+    assert [log.get(seq) for seq in (1, 4, 5, 6, 7)] == [None, None, ev(5), ev(6), None]
+    with pytest.raises(LocalProtocolError) as err:
+        db._insert(ev(8))
+    assert str(err.value) == "event s/8 is not the next seq"
+
+
+# --- the sample extended to 48 per module (seed 1; the 36 are among the 48) ----------------------------------
+
+
+def test_publishing_a_provider_another_identity_owns_is_forbidden_naming_it() -> None:
+    db = Db()
+    r.publish_provider_capability(Txn(db), _ctx(), "p1", '{"gpu":true}', (5001,), 10, "active")
+    other = Ctx(Claims("b" * 64, frozenset(SCOPES), ("*",)), 2_000, 2, DEFAULT_POLICY)
+    _fails(lambda: r.publish_provider_capability(Txn(db), other, "p1", "{}", (5002,), 1, "active"),
+           ErrorCode.FORBIDDEN, {"provider_id": "p1"})
+    row = db.get("provider_capability", ("p1",))
+    assert isinstance(row, ProviderCapability) and (row.owner, row.nip90_kinds) == (A, (5001,))  # unchanged
+
+
+def test_each_stale_resume_is_counted_once_per_reason() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscriptionError
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    _engine_call(eng, everyone, "append_sync_event", "s", "k1", "{}", None, None)
+    epoch = eng.db.get("sync_stream", ("s",)).epoch  # type: ignore[union-attr]
+    reader = eng.connect(everyone, confirmed=False)
+    stale = [f"SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = {epoch + 1} AND seq > 0",  # epoch_changed
+             f"SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = {epoch} AND seq > 5"]  # ahead of head 1
+    for i, text in enumerate(stale, 1):
+        eng.handle(reader, Subscribe(i, i, (text,)))
+        assert isinstance(eng.pop(reader).message, SubscriptionError)
+    assert eng.stale_reasons == {"epoch_changed": 1, "cursor_ahead_of_head": 1}
+    eng.handle(reader, Subscribe(3, 3, (stale[0],)))
+    eng.pop(reader)
+    assert eng.stale_reasons == {"epoch_changed": 2, "cursor_ahead_of_head": 1}
+
+
+def test_delta_of_lists_tables_with_only_deletes_or_only_inserts_in_schema_order() -> None:
+    from reference.replay import delta_of
+
+    db = Db()
+    db._insert(ca("r1", 1))
+    tx = Txn(db)
+    tx.delete(ca("r1", 1))  # compute_assignment: a delete only
+    tx.insert(cp("c2", 2))  # sync_checkpoint: an insert only
+    # the schema's table order (sync_stream, sync_event, sync_checkpoint, ..., compute_assignment, ...),
+    # not the order the transaction wrote them
+    assert delta_of(tx) == (RowChange("sync_checkpoint", (), (cp("c2", 2),)),
+                            RowChange("compute_assignment", (ca("r1", 1),), ()))
+
+
+def test_a_diverging_replay_reports_the_head_of_the_records_it_matched() -> None:
+    from reference.engine import Engine
+    from reference.replay import Mismatch, replay
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    for key in ("k1", "k2"):
+        _engine_call(eng, everyone, "append_sync_event", "s", key, "{}", None, None)
+    first, second = eng.take_records()
+    out = replay([first, replace(second, hash="e" * 64)])
+    assert (out.records, out.digest) == (1, first.hash)  # the chain up to the last record that reproduced
+    assert out.mismatch == Mismatch(2, f"hash differs: recorded {'e' * 64}, recomputed {second.hash}")
+
+
+def test_verify_log_names_a_corrupt_snapshot_past_the_log(tmp_path: Path) -> None:
+    from reference import snapshot
+    from reference.durability import GroupCommitWriter, LogStore
+    from reference.engine import Engine
+    from reference.replay import SnapshotCheck, verify_log
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k1", "{}", None, None)
+    (rec,) = eng.take_records()
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store, background=False)
+    writer.append([rec])
+    writer.flush()
+    writer.close()
+    store.close()
+    image = snapshot.capture(eng.db, 7, rec.hash)
+    directory = tmp_path / snapshot.SNAPSHOT_DIR
+    directory.mkdir(parents=True)
+    (directory / snapshot.file_name(7)).write_bytes(b"".join(snapshot.encode(image))[:-1])  # cut short
+    report = verify_log(tmp_path)
+    assert report.mismatch is None and report.records == 1 and not report.ok
+    # past the one record replayed, but corrupt is what it is: named, with the reason
+    assert report.snapshots == (SnapshotCheck("snap-000000000007.json", 7, "corrupt", "truncated (no trailer line)"),)

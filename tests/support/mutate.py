@@ -373,12 +373,17 @@ def moved(module: str) -> list[str]:
     return sorted(out)
 
 
-def report(module: str) -> dict[str, object]:
+def report(module: str, drawn: list[str] | None = None) -> dict[str, object]:
+    """The summary of the scratch copy's verdicts for `module`: over a `--shuffled` sample's names when
+    one is stored, else over `drawn` (a plain `--sample`'s names) when given, else over every verdict the
+    copy holds (which, in a copy kept across sources and samples, includes mutants outside today's sample)."""
     codes = verdicts(module)
     shifted = moved(module)
     stored = load_sample(module)
     if stored is not None:  # a --shuffled sample: count the sample only
         codes = {name: codes.get(name) for name in stored.names}
+    elif drawn is not None:  # a plain --sample: count the drawn names only
+        codes = {name: codes.get(name) for name in drawn}
     elif decorated_only():  # the decorated functions' mutants only
         codes = {name: codes.get(name) for name in mutant_names(module)}
     count: Counter[str] = Counter()
@@ -413,6 +418,9 @@ def report(module: str) -> dict[str, object]:
         low, high = wilson(count["killed"] + count["timeout"], live)
         out.update({"sample": {"size": stored.size, "seed": stored.seed, "of": stored.of},
                     "interval_95": [round(100 * low, 1), round(100 * high, 1)]})
+    elif drawn is not None:  # a plain sample: the interval of its kill rate, checked whole or not
+        low, high = wilson(count["killed"] + count["timeout"], live)
+        out["interval_95"] = [round(100 * low, 1), round(100 * high, 1)]
     return {**out, "survivors": survivors, "equivalent_but_killed": stale, "equivalent_not_a_mutant": unknown,
             "equivalent_moved": shifted}
 
@@ -565,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [*MUTMUT, "run", "--max-children", str(args.children),
                        *names]
                 subprocess.run(cmd, cwd=work, env=env, check=False)
-        print(json.dumps(report(module)))
+        drawn = sample(module, args.sample, args.seed) if args.sample and not args.shuffled else None
+        print(json.dumps(report(module, drawn)))
     return 0
 
 

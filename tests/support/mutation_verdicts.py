@@ -130,6 +130,21 @@ EQUIVALENT: dict[str, str] = {
 
 # --- reference/ (the reference block of docs/mutation.md) --------------------------------------------
 
+_DIFFER_FALLBACK = ("_differ without its per-type attrgetter falls back to `old != new`, the rows' dataclass "
+                    "equality, which the fast path restates: Python 3.11's generated __eq__ compares the two "
+                    "tuples of every field (no row type sets compare=False or its own __eq__), as the two "
+                    "attrgetter tuples do, and answers NotImplemented -> identity for another type, as the "
+                    "type check does: the same answer for every pair of rows, only slower")
+
+_TXN_COUNT = ("Txn.delete's count of a row in the transaction's inserts is only read for its truth (`if count:`); "
+              "the mutant's count (built as -1 or 2 per held row, left at count + 1 by a delete, or started at "
+              "2 by an insert) is non-zero wherever the original's is, and differs only once the row has left "
+              "the inserts (the "
+              "original's 0): deleting that row again needs it back in the Db, and only Txn.insert (which "
+              "makes both counts non-zero again) puts rows back -- Txn.relabel_events changes event values in "
+              "place, but its one caller, recovery_bump, inserts and deletes no event and relabels to a fresh "
+              "epoch no deleted row had")
+
 _UTF8 = "codec names are case-insensitive: 'UTF-8' is the utf-8 codec, the bytes hashed are the same"
 
 EQUIVALENT.update({
@@ -202,6 +217,45 @@ EQUIVALENT.update({
         "`and` for `or` only lets through a query with a seq lower bound and stream_id or epoch not pinned with "
         "=; _resume_rows only sees subscription queries (_snapshot's two callers), and _authorized_queries' "
         "resume-form check (resume_form=True for every Subscribe) refuses exactly those before they are registered",
+})
+
+# the third sample completed on main's b7b4995 (docs/mutation.md "Third sample")
+EQUIVALENT.update({
+    "reference.db.x__differ__mutmut_1": _DIFFER_FALLBACK,
+    "reference.db.x__differ__mutmut_2": _DIFFER_FALLBACK,
+    "reference.db.x__differ__mutmut_3": _DIFFER_FALLBACK,
+    "reference.durability.xǁLogStoreǁopen__mutmut_103":
+        "the fresh-directory check's SQL in lower case: SQLite's keywords are case-insensitive and the table's "
+        "name is commit_log either way, so it is the same query",
+    "reference.db.xǁDbǁ_insert__mutmut_10":
+        "a new stream's log made as StreamLog(stream_id) (floor 1) instead of StreamLog(stream_id, row.seq): the "
+        "next-seq check is skipped for an empty log, and StreamLog.append of an empty log sets floor = ev.seq "
+        "itself, so the floor the constructor got is overwritten before anything reads it (checked: "
+        "test_a_stream_log_made_by_its_first_event_starts_at_that_events_seq passes on this mutant)",
+    "reference.db.xǁTxnǁdelete__mutmut_26":
+        "inserted.get(row, None) for inserted.get(row, 0): the count is only read for its truth (`if count:`), "
+        "and None is false as 0 is",
+    "reference.db.xǁTxnǁdelete__mutmut_17": _TXN_COUNT,
+    "reference.db.xǁTxnǁdelete__mutmut_31": _TXN_COUNT,
+    "reference.db.xǁTxnǁdelete__mutmut_23": _TXN_COUNT,
+    "reference.log.x_row_values__mutmut_1":
+        "row_values without its per-type cache lookup: every call builds the attrgetter of the row's fields "
+        "(and stores it again), the getter a cache hit would have returned: the same values, slower",
+    "reference.db.xǁTxnǁinsert__mutmut_26": _TXN_COUNT,
+    "reference.eventlog.xǁStreamLogǁappend__mutmut_14":
+        "append's inline lookup of the producer's number is a shortcut: with `no = None` every append calls "
+        "_producer(ev.producer), which looks the producer up the same way and returns the same `no << "
+        "_KEY_BITS` for a known one (and registers an unknown one, as the original's call does): the same meta, "
+        "one call slower",
+    "reference.eventlog.xǁStreamLogǁrelabel__mutmut_12":
+        "zip(self._run_seqs, epochs) without strict=True: epochs is built from self._run_epochs one for one, "
+        "and _run_seqs and _run_epochs are kept in step (every write appends, pops, inserts or deletes both, "
+        "or assigns both together), so the two always have the same length",
+    "reference.engine.xǁEngineǁ_unregister__mutmut_14":
+        "`break` for `continue` on a query whose shape is gone: never taken -- _subscribe registers every query "
+        "of a set under its shape with a count per (connection, set), only _unregister removes a shape, and "
+        "only once no set counts on it, so while a set is being unregistered each of its queries still has its "
+        "shape (two queries of one shape in one set count 2, and the first leaves it)",
 })
 
 # --- third session: spec/system.py, spec/trace.py, spec/vectors.py (samples, seed 9) -------------------
@@ -359,6 +413,21 @@ MUTATED_LINE: dict[str, str] = {
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
     "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
         "if not isinstance(sid, str) and type(epoch) is not int or w is None or not all(",
+    "reference.db.x__differ__mutmut_1": "get = None",
+    "reference.db.x__differ__mutmut_2": "get = _FIELDS.get(None)",
+    "reference.db.x__differ__mutmut_3": "get = _FIELDS.get(type(None))",
+    "reference.durability.xǁLogStoreǁopen__mutmut_103":
+        'if conn.execute("select 1 from commit_log limit 1").fetchone() is not None:',
+    "reference.engine.xǁEngineǁ_unregister__mutmut_14": "break",
+    "reference.db.xǁDbǁ_insert__mutmut_10": "log = self.logs[row.stream_id] = StreamLog(row.stream_id, )",
+    "reference.db.xǁTxnǁdelete__mutmut_26": "count = inserted.get(row, None)",
+    "reference.db.xǁTxnǁdelete__mutmut_17": "inserted[held] = inserted.get(held, 0) - 1",
+    "reference.db.xǁTxnǁdelete__mutmut_31": "inserted[row] = count + 1",
+    "reference.db.xǁTxnǁdelete__mutmut_23": "inserted[held] = inserted.get(held, 0) + 2",
+    "reference.log.x_row_values__mutmut_1": "get = None",
+    "reference.db.xǁTxnǁinsert__mutmut_26": "inserted[row] = inserted.get(row, 1) + 1",
+    "reference.eventlog.xǁStreamLogǁrelabel__mutmut_12": "for s, e in zip(self._run_seqs, epochs, ):",
+    "reference.eventlog.xǁStreamLogǁappend__mutmut_14": "no = None",
 }
 
 # ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
