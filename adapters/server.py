@@ -91,7 +91,7 @@ from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Sn
 from spec import contracts
 from spec import messages as m
 from spec.compat import CompatWindow, rejection_body
-from spec.errors import ErrorCode, SyncError
+from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.messages import TableRows
 from spec.policy import Policy
 from spec.schema import (
@@ -155,15 +155,64 @@ def _ws_header(n: int) -> int:
     return 2 if n < 128 else 4 if n < 65540 else 10
 
 
+def _ws_head(n: int) -> bytes:
+    """The header of an unmasked, final WebSocket binary frame of an ``n``-byte payload."""
+    if n < 126:
+        return bytes((0x82, n))
+    if n < 65536:
+        return struct.pack("!BBH", 0x82, 126, n)
+    return struct.pack("!BBQ", 0x82, 127, n)
+
+
 def ws_binary_frame(payload: bytes) -> bytes:
     """An unmasked, final WebSocket binary frame carrying ``payload`` (RFC 6455 §5.2: a server
     never masks; lengths over 125 take a 16-bit, over 65535 a 64-bit extended length)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x82, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x82, 126, n) + payload
-    return struct.pack("!BBQ", 0x82, 127, n) + payload
+    return _ws_head(len(payload)) + payload
+
+
+def ws_binary_frame_parts(payload: Sequence[bytes]) -> tuple[bytes, ...]:
+    """:func:`ws_binary_frame` of the concatenation of ``payload``, as parts (concatenated, the
+    same bytes): the header goes in front of the first part, the others are passed through
+    uncopied -- a replay's megabytes go to the socket as they were built (ADR-0020 addendum)."""
+    head = _ws_head(sum(map(len, payload)))
+    if not payload:
+        return (head,)
+    return (head + payload[0], *payload[1:])
+
+
+Frame = bytes | tuple[bytes, ...]
+"""A whole WebSocket frame ready for the socket: its bytes, or parts that concatenate to them."""
+
+
+def _v3_batches(bodies: Sequence[bytes | tuple[bytes, ...]]) -> list[bytes | tuple[bytes, ...]]:
+    """:func:`wire.batch_v3` of bodies some of which are kept as parts: such a body is over the
+    soft cap (it is never cached: over ``BODY_CACHE_ITEM_BYTES``), so ``batch_v3`` would send it
+    alone; it stays parts, the bodies between such ones are batched as before."""
+    out: list[bytes | tuple[bytes, ...]] = []
+    run: list[bytes] = []
+    for body in bodies:
+        if isinstance(body, bytes):
+            run.append(body)
+            continue
+        if sum(map(len, body)) <= wire.V3_SOFT_CAP:
+            raise LocalProtocolError("a body kept as parts is always over V3_SOFT_CAP")
+        out += wire.batch_v3(run)
+        run = []
+        out.append(body)
+    out += wire.batch_v3(run)
+    return out
+
+
+def write_frames(transport: asyncio.Transport, frames: Sequence[Frame]) -> None:
+    """Write a turn's frames in one transport call: frames that are all ``bytes`` joined (one
+    small write, as before); a frame kept as parts makes it one ``writelines`` of every piece,
+    so its large parts are not copied (uvloop hands them to the kernel as one vector; asyncio's
+    transport joins them, one copy)."""
+    whole = [f for f in frames if isinstance(f, bytes)]
+    if len(whole) == len(frames):
+        transport.write(whole[0] if len(whole) == 1 else b"".join(whole))
+        return
+    transport.writelines([piece for f in frames for piece in ((f,) if isinstance(f, bytes) else f)])
 
 
 MIB = 1024 * 1024
@@ -395,7 +444,7 @@ class SyncServer:
         # v3 turns of shared updates built in this pass: (compression, their ids) -> (the updates,
         # the frames, their payload bytes); the updates are kept so an id is never reused meanwhile
         self._v3_turns: dict[tuple[wire.Compression, tuple[int, ...]],
-                             tuple[tuple[m.ServerMessage, ...], list[bytes], int]] = {}
+                             tuple[tuple[m.ServerMessage, ...], list[Frame], int]] = {}
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
         self._pump_scheduled = False  # _pump likewise (calls the reader handled itself: one pump for them all)
         self.taken_by_reader = 0  # messages a reader handed to the engine itself (ADR-0019), not via the queue
@@ -1268,7 +1317,7 @@ class SyncServer:
             return
         engine.handle(s.conn_id, abstract)
 
-    def _encode(self, s: Session, message: m.ServerMessage) -> tuple[bytes, _Encoded | None]:
+    def _encode(self, s: Session, message: m.ServerMessage) -> tuple[bytes | tuple[bytes, ...], _Encoded | None]:
         """The BSATN body of an engine message, and its cache entry when it is shared.
 
         The engine hands every subscriber that sees the same rows the *same* ``TransactionUpdate``
@@ -1288,7 +1337,12 @@ class SyncServer:
             self._bodies.move_to_end(key)
             self.metrics.sends.encode_hits += 1
             return entry.body, entry
-        body = wire.encode_server(wire.to_wire(message, cache=self._rows))
+        parts = wire.encode_server_parts(wire.to_wire(message, cache=self._rows))
+        if len(parts) > 1 and sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
+            # a large body is not kept (it would pin memory) nor joined: its parts are framed as
+            # they are and go to the socket uncopied (a replay's megabytes, ADR-0020 addendum)
+            return tuple(parts), None
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
         if len(body) > BODY_CACHE_ITEM_BYTES:  # a large body is not kept: it would pin memory
             return body, None
         if entry is not None:  # an id reused by a newer object: the old entry is stale
@@ -1310,7 +1364,7 @@ class SyncServer:
             self._body_bytes += len(frame)
         return frame
 
-    def _turn(self, s: Session) -> tuple[list[bytes], int] | None:
+    def _turn(self, s: Session) -> tuple[list[Frame], int] | None:
         """Take one turn's messages off the connection's queue as whole WebSocket frames, ready
         for one transport write, and their payload bytes: at most ``SEND_BATCH`` (v3:
         ``SEND_BATCH_V3``) messages and V3_SOFT_CAP bytes (one larger message goes alone).  v2
@@ -1327,9 +1381,10 @@ class SyncServer:
         v3 = s.version == 3
         turn = SEND_BATCH_V3 if v3 else SEND_BATCH
         compression = s.compression
-        bodies: list[bytes] = []  # v3: the turn's message bodies
-        frames: list[bytes] = []  # v2: the turn's whole WebSocket frames
+        bodies: list[bytes | tuple[bytes, ...]] = []  # v3: the turn's message bodies (large ones as parts)
+        frames: list[Frame] = []  # the turn's whole WebSocket frames
         size = payload = 0
+        body: bytes | tuple[bytes, ...]
         while s.side and len(bodies) + len(frames) < turn:
             body = s.side.popleft()
             if v3:
@@ -1359,17 +1414,22 @@ class SyncServer:
                 body = entry.body
             else:
                 body, entry = self._encode(s, message)
-            if len(body) > bound:  # never sent undecodable
+            length = len(body) if isinstance(body, bytes) else sum(map(len, body))
+            if length > bound:  # never sent undecodable
                 self.metrics.internal.labels("oversize").inc()
                 s.broken = True
                 s.closers.append(asyncio.ensure_future(self._close(
-                    s, m.CLOSE_PROTOCOL, f"internal error: a {len(body)}-byte message is over "
+                    s, m.CLOSE_PROTOCOL, f"internal error: a {length}-byte message is over "
                     "max_outbound_message_bytes", "internal")))
                 return None
             if v3:
                 bodies.append(body)
                 if v3_key is not None:
                     v3_key = (*v3_key, id(message)) if entry is not None else None
+            elif isinstance(body, tuple):  # a large body's parts, framed without joining them
+                tagged = wire.frame_server_parts(body, compression)
+                frames.append(ws_binary_frame_parts(tagged))
+                payload += sum(map(len, tagged))
             elif entry is not None:
                 data = entry.wire.get(compression)
                 if data is None:
@@ -1394,8 +1454,13 @@ class SyncServer:
                 payload += made[2]
             else:
                 start, before = len(frames), payload
-                for body in wire.batch_v3(bodies):
-                    frame = wire.frame_server(body, compression)
+                for batch in _v3_batches(bodies):
+                    if isinstance(batch, tuple):  # a large body goes alone, framed as its parts
+                        tagged = wire.frame_server_parts(batch, compression)
+                        frames.append(ws_binary_frame_parts(tagged))
+                        payload += sum(map(len, tagged))
+                        continue
+                    frame = wire.frame_server(batch, compression)
                     frames.append(ws_binary_frame(frame))
                     payload += len(frame)
                 if turn_key is not None:
@@ -1436,7 +1501,7 @@ class SyncServer:
                 return True
             frames, payload = turn
             if frames:
-                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                write_frames(transport, frames)
                 sends.writes += 1
                 sends.frames += len(frames)
                 sends.bytes += payload
@@ -1476,7 +1541,7 @@ class SyncServer:
                     self._flush_delivered()
                     if not frames:
                         continue
-                    transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                    write_frames(transport, frames)
                     sends.writes += 1
                     sends.frames += len(frames)
                     sends.bytes += payload

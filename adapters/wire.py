@@ -450,9 +450,26 @@ class _PartsWriter(Writer):
     def getvalue(self) -> bytes:
         return b"".join((*self._parts, self._buf)) if self._parts else super().getvalue()
 
+    def parts(self) -> list[bytes]:
+        """The buffer so far as parts whose concatenation is :meth:`getvalue` (nothing large copied)."""
+        return [*self._parts, super().getvalue()] if self._parts else [super().getvalue()]
+
 
 def encode_server(msg: ServerMessage) -> bytes:
     """The BSATN of one server message (a frame body, before the compression tag)."""
+    return _write_server(msg).getvalue()
+
+
+def encode_server_parts(msg: ServerMessage) -> list[bytes]:
+    """:func:`encode_server` as parts, never empty, whose concatenation is its bytes: a
+    ``SubscribeApplied``'s (or ``UnsubscribeApplied``'s) row data over 64 KiB stays the object it
+    was built as, so a replay's megabytes reach the socket without being copied (ADR-0020
+    addendum); any other message is one part."""
+    w = _write_server(msg)
+    return w.parts() if isinstance(w, _PartsWriter) else [w.getvalue()]
+
+
+def _write_server(msg: ServerMessage) -> Writer:
     w = _PartsWriter() if isinstance(msg, SubscribeApplied | UnsubscribeApplied) else Writer()
     if isinstance(msg, InitialConnection):
         w.u8(0)
@@ -512,7 +529,7 @@ def encode_server(msg: ServerMessage) -> bytes:
         w.u32(msg.request_id)
     else:
         raise LocalProtocolError(f"not a wire ServerMessage: {msg!r:.80}")
-    return w.getvalue()
+    return w
 
 
 def _w_outcome(w: Writer, outcome: ReducerOutcome) -> None:
@@ -736,6 +753,17 @@ def frame_server(body: bytes, compression: Compression) -> bytes:
         compressed: bytes = brotli.compress(body, quality=1)
         return b"\x01" + compressed
     return b"\x02" + gzip.compress(body, compresslevel=1, mtime=0)
+
+
+def frame_server_parts(parts: Sequence[bytes], compression: Compression) -> list[bytes]:
+    """:func:`frame_server` of the concatenation of ``parts``, as parts (concatenated, the same
+    bytes).  Uncompressed, the tag goes in front of the first part and the others are passed
+    through uncopied; a compressed frame is one part (compressing reads the whole body anyway)."""
+    if not parts:
+        return [b"\x00"]
+    if compression is Compression.NONE or sum(map(len, parts)) <= COMPRESS_THRESHOLD:
+        return [b"\x00" + parts[0], *parts[1:]]
+    return [frame_server(b"".join(parts), compression)]
 
 
 def batch_v3(bodies: Sequence[bytes], soft_cap: int = V3_SOFT_CAP) -> list[bytes]:
