@@ -38,7 +38,7 @@ def _splits(data: bytes) -> list[list[bytes]]:
 
 
 def _rfc_frame(payload: bytes) -> bytes:
-    return Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])  # type: ignore[no-any-return]
+    return Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
 
 
 HEADERS = {0: b"\x82\x00", 125: b"\x82\x7d", 126: b"\x82\x7e\x00\x7e", 65535: b"\x82\x7e\xff\xff",
@@ -73,7 +73,8 @@ def test_a_tagged_body_as_parts_is_frame_server_of_the_joined_body(n: int, compr
             assert tagged[0][:1] == b"\x00" and all(a is b for a, b in zip(tagged[1:], parts[1:], strict=True))
         else:
             assert len(tagged) == 1 and tagged[0][:1] == bytes((compression.tag,))
-    assert wire.frame_server_parts([], wire.Compression.GZIP) == [b"\x00"] == [wire.frame_server(b"", wire.Compression.GZIP)]
+    empty = [wire.frame_server(b"", wire.Compression.GZIP)]
+    assert wire.frame_server_parts([], wire.Compression.GZIP) == [b"\x00"] == empty
 
 
 def _event(seq: int, payload: str) -> SyncEvent:
@@ -150,43 +151,52 @@ def test_write_frames_joins_whole_frames_and_passes_parts_through() -> None:
     assert kind == "writelines" and b"".join(pieces) == b"abh" + big + b"cd" and any(p is big for p in pieces)
 
 
-def test_a_replay_turn_hands_the_row_data_to_the_socket_uncopied(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``_turn`` of a session with a large replay queued, written by ``write_frames``: the frame
+class _Out:
+    def __init__(self, message: m.ServerMessage) -> None:
+        self.message, self.offset = message, 0
+
+
+class _Engine:
+    def __init__(self, message: m.ServerMessage) -> None:
+        self.message = message
+
+    def take(self, *_: object) -> list[_Out]:
+        return [_Out(self.message)]
+
+
+class _Session:
+    def __init__(self, version: int) -> None:
+        self.side: list[bytes] = []
+        self.compression = wire.Compression.NONE
+        self.conn_id = 1
+        self.version = version
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_replay_turn_hands_the_row_data_to_the_socket_uncopied(version: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_turn`` of a session with a large replay to send, written by ``write_frames``: the frame
     is the old concatenation (tag, header) byte for byte, for v2 and v3, and the row data object
     itself is among the pieces the transport gets."""
-    for version in (2, 3):
-        server = srv.SyncServer(srv.ServerConfig(data_dir=Path("unused")))
-        applied = _big_applied()
-        wired = wire.to_wire(applied)
-        old = srv.ws_binary_frame(wire.frame_server(wire.encode_server(wired), wire.Compression.NONE))
+    server = srv.SyncServer(srv.ServerConfig(data_dir=Path("unused")))
+    applied = _big_applied()
+    old = srv.ws_binary_frame(wire.frame_server(wire.encode_server(wire.to_wire(applied)), wire.Compression.NONE))
+    server._engine = _Engine(applied)  # type: ignore[assignment]
+    seen: list[bytes] = []
+    original = wire.to_wire
 
-        class Engine:
-            def take(self, *_: object) -> list[Any]:
-                return [type("Out", (), {"message": applied, "offset": 0})()]
+    def spy(msg: Any, **kw: Any) -> Any:
+        out = original(msg, **kw)
+        assert isinstance(out, wire.SubscribeApplied)
+        seen.append(out.rows.tables[0].rows.rows_data)
+        return out
 
-        class Session:
-            side: list[bytes] = []
-            compression = wire.Compression.NONE
-            conn_id = 1
-
-        Session.version = version  # type: ignore[attr-defined]
-        server._engine = Engine()  # type: ignore[assignment]
-        seen: list[bytes] = []
-        original = wire.to_wire
-
-        def spy(msg: Any, **kw: Any) -> Any:
-            out = original(msg, **kw)
-            seen.append(out.rows.tables[0].rows.rows_data)
-            return out
-
-        monkeypatch.setattr(wire, "to_wire", spy)
-        turn = server._turn(Session())  # type: ignore[arg-type]
-        monkeypatch.undo()
-        assert turn is not None
-        frames, payload = turn
-        t = Recorder()
-        srv.write_frames(t, frames)  # type: ignore[arg-type]
-        ((kind, pieces),) = t.calls
-        assert kind == "writelines" and b"".join(pieces) == old, version
-        assert payload == len(old) - 10 and len(frames) == 1
-        assert any(p is seen[0] for p in pieces), "the row data was copied on its way to the socket"
+    monkeypatch.setattr(wire, "to_wire", spy)
+    turn = server._turn(_Session(version))  # type: ignore[arg-type]
+    assert turn is not None
+    frames, payload = turn
+    t = Recorder()
+    srv.write_frames(t, frames)  # type: ignore[arg-type]
+    ((kind, pieces),) = t.calls
+    assert kind == "writelines" and b"".join(pieces) == old
+    assert payload == len(old) - 10 and len(frames) == 1
+    assert any(p is seen[0] for p in pieces), "the row data was copied on its way to the socket"
