@@ -1,12 +1,14 @@
 """The C heap's reuse of freed memory: opt-in for ``syncref serve``, on in the bench's clients
 (ADR-0020).
 
-A replay of the budget (20,000 events) is a message of ~6.6 MB, and on its way to the socket it
-is copied whole a few times (the row list, the message body, the compression tag, the WebSocket
-frame).  glibc's ``malloc`` serves a block that large by ``mmap`` (or from the top of the heap,
-trimmed back to the system when freed), so every copy lands on fresh pages: measured, ~1,630
+A replay of the budget (20,000 events) is a message of ~6.6 MB.  It used to be copied whole four
+times on its way to the socket (the row list, the message body, the compression tag, the
+WebSocket frame); since the ADR-0020 addendum the last three are gone (the frame goes to the
+socket as parts, ``adapters/server.py`` ``write_frames``) and the row list's join is the one
+copy left.  glibc's ``malloc`` serves a block that large by ``mmap`` (or from the top of the heap,
+trimmed back to the system when freed), so such a copy lands on fresh pages: measured, ~1,630
 minor page faults and 5-8 ms per copy on the bench machine, against 0.7 ms for the copy itself
-in reused memory -- most of a warm replay's server time (docs/performance.md, "Replay: ...").
+in reused memory (docs/performance.md, "Replay: ...").
 
 :func:`keep_freed_heap` sets glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` so that blocks
 under the limit come from the heap and up to the limit of freed memory stays in the process for

@@ -200,3 +200,24 @@ def test_a_replay_turn_hands_the_row_data_to_the_socket_uncopied(version: int, m
     assert kind == "writelines" and b"".join(pieces) == old
     assert payload == len(old) - 10 and len(frames) == 1
     assert any(p is seen[0] for p in pieces), "the row data was copied on its way to the socket"
+
+
+def test_the_parts_writer_keeps_large_values_as_parts_and_the_tail() -> None:
+    """``_PartsWriter.parts`` against the bytes written out by hand (BSATN: u32 length prefixes,
+    little-endian): large values are the objects given, small ones and the tail are copied in."""
+    big, big2 = b"B" * 70_000, b"C" * 65_536
+    w = wire._PartsWriter()
+    w.u8(1)
+    w.bytes_(big)
+    w.u32(5)
+    w.bytes_(b"small")
+    w.bytes_(big2)
+    w.u16(0xBEEF)
+    want = (b"\x01" + (70_000).to_bytes(4, "little") + big + (5).to_bytes(4, "little") + (5).to_bytes(4, "little")
+            + b"small" + (65_536).to_bytes(4, "little") + big2 + b"\xef\xbe")
+    parts = w.parts()
+    assert b"".join(parts) == want == w.getvalue() and len(w) == len(want)
+    assert parts[1] is big and parts[3] is big2 and parts[-1] == b"\xef\xbe"
+    plain = wire._PartsWriter()
+    plain.bytes_(b"tiny")
+    assert plain.parts() == [b"\x04\x00\x00\x00tiny"]
