@@ -749,21 +749,29 @@ def frame_server(body: bytes, compression: Compression) -> bytes:
     """Tag and, if longer than 1024 bytes and asked for, compress a server frame body."""
     if compression is Compression.NONE or len(body) <= COMPRESS_THRESHOLD:
         return b"\x00" + body
+    return _TAG_BYTES[compression] + _compress(body, compression)
+
+
+_TAG_BYTES = {c: bytes((c.tag,)) for c in Compression}
+
+
+def _compress(body: bytes, compression: Compression) -> bytes:
     if compression is Compression.BROTLI:
         compressed: bytes = brotli.compress(body, quality=1)
-        return b"\x01" + compressed
-    return b"\x02" + gzip.compress(body, compresslevel=1, mtime=0)
+        return compressed
+    return gzip.compress(body, compresslevel=1, mtime=0)
 
 
 def frame_server_parts(parts: Sequence[bytes], compression: Compression) -> list[bytes]:
     """:func:`frame_server` of the concatenation of ``parts``, as parts (concatenated, the same
     bytes).  Uncompressed, the tag goes in front of the first part and the others are passed
-    through uncopied; a compressed frame is one part (compressing reads the whole body anyway)."""
+    through uncopied; compressed, the parts are joined (the compressor reads the whole body) and the
+    frame is the tag and the compressed bytes, two parts (the compressed bytes are not copied)."""
     if not parts:
         return [b"\x00"]
     if compression is Compression.NONE or sum(map(len, parts)) <= COMPRESS_THRESHOLD:
         return [b"\x00" + parts[0], *parts[1:]]
-    return [frame_server(b"".join(parts), compression)]
+    return [_TAG_BYTES[compression], _compress(b"".join(parts), compression)]
 
 
 def batch_v3(bodies: Sequence[bytes], soft_cap: int = V3_SOFT_CAP) -> list[bytes]:
