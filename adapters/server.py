@@ -113,7 +113,7 @@ CLOSE_REASON_BYTES = 123
 SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP bytes, or one larger message)
 SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
-SWITCH_INTERVAL_S = 0.0005
+SWITCH_INTERVAL_S = 0.0001  # the writer thread retakes the lock within this behind a busy loop (Phase 6)
 REVOCATION_CHECK_S = 1.0  # how often the revocation list is re-read for open connections
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
@@ -484,8 +484,10 @@ class SyncServer:
         directory and ``OSError`` for a port that cannot be bound (the CLI reports both)."""
         self._loop = asyncio.get_running_loop()
         self.failed = self._loop.create_future()
-        # The group-commit writer thread needs the interpreter lock for a moment per batch; with the
-        # default 5 ms switch interval a busy event loop delays every durability step by that much.
+        # The group-commit writer thread needs the interpreter lock for a moment per batch -- when
+        # woken and when its fsync returns -- and behind a busy event loop (a delivery pass) each
+        # waits up to the switch interval: CPython's default 5 ms would delay every COMMIT by up to
+        # 10 ms; 0.5 ms still cost ~0.5 ms per wakeup (docs/performance.md, "Phase 6").
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         cfg = self.config
         if cfg.contracts is not None:
