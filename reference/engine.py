@@ -40,6 +40,7 @@ import icontract
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
 from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors, record_hash
+from reference.parsecache import ParseCache
 from spec import contracts
 from spec import query as q
 from spec.auth import Claims, can_read, filter_key, grant_matches
@@ -208,6 +209,7 @@ class Engine:
         # Resource limits (None: unbounded).  The server sets them from its ``Limits``; the names
         # in ``limit_exceeded`` details are those fields.
         self.max_query_bytes: int | None = None
+        self.parse_cache = ParseCache()  # exact query texts -> their parse (reference/parsecache.py)
         self.max_query_conjuncts: int | None = None
         self.max_queries_per_connection: int | None = None
         self.max_outbound_bytes: int | None = None  # estimated encoded bytes queued per connection
@@ -373,7 +375,8 @@ class Engine:
             for text in texts:
                 if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
                     raise limit_exceeded("max_query_bytes", limit, len(text.encode("utf-8", "surrogatepass")))
-        queries = [query for text in texts for query in q.parse(text)]
+        parse = self.parse_cache.parse
+        queries = [query for text in texts for query in parse(text)]
         most = self.max_query_conjuncts
         for query in queries:
             if most is not None and len(query.where) > most:

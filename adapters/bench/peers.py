@@ -82,12 +82,25 @@ class _Lines:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.q: queue.Queue[str] = queue.Queue()
         self.proc = proc
+        self.eof = threading.Event()  # set once every line the child wrote is in ``q``
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.q.put(line)
+        try:
+            for line in self.proc.stdout:
+                self.q.put(line)
+        finally:
+            self.eof.set()
+
+    def drained(self, grace: float = 10.0) -> bool:
+        """The child has exited and every line it wrote has been taken from ``q``.  A child that
+        prints its last line and exits at once is seen exited by ``poll()`` before this thread has
+        queued that line; so an exit counts only once the pipe's end has been read."""
+        if self.proc.poll() is None:
+            return False
+        self.eof.wait(grace)
+        return self.q.empty()
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
         deadline = time.monotonic() + timeout
@@ -95,7 +108,7 @@ class _Lines:
             try:
                 line = self.q.get(timeout=0.05)
             except queue.Empty:
-                if self.proc.poll() is not None:
+                if self.drained():
                     break
                 continue
             m = re.search(pattern, line)

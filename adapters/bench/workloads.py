@@ -101,7 +101,7 @@ class ClientProc:
             try:
                 line = self.lines.q.get(timeout=0.05)
             except Exception:
-                if self.proc.poll() is not None and self.lines.q.empty():
+                if self.lines.drained():
                     raise ClientFailed(f"client exited with {self.proc.returncode} (see clients.log)") from None
                 continue
             msg = json.loads(line)

@@ -16,6 +16,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from adapters import wire
-from adapters.bench import client
+from adapters.bench import client, peers, workloads
 from adapters.bench.hist import GROWTH, Hist, bucket_of, bucket_value, ratio, summary
 from adapters.bench.main import Progress, selected
 from adapters.bench.proto import FrameParser, WsError, accept_for, encode_command, encode_frame
@@ -416,3 +417,42 @@ def test_profile_budget_charges_each_sample_to_its_innermost_phase() -> None:
     assert list(got.values()) == sorted(got.values(), reverse=True)
     assert threads(stacks) == {"thread": 1.0}
     assert budget([]) == {}
+
+
+class _LateLines(peers._Lines):
+    """A reader thread that queues the child's lines only well after the child has exited (what a
+    loaded machine does to the real one now and then)."""
+
+    def _pump(self) -> None:
+        self.proc.wait()
+        time.sleep(0.3)
+        super()._pump()
+
+
+def _late_client(code: str) -> workloads.ClientProc:
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    cp = object.__new__(workloads.ClientProc)
+    cp.proc = proc
+    cp.lines = _LateLines(proc)
+    return cp
+
+
+def test_a_client_that_answers_and_exits_at_once_is_read_not_reported_dead() -> None:
+    # the CI's bench smoke run once saw "echo failed: client exited with 0" from this race
+    cp = _late_client("print('{\"result\": 7}')")
+    try:
+        assert cp.expect("result", 20) == 7
+    finally:
+        cp.close()
+    cp = _late_client("print('{\"other\": 1}')")  # a real early exit is still reported, with its status
+    try:
+        with pytest.raises(workloads.ClientFailed, match=r"^client exited with 0 \(see clients.log\)$"):
+            cp.expect("result", 20)
+    finally:
+        cp.close()
+
+
+def test_a_server_line_printed_just_before_exit_is_found() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "print('listening on 4711')"], stdout=subprocess.PIPE,
+                            text=True)
+    assert _LateLines(proc).wait_for(r"listening on (\d+)", 20).group(1) == "4711"
