@@ -12,8 +12,6 @@ fail these checks.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import sys
 import types
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.edited import edited_module
 
 from adapters import server as srv
 from spec.auth import Claims
@@ -139,15 +138,7 @@ CHECKS = (test_the_writer_is_woken_before_the_writes_of_the_pass, test_no_wakeup
 
 
 def mutated_server(old: str, new: str) -> types.ModuleType:
-    src = inspect.getsource(srv)
-    assert src.count(old) == 1, old
-    mod = types.ModuleType("mutant_server")
-    sys.modules[mod.__name__] = mod  # dataclasses look their module up while a class is built
-    try:
-        exec(compile(src.replace(old, new), "<mutant of adapters/server.py>", "exec"), mod.__dict__)
-    finally:
-        del sys.modules[mod.__name__]
-    return mod
+    return edited_module(srv, [(old, new)], "mutant")
 
 
 def failures(module: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[str]:

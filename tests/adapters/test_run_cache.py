@@ -9,13 +9,12 @@ never kept); the default bound pinned (docs/protocol.md "Limits").
 
 from __future__ import annotations
 
-import inspect
 import sys
-import types
 from array import array
 from typing import NamedTuple
 
 import pytest
+from support.edited import edited_module
 
 import adapters.bsatn as bsatn
 
@@ -94,10 +93,7 @@ PLANTED = (
 
 @pytest.mark.parametrize(("name", "old", "new"), PLANTED, ids=[p[0] for p in PLANTED])
 def test_planted_bugs_in_the_cache_are_caught(name: str, old: str, new: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = inspect.getsource(bsatn)
-    assert src.count(old) == 1, old
-    mod = types.ModuleType(f"bsatn_{name}")
-    exec(compile(src.replace(old, new), f"<bsatn {name}>", "exec"), mod.__dict__)
+    mod = edited_module(bsatn, [(old, new)], name)
     monkeypatch.setattr(bsatn, "RunCache", mod.RunCache)
     with pytest.raises(AssertionError):
         test_bounded_least_recently_used_out_first()
@@ -111,3 +107,12 @@ def test_is_column_rows_is_the_protocol_check_remembered_per_type() -> None:
         assert bsatn.is_column_rows(rows) and isinstance(rows, bsatn.ColumnRows)
         assert not bsatn.is_column_rows(()) and not bsatn.is_column_rows([1])
     assert bsatn._COLUMN_ROW_TYPES[type(rows)] is True and bsatn._COLUMN_ROW_TYPES[tuple] is False
+
+
+def test_a_planted_edit_that_matches_nothing_or_twice_is_an_error_not_a_kill() -> None:
+    with pytest.raises(LookupError, match="matched 0"):
+        edited_module(bsatn, [("no such text in bsatn\n", "")])
+    with pytest.raises(LookupError, match=r"matched [0-9]{2,}"):
+        edited_module(bsatn, [("return", "return")])
+    copy = edited_module(bsatn, [("RUN_CACHE = RunCache()\n", "RUN_CACHE = RunCache(7)\n")])
+    assert copy.RUN_CACHE.max_bytes == 7 and bsatn.RUN_CACHE.max_bytes == 32 * 1024 * 1024  # the real one untouched

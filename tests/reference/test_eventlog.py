@@ -15,13 +15,12 @@ lives for the whole random run (``_check_runs``, ADR-0020), each with planted bu
 from __future__ import annotations
 
 import hashlib
-import inspect
 import random
-import types
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from support.edited import edited_module
 
 import adapters.bsatn as bsatn
 import adapters.wire as wire
@@ -325,10 +324,7 @@ PLANTED_ENCODER = (
 @pytest.mark.parametrize(("name", "old", "new"), PLANTED_ENCODER, ids=[p[0] for p in PLANTED_ENCODER])
 def test_planted_bugs_in_the_column_encoder_are_caught(name: str, old: str, new: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    src = inspect.getsource(bsatn)
-    assert src.count(old) == 1, old
-    mod = types.ModuleType(f"bsatn_{name}")
-    exec(compile(src.replace(old, new), f"<bsatn {name}>", "exec"), mod.__dict__)
+    mod = edited_module(bsatn, [(old, new)], name)
     monkeypatch.setitem(ENCODER, "columns", mod.encode_event_columns)
     with pytest.raises(AssertionError):
         for seed in range(40):
@@ -378,12 +374,7 @@ def test_the_cache_is_met_across_retention_rollback_and_relabel() -> None:
 @pytest.mark.parametrize(("name", "edits"), PLANTED_RUNS_ENCODER, ids=[p[0] for p in PLANTED_RUNS_ENCODER])
 def test_planted_bugs_in_the_run_writer_and_its_cache_are_caught(name: str, edits: tuple[tuple[str, str], ...],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    src = inspect.getsource(bsatn)
-    for old, new in edits:
-        assert src.count(old) == 1, old
-        src = src.replace(old, new)
-    mod = types.ModuleType(f"bsatn_{name}")
-    exec(compile(src, f"<bsatn {name}>", "exec"), mod.__dict__)
+    mod = edited_module(bsatn, edits, name)
     monkeypatch.setitem(ENCODER, "runs", mod.encode_event_runs)
     monkeypatch.setitem(ENCODER, "cache_type", mod.RunCache)
     with pytest.raises(AssertionError):
@@ -399,13 +390,7 @@ def test_planted_bugs_in_the_store_runs_are_caught(name: str, old: str, new: str
 def _variant(name: str, *edits: tuple[str, str]) -> Any:
     """The store's module with chunks of 4 events (so short runs cross chunk boundaries often) and
     ``edits`` applied to its source."""
-    src = inspect.getsource(eventlog)
-    for old, new in (("CHUNK_BITS = 8\n", "CHUNK_BITS = 2\n"), *edits):
-        assert src.count(old) == 1, (name, old)
-        src = src.replace(old, new)
-    mod = types.ModuleType(f"eventlog_{name}")
-    exec(compile(src, f"<eventlog {name}>", "exec"), mod.__dict__)
-    return mod
+    return edited_module(eventlog, (("CHUNK_BITS = 8\n", "CHUNK_BITS = 2\n"), *edits), name)
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from support.edited import edited_module
 
 from reference.engine import Engine
 from spec.auth import Claims
@@ -146,20 +147,8 @@ MUTANTS: tuple[tuple[str, str, str], ...] = (
 def mutated_engine(old: str, new: str) -> type[Engine]:
     """``Engine`` from ``reference/engine.py`` with one edit, executed into a fresh module (the
     real module is untouched)."""
-    import inspect
-    import sys
-    import types
-
     import reference.engine as real
-    src = inspect.getsource(real)
-    assert src.count(old) == 1, old
-    mod = types.ModuleType("mutant_engine")
-    sys.modules[mod.__name__] = mod  # dataclasses look their module up while the class is built
-    try:
-        exec(compile(src.replace(old, new), "<mutant of reference/engine.py>", "exec"), mod.__dict__)
-    finally:
-        del sys.modules[mod.__name__]
-    engine: type[Engine] = mod.Engine
+    engine: type[Engine] = edited_module(real, [(old, new)], "mutant").Engine
     return engine
 
 
