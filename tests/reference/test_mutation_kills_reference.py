@@ -806,20 +806,29 @@ def test_a_record_without_its_stored_texts_hashes_as_made() -> None:
         assert record_hash(other) != made.hash
 
 
-def test_verify_log_checks_every_snapshot_file_in_offset_order(tmp_path: Path) -> None:
+def _appends_with_images(n: int) -> tuple[list[TxRecord], dict[int, object]]:
+    """``n`` appends to stream ``s`` on a fresh engine: their records, and a snapshot image taken
+    after each (by committed offset) -- the material of the verify_log snapshot tests."""
     from reference import snapshot
-    from reference.durability import GroupCommitWriter, LogStore
     from reference.engine import Engine
-    from reference.replay import SnapshotCheck, verify_log
 
     everyone = Claims(A, frozenset(SCOPES), ("*",))
     eng = Engine()
     records: list[TxRecord] = []
-    images: dict[int, snapshot.Image] = {}
-    for i in range(1, 6):
+    images: dict[int, object] = {}
+    for i in range(1, n + 1):
         _engine_call(eng, everyone, "append_sync_event", "s", f"k{i}", "{}", None, None)
         records += eng.take_records()
         images[eng.committed] = snapshot.capture(eng.db, eng.committed, records[-1].hash)
+    return records, images
+
+
+def test_verify_log_checks_every_snapshot_file_in_offset_order(tmp_path: Path) -> None:
+    from reference import snapshot
+    from reference.durability import GroupCommitWriter, LogStore
+    from reference.replay import SnapshotCheck, verify_log
+
+    records, images = _appends_with_images(5)
     assert [rec.offset for rec in records] == [1, 2, 3, 4, 5]
     store = LogStore.open(tmp_path)
     writer = GroupCommitWriter(store, background=False)
@@ -1099,17 +1108,9 @@ def test_the_engines_model_view_carries_both_floors_and_every_table() -> None:
 def test_verify_log_reports_an_unreadable_snapshot_and_two_files_of_one_offset(tmp_path: Path) -> None:
     from reference import snapshot
     from reference.durability import GroupCommitWriter, LogStore
-    from reference.engine import Engine
     from reference.replay import SnapshotCheck, verify_log
 
-    everyone = Claims(A, frozenset(SCOPES), ("*",))
-    eng = Engine()
-    records: list[TxRecord] = []
-    images: dict[int, snapshot.Image] = {}
-    for i in range(1, 4):
-        _engine_call(eng, everyone, "append_sync_event", "s", f"k{i}", "{}", None, None)
-        records += eng.take_records()
-        images[eng.committed] = snapshot.capture(eng.db, eng.committed, records[-1].hash)
+    records, images = _appends_with_images(3)
     store = LogStore.open(tmp_path)
     writer = GroupCommitWriter(store, background=False)
     writer.append(records)
