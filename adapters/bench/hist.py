@@ -49,8 +49,17 @@ class Hist:
         self.total += value_us
 
     def add_many(self, values_us: Iterable[float]) -> None:
-        for v in values_us:
-            self.add(v)
+        """:meth:`add` of each value, with the bucket arithmetic inlined (a v3 subscriber adds a
+        frame's events at once: this loop is most of its cost per event)."""
+        values = values_us if isinstance(values_us, list | tuple) else list(values_us)
+        counts = self.counts
+        get = counts.get
+        log = math.log
+        for v in values:
+            b = int(log(v) / _LOG) + 1 if v > 1.0 else 0
+            counts[b] = get(b, 0) + 1
+        self.n += len(values)
+        self.total += sum(values)
 
     def merge(self, other: Hist) -> None:
         for b, c in other.counts.items():

@@ -143,9 +143,12 @@ def plot(doc: dict[str, Any], outdir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-        for peer in PEERS:
+        v2 = [n for n in fans if n.count("_") == 1]  # fanout_N: syncref's subscribers on v2
+        v3 = [n for n in fans if n.endswith("_v3")]
+        series = [(peer, peer, v2) for peer in PEERS] + [("syncref", "syncref (v3)", v3)]
+        for peer, label, names in series:
             xs, thr, p99 = [], [], []
-            for n in fans:
+            for n in names:
                 p = wl[n]["peers"].get(peer)
                 if p is None or p["status"] != "ok":
                     continue
@@ -153,10 +156,12 @@ def plot(doc: dict[str, Any], outdir: Path) -> list[Path]:
                 thr.append(p["figures"]["deliveries_per_s"]["median"])
                 p99.append(p["figures"]["p99_ms"]["median"])
             if xs:
-                a1.plot(xs, thr, marker="o", label=peer, color=colors.get(peer))
-                a2.plot(xs, p99, marker="o", label=peer, color=colors.get(peer))
-        ideal = [int(n.split("_")[1]) * doc["settings"]["fanout_rate"] for n in fans]
-        a1.plot([int(n.split("_")[1]) for n in fans], ideal, linestyle=":", color="black", label="offered")
+                style = "--" if label.endswith("(v3)") else "-"
+                a1.plot(xs, thr, marker="o", label=label, color=colors.get(peer), linestyle=style)
+                a2.plot(xs, p99, marker="o", label=label, color=colors.get(peer), linestyle=style)
+        counts = sorted({int(n.split("_")[1]) for n in fans})
+        a1.plot(counts, [c * doc["settings"]["fanout_rate"] for c in counts], linestyle=":", color="black",
+                label="offered")
         for ax, label in ((a1, "deliveries/s"), (a2, "p99 latency (ms)")):
             ax.set_xscale("log")
             ax.set_yscale("log")

@@ -284,15 +284,19 @@ class Bench:
 
     def counters(self) -> dict[str, float]:
         """The syncref server's counters the diagnostics read (``/metrics``): group COMMITs and
-        their records, data frames sent and the transport writes that carried them."""
+        their records, data frames sent, the transport writes that carried them, and the messages
+        in those frames (all kinds together)."""
         import urllib.request
         assert self.syncref is not None
         got = {"syncref_group_commit_batch_records_count": 0.0, "syncref_group_commit_batch_records_sum": 0.0,
-               "syncref_frames_sent_total": 0.0, "syncref_socket_writes_total": 0.0}
+               "syncref_frames_sent_total": 0.0, "syncref_socket_writes_total": 0.0,
+               "syncref_server_messages_total": 0.0}
         with urllib.request.urlopen(f"http://127.0.0.1:{self.syncref.port}/metrics", timeout=30) as resp:
             for line in resp.read().decode().splitlines():
                 name, _, value = line.partition(" ")
-                if name in got:
+                if name.startswith("syncref_server_messages_total{"):  # summed over the message kinds
+                    got["syncref_server_messages_total"] += float(value)
+                elif name in got:
                     got[name] = float(value)
         return got
 
@@ -456,15 +460,17 @@ SYNCREF_FANOUT_EXTRA = (
 )
 
 
-def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None) -> Run:
+def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None, protocol: str = "v2") -> Run:
+    """``protocol``: what syncref's subscribers negotiate (``v2`` or ``v3``; the writer is always
+    v2, and the other peers' clients are the same whatever it says)."""
     s = bench.s
     ep, pid = bench.endpoint(peer)
     stream = f"fan-{_uid()}"
     procs = 1 if subscribers <= 10 else s.client_procs
     writer = {**ep, "kind": "writer", "stream": stream, "rate": s.fanout_rate, "duration": s.fanout_duration,
               "payload_size": s.payload_size, "ack_grace": s.fanout_grace}
-    subs = [{**ep, "kind": "subscribe", "stream": stream, "subs": n, "duration": s.fanout_duration}
-            for n in split(subscribers, procs)]
+    subs = [{**ep, "kind": "subscribe", "stream": stream, "subs": n, "duration": s.fanout_duration,
+             "protocol": protocol} for n in split(subscribers, procs)]
 
     def between(ps: list[ClientProc], sent: list[Any]) -> None:
         for p in ps[1:]:
@@ -480,6 +486,8 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None) -
                                            / max(1.0, diff["syncref_group_commit_batch_records_count"]), 2)
         diag["frames_per_write"] = round(diff["syncref_frames_sent_total"]
                                          / max(1.0, diff["syncref_socket_writes_total"]), 2)
+        diag["messages_per_frame"] = round(diff["syncref_server_messages_total"]
+                                           / max(1.0, diff["syncref_frames_sent_total"]), 2)
     w, subs_r = results[0], results[1:]
     if w["errors"]:
         raise RuntimeError(f"fanout writer on {peer}: {w['errors']} appends failed: {w['first_error']}")
@@ -508,6 +516,13 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None) -
         if not commit.n:
             why["commit_p50_ms"] = why["commit_p99_ms"] = "no sampled event was delivered"
     ack = Hist.from_json(w["ack_hist"])
+    sub_cpu = sum(r["cpu_s"] for r in subs_r)
+    # CPU per delivery, over the whole run (the grace included): what each delivery cost the
+    # server and the subscribers' processes; events per frame as the subscribers counted them
+    diag.update({"server_cpu_us_per_delivery": round(diag["server_cpu_s"] / max(1, received) * 1e6, 2),
+                 "subscriber_cpu_us_per_delivery": round(sub_cpu / max(1, received) * 1e6, 2),
+                 "events_per_frame": round(received / max(1, sum(r["frames"] for r in subs_r)), 2),
+                 "protocol": protocol if peer == "syncref" else None})
     diag.update({"sent": w["sent"], "acked": w["ok"], "received": received, "expected": expected,
                  "subscribers_closed": sum(r["closed"] for r in subs_r),
                  "out_of_order": sum(r["out_of_order"] for r in subs_r),
@@ -517,7 +532,9 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None) -
     return Run(figures, diag, hist, why)
 
 
-def fanout(n: int) -> Callable[[Bench, str, int], Run]:
+def fanout(n: int, protocol: str = "v2") -> Callable[[Bench, str, int], Run]:
+    name = f"fanout_{n}" if protocol == "v2" else f"fanout_{n}_{protocol}"
+
     def run(bench: Bench, peer: str, repeat: int) -> Run:
         # every fanout run starts on an idle server: a run that fell behind leaves a backlog that
         # would otherwise be the next run's (the first baseline lost runs to exactly that)
@@ -525,7 +542,7 @@ def fanout(n: int) -> Callable[[Bench, str, int], Run]:
             bench.fresh_syncref()
         elif repeat > 0 and peer == "redis":
             bench.fresh_redis()
-        return run_fanout(bench, peer, n, f"fanout_{n}" if repeat == 0 and peer == "syncref" else None)
+        return run_fanout(bench, peer, n, name if repeat == 0 and peer == "syncref" else None, protocol)
     return run
 
 
@@ -695,6 +712,11 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     *(Workload(f"fanout_{n}", f"fanout, 1 writer at 500/s, {n} subscribers", ("syncref", "redis", "echo"),
                FANOUT_METRICS, fanout(n), f"1 writer appending at 500 events/s (open loop), {n} subscribers")
       for n in (10, 100, 500)),
+    *(Workload(f"fanout_{n}_v3", f"fanout, 1 writer at 500/s, {n} subscribers (syncref's on v3)",
+               ("syncref", "redis", "echo"), FANOUT_METRICS, fanout(n, "v3"),
+               f"as fanout_{n}, syncref's subscribers negotiating v3.bsatn.spacetimedb (a lagging one gets "
+               "several updates per frame); the peers' clients unchanged")
+      for n in (100, 500)),
     Workload("replay_full", "replay of a full budget (20,000 events)", ("syncref", "redis"), REPLAY_METRICS,
              replay_full, "resume from watermark 0 of a stream holding the replay budget", group="replay"),
     Workload("replay_gap", "replay of a small gap (100 events)", ("syncref", "redis"), REPLAY_METRICS,

@@ -229,7 +229,8 @@ def test_append_frame_is_the_codecs_call_reducer() -> None:
 
 def test_workload_selection() -> None:
     assert selected(None) == list(WORKLOADS)
-    assert selected(["fanout", "append_closed"]) == ["append_closed", "fanout_10", "fanout_100", "fanout_500"]
+    assert selected(["fanout", "append_closed"]) == ["append_closed", "fanout_10", "fanout_100", "fanout_500",
+                                                     "fanout_100_v3", "fanout_500_v3"]
     with pytest.raises(ValueError, match="unknown workload"):
         selected(["nope"])
 
@@ -294,6 +295,10 @@ def test_bench_quick_runs_every_workload_with_every_figure(tmp_path: Path) -> No
     if redis["status"] == "skipped":
         print(f"\nNOTE: Redis was not measured: {redis['reason']}")  # CI installs it (.ci/run)
     assert "append_closed" in proc.stdout and "vs redis" in proc.stdout
+    for name, protocol in (("fanout_100", "v2"), ("fanout_100_v3", "v3"), ("fanout_500_v3", "v3")):
+        for d in doc["workloads"][name]["peers"]["syncref"]["diag"]:  # the subscribers spoke it, in order
+            assert d["protocol"] == protocol and d["out_of_order"] == 0 and d["received"] == d["expected"], name
+            assert d["events_per_frame"] >= 1 and d["messages_per_frame"] >= 1, name
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert pngs == ["append_latency_cdf.png", "fanout_latency_cdf.png", "fanout_scaling.png"]
 
