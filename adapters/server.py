@@ -114,6 +114,8 @@ SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP by
 SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
 SWITCH_INTERVAL_S = 0.0001  # the writer thread retakes the lock within this behind a busy loop (Phase 6)
+DELIVER_SLICE_S = 0.001  # a delivery pass hands the loop back after this long (ADR-0023) ...
+DELIVER_CHECK = 16  # ... looked at every this many connections (a pass over fewer is never cut)
 REVOCATION_CHECK_S = 1.0  # how often the revocation list is re-read for open connections
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
@@ -208,6 +210,9 @@ def write_frames(transport: asyncio.Transport, frames: Sequence[Frame]) -> None:
     small write, as before); a frame kept as parts makes it one ``writelines`` of every piece,
     so its large parts are not copied (uvloop hands them to the kernel as one vector; asyncio's
     transport joins them, one copy)."""
+    if len(frames) == 1 and type(frames[0]) is bytes:  # a v3 turn, or one v2 message: as it is
+        transport.write(frames[0])
+        return
     whole = [f for f in frames if isinstance(f, bytes)]
     if len(whole) == len(frames):
         transport.write(whole[0] if len(whole) == 1 else b"".join(whole))
@@ -446,6 +451,11 @@ class SyncServer:
         self._v3_turns: dict[tuple[wire.Compression, tuple[int, ...]],
                              tuple[tuple[m.ServerMessage, ...], list[Frame], int]] = {}
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
+        # the delivery pass under way (ADR-0023): the sessions it visits, in order, and how far it is;
+        # _round_again: the engine moved since it started, so another pass follows it
+        self._round: list[Session] = []
+        self._round_at = 0
+        self._round_again = False
         self._pump_scheduled = False  # _pump likewise (calls the reader handled itself: one pump for them all)
         self.taken_by_reader = 0  # messages a reader handed to the engine itself (ADR-0019), not via the queue
         self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
@@ -745,10 +755,10 @@ class SyncServer:
 
     def _deliver(self) -> None:
         """Once per loop iteration in which the engine moved: wake the commit-log writer for the
-        records queued (the commits of the iteration share a wakeup and a COMMIT), and send
-        what each connection may now receive -- written directly while its socket takes it
-        (:meth:`_write_now`), else by its sender task.  Deferring this to the end of the
-        iteration lets a v3 connection's replies to one frame go out in one frame.
+        records queued (the commits of the iteration share a wakeup and a COMMIT), and start a
+        delivery pass (:meth:`_pass`) -- or, when one is under way, have another follow it.
+        Deferring this to the end of the iteration lets a v3 connection's replies to one frame go
+        out in one frame.
 
         The writer is woken *before* the pass's writes, although the notify is where the loop
         thread often loses the CPU to it (8-11 % of the loop's lock-holding samples in the
@@ -761,15 +771,61 @@ class SyncServer:
         if self._writer is not None and self._records_queued:  # only new records need the writer woken
             self._records_queued = False
             self._writer.wake()
-        engine = self._engine
-        if engine is None:
+        if self._engine is None:
             return
+        if self._round_at < len(self._round):  # a pass is under way: it goes on where it is, then again
+            self._round_again = True
+            return
+        self._round = list(self.sessions.values())
+        self._round_at = 0
+        self._pass()
+
+    def _pass(self) -> None:
+        """Send what each connection of the pass may now receive -- written directly while its
+        socket takes it (:meth:`_write_now`), else by its sender task -- in the pass's order,
+        handing the loop back every ``DELIVER_SLICE_S`` (ADR-0023): the rest of the pass
+        continues at the next iteration, after the loop has read what arrived meanwhile (the next
+        calls, the writer's durable hand-back).  A long pass (hundreds of subscribers) no longer
+        holds the next transaction's read and commit behind it, and the connections it reaches
+        late take more updates per write.  Each connection's messages still leave in queue order
+        (they come off its queue, whoever writes them); a connection that left meanwhile is
+        skipped; a pass asked for while this one ran (``_round_again``) starts from the first
+        connection when this one ends, so none waits more than one pass after its update."""
+        engine = self._engine
+        order = self._round
+        n = len(order)
+        i = self._round_at
+        if engine is None:
+            self._round, self._round_at = [], 0
+            return
+        sessions = self.sessions
+        deadline = time.monotonic() + DELIVER_SLICE_S
         try:
-            for s in list(self.sessions.values()):
-                if (s.side or engine.releasable(s.conn_id)) and (s.busy or not self._write_now(s)):
+            while i < n:
+                s = order[i]
+                i += 1
+                if sessions.get(s.conn_id) is s and (s.side or engine.releasable(s.conn_id)) and (
+                        s.busy or not self._write_now(s)):
                     s.wake.set()
+                if i % DELIVER_CHECK == 0 and i < n and time.monotonic() >= deadline:
+                    break
         finally:
+            self._round_at = i
             self._flush_delivered()
+            if i >= n:
+                self._round, self._round_at = [], 0
+                if self._round_again:
+                    self._round_again = False
+                    self._round = list(sessions.values())
+            if self._round:
+                self._pass_soon()
+
+    def _pass_soon(self) -> None:
+        """The pass goes on at the next loop iteration (now, when no loop runs: a test's rig)."""
+        if self._loop is not None:
+            self._loop.call_soon(self._pass)
+        else:
+            self._pass()
 
     def _writer_refused(self, exc: Exception) -> None:
         if self.failed is None or self.failed.done():
