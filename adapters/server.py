@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import operator
 import re
 import secrets
 import sqlite3
@@ -448,8 +449,11 @@ class SyncServer:
         self._delivered: dict[int, int] = {}  # commit offset -> messages from it handed to sockets, not yet observed
         # v3 turns of shared updates built in this pass: (compression, their ids) -> (the updates,
         # the frames, their payload bytes); the updates are kept so an id is never reused meanwhile
+        # (and, for a turn of TransactionUpdates only, their offsets: such a turn is taken as it is)
         self._v3_turns: dict[tuple[wire.Compression, tuple[int, ...]],
-                             tuple[tuple[m.ServerMessage, ...], list[Frame], int]] = {}
+                             tuple[tuple[m.ServerMessage, ...], list[Frame], int, tuple[int, ...]]] = {}
+        # turns taken as they were since the last flush: id of the turn -> [times taken, the turn]
+        self._turn_hits: dict[int, list[Any]] = {}
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
         # the delivery pass under way (ADR-0023): the sessions it visits, in order, and how far it is;
         # _round_again: the engine moved since it started, so another pass follows it
@@ -1456,13 +1460,25 @@ class SyncServer:
         outs = self.engine.take(s.conn_id, turn - taken, wire.V3_SOFT_CAP, size) if taken < turn else []
         if not outs and not taken:
             return [], 0
+        # v3: a turn of shared updates only is one frame every receiver of the same updates gets:
+        # built (and compressed) once per pass, found by the updates' identities -- and then taken
+        # as it is, nothing per message but the key (ADR-0023); its counters are added at the flush
+        v3_ids: list[int] | None = None
+        if v3 and not taken:
+            messages = [out.message for out in outs]
+            v3_ids = list(map(id, messages))
+            made = self._v3_turns.get((compression, tuple(v3_ids)))
+            if made is not None and made[3] and all(map(operator.is_, made[0], messages)):
+                hit = self._turn_hits.get(id(made))
+                if hit is None:
+                    self._turn_hits[id(made)] = [1, made]
+                else:
+                    hit[0] += 1
+                return list(made[1]), made[2]
         cache = self._bodies
         delivered = self._delivered
         bound = self.config.limits.max_outbound_message_bytes
         shared = 0
-        # v3: a turn of shared updates only is one frame every receiver of the same updates gets:
-        # built (and compressed) once per pass, found by the updates' identities
-        v3_key: tuple[int, ...] | None = () if v3 and not taken else None
         for out in outs:
             message = out.message
             entry = cache.get(id(message)) if type(message) is m.TransactionUpdate else None
@@ -1482,8 +1498,8 @@ class SyncServer:
                 return None
             if v3:
                 bodies.append(body)
-                if v3_key is not None:
-                    v3_key = (*v3_key, id(message)) if entry is not None else None
+                if entry is None:
+                    v3_ids = None  # not shared: this turn is not kept for others
             elif isinstance(body, tuple):  # a large body's parts, framed without joining them
                 tagged = wire.frame_server_parts(body, compression)
                 frames.append(ws_binary_frame_parts(tagged))
@@ -1505,7 +1521,7 @@ class SyncServer:
             sends.encode_hits += shared
             sends.messages["TransactionUpdate"] = sends.messages.get("TransactionUpdate", 0) + shared
         if v3:
-            turn_key = None if v3_key is None else (compression, v3_key)
+            turn_key = None if v3_ids is None else (compression, tuple(v3_ids))
             made = None if turn_key is None else self._v3_turns.get(turn_key)
             if made is not None and all(a is b.message for a, b in zip(made[0], outs, strict=True)):
                 frames.extend(made[1])
@@ -1522,14 +1538,28 @@ class SyncServer:
                     frames.append(ws_binary_frame(frame))
                     payload += len(frame)
                 if turn_key is not None:
-                    self._v3_turns[turn_key] = (tuple(out.message for out in outs), frames[start:], payload - before)
+                    # a turn of TransactionUpdates only is taken as it is by the next receivers of
+                    # the same updates (above): what it counts per receiver is kept with it
+                    updates_only = all(type(out.message) is m.TransactionUpdate for out in outs)
+                    self._v3_turns[turn_key] = (tuple(out.message for out in outs), frames[start:], payload - before,
+                                                tuple(out.offset for out in outs) if updates_only else ())
         return frames, payload
 
     def _flush_delivered(self) -> None:
         """Observe the fanout latency of the messages handed to sockets since the last flush:
-        once per commit offset, weighted by how many receivers got a message derived from it."""
-        self._v3_turns.clear()
+        once per commit offset, weighted by how many receivers got a message derived from it;
+        and count the v3 turns taken as they were (:meth:`_turn`) as their messages would have been."""
         delivered = self._delivered
+        if self._turn_hits:
+            sends = self.metrics.sends
+            for n, made in self._turn_hits.values():
+                offsets = made[3]
+                for offset in offsets:
+                    delivered[offset] = delivered.get(offset, 0) + n
+                sends.encode_hits += n * len(offsets)
+                sends.messages["TransactionUpdate"] = sends.messages.get("TransactionUpdate", 0) + n * len(offsets)
+            self._turn_hits.clear()
+        self._v3_turns.clear()
         if not delivered:
             return
         now = time.monotonic()
