@@ -42,6 +42,17 @@ within a repeat.
   subscribers get a grace period to receive everything.  Figures: deliveries/s, p50/p99,
   delivered fraction, growth (median latency of the last fifth of the run over the first fifth),
   kept up (everything delivered and growth < 2).
+* ``fanout_100_v3`` / ``fanout_500_v3``: ``fanout_N`` with syncref's subscribers negotiating
+  ``v3.bsatn.spacetimedb`` (what SpacetimeDB's SDKs offer first); the writer stays on v2 and the
+  Redis and echo clients are those of ``fanout_N``, so the v2 workloads' figures stay comparable
+  with earlier runs.  A v3 frame holds one or more ``TransactionUpdate`` messages (a subscriber
+  that lags gets several per frame, as a lagging Redis consumer gets several entries per
+  ``XREAD`` reply); the client marks every event in it with one receipt time, one regex pass over
+  the frame and the histograms filled a frame at a time, so its cost per event falls as frames
+  grow (``Subscriber.on_syncref_v3``; the v2 and Redis paths are unchanged).  Diagnostics of
+  every fanout run: server and subscriber CPU per delivery (whole run, grace included), events
+  per frame as the subscribers counted them, and for syncref messages per frame and frames per
+  transport write from its counters.
 * ``replay_full`` / ``replay_gap``: a stream preloaded with 20,000 events (the default replay
   budget); one client replays it from watermark 0, or the last 100 events.  *syncref*: the resume
   query set of DESIGN §3 (``sync_stream`` row + ``sync_event ... AND epoch = 1 AND seq > W``),
