@@ -142,6 +142,7 @@ TESTS: dict[str, list[str]] = {
                             "tests/reference/test_engine_isolation.py", "tests/reference/test_engine_chain.py",
                             "tests/reference/test_bridge_enqueue_controls.py",
                             "tests/reference/test_mutation_kills_reference.py"],
+    "reference/parsecache.py": ["tests/reference/test_parse_cache.py"],
 }
 
 # planted-mutant harnesses inside a selected file: they edit the module's source text, which mutmut has
