@@ -74,6 +74,12 @@ from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visib
 from spec.state import DbState
 from spec.values import STRING, OptionT, Row, SatsType, SyncStream, value_has_type
 
+# The stale-cursor rule with STALE-1's contracts (its oracle, second opinion and reason order) on the
+# run-time switch of the other hot-path contracts (spec.contracts.hot): checked in the test suite
+# and with ``--contracts``, the bare rule in a default server (the contracts were ~60 µs of the
+# ~550 µs a small replay cost the server: docs/performance.md, ADR-0024).
+_stale_reasons = contracts.hot(stale_reasons)
+
 
 def type_check(t: SatsType) -> Callable[[object], bool]:
     """``value_has_type(·, t)`` as a function built once per type: ``String`` and ``Option<String>``
@@ -410,7 +416,7 @@ class Engine:
         req_epoch = req if isinstance(req, int) and not isinstance(req, bool) else None
         epoch, head, floor = r.stream_position(self.db, sid)
         budget = self.policy.class_for(sid).replay_budget
-        reasons = list(stale_reasons(epoch, head, floor, budget, req_epoch, w))  # the one rule (spec.resume)
+        reasons = list(_stale_reasons(epoch, head, floor, budget, req_epoch, w))  # the one rule (spec.resume)
         if reasons:
             if self.on_stale is not None:
                 self.on_stale(tuple(reasons))
