@@ -442,6 +442,13 @@ EQUIVALENT["reference.parsecache.xǁParseCacheǁparse__mutmut_17"] = (
     "entries.popitem(last=None) for last=False: OrderedDict.popitem reads `last` only for its truth, and None is "
     "false as False is, so the least recently used entry (the first) goes either way")
 MUTATED_LINE["reference.parsecache.xǁParseCacheǁparse__mutmut_17"] = "entries.popitem(last=None)"
+# reference/eventlog.py, the fifth session's draw (48, seed 1): EventSeq.__eq__ compares lengths first
+EQUIVALENT["reference.eventlog.xǁEventSeqǁ__eq____mutmut_10"] = _ZIP_AFTER_LEN
+EQUIVALENT["reference.eventlog.xǁEventSeqǁ__eq____mutmut_11"] = _ZIP_AFTER_LEN
+MUTATED_LINE["reference.eventlog.xǁEventSeqǁ__eq____mutmut_10"] = (
+    "return len(self) == len(other) and all(a == b for a, b in zip(self, other, ))")
+MUTATED_LINE["reference.eventlog.xǁEventSeqǁ__eq____mutmut_11"] = (
+    "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=False))")
 
 # ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
 
