@@ -147,56 +147,83 @@ def _event(seq: int, epoch: int = 1) -> Any:
                      f"{seq % 3:064x}", 1_700_000_000_000_000 + seq, 1000 + seq)
 
 
-def _replay(log: Any, watermark: int, cache: bsatn.RunCache, epoch: int = 1) -> None:
+def _replay(log: Any, watermark: int, cache: Any, epoch: int = 1, mod: Any = bsatn) -> None:
     """Encode the rows after ``watermark`` through ``cache`` and hold them to ``encode_row``."""
     rows = log.retained_rows(watermark, epoch)
-    pieces, lengths = bsatn.encode_event_runs("s", rows.runs(), cache)
+    pieces, lengths = mod.encode_event_runs("s", rows.runs(), cache)
     want = [bsatn.encode_row(ev) for ev in rows]
     assert b"".join(pieces) == b"".join(want) and list(lengths) == [len(w) for w in want]
 
 
-def test_a_small_gap_is_served_from_the_chunks_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+def check_gap_writes(mod: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """ADR-0024 with the store's own chunks (256 rows): a gap that spans the end of a full chunk
     and the last chunk's rows is written once, then served as slices; rows appended later are the
     only ones written; a gap that reaches further back writes only the rows before the entry; a
-    rollback puts new buffers in the store, so the old entry is never met."""
+    rollback puts new buffers in the store, so the old entry is never met.  Each run's bytes are
+    held to ``encode_row`` as well."""
     from reference.eventlog import CHUNK, StreamLog
 
     written: list[int] = []
-    real = bsatn._encode_run
+    real = mod._encode_run
 
     def counted(head: bytes, run: Any) -> Any:
         written.append(len(run))
         return real(head, run)
 
-    monkeypatch.setattr(bsatn, "_encode_run", counted)
+    monkeypatch.setattr(mod, "_encode_run", counted)
     n = 3 * CHUNK + 40
     log = StreamLog.of("s", 1, [_event(seq) for seq in range(1, n + 1)])
-    cache = bsatn.RunCache()
-    _replay(log, 0, cache)  # the full replay: each chunk written once, whole
+    cache = mod.RunCache()
+    _replay(log, 0, cache, mod=mod)  # the full replay: each chunk written once, whole
     assert written == [CHUNK, CHUNK, CHUNK, 40] and cache.misses == 4
     written.clear()
     for _ in range(2):
-        _replay(log, n - 100, cache)  # 60 rows of the third chunk and the last chunk's 40: slices
+        _replay(log, n - 100, cache, mod=mod)  # 60 rows of the third chunk and the last chunk's 40: slices
     assert written == [] and cache.hits == 4
     for seq in range(n + 1, n + 6):  # the last chunk grows in place: the same objects
         log.append(_event(seq))
-    _replay(log, n - 100, cache)
+    _replay(log, n - 100, cache, mod=mod)
     assert written == [5] and cache.extended == 1  # only the new rows
     written.clear()
-    cold = bsatn.RunCache()
-    _replay(log, n - 10, cold)
-    _replay(log, n - 30, cold)  # reaches 20 rows further back: only those are written
-    _replay(log, n - 30, cold)
+    cold = mod.RunCache()
+    _replay(log, n - 10, cold, mod=mod)
+    _replay(log, n - 30, cold, mod=mod)  # reaches 20 rows further back: only those are written
+    _replay(log, n - 30, cold, mod=mod)
     assert written == [15, 20] and (cold.misses, cold.extended, cold.hits) == (1, 1, 1)
+    (entry,) = cold._entries.values()  # the grown entry, counted once at its grown size
+    token, data = entry[0], entry[2]
+    assert cold.size == len(data) + 4 * 35 + sys.getsizeof(token[0]) + sys.getsizeof(token[1]) + 200
     written.clear()
     log.pop_last()  # new buffers for the last chunk (a rollback never changes a chunk in place)
     log.append(replace(_event(n + 5), payload='{"other":1}', idempotency_key="k-other"))
-    _replay(log, n - 30, cold)
+    _replay(log, n - 30, cold, mod=mod)
     assert written == [35]  # the old entry is not met: the whole run is written again
     written.clear()
-    _replay(log, n - 30, cold)
-    assert written == []
+    _replay(log, n - 30, cold, mod=mod)
+    assert written == [] and len(cold) == 1  # the entry of the old buffers was replaced
+
+
+def test_a_small_gap_is_served_from_the_chunks_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_gap_writes(bsatn, monkeypatch)
+
+
+GAP_PLANTED = (
+    ("a grown entry not kept", "                self.put(stream_id, run, lo, data, grown)\n", ""),
+    ("a written run not kept", "            self.put(stream_id, run, i, *enc)\n", "            pass\n"),
+    ("an entry grown only after its rows (a run reaching back written whole)",
+     "            if i <= hi and lo <= k:  # overlapping or touching",
+     "            if lo <= i <= hi:  # overlapping or touching"),
+    ("a grown entry counted at its old size", "                self.put(stream_id, run, lo, data, grown)\n",
+     "                self.put(stream_id, run, lo, data, grown)\n                self._bytes -= 4 * len(lens)\n"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), GAP_PLANTED, ids=[p[0] for p in GAP_PLANTED])
+def test_planted_bugs_in_what_a_gap_writes_are_caught(name: str, old: str, new: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = edited_module(bsatn, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        check_gap_writes(mod, monkeypatch)
 
 
 def test_runs_of_another_epoch_in_one_chunk_have_their_own_entry() -> None:
