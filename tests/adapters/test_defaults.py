@@ -118,3 +118,11 @@ def test_turn_bounds_are_pinned() -> None:
     from adapters.server import SEND_BATCH, SEND_BATCH_V3
 
     assert (SEND_BATCH, SEND_BATCH_V3, wire.V3_SOFT_CAP) == (64, 256, 512 * 1024)
+
+
+def test_delivery_slice_is_pinned() -> None:
+    """docs/protocol.md ("Frames", "Limits"), ADR-0023: a delivery pass hands the event loop back
+    every 1 ms, looked at every 16 connections (a pass over fewer is never cut)."""
+    from adapters.server import DELIVER_CHECK, DELIVER_SLICE_S
+
+    assert (DELIVER_SLICE_S, DELIVER_CHECK) == (0.001, 16)
