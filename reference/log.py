@@ -173,19 +173,23 @@ def _table_values(table: str) -> Callable[[Any], tuple[Any, ...]]:
     return operator.attrgetter(*(f.name for f in fields(TABLE_BY_NAME[table].row_type)))
 
 
+# (table, its rows' values getter) in schema order, for delta_text_of's loop: a tuple walked in C
+# instead of a call of the cached ``_table_values`` per table the delta has
+_TABLE_GETTERS = tuple((t, _table_values(t)) for t in TABLE_BY_NAME)
+
+
 def delta_text_of(deletes: Mapping[str, Sequence[Row]], inserts: Mapping[str, Sequence[Row]]) -> str:
     """:func:`delta_text` of the delta whose rows deleted and inserted per table are these (a
     :class:`~reference.db.Txn`'s lists: each table's rows of its row type), tables in schema order
     and those whose lists are empty left out, as ``delta_of`` builds it -- without building the
     :class:`RowChange` values; each list's values are read by the table's ``attrgetter``, in C."""
     out = []
-    for t in TABLE_BY_NAME:
+    for t, get in _TABLE_GETTERS:
         d = deletes.get(t)
         i = inserts.get(t)
         if d or i:
-            get = _table_values(t)
-            out.append([t, list(map(get, d)) if d else [], list(map(get, i)) if i else []])
-    return _encode_flat(out)
+            out.append([t, [*map(get, d)] if d else [], [*map(get, i)] if i else []])
+    return "".join(_FLAT(out, 0)) if _FLAT is not None else _canon(out)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -128,6 +128,42 @@ def _arg_checks(reducer: str) -> tuple[tuple[str, Callable[[object], bool]], ...
     return tuple((col.name, _type_check(col.type)) for col in REDUCER_BY_NAME[reducer].args)
 
 
+def _type_expr(t: SatsType, arg: str, consts: dict[str, object]) -> str:
+    """A Python expression over the variable ``arg`` equal to ``value_has_type(arg, t)`` (what
+    :func:`_type_check` tests, written inline); a type it has no form for is left to
+    ``value_has_type`` itself, the type bound in ``consts``."""
+    if isinstance(t, OptionT):
+        return f"({arg} is None or {_type_expr(t.inner, arg, consts)})"
+    if t == STRING:
+        return f"isinstance({arg}, str)"
+    if t == U64:
+        return f"is_u64({arg})"
+    if t == U32:
+        return f"is_u32({arg})"
+    name = f"T{len(consts)}"
+    consts[name] = t
+    return f"value_has_type({arg}, {name})"
+
+
+@functools.cache
+def _args_ok(reducer: str) -> Callable[..., bool]:
+    """One predicate over a reducer's whole argument list, equal to every ``_arg_checks`` predicate
+    holding (and so to ``value_has_type`` of each argument), compiled once from the argument types:
+    replay tests a record's arguments with one call instead of a loop of calls per argument.  It
+    takes the arguments as positional parameters, so the caller checks their number first.  Only a
+    yes is taken from it: on a no, the loop over ``_arg_checks`` decides, as before, and names the
+    first argument that is wrong."""
+    cols = REDUCER_BY_NAME[reducer].args
+    consts: dict[str, object] = {}
+    params = [f"a{k}" for k in range(len(cols))]
+    body = " and ".join(_type_expr(col.type, a, consts) for col, a in zip(cols, params, strict=True)) or "True"
+    namespace: dict[str, object] = {"is_u64": is_u64, "is_u32": is_u32, "value_has_type": value_has_type, **consts}
+    exec(f"def ok({', '.join(params)}):\n    return {body}\n", namespace)  # code built from the schema
+    ok = namespace["ok"]
+    assert callable(ok)
+    return ok
+
+
 def _run(db: Db, tx: Txn, rec: TxRecord, policy: Policy) -> None:
     args = rec.args
     if rec.kind == "reducer":
@@ -138,9 +174,10 @@ def _run(db: Db, tx: Txn, rec: TxRecord, policy: Policy) -> None:
             raise _Diverged("a reducer record without a caller")
         if len(args) != len(rdef.args):
             raise _Diverged(f"{rec.name} takes {len(rdef.args)} arguments, the record has {len(args)}")
-        for (col, has_type), value in zip(_arg_checks(rec.name), args, strict=True):
-            if not has_type(value):
-                raise _Diverged(f"argument {col} of {rec.name} has the wrong type")
+        if not _args_ok(rec.name)(*args):  # the per-argument checks name the argument
+            for (col, has_type), value in zip(_arg_checks(rec.name), args, strict=True):
+                if not has_type(value):
+                    raise _Diverged(f"argument {col} of {rec.name} has the wrong type")
         r.REDUCERS[rec.name](tx, r.Ctx(rec.caller, rec.timestamp, rec.offset, policy), *args)
     elif rec.kind == "sweep" and len(args) == 1 and isinstance(args[0], int):
         r.sweep_presence(tx, args[0])
