@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.edited import edited_module
 from support.logfiles import write_records
 
 from reference import durability, replay, snapshot
@@ -265,3 +266,112 @@ def test_snapshot_statuses_are_what_decoding_every_file_gave(tmp_path: Path) -> 
             replay.READ_BATCH = 1024  # type: ignore[misc]
         assert report.mismatch is not None and report.mismatch.offset == target and report.records == target - 1
         assert report.stored_records == len(records) and not report.ok
+
+
+# --- fifth session (docs/performance.md "verify-log, fifth session"; ADR-0025) ------------------------------
+
+
+def _valid_value(t: Any) -> Any:
+    """A value of type ``t`` from the table (the first that has it)."""
+    return next(v for v in VALUES if value_has_type(v, t))
+
+
+def _compiled_agrees(args_ok: Any) -> None:
+    """``args_ok(name)(*args)`` is ``value_has_type`` of every argument: each position of each
+    reducer given each value of the table (the others valid), then every argument wrong at once."""
+    for name, rdef in REDUCER_BY_NAME.items():
+        types = [col.type for col in rdef.args]
+        valid = [_valid_value(t) for t in types]
+        check = args_ok(name)
+        assert check(*valid) is True, name
+        for k, t in enumerate(types):
+            for v in VALUES:
+                args = [*valid[:k], v, *valid[k + 1:]]
+                assert check(*args) == value_has_type(v, t), (name, k, v)
+        wrong = [next(v for v in VALUES if not value_has_type(v, t)) for t in types]
+        assert check(*wrong) is (not types), name
+
+
+def test_the_compiled_argument_check_is_value_has_type() -> None:
+    _compiled_agrees(replay._args_ok)
+
+
+PLANTED_ARGS = (
+    ("an option admits anything", 'return f"({arg} is None or {_type_expr(t.inner, arg, consts)})"', 'return "True"'),
+    ("a u64 checked as a u32", 'return f"is_u64({arg})"', 'return f"is_u32({arg})"'),
+    ("any one right argument is enough", 'body = " and ".join(', 'body = " or ".join('),
+    ("a string checked as any type", 'return f"isinstance({arg}, str)"', 'return "True"'),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_ARGS, ids=[p[0] for p in PLANTED_ARGS])
+def test_planted_bugs_in_the_compiled_argument_check_are_caught(name: str, old: str, new: str) -> None:
+    mod = edited_module(replay, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _compiled_agrees(mod._args_ok)
+
+
+def test_an_argument_of_the_wrong_type_stops_replay_by_name() -> None:
+    """The compiled check only spares the loop: a wrong argument is still named by it."""
+    _, records = _history()
+    at = next(i for i, rec in enumerate(records) if rec.name == "append_sync_event" and i > 3)
+    for k, bad in ((4, "7"), (0, 7), (3, 5), (4, -1)):
+        args = list(records[at].args)
+        args[k] = bad
+        tampered = [*records[:at], replace(records[at], args=tuple(args), args_json=""), *records[at + 1:]]
+        result = replay.replay(tampered, POLICY)
+        col = REDUCER_BY_NAME["append_sync_event"].args[k].name
+        assert result.records == at and result.mismatch == replay.Mismatch(
+            records[at].offset, f"argument {col} of append_sync_event has the wrong type")
+    assert replay.replay(records, POLICY).mismatch is None
+
+
+def _delta_oracle(deletes: dict[str, list[Any]], inserts: dict[str, list[Any]]) -> str:
+    """The delta's text written another way: ``json.dumps`` of each row's fields read by name
+    (``dataclasses.fields``), tables in the schema's order, a table only if it has a row."""
+    def row(r: Any) -> list[Any]:
+        return [list(v) if isinstance(v, tuple) else v for v in (getattr(r, f.name) for f in fields(r))]
+    return json.dumps([[t.name, [row(r) for r in deletes.get(t.name, [])], [row(r) for r in inserts.get(t.name, [])]]
+                       for t in TABLES if deletes.get(t.name) or inserts.get(t.name)],
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def _delta_text_agrees(delta_text_of: Any) -> None:
+    """``delta_text_of`` of per-table row lists (tables added to the dicts in random orders, some
+    lists empty, rows with non-ASCII strings and arrays) is the oracle's text."""
+    import random
+    rng = random.Random(5)
+    rows = {TABLES[k].name: r for k, r in enumerate(_rows())}
+    odd = {name: replace(r, **{f.name: "é\u2028\"\\" for f in fields(r) if isinstance(getattr(r, f.name), str)})
+           for name, r in rows.items()}
+    for _ in range(300):
+        deletes: dict[str, list[Any]] = {}
+        inserts: dict[str, list[Any]] = {}
+        for name in rng.sample(sorted(rows), rng.randrange(len(rows) + 1)):
+            target = rng.choice((deletes, inserts))
+            target[name] = [rng.choice((rows[name], odd[name])) for _ in range(rng.randrange(3))]
+        assert delta_text_of(deletes, inserts) == _delta_oracle(deletes, inserts)
+
+
+def test_the_delta_text_of_per_table_lists_is_the_oracle_text() -> None:
+    from reference.log import delta_text_of
+    _delta_text_agrees(delta_text_of)
+
+
+PLANTED_DELTA = (
+    ("tables in the dicts' order", "    for t, get in _TABLE_GETTERS:\n",
+     "    for t, get in [(t, _table_values(t)) for t in {**deletes, **inserts} if t in TABLE_BY_NAME]:\n"),
+    ("an empty list keeps its table", "        if d or i:\n            out.append(",
+     "        if d is not None or i is not None:\n            out.append("),
+    ("the deletes written as the inserts", "[*map(get, d)] if d else []", "[*map(get, i)] if i else []"),
+    ("one getter for every table", "_TABLE_GETTERS = tuple((t, _table_values(t)) for t in TABLE_BY_NAME)",
+     "_TABLE_GETTERS = tuple((t, _table_values(next(iter(TABLE_BY_NAME)))) for t in TABLE_BY_NAME)"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_DELTA, ids=[p[0] for p in PLANTED_DELTA])
+def test_planted_bugs_in_the_delta_text_are_caught(name: str, old: str, new: str) -> None:
+    from reference import log
+    mod = edited_module(log, [(old, new)], name)
+    with pytest.raises((AssertionError, AttributeError)):
+        _delta_text_agrees(mod.delta_text_of)
