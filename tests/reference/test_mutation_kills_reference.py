@@ -1360,3 +1360,114 @@ def test_verify_log_names_a_corrupt_snapshot_past_the_log(tmp_path: Path) -> Non
     assert report.mismatch is None and report.records == 1 and not report.ok
     # past the one record replayed, but corrupt is what it is: named, with the reason
     assert report.snapshots == (SnapshotCheck("snap-000000000007.json", 7, "corrupt", "truncated (no trailer line)"),)
+
+
+# --- fifth session: the survivors of a 48-mutant draw of today's engine.py, engine-only selection ---------
+
+
+def _resume(sid: str, w: int) -> str:
+    return f"SELECT * FROM sync_event WHERE stream_id = '{sid}' AND epoch = 1 AND seq > {w}"
+
+
+def test_a_read_without_the_subscribe_scope_names_the_missing_scope() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscriptionError
+
+    eng = Engine()
+    claims = Claims(A, frozenset(SCOPES) - {"sync.subscribe"}, ("*",))
+    _fails(lambda: eng.query(claims, "SELECT * FROM sync_stream WHERE stream_id = 's'"),
+           ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
+    conn = eng.connect(claims, confirmed=False)
+    eng.handle(conn, Subscribe(1, 1, ("SELECT * FROM sync_stream WHERE stream_id = 's'",)))
+    out = eng.pop(conn).message
+    assert isinstance(out, SubscriptionError)
+    err = SyncError.parse(out.error)
+    assert (err.code, dict(err.details)) == (ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
+
+
+def test_the_replay_budget_of_a_resume_is_its_streams_class() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscribeApplied, SubscriptionError
+
+    small = StreamClass("small", replay_budget=2)
+    eng = Engine(policy=Policy(classes=(("small.", small),)))
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    for sid in ("small.x", "big"):
+        for i in range(5):
+            _engine_call(eng, everyone, "append_sync_event", sid, f"k{i}", "{}", None, None)
+    reader = eng.connect(everyone, confirmed=False)
+    eng.handle(reader, Subscribe(1, 1, (_resume("small.x", 2),)))  # head 5 - W 2 = 3 > the class's 2
+    out = eng.pop(reader).message
+    assert isinstance(out, SubscriptionError), out
+    err = SyncError.parse(out.error)
+    assert err.code is ErrorCode.STALE_CURSOR
+    assert (err.details["replay_budget"], err.details["reasons"]) == (2, ["replay_budget_exceeded"])
+    eng.handle(reader, Subscribe(2, 2, (_resume("small.x", 3),)))  # 2 behind: inside the class's budget
+    assert isinstance(eng.pop(reader).message, SubscribeApplied)
+    eng.handle(reader, Subscribe(3, 3, (_resume("big", 0),)))  # the default class: budget 20,000
+    assert isinstance(eng.pop(reader).message, SubscribeApplied)
+
+
+def test_each_fanout_that_returns_early_counts_one_skip() -> None:
+    from reference.engine import Engine
+
+    eng = Engine()
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    assert eng.fanout_skips == 0
+    for i in range(3):
+        _engine_call(eng, everyone, "append_sync_event", "s", f"k{i}", "{}", None, None)
+        assert eng.fanout_skips == i + 1  # nobody watches: every commit skips the fanout
+
+
+def test_a_reducer_that_crashes_is_answered_as_internal_to_the_callers_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reference.engine import Engine, InternalError
+    from spec.messages import CallReducer, ReducerErr, ReducerResult
+
+    def crash(*_args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(r.REDUCERS, "append_sync_event", crash)
+    eng = Engine()
+    reported: list[InternalError] = []
+    eng.on_internal_error = reported.append
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    conn = eng.connect(everyone, confirmed=False)
+    eng.handle(conn, CallReducer(7, "append_sync_event", ("s", "k", "{}", None, None)))
+    out = eng.pop(conn).message
+    assert isinstance(out, ReducerResult) and out.request_id == 7, out
+    assert isinstance(out.outcome, ReducerErr) and out.outcome.internal
+    assert out.outcome.error.startswith("internal error in append_sync_event: RuntimeError: boom")
+    assert [e.name for e in reported] == ["append_sync_event"] and eng.committed == 0
+    with pytest.raises(InternalError) as raised:  # the admin path raises it, naming the reducer
+        eng.admin_call(everyone, "append_sync_event", ("s", "k", "{}", None, None))
+    assert raised.value.name == "append_sync_event" and isinstance(raised.value.cause, RuntimeError)
+    assert eng.committed == 0
+
+
+def test_a_queue_of_exactly_max_outbound_bytes_is_kept_one_byte_more_is_a_slow_consumer() -> None:
+    from reference.engine import Engine
+    from spec.messages import SLOW_CONSUMER_REASON
+
+    eng = Engine()
+    eng.measure = lambda _m: 100
+    eng.max_outbound_bytes = 200
+    closed: list[tuple[int, str]] = []
+    eng.on_close = lambda c, reason: closed.append((c, reason))
+    conn = eng.connect(Claims(A, frozenset(SCOPES), ("*",)), confirmed=False)
+    for request_id in (1, 2):  # 100, then 200 bytes queued: at the bound, not past it
+        eng.one_off(conn, request_id, "SELECT * FROM sync_stream WHERE stream_id = 's'")
+    assert conn in eng.conns and not closed and eng.conns[conn].outbound_bytes == 200
+    eng.one_off(conn, 3, "SELECT * FROM sync_stream WHERE stream_id = 's'")  # 300 > 200
+    assert conn not in eng.conns and closed == [(conn, SLOW_CONSUMER_REASON)]
+
+
+def test_a_one_off_read_says_whether_its_table_is_an_event_table() -> None:
+    from reference.engine import Engine
+
+    eng = Engine()
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    _engine_call(eng, everyone, "append_sync_event", "s", "k", "{}", None, None)
+    signals = eng.query(everyone, "SELECT * FROM presence_signal")  # an event table: rows are never kept
+    events = eng.query(everyone, "SELECT * FROM sync_event WHERE stream_id = 's'")
+    assert (signals.table, signals.inserts, signals.event) == ("presence_signal", (), True)
+    assert (events.table, len(events.inserts), events.event) == ("sync_event", 1, False)

@@ -121,9 +121,15 @@ def test_cache(name: str) -> None:
 def test_defaults_and_bad_bounds() -> None:
     cache = ParseCache()
     assert (cache.max_entries, cache.max_text) == (DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TEXT) == (1024, 512)
-    for bad in ((0, 10), (10, 0)):
-        with pytest.raises(ValueError):
+    for bad in ((0, 10), (10, 0), (0, 0), (-1, 10)):
+        with pytest.raises(ValueError, match=r"^ParseCache bounds must be positive$"):
             ParseCache(*bad)
+    tiny = ParseCache(1, 1)  # 1 is a bound: one entry of a one-character text (no query is that short)
+    assert (tiny.max_entries, tiny.max_text) == (1, 1)
+    one = ParseCache(max_entries=1)
+    one.parse(VALID[0])
+    one.parse(VALID[1])
+    assert VALID[1] in one and VALID[0] not in one and len(one) == 1
 
 
 # --- planted bugs ---------------------------------------------------------------------------------

@@ -142,6 +142,7 @@ TESTS: dict[str, list[str]] = {
                             "tests/reference/test_engine_isolation.py", "tests/reference/test_engine_chain.py",
                             "tests/reference/test_bridge_enqueue_controls.py",
                             "tests/reference/test_mutation_kills_reference.py"],
+    "reference/parsecache.py": ["tests/reference/test_parse_cache.py"],
 }
 
 # planted-mutant harnesses inside a selected file: they edit the module's source text, which mutmut has
@@ -150,6 +151,7 @@ TESTS: dict[str, list[str]] = {
 DESELECTED = ["--deselect", "tests/reference/test_engine_isolation.py::test_planted_isolation_bugs_are_caught",
               "--deselect", "tests/reference/test_eventlog.py::test_planted_bugs_in_the_store_are_caught",
               "--deselect", "tests/reference/test_eventlog.py::test_planted_bugs_in_the_column_encoder_are_caught",
+              "--deselect", "tests/reference/test_eventlog.py::test_planted_bugs_in_the_store_runs_are_caught",
               # starts `syncref serve` processes from the scratch copy, whose package resources (the
               # mutants/ tree beside the sources) do not resolve; in-process tests of the switch remain
               "--deselect", "tests/reference/test_contract_switch.py::"

@@ -430,6 +430,26 @@ MUTATED_LINE: dict[str, str] = {
     "reference.eventlog.xǁStreamLogǁappend__mutmut_14": "no = None",
 }
 
+# the fifth session's draw of engine.py (48, seed 1, on main 0a60a44; docs/mutation.md "Fourth sample")
+EQUIVALENT["reference.engine.xǁEngineǁ_signature_error__mutmut_22"] = (
+    "zip(_arg_checks(reducer), args, strict=None) for strict=True: the line above returns when len(args) != "
+    "len(rdef.args), and _arg_checks(reducer) has exactly one entry per rdef.args, so the lengths are equal "
+    "whenever the zip runs and the strict flag never fires")
+MUTATED_LINE["reference.engine.xǁEngineǁ_signature_error__mutmut_22"] = (
+    "for (name, check), value in zip(_arg_checks(reducer), args, strict=None):")
+# reference/parsecache.py, measured whole (35 mutants)
+EQUIVALENT["reference.parsecache.xǁParseCacheǁparse__mutmut_17"] = (
+    "entries.popitem(last=None) for last=False: OrderedDict.popitem reads `last` only for its truth, and None is "
+    "false as False is, so the least recently used entry (the first) goes either way")
+MUTATED_LINE["reference.parsecache.xǁParseCacheǁparse__mutmut_17"] = "entries.popitem(last=None)"
+# reference/eventlog.py, the fifth session's draw (48, seed 1): EventSeq.__eq__ compares lengths first
+EQUIVALENT["reference.eventlog.xǁEventSeqǁ__eq____mutmut_10"] = _ZIP_AFTER_LEN
+EQUIVALENT["reference.eventlog.xǁEventSeqǁ__eq____mutmut_11"] = _ZIP_AFTER_LEN
+MUTATED_LINE["reference.eventlog.xǁEventSeqǁ__eq____mutmut_10"] = (
+    "return len(self) == len(other) and all(a == b for a, b in zip(self, other, ))")
+MUTATED_LINE["reference.eventlog.xǁEventSeqǁ__eq____mutmut_11"] = (
+    "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=False))")
+
 # ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
 
 _NO_DETAILS = ("SyncError(code) and SyncError(code, None) have details {} (SyncError.__init__: `dict(details) if "
