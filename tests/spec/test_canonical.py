@@ -624,7 +624,7 @@ PLANTED_CANONICAL = (
 
 
 @pytest.mark.parametrize(("name", "old", "new"), PLANTED_CANONICAL, ids=[p[0] for p in PLANTED_CANONICAL])
-def test_planted_bugs_in_the_scanner_and_tree_encoder_are_caught(name: str, old: str, new: str) -> None:
+def test_planted_scanner_and_tree_encoder_bugs_are_caught(name: str, old: str, new: str) -> None:
     from support.edited import edited_module
     mod = edited_module(canonical, [(old, new)], name)
     with pytest.raises(AssertionError):
