@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 
 from reference import reducers as r
@@ -240,7 +240,7 @@ def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: 
     # memory) is compared row by row.
     changes: tuple[RowChange, ...] | None = None
     if rec.delta_json:
-        text = _delta_text(tx)
+        text = delta_text_of(tx.deletes, tx.inserts)  # _delta_text(tx), without the call
         if text != rec.delta_json:
             changes = delta_of(tx)
             try:
@@ -275,9 +275,10 @@ def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: 
 
 
 def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY,
-           on_step: Callable[[int, Db, str], None] | None = None) -> ReplayResult:
+           on_step: Callable[[int, Db, str], None] | None = None, at: Container[int] | None = None) -> ReplayResult:
     """Re-execute ``records`` from empty state; stop at the first record that does not reproduce.
-    ``on_step(offset, db, head)`` sees the re-executed state after each record.
+    ``on_step(offset, db, head)`` sees the re-executed state after each record (only after those
+    whose offsets are in ``at``, if given).
 
     The cyclic garbage collector is off meanwhile, as in :func:`reference.durability.restart`: the
     state only grows, and rows and records are acyclic, so its passes over the growing heap would
@@ -301,7 +302,7 @@ def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY,
             except _Diverged as exc:
                 return ReplayResult(count, head, Mismatch(rec.offset, str(exc)))
             count += 1
-            if on_step is not None:
+            if on_step is not None and (at is None or count in at):
                 on_step(count, db, head)
     finally:
         if collecting:
@@ -411,7 +412,7 @@ def verify_log(data_dir: str | os.PathLike[str],
                 diff = snapshot.differs(image, db)
                 checks[name] = SnapshotCheck(name, offset, "match" if diff is None else "mismatch", diff or "")
 
-            result = replay(records, policy, at_snapshot if images else None)
+            result = replay(records, policy, at_snapshot if images else None, images.keys())
             for offset, (name, held) in images.items():
                 if name not in checks and (not isinstance(held, bytes) or decoded(offset, name, held) is not None):
                     checks[name] = SnapshotCheck(name, offset, "unreached",

@@ -375,3 +375,92 @@ def test_planted_bugs_in_the_delta_text_are_caught(name: str, old: str, new: str
     mod = edited_module(log, [(old, new)], name)
     with pytest.raises((AssertionError, AttributeError)):
         _delta_text_agrees(mod.delta_text_of)
+
+
+def _matches_agrees(matches: Any) -> None:
+    """``matches(data, ...)`` is ``data == the joined file`` (the oracle: the lines joined, then
+    compared whole) for the file itself and for files one edit away from it."""
+    eng, _ = _history()
+    image = snapshot.capture(eng.db, eng.committed, eng.head_hash)
+    data = b"".join(snapshot.encode(image))
+    mid = len(data) // 2
+    variants = [data, data + b"x", data + b"\n", data[:-1], data[:mid], b"", data[:mid] + bytes([data[mid] ^ 1]) +
+                data[mid + 1:], data.replace(b"\n", b"\r\n", 1), data.replace(b"\n", b"", 1), data[1:], b"\n" + data,
+                data[:-5] + bytes([data[-5] ^ 1]) + data[-4:]]  # the trailer's digest
+    for v in variants:
+        assert matches(v, eng.db, eng.committed, eng.head_hash) == (v == data)
+    assert not matches(data, eng.db, eng.committed, "f" * 64)  # another head: another header line
+    assert not matches(data, eng.db, eng.committed - 1, eng.head_hash)
+
+
+def test_a_snapshot_file_matches_exactly_when_it_is_the_joined_file() -> None:
+    _matches_agrees(snapshot.matches)
+
+
+PLANTED_MATCHES = (
+    ("bytes after the last line are ignored", "    return pos == len(data)\n", "    return True\n"),
+    ("each line looked for at the start", "if not data.startswith(line, pos):", "if not data.startswith(line):"),
+    ("the trailer line left out", "        for line in encode(capture(db, offset, head_hash)):\n",
+     "        for line in list(encode(capture(db, offset, head_hash)))[:-1]:\n"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_MATCHES, ids=[p[0] for p in PLANTED_MATCHES])
+def test_planted_bugs_in_the_snapshot_comparison_are_caught(name: str, old: str, new: str) -> None:
+    mod = edited_module(snapshot, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _matches_agrees(mod.matches)
+
+
+def test_on_step_sees_the_offsets_asked_for_and_the_heads_there() -> None:
+    _, records = _history()
+    for at in (None, {3, 7, len(records), len(records) + 5}, set(), range(1, 4)):
+        seen: list[tuple[int, str]] = []
+
+        def step(o: int, db: Db, h: str, seen: list[tuple[int, str]] = seen) -> None:
+            seen.append((o, h))
+        result = replay.replay(records, POLICY, step, at)
+        wanted = [o for o in range(1, len(records) + 1) if at is None or o in at]
+        assert seen == [(o, records[o - 1].hash) for o in wanted] and result.mismatch is None
+
+
+def _claims_agree(claims_text: Any) -> None:
+    """``claims_text`` of claims objects made and dropped in turn (past the identity table's bound;
+    CPython reuses a dropped object's address) is ``json.dumps`` of their fields, every time."""
+    kept = []
+    for i in range(3000):
+        c = Claims(f"{i % 7:064x}", frozenset({"sync.append"} if i % 2 else {"b", "a"}),
+                   ("*",) if i % 3 else ("s.", "t."), device_id=None if i % 5 else f"d{i}", schema_version=i % 4)
+        want = json.dumps({"identity": c.identity, "scopes": sorted(c.scopes), "streams": list(c.streams),
+                           "device_id": c.device_id, "session_id": None, "client_build_id": None,
+                           "protocol_version": None, "schema_version": c.schema_version},
+                          sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert claims_text(c) == want
+        assert claims_text(c) == want  # found again
+        if i % 10 == 0:
+            kept.append((c, want))
+    for c, want in kept:
+        assert claims_text(c) == want
+    assert claims_text(None) == "null"
+
+
+def test_the_claims_text_by_identity_is_the_canonical_text() -> None:
+    from reference import log
+    _claims_agree(log._claims_text)
+
+
+PLANTED_CLAIMS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("an entry that does not hold its object",
+     (("    _CLAIMS_SEEN[id(c)] = (c, text)\n", "    _CLAIMS_SEEN[id(c)] = (None, text)\n"),)),
+    ("claims keyed by their identity field",
+     (("    held = _CLAIMS_SEEN.get(id(c))\n", "    held = _CLAIMS_SEEN.get(hash(c.identity) if c else 0)\n"),
+      ("    _CLAIMS_SEEN[id(c)] = (c, text)\n", "    _CLAIMS_SEEN[hash(c.identity) if c else 0] = (c, text)\n"))),
+)
+
+
+@pytest.mark.parametrize(("name", "edits"), PLANTED_CLAIMS, ids=[p[0] for p in PLANTED_CLAIMS])
+def test_planted_bugs_in_the_claims_text_are_caught(name: str, edits: tuple[tuple[str, str], ...]) -> None:
+    from reference import log
+    mod = edited_module(log, edits, name)
+    with pytest.raises(AssertionError):
+        _claims_agree(mod._claims_text)
