@@ -464,3 +464,72 @@ def test_planted_bugs_in_the_claims_text_are_caught(name: str, edits: tuple[tupl
     mod = edited_module(log, edits, name)
     with pytest.raises(AssertionError):
         _claims_agree(mod._claims_text)
+
+
+def _read_all(records: Any) -> tuple[list[TxRecord], str | None]:
+    """The records an iterator gives, and the error that ends it (None: it ended; a planted module's
+    own ``LogCorruption`` is another class, so its base, ``ValueError``, is caught and named)."""
+    out: list[TxRecord] = []
+    try:
+        for rec in records:
+            out.append(rec)
+    except ValueError as exc:
+        return out, f"{type(exc).__name__}: {exc}"
+    return out, None
+
+
+def _batches_agree(record_batches: Any, data: Path) -> None:
+    """``record_batches`` flattened is ``iter_records``: the same records (and texts), then the same
+    error, whatever the batch size, for an intact log and for one with a row that does not decode."""
+    import itertools
+    for rows in (True, False):
+        store = durability.LogStore.open(data, readonly=True)
+        try:
+            want = _read_all(store.iter_records(rows=rows))
+            for size in (1, 2, 7, 1024):
+                got = _read_all(itertools.chain.from_iterable(record_batches(store, size, rows=rows)))
+                assert got == want
+                assert [(r.delta_json, r.args_json) for r in got[0]] == [(r.delta_json, r.args_json) for r in want[0]]
+            after = _read_all(itertools.chain.from_iterable(record_batches(store, 3, after=5, rows=rows)))
+            assert after == _read_all(store.iter_records(after=5, rows=rows))
+        finally:
+            store.close()
+
+
+def test_record_batches_read_what_iter_records_reads(tmp_path: Path) -> None:
+    data, records = _data(tmp_path)
+    _batches_agree(durability.LogStore.record_batches, data)
+    target = records[10].offset
+    conn = sqlite3.connect(data / DB_FILE)
+    with conn:
+        conn.execute('UPDATE commit_log SET args_json = ? WHERE "offset" = ?', ("[1,", target))
+    conn.close()
+    _batches_agree(durability.LogStore.record_batches, data)
+    store = durability.LogStore.open(data, readonly=True)
+    got, error = _read_all(store.iter_records())
+    store.close()
+    assert len(got) == target - 1 and error is not None and error.startswith("LogCorruption:")
+    assert f"offset {target}" in error
+
+
+_BAD_ROW = "            except LogCorruption:\n                yield batch\n                raise\n"
+PLANTED_BATCHES = (
+    ("the batch of a bad row is dropped", _BAD_ROW, "            except LogCorruption:\n                raise\n"),
+    ("a bad row is skipped", _BAD_ROW, "            except LogCorruption:\n                pass\n"),
+    ("the batches start one past after", '(after,))\n        while True:\n            fetched',
+     '(after + 1,))\n        while True:\n            fetched'),
+    ("the last short batch is dropped", "            if not fetched:\n                return\n",
+     "            if len(fetched) < size:\n                return\n"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_BATCHES, ids=[p[0] for p in PLANTED_BATCHES])
+def test_planted_bugs_in_the_batched_read_are_caught(name: str, old: str, new: str, tmp_path: Path) -> None:
+    data, records = _data(tmp_path)
+    conn = sqlite3.connect(data / DB_FILE)
+    with conn:
+        conn.execute('UPDATE commit_log SET args_json = ? WHERE "offset" = ?', ("[1,", records[10].offset))
+    conn.close()
+    mod = edited_module(durability, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _batches_agree(mod.LogStore.record_batches, data)
