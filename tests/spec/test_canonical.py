@@ -629,3 +629,12 @@ def test_planted_scanner_and_tree_encoder_bugs_are_caught(name: str, old: str, n
     mod = edited_module(canonical, [(old, new)], name)
     with pytest.raises(AssertionError):
         _canonical_agrees(mod)
+
+
+def test_canonicalize_joins_the_tree_encoders_chunks_as_they_are() -> None:
+    """A text of more than 100,000 pieces (the C encoder then returns its output in several chunks):
+    ``canonicalize`` joins them with nothing between, as ``json.dumps`` writes the value."""
+    value = [{"k": i, "v": [str(i)] * 3} for i in range(20_000)]
+    assert canonical.canonicalize(json.dumps(value, indent=1)) == _dumps_oracle(value)
+    numbers = list(range(60_000))
+    assert canonical.canonicalize(json.dumps(numbers)) == _dumps_oracle(numbers)

@@ -20,6 +20,10 @@ EQUIVALENT: dict[str, str] = {
     # spec/canonical.py, decorated functions (`--icontract --decorated-only`)
     "spec.canonical.x_payload_hash__mutmut_7":
         "str.encode looks codec names up case-insensitively: 'UTF-8' is the same codec as 'utf-8'",
+    # fifth session: canonicalize writes with the tree encoder (the level argument, as in dumps_canonical)
+    "spec.canonical.x_canonicalize__mutmut_13":
+        "the C encoder's second argument is the current indent level, read only when an indent is set; the "
+        "tree encoder has none (separators only), so level 1 writes the same text as level 0",
     # reference/reducers.py, decorated functions (`--icontract --decorated-only`)
     "reference.reducers.x_compact__mutmut_43":
         "with len(log.events) == retain_count (`>=` for `>`), keep_from = log.floor + 0 = log.floor, and "
@@ -372,6 +376,8 @@ MUTATED_LINE: dict[str, str] = {
     "spec.canonical.x_parse_strict__mutmut_63":
         '{"argument": argument, "reason": "invalid_json", "message": str(exc)[:201]}) from None',
     "spec.canonical.x_dumps_canonical__mutmut_10": 'return "".join(_C_MAKE_ENCODER({}, *_ENCODER_OPTIONS)(value, 1))',
+    "spec.canonical.x_canonicalize__mutmut_13":
+        'return "".join(_TREE_ENCODER(parse_strict(text, argument), 1))  # dumps_canonical of a tree',
     # the decorated functions' entries (`--icontract --decorated-only`)
     "spec.canonical.x_payload_hash__mutmut_7":
         'return "sha256:" + hashlib.sha256(canonical_text.encode("UTF-8")).hexdigest()',
