@@ -533,3 +533,74 @@ def test_planted_bugs_in_the_batched_read_are_caught(name: str, old: str, new: s
     mod = edited_module(durability, [(old, new)], name)
     with pytest.raises(AssertionError):
         _batches_agree(mod.LogStore.record_batches, data)
+
+
+def _decode_changes_before(offset: int, text: str) -> Any:
+    """``decode_changes`` as it was (the oracle): ``json.loads``, then ``row_from_json`` per row."""
+    from reference.log import RowChange, row_from_json
+    try:
+        changes = json.loads(text)
+        if not isinstance(changes, list):
+            raise ValueError("changes must be a JSON array")
+        return tuple(RowChange(table, tuple([row_from_json(table, r) for r in deletes]),
+                               tuple([row_from_json(table, r) for r in inserts]))
+                     for table, deletes, inserts in changes)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise durability.LogCorruption(offset, f"{type(exc).__name__}: {exc}") from exc
+
+
+DELTA_CASES = [
+    "[]", "{}", "[[]]", "[] ", " []", "[]x", "", "[", '[["nope",[],[]]]', '[["nope",[[1]],[]]]', '[["nope",5,[]]]',
+    '[["sync_stream","ab",[]]]', '[["sync_stream",[],"ab"]]', '[["sync_stream",5,[]]]', '[["sync_stream",[],[[1,2]]]]',
+    '[["sync_stream",[],[{"a":1}]]]', '[["sync_stream",[],[7]]]', '[["sync_stream",[],[]]]', '[[1,[],[]]]',
+    '[[["x"],[[1]],[]]]', '[["sync_stream",[],[]],["sync_event",[]]]', '[["sync_stream",[],[],4]]',
+]
+
+
+def _decode_agrees(decode_changes: Any) -> None:
+    """``decode_changes`` gives the oracle's rows (and types: arrays as tuples), or its error with the
+    same text, for every stored delta of every kind of transaction and a table of broken ones."""
+    _, records = _history()
+    texts = [rec.delta_json for rec in records] + DELTA_CASES
+    assert any('"compute_assignment"' in t or '"provider_capability"' in t for t in texts)  # Vec columns
+    for text in texts:
+        try:
+            want: Any = ("ok", _decode_changes_before(9, text))
+        except durability.LogCorruption as exc:
+            want = ("error", str(exc))
+        try:
+            got: Any = ("ok", decode_changes(9, text))
+        except ValueError as exc:  # a planted module's own LogCorruption
+            got = ("error", str(exc))
+        except Exception as exc:  # anything else is a difference too
+            got = ("raised", type(exc).__name__)
+        assert got == want, text
+        if got[0] == "ok":
+            assert [type(v) for c in got[1] for r in (*c.deletes, *c.inserts) for v in fields_of(r)] == \
+                [type(v) for c in want[1] for r in (*c.deletes, *c.inserts) for v in fields_of(r)]
+
+
+def fields_of(row: Any) -> list[Any]:
+    return [getattr(row, f.name) for f in fields(row)]
+
+
+def test_decode_changes_is_what_it_was() -> None:
+    _decode_agrees(durability.decode_changes)
+
+
+PLANTED_DECODE = (
+    ("rows with array columns built as the others", "                if not arrays:\n", "                if True:\n"),
+    ("the deletes built from the inserts", "tuple([make(*r) for r in deletes])", "tuple([make(*r) for r in inserts])"),
+    ("the type guard left out",
+     "            if type(deletes) is list and type(inserts) is list and (deletes or inserts):",
+     "            if deletes or inserts:"),
+    ("json.loads's leniency lost", "        changes = _json_array(text)\n",
+     "        changes = _scan_json(text, 0)[0]\n"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_DECODE, ids=[p[0] for p in PLANTED_DECODE])
+def test_planted_bugs_in_decode_changes_are_caught(name: str, old: str, new: str) -> None:
+    mod = edited_module(durability, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _decode_agrees(mod.decode_changes)
