@@ -100,6 +100,10 @@ EQUIVALENT: dict[str, str] = {
     "spec.canonical.x_dumps_canonical__mutmut_10":
         "the C encoder's second argument is the current indent level, read only when an indent is set; the "
         "canonical encoder has none (separators only), so level 1 writes the same text as level 0",
+    # fifth session: _loads takes the scanner's value at 0 only as a shortcut
+    "spec.canonical.x__loads__mutmut_20":
+        "`and False` sends every text to _DECODER.decode, which starts the same scanner after any leading "
+        "whitespace and checks what follows the value: the same value or error, by the longer way",
     # spec/resume.py
     "spec.resume.x_continuation_hops__mutmut_5": "strict=None is falsy: zip behaves as with strict=False",
     "spec.resume.x_continuation_hops__mutmut_8": "strict=False is zip's default",
@@ -378,6 +382,7 @@ MUTATED_LINE: dict[str, str] = {
     "spec.canonical.x_dumps_canonical__mutmut_10": 'return "".join(_C_MAKE_ENCODER({}, *_ENCODER_OPTIONS)(value, 1))',
     "spec.canonical.x_canonicalize__mutmut_13":
         'return "".join(_TREE_ENCODER(parse_strict(text, argument), 1))  # dumps_canonical of a tree',
+    "spec.canonical.x__loads__mutmut_20": "return value if (end == len(text)) and False else _DECODER.decode(text)",
     # the decorated functions' entries (`--icontract --decorated-only`)
     "spec.canonical.x_payload_hash__mutmut_7":
         'return "sha256:" + hashlib.sha256(canonical_text.encode("UTF-8")).hexdigest()',
