@@ -222,8 +222,9 @@ _name_text = functools.lru_cache(maxsize=1024)(_CANON.encode)
 
 def args_text(args: tuple[Any, ...]) -> str:
     """The JSON array of a call's arguments (a tuple argument is an array; arguments are flat, so
-    there are no objects and no key order to decide)."""
-    return _encode_flat([list(a) if isinstance(a, tuple) else a for a in args])
+    there are no objects and no key order to decide).  The encoder writes a tuple as an array
+    itself (the C encoder and ``JSONEncoder`` alike), so the arguments go to it as they are."""
+    return _encode_flat(args)
 
 
 def _body_text(offset: int, kind: str, name: str, caller: Claims | None, args: str, timestamp: int,

@@ -604,3 +604,17 @@ def test_planted_bugs_in_decode_changes_are_caught(name: str, old: str, new: str
     mod = edited_module(durability, [(old, new)], name)
     with pytest.raises(AssertionError):
         _decode_agrees(mod.decode_changes)
+
+
+@pytest.mark.parametrize("args", [
+    (), ("s.a", "k1", '{"a": "é\\u2028"}', None, None), ("p", '{"n":1}', (5001, 5002), 7, "active"),
+    ("x", (), ("a", "b\"c"), 2**64 - 1, -1), (True, False, None, 0), ((1, (2, 3)),), ["a", ("b",)],
+])
+def test_args_text_is_the_json_array_of_the_arguments(args: Any) -> None:
+    """The arguments go to the encoder as they are (tuples written as arrays): the oracle is
+    ``json.dumps`` of the list with every tuple made a list first."""
+    from reference.log import args_text
+
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, tuple | list) else v
+    assert args_text(args) == json.dumps(plain(args), separators=(",", ":"), ensure_ascii=False)
