@@ -155,7 +155,7 @@ _TREE_ENCODER: Any = _C_MAKE_ENCODER(None, *_ENCODER_OPTIONS)
 # scanner at 0 stops at once on leading whitespace (StopIteration), and a value that ends early may
 # be followed by whitespace or by extra data.  An error the scanner raises at 0 is the one ``decode``
 # raises, since ``decode`` starts the same scanner at the same place when no whitespace leads.
-_SCAN: Any = _DECODER.scan_once
+_SCAN: Any = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def _loads(text: str) -> JsonValue:
