@@ -159,8 +159,9 @@ EQUIVALENT.update({
     # every "utf-8" -> "UTF-8" of log.py as of f1da87b (record_hash's own went when it began calling chain_hash)
     "reference.log.x_body_json__mutmut_25": _UTF8,
     "reference.log.x_chain__mutmut_6": _UTF8,
-    "reference.log.x_chain_hash__mutmut_19": _UTF8,
-    "reference.log.x_chain_hash__mutmut_24": _UTF8,
+    # renumbered from _19 and _24 when chain_hash wrote the body inline (fifth session, branch snap)
+    "reference.log.x_chain_hash__mutmut_6": _UTF8,
+    "reference.log.x_chain_hash__mutmut_15": _UTF8,
     "reference.log.x_make_record__mutmut_23": _UTF8,
     "reference.log.x_make_record__mutmut_29": _UTF8,
     "reference.log.x__encode_flat__mutmut_1":
@@ -183,7 +184,8 @@ EQUIVALENT.update({
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22":
         "_hurry reset to None instead of False after taking a batch: it is only read for its truth (`... or "
         "self._hurry` and `not self._hurry` in _gather), where None is false like False, and set to True again",
-    "reference.replay.x__run__mutmut_20":
+    # renumbered from _20 when _run tested the arguments with _args_ok first (fifth session, branch snap)
+    "reference.replay.x__run__mutmut_22":
         "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), and "
         "_arg_checks(rec.name) has one entry per argument of rdef, so the two sequences always have the same "
         "length there",
@@ -395,10 +397,9 @@ MUTATED_LINE: dict[str, str] = {
     "spec.reducers.x_compact__mutmut_40": "drop = {e.seq for e in events[: len(events) - cls.retain_count]}",
     "reference.log.x_body_json__mutmut_25": '"delta_hash": hashlib.sha256(delta.encode("UTF-8")).hexdigest()}',
     "reference.log.x_chain__mutmut_6": 'return hashlib.sha256((prev_hash + _canon(body)).encode("UTF-8")).hexdigest()',
-    "reference.log.x_chain_hash__mutmut_19":
-        'body = _body_text(offset, kind, name, caller, args, timestamp, '
-        'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
-    "reference.log.x_chain_hash__mutmut_24": 'return hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
+    "reference.log.x_chain_hash__mutmut_6":
+        'f\'"delta_hash":"{hashlib.sha256(delta.encode("UTF-8")).hexdigest()}","kind":{_name_text(kind)},\'',
+    "reference.log.x_chain_hash__mutmut_15": 'return hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
     "reference.log.x_make_record__mutmut_23": 'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
     "reference.log.x_make_record__mutmut_29":
         'digest = hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
@@ -408,7 +409,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.db.xǁTxnǁinsert__mutmut_22": "inserted[row] = inserted.get(None, 0) + 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2": "idle = None",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22": "self._hurry = None",
-    "reference.replay.x__run__mutmut_20": "for (col, has_type), value in zip(_arg_checks(rec.name), args, ):",
+    "reference.replay.x__run__mutmut_22": "for (col, has_type), value in zip(_arg_checks(rec.name), args, ):",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
     "reference.durability.xǁLogStoreǁopen__mutmut_68": "conn = sqlite3.connect(path, check_same_thread=False)",
