@@ -547,15 +547,25 @@ class EventRun(Protocol):
     """Consecutive ``sync_event`` rows of one stream and epoch given as columns (what
     :class:`reference.eventlog.ColumnRun` is): row ``i`` has seq ``first_seq + i`` and its bytes in
     ``data`` from ``ends[i - 1]`` (``start`` for row 0) to ``ends[i]``: a 32-byte hash digest, the
-    key (``key_lens[i]`` bytes of UTF-8), the payload (UTF-8).  ``token`` is not None only for
-    rows that never change while the token's objects are alive (a full chunk of the store): such
-    a run's bytes may be kept in a :class:`RunCache`."""
+    key (``key_lens[i]`` bytes of UTF-8), the payload (UTF-8).  ``token`` is None, or objects that
+    hold the run's rows as rows ``offset .. offset + len - 1`` of a chunk of the store whose rows
+    never change while the token's objects are alive (row ``r`` of them has seq
+    ``first_seq - offset + r``): such a run's bytes, and those of any run of the same objects,
+    epoch and stream, may be kept in a :class:`RunCache`.  ``part(a, b)`` is the run of rows
+    ``a .. b - 1`` of this one."""
 
     @property
     def epoch(self) -> int: ...
 
     @property
     def first_seq(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def part(self, a: int, b: int) -> EventRun: ...
 
     @property
     def data(self) -> bytearray: ...
@@ -613,24 +623,35 @@ def encode_event_columns(stream_id: str, columns: Iterable[EventColumns]) -> lis
 
 
 class RunCache:
-    """The encoded rows of whole full chunks (runs with a ``token``), least recently used first
-    out, bounded by ``max_bytes``: an entry costs its encoded rows, 4 bytes a row of lengths and
-    the chunk buffers it keeps alive (``sys.getsizeof`` of the token's objects -- an entry holds
-    them so that their ``id`` cannot be reused while it lives; a chunk the store has dropped costs
-    its memory until its entry goes).  An entry is found by the token's objects' identity, the
-    stream, the run's first seq and its epoch: a relabelled epoch, a rollback or a retention drop
-    (which put new buffers in the store, or a different epoch) never meet an old entry.  Shared by
-    every connection of the process (the event-loop thread; the lock makes it safe elsewhere)."""
+    """Encoded rows of the store's chunks, one entry per chunk (stream, seq of the chunk's row 0,
+    epoch): the BSATN of a contiguous range of the chunk's rows and each row's length.  A run
+    (:class:`EventRun` with a ``token``) is served from its chunk's entry when the entry holds its
+    rows (a slice of the kept bytes, nothing written); when its rows overlap or touch the entry's,
+    only the rows the entry lacks are written and the entry grows to hold both; otherwise the run
+    is written and becomes the entry.  An entry is used only for a run of the very objects it
+    was made from (it holds them, so their ``id`` cannot be reused while it lives): a rollback, a
+    retention change or a copy puts new buffers in the store (a miss), a relabel changes the
+    epoch (another entry), so no run meets bytes of other rows; within the same objects a row is
+    the same stored row, and the entry's bytes for it are its bytes with the entry's epoch.
 
-    __slots__ = ("_bytes", "_entries", "_lock", "hits", "max_bytes", "misses")
+    Least recently used out first, bounded by ``max_bytes``: an entry costs its encoded rows, 4
+    bytes a row of lengths and the chunk buffers it keeps alive (``sys.getsizeof`` of the
+    token's objects when it was last put -- a chunk still being appended to grows after that, at
+    most to a full chunk; a chunk the store has dropped costs its memory until its entry goes).
+    Shared by every connection of the process (the event-loop thread; the lock makes it safe
+    elsewhere).  ``hits``: runs served from an entry; ``extended``: runs that wrote only the rows
+    an entry lacked; ``misses``: runs written whole."""
+
+    __slots__ = ("_bytes", "_entries", "_lock", "extended", "hits", "max_bytes", "misses")
 
     def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
-        self._entries: OrderedDict[tuple[int, int, str, int, int],
-                                   tuple[tuple[object, object], bytes, array[int], int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int, int],
+                                   tuple[tuple[object, object], int, bytes, array[int], int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.max_bytes = max_bytes
         self.hits = 0
+        self.extended = 0
         self.misses = 0
 
     @property
@@ -642,45 +663,89 @@ class RunCache:
         return len(self._entries)
 
     @staticmethod
-    def _key(stream_id: str, run: EventRun, token: tuple[object, object]) -> tuple[int, int, str, int, int]:
-        return (id(token[0]), id(token[1]), stream_id, run.first_seq, run.epoch)
+    def _key(stream_id: str, run: EventRun) -> tuple[str, int, int]:
+        return (stream_id, run.first_seq - run.offset, run.epoch)  # the chunk: the seq of its row 0
 
-    def get(self, stream_id: str, run: EventRun) -> tuple[bytes, array[int]] | None:
+    def get(self, stream_id: str, run: EventRun) -> tuple[int, bytes, array[int]] | None:
+        """The entry of the run's chunk -- ``(lo, bytes, lengths)``: the encoded rows
+        ``lo .. lo + len(lengths) - 1`` of the chunk -- if one was made from the run's very token
+        objects with its stream and epoch (made most recently used), else None."""
         token = run.token
         if token is None:
             return None
-        key = self._key(stream_id, run, token)
+        key = self._key(stream_id, run)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry[0][0] is not token[0] or entry[0][1] is not token[1]:
-                self.misses += 1
                 return None
             self._entries.move_to_end(key)
-            self.hits += 1
-            return entry[1], entry[2]
+            return entry[1], entry[2], entry[3]
 
-    def put(self, stream_id: str, run: EventRun, data: bytes, lengths: Sequence[int]) -> None:
+    def put(self, stream_id: str, run: EventRun, lo: int, data: bytes, lengths: Sequence[int]) -> None:
+        """Keep ``data``, the encoded rows ``lo ..`` (``lengths``: theirs) of the chunk of ``run``
+        (its token, stream, epoch), in place of the chunk's entry; nothing when the run has no
+        token or the entry would cost more than ``max_bytes``."""
         token = run.token
         if token is None:
             return
-        lens = array("I", lengths)
+        lens = lengths if isinstance(lengths, array) and lengths.typecode == "I" else array("I", lengths)
         cost = len(data) + 4 * len(lens) + sys.getsizeof(token[0]) + sys.getsizeof(token[1]) + 200
         if cost > self.max_bytes:
             return
-        key = self._key(stream_id, run, token)
+        key = self._key(stream_id, run)
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._bytes -= old[3]
+                self._bytes -= old[4]
             while self._entries and self._bytes + cost > self.max_bytes:
-                self._bytes -= self._entries.popitem(last=False)[1][3]
-            self._entries[key] = (token, data, lens, cost)
+                self._bytes -= self._entries.popitem(last=False)[1][4]
+            self._entries[key] = (token, lo, data, lens, cost)
             self._bytes += cost
+
+    def rows(self, stream_id: str, head: bytes, run: EventRun) -> tuple[bytes, Sequence[int]] | None:
+        """The run's rows' BSATN back to back and each row's length (``head``: the stream id's
+        BSATN), served and kept as the class says; None if a field is out of its column's range
+        (the caller then builds the rows)."""
+        i = run.offset
+        k = i + len(run)
+        entry = self.get(stream_id, run)
+        if entry is not None:
+            lo, data, lens = entry
+            hi = lo + len(lens)
+            if lo <= i and k <= hi:
+                self.hits += 1
+                return _rows_slice(data, lens, i - lo, k - lo)
+            if i <= hi and lo <= k:  # overlapping or touching: write only the rows the entry lacks
+                before = _encode_run(head, run.part(0, lo - i)) if i < lo else (b"", [])
+                after = _encode_run(head, run.part(hi - i, k - i)) if k > hi else (b"", [])
+                if before is None or after is None:
+                    return None
+                self.extended += 1
+                grown = array("I", before[1])
+                grown += lens
+                grown.extend(after[1])
+                data = b"".join((before[0], data, after[0]))
+                lo = min(lo, i)
+                self.put(stream_id, run, lo, data, grown)
+                return _rows_slice(data, grown, i - lo, k - lo)
+        self.misses += 1
+        enc = _encode_run(head, run)
+        if enc is not None:
+            self.put(stream_id, run, i, *enc)
+        return enc
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+def _rows_slice(data: bytes, lens: array[int], a: int, b: int) -> tuple[bytes, Sequence[int]]:
+    """Rows ``a .. b - 1`` of the rows lying back to back in ``data`` (``lens``: their lengths)."""
+    if a == 0 and b == len(lens):
+        return data, lens
+    start = sum(lens[:a])
+    return data[start:start + sum(lens[a:b])], lens[a:b]
 
 
 RUN_CACHE = RunCache()
@@ -743,9 +808,10 @@ def encode_event_runs(stream_id: str, runs: Iterable[SyncEvent | EventRun],
                       cache: RunCache | None = RUN_CACHE) -> tuple[list[bytes], list[int]]:
     """The BSATN of the rows of ``runs`` (rows kept whole, or :class:`EventRun` s of stream
     ``stream_id``): pieces whose concatenation is every row's ``encode_row`` bytes in order, and
-    each row's length.  A run is written in one pass (:func:`_encode_run`), or taken from
-    ``cache`` when it is a full chunk met before; a run with a field out of range has its rows
-    built and given to :func:`encode_sync_event` (same bytes or the same error as ``encode_row``)."""
+    each row's length.  A run is written in one pass (:func:`_encode_run`), or served through
+    ``cache`` (:meth:`RunCache.rows`: rows of its chunk met before are not written again); a run
+    with a field out of range has its rows built and given to :func:`encode_sync_event` (same
+    bytes or the same error as ``encode_row``)."""
     try:
         sb = stream_id.encode("utf-8")
     except UnicodeEncodeError:
@@ -759,22 +825,16 @@ def encode_event_runs(stream_id: str, runs: Iterable[SyncEvent | EventRun],
             pieces.append(row)
             lengths.append(len(row))
             continue
-        token = run.token
-        if cache is not None and token is not None and sb is not None:
-            hit = cache.get(stream_id, run)
-            if hit is not None:
-                pieces.append(hit[0])
-                lengths += hit[1]
-                continue
-        enc = None if sb is None else _encode_run(head, run)
+        if cache is not None and run.token is not None and sb is not None:
+            enc: tuple[bytes, Sequence[int]] | None = cache.rows(stream_id, head, run)
+        else:
+            enc = None if sb is None else _encode_run(head, run)
         if enc is None:
             for ev in _run_rows(stream_id, run):
                 row = encode_sync_event(ev)
                 pieces.append(row)
                 lengths.append(len(row))
             continue
-        if cache is not None and token is not None:
-            cache.put(stream_id, run, *enc)
         pieces.append(enc[0])
         lengths += enc[1]
     return pieces, lengths

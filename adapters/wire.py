@@ -145,10 +145,7 @@ class RowList:
         (the same list, without splitting the rows out)."""
         if not lengths:
             return EMPTY_ROWS
-        first = lengths[0]
-        if 0 < first <= U16_MAX and len(data) == first * len(lengths) and min(lengths) == max(lengths):
-            return RowList(FixedSize(first), data)
-        return RowList(RowOffsets(tuple(accumulate(lengths[:-1], initial=0))), data)
+        return RowList(_hint(lengths, len(data)), data)
 
     def count(self) -> int:
         """How many rows the hint gives (``len(self.rows())`` for a list that decoded; this does
@@ -164,6 +161,64 @@ class RowList:
 
 
 EMPTY_ROWS = RowList(RowOffsets(()), b"")
+
+_ROWS_DATA_SLOT = RowList.__dict__["rows_data"]  # the dataclass's slot, under the property below
+PIECES_MIN = 65536  # row data this large is kept as its pieces (as _PartsWriter keeps a large value)
+
+
+class RowPieces(RowList):
+    """A :class:`RowList` whose rows lie in ``pieces`` back to back (a replay's chunk bytes from
+    the run cache): the same value as ``RowList(size_hint, b"".join(pieces))`` -- equal to it
+    both ways, the same hash, repr and rows, a copy or pickle is that plain ``RowList`` -- but the
+    join happens only when ``rows_data`` is read.  The server's encoder never reads it: the
+    pieces go into the body as parts (:class:`_PartsWriter`), so a full replay's megabytes are not
+    copied into one fresh block (ADR-0024; ADR-0020's addendum left this copy)."""
+
+    __slots__ = ("pieces", "total")
+    pieces: tuple[bytes, ...]
+    total: int
+
+    def __init__(self, size_hint: RowSizeHint, pieces: Sequence[bytes], total: int) -> None:
+        object.__setattr__(self, "size_hint", size_hint)
+        object.__setattr__(self, "pieces", tuple(pieces))
+        object.__setattr__(self, "total", total)
+
+    @property
+    def rows_data(self) -> bytes:
+        try:
+            data: bytes = _ROWS_DATA_SLOT.__get__(self, RowPieces)
+        except AttributeError:
+            data = b"".join(self.pieces)
+            _ROWS_DATA_SLOT.__set__(self, data)
+        return data
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RowList):
+            return self.size_hint == other.size_hint and self.rows_data == other.rows_data
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.size_hint, self.rows_data))
+
+    def __reduce__(self) -> tuple[type[RowList], tuple[RowSizeHint, bytes]]:
+        return RowList, (self.size_hint, self.rows_data)
+
+
+def rows_from_pieces(pieces: Sequence[bytes], lengths: Sequence[int]) -> RowList:
+    """``RowList.joined(b"".join(pieces), lengths)``, with the pieces kept as they are when
+    there are several and they hold at least :data:`PIECES_MIN` bytes (a :class:`RowPieces`)."""
+    total = sum(lengths)
+    if len(pieces) < 2 or total < PIECES_MIN:
+        return RowList.joined(b"".join(pieces), lengths)
+    return RowPieces(_hint(lengths, total), pieces, total)
+
+
+def _hint(lengths: Sequence[int], total: int) -> RowSizeHint:
+    """Upstream's size-hint rule for rows of these lengths, ``total`` bytes in all."""
+    first = lengths[0]
+    if 0 < first <= U16_MAX and total == first * len(lengths) and min(lengths) == max(lengths):
+        return FixedSize(first)
+    return RowOffsets(tuple(accumulate(lengths[:-1], initial=0)))
 
 # --- client messages (ClientMessage, tags 0..4) -----------------------------------------------
 
@@ -360,7 +415,10 @@ def _w_rowlist(w: Writer, rl: RowList) -> None:
                 w.u64(o)  # raises the writer's error for the value that is not a u64
         else:
             w.raw(packed)
-    w.bytes_(rl.rows_data)
+    if type(rl) is RowPieces and isinstance(w, _PartsWriter):
+        w.pieces(rl.pieces, rl.total)  # kept as parts, not joined (ADR-0024)
+    else:
+        w.bytes_(rl.rows_data)
 
 
 def _w_query_rows(w: Writer, qr: QueryRows) -> None:
@@ -445,6 +503,12 @@ class _PartsWriter(Writer):
             return
         self.u32(len(value))
         self._parts += (super().getvalue(), value)
+        self._buf = bytearray()
+
+    def pieces(self, pieces: Sequence[bytes], total: int) -> None:
+        """``bytes_(b"".join(pieces))`` (``total``: their length), the pieces kept as parts."""
+        self.u32(total)
+        self._parts += (super().getvalue(), *pieces)
         self._buf = bytearray()
 
     def getvalue(self) -> bytes:
@@ -974,7 +1038,7 @@ def _snapshot_rowlist(t: sm.TableRows, cache: RowCache | None) -> RowList:
     if t.table == "sync_event":  # a replay: thousands of rows met once; encoded directly, not cached
         if not t.deletes and is_column_rows(t.inserts):  # straight from the store's columns
             pieces, lengths = encode_event_runs(t.inserts.stream_id, t.inserts.runs())
-            return RowList.joined(b"".join(pieces), lengths)
+            return rows_from_pieces(pieces, lengths)
         return RowList.of([encode_sync_event(r) for r in (*t.inserts, *t.deletes)])  # type: ignore[arg-type]
     rows = (*t.inserts, *t.deletes)
     return _rowlist(rows, cache)

@@ -74,6 +74,12 @@ from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visib
 from spec.state import DbState
 from spec.values import STRING, OptionT, Row, SatsType, SyncStream, value_has_type
 
+# The stale-cursor rule with STALE-1's contracts (its oracle, second opinion and reason order) on the
+# run-time switch of the other hot-path contracts (spec.contracts.hot): checked in the test suite
+# and with ``--contracts``, the bare rule in a default server (the contracts were ~60 µs of the
+# ~550 µs a small replay cost the server: docs/performance.md, ADR-0024).
+_stale_reasons = contracts.hot(stale_reasons)
+
 
 def type_check(t: SatsType) -> Callable[[object], bool]:
     """``value_has_type(·, t)`` as a function built once per type: ``String`` and ``Option<String>``
@@ -381,9 +387,10 @@ class Engine:
         for query in queries:
             if most is not None and len(query.where) > most:
                 raise limit_exceeded("max_query_conjuncts", most, len(query.where))
+        facts = self.parse_cache.facts
         for query in queries if resume_form else ():
-            if query.table == "sync_event" and q.lower_bound_exclusive(query, "seq") is not None:
-                missing = [c for c in ("stream_id", "epoch") if q.pinned_value(query, c) is None]
+            if query.table == "sync_event" and (f := facts(query)).seq_bound is not None:
+                missing = [c for c, v in (("stream_id", f.stream_id), ("epoch", f.epoch)) if v is None]
                 if missing:
                     raise SyncError(ErrorCode.INVALID_QUERY, {
                         "query": query.text[:200],
@@ -393,7 +400,7 @@ class Engine:
                                    f"read the whole stream)"})
         for query in queries:
             if TABLE_BY_NAME[query.table].visibility is Visibility.STREAM_GRANT:
-                sid = q.pinned_value(query, "stream_id")
+                sid = facts(query).stream_id
                 if isinstance(sid, str) and not any(grant_matches(g, sid) for g in claims.streams):
                     raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
         return queries
@@ -401,16 +408,16 @@ class Engine:
     def _check_stale(self, query: q.Query) -> None:
         if query.table != "sync_event":
             return
-        sid = q.pinned_value(query, "stream_id")
-        w = q.lower_bound_exclusive(query, "seq")
+        facts = self.parse_cache.facts(query)
+        sid, w = facts.stream_id, facts.seq_bound
         if not isinstance(sid, str) or w is None:
             return
         w = max(w, 0)  # seqs start at 1: seq >= 0 resumes from the start (W = 0), not from W = -1
-        req = q.pinned_value(query, "epoch")
+        req = facts.epoch
         req_epoch = req if isinstance(req, int) and not isinstance(req, bool) else None
         epoch, head, floor = r.stream_position(self.db, sid)
         budget = self.policy.class_for(sid).replay_budget
-        reasons = list(stale_reasons(epoch, head, floor, budget, req_epoch, w))  # the one rule (spec.resume)
+        reasons = list(_stale_reasons(epoch, head, floor, budget, req_epoch, w))  # the one rule (spec.resume)
         if reasons:
             if self.on_stale is not None:
                 self.on_stale(tuple(reasons))
@@ -440,7 +447,7 @@ class Engine:
             return
         conn.query_sets[msg.query_set_id] = tuple(queries)
         for query in queries:
-            key = q.shape_key(query)
+            key = self.parse_cache.facts(query).shape
             shape = self.shapes.setdefault(query.table, {}).get(key)
             if shape is None:
                 shape = self.shapes[query.table][key] = Shape(query)
@@ -462,7 +469,8 @@ class Engine:
     def _unregister(self, conn: Connection, qs_id: int) -> None:
         for query in conn.query_sets.pop(qs_id, ()):
             table_shapes = self.shapes.get(query.table, {})
-            shape = table_shapes.get(q.shape_key(query))
+            shape_key = self.parse_cache.facts(query).shape
+            shape = table_shapes.get(shape_key)
             if shape is None:
                 continue
             key = (conn.conn_id, qs_id)
@@ -471,9 +479,9 @@ class Engine:
             if shape.subscribers[key] == 0:
                 del shape.subscribers[key]
             if not shape.subscribers:
-                del table_shapes[q.shape_key(query)]
+                del table_shapes[shape_key]
                 pinned = self.shapes_by_pin[query.table]
-                del pinned[shape.pin][q.shape_key(query)]
+                del pinned[shape.pin][shape_key]
                 if not pinned[shape.pin]:
                     del pinned[shape.pin]
 
@@ -494,16 +502,11 @@ class Engine:
         conjuncts: None, the general path), read without the general match: ``after(W)`` gives
         only rows with seq > W, and whether ``claims`` may read a row depends on its stream alone.
         What :meth:`_snapshot` would give for the query alone."""
-        if query.table != "sync_event":
+        facts = self.parse_cache.facts(query)
+        if not facts.resume:  # the form is checked once per query object (reference/parsecache.py)
             return None
-        sid = q.pinned_value(query, "stream_id")
-        epoch = q.pinned_value(query, "epoch")
-        w = q.lower_bound_exclusive(query, "seq")
-        if not isinstance(sid, str) or type(epoch) is not int or w is None or not all(
-                (c.column == "stream_id" and c.op is q.Op.EQ and c.value == sid)
-                or (c.column == "epoch" and c.op is q.Op.EQ and c.value == epoch)
-                or (c.column == "seq" and c.op in (q.Op.GT, q.Op.GE) and type(c.value) is int) for c in query.where):
-            return None
+        sid, epoch, w = facts.stream_id, facts.epoch, facts.seq_bound
+        assert isinstance(sid, str) and type(epoch) is int and w is not None
         log = self.db.logs.get(sid)
         if log is None:
             return []

@@ -7,8 +7,9 @@ key per event, boxed integers -- plus a list slot and an ``idempotency_key -> se
 and builds a ``SyncEvent`` only when one is read (a dedupe hit, retention).  A resume snapshot
 takes :meth:`StreamLog.retained_rows`: the rows as they are at that moment, built only if read,
 whose stored fields the wire layer writes straight to BSATN a chunk at a time
-(:meth:`RetainedRows.runs`; a full chunk is never changed in place, so the wire keeps its bytes:
-ADR-0020; docs/performance.md, "Replay from the column store").
+(:meth:`RetainedRows.runs`; a chunk's buffers change in place only by appends past their end, so
+the wire keeps a chunk's encoded rows and serves later runs from them: ADR-0020, ADR-0024;
+docs/performance.md, "Replay from the column store").
 
 Events are stored in chunks of :data:`CHUNK` (positions ``c * CHUNK .. c * CHUNK + CHUNK - 1``
 are chunk ``c``), each chunk two buffers:
@@ -643,26 +644,40 @@ class EventSeq(Sequence[SyncEvent]):
 
 class ColumnRun:
     """Consecutive rows of one chunk, all stored in the columns, of one epoch (what
-    :meth:`RetainedRows.runs` yields): row ``i`` has seq ``first_seq + i``, its bytes in ``data``
-    run from ``ends[i - 1]`` (``start`` for the first) to ``ends[i]``: the 32 bytes of its hash
-    digest, its key (``key_lens[i]`` bytes of UTF-8), its payload (UTF-8).  The per-row columns
-    are read from the chunk's arrays when asked for (an encoder that has the run's bytes already
-    asks only for ``token``, ``first_seq`` and ``epoch``).
+    :meth:`RetainedRows.runs` yields): rows ``offset .. offset + len - 1`` of the chunk, row ``i``
+    of the run has seq ``first_seq + i``, its bytes in ``data`` run from ``ends[i - 1]`` (``start``
+    for the first) to ``ends[i]``: the 32 bytes of its hash digest, its key (``key_lens[i]`` bytes
+    of UTF-8), its payload (UTF-8).  The per-row columns are read from the chunk's arrays when
+    asked for (an encoder that has the run's bytes already asks only for ``token``, ``offset``,
+    ``len``, ``first_seq`` and ``epoch``).
 
-    ``token`` is not None only when the run is a whole full chunk: then it is the chunk's buffers,
-    which are never changed once the chunk is full (a change puts new buffers in its place, see
-    :meth:`StreamLog.copy`), so while the same objects are alive, the same ``token`` objects with
-    the same ``first_seq`` and ``epoch`` (and stream) hold the same rows -- what lets an encoder
-    keep a full chunk's bytes (``adapters.bsatn.RunCache``)."""
+    ``token`` is the chunk's two buffers.  A chunk's buffers are changed in place only by appends
+    past their end (anything else -- a rollback, a write in front, a renumbering, the full chunk's
+    slack dropped -- puts new buffers in its place, see :meth:`StreamLog.copy`), so while the same
+    objects are alive, row ``r`` of them is the same stored row (the same bytes, the same seq
+    ``first_seq - offset + r``; its producer's number means the same identity): what lets an
+    encoder keep a chunk's encoded rows, whole or any part, and serve a later run of the same
+    objects, epoch and stream from them (``adapters.bsatn.RunCache``, ADR-0024)."""
 
-    __slots__ = ("_cols", "_j", "_jk", "_producers", "data", "epoch", "first_seq", "start", "token")
+    __slots__ = ("_cols", "_j", "_jk", "_producers", "data", "epoch", "first_seq", "offset", "start", "token")
 
     def __init__(self, epoch: int, first_seq: int, data: bytearray, cols: array[int], i: int, k: int,
-                 producers: list[str], whole: bool) -> None:
-        self.epoch, self.first_seq, self.data = epoch, first_seq, data
+                 producers: list[str]) -> None:
+        self.epoch, self.first_seq, self.data, self.offset = epoch, first_seq, data, i
         self._cols, self._j, self._jk, self._producers = cols, i * _STRIDE, k * _STRIDE, producers
         self.start = cols[self._j - _STRIDE] if i else 0
-        self.token: tuple[object, object] | None = (cols, data) if whole else None
+        self.token: tuple[object, object] | None = (cols, data)
+
+    def __len__(self) -> int:
+        return (self._jk - self._j) // _STRIDE
+
+    def part(self, a: int, b: int) -> ColumnRun:
+        """The run of this run's rows ``a .. b - 1`` (``0 <= a <= b <= len``): the same chunk,
+        epoch and token."""
+        if not 0 <= a <= b <= len(self):
+            raise LocalProtocolError(f"rows {a}..{b} are not within a run of {len(self)}")
+        i = self.offset
+        return ColumnRun(self.epoch, self.first_seq + a, self.data, self._cols, i + a, i + b, self._producers)
 
     @property
     def ends(self) -> array[int]:
@@ -790,8 +805,7 @@ class RetainedRows(Sequence[SyncEvent]):
                 cols = log._cols[c]
                 i, k = p & _IN_CHUNK, stop - (c << CHUNK_BITS)  # rows i..k-1 of the chunk
                 yield ColumnRun(epochs[0] if len(epochs) == 1 else epochs[bisect_right(run_seqs, seq) - 1], seq,
-                                log._data[c], cols, i, k, producers,
-                                i == 0 and k == CHUNK and len(cols) == CHUNK * _STRIDE)
+                                log._data[c], cols, i, k, producers)
                 p = stop
 
     def column_bytes(self) -> tuple[int, int, list[SyncEvent]]:

@@ -15,6 +15,12 @@ Failures are never kept: an invalid text is parsed again each time and raises th
 ``SyncError`` as before. Bounded: at most ``max_entries`` texts of at most ``max_text`` characters
 each (longer texts are parsed and not kept); least recently used out first.
 
+:class:`QueryFacts` are what the engine reads of a parsed query on every subscribe and unsubscribe
+(the pinned stream and epoch, the seq bound, the shape key, whether it has the resume form): read
+once per query object by :meth:`ParseCache.facts` and kept beside it (ADR-0024), where they used
+to be read again by each step -- the scope and grant checks, the stale check, the snapshot's fast
+path, registering the shape and dropping it -- about a dozen scans of the conjuncts a resume.
+
 *Not done:* a cache by query *shape* (literals as parameters), which would also hit the
 ``sync_event`` resume query whose ``seq > W`` literal changes from one resume to the next; its
 tokenizer pass is most of what it would save, so it would need a second, cheaper lexer kept
@@ -24,6 +30,7 @@ exactly in step with the parser's errors.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from spec import query as q
 
@@ -31,10 +38,34 @@ DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_MAX_TEXT = 512  # characters; a resume query set's texts are ~60-130
 
 
+@dataclass(frozen=True, slots=True)
+class QueryFacts:
+    """What the engine reads of a parsed query, read once (:func:`query_facts`)."""
+
+    stream_id: int | str | bool | None  # the value of the first ``stream_id = v`` conjunct (None: none)
+    epoch: int | str | bool | None  # the value of the first ``epoch = v`` conjunct
+    seq_bound: int | None  # ``spec.query.lower_bound_exclusive(query, "seq")``: the largest W with seq > W implied
+    shape: tuple[object, ...]  # ``spec.query.shape_key(query)``
+    resume: bool  # a sync_event query of only stream_id = S (str), epoch = E (int), seq > / >= W (int) conjuncts
+
+
+def query_facts(query: q.Query) -> QueryFacts:
+    """The facts of ``query``, read from its conjuncts."""
+    sid = q.pinned_value(query, "stream_id")
+    epoch = q.pinned_value(query, "epoch")
+    w = q.lower_bound_exclusive(query, "seq")
+    resume = (query.table == "sync_event" and isinstance(sid, str) and type(epoch) is int and w is not None
+              and all((c.column == "stream_id" and c.op is q.Op.EQ and c.value == sid)
+                      or (c.column == "epoch" and c.op is q.Op.EQ and c.value == epoch)
+                      or (c.column == "seq" and c.op in (q.Op.GT, q.Op.GE) and type(c.value) is int)
+                      for c in query.where))
+    return QueryFacts(sid, epoch, w, q.shape_key(query), resume)
+
+
 class ParseCache:
     """``parse(text)`` -- the same result (or the same error) as ``spec.query.parse(text)``."""
 
-    __slots__ = ("_entries", "hits", "max_entries", "max_text", "misses")
+    __slots__ = ("_entries", "_facts", "hits", "max_entries", "max_text", "misses")
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_text: int = DEFAULT_MAX_TEXT) -> None:
         if max_entries < 1 or max_text < 1:
@@ -42,6 +73,7 @@ class ParseCache:
         self.max_entries = max_entries
         self.max_text = max_text
         self._entries: OrderedDict[str, tuple[q.Query, ...]] = OrderedDict()
+        self._facts: dict[int, tuple[q.Query, QueryFacts]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -66,3 +98,17 @@ class ParseCache:
             if len(entries) > self.max_entries:
                 entries.popitem(last=False)
         return result
+
+    def facts(self, query: q.Query) -> QueryFacts:
+        """``query_facts(query)``, kept for the query object (found by its identity: the entry holds
+        the query, so its ``id`` cannot be reused while the entry lives); at most ``2 *
+        max_entries`` kept, the oldest out first."""
+        memo = self._facts
+        found = memo.get(id(query))
+        if found is not None and found[0] is query:
+            return found[1]
+        facts = query_facts(query)
+        memo[id(query)] = (query, facts)
+        if len(memo) > 2 * self.max_entries:
+            del memo[next(iter(memo))]
+        return facts

@@ -101,3 +101,30 @@ def test_serve_defaults_off_and_the_flag_the_env_and_the_config_turn_them_on(tmp
     config.write_text("[server]\ncontracts = true\n")
     with serve_process(tmp_path / "config", "--config", str(config), env=_env_without_switch()) as served:
         assert _enabled_metric(served.url) == 1.0
+
+
+def test_the_stale_rule_checks_its_contracts_in_a_subscribe_only_with_the_switch_on(
+        restore_switch: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``spec.resume.stale_reasons`` (STALE-1: its oracle, the second opinion and the reason order)
+    is called by the engine's subscribe through the switch (ADR-0024): with a second opinion that
+    disagrees planted, a resume raises ``ViolationError`` while the switch is on, and with it off
+    the bare rule answers (a stale cursor refused as before: the rule itself is the same)."""
+    from spec import invariants
+    from spec.auth import Claims
+    from spec.messages import Subscribe, SubscriptionError
+    from spec.schema import SCOPES
+
+    claims = Claims("a" * 64, frozenset(SCOPES), ("*",))
+    resume = ("SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 5",)
+    monkeypatch.setattr(invariants, "stale_reasons", lambda *args: ("not the rule",))
+    contracts.enable_hot(True)
+    engine = Engine()
+    conn = engine.connect(claims, confirmed=False)
+    with pytest.raises(icontract.ViolationError, match="STALE-1"):
+        engine.handle(conn, Subscribe(1, 1, resume))
+    contracts.enable_hot(False)
+    engine = Engine()
+    conn = engine.connect(claims, confirmed=False)
+    engine.handle(conn, Subscribe(1, 1, resume))
+    out = engine.pop(conn).message
+    assert isinstance(out, SubscriptionError) and "cursor_ahead_of_head" in out.error, out

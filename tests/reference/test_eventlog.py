@@ -348,25 +348,45 @@ def test_planted_bugs_in_the_column_encoder_are_caught(name: str, old: str, new:
 # runs the store gives (reference.eventlog): the comparison of _check_runs must fail.
 PLANTED_RUNS_ENCODER: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("cache key ignores the epoch (not invalidated by a relabel)",
-     (("return (id(token[0]), id(token[1]), stream_id, run.first_seq, run.epoch)",
-       "return (id(token[0]), id(token[1]), stream_id, run.first_seq, 0)"),)),
-    ("cache found by stream and seq only (a rollback and a new append meet the old bytes)",
-     (("return (id(token[0]), id(token[1]), stream_id, run.first_seq, run.epoch)",
-       "return (0, 0, stream_id, run.first_seq, run.epoch)"),
-      ("if entry is None or entry[0][0] is not token[0] or entry[0][1] is not token[1]:", "if entry is None:"))),
+     (("return (stream_id, run.first_seq - run.offset, run.epoch)",
+       "return (stream_id, run.first_seq - run.offset, 0)"),)),
+    ("cache entry found by stream, chunk seq and epoch only (a rollback and a new append meet the old bytes)",
+     (("if entry is None or entry[0][0] is not token[0] or entry[0][1] is not token[1]:", "if entry is None:"),)),
     ("row lengths one byte long", (("fixed = _RUN_FIXED + len(head) - 4", "fixed = _RUN_FIXED + len(head) - 3"),)),
     ("seq not advanced within a run", (("        s = e\n        seq += 1\n", "        s = e\n"),)),
     ("a run's digest one byte short", (("hexl(d[s:s + 32])", "hexl(d[s:s + 31]) + b'00'"),)),
+    # ADR-0024: runs served as slices of a chunk's entry, and entries grown by the rows they lack
+    ("a slice starts one row late", (("    start = sum(lens[:a])\n", "    start = sum(lens[:a + 1])\n"),)),
+    ("a slice's lengths taken from the entry's first row",
+     (("    return data[start:start + sum(lens[a:b])], lens[a:b]",
+       "    return data[start:start + sum(lens[a:b])], lens[:b - a]"),)),
+    ("a slice that starts at the entry's first row given the whole entry",
+     (("    if a == 0 and b == len(lens):\n", "    if a == 0:\n"),)),
+    ("a run one row past the entry served from it",
+     (("            if lo <= i and k <= hi:\n", "            if lo <= i and k <= hi + 1:\n"),)),
+    ("an entry grown across a gap of one row (the row between never written)",
+     (("            if i <= hi and lo <= k:", "            if i <= hi + 1 and lo <= k + 1:"),)),
+    ("rows written for the front of an entry put after it",
+     (("                data = b\"\".join((before[0], data, after[0]))\n",
+       "                data = b\"\".join((data, before[0], after[0]))\n"),)),
+    ("a grown entry keeps its old first row", (("                lo = min(lo, i)\n", "                lo = lo\n"),)),
+    ("the rows after an entry written from the run's start",
+     (("_encode_run(head, run.part(hi - i, k - i)) if k > hi", "_encode_run(head, run.part(0, k - hi)) if k > hi"),)),
 )
 PLANTED_RUNS_STORE = (
-    ("a partial chunk given a token (the last chunk grows in place)",
-     "                                i == 0 and k == CHUNK and len(cols) == CHUNK * _STRIDE)\n",
-     "                                i == 0)\n"),
+    ("a part of a run starts at the run's first row",
+     "        return ColumnRun(self.epoch, self.first_seq + a, self.data, self._cols, i + a, i + b, self._producers)",
+     "        return ColumnRun(self.epoch, self.first_seq + a, self.data, self._cols, i, i + b - a, self._producers)"),
     ("a run ends one row early at the chunk boundary",
      "i, k = p & _IN_CHUNK, stop - (c << CHUNK_BITS)  # rows i..k-1 of the chunk",
      "i, k = p & _IN_CHUNK, stop - (c << CHUNK_BITS) - 1  # rows i..k-1 of the chunk"),
     ("a run takes the newest epoch", "yield ColumnRun(epochs[0] if len(epochs) == 1 else "
      "epochs[bisect_right(run_seqs, seq) - 1], seq,", "yield ColumnRun(epochs[-1], seq,"),
+    ("a rollback truncates the last chunk in place (a run of the same objects meets other rows)",
+     "            self._data[-1] = self._data[-1][:self._cols[-1][j - _STRIDE]]\n"
+     "            self._cols[-1] = self._cols[-1][:j]\n",
+     "            del self._data[-1][self._cols[-1][j - _STRIDE]:]\n"
+     "            del self._cols[-1][j:]\n"),
 )
 
 
@@ -375,13 +395,23 @@ def _drive_runs(cls: Any) -> None:
         drive(cls, seed, 600, odd_share=0.0 if seed % 2 else 0.2)
 
 
-def test_the_cache_is_met_across_retention_rollback_and_relabel() -> None:
-    """The cached path is exercised (not only the one-pass writer): entries are found again."""
-    hits = 0
+def test_the_cache_is_met_across_retention_rollback_and_relabel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached paths are exercised (not only the one-pass writer): entries are found again,
+    runs are served as slices of them, and entries grow by the rows they lack (ADR-0024)."""
+    slices = 0
+    real = bsatn._rows_slice
+
+    def counted(data: bytes, lens: Any, a: int, b: int) -> Any:
+        nonlocal slices
+        slices += (a, b) != (0, len(lens))
+        return real(data, lens, a, b)
+
+    monkeypatch.setattr(bsatn, "_rows_slice", counted)
+    hits = extended = 0
     for seed in range(4):
         drive(_variant("chunks_of_4").StreamLog, seed, 600, odd_share=0.0)
-        hits += ENCODER["cache"].hits
-    assert hits > 200
+        hits, extended = hits + ENCODER["cache"].hits, extended + ENCODER["cache"].extended
+    assert hits > 200 and extended > 50 and slices > 100, (hits, extended, slices)
 
 
 @pytest.mark.parametrize(("name", "edits"), PLANTED_RUNS_ENCODER, ids=[p[0] for p in PLANTED_RUNS_ENCODER])

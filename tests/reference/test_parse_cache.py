@@ -239,3 +239,122 @@ def test_engine_subscribe_uses_the_cache_and_keeps_errors() -> None:
         replies.append(out.error)
     assert replies[0] == replies[1]
     assert bad not in eng.parse_cache
+
+
+# --- the facts of a query, read once per query object (ADR-0024) ------------------------------------
+
+S = "SELECT * FROM sync_event WHERE "
+FACTS = (  # text -> (stream_id, epoch, seq bound, resume form): written out, not computed
+    (S + "stream_id = 's' AND epoch = 2 AND seq > 7", ("s", 2, 7, True)),
+    (S + "stream_id = 's' AND epoch = 2 AND seq >= 7", ("s", 2, 6, True)),
+    (S + "seq > 9 AND epoch = 2 AND stream_id = 's' AND seq > 7", ("s", 2, 9, True)),
+    (S + "stream_id = 's' AND epoch = 2 AND seq > 7 AND tx_offset = 3", ("s", 2, 7, False)),
+    (S + "stream_id = 's' AND seq > 3", ("s", None, 3, False)),
+    (S + "epoch = 1 AND seq > 3", (None, 1, 3, False)),
+    (S + "stream_id = 's' AND epoch = 1 AND stream_id = 't' AND seq > 0", ("s", 1, 0, False)),
+    (S + "stream_id = 's' AND epoch = 1 AND seq > 0 AND epoch = 2", ("s", 1, 0, False)),
+    (S + "stream_id = 's' AND epoch = 1 AND seq < 5", ("s", 1, None, False)),
+    (S + "stream_id = 's' AND epoch = 1 AND seq < 5 AND seq > 1", ("s", 1, 1, False)),
+    (S + "stream_id = 's' AND epoch = 1", ("s", 1, None, False)),
+    ("SELECT * FROM sync_stream WHERE stream_id = 's'", ("s", None, None, False)),
+    ("SELECT * FROM sync_stream", (None, None, None, False)),
+)
+
+
+def check_facts(cache: ParseCache) -> None:
+    """Each text's facts are the table's; the shape is the same for the same conjuncts in another
+    order and differs when a literal does."""
+    for text, (sid, epoch, bound, resume) in FACTS:
+        (query,) = q.parse(text)
+        f = cache.facts(query)
+        assert (f.stream_id, f.epoch, f.seq_bound, f.resume) == (sid, epoch, bound, resume), text
+    a, b, c = (cache.facts(q.parse(S + t)[0]).shape for t in (
+        "stream_id = 's' AND epoch = 2 AND seq > 7", "seq > 7 AND stream_id = 's' AND epoch = 2",
+        "stream_id = 's' AND epoch = 2 AND seq > 8"))
+    assert a == b != c
+
+
+def check_facts_by_identity(cache: ParseCache) -> None:
+    """Transient query objects (parsed, read, dropped: CPython soon gives a new one the same
+    address) each get their own facts; the same object twice is read once; the bound holds."""
+    parsed = [q.parse(S + f"stream_id = 's{w % 7}' AND epoch = {w % 5} AND seq > {w}")[0]
+              for w in range(3 * cache.max_entries)]
+    conjuncts = [(p.table, p.where, p.text) for p in parsed]  # built first: the loop allocates only the query
+    del parsed
+    for w, (table, where, text) in enumerate(conjuncts):
+        query = q.Query(table, where, text)
+        f = cache.facts(query)
+        assert (f.stream_id, f.epoch, f.seq_bound) == (f"s{w % 7}", w % 5, w), w
+        assert cache.facts(query) is f
+        del query
+    assert len(cache._facts) <= 2 * cache.max_entries
+
+
+def test_the_facts_of_a_query() -> None:
+    check_facts(ParseCache())
+    check_facts_by_identity(ParseCache(max_entries=8))
+
+
+def test_the_facts_are_read_once_per_query_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    import reference.parsecache as parsecache
+
+    reads: list[q.Query] = []
+    real = parsecache.query_facts
+    monkeypatch.setattr(parsecache, "query_facts", lambda query: reads.append(query) or real(query))
+    cache = ParseCache()
+    (one,) = cache.parse(FACTS[0][0])
+    (equal,) = q.parse(FACTS[0][0])  # equal, another object
+    for _ in range(3):
+        cache.facts(one)
+        cache.facts(equal)
+    assert reads == [one, equal] and reads[1] is equal
+
+
+FACTS_PLANTED = (
+    ("facts found by id without the query (an address reused meets another query's facts)",
+     (("if found is not None and found[0] is query:", "if found is not None:"),
+      ("memo[id(query)] = (query, facts)", "memo[id(query)] = (None, facts)  # type: ignore")),
+     check_facts_by_identity),
+    ("facts kept without a bound", (("        if len(memo) > 2 * self.max_entries:\n", "        if False:\n"),),
+     check_facts_by_identity),
+    ("a seq upper bound taken for the resume form",
+     (("or (c.column == \"seq\" and c.op in (q.Op.GT, q.Op.GE) and type(c.value) is int)",
+       "or (c.column == \"seq\" and type(c.value) is int)"),), check_facts),
+    ("a second stream_id conjunct let through the resume form",
+     (("(c.column == \"stream_id\" and c.op is q.Op.EQ and c.value == sid)",
+       "(c.column == \"stream_id\" and c.op is q.Op.EQ)"),), check_facts),
+)
+
+
+@pytest.mark.parametrize(("name", "edits", "check"), FACTS_PLANTED, ids=[p[0] for p in FACTS_PLANTED])
+def test_planted_bugs_in_the_facts_are_killed(name: str, edits: tuple[tuple[str, str], ...],
+                                              check: Callable[[ParseCache], None]) -> None:
+    from support.edited import edited_module
+
+    import reference.parsecache as parsecache
+
+    mod = edited_module(parsecache, edits, name)
+    with pytest.raises(AssertionError):
+        check(mod.ParseCache(max_entries=8))
+
+
+def test_the_engine_reads_a_resume_query_s_facts_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Subscribe (scope, grant, stale check, snapshot, register) and unsubscribe of a resume set
+    read each query's facts once, and the second subscribe of the same texts not at all."""
+    import reference.parsecache as parsecache
+    from spec.messages import Unsubscribe, UnsubscribeApplied
+
+    reads: list[str] = []
+    real = parsecache.query_facts
+    monkeypatch.setattr(parsecache, "query_facts", lambda query: reads.append(query.table) or real(query))
+    eng = Engine()
+    texts = ("SELECT * FROM sync_stream WHERE stream_id = 's'",
+             "SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND seq > 0")
+    c = eng.connect(ALL, confirmed=False)
+    for k in range(2):
+        eng.handle(c, Subscribe(10 + k, 1, texts))
+        assert isinstance(eng.pop(c).message, SubscribeApplied)
+        eng.handle(c, Unsubscribe(20 + k, 1))
+        assert isinstance(eng.pop(c).message, UnsubscribeApplied)
+    assert sorted(reads) == ["sync_event", "sync_stream"]
+    assert not eng.shapes.get("sync_event") and not eng.shapes.get("sync_stream")  # dropped by the facts' shape
