@@ -223,10 +223,6 @@ EQUIVALENT.update({
         "one_off passes _send the size _fits measured of the same answer; given None, _send measures it with "
         "_fits itself (deterministic, and it fitted a line before): the same size is queued, at twice the cost; "
         "an error answer is passed None by the original too",
-    "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
-        "`and` for `or` only lets through a query with a seq lower bound and stream_id or epoch not pinned with "
-        "=; _resume_rows only sees subscription queries (_snapshot's two callers), and _authorized_queries' "
-        "resume-form check (resume_form=True for every Subscribe) refuses exactly those before they are registered",
 })
 
 # the third sample completed on main's b7b4995 (docs/mutation.md "Third sample")
@@ -261,7 +257,7 @@ EQUIVALENT.update({
         "zip(self._run_seqs, epochs) without strict=True: epochs is built from self._run_epochs one for one, "
         "and _run_seqs and _run_epochs are kept in step (every write appends, pops, inserts or deletes both, "
         "or assigns both together), so the two always have the same length",
-    "reference.engine.xǁEngineǁ_unregister__mutmut_14":
+    "reference.engine.xǁEngineǁ_unregister__mutmut_15":
         "`break` for `continue` on a query whose shape is gone: never taken -- _subscribe registers every query "
         "of a set under its shape with a count per (connection, set), only _unregister removes a shape, and "
         "only once no set counts on it, so while a set is being unregistered each of its queries still has its "
@@ -423,14 +419,12 @@ MUTATED_LINE: dict[str, str] = {
     "reference.replay.x_verify_log__mutmut_102": "if snapshot.matches(held, db, None, head):",
     "reference.durability.x__json_array__mutmut_7": "end = None",
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
-    "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
-        "if not isinstance(sid, str) and type(epoch) is not int or w is None or not all(",
     "reference.db.x__differ__mutmut_1": "get = None",
     "reference.db.x__differ__mutmut_2": "get = _FIELDS.get(None)",
     "reference.db.x__differ__mutmut_3": "get = _FIELDS.get(type(None))",
     "reference.durability.xǁLogStoreǁopen__mutmut_103":
         'if conn.execute("select 1 from commit_log limit 1").fetchone() is not None:',
-    "reference.engine.xǁEngineǁ_unregister__mutmut_14": "break",
+    "reference.engine.xǁEngineǁ_unregister__mutmut_15": "break",
     "reference.db.xǁDbǁ_insert__mutmut_10": "log = self.logs[row.stream_id] = StreamLog(row.stream_id, )",
     "reference.db.xǁTxnǁdelete__mutmut_26": "count = inserted.get(row, None)",
     "reference.db.xǁTxnǁdelete__mutmut_17": "inserted[held] = inserted.get(held, 0) - 1",
@@ -461,6 +455,32 @@ MUTATED_LINE["reference.eventlog.xǁEventSeqǁ__eq____mutmut_10"] = (
     "return len(self) == len(other) and all(a == b for a, b in zip(self, other, ))")
 MUTATED_LINE["reference.eventlog.xǁEventSeqǁ__eq____mutmut_11"] = (
     "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=False))")
+# after the small-gap replay merge (ADR-0024): the draws of today's engine.py and eventlog.py
+EQUIVALENT.update({
+    "reference.eventlog.xǁStreamLogǁ_slot__mutmut_10":
+        "_slot's -1 for a row kept whole becomes -2: both callers (append, push_first) return before reading the "
+        "slot when the event is not encodable (enc is None), the only case that returns it",
+    "reference.eventlog.xǁStreamLogǁappend__mutmut_57":
+        "a row kept whole gets (end, 1, 0, 0) in the columns instead of (end, 0, 0, 0): only its end offset is "
+        "read (the next row's start); every reader of a position's other columns (_event, values, columns, runs) "
+        "takes a row kept whole from _odd first, and push_first's revive compares a dead slot's columns only for "
+        "an encodable event, whose meta (key length >= 1) never equals an odd slot's 0",
+    "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_48":
+        "`lo <= hi` for `lo < hi` adds an empty segment (lo == hi): every reader of the segments (_positions, runs, "
+        "column_bytes, __len__'s sum of hi - lo) visits positions lo..hi-1, none for an empty one; with rows kept "
+        "whole the segments are rebuilt from positions",
+})
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_203"] = (
+    "the per-fanout memo `single` stored under (qs id, id(None)) while it is looked up under (qs id, id(only)): "
+    "`only` is a tuple, never the None singleton, so the memo never hits and each receiver builds its update "
+    "again -- from shared_rows and shared_sets, which give the very same TableRows and QuerySetUpdate objects "
+    "for the same part: the same updates, slower")
+MUTATED_LINE.update({
+    "reference.engine.xǁEngineǁ_fanout__mutmut_203": "single[(qs_id, id(None))] = update",
+    "reference.eventlog.xǁStreamLogǁ_slot__mutmut_10": "return -2",
+    "reference.eventlog.xǁStreamLogǁappend__mutmut_57": "self._cols[-1].extend((end, 1, 0, 0))",
+    "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_48": "if lo <= hi:",
+})
 
 # ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
 
