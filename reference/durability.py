@@ -51,7 +51,16 @@ from typing import Any, Literal, TextIO
 
 from reference import snapshot
 from reference.engine import Engine
-from reference.log import GENESIS, RowChange, TxRecord, claims_from_json, claims_json, delta_text, row_from_json
+from reference.log import (
+    GENESIS,
+    RowChange,
+    TxRecord,
+    _row_maker,
+    claims_from_json,
+    claims_json,
+    delta_text,
+    row_from_json,
+)
 from spec.auth import Claims
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass
 
@@ -74,6 +83,7 @@ CREATE TABLE IF NOT EXISTS commit_log (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = '"offset", kind, name, caller_json, args_json, timestamp, changes_json, prev_hash, hash'
+_RESTART_BATCH = 1024  # records restart reads at a time (LogStore.record_batches), as verify-log does
 _INSERT = f"INSERT INTO commit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -220,14 +230,27 @@ def record_from_row(row: Sequence[Any], rows: bool = True) -> TxRecord:
 
 
 def decode_changes(offset: int, text: str) -> tuple[RowChange, ...]:
-    """A stored delta's rows; :class:`LogCorruption` (naming ``offset``) if they do not decode."""
+    """A stored delta's rows; :class:`LogCorruption` (naming ``offset``) if they do not decode.
+
+    The text is parsed by :func:`_json_array` (``json.loads``'s value or error, without its layers);
+    a table's rows without an array column are built by calling the row type on each list of values
+    (what :func:`~reference.log.row_from_json` does for them), the table's type looked up once and
+    only if it has rows, as ``row_from_json`` would look it up."""
     try:
-        changes = json.loads(text)
+        changes = _json_array(text)
         if not isinstance(changes, list):
             raise ValueError("changes must be a JSON array")
-        return tuple(RowChange(table, tuple([row_from_json(table, r) for r in deletes]),
-                               tuple([row_from_json(table, r) for r in inserts]))
-                     for table, deletes, inserts in changes)
+        out = []
+        for table, deletes, inserts in changes:
+            if type(deletes) is list and type(inserts) is list and (deletes or inserts):  # else as before
+                make, arrays = _row_maker(table)
+                if not arrays:
+                    out.append(RowChange(table, tuple([make(*r) for r in deletes]),
+                                         tuple([make(*r) for r in inserts])))
+                    continue
+            out.append(RowChange(table, tuple([row_from_json(table, r) for r in deletes]),
+                                 tuple([row_from_json(table, r) for r in inserts])))
+        return tuple(out)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise LogCorruption(offset, f"{type(exc).__name__}: {exc}") from exc
 
@@ -347,6 +370,28 @@ class LogStore:
         for row in self._conn.execute(f"SELECT {_COLUMNS} FROM commit_log WHERE \"offset\" > ? ORDER BY \"offset\"",
                                       (after,)):
             yield record_from_row(row, rows)
+
+    def record_batches(self, size: int, after: int = 0, rows: bool = True) -> Iterator[list[TxRecord]]:
+        """:meth:`iter_records`, ``size`` records a list: the rows fetched ``size`` at a time
+        (``fetchmany``) and decoded in one loop, without a generator step per record.  A row that
+        does not decode yields the records decoded before it (their list) and then raises its
+        :class:`LogCorruption`, so a reader of the flattened lists sees exactly what
+        :meth:`iter_records` gives: every record before the bad one, then the error."""
+        cursor = self._conn.execute(f"SELECT {_COLUMNS} FROM commit_log WHERE \"offset\" > ? ORDER BY \"offset\"",
+                                    (after,))
+        while True:
+            fetched = cursor.fetchmany(size)
+            if not fetched:
+                return
+            batch: list[TxRecord] = []
+            append = batch.append
+            try:
+                for row in fetched:
+                    append(record_from_row(row, rows))
+            except LogCorruption:
+                yield batch
+                raise
+            yield batch
 
     def hash_at(self, offset: int) -> str | None:
         """The stored hash of record ``offset`` (None: no such record)."""
@@ -706,9 +751,10 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
         del base
 
         def tail() -> Iterator[TxRecord]:
-            for rec in store.iter_records(report.snapshot_offset):
-                report.tail_records += 1
-                yield rec
+            # a batch of records read at a time (as verify-log reads them), counted as they are handed on
+            for batch in store.record_batches(_RESTART_BATCH, report.snapshot_offset):
+                report.tail_records += len(batch)
+                yield from batch
 
         engine = Engine.recover(tail(), store.clean_at_open, now, policy, max_queue, margin, start)
         del start

@@ -555,28 +555,41 @@ class StreamLog:
         return slot
 
     def _rehash(self, tbase: int) -> None:
-        """Rebuild the key index from the live events, at most half full, entries from ``tbase``."""
-        first = self.floor - self._head
-        live = [p for p in range(self._head, self._size) if self._odd is None or first + p not in self._odd]
-        size = 8
-        while size < 2 * (len(live) + 1):
-            size *= 2
-        table = self._table = array("I", bytes(4 * size))
+        """Rebuild the key index from the live events, at most half full, entries from ``tbase``.
+
+        A chunk at a time: its data copied once to ``bytes`` (whose slices are the keys hashed, with
+        no second copy), each event's start the previous one's end (as :meth:`values` reads them)."""
+        head, size = self._head, self._size
+        first = self.floor - head
+        odd = self._odd or None
+        count = size - head - (sum(1 for p in range(head, size) if first + p in odd) if odd else 0)
+        tsize = 8
+        while tsize < 2 * (count + 1):
+            tsize *= 2
+        table = self._table = array("I", bytes(4 * tsize))
         self._miss = None
         self._tbase = tbase
-        self._tfill = len(live)
-        mask = size - 1
-        chunks, datas = self._cols, self._data
-        for p in live:  # _key_bytes(p), inline: a rebuild reads every live key
-            cols = chunks[p >> CHUNK_BITS]
+        self._tfill = count
+        mask = tsize - 1
+        entry = first - tbase + 1  # position p's entry is p + entry
+        p = head
+        while p < size:
+            c = p >> CHUNK_BITS
+            cols, data = self._cols[c], bytes(self._data[c])
+            stop = min(size, (c + 1) << CHUNK_BITS)
             j = (p & _IN_CHUNK) * _STRIDE
-            start = (cols[j - _STRIDE] if j else 0) + 32
-            perturb = hash(bytes(datas[p >> CHUNK_BITS][start:start + (cols[j + 3] & _KEY_MASK)])) & _U64
-            i = perturb & mask
-            while table[i]:
-                perturb >>= 5
-                i = (i * 5 + perturb + 1) & mask
-            table[i] = first + p - tbase + 1
+            begin = (cols[j - _STRIDE] if j else 0) + 32  # where the key of position p starts
+            for q in range(p, stop):
+                if odd is None or first + q not in odd:
+                    perturb = hash(data[begin:begin + (cols[j + 3] & _KEY_MASK)]) & _U64
+                    i = perturb & mask
+                    while table[i]:
+                        perturb >>= 5
+                        i = (i * 5 + perturb + 1) & mask
+                    table[i] = q + entry
+                begin = cols[j] + 32
+                j += _STRIDE
+            p = stop
 
 
 class EventSeq(Sequence[SyncEvent]):

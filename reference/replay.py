@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 
 from reference import reducers as r
@@ -128,6 +129,42 @@ def _arg_checks(reducer: str) -> tuple[tuple[str, Callable[[object], bool]], ...
     return tuple((col.name, _type_check(col.type)) for col in REDUCER_BY_NAME[reducer].args)
 
 
+def _type_expr(t: SatsType, arg: str, consts: dict[str, object]) -> str:
+    """A Python expression over the variable ``arg`` equal to ``value_has_type(arg, t)`` (what
+    :func:`_type_check` tests, written inline); a type it has no form for is left to
+    ``value_has_type`` itself, the type bound in ``consts``."""
+    if isinstance(t, OptionT):
+        return f"({arg} is None or {_type_expr(t.inner, arg, consts)})"
+    if t == STRING:
+        return f"isinstance({arg}, str)"
+    if t == U64:
+        return f"is_u64({arg})"
+    if t == U32:
+        return f"is_u32({arg})"
+    name = f"T{len(consts)}"
+    consts[name] = t
+    return f"value_has_type({arg}, {name})"
+
+
+@functools.cache
+def _args_ok(reducer: str) -> Callable[..., bool]:
+    """One predicate over a reducer's whole argument list, equal to every ``_arg_checks`` predicate
+    holding (and so to ``value_has_type`` of each argument), compiled once from the argument types:
+    replay tests a record's arguments with one call instead of a loop of calls per argument.  It
+    takes the arguments as positional parameters, so the caller checks their number first.  Only a
+    yes is taken from it: on a no, the loop over ``_arg_checks`` decides, as before, and names the
+    first argument that is wrong."""
+    cols = REDUCER_BY_NAME[reducer].args
+    consts: dict[str, object] = {}
+    params = [f"a{k}" for k in range(len(cols))]
+    body = " and ".join(_type_expr(col.type, a, consts) for col, a in zip(cols, params, strict=True)) or "True"
+    namespace: dict[str, object] = {"is_u64": is_u64, "is_u32": is_u32, "value_has_type": value_has_type, **consts}
+    exec(f"def ok({', '.join(params)}):\n    return {body}\n", namespace)  # code built from the schema
+    ok = namespace["ok"]
+    assert callable(ok)
+    return ok
+
+
 def _run(db: Db, tx: Txn, rec: TxRecord, policy: Policy) -> None:
     args = rec.args
     if rec.kind == "reducer":
@@ -138,9 +175,10 @@ def _run(db: Db, tx: Txn, rec: TxRecord, policy: Policy) -> None:
             raise _Diverged("a reducer record without a caller")
         if len(args) != len(rdef.args):
             raise _Diverged(f"{rec.name} takes {len(rdef.args)} arguments, the record has {len(args)}")
-        for (col, has_type), value in zip(_arg_checks(rec.name), args, strict=True):
-            if not has_type(value):
-                raise _Diverged(f"argument {col} of {rec.name} has the wrong type")
+        if not _args_ok(rec.name)(*args):  # the per-argument checks name the argument
+            for (col, has_type), value in zip(_arg_checks(rec.name), args, strict=True):
+                if not has_type(value):
+                    raise _Diverged(f"argument {col} of {rec.name} has the wrong type")
         r.REDUCERS[rec.name](tx, r.Ctx(rec.caller, rec.timestamp, rec.offset, policy), *args)
     elif rec.kind == "sweep" and len(args) == 1 and isinstance(args[0], int):
         r.sweep_presence(tx, args[0])
@@ -203,7 +241,7 @@ def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: 
     # memory) is compared row by row.
     changes: tuple[RowChange, ...] | None = None
     if rec.delta_json:
-        text = _delta_text(tx)
+        text = delta_text_of(tx.deletes, tx.inserts)  # _delta_text(tx), without the call
         if text != rec.delta_json:
             changes = delta_of(tx)
             try:
@@ -238,9 +276,10 @@ def replay_step(db: Db, rec: TxRecord, head: str, expected_offset: int, policy: 
 
 
 def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY,
-           on_step: Callable[[int, Db, str], None] | None = None) -> ReplayResult:
+           on_step: Callable[[int, Db, str], None] | None = None, at: Container[int] | None = None) -> ReplayResult:
     """Re-execute ``records`` from empty state; stop at the first record that does not reproduce.
-    ``on_step(offset, db, head)`` sees the re-executed state after each record.
+    ``on_step(offset, db, head)`` sees the re-executed state after each record (only after those
+    whose offsets are in ``at``, if given).
 
     The cyclic garbage collector is off meanwhile, as in :func:`reference.durability.restart`: the
     state only grows, and rows and records are acyclic, so its passes over the growing heap would
@@ -264,7 +303,7 @@ def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY,
             except _Diverged as exc:
                 return ReplayResult(count, head, Mismatch(rec.offset, str(exc)))
             count += 1
-            if on_step is not None:
+            if on_step is not None and (at is None or count in at):
                 on_step(count, db, head)
     finally:
         if collecting:
@@ -272,27 +311,10 @@ def replay(records: Iterable[TxRecord], policy: Policy = DEFAULT_POLICY,
 
 
 READ_BATCH = 1024
-"""Records :func:`verify_log` reads from the log at a time before replaying them: reading and
-re-executing in turns of one record each kept neither SQLite's nor the reducers' working set in the
-CPU caches (measured: batches of 256-2048 took 10-12 % off the CPU time per record)."""
-
-
-def _batched(records: Iterable[TxRecord], size: int = READ_BATCH) -> Iterator[TxRecord]:
-    """``records``, read ``size`` at a time.  A record that does not decode (:class:`LogCorruption`)
-    is raised where it stands: after every record read before it has been yielded."""
-    it = iter(records)
-    while True:
-        batch: list[TxRecord] = []
-        try:
-            for _ in range(size):
-                batch.append(next(it))
-        except StopIteration:
-            yield from batch
-            return
-        except LogCorruption:
-            yield from batch
-            raise
-        yield from batch
+"""Records :func:`verify_log` reads from the log at a time before replaying them
+(:meth:`~reference.durability.LogStore.record_batches`): reading and re-executing in turns of one
+record each kept neither SQLite's nor the reducers' working set in the CPU caches (measured: batches
+of 256-2048 took 10-12 % off the CPU time per record)."""
 
 
 def _told(records: Iterable[TxRecord], total: int, on_record: Callable[[int, int], None]) -> Iterator[TxRecord]:
@@ -313,7 +335,8 @@ def verify_log(data_dir: str | os.PathLike[str],
             # the progress report needs the count first; else a replay that reads every record has
             # counted them (the same read transaction), and the table is counted only if it stops
             stored_records = store.count() if on_record is not None else -1
-            records: Iterable[TxRecord] = _batched(store.iter_records(rows=False), READ_BATCH)  # deltas as text
+            # deltas as text, READ_BATCH records at a time, the lists flattened in C
+            records: Iterable[TxRecord] = itertools.chain.from_iterable(store.record_batches(READ_BATCH, rows=False))
             if on_record is not None:
                 records = _told(records, stored_records, on_record)
             checks: dict[str, SnapshotCheck] = {}
@@ -374,7 +397,7 @@ def verify_log(data_dir: str | os.PathLike[str],
                 diff = snapshot.differs(image, db)
                 checks[name] = SnapshotCheck(name, offset, "match" if diff is None else "mismatch", diff or "")
 
-            result = replay(records, policy, at_snapshot if images else None)
+            result = replay(records, policy, at_snapshot if images else None, images.keys())
             for offset, (name, held) in images.items():
                 if name not in checks and (not isinstance(held, bytes) or decoded(offset, name, held) is not None):
                     checks[name] = SnapshotCheck(name, offset, "unreached",

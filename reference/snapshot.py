@@ -354,10 +354,18 @@ def matches(data: bytes, db: Db, offset: int, head_hash: str) -> bool:
     ``offset`` (whose hash is ``head_hash``).  A file that is would :func:`decode` to an image that
     :func:`differs` finds equal to ``db`` at that head; a file that is not may still be equal (rows
     in another index order), which only decoding it tells."""
+    # line by line, in place: ``data`` is the whole file exactly when each line is found where the
+    # lines before it end and nothing follows the last (no joined copy of the file; a line that
+    # differs stops the writing there)
     try:
-        return data == b"".join(encode(capture(db, offset, head_hash)))
+        pos = 0
+        for line in encode(capture(db, offset, head_hash)):
+            if not data.startswith(line, pos):
+                return False
+            pos += len(line)
     except (ValueError, TypeError, UnicodeEncodeError):  # a state this writer cannot write
         return False
+    return pos == len(data)
 
 
 def read_bytes(path: Path) -> bytes:

@@ -144,10 +144,28 @@ _ENCODER_OPTIONS = (_ENCODER.default,
                     _ENCODER.skipkeys, _ENCODER.allow_nan)
 
 
+# A parsed value is a tree of fresh containers (the decoder builds every list and, through
+# ``_no_duplicates``, every dict anew; nothing is shared, so nothing is cyclic), so ``canonicalize``
+# writes it with the C encoder built once, without circular-reference markers; ``dumps_canonical``
+# keeps them for values of any origin.
+_TREE_ENCODER: Any = _C_MAKE_ENCODER(None, *_ENCODER_OPTIONS)
+# ``_DECODER.decode`` is two Python frames around the scanner (skip whitespace, ``raw_decode``, skip
+# whitespace, "Extra data" past the value); ``_loads`` calls the scanner at 0 itself and takes its
+# value when it spans the whole text.  Anything else goes to ``decode`` for its value or error: the
+# scanner at 0 stops at once on leading whitespace (StopIteration), and a value that ends early may
+# be followed by whitespace or by extra data.  An error the scanner raises at 0 is the one ``decode``
+# raises, since ``decode`` starts the same scanner at the same place when no whitespace leads.
+_SCAN: Any = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
 def _loads(text: str) -> JsonValue:
     if text.startswith("\ufeff"):
         raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-    return _DECODER.decode(text)
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return _DECODER.decode(text)
+    return value if end == len(text) else _DECODER.decode(text)
 
 
 # When the validation walk can be skipped.  ``_walk`` refuses exactly two things: a container nested
@@ -243,7 +261,7 @@ def canonicalize(text: str, argument: str = "payload_json") -> str:
 
     :raises SyncError: ``non_canonical_payload``: ``text`` is not representable JSON
     """
-    return dumps_canonical(parse_strict(text, argument))
+    return "".join(_TREE_ENCODER(parse_strict(text, argument), 0))  # dumps_canonical of a tree
 
 
 @functools.lru_cache(maxsize=4096)

@@ -45,12 +45,14 @@ def _reset_keeps_epoch() -> None:
 def _unsignalled_floor() -> None:
     from reference import engine
 
-    real = engine.__dict__["stale_reasons"]
+    # the name the engine calls (`contracts.hot(stale_reasons)`, bound when the module is imported):
+    # patching `stale_reasons` itself would plant nothing; a missing name raises KeyError here
+    real = engine.__dict__["_stale_reasons"]
 
     def reasons(*args: Any) -> tuple[str, ...]:
         return tuple(r for r in real(*args) if r != "retention_floor_breach")
 
-    setattr(engine, "stale_reasons", reasons)  # noqa: B010 (not an export of the module: patched by name)
+    setattr(engine, "_stale_reasons", reasons)  # noqa: B010 (not an export of the module: patched by name)
 
 
 def _bridge_drops_retry() -> None:

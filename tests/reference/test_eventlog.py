@@ -79,6 +79,11 @@ def _check(log: Any, floor: int, events: list[SyncEvent], rng: random.Random) ->
     for key in [*rng.sample(sorted(index), min(3, len(index))), "absent", "k-never"]:
         assert log.seq_of(key) == index.get(key)
         assert (key in log.by_key) == (key in index)
+    # the key index's own bookkeeping: its fill count (live entries and tombstones, what decides the
+    # next rehash) is the number of slots in use, and the columns' live rows hold one entry each
+    table = log._table
+    assert log._tfill == len(table) - table.count(0)
+    assert len(table) - table.count(0) - table.count(eventlog._TOMB) == len(events) - len(log._odd or ())
 
 
 def _outcome(encode: Any, *args: Any) -> bytes | str:
@@ -274,8 +279,16 @@ PLANTED = (
     ("a write in front leaves the later ends where they were",
      "        for k in range(j + _STRIDE, len(cols), _STRIDE):\n            cols[k] += delta\n", ""),
     ("a rehash leaves the oldest live event out",
-     "        live = [p for p in range(self._head, self._size)",
-     "        live = [p for p in range(self._head + 1, self._size)"),
+     "        p = head\n        while p < size:\n",
+     "        p = head + 1\n        while p < size:\n"),
+    ("a rehash reads each later key from its own end, not the previous one's",
+     "                begin = cols[j] + 32\n",
+     "                begin = cols[j + _STRIDE] + 32 if j + _STRIDE < len(cols) else 0\n"),
+    ("a rehash sizes its table without the odd rows",
+     "        count = size - head - (sum(1 for p in range(head, size) if first + p in odd) if odd else 0)\n",
+     "        count = size - head\n"),
+    ("a rehash indexes the odd rows' empty slots too",
+     "                if odd is None or first + q not in odd:\n", "                if True:\n"),
     ("a revived event keeps the epoch of the run after it",
      "            self._run_seqs[0] = max(self._run_seqs[0], self.floor + 1)\n"
      "            self._run_seqs.insert(0, self.floor)\n"
@@ -433,7 +446,8 @@ def test_small_chunks_read_like_a_list_and_a_dict(seed: int) -> None:
 @pytest.mark.parametrize(("name", "old", "new"), PLANTED, ids=[p[0] for p in PLANTED])
 def test_planted_bugs_in_the_store_are_caught(name: str, old: str, new: str) -> None:
     mod = _variant(name, (old, new))
-    with pytest.raises((AssertionError, IndexError, LocalProtocolError, UnicodeDecodeError, KeyError, ValueError)):
+    with pytest.raises((AssertionError, IndexError, LocalProtocolError, UnicodeDecodeError, KeyError, ValueError,
+                        TypeError)):
         for seed in range(40):
             drive(mod.StreamLog, seed, 600, odd_share=0.2)
 

@@ -1471,3 +1471,108 @@ def test_a_one_off_read_says_whether_its_table_is_an_event_table() -> None:
     events = eng.query(everyone, "SELECT * FROM sync_event WHERE stream_id = 's'")
     assert (signals.table, signals.inserts, signals.event) == ("presence_signal", (), True)
     assert (events.table, len(events.inserts), events.event) == ("sync_event", 1, False)
+
+
+# --- fifth session, after the small-gap replay merge (ADR-0024): today's draws of engine.py and eventlog.py ---
+
+
+def test_two_readers_of_one_query_set_id_on_different_tables_each_get_their_own_rows() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscribeApplied, TransactionUpdate
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    events = eng.connect(everyone, confirmed=False)
+    streams = eng.connect(everyone, confirmed=False)
+    for conn, table in ((events, "sync_event"), (streams, "sync_stream")):  # both query set 1
+        eng.handle(conn, Subscribe(1, 1, (f"SELECT * FROM {table} WHERE stream_id = 's'",)))
+        assert isinstance(eng.pop(conn).message, SubscribeApplied)
+    _engine_call(eng, everyone, "append_sync_event", "s", "k", "{}", None, None)  # an event and its stream row
+    for conn, table in ((events, "sync_event"), (streams, "sync_stream")):
+        update = eng.pop(conn).message
+        assert isinstance(update, TransactionUpdate), update
+        assert [(qs.query_set_id, [t.table for t in qs.tables]) for qs in update.query_sets] == [(1, [table])]
+
+
+def test_a_query_set_of_two_resume_queries_and_a_stream_query_snapshots_both_streams() -> None:
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscribeApplied
+
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    for sid in ("a", "b"):
+        for i in range(2):
+            _engine_call(eng, everyone, "append_sync_event", sid, f"k{i}", "{}", None, None)
+    reader = eng.connect(everyone, confirmed=False)
+    eng.handle(reader, Subscribe(1, 1, (_resume("a", 0), _resume("b", 1),
+                                        "SELECT * FROM sync_stream WHERE stream_id = 'a'")))
+    out = eng.pop(reader).message
+    assert isinstance(out, SubscribeApplied), out
+    tables = {t.table: t.inserts for t in out.rows}
+    assert sorted((e.stream_id, e.seq) for e in tables["sync_event"]) == [("a", 1), ("a", 2), ("b", 2)]
+    assert [r.stream_id for r in tables["sync_stream"]] == ["a"]
+
+
+def test_a_wrongly_typed_argument_is_named_in_the_error() -> None:
+    from reference.engine import Engine
+    from spec.messages import CallReducer, ReducerErr, ReducerResult
+
+    eng = Engine()
+    conn = eng.connect(Claims(A, frozenset(SCOPES), ("*",)), confirmed=False)
+    eng.handle(conn, CallReducer(3, "append_sync_event", ("s", 7, "{}", None, None)))
+    out = eng.pop(conn).message
+    assert isinstance(out, ReducerResult) and out.request_id == 3 and isinstance(out.outcome, ReducerErr)
+    err = SyncError.parse(out.outcome.error)
+    assert (err.code, dict(err.details)) == (ErrorCode.INVALID_ARGUMENT,
+                                             {"argument": "idempotency_key", "message": "wrong type"})
+
+
+def test_a_compaction_is_recorded_as_compact() -> None:
+    from reference.engine import Engine
+
+    eng = Engine(policy=Policy(classes=(("s", StreamClass("short", retain_count=1)),)))
+    everyone = Claims(A, frozenset(SCOPES), ("*",))
+    for i in range(3):
+        _engine_call(eng, everyone, "append_sync_event", "s", f"k{i}", "{}", None, None)
+    eng.take_records()
+    assert eng.compact(10**9)
+    (record,) = eng.take_records()
+    assert (record.kind, record.name, record.caller) == ("compact", "compact", None)
+
+
+def test_reject_answers_the_request_with_the_error_in_order() -> None:
+    from reference.engine import Engine
+    from spec.messages import ReducerErr, ReducerResult
+
+    eng = Engine()
+    conn = eng.connect(Claims(A, frozenset(SCOPES), ("*",)), confirmed=False)
+    error = SyncError(ErrorCode.LIMIT_EXCEEDED, {"limit": "max_call_body_bytes", "max": 1, "actual": 2})
+    eng.reject(conn, 9, error)
+    eng.reject(conn + 100, 10, error)  # a connection that is gone: nothing, no error
+    out = eng.pop(conn).message
+    assert out == ReducerResult(9, eng.committed, ReducerErr(error.render()))
+    assert not eng.conns[conn].outbound
+
+
+def test_a_log_of_no_events_keeps_the_floor_it_was_given() -> None:
+    log = StreamLog.of("s", 5, [])
+    assert (log.floor, len(log)) == (5, 0)
+    assert StreamLog.of("s", 5, [ev(5), ev(6)]).floor == 5
+
+
+def test_an_event_put_back_in_front_with_another_epoch_starts_its_own_run() -> None:
+    log = StreamLog.of("s", 1, [ev(1), ev(2), ev(3)])
+    log.pop_first()  # floor 2; the epoch-1 run still starts at 1
+    log.push_first(ev(1, epoch=2))
+    assert [(e.seq, e.epoch) for e in log.events] == [(1, 2), (2, 1), (3, 1)]
+    assert [(e.seq, e.epoch) for e in log.retained_rows(0, 1)] == [(2, 1), (3, 1)]
+
+
+def test_a_dropped_event_from_before_1970_is_put_back_in_its_old_slot() -> None:
+    from dataclasses import replace as with_
+
+    first = with_(ev(1), committed_at=-5_000_000)  # a timestamp is an i64: before the epoch is a value too
+    log = StreamLog.of("s", 1, [first, ev(2)])
+    assert log.pop_first() == first
+    log.push_first(first)  # the rollback of the drop: the dead slot still holds it and is revived
+    assert log.get(1) == first and log.floor == 1 and len(log) == 2

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.edited import edited_module
 from support.logfiles import write_records
 
 from reference import durability, replay, snapshot
@@ -265,3 +266,355 @@ def test_snapshot_statuses_are_what_decoding_every_file_gave(tmp_path: Path) -> 
             replay.READ_BATCH = 1024  # type: ignore[misc]
         assert report.mismatch is not None and report.mismatch.offset == target and report.records == target - 1
         assert report.stored_records == len(records) and not report.ok
+
+
+# --- fifth session (docs/performance.md "verify-log, fifth session"; ADR-0025) ------------------------------
+
+
+def _valid_value(t: Any) -> Any:
+    """A value of type ``t`` from the table (the first that has it)."""
+    return next(v for v in VALUES if value_has_type(v, t))
+
+
+def _compiled_agrees(args_ok: Any) -> None:
+    """``args_ok(name)(*args)`` is ``value_has_type`` of every argument: each position of each
+    reducer given each value of the table (the others valid), then every argument wrong at once."""
+    for name, rdef in REDUCER_BY_NAME.items():
+        types = [col.type for col in rdef.args]
+        valid = [_valid_value(t) for t in types]
+        check = args_ok(name)
+        assert check(*valid) is True, name
+        for k, t in enumerate(types):
+            for v in VALUES:
+                args = [*valid[:k], v, *valid[k + 1:]]
+                assert check(*args) == value_has_type(v, t), (name, k, v)
+        wrong = [next(v for v in VALUES if not value_has_type(v, t)) for t in types]
+        assert check(*wrong) is (not types), name
+
+
+def test_the_compiled_argument_check_is_value_has_type() -> None:
+    _compiled_agrees(replay._args_ok)
+
+
+PLANTED_ARGS = (
+    ("an option admits anything", 'return f"({arg} is None or {_type_expr(t.inner, arg, consts)})"', 'return "True"'),
+    ("a u64 checked as a u32", 'return f"is_u64({arg})"', 'return f"is_u32({arg})"'),
+    ("any one right argument is enough", 'body = " and ".join(', 'body = " or ".join('),
+    ("a string checked as any type", 'return f"isinstance({arg}, str)"', 'return "True"'),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_ARGS, ids=[p[0] for p in PLANTED_ARGS])
+def test_planted_bugs_in_the_compiled_argument_check_are_caught(name: str, old: str, new: str) -> None:
+    mod = edited_module(replay, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _compiled_agrees(mod._args_ok)
+
+
+def test_an_argument_of_the_wrong_type_stops_replay_by_name() -> None:
+    """The compiled check only spares the loop: a wrong argument is still named by it."""
+    _, records = _history()
+    at = next(i for i, rec in enumerate(records) if rec.name == "append_sync_event" and i > 3)
+    for k, bad in ((4, "7"), (0, 7), (3, 5), (4, -1)):
+        args = list(records[at].args)
+        args[k] = bad
+        tampered = [*records[:at], replace(records[at], args=tuple(args), args_json=""), *records[at + 1:]]
+        result = replay.replay(tampered, POLICY)
+        col = REDUCER_BY_NAME["append_sync_event"].args[k].name
+        assert result.records == at and result.mismatch == replay.Mismatch(
+            records[at].offset, f"argument {col} of append_sync_event has the wrong type")
+    assert replay.replay(records, POLICY).mismatch is None
+
+
+def _delta_oracle(deletes: dict[str, list[Any]], inserts: dict[str, list[Any]]) -> str:
+    """The delta's text written another way: ``json.dumps`` of each row's fields read by name
+    (``dataclasses.fields``), tables in the schema's order, a table only if it has a row."""
+    def row(r: Any) -> list[Any]:
+        return [list(v) if isinstance(v, tuple) else v for v in (getattr(r, f.name) for f in fields(r))]
+    return json.dumps([[t.name, [row(r) for r in deletes.get(t.name, [])], [row(r) for r in inserts.get(t.name, [])]]
+                       for t in TABLES if deletes.get(t.name) or inserts.get(t.name)],
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def _delta_text_agrees(delta_text_of: Any) -> None:
+    """``delta_text_of`` of per-table row lists (tables added to the dicts in random orders, some
+    lists empty, rows with non-ASCII strings and arrays) is the oracle's text."""
+    import random
+    rng = random.Random(5)
+    rows = {TABLES[k].name: r for k, r in enumerate(_rows())}
+    odd = {name: replace(r, **{f.name: "é\u2028\"\\" for f in fields(r) if isinstance(getattr(r, f.name), str)})
+           for name, r in rows.items()}
+    for _ in range(300):
+        deletes: dict[str, list[Any]] = {}
+        inserts: dict[str, list[Any]] = {}
+        for name in rng.sample(sorted(rows), rng.randrange(len(rows) + 1)):
+            target = rng.choice((deletes, inserts))
+            target[name] = [rng.choice((rows[name], odd[name])) for _ in range(rng.randrange(3))]
+        assert delta_text_of(deletes, inserts) == _delta_oracle(deletes, inserts)
+
+
+def test_the_delta_text_of_per_table_lists_is_the_oracle_text() -> None:
+    from reference.log import delta_text_of
+    _delta_text_agrees(delta_text_of)
+
+
+PLANTED_DELTA = (
+    ("tables in the dicts' order", "    for t, get in _TABLE_GETTERS:\n",
+     "    for t, get in [(t, _table_values(t)) for t in {**deletes, **inserts} if t in TABLE_BY_NAME]:\n"),
+    ("an empty list keeps its table", "        if d or i:\n            out.append(",
+     "        if d is not None or i is not None:\n            out.append("),
+    ("the deletes written as the inserts", "[*map(get, d)] if d else []", "[*map(get, i)] if i else []"),
+    ("one getter for every table", "_TABLE_GETTERS = tuple((t, _table_values(t)) for t in TABLE_BY_NAME)",
+     "_TABLE_GETTERS = tuple((t, _table_values(next(iter(TABLE_BY_NAME)))) for t in TABLE_BY_NAME)"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_DELTA, ids=[p[0] for p in PLANTED_DELTA])
+def test_planted_bugs_in_the_delta_text_are_caught(name: str, old: str, new: str) -> None:
+    from reference import log
+    mod = edited_module(log, [(old, new)], name)
+    with pytest.raises((AssertionError, AttributeError)):
+        _delta_text_agrees(mod.delta_text_of)
+
+
+def _matches_agrees(matches: Any) -> None:
+    """``matches(data, ...)`` is ``data == the joined file`` (the oracle: the lines joined, then
+    compared whole) for the file itself and for files one edit away from it."""
+    eng, _ = _history()
+    image = snapshot.capture(eng.db, eng.committed, eng.head_hash)
+    data = b"".join(snapshot.encode(image))
+    mid = len(data) // 2
+    variants = [data, data + b"x", data + b"\n", data[:-1], data[:mid], b"", data[:mid] + bytes([data[mid] ^ 1]) +
+                data[mid + 1:], data.replace(b"\n", b"\r\n", 1), data.replace(b"\n", b"", 1), data[1:], b"\n" + data,
+                data[:-5] + bytes([data[-5] ^ 1]) + data[-4:]]  # the trailer's digest
+    for v in variants:
+        assert matches(v, eng.db, eng.committed, eng.head_hash) == (v == data)
+    assert not matches(data, eng.db, eng.committed, "f" * 64)  # another head: another header line
+    assert not matches(data, eng.db, eng.committed - 1, eng.head_hash)
+
+
+def test_a_snapshot_file_matches_exactly_when_it_is_the_joined_file() -> None:
+    _matches_agrees(snapshot.matches)
+
+
+PLANTED_MATCHES = (
+    ("bytes after the last line are ignored", "    return pos == len(data)\n", "    return True\n"),
+    ("each line looked for at the start", "if not data.startswith(line, pos):", "if not data.startswith(line):"),
+    ("the trailer line left out", "        for line in encode(capture(db, offset, head_hash)):\n",
+     "        for line in list(encode(capture(db, offset, head_hash)))[:-1]:\n"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_MATCHES, ids=[p[0] for p in PLANTED_MATCHES])
+def test_planted_bugs_in_the_snapshot_comparison_are_caught(name: str, old: str, new: str) -> None:
+    mod = edited_module(snapshot, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _matches_agrees(mod.matches)
+
+
+def test_on_step_sees_the_offsets_asked_for_and_the_heads_there() -> None:
+    _, records = _history()
+    for at in (None, {3, 7, len(records), len(records) + 5}, set(), range(1, 4)):
+        seen: list[tuple[int, str]] = []
+
+        def step(o: int, db: Db, h: str, seen: list[tuple[int, str]] = seen) -> None:
+            seen.append((o, h))
+        result = replay.replay(records, POLICY, step, at)
+        wanted = [o for o in range(1, len(records) + 1) if at is None or o in at]
+        assert seen == [(o, records[o - 1].hash) for o in wanted] and result.mismatch is None
+
+
+def _claims_agree(claims_text: Any) -> None:
+    """``claims_text`` of claims objects made and dropped in turn (past the identity table's bound;
+    CPython reuses a dropped object's address) is ``json.dumps`` of their fields, every time."""
+    kept = []
+    for i in range(3000):
+        c = Claims(f"{i % 7:064x}", frozenset({"sync.append"} if i % 2 else {"b", "a"}),
+                   ("*",) if i % 3 else ("s.", "t."), device_id=None if i % 5 else f"d{i}", schema_version=i % 4)
+        want = json.dumps({"identity": c.identity, "scopes": sorted(c.scopes), "streams": list(c.streams),
+                           "device_id": c.device_id, "session_id": None, "client_build_id": None,
+                           "protocol_version": None, "schema_version": c.schema_version},
+                          sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert claims_text(c) == want
+        assert claims_text(c) == want  # found again
+        if i % 10 == 0:
+            kept.append((c, want))
+    for c, want in kept:
+        assert claims_text(c) == want
+    assert claims_text(None) == "null"
+
+
+def test_the_claims_text_by_identity_is_the_canonical_text() -> None:
+    from reference import log
+    _claims_agree(log._claims_text)
+
+
+PLANTED_CLAIMS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("an entry that does not hold its object",
+     (("    _CLAIMS_SEEN[id(c)] = (c, text)\n", "    _CLAIMS_SEEN[id(c)] = (None, text)\n"),)),
+    ("claims keyed by their identity field",
+     (("    held = _CLAIMS_SEEN.get(id(c))\n", "    held = _CLAIMS_SEEN.get(hash(c.identity) if c else 0)\n"),
+      ("    _CLAIMS_SEEN[id(c)] = (c, text)\n", "    _CLAIMS_SEEN[hash(c.identity) if c else 0] = (c, text)\n"))),
+)
+
+
+@pytest.mark.parametrize(("name", "edits"), PLANTED_CLAIMS, ids=[p[0] for p in PLANTED_CLAIMS])
+def test_planted_bugs_in_the_claims_text_are_caught(name: str, edits: tuple[tuple[str, str], ...]) -> None:
+    from reference import log
+    mod = edited_module(log, edits, name)
+    with pytest.raises(AssertionError):
+        _claims_agree(mod._claims_text)
+
+
+def _read_all(records: Any) -> tuple[list[TxRecord], str | None]:
+    """The records an iterator gives, and the error that ends it (None: it ended; a planted module's
+    own ``LogCorruption`` is another class, so its base, ``ValueError``, is caught and named)."""
+    out: list[TxRecord] = []
+    try:
+        for rec in records:
+            out.append(rec)
+    except ValueError as exc:
+        return out, f"{type(exc).__name__}: {exc}"
+    return out, None
+
+
+def _batches_agree(record_batches: Any, data: Path) -> None:
+    """``record_batches`` flattened is ``iter_records``: the same records (and texts), then the same
+    error, whatever the batch size, for an intact log and for one with a row that does not decode."""
+    import itertools
+    for rows in (True, False):
+        store = durability.LogStore.open(data, readonly=True)
+        try:
+            want = _read_all(store.iter_records(rows=rows))
+            for size in (1, 2, 7, 1024):
+                got = _read_all(itertools.chain.from_iterable(record_batches(store, size, rows=rows)))
+                assert got == want
+                assert [(r.delta_json, r.args_json) for r in got[0]] == [(r.delta_json, r.args_json) for r in want[0]]
+            after = _read_all(itertools.chain.from_iterable(record_batches(store, 3, after=5, rows=rows)))
+            assert after == _read_all(store.iter_records(after=5, rows=rows))
+        finally:
+            store.close()
+
+
+def test_record_batches_read_what_iter_records_reads(tmp_path: Path) -> None:
+    data, records = _data(tmp_path)
+    _batches_agree(durability.LogStore.record_batches, data)
+    target = records[10].offset
+    conn = sqlite3.connect(data / DB_FILE)
+    with conn:
+        conn.execute('UPDATE commit_log SET args_json = ? WHERE "offset" = ?', ("[1,", target))
+    conn.close()
+    _batches_agree(durability.LogStore.record_batches, data)
+    store = durability.LogStore.open(data, readonly=True)
+    got, error = _read_all(store.iter_records())
+    store.close()
+    assert len(got) == target - 1 and error is not None and error.startswith("LogCorruption:")
+    assert f"offset {target}" in error
+
+
+_BAD_ROW = "            except LogCorruption:\n                yield batch\n                raise\n"
+PLANTED_BATCHES = (
+    ("the batch of a bad row is dropped", _BAD_ROW, "            except LogCorruption:\n                raise\n"),
+    ("a bad row is skipped", _BAD_ROW, "            except LogCorruption:\n                pass\n"),
+    ("the batches start one past after", '(after,))\n        while True:\n            fetched',
+     '(after + 1,))\n        while True:\n            fetched'),
+    ("the last short batch is dropped", "            if not fetched:\n                return\n",
+     "            if len(fetched) < size:\n                return\n"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_BATCHES, ids=[p[0] for p in PLANTED_BATCHES])
+def test_planted_bugs_in_the_batched_read_are_caught(name: str, old: str, new: str, tmp_path: Path) -> None:
+    data, records = _data(tmp_path)
+    conn = sqlite3.connect(data / DB_FILE)
+    with conn:
+        conn.execute('UPDATE commit_log SET args_json = ? WHERE "offset" = ?', ("[1,", records[10].offset))
+    conn.close()
+    mod = edited_module(durability, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _batches_agree(mod.LogStore.record_batches, data)
+
+
+def _decode_changes_before(offset: int, text: str) -> Any:
+    """``decode_changes`` as it was (the oracle): ``json.loads``, then ``row_from_json`` per row."""
+    from reference.log import RowChange, row_from_json
+    try:
+        changes = json.loads(text)
+        if not isinstance(changes, list):
+            raise ValueError("changes must be a JSON array")
+        return tuple(RowChange(table, tuple([row_from_json(table, r) for r in deletes]),
+                               tuple([row_from_json(table, r) for r in inserts]))
+                     for table, deletes, inserts in changes)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise durability.LogCorruption(offset, f"{type(exc).__name__}: {exc}") from exc
+
+
+DELTA_CASES = [
+    "[]", "{}", "[[]]", "[] ", " []", "[]x", "", "[", '[["nope",[],[]]]', '[["nope",[[1]],[]]]', '[["nope",5,[]]]',
+    '[["sync_stream","ab",[]]]', '[["sync_stream",[],"ab"]]', '[["sync_stream",5,[]]]', '[["sync_stream",[],[[1,2]]]]',
+    '[["sync_stream",[],[{"a":1}]]]', '[["sync_stream",[],[7]]]', '[["sync_stream",[],[]]]', '[[1,[],[]]]',
+    '[[["x"],[[1]],[]]]', '[["sync_stream",[],[]],["sync_event",[]]]', '[["sync_stream",[],[],4]]',
+]
+
+
+def _decode_agrees(decode_changes: Any) -> None:
+    """``decode_changes`` gives the oracle's rows (and types: arrays as tuples), or its error with the
+    same text, for every stored delta of every kind of transaction and a table of broken ones."""
+    _, records = _history()
+    texts = [rec.delta_json for rec in records] + DELTA_CASES
+    assert any('"compute_assignment"' in t or '"provider_capability"' in t for t in texts)  # Vec columns
+    for text in texts:
+        try:
+            want: Any = ("ok", _decode_changes_before(9, text))
+        except durability.LogCorruption as exc:
+            want = ("error", str(exc))
+        try:
+            got: Any = ("ok", decode_changes(9, text))
+        except ValueError as exc:  # a planted module's own LogCorruption
+            got = ("error", str(exc))
+        except Exception as exc:  # anything else is a difference too
+            got = ("raised", type(exc).__name__)
+        assert got == want, text
+        if got[0] == "ok":
+            assert [type(v) for c in got[1] for r in (*c.deletes, *c.inserts) for v in fields_of(r)] == \
+                [type(v) for c in want[1] for r in (*c.deletes, *c.inserts) for v in fields_of(r)]
+
+
+def fields_of(row: Any) -> list[Any]:
+    return [getattr(row, f.name) for f in fields(row)]
+
+
+def test_decode_changes_is_what_it_was() -> None:
+    _decode_agrees(durability.decode_changes)
+
+
+PLANTED_DECODE = (
+    ("rows with array columns built as the others", "                if not arrays:\n", "                if True:\n"),
+    ("the deletes built from the inserts", "tuple([make(*r) for r in deletes])", "tuple([make(*r) for r in inserts])"),
+    ("the type guard left out",
+     "            if type(deletes) is list and type(inserts) is list and (deletes or inserts):",
+     "            if deletes or inserts:"),
+    ("json.loads's leniency lost", "        changes = _json_array(text)\n",
+     "        changes = _scan_json(text, 0)[0]\n"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_DECODE, ids=[p[0] for p in PLANTED_DECODE])
+def test_planted_bugs_in_decode_changes_are_caught(name: str, old: str, new: str) -> None:
+    mod = edited_module(durability, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _decode_agrees(mod.decode_changes)
+
+
+@pytest.mark.parametrize("args", [
+    (), ("s.a", "k1", '{"a": "é\\u2028"}', None, None), ("p", '{"n":1}', (5001, 5002), 7, "active"),
+    ("x", (), ("a", "b\"c"), 2**64 - 1, -1), (True, False, None, 0), ((1, (2, 3)),), ["a", ("b",)],
+])
+def test_args_text_is_the_json_array_of_the_arguments(args: Any) -> None:
+    """The arguments go to the encoder as they are (tuples written as arrays): the oracle is
+    ``json.dumps`` of the list with every tuple made a list first."""
+    from reference.log import args_text
+
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, tuple | list) else v
+    assert args_text(args) == json.dumps(plain(args), separators=(",", ":"), ensure_ascii=False)

@@ -349,7 +349,11 @@ def test_nesting_beyond_the_limit_is_rejected(text: str) -> None:
 
 BUILT_ONCE_CASES = ['{"a":1}', '\ufeff{"a":1}', "\ufeff", ' \ufeff{}', '{"a":1,"a":2}', "[1.5]", "[NaN]", "[Infinity]",
                     "[-Infinity]", "[9007199254740993]", "[1e3]", '{"a":[1,{"b":null}]}', "", "[", "tru", '"\\u00e9"',
-                    '{"b":1,"a":2}', "[" * 3 + "]" * 3, '"x"  ', '"x" y', "0", "-0", "[01]"]
+                    '{"b":1,"a":2}', "[" * 3 + "]" * 3, '"x"  ', '"x" y', "0", "-0", "[01]",
+                    # around the scanner called at 0 (fifth session): whitespace before, after, both;
+                    # a value then more; a refusal with whitespace around it
+                    ' {"a":1}', '\n[1]\t', "[1] ", "[1]]", ' {"a":1,"a":2}', '{"a":1,"a":2} ', " [1.5]", " ",
+                    '\t"x"', "[1] x", "1 2", " 1e5 ", "\r\n{}\r\n", "[]{}", '""', " tru"]
 
 
 @pytest.mark.parametrize("text", BUILT_ONCE_CASES)
@@ -569,3 +573,68 @@ def test_dumps_canonical_without_the_c_encoder_falls_back_to_json_encoder(monkey
         cyclic: list[Any] = []
         cyclic.append(cyclic)
         module.dumps_canonical(cyclic)
+
+
+# --- fifth session: the scanner called at 0, the tree encoder (ADR-0025) ------------------------------------
+
+TREE_VALUES: list[Any] = [{"b": 1, "a": [{"d": 2, "c": None}]}, {"é": "\u2028\x00\"", "e": [True, False]}, [], {},
+                          "x", 7, [[[]]], {"pad": "x" * 138}, {"z": {"y": {"x": [1, -2, "\\"]}}}]
+
+
+def _canonical_agrees(mod: Any) -> None:
+    """``mod``'s ``parse_strict`` accepts and refuses the built-once table as ``json.loads`` with the
+    same hooks does, and its ``canonicalize`` of indented, unsorted, ASCII-escaped spellings of a
+    table of values is ``json.dumps``'s canonical text of the value."""
+    for text in BUILT_ONCE_CASES:
+        try:
+            expected: object = ("ok", json.loads(text, object_pairs_hook=canonical._no_duplicates,
+                                                 parse_float=canonical._reject_float,
+                                                 parse_constant=canonical._reject_constant,
+                                                 parse_int=canonical._check_int))
+        except canonical._Reject as r:
+            expected = ("non_canonical", r.reason)
+        except ValueError as exc:
+            expected = ("invalid_json", str(exc)[:200])
+        try:
+            got: object = ("ok", mod.parse_strict(text))
+        except SyncError as err:
+            reason = err.details["reason"]
+            got = ("invalid_json", err.details["message"]) if reason == "invalid_json" else ("non_canonical", reason)
+        assert got == expected, text
+    for value in TREE_VALUES:
+        for spelling in (json.dumps(value, indent=1), json.dumps(value, ensure_ascii=True), _dumps_oracle(value)):
+            assert mod.canonicalize(spelling) == _dumps_oracle(value), spelling
+
+
+def test_the_scanner_at_zero_and_the_tree_encoder_agree_with_json() -> None:
+    _canonical_agrees(canonical)
+
+
+PLANTED_CANONICAL = (
+    ("a value followed by more text is taken", "return value if end == len(text) else _DECODER.decode(text)",
+     "return value"),
+    ("leading whitespace refused", "    except StopIteration:\n        return _DECODER.decode(text)\n",
+     '    except StopIteration:\n        raise json.JSONDecodeError("Expecting value", text, 0) from None\n'),
+    ("the tree encoder keeps the input's key order", "_TREE_ENCODER: Any = _C_MAKE_ENCODER(None, *_ENCODER_OPTIONS)",
+     "_TREE_ENCODER: Any = _C_MAKE_ENCODER(None, *_ENCODER_OPTIONS[:5], False, *_ENCODER_OPTIONS[6:])"),
+    ("the tree encoder escapes non-ASCII", "_TREE_ENCODER: Any = _C_MAKE_ENCODER(None, *_ENCODER_OPTIONS)",
+     "_TREE_ENCODER: Any = _C_MAKE_ENCODER(None, _ENCODER_OPTIONS[0], json.encoder.encode_basestring_ascii, "
+     "*_ENCODER_OPTIONS[2:])"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_CANONICAL, ids=[p[0] for p in PLANTED_CANONICAL])
+def test_planted_scanner_and_tree_encoder_bugs_are_caught(name: str, old: str, new: str) -> None:
+    from support.edited import edited_module
+    mod = edited_module(canonical, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _canonical_agrees(mod)
+
+
+def test_canonicalize_joins_the_tree_encoders_chunks_as_they_are() -> None:
+    """A text of more than 100,000 pieces (the C encoder then returns its output in several chunks):
+    ``canonicalize`` joins them with nothing between, as ``json.dumps`` writes the value."""
+    value = [{"k": i, "v": [str(i)] * 3} for i in range(20_000)]
+    assert canonical.canonicalize(json.dumps(value, indent=1)) == _dumps_oracle(value)
+    numbers = list(range(60_000))
+    assert canonical.canonicalize(json.dumps(numbers)) == _dumps_oracle(numbers)

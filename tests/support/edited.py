@@ -12,6 +12,7 @@ runs, because ``dataclasses`` looks a class's module up while it builds the clas
 from __future__ import annotations
 
 import inspect
+import linecache
 import sys
 import types
 from collections.abc import Iterable
@@ -28,9 +29,12 @@ def edited_module(module: types.ModuleType, edits: Iterable[tuple[str, str]], la
     name = f"planted_{module.__name__.replace('.', '_')}"
     mod = types.ModuleType(name)
     sys.modules[name] = mod
+    filename = f"<{label or 'planted edit'} of {module.__name__}>"
+    # the edited source where ``inspect`` looks for it: icontract reads a violated condition's
+    # source to word its error, which must be the planted bug's AssertionError, not an OSError
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     try:
-        exec(compile(src, f"<{label or 'planted edit'} of {module.__name__}>", "exec"),
-             mod.__dict__)
+        exec(compile(src, filename, "exec"), mod.__dict__)
     finally:
         del sys.modules[name]
     return mod

@@ -152,6 +152,8 @@ DESELECTED = ["--deselect", "tests/reference/test_engine_isolation.py::test_plan
               "--deselect", "tests/reference/test_eventlog.py::test_planted_bugs_in_the_store_are_caught",
               "--deselect", "tests/reference/test_eventlog.py::test_planted_bugs_in_the_column_encoder_are_caught",
               "--deselect", "tests/reference/test_eventlog.py::test_planted_bugs_in_the_store_runs_are_caught",
+              # fifth session's planted edits of canonical JSON's scanner call and tree encoder
+              "--deselect", "tests/spec/test_canonical.py::test_planted_scanner_and_tree_encoder_bugs_are_caught",
               "--deselect", "tests/reference/test_parse_cache.py::test_planted_bugs_in_the_facts_are_killed",
               # starts `syncref serve` processes from the scratch copy, whose package resources (the
               # mutants/ tree beside the sources) do not resolve; in-process tests of the switch remain

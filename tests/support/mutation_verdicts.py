@@ -20,6 +20,10 @@ EQUIVALENT: dict[str, str] = {
     # spec/canonical.py, decorated functions (`--icontract --decorated-only`)
     "spec.canonical.x_payload_hash__mutmut_7":
         "str.encode looks codec names up case-insensitively: 'UTF-8' is the same codec as 'utf-8'",
+    # fifth session: canonicalize writes with the tree encoder (the level argument, as in dumps_canonical)
+    "spec.canonical.x_canonicalize__mutmut_13":
+        "the C encoder's second argument is the current indent level, read only when an indent is set; the "
+        "tree encoder has none (separators only), so level 1 writes the same text as level 0",
     # reference/reducers.py, decorated functions (`--icontract --decorated-only`)
     "reference.reducers.x_compact__mutmut_43":
         "with len(log.events) == retain_count (`>=` for `>`), keep_from = log.floor + 0 = log.floor, and "
@@ -96,6 +100,10 @@ EQUIVALENT: dict[str, str] = {
     "spec.canonical.x_dumps_canonical__mutmut_10":
         "the C encoder's second argument is the current indent level, read only when an indent is set; the "
         "canonical encoder has none (separators only), so level 1 writes the same text as level 0",
+    # fifth session: _loads takes the scanner's value at 0 only as a shortcut
+    "spec.canonical.x__loads__mutmut_20":
+        "`and False` sends every text to _DECODER.decode, which starts the same scanner after any leading "
+        "whitespace and checks what follows the value: the same value or error, by the longer way",
     # spec/resume.py
     "spec.resume.x_continuation_hops__mutmut_5": "strict=None is falsy: zip behaves as with strict=False",
     "spec.resume.x_continuation_hops__mutmut_8": "strict=False is zip's default",
@@ -151,8 +159,9 @@ EQUIVALENT.update({
     # every "utf-8" -> "UTF-8" of log.py as of f1da87b (record_hash's own went when it began calling chain_hash)
     "reference.log.x_body_json__mutmut_25": _UTF8,
     "reference.log.x_chain__mutmut_6": _UTF8,
-    "reference.log.x_chain_hash__mutmut_19": _UTF8,
-    "reference.log.x_chain_hash__mutmut_24": _UTF8,
+    # renumbered from _19 and _24 when chain_hash wrote the body inline (fifth session, branch snap)
+    "reference.log.x_chain_hash__mutmut_6": _UTF8,
+    "reference.log.x_chain_hash__mutmut_15": _UTF8,
     "reference.log.x_make_record__mutmut_23": _UTF8,
     "reference.log.x_make_record__mutmut_29": _UTF8,
     "reference.log.x__encode_flat__mutmut_1":
@@ -175,7 +184,8 @@ EQUIVALENT.update({
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22":
         "_hurry reset to None instead of False after taking a batch: it is only read for its truth (`... or "
         "self._hurry` and `not self._hurry` in _gather), where None is false like False, and set to True again",
-    "reference.replay.x__run__mutmut_20":
+    # renumbered from _20 when _run tested the arguments with _args_ok first (fifth session, branch snap)
+    "reference.replay.x__run__mutmut_22":
         "zip(..., strict=True) without strict: the line before raises unless len(args) == len(rdef.args), and "
         "_arg_checks(rec.name) has one entry per argument of rdef, so the two sequences always have the same "
         "length there",
@@ -213,10 +223,6 @@ EQUIVALENT.update({
         "one_off passes _send the size _fits measured of the same answer; given None, _send measures it with "
         "_fits itself (deterministic, and it fitted a line before): the same size is queued, at twice the cost; "
         "an error answer is passed None by the original too",
-    "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
-        "`and` for `or` only lets through a query with a seq lower bound and stream_id or epoch not pinned with "
-        "=; _resume_rows only sees subscription queries (_snapshot's two callers), and _authorized_queries' "
-        "resume-form check (resume_form=True for every Subscribe) refuses exactly those before they are registered",
 })
 
 # the third sample completed on main's b7b4995 (docs/mutation.md "Third sample")
@@ -251,7 +257,7 @@ EQUIVALENT.update({
         "zip(self._run_seqs, epochs) without strict=True: epochs is built from self._run_epochs one for one, "
         "and _run_seqs and _run_epochs are kept in step (every write appends, pops, inserts or deletes both, "
         "or assigns both together), so the two always have the same length",
-    "reference.engine.xǁEngineǁ_unregister__mutmut_14":
+    "reference.engine.xǁEngineǁ_unregister__mutmut_15":
         "`break` for `continue` on a query whose shape is gone: never taken -- _subscribe registers every query "
         "of a set under its shape with a count per (connection, set), only _unregister removes a shape, and "
         "only once no set counts on it, so while a set is being unregistered each of its queries still has its "
@@ -372,6 +378,9 @@ MUTATED_LINE: dict[str, str] = {
     "spec.canonical.x_parse_strict__mutmut_63":
         '{"argument": argument, "reason": "invalid_json", "message": str(exc)[:201]}) from None',
     "spec.canonical.x_dumps_canonical__mutmut_10": 'return "".join(_C_MAKE_ENCODER({}, *_ENCODER_OPTIONS)(value, 1))',
+    "spec.canonical.x_canonicalize__mutmut_13":
+        'return "".join(_TREE_ENCODER(parse_strict(text, argument), 1))  # dumps_canonical of a tree',
+    "spec.canonical.x__loads__mutmut_20": "return value if (end == len(text)) and False else _DECODER.decode(text)",
     # the decorated functions' entries (`--icontract --decorated-only`)
     "spec.canonical.x_payload_hash__mutmut_7":
         'return "sha256:" + hashlib.sha256(canonical_text.encode("UTF-8")).hexdigest()',
@@ -384,10 +393,9 @@ MUTATED_LINE: dict[str, str] = {
     "spec.reducers.x_compact__mutmut_40": "drop = {e.seq for e in events[: len(events) - cls.retain_count]}",
     "reference.log.x_body_json__mutmut_25": '"delta_hash": hashlib.sha256(delta.encode("UTF-8")).hexdigest()}',
     "reference.log.x_chain__mutmut_6": 'return hashlib.sha256((prev_hash + _canon(body)).encode("UTF-8")).hexdigest()',
-    "reference.log.x_chain_hash__mutmut_19":
-        'body = _body_text(offset, kind, name, caller, args, timestamp, '
-        'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
-    "reference.log.x_chain_hash__mutmut_24": 'return hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
+    "reference.log.x_chain_hash__mutmut_6":
+        'f\'"delta_hash":"{hashlib.sha256(delta.encode("UTF-8")).hexdigest()}","kind":{_name_text(kind)},\'',
+    "reference.log.x_chain_hash__mutmut_15": 'return hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
     "reference.log.x_make_record__mutmut_23": 'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
     "reference.log.x_make_record__mutmut_29":
         'digest = hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
@@ -397,7 +405,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.db.xǁTxnǁinsert__mutmut_22": "inserted[row] = inserted.get(None, 0) + 1",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_2": "idle = None",
     "reference.durability.xǁGroupCommitWriterǁ_run__mutmut_22": "self._hurry = None",
-    "reference.replay.x__run__mutmut_20": "for (col, has_type), value in zip(_arg_checks(rec.name), args, ):",
+    "reference.replay.x__run__mutmut_22": "for (col, has_type), value in zip(_arg_checks(rec.name), args, ):",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
     "reference.durability.xǁLogStoreǁopen__mutmut_68": "conn = sqlite3.connect(path, check_same_thread=False)",
@@ -411,14 +419,12 @@ MUTATED_LINE: dict[str, str] = {
     "reference.replay.x_verify_log__mutmut_102": "if snapshot.matches(held, db, None, head):",
     "reference.durability.x__json_array__mutmut_7": "end = None",
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
-    "reference.engine.xǁEngineǁ_resume_rows__mutmut_27":
-        "if not isinstance(sid, str) and type(epoch) is not int or w is None or not all(",
     "reference.db.x__differ__mutmut_1": "get = None",
     "reference.db.x__differ__mutmut_2": "get = _FIELDS.get(None)",
     "reference.db.x__differ__mutmut_3": "get = _FIELDS.get(type(None))",
     "reference.durability.xǁLogStoreǁopen__mutmut_103":
         'if conn.execute("select 1 from commit_log limit 1").fetchone() is not None:',
-    "reference.engine.xǁEngineǁ_unregister__mutmut_14": "break",
+    "reference.engine.xǁEngineǁ_unregister__mutmut_15": "break",
     "reference.db.xǁDbǁ_insert__mutmut_10": "log = self.logs[row.stream_id] = StreamLog(row.stream_id, )",
     "reference.db.xǁTxnǁdelete__mutmut_26": "count = inserted.get(row, None)",
     "reference.db.xǁTxnǁdelete__mutmut_17": "inserted[held] = inserted.get(held, 0) - 1",
@@ -449,6 +455,32 @@ MUTATED_LINE["reference.eventlog.xǁEventSeqǁ__eq____mutmut_10"] = (
     "return len(self) == len(other) and all(a == b for a, b in zip(self, other, ))")
 MUTATED_LINE["reference.eventlog.xǁEventSeqǁ__eq____mutmut_11"] = (
     "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=False))")
+# after the small-gap replay merge (ADR-0024): the draws of today's engine.py and eventlog.py
+EQUIVALENT.update({
+    "reference.eventlog.xǁStreamLogǁ_slot__mutmut_10":
+        "_slot's -1 for a row kept whole becomes -2: both callers (append, push_first) return before reading the "
+        "slot when the event is not encodable (enc is None), the only case that returns it",
+    "reference.eventlog.xǁStreamLogǁappend__mutmut_57":
+        "a row kept whole gets (end, 1, 0, 0) in the columns instead of (end, 0, 0, 0): only its end offset is "
+        "read (the next row's start); every reader of a position's other columns (_event, values, columns, runs) "
+        "takes a row kept whole from _odd first, and push_first's revive compares a dead slot's columns only for "
+        "an encodable event, whose meta (key length >= 1) never equals an odd slot's 0",
+    "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_48":
+        "`lo <= hi` for `lo < hi` adds an empty segment (lo == hi): every reader of the segments (_positions, runs, "
+        "column_bytes, __len__'s sum of hi - lo) visits positions lo..hi-1, none for an empty one; with rows kept "
+        "whole the segments are rebuilt from positions",
+})
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_203"] = (
+    "the per-fanout memo `single` stored under (qs id, id(None)) while it is looked up under (qs id, id(only)): "
+    "`only` is a tuple, never the None singleton, so the memo never hits and each receiver builds its update "
+    "again -- from shared_rows and shared_sets, which give the very same TableRows and QuerySetUpdate objects "
+    "for the same part: the same updates, slower")
+MUTATED_LINE.update({
+    "reference.engine.xǁEngineǁ_fanout__mutmut_203": "single[(qs_id, id(None))] = update",
+    "reference.eventlog.xǁStreamLogǁ_slot__mutmut_10": "return -2",
+    "reference.eventlog.xǁStreamLogǁappend__mutmut_57": "self._cols[-1].extend((end, 1, 0, 0))",
+    "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_48": "if lo <= hi:",
+})
 
 # ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
 
