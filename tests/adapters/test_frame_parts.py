@@ -229,19 +229,13 @@ def test_a_large_replay_arrives_whole_over_a_real_socket(loop: str, tmp_path: Pa
     """End to end, on both event loops (uvloop's ``writelines`` keeps unsent pieces by reference,
     asyncio's joins them): a snapshot over 2 MiB -- more than one socket write takes -- for v2 and
     v3, uncompressed and gzip, decodes to the rows appended, in order, one frame each."""
-    import threading
 
     from support.server import ServerThread, WireClient, call_http, rows_of
 
     stream = "parts.s1"
     query = f"SELECT * FROM sync_event WHERE stream_id = '{stream}'"
     config = srv.ServerConfig(data_dir=tmp_path, port=0)
-    st = ServerThread(config)
-    if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        st.loop.close()
-        st.loop = uvloop.new_event_loop()
-        st._thread = threading.Thread(target=st.loop.run_forever, daemon=True)
+    st = ServerThread(config, pytest.importorskip("uvloop").new_event_loop() if loop == "uvloop" else None)
     st.start()
     try:
         tok = st.token()

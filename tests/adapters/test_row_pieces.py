@@ -181,19 +181,14 @@ def test_a_replay_of_several_chunks_arrives_whole_over_a_real_socket(loop: str, 
     the cached pieces) replayed twice (cold, then from the cache), v2, v3 and gzip, decode to the
     rows appended, in order; then a gap replay (slices of two chunks' entries) too."""
     import json
-    import threading
 
     from support.server import ServerThread, WireClient, call_http, rows_of
 
     import adapters.server as srv
 
     stream = "pieces.s1"
-    st = ServerThread(srv.ServerConfig(data_dir=tmp_path, port=0))
-    if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        st.loop.close()
-        st.loop = uvloop.new_event_loop()
-        st._thread = threading.Thread(target=st.loop.run_forever, daemon=True)
+    st = ServerThread(srv.ServerConfig(data_dir=tmp_path, port=0),
+                      pytest.importorskip("uvloop").new_event_loop() if loop == "uvloop" else None)
     st.start()
     try:
         tok = st.token()

@@ -34,9 +34,11 @@ from spec.schema import SCOPES
 
 
 class ServerThread:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """``loop``: the event loop the server runs on (a new asyncio loop when None; a test of
+        uvloop passes ``uvloop.new_event_loop()``)."""
         self.config = config
-        self.loop = asyncio.new_event_loop()
+        self.loop = asyncio.new_event_loop() if loop is None else loop
         self.server = SyncServer(config)
         self._thread = threading.Thread(target=self.loop.run_forever, name="syncref-test-server", daemon=True)
 
