@@ -55,11 +55,11 @@ from reference.log import (
     GENESIS,
     RowChange,
     TxRecord,
-    _row_maker,
     claims_from_json,
     claims_json,
     delta_text,
     row_from_json,
+    row_maker,
 )
 from spec.auth import Claims
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass
@@ -243,7 +243,7 @@ def decode_changes(offset: int, text: str) -> tuple[RowChange, ...]:
         out = []
         for table, deletes, inserts in changes:
             if type(deletes) is list and type(inserts) is list and (deletes or inserts):  # else as before
-                make, arrays = _row_maker(table)
+                make, arrays = row_maker(table)
                 if not arrays:
                     out.append(RowChange(table, tuple([make(*r) for r in deletes]),
                                          tuple([make(*r) for r in inserts])))

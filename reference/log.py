@@ -66,7 +66,7 @@ def row_json(row: Row) -> list[Any]:
 
 
 @functools.cache
-def _row_maker(table: str) -> tuple[Any, tuple[int, ...]]:
+def row_maker(table: str) -> tuple[Any, tuple[int, ...]]:
     """A table's row type and the positions of its array columns (``Vec``, or an option of one):
     the only values JSON gives back as lists that must become tuples."""
     t = TABLE_BY_NAME[table]
@@ -79,7 +79,7 @@ def _row_maker(table: str) -> tuple[Any, tuple[int, ...]]:
 
 
 def row_from_json(table: str, values: list[Any]) -> Row:
-    make, arrays = _row_maker(table)
+    make, arrays = row_maker(table)
     if arrays:
         values = list(values)
         for i in arrays:
