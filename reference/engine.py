@@ -33,7 +33,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import icontract
 
@@ -156,19 +156,65 @@ def _equalities_first(query: q.Query) -> q.Query:
     return q.Query(query.table, where, query.text)
 
 
+# a group's visible rows of one shape's match: (table, inserts, deletes)
+Seen = tuple[str, tuple[Row, ...], tuple[Row, ...]]
+# the fast path's connections of a group, per query set id
+Solo = tuple[tuple[int, tuple[Connection, ...]], ...]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A shape's subscribers whose claims agree on the shape table's filter key (they see the same
+    rows): ``claims``, one of theirs; ``keys``, the (conn, qs) pairs the general path serves;
+    ``solo``, per query set id, the connections whose every query is this shape under that one
+    query set id -- the fanout's fast path (ADR-0026)."""
+
+    claims: Claims
+    keys: tuple[tuple[int, int], ...]
+    solo: Solo
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A shape's subscribers as the fanout serves them (:meth:`Engine._plan`): its groups, and the
+    ids of every connection some group serves on the fast path (the caller of a reducer is served
+    on the general path: its updates go into its ``ReducerResult``)."""
+
+    groups: tuple[Group, ...]
+    solo_ids: frozenset[int]
+
+
 @dataclass
 class Shape:
     query: q.Query
     subscribers: dict[tuple[int, int], int] = field(default_factory=dict)  # (conn, qs) -> refcount
     pin: str | None = None  # the stream it is pinned to: only that stream's rows are matched
     probe: q.Query | None = None  # the query with its equalities first, for matching
-    # subscribers grouped by the filter key of their claims for the shape's table (the fanout's
-    # row filter runs once per group); None: to be rebuilt, as after every change of subscribers
-    groups: dict[Hashable, list[tuple[int, int]]] | None = None
+    plan: Plan | None = field(default=None, repr=False)  # the fanout's plan, valid while planned == membership
+    planned: int = field(default=-1, repr=False)
+    # Bumped whenever any shape's subscribers change (``groups`` set to None): a connection's fast
+    # path in one shape depends on its subscriptions to every other shape, so a change anywhere
+    # invalidates every plan (rebuilt at the next fanout that reaches the shape).
+    membership: ClassVar[int] = 0
+    _groups: dict[Hashable, list[tuple[int, int]]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.pin = _pin(self.query)
         self.probe = _equalities_first(self.query)
+
+    @property
+    def groups(self) -> dict[Hashable, list[tuple[int, int]]] | None:
+        """The subscribers grouped by the filter key of their claims for the shape's table (the
+        fanout's row filter runs once per group); None: to be rebuilt, as after every change of
+        subscribers -- which also invalidates every shape's :class:`Plan` (``membership``)."""
+        return self._groups
+
+    @groups.setter
+    def groups(self, value: dict[Hashable, list[tuple[int, int]]] | None) -> None:
+        if value is None:
+            self.plan = None
+            Shape.membership += 1
+        self._groups = value
 
 
 class InternalError(Exception):
@@ -722,7 +768,13 @@ class Engine:
         No shape of any table the transaction touched (ADR-0021): nothing can match, so nothing
         is matched, counted or queued but the caller's answer -- exactly what the general path
         below makes of an empty match, without building its dicts (an append nobody subscribed
-        to paid ~10 µs for them)."""
+        to paid ~10 µs for them).
+
+        The fast path (ADR-0026): a connection whose every query is one shape under one query set
+        id can be sent nothing but that shape's match under that id, so its group's update goes
+        straight onto its queue (:meth:`_plan` keeps such connections per group and query set id),
+        skipping the per-subscriber dicts and sorts of the general path; the
+        caller's connection always takes the general path (its updates go into its answer)."""
         watched = self.shapes_by_pin
         if not watched or not any(watched.get(t) for d in (tx.deletes, tx.inserts, tx.events) for t in d):
             self.fanout_skips += 1
@@ -731,7 +783,10 @@ class Engine:
                 self._send(conn, offset, ReducerResult(request_id, offset, ReducerOk(ret, ())))
             return
         # (conn, qs) -> [(table, visible inserts, visible deletes)], one entry per matching shape
-        per_client: dict[tuple[int, int], list[tuple[str, tuple[Row, ...], tuple[Row, ...]]]] = {}
+        per_client: dict[tuple[int, int], list[Seen]] = {}
+        # the fast path's work: (a group's visible rows, its connections per query set id)
+        fast: list[tuple[Seen, Solo]] = []
+        caller = reply[0] if reply is not None else None
         touched = set(tx.deletes) | set(tx.inserts) | set(tx.events)
         order: dict[int, int] = {}
         for table in touched:
@@ -750,31 +805,51 @@ class Engine:
                 # the row filter reads only part of the claims (spec.auth.filter_key): subscribers
                 # whose claims agree on it see the same rows, so it runs once per filter key, on
                 # the shape's subscribers grouped by key (kept until they change)
-                groups = shape.groups
-                if groups is None:
-                    groups = shape.groups = {}
-                    for key in shape.subscribers:
-                        groups.setdefault(filter_key(self.conns[key[0]].claims, table), []).append(key)
-                for keys in groups.values():
-                    claims = self.conns[keys[0][0]].claims
+                plan = shape.plan
+                if plan is None or shape.planned != Shape.membership:
+                    plan = self._plan(shape, table)
+                apart = caller is not None and caller.conn_id in plan.solo_ids
+                for group in plan.groups:
+                    claims = group.claims
                     seen_ins = [can_read(claims, row) for row in ins]
                     seen_dels = [can_read(claims, row) for row in dels]
                     seen = (table, ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
                             dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels)))
-                    for key in keys:
+                    for key in group.keys:
                         found = per_client.get(key)
                         if found is None:
                             per_client[key] = [seen]
                         else:
                             found.append(seen)
+                    solo = group.solo
+                    if solo and (seen[1] or seen[2]):
+                        if apart:
+                            solo = self._caller_apart(solo, caller, seen, per_client)
+                        fast.append((seen, solo))
 
         def in_tx_order(rows: Iterable[Row]) -> tuple[Row, ...]:
             return tuple(sorted(dict.fromkeys(rows), key=lambda row: order[id(row)]))
 
-        by_conn: dict[int, list[QuerySetUpdate]] = {}
         shared_rows: dict[tuple[str, int, int], TableRows] = {}
         shared_sets: dict[tuple[int, ...], QuerySetUpdate] = {}
         single: dict[tuple[int, int], QuerySetUpdate] = {}  # (qs id, id of the one matched part) -> update
+
+        def one_part(qs_id: int, only: Seen) -> QuerySetUpdate:
+            """The update of a query set that one shape matched (``only`` has rows), shared by
+            every receiver of the same part under the same id."""
+            t, i, d = only
+            rows_key = (t, id(i), id(d))
+            part = shared_rows.get(rows_key)
+            if part is None:
+                part = shared_rows[rows_key] = TableRows(t, i, d, TABLE_BY_NAME[t].event)
+            one_key: tuple[int, ...] = (qs_id, id(part))
+            update = shared_sets.get(one_key)
+            if update is None:
+                update = shared_sets[one_key] = QuerySetUpdate(qs_id, (part,))
+            single[(qs_id, id(only))] = update
+            return update
+
+        by_conn: dict[int, list[QuerySetUpdate]] = {}
         for (conn_id, qs_id) in sorted(per_client):
             found = per_client[(conn_id, qs_id)]
             if len(found) > 1 and len({part[0] for part in found}) < len(found):
@@ -790,18 +865,9 @@ class Engine:
                 only = found[0]
                 update = single.get((qs_id, id(only)))
                 if update is None:
-                    t, i, d = only
-                    if not (i or d):
+                    if not (only[1] or only[2]):
                         continue
-                    rows_key = (t, id(i), id(d))
-                    part = shared_rows.get(rows_key)
-                    if part is None:
-                        part = shared_rows[rows_key] = TableRows(t, i, d, TABLE_BY_NAME[t].event)
-                    one_key: tuple[int, ...] = (qs_id, id(part))
-                    update = shared_sets.get(one_key)
-                    if update is None:
-                        update = shared_sets[one_key] = QuerySetUpdate(qs_id, (part,))
-                    single[(qs_id, id(only))] = update
+                    update = one_part(qs_id, only)
                 updates = by_conn.get(conn_id)
                 if updates is None:
                     by_conn[conn_id] = [update]
@@ -828,10 +894,8 @@ class Engine:
                                                                                                          [])))))
         # receivers of equal updates share one TransactionUpdate, sized once, in one Outbound
         shared: dict[tuple[int, ...], tuple[Outbound, int | None]] = {}
-        for conn_id, updates in by_conn.items():
-            target = self.conns.get(conn_id)
-            if target is None:
-                continue
+
+        def sized(updates: list[QuerySetUpdate]) -> tuple[Outbound, int | None]:
             ids = (id(updates[0]),) if len(updates) == 1 else tuple(map(id, updates))
             hit = shared.get(ids)
             if hit is None:
@@ -841,7 +905,75 @@ class Engine:
                 except SyncError:  # _send closes each receiver with the error (policy)
                     size = None
                 hit = shared[ids] = (Outbound(offset, message), size)
-            self._send(target, offset, hit[0].message, hit[1], hit[0])
+            return hit
+
+        for conn_id, updates in by_conn.items():
+            target = self.conns.get(conn_id)
+            if target is None:
+                continue
+            out, size = sized(updates)
+            self._send(target, offset, out.message, size, out)
+        live, most, max_bytes = self.conns, self.max_queue, self.max_outbound_bytes
+        for only, solo in fast:
+            for qs_id, conns in solo:
+                update = single.get((qs_id, id(only)))
+                out, size = sized([update if update is not None else one_part(qs_id, only)])
+                if size is None:  # over the one-message bound: _send measures it again and closes each
+                    for conn in conns:
+                        self._send(conn, offset, out.message)
+                    continue
+                # what _send does, inline: the same entry, size, byte count and limits
+                for conn in conns:
+                    if conn.conn_id not in live:
+                        continue
+                    queue = conn.outbound
+                    queue.append(out)
+                    conn.sizes.append(size)
+                    conn.outbound_bytes += size
+                    if len(queue) > most or (max_bytes is not None and conn.outbound_bytes > max_bytes):
+                        self.close(conn.conn_id, SLOW_CONSUMER_REASON)
+
+    def _plan(self, shape: Shape, table: str) -> Plan:
+        """The shape's subscribers as the fanout serves them, kept on the shape until any shape's
+        subscribers change (``Shape.membership``).  A (conn, qs) pair goes on the fast path when
+        the connection has that one query set and every query of it is this shape (its refcount
+        here is the set's length): then no other shape can add to what it is sent."""
+        groups = shape.groups
+        if groups is None:
+            groups = shape.groups = {}
+            for key in shape.subscribers:
+                groups.setdefault(filter_key(self.conns[key[0]].claims, table), []).append(key)
+        built: list[Group] = []
+        solo_ids: set[int] = set()
+        for keys in groups.values():
+            general: list[tuple[int, int]] = []
+            by_qs: dict[int, list[Connection]] = {}
+            for key in keys:
+                conn = self.conns[key[0]]
+                sets = conn.query_sets
+                if len(sets) == 1 and shape.subscribers[key] == len(sets.get(key[1], ())):
+                    by_qs.setdefault(key[1], []).append(conn)
+                    solo_ids.add(key[0])
+                else:
+                    general.append(key)
+            solo: Solo = tuple((qs_id, tuple(conns)) for qs_id, conns in by_qs.items())
+            built.append(Group(self.conns[keys[0][0]].claims, tuple(general), solo))
+        plan = shape.plan = Plan(tuple(built), frozenset(solo_ids))
+        shape.planned = Shape.membership
+        return plan
+
+    @staticmethod
+    def _caller_apart(solo: Solo, caller: Connection | None, seen: Seen,
+                      per_client: dict[tuple[int, int], list[Seen]]) -> Solo:
+        """``solo`` without the caller's connection, which is given its part on the general path."""
+        out = []
+        for qs_id, conns in solo:
+            if any(c is caller for c in conns):
+                assert caller is not None
+                per_client.setdefault((caller.conn_id, qs_id), []).append(seen)
+                conns = tuple(c for c in conns if c is not caller)
+            out.append((qs_id, conns))
+        return tuple(out)
 
     def _shape_candidates(self, table: str, inserts: list[Row], deletes: list[Row]
                           ) -> Iterator[tuple[Shape, list[Row], list[Row]]]:
