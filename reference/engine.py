@@ -1056,6 +1056,16 @@ class Engine:
             return []
         queue, sizes = conn.outbound, conn.sizes
         durable = self._release_bound(conn)
+        if queue and len(queue) <= most and used + conn.outbound_bytes <= max_bytes and (
+                durable is None or queue[-1].offset <= durable):
+            # the whole queue: released (messages are queued at the committed offset of the moment,
+            # so offsets never decrease along a queue) and within both bounds -- what the loop
+            # below would take, one message at a time (ADR-0026)
+            whole = list(queue)
+            queue.clear()
+            sizes.clear()
+            conn.outbound_bytes = 0
+            return whole
         out: list[Outbound] = []
         total = used
         while queue and len(out) < most:

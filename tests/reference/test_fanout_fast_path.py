@@ -20,6 +20,7 @@ Planted bugs at the end: each edit of ``reference/engine.py`` must fail this mod
 
 from __future__ import annotations
 
+import random
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -417,6 +418,50 @@ def test_setting_groups_to_none_invalidates_every_plan() -> None:
     assert shape.plan is None
 
 
+def take_against_pops(make: EngineType, seed: int) -> None:
+    """``take``'s whole-queue shortcut against ``pop`` while ``releasable`` and fitting (the loop's
+    own definition, as in test_engine_take.py), with sizes measured and bounds at their edges."""
+    rng = random.Random(seed)
+    a, b = make(max_queue=10_000), make(max_queue=10_000)
+    for eng in (a, b):
+        eng.measure = lambda m: 10 * len(repr(m)) // 100
+    subs = []
+    appends = rng.randint(1, 12)
+    for eng in (a, b):
+        w = eng.connect(claims(99, ("*",)), confirmed=False)
+        subs = [eng.connect(claims(i, ("*",)), confirmed=bool(i % 2)) for i in range(3)]
+        for sub in subs:
+            eng.handle(sub, Subscribe(1, 1, (EVENTS_A1,)))
+        for k in range(appends):
+            append(eng, w, k + 1)
+    for _step in range(60):
+        if rng.random() < 0.3:
+            offset = rng.randint(a.durable, a.committed)
+            a.advance_durable(offset)
+            b.advance_durable(offset)
+        sub = rng.choice(subs)
+        queued = a.conns[sub].outbound_bytes
+        most = rng.choice((0, 1, len(a.conns[sub].outbound) - 1, len(a.conns[sub].outbound), 64))
+        used = rng.choice((0, 0, 7))
+        max_bytes = rng.choice((1, used + queued - 1, used + queued, used + queued + 1, 1 << 20))
+        taken = a.take(sub, max(most, 0), max_bytes, used)
+        popped: list[Any] = []
+        total = used
+        while b.releasable(sub) and len(popped) < max(most, 0):
+            size = b.next_size(sub)
+            if total + size > max_bytes and (popped or used):
+                break
+            total += size
+            popped.append(b.pop(sub))
+        assert taken == popped, (seed, _step)
+        assert a.conns[sub].outbound_bytes == b.conns[sub].outbound_bytes == sum(a.conns[sub].sizes)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_take_of_the_whole_queue_is_the_loop(seed: int) -> None:
+    take_against_pops(Engine, seed)
+
+
 # --- planted bugs: each must fail a check above -----------------------------------------------------------
 
 MUTANTS: tuple[tuple[str, str, str], ...] = (
@@ -438,6 +483,10 @@ MUTANTS: tuple[tuple[str, str, str], ...] = (
     ("oversize_sent", "                if size is None:  # over the one-message bound",
      "                size = 0 if size is None else size\n                if False:  #"),
     ("empty_group_sent", "                    if solo and (seen[1] or seen[2]):", "                    if solo:"),
+    ("take_past_durable", "                durable is None or queue[-1].offset <= durable):",
+     "                durable is None or queue[-1].offset <= durable + 1):"),
+    ("take_ignores_used", "used + conn.outbound_bytes <= max_bytes and (", "conn.outbound_bytes <= max_bytes and ("),
+    ("take_one_too_many", "if queue and len(queue) <= most and", "if queue and len(queue) <= most + 1 and"),
     ("each_its_own_entry", "                    queue.append(out)\n",
      "                    queue.append(type(out)(out.offset, out.message))\n"),
 )
@@ -462,6 +511,8 @@ def all_checks(make: EngineType) -> None:
             test()
         finally:
             test.__globals__["Engine"] = saved
+    for seed in range(20):
+        take_against_pops(make, seed)
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m[0] for m in MUTANTS])
