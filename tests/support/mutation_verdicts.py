@@ -470,13 +470,14 @@ EQUIVALENT.update({
         "column_bytes, __len__'s sum of hi - lo) visits positions lo..hi-1, none for an empty one; with rows kept "
         "whole the segments are rebuilt from positions",
 })
-EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_203"] = (
-    "the per-fanout memo `single` stored under (qs id, id(None)) while it is looked up under (qs id, id(only)): "
-    "`only` is a tuple, never the None singleton, so the memo never hits and each receiver builds its update "
-    "again -- from shared_rows and shared_sets, which give the very same TableRows and QuerySetUpdate objects "
-    "for the same part: the same updates, slower")
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_191"] = (
+    "the per-fanout memo `single` stored (in _fanout's one_part) under (qs id, id(None)) while it is looked up "
+    "under (qs id, id(only)): `only` is a tuple, never the None singleton, so the memo never hits and each "
+    "receiver (general path) or each group's query set id (fast path, ADR-0026) builds its update again -- from "
+    "shared_rows and shared_sets, which give the very same TableRows and QuerySetUpdate objects for the same "
+    "part: the same updates, slower (was _fanout__mutmut_203 before the fast path renumbered the mutants)")
 MUTATED_LINE.update({
-    "reference.engine.xǁEngineǁ_fanout__mutmut_203": "single[(qs_id, id(None))] = update",
+    "reference.engine.xǁEngineǁ_fanout__mutmut_191": "single[(qs_id, id(None))] = update",
     "reference.eventlog.xǁStreamLogǁ_slot__mutmut_10": "return -2",
     "reference.eventlog.xǁStreamLogǁappend__mutmut_57": "self._cols[-1].extend((end, 1, 0, 0))",
     "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_48": "if lo <= hi:",
