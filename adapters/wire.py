@@ -238,7 +238,7 @@ def rows_from_pieces(pieces: Sequence[bytes], lengths: Sequence[int]) -> RowList
 def _hint(lengths: Sequence[int], total: int) -> RowSizeHint:
     """Upstream's size-hint rule for rows of these lengths, ``total`` bytes in all."""
     first = lengths[0]
-    if 0 < first <= U16_MAX and total == first * len(lengths) and min(lengths) == max(lengths):
+    if 0 < first <= U16_MAX and total == first * len(lengths) and lengths.count(first) == len(lengths):
         return FixedSize(first)
     return RowOffsets(tuple(accumulate(lengths[:-1], initial=0)))
 

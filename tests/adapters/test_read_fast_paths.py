@@ -193,3 +193,15 @@ def test_decoded_row_list_keeps_its_rows() -> None:
     bad[at] = 9
     with pytest.raises(BsatnError, match="row offset"):
         wire.decode_server_frame(bytes(bad), 2)
+
+
+# --- the size hint of rows given as lengths (wire._hint, after a replay's rows) -----------------
+
+@pytest.mark.parametrize("lengths", [[3, 3, 3], [3, 3, 4], [4, 3, 3], [3, 4, 3], [0, 0], [3], [0, 3], [2, 1, 3],
+                                     [65535, 65535], [65536, 65536], [5] * 99 + [6]])
+def test_joined_hint_as_row_list_of(lengths: list[int]) -> None:
+    """``RowList.joined`` (lengths, ``_hint``) and ``RowList.of`` (the rows themselves) agree on the
+    size hint: FixedSize only when every row has the first row's non-zero size of at most u16."""
+    rows = [bytes([i % 251]) * n for i, n in enumerate(lengths)]
+    assert wire.RowList.joined(b"".join(rows), lengths) == wire.RowList.of(rows)
+    assert wire.rows_from_pieces([b"".join(rows)], lengths) == wire.RowList.of(rows)
