@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -29,7 +30,7 @@ from adapters.bsatn import BsatnError
 QS = ("SELECT * FROM sync_stream WHERE stream_id = 'gap'",
       "SELECT * FROM sync_event WHERE stream_id = 'gap' AND epoch = 1 AND seq > 19900")
 ARGS = bsatn.encode_args("append_sync_event", ("s", "k", "x" * 150, None, None))
-VALID = [
+VALID: list[wire.ClientMessage] = [
     wire.Subscribe(7, 1, QS),
     wire.Subscribe(0, 0, ()),
     wire.Subscribe(2**32 - 1, 2**32 - 1, ("", "é ☃")),
@@ -100,7 +101,7 @@ EDGE = {
 def test_valid_messages_decode_to_themselves(msg: wire.ClientMessage) -> None:
     data = wire.encode_client(msg)
     assert wire.decode_client(data) == msg == slow_one(data)
-    assert wire.decode_client(bytearray(data)) == msg  # not only bytes
+    assert wire.decode_client(cast(bytes, bytearray(data))) == msg  # not only bytes
     assert wire.decode_client_frame(data * 3, 3) == [msg] * 3 == slow_frame(data * 3)
 
 
