@@ -12,7 +12,8 @@ matched against that table's inserts and deletes once, however many clients shar
 matches are then row-filtered per client by its claims (``spec.auth.can_read``).  Per-client
 updates are grouped by query set then table.  The caller of a reducer gets its ``ReducerResult``
 carrying its own rows; others get one ``TransactionUpdate``; clients with nothing matching get
-nothing.
+nothing.  A client whose every query is one shape under one query set id is served from a plan
+kept per shape: its group's update goes straight onto its queue (ADR-0026).
 
 Outbound messages carry the offset of the state they derive from; a confirmed-read connection
 releases them in order once that offset is durable.  A queue past ``max_queue`` disconnects its
@@ -781,8 +782,8 @@ class Engine:
         The fast path (ADR-0026): a connection whose every query is one shape under one query set
         id can be sent nothing but that shape's match under that id, so its group's update goes
         straight onto its queue (:meth:`_plan` keeps such connections per group and query set id),
-        skipping the per-subscriber dicts and sorts of the general path; the
-        caller's connection always takes the general path (its updates go into its answer)."""
+        skipping the per-subscriber dicts and sorts of the general path; the caller's connection
+        always takes the general path (its updates go into its answer)."""
         watched = self.shapes_by_pin
         if not watched or not any(watched.get(t) for d in (tx.deletes, tx.inserts, tx.events) for t in d):
             self.fanout_skips += 1
