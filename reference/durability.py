@@ -188,10 +188,27 @@ def record_row(rec: TxRecord) -> tuple[Any, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
+def _claims_of(text: str) -> Claims | None:
+    return claims_from_json(json.loads(text))
+
+
+# the text last asked for and its claims: one tuple, replaced whole (threads reading logs at once
+# see a pair that belongs together)
+_last_claims: tuple[str | None, Claims | None] = (None, None)
+
+
 def _claims(text: str) -> Claims | None:
     """A caller's claims from their stored JSON (every call on a connection stores the same text;
-    ``Claims`` is frozen, so one value serves them all)."""
-    return claims_from_json(json.loads(text))
+    ``Claims`` is frozen, so one value serves them all).  Consecutive records of a log mostly share
+    their caller: the text last asked for is compared first (equal texts compare without hashing;
+    each row read is a new string, whose hash the cache below would compute in full)."""
+    global _last_claims
+    last = _last_claims
+    if text == last[0]:
+        return last[1]
+    claims = _claims_of(text)
+    _last_claims = (text, claims)
+    return claims
 
 
 _scan_json: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]

@@ -696,7 +696,8 @@ class Engine:
             self._fanout(tx, record.offset, reply)
         finally:
             self._fanning_out = False
-        self._drain_disconnects()
+        if self._disconnects:  # (most commits have none to drain: no call, no sort)
+            self._drain_disconnects()
 
     def _fanout(self, tx: Txn, offset: int, reply: tuple[Connection, int, int | None] | None) -> None:
         """Match the delta once per shape, filter it per subscriber, queue one update per client.
@@ -946,7 +947,8 @@ class Engine:
     @icontract.ensure(lambda self, OLD: self.durable >= OLD.durable, "the durable offset never moves back")
     def advance_durable(self, offset: int) -> None:
         self.durable = max(self.durable, offset)
-        self._drain_disconnects()
+        if self._disconnects:
+            self._drain_disconnects()
 
     # --- recovery ---------------------------------------------------------------------------------
 

@@ -685,3 +685,33 @@ def test_args_text_is_the_json_array_of_the_arguments(args: Any) -> None:
     def plain(v: Any) -> Any:
         return [plain(x) for x in v] if isinstance(v, tuple | list) else v
     assert args_text(args) == json.dumps(plain(args), separators=(",", ":"), ensure_ascii=False)
+
+
+def _stored_claims_agree(claims_of_text: Any) -> None:
+    """Claims read from stored texts in runs and alternations (the order a log's records give them)
+    are those ``claims_from_json`` makes of each text itself."""
+    from reference.log import claims_from_json, claims_json
+    texts = [json.dumps(claims_json(c), separators=(",", ":"), ensure_ascii=False) for c in (
+        Claims("a" * 64, frozenset({"sync.append"}), ("s.*",)),
+        Claims("b" * 64, frozenset({"sync.append", "sync.admin"}), ("*",), "dev", "sess", "build-1", 2, 3),
+        None)]
+    for k in (0, 0, 1, 1, 0, 2, 2, 1, 0, 2, 0):
+        got = claims_of_text(texts[k])
+        assert got == claims_from_json(json.loads(texts[k])), k
+
+
+def test_the_claims_of_stored_texts_are_the_texts_claims() -> None:
+    _stored_claims_agree(durability._claims)
+
+
+PLANTED_LAST_CLAIMS = (
+    ("the last claims whatever the text", "    if text == last[0]:\n", "    if last[0] is not None:\n"),
+    ("the text remembered, not its claims", "    _last_claims = (text, claims)", "    _last_claims = (text, last[1])"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_LAST_CLAIMS, ids=[p[0] for p in PLANTED_LAST_CLAIMS])
+def test_planted_bugs_in_the_last_claims_are_caught(name: str, old: str, new: str) -> None:
+    mod = edited_module(durability, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _stored_claims_agree(mod._claims)
