@@ -202,6 +202,12 @@ class Reader:
     def offset(self) -> int:
         return self._pos
 
+    def seek(self, pos: int) -> None:
+        """Go on reading at ``pos`` (within the data)."""
+        if not 0 <= pos <= len(self._data):
+            raise LocalProtocolError(f"cannot seek to {pos} in {len(self._data)} bytes")
+        self._pos = pos
+
     @property
     def remaining(self) -> int:
         return len(self._data) - self._pos

@@ -1242,10 +1242,13 @@ class SyncServer:
                 # nothing of it is queued unless all of it decodes.
                 decoded: list[wire.ClientMessage] = []
                 try:
-                    for item in wire.client_frame_messages(msg.data, s.version, limit - len(s.inbound)):
-                        decoded.append(item)
-                        if len(decoded) % DECODE_TURN == 0:
-                            await asyncio.sleep(0)
+                    if s.version == 2 and len(s.inbound) < limit:  # one message: no generator, no turns
+                        decoded.append(wire.decode_client(msg.data))
+                    else:
+                        for item in wire.client_frame_messages(msg.data, s.version, limit - len(s.inbound)):
+                            decoded.append(item)
+                            if len(decoded) % DECODE_TURN == 0:
+                                await asyncio.sleep(0)
                 except wire.TooManyMessages:
                     await self._close(s, 1013, "too many requests", "inbound_queue")
                     return

@@ -108,6 +108,28 @@ def _split(hint: RowSizeHint, data: bytes) -> list[bytes]:
     ends = (*offsets[1:], len(data))
     if not any(map(operator.gt, offsets, ends)):  # the common case, checked in one pass
         return [data[start:end] for start, end in zip(offsets, ends, strict=True)]
+    return _misplaced(offsets, ends, data)
+
+
+def _check_split(hint: RowSizeHint, data: bytes) -> None:
+    """Raise what :func:`_split` raises for a hint that does not fit ``data``, without cutting the
+    rows out (a decoder checks the list and keeps it whole: a client counts or reads its rows later)."""
+    if isinstance(hint, FixedSize):
+        size = hint.size
+        if (not len(data) % size) if size else not data:
+            return
+        _split(hint, data)  # raises
+        return
+    offsets = hint.offsets
+    if offsets and offsets[0] == 0:
+        if not any(map(operator.gt, offsets, (*offsets[1:], len(data)))):
+            return
+    elif not offsets and not data:
+        return
+    _split(hint, data)  # raises
+
+
+def _misplaced(offsets: tuple[int, ...], ends: tuple[int, ...], data: bytes) -> list[bytes]:
     rows = []
     for i, (start, end) in enumerate(zip(offsets, ends, strict=True)):  # name the first one out of place
         if end < start or end > len(data):
@@ -216,7 +238,7 @@ def rows_from_pieces(pieces: Sequence[bytes], lengths: Sequence[int]) -> RowList
 def _hint(lengths: Sequence[int], total: int) -> RowSizeHint:
     """Upstream's size-hint rule for rows of these lengths, ``total`` bytes in all."""
     first = lengths[0]
-    if 0 < first <= U16_MAX and total == first * len(lengths) and min(lengths) == max(lengths):
+    if 0 < first <= U16_MAX and total == first * len(lengths) and lengths.count(first) == len(lengths):
         return FixedSize(first)
     return RowOffsets(tuple(accumulate(lengths[:-1], initial=0)))
 
@@ -626,7 +648,7 @@ def _r_rowlist(r: Reader, what: str) -> RowList:
     data = r.bytes_(f"{what} rows_data")
     rl = RowList(hint, data)
     try:
-        _split(hint, data)
+        _check_split(hint, data)
     except BsatnError as exc:
         raise BsatnError(f"{what} before offset {r.offset}: {exc}") from None
     return rl
@@ -724,8 +746,68 @@ def _r_server(r: Reader) -> ServerMessage:
     return ProcedureResult(status, ts, dur, r.u32("request_id"))
 
 
+_TAG_IDS = struct.Struct("<BII")  # a message tag, then request and query-set ids
+_U32_AT = struct.Struct("<I").unpack_from
+
+
+def _fast_client(data: bytes, pos: int) -> tuple[ClientMessage, int] | None:
+    """The client message at ``pos`` and the offset past it, for the messages every append and
+    every resume sends (``Subscribe``, ``Unsubscribe``, ``CallReducer``), read with a few
+    ``unpack_from`` instead of a :class:`Reader` call per field; None for anything else --
+    another message, a truncated or invalid field -- which :func:`_r_client` then decodes, with
+    its errors.  So what decodes is the same value, and what fails fails the same way."""
+    end = len(data)
+    if pos + 9 > end:
+        return None
+    tag, rid, word = _TAG_IDS.unpack_from(data, pos)
+    if tag == 3:  # CallReducer: request id, flags (0), reducer name, args
+        if data[pos + 5] or pos + 10 > end:
+            return None
+        n = _U32_AT(data, pos + 6)[0]
+        at = pos + 10 + n
+        if at + 4 > end:
+            return None
+        try:
+            reducer = data[pos + 10:at].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        m = _U32_AT(data, at)[0]
+        if at + 4 + m > end:
+            return None
+        return CallReducer(rid, 0, reducer, data[at + 4:at + 4 + m]), at + 4 + m
+    if tag == 0:  # Subscribe: request id, query set id, query strings
+        if pos + 13 > end:
+            return None
+        count = _U32_AT(data, pos + 9)[0]
+        at = pos + 13
+        if 4 * count > end - at:
+            return None
+        queries = []
+        for _ in range(count):
+            if at + 4 > end:
+                return None
+            n = _U32_AT(data, at)[0]
+            if at + 4 + n > end:
+                return None
+            try:
+                queries.append(data[at + 4:at + 4 + n].decode("utf-8"))
+            except UnicodeDecodeError:
+                return None
+            at += 4 + n
+        return Subscribe(rid, word, tuple(queries)), at
+    if tag == 1:  # Unsubscribe: request id, query set id, flags (0 or 1)
+        if pos + 10 > end or data[pos + 9] > 1:
+            return None
+        return Unsubscribe(rid, word, data[pos + 9] == 1), pos + 10
+    return None
+
+
 def decode_client(data: bytes) -> ClientMessage:
     """Exactly one client message; trailing bytes are an error."""
+    data = bytes(data)  # (the same object when it is bytes already)
+    fast = _fast_client(data, 0)
+    if fast is not None and fast[1] == len(data):
+        return fast[0]
     r = Reader(data)
     msg = _r_client(r)
     r.expect_end()
@@ -761,10 +843,18 @@ def client_frame_messages(data: bytes, version: int, max_messages: int | None = 
         return
     if not data:
         raise BsatnError("empty v3 client frame")
+    data = bytes(data)
     r = Reader(data)
     n = 0
-    while not r.at_end():
-        msg = _r_client(r)
+    pos, end = 0, len(data)
+    while pos < end:
+        fast = _fast_client(data, pos)
+        if fast is None:
+            r.seek(pos)
+            msg = _r_client(r)
+            pos = r.offset
+        else:
+            msg, pos = fast
         n += 1
         if max_messages is not None and n > max_messages:
             raise TooManyMessages(f"a v3 frame with more than {max_messages} messages")
