@@ -141,7 +141,10 @@ TESTS: dict[str, list[str]] = {
                             "tests/reference/test_hardening_engine.py",
                             "tests/reference/test_engine_isolation.py", "tests/reference/test_engine_chain.py",
                             "tests/reference/test_bridge_enqueue_controls.py",
-                            "tests/reference/test_mutation_kills_reference.py"],
+                            "tests/reference/test_mutation_kills_reference.py",
+                            # the fanout's fast path (ADR-0026): the differential machine's subscribers
+                            # are mostly on the general path
+                            "tests/reference/test_fanout_fast_path.py"],
     "reference/parsecache.py": ["tests/reference/test_parse_cache.py"],
 }
 
@@ -155,6 +158,8 @@ DESELECTED = ["--deselect", "tests/reference/test_engine_isolation.py::test_plan
               # fifth session's planted edits of canonical JSON's scanner call and tree encoder
               "--deselect", "tests/spec/test_canonical.py::test_planted_scanner_and_tree_encoder_bugs_are_caught",
               "--deselect", "tests/reference/test_parse_cache.py::test_planted_bugs_in_the_facts_are_killed",
+              "--deselect", "tests/reference/test_fanout_fast_path.py::test_planted_bugs_in_the_fast_path_are_caught",
+              "--deselect", "tests/reference/test_fanout_fast_path.py::test_the_mutant_machinery_alone_fails_nothing",
               # starts `syncref serve` processes from the scratch copy, whose package resources (the
               # mutants/ tree beside the sources) do not resolve; in-process tests of the switch remain
               "--deselect", "tests/reference/test_contract_switch.py::"
