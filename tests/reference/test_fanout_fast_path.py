@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -220,16 +220,16 @@ class Run:
 
 def all_general(eng: Engine) -> None:
     """Every subscriber of every plan on the general path (the fanout as it was before ADR-0026)."""
-    real = type(eng)._plan
-    plan_type, group_type = real.__globals__["Plan"], real.__globals__["Group"]  # the engine's own module
+    real = type(eng)._plan  # (the engine's own: a planted copy's, or mutmut's trampoline)
 
     def plan(self: Engine, shape: Shape, table: str) -> Plan:
-        groups = real(self, shape, table).groups
-        made: Plan = plan_type(tuple(group_type(g.claims, g.keys + tuple((c.conn_id, qs_id) for qs_id, cs in g.solo
-                                                                         for c in cs), ())
-                                     for g in groups), frozenset())
+        built = real(self, shape, table)
+        groups = tuple(replace(g, keys=g.keys + tuple((c.conn_id, qs_id) for qs_id, cs in g.solo for c in cs), solo=())
+                       for g in built.groups)
+        made = replace(built, groups=groups, solo_ids=frozenset())
         shape.plan = made
         return made
+
     eng._plan = types.MethodType(plan, eng)  # type: ignore[method-assign]
 
 
