@@ -907,10 +907,9 @@ class Engine:
 
         for conn_id, updates in by_conn.items():
             target = self.conns.get(conn_id)
-            if target is None:
-                continue
-            out, size = sized(updates)
-            self._send(target, offset, out.message, size, out)
+            if target is not None:  # (always: a send closes at most its own connection)
+                out, size = sized(updates)
+                self._send(target, offset, out.message, size, out)
         live, most, max_bytes = self.conns, self.max_queue, self.max_outbound_bytes
         for only, solo in fast:
             for qs_id, conns in solo:
