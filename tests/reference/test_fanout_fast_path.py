@@ -379,6 +379,10 @@ def test_max_outbound_bytes_at_the_edge() -> None:
 
 def test_an_update_over_the_one_message_bound_closes_every_receiver_with_the_limit() -> None:
     eng, writer, subs, closed = subscribed(Engine, 3, max_outbound_message_bytes=50)
+    general = eng.connect(claims(50, ("*",)), confirmed=False)  # two query sets: the general path
+    eng.handle(general, Subscribe(2, 1, (EVENTS_A1,)))
+    eng.handle(general, Subscribe(3, 2, ("SELECT * FROM sync_event",)))
+    subs.append(general)
     eng.measure = lambda m: 60 if isinstance(m, TransactionUpdate) else 10
     append(eng, writer, 1)
     assert set(closed) == set(subs)

@@ -476,7 +476,15 @@ EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_191"] = (
     "receiver (general path) or each group's query set id (fast path, ADR-0026) builds its update again -- from "
     "shared_rows and shared_sets, which give the very same TableRows and QuerySetUpdate objects for the same "
     "part: the same updates, slower (was _fanout__mutmut_203 before the fast path renumbered the mutants)")
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_338"] = (
+    "the general path's _send given offset None with its queue entry `out`: _send reads the offset only to "
+    "make an entry when none is given (`Outbound(offset, message) if out is None else out`)")
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_340"] = (
+    "the general path's _send given size None: _send measures the message itself (`_fits`), the same "
+    "estimate `sized` took of the same object (a message over the bound came as None anyway)")
 MUTATED_LINE.update({
+    "reference.engine.xǁEngineǁ_fanout__mutmut_338": "self._send(target, None, out.message, size, out)",
+    "reference.engine.xǁEngineǁ_fanout__mutmut_340": "self._send(target, offset, out.message, None, out)",
     "reference.engine.xǁEngineǁ_fanout__mutmut_191": "single[(qs_id, id(None))] = update",
     "reference.eventlog.xǁStreamLogǁ_slot__mutmut_10": "return -2",
     "reference.eventlog.xǁStreamLogǁappend__mutmut_57": "self._cols[-1].extend((end, 1, 0, 0))",
