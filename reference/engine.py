@@ -161,6 +161,7 @@ def _equalities_first(query: q.Query) -> q.Query:
     return q.Query(query.table, where, query.text)
 
 
+_PK_COLUMN = {name: t.primary_key[0] for name, t in PK_TABLES.items() if t.primary_key and len(t.primary_key) == 1}
 IDLE_SHAPES = 256  # shapes kept after their last subscriber left, to be taken back (Engine.idle_shapes)
 
 
@@ -505,7 +506,15 @@ class Engine:
                     del idle[next(iter(idle))]
 
     def _candidates(self, query: q.Query) -> list[Row]:
-        """Rows a snapshot must consider: a slice of one stream's log for a resume query."""
+        """Rows a snapshot must consider: a slice of one stream's log for a resume query; the one
+        row of its key for a query that pins a table's primary key with ``=`` (a resume set's
+        ``sync_stream`` query: its stream's row, not every stream's)."""
+        column = _PK_COLUMN.get(query.table)
+        if column is not None:
+            key = q.pinned_value(query, column)
+            if key is not None:  # `column = key` holds for the row of that key alone
+                row = self.db.get(query.table, (key,))
+                return [] if row is None else [row]
         if query.table == "sync_event":
             sid = q.pinned_value(query, "stream_id")
             if isinstance(sid, str):
