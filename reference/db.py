@@ -134,6 +134,9 @@ class Db:
 class Txn:
     """One transaction: writes with an undo log and the ordered delta."""
 
+    # one per call (an append reads and writes these a dozen times): slots, not an instance dict
+    __slots__ = ("_inserted", "db", "deletes", "events", "inserts", "old_epoch_floor", "old_version_floor", "undo")
+
     def __init__(self, db: Db) -> None:
         self.db = db
         self.undo: list[tuple[str, Any]] = []  # ("ins"|"del", row) or ("relabel", (stream, old, new)), as applied

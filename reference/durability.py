@@ -38,6 +38,7 @@ import errno
 import fcntl
 import functools
 import gc
+import itertools
 import json
 import os
 import sqlite3
@@ -63,6 +64,7 @@ from reference.log import (
 )
 from spec.auth import Claims
 from spec.policy import DEFAULT_POLICY, Policy, StreamClass
+from spec.values import Row
 
 DB_FILE = "syncref.sqlite3"
 LOCK_FILE = "syncref.lock"
@@ -186,10 +188,27 @@ def record_row(rec: TxRecord) -> tuple[Any, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
+def _claims_of(text: str) -> Claims | None:
+    return claims_from_json(json.loads(text))
+
+
+# the text last asked for and its claims: one tuple, replaced whole (threads reading logs at once
+# see a pair that belongs together)
+_last_claims: tuple[str | None, Claims | None] = (None, None)
+
+
 def _claims(text: str) -> Claims | None:
     """A caller's claims from their stored JSON (every call on a connection stores the same text;
-    ``Claims`` is frozen, so one value serves them all)."""
-    return claims_from_json(json.loads(text))
+    ``Claims`` is frozen, so one value serves them all).  Consecutive records of a log mostly share
+    their caller: the text last asked for is compared first (equal texts compare without hashing;
+    each row read is a new string, whose hash the cache below would compute in full)."""
+    global _last_claims
+    last = _last_claims
+    if text == last[0]:
+        return last[1]
+    claims = _claims_of(text)
+    _last_claims = (text, claims)
+    return claims
 
 
 _scan_json: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -229,6 +248,23 @@ def record_from_row(row: Sequence[Any], rows: bool = True) -> TxRecord:
         raise LogCorruption(offset, f"{type(exc).__name__}: {exc}") from exc
 
 
+def _array_rows(make: Any, arrays: tuple[int, ...], rows: list[Any]) -> tuple[Row, ...]:
+    """``row_from_json`` of each row of a table with array columns (``sync_stream``: one deleted and
+    one inserted per append), without its per-row lookups: each list the decoder made is its own, so
+    its arrays become tuples in place (anything else is copied to a list first, as ``row_from_json``
+    copies it)."""
+    out = []
+    for r in rows:
+        if type(r) is not list:
+            r = list(r)
+        for i in arrays:
+            v = r[i]
+            if type(v) is list:
+                r[i] = tuple(v)
+        out.append(make(*r))
+    return tuple(out)
+
+
 def decode_changes(offset: int, text: str) -> tuple[RowChange, ...]:
     """A stored delta's rows; :class:`LogCorruption` (naming ``offset``) if they do not decode.
 
@@ -248,6 +284,8 @@ def decode_changes(offset: int, text: str) -> tuple[RowChange, ...]:
                     out.append(RowChange(table, tuple([make(*r) for r in deletes]),
                                          tuple([make(*r) for r in inserts])))
                     continue
+                out.append(RowChange(table, _array_rows(make, arrays, deletes), _array_rows(make, arrays, inserts)))
+                continue
             out.append(RowChange(table, tuple([row_from_json(table, r) for r in deletes]),
                                  tuple([row_from_json(table, r) for r in inserts])))
         return tuple(out)
@@ -750,13 +788,15 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
         start = None if base is None else (snapshot.restore(base), base.offset, base.head_hash)
         del base
 
-        def tail() -> Iterator[TxRecord]:
-            # a batch of records read at a time (as verify-log reads them), counted as they are handed on
+        def batches() -> Iterator[list[TxRecord]]:
+            # a batch of records read at a time (as verify-log reads them), counted as it is handed on
             for batch in store.record_batches(_RESTART_BATCH, report.snapshot_offset):
                 report.tail_records += len(batch)
-                yield from batch
+                yield batch
 
-        engine = Engine.recover(tail(), store.clean_at_open, now, policy, max_queue, margin, start)
+        # flattened in C (no generator step per record)
+        engine = Engine.recover(itertools.chain.from_iterable(batches()), store.clean_at_open, now, policy,
+                                max_queue, margin, start)
         del start
     finally:
         if collecting:

@@ -39,7 +39,7 @@ import icontract
 
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
-from reference.log import GENESIS, RowChange, TxRecord, make_record, record_floors, record_hash
+from reference.log import GENESIS, TxRecord, delta_parts, make_record, record_floors, record_hash
 from reference.parsecache import ParseCache
 from spec import contracts
 from spec import query as q
@@ -100,15 +100,6 @@ def type_check(t: SatsType) -> Callable[[object], bool]:
 def _arg_checks(reducer: str) -> tuple[tuple[str, Callable[[object], bool]], ...]:
     """Each parameter of a known reducer: its name and its type check."""
     return tuple((col.name, type_check(col.type)) for col in REDUCER_BY_NAME[reducer].args)
-
-
-_SCHEMA_ORDER = tuple(TABLE_BY_NAME)
-_POSITION = {t: i for i, t in enumerate(_SCHEMA_ORDER)}
-
-
-def _in_order(deletes: dict[str, list[Row]], inserts: dict[str, list[Row]]) -> list[str]:
-    """The tables a small delta touches, in schema order (the record's order)."""
-    return sorted({*deletes, *inserts}, key=_POSITION.__getitem__)
 
 
 def _model_view(db: Db) -> DbState:
@@ -718,11 +709,8 @@ class Engine:
         """The commit record of ``tx`` at the next offset, built before anything moves.  Whatever
         raises here (text UTF-8 cannot carry, a bug) rolls ``tx`` back: :class:`InternalError`."""
         try:
-            deletes, inserts = tx.deletes, tx.inserts
-            changes = tuple(RowChange(t, tuple(deletes.get(t, ())), tuple(inserts.get(t, ())))
-                            for t in (_SCHEMA_ORDER if len(deletes) + len(inserts) > 2 else _in_order(deletes, inserts))
-                            if deletes.get(t) or inserts.get(t))
-            return make_record(self.committed + 1, kind, name, caller, args, self.now, changes, self.head_hash)
+            changes, delta = delta_parts(tx.deletes, tx.inserts)  # the RowChanges and their text, one pass
+            return make_record(self.committed + 1, kind, name, caller, args, self.now, changes, self.head_hash, delta)
         except Exception as exc:
             tx.rollback()
             raise InternalError(name, exc) from exc
@@ -739,7 +727,8 @@ class Engine:
             self._fanout(tx, record.offset, reply)
         finally:
             self._fanning_out = False
-        self._drain_disconnects()
+        if self._disconnects:  # (most commits have none to drain: no call, no sort)
+            self._drain_disconnects()
 
     def _fanout(self, tx: Txn, offset: int, reply: tuple[Connection, int, int | None] | None) -> None:
         """Match the delta once per shape, filter it per subscriber, queue one update per client.
@@ -989,7 +978,8 @@ class Engine:
     @icontract.ensure(lambda self, OLD: self.durable >= OLD.durable, "the durable offset never moves back")
     def advance_durable(self, offset: int) -> None:
         self.durable = max(self.durable, offset)
-        self._drain_disconnects()
+        if self._disconnects:
+            self._drain_disconnects()
 
     # --- recovery ---------------------------------------------------------------------------------
 
@@ -1011,14 +1001,20 @@ class Engine:
         eng.now = now
         if start is not None:
             eng.db, eng.committed, eng.head_hash = start
-        for rec in records:
-            if rec.offset != eng.committed + 1 or rec.prev_hash != eng.head_hash:
-                raise ValueError(f"commit log broken at offset {rec.offset}")
-            if record_hash(rec) != rec.hash:
-                raise ValueError(f"commit log hash mismatch at offset {rec.offset}")
-            apply_record(eng.db, rec)
-            eng.committed = rec.offset
-            eng.head_hash = rec.hash
+        # the offset and head in locals while the records are applied (this loop runs per record of a
+        # whole-log restart), written back when the loop ends or raises: at the last record applied
+        db, committed, head = eng.db, eng.committed, eng.head_hash
+        try:
+            for rec in records:
+                if rec.offset != committed + 1 or rec.prev_hash != head:
+                    raise ValueError(f"commit log broken at offset {rec.offset}")
+                if record_hash(rec) != rec.hash:
+                    raise ValueError(f"commit log hash mismatch at offset {rec.offset}")
+                apply_record(db, rec)
+                committed = rec.offset
+                head = rec.hash
+        finally:
+            eng.committed, eng.head_hash = committed, head
         eng.durable = eng.committed
         if not clean:
             fresh = max([eng.db.epoch_floor, *(s.epoch for s in eng.db.pk["sync_stream"].values()

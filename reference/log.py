@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import icontract
+
 from spec.auth import Claims
 from spec.schema import TABLE_BY_NAME
 from spec.values import ArrayT, ComputeAssignment, OptionT, Row, fast_init
@@ -31,6 +33,7 @@ from spec.values import ArrayT, ComputeAssignment, OptionT, Row, fast_init
 GENESIS = "0" * 64
 
 
+@fast_init  # spec.values: two per append sealed, and per record a restart decodes
 @dataclass(frozen=True, slots=True)
 class RowChange:
     table: str
@@ -192,6 +195,36 @@ def delta_text_of(deletes: Mapping[str, Sequence[Row]], inserts: Mapping[str, Se
     return "".join(_FLAT(out, 0)) if _FLAT is not None else _canon(out)
 
 
+# the values getter and the schema position of each table, for delta_parts
+_GETTER = dict(_TABLE_GETTERS)
+_POSITION = {t: i for i, (t, _) in enumerate(_TABLE_GETTERS)}
+
+
+def delta_parts(deletes: Mapping[str, Sequence[Row]], inserts: Mapping[str, Sequence[Row]]
+                ) -> tuple[tuple[RowChange, ...], str]:
+    """The :class:`RowChange` values of a transaction's per-table lists and their :func:`delta_text`,
+    built in one pass over the tables the lists name (not over every table of the schema, as
+    :func:`delta_text_of`): tables in schema order, those whose lists are both empty left out, each
+    list's values read by its table's ``attrgetter`` (the lists of a :class:`~reference.db.Txn`
+    hold rows of their table's type).  What :func:`make_record` is given by the engine's sealing of
+    a commit, so that the delta's text is written without a second walk over the changes."""
+    position = _POSITION.__getitem__
+    tables = sorted(deletes.keys() | inserts.keys(), key=position) if len(deletes) + len(inserts) > 1 \
+        else [*deletes, *inserts]
+    changes = []
+    out = []
+    for t in tables:
+        d = deletes.get(t)
+        i = inserts.get(t)
+        if d or i:
+            dt = tuple(d) if d else ()
+            it = tuple(i) if i else ()
+            get = _GETTER[t]
+            changes.append(RowChange(t, dt, it))
+            out.append([t, [*map(get, dt)], [*map(get, it)]])
+    return tuple(changes), ("".join(_FLAT(out, 0)) if _FLAT is not None else _canon(out))
+
+
 @functools.lru_cache(maxsize=1024)
 def _claims_by_value(c: Claims | None) -> str:
     return _canon(claims_json(c))
@@ -256,9 +289,15 @@ def record_hash(rec: TxRecord) -> str:
                       rec.timestamp, rec.delta_json or delta_text(rec.changes))
 
 
+@icontract.require(lambda changes, delta: delta is None or delta == delta_text(changes),
+                   "a delta text given is the text of the changes", enabled=icontract.SLOW)
 def make_record(offset: int, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...], timestamp: int,
-                changes: tuple[RowChange, ...], prev_hash: str) -> TxRecord:
-    delta = delta_text(changes)
+                changes: tuple[RowChange, ...], prev_hash: str, delta: str | None = None) -> TxRecord:
+    """The record, hashed.  ``delta`` is ``delta_text(changes)`` when the caller has it already
+    (:func:`delta_parts`): checked by the contract above in the tests (``icontract.SLOW``), taken as
+    it is otherwise."""
+    if delta is None:
+        delta = delta_text(changes)
     arguments = args_text(args)
     body = _body_text(offset, kind, name, caller, arguments, timestamp,
                       hashlib.sha256(delta.encode("utf-8")).hexdigest())
@@ -279,7 +318,10 @@ def floors_after(kind: str, args: tuple[Any, ...], changes: tuple[RowChange, ...
     """:func:`record_floors` of a record with these parts."""
     if kind == "recovery":
         return int(args[0]), int(args[1])
-    if not any(c.table == "compute_assignment" and c.deletes for c in changes):
+    for c in changes:  # (a loop, not ``any`` over a generator: this runs per record restored)
+        if c.deletes and c.table == "compute_assignment":
+            break
+    else:
         return epoch_floor, version_floor  # the common case (appends): nothing to scan
     kept = {(c.table, TABLE_BY_NAME[c.table].key_of(row)) for c in changes for row in c.inserts}
     for c in changes:

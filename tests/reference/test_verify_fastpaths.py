@@ -377,6 +377,79 @@ def test_planted_bugs_in_the_delta_text_are_caught(name: str, old: str, new: str
         _delta_text_agrees(mod.delta_text_of)
 
 
+def _delta_parts_agree(delta_parts: Any) -> None:
+    """``delta_parts`` (the engine's sealing: sixth session) of per-table row lists: its text is the
+    oracle's, and its changes are the ``RowChange`` values built table by table in the schema's
+    order from the lists as they are (a table only if it has a row)."""
+    from reference.log import RowChange
+
+    def changes(deletes: dict[str, list[Any]], inserts: dict[str, list[Any]]) -> tuple[Any, ...]:
+        return tuple(RowChange(t.name, tuple(deletes.get(t.name, [])), tuple(inserts.get(t.name, [])))
+                     for t in TABLES if deletes.get(t.name) or inserts.get(t.name))
+
+    def both(deletes: dict[str, list[Any]], inserts: dict[str, list[Any]]) -> str:
+        got, text = delta_parts(deletes, inserts)
+        assert got == changes(deletes, inserts)
+        assert all(type(c.deletes) is tuple and type(c.inserts) is tuple for c in got)
+        return str(text)
+    _delta_text_agrees(both)
+    # the shapes an append, a first append and a checkpoint take: one table on each side, the same or not
+    rows = {TABLES[k].name: r for k, r in enumerate(_rows())}
+    for deletes, inserts in (({"sync_stream": [rows["sync_stream"]]},
+                              {"sync_stream": [rows["sync_stream"]], "sync_event": [rows["sync_event"]]}),
+                             ({}, {"sync_event": [rows["sync_event"]], "sync_stream": [rows["sync_stream"]]}),
+                             ({"sync_event": [rows["sync_event"]]}, {"sync_stream": [rows["sync_stream"]]}),
+                             ({"sync_checkpoint": [rows["sync_checkpoint"]]},
+                              {"sync_checkpoint": [rows["sync_checkpoint"]]}),
+                             ({}, {}), ({"sync_stream": []}, {"sync_event": []})):
+        assert both(deletes, inserts) == _delta_oracle(deletes, inserts)
+
+
+def test_the_delta_parts_of_per_table_lists_are_the_oracles() -> None:
+    from reference.log import delta_parts
+    _delta_parts_agree(delta_parts)
+
+
+def test_a_sealed_record_carries_the_text_of_its_changes_and_a_wrong_text_is_refused() -> None:
+    """The engine hands ``make_record`` the text ``delta_parts`` wrote: every record of a history of
+    every transaction kind carries ``delta_text`` of its changes, and hashes as the definition says;
+    a text that is not the changes' is refused by the contract (on in the tests)."""
+    import icontract
+
+    from reference.log import body_json, chain, make_record
+    _, records = _history()
+    for rec in records:
+        assert rec.delta_json == delta_text(rec.changes)
+        body = body_json(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, rec.changes)
+        assert rec.hash == chain(rec.prev_hash, body)
+    rec = next(r for r in records if r.changes)
+    with pytest.raises(icontract.ViolationError):
+        make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, rec.changes, rec.prev_hash,
+                    delta_text(rec.changes[1:]))
+
+
+PLANTED_PARTS = (
+    ("tables in the dicts' order", "tables = sorted(deletes.keys() | inserts.keys(), key=position)",
+     "tables = list(deletes.keys() | inserts.keys())"),
+    ("two tables left unsorted", "if len(deletes) + len(inserts) > 1", "if len(deletes) + len(inserts) > 2"),
+    ("an empty list keeps its table", "        if d or i:\n            dt = ",
+     "        if d is not None or i is not None:\n            dt = "),
+    ("the changes' deletes and inserts swapped", "changes.append(RowChange(t, dt, it))",
+     "changes.append(RowChange(t, it, dt))"),
+    ("the text's deletes written as the inserts", "out.append([t, [*map(get, dt)], [*map(get, it)]])",
+     "out.append([t, [*map(get, it)], [*map(get, it)]])"),
+    ("a list kept as it is", "dt = tuple(d) if d else ()", "dt = d if d else ()"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_PARTS, ids=[p[0] for p in PLANTED_PARTS])
+def test_planted_bugs_in_the_delta_parts_are_caught(name: str, old: str, new: str) -> None:
+    from reference import log
+    mod = edited_module(log, [(old, new)], name)
+    with pytest.raises((AssertionError, AttributeError)):
+        _delta_parts_agree(mod.delta_parts)
+
+
 def _matches_agrees(matches: Any) -> None:
     """``matches(data, ...)`` is ``data == the joined file`` (the oracle: the lines joined, then
     compared whole) for the file itself and for files one edit away from it."""
@@ -554,6 +627,11 @@ DELTA_CASES = [
     '[["sync_stream","ab",[]]]', '[["sync_stream",[],"ab"]]', '[["sync_stream",5,[]]]', '[["sync_stream",[],[[1,2]]]]',
     '[["sync_stream",[],[{"a":1}]]]', '[["sync_stream",[],[7]]]', '[["sync_stream",[],[]]]', '[[1,[],[]]]',
     '[[["x"],[[1]],[]]]', '[["sync_stream",[],[]],["sync_event",[]]]', '[["sync_stream",[],[],4]]',
+    # rows of a table with array columns that are not rows: a text of 12 characters (copied to a list,
+    # built), a short list, a dict, an array column holding a scalar, arrays on both sides
+    '[["sync_stream",[],["abcdefghijkl"]]]', '[["sync_stream",[["a"]],[]]]', '[["sync_stream",[{"a":1}],[]]]',
+    '[["sync_stream",[],[["s","c",1,0,0,2,1,5,7,7,3,4]]]]',
+    '[["sync_stream",[["s","c",2,1,4,5,1,5,7,7,[1],[4]]],[["s","c",2,1,4,6,1,5,7,8,[1,2],[4,[5]]]]]]',
 ]
 
 
@@ -596,6 +674,13 @@ PLANTED_DECODE = (
      "            if deletes or inserts:"),
     ("json.loads's leniency lost", "        changes = _json_array(text)\n",
      "        changes = _scan_json(text, 0)[0]\n"),
+    ("an array column left a list", "                r[i] = tuple(v)\n", "                r[i] = v\n"),
+    ("a row that is not a list taken as it is", "        if type(r) is not list:\n            r = list(r)\n",
+     "        if type(r) is not list:\n            pass\n"),
+    ("only the first array column", "        for i in arrays:\n            v = r[i]",
+     "        for i in arrays[:1]:\n            v = r[i]"),
+    ("the array rows' deletes built from the inserts", "RowChange(table, _array_rows(make, arrays, deletes)",
+     "RowChange(table, _array_rows(make, arrays, inserts)"),
 )
 
 
@@ -618,3 +703,33 @@ def test_args_text_is_the_json_array_of_the_arguments(args: Any) -> None:
     def plain(v: Any) -> Any:
         return [plain(x) for x in v] if isinstance(v, tuple | list) else v
     assert args_text(args) == json.dumps(plain(args), separators=(",", ":"), ensure_ascii=False)
+
+
+def _stored_claims_agree(claims_of_text: Any) -> None:
+    """Claims read from stored texts in runs and alternations (the order a log's records give them)
+    are those ``claims_from_json`` makes of each text itself."""
+    from reference.log import claims_from_json, claims_json
+    texts = [json.dumps(claims_json(c), separators=(",", ":"), ensure_ascii=False) for c in (
+        Claims("a" * 64, frozenset({"sync.append"}), ("s.*",)),
+        Claims("b" * 64, frozenset({"sync.append", "sync.admin"}), ("*",), "dev", "sess", "build-1", 2, 3),
+        None)]
+    for k in (0, 0, 1, 1, 0, 2, 2, 1, 0, 2, 0):
+        got = claims_of_text(texts[k])
+        assert got == claims_from_json(json.loads(texts[k])), k
+
+
+def test_the_claims_of_stored_texts_are_the_texts_claims() -> None:
+    _stored_claims_agree(durability._claims)
+
+
+PLANTED_LAST_CLAIMS = (
+    ("the last claims whatever the text", "    if text == last[0]:\n", "    if last[0] is not None:\n"),
+    ("the text remembered, not its claims", "    _last_claims = (text, claims)", "    _last_claims = (text, last[1])"),
+)
+
+
+@pytest.mark.parametrize(("name", "old", "new"), PLANTED_LAST_CLAIMS, ids=[p[0] for p in PLANTED_LAST_CLAIMS])
+def test_planted_bugs_in_the_last_claims_are_caught(name: str, old: str, new: str) -> None:
+    mod = edited_module(durability, [(old, new)], name)
+    with pytest.raises(AssertionError):
+        _stored_claims_agree(mod._claims)

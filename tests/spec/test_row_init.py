@@ -1,6 +1,7 @@
 """The rows' ``__init__`` (``spec.values.fast_init``) against the one ``dataclasses`` generates.
 
-(Also ``reference.log.TxRecord`` and ``reference.reducers.Ctx``, built once per record replayed.)
+(Also ``reference.log.TxRecord``, ``reference.log.RowChange`` and ``reference.reducers.Ctx``, built per record
+replayed or restarted and per append sealed.)
 
 Each row class gets an ``__init__`` that writes its slots through their descriptors instead of
 ``object.__setattr__`` by name (docs/performance.md, "verify-log, halved (fourth session)").  The
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from reference.log import TxRecord
+from reference.log import RowChange, TxRecord
 from reference.reducers import Ctx
 from spec import values
 from spec.values import (
@@ -36,7 +37,7 @@ from spec.values import (
 
 ROWS = (SyncStream, SyncEvent, SyncCheckpoint, SessionPresence, ProviderCapability, ComputeAssignment,
         BridgeOutbox, PresenceSignal, StreamSignal)
-ALL = (*ROWS, TxRecord, Ctx)  # and the two per-record values of reference/ that use it
+ALL = (*ROWS, TxRecord, RowChange, Ctx)  # and the per-record values of reference/ that use it
 
 
 def _twin(cls: type) -> type:

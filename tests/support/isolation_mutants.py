@@ -19,10 +19,10 @@ TARGET = str(Path(__file__).resolve().parents[1] / "reference" / "test_engine_is
 ISOLATION_MUTANTS: tuple[Mutant, ...] = (
     Mutant("offset_before_record", "reference.engine",
            (("            return make_record(self.committed + 1, kind, name, caller, args, self.now, changes, "
-             "self.head_hash)",
+             "self.head_hash, delta)",
              "            self.committed += 1\n"
              "            return make_record(self.committed, kind, name, caller, args, self.now, changes, "
-             "self.head_hash)"),),
+             "self.head_hash, delta)"),),
            "the attack run's freeze: the offset is taken before the record is built"),
     Mutant("seal_without_rollback", "reference.engine",
            (("        except Exception as exc:\n            tx.rollback()\n            raise InternalError(name, exc) "
