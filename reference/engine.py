@@ -39,7 +39,7 @@ import icontract
 
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
-from reference.log import GENESIS, TxRecord, delta_parts, make_record, record_floors, record_hash
+from reference.log import GENESIS, TxRecord, delta_parts, delta_text, make_record, record_floors, record_hash
 from reference.parsecache import ParseCache
 from spec import contracts
 from spec import query as q
@@ -705,6 +705,8 @@ class Engine:
     @icontract.snapshot(lambda self: (self.committed, self.head_hash, len(self.pending_records)), name="before")
     @icontract.ensure(lambda self, OLD: (self.committed, self.head_hash, len(self.pending_records)) == OLD.before,
                       "sealing moves nothing: the offset, the hash chain and the pending records are untouched")
+    @icontract.ensure(lambda result: result.delta_json == delta_text(result.changes),
+                      "the record carries the text of its changes (delta_parts wrote it)", enabled=icontract.SLOW)
     def _seal(self, tx: Txn, kind: str, name: str, caller: Claims | None, args: tuple[Any, ...]) -> TxRecord:
         """The commit record of ``tx`` at the next offset, built before anything moves.  Whatever
         raises here (text UTF-8 cannot carry, a bug) rolls ``tx`` back: :class:`InternalError`."""

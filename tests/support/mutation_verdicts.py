@@ -162,8 +162,8 @@ EQUIVALENT.update({
     # renumbered from _19 and _24 when chain_hash wrote the body inline (fifth session, branch snap)
     "reference.log.x_chain_hash__mutmut_6": _UTF8,
     "reference.log.x_chain_hash__mutmut_15": _UTF8,
-    "reference.log.x_make_record__mutmut_23": _UTF8,
-    "reference.log.x_make_record__mutmut_29": _UTF8,
+    "reference.log.x_make_record__mutmut_24": _UTF8,
+    "reference.log.x_make_record__mutmut_30": _UTF8,
     "reference.log.x__encode_flat__mutmut_1":
         "always _canon(value) instead of the prebuilt C encoder: _FLAT is _CANON's own C encoder with the same "
         "separators, sort_keys and allow_nan, built once and without the circular-reference markers, so on the "
@@ -396,8 +396,8 @@ MUTATED_LINE: dict[str, str] = {
     "reference.log.x_chain_hash__mutmut_6":
         'f\'"delta_hash":"{hashlib.sha256(delta.encode("UTF-8")).hexdigest()}","kind":{_name_text(kind)},\'',
     "reference.log.x_chain_hash__mutmut_15": 'return hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
-    "reference.log.x_make_record__mutmut_23": 'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
-    "reference.log.x_make_record__mutmut_29":
+    "reference.log.x_make_record__mutmut_24": 'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
+    "reference.log.x_make_record__mutmut_30":
         'digest = hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
     "reference.log.x__encode_flat__mutmut_1": "if _FLAT is not None:  # pragma: no cover",
     "reference.log.x__encode_flat__mutmut_9": 'return "".join(_FLAT(value, 1))',
