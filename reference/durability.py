@@ -342,6 +342,8 @@ class LogStore:
         self.checkpoints = 0  # checkpoints run (checkpoint_if_due)
         self.checkpoint_errors = 0  # of them, failed (the WAL keeps the data; the next one retries)
         self.recovery: RecoveryReport | None = None  # set by restart()
+        if not readonly:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoint_if_due runs it, after the hand-back
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False,
@@ -371,8 +373,7 @@ class LogStore:
             lock.close()
             raise RuntimeError(f"data directory {d} is in use by another process") from None
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                   cached_statements=4 * INSERT_ROWS)  # the INSERTs of 1..64 rows and the rest
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except BaseException:
             lock.close()
             raise
@@ -381,7 +382,6 @@ class LogStore:
             if mode != "wal":
                 raise RuntimeError(f"could not put {path} in WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoint_if_due runs it, after the hand-back
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
@@ -475,11 +475,11 @@ class LogStore:
     def save_policy(self, policy: Policy) -> None:
         self.set_meta("policy", _dumps(policy_json(policy)))
 
-    def write_batch(self, records: Sequence[TxRecord], *, checkpoint: bool = True) -> int:
-        """Write ``records`` in one SQLite transaction; return the last offset once COMMIT has
-        returned.  On any failure the transaction is rolled back and the exception propagates.
-        ``checkpoint=False`` leaves a due checkpoint to the caller (:meth:`checkpoint_if_due`):
-        the group-commit writer runs it after handing the durable offset back."""
+    def write_batch(self, records: Sequence[TxRecord]) -> int:
+        """Write ``records`` in one SQLite transaction; return the last offset once it has
+        committed.  On any failure the transaction is rolled back and the exception propagates.
+        It never checkpoints the WAL: :meth:`checkpoint_if_due` does, which the group-commit
+        writer calls after handing the durable offset back."""
         if not records:
             return self.last()[0]
         rows = [record_row(rec) for rec in records]
@@ -498,8 +498,6 @@ class LogStore:
                 self._conn.execute("ROLLBACK")
             raise
         self.wal_bytes += CHECKPOINT_COMMIT_BYTES + sum(len(row[4]) + len(row[6]) + 256 for row in rows)
-        if checkpoint:
-            self.checkpoint_if_due()
         return records[-1].offset
 
     def checkpoint_if_due(self) -> bool:
@@ -697,7 +695,7 @@ class GroupCommitWriter:
     def _write(self, batch: list[TxRecord]) -> None:
         try:
             started = time.monotonic()
-            offset = self._store.write_batch(batch, checkpoint=False)
+            offset = self._store.write_batch(batch)
             with self._cv:
                 self._last_commit_s = time.monotonic() - started
                 self._last_batch = len(batch)

@@ -144,14 +144,17 @@ def test_the_writer_checkpoints_after_handing_the_batch_back(tmp_path: Path, mon
     store.close()
 
 
-def test_a_direct_write_batch_checkpoints_when_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_batch_never_checkpoints_checkpoint_if_due_does(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(durability, "CHECKPOINT_BYTES", 1)
     store = LogStore.open(tmp_path)
-    recs = records(2)
-    store.write_batch(recs[:1], checkpoint=False)
+    recs = records(3)
+    store.write_batch(recs[:1])
+    store.write_batch(recs[1:2])
     assert store.checkpoints == 0 and store.wal_bytes > 0
-    store.write_batch(recs[1:])
-    assert store.checkpoints == 1 and store.wal_bytes == 0
+    store.write_batch(recs[2:])
+    assert store.checkpoint_if_due() and store.checkpoints == 1 and store.wal_bytes == 0
+    assert not store.checkpoint_if_due()  # nothing written since
     store.close()
 
 
