@@ -193,12 +193,6 @@ EQUIVALENT.update({
         "`or True` keeps stream.floor_seq when the stream is empty (head_seq < floor_seq); SEQ-1 (floor_seq <= "
         "head_seq + 1, a state invariant the contracts and machines check) makes it head_seq + 1 = next_seq then, "
         "the value the original picks",
-    "reference.durability.xǁLogStoreǁopen__mutmut_68":
-        "the writable connection opened without isolation_level=None (Python's legacy transaction control, "
-        "deferred): that control only adds a BEGIN before INSERT/UPDATE/DELETE run outside a transaction, and "
-        "every write here runs between the module's own BEGIN [IMMEDIATE] and COMMIT/ROLLBACK (open, write_batch, "
-        "set_meta; read_snapshot's BEGIN is explicit too), and executescript(_SCHEMA) runs with none open; a "
-        "future write outside an explicit transaction would make this mutant differ",
     "reference.durability.xǁLogStoreǁopen__mutmut_11":
         "uri=None for the read-only 'file:...?mode=ro' name: the SQLite this runs on (Debian's 3.40.1) is built "
         "with SQLITE_USE_URI=1, which reads file: names as URIs whatever the flag says (checked: the mutant opens "
