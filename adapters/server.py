@@ -56,13 +56,15 @@ import struct
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import prometheus_client as prom
 from aiohttp import WSMsgType, web
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from adapters import ops, ops_routes, satsjson, wire
 from adapters.auth import (
@@ -350,6 +352,22 @@ class DataDirError(Exception):
     """The data directory cannot be created, written, locked or read (an operator error)."""
 
 
+class KindCounts(Collector):
+    """A counter by message kind kept as plain integers (``prometheus_client``'s ``inc`` takes a
+    lock, per message on the read path), exposed as ``NAME_total{kind}`` as the counter was."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.counts: dict[str, int] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        out = CounterMetricFamily(self.name, self.documentation, labels=["kind"])
+        for kind, n in sorted(self.counts.items()):
+            out.add_metric([kind], n)
+        yield out
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = prom.CollectorRegistry()
@@ -361,7 +379,8 @@ class Metrics:
         self.closes = prom.Counter("syncref_closes", "Server-initiated closes by cause", ["cause"], registry=r)
         self.committed = prom.Gauge("syncref_committed_offset", "Last committed tx_offset", registry=r)
         self.durable = prom.Gauge("syncref_durable_offset", "Last durable tx_offset", registry=r)
-        self.messages_in = prom.Counter("syncref_client_messages", "Client messages by kind", ["kind"], registry=r)
+        self.messages_in = KindCounts("syncref_client_messages", "Client messages by kind")
+        r.register(self.messages_in)
         self.sends = SendCounts()  # syncref_server_messages, _encode_cache_hits, _frames_sent, _bytes_sent
         r.register(self.sends)
         self.http = prom.Counter("syncref_http_requests", "HTTP requests by route and status", ["route", "status"],
@@ -462,7 +481,7 @@ class SyncServer:
         self._round_again = False
         self._pump_scheduled = False  # _pump likewise (calls the reader handled itself: one pump for them all)
         self.taken_by_reader = 0  # messages a reader handed to the engine itself (ADR-0019), not via the queue
-        self._in_kinds: dict[str, Any] = {}  # syncref_client_messages children, resolved once
+        self._in_counts = self.metrics.messages_in.counts  # syncref_client_messages_total{kind}
         self.metrics.registry.register(StateCollector(self._state_metrics))
         self._rows = wire.RowCache()
         self._last_now = 0
@@ -1353,11 +1372,9 @@ class SyncServer:
     def _dispatch_one(self, s: Session, msg: wire.ClientMessage) -> None:
         engine = self.engine
         now = self._tick()
+        counts = self._in_counts
         kind = type(msg).__name__
-        counter = self._in_kinds.get(kind)
-        if counter is None:
-            counter = self._in_kinds[kind] = self.metrics.messages_in.labels(kind)
-        counter.inc()
+        counts[kind] = counts.get(kind, 0) + 1
         if isinstance(msg, wire.OneOffQuery):
             engine.one_off(s.conn_id, msg.request_id, msg.query_string)
             return
@@ -1386,17 +1403,25 @@ class SyncServer:
         """The BSATN body of an engine message, and its cache entry when it is shared.
 
         The engine hands every subscriber that sees the same rows the *same* ``TransactionUpdate``
-        object, so the encoded body is found by identity (no hashing of rows), and so is a snapshot
-        (``SubscribeApplied``: a replay's rows are built only when read); other messages (errors,
-        unsubscribes) are looked up by value.  The entry also keeps the body's framed forms
-        per compression, so a v2 frame is compressed once for all its receivers."""
+        object, so the encoded body is found by identity (no hashing of rows); other messages
+        (errors, unsubscribes) are looked up by value.  The entry also keeps the body's framed forms
+        per compression, so a v2 frame is compressed once for all its receivers.  A snapshot
+        (``SubscribeApplied``) is made by the engine for one subscribe and sent once: it is encoded
+        and not kept (kept, a gap replay's 30 KB body, frame and WebSocket frame stayed in the
+        cache until 16 MiB of them pushed out the shared updates; its rows are never hashed)."""
         self.metrics.sends.message(type(message).__name__)
         if isinstance(message, m.ReducerResult):
             ts = s.call_ts.pop(message.request_id, self._last_now)
             return wire.encode_reducer_result(message, ts, self._rows), None
-        # by identity: a TransactionUpdate is shared by its subscribers; a SubscribeApplied may hold
-        # a replay's rows, built only when read (hashing it by value would build them all)
-        key: object = id(message) if isinstance(message, m.TransactionUpdate | m.SubscribeApplied) else (message,)
+        if type(message) is m.SubscribeApplied:  # one receiver: nothing to share
+            parts = wire.encode_server_parts(wire.to_wire(message, cache=self._rows))
+            if len(parts) == 1:
+                return parts[0], None
+            if sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
+                return tuple(parts), None  # a replay's megabytes: framed as parts (ADR-0020 addendum)
+            return b"".join(parts), None
+        # by identity: a TransactionUpdate is shared by its subscribers
+        key: object = id(message) if isinstance(message, m.TransactionUpdate) else (message,)
         entry = self._bodies.get(key)
         if entry is not None and (entry.message is message or not isinstance(key, int)):
             self._bodies.move_to_end(key)

@@ -86,7 +86,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = '"offset", kind, name, caller_json, args_json, timestamp, changes_json, prev_hash, hash'
 _RESTART_BATCH = 1024  # records restart reads at a time (LogStore.record_batches), as verify-log does
-_INSERT = f"INSERT INTO commit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+CHECKPOINT_BYTES = 4 << 20  # the WAL (estimated) the writer lets grow before checkpointing it: SQLite's default
+CHECKPOINT_COMMIT_BYTES = 8192  # per COMMIT in that estimate: the b-tree pages besides the rows' own
+INSERT_ROWS = 64  # rows per multi-row INSERT statement (write_batch): 576 of SQLite's 32,766 variables
+
+
+@functools.lru_cache(maxsize=INSERT_ROWS)
+def _insert_rows(n: int) -> str:
+    """The ``INSERT`` of ``n`` commit-log rows in one statement (one ``sqlite3_step``)."""
+    return f"INSERT INTO commit_log ({_COLUMNS}) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
 
 
 class DurabilityError(RuntimeError):
@@ -330,7 +338,12 @@ class LogStore:
         self._lock = lock
         self._closed = False
         self.stall_while: Path | None = None  # fault injection: COMMIT waits while this file exists
+        self.wal_bytes = 0  # estimated WAL written since the last checkpoint (rows' text + pages per COMMIT)
+        self.checkpoints = 0  # checkpoints run (checkpoint_if_due)
+        self.checkpoint_errors = 0  # of them, failed (the WAL keeps the data; the next one retries)
         self.recovery: RecoveryReport | None = None  # set by restart()
+        if not readonly:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoint_if_due runs it, after the hand-back
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False,
@@ -463,28 +476,62 @@ class LogStore:
         self.set_meta("policy", _dumps(policy_json(policy)))
 
     def write_batch(self, records: Sequence[TxRecord]) -> int:
-        """Write ``records`` in one SQLite transaction; return the last offset once COMMIT has
-        returned.  On any failure the transaction is rolled back and the exception propagates."""
+        """Write ``records`` in one SQLite transaction; return the last offset once it has
+        committed.  On any failure the transaction is rolled back and the exception propagates.
+        It never checkpoints the WAL: :meth:`checkpoint_if_due` does, which the group-commit
+        writer calls after handing the durable offset back."""
         if not records:
             return self.last()[0]
         rows = [record_row(rec) for rec in records]
-        self._conn.execute("BEGIN IMMEDIATE")
+        statements = [(_insert_rows(len(chunk)), [v for row in chunk for v in row])
+                      for chunk in (rows[i:i + INSERT_ROWS] for i in range(0, len(rows), INSERT_ROWS))]
         try:
-            self._conn.executemany(_INSERT, rows)
-            self._commit()
+            if len(statements) == 1:  # the INSERT is its own transaction: BEGIN .. COMMIT in one step
+                self._commit(*statements[0])
+            else:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for sql, params in statements:
+                    self._conn.execute(sql, params)
+                self._commit()
         except BaseException:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise
+        self.wal_bytes += CHECKPOINT_COMMIT_BYTES + sum(len(row[4]) + len(row[6]) + 256 for row in rows)
         return records[-1].offset
 
-    def _commit(self) -> None:
-        """The COMMIT (and, with ``synchronous=FULL``, the WAL fsync).  A seam for fault tests: with
-        ``stall_while`` set (``[faults] stall_commits_while``), it first waits while that file exists
-        -- a disk that stalls, so committed transactions stay undurable for as long as a test needs."""
+    def checkpoint_if_due(self) -> bool:
+        """Once about :data:`CHECKPOINT_BYTES` were written to the WAL since the last checkpoint, copy
+        the WAL into the database file (``PRAGMA wal_checkpoint(PASSIVE)``: what SQLite's
+        auto-checkpoint would have run inside the COMMIT that crossed its threshold, ending with an
+        fsync of the database file) so that the next write restarts the WAL from its start.  The
+        connection's auto-checkpoint is off: run inside a COMMIT, it held that COMMIT's records'
+        hand-back for the checkpoint's writes and fsync (2-11 ms each, every ~60 COMMITs, in the
+        traces of docs/performance.md "Phase 12").  Durability does not depend on it: each
+        COMMIT's WAL fsync is.  A failed checkpoint is counted and retried at the next threshold,
+        as SQLite ignores its auto-checkpoint's errors.  Returns whether one ran."""
+        if self.wal_bytes < CHECKPOINT_BYTES:
+            return False
+        self.wal_bytes = 0
+        self.checkpoints += 1
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            self.checkpoint_errors += 1
+        return True
+
+    def _commit(self, sql: str = "COMMIT", params: Sequence[Any] = ()) -> None:
+        """The statement that commits (and, with ``synchronous=FULL``, fsyncs the WAL): ``COMMIT``,
+        or a batch's one ``INSERT`` run as its own transaction -- one step, so the writer thread
+        gives up and retakes the interpreter lock once per batch of up to :data:`INSERT_ROWS`
+        records instead of once each for BEGIN, every row (``executemany``) and COMMIT, each
+        retake up to a switch interval late behind a busy event loop (docs/performance.md
+        "Phase 12").  A seam for fault tests: with ``stall_while`` set (``[faults]
+        stall_commits_while``), it first waits while that file exists -- a disk that stalls, so
+        committed transactions stay undurable for as long as a test needs."""
         while self.stall_while is not None and self.stall_while.exists():
             time.sleep(0.005)
-        self._conn.execute("COMMIT")
+        self._conn.execute(sql, params)
 
     def set_meta(self, key: str, value: str) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
@@ -658,6 +705,7 @@ class GroupCommitWriter:
                 self._cv.notify_all()
             if self._on_durable is not None:
                 self._on_durable(offset, batch)
+            self._store.checkpoint_if_due()  # after the hand-back: its records wait for no checkpoint
         except BaseException as exc:
             with self._cv:
                 self._error = exc

@@ -1,8 +1,9 @@
 """The server's encode-once cache (``SyncServer._encode``), tested on its own.
 
-Shared messages (``TransactionUpdate``, ``SubscribeApplied``) are found by *identity*: the engine
-hands every subscriber of the same rows the same object, and a replay's ``SubscribeApplied`` may
-hold rows that are built only when read, so hashing it by value would build (and hash) them all.
+Shared messages (``TransactionUpdate``) are found by *identity*: the engine hands every subscriber
+of the same rows the same object, so its rows are never hashed.  A ``SubscribeApplied`` is made for
+one subscribe and sent once: it is encoded and not kept (its rows, a replay's built only when read,
+are never hashed either).
 Each case below is one rule of that cache; the expected bodies come from ``wire.encode_server``
 of a message built separately, not from the cache."""
 
@@ -32,6 +33,10 @@ def _applied(rows: tuple[SyncEvent, ...]) -> m.SubscribeApplied:
     return m.SubscribeApplied(7, 3, (m.TableRows("sync_event", Unhashable(rows)),))
 
 
+def _update(rows: tuple[SyncEvent, ...]) -> m.TransactionUpdate:
+    return m.TransactionUpdate(5, (m.QuerySetUpdate(3, (m.TableRows("sync_event", Unhashable(rows)),)),))
+
+
 def _server() -> srv.SyncServer:
     return srv.SyncServer(srv.ServerConfig(data_dir=Path("unused")))  # never started: no directory made
 
@@ -42,7 +47,7 @@ def _expected(message: m.ServerMessage) -> bytes:
 
 def test_a_shared_message_is_found_by_identity_and_never_hashed() -> None:
     server = _server()
-    msg = _applied((_event(1), _event(2)))
+    msg = _update((_event(1), _event(2)))
     body, entry = server._encode(None, msg)  # type: ignore[arg-type]  # the session is read for ReducerResult only
     assert body == _expected(msg) and entry is not None
     again, entry2 = server._encode(None, msg)  # type: ignore[arg-type]
@@ -51,7 +56,7 @@ def test_a_shared_message_is_found_by_identity_and_never_hashed() -> None:
 
 def test_an_equal_but_distinct_message_is_encoded_on_its_own() -> None:
     server = _server()
-    a, b = _applied((_event(1),)), _applied((_event(1),))
+    a, b = _update((_event(1),)), _update((_event(1),))
     body_a, _ = server._encode(None, a)  # type: ignore[arg-type]
     body_b, _ = server._encode(None, b)  # type: ignore[arg-type]
     assert body_a == body_b and body_a is not body_b and server.metrics.sends.encode_hits == 0
@@ -59,13 +64,27 @@ def test_an_equal_but_distinct_message_is_encoded_on_its_own() -> None:
 
 def test_an_entry_under_a_reused_id_is_not_served_for_another_message() -> None:
     server = _server()
-    old, new = _applied((_event(1),)), _applied((_event(2, '{"n":2}'),))
+    old, new = _update((_event(1),)), _update((_event(2, '{"n":2}'),))
     server._encode(None, old)  # type: ignore[arg-type]
     server._bodies[id(new)] = server._bodies.pop(id(old))  # as if new had been given old's id
     body, entry = server._encode(None, new)  # type: ignore[arg-type]
     assert body == _expected(new) and entry is not None and entry.message is new
     assert server.metrics.sends.encode_hits == 0
     assert server._body_bytes == sum(e.nbytes for e in server._bodies.values())  # the stale entry's bytes left
+
+
+def test_a_snapshot_is_encoded_for_its_one_receiver_and_not_kept() -> None:
+    server = _server()
+    shared = _update((_event(9),))
+    server._encode(None, shared)  # type: ignore[arg-type]
+    kept = dict(server._bodies)
+    msg = _applied((_event(1), _event(2)))
+    body, entry = server._encode(None, msg)  # type: ignore[arg-type]
+    assert body == _expected(msg) and entry is None
+    assert server._bodies == kept and server._body_bytes == sum(e.nbytes for e in kept.values())
+    again, entry2 = server._encode(None, msg)  # type: ignore[arg-type]  # (never asked twice; made again if it were)
+    assert again == body and entry2 is None and server.metrics.sends.encode_hits == 0
+    assert server.metrics.sends.messages == {"TransactionUpdate": 1, "SubscribeApplied": 2}
 
 
 def test_unshared_messages_are_found_by_value() -> None:
@@ -89,7 +108,7 @@ def test_a_body_over_the_item_bound_is_not_kept() -> None:
 
 def test_the_cache_keeps_at_most_its_item_bound_least_recently_used_first() -> None:
     server = _server()
-    messages = [_applied((_event(i),)) for i in range(1, srv.BODY_CACHE_ITEMS + 3)]
+    messages = [_update((_event(i),)) for i in range(1, srv.BODY_CACHE_ITEMS + 3)]
     for msg in messages:
         server._encode(None, msg)  # type: ignore[arg-type]
     assert len(server._bodies) == srv.BODY_CACHE_ITEMS

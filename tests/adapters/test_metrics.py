@@ -142,6 +142,11 @@ def test_metrics_move_with_the_workload(st: ServerThread) -> None:
     assert value(counted, "syncref_stale_cursors_total", reason="cursor_ahead_of_head") == 1
     assert value(counted, "syncref_stale_cursors_total", reason="replay_budget_exceeded") == 0
     assert value(counted, "syncref_replay_gap_events_count") == 1  # a refused resume replays nothing
+    # client messages by kind (plain integers in the server, exposed as the counter was): the
+    # subscribers' 3 and the resumer's 2 subscribes; the appends went over HTTP
+    assert value(counted, "syncref_client_messages_total", kind="Subscribe") == 5
+    assert not any(name == "syncref_client_messages_total" and "CallReducer" in str(labels)
+                   for name, labels in counted)
 
     # --- slow consumers: a confirmed reader whose queue passes max_outbound_queue (20) -------------
     assert value(counted, "syncref_slow_consumer_disconnects_total") == 0

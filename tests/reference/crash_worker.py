@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir
 from reference.log import TxRecord
@@ -54,9 +55,9 @@ _out = threading.Lock()
 class SlowStore(LogStore):
     delay = 0.0
 
-    def _commit(self) -> None:
+    def _commit(self, *args: Any) -> None:
         time.sleep(self.delay)
-        super()._commit()
+        super()._commit(*args)
 
 
 def emit(text: str) -> None:

@@ -30,11 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
-from reference.durability import DB_FILE, DurabilityError, GroupCommitWriter, LogStore, restart, sync
+from reference.durability import DB_FILE, INSERT_ROWS, DurabilityError, GroupCommitWriter, LogStore, restart, sync
 from reference.engine import Engine
 from reference.log import TxRecord
 from reference.replay import verify_log
@@ -200,17 +200,19 @@ def some_records(n: int, start: Engine | None = None) -> tuple[Engine, list[TxRe
 
 
 class HookedStore(LogStore):
-    """Runs ``hook`` just before the real COMMIT (inside the open SQLite transaction)."""
+    """Runs ``hook`` just before the statement that commits: the COMMIT inside the open SQLite
+    transaction, or a batch's single INSERT (a batch of up to ``INSERT_ROWS`` records)."""
 
     hook: ClassVar[list[Callable[[], None]]] = []
 
-    def _commit(self) -> None:
+    def _commit(self, *args: Any) -> None:
         for h in self.hook:
             h()
-        super()._commit()
+        super()._commit(*args)
 
 
-def test_durable_offset_moves_only_after_commit_returns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("n", [7, INSERT_ROWS + 3])
+def test_durable_offset_moves_only_after_commit_returns(tmp_path: Path, n: int) -> None:
     store = HookedStore.open(tmp_path)
     reported: list[int] = []
     writer = GroupCommitWriter(store, lambda offset, batch: reported.append(offset))
@@ -222,25 +224,26 @@ def test_durable_offset_moves_only_after_commit_returns(tmp_path: Path) -> None:
     seen: list[tuple[int, list[int], int]] = []
 
     def hook() -> None:
-        # the rows are written inside the transaction, COMMIT has not run: nothing may be durable yet
+        # COMMIT has not run (the rows are written inside the transaction, or, in one statement,
+        # not yet): nothing may be durable yet
         rows = store._conn.execute("SELECT count(*) FROM commit_log").fetchone()[0]
         seen.append((writer.durable_offset, list(reported), rows))
         in_commit.set()
         release.wait(10)
 
     HookedStore.hook = [hook]
-    _, more = some_records(7, Engine.recover(first, clean=True, now=0))
+    _, more = some_records(n, Engine.recover(first, clean=True, now=0))
     writer.append(more)
     assert in_commit.wait(10)
     time.sleep(0.2)  # COMMIT is "slow": the offset must not move meanwhile
     assert writer.durable_offset == 5 and reported == [5]
-    assert not writer.wait_durable(12, timeout=0.1)
+    assert not writer.wait_durable(5 + n, timeout=0.1)
     reader = sqlite3.connect(tmp_path / DB_FILE)
     assert reader.execute("SELECT max(\"offset\") FROM commit_log").fetchone()[0] == 5  # not committed
     release.set()
-    assert writer.flush() == 12 and reported == [5, 12]
-    assert reader.execute("SELECT max(\"offset\") FROM commit_log").fetchone()[0] == 12
-    assert seen == [(5, [5], 12)]
+    assert writer.flush() == 5 + n and reported == [5, 5 + n]
+    assert reader.execute("SELECT max(\"offset\") FROM commit_log").fetchone()[0] == 5 + n
+    assert seen == [(5, [5], 5 if n <= INSERT_ROWS else 5 + n)]
     reader.close()
     HookedStore.hook = []
     writer.close()

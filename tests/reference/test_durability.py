@@ -354,9 +354,9 @@ class GatedStore(LogStore):
 
     gate = threading.Event()
 
-    def _commit(self) -> None:
+    def _commit(self, *args: Any) -> None:
         self.gate.wait(10)
-        super()._commit()
+        super()._commit(*args)
 
 
 def test_group_commit_batches_the_backlog(tmp_path: Path) -> None:
@@ -442,10 +442,10 @@ class SlowStore(LogStore):
 
     delays: ClassVar[list[float]] = []
 
-    def _commit(self) -> None:
+    def _commit(self, *args: Any) -> None:
         if self.delays:
             time.sleep(self.delays.pop(0))
-        super()._commit()
+        super()._commit(*args)
 
 
 def _gathering_writer(tmp_path: Path, gather_s: float, delays: list[float]
@@ -585,11 +585,11 @@ class FailingOnceStore(LogStore):
 
     failures = 0
 
-    def _commit(self) -> None:
+    def _commit(self, *args: Any) -> None:
         if self.failures == 0:
             self.failures += 1
             raise _sqlite_error("disk I/O error", "SQLITE_IOERR_FSYNC")
-        super()._commit()
+        super()._commit(*args)
 
 
 @pytest.mark.parametrize("background", [False, True])

@@ -133,3 +133,49 @@ def test_a_plain_samples_report_counts_only_the_drawn_names(tmp_path: Path, monk
     assert mutate.report("reference/db.py", drawn[:1])["interval_95"] == [20.7, 100.0]  # 1 of 1, checked whole
     whole = mutate.report("reference/db.py")  # without the names: every verdict the copy holds
     assert (whole["mutants"], whole["killed"], whole["survived"]) == (4, 2, 2)
+
+
+def _mutant_texts(module: str, icontract: bool) -> str:
+    """Every mutant mutmut makes of today's ``module`` as one text (in memory, nothing written)."""
+    import contextlib
+    import io
+
+    from support.mutmut_icontract import patched
+    here = Path.cwd()
+    os.chdir(mutate.ROOT)  # mutmut reads its configuration from the working directory's pyproject.toml
+    try:
+        from mutmut.__main__ import write_all_mutants_to_file
+        out = io.StringIO()
+        with patched() if icontract else contextlib.nullcontext():
+            write_all_mutants_to_file(out=out, source=(mutate.ROOT / module).read_text(), filename=Path(module))
+    finally:
+        os.chdir(here)
+    return out.getvalue()
+
+
+def test_every_pinned_equivalent_is_still_the_mutant_it_describes() -> None:
+    """``MUTATED_LINE`` pins each equivalence claim to its mutated line; a change to a module renumbers its
+    mutants, and a claim whose number now names another mutant would hide that one as "equivalent" (the
+    name check above passed while ``make_record``'s two 'UTF-8' mutants had moved from 23/29 to 24/30).  So
+    each pinned line must be in the named mutant's own function, as mutmut makes it from today's source
+    (with ``--icontract``'s lifted functions for a mutant only that run makes)."""
+    import re
+
+    from support.mutation_verdicts import MUTATED_LINE
+    by_module: dict[str, list[str]] = {}
+    for name in MUTATED_LINE:
+        by_module.setdefault(name.rsplit(".", 1)[0].replace(".", "/") + ".py", []).append(name)
+    wrong = []
+    for module, names in sorted(by_module.items()):
+        texts: dict[bool, str] = {}
+        for name in names:
+            function = name.rsplit(".", 1)[1]
+            for flag in (False, True):  # the --icontract text only when the plain one lacks the mutant
+                if flag not in texts:
+                    texts[flag] = _mutant_texts(module, flag)
+                found = re.search(rf"^([ \t]*)def {re.escape(function)}\(.*?(?=^\1\S|\Z)", texts[flag], re.M | re.S)
+                if found is not None:
+                    break
+            if found is None or MUTATED_LINE[name] not in found.group(0):
+                wrong.append(name)
+    assert not wrong, f"equivalence claims whose number names another mutant today: {wrong}"

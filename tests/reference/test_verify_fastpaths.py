@@ -410,22 +410,30 @@ def test_the_delta_parts_of_per_table_lists_are_the_oracles() -> None:
     _delta_parts_agree(delta_parts)
 
 
-def test_a_sealed_record_carries_the_text_of_its_changes_and_a_wrong_text_is_refused() -> None:
+def test_a_sealed_record_carries_the_text_of_its_changes_and_a_wrong_text_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine hands ``make_record`` the text ``delta_parts`` wrote: every record of a history of
     every transaction kind carries ``delta_text`` of its changes, and hashes as the definition says;
-    a text that is not the changes' is refused by the contract (on in the tests)."""
+    a text that is not the changes' is refused by ``Engine._seal``'s contract (on in the tests)."""
     import icontract
 
-    from reference.log import body_json, chain, make_record
+    import reference.engine
+    from reference.log import body_json, chain, delta_parts
     _, records = _history()
     for rec in records:
         assert rec.delta_json == delta_text(rec.changes)
         body = body_json(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, rec.changes)
         assert rec.hash == chain(rec.prev_hash, body)
-    rec = next(r for r in records if r.changes)
-    with pytest.raises(icontract.ViolationError):
-        make_record(rec.offset, rec.kind, rec.name, rec.caller, rec.args, rec.timestamp, rec.changes, rec.prev_hash,
-                    delta_text(rec.changes[1:]))
+
+    def wrong_text(deletes: Any, inserts: Any) -> tuple[Any, str]:
+        changes, _ = delta_parts(deletes, inserts)
+        return changes, delta_text(changes[1:])  # the text of all but the first table's change
+
+    eng = Engine(POLICY)
+    eng.admin_call(WRITER, "append_sync_event", ("s.a", "k0", "{}", None, None))  # creates the stream: 2 tables
+    monkeypatch.setattr(reference.engine, "delta_parts", wrong_text)
+    with pytest.raises(icontract.ViolationError, match="the record carries the text of its changes"):
+        eng.admin_call(WRITER, "append_sync_event", ("s.a", "k1", "{}", None, None))
 
 
 PLANTED_PARTS = (

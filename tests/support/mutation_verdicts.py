@@ -162,8 +162,8 @@ EQUIVALENT.update({
     # renumbered from _19 and _24 when chain_hash wrote the body inline (fifth session, branch snap)
     "reference.log.x_chain_hash__mutmut_6": _UTF8,
     "reference.log.x_chain_hash__mutmut_15": _UTF8,
-    "reference.log.x_make_record__mutmut_23": _UTF8,
-    "reference.log.x_make_record__mutmut_29": _UTF8,
+    "reference.log.x_make_record__mutmut_24": _UTF8,
+    "reference.log.x_make_record__mutmut_30": _UTF8,
     "reference.log.x__encode_flat__mutmut_1":
         "always _canon(value) instead of the prebuilt C encoder: _FLAT is _CANON's own C encoder with the same "
         "separators, sort_keys and allow_nan, built once and without the circular-reference markers, so on the "
@@ -193,12 +193,6 @@ EQUIVALENT.update({
         "`or True` keeps stream.floor_seq when the stream is empty (head_seq < floor_seq); SEQ-1 (floor_seq <= "
         "head_seq + 1, a state invariant the contracts and machines check) makes it head_seq + 1 = next_seq then, "
         "the value the original picks",
-    "reference.durability.xǁLogStoreǁopen__mutmut_68":
-        "the writable connection opened without isolation_level=None (Python's legacy transaction control, "
-        "deferred): that control only adds a BEGIN before INSERT/UPDATE/DELETE run outside a transaction, and "
-        "every write here runs between the module's own BEGIN [IMMEDIATE] and COMMIT/ROLLBACK (open, write_batch, "
-        "set_meta; read_snapshot's BEGIN is explicit too), and executescript(_SCHEMA) runs with none open; a "
-        "future write outside an explicit transaction would make this mutant differ",
     "reference.durability.xǁLogStoreǁopen__mutmut_11":
         "uri=None for the read-only 'file:...?mode=ro' name: the SQLite this runs on (Debian's 3.40.1) is built "
         "with SQLITE_USE_URI=1, which reads file: names as URIs whatever the flag says (checked: the mutant opens "
@@ -396,8 +390,8 @@ MUTATED_LINE: dict[str, str] = {
     "reference.log.x_chain_hash__mutmut_6":
         'f\'"delta_hash":"{hashlib.sha256(delta.encode("UTF-8")).hexdigest()}","kind":{_name_text(kind)},\'',
     "reference.log.x_chain_hash__mutmut_15": 'return hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
-    "reference.log.x_make_record__mutmut_23": 'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
-    "reference.log.x_make_record__mutmut_29":
+    "reference.log.x_make_record__mutmut_24": 'hashlib.sha256(delta.encode("UTF-8")).hexdigest())',
+    "reference.log.x_make_record__mutmut_30":
         'digest = hashlib.sha256((prev_hash + body).encode("UTF-8")).hexdigest()',
     "reference.log.x__encode_flat__mutmut_1": "if _FLAT is not None:  # pragma: no cover",
     "reference.log.x__encode_flat__mutmut_9": 'return "".join(_FLAT(value, 1))',
