@@ -514,3 +514,28 @@ EQUIVALENT.update({
         "typing.cast(None, dispatch) returns dispatch unchanged, as cast(F, dispatch) does: cast only informs "
         "the type checker",
 })
+
+# the sixth session's draw (48 each of engine.py, durability.py and log.py, seed 6, on main c4e8faa; a partial
+# run: docs/mutation.md "Fifth sample")
+EQUIVALENT["reference.engine.xǁEngineǁ_candidates__mutmut_36"] = (
+    "the watermark read from another column (None): the candidates are then the stream's whole log instead of "
+    "its slice after the watermark, and _snapshot matches every candidate against the whole query (seq > W "
+    "included), so the snapshot's rows are the same; only slower")
+MUTATED_LINE["reference.engine.xǁEngineǁ_candidates__mutmut_36"] = 'w = q.lower_bound_exclusive(query, "XXseqXX")'
+EQUIVALENT["reference.engine.xǁEngineǁ_snapshot__mutmut_15"] = (
+    "the resume fast path never taken (rows = None): the general path below matches the same query over the "
+    "same candidates with can_read, which _resume_rows is the shortcut of (its docstring: 'what _snapshot would "
+    "give for the query alone'; tests/reference/test_resume_fast_path.py holds both to the same hand-written "
+    "seqs), so the same rows in the same order, as a tuple instead of a RetainedRows view, which the wire "
+    "encodes as the same bytes")
+MUTATED_LINE["reference.engine.xǁEngineǁ_snapshot__mutmut_15"] = "rows = None"
+EQUIVALENT["reference.log.x_delta_text_of__mutmut_29"] = (
+    "_canon(out) where _FLAT exists: _FLAT is _CANON's own C encoder with the same settings (as "
+    "x__encode_flat__mutmut_1), so the same text")
+MUTATED_LINE["reference.log.x_delta_text_of__mutmut_29"] = (
+    'return "".join(_FLAT(out, 0)) if _FLAT is None else _canon(out)')
+EQUIVALENT["reference.log.x_delta_text_of__mutmut_30"] = (
+    "_canon(None) on the branch taken only without the C encoder (_FLAT is None), which CPython 3.11 always has "
+    "(the '# pragma: no cover' branch of x__encode_flat__mutmut_1)")
+MUTATED_LINE["reference.log.x_delta_text_of__mutmut_30"] = (
+    'return "".join(_FLAT(out, 0)) if _FLAT is not None else _canon(None)')
