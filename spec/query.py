@@ -78,7 +78,7 @@ class Comparison:
     @icontract.ensure(lambda self, actual, result: result == bool(_COMPARE[FLIPPED[self.op]](self.value, actual)),
                       "`column op v` holds exactly when `v flipped-op column` does (the FLIPPED table is right)",
                       enabled=contracts.PER_ROW)
-    def holds(self, actual: object) -> bool:
+    def holds(self, actual: int | str | bool | None) -> bool:
         """:raises TypeError: ``actual`` is not comparable with the literal"""
         return bool(_COMPARE[self.op](actual, self.value))
 
