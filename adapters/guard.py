@@ -9,7 +9,8 @@ are handled below aiohttp:
   (``accept`` failing for everyone).  Below the cap it hands the connection to aiohttp's
   request handler through :class:`_Counted`, a transparent protocol wrapper whose only job is
   to notice when the connection is gone.  The cap is also kept below the process's descriptor
-  limit (:func:`descriptor_budget`).
+  limit (:func:`descriptor_budget`), after the soft limit is raised toward the hard one
+  (:func:`raise_descriptor_limit`).
 * :class:`RateLimitedLog` writes at most one line per key and interval and says how many it
   suppressed, and :func:`quiet_loop_errors` routes the event loop's own error reports (a failing
   ``accept``, say) through it as one line without a traceback.
@@ -25,8 +26,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-LISTEN_BACKLOG = 100  # asyncio accepts up to this many connections per wake-up, before any is refused
-DESCRIPTOR_RESERVE = 64 + LISTEN_BACKLOG  # kept for the log, its WAL, the key file, stdio, and that burst
+LISTEN_BACKLOG = 511  # connections the kernel queues before accept (Redis's and nginx's default; ADR-0030)
+DESCRIPTOR_RESERVE = 64 + LISTEN_BACKLOG  # kept for the log, its WAL, the key file, stdio, and a burst of accepts
+
+
+def raise_descriptor_limit(want: int) -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` toward ``want``, never past the hard limit and never down;
+    returns the soft limit before and after.  The soft limit is the one that bites (Debian and
+    systemd start services at a soft 1024 under a hard 524288 or more); Redis and Go's runtime raise
+    it the same way at start.  Nothing in the process uses ``select(2)``, the reason the soft default
+    is low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft, soft
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target <= soft:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, target
 
 
 def descriptor_budget(cap: int, reserve: int = DESCRIPTOR_RESERVE) -> int:

@@ -78,7 +78,15 @@ from adapters.auth import (
     Verified,
 )
 from adapters.bsatn import BsatnError
-from adapters.guard import LISTEN_BACKLOG, ConnectionGate, RateLimitedLog, descriptor_budget, quiet_loop_errors
+from adapters.guard import (
+    DESCRIPTOR_RESERVE,
+    LISTEN_BACKLOG,
+    ConnectionGate,
+    RateLimitedLog,
+    descriptor_budget,
+    quiet_loop_errors,
+    raise_descriptor_limit,
+)
 from adapters.observe import (
     COUNT_BOUNDS,
     LATENCY_BOUNDS_S,
@@ -575,6 +583,10 @@ class SyncServer:
             await self._runner.setup()
             handler = self._runner.server
             assert handler is not None
+            before, after = raise_descriptor_limit(cfg.limits.max_connections + DESCRIPTOR_RESERVE)
+            if after > before:
+                log.info("descriptor limit (ulimit -n) raised from %d to %d for max_connections %d",
+                         before, after, cfg.limits.max_connections)
             cap = descriptor_budget(cfg.limits.max_connections)
             if cap < cfg.limits.max_connections:
                 log.warning("max_connections lowered from %d to %d to stay below the descriptor limit "

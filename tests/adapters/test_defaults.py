@@ -49,12 +49,10 @@ def test_limits_defaults() -> None:
         "ping_interval_s": 15.0, "idle_timeout_s": 30.0, "close_timeout_s": 5.0, "send_timeout_s": 60.0,
         "header_timeout_s": 10.0, "body_timeout_s": 30.0, "max_sql_bytes": 64 * 1024, "max_call_body_bytes": MIB,
         "max_sql_statements": 64, "max_sql_rows": 100_000, "max_sql_response_bytes": 16 * MIB,
-        "max_query_bytes": 8 * 1024, "max_query_conjuncts": 32,
+        "max_query_bytes": 8 * 1024, "max_query_conjuncts": 32, "max_queries_per_connection": 64,
+        "max_connections": 1000, "max_connections_per_identity": 64,
     }
-    actual = dataclasses.asdict(Limits())
-    assert {k: actual[k] for k in expected} == expected
-    unpinned = sorted(set(actual) - set(expected))
-    assert all(isinstance(actual[k], int | float) and actual[k] > 0 for k in unpinned), unpinned
+    assert dataclasses.asdict(Limits()) == expected  # every field: a new limit gets its default written here
 
 
 def test_policy_defaults() -> None:
@@ -126,3 +124,60 @@ def test_delivery_slice_is_pinned() -> None:
     from adapters.server import DELIVER_CHECK, DELIVER_SLICE_S
 
     assert (DELIVER_SLICE_S, DELIVER_CHECK) == (0.001, 16)
+
+
+def test_log_and_shape_bounds_are_pinned() -> None:
+    """ADR-0029 / docs/operations.md: the group commit's multi-row INSERT takes up to 8 records (64
+    raised memory per retained event by ~15 %, "Phase 12"), the writer checkpoints the WAL itself
+    about every 4 MiB; docs/protocol.md: at most 256 shapes are kept after their last subscriber."""
+    from reference.durability import CHECKPOINT_BYTES, INSERT_ROWS
+    from reference.engine import IDLE_SHAPES
+
+    assert (INSERT_ROWS, CHECKPOINT_BYTES, IDLE_SHAPES) == (8, 4 * MIB, 256)
+
+
+def test_listen_backlog_and_descriptor_reserve_are_pinned() -> None:
+    """ADR-0030, docs/operations.md: the kernel queues 511 connections before accept, and 64 + 511
+    descriptors are kept out of the connection cap."""
+    from adapters.guard import DESCRIPTOR_RESERVE, LISTEN_BACKLOG
+
+    assert (LISTEN_BACKLOG, DESCRIPTOR_RESERVE) == (511, 575)
+
+
+def test_the_listen_queue_holds_a_storm_while_the_loop_is_busy(tmp_path: Path) -> None:
+    """What the backlog is for, measured on the socket: while the server's event loop is busy (a
+    reducer run, a delivery pass), 300 clients connecting at once each complete the TCP handshake
+    at once -- the kernel queues them.  With asyncio's default of 100 the 102nd and later SYNs are
+    dropped and their clients wait for the SYN resend, about a second (the reconnect storm in
+    docs/performance.md)."""
+    import socket
+    import threading
+    import time
+
+    with running_server(tmp_path) as st:
+        busy = threading.Event()
+
+        def hold_the_loop() -> None:
+            busy.set()
+            time.sleep(2.0)
+
+        holder = threading.Thread(target=st.call, args=(hold_the_loop,))
+        holder.start()
+        assert busy.wait(10)
+        socks: list[socket.socket] = []
+        slow: list[int] = []
+        try:
+            for k in range(300):
+                started = time.monotonic()
+                try:
+                    socks.append(socket.create_connection(("127.0.0.1", st.server.port), timeout=0.5))
+                except OSError:
+                    slow.append(k)
+                    break
+                if time.monotonic() - started > 0.25:
+                    slow.append(k)
+        finally:
+            holder.join()
+            for s in socks:
+                s.close()
+    assert slow == [] and len(socks) == 300, f"connections that waited: {slow[:5]} of {len(socks)} made"

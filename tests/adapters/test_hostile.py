@@ -688,9 +688,10 @@ def test_a_token_that_expires_closes_its_connection(tmp_path: Path) -> None:
 
 
 def test_descriptor_exhaustion_is_refused_quietly(tmp_path: Path) -> None:
-    """Under ``ulimit -n 256`` the connection cap drops below the descriptor limit, sockets past
-    it are answered 503, and the log stays a few lines (the attack run: ~1.3 MB/s of tracebacks)."""
-    prefix = ("bash", "-c", 'ulimit -n 256 && exec "$@"', "bash")
+    """Under ``ulimit -n 700`` (soft and hard) the connection cap drops below the descriptor limit
+    (700 - 575 = 125), sockets past it are answered 503, and the log stays a few lines (the attack
+    run: ~1.3 MB/s of tracebacks)."""
+    prefix = ("bash", "-c", 'ulimit -n 700 && exec "$@"', "bash")
     with serve_process(tmp_path / "d", env=server_env(), prefix=prefix) as served:
         port = int(served.url.rsplit(":", 1)[1])
         socks = []
@@ -713,6 +714,27 @@ def test_descriptor_exhaustion_is_refused_quietly(tmp_path: Path) -> None:
     print(f"[emfile] server log: {len(log)} bytes")
     assert "max_connections lowered" in log
     assert len(log) < 4096, log[:2000]
+
+
+def test_a_low_soft_descriptor_limit_is_raised_at_start(tmp_path: Path) -> None:
+    """ADR-0030: under a soft ``ulimit -n 256`` with a higher hard limit (systemd's service default
+    is soft 1024), the server raises its soft limit to max_connections + 575 and keeps the
+    connection cap whole, instead of lowering it to 1."""
+    import resource
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1000 + 575:
+        pytest.skip(f"the hard descriptor limit here is {hard}, below max_connections + 575")
+    prefix = ("bash", "-c", 'ulimit -S -n 256 && exec "$@"', "bash")
+    with serve_process(tmp_path / "d", env=server_env(), prefix=prefix) as served:
+        pid = served.proc.pid
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert http("GET", f"{served.url}/v1/ping").status == 200
+        status, _lines = served.stop()
+        assert status == 0
+    row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert row.split()[3] == "1575", row
+    log = (tmp_path / "d-server.log").read_text()
+    assert "max_connections lowered" not in log, log[:2000]  # the cap kept whole: nothing to warn about
 
 
 def test_sigterm_stops_a_server_under_attack(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from support.sats_strategies import row_st_for
 
 from adapters import bsatn, satsjson, wire
-from adapters.guard import ConnectionGate, RateLimitedLog, descriptor_budget
+from adapters.guard import ConnectionGate, RateLimitedLog, descriptor_budget, raise_descriptor_limit
 from adapters.server import Limits, sql_answer
 from reference.engine import limit_exceeded
 from spec import messages as sm
@@ -211,9 +211,42 @@ def test_connection_gate_counts_and_refuses_past_its_cap() -> None:
 def test_descriptor_budget_stays_below_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     import resource
     monkeypatch.setattr(resource, "getrlimit", lambda _which: (1024, 4096))
-    assert descriptor_budget(1000) == 1024 - 164 and descriptor_budget(100) == 100
+    assert descriptor_budget(1000) == 1024 - 575 and descriptor_budget(100) == 100
+    assert descriptor_budget(1000, reserve=1100) == 1  # never 0 or below: one connection is still served
     monkeypatch.setattr(resource, "getrlimit", lambda _which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert descriptor_budget(1000) == 1000
+
+
+INF = -1  # resource.RLIM_INFINITY on Linux, written out
+
+
+@pytest.mark.parametrize(("soft", "hard", "want", "after", "set_to"), [
+    (1024, 524288, 1575, 1575, (1575, 524288)),   # systemd's service default: raised to what is wanted
+    (1024, 1200, 1575, 1200, (1200, 1200)),       # up to the hard limit, no further
+    (1024, 1024, 1575, 1024, None),               # soft = hard: nothing to raise
+    (4096, 524288, 1575, 4096, None),             # already enough: never lowered
+    (1024, INF, 1575, 1575, (1575, INF)),         # no hard limit
+    (INF, INF, 1575, INF, None),                  # no limit at all
+])
+def test_raise_descriptor_limit_table(monkeypatch: pytest.MonkeyPatch, soft: int, hard: int, want: int,
+                                      after: int, set_to: tuple[int, int] | None) -> None:
+    import resource
+    assert resource.RLIM_INFINITY == INF
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (soft, hard))
+    monkeypatch.setattr(resource, "setrlimit", lambda _which, limits: calls.append(tuple(limits)))
+    assert raise_descriptor_limit(want) == (soft, after)
+    assert calls == ([] if set_to is None else [set_to])
+
+
+def test_raise_descriptor_limit_keeps_the_soft_limit_when_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    def refuse(_which: int, _limits: tuple[int, int]) -> None:
+        raise ValueError("not allowed")
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (1024, 8192))
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    assert raise_descriptor_limit(1575) == (1024, 1024)
 
 
 # --- Limits -----------------------------------------------------------------------------------------------
