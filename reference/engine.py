@@ -877,13 +877,16 @@ class Engine:
             found = per_client[(conn_id, qs_id)]
             if len(found) > 1 and len({part[0] for part in found}) < len(found):
                 # several shapes of one query set matched one table: merge them per table (a table
-                # matched by one shape keeps its tuples, deduplicated and in transaction order already)
+                # matched by one shape keeps its tuples, deduplicated and in transaction order already).
+                # The merged parts are kept in per_client until the fanout ends: `single` is keyed by a
+                # part's id, and a freed part's id is soon another connection's merged part's.
                 merged: dict[str, tuple[list[Row], list[Row]]] = {}
                 for t, i, d in found:
                     both = merged.setdefault(t, ([], []))
                     both[0].extend(i)
                     both[1].extend(d)
-                found = [(t, in_tx_order(i), in_tx_order(d)) for t, (i, d) in merged.items()]
+                found = per_client[(conn_id, qs_id)] = [(t, in_tx_order(i), in_tx_order(d))
+                                                         for t, (i, d) in merged.items()]
             if len(found) == 1:  # the common case: one shape of the query set matched
                 only = found[0]
                 update = single.get((qs_id, id(only)))

@@ -396,6 +396,31 @@ def test_receivers_of_one_group_share_one_queue_entry() -> None:
     assert len(entries) == 1
 
 
+@pytest.mark.parametrize("pattern", ["**bb", "*b*b", "*bbb*b", "b*b**b*bb"])
+def test_merged_query_sets_never_take_another_connections_update(pattern: str) -> None:
+    """Query sets whose two shapes of one table both match are merged per connection, each into a
+    new tuple; a memo keyed by such a tuple's id must not hand a later connection, whose merged
+    tuple reuses the freed address, another's update (here: rows of a stream it is not granted)."""
+    eng = Engine()
+    writer = eng.connect(claims(99, ("*",)), confirmed=False)
+    subs = []
+    for i, kind in enumerate(pattern):
+        grants, texts = ((("*",), (QUERIES[3], EVENTS_A1)) if kind == "*" else
+                         (("s.b1",), (QUERIES[3], "SELECT * FROM sync_event WHERE epoch = 1")))
+        subs.append(eng.connect(claims(i, grants), confirmed=False))
+        eng.handle(subs[-1], Subscribe(1, 1, texts))
+    for k in range(3):
+        for s in subs:
+            eng.conns[s].outbound.clear()
+        append(eng, writer, k + 1)
+        delta = {"sync_event": ([eng.db.logs["s.a1"].events[-1]], [])}
+        for s in subs:
+            conn = eng.conns[s]
+            want = expected_updates(conn.query_sets, conn.claims, delta)
+            got = [o.message for o in conn.outbound]
+            assert got == ([TransactionUpdate(eng.committed, want)] if want else []), (pattern, k, s)
+
+
 def plans_of(eng: Engine) -> list[Plan]:
     return [shape.plan for s in eng.shapes.values() for shape in s.values() if shape.plan is not None]
 
