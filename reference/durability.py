@@ -481,11 +481,15 @@ class LogStore:
 
     def write_batch(self, records: Sequence[TxRecord]) -> int:
         """Write ``records`` in one SQLite transaction; return the last offset once it has
-        committed.  On any failure the transaction is rolled back and the exception propagates.
+        committed.  On any failure the transaction is rolled back and the exception propagates;
+        inside a transaction already open on the connection, :class:`DurabilityError` (nothing is
+        written: a one-statement batch would have joined that transaction, left uncommitted).
         It never checkpoints the WAL: :meth:`checkpoint_if_due` does, which the group-commit
         writer calls after handing the durable offset back."""
         if not records:
             return self.last()[0]
+        if self._conn.in_transaction:  # a one-statement batch would join it and return uncommitted
+            raise DurabilityError("write_batch inside an open transaction: its records would not be committed")
         rows = [record_row(rec) for rec in records]
         statements = [(_insert_rows(len(chunk)), [v for row in chunk for v in row])
                       for chunk in (rows[i:i + INSERT_ROWS] for i in range(0, len(rows), INSERT_ROWS))]

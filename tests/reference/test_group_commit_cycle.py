@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import reference.durability as durability
-from reference.durability import DB_FILE, INSERT_ROWS, GroupCommitWriter, LogStore
+from reference.durability import DB_FILE, INSERT_ROWS, DurabilityError, GroupCommitWriter, LogStore
 from reference.engine import Engine
 from reference.log import TxRecord
 from spec.auth import Claims
@@ -74,6 +74,26 @@ def test_a_failed_batch_insert_writes_nothing(tmp_path: Path) -> None:
     assert store.last()[0] == recs[4].offset
     store.write_batch(recs[5:])
     assert store.last()[0] == recs[-1].offset
+    store.close()
+
+
+@pytest.mark.parametrize("n", [1, INSERT_ROWS + 1])
+def test_a_batch_inside_an_open_transaction_is_refused_not_left_uncommitted(tmp_path: Path, n: int) -> None:
+    """A one-statement batch runs as its own transaction only in autocommit mode: inside a read
+    transaction open on the same connection it would join it and return uncommitted (lost if the
+    process dies before that transaction ends), so it is refused as BEGIN IMMEDIATE refused it,
+    and the open transaction is left alone."""
+    recs = records(n)
+    store = LogStore.open(tmp_path)
+    with store.read_snapshot():
+        with pytest.raises(DurabilityError):
+            store.write_batch(recs)
+        assert store._conn.in_transaction  # the reader's transaction, not rolled back under it
+    assert store.last()[0] == 0
+    store.write_batch(recs)  # and outside one, it commits
+    other = sqlite3.connect(tmp_path / DB_FILE)
+    assert other.execute("SELECT count(*) FROM commit_log").fetchone()[0] == n
+    other.close()
     store.close()
 
 
