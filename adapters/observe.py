@@ -19,7 +19,9 @@ What each metric means (docs/operations.md, "Metrics"):
 * ``syncref_replay_gap_events`` (histogram): for each accepted resume query, how many events it
   replays (head seq - the watermark);
 * ``syncref_group_commit_batch_records`` (histogram): records per COMMIT of the writer;
-* ``syncref_durability_lag_offsets``: committed minus durable offset.
+* ``syncref_durability_lag_offsets``: committed minus durable offset;
+* ``syncref_wal_checkpoints_total``, ``syncref_wal_checkpoint_errors_total``: the WAL checkpoints the
+  commit-log writer ran, and how many failed.
 """
 
 from __future__ import annotations
@@ -94,12 +96,13 @@ class CommitClock:
 
 class StateCollector(Collector):
     """Gauges computed when ``/metrics`` is scraped, from ``state()``: a dict with
-    ``lags`` (conn id -> offsets behind), ``durability_lag`` and ``outbox_pending``."""
+    ``lags`` (conn id -> offsets behind), ``durability_lag`` and ``outbox_pending``; and two
+    counters, ``wal_checkpoints`` and ``wal_checkpoint_errors`` (the commit-log writer's, ADR-0029)."""
 
     def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
         self.state = state
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = self.state()
         lags: dict[int, int] = now["lags"]
         per = GaugeMetricFamily("syncref_subscriber_lag_offsets",
@@ -114,6 +117,10 @@ class StateCollector(Collector):
                                 value=now["durability_lag"])
         yield GaugeMetricFamily("syncref_bridge_outbox_pending", "Bridge outbox rows waiting to be sent (pending)",
                                 value=now["outbox_pending"])
+        yield CounterMetricFamily("syncref_wal_checkpoints", "WAL checkpoints the commit-log writer ran",
+                                  value=now.get("wal_checkpoints", 0))
+        yield CounterMetricFamily("syncref_wal_checkpoint_errors", "Of them, failed (the WAL keeps growing until "
+                                  "one succeeds)", value=now.get("wal_checkpoint_errors", 0))
 
 
 class SendCounts(Collector):

@@ -882,7 +882,10 @@ class SyncServer:
         lags = {cid: (engine.committed - conn.outbound[0].offset + 1 if conn.outbound else 0)
                 for cid, conn in engine.conns.items() if cid in self.sessions}
         pending = sum(1 for row in engine.db.rows("bridge_outbox") if getattr(row, "status", None) == "pending")
-        return {"lags": lags, "durability_lag": engine.committed - engine.durable, "outbox_pending": pending}
+        store = self._store
+        return {"lags": lags, "durability_lag": engine.committed - engine.durable, "outbox_pending": pending,
+                "wal_checkpoints": store.checkpoints if store is not None else 0,
+                "wal_checkpoint_errors": store.checkpoint_errors if store is not None else 0}
 
     def _metrics_offsets(self) -> None:
         if self._engine is not None:

@@ -10,6 +10,7 @@ replayed, gauges up while the writer is held and back to 0 after.  No timing is 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from support.server import ServerThread, WireClient, call_http, http, rows_of, r
 
 from adapters import bsatn, wire
 from adapters.observe import CommitClock, FastHistogram
+from reference import durability
 
 S = "metrics.s1"
 SUB = f"SELECT * FROM sync_event WHERE stream_id = '{S}'"
@@ -170,6 +172,41 @@ def test_metrics_move_with_the_workload(st: ServerThread) -> None:
     assert value(scrape(st), "syncref_bridge_outbox_pending") == 1
     for c in (*subs, resumer):
         c.close()
+
+
+class _FailingCheckpoints:
+    """A store's connection whose WAL checkpoints fail (as a failed fsync of the database file)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if "wal_checkpoint" in sql:
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_failed_wal_checkpoints_are_on_the_metrics_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer checkpoints the WAL itself (ADR-0029) and goes on when a checkpoint fails: the WAL
+    then keeps growing, so an operator must see the failures -- counted as the checkpoints run."""
+    monkeypatch.setattr(durability, "CHECKPOINT_BYTES", 1)  # every COMMIT crosses the threshold
+    with running_server(tmp_path) as st:
+        tok = st.token()
+        assert append(st, tok, "k0").status == 200
+        wait_for(lambda: value(scrape(st), "syncref_wal_checkpoints_total") >= 1, "a checkpoint")
+        assert value(scrape(st), "syncref_wal_checkpoint_errors_total") == 0
+        store = st.server._store
+        assert store is not None
+        store._conn = _FailingCheckpoints(store._conn)  # type: ignore[assignment]
+        for i in range(3):
+            assert append(st, tok, f"k{i + 1}").status == 200
+        wait_for(lambda: value(scrape(st), "syncref_wal_checkpoint_errors_total") >= 3, "the failed checkpoints")
+        samples = scrape(st)
+        assert value(samples, "syncref_wal_checkpoints_total") >= 4
+        store._conn = store._conn._conn  # type: ignore[attr-defined]
 
 
 def test_fast_histogram_buckets_and_exposition() -> None:
