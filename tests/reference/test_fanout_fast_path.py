@@ -396,7 +396,10 @@ def test_receivers_of_one_group_share_one_queue_entry() -> None:
     assert len(entries) == 1
 
 
-@pytest.mark.parametrize("pattern", ["**bb", "*b*b", "*bbb*b", "b*b**b*bb"])
+MERGED_PATTERNS = ("**bb", "*b*b", "*bbb*b", "b*b**b*bb")  # '*': granted every stream; 'b': s.b1 only
+
+
+@pytest.mark.parametrize("pattern", MERGED_PATTERNS)
 def test_merged_query_sets_never_take_another_connections_update(pattern: str) -> None:
     """Query sets whose two shapes of one table both match are merged per connection, each into a
     new tuple; a memo keyed by such a tuple's id must not hand a later connection, whose merged
@@ -518,6 +521,7 @@ MUTANTS: tuple[tuple[str, str, str], ...] = (
     ("take_one_too_many", "if queue and len(queue) <= most and", "if queue and len(queue) <= most + 1 and"),
     ("each_its_own_entry", "                    queue.append(out)\n",
      "                    queue.append(type(out)(out.offset, out.message))\n"),
+    ("merged_parts_freed", "found = per_client[(conn_id, qs_id)] = [", "found = ["),
 )
 
 
@@ -542,6 +546,13 @@ def all_checks(make: EngineType) -> None:
             test.__globals__["Engine"] = saved
     for seed in range(20):
         take_against_pops(make, seed)
+    merged = test_merged_query_sets_never_take_another_connections_update
+    merged.__globals__["Engine"], saved = make, merged.__globals__["Engine"]
+    try:
+        for pattern in MERGED_PATTERNS:
+            merged(pattern)
+    finally:
+        merged.__globals__["Engine"] = saved
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m[0] for m in MUTANTS])
