@@ -403,7 +403,8 @@ MERGED_PATTERNS = ("**bb", "*b*b", "*bbb*b", "b*b**b*bb")  # '*': granted every 
 def test_merged_query_sets_never_take_another_connections_update(pattern: str) -> None:
     """Query sets whose two shapes of one table both match are merged per connection, each into a
     new tuple; a memo keyed by such a tuple's id must not hand a later connection, whose merged
-    tuple reuses the freed address, another's update (here: rows of a stream it is not granted)."""
+    tuple reuses the freed address, another's update (here: rows of a stream it is not granted,
+    AUTH-1; found by review in the seventh session, from b512c85)."""
     eng = Engine()
     writer = eng.connect(claims(99, ("*",)), confirmed=False)
     subs = []
