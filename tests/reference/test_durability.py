@@ -495,6 +495,28 @@ def test_an_idle_writer_gathers_a_round_into_one_commit(tmp_path: Path) -> None:
     store.close()
 
 
+def test_the_gathering_wait_is_the_total_of_every_gathering(tmp_path: Path) -> None:
+    """``gather_waited_s`` adds up the waits of every gathering (the server reports it as a running total):
+    a long wait first, then a short one -- the total grows past the first."""
+    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=5.0, delays=[1.0, 0.04, 0.04, 0.04])
+    _append_one(eng, writer, "alone")  # fewer than 3 come: the wait ends at half the 1 s COMMIT
+    _wait_offset(writer, 4)
+    first = writer.gather_waited_s
+    assert writer.gathered == 1 and first >= 0.5, first
+    for key in ("two", "together"):  # two records in one append: as many as the last COMMIT, no gathering
+        eng.admin_call(ALL, "append_sync_event", ("s.g", key, "{}", None, None))
+    writer.append(eng.take_records())
+    _wait_offset(writer, 6)
+    assert writer.gathered == 1
+    time.sleep(0.05)  # the writer goes back to its idle wait (a gathering starts only from there)
+    _append_one(eng, writer, "last")  # fewer than 2: a wait of at most half the 0.04 s COMMIT
+    _wait_offset(writer, 7)
+    assert batches == [3, 1, 2, 1] and writer.gathered == 2
+    assert writer.gather_waited_s >= first + 0.02, (first, writer.gather_waited_s)
+    writer.close()
+    store.close()
+
+
 @pytest.mark.parametrize("how", ["flush", "wait_durable"])
 def test_a_waiting_caller_cuts_the_gathering_short(tmp_path: Path, how: str) -> None:
     eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=5.0, delays=[1.0])
@@ -636,6 +658,8 @@ def test_after_a_failed_commit_the_writer_never_reports_that_batch_durable(tmp_p
      "a commit-log operation failed with an I/O error (SQLITE_IOERR_LOCK)"),
     (_sqlite_error("database or disk is full", "SQLITE_FULL"), "full", "the disk is full"),
     (sqlite3.OperationalError("database or disk is full"), "full", "the disk is full"),  # no extended name
+    # the name decides, whatever the text (the text is the fallback for an error without a name)
+    (_sqlite_error("no room left for the page", "SQLITE_FULL"), "full", "the disk is full"),
     (OSError(28, "No space left on device"), "full", "the disk is full"),
     (OSError(5, "Input/output error"), "io", "an I/O error (Input/output error)"),
     (DurabilityError("the commit-log writer failed"), None, None),

@@ -219,6 +219,9 @@ def test_record_floors_table() -> None:
         (rec("reducer", (), updated), (2, 3), (2, 3)),  # deleted and re-inserted under its key: an update
         (rec("compact", (0,), other), (2, 3), (2, 3)),  # other tables do not move the version floor
         (rec("compact", (0,), gone, RowChange("compute_assignment", (ca("r3", 11),), ())), (2, 3), (2, 12)),
+        # another table's change listed first (a delta lists its tables in schema order: a sweep's checkpoint
+        # or presence deletes come before its assignment deletes) -- the assignment still moves the floor
+        (rec("compact", (0,), other, gone), (2, 3), (2, 8)),
     ]
     for record, before, after in cases:
         assert record_floors(record, *before) == after, (record.kind, record.changes, before)
@@ -405,6 +408,50 @@ def test_txn_delta_nets_a_row_inserted_then_deleted_and_keeps_other_deletes() ->
     assert tx.inserts == {"compute_assignment": [ca("r1", 2), ca("r2", 8)]}
     assert {r.request_id: r.version for r in db.pk["compute_assignment"].values()  # type: ignore[attr-defined]
             } == {"r1": 2, "r2": 8}
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="verify-log accepts a record whose hash commits to a non-canonical arguments text, which "
+                          "restart refuses (docs/mutation.md, Fifth sample); strict: a fix makes this pass")
+def test_verify_log_refuses_a_record_restart_refuses_for_its_arguments_text(tmp_path: Path) -> None:
+    """The chain hash commits to the canonical JSON of the record body (docs/operations.md, ``commit_log``):
+    a log whose first record stores, and hashes, its arguments as ``["s", "k", "{}", null, null]`` (spaces
+    after the commas) is refused by restart; verify-log must not call it intact."""
+    import json
+    import sqlite3
+
+    from reference.durability import DB_FILE, GroupCommitWriter, LogStore, restart
+    from reference.engine import Engine
+    from reference.replay import verify_log
+
+    eng = Engine()
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", "{}", None, None)
+    data = tmp_path / "data"
+    store = LogStore.open(data)
+    writer = GroupCommitWriter(store, background=False)
+    writer.append(eng.take_records())
+    writer.close()
+    store.close()
+    assert verify_log(data).ok  # as written: intact
+    spaced = '["s", "k", "{}", null, null]'
+    conn = sqlite3.connect(data / DB_FILE)
+    with conn:  # the row rewritten, its hash made over the text
+        kind, name, caller, args, timestamp, changes, prev = conn.execute(
+            'SELECT kind, name, caller_json, args_json, timestamp, changes_json, prev_hash FROM commit_log').fetchone()
+        assert args == '["s","k","{}",null,null]'  # the canonical text, as written
+        claims = json.dumps(json.loads(caller), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        body = (f'{{"args":{spaced},"caller":{claims},"delta_hash":"{hashlib.sha256(changes.encode()).hexdigest()}",'
+                f'"kind":"{kind}","name":"{name}","offset":1,"timestamp":{timestamp}}}')
+        conn.execute('UPDATE commit_log SET args_json = ?, hash = ?', (spaced,
+                     hashlib.sha256((prev + body).encode()).hexdigest()))
+    conn.close()
+    store = LogStore.open(data)
+    with pytest.raises(ValueError, match="commit log hash mismatch at offset 1"):
+        restart(store, GroupCommitWriter(store, background=False), now=10**9)
+    store.close()
+    report = verify_log(data)
+    assert report.mismatch is not None and report.mismatch.offset == 1, report
+    assert report.mismatch.reason.startswith("hash differs"), report.mismatch
 
 
 # --- reference/reducers.py compact (decorated: measured by `./run mutate --icontract --decorated-only`) ---

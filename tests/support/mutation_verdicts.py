@@ -539,3 +539,39 @@ EQUIVALENT["reference.log.x_delta_text_of__mutmut_30"] = (
     "(the '# pragma: no cover' branch of x__encode_flat__mutmut_1)")
 MUTATED_LINE["reference.log.x_delta_text_of__mutmut_30"] = (
     'return "".join(_FLAT(out, 0)) if _FLAT is not None else _canon(None)')
+
+# the seventh session: the durability and log survivors of the sixth session's draw (seed 6; docs/mutation.md
+# "Fifth sample"), regenerated from main cb1ecd0's source (the same text as c4e8faa's: the numbers hold)
+_LOWER_SQL = ("the query's SQL in lower case: SQLite's keywords are case-insensitive and the table and column "
+              "names are the same, so it is the same query (as LogStore.open__mutmut_103)")
+EQUIVALENT.update({
+    "reference.durability.x_decode_changes__mutmut_11":
+        "the fast path never taken (type(None) is list): every table's rows go through row_from_json, which the "
+        "fast path inlines -- row_maker(table) looked up only when a row is built, make(*values), and for a "
+        "table with array columns a list copy whose array positions become tuples (JSON gives exact lists, so "
+        "type(v) is list and isinstance agree) -- so the same rows, and on a malformed delta the same exception "
+        "with the same text (checked on 1,327 hand-built deltas, malformed rows, unknown and non-string tables, "
+        "non-list row lists: every result and LogCorruption text equal)",
+    "reference.durability.xǁGroupCommitWriterǁ_gather__mutmut_3":
+        "the target without min(..., max_batch): _last_batch is set only by _write to len(batch), and every "
+        "batch _write gets comes from _take, which takes at most max_batch records, so _last_batch <= max_batch "
+        "always and the min is _last_batch itself",
+    "reference.durability.xǁGroupCommitWriterǁ_gather__mutmut_34":
+        "`left < 0` for `left <= 0`: only when the clock reads exactly the deadline does the mutant go on, to "
+        "Condition.wait(0), which does not block (a zero-timeout acquire); the loop then reads the clock again, "
+        "past the deadline, and breaks: the same end of the gathering a moment later, in which another thread "
+        "may append, as it could have a moment before the deadline",
+    "reference.durability.xǁLogStoreǁcount__mutmut_4": _LOWER_SQL,
+    "reference.durability.xǁLogStoreǁhash_at__mutmut_7": _LOWER_SQL,
+})
+MUTATED_LINE.update({
+    "reference.durability.x_decode_changes__mutmut_11":
+        "if type(None) is list and type(inserts) is list and (deletes or inserts):  # else as before",
+    "reference.durability.xǁGroupCommitWriterǁ_gather__mutmut_3":
+        "target = self._last_batch if (self._max_batch is None) or True else min(self._last_batch, self._max_batch)",
+    "reference.durability.xǁGroupCommitWriterǁ_gather__mutmut_34": "if left < 0:",
+    "reference.durability.xǁLogStoreǁcount__mutmut_4":
+        'return int(self._conn.execute("select count(*) from commit_log").fetchone()[0])',
+    "reference.durability.xǁLogStoreǁhash_at__mutmut_7":
+        "row = self._conn.execute('select hash from commit_log where \"offset\" = ?', (offset,)).fetchone()",
+})
