@@ -1660,3 +1660,21 @@ def test_a_log_of_another_format_is_refused_and_the_directory_left_as_it_was(tmp
     store = LogStore.open(tmp_path)
     assert store.last()[0] == 2
     store.close()
+
+
+def test_readers_with_other_grants_that_see_the_same_rows_share_one_update_object() -> None:
+    """Two readers whose claims filter events apart (stream grants ``*`` and ``s``: two filter keys, so
+    two groups) but who both see every row, under the same query set id, are sent *one* TransactionUpdate
+    object (the fanout's sharing, ADR-0014: the I/O layer encodes it once, by identity)."""
+    from reference.engine import Engine
+    from spec.messages import Subscribe, SubscribeApplied, TransactionUpdate
+
+    eng = Engine()
+    readers = [eng.connect(Claims(A, frozenset(SCOPES), grant), confirmed=False) for grant in (("*",), ("s",))]
+    for conn in readers:
+        eng.handle(conn, Subscribe(1, 1, ("SELECT * FROM sync_event WHERE stream_id = 's'",)))
+        assert isinstance(eng.pop(conn).message, SubscribeApplied)
+    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k", "{}", None, None)
+    first, second = (eng.pop(conn).message for conn in readers)
+    assert isinstance(first, TransactionUpdate) and [e.seq for e in first.query_sets[0].tables[0].inserts] == [1]
+    assert second is first

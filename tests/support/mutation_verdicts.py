@@ -593,3 +593,9 @@ MUTATED_LINE.update({
     "reference.log.x_row_values__mutmut_15":
         "get = _VALUES[type(row)] = many if len(names) > 1 else (lambda r: (many(None),))",
 })
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_349"] = (
+    "the fast path's memo lookup single.get(None) never hits, so every (query set id, part) calls one_part, which "
+    "finds the part's TableRows in shared_rows and its QuerySetUpdate in shared_sets by the same identities "
+    "(stored there by the first call) and returns the very object the memo held: the same updates, one lookup "
+    "slower (as _fanout__mutmut_191)")
+MUTATED_LINE["reference.engine.xǁEngineǁ_fanout__mutmut_349"] = "update = single.get(None)"
