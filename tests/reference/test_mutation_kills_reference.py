@@ -219,8 +219,8 @@ def test_record_floors_table() -> None:
         (rec("reducer", (), updated), (2, 3), (2, 3)),  # deleted and re-inserted under its key: an update
         (rec("compact", (0,), other), (2, 3), (2, 3)),  # other tables do not move the version floor
         (rec("compact", (0,), gone, RowChange("compute_assignment", (ca("r3", 11),), ())), (2, 3), (2, 12)),
-        # another table's change listed first (a delta lists its tables in schema order: a sweep's checkpoint
-        # or presence deletes come before its assignment deletes) -- the assignment still moves the floor
+        # another table's change listed first (a delta lists its tables in schema order, and retention deletes
+        # offline session_presence rows, which come first, with terminal assignments) -- still moves the floor
         (rec("compact", (0,), other, gone), (2, 3), (2, 8)),
     ]
     for record, before, after in cases:
