@@ -240,9 +240,10 @@ def _json_array(text: str) -> Any:
 def record_from_row(row: Sequence[Any], rows: bool = True) -> TxRecord:
     """The record of a ``commit_log`` row; ``delta_json`` keeps the stored delta text, which
     :func:`reference.log.record_hash` hashes as is (it is the text the record's hash was made over).
-    ``rows=False`` leaves the delta undecoded (``changes`` empty, the text in ``delta_json``) and
-    keeps the stored arguments' text in ``args_json``: for replay, which compares texts, decodes
-    only to explain a difference (:func:`decode_changes`) and hashes the stored texts first."""
+    ``rows=False`` leaves the delta undecoded (``changes`` empty, the text in ``delta_json``): for
+    replay, which compares delta texts and decodes only to explain a difference
+    (:func:`decode_changes`).  The arguments are always decoded: the chain hash is over their
+    canonical encoding, whatever text was stored."""
     offset = row[0]
     try:
         kind, name, caller_text, args_text, timestamp, changes_text, prev_hash, digest = row[1:]
@@ -251,7 +252,7 @@ def record_from_row(row: Sequence[Any], rows: bool = True) -> TxRecord:
             raise ValueError("args must be a JSON array")
         if not rows:  # replay: the stored texts, the delta undecoded
             return TxRecord(offset, kind, name, _claims(caller_text), args_from_json(args), timestamp, (), prev_hash,
-                            digest, changes_text, args_text)
+                            digest, changes_text)
         return TxRecord(offset, kind, name, _claims(caller_text), args_from_json(args), timestamp,
                         decode_changes(offset, changes_text), prev_hash, digest, changes_text)
     except LogCorruption:

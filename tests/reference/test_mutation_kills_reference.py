@@ -410,9 +410,6 @@ def test_txn_delta_nets_a_row_inserted_then_deleted_and_keeps_other_deletes() ->
             } == {"r1": 2, "r2": 8}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="verify-log accepts a record whose hash commits to a non-canonical arguments text, which "
-                          "restart refuses (docs/mutation.md, Fifth sample); strict: a fix makes this pass")
 def test_verify_log_refuses_a_record_restart_refuses_for_its_arguments_text(tmp_path: Path) -> None:
     """The chain hash commits to the canonical JSON of the record body (docs/operations.md, ``commit_log``):
     a log whose first record stores, and hashes, its arguments as ``["s", "k", "{}", null, null]`` (spaces
