@@ -20,6 +20,8 @@ Planted bugs at the end: each edit of ``reference/engine.py`` must fail this mod
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import random
 import types
 from collections.abc import Callable, Iterable
@@ -423,6 +425,61 @@ def test_merged_query_sets_never_take_another_connections_update(pattern: str) -
             want = expected_updates(conn.query_sets, conn.claims, delta)
             got = [o.message for o in conn.outbound]
             assert got == ([TransactionUpdate(eng.committed, want)] if want else []), (pattern, k, s)
+
+
+def id_reuses(make: EngineType, runs: Iterable[tuple[list[Op], bool]]) -> list[int]:
+    """Run the merged-set patterns and ``runs`` (operations, with the preset readers or not; against
+    the oracle) on ``make``'s engine, with its module's ``id`` a spy: the length of each tuple whose
+    address, keyed by ``id`` earlier in the same fanout, came back holding other items.  Every memo
+    of ``_fanout`` keyed by an id relies on the keyed object living until the fanout ends; a freed
+    one's address is soon a new tuple's (how the merged-part leak of 2cc7624 happened), and the spy
+    sees that even where the update handed out happens to be right, or no oracle compares it."""
+    found: list[int] = []
+    items_at: dict[int, list[int]] = {}
+
+    def spy(o: object) -> int:
+        at = builtins.id(o)
+        if type(o) is tuple:
+            items = [builtins.id(x) for x in o]
+            if items_at.setdefault(at, items) != items:
+                found.append(len(o))
+                items_at[at] = items
+        return at
+
+    class Spied(make):  # type: ignore[valid-type, misc]
+        def _fanout(self, *args: Any) -> None:
+            items_at.clear()  # memos live for one fanout: a later one may reuse any address
+            super()._fanout(*args)
+
+    names = make._fanout.__globals__  # type: ignore[attr-defined]
+    merged = test_merged_query_sets_never_take_another_connections_update
+    names["id"], merged.__globals__["Engine"], saved = spy, Spied, merged.__globals__["Engine"]
+    try:
+        for pattern in MERGED_PATTERNS:
+            with contextlib.suppress(AssertionError):  # (the oracle's verdict is the other test's)
+                merged(pattern)
+        for ops, readers in runs:
+            with contextlib.suppress(AssertionError):
+                check_against_oracle(Spied, ops, readers=readers)
+    finally:
+        del names["id"]
+        merged.__globals__["Engine"] = saved
+    return found
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops_st)
+def test_no_address_the_fanout_keys_by_is_reused_within_a_fanout(ops: list[Op]) -> None:
+    """AUTH-1: a memo keyed by an id hands out the keyed object's update only; no tuple whose id
+    ``_fanout`` takes is freed and its address reused before the fanout ends."""
+    assert id_reuses(Engine, [*((case, False) for case in fixed_cases()), (ops, True)]) == []
+
+
+def test_the_address_spy_sees_the_merged_parts_freed() -> None:
+    """The spy above, against the planted merged-part bug (``merged_parts_freed``, 2cc7624's leak):
+    it sees the merged parts' addresses reused (the test fails on the engine before that commit)."""
+    old, new = next((o, n) for name, o, n in MUTANTS if name == "merged_parts_freed")
+    assert id_reuses(mutated(old, new), [])
 
 
 def plans_of(eng: Engine) -> list[Plan]:
