@@ -23,6 +23,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import random
+import sys
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -427,41 +428,46 @@ def test_merged_query_sets_never_take_another_connections_update(pattern: str) -
             assert got == ([TransactionUpdate(eng.committed, want)] if want else []), (pattern, k, s)
 
 
-def id_reuses(make: EngineType, runs: Iterable[tuple[list[Op], bool]]) -> list[int]:
+def unheld_keys(make: EngineType, runs: Iterable[tuple[list[Op], bool]]) -> list[str]:
     """Run the merged-set patterns and ``runs`` (operations, with the preset readers or not; against
-    the oracle) on ``make``'s engine, with its module's ``id`` a spy: the length of each tuple whose
-    address, keyed by ``id`` earlier in the same fanout, came back holding other items.  Every memo
-    of ``_fanout`` keyed by an id relies on the keyed object living until the fanout ends; a freed
-    one's address is soon a new tuple's (how the merged-part leak of 2cc7624 happened), and the spy
-    sees that even where the update handed out happens to be right, or no oracle compares it."""
-    found: list[int] = []
-    items_at: dict[int, list[int]] = {}
+    the oracle) on ``make``'s engine, with its module's ``id`` a spy that keeps what it is given:
+    the type of each object whose id ``_fanout`` took and that nothing but the spy holds when
+    ``_fanout`` returns (its locals still alive: a profile hook sees the return).  Every memo of
+    ``_fanout`` keyed by an id relies on the keyed object living until the fanout ends (its
+    docstring says so); one freed before has its address soon taken by another object -- how the
+    merged-part leak of 2cc7624 happened, which the oracles missed for want of the allocation
+    pattern that reuses it.  Kept alive by the spy, no address is reused, and a key that would
+    have outlived its object is seen whatever the allocator does."""
+    found: list[str] = []
+    held: dict[int, list[object]] = {}
+    names = make._fanout.__globals__  # type: ignore[attr-defined]
 
     def spy(o: object) -> int:
-        at = builtins.id(o)
-        if type(o) is tuple:
-            items = [builtins.id(x) for x in o]
-            if items_at.setdefault(at, items) != items:
-                found.append(len(o))
-                items_at[at] = items
-        return at
+        held.setdefault(builtins.id(o), [o])
+        return builtins.id(o)
 
-    class Spied(make):  # type: ignore[valid-type, misc]
-        def _fanout(self, *args: Any) -> None:
-            items_at.clear()  # memos live for one fanout: a later one may reuse any address
-            super()._fanout(*args)
+    def profile(frame: types.FrameType, event: str, arg: object) -> None:
+        # _fanout's frame (under mutmut, its trampoline's and then the mutant's: x__fanout__mutmut_N)
+        name = frame.f_code.co_name
+        if event in ("call", "return") and frame.f_globals is names and (
+                name == "_fanout" or name.startswith("x__fanout__mutmut")):
+            if event == "return":  # held by nothing but ``held`` (its slot, and the argument here)
+                found.extend(type(kept[0]).__name__ for kept in held.values() if sys.getrefcount(kept[0]) <= 2)
+            held.clear()
 
-    names = make._fanout.__globals__  # type: ignore[attr-defined]
     merged = test_merged_query_sets_never_take_another_connections_update
-    names["id"], merged.__globals__["Engine"], saved = spy, Spied, merged.__globals__["Engine"]
+    names["id"], merged.__globals__["Engine"], saved = spy, make, merged.__globals__["Engine"]
+    previous = sys.getprofile()
+    sys.setprofile(profile)
     try:
         for pattern in MERGED_PATTERNS:
             with contextlib.suppress(AssertionError):  # (the oracle's verdict is the other test's)
                 merged(pattern)
         for ops, readers in runs:
             with contextlib.suppress(AssertionError):
-                check_against_oracle(Spied, ops, readers=readers)
+                check_against_oracle(make, ops, readers=readers)
     finally:
+        sys.setprofile(previous)
         del names["id"]
         merged.__globals__["Engine"] = saved
     return found
@@ -469,17 +475,17 @@ def id_reuses(make: EngineType, runs: Iterable[tuple[list[Op], bool]]) -> list[i
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops_st)
-def test_no_address_the_fanout_keys_by_is_reused_within_a_fanout(ops: list[Op]) -> None:
-    """AUTH-1: a memo keyed by an id hands out the keyed object's update only; no tuple whose id
-    ``_fanout`` takes is freed and its address reused before the fanout ends."""
-    assert id_reuses(Engine, [*((case, False) for case in fixed_cases()), (ops, True)]) == []
+def test_every_object_the_fanout_keys_by_id_lives_until_it_ends(ops: list[Op]) -> None:
+    """AUTH-1: a memo keyed by an id hands out the keyed object's update only -- so no object whose
+    id ``_fanout`` takes is freed before the fanout ends (its address would be another's)."""
+    assert unheld_keys(Engine, [*((case, False) for case in fixed_cases()), (ops, True)]) == []
 
 
-def test_the_address_spy_sees_the_merged_parts_freed() -> None:
-    """The spy above, against the planted merged-part bug (``merged_parts_freed``, 2cc7624's leak):
-    it sees the merged parts' addresses reused (the test fails on the engine before that commit)."""
+def test_the_keep_alive_check_sees_the_merged_parts_freed() -> None:
+    """The check above, against the planted merged-part bug (``merged_parts_freed``, 2cc7624's leak):
+    the merged parts are seen unheld (the test fails on the engine before that commit)."""
     old, new = next((o, n) for name, o, n in MUTANTS if name == "merged_parts_freed")
-    assert id_reuses(mutated(old, new), [])
+    assert unheld_keys(mutated(old, new), [(case, False) for case in fixed_cases()])
 
 
 def plans_of(eng: Engine) -> list[Plan]:
