@@ -284,14 +284,18 @@ class KeyStore:
 
 REVOKED_JTI_FILE = "revoked-jti"
 MAX_JTI_CHARS = 128
+RACY_NS = 2 * 10**9  # a revocation file stamped this recently is read again (FAT's mtime tick is 2 s)
 
 
 class RevocationList:
     """The ``jti`` values no longer accepted: one per line in a text file (blank lines and ``#``
     comments ignored), written by ``syncref token revoke`` or by hand.
 
-    :meth:`refresh` re-reads the file when its size or mtime changed (a missing file is an empty
-    list) and returns whether the list changed; :meth:`revoked` refreshes first, so a revocation
+    :meth:`refresh` re-reads the file when its stamp -- inode, mtime, ctime and size -- changed (a
+    missing file is an empty list), and keeps a stamp only once it is ``RACY_NS`` old: a write in
+    the same tick of the filesystem's clock as the read would leave every field as it was (git's
+    "racy clean" index entries), so a file stamped that recently is read again at the next refresh.
+    It returns whether the list changed; :meth:`revoked` refreshes first, so a revocation
     takes effect at the next authentication.  A file that cannot be read or holds a malformed line
     keeps the last good list (failing open on a typo would be wrong, failing closed would lock
     everyone out): :attr:`problem` says why, and the server logs it."""
@@ -300,23 +304,27 @@ class RevocationList:
         self.path = path
         self.jtis: frozenset[str] = frozenset()
         self.problem: str | None = None
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, int, int] | None = None
         self.refresh()
 
     def refresh(self) -> bool:
         if self.path is None:
             return False
+        now = time.time_ns()
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            stamp, text = (0, -1), ""
+            stamp, text, settled = (0, 0, 0, -1), "", True
         except OSError as exc:
             self.problem = f"{self.path}: cannot read it ({exc.strerror}); the previous list stays in force"
             return False
         else:
-            stamp = (st.st_mtime_ns, st.st_size)
+            # (the size and mtime alone missed a same-size edit that kept the mtime: a jti swapped
+            # for another, all 32 hex digits long, with touch -r / cp -p, or in one clock tick)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
             if stamp == self._seen:
                 return False
+            settled = now - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_NS
             try:
                 text = self.path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
@@ -325,7 +333,7 @@ class RevocationList:
                 return False
         if stamp == self._seen:
             return False
-        self._seen = stamp
+        self._seen = stamp if settled else None  # a racy stamp: read again next time
         jtis = set()
         for n, line in enumerate(text.splitlines(), 1):
             entry = line.split("#", 1)[0].strip()

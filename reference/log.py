@@ -224,7 +224,9 @@ def delta_parts(deletes: Mapping[str, Sequence[Row]], inserts: Mapping[str, Sequ
 
 
 @functools.lru_cache(maxsize=1024)
-def _claims_by_value(c: Claims | None) -> str:
+def _claims_by_value(c: Claims | None, version_type: str) -> str:
+    """The text of ``c``, kept by its value *and* the name of its schema_version's type: claims
+    whose versions are 1, True and 1.0 are equal (and hash alike) but have three texts."""
     return _canon(claims_json(c))
 
 
@@ -240,7 +242,7 @@ def _claims_text(c: Claims | None) -> str:
     held = _CLAIMS_SEEN.get(id(c))
     if held is not None:
         return held[1]
-    text = _claims_by_value(c)
+    text = _claims_by_value(c, type(c.schema_version).__name__ if c is not None else "")
     if len(_CLAIMS_SEEN) >= 1024:
         _CLAIMS_SEEN.clear()
     _CLAIMS_SEEN[id(c)] = (c, text)

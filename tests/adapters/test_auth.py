@@ -13,6 +13,7 @@ import json
 import os
 import re
 import stat
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -529,7 +530,7 @@ def test_the_revocation_list_follows_its_file(tmp_path: Path) -> None:
     assert rl.jtis == frozenset() and rl.problem is None and not rl.revoked("a1")  # no file: nothing revoked
     path.write_text("# leaked on 2026-12-01\na1\n\n  b2   # trailing comment\n")
     assert rl.revoked("a1") and rl.revoked("b2") and not rl.revoked("c3") and not rl.revoked(None)
-    assert rl.refresh() is False  # unchanged file: not re-read, no change
+    assert rl.refresh() is False  # unchanged file: no change
     path.write_text("a1\nb2\nnot valid\n")  # a malformed line: the last good list stays
     assert rl.refresh() is False and rl.jtis == {"a1", "b2"}
     assert rl.problem is not None and rl.problem.startswith(f"{path}:3: not a jti")
@@ -540,6 +541,74 @@ def test_the_revocation_list_follows_its_file(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe")
     assert rl.refresh() is False and rl.problem is not None and "not UTF-8" in rl.problem
     assert RevocationList(None).refresh() is False and not RevocationList(None).revoked("a1")
+
+
+def test_a_same_size_rewrite_keeping_the_mtime_is_read(tmp_path: Path) -> None:
+    """An edit that swaps one jti for another of the same length (every minted jti is 32 hex
+    digits) and leaves the mtime as it was -- ``touch -r``, ``cp -p``, ``rsync -t``, or two writes
+    within one tick of the filesystem's clock -- is read: the file's size and mtime alone were
+    the whole stamp, so the swapped-in jti stayed accepted (and the swapped-out one refused) until
+    the file changed again."""
+    path = tmp_path / "revoked-jti"
+    a, b = "a" * 32, "b" * 32
+    old = time.time_ns() - 3600 * 10**9
+    path.write_text(f"{a}\n")
+    os.utime(path, ns=(old, old))
+    rl = RevocationList(path)
+    assert rl.revoked(a) and not rl.revoked(b)
+    path.write_text(f"{b}\n")  # the same inode and size ...
+    os.utime(path, ns=(old, old))  # ... and the same mtime
+    assert rl.revoked(b) and not rl.revoked(a)
+
+
+class _Stamped:
+    """A revocation file whose stat fields the test sets (the kernel sets ctime and the clock's
+    tick decides equal mtimes; here each is chosen), counting its reads."""
+
+    def __init__(self, text: str, when: int) -> None:
+        self.text = text
+        self.fields = {"st_ino": 7, "st_mtime_ns": when, "st_ctime_ns": when, "st_size": len(text)}
+        self.reads = 0
+
+    def stat(self) -> Any:
+        return type("Stat", (), dict(self.fields))()
+
+    def read_text(self, encoding: str) -> str:
+        self.reads += 1
+        return self.text
+
+    def __str__(self) -> str:
+        return "revoked-jti"
+
+
+@pytest.mark.parametrize("change", ["st_ino", "st_ctime_ns", "st_mtime_ns", "st_size", "recent", "recent_ctime"])
+def test_the_revocation_stamp_misses_no_change(change: str) -> None:
+    """Each field of the stamp on its own tells a rewrite (an inode: a file renamed into place;
+    a ctime: any write, which no ``touch`` can set back); and a file stamped within the racy window
+    (2 s) of being read -- its mtime, or its ctime alone (an mtime set back) -- is read again, since
+    a later write in the same tick of a coarse clock would leave every field as it was (the "racy
+    clean" file of git's index)."""
+    a, b = "a" * 32, "b" * 32
+    now, old = time.time_ns(), time.time_ns() - 3600 * 10**9
+    f = _Stamped(f"{a}\n", now if change == "recent" else old)
+    if change == "recent_ctime":
+        f.fields["st_ctime_ns"] = now
+    rl = RevocationList(f)  # type: ignore[arg-type]
+    assert rl.jtis == {a}
+    f.text = f"{b}\n"
+    if change.startswith("st_"):
+        f.fields[change] += 1
+    assert rl.refresh() is True and rl.jtis == {b}
+
+
+def test_a_settled_revocation_file_is_not_read_again() -> None:
+    """The stamp still saves the reads: a file whose stamp is unchanged and older than the racy
+    window is not read again, however often the list is asked."""
+    f = _Stamped("a" * 32 + "\n", time.time_ns() - 3600 * 10**9)
+    rl = RevocationList(f)  # type: ignore[arg-type]
+    for _ in range(3):
+        assert rl.revoked("a" * 32) and rl.refresh() is False
+    assert f.reads == 1
 
 
 def test_verify_refuses_a_revoked_jti_and_only_that(tmp_path: Path) -> None:

@@ -20,7 +20,10 @@ Planted bugs at the end: each edit of ``reference/engine.py`` must fail this mod
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import random
+import sys
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -423,6 +426,66 @@ def test_merged_query_sets_never_take_another_connections_update(pattern: str) -
             want = expected_updates(conn.query_sets, conn.claims, delta)
             got = [o.message for o in conn.outbound]
             assert got == ([TransactionUpdate(eng.committed, want)] if want else []), (pattern, k, s)
+
+
+def unheld_keys(make: EngineType, runs: Iterable[tuple[list[Op], bool]]) -> list[str]:
+    """Run the merged-set patterns and ``runs`` (operations, with the preset readers or not; against
+    the oracle) on ``make``'s engine, with its module's ``id`` a spy that keeps what it is given:
+    the type of each object whose id ``_fanout`` took and that nothing but the spy holds when
+    ``_fanout`` returns (its locals still alive: a profile hook sees the return).  Every memo of
+    ``_fanout`` keyed by an id relies on the keyed object living until the fanout ends (its
+    docstring says so); one freed before has its address soon taken by another object -- how the
+    merged-part leak of 2cc7624 happened, which the oracles missed for want of the allocation
+    pattern that reuses it.  Kept alive by the spy, no address is reused, and a key that would
+    have outlived its object is seen whatever the allocator does."""
+    found: list[str] = []
+    held: dict[int, list[object]] = {}
+    names = make._fanout.__globals__  # type: ignore[attr-defined]
+
+    def spy(o: object) -> int:
+        held.setdefault(builtins.id(o), [o])
+        return builtins.id(o)
+
+    def profile(frame: types.FrameType, event: str, arg: object) -> None:
+        # _fanout's frame (under mutmut, its trampoline's and then the mutant's: x__fanout__mutmut_N)
+        name = frame.f_code.co_name
+        if event in ("call", "return") and frame.f_globals is names and (
+                name == "_fanout" or name.startswith("x__fanout__mutmut")):
+            if event == "return":  # held by nothing but ``held`` (its slot, and the argument here)
+                found.extend(type(kept[0]).__name__ for kept in held.values() if sys.getrefcount(kept[0]) <= 2)
+            held.clear()
+
+    merged = test_merged_query_sets_never_take_another_connections_update
+    names["id"], merged.__globals__["Engine"], saved = spy, make, merged.__globals__["Engine"]
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        for pattern in MERGED_PATTERNS:
+            with contextlib.suppress(AssertionError):  # (the oracle's verdict is the other test's)
+                merged(pattern)
+        for ops, readers in runs:
+            with contextlib.suppress(AssertionError):
+                check_against_oracle(make, ops, readers=readers)
+    finally:
+        sys.setprofile(previous)
+        del names["id"]
+        merged.__globals__["Engine"] = saved
+    return found
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops_st)
+def test_every_object_the_fanout_keys_by_id_lives_until_it_ends(ops: list[Op]) -> None:
+    """AUTH-1: a memo keyed by an id hands out the keyed object's update only -- so no object whose
+    id ``_fanout`` takes is freed before the fanout ends (its address would be another's)."""
+    assert unheld_keys(Engine, [*((case, False) for case in fixed_cases()), (ops, True)]) == []
+
+
+def test_the_keep_alive_check_sees_the_merged_parts_freed() -> None:
+    """The check above, against the planted merged-part bug (``merged_parts_freed``, 2cc7624's leak):
+    the merged parts are seen unheld (the test fails on the engine before that commit)."""
+    old, new = next((o, n) for name, o, n in MUTANTS if name == "merged_parts_freed")
+    assert unheld_keys(mutated(old, new), [(case, False) for case in fixed_cases()])
 
 
 def plans_of(eng: Engine) -> list[Plan]:

@@ -523,6 +523,16 @@ def _claims_agree(claims_text: Any) -> None:
     for c, want in kept:
         assert claims_text(c) == want
     assert claims_text(None) == "null"
+    # claims equal in Python but not in JSON -- a schema_version of 1, True or 1.0 (1 == True ==
+    # 1.0; a stored caller text decodes to whichever it holds, e.g. one tampered with) -- each get
+    # their own text, whichever was asked for first: a text of another's made a changed record
+    # hash as the original (recovery and verify passed it, or not, by what they had read before)
+    for version in (1, True, 1.0, 0, False, 1, 0.0):
+        c = Claims("0" * 64, frozenset({"a"}), ("*",), schema_version=version)  # type: ignore[arg-type]
+        assert claims_text(c) == json.dumps({
+            "identity": c.identity, "scopes": ["a"], "streams": ["*"], "device_id": None, "session_id": None,
+            "client_build_id": None, "protocol_version": None, "schema_version": version},
+            sort_keys=True, separators=(",", ":"), ensure_ascii=False), version
 
 
 def test_the_claims_text_by_identity_is_the_canonical_text() -> None:
@@ -536,6 +546,8 @@ PLANTED_CLAIMS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("claims keyed by their identity field",
      (("    held = _CLAIMS_SEEN.get(id(c))\n", "    held = _CLAIMS_SEEN.get(hash(c.identity) if c else 0)\n"),
       ("    _CLAIMS_SEEN[id(c)] = (c, text)\n", "    _CLAIMS_SEEN[hash(c.identity) if c else 0] = (c, text)\n"))),
+    ("claims texts kept by value alone (1 == True == 1.0)",
+     (("type(c.schema_version).__name__ if c is not None else \"\"", "\"\""),)),
 )
 
 
