@@ -1414,7 +1414,7 @@ class SyncServer:
             ts = s.call_ts.pop(message.request_id, self._last_now)
             return wire.encode_reducer_result(message, ts, self._rows), None
         if type(message) is m.SubscribeApplied:  # one receiver: nothing to share
-            parts = wire.encode_server_parts(wire.to_wire(message, cache=self._rows))
+            parts = wire.subscribe_applied_parts(message, self._rows)
             if len(parts) == 1:
                 return parts[0], None
             if sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
