@@ -756,13 +756,18 @@ class SyncServer:
 
     def _pump_soon(self) -> None:
         """:meth:`_pump` once, at the end of this loop iteration, for every engine step taken
-        until then (the calls a reader handled directly: their records reach the writer together)."""
+        until then (the calls a reader handled directly: their records reach the writer together),
+        and the delivery right after it (``deliver_now``): this callback already runs after the
+        readers of the iteration, so the pass is not deferred one iteration more -- a resume's
+        ``SubscribeApplied`` is written one loop iteration sooner (ADR-0031; a reader takes only a
+        frame of one message, so a v3 frame's replies are still one turn)."""
         if not self._pump_scheduled and self._loop is not None:
             self._pump_scheduled = True
-            self._loop.call_soon(self._pump)
+            self._loop.call_soon(self._pump, True)
 
-    def _pump(self) -> None:
-        """After any engine step: hand new commit records to the writer, wake senders."""
+    def _pump(self, deliver_now: bool = False) -> None:
+        """After any engine step: hand new commit records to the writer, wake senders (at the end
+        of this loop iteration; at once with ``deliver_now``, when no delivery is scheduled)."""
         self._pump_scheduled = False
         engine = self.engine
         self._commits.stamp(engine.committed, time.monotonic())
@@ -779,7 +784,7 @@ class SyncServer:
                 # acknowledged.  Fail as a write failure does (503s, closes, serve exits 1) rather
                 # than leave every later call waiting forever.
                 self._writer_refused(exc)
-        if not self._deliver_scheduled and self._loop is not None:
+        if not deliver_now and not self._deliver_scheduled and self._loop is not None:
             self._deliver_scheduled = True
             self._loop.call_soon(self._deliver)
         self._metrics_offsets()
@@ -787,6 +792,8 @@ class SyncServer:
         if checks > self._match_checks:
             self.metrics.match_checks.inc(checks - self._match_checks)
         self._match_checks = checks
+        if deliver_now and not self._deliver_scheduled:  # (one already scheduled runs as scheduled)
+            self._deliver()
 
     def _deliver(self) -> None:
         """Once per loop iteration in which the engine moved: wake the commit-log writer for the
@@ -1429,7 +1436,7 @@ class SyncServer:
             ts = s.call_ts.pop(message.request_id, self._last_now)
             return wire.encode_reducer_result(message, ts, self._rows), None
         if type(message) is m.SubscribeApplied:  # one receiver: nothing to share
-            parts = wire.encode_server_parts(wire.to_wire(message, cache=self._rows))
+            parts = wire.subscribe_applied_parts(message, self._rows)
             if len(parts) == 1:
                 return parts[0], None
             if sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:

@@ -1188,6 +1188,52 @@ def encode_reducer_result(msg: sm.ReducerResult, timestamp: int, cache: RowCache
     return encode_server(to_wire(msg, timestamp=timestamp, cache=cache))
 
 
+_SUB_HEAD = struct.Struct("<BIII")  # SubscribeApplied: tag 1, request_id, query_set_id, the table count
+_FIXED_HINT = struct.Struct("<BH")  # RowSizeHint FixedSize: tag 0, the size
+_LEN = struct.Struct("<I")
+
+
+def subscribe_applied_parts(msg: sm.SubscribeApplied, cache: RowCache | None = None) -> list[bytes]:
+    """``encode_server_parts(to_wire(msg, cache=cache))`` -- the same parts -- written straight
+    from the row lists (:func:`_snapshot_rowlist`, the encoding of the rows themselves), without
+    the wire message objects and the generic writer: a resume's ``SubscribeApplied``, made for one
+    receiver and encoded once (ADR-0031).  The parts are split where :class:`_PartsWriter` splits
+    them (row data of 64 KiB or more, and :class:`RowPieces`, stay parts of their own).  A value
+    out of its field's range takes the general path, which raises its error."""
+    rid, qs, tables = msg.request_id, msg.query_set_id, msg.rows
+    if not (type(rid) is int and 0 <= rid <= _U32_MAX and type(qs) is int and 0 <= qs <= _U32_MAX):
+        return encode_server_parts(to_wire(msg, cache=cache))
+    parts: list[bytes] = []
+    buf = [_SUB_HEAD.pack(1, rid, qs, len(tables))]
+    try:
+        for t in tables:
+            rl = _snapshot_rowlist(t, cache)
+            name = t.table.encode("utf-8")
+            hint = rl.size_hint
+            if isinstance(hint, FixedSize):
+                head = _FIXED_HINT.pack(0, hint.size)
+            else:
+                offsets = hint.offsets
+                head = struct.pack(f"<BI{len(offsets)}Q", 1, len(offsets), *offsets)
+            buf += (_LEN.pack(len(name)), name, head)
+            if type(rl) is RowPieces:
+                buf.append(_LEN.pack(rl.total))
+                parts += (b"".join(buf), *rl.pieces)
+                buf = []
+                continue
+            data = rl.rows_data
+            buf.append(_LEN.pack(len(data)))
+            if len(data) < 65536 or not isinstance(data, bytes):
+                buf.append(data)
+            else:
+                parts += (b"".join(buf), data)
+                buf = []
+    except (struct.error, UnicodeEncodeError, AttributeError, TypeError):
+        return encode_server_parts(to_wire(msg, cache=cache))
+    parts.append(b"".join(buf))
+    return parts
+
+
 def to_wire(msg: sm.ServerMessage, *, timestamp: int = 0, cache: RowCache | None = None) -> ServerMessage:
     """The v2 wire form of a model server message (``timestamp`` goes into ``ReducerResult``)."""
     if isinstance(msg, sm.SubscribeApplied):

@@ -66,7 +66,10 @@ within a repeat.
   for ``compression=None`` (a client that names no compression gets Brotli, upstream's default:
   ~15-35 ms more per full replay on the bench machine), Redis has none.  Each replay's time is in
   the diagnostics in order (``times_ms``): the first one of a bench meets the server's chunk
-  cache empty (ADR-0020).
+  cache empty (ADR-0020).  A run times ``replay_repeats`` full replays (5) but ``gap_repeats`` gap
+  replays (200), the figure the median of the run's replays: a gap replay takes ~0.1-0.3 ms, and
+  with five the median was one of the peers' first, warming replays (Redis's fell from ~0.4 to
+  ~0.07 ms over its first five), not their steady time (ADR-0006 amendment).
 * ``reconnect_storm``: N clients (200) start at the same instant; each is *live* when it has
   connected and resumed a 50-event gap (syncref: upgrade + ``InitialConnection`` + resume
   ``SubscribeApplied``; Redis: connect + ``XRANGE``; echo: upgrade + one round trip).  Figure:

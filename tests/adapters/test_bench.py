@@ -310,6 +310,10 @@ def test_missing_redis_is_reported_skipped_not_passed(tmp_path: Path) -> None:
     redis = doc["workloads"]["replay_gap"]["peers"]["redis"]
     assert redis["status"] == "skipped" and "not found" in redis["reason"]
     assert doc["workloads"]["replay_gap"]["ratios"] == {}
+    # a gap replay is timed gap_repeats times a run (not replay_repeats, the full replay's count)
+    assert workloads.QUICK.gap_repeats != workloads.QUICK.replay_repeats
+    for d in doc["workloads"]["replay_gap"]["peers"]["syncref"]["diag"]:
+        assert d["replays"] == len(d["times_ms"]) == workloads.QUICK.gap_repeats
     assert "skipped" in proc.stdout
 
 

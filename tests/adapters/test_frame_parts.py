@@ -183,15 +183,14 @@ def test_a_replay_turn_hands_the_row_data_to_the_socket_uncopied(version: int, m
     old = srv.ws_binary_frame(wire.frame_server(wire.encode_server(wire.to_wire(applied)), wire.Compression.NONE))
     server._engine = _Engine(applied)  # type: ignore[assignment]
     seen: list[bytes] = []
-    original = wire.to_wire
+    original = wire._snapshot_rowlist  # the row list the server's encoder writes (ADR-0031)
 
-    def spy(msg: Any, **kw: Any) -> Any:
-        out = original(msg, **kw)
-        assert isinstance(out, wire.SubscribeApplied)
-        seen.append(out.rows.tables[0].rows.rows_data)
+    def spy(t: Any, cache: Any) -> Any:
+        out = original(t, cache)
+        seen.append(out.rows_data)
         return out
 
-    monkeypatch.setattr(wire, "to_wire", spy)
+    monkeypatch.setattr(wire, "_snapshot_rowlist", spy)
     turn = server._turn(_Session(version))  # type: ignore[arg-type]
     assert turn is not None
     frames, payload = turn

@@ -145,21 +145,21 @@ def test_a_replay_turn_hands_the_pieces_to_the_socket_uncopied(monkeypatch: pyte
     log = StreamLog.of("s", 1, [replace(_event(seq), payload=f'{{"pad":"{"y" * 1200}","i":{seq}}}')
                                 for seq in range(1, 1001)])
     seen: list[Any] = []
-    original = wire.to_wire
+    original = wire._snapshot_rowlist  # the row list the server's encoder writes (ADR-0031)
 
-    def spy(msg: Any, **kw: Any) -> Any:
-        out = original(msg, **kw)
-        seen.append(out.rows.tables[0].rows)
+    def spy(t: Any, cache: Any) -> Any:
+        out = original(t, cache)
+        seen.append(out)
         return out
 
     for version in (2, 3):
         applied = sm.SubscribeApplied(1, 1, (sm.TableRows("sync_event", log.retained_rows(0, 1)),))
         seen.clear()
-        monkeypatch.setattr(wire, "to_wire", spy)
+        monkeypatch.setattr(wire, "_snapshot_rowlist", spy)
         server = srv.SyncServer(srv.ServerConfig(data_dir=Path("unused")))
         server._engine = _Engine(applied)  # type: ignore[assignment]
         turn = server._turn(_Session(version))  # type: ignore[arg-type]
-        monkeypatch.setattr(wire, "to_wire", original)
+        monkeypatch.setattr(wire, "_snapshot_rowlist", original)
         assert turn is not None
         t = Recorder()
         srv.write_frames(t, turn[0])  # type: ignore[arg-type]
