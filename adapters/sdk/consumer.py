@@ -21,8 +21,11 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   consumer is safe against a server that cannot reject, such as a real SpacetimeDB).  The core
   answers ``Rebootstrap``; the driver runs the application's callback and resets the checkpoint to
   the stream's new epoch and the watermark the callback returned (default ``floor_seq - 1``) in one
-  transaction, then the core resubscribes.  A watermark below ``floor_seq - 1`` or above
-  ``head_seq`` is refused: resuming from it would skip events or be stale again;
+  transaction, then the core resubscribes: from the returned watermark, or -- the default -- with
+  :func:`spec.client.rehydrate_queries` (no seq bound: the retained window, never stale, not cut by
+  the replay budget; ADR-0013 decision 3), until that snapshot has arrived.  A watermark below
+  ``floor_seq - 1`` or above ``head_seq`` is refused: resuming from it would skip events or be stale
+  again;
 * **continue** -- the exception (ADR-0003): after an unclean restart of the server the stream's new
   epoch E' *continues* the old one E up to ``continues_seq`` (the durable head; every event up to it
   survived under the same seq).  A consumer at (E, W) with ``W <= continues_seq`` (and nothing else
@@ -71,7 +74,7 @@ from adapters.sdk.errors import (
 )
 from adapters.sdk.rows import TableChange
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Subscription, TablesCallback
-from spec.client import apply_rule, continues, resume_queries
+from spec.client import apply_rule, continues, rehydrate_queries, resume_queries
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from spec.values import SyncEvent, SyncStream, is_id, is_u64
 
@@ -176,10 +179,13 @@ class ConsumerCore:
         self.state = "idle"  # idle, subscribing, live, rebootstrapping, continuing, failed
         self.epoch = 0
         self.watermark = 0
+        self.rehydrating = False  # rebootstrapped without a watermark of the application's: read the window
         self.applied = self.duplicates = self.gaps = self.rebootstraps = self.continues = 0
         self._stale_streak = 0
 
     def queries(self) -> tuple[str, ...]:
+        if self.rehydrating:  # no seq bound: not a resume, so never stale (ADR-0013 decision 3)
+            return rehydrate_queries(self.stream_id)
         return resume_queries(self.stream_id, self.epoch, self.watermark)
 
     def start(self) -> list[Action]:
@@ -190,6 +196,7 @@ class ConsumerCore:
             self.epoch, self.watermark = 1, 0
         else:
             self.epoch, self.watermark = cp.epoch, cp.watermark
+        self.rehydrating = False
         self.state = "subscribing"
         return [Resubscribe(self.queries(), "start")]
 
@@ -198,6 +205,8 @@ class ConsumerCore:
     def on_rows(self, tables: Sequence[TableChange], *, snapshot: bool) -> list[Action]:
         if self.state not in ("subscribing", "live"):
             return []
+        if snapshot:
+            self.rehydrating = False  # the window has arrived; resubscriptions resume from the watermark
         for t in tables:
             if t.table != "sync_stream":
                 continue
@@ -298,11 +307,15 @@ class ConsumerCore:
                 f"skip events or be stale again")
         return returned
 
-    def rebootstrapped(self, epoch: int, watermark: int) -> list[Action]:
-        """The checkpoint now holds (epoch, watermark): resume there."""
+    def rebootstrapped(self, epoch: int, watermark: int, *, rehydrate: bool = False) -> list[Action]:
+        """The checkpoint now holds (epoch, watermark): resume there.  ``rehydrate`` (the application
+        returned no watermark of its own): read the retained window with no seq bound, as the model client
+        does, applying it from ``watermark`` -- a resume from ``floor_seq - 1`` can be stale again (the
+        replay budget), the rehydrate read cannot, so one stale signal costs one rebootstrap."""
         if self.state != "rebootstrapping":
             raise LocalProtocolError(f"rebootstrapped() in state {self.state}")
         self.epoch, self.watermark = epoch, watermark
+        self.rehydrating = rehydrate
         self.rebootstraps += 1
         self.state = "subscribing"
         out: list[Action] = [Resubscribe(self.queries(), "rebootstrap")]
@@ -504,16 +517,16 @@ class StreamConsumer:
             elif isinstance(a, Rebootstrap):
                 self._drop_subscription()
                 try:
-                    epoch, watermark = await self._rebootstrap(a.stale)
+                    epoch, watermark, rehydrate = await self._rebootstrap(a.stale)
                 except Exception as exc:
                     await self._fail(exc)
                     return
-                await self._perform(self.core.rebootstrapped(epoch, watermark))
+                await self._perform(self.core.rebootstrapped(epoch, watermark, rehydrate=rehydrate))
             else:
                 await self._fail(a.error)
                 return
 
-    async def _rebootstrap(self, stale: Stale) -> tuple[int, int]:
+    async def _rebootstrap(self, stale: Stale) -> tuple[int, int, bool]:
         log.info("%s: rebootstrap (%s): epoch %d -> %d, watermark %d", self.stream_id, ",".join(stale.reasons),
                  stale.local_epoch, stale.epoch, stale.local_watermark)
         with self.store.transaction() as tx:
@@ -522,7 +535,7 @@ class StreamConsumer:
                 returned = await returned
             watermark = self.core.rebootstrap_watermark(stale, returned)
             self.store.reset(tx, self.stream_id, stale.epoch, watermark)
-        return stale.epoch, watermark
+        return stale.epoch, watermark, returned is None
 
     async def _closed_normally(self) -> None:
         """The application closed the connection: stop without an error report (``wait_for`` still
