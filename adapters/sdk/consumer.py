@@ -411,7 +411,8 @@ class StreamConsumer:
             raise LocalProtocolError("the consumer is already running")
         self.error = None
         self._queue = asyncio.Queue()
-        await self._perform(self.core.start())
+        async with self.store.async_lock():
+            await self._perform(self.core.start())
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream_id}")
         if self.client_id is not None and (self._ack_task is None or self._ack_task.done()):
             self._ack_task = asyncio.create_task(self._ack_loop(), name=f"acks:{self.stream_id}")
@@ -480,22 +481,24 @@ class StreamConsumer:
     async def _run(self) -> None:
         while self.core.state not in ("failed", "idle"):
             item = await self._queue.get()
-            if item.sub is not self._sub or item.query_set_id != item.sub.query_set_id:
-                continue  # an older incarnation of the query set
-            try:
-                if item.kind == "end" and self._closing():  # the application closed it: a normal stop
-                    await self._closed_normally()
-                    continue
-                if item.kind == "end":  # not dropped by us: the connection was closed for good
-                    actions: list[Action] = [Fail(ConnectionClosed(f"{self.stream_id}: the connection was closed"))]
-                elif item.kind == "error":
-                    assert item.error is not None
-                    actions = self.core.on_error(item.error)
-                else:
-                    actions = self.core.on_rows(item.tables, snapshot=item.kind == "applied")
-                await self._perform(actions)
-            except Exception as exc:  # e.g. the connection was closed for good, or the store failed
-                await self._fail(exc)
+            async with self.store.async_lock():  # consumers sharing the store take turns
+                if item.sub is not self._sub or item.query_set_id != item.sub.query_set_id:
+                    continue  # an older incarnation of the query set
+                try:
+                    if item.kind == "end" and self._closing():  # the application closed it: a normal stop
+                        await self._closed_normally()
+                        continue
+                    if item.kind == "end":  # not dropped by us: the connection was closed for good
+                        actions: list[Action] = [
+                            Fail(ConnectionClosed(f"{self.stream_id}: the connection was closed"))]
+                    elif item.kind == "error":
+                        assert item.error is not None
+                        actions = self.core.on_error(item.error)
+                    else:
+                        actions = self.core.on_rows(item.tables, snapshot=item.kind == "applied")
+                    await self._perform(actions)
+                except Exception as exc:  # e.g. the connection was closed for good, or the store failed
+                    await self._fail(exc)
             async with self._progress:
                 self._progress.notify_all()
 

@@ -323,3 +323,47 @@ def test_closing_the_connection_under_a_running_consumer_stops_it(tmp_path: Path
             await c.wait_for(2)
         await c.stop()
     run(body())
+
+
+def test_consumers_sharing_a_store_wait_for_an_awaiting_rebootstrap(tmp_path: Path) -> None:
+    """One SQLite file, two streams (the application's state and both checkpoints together).  While
+    one consumer's async ``on_rebootstrap`` awaits inside its checkpoint transaction, the other's
+    delivery waits for it, then applies -- it used to fail at once with "a checkpoint transaction is
+    already open" (and stop for good)."""
+    other = "chat.room-2"
+
+    def ev2(seq: int) -> SyncEvent:
+        return SyncEvent(other, 1, seq, f"k{seq}", "sha256:" + f"{seq:064x}", f'{{"n":{seq}}}', ALICE, 10, seq)
+
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        app.store.db.execute("CREATE TABLE msgs2 (seq INTEGER PRIMARY KEY)")
+        authority = asyncio.Event()
+
+        async def rehydrate(tx: sqlite3.Connection, stale: Stale) -> int:
+            tx.execute("DELETE FROM msgs")
+            await authority.wait()  # e.g. fetching the state from the application's authority
+            return stale.head_seq
+
+        def apply2(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            tx.execute("INSERT INTO msgs2 VALUES (?)", (e.seq,))
+
+        a = StreamConsumer(conn, app.store, S, apply=app.apply, on_rebootstrap=rehydrate)
+        b = StreamConsumer(conn, app.store, other, apply=apply2, on_rebootstrap=app.rebootstrap)
+        await a.start()
+        await b.start()
+        assert a.subscription is not None and b.subscription is not None
+        qs_a, qs_b = a.subscription.query_set_id, b.subscription.query_set_id
+        conn.snapshot([st(epoch=2, head=4, floor=1)], qs=qs_a)  # a: epoch changed, rebootstrap (awaiting)
+        await settle()
+        conn.snapshot([SyncStream(other, "default", 1, 0, 0, 2, 1, 1000, 1, 2), ev2(1), ev2(2)], qs=qs_b)
+        await settle()
+        assert b.error is None, b.error
+        authority.set()
+        await b.wait_for(2)
+        await settle()
+        assert a.error is None and (a.epoch, a.watermark) == (2, 4)
+        assert [s for (s,) in app.store.db.execute("SELECT seq FROM msgs2 ORDER BY seq")] == [1, 2]
+        for c in (a, b):
+            await c.stop()
+    run(body())
