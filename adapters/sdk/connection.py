@@ -124,6 +124,18 @@ class ReducerOutcome:
     request_id: int
 
 
+def _detached(error: BaseException | None) -> BaseException | None:
+    """``error`` without its tracebacks (and those of its causes), once it has been logged: a kept
+    traceback keeps its frames' locals alive -- the reader's last frame, up to 32 MiB a disconnect."""
+    seen: set[int] = set()
+    exc = error
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+    return error
+
+
 def _urls(url: str, database: str) -> tuple[str, str]:
     """(http base, ws subscribe url without query) from an http(s) or ws(s) base URL."""
     parts = urllib.parse.urlsplit(url)
@@ -166,7 +178,8 @@ class Connection:
         self.session = Session(cache, first_id=self.first_id)
         self.info: ConnectInfo | None = None
         self.connects = 0
-        self.disconnects: list[DisconnectInfo] = []
+        self.disconnects: list[DisconnectInfo] = []  # the last ``max_disconnects_kept``, oldest first
+        self.max_disconnects_kept = 64
         self._ws: ClientConnection | None = None
         self._out: asyncio.Queue[wire.ClientMessage] | None = None
         self._calls: dict[int, asyncio.Future[ReducerOutcome]] = {}
@@ -381,6 +394,7 @@ class Connection:
                 attempt = 0
                 info = await self._serve(ws, version, first)
                 self.disconnects.append(info)
+                del self.disconnects[:-self.max_disconnects_kept]
                 if self.on_disconnect is not None:
                     try:
                         self.on_disconnect(info)
@@ -518,7 +532,7 @@ class Connection:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
         code = ws.close_code
-        return DisconnectInfo(code, ws.close_reason or "", error, self.reconnect and not self._closing)
+        return DisconnectInfo(code, ws.close_reason or "", _detached(error), self.reconnect and not self._closing)
 
     async def _write(self, ws: ClientConnection, out: asyncio.Queue[wire.ClientMessage], version: int) -> None:
         with contextlib.suppress(websockets.exceptions.ConnectionClosed):

@@ -484,3 +484,35 @@ def test_the_token_is_exchanged_again_on_every_reconnect() -> None:
         await conn.close()
         await server.stop()
     run(body())
+
+
+def test_a_hostile_servers_malformed_frames_are_not_kept_after_each_reconnect() -> None:
+    """A server that sends a big undecodable frame, again after every reconnect: the SDK closes and
+    reconnects each time, and keeps a bounded record of its disconnects.  The record used to hold
+    each error's traceback, whose frames held the whole frame (4 MiB here, 32 MiB at most), for the
+    life of the connection object: memory grew by ~8 MiB per reconnect without bound."""
+    import gc
+    import tracemalloc
+
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock())
+        conn.max_disconnects_kept = 3
+        await conn.connect()
+        tracemalloc.start()
+        try:
+            for i in range(5):
+                await server.peers[-1].ws.send_bytes(b"\x00" + b"\xff" * (4 << 20))
+                await server.wait_peers(i + 2)
+                await until(lambda: conn.connected)
+            gc.collect()
+            retained, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert retained < 4 << 20, f"{retained / 2**20:.1f} MiB still held after 5 malformed 4 MiB frames"
+        assert len(conn.disconnects) == 3 and all(isinstance(d.error, Exception) for d in conn.disconnects)
+        assert "invalid sum tag" in str(conn.disconnects[-1].error)  # what went wrong is still there
+        await conn.close()
+        await server.stop()
+    run(body())
