@@ -359,6 +359,11 @@ class _Item:
     kind: str  # applied, update, error, end
     tables: tuple[TableChange, ...] = ()
     error: SubscriptionFailed | None = None
+    size: int = 0  # the rows' wire bytes, counted against ``max_queue_bytes``
+
+
+def _row_bytes(tables: tuple[TableChange, ...]) -> int:
+    return sum(len(r.raw) for t in tables for rows in (t.inserts, t.deletes, t.events) for r in rows)
 
 
 class StreamConsumer:
@@ -368,12 +373,19 @@ class StreamConsumer:
     stale)`` drops and rehydrates local state inside the transaction that resets the checkpoint; it
     may be async, and returns the watermark to resume from (None: ``stale.floor_seq - 1``).
     ``client_id`` names this consumer in ``ack_checkpoint``; None sends no acks.
+
+    The connection's reader hands over every message at once, so a server sending faster than ``apply``
+    commits would grow the queue without bound (and never see a slow consumer).  Past ``max_queue``
+    messages or ``max_queue_bytes`` of rows the consumer *sheds*: it unsubscribes, drops what still
+    arrives for that set, applies what it kept and, when the set has ended, resubscribes from its
+    durable watermark (:attr:`overflows` counts it).
     """
 
     def __init__(self, conn: ConsumerConnection, store: CheckpointStore, stream_id: str, *, apply: ApplyFn,
                  on_rebootstrap: RebootstrapFn, client_id: str | None = None,
                  on_error: Callable[[BaseException], None] | None = None, ack_delay: float = 0.0,
-                 ack_timeout: float = 30.0, ack_retry: float = 1.0) -> None:
+                 ack_timeout: float = 30.0, ack_retry: float = 1.0, max_queue: int = 1024,
+                 max_queue_bytes: int = 64 * 1024 * 1024) -> None:
         if client_id is not None and not is_id(client_id):
             raise LocalProtocolError(f"not a client id: {client_id!r:.140}")
         self.conn, self.store = conn, store
@@ -381,6 +393,12 @@ class StreamConsumer:
         self.stream_id, self.client_id = stream_id, client_id
         self.on_rebootstrap, self.on_error = on_rebootstrap, on_error
         self.ack_delay, self.ack_timeout, self.ack_retry = ack_delay, ack_timeout, ack_retry
+        if max_queue < 1 or max_queue_bytes < 1:
+            raise LocalProtocolError("max_queue and max_queue_bytes must be positive")
+        self.max_queue, self.max_queue_bytes = max_queue, max_queue_bytes
+        self.overflows = 0
+        self._queued_bytes = 0
+        self._shed: Subscription | None = None  # unsubscribed for a full queue: resubscribe when it ends
         self.error: BaseException | None = None
         self.acked: tuple[int, int] | None = None
         self.acks_sent = 0
@@ -406,11 +424,17 @@ class StreamConsumer:
     def subscription(self) -> Subscription | None:
         return self._sub
 
+    @property
+    def queued(self) -> int:
+        """Messages received and not yet handled."""
+        return self._queue.qsize()
+
     async def start(self) -> None:
         if self._task is not None and not self._task.done():
             raise LocalProtocolError("the consumer is already running")
         self.error = None
         self._queue = asyncio.Queue()
+        self._queued_bytes, self._shed = 0, None
         async with self.store.async_lock():
             await self._perform(self.core.start())
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream_id}")
@@ -460,6 +484,7 @@ class StreamConsumer:
 
     def _subscribe(self) -> None:
         self._drop_subscription()
+        self._shed = None
         self._sub = self.conn.subscribe(
             self.core.queries, cached=False,
             on_applied=lambda sub, tables: self._enqueue(_Item(sub, sub.query_set_id, "applied", tables)),
@@ -474,6 +499,21 @@ class StreamConsumer:
                 sub.unsubscribe()
 
     def _enqueue(self, item: _Item) -> None:
+        if item.kind in ("applied", "update"):
+            if item.sub is self._shed:
+                return  # replayed from the watermark after the resubscription
+            size = _row_bytes(item.tables)
+            if item.sub is self._sub and (self._queue.qsize() >= self.max_queue
+                                          or self._queued_bytes + size > self.max_queue_bytes):
+                self._shed = item.sub
+                self.overflows += 1
+                log.info("%s: %d messages (%d bytes) queued: unsubscribing, to resume from the watermark",
+                         self.stream_id, self._queue.qsize(), self._queued_bytes)
+                with contextlib.suppress(LocalProtocolError):
+                    item.sub.unsubscribe()
+                return
+            self._queued_bytes += size
+            item = _Item(item.sub, item.query_set_id, item.kind, item.tables, item.error, size)
         self._queue.put_nowait(item)
 
     # --- the task ---------------------------------------------------------------------------------
@@ -481,10 +521,14 @@ class StreamConsumer:
     async def _run(self) -> None:
         while self.core.state not in ("failed", "idle"):
             item = await self._queue.get()
+            self._queued_bytes -= item.size
             async with self.store.async_lock():  # consumers sharing the store take turns
                 if item.sub is not self._sub or item.query_set_id != item.sub.query_set_id:
                     continue  # an older incarnation of the query set
                 try:
+                    if item.kind == "end" and item.sub is self._shed:  # shed: everything kept is applied
+                        self._subscribe()
+                        continue
                     if item.kind == "end" and self._closing():  # the application closed it: a normal stop
                         await self._closed_normally()
                         continue

@@ -276,6 +276,38 @@ def test_a_replay_past_the_budget_rebootstraps_once_and_rehydrates_the_window(tm
     app.store.close()
 
 
+def test_a_consumer_behind_a_burst_sheds_its_queue_and_still_applies_each_event_once(tmp_path: Path) -> None:
+    """A slow ``apply`` (2 ms an event) behind a burst of 300 pipelined appends, with ``max_queue=4``:
+    the consumer sheds (unsubscribes, resubscribes from its watermark when the set has ended) and
+    every event is applied exactly once, in order, with no rebootstrap."""
+    import time
+    stream = f"e2e.burst.{uuid.uuid4().hex[:8]}"
+    app = App(tmp_path / "burst.sqlite")
+
+    def slow_apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        time.sleep(0.002)
+        app.apply(tx, e)
+
+    with running_server(tmp_path / "data") as st:
+        token = st.token()
+
+        async def body() -> None:
+            async with Connection(st.base, token=token, backoff=FAST, call_timeout=30) as producer, \
+                    Connection(st.base, token=token, backoff=FAST, call_timeout=30) as reader:
+                consumer = StreamConsumer(reader, app.store, stream, apply=slow_apply,
+                                          on_rebootstrap=app.rebootstrap, max_queue=4)
+                await consumer.start()
+                seqs = await asyncio.gather(*(append(producer, stream, i) for i in range(1, 301)))
+                assert sorted(seqs) == list(range(1, 301))
+                await asyncio.wait_for(consumer.wait_for(300), 60)
+                assert app.seqs() == list(range(1, 301)) and app.stales == [] and consumer.error is None
+                assert consumer.overflows >= 1 and consumer.queued == 0
+                await consumer.stop()
+
+        run(body())
+    app.store.close()
+
+
 def test_a_normal_close_is_quiet_and_flushes_acks(server: ServedProcess, tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     """Leaving ``async with Connection`` with a running consumer: pending acks are sent first, the

@@ -367,3 +367,34 @@ def test_consumers_sharing_a_store_wait_for_an_awaiting_rebootstrap(tmp_path: Pa
         for c in (a, b):
             await c.stop()
     run(body())
+
+
+def test_a_backlog_past_the_queue_bound_is_shed_and_replayed_from_the_watermark(tmp_path: Path) -> None:
+    """A server (hostile, or just a busy stream) that sends faster than ``apply`` commits: the reader
+    takes every frame at once, so the consumer's queue -- not the server's slow-consumer bound -- used
+    to grow without limit.  Past ``max_queue`` messages the consumer unsubscribes, drops what arrives
+    for that set meanwhile, finishes what it kept, and resubscribes from its durable watermark: every
+    event is still applied exactly once, in order."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app, max_queue=3)
+        await c.start()
+        conn.snapshot([st(head=0)])
+        await settle()
+        assert c.queued == 0
+        for seq in range(1, 11):  # ten messages before the consumer's task gets a turn
+            conn.update([st(head=seq), ev(seq)])
+        assert c.queued <= 3, c.queued
+        unsub = conn.sent[-1]
+        assert isinstance(unsub, wire.Unsubscribe)
+        await c.wait_for(3)
+        await settle()
+        assert c.watermark == 3 and c.overflows == 1
+        conn.session.receive(wire.UnsubscribeApplied(unsub.request_id, unsub.query_set_id, None))
+        await settle()
+        assert conn.cursor() == (1, 3)  # resumed from the watermark
+        conn.snapshot([st(head=10), *(ev(s) for s in range(4, 11))])
+        await c.wait_for(10)
+        assert app.msgs() == [(i, 1) for i in range(1, 11)] and c.error is None
+        await c.stop()
+    run(body())
