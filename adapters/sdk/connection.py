@@ -159,7 +159,8 @@ class Connection:
                  on_connect: Callable[[ConnectInfo], None] | None = None,
                  on_disconnect: Callable[[DisconnectInfo], None] | None = None,
                  on_connect_error: Callable[[BaseException, float], None] | None = None,
-                 cache: ClientCache | None = None, first_id: int | None = None) -> None:
+                 cache: ClientCache | None = None, first_id: int | None = None,
+                 healthy_after: float = 10.0) -> None:
         unknown = [p for p in protocols if p not in VERSIONS]
         if not protocols or unknown:
             raise LocalProtocolError(f"protocols must be a non-empty subset of {sorted(VERSIONS)}, got {protocols}")
@@ -171,6 +172,7 @@ class Connection:
         self.backoff = backoff if backoff is not None else Backoff()
         self.sleep = sleep
         self.call_timeout, self.open_timeout, self.ping_interval = call_timeout, open_timeout, ping_interval
+        self.healthy_after = healthy_after  # a connection up this long resets the backoff counter
         self.on_connect, self.on_disconnect, self.on_connect_error = on_connect, on_disconnect, on_connect_error
         if first_id is not None and not 0 <= first_id <= U32_MAX:
             raise LocalProtocolError(f"first_id must be a u32, got {first_id}")
@@ -391,8 +393,10 @@ class Connection:
                         aiohttp.ClientError, websockets.exceptions.ConnectionClosed) as exc:
                     attempt = await self._back_off(attempt, exc)
                     continue
-                attempt = 0
+                opened = asyncio.get_running_loop().time()
                 info = await self._serve(ws, version, first)
+                if asyncio.get_running_loop().time() - opened >= self.healthy_after:
+                    attempt = 0  # it was healthy: a drop now is retried quickly
                 self.disconnects.append(info)
                 del self.disconnects[:-self.max_disconnects_kept]
                 if self.on_disconnect is not None:

@@ -516,3 +516,31 @@ def test_a_hostile_servers_malformed_frames_are_not_kept_after_each_reconnect() 
         await conn.close()
         await server.stop()
     run(body())
+
+
+def test_a_server_that_drops_every_connection_at_once_is_backed_off_from() -> None:
+    """The backoff counter resets only after a connection stayed up ``healthy_after`` seconds.  A
+    server that sends InitialConnection and closes at once (a crash loop, a resubscribe it always
+    refuses by closing) used to be retried at the base delay for ever -- every client of it at
+    4-8 Hz, the reconnect storm the backoff exists to prevent."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+
+        async def close_at_once(peer: Peer, m: wire.ClientMessage) -> None:
+            await peer.ws.close(code=1011, message=b"internal error: RuntimeError")
+
+        server.handler = close_at_once
+        clock = Clock()
+        conn = client(server, clock)
+        conn.subscribe(["SELECT * FROM session_presence"])  # resubscribed on every connection: closed
+        connecting = asyncio.create_task(conn.connect())
+        try:
+            await server.wait_peers(5)
+            await until(lambda: len(clock.delays) >= 4)
+        finally:
+            connecting.cancel()
+            await conn.close()
+            await server.stop()
+        assert clock.delays[:4] == [0.25, 0.5, 1.0, 2.0]  # rng 0, jitter 0.5: half of 0.5, 1, 2, 4
+    run(body())
