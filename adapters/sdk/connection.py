@@ -533,8 +533,14 @@ class Connection:
             self._fail_calls(lost, ConnectionLost("connection lost before the result arrived"))
             self._fail_calls(list(self._calls), ConnectionLost("connection lost before the result arrived"))
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await writer
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # not the writer's: this task was cancelled meanwhile, and must end
+            except Exception:
+                log.debug("the writer ended with an error", exc_info=True)
         code = ws.close_code
         return DisconnectInfo(code, ws.close_reason or "", _detached(error), self.reconnect and not self._closing)
 

@@ -544,3 +544,39 @@ def test_a_server_that_drops_every_connection_at_once_is_backed_off_from() -> No
             await server.stop()
         assert clock.delays[:4] == [0.25, 0.5, 1.0, 2.0]  # rng 0, jitter 0.5: half of 0.5, 1, 2, 4
     run(body())
+
+
+def test_cancelling_the_supervisor_while_it_tears_a_socket_down_ends_it() -> None:
+    """An application that ends its event loop without closing the connection (asyncio.run cancels
+    every task once): a cancel that reaches the supervisor while it waits for the writer of a socket
+    that just dropped used to be swallowed there -- the supervisor reconnected and the loop's
+    shutdown waited for it for ever."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock())
+        real_write = conn._write
+        writer_stopping = asyncio.Event()
+
+        async def slow_to_stop(*args: Any) -> None:
+            try:
+                await real_write(*args)
+            except asyncio.CancelledError:
+                writer_stopping.set()
+                await asyncio.sleep(0.05)  # the writer takes a moment to wind down
+                raise
+
+        conn._write = slow_to_stop  # type: ignore[method-assign]
+        await conn.connect()
+        task = conn._task
+        assert task is not None
+        conn.abort()
+        await writer_stopping.wait()  # the supervisor is now awaiting the writer
+        task.cancel()
+        await asyncio.wait({task}, timeout=2)
+        try:
+            assert task.done() and task.cancelled(), f"still running after the cancel ({conn.connects} connects)"
+        finally:
+            await conn.close()
+            await server.stop()
+    run(body())
