@@ -538,7 +538,9 @@ class Connection:
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
-                    raise  # not the writer's: this task was cancelled meanwhile, and must end
+                    if not self._closing:
+                        raise  # cancelled from outside (the loop shutting down): end, do not reconnect
+                    task.uncancel()  # close(): record this disconnect, then the supervisor returns
             except Exception:
                 log.debug("the writer ended with an error", exc_info=True)
         code = ws.close_code
