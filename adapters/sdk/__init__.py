@@ -23,7 +23,7 @@ Example::
 
         def on_rebootstrap(tx, stale):          # drop local state, rehydrate from the authority
             tx.execute("DELETE FROM msgs")
-            return None                         # resume from stale.floor_seq - 1
+            return None                         # re-read the retained window
 
         consumer = StreamConsumer(conn, store, "chat.room-1", client_id="laptop",
                                   apply=apply, on_rebootstrap=on_rebootstrap)

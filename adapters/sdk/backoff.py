@@ -5,8 +5,10 @@ After the ``n``-th failed attempt in a row (``n`` counts from 0) the client wait
 grows geometrically until it reaches the cap and stays there; the jitter spreads a crowd of clients
 that lost the same server over a window instead of letting them reconnect in lock-step (a
 reconnect storm).  ``jitter = 1`` is "full jitter" (anywhere in ``[0, ceiling]``), ``jitter = 0`` is
-no jitter at all.  The counter resets once a connection is established (``InitialConnection``
-received), so a server that drops a healthy client is retried quickly.
+no jitter at all.  The counter resets once a connection has stayed up ``Connection.healthy_after``
+seconds (10 s by default) after its ``InitialConnection``, so a server that drops a healthy client
+is retried quickly, while one that drops every connection at once (a crash loop, a resubscribe it
+always answers by closing) is backed off from like one that refuses them.
 
 The random source is injected (a ``() -> float`` in ``[0, 1)``, :func:`random.random` by default)
 so tests can pin it; nothing here sleeps.

@@ -12,6 +12,9 @@ application's ``apply(tx, event)`` runs inside the very transaction that moves t
   returned.  If the commit itself fails, nothing of the batch is kept.
 * :meth:`CheckpointStore.transaction` runs arbitrary work atomically with :meth:`reset`, which is
   how a rebootstrap drops local stream state and moves the checkpoint to the new epoch in one step.
+  Several stream consumers may share one store (one file for the application's state and every
+  stream's checkpoint); they take turns through :meth:`CheckpointStore.async_lock`, so one whose
+  async rebootstrap callback awaits inside its transaction holds the others' deliveries back.
 
 ``apply`` receives the ``sqlite3.Connection`` itself and must not commit or roll back (the store
 checks that the transaction is still open afterwards and fails loudly if not).  The table is
@@ -22,6 +25,7 @@ Reopening the file restores every stream's (epoch, watermark).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +76,16 @@ class CheckpointStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self.db.execute(_SCHEMA)
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+    def async_lock(self) -> asyncio.Lock:
+        """The lock the stream consumers sharing this store hold while they use it: an async
+        ``on_rebootstrap`` keeps its transaction open across awaits, and another consumer's delivery
+        must wait for it rather than find a transaction open (one lock per event loop)."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:
+            self._lock = (loop, asyncio.Lock())
+        return self._lock[1]
 
     def close(self) -> None:
         self.db.close()

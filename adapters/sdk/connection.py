@@ -124,6 +124,18 @@ class ReducerOutcome:
     request_id: int
 
 
+def _detached(error: BaseException | None) -> BaseException | None:
+    """``error`` without its tracebacks (and those of its causes), once it has been logged: a kept
+    traceback keeps its frames' locals alive -- the reader's last frame, up to 32 MiB a disconnect."""
+    seen: set[int] = set()
+    exc = error
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+    return error
+
+
 def _urls(url: str, database: str) -> tuple[str, str]:
     """(http base, ws subscribe url without query) from an http(s) or ws(s) base URL."""
     parts = urllib.parse.urlsplit(url)
@@ -147,7 +159,8 @@ class Connection:
                  on_connect: Callable[[ConnectInfo], None] | None = None,
                  on_disconnect: Callable[[DisconnectInfo], None] | None = None,
                  on_connect_error: Callable[[BaseException, float], None] | None = None,
-                 cache: ClientCache | None = None, first_id: int | None = None) -> None:
+                 cache: ClientCache | None = None, first_id: int | None = None,
+                 healthy_after: float = 10.0) -> None:
         unknown = [p for p in protocols if p not in VERSIONS]
         if not protocols or unknown:
             raise LocalProtocolError(f"protocols must be a non-empty subset of {sorted(VERSIONS)}, got {protocols}")
@@ -159,6 +172,7 @@ class Connection:
         self.backoff = backoff if backoff is not None else Backoff()
         self.sleep = sleep
         self.call_timeout, self.open_timeout, self.ping_interval = call_timeout, open_timeout, ping_interval
+        self.healthy_after = healthy_after  # a connection up this long resets the backoff counter
         self.on_connect, self.on_disconnect, self.on_connect_error = on_connect, on_disconnect, on_connect_error
         if first_id is not None and not 0 <= first_id <= U32_MAX:
             raise LocalProtocolError(f"first_id must be a u32, got {first_id}")
@@ -166,7 +180,8 @@ class Connection:
         self.session = Session(cache, first_id=self.first_id)
         self.info: ConnectInfo | None = None
         self.connects = 0
-        self.disconnects: list[DisconnectInfo] = []
+        self.disconnects: list[DisconnectInfo] = []  # the last ``max_disconnects_kept``, oldest first
+        self.max_disconnects_kept = 64
         self._ws: ClientConnection | None = None
         self._out: asyncio.Queue[wire.ClientMessage] | None = None
         self._calls: dict[int, asyncio.Future[ReducerOutcome]] = {}
@@ -378,9 +393,12 @@ class Connection:
                         aiohttp.ClientError, websockets.exceptions.ConnectionClosed) as exc:
                     attempt = await self._back_off(attempt, exc)
                     continue
-                attempt = 0
+                opened = asyncio.get_running_loop().time()
                 info = await self._serve(ws, version, first)
+                if asyncio.get_running_loop().time() - opened >= self.healthy_after:
+                    attempt = 0  # it was healthy: a drop now is retried quickly
                 self.disconnects.append(info)
+                del self.disconnects[:-self.max_disconnects_kept]
                 if self.on_disconnect is not None:
                     try:
                         self.on_disconnect(info)
@@ -515,10 +533,18 @@ class Connection:
             self._fail_calls(lost, ConnectionLost("connection lost before the result arrived"))
             self._fail_calls(list(self._calls), ConnectionLost("connection lost before the result arrived"))
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await writer
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    if not self._closing:
+                        raise  # cancelled from outside (the loop shutting down): end, do not reconnect
+                    task.uncancel()  # close(): record this disconnect, then the supervisor returns
+            except Exception:
+                log.debug("the writer ended with an error", exc_info=True)
         code = ws.close_code
-        return DisconnectInfo(code, ws.close_reason or "", error, self.reconnect and not self._closing)
+        return DisconnectInfo(code, ws.close_reason or "", _detached(error), self.reconnect and not self._closing)
 
     async def _write(self, ws: ClientConnection, out: asyncio.Queue[wire.ClientMessage], version: int) -> None:
         with contextlib.suppress(websockets.exceptions.ConnectionClosed):

@@ -21,8 +21,11 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   consumer is safe against a server that cannot reject, such as a real SpacetimeDB).  The core
   answers ``Rebootstrap``; the driver runs the application's callback and resets the checkpoint to
   the stream's new epoch and the watermark the callback returned (default ``floor_seq - 1``) in one
-  transaction, then the core resubscribes.  A watermark below ``floor_seq - 1`` or above
-  ``head_seq`` is refused: resuming from it would skip events or be stale again;
+  transaction, then the core resubscribes: from the returned watermark, or -- the default -- with
+  :func:`spec.client.rehydrate_queries` (no seq bound: the retained window, never stale, not cut by
+  the replay budget; ADR-0013 decision 3), until that snapshot has arrived.  A watermark below
+  ``floor_seq - 1`` or above ``head_seq`` is refused: resuming from it would skip events or be stale
+  again;
 * **continue** -- the exception (ADR-0003): after an unclean restart of the server the stream's new
   epoch E' *continues* the old one E up to ``continues_seq`` (the durable head; every event up to it
   survived under the same seq).  A consumer at (E, W) with ``W <= continues_seq`` (and nothing else
@@ -71,7 +74,7 @@ from adapters.sdk.errors import (
 )
 from adapters.sdk.rows import TableChange
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Subscription, TablesCallback
-from spec.client import apply_rule, continues, resume_queries
+from spec.client import apply_rule, continues, rehydrate_queries, resume_queries
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from spec.values import SyncEvent, SyncStream, is_id, is_u64
 
@@ -176,10 +179,13 @@ class ConsumerCore:
         self.state = "idle"  # idle, subscribing, live, rebootstrapping, continuing, failed
         self.epoch = 0
         self.watermark = 0
+        self.rehydrating = False  # rebootstrapped without a watermark of the application's: read the window
         self.applied = self.duplicates = self.gaps = self.rebootstraps = self.continues = 0
         self._stale_streak = 0
 
     def queries(self) -> tuple[str, ...]:
+        if self.rehydrating:  # no seq bound: not a resume, so never stale (ADR-0013 decision 3)
+            return rehydrate_queries(self.stream_id)
         return resume_queries(self.stream_id, self.epoch, self.watermark)
 
     def start(self) -> list[Action]:
@@ -190,6 +196,7 @@ class ConsumerCore:
             self.epoch, self.watermark = 1, 0
         else:
             self.epoch, self.watermark = cp.epoch, cp.watermark
+        self.rehydrating = False
         self.state = "subscribing"
         return [Resubscribe(self.queries(), "start")]
 
@@ -198,6 +205,8 @@ class ConsumerCore:
     def on_rows(self, tables: Sequence[TableChange], *, snapshot: bool) -> list[Action]:
         if self.state not in ("subscribing", "live"):
             return []
+        if snapshot:
+            self.rehydrating = False  # the window has arrived; resubscriptions resume from the watermark
         for t in tables:
             if t.table != "sync_stream":
                 continue
@@ -298,11 +307,15 @@ class ConsumerCore:
                 f"skip events or be stale again")
         return returned
 
-    def rebootstrapped(self, epoch: int, watermark: int) -> list[Action]:
-        """The checkpoint now holds (epoch, watermark): resume there."""
+    def rebootstrapped(self, epoch: int, watermark: int, *, rehydrate: bool = False) -> list[Action]:
+        """The checkpoint now holds (epoch, watermark): resume there.  ``rehydrate`` (the application
+        returned no watermark of its own): read the retained window with no seq bound, as the model client
+        does, applying it from ``watermark`` -- a resume from ``floor_seq - 1`` can be stale again (the
+        replay budget), the rehydrate read cannot, so one stale signal costs one rebootstrap."""
         if self.state != "rebootstrapping":
             raise LocalProtocolError(f"rebootstrapped() in state {self.state}")
         self.epoch, self.watermark = epoch, watermark
+        self.rehydrating = rehydrate
         self.rebootstraps += 1
         self.state = "subscribing"
         out: list[Action] = [Resubscribe(self.queries(), "rebootstrap")]
@@ -346,6 +359,11 @@ class _Item:
     kind: str  # applied, update, error, end
     tables: tuple[TableChange, ...] = ()
     error: SubscriptionFailed | None = None
+    size: int = 0  # the rows' wire bytes, counted against ``max_queue_bytes``
+
+
+def _row_bytes(tables: tuple[TableChange, ...]) -> int:
+    return sum(len(r.raw) for t in tables for rows in (t.inserts, t.deletes, t.events) for r in rows)
 
 
 class StreamConsumer:
@@ -355,12 +373,19 @@ class StreamConsumer:
     stale)`` drops and rehydrates local state inside the transaction that resets the checkpoint; it
     may be async, and returns the watermark to resume from (None: ``stale.floor_seq - 1``).
     ``client_id`` names this consumer in ``ack_checkpoint``; None sends no acks.
+
+    The connection's reader hands over every message at once, so a server sending faster than ``apply``
+    commits would grow the queue without bound (and never see a slow consumer).  Past ``max_queue``
+    messages or ``max_queue_bytes`` of rows the consumer *sheds*: it unsubscribes, drops what still
+    arrives for that set, applies what it kept and, when the set has ended, resubscribes from its
+    durable watermark (:attr:`overflows` counts it).
     """
 
     def __init__(self, conn: ConsumerConnection, store: CheckpointStore, stream_id: str, *, apply: ApplyFn,
                  on_rebootstrap: RebootstrapFn, client_id: str | None = None,
                  on_error: Callable[[BaseException], None] | None = None, ack_delay: float = 0.0,
-                 ack_timeout: float = 30.0, ack_retry: float = 1.0) -> None:
+                 ack_timeout: float = 30.0, ack_retry: float = 1.0, max_queue: int = 1024,
+                 max_queue_bytes: int = 64 * 1024 * 1024) -> None:
         if client_id is not None and not is_id(client_id):
             raise LocalProtocolError(f"not a client id: {client_id!r:.140}")
         self.conn, self.store = conn, store
@@ -368,6 +393,12 @@ class StreamConsumer:
         self.stream_id, self.client_id = stream_id, client_id
         self.on_rebootstrap, self.on_error = on_rebootstrap, on_error
         self.ack_delay, self.ack_timeout, self.ack_retry = ack_delay, ack_timeout, ack_retry
+        if max_queue < 1 or max_queue_bytes < 1:
+            raise LocalProtocolError("max_queue and max_queue_bytes must be positive")
+        self.max_queue, self.max_queue_bytes = max_queue, max_queue_bytes
+        self.overflows = 0
+        self._queued_bytes = 0
+        self._shed: Subscription | None = None  # unsubscribed for a full queue: resubscribe when it ends
         self.error: BaseException | None = None
         self.acked: tuple[int, int] | None = None
         self.acks_sent = 0
@@ -393,12 +424,19 @@ class StreamConsumer:
     def subscription(self) -> Subscription | None:
         return self._sub
 
+    @property
+    def queued(self) -> int:
+        """Messages received and not yet handled."""
+        return self._queue.qsize()
+
     async def start(self) -> None:
         if self._task is not None and not self._task.done():
             raise LocalProtocolError("the consumer is already running")
         self.error = None
         self._queue = asyncio.Queue()
-        await self._perform(self.core.start())
+        self._queued_bytes, self._shed = 0, None
+        async with self.store.async_lock():
+            await self._perform(self.core.start())
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream_id}")
         if self.client_id is not None and (self._ack_task is None or self._ack_task.done()):
             self._ack_task = asyncio.create_task(self._ack_loop(), name=f"acks:{self.stream_id}")
@@ -446,6 +484,7 @@ class StreamConsumer:
 
     def _subscribe(self) -> None:
         self._drop_subscription()
+        self._shed = None
         self._sub = self.conn.subscribe(
             self.core.queries, cached=False,
             on_applied=lambda sub, tables: self._enqueue(_Item(sub, sub.query_set_id, "applied", tables)),
@@ -460,6 +499,21 @@ class StreamConsumer:
                 sub.unsubscribe()
 
     def _enqueue(self, item: _Item) -> None:
+        if item.kind in ("applied", "update"):
+            if item.sub is self._shed:
+                return  # replayed from the watermark after the resubscription
+            size = _row_bytes(item.tables)
+            if item.sub is self._sub and (self._queue.qsize() >= self.max_queue
+                                          or self._queued_bytes + size > self.max_queue_bytes):
+                self._shed = item.sub
+                self.overflows += 1
+                log.info("%s: %d messages (%d bytes) queued: unsubscribing, to resume from the watermark",
+                         self.stream_id, self._queue.qsize(), self._queued_bytes)
+                with contextlib.suppress(LocalProtocolError):
+                    item.sub.unsubscribe()
+                return
+            self._queued_bytes += size
+            item = _Item(item.sub, item.query_set_id, item.kind, item.tables, item.error, size)
         self._queue.put_nowait(item)
 
     # --- the task ---------------------------------------------------------------------------------
@@ -467,22 +521,28 @@ class StreamConsumer:
     async def _run(self) -> None:
         while self.core.state not in ("failed", "idle"):
             item = await self._queue.get()
-            if item.sub is not self._sub or item.query_set_id != item.sub.query_set_id:
-                continue  # an older incarnation of the query set
-            try:
-                if item.kind == "end" and self._closing():  # the application closed it: a normal stop
-                    await self._closed_normally()
-                    continue
-                if item.kind == "end":  # not dropped by us: the connection was closed for good
-                    actions: list[Action] = [Fail(ConnectionClosed(f"{self.stream_id}: the connection was closed"))]
-                elif item.kind == "error":
-                    assert item.error is not None
-                    actions = self.core.on_error(item.error)
-                else:
-                    actions = self.core.on_rows(item.tables, snapshot=item.kind == "applied")
-                await self._perform(actions)
-            except Exception as exc:  # e.g. the connection was closed for good, or the store failed
-                await self._fail(exc)
+            self._queued_bytes -= item.size
+            async with self.store.async_lock():  # consumers sharing the store take turns
+                if item.sub is not self._sub or item.query_set_id != item.sub.query_set_id:
+                    continue  # an older incarnation of the query set
+                try:
+                    if item.kind == "end" and item.sub is self._shed:  # shed: everything kept is applied
+                        self._subscribe()
+                        continue
+                    if item.kind == "end" and self._closing():  # the application closed it: a normal stop
+                        await self._closed_normally()
+                        continue
+                    if item.kind == "end":  # not dropped by us: the connection was closed for good
+                        actions: list[Action] = [
+                            Fail(ConnectionClosed(f"{self.stream_id}: the connection was closed"))]
+                    elif item.kind == "error":
+                        assert item.error is not None
+                        actions = self.core.on_error(item.error)
+                    else:
+                        actions = self.core.on_rows(item.tables, snapshot=item.kind == "applied")
+                    await self._perform(actions)
+                except Exception as exc:  # e.g. the connection was closed for good, or the store failed
+                    await self._fail(exc)
             async with self._progress:
                 self._progress.notify_all()
 
@@ -504,16 +564,16 @@ class StreamConsumer:
             elif isinstance(a, Rebootstrap):
                 self._drop_subscription()
                 try:
-                    epoch, watermark = await self._rebootstrap(a.stale)
+                    epoch, watermark, rehydrate = await self._rebootstrap(a.stale)
                 except Exception as exc:
                     await self._fail(exc)
                     return
-                await self._perform(self.core.rebootstrapped(epoch, watermark))
+                await self._perform(self.core.rebootstrapped(epoch, watermark, rehydrate=rehydrate))
             else:
                 await self._fail(a.error)
                 return
 
-    async def _rebootstrap(self, stale: Stale) -> tuple[int, int]:
+    async def _rebootstrap(self, stale: Stale) -> tuple[int, int, bool]:
         log.info("%s: rebootstrap (%s): epoch %d -> %d, watermark %d", self.stream_id, ",".join(stale.reasons),
                  stale.local_epoch, stale.epoch, stale.local_watermark)
         with self.store.transaction() as tx:
@@ -522,7 +582,7 @@ class StreamConsumer:
                 returned = await returned
             watermark = self.core.rebootstrap_watermark(stale, returned)
             self.store.reset(tx, self.stream_id, stale.epoch, watermark)
-        return stale.epoch, watermark
+        return stale.epoch, watermark, returned is None
 
     async def _closed_normally(self) -> None:
         """The application closed the connection: stop without an error report (``wait_for`` still

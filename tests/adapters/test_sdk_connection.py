@@ -484,3 +484,99 @@ def test_the_token_is_exchanged_again_on_every_reconnect() -> None:
         await conn.close()
         await server.stop()
     run(body())
+
+
+def test_a_hostile_servers_malformed_frames_are_not_kept_after_each_reconnect() -> None:
+    """A server that sends a big undecodable frame, again after every reconnect: the SDK closes and
+    reconnects each time, and keeps a bounded record of its disconnects.  The record used to hold
+    each error's traceback, whose frames held the whole frame (4 MiB here, 32 MiB at most), for the
+    life of the connection object: memory grew by ~8 MiB per reconnect without bound."""
+    import gc
+    import tracemalloc
+
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock())
+        conn.max_disconnects_kept = 3
+        await conn.connect()
+        tracemalloc.start()
+        try:
+            for i in range(5):
+                await server.peers[-1].ws.send_bytes(b"\x00" + b"\xff" * (4 << 20))
+                await server.wait_peers(i + 2)
+                await until(lambda: conn.connected)
+            gc.collect()
+            retained, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert retained < 4 << 20, f"{retained / 2**20:.1f} MiB still held after 5 malformed 4 MiB frames"
+        assert len(conn.disconnects) == 3 and all(isinstance(d.error, Exception) for d in conn.disconnects)
+        assert "invalid sum tag" in str(conn.disconnects[-1].error)  # what went wrong is still there
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_a_server_that_drops_every_connection_at_once_is_backed_off_from() -> None:
+    """The backoff counter resets only after a connection stayed up ``healthy_after`` seconds.  A
+    server that sends InitialConnection and closes at once (a crash loop, a resubscribe it always
+    refuses by closing) used to be retried at the base delay for ever -- every client of it at
+    4-8 Hz, the reconnect storm the backoff exists to prevent."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+
+        async def close_at_once(peer: Peer, m: wire.ClientMessage) -> None:
+            await peer.ws.close(code=1011, message=b"internal error: RuntimeError")
+
+        server.handler = close_at_once
+        clock = Clock()
+        conn = client(server, clock)
+        conn.subscribe(["SELECT * FROM session_presence"])  # resubscribed on every connection: closed
+        connecting = asyncio.create_task(conn.connect())
+        try:
+            await server.wait_peers(5)
+            await until(lambda: len(clock.delays) >= 4)
+        finally:
+            connecting.cancel()
+            await conn.close()
+            await server.stop()
+        assert clock.delays[:4] == [0.25, 0.5, 1.0, 2.0]  # rng 0, jitter 0.5: half of 0.5, 1, 2, 4
+    run(body())
+
+
+def test_cancelling_the_supervisor_while_it_tears_a_socket_down_ends_it() -> None:
+    """An application that ends its event loop without closing the connection (asyncio.run cancels
+    every task once): a cancel that reaches the supervisor while it waits for the writer of a socket
+    that just dropped used to be swallowed there -- the supervisor reconnected and the loop's
+    shutdown waited for it for ever."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock())
+        real_write = conn._write
+        writer_stopping = asyncio.Event()
+
+        async def slow_to_stop(*args: Any) -> None:
+            try:
+                await real_write(*args)
+            except asyncio.CancelledError:
+                writer_stopping.set()
+                await asyncio.sleep(0.05)  # the writer takes a moment to wind down
+                raise
+
+        conn._write = slow_to_stop  # type: ignore[method-assign]
+        await conn.connect()
+        task = conn._task
+        assert task is not None
+        conn.abort()
+        await writer_stopping.wait()  # the supervisor is now awaiting the writer
+        task.cancel()
+        await asyncio.wait({task}, timeout=2)
+        try:
+            assert task.done() and task.cancelled(), f"still running after the cancel ({conn.connects} connects)"
+        finally:
+            await conn.close()
+            await server.stop()
+    run(body())

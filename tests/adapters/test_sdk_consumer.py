@@ -291,6 +291,27 @@ def test_rebootstrap_resumes_in_the_new_epoch(core: ConsumerCore, store: Checkpo
     assert applied(store) == [1, 3] and core.rebootstraps == 1
 
 
+def test_a_rebootstrap_without_a_watermark_reads_the_window_with_no_seq_bound(core: ConsumerCore,
+                                                                             store: CheckpointStore) -> None:
+    """ADR-0013 decision 3: the rehydrate read is not a resume, so it cannot be stale (the replay budget
+    does not cut it); the window is applied from the watermark by the usual rule, and once it has
+    arrived a resubscription (a gap, a reconnect) resumes from the watermark again."""
+    (action,) = core.on_error(stale_error(epoch=1, floor_seq=1, head_seq=30, reasons=["replay_budget_exceeded"]))
+    assert isinstance(action, Rebootstrap)
+    with store.transaction() as tx:
+        store.reset(tx, S, 1, 0)
+    (resub,) = core.rebootstrapped(1, 0, rehydrate=True)
+    assert isinstance(resub, Resubscribe)
+    for text in resub.queries:  # no seq bound, stream pinned
+        (query,) = q.parse(text)
+        assert q.pinned_value(query, "stream_id") == S and q.lower_bound_exclusive(query, "seq") is None
+    assert core.queries() == resub.queries  # a reconnect before the window arrives reads it again
+    assert core.on_rows(rows(st(head=3), ev(2), ev(1), ev(3)), snapshot=True) == [Ack(1, 3)]
+    assert applied(store) == [1, 2, 3]
+    (gap,) = core.on_rows(rows(ev(5)), snapshot=False)
+    assert isinstance(gap, Resubscribe) and resume_of(gap) == (S, 1, 3)
+
+
 def test_the_rebootstrap_watermark_must_be_resumable(core: ConsumerCore) -> None:
     stale = Stale(S, ("epoch_changed",), 2, 5, 9, 1, 0, from_server=True)
     assert core.rebootstrap_watermark(stale, 4) == 4 and core.rebootstrap_watermark(stale, 9) == 9

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.server import ServedProcess, mint_cli, serve_process
+from support.server import ServedProcess, mint_cli, running_server, serve_process
 
 from adapters.sdk import (
     V2,
@@ -29,10 +29,12 @@ from adapters.sdk import (
     CheckpointStore,
     Connection,
     ConnectionClosed,
+    ConnectionLost,
     ReducerError,
     Stale,
     StreamConsumer,
 )
+from spec.policy import Policy, StreamClass
 from spec.values import SyncCheckpoint, SyncEvent
 
 SCOPES = "sync.subscribe,sync.append,sync.checkpoint.write"
@@ -232,6 +234,78 @@ def test_an_epoch_reset_rebootstraps_live_and_on_resume(server: ServedProcess, t
         resumed.store.close()
 
     run(body())
+
+
+def test_a_replay_past_the_budget_rebootstraps_once_and_rehydrates_the_window(tmp_path: Path) -> None:
+    """ADR-0013 decision 3 / REPLAY-3: a stale cursor costs one rebootstrap, because the rehydrate read
+    cannot be stale.  A new consumer of a stream longer than its class's replay budget is refused
+    ``replay_budget_exceeded`` (from watermark 0); its callback returns None (no authority of its own),
+    so it must read the retained window with no seq bound -- not resume from ``floor_seq - 1`` = 0
+    again, which is just as far past the budget (it used to rebootstrap five times, dropping the
+    application's state each time, then stop with "still stale")."""
+    stream = f"e2e.budget.{uuid.uuid4().hex[:8]}"
+    app = App(tmp_path / "budget.sqlite")
+    policy = Policy(default_class=StreamClass("default", replay_budget=5))
+    with running_server(tmp_path / "data", policy=policy) as st:
+        token = st.token()
+
+        async def body() -> None:
+            async with Connection(st.base, token=token, backoff=FAST, call_timeout=20) as conn:
+                for i in range(1, 13):
+                    assert await append(conn, stream, i) == i
+                consumer = StreamConsumer(conn, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap)
+                await consumer.start()
+                await asyncio.wait_for(consumer.wait_for(12), 20)
+                assert [s.reasons for s in app.stales] == [("replay_budget_exceeded",)]
+                assert app.seqs() == list(range(1, 13)) and consumer.core.rebootstraps == 1
+                assert await append(conn, stream, 13) == 13  # the rehydrate's query set carries the live tail
+                await asyncio.wait_for(consumer.wait_for(13), 20)
+                assert app.seqs() == list(range(1, 14))
+                conn.abort()  # a reconnect after the rehydrate resumes from the watermark: within the budget
+                for _ in range(50):  # a call on the dying socket is lost: retry under the same key
+                    try:
+                        assert await append(conn, stream, 14) == 14
+                        break
+                    except ConnectionLost:
+                        await asyncio.sleep(0.05)
+                await asyncio.wait_for(consumer.wait_for(14), 20)
+                assert app.seqs() == list(range(1, 15)) and len(app.stales) == 1 and consumer.error is None
+                await consumer.stop()
+
+        run(body())
+    app.store.close()
+
+
+def test_a_consumer_behind_a_burst_sheds_its_queue_and_still_applies_each_event_once(tmp_path: Path) -> None:
+    """A slow ``apply`` (2 ms an event) behind a burst of 300 pipelined appends, with ``max_queue=4``:
+    the consumer sheds (unsubscribes, resubscribes from its watermark when the set has ended) and
+    every event is applied exactly once, in order, with no rebootstrap."""
+    import time
+    stream = f"e2e.burst.{uuid.uuid4().hex[:8]}"
+    app = App(tmp_path / "burst.sqlite")
+
+    def slow_apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        time.sleep(0.002)
+        app.apply(tx, e)
+
+    with running_server(tmp_path / "data") as st:
+        token = st.token()
+
+        async def body() -> None:
+            async with Connection(st.base, token=token, backoff=FAST, call_timeout=30) as producer, \
+                    Connection(st.base, token=token, backoff=FAST, call_timeout=30) as reader:
+                consumer = StreamConsumer(reader, app.store, stream, apply=slow_apply,
+                                          on_rebootstrap=app.rebootstrap, max_queue=4)
+                await consumer.start()
+                seqs = await asyncio.gather(*(append(producer, stream, i) for i in range(1, 301)))
+                assert sorted(seqs) == list(range(1, 301))
+                await asyncio.wait_for(consumer.wait_for(300), 60)
+                assert app.seqs() == list(range(1, 301)) and app.stales == [] and consumer.error is None
+                assert consumer.overflows >= 1 and consumer.queued == 0
+                await consumer.stop()
+
+        run(body())
+    app.store.close()
 
 
 def test_a_normal_close_is_quiet_and_flushes_acks(server: ServedProcess, tmp_path: Path,

@@ -20,6 +20,7 @@ from adapters.bsatn import encode_row
 from adapters.sdk import CheckpointStore, ConnectionClosed, ReducerError, Stale, StreamConsumer
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Session, Subscription, TablesCallback
 from spec import query as q
+from spec.client import rehydrate_queries
 from spec.errors import ErrorCode, SyncError
 from spec.values import Row, SyncEvent, SyncStream
 
@@ -178,7 +179,8 @@ def test_stale_error_runs_the_callback_in_the_checkpoint_transaction(tmp_path: P
         assert [s.reasons for s in app.stales] == [("epoch_changed",)]
         assert app.msgs() == []  # the callback's DELETE committed with the reset
         cp = app.store.load(S)
-        assert cp is not None and (cp.epoch, cp.watermark) == (2, 3) and conn.cursor() == (2, 3)
+        assert cp is not None and (cp.epoch, cp.watermark) == (2, 3)
+        assert conn.last_subscribe().query_strings == rehydrate_queries(S)  # the window, no seq bound
         conn.snapshot([st(epoch=2, head=4, floor=4), ev(4, epoch=2)])
         await c.wait_for(4, epoch=2)
         assert app.msgs() == [(4, 2)]
@@ -319,5 +321,80 @@ def test_closing_the_connection_under_a_running_consumer_stops_it(tmp_path: Path
         conn.session.close()
         with pytest.raises(ConnectionClosed):
             await c.wait_for(2)
+        await c.stop()
+    run(body())
+
+
+def test_consumers_sharing_a_store_wait_for_an_awaiting_rebootstrap(tmp_path: Path) -> None:
+    """One SQLite file, two streams (the application's state and both checkpoints together).  While
+    one consumer's async ``on_rebootstrap`` awaits inside its checkpoint transaction, the other's
+    delivery waits for it, then applies -- it used to fail at once with "a checkpoint transaction is
+    already open" (and stop for good)."""
+    other = "chat.room-2"
+
+    def ev2(seq: int) -> SyncEvent:
+        return SyncEvent(other, 1, seq, f"k{seq}", "sha256:" + f"{seq:064x}", f'{{"n":{seq}}}', ALICE, 10, seq)
+
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        app.store.db.execute("CREATE TABLE msgs2 (seq INTEGER PRIMARY KEY)")
+        authority = asyncio.Event()
+
+        async def rehydrate(tx: sqlite3.Connection, stale: Stale) -> int:
+            tx.execute("DELETE FROM msgs")
+            await authority.wait()  # e.g. fetching the state from the application's authority
+            return stale.head_seq
+
+        def apply2(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            tx.execute("INSERT INTO msgs2 VALUES (?)", (e.seq,))
+
+        a = StreamConsumer(conn, app.store, S, apply=app.apply, on_rebootstrap=rehydrate)
+        b = StreamConsumer(conn, app.store, other, apply=apply2, on_rebootstrap=app.rebootstrap)
+        await a.start()
+        await b.start()
+        assert a.subscription is not None and b.subscription is not None
+        qs_a, qs_b = a.subscription.query_set_id, b.subscription.query_set_id
+        conn.snapshot([st(epoch=2, head=4, floor=1)], qs=qs_a)  # a: epoch changed, rebootstrap (awaiting)
+        await settle()
+        conn.snapshot([SyncStream(other, "default", 1, 0, 0, 2, 1, 1000, 1, 2), ev2(1), ev2(2)], qs=qs_b)
+        await settle()
+        assert b.error is None, b.error
+        authority.set()
+        await b.wait_for(2)
+        await settle()
+        assert a.error is None and (a.epoch, a.watermark) == (2, 4)
+        assert [s for (s,) in app.store.db.execute("SELECT seq FROM msgs2 ORDER BY seq")] == [1, 2]
+        for c in (a, b):
+            await c.stop()
+    run(body())
+
+
+def test_a_backlog_past_the_queue_bound_is_shed_and_replayed_from_the_watermark(tmp_path: Path) -> None:
+    """A server (hostile, or just a busy stream) that sends faster than ``apply`` commits: the reader
+    takes every frame at once, so the consumer's queue -- not the server's slow-consumer bound -- used
+    to grow without limit.  Past ``max_queue`` messages the consumer unsubscribes, drops what arrives
+    for that set meanwhile, finishes what it kept, and resubscribes from its durable watermark: every
+    event is still applied exactly once, in order."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app, max_queue=3)
+        await c.start()
+        conn.snapshot([st(head=0)])
+        await settle()
+        assert c.queued == 0
+        for seq in range(1, 11):  # ten messages before the consumer's task gets a turn
+            conn.update([st(head=seq), ev(seq)])
+        assert c.queued <= 3, c.queued
+        unsub = conn.sent[-1]
+        assert isinstance(unsub, wire.Unsubscribe)
+        await c.wait_for(3)
+        await settle()
+        assert c.watermark == 3 and c.overflows == 1
+        conn.session.receive(wire.UnsubscribeApplied(unsub.request_id, unsub.query_set_id, None))
+        await settle()
+        assert conn.cursor() == (1, 3)  # resumed from the watermark
+        conn.snapshot([st(head=10), *(ev(s) for s in range(4, 11))])
+        await c.wait_for(10)
+        assert app.msgs() == [(i, 1) for i in range(1, 11)] and c.error is None
         await c.stop()
     run(body())
