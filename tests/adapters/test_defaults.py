@@ -181,3 +181,33 @@ def test_the_listen_queue_holds_a_storm_while_the_loop_is_busy(tmp_path: Path) -
             for s in socks:
                 s.close()
     assert slow == [] and len(socks) == 300, f"connections that waited: {slow[:5]} of {len(socks)} made"
+
+
+def test_python_sdk_defaults_are_pinned() -> None:
+    """docs/clients.md: what an application gets without setting anything -- v3 first then v2, gzip,
+    the server's confirmed-read default, 30 s calls, backoff 0.25 s doubling to 30 s with half
+    jitter reset after 10 s up, the last 64 disconnects kept; a consumer's queue bounded at 1024
+    messages and 64 MiB (past them it sheds and resumes from its watermark)."""
+    import inspect
+
+    from adapters.sdk.backoff import Backoff
+    from adapters.sdk.connection import V2, V3, Connection
+    from adapters.sdk.consumer import StreamConsumer
+
+    def defaults(fn: object) -> dict[str, object]:
+        return {name: p.default for name, p in inspect.signature(fn).parameters.items()  # type: ignore[arg-type]
+                if p.default is not inspect.Parameter.empty}
+
+    conn = defaults(Connection.__init__)
+    assert {k: conn[k] for k in ("protocols", "compression", "confirmed", "exchange_token", "reconnect",
+                                 "call_timeout", "open_timeout", "ping_interval", "healthy_after")} == {
+        "protocols": (V3, V2), "compression": wire.Compression.GZIP, "confirmed": None, "exchange_token": True,
+        "reconnect": True, "call_timeout": 30.0, "open_timeout": 10.0, "ping_interval": 20.0, "healthy_after": 10.0}
+    assert (V3, V2) == ("v3.bsatn.spacetimedb", "v2.bsatn.spacetimedb")
+    b = Backoff()
+    assert (b.base, b.cap, b.factor, b.jitter) == (0.25, 30.0, 2.0, 0.5)
+    built = Connection("http://127.0.0.1:1", "db", "token")
+    assert built.max_disconnects_kept == 64
+    consumer = defaults(StreamConsumer.__init__)
+    assert {k: consumer[k] for k in ("ack_delay", "ack_timeout", "ack_retry", "max_queue", "max_queue_bytes")} == {
+        "ack_delay": 0.0, "ack_timeout": 30.0, "ack_retry": 1.0, "max_queue": 1024, "max_queue_bytes": 64 * MIB}
