@@ -132,6 +132,7 @@ BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this ma
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 BODY_CACHE_ITEMS = 512  # ... and at most this many of them
 COMMIT_GATHER_S = 0.004  # GroupCommitWriter gather_s (ADR-0014): also capped at half a COMMIT's duration
+PROCEDURE_NAME_ECHO = 128  # characters of an unknown procedure's name its ProcedureResult echoes
 DELIVERED = (m.TransactionUpdate, m.ReducerResult)  # messages whose commit-to-delivery time is measured
 
 
@@ -1401,8 +1402,14 @@ class SyncServer:
             engine.one_off(s.conn_id, msg.request_id, msg.query_string)
             return
         if isinstance(msg, wire.CallProcedure):
+            if len(s.side) >= self.config.limits.max_outbound_queue:  # its answers are output like any other
+                engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
+                return
+            name = msg.procedure
+            if len(name) > PROCEDURE_NAME_ECHO:
+                name = name[:PROCEDURE_NAME_ECHO] + "..."
             s.side.append(wire.encode_server(wire.ProcedureResult(
-                wire.ProcedureInternalError(f"no such procedure: {msg.procedure} (this module defines none)"),
+                wire.ProcedureInternalError(f"no such procedure: {name} (this module defines none)"),
                 now, 0, msg.request_id)))
             return
         if isinstance(msg, wire.CallReducer):

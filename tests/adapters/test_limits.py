@@ -4,6 +4,7 @@ turns, inbound bytes, request body time, and the HTTP size caps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -14,7 +15,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from support.server import ServerThread, WireClient, call_http, http, running_server, with_limits
+from support.server import (
+    RawSocketClient,
+    ServerThread,
+    WireClient,
+    call_http,
+    http,
+    metric,
+    running_server,
+    with_limits,
+)
 
 from adapters import bsatn, wire
 from spec.values import SyncEvent
@@ -177,3 +187,35 @@ def test_request_bodies_have_a_deadline_and_a_size(tmp_path: Path) -> None:
         call = call_http(st, tok, "append_sync_event", json.loads(body))
         assert call.status == 413  # aiohttp's client_max_size = max(max_call_body_bytes, max_sql_bytes)
         assert call_http(st, tok, "append_sync_event", ["s", "k", "{}", {"none": []}, {"none": []}]).status == 200
+
+
+def test_procedure_answers_are_bounded_like_other_output(tmp_path: Path) -> None:
+    """The answers to ``CallProcedure`` (made by the I/O layer, not queued in the engine) count
+    against ``max_outbound_queue``: a client that sends calls and reads nothing is dropped as a
+    slow consumer at the bound, not after ``send_timeout_s`` with every answer held meanwhile
+    (each one echoed the procedure's name, so a 4 MiB frame of calls held 4 MiB of answers).  And
+    an answer echoes at most ``PROCEDURE_NAME_ECHO`` characters of the name."""
+    with running_server(tmp_path, limits=with_limits(max_outbound_queue=64, close_timeout_s=1.0)) as st:
+        echo = WireClient(st, st.token())
+        echo.send(wire.CallProcedure(7, 0, "p" * 100_000, b""))
+        answer = echo.recv_until(wire.ProcedureResult)
+        assert isinstance(answer.status, wire.ProcedureInternalError) and answer.request_id == 7
+        text = answer.status.message
+        assert text.startswith("no such procedure: ppp") and text.endswith("(this module defines none)")
+        assert len(text) < 300, len(text)
+        # a short name is echoed whole
+        echo.send(wire.CallProcedure(8, 0, "mine", b""))
+        assert echo.recv_until(wire.ProcedureResult).status.message == \
+            "no such procedure: mine (this module defines none)"
+        slow = RawSocketClient(st, st.token(), rcvbuf=4096)  # never reads
+        # more answers than the kernel's buffers take (~190 bytes each), as masked frames (a zero key)
+        frames = b"".join(b"\x82" + bytes((0x80 | len(p),)) + b"\0\0\0\0" + p for p in (
+            wire.encode_client(wire.CallProcedure(i, 0, "q" * 100, b"")) for i in range(60_000)))
+        with contextlib.suppress(OSError):
+            slow.sock.sendall(frames)
+        wait_for(lambda: metric(st.base, "syncref_slow_consumer_disconnects_total") == 1, 20)
+        assert st.call(lambda: max((len(s.side) for s in st.server.sessions.values()), default=0)) <= 65
+        echo.send(wire.CallProcedure(9, 0, "still", b""))  # a bystander is served
+        assert echo.recv_until(wire.ProcedureResult).request_id == 9
+        slow.close()
+        echo.close()
