@@ -59,7 +59,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import prometheus_client as prom
 from aiohttp import WSMsgType, web
@@ -148,6 +148,12 @@ def _cannot_block(transport: asyncio.BaseTransport, size: int) -> bool:
     buffered = size_of()
     low, high = limits_of()
     return bool(buffered <= low and buffered + size <= high)
+
+
+def _cut(transport: asyncio.BaseTransport) -> None:
+    """Abort ``transport`` (a no-op, or an error ignored, when its connection is already gone)."""
+    with contextlib.suppress(Exception):
+        cast(asyncio.Transport, transport).abort()
 
 
 class _Encoded:
@@ -1747,8 +1753,10 @@ class SyncServer:
             for s in list(self.sessions.values()):
                 jti = s.verified.raw.get("jti")
                 if not s.closing and isinstance(jti, str) and jti in revocations.jtis:
-                    await self._close(s, m.CLOSE_POLICY, "token revoked: reconnect with another token",
-                                      "token_revoked")
+                    # each close in its own task: a peer that takes its close frame slowly (up to
+                    # close_timeout_s) holds back neither the other closes nor the next refresh
+                    s.closers.append(asyncio.ensure_future(self._close(
+                        s, m.CLOSE_POLICY, "token revoked: reconnect with another token", "token_revoked")))
 
     def _engine_closed(self, conn_id: int, reason: str) -> None:
         """The engine dropped a connection (slow consumer, reused query set id): close its socket."""
@@ -1786,14 +1794,25 @@ class SyncServer:
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+        done = False
         try:
             await asyncio.wait_for(s.ws.close(code=code, message=cut_reason(reason).encode("utf-8")),
                                    self.config.limits.close_timeout_s + 1)
+            done = True
         except (ConnectionError, RuntimeError, TimeoutError):
             # a peer that does not read cannot take the close frame: drop the TCP connection
+            done = True
             transport = s.request.transport
             if transport is not None:
                 transport.abort()
+        finally:
+            # A close can also end cancelled (aiohttp's writer has one drain waiter for every task:
+            # cancelling the sender's drain cancels the close's) or with bytes still queued; aiohttp
+            # then closes the transport gracefully, which waits for the peer to read them -- for a
+            # peer that never reads, forever.  It gets close_timeout_s more, then the TCP connection is cut.
+            transport = s.request.transport
+            if transport is not None and (not done or transport.get_write_buffer_size()):
+                asyncio.get_running_loop().call_later(self.config.limits.close_timeout_s, _cut, transport)
 
     async def _finish(self, s: Session) -> None:
         s.closing = True
@@ -1801,17 +1820,21 @@ class SyncServer:
         s.inbound_ready.set()
         for task in s.tasks:
             task.cancel()
-        for task in s.tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        for closer in s.closers:
-            with contextlib.suppress(Exception):
-                await closer
-        self.sessions.pop(s.conn_id, None)
-        if s.conn_id in self.engine.conns:
-            self._tick()
-            self.engine.close(s.conn_id, "closed")
-            self._pump()
+        try:
+            for task in s.tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            for closer in s.closers:
+                with contextlib.suppress(Exception):
+                    await closer
+        finally:
+            # also when a closer ended cancelled (awaiting it raises CancelledError here): its
+            # drain shared aiohttp's one drain waiter with the sender cancelled above (see _close)
+            self.sessions.pop(s.conn_id, None)
+            if s.conn_id in self.engine.conns:
+                self._tick()
+                self.engine.close(s.conn_id, "closed")
+                self._pump()
 
 
 def sql_answer(answers: list[tuple[TableRows, float]], max_bytes: int) -> bytes | SyncError:

@@ -25,11 +25,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from support.server import ServerThread, WireClient, call_http, http, running_server
+from support.server import RawSocketClient, ServerThread, WireClient, call_http, http, running_server, with_limits
 from websockets.exceptions import InvalidStatus
 
 from adapters import wire
-from adapters.auth import Authenticator, KeyStore
+from adapters.auth import REVOKED_JTI_FILE, Authenticator, KeyStore
 from spec.errors import SyncError
 from spec.schema import REDUCERS, SCOPES, TABLES
 
@@ -212,6 +212,43 @@ def test_a_revoked_jti_is_401_everywhere_and_closes_its_open_connection(world: W
     still = http("POST", f"{st.base}/v1/identity/websocket-token", b"", {"Authorization": f"Bearer {world.victim}"})
     assert still.status == 200  # another token is unaffected (a read: the shared world's state stays as it was)
     assert 'syncref_closes_total{cause="token_revoked"} 1.0' in http("GET", f"{st.base}/metrics").text
+
+
+def test_peers_that_never_complete_a_revocation_close_hold_back_no_other(tmp_path: Path) -> None:
+    """A revoked token held by connections whose peers read nothing (their sockets' buffers are
+    full, so the close frame waits for room): the other token revoked in the same change is closed,
+    and so is a later revocation's connection.  The revocation watcher awaited each close itself: it waited for every silent peer
+    in turn, and a close that ended cancelled (aiohttp's drain waiter, shared with the connection's
+    cancelled sender) killed the watcher, so no revocation closed an open connection again."""
+    with running_server(tmp_path, limits=with_limits(close_timeout_s=10.0)) as st:
+        silent_tok, other_tok, writer = st.token(), st.token(), st.token()
+        silent = [RawSocketClient(st, silent_tok, rcvbuf=4096) for _ in range(2)]  # never read
+        for peer in silent:
+            peer.send(wire.Subscribe(1, 1, (f"SELECT * FROM sync_event WHERE stream_id = '{MINE}'",)))
+        live = WireClient(st, other_tok)
+
+        def buffered() -> list[int]:
+            return st.call(lambda: [s.request.transport.get_write_buffer_size() for s in st.server.sessions.values()
+                                    if s.verified.raw.get("jti") == jtis[0] and s.request.transport is not None])
+
+        jtis = [jwt.decode(t, options={"verify_signature": False})["jti"] for t in (silent_tok, other_tok)]
+        payload = json.dumps({"pad": "y" * 100_000})
+        for i in range(400):  # until both silent peers' kernel buffers are full and their transports hold more
+            assert call_http(st, writer, "append_sync_event", [MINE, f"k{i}", payload, NONE, NONE]).status == 200
+            if min(buffered(), default=0) > 100 * 1024:  # past the high-water mark (64 KiB): paused
+                break
+        assert min(buffered()) > 100 * 1024, buffered()
+        (st.config.data_dir / REVOKED_JTI_FILE).write_text("\n".join(jtis) + "\n")
+        assert live.closed(timeout=40) == (1008, "token revoked: reconnect with another token")
+        assert st.call(lambda: all(s.closing for s in st.server.sessions.values()
+                                   if s.verified.raw.get("jti") == jtis[0]))  # closed or closing
+        later_tok = st.token()
+        later = WireClient(st, later_tok)
+        later_jti = jwt.decode(later_tok, options={"verify_signature": False})["jti"]
+        (st.config.data_dir / REVOKED_JTI_FILE).write_text("\n".join([*jtis, later_jti]) + "\n")
+        assert later.closed(timeout=40) == (1008, "token revoked: reconnect with another token")
+        for peer in silent:
+            peer.close()
 
 
 @pytest.mark.parametrize("reducer", [r.name for r in REDUCERS])

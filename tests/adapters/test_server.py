@@ -349,6 +349,44 @@ def test_max_message_size(tmp_path: Path) -> None:
         assert code == 1009
 
 
+def test_a_dropped_slow_consumer_leaves_no_session_behind(tmp_path: Path) -> None:
+    """A slow consumer whose peer reads nothing cannot take its close frame: its close waits in
+    aiohttp's drain, whose one waiter the connection's sender shares, so cancelling the sender ends
+    the close cancelled, and the handler awaiting that close with it.  Its session must still go:
+    a session left in the server's table counted
+    against ``max_connections_per_identity`` for good (the identity's next upgrade was 429 forever)
+    and held its socket's state; and the TCP connection must be cut, not closed gracefully behind
+    bytes the peer will never read (it stayed open, counted against ``max_connections``).  Oracles:
+    the connection gate's count, and the identity connects again (limit 1)."""
+    limits = with_limits(max_outbound_queue=16, close_timeout_s=1.0, max_connections_per_identity=1)
+    with running_server(tmp_path, limits=limits) as st:
+        tok, writer = st.token(), st.token()
+        slow = RawSocketClient(st, tok, rcvbuf=4096)  # never reads
+        assert b"101" in slow.status_line
+        slow.send(wire.Subscribe(1, 1, (SUB_EVENTS,)))
+        payload = json.dumps({"pad": "y" * 100_000})
+        for i in range(400):
+            assert call_http(st, writer, "append_sync_event", [S, f"k{i}", payload, {"none": []},
+                                                               {"none": []}]).status == 200
+            if not st.call(lambda: len(st.server.engine.conns)):
+                break
+        assert not st.call(lambda: len(st.server.engine.conns)), "the slow consumer was never dropped"
+        deadline = time.monotonic() + 20  # close_timeout_s (+1) and the abort, on a loaded machine
+
+        def left() -> tuple[int, int]:  # sessions, and open TCP connections (the ConnectionGate's count)
+            return st.call(lambda: (len(st.server.sessions), st.server._gate.open if st.server._gate else -1))
+
+        while left() != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # the TCP connection is cut too, though its peer still reads nothing: closed gracefully, the
+        # socket would wait for that peer to take the bytes queued in it, indefinitely
+        assert left() == (0, 0)
+        again = WireClient(st, tok)  # not 429: the dropped connection no longer counts
+        assert isinstance(again.subscribe(1, SUB_EVENTS), wire.SubscribeApplied)
+        again.close()
+        slow.close()
+
+
 def test_slow_consumer_is_dropped_others_unaffected(tmp_path: Path) -> None:
     """SLOW-1 over real sockets: a client that does not read is dropped (1008, slow_consumer); others flow."""
     with running_server(tmp_path, limits=with_limits(max_outbound_queue=16)) as st:
