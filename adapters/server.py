@@ -1726,7 +1726,8 @@ class SyncServer:
                 self._pump()
                 transport = s.request.transport
                 if transport is not None:
-                    transport.close()
+                    transport.close()  # FIN after what is queued; a peer that never reads it is cut:
+                    asyncio.get_running_loop().call_later(limits.close_timeout_s, _cut, transport)
                 return
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await s.ws.ping()

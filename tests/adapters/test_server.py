@@ -430,6 +430,36 @@ def test_idle_peer_is_dropped(tmp_path: Path) -> None:
         raw.close()
 
 
+def test_an_idle_peer_that_reads_nothing_is_cut(tmp_path: Path) -> None:
+    """A peer silent past ``idle_timeout_s`` whose socket holds bytes it never reads: the server's
+    graceful close would wait for it to read them, so the TCP connection and the session stayed
+    for good (counted against ``max_connections`` and the identity's limit).  It is cut
+    ``close_timeout_s`` after the idle close.  Oracle: the connection gate's count."""
+    limits = with_limits(idle_timeout_s=1.0, ping_interval_s=0.25, close_timeout_s=1.0)
+    with running_server(tmp_path, limits=limits) as st:
+        writer = st.token()
+        silent = RawSocketClient(st, st.token(), rcvbuf=4096)  # reads nothing, answers no ping
+        silent.send(wire.Subscribe(1, 1, (SUB_EVENTS,)))
+        payload = json.dumps({"pad": "y" * 100_000})
+
+        def state() -> tuple[int, int, int]:  # sessions, open TCP connections, bytes its transport holds
+            return st.call(lambda: (len(st.server.sessions), st.server._gate.open if st.server._gate else -1,
+                                    sum(s.request.transport.get_write_buffer_size() for s in st.server.sessions.values()
+                                        if s.request.transport is not None)))
+
+        for i in range(200):  # until its kernel buffers are full and the transport holds more
+            assert call_http(st, writer, "append_sync_event", [S, f"k{i}", payload, {"none": []},
+                                                               {"none": []}]).status == 200
+            if state()[2] > 100 * 1024:
+                break
+        assert state()[2] > 100 * 1024
+        deadline = time.monotonic() + 20
+        while state()[:2] != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert state()[:2] == (0, 0)
+        silent.close()
+
+
 def test_confirmed_reads_wait_for_durability(tmp_path: Path) -> None:
     """CONF-1: a confirmed-read client hears of an offset only once it is durable."""
     with running_server(tmp_path) as st:
