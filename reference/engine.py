@@ -487,8 +487,13 @@ class Engine:
             self.close(conn.conn_id, f"{CLOSE_PROTOCOL}: query set {msg.query_set_id} is already active")
             return
         try:
-            queries = self._check_queries(conn.claims, msg.queries)
             most = self.max_queries_per_connection
+            # a text is one query or more: too many texts are refused before any is parsed (a
+            # 32 MiB Subscribe holds ~a million); the scope check still comes first
+            if most is not None and conn.query_count + len(msg.queries) > most and (
+                    "sync.subscribe" in conn.claims.scopes):
+                raise limit_exceeded("max_queries_per_connection", most, conn.query_count + len(msg.queries))
+            queries = self._check_queries(conn.claims, msg.queries)
             if most is not None and conn.query_count + len(queries) > most:
                 raise limit_exceeded("max_queries_per_connection", most, conn.query_count + len(queries))
             applied = SubscribeApplied(msg.request_id, msg.query_set_id, self._snapshot(conn.claims, queries))

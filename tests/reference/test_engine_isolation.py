@@ -184,6 +184,33 @@ def test_subscribed_queries_per_connection_count_every_set() -> None:
     assert isinstance(last(eng, conn), SubscribeApplied)
 
 
+def test_a_set_of_too_many_query_texts_is_refused_before_any_is_parsed() -> None:
+    """The subscribed-query bound is checked on the set's texts before they are parsed: one
+    32 MiB ``Subscribe`` carries about a million short distinct queries, and parsing (and stale
+    checking) them all before counting held the event loop for seconds and their parses in memory.
+    Oracle: the parse cache's lookup count.  A text expands to one query or more (``SELECT * FROM *``
+    to one per table), so the text count is a lower bound of the query count: nothing that fits is
+    refused by it (the expanded count is still checked after parsing)."""
+    eng, conn = limited()
+    cache = eng.parse_cache
+
+    def parses() -> int:  # texts looked up in the parse cache: every parse passes there
+        return cache.hits + cache.misses
+
+    texts = tuple(f"SELECT * FROM sync_stream WHERE stream_id = 's{i}'" for i in range(1000))
+    eng.handle(conn, Subscribe(1, 1, texts))
+    assert limit_of(last(eng, conn).error) == ("max_queries_per_connection", 8, 1000)
+    assert parses() == 0
+    assert not eng.conns[conn].query_sets
+    eng.handle(conn, Subscribe(2, 2, texts[:8]))  # exactly the bound: parsed and applied
+    assert isinstance(last(eng, conn), SubscribeApplied) and parses() == 8
+    eng.handle(conn, Subscribe(3, 3, texts[8:9]))
+    assert limit_of(last(eng, conn).error) == ("max_queries_per_connection", 8, 9)
+    no_scope = eng.connect(Claims("d" * 64, frozenset(), ("*",)), confirmed=False)
+    eng.handle(no_scope, Subscribe(4, 4, texts))  # the scope is still checked first
+    assert SyncError.parse(last(eng, no_scope).error).code.value == "missing_scope"
+
+
 # --- output bounds ---------------------------------------------------------------------------------------
 
 
