@@ -217,9 +217,10 @@ def test_a_revoked_jti_is_401_everywhere_and_closes_its_open_connection(world: W
 def test_peers_that_never_complete_a_revocation_close_hold_back_no_other(tmp_path: Path) -> None:
     """A revoked token held by connections whose peers read nothing (their sockets' buffers are
     full, so the close frame waits for room): the other token revoked in the same change is closed,
-    and so is a later revocation's connection.  The revocation watcher awaited each close itself: it waited for every silent peer
-    in turn, and a close that ended cancelled (aiohttp's drain waiter, shared with the connection's
-    cancelled sender) killed the watcher, so no revocation closed an open connection again."""
+    and so is a later revocation's connection.  The revocation watcher awaited each close itself:
+    it waited for every silent peer in turn, and a close that ended cancelled (aiohttp's drain
+    waiter, shared with the connection's cancelled sender) killed the watcher, so no revocation
+    closed an open connection again."""
     with running_server(tmp_path, limits=with_limits(close_timeout_s=10.0)) as st:
         silent_tok, other_tok, writer = st.token(), st.token(), st.token()
         silent = [RawSocketClient(st, silent_tok, rcvbuf=4096) for _ in range(2)]  # never read
