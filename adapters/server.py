@@ -1729,8 +1729,17 @@ class SyncServer:
                     transport.close()  # FIN after what is queued; a peer that never reads it is cut:
                     asyncio.get_running_loop().call_later(limits.close_timeout_s, _cut, transport)
                 return
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await s.ws.ping()
+            try:  # aiohttp waits for the socket to drain past its control-frame limit, with no deadline
+                async with asyncio.timeout(limits.send_timeout_s):
+                    await s.ws.ping()
+            except (ConnectionError, RuntimeError):
+                pass
+            except TimeoutError:  # a peer that does not take a ping is a slow consumer
+                self.metrics.refused.labels("send_timeout_s").inc()
+                self._tick()
+                self.engine.close(s.conn_id, m.SLOW_CONSUMER_REASON)
+                self._pump()
+                return
 
     async def _expire(self, s: Session, expires: float) -> None:
         """A connection lives no longer than its token: closed 1008 ``token expired`` when it does."""
@@ -1836,6 +1845,11 @@ class SyncServer:
                 self._tick()
                 self.engine.close(s.conn_id, "closed")
                 self._pump()
+            # whatever ended the connection (a close that returned early because another had begun
+            # included), its TCP connection does not outlive it by more than close_timeout_s
+            transport = s.request.transport
+            if transport is not None:
+                asyncio.get_running_loop().call_later(self.config.limits.close_timeout_s, _cut, transport)
 
 
 def sql_answer(answers: list[tuple[TableRows, float]], max_bytes: int) -> bytes | SyncError:

@@ -6,6 +6,7 @@ the raw wire client of tests/support/server.py, so what is asserted is what a cl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -457,6 +458,48 @@ def test_an_idle_peer_that_reads_nothing_is_cut(tmp_path: Path) -> None:
         while state()[:2] != (0, 0) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert state()[:2] == (0, 0)
+        silent.close()
+
+
+def test_a_keepalive_ping_the_peer_does_not_take_is_bounded(tmp_path: Path) -> None:
+    """aiohttp's writer waits for the socket to drain once the control frames it wrote (our pings,
+    the pongs to a peer's pings) pass its limit, with no deadline.  A peer that sends pings, reads
+    nothing, and lands that crossing on the keepalive's ping (it knows every frame's size: its own
+    pings' pongs and our empty pings) parked the keepalive, and with it the idle check, for good:
+    the connection was never dropped.  The ping is bounded by ``send_timeout_s`` (slow consumer).
+    Here the peer's pongs fill its socket, and the counter is then set at the limit (white box)."""
+    limits = with_limits(idle_timeout_s=5.0, ping_interval_s=0.25, close_timeout_s=1.0, send_timeout_s=1.0)
+    with running_server(tmp_path, limits=limits) as st:
+        silent = RawSocketClient(st, st.token(), rcvbuf=4096)  # reads nothing
+        ping = b"\x89" + bytes((0x80 | 125,)) + b"\0\0\0\0" + b"p" * 125  # masked (a zero key)
+        silent.sock.settimeout(5)
+        with contextlib.suppress(OSError):  # the server stops reading once its pongs fill the socket
+            silent.sock.sendall(ping * 60_000)
+
+        def paused() -> bool:
+            return bool(st.call(lambda: [s.request.transport.get_write_buffer_size() > 64 * 1024
+                                         for s in st.server.sessions.values() if s.request.transport is not None]
+                                == [True]))
+
+        deadline = time.monotonic() + 10
+        while not paused() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert paused()
+
+        def at_limit() -> None:
+            for s in st.server.sessions.values():
+                s.last_seen = time.monotonic()  # heard from just now: the keepalive's next step is a ping
+                s.ws._writer._output_size = s.ws._writer._limit  # type: ignore[union-attr]
+
+        st.call(at_limit)
+        deadline = time.monotonic() + 20
+
+        def left() -> tuple[int, int]:
+            return st.call(lambda: (len(st.server.sessions), st.server._gate.open if st.server._gate else -1))
+
+        while left() != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left() == (0, 0)
         silent.close()
 
 
