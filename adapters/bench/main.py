@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from adapters.bench import peers
 from adapters.bench.hist import summary
 from adapters.bench.peers import PeerUnavailable
 from adapters.bench.report import add_ratios, plot, print_table
@@ -46,6 +47,9 @@ def add_parser(sub: Any) -> None:
                         "each append/fanout/replay workload")
     b.add_argument("--redis-server", metavar="PATH", help="the redis-server binary (default: found on PATH)")
     b.add_argument("--keep", action="store_true", help="keep the temporary directory (data, logs)")
+    b.add_argument("--server-code", metavar="DIR",
+                   help="measure the syncref server (and verify-log) of the source tree DIR, e.g. a `git archive` "
+                        "of another commit; the clients, peers and harness stay this tree's (an A/B of two servers)")
 
 
 def selected(names: list[str] | None) -> list[str]:
@@ -80,6 +84,13 @@ def run(args: argparse.Namespace) -> int:
             print("syncref bench: --repeats must be at least 1", file=sys.stderr)
             return 2
         settings = type(settings)(**{**asdict(settings), "repeats": args.repeats})
+    if args.server_code:
+        code = Path(args.server_code).resolve()
+        if not (code / "adapters" / "cli.py").is_file():
+            print(f"syncref bench: --server-code {code} is not a syncref source tree (no adapters/cli.py)",
+                  file=sys.stderr)
+            return 2
+        peers.SERVER_CODE = code
     tmp = workdir()
     bench = Bench(settings, tmp, redis_binary=args.redis_server,
                   profile_dir=Path(args.profile) if args.profile else None)
@@ -89,8 +100,13 @@ def run(args: argparse.Namespace) -> int:
         "version": 1, "command": "syncref bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "syncref bench",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "settings": asdict(settings),
         "machine": {"cpus": os.cpu_count(), "loadavg_before": list(os.getloadavg()),
-                    "python": platform.python_version(), "platform": platform.platform()},
+                    "python": platform.python_version(), "platform": platform.platform(),
+                    "server_code": peers.code_origin(peers.SERVER_CODE), "harness_code": peers.code_origin(peers.ROOT)},
         "workloads": {}}
+    origin = doc["machine"]["server_code"]
+    print(f"syncref bench: server under test {origin['dir']}"
+          + (f" (commit {origin['commit'][:12]}{', modified' if origin['modified'] == 'true' else ''})"
+             if origin["commit"] else " (not a git checkout)"), file=sys.stderr, flush=True)
     failed = False
     started = time.monotonic()
     try:

@@ -70,10 +70,45 @@ CONTRACT_SWITCHES = ("ICONTRACT_SLOW", "SYNCREF_CONTRACTS", "SYNCREF_PER_ROW_CON
                      "SYNCREF_WHOLE_STATE_CONTRACTS")
 
 
-def child_env() -> dict[str, str]:
+def child_env(code: Path | None = None) -> dict[str, str]:
+    """The environment of a child process running the tree at ``code`` (default: this one) first."""
     env = {k: v for k, v in os.environ.items() if k not in CONTRACT_SWITCHES}
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    first = str(code or ROOT)
+    env["PYTHONPATH"] = first + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+# The tree whose ``syncref serve`` and ``verify-log`` are measured (``syncref bench --server-code``);
+# the clients, the peers and the harness always run this tree, so an A/B of two servers shares one
+# harness.  Children run with ``-P`` (Python 3.11: no working directory or script directory put
+# first on ``sys.path``) and ``PYTHONPATH`` set to the tree, so the tree is what they import
+# wherever the bench was started: ``PYTHONPATH=OTHER python -c ...`` run from inside a checkout
+# imports the checkout (the current directory comes first), which is how an earlier A/B recipe
+# compared a branch with itself (docs/performance.md, "Method").
+SERVER_CODE: Path = ROOT
+
+
+def server_command(*args: str) -> list[str]:
+    """``python -P -m adapters.cli ARGS`` of the measured tree (run it with :func:`server_env`)."""
+    return [sys.executable, "-P", "-m", "adapters.cli", *args]
+
+
+def server_env() -> dict[str, str]:
+    return child_env(SERVER_CODE)
+
+
+def code_origin(code: Path) -> dict[str, str | None]:
+    """Where the measured code came from: its directory and, for a git checkout, its commit and
+    whether its tree differs from it (recorded in the bench's JSON)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(code), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--", "spec", "reference", "adapters", "syncref") if commit else None
+    return {"dir": str(code), "commit": commit, "modified": None if dirty is None else str(bool(dirty)).lower()}
 
 
 class _Lines:
@@ -147,9 +182,9 @@ class SyncrefPeer:
     def start(self) -> SyncrefPeer:
         log = (self.workdir / f"{self.data.name}-serve.log").open("a")
         started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--data", str(self.data),
-                                      "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=log, text=True, env=child_env(), cwd=ROOT,
+        self.proc = subprocess.Popen(server_command("serve", "--data", str(self.data), "--host", "127.0.0.1",
+                                                    "--port", "0"), stdout=subprocess.PIPE,
+                                     stderr=log, text=True, env=server_env(), cwd=SERVER_CODE,
                                      preexec_fn=die_with_parent)
         log.close()
         m = _Lines(self.proc).wait_for(r"listening on http://127\.0\.0\.1:(\d+) ", 600)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.bench import peers
 from adapters.bench.hist import Hist
 from adapters.bench.peers import (
     ROOT,
@@ -672,7 +673,8 @@ def memory(bench: Bench, peer: str, repeat: int) -> Run:
 
 def _timed(cmd: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(), cwd=ROOT)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=peers.server_env(),
+                   cwd=peers.SERVER_CODE)
     return time.perf_counter() - started
 
 
@@ -688,8 +690,8 @@ def restart(bench: Bench, peer: str, repeat: int) -> Run:
         empty.stop()
         server.start()
         server.stop()
-        verify = [sys.executable, "-m", "adapters.cli", "verify-log", "--data", str(server.data), "--json"]
-        verify_empty = [sys.executable, "-m", "adapters.cli", "verify-log", "--data", str(empty.data), "--json"]
+        verify = peers.server_command("verify-log", "--data", str(server.data), "--json")
+        verify_empty = peers.server_command("verify-log", "--data", str(empty.data), "--json")
         t_verify = _timed(verify) - _timed(verify_empty)
         empty.remove()
         return Run({"restart_us_per_record": (server.startup_s - empty.startup_s) / records * 1e6,

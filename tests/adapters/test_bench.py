@@ -465,3 +465,30 @@ def test_a_server_line_printed_just_before_exit_is_found() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "print('listening on 4711')"], stdout=subprocess.PIPE,
                             text=True)
     assert _LateLines(proc).wait_for(r"listening on (\d+)", 20).group(1) == "4711"
+
+
+def test_the_server_under_test_is_the_tree_asked_for_wherever_the_bench_runs(tmp_path: Path) -> None:
+    """``--server-code DIR``: the server's command imports DIR's ``adapters`` even when started in
+    a checkout of its own (the working directory, which ``-m`` would put first without ``-P``):
+    the earlier A/B recipe, ``PYTHONPATH=BASE python -c ...`` run inside a checkout, measured the
+    checkout twice."""
+    import subprocess
+
+    from adapters.bench import peers
+
+    fake = tmp_path / "tree"
+    (fake / "adapters").mkdir(parents=True)
+    (fake / "adapters" / "__init__.py").write_text("")
+    (fake / "adapters" / "cli.py").write_text("import sys\nprint('fake tree', __file__, sys.argv[1:])\n")
+    saved = peers.SERVER_CODE
+    peers.SERVER_CODE = fake
+    try:
+        done = subprocess.run(peers.server_command("no-such-command"), env=peers.server_env(),
+                              cwd=peers.ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        peers.SERVER_CODE = saved
+    assert done.stdout.strip() == f"fake tree {fake / 'adapters' / 'cli.py'} ['no-such-command']", done
+    origin = peers.code_origin(fake)
+    assert origin == {"dir": str(fake), "commit": None, "modified": None}
+    here = peers.code_origin(peers.ROOT)
+    assert here["dir"] == str(peers.ROOT)
