@@ -297,3 +297,33 @@ def test_a_frame_past_the_limit_closes_the_connection() -> None:
         assert outcome.status is OutcomeStatus.FAILED and "1009" in outcome.reason and "\n" not in outcome.reason
         await relay.stop()
     run(scenario)
+
+
+def test_a_relay_that_stops_reading_fails_the_publish_within_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay that accepted the connection but no longer reads its socket makes ``ws.send`` wait
+    for the buffers to drain -- forever, with keepalive pings off (and for 2 x ``ping_interval``
+    with them on).  The publish must still settle within its timeout, and the pool must fail that
+    one relay and go on.  (The stall is planted on ``send``: filling the kernel's loopback buffers
+    for real would take megabytes per event.)"""
+    async def scenario() -> None:
+        relay = await FakeRelay("accept").start()
+        stalled = asyncio.Event()
+
+        async def never_drains(self: object, message: object, text: bool | None = None) -> None:
+            stalled.set()
+            await asyncio.Event().wait()
+
+        session = await RelaySession.connect(relay.url, ping_interval=None)
+        monkeypatch.setattr(type(session._ws), "send", never_drains)
+        with pytest.raises(RelayUnavailable, match="not reading") as info:
+            await asyncio.wait_for(session.publish(_event(1), timeout=0.3), 10)
+        assert stalled.is_set() and "\n" not in str(info.value) and str(info.value).startswith(relay.url)
+        assert session.closed is not None  # half a frame may be out: the session is done
+        await asyncio.wait_for(session.close(), 10)
+        config = PoolConfig(open_timeout=1.5, ack_timeout=0.3, ping_interval=None,
+                            backoff=Backoff(base=0.2, cap=0.4, jitter=0.0))
+        async with RelayPool([relay.url], config) as pool:
+            result = await pool.publish(_event(2)).wait(10)
+            assert result.failed == (relay.url,) and "not reading" in result.outcomes[0].reason
+        await relay.stop()
+    run(scenario, timeout=30)
