@@ -198,6 +198,7 @@ class RelaySession:
                     return
                 for event in events:
                     self._dispatch(event)
+                await asyncio.sleep(0)  # frames already buffered do not yield: a flooding relay would hold the loop
             reason = f"connection closed by the relay ({_close_text(self._ws)})"
         except websockets.exceptions.ConnectionClosed as exc:
             reason = f"connection lost: {_describe(exc)}"
