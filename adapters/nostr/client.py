@@ -88,7 +88,8 @@ class RelaySession:
         self._acks: dict[str, asyncio.Future[Acknowledged | Rejected]] = {}
         self._queries: dict[str, _Query] = {}
         self._closed: str | None = None
-        self.notices: collections.deque[str] = collections.deque(maxlen=_MAX_NOTICES)
+        self.notices: collections.deque[str] = collections.deque(maxlen=_MAX_NOTICES)  # the latest
+        self.notices_seen = 0
         self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"nostr-relay-reader {url}")
 
     @classmethod
@@ -247,7 +248,11 @@ class RelaySession:
             else:
                 query.done.set_result(event.reason or "closed")
         elif isinstance(event, NoticeReceived):
-            log.info("relay %s: NOTICE %s", self.url, one_line(event.message, 200))
+            self.notices_seen += 1
+            if self.notices_seen <= _MAX_NOTICES:  # a flooding relay must not flood the log too
+                log.info("relay %s: NOTICE %s%s", self.url, one_line(event.message, 200),
+                         " (further NOTICEs on this connection are not logged)"
+                         if self.notices_seen == _MAX_NOTICES else "")
             self.notices.append(event.message)
         elif isinstance(event, AuthRequested):
             log.debug("relay %s asked for NIP-42 auth; not supported, ignored", self.url)

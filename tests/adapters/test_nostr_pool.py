@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from support.nostr_relays import FakeRelay, HangingServer, free_port
 
-from adapters.nostr.client import RelaySession
+from adapters.nostr.client import _MAX_NOTICES, RelaySession
 from adapters.nostr.errors import NostrUsageError, RelayProtocolError, RelayUnavailable
 from adapters.nostr.event import Event, EventTemplate, sign_event
 from adapters.nostr.keys import SigningKey
@@ -348,12 +349,14 @@ asyncio.run(main())
 """
 
 
-def test_a_relay_flooding_notices_does_not_hold_back_the_healthy_relay() -> None:
+def test_a_relay_flooding_notices_does_not_hold_back_the_healthy_relay(caplog: pytest.LogCaptureFixture) -> None:
     """A relay (its own process) sending NOTICE frames as fast as it can: frames already buffered
     were read without the reader ever yielding, so one flooding relay held the event loop -- every
     other relay's publish (and the bridge's server connection) with it; measured by hand, the
     healthy relay's publish went from 0.15 ms to 2.2 s median.  Its outcomes must settle as if the
-    flood were not there: a local answer (well under 1 ms) against 1 s."""
+    flood were not there: a local answer (well under 1 ms) against 1 s.  Nor may the flood flood the
+    log: at most ``_MAX_NOTICES`` NOTICE lines per connection (it logged every one)."""
+    caplog.set_level(logging.INFO, logger="syncref.nostr")
     flooder = subprocess.Popen([sys.executable, "-c", _FLOODER], stdout=subprocess.PIPE, text=True)
     try:
         assert flooder.stdout is not None
@@ -371,6 +374,10 @@ def test_a_relay_flooding_notices_does_not_hold_back_the_healthy_relay() -> None
                 assert {s.relay: s.connected for s in pool.status()}[flood_url]  # a NOTICE is no protocol error
             await healthy.stop()
         run(scenario)
+        notices = [r for r in caplog.records if "NOTICE" in r.getMessage()]
+        connections = sum(1 for r in caplog.records if r.getMessage() == f"relay {flood_url} connected")
+        assert connections >= 1 and len(notices) <= _MAX_NOTICES * connections, (len(notices), connections)
+        assert notices[_MAX_NOTICES - 1].getMessage().endswith("(further NOTICEs on this connection are not logged)")
     finally:
         flooder.kill()
         flooder.wait()
