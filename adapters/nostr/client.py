@@ -88,7 +88,8 @@ class RelaySession:
         self._acks: dict[str, asyncio.Future[Acknowledged | Rejected]] = {}
         self._queries: dict[str, _Query] = {}
         self._closed: str | None = None
-        self.notices: collections.deque[str] = collections.deque(maxlen=_MAX_NOTICES)
+        self.notices: collections.deque[str] = collections.deque(maxlen=_MAX_NOTICES)  # the latest
+        self.notices_seen = 0
         self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"nostr-relay-reader {url}")
 
     @classmethod
@@ -120,9 +121,11 @@ class RelaySession:
         future: asyncio.Future[Acknowledged | Rejected] = asyncio.get_running_loop().create_future()
         self._acks[event.id] = future
         try:
-            await self._send(frame)
+            await self._send(frame, timeout)
         except RelayUnavailable:
             self._acks.pop(event.id, None)
+            if future.done():  # failed by _end: retrieved here, raised below
+                future.exception()
             future.cancel()
             raise
         try:
@@ -140,17 +143,21 @@ class RelaySession:
         frame = self.core.subscribe(sub, filters)
         query = _Query(asyncio.get_running_loop().create_future())
         self._queries[sub] = query
-        await self._send(frame)
         try:
+            await self._send(frame, timeout)
             closed = await asyncio.wait_for(asyncio.shield(query.done), timeout)
         except TimeoutError:
             query.done.cancel()
             raise RelayUnavailable(f"{self.url}: no EOSE for subscription {sub!r} within {timeout:g}s") from None
+        except RelayUnavailable:
+            if query.done.done() and not query.done.cancelled():  # failed by _end: retrieved, raised here
+                query.done.exception()
+            raise
         finally:
             self._queries.pop(sub, None)
         if closed is None and self._closed is None and sub in self.core.subscriptions:
             with contextlib.suppress(RelayUnavailable):
-                await self._send(self.core.unsubscribe(sub))
+                await self._send(self.core.unsubscribe(sub), timeout)
         return QueryResult(tuple(query.events), tuple(query.invalid), closed)
 
     async def close(self) -> None:
@@ -162,11 +169,19 @@ class RelaySession:
         if self._closed is not None:
             raise RelayUnavailable(f"{self.url}: {self._closed}")
 
-    async def _send(self, frame: str) -> None:
+    async def _send(self, frame: str, timeout: float | None = None) -> None:
+        """Send one frame; a relay that stops reading its socket makes ``send`` wait for the
+        buffers to drain, so past ``timeout`` the session ends (the connection is aborted: part of
+        the frame may be out) and :class:`RelayUnavailable` says the relay is not reading."""
         try:
-            await self._ws.send(frame)
+            await asyncio.wait_for(self._ws.send(frame), timeout)
         except websockets.exceptions.ConnectionClosed as exc:
             raise RelayUnavailable(f"{self.url}: connection lost: {_describe(exc)}") from None
+        except TimeoutError:
+            reason = f"the relay is not reading: a frame could not be sent within {timeout:g}s"
+            self._end(reason, None)
+            self._ws.transport.abort()
+            raise RelayUnavailable(f"{self.url}: {reason}") from None
 
     async def _read(self) -> None:
         reason = "connection closed"
@@ -184,6 +199,7 @@ class RelaySession:
                     return
                 for event in events:
                     self._dispatch(event)
+                await asyncio.sleep(0)  # frames already buffered do not yield: a flooding relay would hold the loop
             reason = f"connection closed by the relay ({_close_text(self._ws)})"
         except websockets.exceptions.ConnectionClosed as exc:
             reason = f"connection lost: {_describe(exc)}"
@@ -232,7 +248,11 @@ class RelaySession:
             else:
                 query.done.set_result(event.reason or "closed")
         elif isinstance(event, NoticeReceived):
-            log.info("relay %s: NOTICE %s", self.url, one_line(event.message, 200))
+            self.notices_seen += 1
+            if self.notices_seen <= _MAX_NOTICES:  # a flooding relay must not flood the log too
+                log.info("relay %s: NOTICE %s%s", self.url, one_line(event.message, 200),
+                         " (further NOTICEs on this connection are not logged)"
+                         if self.notices_seen == _MAX_NOTICES else "")
             self.notices.append(event.message)
         elif isinstance(event, AuthRequested):
             log.debug("relay %s asked for NIP-42 auth; not supported, ignored", self.url)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
 from support.nostr_relays import FakeRelay, HangingServer, free_port
 
-from adapters.nostr.client import RelaySession
+from adapters.nostr.client import _MAX_NOTICES, RelaySession
 from adapters.nostr.errors import NostrUsageError, RelayProtocolError, RelayUnavailable
 from adapters.nostr.event import Event, EventTemplate, sign_event
 from adapters.nostr.keys import SigningKey
@@ -297,3 +300,84 @@ def test_a_frame_past_the_limit_closes_the_connection() -> None:
         assert outcome.status is OutcomeStatus.FAILED and "1009" in outcome.reason and "\n" not in outcome.reason
         await relay.stop()
     run(scenario)
+
+
+def test_a_relay_that_stops_reading_fails_the_publish_within_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay that accepted the connection but no longer reads its socket makes ``ws.send`` wait
+    for the buffers to drain -- forever, with keepalive pings off (and for 2 x ``ping_interval``
+    with them on).  The publish must still settle within its timeout, and the pool must fail that
+    one relay and go on.  (The stall is planted on ``send``: filling the kernel's loopback buffers
+    for real would take megabytes per event.)"""
+    async def scenario() -> None:
+        relay = await FakeRelay("accept").start()
+        stalled = asyncio.Event()
+
+        async def never_drains(self: object, message: object, text: bool | None = None) -> None:
+            stalled.set()
+            await asyncio.Event().wait()
+
+        session = await RelaySession.connect(relay.url, ping_interval=None)
+        monkeypatch.setattr(type(session._ws), "send", never_drains)
+        with pytest.raises(RelayUnavailable, match="not reading") as info:
+            await asyncio.wait_for(session.publish(_event(1), timeout=0.3), 10)
+        assert stalled.is_set() and "\n" not in str(info.value) and str(info.value).startswith(relay.url)
+        assert session.closed is not None  # half a frame may be out: the session is done
+        await asyncio.wait_for(session.close(), 10)
+        config = PoolConfig(open_timeout=1.5, ack_timeout=0.3, ping_interval=None,
+                            backoff=Backoff(base=0.2, cap=0.4, jitter=0.0))
+        async with RelayPool([relay.url], config) as pool:
+            result = await pool.publish(_event(2)).wait(10)
+            assert result.failed == (relay.url,) and "not reading" in result.outcomes[0].reason
+        await relay.stop()
+    run(scenario, timeout=30)
+
+
+
+_FLOODER = """
+import asyncio, contextlib, json, sys
+from websockets.asyncio.server import serve
+async def flood(ws):
+    notice = json.dumps(["NOTICE", "n" * 100])
+    with contextlib.suppress(Exception):
+        while True:
+            await ws.send(notice)
+async def main():
+    async with serve(flood, "127.0.0.1", 0) as server:
+        print(next(iter(server.sockets)).getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def test_a_relay_flooding_notices_does_not_hold_back_the_healthy_relay(caplog: pytest.LogCaptureFixture) -> None:
+    """A relay (its own process) sending NOTICE frames as fast as it can: frames already buffered
+    were read without the reader ever yielding, so one flooding relay held the event loop -- every
+    other relay's publish (and the bridge's server connection) with it; measured by hand, the
+    healthy relay's publish went from 0.15 ms to 2.2 s median.  Its outcomes must settle as if the
+    flood were not there: a local answer (well under 1 ms) against 1 s.  Nor may the flood flood the
+    log: at most ``_MAX_NOTICES`` NOTICE lines per connection (it logged every one)."""
+    caplog.set_level(logging.INFO, logger="syncref.nostr")
+    flooder = subprocess.Popen([sys.executable, "-c", _FLOODER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert flooder.stdout is not None
+        flood_url = f"ws://127.0.0.1:{int(flooder.stdout.readline())}"
+
+        async def scenario() -> None:
+            healthy = await FakeRelay("accept").start()
+            async with RelayPool([healthy.url, flood_url], FAST) as pool:
+                while not {s.relay: s.connected for s in pool.status()}[flood_url]:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # the flood is under way
+                for i in range(10):
+                    outcome = await pool.publish(_event(100 + i), [healthy.url]).outcome(healthy.url, timeout=1)
+                    assert outcome.status is OutcomeStatus.ACKED, outcome
+                assert {s.relay: s.connected for s in pool.status()}[flood_url]  # a NOTICE is no protocol error
+            await healthy.stop()
+        run(scenario)
+        notices = [r for r in caplog.records if "NOTICE" in r.getMessage()]
+        connections = sum(1 for r in caplog.records if r.getMessage() == f"relay {flood_url} connected")
+        assert connections >= 1 and len(notices) <= _MAX_NOTICES * connections, (len(notices), connections)
+        assert notices[_MAX_NOTICES - 1].getMessage().endswith("(further NOTICEs on this connection are not logged)")
+    finally:
+        flooder.kill()
+        flooder.wait()
