@@ -160,6 +160,19 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
                                      "no update to anyone", [
             connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
             append("w", 1, a, "k1"), append("w", 2, a, "k1"), receive("w"), receive("r")]),
+        "idempotency_conflict": ("a retried key with another payload fails with idempotency_conflict, naming the "
+                                 "existing seq, and writes nothing; the next new key takes the next seq", [
+            connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
+            append("w", 1, a, "k1"), append("w", 2, a, "k1", '{"n":2}'), append("w", 3, a, "k2", '{"n":2}'),
+            receive("w"), receive("r")]),
+        "checkpoint_never_backwards": ("an ack moves the caller's checkpoint forward only: a lower ack is a no-op, "
+                                       "an ack past the head or in another epoch fails", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
+            append("w", 3, a, "k3", '{"n":3}'),
+            sub("w", 4, 10, f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'"), receive("w"),
+            call("w", 5, "ack_checkpoint", "c1", a, 1, 3), call("w", 6, "ack_checkpoint", "c1", a, 1, 1),
+            call("w", 7, "ack_checkpoint", "c1", a, 1, 9), call("w", 8, "ack_checkpoint", "c1", a, 2, 1),
+            receive("w")]),
         "duplicate_frame": ("the very same CallReducer frame twice (same request id): two identical answers, "
                             "one transaction", [
             connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
@@ -200,7 +213,7 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 1"), sub("r", 2, 11, f"{ev_a} AND epoch = 2 AND seq > 1"),
             sub("r", 3, 12, f"{ev_a} AND epoch = 1 AND seq > 9"), sub("r", 4, 13, f"{ev_a} AND seq > 1"),
             sub("r", 5, 14, f"SELECT * FROM sync_event WHERE stream_id = '{b}' AND epoch = 1 AND seq > 0"),
-            receive("r")]),
+            sub("r", 6, 15, f"{ev_a} AND epoch = 1 AND seq >= 0"), receive("r")]),
         "stale_cursor_recovery": ("after an epoch reset the old cursor is stale (epoch_changed, continues "
                                   "nothing); the client re-reads the stream row and resumes in the new epoch", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
@@ -312,5 +325,13 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     "bridge_outbox": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0] for m in r[1]]
     == ["ok", "ok", "idempotency_conflict", "policy_denied", "ok", "ok", "ok", "ok", "bridge_event_conflict", "ok"],
     "resume_and_stale_cursor": lambda r: _types(r[1]) == ["SubscribeApplied"] + ["SubscriptionError"] * 4
-    and r[1][1]["error"].startswith("stale_cursor") and r[1][3]["error"].startswith("invalid_query"),
+    + ["SubscribeApplied"] and r[1][1]["error"].startswith("stale_cursor")
+    and r[1][3]["error"].startswith("invalid_query") and len(r[1][5]["rows"][0]["inserts"]) == 3,
+    "idempotency_conflict": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0] for m in r[1]]
+    == ["ok", "idempotency_conflict", "ok"] and r[1][2]["outcome"]["ok"]["ret"] == 2
+    and _types(r[2]) == ["TransactionUpdate", "TransactionUpdate"],
+    "checkpoint_never_backwards": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0]
+                                             for m in r[1]]
+    == ["ok", "ok", "checkpoint_ahead_of_head", "stale_epoch"] and bool(r[1][0]["outcome"]["ok"]["query_sets"])
+    and not r[1][1]["outcome"]["ok"]["query_sets"],
 }

@@ -222,11 +222,27 @@ class Tokens:
 
 # --- comparing with the model --------------------------------------------------------------------------------
 
+_TS = "__timestamp_micros_since_unix_epoch__"
+SCHEDULED: dict[str, str] = {"next_attempt_at": "updated_at", "expires_at": "last_seen"}
+"""Timestamp columns a write schedules ahead of the row's own write time: masked to their order
+against it (before, same, after) instead of to nothing, so a server that drops a backoff or a TTL
+differs where it shows, while the times themselves stay the target's own."""
+
+
+def _when(v: Any, anchor: Any) -> str:
+    if not (isinstance(v, dict) and set(v) == {_TS} and isinstance(anchor, dict) and set(anchor) == {_TS}):
+        return "<timestamp>"
+    a, b = v[_TS], anchor[_TS]
+    return f"<timestamp {'before' if a < b else 'same as' if a == b else 'after'}>"
+
+
 def _mask(v: Any) -> Any:
     if isinstance(v, dict):
-        if set(v) == {"__timestamp_micros_since_unix_epoch__"}:
+        if set(v) == {_TS}:
             return "<timestamp>"
-        return {k: ("<offset>" if k == "tx_offset" else _mask(x)) for k, x in v.items()}
+        return {k: ("<offset>" if k == "tx_offset" else
+                    _when(x, v[SCHEDULED[k]]).replace(">", f" {SCHEDULED[k]}>")
+                    if k in SCHEDULED and SCHEDULED[k] in v else _mask(x)) for k, x in v.items()}
     if isinstance(v, list):
         return [_mask(x) for x in v]
     return v
@@ -236,14 +252,28 @@ def _show(msgs: list[dict[str, Any]]) -> str:
     return json.dumps(msgs, sort_keys=True)[:900]
 
 
+def _differs_at(a: Any, b: Any, path: str = "") -> str:
+    """The first path (``outcome.ok.query_sets[0]...``) where two masked values differ, and both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k, "<absent>") != b.get(k, "<absent>"):
+                return _differs_at(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{path}.{k}" if path else k)
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _differs_at(x, y, f"{path}[{i}]")
+    return (f"{path or 'the message'}: the target's {json.dumps(a, sort_keys=True)[:200]}, the model's "
+            f"{json.dumps(b, sort_keys=True)[:200]}")
+
+
 def _first_divergence(where: str, got: list[dict[str, Any]], want: list[dict[str, Any]]) -> str | None:
     g, w = _mask(got), _mask(want)
     if g == w:
         return None
     for i, (a, b) in enumerate(zip(g, w, strict=False)):
         if a != b:
-            return (f"{where}, message {i}: the target sent {json.dumps(a, sort_keys=True)[:700]}; the model "
-                    f"sends {json.dumps(b, sort_keys=True)[:700]}")
+            return (f"{where}, message {i} differs at {_differs_at(a, b)}; the target sent "
+                    f"{json.dumps(a, sort_keys=True)[:700]}; the model sends {json.dumps(b, sort_keys=True)[:700]}")
     if len(g) > len(w):
         return f"{where}: the target sent {len(g) - len(w)} more message(s): {_show(g[len(w):])}"
     return f"{where}: the target sent {len(w) - len(g)} fewer message(s); the model also sends {_show(w[len(g):])}"
@@ -270,6 +300,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("delivery", "unsubscribe", ("DELIV-2",), ("mint",), "unsubscribe"),
     Scenario("idempotency", "duplicate_call_is_a_noop", ("IDEM-2",), ("mint",), "duplicate_call_is_a_noop"),
     Scenario("idempotency", "duplicate_frame", ("IDEM-2",), ("mint",), "duplicate_frame"),
+    Scenario("idempotency", "idempotency_conflict", ("IDEM-3",), ("mint",), "idempotency_conflict"),
+    Scenario("resume", "checkpoint_never_backwards", ("CKPT-2",), ("mint",), "checkpoint_never_backwards"),
     Scenario("resume", "resume_and_stale_cursor", ("STALE-1", "STALE-3"), ("mint",), "resume_and_stale_cursor"),
     Scenario("resume", "stale_cursor_recovery", ("STALE-1", "REPLAY-2"), ("mint",), "stale_cursor_recovery"),
     Scenario("durability", "confirmed_reads_released", ("CONF-1",), ("mint", "stall"), "confirmed_reads_released"),
