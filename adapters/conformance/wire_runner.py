@@ -485,20 +485,40 @@ class Runner:
             before = snapshot(c, 1, query)
         finally:
             c.close()
-        assert self.opts.restart_cmd is not None
-        proc = subprocess.run(self.opts.restart_cmd, shell=True, capture_output=True, text=True,
-                              timeout=120)
-        if proc.returncode != 0:
-            raise ScenarioFailed(f"--restart-cmd exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                c = Conn(self.opts, token, True, "after")
-                break
-            except ScenarioFailed as exc:
-                if time.monotonic() > deadline:
-                    raise ScenarioFailed(f"the target did not come back within 60 s of --restart-cmd: {exc}") from None
-                time.sleep(0.2)
+        def restarted(name: str) -> Conn:
+            assert self.opts.restart_cmd is not None
+            proc = subprocess.run(self.opts.restart_cmd, shell=True, capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                raise ScenarioFailed(f"--restart-cmd exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    return Conn(self.opts, token, True, name)
+                except ScenarioFailed as exc:
+                    if time.monotonic() > deadline:
+                        raise ScenarioFailed(f"the target did not come back within 60 s of --restart-cmd: "
+                                             f"{exc}") from None
+                    time.sleep(0.2)
+
+        def stale_details(c: Conn, qs: int, epoch: int, row: dict[str, Any]) -> None:
+            """A resume in an epoch the restart left is stale_cursor (epoch_changed) and its details carry
+            the stream row's continuation chain, so the client can continue instead of rebootstrapping."""
+            q = f"{query} AND epoch = {epoch} AND seq > 3"
+            c.send(wire.Subscribe(qs, qs, (q,)))
+            msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier(f"after subscribing {q}")]
+            error = msgs[0].get("error", "") if len(msgs) == 1 else ""
+            if not (msgs[0]["$type"] == "SubscriptionError" and error.startswith("stale_cursor: ")):
+                raise ScenarioFailed(f"a resume in epoch {epoch}, which the restart left, was answered {_show(msgs)}; "
+                                     "the model answers one SubscriptionError stale_cursor (epoch_changed)")
+            details = json.loads(error[len("stale_cursor: "):])
+            want = {k: row.get(k) for k in ("continues_epoch", "continues_seq", "earlier_epochs", "earlier_seqs")}
+            got = {k: details.get(k) for k in want}
+            if details.get("reasons") != ["epoch_changed"] or got != want:
+                raise ScenarioFailed(f"the stale_cursor for a resume in epoch {epoch} says reasons "
+                                     f"{details.get('reasons')} and continuation {got}; the model says "
+                                     f"['epoch_changed'] and the stream row's {want}")
+
+        c = restarted("after")
         try:
             after = snapshot(c, 1, query)
             stream_rows = snapshot(c, 3, f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'")
@@ -511,6 +531,8 @@ class Runner:
                                                and row.get("continues_seq", 0) >= 5):
                 raise ScenarioFailed(f"the restart moved the stream from epoch {old_epoch} to {new_epoch} without "
                                      f"continuing it past seq 5: {_show([row])}")
+            if new_epoch != old_epoch:
+                stale_details(c, 4, old_epoch, row)
             resumed = snapshot(c, 2, f"{query} AND epoch = {new_epoch} AND seq > 3")
             if resumed != [r for r in after if r["seq"] > 3]:
                 raise ScenarioFailed(f"a resume from W=3 after the restart read {_show(resumed)}")
@@ -518,6 +540,22 @@ class Runner:
                 raise ScenarioFailed("a retried append after the restart was not deduplicated to seq 2")
             if appended(c, "k6", 6) != 6:
                 raise ScenarioFailed("the first new append after the restart is not seq 6")
+        finally:
+            c.close()
+        # a second unclean restart: a reader two epochs behind can still continue (ADR-0010's chain)
+        c = restarted("again")
+        try:
+            rows = snapshot(c, 3, f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'")
+            row2 = rows[0] if rows else {}
+            if old_epoch != new_epoch != row2.get("epoch") and (
+                    row2.get("continues_epoch") != new_epoch or (row2.get("earlier_epochs") or [None])[0] != old_epoch
+                    or (row2.get("earlier_seqs") or [None])[0] != 5):
+                raise ScenarioFailed(f"two restarts moved the stream through epochs {old_epoch}, {new_epoch}, "
+                                     f"{row2.get('epoch')} but its row does not chain back to epoch {old_epoch} at "
+                                     f"seq 5 (continues_epoch {new_epoch}, earlier_epochs starting {old_epoch}, "
+                                     f"earlier_seqs with 5): {_show([row2])}")
+            if row2.get("epoch") != new_epoch:
+                stale_details(c, 5, old_epoch, row2)
         finally:
             c.close()
 
