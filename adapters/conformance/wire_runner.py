@@ -306,8 +306,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("resume", "stale_cursor_recovery", ("STALE-1", "REPLAY-2"), ("mint",), "stale_cursor_recovery"),
     Scenario("durability", "confirmed_reads_released", ("CONF-1",), ("mint", "stall"), "confirmed_reads_released"),
     Scenario("compat", "negotiation_order", ("COMPAT-1",), ("mint",)),
+    Scenario("delivery", "compute_roles", ("AUTH-1", "ASSIGN-3", "ASSIGN-4"), ("mint",), "compute_roles"),
     Scenario("bridge", "bridge_outbox", ("BRIDGE-2", "BRIDGE-3"), ("mint",), "bridge_outbox"),
-    Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2"), ("mint", "restart")),
+    Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2", "CONT-1"), ("mint", "restart")),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
@@ -514,8 +515,9 @@ class Runner:
             want = {k: row.get(k) for k in ("continues_epoch", "continues_seq", "earlier_epochs", "earlier_seqs")}
             got = {k: details.get(k) for k in want}
             if details.get("reasons") != ["epoch_changed"] or got != want:
-                raise ScenarioFailed(f"the stale_cursor for a resume in epoch {epoch} says reasons "
-                                     f"{details.get('reasons')} and continuation {got}; the model says "
+                raise ScenarioFailed(f"a resume in epoch {epoch}, which the restart left: the target sent a "
+                                     f"stale_cursor with reasons {details.get('reasons')} and continuation {got}; "
+                                     "the model sends "
                                      f"['epoch_changed'] and the stream row's {want}")
 
         c = restarted("after")
@@ -553,7 +555,7 @@ class Runner:
                 raise ScenarioFailed(f"two restarts moved the stream through epochs {old_epoch}, {new_epoch}, "
                                      f"{row2.get('epoch')} but its row does not chain back to epoch {old_epoch} at "
                                      f"seq 5 (continues_epoch {new_epoch}, earlier_epochs starting {old_epoch}, "
-                                     f"earlier_seqs with 5): {_show([row2])}")
+                                     f"earlier_seqs with 5): the target sent {_show([row2])}")
             if row2.get("epoch") != new_epoch:
                 stale_details(c, 5, old_epoch, row2)
         finally:
