@@ -55,6 +55,10 @@ def people(ns: str = "s") -> dict[str, Claims]:
         "watcher": Claims(_id(0x3A7C), frozenset({"sync.subscribe"}), (f"{ns}.*",)),
         "noscope": Claims(_id(0x0DD), frozenset(), (f"{ns}.*",)),
         "bridge": Claims(_id(0xB41D6E), frozenset({"sync.subscribe", "bridge.enqueue", "bridge.mark_sent"}), ()),
+        "requester": Claims(_id(0x4E9), frozenset({"sync.subscribe", "compute.request"}), ()),
+        "dispatcher": Claims(_id(0xD15), frozenset({"sync.subscribe", "compute.assign"}), ()),
+        "provider": Claims(_id(0x9401), frozenset({"sync.subscribe", "provider.publish", "compute.execute"}), ()),
+        "executor": Claims(_id(0xE4EC), frozenset({"sync.subscribe", "compute.execute"}), ()),
     }
 
 
@@ -145,6 +149,8 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
         return {"op": "durable", "to": to}
 
     o1, o2 = f"{ns}o1", f"{ns}o2"
+    p1, p2, r1, r2 = f"{ns}p1", f"{ns}p2", f"{ns}r1", f"{ns}r2"
+    jobs = f"SELECT * FROM compute_assignment WHERE request_id = '{r1}'"
     outbox = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o1}'"
     eid = "ab" * 32
     return {
@@ -160,6 +166,19 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
                                      "no update to anyone", [
             connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
             append("w", 1, a, "k1"), append("w", 2, a, "k1"), receive("w"), receive("r")]),
+        "idempotency_conflict": ("a retried key with another payload fails with idempotency_conflict, naming the "
+                                 "existing seq, and writes nothing; the next new key takes the next seq", [
+            connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
+            append("w", 1, a, "k1"), append("w", 2, a, "k1", '{"n":2}'), append("w", 3, a, "k2", '{"n":2}'),
+            receive("w"), receive("r")]),
+        "checkpoint_never_backwards": ("an ack moves the caller's checkpoint forward only: a lower ack is a no-op, "
+                                       "an ack past the head or in another epoch fails", [
+            connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
+            append("w", 3, a, "k3", '{"n":3}'),
+            sub("w", 4, 10, f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'"), receive("w"),
+            call("w", 5, "ack_checkpoint", "c1", a, 1, 3), call("w", 6, "ack_checkpoint", "c1", a, 1, 1),
+            call("w", 7, "ack_checkpoint", "c1", a, 1, 9), call("w", 8, "ack_checkpoint", "c1", a, 2, 1),
+            receive("w")]),
         "duplicate_frame": ("the very same CallReducer frame twice (same request id): two identical answers, "
                             "one transaction", [
             connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
@@ -175,7 +194,8 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
         "confirmed_reads_released": ("while the log stalls, a confirmed reader is sent nothing of the new "
                                      "transaction (an unconfirmed one is); once it is durable, the update", [
             connect("w", "writer"), connect("c", "watcher", confirmed=True), connect("u", "watcher"),
-            sub("c", 1, 10, ev_a), sub("u", 1, 10, ev_a), receive("c"), receive("u"), hold,
+            sub("c", 1, 10, ev_a), sub("u", 1, 10, ev_a), receive("c"), receive("u"),
+            append("w", 1, a, "k0", '{"n":0}'), receive("w"), receive("c"), receive("u"), hold,
             append("w", 2, a, "k1"), receive("w"), receive("u"), {"op": "receive_quiet", "conn": "c"},
             release, receive("c")]),
         "event_tables": ("event-table rows reach subscribers once, marked as events, and never appear in a "
@@ -200,7 +220,7 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 1"), sub("r", 2, 11, f"{ev_a} AND epoch = 2 AND seq > 1"),
             sub("r", 3, 12, f"{ev_a} AND epoch = 1 AND seq > 9"), sub("r", 4, 13, f"{ev_a} AND seq > 1"),
             sub("r", 5, 14, f"SELECT * FROM sync_event WHERE stream_id = '{b}' AND epoch = 1 AND seq > 0"),
-            receive("r")]),
+            sub("r", 6, 15, f"{ev_a} AND epoch = 1 AND seq >= 0"), receive("r")]),
         "stale_cursor_recovery": ("after an epoch reset the old cursor is stale (epoch_changed, continues "
                                   "nothing); the client re-reads the stream row and resumes in the new epoch", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
@@ -209,6 +229,21 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             sub("r", 2, 11, f"SELECT * FROM sync_stream WHERE stream_id = '{a}'"),
             sub("r", 3, 12, f"{ev_a} AND epoch = 2 AND seq > 2"), receive("r"),
             append("w", 4, a, "k3", '{"n":3}'), receive("r")]),
+        "compute_roles": ("an assignment is seen only by its requester, its provider's owner and dispatchers, in "
+                          "updates too; assigning needs an active provider advertising the kind; running it needs "
+                          "the assigned provider's owner, not just the execute scope", [
+            connect("p", "provider"), connect("q", "requester"), connect("d", "dispatcher"),
+            connect("x", "executor"), sub("x", 1, 10, jobs), sub("q", 1, 10, jobs), receive("x"), receive("q"),
+            call("p", 1, "publish_provider_capability", p1, "{}", (5050,), 10, "active"),
+            call("q", 2, "open_compute_assignment", r1, 5050, "{}"), receive("q"),
+            call("d", 3, "update_compute_assignment", r1, 1, "assigned", p1, None),
+            call("d", 4, "update_compute_assignment", r1, 1, "assigned", p1, None),
+            call("p", 5, "publish_provider_capability", p2, "{}", (5051,), 10, "active"),
+            call("q", 6, "open_compute_assignment", r2, 5050, "{}"), receive("q"),
+            call("d", 7, "update_compute_assignment", r2, 1, "assigned", p2, None),
+            receive("d"), call("x", 8, "update_compute_assignment", r1, 2, "running", None, None), receive("x"),
+            call("p", 9, "update_compute_assignment", r1, 2, "running", None, None), receive("p"), receive("q"),
+            receive("x")]),
         "bridge_outbox": ("the outbox rules a bridge worker relies on, without any relay: enqueue dedupes on "
                           "[source, kind, tags, content], kinds outside policy are denied, a failure records its "
                           "backoff, a success is kept and merges newly acked relays, another event id conflicts", [
@@ -305,12 +340,23 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     and r[0][2]["rows"] is not None and r[0][3]["rows"] is None and r[1] == [],
     "duplicate_frame": lambda r: [m["request_id"] for m in r[1]] == [7, 7] and r[1][0] == r[1][1]
     and _types(r[2]) == ["TransactionUpdate"],
-    "confirmed_reads_released": lambda r: r[4] == [] and _types(r[3]) == ["TransactionUpdate"]
-    and _types(r[5]) == ["TransactionUpdate"],
+    "confirmed_reads_released": lambda r: _types(r[3]) == _types(r[4]) == ["TransactionUpdate"]
+    and r[7] == [] and _types(r[6]) == ["TransactionUpdate"] and _types(r[8]) == ["TransactionUpdate"],
     "stale_cursor_recovery": lambda r: _types(r[1]) == ["SubscriptionError", "SubscribeApplied", "SubscribeApplied"]
     and '"epoch_changed"' in r[1][0]["error"] and _types(r[2]) == ["TransactionUpdate"],
+    "compute_roles": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0] for m in r[4]]
+    == ["ok", "version_conflict", "provider_unavailable"] and r[5][0]["outcome"]["err"]["error"].startswith("forbidden")
+    and r[8] == [] and _types(r[3]) == ["TransactionUpdate", "ReducerResult"] and _types(r[7]) == ["TransactionUpdate"],
     "bridge_outbox": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0] for m in r[1]]
     == ["ok", "ok", "idempotency_conflict", "policy_denied", "ok", "ok", "ok", "ok", "bridge_event_conflict", "ok"],
     "resume_and_stale_cursor": lambda r: _types(r[1]) == ["SubscribeApplied"] + ["SubscriptionError"] * 4
-    and r[1][1]["error"].startswith("stale_cursor") and r[1][3]["error"].startswith("invalid_query"),
+    + ["SubscribeApplied"] and r[1][1]["error"].startswith("stale_cursor")
+    and r[1][3]["error"].startswith("invalid_query") and len(r[1][5]["rows"][0]["inserts"]) == 3,
+    "idempotency_conflict": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0] for m in r[1]]
+    == ["ok", "idempotency_conflict", "ok"] and r[1][2]["outcome"]["ok"]["ret"] == 2
+    and _types(r[2]) == ["TransactionUpdate", "TransactionUpdate"],
+    "checkpoint_never_backwards": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0]
+                                             for m in r[1]]
+    == ["ok", "ok", "checkpoint_ahead_of_head", "stale_epoch"] and bool(r[1][0]["outcome"]["ok"]["query_sets"])
+    and not r[1][1]["outcome"]["ok"]["query_sets"],
 }

@@ -222,11 +222,27 @@ class Tokens:
 
 # --- comparing with the model --------------------------------------------------------------------------------
 
+_TS = "__timestamp_micros_since_unix_epoch__"
+SCHEDULED: dict[str, str] = {"next_attempt_at": "updated_at", "expires_at": "last_seen"}
+"""Timestamp columns a write schedules ahead of the row's own write time: masked to their order
+against it (before, same, after) instead of to nothing, so a server that drops a backoff or a TTL
+differs where it shows, while the times themselves stay the target's own."""
+
+
+def _when(v: Any, anchor: Any) -> str:
+    if not (isinstance(v, dict) and set(v) == {_TS} and isinstance(anchor, dict) and set(anchor) == {_TS}):
+        return "<timestamp>"
+    a, b = v[_TS], anchor[_TS]
+    return f"<timestamp {'before' if a < b else 'same as' if a == b else 'after'}>"
+
+
 def _mask(v: Any) -> Any:
     if isinstance(v, dict):
-        if set(v) == {"__timestamp_micros_since_unix_epoch__"}:
+        if set(v) == {_TS}:
             return "<timestamp>"
-        return {k: ("<offset>" if k == "tx_offset" else _mask(x)) for k, x in v.items()}
+        return {k: ("<offset>" if k == "tx_offset" else
+                    _when(x, v[SCHEDULED[k]]).replace(">", f" {SCHEDULED[k]}>")
+                    if k in SCHEDULED and SCHEDULED[k] in v else _mask(x)) for k, x in v.items()}
     if isinstance(v, list):
         return [_mask(x) for x in v]
     return v
@@ -236,14 +252,28 @@ def _show(msgs: list[dict[str, Any]]) -> str:
     return json.dumps(msgs, sort_keys=True)[:900]
 
 
+def _differs_at(a: Any, b: Any, path: str = "") -> str:
+    """The first path (``outcome.ok.query_sets[0]...``) where two masked values differ, and both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k, "<absent>") != b.get(k, "<absent>"):
+                return _differs_at(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{path}.{k}" if path else k)
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _differs_at(x, y, f"{path}[{i}]")
+    return (f"{path or 'the message'}: the target's {json.dumps(a, sort_keys=True)[:200]}, the model's "
+            f"{json.dumps(b, sort_keys=True)[:200]}")
+
+
 def _first_divergence(where: str, got: list[dict[str, Any]], want: list[dict[str, Any]]) -> str | None:
     g, w = _mask(got), _mask(want)
     if g == w:
         return None
     for i, (a, b) in enumerate(zip(g, w, strict=False)):
         if a != b:
-            return (f"{where}, message {i}: the target sent {json.dumps(a, sort_keys=True)[:700]}; the model "
-                    f"sends {json.dumps(b, sort_keys=True)[:700]}")
+            return (f"{where}, message {i} differs at {_differs_at(a, b)}; the target sent "
+                    f"{json.dumps(a, sort_keys=True)[:700]}; the model sends {json.dumps(b, sort_keys=True)[:700]}")
     if len(g) > len(w):
         return f"{where}: the target sent {len(g) - len(w)} more message(s): {_show(g[len(w):])}"
     return f"{where}: the target sent {len(w) - len(g)} fewer message(s); the model also sends {_show(w[len(g):])}"
@@ -270,12 +300,15 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("delivery", "unsubscribe", ("DELIV-2",), ("mint",), "unsubscribe"),
     Scenario("idempotency", "duplicate_call_is_a_noop", ("IDEM-2",), ("mint",), "duplicate_call_is_a_noop"),
     Scenario("idempotency", "duplicate_frame", ("IDEM-2",), ("mint",), "duplicate_frame"),
+    Scenario("idempotency", "idempotency_conflict", ("IDEM-3",), ("mint",), "idempotency_conflict"),
+    Scenario("resume", "checkpoint_never_backwards", ("CKPT-2",), ("mint",), "checkpoint_never_backwards"),
     Scenario("resume", "resume_and_stale_cursor", ("STALE-1", "STALE-3"), ("mint",), "resume_and_stale_cursor"),
     Scenario("resume", "stale_cursor_recovery", ("STALE-1", "REPLAY-2"), ("mint",), "stale_cursor_recovery"),
     Scenario("durability", "confirmed_reads_released", ("CONF-1",), ("mint", "stall"), "confirmed_reads_released"),
     Scenario("compat", "negotiation_order", ("COMPAT-1",), ("mint",)),
+    Scenario("delivery", "compute_roles", ("AUTH-1", "ASSIGN-3", "ASSIGN-4"), ("mint",), "compute_roles"),
     Scenario("bridge", "bridge_outbox", ("BRIDGE-2", "BRIDGE-3"), ("mint",), "bridge_outbox"),
-    Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2"), ("mint", "restart")),
+    Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2", "CONT-1"), ("mint", "restart")),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
@@ -453,20 +486,41 @@ class Runner:
             before = snapshot(c, 1, query)
         finally:
             c.close()
-        assert self.opts.restart_cmd is not None
-        proc = subprocess.run(self.opts.restart_cmd, shell=True, capture_output=True, text=True,
-                              timeout=120)
-        if proc.returncode != 0:
-            raise ScenarioFailed(f"--restart-cmd exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                c = Conn(self.opts, token, True, "after")
-                break
-            except ScenarioFailed as exc:
-                if time.monotonic() > deadline:
-                    raise ScenarioFailed(f"the target did not come back within 60 s of --restart-cmd: {exc}") from None
-                time.sleep(0.2)
+        def restarted(name: str) -> Conn:
+            assert self.opts.restart_cmd is not None
+            proc = subprocess.run(self.opts.restart_cmd, shell=True, capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                raise ScenarioFailed(f"--restart-cmd exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    return Conn(self.opts, token, True, name)
+                except ScenarioFailed as exc:
+                    if time.monotonic() > deadline:
+                        raise ScenarioFailed(f"the target did not come back within 60 s of --restart-cmd: "
+                                             f"{exc}") from None
+                    time.sleep(0.2)
+
+        def stale_details(c: Conn, qs: int, epoch: int, row: dict[str, Any]) -> None:
+            """A resume in an epoch the restart left is stale_cursor (epoch_changed) and its details carry
+            the stream row's continuation chain, so the client can continue instead of rebootstrapping."""
+            q = f"{query} AND epoch = {epoch} AND seq > 3"
+            c.send(wire.Subscribe(qs, qs, (q,)))
+            msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier(f"after subscribing {q}")]
+            error = msgs[0].get("error", "") if len(msgs) == 1 else ""
+            if not (msgs[0]["$type"] == "SubscriptionError" and error.startswith("stale_cursor: ")):
+                raise ScenarioFailed(f"a resume in epoch {epoch}, which the restart left, was answered {_show(msgs)}; "
+                                     "the model answers one SubscriptionError stale_cursor (epoch_changed)")
+            details = json.loads(error[len("stale_cursor: "):])
+            want = {k: row.get(k) for k in ("continues_epoch", "continues_seq", "earlier_epochs", "earlier_seqs")}
+            got = {k: details.get(k) for k in want}
+            if details.get("reasons") != ["epoch_changed"] or got != want:
+                raise ScenarioFailed(f"a resume in epoch {epoch}, which the restart left: the target sent a "
+                                     f"stale_cursor with reasons {details.get('reasons')} and continuation {got}; "
+                                     "the model sends "
+                                     f"['epoch_changed'] and the stream row's {want}")
+
+        c = restarted("after")
         try:
             after = snapshot(c, 1, query)
             stream_rows = snapshot(c, 3, f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'")
@@ -479,6 +533,8 @@ class Runner:
                                                and row.get("continues_seq", 0) >= 5):
                 raise ScenarioFailed(f"the restart moved the stream from epoch {old_epoch} to {new_epoch} without "
                                      f"continuing it past seq 5: {_show([row])}")
+            if new_epoch != old_epoch:
+                stale_details(c, 4, old_epoch, row)
             resumed = snapshot(c, 2, f"{query} AND epoch = {new_epoch} AND seq > 3")
             if resumed != [r for r in after if r["seq"] > 3]:
                 raise ScenarioFailed(f"a resume from W=3 after the restart read {_show(resumed)}")
@@ -486,6 +542,22 @@ class Runner:
                 raise ScenarioFailed("a retried append after the restart was not deduplicated to seq 2")
             if appended(c, "k6", 6) != 6:
                 raise ScenarioFailed("the first new append after the restart is not seq 6")
+        finally:
+            c.close()
+        # a second unclean restart: a reader two epochs behind can still continue (ADR-0010's chain)
+        c = restarted("again")
+        try:
+            rows = snapshot(c, 3, f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'")
+            row2 = rows[0] if rows else {}
+            if old_epoch != new_epoch != row2.get("epoch") and (
+                    row2.get("continues_epoch") != new_epoch or (row2.get("earlier_epochs") or [None])[0] != old_epoch
+                    or (row2.get("earlier_seqs") or [None])[0] != 5):
+                raise ScenarioFailed(f"two restarts moved the stream through epochs {old_epoch}, {new_epoch}, "
+                                     f"{row2.get('epoch')} but its row does not chain back to epoch {old_epoch} at "
+                                     f"seq 5 (continues_epoch {new_epoch}, earlier_epochs starting {old_epoch}, "
+                                     f"earlier_seqs with 5): the target sent {_show([row2])}")
+            if row2.get("epoch") != new_epoch:
+                stale_details(c, 5, old_epoch, row2)
         finally:
             c.close()
 
