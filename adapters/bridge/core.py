@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -232,12 +233,15 @@ class BridgeCore:
                     self.given_up.add((outbox_id, o.relay))
                     log.warning("giving up relay %s for %s after %d rejections: %s", o.relay, outbox_id, n,
                                 o.reason)
+        verdict = any(o.status is OutcomeStatus.REJECTED for o in failures)
+        undelivered = not acked and not have and row.status == "pending" and bool(failures)
         if failures:
-            self.hold_until[outbox_id] = now + self._retry_ms(failures) * 1000
+            retry_ms = self._retry_ms(failures) if verdict or not undelivered else self._outage_ms(failures)
+            self.hold_until[outbox_id] = now + retry_ms * 1000
         actions: list[Action] = []
         if acked - have:
             actions.append(Mark(outbox_id, busy.event_id, tuple(sorted(acked | have))))
-        elif not acked and not have and row.status == "pending" and failures:
+        elif undelivered and verdict:  # only a relay's verdict consumes one of the row's durable attempts
             actions.append(RecordFailure(outbox_id, self._error(failures), self._retry_ms(failures)))
         if actions:
             busy.event_id = ""  # now a call is in flight
@@ -331,6 +335,12 @@ class BridgeCore:
         wanted = [self.policy.reject_retry_ms if o.status is OutcomeStatus.REJECTED
                   else int((o.retry_after or 0.0) * 1000) for o in failures]
         return max(self.policy.min_retry_ms, min(self.policy.max_retry_ms, max(wanted, default=0)))
+
+    def _outage_ms(self, failures: Sequence[RelayOutcome]) -> int:
+        """The in-memory hold of a pending row no relay gave a verdict on: until the first relay leaves
+        its backoff (the pool's ``retry_after``, at most its ``backoff_cap``); any one relay suffices."""
+        soonest = min(math.ceil((o.retry_after or 0.0) * 1000) for o in failures)  # not before it
+        return max(self.policy.min_retry_ms, min(self.policy.max_retry_ms, soonest))
 
     @staticmethod
     def _error(failures: Sequence[RelayOutcome]) -> str:

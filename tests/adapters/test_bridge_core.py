@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -28,7 +29,8 @@ from adapters.bridge.core import (
 )
 from adapters.nostr.errors import NostrUsageError
 from adapters.nostr.keys import SigningKey
-from adapters.nostr.pool import OutcomeStatus, RelayOutcome
+from adapters.nostr.pool import OutcomeStatus, PoolConfig, RelayOutcome
+from spec.policy import Policy
 from spec.values import BridgeOutbox
 
 A, B = "ws://relay-a.test", "ws://relay-b.test"
@@ -154,12 +156,19 @@ PUBLISHED_CASES: list[tuple[str, BridgeOutbox, list[RelayOutcome], list[Any], in
     ("both ack", row(), [ok(A), ok(B)], [Mark("o1", "*", (A, B))], None),
     ("both answer duplicate (a republish)", row(), [ok(A, True), ok(B, True)], [Mark("o1", "*", (A, B))], None),
     ("A acks, B down: sent now, B caught up later", row(), [ok(A), failed(B, 3.0)], [Mark("o1", "*", (A,))], 3),
-    ("both down: the largest retry_after", row(), [failed(A, 2.0), failed(B, 7.5)],
-     [RecordFailure("o1", "*", 7500)], 7.5),
+    # no verdict from any relay: no call (no attempt consumed), held in memory until the first relay
+    # leaves its backoff (ADR-0033)
+    ("both down: no call, held until the earliest retry_after", row(), [failed(A, 2.0), failed(B, 7.5)], [], 2),
+    ("short retry_after is floored, no call", row(), [failed(A, 0.01), failed(B, None)], [], 1),
+    ("no answer in time: no call", row(), [RelayOutcome(A, OutcomeStatus.PENDING),
+                                           RelayOutcome(B, OutcomeStatus.PENDING)], [], 1),
+    ("a relay backing off 60 s: held 60 s, no call", row(), [failed(A, 60.0), failed(B, 60.0)], [], 60),
+    # a verdict: the durable failure, the largest retry wanted
     ("both reject: the policy's retry", row(), [rejected(A), rejected(B)], [RecordFailure("o1", "*", 60_000)], 60),
-    ("short retry_after is floored", row(), [failed(A, 0.01), failed(B, None)], [RecordFailure("o1", "*", 1000)], 1),
-    ("no answer in time", row(), [RelayOutcome(A, OutcomeStatus.PENDING), RelayOutcome(B, OutcomeStatus.PENDING)],
-     [RecordFailure("o1", "*", 1000)], 1),
+    ("A rejects, B down: a verdict, recorded", row(), [rejected(A), failed(B, 2.0)],
+     [RecordFailure("o1", "*", 60_000)], 60),
+    ("A rejects, B down longer: the largest retry", row(), [rejected(A), failed(B, 90.0)],
+     [RecordFailure("o1", "*", 90_000)], 90),
     ("catch-up acked: relays merge", sent(acked=(A,)), [ok(B)], [Mark("o1", "*", (A, B))], None),
     ("catch-up failed: no call, held in memory", sent(acked=(A,)), [failed(B, 4.0)], [], 4),
     ("catch-up rejected: no call, held", sent(acked=(A,)), [rejected(B)], [], 60),
@@ -274,8 +283,8 @@ def test_backlog_dead_letters_and_next_due() -> None:
 def test_rows_that_leave_the_view_are_forgotten() -> None:
     c = core(row())
     c.poll(T0)
-    c.published("o1", [failed(A, 5), failed(B, 5)], T0)
-    c.call_done("o1", T0, "call_failed")
+    assert c.published("o1", [failed(A, 5), failed(B, 5)], T0) == []  # an outage: held in memory, no call
+    assert "o1" in c.hold_until
     c.sync_rows([])
     assert c.hold_until == {} and c.backlog() == 0
 
@@ -292,3 +301,119 @@ def test_policy_defaults_are_pinned() -> None:
 def test_bad_policies_are_refused(kw: dict[str, Any]) -> None:
     with pytest.raises(NostrUsageError):
         BridgePolicy(**kw)
+
+
+# --- outages: only a relay's verdict consumes a durable attempt (ADR-0033) -------------------------
+
+
+class SimRelay:
+    """One relay as the pool reports it, on a fake clock: ``down`` until ``up_at`` (µs), then
+    ``verdict`` ("ack" or "reject"); the pool's default backoff with a seeded jitter, the same rules
+    as the pool's relay worker (fail fast while backing off, one failure grows the backoff, one
+    answer resets it) -- written here again, not imported."""
+
+    def __init__(self, url: str, up_at: int, verdict: str, seed: int) -> None:
+        self.url, self.up_at, self.verdict = url, up_at, verdict
+        cfg = PoolConfig().backoff
+        self.base, self.cap, self.factor, self.jitter = cfg.base, cfg.cap, cfg.factor, cfg.jitter
+        self.rng = random.Random(seed)
+        self.failures = 0
+        self.retry_at = 0
+        self.events: set[str] = set()
+        self.tries = 0  # connection attempts (publishes not failed fast by the backoff)
+
+    def publish(self, event_id: str, now: int) -> RelayOutcome:
+        if now < self.retry_at:
+            return RelayOutcome(self.url, OutcomeStatus.FAILED, "refused (backing off)", False,
+                                (self.retry_at - now) / S, 0.0)
+        self.tries += 1
+        if now < self.up_at:
+            ceiling = min(self.cap, self.base * self.factor ** self.failures)
+            delay = ceiling * (1 - self.jitter * self.rng.random())
+            self.failures += 1
+            self.retry_at = now + int(delay * S)
+            return RelayOutcome(self.url, OutcomeStatus.FAILED, "connection refused", False, delay, 0.0)
+        self.failures, self.retry_at = 0, 0
+        if self.verdict == "reject":
+            return rejected(self.url)
+        self.events.add(event_id)
+        return ok(self.url)
+
+
+@dataclass
+class Sim:
+    server: dict[str, BridgeOutbox]
+    marked: dict[str, int] = field(default_factory=dict)  # outbox_id -> time of its first mark (µs)
+    publishes: dict[str, int] = field(default_factory=dict)  # outbox_id -> Publish actions
+    recorded: int = 0  # RecordFailure actions
+
+
+def simulate(n_rows: int, sim: list[SimRelay], end: int) -> Sim:
+    """Drive a core against the simulated relays and a server that applies the outbox rules itself
+    (attempts + 1 per failure, dead letter at the policy's ``bridge_max_attempts``; a mark makes the
+    row sent)."""
+    max_attempts = Policy().bridge_max_attempts
+    server = {f"o{i}": row(f"o{i}") for i in range(n_rows)}
+    c = BridgeCore(tuple(r.url for r in sim), KEY)
+    c.sync_rows(server.values())
+    by_url = {r.url: r for r in sim}
+    out = Sim(server)
+    now = T0
+    while now <= end:
+        for action in c.poll(now):
+            assert isinstance(action, Publish)
+            out.publishes[action.outbox_id] = out.publishes.get(action.outbox_id, 0) + 1
+            outcomes = [by_url[u].publish(action.event.id, now) for u in action.relays]
+            for follow in c.published(action.outbox_id, outcomes, now):
+                old = server[follow.outbox_id]
+                if isinstance(follow, Mark):
+                    server[old.outbox_id] = replace(old, status="sent", nostr_event_id=follow.event_id,
+                                                    relays_acked=tuple(sorted(set(old.relays_acked) | set(follow.relays))),
+                                                    updated_at=now)
+                    out.marked.setdefault(old.outbox_id, now)
+                else:
+                    assert isinstance(follow, RecordFailure)
+                    out.recorded += 1
+                    attempts = old.attempts + 1
+                    server[old.outbox_id] = replace(old, attempts=attempts, updated_at=now, last_error=follow.error,
+                                                    next_attempt_at=now + follow.retry_after_ms * 1000,
+                                                    status="failed" if attempts >= max_attempts else "pending")
+                c.sync_rows(server.values())
+                c.call_done(follow.outbox_id, now)
+        due = c.next_due()
+        if due is None:
+            break
+        now = max(now + 1000, due)  # at least 1 ms on: the worker's loop never spins faster
+    return out
+
+
+@pytest.mark.parametrize("outage_s", [10, 300, 3600])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_an_outage_of_every_relay_longer_than_the_attempts_loses_nothing(outage_s: int, seed: int) -> None:
+    """Both relays refuse connections for ``outage_s`` -- far past the ~5 s in which five recorded
+    failures would dead-letter a row -- then come back: every row is published to both, none was
+    dead-lettered, no failure was recorded (no relay gave a verdict), and each row went out within
+    the pool's backoff cap (60 s) plus the 1 s floor of the relays' return.  The hold is paced by the
+    pool: no row was published more often than the relays were actually tried."""
+    up = T0 + outage_s * S
+    sim = [SimRelay(A, up, "ack", seed), SimRelay(B, up, "ack", seed + 100)]
+    out = simulate(20, sim, up + 3600 * S)
+    assert {r.status for r in out.server.values()} == {"sent"}, [r.attempts for r in out.server.values()]
+    assert out.recorded == 0
+    assert all(r.attempts == 0 and set(r.relays_acked) == {A, B} for r in out.server.values())
+    assert all(r.nostr_event_id in sim[0].events and r.nostr_event_id in sim[1].events for r in out.server.values())
+    cap_us = int((PoolConfig().backoff.cap + 1) * S)
+    assert all(up <= t <= up + cap_us for t in out.marked.values()), sorted(t - up for t in out.marked.values())
+    assert max(out.publishes.values()) <= sum(r.tries for r in sim) + 1, (out.publishes, [r.tries for r in sim])
+
+
+@pytest.mark.parametrize("b", ["reject", "down"])
+def test_a_verdict_still_consumes_attempts_and_dead_letters(b: str) -> None:
+    """A relay's rejection is a verdict: with every relay rejecting, or one rejecting while the other is
+    down, each publish records a failure and the row ends a dead letter after the policy's attempts."""
+    forever = T0 + 10**6 * S
+    sim = [SimRelay(A, T0, "reject", 1), SimRelay(B, forever if b == "down" else T0, "reject", 2)]
+    out = simulate(3, sim, T0 + 3600 * S)
+    assert out.marked == {}
+    assert out.recorded == 3 * Policy().bridge_max_attempts
+    assert all(r.status == "failed" and r.attempts == Policy().bridge_max_attempts for r in out.server.values())
