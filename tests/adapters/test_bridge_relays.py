@@ -21,8 +21,11 @@ as its own process.
 * Crash: SIGKILL the worker after the relays acknowledged and before ``mark_bridge_event_sent``
   (a testing-only fault hook holds the mark), restart it: the rows end ``sent``, each relay holds
   exactly one copy of each event, with the id and signature of the first publish.
-* Restart: a restarted worker follows what the outbox kept -- a failed row waits for its
-  ``next_attempt_at``; a ``sent`` row goes only to the relays missing from ``relays_acked``.
+* Restart: a restarted worker follows what the outbox kept -- a row whose failure was recorded (a
+  relay's rejection) waits for its ``next_attempt_at``; a ``sent`` row goes only to the relays
+  missing from ``relays_acked``.
+* Outage (ADR-0033): a relay down far longer than five attempts' worth of backoff records no
+  failure; once it is back every row is delivered, none dead-lettered.
 """
 
 from __future__ import annotations
@@ -640,31 +643,81 @@ def test_sigkill_between_publish_and_mark_republishes_the_same_event(relays: dic
 
 def test_a_restarted_worker_retries_at_the_durable_next_attempt_at_not_at_once(relays: dict[str, RealRelay],
                                                                                tmp_path: Path) -> None:
-    """The first worker's only relay is down: it records the failure with ``retry_after_ms`` 6 s (its
-    ``min_retry_ms``), and is SIGKILLed.  A second worker, with a healthy relay, starts at once: it
-    must leave the rows alone until their ``next_attempt_at`` -- the schedule lives in the outbox,
-    not in the dead worker's memory -- and deliver them then.  Checked on the server's clock: each
-    row's mark (``updated_at``) comes at or after the ``next_attempt_at`` the failure recorded."""
+    """The first worker's only relay rejects everything -- a verdict, so the failure is recorded with
+    ``retry_after_ms`` 6 s (its ``reject_retry_ms``) -- and the worker is SIGKILLed.  A second worker,
+    with a healthy relay, starts at once: it must leave the rows alone until their ``next_attempt_at``
+    -- the schedule lives in the outbox, not in the dead worker's memory -- and deliver them then.
+    Checked on the server's clock: each row's mark (``updated_at``) comes at or after the
+    ``next_attempt_at`` the failure recorded.  (Before ADR-0033 the first relay was simply down; an
+    outage records nothing now: test_an_outage_longer_than_the_attempts_loses_nothing.)"""
     alpha = relays["alpha"]
-    dead = f"ws://127.0.0.1:{free_port()}"  # nothing listens: connection refused
-    with site(tmp_path, "restart") as s:
-        with bridge(s, [dead], "restart-1", min_retry_ms=6000, reject_retry_ms=6000) as first:
-            ids = s.enqueue_receipts("restart", 2)
-            until("the failure recorded", lambda: all(s.outbox()[i]["attempts"] == 1 for i in ids))
-            first.kill()
-        failed = s.outbox()
-        for i in ids:
-            row = failed[i]
-            assert row["status"] == "pending" and f"{dead}: failed" in _opt(row["last_error"]), row
-            assert _micros(row["next_attempt_at"]) - _micros(row["updated_at"]) == 6_000_000  # 6000 ms, in µs
-        with bridge(s, [alpha.url], "restart-2") as second:
-            until("sent after the restart", lambda: all_sent(s, ids, [alpha.url]), timeout=60)
-            rows = s.outbox()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    rejecting = asyncio.run_coroutine_threadsafe(FakeRelay("reject").start(), loop).result(10)
+    try:
+        with site(tmp_path, "restart") as s:
+            with bridge(s, [rejecting.url], "restart-1", min_retry_ms=6000, reject_retry_ms=6000) as first:
+                ids = s.enqueue_receipts("restart", 2)
+                until("the failure recorded", lambda: all(s.outbox()[i]["attempts"] == 1 for i in ids))
+                first.kill()
+            failed = s.outbox()
             for i in ids:
-                assert rows[i]["attempts"] == 1  # no failure in between: nothing was tried early
-                assert _micros(rows[i]["updated_at"]) >= _micros(failed[i]["next_attempt_at"]), (rows[i], failed[i])
-            assert second.metric("syncref_bridge_calls_total", reducer="record_bridge_failure") == 0
-        check_relay_copies(s, alpha, ids)
+                row = failed[i]
+                assert row["status"] == "pending" and f"{rejecting.url}: rejected: blocked" in _opt(row["last_error"]), row
+                assert _micros(row["next_attempt_at"]) - _micros(row["updated_at"]) == 6_000_000  # 6000 ms, in µs
+            with bridge(s, [alpha.url], "restart-2") as second:
+                until("sent after the restart", lambda: all_sent(s, ids, [alpha.url]), timeout=60)
+                rows = s.outbox()
+                for i in ids:
+                    assert rows[i]["attempts"] == 1  # no failure in between: nothing was tried early
+                    assert _micros(rows[i]["updated_at"]) >= _micros(failed[i]["next_attempt_at"]), (rows[i], failed[i])
+                assert second.metric("syncref_bridge_calls_total", reducer="record_bridge_failure") == 0
+            check_relay_copies(s, alpha, ids)
+    finally:
+        asyncio.run_coroutine_threadsafe(rejecting.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def test_an_outage_longer_than_the_attempts_loses_nothing(tmp_path: Path) -> None:
+    """ADR-0033: the worker's only relay refuses connections for well past the window in which five
+    recorded failures used to dead-letter every row (there: 3 rows x 5 = 15 failed outcomes, ~2 s
+    with this test's 1 s backoff cap); no relay gave a verdict, so nothing is recorded and the rows stay
+    ``pending`` with 0 attempts, held in the worker's memory.  A worker restarted mid-outage holds them
+    the same way.  Then the relay comes up on its port: every row is delivered, none dead-lettered."""
+    port = free_port()
+    late = f"ws://127.0.0.1:{port}"
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    try:
+        with site(tmp_path, "outage") as s:
+            with bridge(s, [late], "outage-1") as first:
+                ids = s.enqueue_receipts("outage", 3)
+
+                def many_failures_no_dead_letter() -> bool:
+                    assert first.metric("syncref_bridge_dead_letters") == 0, s.outbox()
+                    return first.metric("syncref_bridge_relay_failures_total", relay=late, outcome="failed") >= 30
+
+                until("many failed publishes", many_failures_no_dead_letter, timeout=60)
+                rows = s.outbox()
+                assert all(rows[i]["status"] == "pending" and rows[i]["attempts"] == 0 for i in ids), rows
+                assert first.metric("syncref_bridge_calls_total", reducer="record_bridge_failure") == 0
+                assert first.metric("syncref_bridge_backlog") == 3 and first.metric("syncref_bridge_dead_letters") == 0
+                first.kill()
+            with bridge(s, [late], "outage-2") as second:
+                until("the restarted worker fails too", lambda: second.metric("syncref_bridge_relay_failures_total",
+                                                                             relay=late, outcome="failed") >= 9)
+                fake = asyncio.run_coroutine_threadsafe(FakeRelay("accept", port=port).start(), loop).result(10)
+                try:
+                    until("sent once the relay is back", lambda: all_sent(s, ids, [late]), timeout=60)
+                    rows = s.outbox()
+                    assert all(rows[i]["attempts"] == 0 for i in ids), rows
+                    assert sorted({e["id"] for e in fake.events}) == sorted(_opt(rows[i]["nostr_event_id"]) for i in ids)
+                    assert second.metric("syncref_bridge_calls_total", reducer="record_bridge_failure") == 0
+                    until("backlog drained", lambda: second.metric("syncref_bridge_backlog") == 0)
+                finally:
+                    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
 
 
 def test_a_restarted_worker_catches_up_only_the_relays_missing_from_relays_acked(relays: dict[str, RealRelay],
