@@ -10,8 +10,10 @@ runs the actions it returns, and reports back:
   this bridge's allowlist, its tags are not NIP-01 tags, it holds characters relays serialize
   differently), a :class:`RecordFailure` with the reason;
 * :meth:`BridgeCore.published` -- the per-relay outcomes of a publish become a :class:`Mark` (some
-  relay has the event: ``mark_bridge_event_sent`` with every relay known to have it) or a
-  :class:`RecordFailure` (no relay has it: the durable backoff ``retry_after_ms``);
+  relay has the event: ``mark_bridge_event_sent`` with every relay known to have it), a
+  :class:`RecordFailure` (no relay has it and some relay *rejected* it: the durable backoff
+  ``retry_after_ms``, one of the row's attempts), or nothing (no relay gave a verdict: the row is
+  held in memory, ADR-0033);
 * :meth:`BridgeCore.call_done` -- the reducer call finished (``ok``, or the error code).
 
 The row's life, as the worker sees it (``relays`` = the configured relays):
@@ -20,6 +22,7 @@ The row's life, as the worker sees it (``relays`` = the configured relays):
 row                                       the worker
 ========================================  ===========================================================
 ``pending``, ``next_attempt_at`` > now    waits (the backoff is the server's, durable)
+``pending``, held after an outage         waits in memory until a relay leaves its backoff
 ``pending``, due                          publishes to ``relays - relays_acked``
 ``sent``, ``relays`` ⊆ ``relays_acked``   done
 ``sent``, a relay missing                 catches that relay up (same event id); backoff in memory
@@ -31,11 +34,15 @@ Outcome rules of one publish: any relay acknowledging (``OK true`` or ``duplicat
 row ``sent`` -- the event exists on Nostr under its id -- and the relays that failed are retried
 from the ``sent`` row (catch-up, never a second event id); a catch-up relay that *rejects*
 ``max_rejections`` times is given up for that row (reported by :attr:`BridgeCore.given_up`).  If
-no relay has it, the row stays ``pending`` with ``record_bridge_failure``: the error lists each
-relay's one-line reason, ``retry_after_ms`` is the largest ``retry_after`` of the relays that
-failed (a relay backing off says when it will be tried), or ``reject_retry_ms`` for a rejection,
-clamped to ``[min_retry_ms, max_retry_ms]``; the server dead-letters the row at its
-``bridge_max_attempts``.
+no relay has it, only a *verdict* consumes one of the row's durable attempts (ADR-0033): when some
+relay rejected it, the row stays ``pending`` with ``record_bridge_failure`` -- the error lists each
+relay's one-line reason, ``retry_after_ms`` is ``reject_retry_ms`` or, if larger, the largest
+``retry_after`` of the relays that failed, clamped to ``[min_retry_ms, max_retry_ms]``; the server
+dead-letters the row at its ``bridge_max_attempts``.  When no relay gave a verdict (every relay
+failed: refused, timed out, backing off, queue full -- or had not answered), nothing is called:
+the row is held in :attr:`BridgeCore.hold_until` until the earliest relay leaves its backoff (the
+smallest ``retry_after``, at least ``min_retry_ms``; the pool caps it at its ``backoff_cap``), so
+an outage of any length dead-letters nothing and the rows go out once a relay is back.
 
 Determinism: the event is a pure function of the row and the key (:func:`build_event`; BIP-340 with
 ``aux_rand`` = 32 zero bytes), so a worker that crashed between publishing and marking republishes
@@ -90,7 +97,7 @@ class BridgePolicy:
 
     kinds: frozenset[int] = frozenset({30078, 31990})
     reject_retry_ms: int = 60_000  # durable retry after every relay rejected the event
-    min_retry_ms: int = 1_000  # floor of any retry_after_ms sent to the server
+    min_retry_ms: int = 1_000  # floor of any retry_after_ms sent, and of the in-memory hold after an outage
     max_retry_ms: int = 86_400_000  # the server's bridge_max_retry_after_ms
     call_retry_ms: int = 2_000  # in memory: after a reducer call that did not complete
     max_rejections: int = 5  # catch-up: a relay rejecting a sent row this often is given up for it
