@@ -367,9 +367,9 @@ def simulate(n_rows: int, sim: list[SimRelay], end: int) -> Sim:
             for follow in c.published(action.outbox_id, outcomes, now):
                 old = server[follow.outbox_id]
                 if isinstance(follow, Mark):
+                    merged = tuple(sorted(set(old.relays_acked) | set(follow.relays)))
                     server[old.outbox_id] = replace(old, status="sent", nostr_event_id=follow.event_id,
-                                                    relays_acked=tuple(sorted(set(old.relays_acked) | set(follow.relays))),
-                                                    updated_at=now)
+                                                    relays_acked=merged, updated_at=now)
                     out.marked.setdefault(old.outbox_id, now)
                 else:
                     assert isinstance(follow, RecordFailure)

@@ -663,7 +663,8 @@ def test_a_restarted_worker_retries_at_the_durable_next_attempt_at_not_at_once(r
             failed = s.outbox()
             for i in ids:
                 row = failed[i]
-                assert row["status"] == "pending" and f"{rejecting.url}: rejected: blocked" in _opt(row["last_error"]), row
+                assert row["status"] == "pending", row
+                assert f"{rejecting.url}: rejected: blocked" in _opt(row["last_error"]), row
                 assert _micros(row["next_attempt_at"]) - _micros(row["updated_at"]) == 6_000_000  # 6000 ms, in µs
             with bridge(s, [alpha.url], "restart-2") as second:
                 until("sent after the restart", lambda: all_sent(s, ids, [alpha.url]), timeout=60)
@@ -711,7 +712,8 @@ def test_an_outage_longer_than_the_attempts_loses_nothing(tmp_path: Path) -> Non
                     until("sent once the relay is back", lambda: all_sent(s, ids, [late]), timeout=60)
                     rows = s.outbox()
                     assert all(rows[i]["attempts"] == 0 for i in ids), rows
-                    assert sorted({e["id"] for e in fake.events}) == sorted(_opt(rows[i]["nostr_event_id"]) for i in ids)
+                    recorded = sorted(_opt(rows[i]["nostr_event_id"]) for i in ids)
+                    assert sorted({e["id"] for e in fake.events}) == recorded
                     assert second.metric("syncref_bridge_calls_total", reducer="record_bridge_failure") == 0
                     until("backlog drained", lambda: second.metric("syncref_bridge_backlog") == 0)
                 finally:
