@@ -10,7 +10,6 @@ replayed, gauges up while the writer is held and back to 0 after.  No timing is 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.failing_checkpoints import FailingCheckpoints
 from support.server import ServerThread, WireClient, call_http, http, rows_of, running_server, with_limits
 
 from adapters import bsatn, wire
@@ -174,21 +174,6 @@ def test_metrics_move_with_the_workload(st: ServerThread) -> None:
         c.close()
 
 
-class _FailingCheckpoints:
-    """A store's connection whose WAL checkpoints fail (as a failed fsync of the database file)."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if "wal_checkpoint" in sql:
-            raise sqlite3.OperationalError("disk I/O error")
-        return self._conn.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
 def test_failed_wal_checkpoints_are_on_the_metrics_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer checkpoints the WAL itself (ADR-0029) and goes on when a checkpoint fails: the WAL
     then keeps growing, so an operator must see the failures -- counted as the checkpoints run."""
@@ -200,7 +185,7 @@ def test_failed_wal_checkpoints_are_on_the_metrics_page(tmp_path: Path, monkeypa
         assert value(scrape(st), "syncref_wal_checkpoint_errors_total") == 0
         store = st.server._store
         assert store is not None
-        store._conn = _FailingCheckpoints(store._conn)  # type: ignore[assignment]
+        store._conn = FailingCheckpoints(store._conn)  # type: ignore[assignment]
         for i in range(3):
             assert append(st, tok, f"k{i + 1}").status == 200
         wait_for(lambda: value(scrape(st), "syncref_wal_checkpoint_errors_total") >= 3, "the failed checkpoints")

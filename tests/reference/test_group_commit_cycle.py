@@ -11,9 +11,9 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support.failing_checkpoints import FailingCheckpoints
 
 import reference.durability as durability
 from reference.durability import DB_FILE, INSERT_ROWS, DurabilityError, GroupCommitWriter, LogStore
@@ -195,28 +195,12 @@ def test_write_batch_never_checkpoints_checkpoint_if_due_does(tmp_path: Path,
     store.close()
 
 
-class _FailingCheckpoint:
-    """The store's connection, except that a checkpoint fails as a failed fsync of the database
-    file does."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if "wal_checkpoint" in sql:
-            raise sqlite3.OperationalError("disk I/O error")
-        return self._conn.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
 def test_a_failed_checkpoint_is_counted_and_the_writer_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(durability, "CHECKPOINT_BYTES", 1)
     recs = records(3)
     store = LogStore.open(tmp_path)
     real = store._conn
-    store._conn = _FailingCheckpoint(real)  # type: ignore[assignment]
+    store._conn = FailingCheckpoints(real)  # type: ignore[assignment]
     writer = GroupCommitWriter(store)
     for rec in recs:
         writer.append([rec])
