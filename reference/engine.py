@@ -415,18 +415,25 @@ class Engine:
             answer, size = OneOffQueryResult(request_id, err.render()), None
         self._send(conn, self.committed, answer, size)
 
-    def _check_queries(self, claims: Claims, texts: tuple[str, ...]) -> list[q.Query]:
-        queries = self._authorized_queries(claims, texts, resume_form=True)
+    def _check_queries(self, claims: Claims, texts: tuple[str, ...], held: int = 0) -> list[q.Query]:
+        queries = self._authorized_queries(claims, texts, resume_form=True, held=held)
         for query in queries:
             self._check_stale(query)
         return queries
 
-    def _authorized_queries(self, claims: Claims, texts: tuple[str, ...], resume_form: bool = False) -> list[q.Query]:
+    def _authorized_queries(self, claims: Claims, texts: tuple[str, ...], resume_form: bool = False,
+                            held: int | None = None) -> list[q.Query]:
         """Scope, size, parse, conjunct count, (for a subscription) the resume form, then the grant
         check of every query that pins a stream (DESIGN §4 order; the size checks come before any
-        parsing work; ADR-0003 decision 3)."""
+        parsing work; ADR-0003 decision 3).  ``held``: the queries the connection already holds (a
+        subscription): a text is one query or more, so too many texts for
+        ``max_queries_per_connection`` are refused before any is parsed (a 32 MiB Subscribe holds
+        ~a million)."""
         if "sync.subscribe" not in claims.scopes:
             raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
+        most_held = self.max_queries_per_connection
+        if held is not None and most_held is not None and held + len(texts) > most_held:
+            raise limit_exceeded("max_queries_per_connection", most_held, held + len(texts))
         limit = self.max_query_bytes
         if limit is not None:
             for text in texts:
@@ -488,12 +495,7 @@ class Engine:
             return
         try:
             most = self.max_queries_per_connection
-            # a text is one query or more: too many texts are refused before any is parsed (a
-            # 32 MiB Subscribe holds ~a million); the scope check still comes first
-            if most is not None and conn.query_count + len(msg.queries) > most and (
-                    "sync.subscribe" in conn.claims.scopes):
-                raise limit_exceeded("max_queries_per_connection", most, conn.query_count + len(msg.queries))
-            queries = self._check_queries(conn.claims, msg.queries)
+            queries = self._check_queries(conn.claims, msg.queries, conn.query_count)
             if most is not None and conn.query_count + len(queries) > most:
                 raise limit_exceeded("max_queries_per_connection", most, conn.query_count + len(queries))
             applied = SubscribeApplied(msg.request_id, msg.query_set_id, self._snapshot(conn.claims, queries))
