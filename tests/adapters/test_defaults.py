@@ -211,3 +211,17 @@ def test_python_sdk_defaults_are_pinned() -> None:
     consumer = defaults(StreamConsumer.__init__)
     assert {k: consumer[k] for k in ("ack_delay", "ack_timeout", "ack_retry", "max_queue", "max_queue_bytes")} == {
         "ack_delay": 0.0, "ack_timeout": 30.0, "ack_retry": 1.0, "max_queue": 1024, "max_queue_bytes": 64 * MIB}
+
+
+def test_this_sessions_new_bounds_are_pinned() -> None:
+    """Bounds added in the seventh session, each documented: an unknown procedure's name echoed up
+    to 128 characters (docs/protocol.md, ProcedureResult); a revocation file stamped within 2 s is
+    read again (docs/operations.md); a relay connection logs at most 32 NOTICEs (docs/bridge.md);
+    the bench times 200 small-gap replays a run, 5 in --quick (ADR-0006's amendment)."""
+    from adapters.auth import RACY_NS
+    from adapters.bench.workloads import FULL, QUICK
+    from adapters.nostr.client import _MAX_NOTICES
+    from adapters.server import PROCEDURE_NAME_ECHO
+
+    assert (PROCEDURE_NAME_ECHO, RACY_NS, _MAX_NOTICES) == (128, 2 * 10**9, 32)
+    assert (FULL.gap_repeats, QUICK.gap_repeats, FULL.replay_repeats) == (200, 5, 5)
