@@ -30,7 +30,9 @@ What it does not include, and a split would add: moving each call and reply betw
 is a lower bound on the engine process's CPU per append in any layout that keeps this engine, and
 ``1e6 / that`` an upper bound on the appends per second one core can commit.  Nothing asserts a
 timing: ``tests/adapters/test_bench_floor.py`` checks only that the steps are measured and add up.
-Run ``python -m adapters.bench.floor [--rounds N] [--window W]``.
+Run ``python -m adapters.bench.floor [--rounds N] [--window W ...]``.  The ``engine`` step's own
+pieces (the reducer, ``_seal``, canonical JSON) are split further, without SQLite, by
+``benchmarks/engine_append.py``.
 """
 
 from __future__ import annotations
