@@ -28,6 +28,7 @@ A callback that raises is logged and skipped; it cannot stop the batch or the ot
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -198,6 +199,23 @@ class ClientCache:
     def __init__(self) -> None:
         self.tables: dict[str, TableCache] = {t.name: TableCache(t) for t in TABLES}
         self._contrib: dict[int, dict[tuple[str, Key], _Entry]] = {}
+        self._owner: weakref.ref[object] | None = None
+
+    def attach(self, owner: object) -> None:
+        """Serve ``owner`` (a session) alone until it calls :meth:`release` (or is garbage).
+        Contributions are kept by query set id, and ids are per connection: two open sessions
+        sharing a cache would mix their rows, so a second one is refused
+        (:class:`~spec.errors.LocalProtocolError`)."""
+        current = None if self._owner is None else self._owner()
+        if current is not None and current is not owner:
+            raise LocalProtocolError("this ClientCache is already in use by another open connection: give each "
+                                     "Connection its own cache (close the other first to reuse it)")
+        self._owner = weakref.ref(owner)
+
+    def release(self, owner: object) -> None:
+        """``owner`` is done with the cache (its sets ended); another session may attach."""
+        if self._owner is not None and self._owner() is owner:
+            self._owner = None
 
     def table(self, name: str) -> TableCache:
         try:
