@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from adapters import wire
 from adapters.bsatn import decode_row
 from adapters.guard import RateLimitedLog
-from adapters.sdk.cache import ClientCache
+from adapters.sdk.cache import STRAY_LOG_INTERVAL_S, ClientCache
 from adapters.sdk.errors import SubscriptionFailed
 from adapters.sdk.rows import DecodedRow, QuerySetChange, TableChange
 from spec.errors import LocalProtocolError
@@ -53,7 +53,6 @@ __all__ = [
 log = logging.getLogger("syncref.sdk.session")
 
 U32_MAX = 2**32 - 1
-STRAY_LOG_INTERVAL_S = 10.0  # at most one log line per kind of stray server message this often
 Queries = Sequence[str] | Callable[[], Sequence[str]]
 TablesCallback = Callable[["Subscription", tuple[TableChange, ...]], None]
 ErrorCallback = Callable[["Subscription", SubscriptionFailed], None]

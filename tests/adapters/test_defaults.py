@@ -212,10 +212,11 @@ def test_python_sdk_defaults_are_pinned() -> None:
     consumer = defaults(StreamConsumer.__init__)
     assert {k: consumer[k] for k in ("ack_delay", "ack_timeout", "ack_retry", "max_queue", "max_queue_bytes")} == {
         "ack_delay": 0.0, "ack_timeout": 30.0, "ack_retry": 1.0, "max_queue": 1024, "max_queue_bytes": 64 * MIB}
-    from adapters.sdk.session import STRAY_LOG_INTERVAL_S, Session
+    from adapters.sdk.cache import STRAY_LOG_INTERVAL_S, ClientCache
+    from adapters.sdk.session import Session
 
-    stray = Session()._stray_log
-    assert (STRAY_LOG_INTERVAL_S, stray.interval_s) == (10.0, 10.0)  # one line per 10 s per kind of stray message
+    intervals = (Session()._stray_log.interval_s, ClientCache()._warn.interval_s)
+    assert (STRAY_LOG_INTERVAL_S, *intervals) == (10.0, 10.0, 10.0)  # one line per 10 s per kind of stray input
 
 
 def test_this_sessions_new_bounds_are_pinned() -> None:

@@ -232,7 +232,7 @@ def test_subscription_errors_for_unknown_sets_are_counted_and_logged_at_a_bounde
     ``STRAY_LOG_INTERVAL_S`` (10 s) saying how many were not logged, and every one is counted for
     the application (``stray_errors``, ``last_stray_error``).  Errors for the application's own sets
     still reach each set's ``on_error`` one by one (the log bound is only for the stray ones)."""
-    from adapters.sdk.session import STRAY_LOG_INTERVAL_S
+    from adapters.sdk.cache import STRAY_LOG_INTERVAL_S
 
     now = [1000.0]
     s = Session(clock=lambda: now[0])
