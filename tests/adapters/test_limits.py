@@ -200,6 +200,12 @@ def test_a_subscribe_of_too_many_texts_is_refused_before_they_are_decoded(tmp_pa
         assert isinstance(again, wire.SubscriptionError) and again.error == answer.error
         assert isinstance(c.subscribe(1, "SELECT * FROM sync_stream"), wire.SubscribeApplied)  # still open
         c.close()
+        v3 = WireClient(st, st.token(), version=3)  # in a v3 frame: the messages after it are read as ever
+        v3.ws.send(bad + wire.encode_client(wire.OneOffQuery(9, "SELECT * FROM sync_stream")))
+        first, second = v3.recv(), v3.recv()
+        assert isinstance(first, wire.SubscriptionError) and first.error == answer.error
+        assert isinstance(second, wire.OneOffQueryResult) and second.request_id == 9
+        v3.close()
 
 
 def test_request_bodies_have_a_deadline_and_a_size(tmp_path: Path) -> None:
