@@ -8,6 +8,8 @@ import asyncio
 import json
 import logging
 import re
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,47 @@ def test_v3_frames_stop_decoding_at_the_count() -> None:
     assert len(wire.decode_client_frame(one * 3, 3)) == 3  # no bound given: everything
     gen = wire.client_frame_messages(one * 3, 3)
     assert next(gen) == wire.OneOffQuery(1, "")  # one at a time
+
+
+def _peak(fn: Callable[[], object]) -> int:
+    """The most bytes Python held at once while ``fn`` ran (tracemalloc), above what it held before."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_subscribe_over_the_query_bound_is_not_decoded() -> None:
+    """With ``max_queries``, a ``Subscribe`` of more texts comes out as ``OverlongSubscribe`` (its
+    ids and its count) and its texts are skipped, not decoded: their lengths are still checked (a
+    v3 frame splits as before, truncation is still malformed) but not their UTF-8.  Peak memory
+    (tracemalloc): under a quarter of the frame, where the unbounded decode of the same frame
+    takes over 4x (the negative control: the measure sees the cost it bounds; ~12x measured)."""
+    n = 100_000
+    frame = wire.encode_client(wire.Subscribe(5, 6, ("ab",) * n))
+    got: list[object] = []
+    assert _peak(lambda: got.append(wire.decode_client(frame))) > 4 * len(frame)
+    got.clear()
+    assert _peak(lambda: got.append(wire.decode_client(frame, max_queries=64))) < len(frame) // 4
+    assert got == [wire.OverlongSubscribe(5, 6, n)]
+    at_bound = wire.Subscribe(1, 2, ("a", "b"))
+    assert wire.decode_client(wire.encode_client(at_bound), max_queries=2) == at_bound
+    assert wire.decode_client(wire.encode_client(at_bound), max_queries=1) == wire.OverlongSubscribe(1, 2, 2)
+    not_utf8 = frame[:-2] + b"\xff\xfe"
+    assert wire.decode_client(not_utf8, max_queries=64) == wire.OverlongSubscribe(5, 6, n)
+    with pytest.raises(bsatn.BsatnError, match="invalid UTF-8"):
+        wire.decode_client(not_utf8)
+    for broken in (frame[:-1], frame + b"\x00"):  # truncated, trailing bytes: malformed as ever
+        with pytest.raises(bsatn.BsatnError):
+            wire.decode_client(broken, max_queries=64)
+    other = wire.OneOffQuery(9, "SELECT * FROM sync_stream")
+    v3 = wire.encode_client(at_bound) + frame + wire.encode_client(other)
+    assert wire.decode_client_frame(v3, 3, max_queries=1) == [
+        wire.OverlongSubscribe(1, 2, 2), wire.OverlongSubscribe(5, 6, n), other]
+    assert list(wire.client_frame_messages(v3, 3, 10, max_queries=2)) == [
+        at_bound, wire.OverlongSubscribe(5, 6, n), other]
 
 
 def test_the_row_cache_is_bounded_in_bytes() -> None:

@@ -47,20 +47,20 @@ def u32(n: int) -> bytes:
     return struct.pack("<I", n)
 
 
-def slow_one(data: bytes) -> wire.ClientMessage:
+def slow_one(data: bytes, max_queries: int | None = None) -> wire.Received:
     r = bsatn.Reader(data)
-    msg = wire._r_client(r)
+    msg = wire._r_client(r, max_queries)
     r.expect_end()
     return msg
 
 
-def slow_frame(data: bytes) -> list[wire.ClientMessage]:
+def slow_frame(data: bytes, max_queries: int | None = None) -> list[wire.Received]:
     if not data:
         raise BsatnError("empty v3 client frame")
     r = bsatn.Reader(data)
     out = []
     while not r.at_end():
-        out.append(wire._r_client(r))
+        out.append(wire._r_client(r, max_queries))
     return out
 
 
@@ -141,6 +141,26 @@ def mangled(draw: st.DrawFn) -> bytes:
 def test_any_bytes_as_the_reader(data: bytes) -> None:
     assert outcome(wire.decode_client, data) == outcome(slow_one, data)
     assert outcome(lambda d: wire.decode_client_frame(d, 3), data) == outcome(slow_frame, data)
+
+
+@pytest.mark.parametrize("name", list(EDGE))
+def test_edge_cases_as_the_reader_with_a_query_bound(name: str) -> None:
+    """With ``max_queries`` (1: the two-query Subscribes are over it, skipped undecoded) the
+    shortcut's skip refuses and reads what the Reader's skip does."""
+    data = EDGE[name]
+    assert outcome(lambda d: wire.decode_client(d, max_queries=1), data) == outcome(lambda d: slow_one(d, 1), data)
+    first = wire.encode_client(VALID[0])
+    assert (outcome(lambda d: wire.decode_client_frame(d, 3, max_queries=1), first + data)
+            == outcome(lambda d: slow_frame(d, 1), first + data))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(mangled(), st.binary(max_size=40)), st.integers(0, 2))
+def test_any_bytes_as_the_reader_with_a_query_bound(data: bytes, most: int) -> None:
+    assert (outcome(lambda d: wire.decode_client(d, max_queries=most), data)
+            == outcome(lambda d: slow_one(d, most), data))
+    assert (outcome(lambda d: wire.decode_client_frame(d, 3, max_queries=most), data)
+            == outcome(lambda d: slow_frame(d, most), data))
 
 
 # --- the row list check --------------------------------------------------------------------------

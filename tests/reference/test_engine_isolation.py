@@ -19,7 +19,7 @@ from reference.durability import GroupCommitWriter, LogStore
 from reference.engine import Engine, InternalError
 from spec import query as q
 from spec.auth import Claims
-from spec.errors import SyncError
+from spec.errors import LocalProtocolError, SyncError
 from spec.messages import (
     CallReducer,
     OneOffQueryResult,
@@ -209,6 +209,35 @@ def test_a_set_of_too_many_query_texts_is_refused_before_any_is_parsed() -> None
     no_scope = eng.connect(Claims("d" * 64, frozenset(), ("*",)), confirmed=False)
     eng.handle(no_scope, Subscribe(4, 4, texts))  # the scope is still checked first
     assert SyncError.parse(last(eng, no_scope).error).code.value == "missing_scope"
+
+
+def test_a_set_the_decoder_did_not_decode_is_answered_as_the_same_set_of_texts() -> None:
+    """``refuse_overlong`` (a ``Subscribe`` whose texts the wire decoder skipped: more than the
+    bound) answers as ``handle`` answers those texts: the same checks in the same order, with no
+    texts to parse.  Oracle: ``handle`` itself on real texts, and the close of an active set id."""
+    texts = tuple(f"SELECT * FROM sync_stream WHERE stream_id = 's{i}'" for i in range(20))
+    answers = []
+    for claims in (ADMIN, Claims("d" * 64, frozenset(), ("*",))):  # with and without the scope
+        for refuse in (False, True):
+            eng, _ = limited()
+            conn = eng.connect(claims, confirmed=False)
+            if refuse:
+                eng.refuse_overlong(conn, 3, 4, len(texts))
+            else:
+                eng.handle(conn, Subscribe(3, 4, texts))
+            answers.append(last(eng, conn))
+            assert not eng.conns[conn].query_sets
+    assert answers[0] == answers[1] and answers[2] == answers[3] and answers[0] != answers[2]
+    assert limit_of(answers[0].error) == ("max_queries_per_connection", 8, 20)
+    eng, conn = limited()
+    eng.handle(conn, Subscribe(1, 4, texts[:1]))
+    closed: list[tuple[int, str]] = []
+    eng.on_close = lambda c, reason: closed.append((c, reason))
+    eng.refuse_overlong(conn, 2, 4, len(texts))  # the set id is active: closed, as handle() would
+    assert closed and "query set 4 is already active" in closed[0][1] and conn not in eng.conns
+    eng, conn = limited()
+    with pytest.raises(LocalProtocolError):  # not over the bound: the caller should have decoded them
+        eng.refuse_overlong(conn, 1, 1, 8)
 
 
 # --- output bounds ---------------------------------------------------------------------------------------
