@@ -34,6 +34,8 @@ const MUTANTS: Mutant[] = [
     find: /executor: \{ scope: 'compute\.execute', column: 'provider_owner' \}/, replace: "executor: { scope: 'compute.execute', column: null }" },
   { name: 'assigning does not check the advertised job kind', file: 'rules',
     find: /!p\.nip90_kinds\.includes\(job_kind\)/, replace: 'false' },
+  { name: 'outbox accepts non-portable controls (no NIP-01 id every relay agrees on)', file: 'rules',
+    find: /NOSTR_NONPORTABLE_CONTROL\.test\(x\)/, replace: 'false' },
   { name: 'dead letter one attempt late', file: 'rules',
     find: /attempts >= p\.bridge_max_attempts/, replace: 'attempts > p.bridge_max_attempts' },
   { name: 'relays acknowledged earlier are dropped', file: 'rules',
