@@ -502,6 +502,72 @@ def walks(n_walks: int = 24, n_steps: int = 60) -> list[dict[str, Any]]:
     return out
 
 
+# --- canonical JSON: texts with several defects, in the model's order ---------------------------
+#
+# The kit's canonical vectors hold one defect each; which reason a text with several gets is the
+# order of Python's json scanner (spec.canonical): the first defect met left to right, where a
+# duplicate key counts when its object closes (object_pairs_hook) and a lone surrogate or a
+# container past MAX_DEPTH only in the walk after a successful parse.  The module's parser must
+# keep that order (the error string is the wire contract).  Hand-picked texts, then seeded random
+# ones (nesting at most ~10: deeper unbalanced texts hit Python's recursion limit, whose depth
+# depends on the caller's stack, so their reason is not a fixed function of the text).
+
+CANONICAL_TEXTS = [
+    '{"a":1,"a":2,"b":1.5}', '{"a":1,"a":2', '{"a":1,"a":2,"b":NaN}', '{"a":1,"a":2,"b":9007199254740992}',
+    '{"a":1,"a":2} x', '{"a":{"b":1,"b":2},"a":1.5}', '[{"a":1,"a":2},1.5]', '{"a":"\\ud800","a":1}',
+    '{"a":1,"a":["\\ud800"]}', '{"a":[' + '[' * 70 + ']' * 70 + '],"a":1}', '{"a":1,"a":2,"b":[}',
+    '[1.5,{"a":1,"a":2}]', '{"a":1,"b":{"c":1,"c":2},"a":2}', '{"a":1,"a":2,"b":"\x01"}',
+    '1' * 5000, '1' * 5000 + '.5', '-' + '1' * 5000 + 'e1', '[' + '1' * 5000 + '.5]', '1' * 4096 + '.5',
+    '1' * 4095 + '.5', '9' * 17 + 'e0', '[' + '1' * 20 + ',1.5]', '{"a":' + '2' * 4100 + '.0,"a":1}',
+    '["\\ud800",1.5]', '["\\ud800",' + '[' * 65 + ']' * 65 + ']', '[' + '[' * 65 + ']' * 65 + ',"\\ud800"]',
+    '[' * 70 + '1.5' + ']' * 70, '[' * 70 + ']' * 69, '[NaN,1.5]', '[1e5,NaN]', '[-Infinity,"\\x"]',
+]
+_ATOMS = ['0', '-0', '1', '9007199254740991', '-9007199254740992', '1.0', '1e3', '01', '1.', '-', 'true', 'nul', 'NaN',
+          '-Infinity', '"a"', '""', '"\\u00e9"', '"\\ud83d\\ude00"', '"\\ud83d"', '"\\ude00x"', '"\\/"', '"\\x"',
+          '"\\u12"', '"\x01"', '"\x7f"', '"\u2028"', '"\u00e9"', '"\U0001f600"', '"\\u0000"', '"\\\\"',
+          '12345678901234567890', '[]', '{}']
+_KEYS = ['"a"', '"b"', '"A"', '"\u00e9"', '"\U0001f600"', '"\uffff"', '"\ue000"', '""', '"\\u00e9"',
+         '"\\ud83d\\ude00"', '"a"', '"\\ud800"']
+_WS = ['', '', '', ' ', '\n', '\t', '\r', '\x0b', '\xa0']
+
+
+def _random_text(rnd: random.Random, depth: int = 0) -> str:
+    r = rnd.random()
+    if depth > 3 or r < 0.4:
+        return rnd.choice(_ATOMS)
+
+    def w() -> str:
+        return rnd.choice(_WS)
+    items = rnd.randrange(4)
+    if r < 0.7:
+        return "[" + w() + ("," + w()).join(_random_text(rnd, depth + 1) for _ in range(items)) + w() + "]"
+    return "{" + w() + ("," + w()).join(rnd.choice(_KEYS) + w() + ":" + w() + _random_text(rnd, depth + 1)
+                                       for _ in range(items)) + w() + "}"
+
+
+def _mangle(rnd: random.Random, text: str) -> str:
+    r, i = rnd.random(), rnd.randrange(len(text) + 1)
+    if r < 0.6:
+        return text
+    if r < 0.8:
+        return text[:i] + rnd.choice([",", "]", "}", '"', ":", "\\", "\ud800"]) + text[i:]
+    return text[:i] + text[i + 1:]
+
+
+def canonical_cases(n_random: int = 1500) -> list[dict[str, Any]]:
+    rnd = random.Random(7)
+    texts = CANONICAL_TEXTS + [_mangle(rnd, _random_text(rnd)) for _ in range(n_random)]
+    out = []
+    for text in texts:
+        try:
+            canon = canonicalize(text)
+        except SyncError as e:
+            out.append({"input": text, "code": e.code.value, "reason": e.details["reason"]})
+        else:
+            out.append({"input": text, "canonical": canon, "hash": payload_hash(canon)})
+    return out
+
+
 def _type_json(t: SatsType) -> str:
     return sats_name(t)
 
@@ -525,6 +591,7 @@ def render() -> dict[str, str]:
     files = {
         "scenarios.json": {"generated": HEADER, "format": "syncref.model_cases.v1", "cases": scenarios()},
         "walks.json": {"generated": HEADER, "format": "syncref.model_cases.v1", "cases": walks()},
+        "canonical.json": {"generated": HEADER, "format": "syncref.canonical_cases.v1", "cases": canonical_cases()},
         "schema.json": {"generated": HEADER, "format": "syncref.schema.v1", **schema_dump()},
     }
     return {name: json.dumps(doc, ensure_ascii=True, separators=(",", ":")) + "\n" for name, doc in files.items()}

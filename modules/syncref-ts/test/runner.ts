@@ -221,3 +221,24 @@ export function runCases(rules: Rules, canon: Canonical, file: CaseFile, stopAt 
   }
   return failures;
 }
+
+/** Replay canonical-JSON cases (canonical.json: the model's outcome for texts with several defects
+ * and seeded random texts): the same canonical bytes and hash, or the same code and reason. */
+export function runCanonicalCases(canon: Canonical, file: CaseFile, stopAt = 20): string[] {
+  const failures: string[] = [];
+  for (const [i, c] of (file.cases as Json[]).entries()) {
+    let got: string;
+    try {
+      const text = canon.canonicalize(c.input);
+      got = `ok ${Buffer.from(canon.utf8(text)).toString('hex')} ${canon.payloadHash(text)}`;
+    } catch (e) {
+      const x = e as { code?: string; details?: { reason?: string } };
+      if (x.code === undefined) got = `threw ${String(e).slice(0, 200)}`;
+      else got = `${x.code} ${x.details?.reason}`;
+    }
+    const want = c.reason !== undefined ? `${c.code} ${c.reason}` : `ok ${Buffer.from(c.canonical, 'utf8').toString('hex')} ${c.hash}`;
+    if (got !== want) failures.push(`canonical case ${i} ${JSON.stringify(c.input).slice(0, 80)}: want ${want.slice(0, 80)} got ${got.slice(0, 80)}`);
+    if (failures.length >= stopAt) break;
+  }
+  return failures;
+}
