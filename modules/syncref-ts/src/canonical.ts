@@ -7,8 +7,10 @@
  * keys, reads numbers as doubles (so `1.0`, `1e3` and 2^53+1 slip through) and cannot tell an
  * escaped lone surrogate from a paired one. So this is a small hand-written parser that follows
  * Python's `json` scanner token by token (the same accepted whitespace, escapes, number grammar,
- * NaN/Infinity constants), then the same post-parse walk as `spec.canonical._walk` (depth and
- * lone surrogates, depth-first), so that an input with one defect gets the model's reason.
+ * NaN/Infinity constants; duplicate keys refused when their object closes, as Python's
+ * object_pairs_hook), then the same post-parse walk as `spec.canonical._walk` (depth and lone
+ * surrogates, depth-first), so that an input gets the model's reason: with one defect, and with
+ * several the first one Python's scanner meets (test/model-cases/canonical.json).
  *
  * Reasons (error code `non_canonical_payload`, details `{argument, reason, message}`):
  * invalid_json, duplicate_key, lone_surrogate, non_integer_number, integer_out_of_range,
@@ -49,6 +51,8 @@ class Reject extends Error {
 }
 
 const WS = new Set([' ', '\t', '\n', '\r']);
+/** Python's json NUMBER_RE, anchored at lastIndex. */
+const NUMBER = /(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?/y;
 
 class Parser {
   i = 0;
@@ -101,16 +105,13 @@ class Parser {
   }
 
   number(): number {
-    const m = /^(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?/.exec(this.s.slice(this.i, this.i + 4096));
+    NUMBER.lastIndex = this.i; // sticky: the whole token, however long (a fraction after 5,000 digits is still one)
+    const m = NUMBER.exec(this.s);
     if (m === null) return this.fail('Expecting value');
     if (m[2] !== undefined || m[3] !== undefined) {
       throw new Reject('non_integer_number', `number ${m[0].slice(0, 40)} is not an integer`);
     }
     const text = m[1]!;
-    if (text.length === 4096) {
-      // a number token longer than the window: certainly out of range (no leading zeros in JSON)
-      throw new Reject('integer_out_of_range', `integer ${text.slice(0, 40)} is outside +/-(2^53-1)`);
-    }
     this.i += m[0].length;
     const digits = text.startsWith('-') ? text.slice(1) : text;
     const value = Number(text);
@@ -164,7 +165,6 @@ class Parser {
   object(depth: number): JsonObject {
     this.i++;
     const entries: [string, JsonValue][] = [];
-    const seen = new Set<string>();
     this.ws();
     if (this.s[this.i] === '}') {
       this.i++;
@@ -177,20 +177,28 @@ class Parser {
       if (this.s[this.i] !== ':') this.fail("Expecting ':' delimiter");
       this.i++;
       this.ws();
-      const v = this.value(depth + 1);
-      if (seen.has(key)) throw new Reject('duplicate_key', `duplicate object key ${JSON.stringify(key)}`);
-      seen.add(key);
-      entries.push([key, v]);
+      entries.push([key, this.value(depth + 1)]);
       this.ws();
       const c = this.s[this.i];
       this.i++;
-      if (c === '}') return new JsonObject(entries);
+      if (c === '}') return this.closed(entries);
       if (c !== ',') {
         this.i--;
         this.fail("Expecting ',' delimiter");
       }
       this.ws();
     }
+  }
+
+  /** Duplicate keys are refused when the object closes, as Python's object_pairs_hook is called:
+   * a defect later inside the same object (a fraction, a syntax error) is met first. */
+  closed(entries: [string, JsonValue][]): JsonObject {
+    const seen = new Set<string>();
+    for (const [key] of entries) {
+      if (seen.has(key)) throw new Reject('duplicate_key', `duplicate object key ${JSON.stringify(key)}`);
+      seen.add(key);
+    }
+    return new JsonObject(entries);
   }
 
   array(depth: number): JsonValue[] {
