@@ -39,6 +39,7 @@ import {
   compact, grantMatches, type Keyed, type Policy, presence_sweep, type ProviderCapability, REDUCERS, type SessionPresence,
   type Store, type SyncCheckpoint, type SyncEvent, type SyncStream,
 } from './rules.js';
+import { callerFromClaims } from './claims.js';
 import { SyncError } from './errors.js';
 
 const POLICY: Policy = DEFAULT_POLICY;
@@ -225,20 +226,8 @@ function hostStore(ctx: Ctx_, onStreamCreated: (stream_id: string) => void): Sto
 
 // --- claims and grants --------------------------------------------------------------------------
 
-function strings(v: unknown): string[] {
-  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
-}
-
 function callerOf(ctx: Ctx_): Caller {
-  const claims = ctx.senderAuth.jwt?.fullPayload ?? {};
-  const str = (k: string): string | undefined => (typeof claims[k] === 'string' ? (claims[k] as string) : undefined);
-  return {
-    identity: hex(ctx.sender),
-    scopes: new Set(strings(claims['oa_sync_scopes'])),
-    streams: strings(claims['oa_sync_streams']),
-    device_id: str('oa_device_id'),
-    session_id: str('oa_session_id'),
-  };
+  return callerFromClaims(hex(ctx.sender), ctx.senderAuth.jwt?.fullPayload ?? {});
 }
 
 function grantStream(db: Db, identity: Identity, stream_id: string): void {
