@@ -283,6 +283,9 @@ def scenarios() -> list[dict[str, Any]]:
         r.call(cl(B), "upsert_presence", "sessB", "devB", "n", "online", "eu", 1000)
         r.tick(2_000_000)
         r.disconnect(B, ["sessB"])  # TTL ran out first: ttl_expired
+        r.call(cl(C), "upsert_presence", "sessE", "devE", "n", "online", "eu", 3000)
+        r.tick(-1_000_000)  # the same call at the same instant: the row would not change, a no-op
+        r.call(cl(C), "upsert_presence", "sessE", "devE", "n", "online", "eu", 3000)
 
     @scenario("providers_and_compute", "provider versions, assignment transitions and roles, ADR-0003 rules")
     def _(r: Recorder) -> None:
