@@ -333,6 +333,9 @@ export function upsert_presence(db: Store, ctx: Ctx, session_id: string, device_
     session_id, identity: c.identity, device_id, node_id, status, region, last_seen: ctx.now,
     expires_at: ctx.now + ttl_ms * 1000n, offline_reason: reason,
   };
+  if (old !== undefined && (Object.keys(row) as (keyof SessionPresence)[]).every((k) => row[k] === old[k])) {
+    return; // the row would not change (the same call at the same instant): a no-op, as the model's Tx.update
+  }
   if (old === undefined) db.session_presence.insert(row);
   else db.session_presence.update(row);
   if (old === undefined || old.status !== status) {
