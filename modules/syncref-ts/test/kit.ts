@@ -29,6 +29,7 @@ export const NOT_APPLICABLE: Record<string, string> = {
   'stale/resume_form': 'a subscribe-time refusal: module code cannot refuse a subscription (README)',
   'compat/negotiate': 'connect-time negotiation: no SpacetimeDB hook (README)',
   'delivery/scenario': 'delivery: SpacetimeDB host',
+  'reducers/call': 'argument decoding (unknown reducer, arity, types): SpacetimeDB host, before the module runs',
 };
 
 const REDUCER_ARGS: Record<string, [string, string][]> = Object.fromEntries(SCHEMA.reducers.map((r: Json) => [r.name, r.args]));
@@ -45,32 +46,6 @@ function read(area: string, handler: string, name: string, part: string): Json {
     CACHE.set(path, text);
   }
   return JSON.parse(text);
-}
-
-/** Is a plain JSON value of SATS type `type` (spec.values.value_has_type over SATS-JSON)? */
-function plainHasType(type: string, v: Json): boolean {
-  if (type.startsWith('Option<')) return v === null || plainHasType(type.slice(7, -1), v);
-  if (type.startsWith('Vec<')) return Array.isArray(v) && v.every((x) => plainHasType(type.slice(4, -1), x));
-  switch (type) {
-    case 'String': return typeof v === 'string';
-    case 'U32': return Number.isInteger(v) && v >= 0 && v <= 2 ** 32 - 1;
-    case 'U64': return Number.isInteger(v) && v >= 0;
-    default: return false;
-  }
-}
-
-/** The call boundary of spec.reducers.call: arity and argument types, before the reducer runs.
- * (On SpacetimeDB the host's BSATN decoding refuses such calls, with its own message.) */
-function boundaryError(reducer: string, args: Json[]): { code: string; details: Record<string, unknown> } | undefined {
-  const params = REDUCER_ARGS[reducer];
-  if (params === undefined) return { code: 'no_such_reducer', details: { reducer } };
-  if (args.length !== params.length) {
-    return { code: 'invalid_argument', details: { argument: '*', message: `${reducer} takes ${params.length} arguments, got ${args.length}` } };
-  }
-  for (const [i, [name, type]] of params.entries()) {
-    if (!plainHasType(type, args[i])) return { code: 'invalid_argument', details: { argument: name, message: 'wrong type' } };
-  }
-  return undefined;
 }
 
 function errorKey(canon: Canonical, code: string, details: Record<string, unknown>): string {
@@ -100,17 +75,13 @@ function runCallCase(rules: Rules, canon: Canonical, area: string, handler: stri
   for (const [i, call] of ops.entries()) {
     const before = db.writes;
     const seen = db.signals.length;
-    let outcome: { ok: true; ret: bigint | undefined } | { ok: false; code: string; details: Record<string, unknown> };
-    const boundary = call.args_plain_json ? boundaryError(call.reducer, call.args) : undefined;
-    if (boundary !== undefined) {
-      outcome = { ok: false, ...boundary };
-    } else {
-      const ctx: Ctx = { caller: callerFromJson(call.claims), now: BigInt(call.now), tx_offset: BigInt(call.tx_offset), policy };
-      const params = REDUCER_ARGS[call.reducer] ?? [];
-      const args = params.map(([, type], j) => (call.args_plain_json ? fromJson(type, plainToSats(type, call.args[j])) : fromJson(type, call.args[j])));
-      const out = rules.call(db, ctx, call.reducer, args);
-      outcome = out.ok ? out : { ok: false, code: out.error.code, details: out.error.details as Record<string, unknown> };
-    }
+    if (call.args_plain_json) return `call ${i}: plain-JSON arguments are the host's to decode (mark the handler n/a)`;
+    const ctx: Ctx = { caller: callerFromJson(call.claims), now: BigInt(call.now), tx_offset: BigInt(call.tx_offset), policy };
+    const params = REDUCER_ARGS[call.reducer] ?? [];
+    const args = params.map(([, type], j) => fromJson(type, call.args[j]));
+    const out = rules.call(db, ctx, call.reducer, args);
+    const outcome: { ok: true; ret: bigint | undefined } | { ok: false; code: string; details: Record<string, unknown> } =
+      out.ok ? out : { ok: false, code: out.error.code, details: out.error.details as Record<string, unknown> };
     if (!outcome.ok) {
       if (db.writes !== before) return `call ${i}: a failed reducer wrote`;
       if (expectError !== undefined && i === ops.length - 1) {
@@ -147,12 +118,6 @@ function runCallCase(rules: Rules, canon: Canonical, area: string, handler: stri
     if (db.epoch_floor !== BigInt(post.state.epoch_floor) || db.version_floor !== BigInt(post.state.version_floor)) return 'final floors differ';
   }
   return undefined;
-}
-
-/** Plain JSON (args_plain_json) to SATS-JSON, for a call that passed the boundary check. */
-function plainToSats(type: string, v: Json): Json {
-  if (type.startsWith('Option<')) return v === null ? { none: [] } : { some: plainToSats(type.slice(7, -1), v) };
-  return v;
 }
 
 function fromUtf16Hex(hex: string): string {
