@@ -375,10 +375,11 @@ def test_the_reason_for_a_deep_text_does_not_depend_on_the_callers_stack(text: s
     ("[" * (SCAN_DEPTH_LIMIT + 1) + "]" * (SCAN_DEPTH_LIMIT + 1), "too_deep"),
     ('{"a":' * (SCAN_DEPTH_LIMIT + 1) + "1" + "}" * (SCAN_DEPTH_LIMIT + 1), "too_deep"),
     ('"' + "[" * 600, "invalid_json"),  # brackets inside a string (here unterminated) do not count
-    ('"\\"' + "[" * 600, "too_deep"),  # an escaped backslash, then the string ends: they count
-    ('"\\\"' + "[" * 600, "invalid_json"),  # an escaped quote: still inside the string
+    ('"\\\\"' + "[" * 600, "too_deep"),  # an escaped backslash, then the string ends: they count
+    ('"\\\\\\"' + "[" * 600, "invalid_json"),  # then an escaped quote: still inside the string
     ("[]" * 600, "invalid_json"),  # many brackets, never nested: parsed (extra data)
     ('["' + "[" * 600 + '"]', None),  # a string of brackets is a string
+    ('"' + "[" * 600 + '"', None),  # ... also at the top: no bracket counts at all
 ])
 def test_nesting_past_the_scan_bound_is_too_deep_before_parsing(text: str, reason: str | None) -> None:
     assert _reason(text) == reason == _at_stack_depth(400, lambda: _reason(text))
