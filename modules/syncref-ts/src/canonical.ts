@@ -10,7 +10,9 @@
  * NaN/Infinity constants; duplicate keys refused when their object closes, as Python's
  * object_pairs_hook), then the same post-parse walk as `spec.canonical._walk` (depth and lone
  * surrogates, depth-first), so that an input gets the model's reason: with one defect, and with
- * several the first one Python's scanner meets (test/model-cases/canonical.json).
+ * several the first one Python's scanner meets (test/model-cases/canonical.json). As in the model, a
+ * text nesting more than SCAN_DEPTH_LIMIT (512) deep, brackets counted outside string literals, is
+ * too_deep before it is parsed (the model's bound keeps its reason independent of Python's stack).
  *
  * Reasons (error code `non_canonical_payload`, details `{argument, reason, message}`):
  * invalid_json, duplicate_key, lone_surrogate, non_integer_number, integer_out_of_range,
@@ -28,8 +30,12 @@ import { ErrorCode, SyncError } from './errors.js';
 
 export const MAX_SAFE_INTEGER = 2 ** 53 - 1;
 export const MAX_DEPTH = 64;
-/** Python's json scanner fails with RecursionError around here; the model maps that to too_deep. */
-const RECURSION_LIMIT = 900;
+/** spec.canonical.SCAN_DEPTH_LIMIT: a text nesting deeper (brackets outside string literals) is
+ * too_deep before it is parsed. */
+export const SCAN_DEPTH_LIMIT = 512;
+/** What the bound does not count: a string literal (to the next unescaped quote, or to the end of the
+ * text) or a run of other characters -- the model's `_NOT_COUNTED`, the same pattern. */
+const NOT_COUNTED = /"[^"\\]*(?:\\[\s\S]?[^"\\]*)*(?:"|$)|[^"[\]{}]+/g;
 const MAX_SAFE_DIGITS = String(MAX_SAFE_INTEGER).length;
 
 export const REASONS = [
@@ -67,7 +73,6 @@ class Parser {
   }
 
   value(depth: number): JsonValue {
-    if (depth > RECURSION_LIMIT) throw new Reject('too_deep', `nesting deeper than ${MAX_DEPTH}`);
     const c = this.s[this.i];
     switch (c) {
       case '"':
@@ -256,10 +261,29 @@ function walk(v: JsonValue, depth: number): void {
   }
 }
 
+function count(s: string, ch: string): number {
+  let n = 0;
+  for (let i = s.indexOf(ch); i >= 0; i = s.indexOf(ch, i + 1)) n++;
+  return n;
+}
+
+/** Do the brackets outside string literals nest deeper than SCAN_DEPTH_LIMIT? */
+function nestsPastScanLimit(text: string): boolean {
+  let depth = 0;
+  for (const b of text.replace(NOT_COUNTED, '')) {
+    depth += b === '[' || b === '{' ? 1 : -1;
+    if (depth > SCAN_DEPTH_LIMIT) return true;
+  }
+  return false;
+}
+
 /** Parse under the strict rules, or throw `SyncError(non_canonical_payload)`. */
 export function parseStrict(text: string, argument = 'payload_json'): JsonValue {
   try {
     if (hasLoneSurrogate(text)) throw new Reject('lone_surrogate', 'text contains an unpaired surrogate');
+    if (count(text, '[') + count(text, '{') > SCAN_DEPTH_LIMIT && nestsPastScanLimit(text)) {
+      throw new Reject('too_deep', `nesting deeper than ${MAX_DEPTH}`);
+    }
     if (text.startsWith('\ufeff')) throw new Reject('invalid_json', 'Unexpected UTF-8 BOM');
     const p = new Parser(text);
     p.ws();

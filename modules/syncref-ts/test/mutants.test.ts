@@ -68,6 +68,8 @@ const MUTANTS: Mutant[] = [
     replace: 'entries.push([key, this.value(depth + 1)]); this.closed([...entries]);' },
   { name: 'canonical: numbers matched in a 4,096-character window', file: 'canonical',
     find: /NUMBER\.exec\(this\.s\)/, replace: 'NUMBER.exec(this.s.slice(0, this.i + 4096))' },
+  { name: 'canonical: the nesting bound counts brackets inside string literals', file: 'canonical',
+    find: /text\.replace\(NOT_COUNTED, ''\)/, replace: "text.replace(/[^[\\]{}]+/g, '')" },
   { name: 'canonical: fractions accepted as numbers', file: 'canonical',
     find: /if \(m\[2\] !== undefined \|\| m\[3\] !== undefined\)/, replace: 'if (false)' },
 ];
