@@ -366,6 +366,23 @@ def scenarios() -> list[dict[str, Any]]:
         r.call(m, "record_bridge_failure", "o9", "x", 0)
         r.call(e, "record_bridge_failure", "o2", "x", 0)
 
+    @scenario("u64_bounds", "u64 arguments at 2^53 and 2^64 - 1 (exact in the model, in the module's bigints and "
+              "in the exported JSON): conflicts echo them, a price keeps them")
+    def _(r: Recorder) -> None:
+        a, top, past_double = cl(A), 2**64 - 1, 2**53 + 1
+        r.call(a, "append_sync_event", "s.1", "k1", "1", None, top)  # sequence_conflict echoes it
+        r.call(a, "append_sync_event", "s.1", "k1", "1", None, past_double)
+        r.call(a, "append_sync_event", "s.1", "k1", "1", None, None)
+        r.call(a, "ack_checkpoint", "c1", "s.1", top, 1)  # stale_epoch echoes it
+        r.call(a, "ack_checkpoint", "c1", "s.1", 1, top)  # checkpoint_ahead_of_head echoes it
+        r.call(a, "upsert_presence", "p1", "d", "n", "online", "", top)  # out of the TTL range
+        r.call(a, "publish_provider_capability", "v1", "{}", (5000,), top, "active")  # stored exactly
+        r.call(a, "publish_provider_capability", "v1", "{}", (5000,), top - 1, "active")  # a change: version 2
+        r.call(a, "open_compute_assignment", "r1", 5000, "{}")
+        r.call(a, "update_compute_assignment", "r1", top, "cancelled", None, None)  # version_conflict echoes it
+        r.call(a, "enqueue_bridge_event", "o1", "s", 31990, "[]", "x")
+        r.call(a, "record_bridge_failure", "o1", "e", top)  # past the retry bound
+
     @scenario("raised_floors", "a state after an unclean restart: new streams and rows start above the floors",
               db=DbState(DbState().tables, 5, 7))
     def _(r: Recorder) -> None:
