@@ -594,6 +594,90 @@ def canonical_cases(n_random: int = 1500) -> list[dict[str, Any]]:
     return out
 
 
+# --- seeded random walks with hostile arguments -------------------------------------------------
+#
+# Every argument drawn from values at or just past a rule's edge: ids of 128 and 129 characters, ids
+# with a space, a bar, a control character, a non-ASCII letter; empty strings; texts counted in code
+# points (astral characters); C0 controls the outbox refuses and those it allows; u64 values at 2^53
+# and 2^64 - 1; kinds at 4999/5000/5999/6000 and the u32 maximum; grants with a bare *, an empty
+# grant and a session/device pin.  Mostly refusals, so each reducer's argument checks and their order
+# are compared with the model's, with the same error strings.
+
+_H_IDS = (["s.1", "s.2", "x" * 128, "a:b-c_d.e"],
+          ["x" * 129, "", "a|b", "\u00e9", "s.1 ", "s\n1", "s.\x01", "s.*", "*", "s.\U0001f600"])
+_H_TEXTS = (["x", "\u00e9" * 5, "\x7f", "\n", "a\tb", "\u2028", "\U0001f600", "\b", "x" * 20, "\U0001f600" * 20],
+            ["", "\x01", "\x1f", "\x0b", "\x00", "x" * 21, "\U0001f600" * 21])
+_H_PAYLOADS = (["{}", "[]", "1", '"\\u0001"', '{"b":1,"a":2}', '{"\\u00e9":1}', "null", '"\U0001f600"', "-0",
+                "[9007199254740991]", '{"\U0001f600":1,"\uffff":2}', '"' + "y" * 38 + '"', '"' + "\u00e9" * 19 + '"'],
+               ['"\x01"', "[1.0]", '{"a":1,"a":2}', '"' + "\u00e9" * 20 + '"', "[9007199254740992]", ""])
+_H_TAGS = (["[]", '[["a"]]', '[["\\b"]]', '[["\x7f"]]', "[[]]", '[["a"],["b","c"]]', '[["\\n\\r\\t\\f"]]'],
+           ['[["\x01"]]', '[["\\u0001"]]', '[["a",1]]', "[1]", "{}", '[["\\u000b"]]', '[["\\u001f"]]'])
+_H_U64 = ([1, 2, 1000, 5000], [0, 999, 5001, 10_000, 10_001, 300_001, 2**53, 2**64 - 1])
+_H_KINDS = ([5000, 5999, 30078, 31990], [0, 4999, 6000, 2**32 - 1])
+_H_RELAYS = (["wss://a", "wss://b", "x" * 512, "\U0001f600" * 300], ["", "x" * 513, "\x01"])
+
+
+def hostile_walks(n_walks: int = 10, n_steps: int = 80) -> list[dict[str, Any]]:
+    out = []
+    for w in range(n_walks):
+        rnd = random.Random(5000 + w)
+
+        def ch(values: tuple[list[Any], list[Any]] | list[Any], rnd: random.Random = rnd) -> Any:
+            if isinstance(values, tuple):  # (at or inside the edge, past it): mostly the first
+                return rnd.choice(values[0] if rnd.random() < 0.75 else values[1])
+            return rnd.choice(values)
+        r = Recorder(SMALL_POLICY if w % 2 else DEFAULT_POLICY)
+        whos = [cl(A), cl(B, ALL_SCOPES - {"sync.admin"}, ("s.*", "x*", "")),
+                cl(C, {"compute.execute", "provider.publish", "sync.append", "bridge.enqueue"}, ("*",), device_id="d",
+                   session_id="s.1"),
+                cl(A, ALL_SCOPES, ("s.1",), session_id="s.2")]
+        for _ in range(n_steps):
+            who, op = ch(whos), rnd.randrange(12)
+            if op == 0:
+                r.call(who, "append_sync_event", ch(_H_IDS), ch(_H_IDS), ch(_H_PAYLOADS),
+                       ch([None, None, None, "", "sha256:" + "0" * 64]), ch([None, None, 1, 2, 0, 2**64 - 1]))
+            elif op == 1:
+                r.call(who, "ack_checkpoint", ch(_H_IDS), ch(_H_IDS), ch([1, 1, 2, 0, 2**64 - 1]), ch([0, 1, 2, 3]))
+            elif op == 2:
+                r.call(who, "upsert_presence", ch(_H_IDS), ch((["d"], _H_IDS[0] + _H_IDS[1])), ch(_H_IDS),
+                       ch((["online", "away", "offline"], ["Online", ""])), ch(([""], [*_H_IDS[0], *_H_IDS[1]])),
+                       ch(_H_U64))
+            elif op == 3:
+                r.call(who, "publish_provider_capability", ch(_H_IDS), ch(_H_PAYLOADS),
+                       tuple(ch(_H_KINDS) for _ in range(rnd.randrange(3))), ch(_H_U64),
+                       ch((["active", "withdrawn"], ["x"])))
+            elif op == 4:
+                r.call(who, "open_compute_assignment", ch(_H_IDS), ch(_H_KINDS), ch(_H_PAYLOADS))
+            elif op == 5:
+                r.call(who, "update_compute_assignment", ch(_H_IDS), ch([1, 2, 0, 2**64 - 1]),
+                       ch((["assigned", "running", "completed", "failed", "cancelled"], ["open", "x"])),
+                       ch(([None, "s.1", "s.2"], ["", "\u00e9"])), ch(([None, "{}"], ["1.5", '"\x01"'])))
+            elif op == 6:
+                r.call(who, "enqueue_bridge_event", ch(_H_IDS), ch(_H_IDS), ch(_H_KINDS), ch(_H_TAGS), ch(_H_TEXTS))
+            elif op == 7:
+                r.call(who, "mark_bridge_event_sent", ch(_H_IDS), ch((["1" * 64, "2" * 64], ["A" * 64, "1" * 63, ""])),
+                       tuple(ch(_H_RELAYS) for _ in range(rnd.randrange(3))))
+            elif op == 8:
+                r.call(who, "record_bridge_failure", ch(_H_IDS), ch(_H_TEXTS), ch(_H_U64))
+            elif op == 9:
+                r.call(who, "publish_stream_signal", ch(_H_IDS), ch((["typing", "progress", "custom"], ["TYPING", ""])),
+                       ch(_H_PAYLOADS))
+            elif op == 10:
+                r.call(who, "reset_stream_epoch", ch(_H_IDS))
+            else:
+                x = rnd.randrange(3)
+                if x == 0:
+                    r.sweep()
+                elif x == 1:
+                    r.compact()
+                else:
+                    r.disconnect(who.identity, [ch(_H_IDS) for _ in range(3)])
+            if rnd.random() < 0.3:
+                r.tick(ch([1, 1_000_000, 400_000_000]))
+        out.append(r.case(f"hostile_{w:02d}", f"seeded random walk with hostile arguments {w} (seed {5000 + w})"))
+    return out
+
+
 def _type_json(t: SatsType) -> str:
     return sats_name(t)
 
@@ -631,6 +715,7 @@ def render() -> dict[str, str]:
     files = {
         "scenarios.json": {"generated": HEADER, "format": "syncref.model_cases.v1", "cases": scenarios()},
         "walks.json": {"generated": HEADER, "format": "syncref.model_cases.v1", "cases": walks()},
+        "hostile.json": {"generated": HEADER, "format": "syncref.model_cases.v1", "cases": hostile_walks()},
         "canonical.json": {"generated": HEADER, "format": "syncref.canonical_cases.v1", "cases": canonical_cases()},
         "schema.json": {"generated": HEADER, "format": "syncref.schema.v1", **schema_dump()},
     }

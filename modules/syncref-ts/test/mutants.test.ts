@@ -36,6 +36,8 @@ const MUTANTS: Mutant[] = [
     find: /!p\.nip90_kinds\.includes\(job_kind\)/, replace: 'false' },
   { name: 'outbox accepts non-portable controls (no NIP-01 id every relay agrees on)', file: 'rules',
     find: /NOSTR_NONPORTABLE_CONTROL\.test\(x\)/, replace: 'false' },
+  { name: 'relay and error lengths counted in UTF-16 units, not code points', file: 'rules',
+    find: /const pyLen = \(s\) => \[\.\.\.s\]\.length;/, replace: 'const pyLen = (s) => s.length;' },
   { name: 'dead letter one attempt late', file: 'rules',
     find: /attempts >= p\.bridge_max_attempts/, replace: 'attempts > p.bridge_max_attempts' },
   { name: 'relays acknowledged earlier are dropped', file: 'rules',
@@ -75,7 +77,7 @@ const MUTANTS: Mutant[] = [
 ];
 
 const SRC = new URL('../src/', import.meta.url);
-const CASES = ['scenarios', 'walks'].map((f) => loadJson(`test/model-cases/${f}.json`));
+const CASES = ['scenarios', 'walks', 'hostile'].map((f) => loadJson(`test/model-cases/${f}.json`));
 const CANONICAL_CASES = loadJson('test/model-cases/canonical.json');
 
 async function load<M>(file: string, source: string, tag: string): Promise<M> {
