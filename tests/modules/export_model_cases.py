@@ -690,6 +690,8 @@ def schema_dump() -> dict[str, Any]:
                     "visibility": t.visibility.value} for t in TABLES],
         "reducers": [{"name": r.name, "args": [[c.name, _type_json(c.type)] for c in r.args], "scope": r.scope,
                       "returns": _type_json(r.returns) if r.returns else None} for r in REDUCERS],
+        # the policy a new reference server starts with (and the one the module's binding runs: DEFAULT_POLICY)
+        "default_policy": policy_json(DEFAULT_POLICY),
     }
 
 
