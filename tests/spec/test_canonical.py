@@ -370,6 +370,7 @@ def test_the_reason_for_a_deep_text_does_not_depend_on_the_callers_stack(text: s
 
 @pytest.mark.parametrize(("text", "reason"), [
     ("[" * SCAN_DEPTH_LIMIT + "x", "invalid_json"),  # at the bound: parsed, the first defect wins
+    ("[" * (SCAN_DEPTH_LIMIT - 1) + "[],[x", "invalid_json"),  # ... also with more brackets than the bound
     ("[" * (SCAN_DEPTH_LIMIT + 1) + "x", "too_deep"),  # past it: refused before parsing
     ("x" + "[" * (SCAN_DEPTH_LIMIT + 1), "too_deep"),  # whatever comes first
     ("[" * (SCAN_DEPTH_LIMIT + 1) + "]" * (SCAN_DEPTH_LIMIT + 1), "too_deep"),

@@ -72,6 +72,8 @@ const MUTANTS: Mutant[] = [
     find: /NUMBER\.exec\(this\.s\)/, replace: 'NUMBER.exec(this.s.slice(0, this.i + 4096))' },
   { name: 'canonical: the nesting bound counts brackets inside string literals', file: 'canonical',
     find: /text\.replace\(NOT_COUNTED, ''\)/, replace: "text.replace(/[^[\\]{}]+/g, '')" },
+  { name: 'canonical: the nesting bound off by one', file: 'canonical',
+    find: /if \(depth > SCAN_DEPTH_LIMIT\)/, replace: 'if (depth >= SCAN_DEPTH_LIMIT)' },
   { name: 'canonical: fractions accepted as numbers', file: 'canonical',
     find: /if \(m\[2\] !== undefined \|\| m\[3\] !== undefined\)/, replace: 'if (false)' },
 ];
