@@ -9,8 +9,11 @@
 
 import { existsSync, readFileSync } from 'node:fs';
 
+import { AlgebraicType, BinaryWriter, Identity, t as rootT, Timestamp } from 'spacetimedb';
+
 import * as clientModule from '../src/client.js';
 import { MemStore } from '../src/memstore.js';
+import { rowDefs, type T } from '../src/rows.js';
 import type { Ctx } from '../src/rules.js';
 import {
   type Canonical, callerFromJson, fromJson, type Json, policyFromJson, REPO_DIR, type Rules, rowToJson, SCHEMA, storeFromJson,
@@ -23,7 +26,6 @@ export const kitPresent = (): boolean => existsSync(new URL('index.json', KIT_DI
 export const NOT_APPLICABLE: Record<string, string> = {
   'bsatn/client_message': 'wire codec: SpacetimeDB host',
   'bsatn/server_message': 'wire codec: SpacetimeDB host',
-  'bsatn/row': 'wire codec: SpacetimeDB host',
   'sql/parse': 'subscription SQL: SpacetimeDB host',
   'sql/reject': 'subscription SQL: SpacetimeDB host',
   'stale/resume_form': 'a subscribe-time refusal: module code cannot refuse a subscription (README)',
@@ -151,6 +153,42 @@ function runCanonicalCase(canon: Canonical, handler: string, name: string): stri
   }
 }
 
+/** The binding's row type builders (src/rows.ts), as the module publishes them. */
+export type RowDefs = ReturnType<typeof rowDefs>;
+export const ROW_DEFS: RowDefs = rowDefs(rootT as unknown as T);
+
+/** A SATS-JSON value as the host's TypeScript value of algebraic type `a` (Identity, Timestamp, bigint
+ * u64, `T | undefined` options). */
+function hostValue(a: Json, v: Json): unknown {
+  switch (a.tag) {
+    case 'String': case 'U32': case 'Bool': return v;
+    case 'U64': case 'I64': return BigInt(v);
+    case 'Array': return (v as Json[]).map((x) => hostValue(a.value, x));
+    case 'Sum': return 'some' in v ? hostValue(a.value.variants[0].algebraicType, v.some) : undefined;
+    case 'Product': {
+      const first = a.value.elements[0]?.name;
+      if (first === '__identity__') return new Identity((v as string).replace(/^0x/, ''));
+      if (first === '__timestamp_micros_since_unix_epoch__') return new Timestamp(BigInt(v[first]));
+    }
+  }
+  throw new Error(`no host value for ${JSON.stringify(a).slice(0, 80)}`);
+}
+
+/** bsatn/row: the row encoded by the host library's BSATN serializer with the type the binding
+ * declares for its table (column order and SATS types, as a published module's rows go on the wire). */
+function runBsatnRowCase(rows: RowDefs, name: string): string | undefined {
+  const ops = read('bsatn', 'row', name, 'ops');
+  const post = read('bsatn', 'row', name, 'post');
+  const row = (rows as Record<string, { row: Record<string, Json> }>)[ops.table]?.row;
+  if (row === undefined) return `no table ${ops.table}`;
+  const elements = Object.entries(row).map(([n, b]) => ({ name: n, algebraicType: (b.typeBuilder ?? b).algebraicType }));
+  const value = Object.fromEntries(elements.map((e) => [e.name, hostValue(e.algebraicType, ops.row[e.name])]));
+  const writer = new BinaryWriter(64);
+  AlgebraicType.makeSerializer({ tag: 'Product', value: { elements } })(writer, value);
+  const hex = Buffer.from(writer.getBuffer()).toString('hex');
+  return hex === post.hex ? undefined : `bytes\n  want ${post.hex}\n  got  ${hex}`;
+}
+
 function runStaleCase(rules: Rules, name: string): string | undefined {
   const o = read('stale', 'reasons', name, 'ops');
   const post = read('stale', 'reasons', name, 'post');
@@ -182,7 +220,8 @@ export interface KitResult {
   failures: string[];
 }
 
-export function runKit(rules: Rules, canon: Canonical, stopAt = 50, client: Client = clientModule): KitResult {
+export function runKit(rules: Rules, canon: Canonical, stopAt = 50, client: Client = clientModule,
+  rows: RowDefs = ROW_DEFS): KitResult {
   const index = JSON.parse(readFileSync(new URL('index.json', KIT_DIR), 'utf8'));
   const result: KitResult = { handlers: {}, notApplicable: {}, failures: [] };
   for (const [area, handlers] of Object.entries(index.areas as Record<string, Record<string, string[]>>)) {
@@ -205,6 +244,7 @@ export function runKit(rules: Rules, canon: Canonical, stopAt = 50, client: Clie
           if (area === 'canonical') failure = runCanonicalCase(canon, handler, name);
           else if (key === 'stale/reasons') failure = runStaleCase(rules, name);
           else if (area === 'client') failure = runClientCase(client, handler, name);
+          else if (key === 'bsatn/row') failure = runBsatnRowCase(rows, name);
           else if (['reducers', 'checkpoint', 'compute', 'outbox'].includes(area)) {
             failure = runCallCase(rules, canon, area, handler, name, manifest.parts);
           } else failure = `no runner for ${key}`;
