@@ -713,7 +713,7 @@ def _r_client(r: Reader, max_queries: int | None = None) -> Received:
         count = r.length("query_strings", 4)
         if max_queries is not None and count > max_queries:
             for _ in range(count):
-                r.skip_bytes("query")
+                r.skip_bytes("query", "String")
             return OverlongSubscribe(rid, qsid, count)
         return Subscribe(rid, qsid, tuple(r.string("query") for _ in range(count)))
     if tag == 1:

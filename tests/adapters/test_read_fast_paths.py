@@ -226,3 +226,15 @@ def test_joined_hint_as_row_list_of(lengths: list[int]) -> None:
     rows = [bytes([i % 251]) * n for i, n in enumerate(lengths)]
     assert wire.RowList.joined(b"".join(rows), lengths) == wire.RowList.of(rows)
     assert wire.rows_from_pieces([b"".join(rows)], lengths) == wire.RowList.of(rows)
+
+
+@pytest.mark.parametrize("name", [n for n in EDGE if n.startswith("subscribe")])
+def test_a_malformed_subscribe_fails_the_same_way_with_or_without_a_query_bound(name: str) -> None:
+    """A malformed ``Subscribe`` over the bound is still malformed, and says so in the same words as
+    without the bound (the close reason a client sees): a text stepped over is a ``String`` that
+    did not fit, not ``bytes``.  (Invalid UTF-8 is the one difference, by design: it is not read.)"""
+    data = EDGE[name]
+    bounded = outcome(lambda d: wire.decode_client(d, max_queries=0), data)
+    plain = outcome(wire.decode_client, data)
+    if plain[0] == "error" and "invalid UTF-8" not in str(plain[1]):
+        assert bounded == plain
