@@ -191,7 +191,7 @@ class BridgeCore:
     given_up: set[tuple[str, str]] = field(default_factory=set)
     skipped: dict[str, str] = field(default_factory=dict)  # outbox_id -> why it is never touched
     _events: dict[str, tuple[tuple[object, ...], Event | Unpublishable]] = field(default_factory=dict)
-    _now: int = 0  # µs: the latest time given to :meth:`published` (the held-row log's clock)
+    _now: int = field(default=0, init=False, repr=False)  # µs: the latest ``now`` given (the held-row log's clock)
     _held_log: RateLimitedLog = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
