@@ -446,7 +446,8 @@ def test_planted_isolation_bugs_are_caught() -> None:
     assert not survivors, f"isolation mutants not caught: {survivors} ({results})"
 
 
-# (name, scope, texts the connection holds in set 1, the Subscribe's set id, its text count, expected)
+# (name, scope, texts the connection holds in set 1 (-1: SELECT * FROM *), the Subscribe's set id, its
+# text count, expected)
 # expected: ("limit", actual) -- limit_exceeded naming the bound 8 -- ("scope",) or ("closed",)
 OVERLONG_CASES: list[tuple[str, bool, int, int, int, tuple[Any, ...]]] = [
     ("fresh, one over", True, 0, 2, 9, ("limit", 9)),
@@ -457,6 +458,7 @@ OVERLONG_CASES: list[tuple[str, bool, int, int, int, tuple[Any, ...]]] = [
     ("the full set's id again: closed", True, 8, 1, 50, ("closed",)),
     ("no scope: the scope before the count", False, 0, 2, 9, ("scope",)),
     ("set id 0, u32 max request id", True, 0, 0, 9, ("limit", 9)),
+    ("one text held, five queries: queries count, not texts", True, -1, 2, 9, ("limit", 14)),
 ]
 
 
@@ -474,6 +476,8 @@ def test_an_overlong_set_is_answered_by_the_table(case: tuple[str, bool, int, in
     claims = ADMIN if scope else Claims("d" * 64, frozenset(), ("*",))
     conn = eng.connect(claims, confirmed=False)
     held_texts = tuple(f"SELECT * FROM sync_stream WHERE stream_id = 'h{i}'" for i in range(held))
+    if held < 0:  # (-1: one text that is one query per table, five of them)
+        held_texts = ("SELECT * FROM *",)
     if held:
         eng.handle(conn, Subscribe(1, 1, held_texts))
         assert isinstance(last(eng, conn), SubscribeApplied)
