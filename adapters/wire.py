@@ -25,7 +25,9 @@ Decoding is strict: any malformed input raises :class:`adapters.bsatn.BsatnError
 ``RemoteProtocolError``) and nothing else, and a single-message decode rejects trailing bytes.
 Given ``max_queries`` (the server's ``max_queries_per_connection``), a ``Subscribe`` with more
 query texts decodes to :class:`OverlongSubscribe` without its texts: the count is all the answer
-needs, and decoding a frame of short texts first built ~10x the frame in ``str`` objects.
+needs, and decoding a frame of short texts first built ~10x the frame in ``str`` objects.  The
+bound is per message: a v3 frame of many ``Subscribe`` s at the bound decodes all their texts, and
+what bounds those is the caller's ``max_messages`` (the server's inbound queue room).
 
 Translation.  :func:`to_wire` turns the model's server messages (:mod:`spec.messages`) into
 these, encoding rows with :mod:`adapters.bsatn`: a snapshot table becomes one
@@ -713,7 +715,7 @@ def _r_client(r: Reader, max_queries: int | None = None) -> Received:
         count = r.length("query_strings", 4)
         if max_queries is not None and count > max_queries:
             for _ in range(count):
-                r.skip_bytes("query")
+                r.skip_bytes("query", "String")
             return OverlongSubscribe(rid, qsid, count)
         return Subscribe(rid, qsid, tuple(r.string("query") for _ in range(count)))
     if tag == 1:

@@ -22,13 +22,20 @@ payloads, each connection on its own stream, confirmed reads), and charges
 * ``encode``: the reply's BSATN and its v2 frame body (a worker could do this too).
 
 A *round* is ``window`` calls on each of ``conns`` connections followed by one COMMIT: window 1
-is the closed loop's shape (the bench's closed loop measures ~5-8 records per COMMIT), window 32
-the pipelined one (~58).  The first ``warmup`` rounds are not timed.
+is the closed loop's shape (8 records per COMMIT at the default 8 connections; the bench's closed
+loop measures ~5-8), window 32 the pipelined one's direction (256 per COMMIT, more than the bench's
+15-58: a COMMIT's cost is shared by more appends, so its ``commit`` step is lower than the
+pipelined server's -- window 7, 56 per COMMIT, measured ~1 µs more).  The first ``warmup`` rounds
+are not timed.
 
 What it does not include, and a split would add: moving each call and reply between processes
-(a pipe or shared memory, both ends' system calls and wakeups).  So ``engine + commit + release``
-is a lower bound on the engine process's CPU per append in any layout that keeps this engine, and
-``1e6 / that`` an upper bound on the appends per second one core can commit.  Nothing asserts a
+(a pipe or shared memory, both ends' system calls and wakeups).  What it leaves out that the
+engine's process of ``syncref serve`` also does: the engine's size estimate of each reply (serve
+sets ``Engine.measure``; ~0.5 µs per reply, measured), snapshots, the server's per-call
+bookkeeping (its counters, the call's timestamp, the connection's share of the durability
+window).  Each only adds.  So ``engine + commit + release`` is a lower bound on the engine
+process's CPU per append in any layout that keeps this engine, and ``1e6 / that`` an upper bound
+on the appends per second one core can commit.  Nothing asserts a
 timing: ``tests/adapters/test_bench_floor.py`` checks only that the steps are measured and add up.
 Run ``python -m adapters.bench.floor [--rounds N] [--window W ...]``.  The ``engine`` step's own
 pieces (the reducer, ``_seal``, canonical JSON) are split further, without SQLite, by

@@ -40,7 +40,8 @@ no relay has it, only a *verdict* from every relay consumes one of the row's dur
 ``reject_retry_ms``, clamped to ``[min_retry_ms, max_retry_ms]``; the server dead-letters the row at
 its ``bridge_max_attempts``.  When some relay rejected it and another gave no verdict, nothing is
 called and the row is held in memory for what a verdict would have waited (``reject_retry_ms`` or,
-if larger, the largest ``retry_after`` of the relays that failed), with one warning logged.  When no
+if larger, the largest ``retry_after`` of the relays that failed), with a warning logged (at most one
+every ``HELD_LOG_INTERVAL_S``: such a row is held for good while that relay gives no verdict).  When no
 relay gave a verdict (every relay failed: refused, timed out, backing off, queue full -- or had not
 answered), nothing is called:
 the row is held in :attr:`BridgeCore.hold_until` until the earliest relay leaves its backoff (the
@@ -66,6 +67,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from adapters.guard import RateLimitedLog
 from adapters.nostr.errors import NostrUsageError, one_line
 from adapters.nostr.event import Event, EventTemplate, nonportable_characters, sign_event
 from adapters.nostr.keys import SigningKey
@@ -85,6 +87,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("syncref.bridge")
+HELD_LOG_INTERVAL_S = 10.0  # at most one "no attempt counted" line this often (the next counts the rest)
 
 DETERMINISTIC_AUX = bytes(32)  # BIP-340 aux_rand for bridge events: the signature is a function of (key, id)
 US = 1_000_000
@@ -188,10 +191,13 @@ class BridgeCore:
     given_up: set[tuple[str, str]] = field(default_factory=set)
     skipped: dict[str, str] = field(default_factory=dict)  # outbox_id -> why it is never touched
     _events: dict[str, tuple[tuple[object, ...], Event | Unpublishable]] = field(default_factory=dict)
+    _now: int = field(default=0, init=False, repr=False)  # µs: the latest ``now`` given (the held-row log's clock)
+    _held_log: RateLimitedLog = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.relays:
             raise NostrUsageError("the bridge needs at least one relay")
+        self._held_log = RateLimitedLog(log, HELD_LOG_INTERVAL_S, lambda: self._now / 1e6)
 
     # --- inputs ------------------------------------------------------------------------------------
 
@@ -255,8 +261,9 @@ class BridgeCore:
         elif undelivered and verdict:  # only every relay's verdict consumes one of the row's durable attempts
             actions.append(RecordFailure(outbox_id, self._error(failures), self._retry_ms(failures)))
         elif undelivered and rejected:  # some relay gave no verdict: held, no attempt (ADR-0033's refinement)
-            log.warning("%s not delivered, no attempt counted (a relay gave no verdict), retry in %.1fs: %s",
-                        outbox_id, retry_ms / 1000, self._error(failures))
+            self._now = max(self._now, now)  # (such a row is held for good while that relay stays silent)
+            self._held_log.log("held", logging.WARNING, f"{outbox_id} not delivered, no attempt counted (a relay "
+                               f"gave no verdict), retry in {retry_ms / 1000:.1f}s: {self._error(failures)}")
         if actions:
             busy.event_id = ""  # now a call is in flight
         else:

@@ -413,7 +413,7 @@ def _bridge(h: History, b: BridgeFinal) -> list[Anomaly]:
             continue  # lost_write reports it
         if oid in by_policy:
             add(Anomaly("bridge_dead_letter_by_policy", f"{oid}: dead letter after {row.attempts} attempts, every "
-                                                        f"relay failing: {(row.last_error or '')[:300]}"))
+                                                        f"relay rejecting it: {(row.last_error or '')[:300]}"))
         elif row.status == "failed":
             add(Anomaly("bridge_dead_letter", f"{oid}: dead letter after {row.attempts} attempts (max "
                                               f"{b.max_attempts}), last error {row.last_error!r}"))

@@ -30,6 +30,7 @@ event rows for a persistent table) are ignored and logged at most once per kind 
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import weakref
@@ -216,11 +217,20 @@ class ClientCache:
         """Serve ``owner`` (a session) alone until it calls :meth:`release` (or is garbage).
         Contributions are kept by query set id, and ids are per connection: two open sessions
         sharing a cache would mix their rows, so a second one is refused
-        (:class:`~spec.errors.LocalProtocolError`)."""
+        (:class:`~spec.errors.LocalProtocolError`).  A session dropped without closing is in a
+        reference cycle once it has a subscription, so garbage is collected once before refusing
+        (the refusal does not depend on the collector's timing), and the rows its sets left are
+        dropped before the next session is served (nothing ended those sets)."""
         current = None if self._owner is None else self._owner()
+        if current is not None and current is not owner:
+            del current
+            gc.collect()
+            current = None if self._owner is None else self._owner()
         if current is not None and current is not owner:
             raise LocalProtocolError("this ClientCache is already in use by another open connection: give each "
                                      "Connection its own cache (close the other first to reuse it)")
+        if self._owner is not None and current is None and self._contrib:  # dropped, not closed
+            self.apply([], drop=list(self._contrib))
         self._owner = weakref.ref(owner)
 
     def release(self, owner: object) -> None:

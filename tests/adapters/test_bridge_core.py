@@ -436,3 +436,28 @@ def test_a_rejection_while_another_relay_is_down_consumes_no_attempt(b_verdict: 
     else:
         assert out.marked == {} and out.recorded == 3 * Policy().bridge_max_attempts
         assert all(r.status == "failed" and r.updated_at >= up for r in rows)
+
+
+def test_rows_held_by_a_rejection_while_another_relay_gives_no_verdict_log_at_a_bounded_rate(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A rejecting relay beside one that never answers (down for good, or up and silent) holds its
+    rows for good, each published again every ``reject_retry_ms``: one warning per publish was one
+    line per held row per minute, for as long as it lasts (an outage's holds log nothing per row, and
+    a verdict's at most ``bridge_max_attempts`` per row).  Now at most one line every
+    ``HELD_LOG_INTERVAL_S`` (on the core's own clock, the ``now`` it is given), the next saying how
+    many were not logged; every row is still held and published again."""
+    from adapters.bridge.core import HELD_LOG_INTERVAL_S
+
+    n = 500
+    c = core(*(row(f"o{i:03d}") for i in range(n)), policy=BridgePolicy(max_in_flight=n))
+    caplog.set_level("WARNING", logger="syncref.bridge")
+    now = T0
+    for _ in range(3):  # three rounds, a minute apart: every row is published and held each time
+        publishes = [a for a in c.poll(now) if isinstance(a, Publish)]
+        assert len(publishes) == n
+        for p in publishes:
+            assert c.published(p.outbox_id, [rejected(A), RelayOutcome(B, OutcomeStatus.PENDING)], now) == []
+        now += 60 * S
+    lines = [r.getMessage() for r in caplog.records if "no attempt counted" in r.getMessage()]
+    assert HELD_LOG_INTERVAL_S <= 60 and len(lines) == 3, len(lines)
+    assert f"{n - 1} more like it" in lines[1] and "blocked: not here" in lines[1]

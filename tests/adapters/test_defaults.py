@@ -231,3 +231,13 @@ def test_this_sessions_new_bounds_are_pinned() -> None:
 
     assert (PROCEDURE_NAME_ECHO, RACY_NS, _MAX_NOTICES) == (128, 2 * 10**9, 32)
     assert (FULL.gap_repeats, QUICK.gap_repeats, FULL.replay_repeats) == (200, 5, 5)
+
+
+def test_the_bridge_logs_its_held_rows_at_a_bounded_rate() -> None:
+    """docs/bridge.md: a row held because one relay rejected it while another gave no verdict is
+    logged at most once every 10 s (all such rows together), the next line counting the rest."""
+    from adapters.bridge.core import HELD_LOG_INTERVAL_S, BridgeCore
+    from adapters.nostr.keys import SigningKey
+
+    core = BridgeCore(("ws://a.test",), SigningKey(b"\x01" * 32))
+    assert (HELD_LOG_INTERVAL_S, core._held_log.interval_s) == (10.0, 10.0)

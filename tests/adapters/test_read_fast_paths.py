@@ -226,3 +226,32 @@ def test_joined_hint_as_row_list_of(lengths: list[int]) -> None:
     rows = [bytes([i % 251]) * n for i, n in enumerate(lengths)]
     assert wire.RowList.joined(b"".join(rows), lengths) == wire.RowList.of(rows)
     assert wire.rows_from_pieces([b"".join(rows)], lengths) == wire.RowList.of(rows)
+
+
+@pytest.mark.parametrize("name", [n for n in EDGE if n.startswith("subscribe")])
+def test_a_malformed_subscribe_fails_the_same_way_with_or_without_a_query_bound(name: str) -> None:
+    """A malformed ``Subscribe`` over the bound is still malformed, and says so in the same words as
+    without the bound (the close reason a client sees): a text stepped over is a ``String`` that
+    did not fit, not ``bytes``.  (Invalid UTF-8 is the one difference, by design: it is not read.)"""
+    data = EDGE[name]
+    bounded = outcome(lambda d: wire.decode_client(d, max_queries=0), data)
+    plain = outcome(wire.decode_client, data)
+    if plain[0] == "error" and "invalid UTF-8" not in str(plain[1]):
+        assert bounded == plain
+
+
+def test_the_query_bound_is_per_message_and_the_queue_bounds_a_frame() -> None:
+    """The decode-time refusal is per ``Subscribe``: a v3 frame of many Subscribes each at the
+    bound decodes every text (each message may be honest: a set refused, then another; a set
+    unsubscribed, then another).  What bounds a frame's decoded texts is the message count the
+    server passes (its inbound queue's room): ``max_messages`` x ``max_queries`` texts, and not one
+    message more is decoded (docs/protocol.md, ``max_queries_per_connection``)."""
+    most, room = 4, 50
+    one = wire.encode_client(wire.Subscribe(1, 1, tuple(f"q{i}" for i in range(most))))
+    msgs = wire.decode_client_frame(one * room, 3, room, max_queries=most)
+    assert sum(len(m.query_strings) for m in msgs if isinstance(m, wire.Subscribe)) == room * most
+    decoded = []
+    with pytest.raises(wire.TooManyMessages):
+        for m in wire.client_frame_messages(one * (room + 1), 3, room, max_queries=most):
+            decoded.append(m)
+    assert len(decoded) == room

@@ -276,3 +276,61 @@ def test_one_cache_serves_one_open_session() -> None:
     gc.collect()
     assert Session(cache).cache is cache
     assert Session().cache is not Session().cache  # the default: a cache of its own
+
+
+def test_a_dropped_sessions_rows_do_not_outlive_it_in_a_shared_cache() -> None:
+    """Closing a session ends its sets, so the cache it releases holds none of their rows.  A session
+    dropped without closing releases the cache too (by its weak reference), but nothing ended its
+    sets: their rows stayed in the cache for the next session, a table showing rows no subscription
+    holds, never updated again, and merged into the next session's set of the same id (two
+    ``Session`` s start at the same id).  The next session to attach drops them first."""
+    from adapters.sdk.cache import ClientCache
+
+    cache = ClientCache()
+    first = Session(cache)
+    first.connected()
+    (msg,) = first.subscribe(Listener().sub())
+    assert isinstance(msg, wire.Subscribe)
+    first.receive(applied(msg.request_id, msg.query_set_id, "session_presence", presence("old")))
+    assert len(cache.table("session_presence")) == 1
+    del first, msg
+    gc.collect()
+    second = connected_session_on(cache)
+    assert len(cache.table("session_presence")) == 0  # the dropped session's row is gone
+    (msg,) = second.subscribe(Listener().sub())
+    assert isinstance(msg, wire.Subscribe)
+    second.receive(applied(msg.request_id, msg.query_set_id, "session_presence", presence("new")))
+    assert sorted(map(_sid, cache.table("session_presence").rows())) == ["new"]
+
+
+def connected_session_on(cache: object) -> Session:
+    from adapters.sdk.cache import ClientCache
+
+    assert isinstance(cache, ClientCache)
+    s = Session(cache)
+    s.connected()
+    return s
+
+
+def test_a_dropped_connection_in_a_reference_cycle_does_not_hold_its_cache() -> None:
+    """A ``Connection`` with a subscription is in a reference cycle (the subscription's ``owner`` is
+    the connection's bound method), so dropping it frees it only at the next garbage collection:
+    until then a new connection given its cache was refused, or not, by the collector's timing.
+    The refusal now collects garbage once before it decides."""
+    import gc as collector
+
+    from adapters.sdk.cache import ClientCache
+    from adapters.sdk.connection import Connection
+
+    cache = ClientCache()
+    first = Connection("http://127.0.0.1:1", "db", "token", cache=cache)
+    first.subscribe("SELECT * FROM sync_stream")
+    del first
+    collector.disable()  # no automatic collection in between: only what the cache does
+    try:
+        second = Connection("http://127.0.0.1:1", "db", "token", cache=cache)
+    finally:
+        collector.enable()
+    assert second.cache is cache
+    with pytest.raises(LocalProtocolError, match="already in use"):  # a live one still holds it
+        Connection("http://127.0.0.1:1", "db", "token", cache=cache)

@@ -28,6 +28,7 @@ from spec.messages import (
     ReducerResult,
     Subscribe,
     SubscribeApplied,
+    SubscriptionError,
     TransactionUpdate,
     Unsubscribe,
     UnsubscribeApplied,
@@ -443,3 +444,64 @@ def test_planted_isolation_bugs_are_caught() -> None:
                                   "isolation_mutants.json")
     survivors = [r["mutant"] for r in results if not r["killed"]]
     assert not survivors, f"isolation mutants not caught: {survivors} ({results})"
+
+
+# (name, scope, texts the connection holds in set 1 (-1: SELECT * FROM *), the Subscribe's set id, its
+# text count, expected)
+# expected: ("limit", actual) -- limit_exceeded naming the bound 8 -- ("scope",) or ("closed",)
+OVERLONG_CASES: list[tuple[str, bool, int, int, int, tuple[Any, ...]]] = [
+    ("fresh, one over", True, 0, 2, 9, ("limit", 9)),
+    ("fresh, far over", True, 0, 2, 100_000, ("limit", 100_000)),
+    ("three held: the held ones count", True, 3, 2, 9, ("limit", 12)),
+    ("full: eight held", True, 8, 2, 9, ("limit", 17)),
+    ("the held set's id again: closed before any count", True, 3, 1, 9, ("closed",)),
+    ("the full set's id again: closed", True, 8, 1, 50, ("closed",)),
+    ("no scope: the scope before the count", False, 0, 2, 9, ("scope",)),
+    ("set id 0, u32 max request id", True, 0, 0, 9, ("limit", 9)),
+    ("one text held, five queries: queries count, not texts", True, -1, 2, 9, ("limit", 14)),
+]
+
+
+@pytest.mark.parametrize("case", OVERLONG_CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("path", ["handle", "refuse_overlong"])
+def test_an_overlong_set_is_answered_by_the_table(case: tuple[str, bool, int, int, int, tuple[Any, ...]],
+                                                  path: str) -> None:
+    """``refuse_overlong`` (the texts never decoded) and ``handle`` (the texts decoded, here not even
+    SQL: the count is checked before any parse) both answer as this table says: a reused active set
+    id closes the connection first, then the scope, then ``limit_exceeded`` with ``actual`` = the
+    queries held + the set's count; the ids echoed; nothing else queued; the connection's sets as
+    they were, and its next ``Subscribe`` applied as on any connection."""
+    _, scope, held, qs, count, expected = case
+    eng, _ = limited()
+    claims = ADMIN if scope else Claims("d" * 64, frozenset(), ("*",))
+    conn = eng.connect(claims, confirmed=False)
+    held_texts = tuple(f"SELECT * FROM sync_stream WHERE stream_id = 'h{i}'" for i in range(held))
+    if held < 0:  # (-1: one text that is one query per table, five of them)
+        held_texts = ("SELECT * FROM *",)
+    if held:
+        eng.handle(conn, Subscribe(1, 1, held_texts))
+        assert isinstance(last(eng, conn), SubscribeApplied)
+    before = (len(eng.conns[conn].outbound), dict(eng.conns[conn].query_sets))
+    closed: list[str] = []
+    eng.on_close = lambda _c, reason: closed.append(reason)
+    rid = 2**32 - 1
+    if path == "handle":
+        eng.handle(conn, Subscribe(rid, qs, ("not a query",) * count))
+    else:
+        eng.refuse_overlong(conn, rid, qs, count)
+    if expected[0] == "closed":
+        assert conn not in eng.conns and len(closed) == 1
+        assert f"query set {qs} is already active" in closed[0]
+        return
+    assert not closed and len(eng.conns[conn].outbound) == before[0] + 1
+    answer = last(eng, conn)
+    assert isinstance(answer, SubscriptionError) and (answer.request_id, answer.query_set_id) == (rid, qs)
+    if expected[0] == "scope":
+        err = SyncError.parse(answer.error)
+        assert (err.code.value, err.details) == ("missing_scope", {"scope": "sync.subscribe"})
+    else:
+        assert limit_of(answer.error) == ("max_queries_per_connection", 8, expected[1])
+    assert dict(eng.conns[conn].query_sets) == before[1]
+    if scope and held < 8:
+        eng.handle(conn, Subscribe(5, 5, ("SELECT * FROM sync_stream WHERE stream_id = 'next'",)))
+        assert isinstance(last(eng, conn), SubscribeApplied)
