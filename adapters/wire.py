@@ -27,7 +27,11 @@ Given ``max_queries`` (the server's ``max_queries_per_connection``), a ``Subscri
 query texts decodes to :class:`OverlongSubscribe` without its texts: the count is all the answer
 needs, and decoding a frame of short texts first built ~10x the frame in ``str`` objects.  The
 bound is per message: a v3 frame of many ``Subscribe`` s at the bound decodes all their texts, and
-what bounds those is the caller's ``max_messages`` (the server's inbound queue room).
+what bounds those is the caller's ``max_messages`` (the server's inbound queue room).  Stepping
+over skipped texts still costs a Python step per length (~65 ns): a 32 MiB ``Subscribe`` of 8.4M
+empty texts held the event loop ~0.5-2 s.  So a ``Subscribe`` over ``max_queries`` that declares
+more than :data:`SKIP_MOST_QUERIES` texts is malformed (:class:`adapters.bsatn.BsatnError`, the
+server closes 1011) before any length is read: no client needs that many texts in one message.
 
 Translation.  :func:`to_wire` turns the model's server messages (:mod:`spec.messages`) into
 these, encoding rows with :mod:`adapters.bsatn`: a snapshot table becomes one
@@ -304,6 +308,13 @@ class OverlongSubscribe:
 
 
 Received = ClientMessage | OverlongSubscribe  # what a decoder given ``max_queries`` returns
+SKIP_MOST_QUERIES = 1024  # an over-bound Subscribe declaring more texts is malformed, not stepped over
+
+
+def _too_many_to_skip(count: int, max_queries: int) -> BsatnError:
+    # (short: a close reason holds 123 bytes, "malformed message: " included)
+    return BsatnError(f"a Subscribe of {count} query texts: over max_queries_per_connection ({max_queries}) "
+                      f"and the {SKIP_MOST_QUERIES} a decoder skips")
 
 # --- server messages (ServerMessage, tags 0..7) -----------------------------------------------
 
@@ -714,6 +725,8 @@ def _r_client(r: Reader, max_queries: int | None = None) -> Received:
         rid, qsid = r.u32("request_id"), r.u32("query_set_id")
         count = r.length("query_strings", 4)
         if max_queries is not None and count > max_queries:
+            if count > SKIP_MOST_QUERIES:
+                raise _too_many_to_skip(count, max_queries)
             for _ in range(count):
                 r.skip_bytes("query", "String")
             return OverlongSubscribe(rid, qsid, count)
@@ -811,6 +824,8 @@ def _fast_client(data: bytes, pos: int, max_queries: int | None = None) -> tuple
         if 4 * count > end - at:
             return None
         if max_queries is not None and count > max_queries:  # skipped, not decoded
+            if count > SKIP_MOST_QUERIES:
+                return None  # (_r_client raises)
             for _ in range(count):
                 if at + 4 > end:
                     return None

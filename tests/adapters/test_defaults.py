@@ -241,3 +241,11 @@ def test_the_bridge_logs_its_held_rows_at_a_bounded_rate() -> None:
 
     core = BridgeCore(("ws://a.test",), SigningKey(b"\x01" * 32))
     assert (HELD_LOG_INTERVAL_S, core._held_log.interval_s) == (10.0, 10.0)
+
+
+def test_a_decoder_steps_over_at_most_1024_query_texts() -> None:
+    """docs/protocol.md, Limits (`max_queries_per_connection`): a Subscribe over the bound that
+    declares more than 1024 texts is malformed before any length is read."""
+    from adapters.wire import SKIP_MOST_QUERIES
+
+    assert SKIP_MOST_QUERIES == 1024
