@@ -94,13 +94,13 @@ def stale_reasons(epoch: ZInt, head: ZInt, floor: ZInt, budget: ZInt, has_req: Z
 
 def oracle_stale_reasons(epoch: ZInt, head: ZInt, floor: ZInt, budget: ZInt, has_req: ZBool, req: ZInt,
                          w: ZInt) -> Reasons:
-    """The oracle, :func:`spec.invariants.stale_reasons`."""
-    reasons = []
-    reasons.append(z3.And(has_req, req != epoch))
-    reasons.append(w < floor - 1)
-    reasons.append(head - w > budget)
-    reasons.append(w > head)
-    return (reasons[0], reasons[1], reasons[2], reasons[3])
+    """The oracle, :func:`spec.invariants.stale_reasons`, in its own form: each reason a count of seqs
+    that is not zero (or over the budget) -- not a copy of :func:`stale_reasons`' comparisons, so that
+    the ``stale`` proof's equality of the two is a proof and not a tautology."""
+    compacted_needed = zmax([0, floor - (w + 1)])
+    to_replay = zmax([0, head - w])
+    never_existed = zmax([0, w - head])
+    return (z3.And(has_req, req != epoch), compacted_needed > 0, to_replay > budget, never_existed > 0)
 
 
 def subscribe_reasons(db: Db, a: SubscribeAct, bug: str = "") -> Reasons:

@@ -248,8 +248,9 @@ def _stale_build(bug: str) -> list[Obligation]:
         return z3.And(*[x == y for x, y in zip(server, oracle, strict=True)],
                       z3.Implies(z3.Not(z3.Or(server)), PS.no_skip(db, j, a.watermark)))
 
+    # a.budget >= 0: a replay budget is a count (the precondition of both spec functions)
     return [Obligation("subscribe", "subscribe", (E.policy_ok(pol), P.state_invariant(db, pol),
-                                                  in_range(a.stream, 0, E.S)),
+                                                  in_range(a.stream, 0, E.S), a.budget >= 0),
                        E.per_slot(a.stream, E.S, at), (("state", db), ("subscribe", a)))]
 
 

@@ -115,6 +115,20 @@ def test_stale_decisions_match(epoch: int, head: int, floor: int, budget: int, r
     assert _names(SV.oracle_stale_reasons(*args)) == invariants.stale_reasons(epoch, head, floor, budget, req, w)
 
 
+def test_the_stale_oracle_is_encoded_apart_from_the_server() -> None:
+    """The stale proof's equality of the two encodings is a proof, not a tautology: the oracle's form
+    (counts of seqs) differs from the server's comparisons where the precondition budget >= 0 fails."""
+    e, h, f, b, r, w = z3.Ints("e h f b r w")
+    has = z3.Bool("has")
+    same = z3.And([x == y for x, y in zip(SV.stale_reasons(e, h, f, b, has, r, w),
+                                          SV.oracle_stale_reasons(e, h, f, b, has, r, w), strict=True)])
+    s = z3.Solver()
+    s.add(z3.Not(same))
+    assert s.check() == z3.sat  # they differ somewhere (a negative budget) ...
+    s.add(b >= 0)
+    assert s.check() == z3.unsat  # ... and nowhere the precondition holds
+
+
 # --- one server, one designated connection --------------------------------------------------------------------
 
 
