@@ -227,6 +227,7 @@ class ModuleMachine(RuleBasedStateMachine):
         self.now += dt
         ok = red.presence_sweep(self.db, self.now)
         self.violations += check_transition(self.db, ok.state) + check_sweep(ok.state, self.now)
+        self.violations += check_state(ok.state, POLICY.bridge_max_attempts)
         self.offset += not ok.noop  # a system transaction that writes takes an offset too
         self.db = ok.state
 
@@ -340,6 +341,7 @@ class ModuleMachine(RuleBasedStateMachine):
         red = _mod("spec.reducers")
         ok = red.compact(self.db, self.now, POLICY)
         self.violations += check_transition(self.db, ok.state) + check_retention(self.db, ok.state, self.now, POLICY)
+        self.violations += check_state(ok.state, POLICY.bridge_max_attempts)
         self.offset += not ok.noop
         self.db = ok.state
 
