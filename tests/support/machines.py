@@ -279,6 +279,15 @@ class ModuleMachine(RuleBasedStateMachine):
     def bridge_failure(self, c: Claims, oid: str, retry: int) -> None:
         self._run(c, "record_bridge_failure", (oid, "relay down", retry))
 
+    @rule(oid=st.sampled_from(["o1", "o2"]), failures=st.integers(1, 4))
+    def bridge_failures(self, oid: str, failures: int) -> None:
+        """An outbox row enqueued, then failures recorded one after another, up to one past the policy's
+        maximum attempts: the dead letter (BRIDGE-1), which random calls reach rarely -- a row must take
+        ``bridge_max_attempts`` failures in a row, each drawn for that row by a caller with the scope."""
+        self._run(_FULL_A, "enqueue_bridge_event", (oid, "src", 30078, '[["t","x"]]', "hello"))
+        for _ in range(failures):
+            self._run(_FULL_A, "record_bridge_failure", (oid, "relay down", 1000))
+
     @rule(c=claims_st, s=st.sampled_from(STREAMS))
     def signal(self, c: Claims, s: str) -> None:
         self._run(c, "publish_stream_signal", (s, "typing", "{}"))
