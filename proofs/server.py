@@ -57,6 +57,7 @@ BUGS: dict[str, tuple[str, str]] = {
     "durable_can_fall": ("advance_durable", "advance_durable forgets max(to, durable)"),
     "caller_also_gets_update": ("commit", "the caller gets a TransactionUpdate besides its ReducerResult"),
     "update_tagged_with_old_offset": ("commit", "a TransactionUpdate carries the offset before the commit"),
+    "caller_result_dropped": ("commit", "the caller of a committed call gets no ReducerResult"),
     "durable_state_off_by_one": ("advance_durable", "durable_db is the state one offset before durable"),
     "crash_without_rollback": ("crash", "recovery starts from the committed, not the durable, state"),
     "crash_keeps_epochs": ("crash", "recovery does not move epochs (no_epoch_bump_on_crash)"),
@@ -434,6 +435,8 @@ def t_commit(a: Srv, act: CommitAct, b: Srv, bug: str = "") -> ZBool:
     update_off = a.committed if bug == "update_tagged_with_old_offset" else off
     if bug == "caller_also_gets_update":
         msgs = [(act.is_caller, Msg(off, RESULT)), (act.has_updates, Msg(update_off, UPDATE))]
+    elif bug == "caller_result_dropped":
+        msgs = [(z3.And(z3.Not(act.is_caller), act.has_updates), Msg(update_off, UPDATE))]
     else:
         msgs = [(act.is_caller, Msg(off, RESULT)), (z3.And(z3.Not(act.is_caller), act.has_updates),
                                                     Msg(update_off, UPDATE))]

@@ -346,6 +346,8 @@ def _order_step(name: str, a: SV.Srv, act: object, b: SV.Srv) -> ZBool:
         parts = [z3.Implies(z3.And(at_off[i], at_off[k]), i == k) for i in range(SV.Q) for k in range(SV.Q)]
         parts += [z3.Implies(at_off[i], b.queue[i].kind == z3.If(act.is_caller, SV.RESULT, SV.UPDATE))
                   for i in range(SV.Q)]
+        # ... and at least one: the caller's ReducerResult, another connection's update when its queries match
+        parts.append(z3.Implies(z3.Or(act.is_caller, act.has_updates), z3.Or(at_off)))
         return z3.Implies(b.alive, z3.And(parts))
     return z3.BoolVal(True)
 
@@ -365,7 +367,7 @@ def _dur_step(name: str, a: SV.Srv, act: object, b: SV.Srv) -> ZBool:
 DELIV_ORDER_PROOF = srv_proof(
     "deliv-order", "each connection receives in commit order; a committed call's caller gets one ReducerResult and "
     "no TransactionUpdate", ("DELIV-1", "DELIV-3", "SLOW-1"),
-    ("caller_also_gets_update", "update_tagged_with_old_offset"),
+    ("caller_also_gets_update", "update_tagged_with_old_offset", "caller_result_dropped"),
     PS.deliv_order, _order_step)
 
 CONF_PROOF = srv_proof(
