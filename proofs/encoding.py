@@ -687,15 +687,17 @@ def t_append(pre: Db, a: AppendAct, post: Db, r: Result, d: Delta, pol: Policy, 
             failed = z3.If(z3.And(err == code(ErrorCode.SEQUENCE_CONFLICT), z3.Not(st.exists)), z3.And(
                 r.code == err, z3.Not(r.wrote), z3.Not(r.has_ret), same_stream(post.streams[j], created),
                 frame(pre, post, {f"stream{j}"}), no_delta(d)), failed)
+        written = z3.And(r.code == OK_CODE, r.has_ret, r.ret == seq, r.wrote,
+                         same_stream(post.streams[j], new_stream), appended(ev, new_ev, post.events[j]),
+                         frame(pre, post, {f"stream{j}", f"events{j}"}), delta(d, ins=(j, new_ev)))
+        if bug == "append_write_lost":  # acknowledged with its seq, never written
+            written = z3.And(r.code == OK_CODE, r.has_ret, r.ret == seq, z3.Not(r.wrote), same_db(pre, post),
+                             no_delta(d))
         return z3.If(
             z3.And(err == OK_CODE, any_found),
             z3.And(r.code == OK_CODE, r.has_ret, r.ret == ex_seq, z3.Not(r.wrote), same_db(pre, post),
                    no_delta(d)),
-            z3.If(write,
-                  z3.And(r.code == OK_CODE, r.has_ret, r.ret == seq, r.wrote,
-                         same_stream(post.streams[j], new_stream), appended(ev, new_ev, post.events[j]),
-                         frame(pre, post, {f"stream{j}", f"events{j}"}), delta(d, ins=(j, new_ev))),
-                  failed))
+            z3.If(write, written, failed))
 
     return z3.And(arg_err_ok("append", a.arg_err), z3.Implies(a.arg_err == OK_CODE, CANON(a.canon)),
                   per_slot(a.stream, S, at))
@@ -717,6 +719,8 @@ def t_ack(pre: Db, a: AckAct, post: Db, r: Result, d: Delta, pol: Policy, bug: s
         ])
         noop = z3.And(old.used, old.epoch == a.epoch,
                       old.last == a.seq if bug == "non_monotonic_ack" else old.last >= a.seq)
+        if bug == "ack_not_recorded":
+            noop = z3.BoolVal(True)
         new = Checkpoint(True, a.caller, a.epoch, a.seq)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(noop)),
@@ -1138,6 +1142,8 @@ def t_unclean_restart(pre: Db, a: RestartAct, post: Db, r: Result, d: Delta, pol
 
 BUGS: dict[str, tuple[str, str]] = {
     "seq_head_plus_2": ("append_sync_event", "append assigns head + 2"),
+    "append_write_lost": ("append_sync_event", "an append of a new key that passes every check is acknowledged "
+                          "with its seq and writes nothing"),
     "sequence_before_dedupe": ("append_sync_event", "the sequence check runs before dedupe"),
     "dedupe_without_hash_compare": ("append_sync_event", "a retained key is a success whatever its payload"),
     "hash_arg_trusted": ("append_sync_event", "the client's payload_hash is stored unchecked"),
@@ -1146,6 +1152,7 @@ BUGS: dict[str, tuple[str, str]] = {
                                              "a sequence_conflict leaves the new stream row behind"),
     "non_monotonic_ack": ("ack_checkpoint", "a lower ack overwrites the checkpoint"),
     "ack_past_head": ("ack_checkpoint", "the checkpoint may run one past the head"),
+    "ack_not_recorded": ("ack_checkpoint", "an ack that passes every check is accepted and not recorded"),
     "event_rows_persisted": ("upsert_presence", "presence_signal rows are stored in the state"),
     "offline_reason_not_set": ("upsert_presence", "an explicit offline stores no offline_reason"),
     "sweep_strict_expiry": ("presence_sweep", "the sweep uses expires_at < now where <= is right"),

@@ -29,6 +29,7 @@ from proofs.encoding import (
     P_REASON,
     P_STATUS,
     PROV_STATUS,
+    AckAct,
     AppendAct,
     Assignment,
     C,
@@ -213,6 +214,18 @@ def ckpt2(pre: Db, post: Db) -> ZBool:
         for a, b in zip(pre.ckpts, post.ckpts, strict=True)])
 
 
+def ckpt2_ack(pre: Db, a: AckAct, r: Result) -> ZBool:
+    """CKPT-2, the call: an accepted ack writes nothing only when the checkpoint is already in its epoch at
+    or past its seq (``spec.reducers.ack_checkpoint``'s contract) -- an ack is never acknowledged and lost."""
+    parts: list[ZBool] = []
+    for c in range(C):
+        for j in range(S):
+            old = pre.ckpts[ckpt_index(c, j)]
+            parts.append(z3.Implies(z3.And(a.client == c, a.stream == j, r.code == OK_CODE, z3.Not(r.wrote)),
+                                    z3.And(old.used, old.epoch == a.epoch, old.last >= a.seq)))
+    return z3.And(parts)
+
+
 def assign1(pre: Db, post: Db) -> ZBool:
     """ASSIGN-1."""
     return z3.And([z3.Implies(z3.And(a.used, b.used, z3.Not(same(a, b))), z3.And(
@@ -319,9 +332,16 @@ def _append_checks_pass(pre: Db, a: AppendAct) -> ZBool:
 
 
 def seq4(pre: Db, a: AppendAct, r: Result, d: Delta) -> ZBool:
-    """SEQ-4: an append that writes assigns and returns head + 1 (1 for a new stream)."""
+    """SEQ-4: an append that writes assigns and returns head + 1 (1 for a new stream); and an append of
+    a key the stream does not retain that passes every check (expected_next_seq absent or head + 1)
+    does write -- it is not acknowledged without its event."""
     parts: list[ZBool] = []
     for j in range(S):
+        ev = pre.events[j]
+        retained = z3.Or([z3.And(i < ev.n, e.key == a.key) for i, e in enumerate(ev.slots)])
+        fresh_ok = z3.And(a.stream == j, _append_checks_pass(pre, a), z3.Not(retained),
+                          z3.Implies(a.has_expected, a.expected == vhead(pre, j) + 1))
+        parts.append(z3.Implies(fresh_ok, z3.And(r.code == OK_CODE, r.wrote)))
         parts.append(z3.Implies(z3.And(a.stream == j, r.wrote), z3.And(
             r.has_ret, r.ret == vhead(pre, j) + 1, d.ins, d.ins_ev.seq == r.ret,
             z3.Implies(z3.Not(pre.streams[j].exists), r.ret == 1))))

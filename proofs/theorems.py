@@ -133,6 +133,14 @@ def _idem_step(s: Step) -> ZBool:
     return z3.BoolVal(True)
 
 
+def _ckpt_step(s: Step) -> ZBool:
+    goal = P.ckpt2(s.pre, s.post)
+    if s.transition == "ack_checkpoint":
+        assert isinstance(s.act, E.AckAct)
+        goal = z3.And(goal, P.ckpt2_ack(s.pre, s.act, s.res))
+    return goal
+
+
 def _pres_step(s: Step) -> ZBool:
     goal = P.pres2_signals(s.pre, s.post, s.delta)
     if s.transition == "presence_sweep":
@@ -189,7 +197,7 @@ DB_PROOFS: tuple[Proof, ...] = (
     db_proof("seq", "the retained seqs are exactly floor..head, in the current epoch; heads, floors, epochs never "
              "fall (recovery relabels the continued epoch's events); append takes head+1",
              ("SEQ-1", "SEQ-3", "SEQ-4"),
-             ("seq_head_plus_2", "compaction_keeps_floor", "restart_without_relabel"),
+             ("seq_head_plus_2", "compaction_keeps_floor", "restart_without_relabel", "append_write_lost"),
              lambda db, pol: P.seq1(db), _seq_step),
     db_proof("idem", "keys and seqs unique; a retry returns its seq and writes nothing; a different payload conflicts",
              ("IDEM-1", "IDEM-2", "IDEM-3"), ("sequence_before_dedupe", "dedupe_without_hash_compare"),
@@ -197,8 +205,8 @@ DB_PROOFS: tuple[Proof, ...] = (
     db_proof("hash", "every stored payload is canonical and stored with its own hash",
              ("HASH-1",), ("hash_arg_trusted",), lambda db, pol: P.hash1(db), _true),
     db_proof("ckpt", "a checkpoint in the current epoch never passes head and never falls",
-             ("CKPT-1", "CKPT-2"), ("non_monotonic_ack", "ack_past_head"),
-             lambda db, pol: P.ckpt1(db), lambda s: P.ckpt2(s.pre, s.post)),
+             ("CKPT-1", "CKPT-2"), ("non_monotonic_ack", "ack_past_head", "ack_not_recorded"),
+             lambda db, pol: P.ckpt1(db), _ckpt_step),
     db_proof("pres", "presence rows are well formed; sweeps leave no expired live row; one signal per change",
              ("PRES-1", "PRES-2"), ("sweep_strict_expiry", "offline_reason_not_set", "disconnect_ignores_expiry"),
              lambda db, pol: P.pres1(db), _pres_step),
