@@ -820,6 +820,8 @@ def t_provider(pre: Db, a: ProviderAct, post: Db, r: Result, d: Delta, pol: Poli
         ])
         noop = z3.And(old.used, old.hash == digest, old.kinds == a.kinds, old.price == a.price,
                       old.status == a.status, bug != "republish_bumps_version")
+        if bug == "republish_change_dropped":
+            noop = old.used
         new = Provider(True, a.caller, a.canon, digest, a.kinds, a.price, a.status,
                        z3.If(old.used, old.version + 1, pre.version_floor))
         return z3.And(z3.Not(r.has_ret), z3.If(
@@ -842,8 +844,8 @@ def t_open(pre: Db, a: OpenAct, post: Db, r: Result, d: Delta, pol: Policy, bug:
             (z3.Not(a.scope), MS),
             (z3.And(old.used, old.requester != a.caller), FORBIDDEN),
             (a.arg_err != OK_CODE, a.arg_err),
-            (z3.And(old.used, z3.Not(z3.And(old.hash == digest, old.job_kind == a.job_kind))),
-             code(ErrorCode.IDEMPOTENCY_CONFLICT)),
+            (z3.And(old.used, z3.Not(z3.And(old.hash == digest, old.job_kind == a.job_kind)),
+                    bug != "open_conflict_as_retry"), code(ErrorCode.IDEMPOTENCY_CONFLICT)),
         ])
         new = Assignment(True, a.caller, a.job_kind, a.canon, digest, False, 0, False, 0, A_STATUS["open"], False, 0,
                          pre.version_floor, a.now)
@@ -1157,6 +1159,10 @@ BUGS: dict[str, tuple[str, str]] = {
     "offline_reason_not_set": ("upsert_presence", "an explicit offline stores no offline_reason"),
     "sweep_strict_expiry": ("presence_sweep", "the sweep uses expires_at < now where <= is right"),
     "republish_bumps_version": ("publish_provider_capability", "an identical republish bumps the version"),
+    "republish_change_dropped": ("publish_provider_capability", "a republish that changes the ad is accepted as a "
+                                 "no-op (the new ad is lost)"),
+    "open_conflict_as_retry": ("open_compute_assignment", "another request under a taken request id is accepted as "
+                               "a retry, not refused idempotency_conflict"),
     "assignment_version_not_bumped": ("update_compute_assignment", "an assignment update keeps its version"),
     "failure_past_max": ("record_bridge_failure", "a row goes failed only past the maximum attempts"),
     "execute_by_scope_alone": ("update_compute_assignment", "any compute.execute holder takes the executor edges "

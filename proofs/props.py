@@ -38,8 +38,10 @@ from proofs.encoding import (
     H,
     K,
     N,
+    OpenAct,
     Policy,
     Provider,
+    ProviderAct,
     Result,
     S,
     UpdateAct,
@@ -287,6 +289,21 @@ def prov1(pre: Db, post: Db) -> ZBool:
         parts.append(z3.Implies(z3.And(a.used, b.used), z3.If(content, b.version == a.version,
                                                               b.version == a.version + 1)))
     return z3.And(parts)
+
+
+def prov1_publish(pre: Db, a: ProviderAct, r: Result) -> ZBool:
+    """PROV-1, the call: an accepted publish writes nothing only when the row already holds its ad (same
+    capability hash, kinds, price and status) -- a changed ad is never acknowledged and lost."""
+    return z3.And([z3.Implies(z3.And(a.provider == i, r.code == OK_CODE, z3.Not(r.wrote)), z3.And(
+        p.used, p.hash == H(a.canon), p.kinds == a.kinds, p.price == a.price, p.status == a.status))
+        for i, p in enumerate(pre.providers)])
+
+
+def open_retry(pre: Db, a: OpenAct, r: Result) -> ZBool:
+    """ASSIGN-2, the call: an accepted open writes nothing only as a retry -- the row holds this request
+    (hash) and job kind; another request under a taken id is refused (idempotency_conflict)."""
+    return z3.And([z3.Implies(z3.And(a.request == i, r.code == OK_CODE, z3.Not(r.wrote)), z3.And(
+        x.used, x.hash == H(a.canon), x.job_kind == a.job_kind)) for i, x in enumerate(pre.assignments)])
 
 
 def pres2_signals(pre: Db, post: Db, d: Delta) -> ZBool:

@@ -141,6 +141,26 @@ def _ckpt_step(s: Step) -> ZBool:
     return goal
 
 
+def _assign_step(s: Step) -> ZBool:
+    if s.transition == "unclean_restart":
+        return P.versions_raised(s.pre, s.post)
+    goal = P.assign1(s.pre, s.post)
+    if s.transition == "open_compute_assignment":
+        assert isinstance(s.act, E.OpenAct)
+        goal = z3.And(goal, P.open_retry(s.pre, s.act, s.res))
+    return goal
+
+
+def _prov_step(s: Step) -> ZBool:
+    if s.transition == "unclean_restart":
+        return P.versions_raised(s.pre, s.post)
+    goal = P.prov1(s.pre, s.post)
+    if s.transition == "publish_provider_capability":
+        assert isinstance(s.act, E.ProviderAct)
+        goal = z3.And(goal, P.prov1_publish(s.pre, s.act, s.res))
+    return goal
+
+
 def _pres_step(s: Step) -> ZBool:
     goal = P.pres2_signals(s.pre, s.post, s.delta)
     if s.transition == "presence_sweep":
@@ -212,9 +232,8 @@ DB_PROOFS: tuple[Proof, ...] = (
              lambda db, pol: P.pres1(db), _pres_step),
     db_proof("assign", "assignments move only along the edge table, version + 1 (recovery only raises versions); "
              "assigned rows name a provider and its owner",
-             ("ASSIGN-1", "ASSIGN-2"), ("assignment_version_not_bumped",),
-             lambda db, pol: P.assign2(db), lambda s: P.versions_raised(s.pre, s.post)
-             if s.transition == "unclean_restart" else P.assign1(s.pre, s.post)),
+             ("ASSIGN-1", "ASSIGN-2"), ("assignment_version_not_bumped", "open_conflict_as_retry"),
+             lambda db, pol: P.assign2(db), _assign_step),
     db_proof("assign-roles", "an edge is taken only by a role it names (start, complete and fail by the assigned "
              "provider's owner alone); assigning names an existing, active provider advertising the kind and records "
              "its owner, and neither changes afterwards",
@@ -224,9 +243,8 @@ DB_PROOFS: tuple[Proof, ...] = (
              ("BRIDGE-1", "BRIDGE-2"), ("failure_past_max",),
              lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post)),
     db_proof("prov", "a provider's version rises by one exactly on a content change (recovery only raises versions)",
-             ("PROV-1",), ("republish_bumps_version",),
-             lambda db, pol: P.prov_state(db), lambda s: P.versions_raised(s.pre, s.post)
-             if s.transition == "unclean_restart" else P.prov1(s.pre, s.post)),
+             ("PROV-1",), ("republish_bumps_version", "republish_change_dropped"),
+             lambda db, pol: P.prov_state(db), _prov_step),
     db_proof("evt", "event-table rows are never in the state",
              ("EVT-1",), ("event_rows_persisted",), lambda db, pol: P.evt1(db), _true),
     db_proof("auth-calls", "without its scope or stream grant a call fails first with missing_scope/forbidden_stream "

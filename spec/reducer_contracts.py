@@ -116,23 +116,40 @@ def provider(db: DbState, provider_id: str) -> ProviderCapability | None:
     return next((r for r in db.of_type(ProviderCapability) if r.provider_id == provider_id), None)
 
 
-def provider_versioned(db: DbState, provider_id: str, result: Ok) -> bool:
+def _digest(text: str) -> str | None:
+    """The payload hash of ``text``'s canonical form (None when it has none)."""
+    try:
+        return payload_hash(canonicalize(text))
+    except SyncError:
+        return None
+
+
+def provider_versioned(db: DbState, provider_id: str, capability_json: str, nip90_kinds: tuple[int, ...],
+                       price_hint_sats: int, status: str, result: Ok) -> bool:
+    """PROV-1 for one publish: a no-op leaves the row, which already holds the call's ad (the same
+    capability, kinds, price and status -- else the new ad would be lost); a write holds the call's ad at
+    version + 1 (a new provider at version_floor)."""
     before, after = provider(db, provider_id), provider(result.state, provider_id)
+    ad = (_digest(capability_json), tuple(sorted(set(nip90_kinds))), price_hint_sats, status)
     if result.noop:
-        return before is not None and after == before
+        return before is not None and after == before and (
+            before.capability_hash, before.nip90_kinds, before.price_hint_sats, before.status) == ad
     return (after is not None and after.version == (before.version + 1 if before else db.version_floor)
             and after.capability_hash == payload_hash(after.capability)
-            and list(after.nip90_kinds) == sorted(set(after.nip90_kinds)))
+            and (after.capability_hash, after.nip90_kinds, after.price_hint_sats, after.status) == ad)
 
 
 def assignment(db: DbState, request_id: str) -> ComputeAssignment | None:
     return next((r for r in db.of_type(ComputeAssignment) if r.request_id == request_id), None)
 
 
-def assignment_opened(db: DbState, request_id: str, job_kind: int, result: Ok) -> bool:
+def assignment_opened(db: DbState, request_id: str, job_kind: int, request_json: str, result: Ok) -> bool:
+    """ASSIGN-2 for one open: a no-op is a retry (the row holds this request and job kind: another
+    request under a taken id is idempotency_conflict); a write opens a new row at version_floor."""
     before, after = assignment(db, request_id), assignment(result.state, request_id)
     if result.noop:
-        return before is not None and after == before and before.job_kind == job_kind
+        return (before is not None and after == before and before.job_kind == job_kind
+                and before.request_hash == _digest(request_json))
     return (before is None and after is not None and (after.status, after.version, after.provider_id) ==
             ("open", db.version_floor, None) and after.request_hash == payload_hash(after.request))
 

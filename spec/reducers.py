@@ -480,8 +480,10 @@ class PresenceCall(Call):
 # --- publish_provider_capability -------------------------------------------------------------
 
 
-@icontract.ensure(lambda db, provider_id, result: rc.provider_versioned(db, provider_id, result),
-                  "PROV-1 (the version rises by exactly one on a content change, and only then)")
+@icontract.ensure(lambda db, provider_id, capability_json, nip90_kinds, price_hint_sats, status, result:
+                  rc.provider_versioned(db, provider_id, capability_json, nip90_kinds, price_hint_sats, status, result),
+                  "PROV-1 (the version rises by exactly one on a content change, and only then; the row holds the "
+                  "call's ad)")
 def publish_provider_capability(db: DbState, ctx: CallContext, provider_id: str, capability_json: str,
                                 nip90_kinds: tuple[int, ...], price_hint_sats: int, status: str) -> Outcome:
     """Create or update the caller's provider ad; the version rises by 1 on every content change."""
@@ -547,8 +549,10 @@ class ProviderCall(Call):
 # --- open_compute_assignment -----------------------------------------------------------------
 
 
-@icontract.ensure(lambda db, request_id, job_kind, result: rc.assignment_opened(db, request_id, job_kind, result),
-                  "ASSIGN-2 (a new assignment is open at version 1 with the hash of its request; a retry is a no-op)")
+@icontract.ensure(lambda db, request_id, job_kind, request_json, result:
+                  rc.assignment_opened(db, request_id, job_kind, request_json, result),
+                  "ASSIGN-2 (a new assignment is open at version 1 with the hash of its request; a retry, and only "
+                  "a retry, is a no-op)")
 def open_compute_assignment(db: DbState, ctx: CallContext, request_id: str, job_kind: int,
                             request_json: str) -> Outcome:
     """Open a compute request (status open, no provider) at the database's version_floor."""

@@ -998,7 +998,7 @@ def test_outbox_contracts_refuse_wrong_rows() -> None:
 
 
 def test_provider_noop_needs_the_provider() -> None:
-    assert not provider_versioned(_db(), "p1", Ok(_db(), None, Delta()))
+    assert not provider_versioned(_db(), "p1", "{}", (5000,), 0, "active", Ok(_db(), None, Delta()))
 
 
 def test_signal_only_is_one_stream_signal_row() -> None:

@@ -250,3 +250,33 @@ def test_state_violations_reads_the_policys_attempt_limit() -> None:
     assert state_violations(pending, ctx, step) == [("BRIDGE-1", "outbox o1: pending attempts 5")]
     fine = _ok(_db(bridge_outbox=(_outbox("pending", 4, 200),)), None, TableDelta("bridge_outbox", (), (_outbox(),)))
     assert state_violations(pending, ctx, fine) == []
+
+
+def test_a_wrong_no_op_of_publish_or_open_breaks_the_reducers_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROV-1 and ASSIGN-2's contracts judge a no-op against the call, not only against the row: a
+    publish that changes the ad, or an open of another request under a taken id, accepted as a no-op
+    (planted: the no-op step holds whenever the row exists) is a contract violation -- not a silent loss
+    of the new content (the republish) or of the idempotency_conflict (the open)."""
+    import icontract
+
+    import spec.reducers as red
+    from spec.values import ProviderCapability
+
+    def any_row_is_a_noop(steps: tuple[object, ...]) -> tuple[object, ...]:
+        return tuple(red.NoOp(s.name, lambda a: a.old is not None) if isinstance(s, red.NoOp) else s for s in steps)
+
+    prov = ProviderCapability("p1", OWNER, "{}", EMPTY_HASH, (5000,), 0, "active", 1, 0)
+    db = _db(provider_capability=(prov,))
+    ctx = _ctx("provider.publish")
+    assert red.publish_provider_capability(db, ctx, "p1", "{}", (5000,), 0, "active").noop  # the same ad: right
+    monkeypatch.setattr(red, "PUBLISH_PROVIDER_CAPABILITY", any_row_is_a_noop(red.PUBLISH_PROVIDER_CAPABILITY))
+    with pytest.raises(icontract.ViolationError, match="PROV-1"):
+        red.publish_provider_capability(db, ctx, "p1", '{"gpu":1}', (5000,), 0, "active")
+
+    row = ComputeAssignment("r1", OWNER, 5000, "{}", EMPTY_HASH, None, None, "open", None, 1, 0, 0)
+    db = _db(compute_assignment=(row,))
+    ctx = _ctx("compute.request")
+    assert red.open_compute_assignment(db, ctx, "r1", 5000, "{}").noop  # a retry: right
+    monkeypatch.setattr(red, "OPEN_COMPUTE_ASSIGNMENT", any_row_is_a_noop(red.OPEN_COMPUTE_ASSIGNMENT))
+    with pytest.raises(icontract.ViolationError, match="ASSIGN-2"):
+        red.open_compute_assignment(db, ctx, "r1", 5000, '{"other":1}')
