@@ -15,6 +15,7 @@ judges stay as they were.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from itertools import takewhile
@@ -41,7 +42,6 @@ from spec.values import (
     SyncCheckpoint,
     SyncEvent,
     SyncStream,
-    is_hash,
     value_has_type,
 )
 
@@ -170,12 +170,26 @@ def outbox(db: DbState, outbox_id: str) -> BridgeOutbox | None:
     return next((r for r in db.of_type(BridgeOutbox) if r.outbox_id == outbox_id), None)
 
 
-def outbox_enqueued(db: DbState, outbox_id: str, result: Ok) -> bool:
+def _outbox_digest(source: str, nostr_kind: int, tags_json: str, content: str) -> str | None:
+    """The outbox dedupe key of a call (BRIDGE-3: the hash of canonical [source, kind, tags, content]),
+    written here from the canonical text of the array (not through spec.reducers); None without one."""
+    try:
+        tags = canonicalize(tags_json, "tags_json")
+        return payload_hash(canonicalize(json.dumps([source, nostr_kind, json.loads(tags), content])))
+    except SyncError:
+        return None
+
+
+def outbox_enqueued(db: DbState, outbox_id: str, source: str, nostr_kind: int, tags_json: str, content: str,
+                    result: Ok) -> bool:
+    """A no-op is a retry (the row holds this call's content hash: other content under a taken id is
+    idempotency_conflict); a write is a new row, pending, no attempts, due now, with this content hash."""
     before, after = outbox(db, outbox_id), outbox(result.state, outbox_id)
+    digest = _outbox_digest(source, nostr_kind, tags_json, content)
     if result.noop:
-        return before is not None and after == before
+        return before is not None and after == before and before.content_hash == digest
     return (before is None and after is not None and (after.status, after.attempts, after.nostr_event_id) ==
-            ("pending", 0, None) and is_hash(after.content_hash) and after.next_attempt_at == after.created_at)
+            ("pending", 0, None) and after.content_hash == digest and after.next_attempt_at == after.created_at)
 
 
 def outbox_sent(db: DbState, outbox_id: str, nostr_event_id: str, relays: tuple[str, ...], result: Ok) -> bool:

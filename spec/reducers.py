@@ -711,8 +711,10 @@ class UpdateCall(Call):
 # --- enqueue_bridge_event --------------------------------------------------------------------
 
 
-@icontract.ensure(lambda db, outbox_id, result: rc.outbox_enqueued(db, outbox_id, result),
-                  "BRIDGE-1 (a new outbox row is pending with no attempts; a retry is a no-op)")
+@icontract.ensure(lambda db, outbox_id, source, nostr_kind, tags_json, content, result:
+                  rc.outbox_enqueued(db, outbox_id, source, nostr_kind, tags_json, content, result),
+                  "BRIDGE-1 BRIDGE-3 (a new outbox row is pending with no attempts and the call's content hash; a "
+                  "retry, and only a retry, is a no-op)")
 def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: str, nostr_kind: int,
                          tags_json: str, content: str) -> Outcome:
     """Queue a Nostr event for the bridge (pending, due now), deduplicated on hash([source, kind,

@@ -280,3 +280,24 @@ def test_a_wrong_no_op_of_publish_or_open_breaks_the_reducers_contract(monkeypat
     monkeypatch.setattr(red, "OPEN_COMPUTE_ASSIGNMENT", any_row_is_a_noop(red.OPEN_COMPUTE_ASSIGNMENT))
     with pytest.raises(icontract.ViolationError, match="ASSIGN-2"):
         red.open_compute_assignment(db, ctx, "r1", 5000, '{"other":1}')
+
+
+def test_a_wrong_no_op_of_enqueue_breaks_the_reducers_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BRIDGE-1/BRIDGE-3's enqueue contract judges a no-op against the call: other content under a taken
+    outbox id accepted as a retry (planted: the no-op step holds whenever the row exists) is a contract
+    violation, not a silently dropped Nostr event."""
+    import icontract
+
+    import spec.reducers as red
+
+    db = DbState()
+    ctx = _ctx("bridge.enqueue")
+    first = red.enqueue_bridge_event(db, ctx, "o1", "src", 30078, '[["t","x"]]', "hello")
+    assert isinstance(first, Ok)
+    db = first.state
+    assert red.enqueue_bridge_event(db, ctx, "o1", "src", 30078, '[["t","x"]]', "hello").noop  # a retry: right
+    steps = tuple(red.NoOp(s.name, lambda a: a.old is not None) if isinstance(s, red.NoOp) else s
+                  for s in red.ENQUEUE_BRIDGE_EVENT)
+    monkeypatch.setattr(red, "ENQUEUE_BRIDGE_EVENT", steps)
+    with pytest.raises(icontract.ViolationError, match="BRIDGE-1"):
+        red.enqueue_bridge_event(db, ctx, "o1", "src", 30078, '[["t","x"]]', "goodbye")
