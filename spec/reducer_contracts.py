@@ -101,6 +101,17 @@ def ack_redundant(db: DbState, client_id: str, stream_id: str, epoch: int, seq: 
     return prev is not None and prev.epoch == epoch and seq <= prev.last_applied_seq
 
 
+def presence_unchanged(db: DbState, ctx: CallContext, session_id: str, device_id: str, node_id: str, status: str,
+                       region: str, ttl_ms: int, result: Ok) -> bool:
+    """A no-op upsert: the row already is what the call writes (the caller's, this device, node, status and
+    region, seen now, expiring after ttl_ms) -- else a status change or a refresh would be lost."""
+    row = next((r for r in db.of_type(SessionPresence) if r.session_id == session_id), None)
+    return row is not None and result.state == db and (
+        row.identity, row.device_id, row.node_id, row.status, row.region, row.last_seen, row.expires_at,
+        row.offline_reason) == (ctx.claims.identity, device_id, node_id, status, region, ctx.now,
+                                ctx.now + ttl_ms * 1000, "explicit_offline" if status == "offline" else None)
+
+
 def presence_written(db: DbState, ctx: CallContext, session_id: str, status: str, result: Ok) -> bool:
     before = next((r for r in db.of_type(SessionPresence) if r.session_id == session_id), None)
     row = next((r for r in result.state.of_type(SessionPresence) if r.session_id == session_id), None)

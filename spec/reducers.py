@@ -418,6 +418,9 @@ class AckCall(Call):
                   or rc.presence_written(db, ctx, session_id, status, result),
                   "PRES-1 PRES-2 (the caller's row, offline exactly with a reason, expires_at >= last_seen; a status"
                   " change emits exactly one presence_signal)")
+@icontract.ensure(lambda db, ctx, session_id, device_id, node_id, status, region, ttl_ms, result: not result.noop
+                  or rc.presence_unchanged(db, ctx, session_id, device_id, node_id, status, region, ttl_ms, result),
+                  "PRES-2 (an upsert is a no-op only when the row already is what it writes: no change is lost)")
 def upsert_presence(db: DbState, ctx: CallContext, session_id: str, device_id: str, node_id: str,
                     status: str, region: str, ttl_ms: int) -> Outcome:
     """Create or refresh the caller's session row (status, TTL); a status change emits one

@@ -301,3 +301,22 @@ def test_a_wrong_no_op_of_enqueue_breaks_the_reducers_contract(monkeypatch: pyte
     monkeypatch.setattr(red, "ENQUEUE_BRIDGE_EVENT", steps)
     with pytest.raises(icontract.ViolationError, match="BRIDGE-1"):
         red.enqueue_bridge_event(db, ctx, "o1", "src", 30078, '[["t","x"]]', "goodbye")
+
+
+def test_a_wrong_no_op_of_upsert_presence_breaks_the_reducers_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PRES-2's upsert contract judges a no-op too: an upsert is a no-op only when the row already is what the
+    call writes; a status change (or a refresh) accepted as a no-op (planted: the effect writes nothing when
+    the row exists) is a contract violation, not a lost presence change without its signal."""
+    import icontract
+
+    import spec.reducers as red
+
+    ctx = _ctx("presence.write")
+    first = red.upsert_presence(DbState(), ctx, "p1", "d", "n", "online", "eu", 30_000)
+    assert isinstance(first, Ok)
+    db = first.state
+    assert red.upsert_presence(db, ctx, "p1", "d", "n", "online", "eu", 30_000).noop  # the same row: right
+    real = red._upsert_presence
+    monkeypatch.setattr(red, "_upsert_presence", lambda a: Ok(a.db, None, Delta()) if a.old is not None else real(a))
+    with pytest.raises(icontract.ViolationError, match="PRES-2"):
+        red.upsert_presence(db, ctx, "p1", "d", "n", "away", "eu", 30_000)
