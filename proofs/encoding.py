@@ -51,6 +51,7 @@ from proofs.core import (
     fresh,
     fresh_rows,
     in_range,
+    ite,
     one_of,
     same,
     zmax,
@@ -751,6 +752,9 @@ def t_presence(pre: Db, a: PresenceAct, post: Db, r: Result, d: Delta, pol: Poli
         new = Presence(True, a.caller, a.device, a.node, a.status, a.region, a.now, a.now + a.ttl * 1000, reason)
         signal = z3.Or(z3.Not(old.used), old.status != a.status)
         changed = z3.Not(same(old, new))
+        if bug == "upsert_not_recorded":  # an upsert over an existing row is accepted and writes nothing
+            new = ite(old.used, old, new)
+            signal, changed = z3.And(z3.Not(old.used), signal), z3.And(z3.Not(old.used), changed)
         return z3.And(z3.Not(r.has_ret), z3.If(
             err == OK_CODE,
             z3.And(r.code == OK_CODE, r.wrote == changed, same(post.presence[i], new),
@@ -917,11 +921,11 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
                          z3.If(assigned, True, old.has_owner), z3.If(assigned, p_owner, old.owner),
                          a.status, a.has_result, a.result,
                          old.version + (0 if bug == "assignment_version_not_bumped" else 1), a.now)
-        return z3.And(z3.Not(r.has_ret), z3.If(
-            err == OK_CODE,
-            z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
-                   frame(pre, post, {f"assignment{i}"}), no_delta(d)),
-            fail(pre, post, r, d, err)))
+        taken = z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
+                       frame(pre, post, {f"assignment{i}"}), no_delta(d))
+        if bug == "update_not_recorded":  # accepted, nothing written
+            taken = fail(pre, post, r, d, OK_CODE)
+        return z3.And(z3.Not(r.has_ret), z3.If(err == OK_CODE, taken, fail(pre, post, r, d, err)))
 
     return z3.And(arg_err_ok("update", a.arg_err), z3.Implies(a.has_provider, in_range(a.prov_slot, -1, N)),
                   one_of(a.result_err, (OK_CODE, code(ErrorCode.NON_CANONICAL_PAYLOAD))),
@@ -1157,6 +1161,7 @@ BUGS: dict[str, tuple[str, str]] = {
     "ack_not_recorded": ("ack_checkpoint", "an ack that passes every check is accepted and not recorded"),
     "event_rows_persisted": ("upsert_presence", "presence_signal rows are stored in the state"),
     "offline_reason_not_set": ("upsert_presence", "an explicit offline stores no offline_reason"),
+    "upsert_not_recorded": ("upsert_presence", "an upsert over an existing row is accepted and writes nothing"),
     "sweep_strict_expiry": ("presence_sweep", "the sweep uses expires_at < now where <= is right"),
     "republish_bumps_version": ("publish_provider_capability", "an identical republish bumps the version"),
     "republish_change_dropped": ("publish_provider_capability", "a republish that changes the ad is accepted as a "
@@ -1164,6 +1169,8 @@ BUGS: dict[str, tuple[str, str]] = {
     "open_conflict_as_retry": ("open_compute_assignment", "another request under a taken request id is accepted as "
                                "a retry, not refused idempotency_conflict"),
     "assignment_version_not_bumped": ("update_compute_assignment", "an assignment update keeps its version"),
+    "update_not_recorded": ("update_compute_assignment", "an update that passes every check is accepted and not "
+                            "written"),
     "failure_past_max": ("record_bridge_failure", "a row goes failed only past the maximum attempts"),
     "execute_by_scope_alone": ("update_compute_assignment", "any compute.execute holder takes the executor edges "
                                "(start, complete, fail) of any assigned job"),

@@ -40,6 +40,7 @@ from proofs.encoding import (
     N,
     OpenAct,
     Policy,
+    PresenceAct,
     Provider,
     ProviderAct,
     Result,
@@ -304,6 +305,21 @@ def open_retry(pre: Db, a: OpenAct, r: Result) -> ZBool:
     (hash) and job kind; another request under a taken id is refused (idempotency_conflict)."""
     return z3.And([z3.Implies(z3.And(a.request == i, r.code == OK_CODE, z3.Not(r.wrote)), z3.And(
         x.used, x.hash == H(a.canon), x.job_kind == a.job_kind)) for i, x in enumerate(pre.assignments)])
+
+
+def update_writes(a: UpdateAct, r: Result) -> ZBool:
+    """ASSIGN-1, the call: every accepted update takes its edge (writes); none is acknowledged and lost."""
+    return z3.Implies(r.code == OK_CODE, r.wrote)
+
+
+def upsert_unchanged(pre: Db, a: PresenceAct, r: Result) -> ZBool:
+    """PRES-2, the call: an accepted upsert writes nothing only when the row already is what it writes
+    (the caller's, this device, node, status and region, seen now, expiring after ttl, its reason)."""
+    reason = z3.If(a.status == P_OFFLINE, P_REASON["explicit_offline"], 0)
+    return z3.And([z3.Implies(z3.And(a.session == i, r.code == OK_CODE, z3.Not(r.wrote)), z3.And(
+        p.used, p.identity == a.caller, p.device == a.device, p.node == a.node, p.status == a.status,
+        p.region == a.region, p.last_seen == a.now, p.expires == a.now + a.ttl * 1000, p.reason == reason))
+        for i, p in enumerate(pre.presence)])
 
 
 def pres2_signals(pre: Db, post: Db, d: Delta) -> ZBool:

@@ -148,6 +148,9 @@ def _assign_step(s: Step) -> ZBool:
     if s.transition == "open_compute_assignment":
         assert isinstance(s.act, E.OpenAct)
         goal = z3.And(goal, P.open_retry(s.pre, s.act, s.res))
+    if s.transition == "update_compute_assignment":
+        assert isinstance(s.act, E.UpdateAct)
+        goal = z3.And(goal, P.update_writes(s.act, s.res))
     return goal
 
 
@@ -163,6 +166,9 @@ def _prov_step(s: Step) -> ZBool:
 
 def _pres_step(s: Step) -> ZBool:
     goal = P.pres2_signals(s.pre, s.post, s.delta)
+    if s.transition == "upsert_presence":
+        assert isinstance(s.act, E.PresenceAct)
+        goal = z3.And(goal, P.upsert_unchanged(s.pre, s.act, s.res))
     if s.transition == "presence_sweep":
         assert isinstance(s.act, E.SweepAct)
         goal = z3.And(goal, P.pres2_sweep(s.post, s.act.now))
@@ -228,11 +234,13 @@ DB_PROOFS: tuple[Proof, ...] = (
              ("CKPT-1", "CKPT-2"), ("non_monotonic_ack", "ack_past_head", "ack_not_recorded"),
              lambda db, pol: P.ckpt1(db), _ckpt_step),
     db_proof("pres", "presence rows are well formed; sweeps leave no expired live row; one signal per change",
-             ("PRES-1", "PRES-2"), ("sweep_strict_expiry", "offline_reason_not_set", "disconnect_ignores_expiry"),
+             ("PRES-1", "PRES-2"), ("sweep_strict_expiry", "offline_reason_not_set", "disconnect_ignores_expiry",
+                                        "upsert_not_recorded"),
              lambda db, pol: P.pres1(db), _pres_step),
     db_proof("assign", "assignments move only along the edge table, version + 1 (recovery only raises versions); "
              "assigned rows name a provider and its owner",
-             ("ASSIGN-1", "ASSIGN-2"), ("assignment_version_not_bumped", "open_conflict_as_retry"),
+             ("ASSIGN-1", "ASSIGN-2"),
+             ("assignment_version_not_bumped", "open_conflict_as_retry", "update_not_recorded"),
              lambda db, pol: P.assign2(db), _assign_step),
     db_proof("assign-roles", "an edge is taken only by a role it names (start, complete and fail by the assigned "
              "provider's owner alone); assigning names an existing, active provider advertising the kind and records "
