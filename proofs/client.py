@@ -12,7 +12,9 @@ plus a count of rebootstraps.  Three transitions:
     a delivered sync_stream row: a different epoch, ``floor > last + 1`` or ``head < last`` makes the
     client rebootstrap -- unless the row's epoch continues the view's up to at least ``last`` and
     nothing else is stale (ADR-0003): then the view adopts the epoch, keeping its watermark and its
-    events (a *continue*);
+    events (a *continue*).  The view's epoch may be the last hop of the row's continuation chain or
+    an earlier one (ADR-0010; up to ``L - 1`` earlier hops, read by :func:`proofs.chain.continues`,
+    the rule of ``spec.client.continues``);
 ``rebootstrap``
     the application's callback replaces the view with the authority's events of the current epoch
     up to a watermark.  Assumed of the authority (checked on the model's authority by the
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 
 import z3
 
+from proofs import chain as CH
+from proofs.chain import L
 from proofs.core import Record, ZBool, ZInt, fresh_rows
 from proofs.server import Item, same_item
 
@@ -34,6 +38,8 @@ KA = 6
 BUGS: dict[str, tuple[str, str]] = {
     "gap_applied": ("apply", "the client applies across a gap"),
     "duplicate_applied": ("apply", "the client applies a seq it already has"),
+    "stream_row_last_hop_only": ("stream_row", "the client continues only through the row's last hop, ignoring "
+                                 "the earlier hops of the chain (before ADR-0010)"),
 }
 
 
@@ -62,11 +68,26 @@ class Incoming(Record):
 
 @dataclass(frozen=True)
 class StreamRow(Record):
+    """A sync_stream row as the client reads it, with its continuation chain (ADR-0010): the last hop
+    ``(cont_epoch, cont_seq)`` and up to ``L - 1`` earlier hops, ``earlier_n`` of them used."""
+
     epoch: ZInt
     floor: ZInt
     head: ZInt
     cont_epoch: ZInt
     cont_seq: ZInt
+    earlier_n: ZInt
+    earlier_epoch0: ZInt
+    earlier_seq0: ZInt
+    earlier_epoch1: ZInt
+    earlier_seq1: ZInt
+
+    def hops(self) -> tuple[ZInt, tuple[ZInt, ...], tuple[ZInt, ...]]:
+        """(hops on the chain, their epochs, their bounds), newest first, as :func:`proofs.chain.continues`
+        reads them (no hop when ``cont_epoch = 0``: a fresh epoch continues nothing)."""
+        n = z3.If(self.cont_epoch == 0, 0, 1 + self.earlier_n)
+        return (n, (self.cont_epoch, self.earlier_epoch0, self.earlier_epoch1),
+                (self.cont_seq, self.earlier_seq0, self.earlier_seq1))
 
 
 @dataclass(frozen=True)
@@ -126,12 +147,15 @@ def t_rebootstrap(v: View, auth: Authority, w: View, bug: str = "") -> ZBool:
 def t_stream_row(v: View, row: StreamRow, auth: Authority, w: View, rebooted: ZBool, bug: str = "") -> ZBool:
     """A sync_stream row in a delivery: the client-side stale check, and the continuation."""
     stale = z3.Or(z3.Not(v.has_epoch), row.epoch != v.epoch, row.floor > v.last + 1, row.head < v.last)
-    cont = z3.And(v.has_epoch, row.epoch != v.epoch, row.cont_epoch != 0, row.cont_epoch == v.epoch,
-                  v.last <= row.cont_seq, row.floor <= v.last + 1, row.head >= v.last)
+    nh, ep, bd = row.hops()
+    if bug == "stream_row_last_hop_only":
+        nh = z3.If(nh > 1, 1, nh)
+    cont = z3.And(CH.continues(v.has_epoch, v.epoch, v.last, row.epoch, nh, ep, bd), row.floor <= v.last + 1,
+                  row.head >= v.last)
     continued = z3.And(w.has_epoch, w.epoch == row.epoch, w.last == v.last, w.n == v.n, w.boots == v.boots,
                        w.conts == v.conts + 1,
                        *[z3.Implies(i < v.n, same_item(w.applied[i], v.applied[i])) for i in range(KA)])
-    return z3.And(rebooted == z3.And(stale, z3.Not(cont)),
+    return z3.And(row.earlier_n >= 0, row.earlier_n <= L - 1, rebooted == z3.And(stale, z3.Not(cont)),
                   z3.If(cont, continued, z3.If(stale, t_rebootstrap(v, auth, w), same_view(v, w))))
 
 

@@ -51,6 +51,7 @@ from proofs.core import (
     fresh,
     fresh_rows,
     in_range,
+    ite,
     one_of,
     same,
     zmax,
@@ -687,15 +688,17 @@ def t_append(pre: Db, a: AppendAct, post: Db, r: Result, d: Delta, pol: Policy, 
             failed = z3.If(z3.And(err == code(ErrorCode.SEQUENCE_CONFLICT), z3.Not(st.exists)), z3.And(
                 r.code == err, z3.Not(r.wrote), z3.Not(r.has_ret), same_stream(post.streams[j], created),
                 frame(pre, post, {f"stream{j}"}), no_delta(d)), failed)
+        written = z3.And(r.code == OK_CODE, r.has_ret, r.ret == seq, r.wrote,
+                         same_stream(post.streams[j], new_stream), appended(ev, new_ev, post.events[j]),
+                         frame(pre, post, {f"stream{j}", f"events{j}"}), delta(d, ins=(j, new_ev)))
+        if bug == "append_write_lost":  # acknowledged with its seq, never written
+            written = z3.And(r.code == OK_CODE, r.has_ret, r.ret == seq, z3.Not(r.wrote), same_db(pre, post),
+                             no_delta(d))
         return z3.If(
             z3.And(err == OK_CODE, any_found),
             z3.And(r.code == OK_CODE, r.has_ret, r.ret == ex_seq, z3.Not(r.wrote), same_db(pre, post),
                    no_delta(d)),
-            z3.If(write,
-                  z3.And(r.code == OK_CODE, r.has_ret, r.ret == seq, r.wrote,
-                         same_stream(post.streams[j], new_stream), appended(ev, new_ev, post.events[j]),
-                         frame(pre, post, {f"stream{j}", f"events{j}"}), delta(d, ins=(j, new_ev))),
-                  failed))
+            z3.If(write, written, failed))
 
     return z3.And(arg_err_ok("append", a.arg_err), z3.Implies(a.arg_err == OK_CODE, CANON(a.canon)),
                   per_slot(a.stream, S, at))
@@ -717,6 +720,8 @@ def t_ack(pre: Db, a: AckAct, post: Db, r: Result, d: Delta, pol: Policy, bug: s
         ])
         noop = z3.And(old.used, old.epoch == a.epoch,
                       old.last == a.seq if bug == "non_monotonic_ack" else old.last >= a.seq)
+        if bug == "ack_not_recorded":
+            noop = z3.BoolVal(True)
         new = Checkpoint(True, a.caller, a.epoch, a.seq)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, z3.Not(noop)),
@@ -747,6 +752,9 @@ def t_presence(pre: Db, a: PresenceAct, post: Db, r: Result, d: Delta, pol: Poli
         new = Presence(True, a.caller, a.device, a.node, a.status, a.region, a.now, a.now + a.ttl * 1000, reason)
         signal = z3.Or(z3.Not(old.used), old.status != a.status)
         changed = z3.Not(same(old, new))
+        if bug == "upsert_not_recorded":  # an upsert over an existing row is accepted and writes nothing
+            new = ite(old.used, old, new)
+            signal, changed = z3.And(z3.Not(old.used), signal), z3.And(z3.Not(old.used), changed)
         return z3.And(z3.Not(r.has_ret), z3.If(
             err == OK_CODE,
             z3.And(r.code == OK_CODE, r.wrote == changed, same(post.presence[i], new),
@@ -816,6 +824,8 @@ def t_provider(pre: Db, a: ProviderAct, post: Db, r: Result, d: Delta, pol: Poli
         ])
         noop = z3.And(old.used, old.hash == digest, old.kinds == a.kinds, old.price == a.price,
                       old.status == a.status, bug != "republish_bumps_version")
+        if bug == "republish_change_dropped":
+            noop = old.used
         new = Provider(True, a.caller, a.canon, digest, a.kinds, a.price, a.status,
                        z3.If(old.used, old.version + 1, pre.version_floor))
         return z3.And(z3.Not(r.has_ret), z3.If(
@@ -838,8 +848,8 @@ def t_open(pre: Db, a: OpenAct, post: Db, r: Result, d: Delta, pol: Policy, bug:
             (z3.Not(a.scope), MS),
             (z3.And(old.used, old.requester != a.caller), FORBIDDEN),
             (a.arg_err != OK_CODE, a.arg_err),
-            (z3.And(old.used, z3.Not(z3.And(old.hash == digest, old.job_kind == a.job_kind))),
-             code(ErrorCode.IDEMPOTENCY_CONFLICT)),
+            (z3.And(old.used, z3.Not(z3.And(old.hash == digest, old.job_kind == a.job_kind)),
+                    bug != "open_conflict_as_retry"), code(ErrorCode.IDEMPOTENCY_CONFLICT)),
         ])
         new = Assignment(True, a.caller, a.job_kind, a.canon, digest, False, 0, False, 0, A_STATUS["open"], False, 0,
                          pre.version_floor, a.now)
@@ -911,11 +921,11 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
                          z3.If(assigned, True, old.has_owner), z3.If(assigned, p_owner, old.owner),
                          a.status, a.has_result, a.result,
                          old.version + (0 if bug == "assignment_version_not_bumped" else 1), a.now)
-        return z3.And(z3.Not(r.has_ret), z3.If(
-            err == OK_CODE,
-            z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
-                   frame(pre, post, {f"assignment{i}"}), no_delta(d)),
-            fail(pre, post, r, d, err)))
+        taken = z3.And(r.code == OK_CODE, r.wrote, same(post.assignments[i], new),
+                       frame(pre, post, {f"assignment{i}"}), no_delta(d))
+        if bug == "update_not_recorded":  # accepted, nothing written
+            taken = fail(pre, post, r, d, OK_CODE)
+        return z3.And(z3.Not(r.has_ret), z3.If(err == OK_CODE, taken, fail(pre, post, r, d, err)))
 
     return z3.And(arg_err_ok("update", a.arg_err), z3.Implies(a.has_provider, in_range(a.prov_slot, -1, N)),
                   one_of(a.result_err, (OK_CODE, code(ErrorCode.NON_CANONICAL_PAYLOAD))),
@@ -1138,6 +1148,8 @@ def t_unclean_restart(pre: Db, a: RestartAct, post: Db, r: Result, d: Delta, pol
 
 BUGS: dict[str, tuple[str, str]] = {
     "seq_head_plus_2": ("append_sync_event", "append assigns head + 2"),
+    "append_write_lost": ("append_sync_event", "an append of a new key that passes every check is acknowledged "
+                          "with its seq and writes nothing"),
     "sequence_before_dedupe": ("append_sync_event", "the sequence check runs before dedupe"),
     "dedupe_without_hash_compare": ("append_sync_event", "a retained key is a success whatever its payload"),
     "hash_arg_trusted": ("append_sync_event", "the client's payload_hash is stored unchecked"),
@@ -1146,11 +1158,19 @@ BUGS: dict[str, tuple[str, str]] = {
                                              "a sequence_conflict leaves the new stream row behind"),
     "non_monotonic_ack": ("ack_checkpoint", "a lower ack overwrites the checkpoint"),
     "ack_past_head": ("ack_checkpoint", "the checkpoint may run one past the head"),
+    "ack_not_recorded": ("ack_checkpoint", "an ack that passes every check is accepted and not recorded"),
     "event_rows_persisted": ("upsert_presence", "presence_signal rows are stored in the state"),
     "offline_reason_not_set": ("upsert_presence", "an explicit offline stores no offline_reason"),
+    "upsert_not_recorded": ("upsert_presence", "an upsert over an existing row is accepted and writes nothing"),
     "sweep_strict_expiry": ("presence_sweep", "the sweep uses expires_at < now where <= is right"),
     "republish_bumps_version": ("publish_provider_capability", "an identical republish bumps the version"),
+    "republish_change_dropped": ("publish_provider_capability", "a republish that changes the ad is accepted as a "
+                                 "no-op (the new ad is lost)"),
+    "open_conflict_as_retry": ("open_compute_assignment", "another request under a taken request id is accepted as "
+                               "a retry, not refused idempotency_conflict"),
     "assignment_version_not_bumped": ("update_compute_assignment", "an assignment update keeps its version"),
+    "update_not_recorded": ("update_compute_assignment", "an update that passes every check is accepted and not "
+                            "written"),
     "failure_past_max": ("record_bridge_failure", "a row goes failed only past the maximum attempts"),
     "execute_by_scope_alone": ("update_compute_assignment", "any compute.execute holder takes the executor edges "
                                "(start, complete, fail) of any assigned job"),

@@ -29,6 +29,7 @@ from proofs.encoding import (
     P_REASON,
     P_STATUS,
     PROV_STATUS,
+    AckAct,
     AppendAct,
     Assignment,
     C,
@@ -37,8 +38,11 @@ from proofs.encoding import (
     H,
     K,
     N,
+    OpenAct,
     Policy,
+    PresenceAct,
     Provider,
+    ProviderAct,
     Result,
     S,
     UpdateAct,
@@ -213,6 +217,18 @@ def ckpt2(pre: Db, post: Db) -> ZBool:
         for a, b in zip(pre.ckpts, post.ckpts, strict=True)])
 
 
+def ckpt2_ack(pre: Db, a: AckAct, r: Result) -> ZBool:
+    """CKPT-2, the call: an accepted ack writes nothing only when the checkpoint is already in its epoch at
+    or past its seq (``spec.reducers.ack_checkpoint``'s contract) -- an ack is never acknowledged and lost."""
+    parts: list[ZBool] = []
+    for c in range(C):
+        for j in range(S):
+            old = pre.ckpts[ckpt_index(c, j)]
+            parts.append(z3.Implies(z3.And(a.client == c, a.stream == j, r.code == OK_CODE, z3.Not(r.wrote)),
+                                    z3.And(old.used, old.epoch == a.epoch, old.last >= a.seq)))
+    return z3.And(parts)
+
+
 def assign1(pre: Db, post: Db) -> ZBool:
     """ASSIGN-1."""
     return z3.And([z3.Implies(z3.And(a.used, b.used, z3.Not(same(a, b))), z3.And(
@@ -276,6 +292,36 @@ def prov1(pre: Db, post: Db) -> ZBool:
     return z3.And(parts)
 
 
+def prov1_publish(pre: Db, a: ProviderAct, r: Result) -> ZBool:
+    """PROV-1, the call: an accepted publish writes nothing only when the row already holds its ad (same
+    capability hash, kinds, price and status) -- a changed ad is never acknowledged and lost."""
+    return z3.And([z3.Implies(z3.And(a.provider == i, r.code == OK_CODE, z3.Not(r.wrote)), z3.And(
+        p.used, p.hash == H(a.canon), p.kinds == a.kinds, p.price == a.price, p.status == a.status))
+        for i, p in enumerate(pre.providers)])
+
+
+def open_retry(pre: Db, a: OpenAct, r: Result) -> ZBool:
+    """ASSIGN-2, the call: an accepted open writes nothing only as a retry -- the row holds this request
+    (hash) and job kind; another request under a taken id is refused (idempotency_conflict)."""
+    return z3.And([z3.Implies(z3.And(a.request == i, r.code == OK_CODE, z3.Not(r.wrote)), z3.And(
+        x.used, x.hash == H(a.canon), x.job_kind == a.job_kind)) for i, x in enumerate(pre.assignments)])
+
+
+def update_writes(a: UpdateAct, r: Result) -> ZBool:
+    """ASSIGN-1, the call: every accepted update takes its edge (writes); none is acknowledged and lost."""
+    return z3.Implies(r.code == OK_CODE, r.wrote)
+
+
+def upsert_unchanged(pre: Db, a: PresenceAct, r: Result) -> ZBool:
+    """PRES-2, the call: an accepted upsert writes nothing only when the row already is what it writes
+    (the caller's, this device, node, status and region, seen now, expiring after ttl, its reason)."""
+    reason = z3.If(a.status == P_OFFLINE, P_REASON["explicit_offline"], 0)
+    return z3.And([z3.Implies(z3.And(a.session == i, r.code == OK_CODE, z3.Not(r.wrote)), z3.And(
+        p.used, p.identity == a.caller, p.device == a.device, p.node == a.node, p.status == a.status,
+        p.region == a.region, p.last_seen == a.now, p.expires == a.now + a.ttl * 1000, p.reason == reason))
+        for i, p in enumerate(pre.presence)])
+
+
 def pres2_signals(pre: Db, post: Db, d: Delta) -> ZBool:
     """PRES-2, second half: a row that appears or changes status emits exactly one
     presence_signal (carrying the new status); no other row emits one."""
@@ -319,9 +365,16 @@ def _append_checks_pass(pre: Db, a: AppendAct) -> ZBool:
 
 
 def seq4(pre: Db, a: AppendAct, r: Result, d: Delta) -> ZBool:
-    """SEQ-4: an append that writes assigns and returns head + 1 (1 for a new stream)."""
+    """SEQ-4: an append that writes assigns and returns head + 1 (1 for a new stream); and an append of
+    a key the stream does not retain that passes every check (expected_next_seq absent or head + 1)
+    does write -- it is not acknowledged without its event."""
     parts: list[ZBool] = []
     for j in range(S):
+        ev = pre.events[j]
+        retained = z3.Or([z3.And(i < ev.n, e.key == a.key) for i, e in enumerate(ev.slots)])
+        fresh_ok = z3.And(a.stream == j, _append_checks_pass(pre, a), z3.Not(retained),
+                          z3.Implies(a.has_expected, a.expected == vhead(pre, j) + 1))
+        parts.append(z3.Implies(fresh_ok, z3.And(r.code == OK_CODE, r.wrote)))
         parts.append(z3.Implies(z3.And(a.stream == j, r.wrote), z3.And(
             r.has_ret, r.ret == vhead(pre, j) + 1, d.ins, d.ins_ev.seq == r.ret,
             z3.Implies(z3.Not(pre.streams[j].exists), r.ret == 1))))

@@ -57,6 +57,7 @@ BUGS: dict[str, tuple[str, str]] = {
     "durable_can_fall": ("advance_durable", "advance_durable forgets max(to, durable)"),
     "caller_also_gets_update": ("commit", "the caller gets a TransactionUpdate besides its ReducerResult"),
     "update_tagged_with_old_offset": ("commit", "a TransactionUpdate carries the offset before the commit"),
+    "caller_result_dropped": ("commit", "the caller of a committed call gets no ReducerResult"),
     "durable_state_off_by_one": ("advance_durable", "durable_db is the state one offset before durable"),
     "crash_without_rollback": ("crash", "recovery starts from the committed, not the durable, state"),
     "crash_keeps_epochs": ("crash", "recovery does not move epochs (no_epoch_bump_on_crash)"),
@@ -94,13 +95,13 @@ def stale_reasons(epoch: ZInt, head: ZInt, floor: ZInt, budget: ZInt, has_req: Z
 
 def oracle_stale_reasons(epoch: ZInt, head: ZInt, floor: ZInt, budget: ZInt, has_req: ZBool, req: ZInt,
                          w: ZInt) -> Reasons:
-    """The oracle, :func:`spec.invariants.stale_reasons`."""
-    reasons = []
-    reasons.append(z3.And(has_req, req != epoch))
-    reasons.append(w < floor - 1)
-    reasons.append(head - w > budget)
-    reasons.append(w > head)
-    return (reasons[0], reasons[1], reasons[2], reasons[3])
+    """The oracle, :func:`spec.invariants.stale_reasons`, in its own form: each reason a count of seqs
+    that is not zero (or over the budget) -- not a copy of :func:`stale_reasons`' comparisons, so that
+    the ``stale`` proof's equality of the two is a proof and not a tautology."""
+    compacted_needed = zmax([0, floor - (w + 1)])
+    to_replay = zmax([0, head - w])
+    never_existed = zmax([0, w - head])
+    return (z3.And(has_req, req != epoch), compacted_needed > 0, to_replay > budget, never_existed > 0)
 
 
 def subscribe_reasons(db: Db, a: SubscribeAct, bug: str = "") -> Reasons:
@@ -434,6 +435,8 @@ def t_commit(a: Srv, act: CommitAct, b: Srv, bug: str = "") -> ZBool:
     update_off = a.committed if bug == "update_tagged_with_old_offset" else off
     if bug == "caller_also_gets_update":
         msgs = [(act.is_caller, Msg(off, RESULT)), (act.has_updates, Msg(update_off, UPDATE))]
+    elif bug == "caller_result_dropped":
+        msgs = [(z3.And(z3.Not(act.is_caller), act.has_updates), Msg(update_off, UPDATE))]
     else:
         msgs = [(act.is_caller, Msg(off, RESULT)), (z3.And(z3.Not(act.is_caller), act.has_updates),
                                                     Msg(update_off, UPDATE))]

@@ -133,8 +133,42 @@ def _idem_step(s: Step) -> ZBool:
     return z3.BoolVal(True)
 
 
+def _ckpt_step(s: Step) -> ZBool:
+    goal = P.ckpt2(s.pre, s.post)
+    if s.transition == "ack_checkpoint":
+        assert isinstance(s.act, E.AckAct)
+        goal = z3.And(goal, P.ckpt2_ack(s.pre, s.act, s.res))
+    return goal
+
+
+def _assign_step(s: Step) -> ZBool:
+    if s.transition == "unclean_restart":
+        return P.versions_raised(s.pre, s.post)
+    goal = P.assign1(s.pre, s.post)
+    if s.transition == "open_compute_assignment":
+        assert isinstance(s.act, E.OpenAct)
+        goal = z3.And(goal, P.open_retry(s.pre, s.act, s.res))
+    if s.transition == "update_compute_assignment":
+        assert isinstance(s.act, E.UpdateAct)
+        goal = z3.And(goal, P.update_writes(s.act, s.res))
+    return goal
+
+
+def _prov_step(s: Step) -> ZBool:
+    if s.transition == "unclean_restart":
+        return P.versions_raised(s.pre, s.post)
+    goal = P.prov1(s.pre, s.post)
+    if s.transition == "publish_provider_capability":
+        assert isinstance(s.act, E.ProviderAct)
+        goal = z3.And(goal, P.prov1_publish(s.pre, s.act, s.res))
+    return goal
+
+
 def _pres_step(s: Step) -> ZBool:
     goal = P.pres2_signals(s.pre, s.post, s.delta)
+    if s.transition == "upsert_presence":
+        assert isinstance(s.act, E.PresenceAct)
+        goal = z3.And(goal, P.upsert_unchanged(s.pre, s.act, s.res))
     if s.transition == "presence_sweep":
         assert isinstance(s.act, E.SweepAct)
         goal = z3.And(goal, P.pres2_sweep(s.post, s.act.now))
@@ -189,7 +223,7 @@ DB_PROOFS: tuple[Proof, ...] = (
     db_proof("seq", "the retained seqs are exactly floor..head, in the current epoch; heads, floors, epochs never "
              "fall (recovery relabels the continued epoch's events); append takes head+1",
              ("SEQ-1", "SEQ-3", "SEQ-4"),
-             ("seq_head_plus_2", "compaction_keeps_floor", "restart_without_relabel"),
+             ("seq_head_plus_2", "compaction_keeps_floor", "restart_without_relabel", "append_write_lost"),
              lambda db, pol: P.seq1(db), _seq_step),
     db_proof("idem", "keys and seqs unique; a retry returns its seq and writes nothing; a different payload conflicts",
              ("IDEM-1", "IDEM-2", "IDEM-3"), ("sequence_before_dedupe", "dedupe_without_hash_compare"),
@@ -197,16 +231,17 @@ DB_PROOFS: tuple[Proof, ...] = (
     db_proof("hash", "every stored payload is canonical and stored with its own hash",
              ("HASH-1",), ("hash_arg_trusted",), lambda db, pol: P.hash1(db), _true),
     db_proof("ckpt", "a checkpoint in the current epoch never passes head and never falls",
-             ("CKPT-1", "CKPT-2"), ("non_monotonic_ack", "ack_past_head"),
-             lambda db, pol: P.ckpt1(db), lambda s: P.ckpt2(s.pre, s.post)),
+             ("CKPT-1", "CKPT-2"), ("non_monotonic_ack", "ack_past_head", "ack_not_recorded"),
+             lambda db, pol: P.ckpt1(db), _ckpt_step),
     db_proof("pres", "presence rows are well formed; sweeps leave no expired live row; one signal per change",
-             ("PRES-1", "PRES-2"), ("sweep_strict_expiry", "offline_reason_not_set", "disconnect_ignores_expiry"),
+             ("PRES-1", "PRES-2"), ("sweep_strict_expiry", "offline_reason_not_set", "disconnect_ignores_expiry",
+                                        "upsert_not_recorded"),
              lambda db, pol: P.pres1(db), _pres_step),
     db_proof("assign", "assignments move only along the edge table, version + 1 (recovery only raises versions); "
              "assigned rows name a provider and its owner",
-             ("ASSIGN-1", "ASSIGN-2"), ("assignment_version_not_bumped",),
-             lambda db, pol: P.assign2(db), lambda s: P.versions_raised(s.pre, s.post)
-             if s.transition == "unclean_restart" else P.assign1(s.pre, s.post)),
+             ("ASSIGN-1", "ASSIGN-2"),
+             ("assignment_version_not_bumped", "open_conflict_as_retry", "update_not_recorded"),
+             lambda db, pol: P.assign2(db), _assign_step),
     db_proof("assign-roles", "an edge is taken only by a role it names (start, complete and fail by the assigned "
              "provider's owner alone); assigning names an existing, active provider advertising the kind and records "
              "its owner, and neither changes afterwards",
@@ -216,9 +251,8 @@ DB_PROOFS: tuple[Proof, ...] = (
              ("BRIDGE-1", "BRIDGE-2"), ("failure_past_max",),
              lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post)),
     db_proof("prov", "a provider's version rises by one exactly on a content change (recovery only raises versions)",
-             ("PROV-1",), ("republish_bumps_version",),
-             lambda db, pol: P.prov_state(db), lambda s: P.versions_raised(s.pre, s.post)
-             if s.transition == "unclean_restart" else P.prov1(s.pre, s.post)),
+             ("PROV-1",), ("republish_bumps_version", "republish_change_dropped"),
+             lambda db, pol: P.prov_state(db), _prov_step),
     db_proof("evt", "event-table rows are never in the state",
              ("EVT-1",), ("event_rows_persisted",), lambda db, pol: P.evt1(db), _true),
     db_proof("auth-calls", "without its scope or stream grant a call fails first with missing_scope/forbidden_stream "
@@ -248,8 +282,9 @@ def _stale_build(bug: str) -> list[Obligation]:
         return z3.And(*[x == y for x, y in zip(server, oracle, strict=True)],
                       z3.Implies(z3.Not(z3.Or(server)), PS.no_skip(db, j, a.watermark)))
 
+    # a.budget >= 0: a replay budget is a count (the precondition of both spec functions)
     return [Obligation("subscribe", "subscribe", (E.policy_ok(pol), P.state_invariant(db, pol),
-                                                  in_range(a.stream, 0, E.S)),
+                                                  in_range(a.stream, 0, E.S), a.budget >= 0),
                        E.per_slot(a.stream, E.S, at), (("state", db), ("subscribe", a)))]
 
 
@@ -345,6 +380,8 @@ def _order_step(name: str, a: SV.Srv, act: object, b: SV.Srv) -> ZBool:
         parts = [z3.Implies(z3.And(at_off[i], at_off[k]), i == k) for i in range(SV.Q) for k in range(SV.Q)]
         parts += [z3.Implies(at_off[i], b.queue[i].kind == z3.If(act.is_caller, SV.RESULT, SV.UPDATE))
                   for i in range(SV.Q)]
+        # ... and at least one: the caller's ReducerResult, another connection's update when its queries match
+        parts.append(z3.Implies(z3.Or(act.is_caller, act.has_updates), z3.Or(at_off)))
         return z3.Implies(b.alive, z3.And(parts))
     return z3.BoolVal(True)
 
@@ -364,7 +401,7 @@ def _dur_step(name: str, a: SV.Srv, act: object, b: SV.Srv) -> ZBool:
 DELIV_ORDER_PROOF = srv_proof(
     "deliv-order", "each connection receives in commit order; a committed call's caller gets one ReducerResult and "
     "no TransactionUpdate", ("DELIV-1", "DELIV-3", "SLOW-1"),
-    ("caller_also_gets_update", "update_tagged_with_old_offset"),
+    ("caller_also_gets_update", "update_tagged_with_old_offset", "caller_result_dropped"),
     PS.deliv_order, _order_step)
 
 CONF_PROOF = srv_proof(

@@ -15,6 +15,7 @@ judges stay as they were.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from itertools import takewhile
@@ -41,7 +42,6 @@ from spec.values import (
     SyncCheckpoint,
     SyncEvent,
     SyncStream,
-    is_hash,
     value_has_type,
 )
 
@@ -101,6 +101,17 @@ def ack_redundant(db: DbState, client_id: str, stream_id: str, epoch: int, seq: 
     return prev is not None and prev.epoch == epoch and seq <= prev.last_applied_seq
 
 
+def presence_unchanged(db: DbState, ctx: CallContext, session_id: str, device_id: str, node_id: str, status: str,
+                       region: str, ttl_ms: int, result: Ok) -> bool:
+    """A no-op upsert: the row already is what the call writes (the caller's, this device, node, status and
+    region, seen now, expiring after ttl_ms) -- else a status change or a refresh would be lost."""
+    row = next((r for r in db.of_type(SessionPresence) if r.session_id == session_id), None)
+    return row is not None and result.state == db and (
+        row.identity, row.device_id, row.node_id, row.status, row.region, row.last_seen, row.expires_at,
+        row.offline_reason) == (ctx.claims.identity, device_id, node_id, status, region, ctx.now,
+                                ctx.now + ttl_ms * 1000, "explicit_offline" if status == "offline" else None)
+
+
 def presence_written(db: DbState, ctx: CallContext, session_id: str, status: str, result: Ok) -> bool:
     before = next((r for r in db.of_type(SessionPresence) if r.session_id == session_id), None)
     row = next((r for r in result.state.of_type(SessionPresence) if r.session_id == session_id), None)
@@ -116,23 +127,40 @@ def provider(db: DbState, provider_id: str) -> ProviderCapability | None:
     return next((r for r in db.of_type(ProviderCapability) if r.provider_id == provider_id), None)
 
 
-def provider_versioned(db: DbState, provider_id: str, result: Ok) -> bool:
+def _digest(text: str) -> str | None:
+    """The payload hash of ``text``'s canonical form (None when it has none)."""
+    try:
+        return payload_hash(canonicalize(text))
+    except SyncError:
+        return None
+
+
+def provider_versioned(db: DbState, provider_id: str, capability_json: str, nip90_kinds: tuple[int, ...],
+                       price_hint_sats: int, status: str, result: Ok) -> bool:
+    """PROV-1 for one publish: a no-op leaves the row, which already holds the call's ad (the same
+    capability, kinds, price and status -- else the new ad would be lost); a write holds the call's ad at
+    version + 1 (a new provider at version_floor)."""
     before, after = provider(db, provider_id), provider(result.state, provider_id)
+    ad = (_digest(capability_json), tuple(sorted(set(nip90_kinds))), price_hint_sats, status)
     if result.noop:
-        return before is not None and after == before
+        return before is not None and after == before and (
+            before.capability_hash, before.nip90_kinds, before.price_hint_sats, before.status) == ad
     return (after is not None and after.version == (before.version + 1 if before else db.version_floor)
             and after.capability_hash == payload_hash(after.capability)
-            and list(after.nip90_kinds) == sorted(set(after.nip90_kinds)))
+            and (after.capability_hash, after.nip90_kinds, after.price_hint_sats, after.status) == ad)
 
 
 def assignment(db: DbState, request_id: str) -> ComputeAssignment | None:
     return next((r for r in db.of_type(ComputeAssignment) if r.request_id == request_id), None)
 
 
-def assignment_opened(db: DbState, request_id: str, job_kind: int, result: Ok) -> bool:
+def assignment_opened(db: DbState, request_id: str, job_kind: int, request_json: str, result: Ok) -> bool:
+    """ASSIGN-2 for one open: a no-op is a retry (the row holds this request and job kind: another
+    request under a taken id is idempotency_conflict); a write opens a new row at version_floor."""
     before, after = assignment(db, request_id), assignment(result.state, request_id)
     if result.noop:
-        return before is not None and after == before and before.job_kind == job_kind
+        return (before is not None and after == before and before.job_kind == job_kind
+                and before.request_hash == _digest(request_json))
     return (before is None and after is not None and (after.status, after.version, after.provider_id) ==
             ("open", db.version_floor, None) and after.request_hash == payload_hash(after.request))
 
@@ -153,12 +181,26 @@ def outbox(db: DbState, outbox_id: str) -> BridgeOutbox | None:
     return next((r for r in db.of_type(BridgeOutbox) if r.outbox_id == outbox_id), None)
 
 
-def outbox_enqueued(db: DbState, outbox_id: str, result: Ok) -> bool:
+def _outbox_digest(source: str, nostr_kind: int, tags_json: str, content: str) -> str | None:
+    """The outbox dedupe key of a call (BRIDGE-3: the hash of canonical [source, kind, tags, content]),
+    written here from the canonical text of the array (not through spec.reducers); None without one."""
+    try:
+        tags = canonicalize(tags_json, "tags_json")
+        return payload_hash(canonicalize(json.dumps([source, nostr_kind, json.loads(tags), content])))
+    except SyncError:
+        return None
+
+
+def outbox_enqueued(db: DbState, outbox_id: str, source: str, nostr_kind: int, tags_json: str, content: str,
+                    result: Ok) -> bool:
+    """A no-op is a retry (the row holds this call's content hash: other content under a taken id is
+    idempotency_conflict); a write is a new row, pending, no attempts, due now, with this content hash."""
     before, after = outbox(db, outbox_id), outbox(result.state, outbox_id)
+    digest = _outbox_digest(source, nostr_kind, tags_json, content)
     if result.noop:
-        return before is not None and after == before
+        return before is not None and after == before and before.content_hash == digest
     return (before is None and after is not None and (after.status, after.attempts, after.nostr_event_id) ==
-            ("pending", 0, None) and is_hash(after.content_hash) and after.next_attempt_at == after.created_at)
+            ("pending", 0, None) and after.content_hash == digest and after.next_attempt_at == after.created_at)
 
 
 def outbox_sent(db: DbState, outbox_id: str, nostr_event_id: str, relays: tuple[str, ...], result: Ok) -> bool:

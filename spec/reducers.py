@@ -418,6 +418,9 @@ class AckCall(Call):
                   or rc.presence_written(db, ctx, session_id, status, result),
                   "PRES-1 PRES-2 (the caller's row, offline exactly with a reason, expires_at >= last_seen; a status"
                   " change emits exactly one presence_signal)")
+@icontract.ensure(lambda db, ctx, session_id, device_id, node_id, status, region, ttl_ms, result: not result.noop
+                  or rc.presence_unchanged(db, ctx, session_id, device_id, node_id, status, region, ttl_ms, result),
+                  "PRES-2 (an upsert is a no-op only when the row already is what it writes: no change is lost)")
 def upsert_presence(db: DbState, ctx: CallContext, session_id: str, device_id: str, node_id: str,
                     status: str, region: str, ttl_ms: int) -> Outcome:
     """Create or refresh the caller's session row (status, TTL); a status change emits one
@@ -480,8 +483,10 @@ class PresenceCall(Call):
 # --- publish_provider_capability -------------------------------------------------------------
 
 
-@icontract.ensure(lambda db, provider_id, result: rc.provider_versioned(db, provider_id, result),
-                  "PROV-1 (the version rises by exactly one on a content change, and only then)")
+@icontract.ensure(lambda db, provider_id, capability_json, nip90_kinds, price_hint_sats, status, result:
+                  rc.provider_versioned(db, provider_id, capability_json, nip90_kinds, price_hint_sats, status, result),
+                  "PROV-1 (the version rises by exactly one on a content change, and only then; the row holds the "
+                  "call's ad)")
 def publish_provider_capability(db: DbState, ctx: CallContext, provider_id: str, capability_json: str,
                                 nip90_kinds: tuple[int, ...], price_hint_sats: int, status: str) -> Outcome:
     """Create or update the caller's provider ad; the version rises by 1 on every content change."""
@@ -547,8 +552,10 @@ class ProviderCall(Call):
 # --- open_compute_assignment -----------------------------------------------------------------
 
 
-@icontract.ensure(lambda db, request_id, job_kind, result: rc.assignment_opened(db, request_id, job_kind, result),
-                  "ASSIGN-2 (a new assignment is open at version 1 with the hash of its request; a retry is a no-op)")
+@icontract.ensure(lambda db, request_id, job_kind, request_json, result:
+                  rc.assignment_opened(db, request_id, job_kind, request_json, result),
+                  "ASSIGN-2 (a new assignment is open at version 1 with the hash of its request; a retry, and only "
+                  "a retry, is a no-op)")
 def open_compute_assignment(db: DbState, ctx: CallContext, request_id: str, job_kind: int,
                             request_json: str) -> Outcome:
     """Open a compute request (status open, no provider) at the database's version_floor."""
@@ -707,8 +714,10 @@ class UpdateCall(Call):
 # --- enqueue_bridge_event --------------------------------------------------------------------
 
 
-@icontract.ensure(lambda db, outbox_id, result: rc.outbox_enqueued(db, outbox_id, result),
-                  "BRIDGE-1 (a new outbox row is pending with no attempts; a retry is a no-op)")
+@icontract.ensure(lambda db, outbox_id, source, nostr_kind, tags_json, content, result:
+                  rc.outbox_enqueued(db, outbox_id, source, nostr_kind, tags_json, content, result),
+                  "BRIDGE-1 BRIDGE-3 (a new outbox row is pending with no attempts and the call's content hash; a "
+                  "retry, and only a retry, is a no-op)")
 def enqueue_bridge_event(db: DbState, ctx: CallContext, outbox_id: str, source: str, nostr_kind: int,
                          tags_json: str, content: str) -> Outcome:
     """Queue a Nostr event for the bridge (pending, due now), deduplicated on hash([source, kind,

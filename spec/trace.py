@@ -140,15 +140,19 @@ class Trace:
         self.states = {o: st for o, st in self.states.items() if o <= durable}
         if prior is not None:
             def strip(st: DbState) -> dict[str, frozenset[Any]]:
-                """What recovery keeps: everything but epochs, floors and versions (it raises those)."""
+                """What recovery keeps: every row, less what it moves -- epochs, the continuation chain
+                and updated_at of streams, epochs of events and checkpoints, versions (it raises those).
+                Rows stay whole otherwise, keys included: two rows of one content are two rows."""
                 moved = ("sync_stream", "sync_event", "sync_checkpoint", "provider_capability", "compute_assignment")
                 out: dict[str, frozenset[Any]] = {t: frozenset(rows) for t, rows in st.tables.items() if t not in moved}
-                out["sync_stream"] = frozenset((r.stream_id, r.head_seq, r.floor_seq) for r in st.of_type(SyncStream))
+                out["sync_stream"] = frozenset(replace(r, epoch=0, continues_epoch=0, continues_seq=0,
+                                                       earlier_epochs=(), earlier_seqs=(), updated_at=0)
+                                               for r in st.of_type(SyncStream))
                 out["sync_event"] = frozenset(replace(r, epoch=0) for r in st.of_type(SyncEvent))
                 out["sync_checkpoint"] = frozenset(replace(r, epoch=0) for r in st.of_type(SyncCheckpoint))
                 rows: list[ProviderCapability | ComputeAssignment] = [*st.of_type(ProviderCapability),
                                                                       *st.of_type(ComputeAssignment)]
-                out["versioned"] = frozenset(versioned_content(r) for r in rows)
+                out["versioned"] = frozenset(replace(r, version=0) for r in rows)
                 return out
             if strip(prior) != strip(db):
                 self._v("DUR-1", f"state after crash differs from the durable state at {durable}")

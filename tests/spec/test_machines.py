@@ -1,9 +1,17 @@
 """Stateful model checks: the module machine and the system machine, every invariant after
 every step (profile `default` in CI; HYPOTHESIS_PROFILE=deep for longer exploration)."""
 
+from dataclasses import replace
+from typing import Any
+
+import pytest
 from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
-from support.machines import ModuleMachine, SystemMachine
+from support.machines import CALLERS, ModuleMachine, SystemMachine
+
+from spec.state import DbState
+
+FULL = CALLERS[0]
 
 
 def _budget(n: int) -> settings:
@@ -18,3 +26,40 @@ def test_module_machine() -> None:
 
 def test_system_machine() -> None:
     run_state_machine_as_test(SystemMachine, settings=_budget(150))
+
+
+def test_module_machine_checks_the_state_after_system_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compaction or a sweep that breaks a state invariant fails the module machine at that step, not
+    only if a later call happens to run check_state (a run may end on the system transaction).  Planted:
+    compaction drops events but leaves floor_seq (SEQ-1), a sweep that leaves an offline row without a
+    reason (PRES-1)."""
+    import spec.reducers as red
+    from spec.values import SessionPresence, SyncStream
+
+    real_compact, real_sweep = red.compact, red.presence_sweep
+
+    def keeps_floor(db: Any, now: int, policy: Any = red.DEFAULT_POLICY) -> Any:
+        out = real_compact(db, now, policy)
+        floors = {s.stream_id: s.floor_seq for s in db.of_type(SyncStream)}
+        rows = tuple(replace(s, floor_seq=floors.get(s.stream_id, s.floor_seq)) for s in out.state.of_type(SyncStream))
+        return replace(out, state=DbState({**out.state.tables, "sync_stream": rows}))
+
+    def no_reason(db: Any, now: int) -> Any:
+        out = real_sweep(db, now)
+        rows = tuple(replace(p, offline_reason=None) for p in out.state.of_type(SessionPresence))
+        return replace(out, state=DbState({**out.state.tables, "session_presence": rows}))
+
+    m = ModuleMachine()
+    for k in ("k1", "k2", "k3"):
+        m.append(FULL, "s.a", k, '{"v":1}', False, None)
+    monkeypatch.setattr(red, "compact", keeps_floor)
+    m.compact()
+    with pytest.raises(AssertionError, match="SEQ-1"):
+        m.holds()
+
+    m = ModuleMachine()
+    m.presence(FULL, "p1", "online", 1000)
+    monkeypatch.setattr(red, "presence_sweep", no_reason)
+    m.sweep(3_000_000)
+    with pytest.raises(AssertionError, match="PRES-1"):
+        m.holds()

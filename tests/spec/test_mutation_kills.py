@@ -995,17 +995,25 @@ def test_well_typed_table() -> None:
     assert not well_typed("reset_stream_epoch", ("s", "t"))
 
 
+OUTBOX_CALL = ("src", 30078, "[]", "hi")
+# canonical [source, kind, tags, content]
+OUTBOX_HASH = "sha256:" + hashlib.sha256(b'["src",30078,[],"hi"]').hexdigest()
+
+
 def _outbox_row(status: str = "pending", relays: tuple[str, ...] = ()) -> BridgeOutbox:
-    return BridgeOutbox("o1", "src", 30078, "[]", "hi", "sha256:" + HEX64, status, 0, 100, None,
+    return BridgeOutbox("o1", "src", 30078, "[]", "hi", OUTBOX_HASH, status, 0, 100, None,
                         "e" * 64 if status == "sent" else None, relays, 100, 100)
 
 
 def test_outbox_contracts_refuse_wrong_rows() -> None:
     empty, pending = _db(), _db(bridge_outbox=(_outbox_row(),))
     wrote = _d(TableDelta("bridge_outbox", (), (_outbox_row(),)))
-    assert outbox_enqueued(empty, "o1", Ok(pending, None, wrote))
-    assert not outbox_enqueued(empty, "o1", Ok(_db(bridge_outbox=(_outbox_row("sent"),)), None, wrote))
-    assert not outbox_enqueued(pending, "o1", Ok(pending, None, wrote))  # "enqueued" over an existing row
+    assert outbox_enqueued(empty, "o1", *OUTBOX_CALL, Ok(pending, None, wrote))
+    assert not outbox_enqueued(empty, "o1", "src", 30078, "[]", "bye", Ok(pending, None, wrote))  # not its content
+    assert outbox_enqueued(pending, "o1", *OUTBOX_CALL, Ok(pending, None, Delta()))  # a retry
+    assert not outbox_enqueued(pending, "o1", "src", 30078, "[]", "bye", Ok(pending, None, Delta()))  # not a retry
+    assert not outbox_enqueued(empty, "o1", *OUTBOX_CALL, Ok(_db(bridge_outbox=(_outbox_row("sent"),)), None, wrote))
+    assert not outbox_enqueued(pending, "o1", *OUTBOX_CALL, Ok(pending, None, wrote))  # "enqueued" over an existing row
     sent = _db(bridge_outbox=(_outbox_row("sent", ("wss://a",)),))
     moved = _d(TableDelta("bridge_outbox", (_outbox_row(),), (_outbox_row("sent", ("wss://a",)),)))
     assert outbox_sent(pending, "o1", "e" * 64, ("wss://a",), Ok(sent, None, moved))
@@ -1014,7 +1022,7 @@ def test_outbox_contracts_refuse_wrong_rows() -> None:
 
 
 def test_provider_noop_needs_the_provider() -> None:
-    assert not provider_versioned(_db(), "p1", Ok(_db(), None, Delta()))
+    assert not provider_versioned(_db(), "p1", "{}", (5000,), 0, "active", Ok(_db(), None, Delta()))
 
 
 def test_signal_only_is_one_stream_signal_row() -> None:

@@ -250,3 +250,73 @@ def test_state_violations_reads_the_policys_attempt_limit() -> None:
     assert state_violations(pending, ctx, step) == [("BRIDGE-1", "outbox o1: pending attempts 5")]
     fine = _ok(_db(bridge_outbox=(_outbox("pending", 4, 200),)), None, TableDelta("bridge_outbox", (), (_outbox(),)))
     assert state_violations(pending, ctx, fine) == []
+
+
+def test_a_wrong_no_op_of_publish_or_open_breaks_the_reducers_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROV-1 and ASSIGN-2's contracts judge a no-op against the call, not only against the row: a
+    publish that changes the ad, or an open of another request under a taken id, accepted as a no-op
+    (planted: the no-op step holds whenever the row exists) is a contract violation -- not a silent loss
+    of the new content (the republish) or of the idempotency_conflict (the open)."""
+    import icontract
+
+    import spec.reducers as red
+    from spec.values import ProviderCapability
+
+    def any_row_is_a_noop(steps: tuple[object, ...]) -> tuple[object, ...]:
+        return tuple(red.NoOp(s.name, lambda a: a.old is not None) if isinstance(s, red.NoOp) else s for s in steps)
+
+    prov = ProviderCapability("p1", OWNER, "{}", EMPTY_HASH, (5000,), 0, "active", 1, 0)
+    db = _db(provider_capability=(prov,))
+    ctx = _ctx("provider.publish")
+    assert red.publish_provider_capability(db, ctx, "p1", "{}", (5000,), 0, "active").noop  # the same ad: right
+    monkeypatch.setattr(red, "PUBLISH_PROVIDER_CAPABILITY", any_row_is_a_noop(red.PUBLISH_PROVIDER_CAPABILITY))
+    with pytest.raises(icontract.ViolationError, match="PROV-1"):
+        red.publish_provider_capability(db, ctx, "p1", '{"gpu":1}', (5000,), 0, "active")
+
+    row = ComputeAssignment("r1", OWNER, 5000, "{}", EMPTY_HASH, None, None, "open", None, 1, 0, 0)
+    db = _db(compute_assignment=(row,))
+    ctx = _ctx("compute.request")
+    assert red.open_compute_assignment(db, ctx, "r1", 5000, "{}").noop  # a retry: right
+    monkeypatch.setattr(red, "OPEN_COMPUTE_ASSIGNMENT", any_row_is_a_noop(red.OPEN_COMPUTE_ASSIGNMENT))
+    with pytest.raises(icontract.ViolationError, match="ASSIGN-2"):
+        red.open_compute_assignment(db, ctx, "r1", 5000, '{"other":1}')
+
+
+def test_a_wrong_no_op_of_enqueue_breaks_the_reducers_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BRIDGE-1/BRIDGE-3's enqueue contract judges a no-op against the call: other content under a taken
+    outbox id accepted as a retry (planted: the no-op step holds whenever the row exists) is a contract
+    violation, not a silently dropped Nostr event."""
+    import icontract
+
+    import spec.reducers as red
+
+    db = DbState()
+    ctx = _ctx("bridge.enqueue")
+    first = red.enqueue_bridge_event(db, ctx, "o1", "src", 30078, '[["t","x"]]', "hello")
+    assert isinstance(first, Ok)
+    db = first.state
+    assert red.enqueue_bridge_event(db, ctx, "o1", "src", 30078, '[["t","x"]]', "hello").noop  # a retry: right
+    steps = tuple(red.NoOp(s.name, lambda a: a.old is not None) if isinstance(s, red.NoOp) else s
+                  for s in red.ENQUEUE_BRIDGE_EVENT)
+    monkeypatch.setattr(red, "ENQUEUE_BRIDGE_EVENT", steps)
+    with pytest.raises(icontract.ViolationError, match="BRIDGE-1"):
+        red.enqueue_bridge_event(db, ctx, "o1", "src", 30078, '[["t","x"]]', "goodbye")
+
+
+def test_a_wrong_no_op_of_upsert_presence_breaks_the_reducers_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PRES-2's upsert contract judges a no-op too: an upsert is a no-op only when the row already is what the
+    call writes; a status change (or a refresh) accepted as a no-op (planted: the effect writes nothing when
+    the row exists) is a contract violation, not a lost presence change without its signal."""
+    import icontract
+
+    import spec.reducers as red
+
+    ctx = _ctx("presence.write")
+    first = red.upsert_presence(DbState(), ctx, "p1", "d", "n", "online", "eu", 30_000)
+    assert isinstance(first, Ok)
+    db = first.state
+    assert red.upsert_presence(db, ctx, "p1", "d", "n", "online", "eu", 30_000).noop  # the same row: right
+    real = red._upsert_presence
+    monkeypatch.setattr(red, "_upsert_presence", lambda a: Ok(a.db, None, Delta()) if a.old is not None else real(a))
+    with pytest.raises(icontract.ViolationError, match="PRES-2"):
+        red.upsert_presence(db, ctx, "p1", "d", "n", "away", "eu", 30_000)

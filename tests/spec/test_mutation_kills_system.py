@@ -428,6 +428,31 @@ def test_trace_on_crash_dur_1_compares_what_recovery_keeps() -> None:
     assert t.violations == [("DUR-1", "state after crash differs from the durable state at 3")]
 
 
+def test_trace_on_crash_dur_1_tells_rows_apart_by_their_keys() -> None:
+    """DUR-1 compares rows, not contents: two providers with the same ad are two rows, and a recovered
+    stream keeps its class and budget (only epochs, the chain, versions and updated_at may move)."""
+    prov = ProviderCapability("p", "b" * 64, "{}", EMPTY_HASH, (5000,), 0, "active", 1, 0)
+    twin = replace(prov, provider_id="q")
+    cases = {
+        "a provider lost": (_db(provider_capability=(prov, twin)),
+                            _db(provider_capability=(replace(prov, version=3),))),
+        "a provider renamed": (_db(provider_capability=(prov,)),
+                               _db(provider_capability=(replace(twin, version=3),))),
+        "a budget changed": (_db(sync_stream=(_stream_row(head=0),)),
+                             _db(sync_stream=(replace(_stream_row(epoch=2, head=0, cont=(1, 0)), replay_budget=7),))),
+    }
+    for name, (prior, recovered) in cases.items():
+        t = Trace()
+        t.states[3] = prior
+        t.on_crash(3, recovered, [])
+        assert t.violations == [("DUR-1", "state after crash differs from the durable state at 3")], name
+    t = Trace()  # what recovery may move: epochs, the chain, updated_at, versions
+    t.states[3] = _db(sync_stream=(_stream_row(head=0),), provider_capability=(prov, twin))
+    t.on_crash(3, _db(sync_stream=(replace(_stream_row(epoch=2, head=0, cont=(1, 0)), updated_at=9),),
+                      provider_capability=(replace(prov, version=3), replace(twin, version=3))), [])
+    assert t.violations == []
+
+
 def test_trace_conf_2_a_crash_must_keep_what_a_confirmed_reader_saw() -> None:
     t = Trace()
     t.confirmed_seen.add(("s", 1, 1, H1))

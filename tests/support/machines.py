@@ -227,6 +227,7 @@ class ModuleMachine(RuleBasedStateMachine):
         self.now += dt
         ok = red.presence_sweep(self.db, self.now)
         self.violations += check_transition(self.db, ok.state) + check_sweep(ok.state, self.now)
+        self.violations += check_state(ok.state, POLICY.bridge_max_attempts)
         self.offset += not ok.noop  # a system transaction that writes takes an offset too
         self.db = ok.state
 
@@ -277,6 +278,15 @@ class ModuleMachine(RuleBasedStateMachine):
     @rule(c=claims_st, oid=st.sampled_from(["o1", "o2"]), retry=st.sampled_from([0, 1000, 60_000]))
     def bridge_failure(self, c: Claims, oid: str, retry: int) -> None:
         self._run(c, "record_bridge_failure", (oid, "relay down", retry))
+
+    @rule(oid=st.sampled_from(["o1", "o2"]), failures=st.integers(1, 4))
+    def bridge_failures(self, oid: str, failures: int) -> None:
+        """An outbox row enqueued, then failures recorded one after another, up to one past the policy's
+        maximum attempts: the dead letter (BRIDGE-1), which random calls reach rarely -- a row must take
+        ``bridge_max_attempts`` failures in a row, each drawn for that row by a caller with the scope."""
+        self._run(_FULL_A, "enqueue_bridge_event", (oid, "src", 30078, '[["t","x"]]', "hello"))
+        for _ in range(failures):
+            self._run(_FULL_A, "record_bridge_failure", (oid, "relay down", 1000))
 
     @rule(c=claims_st, s=st.sampled_from(STREAMS))
     def signal(self, c: Claims, s: str) -> None:
@@ -340,6 +350,7 @@ class ModuleMachine(RuleBasedStateMachine):
         red = _mod("spec.reducers")
         ok = red.compact(self.db, self.now, POLICY)
         self.violations += check_transition(self.db, ok.state) + check_retention(self.db, ok.state, self.now, POLICY)
+        self.violations += check_state(ok.state, POLICY.bridge_max_attempts)
         self.offset += not ok.noop
         self.db = ok.state
 
