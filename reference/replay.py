@@ -60,6 +60,11 @@ class ReplayResult:
     mismatch: Mismatch | None
 
 
+class UnreadableLog(ValueError):
+    """The data directory's database holds no commit log this build can read (its stored policy
+    does not decode): :func:`verify_log` checked nothing."""
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
     records: int
@@ -327,7 +332,10 @@ def verify_log(data_dir: str | os.PathLike[str],
     store = LogStore.open(data_dir, readonly=True)
     try:
         with store.read_snapshot():  # safe against a server that is still committing
-            stored = store.load_policy()
+            try:
+                stored = store.load_policy()
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UnreadableLog(f"its stored policy (meta.policy) does not decode ({exc!r:.200})") from None
             policy = stored if stored is not None else DEFAULT_POLICY
             # the progress report needs the count first; else a replay that reads every record has
             # counted them (the same read transaction), and the table is counted only if it stops
