@@ -39,7 +39,8 @@ Verification (:meth:`Authenticator.verify`), in order:
    ``aud`` includes the configured audience (``spacetimedb``);
 4. ``exp``/``nbf``/``iat`` are checked here against the injected clock (so tests use a fake
    one), with 30 s leeway: expired when ``exp <= now - leeway``, not yet valid when
-   ``nbf > now + leeway`` or ``iat > now + leeway``.  They must be JSON numbers;
+   ``nbf > now + leeway`` or ``iat > now + leeway``.  They must be JSON numbers a double holds
+   (an integer past ~1.8e308 is a malformed claim, as NaN is);
 5. every string in the payload (names and values, at any depth) must be text UTF-8 can carry:
    a JSON ``\ud800`` escape decodes to a lone surrogate, which no frame, log or record can hold
    (401 naming the claim);
@@ -99,6 +100,7 @@ KEY_FILE_NAME = "jwt-es256-key.pem"
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_ISS_SUB_BYTES = 128  # SpacetimeDB's IncomingClaims limit
 MIN_HS256_SECRET_BYTES = 32  # RFC 7518 §3.2: a key of at least the hash size
+MAX_TTL_S = 2**53 - 1  # the longest life mint gives a token (canonical JSON's integer bound; ~285 million years)
 
 # What an identity minted by this server may do: use streams and presence, publish provider ads,
 # request compute.  Not: sync.admin (epoch resets), bridge.* (the Nostr bridge's own token),
@@ -397,7 +399,13 @@ def _public_key_algorithms(pem: bytes) -> _KeyChoice:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number a double holds (an integer past ~1.8e308 is not one: ``float`` overflows)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class Authenticator:
@@ -476,8 +484,8 @@ class Authenticator:
                                      "command-line argument)")
         if not subject or len(subject.encode()) > MAX_ISS_SUB_BYTES:
             raise AuthUsageError(f"subject must be 1..{MAX_ISS_SUB_BYTES} bytes, got {subject!r}")
-        if ttl_s is not None and ttl_s <= 0:
-            raise AuthUsageError(f"ttl_s must be positive or None, got {ttl_s}")
+        if ttl_s is not None and not 0 < ttl_s <= MAX_TTL_S:
+            raise AuthUsageError(f"ttl_s must be 1..{MAX_TTL_S} seconds or None, got {str(ttl_s)[:40]}")
         if schema_version is not None and (isinstance(schema_version, bool) or not isinstance(schema_version, int)):
             raise AuthUsageError(f"schema_version must be an int, got {schema_version!r}")
         claims = self._base_claims(subject, ttl_s)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from adapters.auth import (
     KEY_FILE_NAME,
+    MAX_TTL_S,
     AuthConfig,
     Authenticator,
     AuthError,
@@ -189,6 +190,27 @@ def test_expiry_honours_30s_leeway() -> None:
     assert auth.verify(token).identity == identity_from_claims(LOCAL, "alice")
     clock.now = T0 + 100 + 30
     assert refused(auth, token) == "token expired"
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_a_time_no_double_can_hold_is_a_malformed_claim(claim: str) -> None:
+    """Failed before: ``math.isfinite`` raised OverflowError on an integer past ~1.8e308, so a
+    token this server signed itself (``syncref token mint --ttl 1000...0``) or an external issuer's
+    answered 500 on every route instead of 401."""
+    auth, _ = make_auth()
+    assert f"malformed claim {claim}" in refused(auth, sign(claims(**{claim: 10**400})))
+    far = 2**1023  # the largest power of two a double holds: still a number of seconds
+    if claim == "exp":
+        assert auth.verify(sign(claims(exp=far))).identity
+
+
+def test_mint_bounds_the_ttl_so_every_minted_token_verifies() -> None:
+    auth, _ = make_auth()
+    assert auth.verify(auth.mint(scopes=[], streams=[], ttl_s=MAX_TTL_S)).raw["exp"] == T0 + MAX_TTL_S
+    with pytest.raises(LocalProtocolError, match="ttl_s"):
+        auth.mint(scopes=[], streams=[], ttl_s=MAX_TTL_S + 1)
+    with pytest.raises(LocalProtocolError, match="ttl_s"):
+        auth.mint(scopes=[], streams=[], ttl_s=10**400)
 
 
 def test_not_before_in_the_future() -> None:

@@ -123,6 +123,11 @@ def test_token_mint_errors(tmp_path: Path) -> None:
     assert res.returncode == 2 and "unknown scope(s) sync.root" in res.stderr
     res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--ttl", "0")
     assert res.returncode == 2 and "Traceback" not in res.stderr
+    # failed before: a traceback (OverflowError) with --json, and a token every route answered 500
+    for flag in ((), ("--json",)):
+        res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--ttl", "1" + "0" * 400,
+                  *flag)
+        assert res.returncode == 2 and "ttl" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 def test_token_revoke_writes_the_list_and_refuses_what_it_cannot_name(tmp_path: Path) -> None:

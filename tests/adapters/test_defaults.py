@@ -225,3 +225,11 @@ def test_this_sessions_new_bounds_are_pinned() -> None:
 
     assert (PROCEDURE_NAME_ECHO, RACY_NS, _MAX_NOTICES) == (128, 2 * 10**9, 32)
     assert (FULL.gap_repeats, QUICK.gap_repeats, FULL.replay_repeats) == (200, 5, 5)
+
+
+def test_operator_edge_bounds_are_pinned() -> None:
+    """Bounds of the operator-facing review: ``syncref token mint --ttl`` at most 2^53 - 1 seconds
+    (docs/operations.md, "Tokens")."""
+    from adapters.auth import MAX_TTL_S
+
+    assert MAX_TTL_S == 9_007_199_254_740_991
