@@ -76,7 +76,7 @@ def install(app: web.Application, source: OpsSource, counted: Callable[[str, Han
             return who
         wait = request.query.get("wait")
         if wait is not None:  # long poll: answer as soon as something commits, or after WAIT_S
-            if not wait.isdigit() or len(wait) > 20:
+            if not (wait.isascii() and wait.isdigit()) or len(wait) > 20:  # isdigit alone takes "²" and "٣"
                 return text(400, f"wait must be a committed offset (a non-negative integer), got {wait[:40]!r}")
             deadline = time.monotonic() + WAIT_S
             while source.engine().committed == int(wait) and time.monotonic() < deadline:

@@ -74,9 +74,11 @@ def test_the_feed_long_polls_on_the_committed_offset(tmp_path: Path) -> None:
         admin = st.token(scopes=("sync.admin",), streams=("*",))
         writer = st.token(scopes=("sync.append",), streams=("*",))
         auth = {"Authorization": f"Bearer {admin}"}
-        for bad in ("-1", "x", "1.5", "9" * 21):
+        # failed before: "²" (%C2%B2) passed str.isdigit and int() raised: a 500 and a logged traceback;
+        # "٣" (Arabic-Indic three) was read as 3
+        for bad in ("-1", "x", "1.5", "9" * 21, "%C2%B2", "%D9%A3", "%EF%BC%91"):
             res = http("GET", f"{st.base}/ops/data?wait={bad}", headers=auth)
-            assert res.status == 400 and "wait must be a committed offset" in res.text
+            assert res.status == 400 and "wait must be a committed offset" in res.text, (bad, res.status)
         idle = http("GET", f"{st.base}/ops/data?wait=0", headers=auth)  # nothing commits: answered after WAIT_S
         assert idle.status == 200 and idle.json()["durability"]["committed_offset"] == 0
         stale = http("GET", f"{st.base}/ops/data?wait=5", headers=auth)  # not the current offset: at once
