@@ -9,6 +9,8 @@ from pathlib import Path
 
 from support.server import call_http, http, running_server
 
+from adapters import ops_routes
+
 ROUTES = ("/", "/ops/data")
 
 
@@ -18,9 +20,14 @@ def test_page_and_feed_need_an_admin_token(tmp_path: Path) -> None:
         assert call_http(st, writer, "append_sync_event", ["secret.s", "k", "1", {"none": []}, {"none": []}]).status \
             == 200
         admin = st.token(scopes=("sync.admin",), streams=("*",))
+        none = http("GET", st.base + "/ops/data")
+        assert none.status == 401 and "admin token" in none.text and "secret.s" not in none.text
+        shell = http("GET", st.base + "/")  # no token at all: the page without data (a reload; see the browser test)
+        assert shell.status == 200 and shell.body == (Path(ops_routes.__file__).parent / "ops_page" / "index.html")\
+            .read_bytes() and "default-src 'none'" in shell.headers["content-security-policy"]
         for route in ROUTES:
-            none = http("GET", st.base + route)
-            assert none.status == 401 and "admin token" in none.text and "secret.s" not in none.text
+            empty = http("GET", f"{st.base}{route}?token=")  # a token given, even empty, is checked
+            assert empty.status == 401 and "secret.s" not in empty.text
             bad = http("GET", st.base + route, headers={"Authorization": "Bearer not-a-jwt"})
             assert bad.status in (400, 401) and "secret.s" not in bad.text
             other = http("GET", st.base + route, headers={"Authorization": f"Bearer {writer}"})
