@@ -92,7 +92,7 @@ from adapters.fsutil import fsync_dir
 from spec.auth import Claims
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import SCOPES
-from spec.values import Identity
+from spec.values import ZERO_IDENTITY, Identity, is_id
 
 LOCAL_ISSUER = "syncref://local"
 AUDIENCE = "spacetimedb"
@@ -151,10 +151,25 @@ def _check_scopes(scopes: Iterable[str], what: str) -> frozenset[str]:
     return result
 
 
+def _can_match_a_stream(grant: str) -> bool:
+    """Whether ``grant`` (``{identity}`` filled in) covers at least one valid stream id: ``*``, an
+    id, or an id's prefix followed by ``*`` (spec.auth.grant_matches: no regex, no inner glob)."""
+    if grant.endswith("*"):
+        prefix = grant[:-1]
+        return prefix == "" or is_id(prefix)
+    return is_id(grant)
+
+
 def _check_streams(streams: Iterable[str], what: str) -> tuple[str, ...]:
     result = tuple(streams)
     if isinstance(streams, str) or not all(isinstance(s, str) and s for s in result):
         raise AuthUsageError(f"{what}: stream grants must be non-empty strings, got {streams!r}")
+    for grant in result:
+        if not _can_match_a_stream(grant.replace("{identity}", ZERO_IDENTITY)):
+            raise AuthUsageError(
+                f"{what}: stream grant {grant[:140]!r} can match no stream id (ids are 1-128 characters of "
+                "[A-Za-z0-9._:-]; a grant is an id, or an id's prefix ending in *, e.g. 'team.*'; '{identity}' "
+                "stands for the token's identity)")
     return result
 
 

@@ -153,6 +153,29 @@ def test_mint_refuses_caller_mistakes() -> None:
         auth.mint(scopes=[], streams="abc", ttl_s=None)
 
 
+@pytest.mark.parametrize("grant", [" other.*", "demo.**", "demo\\..*", "d\u00e9mo.*", "a|b", "x" * 129, "x" * 129 + "*",
+                                   "demo.{user}.*", "*.x"])
+def test_a_stream_grant_that_can_match_no_stream_is_refused(grant: str) -> None:
+    """Stream ids are 1-128 characters of [A-Za-z0-9._:-] and a grant is an id or a plain prefix
+    ending in ``*`` (no regex, no glob inside), so these grant nothing at all.  As with an unknown
+    scope, a typo must not mint a token that silently grants less than asked (``--streams 'a.*, b.*'``
+    gave " b.*").  Failed before: each was minted; the server then answered forbidden_stream."""
+    auth, _ = make_auth()
+    with pytest.raises(LocalProtocolError, match="can match no stream id"):
+        auth.mint(scopes=["sync.subscribe"], streams=["demo.ok.*", grant], ttl_s=60)
+    with pytest.raises(LocalProtocolError, match="can match no stream id"):
+        AuthConfig(default_stream_grants=("identity.{identity}.*", grant))
+
+
+def test_every_grant_that_can_match_a_stream_is_minted() -> None:
+    auth, _ = make_auth()
+    grants = ["*", "a", "a*", "a.b:c-d_e.*", "x" * 128, "x" * 128 + "*", "x" * 127 + "*", "own.{identity}.*"]
+    token = auth.mint(scopes=[], streams=grants, ttl_s=60)
+    identity = auth.verify(token).identity
+    assert auth.verify(token).claims.streams == (*grants[:-1], f"own.{identity}.*")
+    assert AuthConfig(default_stream_grants=("identity.{identity}.*", "public.*")).default_stream_grants
+
+
 def test_dev_grants_everything() -> None:
     config = AuthConfig(dev=True)
     auth, _ = make_auth(config)

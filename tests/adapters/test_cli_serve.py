@@ -123,6 +123,8 @@ def test_token_mint_errors(tmp_path: Path) -> None:
     assert res.returncode == 2 and "unknown scope(s) sync.root" in res.stderr
     res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--ttl", "0")
     assert res.returncode == 2 and "Traceback" not in res.stderr
+    res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--streams", "demo.*, other.*")
+    assert res.returncode == 2 and "stream grant ' other.*' can match no stream id" in res.stderr, res.stderr
     # failed before: a traceback (OverflowError) with --json, and a token every route answered 500
     for flag in ((), ("--json",)):
         res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--ttl", "1" + "0" * 400,
