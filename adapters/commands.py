@@ -28,6 +28,7 @@ import dataclasses
 import errno
 import gc
 import json
+import math
 import os
 import signal
 import sys
@@ -39,9 +40,11 @@ from typing import Any
 from spec import contracts
 from spec.compat import CompatWindow, window_well_formed
 from spec.schema import DEFAULT_DATABASE, SCOPES
+from spec.values import is_id
 
 DEFAULT_DATA_DIR = ".syncref-data"
 STOP_TIMEOUT_S = 30.0  # a stop that takes longer ends without the clean-shutdown marker
+MIN_INTERVAL_S = 0.01  # the shortest [server] sweep_interval_s / compact_interval_s
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
@@ -179,9 +182,16 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     port = args.port if args.port is not None else _typed("server", "port", server.get("port", 3000), 1)
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0..65535, got {port!r}")
-    database = args.database or _typed("server", "database", server.get("database", DEFAULT_DATABASE), "")
+    database = args.database if args.database is not None else _typed(
+        "server", "database", server.get("database", DEFAULT_DATABASE), "")
+    if not is_id(database):  # the URL segment /v1/database/:name must be able to name it
+        raise ConfigError(f"database name must be 1-128 characters of [A-Za-z0-9._:-], got {database[:140]!r}")
     extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
              if k in server}
+    for key, value in extra.items():  # 0 spins the loop; nan or inf stops it for good
+        if not (math.isfinite(value) and value >= MIN_INTERVAL_S):
+            raise ConfigError(f"[server] {key} must be a finite number of seconds, at least {MIN_INTERVAL_S}, "
+                              f"got {value!r}")
     for key, least in (("snapshot_every", 0), ("snapshot_keep", 1)):
         if key in server:
             value = _typed("server", key, server[key], 1)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from support.server import http, mint_cli, serve_process
 
 SYNCREF = [sys.executable, "-m", "adapters.cli"]
@@ -82,6 +83,37 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
         assert res.returncode == 2, text
         assert "bad config" in res.stderr and needle in res.stderr, (text, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_config_values_the_server_cannot_run_with_are_refused(tmp_path: Path) -> None:
+    """Failed before: each was accepted.  A sweep or compaction interval of 0 (or 1e-9, or negative)
+    made its loop spin -- 60-70 % of a core with nothing to do --, nan or inf stopped it for good
+    (presence never expired, retention never ran); a database name with a '/' or an empty one (also
+    ``--database ''``, which silently fell back to the default) could not be addressed, so every
+    database route answered 404 while the server looked healthy."""
+    import argparse
+
+    from adapters.commands import ConfigError, load_config
+
+    def load(text: str, database: str | None = None) -> Any:
+        conf = tmp_path / "c.toml"
+        conf.write_text(text)
+        args = argparse.Namespace(dev=False, host=None, port=None, database=database, data=str(tmp_path))
+        return load_config(conf, args)
+
+    for key in ("sweep_interval_s", "compact_interval_s"):
+        for bad in ("0", "-1", "1e-9", "nan", "inf"):
+            with pytest.raises(ConfigError, match=f"{key} must be a finite number of seconds, at least 0.01"):
+                load(f"[server]\n{key} = {bad}\n")
+        assert getattr(load(f"[server]\n{key} = 0.01\n"), key) == 0.01
+        assert getattr(load(f"[server]\n{key} = 5\n"), key) == 5
+    for name in ("", "a/b", "with space", "caf\u00e9", "x" * 129):
+        with pytest.raises(ConfigError, match="database name must be 1-128 characters of"):
+            load(f"[server]\ndatabase = {json.dumps(name)}\n")
+        with pytest.raises(ConfigError, match="database name must be 1-128 characters of"):
+            load("", database=name)
+    assert load("", database="my-db.2:x_y").database == "my-db.2:x_y"
+    assert load("").database == "autopilot-sync"
 
 
 def test_dev_warns_and_mints_anonymous(tmp_path: Path) -> None:
