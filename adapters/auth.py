@@ -88,7 +88,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from adapters.fsutil import fsync_dir
+from adapters.fsutil import fsync_dir, make_data_dir
 from spec.auth import Claims
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import SCOPES
@@ -261,7 +261,7 @@ class KeyStore:
             return cls.from_pem(path.read_bytes(), source=str(path))
         except FileNotFoundError:
             pass
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(data_dir)
         store = cls.generate()
         fd, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE_NAME}.", suffix=".tmp", dir=data_dir)
         try:

@@ -354,6 +354,7 @@ def token_revoke(args: argparse.Namespace) -> int:
     import jwt
 
     from adapters.auth import MAX_JTI_CHARS, REVOKED_JTI_FILE
+    from adapters.fsutil import make_data_dir
 
     jti = args.jti
     if args.token is not None:
@@ -373,7 +374,7 @@ def token_revoke(args: argparse.Namespace) -> int:
         return 2
     path = Path(args.data) / REVOKED_JTI_FILE
     try:
-        Path(args.data).mkdir(parents=True, exist_ok=True)
+        make_data_dir(Path(args.data))
         with path.open("a", encoding="utf-8") as f:
             f.write(f"{jti}\n")
             f.flush()

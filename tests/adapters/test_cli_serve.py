@@ -116,6 +116,31 @@ def test_config_values_the_server_cannot_run_with_are_refused(tmp_path: Path) ->
     assert load("").database == "autopilot-sync"
 
 
+def test_a_data_directory_syncref_creates_is_private(tmp_path: Path) -> None:
+    """The data directory holds every stream's payloads, the owner-only checkpoints, the bridge
+    outbox and the callers' claims (syncref.sqlite3, its -wal, snapshots), which the server only
+    shows through grants.  Failed before: the directory was created 0755 and the database 0644, so
+    any local user could read it all.  A directory that exists already keeps its mode (the
+    operator's choice)."""
+    import stat
+
+    minted = tmp_path / "minted" / "data"
+    assert run("token", "mint", "--data", str(minted), "--scopes", "sync.append").returncode == 0
+    revoked = tmp_path / "revoked"
+    assert run("token", "revoke", "--data", str(revoked), "--jti", "j1").returncode == 0
+    served = tmp_path / "served"
+    with serve_process(served):
+        pass
+    for d in (minted, revoked, served):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, (d, oct(d.stat().st_mode))
+    assert stat.S_IMODE(minted.parent.stat().st_mode) != 0o700  # parents are the operator's
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    assert run("token", "mint", "--data", str(shared), "--scopes", "sync.append").returncode == 0
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
 def test_dev_warns_and_mints_anonymous(tmp_path: Path) -> None:
     proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(tmp_path), "--port", "0", "--dev"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
