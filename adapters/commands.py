@@ -350,11 +350,11 @@ def token_mint(args: argparse.Namespace) -> int:
 
 
 def token_revoke(args: argparse.Namespace) -> int:
-    """Append a jti to ``DIR/revoked-jti``; a running server picks it up within a second."""
+    """Append a jti to ``DIR/revoked-jti``; a running server picks it up within a second.  ``DIR`` must
+    hold the server's signing key (a typo'd directory would revoke nothing while saying it did)."""
     import jwt
 
-    from adapters.auth import MAX_JTI_CHARS, REVOKED_JTI_FILE
-    from adapters.fsutil import make_data_dir
+    from adapters.auth import KEY_FILE_NAME, MAX_JTI_CHARS, REVOKED_JTI_FILE
 
     jti = args.jti
     if args.token is not None:
@@ -373,8 +373,11 @@ def token_revoke(args: argparse.Namespace) -> int:
               f"{MAX_JTI_CHARS} characters)", file=sys.stderr)
         return 2
     path = Path(args.data) / REVOKED_JTI_FILE
+    if not (Path(args.data) / KEY_FILE_NAME).is_file():  # a typo must not "revoke" where no server looks
+        print(f"syncref token revoke: {args.data} is not a syncref data directory (no {KEY_FILE_NAME}: no server "
+              "has started there, and no token was minted there); nothing was revoked", file=sys.stderr)
+        return 2
     try:
-        make_data_dir(Path(args.data))
         with path.open("a", encoding="utf-8") as f:
             f.write(f"{jti}\n")
             f.flush()

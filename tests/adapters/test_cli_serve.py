@@ -126,12 +126,10 @@ def test_a_data_directory_syncref_creates_is_private(tmp_path: Path) -> None:
 
     minted = tmp_path / "minted" / "data"
     assert run("token", "mint", "--data", str(minted), "--scopes", "sync.append").returncode == 0
-    revoked = tmp_path / "revoked"
-    assert run("token", "revoke", "--data", str(revoked), "--jti", "j1").returncode == 0
     served = tmp_path / "served"
     with serve_process(served):
         pass
-    for d in (minted, revoked, served):
+    for d in (minted, served):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, (d, oct(d.stat().st_mode))
     assert stat.S_IMODE(minted.parent.stat().st_mode) != 0o700  # parents are the operator's
     shared = tmp_path / "shared"
@@ -205,6 +203,21 @@ def test_token_revoke_writes_the_list_and_refuses_what_it_cannot_name(tmp_path: 
     res = run("token", "revoke", "--data", str(tmp_path), "--token", "not-a-jwt")
     assert res.returncode == 2 and "not a JWT" in res.stderr and "Traceback" not in res.stderr
     assert (tmp_path / "revoked-jti").read_text() == f"{minted['jti']}\nabc123\n"  # the refusals wrote nothing
+
+
+def test_token_revoke_refuses_a_directory_no_server_uses(tmp_path: Path) -> None:
+    """Failed before: ``token revoke --data TYPO`` created TYPO/revoked-jti and printed "revoked jti
+    ... a running server closes its connections within a second" while the server, reading its own
+    directory, went on accepting the token.  A directory without the server's signing key (which
+    ``serve`` and ``token mint`` create) is refused, and nothing is created."""
+    typo = tmp_path / "typo"
+    res = run("token", "revoke", "--data", str(typo), "--jti", "abc123")
+    assert res.returncode == 2 and "not a syncref data directory" in res.stderr and "Traceback" not in res.stderr
+    assert not typo.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run("token", "revoke", "--data", str(empty), "--jti", "abc123").returncode == 2
+    assert list(empty.iterdir()) == []
 
 
 def test_trace_decodes_frames(tmp_path: Path) -> None:
