@@ -310,7 +310,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def token_mint(args: argparse.Namespace) -> int:
-    from adapters.auth import AuthConfig, Authenticator, KeyStore
+    from adapters.auth import KEY_FILE_NAME, AuthConfig, Authenticator, KeyStore
 
     scopes = [s for s in (args.scopes or "").split(",") if s]
     unknown = [s for s in scopes if s not in SCOPES]
@@ -319,11 +319,15 @@ def token_mint(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     streams = [s for s in (args.streams or "").split(",") if s]
+    had_key = (Path(args.data) / KEY_FILE_NAME).exists()
     try:
         keys = KeyStore.load_or_create(Path(args.data))
     except (OSError, ValueError) as exc:
         print(f"syncref token mint: cannot use data directory {args.data}: {exc}", file=sys.stderr)
         return 2
+    if not had_key:  # a mistyped --data: the token verifies against no running server's key
+        print(f"syncref token mint: created a new signing key {Path(args.data) / KEY_FILE_NAME}; only a server "
+              f"started on {args.data} accepts this token", file=sys.stderr)
     config = AuthConfig()
     if args.config:
         ns = argparse.Namespace(data=args.data, host=None, port=None, database=None, dev=False)

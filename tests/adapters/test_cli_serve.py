@@ -205,6 +205,17 @@ def test_token_revoke_writes_the_list_and_refuses_what_it_cannot_name(tmp_path: 
     assert (tmp_path / "revoked-jti").read_text() == f"{minted['jti']}\nabc123\n"  # the refusals wrote nothing
 
 
+def test_token_mint_says_when_it_created_the_signing_key(tmp_path: Path) -> None:
+    """A mistyped ``--data`` mints with a brand-new key, a token no running server accepts ("token
+    signature invalid").  Failed before: nothing said so; now one line on stderr (stdout is still
+    just the token)."""
+    first = run("token", "mint", "--data", str(tmp_path / "new"), "--scopes", "sync.append")
+    assert first.returncode == 0 and first.stdout.count(".") == 2
+    assert "created a new signing key" in first.stderr and "only a server started on" in first.stderr
+    again = run("token", "mint", "--data", str(tmp_path / "new"), "--scopes", "sync.append")
+    assert again.returncode == 0 and again.stderr == ""
+
+
 def test_token_revoke_refuses_a_directory_no_server_uses(tmp_path: Path) -> None:
     """Failed before: ``token revoke --data TYPO`` created TYPO/revoked-jti and printed "revoked jti
     ... a running server closes its connections within a second" while the server, reading its own
