@@ -113,6 +113,10 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     _check_keys("top level", raw, {"auth", "limits", "compat", "server", "faults"})
+    for section, value in raw.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{section}] must be a table (a [{section}] header and key = value lines), "
+                              f"got {value!r:.60}")
     faults = raw.get("faults", {})
     _check_keys("faults", faults, {"stall_commits_while"})
     if "stall_commits_while" in faults:

@@ -73,7 +73,10 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
                          ("[server]\ndatabase = \"caf\xe9\"\n".encode("latin-1"), "is not valid UTF-8"),
                          ('[server]\ndatabase = "\\ud800"\n', "not valid TOML"),
                          ("[faults]\nstall_commits = 'x'\n", "unknown key(s) stall_commits"),
-                         ("[faults]\nstall_commits_while = 3\n", "expected str")):
+                         ("[faults]\nstall_commits_while = 3\n", "expected str"),
+                         # failed before: a traceback (TypeError: 'int' object is not iterable)
+                         ("auth = 5\n", "[auth] must be a table"),
+                         ("limits = [1, 2]\n", "[limits] must be a table")):
         cfg = tmp_path / "c.toml"
         if isinstance(text, bytes):
             cfg.write_bytes(text)
