@@ -407,7 +407,15 @@ def trace(args: argparse.Namespace) -> int:
             print(f"syncref trace: --hex: {exc}", file=sys.stderr)
             return 2
     else:
-        text = sys.stdin.read() if args.file in (None, "-") else Path(args.file).read_text(encoding="utf-8")
+        try:
+            text = sys.stdin.read() if args.file in (None, "-") else Path(args.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"syncref trace: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except UnicodeDecodeError as exc:
+            print(f"syncref trace: cannot read {args.file or 'stdin'}: not UTF-8 text ({exc.reason} at byte "
+                  f"{exc.start}); a capture is lines of 'c2s|s2c <hex>'", file=sys.stderr)
+            return 2
         try:
             frames = parse_capture(text)
         except ValueError as exc:

@@ -286,6 +286,19 @@ def test_trace_bad_hex_is_one_line() -> None:
     assert res.returncode == 2 and "--hex" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_trace_of_a_file_it_cannot_read_is_one_line(tmp_path: Path) -> None:
+    """Failed before: a missing file, a directory and a file that is not UTF-8 were each a Python
+    traceback (FileNotFoundError, IsADirectoryError, UnicodeDecodeError), exit 1."""
+    binary = tmp_path / "capture.bin"
+    binary.write_bytes(b"c2s \xad\xff\n")
+    for path, needle in ((tmp_path / "missing.txt", "No such file"), (tmp_path, "Is a directory"),
+                         (binary, "not UTF-8")):
+        res = run("trace", str(path))
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.startswith(f"syncref trace: cannot read {path}") and needle in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_a_sigterm_right_after_the_listening_line_stops_cleanly(tmp_path: Path) -> None:
     """Regression (issue 13): the signal handlers were installed just *after* the listening line, so
     a supervisor (or test) that sent SIGTERM as soon as it read the line often killed the server
