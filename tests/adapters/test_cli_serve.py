@@ -281,6 +281,33 @@ def test_corrupt_commit_log_is_one_line(tmp_path: Path) -> None:
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_fuzz_and_chaos_refuse_a_report_file_they_cannot_write_before_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Failed before: ``--json`` into a missing directory was a FileNotFoundError traceback after the
+    whole run (20 minutes for the long chaos profile); a bad ``--target`` said "--inputs must be
+    positive"."""
+    import argparse
+
+    from adapters.chaos import cli as chaos_cli
+    from adapters.chaos import fuzz
+
+    missing = tmp_path / "no" / "report.json"
+
+    def must_not_run(*_args: Any, **_kw: Any) -> Any:
+        raise AssertionError("ran although the report could not be written")
+
+    monkeypatch.setattr(fuzz, "run_fuzz", must_not_run)
+    monkeypatch.setattr(chaos_cli, "run_chaos", must_not_run)
+    assert fuzz.run(argparse.Namespace(inputs=1, seed=1, target=None, json=str(missing))) == 2
+    assert f"--json: no directory {missing.parent}" in capsys.readouterr().err
+    assert fuzz.run(argparse.Namespace(inputs=1, seed=1, target=["nosuch"], json=None)) == 2
+    err = capsys.readouterr().err
+    assert "unknown --target nosuch" in err and "positive" not in err
+    chaos_args = argparse.Namespace(quick=True, duration=None, seed=1, workdir=None, plant=None, json=str(missing))
+    assert chaos_cli.run(chaos_args) == 2
+    assert f"--json: no directory {missing.parent}" in capsys.readouterr().err
+
+
 def test_trace_bad_hex_is_one_line() -> None:
     res = run("trace", "--hex", "zz")
     assert res.returncode == 2 and "--hex" in res.stderr and "Traceback" not in res.stderr
