@@ -291,6 +291,13 @@ class Reader:
         self._pos = start + n
         return self._data[start:start + n]
 
+    def skip_bytes(self, what: str = "", kind: str = "bytes") -> None:
+        """Step over a length-prefixed ``bytes`` or ``String`` (``kind``, named in the errors as
+        :meth:`bytes_` and :meth:`string` name it) without reading it (nothing is copied or
+        decoded: a ``String`` skipped this way is not checked for UTF-8)."""
+        n = self.length(kind, 1, what)  # (first: it moves past the prefix)
+        self._pos += n
+
     def raw(self, n: int, what: str = "") -> bytes:
         """``n`` bytes with no prefix."""
         if n < 0:

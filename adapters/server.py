@@ -447,7 +447,7 @@ class Session:
         self.verified = verified
         self.connection_id = connection_id
         self.request = request
-        self.inbound: deque[tuple[wire.ClientMessage, int]] = deque()  # (message, bytes of its frame)
+        self.inbound: deque[tuple[wire.Received, int]] = deque()  # (message, bytes of its frame)
         self.inbound_bytes = 0
         self.inbound_ready = asyncio.Event()
         self.wake = asyncio.Event()
@@ -1273,6 +1273,7 @@ class SyncServer:
     async def _reader(self, s: Session) -> None:
         limit = self.config.limits.max_inbound_queue
         byte_limit = self.config.limits.max_inbound_bytes
+        most = self.config.limits.max_queries_per_connection  # a Subscribe over it is not decoded
         batch = self.config.limits.max_batch_per_turn
         frames = 0
         async for msg in s.ws:
@@ -1289,12 +1290,13 @@ class SyncServer:
                 # The count is checked while decoding (a frame never decodes past the room left),
                 # and a long v3 frame is decoded a turn's worth at a time.  A frame is all or nothing:
                 # nothing of it is queued unless all of it decodes.
-                decoded: list[wire.ClientMessage] = []
+                decoded: list[wire.Received] = []
                 try:
                     if s.version == 2 and len(s.inbound) < limit:  # one message: no generator, no turns
-                        decoded.append(wire.decode_client(msg.data))
+                        decoded.append(wire.decode_client(msg.data, max_queries=most))
                     else:
-                        for item in wire.client_frame_messages(msg.data, s.version, limit - len(s.inbound)):
+                        for item in wire.client_frame_messages(msg.data, s.version, limit - len(s.inbound),
+                                                               max_queries=most):
                             decoded.append(item)
                             if len(decoded) % DECODE_TURN == 0:
                                 await asyncio.sleep(0)
@@ -1364,7 +1366,7 @@ class SyncServer:
             if taken:
                 self._pump()
 
-    def _take_now(self, s: Session, msg: wire.ClientMessage) -> bool:
+    def _take_now(self, s: Session, msg: wire.Received) -> bool:
         """Handle ``msg`` from the reader itself, without the hop through the inbound queue and the
         processor task, when the processor would take it at once: the queue is empty (so the
         processor is parked, waiting for it), the connection is open, the log writable, and a
@@ -1389,7 +1391,7 @@ class SyncServer:
         self._pump_soon()
         return True
 
-    def _dispatch(self, s: Session, msg: wire.ClientMessage) -> None:
+    def _dispatch(self, s: Session, msg: wire.Received) -> None:
         try:
             self._dispatch_one(s, msg)
         except Exception as exc:  # a bug: this connection cannot trust its state any more; others go on
@@ -1399,10 +1401,14 @@ class SyncServer:
             s.closers.append(asyncio.ensure_future(self._close(
                 s, m.CLOSE_PROTOCOL, safe_text(f"internal error: {type(exc).__name__}"), "internal")))
 
-    def _dispatch_one(self, s: Session, msg: wire.ClientMessage) -> None:
+    def _dispatch_one(self, s: Session, msg: wire.Received) -> None:
         engine = self.engine
         now = self._tick()
         counts = self._in_counts
+        if isinstance(msg, wire.OverlongSubscribe):  # a Subscribe whose texts were not decoded
+            counts["Subscribe"] = counts.get("Subscribe", 0) + 1
+            engine.refuse_overlong(s.conn_id, msg.request_id, msg.query_set_id, msg.count)
+            return
         kind = type(msg).__name__
         counts[kind] = counts.get(kind, 0) + 1
         if isinstance(msg, wire.OneOffQuery):

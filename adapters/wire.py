@@ -23,6 +23,15 @@ data, so a decoded row list always splits cleanly.
 
 Decoding is strict: any malformed input raises :class:`adapters.bsatn.BsatnError` (a
 ``RemoteProtocolError``) and nothing else, and a single-message decode rejects trailing bytes.
+Given ``max_queries`` (the server's ``max_queries_per_connection``), a ``Subscribe`` with more
+query texts decodes to :class:`OverlongSubscribe` without its texts: the count is all the answer
+needs, and decoding a frame of short texts first built ~10x the frame in ``str`` objects.  The
+bound is per message: a v3 frame of many ``Subscribe`` s at the bound decodes all their texts, and
+what bounds those is the caller's ``max_messages`` (the server's inbound queue room).  Stepping
+over skipped texts still costs a Python step per length (~65 ns): a 32 MiB ``Subscribe`` of 8.4M
+empty texts held the event loop ~0.5-2 s.  So a ``Subscribe`` over ``max_queries`` that declares
+more than :data:`SKIP_MOST_QUERIES` texts is malformed (:class:`adapters.bsatn.BsatnError`, the
+server closes 1011) before any length is read: no client needs that many texts in one message.
 
 Translation.  :func:`to_wire` turns the model's server messages (:mod:`spec.messages`) into
 these, encoding rows with :mod:`adapters.bsatn`: a snapshot table becomes one
@@ -44,6 +53,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import overload
 
 import brotli
 
@@ -282,6 +292,29 @@ class CallProcedure:
 
 
 ClientMessage = Subscribe | Unsubscribe | OneOffQuery | CallReducer | CallProcedure
+
+
+@dataclass(frozen=True, slots=True)
+class OverlongSubscribe:
+    """What the decoder makes of a ``Subscribe`` with more than its ``max_queries`` query texts:
+    the ids and the count, the texts skipped undecoded (their lengths are checked, so a frame
+    splits as ever; their UTF-8 is not).  Not a wire message: a receiver answers it as it answers
+    a ``Subscribe`` of that many texts.  Without it, a 32 MiB frame of short texts built ~10x its
+    size in ``str`` objects before the server's count check could refuse them."""
+
+    request_id: int
+    query_set_id: int
+    count: int
+
+
+Received = ClientMessage | OverlongSubscribe  # what a decoder given ``max_queries`` returns
+SKIP_MOST_QUERIES = 1024  # an over-bound Subscribe declaring more texts is malformed, not stepped over
+
+
+def _too_many_to_skip(count: int, max_queries: int) -> BsatnError:
+    # (short: a close reason holds 123 bytes, "malformed message: " included)
+    return BsatnError(f"a Subscribe of {count} query texts: over max_queries_per_connection ({max_queries}) "
+                      f"and the {SKIP_MOST_QUERIES} a decoder skips")
 
 # --- server messages (ServerMessage, tags 0..7) -----------------------------------------------
 
@@ -686,11 +719,18 @@ def _r_flags(r: Reader, kind: str) -> int:
     return flags
 
 
-def _r_client(r: Reader) -> ClientMessage:
+def _r_client(r: Reader, max_queries: int | None = None) -> Received:
     tag = r.tag("ClientMessage", 5)
     if tag == 0:
         rid, qsid = r.u32("request_id"), r.u32("query_set_id")
-        return Subscribe(rid, qsid, tuple(r.string("query") for _ in range(r.length("query_strings", 4))))
+        count = r.length("query_strings", 4)
+        if max_queries is not None and count > max_queries:
+            if count > SKIP_MOST_QUERIES:
+                raise _too_many_to_skip(count, max_queries)
+            for _ in range(count):
+                r.skip_bytes("query", "String")
+            return OverlongSubscribe(rid, qsid, count)
+        return Subscribe(rid, qsid, tuple(r.string("query") for _ in range(count)))
     if tag == 1:
         rid, qsid = r.u32("request_id"), r.u32("query_set_id")
         return Unsubscribe(rid, qsid, r.tag("UnsubscribeFlags", 2) == 1)
@@ -750,12 +790,13 @@ _TAG_IDS = struct.Struct("<BII")  # a message tag, then request and query-set id
 _U32_AT = struct.Struct("<I").unpack_from
 
 
-def _fast_client(data: bytes, pos: int) -> tuple[ClientMessage, int] | None:
+def _fast_client(data: bytes, pos: int, max_queries: int | None = None) -> tuple[Received, int] | None:
     """The client message at ``pos`` and the offset past it, for the messages every append and
     every resume sends (``Subscribe``, ``Unsubscribe``, ``CallReducer``), read with a few
     ``unpack_from`` instead of a :class:`Reader` call per field; None for anything else --
     another message, a truncated or invalid field -- which :func:`_r_client` then decodes, with
-    its errors.  So what decodes is the same value, and what fails fails the same way."""
+    its errors.  So what decodes is the same value, and what fails fails the same way (a
+    ``Subscribe`` over ``max_queries`` included: :class:`OverlongSubscribe`)."""
     end = len(data)
     if pos + 9 > end:
         return None
@@ -782,6 +823,16 @@ def _fast_client(data: bytes, pos: int) -> tuple[ClientMessage, int] | None:
         at = pos + 13
         if 4 * count > end - at:
             return None
+        if max_queries is not None and count > max_queries:  # skipped, not decoded
+            if count > SKIP_MOST_QUERIES:
+                return None  # (_r_client raises)
+            for _ in range(count):
+                if at + 4 > end:
+                    return None
+                at += 4 + _U32_AT(data, at)[0]
+                if at > end:
+                    return None
+            return OverlongSubscribe(rid, word, count), at
         queries = []
         for _ in range(count):
             if at + 4 > end:
@@ -802,14 +853,19 @@ def _fast_client(data: bytes, pos: int) -> tuple[ClientMessage, int] | None:
     return None
 
 
-def decode_client(data: bytes) -> ClientMessage:
-    """Exactly one client message; trailing bytes are an error."""
+@overload
+def decode_client(data: bytes, *, max_queries: None = None) -> ClientMessage: ...
+@overload
+def decode_client(data: bytes, *, max_queries: int) -> Received: ...
+def decode_client(data: bytes, *, max_queries: int | None = None) -> Received:
+    """Exactly one client message; trailing bytes are an error.  ``max_queries``: a ``Subscribe``
+    of more query texts comes out as :class:`OverlongSubscribe`, its texts not decoded."""
     data = bytes(data)  # (the same object when it is bytes already)
-    fast = _fast_client(data, 0)
+    fast = _fast_client(data, 0, max_queries)
     if fast is not None and fast[1] == len(data):
         return fast[0]
     r = Reader(data)
-    msg = _r_client(r)
+    msg = _r_client(r, max_queries)
     r.expect_end()
     return msg
 
@@ -832,14 +888,22 @@ class TooManyMessages(RemoteProtocolError):
     than ``max_messages + 1`` are ever decoded)."""
 
 
-def client_frame_messages(data: bytes, version: int, max_messages: int | None = None) -> Iterator[ClientMessage]:
+@overload
+def client_frame_messages(data: bytes, version: int, max_messages: int | None = None, *,
+                          max_queries: None = None) -> Iterator[ClientMessage]: ...
+@overload
+def client_frame_messages(data: bytes, version: int, max_messages: int | None = None, *,
+                          max_queries: int) -> Iterator[Received]: ...
+def client_frame_messages(data: bytes, version: int, max_messages: int | None = None, *,
+                          max_queries: int | None = None) -> Iterator[Received]:
     """The messages of a client frame one at a time (so a caller can pause between them), with
-    :func:`decode_client_frame`'s errors; :class:`TooManyMessages` once past ``max_messages``."""
+    :func:`decode_client_frame`'s errors; :class:`TooManyMessages` once past ``max_messages``;
+    a ``Subscribe`` of more than ``max_queries`` texts as :class:`OverlongSubscribe`."""
     _check_version(version)
     if max_messages is not None and max_messages < 1:
         raise TooManyMessages("no room for another client message")
     if version == 2:
-        yield decode_client(data)
+        yield decode_client(data, max_queries=max_queries)
         return
     if not data:
         raise BsatnError("empty v3 client frame")
@@ -848,10 +912,10 @@ def client_frame_messages(data: bytes, version: int, max_messages: int | None = 
     n = 0
     pos, end = 0, len(data)
     while pos < end:
-        fast = _fast_client(data, pos)
+        fast = _fast_client(data, pos, max_queries)
         if fast is None:
             r.seek(pos)
-            msg = _r_client(r)
+            msg = _r_client(r, max_queries)
             pos = r.offset
         else:
             msg, pos = fast
@@ -861,10 +925,17 @@ def client_frame_messages(data: bytes, version: int, max_messages: int | None = 
         yield msg
 
 
-def decode_client_frame(data: bytes, version: int, max_messages: int | None = None) -> list[ClientMessage]:
+@overload
+def decode_client_frame(data: bytes, version: int, max_messages: int | None = None, *,
+                        max_queries: None = None) -> list[ClientMessage]: ...
+@overload
+def decode_client_frame(data: bytes, version: int, max_messages: int | None = None, *,
+                        max_queries: int) -> list[Received]: ...
+def decode_client_frame(data: bytes, version: int, max_messages: int | None = None, *,
+                        max_queries: int | None = None) -> list[ClientMessage] | list[Received]:
     """A client binary frame: one message (v2) or one or more concatenated messages (v3).
     Decoding stops with :class:`TooManyMessages` as soon as it passes ``max_messages``."""
-    return list(client_frame_messages(data, version, max_messages))
+    return list(client_frame_messages(data, version, max_messages, max_queries=max_queries))
 
 
 # --- compression and server frames ------------------------------------------------------------

@@ -46,7 +46,7 @@ from spec import contracts
 from spec import query as q
 from spec.auth import Claims, can_read, filter_key, grant_matches, stream_granted
 from spec.compat import CompatWindow, negotiate
-from spec.errors import ErrorCode, SyncError
+from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.invariants import check_state
 from spec.messages import (
     CLOSE_POLICY,
@@ -429,11 +429,7 @@ class Engine:
         subscription): a text is one query or more, so too many texts for
         ``max_queries_per_connection`` are refused before any is parsed (a 32 MiB Subscribe holds
         ~a million)."""
-        if "sync.subscribe" not in claims.scopes:
-            raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
-        most_held = self.max_queries_per_connection
-        if held is not None and most_held is not None and held + len(texts) > most_held:
-            raise limit_exceeded("max_queries_per_connection", most_held, held + len(texts))
+        self._check_room(claims, len(texts), held)
         limit = self.max_query_bytes
         if limit is not None:
             for text in texts:
@@ -463,6 +459,37 @@ class Engine:
                     raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
         return queries
 
+    def _check_room(self, claims: Claims, count: int, held: int | None) -> None:
+        """The scope, then (``held``: for a subscription) room for ``count`` more texts."""
+        if "sync.subscribe" not in claims.scopes:
+            raise SyncError(ErrorCode.MISSING_SCOPE, {"scope": "sync.subscribe"})
+        most_held = self.max_queries_per_connection
+        if held is not None and most_held is not None and held + count > most_held:
+            raise limit_exceeded("max_queries_per_connection", most_held, held + count)
+
+    def refuse_overlong(self, conn_id: int, request_id: int, query_set_id: int, count: int) -> None:
+        """Answer a ``Subscribe`` of ``count`` query texts that the I/O layer did not decode,
+        ``count`` being over ``max_queries_per_connection``, as :meth:`handle` answers that
+        Subscribe: an active query set id closes the connection, then the scope, then
+        ``limit_exceeded`` -- none of which needs the texts."""
+        conn = self.conns.get(conn_id)
+        if conn is None or self._reused(conn, query_set_id):
+            return
+        most = self.max_queries_per_connection
+        if most is None or count <= most:
+            raise LocalProtocolError(f"{count} query texts are not over the bound ({most})")
+        try:
+            self._check_room(conn.claims, count, conn.query_count)
+        except SyncError as err:
+            self._send(conn, self.committed, SubscriptionError(request_id, query_set_id, err.render()))
+
+    def _reused(self, conn: Connection, query_set_id: int) -> bool:
+        """A Subscribe naming an active query set closes the connection (True)."""
+        if query_set_id in conn.query_sets:
+            self.close(conn.conn_id, f"{CLOSE_PROTOCOL}: query set {query_set_id} is already active")
+            return True
+        return False
+
     def _check_stale(self, query: q.Query) -> None:
         if query.table != "sync_event":
             return
@@ -490,8 +517,7 @@ class Engine:
             self.on_resume(head - w)
 
     def _subscribe(self, conn: Connection, msg: Subscribe) -> None:
-        if msg.query_set_id in conn.query_sets:
-            self.close(conn.conn_id, f"{CLOSE_PROTOCOL}: query set {msg.query_set_id} is already active")
+        if self._reused(conn, msg.query_set_id):
             return
         try:
             most = self.max_queries_per_connection

@@ -11,9 +11,9 @@ runs the actions it returns, and reports back:
   differently), a :class:`RecordFailure` with the reason;
 * :meth:`BridgeCore.published` -- the per-relay outcomes of a publish become a :class:`Mark` (some
   relay has the event: ``mark_bridge_event_sent`` with every relay known to have it), a
-  :class:`RecordFailure` (no relay has it and some relay *rejected* it: the durable backoff
-  ``retry_after_ms``, one of the row's attempts), or nothing (no relay gave a verdict: the row is
-  held in memory, ADR-0033);
+  :class:`RecordFailure` (no relay has it and every relay *rejected* it: the durable backoff
+  ``retry_after_ms``, one of the row's attempts), or nothing (some relay gave no verdict: the row
+  is held in memory, ADR-0033 and its refinement);
 * :meth:`BridgeCore.call_done` -- the reducer call finished (``ok``, or the error code).
 
 The row's life, as the worker sees it (``relays`` = the configured relays):
@@ -34,12 +34,16 @@ Outcome rules of one publish: any relay acknowledging (``OK true`` or ``duplicat
 row ``sent`` -- the event exists on Nostr under its id -- and the relays that failed are retried
 from the ``sent`` row (catch-up, never a second event id); a catch-up relay that *rejects*
 ``max_rejections`` times is given up for that row (reported by :attr:`BridgeCore.given_up`).  If
-no relay has it, only a *verdict* consumes one of the row's durable attempts (ADR-0033): when some
-relay rejected it, the row stays ``pending`` with ``record_bridge_failure`` -- the error lists each
-relay's one-line reason, ``retry_after_ms`` is ``reject_retry_ms`` or, if larger, the largest
-``retry_after`` of the relays that failed, clamped to ``[min_retry_ms, max_retry_ms]``; the server
-dead-letters the row at its ``bridge_max_attempts``.  When no relay gave a verdict (every relay
-failed: refused, timed out, backing off, queue full -- or had not answered), nothing is called:
+no relay has it, only a *verdict* from every relay consumes one of the row's durable attempts
+(ADR-0033 and its refinement): when every relay rejected it, the row stays ``pending`` with
+``record_bridge_failure`` -- the error lists each relay's one-line reason, ``retry_after_ms`` is
+``reject_retry_ms``, clamped to ``[min_retry_ms, max_retry_ms]``; the server dead-letters the row at
+its ``bridge_max_attempts``.  When some relay rejected it and another gave no verdict, nothing is
+called and the row is held in memory for what a verdict would have waited (``reject_retry_ms`` or,
+if larger, the largest ``retry_after`` of the relays that failed), with a warning logged (at most one
+every ``HELD_LOG_INTERVAL_S``: such a row is held for good while that relay gives no verdict).  When no
+relay gave a verdict (every relay failed: refused, timed out, backing off, queue full -- or had not
+answered), nothing is called:
 the row is held in :attr:`BridgeCore.hold_until` until the earliest relay leaves its backoff (the
 smallest ``retry_after``, at least ``min_retry_ms``; the pool caps it at its ``backoff_cap``), so
 an outage of any length dead-letters nothing and the rows go out once a relay is back.
@@ -63,6 +67,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from adapters.guard import RateLimitedLog
 from adapters.nostr.errors import NostrUsageError, one_line
 from adapters.nostr.event import Event, EventTemplate, nonportable_characters, sign_event
 from adapters.nostr.keys import SigningKey
@@ -82,6 +87,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("syncref.bridge")
+HELD_LOG_INTERVAL_S = 10.0  # at most one "no attempt counted" line this often (the next counts the rest)
 
 DETERMINISTIC_AUX = bytes(32)  # BIP-340 aux_rand for bridge events: the signature is a function of (key, id)
 US = 1_000_000
@@ -185,10 +191,13 @@ class BridgeCore:
     given_up: set[tuple[str, str]] = field(default_factory=set)
     skipped: dict[str, str] = field(default_factory=dict)  # outbox_id -> why it is never touched
     _events: dict[str, tuple[tuple[object, ...], Event | Unpublishable]] = field(default_factory=dict)
+    _now: int = field(default=0, init=False, repr=False)  # µs: the latest ``now`` given (the held-row log's clock)
+    _held_log: RateLimitedLog = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.relays:
             raise NostrUsageError("the bridge needs at least one relay")
+        self._held_log = RateLimitedLog(log, HELD_LOG_INTERVAL_S, lambda: self._now / 1e6)
 
     # --- inputs ------------------------------------------------------------------------------------
 
@@ -240,16 +249,21 @@ class BridgeCore:
                     self.given_up.add((outbox_id, o.relay))
                     log.warning("giving up relay %s for %s after %d rejections: %s", o.relay, outbox_id, n,
                                 o.reason)
-        verdict = any(o.status is OutcomeStatus.REJECTED for o in failures)
+        rejected = any(o.status is OutcomeStatus.REJECTED for o in failures)
+        verdict = all(o.status is OutcomeStatus.REJECTED for o in failures)  # from every relay it went to
         undelivered = not acked and not have and row.status == "pending" and bool(failures)
         if failures:
-            retry_ms = self._retry_ms(failures) if verdict or not undelivered else self._outage_ms(failures)
+            retry_ms = self._retry_ms(failures) if rejected or not undelivered else self._outage_ms(failures)
             self.hold_until[outbox_id] = now + retry_ms * 1000
         actions: list[Action] = []
         if acked - have:
             actions.append(Mark(outbox_id, busy.event_id, tuple(sorted(acked | have))))
-        elif undelivered and verdict:  # only a relay's verdict consumes one of the row's durable attempts
+        elif undelivered and verdict:  # only every relay's verdict consumes one of the row's durable attempts
             actions.append(RecordFailure(outbox_id, self._error(failures), self._retry_ms(failures)))
+        elif undelivered and rejected:  # some relay gave no verdict: held, no attempt (ADR-0033's refinement)
+            self._now = max(self._now, now)  # (such a row is held for good while that relay stays silent)
+            self._held_log.log("held", logging.WARNING, f"{outbox_id} not delivered, no attempt counted (a relay "
+                               f"gave no verdict), retry in {retry_ms / 1000:.1f}s: {self._error(failures)}")
         if actions:
             busy.event_id = ""  # now a call is in flight
         else:

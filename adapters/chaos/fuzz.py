@@ -5,8 +5,8 @@ errors; a message is required):
 
 * ``bsatn_args`` -- :func:`adapters.bsatn.decode_args` for every reducer: a value or ``BsatnError``;
 * ``bsatn_row`` -- :func:`adapters.bsatn.decode_row` for every table: a row or ``BsatnError``;
-* ``client_frame`` -- :func:`adapters.wire.decode_client_frame` (v2 and v3): messages or
-  ``RemoteProtocolError``;
+* ``client_frame`` -- :func:`adapters.wire.decode_client_frame` (v2 and v3, with the server's
+  ``max_queries`` bound and without): messages or ``RemoteProtocolError``;
 * ``server_frame`` -- :func:`adapters.wire.decode_server_frame` (tag, gzip, brotli): messages or
   ``RemoteProtocolError``;
 * ``sql`` -- :func:`spec.query.parse`: queries or ``SyncError(invalid_query)``;
@@ -26,6 +26,7 @@ The HTTP routes are fuzzed against a running server by ``tests/adapters/test_tex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -145,12 +146,17 @@ def _client_corpus() -> list[bytes]:
             "append_sync_event", ("demo.f", "k", '{"a":1}', None, None))),
         wire.Unsubscribe(3, 1, True),
         wire.OneOffQuery(4, "SELECT * FROM sync_stream"),
+        wire.Subscribe(5, 2, ("SELECT * FROM sync_stream", "SELECT * FROM *", "")),
     ]
     return [bytes([v]) + wire.encode_client(m) for m in msgs for v in (2, 3)]
 
 
 def _decode_client(data: bytes) -> object:
+    """Both ways the server's peers reach: with a query bound (as the server decodes: a
+    ``Subscribe`` of more texts has them stepped over) and without (every text decoded)."""
     version = 3 if data[:1] == b"\x03" else 2
+    with contextlib.suppress(RemoteProtocolError):  # (its verdict may differ: a skipped text's UTF-8 is unread)
+        wire.decode_client_frame(data[1:], version, max_messages=64, max_queries=1)
     return wire.decode_client_frame(data[1:], version, max_messages=64)
 
 

@@ -38,11 +38,11 @@ at the first, so a report shows the whole damage.  The checks, by code:
                                copy has another id than the row's ``nostr_event_id``), ``bridge_unknown``
                                (a relay holds an event of ours no outbox row explains),
                                ``bridge_dead_letter`` (a row failed before ``bridge_max_attempts`` attempts,
-                               or its last error does not name every relay failing, or names no relay's
-                               rejection: the policy dead-letters only after that many attempts, each
-                               meaning no relay took the event and some relay refused it -- an outage
-                               consumes no attempt, ADR-0033).  A dead letter *by the policy* (a relay
-                               rejected it that many times, the others failing) is the finding
+                               or its last error does not name every relay rejecting it: the policy
+                               dead-letters only after that many attempts, each meaning every relay
+                               refused the event -- an outage, or a rejection while another relay gives
+                               no verdict, consumes no attempt, ADR-0033 and its refinement).  A dead
+                               letter *by the policy* (every relay rejected it that many times) is the finding
                                ``bridge_dead_letter_by_policy``, and the relays are not expected to hold it
 ``no_progress``                after the heal, a fresh write was not acknowledged or not seen by everyone
 ``token_accepted``             an expired token was accepted
@@ -381,8 +381,8 @@ def _bridge(h: History, b: BridgeFinal) -> list[Anomaly]:
     add = out.append
     enqueued = {w.key for w in h.writes if w.kind == "enqueue" and w.status == "ok"}
     by_policy = {oid for oid, row in b.rows.items() if row.status == "failed" and row.attempts >= b.max_attempts
-                 and all(relay in (row.last_error or "") for relay in b.relays)
-                 and ": rejected: " in (row.last_error or "")}  # only a verdict consumes an attempt (ADR-0033)
+                 and all(f"{relay}: rejected: " in (row.last_error or "") for relay in b.relays)}
+    # only a verdict from every relay consumes an attempt (ADR-0033 and its refinement)
     by_content: dict[str, str] = {row.content: oid for oid, row in b.rows.items()}
     ids_of: dict[str, set[str]] = {}
     for relay in b.relays:
@@ -413,7 +413,7 @@ def _bridge(h: History, b: BridgeFinal) -> list[Anomaly]:
             continue  # lost_write reports it
         if oid in by_policy:
             add(Anomaly("bridge_dead_letter_by_policy", f"{oid}: dead letter after {row.attempts} attempts, every "
-                                                        f"relay failing: {(row.last_error or '')[:300]}"))
+                                                        f"relay rejecting it: {(row.last_error or '')[:300]}"))
         elif row.status == "failed":
             add(Anomaly("bridge_dead_letter", f"{oid}: dead letter after {row.attempts} attempts (max "
                                               f"{b.max_attempts}), last error {row.last_error!r}"))

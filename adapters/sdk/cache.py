@@ -23,14 +23,21 @@ rows that did not change fire nothing, rows that changed fire ``on_update``, and
 differences fire inserts and deletes.
 
 A callback that raises is logged and skipped; it cannot stop the batch or the other callbacks.
+Rows the cache cannot place (a delete of a row it does not hold, a table the module does not have,
+event rows for a persistent table) are ignored and logged at most once per kind every
+``STRAY_LOG_INTERVAL_S``, so a confused or hostile server cannot flood the application's log.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from adapters.guard import RateLimitedLog
 from adapters.sdk.rows import DecodedRow, QuerySetChange, TableChange
 from spec.errors import LocalProtocolError
 from spec.schema import TABLES, Table
@@ -44,6 +51,7 @@ InsertCallback = Callable[[Row], None]
 DeleteCallback = Callable[[Row], None]
 UpdateCallback = Callable[[Row, Row], None]
 Key = Hashable
+STRAY_LOG_INTERVAL_S = 10.0  # at most one log line per kind of stray server input this often (the SDK's)
 
 
 @dataclass(slots=True)
@@ -64,9 +72,10 @@ class _Pending:
 class TableCache:
     """The cached rows of one table and its callbacks."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, warnings: RateLimitedLog | None = None) -> None:
         self.schema = table
         self.name = table.name
+        self._warn = warnings if warnings is not None else RateLimitedLog(log, STRAY_LOG_INTERVAL_S)
         self._rows: dict[Key, _Entry] = {}
         self._on_insert: list[InsertCallback] = []
         self._on_delete: list[DeleteCallback] = []
@@ -140,7 +149,8 @@ class TableCache:
         if self.schema.event:
             return [_Pending("insert", self, None, r.row) for r in (*inserts, *events)]
         if events:
-            log.warning("event rows for the persistent table %s: ignored", self.name)
+            self._warn.log(f"events:{self.name}", logging.WARNING,
+                           f"event rows for the persistent table {self.name}: ignored")
         ins: dict[Key, tuple[DecodedRow, int]] = {}
         dels: dict[Key, tuple[DecodedRow, int]] = {}
         for rows, into in ((inserts, ins), (deletes, dels)):
@@ -171,7 +181,8 @@ class TableCache:
     def _delete(self, k: Key, n: int) -> list[_Pending]:
         entry = self._rows.get(k)
         if entry is None:
-            log.warning("delete of a row not in the %s cache: ignored", self.name)
+            self._warn.log(f"delete:{self.name}", logging.WARNING, f"delete of a row not in the {self.name} cache: "
+                           "ignored")
             return []
         if entry.count <= n:
             del self._rows[k]
@@ -182,7 +193,8 @@ class TableCache:
     def _update(self, k: Key, new: DecodedRow, delta: int) -> list[_Pending]:
         entry = self._rows.get(k)
         if entry is None:
-            log.warning("update of a row not in the %s cache: treated as an insert", self.name)
+            self._warn.log(f"update:{self.name}", logging.WARNING,
+                           f"update of a row not in the {self.name} cache: treated as an insert")
             return self._insert(k, new, delta) if delta > 0 else []
         old = entry.row
         if entry.count + delta <= 0:
@@ -195,9 +207,36 @@ class TableCache:
 class ClientCache:
     """All tables of the module, plus which rows each query set contributed."""
 
-    def __init__(self) -> None:
-        self.tables: dict[str, TableCache] = {t.name: TableCache(t) for t in TABLES}
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._warn = RateLimitedLog(log, STRAY_LOG_INTERVAL_S, clock)
+        self.tables: dict[str, TableCache] = {t.name: TableCache(t, self._warn) for t in TABLES}
         self._contrib: dict[int, dict[tuple[str, Key], _Entry]] = {}
+        self._owner: weakref.ref[object] | None = None
+
+    def attach(self, owner: object) -> None:
+        """Serve ``owner`` (a session) alone until it calls :meth:`release` (or is garbage).
+        Contributions are kept by query set id, and ids are per connection: two open sessions
+        sharing a cache would mix their rows, so a second one is refused
+        (:class:`~spec.errors.LocalProtocolError`).  A session dropped without closing is in a
+        reference cycle once it has a subscription, so garbage is collected once before refusing
+        (the refusal does not depend on the collector's timing), and the rows its sets left are
+        dropped before the next session is served (nothing ended those sets)."""
+        current = None if self._owner is None else self._owner()
+        if current is not None and current is not owner:
+            del current
+            gc.collect()
+            current = None if self._owner is None else self._owner()
+        if current is not None and current is not owner:
+            raise LocalProtocolError("this ClientCache is already in use by another open connection: give each "
+                                     "Connection its own cache (close the other first to reuse it)")
+        if self._owner is not None and current is None and self._contrib:  # dropped, not closed
+            self.apply([], drop=list(self._contrib))
+        self._owner = weakref.ref(owner)
+
+    def release(self, owner: object) -> None:
+        """``owner`` is done with the cache (its sets ended); another session may attach."""
+        if self._owner is not None and self._owner() is owner:
+            self._owner = None
 
     def table(self, name: str) -> TableCache:
         try:
@@ -237,7 +276,8 @@ class ClientCache:
             for t in qsc.tables:
                 cache = self.tables.get(t.table)
                 if cache is None:
-                    log.warning("rows for unknown table %r: ignored", t.table)
+                    self._warn.log("unknown_table", logging.WARNING, f"rows for unknown table {t.table[:80]!r}: "
+                                   "ignored")
                     continue
                 inserts.setdefault(t.table, []).extend(t.inserts)
                 deletes.setdefault(t.table, []).extend(t.deletes)

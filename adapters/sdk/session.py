@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adapters import wire
 from adapters.bsatn import decode_row
-from adapters.sdk.cache import ClientCache
+from adapters.guard import RateLimitedLog
+from adapters.sdk.cache import STRAY_LOG_INTERVAL_S, ClientCache
 from adapters.sdk.errors import SubscriptionFailed
 from adapters.sdk.rows import DecodedRow, QuerySetChange, TableChange
 from spec.errors import LocalProtocolError
@@ -162,14 +164,21 @@ def _guard(what: str, cb: Callable[..., None] | None, *args: object) -> None:
 
 
 class Session:
-    def __init__(self, cache: ClientCache | None = None, *, first_id: int = 1) -> None:
+    def __init__(self, cache: ClientCache | None = None, *, first_id: int = 1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cache = cache if cache is not None else ClientCache()
+        self.cache.attach(self)
         self._next_request = first_id
         self._next_qs = first_id
         self.live: dict[int, Subscription] = {}  # by current query set id
         self.waiting: list[Subscription] = []  # pending, to be sent on the next connection
         self.calls: dict[int, str] = {}
         self.is_connected = False
+        # server messages that match nothing here (a SubscriptionError for a set this session does
+        # not hold): counted for the application, logged at most once per interval and kind
+        self.stray_errors = 0
+        self.last_stray_error: str | None = None
+        self._stray_log = RateLimitedLog(log, STRAY_LOG_INTERVAL_S, clock)
 
     # --- ids ---------------------------------------------------------------------------------
 
@@ -265,6 +274,7 @@ class Session:
         self.live.clear()
         self.waiting.clear()
         self.calls.clear()
+        self.cache.release(self)
 
     # --- incoming ------------------------------------------------------------------------------
 
@@ -286,11 +296,14 @@ class Session:
         elif isinstance(msg, wire.SubscriptionError):
             sub = self.live.pop(msg.query_set_id, None)
             if sub is None:
-                log.warning("SubscriptionError for unknown query set %d: %s", msg.query_set_id, msg.error[:200])
+                self.stray_errors += 1
+                self.last_stray_error = msg.error[:200]
+                self._stray_log.log("unknown_query_set", logging.WARNING, f"SubscriptionError for unknown query "
+                                    f"set {msg.query_set_id}: {msg.error[:200]}")
             else:
                 self._fail(sub, SubscriptionFailed(msg.query_set_id, msg.request_id, msg.error))
         elif isinstance(msg, wire.InitialConnection):
-            log.warning("a second InitialConnection: ignored")
+            self._stray_log.log("initial_connection", logging.WARNING, "a second InitialConnection: ignored")
         else:
             log.debug("ignored %s", type(msg).__name__)
         return []

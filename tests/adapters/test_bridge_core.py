@@ -165,10 +165,11 @@ PUBLISHED_CASES: list[tuple[str, BridgeOutbox, list[RelayOutcome], list[Any], in
     ("a relay backing off 60 s: held 60 s, no call", row(), [failed(A, 60.0), failed(B, 60.0)], [], 60),
     # a verdict: the durable failure, the largest retry wanted
     ("both reject: the policy's retry", row(), [rejected(A), rejected(B)], [RecordFailure("o1", "*", 60_000)], 60),
-    ("A rejects, B down: a verdict, recorded", row(), [rejected(A), failed(B, 2.0)],
-     [RecordFailure("o1", "*", 60_000)], 60),
-    ("A rejects, B down longer: the largest retry", row(), [rejected(A), failed(B, 90.0)],
-     [RecordFailure("o1", "*", 90_000)], 90),
+    # a verdict from some relays only: no call (ADR-0033's refinement), held as a verdict would be
+    ("A rejects, B down: no call, held the policy's retry", row(), [rejected(A), failed(B, 2.0)], [], 60),
+    ("A rejects, B down longer: no call, the largest retry", row(), [rejected(A), failed(B, 90.0)], [], 90),
+    ("A rejects, B no answer in time: no call", row(), [rejected(A), RelayOutcome(B, OutcomeStatus.PENDING)],
+     [], 60),
     ("catch-up acked: relays merge", sent(acked=(A,)), [ok(B)], [Mark("o1", "*", (A, B))], None),
     ("catch-up failed: no call, held in memory", sent(acked=(A,)), [failed(B, 4.0)], [], 4),
     ("catch-up rejected: no call, held", sent(acked=(A,)), [rejected(B)], [], 60),
@@ -407,13 +408,56 @@ def test_an_outage_of_every_relay_longer_than_the_attempts_loses_nothing(outage_
     assert max(out.publishes.values()) <= sum(r.tries for r in sim) + 1, (out.publishes, [r.tries for r in sim])
 
 
-@pytest.mark.parametrize("b", ["reject", "down"])
-def test_a_verdict_still_consumes_attempts_and_dead_letters(b: str) -> None:
-    """A relay's rejection is a verdict: with every relay rejecting, or one rejecting while the other is
-    down, each publish records a failure and the row ends a dead letter after the policy's attempts."""
-    forever = T0 + 10**6 * S
-    sim = [SimRelay(A, T0, "reject", 1), SimRelay(B, forever if b == "down" else T0, "reject", 2)]
+def test_a_verdict_still_consumes_attempts_and_dead_letters() -> None:
+    """A relay's rejection is a verdict: with every relay rejecting, each publish records a failure
+    and the row ends a dead letter after the policy's attempts."""
+    sim = [SimRelay(A, T0, "reject", 1), SimRelay(B, T0, "reject", 2)]
     out = simulate(3, sim, T0 + 3600 * S)
     assert out.marked == {}
     assert out.recorded == 3 * Policy().bridge_max_attempts
     assert all(r.status == "failed" and r.attempts == Policy().bridge_max_attempts for r in out.server.values())
+
+
+@pytest.mark.parametrize("b_verdict", ["ack", "reject"])
+def test_a_rejection_while_another_relay_is_down_consumes_no_attempt(b_verdict: str) -> None:
+    """ADR-0033's refinement: an attempt is counted only when *every* relay gave a verdict.  A
+    rejects every row while B is down for 10 minutes (with ``reject_retry_ms`` 60 s the old rule
+    dead-lettered each row after ~4 minutes, before B was back): nothing is recorded while B gives
+    no verdict.  B back and acknowledging: every row is sent.  B back and rejecting too: now every
+    relay gave a verdict, and the rows are dead letters after the policy's attempts, all of them
+    counted after B's return."""
+    up = T0 + 600 * S
+    sim = [SimRelay(A, T0, "reject", 1), SimRelay(B, up, b_verdict, 2)]
+    out = simulate(3, sim, up + 3600 * S)
+    rows = out.server.values()
+    if b_verdict == "ack":
+        assert out.recorded == 0 and all(r.status == "sent" and r.attempts == 0 for r in rows)
+        assert all(set(r.relays_acked) == {B} for r in rows)
+    else:
+        assert out.marked == {} and out.recorded == 3 * Policy().bridge_max_attempts
+        assert all(r.status == "failed" and r.updated_at >= up for r in rows)
+
+
+def test_rows_held_by_a_rejection_while_another_relay_gives_no_verdict_log_at_a_bounded_rate(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A rejecting relay beside one that never answers (down for good, or up and silent) holds its
+    rows for good, each published again every ``reject_retry_ms``: one warning per publish was one
+    line per held row per minute, for as long as it lasts (an outage's holds log nothing per row, and
+    a verdict's at most ``bridge_max_attempts`` per row).  Now at most one line every
+    ``HELD_LOG_INTERVAL_S`` (on the core's own clock, the ``now`` it is given), the next saying how
+    many were not logged; every row is still held and published again."""
+    from adapters.bridge.core import HELD_LOG_INTERVAL_S
+
+    n = 500
+    c = core(*(row(f"o{i:03d}") for i in range(n)), policy=BridgePolicy(max_in_flight=n))
+    caplog.set_level("WARNING", logger="syncref.bridge")
+    now = T0
+    for _ in range(3):  # three rounds, a minute apart: every row is published and held each time
+        publishes = [a for a in c.poll(now) if isinstance(a, Publish)]
+        assert len(publishes) == n
+        for p in publishes:
+            assert c.published(p.outbox_id, [rejected(A), RelayOutcome(B, OutcomeStatus.PENDING)], now) == []
+        now += 60 * S
+    lines = [r.getMessage() for r in caplog.records if "no attempt counted" in r.getMessage()]
+    assert HELD_LOG_INTERVAL_S <= 60 and len(lines) == 3, len(lines)
+    assert f"{n - 1} more like it" in lines[1] and "blocked: not here" in lines[1]

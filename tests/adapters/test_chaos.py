@@ -356,13 +356,17 @@ BRIDGE_CASES = {
     "bridge_dead_letter/no-verdict": lambda f: _bridge(f, rows={**f.bridge.rows, "ob-2": OutboxRow(  # ADR-0033
         "failed", 5, None, (), "two", "ra: failed: no OK for event 12 within 1s; rb: failed: connect failed")},
         held={"ra": [("e1", "one")], "rb": [("e1", "one")]}),
+    # ADR-0033's refinement: one relay rejecting while the other is down consumes no attempt
+    "bridge_dead_letter/one-relay-down": lambda f: _bridge(f, rows={**f.bridge.rows, "ob-2": OutboxRow(
+        "failed", 5, None, (), "two", "ra: rejected: blocked: old event; rb: failed: connect failed")},
+        held={"ra": [("e1", "one")], "rb": [("e1", "one")]}),
 }
 
 
 def test_a_dead_letter_the_policy_explains_is_a_finding_and_not_missing() -> None:
     h, final = bridge_history()
     final = _bridge(final, rows={**final.bridge.rows, "ob-2": OutboxRow(  # type: ignore[union-attr]
-        "failed", 5, None, (), "two", "ra: rejected: blocked: old event; rb: failed: connect failed")},
+        "failed", 5, None, (), "two", "ra: rejected: blocked: old event; rb: rejected: invalid: too old")},
         held={"ra": [("e1", "one")], "rb": [("e1", "one")]})
     found = check(h, final)
     assert [a.code for a in found] == ["bridge_dead_letter_by_policy"] and set(FINDINGS) >= {found[0].code}

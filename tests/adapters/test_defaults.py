@@ -187,7 +187,8 @@ def test_python_sdk_defaults_are_pinned() -> None:
     """docs/clients.md: what an application gets without setting anything -- v3 first then v2, gzip,
     the server's confirmed-read default, 30 s calls, backoff 0.25 s doubling to 30 s with half
     jitter reset after 10 s up, the last 64 disconnects kept; a consumer's queue bounded at 1024
-    messages and 64 MiB (past them it sheds and resumes from its watermark)."""
+    messages and 64 MiB (past them it sheds and resumes from its watermark); stray server errors
+    logged at most once per 10 s per kind."""
     import inspect
 
     from adapters.sdk.backoff import Backoff
@@ -211,6 +212,11 @@ def test_python_sdk_defaults_are_pinned() -> None:
     consumer = defaults(StreamConsumer.__init__)
     assert {k: consumer[k] for k in ("ack_delay", "ack_timeout", "ack_retry", "max_queue", "max_queue_bytes")} == {
         "ack_delay": 0.0, "ack_timeout": 30.0, "ack_retry": 1.0, "max_queue": 1024, "max_queue_bytes": 64 * MIB}
+    from adapters.sdk.cache import STRAY_LOG_INTERVAL_S, ClientCache
+    from adapters.sdk.session import Session
+
+    intervals = (Session()._stray_log.interval_s, ClientCache()._warn.interval_s)
+    assert (STRAY_LOG_INTERVAL_S, *intervals) == (10.0, 10.0, 10.0)  # one line per 10 s per kind of stray input
 
 
 def test_this_sessions_new_bounds_are_pinned() -> None:
@@ -225,6 +231,24 @@ def test_this_sessions_new_bounds_are_pinned() -> None:
 
     assert (PROCEDURE_NAME_ECHO, RACY_NS, _MAX_NOTICES) == (128, 2 * 10**9, 32)
     assert (FULL.gap_repeats, QUICK.gap_repeats, FULL.replay_repeats) == (200, 5, 5)
+
+
+def test_the_bridge_logs_its_held_rows_at_a_bounded_rate() -> None:
+    """docs/bridge.md: a row held because one relay rejected it while another gave no verdict is
+    logged at most once every 10 s (all such rows together), the next line counting the rest."""
+    from adapters.bridge.core import HELD_LOG_INTERVAL_S, BridgeCore
+    from adapters.nostr.keys import SigningKey
+
+    core = BridgeCore(("ws://a.test",), SigningKey(b"\x01" * 32))
+    assert (HELD_LOG_INTERVAL_S, core._held_log.interval_s) == (10.0, 10.0)
+
+
+def test_a_decoder_steps_over_at_most_1024_query_texts() -> None:
+    """docs/protocol.md, Limits (`max_queries_per_connection`): a Subscribe over the bound that
+    declares more than 1024 texts is malformed before any length is read."""
+    from adapters.wire import SKIP_MOST_QUERIES
+
+    assert SKIP_MOST_QUERIES == 1024
 
 
 def test_operator_edge_bounds_are_pinned() -> None:

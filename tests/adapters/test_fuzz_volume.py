@@ -103,3 +103,22 @@ def test_text_targets_on_any_text(all_targets: dict[str, Target], name: str, tex
        soup=SOUP)
 def test_sql_with_query_tricks(all_targets: dict[str, Target], prefix: str, soup: str) -> None:
     assert judge(all_targets["sql"], (prefix + soup).encode("utf-8", "surrogatepass")) is None
+
+
+def test_the_client_frame_target_decodes_as_the_server_does(all_targets: dict[str, Target],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server decodes client frames with ``max_queries`` (a ``Subscribe`` over it has its texts
+    stepped over, not decoded: its own code path, fed by peers).  The fuzzer's ``client_frame``
+    target must reach that path too, not only the decoder without the bound."""
+    from adapters import wire
+
+    real = wire.OverlongSubscribe
+    made: list[object] = []
+
+    def counting(*args: int) -> object:
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(wire, "OverlongSubscribe", counting)
+    res = run_target(all_targets["client_frame"], 2000, 20261205)
+    assert res.crashes == [] and len(made) > 0

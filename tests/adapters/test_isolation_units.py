@@ -8,6 +8,8 @@ import asyncio
 import json
 import logging
 import re
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,75 @@ def test_v3_frames_stop_decoding_at_the_count() -> None:
     assert len(wire.decode_client_frame(one * 3, 3)) == 3  # no bound given: everything
     gen = wire.client_frame_messages(one * 3, 3)
     assert next(gen) == wire.OneOffQuery(1, "")  # one at a time
+
+
+def _peak(fn: Callable[[], object]) -> int:
+    """The most bytes Python held at once while ``fn`` ran (tracemalloc), above what it held before."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_subscribe_over_the_query_bound_is_not_decoded() -> None:
+    """With ``max_queries``, a ``Subscribe`` of more texts comes out as ``OverlongSubscribe`` (its
+    ids and its count) and its texts are skipped, not decoded: their lengths are still checked (a
+    v3 frame splits as before, truncation is still malformed) but not their UTF-8.  Peak memory
+    (tracemalloc): under a quarter of the frame, where the unbounded decode of the same frame
+    takes over 4x (the negative control: the measure sees the cost it bounds; ~12x measured)."""
+    n = wire.SKIP_MOST_QUERIES  # the most texts a decoder steps over
+    frame = wire.encode_client(wire.Subscribe(5, 6, ("ab",) * n))
+    got: list[object] = []
+    assert _peak(lambda: got.append(wire.decode_client(frame))) > 4 * len(frame)
+    got.clear()
+    assert _peak(lambda: got.append(wire.decode_client(frame, max_queries=64))) < len(frame) // 4
+    assert got == [wire.OverlongSubscribe(5, 6, n)]
+    at_bound = wire.Subscribe(1, 2, ("a", "b"))
+    assert wire.decode_client(wire.encode_client(at_bound), max_queries=2) == at_bound
+    assert wire.decode_client(wire.encode_client(at_bound), max_queries=1) == wire.OverlongSubscribe(1, 2, 2)
+    not_utf8 = frame[:-2] + b"\xff\xfe"
+    assert wire.decode_client(not_utf8, max_queries=64) == wire.OverlongSubscribe(5, 6, n)
+    with pytest.raises(bsatn.BsatnError, match="invalid UTF-8"):
+        wire.decode_client(not_utf8)
+    for broken in (frame[:-1], frame + b"\x00"):  # truncated, trailing bytes: malformed as ever
+        with pytest.raises(bsatn.BsatnError):
+            wire.decode_client(broken, max_queries=64)
+    other = wire.OneOffQuery(9, "SELECT * FROM sync_stream")
+    v3 = wire.encode_client(at_bound) + frame + wire.encode_client(other)
+    assert wire.decode_client_frame(v3, 3, max_queries=1) == [
+        wire.OverlongSubscribe(1, 2, 2), wire.OverlongSubscribe(5, 6, n), other]
+    assert list(wire.client_frame_messages(v3, 3, 10, max_queries=2)) == [
+        at_bound, wire.OverlongSubscribe(5, 6, n), other]
+
+
+def test_a_subscribe_declaring_more_texts_than_a_decoder_steps_over_is_malformed() -> None:
+    """Stepping over a skipped text is a Python step per length: a 32 MiB ``Subscribe`` of 8.4M
+    empty texts held the loop ~0.5-2 s.  Over ``max_queries`` *and* over ``SKIP_MOST_QUERIES``,
+    the count alone makes the message malformed, before any length is read: the texts below are
+    lengths of 0xFFFFFFFF, which a walk would report as truncation at the first one.  Both decode
+    paths (the fast one and the Reader) say the same; at or under ``max_queries`` nothing
+    changes, and without ``max_queries`` (a client's decoder) neither does anything else."""
+    most = wire.SKIP_MOST_QUERIES
+    count = 100_000
+    head = wire.encode_client(wire.Subscribe(5, 6, ()))[:-4]  # tag, ids; the count follows
+    garbage = head + count.to_bytes(4, "little") + b"\xff" * (4 * count)
+    for decode in (lambda d: wire.decode_client(d, max_queries=64),
+                   lambda d: wire.decode_client_frame(d, 3, max_queries=64)):
+        with pytest.raises(bsatn.BsatnError, match=f"a Subscribe of {count} query texts: over "
+                           rf"max_queries_per_connection \(64\) and the {most} a decoder skips"):
+            decode(garbage)
+    with pytest.raises(bsatn.BsatnError, match="truncated"):  # the walk, where the cap does not apply
+        wire.decode_client(garbage)
+    over = wire.encode_client(wire.Subscribe(5, 6, ("",) * (most + 1)))
+    with pytest.raises(bsatn.BsatnError, match=f"and the {most} a decoder skips"):
+        wire.decode_client(over, max_queries=64)
+    assert wire.decode_client(over, max_queries=most + 1) == wire.Subscribe(5, 6, ("",) * (most + 1))
+    assert wire.decode_client(over) == wire.Subscribe(5, 6, ("",) * (most + 1))
+    short = head + count.to_bytes(4, "little") + b"\x00" * 8  # a count the frame cannot hold: truncated
+    with pytest.raises(bsatn.BsatnError, match="truncated"):
+        wire.decode_client(short, max_queries=64)
 
 
 def test_the_row_cache_is_bounded_in_bytes() -> None:

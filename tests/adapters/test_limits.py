@@ -9,12 +9,14 @@ import json
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support.server import (
     RawSocketClient,
     ServerThread,
@@ -25,8 +27,10 @@ from support.server import (
     running_server,
     with_limits,
 )
+from websockets.exceptions import ConnectionClosed
 
 from adapters import bsatn, wire
+from spec.errors import SyncError
 from spec.values import SyncEvent
 
 
@@ -165,6 +169,58 @@ def test_inbound_bytes_are_bounded(tmp_path: Path) -> None:
         assert over.closed() == (1013, "too many requests")
         assert 'syncref_closes_total{cause="inbound_bytes"} 1.0' in http("GET", f"{st.base}/metrics").text
         fits.close()
+
+
+def test_a_subscribe_of_too_many_texts_is_refused_before_they_are_decoded(tmp_path: Path) -> None:
+    """A ``Subscribe`` with more query texts than ``max_queries_per_connection`` is refused by the
+    wire decoder before any text is decoded: one frame of short texts built ~10x its size in
+    ``str`` objects (a 32 MiB frame: ~300 MiB) before the engine counted them.  Up to
+    ``wire.SKIP_MOST_QUERIES`` texts the answer is the engine's own (``limit_exceeded`` naming the
+    bound and the count, the socket stays open), and since the texts are never decoded, invalid
+    UTF-8 among them is not reported either (before: close 1011).  Declaring more is malformed
+    (close 1011 naming both bounds) before a single length is read: stepping over 8.4M empty
+    texts held the loop ~0.5-2 s.  Memory is measured with tracemalloc over that exchange, both
+    sides of the socket in this process: what remains is the frame's own copies (client, socket
+    buffers, server), not 100,000 strings (~12x the frame before)."""
+    n = 1000
+    frame = wire.encode_client(wire.Subscribe(7, 1, ("ab",) * n))
+    with running_server(tmp_path, limits=with_limits(max_queries_per_connection=8)) as st:
+        c = WireClient(st, st.token())
+        c.ws.send(frame)
+        answer = c.recv()
+        assert isinstance(answer, wire.SubscriptionError) and (answer.request_id, answer.query_set_id) == (7, 1)
+        err = SyncError.parse(answer.error)
+        assert (err.code.value, err.details) == (
+            "limit_exceeded", {"actual": n, "limit": "max_queries_per_connection", "max": 8})
+        bad = frame[:-2] + b"\xff\xfe"  # the last text is not UTF-8
+        c.ws.send(bad)
+        again = c.recv()
+        assert isinstance(again, wire.SubscriptionError) and again.error == answer.error
+        assert isinstance(c.subscribe(1, "SELECT * FROM sync_stream"), wire.SubscribeApplied)  # still open
+        c.close()
+        v3 = WireClient(st, st.token(), version=3)  # in a v3 frame: the messages after it are read as ever
+        v3.ws.send(bad + wire.encode_client(wire.OneOffQuery(9, "SELECT * FROM sync_stream")))
+        first, second = v3.recv(), v3.recv()
+        assert isinstance(first, wire.SubscriptionError) and first.error == answer.error
+        assert isinstance(second, wire.OneOffQueryResult) and second.request_id == 9
+        v3.close()
+        many = 100_000
+        huge = wire.encode_client(wire.Subscribe(7, 1, ("ab",) * many))
+        h = WireClient(st, st.token())
+        tracemalloc.start()
+        try:
+            h.ws.send(huge)
+            with pytest.raises(ConnectionClosed) as closed:
+                h.recv()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        assert closed.value.rcvd.reason.startswith(
+            f"malformed message: a Subscribe of {many} query texts: over max_queries_per_connection (8) "
+            f"and the {wire.SKIP_MOST_QUERIES} a decoder skips")
+        assert peak < 6 * len(huge), f"peak {peak} bytes for a {len(huge)}-byte frame"
+        assert isinstance(WireClient(st, st.token()).subscribe(1, "SELECT * FROM sync_stream"), wire.SubscribeApplied)
 
 
 def test_request_bodies_have_a_deadline_and_a_size(tmp_path: Path) -> None:

@@ -47,20 +47,20 @@ def u32(n: int) -> bytes:
     return struct.pack("<I", n)
 
 
-def slow_one(data: bytes) -> wire.ClientMessage:
+def slow_one(data: bytes, max_queries: int | None = None) -> wire.Received:
     r = bsatn.Reader(data)
-    msg = wire._r_client(r)
+    msg = wire._r_client(r, max_queries)
     r.expect_end()
     return msg
 
 
-def slow_frame(data: bytes) -> list[wire.ClientMessage]:
+def slow_frame(data: bytes, max_queries: int | None = None) -> list[wire.Received]:
     if not data:
         raise BsatnError("empty v3 client frame")
     r = bsatn.Reader(data)
     out = []
     while not r.at_end():
-        out.append(wire._r_client(r))
+        out.append(wire._r_client(r, max_queries))
     return out
 
 
@@ -143,6 +143,26 @@ def test_any_bytes_as_the_reader(data: bytes) -> None:
     assert outcome(lambda d: wire.decode_client_frame(d, 3), data) == outcome(slow_frame, data)
 
 
+@pytest.mark.parametrize("name", list(EDGE))
+def test_edge_cases_as_the_reader_with_a_query_bound(name: str) -> None:
+    """With ``max_queries`` (1: the two-query Subscribes are over it, skipped undecoded) the
+    shortcut's skip refuses and reads what the Reader's skip does."""
+    data = EDGE[name]
+    assert outcome(lambda d: wire.decode_client(d, max_queries=1), data) == outcome(lambda d: slow_one(d, 1), data)
+    first = wire.encode_client(VALID[0])
+    assert (outcome(lambda d: wire.decode_client_frame(d, 3, max_queries=1), first + data)
+            == outcome(lambda d: slow_frame(d, 1), first + data))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(mangled(), st.binary(max_size=40)), st.integers(0, 2))
+def test_any_bytes_as_the_reader_with_a_query_bound(data: bytes, most: int) -> None:
+    assert (outcome(lambda d: wire.decode_client(d, max_queries=most), data)
+            == outcome(lambda d: slow_one(d, most), data))
+    assert (outcome(lambda d: wire.decode_client_frame(d, 3, max_queries=most), data)
+            == outcome(lambda d: slow_frame(d, most), data))
+
+
 # --- the row list check --------------------------------------------------------------------------
 
 SPLITS: list[tuple[wire.RowSizeHint, bytes]] = [
@@ -206,3 +226,32 @@ def test_joined_hint_as_row_list_of(lengths: list[int]) -> None:
     rows = [bytes([i % 251]) * n for i, n in enumerate(lengths)]
     assert wire.RowList.joined(b"".join(rows), lengths) == wire.RowList.of(rows)
     assert wire.rows_from_pieces([b"".join(rows)], lengths) == wire.RowList.of(rows)
+
+
+@pytest.mark.parametrize("name", [n for n in EDGE if n.startswith("subscribe")])
+def test_a_malformed_subscribe_fails_the_same_way_with_or_without_a_query_bound(name: str) -> None:
+    """A malformed ``Subscribe`` over the bound is still malformed, and says so in the same words as
+    without the bound (the close reason a client sees): a text stepped over is a ``String`` that
+    did not fit, not ``bytes``.  (Invalid UTF-8 is the one difference, by design: it is not read.)"""
+    data = EDGE[name]
+    bounded = outcome(lambda d: wire.decode_client(d, max_queries=0), data)
+    plain = outcome(wire.decode_client, data)
+    if plain[0] == "error" and "invalid UTF-8" not in str(plain[1]):
+        assert bounded == plain
+
+
+def test_the_query_bound_is_per_message_and_the_queue_bounds_a_frame() -> None:
+    """The decode-time refusal is per ``Subscribe``: a v3 frame of many Subscribes each at the
+    bound decodes every text (each message may be honest: a set refused, then another; a set
+    unsubscribed, then another).  What bounds a frame's decoded texts is the message count the
+    server passes (its inbound queue's room): ``max_messages`` x ``max_queries`` texts, and not one
+    message more is decoded (docs/protocol.md, ``max_queries_per_connection``)."""
+    most, room = 4, 50
+    one = wire.encode_client(wire.Subscribe(1, 1, tuple(f"q{i}" for i in range(most))))
+    msgs = wire.decode_client_frame(one * room, 3, room, max_queries=most)
+    assert sum(len(m.query_strings) for m in msgs if isinstance(m, wire.Subscribe)) == room * most
+    decoded = []
+    with pytest.raises(wire.TooManyMessages):
+        for m in wire.client_frame_messages(one * (room + 1), 3, room, max_queries=most):
+            decoded.append(m)
+    assert len(decoded) == room

@@ -197,3 +197,25 @@ def test_unknown_tables_are_a_caller_error_on_lookup_and_ignored_in_updates() ->
         cache.table("nope")
     cache.apply([QuerySetChange(1, (TableChange("nope", inserts=(d(presence("a")),)),))])
     assert all(len(t) == 0 for t in cache.tables.values())
+
+
+def test_a_server_sending_rows_the_cache_cannot_place_gets_a_bounded_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Deletes of rows the cache does not hold, rows for a table the module does not have, event rows
+    for a persistent table: each used to be one warning, so a hostile server could flood the log.
+    Now at most one line per kind every ``STRAY_LOG_INTERVAL_S`` (10 s), the next saying how many were
+    not logged; the cache is unchanged by them either way."""
+    from adapters.sdk.cache import STRAY_LOG_INTERVAL_S
+
+    now = [50.0]
+    cache = ClientCache(clock=lambda: now[0])
+    caplog.set_level("WARNING", logger="syncref.sdk.cache")
+    for i in range(3000):
+        cache.apply([dels(1, "session_presence", presence(f"x{i}"))])
+        cache.apply([QuerySetChange(1, (TableChange("no_such_table", inserts=(d(presence("y")),)),))])
+        cache.apply([QuerySetChange(1, (TableChange("session_presence", events=(d(presence("z")),)),))])
+    kinds = sorted(r.getMessage().split(":")[0] for r in caplog.records)
+    assert len(kinds) == 3, kinds  # one line of each kind
+    now[0] += STRAY_LOG_INTERVAL_S
+    cache.apply([dels(1, "session_presence", presence("late"))])
+    assert len(caplog.records) == 4 and "2999 more like it" in caplog.records[-1].getMessage()
+    assert len(cache.table("session_presence")) == 0

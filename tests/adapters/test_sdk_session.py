@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from adapters import wire
@@ -221,3 +223,114 @@ def test_decode_transaction_flattens_per_query_fragments() -> None:
 def test_calls_need_a_connection() -> None:
     with pytest.raises(LocalProtocolError):
         Session().call("ack_checkpoint", b"")
+
+
+def test_subscription_errors_for_unknown_sets_are_counted_and_logged_at_a_bounded_rate(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A hostile (or confused) server can send any number of ``SubscriptionError`` s for query sets
+    this session does not hold; each used to be one warning line.  Now: at most one line per
+    ``STRAY_LOG_INTERVAL_S`` (10 s) saying how many were not logged, and every one is counted for
+    the application (``stray_errors``, ``last_stray_error``).  Errors for the application's own sets
+    still reach each set's ``on_error`` one by one (the log bound is only for the stray ones)."""
+    from adapters.sdk.cache import STRAY_LOG_INTERVAL_S
+
+    now = [1000.0]
+    s = Session(clock=lambda: now[0])
+    s.connected()
+    lis = Listener()
+    subs = [lis.sub() for _ in range(3)]
+    sets = [m.query_set_id for sub in subs for m in s.subscribe(sub) if isinstance(m, wire.Subscribe)]
+    unknown = max(sets) + 100
+    caplog.set_level("WARNING", logger="syncref.sdk.session")
+    for i in range(10_000):
+        s.receive(wire.SubscriptionError(i, unknown + i, f"invalid_query: {{\"n\":{i}}}"))
+    assert len(caplog.records) == 1 and "SubscriptionError for unknown query set" in caplog.records[0].getMessage()
+    now[0] += STRAY_LOG_INTERVAL_S
+    s.receive(wire.SubscriptionError(1, unknown, "invalid_query: {}"))
+    assert len(caplog.records) == 2 and "9999 more like it" in caplog.records[1].getMessage()
+    assert (s.stray_errors, s.last_stray_error) == (10_001, "invalid_query: {}")
+    for qs in sets:  # the application's own sets: each error surfaced, none rate-limited away
+        s.receive(wire.SubscriptionError(1, qs, "invalid_query: {}"))
+    assert [e for e in lis.log if e[0] == "error"] == [("error", SyncError(ErrorCode.INVALID_QUERY, {}))] * 3
+    assert all(sub.state is SubState.FAILED for sub in subs) and s.stray_errors == 10_001
+
+
+def test_one_cache_serves_one_open_session() -> None:
+    """A ``ClientCache`` keys each set's rows by query set id, and ids are per connection: two
+    sessions sharing one cache mix their rows (one's unsubscribe drops rows the other's set still
+    holds once their ids meet).  Sharing is refused (caller misuse, LocalProtocolError) until the
+    first session is closed, which ends its sets and releases the cache."""
+    from adapters.sdk.cache import ClientCache
+    from adapters.sdk.connection import Connection
+
+    cache = ClientCache()
+    first = Session(cache)
+    with pytest.raises(LocalProtocolError, match="already in use by another open connection"):
+        Session(cache)
+    with pytest.raises(LocalProtocolError, match="already in use by another open connection"):
+        Connection("http://127.0.0.1:1", "db", "token", cache=cache)
+    first.close()
+    second = Session(cache)  # released: usable again
+    assert second.cache is cache
+    del second  # never closed, but gone: it holds the cache no longer
+    gc.collect()
+    assert Session(cache).cache is cache
+    assert Session().cache is not Session().cache  # the default: a cache of its own
+
+
+def test_a_dropped_sessions_rows_do_not_outlive_it_in_a_shared_cache() -> None:
+    """Closing a session ends its sets, so the cache it releases holds none of their rows.  A session
+    dropped without closing releases the cache too (by its weak reference), but nothing ended its
+    sets: their rows stayed in the cache for the next session, a table showing rows no subscription
+    holds, never updated again, and merged into the next session's set of the same id (two
+    ``Session`` s start at the same id).  The next session to attach drops them first."""
+    from adapters.sdk.cache import ClientCache
+
+    cache = ClientCache()
+    first = Session(cache)
+    first.connected()
+    (msg,) = first.subscribe(Listener().sub())
+    assert isinstance(msg, wire.Subscribe)
+    first.receive(applied(msg.request_id, msg.query_set_id, "session_presence", presence("old")))
+    assert len(cache.table("session_presence")) == 1
+    del first, msg
+    gc.collect()
+    second = connected_session_on(cache)
+    assert len(cache.table("session_presence")) == 0  # the dropped session's row is gone
+    (msg,) = second.subscribe(Listener().sub())
+    assert isinstance(msg, wire.Subscribe)
+    second.receive(applied(msg.request_id, msg.query_set_id, "session_presence", presence("new")))
+    assert sorted(map(_sid, cache.table("session_presence").rows())) == ["new"]
+
+
+def connected_session_on(cache: object) -> Session:
+    from adapters.sdk.cache import ClientCache
+
+    assert isinstance(cache, ClientCache)
+    s = Session(cache)
+    s.connected()
+    return s
+
+
+def test_a_dropped_connection_in_a_reference_cycle_does_not_hold_its_cache() -> None:
+    """A ``Connection`` with a subscription is in a reference cycle (the subscription's ``owner`` is
+    the connection's bound method), so dropping it frees it only at the next garbage collection:
+    until then a new connection given its cache was refused, or not, by the collector's timing.
+    The refusal now collects garbage once before it decides."""
+    import gc as collector
+
+    from adapters.sdk.cache import ClientCache
+    from adapters.sdk.connection import Connection
+
+    cache = ClientCache()
+    first = Connection("http://127.0.0.1:1", "db", "token", cache=cache)
+    first.subscribe("SELECT * FROM sync_stream")
+    del first
+    collector.disable()  # no automatic collection in between: only what the cache does
+    try:
+        second = Connection("http://127.0.0.1:1", "db", "token", cache=cache)
+    finally:
+        collector.enable()
+    assert second.cache is cache
+    with pytest.raises(LocalProtocolError, match="already in use"):  # a live one still holds it
+        Connection("http://127.0.0.1:1", "db", "token", cache=cache)

@@ -283,6 +283,9 @@ def scenarios() -> list[dict[str, Any]]:
         r.call(cl(B), "upsert_presence", "sessB", "devB", "n", "online", "eu", 1000)
         r.tick(2_000_000)
         r.disconnect(B, ["sessB"])  # TTL ran out first: ttl_expired
+        r.call(cl(C), "upsert_presence", "sessE", "devE", "n", "online", "eu", 3000)
+        r.tick(-1_000_000)  # the same call at the same instant: the row would not change, a no-op
+        r.call(cl(C), "upsert_presence", "sessE", "devE", "n", "online", "eu", 3000)
 
     @scenario("providers_and_compute", "provider versions, assignment transitions and roles, ADR-0003 rules")
     def _(r: Recorder) -> None:
@@ -362,6 +365,23 @@ def scenarios() -> list[dict[str, Any]]:
         r.call(m, "mark_bridge_event_sent", "o2", ev2, ("wss://r1",))  # late success from failed
         r.call(m, "record_bridge_failure", "o9", "x", 0)
         r.call(e, "record_bridge_failure", "o2", "x", 0)
+
+    @scenario("u64_bounds", "u64 arguments at 2^53 and 2^64 - 1 (exact in the model, in the module's bigints and "
+              "in the exported JSON): conflicts echo them, a price keeps them")
+    def _(r: Recorder) -> None:
+        a, top, past_double = cl(A), 2**64 - 1, 2**53 + 1
+        r.call(a, "append_sync_event", "s.1", "k1", "1", None, top)  # sequence_conflict echoes it
+        r.call(a, "append_sync_event", "s.1", "k1", "1", None, past_double)
+        r.call(a, "append_sync_event", "s.1", "k1", "1", None, None)
+        r.call(a, "ack_checkpoint", "c1", "s.1", top, 1)  # stale_epoch echoes it
+        r.call(a, "ack_checkpoint", "c1", "s.1", 1, top)  # checkpoint_ahead_of_head echoes it
+        r.call(a, "upsert_presence", "p1", "d", "n", "online", "", top)  # out of the TTL range
+        r.call(a, "publish_provider_capability", "v1", "{}", (5000,), top, "active")  # stored exactly
+        r.call(a, "publish_provider_capability", "v1", "{}", (5000,), top - 1, "active")  # a change: version 2
+        r.call(a, "open_compute_assignment", "r1", 5000, "{}")
+        r.call(a, "update_compute_assignment", "r1", top, "cancelled", None, None)  # version_conflict echoes it
+        r.call(a, "enqueue_bridge_event", "o1", "s", 31990, "[]", "x")
+        r.call(a, "record_bridge_failure", "o1", "e", top)  # past the retry bound
 
     @scenario("raised_floors", "a state after an unclean restart: new streams and rows start above the floors",
               db=DbState(DbState().tables, 5, 7))
@@ -502,6 +522,163 @@ def walks(n_walks: int = 24, n_steps: int = 60) -> list[dict[str, Any]]:
     return out
 
 
+# --- canonical JSON: texts with several defects, in the model's order ---------------------------
+#
+# The kit's canonical vectors hold one defect each; which reason a text with several gets is the
+# order of Python's json scanner (spec.canonical): the first defect met left to right, where a
+# duplicate key counts when its object closes (object_pairs_hook) and a lone surrogate or a
+# container past MAX_DEPTH only in the walk after a successful parse.  The module's parser must
+# keep that order (the error string is the wire contract).  Hand-picked texts, then seeded random
+# ones (nesting at most ~10: deeper unbalanced texts hit Python's recursion limit, whose depth
+# depends on the caller's stack, so their reason is not a fixed function of the text).
+
+CANONICAL_TEXTS = [
+    '{"a":1,"a":2,"b":1.5}', '{"a":1,"a":2', '{"a":1,"a":2,"b":NaN}', '{"a":1,"a":2,"b":9007199254740992}',
+    '{"a":1,"a":2} x', '{"a":{"b":1,"b":2},"a":1.5}', '[{"a":1,"a":2},1.5]', '{"a":"\\ud800","a":1}',
+    '{"a":1,"a":["\\ud800"]}', '{"a":[' + '[' * 70 + ']' * 70 + '],"a":1}', '{"a":1,"a":2,"b":[}',
+    '[1.5,{"a":1,"a":2}]', '{"a":1,"b":{"c":1,"c":2},"a":2}', '{"a":1,"a":2,"b":"\x01"}',
+    '1' * 5000, '1' * 5000 + '.5', '-' + '1' * 5000 + 'e1', '[' + '1' * 5000 + '.5]', '1' * 4096 + '.5',
+    '1' * 4095 + '.5', '9' * 17 + 'e0', '[' + '1' * 20 + ',1.5]', '{"a":' + '2' * 4100 + '.0,"a":1}',
+    '["\\ud800",1.5]', '["\\ud800",' + '[' * 65 + ']' * 65 + ']', '[' + '[' * 65 + ']' * 65 + ',"\\ud800"]',
+    '[' * 70 + '1.5' + ']' * 70, '[' * 70 + ']' * 69, '[NaN,1.5]', '[1e5,NaN]', '[-Infinity,"\\x"]',
+    # spec.canonical.SCAN_DEPTH_LIMIT (512): deeper is too_deep before parsing, brackets in string literals
+    # not counted (a literal ends at the next unescaped quote or at the end of the text)
+    '[' * 512 + 'x', '[' * 511 + '[],[x', '[' * 513 + 'x', 'x' + '[' * 513, '[' * 513 + ']' * 513,
+    '{"a":' * 513 + '1' + '}' * 513,
+    '[' * 950, '[' * 513 + '1.5', '{"a":1,"a":' + '[' * 600, '"' + '[' * 600, '"\\\\"' + '[' * 600,
+    '"\\\\\\"' + '[' * 600, '[]' * 600, '["' + '[' * 600 + '"]', '"' + '[' * 600 + '"',
+    '\ufeff' + '[' * 513, '[' * 300 + '"\\u' + '[' * 300, '["\\ud800",' + '[' * 513 + ']' * 514,
+]
+_ATOMS = ['0', '-0', '1', '9007199254740991', '-9007199254740992', '1.0', '1e3', '01', '1.', '-', 'true', 'nul', 'NaN',
+          '-Infinity', '"a"', '""', '"\\u00e9"', '"\\ud83d\\ude00"', '"\\ud83d"', '"\\ude00x"', '"\\/"', '"\\x"',
+          '"\\u12"', '"\x01"', '"\x7f"', '"\u2028"', '"\u00e9"', '"\U0001f600"', '"\\u0000"', '"\\\\"',
+          '12345678901234567890', '[]', '{}']
+_KEYS = ['"a"', '"b"', '"A"', '"\u00e9"', '"\U0001f600"', '"\uffff"', '"\ue000"', '""', '"\\u00e9"',
+         '"\\ud83d\\ude00"', '"a"', '"\\ud800"']
+_WS = ['', '', '', ' ', '\n', '\t', '\r', '\x0b', '\xa0']
+
+
+def _random_text(rnd: random.Random, depth: int = 0) -> str:
+    r = rnd.random()
+    if depth > 3 or r < 0.4:
+        return rnd.choice(_ATOMS)
+
+    def w() -> str:
+        return rnd.choice(_WS)
+    items = rnd.randrange(4)
+    if r < 0.7:
+        return "[" + w() + ("," + w()).join(_random_text(rnd, depth + 1) for _ in range(items)) + w() + "]"
+    return "{" + w() + ("," + w()).join(rnd.choice(_KEYS) + w() + ":" + w() + _random_text(rnd, depth + 1)
+                                       for _ in range(items)) + w() + "}"
+
+
+def _mangle(rnd: random.Random, text: str) -> str:
+    r, i = rnd.random(), rnd.randrange(len(text) + 1)
+    if r < 0.6:
+        return text
+    if r < 0.8:
+        return text[:i] + rnd.choice([",", "]", "}", '"', ":", "\\", "\ud800"]) + text[i:]
+    return text[:i] + text[i + 1:]
+
+
+def canonical_cases(n_random: int = 1500) -> list[dict[str, Any]]:
+    rnd = random.Random(7)
+    texts = CANONICAL_TEXTS + [_mangle(rnd, _random_text(rnd)) for _ in range(n_random)]
+    out = []
+    for text in texts:
+        try:
+            canon = canonicalize(text)
+        except SyncError as e:
+            out.append({"input": text, "code": e.code.value, "reason": e.details["reason"]})
+        else:
+            out.append({"input": text, "canonical": canon, "hash": payload_hash(canon)})
+    return out
+
+
+# --- seeded random walks with hostile arguments -------------------------------------------------
+#
+# Every argument drawn from values at or just past a rule's edge: ids of 128 and 129 characters, ids
+# with a space, a bar, a control character, a non-ASCII letter; empty strings; texts counted in code
+# points (astral characters); C0 controls the outbox refuses and those it allows; u64 values at 2^53
+# and 2^64 - 1; kinds at 4999/5000/5999/6000 and the u32 maximum; grants with a bare *, an empty
+# grant and a session/device pin.  Mostly refusals, so each reducer's argument checks and their order
+# are compared with the model's, with the same error strings.
+
+_H_IDS = (["s.1", "s.2", "x" * 128, "a:b-c_d.e"],
+          ["x" * 129, "", "a|b", "\u00e9", "s.1 ", "s\n1", "s.\x01", "s.*", "*", "s.\U0001f600"])
+_H_TEXTS = (["x", "\u00e9" * 5, "\x7f", "\n", "a\tb", "\u2028", "\U0001f600", "\b", "x" * 20, "\U0001f600" * 20],
+            ["", "\x01", "\x1f", "\x0b", "\x00", "x" * 21, "\U0001f600" * 21])
+_H_PAYLOADS = (["{}", "[]", "1", '"\\u0001"', '{"b":1,"a":2}', '{"\\u00e9":1}', "null", '"\U0001f600"', "-0",
+                "[9007199254740991]", '{"\U0001f600":1,"\uffff":2}', '"' + "y" * 38 + '"', '"' + "\u00e9" * 19 + '"'],
+               ['"\x01"', "[1.0]", '{"a":1,"a":2}', '"' + "\u00e9" * 20 + '"', "[9007199254740992]", ""])
+_H_TAGS = (["[]", '[["a"]]', '[["\\b"]]', '[["\x7f"]]', "[[]]", '[["a"],["b","c"]]', '[["\\n\\r\\t\\f"]]'],
+           ['[["\x01"]]', '[["\\u0001"]]', '[["a",1]]', "[1]", "{}", '[["\\u000b"]]', '[["\\u001f"]]'])
+_H_U64 = ([1, 2, 1000, 5000], [0, 999, 5001, 10_000, 10_001, 300_001, 2**53, 2**64 - 1])
+_H_KINDS = ([5000, 5999, 30078, 31990], [0, 4999, 6000, 2**32 - 1])
+_H_RELAYS = (["wss://a", "wss://b", "x" * 512, "\U0001f600" * 300], ["", "x" * 513, "\x01"])
+
+
+def hostile_walks(n_walks: int = 10, n_steps: int = 80) -> list[dict[str, Any]]:
+    out = []
+    for w in range(n_walks):
+        rnd = random.Random(5000 + w)
+
+        def ch(values: tuple[list[Any], list[Any]] | list[Any], rnd: random.Random = rnd) -> Any:
+            if isinstance(values, tuple):  # (at or inside the edge, past it): mostly the first
+                return rnd.choice(values[0] if rnd.random() < 0.75 else values[1])
+            return rnd.choice(values)
+        r = Recorder(SMALL_POLICY if w % 2 else DEFAULT_POLICY)
+        whos = [cl(A), cl(B, ALL_SCOPES - {"sync.admin"}, ("s.*", "x*", "")),
+                cl(C, {"compute.execute", "provider.publish", "sync.append", "bridge.enqueue"}, ("*",), device_id="d",
+                   session_id="s.1"),
+                cl(A, ALL_SCOPES, ("s.1",), session_id="s.2")]
+        for _ in range(n_steps):
+            who, op = ch(whos), rnd.randrange(12)
+            if op == 0:
+                r.call(who, "append_sync_event", ch(_H_IDS), ch(_H_IDS), ch(_H_PAYLOADS),
+                       ch([None, None, None, "", "sha256:" + "0" * 64]), ch([None, None, 1, 2, 0, 2**64 - 1]))
+            elif op == 1:
+                r.call(who, "ack_checkpoint", ch(_H_IDS), ch(_H_IDS), ch([1, 1, 2, 0, 2**64 - 1]), ch([0, 1, 2, 3]))
+            elif op == 2:
+                r.call(who, "upsert_presence", ch(_H_IDS), ch((["d"], _H_IDS[0] + _H_IDS[1])), ch(_H_IDS),
+                       ch((["online", "away", "offline"], ["Online", ""])), ch(([""], [*_H_IDS[0], *_H_IDS[1]])),
+                       ch(_H_U64))
+            elif op == 3:
+                r.call(who, "publish_provider_capability", ch(_H_IDS), ch(_H_PAYLOADS),
+                       tuple(ch(_H_KINDS) for _ in range(rnd.randrange(3))), ch(_H_U64),
+                       ch((["active", "withdrawn"], ["x"])))
+            elif op == 4:
+                r.call(who, "open_compute_assignment", ch(_H_IDS), ch(_H_KINDS), ch(_H_PAYLOADS))
+            elif op == 5:
+                r.call(who, "update_compute_assignment", ch(_H_IDS), ch([1, 2, 0, 2**64 - 1]),
+                       ch((["assigned", "running", "completed", "failed", "cancelled"], ["open", "x"])),
+                       ch(([None, "s.1", "s.2"], ["", "\u00e9"])), ch(([None, "{}"], ["1.5", '"\x01"'])))
+            elif op == 6:
+                r.call(who, "enqueue_bridge_event", ch(_H_IDS), ch(_H_IDS), ch(_H_KINDS), ch(_H_TAGS), ch(_H_TEXTS))
+            elif op == 7:
+                r.call(who, "mark_bridge_event_sent", ch(_H_IDS), ch((["1" * 64, "2" * 64], ["A" * 64, "1" * 63, ""])),
+                       tuple(ch(_H_RELAYS) for _ in range(rnd.randrange(3))))
+            elif op == 8:
+                r.call(who, "record_bridge_failure", ch(_H_IDS), ch(_H_TEXTS), ch(_H_U64))
+            elif op == 9:
+                r.call(who, "publish_stream_signal", ch(_H_IDS), ch((["typing", "progress", "custom"], ["TYPING", ""])),
+                       ch(_H_PAYLOADS))
+            elif op == 10:
+                r.call(who, "reset_stream_epoch", ch(_H_IDS))
+            else:
+                x = rnd.randrange(3)
+                if x == 0:
+                    r.sweep()
+                elif x == 1:
+                    r.compact()
+                else:
+                    r.disconnect(who.identity, [ch(_H_IDS) for _ in range(3)])
+            if rnd.random() < 0.3:
+                r.tick(ch([1, 1_000_000, 400_000_000]))
+        out.append(r.case(f"hostile_{w:02d}", f"seeded random walk with hostile arguments {w} (seed {5000 + w})"))
+    return out
+
+
 def _type_json(t: SatsType) -> str:
     return sats_name(t)
 
@@ -514,6 +691,8 @@ def schema_dump() -> dict[str, Any]:
                     "visibility": t.visibility.value} for t in TABLES],
         "reducers": [{"name": r.name, "args": [[c.name, _type_json(c.type)] for c in r.args], "scope": r.scope,
                       "returns": _type_json(r.returns) if r.returns else None} for r in REDUCERS],
+        # the policy a new reference server starts with (and the one the module's binding runs: DEFAULT_POLICY)
+        "default_policy": policy_json(DEFAULT_POLICY),
     }
 
 
@@ -521,13 +700,30 @@ HEADER = ("GENERATED by tests/modules/export_model_cases.py from the executable 
           "model cases for modules/syncref-ts, not the conformance kit. Do not edit.")
 
 
+def _exact(doc: Any) -> Any:
+    """Integers past 2^53 - 1 as ``{"__int__": "<digits>"}``: a JSON reader with doubles (JavaScript's
+    JSON.parse) would round them; the TS runner turns them back into bigints."""
+    if isinstance(doc, bool):
+        return doc
+    if isinstance(doc, int) and abs(doc) > 2**53 - 1:
+        return {"__int__": str(doc)}
+    if isinstance(doc, list):
+        return [_exact(v) for v in doc]
+    if isinstance(doc, dict):
+        return {k: _exact(v) for k, v in doc.items()}
+    return doc
+
+
 def render() -> dict[str, str]:
     files = {
         "scenarios.json": {"generated": HEADER, "format": "syncref.model_cases.v1", "cases": scenarios()},
         "walks.json": {"generated": HEADER, "format": "syncref.model_cases.v1", "cases": walks()},
+        "hostile.json": {"generated": HEADER, "format": "syncref.model_cases.v1", "cases": hostile_walks()},
+        "canonical.json": {"generated": HEADER, "format": "syncref.canonical_cases.v1", "cases": canonical_cases()},
         "schema.json": {"generated": HEADER, "format": "syncref.schema.v1", **schema_dump()},
     }
-    return {name: json.dumps(doc, ensure_ascii=True, separators=(",", ":")) + "\n" for name, doc in files.items()}
+    return {name: json.dumps(_exact(doc), ensure_ascii=True, separators=(",", ":")) + "\n"
+            for name, doc in files.items()}
 
 
 def main(argv: list[str]) -> int:

@@ -1,9 +1,9 @@
 """The TypeScript module's model cases and schema dump are in step with the executable model.
 
 ``modules/syncref-ts/test/model-cases/*.json`` is what ``tests/modules/export_model_cases.py``
-writes from ``spec/`` (scenarios, seeded walks, the schema of ``spec/schema.py``); the module's
-Node tests replay them. A change to the model that is not re-exported fails here, so the TS rules
-are never judged against stale expectations.
+writes from ``spec/`` (scenarios, seeded walks, hostile-argument walks, canonical JSON outcomes, the
+schema of ``spec/schema.py``); the module's Node tests replay them. A change to the model that is not
+re-exported fails here, so the TS rules are never judged against stale expectations.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from reference.durability import GroupCommitWriter, LogStore
 from reference.engine import Engine, InternalError
 from spec import query as q
 from spec.auth import Claims
-from spec.errors import SyncError
+from spec.errors import LocalProtocolError, SyncError
 from spec.messages import (
     CallReducer,
     OneOffQueryResult,
@@ -28,6 +28,7 @@ from spec.messages import (
     ReducerResult,
     Subscribe,
     SubscribeApplied,
+    SubscriptionError,
     TransactionUpdate,
     Unsubscribe,
     UnsubscribeApplied,
@@ -209,6 +210,35 @@ def test_a_set_of_too_many_query_texts_is_refused_before_any_is_parsed() -> None
     no_scope = eng.connect(Claims("d" * 64, frozenset(), ("*",)), confirmed=False)
     eng.handle(no_scope, Subscribe(4, 4, texts))  # the scope is still checked first
     assert SyncError.parse(last(eng, no_scope).error).code.value == "missing_scope"
+
+
+def test_a_set_the_decoder_did_not_decode_is_answered_as_the_same_set_of_texts() -> None:
+    """``refuse_overlong`` (a ``Subscribe`` whose texts the wire decoder skipped: more than the
+    bound) answers as ``handle`` answers those texts: the same checks in the same order, with no
+    texts to parse.  Oracle: ``handle`` itself on real texts, and the close of an active set id."""
+    texts = tuple(f"SELECT * FROM sync_stream WHERE stream_id = 's{i}'" for i in range(20))
+    answers = []
+    for claims in (ADMIN, Claims("d" * 64, frozenset(), ("*",))):  # with and without the scope
+        for refuse in (False, True):
+            eng, _ = limited()
+            conn = eng.connect(claims, confirmed=False)
+            if refuse:
+                eng.refuse_overlong(conn, 3, 4, len(texts))
+            else:
+                eng.handle(conn, Subscribe(3, 4, texts))
+            answers.append(last(eng, conn))
+            assert not eng.conns[conn].query_sets
+    assert answers[0] == answers[1] and answers[2] == answers[3] and answers[0] != answers[2]
+    assert limit_of(answers[0].error) == ("max_queries_per_connection", 8, 20)
+    eng, conn = limited()
+    eng.handle(conn, Subscribe(1, 4, texts[:1]))
+    closed: list[tuple[int, str]] = []
+    eng.on_close = lambda c, reason: closed.append((c, reason))
+    eng.refuse_overlong(conn, 2, 4, len(texts))  # the set id is active: closed, as handle() would
+    assert closed and "query set 4 is already active" in closed[0][1] and conn not in eng.conns
+    eng, conn = limited()
+    with pytest.raises(LocalProtocolError):  # not over the bound: the caller should have decoded them
+        eng.refuse_overlong(conn, 1, 1, 8)
 
 
 # --- output bounds ---------------------------------------------------------------------------------------
@@ -414,3 +444,64 @@ def test_planted_isolation_bugs_are_caught() -> None:
                                   "isolation_mutants.json")
     survivors = [r["mutant"] for r in results if not r["killed"]]
     assert not survivors, f"isolation mutants not caught: {survivors} ({results})"
+
+
+# (name, scope, texts the connection holds in set 1 (-1: SELECT * FROM *), the Subscribe's set id, its
+# text count, expected)
+# expected: ("limit", actual) -- limit_exceeded naming the bound 8 -- ("scope",) or ("closed",)
+OVERLONG_CASES: list[tuple[str, bool, int, int, int, tuple[Any, ...]]] = [
+    ("fresh, one over", True, 0, 2, 9, ("limit", 9)),
+    ("fresh, far over", True, 0, 2, 100_000, ("limit", 100_000)),
+    ("three held: the held ones count", True, 3, 2, 9, ("limit", 12)),
+    ("full: eight held", True, 8, 2, 9, ("limit", 17)),
+    ("the held set's id again: closed before any count", True, 3, 1, 9, ("closed",)),
+    ("the full set's id again: closed", True, 8, 1, 50, ("closed",)),
+    ("no scope: the scope before the count", False, 0, 2, 9, ("scope",)),
+    ("set id 0, u32 max request id", True, 0, 0, 9, ("limit", 9)),
+    ("one text held, five queries: queries count, not texts", True, -1, 2, 9, ("limit", 14)),
+]
+
+
+@pytest.mark.parametrize("case", OVERLONG_CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("path", ["handle", "refuse_overlong"])
+def test_an_overlong_set_is_answered_by_the_table(case: tuple[str, bool, int, int, int, tuple[Any, ...]],
+                                                  path: str) -> None:
+    """``refuse_overlong`` (the texts never decoded) and ``handle`` (the texts decoded, here not even
+    SQL: the count is checked before any parse) both answer as this table says: a reused active set
+    id closes the connection first, then the scope, then ``limit_exceeded`` with ``actual`` = the
+    queries held + the set's count; the ids echoed; nothing else queued; the connection's sets as
+    they were, and its next ``Subscribe`` applied as on any connection."""
+    _, scope, held, qs, count, expected = case
+    eng, _ = limited()
+    claims = ADMIN if scope else Claims("d" * 64, frozenset(), ("*",))
+    conn = eng.connect(claims, confirmed=False)
+    held_texts = tuple(f"SELECT * FROM sync_stream WHERE stream_id = 'h{i}'" for i in range(held))
+    if held < 0:  # (-1: one text that is one query per table, five of them)
+        held_texts = ("SELECT * FROM *",)
+    if held:
+        eng.handle(conn, Subscribe(1, 1, held_texts))
+        assert isinstance(last(eng, conn), SubscribeApplied)
+    before = (len(eng.conns[conn].outbound), dict(eng.conns[conn].query_sets))
+    closed: list[str] = []
+    eng.on_close = lambda _c, reason: closed.append(reason)
+    rid = 2**32 - 1
+    if path == "handle":
+        eng.handle(conn, Subscribe(rid, qs, ("not a query",) * count))
+    else:
+        eng.refuse_overlong(conn, rid, qs, count)
+    if expected[0] == "closed":
+        assert conn not in eng.conns and len(closed) == 1
+        assert f"query set {qs} is already active" in closed[0]
+        return
+    assert not closed and len(eng.conns[conn].outbound) == before[0] + 1
+    answer = last(eng, conn)
+    assert isinstance(answer, SubscriptionError) and (answer.request_id, answer.query_set_id) == (rid, qs)
+    if expected[0] == "scope":
+        err = SyncError.parse(answer.error)
+        assert (err.code.value, err.details) == ("missing_scope", {"scope": "sync.subscribe"})
+    else:
+        assert limit_of(answer.error) == ("max_queries_per_connection", 8, expected[1])
+    assert dict(eng.conns[conn].query_sets) == before[1]
+    if scope and held < 8:
+        eng.handle(conn, Subscribe(5, 5, ("SELECT * FROM sync_stream WHERE stream_id = 'next'",)))
+        assert isinstance(last(eng, conn), SubscribeApplied)

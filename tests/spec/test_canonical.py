@@ -23,6 +23,7 @@ from spec.canonical import (
     MAX_DEPTH,
     MAX_SAFE_INTEGER,
     REASONS,
+    SCAN_DEPTH_LIMIT,
     canonical_and_hash,
     canonicalize,
     is_canonical,
@@ -345,6 +346,44 @@ def test_nesting_up_to_the_limit_is_accepted(text: str) -> None:
 @example("[" * MAX_DEPTH + "{}" + "]" * MAX_DEPTH)
 def test_nesting_beyond_the_limit_is_rejected(text: str) -> None:
     assert_rejected(text, "too_deep")
+
+
+def _at_stack_depth(frames: int, f: Any) -> Any:
+    return f() if frames == 0 else _at_stack_depth(frames - 1, f)
+
+
+def _reason(text: str) -> str | None:
+    try:
+        parse_strict(text)
+    except SyncError as exc:
+        return str(exc.details["reason"])
+    return None
+
+
+# Unbalanced texts nested far past MAX_DEPTH: Python's json scanner recurses once per level, so
+# without a bound of its own the reason was invalid_json (or the later defect) near the top of the
+# stack and too_deep (RecursionError) deep in it -- the same text, two answers.
+@pytest.mark.parametrize("text", ["[" * 950, "[" * 700 + "x", '{"a":' * 600, "[" * 513 + "1.5", "x" + "[" * 600])
+def test_the_reason_for_a_deep_text_does_not_depend_on_the_callers_stack(text: str) -> None:
+    assert _reason(text) == _at_stack_depth(400, lambda: _reason(text))
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("[" * SCAN_DEPTH_LIMIT + "x", "invalid_json"),  # at the bound: parsed, the first defect wins
+    ("[" * (SCAN_DEPTH_LIMIT - 1) + "[],[x", "invalid_json"),  # ... also with more brackets than the bound
+    ("[" * (SCAN_DEPTH_LIMIT + 1) + "x", "too_deep"),  # past it: refused before parsing
+    ("x" + "[" * (SCAN_DEPTH_LIMIT + 1), "too_deep"),  # whatever comes first
+    ("[" * (SCAN_DEPTH_LIMIT + 1) + "]" * (SCAN_DEPTH_LIMIT + 1), "too_deep"),
+    ('{"a":' * (SCAN_DEPTH_LIMIT + 1) + "1" + "}" * (SCAN_DEPTH_LIMIT + 1), "too_deep"),
+    ('"' + "[" * 600, "invalid_json"),  # brackets inside a string (here unterminated) do not count
+    ('"\\\\"' + "[" * 600, "too_deep"),  # an escaped backslash, then the string ends: they count
+    ('"\\\\\\"' + "[" * 600, "invalid_json"),  # then an escaped quote: still inside the string
+    ("[]" * 600, "invalid_json"),  # many brackets, never nested: parsed (extra data)
+    ('["' + "[" * 600 + '"]', None),  # a string of brackets is a string
+    ('"' + "[" * 600 + '"', None),  # ... also at the top: no bracket counts at all
+])
+def test_nesting_past_the_scan_bound_is_too_deep_before_parsing(text: str, reason: str | None) -> None:
+    assert _reason(text) == reason == _at_stack_depth(400, lambda: _reason(text))
 
 
 BUILT_ONCE_CASES = ['{"a":1}', '\ufeff{"a":1}', "\ufeff", ' \ufeff{}', '{"a":1,"a":2}', "[1.5]", "[NaN]", "[Infinity]",

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import replace
 from datetime import datetime
 from types import SimpleNamespace
+from typing import Any
 
 import icontract
 import pytest
@@ -578,7 +579,7 @@ def test_escaped_rejections_found_after_parsing_name_the_place(text: str, reason
     ("1" * 50, "integer_out_of_range", "integer " + "1" * 40 + " is outside +/-(2^53-1)"),
     ("-9007199254740992", "integer_out_of_range", "integer -9007199254740992 is outside +/-(2^53-1)"),
     ("[1,", "invalid_json", "Expecting value: line 1 column 4 (char 3)"),  # Python's json module's words
-    # so deep that Python's own parser gives up (RecursionError) before the walk counts the depth
+    # so deep that it is refused before parsing (SCAN_DEPTH_LIMIT)
     ("[" * 100_000 + "]" * 100_000, "too_deep", "nesting deeper than 64"),
 ])
 def test_rejection_details_under_the_default_argument_name(text: str, reason: str, message: str) -> None:
@@ -586,6 +587,21 @@ def test_rejection_details_under_the_default_argument_name(text: str, reason: st
         parse_strict(text)
     assert e.value.code is ErrorCode.NON_CANONICAL_PAYLOAD
     assert dict(e.value.details) == {"argument": "payload_json", "reason": reason, "message": message}
+
+
+def _at_stack_depth(frames: int, f: Any) -> Any:
+    return f() if frames == 0 else _at_stack_depth(frames - 1, f)
+
+
+def test_a_recursion_error_in_a_deep_caller_is_still_too_deep() -> None:
+    # the scan-depth bound keeps the scanner within ~512 levels; a caller already ~800 frames deep
+    # still runs out first, and that is too_deep with the same details, never an escaping RecursionError
+    def details() -> dict[str, Any]:
+        with pytest.raises(SyncError) as e:
+            parse_strict("[" * 400 + "]" * 400)
+        return dict(e.value.details)
+    assert _at_stack_depth(800, details) == {"argument": "payload_json", "reason": "too_deep",
+                                              "message": "nesting deeper than 64"}
 
 
 # --- spec.values: the value predicates as tables (DESIGN section 2: ids, identities, hashes, SATS) ---

@@ -92,11 +92,17 @@ EQUIVALENT: dict[str, str] = {
         "quoting text[:40] or text[:41] is the same",
     # renumbered from mutmut_63 when parse_strict's json.loads call moved into _loads (branch snap;
     # matched by the mutation itself, '200' -> '201', with mutmut's create_mutations on both sources),
-    # and back to mutmut_63 when the walk's skip test came before it (fourth session, branch snap)
-    "spec.canonical.x_parse_strict__mutmut_63":
+    # and back to mutmut_63 when the walk's skip test came before it (fourth session, branch snap),
+    # then mutmut_73 when the scan-depth bound came before the parse (branch revt; matched the same way)
+    "spec.canonical.x_parse_strict__mutmut_73":
         "the ValueErrors parse_strict can meet are json's JSONDecodeError (a message of at most ~50 characters "
         "plus line, column and offset) -- int()'s digit limit is kept out by _check_int's length check -- so "
         "no message reaches 200 characters and [:200] or [:201] is the same",
+    # the scan-depth guard only skips the scan: a text with exactly SCAN_DEPTH_LIMIT brackets nests at most
+    # that deep, which _nests_past_scan_limit does not refuse
+    "spec.canonical.x_parse_strict__mutmut_19":
+        "the guard only decides whether to scan: a text with SCAN_DEPTH_LIMIT brackets cannot nest past "
+        "SCAN_DEPTH_LIMIT, so scanning it too refuses nothing",
     "spec.canonical.x_dumps_canonical__mutmut_10":
         "the C encoder's second argument is the current indent level, read only when an indent is set; the "
         "canonical encoder has none (separators only), so level 1 writes the same text as level 0",
@@ -369,8 +375,10 @@ EQUIVALENT.update({
 # equivalent -- editing a function renumbers its mutants, and a name then means another mutant (as
 # record_hash__mutmut_24 and append_sync_event__mutmut_127 did after f1da87b and fad3263).
 MUTATED_LINE: dict[str, str] = {
-    "spec.canonical.x_parse_strict__mutmut_63":
+    "spec.canonical.x_parse_strict__mutmut_73":
         '{"argument": argument, "reason": "invalid_json", "message": str(exc)[:201]}) from None',
+    "spec.canonical.x_parse_strict__mutmut_19":
+        "if brackets >= SCAN_DEPTH_LIMIT and _nests_past_scan_limit(text):",
     "spec.canonical.x_dumps_canonical__mutmut_10": 'return "".join(_C_MAKE_ENCODER({}, *_ENCODER_OPTIONS)(value, 1))',
     "spec.canonical.x_canonicalize__mutmut_13":
         'return "".join(_TREE_ENCODER(parse_strict(text, argument), 1))  # dumps_canonical of a tree',

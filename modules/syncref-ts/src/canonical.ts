@@ -7,8 +7,12 @@
  * keys, reads numbers as doubles (so `1.0`, `1e3` and 2^53+1 slip through) and cannot tell an
  * escaped lone surrogate from a paired one. So this is a small hand-written parser that follows
  * Python's `json` scanner token by token (the same accepted whitespace, escapes, number grammar,
- * NaN/Infinity constants), then the same post-parse walk as `spec.canonical._walk` (depth and
- * lone surrogates, depth-first), so that an input with one defect gets the model's reason.
+ * NaN/Infinity constants; duplicate keys refused when their object closes, as Python's
+ * object_pairs_hook), then the same post-parse walk as `spec.canonical._walk` (depth and lone
+ * surrogates, depth-first), so that an input gets the model's reason: with one defect, and with
+ * several the first one Python's scanner meets (test/model-cases/canonical.json). As in the model, a
+ * text nesting more than SCAN_DEPTH_LIMIT (512) deep, brackets counted outside string literals, is
+ * too_deep before it is parsed (the model's bound keeps its reason independent of Python's stack).
  *
  * Reasons (error code `non_canonical_payload`, details `{argument, reason, message}`):
  * invalid_json, duplicate_key, lone_surrogate, non_integer_number, integer_out_of_range,
@@ -26,8 +30,12 @@ import { ErrorCode, SyncError } from './errors.js';
 
 export const MAX_SAFE_INTEGER = 2 ** 53 - 1;
 export const MAX_DEPTH = 64;
-/** Python's json scanner fails with RecursionError around here; the model maps that to too_deep. */
-const RECURSION_LIMIT = 900;
+/** spec.canonical.SCAN_DEPTH_LIMIT: a text nesting deeper (brackets outside string literals) is
+ * too_deep before it is parsed. */
+export const SCAN_DEPTH_LIMIT = 512;
+/** What the bound does not count: a string literal (to the next unescaped quote, or to the end of the
+ * text) or a run of other characters -- the model's `_NOT_COUNTED`, the same pattern. */
+const NOT_COUNTED = /"[^"\\]*(?:\\[\s\S]?[^"\\]*)*(?:"|$)|[^"[\]{}]+/g;
 const MAX_SAFE_DIGITS = String(MAX_SAFE_INTEGER).length;
 
 export const REASONS = [
@@ -49,6 +57,8 @@ class Reject extends Error {
 }
 
 const WS = new Set([' ', '\t', '\n', '\r']);
+/** Python's json NUMBER_RE, anchored at lastIndex. */
+const NUMBER = /(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?/y;
 
 class Parser {
   i = 0;
@@ -63,7 +73,6 @@ class Parser {
   }
 
   value(depth: number): JsonValue {
-    if (depth > RECURSION_LIMIT) throw new Reject('too_deep', `nesting deeper than ${MAX_DEPTH}`);
     const c = this.s[this.i];
     switch (c) {
       case '"':
@@ -101,16 +110,13 @@ class Parser {
   }
 
   number(): number {
-    const m = /^(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?/.exec(this.s.slice(this.i, this.i + 4096));
+    NUMBER.lastIndex = this.i; // sticky: the whole token, however long (a fraction after 5,000 digits is still one)
+    const m = NUMBER.exec(this.s);
     if (m === null) return this.fail('Expecting value');
     if (m[2] !== undefined || m[3] !== undefined) {
       throw new Reject('non_integer_number', `number ${m[0].slice(0, 40)} is not an integer`);
     }
     const text = m[1]!;
-    if (text.length === 4096) {
-      // a number token longer than the window: certainly out of range (no leading zeros in JSON)
-      throw new Reject('integer_out_of_range', `integer ${text.slice(0, 40)} is outside +/-(2^53-1)`);
-    }
     this.i += m[0].length;
     const digits = text.startsWith('-') ? text.slice(1) : text;
     const value = Number(text);
@@ -164,7 +170,6 @@ class Parser {
   object(depth: number): JsonObject {
     this.i++;
     const entries: [string, JsonValue][] = [];
-    const seen = new Set<string>();
     this.ws();
     if (this.s[this.i] === '}') {
       this.i++;
@@ -177,20 +182,28 @@ class Parser {
       if (this.s[this.i] !== ':') this.fail("Expecting ':' delimiter");
       this.i++;
       this.ws();
-      const v = this.value(depth + 1);
-      if (seen.has(key)) throw new Reject('duplicate_key', `duplicate object key ${JSON.stringify(key)}`);
-      seen.add(key);
-      entries.push([key, v]);
+      entries.push([key, this.value(depth + 1)]);
       this.ws();
       const c = this.s[this.i];
       this.i++;
-      if (c === '}') return new JsonObject(entries);
+      if (c === '}') return this.closed(entries);
       if (c !== ',') {
         this.i--;
         this.fail("Expecting ',' delimiter");
       }
       this.ws();
     }
+  }
+
+  /** Duplicate keys are refused when the object closes, as Python's object_pairs_hook is called:
+   * a defect later inside the same object (a fraction, a syntax error) is met first. */
+  closed(entries: [string, JsonValue][]): JsonObject {
+    const seen = new Set<string>();
+    for (const [key] of entries) {
+      if (seen.has(key)) throw new Reject('duplicate_key', `duplicate object key ${JSON.stringify(key)}`);
+      seen.add(key);
+    }
+    return new JsonObject(entries);
   }
 
   array(depth: number): JsonValue[] {
@@ -248,10 +261,29 @@ function walk(v: JsonValue, depth: number): void {
   }
 }
 
+function count(s: string, ch: string): number {
+  let n = 0;
+  for (let i = s.indexOf(ch); i >= 0; i = s.indexOf(ch, i + 1)) n++;
+  return n;
+}
+
+/** Do the brackets outside string literals nest deeper than SCAN_DEPTH_LIMIT? */
+function nestsPastScanLimit(text: string): boolean {
+  let depth = 0;
+  for (const b of text.replace(NOT_COUNTED, '')) {
+    depth += b === '[' || b === '{' ? 1 : -1;
+    if (depth > SCAN_DEPTH_LIMIT) return true;
+  }
+  return false;
+}
+
 /** Parse under the strict rules, or throw `SyncError(non_canonical_payload)`. */
 export function parseStrict(text: string, argument = 'payload_json'): JsonValue {
   try {
     if (hasLoneSurrogate(text)) throw new Reject('lone_surrogate', 'text contains an unpaired surrogate');
+    if (count(text, '[') + count(text, '{') > SCAN_DEPTH_LIMIT && nestsPastScanLimit(text)) {
+      throw new Reject('too_deep', `nesting deeper than ${MAX_DEPTH}`);
+    }
     if (text.startsWith('\ufeff')) throw new Reject('invalid_json', 'Unexpected UTF-8 BOM');
     const p = new Parser(text);
     p.ws();

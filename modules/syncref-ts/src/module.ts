@@ -8,7 +8,10 @@
  * What SpacetimeDB cannot express the way the reference server does, and how it is done here:
  *
  * - Claims: a reducer reads the caller's verified JWT (`ctx.senderAuth.jwt.fullPayload`:
- *   `oa_sync_scopes`, `oa_sync_streams`, `oa_device_id`, `oa_session_id`) on every call.
+ *   `oa_sync_scopes`, `oa_sync_streams`, `oa_device_id`, `oa_session_id`) on every call, typed as
+ *   the reference types them (claims.ts): a token with a claim of the wrong type is refused --
+ *   by the connect reducer (the connection) and by every reducer (the call) -- with the
+ *   reference's 401 text, `malformed claim <name> (...)`.
  * - Row visibility: client visibility filters (RLS, `clientVisibilityFilter.sql`) keep the table
  *   names clients subscribe to. An RLS rule sees only `:sender` (the identity), not the token, so
  *   the connect reducer copies the token's grants into private tables (`stream_access`: one row
@@ -39,6 +42,7 @@ import {
   compact, grantMatches, type Keyed, type Policy, presence_sweep, type ProviderCapability, REDUCERS, type SessionPresence,
   type Store, type SyncCheckpoint, type SyncEvent, type SyncStream,
 } from './rules.js';
+import { callerFromClaims, MalformedClaim } from './claims.js';
 import { SyncError } from './errors.js';
 
 const POLICY: Policy = DEFAULT_POLICY;
@@ -225,20 +229,14 @@ function hostStore(ctx: Ctx_, onStreamCreated: (stream_id: string) => void): Sto
 
 // --- claims and grants --------------------------------------------------------------------------
 
-function strings(v: unknown): string[] {
-  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
-}
-
+/** The caller's claims; a malformed token is refused with the reference server's 401 text. */
 function callerOf(ctx: Ctx_): Caller {
-  const claims = ctx.senderAuth.jwt?.fullPayload ?? {};
-  const str = (k: string): string | undefined => (typeof claims[k] === 'string' ? (claims[k] as string) : undefined);
-  return {
-    identity: hex(ctx.sender),
-    scopes: new Set(strings(claims['oa_sync_scopes'])),
-    streams: strings(claims['oa_sync_streams']),
-    device_id: str('oa_device_id'),
-    session_id: str('oa_session_id'),
-  };
+  try {
+    return callerFromClaims(hex(ctx.sender), ctx.senderAuth.jwt?.fullPayload ?? {});
+  } catch (e) {
+    if (e instanceof MalformedClaim) throw new SenderError(e.message);
+    throw e;
+  }
 }
 
 function grantStream(db: Db, identity: Identity, stream_id: string): void {

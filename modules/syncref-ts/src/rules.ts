@@ -333,6 +333,9 @@ export function upsert_presence(db: Store, ctx: Ctx, session_id: string, device_
     session_id, identity: c.identity, device_id, node_id, status, region, last_seen: ctx.now,
     expires_at: ctx.now + ttl_ms * 1000n, offline_reason: reason,
   };
+  if (old !== undefined && (Object.keys(row) as (keyof SessionPresence)[]).every((k) => row[k] === old[k])) {
+    return; // the row would not change (the same call at the same instant): a no-op, as the model's Tx.update
+  }
   if (old === undefined) db.session_presence.insert(row);
   else db.session_presence.update(row);
   if (old === undefined || old.status !== status) {
@@ -448,22 +451,31 @@ export function outboxContentHash(source: string, nostr_kind: number, tagsCanoni
   return payloadHash(dumpsPlain([source, nostr_kind, parseStrict(tagsCanonical), content]));
 }
 
-function tagsOk(tags_json: string): string {
+function tagsOk(tags_json: string): [string, string[][]] {
   const canon = canonicalize(tags_json, 'tags_json');
   const v = parseStrict(canon, 'tags_json');
   if (!(Array.isArray(v) && v.every((t) => Array.isArray(t) && t.every((x) => typeof x === 'string')))) {
     throw fail(ErrorCode.INVALID_ARGUMENT, { argument: 'tags_json', message: 'must be a JSON array of arrays of strings' });
   }
-  return canon;
+  return [canon, v as string[][]];
 }
+
+/** The C0 controls NIP-01 writes verbatim but JSON encoders escape (in two spellings): an event
+ * holding one has no id every relay agrees on, so the outbox refuses them
+ * (spec.policy.NOSTR_NONPORTABLE_CONTROLS: U+0000-U+001F except \b \t \n \f \r). */
+// eslint-disable-next-line no-control-regex
+const NOSTR_NONPORTABLE_CONTROL = /[\u0000-\u0007\u000b\u000e-\u001f]/;
 
 export function enqueue_bridge_event(db: Store, ctx: Ctx, outbox_id: string, source: string, nostr_kind: number,
   tags_json: string, content: string): void {
   scope(ctx.caller, 'bridge.enqueue');
   id('outbox_id', outbox_id);
   id('source', source);
-  const tags = tagsOk(tags_json);
+  const [tags, parsed] = tagsOk(tags_json);
   if (!ctx.policy.bridge_kinds.has(nostr_kind)) throw fail(ErrorCode.POLICY_DENIED, { nostr_kind, outbox_id });
+  if ([content, ...parsed.flat()].some((x) => NOSTR_NONPORTABLE_CONTROL.test(x))) {
+    throw fail(ErrorCode.POLICY_DENIED, { nostr_kind, outbox_id });
+  }
   const digest = outboxContentHash(source, nostr_kind, tags, content);
   const old = db.bridge_outbox.find(outbox_id);
   if (old !== undefined) {

@@ -9,8 +9,11 @@
 
 import { existsSync, readFileSync } from 'node:fs';
 
+import { AlgebraicType, BinaryWriter, Identity, t as rootT, Timestamp } from 'spacetimedb';
+
 import * as clientModule from '../src/client.js';
 import { MemStore } from '../src/memstore.js';
+import { rowDefs, type T } from '../src/rows.js';
 import type { Ctx } from '../src/rules.js';
 import {
   type Canonical, callerFromJson, fromJson, type Json, policyFromJson, REPO_DIR, type Rules, rowToJson, SCHEMA, storeFromJson,
@@ -23,12 +26,12 @@ export const kitPresent = (): boolean => existsSync(new URL('index.json', KIT_DI
 export const NOT_APPLICABLE: Record<string, string> = {
   'bsatn/client_message': 'wire codec: SpacetimeDB host',
   'bsatn/server_message': 'wire codec: SpacetimeDB host',
-  'bsatn/row': 'wire codec: SpacetimeDB host',
   'sql/parse': 'subscription SQL: SpacetimeDB host',
   'sql/reject': 'subscription SQL: SpacetimeDB host',
   'stale/resume_form': 'a subscribe-time refusal: module code cannot refuse a subscription (README)',
   'compat/negotiate': 'connect-time negotiation: no SpacetimeDB hook (README)',
   'delivery/scenario': 'delivery: SpacetimeDB host',
+  'reducers/call': 'argument decoding (unknown reducer, arity, types): SpacetimeDB host, before the module runs',
 };
 
 const REDUCER_ARGS: Record<string, [string, string][]> = Object.fromEntries(SCHEMA.reducers.map((r: Json) => [r.name, r.args]));
@@ -45,32 +48,6 @@ function read(area: string, handler: string, name: string, part: string): Json {
     CACHE.set(path, text);
   }
   return JSON.parse(text);
-}
-
-/** Is a plain JSON value of SATS type `type` (spec.values.value_has_type over SATS-JSON)? */
-function plainHasType(type: string, v: Json): boolean {
-  if (type.startsWith('Option<')) return v === null || plainHasType(type.slice(7, -1), v);
-  if (type.startsWith('Vec<')) return Array.isArray(v) && v.every((x) => plainHasType(type.slice(4, -1), x));
-  switch (type) {
-    case 'String': return typeof v === 'string';
-    case 'U32': return Number.isInteger(v) && v >= 0 && v <= 2 ** 32 - 1;
-    case 'U64': return Number.isInteger(v) && v >= 0;
-    default: return false;
-  }
-}
-
-/** The call boundary of spec.reducers.call: arity and argument types, before the reducer runs.
- * (On SpacetimeDB the host's BSATN decoding refuses such calls, with its own message.) */
-function boundaryError(reducer: string, args: Json[]): { code: string; details: Record<string, unknown> } | undefined {
-  const params = REDUCER_ARGS[reducer];
-  if (params === undefined) return { code: 'no_such_reducer', details: { reducer } };
-  if (args.length !== params.length) {
-    return { code: 'invalid_argument', details: { argument: '*', message: `${reducer} takes ${params.length} arguments, got ${args.length}` } };
-  }
-  for (const [i, [name, type]] of params.entries()) {
-    if (!plainHasType(type, args[i])) return { code: 'invalid_argument', details: { argument: name, message: 'wrong type' } };
-  }
-  return undefined;
 }
 
 function errorKey(canon: Canonical, code: string, details: Record<string, unknown>): string {
@@ -100,17 +77,13 @@ function runCallCase(rules: Rules, canon: Canonical, area: string, handler: stri
   for (const [i, call] of ops.entries()) {
     const before = db.writes;
     const seen = db.signals.length;
-    let outcome: { ok: true; ret: bigint | undefined } | { ok: false; code: string; details: Record<string, unknown> };
-    const boundary = call.args_plain_json ? boundaryError(call.reducer, call.args) : undefined;
-    if (boundary !== undefined) {
-      outcome = { ok: false, ...boundary };
-    } else {
-      const ctx: Ctx = { caller: callerFromJson(call.claims), now: BigInt(call.now), tx_offset: BigInt(call.tx_offset), policy };
-      const params = REDUCER_ARGS[call.reducer] ?? [];
-      const args = params.map(([, type], j) => (call.args_plain_json ? fromJson(type, plainToSats(type, call.args[j])) : fromJson(type, call.args[j])));
-      const out = rules.call(db, ctx, call.reducer, args);
-      outcome = out.ok ? out : { ok: false, code: out.error.code, details: out.error.details as Record<string, unknown> };
-    }
+    if (call.args_plain_json) return `call ${i}: plain-JSON arguments are the host's to decode (mark the handler n/a)`;
+    const ctx: Ctx = { caller: callerFromJson(call.claims), now: BigInt(call.now), tx_offset: BigInt(call.tx_offset), policy };
+    const params = REDUCER_ARGS[call.reducer] ?? [];
+    const args = params.map(([, type], j) => fromJson(type, call.args[j]));
+    const out = rules.call(db, ctx, call.reducer, args);
+    const outcome: { ok: true; ret: bigint | undefined } | { ok: false; code: string; details: Record<string, unknown> } =
+      out.ok ? out : { ok: false, code: out.error.code, details: out.error.details as Record<string, unknown> };
     if (!outcome.ok) {
       if (db.writes !== before) return `call ${i}: a failed reducer wrote`;
       if (expectError !== undefined && i === ops.length - 1) {
@@ -149,12 +122,6 @@ function runCallCase(rules: Rules, canon: Canonical, area: string, handler: stri
   return undefined;
 }
 
-/** Plain JSON (args_plain_json) to SATS-JSON, for a call that passed the boundary check. */
-function plainToSats(type: string, v: Json): Json {
-  if (type.startsWith('Option<')) return v === null ? { none: [] } : { some: plainToSats(type.slice(7, -1), v) };
-  return v;
-}
-
 function fromUtf16Hex(hex: string): string {
   let s = '';
   for (let i = 0; i < hex.length; i += 4) s += String.fromCharCode(parseInt(hex.slice(i, i + 4), 16));
@@ -184,6 +151,42 @@ function runCanonicalCase(canon: Canonical, handler: string, name: string): stri
     const x = e as { code?: string; details?: { reason?: string } };
     return x.code === err.code && x.details?.reason === err.reason ? undefined : `${x.code}/${x.details?.reason} != ${err.code}/${err.reason}`;
   }
+}
+
+/** The binding's row type builders (src/rows.ts), as the module publishes them. */
+export type RowDefs = ReturnType<typeof rowDefs>;
+export const ROW_DEFS: RowDefs = rowDefs(rootT as unknown as T);
+
+/** A SATS-JSON value as the host's TypeScript value of algebraic type `a` (Identity, Timestamp, bigint
+ * u64, `T | undefined` options). */
+function hostValue(a: Json, v: Json): unknown {
+  switch (a.tag) {
+    case 'String': case 'U32': case 'Bool': return v;
+    case 'U64': case 'I64': return BigInt(v);
+    case 'Array': return (v as Json[]).map((x) => hostValue(a.value, x));
+    case 'Sum': return 'some' in v ? hostValue(a.value.variants[0].algebraicType, v.some) : undefined;
+    case 'Product': {
+      const first = a.value.elements[0]?.name;
+      if (first === '__identity__') return new Identity((v as string).replace(/^0x/, ''));
+      if (first === '__timestamp_micros_since_unix_epoch__') return new Timestamp(BigInt(v[first]));
+    }
+  }
+  throw new Error(`no host value for ${JSON.stringify(a).slice(0, 80)}`);
+}
+
+/** bsatn/row: the row encoded by the host library's BSATN serializer with the type the binding
+ * declares for its table (column order and SATS types, as a published module's rows go on the wire). */
+function runBsatnRowCase(rows: RowDefs, name: string): string | undefined {
+  const ops = read('bsatn', 'row', name, 'ops');
+  const post = read('bsatn', 'row', name, 'post');
+  const row = (rows as Record<string, { row: Record<string, Json> }>)[ops.table]?.row;
+  if (row === undefined) return `no table ${ops.table}`;
+  const elements = Object.entries(row).map(([n, b]) => ({ name: n, algebraicType: (b.typeBuilder ?? b).algebraicType }));
+  const value = Object.fromEntries(elements.map((e) => [e.name, hostValue(e.algebraicType, ops.row[e.name])]));
+  const writer = new BinaryWriter(64);
+  AlgebraicType.makeSerializer({ tag: 'Product', value: { elements } })(writer, value);
+  const hex = Buffer.from(writer.getBuffer()).toString('hex');
+  return hex === post.hex ? undefined : `bytes\n  want ${post.hex}\n  got  ${hex}`;
 }
 
 function runStaleCase(rules: Rules, name: string): string | undefined {
@@ -217,7 +220,8 @@ export interface KitResult {
   failures: string[];
 }
 
-export function runKit(rules: Rules, canon: Canonical, stopAt = 50, client: Client = clientModule): KitResult {
+export function runKit(rules: Rules, canon: Canonical, stopAt = 50, client: Client = clientModule,
+  rows: RowDefs = ROW_DEFS): KitResult {
   const index = JSON.parse(readFileSync(new URL('index.json', KIT_DIR), 'utf8'));
   const result: KitResult = { handlers: {}, notApplicable: {}, failures: [] };
   for (const [area, handlers] of Object.entries(index.areas as Record<string, Record<string, string[]>>)) {
@@ -240,6 +244,7 @@ export function runKit(rules: Rules, canon: Canonical, stopAt = 50, client: Clie
           if (area === 'canonical') failure = runCanonicalCase(canon, handler, name);
           else if (key === 'stale/reasons') failure = runStaleCase(rules, name);
           else if (area === 'client') failure = runClientCase(client, handler, name);
+          else if (key === 'bsatn/row') failure = runBsatnRowCase(rows, name);
           else if (['reducers', 'checkpoint', 'compute', 'outbox'].includes(area)) {
             failure = runCallCase(rules, canon, area, handler, name, manifest.parts);
           } else failure = `no runner for ${key}`;

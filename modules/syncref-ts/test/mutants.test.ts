@@ -10,7 +10,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 
 import { type Client, kitPresent, runKit } from './kit.js';
-import { type Canonical, loadJson, type Rules, runCases } from './runner.js';
+import { type Canonical, loadJson, type Rules, runCanonicalCases, runCases } from './runner.js';
 
 interface Mutant { name: string; file: 'rules' | 'canonical' | 'client'; find: RegExp; replace: string }
 
@@ -34,6 +34,10 @@ const MUTANTS: Mutant[] = [
     find: /executor: \{ scope: 'compute\.execute', column: 'provider_owner' \}/, replace: "executor: { scope: 'compute.execute', column: null }" },
   { name: 'assigning does not check the advertised job kind', file: 'rules',
     find: /!p\.nip90_kinds\.includes\(job_kind\)/, replace: 'false' },
+  { name: 'outbox accepts non-portable controls (no NIP-01 id every relay agrees on)', file: 'rules',
+    find: /NOSTR_NONPORTABLE_CONTROL\.test\(x\)/, replace: 'false' },
+  { name: 'relay and error lengths counted in UTF-16 units, not code points', file: 'rules',
+    find: /const pyLen = \(s\) => \[\.\.\.s\]\.length;/, replace: 'const pyLen = (s) => s.length;' },
   { name: 'dead letter one attempt late', file: 'rules',
     find: /attempts >= p\.bridge_max_attempts/, replace: 'attempts > p.bridge_max_attempts' },
   { name: 'relays acknowledged earlier are dropped', file: 'rules',
@@ -61,12 +65,22 @@ const MUTANTS: Mutant[] = [
     find: /c\.charCodeAt\(0\)\.toString\(16\)\.padStart\(4, '0'\)/, replace: "c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')" },
   { name: 'canonical: duplicate keys accepted', file: 'canonical',
     find: /if \(seen\.has\(key\)\)/, replace: 'if (false)' },
+  { name: 'canonical: a duplicate key refused where it is read, not when its object closes', file: 'canonical',
+    find: /entries\.push\(\[key, this\.value\(depth \+ 1\)\]\);/,
+    replace: 'entries.push([key, this.value(depth + 1)]); this.closed([...entries]);' },
+  { name: 'canonical: numbers matched in a 4,096-character window', file: 'canonical',
+    find: /NUMBER\.exec\(this\.s\)/, replace: 'NUMBER.exec(this.s.slice(0, this.i + 4096))' },
+  { name: 'canonical: the nesting bound counts brackets inside string literals', file: 'canonical',
+    find: /text\.replace\(NOT_COUNTED, ''\)/, replace: "text.replace(/[^[\\]{}]+/g, '')" },
+  { name: 'canonical: the nesting bound off by one', file: 'canonical',
+    find: /if \(depth > SCAN_DEPTH_LIMIT\)/, replace: 'if (depth >= SCAN_DEPTH_LIMIT)' },
   { name: 'canonical: fractions accepted as numbers', file: 'canonical',
     find: /if \(m\[2\] !== undefined \|\| m\[3\] !== undefined\)/, replace: 'if (false)' },
 ];
 
 const SRC = new URL('../src/', import.meta.url);
-const CASES = ['scenarios', 'walks'].map((f) => loadJson(`test/model-cases/${f}.json`));
+const CASES = ['scenarios', 'walks', 'hostile'].map((f) => loadJson(`test/model-cases/${f}.json`));
+const CANONICAL_CASES = loadJson('test/model-cases/canonical.json');
 
 async function load<M>(file: string, source: string, tag: string): Promise<M> {
   const target = new URL(`${file}.mutant_${tag}.js`, SRC);
@@ -104,7 +118,7 @@ test('every planted bug is caught by the vectors', async (t) => {
         failures = runKit(originalRules, canonical, 1, mc).failures;
       } else {
         const mc = await load<Canonical>('canonical', mutated, String(i));
-        failures = runKit(originalRules, mc, 1).failures;
+        failures = [...runKit(originalRules, mc, 1).failures, ...runCanonicalCases(mc, CANONICAL_CASES, 1)];
       }
       assert.ok(failures.length > 0, `mutant survived: ${m.name}`);
       t.diagnostic(`${m.name}: killed by ${failures[0]!.split('\n')[0]}`);

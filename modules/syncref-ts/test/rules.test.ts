@@ -8,7 +8,7 @@ import * as canon from '../src/canonical.js';
 import * as rules from '../src/rules.js';
 import { loadJson, runCases } from './runner.js';
 
-for (const file of ['scenarios', 'walks']) {
+for (const file of ['scenarios', 'walks', 'hostile']) {
   test(`model cases: ${file}.json replay with the same outcomes, signals and final tables`, () => {
     const cases = loadJson(`test/model-cases/${file}.json`);
     assert.ok(cases.cases.length > 0);

@@ -21,8 +21,12 @@ export const REPO_DIR = new URL('../../../../', import.meta.url);
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Json = any;
 
+/** Integers past 2^53 - 1 are written by the exporter as {"__int__": "<digits>"} (JSON.parse would round
+ * them to doubles); they come back as bigints, exact, as the module's u64 values are. */
 export function loadJson(rel: string, base: URL = MODULE_DIR): Json {
-  return JSON.parse(readFileSync(new URL(rel, base), 'utf8'));
+  return JSON.parse(readFileSync(new URL(rel, base), 'utf8'),
+    (_k, v) => (v !== null && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length === 1
+      && typeof v.__int__ === 'string' ? BigInt(v.__int__) : v));
 }
 
 export const SCHEMA: Json = loadJson('test/model-cases/schema.json');
@@ -169,7 +173,7 @@ export function runCases(rules: Rules, canon: Canonical, file: CaseFile, stopAt 
             if (want !== got) failures.push(`${where()} ${step.reducer}: error\n  want ${want}\n  got  ${got}`);
             if (db.writes !== before) failures.push(`${where()} ${step.reducer}: a failed reducer wrote ${db.writes - before} rows`);
           } else {
-            const ret = out.ret === undefined ? null : Number(out.ret);
+            const ret = out.ret === undefined ? null : typeof exp.ret === 'bigint' ? out.ret : Number(out.ret);
             if (ret !== exp.ret) failures.push(`${where()} ${step.reducer}: ret ${ret} != ${exp.ret}`);
             if ((db.writes === before) !== exp.noop) failures.push(`${where()} ${step.reducer}: noop ${db.writes === before} != ${exp.noop}`);
           }
@@ -218,6 +222,27 @@ export function runCases(rules: Rules, canon: Canonical, file: CaseFile, stopAt 
       }
     }
     if (failures.length >= stopAt) return failures;
+  }
+  return failures;
+}
+
+/** Replay canonical-JSON cases (canonical.json: the model's outcome for texts with several defects
+ * and seeded random texts): the same canonical bytes and hash, or the same code and reason. */
+export function runCanonicalCases(canon: Canonical, file: CaseFile, stopAt = 20): string[] {
+  const failures: string[] = [];
+  for (const [i, c] of (file.cases as Json[]).entries()) {
+    let got: string;
+    try {
+      const text = canon.canonicalize(c.input);
+      got = `ok ${Buffer.from(canon.utf8(text)).toString('hex')} ${canon.payloadHash(text)}`;
+    } catch (e) {
+      const x = e as { code?: string; details?: { reason?: string } };
+      if (x.code === undefined) got = `threw ${String(e).slice(0, 200)}`;
+      else got = `${x.code} ${x.details?.reason}`;
+    }
+    const want = c.reason !== undefined ? `${c.code} ${c.reason}` : `ok ${Buffer.from(c.canonical, 'utf8').toString('hex')} ${c.hash}`;
+    if (got !== want) failures.push(`canonical case ${i} ${JSON.stringify(c.input).slice(0, 80)}: want ${want.slice(0, 80)} got ${got.slice(0, 80)}`);
+    if (failures.length >= stopAt) break;
   }
   return failures;
 }

@@ -12,7 +12,8 @@ import { test } from 'node:test';
 import { t as rootT } from 'spacetimedb';
 
 import { reducerParams, rowDefs, type T } from '../src/rows.js';
-import { type Json, SCHEMA } from './runner.js';
+import { DEFAULT_POLICY, type Policy } from '../src/rules.js';
+import { type Json, policyFromJson, SCHEMA } from './runner.js';
 
 const t = rootT as unknown as T; // the same builders the server entry exports (see rows.ts)
 
@@ -71,4 +72,16 @@ test('the comparison can fail: a swapped column order and a wrong type are told 
   assert.notDeepEqual(columnsOf({ ...defs.sync_event.row, tx_offset: t.u32() }), spec.columns);
   assert.equal(satsName(t.option(t.identity()).algebraicType), 'Option<Identity>');
   assert.equal(satsName(t.array(t.u32()).algebraicType), 'Vec<U32>');
+});
+
+/** The policy as plain data (sets sorted), for a deep comparison. */
+const plainPolicy = (p: Policy): unknown => ({ ...p, bridge_kinds: [...p.bridge_kinds].sort((a, b) => a - b) });
+
+test('the binding runs the reference server\'s default policy: DEFAULT_POLICY equals spec.policy.DEFAULT_POLICY', () => {
+  // the kit and the model cases carry their own policies, so only this compares the constant the binding uses
+  assert.deepEqual(plainPolicy(DEFAULT_POLICY), plainPolicy(policyFromJson(SCHEMA.default_policy)));
+  assert.notDeepEqual(plainPolicy({ ...DEFAULT_POLICY, presence_max_ttl_ms: 300001n }),
+    plainPolicy(policyFromJson(SCHEMA.default_policy)), 'the comparison can fail');
+  assert.notDeepEqual(plainPolicy({ ...DEFAULT_POLICY, bridge_kinds: new Set([30078]) }),
+    plainPolicy(policyFromJson(SCHEMA.default_policy)), 'the comparison can fail');
 });
