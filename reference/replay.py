@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from reference import reducers as r
 from reference import snapshot
 from reference.db import Db, Txn
-from reference.durability import LogCorruption, LogStore, decode_changes
+from reference.durability import FORMAT, LogCorruption, LogStore, decode_changes
 from reference.log import GENESIS, RowChange, TxRecord, args_text, chain_hash, delta_text, delta_text_of, floors_after
 from spec.errors import SyncError
 from spec.policy import DEFAULT_POLICY, Policy
@@ -61,8 +61,8 @@ class ReplayResult:
 
 
 class UnreadableLog(ValueError):
-    """The data directory's database holds no commit log this build can read (its stored policy
-    does not decode): :func:`verify_log` checked nothing."""
+    """The data directory's database holds no commit log this build can read (another log format,
+    no format marker, a stored policy that does not decode): :func:`verify_log` checked nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +332,10 @@ def verify_log(data_dir: str | os.PathLike[str],
     store = LogStore.open(data_dir, readonly=True)
     try:
         with store.read_snapshot():  # safe against a server that is still committing
+            form = store.get_meta("format")  # what restart() refuses, verify-log does not call intact
+            if form != FORMAT and (form is not None or store.count() > 0):
+                raise UnreadableLog(f"log format {form}, this build reads {FORMAT}" if form is not None
+                                    else "a commit log without a format marker")
             try:
                 stored = store.load_policy()
             except (ValueError, KeyError, TypeError) as exc:
