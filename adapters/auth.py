@@ -65,7 +65,8 @@ invalid: malformed token").  :meth:`Authenticator.token_from_request` takes the 
 Everything is sans-I/O except :meth:`KeyStore.load_or_create`, which creates the key file with
 mode 0600 atomically (written to a temporary file, fsynced, then hard-linked into place so two
 servers starting at once cannot overwrite each other's key; where hard links are unsupported it
-falls back to a rename) and refuses a corrupt file with a ``ValueError`` naming it.
+falls back to a rename) and refuses a corrupt file, or one group or others may read, with a
+``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 import tempfile
 import time
 import uuid
@@ -254,11 +256,22 @@ class KeyStore:
         return cls(key)
 
     @classmethod
+    def _load_private(cls, path: Path) -> KeyStore:
+        """The key at ``path``; ``ValueError`` when it is not one, or when others may read it."""
+        with path.open("rb") as f:
+            store = cls.from_pem(f.read(), source=str(path))
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & 0o077:  # whoever reads it mints any token (as the bridge's Nostr key file, refused)
+            raise ValueError(f"{path}: mode {mode:04o} lets other users read the signing key; make it private "
+                             f"(chmod 600 {path})")
+        return store
+
+    @classmethod
     def load_or_create(cls, data_dir: Path) -> KeyStore:
         """The key at ``data_dir/jwt-es256-key.pem``, created (mode 0600, atomically) if absent."""
         path = data_dir / KEY_FILE_NAME
         try:
-            return cls.from_pem(path.read_bytes(), source=str(path))
+            return cls._load_private(path)
         except FileNotFoundError:
             pass
         make_data_dir(data_dir)
@@ -273,7 +286,7 @@ class KeyStore:
             try:
                 os.link(tmp, path)  # no-clobber "rename"
             except FileExistsError:  # another process created it first: use theirs
-                return cls.from_pem(path.read_bytes(), source=str(path))
+                return cls._load_private(path)
             except OSError:  # no hard links on this file system
                 os.replace(tmp, path)
         finally:

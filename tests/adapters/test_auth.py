@@ -528,6 +528,23 @@ def test_keystore_persists_with_mode_0600(tmp_path: Path) -> None:
     assert Authenticator(AuthConfig(), second, clock=FakeClock()).verify(token).identity
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_keystore_refuses_a_key_file_others_can_read(tmp_path: Path, mode: int) -> None:
+    """Whoever reads the key mints any token, sync.admin included.  syncref creates it 0600, but a
+    restore or copy (``cp`` without ``-p``, a umask) leaves it readable by others.  Failed before: it
+    was used as it was; the bridge's Nostr key file was already refused in that case."""
+    path = tmp_path / KEY_FILE_NAME
+    path.write_bytes(KeyStore.generate().private_key_pem())
+    path.chmod(mode)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: mode {mode:04o} lets other users read the signing key")
+                       + r".*chmod 600"):
+        KeyStore.load_or_create(tmp_path)
+    path.chmod(0o600)
+    assert KeyStore.load_or_create(tmp_path).public_key_pem()
+    path.chmod(0o400)  # read-only for its owner is fine
+    assert KeyStore.load_or_create(tmp_path).public_key_pem()
+
+
 def test_keystore_refuses_a_corrupt_file(tmp_path: Path) -> None:
     (tmp_path / KEY_FILE_NAME).write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / KEY_FILE_NAME))):
@@ -548,6 +565,7 @@ def test_keystore_creation_race_keeps_the_first_key(tmp_path: Path, monkeypatch:
 
     def link_after_another_process(src: str, dst: str) -> None:
         Path(dst).write_bytes(winner.private_key_pem())  # another server got there first
+        Path(dst).chmod(0o600)  # (it writes its key 0600, as this one does)
         real_link(src, dst)
 
     monkeypatch.setattr(os, "link", link_after_another_process)
