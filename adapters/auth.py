@@ -39,7 +39,8 @@ Verification (:meth:`Authenticator.verify`), in order:
    ``aud`` includes the configured audience (``spacetimedb``);
 4. ``exp``/``nbf``/``iat`` are checked here against the injected clock (so tests use a fake
    one), with 30 s leeway: expired when ``exp <= now - leeway``, not yet valid when
-   ``nbf > now + leeway`` or ``iat > now + leeway``.  They must be JSON numbers;
+   ``nbf > now + leeway`` or ``iat > now + leeway``.  They must be JSON numbers a double holds
+   (an integer past ~1.8e308 is a malformed claim, as NaN is);
 5. every string in the payload (names and values, at any depth) must be text UTF-8 can carry:
    a JSON ``\ud800`` escape decodes to a lone surrogate, which no frame, log or record can hold
    (401 naming the claim);
@@ -64,7 +65,8 @@ invalid: malformed token").  :meth:`Authenticator.token_from_request` takes the 
 Everything is sans-I/O except :meth:`KeyStore.load_or_create`, which creates the key file with
 mode 0600 atomically (written to a temporary file, fsynced, then hard-linked into place so two
 servers starting at once cannot overwrite each other's key; where hard links are unsupported it
-falls back to a rename) and refuses a corrupt file with a ``ValueError`` naming it.
+falls back to a rename) and refuses a corrupt file, or one group or others may read, with a
+``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 import tempfile
 import time
 import uuid
@@ -87,11 +90,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from adapters.fsutil import fsync_dir
+from adapters.fsutil import fsync_dir, make_data_dir
 from spec.auth import Claims
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import SCOPES
-from spec.values import Identity
+from spec.values import ZERO_IDENTITY, Identity, is_id
 
 LOCAL_ISSUER = "syncref://local"
 AUDIENCE = "spacetimedb"
@@ -99,6 +102,7 @@ KEY_FILE_NAME = "jwt-es256-key.pem"
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_ISS_SUB_BYTES = 128  # SpacetimeDB's IncomingClaims limit
 MIN_HS256_SECRET_BYTES = 32  # RFC 7518 §3.2: a key of at least the hash size
+MAX_TTL_S = 2**53 - 1  # the longest life mint gives a token (canonical JSON's integer bound; ~285 million years)
 
 # What an identity minted by this server may do: use streams and presence, publish provider ads,
 # request compute.  Not: sync.admin (epoch resets), bridge.* (the Nostr bridge's own token),
@@ -149,10 +153,25 @@ def _check_scopes(scopes: Iterable[str], what: str) -> frozenset[str]:
     return result
 
 
+def _can_match_a_stream(grant: str) -> bool:
+    """Whether ``grant`` (``{identity}`` filled in) covers at least one valid stream id: ``*``, an
+    id, or an id's prefix followed by ``*`` (spec.auth.grant_matches: no regex, no inner glob)."""
+    if grant.endswith("*"):
+        prefix = grant[:-1]
+        return prefix == "" or is_id(prefix)
+    return is_id(grant)
+
+
 def _check_streams(streams: Iterable[str], what: str) -> tuple[str, ...]:
     result = tuple(streams)
     if isinstance(streams, str) or not all(isinstance(s, str) and s for s in result):
         raise AuthUsageError(f"{what}: stream grants must be non-empty strings, got {streams!r}")
+    for grant in result:
+        if not _can_match_a_stream(grant.replace("{identity}", ZERO_IDENTITY)):
+            raise AuthUsageError(
+                f"{what}: stream grant {grant[:140]!r} can match no stream id (ids are 1-128 characters of "
+                "[A-Za-z0-9._:-]; a grant is an id, or an id's prefix ending in *, e.g. 'team.*'; '{identity}' "
+                "stands for the token's identity)")
     return result
 
 
@@ -237,14 +256,25 @@ class KeyStore:
         return cls(key)
 
     @classmethod
+    def _load_private(cls, path: Path) -> KeyStore:
+        """The key at ``path``; ``ValueError`` when it is not one, or when others may read it."""
+        with path.open("rb") as f:
+            store = cls.from_pem(f.read(), source=str(path))
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & 0o077:  # whoever reads it mints any token (as the bridge's Nostr key file, refused)
+            raise ValueError(f"{path}: mode {mode:04o} lets other users read the signing key; make it private "
+                             f"(chmod 600 {path})")
+        return store
+
+    @classmethod
     def load_or_create(cls, data_dir: Path) -> KeyStore:
         """The key at ``data_dir/jwt-es256-key.pem``, created (mode 0600, atomically) if absent."""
         path = data_dir / KEY_FILE_NAME
         try:
-            return cls.from_pem(path.read_bytes(), source=str(path))
+            return cls._load_private(path)
         except FileNotFoundError:
             pass
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(data_dir)
         store = cls.generate()
         fd, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE_NAME}.", suffix=".tmp", dir=data_dir)
         try:
@@ -256,7 +286,7 @@ class KeyStore:
             try:
                 os.link(tmp, path)  # no-clobber "rename"
             except FileExistsError:  # another process created it first: use theirs
-                return cls.from_pem(path.read_bytes(), source=str(path))
+                return cls._load_private(path)
             except OSError:  # no hard links on this file system
                 os.replace(tmp, path)
         finally:
@@ -397,7 +427,13 @@ def _public_key_algorithms(pem: bytes) -> _KeyChoice:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number a double holds (an integer past ~1.8e308 is not one: ``float`` overflows)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class Authenticator:
@@ -476,8 +512,8 @@ class Authenticator:
                                      "command-line argument)")
         if not subject or len(subject.encode()) > MAX_ISS_SUB_BYTES:
             raise AuthUsageError(f"subject must be 1..{MAX_ISS_SUB_BYTES} bytes, got {subject!r}")
-        if ttl_s is not None and ttl_s <= 0:
-            raise AuthUsageError(f"ttl_s must be positive or None, got {ttl_s}")
+        if ttl_s is not None and not 0 < ttl_s <= MAX_TTL_S:
+            raise AuthUsageError(f"ttl_s must be 1..{MAX_TTL_S} seconds or None, got {str(ttl_s)[:40]}")
         if schema_version is not None and (isinstance(schema_version, bool) or not isinstance(schema_version, int)):
             raise AuthUsageError(f"schema_version must be an int, got {schema_version!r}")
         claims = self._base_claims(subject, ttl_s)

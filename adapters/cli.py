@@ -306,7 +306,8 @@ def _print_matrix(rows: list[dict[str, Any]], machines: dict[str, dict[str, Any]
 def verify_log(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from reference.durability import storage_fault
+    from reference.durability import DB_FILE, storage_fault
+    from reference.replay import UnreadableLog
     from reference.replay import verify_log as replay_log
 
     progress = Progress(1)
@@ -317,13 +318,17 @@ def verify_log(args: argparse.Namespace) -> int:
         progress.finish()
         print(f"verify-log: {exc}", file=sys.stderr)
         return 2
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, UnreadableLog) as exc:
         progress.finish()
+        db = Path(args.data) / DB_FILE
         fault = storage_fault(exc)
-        if fault is None:
-            raise
-        print(f"verify-log: the disk holding {args.data} failed: {fault.what}; nothing was checked; {fault.action}",
-              file=sys.stderr)
+        if fault is not None:
+            why = f"the disk holding {args.data} failed: {fault.what}; nothing was checked; {fault.action}"
+        elif "locked" in str(exc) or str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_BUSY"):
+            why = f"{db} is locked by another process ({exc}); nothing was checked; try again once it lets go"
+        else:
+            why = f"{db} is not a commit log this build can read ({exc}); nothing was checked"
+        print(f"verify-log: {why}", file=sys.stderr)
         return 2
     progress.finish()
     mismatch = report.mismatch

@@ -28,6 +28,7 @@ import dataclasses
 import errno
 import gc
 import json
+import math
 import os
 import signal
 import sys
@@ -39,9 +40,11 @@ from typing import Any
 from spec import contracts
 from spec.compat import CompatWindow, window_well_formed
 from spec.schema import DEFAULT_DATABASE, SCOPES
+from spec.values import is_id
 
 DEFAULT_DATA_DIR = ".syncref-data"
 STOP_TIMEOUT_S = 30.0  # a stop that takes longer ends without the clean-shutdown marker
+MIN_INTERVAL_S = 0.01  # the shortest [server] sweep_interval_s / compact_interval_s
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
@@ -110,6 +113,10 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     _check_keys("top level", raw, {"auth", "limits", "compat", "server", "faults"})
+    for section, value in raw.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{section}] must be a table (a [{section}] header and key = value lines), "
+                              f"got {value!r:.60}")
     faults = raw.get("faults", {})
     _check_keys("faults", faults, {"stall_commits_while"})
     if "stall_commits_while" in faults:
@@ -179,9 +186,16 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     port = args.port if args.port is not None else _typed("server", "port", server.get("port", 3000), 1)
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0..65535, got {port!r}")
-    database = args.database or _typed("server", "database", server.get("database", DEFAULT_DATABASE), "")
+    database = args.database if args.database is not None else _typed(
+        "server", "database", server.get("database", DEFAULT_DATABASE), "")
+    if not is_id(database):  # the URL segment /v1/database/:name must be able to name it
+        raise ConfigError(f"database name must be 1-128 characters of [A-Za-z0-9._:-], got {database[:140]!r}")
     extra = {k: _typed("server", k, server[k], 1.0) for k in ("sweep_interval_s", "compact_interval_s")
              if k in server}
+    for key, value in extra.items():  # 0 spins the loop; nan or inf stops it for good
+        if not (math.isfinite(value) and value >= MIN_INTERVAL_S):
+            raise ConfigError(f"[server] {key} must be a finite number of seconds, at least {MIN_INTERVAL_S}, "
+                              f"got {value!r}")
     for key, least in (("snapshot_every", 0), ("snapshot_keep", 1)):
         if key in server:
             value = _typed("server", key, server[key], 1)
@@ -300,7 +314,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def token_mint(args: argparse.Namespace) -> int:
-    from adapters.auth import AuthConfig, Authenticator, KeyStore
+    from adapters.auth import KEY_FILE_NAME, AuthConfig, Authenticator, KeyStore
 
     scopes = [s for s in (args.scopes or "").split(",") if s]
     unknown = [s for s in scopes if s not in SCOPES]
@@ -309,11 +323,15 @@ def token_mint(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     streams = [s for s in (args.streams or "").split(",") if s]
+    had_key = (Path(args.data) / KEY_FILE_NAME).exists()
     try:
         keys = KeyStore.load_or_create(Path(args.data))
     except (OSError, ValueError) as exc:
         print(f"syncref token mint: cannot use data directory {args.data}: {exc}", file=sys.stderr)
         return 2
+    if not had_key:  # a mistyped --data: the token verifies against no running server's key
+        print(f"syncref token mint: created a new signing key {Path(args.data) / KEY_FILE_NAME}; only a server "
+              f"started on {args.data} accepts this token", file=sys.stderr)
     config = AuthConfig()
     if args.config:
         ns = argparse.Namespace(data=args.data, host=None, port=None, database=None, dev=False)
@@ -340,10 +358,11 @@ def token_mint(args: argparse.Namespace) -> int:
 
 
 def token_revoke(args: argparse.Namespace) -> int:
-    """Append a jti to ``DIR/revoked-jti``; a running server picks it up within a second."""
+    """Append a jti to ``DIR/revoked-jti``; a running server picks it up within a second.  ``DIR`` must
+    hold the server's signing key (a typo'd directory would revoke nothing while saying it did)."""
     import jwt
 
-    from adapters.auth import MAX_JTI_CHARS, REVOKED_JTI_FILE
+    from adapters.auth import KEY_FILE_NAME, MAX_JTI_CHARS, REVOKED_JTI_FILE
 
     jti = args.jti
     if args.token is not None:
@@ -362,8 +381,11 @@ def token_revoke(args: argparse.Namespace) -> int:
               f"{MAX_JTI_CHARS} characters)", file=sys.stderr)
         return 2
     path = Path(args.data) / REVOKED_JTI_FILE
+    if not (Path(args.data) / KEY_FILE_NAME).is_file():  # a typo must not "revoke" where no server looks
+        print(f"syncref token revoke: {args.data} is not a syncref data directory (no {KEY_FILE_NAME}: no server "
+              "has started there, and no token was minted there); nothing was revoked", file=sys.stderr)
+        return 2
     try:
-        Path(args.data).mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
             f.write(f"{jti}\n")
             f.flush()
@@ -385,7 +407,15 @@ def trace(args: argparse.Namespace) -> int:
             print(f"syncref trace: --hex: {exc}", file=sys.stderr)
             return 2
     else:
-        text = sys.stdin.read() if args.file in (None, "-") else Path(args.file).read_text(encoding="utf-8")
+        try:
+            text = sys.stdin.read() if args.file in (None, "-") else Path(args.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"syncref trace: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except UnicodeDecodeError as exc:
+            print(f"syncref trace: cannot read {args.file or 'stdin'}: not UTF-8 text ({exc.reason} at byte "
+                  f"{exc.start}); a capture is lines of 'c2s|s2c <hex>'", file=sys.stderr)
+            return 2
         try:
             frames = parse_capture(text)
         except ValueError as exc:

@@ -1,5 +1,6 @@
 """Small file-system helpers shared by the adapters that write secrets to disk (the server's JWT key,
-the bridge's Nostr key): after a file is created or renamed, its directory entry is made durable too."""
+the bridge's Nostr key): after a file is created or renamed, its directory entry is made durable too;
+a data directory syncref creates is private to its user (:func:`make_data_dir`)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,10 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def make_data_dir(directory: Path) -> None:
+    """Create ``directory`` (and missing parents) if absent, the directory itself with mode 0700: it
+    holds what the server shows only through grants (every payload, private rows, callers' claims).
+    One that exists keeps its mode; parents get the default one."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -17,8 +17,9 @@ Who sees what (docs/protocol.md, "Operator's page"):
   sections that are not about its streams (connections, assignments, the bridge outbox, stale
   cursors, disconnects, errors) are left out and named in ``hidden``.
 
-Every list is capped (``MAX_ROWS``) with the total reported, so the answer stays small whatever
-the server holds.  Values are JSON numbers and strings; timestamps are µs since the epoch.
+Every list is capped (``MAX_ROWS``) with the total reported, and every text a client chose is cut
+(``MAX_QUERY_CHARS_SHOWN``), so the answer stays small whatever the server holds.  Values are JSON
+numbers and strings; timestamps are µs since the epoch.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from spec.values import BridgeOutbox, ComputeAssignment, SessionPresence, SyncSt
 ADMIN_SCOPE = "sync.admin"
 MAX_ROWS = 500  # rows per list on the page (streams, connections, presence); the total is reported
 MAX_QUERIES_SHOWN = 8  # query texts shown per connection
+MAX_QUERY_CHARS_SHOWN = 200  # of each, the first characters (clients choose them: up to 8 KiB each)
 MAX_ERRORS = 50  # recent warnings/errors kept
 BATCH_WINDOW = 256  # group-commit batch sizes kept for the page's statistics
 LIMITED_HIDDEN = ("connections", "assignments", "outbox", "stale_cursors", "disconnects", "errors")
@@ -156,6 +158,8 @@ def _connections(engine: Engine, facts: ServerFacts) -> dict[str, Any]:
             continue
         sess = by_id.get(conn_id)
         texts = [qq.text for queries in conn.query_sets.values() for qq in queries]
+        shown = [t if len(t) <= MAX_QUERY_CHARS_SHOWN else t[:MAX_QUERY_CHARS_SHOWN] + "\u2026"
+                 for t in texts[:MAX_QUERIES_SHOWN]]
         rows.append({
             "conn_id": conn_id,
             "identity": conn.claims.identity,
@@ -165,7 +169,7 @@ def _connections(engine: Engine, facts: ServerFacts) -> dict[str, Any]:
             "confirmed_reads": conn.confirmed,
             "query_sets": len(conn.query_sets),
             "subscriptions": len(texts),
-            "queries": texts[:MAX_QUERIES_SHOWN],
+            "queries": shown,
             "outbound_queue": len(conn.outbound),
             "outbound_bytes": conn.outbound_bytes,
             "lag": _lag(engine, conn_id),

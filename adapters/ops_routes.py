@@ -1,10 +1,13 @@
 """The operator's page over HTTP: thin routes around :mod:`adapters.ops`.
 
-``GET /`` (the page), ``GET /ops/data`` (its JSON feed) need an admin token: ``Authorization:
-Bearer`` or ``?token=`` (a browser opening the page); 401 without one or with one that does not
-verify, 403 for a token without ``sync.admin`` -- never any data.  ``/ops/data?wait=OFFSET`` is a long
-poll: it answers once the committed offset differs from OFFSET, or after ``WAIT_S``.  ``GET /ops/app.js`` and
-``/ops/style.css`` are the page's own code and style (no data, no token needed, no CDN).
+``GET /ops/data`` (the page's JSON feed) needs an admin token: ``Authorization: Bearer`` or
+``?token=``; 401 without one or with one that does not verify, 403 for a token without
+``sync.admin`` -- never any data.  ``GET /`` (the page, which holds no data) checks a token when one
+is given (``/?token=`` as an operator opens it: the same 401/403) and is the bare page without one
+(a reload after the script moved the token from the address bar into ``sessionStorage``).
+``/ops/data?wait=OFFSET`` is a long poll: it answers once the committed offset differs from OFFSET,
+or after ``WAIT_S``.  ``GET /ops/app.js`` and ``/ops/style.css`` are the page's own code and style
+(no data, no token needed, no CDN).
 """
 
 from __future__ import annotations
@@ -64,9 +67,12 @@ def install(app: web.Application, source: OpsSource, counted: Callable[[str, Han
         return text(denied.status, denied.message) if denied is not None else claims
 
     async def index(request: web.Request) -> web.StreamResponse:
-        who = viewer(request)
-        if isinstance(who, web.Response):
-            return who
+        if request.headers.get("Authorization") is not None or "token" in request.query:
+            who = viewer(request)  # a token given is checked: a bad one gets its refusal, not the page
+            if isinstance(who, web.Response):
+                return who
+        # no token at all: the shell (no data, like /ops/app.js) -- a reload after the script took the
+        # token out of the address bar; the script reads it from sessionStorage or says how to give one
         return web.Response(body=page, content_type="text/html", charset="utf-8",
                             headers={**NO_STORE, "Content-Security-Policy": CSP})
 
@@ -76,7 +82,7 @@ def install(app: web.Application, source: OpsSource, counted: Callable[[str, Han
             return who
         wait = request.query.get("wait")
         if wait is not None:  # long poll: answer as soon as something commits, or after WAIT_S
-            if not wait.isdigit() or len(wait) > 20:
+            if not (wait.isascii() and wait.isdigit()) or len(wait) > 20:  # isdigit alone takes "²" and "٣"
                 return text(400, f"wait must be a committed offset (a non-negative integer), got {wait[:40]!r}")
             deadline = time.monotonic() + WAIT_S
             while source.engine().committed == int(wait) and time.monotonic() < deadline:

@@ -78,6 +78,7 @@ from adapters.auth import (
     Verified,
 )
 from adapters.bsatn import BsatnError
+from adapters.fsutil import make_data_dir
 from adapters.guard import (
     DESCRIPTOR_RESERVE,
     LISTEN_BACKLOG,
@@ -541,7 +542,7 @@ class SyncServer:
         if cfg.contracts is not None:
             contracts.enable_hot(cfg.contracts)
         try:
-            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            make_data_dir(cfg.data_dir)
             probe = cfg.data_dir / ".write-probe"
             probe.write_bytes(b"")
             probe.unlink()

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from reference import reducers as r
 from reference import snapshot
 from reference.db import Db, Txn
-from reference.durability import LogCorruption, LogStore, decode_changes
+from reference.durability import FORMAT, LogCorruption, LogStore, decode_changes
 from reference.log import GENESIS, RowChange, TxRecord, args_text, chain_hash, delta_text, delta_text_of, floors_after
 from spec.errors import SyncError
 from spec.policy import DEFAULT_POLICY, Policy
@@ -58,6 +58,11 @@ class ReplayResult:
     records: int  # records re-executed and matched
     digest: str  # the recomputed chain head after them
     mismatch: Mismatch | None
+
+
+class UnreadableLog(ValueError):
+    """The data directory's database holds no commit log this build can read (another log format,
+    no format marker, a stored policy that does not decode): :func:`verify_log` checked nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +332,14 @@ def verify_log(data_dir: str | os.PathLike[str],
     store = LogStore.open(data_dir, readonly=True)
     try:
         with store.read_snapshot():  # safe against a server that is still committing
-            stored = store.load_policy()
+            form = store.get_meta("format")  # what restart() refuses, verify-log does not call intact
+            if form != FORMAT and (form is not None or store.count() > 0):
+                raise UnreadableLog(f"log format {form}, this build reads {FORMAT}" if form is not None
+                                    else "a commit log without a format marker")
+            try:
+                stored = store.load_policy()
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UnreadableLog(f"its stored policy (meta.policy) does not decode ({exc!r:.200})") from None
             policy = stored if stored is not None else DEFAULT_POLICY
             # the progress report needs the count first; else a replay that reads every record has
             # counted them (the same read transaction), and the table is counted only if it stops

@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
             print("syncref chaos: --duration must be positive", file=sys.stderr)
             return 2
         profile = dataclasses.replace(profile, duration_s=args.duration)
+    if args.json and not Path(args.json).parent.is_dir():  # found now, not after the run
+        print(f"syncref chaos: --json: no directory {Path(args.json).parent} to write the report in", file=sys.stderr)
+        return 2
     seed = args.seed if args.seed is not None else default_seed()
     keep = args.workdir is not None
     workdir = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix=f"syncref-chaos-{seed}-"))

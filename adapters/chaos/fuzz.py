@@ -339,8 +339,14 @@ def run(args: Any) -> int:
 
     names = targets_names()
     bad = [t for t in (args.target or []) if t not in names]
-    if bad or args.inputs <= 0:
-        print(f"syncref fuzz: --inputs must be positive; targets are {', '.join(names)}", file=sys.stderr)
+    if bad:
+        print(f"syncref fuzz: unknown --target {', '.join(bad)}; targets are {', '.join(names)}", file=sys.stderr)
+        return 2
+    if args.inputs <= 0:
+        print(f"syncref fuzz: --inputs must be positive, got {args.inputs}", file=sys.stderr)
+        return 2
+    if args.json and not Path(args.json).parent.is_dir():  # found now, not after the run
+        print(f"syncref fuzz: --json: no directory {Path(args.json).parent} to write the report in", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="syncref-fuzz-") as d:
         report = run_fuzz(args.inputs, args.seed, Path(d), args.target)

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -695,11 +696,27 @@ def _steps(progress: Progress) -> Tick:
     return lambda _i, _n, label: progress.step(label)
 
 
+def _operator_mistake(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, found before any scenario runs (None: nothing)."""
+    if not args.local:
+        url = urllib.parse.urlsplit(args.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            return f"--url must be http://HOST:PORT or https://HOST:PORT, got {args.url[:100]!r}"
+    for flag, path in (("--json", args.json), ("--junit", args.junit)):
+        if path is not None and not path.parent.is_dir():
+            return f"{flag}: no directory {path.parent} to write {path.name} in"
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
     if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
               "--stall-file", file=sys.stderr)
+        return 2
+    mistake = _operator_mistake(args)
+    if mistake is not None:
+        print(f"syncref conformance: {mistake}", file=sys.stderr)
         return 2
     progress = Progress(selected)
     try:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from adapters.auth import (
     KEY_FILE_NAME,
+    MAX_TTL_S,
     AuthConfig,
     Authenticator,
     AuthError,
@@ -152,6 +153,29 @@ def test_mint_refuses_caller_mistakes() -> None:
         auth.mint(scopes=[], streams="abc", ttl_s=None)
 
 
+@pytest.mark.parametrize("grant", [" other.*", "demo.**", "demo\\..*", "d\u00e9mo.*", "a|b", "x" * 129, "x" * 129 + "*",
+                                   "demo.{user}.*", "*.x"])
+def test_a_stream_grant_that_can_match_no_stream_is_refused(grant: str) -> None:
+    """Stream ids are 1-128 characters of [A-Za-z0-9._:-] and a grant is an id or a plain prefix
+    ending in ``*`` (no regex, no glob inside), so these grant nothing at all.  As with an unknown
+    scope, a typo must not mint a token that silently grants less than asked (``--streams 'a.*, b.*'``
+    gave " b.*").  Failed before: each was minted; the server then answered forbidden_stream."""
+    auth, _ = make_auth()
+    with pytest.raises(LocalProtocolError, match="can match no stream id"):
+        auth.mint(scopes=["sync.subscribe"], streams=["demo.ok.*", grant], ttl_s=60)
+    with pytest.raises(LocalProtocolError, match="can match no stream id"):
+        AuthConfig(default_stream_grants=("identity.{identity}.*", grant))
+
+
+def test_every_grant_that_can_match_a_stream_is_minted() -> None:
+    auth, _ = make_auth()
+    grants = ["*", "a", "a*", "a.b:c-d_e.*", "x" * 128, "x" * 128 + "*", "x" * 127 + "*", "own.{identity}.*"]
+    token = auth.mint(scopes=[], streams=grants, ttl_s=60)
+    identity = auth.verify(token).identity
+    assert auth.verify(token).claims.streams == (*grants[:-1], f"own.{identity}.*")
+    assert AuthConfig(default_stream_grants=("identity.{identity}.*", "public.*")).default_stream_grants
+
+
 def test_dev_grants_everything() -> None:
     config = AuthConfig(dev=True)
     auth, _ = make_auth(config)
@@ -189,6 +213,27 @@ def test_expiry_honours_30s_leeway() -> None:
     assert auth.verify(token).identity == identity_from_claims(LOCAL, "alice")
     clock.now = T0 + 100 + 30
     assert refused(auth, token) == "token expired"
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_a_time_no_double_can_hold_is_a_malformed_claim(claim: str) -> None:
+    """Failed before: ``math.isfinite`` raised OverflowError on an integer past ~1.8e308, so a
+    token this server signed itself (``syncref token mint --ttl 1000...0``) or an external issuer's
+    answered 500 on every route instead of 401."""
+    auth, _ = make_auth()
+    assert f"malformed claim {claim}" in refused(auth, sign(claims(**{claim: 10**400})))
+    far = 2**1023  # the largest power of two a double holds: still a number of seconds
+    if claim == "exp":
+        assert auth.verify(sign(claims(exp=far))).identity
+
+
+def test_mint_bounds_the_ttl_so_every_minted_token_verifies() -> None:
+    auth, _ = make_auth()
+    assert auth.verify(auth.mint(scopes=[], streams=[], ttl_s=MAX_TTL_S)).raw["exp"] == T0 + MAX_TTL_S
+    with pytest.raises(LocalProtocolError, match="ttl_s"):
+        auth.mint(scopes=[], streams=[], ttl_s=MAX_TTL_S + 1)
+    with pytest.raises(LocalProtocolError, match="ttl_s"):
+        auth.mint(scopes=[], streams=[], ttl_s=10**400)
 
 
 def test_not_before_in_the_future() -> None:
@@ -483,6 +528,23 @@ def test_keystore_persists_with_mode_0600(tmp_path: Path) -> None:
     assert Authenticator(AuthConfig(), second, clock=FakeClock()).verify(token).identity
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_keystore_refuses_a_key_file_others_can_read(tmp_path: Path, mode: int) -> None:
+    """Whoever reads the key mints any token, sync.admin included.  syncref creates it 0600, but a
+    restore or copy (``cp`` without ``-p``, a umask) leaves it readable by others.  Failed before: it
+    was used as it was; the bridge's Nostr key file was already refused in that case."""
+    path = tmp_path / KEY_FILE_NAME
+    path.write_bytes(KeyStore.generate().private_key_pem())
+    path.chmod(mode)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: mode {mode:04o} lets other users read the signing key")
+                       + r".*chmod 600"):
+        KeyStore.load_or_create(tmp_path)
+    path.chmod(0o600)
+    assert KeyStore.load_or_create(tmp_path).public_key_pem()
+    path.chmod(0o400)  # read-only for its owner is fine
+    assert KeyStore.load_or_create(tmp_path).public_key_pem()
+
+
 def test_keystore_refuses_a_corrupt_file(tmp_path: Path) -> None:
     (tmp_path / KEY_FILE_NAME).write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / KEY_FILE_NAME))):
@@ -503,6 +565,7 @@ def test_keystore_creation_race_keeps_the_first_key(tmp_path: Path, monkeypatch:
 
     def link_after_another_process(src: str, dst: str) -> None:
         Path(dst).write_bytes(winner.private_key_pem())  # another server got there first
+        Path(dst).chmod(0o600)  # (it writes its key 0600, as this one does)
         real_link(src, dst)
 
     monkeypatch.setattr(os, "link", link_after_another_process)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from support.server import http, mint_cli, serve_process
 
 SYNCREF = [sys.executable, "-m", "adapters.cli"]
@@ -72,7 +73,10 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
                          ("[server]\ndatabase = \"caf\xe9\"\n".encode("latin-1"), "is not valid UTF-8"),
                          ('[server]\ndatabase = "\\ud800"\n', "not valid TOML"),
                          ("[faults]\nstall_commits = 'x'\n", "unknown key(s) stall_commits"),
-                         ("[faults]\nstall_commits_while = 3\n", "expected str")):
+                         ("[faults]\nstall_commits_while = 3\n", "expected str"),
+                         # failed before: a traceback (TypeError: 'int' object is not iterable)
+                         ("auth = 5\n", "[auth] must be a table"),
+                         ("limits = [1, 2]\n", "[limits] must be a table")):
         cfg = tmp_path / "c.toml"
         if isinstance(text, bytes):
             cfg.write_bytes(text)
@@ -82,6 +86,60 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
         assert res.returncode == 2, text
         assert "bad config" in res.stderr and needle in res.stderr, (text, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_config_values_the_server_cannot_run_with_are_refused(tmp_path: Path) -> None:
+    """Failed before: each was accepted.  A sweep or compaction interval of 0 (or 1e-9, or negative)
+    made its loop spin -- 60-70 % of a core with nothing to do --, nan or inf stopped it for good
+    (presence never expired, retention never ran); a database name with a '/' or an empty one (also
+    ``--database ''``, which silently fell back to the default) could not be addressed, so every
+    database route answered 404 while the server looked healthy."""
+    import argparse
+
+    from adapters.commands import ConfigError, load_config
+
+    def load(text: str, database: str | None = None) -> Any:
+        conf = tmp_path / "c.toml"
+        conf.write_text(text)
+        args = argparse.Namespace(dev=False, host=None, port=None, database=database, data=str(tmp_path))
+        return load_config(conf, args)
+
+    for key in ("sweep_interval_s", "compact_interval_s"):
+        for bad in ("0", "-1", "1e-9", "nan", "inf"):
+            with pytest.raises(ConfigError, match=f"{key} must be a finite number of seconds, at least 0.01"):
+                load(f"[server]\n{key} = {bad}\n")
+        assert getattr(load(f"[server]\n{key} = 0.01\n"), key) == 0.01
+        assert getattr(load(f"[server]\n{key} = 5\n"), key) == 5
+    for name in ("", "a/b", "with space", "caf\u00e9", "x" * 129):
+        with pytest.raises(ConfigError, match="database name must be 1-128 characters of"):
+            load(f"[server]\ndatabase = {json.dumps(name)}\n")
+        with pytest.raises(ConfigError, match="database name must be 1-128 characters of"):
+            load("", database=name)
+    assert load("", database="my-db.2:x_y").database == "my-db.2:x_y"
+    assert load("").database == "autopilot-sync"
+
+
+def test_a_data_directory_syncref_creates_is_private(tmp_path: Path) -> None:
+    """The data directory holds every stream's payloads, the owner-only checkpoints, the bridge
+    outbox and the callers' claims (syncref.sqlite3, its -wal, snapshots), which the server only
+    shows through grants.  Failed before: the directory was created 0755 and the database 0644, so
+    any local user could read it all.  A directory that exists already keeps its mode (the
+    operator's choice)."""
+    import stat
+
+    minted = tmp_path / "minted" / "data"
+    assert run("token", "mint", "--data", str(minted), "--scopes", "sync.append").returncode == 0
+    served = tmp_path / "served"
+    with serve_process(served):
+        pass
+    for d in (minted, served):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, (d, oct(d.stat().st_mode))
+    assert stat.S_IMODE(minted.parent.stat().st_mode) != 0o700  # parents are the operator's
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    assert run("token", "mint", "--data", str(shared), "--scopes", "sync.append").returncode == 0
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
 
 
 def test_dev_warns_and_mints_anonymous(tmp_path: Path) -> None:
@@ -123,6 +181,13 @@ def test_token_mint_errors(tmp_path: Path) -> None:
     assert res.returncode == 2 and "unknown scope(s) sync.root" in res.stderr
     res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--ttl", "0")
     assert res.returncode == 2 and "Traceback" not in res.stderr
+    res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--streams", "demo.*, other.*")
+    assert res.returncode == 2 and "stream grant ' other.*' can match no stream id" in res.stderr, res.stderr
+    # failed before: a traceback (OverflowError) with --json, and a token every route answered 500
+    for flag in ((), ("--json",)):
+        res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--ttl", "1" + "0" * 400,
+                  *flag)
+        assert res.returncode == 2 and "ttl" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 def test_token_revoke_writes_the_list_and_refuses_what_it_cannot_name(tmp_path: Path) -> None:
@@ -141,6 +206,32 @@ def test_token_revoke_writes_the_list_and_refuses_what_it_cannot_name(tmp_path: 
     res = run("token", "revoke", "--data", str(tmp_path), "--token", "not-a-jwt")
     assert res.returncode == 2 and "not a JWT" in res.stderr and "Traceback" not in res.stderr
     assert (tmp_path / "revoked-jti").read_text() == f"{minted['jti']}\nabc123\n"  # the refusals wrote nothing
+
+
+def test_token_mint_says_when_it_created_the_signing_key(tmp_path: Path) -> None:
+    """A mistyped ``--data`` mints with a brand-new key, a token no running server accepts ("token
+    signature invalid").  Failed before: nothing said so; now one line on stderr (stdout is still
+    just the token)."""
+    first = run("token", "mint", "--data", str(tmp_path / "new"), "--scopes", "sync.append")
+    assert first.returncode == 0 and first.stdout.count(".") == 2
+    assert "created a new signing key" in first.stderr and "only a server started on" in first.stderr
+    again = run("token", "mint", "--data", str(tmp_path / "new"), "--scopes", "sync.append")
+    assert again.returncode == 0 and again.stderr == ""
+
+
+def test_token_revoke_refuses_a_directory_no_server_uses(tmp_path: Path) -> None:
+    """Failed before: ``token revoke --data TYPO`` created TYPO/revoked-jti and printed "revoked jti
+    ... a running server closes its connections within a second" while the server, reading its own
+    directory, went on accepting the token.  A directory without the server's signing key (which
+    ``serve`` and ``token mint`` create) is refused, and nothing is created."""
+    typo = tmp_path / "typo"
+    res = run("token", "revoke", "--data", str(typo), "--jti", "abc123")
+    assert res.returncode == 2 and "not a syncref data directory" in res.stderr and "Traceback" not in res.stderr
+    assert not typo.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run("token", "revoke", "--data", str(empty), "--jti", "abc123").returncode == 2
+    assert list(empty.iterdir()) == []
 
 
 def test_trace_decodes_frames(tmp_path: Path) -> None:
@@ -190,9 +281,49 @@ def test_corrupt_commit_log_is_one_line(tmp_path: Path) -> None:
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_fuzz_and_chaos_refuse_a_report_file_they_cannot_write_before_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Failed before: ``--json`` into a missing directory was a FileNotFoundError traceback after the
+    whole run (20 minutes for the long chaos profile); a bad ``--target`` said "--inputs must be
+    positive"."""
+    import argparse
+
+    from adapters.chaos import cli as chaos_cli
+    from adapters.chaos import fuzz
+
+    missing = tmp_path / "no" / "report.json"
+
+    def must_not_run(*_args: Any, **_kw: Any) -> Any:
+        raise AssertionError("ran although the report could not be written")
+
+    monkeypatch.setattr(fuzz, "run_fuzz", must_not_run)
+    monkeypatch.setattr(chaos_cli, "run_chaos", must_not_run)
+    assert fuzz.run(argparse.Namespace(inputs=1, seed=1, target=None, json=str(missing))) == 2
+    assert f"--json: no directory {missing.parent}" in capsys.readouterr().err
+    assert fuzz.run(argparse.Namespace(inputs=1, seed=1, target=["nosuch"], json=None)) == 2
+    err = capsys.readouterr().err
+    assert "unknown --target nosuch" in err and "positive" not in err
+    chaos_args = argparse.Namespace(quick=True, duration=None, seed=1, workdir=None, plant=None, json=str(missing))
+    assert chaos_cli.run(chaos_args) == 2
+    assert f"--json: no directory {missing.parent}" in capsys.readouterr().err
+
+
 def test_trace_bad_hex_is_one_line() -> None:
     res = run("trace", "--hex", "zz")
     assert res.returncode == 2 and "--hex" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_trace_of_a_file_it_cannot_read_is_one_line(tmp_path: Path) -> None:
+    """Failed before: a missing file, a directory and a file that is not UTF-8 were each a Python
+    traceback (FileNotFoundError, IsADirectoryError, UnicodeDecodeError), exit 1."""
+    binary = tmp_path / "capture.bin"
+    binary.write_bytes(b"c2s \xad\xff\n")
+    for path, needle in ((tmp_path / "missing.txt", "No such file"), (tmp_path, "Is a directory"),
+                         (binary, "not UTF-8")):
+        res = run("trace", str(path))
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.startswith(f"syncref trace: cannot read {path}") and needle in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_a_sigterm_right_after_the_listening_line_stops_cleanly(tmp_path: Path) -> None:

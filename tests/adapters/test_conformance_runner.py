@@ -273,3 +273,20 @@ def test_every_play_gets_its_own_namespace(monkeypatch: pytest.MonkeyPatch) -> N
             runner.play(name)
     assert len(seen) == len(names) and len(set(seen)) == len(seen)
     assert all(ns.startswith(f"cf{runner.run_id}") for ns in seen)
+
+
+def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> None:
+    """Failed before: ``--url notaurl`` was a traceback (urllib's ``unknown url type``), and ``--json``
+    into a missing directory a traceback after every scenario had run (minutes with --local)."""
+    for argv, needle in ((["--url", "notaurl"], "--url must be http://HOST:PORT or https://HOST:PORT"),
+                         (["--url", "ftp://x:1"], "--url must be http://HOST:PORT or https://HOST:PORT"),
+                         (["--url", "http://127.0.0.1:1", "--json", str(tmp_path / "no" / "r.json")],
+                          f"--json: no directory {tmp_path / 'no'}"),
+                         (["--local", "--junit", str(tmp_path / "no" / "r.xml")],
+                          f"--junit: no directory {tmp_path / 'no'}")):
+        proc = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", *argv], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("syncref conformance:")]
+        assert len(lines) == 1 and needle in lines[0], (argv, proc.stderr)
+        assert "passed" not in proc.stdout, argv  # nothing ran

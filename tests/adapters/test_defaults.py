@@ -249,3 +249,13 @@ def test_a_decoder_steps_over_at_most_1024_query_texts() -> None:
     from adapters.wire import SKIP_MOST_QUERIES
 
     assert SKIP_MOST_QUERIES == 1024
+
+
+def test_operator_edge_bounds_are_pinned() -> None:
+    """Bounds of the operator-facing review: ``syncref token mint --ttl`` at most 2^53 - 1 seconds
+    (docs/operations.md, "Tokens"); the sweep and compaction intervals at least 0.01 s."""
+    from adapters.auth import MAX_TTL_S
+    from adapters.commands import MIN_INTERVAL_S
+
+    assert MAX_TTL_S == 9_007_199_254_740_991
+    assert MIN_INTERVAL_S == 0.01  # [server] sweep_interval_s / compact_interval_s (docs/operations.md)

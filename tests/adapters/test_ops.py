@@ -3,6 +3,7 @@ the answers checked against the engine's SQL evaluator and hand-counted tables."
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -169,8 +170,31 @@ def test_lists_are_capped_with_the_total(monkeypatch: pytest.MonkeyPatch) -> Non
     assert streams["total"] == 7 and [r["stream_id"] for r in streams["rows"]] == [f"demo.s{i}" for i in range(5)]
 
 
+def test_the_feed_stays_small_whatever_clients_subscribe() -> None:
+    """Any client with sync.subscribe chooses its query texts (up to max_query_bytes, 8 KiB each).
+    Failed before: 500 connections with 8 such queries made every /ops/data answer 32 MB -- ~135 ms of
+    the event loop to build and encode, at every poll while the page is open.  Each text shown is now
+    cut to MAX_QUERY_CHARS_SHOWN characters (an ellipsis marks a cut one)."""
+    eng = Engine()
+    literal = "x" * 8000
+    for c in range(ops.MAX_ROWS):
+        conn = eng.connect(WRITER, False)
+        eng.handle(conn, Subscribe(1, 1, tuple(f"SELECT * FROM sync_event WHERE stream_id = '{literal}{c}.{i}'"
+                                                 for i in range(ops.MAX_QUERIES_SHOWN))))
+    short = "SELECT * FROM sync_stream"
+    eng.handle(eng.connect(WRITER, False), Subscribe(1, 1, (short,)))
+    data = ops.gather(eng, FACTS, ADMIN)
+    body = json.dumps(data, separators=(",", ":"))
+    assert len(body) < 2 * 1024 * 1024, len(body)
+    first = data["connections"]["rows"][0]["queries"][0]
+    assert len(first) == ops.MAX_QUERY_CHARS_SHOWN + 1 and first.endswith("\u2026")
+    assert first[:-1] == f"SELECT * FROM sync_event WHERE stream_id = '{literal}"[:ops.MAX_QUERY_CHARS_SHOWN]
+    assert data["connections"]["total"] == ops.MAX_ROWS + 1
+
+
 def test_defaults_are_pinned() -> None:
     assert (ops.MAX_ROWS, ops.MAX_ERRORS, ops.BATCH_WINDOW, ops.ADMIN_SCOPE) == (500, 50, 256, "sync.admin")
+    assert (ops.MAX_QUERIES_SHOWN, ops.MAX_QUERY_CHARS_SHOWN) == (8, 200)
 
 
 def test_recent_errors_keeps_the_last_warnings_only() -> None:

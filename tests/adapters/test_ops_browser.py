@@ -119,6 +119,64 @@ def test_a_limited_token_sees_only_its_streams_in_chromium(tmp_path: Path) -> No
             page.screenshot(shots / "ops-page-refused.png")
 
 
+def test_the_page_survives_a_reload(tmp_path: Path) -> None:
+    """The script moves the token out of the address bar into ``sessionStorage``; a reload then asks
+    for ``/`` with no token.  Failed before: ``GET /`` without a token was the 401 text, so the
+    operator's first F5 (or the browser restoring the tab) lost the page although the token was
+    still in ``sessionStorage``.  The shell holds no data: the feed still needs the token."""
+    data = tmp_path / "data"
+    with chromium() as browser, serve_process(data) as served:
+        base = served.url
+        writer = mint_cli(data, ALL, "*")["token"]
+        call(base, writer, "append_sync_event", ["demo.reload", "k", "{}", NONE, NONE])
+        admin = mint_cli(data, "sync.admin", "*")["token"]
+        with browser.page() as page:
+            page.navigate(f"{base}/?token={admin}")
+            page.wait_for(f"{row('demo.reload')} !== null")
+            assert page.evaluate("location.href") == f"{base}/"
+            page.navigate(f"{base}/")  # what a reload requests now
+            page.wait_for(f"{row('demo.reload')} !== null")
+            assert page.problems == [], page.problems
+        with browser.page() as page:  # a fresh tab: no token anywhere, the page says how to give one
+            page.navigate(f"{base}/")
+            page.wait_for("document.getElementById('status').textContent.includes('no token')")
+            assert "demo.reload" not in page.evaluate("document.documentElement.outerHTML")
+
+
+HOSTILE = "</td><img id=pwn src=x onerror=\"document.title='pwned'\"><script>window.pwned=1</script>"
+
+
+def test_client_text_is_rendered_as_text_not_markup(tmp_path: Path) -> None:
+    """Text a client chooses reaches the page: a subscription's query text (any string literal) and
+    a bridge failure's error.  The page writes every value with ``textContent``: the markup shows as
+    characters and makes no element (a planted ``innerHTML`` in ``cell()`` fails this test)."""
+    data = tmp_path / "data"
+    with chromium() as browser, serve_process(data) as served:
+        base = served.url
+        writer = mint_cli(data, ALL, "*")["token"]
+        call(base, writer, "enqueue_bridge_event", ["out-x", "demo.x", 30078, "[]", "hello"])
+        for _ in range(5):  # bridge_max_attempts: the fifth failure makes it a dead letter
+            call(base, writer, "record_bridge_failure", ["out-x", HOSTILE, 1000])
+        client = WireClient(SimpleNamespace(ws_base=base.replace("http://", "ws://")), writer, version=3)
+        try:
+            quoted = HOSTILE.replace("'", "''")
+            applied = client.subscribe(1, f"SELECT * FROM sync_event WHERE stream_id = '{quoted}'")
+            assert not isinstance(applied, wire.SubscriptionError), applied
+            admin = mint_cli(data, "sync.admin", "*")["token"]
+            with browser.page() as page:
+                page.navigate(f"{base}/?token={admin}")
+                page.wait_for("document.getElementById('connections').textContent.includes('onerror')")
+                page.wait_for("document.getElementById('outbox').textContent.includes('onerror')")
+                page.pump(0.3)
+                assert page.evaluate("document.querySelectorAll('main img, main script').length") == 0
+                assert page.evaluate("document.getElementById('pwn') === null && window.pwned === undefined")
+                assert "pwned" not in page.evaluate("document.title")
+                for box in ("connections", "outbox"):
+                    assert "<img id=pwn" in page.evaluate(f"document.getElementById('{box}').textContent"), box
+        finally:
+            client.close()
+
+
 def test_missing_chromium_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("SYNCREF_REQUIRE_CHROMIUM", raising=False)

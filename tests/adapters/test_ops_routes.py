@@ -9,6 +9,8 @@ from pathlib import Path
 
 from support.server import call_http, http, running_server
 
+from adapters import ops_routes
+
 ROUTES = ("/", "/ops/data")
 
 
@@ -18,9 +20,14 @@ def test_page_and_feed_need_an_admin_token(tmp_path: Path) -> None:
         assert call_http(st, writer, "append_sync_event", ["secret.s", "k", "1", {"none": []}, {"none": []}]).status \
             == 200
         admin = st.token(scopes=("sync.admin",), streams=("*",))
+        none = http("GET", st.base + "/ops/data")
+        assert none.status == 401 and "admin token" in none.text and "secret.s" not in none.text
+        shell = http("GET", st.base + "/")  # no token at all: the page without data (a reload; see the browser test)
+        assert shell.status == 200 and shell.body == (Path(ops_routes.__file__).parent / "ops_page" / "index.html")\
+            .read_bytes() and "default-src 'none'" in shell.headers["content-security-policy"]
         for route in ROUTES:
-            none = http("GET", st.base + route)
-            assert none.status == 401 and "admin token" in none.text and "secret.s" not in none.text
+            empty = http("GET", f"{st.base}{route}?token=")  # a token given, even empty, is checked
+            assert empty.status == 401 and "secret.s" not in empty.text
             bad = http("GET", st.base + route, headers={"Authorization": "Bearer not-a-jwt"})
             assert bad.status in (400, 401) and "secret.s" not in bad.text
             other = http("GET", st.base + route, headers={"Authorization": f"Bearer {writer}"})
@@ -74,9 +81,11 @@ def test_the_feed_long_polls_on_the_committed_offset(tmp_path: Path) -> None:
         admin = st.token(scopes=("sync.admin",), streams=("*",))
         writer = st.token(scopes=("sync.append",), streams=("*",))
         auth = {"Authorization": f"Bearer {admin}"}
-        for bad in ("-1", "x", "1.5", "9" * 21):
+        # failed before: "²" (%C2%B2) passed str.isdigit and int() raised: a 500 and a logged traceback;
+        # "٣" (Arabic-Indic three) was read as 3
+        for bad in ("-1", "x", "1.5", "9" * 21, "%C2%B2", "%D9%A3", "%EF%BC%91"):
             res = http("GET", f"{st.base}/ops/data?wait={bad}", headers=auth)
-            assert res.status == 400 and "wait must be a committed offset" in res.text
+            assert res.status == 400 and "wait must be a committed offset" in res.text, (bad, res.status)
         idle = http("GET", f"{st.base}/ops/data?wait=0", headers=auth)  # nothing commits: answered after WAIT_S
         assert idle.status == 200 and idle.json()["durability"]["committed_offset"] == 0
         stale = http("GET", f"{st.base}/ops/data?wait=5", headers=auth)  # not the current offset: at once

@@ -293,6 +293,70 @@ def test_verify_log_on_a_missing_directory(tmp_path: Path) -> None:
     assert done.returncode == 2 and "no commit log" in done.stderr
 
 
+def _spoil(path: Path, how: str) -> None:
+    """A data directory whose database is not a commit log this build can read."""
+    db = path / "syncref.sqlite3"
+    if how == "not a database":
+        db.write_bytes(b"SQLite format 2\0" + bytes(range(256)) * 16)
+    elif how == "empty file":
+        db.write_bytes(b"")
+    else:
+        _, records = built(path)
+        write_all(path, records, clean=True)
+        sql = {"no commit_log table": "DROP TABLE commit_log",
+               "corrupt stored policy": "UPDATE meta SET value = '{\"classes\": 7}' WHERE key = 'policy'",
+               "another log format": "UPDATE meta SET value = '99' WHERE key = 'format'",
+               "no format marker": "DELETE FROM meta WHERE key = 'format'"}[how]
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute(sql)
+        conn.close()
+
+
+@pytest.mark.parametrize("how", ["not a database", "empty file", "no commit_log table", "corrupt stored policy",
+                                 "another log format", "no format marker"])
+def test_verify_log_on_an_unreadable_database_is_one_line(tmp_path: Path, how: str) -> None:
+    """Failed before: the first four were a Python traceback with exit status 1 -- the status of a
+    log that does not verify -- instead of one line saying nothing was checked (exit 2); a log of
+    another format (or with records but no format marker), which ``serve`` refuses to load, was
+    re-executed under this build's rules and called OK."""
+    _spoil(tmp_path, how)
+    before = (tmp_path / "syncref.sqlite3").read_bytes()
+    done = _cli(tmp_path)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("verify-log:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "is not a commit log this build can read" in lines[0] and "nothing was checked" in lines[0]
+    assert (tmp_path / "syncref.sqlite3").read_bytes() == before  # read, never written
+
+
+def test_verify_log_on_a_locked_database_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Another process holding an exclusive lock (sqlite3's ``locking_mode=EXCLUSIVE``; a syncref
+    server never does) leaves verify-log nothing to read.  Failed before: a traceback
+    (``sqlite3.OperationalError: database is locked``), exit 1."""
+    from adapters import cli
+    from reference import replay as replay_module
+
+    _, records = built(tmp_path)
+    write_all(tmp_path, records, clean=True)
+    holder = sqlite3.connect(tmp_path / "syncref.sqlite3", isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO meta (key, value) VALUES ('held', '1')")
+    opened = replay_module.LogStore.open
+    monkeypatch.setattr(replay_module.LogStore, "open",
+                        lambda d, **kw: opened(d, **{**kw, "busy_timeout_ms": 50}))  # not the 10 s default
+    try:
+        status = cli.main(["verify-log", "--data", str(tmp_path)])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "is locked by another process" in err and "nothing was checked" in err
+
+
 def test_policy_is_pinned(tmp_path: Path) -> None:
     store = LogStore.open(tmp_path)
     writer = GroupCommitWriter(store)
