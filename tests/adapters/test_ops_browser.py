@@ -80,8 +80,9 @@ def test_operators_page_live_in_chromium(tmp_path: Path) -> None:
                 assert isinstance(result.outcome, wire.ReducerOk), result
                 page.wait_for(f"{row('demo.live')} !== null", timeout=10)
                 took = time.monotonic() - sent
+                # a measurement, not a pass/fail timing (the long poll's wake-up on commit is checked
+                # without a clock in test_ops_routes: a waiting /ops/data answers the commit's offset)
                 print(f"append over the WebSocket appeared on the page after {took * 1000:.0f} ms")
-                assert took < 1.0, f"the append took {took:.2f}s to appear"
                 assert head_of(page, "demo.live") == 1
                 page.pump(0.5)
                 assert page.problems == [], page.problems
