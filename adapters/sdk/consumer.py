@@ -23,9 +23,11 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   the stream's new epoch and the watermark the callback returned (default ``floor_seq - 1``) in one
   transaction, then the core resubscribes: from the returned watermark, or -- the default -- with
   :func:`spec.client.rehydrate_queries` (no seq bound: the retained window, never stale, not cut by
-  the replay budget; ADR-0013 decision 3), until that snapshot has arrived.  A watermark below
-  ``floor_seq - 1`` or above ``head_seq`` is refused: resuming from it would skip events or be stale
-  again;
+  the replay budget; ADR-0013 decision 3), until that snapshot has been applied.  The checkpoint
+  keeps that mark (``rehydrating``), so a restart before then reads the window again, not a
+  seq-bounded resume that can be stale again (a second callback: REPLAY-3 says a restart never
+  rebootstraps).  A watermark below ``floor_seq - 1`` or above ``head_seq`` is refused: resuming from
+  it would skip events or be stale again;
 * **continue** -- the exception (ADR-0003): after an unclean restart of the server the stream's new
   epoch E' *continues* the old one E up to ``continues_seq`` (the durable head; every event up to it
   survived under the same seq).  A consumer at (E, W) with ``W <= continues_seq`` (and nothing else
@@ -196,7 +198,7 @@ class ConsumerCore:
             self.epoch, self.watermark = 1, 0
         else:
             self.epoch, self.watermark = cp.epoch, cp.watermark
-        self.rehydrating = False
+        self.rehydrating = cp is not None and cp.rehydrating  # a restart mid-rehydrate reads the window again
         self.state = "subscribing"
         return [Resubscribe(self.queries(), "start")]
 
@@ -205,8 +207,6 @@ class ConsumerCore:
     def on_rows(self, tables: Sequence[TableChange], *, snapshot: bool) -> list[Action]:
         if self.state not in ("subscribing", "live"):
             return []
-        if snapshot:
-            self.rehydrating = False  # the window has arrived; resubscriptions resume from the watermark
         for t in tables:
             if t.table != "sync_stream":
                 continue
@@ -239,8 +239,10 @@ class ConsumerCore:
                 gap = True
                 break
         out: list[Action] = []
-        if run:
-            result = self.store.apply_events(self.stream_id, self.epoch, run, self.apply)
+        # the whole window has arrived: once it is applied, resubscriptions resume from the watermark
+        window = snapshot and self.rehydrating and not gap
+        if run or window:
+            result = self.store.apply_events(self.stream_id, self.epoch, run, self.apply, rehydrated=window)
             self.applied += result.applied
             self.watermark = result.watermark
             if result.applied:
@@ -248,7 +250,9 @@ class ConsumerCore:
             if result.error is not None:
                 self.state = "failed"
                 return [*out, Fail(result.error)]
-        elif snapshot and self.watermark > 0:
+            if window:
+                self.rehydrating = False
+        if not run and snapshot and self.watermark > 0:
             out.append(Ack(self.epoch, self.watermark))
         self._stale_streak = 0
         if gap:
@@ -558,8 +562,9 @@ class StreamConsumer:
                 self._drop_subscription()
                 log.info("%s: epoch %d continues %d past watermark %d: no rebootstrap", self.stream_id, a.epoch,
                          self.core.epoch, self.core.watermark)
-                with self.store.transaction() as tx:
-                    self.store.reset(tx, self.stream_id, a.epoch, self.core.watermark)
+                with self.store.transaction() as tx:  # a rehydrate under way stays under way
+                    self.store.reset(tx, self.stream_id, a.epoch, self.core.watermark,
+                                     rehydrating=self.core.rehydrating)
                 await self._perform(self.core.continued(a.epoch))
             elif isinstance(a, Rebootstrap):
                 self._drop_subscription()
@@ -581,7 +586,7 @@ class StreamConsumer:
             if inspect.isawaitable(returned):
                 returned = await returned
             watermark = self.core.rebootstrap_watermark(stale, returned)
-            self.store.reset(tx, self.stream_id, stale.epoch, watermark)
+            self.store.reset(tx, self.stream_id, stale.epoch, watermark, rehydrating=returned is None)
         return stale.epoch, watermark, returned is None
 
     async def _closed_normally(self) -> None:
