@@ -382,7 +382,7 @@ class StreamConsumer:
     commits would grow the queue without bound (and never see a slow consumer).  Past ``max_queue``
     messages or ``max_queue_bytes`` of rows the consumer *sheds*: it unsubscribes, drops what still
     arrives for that set, applies what it kept and, when the set has ended, resubscribes from its
-    durable watermark (:attr:`overflows` counts it).
+    durable watermark (:attr:`overflows` counts it).  A snapshot is never shed (see ``_enqueue``).
     """
 
     def __init__(self, conn: ConsumerConnection, store: CheckpointStore, stream_id: str, *, apply: ApplyFn,
@@ -507,8 +507,10 @@ class StreamConsumer:
             if item.sub is self._shed:
                 return  # replayed from the watermark after the resubscription
             size = _row_bytes(item.tables)
-            if item.sub is self._sub and (self._queue.qsize() >= self.max_queue
-                                          or self._queued_bytes + size > self.max_queue_bytes):
+            # a snapshot is never shed: it is its set's first message (no backlog of the set to cut), and
+            # the resubscription would only bring it back -- one larger than the byte bound, forever
+            if item.kind == "update" and item.sub is self._sub and (
+                    self._queue.qsize() >= self.max_queue or self._queued_bytes + size > self.max_queue_bytes):
                 self._shed = item.sub
                 self.overflows += 1
                 log.info("%s: %d messages (%d bytes) queued: unsubscribing, to resume from the watermark",

@@ -398,3 +398,42 @@ def test_a_backlog_past_the_queue_bound_is_shed_and_replayed_from_the_watermark(
         assert app.msgs() == [(i, 1) for i in range(1, 11)] and c.error is None
         await c.stop()
     run(body())
+
+
+def test_a_snapshot_larger_than_the_byte_bound_is_applied_not_shed_forever(tmp_path: Path) -> None:
+    """The byte bound cuts a *backlog*, and a snapshot is its set's first message (nothing of the set
+    queued before it): it is always taken (the server bounds one message, ``max_outbound_message_bytes``).
+    A replay snapshot over ``max_queue_bytes`` used to be shed, resubscribed from the same watermark,
+    answered with the same snapshot and shed again, forever: no progress and nothing reported."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app, max_queue_bytes=200)
+        await c.start()
+
+        async def answer_sheds(rows: list[Row]) -> None:
+            for _ in range(3):  # as the server would: the unsubscribe applied, the same rows again
+                if not isinstance(conn.sent[-1], wire.Unsubscribe):
+                    return
+                unsub = conn.sent[-1]
+                conn.session.receive(wire.UnsubscribeApplied(unsub.request_id, unsub.query_set_id, None))
+                await settle()
+                conn.snapshot(rows)
+                await settle()
+
+        replay = [st(head=5), *(ev(s) for s in range(1, 6))]
+        assert sum(len(encode_row(r)) for r in replay) > 200
+        conn.snapshot(replay)
+        await settle()
+        await answer_sheds(replay)
+        assert (c.overflows, c.watermark, c.error) == (0, 5, None)
+        assert app.msgs() == [(i, 1) for i in range(1, 6)]
+        big = [st(head=6), ev(6)]
+        conn.update(big)  # an update over the bound is shed, and comes back as the resubscription's snapshot
+        await settle()
+        assert c.overflows == 1
+        await answer_sheds(big)
+        assert conn.cursor() == (1, 5)
+        await c.wait_for(6)
+        assert app.msgs() == [(i, 1) for i in range(1, 7)] and c.error is None
+        await c.stop()
+    run(body())
