@@ -26,6 +26,7 @@ from adapters.sdk import (
     V2,
     V3,
     Backoff,
+    CallTimeout,
     Checkpoint,
     CheckpointStore,
     Connection,
@@ -583,3 +584,56 @@ def test_a_confirmed_consumer_away_through_two_sigkills_continues_CONT_1(tmp_pat
     from reference.replay import verify_log
     report = verify_log(data)
     assert report.ok, report
+
+
+def test_a_clean_server_restart_under_a_live_consumer_and_retried_appends_loses_and_duplicates_nothing(
+        tmp_path: Path) -> None:
+    """The delivery contract across a clean restart (SIGTERM, then the same data and port): a producer
+    appends 1..40 with one idempotency key each, retrying every call that got no answer
+    (``ConnectionLost``, ``CallTimeout``) under the same key and arguments; a consumer follows live.
+    Each key ends with exactly one seq (a retried call whose first attempt ran is answered with the
+    seq it has), the stream is 1..40, and the consumer applies each once, in order, with no
+    rebootstrap (a clean restart keeps the epoch)."""
+    data = tmp_path / "data"
+    port = free_port()
+    stream = f"e2e.clean.{uuid.uuid4().hex[:8]}"
+    token = mint_cli(data, SCOPES, "e2e.*", "--subject", "both")["token"]
+    app = App(tmp_path / "app.sqlite")
+    url = f"http://127.0.0.1:{port}"
+    total = 40
+
+    async def produce(conn: Connection, seqs: dict[int, int], lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            while True:
+                try:
+                    seqs[i] = await append(conn, stream, i)
+                    break
+                except (ConnectionLost, CallTimeout):
+                    await asyncio.sleep(0.02)
+
+    async def body() -> None:
+        seqs: dict[int, int] = {}
+        producer = Connection(url, token=token, backoff=FAST, call_timeout=5)
+        reader = Connection(url, token=token, backoff=FAST, call_timeout=20)
+        consumer = StreamConsumer(reader, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap,
+                                  client_id="clean")
+        with serve_process(data, "--port", str(port)) as first:
+            await reader.connect()
+            await consumer.start()
+            await produce(producer, seqs, 1, 11)
+            task = asyncio.create_task(produce(producer, seqs, 11, total + 1))
+            await asyncio.sleep(0.05)
+            await asyncio.get_running_loop().run_in_executor(None, first.stop)
+        with serve_process(data, "--port", str(port)):
+            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(consumer.wait_for(total), 60)
+            assert sorted(seqs.values()) == list(range(1, total + 1))
+            assert [seqs[i] for i in range(1, total + 1)] == list(range(1, total + 1))  # one producer, in order
+            assert app.seqs() == list(range(1, total + 1)) and app.stales == [] and consumer.error is None
+            assert reader.connects >= 2 and producer.connects >= 2
+            await consumer.stop()
+            for conn in (producer, reader):
+                await conn.close()
+
+    run(body())
+    app.store.close()
