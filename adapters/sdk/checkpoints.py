@@ -15,6 +15,8 @@ application's ``apply(tx, event)`` runs inside the very transaction that moves t
   Several stream consumers may share one store (one file for the application's state and every
   stream's checkpoint); they take turns through :meth:`CheckpointStore.async_lock`, so one whose
   async rebootstrap callback awaits inside its transaction holds the others' deliveries back.
+  One store holds one checkpoint per stream, so it serves one consumer per stream at a time
+  (:attr:`CheckpointStore.followers`; a second ``StreamConsumer.start`` of a followed stream is refused).
 
 ``apply`` receives the ``sqlite3.Connection`` itself and must not commit or roll back (the store
 checks that the transaction is still open afterwards and fails loudly if not).  The table is
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,6 +90,9 @@ class CheckpointStore:
         self.db.execute(_SCHEMA)
         self._upgrade()
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        # the stream consumer following each stream through this store (one checkpoint row per stream:
+        # a second one would share its watermark; StreamConsumer.start refuses it)
+        self.followers: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
 
     def _columns(self) -> set[str]:
         return {str(r[1]) for r in self.db.execute("PRAGMA table_info(syncref_checkpoint)")}

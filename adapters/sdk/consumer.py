@@ -439,7 +439,13 @@ class StreamConsumer:
         self.error = None
         self._queue = asyncio.Queue()
         self._queued_bytes, self._shed = 0, None
-        async with self.store.async_lock():
+        async with self.store.async_lock():  # (under the lock: two start()s of one stream are serialized)
+            holder = self.store.followers.get(self.stream_id)
+            if isinstance(holder, StreamConsumer) and holder is not self and holder._following():
+                raise LocalProtocolError(
+                    f"another StreamConsumer already follows {self.stream_id!r} through this CheckpointStore: "
+                    "they would share one watermark (the store keeps one per stream); stop it first")
+            self.store.followers[self.stream_id] = self
             await self._perform(self.core.start())
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream_id}")
         if self.client_id is not None and (self._ack_task is None or self._ack_task.done()):
@@ -447,6 +453,10 @@ class StreamConsumer:
         hook = getattr(self.conn, "add_close_hook", None)  # connections that offer it: flush acks on close
         if hook is not None:
             hook(self._flush_on_close)
+
+    def _following(self) -> bool:
+        """Started, and neither stopped nor failed."""
+        return self.core.state not in ("idle", "failed") and self._task is not None and not self._task.done()
 
     def _closing(self) -> bool:
         """The application is closing the connection: what ends now is a normal shutdown."""

@@ -21,7 +21,7 @@ from adapters.sdk import CheckpointStore, ConnectionClosed, ReducerError, Stale,
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Session, Subscription, TablesCallback
 from spec import query as q
 from spec.client import rehydrate_queries
-from spec.errors import ErrorCode, SyncError
+from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.values import Row, SyncEvent, SyncStream
 
 S = "chat.room-1"
@@ -366,6 +366,36 @@ def test_consumers_sharing_a_store_wait_for_an_awaiting_rebootstrap(tmp_path: Pa
         assert [s for (s,) in app.store.db.execute("SELECT seq FROM msgs2 ORDER BY seq")] == [1, 2]
         for c in (a, b):
             await c.stop()
+    run(body())
+
+
+def test_a_second_consumer_of_a_stream_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    """A store holds one checkpoint per stream, so two consumers of one stream through it share one
+    watermark: a second projection of the stream (its own ``apply``) silently never saw the events the
+    first had applied (they were "duplicates" below the shared watermark), and each one's rebootstrap
+    dropped what the other had applied.  The second ``start()`` is refused while the first follows
+    the stream; once it has stopped (or failed), another may take over, from the stored watermark."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        app.store.db.execute("CREATE TABLE projection (seq INTEGER PRIMARY KEY)")
+        first = consumer(conn, app)
+
+        def project(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            tx.execute("INSERT INTO projection VALUES (?)", (e.seq,))
+        second = StreamConsumer(conn, app.store, S, apply=project, on_rebootstrap=app.rebootstrap)
+        await first.start()
+        with pytest.raises(LocalProtocolError, match="already follows"):
+            await second.start()
+        conn.snapshot([st(head=2), ev(1), ev(2)])
+        await first.wait_for(2)
+        await first.stop()
+        await second.start()  # takes over from the stored watermark
+        assert conn.cursor() == (1, 2)
+        conn.snapshot([st(head=3), ev(3)])
+        await second.wait_for(3)
+        assert app.msgs() == [(1, 1), (2, 1)]
+        assert [s for (s,) in app.store.db.execute("SELECT seq FROM projection")] == [3]
+        await second.stop()
     run(body())
 
 
