@@ -17,7 +17,7 @@ import pytest
 
 from adapters import wire
 from adapters.bsatn import encode_row
-from adapters.sdk import CheckpointStore, ConnectionClosed, ReducerError, Stale, StreamConsumer
+from adapters.sdk import Checkpoint, CheckpointStore, ConnectionClosed, ReducerError, Stale, StreamConsumer
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Session, Subscription, TablesCallback
 from spec import query as q
 from spec.client import rehydrate_queries
@@ -184,6 +184,31 @@ def test_stale_error_runs_the_callback_in_the_checkpoint_transaction(tmp_path: P
         conn.snapshot([st(epoch=2, head=4, floor=4), ev(4, epoch=2)])
         await c.wait_for(4, epoch=2)
         assert app.msgs() == [(4, 2)]
+        await c.stop()
+    run(body())
+
+
+def test_a_rehydrate_under_way_stays_under_way_across_a_continue(tmp_path: Path) -> None:
+    """A rehydrate's window read answered by a stream row whose epoch continues the consumer's (the server
+    restarted uncleanly meanwhile): the consumer continues (no callback) and still reads the window with
+    no seq bound, the mark kept in the store, until the window is applied."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        conn.error(SyncError(ErrorCode.STALE_CURSOR, {
+            "epoch": 2, "floor_seq": 4, "head_seq": 9, "reasons": ["epoch_changed"], "replay_budget": 100,
+            "requested_epoch": 1, "requested_watermark": 0, "stream_id": S}).render())
+        await settle()
+        assert app.store.load(S) == Checkpoint(S, 2, 3, rehydrating=True)
+        conn.snapshot([st(epoch=3, head=9, floor=4, continues=(2, 9))])  # the window's row: epoch 3 continues 2
+        await settle()
+        assert len(app.stales) == 1 and c.core.continues == 1
+        assert app.store.load(S) == Checkpoint(S, 3, 3, rehydrating=True)
+        assert conn.last_subscribe().query_strings == rehydrate_queries(S)
+        conn.snapshot([st(epoch=3, head=5, floor=4), ev(4, epoch=3), ev(5, epoch=3)])
+        await c.wait_for(5, epoch=3)
+        assert app.store.load(S) == Checkpoint(S, 3, 5) and app.msgs() == [(4, 3), (5, 3)]
         await c.stop()
     run(body())
 
