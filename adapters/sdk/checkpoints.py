@@ -172,19 +172,24 @@ class CheckpointStore:
                    "rehydrating = excluded.rehydrating", (stream_id, epoch, watermark, self._clock(), int(rehydrating)))
 
     def apply_events(self, stream_id: str, epoch: int, events: Sequence[SyncEvent], apply: ApplyFn, *,
-                     rehydrated: bool = False) -> ApplyResult:
+                     rehydrated: bool = False, expect: int | None = None) -> ApplyResult:
         """Apply consecutive events of ``(stream_id, epoch)`` from the stored watermark on, atomically with it.
 
         Events at or below the watermark are skipped (duplicates); the first event that is not the
         next seq ends the batch (the caller resubscribes).  Events of another stream or epoch are a
         caller bug.  ``rehydrated``: the batch is the rest of the retained window (a rehydrate's
         snapshot); when every event of it is applied, the checkpoint's ``rehydrating`` mark is cleared
-        in the same transaction.
+        in the same transaction.  ``expect``: the watermark the caller holds; a stored one that differs was
+        moved by someone else (a second follower of the stream on this file) and is refused, nothing applied.
         """
         with self.transaction() as tx:
             cp = self.load(stream_id)
             if cp is None or cp.epoch != epoch:
                 raise LocalProtocolError(f"no checkpoint for {stream_id!r} in epoch {epoch} (have {cp})")
+            if expect is not None and cp.watermark != expect:
+                raise LocalProtocolError(
+                    f"the checkpoint of {stream_id!r} moved to {cp.watermark} under a consumer at {expect}: another "
+                    "one follows the stream in this file (one follower per stream and file)")
             watermark, applied, error, complete = cp.watermark, 0, None, True
             for event in events:
                 if event.stream_id != stream_id or event.epoch != epoch:

@@ -242,7 +242,8 @@ class ConsumerCore:
         # the whole window has arrived: once it is applied, resubscriptions resume from the watermark
         window = snapshot and self.rehydrating and not gap
         if run or window:
-            result = self.store.apply_events(self.stream_id, self.epoch, run, self.apply, rehydrated=window)
+            result = self.store.apply_events(self.stream_id, self.epoch, run, self.apply, rehydrated=window,
+                                             expect=self.watermark)
             self.applied += result.applied
             self.watermark = result.watermark
             if result.applied:

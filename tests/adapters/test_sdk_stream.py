@@ -424,6 +424,34 @@ def test_a_second_consumer_of_a_stream_on_the_same_store_is_refused(tmp_path: Pa
     run(body())
 
 
+def test_a_checkpoint_moved_by_another_store_on_the_file_stops_the_consumer(tmp_path: Path) -> None:
+    """Two processes (here: two stores on one file) following one stream share its one checkpoint row,
+    which no in-process check can see.  The consumer whose watermark was moved under it used to skip
+    the events the other had applied, silently (a second projection never saw them); its checkpoint
+    is only ever moved by itself, so a stored watermark other than its own now stops it, loudly."""
+    async def body() -> None:
+        app, other = App(tmp_path / "a.sqlite"), App(tmp_path / "a.sqlite")
+        conn_a, conn_b = FakeConn(), FakeConn()
+        other.store.db.execute("CREATE TABLE IF NOT EXISTS projection (seq INTEGER PRIMARY KEY)")
+
+        def project(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            tx.execute("INSERT INTO projection VALUES (?)", (e.seq,))
+        a = consumer(conn_a, app)
+        b = StreamConsumer(conn_b, other.store, S, apply=project, on_rebootstrap=other.rebootstrap)
+        await a.start()
+        await b.start()
+        conn_a.snapshot([st(head=2), ev(1), ev(2)])
+        await a.wait_for(2)
+        conn_b.snapshot([st(head=2), ev(1), ev(2)])
+        with pytest.raises(LocalProtocolError, match="moved"):
+            await b.wait_for(2)
+        assert b.watermark == 0 and [s for (s,) in other.store.db.execute("SELECT seq FROM projection")] == []
+        for c in (a, b):
+            await c.stop()
+        other.store.close()
+    run(body())
+
+
 def test_a_backlog_past_the_queue_bound_is_shed_and_replayed_from_the_watermark(tmp_path: Path) -> None:
     """A server (hostile, or just a busy stream) that sends faster than ``apply`` commits: the reader
     takes every frame at once, so the consumer's queue -- not the server's slow-consumer bound -- used
