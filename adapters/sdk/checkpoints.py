@@ -15,12 +15,20 @@ application's ``apply(tx, event)`` runs inside the very transaction that moves t
   Several stream consumers may share one store (one file for the application's state and every
   stream's checkpoint); they take turns through :meth:`CheckpointStore.async_lock`, so one whose
   async rebootstrap callback awaits inside its transaction holds the others' deliveries back.
+  One store holds one checkpoint per stream, so it serves one consumer per stream at a time
+  (:attr:`CheckpointStore.followers`; a second ``StreamConsumer.start`` of a followed stream is refused).
 
 ``apply`` receives the ``sqlite3.Connection`` itself and must not commit or roll back (the store
 checks that the transaction is still open afterwards and fails loudly if not).  The table is
-``syncref_checkpoint(stream_id PRIMARY KEY, epoch, watermark, updated_at)``; the file is opened
-in WAL mode with ``synchronous=FULL`` by default, so a returned commit survives power loss.
-Reopening the file restores every stream's (epoch, watermark).
+``syncref_checkpoint(stream_id PRIMARY KEY, epoch, watermark, updated_at, rehydrating)``; the file is
+opened in WAL mode with ``synchronous=FULL`` by default, so a returned commit survives power loss.
+Reopening the file restores every stream's (epoch, watermark) and whether a rehydrate is under way:
+``rehydrating`` is set by the rebootstrap that asked for the retained window (the application
+returned no watermark of its own) and cleared in the transaction that applies the whole window, so
+a process that restarts in between reads the window again instead of resuming with a seq bound (which
+can be stale again, and would call the rebootstrap callback a second time).  A file written before
+the column existed is upgraded in place when opened (the column is added, 0 for every stream); an
+older SDK still reads and writes the upgraded file (it names its columns), it just does not see the mark.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,11 +49,13 @@ __all__ = ["ApplyFn", "ApplyResult", "Checkpoint", "CheckpointStore"]
 
 ApplyFn = Callable[[sqlite3.Connection, SyncEvent], None]
 
-_SCHEMA = """CREATE TABLE IF NOT EXISTS syncref_checkpoint (
+_REHYDRATING = "rehydrating INTEGER NOT NULL DEFAULT 0 CHECK (rehydrating IN (0, 1))"
+_SCHEMA = f"""CREATE TABLE IF NOT EXISTS syncref_checkpoint (
     stream_id TEXT PRIMARY KEY,
     epoch INTEGER NOT NULL CHECK (epoch >= 0),
     watermark INTEGER NOT NULL CHECK (watermark >= 0),
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    {_REHYDRATING}
 )"""
 _SQLITE_MAX = 2**63 - 1
 
@@ -54,6 +65,7 @@ class Checkpoint:
     stream_id: str
     epoch: int
     watermark: int
+    rehydrating: bool = False  # the retained window is still to be read (a rebootstrap without a watermark)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +88,28 @@ class CheckpointStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self.db.execute(_SCHEMA)
+        self._upgrade()
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        # the stream consumer following each stream through this store (one checkpoint row per stream:
+        # a second one would share its watermark; StreamConsumer.start refuses it)
+        self.followers: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+
+    def _columns(self) -> set[str]:
+        return {str(r[1]) for r in self.db.execute("PRAGMA table_info(syncref_checkpoint)")}
+
+    def _upgrade(self) -> None:
+        """A file from before ``rehydrating``: add the column (under a write lock, so two processes
+        opening it at once add it once)."""
+        if "rehydrating" in self._columns():
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if "rehydrating" not in self._columns():
+                self.db.execute(f"ALTER TABLE syncref_checkpoint ADD COLUMN {_REHYDRATING}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def async_lock(self) -> asyncio.Lock:
         """The lock the stream consumers sharing this store hold while they use it: an async
@@ -99,13 +132,14 @@ class CheckpointStore:
     # --- reading -------------------------------------------------------------------------------
 
     def load(self, stream_id: str) -> Checkpoint | None:
-        row = self.db.execute("SELECT epoch, watermark FROM syncref_checkpoint WHERE stream_id = ?",
+        row = self.db.execute("SELECT epoch, watermark, rehydrating FROM syncref_checkpoint WHERE stream_id = ?",
                               (stream_id,)).fetchone()
-        return None if row is None else Checkpoint(stream_id, int(row[0]), int(row[1]))
+        return None if row is None else Checkpoint(stream_id, int(row[0]), int(row[1]), bool(row[2]))
 
     def all(self) -> list[Checkpoint]:
-        rows = self.db.execute("SELECT stream_id, epoch, watermark FROM syncref_checkpoint ORDER BY stream_id")
-        return [Checkpoint(s, int(e), int(w)) for s, e, w in rows]
+        rows = self.db.execute("SELECT stream_id, epoch, watermark, rehydrating FROM syncref_checkpoint "
+                               "ORDER BY stream_id")
+        return [Checkpoint(s, int(e), int(w), bool(r)) for s, e, w, r in rows]
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -124,28 +158,39 @@ class CheckpointStore:
                 self.db.execute("ROLLBACK")
             raise
 
-    def reset(self, tx: sqlite3.Connection, stream_id: str, epoch: int, watermark: int) -> None:
-        """Set the checkpoint (inside :meth:`transaction`); used to start a stream or after a rebootstrap."""
+    def reset(self, tx: sqlite3.Connection, stream_id: str, epoch: int, watermark: int, *,
+              rehydrating: bool = False) -> None:
+        """Set the checkpoint (inside :meth:`transaction`); used to start a stream or after a rebootstrap
+        (``rehydrating``: the retained window is to be read, until :meth:`apply_events` ends it)."""
         if tx is not self.db or not tx.in_transaction:
             raise LocalProtocolError("reset runs inside CheckpointStore.transaction()")
         _check_u63("epoch", epoch)
         _check_u63("watermark", watermark)
-        tx.execute("INSERT INTO syncref_checkpoint (stream_id, epoch, watermark, updated_at) VALUES (?, ?, ?, ?) "
-                   "ON CONFLICT (stream_id) DO UPDATE SET epoch = excluded.epoch, watermark = excluded.watermark, "
-                   "updated_at = excluded.updated_at", (stream_id, epoch, watermark, self._clock()))
+        tx.execute("INSERT INTO syncref_checkpoint (stream_id, epoch, watermark, updated_at, rehydrating) "
+                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET epoch = excluded.epoch, "
+                   "watermark = excluded.watermark, updated_at = excluded.updated_at, "
+                   "rehydrating = excluded.rehydrating", (stream_id, epoch, watermark, self._clock(), int(rehydrating)))
 
-    def apply_events(self, stream_id: str, epoch: int, events: Sequence[SyncEvent], apply: ApplyFn) -> ApplyResult:
+    def apply_events(self, stream_id: str, epoch: int, events: Sequence[SyncEvent], apply: ApplyFn, *,
+                     rehydrated: bool = False, expect: int | None = None) -> ApplyResult:
         """Apply consecutive events of ``(stream_id, epoch)`` from the stored watermark on, atomically with it.
 
         Events at or below the watermark are skipped (duplicates); the first event that is not the
         next seq ends the batch (the caller resubscribes).  Events of another stream or epoch are a
-        caller bug.
+        caller bug.  ``rehydrated``: the batch is the rest of the retained window (a rehydrate's
+        snapshot); when every event of it is applied, the checkpoint's ``rehydrating`` mark is cleared
+        in the same transaction.  ``expect``: the watermark the caller holds; a stored one that differs was
+        moved by someone else (a second follower of the stream on this file) and is refused, nothing applied.
         """
         with self.transaction() as tx:
             cp = self.load(stream_id)
             if cp is None or cp.epoch != epoch:
                 raise LocalProtocolError(f"no checkpoint for {stream_id!r} in epoch {epoch} (have {cp})")
-            watermark, applied, error = cp.watermark, 0, None
+            if expect is not None and cp.watermark != expect:
+                raise LocalProtocolError(
+                    f"the checkpoint of {stream_id!r} moved to {cp.watermark} under a consumer at {expect}: another "
+                    "one follows the stream in this file (one follower per stream and file)")
+            watermark, applied, error, complete = cp.watermark, 0, None, True
             for event in events:
                 if event.stream_id != stream_id or event.epoch != epoch:
                     raise LocalProtocolError(f"event {event.stream_id!r}/{event.epoch}/{event.seq} is not of "
@@ -153,6 +198,7 @@ class CheckpointStore:
                 if event.seq <= watermark:
                     continue
                 if event.seq != watermark + 1:
+                    complete = False
                     break
                 tx.execute("SAVEPOINT syncref_event")
                 try:
@@ -164,12 +210,15 @@ class CheckpointStore:
                     tx.execute("ROLLBACK TO syncref_event")
                     tx.execute("RELEASE syncref_event")
                     error = exc
+                    complete = False
                     break
                 tx.execute("RELEASE syncref_event")
                 watermark, applied = event.seq, applied + 1
-            if applied:
-                tx.execute("UPDATE syncref_checkpoint SET watermark = ?, updated_at = ? WHERE stream_id = ?",
-                           (watermark, self._clock(), stream_id))
+            ends_rehydrate = rehydrated and complete and cp.rehydrating
+            if applied or ends_rehydrate:
+                tx.execute("UPDATE syncref_checkpoint SET watermark = ?, updated_at = ?, "
+                           "rehydrating = rehydrating AND NOT ? WHERE stream_id = ?",
+                           (watermark, self._clock(), int(ends_rehydrate), stream_id))
         return ApplyResult(watermark, applied, error)
 
     def _still_open(self) -> None:

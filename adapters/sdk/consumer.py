@@ -23,9 +23,11 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   the stream's new epoch and the watermark the callback returned (default ``floor_seq - 1``) in one
   transaction, then the core resubscribes: from the returned watermark, or -- the default -- with
   :func:`spec.client.rehydrate_queries` (no seq bound: the retained window, never stale, not cut by
-  the replay budget; ADR-0013 decision 3), until that snapshot has arrived.  A watermark below
-  ``floor_seq - 1`` or above ``head_seq`` is refused: resuming from it would skip events or be stale
-  again;
+  the replay budget; ADR-0013 decision 3), until that snapshot has been applied.  The checkpoint
+  keeps that mark (``rehydrating``), so a restart before then reads the window again, not a
+  seq-bounded resume that can be stale again (a second callback: REPLAY-3 says a restart never
+  rebootstraps).  A watermark below ``floor_seq - 1`` or above ``head_seq`` is refused: resuming from
+  it would skip events or be stale again;
 * **continue** -- the exception (ADR-0003): after an unclean restart of the server the stream's new
   epoch E' *continues* the old one E up to ``continues_seq`` (the durable head; every event up to it
   survived under the same seq).  A consumer at (E, W) with ``W <= continues_seq`` (and nothing else
@@ -196,7 +198,7 @@ class ConsumerCore:
             self.epoch, self.watermark = 1, 0
         else:
             self.epoch, self.watermark = cp.epoch, cp.watermark
-        self.rehydrating = False
+        self.rehydrating = cp is not None and cp.rehydrating  # a restart mid-rehydrate reads the window again
         self.state = "subscribing"
         return [Resubscribe(self.queries(), "start")]
 
@@ -205,8 +207,6 @@ class ConsumerCore:
     def on_rows(self, tables: Sequence[TableChange], *, snapshot: bool) -> list[Action]:
         if self.state not in ("subscribing", "live"):
             return []
-        if snapshot:
-            self.rehydrating = False  # the window has arrived; resubscriptions resume from the watermark
         for t in tables:
             if t.table != "sync_stream":
                 continue
@@ -239,8 +239,11 @@ class ConsumerCore:
                 gap = True
                 break
         out: list[Action] = []
-        if run:
-            result = self.store.apply_events(self.stream_id, self.epoch, run, self.apply)
+        # the whole window has arrived: once it is applied, resubscriptions resume from the watermark
+        window = snapshot and self.rehydrating and not gap
+        if run or window:
+            result = self.store.apply_events(self.stream_id, self.epoch, run, self.apply, rehydrated=window,
+                                             expect=self.watermark)
             self.applied += result.applied
             self.watermark = result.watermark
             if result.applied:
@@ -248,7 +251,9 @@ class ConsumerCore:
             if result.error is not None:
                 self.state = "failed"
                 return [*out, Fail(result.error)]
-        elif snapshot and self.watermark > 0:
+            if window:
+                self.rehydrating = False
+        if not run and snapshot and self.watermark > 0:
             out.append(Ack(self.epoch, self.watermark))
         self._stale_streak = 0
         if gap:
@@ -378,7 +383,7 @@ class StreamConsumer:
     commits would grow the queue without bound (and never see a slow consumer).  Past ``max_queue``
     messages or ``max_queue_bytes`` of rows the consumer *sheds*: it unsubscribes, drops what still
     arrives for that set, applies what it kept and, when the set has ended, resubscribes from its
-    durable watermark (:attr:`overflows` counts it).
+    durable watermark (:attr:`overflows` counts it).  A snapshot is never shed (see ``_enqueue``).
     """
 
     def __init__(self, conn: ConsumerConnection, store: CheckpointStore, stream_id: str, *, apply: ApplyFn,
@@ -435,7 +440,13 @@ class StreamConsumer:
         self.error = None
         self._queue = asyncio.Queue()
         self._queued_bytes, self._shed = 0, None
-        async with self.store.async_lock():
+        async with self.store.async_lock():  # (under the lock: two start()s of one stream are serialized)
+            holder = self.store.followers.get(self.stream_id)
+            if isinstance(holder, StreamConsumer) and holder is not self and holder._following():
+                raise LocalProtocolError(
+                    f"another StreamConsumer already follows {self.stream_id!r} through this CheckpointStore: "
+                    "they would share one watermark (the store keeps one per stream); stop it first")
+            self.store.followers[self.stream_id] = self
             await self._perform(self.core.start())
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream_id}")
         if self.client_id is not None and (self._ack_task is None or self._ack_task.done()):
@@ -443,6 +454,10 @@ class StreamConsumer:
         hook = getattr(self.conn, "add_close_hook", None)  # connections that offer it: flush acks on close
         if hook is not None:
             hook(self._flush_on_close)
+
+    def _following(self) -> bool:
+        """Started, and neither stopped nor failed."""
+        return self.core.state not in ("idle", "failed") and self._task is not None and not self._task.done()
 
     def _closing(self) -> bool:
         """The application is closing the connection: what ends now is a normal shutdown."""
@@ -503,8 +518,10 @@ class StreamConsumer:
             if item.sub is self._shed:
                 return  # replayed from the watermark after the resubscription
             size = _row_bytes(item.tables)
-            if item.sub is self._sub and (self._queue.qsize() >= self.max_queue
-                                          or self._queued_bytes + size > self.max_queue_bytes):
+            # a snapshot is never shed: it is its set's first message (no backlog of the set to cut), and
+            # the resubscription would only bring it back -- one larger than the byte bound, forever
+            if item.kind == "update" and item.sub is self._sub and (
+                    self._queue.qsize() >= self.max_queue or self._queued_bytes + size > self.max_queue_bytes):
                 self._shed = item.sub
                 self.overflows += 1
                 log.info("%s: %d messages (%d bytes) queued: unsubscribing, to resume from the watermark",
@@ -558,8 +575,9 @@ class StreamConsumer:
                 self._drop_subscription()
                 log.info("%s: epoch %d continues %d past watermark %d: no rebootstrap", self.stream_id, a.epoch,
                          self.core.epoch, self.core.watermark)
-                with self.store.transaction() as tx:
-                    self.store.reset(tx, self.stream_id, a.epoch, self.core.watermark)
+                with self.store.transaction() as tx:  # a rehydrate under way stays under way
+                    self.store.reset(tx, self.stream_id, a.epoch, self.core.watermark,
+                                     rehydrating=self.core.rehydrating)
                 await self._perform(self.core.continued(a.epoch))
             elif isinstance(a, Rebootstrap):
                 self._drop_subscription()
@@ -581,7 +599,7 @@ class StreamConsumer:
             if inspect.isawaitable(returned):
                 returned = await returned
             watermark = self.core.rebootstrap_watermark(stale, returned)
-            self.store.reset(tx, self.stream_id, stale.epoch, watermark)
+            self.store.reset(tx, self.stream_id, stale.epoch, watermark, rehydrating=returned is None)
         return stale.epoch, watermark, returned is None
 
     async def _closed_normally(self) -> None:

@@ -100,3 +100,53 @@ def test_reset_outside_a_transaction_and_out_of_range_values_are_refused(store: 
     with pytest.raises(LocalProtocolError):
         CheckpointStore(":memory:", synchronous="SOMETIMES")
     assert store.load(S) == Checkpoint(S, 1, 0)
+
+
+def test_the_rehydrate_mark_survives_reopening_until_the_whole_window_is_applied(tmp_path: Path) -> None:
+    """The rebootstrap sets ``rehydrating``; a window batch that fails part-way (or stops at a gap) keeps
+    it, so a restart reads the window again; the batch that applies the rest of it clears it, in the
+    same transaction as its events."""
+    path = tmp_path / "cp.sqlite"
+    with CheckpointStore(path) as st:
+        with st.transaction() as tx:
+            st.reset(tx, S, 2, 4, rehydrating=True)
+
+        def flaky(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            if e.seq == 7:
+                raise ValueError("boom")
+        assert st.apply_events(S, 2, [ev(5, 2), ev(6, 2), ev(7, 2)], flaky, rehydrated=True).applied == 2
+        assert st.apply_events(S, 2, [ev(8, 2)], flaky, rehydrated=True).applied == 0  # a gap
+    with CheckpointStore(path) as st:
+        assert st.load(S) == Checkpoint(S, 2, 6, rehydrating=True)
+        assert st.apply_events(S, 2, [ev(7, 2)], lambda tx, e: None) == ApplyResult(7, 1)  # not the window
+        assert st.load(S) == Checkpoint(S, 2, 7, rehydrating=True)
+        assert st.apply_events(S, 2, [ev(6, 2), ev(7, 2)], lambda tx, e: None, rehydrated=True) == ApplyResult(7, 0)
+        assert st.all() == [Checkpoint(S, 2, 7)]  # an empty rest of the window ends the rehydrate too
+        with st.transaction() as tx:
+            st.reset(tx, S, 2, 7)  # a reset without the mark clears it (a watermark of the application's)
+        assert st.load(S) == Checkpoint(S, 2, 7)
+
+
+def test_a_file_from_before_the_rehydrate_mark_is_read_and_upgraded(tmp_path: Path) -> None:
+    """A checkpoint file written by an SDK without the ``rehydrating`` column (the table as it was) opens
+    with every stream not rehydrating, and can be written; the table as upgraded still takes an old
+    SDK's writes, which name their columns (the mark defaults to 0)."""
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("CREATE TABLE syncref_checkpoint (stream_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL CHECK "
+                "(epoch >= 0), watermark INTEGER NOT NULL CHECK (watermark >= 0), updated_at INTEGER NOT NULL)")
+    old.execute("INSERT INTO syncref_checkpoint VALUES ('a', 3, 10, 1), ('b', 1, 0, 1)")
+    old.close()
+    with CheckpointStore(path) as st:
+        assert st.all() == [Checkpoint("a", 3, 10), Checkpoint("b", 1, 0)]
+        with st.transaction() as tx:
+            st.reset(tx, "b", 2, 5, rehydrating=True)
+    with CheckpointStore(path) as st:  # opening an upgraded file again changes nothing
+        assert st.all() == [Checkpoint("a", 3, 10), Checkpoint("b", 2, 5, rehydrating=True)]
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("INSERT INTO syncref_checkpoint (stream_id, epoch, watermark, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (stream_id) DO UPDATE SET epoch = excluded.epoch, watermark = excluded.watermark, "
+                "updated_at = excluded.updated_at", ("c", 1, 2, 1))
+    old.close()
+    with CheckpointStore(path) as st:
+        assert st.load("c") == Checkpoint("c", 1, 2)

@@ -26,6 +26,8 @@ from adapters.sdk import (
     V2,
     V3,
     Backoff,
+    CallTimeout,
+    Checkpoint,
     CheckpointStore,
     Connection,
     ConnectionClosed,
@@ -276,6 +278,65 @@ def test_a_replay_past_the_budget_rebootstraps_once_and_rehydrates_the_window(tm
     app.store.close()
 
 
+@pytest.mark.parametrize("crash_at", [1, 7])
+def test_a_restart_mid_rehydrate_reads_the_window_again_without_a_second_rebootstrap(tmp_path: Path,
+                                                                                     crash_at: int) -> None:
+    """REPLAY-3 across a process restart: the rehydrate (the window read a rebootstrap without a watermark
+    asked for) is stored with the checkpoint.  The first process is refused ``replay_budget_exceeded``,
+    its callback drops the application's state and returns None, and it dies while applying the window
+    (at seq 1: nothing of the window committed; at seq 7 of 12: seqs 1-6 committed).  The restarted
+    process must finish reading the window from its watermark: no second ``on_rebootstrap`` (nothing new
+    is stale), and no seq delivered again.  (It used to resume ``seq > 0`` or ``seq > 6``, past the
+    budget of 5: stale again, the callback ran a second time, and seqs 1-6 were applied twice.)"""
+    stream = f"e2e.rehydrate.{uuid.uuid4().hex[:8]}"
+    policy = Policy(default_class=StreamClass("default", replay_budget=5))
+    delivered: list[int] = []
+
+    class Crash(Exception):
+        """The process dies here: the window's transaction is not committed past the seq before."""
+
+    with running_server(tmp_path / "data", policy=policy) as st:
+        token = st.token()
+
+        async def process(crash: int | None) -> tuple[App, StreamConsumer]:
+            app = App(tmp_path / "app.sqlite")
+
+            def apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+                if e.seq == crash:
+                    raise Crash(e.seq)
+                delivered.append(e.seq)
+                app.apply(tx, e)
+
+            async with Connection(st.base, token=token, backoff=FAST, call_timeout=20) as conn:
+                consumer = StreamConsumer(conn, app.store, stream, apply=apply, on_rebootstrap=app.rebootstrap)
+                await consumer.start()
+                if crash is not None:
+                    with pytest.raises(Crash):
+                        await asyncio.wait_for(consumer.wait_for(12), 20)
+                else:
+                    await asyncio.wait_for(consumer.wait_for(12), 20)
+                await consumer.stop()
+            app.store.close()
+            return app, consumer
+
+        async def body() -> None:
+            async with Connection(st.base, token=token, backoff=FAST, call_timeout=20) as producer:
+                for i in range(1, 13):
+                    assert await append(producer, stream, i) == i
+            first, _ = await process(crash_at)
+            assert [s.reasons for s in first.stales] == [("replay_budget_exceeded",)]
+            assert delivered == list(range(1, crash_at))
+            second, consumer = await process(None)
+            assert second.stales == [], "the restart rebootstrapped again"
+            assert delivered == list(range(1, 13)), "events were delivered twice"
+            reopened = App(tmp_path / "app.sqlite")
+            assert reopened.seqs() == list(range(1, 13)) and consumer.core.rebootstraps == 0
+            assert reopened.store.load(stream) == Checkpoint(stream, 1, 12)  # the window has been read
+            reopened.store.close()
+
+        run(body())
+
+
 def test_a_consumer_behind_a_burst_sheds_its_queue_and_still_applies_each_event_once(tmp_path: Path) -> None:
     """A slow ``apply`` (2 ms an event) behind a burst of 300 pipelined appends, with ``max_queue=4``:
     the consumer sheds (unsubscribes, resubscribes from its watermark when the set has ended) and
@@ -523,3 +584,56 @@ def test_a_confirmed_consumer_away_through_two_sigkills_continues_CONT_1(tmp_pat
     from reference.replay import verify_log
     report = verify_log(data)
     assert report.ok, report
+
+
+def test_a_clean_server_restart_under_a_live_consumer_and_retried_appends_loses_and_duplicates_nothing(
+        tmp_path: Path) -> None:
+    """The delivery contract across a clean restart (SIGTERM, then the same data and port): a producer
+    appends 1..40 with one idempotency key each, retrying every call that got no answer
+    (``ConnectionLost``, ``CallTimeout``) under the same key and arguments; a consumer follows live.
+    Each key ends with exactly one seq (a retried call whose first attempt ran is answered with the
+    seq it has), the stream is 1..40, and the consumer applies each once, in order, with no
+    rebootstrap (a clean restart keeps the epoch)."""
+    data = tmp_path / "data"
+    port = free_port()
+    stream = f"e2e.clean.{uuid.uuid4().hex[:8]}"
+    token = mint_cli(data, SCOPES, "e2e.*", "--subject", "both")["token"]
+    app = App(tmp_path / "app.sqlite")
+    url = f"http://127.0.0.1:{port}"
+    total = 40
+
+    async def produce(conn: Connection, seqs: dict[int, int], lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            while True:
+                try:
+                    seqs[i] = await append(conn, stream, i)
+                    break
+                except (ConnectionLost, CallTimeout):
+                    await asyncio.sleep(0.02)
+
+    async def body() -> None:
+        seqs: dict[int, int] = {}
+        producer = Connection(url, token=token, backoff=FAST, call_timeout=5)
+        reader = Connection(url, token=token, backoff=FAST, call_timeout=20)
+        consumer = StreamConsumer(reader, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap,
+                                  client_id="clean")
+        with serve_process(data, "--port", str(port)) as first:
+            await reader.connect()
+            await consumer.start()
+            await produce(producer, seqs, 1, 11)
+            task = asyncio.create_task(produce(producer, seqs, 11, total + 1))
+            await asyncio.sleep(0.05)
+            await asyncio.get_running_loop().run_in_executor(None, first.stop)
+        with serve_process(data, "--port", str(port)):
+            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(consumer.wait_for(total), 60)
+            assert sorted(seqs.values()) == list(range(1, total + 1))
+            assert [seqs[i] for i in range(1, total + 1)] == list(range(1, total + 1))  # one producer, in order
+            assert app.seqs() == list(range(1, total + 1)) and app.stales == [] and consumer.error is None
+            assert reader.connects >= 2 and producer.connects >= 2
+            await consumer.stop()
+            for conn in (producer, reader):
+                await conn.close()
+
+    run(body())
+    app.store.close()

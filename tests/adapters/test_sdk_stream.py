@@ -17,11 +17,11 @@ import pytest
 
 from adapters import wire
 from adapters.bsatn import encode_row
-from adapters.sdk import CheckpointStore, ConnectionClosed, ReducerError, Stale, StreamConsumer
+from adapters.sdk import Checkpoint, CheckpointStore, ConnectionClosed, ReducerError, Stale, StreamConsumer
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Session, Subscription, TablesCallback
 from spec import query as q
 from spec.client import rehydrate_queries
-from spec.errors import ErrorCode, SyncError
+from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.values import Row, SyncEvent, SyncStream
 
 S = "chat.room-1"
@@ -184,6 +184,31 @@ def test_stale_error_runs_the_callback_in_the_checkpoint_transaction(tmp_path: P
         conn.snapshot([st(epoch=2, head=4, floor=4), ev(4, epoch=2)])
         await c.wait_for(4, epoch=2)
         assert app.msgs() == [(4, 2)]
+        await c.stop()
+    run(body())
+
+
+def test_a_rehydrate_under_way_stays_under_way_across_a_continue(tmp_path: Path) -> None:
+    """A rehydrate's window read answered by a stream row whose epoch continues the consumer's (the server
+    restarted uncleanly meanwhile): the consumer continues (no callback) and still reads the window with
+    no seq bound, the mark kept in the store, until the window is applied."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        conn.error(SyncError(ErrorCode.STALE_CURSOR, {
+            "epoch": 2, "floor_seq": 4, "head_seq": 9, "reasons": ["epoch_changed"], "replay_budget": 100,
+            "requested_epoch": 1, "requested_watermark": 0, "stream_id": S}).render())
+        await settle()
+        assert app.store.load(S) == Checkpoint(S, 2, 3, rehydrating=True)
+        conn.snapshot([st(epoch=3, head=9, floor=4, continues=(2, 9))])  # the window's row: epoch 3 continues 2
+        await settle()
+        assert len(app.stales) == 1 and c.core.continues == 1
+        assert app.store.load(S) == Checkpoint(S, 3, 3, rehydrating=True)
+        assert conn.last_subscribe().query_strings == rehydrate_queries(S)
+        conn.snapshot([st(epoch=3, head=5, floor=4), ev(4, epoch=3), ev(5, epoch=3)])
+        await c.wait_for(5, epoch=3)
+        assert app.store.load(S) == Checkpoint(S, 3, 5) and app.msgs() == [(4, 3), (5, 3)]
         await c.stop()
     run(body())
 
@@ -369,6 +394,64 @@ def test_consumers_sharing_a_store_wait_for_an_awaiting_rebootstrap(tmp_path: Pa
     run(body())
 
 
+def test_a_second_consumer_of_a_stream_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    """A store holds one checkpoint per stream, so two consumers of one stream through it share one
+    watermark: a second projection of the stream (its own ``apply``) silently never saw the events the
+    first had applied (they were "duplicates" below the shared watermark), and each one's rebootstrap
+    dropped what the other had applied.  The second ``start()`` is refused while the first follows
+    the stream; once it has stopped (or failed), another may take over, from the stored watermark."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        app.store.db.execute("CREATE TABLE projection (seq INTEGER PRIMARY KEY)")
+        first = consumer(conn, app)
+
+        def project(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            tx.execute("INSERT INTO projection VALUES (?)", (e.seq,))
+        second = StreamConsumer(conn, app.store, S, apply=project, on_rebootstrap=app.rebootstrap)
+        await first.start()
+        with pytest.raises(LocalProtocolError, match="already follows"):
+            await second.start()
+        conn.snapshot([st(head=2), ev(1), ev(2)])
+        await first.wait_for(2)
+        await first.stop()
+        await second.start()  # takes over from the stored watermark
+        assert conn.cursor() == (1, 2)
+        conn.snapshot([st(head=3), ev(3)])
+        await second.wait_for(3)
+        assert app.msgs() == [(1, 1), (2, 1)]
+        assert [s for (s,) in app.store.db.execute("SELECT seq FROM projection")] == [3]
+        await second.stop()
+    run(body())
+
+
+def test_a_checkpoint_moved_by_another_store_on_the_file_stops_the_consumer(tmp_path: Path) -> None:
+    """Two processes (here: two stores on one file) following one stream share its one checkpoint row,
+    which no in-process check can see.  The consumer whose watermark was moved under it used to skip
+    the events the other had applied, silently (a second projection never saw them); its checkpoint
+    is only ever moved by itself, so a stored watermark other than its own now stops it, loudly."""
+    async def body() -> None:
+        app, other = App(tmp_path / "a.sqlite"), App(tmp_path / "a.sqlite")
+        conn_a, conn_b = FakeConn(), FakeConn()
+        other.store.db.execute("CREATE TABLE IF NOT EXISTS projection (seq INTEGER PRIMARY KEY)")
+
+        def project(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            tx.execute("INSERT INTO projection VALUES (?)", (e.seq,))
+        a = consumer(conn_a, app)
+        b = StreamConsumer(conn_b, other.store, S, apply=project, on_rebootstrap=other.rebootstrap)
+        await a.start()
+        await b.start()
+        conn_a.snapshot([st(head=2), ev(1), ev(2)])
+        await a.wait_for(2)
+        conn_b.snapshot([st(head=2), ev(1), ev(2)])
+        with pytest.raises(LocalProtocolError, match="moved"):
+            await b.wait_for(2)
+        assert b.watermark == 0 and [s for (s,) in other.store.db.execute("SELECT seq FROM projection")] == []
+        for c in (a, b):
+            await c.stop()
+        other.store.close()
+    run(body())
+
+
 def test_a_backlog_past_the_queue_bound_is_shed_and_replayed_from_the_watermark(tmp_path: Path) -> None:
     """A server (hostile, or just a busy stream) that sends faster than ``apply`` commits: the reader
     takes every frame at once, so the consumer's queue -- not the server's slow-consumer bound -- used
@@ -396,5 +479,44 @@ def test_a_backlog_past_the_queue_bound_is_shed_and_replayed_from_the_watermark(
         conn.snapshot([st(head=10), *(ev(s) for s in range(4, 11))])
         await c.wait_for(10)
         assert app.msgs() == [(i, 1) for i in range(1, 11)] and c.error is None
+        await c.stop()
+    run(body())
+
+
+def test_a_snapshot_larger_than_the_byte_bound_is_applied_not_shed_forever(tmp_path: Path) -> None:
+    """The byte bound cuts a *backlog*, and a snapshot is its set's first message (nothing of the set
+    queued before it): it is always taken (the server bounds one message, ``max_outbound_message_bytes``).
+    A replay snapshot over ``max_queue_bytes`` used to be shed, resubscribed from the same watermark,
+    answered with the same snapshot and shed again, forever: no progress and nothing reported."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app, max_queue_bytes=200)
+        await c.start()
+
+        async def answer_sheds(rows: list[Row]) -> None:
+            for _ in range(3):  # as the server would: the unsubscribe applied, the same rows again
+                if not isinstance(conn.sent[-1], wire.Unsubscribe):
+                    return
+                unsub = conn.sent[-1]
+                conn.session.receive(wire.UnsubscribeApplied(unsub.request_id, unsub.query_set_id, None))
+                await settle()
+                conn.snapshot(rows)
+                await settle()
+
+        replay = [st(head=5), *(ev(s) for s in range(1, 6))]
+        assert sum(len(encode_row(r)) for r in replay) > 200
+        conn.snapshot(replay)
+        await settle()
+        await answer_sheds(replay)
+        assert (c.overflows, c.watermark, c.error) == (0, 5, None)
+        assert app.msgs() == [(i, 1) for i in range(1, 6)]
+        big = [st(head=6), ev(6)]
+        conn.update(big)  # an update over the bound is shed, and comes back as the resubscription's snapshot
+        await settle()
+        assert c.overflows == 1
+        await answer_sheds(big)
+        assert conn.cursor() == (1, 5)
+        await c.wait_for(6)
+        assert app.msgs() == [(i, 1) for i in range(1, 7)] and c.error is None
         await c.stop()
     run(body())
