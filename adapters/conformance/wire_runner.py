@@ -8,7 +8,8 @@ same steps on the model (:class:`spec.harness.Server`) with the identities the t
 and compares every message of every ``receive``: type, order, request ids, outcomes, error
 strings, rows (SATS-JSON by column).  Transaction offsets (v2 carries none in updates) and
 timestamps are the target's own (its log holds other data) and are masked.  The model runs with
-the default policy (``spec.policy.DEFAULT_POLICY``, what ``syncref serve`` uses unconfigured): a
+the default policy (``spec.policy.DEFAULT_POLICY``, what ``syncref serve`` uses unconfigured) with the
+kit's retention class for ``conformance.retain.*`` (``delivery.KIT_POLICY``): a
 target with other stream classes or budgets differs where those show (``replay_budget``).
 
 Scenario stream and outbox ids are under a fresh namespace per run, and every person's grants
@@ -23,6 +24,11 @@ Hooks a target may offer (without them the scenarios that need them are *skipped
                      ``[faults] stall_commits_while``): the confirmed-reads scenario.
 ``--restart-cmd CMD`` a shell command that restarts the target (and returns once it is started or
                      in the background): replay parity across a restart.
+``--compact-cmd CMD`` a shell command that makes the target run its retention (compaction) once, now,
+                     and returns once that has committed (``syncref serve``: ``POST
+                     /v1/database/:name/compact`` with an admin token); the target also serves the
+                     kit's retention class (``delivery.RETAIN_CLASS`` for stream ids starting
+                     ``conformance.retain.``): the retention scenario.
 
 Bad targets get a one-line answer per scenario, never a traceback: nothing listening, not a
 SpacetimeDB endpoint (the HTTP status of the refused upgrade), a refused token, a close
@@ -53,7 +59,6 @@ from adapters import bsatn, wire
 from adapters.conformance import delivery as d
 from adapters.progress import Progress
 from spec import messages as sm
-from spec.policy import DEFAULT_POLICY
 
 # The client library's own log: a target that never answers a close or a keepalive ping makes it log
 # a traceback from its keepalive thread ("keepalive ping failed"), on stderr, mid-report.  The runner
@@ -83,6 +88,7 @@ class Options:
     restart_cmd: str | None = None
     stall_file: Path | None = None
     timeout: float = 10.0
+    compact_cmd: str | None = None
     quiet_s: float = 0.5
 
 
@@ -237,10 +243,14 @@ def _when(v: Any, anchor: Any) -> str:
 
 
 def _mask(v: Any) -> Any:
+    """``v`` with offsets and timestamps masked; the rows of a table part sorted again by their masked
+    text (they were sorted by their full text, timestamps included, which differ between the two)."""
     if isinstance(v, dict):
         if set(v) == {_TS}:
             return "<timestamp>"
-        return {k: ("<offset>" if k == "tx_offset" else
+        return {k: (sorted((_mask(r) for r in x), key=lambda r: json.dumps(r, sort_keys=True))
+                    if k in ("inserts", "deletes") and isinstance(x, list) else
+                    "<offset>" if k == "tx_offset" else
                     _when(x, v[SCHEDULED[k]]).replace(">", f" {SCHEDULED[k]}>")
                     if k in SCHEDULED and SCHEDULED[k] in v else _mask(x)) for k, x in v.items()}
     if isinstance(v, list):
@@ -286,7 +296,7 @@ class Scenario:
     area: str
     name: str
     invariants: tuple[str, ...]
-    needs: tuple[str, ...] = ()  # "mint", "stall", "restart"
+    needs: tuple[str, ...] = ()  # "mint", "stall", "restart", "compact"
     steps: str | None = None  # the delivery scenario it plays (None: a scenario of its own below)
 
 
@@ -308,12 +318,18 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("compat", "negotiation_order", ("COMPAT-1",), ("mint",)),
     Scenario("delivery", "compute_roles", ("AUTH-1", "ASSIGN-3", "ASSIGN-4"), ("mint",), "compute_roles"),
     Scenario("bridge", "bridge_outbox", ("BRIDGE-2", "BRIDGE-3"), ("mint",), "bridge_outbox"),
+    Scenario("presence", "presence_ownership", ("PRES-3",), ("mint",), "presence_ownership"),
+    Scenario("retention", "retention_floor", ("SEQ-1", "SEQ-4", "STALE-1", "STALE-2"), ("mint", "compact"),
+             "retention_floor"),
+    Scenario("retention", "retention_tables", ("RET-1",), ("mint", "compact"), "retention_tables"),
     Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2", "CONT-1"), ("mint", "restart")),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
           "stall": "--stall-file PATH (a way to stall the target's commit log)",
-          "restart": "--restart-cmd CMD (a way to restart the target)"}
+          "restart": "--restart-cmd CMD (a way to restart the target)",
+          "compact": "--compact-cmd CMD (a way to make the target run its retention now, and the kit's "
+                     "retention class for conformance.retain.*)"}
 
 
 class Runner:
@@ -360,6 +376,33 @@ class Runner:
                     msgs = inbox.pop(step["conn"], [])
                     msgs += c.until_barrier(f"after {where}") if op == "receive" else c.quiet()
                     got.append([d.message_json(wire.server_from_wire(m)) for m in msgs])
+                elif op == "compact":
+                    # every write sent so far is in first; then the target's retention runs, and has
+                    # committed when the command returns
+                    for other in sorted(dirty):
+                        inbox.setdefault(other, []).extend(conns[other].until_barrier(f"before {where}"))
+                    dirty.clear()
+                    self._compact(where)
+                elif op == "close":
+                    conns[step["conn"]].close()
+                    dirty.discard(step["conn"])
+                elif op == "await":
+                    # what another connection's close caused reaches this one in its own time: wait for
+                    # the first message (a target that sends none is judged by the comparison), then
+                    # barrier for the rest
+                    for other in sorted(dirty - {step["conn"]}):
+                        inbox.setdefault(other, []).extend(conns[other].until_barrier(f"after {where}"))
+                    dirty.clear()
+                    c = conns[step["conn"]]
+                    msgs = inbox.pop(step["conn"], [])
+                    if not msgs:
+                        try:
+                            msgs.append(c.recv(f"what {where} awaits"))
+                        except ScenarioFailed as exc:
+                            if "no answer within" not in str(exc):
+                                raise
+                    msgs += c.until_barrier(f"after {where}")
+                    got.append([d.message_json(wire.server_from_wire(m)) for m in msgs])
                 elif op == "hold":
                     assert stall is not None
                     stall.touch()
@@ -377,12 +420,24 @@ class Runner:
         for step in steps:
             if step["op"] == "connect":
                 step["claims"] = {**step["claims"], "identity": identities[step["person"]]}
-        want = d.drive(d.model_target(DEFAULT_POLICY), steps)
-        receives = [s for s in steps if s["op"] in ("receive", "receive_quiet")]
+        want = d.drive(d.model_target(d.KIT_POLICY), steps)
+        receives = [s for s in steps if s["op"] in d.RECEIVES]
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             diff = _first_divergence(f"receive #{i} on connection {receives[i]['conn']}", g, w)
             if diff is not None:
                 raise ScenarioFailed(diff)
+
+    def _compact(self, where: str) -> None:
+        assert self.opts.compact_cmd is not None
+        try:
+            proc = subprocess.run(self.opts.compact_cmd, shell=True, capture_output=True, text=True,
+                                  timeout=max(60.0, self.opts.timeout))
+        except subprocess.TimeoutExpired:
+            raise ScenarioFailed(f"--compact-cmd did not return within {max(60.0, self.opts.timeout):g} s "
+                                 f"at {where}") from None
+        if proc.returncode != 0:
+            raise ScenarioFailed(f"--compact-cmd exited {proc.returncode} at {where}: "
+                                 f"{(proc.stderr or proc.stdout).strip()[-300:]}")
 
     # --- scenarios of their own ---
 
@@ -593,7 +648,7 @@ class Runner:
 
     def _has(self, hook: str) -> bool:
         return {"mint": self.tokens.can_mint, "stall": self.opts.stall_file is not None,
-                "restart": self.opts.restart_cmd is not None}[hook]
+                "restart": self.opts.restart_cmd is not None, "compact": self.opts.compact_cmd is not None}[hook]
 
 
 def _to_wire(doc: dict[str, Any]) -> wire.ClientMessage:
@@ -657,7 +712,7 @@ def add_parser(sub: Any) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="the server, e.g. http://127.0.0.1:3000")
     target.add_argument("--local", action="store_true", help="start a throwaway syncref serve with every hook "
-                        "(minting, a stallable log, a SIGKILL restart) and run against it")
+                        "(minting, a stallable log, a SIGKILL restart, compaction on demand) and run against it")
     p.add_argument("--database", default="autopilot-sync")
     p.add_argument("--token", help="one bearer token (only the handshake runs without --mint-with)")
     p.add_argument("--mint-with", type=Path, metavar="DIR", help="the target's data directory: mint tokens "
@@ -668,6 +723,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--restart-cmd", metavar="CMD", help="a shell command that restarts the target")
     p.add_argument("--stall-file", type=Path, metavar="PATH",
                    help="a path whose existence stalls the target's commit log ([faults] stall_commits_while)")
+    p.add_argument("--compact-cmd", metavar="CMD", help="a shell command that makes the target run its retention "
+                   "(compaction) now; the target serves the kit's retention class (docs/conformance.md)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
 
 
@@ -687,7 +744,8 @@ def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None 
     from adapters.conformance.local import local_target
 
     with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
-        opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout)
+        opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
+                       compact_cmd=t.compact_cmd)
         return run_options(opts, tick)
 
 
@@ -697,9 +755,9 @@ def _steps(progress: Progress) -> Tick:
 
 def main(args: argparse.Namespace) -> int:
     selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
-    if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file):
+    if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
-              "--stall-file", file=sys.stderr)
+              "--stall-file/--compact-cmd", file=sys.stderr)
         return 2
     progress = Progress(selected)
     try:
@@ -707,7 +765,7 @@ def main(args: argparse.Namespace) -> int:
             outcomes = run_local(args.only, args.timeout, _steps(progress))
         else:
             opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
-                           args.stall_file, args.timeout)
+                           args.stall_file, args.timeout, compact_cmd=args.compact_cmd)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.finish()

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spec.policy import Policy, StreamClass
 from support.server import call_http, http, running_server
+
+from spec.policy import Policy, StreamClass
 
 SMALL: Policy = Policy(classes=(("small.", StreamClass("small", retain_count=2)),))
 

@@ -1,5 +1,5 @@
 """``syncref conformance`` against real servers: it passes against ``syncref serve`` (every scenario,
-with every hook: minting, a stalling log, a SIGKILL restart), fails naming the right scenario and
+with every hook: minting, a stalling log, a SIGKILL restart, compaction on demand), fails naming the right scenario and
 invariant against servers with planted bugs, skips (never passes) what it lacks a hook for, and
 answers bad targets with one clear line each instead of a traceback."""
 
@@ -54,7 +54,8 @@ def test_passes_against_syncref_serve_with_every_hook(tmp_path: Path) -> None:
     with serving(tmp_path) as t:
         junit = tmp_path / "junit.xml"
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
-                                       "--restart-cmd", t.restart_cmd, "--junit", str(junit))
+                                       "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
+                                       "--junit", str(junit))
     print(out)
     assert rc == 0, out
     assert results and {r["status"] for r in results} == {"pass"}, out
@@ -95,6 +96,15 @@ BUGS = [
     ("assign_skips_provider_check", "delivery", "compute_roles", "ASSIGN-3"),
     ("stale_cursor_without_continuation", "replay", "replay_parity_across_restart", "CONT-1"),
     ("recovery_drops_the_chain", "replay", "replay_parity_across_restart", "CONT-1"),
+    # bugs the kit let through before the conf branch: retention on demand (--compact-cmd), presence
+    # ownership over a close, and a second stall for a durable offset ahead every other confirmation
+    ("stale_floor_off_by_one", "retention", "retention_floor", "STALE-1"),
+    ("compaction_floor_off_by_one", "retention", "retention_floor", "SEQ-1"),
+    ("index_not_updated_on_delete", "retention", "retention_floor", "SEQ-4"),
+    ("retention_takes_pending_outbox", "retention", "retention_tables", "RET-1"),
+    ("retention_keeps_version_floor", "retention", "retention_tables", "RET-1"),
+    ("first_upserter_marks", "presence", "presence_ownership", "PRES-3"),
+    ("durable_ahead_of_store", "durability", "confirmed_reads_released", "CONF-1"),
 ]
 
 
@@ -103,7 +113,7 @@ def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, a
                                                   invariant: str) -> None:
     with serving(tmp_path, mutant) as t:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
-                                       "--restart-cmd", t.restart_cmd, "--only", area)
+                                       "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd, "--only", area)
     print(out)
     assert rc == 1
     failed = {r["scenario"]: r for r in results if r["status"] == "fail"}
