@@ -79,6 +79,14 @@ def test_hooks_missing_are_skipped_not_passed(tmp_path: Path) -> None:
     assert all("needs --mint-with DIR" in r["message"] for r in skipped)
 
 
+def test_retention_without_a_compact_command_is_skipped_not_passed(tmp_path: Path) -> None:
+    with serving(tmp_path) as t:
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--only", "retention")
+    assert rc == 0, out
+    assert [r["scenario"] for r in results] == ["retention_floor", "retention_tables"]
+    assert all(r["status"] == "skip" and "needs --compact-cmd CMD" in r["message"] for r in results), out
+
+
 # the planted bug, the area to run, the scenario that must fail and the invariant it names
 BUGS = [
     ("caller_also_gets_update", "delivery", "update_and_caller_result", "DELIV-3"),
