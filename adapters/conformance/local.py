@@ -6,7 +6,8 @@ are minted with its signing key: ``--mint-with``), its commit log stallable thro
 (``[faults] stall_commits_while``: ``--stall-file``), a shell command that SIGKILLs it and starts
 it again on the same port and data (``--restart-cmd``), and a shell command that makes it run its
 retention now (``--compact-cmd``: ``python -m adapters.conformance.local compact URL TOKEN`` posts
-``/v1/database/:name/compact`` with an admin token).  Its data directory is created under the kit's
+``/v1/database/:name/compact`` with an admin token), and its undurable window (the default
+``[limits] max_undurable``: ``--max-undurable``).  Its data directory is created under the kit's
 policy (the default with the retention class ``conformance.retain.``) and its scheduled compaction is
 off in practice (once a day), so retention runs only when a scenario asks.  Nothing here is specific
 to the runner's scenarios; an implementer running the kit against their own server passes the same
@@ -42,6 +43,7 @@ class LocalTarget:
     restart_cmd: str
     log: Path
     compact_cmd: str
+    max_undurable: int  # its [limits] max_undurable (the default): --max-undurable
 
 
 def _wait_up(url: str, log: Path) -> None:
@@ -107,12 +109,13 @@ def local_target(workdir: Path, serve_cmd: Sequence[str] = SERVE, *, cwd: Path |
     try:
         _wait_up(url, log)
         from adapters.auth import AuthConfig, Authenticator, KeyStore
+        from adapters.server import Limits
 
         admin = Authenticator(AuthConfig(), KeyStore.load_or_create(data)).mint(
             subject="conformance-admin", scopes=("sync.admin",), streams=("*",), ttl_s=ADMIN_TTL_S)
         compact_cmd = (where + shlex.join([sys.executable, "-m", "adapters.conformance.local", "compact",
                                            f"{url}/v1/database/autopilot-sync/compact", admin]))
-        yield LocalTarget(url, data, stall, restart, log, compact_cmd)
+        yield LocalTarget(url, data, stall, restart, log, compact_cmd, Limits().max_undurable)
     finally:
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)

@@ -29,6 +29,8 @@ Hooks a target may offer (without them the scenarios that need them are *skipped
                      /v1/database/:name/compact`` with an admin token); the target also serves the
                      kit's retention class (``delivery.RETAIN_CLASS`` for stream ids starting
                      ``conformance.retain.``): the retention scenario.
+``--max-undurable N`` the target's undurable window (``syncref serve``: ``[limits] max_undurable``, 1024):
+                     with ``--restart-cmd``, how far an unclean restart must move epochs and versions.
 
 Bad targets get a one-line answer per scenario, never a traceback: nothing listening, not a
 SpacetimeDB endpoint (the HTTP status of the refused upgrade), a refused token, a close
@@ -89,6 +91,7 @@ class Options:
     stall_file: Path | None = None
     timeout: float = 10.0
     compact_cmd: str | None = None
+    max_undurable: int | None = None
     quiet_s: float = 0.5
 
 
@@ -296,7 +299,7 @@ class Scenario:
     area: str
     name: str
     invariants: tuple[str, ...]
-    needs: tuple[str, ...] = ()  # "mint", "stall", "restart", "compact"
+    needs: tuple[str, ...] = ()  # "mint", "stall", "restart", "compact", "undurable"
     steps: str | None = None  # the delivery scenario it plays (None: a scenario of its own below)
 
 
@@ -323,13 +326,16 @@ SCENARIOS: tuple[Scenario, ...] = (
              "retention_floor"),
     Scenario("retention", "retention_tables", ("RET-1",), ("mint", "compact"), "retention_tables"),
     Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2", "CONT-1"), ("mint", "restart")),
+    Scenario("recovery", "recovery_moves_past_the_window", ("DUR-2", "VER-1"), ("mint", "restart", "undurable")),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
           "stall": "--stall-file PATH (a way to stall the target's commit log)",
           "restart": "--restart-cmd CMD (a way to restart the target)",
           "compact": "--compact-cmd CMD (a way to make the target run its retention now, and the kit's "
-                     "retention class for conformance.retain.*)"}
+                     "retention class for conformance.retain.*)",
+          "undurable": "--max-undurable N (the target's undurable window: how far an unclean restart moves "
+                       "epochs and versions)"}
 
 
 class Runner:
@@ -542,19 +548,7 @@ class Runner:
         finally:
             c.close()
         def restarted(name: str) -> Conn:
-            assert self.opts.restart_cmd is not None
-            proc = subprocess.run(self.opts.restart_cmd, shell=True, capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                raise ScenarioFailed(f"--restart-cmd exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    return Conn(self.opts, token, True, name)
-                except ScenarioFailed as exc:
-                    if time.monotonic() > deadline:
-                        raise ScenarioFailed(f"the target did not come back within 60 s of --restart-cmd: "
-                                             f"{exc}") from None
-                    time.sleep(0.2)
+            return self._restarted(token, name)
 
         def stale_details(c: Conn, qs: int, epoch: int, row: dict[str, Any]) -> None:
             """A resume in an epoch the restart left is stale_cursor (epoch_changed) and its details carry
@@ -616,6 +610,77 @@ class Runner:
         finally:
             c.close()
 
+    def recovery_moves_past_the_window(self) -> None:
+        """An unclean restart moves a stream to an epoch, and every live versioned row (here a provider
+        capability) to a version, past everything the target's undurable window (N transactions, each
+        raising the largest epoch or version by at most one) can have handed out: at least old + N + 1
+        (DUR-2, VER-1), the row's content kept.  A clean restart (the epoch kept) has nothing to judge."""
+        n = self.opts.max_undurable
+        assert n is not None
+        ns = f"cf{self.run_id}rb"
+        token = self.tokens.token(f"{ns}-owner", {"scopes": ["sync.subscribe", "sync.append", "provider.publish"],
+                                                  "streams": [f"{ns}.*"]})
+        stream, provider = f"{ns}.r", f"{ns}p"
+        rows_q = (f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'",
+                  f"SELECT * FROM provider_capability WHERE provider_id = '{provider}'")
+
+        def rows(c: Conn, qs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+            c.send(wire.Subscribe(qs, qs, rows_q))
+            msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier("after subscribing")]
+            if [m["$type"] for m in msgs] != ["SubscribeApplied"]:
+                raise ScenarioFailed(f"subscribing {rows_q} was answered {_show(msgs)}")
+            by_table = {t["table"]: t["inserts"] for t in msgs[0]["rows"]}
+            got = by_table.get("sync_stream", []), by_table.get("provider_capability", [])
+            if [len(x) for x in got] != [1, 1]:
+                raise ScenarioFailed(f"the stream and provider rows read {_show(msgs)}")
+            return got[0][0], got[1][0]
+
+        c = Conn(self.opts, token, True, "before")
+        try:
+            for rid, reducer, args in ((1, "append_sync_event", (stream, "k1", '{"n":1}', None, None)),
+                                       (2, "publish_provider_capability", (provider, "{}", (5050,), 10, "active"))):
+                c.send(wire.CallReducer(rid, 0, reducer, bsatn.encode_args(reducer, args)))
+                answers = [wire.server_from_wire(m) for m in c.until_barrier(f"after calling {reducer}")]
+                if not any(isinstance(a, sm.ReducerResult) and isinstance(a.outcome, sm.ReducerOk) for a in answers):
+                    raise ScenarioFailed(f"{reducer} did not succeed: {_show([d.message_json(a) for a in answers])}")
+            stream_before, cap_before = rows(c, 1)
+        finally:
+            c.close()
+        c = self._restarted(token, "after")
+        try:
+            stream_after, cap_after = rows(c, 1)
+        finally:
+            c.close()
+        old, new = stream_before["epoch"], stream_after["epoch"]
+        if new == old:
+            raise Skipped("the restart was clean (the stream kept its epoch): no recovery to judge")
+        if new < old + n + 1:
+            raise ScenarioFailed(f"after an unclean restart the target sent the stream row in epoch {new} (before "
+                                 f"it: {old}): {_show([stream_after])}; with the undurable window {n} the model "
+                                 f"moves it to at least {old + n + 1} (DUR-2)")
+        v0, v1 = cap_before["version"], cap_after["version"]
+        if v1 < v0 + n + 1 or {**cap_after, "version": v0, "updated_at": None} != {**cap_before, "version": v0,
+                                                                                     "updated_at": None}:
+            raise ScenarioFailed(f"after an unclean restart the target sent the provider row {_show([cap_after])} "
+                                 f"(before it: {_show([cap_before])}); with the undurable window {n} the model "
+                                 f"keeps its content and raises its version to at least {v0 + n + 1} (VER-1)")
+
+    def _restarted(self, token: str | None, name: str) -> Conn:
+        """Run ``--restart-cmd`` and connect again once the target answers (60 s at most)."""
+        assert self.opts.restart_cmd is not None
+        proc = subprocess.run(self.opts.restart_cmd, shell=True, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise ScenarioFailed(f"--restart-cmd exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return Conn(self.opts, token, True, name)
+            except ScenarioFailed as exc:
+                if time.monotonic() > deadline:
+                    raise ScenarioFailed(f"the target did not come back within 60 s of --restart-cmd: "
+                                         f"{exc}") from None
+                time.sleep(0.2)
+
     # --- running ---
 
     def run(self, tick: Tick | None = None) -> list[Outcome]:
@@ -648,7 +713,8 @@ class Runner:
 
     def _has(self, hook: str) -> bool:
         return {"mint": self.tokens.can_mint, "stall": self.opts.stall_file is not None,
-                "restart": self.opts.restart_cmd is not None, "compact": self.opts.compact_cmd is not None}[hook]
+                "restart": self.opts.restart_cmd is not None, "compact": self.opts.compact_cmd is not None,
+                "undurable": self.opts.max_undurable is not None}[hook]
 
 
 def _to_wire(doc: dict[str, Any]) -> wire.ClientMessage:
@@ -725,6 +791,8 @@ def add_parser(sub: Any) -> None:
                    help="a path whose existence stalls the target's commit log ([faults] stall_commits_while)")
     p.add_argument("--compact-cmd", metavar="CMD", help="a shell command that makes the target run its retention "
                    "(compaction) now; the target serves the kit's retention class (docs/conformance.md)")
+    p.add_argument("--max-undurable", type=int, metavar="N", help="the target's undurable window (syncref serve: "
+                   "[limits] max_undurable): how far an unclean restart must move epochs and versions")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
 
 
@@ -745,7 +813,7 @@ def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None 
 
     with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
         opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
-                       compact_cmd=t.compact_cmd)
+                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable)
         return run_options(opts, tick)
 
 
@@ -755,9 +823,10 @@ def _steps(progress: Progress) -> Tick:
 
 def main(args: argparse.Namespace) -> int:
     selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
-    if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd):
+    if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd
+                       or args.max_undurable is not None):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
-              "--stall-file/--compact-cmd", file=sys.stderr)
+              "--stall-file/--compact-cmd/--max-undurable", file=sys.stderr)
         return 2
     progress = Progress(selected)
     try:
@@ -765,7 +834,8 @@ def main(args: argparse.Namespace) -> int:
             outcomes = run_local(args.only, args.timeout, _steps(progress))
         else:
             opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
-                           args.stall_file, args.timeout, compact_cmd=args.compact_cmd)
+                           args.stall_file, args.timeout, compact_cmd=args.compact_cmd,
+                           max_undurable=args.max_undurable)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.finish()

@@ -55,6 +55,7 @@ def test_passes_against_syncref_serve_with_every_hook(tmp_path: Path) -> None:
         junit = tmp_path / "junit.xml"
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
                                        "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
+                                       "--max-undurable", str(t.max_undurable),
                                        "--junit", str(junit))
     print(out)
     assert rc == 0, out
@@ -113,6 +114,8 @@ BUGS = [
     ("retention_keeps_version_floor", "retention", "retention_tables", "RET-1"),
     ("first_upserter_marks", "presence", "presence_ownership", "PRES-3"),
     ("durable_ahead_of_store", "durability", "confirmed_reads_released", "CONF-1"),
+    ("recovery_bump_too_small", "recovery", "recovery_moves_past_the_window", "DUR-2"),
+    ("recovery_keeps_versions", "recovery", "recovery_moves_past_the_window", "VER-1"),
 ]
 
 
@@ -121,7 +124,8 @@ def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, a
                                                   invariant: str) -> None:
     with serving(tmp_path, mutant) as t:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
-                                       "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd, "--only", area)
+                                       "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
+                                       "--max-undurable", str(t.max_undurable), "--only", area)
     print(out)
     assert rc == 1
     failed = {r["scenario"]: r for r in results if r["status"] == "fail"}
