@@ -4,7 +4,7 @@
 server itself: a child process on a free loopback port, its data in a temporary directory (tokens
 are minted with its signing key: ``--mint-with``), its commit log stallable through a file
 (``[faults] stall_commits_while``: ``--stall-file``), a shell command that SIGKILLs it and starts
-it again on the same port and data (``--restart-cmd``), and a shell command that makes it run its
+it again on the same port and data (``--restart-cmd``), a shell command that makes it run its
 retention now (``--compact-cmd``: ``python -m adapters.conformance.local compact URL TOKEN`` posts
 ``/v1/database/:name/compact`` with an admin token), and its undurable window (the default
 ``[limits] max_undurable``: ``--max-undurable``).  Its data directory is created under the kit's
