@@ -15,8 +15,12 @@ SMALL: Policy = Policy(classes=(("small.", StreamClass("small", retain_count=2))
 
 
 def _floor(st: object, admin: str, stream: str) -> int:
-    res = http("POST", f"{st.base}/v1/database/autopilot-sync/sql",  # type: ignore[attr-defined]
-               f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'", {"Authorization": f"Bearer {admin}"})
+    res = http(
+        "POST",
+        f"{st.base}/v1/database/autopilot-sync/sql",  # type: ignore[attr-defined]
+        f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'",
+        {"Authorization": f"Bearer {admin}"},
+    )
     assert res.status == 200, res.text
     rows = res.json()[0]["rows"]
     floor: int = rows[0][6]  # floor_seq, in wire order (docs/protocol.md)
@@ -28,13 +32,21 @@ def test_compaction_on_demand_needs_an_admin_granted_every_stream(tmp_path: Path
         url = f"{st.base}/v1/database/autopilot-sync/compact"
         writer = st.token(scopes=("sync.subscribe", "sync.append"), streams=("*",))
         for i in range(1, 6):
-            assert call_http(st, writer, "append_sync_event", ["small.s", f"k{i}", str(i), {"none": []},
-                                                               {"none": []}]).status == 200
+            assert (
+                call_http(
+                    st, writer, "append_sync_event", ["small.s", f"k{i}", str(i), {"none": []}, {"none": []}]
+                ).status
+                == 200
+            )
         admin = st.token(scopes=("sync.admin", "sync.subscribe"), streams=("*",))
         assert _floor(st, admin, "small.s") == 1
         limited = st.token(scopes=("sync.admin",), streams=("small.*",))
-        for headers in ({}, {"Authorization": "Bearer not-a-jwt"}, {"Authorization": f"Bearer {writer}"},
-                        {"Authorization": f"Bearer {limited}"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer not-a-jwt"},
+            {"Authorization": f"Bearer {writer}"},
+            {"Authorization": f"Bearer {limited}"},
+        ):
             refused = http("POST", url, headers=headers)
             assert refused.status in (400, 401, 403), refused.text
             assert _floor(st, admin, "small.s") == 1  # nothing ran
@@ -46,6 +58,7 @@ def test_compaction_on_demand_needs_an_admin_granted_every_stream(tmp_path: Path
         again = http("POST", url, headers={"Authorization": f"Bearer {admin}"})
         assert again.status == 200 and again.json()["compacted"] is False  # nothing left to drop: no transaction
         assert again.json()["committed_offset"] == ok.json()["committed_offset"]
-        assert http("POST", f"{st.base}/v1/database/other/compact",
-                    headers={"Authorization": f"Bearer {admin}"}).status == 404
-
+        assert (
+            http("POST", f"{st.base}/v1/database/other/compact", headers={"Authorization": f"Bearer {admin}"}).status
+            == 404
+        )
