@@ -138,8 +138,10 @@ def client_message_from_json(doc: dict[str, Any]) -> sm.ClientMessage:
 
 # --- scenarios (steps as data) ----------------------------------------------------------------------------
 
-def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
-    """Every scenario's description and steps, with stream and outbox ids under ``ns``."""
+def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Every scenario's description and steps, with stream and outbox ids under ``ns``; ``e0`` and ``v0``
+    are the server's epoch and version floors (a new stream's epoch, a new assignment's version): 1 in
+    the vectors, the target's own over the wire (a target that restarted uncleanly has raised them)."""
     folk = people(ns)
     a, b = f"{ns}.a", f"{ns}.b"
     ev_a = f"SELECT * FROM sync_event WHERE stream_id = '{a}'"
@@ -209,8 +211,8 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
             append("w", 3, a, "k3", '{"n":3}'),
             sub("w", 4, 10, f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'"), receive("w"),
-            call("w", 5, "ack_checkpoint", "c1", a, 1, 3), call("w", 6, "ack_checkpoint", "c1", a, 1, 1),
-            call("w", 7, "ack_checkpoint", "c1", a, 1, 9), call("w", 8, "ack_checkpoint", "c1", a, 2, 1),
+            call("w", 5, "ack_checkpoint", "c1", a, e0, 3), call("w", 6, "ack_checkpoint", "c1", a, e0, 1),
+            call("w", 7, "ack_checkpoint", "c1", a, e0, 9), call("w", 8, "ack_checkpoint", "c1", a, e0 + 1, 1),
             receive("w")]),
         "duplicate_frame": ("the very same CallReducer frame twice (same request id): two identical answers, "
                             "one transaction", [
@@ -254,17 +256,18 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
                                     "SubscriptionError naming every reason; a malformed resume is invalid_query", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
             append("w", 3, a, "k3", '{"n":3}'), receive("w"), connect("r", "reader"),
-            sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 1"), sub("r", 2, 11, f"{ev_a} AND epoch = 2 AND seq > 1"),
-            sub("r", 3, 12, f"{ev_a} AND epoch = 1 AND seq > 9"), sub("r", 4, 13, f"{ev_a} AND seq > 1"),
-            sub("r", 5, 14, f"SELECT * FROM sync_event WHERE stream_id = '{b}' AND epoch = 1 AND seq > 0"),
-            sub("r", 6, 15, f"{ev_a} AND epoch = 1 AND seq >= 0"), receive("r")]),
+            sub("r", 1, 10, f"{ev_a} AND epoch = {e0} AND seq > 1"),
+            sub("r", 2, 11, f"{ev_a} AND epoch = {e0 + 1} AND seq > 1"),
+            sub("r", 3, 12, f"{ev_a} AND epoch = {e0} AND seq > 9"), sub("r", 4, 13, f"{ev_a} AND seq > 1"),
+            sub("r", 5, 14, f"SELECT * FROM sync_event WHERE stream_id = '{b}' AND epoch = {e0} AND seq > 0"),
+            sub("r", 6, 15, f"{ev_a} AND epoch = {e0} AND seq >= 0"), receive("r")]),
         "stale_cursor_recovery": ("after an epoch reset the old cursor is stale (epoch_changed, continues "
                                   "nothing); the client re-reads the stream row and resumes in the new epoch", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
             call("w", 3, "reset_stream_epoch", a), receive("w"), connect("r", "watcher"),
-            sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 2"),
+            sub("r", 1, 10, f"{ev_a} AND epoch = {e0} AND seq > 2"),
             sub("r", 2, 11, f"SELECT * FROM sync_stream WHERE stream_id = '{a}'"),
-            sub("r", 3, 12, f"{ev_a} AND epoch = 2 AND seq > 2"), receive("r"),
+            sub("r", 3, 12, f"{ev_a} AND epoch = {e0 + 1} AND seq > 2"), receive("r"),
             append("w", 4, a, "k3", '{"n":3}'), receive("r")]),
         "compute_roles": ("an assignment is seen only by its requester, its provider's owner and dispatchers, in "
                           "updates too; assigning needs an active provider advertising the kind; running it needs "
@@ -273,13 +276,13 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             connect("x", "executor"), sub("x", 1, 10, jobs), sub("q", 1, 10, jobs), receive("x"), receive("q"),
             call("p", 1, "publish_provider_capability", p1, "{}", (5050,), 10, "active"),
             call("q", 2, "open_compute_assignment", r1, 5050, "{}"), receive("q"),
-            call("d", 3, "update_compute_assignment", r1, 1, "assigned", p1, None),
-            call("d", 4, "update_compute_assignment", r1, 1, "assigned", p1, None),
+            call("d", 3, "update_compute_assignment", r1, v0, "assigned", p1, None),
+            call("d", 4, "update_compute_assignment", r1, v0, "assigned", p1, None),
             call("p", 5, "publish_provider_capability", p2, "{}", (5051,), 10, "active"),
             call("q", 6, "open_compute_assignment", r2, 5050, "{}"), receive("q"),
-            call("d", 7, "update_compute_assignment", r2, 1, "assigned", p2, None),
-            receive("d"), call("x", 8, "update_compute_assignment", r1, 2, "running", None, None), receive("x"),
-            call("p", 9, "update_compute_assignment", r1, 2, "running", None, None), receive("p"), receive("q"),
+            call("d", 7, "update_compute_assignment", r2, v0, "assigned", p2, None),
+            receive("d"), call("x", 8, "update_compute_assignment", r1, v0 + 1, "running", None, None), receive("x"),
+            call("p", 9, "update_compute_assignment", r1, v0 + 1, "running", None, None), receive("p"), receive("q"),
             receive("x")]),
         "bridge_outbox": ("the outbox rules a bridge worker relies on, without any relay: enqueue dedupes on "
                           "[source, kind, tags, content], kinds outside policy are denied, a failure records its "
@@ -302,15 +305,15 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             connect("w", "keeper"), *(append("w", i, kept, f"k{i}", f'{{"n":{i}}}') for i in range(1, 7)),
             receive("w"), compact, append("w", 7, kept, "k1"), receive("w"),
             connect("r", "keeper"), sub("r", 1, 10, f"SELECT * FROM sync_stream WHERE stream_id = '{kept}'"),
-            sub("r", 2, 11, f"{ev_kept} AND epoch = 1 AND seq > 1"),
-            sub("r", 3, 12, f"{ev_kept} AND epoch = 1 AND seq > 2"),
-            sub("r", 4, 13, f"{ev_kept} AND epoch = 1 AND seq > 3"), receive("r")]),
+            sub("r", 2, 11, f"{ev_kept} AND epoch = {e0} AND seq > 1"),
+            sub("r", 3, 12, f"{ev_kept} AND epoch = {e0} AND seq > 2"),
+            sub("r", 4, 13, f"{ev_kept} AND epoch = {e0} AND seq > 3"), receive("r")]),
         "retention_tables": ("compaction removes sent outbox rows and terminal assignments past their windows "
                              "(0 in the kit's policy) and keeps pending rows; an assignment id it freed opens "
                              "again above every version it had (the version floor)", [
             connect("q", "requester"), connect("g", "bridge"),
             call("q", 1, "open_compute_assignment", r3, 5050, "{}"),
-            call("q", 2, "update_compute_assignment", r3, 1, "cancelled", None, None), receive("q"),
+            call("q", 2, "update_compute_assignment", r3, v0, "cancelled", None, None), receive("q"),
             call("g", 1, "enqueue_bridge_event", o3, "receipts", 30078, '[["d","p"]]', "pending"),
             call("g", 2, "enqueue_bridge_event", o4, "receipts", 30078, '[["d","s"]]', "sent"),
             call("g", 3, "mark_bridge_event_sent", o4, eid, ("wss://a",)), receive("g"), compact,
@@ -377,9 +380,14 @@ def drive(target: Target, steps: list[dict[str, Any]]) -> list[list[dict[str, An
     return received
 
 
-def model_target(policy: Policy = POLICY, max_queue: int = 1000, max_undurable: int = 8, now: int = T0) -> Target:
+def model_target(policy: Policy = POLICY, max_queue: int = 1000, max_undurable: int = 8, now: int = T0,
+                 epoch_floor: int = 1, version_floor: int = 1) -> Target:
+    """The model server, empty but for its floors (a wire target's own, which unclean restarts raise)."""
+    from spec.delivery import start
     from spec.harness import Server
+    from spec.state import DbState
     server = Server(policy, max_queue=max_queue, max_undurable=max_undurable)
+    server.log = start(DbState(epoch_floor=epoch_floor, version_floor=version_floor))
     server.now = now
     return server
 

@@ -346,6 +346,8 @@ class Runner:
         self.tokens = Tokens(opts)
         self.run_id = uuid.uuid4().hex[:10]
         self.plays = 0  # numbers each played scenario: its own stream and identity namespace
+        self.floors: tuple[int, int] | None = None  # the target's epoch and version floors, read again after
+        # a scenario that restarts or compacts it (only those move them)
 
     # --- playing delivery steps ---
 
@@ -355,7 +357,10 @@ class Runner:
         # in about a hundred runs, and a snapshot then held another scenario's events)
         self.plays += 1
         ns = f"cf{self.run_id}{self.plays:04d}"
-        _, steps = d.scenarios(ns)[name]
+        if self.floors is None:
+            self.floors = self._floors(ns)
+        e0, v0 = self.floors
+        _, steps = d.scenarios(ns, e0, v0)[name]
         conns: dict[str, Conn] = {}
         inbox: dict[str, list[wire.ServerMessage]] = {}
         dirty: set[str] = set()  # connections that sent something since their last barrier
@@ -428,12 +433,38 @@ class Runner:
         for step in steps:
             if step["op"] == "connect":
                 step["claims"] = {**step["claims"], "identity": identities[step["person"]]}
-        want = d.drive(d.model_target(d.KIT_POLICY), steps)
+        want = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)
         receives = [s for s in steps if s["op"] in d.RECEIVES]
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             diff = _first_divergence(f"receive #{i} on connection {receives[i]['conn']}", g, w)
             if diff is not None:
                 raise ScenarioFailed(diff)
+
+    def _floors(self, ns: str) -> tuple[int, int]:
+        """The target's epoch and version floors now -- the epoch a new stream gets and the version a new
+        assignment gets -- read from a probe stream and assignment under a namespace no scenario person is
+        granted.  Both are 1 on a fresh target; an unclean restart raises them (DUR-2, VER-1), and the
+        model then starts from the same floors, so the kit runs again against a target that restarted."""
+        probe = f"{ns}probe"
+        token = self.tokens.token(f"{probe}-prober", {"scopes": ["sync.subscribe", "sync.append", "compute.request"],
+                                                      "streams": [f"{probe}.*"]})
+        c = Conn(self.opts, token, False, "probe")
+        try:
+            for rid, reducer, args in ((1, "append_sync_event", (f"{probe}.s", "k", "{}", None, None)),
+                                       (2, "open_compute_assignment", (probe, 5050, "{}"))):
+                c.send(wire.CallReducer(rid, 0, reducer, bsatn.encode_args(reducer, args)))
+            c.send(wire.Subscribe(3, 3, (f"SELECT * FROM sync_stream WHERE stream_id = '{probe}.s'",
+                                         f"SELECT * FROM compute_assignment WHERE request_id = '{probe}'")))
+            msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier("after the floors probe")]
+        finally:
+            c.close()
+        applied = [m for m in msgs if m["$type"] == "SubscribeApplied"]
+        by_table = {t["table"]: t["inserts"] for t in applied[0]["rows"]} if applied else {}
+        streams, jobs = by_table.get("sync_stream", []), by_table.get("compute_assignment", [])
+        if len(streams) != 1 or len(jobs) != 1:
+            raise ScenarioFailed(f"the floors probe (a new stream and a new assignment, read back) was answered "
+                                 f"{_show(msgs)}")
+        return int(streams[0]["epoch"]), int(jobs[0]["version"])
 
     def _compact(self, where: str) -> None:
         assert self.opts.compact_cmd is not None
@@ -693,6 +724,9 @@ class Runner:
                 tick(i, len(chosen), f"{s.area}: {s.name}")
             missing = [h for h in s.needs if not self._has(h)]
             start = time.monotonic()
+            moves_floors = bool({"restart", "compact"} & set(s.needs))
+            if moves_floors:
+                self.floors = None
             if missing:
                 out.append(Outcome(s.area, s.name, s.invariants, "skip",
                                    "needs " + "; ".join(_HOOKS[h] for h in missing)))
@@ -711,6 +745,8 @@ class Runner:
                                    f"unexpected {type(exc).__name__}: {exc}"[:900], time.monotonic() - start))
             else:
                 out.append(Outcome(s.area, s.name, s.invariants, "pass", "", time.monotonic() - start))
+            if moves_floors:
+                self.floors = None
         return out
 
     def _has(self, hook: str) -> bool:
