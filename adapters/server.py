@@ -979,6 +979,7 @@ class SyncServer:
         app.router.add_post(db + "/call/{reducer}", self._counted("call", self._call))
         app.router.add_post(db + "/sql", self._counted("sql", self._sql))
         app.router.add_get(db + "/schema", self._counted("schema", self._schema))
+        app.router.add_post(db + "/compact", self._counted("compact", self._compact_now))
         ops_routes.install(app, ops_routes.OpsSource(lambda: self.engine, lambda: self.auth, lambda: ops_facts(self)),
                            self._counted)
 
@@ -1057,6 +1058,30 @@ class SyncServer:
         if err is None:
             return None
         return web.json_response(rejection_body(err), status=426)
+
+    async def _compact_now(self, request: web.Request) -> web.Response:
+        """``POST /v1/database/:name/compact``: run retention (the compaction transaction the schedule
+        runs every ``compact_interval_s``) once, now, and answer once it is durable -- for an operator
+        and for the conformance kit's retention scenarios (``--compact-cmd``).  Only an admin granted
+        every stream (``sync.admin`` and ``*``): 403 for any other token, and nothing runs."""
+        verified = self._http_caller(request)
+        if isinstance(verified, web.Response):
+            return verified
+        if ops.ADMIN_SCOPE not in verified.claims.scopes or not ops.is_full(verified.claims):
+            return _text(403, f"compaction needs a token with the {ops.ADMIN_SCOPE} scope and the stream grant "
+                              "'*' (syncref token mint --scopes sync.admin --streams '*')")
+        try:
+            await self._wait_room()
+            try:
+                wrote = self.engine.compact(self._tick())
+            except InternalError as err:  # rolled back; reported as the periodic compaction's would be
+                self._internal_error(err)
+                return _text(500, err.message)
+            self._pump()
+            await self._wait_durable(self.engine.committed)
+        except DurabilityFailed as exc:
+            return _text(503, f"the commit log could not be written: {exc}")
+        return web.json_response({"compacted": wrote, "committed_offset": self.engine.committed})
 
     # --- HTTP reducer calls and SQL -----------------------------------------------------------------
 

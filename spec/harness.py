@@ -12,7 +12,7 @@ the session owners and the clock, and routes each event to its transition:
     one client message, in per-connection order: ``Subscribe`` / ``Unsubscribe`` (:func:`~spec.
     delivery.subscribe`, :func:`~spec.delivery.unsubscribe`), ``CallReducer`` (the reducer, then
     :func:`~spec.delivery.answer`);
-``call_detached`` / ``system_tx``
+``call_detached`` / ``system_tx`` / ``compact``
     a transaction with no calling connection (the HTTP call route, sweeps, compaction);
 ``releasable`` / ``pop``
     the client takes the front of its queue, gated by :func:`~spec.delivery.released`;
@@ -46,7 +46,7 @@ from spec.messages import (
     Unsubscribe,
 )
 from spec.policy import DEFAULT_POLICY, Policy
-from spec.reducers import CallContext, Ok, Outcome, call
+from spec.reducers import CallContext, Ok, Outcome, call, compact
 from spec.state import DbState
 from spec.values import Identity, SyncEvent
 
@@ -188,6 +188,10 @@ class Server:
             return False
         self._commit(outcome)
         return True
+
+    def compact(self) -> bool:
+        """Retention now (:func:`spec.reducers.compact` at the server's clock), as a system transaction."""
+        return self.system_tx(compact(self.db, self.now, self.policy))
 
     def _commit(self, outcome: Ok) -> None:
         self.log, sends = d.system_tx(self.log, self._subscribers(), outcome)

@@ -3,7 +3,9 @@
 A scenario is a list of steps over named connections -- ``connect`` (claims, confirmed reads or
 not), ``send`` (a client message: ``Subscribe``, ``Unsubscribe``, ``CallReducer``), ``hold`` (from
 here on nothing becomes durable until a ``durable`` step), ``durable`` (the durable offset moves to
-``to``), and ``receive`` (everything the connection may be sent now).  The model
+``to``), ``receive`` (everything the connection may be sent now), ``compact`` (the server runs its
+retention now: the compaction transaction), ``close`` (the client closes a connection) and ``await``
+(as ``receive``, after at least one message arrived: what another connection's close caused).  The model
 (:class:`spec.harness.Server`) and the reference engine (:class:`reference.engine.Engine`) both
 expose that interface, so :func:`drive` runs a scenario on either; the vector records the model's
 messages for every ``receive`` and the consumer compares the engine's.
@@ -23,11 +25,13 @@ from typing import Any, Final, Protocol
 from adapters.conformance.codec import args_from_json, args_to_json, claims_from_json, claims_to_json, rows_to_json
 from spec import messages as sm
 from spec.auth import Claims
-from spec.policy import Policy, StreamClass
+from spec.policy import DEFAULT_POLICY, Policy, StreamClass
 from spec.schema import SCOPES
 
 
 class Target(Protocol):
+    now: int
+
     @property
     def committed(self) -> int: ...
 
@@ -36,9 +40,25 @@ class Target(Protocol):
     def releasable(self, conn_id: int) -> bool: ...
     def pop(self, conn_id: int) -> sm.Outbound: ...
     def advance_durable(self, to: int) -> None: ...
+    def close(self, conn_id: int) -> None: ...
+    def compact(self) -> object: ...
 
 
-POLICY: Final = Policy(default_class=StreamClass("default", max_payload_bytes=1024, replay_budget=50))
+RECEIVES: Final = ("receive", "receive_quiet", "await")
+"""The steps whose messages :func:`drive` returns, one list each."""
+RETAIN_PREFIX: Final = "conformance.retain."
+RETAIN_CLASS: Final = StreamClass("conformance-retain", retain_count=3, replay_budget=5)
+"""The stream class the retention scenario writes to (its stream ids start with :data:`RETAIN_PREFIX`):
+compaction keeps the 3 newest events, a resume more than 5 behind the head is stale.  A wire target
+that offers ``--compact-cmd`` serves this class (docs/conformance.md)."""
+KIT_POLICY: Final = dataclasses.replace(DEFAULT_POLICY, classes=((RETAIN_PREFIX, RETAIN_CLASS),),
+                                        retain_sent_outbox_us=0, retain_terminal_assignment_us=0)
+"""What the wire runner's model runs: the default policy (``syncref serve`` unconfigured) with the
+retention class, and retention windows of 0 for sent outbox rows and terminal assignments (a
+compaction removes every such row written before it; pending rows stay)."""
+POLICY: Final = dataclasses.replace(KIT_POLICY, default_class=StreamClass("default", max_payload_bytes=1024,
+                                                                          replay_budget=50))
+"""The delivery vectors' policy: the kit's, with a small default class."""
 T0: Final = 1_700_000_000_000_000
 
 
@@ -59,6 +79,7 @@ def people(ns: str = "s") -> dict[str, Claims]:
         "dispatcher": Claims(_id(0xD15), frozenset({"sync.subscribe", "compute.assign"}), ()),
         "provider": Claims(_id(0x9401), frozenset({"sync.subscribe", "provider.publish", "compute.execute"}), ()),
         "executor": Claims(_id(0xE4EC), frozenset({"sync.subscribe", "compute.execute"}), ()),
+        "keeper": Claims(_id(0x7E7A1), frozenset({"sync.subscribe", "sync.append"}), (f"{RETAIN_PREFIX}{ns}.*",)),
     }
 
 
@@ -117,8 +138,10 @@ def client_message_from_json(doc: dict[str, Any]) -> sm.ClientMessage:
 
 # --- scenarios (steps as data) ----------------------------------------------------------------------------
 
-def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
-    """Every scenario's description and steps, with stream and outbox ids under ``ns``."""
+def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Every scenario's description and steps, with stream and outbox ids under ``ns``; ``e0`` and ``v0``
+    are the server's epoch and version floors (a new stream's epoch, a new assignment's version): 1 in
+    the vectors, the target's own over the wire (a target that restarted uncleanly has raised them)."""
     folk = people(ns)
     a, b = f"{ns}.a", f"{ns}.b"
     ev_a = f"SELECT * FROM sync_event WHERE stream_id = '{a}'"
@@ -144,11 +167,23 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
 
     hold: dict[str, Any] = {"op": "hold"}
     release: dict[str, Any] = {"op": "release"}
+    compact: dict[str, Any] = {"op": "compact"}
+
+    def close(conn: str) -> dict[str, Any]:
+        return {"op": "close", "conn": conn}
+
+    def wait(conn: str) -> dict[str, Any]:
+        return {"op": "await", "conn": conn}
+
+    kept = f"{RETAIN_PREFIX}{ns}.a"
+    ev_kept = f"SELECT * FROM sync_event WHERE stream_id = '{kept}'"
+    s0, s1, s2 = f"{ns}.s0", f"{ns}.s1", f"{ns}.s2"
+    ttl = 300_000  # the longest TTL the default policy allows: no sweep expires a session mid-scenario
 
     def durable(to: int) -> dict[str, Any]:
         return {"op": "durable", "to": to}
 
-    o1, o2 = f"{ns}o1", f"{ns}o2"
+    o1, o2, o3, o4, r3 = f"{ns}o1", f"{ns}o2", f"{ns}o3", f"{ns}o4", f"{ns}r3"
     p1, p2, r1, r2 = f"{ns}p1", f"{ns}p2", f"{ns}r1", f"{ns}r2"
     jobs = f"SELECT * FROM compute_assignment WHERE request_id = '{r1}'"
     outbox = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o1}'"
@@ -176,8 +211,8 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
             append("w", 3, a, "k3", '{"n":3}'),
             sub("w", 4, 10, f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'"), receive("w"),
-            call("w", 5, "ack_checkpoint", "c1", a, 1, 3), call("w", 6, "ack_checkpoint", "c1", a, 1, 1),
-            call("w", 7, "ack_checkpoint", "c1", a, 1, 9), call("w", 8, "ack_checkpoint", "c1", a, 2, 1),
+            call("w", 5, "ack_checkpoint", "c1", a, e0, 3), call("w", 6, "ack_checkpoint", "c1", a, e0, 1),
+            call("w", 7, "ack_checkpoint", "c1", a, e0, 9), call("w", 8, "ack_checkpoint", "c1", a, e0 + 1, 1),
             receive("w")]),
         "duplicate_frame": ("the very same CallReducer frame twice (same request id): two identical answers, "
                             "one transaction", [
@@ -197,7 +232,11 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             sub("c", 1, 10, ev_a), sub("u", 1, 10, ev_a), receive("c"), receive("u"),
             append("w", 1, a, "k0", '{"n":0}'), receive("w"), receive("c"), receive("u"), hold,
             append("w", 2, a, "k1"), receive("w"), receive("u"), {"op": "receive_quiet", "conn": "c"},
-            release, receive("c")]),
+            release, receive("c"),
+            # a second stall: a durable offset kept one past what storage confirmed is ahead after every
+            # other confirmation only (each one it skips sets it back), so one of two stalls shows it
+            hold, append("w", 3, a, "k2", '{"n":2}'), receive("w"), receive("u"),
+            {"op": "receive_quiet", "conn": "c"}, release, receive("c")]),
         "event_tables": ("event-table rows reach subscribers once, marked as events, and never appear in a "
                          "snapshot", [
             connect("w", "writer"), connect("r", "watcher"), sub("r", 1, 10, "SELECT * FROM stream_signal"),
@@ -217,17 +256,18 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
                                     "SubscriptionError naming every reason; a malformed resume is invalid_query", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
             append("w", 3, a, "k3", '{"n":3}'), receive("w"), connect("r", "reader"),
-            sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 1"), sub("r", 2, 11, f"{ev_a} AND epoch = 2 AND seq > 1"),
-            sub("r", 3, 12, f"{ev_a} AND epoch = 1 AND seq > 9"), sub("r", 4, 13, f"{ev_a} AND seq > 1"),
-            sub("r", 5, 14, f"SELECT * FROM sync_event WHERE stream_id = '{b}' AND epoch = 1 AND seq > 0"),
-            sub("r", 6, 15, f"{ev_a} AND epoch = 1 AND seq >= 0"), receive("r")]),
+            sub("r", 1, 10, f"{ev_a} AND epoch = {e0} AND seq > 1"),
+            sub("r", 2, 11, f"{ev_a} AND epoch = {e0 + 1} AND seq > 1"),
+            sub("r", 3, 12, f"{ev_a} AND epoch = {e0} AND seq > 9"), sub("r", 4, 13, f"{ev_a} AND seq > 1"),
+            sub("r", 5, 14, f"SELECT * FROM sync_event WHERE stream_id = '{b}' AND epoch = {e0} AND seq > 0"),
+            sub("r", 6, 15, f"{ev_a} AND epoch = {e0} AND seq >= 0"), receive("r")]),
         "stale_cursor_recovery": ("after an epoch reset the old cursor is stale (epoch_changed, continues "
                                   "nothing); the client re-reads the stream row and resumes in the new epoch", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
             call("w", 3, "reset_stream_epoch", a), receive("w"), connect("r", "watcher"),
-            sub("r", 1, 10, f"{ev_a} AND epoch = 1 AND seq > 2"),
+            sub("r", 1, 10, f"{ev_a} AND epoch = {e0} AND seq > 2"),
             sub("r", 2, 11, f"SELECT * FROM sync_stream WHERE stream_id = '{a}'"),
-            sub("r", 3, 12, f"{ev_a} AND epoch = 2 AND seq > 2"), receive("r"),
+            sub("r", 3, 12, f"{ev_a} AND epoch = {e0 + 1} AND seq > 2"), receive("r"),
             append("w", 4, a, "k3", '{"n":3}'), receive("r")]),
         "compute_roles": ("an assignment is seen only by its requester, its provider's owner and dispatchers, in "
                           "updates too; assigning needs an active provider advertising the kind; running it needs "
@@ -236,13 +276,13 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             connect("x", "executor"), sub("x", 1, 10, jobs), sub("q", 1, 10, jobs), receive("x"), receive("q"),
             call("p", 1, "publish_provider_capability", p1, "{}", (5050,), 10, "active"),
             call("q", 2, "open_compute_assignment", r1, 5050, "{}"), receive("q"),
-            call("d", 3, "update_compute_assignment", r1, 1, "assigned", p1, None),
-            call("d", 4, "update_compute_assignment", r1, 1, "assigned", p1, None),
+            call("d", 3, "update_compute_assignment", r1, v0, "assigned", p1, None),
+            call("d", 4, "update_compute_assignment", r1, v0, "assigned", p1, None),
             call("p", 5, "publish_provider_capability", p2, "{}", (5051,), 10, "active"),
             call("q", 6, "open_compute_assignment", r2, 5050, "{}"), receive("q"),
-            call("d", 7, "update_compute_assignment", r2, 1, "assigned", p2, None),
-            receive("d"), call("x", 8, "update_compute_assignment", r1, 2, "running", None, None), receive("x"),
-            call("p", 9, "update_compute_assignment", r1, 2, "running", None, None), receive("p"), receive("q"),
+            call("d", 7, "update_compute_assignment", r2, v0, "assigned", p2, None),
+            receive("d"), call("x", 8, "update_compute_assignment", r1, v0 + 1, "running", None, None), receive("x"),
+            call("p", 9, "update_compute_assignment", r1, v0 + 1, "running", None, None), receive("p"), receive("q"),
             receive("x")]),
         "bridge_outbox": ("the outbox rules a bridge worker relies on, without any relay: enqueue dedupes on "
                           "[source, kind, tags, content], kinds outside policy are denied, a failure records its "
@@ -258,6 +298,40 @@ def scenarios(ns: str = "s") -> dict[str, tuple[str, list[dict[str, Any]]]]:
             call("g", 9, "mark_bridge_event_sent", o1, eid, ("wss://b",)),
             call("g", 10, "mark_bridge_event_sent", o1, "cd" * 32, ("wss://c",)),
             call("g", 11, "record_bridge_failure", o1, "late", 0), receive("g")]),
+        "retention_floor": ("compaction keeps a stream class's newest events and raises floor_seq to the first "
+                            "kept; a resume below it is stale (retention_floor_breach, with "
+                            "replay_budget_exceeded when it is also too far behind the head), one at floor - 1 is "
+                            "the kept events; a compacted key is no longer a duplicate", [
+            connect("w", "keeper"), *(append("w", i, kept, f"k{i}", f'{{"n":{i}}}') for i in range(1, 7)),
+            receive("w"), compact, append("w", 7, kept, "k1"), receive("w"),
+            connect("r", "keeper"), sub("r", 1, 10, f"SELECT * FROM sync_stream WHERE stream_id = '{kept}'"),
+            sub("r", 2, 11, f"{ev_kept} AND epoch = {e0} AND seq > 1"),
+            sub("r", 3, 12, f"{ev_kept} AND epoch = {e0} AND seq > 2"),
+            sub("r", 4, 13, f"{ev_kept} AND epoch = {e0} AND seq > 3"), receive("r")]),
+        "retention_tables": ("compaction removes sent outbox rows and terminal assignments past their windows "
+                             "(0 in the kit's policy) and keeps pending rows; an assignment id it freed opens "
+                             "again above every version it had (the version floor)", [
+            connect("q", "requester"), connect("g", "bridge"),
+            call("q", 1, "open_compute_assignment", r3, 5050, "{}"),
+            call("q", 2, "update_compute_assignment", r3, v0, "cancelled", None, None), receive("q"),
+            call("g", 1, "enqueue_bridge_event", o3, "receipts", 30078, '[["d","p"]]', "pending"),
+            call("g", 2, "enqueue_bridge_event", o4, "receipts", 30078, '[["d","s"]]', "sent"),
+            call("g", 3, "mark_bridge_event_sent", o4, eid, ("wss://a",)), receive("g"), compact,
+            call("q", 3, "open_compute_assignment", r3, 5050, "{}"), receive("q"),
+            sub("q", 4, 10, f"SELECT * FROM compute_assignment WHERE request_id = '{r3}'"), receive("q"),
+            sub("g", 4, 10, f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o3}'",
+                f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o4}'"), receive("g")]),
+        "presence_ownership": ("a session belongs to the connection that upserted it last: closing an earlier "
+                               "one leaves it as it is, closing the last one marks it disconnected (each close "
+                               "also marks a session only it upserted, so each is seen to have happened)", [
+            connect("o", "watcher"),
+            sub("o", 1, 10, *(f"SELECT * FROM session_presence WHERE session_id = '{x}'" for x in (s0, s1, s2))),
+            receive("o"),
+            connect("c1", "writer"), call("c1", 1, "upsert_presence", s0, "d0", "n0", "online", "r", ttl),
+            call("c1", 2, "upsert_presence", s1, "d1", "n0", "online", "r", ttl), receive("c1"),
+            connect("c2", "writer"), call("c2", 3, "upsert_presence", s1, "d1", "n0", "away", "r", ttl),
+            call("c2", 4, "upsert_presence", s2, "d2", "n0", "online", "r", ttl),
+            receive("c2"), receive("o"), close("c1"), wait("o"), close("c2"), wait("o")]),
     }
 
 
@@ -288,7 +362,14 @@ def drive(target: Target, steps: list[dict[str, Any]]) -> list[list[dict[str, An
             target.advance_durable(target.committed)
         elif op == "durable":
             target.advance_durable(step["to"])
-        elif op in ("receive", "receive_quiet"):
+        elif op == "compact":
+            target.now += 1  # retention runs after the writes before it (a window of 0 removes what they stamped)
+            target.compact()
+            settle()
+        elif op == "close":
+            target.close(conns[step["conn"]])
+            settle()
+        elif op in RECEIVES:
             cid = conns[step["conn"]]
             got = []
             while target.releasable(cid):
@@ -299,9 +380,14 @@ def drive(target: Target, steps: list[dict[str, Any]]) -> list[list[dict[str, An
     return received
 
 
-def model_target(policy: Policy = POLICY, max_queue: int = 1000, max_undurable: int = 8, now: int = T0) -> Target:
+def model_target(policy: Policy = POLICY, max_queue: int = 1000, max_undurable: int = 8, now: int = T0,
+                 epoch_floor: int = 1, version_floor: int = 1) -> Target:
+    """The model server, empty but for its floors (a wire target's own, which unclean restarts raise)."""
+    from spec.delivery import start
     from spec.harness import Server
+    from spec.state import DbState
     server = Server(policy, max_queue=max_queue, max_undurable=max_undurable)
+    server.log = start(DbState(epoch_floor=epoch_floor, version_floor=version_floor))
     server.now = now
     return server
 
@@ -313,6 +399,9 @@ def engine_target(policy: Policy = POLICY, max_queue: int = 1000, max_undurable:
         def advance_durable(self, to: int) -> None:
             self.take_records()  # the store took the records; now they are durable up to ``to``
             super().advance_durable(to)
+
+        def compact(self, now: int | None = None) -> bool:
+            return super().compact(self.now if now is None else now)
 
     engine = _Engine(policy, max_queue=max_queue, max_undurable=max_undurable)
     engine.now = now
@@ -341,7 +430,20 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     "duplicate_frame": lambda r: [m["request_id"] for m in r[1]] == [7, 7] and r[1][0] == r[1][1]
     and _types(r[2]) == ["TransactionUpdate"],
     "confirmed_reads_released": lambda r: _types(r[3]) == _types(r[4]) == ["TransactionUpdate"]
-    and r[7] == [] and _types(r[6]) == ["TransactionUpdate"] and _types(r[8]) == ["TransactionUpdate"],
+    and r[7] == [] == r[11] and _types(r[6]) == _types(r[8]) == _types(r[10]) == _types(r[12]) == ["TransactionUpdate"],
+    "retention_floor": lambda r: [m["outcome"]["ok"]["ret"] for m in r[0] + r[1]] == [1, 2, 3, 4, 5, 6, 7]
+    and r[2][0]["rows"][0]["inserts"][0]["floor_seq"] == 4
+    and _types(r[2]) == ["SubscribeApplied", "SubscriptionError", "SubscriptionError", "SubscribeApplied"]
+    and '"reasons":["retention_floor_breach","replay_budget_exceeded"]' in r[2][1]["error"]
+    and '"reasons":["retention_floor_breach"]' in r[2][2]["error"]
+    and sorted(e["seq"] for e in r[2][3]["rows"][0]["inserts"]) == [4, 5, 6, 7],
+    "retention_tables": lambda r: [m["outcome"].get("err", {}).get("error", "ok") for m in r[0] + r[1] + r[2]]
+    == ["ok"] * 6 and r[3][0]["rows"][0]["inserts"][0]["version"] == 3
+    and [row["status"] for row in r[4][0]["rows"][0]["inserts"]] == ["pending"],
+    "presence_ownership": lambda r: [len(x) for x in r[3:]] == [4, 1, 1]
+    and [sorted((row["session_id"].split(".")[-1], row["status"], row["offline_reason"]["some"])
+                for row in x[0]["query_sets"][0]["tables"][0]["inserts"]) for x in r[4:]]
+    == [[("s0", "offline", "disconnected")], [("s1", "offline", "disconnected"), ("s2", "offline", "disconnected")]],
     "stale_cursor_recovery": lambda r: _types(r[1]) == ["SubscriptionError", "SubscribeApplied", "SubscribeApplied"]
     and '"epoch_changed"' in r[1][0]["error"] and _types(r[2]) == ["TransactionUpdate"],
     "compute_roles": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0] for m in r[4]]

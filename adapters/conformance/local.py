@@ -3,10 +3,15 @@
 ``syncref conformance --local`` and ``syncref verify`` run the scenarios against the reference
 server itself: a child process on a free loopback port, its data in a temporary directory (tokens
 are minted with its signing key: ``--mint-with``), its commit log stallable through a file
-(``[faults] stall_commits_while``: ``--stall-file``), and a shell command that SIGKILLs it and starts
-it again on the same port and data (``--restart-cmd``).  Nothing here is specific to the runner's
-scenarios; an implementer running the kit against their own server passes the same three hooks by
-hand (docs/conformance.md).
+(``[faults] stall_commits_while``: ``--stall-file``), a shell command that SIGKILLs it and starts
+it again on the same port and data (``--restart-cmd``), a shell command that makes it run its
+retention now (``--compact-cmd``: ``python -m adapters.conformance.local compact URL TOKEN`` posts
+``/v1/database/:name/compact`` with an admin token), and its undurable window (the default
+``[limits] max_undurable``: ``--max-undurable``).  Its data directory is created under the kit's
+policy (the default with the retention class ``conformance.retain.``) and its scheduled compaction is
+off in practice (once a day), so retention runs only when a scenario asks.  Nothing here is specific
+to the runner's scenarios; an implementer running the kit against their own server passes the same
+hooks by hand (docs/conformance.md).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +42,8 @@ class LocalTarget:
     stall_file: Path
     restart_cmd: str
     log: Path
+    compact_cmd: str
+    max_undurable: int  # its [limits] max_undurable (the default): --max-undurable
 
 
 def _wait_up(url: str, log: Path) -> None:
@@ -53,6 +61,21 @@ def _wait_up(url: str, log: Path) -> None:
 
 
 SERVE = (sys.executable, "-m", "adapters.cli", "serve")
+ADMIN_TTL_S = 7 * 86_400  # the compact command's admin token (a throwaway server lives minutes)
+
+
+def compact(url: str, token: str) -> int:
+    """POST ``url`` (a ``/compact`` route) with ``token``; 0 once it answered 200, else 1 (the answer on stderr)."""
+    req = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            print(resp.read().decode("utf-8", "replace"))
+            return 0
+    except urllib.error.HTTPError as err:
+        print(f"HTTP {err.code}: {err.read().decode('utf-8', 'replace')[:300]}", file=sys.stderr)
+    except OSError as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+    return 1
 
 
 @contextlib.contextmanager
@@ -65,7 +88,14 @@ def local_target(workdir: Path, serve_cmd: Sequence[str] = SERVE, *, cwd: Path |
     port = free_port()
     data, stall, pidfile, log, config = (workdir / "data", workdir / "stall", workdir / "serve.pid",
                                          workdir / "serve.log", workdir / "syncref.toml")
-    config.write_text(f"[faults]\nstall_commits_while = {json.dumps(str(stall))}\n", encoding="utf-8")
+    config.write_text(f"[faults]\nstall_commits_while = {json.dumps(str(stall))}\n"
+                      "[server]\ncompact_interval_s = 86400.0\n", encoding="utf-8")
+    from adapters.conformance.delivery import KIT_POLICY
+    from reference.durability import LogStore
+
+    store = LogStore.open(data)  # the data directory pins the kit's policy (the retention class)
+    store.save_policy(KIT_POLICY)
+    store.close_clean(store.last()[0])
     serve = [*serve_cmd, "--port", str(port), "--data", str(data), "--config", str(config)]
     # a subshell that execs the server, so $! is the server's own pid (what the restart SIGKILLs)
     where = f"cd {shlex.quote(str(cwd))}; " if cwd is not None else ""
@@ -78,7 +108,21 @@ def local_target(workdir: Path, serve_cmd: Sequence[str] = SERVE, *, cwd: Path |
     subprocess.run(start, shell=True, check=True)
     try:
         _wait_up(url, log)
-        yield LocalTarget(url, data, stall, restart, log)
+        from adapters.auth import AuthConfig, Authenticator, KeyStore
+        from adapters.server import Limits
+
+        admin = Authenticator(AuthConfig(), KeyStore.load_or_create(data)).mint(
+            subject="conformance-admin", scopes=("sync.admin",), streams=("*",), ttl_s=ADMIN_TTL_S)
+        compact_cmd = (where + shlex.join([sys.executable, "-m", "adapters.conformance.local", "compact",
+                                           f"{url}/v1/database/autopilot-sync/compact", admin]))
+        yield LocalTarget(url, data, stall, restart, log, compact_cmd, Limits().max_undurable)
     finally:
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "compact":
+        print("usage: python -m adapters.conformance.local compact URL TOKEN", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(compact(sys.argv[2], sys.argv[3]))

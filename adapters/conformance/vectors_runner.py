@@ -223,12 +223,12 @@ def model_continues(c: Case) -> None:
 
 
 def _delivery(c: Case, make: Callable[..., Any]) -> None:
-    from adapters.conformance.delivery import drive
+    from adapters.conformance.delivery import RECEIVES, drive
     pre = c.part("pre")
     steps = c.part("ops")
     want = c.part("post")["received"]
     got = drive(make(policy_from_json(pre["policy"]), pre["max_queue"], pre["max_undurable"], pre["now"]), steps)
-    receives = [s for s in steps if s["op"] in ("receive", "receive_quiet")]
+    receives = [s for s in steps if s["op"] in RECEIVES]
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         _same(f"receive #{i} on connection {receives[i]['conn']}", g, w)
 

@@ -8,7 +8,8 @@ same steps on the model (:class:`spec.harness.Server`) with the identities the t
 and compares every message of every ``receive``: type, order, request ids, outcomes, error
 strings, rows (SATS-JSON by column).  Transaction offsets (v2 carries none in updates) and
 timestamps are the target's own (its log holds other data) and are masked.  The model runs with
-the default policy (``spec.policy.DEFAULT_POLICY``, what ``syncref serve`` uses unconfigured): a
+the default policy (``spec.policy.DEFAULT_POLICY``, what ``syncref serve`` uses unconfigured) with the
+kit's retention class for ``conformance.retain.*`` (``delivery.KIT_POLICY``): a
 target with other stream classes or budgets differs where those show (``replay_budget``).
 
 Scenario stream and outbox ids are under a fresh namespace per run, and every person's grants
@@ -23,6 +24,13 @@ Hooks a target may offer (without them the scenarios that need them are *skipped
                      ``[faults] stall_commits_while``): the confirmed-reads scenario.
 ``--restart-cmd CMD`` a shell command that restarts the target (and returns once it is started or
                      in the background): replay parity across a restart.
+``--compact-cmd CMD`` a shell command that makes the target run its retention (compaction) once, now,
+                     and returns once that has committed (``syncref serve``: ``POST
+                     /v1/database/:name/compact`` with an admin token); the target also serves the
+                     kit's retention class (``delivery.RETAIN_CLASS`` for stream ids starting
+                     ``conformance.retain.``): the retention scenario.
+``--max-undurable N`` the target's undurable window (``syncref serve``: ``[limits] max_undurable``, 1024):
+                     with ``--restart-cmd``, how far an unclean restart must move epochs and versions.
 
 Bad targets get a one-line answer per scenario, never a traceback: nothing listening, not a
 SpacetimeDB endpoint (the HTTP status of the refused upgrade), a refused token, a close
@@ -54,7 +62,6 @@ from adapters import bsatn, wire
 from adapters.conformance import delivery as d
 from adapters.progress import Progress
 from spec import messages as sm
-from spec.policy import DEFAULT_POLICY
 
 # The client library's own log: a target that never answers a close or a keepalive ping makes it log
 # a traceback from its keepalive thread ("keepalive ping failed"), on stderr, mid-report.  The runner
@@ -84,6 +91,8 @@ class Options:
     restart_cmd: str | None = None
     stall_file: Path | None = None
     timeout: float = 10.0
+    compact_cmd: str | None = None
+    max_undurable: int | None = None
     quiet_s: float = 0.5
 
 
@@ -238,10 +247,14 @@ def _when(v: Any, anchor: Any) -> str:
 
 
 def _mask(v: Any) -> Any:
+    """``v`` with offsets and timestamps masked; the rows of a table part sorted again by their masked
+    text (they were sorted by their full text, timestamps included, which differ between the two)."""
     if isinstance(v, dict):
         if set(v) == {_TS}:
             return "<timestamp>"
-        return {k: ("<offset>" if k == "tx_offset" else
+        return {k: (sorted((_mask(r) for r in x), key=lambda r: json.dumps(r, sort_keys=True))
+                    if k in ("inserts", "deletes") and isinstance(x, list) else
+                    "<offset>" if k == "tx_offset" else
                     _when(x, v[SCHEDULED[k]]).replace(">", f" {SCHEDULED[k]}>")
                     if k in SCHEDULED and SCHEDULED[k] in v else _mask(x)) for k, x in v.items()}
     if isinstance(v, list):
@@ -287,7 +300,7 @@ class Scenario:
     area: str
     name: str
     invariants: tuple[str, ...]
-    needs: tuple[str, ...] = ()  # "mint", "stall", "restart"
+    needs: tuple[str, ...] = ()  # "mint", "stall", "restart", "compact", "undurable"
     steps: str | None = None  # the delivery scenario it plays (None: a scenario of its own below)
 
 
@@ -309,12 +322,23 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("compat", "negotiation_order", ("COMPAT-1",), ("mint",)),
     Scenario("delivery", "compute_roles", ("AUTH-1", "ASSIGN-3", "ASSIGN-4"), ("mint",), "compute_roles"),
     Scenario("bridge", "bridge_outbox", ("BRIDGE-2", "BRIDGE-3"), ("mint",), "bridge_outbox"),
+    Scenario("presence", "presence_ownership", ("PRES-3",), ("mint",), "presence_ownership"),
+    Scenario("retention", "retention_floor", ("SEQ-1", "SEQ-4", "STALE-1", "STALE-2"), ("mint", "compact"),
+             "retention_floor"),
+    Scenario("retention", "retention_tables", ("RET-1",), ("mint", "compact"), "retention_tables"),
+    # before replay, so that against a fresh target its restart is the first unclean one: a later recovery
+    # starts from the floors earlier ones logged, which can hide a bump that was once too small
+    Scenario("recovery", "recovery_moves_past_the_window", ("DUR-2", "VER-1"), ("mint", "restart", "undurable")),
     Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2", "CONT-1"), ("mint", "restart")),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
           "stall": "--stall-file PATH (a way to stall the target's commit log)",
-          "restart": "--restart-cmd CMD (a way to restart the target)"}
+          "restart": "--restart-cmd CMD (a way to restart the target)",
+          "compact": "--compact-cmd CMD (a way to make the target run its retention now, and the kit's "
+                     "retention class for conformance.retain.*)",
+          "undurable": "--max-undurable N (the target's undurable window: how far an unclean restart moves "
+                       "epochs and versions)"}
 
 
 class Runner:
@@ -323,6 +347,8 @@ class Runner:
         self.tokens = Tokens(opts)
         self.run_id = uuid.uuid4().hex[:10]
         self.plays = 0  # numbers each played scenario: its own stream and identity namespace
+        self.floors: tuple[int, int] | None = None  # the target's epoch and version floors, read again after
+        # a scenario that restarts or compacts it (only those move them)
 
     # --- playing delivery steps ---
 
@@ -332,7 +358,10 @@ class Runner:
         # in about a hundred runs, and a snapshot then held another scenario's events)
         self.plays += 1
         ns = f"cf{self.run_id}{self.plays:04d}"
-        _, steps = d.scenarios(ns)[name]
+        if self.floors is None:
+            self.floors = self._floors(ns)
+        e0, v0 = self.floors
+        _, steps = d.scenarios(ns, e0, v0)[name]
         conns: dict[str, Conn] = {}
         inbox: dict[str, list[wire.ServerMessage]] = {}
         dirty: set[str] = set()  # connections that sent something since their last barrier
@@ -361,6 +390,33 @@ class Runner:
                     msgs = inbox.pop(step["conn"], [])
                     msgs += c.until_barrier(f"after {where}") if op == "receive" else c.quiet()
                     got.append([d.message_json(wire.server_from_wire(m)) for m in msgs])
+                elif op == "compact":
+                    # every write sent so far is in first; then the target's retention runs, and has
+                    # committed when the command returns
+                    for other in sorted(dirty):
+                        inbox.setdefault(other, []).extend(conns[other].until_barrier(f"before {where}"))
+                    dirty.clear()
+                    self._compact(where)
+                elif op == "close":
+                    conns[step["conn"]].close()
+                    dirty.discard(step["conn"])
+                elif op == "await":
+                    # what another connection's close caused reaches this one in its own time: wait for
+                    # the first message (a target that sends none is judged by the comparison), then
+                    # barrier for the rest
+                    for other in sorted(dirty - {step["conn"]}):
+                        inbox.setdefault(other, []).extend(conns[other].until_barrier(f"after {where}"))
+                    dirty.clear()
+                    c = conns[step["conn"]]
+                    msgs = inbox.pop(step["conn"], [])
+                    if not msgs:
+                        try:
+                            msgs.append(c.recv(f"what {where} awaits"))
+                        except ScenarioFailed as exc:
+                            if "no answer within" not in str(exc):
+                                raise
+                    msgs += c.until_barrier(f"after {where}")
+                    got.append([d.message_json(wire.server_from_wire(m)) for m in msgs])
                 elif op == "hold":
                     assert stall is not None
                     stall.touch()
@@ -378,12 +434,50 @@ class Runner:
         for step in steps:
             if step["op"] == "connect":
                 step["claims"] = {**step["claims"], "identity": identities[step["person"]]}
-        want = d.drive(d.model_target(DEFAULT_POLICY), steps)
-        receives = [s for s in steps if s["op"] in ("receive", "receive_quiet")]
+        want = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)
+        receives = [s for s in steps if s["op"] in d.RECEIVES]
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             diff = _first_divergence(f"receive #{i} on connection {receives[i]['conn']}", g, w)
             if diff is not None:
                 raise ScenarioFailed(diff)
+
+    def _floors(self, ns: str) -> tuple[int, int]:
+        """The target's epoch and version floors now -- the epoch a new stream gets and the version a new
+        assignment gets -- read from a probe stream and assignment under a namespace no scenario person is
+        granted.  Both are 1 on a fresh target; an unclean restart raises them (DUR-2, VER-1), and the
+        model then starts from the same floors, so the kit runs again against a target that restarted."""
+        probe = f"{ns}probe"
+        token = self.tokens.token(f"{probe}-prober", {"scopes": ["sync.subscribe", "sync.append", "compute.request"],
+                                                      "streams": [f"{probe}.*"]})
+        c = Conn(self.opts, token, False, "probe")
+        try:
+            for rid, reducer, args in ((1, "append_sync_event", (f"{probe}.s", "k", "{}", None, None)),
+                                       (2, "open_compute_assignment", (probe, 5050, "{}"))):
+                c.send(wire.CallReducer(rid, 0, reducer, bsatn.encode_args(reducer, args)))
+            c.send(wire.Subscribe(3, 3, (f"SELECT * FROM sync_stream WHERE stream_id = '{probe}.s'",
+                                         f"SELECT * FROM compute_assignment WHERE request_id = '{probe}'")))
+            msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier("after the floors probe")]
+        finally:
+            c.close()
+        applied = [m for m in msgs if m["$type"] == "SubscribeApplied"]
+        by_table = {t["table"]: t["inserts"] for t in applied[0]["rows"]} if applied else {}
+        streams, jobs = by_table.get("sync_stream", []), by_table.get("compute_assignment", [])
+        if len(streams) != 1 or len(jobs) != 1:
+            raise ScenarioFailed(f"the floors probe (a new stream and a new assignment, read back) was answered "
+                                 f"{_show(msgs)}")
+        return int(streams[0]["epoch"]), int(jobs[0]["version"])
+
+    def _compact(self, where: str) -> None:
+        assert self.opts.compact_cmd is not None
+        try:
+            proc = subprocess.run(self.opts.compact_cmd, shell=True, capture_output=True, text=True,
+                                  timeout=max(60.0, self.opts.timeout))
+        except subprocess.TimeoutExpired:
+            raise ScenarioFailed(f"--compact-cmd did not return within {max(60.0, self.opts.timeout):g} s "
+                                 f"at {where}") from None
+        if proc.returncode != 0:
+            raise ScenarioFailed(f"--compact-cmd exited {proc.returncode} at {where}: "
+                                 f"{(proc.stderr or proc.stdout).strip()[-300:]}")
 
     # --- scenarios of their own ---
 
@@ -488,19 +582,7 @@ class Runner:
         finally:
             c.close()
         def restarted(name: str) -> Conn:
-            assert self.opts.restart_cmd is not None
-            proc = subprocess.run(self.opts.restart_cmd, shell=True, capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                raise ScenarioFailed(f"--restart-cmd exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    return Conn(self.opts, token, True, name)
-                except ScenarioFailed as exc:
-                    if time.monotonic() > deadline:
-                        raise ScenarioFailed(f"the target did not come back within 60 s of --restart-cmd: "
-                                             f"{exc}") from None
-                    time.sleep(0.2)
+            return self._restarted(token, name)
 
         def stale_details(c: Conn, qs: int, epoch: int, row: dict[str, Any]) -> None:
             """A resume in an epoch the restart left is stale_cursor (epoch_changed) and its details carry
@@ -562,6 +644,77 @@ class Runner:
         finally:
             c.close()
 
+    def recovery_moves_past_the_window(self) -> None:
+        """An unclean restart moves a stream to an epoch, and every live versioned row (here a provider
+        capability) to a version, past everything the target's undurable window (N transactions, each
+        raising the largest epoch or version by at most one) can have handed out: at least old + N + 1
+        (DUR-2, VER-1), the row's content kept.  A clean restart (the epoch kept) has nothing to judge."""
+        n = self.opts.max_undurable
+        assert n is not None
+        ns = f"cf{self.run_id}rb"
+        token = self.tokens.token(f"{ns}-owner", {"scopes": ["sync.subscribe", "sync.append", "provider.publish"],
+                                                  "streams": [f"{ns}.*"]})
+        stream, provider = f"{ns}.r", f"{ns}p"
+        rows_q = (f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'",
+                  f"SELECT * FROM provider_capability WHERE provider_id = '{provider}'")
+
+        def rows(c: Conn, qs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+            c.send(wire.Subscribe(qs, qs, rows_q))
+            msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier("after subscribing")]
+            if [m["$type"] for m in msgs] != ["SubscribeApplied"]:
+                raise ScenarioFailed(f"subscribing {rows_q} was answered {_show(msgs)}")
+            by_table = {t["table"]: t["inserts"] for t in msgs[0]["rows"]}
+            got = by_table.get("sync_stream", []), by_table.get("provider_capability", [])
+            if [len(x) for x in got] != [1, 1]:
+                raise ScenarioFailed(f"the stream and provider rows read {_show(msgs)}")
+            return got[0][0], got[1][0]
+
+        c = Conn(self.opts, token, True, "before")
+        try:
+            for rid, reducer, args in ((1, "append_sync_event", (stream, "k1", '{"n":1}', None, None)),
+                                       (2, "publish_provider_capability", (provider, "{}", (5050,), 10, "active"))):
+                c.send(wire.CallReducer(rid, 0, reducer, bsatn.encode_args(reducer, args)))
+                answers = [wire.server_from_wire(m) for m in c.until_barrier(f"after calling {reducer}")]
+                if not any(isinstance(a, sm.ReducerResult) and isinstance(a.outcome, sm.ReducerOk) for a in answers):
+                    raise ScenarioFailed(f"{reducer} did not succeed: {_show([d.message_json(a) for a in answers])}")
+            stream_before, cap_before = rows(c, 1)
+        finally:
+            c.close()
+        c = self._restarted(token, "after")
+        try:
+            stream_after, cap_after = rows(c, 1)
+        finally:
+            c.close()
+        old, new = stream_before["epoch"], stream_after["epoch"]
+        if new == old:
+            raise Skipped("the restart was clean (the stream kept its epoch): no recovery to judge")
+        if new < old + n + 1:
+            raise ScenarioFailed(f"after an unclean restart the target sent the stream row in epoch {new} (before "
+                                 f"it: {old}): {_show([stream_after])}; with the undurable window {n} the model "
+                                 f"moves it to at least {old + n + 1} (DUR-2)")
+        v0, v1 = cap_before["version"], cap_after["version"]
+        if v1 < v0 + n + 1 or {**cap_after, "version": v0, "updated_at": None} != {**cap_before, "version": v0,
+                                                                                     "updated_at": None}:
+            raise ScenarioFailed(f"after an unclean restart the target sent the provider row {_show([cap_after])} "
+                                 f"(before it: {_show([cap_before])}); with the undurable window {n} the model "
+                                 f"keeps its content and raises its version to at least {v0 + n + 1} (VER-1)")
+
+    def _restarted(self, token: str | None, name: str) -> Conn:
+        """Run ``--restart-cmd`` and connect again once the target answers (60 s at most)."""
+        assert self.opts.restart_cmd is not None
+        proc = subprocess.run(self.opts.restart_cmd, shell=True, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise ScenarioFailed(f"--restart-cmd exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return Conn(self.opts, token, True, name)
+            except ScenarioFailed as exc:
+                if time.monotonic() > deadline:
+                    raise ScenarioFailed(f"the target did not come back within 60 s of --restart-cmd: "
+                                         f"{exc}") from None
+                time.sleep(0.2)
+
     # --- running ---
 
     def run(self, tick: Tick | None = None) -> list[Outcome]:
@@ -572,6 +725,9 @@ class Runner:
                 tick(i, len(chosen), f"{s.area}: {s.name}")
             missing = [h for h in s.needs if not self._has(h)]
             start = time.monotonic()
+            moves_floors = bool({"restart", "compact"} & set(s.needs))
+            if moves_floors:
+                self.floors = None
             if missing:
                 out.append(Outcome(s.area, s.name, s.invariants, "skip",
                                    "needs " + "; ".join(_HOOKS[h] for h in missing)))
@@ -590,11 +746,14 @@ class Runner:
                                    f"unexpected {type(exc).__name__}: {exc}"[:900], time.monotonic() - start))
             else:
                 out.append(Outcome(s.area, s.name, s.invariants, "pass", "", time.monotonic() - start))
+            if moves_floors:
+                self.floors = None
         return out
 
     def _has(self, hook: str) -> bool:
         return {"mint": self.tokens.can_mint, "stall": self.opts.stall_file is not None,
-                "restart": self.opts.restart_cmd is not None}[hook]
+                "restart": self.opts.restart_cmd is not None, "compact": self.opts.compact_cmd is not None,
+                "undurable": self.opts.max_undurable is not None}[hook]
 
 
 def _to_wire(doc: dict[str, Any]) -> wire.ClientMessage:
@@ -658,7 +817,7 @@ def add_parser(sub: Any) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="the server, e.g. http://127.0.0.1:3000")
     target.add_argument("--local", action="store_true", help="start a throwaway syncref serve with every hook "
-                        "(minting, a stallable log, a SIGKILL restart) and run against it")
+                        "(minting, a stallable log, a SIGKILL restart, compaction on demand) and run against it")
     p.add_argument("--database", default="autopilot-sync")
     p.add_argument("--token", help="one bearer token (only the handshake runs without --mint-with)")
     p.add_argument("--mint-with", type=Path, metavar="DIR", help="the target's data directory: mint tokens "
@@ -669,6 +828,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--restart-cmd", metavar="CMD", help="a shell command that restarts the target")
     p.add_argument("--stall-file", type=Path, metavar="PATH",
                    help="a path whose existence stalls the target's commit log ([faults] stall_commits_while)")
+    p.add_argument("--compact-cmd", metavar="CMD", help="a shell command that makes the target run its retention "
+                   "(compaction) now; the target serves the kit's retention class (docs/conformance.md)")
+    p.add_argument("--max-undurable", type=int, metavar="N", help="the target's undurable window (syncref serve: "
+                   "[limits] max_undurable): how far an unclean restart must move epochs and versions")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
 
 
@@ -688,7 +851,8 @@ def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None 
     from adapters.conformance.local import local_target
 
     with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
-        opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout)
+        opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
+                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable)
         return run_options(opts, tick)
 
 
@@ -710,9 +874,10 @@ def _operator_mistake(args: argparse.Namespace) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
-    if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file):
+    if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd
+                       or args.max_undurable is not None):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
-              "--stall-file", file=sys.stderr)
+              "--stall-file/--compact-cmd/--max-undurable", file=sys.stderr)
         return 2
     mistake = _operator_mistake(args)
     if mistake is not None:
@@ -724,7 +889,8 @@ def main(args: argparse.Namespace) -> int:
             outcomes = run_local(args.only, args.timeout, _steps(progress))
         else:
             opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
-                           args.stall_file, args.timeout)
+                           args.stall_file, args.timeout, compact_cmd=args.compact_cmd,
+                           max_undurable=args.max_undurable)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.finish()

@@ -1,5 +1,5 @@
 """``syncref conformance`` against real servers: it passes against ``syncref serve`` (every scenario,
-with every hook: minting, a stalling log, a SIGKILL restart), fails naming the right scenario and
+with every hook: minting, a stalling log, a SIGKILL restart, compaction on demand), fails naming the right scenario and
 invariant against servers with planted bugs, skips (never passes) what it lacks a hook for, and
 answers bad targets with one clear line each instead of a traceback."""
 
@@ -54,14 +54,22 @@ def test_passes_against_syncref_serve_with_every_hook(tmp_path: Path) -> None:
     with serving(tmp_path) as t:
         junit = tmp_path / "junit.xml"
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
-                                       "--restart-cmd", t.restart_cmd, "--junit", str(junit))
-    print(out)
-    assert rc == 0, out
-    assert results and {r["status"] for r in results} == {"pass"}, out
-    from adapters.conformance.wire_runner import SCENARIOS
-    assert {r["scenario"] for r in results} == {s.name for s in SCENARIOS}
-    assert 'failures="0" skipped="0"' in junit.read_text()
-    assert f"{len(SCENARIOS)} passed, 0 failed, 0 skipped" in out
+                                       "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
+                                       "--max-undurable", str(t.max_undurable),
+                                       "--junit", str(junit))
+        print(out)
+        assert rc == 0, out
+        assert results and {r["status"] for r in results} == {"pass"}, out
+        from adapters.conformance.wire_runner import SCENARIOS
+        assert {r["scenario"] for r in results} == {s.name for s in SCENARIOS}
+        assert 'failures="0" skipped="0"' in junit.read_text()
+        assert f"{len(SCENARIOS)} passed, 0 failed, 0 skipped" in out
+        # again, against the same server: its unclean restarts raised the epoch and version floors, which
+        # new streams and assignments start from (the kit's model reads them from the target first)
+        for area in ("resume", "retention"):
+            rc, again, _ = conformance("--url", t.url, "--mint-with", str(t.data), "--compact-cmd", t.compact_cmd,
+                                       "--only", area)
+            assert rc == 0 and "0 failed, 0 skipped" in again, again
 
 
 def test_hooks_missing_are_skipped_not_passed(tmp_path: Path) -> None:
@@ -76,6 +84,14 @@ def test_hooks_missing_are_skipped_not_passed(tmp_path: Path) -> None:
     skipped = [r for r in results if r["status"] == "skip"]
     assert len(skipped) == len(results) - 1
     assert all("needs --mint-with DIR" in r["message"] for r in skipped)
+
+
+def test_retention_without_a_compact_command_is_skipped_not_passed(tmp_path: Path) -> None:
+    with serving(tmp_path) as t:
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--only", "retention")
+    assert rc == 0, out
+    assert [r["scenario"] for r in results] == ["retention_floor", "retention_tables"]
+    assert all(r["status"] == "skip" and "needs --compact-cmd CMD" in r["message"] for r in results), out
 
 
 # the planted bug, the area to run, the scenario that must fail and the invariant it names
@@ -95,6 +111,17 @@ BUGS = [
     ("assign_skips_provider_check", "delivery", "compute_roles", "ASSIGN-3"),
     ("stale_cursor_without_continuation", "replay", "replay_parity_across_restart", "CONT-1"),
     ("recovery_drops_the_chain", "replay", "replay_parity_across_restart", "CONT-1"),
+    # bugs the kit let through before the conf branch: retention on demand (--compact-cmd), presence
+    # ownership over a close, and a second stall for a durable offset ahead every other confirmation
+    ("stale_floor_off_by_one", "retention", "retention_floor", "STALE-1"),
+    ("compaction_floor_off_by_one", "retention", "retention_floor", "SEQ-1"),
+    ("index_not_updated_on_delete", "retention", "retention_floor", "SEQ-4"),
+    ("retention_takes_pending_outbox", "retention", "retention_tables", "RET-1"),
+    ("retention_keeps_version_floor", "retention", "retention_tables", "RET-1"),
+    ("first_upserter_marks", "presence", "presence_ownership", "PRES-3"),
+    ("durable_ahead_of_store", "durability", "confirmed_reads_released", "CONF-1"),
+    ("recovery_bump_too_small", "recovery", "recovery_moves_past_the_window", "DUR-2"),
+    ("recovery_keeps_versions", "recovery", "recovery_moves_past_the_window", "VER-1"),
 ]
 
 
@@ -103,7 +130,8 @@ def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, a
                                                   invariant: str) -> None:
     with serving(tmp_path, mutant) as t:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
-                                       "--restart-cmd", t.restart_cmd, "--only", area)
+                                       "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
+                                       "--max-undurable", str(t.max_undurable), "--only", area)
     print(out)
     assert rc == 1
     failed = {r["scenario"]: r for r in results if r["status"] == "fail"}
@@ -261,11 +289,12 @@ def test_every_play_gets_its_own_namespace(monkeypatch: pytest.MonkeyPatch) -> N
     class Stop(Exception):
         pass
 
-    def capture(ns: str) -> dict[str, Any]:
+    def capture(ns: str, *_floors: int) -> dict[str, Any]:
         seen.append(ns)
         raise Stop
 
     monkeypatch.setattr(d, "scenarios", capture)
+    monkeypatch.setattr(wr.Runner, "_floors", lambda self, ns: (1, 1))  # no target here
     runner = wr.Runner(wr.Options(url="http://127.0.0.1:1", database="x"))
     names = [s.name for s in wr.SCENARIOS] * 2  # every scenario, twice
     for name in names:

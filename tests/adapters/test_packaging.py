@@ -67,3 +67,7 @@ def test_the_installed_package_runs_the_kit_without_a_checkout(installed: Path, 
     wire = _run(installed, tmp_path, "-m", "adapters.cli", "conformance", "--local", "--only", "replay")
     assert wire.returncode == 0, wire.stdout[-2000:] + wire.stderr[-2000:]
     assert "PASS  replay_parity_across_restart" in wire.stdout and "1 passed, 0 failed, 0 skipped" in wire.stdout
+    # the local target's compact command runs the installed package's module (no checkout to cd into)
+    kept = _run(installed, tmp_path, "-m", "adapters.cli", "conformance", "--local", "--only", "retention")
+    assert kept.returncode == 0, kept.stdout[-2000:] + kept.stderr[-2000:]
+    assert "PASS  retention_floor" in kept.stdout and "2 passed, 0 failed, 0 skipped" in kept.stdout

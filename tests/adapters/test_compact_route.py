@@ -1,0 +1,64 @@
+"""``POST /v1/database/:name/compact``: retention on demand, for an admin granted every stream only.
+
+The conformance kit's retention scenarios trigger compaction through it (``--compact-cmd``, the
+local target's hook); any other token is refused before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support.server import call_http, http, running_server
+
+from spec.policy import Policy, StreamClass
+
+SMALL: Policy = Policy(classes=(("small.", StreamClass("small", retain_count=2)),))
+
+
+def _floor(st: object, admin: str, stream: str) -> int:
+    res = http(
+        "POST",
+        f"{st.base}/v1/database/autopilot-sync/sql",  # type: ignore[attr-defined]
+        f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'",
+        {"Authorization": f"Bearer {admin}"},
+    )
+    assert res.status == 200, res.text
+    rows = res.json()[0]["rows"]
+    floor: int = rows[0][6]  # floor_seq, in wire order (docs/protocol.md)
+    return floor
+
+
+def test_compaction_on_demand_needs_an_admin_granted_every_stream(tmp_path: Path) -> None:
+    with running_server(tmp_path / "d", policy=SMALL, compact_interval_s=3600.0) as st:
+        url = f"{st.base}/v1/database/autopilot-sync/compact"
+        writer = st.token(scopes=("sync.subscribe", "sync.append"), streams=("*",))
+        for i in range(1, 6):
+            assert (
+                call_http(
+                    st, writer, "append_sync_event", ["small.s", f"k{i}", str(i), {"none": []}, {"none": []}]
+                ).status
+                == 200
+            )
+        admin = st.token(scopes=("sync.admin", "sync.subscribe"), streams=("*",))
+        assert _floor(st, admin, "small.s") == 1
+        limited = st.token(scopes=("sync.admin",), streams=("small.*",))
+        for headers in (
+            {},
+            {"Authorization": "Bearer not-a-jwt"},
+            {"Authorization": f"Bearer {writer}"},
+            {"Authorization": f"Bearer {limited}"},
+        ):
+            refused = http("POST", url, headers=headers)
+            assert refused.status in (400, 401, 403), refused.text
+            assert _floor(st, admin, "small.s") == 1  # nothing ran
+        assert http("POST", url, headers={"Authorization": f"Bearer {writer}"}).status == 403
+        ok = http("POST", url, headers={"Authorization": f"Bearer {admin}"})
+        assert ok.status == 200, ok.text
+        assert ok.json()["compacted"] is True
+        assert _floor(st, admin, "small.s") == 4  # retain_count 2 of seqs 1..5
+        again = http("POST", url, headers={"Authorization": f"Bearer {admin}"})
+        assert again.status == 200 and again.json()["compacted"] is False  # nothing left to drop: no transaction
+        assert again.json()["committed_offset"] == ok.json()["committed_offset"]
+        assert (
+            http("POST", f"{st.base}/v1/database/other/compact", headers={"Authorization": f"Bearer {admin}"}).status
+            == 404
+        )
