@@ -234,6 +234,19 @@ def test_token_revoke_refuses_a_directory_no_server_uses(tmp_path: Path) -> None
     assert list(empty.iterdir()) == []
 
 
+def test_token_mint_and_revoke_name_a_directory_they_cannot_look_into(tmp_path: Path) -> None:
+    """Failed before: a traceback (``OSError`` from ``Path.exists``/``is_file``, exit 1) from ``token mint``
+    and ``token revoke`` when the key file cannot even be looked up -- what an operator who is not the
+    server's user meets on the 0700 data directory (EACCES; as root, a name too long, ENAMETOOLONG,
+    shows it).  Before the key checks were added, mint said it in one line.  Now one line, exit 2."""
+    unreachable = tmp_path / ("d" * 300)
+    for args in (("token", "mint", "--data", str(unreachable), "--scopes", "sync.subscribe"),
+                 ("token", "revoke", "--data", str(unreachable), "--jti", "abc123")):
+        res = run(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert "File name too long" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
 def test_trace_decodes_frames(tmp_path: Path) -> None:
     from adapters import bsatn, wire
     call = wire.encode_client(wire.CallReducer(5, 0, "append_sync_event", bsatn.encode_args(
