@@ -159,13 +159,21 @@ class CheckpointStore:
             raise
 
     def reset(self, tx: sqlite3.Connection, stream_id: str, epoch: int, watermark: int, *,
-              rehydrating: bool = False) -> None:
+              rehydrating: bool = False, expect: tuple[int, int] | None = None) -> None:
         """Set the checkpoint (inside :meth:`transaction`); used to start a stream or after a rebootstrap
-        (``rehydrating``: the retained window is to be read, until :meth:`apply_events` ends it)."""
+        (``rehydrating``: the retained window is to be read, until :meth:`apply_events` ends it).
+        ``expect``: the (epoch, watermark) the caller holds, as :meth:`apply_events`'s ``expect``: a stored
+        one that differs was moved by another follower of the stream, and is refused, nothing written."""
         if tx is not self.db or not tx.in_transaction:
             raise LocalProtocolError("reset runs inside CheckpointStore.transaction()")
         _check_u63("epoch", epoch)
         _check_u63("watermark", watermark)
+        if expect is not None:
+            cp = self.load(stream_id)
+            if cp is None or (cp.epoch, cp.watermark) != expect:
+                raise LocalProtocolError(
+                    f"the checkpoint of {stream_id!r} moved to {cp} under a consumer at (epoch, watermark) {expect}: "
+                    "another one follows the stream in this file (one follower per stream and file)")
         tx.execute("INSERT INTO syncref_checkpoint (stream_id, epoch, watermark, updated_at, rehydrating) "
                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET epoch = excluded.epoch, "
                    "watermark = excluded.watermark, updated_at = excluded.updated_at, "

@@ -452,6 +452,40 @@ def test_a_checkpoint_moved_by_another_store_on_the_file_stops_the_consumer(tmp_
     run(body())
 
 
+def test_a_continue_does_not_rewind_a_checkpoint_another_store_moved(tmp_path: Path) -> None:
+    """The same as above, but the behind consumer's next delivery is a stream row whose epoch continues
+    its own (an unclean server restart): its Continue rewrote the shared row with its own, older
+    watermark (under the new epoch), then resumed from there and applied the other's events a second
+    time into the application's state -- silently (failed before: the log held seqs 1, 2, 1, 2 and the
+    checkpoint (2, 2) with no error).  A Continue, too, is refused when the stored checkpoint is not
+    the consumer's own, and writes nothing."""
+    async def body() -> None:
+        app, other = App(tmp_path / "a.sqlite"), App(tmp_path / "a.sqlite")
+        conn_a, conn_b = FakeConn(), FakeConn()
+        app.store.db.execute("CREATE TABLE log (seq INTEGER, epoch INTEGER)")  # one instance's effects, no key
+
+        def log_it(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            tx.execute("INSERT INTO log VALUES (?, ?)", (e.seq, e.epoch))
+        a = StreamConsumer(conn_a, app.store, S, apply=log_it, on_rebootstrap=app.rebootstrap)
+        b = StreamConsumer(conn_b, other.store, S, apply=log_it, on_rebootstrap=other.rebootstrap)
+        await a.start()
+        await b.start()
+        conn_a.snapshot([st(head=2), ev(1), ev(2)])
+        await a.wait_for(2)
+        conn_b.snapshot([st(epoch=2, head=2, continues=(1, 2))])  # epoch 2 continues epoch 1 up to seq 2
+        await settle()
+        if b.error is None:  # (before: b continued from watermark 0 and was answered with the replay)
+            conn_b.snapshot([st(epoch=2, head=2), ev(1, epoch=2), ev(2, epoch=2)])
+            await settle()
+        assert [s for (s, _) in app.store.db.execute("SELECT seq, epoch FROM log")] == [1, 2]
+        assert isinstance(b.error, LocalProtocolError) and "moved" in str(b.error), b.error
+        assert app.store.load(S) == Checkpoint(S, 1, 2)
+        for c in (a, b):
+            await c.stop()
+        other.store.close()
+    run(body())
+
+
 def test_a_backlog_past_the_queue_bound_is_shed_and_replayed_from_the_watermark(tmp_path: Path) -> None:
     """A server (hostile, or just a busy stream) that sends faster than ``apply`` commits: the reader
     takes every frame at once, so the consumer's queue -- not the server's slow-consumer bound -- used
