@@ -8,6 +8,7 @@ the checkpoint transaction, reconnects resume from the watermark, acks are batch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -421,6 +422,43 @@ def test_a_second_consumer_of_a_stream_on_the_same_store_is_refused(tmp_path: Pa
         assert app.msgs() == [(1, 1), (2, 1)]
         assert [s for (s,) in app.store.db.execute("SELECT seq FROM projection")] == [3]
         await second.stop()
+    run(body())
+
+
+def test_a_consumer_that_failed_or_whose_task_ended_without_stop_lets_another_follow(tmp_path: Path) -> None:
+    """The one-follower rule holds a stream only while its consumer follows it: one whose ``apply``
+    raised (failed), and one whose task was cancelled without ``stop()`` (its owner's task group torn
+    down), let another consumer of the stream start on the same store, from the stored watermark.
+    (Passes: sdk2's release checked sound.)"""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+
+        def boom(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            if e.seq == 2:
+                raise ValueError("apply failed")
+            app.apply(tx, e)
+        failing = StreamConsumer(conn, app.store, S, apply=boom, on_rebootstrap=app.rebootstrap)
+        await failing.start()
+        conn.snapshot([st(head=2), ev(1), ev(2)])
+        with pytest.raises(ValueError, match="apply failed"):
+            await failing.wait_for(2)
+        crashed = consumer(conn, app)
+        await crashed.start()  # the failed one holds nothing
+        assert conn.cursor() == (1, 1)
+        task = crashed._task
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        third = consumer(conn, app)
+        await third.start()  # nor does one whose task ended without stop()
+        with pytest.raises(LocalProtocolError, match="already follows"):
+            await failing.start()  # while this one follows, the failed one may not come back
+        conn.snapshot([st(head=2), ev(2)])
+        await third.wait_for(2)
+        assert app.msgs() == [(1, 1), (2, 1)]
+        for c in (failing, crashed, third):
+            await c.stop()
     run(body())
 
 
