@@ -68,6 +68,8 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
                          ("[limits]\nping_interval_s = 'x'\n", "expected float"),
                          ("[compat]\nmin_client_build_id = 'yesterday'\n", "not well formed"),
                          ("[auth]\ndefault_scopes = ['root']\n", "default_scopes"),
+                         # failed before: named default_stream_grants, a key no config file has
+                         ("[auth]\ndefault_streams = ['team .*']\n", "default_streams): stream grant 'team .*'"),
                          ("[limits]\nmax_sql_rows = 0\n", "max_sql_rows must be a positive number"),
                          ("[limits]\nmax_outbound_message_bytes = 40000000\n", "at most 33554432"),
                          ("[server]\ndatabase = \"caf\xe9\"\n".encode("latin-1"), "is not valid UTF-8"),
