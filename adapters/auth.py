@@ -204,7 +204,7 @@ class AuthConfig:
         if self.websocket_token_ttl_s <= 0:
             raise AuthUsageError(f"websocket_token_ttl_s must be positive, got {self.websocket_token_ttl_s}")
         _check_scopes(self.default_scopes, "default_scopes")
-        _check_streams(self.default_stream_grants, "default_stream_grants")
+        _check_streams(self.default_stream_grants, "default_stream_grants ([auth] default_streams)")
         has_key = self.external_hs256_secret is not None or self.external_public_key_pem is not None
         if self.external_issuer is None:
             if has_key:

@@ -322,6 +322,11 @@ def verify_log(args: argparse.Namespace) -> int:
         progress.finish()
         db = Path(args.data) / DB_FILE
         fault = storage_fault(exc)
+        if str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_CORRUPT"):  # read, and found damaged
+            print(f"verify-log: {db} is damaged ({exc}): the log does not verify; check the disk and restore the "
+                  f"data directory from a backup (sqlite3 {db} 'PRAGMA integrity_check' names the damage)",
+                  file=sys.stderr)
+            return 1
         if fault is not None:
             why = f"the disk holding {args.data} failed: {fault.what}; nothing was checked; {fault.action}"
         elif "locked" in str(exc) or str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_BUSY"):

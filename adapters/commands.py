@@ -323,8 +323,8 @@ def token_mint(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     streams = [s for s in (args.streams or "").split(",") if s]
-    had_key = (Path(args.data) / KEY_FILE_NAME).exists()
-    try:
+    try:  # (exists() raises too: a directory this user may not search, a name too long)
+        had_key = (Path(args.data) / KEY_FILE_NAME).exists()
         keys = KeyStore.load_or_create(Path(args.data))
     except (OSError, ValueError) as exc:
         print(f"syncref token mint: cannot use data directory {args.data}: {exc}", file=sys.stderr)
@@ -381,7 +381,13 @@ def token_revoke(args: argparse.Namespace) -> int:
               f"{MAX_JTI_CHARS} characters)", file=sys.stderr)
         return 2
     path = Path(args.data) / REVOKED_JTI_FILE
-    if not (Path(args.data) / KEY_FILE_NAME).is_file():  # a typo must not "revoke" where no server looks
+    try:
+        has_key = (Path(args.data) / KEY_FILE_NAME).is_file()
+    except OSError as exc:  # not "no such file": a directory this user may not search (0700), a name too long
+        print(f"syncref token revoke: cannot look into {args.data}: {exc.strerror or exc}; nothing was revoked",
+              file=sys.stderr)
+        return 2
+    if not has_key:  # a typo must not "revoke" where no server looks
         print(f"syncref token revoke: {args.data} is not a syncref data directory (no {KEY_FILE_NAME}: no server "
               "has started there, and no token was minted there); nothing was revoked", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ a process that restarts in between reads the window again instead of resuming wi
 can be stale again, and would call the rebootstrap callback a second time).  A file written before
 the column existed is upgraded in place when opened (the column is added, 0 for every stream); an
 older SDK still reads and writes the upgraded file (it names its columns), it just does not see the mark.
+An old file this process may only read is read as it is (no mark), and refuses a transaction.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class CheckpointStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self.db.execute(_SCHEMA)
+        self._mark = "rehydrating"  # what reads select as the mark ("0": an old file this process cannot upgrade)
         self._upgrade()
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         # the stream consumer following each stream through this store (one checkpoint row per stream:
@@ -99,17 +101,22 @@ class CheckpointStore:
 
     def _upgrade(self) -> None:
         """A file from before ``rehydrating``: add the column (under a write lock, so two processes
-        opening it at once add it once)."""
+        opening it at once add it once).  One this process may only read is read as it is (no mark)."""
         if "rehydrating" in self._columns():
             return
-        self.db.execute("BEGIN IMMEDIATE")
         try:
-            if "rehydrating" not in self._columns():
-                self.db.execute(f"ALTER TABLE syncref_checkpoint ADD COLUMN {_REHYDRATING}")
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if "rehydrating" not in self._columns():
+                    self.db.execute(f"ALTER TABLE syncref_checkpoint ADD COLUMN {_REHYDRATING}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:  # a file this process may only read: read it as it is
+            if not str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_READONLY"):
+                raise
+            self._mark = "0"  # (no SDK that wrote it knew the mark: no rehydrate is under way)
 
     def async_lock(self) -> asyncio.Lock:
         """The lock the stream consumers sharing this store hold while they use it: an async
@@ -132,12 +139,12 @@ class CheckpointStore:
     # --- reading -------------------------------------------------------------------------------
 
     def load(self, stream_id: str) -> Checkpoint | None:
-        row = self.db.execute("SELECT epoch, watermark, rehydrating FROM syncref_checkpoint WHERE stream_id = ?",
+        row = self.db.execute(f"SELECT epoch, watermark, {self._mark} FROM syncref_checkpoint WHERE stream_id = ?",
                               (stream_id,)).fetchone()
         return None if row is None else Checkpoint(stream_id, int(row[0]), int(row[1]), bool(row[2]))
 
     def all(self) -> list[Checkpoint]:
-        rows = self.db.execute("SELECT stream_id, epoch, watermark, rehydrating FROM syncref_checkpoint "
+        rows = self.db.execute(f"SELECT stream_id, epoch, watermark, {self._mark} FROM syncref_checkpoint "
                                "ORDER BY stream_id")
         return [Checkpoint(s, int(e), int(w), bool(r)) for s, e, w, r in rows]
 
@@ -148,6 +155,9 @@ class CheckpointStore:
         """One write transaction: commits when the block ends, rolls back if it raises."""
         if self.db.in_transaction:
             raise LocalProtocolError("a checkpoint transaction is already open")
+        if self._mark != "rehydrating":
+            raise LocalProtocolError(f"{self.path}: a checkpoint file from before the rehydrating column that this "
+                                     "process may only read (it could not be upgraded): it cannot be written")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -159,13 +169,21 @@ class CheckpointStore:
             raise
 
     def reset(self, tx: sqlite3.Connection, stream_id: str, epoch: int, watermark: int, *,
-              rehydrating: bool = False) -> None:
+              rehydrating: bool = False, expect: tuple[int, int] | None = None) -> None:
         """Set the checkpoint (inside :meth:`transaction`); used to start a stream or after a rebootstrap
-        (``rehydrating``: the retained window is to be read, until :meth:`apply_events` ends it)."""
+        (``rehydrating``: the retained window is to be read, until :meth:`apply_events` ends it).
+        ``expect``: the (epoch, watermark) the caller holds, as :meth:`apply_events`'s ``expect``: a stored
+        one that differs was moved by another follower of the stream, and is refused, nothing written."""
         if tx is not self.db or not tx.in_transaction:
             raise LocalProtocolError("reset runs inside CheckpointStore.transaction()")
         _check_u63("epoch", epoch)
         _check_u63("watermark", watermark)
+        if expect is not None:
+            cp = self.load(stream_id)
+            if cp is None or (cp.epoch, cp.watermark) != expect:
+                raise LocalProtocolError(
+                    f"the checkpoint of {stream_id!r} moved to {cp} under a consumer at (epoch, watermark) {expect}: "
+                    "another one follows the stream in this file (one follower per stream and file)")
         tx.execute("INSERT INTO syncref_checkpoint (stream_id, epoch, watermark, updated_at, rehydrating) "
                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET epoch = excluded.epoch, "
                    "watermark = excluded.watermark, updated_at = excluded.updated_at, "

@@ -577,7 +577,8 @@ class StreamConsumer:
                          self.core.epoch, self.core.watermark)
                 with self.store.transaction() as tx:  # a rehydrate under way stays under way
                     self.store.reset(tx, self.stream_id, a.epoch, self.core.watermark,
-                                     rehydrating=self.core.rehydrating)
+                                     rehydrating=self.core.rehydrating,
+                                     expect=(self.core.epoch, self.core.watermark))  # never rewind another's
                 await self._perform(self.core.continued(a.epoch))
             elif isinstance(a, Rebootstrap):
                 self._drop_subscription()

@@ -176,6 +176,35 @@ def test_every_grant_that_can_match_a_stream_is_minted() -> None:
     assert AuthConfig(default_stream_grants=("identity.{identity}.*", "public.*")).default_stream_grants
 
 
+def test_a_grant_is_refused_exactly_when_no_stream_id_matches_it() -> None:
+    """Every grant of up to 4 characters over ``a . * space é`` against the spec's matching rule
+    (``spec.auth.grant_matches``) and stream id syntax (``spec.values.is_id``): minted exactly when
+    some stream id matches it.  The oracle searches the ids of up to 4 characters over the same
+    alphabet (an exact grant matches itself, a prefix grant its prefix or ``a``: a match, if any,
+    is among them).  Checked sound (revc's refusal neither refuses a valid grant nor takes a void one)."""
+    import itertools
+
+    from spec.auth import grant_matches
+    from spec.values import is_id
+
+    alphabet = "a.* \u00e9"
+    words = ["".join(w) for n in range(1, 5) for w in itertools.product(alphabet, repeat=n)]
+    ids = [w for w in words if is_id(w)]
+    auth, _ = make_auth()
+    refused_grants, minted_grants = 0, 0
+    for grant in words:
+        matchable = any(grant_matches(grant, stream_id) for stream_id in ids)
+        try:
+            auth.mint(scopes=[], streams=[grant], ttl_s=60)
+            minted = True
+        except LocalProtocolError as exc:
+            assert "can match no stream id" in str(exc), (grant, exc)
+            minted = False
+        assert minted == matchable, (grant, matchable)
+        refused_grants, minted_grants = refused_grants + (not minted), minted_grants + minted
+    assert refused_grants > 0 and minted_grants > 0
+
+
 def test_dev_grants_everything() -> None:
     config = AuthConfig(dev=True)
     auth, _ = make_auth(config)

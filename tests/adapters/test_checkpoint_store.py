@@ -150,3 +150,29 @@ def test_a_file_from_before_the_rehydrate_mark_is_read_and_upgraded(tmp_path: Pa
     old.close()
     with CheckpointStore(path) as st:
         assert st.load("c") == Checkpoint("c", 1, 2)
+
+
+def test_a_file_from_before_the_rehydrate_mark_that_cannot_be_written_is_still_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An old checkpoint file this process may only read (another user's, a read-only backup; the tests
+    run as root, so SQLite's ``mode=ro`` stands in for the file mode) is read as it is, every stream not
+    rehydrating -- as a file with the column is.  Failed before: ``OperationalError: attempt to write a
+    readonly database`` from the constructor (the in-place upgrade), where the SDK before the column read
+    it.  Writing it still fails, as it does for any read-only file."""
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE syncref_checkpoint (stream_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL CHECK "
+                "(epoch >= 0), watermark INTEGER NOT NULL CHECK (watermark >= 0), updated_at INTEGER NOT NULL)")
+    old.execute("INSERT INTO syncref_checkpoint VALUES ('a', 3, 10, 1)")
+    old.close()
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda p, **kw: connect(f"file:{p}?mode=ro", uri=True, **kw))
+    with CheckpointStore(path) as st:
+        assert st.all() == [Checkpoint("a", 3, 10)] and st.load("a") == Checkpoint("a", 3, 10)
+        with pytest.raises(LocalProtocolError, match="may only read"), st.transaction() as tx:
+            st.reset(tx, "a", 3, 11)
+    monkeypatch.undo()
+    with CheckpointStore(path) as st:  # writable again: upgraded as any old file
+        assert st.all() == [Checkpoint("a", 3, 10)]
+        assert "rehydrating" in {r[1] for r in st.db.execute("PRAGMA table_info(syncref_checkpoint)")}

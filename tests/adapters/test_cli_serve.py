@@ -68,6 +68,8 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
                          ("[limits]\nping_interval_s = 'x'\n", "expected float"),
                          ("[compat]\nmin_client_build_id = 'yesterday'\n", "not well formed"),
                          ("[auth]\ndefault_scopes = ['root']\n", "default_scopes"),
+                         # failed before: named default_stream_grants, a key no config file has
+                         ("[auth]\ndefault_streams = ['team .*']\n", "default_streams): stream grant 'team .*'"),
                          ("[limits]\nmax_sql_rows = 0\n", "max_sql_rows must be a positive number"),
                          ("[limits]\nmax_outbound_message_bytes = 40000000\n", "at most 33554432"),
                          ("[server]\ndatabase = \"caf\xe9\"\n".encode("latin-1"), "is not valid UTF-8"),
@@ -232,6 +234,19 @@ def test_token_revoke_refuses_a_directory_no_server_uses(tmp_path: Path) -> None
     empty.mkdir()
     assert run("token", "revoke", "--data", str(empty), "--jti", "abc123").returncode == 2
     assert list(empty.iterdir()) == []
+
+
+def test_token_mint_and_revoke_name_a_directory_they_cannot_look_into(tmp_path: Path) -> None:
+    """Failed before: a traceback (``OSError`` from ``Path.exists``/``is_file``, exit 1) from ``token mint``
+    and ``token revoke`` when the key file cannot even be looked up -- what an operator who is not the
+    server's user meets on the 0700 data directory (EACCES; as root, a name too long, ENAMETOOLONG,
+    shows it).  Before the key checks were added, mint said it in one line.  Now one line, exit 2."""
+    unreachable = tmp_path / ("d" * 300)
+    for args in (("token", "mint", "--data", str(unreachable), "--scopes", "sync.subscribe"),
+                 ("token", "revoke", "--data", str(unreachable), "--jti", "abc123")):
+        res = run(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert "File name too long" in res.stderr and res.stderr.count("\n") == 1, res.stderr
 
 
 def test_trace_decodes_frames(tmp_path: Path) -> None:

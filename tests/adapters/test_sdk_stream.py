@@ -8,6 +8,7 @@ the checkpoint transaction, reconnects resume from the watermark, acks are batch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -424,6 +425,43 @@ def test_a_second_consumer_of_a_stream_on_the_same_store_is_refused(tmp_path: Pa
     run(body())
 
 
+def test_a_consumer_that_failed_or_whose_task_ended_without_stop_lets_another_follow(tmp_path: Path) -> None:
+    """The one-follower rule holds a stream only while its consumer follows it: one whose ``apply``
+    raised (failed), and one whose task was cancelled without ``stop()`` (its owner's task group torn
+    down), let another consumer of the stream start on the same store, from the stored watermark.
+    (Passes: sdk2's release checked sound.)"""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+
+        def boom(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            if e.seq == 2:
+                raise ValueError("apply failed")
+            app.apply(tx, e)
+        failing = StreamConsumer(conn, app.store, S, apply=boom, on_rebootstrap=app.rebootstrap)
+        await failing.start()
+        conn.snapshot([st(head=2), ev(1), ev(2)])
+        with pytest.raises(ValueError, match="apply failed"):
+            await failing.wait_for(2)
+        crashed = consumer(conn, app)
+        await crashed.start()  # the failed one holds nothing
+        assert conn.cursor() == (1, 1)
+        task = crashed._task
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        third = consumer(conn, app)
+        await third.start()  # nor does one whose task ended without stop()
+        with pytest.raises(LocalProtocolError, match="already follows"):
+            await failing.start()  # while this one follows, the failed one may not come back
+        conn.snapshot([st(head=2), ev(2)])
+        await third.wait_for(2)
+        assert app.msgs() == [(1, 1), (2, 1)]
+        for c in (failing, crashed, third):
+            await c.stop()
+    run(body())
+
+
 def test_a_checkpoint_moved_by_another_store_on_the_file_stops_the_consumer(tmp_path: Path) -> None:
     """Two processes (here: two stores on one file) following one stream share its one checkpoint row,
     which no in-process check can see.  The consumer whose watermark was moved under it used to skip
@@ -446,6 +484,40 @@ def test_a_checkpoint_moved_by_another_store_on_the_file_stops_the_consumer(tmp_
         with pytest.raises(LocalProtocolError, match="moved"):
             await b.wait_for(2)
         assert b.watermark == 0 and [s for (s,) in other.store.db.execute("SELECT seq FROM projection")] == []
+        for c in (a, b):
+            await c.stop()
+        other.store.close()
+    run(body())
+
+
+def test_a_continue_does_not_rewind_a_checkpoint_another_store_moved(tmp_path: Path) -> None:
+    """The same as above, but the behind consumer's next delivery is a stream row whose epoch continues
+    its own (an unclean server restart): its Continue rewrote the shared row with its own, older
+    watermark (under the new epoch), then resumed from there and applied the other's events a second
+    time into the application's state -- silently (failed before: the log held seqs 1, 2, 1, 2 and the
+    checkpoint (2, 2) with no error).  A Continue, too, is refused when the stored checkpoint is not
+    the consumer's own, and writes nothing."""
+    async def body() -> None:
+        app, other = App(tmp_path / "a.sqlite"), App(tmp_path / "a.sqlite")
+        conn_a, conn_b = FakeConn(), FakeConn()
+        app.store.db.execute("CREATE TABLE log (seq INTEGER, epoch INTEGER)")  # one instance's effects, no key
+
+        def log_it(tx: sqlite3.Connection, e: SyncEvent) -> None:
+            tx.execute("INSERT INTO log VALUES (?, ?)", (e.seq, e.epoch))
+        a = StreamConsumer(conn_a, app.store, S, apply=log_it, on_rebootstrap=app.rebootstrap)
+        b = StreamConsumer(conn_b, other.store, S, apply=log_it, on_rebootstrap=other.rebootstrap)
+        await a.start()
+        await b.start()
+        conn_a.snapshot([st(head=2), ev(1), ev(2)])
+        await a.wait_for(2)
+        conn_b.snapshot([st(epoch=2, head=2, continues=(1, 2))])  # epoch 2 continues epoch 1 up to seq 2
+        await settle()
+        if b.error is None:  # (before: b continued from watermark 0 and was answered with the replay)
+            conn_b.snapshot([st(epoch=2, head=2), ev(1, epoch=2), ev(2, epoch=2)])
+            await settle()
+        assert [s for (s, _) in app.store.db.execute("SELECT seq, epoch FROM log")] == [1, 2]
+        assert isinstance(b.error, LocalProtocolError) and "moved" in str(b.error), b.error
+        assert app.store.load(S) == Checkpoint(S, 1, 2)
         for c in (a, b):
             await c.stop()
         other.store.close()

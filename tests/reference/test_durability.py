@@ -330,6 +330,34 @@ def test_verify_log_on_an_unreadable_database_is_one_line(tmp_path: Path, how: s
     assert (tmp_path / "syncref.sqlite3").read_bytes() == before  # read, never written
 
 
+def test_verify_log_on_a_damaged_commit_log_says_it_does_not_verify(tmp_path: Path) -> None:
+    """A commit log of this build (format marker and policy intact) with a damaged page in the middle
+    of its records -- bytes flipped on disk, by a bad disk or by hand.  Failed before: exit 2 and
+    "is not a commit log this build can read (database disk image is malformed); nothing was
+    checked", the class of a locked or foreign database (check again later, or with another build),
+    for a log that is neither: it is this build's log and it does not verify.  Now exit 1, one line
+    saying it is damaged."""
+    _, records = built(tmp_path)
+    write_all(tmp_path, records, clean=True)
+    db = tmp_path / "syncref.sqlite3"
+    conn = sqlite3.connect(db)
+    pages, page_size = conn.execute("PRAGMA page_count").fetchone()[0], conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with db.open("r+b") as f:  # a leaf of commit_log (pages 2-4: its root, meta and meta's index)
+        f.seek((pages // 2 + 1) * page_size)
+        f.write(b"\xff" * 64)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() is not None  # still this log
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        conn.execute("SELECT max(length(changes_json)) FROM commit_log").fetchall()
+    conn.close()
+    done = _cli(tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("verify-log:")]
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "is damaged" in lines[0] and "does not verify" in lines[0] and "not a commit log" not in lines[0], lines
+
+
 def test_verify_log_on_a_locked_database_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """Another process holding an exclusive lock (sqlite3's ``locking_mode=EXCLUSIVE``; a syncref
