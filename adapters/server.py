@@ -77,7 +77,7 @@ from adapters.auth import (
     RevocationList,
     Verified,
 )
-from adapters.bsatn import BsatnError
+from adapters.bsatn import BsatnError, TooManyItems
 from adapters.guard import (
     DESCRIPTOR_RESERVE,
     LISTEN_BACKLOG,
@@ -96,7 +96,7 @@ from adapters.observe import (
     StateCollector,
 )
 from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir, storage_fault
-from reference.engine import Engine, InternalError, limit_exceeded, safe_text
+from reference.engine import Engine, InternalError, Scan, limit_exceeded, safe_text
 from reference.log import TxRecord
 from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Snapshotter
 from spec import contracts
@@ -114,8 +114,9 @@ from spec.schema import (
     SCOPES,
     TABLE_BY_NAME,
     TABLES,
+    Column,
 )
-from spec.values import row_values
+from spec.values import ArrayT, row_values
 
 log = logging.getLogger("syncref.server")
 
@@ -268,11 +269,13 @@ class Limits:
     # HTTP bodies, SQL and queries
     max_sql_bytes: int = 64 * 1024
     max_call_body_bytes: int = MIB  # HTTP call body, and a WebSocket CallReducer's BSATN arguments
+    max_arg_items: int = 1024  # items of one array argument of a reducer (session 8)
     max_sql_statements: int = 64
     max_sql_rows: int = 100_000
     max_sql_response_bytes: int = 16 * MIB
     max_query_bytes: int = 8 * 1024  # one query string, on every path
     max_query_conjuncts: int = 32
+    max_scan_rows: int = 100_000  # rows one request's queries examine, all together (ADR-0004; session 8)
     max_queries_per_connection: int = 64  # subscribed queries, all query sets together
     # connections
     max_connections: int = 1000  # open TCP connections (HTTP and WebSocket), also kept below RLIMIT_NOFILE
@@ -618,6 +621,7 @@ class SyncServer:
         lim = self.config.limits
         engine.max_query_bytes = lim.max_query_bytes
         engine.max_query_conjuncts = lim.max_query_conjuncts
+        engine.max_scan_rows = lim.max_scan_rows
         engine.max_queries_per_connection = lim.max_queries_per_connection
         engine.max_outbound_bytes = lim.max_outbound_bytes
         engine.max_outbound_message_bytes = lim.max_outbound_message_bytes
@@ -1074,6 +1078,9 @@ class SyncServer:
             return text
         try:
             body = json.loads(text)
+            over = self._array_over(rdef.args, body)
+            if over is not None:  # before its items are converted and checked
+                return _text(400, over.render())
             args = satsjson.args_from_json(rdef.args, body)
         except RecursionError:
             return _text(400, SyncError(ErrorCode.INVALID_ARGUMENT, {
@@ -1083,6 +1090,18 @@ class SyncServer:
                 "argument": "*", "message": safe_text(str(exc))}).render())
         async with self._http_share(verified.identity):
             return await self._call_detached(verified, reducer, args)
+
+    def _array_over(self, params: Sequence[Column], body: object) -> SyncError | None:
+        """``limit_exceeded`` for an array argument (a ``Vec`` parameter) of more than
+        ``max_arg_items`` items, or None (anything else is left to ``args_from_json``)."""
+        most = self.config.limits.max_arg_items
+        if not isinstance(body, list):
+            return None
+        for col, value in zip(params, body, strict=False):
+            if isinstance(col.type, ArrayT) and isinstance(value, list) and len(value) > most:
+                self.metrics.refused.labels("max_arg_items").inc()
+                return limit_exceeded("max_arg_items", most, len(value))
+        return None
 
     @contextlib.asynccontextmanager
     async def _http_share(self, identity: str) -> AsyncIterator[None]:
@@ -1164,11 +1183,14 @@ class SyncServer:
         offset = self.engine.committed
         answers: list[tuple[TableRows, float]] = []
         rows_total = 0
+        scan = Scan()  # rows examined by all the statements together (max_scan_rows)
         for stmt in statements:
             started = time.monotonic()
             try:
-                rows = self.engine.query(verified.claims, stmt)
+                rows = self.engine.query(verified.claims, stmt, scan)
             except SyncError as err:
+                if err.code is ErrorCode.LIMIT_EXCEEDED and err.details.get("limit") == "max_scan_rows":
+                    return self._refuse_sql(err)
                 return _text(400, err.render())
             rows_total += len(rows.inserts)
             if rows_total > lim.max_sql_rows:
@@ -1432,7 +1454,13 @@ class SyncServer:
                 engine.reject(s.conn_id, msg.request_id, limit_exceeded("max_call_body_bytes", most, len(msg.args)))
                 return
         try:
-            abstract = wire.from_wire(msg)
+            abstract = wire.from_wire(msg, self.config.limits.max_arg_items)
+        except TooManyItems as exc:  # before its items are read
+            assert isinstance(msg, wire.CallReducer)
+            self.metrics.refused.labels("max_arg_items").inc()
+            engine.reject(s.conn_id, msg.request_id, limit_exceeded("max_arg_items", self.config.limits.max_arg_items,
+                                                                    exc.count))
+            return
         except BsatnError as exc:
             assert isinstance(msg, wire.CallReducer)
             engine.reject(s.conn_id, msg.request_id, SyncError(

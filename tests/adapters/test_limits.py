@@ -275,3 +275,90 @@ def test_procedure_answers_are_bounded_like_other_output(tmp_path: Path) -> None
         assert echo.recv_until(wire.ProcedureResult).request_id == 9
         slow.close()
         echo.close()
+
+
+def test_rows_examined_per_request_are_bounded_before_they_are_matched(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_scan_rows`` bounds the rows one request's queries examine, all together: a query whose
+    rows are not pinned (no stream, no key) walks its whole table, and one ``Subscribe`` of 64 such
+    queries, or a ``/sql`` of 64 such statements, walked it 64 times on the event loop (measured:
+    ~8 s for everyone over a 30,000-event table, docs/performance.md "Loop holds per request at the
+    limits").  The rows of each query are counted before any of them is matched, so a request
+    over the bound is refused (``limit_exceeded``) having matched at most the bound's worth: the
+    number of ``matches`` calls is the mechanism asserted, not a time."""
+    from spec import query as q
+
+    calls = [0]
+    real = q.matches
+
+    def counted(query: Any, row: Any) -> bool:
+        calls[0] += 1
+        return real(query, row)
+
+    monkeypatch.setattr(q, "matches", counted)
+    n = 30
+    scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"
+    with running_server(tmp_path, limits=with_limits(max_scan_rows=2 * n - 1)) as st:
+        tok = st.token()
+        c = WireClient(st, tok)
+        for i in range(n):
+            assert isinstance(c.call("append_sync_event", f"s{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
+
+        def refused(answer: str) -> None:
+            err = SyncError.parse(answer)
+            assert (err.code.value, err.details) == (
+                "limit_exceeded", {"actual": 2 * n, "limit": "max_scan_rows", "max": 2 * n - 1})
+
+        calls[0] = 0
+        c.send(wire.OneOffQuery(1, scan))  # one walk of n rows: within the bound
+        one = c.recv_until(wire.OneOffQueryResult)
+        assert isinstance(one.result, wire.QueryRows) and calls[0] == n
+
+        calls[0] = 0
+        sub = c.subscribe(1, scan, scan.replace("none", "other"))  # two walks: over, refused before the second
+        assert isinstance(sub, wire.SubscriptionError)
+        refused(sub.error)
+        assert calls[0] == n
+
+        assert isinstance(c.subscribe(2, scan), wire.SubscribeApplied)
+        calls[0] = 0
+        c.send(wire.Unsubscribe(9, 2, True))  # its dropped rows are one walk: within
+        assert isinstance(c.recv_until(wire.UnsubscribeApplied), wire.UnsubscribeApplied) and calls[0] == n
+
+        calls[0] = 0
+        sql = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", f"{scan}; {scan}",
+                   {"Authorization": f"Bearer {tok}"})
+        assert sql.status == 400
+        refused(sql.text)
+        assert calls[0] == n
+        assert 'syncref_refused_total{limit="max_scan_rows"} 1.0' in http("GET", f"{st.base}/metrics").text
+        c.close()
+
+
+def test_array_arguments_are_bounded_before_their_items_are_read(tmp_path: Path) -> None:
+    """``max_arg_items`` bounds the items of one array argument (``nip90_kinds``, ``relays``) on
+    both call paths: 1 MiB of arguments is 262,144 ``u32`` items, each decoded, type-checked and
+    range-checked on the event loop (measured: ~0.2-0.45 s for everyone, docs/performance.md "Loop
+    holds per request at the limits").  The count is checked before any item is read: an array over
+    the bound whose items are also out of range is answered ``limit_exceeded``, not the reducer's
+    ``invalid_argument`` about an item (which is what reading the items gave before)."""
+    kinds = (5000, 5001, 1, 5003, 5004)  # 1 is out of range: reading the items would say so
+    with running_server(tmp_path, limits=with_limits(max_arg_items=4)) as st:
+        tok = st.token()
+        c = WireClient(st, tok)
+        over = c.call("publish_provider_capability", "p1", '{"a":1}', kinds, 1, "active").outcome
+        assert isinstance(over, wire.ReducerErr)
+        err = SyncError.parse(over.error[4:].decode())
+        assert (err.code.value, err.details) == (
+            "limit_exceeded", {"actual": 5, "limit": "max_arg_items", "max": 4})
+        fits = c.call("publish_provider_capability", "p1", '{"a":1}', kinds[:4], 1, "active").outcome
+        assert isinstance(fits, wire.ReducerErr) and b"each kind must be 5000-5999" in fits.error  # read: within
+        relays = tuple(f"wss://r{i}" for i in range(5))
+        sent = c.call("mark_bridge_event_sent", "o1", "e" * 64, relays).outcome
+        assert isinstance(sent, wire.ReducerErr) and b'"limit":"max_arg_items"' in sent.error
+        http_over = call_http(st, tok, "publish_provider_capability", ["p1", '{"a":1}', list(kinds), 1, "active"])
+        assert http_over.status == 400
+        err = SyncError.parse(http_over.text)
+        assert (err.code.value, err.details) == (
+            "limit_exceeded", {"actual": 5, "limit": "max_arg_items", "max": 4})
+        c.close()
