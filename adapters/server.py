@@ -202,6 +202,19 @@ def ws_binary_frame_parts(payload: Sequence[bytes]) -> tuple[bytes, ...]:
 
 
 Frame = bytes | tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Compress:
+    """A large body (kept as parts, over ``BODY_CACHE_ITEM_BYTES``) whose frame is to be
+    compressed: the sender does it in a worker thread before the turn's write, so the event loop is
+    not held (gzip level 1 of 30 MiB: ~0.8 s; zlib and brotli release the interpreter lock)."""
+
+    parts: tuple[bytes, ...]
+    compression: wire.Compression
+
+
+Pending = Frame | _Compress
 """A whole WebSocket frame ready for the socket: its bytes, or parts that concatenate to them."""
 
 
@@ -462,6 +475,7 @@ class Session:
         self.closers: list[asyncio.Future[None]] = []  # closes the engine asked for; awaited, never cancelled
         self.undurable: deque[int] = deque()  # offsets of this connection's commits not yet durable
         self.busy = False  # its sender task is writing a turn: the pump does not write directly
+        self.deferred: tuple[list[Pending], int] | None = None  # a turn the pump took that needs compressing
         self.broken = False  # a message could not be sent (over the bound): closing, nothing more goes out
         self.connected_at_us = now_us()
 
@@ -1523,7 +1537,7 @@ class SyncServer:
             self._body_bytes += len(frame)
         return frame
 
-    def _turn(self, s: Session) -> tuple[list[Frame], int] | None:
+    def _turn(self, s: Session) -> tuple[list[Pending], int] | None:
         """Take one turn's messages off the connection's queue as whole WebSocket frames, ready
         for one transport write, and their payload bytes: at most ``SEND_BATCH`` (v3:
         ``SEND_BATCH_V3``) messages and V3_SOFT_CAP bytes (one larger message goes alone).  v2
@@ -1541,7 +1555,7 @@ class SyncServer:
         turn = SEND_BATCH_V3 if v3 else SEND_BATCH
         compression = s.compression
         bodies: list[bytes | tuple[bytes, ...]] = []  # v3: the turn's message bodies (large ones as parts)
-        frames: list[Frame] = []  # the turn's whole WebSocket frames
+        frames: list[Pending] = []  # the turn's whole WebSocket frames (a large compressed one: still to make)
         size = payload = 0
         body: bytes | tuple[bytes, ...]
         while s.side and len(bodies) + len(frames) < turn:
@@ -1598,9 +1612,7 @@ class SyncServer:
                 if entry is None:
                     v3_ids = None  # not shared: this turn is not kept for others
             elif isinstance(body, tuple):  # a large body's parts, framed without joining them
-                tagged = wire.frame_server_parts(body, compression)
-                frames.append(ws_binary_frame_parts(tagged))
-                payload += sum(map(len, tagged))
+                payload += self._large_frame(frames, body, compression)
             elif entry is not None:
                 data = entry.wire.get(compression)
                 if data is None:
@@ -1627,9 +1639,7 @@ class SyncServer:
                 start, before = len(frames), payload
                 for batch in _v3_batches(bodies):
                     if isinstance(batch, tuple):  # a large body goes alone, framed as its parts
-                        tagged = wire.frame_server_parts(batch, compression)
-                        frames.append(ws_binary_frame_parts(tagged))
-                        payload += sum(map(len, tagged))
+                        payload += self._large_frame(frames, batch, compression)
                         continue
                     frame = wire.frame_server(batch, compression)
                     frames.append(ws_binary_frame(frame))
@@ -1637,10 +1647,38 @@ class SyncServer:
                 if turn_key is not None:
                     # a turn of TransactionUpdates only is taken as it is by the next receivers of
                     # the same updates (above): what it counts per receiver is kept with it
+                    # (its bodies are all cached ones, so none is large: no _Compress among its frames)
                     updates_only = all(type(out.message) is m.TransactionUpdate for out in outs)
-                    self._v3_turns[turn_key] = (tuple(out.message for out in outs), frames[start:], payload - before,
+                    kept = cast(list[Frame], frames[start:])
+                    self._v3_turns[turn_key] = (tuple(out.message for out in outs), kept, payload - before,
                                                 tuple(out.offset for out in outs) if updates_only else ())
         return frames, payload
+
+    @staticmethod
+    def _large_frame(frames: list[Pending], parts: tuple[bytes, ...], compression: wire.Compression) -> int:
+        """Append a large body's frame to the turn: framed now when uncompressed (its parts are not
+        copied), else a :class:`_Compress` for the sender to make off the event loop.  Returns the
+        payload bytes known now."""
+        if compression is wire.Compression.NONE:
+            tagged = wire.frame_server_parts(parts, compression)
+            frames.append(ws_binary_frame_parts(tagged))
+            return sum(map(len, tagged))
+        frames.append(_Compress(parts, compression))
+        return 0
+
+    @staticmethod
+    async def _compressed(frames: list[Pending]) -> tuple[list[Frame], int]:
+        """The turn's frames with each :class:`_Compress` made, in a worker thread, and their payload bytes."""
+        out: list[Frame] = []
+        extra = 0
+        for f in frames:
+            if isinstance(f, _Compress):
+                tagged = await asyncio.to_thread(wire.frame_server_parts, f.parts, f.compression)
+                out.append(ws_binary_frame_parts(tagged))
+                extra += sum(map(len, tagged))
+            else:
+                out.append(f)
+        return out, extra
 
     def _flush_delivered(self) -> None:
         """Observe the fanout latency of the messages handed to sockets since the last flush:
@@ -1679,14 +1717,17 @@ class SyncServer:
         sends = self.metrics.sends
         while s.side or engine.releasable(s.conn_id):
             if (s.busy or s.closing or s.broken or s.ws.closed or transport is None or transport.is_closing()
-                    or transport.get_write_buffer_size()):
+                    or transport.get_write_buffer_size() or s.deferred is not None):
                 return False
             turn = self._turn(s)
             if turn is None:
                 return True
             frames, payload = turn
+            if not all(isinstance(f, bytes | tuple) for f in frames):  # one to compress: the sender's, in order
+                s.deferred = turn
+                return False
             if frames:
-                write_frames(transport, frames)
+                write_frames(transport, cast(list[Frame], frames))
                 sends.writes += 1
                 sends.frames += len(frames)
                 sends.bytes += payload
@@ -1713,19 +1754,24 @@ class SyncServer:
         while not s.closing:
             await s.wake.wait()
             s.wake.clear()
-            while not s.closing and not s.broken and (s.side or engine.releasable(s.conn_id)):
+            while not s.closing and not s.broken and (
+                    s.deferred is not None or s.side or engine.releasable(s.conn_id)):
                 transport = s.request.transport
                 if s.ws.closed or transport is None or transport.is_closing():
                     break  # the connection is going: its close path finishes it
                 s.busy = True  # the pump's direct writes wait until this turn is written and taken
                 try:
-                    turn = self._turn(s)
+                    turn, s.deferred = (s.deferred, None) if s.deferred is not None else (self._turn(s), None)
                     if turn is None:
                         return
-                    frames, payload = turn
+                    pending, payload = turn
                     self._flush_delivered()
-                    if not frames:
+                    if not pending:
                         continue
+                    frames, extra = await self._compressed(pending)
+                    payload += extra
+                    if s.closing or s.ws.closed or transport.is_closing():
+                        break  # it went while the frame was being compressed
                     write_frames(transport, frames)
                     sends.writes += 1
                     sends.frames += len(frames)
