@@ -125,6 +125,7 @@ CLOSE_REASON_BYTES = 123
 SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP bytes, or one larger message)
 SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
+SCAN_TURN_ROWS = 10_000  # rows a connection's reads examine before its turn ends (engine.rows_examined)
 SWITCH_INTERVAL_S = 0.0001  # the writer thread retakes the lock within this behind a busy loop (Phase 6)
 DELIVER_SLICE_S = 0.001  # a delivery pass hands the loop back after this long (ADR-0023) ...
 DELIVER_CHECK = 16  # ... looked at every this many connections (a pass over fewer is never cut)
@@ -1311,12 +1312,15 @@ class SyncServer:
         most = self.config.limits.max_queries_per_connection  # a Subscribe over it is not decoded
         batch = self.config.limits.max_batch_per_turn
         frames = 0
+        engine = self.engine
+        examined = engine.rows_examined
         async for msg in s.ws:
             s.last_seen = time.monotonic()
             frames += 1
             if frames >= batch:  # frames already buffered come back without a pause: give others a turn
                 frames = 0
                 await asyncio.sleep(0)
+                examined = engine.rows_examined
             if msg.type == WSMsgType.BINARY:
                 size = len(msg.data)
                 if s.inbound_bytes + size > byte_limit:
@@ -1342,6 +1346,8 @@ class SyncServer:
                     await self._close(s, 1011, f"malformed message: {exc}", "malformed")
                     return
                 if len(decoded) == 1 and self._take_now(s, decoded[0]):
+                    if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                        frames = batch  # its reads examined many rows: the next frame waits a turn
                     continue  # handled here: nothing queued ahead of it and nothing to wait for
                 s.inbound.append((decoded[0], size))
                 s.inbound.extend((x, 0) for x in decoded[1:])
@@ -1361,7 +1367,8 @@ class SyncServer:
 
     async def _processor(self, s: Session) -> None:
         """Feed the connection's queue to the engine in order, ``max_batch_per_turn`` messages
-        per turn: then every other ready connection runs before this one goes on (round-robin)."""
+        per turn, or fewer once its reads have examined ``SCAN_TURN_ROWS`` rows: then every other
+        ready connection runs before this one goes on (round-robin)."""
         engine = self.engine
         batch = self.config.limits.max_batch_per_turn
         share = self.config.limits.max_undurable_per_connection
@@ -1369,6 +1376,7 @@ class SyncServer:
             await s.inbound_ready.wait()
             s.inbound_ready.clear()
             taken = 0
+            examined = engine.rows_examined
             while s.inbound and not s.closing:
                 if self.failed is not None and self.failed.done():
                     return  # nothing more is taken once the log cannot be written
@@ -1376,6 +1384,7 @@ class SyncServer:
                     taken = 0
                     self._pump()  # once per turn: its messages' records go to the writer together
                     await asyncio.sleep(0)
+                    examined = engine.rows_examined
                     continue
                 first, size = s.inbound[0]
                 if isinstance(first, wire.CallReducer):
@@ -1398,6 +1407,8 @@ class SyncServer:
                 self._dispatch(s, first)
                 if engine.committed > before and isinstance(first, wire.CallReducer):
                     s.undurable.append(engine.committed)
+                if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                    taken = batch  # reads that examined many rows end the turn: others' before the next
             if taken:
                 self._pump()
 

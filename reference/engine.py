@@ -269,6 +269,7 @@ class Engine:
         # instead of building one (a shape's pin and probe are read from its query: ~2 µs each)
         self.idle_shapes: dict[tuple[object, ...], Shape] = {}
         self.match_checks = 0  # (shape, row) pairs matched in fanout: the per-transaction cost
+        self.rows_examined = 0  # rows reads have examined (what max_scan_rows counts), all requests together
         self.fanout_skips = 0  # fanouts that returned early: no shape of any table the transaction touched
         self.stale_reasons: dict[str, int] = {}  # stale_cursor refusals by reason (the operator's page)
         # Resource limits (None: unbounded).  The server sets them from its ``Limits``; the names
@@ -611,6 +612,7 @@ class Engine:
         over the bound is refused having matched at most the bound's worth (a resume query's rows
         are not counted: ``replay_budget`` bounds them, and they are sliced, not matched)."""
         scan.rows += len(rows)
+        self.rows_examined += len(rows)
         most = self.max_scan_rows
         if most is not None and scan.rows > most:
             raise limit_exceeded("max_scan_rows", most, scan.rows)

@@ -399,3 +399,49 @@ def test_a_large_body_is_compressed_off_the_event_loop(tmp_path: Path, monkeypat
         large = [name for n, name in seen if n > 1024 * 1024]
         assert large and st._thread.name not in large, seen
         c.close()
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_turn_ends_after_a_read_that_examined_many_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          version: int) -> None:
+    """A connection's turn (``max_batch_per_turn`` messages) ends early once its reads have examined
+    ``SCAN_TURN_ROWS`` rows: four one-off queries of 30,000 rows each held the loop four times as
+    long as one before anyone else had a turn (a one-off of 30,000 rows: 0.16-0.47 s here).  The
+    mechanism asserted: two connections whose heavy queries are all waiting at once are served
+    alternately, one heavy query each per turn (before: all four of one, then all four of the other)."""
+    from adapters import server as srv
+
+    monkeypatch.setattr(srv, "SCAN_TURN_ROWS", 10)
+    order: list[int] = []
+    with running_server(tmp_path) as st:
+        c = WireClient(st, st.token(), version=version)
+        for i in range(12):
+            assert isinstance(c.call("append_sync_event", f"s{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
+        a, b = WireClient(st, st.token(), version=version), WireClient(st, st.token(), version=version)
+        ids = {st.call(lambda: max(st.server.sessions)) - 1: "a", st.call(lambda: max(st.server.sessions)): "b"}
+        real = st.server._dispatch
+
+        def recorded(s: Any, msg: Any) -> None:
+            if isinstance(msg, wire.OneOffQuery):
+                order.append(s.conn_id)
+            real(s, msg)
+
+        st.server._dispatch = recorded  # type: ignore[method-assign]
+        scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"
+        released = threading.Event()
+        blocked = threading.Thread(target=lambda: st.call(lambda: released.wait(10)))
+        blocked.start()  # the loop is held while both clients' queries arrive: all are waiting at once
+        time.sleep(0.2)
+        for client in (a, b):
+            client.send(*(wire.OneOffQuery(i, scan) for i in range(4)))
+        time.sleep(0.5)  # (sequencing, not a timing assertion: the frames reach the server's socket)
+        released.set()
+        blocked.join()
+        for client in (a, b):
+            for _ in range(4):
+                assert isinstance(client.recv_until(wire.OneOffQueryResult), wire.OneOffQueryResult)
+        names = "".join(ids[x] for x in order)
+        assert names in ("abababab", "babababa"), names
+        a.close()
+        b.close()
+        c.close()
