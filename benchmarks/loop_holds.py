@@ -251,6 +251,13 @@ def main() -> None:
             got += 1
         return f"{got} answers"
     measure("v3 frame of 4096 OneOffQuery", "~270 KiB", v3_burst)
+    def v3_heavy() -> str:
+        v3.ws.send(b"".join(wire.encode_client(wire.OneOffQuery(i, "SELECT * FROM sync_event WHERE stream_id = 'many'"))
+                            for i in range(4)))
+        for _ in range(4):
+            v3.recv(timeout=300)
+        return "4 answers"
+    measure("v3 frame of 4 OneOffQuery of the many stream", "4 x many rows", v3_heavy)
     def v3_calls() -> str:
         n = 4096
         v3.ws.send(b"".join(wire.encode_client(wire.CallReducer(i, 0, "ack_checkpoint", bsatn.encode_args(

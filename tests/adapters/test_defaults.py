@@ -86,6 +86,14 @@ def test_engine_defaults_are_unbounded_until_the_server_sets_limits() -> None:
             e.max_outbound_message_bytes, e.max_scan_rows) == (None, None, None, None, None, None)
 
 
+def test_turn_bounds_are_pinned() -> None:
+    """docs/protocol.md "Limits", "Fixed": a turn ends after 10,000 rows examined by reads; v3
+    messages decoded per turn; bodies over 1 MiB (kept as parts) are compressed off the loop."""
+    from adapters.server import BODY_CACHE_ITEM_BYTES, DECODE_TURN, SCAN_TURN_ROWS
+
+    assert (SCAN_TURN_ROWS, DECODE_TURN, BODY_CACHE_ITEM_BYTES) == (10_000, 256, MIB)
+
+
 def test_checkpoint_store_defaults_to_synchronous_full(tmp_path: Path) -> None:
     with CheckpointStore(tmp_path / "cp.sqlite") as store:
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
