@@ -1320,6 +1320,8 @@ class SyncServer:
             if frames >= batch:  # frames already buffered come back without a pause: give others a turn
                 frames = 0
                 await asyncio.sleep(0)
+                if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                    await asyncio.sleep(0)  # as the processor does: the answer's delivery an iteration apart
                 examined = engine.rows_examined
             if msg.type == WSMsgType.BINARY:
                 size = len(msg.data)
@@ -1384,6 +1386,11 @@ class SyncServer:
                     taken = 0
                     self._pump()  # once per turn: its messages' records go to the writer together
                     await asyncio.sleep(0)
+                    if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                        # the delivery just scheduled runs in the next loop iteration ahead of its
+                        # input and timers, and so would this task: one more iteration apart, the
+                        # answer's encoding and the next read's evaluation are two holds, not one
+                        await asyncio.sleep(0)
                     examined = engine.rows_examined
                     continue
                 first, size = s.inbound[0]

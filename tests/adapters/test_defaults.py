@@ -86,7 +86,7 @@ def test_engine_defaults_are_unbounded_until_the_server_sets_limits() -> None:
             e.max_outbound_message_bytes, e.max_scan_rows) == (None, None, None, None, None, None)
 
 
-def test_turn_bounds_are_pinned() -> None:
+def test_read_turn_and_off_loop_compression_bounds_are_pinned() -> None:
     """docs/protocol.md "Limits", "Fixed": a turn ends after 10,000 rows examined by reads; v3
     messages decoded per turn; bodies over 1 MiB (kept as parts) are compressed off the loop."""
     from adapters.server import BODY_CACHE_ITEM_BYTES, DECODE_TURN, SCAN_TURN_ROWS

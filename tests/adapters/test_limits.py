@@ -445,3 +445,54 @@ def test_a_turn_ends_after_a_read_that_examined_many_rows(tmp_path: Path, monkey
         a.close()
         b.close()
         c.close()
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_after_a_heavy_read_timers_and_input_run_before_the_next_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       version: int) -> None:
+    """asyncio runs, in each loop iteration, the callbacks scheduled during the previous one before
+    that iteration's input and timers: a processor that ended its turn after a heavy read (and
+    scheduled the delivery of its answer) came back in the same iteration as that delivery, so the
+    answer's encoding and the next read's evaluation held the loop together (up to ~2x one read).
+    After a heavy read it yields twice (the processor, and the reader's direct path: v2).  The
+    mechanism asserted: a timer chain on the loop fires between the encoding of one heavy answer and
+    the evaluation of the next read."""
+    from adapters import server as srv
+
+    monkeypatch.setattr(srv, "SCAN_TURN_ROWS", 10)
+    events: list[str] = []
+    with running_server(tmp_path) as st:
+        c = WireClient(st, st.token(), version=version)
+        for i in range(12):
+            assert isinstance(c.call("append_sync_event", f"s{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
+        server = st.server
+        real_dispatch, real_encode = server._dispatch, server._encode
+
+        def dispatch(s: Any, msg: Any) -> None:
+            if isinstance(msg, wire.OneOffQuery):
+                events.append(f"d{msg.request_id}")
+            real_dispatch(s, msg)
+
+        def encode(s: Any, message: Any) -> Any:
+            if type(message).__name__ == "OneOffQueryResult":
+                events.append(f"e{message.request_id}")
+            return real_encode(s, message)
+
+        running = [True]
+
+        def tick() -> None:
+            if running[0]:
+                events.append("t")
+                st.loop.call_later(0, tick)
+
+        server._dispatch = dispatch  # type: ignore[method-assign]
+        server._encode = encode  # type: ignore[method-assign]
+        scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"
+        st.loop.call_soon_threadsafe(tick)
+        c.send(*(wire.OneOffQuery(i, scan) for i in (1, 2)))
+        for _ in range(2):
+            assert isinstance(c.recv_until(wire.OneOffQueryResult), wire.OneOffQueryResult)
+        running[0] = False
+        e1, d2 = events.index("e1"), events.index("d2")
+        assert e1 < d2 and "t" in events[e1 + 1:d2], [x for x in events if x != "t"]
+        c.close()
