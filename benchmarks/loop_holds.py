@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.server import ServerThread, WireClient, http  # noqa: E402
+from support.server import ServerThread, WireClient, http  # type: ignore[import-not-found]  # noqa: E402  (tests/ is not a package mypy checks)
 
 from adapters import bsatn, wire  # noqa: E402
 from adapters.server import Limits, ServerConfig  # noqa: E402
