@@ -97,6 +97,16 @@ class BsatnError(RemoteProtocolError):
     """The peer's bytes are not valid BSATN for the expected type (the message says where and why)."""
 
 
+class TooManyItems(Exception):
+    """An array argument declares more items than the caller's bound (``decode_args``'s
+    ``max_items``); raised before any of them is read.  ``count``: what it declares."""
+
+    def __init__(self, parameter: str, count: int) -> None:
+        super().__init__(f"{parameter}: {count} items")
+        self.parameter = parameter
+        self.count = count
+
+
 def _label(what: str, default: str) -> str:
     return f"{default} ({what})" if what else default
 
@@ -382,10 +392,12 @@ def _encoder(t: SatsType) -> _Enc:
 
 @functools.cache
 @functools.cache
-def _decoder(t: SatsType) -> _Dec:
+def _decoder(t: SatsType, max_items: int | None = None, parameter: str = "") -> _Dec:
+    """``max_items``: an array longer than this raises :class:`TooManyItems` (naming
+    ``parameter``) before its items are read."""
     name = sats_name(t)
     if isinstance(t, OptionT):
-        inner = _decoder(t.inner)
+        inner = _decoder(t.inner, max_items, parameter)
 
         def dec_option(r: Reader) -> object:
             return inner(r) if r.tag(name, 2) == OPTION_SOME else None
@@ -393,6 +405,16 @@ def _decoder(t: SatsType) -> _Dec:
     if isinstance(t, ArrayT):
         item = _decoder(t.inner)
         least = min_size(t.inner)
+
+        if max_items is not None:
+            most = max_items
+
+            def dec_bounded(r: Reader) -> object:
+                n = r.length(name, least)
+                if n > most:
+                    raise TooManyItems(parameter, n)
+                return tuple(item(r) for _ in range(n))
+            return dec_bounded
 
         def dec_array(r: Reader) -> object:
             return tuple(item(r) for _ in range(r.length(name, least)))
@@ -927,16 +949,18 @@ def encode_args(reducer: str, args: tuple[object, ...]) -> bytes:
 
 
 @functools.cache
-def _args_decoders(reducer: str) -> tuple[_Dec, ...]:
-    return tuple(_decoder(col.type) for col in REDUCER_BY_NAME[reducer].args)
+def _args_decoders(reducer: str, max_items: int | None = None) -> tuple[_Dec, ...]:
+    return tuple(_decoder(col.type, max_items, col.name) for col in REDUCER_BY_NAME[reducer].args)
 
 
-def decode_args(reducer: str, data: bytes) -> tuple[object, ...]:
-    """Decode ``reducer``'s argument product; every byte must be used."""
+def decode_args(reducer: str, data: bytes, max_items: int | None = None) -> tuple[object, ...]:
+    """Decode ``reducer``'s argument product; every byte must be used.  ``max_items``: an array
+    argument declaring more items raises :class:`TooManyItems` before they are read."""
     rdef = REDUCER_BY_NAME.get(reducer)
     if rdef is None:
         raise BsatnError(f"unknown reducer {reducer[:80]!r}")
-    return tuple(_decode_product(rdef.args, data, f"arguments of {reducer}", "parameter", _args_decoders(reducer)))
+    return tuple(_decode_product(rdef.args, data, f"arguments of {reducer}", "parameter",
+                                 _args_decoders(reducer, max_items)))
 
 
 def encode_ret(reducer: str, value: object) -> bytes:

@@ -77,7 +77,7 @@ from adapters.auth import (
     RevocationList,
     Verified,
 )
-from adapters.bsatn import BsatnError
+from adapters.bsatn import BsatnError, TooManyItems
 from adapters.fsutil import make_data_dir
 from adapters.guard import (
     DESCRIPTOR_RESERVE,
@@ -97,7 +97,7 @@ from adapters.observe import (
     StateCollector,
 )
 from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir, storage_fault
-from reference.engine import Engine, InternalError, limit_exceeded, safe_text
+from reference.engine import Engine, InternalError, Scan, limit_exceeded, safe_text
 from reference.log import TxRecord
 from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Snapshotter
 from spec import contracts
@@ -115,8 +115,9 @@ from spec.schema import (
     SCOPES,
     TABLE_BY_NAME,
     TABLES,
+    Column,
 )
-from spec.values import row_values
+from spec.values import ArrayT, row_values
 
 log = logging.getLogger("syncref.server")
 
@@ -125,6 +126,7 @@ CLOSE_REASON_BYTES = 123
 SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP bytes, or one larger message)
 SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
+SCAN_TURN_ROWS = 10_000  # rows a connection's reads examine before its turn ends (engine.rows_examined)
 SWITCH_INTERVAL_S = 0.0001  # the writer thread retakes the lock within this behind a busy loop (Phase 6)
 DELIVER_SLICE_S = 0.001  # a delivery pass hands the loop back after this long (ADR-0023) ...
 DELIVER_CHECK = 16  # ... looked at every this many connections (a pass over fewer is never cut)
@@ -202,6 +204,19 @@ def ws_binary_frame_parts(payload: Sequence[bytes]) -> tuple[bytes, ...]:
 
 
 Frame = bytes | tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Compress:
+    """A large body (kept as parts, over ``BODY_CACHE_ITEM_BYTES``) whose frame is to be
+    compressed: the sender does it in a worker thread before the turn's write, so the event loop is
+    not held (gzip level 1 of 30 MiB: ~0.8 s; zlib and brotli release the interpreter lock)."""
+
+    parts: tuple[bytes, ...]
+    compression: wire.Compression
+
+
+Pending = Frame | _Compress
 """A whole WebSocket frame ready for the socket: its bytes, or parts that concatenate to them."""
 
 
@@ -269,11 +284,13 @@ class Limits:
     # HTTP bodies, SQL and queries
     max_sql_bytes: int = 64 * 1024
     max_call_body_bytes: int = MIB  # HTTP call body, and a WebSocket CallReducer's BSATN arguments
+    max_arg_items: int = 1024  # items of one array argument of a reducer (session 8)
     max_sql_statements: int = 64
     max_sql_rows: int = 100_000
     max_sql_response_bytes: int = 16 * MIB
     max_query_bytes: int = 8 * 1024  # one query string, on every path
     max_query_conjuncts: int = 32
+    max_scan_rows: int = 100_000  # rows one request's queries examine, all together (ADR-0004; session 8)
     max_queries_per_connection: int = 64  # subscribed queries, all query sets together
     # connections
     max_connections: int = 1000  # open TCP connections (HTTP and WebSocket), also kept below RLIMIT_NOFILE
@@ -460,6 +477,7 @@ class Session:
         self.closers: list[asyncio.Future[None]] = []  # closes the engine asked for; awaited, never cancelled
         self.undurable: deque[int] = deque()  # offsets of this connection's commits not yet durable
         self.busy = False  # its sender task is writing a turn: the pump does not write directly
+        self.deferred: tuple[list[Pending], int] | None = None  # a turn the pump took that needs compressing
         self.broken = False  # a message could not be sent (over the bound): closing, nothing more goes out
         self.connected_at_us = now_us()
 
@@ -619,6 +637,7 @@ class SyncServer:
         lim = self.config.limits
         engine.max_query_bytes = lim.max_query_bytes
         engine.max_query_conjuncts = lim.max_query_conjuncts
+        engine.max_scan_rows = lim.max_scan_rows
         engine.max_queries_per_connection = lim.max_queries_per_connection
         engine.max_outbound_bytes = lim.max_outbound_bytes
         engine.max_outbound_message_bytes = lim.max_outbound_message_bytes
@@ -1100,6 +1119,9 @@ class SyncServer:
             return text
         try:
             body = json.loads(text)
+            over = self._array_over(rdef.args, body)
+            if over is not None:  # before its items are converted and checked
+                return _text(400, over.render())
             args = satsjson.args_from_json(rdef.args, body)
         except RecursionError:
             return _text(400, SyncError(ErrorCode.INVALID_ARGUMENT, {
@@ -1109,6 +1131,18 @@ class SyncServer:
                 "argument": "*", "message": safe_text(str(exc))}).render())
         async with self._http_share(verified.identity):
             return await self._call_detached(verified, reducer, args)
+
+    def _array_over(self, params: Sequence[Column], body: object) -> SyncError | None:
+        """``limit_exceeded`` for an array argument (a ``Vec`` parameter) of more than
+        ``max_arg_items`` items, or None (anything else is left to ``args_from_json``)."""
+        most = self.config.limits.max_arg_items
+        if not isinstance(body, list):
+            return None
+        for col, value in zip(params, body, strict=False):
+            if isinstance(col.type, ArrayT) and isinstance(value, list) and len(value) > most:
+                self.metrics.refused.labels("max_arg_items").inc()
+                return limit_exceeded("max_arg_items", most, len(value))
+        return None
 
     @contextlib.asynccontextmanager
     async def _http_share(self, identity: str) -> AsyncIterator[None]:
@@ -1190,11 +1224,14 @@ class SyncServer:
         offset = self.engine.committed
         answers: list[tuple[TableRows, float]] = []
         rows_total = 0
+        scan = Scan()  # rows examined by all the statements together (max_scan_rows)
         for stmt in statements:
             started = time.monotonic()
             try:
-                rows = self.engine.query(verified.claims, stmt)
+                rows = self.engine.query(verified.claims, stmt, scan)
             except SyncError as err:
+                if err.code is ErrorCode.LIMIT_EXCEEDED and err.details.get("limit") == "max_scan_rows":
+                    return self._refuse_sql(err)
                 return _text(400, err.render())
             rows_total += len(rows.inserts)
             if rows_total > lim.max_sql_rows:
@@ -1301,12 +1338,17 @@ class SyncServer:
         most = self.config.limits.max_queries_per_connection  # a Subscribe over it is not decoded
         batch = self.config.limits.max_batch_per_turn
         frames = 0
+        engine = self.engine
+        examined = engine.rows_examined
         async for msg in s.ws:
             s.last_seen = time.monotonic()
             frames += 1
             if frames >= batch:  # frames already buffered come back without a pause: give others a turn
                 frames = 0
                 await asyncio.sleep(0)
+                if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                    await asyncio.sleep(0)  # as the processor does: the answer's delivery an iteration apart
+                examined = engine.rows_examined
             if msg.type == WSMsgType.BINARY:
                 size = len(msg.data)
                 if s.inbound_bytes + size > byte_limit:
@@ -1332,6 +1374,8 @@ class SyncServer:
                     await self._close(s, 1011, f"malformed message: {exc}", "malformed")
                     return
                 if len(decoded) == 1 and self._take_now(s, decoded[0]):
+                    if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                        frames = batch  # its reads examined many rows: the next frame waits a turn
                     continue  # handled here: nothing queued ahead of it and nothing to wait for
                 s.inbound.append((decoded[0], size))
                 s.inbound.extend((x, 0) for x in decoded[1:])
@@ -1351,7 +1395,8 @@ class SyncServer:
 
     async def _processor(self, s: Session) -> None:
         """Feed the connection's queue to the engine in order, ``max_batch_per_turn`` messages
-        per turn: then every other ready connection runs before this one goes on (round-robin)."""
+        per turn, or fewer once its reads have examined ``SCAN_TURN_ROWS`` rows: then every other
+        ready connection runs before this one goes on (round-robin)."""
         engine = self.engine
         batch = self.config.limits.max_batch_per_turn
         share = self.config.limits.max_undurable_per_connection
@@ -1359,6 +1404,7 @@ class SyncServer:
             await s.inbound_ready.wait()
             s.inbound_ready.clear()
             taken = 0
+            examined = engine.rows_examined
             while s.inbound and not s.closing:
                 if self.failed is not None and self.failed.done():
                     return  # nothing more is taken once the log cannot be written
@@ -1366,6 +1412,12 @@ class SyncServer:
                     taken = 0
                     self._pump()  # once per turn: its messages' records go to the writer together
                     await asyncio.sleep(0)
+                    if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                        # the delivery just scheduled runs in the next loop iteration ahead of its
+                        # input and timers, and so would this task: one more iteration apart, the
+                        # answer's encoding and the next read's evaluation are two holds, not one
+                        await asyncio.sleep(0)
+                    examined = engine.rows_examined
                     continue
                 first, size = s.inbound[0]
                 if isinstance(first, wire.CallReducer):
@@ -1388,6 +1440,8 @@ class SyncServer:
                 self._dispatch(s, first)
                 if engine.committed > before and isinstance(first, wire.CallReducer):
                     s.undurable.append(engine.committed)
+                if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                    taken = batch  # reads that examined many rows end the turn: others' before the next
             if taken:
                 self._pump()
 
@@ -1458,7 +1512,13 @@ class SyncServer:
                 engine.reject(s.conn_id, msg.request_id, limit_exceeded("max_call_body_bytes", most, len(msg.args)))
                 return
         try:
-            abstract = wire.from_wire(msg)
+            abstract = wire.from_wire(msg, self.config.limits.max_arg_items)
+        except TooManyItems as exc:  # before its items are read
+            assert isinstance(msg, wire.CallReducer)
+            self.metrics.refused.labels("max_arg_items").inc()
+            engine.reject(s.conn_id, msg.request_id, limit_exceeded("max_arg_items", self.config.limits.max_arg_items,
+                                                                    exc.count))
+            return
         except BsatnError as exc:
             assert isinstance(msg, wire.CallReducer)
             engine.reject(s.conn_id, msg.request_id, SyncError(
@@ -1521,7 +1581,7 @@ class SyncServer:
             self._body_bytes += len(frame)
         return frame
 
-    def _turn(self, s: Session) -> tuple[list[Frame], int] | None:
+    def _turn(self, s: Session) -> tuple[list[Pending], int] | None:
         """Take one turn's messages off the connection's queue as whole WebSocket frames, ready
         for one transport write, and their payload bytes: at most ``SEND_BATCH`` (v3:
         ``SEND_BATCH_V3``) messages and V3_SOFT_CAP bytes (one larger message goes alone).  v2
@@ -1539,7 +1599,7 @@ class SyncServer:
         turn = SEND_BATCH_V3 if v3 else SEND_BATCH
         compression = s.compression
         bodies: list[bytes | tuple[bytes, ...]] = []  # v3: the turn's message bodies (large ones as parts)
-        frames: list[Frame] = []  # the turn's whole WebSocket frames
+        frames: list[Pending] = []  # the turn's whole WebSocket frames (a large compressed one: still to make)
         size = payload = 0
         body: bytes | tuple[bytes, ...]
         while s.side and len(bodies) + len(frames) < turn:
@@ -1596,9 +1656,7 @@ class SyncServer:
                 if entry is None:
                     v3_ids = None  # not shared: this turn is not kept for others
             elif isinstance(body, tuple):  # a large body's parts, framed without joining them
-                tagged = wire.frame_server_parts(body, compression)
-                frames.append(ws_binary_frame_parts(tagged))
-                payload += sum(map(len, tagged))
+                payload += self._large_frame(frames, body, compression)
             elif entry is not None:
                 data = entry.wire.get(compression)
                 if data is None:
@@ -1625,9 +1683,7 @@ class SyncServer:
                 start, before = len(frames), payload
                 for batch in _v3_batches(bodies):
                     if isinstance(batch, tuple):  # a large body goes alone, framed as its parts
-                        tagged = wire.frame_server_parts(batch, compression)
-                        frames.append(ws_binary_frame_parts(tagged))
-                        payload += sum(map(len, tagged))
+                        payload += self._large_frame(frames, batch, compression)
                         continue
                     frame = wire.frame_server(batch, compression)
                     frames.append(ws_binary_frame(frame))
@@ -1635,10 +1691,38 @@ class SyncServer:
                 if turn_key is not None:
                     # a turn of TransactionUpdates only is taken as it is by the next receivers of
                     # the same updates (above): what it counts per receiver is kept with it
+                    # (its bodies are all cached ones, so none is large: no _Compress among its frames)
                     updates_only = all(type(out.message) is m.TransactionUpdate for out in outs)
-                    self._v3_turns[turn_key] = (tuple(out.message for out in outs), frames[start:], payload - before,
+                    kept = cast(list[Frame], frames[start:])
+                    self._v3_turns[turn_key] = (tuple(out.message for out in outs), kept, payload - before,
                                                 tuple(out.offset for out in outs) if updates_only else ())
         return frames, payload
+
+    @staticmethod
+    def _large_frame(frames: list[Pending], parts: tuple[bytes, ...], compression: wire.Compression) -> int:
+        """Append a large body's frame to the turn: framed now when uncompressed (its parts are not
+        copied), else a :class:`_Compress` for the sender to make off the event loop.  Returns the
+        payload bytes known now."""
+        if compression is wire.Compression.NONE:
+            tagged = wire.frame_server_parts(parts, compression)
+            frames.append(ws_binary_frame_parts(tagged))
+            return sum(map(len, tagged))
+        frames.append(_Compress(parts, compression))
+        return 0
+
+    @staticmethod
+    async def _compressed(frames: list[Pending]) -> tuple[list[Frame], int]:
+        """The turn's frames with each :class:`_Compress` made, in a worker thread, and their payload bytes."""
+        out: list[Frame] = []
+        extra = 0
+        for f in frames:
+            if isinstance(f, _Compress):
+                tagged = await asyncio.to_thread(wire.frame_server_parts, f.parts, f.compression)
+                out.append(ws_binary_frame_parts(tagged))
+                extra += sum(map(len, tagged))
+            else:
+                out.append(f)
+        return out, extra
 
     def _flush_delivered(self) -> None:
         """Observe the fanout latency of the messages handed to sockets since the last flush:
@@ -1677,14 +1761,17 @@ class SyncServer:
         sends = self.metrics.sends
         while s.side or engine.releasable(s.conn_id):
             if (s.busy or s.closing or s.broken or s.ws.closed or transport is None or transport.is_closing()
-                    or transport.get_write_buffer_size()):
+                    or transport.get_write_buffer_size() or s.deferred is not None):
                 return False
             turn = self._turn(s)
             if turn is None:
                 return True
             frames, payload = turn
+            if not all(isinstance(f, bytes | tuple) for f in frames):  # one to compress: the sender's, in order
+                s.deferred = turn
+                return False
             if frames:
-                write_frames(transport, frames)
+                write_frames(transport, cast(list[Frame], frames))
                 sends.writes += 1
                 sends.frames += len(frames)
                 sends.bytes += payload
@@ -1711,19 +1798,24 @@ class SyncServer:
         while not s.closing:
             await s.wake.wait()
             s.wake.clear()
-            while not s.closing and not s.broken and (s.side or engine.releasable(s.conn_id)):
+            while not s.closing and not s.broken and (
+                    s.deferred is not None or s.side or engine.releasable(s.conn_id)):
                 transport = s.request.transport
                 if s.ws.closed or transport is None or transport.is_closing():
                     break  # the connection is going: its close path finishes it
                 s.busy = True  # the pump's direct writes wait until this turn is written and taken
                 try:
-                    turn = self._turn(s)
+                    turn, s.deferred = (s.deferred, None) if s.deferred is not None else (self._turn(s), None)
                     if turn is None:
                         return
-                    frames, payload = turn
+                    pending, payload = turn
                     self._flush_delivered()
-                    if not frames:
+                    if not pending:
                         continue
+                    frames, extra = await self._compressed(pending)
+                    payload += extra
+                    if s.closing or s.ws.closed or transport.is_closing():
+                        break  # it went while the frame was being compressed
                     write_frames(transport, frames)
                     sends.writes += 1
                     sends.frames += len(frames)

@@ -1337,16 +1337,17 @@ def to_wire(msg: sm.ServerMessage, *, timestamp: int = 0, cache: RowCache | None
     raise LocalProtocolError(f"not a model ServerMessage: {msg!r:.80}")
 
 
-def from_wire(msg: ClientMessage) -> sm.ClientMessage:
+def from_wire(msg: ClientMessage, max_items: int | None = None) -> sm.ClientMessage:
     """The model form of a client message.  Arguments of a known reducer are decoded (a
-    :class:`BsatnError` propagates); an unknown reducer gets ``args=()`` so the engine answers
-    ``no_such_reducer``.  OneOffQuery and CallProcedure have no model form."""
+    :class:`BsatnError` propagates, and :class:`bsatn.TooManyItems` for an array argument over
+    ``max_items``); an unknown reducer gets ``args=()`` so the engine answers ``no_such_reducer``.
+    OneOffQuery and CallProcedure have no model form."""
     if isinstance(msg, Subscribe):
         return sm.Subscribe(msg.request_id, msg.query_set_id, msg.query_strings)
     if isinstance(msg, Unsubscribe):
         return sm.Unsubscribe(msg.request_id, msg.query_set_id, send_dropped=msg.send_dropped_rows)
     if isinstance(msg, CallReducer):
-        args = decode_args(msg.reducer, msg.args) if msg.reducer in REDUCER_BY_NAME else ()
+        args = decode_args(msg.reducer, msg.args, max_items) if msg.reducer in REDUCER_BY_NAME else ()
         return sm.CallReducer(msg.request_id, msg.reducer, args)
     raise LocalProtocolError(f"{type(msg).__name__} has no model counterpart; handle it before from_wire")
 

@@ -230,6 +230,14 @@ class InternalError(Exception):
         super().__init__(self.message)
 
 
+@dataclass(slots=True)
+class Scan:
+    """The rows one request's queries have examined so far (a ``Subscribe``'s set, one-off query,
+    dropped rows, or all the statements of one ``/sql``), against ``Engine.max_scan_rows``."""
+
+    rows: int = 0
+
+
 def limit_exceeded(limit: str, most: int, actual: int) -> SyncError:
     """``limit_exceeded`` naming the ``Limits`` field, its value and what was asked for."""
     return SyncError(ErrorCode.LIMIT_EXCEEDED, {"actual": actual, "limit": limit, "max": most})
@@ -261,6 +269,7 @@ class Engine:
         # instead of building one (a shape's pin and probe are read from its query: ~2 µs each)
         self.idle_shapes: dict[tuple[object, ...], Shape] = {}
         self.match_checks = 0  # (shape, row) pairs matched in fanout: the per-transaction cost
+        self.rows_examined = 0  # rows reads have examined (what max_scan_rows counts), all requests together
         self.fanout_skips = 0  # fanouts that returned early: no shape of any table the transaction touched
         self.stale_reasons: dict[str, int] = {}  # stale_cursor refusals by reason (the operator's page)
         # Resource limits (None: unbounded).  The server sets them from its ``Limits``; the names
@@ -268,6 +277,7 @@ class Engine:
         self.max_query_bytes: int | None = None
         self.parse_cache = ParseCache()  # exact query texts -> their parse (reference/parsecache.py)
         self.max_query_conjuncts: int | None = None
+        self.max_scan_rows: int | None = None  # rows one request's queries examine, all together
         self.max_queries_per_connection: int | None = None
         self.max_outbound_bytes: int | None = None  # estimated encoded bytes queued per connection
         self.max_outbound_message_bytes: int | None = None  # one message, estimated encoded
@@ -372,10 +382,10 @@ class Engine:
                     ErrorCode.INVALID_QUERY, {"message": "unknown query set",
                                               "query_set_id": msg.query_set_id}).render()))
                 return
-            dropped = (self._snapshot(conn.claims, list(conn.query_sets[msg.query_set_id]))
-                       if msg.send_dropped else None)
-            applied = UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped)
             try:
+                dropped = (self._snapshot(conn.claims, list(conn.query_sets[msg.query_set_id]))
+                           if msg.send_dropped else None)
+                applied = UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped)
                 size = self._fits(applied)
             except SyncError as err:  # the set stays active; unsubscribing without the rows works
                 self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
@@ -392,7 +402,7 @@ class Engine:
         if conn is not None:
             self._send(conn, self.committed, ReducerResult(request_id, self.committed, ReducerErr(error.render())))
 
-    def query(self, claims: Claims, text: str) -> TableRows:
+    def query(self, claims: Claims, text: str, scan: Scan | None = None) -> TableRows:
         """A one-off read (SpacetimeDB's ``OneOffQuery`` and the HTTP ``/sql`` route): the rows of
         one subscription-subset query, under the same scope, grant and row-filter rules as a
         subscription (no stale check: a one-off read resumes nothing).  Raises :class:`SyncError`."""
@@ -401,7 +411,8 @@ class Engine:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
                                                       "sql": text})
         query = queries[0]
-        rows = [row for row in self._candidates(query) if q.matches(query, row) and can_read(claims, row)]
+        candidates = self._examine(Scan() if scan is None else scan, self._candidates(query))
+        rows = [row for row in candidates if q.matches(query, row) and can_read(claims, row)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
     def one_off(self, conn_id: int, request_id: int, text: str) -> None:
@@ -596,6 +607,17 @@ class Engine:
                 return list(log.after(w)) if w is not None else list(log.events)
         return list(self.db.rows(query.table))
 
+    def _examine(self, scan: Scan, rows: list[Row]) -> list[Row]:
+        """``rows``, counted against ``max_scan_rows`` before any of them is matched: a request
+        over the bound is refused having matched at most the bound's worth (a resume query's rows
+        are not counted: ``replay_budget`` bounds them, and they are sliced, not matched)."""
+        scan.rows += len(rows)
+        self.rows_examined += len(rows)
+        most = self.max_scan_rows
+        if most is not None and scan.rows > most:
+            raise limit_exceeded("max_scan_rows", most, scan.rows)
+        return rows
+
     def _resume_rows(self, claims: Claims, query: q.Query) -> Sequence[Row] | None:
         """The rows of a resume query ``stream_id = S AND epoch = E AND seq > W`` (any other
         conjuncts: None, the general path), read without the general match: ``after(W)`` gives
@@ -617,6 +639,7 @@ class Engine:
     def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:
         out: dict[str, dict[Row, None]] = {}
         fast: dict[str, Sequence[Row]] = {}
+        scan = Scan()
         one_event_query = sum(x.table == "sync_event" for x in queries) == 1
         for query in queries:
             if TABLE_BY_NAME[query.table].event:
@@ -628,7 +651,7 @@ class Engine:
                     out.setdefault(query.table, {})
                     continue
             bucket = out.setdefault(query.table, {})
-            for row in self._candidates(query):
+            for row in self._examine(scan, self._candidates(query)):
                 if q.matches(query, row) and can_read(claims, row):
                     bucket[row] = None
         # a resume query's rows stay a RetainedRows (rows built on read; the wire encodes its columns)

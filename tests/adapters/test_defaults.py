@@ -48,8 +48,10 @@ def test_limits_defaults() -> None:
         "max_undurable": 1024, "max_undurable_per_connection": 32, "max_batch_per_turn": 4,
         "ping_interval_s": 15.0, "idle_timeout_s": 30.0, "close_timeout_s": 5.0, "send_timeout_s": 60.0,
         "header_timeout_s": 10.0, "body_timeout_s": 30.0, "max_sql_bytes": 64 * 1024, "max_call_body_bytes": MIB,
+        "max_arg_items": 1024,
         "max_sql_statements": 64, "max_sql_rows": 100_000, "max_sql_response_bytes": 16 * MIB,
-        "max_query_bytes": 8 * 1024, "max_query_conjuncts": 32, "max_queries_per_connection": 64,
+        "max_query_bytes": 8 * 1024, "max_query_conjuncts": 32, "max_scan_rows": 100_000,
+        "max_queries_per_connection": 64,
         "max_connections": 1000, "max_connections_per_identity": 64,
     }
     assert dataclasses.asdict(Limits()) == expected  # every field: a new limit gets its default written here
@@ -81,7 +83,15 @@ def test_engine_defaults_are_unbounded_until_the_server_sets_limits() -> None:
     e = Engine()
     assert e.policy == DEFAULT_POLICY and (e.max_queue, e.max_undurable) == (1024, 1024)
     assert (e.max_query_bytes, e.max_query_conjuncts, e.max_queries_per_connection, e.max_outbound_bytes,
-            e.max_outbound_message_bytes) == (None, None, None, None, None)
+            e.max_outbound_message_bytes, e.max_scan_rows) == (None, None, None, None, None, None)
+
+
+def test_read_turn_and_off_loop_compression_bounds_are_pinned() -> None:
+    """docs/protocol.md "Limits", "Fixed": a turn ends after 10,000 rows examined by reads; v3
+    messages decoded per turn; bodies over 1 MiB (kept as parts) are compressed off the loop."""
+    from adapters.server import BODY_CACHE_ITEM_BYTES, DECODE_TURN, SCAN_TURN_ROWS
+
+    assert (SCAN_TURN_ROWS, DECODE_TURN, BODY_CACHE_ITEM_BYTES) == (10_000, 256, MIB)
 
 
 def test_checkpoint_store_defaults_to_synchronous_full(tmp_path: Path) -> None:

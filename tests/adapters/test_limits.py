@@ -24,6 +24,7 @@ from support.server import (
     call_http,
     http,
     metric,
+    rows_of,
     running_server,
     with_limits,
 )
@@ -275,3 +276,223 @@ def test_procedure_answers_are_bounded_like_other_output(tmp_path: Path) -> None
         assert echo.recv_until(wire.ProcedureResult).request_id == 9
         slow.close()
         echo.close()
+
+
+def test_rows_examined_per_request_are_bounded_before_they_are_matched(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_scan_rows`` bounds the rows one request's queries examine, all together: a query whose
+    rows are not pinned (no stream, no key) walks its whole table, and one ``Subscribe`` of 64 such
+    queries, or a ``/sql`` of 64 such statements, walked it 64 times on the event loop (measured:
+    ~8 s for everyone over a 30,000-event table, docs/performance.md "Loop holds per request at the
+    limits").  The rows of each query are counted before any of them is matched, so a request
+    over the bound is refused (``limit_exceeded``) having matched at most the bound's worth: the
+    number of ``matches`` calls is the mechanism asserted, not a time."""
+    from spec import query as q
+
+    calls = [0]
+    real = q.matches
+
+    def counted(query: Any, row: Any) -> bool:
+        calls[0] += 1
+        return real(query, row)
+
+    monkeypatch.setattr(q, "matches", counted)
+    n = 30
+    scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"
+    with running_server(tmp_path, limits=with_limits(max_scan_rows=2 * n - 1)) as st:
+        tok = st.token()
+        c = WireClient(st, tok)
+        for i in range(n):
+            assert isinstance(c.call("append_sync_event", f"s{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
+
+        def refused(answer: str) -> None:
+            err = SyncError.parse(answer)
+            assert (err.code.value, err.details) == (
+                "limit_exceeded", {"actual": 2 * n, "limit": "max_scan_rows", "max": 2 * n - 1})
+
+        calls[0] = 0
+        c.send(wire.OneOffQuery(1, scan))  # one walk of n rows: within the bound
+        one = c.recv_until(wire.OneOffQueryResult)
+        assert isinstance(one.result, wire.QueryRows) and calls[0] == n
+
+        calls[0] = 0
+        sub = c.subscribe(1, scan, scan.replace("none", "other"))  # two walks: over, refused before the second
+        assert isinstance(sub, wire.SubscriptionError)
+        refused(sub.error)
+        assert calls[0] == n
+
+        assert isinstance(c.subscribe(2, scan), wire.SubscribeApplied)
+        calls[0] = 0
+        c.send(wire.Unsubscribe(9, 2, True))  # its dropped rows are one walk: within
+        assert isinstance(c.recv_until(wire.UnsubscribeApplied), wire.UnsubscribeApplied) and calls[0] == n
+
+        calls[0] = 0
+        sql = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", f"{scan}; {scan}",
+                   {"Authorization": f"Bearer {tok}"})
+        assert sql.status == 400
+        refused(sql.text)
+        assert calls[0] == n
+        assert 'syncref_refused_total{limit="max_scan_rows"} 1.0' in http("GET", f"{st.base}/metrics").text
+        c.close()
+
+
+def test_array_arguments_are_bounded_before_their_items_are_read(tmp_path: Path) -> None:
+    """``max_arg_items`` bounds the items of one array argument (``nip90_kinds``, ``relays``) on
+    both call paths: 1 MiB of arguments is 262,144 ``u32`` items, each decoded, type-checked and
+    range-checked on the event loop (measured: ~0.2-0.45 s for everyone, docs/performance.md "Loop
+    holds per request at the limits").  The count is checked before any item is read: an array over
+    the bound whose items are also out of range is answered ``limit_exceeded``, not the reducer's
+    ``invalid_argument`` about an item (which is what reading the items gave before)."""
+    kinds = (5000, 5001, 1, 5003, 5004)  # 1 is out of range: reading the items would say so
+    with running_server(tmp_path, limits=with_limits(max_arg_items=4)) as st:
+        tok = st.token()
+        c = WireClient(st, tok)
+        over = c.call("publish_provider_capability", "p1", '{"a":1}', kinds, 1, "active").outcome
+        assert isinstance(over, wire.ReducerErr)
+        err = SyncError.parse(over.error[4:].decode())
+        assert (err.code.value, err.details) == (
+            "limit_exceeded", {"actual": 5, "limit": "max_arg_items", "max": 4})
+        fits = c.call("publish_provider_capability", "p1", '{"a":1}', kinds[:4], 1, "active").outcome
+        assert isinstance(fits, wire.ReducerErr) and b"each kind must be 5000-5999" in fits.error  # read: within
+        relays = tuple(f"wss://r{i}" for i in range(5))
+        sent = c.call("mark_bridge_event_sent", "o1", "e" * 64, relays).outcome
+        assert isinstance(sent, wire.ReducerErr) and b'"limit":"max_arg_items"' in sent.error
+        http_over = call_http(st, tok, "publish_provider_capability", ["p1", '{"a":1}', list(kinds), 1, "active"])
+        assert http_over.status == 400
+        err = SyncError.parse(http_over.text)
+        assert (err.code.value, err.details) == (
+            "limit_exceeded", {"actual": 5, "limit": "max_arg_items", "max": 4})
+        c.close()
+
+
+@pytest.mark.parametrize("compression", ["Gzip", "Brotli"])
+def test_a_large_body_is_compressed_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       compression: str) -> None:
+    """A message body over 1 MiB (kept as parts: a snapshot, dropped rows, a one-off answer, a large
+    update) is compressed in a worker thread, not on the event loop: gzip level 1 of a 30 MiB
+    snapshot held the loop ~0.8 s for everyone, brotli ~0.24 s (docs/performance.md "Loop holds
+    per request at the limits"); zlib and brotli release the interpreter lock while they work.
+    The mechanism asserted: which thread ran the compressor for the large body, and that the
+    frame is whole and in order (the answer after it arrives after it)."""
+    import threading
+
+    seen: list[tuple[int, str]] = []
+    real = wire._compress
+
+    def recorded(body: bytes, how: wire.Compression) -> bytes:
+        seen.append((len(body), threading.current_thread().name))
+        return real(body, how)
+
+    monkeypatch.setattr(wire, "_compress", recorded)
+    payload = json.dumps("y" * (200 * 1024))
+    with running_server(tmp_path) as st:
+        c = WireClient(st, st.token(), compression=compression)
+        for i in range(8):  # ~1.6 MiB of events: a snapshot body over 1 MiB
+            assert isinstance(c.call("append_sync_event", "big", f"k{i}", payload, None, None).outcome, wire.ReducerOk)
+        seen.clear()
+        c.send(wire.Subscribe(7, 1, ("SELECT * FROM sync_event WHERE stream_id = 'big'",)),
+               wire.OneOffQuery(8, "SELECT * FROM sync_stream WHERE stream_id = 'big'"))
+        applied = c.recv_until(wire.SubscribeApplied)
+        assert [len(rows_of("sync_event", t.rows)) for t in applied.rows.tables] == [8]
+        after = c.recv()
+        assert isinstance(after, wire.OneOffQueryResult) and after.request_id == 8
+        large = [name for n, name in seen if n > 1024 * 1024]
+        assert large and st._thread.name not in large, seen
+        c.close()
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_turn_ends_after_a_read_that_examined_many_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          version: int) -> None:
+    """A connection's turn (``max_batch_per_turn`` messages) ends early once its reads have examined
+    ``SCAN_TURN_ROWS`` rows: four one-off queries of 30,000 rows each held the loop four times as
+    long as one before anyone else had a turn (a one-off of 30,000 rows: 0.16-0.47 s here).  The
+    mechanism asserted: two connections whose heavy queries are all waiting at once are served
+    alternately, one heavy query each per turn (before: all four of one, then all four of the other)."""
+    from adapters import server as srv
+
+    monkeypatch.setattr(srv, "SCAN_TURN_ROWS", 10)
+    order: list[int] = []
+    with running_server(tmp_path) as st:
+        c = WireClient(st, st.token(), version=version)
+        for i in range(12):
+            assert isinstance(c.call("append_sync_event", f"s{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
+        a, b = WireClient(st, st.token(), version=version), WireClient(st, st.token(), version=version)
+        ids = {st.call(lambda: max(st.server.sessions)) - 1: "a", st.call(lambda: max(st.server.sessions)): "b"}
+        real = st.server._dispatch
+
+        def recorded(s: Any, msg: Any) -> None:
+            if isinstance(msg, wire.OneOffQuery):
+                order.append(s.conn_id)
+            real(s, msg)
+
+        st.server._dispatch = recorded  # type: ignore[method-assign]
+        scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"
+        released = threading.Event()
+        blocked = threading.Thread(target=lambda: st.call(lambda: released.wait(10)))
+        blocked.start()  # the loop is held while both clients' queries arrive: all are waiting at once
+        time.sleep(0.2)
+        for client in (a, b):
+            client.send(*(wire.OneOffQuery(i, scan) for i in range(4)))
+        time.sleep(0.5)  # (sequencing, not a timing assertion: the frames reach the server's socket)
+        released.set()
+        blocked.join()
+        for client in (a, b):
+            for _ in range(4):
+                assert isinstance(client.recv_until(wire.OneOffQueryResult), wire.OneOffQueryResult)
+        names = "".join(ids[x] for x in order)
+        assert names in ("abababab", "babababa"), names
+        a.close()
+        b.close()
+        c.close()
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_after_a_heavy_read_timers_and_input_run_before_the_next_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       version: int) -> None:
+    """asyncio runs, in each loop iteration, the callbacks scheduled during the previous one before
+    that iteration's input and timers: a processor that ended its turn after a heavy read (and
+    scheduled the delivery of its answer) came back in the same iteration as that delivery, so the
+    answer's encoding and the next read's evaluation held the loop together (up to ~2x one read).
+    After a heavy read it yields twice (the processor, and the reader's direct path: v2).  The
+    mechanism asserted: a timer chain on the loop fires between the encoding of one heavy answer and
+    the evaluation of the next read."""
+    from adapters import server as srv
+
+    monkeypatch.setattr(srv, "SCAN_TURN_ROWS", 10)
+    events: list[str] = []
+    with running_server(tmp_path) as st:
+        c = WireClient(st, st.token(), version=version)
+        for i in range(12):
+            assert isinstance(c.call("append_sync_event", f"s{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
+        server = st.server
+        real_dispatch, real_encode = server._dispatch, server._encode
+
+        def dispatch(s: Any, msg: Any) -> None:
+            if isinstance(msg, wire.OneOffQuery):
+                events.append(f"d{msg.request_id}")
+            real_dispatch(s, msg)
+
+        def encode(s: Any, message: Any) -> Any:
+            if type(message).__name__ == "OneOffQueryResult":
+                events.append(f"e{message.request_id}")
+            return real_encode(s, message)
+
+        running = [True]
+
+        def tick() -> None:
+            if running[0]:
+                events.append("t")
+                st.loop.call_later(0, tick)
+
+        server._dispatch = dispatch  # type: ignore[method-assign]
+        server._encode = encode  # type: ignore[method-assign]
+        scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"
+        st.loop.call_soon_threadsafe(tick)
+        c.send(*(wire.OneOffQuery(i, scan) for i in (1, 2)))
+        for _ in range(2):
+            assert isinstance(c.recv_until(wire.OneOffQueryResult), wire.OneOffQueryResult)
+        running[0] = False
+        e1, d2 = events.index("e1"), events.index("d2")
+        assert e1 < d2 and "t" in events[e1 + 1:d2], [x for x in events if x != "t"]
+        c.close()

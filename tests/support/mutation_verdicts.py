@@ -530,13 +530,13 @@ EQUIVALENT["reference.engine.xǁEngineǁ_candidates__mutmut_36"] = (
     "its slice after the watermark, and _snapshot matches every candidate against the whole query (seq > W "
     "included), so the snapshot's rows are the same; only slower")
 MUTATED_LINE["reference.engine.xǁEngineǁ_candidates__mutmut_36"] = 'w = q.lower_bound_exclusive(query, "XXseqXX")'
-EQUIVALENT["reference.engine.xǁEngineǁ_snapshot__mutmut_15"] = (
+EQUIVALENT["reference.engine.xǁEngineǁ_snapshot__mutmut_16"] = (
     "the resume fast path never taken (rows = None): the general path below matches the same query over the "
     "same candidates with can_read, which _resume_rows is the shortcut of (its docstring: 'what _snapshot would "
     "give for the query alone'; tests/reference/test_resume_fast_path.py holds both to the same hand-written "
     "seqs), so the same rows in the same order, as a tuple instead of a RetainedRows view, which the wire "
     "encodes as the same bytes")
-MUTATED_LINE["reference.engine.xǁEngineǁ_snapshot__mutmut_15"] = "rows = None"
+MUTATED_LINE["reference.engine.xǁEngineǁ_snapshot__mutmut_16"] = "rows = None"
 EQUIVALENT["reference.log.x_delta_text_of__mutmut_29"] = (
     "_canon(out) where _FLAT exists: _FLAT is _CANON's own C encoder with the same settings (as "
     "x__encode_flat__mutmut_1), so the same text")
