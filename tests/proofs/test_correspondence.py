@@ -200,18 +200,33 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
                             provider or oneof([None, None, "prov1", "prov2"], ["bad prov"]),
                             oneof([None, None, '{"ok":true}'], ["{"]))
     if reducer == "enqueue_bridge_event":
+        rows = list(d.of_type(BridgeOutbox))
+        if aim and rows:  # a retry, or the same id with one of source, kind, tags, content changed
+            b = ch.choice(rows)
+            which = ch.choice(["none", "none", "source", "kind", "tags", "content"])
+            return reducer, c, (b.outbox_id, "other" if which == "source" and b.source == "src" else
+                                "src" if which == "source" else b.source,
+                                31990 if which == "kind" and b.nostr_kind == 30078 else
+                                30078 if which == "kind" else b.nostr_kind,
+                                '[["t","y"]]' if which == "tags" else ch.choice([b.tags, f" {b.tags} "]),
+                                b.content + "!" if which == "content" else b.content)
         return reducer, c, (ch.choice(OUTBOXES), oneof(["src", "src", "other"], ["bad src"]),
                             oneof([30078, 31990], [1]),
-                            oneof(['[["t","x"]]'], ["[1]", "{"]), ch.choice(["hello", "bye"]))
+                            oneof(['[["t","x"]]', '[ ["t","x"] ]', "[]"], ["[1]", "{"]), ch.choice(["hello", "bye"]))
     if reducer == "mark_bridge_event_sent":
-        return reducer, c, (ch.choice(OUTBOXES), oneof(["1" * 64, "2" * 64], ["zz"]),
-                            oneof([(), ("wss://r1",), ("wss://r2", "wss://r1", "wss://r1")], [("",)]))
+        sent = [b for b in d.of_type(BridgeOutbox) if b.status == "sent"]
+        relays = oneof([(), ("wss://r1",), ("wss://r2", "wss://r1", "wss://r1"), ("wss://r3",)], [("",)])
+        if aim and sent:  # a repeat: the recorded event id (sometimes another), old and new relays
+            b = ch.choice(sent)
+            eid = ch.choice([b.nostr_event_id, b.nostr_event_id, "3" * 64])
+            return reducer, c, (b.outbox_id, eid, ch.choice([relays, b.relays_acked, b.relays_acked[:1]]))
+        return reducer, c, (ch.choice(OUTBOXES), oneof(["1" * 64, "2" * 64], ["zz"]), relays)
     if reducer == "record_bridge_failure":
         pending = [b.outbox_id for b in d.of_type(BridgeOutbox) if b.status == "pending"]
         if aim and pending:
-            return reducer, EXECUTOR, (ch.choice(pending), "relay down", 1000)
+            return reducer, EXECUTOR, (ch.choice(pending), "relay down", ch.choice([0, 1000, 2500]))
         return reducer, c, (ch.choice(OUTBOXES), oneof(["relay down", "down"], ["", "x" * 2000]),
-                            oneof([1000], [10**12]))
+                            oneof([1000, 0, 86_400_000], [10**12, 86_400_001]))
     if reducer == "publish_stream_signal":
         return reducer, c, (ch.choice(STREAMS), oneof(["typing", "custom"], ["bogus"]),
                             oneof(list(PAYLOADS[:5]), list(PAYLOADS[5:])))
@@ -289,7 +304,10 @@ def _guided(ch: Chooser, d: DbState, op: str, now: int, offset: int) -> DbState:
     elif op == "failures":
         oid = ch.choice(OUTBOXES)
         calls.append(("enqueue_bridge_event", (oid, "src", 30078, '[["t","x"]]', "hello")))
-        calls += [("record_bridge_failure", (oid, "relay down", 1000))] * ch.integer(1, 3)
+        calls += [("record_bridge_failure", (oid, "relay down", ch.choice([1000, 2500])))] * ch.integer(1, 3)
+        if ch.boolean():  # then published, and acknowledged again by more relays
+            calls.append(("mark_bridge_event_sent", (oid, "1" * 64, ("wss://r1",))))
+            calls.append(("mark_bridge_event_sent", (oid, "1" * 64, ("wss://r2",))))
     else:
         sid = ch.choice(STREAMS)
         for _ in range(3):
