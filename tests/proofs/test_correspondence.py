@@ -214,12 +214,15 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
                             oneof([30078, 31990], [1]),
                             oneof(['[["t","x"]]', '[ ["t","x"] ]', "[]"], ["[1]", "{"]), ch.choice(["hello", "bye"]))
     if reducer == "mark_bridge_event_sent":
-        sent = [b for b in d.of_type(BridgeOutbox) if b.status == "sent"]
+        rows = [b for b in d.of_type(BridgeOutbox) for _ in range(2 if b.status == "sent" else 1)]
         relays = oneof([(), ("wss://r1",), ("wss://r2", "wss://r1", "wss://r1"), ("wss://r3",)], [("",)])
-        if aim and sent:  # a repeat: the recorded event id (sometimes another), old and new relays
-            b = ch.choice(sent)
+        if aim and rows:  # an existing row; a sent one is marked again with its event id (sometimes another)
+            b = ch.choice(rows)
+            if b.nostr_event_id is None:
+                return reducer, c, (b.outbox_id, ch.choice(["1" * 64, "2" * 64]), relays)
             eid = ch.choice([b.nostr_event_id, b.nostr_event_id, "3" * 64])
-            return reducer, c, (b.outbox_id, eid, ch.choice([relays, b.relays_acked, b.relays_acked[:1]]))
+            return reducer, c, (b.outbox_id, eid, ch.choice([relays, ("wss://r3", "wss://r1"), ("wss://r4",),
+                                                             b.relays_acked, b.relays_acked[:1]]))
         return reducer, c, (ch.choice(OUTBOXES), oneof(["1" * 64, "2" * 64], ["zz"]), relays)
     if reducer == "record_bridge_failure":
         pending = [b.outbox_id for b in d.of_type(BridgeOutbox) if b.status == "pending"]
@@ -240,7 +243,7 @@ SETUP_WEIGHTS = (("append_sync_event", 10), ("ack_checkpoint", 3), ("upsert_pres
                  ("publish_provider_capability", 2), ("open_compute_assignment", 2), ("update_compute_assignment", 3),
                  ("enqueue_bridge_event", 2), ("mark_bridge_event_sent", 1), ("record_bridge_failure", 2),
                  ("reset_stream_epoch", 1), ("presence_sweep", 1), ("compact", 2), ("unclean_restart", 1),
-                 ("disconnect_sessions", 1), ("assignment_flow", 2), ("burst", 2), ("failures", 1), ("acks", 2))
+                 ("disconnect_sessions", 1), ("assignment_flow", 2), ("burst", 2), ("failures", 2), ("acks", 2))
 SETUP_OPS = tuple(name for name, w in SETUP_WEIGHTS for _ in range(w))
 
 
@@ -451,6 +454,49 @@ def test_states_reach_interesting_shapes() -> None:
     assert {"compacted", "new epoch", "checkpoint", "assignment moved", "continued epoch with retained events",
             "retention of session_presence", "retention of compute_assignment",
             "retention of bridge_outbox"} <= seen, seen
+
+
+def _outbox_branch(d: DbState, reducer: str, args: tuple[Any, ...], out: Any) -> str:
+    """Which branch of an outbox reducer a call took (read off the rows, not the reducer's code)."""
+    old = d.find(BridgeOutbox, lambda r: r.outbox_id == args[0])
+    if not isinstance(out, Ok):
+        return f"{reducer}: {out.error.code.value} on a {old.status if old else 'missing'} row"
+    new = out.state.find(BridgeOutbox, lambda r: r.outbox_id == args[0])
+    assert new is not None
+    if old is None:
+        return "new row"
+    if reducer == "enqueue_bridge_event":
+        return "retry"
+    if reducer == "record_bridge_failure":
+        return "failure on a settled row" if out.noop else f"failure leaves the row {new.status}"
+    if old.status == "sent":
+        return "repeat adding none" if out.noop else "repeat adding a relay"
+    return f"first mark of a {old.status} row"
+
+
+def test_outbox_calls_reach_every_branch() -> None:
+    """The outbox calls the correspondence test draws reach each branch of the three reducers: a new
+    row, a retry, a conflict from another source, a failure counted and one reaching the dead letter,
+    a failure on a settled row, a first mark, a repeated mark that adds relays and one that adds none,
+    a mark with another event id."""
+    seen: set[str] = set()
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def probe(data: st.DataObject) -> None:
+        d, now, offset = build_state(data)
+        for reducer in ("enqueue_bridge_event", "mark_bridge_event_sent", "record_bridge_failure"):
+            _r, claims, args = draw_call(Chooser(data), d, reducer)
+            seen.add(_outbox_branch(d, reducer, args, call(d, CallContext(claims, now, offset, POLICY), reducer,
+                                                           args)))
+
+    probe()
+    wanted = {"new row", "retry", "enqueue_bridge_event: idempotency_conflict on a pending row",
+            "failure leaves the row pending", "failure leaves the row failed", "failure on a settled row",
+            "first mark of a pending row", "first mark of a failed row", "repeat adding a relay",
+            "repeat adding none", "mark_bridge_event_sent: bridge_event_conflict on a sent row"}
+    assert wanted <= seen, sorted(wanted - seen)
 
 
 # --- the check has teeth ----------------------------------------------------------------------------------------
