@@ -966,7 +966,7 @@ def t_enqueue(pre: Db, a: EnqueueAct, post: Db, r: Result, d: Delta, pol: Policy
         old = pre.outbox[i]
         digest = outbox_digest(a.source, a.kind, a.tags, a.content, bug)
         stored = old.content_hash
-        if bug == "source_not_in_dedupe_hash":  # the bug's key of the stored row too: the hash of its [kind, tags, content]
+        if bug == "source_not_in_dedupe_hash":  # the stored row's key is the bug's too: hash of [kind, tags, content]
             stored = outbox_digest(old.source, old.kind, old.tags, old.content, bug)
         err = first_error([
             (z3.Not(a.scope), MS),

@@ -26,12 +26,12 @@ from proofs.encoding import (
     FS,
     MERGE,
     MS,
-    RELAYS_NONE,
-    US_PER_MS,
     P_OFFLINE,
     P_REASON,
     P_STATUS,
     PROV_STATUS,
+    RELAYS_NONE,
+    US_PER_MS,
     AckAct,
     AppendAct,
     Assignment,
@@ -330,7 +330,8 @@ def enqueue_stores(pre: Db, a: EnqueueAct, post: Db, r: Result) -> list[Case]:
                  relays=RELAYS_NONE, created=a.now, updated=a.now)
     ok = r.code == OK_CODE
     return [
-        ("enqueue writes", z3.And(ok, r.wrote), z3.And(z3.Not(old.used), same(new, row), _outbox_rest(pre, post, a.outbox))),
+        ("enqueue writes", z3.And(ok, r.wrote),
+         z3.And(z3.Not(old.used), same(new, row), _outbox_rest(pre, post, a.outbox))),
         ("enqueue retry", z3.And(ok, z3.Not(r.wrote)),
          z3.And(old.used, old.content_hash == row.content_hash, same_db(pre, post))),
     ]
