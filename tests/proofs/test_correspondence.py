@@ -201,7 +201,7 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
                             oneof([None, None, '{"ok":true}'], ["{"]))
     if reducer == "enqueue_bridge_event":
         rows = list(d.of_type(BridgeOutbox))
-        if aim and rows:  # a retry, or the same id with one of source, kind, tags, content changed
+        if aim and rows and not valid:  # a retry, or the same id with one of source, kind, tags, content changed
             b = ch.choice(rows)
             which = ch.choice(["none", "none", "source", "kind", "tags", "content"])
             return reducer, c, (b.outbox_id, "other" if which == "source" and b.source == "src" else
@@ -212,11 +212,13 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
                                 b.content + "!" if which == "content" else b.content)
         return reducer, c, (ch.choice(OUTBOXES), oneof(["src", "src", "other"], ["bad src"]),
                             oneof([30078, 31990], [1]),
-                            oneof(['[["t","x"]]', '[ ["t","x"] ]', "[]"], ["[1]", "{"]), ch.choice(["hello", "bye"]))
+                            oneof(['[["t","x"]]', *([] if valid else ['[ ["t","x"] ]', "[]"])], ["[1]", "{"]),
+                            ch.choice(["hello", "bye"]))
     if reducer == "mark_bridge_event_sent":
         rows = [b for b in d.of_type(BridgeOutbox) for _ in range(2 if b.status == "sent" else 1)]
-        relays = oneof([(), ("wss://r1",), ("wss://r2", "wss://r1", "wss://r1"), ("wss://r3",)], [("",)])
-        if aim and rows:  # an existing row; a sent one is marked again with its event id (sometimes another)
+        relays = oneof([(), ("wss://r1",), ("wss://r2", "wss://r1", "wss://r1"), *([] if valid else [("wss://r3",)])],
+                       [("",)])
+        if aim and rows and not valid:  # an existing row; a sent one marked again with its event id (or another)
             b = ch.choice(rows)
             if b.nostr_event_id is None:
                 return reducer, c, (b.outbox_id, ch.choice(["1" * 64, "2" * 64]), relays)
@@ -227,9 +229,9 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
     if reducer == "record_bridge_failure":
         pending = [b.outbox_id for b in d.of_type(BridgeOutbox) if b.status == "pending"]
         if aim and pending:
-            return reducer, EXECUTOR, (ch.choice(pending), "relay down", ch.choice([0, 1000, 2500]))
+            return reducer, EXECUTOR, (ch.choice(pending), "relay down", 1000 if valid else ch.choice([0, 1000, 2500]))
         return reducer, c, (ch.choice(OUTBOXES), oneof(["relay down", "down"], ["", "x" * 2000]),
-                            oneof([1000, 0, 86_400_000], [10**12, 86_400_001]))
+                            oneof([1000, *([] if valid else [0, 86_400_000])], [10**12, 86_400_001]))
     if reducer == "publish_stream_signal":
         return reducer, c, (ch.choice(STREAMS), oneof(["typing", "custom"], ["bogus"]),
                             oneof(list(PAYLOADS[:5]), list(PAYLOADS[5:])))
@@ -243,7 +245,7 @@ SETUP_WEIGHTS = (("append_sync_event", 10), ("ack_checkpoint", 3), ("upsert_pres
                  ("publish_provider_capability", 2), ("open_compute_assignment", 2), ("update_compute_assignment", 3),
                  ("enqueue_bridge_event", 2), ("mark_bridge_event_sent", 1), ("record_bridge_failure", 2),
                  ("reset_stream_epoch", 1), ("presence_sweep", 1), ("compact", 2), ("unclean_restart", 1),
-                 ("disconnect_sessions", 1), ("assignment_flow", 2), ("burst", 2), ("failures", 2), ("acks", 2))
+                 ("disconnect_sessions", 1), ("assignment_flow", 2), ("burst", 2), ("failures", 1), ("acks", 2))
 SETUP_OPS = tuple(name for name, w in SETUP_WEIGHTS for _ in range(w))
 
 
@@ -307,10 +309,7 @@ def _guided(ch: Chooser, d: DbState, op: str, now: int, offset: int) -> DbState:
     elif op == "failures":
         oid = ch.choice(OUTBOXES)
         calls.append(("enqueue_bridge_event", (oid, "src", 30078, '[["t","x"]]', "hello")))
-        calls += [("record_bridge_failure", (oid, "relay down", ch.choice([1000, 2500])))] * ch.integer(1, 3)
-        if ch.boolean():  # then published, and acknowledged again by more relays
-            calls.append(("mark_bridge_event_sent", (oid, "1" * 64, ("wss://r1",))))
-            calls.append(("mark_bridge_event_sent", (oid, "1" * 64, ("wss://r2",))))
+        calls += [("record_bridge_failure", (oid, "relay down", 1000))] * ch.integer(1, 3)
     else:
         sid = ch.choice(STREAMS)
         for _ in range(3):
@@ -320,6 +319,31 @@ def _guided(ch: Chooser, d: DbState, op: str, now: int, offset: int) -> DbState:
         if isinstance(out, Ok) and fits(out.state):
             d = out.state
     return d
+
+
+OUTBOX_REDUCERS = ("enqueue_bridge_event", "mark_bridge_event_sent", "record_bridge_failure")
+
+
+def outbox_history(data: st.DataObject, d: DbState, now: int, offset: int) -> tuple[DbState, int, int]:
+    """One outbox row's life on top of a drawn state, for the outbox reducers' tests: enqueued, failed
+    0-3 times with varied backoffs, maybe sent, maybe acknowledged again by another relay.  (Drawn here
+    rather than in :func:`build_state`: the setup's draws, which every derandomized check of this file
+    replays, stay as they are.)"""
+    ch = Chooser(rng=random.Random(data.draw(st.integers(0, 2**32 - 1), label="outbox seed")))
+    oid = ch.choice(OUTBOXES)
+    calls: list[tuple[str, tuple[Any, ...]]] = [
+        ("enqueue_bridge_event", (oid, ch.choice(["src", "other"]), 30078, '[["t","x"]]', "hello"))]
+    calls += [("record_bridge_failure", (oid, "relay down", ch.choice([0, 1000, 2500])))
+              for _ in range(ch.integer(0, 3))]
+    if ch.boolean():
+        calls.append(("mark_bridge_event_sent", (oid, "1" * 64, ("wss://r1",))))
+        if ch.boolean():
+            calls.append(("mark_bridge_event_sent", (oid, "1" * 64, ("wss://r2",))))
+    for reducer, args in calls:
+        out = call(d, CallContext(A, now, offset, POLICY), reducer, args)
+        if isinstance(out, Ok):
+            d, offset = out.state, offset + 1
+    return d, now, offset
 
 
 # --- the relations, asserted once --------------------------------------------------------------------------
@@ -362,6 +386,8 @@ def relation(name: str) -> DbRelation:
 @given(data=st.data())
 def test_reducer_relation_matches_the_model(reducer: str, data: st.DataObject) -> None:
     pre, now, offset = build_state(data)
+    if reducer in OUTBOX_REDUCERS:
+        pre, now, offset = outbox_history(data, pre, now, offset)
     _r, claims, args = draw_call(Chooser(data), pre, reducer)
     outcome = call(pre, CallContext(claims, now, offset, POLICY), reducer, args)
     post = outcome.state if isinstance(outcome, Ok) else pre
@@ -485,8 +511,8 @@ def test_outbox_calls_reach_every_branch() -> None:
               suppress_health_check=list(HealthCheck))
     @given(data=st.data())
     def probe(data: st.DataObject) -> None:
-        d, now, offset = build_state(data)
-        for reducer in ("enqueue_bridge_event", "mark_bridge_event_sent", "record_bridge_failure"):
+        d, now, offset = outbox_history(data, *build_state(data))
+        for reducer in OUTBOX_REDUCERS:
             _r, claims, args = draw_call(Chooser(data), d, reducer)
             seen.add(_outbox_branch(d, reducer, args, call(d, CallContext(claims, now, offset, POLICY), reducer,
                                                            args)))
