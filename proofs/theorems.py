@@ -184,7 +184,7 @@ def _pres_step(s: Step) -> ZBool:
     return goal
 
 
-def _bridge_calls(s: Step) -> list[P.Case]:
+def outbox_call_cases(s: Step) -> list[P.Case]:
     """The call goals of the outbox reducers: an accepted call stores exactly what it says."""
     if isinstance(s.act, E.EnqueueAct):
         return P.enqueue_stores(s.pre, s.act, s.post, s.res)
@@ -195,7 +195,7 @@ def _bridge_calls(s: Step) -> list[P.Case]:
     return []
 
 
-def _bridge3_calls(s: Step) -> list[P.Case]:
+def bridge3_call_cases(s: Step) -> list[P.Case]:
     if isinstance(s.act, E.EnqueueAct):
         return P.bridge3_enqueue(s.pre, s.act, s.post, s.res)
     if isinstance(s.act, E.MarkSentAct):
@@ -281,12 +281,12 @@ DB_PROOFS: tuple[Proof, ...] = (
              "outbox call stores exactly what it says",
              ("BRIDGE-1", "BRIDGE-2"),
              ("failure_past_max", "failure_not_counted", "enqueue_not_recorded", "first_mark_drops_relays"),
-             lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post), cases=_bridge_calls),
+             lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post), cases=outbox_call_cases),
     db_proof("bridge-worker", "the outbox rules a bridge worker relies on: dedupe on the hash of [source, kind, "
              "tags, content], due at once, durable backoff, repeated marks merge relays, another event id conflicts",
              ("BRIDGE-3",), ("source_not_in_dedupe_hash", "backoff_not_recorded", "backoff_unit_ms",
                              "repeated_ack_ignores_relays"),
-             lambda db, pol: P.bridge3_state(db), _true, cases=_bridge3_calls),
+             lambda db, pol: P.bridge3_state(db), _true, cases=bridge3_call_cases),
     db_proof("prov", "a provider's version rises by one exactly on a content change (recovery only raises versions)",
              ("PROV-1",), ("republish_bumps_version", "republish_change_dropped"),
              lambda db, pol: P.prov_state(db), _prov_step),

@@ -17,7 +17,7 @@ from proofs import encoding as E
 from proofs import props as P
 from proofs.api import ProofResult, check, run_all
 from proofs.core import select
-from proofs.theorems import ALL_PROOFS, Obligation, Proof, _bridge3_calls, _bridge_calls, db_proof
+from proofs.theorems import ALL_PROOFS, Obligation, Proof, bridge3_call_cases, db_proof, outbox_call_cases
 
 
 def _explain(r: ProofResult) -> str:
@@ -76,7 +76,7 @@ def test_outbox_controls_are_refuted_by_the_call_goals(proof_id: str, bug: str) 
     without_calls = db_proof("rows", "", (), (bug,), lambda db, pol: P.bridge1(db, pol),
                              lambda s: P.bridge2(s.pre, s.post))
     calls_only = db_proof("calls", "", (), (bug,), None, lambda s: z3.BoolVal(True),
-                          cases=_bridge_calls if proof_id == "bridge" else _bridge3_calls)
+                          cases=outbox_call_cases if proof_id == "bridge" else bridge3_call_cases)
     assert not _refutes(without_calls, bug), f"{bug} was already caught without the call goals"
     assert _refutes(calls_only, bug), f"the call goals of {proof_id} do not refute {bug}"
 
