@@ -38,13 +38,15 @@ Show = Sequence[tuple[str, object]]
 
 @dataclass(frozen=True)
 class Obligation:
+    """``hyps => goal``.  ``witnesses``: named premises of the goal's cases (:data:`proofs.props.Case`);
+    each must be satisfiable together with ``hyps``, or its case holds vacuously (``proofs.api.check``)."""
+
     label: str  # "init", "step[append_sync_event]", ...
     transition: str  # the transition it is about ("init" for the initial state)
     hyps: tuple[ZBool, ...]
     goal: ZBool
     show: Show = ()
-    witnesses: tuple[tuple[str, ZBool], ...] = ()  # named premises of the goal's cases: each must be
-    # satisfiable together with the hypotheses, or the case holds vacuously (``proofs.api.check``)
+    witnesses: tuple[tuple[str, ZBool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,7 @@ def outbox_call_cases(s: Step) -> list[P.Case]:
 
 
 def bridge3_call_cases(s: Step) -> list[P.Case]:
+    """The outbox rules a bridge worker relies on, on the calls they are about."""
     if isinstance(s.act, E.EnqueueAct):
         return P.bridge3_enqueue(s.pre, s.act, s.post, s.res)
     if isinstance(s.act, E.MarkSentAct):
