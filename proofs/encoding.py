@@ -10,9 +10,10 @@ Python model's ``(pre, action, post)`` and no other ``post``.
 Abstraction (what a :class:`Db` keeps of a :class:`spec.state.DbState`):
 
 * strings (ids, keys, identities, payloads, hashes) become integers by interning; hashing is the
-  uninterpreted function :data:`H` and canonicality the predicate :data:`CANON` -- the
-  correspondence tests pin both to ``sha256`` and ``spec.canonical.is_canonical`` on the values
-  they use;
+  uninterpreted function :data:`H` (the outbox dedupe key :data:`OUTBOX_HASH`) and canonicality the
+  predicate :data:`CANON` -- the correspondence tests pin them to ``sha256`` (of the canonical
+  ``[source, kind, tags, content]`` for the outbox) and ``spec.canonical.is_canonical`` on the
+  values they use;
 * keyed tables are fixed slots, one per key (``KEY-1`` holds by construction): ``S`` streams,
   ``C x S`` checkpoints (client x stream), ``N`` presence sessions, providers, assignments and
   outbox rows;
