@@ -52,7 +52,9 @@ class ProofResult:
 def check(ob: Obligation, timeout_ms: int = TIMEOUT_MS, vacuity: bool = True) -> tuple[str, float, str]:
     """Solve ``hyps /\\ not goal``: ('unsat' | 'sat' | 'unknown' | 'vacuous', seconds, model text).
     An unsat answer counts only if the hypotheses alone are satisfiable: a transition relation or
-    an invariant that no state satisfies would otherwise prove anything ('vacuous')."""
+    an invariant that no state satisfies would otherwise prove anything ('vacuous'); and only if each
+    of the obligation's witnesses (the premises of its call goal's cases) is satisfiable with them: a
+    case no state and call reach holds vacuously."""
     s = z3.SolverFor("QF_AUFLIA")  # every obligation is quantifier-free: arrays, functions, linear integers
     s.set("timeout", timeout_ms)
     s.add(*ob.hyps)
@@ -65,6 +67,15 @@ def check(ob: Obligation, timeout_ms: int = TIMEOUT_MS, vacuity: bool = True) ->
         s.pop()
         if vacuity and s.check() != z3.sat:
             return "vacuous", time.monotonic() - started, f"{ob.label}: the hypotheses are unsatisfiable"
+        for name, premise in ob.witnesses if vacuity else ():
+            s.push()
+            s.add(premise)
+            reached = s.check()
+            s.pop()
+            if reached == z3.unknown:
+                return "unknown", time.monotonic() - started, f"{ob.label}: case {name!r}: {s.reason_unknown()}"
+            if reached != z3.sat:
+                return "vacuous", time.monotonic() - started, f"{ob.label}: no state and call reach the case {name!r}"
         return "unsat", time.monotonic() - started, ""
     if res == z3.sat:
         m = s.model()

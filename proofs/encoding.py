@@ -10,18 +10,19 @@ Python model's ``(pre, action, post)`` and no other ``post``.
 Abstraction (what a :class:`Db` keeps of a :class:`spec.state.DbState`):
 
 * strings (ids, keys, identities, payloads, hashes) become integers by interning; hashing is the
-  uninterpreted function :data:`H` and canonicality the predicate :data:`CANON` -- the
-  correspondence tests pin both to ``sha256`` and ``spec.canonical.is_canonical`` on the values
-  they use;
+  uninterpreted function :data:`H` (the outbox dedupe key :data:`OUTBOX_HASH`) and canonicality the
+  predicate :data:`CANON` -- the correspondence tests pin them to ``sha256`` (of the canonical
+  ``[source, kind, tags, content]`` for the outbox) and ``spec.canonical.is_canonical`` on the
+  values they use;
 * keyed tables are fixed slots, one per key (``KEY-1`` holds by construction): ``S`` streams,
   ``C x S`` checkpoints (client x stream), ``N`` presence sessions, providers, assignments and
   outbox rows;
 * a stream's retained events are a bounded list of at most ``K`` rows *in table order* (the
   model inserts in seq order and deletes prefixes, so table order is seq order);
 * columns no decision reads and no invariant names are dropped: timestamps other than
-  ``committed_at``/``last_seen``/``expires_at``, ``stream_class``,
-  ``producer``, ``tx_offset``, bridge source/kind/tags/content (their hash, ``content_hash``, is
-  kept) and ``next_attempt_at``;
+  ``committed_at``/``last_seen``/``expires_at``/``updated_at`` and the outbox's
+  ``next_attempt_at``/``created_at``, ``stream_class``, ``producer``, ``tx_offset`` (the outbox keeps
+  every column: BRIDGE-3 names its source, kind, tags, content and backoff);
 * argument validation that needs strings (id syntax, JSON canonicalization, payload sizes,
   hash formats) is one action field ``arg_err``: 0, or the code of the first failing check.  The
   checks that depend on modelled values (enumerations, TTL range, the edge table, hash
@@ -126,6 +127,14 @@ ADVERTISES = z3.Function("Advertises", z3.IntSort(), z3.IntSort(), z3.BoolSort()
 """(interned nip90_kinds list, job kind) -> does the list contain the kind."""
 MERGE = z3.Function("Merge", z3.IntSort(), z3.IntSort(), z3.IntSort())
 """(interned relay list, interned relay list) -> the interned sorted union (relays_acked merging)."""
+OUTBOX_HASH = z3.Function("OutboxHash", z3.IntSort(), z3.IntSort(), z3.IntSort(), z3.IntSort(), z3.IntSort())
+"""(source, nostr_kind, canonical tags, content) -> the outbox dedupe key, the hash of canonical
+``[source, nostr_kind, tags, content]`` (``spec.reducers.outbox_content_hash``), interned."""
+SOURCE_LEFT_OUT = -1
+"""The source argument of :data:`OUTBOX_HASH` in the planted bug ``source_not_in_dedupe_hash`` (a
+hash of ``[nostr_kind, tags, content]``: the same for every source; no interned string is -1)."""
+US_PER_MS = 1000
+"""Timestamps are microseconds; ``retry_after_ms`` and ``ttl_ms`` are milliseconds."""
 
 # --- rows -------------------------------------------------------------------------------------------------
 
@@ -213,16 +222,24 @@ class Assignment(Record):
 
 @dataclass(frozen=True)
 class Outbox(Record):
+    """A ``bridge_outbox`` row, every column (in the model's order)."""
+
     GUARDS: ClassVar[dict[str, str]] = {"event_id": "has_event_id", "error": "has_error"}
     used: ZBool
+    source: ZInt
+    kind: ZInt  # nostr_kind
+    tags: ZInt  # the canonical tags text, interned
+    content: ZInt
     content_hash: ZInt
     status: ZInt
     attempts: ZInt
-    has_event_id: ZBool
-    event_id: ZInt
-    relays: ZInt
+    next_at: ZInt  # next_attempt_at
     has_error: ZBool
-    error: ZInt
+    error: ZInt  # last_error
+    has_event_id: ZBool
+    event_id: ZInt  # nostr_event_id
+    relays: ZInt  # relays_acked, interned (RELAYS_NONE: empty)
+    created: ZInt  # created_at
     updated: ZInt  # updated_at (retention)
 
 
@@ -515,8 +532,11 @@ class UpdateAct(Record):
 class EnqueueAct(Record):
     outbox: ZInt
     scope: ZBool  # bridge.enqueue
-    arg_err: ZInt
-    digest: ZInt  # hash of [source, kind, tags, content]
+    arg_err: ZInt  # id syntax, tags canonical and an array of string arrays, kind allowed, no control chars
+    source: ZInt
+    kind: ZInt
+    tags: ZInt  # the canonical tags text (the call's tags_json canonicalized)
+    content: ZInt
     now: ZInt
 
 
@@ -534,8 +554,9 @@ class MarkSentAct(Record):
 class FailureAct(Record):
     outbox: ZInt
     scope: ZBool  # bridge.mark_sent
-    arg_err: ZInt
+    arg_err: ZInt  # id syntax, error length, retry_after_ms at most the policy's maximum
     error: ZInt
+    retry: ZInt  # retry_after_ms
     now: ZInt
 
 
@@ -933,19 +954,34 @@ def t_update(pre: Db, a: UpdateAct, post: Db, r: Result, d: Delta, pol: Policy, 
                   per_slot(a.request, N, at))
 
 
+def outbox_digest(source: ZInt, kind: ZInt, tags: ZInt, content: ZInt, bug: str = "") -> ZInt:
+    """``spec.reducers.outbox_content_hash``: the dedupe key of an outbox row."""
+    return OUTBOX_HASH(SOURCE_LEFT_OUT if bug == "source_not_in_dedupe_hash" else source, kind, tags, content)
+
+
 def t_enqueue(pre: Db, a: EnqueueAct, post: Db, r: Result, d: Delta, pol: Policy, bug: str = "") -> ZBool:
-    """``enqueue_bridge_event``: same content is a no-op; different content a conflict."""
+    """``enqueue_bridge_event``: same content hash is a no-op; a different one a conflict; else a new
+    row, pending, no attempts, due now."""
 
     def at(i: int) -> ZBool:
         old = pre.outbox[i]
+        digest = outbox_digest(a.source, a.kind, a.tags, a.content, bug)
+        stored = old.content_hash
+        if bug == "source_not_in_dedupe_hash":  # the stored row's key is the bug's too: hash of [kind, tags, content]
+            stored = outbox_digest(old.source, old.kind, old.tags, old.content, bug)
         err = first_error([
             (z3.Not(a.scope), MS),
             (a.arg_err != OK_CODE, a.arg_err),
-            (z3.And(old.used, old.content_hash != a.digest), code(ErrorCode.IDEMPOTENCY_CONFLICT)),
+            (z3.And(old.used, stored != digest), code(ErrorCode.IDEMPOTENCY_CONFLICT)),
         ])
-        new = Outbox(True, a.digest, B_STATUS["pending"], 0, False, 0, RELAYS_NONE, False, 0, a.now)
+        new = Outbox(used=True, source=a.source, kind=a.kind, tags=a.tags, content=a.content, content_hash=digest,
+                     status=B_STATUS["pending"], attempts=0, next_at=a.now, has_error=False, error=0,
+                     has_event_id=False, event_id=0, relays=RELAYS_NONE, created=a.now, updated=a.now)
+        writes = z3.Not(old.used)
+        if bug == "enqueue_not_recorded":  # a new row is acknowledged and not written
+            writes = z3.BoolVal(False)
         return z3.And(z3.Not(r.has_ret), z3.If(
-            z3.And(err == OK_CODE, z3.Not(old.used)),
+            z3.And(err == OK_CODE, writes),
             z3.And(r.code == OK_CODE, r.wrote, same(post.outbox[i], new), frame(pre, post, {f"outbox{i}"}),
                    no_delta(d)),
             fail(pre, post, r, d, err)))
@@ -968,9 +1004,13 @@ def t_mark_sent(pre: Db, a: MarkSentAct, post: Db, r: Result, d: Delta, pol: Pol
              code(ErrorCode.BRIDGE_EVENT_CONFLICT)),
         ])
         relays = z3.If(sent, MERGE(old.relays, a.relays), a.relays)
-        new = Outbox(True, old.content_hash, B_STATUS["sent"], old.attempts, True, a.event_id, relays,
-                     old.has_error, old.error, a.now)
+        if bug == "first_mark_drops_relays":  # a pending or failed row goes sent keeping its (empty) relays
+            relays = z3.If(sent, relays, old.relays)
+        new = replace(old, status=B_STATUS["sent"], has_event_id=True, event_id=a.event_id, relays=relays,
+                      updated=a.now)
         adds = z3.Or(z3.Not(sent), relays != old.relays)  # a repeated success writes only when it adds a relay
+        if bug == "repeated_ack_ignores_relays":
+            adds = z3.Not(sent)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, adds),
             z3.And(r.code == OK_CODE, r.wrote, same(post.outbox[i], new), frame(pre, post, {f"outbox{i}"}),
@@ -981,7 +1021,9 @@ def t_mark_sent(pre: Db, a: MarkSentAct, post: Db, r: Result, d: Delta, pol: Pol
 
 
 def t_failure(pre: Db, a: FailureAct, post: Db, r: Result, d: Delta, pol: Policy, bug: str = "") -> ZBool:
-    """``record_bridge_failure``: attempts + 1; at the maximum the row is failed (dead letter)."""
+    """``record_bridge_failure`` on a pending row: attempts + 1, last_error, next_attempt_at = now +
+    retry_after_ms (in microseconds); at the maximum the row is failed (dead letter).  A sent or
+    failed row: an accepted no-op."""
 
     def at(i: int) -> ZBool:
         old = pre.outbox[i]
@@ -990,17 +1032,22 @@ def t_failure(pre: Db, a: FailureAct, post: Db, r: Result, d: Delta, pol: Policy
             (a.arg_err != OK_CODE, a.arg_err),
             (z3.Not(old.used), code(ErrorCode.BRIDGE_EVENT_MISSING)),
         ])
-        attempts = old.attempts + 1
+        attempts = old.attempts if bug == "failure_not_counted" else old.attempts + 1
         dead = attempts > pol.max_attempts if bug == "failure_past_max" else attempts >= pol.max_attempts
-        new = Outbox(True, old.content_hash, z3.If(dead, B_STATUS["failed"], B_STATUS["pending"]),
-                     attempts, old.has_event_id, old.event_id, old.relays, True, a.error, a.now)
+        next_at = a.now + US_PER_MS * a.retry
+        if bug == "backoff_not_recorded":
+            next_at = old.next_at
+        if bug == "backoff_unit_ms":  # retry_after_ms added to a microsecond clock as it is
+            next_at = a.now + a.retry
+        new = replace(old, status=z3.If(dead, B_STATUS["failed"], B_STATUS["pending"]), attempts=attempts,
+                      next_at=next_at, has_error=True, error=a.error, updated=a.now)
         return z3.And(z3.Not(r.has_ret), z3.If(
             z3.And(err == OK_CODE, old.status == B_STATUS["pending"]),
             z3.And(r.code == OK_CODE, r.wrote, same(post.outbox[i], new), frame(pre, post, {f"outbox{i}"}),
                    no_delta(d)),
             fail(pre, post, r, d, err)))
 
-    return z3.And(arg_err_ok("failure", a.arg_err), per_slot(a.outbox, N, at))
+    return z3.And(arg_err_ok("failure", a.arg_err), a.retry >= 0, per_slot(a.outbox, N, at))
 
 
 def t_signal(pre: Db, a: SignalAct, post: Db, r: Result, d: Delta, pol: Policy, bug: str = "") -> ZBool:
@@ -1172,6 +1219,19 @@ BUGS: dict[str, tuple[str, str]] = {
     "update_not_recorded": ("update_compute_assignment", "an update that passes every check is accepted and not "
                             "written"),
     "failure_past_max": ("record_bridge_failure", "a row goes failed only past the maximum attempts"),
+    "failure_not_counted": ("record_bridge_failure", "a failure on a pending row records its error and backoff "
+                            "but not the attempt"),
+    "backoff_not_recorded": ("record_bridge_failure", "a failure keeps the row's next_attempt_at (no durable "
+                             "backoff)"),
+    "backoff_unit_ms": ("record_bridge_failure", "the backoff adds retry_after_ms to the microsecond clock "
+                        "unconverted (next_attempt_at = now + retry_after_ms, read literally)"),
+    "enqueue_not_recorded": ("enqueue_bridge_event", "a new outbox row is acknowledged and not written"),
+    "source_not_in_dedupe_hash": ("enqueue_bridge_event", "the dedupe hash leaves out the source: another source "
+                                  "under a taken outbox_id is a silent no-op"),
+    "first_mark_drops_relays": ("mark_bridge_event_sent", "a pending or failed row goes sent without the relays "
+                                "the call acknowledges"),
+    "repeated_ack_ignores_relays": ("mark_bridge_event_sent", "a repeated mark of a sent row is a no-op even when "
+                                    "it acknowledges new relays"),
     "execute_by_scope_alone": ("update_compute_assignment", "any compute.execute holder takes the executor edges "
                                "(start, complete, fail) of any assigned job"),
     "assign_skips_provider_check": ("update_compute_assignment", "assigning does not check that the provider exists, "

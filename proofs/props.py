@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import z3
 
-from proofs.core import OK_CODE, ZBool, ZInt, code, one_of, same
+from proofs.core import OK_CODE, ZBool, ZInt, code, one_of, same, select
 from proofs.encoding import (
     A_STATUS,
     A_TERMINAL,
@@ -24,21 +24,28 @@ from proofs.encoding import (
     B_STATUS,
     CANON,
     FS,
+    MERGE,
     MS,
     P_OFFLINE,
     P_REASON,
     P_STATUS,
     PROV_STATUS,
+    RELAYS_NONE,
+    US_PER_MS,
     AckAct,
     AppendAct,
     Assignment,
     C,
     Db,
     Delta,
+    EnqueueAct,
+    FailureAct,
     H,
     K,
+    MarkSentAct,
     N,
     OpenAct,
+    Outbox,
     Policy,
     PresenceAct,
     Provider,
@@ -48,8 +55,10 @@ from proofs.encoding import (
     UpdateAct,
     ckpt_index,
     edge_allowed,
+    frame,
     max_epoch,
     no_delta,
+    outbox_digest,
     same_db,
     same_event,
     vepoch,
@@ -162,6 +171,13 @@ def bridge1(db: Db, pol: Policy) -> ZBool:
         z3.Implies(b.status == B_STATUS["pending"], b.attempts < pol.max_attempts))) for b in db.outbox])
 
 
+def bridge3_state(db: Db) -> ZBool:
+    """BRIDGE-3, the state part: every outbox row is stored under its dedupe key, the hash of its own
+    ``[source, nostr_kind, tags, content]``."""
+    return z3.And([z3.Implies(b.used, b.content_hash == outbox_digest(b.source, b.kind, b.tags, b.content))
+                   for b in db.outbox])
+
+
 def prov_state(db: Db) -> ZBool:
     """The state part of the provider checks (``check_state`` files them under HASH-1): a valid
     status and version >= 1 (and version_floor >= 1, which new rows start at)."""
@@ -189,7 +205,7 @@ def evt1(db: Db) -> ZBool:
 def state_invariant(db: Db, pol: Policy) -> ZBool:
     """Every state invariant of the database layer (the inductive invariant of the DB proofs)."""
     return z3.And(seq1(db), idem1(db), hash1(db), ckpt1(db), pres1(db), assign2(db), bridge1(db, pol),
-                  prov_state(db), evt1(db))
+                  bridge3_state(db), prov_state(db), evt1(db))
 
 
 # --- transition invariants --------------------------------------------------------------------------------
@@ -280,6 +296,126 @@ def bridge2(pre: Db, post: Db) -> ZBool:
         z3.Implies(a.status == B_STATUS["sent"], same(a, replace(b, relays=a.relays, updated=a.updated))),
         b.attempts >= a.attempts))
         for a, b in zip(pre.outbox, post.outbox, strict=True)])
+
+
+# --- call invariants (the bridge outbox) ----------------------------------------------------------------------
+#
+# Each is a list of cases ``(name, premise, conclusion)``: the goal is every ``premise => conclusion``,
+# and each premise must be satisfiable with the obligation's hypotheses (a case that no state and
+# call can reach would hold vacuously; ``proofs.api.check`` reports it as ``vacuous``).
+
+Case = tuple[str, ZBool, ZBool]
+
+
+def cases_goal(cases: list[Case]) -> ZBool:
+    return z3.And([z3.Implies(premise, conclusion) for _name, premise, conclusion in cases])
+
+
+def _outbox_rest(pre: Db, post: Db, slot: ZInt) -> ZBool:
+    """Every component but the named outbox row is unchanged."""
+    return z3.And(frame(pre, post, {f"outbox{i}" for i in range(N)}),
+                  *[z3.Implies(slot != i, same(x, y)) for i, (x, y) in enumerate(zip(pre.outbox, post.outbox,
+                                                                                     strict=True))])
+
+
+def enqueue_stores(pre: Db, a: EnqueueAct, post: Db, r: Result) -> list[Case]:
+    """The call ``enqueue_bridge_event``: an accepted enqueue that writes inserts the row it describes -- its
+    source, kind, tags, content and their hash, pending, no attempts, no error, no event id, no relays, created,
+    updated and due now -- and nothing else; one that writes nothing is a retry of a row holding its content
+    hash, and changes nothing.  (A new row is never acknowledged and lost.)"""
+    old, new = select(pre.outbox, a.outbox), select(post.outbox, a.outbox)
+    row = Outbox(used=True, source=a.source, kind=a.kind, tags=a.tags, content=a.content,
+                 content_hash=outbox_digest(a.source, a.kind, a.tags, a.content), status=B_STATUS["pending"],
+                 attempts=0, next_at=a.now, has_error=False, error=0, has_event_id=False, event_id=0,
+                 relays=RELAYS_NONE, created=a.now, updated=a.now)
+    ok = r.code == OK_CODE
+    return [
+        ("enqueue writes", z3.And(ok, r.wrote),
+         z3.And(z3.Not(old.used), same(new, row), _outbox_rest(pre, post, a.outbox))),
+        ("enqueue retry", z3.And(ok, z3.Not(r.wrote)),
+         z3.And(old.used, old.content_hash == row.content_hash, same_db(pre, post))),
+    ]
+
+
+def mark_sent_stores(pre: Db, a: MarkSentAct, post: Db, r: Result) -> list[Case]:
+    """The call ``mark_bridge_event_sent``: an accepted mark leaves the row sent with this event id and
+    relays_acked = the call's relays, merged with those of a row already sent; it writes exactly when the
+    row was not sent or the merge adds a relay (then updated_at = now), and changes nothing else."""
+    old, new = select(pre.outbox, a.outbox), select(post.outbox, a.outbox)
+    sent = old.status == B_STATUS["sent"]
+    relays = z3.If(sent, MERGE(old.relays, a.relays), a.relays)
+    writes = z3.Or(z3.Not(sent), relays != old.relays)
+    row = replace(old, status=B_STATUS["sent"], has_event_id=True, event_id=a.event_id, relays=relays,
+                  updated=z3.If(writes, a.now, old.updated))
+    return [("mark accepted", r.code == OK_CODE,
+             z3.And(old.used, r.wrote == writes, same(new, row), _outbox_rest(pre, post, a.outbox)))]
+
+
+def failure_stores(pre: Db, a: FailureAct, post: Db, r: Result, pol: Policy) -> list[Case]:
+    """The call ``record_bridge_failure``: accepted on a pending row, it writes the row with attempts + 1,
+    failed exactly when that reaches the maximum (else pending), last_error = the error, next_attempt_at =
+    now + retry_after_ms (microseconds), updated_at = now, and nothing else; accepted on a sent or failed row
+    it writes nothing."""
+    old, new = select(pre.outbox, a.outbox), select(post.outbox, a.outbox)
+    pending = z3.And(old.used, old.status == B_STATUS["pending"])
+    attempts = old.attempts + 1
+    row = replace(old, attempts=attempts,
+                  status=z3.If(attempts >= pol.max_attempts, B_STATUS["failed"], B_STATUS["pending"]),
+                  has_error=True, error=a.error, next_at=a.now + US_PER_MS * a.retry, updated=a.now)
+    ok = r.code == OK_CODE
+    return [
+        ("failure counted", z3.And(ok, pending), z3.And(r.wrote, same(new, row), _outbox_rest(pre, post, a.outbox))),
+        ("failure on a settled row", z3.And(ok, z3.Not(pending)),
+         z3.And(old.used, z3.Not(r.wrote), same_db(pre, post))),
+    ]
+
+
+def bridge3_enqueue(pre: Db, a: EnqueueAct, post: Db, r: Result) -> list[Case]:
+    """BRIDGE-3, enqueue: past scope and argument checks, a taken outbox_id with the same source, kind, tags
+    and content is an accepted retry that writes nothing; with another source -- or another kind, tags or
+    content -- it is idempotency_conflict (assuming the hash has no collision between the two: the premise
+    says so); a new row is due at once (next_attempt_at = created_at = now)."""
+    old, new = select(pre.outbox, a.outbox), select(post.outbox, a.outbox)
+    passes = z3.And(a.scope, a.arg_err == OK_CODE, old.used)
+    no_collision = z3.Implies(old.content_hash == outbox_digest(a.source, a.kind, a.tags, a.content), z3.And(
+        old.source == a.source, old.kind == a.kind, old.tags == a.tags, old.content == a.content))
+    same_rest = z3.And(old.kind == a.kind, old.tags == a.tags, old.content == a.content)
+    conflict = r.code == code(ErrorCode.IDEMPOTENCY_CONFLICT)
+    return [
+        ("same content: retry", z3.And(passes, old.source == a.source, same_rest),
+         z3.And(r.code == OK_CODE, z3.Not(r.wrote))),
+        ("another source: conflict", z3.And(passes, old.source != a.source, no_collision), conflict),
+        ("other kind, tags or content: conflict", z3.And(passes, old.source == a.source, z3.Not(same_rest),
+                                                         no_collision), conflict),
+        ("new row due now", z3.And(r.code == OK_CODE, z3.Not(old.used)),
+         z3.And(new.used, new.next_at == a.now, new.created == a.now)),
+    ]
+
+
+def bridge3_failure(pre: Db, a: FailureAct, post: Db, r: Result) -> list[Case]:
+    """BRIDGE-3, record_bridge_failure on a pending row: next_attempt_at = now + retry_after_ms (the model's
+    clock is in microseconds, so now + 1000 * retry_after_ms)."""
+    old, new = select(pre.outbox, a.outbox), select(post.outbox, a.outbox)
+    return [("failure backoff", z3.And(r.code == OK_CODE, old.used, old.status == B_STATUS["pending"]),
+             new.next_at == a.now + US_PER_MS * a.retry)]
+
+
+def bridge3_mark(pre: Db, a: MarkSentAct, post: Db, r: Result) -> list[Case]:
+    """BRIDGE-3, mark_bridge_event_sent on a sent row: with the event id it records, the relays are merged into
+    relays_acked and the call writes exactly when that adds one; with another event id it is
+    bridge_event_conflict."""
+    old, new = select(pre.outbox, a.outbox), select(post.outbox, a.outbox)
+    passes = z3.And(a.scope, a.arg_err == OK_CODE, old.used, old.status == B_STATUS["sent"])
+    same_id = z3.And(old.has_event_id, old.event_id == a.event_id)
+    merged = MERGE(old.relays, a.relays)
+    return [
+        ("repeat adding a relay", z3.And(passes, same_id, merged != old.relays),
+         z3.And(r.code == OK_CODE, r.wrote, new.used, new.relays == merged)),
+        ("repeat adding none", z3.And(passes, same_id, merged == old.relays),
+         z3.And(r.code == OK_CODE, z3.Not(r.wrote), same_db(pre, post))),
+        ("another event id: conflict", z3.And(passes, z3.Not(same_id)),
+         r.code == code(ErrorCode.BRIDGE_EVENT_CONFLICT)),
+    ]
 
 
 def prov1(pre: Db, post: Db) -> ZBool:

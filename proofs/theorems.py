@@ -38,11 +38,15 @@ Show = Sequence[tuple[str, object]]
 
 @dataclass(frozen=True)
 class Obligation:
+    """``hyps => goal``.  ``witnesses``: named premises of the goal's cases (:data:`proofs.props.Case`);
+    each must be satisfiable together with ``hyps``, or its case holds vacuously (``proofs.api.check``)."""
+
     label: str  # "init", "step[append_sync_event]", ...
     transition: str  # the transition it is about ("init" for the initial state)
     hyps: tuple[ZBool, ...]
     goal: ZBool
     show: Show = ()
+    witnesses: tuple[tuple[str, ZBool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,12 @@ def _bug_transition(bug: str) -> str:
 
 def db_proof(pid: str, title: str, invariants: tuple[str, ...], controls: tuple[str, ...],
              state_goal: Callable[[E.Db, E.Policy], ZBool] | None,
-             step_goal: Callable[[Step], ZBool], lemma: Callable[[E.Db], ZBool] | None = None) -> Proof:
+             step_goal: Callable[[Step], ZBool], lemma: Callable[[E.Db], ZBool] | None = None,
+             cases: Callable[[Step], list[P.Case]] | None = None) -> Proof:
     """A proof over every transition of the database layer.  ``lemma``: a state invariant outside
-    the layer's conjunction, assumed of the pre-state (it is then also the proof's own goal)."""
+    the layer's conjunction, assumed of the pre-state (it is then also the proof's own goal).
+    ``cases``: call goals as cases ``(name, premise, conclusion)``, each premise also a witness that
+    must be satisfiable (:class:`Obligation`)."""
 
     def build(bug: str) -> list[Obligation]:
         only = _bug_transition(bug) if bug else None
@@ -103,12 +110,16 @@ def db_proof(pid: str, title: str, invariants: tuple[str, ...], controls: tuple[
             rel = t.relation(pre, act, post, res, delta, pol, bug=bug)
             step = Step(t.name, pre, act, post, res, delta, pol)
             goal = step_goal(step)
+            cs = cases(step) if cases is not None else []
+            if cs:
+                goal = z3.And(goal, P.cases_goal(cs))
             if state_goal is not None:
                 goal = z3.And(state_goal(post, pol), goal)
             hyps = (E.policy_ok(pol), P.state_invariant(pre, pol), rel, *((lemma(pre),) if lemma else ()))
             out.append(Obligation(f"step[{t.name}]", t.name, hyps,
                                   goal, (("policy", pol), ("pre", pre), ("action", act), ("result", res),
-                                         ("delta", delta), ("post", post))))
+                                         ("delta", delta), ("post", post)),
+                                  tuple((name, premise) for name, premise, _ in cs)))
         return out
 
     return Proof(pid, title, invariants, tuple(t.name for t in E.DB_TRANSITIONS), DB_BOUNDS, build, controls)
@@ -173,6 +184,28 @@ def _pres_step(s: Step) -> ZBool:
         assert isinstance(s.act, E.SweepAct)
         goal = z3.And(goal, P.pres2_sweep(s.post, s.act.now))
     return goal
+
+
+def outbox_call_cases(s: Step) -> list[P.Case]:
+    """The call goals of the outbox reducers: an accepted call stores exactly what it says."""
+    if isinstance(s.act, E.EnqueueAct):
+        return P.enqueue_stores(s.pre, s.act, s.post, s.res)
+    if isinstance(s.act, E.MarkSentAct):
+        return P.mark_sent_stores(s.pre, s.act, s.post, s.res)
+    if isinstance(s.act, E.FailureAct):
+        return P.failure_stores(s.pre, s.act, s.post, s.res, s.pol)
+    return []
+
+
+def bridge3_call_cases(s: Step) -> list[P.Case]:
+    """The outbox rules a bridge worker relies on, on the calls they are about."""
+    if isinstance(s.act, E.EnqueueAct):
+        return P.bridge3_enqueue(s.pre, s.act, s.post, s.res)
+    if isinstance(s.act, E.MarkSentAct):
+        return P.bridge3_mark(s.pre, s.act, s.post, s.res)
+    if isinstance(s.act, E.FailureAct):
+        return P.bridge3_failure(s.pre, s.act, s.post, s.res)
+    return []
 
 
 _SCOPED: dict[str, tuple[str, bool]] = {
@@ -247,9 +280,16 @@ DB_PROOFS: tuple[Proof, ...] = (
              "its owner, and neither changes afterwards",
              ("ASSIGN-3", "ASSIGN-4"), ("execute_by_scope_alone", "assign_skips_provider_check"),
              None, _assign_roles_step),
-    db_proof("bridge", "sent iff an event id; failed at the maximum attempts; sent rows never change",
-             ("BRIDGE-1", "BRIDGE-2"), ("failure_past_max",),
-             lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post)),
+    db_proof("bridge", "sent iff an event id; failed at the maximum attempts; sent rows never change; an accepted "
+             "outbox call stores exactly what it says",
+             ("BRIDGE-1", "BRIDGE-2"),
+             ("failure_past_max", "failure_not_counted", "enqueue_not_recorded", "first_mark_drops_relays"),
+             lambda db, pol: P.bridge1(db, pol), lambda s: P.bridge2(s.pre, s.post), cases=outbox_call_cases),
+    db_proof("bridge-worker", "the outbox rules a bridge worker relies on: dedupe on the hash of [source, kind, "
+             "tags, content], due at once, durable backoff, repeated marks merge relays, another event id conflicts",
+             ("BRIDGE-3",), ("source_not_in_dedupe_hash", "backoff_not_recorded", "backoff_unit_ms",
+                             "repeated_ack_ignores_relays"),
+             lambda db, pol: P.bridge3_state(db), _true, cases=bridge3_call_cases),
     db_proof("prov", "a provider's version rises by one exactly on a content change (recovery only raises versions)",
              ("PROV-1",), ("republish_bumps_version", "republish_change_dropped"),
              lambda db, pol: P.prov_state(db), _prov_step),

@@ -61,6 +61,7 @@ class Interner:
     payloads: set[str] = field(default_factory=set)
     kind_lists: set[tuple[int, ...]] = field(default_factory=set)
     relay_lists: set[tuple[str, ...]] = field(default_factory=set)
+    outbox_keys: set[tuple[str, int, str, str]] = field(default_factory=set)
 
     def __call__(self, value: object) -> int:
         if value == ():
@@ -79,6 +80,11 @@ class Interner:
         self.relay_lists.add(relays)
         return self(relays)
 
+    def outbox_key(self, source: str, kind: int, tags: str, content: str) -> None:
+        """An outbox row's or call's ``[source, kind, tags, content]`` (tags canonical): its dedupe
+        hash gets pinned (``OUTBOX_HASH``)."""
+        self.outbox_keys.add((source, kind, tags, content))
+
     def kinds(self, kinds: tuple[int, ...]) -> int:
         """A nip90_kinds list: which job kinds it advertises gets pinned."""
         self.kind_lists.add(kinds)
@@ -91,6 +97,10 @@ class Interner:
             out.append(E.CANON(self(p)) == is_canonical(p))
         for kinds in sorted(self.kind_lists):
             out += [E.ADVERTISES(self(kinds), k) == (k in kinds) for k in JOB_KINDS]
+        for source, kind, tags, content in sorted(self.outbox_keys):
+            # the dedupe key, computed here from its definition (canonical JSON of the four, hashed)
+            text = dumps_canonical([source, kind, parse_strict(tags), content])
+            out.append(E.OUTBOX_HASH(self(source), kind, self(tags), self(content)) == self(payload_hash(text)))
         lists = sorted(self.relay_lists)
         for x in lists:
             for y in lists:
@@ -105,6 +115,7 @@ def code_of(err: ErrorCode) -> int:
 # --- states -----------------------------------------------------------------------------------------------
 
 ZERO_EVENT = E.Event(0, 0, 0, 0, 0, 0)
+NO_OUTBOX = E.Outbox(False, 0, 0, 0, 0, 0, 0, 0, 0, False, 0, False, 0, 0, 0, 0)
 
 
 def fits(db: DbState) -> bool:
@@ -162,10 +173,15 @@ def db(i: Interner, d: DbState) -> E.Db:
     outbox = []
     for oid in OUTBOXES:
         b = d.find(BridgeOutbox, lambda x, oid=oid: x.outbox_id == oid)  # type: ignore[misc]
-        outbox.append(E.Outbox(True, i(b.content_hash), E.B_STATUS[b.status], b.attempts, b.nostr_event_id is not None,
-                               0 if b.nostr_event_id is None else i(b.nostr_event_id), i.relays(b.relays_acked),
-                               b.last_error is not None, 0 if b.last_error is None else i(b.last_error), b.updated_at)
-                      if b else E.Outbox(False, 0, 0, 0, False, 0, 0, False, 0, 0))
+        outbox.append(E.Outbox(
+            used=True, source=i(b.source), kind=b.nostr_kind, tags=i(b.tags), content=i(b.content),
+            content_hash=i(b.content_hash), status=E.B_STATUS[b.status], attempts=b.attempts,
+            next_at=b.next_attempt_at, has_error=b.last_error is not None,
+            error=0 if b.last_error is None else i(b.last_error), has_event_id=b.nostr_event_id is not None,
+            event_id=0 if b.nostr_event_id is None else i(b.nostr_event_id), relays=i.relays(b.relays_acked),
+            created=b.created_at, updated=b.updated_at) if b else NO_OUTBOX)
+        if b:
+            i.outbox_key(b.source, b.nostr_kind, b.tags, b.content)
     evt_rows = len(d.rows("presence_signal")) + len(d.rows("stream_signal"))
     return E.Db(tuple(streams), tuple(events), d.epoch_floor, tuple(ckpts), tuple(presence), tuple(providers),
                 tuple(assignments), tuple(outbox), evt_rows, d.version_floor)
@@ -304,9 +320,10 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
                      if any(0 <= ord(ch) < 32 and ch not in "\b\t\n\f\r"
                             for text in [content, *(x for t in parse_strict(canon[0]) for x in t)] for ch in text)
                      else OK_CODE)
-        digest = i(payload_hash(dumps_canonical([source, kind, parse_strict(canon[0]), content]))) \
-            if err == OK_CODE else 0
-        return E.EnqueueAct(OUTBOXES.index(oid), has_scope(claims, "bridge.enqueue"), err, digest, now)
+        if err == OK_CODE:
+            i.outbox_key(source, kind, canon[0], content)
+        return E.EnqueueAct(OUTBOXES.index(oid), has_scope(claims, "bridge.enqueue"), err, i(source), kind,
+                            i(canon[0]) if canon else 0, i(content), now)
     if reducer == "mark_bridge_event_sent":
         oid, eid, relays = args
         err = _first(_ids(oid), lambda: OK_CODE if is_hash("sha256:" + eid) else IA,
@@ -317,7 +334,7 @@ def action(i: Interner, reducer: str, claims: Claims, args: tuple[Any, ...], now
         oid, error, retry = args
         err = _first(_ids(oid), lambda: OK_CODE if error and len(error) <= pol.max_error_text else IA,
                      lambda: OK_CODE if retry <= pol.bridge_max_retry_after_ms else IA)
-        return E.FailureAct(OUTBOXES.index(oid), has_scope(claims, "bridge.mark_sent"), err, i(error), now)
+        return E.FailureAct(OUTBOXES.index(oid), has_scope(claims, "bridge.mark_sent"), err, i(error), retry, now)
     if reducer == "publish_stream_signal":
         sid, kind, payload = args
         canon = []

@@ -200,18 +200,38 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
                             provider or oneof([None, None, "prov1", "prov2"], ["bad prov"]),
                             oneof([None, None, '{"ok":true}'], ["{"]))
     if reducer == "enqueue_bridge_event":
+        rows = list(d.of_type(BridgeOutbox))
+        if aim and rows and not valid:  # a retry, or the same id with one of source, kind, tags, content changed
+            b = ch.choice(rows)
+            which = ch.choice(["none", "none", "source", "kind", "tags", "content"])
+            return reducer, c, (b.outbox_id, "other" if which == "source" and b.source == "src" else
+                                "src" if which == "source" else b.source,
+                                31990 if which == "kind" and b.nostr_kind == 30078 else
+                                30078 if which == "kind" else b.nostr_kind,
+                                '[["t","y"]]' if which == "tags" else ch.choice([b.tags, f" {b.tags} "]),
+                                b.content + "!" if which == "content" else b.content)
         return reducer, c, (ch.choice(OUTBOXES), oneof(["src", "src", "other"], ["bad src"]),
                             oneof([30078, 31990], [1]),
-                            oneof(['[["t","x"]]'], ["[1]", "{"]), ch.choice(["hello", "bye"]))
+                            oneof(['[["t","x"]]', *([] if valid else ['[ ["t","x"] ]', "[]"])], ["[1]", "{"]),
+                            ch.choice(["hello", "bye"]))
     if reducer == "mark_bridge_event_sent":
-        return reducer, c, (ch.choice(OUTBOXES), oneof(["1" * 64, "2" * 64], ["zz"]),
-                            oneof([(), ("wss://r1",), ("wss://r2", "wss://r1", "wss://r1")], [("",)]))
+        rows = [b for b in d.of_type(BridgeOutbox) for _ in range(2 if b.status == "sent" else 1)]
+        relays = oneof([(), ("wss://r1",), ("wss://r2", "wss://r1", "wss://r1"), *([] if valid else [("wss://r3",)])],
+                       [("",)])
+        if aim and rows and not valid:  # an existing row; a sent one marked again with its event id (or another)
+            b = ch.choice(rows)
+            if b.nostr_event_id is None:
+                return reducer, c, (b.outbox_id, ch.choice(["1" * 64, "2" * 64]), relays)
+            eid = ch.choice([b.nostr_event_id, b.nostr_event_id, "3" * 64])
+            return reducer, c, (b.outbox_id, eid, ch.choice([relays, ("wss://r3", "wss://r1"), ("wss://r4",),
+                                                             b.relays_acked, b.relays_acked[:1]]))
+        return reducer, c, (ch.choice(OUTBOXES), oneof(["1" * 64, "2" * 64], ["zz"]), relays)
     if reducer == "record_bridge_failure":
         pending = [b.outbox_id for b in d.of_type(BridgeOutbox) if b.status == "pending"]
         if aim and pending:
-            return reducer, EXECUTOR, (ch.choice(pending), "relay down", 1000)
+            return reducer, EXECUTOR, (ch.choice(pending), "relay down", 1000 if valid else ch.choice([0, 1000, 2500]))
         return reducer, c, (ch.choice(OUTBOXES), oneof(["relay down", "down"], ["", "x" * 2000]),
-                            oneof([1000], [10**12]))
+                            oneof([1000, *([] if valid else [0, 86_400_000])], [10**12, 86_400_001]))
     if reducer == "publish_stream_signal":
         return reducer, c, (ch.choice(STREAMS), oneof(["typing", "custom"], ["bogus"]),
                             oneof(list(PAYLOADS[:5]), list(PAYLOADS[5:])))
@@ -301,6 +321,31 @@ def _guided(ch: Chooser, d: DbState, op: str, now: int, offset: int) -> DbState:
     return d
 
 
+OUTBOX_REDUCERS = ("enqueue_bridge_event", "mark_bridge_event_sent", "record_bridge_failure")
+
+
+def outbox_history(data: st.DataObject, d: DbState, now: int, offset: int) -> tuple[DbState, int, int]:
+    """One outbox row's life on top of a drawn state, for the outbox reducers' tests: enqueued, failed
+    0-3 times with varied backoffs, maybe sent, maybe acknowledged again by another relay.  (Drawn here
+    rather than in :func:`build_state`: the setup's draws, which every derandomized check of this file
+    replays, stay as they are.)"""
+    ch = Chooser(rng=random.Random(data.draw(st.integers(0, 2**32 - 1), label="outbox seed")))
+    oid = ch.choice(OUTBOXES)
+    calls: list[tuple[str, tuple[Any, ...]]] = [
+        ("enqueue_bridge_event", (oid, ch.choice(["src", "other"]), 30078, '[["t","x"]]', "hello"))]
+    calls += [("record_bridge_failure", (oid, "relay down", ch.choice([0, 1000, 2500])))
+              for _ in range(ch.integer(0, 3))]
+    if ch.boolean():
+        calls.append(("mark_bridge_event_sent", (oid, "1" * 64, ("wss://r1",))))
+        if ch.boolean():
+            calls.append(("mark_bridge_event_sent", (oid, "1" * 64, ("wss://r2",))))
+    for reducer, args in calls:
+        out = call(d, CallContext(A, now, offset, POLICY), reducer, args)
+        if isinstance(out, Ok):
+            d, offset = out.state, offset + 1
+    return d, now, offset
+
+
 # --- the relations, asserted once --------------------------------------------------------------------------
 
 
@@ -341,6 +386,8 @@ def relation(name: str) -> DbRelation:
 @given(data=st.data())
 def test_reducer_relation_matches_the_model(reducer: str, data: st.DataObject) -> None:
     pre, now, offset = build_state(data)
+    if reducer in OUTBOX_REDUCERS:
+        pre, now, offset = outbox_history(data, pre, now, offset)
     _r, claims, args = draw_call(Chooser(data), pre, reducer)
     outcome = call(pre, CallContext(claims, now, offset, POLICY), reducer, args)
     post = outcome.state if isinstance(outcome, Ok) else pre
@@ -433,6 +480,49 @@ def test_states_reach_interesting_shapes() -> None:
     assert {"compacted", "new epoch", "checkpoint", "assignment moved", "continued epoch with retained events",
             "retention of session_presence", "retention of compute_assignment",
             "retention of bridge_outbox"} <= seen, seen
+
+
+def _outbox_branch(d: DbState, reducer: str, args: tuple[Any, ...], out: Any) -> str:
+    """Which branch of an outbox reducer a call took (read off the rows, not the reducer's code)."""
+    old = d.find(BridgeOutbox, lambda r: r.outbox_id == args[0])
+    if not isinstance(out, Ok):
+        return f"{reducer}: {out.error.code.value} on a {old.status if old else 'missing'} row"
+    new = out.state.find(BridgeOutbox, lambda r: r.outbox_id == args[0])
+    assert new is not None
+    if old is None:
+        return "new row"
+    if reducer == "enqueue_bridge_event":
+        return "retry"
+    if reducer == "record_bridge_failure":
+        return "failure on a settled row" if out.noop else f"failure leaves the row {new.status}"
+    if old.status == "sent":
+        return "repeat adding none" if out.noop else "repeat adding a relay"
+    return f"first mark of a {old.status} row"
+
+
+def test_outbox_calls_reach_every_branch() -> None:
+    """The outbox calls the correspondence test draws reach each branch of the three reducers: a new
+    row, a retry, a conflict from another source, a failure counted and one reaching the dead letter,
+    a failure on a settled row, a first mark, a repeated mark that adds relays and one that adds none,
+    a mark with another event id."""
+    seen: set[str] = set()
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def probe(data: st.DataObject) -> None:
+        d, now, offset = outbox_history(data, *build_state(data))
+        for reducer in OUTBOX_REDUCERS:
+            _r, claims, args = draw_call(Chooser(data), d, reducer)
+            seen.add(_outbox_branch(d, reducer, args, call(d, CallContext(claims, now, offset, POLICY), reducer,
+                                                           args)))
+
+    probe()
+    wanted = {"new row", "retry", "enqueue_bridge_event: idempotency_conflict on a pending row",
+            "failure leaves the row pending", "failure leaves the row failed", "failure on a settled row",
+            "first mark of a pending row", "first mark of a failed row", "repeat adding a relay",
+            "repeat adding none", "mark_bridge_event_sent: bridge_event_conflict on a sent row"}
+    assert wanted <= seen, sorted(wanted - seen)
 
 
 # --- the check has teeth ----------------------------------------------------------------------------------------

@@ -8,10 +8,16 @@ The spec bugs these proofs found (docs/proofs.md, "Findings") are fixed; every p
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
 
-from proofs.api import ProofResult, run_all
-from proofs.theorems import ALL_PROOFS
+import pytest
+import z3
+
+from proofs import encoding as E
+from proofs import props as P
+from proofs.api import ProofResult, check, run_all
+from proofs.core import select
+from proofs.theorems import ALL_PROOFS, Obligation, Proof, bridge3_call_cases, db_proof, outbox_call_cases
 
 
 def _explain(r: ProofResult) -> str:
@@ -44,3 +50,65 @@ def test_every_invariant_group_is_covered() -> None:
 
     unknown = {i for p in ALL_PROOFS for i in p.invariants} - set(CATALOG_BY_ID)
     assert not unknown, f"proofs name invariants the catalog does not have: {unknown}"
+
+
+# --- the outbox call goals: each control is a gap the goals close, and no case holds vacuously ---------------
+
+_OUTBOX_CONTROLS = {
+    "bridge": ("failure_not_counted", "enqueue_not_recorded", "first_mark_drops_relays"),
+    "bridge-worker": ("source_not_in_dedupe_hash", "backoff_not_recorded", "backoff_unit_ms",
+                      "repeated_ack_ignores_relays"),
+}
+
+
+def _refutes(proof: Proof, bug: str) -> bool:
+    """Does Z3 find a counterexample to ``proof`` over the transition ``bug`` breaks?"""
+    statuses = [check(ob, vacuity=False)[0] for ob in proof.build(bug)]
+    assert "unknown" not in statuses
+    return "sat" in statuses
+
+
+@pytest.mark.parametrize(("proof_id", "bug"), [(p, b) for p, bugs in _OUTBOX_CONTROLS.items() for b in bugs])
+def test_outbox_controls_are_refuted_by_the_call_goals(proof_id: str, bug: str) -> None:
+    """The outbox proofs as they were before their call goals (the state and transition goals of the
+    rows) miss each of these planted bugs; the call goals alone, with no state goal, refute it."""
+    assert bug in next(p for p in ALL_PROOFS if p.id == proof_id).controls
+    without_calls = db_proof("rows", "", (), (bug,), lambda db, pol: P.bridge1(db, pol),
+                             lambda s: P.bridge2(s.pre, s.post))
+    calls_only = db_proof("calls", "", (), (bug,), None, lambda s: z3.BoolVal(True),
+                          cases=outbox_call_cases if proof_id == "bridge" else bridge3_call_cases)
+    assert not _refutes(without_calls, bug), f"{bug} was already caught without the call goals"
+    assert _refutes(calls_only, bug), f"the call goals of {proof_id} do not refute {bug}"
+
+
+_OUTBOX_CALLS = ("enqueue_bridge_event", "mark_bridge_event_sent", "record_bridge_failure")
+
+
+def _steps(proof_id: str) -> dict[str, Obligation]:
+    proof = next(p for p in ALL_PROOFS if p.id == proof_id)
+    return {ob.transition: ob for ob in proof.build("") if ob.transition in _OUTBOX_CALLS}
+
+
+def test_every_outbox_case_is_reached() -> None:
+    """Each case of the outbox call goals has a state and call that reach it (else ``check`` says
+    vacuous), and the outbox steps carry them all."""
+    steps = {pid: _steps(pid) for pid in _OUTBOX_CONTROLS}
+    names = {name for by_t in steps.values() for ob in by_t.values() for name, _premise in ob.witnesses}
+    assert len(names) == 13, sorted(names)
+    for pid, by_t in steps.items():
+        for t, ob in by_t.items():
+            assert check(ob)[0] == "unsat", (pid, t)
+
+
+def test_an_unreachable_case_is_vacuous() -> None:
+    """The witness check has teeth: a case no state reaches -- a failure counted on a pending row
+    already at the maximum attempts, which the rows' state invariant rules out -- makes the
+    obligation vacuous, though its goal is still implied."""
+    ob = _steps("bridge")["record_bridge_failure"]
+    pre, act, pol = (dict(ob.show)[k] for k in ("pre", "action", "policy"))
+    assert isinstance(pre, E.Db) and isinstance(act, E.FailureAct) and isinstance(pol, E.Policy)
+    old = select(pre.outbox, act.outbox)
+    at_max = z3.And(old.used, old.status == E.B_STATUS["pending"], old.attempts >= pol.max_attempts)
+    assert check(replace(ob, witnesses=(*ob.witnesses, ("pending at the maximum", at_max))))[0] == "vacuous"
+    reachable = z3.And(old.used, old.status == E.B_STATUS["pending"], old.attempts + 1 == pol.max_attempts)
+    assert check(replace(ob, witnesses=(("the last attempt", reachable),)))[0] == "unsat"
