@@ -158,7 +158,8 @@ CATALOG: tuple[Invariant, ...] = (
     Invariant("BRIDGE-3", "call", "The outbox rules a bridge worker relies on: enqueue deduplicates on the hash of "
               "canonical [source, nostr_kind, tags, content] (another source under the same outbox_id is "
               "idempotency_conflict) and starts with next_attempt_at = the enqueue time; record_bridge_failure on "
-              "a pending row sets next_attempt_at = now + retry_after_ms; mark_bridge_event_sent with the event id "
+              "a pending row sets next_attempt_at = now + retry_after_ms milliseconds (the clock counts µs: + 1000 x "
+              "retry_after_ms); mark_bridge_event_sent with the event id "
               "already recorded merges the relays into relays_acked, writing exactly when it adds one, and with "
               "another event id is bridge_event_conflict."),
     Invariant("PROV-1", "transition", "A provider capability's version rises by exactly 1 on every content change "
