@@ -1097,10 +1097,11 @@ class SyncServer:
                 self._internal_error(err)
                 return _text(500, err.message)
             self._pump()
-            await self._wait_durable(self.engine.committed)
+            offset = self.engine.committed  # the compaction's (others may commit while it waits)
+            await self._wait_durable(offset)
         except DurabilityFailed as exc:
             return _text(503, f"the commit log could not be written: {exc}")
-        return web.json_response({"compacted": wrote, "committed_offset": self.engine.committed})
+        return web.json_response({"compacted": wrote, "committed_offset": offset})
 
     # --- HTTP reducer calls and SQL -----------------------------------------------------------------
 
