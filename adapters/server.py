@@ -1340,16 +1340,16 @@ class SyncServer:
         batch = self.config.limits.max_batch_per_turn
         frames = 0
         engine = self.engine
-        examined = engine.rows_examined
+        mine = 0  # rows this connection's reads taken here examined since its last yield (not others')
         async for msg in s.ws:
             s.last_seen = time.monotonic()
             frames += 1
             if frames >= batch:  # frames already buffered come back without a pause: give others a turn
                 frames = 0
                 await asyncio.sleep(0)
-                if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                if mine >= SCAN_TURN_ROWS:
                     await asyncio.sleep(0)  # as the processor does: the answer's delivery an iteration apart
-                examined = engine.rows_examined
+                mine = 0
             if msg.type == WSMsgType.BINARY:
                 size = len(msg.data)
                 if s.inbound_bytes + size > byte_limit:
@@ -1374,8 +1374,10 @@ class SyncServer:
                 except BsatnError as exc:
                     await self._close(s, 1011, f"malformed message: {exc}", "malformed")
                     return
+                before = engine.rows_examined
                 if len(decoded) == 1 and self._take_now(s, decoded[0]):
-                    if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                    mine += engine.rows_examined - before
+                    if mine >= SCAN_TURN_ROWS:
                         frames = batch  # its reads examined many rows: the next frame waits a turn
                     continue  # handled here: nothing queued ahead of it and nothing to wait for
                 s.inbound.append((decoded[0], size))
@@ -1405,7 +1407,7 @@ class SyncServer:
             await s.inbound_ready.wait()
             s.inbound_ready.clear()
             taken = 0
-            examined = engine.rows_examined
+            mine = 0  # rows this connection's reads examined this turn (not others', while it waited)
             while s.inbound and not s.closing:
                 if self.failed is not None and self.failed.done():
                     return  # nothing more is taken once the log cannot be written
@@ -1413,12 +1415,12 @@ class SyncServer:
                     taken = 0
                     self._pump()  # once per turn: its messages' records go to the writer together
                     await asyncio.sleep(0)
-                    if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                    if mine >= SCAN_TURN_ROWS:
                         # the delivery just scheduled runs in the next loop iteration ahead of its
                         # input and timers, and so would this task: one more iteration apart, the
                         # answer's encoding and the next read's evaluation are two holds, not one
                         await asyncio.sleep(0)
-                    examined = engine.rows_examined
+                    mine = 0
                     continue
                 first, size = s.inbound[0]
                 if isinstance(first, wire.CallReducer):
@@ -1437,11 +1439,12 @@ class SyncServer:
                 s.inbound.popleft()
                 s.inbound_bytes -= size
                 taken += 1
-                before = engine.committed
+                before, rows_before = engine.committed, engine.rows_examined
                 self._dispatch(s, first)
                 if engine.committed > before and isinstance(first, wire.CallReducer):
                     s.undurable.append(engine.committed)
-                if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                mine += engine.rows_examined - rows_before
+                if mine >= SCAN_TURN_ROWS:
                     taken = batch  # reads that examined many rows end the turn: others' before the next
             if taken:
                 self._pump()
