@@ -1091,6 +1091,8 @@ class SyncServer:
                               "'*' (syncref token mint --scopes sync.admin --streams '*')")
         try:
             await self._wait_room()
+            if self.failed is not None and self.failed.done():  # as the schedule: nothing runs once it failed
+                raise DurabilityFailed(str(self.failed.result()))
             try:
                 wrote = self.engine.compact(self._tick())
             except InternalError as err:  # rolled back; reported as the periodic compaction's would be

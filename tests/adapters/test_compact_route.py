@@ -120,3 +120,29 @@ def test_compaction_answers_its_own_offset_not_a_later_commit(tmp_path: Path) ->
         assert ok.status == 200 and ok.json()["compacted"] is True, ok.text
         assert answers["append"].status == 200
         assert ok.json()["committed_offset"] == before + 1
+
+
+def test_compaction_on_demand_runs_nothing_once_the_log_has_failed(tmp_path: Path) -> None:
+    """After the commit log failed nothing more may be committed (the scheduled compaction checks
+    ``failed`` before it steps, the WebSocket processor takes nothing): the route answers 503 and
+    runs no compaction -- before, it committed one in memory (seen by subscribers without confirmed
+    reads, never durable) and then answered 503.  Oracle: the engine's committed offset."""
+    with running_server(tmp_path / "d", policy=SMALL, compact_interval_s=3600.0) as st:
+        writer = st.token(scopes=("sync.subscribe", "sync.append"), streams=("*",))
+        admin = st.token(scopes=("sync.admin", "sync.subscribe"), streams=("*",))
+        for i in range(1, 6):
+            res = call_http(st, writer, "append_sync_event", ["small.s", f"k{i}", str(i), {"none": []}, {"none": []}])
+            assert res.status == 200
+
+        def fail() -> int:
+            server = st.server
+            assert server.failed is not None
+            server.failed.set_result(OSError("disk gone (test)"))
+            return server.engine.committed
+
+        before = st.call(fail)
+        refused = http(
+            "POST", f"{st.base}/v1/database/autopilot-sync/compact", headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert refused.status == 503, refused.text
+        assert st.call(lambda: st.server.engine.committed) == before  # nothing ran
