@@ -1091,16 +1091,19 @@ class SyncServer:
                               "'*' (syncref token mint --scopes sync.admin --streams '*')")
         try:
             await self._wait_room()
+            if self.failed is not None and self.failed.done():  # as the schedule: nothing runs once it failed
+                raise DurabilityFailed(str(self.failed.result()))
             try:
                 wrote = self.engine.compact(self._tick())
             except InternalError as err:  # rolled back; reported as the periodic compaction's would be
                 self._internal_error(err)
                 return _text(500, err.message)
             self._pump()
-            await self._wait_durable(self.engine.committed)
+            offset = self.engine.committed  # the compaction's (others may commit while it waits)
+            await self._wait_durable(offset)
         except DurabilityFailed as exc:
             return _text(503, f"the commit log could not be written: {exc}")
-        return web.json_response({"compacted": wrote, "committed_offset": self.engine.committed})
+        return web.json_response({"compacted": wrote, "committed_offset": offset})
 
     # --- HTTP reducer calls and SQL -----------------------------------------------------------------
 
@@ -1339,16 +1342,16 @@ class SyncServer:
         batch = self.config.limits.max_batch_per_turn
         frames = 0
         engine = self.engine
-        examined = engine.rows_examined
+        mine = 0  # rows this connection's reads taken here examined since its last yield (not others')
         async for msg in s.ws:
             s.last_seen = time.monotonic()
             frames += 1
             if frames >= batch:  # frames already buffered come back without a pause: give others a turn
                 frames = 0
                 await asyncio.sleep(0)
-                if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                if mine >= SCAN_TURN_ROWS:
                     await asyncio.sleep(0)  # as the processor does: the answer's delivery an iteration apart
-                examined = engine.rows_examined
+                mine = 0
             if msg.type == WSMsgType.BINARY:
                 size = len(msg.data)
                 if s.inbound_bytes + size > byte_limit:
@@ -1373,8 +1376,10 @@ class SyncServer:
                 except BsatnError as exc:
                     await self._close(s, 1011, f"malformed message: {exc}", "malformed")
                     return
+                before = engine.rows_examined
                 if len(decoded) == 1 and self._take_now(s, decoded[0]):
-                    if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                    mine += engine.rows_examined - before
+                    if mine >= SCAN_TURN_ROWS:
                         frames = batch  # its reads examined many rows: the next frame waits a turn
                     continue  # handled here: nothing queued ahead of it and nothing to wait for
                 s.inbound.append((decoded[0], size))
@@ -1404,7 +1409,7 @@ class SyncServer:
             await s.inbound_ready.wait()
             s.inbound_ready.clear()
             taken = 0
-            examined = engine.rows_examined
+            mine = 0  # rows this connection's reads examined this turn (not others', while it waited)
             while s.inbound and not s.closing:
                 if self.failed is not None and self.failed.done():
                     return  # nothing more is taken once the log cannot be written
@@ -1412,12 +1417,12 @@ class SyncServer:
                     taken = 0
                     self._pump()  # once per turn: its messages' records go to the writer together
                     await asyncio.sleep(0)
-                    if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                    if mine >= SCAN_TURN_ROWS:
                         # the delivery just scheduled runs in the next loop iteration ahead of its
                         # input and timers, and so would this task: one more iteration apart, the
                         # answer's encoding and the next read's evaluation are two holds, not one
                         await asyncio.sleep(0)
-                    examined = engine.rows_examined
+                    mine = 0
                     continue
                 first, size = s.inbound[0]
                 if isinstance(first, wire.CallReducer):
@@ -1436,11 +1441,12 @@ class SyncServer:
                 s.inbound.popleft()
                 s.inbound_bytes -= size
                 taken += 1
-                before = engine.committed
+                before, rows_before = engine.committed, engine.rows_examined
                 self._dispatch(s, first)
                 if engine.committed > before and isinstance(first, wire.CallReducer):
                     s.undurable.append(engine.committed)
-                if engine.rows_examined - examined >= SCAN_TURN_ROWS:
+                mine += engine.rows_examined - rows_before
+                if mine >= SCAN_TURN_ROWS:
                     taken = batch  # reads that examined many rows end the turn: others' before the next
             if taken:
                 self._pump()

@@ -651,7 +651,12 @@ class Engine:
                     out.setdefault(query.table, {})
                     continue
             bucket = out.setdefault(query.table, {})
-            for row in self._examine(scan, self._candidates(query)):
+            candidates = self._candidates(query)
+            if self.parse_cache.facts(query).resume:  # one of several resumes: replay_budget bounds its
+                self.rows_examined += len(candidates)  # slice, as on the fast path (not counted per request)
+            else:
+                candidates = self._examine(scan, candidates)
+            for row in candidates:
                 if q.matches(query, row) and can_read(claims, row):
                     bucket[row] = None
         # a resume query's rows stay a RetainedRows (rows built on read; the wire encodes its columns)

@@ -366,6 +366,8 @@ def drive(target: Target, steps: list[dict[str, Any]]) -> list[list[dict[str, An
             target.now += 1  # retention runs after the writes before it (a window of 0 removes what they stamped)
             target.compact()
             settle()
+            if "version_floor" in step:  # a wire target's floor after its compaction (others' rows raise it too)
+                _raise_version_floor(target, int(step["version_floor"]))
         elif op == "close":
             target.close(conns[step["conn"]])
             settle()
@@ -378,6 +380,20 @@ def drive(target: Target, steps: list[dict[str, Any]]) -> list[list[dict[str, An
         else:
             raise ValueError(f"unknown step {op!r}")
     return received
+
+
+def _raise_version_floor(target: Target, floor: int) -> None:
+    """Raise the model's version floor to ``floor`` (never lower it): a wire target's compaction also
+    removed assignments of writers the scenario does not know (a shared target), and every version it
+    hands out from then on is above theirs.  Only the model target takes it (the wire runner's)."""
+    from spec.harness import Server
+
+    if not isinstance(target, Server):
+        raise ValueError("only the model target takes a wire target's version floor")
+    log = target.log
+    if floor > log.db.version_floor:
+        db = dataclasses.replace(log.db, version_floor=floor)
+        target.log = dataclasses.replace(log, db=db, durable_db=db if log.durable == log.committed else log.durable_db)
 
 
 def model_target(policy: Policy = POLICY, max_queue: int = 1000, max_undurable: int = 8, now: int = T0,

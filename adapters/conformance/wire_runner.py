@@ -397,6 +397,10 @@ class Runner:
                         inbox.setdefault(other, []).extend(conns[other].until_barrier(f"before {where}"))
                     dirty.clear()
                     self._compact(where)
+                    # the target's version floor now: on a shared target the compaction also removed other
+                    # writers' terminal assignments, whose versions the model cannot know; it takes this floor
+                    # (never lowering its own, so a floor kept too low still shows)
+                    steps[k] = {**step, "version_floor": self._floors(f"{ns}c{k}")[1]}
                 elif op == "close":
                     conns[step["conn"]].close()
                     dirty.discard(step["conn"])

@@ -5,7 +5,10 @@ local target's hook); any other token is refused before anything runs."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from support.server import call_http, http, running_server
 
@@ -62,3 +65,84 @@ def test_compaction_on_demand_needs_an_admin_granted_every_stream(tmp_path: Path
             http("POST", f"{st.base}/v1/database/other/compact", headers={"Authorization": f"Bearer {admin}"}).status
             == 404
         )
+
+
+def test_compaction_answers_its_own_offset_not_a_later_commit(tmp_path: Path) -> None:
+    """The answer's ``committed_offset`` is where the compaction left the log -- durable when the
+    answer comes (docs/protocol.md) -- not whatever another caller committed while the compaction
+    waited for durability (that commit need not be durable yet).  The log is stalled (``[faults]
+    stall_commits_while``) while an append commits behind the compaction; no timing is asserted:
+    the commits are observed through the engine's offset before the stall is lifted."""
+    stall = tmp_path / "stall"
+    with running_server(tmp_path / "d", policy=SMALL, compact_interval_s=3600.0, stall_commits_while=stall) as st:
+        url = f"{st.base}/v1/database/autopilot-sync/compact"
+        writer = st.token(scopes=("sync.subscribe", "sync.append"), streams=("*",))
+        admin = st.token(scopes=("sync.admin", "sync.subscribe"), streams=("*",))
+        for i in range(1, 6):
+            assert (
+                call_http(
+                    st, writer, "append_sync_event", ["small.s", f"k{i}", str(i), {"none": []}, {"none": []}]
+                ).status
+                == 200
+            )
+
+        def committed() -> int:
+            value: int = st.call(lambda: st.server.engine.committed)
+            return value
+
+        def until(offset: int) -> None:
+            deadline = time.monotonic() + 20
+            while committed() < offset:
+                assert time.monotonic() < deadline, f"the engine did not reach offset {offset}"
+                time.sleep(0.01)
+
+        before = committed()
+        stall.touch()
+        answers: dict[str, Any] = {}
+        compacting = threading.Thread(
+            target=lambda: answers.setdefault(
+                "compact", http("POST", url, headers={"Authorization": f"Bearer {admin}"})
+            )
+        )
+        compacting.start()
+        until(before + 1)  # the compaction committed; its answer waits for durability
+        appending = threading.Thread(
+            target=lambda: answers.setdefault(
+                "append", call_http(st, writer, "append_sync_event", ["small.s", "k6", "6", {"none": []}, {"none": []}])
+            )
+        )
+        appending.start()
+        until(before + 2)  # an append committed behind it
+        stall.unlink()
+        compacting.join(30)
+        appending.join(30)
+        ok = answers["compact"]
+        assert ok.status == 200 and ok.json()["compacted"] is True, ok.text
+        assert answers["append"].status == 200
+        assert ok.json()["committed_offset"] == before + 1
+
+
+def test_compaction_on_demand_runs_nothing_once_the_log_has_failed(tmp_path: Path) -> None:
+    """After the commit log failed nothing more may be committed (the scheduled compaction checks
+    ``failed`` before it steps, the WebSocket processor takes nothing): the route answers 503 and
+    runs no compaction -- before, it committed one in memory (seen by subscribers without confirmed
+    reads, never durable) and then answered 503.  Oracle: the engine's committed offset."""
+    with running_server(tmp_path / "d", policy=SMALL, compact_interval_s=3600.0) as st:
+        writer = st.token(scopes=("sync.subscribe", "sync.append"), streams=("*",))
+        admin = st.token(scopes=("sync.admin", "sync.subscribe"), streams=("*",))
+        for i in range(1, 6):
+            res = call_http(st, writer, "append_sync_event", ["small.s", f"k{i}", str(i), {"none": []}, {"none": []}])
+            assert res.status == 200
+
+        def fail() -> int:
+            server = st.server
+            assert server.failed is not None
+            server.failed.set_result(OSError("disk gone (test)"))
+            return server.engine.committed
+
+        before = st.call(fail)
+        refused = http(
+            "POST", f"{st.base}/v1/database/autopilot-sync/compact", headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert refused.status == 503, refused.text
+        assert st.call(lambda: st.server.engine.committed) == before  # nothing ran

@@ -9,6 +9,7 @@ import contextlib
 import http.server
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -92,6 +93,49 @@ def test_retention_without_a_compact_command_is_skipped_not_passed(tmp_path: Pat
     assert rc == 0, out
     assert [r["scenario"] for r in results] == ["retention_floor", "retention_tables"]
     assert all(r["status"] == "skip" and "needs --compact-cmd CMD" in r["message"] for r in results), out
+
+
+
+def test_retention_tables_on_a_shared_target_whose_other_writers_have_higher_versions(tmp_path: Path) -> None:
+    """The version floor a compaction leaves is the target's own: above the highest version of
+    *every* terminal assignment it removed, another writer's too (the kit's retention windows are 0,
+    so a compaction removes them all).  The model knew only the scenario's rows, so on a shared
+    target where another writer had taken an assignment further than the scenario's (here to
+    floor + 2, just before the compaction) the scenario's reopened assignment came back above the
+    model's floor and retention_tables FAILED an honest target.  The runner now reads the target's
+    floor after the compaction (a probe assignment) and the model takes it -- only ever raising its
+    own, so a floor kept too low still fails (``retention_keeps_version_floor`` in BUGS).  The other
+    writer runs inside the compaction command, so nothing here depends on timing."""
+    with serving(tmp_path) as t:
+        scopes = "sync.subscribe,provider.publish,compute.request,compute.assign"
+        admin = subprocess.run([sys.executable, "-m", "adapters.cli", "token", "mint", "--data", str(t.data),
+                                "--scopes", scopes, "--streams", "*"], cwd=ROOT, env=ENV, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        other = tmp_path / "other_writer.py"
+        other.write_text(f"""import json, os, urllib.request
+def call(reducer, args):
+    req = urllib.request.Request({t.url!r} + "/v1/database/autopilot-sync/call/" + reducer,
+                                 json.dumps(args).encode(), method="POST",
+                                 headers={{"Authorization": "Bearer {admin}", "Content-Type": "application/json"}})
+    with urllib.request.urlopen(req, timeout=15) as resp:
+        return resp.status, resp.headers.get("syncref-return-value")
+rid = "other.r%d" % os.getpid()
+open({str(tmp_path / "ran")!r}, "a").write(rid + "\\n")
+call("publish_provider_capability", ["other.p", "{{}}", [5050], 1, "active"])
+call("open_compute_assignment", [rid, 5050, "{{}}"])
+sql = urllib.request.Request({t.url!r} + "/v1/database/autopilot-sync/sql",
+                             ("SELECT * FROM compute_assignment WHERE request_id = '%s'" % rid).encode(), method="POST",
+                             headers={{"Authorization": "Bearer {admin}"}})
+with urllib.request.urlopen(sql, timeout=15) as resp:
+    version = json.loads(resp.read())[0]["rows"][0][9]
+call("update_compute_assignment", [rid, version, "assigned", {{"some": "other.p"}}, {{"none": []}}])
+call("update_compute_assignment", [rid, version + 1, "cancelled", {{"none": []}}, {{"none": []}}])
+""")
+        compact = f"{shlex.quote(sys.executable)} {shlex.quote(str(other))} && ( {t.compact_cmd} )"
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--compact-cmd", compact,
+                                       "--only", "retention")
+    assert len((tmp_path / "ran").read_text().split()) == 2  # the other writer ran before each compaction
+    assert rc == 0 and {r["status"] for r in results} == {"pass"}, out
 
 
 # the planted bug, the area to run, the scenario that must fail and the invariant it names

@@ -496,3 +496,53 @@ def test_after_a_heavy_read_timers_and_input_run_before_the_next_read(tmp_path: 
         e1, d2 = events.index("e1"), events.index("d2")
         assert e1 < d2 and "t" in events[e1 + 1:d2], [x for x in events if x != "t"]
         c.close()
+
+
+def test_a_read_turn_ends_on_the_connections_own_rows_not_anothers(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SCAN_TURN_ROWS`` ends a connection's turn once *its* reads have examined that many rows
+    (docs/protocol.md "Fixed").  The reader measured ``engine.rows_examined`` -- every connection's
+    reads -- from before it awaited its next frame, so another connection's heavy reads in between
+    ended a light connection's turn and made its reader yield twice per frame: the light client
+    paid for the heavy one.  Oracle: the reader's own yields (``asyncio.sleep`` calls made by the
+    server module from that connection's reader task), counted, not timed: a light connection whose
+    reads examine no rows yields once every ``max_batch_per_turn`` frames, as without heavy readers."""
+    import asyncio as real_asyncio
+    import types
+
+    import adapters.server as server_mod
+
+    monkeypatch.setattr(server_mod, "SCAN_TURN_ROWS", 10)
+    yields: dict[int, int] = {}
+    real_sleep = real_asyncio.sleep
+
+    async def counted_sleep(delay: float, *args: Any) -> Any:
+        task = real_asyncio.current_task()
+        coro = task.get_coro() if task is not None else None
+        frame = getattr(coro, "cr_frame", None)
+        if frame is not None and frame.f_code.co_name == "_reader" and delay == 0:
+            s = frame.f_locals.get("s")
+            if s is not None:
+                yields[s.conn_id] = yields.get(s.conn_id, 0) + 1
+        return await real_sleep(delay, *args)
+
+    proxy = types.SimpleNamespace(**{k: getattr(real_asyncio, k) for k in dir(real_asyncio) if not k.startswith("__")})
+    proxy.sleep = counted_sleep
+    monkeypatch.setattr(server_mod, "asyncio", proxy)
+    batch = 4
+    with running_server(tmp_path, limits=with_limits(max_batch_per_turn=batch)) as st:
+        tok = st.token()
+        heavy = WireClient(st, tok)
+        for i in range(20):  # one heavy read examines 20 rows: over the (patched) turn bound of 10
+            assert isinstance(heavy.call("append_sync_event", f"h{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
+        light = WireClient(st, tok)
+        light_id = st.call(lambda: max(st.server.sessions))
+        frames = 2 * batch
+        for i in range(frames):
+            heavy.send(wire.OneOffQuery(100 + i, "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"))
+            assert isinstance(heavy.recv_until(wire.OneOffQueryResult).result, wire.QueryRows)
+            light.send(wire.OneOffQuery(200 + i, "SELECT * FROM sync_stream WHERE stream_id = 'none'"))  # no rows
+            assert isinstance(light.recv_until(wire.OneOffQueryResult).result, wire.QueryRows)
+        assert yields.get(light_id, 0) == frames // batch, yields
+        heavy.close()
+        light.close()

@@ -505,3 +505,34 @@ def test_an_overlong_set_is_answered_by_the_table(case: tuple[str, bool, int, in
     if scope and held < 8:
         eng.handle(conn, Subscribe(5, 5, ("SELECT * FROM sync_stream WHERE stream_id = 'next'",)))
         assert isinstance(last(eng, conn), SubscribeApplied)
+
+
+def test_resume_queries_are_not_counted_against_max_scan_rows_in_a_set_of_several() -> None:
+    """docs/protocol.md "Limits", ``max_scan_rows``: a resume query's rows are not counted
+    (``replay_budget`` bounds them).  That held only for a set with one ``sync_event`` query (the
+    fast path); a set resuming two streams (legal: any number of queries per set) had each resume's
+    slice counted, so a client resuming two streams in one set, each within its replay budget, was
+    refused ``limit_exceeded`` -- and the same set's dropped rows on ``Unsubscribe`` likewise.
+    Oracle: the rows appended (n per stream, both within the default replay budget)."""
+    eng = Engine()
+    n = 30
+    eng.max_scan_rows = n  # one stream's slice fits, the two together do not
+    conn = eng.connect(ADMIN, confirmed=False)
+    for sid in ("ra", "rb"):
+        for i in range(n):
+            assert isinstance(call(eng, conn, i + 1, "append_sync_event", sid, f"k{i}", "{}", None, None).outcome,
+                              ReducerOk)
+    resume = tuple(f"SELECT * FROM sync_event WHERE stream_id = '{sid}' AND epoch = 1 AND seq > 0"
+                   for sid in ("ra", "rb"))
+    eng.handle(conn, Subscribe(1, 1, resume))
+    applied = last(eng, conn)
+    assert isinstance(applied, SubscribeApplied), applied
+    assert sum(len(t.inserts) for t in applied.rows) == 2 * n
+    eng.handle(conn, Unsubscribe(2, 1, send_dropped=True))
+    dropped = last(eng, conn)
+    assert isinstance(dropped, UnsubscribeApplied), dropped
+    assert dropped.rows is not None and sum(len(t.inserts) for t in dropped.rows) == 2 * n
+    # a query that is not a resume (a whole stream) still counts its stream's rows: over the bound together
+    plain = tuple(f"SELECT * FROM sync_event WHERE stream_id = '{sid}'" for sid in ("ra", "rb"))
+    eng.handle(conn, Subscribe(3, 3, plain))
+    assert limit_of(last(eng, conn).error) == ("max_scan_rows", n, 2 * n)
