@@ -203,7 +203,8 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
             # the edge's roles are tried by a likely holder (A) and by others: B and EXECUTOR hold
             # compute.execute without owning the provider, which only the role's identity column refuses
             return reducer, ch.choice([A, A, c, B, EXECUTOR]), (
-                rid, row.version, status, ch.choice(["prov1", "prov1", "prov2"]) if status == "assigned" else None,
+                rid, row.version, status,
+                ch.choice(["prov1", *(["prov1"] if valid else []), "prov2"]) if status == "assigned" else None,
                 ch.choice([None, '{"ok":true}']) if status in ("completed", "failed") else None)
         version = (row.version if row else 1) + ch.choice([0, 0, 0, 1])
         status = ch.choice(STATUSES)
@@ -510,6 +511,53 @@ def test_unclean_restart_relation(data: st.DataObject) -> None:
     relation("unclean_restart").check(Interner(), pre, E.RestartAct(undurable), post, None, None)
 
 
+def _walked(status: str, provider_ad: tuple[tuple[int, ...], str]) -> DbState:
+    """A state holding request r1 (kind 5000, requested by A) walked along the edge table to ``status``,
+    and prov1 (A's) advertising ``provider_ad`` (kinds, status) -- published as available for the walk,
+    then republished as given."""
+    d, offset = DbState(), 1
+    d, offset = _call_ok(d, 1_000_000, offset, "publish_provider_capability", ("prov1", "{}", (5000,), 0, "active"))
+    d, offset = _call_ok(d, 1_000_000, offset, "open_compute_assignment", ("r1", 5000, '{"v":1}'))
+    for to in {"open": (), "assigned": ("assigned",), "running": ("assigned", "running")}[status]:
+        row = d.find(ComputeAssignment, _request("r1"))
+        assert row is not None
+        d, offset = _call_ok(d, 1_000_000, offset, "update_compute_assignment",
+                             ("r1", row.version, to, "prov1" if to == "assigned" else None, None))
+    d, offset = _call_ok(d, 1_000_000, offset, "publish_provider_capability",
+                         ("prov1", "{}", provider_ad[0], 0, provider_ad[1]))
+    row = d.find(ComputeAssignment, _request("r1"))
+    assert row is not None and row.status == status, (status, row)
+    return d
+
+
+WALKED = [(status, ad) for status in ("open", "assigned", "running")
+          for ad in (((5000,), "active"), ((5000,), "withdrawn"), ((5001,), "active"))]
+
+
+@pytest.mark.parametrize(("status", "provider_ad"), WALKED)
+def test_assignment_edges_on_walked_states(status: str, provider_ad: tuple[tuple[int, ...], str]) -> None:
+    """Every edge out of an open, assigned or running assignment, taken by each kind of caller (the
+    requester and provider owner A, B and EXECUTOR holding compute.execute without owning the
+    provider, ASSIGNER holding only compute.assign), assigning an available or unavailable provider:
+    the role and provider checks exactly, whatever the random draws reach (``execute_by_scope_alone``
+    and ``assign_skips_provider_check`` are caught here deterministically)."""
+    pre = _walked(status, provider_ad)
+    row = pre.find(ComputeAssignment, _request("r1"))
+    assert row is not None
+    for (src, to), _roles in ASSIGNMENT_TRANSITIONS.items():
+        if src != status:
+            continue
+        for caller in (A, B, EXECUTOR, ASSIGNER):
+            for provider in (("prov1", "prov2") if to == "assigned" else (None,)):
+                args = ("r1", row.version, to, provider, '{"ok":true}' if to in ("completed", "failed") else None)
+                outcome = call(pre, CallContext(caller, 2_000_000, 9, POLICY), "update_compute_assignment", args)
+                post = outcome.state if isinstance(outcome, Ok) else pre
+                i = Interner()
+                act = action(i, "update_compute_assignment", caller, args, 2_000_000, POLICY)
+                relation("update_compute_assignment").check(i, pre, act, post, outcome,
+                                                            outcome.delta if isinstance(outcome, Ok) else None)
+
+
 def test_every_database_transition_is_covered() -> None:
     """Each encoded transition has a correspondence test (the reducers through the parametrized one)."""
     system = {"presence_sweep", "disconnect_sessions", "compact", "unclean_restart"}
@@ -600,9 +648,16 @@ _BODIES = {
 }
 
 
-def catches(bug: str, max_examples: int) -> bool:
+_TARGETED = {
+    "update_compute_assignment": lambda: [test_assignment_edges_on_walked_states(*case) for case in WALKED],
+}
+"""Transitions with a table of explicit cases besides their drawn ones."""
+
+
+def catches(bug: str, max_examples: int, draws: bool = True) -> bool:
     """Does the correspondence test notice when the relation encodes a planted bug instead of the
-    model?  (Runs the test body against the broken relation; True when some example fails.)"""
+    model?  (Runs the transition's explicit cases, then -- with ``draws`` -- the test body, against the
+    broken relation; True when some case fails.)"""
     name = E.BUGS[bug][0]
     broken = DbRelation(name)
     t = E.DB_TRANSITION_BY_NAME[name]
@@ -621,7 +676,10 @@ def catches(bug: str, max_examples: int) -> bool:
             test_reducer_relation_matches_the_model.hypothesis.inner_test(name, data)  # type: ignore[attr-defined]
 
     try:
-        body()
+        if name in _TARGETED:
+            _TARGETED[name]()
+        if draws:
+            body()
     except AssertionError:
         return True
     finally:
@@ -637,3 +695,10 @@ def test_correspondence_catches_a_planted_bug(bug: str) -> None:
     """Every planted bug of the database encodings makes the correspondence test fail: the test is
     sharp enough to notice an encoding that drifted from the model in any of these ways."""
     assert catches(bug, 150), f"the correspondence test does not notice the encoding bug {bug}"
+
+
+@pytest.mark.parametrize("bug", ["execute_by_scope_alone", "assign_skips_provider_check"])
+def test_the_walked_states_catch_the_role_and_provider_bugs(bug: str) -> None:
+    """The explicit assignment cases alone catch the bugs of the role and provider checks, which the
+    drawn states reach in a few percent of examples."""
+    assert catches(bug, 1, draws=False), f"the walked states do not expose {bug}"
