@@ -159,17 +159,19 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
             owners = [x for x in (A, B) if x.identity == old_ck.owner]
             c = ch.choice([c, *owners, *owners, *owners])
             epoch = ch.choice([_head(d, old_ck.stream_id)[0], old_ck.epoch])
-            return reducer, c, (old_ck.client_id, old_ck.stream_id, epoch,
-                                max(0, old_ck.last_applied_seq + ch.choice([-1, -2, -1, 0, 1])))
+            step = ch.choice([-1, -2, -1, 0, 1] if valid else [-1, 0, 1, 1])  # lower, equal or raising acks
+            return reducer, c, (old_ck.client_id, old_ck.stream_id, epoch, max(0, old_ck.last_applied_seq + step))
         sid = ch.choice(STREAMS)
         epoch, head = _head(d, sid)
         return reducer, c, (ch.choice(CLIENTS), sid, max(0, epoch + ch.choice([0, 0, 0, -1, 1])),
                             max(0, head + ch.choice([0, -1, -2, 1])))
     if reducer == "upsert_presence":
         present = list(d.of_type(SessionPresence))
-        if aim and present and not valid:  # an existing session, upserted again by its owner (one column changed)
+        if aim and present and not valid:  # an existing session upserted again by its owner: as it is, or changed
             sp: SessionPresence = ch.choice(present)
             owner = next((x for x in (A, B) if x.identity == sp.identity), c)
+            if ch.boolean():
+                return reducer, owner, _same_presence(sp)
             return reducer, ch.choice([owner, owner, owner, c]), (
                 sp.session_id, ch.choice([sp.device_id, "dev1", "dev2"]), "n1",
                 ch.choice([sp.status, "online", "away", "offline"]), ch.choice([sp.region, "eu", ""]),
@@ -204,7 +206,7 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
             # compute.execute without owning the provider, which only the role's identity column refuses
             return reducer, ch.choice([A, A, c, B, EXECUTOR]), (
                 rid, row.version, status,
-                ch.choice(["prov1", *(["prov1"] if valid else []), "prov2"]) if status == "assigned" else None,
+                ch.choice(["prov1", "prov1", "prov2"]) if status == "assigned" else None,
                 ch.choice([None, '{"ok":true}']) if status in ("completed", "failed") else None)
         version = (row.version if row else 1) + ch.choice([0, 0, 0, 1])
         status = ch.choice(STATUSES)
@@ -365,10 +367,39 @@ def assignment_history(data: st.DataObject, d: DbState, now: int, offset: int) -
                 '{"ok":true}' if status in ("completed", "failed") and ch.boolean() else None))
             row = d.find(ComputeAssignment, _request(rid))
     prov = d.find(ProviderCapability, lambda r: r.provider_id == "prov1")
-    if prov is not None and ch.boolean():  # withdrawn, or no longer advertising kind 5000: assigning it is refused
+    if prov is not None and not ch.integer(0, 2):  # withdrawn, or not advertising kind 5000: assigning it is refused
         owner = B if prov.owner == B.identity else A
         d, offset = _call_ok(d, now, offset, "publish_provider_capability", ("prov1", '{"gpu":1}', *ch.choice(
             [((5000, 5001), 0, "withdrawn"), ((5001,), 0, "active")])), owner)
+    return d, now, offset
+
+
+def checkpoint_history(data: st.DataObject, d: DbState, now: int, offset: int) -> tuple[DbState, int, int]:
+    """For ``ack_checkpoint``'s test: a third of the time the stream of a checkpoint is reset to a new
+    epoch, so that acks moving a checkpoint to another epoch (CKPT-2's other branch) are drawn too."""
+    ch = Chooser(rng=random.Random(data.draw(st.integers(0, 2**32 - 1), label="checkpoint seed")))
+    ckpts = sorted({k.stream_id for k in d.of_type(SyncCheckpoint)})
+    if ckpts and not ch.integer(0, 2):
+        d, offset = _call_ok(d, now, offset, "reset_stream_epoch", (ch.choice(ckpts),))
+    return d, now, offset
+
+
+def _same_presence(sp: SessionPresence) -> tuple[Any, ...]:
+    """The upsert arguments that write ``sp`` again (the TTL read off it when within the policy)."""
+    ttl = (sp.expires_at - sp.last_seen) // 1000
+    return (sp.session_id, sp.device_id, sp.node_id, sp.status, sp.region,
+            ttl if POLICY.presence_min_ttl_ms <= ttl <= POLICY.presence_max_ttl_ms else 3000)
+
+
+def presence_history(data: st.DataObject, d: DbState, now: int, offset: int) -> tuple[DbState, int, int]:
+    """For ``upsert_presence``'s test: a third of the time a session is upserted again now by its owner, so
+    that a repeated identical upsert (PRES-2's no-op branch) is drawn too."""
+    ch = Chooser(rng=random.Random(data.draw(st.integers(0, 2**32 - 1), label="presence seed")))
+    present = list(d.of_type(SessionPresence))
+    if present and not ch.integer(0, 2):
+        sp: SessionPresence = ch.choice(present)
+        d, offset = _call_ok(d, now, offset, "upsert_presence", _same_presence(sp),
+                             B if sp.identity == B.identity else A)
     return d, now, offset
 
 
@@ -449,6 +480,10 @@ def test_reducer_relation_matches_the_model(reducer: str, data: st.DataObject) -
         pre, now, offset = outbox_history(data, pre, now, offset)
     if reducer in ASSIGNMENT_REDUCERS:
         pre, now, offset = assignment_history(data, pre, now, offset)
+    if reducer == "ack_checkpoint":
+        pre, now, offset = checkpoint_history(data, pre, now, offset)
+    if reducer == "upsert_presence":
+        pre, now, offset = presence_history(data, pre, now, offset)
     _r, claims, args = draw_call(Chooser(data), pre, reducer)
     outcome = call(pre, CallContext(claims, now, offset, POLICY), reducer, args)
     post = outcome.state if isinstance(outcome, Ok) else pre
@@ -702,3 +737,75 @@ def test_the_walked_states_catch_the_role_and_provider_bugs(bug: str) -> None:
     """The explicit assignment cases alone catch the bugs of the role and provider checks, which the
     drawn states reach in a few percent of examples."""
     assert catches(bug, 1, draws=False), f"the walked states do not expose {bug}"
+
+
+OLDER_CALL_REDUCERS = ("append_sync_event", "ack_checkpoint", "update_compute_assignment", "upsert_presence")
+
+
+def _call_branch(d: DbState, reducer: str, args: tuple[Any, ...], out: Any) -> str:
+    """Which branch of a call goal (SEQ-4, CKPT-2, ASSIGN-1, PRES-2) a call took, read off the rows."""
+    if not isinstance(out, Ok):
+        return f"{reducer}: {out.error.code.value}"
+    if reducer == "append_sync_event":
+        sid, key = args[0], args[1]
+        retained = d.find(SyncEvent, lambda e: e.stream_id == sid and e.idempotency_key == key)
+        if retained is not None:
+            return "append: retry of a retained key" + (" (expected seq given)" if args[4] is not None else "")
+        new_stream = d.find(SyncStream, lambda s: s.stream_id == sid) is None
+        return ("append: a fresh key on a new stream" if new_stream else "append: a fresh key") + (
+            " (expected seq = head + 1)" if args[4] is not None else "")
+    if reducer == "ack_checkpoint":
+        client, sid, epoch, _seq = args
+        old_ck = d.find(SyncCheckpoint, lambda k: k.client_id == client and k.stream_id == sid)
+        if old_ck is None:
+            return "ack: a new checkpoint"
+        if out.noop:
+            same = old_ck.epoch == epoch
+            return "ack: at or below the checkpoint, same epoch" if same else "ack: other epoch, no write"
+        return "ack: raises the checkpoint" if old_ck.epoch == epoch else "ack: moves the checkpoint to another epoch"
+    if reducer == "update_compute_assignment":
+        row = d.find(ComputeAssignment, _request(args[0]))
+        assert row is not None
+        return f"update: {row.status} -> {args[2]}" + (" (no write)" if out.noop else "")
+    old_p = d.find(SessionPresence, lambda p: p.session_id == args[0])
+    if old_p is None:
+        return "upsert: a new row"
+    if out.noop:
+        return "upsert: the row already is what it writes"
+    return "upsert: a status change" if old_p.status != args[3] else "upsert: same status, other columns"
+
+
+def test_older_call_goals_reach_every_branch() -> None:
+    """The calls the correspondence test draws reach each branch of the older call goals: SEQ-4 (a fresh
+    key on a new or existing stream, with and without expected_next_seq; a retry), CKPT-2 (a new
+    checkpoint, a raise, one at or below in the same epoch, a move to another epoch), ASSIGN-1 (every
+    edge of the edge table), PRES-2 (a new row, a status change, a change of other columns, a no-op),
+    and each refusal that guards them."""
+    seen: set[str] = set()
+
+    @settings(max_examples=500, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def probe(data: st.DataObject) -> None:
+        d, now, offset = build_state(data)
+        for reducer in OLDER_CALL_REDUCERS:
+            pre = (assignment_history(data, d, now, offset)[0] if reducer in ASSIGNMENT_REDUCERS else
+                   checkpoint_history(data, d, now, offset)[0] if reducer == "ack_checkpoint" else
+                   presence_history(data, d, now, offset)[0] if reducer == "upsert_presence" else d)
+            _r, claims, args = draw_call(Chooser(data), pre, reducer)
+            seen.add(_call_branch(pre, reducer, args, call(pre, CallContext(claims, now, offset, POLICY), reducer,
+                                                           args)))
+
+    probe()
+    edges = {f"update: {f} -> {t}" for f, t in ASSIGNMENT_TRANSITIONS}
+    wanted = {"append: a fresh key on a new stream", "append: a fresh key",
+              "append: a fresh key (expected seq = head + 1)", "append: retry of a retained key",
+              "append: retry of a retained key (expected seq given)",
+              "append_sync_event: idempotency_conflict", "append_sync_event: sequence_conflict",
+              "ack: a new checkpoint", "ack: raises the checkpoint", "ack: at or below the checkpoint, same epoch",
+              "ack: moves the checkpoint to another epoch",
+              *edges, "update_compute_assignment: invalid_transition", "update_compute_assignment: forbidden",
+              "update_compute_assignment: provider_unavailable",
+              "upsert: a new row", "upsert: a status change", "upsert: same status, other columns",
+              "upsert: the row already is what it writes", "upsert_presence: forbidden"}
+    assert wanted <= seen, sorted(wanted - seen)
