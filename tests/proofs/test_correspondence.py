@@ -159,7 +159,7 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
             owners = [x for x in (A, B) if x.identity == old_ck.owner]
             c = ch.choice([c, *owners, *owners, *owners])
             epoch = ch.choice([_head(d, old_ck.stream_id)[0], old_ck.epoch])
-            step = ch.choice([-1, -2, -1, 0, 1] if valid else [-1, 0, 1, 1])  # lower, equal or raising acks
+            step = ch.choice([-1, -2, -1, 0, 1] if valid else [-2, -1, -1, 0, 1, 1])  # lower, equal or raising acks
             return reducer, c, (old_ck.client_id, old_ck.stream_id, epoch, max(0, old_ck.last_applied_seq + step))
         sid = ch.choice(STREAMS)
         epoch, head = _head(d, sid)
@@ -375,11 +375,11 @@ def assignment_history(data: st.DataObject, d: DbState, now: int, offset: int) -
 
 
 def checkpoint_history(data: st.DataObject, d: DbState, now: int, offset: int) -> tuple[DbState, int, int]:
-    """For ``ack_checkpoint``'s test: a third of the time the stream of a checkpoint is reset to a new
+    """For ``ack_checkpoint``'s test: a quarter of the time the stream of a checkpoint is reset to a new
     epoch, so that acks moving a checkpoint to another epoch (CKPT-2's other branch) are drawn too."""
     ch = Chooser(rng=random.Random(data.draw(st.integers(0, 2**32 - 1), label="checkpoint seed")))
     ckpts = sorted({k.stream_id for k in d.of_type(SyncCheckpoint)})
-    if ckpts and not ch.integer(0, 2):
+    if ckpts and not ch.integer(0, 3):
         d, offset = _call_ok(d, now, offset, "reset_stream_epoch", (ch.choice(ckpts),))
     return d, now, offset
 
