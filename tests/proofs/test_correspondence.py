@@ -13,7 +13,7 @@ So the encoding the proofs reason about cannot drift from the executable model u
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -159,13 +159,23 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
             owners = [x for x in (A, B) if x.identity == old_ck.owner]
             c = ch.choice([c, *owners, *owners, *owners])
             epoch = ch.choice([_head(d, old_ck.stream_id)[0], old_ck.epoch])
-            return reducer, c, (old_ck.client_id, old_ck.stream_id, epoch,
-                                max(0, old_ck.last_applied_seq + ch.choice([-1, -2, -1, 0, 1])))
+            step = ch.choice([-1, -2, -1, 0, 1] if valid else [-2, -1, -1, 0, 1, 1])  # lower, equal or raising acks
+            return reducer, c, (old_ck.client_id, old_ck.stream_id, epoch, max(0, old_ck.last_applied_seq + step))
         sid = ch.choice(STREAMS)
         epoch, head = _head(d, sid)
         return reducer, c, (ch.choice(CLIENTS), sid, max(0, epoch + ch.choice([0, 0, 0, -1, 1])),
                             max(0, head + ch.choice([0, -1, -2, 1])))
     if reducer == "upsert_presence":
+        present = list(d.of_type(SessionPresence))
+        if aim and present and not valid:  # an existing session upserted again by its owner: as it is, or changed
+            sp: SessionPresence = ch.choice(present)
+            owner = next((x for x in (A, B) if x.identity == sp.identity), c)
+            if ch.boolean():
+                return reducer, owner, _same_presence(sp)
+            return reducer, ch.choice([owner, owner, owner, c]), (
+                sp.session_id, ch.choice([sp.device_id, "dev1", "dev2"]), "n1",
+                ch.choice([sp.status, "online", "away", "offline"]), ch.choice([sp.region, "eu", ""]),
+                ch.choice([1000, 3000, 5000]))
         return reducer, c, (ch.choice(SESSIONS), oneof(["dev1", "dev2"], ["bad dev"]),
                             "n1", oneof(["online", "away", "offline"], ["busy"]), oneof(["eu", ""], ["bad region"]),
                             oneof([1000, 3000, 5000], [500, 6000]))
@@ -184,6 +194,10 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
                             oneof(list(PAYLOADS[:2]), ["{"]))
     if reducer == "update_compute_assignment":
         rid = ch.choice(REQUESTS)
+        movable = [r.request_id for r in d.of_type(ComputeAssignment)
+                   if any(f == r.status for f, _ in ASSIGNMENT_TRANSITIONS)]
+        if aim and movable and not valid:  # a row with an edge out of it (the setup's draws stay as they are)
+            rid = ch.choice(movable)
         row = d.find(ComputeAssignment, lambda r: r.request_id == rid)
         onward = [t for f, t in ASSIGNMENT_TRANSITIONS if row is not None and f == row.status]
         if aim and row is not None and onward:  # an edge that exists, taken properly
@@ -191,7 +205,8 @@ def draw_call(ch: Chooser, d: DbState, reducer: str, valid: bool = False) -> Cal
             # the edge's roles are tried by a likely holder (A) and by others: B and EXECUTOR hold
             # compute.execute without owning the provider, which only the role's identity column refuses
             return reducer, ch.choice([A, A, c, B, EXECUTOR]), (
-                rid, row.version, status, ch.choice(["prov1", "prov1", "prov2"]) if status == "assigned" else None,
+                rid, row.version, status,
+                ch.choice(["prov1", "prov1", "prov2"]) if status == "assigned" else None,
                 ch.choice([None, '{"ok":true}']) if status in ("completed", "failed") else None)
         version = (row.version if row else 1) + ch.choice([0, 0, 0, 1])
         status = ch.choice(STATUSES)
@@ -322,6 +337,81 @@ def _guided(ch: Chooser, d: DbState, op: str, now: int, offset: int) -> DbState:
 
 
 OUTBOX_REDUCERS = ("enqueue_bridge_event", "mark_bridge_event_sent", "record_bridge_failure")
+ASSIGNMENT_REDUCERS = ("open_compute_assignment", "update_compute_assignment")
+
+
+def assignment_history(data: st.DataObject, d: DbState, now: int, offset: int) -> tuple[DbState, int, int]:
+    """One assignment walked 0-3 edges of the edge table on top of a drawn state, for the assignment
+    reducers' tests: assigned and running rows -- the only ones the executor edges and their role
+    checks act on -- are otherwise a few percent of drawn states, too few for a planted bug in those
+    checks (``execute_by_scope_alone``) to be caught whatever the seed.  (Drawn here, not in
+    :func:`build_state`, so the setup's draws stay as they are.)"""
+    ch = Chooser(rng=random.Random(data.draw(st.integers(0, 2**32 - 1), label="assignment seed")))
+    if d.find(ProviderCapability, lambda r: r.provider_id == "prov1") is None:
+        d, offset = _call_ok(d, now, offset, "publish_provider_capability", ("prov1", '{"gpu":1}', (5000, 5001), 0,
+                                                                            "active"))
+    for rid in REQUESTS:
+        if not ch.integer(0, 3):
+            continue  # this request as the state has it
+        row = d.find(ComputeAssignment, _request(rid))
+        if row is None:
+            d, offset = _call_ok(d, now, offset, "open_compute_assignment", (rid, 5000, '{"v":1}'))
+            row = d.find(ComputeAssignment, _request(rid))
+        for _ in range(ch.choice([0, 0, 1, 1, 2, 3])):  # open, assigned or running, mostly
+            onward = [t for f, t in ASSIGNMENT_TRANSITIONS if row is not None and f == row.status]
+            if row is None or not onward:
+                break
+            status = ch.choice([t for t in onward if t != "cancelled"] * 3 + onward)
+            d, offset = _call_ok(d, now, offset, "update_compute_assignment", (
+                rid, row.version, status, "prov1" if status == "assigned" else None,
+                '{"ok":true}' if status in ("completed", "failed") and ch.boolean() else None))
+            row = d.find(ComputeAssignment, _request(rid))
+    prov = d.find(ProviderCapability, lambda r: r.provider_id == "prov1")
+    if prov is not None and not ch.integer(0, 2):  # withdrawn, or not advertising kind 5000: assigning it is refused
+        owner = B if prov.owner == B.identity else A
+        d, offset = _call_ok(d, now, offset, "publish_provider_capability", ("prov1", '{"gpu":1}', *ch.choice(
+            [((5000, 5001), 0, "withdrawn"), ((5001,), 0, "active")])), owner)
+    return d, now, offset
+
+
+def checkpoint_history(data: st.DataObject, d: DbState, now: int, offset: int) -> tuple[DbState, int, int]:
+    """For ``ack_checkpoint``'s test: a quarter of the time the stream of a checkpoint is reset to a new
+    epoch, so that acks moving a checkpoint to another epoch (CKPT-2's other branch) are drawn too."""
+    ch = Chooser(rng=random.Random(data.draw(st.integers(0, 2**32 - 1), label="checkpoint seed")))
+    ckpts = sorted({k.stream_id for k in d.of_type(SyncCheckpoint)})
+    if ckpts and not ch.integer(0, 3):
+        d, offset = _call_ok(d, now, offset, "reset_stream_epoch", (ch.choice(ckpts),))
+    return d, now, offset
+
+
+def _same_presence(sp: SessionPresence) -> tuple[Any, ...]:
+    """The upsert arguments that write ``sp`` again (the TTL read off it when within the policy)."""
+    ttl = (sp.expires_at - sp.last_seen) // 1000
+    return (sp.session_id, sp.device_id, sp.node_id, sp.status, sp.region,
+            ttl if POLICY.presence_min_ttl_ms <= ttl <= POLICY.presence_max_ttl_ms else 3000)
+
+
+def presence_history(data: st.DataObject, d: DbState, now: int, offset: int) -> tuple[DbState, int, int]:
+    """For ``upsert_presence``'s test: a third of the time a session is upserted again now by its owner, so
+    that a repeated identical upsert (PRES-2's no-op branch) is drawn too."""
+    ch = Chooser(rng=random.Random(data.draw(st.integers(0, 2**32 - 1), label="presence seed")))
+    present = list(d.of_type(SessionPresence))
+    if present and not ch.integer(0, 2):
+        sp: SessionPresence = ch.choice(present)
+        d, offset = _call_ok(d, now, offset, "upsert_presence", _same_presence(sp),
+                             B if sp.identity == B.identity else A)
+    return d, now, offset
+
+
+def _request(rid: str) -> Callable[[ComputeAssignment], bool]:
+    return lambda r: r.request_id == rid
+
+
+def _call_ok(d: DbState, now: int, offset: int, reducer: str, args: tuple[Any, ...],
+             caller: Claims = A) -> tuple[DbState, int]:
+    """``reducer(args)`` (by A), kept when it succeeds and stays within the bounds."""
+    out = call(d, CallContext(caller, now, offset, POLICY), reducer, args)
+    return (out.state, offset + 1) if isinstance(out, Ok) and fits(out.state) else (d, offset)
 
 
 def outbox_history(data: st.DataObject, d: DbState, now: int, offset: int) -> tuple[DbState, int, int]:
@@ -388,6 +478,12 @@ def test_reducer_relation_matches_the_model(reducer: str, data: st.DataObject) -
     pre, now, offset = build_state(data)
     if reducer in OUTBOX_REDUCERS:
         pre, now, offset = outbox_history(data, pre, now, offset)
+    if reducer in ASSIGNMENT_REDUCERS:
+        pre, now, offset = assignment_history(data, pre, now, offset)
+    if reducer == "ack_checkpoint":
+        pre, now, offset = checkpoint_history(data, pre, now, offset)
+    if reducer == "upsert_presence":
+        pre, now, offset = presence_history(data, pre, now, offset)
     _r, claims, args = draw_call(Chooser(data), pre, reducer)
     outcome = call(pre, CallContext(claims, now, offset, POLICY), reducer, args)
     post = outcome.state if isinstance(outcome, Ok) else pre
@@ -415,8 +511,15 @@ def test_presence_sweep_relation(data: st.DataObject) -> None:
 @given(data=st.data())
 def test_disconnect_sessions_relation(data: st.DataObject) -> None:
     pre, now, _ = build_state(data)
-    now += data.draw(st.sampled_from([0, 1_000_000, 6_000_000]))
-    who = data.draw(st.sampled_from([A, B, NOBODY]))
+    live = [p for p in pre.of_type(SessionPresence) if p.status != "offline"]
+    aimed: bool = data.draw(st.booleans())
+    if live and aimed:  # at a live row's expiry (an expired row not swept yet), by its owner
+        row = data.draw(st.sampled_from(live))
+        now = max(now, row.expires_at + data.draw(st.sampled_from([0, 0, -1, 1])))
+        who = data.draw(st.sampled_from([x for x in (A, B) if x.identity == row.identity] or [A]))
+    else:
+        now += data.draw(st.sampled_from([0, 1_000_000, 6_000_000]))
+        who = data.draw(st.sampled_from([A, B, NOBODY]))
     sessions = frozenset(data.draw(st.lists(st.sampled_from(SESSIONS), unique=True)))
     out = disconnect_sessions(pre, now, who.identity, sessions)
     i = Interner()
@@ -441,6 +544,53 @@ def test_unclean_restart_relation(data: st.DataObject) -> None:
     undurable = data.draw(st.integers(1, 8))
     post = unclean_restart(pre, now, undurable)
     relation("unclean_restart").check(Interner(), pre, E.RestartAct(undurable), post, None, None)
+
+
+def _walked(status: str, provider_ad: tuple[tuple[int, ...], str]) -> DbState:
+    """A state holding request r1 (kind 5000, requested by A) walked along the edge table to ``status``,
+    and prov1 (A's) advertising ``provider_ad`` (kinds, status) -- published as available for the walk,
+    then republished as given."""
+    d, offset = DbState(), 1
+    d, offset = _call_ok(d, 1_000_000, offset, "publish_provider_capability", ("prov1", "{}", (5000,), 0, "active"))
+    d, offset = _call_ok(d, 1_000_000, offset, "open_compute_assignment", ("r1", 5000, '{"v":1}'))
+    for to in {"open": (), "assigned": ("assigned",), "running": ("assigned", "running")}[status]:
+        row = d.find(ComputeAssignment, _request("r1"))
+        assert row is not None
+        d, offset = _call_ok(d, 1_000_000, offset, "update_compute_assignment",
+                             ("r1", row.version, to, "prov1" if to == "assigned" else None, None))
+    d, offset = _call_ok(d, 1_000_000, offset, "publish_provider_capability",
+                         ("prov1", "{}", provider_ad[0], 0, provider_ad[1]))
+    row = d.find(ComputeAssignment, _request("r1"))
+    assert row is not None and row.status == status, (status, row)
+    return d
+
+
+WALKED = [(status, ad) for status in ("open", "assigned", "running")
+          for ad in (((5000,), "active"), ((5000,), "withdrawn"), ((5001,), "active"))]
+
+
+@pytest.mark.parametrize(("status", "provider_ad"), WALKED)
+def test_assignment_edges_on_walked_states(status: str, provider_ad: tuple[tuple[int, ...], str]) -> None:
+    """Every edge out of an open, assigned or running assignment, taken by each kind of caller (the
+    requester and provider owner A, B and EXECUTOR holding compute.execute without owning the
+    provider, ASSIGNER holding only compute.assign), assigning an available or unavailable provider:
+    the role and provider checks exactly, whatever the random draws reach (``execute_by_scope_alone``
+    and ``assign_skips_provider_check`` are caught here deterministically)."""
+    pre = _walked(status, provider_ad)
+    row = pre.find(ComputeAssignment, _request("r1"))
+    assert row is not None
+    for (src, to), _roles in ASSIGNMENT_TRANSITIONS.items():
+        if src != status:
+            continue
+        for caller in (A, B, EXECUTOR, ASSIGNER):
+            for provider in (("prov1", "prov2") if to == "assigned" else (None,)):
+                args = ("r1", row.version, to, provider, '{"ok":true}' if to in ("completed", "failed") else None)
+                outcome = call(pre, CallContext(caller, 2_000_000, 9, POLICY), "update_compute_assignment", args)
+                post = outcome.state if isinstance(outcome, Ok) else pre
+                i = Interner()
+                act = action(i, "update_compute_assignment", caller, args, 2_000_000, POLICY)
+                relation("update_compute_assignment").check(i, pre, act, post, outcome,
+                                                            outcome.delta if isinstance(outcome, Ok) else None)
 
 
 def test_every_database_transition_is_covered() -> None:
@@ -533,9 +683,16 @@ _BODIES = {
 }
 
 
-def catches(bug: str, max_examples: int) -> bool:
+_TARGETED = {
+    "update_compute_assignment": lambda: [test_assignment_edges_on_walked_states(*case) for case in WALKED],
+}
+"""Transitions with a table of explicit cases besides their drawn ones."""
+
+
+def catches(bug: str, max_examples: int, draws: bool = True) -> bool:
     """Does the correspondence test notice when the relation encodes a planted bug instead of the
-    model?  (Runs the test body against the broken relation; True when some example fails.)"""
+    model?  (Runs the transition's explicit cases, then -- with ``draws`` -- the test body, against the
+    broken relation; True when some case fails.)"""
     name = E.BUGS[bug][0]
     broken = DbRelation(name)
     t = E.DB_TRANSITION_BY_NAME[name]
@@ -554,7 +711,10 @@ def catches(bug: str, max_examples: int) -> bool:
             test_reducer_relation_matches_the_model.hypothesis.inner_test(name, data)  # type: ignore[attr-defined]
 
     try:
-        body()
+        if name in _TARGETED:
+            _TARGETED[name]()
+        if draws:
+            body()
     except AssertionError:
         return True
     finally:
@@ -570,3 +730,82 @@ def test_correspondence_catches_a_planted_bug(bug: str) -> None:
     """Every planted bug of the database encodings makes the correspondence test fail: the test is
     sharp enough to notice an encoding that drifted from the model in any of these ways."""
     assert catches(bug, 150), f"the correspondence test does not notice the encoding bug {bug}"
+
+
+@pytest.mark.parametrize("bug", ["execute_by_scope_alone", "assign_skips_provider_check"])
+def test_the_walked_states_catch_the_role_and_provider_bugs(bug: str) -> None:
+    """The explicit assignment cases alone catch the bugs of the role and provider checks, which the
+    drawn states reach in a few percent of examples."""
+    assert catches(bug, 1, draws=False), f"the walked states do not expose {bug}"
+
+
+OLDER_CALL_REDUCERS = ("append_sync_event", "ack_checkpoint", "update_compute_assignment", "upsert_presence")
+
+
+def _call_branch(d: DbState, reducer: str, args: tuple[Any, ...], out: Any) -> str:
+    """Which branch of a call goal (SEQ-4, CKPT-2, ASSIGN-1, PRES-2) a call took, read off the rows."""
+    if not isinstance(out, Ok):
+        return f"{reducer}: {out.error.code.value}"
+    if reducer == "append_sync_event":
+        sid, key = args[0], args[1]
+        retained = d.find(SyncEvent, lambda e: e.stream_id == sid and e.idempotency_key == key)
+        if retained is not None:
+            return "append: retry of a retained key" + (" (expected seq given)" if args[4] is not None else "")
+        new_stream = d.find(SyncStream, lambda s: s.stream_id == sid) is None
+        return ("append: a fresh key on a new stream" if new_stream else "append: a fresh key") + (
+            " (expected seq = head + 1)" if args[4] is not None else "")
+    if reducer == "ack_checkpoint":
+        client, sid, epoch, _seq = args
+        old_ck = d.find(SyncCheckpoint, lambda k: k.client_id == client and k.stream_id == sid)
+        if old_ck is None:
+            return "ack: a new checkpoint"
+        if out.noop:
+            same = old_ck.epoch == epoch
+            return "ack: at or below the checkpoint, same epoch" if same else "ack: other epoch, no write"
+        return "ack: raises the checkpoint" if old_ck.epoch == epoch else "ack: moves the checkpoint to another epoch"
+    if reducer == "update_compute_assignment":
+        row = d.find(ComputeAssignment, _request(args[0]))
+        assert row is not None
+        return f"update: {row.status} -> {args[2]}" + (" (no write)" if out.noop else "")
+    old_p = d.find(SessionPresence, lambda p: p.session_id == args[0])
+    if old_p is None:
+        return "upsert: a new row"
+    if out.noop:
+        return "upsert: the row already is what it writes"
+    return "upsert: a status change" if old_p.status != args[3] else "upsert: same status, other columns"
+
+
+def test_older_call_goals_reach_every_branch() -> None:
+    """The calls the correspondence test draws reach each branch of the older call goals: SEQ-4 (a fresh
+    key on a new or existing stream, with and without expected_next_seq; a retry), CKPT-2 (a new
+    checkpoint, a raise, one at or below in the same epoch, a move to another epoch), ASSIGN-1 (every
+    edge of the edge table), PRES-2 (a new row, a status change, a change of other columns, a no-op),
+    and each refusal that guards them."""
+    seen: set[str] = set()
+
+    @settings(max_examples=500, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def probe(data: st.DataObject) -> None:
+        d, now, offset = build_state(data)
+        for reducer in OLDER_CALL_REDUCERS:
+            pre = (assignment_history(data, d, now, offset)[0] if reducer in ASSIGNMENT_REDUCERS else
+                   checkpoint_history(data, d, now, offset)[0] if reducer == "ack_checkpoint" else
+                   presence_history(data, d, now, offset)[0] if reducer == "upsert_presence" else d)
+            _r, claims, args = draw_call(Chooser(data), pre, reducer)
+            seen.add(_call_branch(pre, reducer, args, call(pre, CallContext(claims, now, offset, POLICY), reducer,
+                                                           args)))
+
+    probe()
+    edges = {f"update: {f} -> {t}" for f, t in ASSIGNMENT_TRANSITIONS}
+    wanted = {"append: a fresh key on a new stream", "append: a fresh key",
+              "append: a fresh key (expected seq = head + 1)", "append: retry of a retained key",
+              "append: retry of a retained key (expected seq given)",
+              "append_sync_event: idempotency_conflict", "append_sync_event: sequence_conflict",
+              "ack: a new checkpoint", "ack: raises the checkpoint", "ack: at or below the checkpoint, same epoch",
+              "ack: moves the checkpoint to another epoch",
+              *edges, "update_compute_assignment: invalid_transition", "update_compute_assignment: forbidden",
+              "update_compute_assignment: provider_unavailable",
+              "upsert: a new row", "upsert: a status change", "upsert: same status, other columns",
+              "upsert: the row already is what it writes", "upsert_presence: forbidden"}
+    assert wanted <= seen, sorted(wanted - seen)
