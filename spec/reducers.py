@@ -882,8 +882,8 @@ RECORD_BRIDGE_FAILURE: tuple[Step[FailureCall], ...] = (
 
 
 def _record_failure(a: FailureCall) -> Ok:
-    """attempts + 1, last_error, next_attempt_at = now + retry_after_ms; the row is failed (a dead
-    letter) once attempts reach the policy's ``bridge_max_attempts``."""
+    """attempts + 1, last_error, next_attempt_at = now + retry_after_ms milliseconds (timestamps are µs: + 1000 x
+    retry_after_ms); the row is failed (a dead letter) once attempts reach the policy's ``bridge_max_attempts``."""
     attempts = a.row.attempts + 1
     status = "failed" if attempts >= a.ctx.policy.bridge_max_attempts else "pending"
     tx = Tx(a.db)
