@@ -648,12 +648,20 @@ def _covers(grants: Sequence[str], stream_id: str) -> bool:
 
 def check_convergence(clients: Iterable[tuple[str, frozenset[str], Sequence[str], Mapping[str, ConvergenceView],
                                               Mapping[str, str]]],
-                      db: DbState, ledger: Sequence[SyncEvent]) -> list[Violation]:
+                      db: DbState, ledger: Sequence[SyncEvent], *, unconfirmed: Iterable[str] = (),
+                      floors_committed: Mapping[str, int] | None = None) -> list[Violation]:
     """REPLAY-2 after quiescence.  ``clients``: (client, its scopes, its stream grants, its followed streams'
     views, the error code of each stream the server refused it).  Which streams must converge is computed
-    here from the claims; a refusal of a readable stream is a violation, never a reason to skip it."""
+    here from the claims; a refusal of a readable stream is a violation, never a reason to skip it.
+
+    A client without confirmed reads (``unconfirmed``) may have read a retention window from a compaction
+    that a crash then lost: it holds the events from that floor on, and the recovered stream retains
+    older ones again (until the next compaction).  Its view may so start at any floor the stream had in
+    a committed state, durable or not (``floors_committed``, the highest per stream); its events from
+    there on must still be exactly the authority's.  A confirmed client reads only durable floors."""
     v: list[Violation] = []
     streams = _by(db.of_type(SyncStream), "stream_id")
+    lost_window_ok, seen = frozenset(unconfirmed), floors_committed or {}
     for client, scopes, grants, views, refused in clients:
         for sid, (epoch, base, last, applied, rehydrating) in sorted(views.items()):
             readable = "sync.subscribe" in scopes and _covers(grants, sid)
@@ -672,7 +680,7 @@ def check_convergence(clients: Iterable[tuple[str, frozenset[str], Sequence[str]
             if rehydrating or epoch != cur_epoch or last != head:
                 v.append(("REPLAY-2", f"{client}/{sid}: at epoch {epoch} seq {last} (rehydrating {rehydrating}), "
                                       f"server at {cur_epoch}/{head}"))
-            elif base > max(floor - 1, 0):
+            elif base > max(floor - 1, 0) and not (client in lost_window_ok and base <= seen.get(sid, 0) - 1):
                 v.append(("REPLAY-2", f"{client}/{sid}: holds events from {base + 1} only, the server retains "
                                       f"from {floor}"))
             elif list(applied) != truth:

@@ -173,3 +173,29 @@ def test_convergence_is_computed_from_the_claims() -> None:
     for scopes, grants, view, refused, violated in cases:
         got = check_convergence([("c", scopes, grants, {"s.a": view}, refused)], db, ledger)
         assert bool(got) == violated and all(v[0] == "REPLAY-2" for v in got), (grants, view, refused, got)
+
+
+def test_an_unconfirmed_view_may_start_at_a_floor_a_crash_lost() -> None:
+    """REPLAY-2 for a client without confirmed reads: it may have rehydrated from a compaction's floor
+    that a crash then lost (the recovered stream retains older events again).  Its view may start at
+    any floor the stream had in a committed state, no higher; its events from there on must still be
+    the authority's; a confirmed client gets no such allowance (found by the system machine: c1 held
+    events from 6 after a lost compaction, the recovered stream retained from 1)."""
+    from spec.invariants import check_convergence
+    db, ledger = _db_with_stream(head=4, floor=1)  # the compaction to floor 3 was lost
+    window = tuple((k, f"h{k}") for k in range(3, 5))
+    sub = frozenset({"sync.subscribe"})
+    seen = {"s.a": 3}
+    cases = [
+        # (view (epoch, base, last, applied, rehydrating), unconfirmed, floors_committed, violated)
+        ((1, 2, 4, window, False), ["c"], seen, False),  # rehydrated at the lost floor 3
+        ((1, 2, 4, window, False), [], seen, True),  # a confirmed client cannot have seen it
+        ((1, 2, 4, window, False), ["c"], None, True),  # no floor recorded: strict
+        ((1, 3, 4, window[1:], False), ["c"], seen, True),  # above any floor the stream had
+        ((1, 2, 4, ((3, "h3"), (4, "hX")), False), ["c"], seen, True),  # the window itself differs
+        ((1, 2, 4, window, False), ["other"], seen, True),  # the allowance is per client
+    ]
+    for view, unconfirmed, floors, violated in cases:
+        got = check_convergence([("c", sub, ("s.*",), {"s.a": view}, {})], db, ledger, unconfirmed=unconfirmed,
+                                floors_committed=floors)
+        assert bool(got) == violated and all(v[0] == "REPLAY-2" for v in got), (view, unconfirmed, floors, got)

@@ -63,3 +63,30 @@ def test_module_machine_checks_the_state_after_system_transactions(monkeypatch: 
     m.sweep(3_000_000)
     with pytest.raises(AssertionError, match="PRES-1"):
         m.holds()
+
+
+def test_an_unconfirmed_client_that_read_a_lost_compaction_converges() -> None:
+    """The system machine's counterexample (CI, seed 294453118723402861840847486469253068617): the
+    unconfirmed c1 rehydrated from a compaction's floor 6 that was not durable; the crash lost it and
+    the recovered stream retained from 1 again.  c1's view (events 6-7 of the same chain) is right
+    (REPLAY-2's allowance for unconfirmed clients, spec.invariants.check_convergence)."""
+    from support.machines import SystemMachine
+    m = SystemMachine()
+    m.start(follows=[(1, "s.a1")])
+    m.burst(i=1, live=False, n=10, s="s.a1")
+    m.tick(dt=500_000)
+    m.compact()
+    m.holds()
+    stream = next(s for s in m.sys.server.db.of_type(_stream_type()) if s.stream_id == "s.a1")
+    assert stream.floor_seq > 1 and m.sys.server.committed > m.sys.server.durable  # compacted, not durable
+    m.pump(n=2)
+    m.crash()
+    m.holds()
+    stream = next(s for s in m.sys.server.db.of_type(_stream_type()) if s.stream_id == "s.a1")
+    assert stream.floor_seq == 1 and m.sys.clients[1].streams["s.a1"].base >= 1  # the lost floor, c1 above it
+    m.heal()
+
+
+def _stream_type() -> type:
+    from spec.values import SyncStream
+    return SyncStream

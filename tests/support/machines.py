@@ -383,6 +383,7 @@ class SystemMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.sys = _mod("spec.system").System(POLICY, SYSTEM_CLIENTS, max_queue=8, max_undurable=4)
+        self.floors_committed: dict[str, int] = {}  # the highest floor each stream had, durable or not
         self.watching = False
         self.last_restart = 0
         self.jobs = 0
@@ -711,6 +712,11 @@ class SystemMachine(RuleBasedStateMachine):
     @rule()
     def compact(self) -> None:
         self.sys.compact()
+        self._note_floors()
+
+    def _note_floors(self) -> None:
+        for s in self.sys.server.db.of_type(_mod("spec.values").SyncStream):
+            self.floors_committed[s.stream_id] = max(self.floors_committed.get(s.stream_id, 0), s.floor_seq)
 
     @rule(s=st.sampled_from(STREAMS))
     def reset_epoch(self, s: str) -> None:
@@ -724,7 +730,9 @@ class SystemMachine(RuleBasedStateMachine):
         clients = [(c.client_id, c.claims.scopes, c.claims.streams,
                     {s: (v.epoch, v.base, v.last, tuple(v.applied), v.rehydrating) for s, v in c.streams.items()},
                     dict(c.refused)) for c in self.sys.clients]
-        violations = check_convergence(clients, self.sys.server.db, self.sys.server.ledger)
+        unconfirmed = [cid for cid, _, confirmed in SYSTEM_CLIENTS if not confirmed]
+        violations = check_convergence(clients, self.sys.server.db, self.sys.server.ledger, unconfirmed=unconfirmed,
+                                       floors_committed=self.floors_committed)
         for i, c in enumerate(self.sys.clients):
             self.sys.trace.check_rebootstraps(i, c)
         violations += self.sys.trace.violations
@@ -732,6 +740,7 @@ class SystemMachine(RuleBasedStateMachine):
 
     @invariant()
     def holds(self) -> None:
+        self._note_floors()
         v = self.sys.trace.violations
         assert not v, (sorted({x[0] for x in v}), v[:3])  # every invariant violated, then the first cases
 
