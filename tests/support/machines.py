@@ -760,6 +760,7 @@ class DiffMachine(SystemMachine):
     def __init__(self) -> None:
         RuleBasedStateMachine.__init__(self)
         self.sys = _mod("support.diff").DiffSystem(POLICY, SYSTEM_CLIENTS, max_queue=8, max_undurable=4)
+        self.floors_committed: dict[str, int] = {}
         self.watching = False
         self.last_restart = 0
         self.jobs = 0
