@@ -30,17 +30,18 @@ def _floor(st: object, admin: str, stream: str) -> int:
     return floor
 
 
+def _append_five(st: Any, writer: str) -> None:
+    """Seqs 1..5 on ``small.s`` (retain_count 2: a compaction moves its floor to 4)."""
+    for i in range(1, 6):
+        res = call_http(st, writer, "append_sync_event", ["small.s", f"k{i}", str(i), {"none": []}, {"none": []}])
+        assert res.status == 200
+
+
 def test_compaction_on_demand_needs_an_admin_granted_every_stream(tmp_path: Path) -> None:
     with running_server(tmp_path / "d", policy=SMALL, compact_interval_s=3600.0) as st:
         url = f"{st.base}/v1/database/autopilot-sync/compact"
         writer = st.token(scopes=("sync.subscribe", "sync.append"), streams=("*",))
-        for i in range(1, 6):
-            assert (
-                call_http(
-                    st, writer, "append_sync_event", ["small.s", f"k{i}", str(i), {"none": []}, {"none": []}]
-                ).status
-                == 200
-            )
+        _append_five(st, writer)
         admin = st.token(scopes=("sync.admin", "sync.subscribe"), streams=("*",))
         assert _floor(st, admin, "small.s") == 1
         limited = st.token(scopes=("sync.admin",), streams=("small.*",))
@@ -78,13 +79,7 @@ def test_compaction_answers_its_own_offset_not_a_later_commit(tmp_path: Path) ->
         url = f"{st.base}/v1/database/autopilot-sync/compact"
         writer = st.token(scopes=("sync.subscribe", "sync.append"), streams=("*",))
         admin = st.token(scopes=("sync.admin", "sync.subscribe"), streams=("*",))
-        for i in range(1, 6):
-            assert (
-                call_http(
-                    st, writer, "append_sync_event", ["small.s", f"k{i}", str(i), {"none": []}, {"none": []}]
-                ).status
-                == 200
-            )
+        _append_five(st, writer)
 
         def committed() -> int:
             value: int = st.call(lambda: st.server.engine.committed)
