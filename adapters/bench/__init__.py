@@ -40,8 +40,9 @@ within a repeat.
   receipt minus that (same machine, same clock), so it includes the commit.  For syncref the
   row's ``committed_at`` also gives commit->delivery (1 event in 8).  After the writer stops the
   subscribers get a grace period to receive everything.  Figures: deliveries/s, p50/p99,
-  delivered fraction, growth (median latency of the last fifth of the run over the first fifth),
-  kept up (everything delivered and growth < 2).
+  delivered fraction (distinct events: a duplicate is not counted twice), growth (median latency
+  of the last fifth of the run over the first fifth), kept up (every event delivered exactly once
+  to every subscriber and growth < 2).
 * ``fanout_100_v3`` / ``fanout_500_v3``: ``fanout_N`` with syncref's subscribers negotiating
   ``v3.bsatn.spacetimedb`` (what SpacetimeDB's SDKs offer first); the writer stays on v2 and the
   Redis and echo clients are those of ``fanout_N``, so the v2 workloads' figures stay comparable

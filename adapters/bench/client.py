@@ -386,10 +386,26 @@ class Subscriber:
         self.redis: RespClient | None = None
         self.last_id = b"0-0"
         self.frames = 0  # frames (or Redis replies) that carried events
+        # the events seen, kept only from the first one out of order: until then they are exactly
+        # 0 .. next_i - 1 (each was next_i when it came), so no set is paid for in a clean run
+        self.seen: set[int] | None = None
+
+    @property
+    def distinct(self) -> int:
+        """How many different events arrived (``count`` counts a duplicate twice)."""
+        return self.next_i if self.seen is None else len(self.seen)
+
+    def _jump(self, i: int) -> None:
+        """Event ``i`` came when ``next_i`` was expected."""
+        self.out_of_order += 1
+        if self.seen is None:
+            self.seen = set(range(self.next_i))
 
     def got(self, i: int, t_us: int, now_us: float) -> None:
         if i != self.next_i:
-            self.out_of_order += 1
+            self._jump(i)
+        if self.seen is not None:
+            self.seen.add(i)
         self.next_i = i + 1
         self.count += 1
         self.run.delivered(self, t_us, now_us)
@@ -432,11 +448,15 @@ class Subscriber:
         first = self.next_i
         in_order = ids[0] == first and ids[-1] == first + k - 1 and ids == list(range(first, first + k))
         if in_order:
+            if self.seen is not None:
+                self.seen.update(ids)
             self.next_i = first + k
         else:
             for i in ids:  # as got() counts, event by event
                 if i != self.next_i:
-                    self.out_of_order += 1
+                    self._jump(i)
+                if self.seen is not None:
+                    self.seen.add(i)
                 self.next_i = i + 1
         self.count += k
         if run.commit_hist is not None:  # 1 event in 8, as on_syncref samples
@@ -493,7 +513,7 @@ class FanoutSubs:
         k = min(SLICES - 1, max(0, int((t_us - self.t0_us) // self.slice_us)))
         self.slices[k].add(lat_us)
         self.last_us = now_us
-        if self.expect is not None and sub.count >= self.expect:
+        if self.expect is not None and sub.distinct >= self.expect:
             self.check_done()
 
     def delivered_many(self, sub: Subscriber, ts: list[int], now_us: float) -> None:
@@ -510,12 +530,12 @@ class FanoutSubs:
             for t, lat in zip(ts, lats, strict=True):
                 self.slices[min(last, max(0, int((t - t0) // width)))].add(lat)
         self.last_us = now_us
-        if self.expect is not None and sub.count >= self.expect:
+        if self.expect is not None and sub.distinct >= self.expect:
             self.check_done()
 
     def check_done(self) -> None:
         if (self.expect is not None and self.all_in is not None and not self.all_in.done()
-                and all(s.count >= self.expect for s in self.subs)):
+                and all(s.distinct >= self.expect for s in self.subs)):
             self.all_in.set_result(None)
 
     def _closed(self, _ws: WsClient) -> None:
@@ -573,6 +593,7 @@ async def run_subscribers(task: dict[str, Any], control: Control) -> dict[str, A
     wall = (run.last_us / 1e6 - go) if run.last_us else 0.0
     result = {"subs": len(run.subs), "expect": run.expect, "complete": complete,
               "received": sum(s.count for s in run.subs), "min_received": min(s.count for s in run.subs),
+              "distinct": sum(s.distinct for s in run.subs),
               "out_of_order": sum(s.out_of_order for s in run.subs), "closed": run.closed,
               "frames": sum(s.frames for s in run.subs),
               "hist": run.hist.to_json(), "slices": [h.to_json() for h in run.slices],

@@ -454,14 +454,32 @@ FANOUT_METRICS = (
     Metric("deliveries_per_s", "events/s", HIGHER, "events received by all subscribers together, per second"),
     Metric("p50_ms", "ms", LOWER, "median latency, writer's send to a subscriber's receipt"),
     Metric("p99_ms", "ms", LOWER, "99th percentile of the same"),
-    Metric("delivered", "fraction", HIGHER, "events received / (events sent x subscribers), within the grace"),
+    Metric("delivered", "fraction", HIGHER, "distinct events received / (events sent x subscribers), within the "
+                                            "grace (a duplicate is not counted again)"),
     Metric("growth", "x", LOWER, "median latency of the last fifth of the run / of the first fifth"),
-    Metric("kept_up", "0/1", HIGHER, "1 when every event was delivered and latency did not grow (growth < 2)"),
+    Metric("kept_up", "0/1", HIGHER, "1 when every event was delivered exactly once and latency did not grow "
+                                     "(growth < 2)"),
 )
 SYNCREF_FANOUT_EXTRA = (
     Metric("commit_p50_ms", "ms", LOWER, "median commit->delivery (committed_at column to receipt; 1 event in 8)"),
     Metric("commit_p99_ms", "ms", LOWER, "99th percentile commit->delivery"),
 )
+
+
+def fanout_verdict(subs: list[dict[str, Any]], expected: int, early: float | None,
+                   late: float | None) -> tuple[float | None, float | None, float]:
+    """(delivered, growth, kept_up) of a fanout run from its subscriber processes' results:
+    ``expected`` = events sent x subscribers; ``early``/``late`` the median latency of the first
+    and the last fifth of the run.  ``delivered`` counts each subscriber's *distinct* events, and
+    kept up needs every event exactly once: a duplicate neither stands in for a missing event
+    nor passes as keeping up (the sums of deliveries alone let one subscriber's missing event
+    and another's duplicate cancel out)."""
+    received = sum(r["received"] for r in subs)
+    distinct = sum(r["distinct"] for r in subs)
+    growth = late / early if early and late else None
+    delivered = distinct / expected if expected else None
+    once = distinct == received == expected
+    return delivered, growth, 1.0 if once and growth is not None and growth < 2.0 else 0.0
 
 
 def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None, protocol: str = "v2") -> Run:
@@ -500,14 +518,11 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None, p
     received = sum(r["received"] for r in subs_r)
     expected = w["sent"] * subscribers
     wall = max(r["wall_s"] for r in subs_r)
-    early, late = slices[0].quantile(0.5), slices[-1].quantile(0.5)
-    growth = late / early if early and late else None
-    delivered = received / expected if expected else None
+    delivered, growth, kept_up = fanout_verdict(subs_r, expected, slices[0].quantile(0.5), slices[-1].quantile(0.5))
     figures: dict[str, float | None] = {
         "deliveries_per_s": received / wall if wall > 0 else None,
         "p50_ms": _ms(hist.quantile(0.5)), "p99_ms": _ms(hist.quantile(0.99)),
-        "delivered": delivered, "growth": growth,
-        "kept_up": 1.0 if delivered == 1.0 and growth is not None and growth < 2.0 else 0.0}
+        "delivered": delivered, "growth": growth, "kept_up": kept_up}
     why = {}
     if growth is None:
         why["growth"] = "no event sent in the first or the last fifth of the run was delivered in time"
@@ -528,6 +543,7 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None, p
                  "events_per_frame": round(received / max(1, sum(r["frames"] for r in subs_r)), 2),
                  "protocol": protocol if peer == "syncref" else None})
     diag.update({"sent": w["sent"], "acked": w["ok"], "received": received, "expected": expected,
+                 "duplicates": received - sum(r["distinct"] for r in subs_r),
                  "subscribers_closed": sum(r["closed"] for r in subs_r),
                  "out_of_order": sum(r["out_of_order"] for r in subs_r),
                  "writer_ack_p50_ms": _ms(ack.quantile(0.5)), "writer_ack_p99_ms": _ms(ack.quantile(0.99)),

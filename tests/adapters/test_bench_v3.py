@@ -180,7 +180,7 @@ def delivered_state(mod: types.ModuleType, batches: list[list[int]], v3: bool) -
 
     def hist(h: Hist | None) -> tuple[int, dict[int, int]] | None:
         return None if h is None else (h.n, dict(sorted(h.counts.items())))
-    return {"count": sub.count, "next_i": sub.next_i, "out_of_order": sub.out_of_order,
+    return {"count": sub.count, "distinct": sub.distinct, "next_i": sub.next_i, "out_of_order": sub.out_of_order,
             "hist": hist(run.hist), "slices": [hist(h) for h in run.slices], "commit": hist(run.commit_hist),
             "total": round(run.hist.total, 3)}
 

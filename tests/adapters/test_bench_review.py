@@ -1,0 +1,80 @@
+"""``syncref bench``: the verdicts and the report against tables of cases (the ninth session's
+review of the harness).  No timing is asserted; every case is built by hand, and nothing here
+computes the expected value with the code it judges."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from adapters import wire
+from adapters.bench import client
+from adapters.bench.workloads import fanout_verdict
+from spec import messages as m
+from spec.values import SyncEvent
+
+# --- fanout: "delivered" and "kept up" count distinct events, not deliveries ------------------------------
+
+
+def sub(received: int, distinct: int) -> dict[str, Any]:
+    return {"received": received, "distinct": distinct}
+
+
+@pytest.mark.parametrize(("subs", "expected", "early", "late", "verdict"), [
+    pytest.param([sub(100, 100), sub(100, 100)], 200, 1.0, 1.5, (1.0, 1.5, 1.0), id="every event once, flat"),
+    pytest.param([sub(99, 99), sub(101, 100)], 200, 1.0, 1.5, (0.995, 1.5, 0.0),
+                 id="one missing, one duplicated: the sums match"),
+    pytest.param([sub(100, 99), sub(100, 100)], 200, 1.0, 1.5, (0.995, 1.5, 0.0),
+                 id="a duplicate in place of a missing event"),
+    pytest.param([sub(100, 100), sub(101, 100)], 200, 1.0, 1.5, (1.0, 1.5, 0.0),
+                 id="every event, one twice: not exactly once"),
+    pytest.param([sub(100, 100), sub(100, 100)], 200, 1.0, 2.5, (1.0, 2.5, 0.0), id="latency grew"),
+    pytest.param([sub(100, 100), sub(100, 100)], 200, None, 1.0, (1.0, None, 0.0), id="growth unknown"),
+    pytest.param([sub(0, 0)], 0, None, None, (None, None, 0.0), id="nothing sent"),
+])
+def test_fanout_verdict_counts_each_event_once(subs: list[dict[str, Any]], expected: int, early: float | None,
+                                               late: float | None, verdict: tuple[Any, ...]) -> None:
+    delivered, growth, kept_up = fanout_verdict(subs, expected, early, late)
+    assert (delivered is None) == (verdict[0] is None)
+    if delivered is not None:
+        assert delivered == pytest.approx(verdict[0])
+    assert growth == (None if verdict[1] is None else pytest.approx(verdict[1]))
+    assert kept_up == verdict[2]
+
+
+T0 = 1_796_000_000_000_000  # µs
+
+
+def frame(i: int, v3: bool) -> bytes:
+    """The frame a subscriber gets for bench event ``i`` (v2, or a v3 frame of one message)."""
+    ev = SyncEvent("fan", 1, i + 1, f"f-{i}", "sha256:" + "0" * 64, client.payload(i, 150, T0 + 1000 * i),
+                   "ab" * 32, T0 + 1000 * i + 700, 9 + i)
+    msg = m.TransactionUpdate(9 + i, (m.QuerySetUpdate(1, (m.TableRows("sync_event", (ev,)),)),))
+    (only,) = wire.server_frames([wire.to_wire(msg)], 3 if v3 else 2, wire.Compression.NONE)
+    return only
+
+
+@pytest.mark.parametrize(("events", "expect", "distinct", "done"), [
+    pytest.param([0, 1, 2, 3], 4, 4, True, id="in order"),
+    pytest.param([0, 1, 2, 2], 4, 3, False, id="a duplicate is not the missing event"),
+    pytest.param([0, 2, 1, 3], 4, 4, True, id="reordered, all there"),
+    pytest.param([0, 2, 2, 1], 4, 3, False, id="reordered with a duplicate"),
+    pytest.param([1, 2, 3, 0, 0], 4, 4, True, id="late first event, then again"),
+])
+def test_a_subscriber_counts_distinct_events_and_waits_for_all(events: list[int], expect: int, distinct: int,
+                                                               done: bool) -> None:
+    for v3 in (False, True):
+        run = client.FanoutSubs({"target": "syncref", "stream": "fan", "subs": 1, "protocol": "v3" if v3 else "v2"})
+        run.t0_us, run.slice_us = float(T0), 1_000.0
+        s = run.subs[0]
+
+        async def feed(run: client.FanoutSubs = run, s: client.Subscriber = s, v3: bool = v3) -> bool:
+            run.expect = expect
+            run.all_in = asyncio.get_running_loop().create_future()
+            for i in events:
+                (s.on_syncref_v3 if v3 else s.on_syncref)(frame(i, v3))
+            return run.all_in.done()
+        assert asyncio.run(feed()) is done, (events, v3)
+        assert s.count == len(events) and s.distinct == distinct, (events, v3)
