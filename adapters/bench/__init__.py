@@ -74,7 +74,9 @@ within a repeat.
 * ``reconnect_storm``: N clients (200) start at the same instant; each is *live* when it has
   connected and resumed a 50-event gap (syncref: upgrade + ``InitialConnection`` + resume
   ``SubscribeApplied``; Redis: connect + ``XRANGE``; echo: upgrade + one round trip).  Figure:
-  time until the last one is live, and the median.
+  time until the last one is live (none, with the reason, when one never got live: the last live
+  client's time is not the time until all are), and the median over every client (a failed one
+  counted last), and the failures.
 * ``memory``: 100,000 events over 10 streams, after each stream already exists.  *syncref*:
   growth of the server process's RSS.  *Redis*: growth of ``INFO memory`` ``used_memory``
   (its RSS growth is in the diagnostics).  One run (the figure barely moves between runs).

@@ -10,6 +10,7 @@ in :mod:`adapters.bench` (its module essay) -- keep the two in step.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -615,8 +616,10 @@ def replay_gap(bench: Bench, peer: str, repeat: int) -> Run:
 # --- reconnect storm ------------------------------------------------------------------------------------
 
 STORM_METRICS = (
-    Metric("all_live_ms", "ms", LOWER, "from the common start until the last client is live"),
-    Metric("p50_live_ms", "ms", LOWER, "median time until a client is live"),
+    Metric("all_live_ms", "ms", LOWER, "from the common start until the last client is live (none when a "
+                                       "client never got live)"),
+    Metric("p50_live_ms", "ms", LOWER, "median time until a client is live (over every client, one that never "
+                                       "got live counted last)"),
     Metric("failures", "clients", LOWER, "clients that could not connect or resume"),
 )
 
@@ -633,13 +636,28 @@ def reconnect_storm(bench: Bench, peer: str, repeat: int) -> Run:
     tasks = [{**ep, "kind": "storm", "stream": stream, "watermark": 150, "clients": n}
              for n in split(s.storm_clients, s.client_procs)]
     results, diag = bench.clients(tasks, pid)
-    live = sorted(t for r in results for t in r["live_s"])
     failures = [f for r in results for f in r["failures"]]
     diag["first_failure"] = failures[0] if failures else ""
     diag["clients"] = s.storm_clients
-    return Run({"all_live_ms": live[-1] * 1000 if live else None,
-                "p50_live_ms": live[len(live) // 2] * 1000 if live else None,
-                "failures": float(len(failures))}, diag)
+    figures, why = storm_figures(results)
+    return Run(figures, diag, why=why)
+
+
+def storm_figures(results: list[dict[str, Any]]) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The storm's figures from its client processes' results (``live_s``: each live client's
+    time, ``failures``: one line per client that never got live).  A client that never got live
+    counts as never: with one, there is no time until all are live (not the last live client's
+    time), and the median is over every client, the failed ones last (none if half failed)."""
+    live = sorted(t for r in results for t in r["live_s"])
+    failed = sum(len(r["failures"]) for r in results)
+    times = live + [math.inf] * failed
+    median = times[len(times) // 2] if times else math.inf
+    figures: dict[str, float | None] = {"all_live_ms": live[-1] * 1000 if live and not failed else None,
+                                        "p50_live_ms": median * 1000 if median < math.inf else None,
+                                        "failures": float(failed)}
+    never = f"{failed} of {len(times)} clients never got live"
+    why = {k: never for k in ("all_live_ms", "p50_live_ms") if figures[k] is None}
+    return figures, why
 
 
 # --- memory and restart -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from adapters import wire
 from adapters.bench import client
-from adapters.bench.workloads import fanout_verdict
+from adapters.bench.workloads import fanout_verdict, storm_figures
 from spec import messages as m
 from spec.values import SyncEvent
 
@@ -78,3 +78,29 @@ def test_a_subscriber_counts_distinct_events_and_waits_for_all(events: list[int]
             return run.all_in.done()
         assert asyncio.run(feed()) is done, (events, v3)
         assert s.count == len(events) and s.distinct == distinct, (events, v3)
+
+
+# --- reconnect storm: "until all are live" is not a number when some never got live ----------------------
+
+
+def storm(live: list[float], failures: int = 0) -> dict[str, Any]:
+    return {"live_s": live, "failures": [f"ConnectionRefusedError: {k}" for k in range(failures)]}
+
+
+@pytest.mark.parametrize(("results", "all_live", "p50", "failures"), [
+    pytest.param([storm([0.01, 0.03]), storm([0.02])], 30.0, 20.0, 0.0, id="all live"),
+    pytest.param([storm([0.01, 0.03]), storm([0.02, 0.04])], 40.0, 30.0, 0.0, id="even count: the upper middle"),
+    pytest.param([storm([0.01, 0.03]), storm([0.02], failures=1)], None, 30.0, 1.0,
+                 id="one never live: no time until all; the median over all four, the failed one last"),
+    pytest.param([storm([0.01]), storm([0.02], failures=2)], None, None, 2.0,
+                 id="half never live: no median either"),
+    pytest.param([storm([], failures=3)], None, None, 3.0, id="none live"),
+])
+def test_storm_figures_say_nothing_of_clients_that_never_got_live(
+        results: list[dict[str, Any]], all_live: float | None, p50: float | None, failures: float) -> None:
+    figures, why = storm_figures(results)
+    assert figures["all_live_ms"] == (None if all_live is None else pytest.approx(all_live))
+    assert figures["p50_live_ms"] == (None if p50 is None else pytest.approx(p50))
+    assert figures["failures"] == failures
+    assert ("all_live_ms" in why) == (all_live is None) and ("p50_live_ms" in why) == (p50 is None)
+    assert all("never got live" in reason for reason in why.values())
