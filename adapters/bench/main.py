@@ -24,7 +24,7 @@ from adapters.bench import peers
 from adapters.bench.hist import summary
 from adapters.bench.peers import PeerUnavailable
 from adapters.bench.report import add_ratios, plot, print_table
-from adapters.bench.workloads import FULL, QUICK, WORKLOADS, Bench, ClientFailed, Run, metrics_for, workdir
+from adapters.bench.workloads import FULL, QUICK, WORKLOADS, Bench, ClientFailed, Metric, Run, metrics_for, workdir
 from adapters.progress import Progress
 
 ALIASES = {"fanout": [n for n in WORKLOADS if n.startswith("fanout_")],
@@ -64,6 +64,23 @@ def selected(names: list[str] | None) -> list[str]:
                 out.append(m)
     order = list(WORKLOADS)
     return sorted(out, key=order.index)
+
+
+def figures_of(runs: list[Run], metrics: tuple[Metric, ...]) -> dict[str, Any]:
+    """Each figure over a peer's runs: the median and spread (:func:`summary`) of the runs that
+    have it, or why it is missing.  A run without the figure (nothing delivered, a client never
+    live) is counted in ``runs_without`` with its reason, and the table says so: left out in
+    silence, a median of the other runs would pass for all of them."""
+    figs: dict[str, Any] = {}
+    for m in metrics:
+        values = [v for v in (run_.figures.get(m.name) for run_ in runs) if v is not None]
+        lacking = [run_ for run_ in runs if run_.figures.get(m.name) is None]
+        fig: dict[str, Any] = summary(values).to_json() if values else {"median": None}
+        if lacking:
+            fig["runs_without"] = len(lacking)
+            fig["missing"] = "; ".join(sorted({run_.why.get(m.name, "not measured") for run_ in lacking}))
+        figs[m.name] = fig
+    return figs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,14 +162,7 @@ def run(args: argparse.Namespace) -> int:
                     entry["peers"][peer] = status[peer]
                     failed = failed or status[peer]["status"] == "failed"
                     continue
-                figs: dict[str, Any] = {}
-                for m in metrics_for(wl, peer):
-                    values = [v for v in (run_.figures.get(m.name) for run_ in runs[peer]) if v is not None]
-                    if values:
-                        figs[m.name] = summary(values).to_json()
-                    else:
-                        reasons = {run_.why.get(m.name, "not measured") for run_ in runs[peer]}
-                        figs[m.name] = {"median": None, "missing": "; ".join(sorted(reasons))}
+                figs = figures_of(runs[peer], metrics_for(wl, peer))
                 hists = [run_.hist for run_ in runs[peer] if run_.hist is not None]
                 cdf = None
                 if hists:

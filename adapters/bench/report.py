@@ -3,7 +3,8 @@
 The JSON (``--json FILE``) is the record: per workload, per peer, either ``status: ok`` with
 every figure as ``{median, min, max, spread, runs}`` plus the per-run diagnostics (CPU of server
 and clients, whether a client process was saturated), or ``status: skipped``/``failed`` with the
-reason; then ``ratios``: syncref / peer per figure.  The table prints the same thing, one row
+reason (a figure some runs lack says how many in ``runs_without``, and its cell "(k of n runs:
+none)"); then ``ratios``: syncref / peer per figure.  The table prints the same thing, one row
 per figure, ``median [min-max]`` per peer and the ratios.  Ratios are always syncref / peer,
 so read them with the figure's direction (``better``): for a throughput ``>= 1`` is ahead, for
 a latency or a memory figure ``<= 1`` is.
@@ -48,9 +49,10 @@ def cell(peer: dict[str, Any] | None, metric: str) -> str:
     f = peer["figures"].get(metric)
     if f is None or f["median"] is None:
         return "-"
-    if f["min"] == f["max"]:
-        return fmt(f["median"])
-    return f"{fmt(f['median'])} [{fmt(f['min'])}-{fmt(f['max'])}]"
+    text = fmt(f["median"]) if f["min"] == f["max"] else f"{fmt(f['median'])} [{fmt(f['min'])}-{fmt(f['max'])}]"
+    if f.get("runs_without"):  # the median is of the other runs: say so in the cell
+        text += f" ({f['runs_without']} of {f['runs_without'] + len(f['runs'])} runs: none)"
+    return text
 
 
 def add_ratios(doc: dict[str, Any]) -> None:

@@ -11,7 +11,9 @@ import pytest
 
 from adapters import wire
 from adapters.bench import client
-from adapters.bench.workloads import fanout_verdict, storm_figures
+from adapters.bench.main import figures_of
+from adapters.bench.report import cell
+from adapters.bench.workloads import Metric, Run, fanout_verdict, storm_figures
 from spec import messages as m
 from spec.values import SyncEvent
 
@@ -104,3 +106,29 @@ def test_storm_figures_say_nothing_of_clients_that_never_got_live(
     assert figures["failures"] == failures
     assert ("all_live_ms" in why) == (all_live is None) and ("p50_live_ms" in why) == (p50 is None)
     assert all("never got live" in reason for reason in why.values())
+
+
+# --- a run without a figure is said, not dropped from the median in silence ---------------------------------
+
+P99 = (Metric("p99_ms", "ms", "lower", "99th percentile"),)
+
+
+def runs_of(*values: float | None) -> list[Run]:
+    return [Run({"p99_ms": v}, why={} if v is not None else {"p99_ms": "no event was delivered"}) for v in values]
+
+
+@pytest.mark.parametrize(("values", "median", "lo", "hi", "without", "shown"), [
+    pytest.param((1.0, 2.0, 3.0), 2.0, 1.0, 3.0, 0, "2.00 [1.00-3.00]", id="every run"),
+    pytest.param((2.0, None, 4.0), 3.0, 2.0, 4.0, 1, "3.00 [2.00-4.00] (1 of 3 runs: none)", id="one run without"),
+    pytest.param((None, 5.0, None), 5.0, 5.0, 5.0, 2, "5.00 (2 of 3 runs: none)", id="two runs without"),
+    pytest.param((None, None), None, None, None, 2, "-", id="no run with it"),
+])
+def test_a_run_without_the_figure_is_counted_and_shown(values: tuple[float | None, ...], median: float | None,
+                                                        lo: float | None, hi: float | None, without: int,
+                                                        shown: str) -> None:
+    fig = figures_of(runs_of(*values), P99)["p99_ms"]
+    assert fig["median"] == median and fig.get("min") == lo and fig.get("max") == hi
+    assert fig.get("runs_without", 0) == without
+    if without:
+        assert fig["missing"] == "no event was delivered"
+    assert cell({"status": "ok", "figures": {"p99_ms": fig}}, "p99_ms") == shown
