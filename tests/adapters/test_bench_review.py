@@ -5,6 +5,7 @@ computes the expected value with the code it judges."""
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from adapters import wire
 from adapters.bench import client
 from adapters.bench.main import figures_of
-from adapters.bench.report import cell
+from adapters.bench.report import add_ratios, cell, markdown, print_table
 from adapters.bench.workloads import Metric, Run, fanout_verdict, storm_figures
 from spec import messages as m
 from spec.values import SyncEvent
@@ -132,3 +133,34 @@ def test_a_run_without_the_figure_is_counted_and_shown(values: tuple[float | Non
     if without:
         assert fig["missing"] == "no event was delivered"
     assert cell({"status": "ok", "figures": {"p99_ms": fig}}, "p99_ms") == shown
+
+
+# --- a saturated client process is noted whichever peer it drove ----------------------------------------------
+
+
+def doc_with(bound: dict[str, bool]) -> dict[str, Any]:
+    def peer(name: str) -> dict[str, Any]:
+        return {"status": "ok", "figures": {"throughput": {"median": 10.0, "min": 10.0, "max": 10.0, "runs": [10.0]}},
+                "diag": [{"client_bound": bound.get(name, False)}]}
+    return {"workloads": {"append_pipelined": {
+                "metrics": {"throughput": {"unit": "calls/s", "better": "higher", "doc": ""}},
+                "peers": {"syncref": peer("syncref"), "redis": peer("redis"),
+                          "echo": {"status": "skipped", "reason": "not here"}}}},
+            "settings": {"repeats": 1}, "machine": {"loadavg_before": [1.0], "loadavg_after": [1.0], "cpus": 2}}
+
+
+@pytest.mark.parametrize(("bound", "noted"), [
+    pytest.param({}, set(), id="none"),
+    pytest.param({"syncref": True}, {"syncref"}, id="syncref's"),
+    pytest.param({"redis": True}, {"redis"}, id="the peer's: its figure is a floor, the ratio flatters syncref"),
+    pytest.param({"syncref": True, "redis": True}, {"syncref", "redis"}, id="both"),
+])
+def test_a_saturated_client_is_noted_for_every_peer(bound: dict[str, bool], noted: set[str]) -> None:
+    doc = doc_with(bound)
+    add_ratios(doc)
+    out = io.StringIO()
+    print_table(doc, out)
+    for text in (out.getvalue(), markdown(doc)):
+        lines = [line for line in text.splitlines() if "saturated" in line]
+        assert {p for p in ("syncref", "redis") if any(f" {p} client" in line for line in lines)} == noted, text
+        assert "echo skipped: not here" in text
