@@ -36,7 +36,9 @@ bookkeeping (its counters, the call's timestamp, the connection's share of the d
 window).  Each only adds.  So ``engine + commit + release`` is a lower bound on the engine
 process's CPU per append in any layout that keeps this engine, and ``1e6 / that`` an upper bound
 on the appends per second one core can commit.  Nothing asserts a
-timing: ``tests/adapters/test_bench_floor.py`` checks only that the steps are measured and add up.
+timing: ``tests/adapters/test_bench_floor.py`` checks that every append is committed and, with a
+fake CPU clock that moves only inside each step's calls, that each step's time goes to its own
+bucket (planted swaps of the buckets fail it).
 Run ``python -m adapters.bench.floor [--rounds N] [--window W ...]``.  The ``engine`` step's own
 pieces (the reducer, ``_seal``, canonical JSON) are split further, without SQLite, by
 ``benchmarks/engine_append.py``.
