@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -267,8 +268,28 @@ def bench(tmp_path: Path, *args: str, timeout: float = 240) -> tuple[subprocess.
     return proc, doc
 
 
+def did_work(name: str, diag: dict[str, Any], figures: dict[str, Any]) -> bool:
+    """A run of ``name`` exercised its peer: calls answered in the measured phase, events delivered,
+    replays timed, a client live, events retained, records restarted."""
+    if name.startswith("append_"):
+        return bool(diag["ops"] > 0)
+    if name.startswith("fanout_"):
+        return bool(diag["sent"] > 0 and diag["received"] > 0)
+    if name.startswith("replay_"):
+        return bool(diag["replays"] > 0)
+    if name == "reconnect_storm":
+        return bool(figures["failures"]["median"] < diag["clients"])
+    if name == "memory":
+        return bool(diag["events"] > 0)
+    if name == "restart":
+        return bool(diag["records"] > 0)
+    raise AssertionError(f"no work check for workload {name}")
+
+
 def check_complete(doc: dict[str, Any], names: list[str]) -> None:
-    """Every figure of every workload for every peer, or a reasoned skip; syncref never skipped."""
+    """Every figure of every workload for every peer, or a reasoned skip; syncref never skipped;
+    and every run that is ok did its workload's work (:func:`did_work`): a figure may be missing
+    with a reason, a run that measured nothing may not pass the smoke test."""
     assert list(doc["workloads"]) == names
     for name in names:
         wl = WORKLOADS[name]
@@ -283,17 +304,80 @@ def check_complete(doc: dict[str, Any], names: list[str]) -> None:
                 fig = peer["figures"][metric.name]
                 assert fig["median"] is not None or fig.get("missing"), (name, peer_name, metric.name)
             assert all("server_util" in d for d in peer["diag"] if name not in ("memory", "restart"))
+            for d in peer["diag"]:  # a figure may be missing with a reason, but the work was done
+                assert did_work(name, d, peer["figures"]), (name, peer_name, d)
         for peer_name in entry.get("ratios", {}):
             assert entry["peers"][peer_name]["status"] == "ok"
+
+
+def redis_measured_unless_allowed(redis: dict[str, Any]) -> None:
+    """Redis skipped: a note on a developer's machine, a failure in CI (``CI`` or
+    ``SYNCREF_REQUIRE_REDIS=1``, set by .ci/run), where a skipped peer would leave the Redis
+    clients of every workload unexercised while the smoke test passed."""
+    if redis["status"] != "skipped":
+        return
+    if os.environ.get("CI") or os.environ.get("SYNCREF_REQUIRE_REDIS") == "1":
+        pytest.fail(f"Redis was not measured (required here): {redis['reason']}")
+    print(f"\nNOTE: Redis was not measured: {redis['reason']}")
+
+
+@pytest.mark.parametrize(("env", "fails"), [({}, False), ({"SYNCREF_REQUIRE_REDIS": "1"}, True),
+                                            ({"CI": "true"}, True)])
+def test_a_skipped_redis_fails_the_smoke_test_where_redis_is_required(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], fails: bool) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("SYNCREF_REQUIRE_REDIS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    skipped = {"status": "skipped", "reason": "redis-server is not installed"}
+    if fails:
+        with pytest.raises(pytest.fail.Exception, match="not installed"):
+            redis_measured_unless_allowed(skipped)
+    else:
+        redis_measured_unless_allowed(skipped)
+    redis_measured_unless_allowed({"status": "ok"})  # measured: nothing to say anywhere
+
+
+def smoke_doc(name: str, diag: dict[str, Any], figures: dict[str, float | None]) -> dict[str, Any]:
+    """A bench document of one workload whose every peer ran once with these diagnostics/figures."""
+    def peer(p: str) -> dict[str, Any]:
+        figs = {m.name: ({"median": figures.get(m.name, 1.0), "runs": [figures.get(m.name, 1.0)]}
+                         if figures.get(m.name, 1.0) is not None else {"median": None, "missing": "nothing done"})
+                for m in metrics_for(WORKLOADS[name], p)}
+        return {"status": "ok", "figures": figs, "diag": [{"server_util": 0.5, **diag}]}
+    return {"workloads": {name: {"peers": {p: peer(p) for p in WORKLOADS[name].peers}, "ratios": {}}}}
+
+
+@pytest.mark.parametrize(("name", "diag", "figures"), [
+    pytest.param("append_closed", {"ops": 0}, {"throughput": 0.0, "p50_ms": None, "p99_ms": None},
+                 id="append: no call in the measured phase"),
+    pytest.param("fanout_10", {"sent": 200, "received": 0}, {"deliveries_per_s": None, "p50_ms": None},
+                 id="fanout: nothing delivered"),
+    pytest.param("replay_gap", {"replays": 0}, {}, id="replay: no replay timed"),
+    pytest.param("reconnect_storm", {"clients": 30}, {"all_live_ms": None, "p50_live_ms": None, "failures": 30.0},
+                 id="storm: no client live"),
+    pytest.param("memory", {"events": 0}, {}, id="memory: no event"),
+    pytest.param("restart", {"records": 0}, {}, id="restart: no record"),
+])
+def test_the_smoke_check_refuses_a_workload_that_did_nothing(name: str, diag: dict[str, Any],
+                                                             figures: dict[str, float | None]) -> None:
+    with pytest.raises(AssertionError):
+        check_complete(smoke_doc(name, diag, figures), [name])
+
+
+@pytest.mark.parametrize(("name", "diag"), [
+    ("append_closed", {"ops": 12}), ("fanout_10", {"sent": 200, "received": 2000}), ("replay_gap", {"replays": 5}),
+    ("reconnect_storm", {"clients": 30}), ("memory", {"events": 1500}), ("restart", {"records": 1510}),
+])
+def test_the_smoke_check_takes_a_workload_that_did_its_work(name: str, diag: dict[str, Any]) -> None:
+    check_complete(smoke_doc(name, diag, {}), [name])
 
 
 def test_bench_quick_runs_every_workload_with_every_figure(tmp_path: Path) -> None:
     proc, doc = bench(tmp_path, "--plot", str(tmp_path / "plots"), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     check_complete(doc, list(WORKLOADS))
-    redis = doc["workloads"]["append_closed"]["peers"]["redis"]
-    if redis["status"] == "skipped":
-        print(f"\nNOTE: Redis was not measured: {redis['reason']}")  # CI installs it (.ci/run)
+    redis_measured_unless_allowed(doc["workloads"]["append_closed"]["peers"]["redis"])
     assert "append_closed" in proc.stdout and "vs redis" in proc.stdout
     for name, protocol in (("fanout_100", "v2"), ("fanout_100_v3", "v3"), ("fanout_500_v3", "v3")):
         for d in doc["workloads"][name]["peers"]["syncref"]["diag"]:  # the subscribers spoke it, in order
