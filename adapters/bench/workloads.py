@@ -665,6 +665,8 @@ def storm_figures(results: list[dict[str, Any]]) -> tuple[dict[str, float | None
 MEMORY_METRICS = (
     Metric("bytes_per_event", "B", LOWER, "server memory growth per retained 150 B event (syncref: RSS; "
                                           "Redis: INFO used_memory)"),
+    Metric("rss_per_event", "B", LOWER, "the same measured alike on both: growth of the process's RSS "
+                                        "(/proc/<pid>/statm, after the same settle) per retained event"),
 )
 RESTART_METRICS = (
     Metric("restart_us_per_record", "µs", LOWER, "start-up time per log record (syncref: serve until listening; "
@@ -690,19 +692,43 @@ def memory(bench: Bench, peer: str, repeat: int) -> Run:
         after, events = rss_bytes(server.pid), bench.committed() - first  # one event per commit
         bench.kept["restart:syncref"] = (server, events + first)
         bench.syncref = None  # kept for the restart workload
-        return Run({"bytes_per_event": (after - before) / events},
-                   {"rss_before": before, "rss_after": after, "events": events})
+        figures, diag = memory_figures(peer, events, (before, after))
+        return Run(figures, diag)
     redis = bench.fresh_redis()
     bench.preload(peer, streams, 1)
-    before_info = redis.info()
+    time.sleep(0.2 if s.quick else 1.0)  # settled as syncref's is, before either RSS is read
+    before_info, before = redis.info(), rss_bytes(redis.pid)
     bench.preload(peer, streams, per_stream)
-    after_info = redis.info()
+    time.sleep(0.2 if s.quick else 1.0)
+    after_info, after = redis.info(), rss_bytes(redis.pid)
     events = per_stream * MEMORY_STREAMS
-    used = int(after_info["used_memory"]) - int(before_info["used_memory"])
-    rss = int(after_info["used_memory_rss"]) - int(before_info["used_memory_rss"])
     bench.kept["restart:redis"] = (redis, events + MEMORY_STREAMS)
     bench.redis = None
-    return Run({"bytes_per_event": used / events}, {"used_memory_delta": used, "rss_delta": rss, "events": events})
+    figures, diag = memory_figures(peer, events, (before, after),
+                                   used=(int(before_info["used_memory"]), int(after_info["used_memory"])),
+                                   info_rss=(int(before_info["used_memory_rss"]), int(after_info["used_memory_rss"])))
+    return Run(figures, diag)
+
+
+def memory_figures(peer: str, events: int, rss: tuple[int, int], used: tuple[int, int] | None = None,
+                   info_rss: tuple[int, int] | None = None) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """The memory figures from what was read before and after the events went in: ``rss`` from
+    ``/proc/<pid>/statm`` (both peers, after the same settle), ``used``/``info_rss`` Redis's
+    ``INFO memory`` ``used_memory``/``used_memory_rss``.  ``bytes_per_event`` is the headline
+    (syncref: RSS; Redis: used_memory, its allocator's count, as issue 10 set it); ``rss_per_event``
+    is the same measure of both, the process's RSS.  INFO's RSS is only a diagnostic: Redis
+    samples it in its cron (every 100 ms), so read right after a burst it lags the burst."""
+    rss_delta = rss[1] - rss[0]
+    figures: dict[str, float | None] = {"bytes_per_event": rss_delta / events, "rss_per_event": rss_delta / events}
+    diag: dict[str, Any] = {"events": events, "rss_before": rss[0], "rss_after": rss[1]}
+    if used is not None:
+        figures["bytes_per_event"] = (used[1] - used[0]) / events
+        diag["used_memory_delta"] = used[1] - used[0]
+    if info_rss is not None:
+        diag["info_rss_delta"] = info_rss[1] - info_rss[0]
+    if peer == "redis" and used is None:
+        raise ValueError("Redis's headline memory figure is its used_memory")
+    return figures, diag
 
 
 def _timed(cmd: list[str]) -> float:

@@ -14,7 +14,7 @@ from adapters import wire
 from adapters.bench import client
 from adapters.bench.main import figures_of
 from adapters.bench.report import add_ratios, cell, markdown, print_table
-from adapters.bench.workloads import Metric, Run, fanout_verdict, storm_figures
+from adapters.bench.workloads import Metric, Run, fanout_verdict, memory_figures, storm_figures
 from spec import messages as m
 from spec.values import SyncEvent
 
@@ -164,3 +164,21 @@ def test_a_saturated_client_is_noted_for_every_peer(bound: dict[str, bool], note
         lines = [line for line in text.splitlines() if "saturated" in line]
         assert {p for p in ("syncref", "redis") if any(f" {p} client" in line for line in lines)} == noted, text
         assert "echo skipped: not here" in text
+
+
+# --- memory: a same-method RSS figure beside the headline one --------------------------------------------------
+
+
+@pytest.mark.parametrize(("peer", "probe", "figures"), [
+    pytest.param("syncref", {"events": 1000, "rss": (50_000_000, 50_265_000)},
+                 {"bytes_per_event": 265.0, "rss_per_event": 265.0}, id="syncref: RSS, both figures"),
+    pytest.param("redis", {"events": 1000, "rss": (8_000_000, 8_200_000), "used": (1_000_000, 1_188_000),
+                           "info_rss": (8_000_000, 8_000_000)},
+                 {"bytes_per_event": 188.0, "rss_per_event": 200.0},
+                 id="redis: used_memory, and RSS from /proc (INFO's RSS is its cron's last sample)"),
+])
+def test_memory_figures_name_what_they_measure(peer: str, probe: dict[str, Any], figures: dict[str, float]) -> None:
+    got, diag = memory_figures(peer, **probe)
+    assert got == pytest.approx(figures)
+    assert diag["events"] == probe["events"]
+    assert (diag["rss_before"], diag["rss_after"]) == probe["rss"]
