@@ -24,7 +24,7 @@ from adapters.bench import peers
 from adapters.bench.hist import summary
 from adapters.bench.peers import PeerUnavailable
 from adapters.bench.report import add_ratios, plot, print_table
-from adapters.bench.workloads import FULL, QUICK, WORKLOADS, Bench, ClientFailed, Metric, Run, metrics_for, workdir
+from adapters.bench.workloads import FULL, QUICK, WORKLOADS, Bench, Metric, Run, metrics_for, workdir
 from adapters.progress import Progress
 
 ALIASES = {"fanout": [n for n in WORKLOADS if n.startswith("fanout_")],
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                         runs[peer].append(wl.run(bench, peer, r))
                     except PeerUnavailable as exc:
                         status[peer] = {"status": "skipped", "reason": str(exc)}
-                    except (RuntimeError, ClientFailed, OSError, KeyError, ValueError) as exc:
+                    except Exception as exc:  # any error is this peer's failure, reported; the rest goes on
                         status[peer] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                         (tmp / "errors.log").open("a").write(traceback.format_exc())
             for peer in wl.peers:

@@ -4,17 +4,21 @@ computes the expected value with the code it judges."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from adapters import wire
 from adapters.bench import client
+from adapters.bench import main as bench_main
 from adapters.bench.main import figures_of
 from adapters.bench.report import add_ratios, cell, markdown, print_table
-from adapters.bench.workloads import Metric, Run, fanout_verdict, memory_figures, storm_figures
+from adapters.bench.workloads import Metric, Run, Workload, fanout_verdict, memory_figures, storm_figures
 from spec import messages as m
 from spec.values import SyncEvent
 
@@ -182,3 +186,33 @@ def test_memory_figures_name_what_they_measure(peer: str, probe: dict[str, Any],
     assert got == pytest.approx(figures)
     assert diag["events"] == probe["events"]
     assert (diag["rss_before"], diag["rss_after"]) == probe["rss"]
+
+
+# --- a run that raises anything is that peer's failure, and the rest of the bench goes on ----------------------
+
+
+def fake_workload(name: str, run: Any) -> Workload:
+    return Workload(name, name, ("syncref",), (Metric("x", "u", "higher", "a figure"),), run, "fake", group=None)
+
+
+def bench_args(tmp_path: Path, names: list[str]) -> argparse.Namespace:
+    return argparse.Namespace(quick=True, json=str(tmp_path / "out.json"), plot=None, workloads=names, repeats=None,
+                              profile=None, redis_server=str(tmp_path / "no-redis"), keep=False, server_code=None)
+
+
+def test_a_run_that_raises_is_reported_failed_and_the_bench_goes_on(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(bench: Any, peer: str, repeat: int) -> Run:
+        return Run({"x": 1.0 / 0})  # a figure's arithmetic on a run that measured nothing
+
+    def fine(bench: Any, peer: str, repeat: int) -> Run:
+        return Run({"x": 2.0})
+    monkeypatch.setitem(bench_main.WORKLOADS, "fake_broken", fake_workload("fake_broken", broken))
+    monkeypatch.setitem(bench_main.WORKLOADS, "fake_fine", fake_workload("fake_fine", fine))
+    code = bench_main.run(bench_args(tmp_path, ["fake_broken", "fake_fine"]))
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert code == 1
+    broke = doc["workloads"]["fake_broken"]["peers"]["syncref"]
+    assert broke["status"] == "failed" and "ZeroDivisionError" in broke["reason"]
+    assert doc["workloads"]["fake_fine"]["peers"]["syncref"]["figures"]["x"]["median"] == 2.0
+    assert "ZeroDivisionError" in capsys.readouterr().err  # the traceback, from errors.log
