@@ -340,6 +340,11 @@ async def run_append(task: dict[str, Any], control: Control) -> dict[str, Any]:
     warmup = float(task.get("warmup", 0.0))
     duration = float(task.get("duration", 0.0))
     phase = Phase.start(go)
+    if total is None and warmup > 0:  # the CPU of the measured phase only, over that phase's wall time
+
+        def measured() -> None:
+            phase.cpu0 = time.process_time()
+        asyncio.get_running_loop().call_later(max(0.0, go + warmup - time.time()), measured)
     counted = [0]
 
     async def drive(c: AppendConn) -> None:

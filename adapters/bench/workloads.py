@@ -122,6 +122,13 @@ class ClientProc:
         self.proc.wait()
 
 
+def client_utilisations(results: list[dict[str, Any]]) -> list[float]:
+    """Each client process's CPU over its wall time (a fraction of a core), from its result's
+    ``cpu_s`` and ``wall_s``.  CPU times tick in 10 ms: a utilisation over less than half a
+    second says nothing, and is left out."""
+    return [r["cpu_s"] / r["wall_s"] for r in results if r.get("wall_s", 0) >= 0.5]
+
+
 def split(n: int, parts: int) -> list[int]:
     """``n`` items over ``parts`` processes as evenly as possible (no empty part)."""
     parts = max(1, min(parts, n))
@@ -334,8 +341,7 @@ class Bench:
             results = [p.expect("result", timeout) for p in procs]
         wall = max(time.time() - go, 1e-9)
         server_cpu = cpu_seconds(server_pid) - cpu0
-        # CPU times tick in 10 ms: a utilisation over less than half a second says nothing
-        utils = [r["cpu_s"] / r["wall_s"] for r in results if r.get("wall_s", 0) >= 0.5]
+        utils = client_utilisations(results)
         diag = {"server_cpu_s": round(server_cpu, 3), "wall_s": round(wall, 3),
                 "server_util": round(server_cpu / wall, 3) if wall >= 0.5 else None,
                 "client_cpu_s": round(sum(r["cpu_s"] for r in results), 3),

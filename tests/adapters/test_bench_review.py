@@ -8,9 +8,11 @@ import argparse
 import asyncio
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import pytest
 
 from adapters import wire
@@ -18,7 +20,15 @@ from adapters.bench import client
 from adapters.bench import main as bench_main
 from adapters.bench.main import figures_of
 from adapters.bench.report import add_ratios, cell, markdown, print_table
-from adapters.bench.workloads import Metric, Run, Workload, fanout_verdict, memory_figures, storm_figures
+from adapters.bench.workloads import (
+    Metric,
+    Run,
+    Workload,
+    client_utilisations,
+    fanout_verdict,
+    memory_figures,
+    storm_figures,
+)
 from spec import messages as m
 from spec.values import SyncEvent
 
@@ -216,3 +226,48 @@ def test_a_run_that_raises_is_reported_failed_and_the_bench_goes_on(
     assert broke["status"] == "failed" and "ZeroDivisionError" in broke["reason"]
     assert doc["workloads"]["fake_fine"]["peers"]["syncref"]["figures"]["x"]["median"] == 2.0
     assert "ZeroDivisionError" in capsys.readouterr().err  # the traceback, from errors.log
+
+
+# --- an append client's utilisation is its CPU over the window that CPU was spent in -------------------------
+
+
+class FakeRedis(asyncio.Protocol):
+    """A stand-in Redis: every command answered with a stream id at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.reader = hiredis.Reader()
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while self.reader.gets() is not False:
+            self.transport.write(b"$3\r\n1-1\r\n")
+
+
+class GoNow:
+    """The orchestrator's side of the conversation: go at once."""
+
+    async def ready(self) -> float:
+        return time.time()
+
+
+def test_an_append_client_reports_its_cpu_over_the_measured_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a client busy all the time: its CPU clock is the wall clock, so CPU over wall must be ~1 of a
+    # core whatever the warm-up (0.5 s here, as long as the measured phase)
+    monkeypatch.setattr(client.time, "process_time", time.time)
+
+    async def go() -> dict[str, Any]:
+        server = await asyncio.get_running_loop().create_server(FakeRedis, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        task = {"kind": "append", "target": "redis", "host": "127.0.0.1", "port": port, "clients": 2,
+                "first_client": 0, "window": 4, "warmup": 0.5, "duration": 0.5, "payload_size": 150,
+                "stream_prefix": "s-"}
+        try:
+            return await client.run_append(task, GoNow())  # type: ignore[arg-type]
+        finally:
+            server.close()
+    result = asyncio.run(go())
+    assert result["ops"] > 0 and result["errors"] == 0
+    (util,) = client_utilisations([result])
+    assert 0.8 < util < 1.2, result  # the warm-up's CPU over the measured phase's wall gave ~2
