@@ -382,6 +382,7 @@ def test_bench_quick_runs_every_workload_with_every_figure(tmp_path: Path) -> No
     for name, protocol in (("fanout_100", "v2"), ("fanout_100_v3", "v3"), ("fanout_500_v3", "v3")):
         for d in doc["workloads"][name]["peers"]["syncref"]["diag"]:  # the subscribers spoke it, in order
             assert d["protocol"] == protocol and d["out_of_order"] == 0 and d["received"] == d["expected"], name
+            assert d["duplicates"] == 0, name
             assert d["events_per_frame"] >= 1 and d["messages_per_frame"] >= 1, name
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert pngs == ["append_latency_cdf.png", "fanout_latency_cdf.png", "fanout_scaling.png"]
