@@ -484,6 +484,10 @@ class Subscriber:
 
     def on_redis(self, reply: Any) -> None:
         now_us = time.time_ns() / 1000
+        if isinstance(reply, Exception):  # an error reply ends this subscriber, reported (never retried in a loop)
+            self.run.errors += 1
+            self.run.first_error = self.run.first_error or str(reply)[:300]
+            return
         if isinstance(reply, list):
             for _stream, entries in reply:
                 self.frames += 1
@@ -510,6 +514,8 @@ class FanoutSubs:
         self.last_us = 0.0
         self.stopping = False
         self.closed = 0
+        self.errors = 0  # error replies (Redis) that ended a subscriber
+        self.first_error = ""
         self.v3 = task["target"] == "syncref" and task.get("protocol", "v2") == "v3"
 
     def delivered(self, sub: Subscriber, t_us: int, now_us: float) -> None:
@@ -600,7 +606,7 @@ async def run_subscribers(task: dict[str, Any], control: Control) -> dict[str, A
               "received": sum(s.count for s in run.subs), "min_received": min(s.count for s in run.subs),
               "distinct": sum(s.distinct for s in run.subs),
               "out_of_order": sum(s.out_of_order for s in run.subs), "closed": run.closed,
-              "frames": sum(s.frames for s in run.subs),
+              "frames": sum(s.frames for s in run.subs), "errors": run.errors, "first_error": run.first_error,
               "hist": run.hist.to_json(), "slices": [h.to_json() for h in run.slices],
               "commit_hist": None if run.commit_hist is None else run.commit_hist.to_json(),
               "wall_s": wall, "cpu_s": cpu}

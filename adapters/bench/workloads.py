@@ -520,6 +520,10 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None, p
     w, subs_r = results[0], results[1:]
     if w["errors"]:
         raise RuntimeError(f"fanout writer on {peer}: {w['errors']} appends failed: {w['first_error']}")
+    sub_errors = [r for r in subs_r if r.get("errors")]
+    if sub_errors:
+        raise RuntimeError(f"fanout subscribers on {peer}: {sum(r['errors'] for r in sub_errors)} error replies: "
+                           f"{sub_errors[0]['first_error']}")
     hist = Hist.merged(Hist.from_json(r["hist"]) for r in subs_r)
     slices = [Hist.merged(Hist.from_json(r["slices"][k]) for r in subs_r) for k in range(len(subs_r[0]["slices"]))]
     received = sum(r["received"] for r in subs_r)

@@ -271,3 +271,30 @@ def test_an_append_client_reports_its_cpu_over_the_measured_phase(monkeypatch: p
     assert result["ops"] > 0 and result["errors"] == 0
     (util,) = client_utilisations([result])
     assert 0.8 < util < 1.2, result  # the warm-up's CPU over the measured phase's wall gave ~2
+
+
+# --- a Redis subscriber's error reply is an error, not a silent retry ---------------------------------------
+
+
+class SentCommands:
+    """A stand-in RESP connection that records what the subscriber sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def send(self, *args: Any) -> None:
+        self.sent.append(args)
+
+
+def test_a_redis_subscribers_error_reply_is_reported_not_retried() -> None:
+    run = client.FanoutSubs({"target": "redis", "stream": "fan", "subs": 1})
+    run.t0_us, run.slice_us = float(T0), 1_000.0
+    s = run.subs[0]
+    conn = SentCommands()
+    s.redis = conn  # type: ignore[assignment]
+    entry = (b"1-1", [b"p", client.payload(0, 150, T0).encode()])
+    s.on_redis([[b"fan", [entry]]])
+    assert s.count == 1 and len(conn.sent) == 1  # the next XREAD after a reply with an entry
+    s.on_redis(hiredis.ReplyError("WRONGTYPE Operation against a key holding the wrong kind of value"))
+    assert len(conn.sent) == 1, "an error reply was answered with another XREAD (a silent retry loop)"
+    assert run.errors == 1 and "WRONGTYPE" in run.first_error
