@@ -67,13 +67,17 @@ class Hist:
         self.n += other.n
         self.total += other.total
 
-    def quantile(self, q: float) -> float | None:
-        """The smallest bucket value with at least ``q`` of the samples at or below it (None if empty)."""
+    def quantile(self, q: float, missing: int = 0) -> float | None:
+        """The smallest bucket value with at least ``q`` of the samples at or below it (None if empty).
+        ``missing``: samples that never came (a delivery that never arrived), counted as above every
+        value: the quantile is of all ``n + missing``, None when it falls among the missing ones."""
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile {q} is outside [0, 1]")
         if self.n == 0:
             return None
-        rank = max(1, math.ceil(q * self.n))
+        rank = max(1, math.ceil(q * (self.n + missing)))
+        if rank > self.n:
+            return None
         seen = 0
         for b in sorted(self.counts):
             seen += self.counts[b]

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import io
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from adapters import wire
 from adapters.bench import client
 from adapters.bench import main as bench_main
+from adapters.bench.hist import GROWTH, Hist
 from adapters.bench.main import figures_of
 from adapters.bench.report import add_ratios, cell, markdown, print_table
 from adapters.bench.workloads import (
@@ -298,3 +300,28 @@ def test_a_redis_subscribers_error_reply_is_reported_not_retried() -> None:
     s.on_redis(hiredis.ReplyError("WRONGTYPE Operation against a key holding the wrong kind of value"))
     assert len(conn.sent) == 1, "an error reply was answered with another XREAD (a silent retry loop)"
     assert run.errors == 1 and "WRONGTYPE" in run.first_error
+
+
+# --- fanout latency percentiles are over every expected delivery, not the survivors -------------------------
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+@pytest.mark.parametrize(("n", "missing", "q", "defined"), [
+    (100, 0, 0.99, True), (100, 1, 0.99, True), (100, 2, 0.99, False),
+    (100, 100, 0.5, True), (100, 101, 0.5, False), (1000, 10, 0.99, True), (1000, 11, 0.99, False),
+    (0, 5, 0.5, False),
+])
+def test_a_quantile_counts_undelivered_events_as_never(n: int, missing: int, q: float, defined: bool) -> None:
+    values = [float(10 + 3 * k) for k in range(n)]
+    h = Hist()
+    h.add_many(values)
+    got = h.quantile(q, missing=missing)
+    if not defined:
+        assert got is None
+        return
+    exact = nearest_rank(values + [math.inf] * missing, q)
+    assert got is not None and exact <= got <= exact * GROWTH * (1 + 1e-9)
