@@ -135,7 +135,9 @@ def committed_at(frame: bytes, payload_end: int) -> int:
 
 
 def syncref_path(token: str) -> str:
-    return f"/v1/database/{DATABASE}/subscribe?token={token}&compression=None"
+    """Confirmed reads named, not left to the server's default: the fsync-before-answer side of the
+    comparison with Redis's ``appendfsync always`` must not move with a default."""
+    return f"/v1/database/{DATABASE}/subscribe?token={token}&compression=None&confirmed=true"
 
 
 ANSWER_TIMEOUT = 120.0  # s: an answer that takes longer is reported as an error, not waited for
