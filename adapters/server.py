@@ -206,14 +206,29 @@ def ws_binary_frame_parts(payload: Sequence[bytes]) -> tuple[bytes, ...]:
 Frame = bytes | tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class _Compress:
-    """A large body (kept as parts, over ``BODY_CACHE_ITEM_BYTES``) whose frame is to be
-    compressed: the sender does it in a worker thread before the turn's write, so the event loop is
-    not held (gzip level 1 of 30 MiB: ~0.8 s; zlib and brotli release the interpreter lock)."""
+    """A large body (over ``BODY_CACHE_ITEM_BYTES``) whose frame is to be compressed: the sender
+    does it in a worker thread before the turn's write, so the event loop is not held (gzip level 1
+    of 30 MiB: ~0.8 s; zlib and brotli release the interpreter lock).  Not a value but a job: in a
+    delivery pass every receiver of the same large update holds the *same* one (per compression,
+    :meth:`SyncServer._large_frame`), the first sender that needs it starts it and the others await
+    its result -- one compression, not one per receiver."""
 
-    parts: tuple[bytes, ...]
-    compression: wire.Compression
+    __slots__ = ("compression", "made", "parts")
+
+    def __init__(self, parts: tuple[bytes, ...], compression: wire.Compression) -> None:
+        self.parts = parts
+        self.compression = compression
+        self.made: asyncio.Future[list[bytes]] | None = None
+
+    async def tagged(self) -> list[bytes]:
+        """The frame (its tag, the compressed bytes), made in a worker thread on first need.  A
+        sender cancelled meanwhile (its connection closed) does not cancel it for the others."""
+        if self.made is None:
+            self.made = asyncio.ensure_future(asyncio.to_thread(wire.frame_server_parts, self.parts,
+                                                                self.compression))
+            self.parts = ()  # the worker holds the body while it needs it
+        return await asyncio.shield(self.made)
 
 
 Pending = Frame | _Compress
@@ -478,6 +493,9 @@ class Session:
         self.undurable: deque[int] = deque()  # offsets of this connection's commits not yet durable
         self.busy = False  # its sender task is writing a turn: the pump does not write directly
         self.deferred: tuple[list[Pending], int] | None = None  # a turn the pump took that needs compressing
+        # the deliveries (commit offset -> messages) of a turn taken but still to compress: observed
+        # for the fanout latency when its frames are handed to the transport, not when it was taken
+        self.held: dict[int, int] = {}
         self.broken = False  # a message could not be sent (over the bound): closing, nothing more goes out
         self.connected_at_us = now_us()
 
@@ -505,6 +523,11 @@ class SyncServer:
         # (and, for a turn of TransactionUpdates only, their offsets: such a turn is taken as it is)
         self._v3_turns: dict[tuple[wire.Compression, tuple[int, ...]],
                              tuple[tuple[m.ServerMessage, ...], list[Frame], int, tuple[int, ...]]] = {}
+        # large updates (bodies over BODY_CACHE_ITEM_BYTES, not kept in the LRU) encoded in this delivery
+        # pass: id of the message -> (the message, its body), so its receivers share one body ...
+        self._large: dict[int, tuple[m.ServerMessage, bytes]] = {}
+        # ... and one compression job per compression: (id of the body, compression) -> (the body, the job)
+        self._jobs: dict[tuple[int, wire.Compression], tuple[bytes, _Compress]] = {}
         # turns taken as they were since the last flush: id of the turn -> [times taken, the turn]
         self._turn_hits: dict[int, list[Any]] = {}
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
@@ -866,6 +889,7 @@ class SyncServer:
         i = self._round_at
         if engine is None:
             self._round, self._round_at = [], 0
+            self._end_round()
             return
         sessions = self.sessions
         deadline = time.monotonic() + DELIVER_SLICE_S
@@ -883,11 +907,18 @@ class SyncServer:
             self._flush_delivered()
             if i >= n:
                 self._round, self._round_at = [], 0
+                self._end_round()
                 if self._round_again:
                     self._round_again = False
                     self._round = list(sessions.values())
             if self._round:
                 self._pass_soon()
+
+    def _end_round(self) -> None:
+        """A delivery pass ended: the large bodies and compression jobs shared in it are let go (the
+        turns that hold a job keep it until their sender has written it)."""
+        self._large.clear()
+        self._jobs.clear()
 
     def _pass_soon(self) -> None:
         """The pass goes on at the next loop iteration (now, when no loop runs: a test's rig)."""
@@ -1640,6 +1671,7 @@ class SyncServer:
         delivered = self._delivered
         bound = self.config.limits.max_outbound_message_bytes
         shared = 0
+        large = False  # a body over BODY_CACHE_ITEM_BYTES is in the turn: framed by _large_frame
         for out in outs:
             message = out.message
             entry = cache.get(id(message)) if type(message) is m.TransactionUpdate else None
@@ -1647,8 +1679,14 @@ class SyncServer:
                 cache.move_to_end(id(message))
                 shared += 1
                 body = entry.body
+            elif (big := self._large.get(id(message))) is not None and big[0] is message:
+                shared += 1  # a large update encoded for an earlier receiver in this pass
+                body, entry = big[1], None
             else:
                 body, entry = self._encode(s, message)
+                if (entry is None and type(message) is m.TransactionUpdate and isinstance(body, bytes)
+                        and len(body) > BODY_CACHE_ITEM_BYTES and self._round):
+                    self._large[id(message)] = (message, body)  # shared by its receivers in this pass
             length = len(body) if isinstance(body, bytes) else sum(map(len, body))
             if length > bound:  # never sent undecodable
                 self.metrics.internal.labels("oversize").inc()
@@ -1657,12 +1695,15 @@ class SyncServer:
                     s, m.CLOSE_PROTOCOL, f"internal error: a {length}-byte message is over "
                     "max_outbound_message_bytes", "internal")))
                 return None
+            if length > BODY_CACHE_ITEM_BYTES and isinstance(body, bytes):
+                body = (body,)  # framed (and compressed, off the loop) as a large body kept as parts is
             if v3:
                 bodies.append(body)
                 if entry is None:
                     v3_ids = None  # not shared: this turn is not kept for others
             elif isinstance(body, tuple):  # a large body's parts, framed without joining them
                 payload += self._large_frame(frames, body, compression)
+                large = True
             elif entry is not None:
                 data = entry.wire.get(compression)
                 if data is None:
@@ -1690,6 +1731,7 @@ class SyncServer:
                 for batch in _v3_batches(bodies):
                     if isinstance(batch, tuple):  # a large body goes alone, framed as its parts
                         payload += self._large_frame(frames, batch, compression)
+                        large = True
                         continue
                     frame = wire.frame_server(batch, compression)
                     frames.append(ws_binary_frame(frame))
@@ -1702,33 +1744,66 @@ class SyncServer:
                     kept = cast(list[Frame], frames[start:])
                     self._v3_turns[turn_key] = (tuple(out.message for out in outs), kept, payload - before,
                                                 tuple(out.offset for out in outs) if updates_only else ())
+        if large and compression is not wire.Compression.NONE:
+            self._hold(s, outs)
         return frames, payload
 
-    @staticmethod
-    def _large_frame(frames: list[Pending], parts: tuple[bytes, ...], compression: wire.Compression) -> int:
+    def _hold(self, s: Session, outs: Sequence[Any]) -> None:
+        """The turn's frames wait for a compression (the sender's, after this): its deliveries move
+        from the pass's counts to the connection's (``held``), observed when the sender hands the
+        frames to the transport -- the fanout latency includes the wait."""
+        delivered, held = self._delivered, s.held
+        for out in outs:
+            if isinstance(out.message, DELIVERED):
+                n = delivered[out.offset] - 1
+                if n:
+                    delivered[out.offset] = n
+                else:
+                    del delivered[out.offset]
+                held[out.offset] = held.get(out.offset, 0) + 1
+
+    def _large_frame(self, frames: list[Pending], parts: tuple[bytes, ...], compression: wire.Compression) -> int:
         """Append a large body's frame to the turn: framed now when uncompressed (its parts are not
-        copied), else a :class:`_Compress` for the sender to make off the event loop.  Returns the
-        payload bytes known now."""
+        copied), else a :class:`_Compress` for the sender to make off the event loop -- during a
+        delivery pass, the same job for every receiver of the same body (a large update's receivers
+        in the pass share its body object: found by identity, the body kept alive with the job).
+        Returns the payload bytes known now."""
         if compression is wire.Compression.NONE:
             tagged = wire.frame_server_parts(parts, compression)
             frames.append(ws_binary_frame_parts(tagged))
             return sum(map(len, tagged))
+        if len(parts) == 1 and self._round:
+            key = (id(parts[0]), compression)
+            known = self._jobs.get(key)
+            if known is None or known[0] is not parts[0]:
+                known = self._jobs[key] = (parts[0], _Compress(parts, compression))
+            frames.append(known[1])
+            return 0
         frames.append(_Compress(parts, compression))
         return 0
 
     @staticmethod
     async def _compressed(frames: list[Pending]) -> tuple[list[Frame], int]:
-        """The turn's frames with each :class:`_Compress` made, in a worker thread, and their payload bytes."""
+        """The turn's frames with each :class:`_Compress` made (in a worker thread, or by the sender of
+        another receiver of the same job), and their payload bytes."""
         out: list[Frame] = []
         extra = 0
         for f in frames:
             if isinstance(f, _Compress):
-                tagged = await asyncio.to_thread(wire.frame_server_parts, f.parts, f.compression)
+                tagged = await f.tagged()
                 out.append(ws_binary_frame_parts(tagged))
                 extra += sum(map(len, tagged))
             else:
                 out.append(f)
         return out, extra
+
+    def _release_held(self, s: Session) -> None:
+        """The connection's held deliveries (:meth:`_hold`) were handed to the transport: observe them."""
+        delivered = self._delivered
+        for offset, n in s.held.items():
+            delivered[offset] = delivered.get(offset, 0) + n
+        s.held.clear()
+        self._flush_delivered()
 
     def _flush_delivered(self) -> None:
         """Observe the fanout latency of the messages handed to sockets since the last flush:
@@ -1821,12 +1896,15 @@ class SyncServer:
                     frames, extra = await self._compressed(pending)
                     payload += extra
                     if s.closing or s.ws.closed or transport.is_closing():
+                        s.held.clear()  # never handed to the transport: not delivered
                         break  # it went while the frame was being compressed
                     write_frames(transport, frames)
                     sends.writes += 1
                     sends.frames += len(frames)
                     sends.bytes += payload
                     del frames
+                    if s.held:  # the deliveries that waited for the compression: observed now
+                        self._release_held(s)
                     try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
                         if not _cannot_block(transport, 0):
                             async with asyncio.timeout(limits.send_timeout_s):
