@@ -944,8 +944,16 @@ class SyncServer:
         engine = self._engine
         if engine is None:
             return {"lags": {}, "durability_lag": 0, "outbox_pending": 0}
-        lags = {cid: (engine.committed - conn.outbound[0].offset + 1 if conn.outbound else 0)
-                for cid, conn in engine.conns.items() if cid in self.sessions}
+        lags: dict[int, int] = {}
+        sessions = self.sessions
+        for cid, conn in engine.conns.items():
+            s = sessions.get(cid)
+            if s is None:
+                continue
+            # an update taken off the queue whose frame is still being compressed (``held``) is not
+            # delivered yet: it is older than anything still queued
+            oldest = min(s.held) if s.held else conn.outbound[0].offset if conn.outbound else None
+            lags[cid] = 0 if oldest is None else engine.committed - oldest + 1
         pending = sum(1 for row in engine.db.rows("bridge_outbox") if getattr(row, "status", None) == "pending")
         store = self._store
         return {"lags": lags, "durability_lag": engine.committed - engine.durable, "outbox_pending": pending,

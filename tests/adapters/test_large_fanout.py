@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.server import WireClient, call_http, rows_of, running_server
+from support.server import WireClient, call_http, http, rows_of, running_server
 
 from adapters import bsatn, wire
 
@@ -173,4 +173,40 @@ def test_the_fanout_latency_of_a_large_update_includes_its_compression(
         caller.join(30)
         assert done and done[0].status == 200
         check_observed_after(st, observed, held.released_at)
+        c.close()
+
+
+def lags(st: Any) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    text = http("GET", f"{st.base}/metrics").text
+    return {s.labels["conn"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "syncref_subscriber_lag_offsets"}
+
+
+def test_a_subscriber_whose_update_waits_for_its_compression_is_lagging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``syncref_subscriber_lag_offsets`` counts an update taken off the engine's queue but not yet
+    handed to the transport (its frame being compressed) as not delivered: the subscriber is behind
+    until the frame is written, then back to 0."""
+    payload = json.dumps(os.urandom(125_000).hex())
+    with running_server(tmp_path) as st:
+        tok = st.token()
+        c = subscriber(st, tok, 2, "Gzip")
+        assert list(lags(st).values()) == [0]
+        held = Held(monkeypatch)
+        done: list[Any] = []
+        caller = threading.Thread(target=lambda: done.append(call_http(
+            st, tok, "append_sync_event", [STREAM, "k1", payload, {"none": []}, {"none": []}])))
+        caller.start()
+        assert held.entered.wait(30)  # the update's turn was taken: its frame is being compressed
+        assert list(lags(st).values()) == [1], "a frame not yet handed to the transport counted as delivered"
+        held.release()
+        update = c.recv_until(wire.TransactionUpdate)
+        assert payloads_of(update) == {qs: [payload] for qs in SETS}
+        caller.join(30)
+        assert done and done[0].status == 200
+        deadline = time.monotonic() + 20
+        while list(lags(st).values()) != [0]:  # (the frame reached the client: the write is done)
+            assert time.monotonic() < deadline, lags(st)
+            time.sleep(0.02)
         c.close()
