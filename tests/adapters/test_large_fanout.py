@@ -210,3 +210,29 @@ def test_a_subscriber_whose_update_waits_for_its_compression_is_lagging(
             assert time.monotonic() < deadline, lags(st)
             time.sleep(0.02)
         c.close()
+
+
+def test_a_receiver_that_leaves_during_the_shared_compression_does_not_cancel_it_for_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first sender that needs the shared job starts it; the others await the same result.  If
+    that sender is cancelled (its connection closed) while the worker compresses, the rest must
+    still get the frame.  The first two receivers (the first senders of the pass) leave while the
+    compressor is held; the third gets the update."""
+    payload = json.dumps(os.urandom(125_000).hex())
+    with running_server(tmp_path) as st:
+        tok = st.token()
+        subs = [subscriber(st, tok, 2, "Gzip") for _ in range(3)]
+        held = Held(monkeypatch)
+        assert call_http(st, tok, "append_sync_event", [STREAM, "k1", payload, {"none": []},
+                                                         {"none": []}]).status == 200
+        assert held.entered.wait(30)
+        for c in subs[:2]:
+            c.close()
+        deadline = time.monotonic() + 20
+        while st.call(lambda: len(st.server.sessions)) > 1:  # their sessions finished: senders cancelled
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        held.release()
+        update = subs[2].recv_until(wire.TransactionUpdate)
+        assert payloads_of(update) == {qs: [payload] for qs in SETS}
+        subs[2].close()
