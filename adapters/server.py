@@ -134,6 +134,7 @@ REVOCATION_CHECK_S = 1.0  # how often the revocation list is re-read for open co
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 BODY_CACHE_ITEMS = 512  # ... and at most this many of them
+LARGE_SHARE_BYTES = 32 * 1024 * 1024  # large update bodies kept for their next receivers (the newest always)
 COMMIT_GATHER_S = 0.004  # GroupCommitWriter gather_s (ADR-0014): also capped at half a COMMIT's duration
 PROCEDURE_NAME_ECHO = 128  # characters of an unknown procedure's name its ProcedureResult echoes
 DELIVERED = (m.TransactionUpdate, m.ReducerResult)  # messages whose commit-to-delivery time is measured
@@ -232,6 +233,17 @@ class _Compress:
 
 
 Pending = Frame | _Compress
+
+
+class _Large:
+    """A large update's body kept for its next receivers, and its compression jobs by compression."""
+
+    __slots__ = ("body", "jobs", "message")
+
+    def __init__(self, message: m.ServerMessage, body: bytes) -> None:
+        self.message = message  # kept alive: its id is not reused while the entry lives
+        self.body = body
+        self.jobs: dict[wire.Compression, _Compress] = {}
 """A whole WebSocket frame ready for the socket: its bytes, or parts that concatenate to them."""
 
 
@@ -523,11 +535,13 @@ class SyncServer:
         # (and, for a turn of TransactionUpdates only, their offsets: such a turn is taken as it is)
         self._v3_turns: dict[tuple[wire.Compression, tuple[int, ...]],
                              tuple[tuple[m.ServerMessage, ...], list[Frame], int, tuple[int, ...]]] = {}
-        # large updates (bodies over BODY_CACHE_ITEM_BYTES, not kept in the LRU) encoded in this delivery
-        # pass: id of the message -> (the message, its body), so its receivers share one body ...
-        self._large: dict[int, tuple[m.ServerMessage, bytes]] = {}
-        # ... and one compression job per compression: (id of the body, compression) -> (the body, the job)
-        self._jobs: dict[tuple[int, wire.Compression], tuple[bytes, _Compress]] = {}
+        # large updates (bodies over BODY_CACHE_ITEM_BYTES, not kept in the encode-once LRU) recently
+        # encoded, for their next receivers: one body and one compression job per compression for all
+        # of them -- whether the pass or, later, a backpressured receiver's sender takes the turn.  By
+        # id of the message and by id of the body; at most LARGE_SHARE_BYTES of bodies, oldest out first
+        self._large: OrderedDict[int, _Large] = OrderedDict()
+        self._large_bodies: dict[int, _Large] = {}
+        self._large_bytes = 0
         # turns taken as they were since the last flush: id of the turn -> [times taken, the turn]
         self._turn_hits: dict[int, list[Any]] = {}
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
@@ -889,7 +903,6 @@ class SyncServer:
         i = self._round_at
         if engine is None:
             self._round, self._round_at = [], 0
-            self._end_round()
             return
         sessions = self.sessions
         deadline = time.monotonic() + DELIVER_SLICE_S
@@ -907,18 +920,11 @@ class SyncServer:
             self._flush_delivered()
             if i >= n:
                 self._round, self._round_at = [], 0
-                self._end_round()
                 if self._round_again:
                     self._round_again = False
                     self._round = list(sessions.values())
             if self._round:
                 self._pass_soon()
-
-    def _end_round(self) -> None:
-        """A delivery pass ended: the large bodies and compression jobs shared in it are let go (the
-        turns that hold a job keep it until their sender has written it)."""
-        self._large.clear()
-        self._jobs.clear()
 
     def _pass_soon(self) -> None:
         """The pass goes on at the next loop iteration (now, when no loop runs: a test's rig)."""
@@ -1687,14 +1693,15 @@ class SyncServer:
                 cache.move_to_end(id(message))
                 shared += 1
                 body = entry.body
-            elif (big := self._large.get(id(message))) is not None and big[0] is message:
-                shared += 1  # a large update encoded for an earlier receiver in this pass
-                body, entry = big[1], None
+            elif (big := self._large.get(id(message))) is not None and big.message is message:
+                self._large.move_to_end(id(message))
+                shared += 1  # a large update encoded for an earlier receiver
+                body, entry = big.body, None
             else:
                 body, entry = self._encode(s, message)
                 if (entry is None and type(message) is m.TransactionUpdate and isinstance(body, bytes)
-                        and len(body) > BODY_CACHE_ITEM_BYTES and self._round):
-                    self._large[id(message)] = (message, body)  # shared by its receivers in this pass
+                        and len(body) > BODY_CACHE_ITEM_BYTES):
+                    self._share_large(message, body)
             length = len(body) if isinstance(body, bytes) else sum(map(len, body))
             if length > bound:  # never sent undecodable
                 self.metrics.internal.labels("oversize").inc()
@@ -1770,22 +1777,35 @@ class SyncServer:
                     del delivered[out.offset]
                 held[out.offset] = held.get(out.offset, 0) + 1
 
+    def _share_large(self, message: m.ServerMessage, body: bytes) -> None:
+        """Keep a large update's body for its next receivers (:class:`_Large`), the oldest let go
+        past ``LARGE_SHARE_BYTES`` (the newest is always kept; a turn holding a job keeps it)."""
+        old = self._large.pop(id(message), None)
+        if old is not None:  # an id reused by a newer object: the old entry is stale
+            self._large_bodies.pop(id(old.body), None)
+            self._large_bytes -= len(old.body)
+        self._large[id(message)] = self._large_bodies[id(body)] = _Large(message, body)
+        self._large_bytes += len(body)
+        while self._large_bytes > LARGE_SHARE_BYTES and len(self._large) > 1:
+            _key, gone = self._large.popitem(last=False)
+            del self._large_bodies[id(gone.body)]
+            self._large_bytes -= len(gone.body)
+
     def _large_frame(self, frames: list[Pending], parts: tuple[bytes, ...], compression: wire.Compression) -> int:
         """Append a large body's frame to the turn: framed now when uncompressed (its parts are not
-        copied), else a :class:`_Compress` for the sender to make off the event loop -- during a
-        delivery pass, the same job for every receiver of the same body (a large update's receivers
-        in the pass share its body object: found by identity, the body kept alive with the job).
-        Returns the payload bytes known now."""
+        copied), else a :class:`_Compress` for the sender to make off the event loop -- for a large
+        update's body (:meth:`_share_large`, found by identity) the same job for every receiver with
+        this compression.  Returns the payload bytes known now."""
         if compression is wire.Compression.NONE:
             tagged = wire.frame_server_parts(parts, compression)
             frames.append(ws_binary_frame_parts(tagged))
             return sum(map(len, tagged))
-        if len(parts) == 1 and self._round:
-            key = (id(parts[0]), compression)
-            known = self._jobs.get(key)
-            if known is None or known[0] is not parts[0]:
-                known = self._jobs[key] = (parts[0], _Compress(parts, compression))
-            frames.append(known[1])
+        big = self._large_bodies.get(id(parts[0])) if len(parts) == 1 else None
+        if big is not None and big.body is parts[0]:
+            job = big.jobs.get(compression)
+            if job is None:
+                job = big.jobs[compression] = _Compress(parts, compression)
+            frames.append(job)
             return 0
         frames.append(_Compress(parts, compression))
         return 0
