@@ -15,7 +15,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from support.server import ServerThread, WireClient, call_http, http, running_server, with_limits
 
-from adapters import wire
+from adapters import bsatn, wire
 
 S = "moments.s1"
 SUB = f"SELECT * FROM sync_event WHERE stream_id = '{S}'"
@@ -61,4 +61,37 @@ def test_a_resume_whose_snapshot_is_over_the_message_bound_is_not_a_replay(tmp_p
         assert gap(st) == (0, 0), "a refused resume was counted as a replay"
         assert isinstance(c.subscribe(2, f"{resume} AND seq > 6"), wire.SubscribeApplied)
         assert gap(st) == (1, 2)
+        c.close()
+
+
+def test_a_commit_is_stamped_when_it_happens_not_when_its_turn_ends(tmp_path: Path) -> None:
+    """``syncref_fanout_latency_seconds`` runs from the moment the server saw the commit: a call
+    followed in the same processor turn by a slow read (one v3 frame of both; the read made slow by
+    the test) must be stamped before that read starts -- not at the end of the turn, after it, which
+    left the read's time out of the latency of the call's update.  An ordering of the test's own
+    clock readings; the sleep only makes the read slow, nothing asserts on its length."""
+    import time
+
+    with running_server(tmp_path) as st:
+        tok = st.token()
+        c = WireClient(st, tok, version=3, confirmed=False)
+        started: list[tuple[str, float]] = []
+        real = st.server._dispatch
+
+        def recorded(s: object, msg: object) -> None:
+            started.append((type(msg).__name__, time.monotonic()))
+            if isinstance(msg, wire.OneOffQuery):
+                time.sleep(0.05)  # a slow read after the call, in the same turn
+            real(s, msg)  # type: ignore[arg-type]
+
+        st.call(setattr, st.server, "_dispatch", recorded)
+        c.send(wire.CallReducer(1, 0, "append_sync_event", bsatn.encode_args(
+                   "append_sync_event", (S, "k1", json.dumps({"i": 1}), None, None))),
+               wire.OneOffQuery(2, f"{SUB}"))
+        assert isinstance(c.recv_until(wire.ReducerResult).outcome, wire.ReducerOk)
+        assert isinstance(c.recv_until(wire.OneOffQueryResult), wire.OneOffQueryResult)
+        assert [name for name, _at in started] == ["CallReducer", "OneOffQuery"]  # one turn, in order
+        stamped = st.call(lambda: st.server._commits.at(st.server.engine.committed))
+        assert stamped is not None
+        assert stamped <= started[1][1], "the commit was stamped after the read that followed it"
         c.close()
