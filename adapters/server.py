@@ -1530,9 +1530,10 @@ class SyncServer:
                             f"internal error handling {type(msg).__name__}: {exc!r:.300}", exc_info=exc)
             s.closers.append(asyncio.ensure_future(self._close(
                 s, m.CLOSE_PROTOCOL, safe_text(f"internal error: {type(exc).__name__}"), "internal")))
-        committed = self.engine.committed
-        if committed > self._commits.last:  # stamped now, not when the turn's _pump runs (after its other messages)
-            self._commits.stamp(committed, time.monotonic())
+        engine = self._engine
+        if engine is not None and engine.committed > self._commits.last:
+            # stamped now, not when the turn's _pump runs (after its other messages)
+            self._commits.stamp(engine.committed, time.monotonic())
 
     def _dispatch_one(self, s: Session, msg: wire.Received) -> None:
         engine = self.engine
