@@ -12,12 +12,13 @@ What each metric means (docs/operations.md, "Metrics"):
 * ``syncref_fanout_latency_seconds`` (histogram): from the moment a transaction committed (the
   I/O layer saw the engine's committed offset move) to the moment a message derived from it
   was handed to a subscriber's socket -- confirmed reads included, so it contains the wait for
-  durability;
+  durability; a frame that waited for its compression is observed when it is written;
 * ``syncref_subscriber_lag_offsets{conn}``: per connection, the committed offset minus the
-  offset of the state it has been brought up to (0 when nothing is queued for it);
+  offset of the state it has been brought up to (0 when nothing is queued for it; an update taken
+  off the queue whose frame is still being compressed is not delivered yet);
   ``syncref_subscriber_lag_max_offsets`` the largest;
 * ``syncref_replay_gap_events`` (histogram): for each accepted resume query, how many events it
-  replays (head seq - the watermark);
+  replays (head seq - the watermark), observed when its ``Subscribe`` is accepted;
 * ``syncref_group_commit_batch_records`` (histogram): records per COMMIT of the writer;
 * ``syncref_durability_lag_offsets``: committed minus durable offset;
 * ``syncref_wal_checkpoints_total``, ``syncref_wal_checkpoint_errors_total``: the WAL checkpoints the

@@ -134,6 +134,7 @@ REVOCATION_CHECK_S = 1.0  # how often the revocation list is re-read for open co
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 BODY_CACHE_ITEMS = 512  # ... and at most this many of them
+LARGE_SHARE_BYTES = 32 * 1024 * 1024  # large update bodies kept for their next receivers (the newest always)
 COMMIT_GATHER_S = 0.004  # GroupCommitWriter gather_s (ADR-0014): also capped at half a COMMIT's duration
 PROCEDURE_NAME_ECHO = 128  # characters of an unknown procedure's name its ProcedureResult echoes
 DELIVERED = (m.TransactionUpdate, m.ReducerResult)  # messages whose commit-to-delivery time is measured
@@ -206,17 +207,43 @@ def ws_binary_frame_parts(payload: Sequence[bytes]) -> tuple[bytes, ...]:
 Frame = bytes | tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class _Compress:
-    """A large body (kept as parts, over ``BODY_CACHE_ITEM_BYTES``) whose frame is to be
-    compressed: the sender does it in a worker thread before the turn's write, so the event loop is
-    not held (gzip level 1 of 30 MiB: ~0.8 s; zlib and brotli release the interpreter lock)."""
+    """A large body (over ``BODY_CACHE_ITEM_BYTES``) whose frame is to be compressed: the sender
+    does it in a worker thread before the turn's write, so the event loop is not held (gzip level 1
+    of 30 MiB: ~0.8 s; zlib and brotli release the interpreter lock).  Not a value but a job: in a
+    delivery pass every receiver of the same large update holds the *same* one (per compression,
+    :meth:`SyncServer._large_frame`), the first sender that needs it starts it and the others await
+    its result -- one compression, not one per receiver."""
 
-    parts: tuple[bytes, ...]
-    compression: wire.Compression
+    __slots__ = ("compression", "made", "parts")
+
+    def __init__(self, parts: tuple[bytes, ...], compression: wire.Compression) -> None:
+        self.parts = parts
+        self.compression = compression
+        self.made: asyncio.Future[list[bytes]] | None = None
+
+    async def tagged(self) -> list[bytes]:
+        """The frame (its tag, the compressed bytes), made in a worker thread on first need.  A
+        sender cancelled meanwhile (its connection closed) does not cancel it for the others."""
+        if self.made is None:
+            self.made = asyncio.ensure_future(asyncio.to_thread(wire.frame_server_parts, self.parts,
+                                                                self.compression))
+            self.parts = ()  # the worker holds the body while it needs it
+        return await asyncio.shield(self.made)
 
 
 Pending = Frame | _Compress
+
+
+class _Large:
+    """A large update's body kept for its next receivers, and its compression jobs by compression."""
+
+    __slots__ = ("body", "jobs", "message")
+
+    def __init__(self, message: m.ServerMessage, body: bytes) -> None:
+        self.message = message  # kept alive: its id is not reused while the entry lives
+        self.body = body
+        self.jobs: dict[wire.Compression, _Compress] = {}
 """A whole WebSocket frame ready for the socket: its bytes, or parts that concatenate to them."""
 
 
@@ -478,6 +505,9 @@ class Session:
         self.undurable: deque[int] = deque()  # offsets of this connection's commits not yet durable
         self.busy = False  # its sender task is writing a turn: the pump does not write directly
         self.deferred: tuple[list[Pending], int] | None = None  # a turn the pump took that needs compressing
+        # the deliveries (commit offset -> messages) of a turn taken but still to compress: observed
+        # for the fanout latency when its frames are handed to the transport, not when it was taken
+        self.held: dict[int, int] = {}
         self.broken = False  # a message could not be sent (over the bound): closing, nothing more goes out
         self.connected_at_us = now_us()
 
@@ -505,6 +535,13 @@ class SyncServer:
         # (and, for a turn of TransactionUpdates only, their offsets: such a turn is taken as it is)
         self._v3_turns: dict[tuple[wire.Compression, tuple[int, ...]],
                              tuple[tuple[m.ServerMessage, ...], list[Frame], int, tuple[int, ...]]] = {}
+        # large updates (bodies over BODY_CACHE_ITEM_BYTES, not kept in the encode-once LRU) recently
+        # encoded, for their next receivers: one body and one compression job per compression for all
+        # of them -- whether the pass or, later, a backpressured receiver's sender takes the turn.  By
+        # id of the message and by id of the body; at most LARGE_SHARE_BYTES of bodies, oldest out first
+        self._large: OrderedDict[int, _Large] = OrderedDict()
+        self._large_bodies: dict[int, _Large] = {}
+        self._large_bytes = 0
         # turns taken as they were since the last flush: id of the turn -> [times taken, the turn]
         self._turn_hits: dict[int, list[Any]] = {}
         self._deliver_scheduled = False  # _deliver is scheduled for the end of this loop iteration
@@ -913,8 +950,16 @@ class SyncServer:
         engine = self._engine
         if engine is None:
             return {"lags": {}, "durability_lag": 0, "outbox_pending": 0}
-        lags = {cid: (engine.committed - conn.outbound[0].offset + 1 if conn.outbound else 0)
-                for cid, conn in engine.conns.items() if cid in self.sessions}
+        lags: dict[int, int] = {}
+        sessions = self.sessions
+        for cid, conn in engine.conns.items():
+            s = sessions.get(cid)
+            if s is None:
+                continue
+            # an update taken off the queue whose frame is still being compressed (``held``) is not
+            # delivered yet: it is older than anything still queued
+            oldest = min(s.held) if s.held else conn.outbound[0].offset if conn.outbound else None
+            lags[cid] = 0 if oldest is None else engine.committed - oldest + 1
         pending = sum(1 for row in engine.db.rows("bridge_outbox") if getattr(row, "status", None) == "pending")
         store = self._store
         return {"lags": lags, "durability_lag": engine.committed - engine.durable, "outbox_pending": pending,
@@ -1485,6 +1530,10 @@ class SyncServer:
                             f"internal error handling {type(msg).__name__}: {exc!r:.300}", exc_info=exc)
             s.closers.append(asyncio.ensure_future(self._close(
                 s, m.CLOSE_PROTOCOL, safe_text(f"internal error: {type(exc).__name__}"), "internal")))
+        engine = self._engine
+        if engine is not None and engine.committed > self._commits.last:
+            # stamped now, not when the turn's _pump runs (after its other messages)
+            self._commits.stamp(engine.committed, time.monotonic())
 
     def _dispatch_one(self, s: Session, msg: wire.Received) -> None:
         engine = self.engine
@@ -1640,6 +1689,7 @@ class SyncServer:
         delivered = self._delivered
         bound = self.config.limits.max_outbound_message_bytes
         shared = 0
+        large = False  # a body over BODY_CACHE_ITEM_BYTES is in the turn: framed by _large_frame
         for out in outs:
             message = out.message
             entry = cache.get(id(message)) if type(message) is m.TransactionUpdate else None
@@ -1647,8 +1697,15 @@ class SyncServer:
                 cache.move_to_end(id(message))
                 shared += 1
                 body = entry.body
+            elif (big := self._large.get(id(message))) is not None and big.message is message:
+                self._large.move_to_end(id(message))
+                shared += 1  # a large update encoded for an earlier receiver
+                body, entry = big.body, None
             else:
                 body, entry = self._encode(s, message)
+                if (entry is None and type(message) is m.TransactionUpdate and isinstance(body, bytes)
+                        and len(body) > BODY_CACHE_ITEM_BYTES):
+                    self._share_large(message, body)
             length = len(body) if isinstance(body, bytes) else sum(map(len, body))
             if length > bound:  # never sent undecodable
                 self.metrics.internal.labels("oversize").inc()
@@ -1657,12 +1714,15 @@ class SyncServer:
                     s, m.CLOSE_PROTOCOL, f"internal error: a {length}-byte message is over "
                     "max_outbound_message_bytes", "internal")))
                 return None
+            if length > BODY_CACHE_ITEM_BYTES and isinstance(body, bytes):
+                body = (body,)  # framed (and compressed, off the loop) as a large body kept as parts is
             if v3:
                 bodies.append(body)
                 if entry is None:
                     v3_ids = None  # not shared: this turn is not kept for others
             elif isinstance(body, tuple):  # a large body's parts, framed without joining them
                 payload += self._large_frame(frames, body, compression)
+                large = True
             elif entry is not None:
                 data = entry.wire.get(compression)
                 if data is None:
@@ -1690,6 +1750,7 @@ class SyncServer:
                 for batch in _v3_batches(bodies):
                     if isinstance(batch, tuple):  # a large body goes alone, framed as its parts
                         payload += self._large_frame(frames, batch, compression)
+                        large = True
                         continue
                     frame = wire.frame_server(batch, compression)
                     frames.append(ws_binary_frame(frame))
@@ -1702,33 +1763,79 @@ class SyncServer:
                     kept = cast(list[Frame], frames[start:])
                     self._v3_turns[turn_key] = (tuple(out.message for out in outs), kept, payload - before,
                                                 tuple(out.offset for out in outs) if updates_only else ())
+        if large and compression is not wire.Compression.NONE:
+            self._hold(s, outs)
         return frames, payload
 
-    @staticmethod
-    def _large_frame(frames: list[Pending], parts: tuple[bytes, ...], compression: wire.Compression) -> int:
+    def _hold(self, s: Session, outs: Sequence[Any]) -> None:
+        """The turn's frames wait for a compression (the sender's, after this): its deliveries move
+        from the pass's counts to the connection's (``held``), observed when the sender hands the
+        frames to the transport -- the fanout latency includes the wait."""
+        delivered, held = self._delivered, s.held
+        for out in outs:
+            if isinstance(out.message, DELIVERED):
+                n = delivered[out.offset] - 1
+                if n:
+                    delivered[out.offset] = n
+                else:
+                    del delivered[out.offset]
+                held[out.offset] = held.get(out.offset, 0) + 1
+
+    def _share_large(self, message: m.ServerMessage, body: bytes) -> None:
+        """Keep a large update's body for its next receivers (:class:`_Large`), the oldest let go
+        past ``LARGE_SHARE_BYTES`` (the newest is always kept; a turn holding a job keeps it)."""
+        old = self._large.pop(id(message), None)
+        if old is not None:  # an id reused by a newer object: the old entry is stale
+            self._large_bodies.pop(id(old.body), None)
+            self._large_bytes -= len(old.body)
+        self._large[id(message)] = self._large_bodies[id(body)] = _Large(message, body)
+        self._large_bytes += len(body)
+        while self._large_bytes > LARGE_SHARE_BYTES and len(self._large) > 1:
+            _key, gone = self._large.popitem(last=False)
+            del self._large_bodies[id(gone.body)]
+            self._large_bytes -= len(gone.body)
+
+    def _large_frame(self, frames: list[Pending], parts: tuple[bytes, ...], compression: wire.Compression) -> int:
         """Append a large body's frame to the turn: framed now when uncompressed (its parts are not
-        copied), else a :class:`_Compress` for the sender to make off the event loop.  Returns the
-        payload bytes known now."""
+        copied), else a :class:`_Compress` for the sender to make off the event loop -- for a large
+        update's body (:meth:`_share_large`, found by identity) the same job for every receiver with
+        this compression.  Returns the payload bytes known now."""
         if compression is wire.Compression.NONE:
             tagged = wire.frame_server_parts(parts, compression)
             frames.append(ws_binary_frame_parts(tagged))
             return sum(map(len, tagged))
+        big = self._large_bodies.get(id(parts[0])) if len(parts) == 1 else None
+        if big is not None and big.body is parts[0]:
+            job = big.jobs.get(compression)
+            if job is None:
+                job = big.jobs[compression] = _Compress(parts, compression)
+            frames.append(job)
+            return 0
         frames.append(_Compress(parts, compression))
         return 0
 
     @staticmethod
     async def _compressed(frames: list[Pending]) -> tuple[list[Frame], int]:
-        """The turn's frames with each :class:`_Compress` made, in a worker thread, and their payload bytes."""
+        """The turn's frames with each :class:`_Compress` made (in a worker thread, or by the sender of
+        another receiver of the same job), and their payload bytes."""
         out: list[Frame] = []
         extra = 0
         for f in frames:
             if isinstance(f, _Compress):
-                tagged = await asyncio.to_thread(wire.frame_server_parts, f.parts, f.compression)
+                tagged = await f.tagged()
                 out.append(ws_binary_frame_parts(tagged))
                 extra += sum(map(len, tagged))
             else:
                 out.append(f)
         return out, extra
+
+    def _release_held(self, s: Session) -> None:
+        """The connection's held deliveries (:meth:`_hold`) were handed to the transport: observe them."""
+        delivered = self._delivered
+        for offset, n in s.held.items():
+            delivered[offset] = delivered.get(offset, 0) + n
+        s.held.clear()
+        self._flush_delivered()
 
     def _flush_delivered(self) -> None:
         """Observe the fanout latency of the messages handed to sockets since the last flush:
@@ -1821,12 +1928,15 @@ class SyncServer:
                     frames, extra = await self._compressed(pending)
                     payload += extra
                     if s.closing or s.ws.closed or transport.is_closing():
+                        s.held.clear()  # never handed to the transport: not delivered
                         break  # it went while the frame was being compressed
                     write_frames(transport, frames)
                     sends.writes += 1
                     sends.frames += len(frames)
                     sends.bytes += payload
                     del frames
+                    if s.held:  # the deliveries that waited for the compression: observed now
+                        self._release_held(s)
                     try:  # a peer that takes nothing for send_timeout_s holds memory for nobody: drop it
                         if not _cannot_block(transport, 0):
                             async with asyncio.timeout(limits.send_timeout_s):

@@ -426,10 +426,16 @@ class Engine:
             answer, size = OneOffQueryResult(request_id, err.render()), None
         self._send(conn, self.committed, answer, size)
 
-    def _check_queries(self, claims: Claims, texts: tuple[str, ...], held: int = 0) -> list[q.Query]:
+    def _check_queries(self, claims: Claims, texts: tuple[str, ...], held: int = 0,
+                       gaps: list[int] | None = None) -> list[q.Query]:
+        """:meth:`_authorized_queries` of a subscription, then each query's stale-cursor check; the
+        events each resume query would replay are appended to ``gaps`` (reported by the caller once
+        the subscription is accepted)."""
         queries = self._authorized_queries(claims, texts, resume_form=True, held=held)
         for query in queries:
-            self._check_stale(query)
+            gap = self._check_stale(query)
+            if gap is not None and gaps is not None:
+                gaps.append(gap)
         return queries
 
     def _authorized_queries(self, claims: Claims, texts: tuple[str, ...], resume_form: bool = False,
@@ -501,13 +507,15 @@ class Engine:
             return True
         return False
 
-    def _check_stale(self, query: q.Query) -> None:
+    def _check_stale(self, query: q.Query) -> int | None:
+        """Raise ``stale_cursor`` for a resume query the stream cannot serve; else the events a
+        resume query replays (head seq - watermark), None for any other query."""
         if query.table != "sync_event":
-            return
+            return None
         facts = self.parse_cache.facts(query)
         sid, w = facts.stream_id, facts.seq_bound
         if not isinstance(sid, str) or w is None:
-            return
+            return None
         w = max(w, 0)  # seqs start at 1: seq >= 0 resumes from the start (W = 0), not from W = -1
         req = facts.epoch
         req_epoch = req if isinstance(req, int) and not isinstance(req, bool) else None
@@ -524,15 +532,15 @@ class Engine:
                 **continuation_details(row if isinstance(row, SyncStream) else None),
                 "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": reasons, "replay_budget": budget,
                 "requested_epoch": req_epoch, "requested_watermark": w, "stream_id": sid})
-        if self.on_resume is not None:
-            self.on_resume(head - w)
+        return head - w
 
     def _subscribe(self, conn: Connection, msg: Subscribe) -> None:
         if self._reused(conn, msg.query_set_id):
             return
+        gaps: list[int] = []  # the replays of its resume queries: observed only when it is accepted
         try:
             most = self.max_queries_per_connection
-            queries = self._check_queries(conn.claims, msg.queries, conn.query_count)
+            queries = self._check_queries(conn.claims, msg.queries, conn.query_count, gaps)
             if most is not None and conn.query_count + len(queries) > most:
                 raise limit_exceeded("max_queries_per_connection", most, conn.query_count + len(queries))
             applied = SubscribeApplied(msg.request_id, msg.query_set_id, self._snapshot(conn.claims, queries))
@@ -553,6 +561,9 @@ class Engine:
             sub = (conn.conn_id, msg.query_set_id)
             shape.subscribers[sub] = shape.subscribers.get(sub, 0) + 1
             shape.groups = None
+        if self.on_resume is not None:
+            for gap in gaps:
+                self.on_resume(gap)
         self._send(conn, self.committed, applied, size)
 
     def _fits(self, message: ServerMessage) -> int:
