@@ -1136,12 +1136,16 @@ class SyncServer:
             return await self._call_detached(verified, reducer, args)
 
     def _array_over(self, params: Sequence[Column], body: object) -> SyncError | None:
-        """``limit_exceeded`` for an array argument (a ``Vec`` parameter) of more than
-        ``max_arg_items`` items, or None (anything else is left to ``args_from_json``)."""
+        """``limit_exceeded`` for an array argument (a ``Vec`` parameter, by position or by name) of
+        more than ``max_arg_items`` items, or None (anything else is left to ``args_from_json``)."""
         most = self.config.limits.max_arg_items
-        if not isinstance(body, list):
+        if isinstance(body, dict):  # the arguments by name
+            pairs = [(col, body.get(col.name)) for col in params]
+        elif isinstance(body, list):
+            pairs = list(zip(params, body, strict=False))
+        else:
             return None
-        for col, value in zip(params, body, strict=False):
+        for col, value in pairs:
             if isinstance(col.type, ArrayT) and isinstance(value, list) and len(value) > most:
                 self.metrics.refused.labels("max_arg_items").inc()
                 return limit_exceeded("max_arg_items", most, len(value))
@@ -1994,7 +1998,7 @@ def sql_answer(answers: list[tuple[TableRows, float]], max_bytes: int) -> bytes 
         parts.append((", " if i else "").encode() + head.encode() + b', "rows": [')
         size += len(parts[-1])
         for j, row in enumerate(rows.inserts):
-            data = ((", " if j else "") + json.dumps(satsjson.row_to_json(table, row_values(row)))).encode()
+            data = ((", " if j else "") + json.dumps(satsjson.row_to_sql_json(table, row_values(row)))).encode()
             size += len(data)
             if size > max_bytes:
                 return limit_exceeded("max_sql_response_bytes", max_bytes, size)
