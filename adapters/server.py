@@ -1028,7 +1028,8 @@ class SyncServer:
 
     async def _ws_token(self, request: web.Request) -> web.Response:
         try:
-            token = self.auth.token_from_request(request.headers.get("Authorization"), None)
+            # as SpacetimeDB's SpacetimeAuthRequired: the Bearer header, else ?token=
+            token = self.auth.token_from_request(request.headers.get("Authorization"), request.query.get("token"))
             if token is None:
                 return _text(401, "Authorization required")
             verified = self.auth.verify(token)

@@ -164,3 +164,20 @@ def test_call_route_takes_args_by_name_and_upstream_forms(tmp_path: Path) -> Non
         by_null = call_http(st, tok, "append_sync_event", ["demo.s", "k2", "{}", None, None])
         assert by_null.status == 200, by_null.text
         assert by_null.headers["syncref-return-value"] == "2"
+
+
+def test_websocket_token_takes_the_query_token_as_upstream(tmp_path: Path) -> None:
+    """``create_websocket_token`` takes ``SpacetimeAuthRequired``, whose credentials come from
+    ``Authorization: Bearer`` or else ``?token=`` (client-api auth.rs ``SpacetimeCreds``)."""
+    with running_server(tmp_path) as st:
+        tok = st.token(scopes=["sync.subscribe"], streams=["demo.*"])
+        by_query = http("POST", f"{st.base}/v1/identity/websocket-token?token={tok}")
+        assert by_query.status == 200, by_query.text
+        assert by_query.json()["token"].count(".") == 2
+        neither = http("POST", f"{st.base}/v1/identity/websocket-token")
+        assert neither.status == 401 and neither.text.startswith("Authorization required")
+        # the header wins, as everywhere: a malformed one is refused even with a good query token
+        both = http("POST", f"{st.base}/v1/identity/websocket-token?token={tok}", headers={"Authorization": "Basic x"})
+        assert both.status == 400
+        bad = http("POST", f"{st.base}/v1/identity/websocket-token?token=not-a-jwt")
+        assert bad.status == 401
