@@ -1112,12 +1112,16 @@ class SyncServer:
         verified = self._http_caller(request)
         if isinstance(verified, web.Response):
             return verified
+        # as SpacetimeDB's `call`: its TypedHeader<ContentType> extractor (400 when the header is
+        # missing) and assert_content_type_json (415) run before the reducer is looked up
+        if "Content-Type" not in request.headers:
+            return _text(400, "Header of type `content-type` was missing")
+        if request.content_type != "application/json":
+            return _text(415, "Expected request with `Content-Type: application/json`")
         reducer = request.match_info["reducer"]
         rdef = REDUCER_BY_NAME.get(reducer)
         if rdef is None:
             return _text(404, SyncError(ErrorCode.NO_SUCH_REDUCER, {"reducer": reducer}).render())
-        if request.content_type != "application/json":
-            return _text(415, "Expected request with `Content-Type: application/json`")
         text = await self._body_text(request, "call body")
         if isinstance(text, web.Response):
             return text
@@ -1392,7 +1396,8 @@ class SyncServer:
                 s.inbound_bytes += size
                 s.inbound_ready.set()
             elif msg.type == WSMsgType.TEXT:
-                await self._close(s, 1011, "v2/v3 websocket does not support text messages", "text_frame")
+                # SpacetimeDB's words (message_handlers_v2.rs, _v3.rs)
+                await self._close(s, 1011, f"v{s.version} websocket does not support text messages", "text_frame")
                 return
             elif msg.type == WSMsgType.PING:
                 await s.ws.pong(msg.data)

@@ -18,12 +18,14 @@ The oracle is hand-written JSON derived from the Rust source's layout, never our
 
 from __future__ import annotations
 
+import http.client
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.server import call_http, http, running_server
+from support.server import WireClient, call_http, running_server
+from support.server import http as http_request
 
 from adapters import satsjson
 from spec.schema import REDUCER_BY_NAME, TABLE_BY_NAME
@@ -118,7 +120,7 @@ def test_call_args_by_name_as_upstream() -> None:
 
 
 def _sql(st: Any, tok: str, text: str) -> Any:
-    res = http("POST", f"{st.base}{DB}/sql", text, {"Authorization": f"Bearer {tok}"})
+    res = http_request("POST", f"{st.base}{DB}/sql", text, {"Authorization": f"Bearer {tok}"})
     assert res.status == 200, res.text
     assert res.headers["content-type"].startswith("application/json")
     return res.json()
@@ -132,7 +134,7 @@ def test_sql_rows_over_the_wire_are_upstreams_form(tmp_path: Path) -> None:
         assert call_http(st, tok, "append_sync_event", ["demo.s", "k1", '{"a":1}', {"none": []},
                                                         {"none": []}]).status == 200
         assert call_http(st, tok, "open_compute_assignment", ["r1", 5050, "{}"]).status == 200
-        me = http("POST", f"{st.base}/v1/identity/websocket-token",
+        me = http_request("POST", f"{st.base}/v1/identity/websocket-token",
                   headers={"Authorization": f"Bearer {tok}"})
         assert me.status == 200
         (stmt,) = _sql(st, tok, "SELECT * FROM sync_event WHERE stream_id = 'demo.s'")
@@ -155,7 +157,7 @@ def test_sql_rows_over_the_wire_are_upstreams_form(tmp_path: Path) -> None:
 def test_call_route_takes_args_by_name_and_upstream_forms(tmp_path: Path) -> None:
     with running_server(tmp_path) as st:
         tok = st.token(streams=["demo.*"])
-        named = http("POST", f"{st.base}{DB}/call/append_sync_event",
+        named = http_request("POST", f"{st.base}{DB}/call/append_sync_event",
                      json.dumps({"stream_id": "demo.s", "idempotency_key": "k1", "payload_json": "{}",
                                  "payload_hash": [1, []], "expected_next_seq": [0, 1]}),
                      {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"})
@@ -171,13 +173,53 @@ def test_websocket_token_takes_the_query_token_as_upstream(tmp_path: Path) -> No
     ``Authorization: Bearer`` or else ``?token=`` (client-api auth.rs ``SpacetimeCreds``)."""
     with running_server(tmp_path) as st:
         tok = st.token(scopes=["sync.subscribe"], streams=["demo.*"])
-        by_query = http("POST", f"{st.base}/v1/identity/websocket-token?token={tok}")
+        by_query = http_request("POST", f"{st.base}/v1/identity/websocket-token?token={tok}")
         assert by_query.status == 200, by_query.text
         assert by_query.json()["token"].count(".") == 2
-        neither = http("POST", f"{st.base}/v1/identity/websocket-token")
+        neither = http_request("POST", f"{st.base}/v1/identity/websocket-token")
         assert neither.status == 401 and neither.text.startswith("Authorization required")
         # the header wins, as everywhere: a malformed one is refused even with a good query token
-        both = http("POST", f"{st.base}/v1/identity/websocket-token?token={tok}", headers={"Authorization": "Basic x"})
+        both = http_request("POST", f"{st.base}/v1/identity/websocket-token?token={tok}",
+                            headers={"Authorization": "Basic x"})
         assert both.status == 400
-        bad = http("POST", f"{st.base}/v1/identity/websocket-token?token=not-a-jwt")
+        bad = http_request("POST", f"{st.base}/v1/identity/websocket-token?token=not-a-jwt")
         assert bad.status == 401
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_text_frame_closes_1011_with_upstreams_reason(tmp_path: Path, version: int) -> None:
+    """message_handlers_v2.rs / _v3.rs: ``TextDecode(serde_json::Error::custom("vN websocket does
+    not support text messages"))``, closed 1011 with ``format!("{e:#}")`` (a custom serde_json
+    error has no position, so its text is the message)."""
+    with running_server(tmp_path) as st:
+        c = WireClient(st, st.token(), version=version)
+        c.ws.send("hello")
+        assert c.closed() == (1011, f"v{version} websocket does not support text messages")
+
+
+# (Content-Type header or None, reducer) -> status, as database.rs `call`: the TypedHeader<ContentType>
+# extractor (400 when missing) and assert_content_type_json (415 unless exactly application/json)
+# run before the reducer is looked up (404)
+CALL_HEAD_CASES: list[tuple[str | None, str, int]] = [
+    (None, "append_sync_event", 400),
+    (None, "no_such_reducer_here", 400),
+    ("text/plain", "no_such_reducer_here", 415),
+    ("application/json", "no_such_reducer_here", 404),
+    ("text/plain", "append_sync_event", 415),
+]
+
+
+@pytest.mark.parametrize(("content_type", "reducer", "status"), CALL_HEAD_CASES)
+def test_call_checks_content_type_before_the_reducer(tmp_path: Path, content_type: str | None, reducer: str,
+                                                     status: int) -> None:
+    with running_server(tmp_path) as st:
+        headers = {"Authorization": f"Bearer {st.token()}", "Content-Length": "2"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        conn = http.client.HTTPConnection("127.0.0.1", st.server.port, timeout=15)  # urllib adds a Content-Type
+        try:
+            conn.request("POST", f"{DB}/call/{reducer}", body=b"[]", headers=headers)
+            res = conn.getresponse()
+            assert res.status == status, res.read()
+        finally:
+            conn.close()
