@@ -76,6 +76,7 @@ from adapters.auth import (
     KeyStore,
     RevocationList,
     Verified,
+    identity_from_claims,
 )
 from adapters.bsatn import BsatnError, TooManyItems
 from adapters.fsutil import make_data_dir
@@ -485,6 +486,8 @@ class Session:
 class SyncServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # the database's identity, which every /v1/database/:name_or_identity route also takes
+        self.database_identity = database_identity(config.database)
         self.metrics = Metrics()
         self.sessions: dict[int, Session] = {}
         self._store: LogStore | None = None
@@ -998,6 +1001,7 @@ class SyncServer:
         app.router.add_post(db + "/call/{reducer}", self._counted("call", self._call))
         app.router.add_post(db + "/sql", self._counted("sql", self._sql))
         app.router.add_get(db + "/schema", self._counted("schema", self._schema))
+        app.router.add_get(db + "/identity", self._counted("database_identity", self._db_identity))
         app.router.add_post(db + "/compact", self._counted("compact", self._compact_now))
         ops_routes.install(app, ops_routes.OpsSource(lambda: self.engine, lambda: self.auth, lambda: ops_facts(self)),
                            self._counted)
@@ -1041,9 +1045,21 @@ class SyncServer:
         return web.Response(body=self.auth.keys.public_key_pem(), content_type="application/pem-certificate-chain")
 
     async def _schema(self, request: web.Request) -> web.Response:
-        if request.match_info["name"] != self.config.database:
+        if not self._names_this_database(request.match_info["name"]):
             return _text(404, f"`{request.match_info['name']}` not found")
         return web.json_response(module_schema(self.config.database))
+
+    async def _db_identity(self, request: web.Request) -> web.Response:
+        """``GET /v1/database/:name_or_identity/identity``: the database's identity as hex text, as
+        SpacetimeDB's ``get_identity`` (``spacetime sql``/``call`` resolve a name here first)."""
+        if not self._names_this_database(request.match_info["name"]):
+            return _text(404, f"`{request.match_info['name']}` not found")
+        return _text(200, self.database_identity)
+
+    def _names_this_database(self, segment: str) -> bool:
+        """The path's ``:name_or_identity`` is the served database's name or its identity (64 hex
+        digits, any case), as SpacetimeDB's ``NameOrIdentity``."""
+        return segment == self.config.database or segment.lower() == self.database_identity
 
     def _authenticate(self, request: web.Request) -> Caller | web.Response:
         """The verified caller (minting an identity for a token-less one when that is allowed), or
@@ -1068,7 +1084,7 @@ class SyncServer:
         caller = self._authenticate(request)
         if isinstance(caller, web.Response):
             return caller
-        if request.match_info["name"] != self.config.database:
+        if not self._names_this_database(request.match_info["name"]):
             return _text(404, f"`{request.match_info['name']}` not found")
         refused = self._admit(caller.verified)
         return refused if refused is not None else caller.verified
@@ -1289,7 +1305,7 @@ class SyncServer:
                 return _text(400, "Invalid connection ID: the all-zeros ConnectionId is reserved.")
         else:
             connection_id = secrets.randbits(128) or 1
-        if request.match_info["name"] != self.config.database:
+        if not self._names_this_database(request.match_info["name"]):
             return _text(404, f"`{request.match_info['name']}` not found")
         chosen = select_subprotocol(request.headers.getall("Sec-WebSocket-Protocol", []))
         if chosen is None:
@@ -2039,6 +2055,15 @@ def split_statements(text: str) -> list[str]:
 
 def _text(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text)
+
+
+DATABASE_ISSUER = "syncref://database"
+
+
+def database_identity(database: str) -> str:
+    """The served database's identity: ``Identity::from_claims(DATABASE_ISSUER, <name>)``, a
+    function of the name alone (so it stays across restarts and data directories)."""
+    return identity_from_claims(DATABASE_ISSUER, database)
 
 
 def module_schema(database: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 from support.server import WireClient, call_http, running_server
 from support.server import http as http_request
@@ -223,3 +224,40 @@ def test_call_checks_content_type_before_the_reducer(tmp_path: Path, content_typ
             assert res.status == status, res.read()
         finally:
             conn.close()
+
+
+def test_database_routes_take_the_name_or_the_database_identity(tmp_path: Path) -> None:
+    """Every ``/v1/database/:name_or_identity/...`` route takes the database's name or its identity
+    (client-api util.rs ``NameOrIdentity``), and ``GET .../identity`` answers that identity as hex
+    text (database.rs ``get_identity``): ``spacetime sql`` / ``call`` resolve the name there and
+    then address the database by its identity (cli util.rs ``spacetime_dns``, api.rs ``db_uri``)."""
+    with running_server(tmp_path) as st:
+        tok = st.token(streams=["demo.*"])
+        res = http_request("GET", f"{st.base}{DB}/identity")
+        assert res.status == 200 and res.headers["content-type"].startswith("text/plain")
+        ident = res.text
+        raw = bytes.fromhex(ident)
+        assert len(ident) == 64 and ident == ident.lower()
+        # the form Identity::from_claims gives, checked independently: c2 00 ++ blake3(c2 00 ++ h)[:4] ++ h
+        assert raw[:2] == b"\xc2\x00" and blake3.blake3(b"\xc2\x00" + raw[6:]).digest()[:4] == raw[2:6]
+        for seg in (ident, ident.upper()):
+            again = http_request("GET", f"{st.base}/v1/database/{seg}/identity")
+            assert (again.status, again.text) == (200, ident)
+            sql = http_request("POST", f"{st.base}/v1/database/{seg}/sql", "SELECT * FROM sync_stream",
+                               {"Authorization": f"Bearer {tok}"})
+            assert sql.status == 200, sql.text
+            assert http_request("GET", f"{st.base}/v1/database/{seg}/schema").status == 200
+            assert call_http_at(st, seg, tok).status == 200
+            c = WireClient(st, tok, database=seg)
+            assert c.initial.token == tok
+            c.close()
+        for other in ("ab" * 32, "nope"):
+            assert http_request("GET", f"{st.base}/v1/database/{other}/identity").status == 404
+            assert http_request("POST", f"{st.base}/v1/database/{other}/sql", "SELECT * FROM sync_stream",
+                                {"Authorization": f"Bearer {tok}"}).status == 404
+
+
+def call_http_at(st: Any, seg: str, tok: str) -> Any:
+    return http_request("POST", f"{st.base}/v1/database/{seg}/call/publish_stream_signal",
+                        json.dumps(["demo.s", "typing", "{}"]),
+                        {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"})
