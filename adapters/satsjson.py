@@ -93,10 +93,10 @@ def from_json(t: SatsType, v: object, where: str) -> object:
         elif isinstance(v, list) and len(v) == 1:
             v = v[0]
         if isinstance(v, str):
-            if v.startswith(("0x", "0X")):  # a u256 as ethnum reads it: "0x" and 1 to 64 hex digits
+            if v.startswith(("0x", "0X")):  # a u256 as ethnum reads it: "0x" and hex digits of a value < 2^256
                 h = v[2:]
-                if 1 <= len(h) <= 64 and all(c in _HEX for c in h):
-                    return h.lower().rjust(64, "0")
+                if h and all(c in _HEX for c in h) and int(h, 16) < 1 << 256:  # (base 16: linear)
+                    return f"{int(h, 16):064x}"
             elif len(v) == 64 and all(c in _HEX for c in v):  # ours: the bare 64-digit display form
                 return v.lower()
     raise SatsJsonError(f"{where}: expected {_type_name(t)}, got {_show(v)}")

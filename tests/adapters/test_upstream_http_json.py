@@ -69,6 +69,7 @@ CALL_VALUE_CASES: list[tuple[SatsType, str, object]] = [
     (IDENTITY, f'{{"__identity__": "0x{C2}"}}', C2),
     (IDENTITY, '["0x1"]', "00" * 31 + "01"),
     (IDENTITY, '{"__identity__": "0xF"}', "00" * 31 + "0f"),
+    (IDENTITY, '["0x' + "0" * 70 + '1"]', "00" * 31 + "01"),  # ethnum reads digits, only the value must fit
     (TIMESTAMP, "[1700000000000000]", 1_700_000_000_000_000),
     (TIMESTAMP, '{"__timestamp_micros_since_unix_epoch__": -1}', -1),
     (OptionT(STRING), '[0, "x"]', "x"),
