@@ -1142,7 +1142,7 @@ class SyncServer:
         if isinstance(text, web.Response):
             return text
         try:
-            body = json.loads(text)
+            body = json.loads(text, object_pairs_hook=_unique_keys)
             over = self._array_over(rdef.args, body)
             if over is not None:  # before its items are converted and checked
                 return _text(400, over.render())
@@ -2051,6 +2051,17 @@ def split_statements(text: str) -> list[str]:
             cur.append(ch)
     out.append("".join(cur))
     return [stmt.strip() for stmt in out if stmt.strip()]
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the call body, refusing a repeated key as SpacetimeDB's typed seed does (a
+    product's ``duplicate field``; a sum's object must hold exactly one field)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:60]!r} in a JSON object")
+        out[key] = value
+    return out
 
 
 def _text(status: int, text: str) -> web.Response:

@@ -262,3 +262,21 @@ def call_http_at(st: Any, seg: str, tok: str) -> Any:
     return http_request("POST", f"{st.base}/v1/database/{seg}/call/publish_stream_signal",
                         json.dumps(["demo.s", "typing", "{}"]),
                         {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"})
+
+
+# bodies SpacetimeDB's typed seed refuses for a repeated key: a product's `duplicate field`, a sum's
+# `expected map representing sum type to have exactly one field`
+DUPLICATE_KEY_BODIES = [
+    '{"stream_id": "demo.s", "stream_id": "demo.t", "idempotency_key": "k", "payload_json": "{}",'
+    ' "payload_hash": null, "expected_next_seq": null}',
+    '["demo.s", "k", "{}", {"none": [], "none": []}, {"some": 1, "some": 2}]',
+    '["demo.s", "k", "{}", null, {"some": 1, "some": 1}]',
+]
+
+
+@pytest.mark.parametrize("body", DUPLICATE_KEY_BODIES)
+def test_call_refuses_a_repeated_key_as_upstream(tmp_path: Path, body: str) -> None:
+    with running_server(tmp_path) as st:
+        res = http_request("POST", f"{st.base}{DB}/call/append_sync_event", body,
+                           {"Authorization": f"Bearer {st.token()}", "Content-Type": "application/json"})
+        assert res.status == 400 and res.text.startswith("invalid_argument") and "duplicate" in res.text, res.text
