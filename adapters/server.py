@@ -89,6 +89,7 @@ from adapters.guard import (
     quiet_loop_errors,
     raise_descriptor_limit,
 )
+from adapters.moduledef import raw_module_def_v9
 from adapters.observe import (
     COUNT_BOUNDS,
     LATENCY_BOUNDS_S,
@@ -1047,6 +1048,12 @@ class SyncServer:
     async def _schema(self, request: web.Request) -> web.Response:
         if not self._names_this_database(request.match_info["name"]):
             return _text(404, f"`{request.match_info['name']}` not found")
+        version = request.query.get("version")
+        if version == "9":  # SpacetimeDB's RawModuleDefV9, which `spacetime call` falls back to
+            return web.json_response(raw_module_def_v9())
+        if version is not None:  # 10 is not served: a client error, on which `spacetime call` asks for 9
+            return _text(400, f"schema version {version[:20]!r} is not served: ask for version=9 "
+                              "(RawModuleDefV9), or leave version out for syncref's own JSON")
         return web.json_response(module_schema(self.config.database))
 
     async def _db_identity(self, request: web.Request) -> web.Response:
