@@ -29,6 +29,7 @@ from spec.values import BOOL, I64, IDENTITY, STRING, TIMESTAMP, U32, U64, ArrayT
 TIMESTAMP_FIELD = "__timestamp_micros_since_unix_epoch__"
 IDENTITY_FIELD = "__identity__"
 _UNIT: dict[str, Any] = {"Product": {"elements": []}}
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class SatsJsonError(RemoteProtocolError):
@@ -42,12 +43,20 @@ def _int_in(v: object, lo: int, hi: int) -> bool:
 def from_json(t: SatsType, v: object, where: str) -> object:
     """The Python value (as ``spec.values`` holds it) of the SATS-JSON value ``v`` of type ``t``."""
     if isinstance(t, OptionT):
+        if v is None:  # SpacetimeDB's typed seed: a unit where an option is due is none
+            return None
         if isinstance(v, dict) and len(v) == 1:
             if "some" in v:
                 return from_json(t.inner, v["some"], where)
             if "none" in v and v["none"] in ([], None, {}):
                 return None
-        raise SatsJsonError(f"{where}: expected an option ({{\"some\": v}} or {{\"none\": []}}), got {_show(v)}")
+        if isinstance(v, list) and len(v) == 2 and _int_in(v[0], 0, 1):  # [tag, payload], untyped
+            if v[0] == 0:
+                return from_json(t.inner, v[1], where)
+            if v[1] in ([], {}):
+                return None
+        raise SatsJsonError(f"{where}: expected an option ({{\"some\": v}}, {{\"none\": []}}, [0, v], [1, []] "
+                            f"or null), got {_show(v)}")
     if isinstance(t, ArrayT):
         if not isinstance(v, list):
             raise SatsJsonError(f"{where}: expected an array, got {_show(v)}")
@@ -74,15 +83,22 @@ def from_json(t: SatsType, v: object, where: str) -> object:
     elif t == TIMESTAMP:
         if isinstance(v, dict) and set(v) == {TIMESTAMP_FIELD}:
             v = v[TIMESTAMP_FIELD]
+        elif isinstance(v, list) and len(v) == 1:  # the product as an array of its one field
+            v = v[0]
         if _int_in(v, -(2**63), 2**63 - 1):
             return v
     elif t == IDENTITY:
         if isinstance(v, dict) and set(v) == {IDENTITY_FIELD}:
             v = v[IDENTITY_FIELD]
+        elif isinstance(v, list) and len(v) == 1:
+            v = v[0]
         if isinstance(v, str):
-            h = v[2:] if v.startswith(("0x", "0X")) else v
-            if len(h) == 64 and all(c in "0123456789abcdefABCDEF" for c in h):
-                return h.lower()
+            if v.startswith(("0x", "0X")):  # a u256 as ethnum reads it: "0x" and hex digits of a value < 2^256
+                h = v[2:]
+                if h and all(c in _HEX for c in h) and int(h, 16) < 1 << 256:  # (base 16: linear)
+                    return f"{int(h, 16):064x}"
+            elif len(v) == 64 and all(c in _HEX for c in v):  # ours: the bare 64-digit display form
+                return v.lower()
     raise SatsJsonError(f"{where}: expected {_type_name(t)}, got {_show(v)}")
 
 
@@ -113,9 +129,19 @@ def to_json(t: SatsType, v: object) -> Any:
 
 
 def args_from_json(params: Sequence[Column], body: object) -> tuple[object, ...]:
-    """A reducer's arguments from the call route's JSON body (an array, in parameter order)."""
+    """A reducer's arguments from the call route's JSON body: an array in parameter order, or (as
+    SpacetimeDB's ``ArgsSeed`` reads a named product) an object with exactly the parameters' names."""
+    if isinstance(body, dict):
+        names = [c.name for c in params]
+        if set(body) != set(names):
+            missing = [n for n in names if n not in body]
+            extra = sorted(k for k in body if k not in names)
+            raise SatsJsonError(f"the arguments by name must be exactly {', '.join(names)} "
+                                f"(missing: {', '.join(missing) or '-'}; unknown: {_show(', '.join(extra)) or '-'})")
+        return tuple(from_json(c.type, body[c.name], c.name) for c in params)
     if not isinstance(body, list):
-        raise SatsJsonError(f"the body must be a JSON array of {len(params)} arguments, got {_show(body)}")
+        raise SatsJsonError(f"the body must be a JSON array of {len(params)} arguments (or an object of them "
+                            f"by name), got {_show(body)}")
     if len(body) != len(params):
         raise SatsJsonError(f"expected {len(params)} arguments ({', '.join(c.name for c in params)}), got {len(body)}")
     return tuple(from_json(c.type, v, c.name) for c, v in zip(params, body, strict=True))
@@ -123,6 +149,31 @@ def args_from_json(params: Sequence[Column], body: object) -> tuple[object, ...]
 
 def row_to_json(table: Table, values: Sequence[object]) -> list[Any]:
     return [to_json(c.type, v) for c, v in zip(table.columns, values, strict=True)]
+
+
+def untyped_json(t: SatsType, v: object) -> Any:
+    """The JSON SpacetimeDB's ``/sql`` route writes for a value of type ``t``: its serde form
+    without the type (a ``ProductValue`` serialized untyped).  A product is an array of its
+    fields, a sum ``[tag, payload]``, a unit ``[]``, a u256 ``"0x"`` + lowercase hex without
+    leading zeros (ethnum): an ``Identity`` is ``["0x<hex>"]``, a ``Timestamp`` ``[micros]``, an
+    ``Option`` ``[0, v]`` (some) or ``[1, []]`` (none).  ``spacetime sql`` reads it back with the
+    schema."""
+    if isinstance(t, OptionT):
+        return [1, []] if v is None else [0, untyped_json(t.inner, v)]
+    if isinstance(t, ArrayT):
+        if not isinstance(v, tuple | list):
+            raise LocalProtocolError(f"not an array: {v!r}")
+        return [untyped_json(t.inner, item) for item in v]
+    if t == TIMESTAMP:
+        return [v]
+    if t == IDENTITY:
+        return [f"0x{int(str(v), 16):x}"]
+    return v
+
+
+def row_to_sql_json(table: Table, values: Sequence[object]) -> list[Any]:
+    """A row as the ``/sql`` route writes it (:func:`untyped_json` of each column)."""
+    return [untyped_json(c.type, v) for c, v in zip(table.columns, values, strict=True)]
 
 
 def algebraic_type(t: SatsType) -> dict[str, Any]:

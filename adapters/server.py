@@ -76,6 +76,7 @@ from adapters.auth import (
     KeyStore,
     RevocationList,
     Verified,
+    identity_from_claims,
 )
 from adapters.bsatn import BsatnError, TooManyItems
 from adapters.fsutil import make_data_dir
@@ -88,6 +89,7 @@ from adapters.guard import (
     quiet_loop_errors,
     raise_descriptor_limit,
 )
+from adapters.moduledef import raw_module_def_v9
 from adapters.observe import (
     COUNT_BOUNDS,
     LATENCY_BOUNDS_S,
@@ -515,6 +517,8 @@ class Session:
 class SyncServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # the database's identity, which every /v1/database/:name_or_identity route also takes
+        self.database_identity = database_identity(config.database)
         self.metrics = Metrics()
         self.sessions: dict[int, Session] = {}
         self._store: LogStore | None = None
@@ -1043,6 +1047,7 @@ class SyncServer:
         app.router.add_post(db + "/call/{reducer}", self._counted("call", self._call))
         app.router.add_post(db + "/sql", self._counted("sql", self._sql))
         app.router.add_get(db + "/schema", self._counted("schema", self._schema))
+        app.router.add_get(db + "/identity", self._counted("database_identity", self._db_identity))
         app.router.add_post(db + "/compact", self._counted("compact", self._compact_now))
         ops_routes.install(app, ops_routes.OpsSource(lambda: self.engine, lambda: self.auth, lambda: ops_facts(self)),
                            self._counted)
@@ -1073,7 +1078,8 @@ class SyncServer:
 
     async def _ws_token(self, request: web.Request) -> web.Response:
         try:
-            token = self.auth.token_from_request(request.headers.get("Authorization"), None)
+            # as SpacetimeDB's SpacetimeAuthRequired: the Bearer header, else ?token=
+            token = self.auth.token_from_request(request.headers.get("Authorization"), request.query.get("token"))
             if token is None:
                 return _text(401, "Authorization required")
             verified = self.auth.verify(token)
@@ -1085,9 +1091,27 @@ class SyncServer:
         return web.Response(body=self.auth.keys.public_key_pem(), content_type="application/pem-certificate-chain")
 
     async def _schema(self, request: web.Request) -> web.Response:
-        if request.match_info["name"] != self.config.database:
+        if not self._names_this_database(request.match_info["name"]):
             return _text(404, f"`{request.match_info['name']}` not found")
+        version = request.query.get("version")
+        if version == "9":  # SpacetimeDB's RawModuleDefV9, which `spacetime call` falls back to
+            return web.json_response(raw_module_def_v9())
+        if version is not None:  # 10 is not served: a client error, on which `spacetime call` asks for 9
+            return _text(400, f"schema version {version[:20]!r} is not served: ask for version=9 "
+                              "(RawModuleDefV9), or leave version out for syncref's own JSON")
         return web.json_response(module_schema(self.config.database))
+
+    async def _db_identity(self, request: web.Request) -> web.Response:
+        """``GET /v1/database/:name_or_identity/identity``: the database's identity as hex text, as
+        SpacetimeDB's ``get_identity`` (``spacetime sql``/``call`` resolve a name here first)."""
+        if not self._names_this_database(request.match_info["name"]):
+            return _text(404, f"`{request.match_info['name']}` not found")
+        return _text(200, self.database_identity)
+
+    def _names_this_database(self, segment: str) -> bool:
+        """The path's ``:name_or_identity`` is the served database's name or its identity (64 hex
+        digits, any case), as SpacetimeDB's ``NameOrIdentity``."""
+        return segment == self.config.database or segment.lower() == self.database_identity
 
     def _authenticate(self, request: web.Request) -> Caller | web.Response:
         """The verified caller (minting an identity for a token-less one when that is allowed), or
@@ -1112,7 +1136,7 @@ class SyncServer:
         caller = self._authenticate(request)
         if isinstance(caller, web.Response):
             return caller
-        if request.match_info["name"] != self.config.database:
+        if not self._names_this_database(request.match_info["name"]):
             return _text(404, f"`{request.match_info['name']}` not found")
         refused = self._admit(caller.verified)
         return refused if refused is not None else caller.verified
@@ -1156,17 +1180,21 @@ class SyncServer:
         verified = self._http_caller(request)
         if isinstance(verified, web.Response):
             return verified
+        # as SpacetimeDB's `call`: its TypedHeader<ContentType> extractor (400 when the header is
+        # missing) and assert_content_type_json (415) run before the reducer is looked up
+        if "Content-Type" not in request.headers:
+            return _text(400, "Header of type `content-type` was missing")
+        if request.content_type != "application/json":
+            return _text(415, "Expected request with `Content-Type: application/json`")
         reducer = request.match_info["reducer"]
         rdef = REDUCER_BY_NAME.get(reducer)
         if rdef is None:
             return _text(404, SyncError(ErrorCode.NO_SUCH_REDUCER, {"reducer": reducer}).render())
-        if request.content_type != "application/json":
-            return _text(415, "Expected request with `Content-Type: application/json`")
         text = await self._body_text(request, "call body")
         if isinstance(text, web.Response):
             return text
         try:
-            body = json.loads(text)
+            body = json.loads(text, object_pairs_hook=_unique_keys)
             over = self._array_over(rdef.args, body)
             if over is not None:  # before its items are converted and checked
                 return _text(400, over.render())
@@ -1181,12 +1209,16 @@ class SyncServer:
             return await self._call_detached(verified, reducer, args)
 
     def _array_over(self, params: Sequence[Column], body: object) -> SyncError | None:
-        """``limit_exceeded`` for an array argument (a ``Vec`` parameter) of more than
-        ``max_arg_items`` items, or None (anything else is left to ``args_from_json``)."""
+        """``limit_exceeded`` for an array argument (a ``Vec`` parameter, by position or by name) of
+        more than ``max_arg_items`` items, or None (anything else is left to ``args_from_json``)."""
         most = self.config.limits.max_arg_items
-        if not isinstance(body, list):
+        if isinstance(body, dict):  # the arguments by name
+            pairs = [(col, body.get(col.name)) for col in params]
+        elif isinstance(body, list):
+            pairs = list(zip(params, body, strict=False))
+        else:
             return None
-        for col, value in zip(params, body, strict=False):
+        for col, value in pairs:
             if isinstance(col.type, ArrayT) and isinstance(value, list) and len(value) > most:
                 self.metrics.refused.labels("max_arg_items").inc()
                 return limit_exceeded("max_arg_items", most, len(value))
@@ -1325,7 +1357,7 @@ class SyncServer:
                 return _text(400, "Invalid connection ID: the all-zeros ConnectionId is reserved.")
         else:
             connection_id = secrets.randbits(128) or 1
-        if request.match_info["name"] != self.config.database:
+        if not self._names_this_database(request.match_info["name"]):
             return _text(404, f"`{request.match_info['name']}` not found")
         chosen = select_subprotocol(request.headers.getall("Sec-WebSocket-Protocol", []))
         if chosen is None:
@@ -1432,7 +1464,8 @@ class SyncServer:
                 s.inbound_bytes += size
                 s.inbound_ready.set()
             elif msg.type == WSMsgType.TEXT:
-                await self._close(s, 1011, "v2/v3 websocket does not support text messages", "text_frame")
+                # SpacetimeDB's words (message_handlers_v2.rs, _v3.rs)
+                await self._close(s, 1011, f"v{s.version} websocket does not support text messages", "text_frame")
                 return
             elif msg.type == WSMsgType.PING:
                 await s.ws.pong(msg.data)
@@ -2104,7 +2137,7 @@ def sql_answer(answers: list[tuple[TableRows, float]], max_bytes: int) -> bytes 
         parts.append((", " if i else "").encode() + head.encode() + b', "rows": [')
         size += len(parts[-1])
         for j, row in enumerate(rows.inserts):
-            data = ((", " if j else "") + json.dumps(satsjson.row_to_json(table, row_values(row)))).encode()
+            data = ((", " if j else "") + json.dumps(satsjson.row_to_sql_json(table, row_values(row)))).encode()
             size += len(data)
             if size > max_bytes:
                 return limit_exceeded("max_sql_response_bytes", max_bytes, size)
@@ -2137,8 +2170,28 @@ def split_statements(text: str) -> list[str]:
     return [stmt.strip() for stmt in out if stmt.strip()]
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the call body, refusing a repeated key as SpacetimeDB's typed seed does (a
+    product's ``duplicate field``; a sum's object must hold exactly one field)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:60]!r} in a JSON object")
+        out[key] = value
+    return out
+
+
 def _text(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text)
+
+
+DATABASE_ISSUER = "syncref://database"
+
+
+def database_identity(database: str) -> str:
+    """The served database's identity: ``Identity::from_claims(DATABASE_ISSUER, <name>)``, a
+    function of the name alone (so it stays across restarts and data directories)."""
+    return identity_from_claims(DATABASE_ISSUER, database)
 
 
 def module_schema(database: str) -> dict[str, Any]:

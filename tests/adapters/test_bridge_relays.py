@@ -155,17 +155,15 @@ class Site:
 
 
 def _opt(value: Any) -> Any:
-    """SATS JSON option ({"some": x} / {"none": []}) to a Python value."""
-    if isinstance(value, dict) and "some" in value:
-        return value["some"]
-    if isinstance(value, dict) and "none" in value:
-        return None
-    return value
+    """An option as /sql writes it (SpacetimeDB's untyped form: [0, x] some, [1, []] none) to a
+    Python value."""
+    assert isinstance(value, list) and len(value) == 2 and value[0] in (0, 1), value
+    return value[1] if value[0] == 0 else None
 
 
 def _micros(value: Any) -> int:
-    """A SATS JSON timestamp (``{"__timestamp_micros_since_unix_epoch__": n}``) in µs."""
-    (n,) = value.values()
+    """A timestamp as /sql writes it (SpacetimeDB's untyped product: ``[n]``) in µs."""
+    (n,) = value
     assert isinstance(n, int), value
     return n
 

@@ -189,7 +189,7 @@ def test_sql_answer_is_json_dumps_of_the_results_and_stops_at_its_bound(
     """Second opinion: the route's former body, ``json.dumps`` of the list of statement results."""
     expected = json.dumps([{
         "schema": satsjson.product_type(TABLE_BY_NAME[rows.table].columns),
-        "rows": [satsjson.row_to_json(TABLE_BY_NAME[rows.table], row_values(r)) for r in rows.inserts],
+        "rows": [satsjson.row_to_sql_json(TABLE_BY_NAME[rows.table], row_values(r)) for r in rows.inserts],
         "total_duration_micros": int(seconds * 1e6),
         "stats": {"rows_inserted": 0, "rows_deleted": 0, "rows_updated": 0},
     } for rows, seconds in answers]).encode()

@@ -362,6 +362,14 @@ def test_array_arguments_are_bounded_before_their_items_are_read(tmp_path: Path)
         err = SyncError.parse(http_over.text)
         assert (err.code.value, err.details) == (
             "limit_exceeded", {"actual": 5, "limit": "max_arg_items", "max": 4})
+        by_name = http("POST", f"{st.base}/v1/database/autopilot-sync/call/publish_provider_capability",
+                       json.dumps({"provider_id": "p1", "capability_json": '{"a":1}', "nip90_kinds": list(kinds),
+                                   "price_hint_sats": 1, "status": "active"}),
+                       {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"})
+        assert by_name.status == 400
+        err = SyncError.parse(by_name.text)  # the arguments by name are bounded the same way
+        assert (err.code.value, err.details) == (
+            "limit_exceeded", {"actual": 5, "limit": "max_arg_items", "max": 4})
         c.close()
 
 

@@ -280,7 +280,7 @@ def test_http_call_and_sql(tmp_path: Path) -> None:
         assert conflict.status == 530 and conflict.text.startswith("sequence_conflict: ")
         assert call_http(st, tok, "nope", []).status == 404
         assert call_http(st, tok, "append_sync_event", [S]).status == 400
-        assert call_http(st, tok, "append_sync_event", [S, "k", "1", None, None]).status == 400
+        assert call_http(st, tok, "append_sync_event", [S, "k", "1", 5, None]).status == 400  # 5 is no option
         denied = call_http(st, tok, "append_sync_event", ["other.s", "k", "1", {"none": []}, {"none": []}])
         assert denied.status == 530 and denied.text.startswith("forbidden_stream")
         no_ct = http("POST", f"{st.base}/v1/database/autopilot-sync/call/append_sync_event", "[]",

@@ -151,10 +151,22 @@ def pad_payload(i: int) -> str:
     return canonical({"i": i, "pad": "p" * 400})
 
 
+BY_IDENTITY = "<the database identity>"  # resolved with GET /v1/database/:name/identity, as the CLI does
 RUNS = {
     "gzip-sdk-offer": {"SYNCREF_COMPRESSION": "gzip"},
     "none-v2-only": {"SYNCREF_COMPRESSION": "none", "SYNCREF_WS_PROTOCOLS": "v2.bsatn.spacetimedb"},
+    # withDatabaseName(<identity hex>): SpacetimeDB's routes take a database's name or its identity
+    "gzip-by-identity": {"SYNCREF_COMPRESSION": "gzip", "SYNCREF_DB": BY_IDENTITY},
 }
+
+
+def database_segment(server: ServedProcess, run: str) -> str:
+    if RUNS[run].get("SYNCREF_DB") != BY_IDENTITY:
+        return DATABASE
+    with urllib.request.urlopen(f"{server.url}/v1/database/{DATABASE}/identity", timeout=10) as resp:
+        ident: str = resp.read().decode()
+    assert re.fullmatch(r"[0-9a-f]{64}", ident), ident
+    return ident
 
 
 @pytest.mark.parametrize("run", sorted(RUNS))
@@ -167,8 +179,9 @@ def test_official_sdk_scenario(node: str, server: ServedProcess, run: str, tmp_p
     for i in range(1, 6):
         http_append(server, appender_token, stream, f"k{i}", payloads[i])
 
-    env = {"SYNCREF_URL": server.url, "SYNCREF_DB": DATABASE, "SYNCREF_TOKEN": client_token,
-           "SYNCREF_STREAM": stream, **RUNS[run]}
+    db = database_segment(server, run)
+    env = {"SYNCREF_URL": server.url, "SYNCREF_TOKEN": client_token, "SYNCREF_STREAM": stream, **RUNS[run],
+           "SYNCREF_DB": db}
     c = NodeClient(node, env, tmp_path / "node.stderr")
     try:
         c.until("ready", step="append_live")
@@ -180,7 +193,7 @@ def test_official_sdk_scenario(node: str, server: ServedProcess, run: str, tmp_p
         code = c.close()
         (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in c.events))
     assert code == 0, c.diagnostics()
-    check_observations(c, run, stream, client_id, appender_id, payloads)
+    check_observations(c, run, stream, client_id, appender_id, payloads, db)
 
 
 def event_row(stream: str, seq: int, key: str, payload: str, producer: str) -> dict[str, object]:
@@ -196,10 +209,10 @@ def without_server_fields(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_observations(c: NodeClient, run: str, stream: str, client_id: str, appender_id: str,
-                       payloads: dict[int, str]) -> None:
+                       payloads: dict[int, str], db: str = DATABASE) -> None:
     # (a) connect: websocket-token exchange, then the subscribe route; the identity of the token.
     (req,) = c.of("ws_open_request")
-    assert req["path"] == f"/v1/database/{DATABASE}/subscribe"
+    assert req["path"] == f"/v1/database/{db}/subscribe"
     assert req["params"]["token"] is True  # the short-lived token from /v1/identity/websocket-token
     assert req["params"]["compression"] == {"gzip": "Gzip", "none": "None"}[RUNS[run]["SYNCREF_COMPRESSION"]]
     offered = RUNS[run].get("SYNCREF_WS_PROTOCOLS", "v3.bsatn.spacetimedb,v2.bsatn.spacetimedb").split(",")

@@ -117,7 +117,8 @@ class WireClient:
     """A raw v2/v3 client: sends encoded client messages, returns decoded server messages."""
 
     def __init__(self, st: ServerThread, token: str | None, *, version: int = 2, compression: str = "None",
-                 confirmed: bool | None = None, query: str = "", protocols: list[str] | None = None) -> None:
+                 confirmed: bool | None = None, query: str = "", protocols: list[str] | None = None,
+                 database: str = "autopilot-sync") -> None:
         params = [f"compression={compression}"]
         if token is not None:
             params.append(f"token={token}")
@@ -125,7 +126,7 @@ class WireClient:
             params.append(f"confirmed={'true' if confirmed else 'false'}")
         if query:
             params.append(query)
-        url = f"{st.ws_base}/v1/database/autopilot-sync/subscribe?{'&'.join(params)}"
+        url = f"{st.ws_base}/v1/database/{database}/subscribe?{'&'.join(params)}"
         protos = protocols or [f"v{version}.bsatn.spacetimedb"]
         self.ws: ClientConnection = connect(url, subprotocols=protos, open_timeout=10,  # type: ignore[arg-type]
                                             max_size=64 * 1024 * 1024)
