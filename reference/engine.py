@@ -382,15 +382,18 @@ class Engine:
                     ErrorCode.INVALID_QUERY, {"message": "unknown query set",
                                               "query_set_id": msg.query_set_id}).render()))
                 return
+            # The set ends whatever its rows cost (as in SpacetimeDB, which removes it before it
+            # reads them): dropped rows over max_scan_rows or max_outbound_message_bytes are
+            # answered with a SubscriptionError naming the set, which ends it for the client too
+            queries = list(conn.query_sets[msg.query_set_id])
+            self._unregister(conn, msg.query_set_id)
             try:
-                dropped = (self._snapshot(conn.claims, list(conn.query_sets[msg.query_set_id]))
-                           if msg.send_dropped else None)
+                dropped = self._snapshot(conn.claims, queries) if msg.send_dropped else None
                 applied = UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped)
                 size = self._fits(applied)
-            except SyncError as err:  # the set stays active; unsubscribing without the rows works
+            except SyncError as err:
                 self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
                 return
-            self._unregister(conn, msg.query_set_id)
             self._send(conn, self.committed, applied, size)
         else:
             self._call(conn, msg)
