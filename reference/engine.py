@@ -71,7 +71,7 @@ from spec.messages import (
 )
 from spec.policy import DEFAULT_POLICY, Policy
 from spec.resume import continuation_details, stale_reasons
-from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
+from spec.schema import BRIDGE_SCOPES, PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
 from spec.state import DbState
 from spec.values import STRING, OptionT, Row, SatsType, SyncStream, value_has_type
 
@@ -414,7 +414,7 @@ class Engine:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
                                                       "sql": text})
         query = queries[0]
-        candidates = self._examine(Scan() if scan is None else scan, self._candidates(query))
+        candidates = self._examine(Scan() if scan is None else scan, self._candidates(query, claims))
         rows = [row for row in candidates if q.matches(query, row) and can_read(claims, row)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
@@ -590,10 +590,11 @@ class Engine:
                 if len(idle) > IDLE_SHAPES:
                     del idle[next(iter(idle))]
 
-    def _candidates(self, query: q.Query) -> list[Row]:
+    def _candidates(self, query: q.Query, claims: Claims) -> list[Row]:
         """Rows a snapshot must consider: a slice of one stream's log for a resume query; the one
         row of its key for a query that pins a table's primary key with ``=`` (a resume set's
-        ``sync_stream`` query: its stream's row, not every stream's)."""
+        ``sync_stream`` query: its stream's row, not every stream's); else the rows ``claims``
+        could read where that is known without reading the others (:meth:`_readable`)."""
         column = _PK_COLUMN.get(query.table)
         if column is not None:
             key = q.pinned_value(query, column)
@@ -608,7 +609,28 @@ class Engine:
                     return []
                 w = q.lower_bound_exclusive(query, "seq")
                 return list(log.after(w)) if w is not None else list(log.events)
-        return list(self.db.rows(query.table))
+        readable = self._readable(query.table, claims)
+        return list(self.db.rows(query.table)) if readable is None else readable
+
+    def _readable(self, table: str, claims: Claims) -> list[Row] | None:
+        """The rows of ``table`` that ``claims`` may read (:func:`can_read`), when finding them costs
+        no more than the rows themselves; else None (the whole table is examined).  A bridge table
+        without a bridge scope: none.  A stream-granted table whose grants are all exact ids: the
+        granted streams' rows, one lookup per grant, in grant order (a ``prefix*`` grant: None --
+        its streams are found only by walking every stream id, work ``max_scan_rows`` would not
+        see)."""
+        visibility = TABLE_BY_NAME[table].visibility
+        if visibility is Visibility.BRIDGE:
+            return None if claims.scopes & BRIDGE_SCOPES else []
+        if visibility is not Visibility.STREAM_GRANT or any(g.endswith("*") for g in claims.streams):
+            return None
+        granted = dict.fromkeys(claims.streams)  # each once, in grant order
+        if table == "sync_event":
+            logs = self.db.logs
+            return [row for sid in granted if (log := logs.get(sid)) is not None for row in log.events]
+        if _PK_COLUMN.get(table) == "stream_id":
+            return [row for sid in granted if (row := self.db.get(table, (sid,))) is not None]
+        return None  # an event table (stream_signal): no stored rows either way
 
     def _examine(self, scan: Scan, rows: list[Row]) -> list[Row]:
         """``rows``, counted against ``max_scan_rows`` before any of them is matched: a request
@@ -654,7 +676,7 @@ class Engine:
                     out.setdefault(query.table, {})
                     continue
             bucket = out.setdefault(query.table, {})
-            candidates = self._candidates(query)
+            candidates = self._candidates(query, claims)
             if self.parse_cache.facts(query).resume:  # one of several resumes: replay_budget bounds its
                 self.rows_examined += len(candidates)  # slice, as on the fast path (not counted per request)
             else:

@@ -13,8 +13,9 @@ from reference.engine import Engine
 from spec import contracts
 from spec import query as q
 from spec.auth import Claims, can_read
+from spec.errors import SyncError
 from spec.messages import CallReducer, Subscribe, SubscribeApplied
-from spec.schema import SCOPES
+from spec.schema import BRIDGE_SCOPES, SCOPES
 from spec.values import Row
 
 ALL = Claims("a" * 64, frozenset(SCOPES), ("*",))
@@ -100,3 +101,71 @@ def test_a_point_read_does_not_scan_the_table(monkeypatch: pytest.MonkeyPatch) -
         assert scanned == ["sync_stream"]
     finally:
         contracts.enable_hot(was)
+
+
+def _sorted(rows: object) -> list[str]:
+    return sorted(map(repr, rows))  # type: ignore[call-overload]
+
+
+def test_exact_stream_grants_count_only_the_granted_streams_rows() -> None:
+    """docs/protocol.md "Limits", ``max_scan_rows``: a caller whose stream grants are all exact ids
+    can receive rows of ``sync_event``/``sync_stream`` from those streams only, so an unpinned query
+    reads (and counts) those streams' rows, not the whole table: such a caller was refused
+    ``limit_exceeded`` for a table other streams had filled.  A prefix grant still counts the whole
+    table (finding its streams means walking every stream id).  Oracle: the spec's evaluation over
+    the whole table filtered by ``can_read``, and the counts by hand (3 + 5 rows of the granted
+    streams, 20 of the other)."""
+    eng = Engine()
+    c = eng.connect(ALL, confirmed=False)
+    n = 0
+    for sid, count in (("other", 20), ("mine", 3), ("x", 5)):
+        for _ in range(count):
+            n += 1
+            eng.handle(c, CallReducer(n, "append_sync_event", (sid, f"k{n}", '{"n":1}', None, None)))
+    eng.advance_durable(eng.committed)
+    eng.max_scan_rows = 10
+    exact = Claims("c" * 64, frozenset(SCOPES), ("x", "mine", "x", "gone"))  # in any order, repeated, unknown
+    everything = "SELECT * FROM sync_event"
+    before = eng.rows_examined
+    got = eng.query(exact, everything).inserts
+    assert eng.rows_examined - before == 8
+    want = _oracle(eng, exact, everything)
+    assert len(want) == 8 and len(got) == 8 and _sorted(got) == _sorted(want)
+    assert {r.stream_id for r in got} == {"mine", "x"}  # type: ignore[union-attr]
+
+    s = eng.connect(exact, confirmed=False)
+    eng.handle(s, Subscribe(1, 1, (everything, "SELECT * FROM sync_stream")))  # 8 + 2 rows: at the bound
+    applied = eng.pop(s).message
+    assert isinstance(applied, SubscribeApplied)
+    by_table = {t.table: t.inserts for t in applied.rows}
+    assert _sorted(by_table["sync_event"]) == _sorted(want)
+    assert _sorted(by_table["sync_stream"]) == _sorted(_oracle(eng, exact, "SELECT * FROM sync_stream"))
+    assert len(by_table["sync_stream"]) == 2
+
+    for claims, actual in ((Claims("d" * 64, frozenset(SCOPES), ("mine", "other")), 23),
+                           (Claims("e" * 64, frozenset(SCOPES), ("mi*",)), 28),  # a prefix: the whole table
+                           (ALL, 28)):
+        with pytest.raises(SyncError) as err:
+            eng.query(claims, everything)
+        assert (err.value.code.value, err.value.details) == (
+            "limit_exceeded", {"actual": actual, "limit": "max_scan_rows", "max": 10})
+
+
+def test_a_caller_without_a_bridge_scope_examines_no_outbox_row() -> None:
+    """``bridge_outbox`` rows are visible to holders of a bridge scope only, to all of them or to
+    none of a caller's: a caller without one reads (and counts) nothing of it."""
+    eng = Engine()
+    c = eng.connect(ALL, confirmed=False)
+    for i in range(12):
+        eng.handle(c, CallReducer(i + 1, "enqueue_bridge_event", (f"o{i}", "src", 30078, "[]", f"hi {i}")))
+    eng.advance_durable(eng.committed)
+    eng.max_scan_rows = 10
+    plain = Claims("f" * 64, frozenset(SCOPES) - BRIDGE_SCOPES, ("*",))
+    text = "SELECT * FROM bridge_outbox"
+    assert len(_oracle(eng, ALL, text)) == 12 and _oracle(eng, plain, text) == ()
+    before = eng.rows_examined
+    assert eng.query(plain, text).inserts == ()
+    assert eng.rows_examined == before
+    with pytest.raises(SyncError) as err:
+        eng.query(ALL, text)
+    assert err.value.details == {"actual": 12, "limit": "max_scan_rows", "max": 10}
