@@ -40,6 +40,7 @@ import icontract
 
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
+from reference.eventlog import StreamLog
 from reference.log import GENESIS, TxRecord, delta_parts, delta_text, make_record, record_floors, record_hash
 from reference.parsecache import ParseCache
 from spec import contracts
@@ -414,7 +415,8 @@ class Engine:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
                                                       "sql": text})
         query = queries[0]
-        candidates = self._examine(Scan() if scan is None else scan, self._candidates(query, claims))
+        scan = Scan() if scan is None else scan
+        candidates = self._examine(scan, self._candidates(query, claims, scan))
         rows = [row for row in candidates if q.matches(query, row) and can_read(claims, row)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
@@ -590,11 +592,11 @@ class Engine:
                 if len(idle) > IDLE_SHAPES:
                     del idle[next(iter(idle))]
 
-    def _candidates(self, query: q.Query, claims: Claims) -> list[Row]:
+    def _candidates(self, query: q.Query, claims: Claims, scan: Scan | None = None) -> list[Row]:
         """Rows a snapshot must consider: a slice of one stream's log for a resume query; the one
         row of its key for a query that pins a table's primary key with ``=`` (a resume set's
         ``sync_stream`` query: its stream's row, not every stream's); else the rows ``claims``
-        could read where that is known without reading the others (:meth:`_readable`)."""
+        could read where they are found for less than the whole table (:meth:`_readable`)."""
         column = _PK_COLUMN.get(query.table)
         if column is not None:
             key = q.pinned_value(query, column)
@@ -609,39 +611,68 @@ class Engine:
                     return []
                 w = q.lower_bound_exclusive(query, "seq")
                 return list(log.after(w)) if w is not None else list(log.events)
-        readable = self._readable(query.table, claims)
+        readable = self._readable(query.table, claims, scan)
         return list(self.db.rows(query.table)) if readable is None else readable
 
-    def _readable(self, table: str, claims: Claims) -> list[Row] | None:
+    def _readable(self, table: str, claims: Claims, scan: Scan | None) -> list[Row] | None:
         """The rows of ``table`` that ``claims`` may read (:func:`can_read`), when finding them costs
-        no more than the rows themselves; else None (the whole table is examined).  A bridge table
-        without a bridge scope: none.  A stream-granted table whose grants are all exact ids: the
-        granted streams' rows, one lookup per grant, in grant order (a ``prefix*`` grant: None --
-        its streams are found only by walking every stream id, work ``max_scan_rows`` would not
-        see)."""
+        less than the whole table; else None (the whole table is examined).  A bridge table without
+        a bridge scope: none.  A stream-granted table whose grants are all exact ids: the granted
+        streams' rows, one lookup per grant, in grant order.  With a ``prefix*`` grant (not ``*``):
+        ``sync_event``'s rows of the streams :meth:`_walk_streams` finds."""
         visibility = TABLE_BY_NAME[table].visibility
         if visibility is Visibility.BRIDGE:
             return None if claims.scopes & BRIDGE_SCOPES else []
-        if visibility is not Visibility.STREAM_GRANT or any(g.endswith("*") for g in claims.streams):
+        if visibility is not Visibility.STREAM_GRANT or "*" in claims.streams:
             return None
-        granted = dict.fromkeys(claims.streams)  # each once, in grant order
-        if table == "sync_event":
-            logs = self.db.logs
-            return [row for sid in granted if (log := logs.get(sid)) is not None for row in log.events]
-        if _PK_COLUMN.get(table) == "stream_id":
-            return [row for sid in granted if (row := self.db.get(table, (sid,))) is not None]
-        return None  # an event table (stream_signal): no stored rows either way
+        if not any(g.endswith("*") for g in claims.streams):
+            granted = dict.fromkeys(claims.streams)  # each once, in grant order
+            if table == "sync_event":
+                logs = self.db.logs
+                return [row for sid in granted if (log := logs.get(sid)) is not None for row in log.events]
+            if _PK_COLUMN.get(table) == "stream_id":
+                return [row for sid in granted if (row := self.db.get(table, (sid,))) is not None]
+            return None  # an event table (stream_signal): no stored rows either way
+        return self._walk_streams(claims, scan) if table == "sync_event" and scan is not None else None
+
+    def _walk_streams(self, claims: Claims, scan: Scan) -> list[Row] | None:
+        """The events of the streams ``claims`` is granted, found by checking every stream id
+        against the grants -- what the row filter does for each row -- so each id is counted as
+        one examined row, before the granted streams' rows.  Taken only when the ids fit what is
+        left of ``max_scan_rows`` (the walk is bounded) and the ids and granted rows together are
+        fewer than the table's rows (never counted more than the whole table); else None."""
+        logs = self.db.logs
+        ids = len(logs)
+        most = self.max_scan_rows
+        if most is not None and scan.rows + ids > most:
+            return None
+        granted: list[StreamLog] = []
+        rows = seen = 0
+        for sid, log in logs.items():
+            size = len(log)
+            rows += size
+            if stream_granted(claims, sid):
+                granted.append(log)
+                seen += size
+        if ids + seen >= rows:
+            return None
+        self._count(scan, ids)  # the stream ids checked
+        return [row for log in granted for row in log.events]
 
     def _examine(self, scan: Scan, rows: list[Row]) -> list[Row]:
         """``rows``, counted against ``max_scan_rows`` before any of them is matched: a request
         over the bound is refused having matched at most the bound's worth (a resume query's rows
         are not counted: ``replay_budget`` bounds them, and they are sliced, not matched)."""
-        scan.rows += len(rows)
-        self.rows_examined += len(rows)
+        self._count(scan, len(rows))
+        return rows
+
+    def _count(self, scan: Scan, n: int) -> None:
+        """``n`` more rows examined by the request of ``scan``: ``limit_exceeded`` past the bound."""
+        scan.rows += n
+        self.rows_examined += n
         most = self.max_scan_rows
         if most is not None and scan.rows > most:
             raise limit_exceeded("max_scan_rows", most, scan.rows)
-        return rows
 
     def _resume_rows(self, claims: Claims, query: q.Query) -> Sequence[Row] | None:
         """The rows of a resume query ``stream_id = S AND epoch = E AND seq > W`` (any other
@@ -676,7 +707,7 @@ class Engine:
                     out.setdefault(query.table, {})
                     continue
             bucket = out.setdefault(query.table, {})
-            candidates = self._candidates(query, claims)
+            candidates = self._candidates(query, claims, scan)
             if self.parse_cache.facts(query).resume:  # one of several resumes: replay_budget bounds its
                 self.rows_examined += len(candidates)  # slice, as on the fast path (not counted per request)
             else:

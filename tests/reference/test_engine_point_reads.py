@@ -142,13 +142,56 @@ def test_exact_stream_grants_count_only_the_granted_streams_rows() -> None:
     assert _sorted(by_table["sync_stream"]) == _sorted(_oracle(eng, exact, "SELECT * FROM sync_stream"))
     assert len(by_table["sync_stream"]) == 2
 
-    for claims, actual in ((Claims("d" * 64, frozenset(SCOPES), ("mine", "other")), 23),
-                           (Claims("e" * 64, frozenset(SCOPES), ("mi*",)), 28),  # a prefix: the whole table
-                           (ALL, 28)):
+    for claims, actual in ((Claims("d" * 64, frozenset(SCOPES), ("mine", "other")), 23), (ALL, 28)):
         with pytest.raises(SyncError) as err:
             eng.query(claims, everything)
         assert (err.value.code.value, err.value.details) == (
             "limit_exceeded", {"actual": actual, "limit": "max_scan_rows", "max": 10})
+
+
+def _three_streams(bound: int) -> Engine:
+    eng = Engine()
+    c = eng.connect(ALL, confirmed=False)
+    n = 0
+    for sid, count in (("other", 20), ("mine", 3), ("x", 5)):
+        for _ in range(count):
+            n += 1
+            eng.handle(c, CallReducer(n, "append_sync_event", (sid, f"k{n}", '{"n":1}', None, None)))
+    eng.advance_durable(eng.committed)
+    eng.max_scan_rows = bound
+    return eng
+
+
+@pytest.mark.parametrize(("grants", "bound", "examined"), [
+    (("mi*",), 10, 3 + 3),  # the 3 stream ids, then mine's 3 rows
+    (("a*",), 10, 3 + 0),  # no granted stream: the ids alone
+    (("mi*", "x"), 10, 3 + 8),  # a prefix and an exact id: over, counted as the walk would read
+    (("mi*", "o*"), 30, 3 + 23),
+    (("m*", "o*", "x*"), 30, 28),  # every stream: the ids and rows (31) would be more than the table's 28 rows
+    (("mi*",), 2, 28),  # more stream ids than the bound: the table, as before (refused)
+])
+def test_prefix_stream_grants_count_the_stream_ids_and_the_granted_rows(grants: tuple[str, ...], bound: int,
+                                                                       examined: int) -> None:
+    """A ``prefix*`` grant's streams are found by walking the stream ids, each checked against the
+    grants as a row is by the row filter: so each id counts as one examined row, the granted
+    streams' rows after them, and the walk is taken only when it is fewer than the table's rows and
+    its ids alone are within the bound (otherwise the whole table is examined, as before: never
+    more counted than the table, never more walked than the bound).  Tables of counts by hand:
+    streams other (20 rows), mine (3), x (5); the rows read are the spec's evaluation over the
+    whole table filtered by ``can_read``."""
+    eng = _three_streams(bound)
+    claims = Claims("e" * 64, frozenset(SCOPES), grants)
+    everything = "SELECT * FROM sync_event"
+    want = _oracle(eng, claims, everything)
+    before = eng.rows_examined
+    if examined > bound:
+        with pytest.raises(SyncError) as err:
+            eng.query(claims, everything)
+        assert err.value.details == {"actual": examined, "limit": "max_scan_rows", "max": bound}
+    else:
+        got = eng.query(claims, everything).inserts
+        assert len(got) == len(want) and _sorted(got) == _sorted(want)
+        assert eng.rows_examined - before == examined
 
 
 def test_a_caller_without_a_bridge_scope_examines_no_outbox_row() -> None:
