@@ -415,8 +415,7 @@ class Engine:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
                                                       "sql": text})
         query = queries[0]
-        scan = Scan() if scan is None else scan
-        candidates = self._examine(scan, self._candidates(query, claims, scan))
+        candidates = self._candidates(query, claims, Scan() if scan is None else scan)
         rows = [row for row in candidates if q.matches(query, row) and can_read(claims, row)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
@@ -592,16 +591,21 @@ class Engine:
                 if len(idle) > IDLE_SHAPES:
                     del idle[next(iter(idle))]
 
-    def _candidates(self, query: q.Query, claims: Claims, scan: Scan | None = None) -> list[Row]:
+    def _candidates(self, query: q.Query, claims: Claims, scan: Scan | None) -> list[Row]:
         """Rows a snapshot must consider: a slice of one stream's log for a resume query; the one
         row of its key for a query that pins a table's primary key with ``=`` (a resume set's
         ``sync_stream`` query: its stream's row, not every stream's); else the rows ``claims``
-        could read where they are found for less than the whole table (:meth:`_readable`)."""
+        could read where they are found for less than the whole table (:meth:`_readable`).  They
+        are counted against ``max_scan_rows`` (:meth:`_count`) before any is matched -- or built:
+        a ``sync_event`` row is built from its log on each read -- so a request over the bound is
+        refused having built none and matched at most the bound's worth.  ``scan`` None: a resume
+        query's slice, not counted per request (``replay_budget`` bounds it; it is sliced)."""
         column = _PK_COLUMN.get(query.table)
         if column is not None:
             key = q.pinned_value(query, column)
             if key is not None:  # `column = key` holds for the row of that key alone
                 row = self.db.get(query.table, (key,))
+                self._count(scan, 0 if row is None else 1)
                 return [] if row is None else [row]
         if query.table == "sync_event":
             sid = q.pinned_value(query, "stream_id")
@@ -610,16 +614,23 @@ class Engine:
                 if log is None:
                     return []
                 w = q.lower_bound_exclusive(query, "seq")
+                skipped = 0 if w is None else min(len(log), max(0, w + 1 - log.floor))  # what after(w) skips
+                self._count(scan, len(log) - skipped)
                 return list(log.after(w)) if w is not None else list(log.events)
         readable = self._readable(query.table, claims, scan)
-        return list(self.db.rows(query.table)) if readable is None else readable
+        if readable is not None:
+            return readable
+        table = query.table
+        self._count(scan, sum(map(len, self.db.logs.values())) if table == "sync_event" else
+                    len(self.db.pk.get(table, ())))
+        return list(self.db.rows(table))
 
     def _readable(self, table: str, claims: Claims, scan: Scan | None) -> list[Row] | None:
-        """The rows of ``table`` that ``claims`` may read (:func:`can_read`), when finding them costs
-        less than the whole table; else None (the whole table is examined).  A bridge table without
-        a bridge scope: none.  A stream-granted table whose grants are all exact ids: the granted
-        streams' rows, one lookup per grant, in grant order.  With a ``prefix*`` grant (not ``*``):
-        ``sync_event``'s rows of the streams :meth:`_walk_streams` finds."""
+        """The rows of ``table`` that ``claims`` may read (:func:`can_read`), counted, when finding
+        them costs less than the whole table; else None (the whole table is examined).  A bridge
+        table without a bridge scope: none.  A stream-granted table whose grants are all exact
+        ids: the granted streams' rows, one lookup per grant, in grant order.  With a ``prefix*``
+        grant (not ``*``): ``sync_event``'s rows of the streams :meth:`_walk_streams` finds."""
         visibility = TABLE_BY_NAME[table].visibility
         if visibility is Visibility.BRIDGE:
             return None if claims.scopes & BRIDGE_SCOPES else []
@@ -628,10 +639,13 @@ class Engine:
         if not any(g.endswith("*") for g in claims.streams):
             granted = dict.fromkeys(claims.streams)  # each once, in grant order
             if table == "sync_event":
-                logs = self.db.logs
-                return [row for sid in granted if (log := logs.get(sid)) is not None for row in log.events]
+                logs = [log for sid in granted if (log := self.db.logs.get(sid)) is not None]
+                self._count(scan, sum(map(len, logs)))
+                return [row for log in logs for row in log.events]
             if _PK_COLUMN.get(table) == "stream_id":
-                return [row for sid in granted if (row := self.db.get(table, (sid,))) is not None]
+                rows = [row for sid in granted if (row := self.db.get(table, (sid,))) is not None]
+                self._count(scan, len(rows))
+                return rows
             return None  # an event table (stream_signal): no stored rows either way
         return self._walk_streams(claims, scan) if table == "sync_event" and scan is not None else None
 
@@ -656,20 +670,16 @@ class Engine:
                 seen += size
         if ids + seen >= rows:
             return None
-        self._count(scan, ids)  # the stream ids checked
+        self._count(scan, ids + seen)  # the stream ids checked, then the granted streams' rows
         return [row for log in granted for row in log.events]
 
-    def _examine(self, scan: Scan, rows: list[Row]) -> list[Row]:
-        """``rows``, counted against ``max_scan_rows`` before any of them is matched: a request
-        over the bound is refused having matched at most the bound's worth (a resume query's rows
-        are not counted: ``replay_budget`` bounds them, and they are sliced, not matched)."""
-        self._count(scan, len(rows))
-        return rows
-
-    def _count(self, scan: Scan, n: int) -> None:
-        """``n`` more rows examined by the request of ``scan``: ``limit_exceeded`` past the bound."""
-        scan.rows += n
+    def _count(self, scan: Scan | None, n: int) -> None:
+        """``n`` more rows examined by the request of ``scan``: ``limit_exceeded`` past the bound
+        (``scan`` None: counted in ``rows_examined`` only)."""
         self.rows_examined += n
+        if scan is None:
+            return
+        scan.rows += n
         most = self.max_scan_rows
         if most is not None and scan.rows > most:
             raise limit_exceeded("max_scan_rows", most, scan.rows)
@@ -707,11 +717,9 @@ class Engine:
                     out.setdefault(query.table, {})
                     continue
             bucket = out.setdefault(query.table, {})
-            candidates = self._candidates(query, claims, scan)
-            if self.parse_cache.facts(query).resume:  # one of several resumes: replay_budget bounds its
-                self.rows_examined += len(candidates)  # slice, as on the fast path (not counted per request)
-            else:
-                candidates = self._examine(scan, candidates)
+            # one of several resumes: replay_budget bounds its slice, as on the fast path (not counted
+            # per request, only in rows_examined)
+            candidates = self._candidates(query, claims, None if self.parse_cache.facts(query).resume else scan)
             for row in candidates:
                 if q.matches(query, row) and can_read(claims, row):
                     bucket[row] = None

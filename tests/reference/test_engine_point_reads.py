@@ -14,7 +14,7 @@ from spec import contracts
 from spec import query as q
 from spec.auth import Claims, can_read
 from spec.errors import SyncError
-from spec.messages import CallReducer, Subscribe, SubscribeApplied
+from spec.messages import CallReducer, Subscribe, SubscribeApplied, SubscriptionError
 from spec.schema import BRIDGE_SCOPES, SCOPES
 from spec.values import Row
 
@@ -212,3 +212,63 @@ def test_a_caller_without_a_bridge_scope_examines_no_outbox_row() -> None:
     with pytest.raises(SyncError) as err:
         eng.query(ALL, text)
     assert err.value.details == {"actual": 12, "limit": "max_scan_rows", "max": 10}
+
+
+@pytest.mark.parametrize(("text", "claims", "examined", "built_rows"), [
+    ("SELECT * FROM sync_event", ALL, 28, 28),  # the whole table
+    ("SELECT * FROM sync_event WHERE stream_id = 'other'", ALL, 20, 20),  # one stream's log
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq > 4", ALL, 16, 16),  # its slice after seq 4
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 4", ALL, 17, 17),
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 0", ALL, 20, 20),
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq > 40", ALL, 0, 0),
+    ("SELECT * FROM sync_event", Claims("e" * 64, frozenset(SCOPES), ("o*",)), 3 + 20, 20),  # the walk: 3 ids
+    ("SELECT * FROM sync_event", Claims("e" * 64, frozenset(SCOPES), ("other", "x")), 25, 25),  # exact grants
+])
+def test_rows_are_counted_before_any_is_built(monkeypatch: pytest.MonkeyPatch, text: str, claims: Claims,
+                                              examined: int, built_rows: int) -> None:
+    """``max_scan_rows`` bounds a request's loop hold: rows are counted before they are matched --
+    and before they are built (a ``sync_event`` row is built from its log on each read, ~1.4 µs:
+    a one-off over a 50,000-event table refused at a bound of 1,000 still took ~70 ms of CPU to build
+    every row first, so ~1.4 s at a million).  A request over the bound builds no row; one within
+    builds the rows it counted.  Counts by hand (streams other 20 rows, mine 3, x 5)."""
+    from reference.eventlog import StreamLog
+    built = [0]
+    real = StreamLog._event
+    snapshot = Engine._snapshot
+    in_snapshot = [0]  # builds inside a subscription's snapshot (the engine's SLOW contracts read tables too)
+
+    def counted(self: StreamLog, p: int) -> object:
+        built[0] += 1
+        return real(self, p)
+
+    def snapshot_counted(self: Engine, *args: object) -> object:
+        before = built[0]
+        try:
+            return snapshot(self, *args)  # type: ignore[arg-type]
+        finally:
+            in_snapshot[0] += built[0] - before
+
+    monkeypatch.setattr(StreamLog, "_event", counted)
+    monkeypatch.setattr(Engine, "_snapshot", snapshot_counted)
+    for bound in (examined - 1, examined):
+        if bound < 0:
+            continue
+        eng = _three_streams(bound)
+        built[0] = 0
+        before = eng.rows_examined
+        if bound < examined:
+            with pytest.raises(SyncError) as err:
+                eng.query(claims, text)
+            assert err.value.details == {"actual": examined, "limit": "max_scan_rows", "max": bound}
+            assert built[0] == 0
+            if "seq" not in text:  # (a subscription bounding seq must be a resume: refused before any read)
+                conn = eng.connect(claims, confirmed=False)
+                in_snapshot[0] = 0
+                eng.handle(conn, Subscribe(1, 1, (text,)))  # a subscription's snapshot likewise
+                refused = eng.pop(conn).message
+                assert isinstance(refused, SubscriptionError) and "max_scan_rows" in refused.error
+                assert in_snapshot[0] == 0
+        else:
+            got = eng.query(claims, text).inserts
+            assert (eng.rows_examined - before, built[0]) == (examined, built_rows)
+            assert _sorted(got) == _sorted(_oracle(eng, claims, text))
