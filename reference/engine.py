@@ -40,6 +40,7 @@ import icontract
 
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
+from reference.eventlog import StreamLog
 from reference.log import GENESIS, TxRecord, delta_parts, delta_text, make_record, record_floors, record_hash
 from reference.parsecache import ParseCache
 from spec import contracts
@@ -71,7 +72,7 @@ from spec.messages import (
 )
 from spec.policy import DEFAULT_POLICY, Policy
 from spec.resume import continuation_details, stale_reasons
-from spec.schema import PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
+from spec.schema import BRIDGE_SCOPES, PERSISTENT_TABLES, REDUCER_BY_NAME, TABLE_BY_NAME, Visibility
 from spec.state import DbState
 from spec.values import STRING, OptionT, Row, SatsType, SyncStream, value_has_type
 
@@ -382,15 +383,18 @@ class Engine:
                     ErrorCode.INVALID_QUERY, {"message": "unknown query set",
                                               "query_set_id": msg.query_set_id}).render()))
                 return
+            # The set ends whatever its rows cost (as in SpacetimeDB, which removes it before it
+            # reads them): dropped rows over max_scan_rows or max_outbound_message_bytes are
+            # answered with a SubscriptionError naming the set, which ends it for the client too
+            queries = list(conn.query_sets[msg.query_set_id])
+            self._unregister(conn, msg.query_set_id)
             try:
-                dropped = (self._snapshot(conn.claims, list(conn.query_sets[msg.query_set_id]))
-                           if msg.send_dropped else None)
+                dropped = self._snapshot(conn.claims, queries) if msg.send_dropped else None
                 applied = UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped)
                 size = self._fits(applied)
-            except SyncError as err:  # the set stays active; unsubscribing without the rows works
+            except SyncError as err:
                 self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
                 return
-            self._unregister(conn, msg.query_set_id)
             self._send(conn, self.committed, applied, size)
         else:
             self._call(conn, msg)
@@ -411,7 +415,7 @@ class Engine:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
                                                       "sql": text})
         query = queries[0]
-        candidates = self._examine(Scan() if scan is None else scan, self._candidates(query))
+        candidates = self._candidates(query, claims, Scan() if scan is None else scan)
         rows = [row for row in candidates if q.matches(query, row) and can_read(claims, row)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
@@ -598,15 +602,21 @@ class Engine:
                 if len(idle) > IDLE_SHAPES:
                     del idle[next(iter(idle))]
 
-    def _candidates(self, query: q.Query) -> list[Row]:
+    def _candidates(self, query: q.Query, claims: Claims, scan: Scan | None) -> list[Row]:
         """Rows a snapshot must consider: a slice of one stream's log for a resume query; the one
         row of its key for a query that pins a table's primary key with ``=`` (a resume set's
-        ``sync_stream`` query: its stream's row, not every stream's)."""
+        ``sync_stream`` query: its stream's row, not every stream's); else the rows ``claims``
+        could read where they are found for less than the whole table (:meth:`_readable`).  They
+        are counted against ``max_scan_rows`` (:meth:`_count`) before any is matched -- or built:
+        a ``sync_event`` row is built from its log on each read -- so a request over the bound is
+        refused having built none and matched at most the bound's worth.  ``scan`` None: a resume
+        query's slice, not counted per request (``replay_budget`` bounds it; it is sliced)."""
         column = _PK_COLUMN.get(query.table)
         if column is not None:
             key = q.pinned_value(query, column)
             if key is not None:  # `column = key` holds for the row of that key alone
                 row = self.db.get(query.table, (key,))
+                self._count(scan, 0 if row is None else 1)
                 return [] if row is None else [row]
         if query.table == "sync_event":
             sid = q.pinned_value(query, "stream_id")
@@ -615,19 +625,75 @@ class Engine:
                 if log is None:
                     return []
                 w = q.lower_bound_exclusive(query, "seq")
+                skipped = 0 if w is None else min(len(log), max(0, w + 1 - log.floor))  # what after(w) skips
+                self._count(scan, len(log) - skipped)
                 return list(log.after(w)) if w is not None else list(log.events)
-        return list(self.db.rows(query.table))
+        readable = self._readable(query.table, claims, scan)
+        if readable is not None:
+            return readable
+        table = query.table
+        self._count(scan, sum(map(len, self.db.logs.values())) if table == "sync_event" else
+                    len(self.db.pk.get(table, ())))
+        return list(self.db.rows(table))
 
-    def _examine(self, scan: Scan, rows: list[Row]) -> list[Row]:
-        """``rows``, counted against ``max_scan_rows`` before any of them is matched: a request
-        over the bound is refused having matched at most the bound's worth (a resume query's rows
-        are not counted: ``replay_budget`` bounds them, and they are sliced, not matched)."""
-        scan.rows += len(rows)
-        self.rows_examined += len(rows)
+    def _readable(self, table: str, claims: Claims, scan: Scan | None) -> list[Row] | None:
+        """The rows of ``table`` that ``claims`` may read (:func:`can_read`), counted, when finding
+        them costs less than the whole table; else None (the whole table is examined).  A bridge
+        table without a bridge scope: none.  A stream-granted table whose grants are all exact
+        ids: the granted streams' rows, one lookup per grant, in grant order.  With a ``prefix*``
+        grant (not ``*``): ``sync_event``'s rows of the streams :meth:`_walk_streams` finds."""
+        visibility = TABLE_BY_NAME[table].visibility
+        if visibility is Visibility.BRIDGE:
+            return None if claims.scopes & BRIDGE_SCOPES else []
+        if visibility is not Visibility.STREAM_GRANT or "*" in claims.streams:
+            return None
+        if not any(g.endswith("*") for g in claims.streams):
+            granted = dict.fromkeys(claims.streams)  # each once, in grant order
+            if table == "sync_event":
+                logs = [log for sid in granted if (log := self.db.logs.get(sid)) is not None]
+                self._count(scan, sum(map(len, logs)))
+                return [row for log in logs for row in log.events]
+            if _PK_COLUMN.get(table) == "stream_id":
+                rows = [row for sid in granted if (row := self.db.get(table, (sid,))) is not None]
+                self._count(scan, len(rows))
+                return rows
+            return None  # an event table (stream_signal): no stored rows either way
+        return self._walk_streams(claims, scan) if table == "sync_event" and scan is not None else None
+
+    def _walk_streams(self, claims: Claims, scan: Scan) -> list[Row] | None:
+        """The events of the streams ``claims`` is granted, found by checking every stream id
+        against the grants -- what the row filter does for each row -- so each id is counted as
+        one examined row, before the granted streams' rows.  Taken only when the ids fit what is
+        left of ``max_scan_rows`` (the walk is bounded) and the ids and granted rows together are
+        fewer than the table's rows (never counted more than the whole table); else None."""
+        logs = self.db.logs
+        ids = len(logs)
+        most = self.max_scan_rows
+        if most is not None and scan.rows + ids > most:
+            return None
+        granted: list[StreamLog] = []
+        rows = seen = 0
+        for sid, log in logs.items():
+            size = len(log)
+            rows += size
+            if stream_granted(claims, sid):
+                granted.append(log)
+                seen += size
+        if ids + seen >= rows:
+            return None
+        self._count(scan, ids + seen)  # the stream ids checked, then the granted streams' rows
+        return [row for log in granted for row in log.events]
+
+    def _count(self, scan: Scan | None, n: int) -> None:
+        """``n`` more rows examined by the request of ``scan``: ``limit_exceeded`` past the bound
+        (``scan`` None: counted in ``rows_examined`` only)."""
+        self.rows_examined += n
+        if scan is None:
+            return
+        scan.rows += n
         most = self.max_scan_rows
         if most is not None and scan.rows > most:
             raise limit_exceeded("max_scan_rows", most, scan.rows)
-        return rows
 
     def _resume_rows(self, claims: Claims, query: q.Query) -> Sequence[Row] | None:
         """The rows of a resume query ``stream_id = S AND epoch = E AND seq > W`` (any other
@@ -662,11 +728,9 @@ class Engine:
                     out.setdefault(query.table, {})
                     continue
             bucket = out.setdefault(query.table, {})
-            candidates = self._candidates(query)
-            if self.parse_cache.facts(query).resume:  # one of several resumes: replay_budget bounds its
-                self.rows_examined += len(candidates)  # slice, as on the fast path (not counted per request)
-            else:
-                candidates = self._examine(scan, candidates)
+            # one of several resumes: replay_budget bounds its slice, as on the fast path (not counted
+            # per request, only in rows_examined)
+            candidates = self._candidates(query, claims, None if self.parse_cache.facts(query).resume else scan)
             for row in candidates:
                 if q.matches(query, row) and can_read(claims, row):
                     bucket[row] = None

@@ -336,6 +336,54 @@ def test_rows_examined_per_request_are_bounded_before_they_are_matched(tmp_path:
         c.close()
 
 
+@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("limit", ["max_scan_rows", "max_outbound_message_bytes"])
+def test_an_unsubscribe_whose_dropped_rows_are_over_a_bound_still_ends_the_set(tmp_path: Path, version: int,
+                                                                               limit: str) -> None:
+    """An ``Unsubscribe`` with ``SendDroppedRows`` (the official TypeScript SDK always asks) of a
+    set that grew past ``max_scan_rows`` (or whose rows no longer fit one message) takes effect
+    anyway, as in SpacetimeDB, which removes the set before it reads the rows: the answer is a
+    ``SubscriptionError`` ``limit_exceeded`` for the rows, naming the set (which, by the message's
+    contract, has ended: the client drops that set's rows itself), and no update for the set
+    follows -- neither in a ``TransactionUpdate`` nor in the caller's own ``ReducerResult`` -- and
+    its id is free again (a ``Subscribe`` reusing an active id would close the connection)."""
+    n = 6
+    body = "{\"p\":\"" + "x" * 300 + "\"}"  # each row ~400 encoded bytes: one fits 1500, six do not
+    bound = {"max_scan_rows": n - 1, "max_outbound_message_bytes": 1500}[limit]
+    late = "SELECT * FROM sync_event WHERE stream_id = 'late'"  # pinned: examines 'late's events only
+    with running_server(tmp_path, limits=with_limits(**{limit: bound})) as st:
+        c = WireClient(st, st.token(), version=version)
+        writer = WireClient(st, st.token())
+        assert isinstance(c.subscribe(1, "SELECT * FROM sync_event"), wire.SubscribeApplied)  # empty yet
+        assert isinstance(c.subscribe(2, late), wire.SubscribeApplied)
+        for i in range(n):
+            assert isinstance(writer.call("append_sync_event", f"s{i}", "k", body, None, None).outcome,
+                              wire.ReducerOk)
+        got = 0
+        while got < n:  # set 1 has followed every append: it holds n rows now
+            got += sum(u.query_set_id == 1 for u in c.recv_until(wire.TransactionUpdate).query_sets)
+        rid = c.rid()
+        c.send(wire.Unsubscribe(rid, 1, True))
+        err = c.recv()
+        assert isinstance(err, wire.SubscriptionError) and (err.request_id, err.query_set_id) == (rid, 1)
+        parsed = SyncError.parse(err.error)
+        assert (parsed.code.value, parsed.details["limit"], parsed.details["max"]) == ("limit_exceeded", limit, bound)
+
+        # a write both sets match: another client's reaches set 2 alone, the caller's own too
+        assert isinstance(writer.call("append_sync_event", "late", "k", "{}", None, None).outcome, wire.ReducerOk)
+        update = c.recv()
+        assert isinstance(update, wire.TransactionUpdate)
+        assert [u.query_set_id for u in update.query_sets] == [2]
+        own = c.call("append_sync_event", "late", "k2", "{}", None, None)
+        assert isinstance(own.outcome, wire.ReducerOk)
+        assert [u.query_set_id for u in own.outcome.transaction_update.query_sets] == [2]
+        assert not c.other  # nothing else arrived meanwhile
+        again = c.subscribe(1, late)  # the id is free: reusing an active one closes the connection (1011)
+        assert isinstance(again, wire.SubscribeApplied) and again.query_set_id == 1
+        c.close()
+        writer.close()
+
+
 def test_array_arguments_are_bounded_before_their_items_are_read(tmp_path: Path) -> None:
     """``max_arg_items`` bounds the items of one array argument (``nip90_kinds``, ``relays``) on
     both call paths: 1 MiB of arguments is 262,144 ``u32`` items, each decoded, type-checked and

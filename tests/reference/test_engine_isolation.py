@@ -280,10 +280,12 @@ def test_a_snapshot_over_the_message_bound_is_refused_and_not_registered() -> No
     assert limit_of(last(eng, conn).result)[0] == "max_outbound_message_bytes"
     call(eng, writer_conn, 9, "append_sync_event", "s", "k9", "{}", None, None)  # 6 rows in the set now
     eng.handle(conn, Unsubscribe(4, 2, send_dropped=True))
-    assert limit_of(last(eng, conn).error)[0] == "max_outbound_message_bytes"
-    assert 2 in eng.conns[conn].query_sets  # still active: unsubscribing without the rows works
+    refused = last(eng, conn)
+    assert isinstance(refused, SubscriptionError) and (refused.request_id, refused.query_set_id) == (4, 2)
+    assert limit_of(refused.error)[0] == "max_outbound_message_bytes"  # the rows are refused, the set
+    assert not eng.conns[conn].query_sets and not eng.shapes.get("sync_event")  # ends anyway
     eng.handle(conn, Unsubscribe(5, 2))
-    assert isinstance(last(eng, conn), UnsubscribeApplied) and 2 not in eng.conns[conn].query_sets
+    assert SyncError.parse(last(eng, conn).error).code.value == "invalid_query"  # unknown set now
 
 
 def test_an_update_over_the_message_bound_closes_with_a_reason() -> None:

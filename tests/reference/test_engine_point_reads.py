@@ -13,8 +13,9 @@ from reference.engine import Engine
 from spec import contracts
 from spec import query as q
 from spec.auth import Claims, can_read
-from spec.messages import CallReducer, Subscribe, SubscribeApplied
-from spec.schema import SCOPES
+from spec.errors import SyncError
+from spec.messages import CallReducer, Subscribe, SubscribeApplied, SubscriptionError
+from spec.schema import BRIDGE_SCOPES, SCOPES
 from spec.values import Row
 
 ALL = Claims("a" * 64, frozenset(SCOPES), ("*",))
@@ -100,3 +101,174 @@ def test_a_point_read_does_not_scan_the_table(monkeypatch: pytest.MonkeyPatch) -
         assert scanned == ["sync_stream"]
     finally:
         contracts.enable_hot(was)
+
+
+def _sorted(rows: object) -> list[str]:
+    return sorted(map(repr, rows))  # type: ignore[call-overload]
+
+
+def test_exact_stream_grants_count_only_the_granted_streams_rows() -> None:
+    """docs/protocol.md "Limits", ``max_scan_rows``: a caller whose stream grants are all exact ids
+    can receive rows of ``sync_event``/``sync_stream`` from those streams only, so an unpinned query
+    reads (and counts) those streams' rows, not the whole table: such a caller was refused
+    ``limit_exceeded`` for a table other streams had filled.  A prefix grant still counts the whole
+    table (finding its streams means walking every stream id).  Oracle: the spec's evaluation over
+    the whole table filtered by ``can_read``, and the counts by hand (3 + 5 rows of the granted
+    streams, 20 of the other)."""
+    eng = Engine()
+    c = eng.connect(ALL, confirmed=False)
+    n = 0
+    for sid, count in (("other", 20), ("mine", 3), ("x", 5)):
+        for _ in range(count):
+            n += 1
+            eng.handle(c, CallReducer(n, "append_sync_event", (sid, f"k{n}", '{"n":1}', None, None)))
+    eng.advance_durable(eng.committed)
+    eng.max_scan_rows = 10
+    exact = Claims("c" * 64, frozenset(SCOPES), ("x", "mine", "x", "gone"))  # in any order, repeated, unknown
+    everything = "SELECT * FROM sync_event"
+    before = eng.rows_examined
+    got = eng.query(exact, everything).inserts
+    assert eng.rows_examined - before == 8
+    want = _oracle(eng, exact, everything)
+    assert len(want) == 8 and len(got) == 8 and _sorted(got) == _sorted(want)
+    assert {r.stream_id for r in got} == {"mine", "x"}  # type: ignore[union-attr]
+
+    s = eng.connect(exact, confirmed=False)
+    eng.handle(s, Subscribe(1, 1, (everything, "SELECT * FROM sync_stream")))  # 8 + 2 rows: at the bound
+    applied = eng.pop(s).message
+    assert isinstance(applied, SubscribeApplied)
+    by_table = {t.table: t.inserts for t in applied.rows}
+    assert _sorted(by_table["sync_event"]) == _sorted(want)
+    assert _sorted(by_table["sync_stream"]) == _sorted(_oracle(eng, exact, "SELECT * FROM sync_stream"))
+    assert len(by_table["sync_stream"]) == 2
+
+    for claims, actual in ((Claims("d" * 64, frozenset(SCOPES), ("mine", "other")), 23), (ALL, 28)):
+        with pytest.raises(SyncError) as err:
+            eng.query(claims, everything)
+        assert (err.value.code.value, err.value.details) == (
+            "limit_exceeded", {"actual": actual, "limit": "max_scan_rows", "max": 10})
+
+
+def _three_streams(bound: int) -> Engine:
+    eng = Engine()
+    c = eng.connect(ALL, confirmed=False)
+    n = 0
+    for sid, count in (("other", 20), ("mine", 3), ("x", 5)):
+        for _ in range(count):
+            n += 1
+            eng.handle(c, CallReducer(n, "append_sync_event", (sid, f"k{n}", '{"n":1}', None, None)))
+    eng.advance_durable(eng.committed)
+    eng.max_scan_rows = bound
+    return eng
+
+
+@pytest.mark.parametrize(("grants", "bound", "examined"), [
+    (("mi*",), 10, 3 + 3),  # the 3 stream ids, then mine's 3 rows
+    (("a*",), 10, 3 + 0),  # no granted stream: the ids alone
+    (("mi*", "x"), 10, 3 + 8),  # a prefix and an exact id: over, counted as the walk would read
+    (("mi*", "o*"), 30, 3 + 23),
+    (("m*", "o*", "x*"), 30, 28),  # every stream: the ids and rows (31) would be more than the table's 28 rows
+    (("mi*",), 2, 28),  # more stream ids than the bound: the table, as before (refused)
+])
+def test_prefix_stream_grants_count_the_stream_ids_and_the_granted_rows(grants: tuple[str, ...], bound: int,
+                                                                       examined: int) -> None:
+    """A ``prefix*`` grant's streams are found by walking the stream ids, each checked against the
+    grants as a row is by the row filter: so each id counts as one examined row, the granted
+    streams' rows after them, and the walk is taken only when it is fewer than the table's rows and
+    its ids alone are within the bound (otherwise the whole table is examined, as before: never
+    more counted than the table, never more walked than the bound).  Tables of counts by hand:
+    streams other (20 rows), mine (3), x (5); the rows read are the spec's evaluation over the
+    whole table filtered by ``can_read``."""
+    eng = _three_streams(bound)
+    claims = Claims("e" * 64, frozenset(SCOPES), grants)
+    everything = "SELECT * FROM sync_event"
+    want = _oracle(eng, claims, everything)
+    before = eng.rows_examined
+    if examined > bound:
+        with pytest.raises(SyncError) as err:
+            eng.query(claims, everything)
+        assert err.value.details == {"actual": examined, "limit": "max_scan_rows", "max": bound}
+    else:
+        got = eng.query(claims, everything).inserts
+        assert len(got) == len(want) and _sorted(got) == _sorted(want)
+        assert eng.rows_examined - before == examined
+
+
+def test_a_caller_without_a_bridge_scope_examines_no_outbox_row() -> None:
+    """``bridge_outbox`` rows are visible to holders of a bridge scope only, to all of them or to
+    none of a caller's: a caller without one reads (and counts) nothing of it."""
+    eng = Engine()
+    c = eng.connect(ALL, confirmed=False)
+    for i in range(12):
+        eng.handle(c, CallReducer(i + 1, "enqueue_bridge_event", (f"o{i}", "src", 30078, "[]", f"hi {i}")))
+    eng.advance_durable(eng.committed)
+    eng.max_scan_rows = 10
+    plain = Claims("f" * 64, frozenset(SCOPES) - BRIDGE_SCOPES, ("*",))
+    text = "SELECT * FROM bridge_outbox"
+    assert len(_oracle(eng, ALL, text)) == 12 and _oracle(eng, plain, text) == ()
+    before = eng.rows_examined
+    assert eng.query(plain, text).inserts == ()
+    assert eng.rows_examined == before
+    with pytest.raises(SyncError) as err:
+        eng.query(ALL, text)
+    assert err.value.details == {"actual": 12, "limit": "max_scan_rows", "max": 10}
+
+
+@pytest.mark.parametrize(("text", "claims", "examined", "built_rows"), [
+    ("SELECT * FROM sync_event", ALL, 28, 28),  # the whole table
+    ("SELECT * FROM sync_event WHERE stream_id = 'other'", ALL, 20, 20),  # one stream's log
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq > 4", ALL, 16, 16),  # its slice after seq 4
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 4", ALL, 17, 17),
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 0", ALL, 20, 20),
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq > 40", ALL, 0, 0),
+    ("SELECT * FROM sync_event", Claims("e" * 64, frozenset(SCOPES), ("o*",)), 3 + 20, 20),  # the walk: 3 ids
+    ("SELECT * FROM sync_event", Claims("e" * 64, frozenset(SCOPES), ("other", "x")), 25, 25),  # exact grants
+])
+def test_rows_are_counted_before_any_is_built(monkeypatch: pytest.MonkeyPatch, text: str, claims: Claims,
+                                              examined: int, built_rows: int) -> None:
+    """``max_scan_rows`` bounds a request's loop hold: rows are counted before they are matched --
+    and before they are built (a ``sync_event`` row is built from its log on each read, ~1.4 µs:
+    a one-off over a 50,000-event table refused at a bound of 1,000 still took ~70 ms of CPU to build
+    every row first, so ~1.4 s at a million).  A request over the bound builds no row; one within
+    builds the rows it counted.  Counts by hand (streams other 20 rows, mine 3, x 5)."""
+    from reference.eventlog import StreamLog
+    built = [0]
+    real = StreamLog._event
+    snapshot = Engine._snapshot
+    in_snapshot = [0]  # builds inside a subscription's snapshot (the engine's SLOW contracts read tables too)
+
+    def counted(self: StreamLog, p: int) -> object:
+        built[0] += 1
+        return real(self, p)
+
+    def snapshot_counted(self: Engine, *args: object) -> object:
+        before = built[0]
+        try:
+            return snapshot(self, *args)  # type: ignore[arg-type]
+        finally:
+            in_snapshot[0] += built[0] - before
+
+    monkeypatch.setattr(StreamLog, "_event", counted)
+    monkeypatch.setattr(Engine, "_snapshot", snapshot_counted)
+    for bound in (examined - 1, examined):
+        if bound < 0:
+            continue
+        eng = _three_streams(bound)
+        built[0] = 0
+        before = eng.rows_examined
+        if bound < examined:
+            with pytest.raises(SyncError) as err:
+                eng.query(claims, text)
+            assert err.value.details == {"actual": examined, "limit": "max_scan_rows", "max": bound}
+            assert built[0] == 0
+            if "seq" not in text:  # (a subscription bounding seq must be a resume: refused before any read)
+                conn = eng.connect(claims, confirmed=False)
+                in_snapshot[0] = 0
+                eng.handle(conn, Subscribe(1, 1, (text,)))  # a subscription's snapshot likewise
+                refused = eng.pop(conn).message
+                assert isinstance(refused, SubscriptionError) and "max_scan_rows" in refused.error
+                assert in_snapshot[0] == 0
+        else:
+            got = eng.query(claims, text).inserts
+            assert (eng.rows_examined - before, built[0]) == (examined, built_rows)
+            assert _sorted(got) == _sorted(_oracle(eng, claims, text))

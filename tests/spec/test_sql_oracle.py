@@ -422,8 +422,8 @@ def test_sql_oracle_catches_wrong_comparison() -> None:
 def test_sql_oracle_catches_engine_candidates_off_by_one() -> None:
     real = Engine._candidates
 
-    def off_by_one(self: Engine, query: q.Query) -> list[Row]:
-        rows = real(self, query)
+    def off_by_one(self: Engine, query: q.Query, claims: Claims, scan: Any = None) -> list[Row]:
+        rows = real(self, query, claims, scan)
         return rows[1:] if query.table == "sync_event" and q.pinned_value(query, "stream_id") is not None else rows
     with planted(Engine, "_candidates", off_by_one):
         assert _fails("sync_event"), "the oracle did not catch the engine dropping the first event of a pinned read"
