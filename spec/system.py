@@ -58,6 +58,28 @@ class Link:
     lost_qs: set[int] = field(default_factory=set)  # query sets an update of which was lost (DELIV-2 skips them)
 
 
+def _presence_marks(before: DbState, after: DbState, identities: set[str], now: int) -> bool:
+    """Is ``before`` -> ``after`` a closed connection's presence marks, read off the rows: nothing but
+    session rows changes, no row comes or goes, and every changed row is a live session of one of
+    ``identities`` taken offline -- ``disconnected`` with ``last_seen = now``, or ``ttl_expired`` (its TTL
+    ran out first) with ``last_seen`` kept -- and nothing else about it moves."""
+    if any(before.rows(t) != after.rows(t) for t in {*before.tables, *after.tables} if t != "session_presence") or (
+            before.epoch_floor, before.version_floor) != (after.epoch_floor, after.version_floor):
+        return False
+    old = {r.session_id: r for r in before.of_type(SessionPresence)}
+    new = {r.session_id: r for r in after.of_type(SessionPresence)}
+    if old.keys() != new.keys():
+        return False
+    changed = [(old[k], new[k]) for k in old if old[k] != new[k]]
+    owners = {o.identity for o, _n in changed}
+    return bool(changed) and len(owners) == 1 and owners <= identities and all(
+        o.status != "offline" and n == (
+            SessionPresence(o.session_id, o.identity, o.device_id, o.node_id, "offline", o.region, o.last_seen,
+                            o.expires_at, "ttl_expired") if o.expires_at <= now else
+            SessionPresence(o.session_id, o.identity, o.device_id, o.node_id, "offline", o.region, now,
+                            o.expires_at, "disconnected")) for o, n in changed)
+
+
 class System:
     def __init__(self, policy: Policy, clients: list[tuple[str, Claims, bool]], max_queue: int = 64,
                  max_undurable: int = 8) -> None:
@@ -201,11 +223,23 @@ class System:
         """What one handled call put in every queue: the caller exactly one ``ReducerResult`` for its
         request; a failed call changes no state, takes no offset and nobody else hears of it (DELIV-4);
         a committed call's caller gets no ``TransactionUpdate`` for its transaction and every other
-        client at most one (DELIV-3).  Skipped when a connection was closed in the step (a slow
-        consumer's close marks its sessions in a transaction of its own)."""
-        if any(cid not in self.server.conns for cid in queues) or caller not in queues:
+        client at most one (DELIV-3).
+
+        A connection the step closed (a slow consumer: its queue passed the bound) is judged too, by the
+        queue it held when it closed: what it got before the close obeys the same rules, and it got
+        nothing after (SLOW-1: it holds exactly one message past the bound).  What a close may add to the
+        step is modelled, not skipped: each close's presence marks commit after the call as a transaction
+        of their own, which (read off the rows) only takes live sessions of that connection's identity
+        offline, ``disconnected`` at the server's clock or ``ttl_expired`` with ``last_seen`` kept; every
+        connection still open may hear of each such transaction by one ``TransactionUpdate``."""
+        if caller not in queues:
             return
         new = {cid: [o for o in conn.outbound[n:]] for cid, (conn, n) in queues.items()}
+        closed = {cid: conn for cid, (conn, _n) in queues.items() if cid not in self.server.conns}
+        for cid, conn in closed.items():
+            if conn.closed_reason == SLOW_CONSUMER_REASON and len(conn.outbound) != self.server.max_queue + 1:
+                self.trace.violations.append(("SLOW-1", f"connection {cid} closed as a slow consumer holding "
+                                              f"{len(conn.outbound)} messages, bound {self.server.max_queue}"))
         mine = [o for o in new[caller] if isinstance(o.message, ReducerResult)
                 and o.message.request_id == msg.request_id]
         if len(mine) != 1:
@@ -213,23 +247,51 @@ class System:
             return
         result = mine[0].message
         assert isinstance(result, ReducerResult)
-        others = [o for cid, outs in new.items() if cid != caller for o in outs]
+        # the step's transactions, read off the server's history: the call's (if it wrote) and the closes' marks
+        commits = {c.offset: c.state for c in self.server.history if c.offset > committed}
+        identities = {conn.claims.identity for conn in closed.values()}
+        marks: set[int] = set()
+        call_offset, strays, prev = None, [], db
+        for offset in range(committed + 1, self.server.committed + 1):
+            state = commits.get(offset)
+            if state is not None and _presence_marks(prev, state, identities, self.server.now):
+                marks.add(offset)
+            elif state is not None and offset == committed + 1:
+                call_offset = offset
+            else:
+                strays.append(offset)  # an offset taken by no commit, or a transaction the step had no cause for
+            prev = state if state is not None else prev
+        for cid, outs in new.items():
+            for at in sorted(marks):
+                heard = [o for o in outs if o.offset == at]
+                if len(heard) > 1 or any(
+                        not isinstance(o.message, TransactionUpdate) for o in heard):
+                    self.trace.violations.append(("DELIV-3", f"connection {cid} heard of the presence marks at {at} "
+                                                  f"as {[type(o.message).__name__ for o in heard]}"))
+        call = {cid: [o for o in outs if o.offset not in marks] for cid, outs in new.items()}
+        others = [o for cid, outs in call.items() if cid != caller for o in outs]
+        written = self.server.db != prev or bool(strays)
         if isinstance(result.outcome, ReducerErr):
-            if self.server.db != db or self.server.committed != committed or len(new[caller]) != 1 or others:
+            if written or call_offset is not None or len(call[caller]) != 1 or others:
                 self.trace.violations.append(("DELIV-4", f"failed {msg.reducer}: state changed "
-                                              f"{self.server.db != db}, offset {committed} -> {self.server.committed}, "
-                                              f"{len(new[caller]) - 1 + len(others)} other messages"))
+                                              f"{self.server.db != prev or call_offset is not None}, offset "
+                                              f"{committed} -> {self.server.committed}, "
+                                              f"{len(call[caller]) - 1 + len(others)} other messages"))
             return
-        if self.server.committed == committed:
-            if others or self.server.db != db:
+        if call_offset is None:
+            if others or written:
                 self.trace.violations.append(("DELIV-4", f"no-op {msg.reducer} was heard by others or wrote"))
             return
-        offset = committed + 1
+        if written:
+            self.trace.violations.append(("DELIV-3", f"{msg.reducer} committed at {call_offset}: offset "
+                                          f"{committed} -> {self.server.committed} with {len(marks)} presence marks "
+                                          f"and transactions {strays} no close explains"))
+        offset = call_offset
         if result.tx_offset != offset or any(isinstance(o.message, TransactionUpdate) and o.offset == offset
                                           for o in new[caller]):
             self.trace.violations.append(("DELIV-3", f"{msg.reducer} committed at {offset}: the caller's result "
                                           f"has offset {result.tx_offset} or it also got the TransactionUpdate"))
-        for cid, outs in new.items():
+        for cid, outs in call.items():
             heard = [o for o in outs if o.offset == offset]
             if cid != caller and (len(heard) > 1 or any(not isinstance(o.message, TransactionUpdate) for o in heard)):
                 self.trace.violations.append(("DELIV-3", f"connection {cid} heard of offset {offset} as "

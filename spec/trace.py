@@ -91,6 +91,9 @@ class Trace:
         default_factory=dict)
     steps: int = 0
     policy: Policy = DEFAULT_POLICY
+    # stream -> the highest floor_seq of any committed state recorded, durable or not (a crash does not
+    # lower it): REPLAY-2's allowance for unconfirmed clients (spec.invariants.check_convergence)
+    floors: dict[str, int] = field(default_factory=dict)
 
     def _v(self, inv_id: str, msg: str) -> None:
         self.violations.append((inv_id, msg))
@@ -113,6 +116,8 @@ class Trace:
         if self.states.get(offset) is db:
             return
         self.states[offset] = db
+        for s in db.of_type(SyncStream):  # at the commit, not after the step: a crash in the step may lose it
+            self.floors[s.stream_id] = max(self.floors.get(s.stream_id, 0), s.floor_seq)
         self.violations.extend(check_state(db, self.policy.bridge_max_attempts))
         if prev is not None:
             self.violations.extend(check_transition(prev, db) if recovery is None

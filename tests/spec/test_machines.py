@@ -87,6 +87,22 @@ def test_an_unconfirmed_client_that_read_a_lost_compaction_converges() -> None:
     m.heal()
 
 
+def test_a_floor_committed_and_lost_inside_one_rule_counts() -> None:
+    """The same case inside one compound rule (``compact_then_crash``): the compaction's floor is never
+    the current one between rules, so REPLAY-2's allowance must come from the floors recorded at each
+    commit, not from the state the machine sees after each rule."""
+    m = SystemMachine()
+    m.start(follows=[(1, "s.a1")])
+    m.burst(i=1, live=False, n=10, s="s.a1")
+    m.tick(dt=500_000)
+    m.compact_then_crash(n=2)
+    m.holds()
+    stream = next(s for s in m.sys.server.db.of_type(_stream_type()) if s.stream_id == "s.a1")
+    view = m.sys.clients[1].streams["s.a1"]
+    assert stream.floor_seq == 1 and view.base >= 1, (stream, view)  # the floor was lost, c1 holds a later window
+    m.heal()
+
+
 def _stream_type() -> type:
     from spec.values import SyncStream
     return SyncStream

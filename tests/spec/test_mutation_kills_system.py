@@ -1002,21 +1002,86 @@ def test_system_server_step_waits_for_durability() -> None:
     assert sysm.trace.violations == []
 
 
-def test_system_call_delivery_is_not_judged_when_a_connection_closed_in_the_step() -> None:
-    """A slow consumer's close in the step commits its sessions' marks in a transaction of its own, so
-    the per-call check stands aside: here the caller's queue got nothing at all, which it would flag."""
-    sysm = _system()
-    caller, other = sysm.links[0].conn_id, sysm.links[1].conn_id
-    msg = CallReducer(5, "append_sync_event", ("s", "k1", "{}", None, None))
-    queues = {cid: (sysm.server.conns[cid], len(sysm.server.conns[cid].outbound)) for cid in (caller, other)}
-    sysm.server.close(other, SLOW_CONSUMER_REASON)  # closed in the step
-    sysm._check_call_delivery(caller, msg, sysm.server.db, sysm.server.committed, queues)
+def _closing_step(monkeypatch: pytest.MonkeyPatch, fault: Any = None, failing: bool = False) -> tuple[System, int]:
+    """A call step in which a connection closes: c1 follows ``s`` and owns a live session but reads nothing
+    (queue bound 3); c2 follows ``s`` and watches presence.  c0 appends three times (c1's queue is full),
+    then the step: c0's fourth append (its fanout closes c1 as a slow consumer) or, ``failing``, c1's own
+    refused append (its result closes it).  c1's session mark commits after the call, in the same step,
+    and c2 hears of it.  ``fault(system, c1's connection)`` is planted in that step only, after the server
+    handled the call.  Returns the system (nothing delivered since the step) and c1's connection."""
+    sysm = _system(3, max_queue=3)
+    for i in range(3):
+        sysm.follow(i, "s")
+    sysm._send(2, [Subscribe(900, 900, ("SELECT * FROM session_presence",))])
+    sysm.call(1, "upsert_presence", ("sess1", "dev", "node", "online", "eu", 5000))
+    _pump(sysm)
+    slow = sysm.links[1].conn_id
+    for k in range(3):
+        sysm.call(0, "append_sync_event", ("s", f"k{k}", "{}", None, None))
+        sysm.server_step(0)
+        sysm.advance_durable(sysm.server.committed)
+        for i in (0, 2):
+            while sysm.deliver(i):
+                pass
+    assert slow in sysm.server.conns and sysm.trace.violations == []
+    if fault is not None:
+        _tamper(monkeypatch, sysm, lambda server: fault(sysm, slow))
+    caller = 1 if failing else 0
+    sysm.call(caller, "append_sync_event", ("x" if failing else "s", "k9", "{}", None, None))  # x: not granted
+    sysm.server_step(caller)
+    assert slow not in sysm.server.conns and 1 not in sysm.links
+    return sysm, slow
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_system_a_call_step_that_closes_a_slow_consumer_is_judged_not_skipped(monkeypatch: pytest.MonkeyPatch,
+                                                                               failing: bool) -> None:
+    """The step closes c1 and commits its session mark after the call: both are modelled, nothing flagged."""
+    sysm, _slow = _closing_step(monkeypatch, failing=failing)
+    marked = sysm.server.db.find(SessionPresence, lambda r: r.session_id == "sess1")
+    assert marked is not None and (marked.status, marked.offline_reason) == ("offline", "disconnected")
+    assert sysm.server.committed == (5 if failing else 6)  # the upsert, the appends, the mark
     assert sysm.trace.violations == []
-    del queues[other]
-    sysm._check_call_delivery(caller, msg, sysm.server.db, sysm.server.committed, queues)
-    assert sysm.trace.violations == [("DELIV-3", "append_sync_event call 5: 0 results")]
-    sysm.trace.violations.clear()
-    sysm._check_call_delivery(99, msg, sysm.server.db, sysm.server.committed, queues)  # not a live caller
+
+
+def _watcher(sysm: System) -> list[Outbound]:
+    return sysm.server.conns[sysm.links[2].conn_id].outbound
+
+
+PLANTED_IN_A_CLOSING_STEP: dict[str, tuple[Any, bool, str]] = {
+    # name: (the fault, planted after the server handled the step's call; the call fails; what flags it)
+    "another client hears the call twice": (lambda sysm, slow: _watcher(sysm).append(
+        next(o for o in _watcher(sysm) if o.offset == sysm.server.committed - 1)), False, "DELIV-3"),
+    "a client hears the presence marks twice": (lambda sysm, slow: _watcher(sysm).append(_watcher(sysm)[-1]),
+                                                False, "DELIV-3"),
+    "the closed connection is queued more": (lambda sysm, slow: sysm.conn_objs[slow].outbound.append(
+        Outbound(sysm.server.committed, TransactionUpdate(sysm.server.committed, ()))), False, "SLOW-1"),
+    "the step also commits a write no close explains": (lambda sysm, slow: sysm.server.call_detached(
+        WRITER, "upsert_presence", ("sess7", "dev", "node", "online", "eu", 5000)), False, "DELIV-3"),
+    "the failed call is heard by another client": (lambda sysm, slow: _watcher(sysm).append(
+        Outbound(sysm.server.committed - 1, TransactionUpdate(sysm.server.committed - 1, ()))), True, "DELIV-4"),
+    "the failed call takes an offset": (lambda sysm, slow: setattr(sysm.server, "log", replace(
+        sysm.server.log, committed=sysm.server.log.committed + 1)), True, "DELIV-4"),
+}
+"""Faults a closing step could hide: the check used to return at once when a connection closed in the step
+(a slow consumer's marks commit in a transaction of their own), so it flagged none of them."""
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED_IN_A_CLOSING_STEP))
+def test_system_a_fault_in_a_closing_step_is_flagged(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    fault, failing, inv = PLANTED_IN_A_CLOSING_STEP[name]
+    sysm, _slow = _closing_step(monkeypatch, fault, failing=failing)
+    assert {v[0] for v in sysm.trace.violations} == {inv}, sysm.trace.violations
+
+
+def test_system_call_delivery_is_not_judged_for_a_caller_that_was_not_live() -> None:
+    sysm = _system()
+    msg = CallReducer(5, "append_sync_event", ("s", "k1", "{}", None, None))
+    queues = {cid: (conn, len(conn.outbound)) for cid, conn in sysm.server.conns.items()}
+    sysm._check_call_delivery(99, msg, sysm.server.db, sysm.server.committed, queues)
+    assert sysm.trace.violations == []
+    del queues[sysm.links[0].conn_id]
+    sysm._check_call_delivery(sysm.links[0].conn_id, msg, sysm.server.db, sysm.server.committed, queues)
     assert sysm.trace.violations == []
 
 
