@@ -75,6 +75,25 @@ class Probe:
         return self.worst * 1000
 
 
+class GcMeter:
+    def __init__(self, clock: Any = time.perf_counter) -> None:
+        self.count = self.full = 0
+        self.total = self.longest = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def text(self) -> str:
+        return "-"
+
+    def installed(self) -> Any:
+        import contextlib
+        return contextlib.nullcontext()
+
+
 def populate(st: ServerThread, stream: str, n: int, payload: Callable[[int], str], chunk: int) -> None:
     engine = st.server.engine
     claims = st.server.auth.verify(st.token()).claims

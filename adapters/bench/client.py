@@ -402,6 +402,10 @@ class Subscriber:
         """How many different events arrived (``count`` counts a duplicate twice)."""
         return self.next_i if self.seen is None else len(self.seen)
 
+    @property
+    def sampled(self) -> int:
+        return 0
+
     def _jump(self, i: int) -> None:
         """Event ``i`` came when ``next_i`` was expected."""
         self.out_of_order += 1

@@ -143,6 +143,7 @@ class Run:
     diag: dict[str, Any] = field(default_factory=dict)
     hist: Hist | None = None
     why: dict[str, str] = field(default_factory=dict)  # why a figure is None
+    missing: int = 0  # samples ``hist`` should hold and does not (fanout: deliveries that never arrived)
 
 
 @dataclass
@@ -491,6 +492,44 @@ def fanout_verdict(subs: list[dict[str, Any]], expected: int, early: float | Non
     return delivered, growth, 1.0 if once and growth is not None and growth < 2.0 else 0.0
 
 
+def fanout_figures(peer: str, w: dict[str, Any], subs_r: list[dict[str, Any]],
+                   subscribers: int) -> tuple[dict[str, float | None], dict[str, str]]:
+    """A fanout run's figures (and why one is none) from the writer's result ``w`` and the
+    subscriber processes' results."""
+    hist = Hist.merged(Hist.from_json(r["hist"]) for r in subs_r)
+    slices = [Hist.merged(Hist.from_json(r["slices"][k]) for r in subs_r) for k in range(len(subs_r[0]["slices"]))]
+    received = sum(r["received"] for r in subs_r)
+    expected = w["sent"] * subscribers
+    never = max(0, expected - sum(r["distinct"] for r in subs_r))  # deliveries that never arrived in the grace
+    wall = max(r["wall_s"] for r in subs_r)
+    delivered, growth, kept_up = fanout_verdict(subs_r, expected, slices[0].quantile(0.5), slices[-1].quantile(0.5))
+    figures: dict[str, float | None] = {
+        "deliveries_per_s": received / wall if wall > 0 else None,
+        # over every expected delivery: one that never arrived counts as slower than all (a p99 of the
+        # survivors of a run that lost 5 % would flatter it); none once the quantile falls among them
+        "p50_ms": _ms(hist.quantile(0.5, missing=never)), "p99_ms": _ms(hist.quantile(0.99, missing=never)),
+        "delivered": delivered, "growth": growth, "kept_up": kept_up}
+    why = {}
+    if growth is None:
+        why["growth"] = ("no event sent in the first or the last fifth of the run was delivered in time" if not never
+                         else f"{never} of {expected} deliveries never arrived: a fifth's median would be of "
+                              "the survivors")
+    if not hist.n:
+        why["p50_ms"] = why["p99_ms"] = why["deliveries_per_s"] = "no event was delivered"
+    else:
+        for key, q in (("p50_ms", 0.5), ("p99_ms", 0.99)):
+            if figures[key] is None:
+                why[key] = (f"{never} of {expected} deliveries never arrived within the grace: more than "
+                            f"{1 - q:.0%} of them")
+    if peer == "syncref":
+        commit = Hist.merged(Hist.from_json(r["commit_hist"]) for r in subs_r)
+        figures["commit_p50_ms"] = _ms(commit.quantile(0.5))
+        figures["commit_p99_ms"] = _ms(commit.quantile(0.99))
+        if not commit.n:
+            why["commit_p50_ms"] = why["commit_p99_ms"] = "no sampled event was delivered"
+    return figures, why
+
+
 def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None, protocol: str = "v2") -> Run:
     """``protocol``: what syncref's subscribers negotiate (``v2`` or ``v3``; the writer is always
     v2, and the other peers' clients are the same whatever it says)."""
@@ -526,37 +565,12 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None, p
     if sub_errors:
         raise RuntimeError(f"fanout subscribers on {peer}: {sum(r['errors'] for r in sub_errors)} error replies: "
                            f"{sub_errors[0]['first_error']}")
+    figures, why = fanout_figures(peer, w, subs_r, subscribers)
     hist = Hist.merged(Hist.from_json(r["hist"]) for r in subs_r)
     slices = [Hist.merged(Hist.from_json(r["slices"][k]) for r in subs_r) for k in range(len(subs_r[0]["slices"]))]
     received = sum(r["received"] for r in subs_r)
     expected = w["sent"] * subscribers
-    never = max(0, expected - sum(r["distinct"] for r in subs_r))  # deliveries that never arrived in the grace
-    wall = max(r["wall_s"] for r in subs_r)
-    delivered, growth, kept_up = fanout_verdict(subs_r, expected, slices[0].quantile(0.5), slices[-1].quantile(0.5))
-    figures: dict[str, float | None] = {
-        "deliveries_per_s": received / wall if wall > 0 else None,
-        # over every expected delivery: one that never arrived counts as slower than all (a p99 of the
-        # survivors of a run that lost 5 % would flatter it); none once the quantile falls among them
-        "p50_ms": _ms(hist.quantile(0.5, missing=never)), "p99_ms": _ms(hist.quantile(0.99, missing=never)),
-        "delivered": delivered, "growth": growth, "kept_up": kept_up}
-    why = {}
-    if growth is None:
-        why["growth"] = ("no event sent in the first or the last fifth of the run was delivered in time" if not never
-                         else f"{never} of {expected} deliveries never arrived: a fifth's median would be of "
-                              "the survivors")
-    if not hist.n:
-        why["p50_ms"] = why["p99_ms"] = why["deliveries_per_s"] = "no event was delivered"
-    else:
-        for key, q in (("p50_ms", 0.5), ("p99_ms", 0.99)):
-            if figures[key] is None:
-                why[key] = (f"{never} of {expected} deliveries never arrived within the grace: more than "
-                            f"{1 - q:.0%} of them")
-    if peer == "syncref":
-        commit = Hist.merged(Hist.from_json(r["commit_hist"]) for r in subs_r)
-        figures["commit_p50_ms"] = _ms(commit.quantile(0.5))
-        figures["commit_p99_ms"] = _ms(commit.quantile(0.99))
-        if not commit.n:
-            why["commit_p50_ms"] = why["commit_p99_ms"] = "no sampled event was delivered"
+    never = max(0, expected - sum(r["distinct"] for r in subs_r))
     ack = Hist.from_json(w["ack_hist"])
     sub_cpu = sum(r["cpu_s"] for r in subs_r)
     # CPU per delivery, over the whole run (the grace included): what each delivery cost the
@@ -572,7 +586,7 @@ def run_fanout(bench: Bench, peer: str, subscribers: int, profile: str | None, p
                  "writer_ack_p50_ms": _ms(ack.quantile(0.5)), "writer_ack_p99_ms": _ms(ack.quantile(0.99)),
                  "writer_max_schedule_lag_ms": round(w["max_schedule_lag_s"] * 1000, 2),
                  "slice_p50_ms": [_ms(h.quantile(0.5)) for h in slices], "slices": SLICES_NOTE})
-    return Run(figures, diag, hist, why)
+    return Run(figures, diag, hist, why, missing=never)
 
 
 def fanout(n: int, protocol: str = "v2") -> Callable[[Bench, str, int], Run]:
