@@ -404,7 +404,8 @@ class Subscriber:
 
     @property
     def sampled(self) -> int:
-        return 0
+        """How many different sampled events (``i % 8 == 0``, the commit->delivery sample) arrived."""
+        return (self.next_i + 7) // 8 if self.seen is None else sum(1 for i in self.seen if i % 8 == 0)
 
     def _jump(self, i: int) -> None:
         """Event ``i`` came when ``next_i`` was expected."""
@@ -610,7 +611,7 @@ async def run_subscribers(task: dict[str, Any], control: Control) -> dict[str, A
     wall = (run.last_us / 1e6 - go) if run.last_us else 0.0
     result = {"subs": len(run.subs), "expect": run.expect, "complete": complete,
               "received": sum(s.count for s in run.subs), "min_received": min(s.count for s in run.subs),
-              "distinct": sum(s.distinct for s in run.subs),
+              "distinct": sum(s.distinct for s in run.subs), "sampled": sum(s.sampled for s in run.subs),
               "out_of_order": sum(s.out_of_order for s in run.subs), "closed": run.closed,
               "frames": sum(s.frames for s in run.subs), "errors": run.errors, "first_error": run.first_error,
               "hist": run.hist.to_json(), "slices": [h.to_json() for h in run.slices],
