@@ -687,7 +687,7 @@ async def run_writer(task: dict[str, Any], control: Control) -> dict[str, Any]:
             ws.send(b"\x02" + body.encode())
         else:
             assert redis is not None
-            redis.send("XADD", stream, "*", "p", body)
+            redis.send("XADD", stream, "*", "k", f"f-{k}", "p", body)  # the key syncref's writer sends, as appends do
     emit({"sent": n})  # the subscribers' grace starts now, not when the last answer arrives
     if target == "echo":
         state["ok"] = n
