@@ -12,7 +12,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import hiredis
 import pytest
@@ -143,7 +143,7 @@ def test_a_subscriber_counts_the_sampled_events_it_got_once(events: list[int], s
 
 
 class RecordingRedis(asyncio.Protocol):
-    commands: list[list[bytes]] = []
+    commands: ClassVar[list[list[bytes]]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
