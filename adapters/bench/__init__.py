@@ -43,8 +43,10 @@ within a repeat.
   both fields (245 B of RESP), echo's the payload.  The payload
   carries the writer's send time (``"t"``, µs since the epoch); latency is a subscriber's
   receipt minus that (same machine, same clock), so it includes the commit.  For syncref the
-  row's ``committed_at`` also gives commit->delivery (1 event in 8).  After the writer stops the
-  subscribers get a grace period to receive everything.  Figures: deliveries/s, p50/p99,
+  row's ``committed_at`` also gives commit->delivery (1 event in 8; a sampled delivery that never
+  arrived counts as never, as in p50/p99).  After the writer stops the
+  subscribers get a grace period to receive everything.  Figures: distinct deliveries/s, p50/p99 (over
+  every expected delivery, one that never arrived counted as never; the CDF likewise),
   delivered fraction (distinct events: a duplicate is not counted twice), growth (median latency
   of the last fifth of the run over the first fifth), kept up (every event delivered exactly once
   to every subscriber and growth < 2).
