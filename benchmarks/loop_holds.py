@@ -7,7 +7,11 @@ a wakeup is late by (about) the longest callback that ran in between, so the pro
 while one request is in flight is the longest time that request held the loop for everyone.  Each
 request is sent alone from a client thread, answered (a large answer is taken as a raw frame, not decoded, so the
 client does not compete with the loop for the interpreter lock), then the probe is read (the idle lateness is
-reported as the first row: the probe's own noise).  The data: one stream of ``BIG`` events of ~250
+reported as the first row: the probe's own noise).  Each row also says what the cyclic GC did
+meanwhile (``gc.callbacks``: collections, full ones, their total and longest pause; "-" for
+none): the server and its client share this process and its interpreter lock, so a collection
+on either thread stops the loop, and a hold no longer than the row's longest collection may be
+the GC's, not the request's.  The data: one stream of ``BIG`` events of ~250
 KiB payload each (a ~30 MiB snapshot) and one of ``MANY`` small events (for row bounds).
 
 Nothing asserts: these are measurements (docs/performance.md "Loop holds per request at the
@@ -18,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import gzip
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +81,48 @@ class Probe:
         return self.worst * 1000
 
 
+class GcMeter:
+    """The cyclic GC's collections since the last :meth:`reset` (a ``gc.callbacks`` hook): how many,
+    how many were full (generation 2), and their pauses' total and longest (``clock``, s).  The
+    server and its client share this process, so a collection triggered on either thread stops the
+    loop too: the column tells a GC pause from a hold."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.started: float | None = None
+        self.count = self.full = 0
+        self.total = self.longest = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = self.clock()
+        elif phase == "stop" and self.started is not None:
+            took = self.clock() - self.started
+            self.started = None
+            self.count += 1
+            self.full += info["generation"] == 2
+            self.total += took
+            self.longest = max(self.longest, took)
+
+    def reset(self) -> None:
+        self.count = self.full = 0
+        self.total = self.longest = 0.0
+
+    def text(self) -> str:
+        if not self.count:
+            return "-"
+        full = f" ({self.full} full)" if self.full else ""
+        return f"{self.count}{full}: {self.total * 1000:.1f} ms, longest {self.longest * 1000:.1f}"
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[GcMeter]:
+        gc.callbacks.append(self)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self)
+
+
 def populate(st: ServerThread, stream: str, n: int, payload: Callable[[int], str], chunk: int) -> None:
     engine = st.server.engine
     claims = st.server.auth.verify(st.token()).claims
@@ -115,7 +163,9 @@ def main() -> None:
     populate(st, "many", opts.many, lambda i: f'{{"i":{i}}}', 500)
     print(f"# populated in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     probe = Probe(st.loop)
-    rows: list[tuple[str, str, float, str]] = []
+    meter = GcMeter()
+    gc.callbacks.append(meter)
+    rows: list[tuple[str, str, float, str, str]] = []
     base = f"{st.base}/v1/database/autopilot-sync"
     auth = {"Authorization": f"Bearer {tok}"}
 
@@ -123,6 +173,7 @@ def main() -> None:
         if opts.only and not any(o in name for o in opts.only):
             return
         probe.reset()
+        meter.reset()
         started = time.monotonic()
         try:
             out = fn()
@@ -131,8 +182,8 @@ def main() -> None:
             note = f"{type(exc).__name__}: {exc}"[:70]
         wall = time.monotonic() - started
         hold = probe.read()
-        rows.append((name, size, hold, f"{note} ({wall * 1000:.0f} ms wall)"))
-        print(f"| {name} | {size} | {hold:.1f} | {note} ({wall * 1000:.0f} ms wall) |", flush=True)
+        rows.append((name, size, hold, f"{note} ({wall * 1000:.0f} ms wall)", meter.text()))
+        print(f"| {name} | {size} | {hold:.1f} | {meter.text()} | {note} ({wall * 1000:.0f} ms wall) |", flush=True)
 
     def raw(client: WireClient) -> int:
         """Take the next frame without decoding it: a client decoding megabytes of rows in this
@@ -317,6 +368,7 @@ def main() -> None:
     measure("POST /call gzip Content-Encoding (not accepted?)", f"{len(gz) // KIB} KiB gz", lambda: http(
         "POST", f"{base}/call/append_sync_event", gz, {**hdr, "Content-Encoding": "gzip"}).status)
     measure("idle again (probe noise)", "-", lambda: time.sleep(0.3))
+    gc.callbacks.remove(meter)
     st.stop()
 
 

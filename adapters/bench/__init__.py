@@ -33,13 +33,20 @@ within a repeat.
   (event k is sent at t0 + k/500 whatever the answers do); N subscribers of that stream.
   *syncref*: each subscriber subscribes ``SELECT * FROM sync_event WHERE stream_id = S`` (v2,
   ``compression=None``, confirmed reads) and receives one ``TransactionUpdate`` per event.
-  *Redis*: each subscriber is its own connection looping ``XREAD BLOCK 0 STREAMS S <last id>``
-  (one consumer per subscriber; a lagging one gets several entries per reply).  *echo*: the
-  writer's message is sent to all N connections with ``websockets.broadcast``.  The payload
-  carries the writer's send time (``"t"``, ns since the epoch); latency is a subscriber's
+  *Redis*: the writer sends ``XADD S * k f-<k> p <payload>`` (the key and payload bytes syncref's
+  writer sends, as the append clients do); each subscriber is its own connection looping
+  ``XREAD BLOCK 0 STREAMS S <last id>`` (one consumer per subscriber; a lagging one gets several
+  entries per reply).  *echo*: the writer's payload alone is sent to all N connections with
+  ``websockets.broadcast``.  What a delivery carries differs by design: syncref's is the whole
+  ``sync_event`` row in a ``TransactionUpdate`` (stream, epoch, seq, key, payload hash, payload,
+  producer, ``committed_at``, offset: 368 B for a 150 B payload, v2), Redis's the entry id and
+  both fields (245 B of RESP), echo's the payload.  The payload
+  carries the writer's send time (``"t"``, µs since the epoch); latency is a subscriber's
   receipt minus that (same machine, same clock), so it includes the commit.  For syncref the
-  row's ``committed_at`` also gives commit->delivery (1 event in 8).  After the writer stops the
-  subscribers get a grace period to receive everything.  Figures: deliveries/s, p50/p99,
+  row's ``committed_at`` also gives commit->delivery (1 event in 8; a sampled delivery that never
+  arrived counts as never, as in p50/p99).  After the writer stops the
+  subscribers get a grace period to receive everything.  Figures: distinct deliveries/s, p50/p99 (over
+  every expected delivery, one that never arrived counted as never; the CDF likewise),
   delivered fraction (distinct events: a duplicate is not counted twice), growth (median latency
   of the last fifth of the run over the first fifth), kept up (every event delivered exactly once
   to every subscriber and growth < 2).

@@ -402,6 +402,11 @@ class Subscriber:
         """How many different events arrived (``count`` counts a duplicate twice)."""
         return self.next_i if self.seen is None else len(self.seen)
 
+    @property
+    def sampled(self) -> int:
+        """How many different sampled events (``i % 8 == 0``, the commit->delivery sample) arrived."""
+        return (self.next_i + 7) // 8 if self.seen is None else sum(1 for i in self.seen if i % 8 == 0)
+
     def _jump(self, i: int) -> None:
         """Event ``i`` came when ``next_i`` was expected."""
         self.out_of_order += 1
@@ -606,7 +611,7 @@ async def run_subscribers(task: dict[str, Any], control: Control) -> dict[str, A
     wall = (run.last_us / 1e6 - go) if run.last_us else 0.0
     result = {"subs": len(run.subs), "expect": run.expect, "complete": complete,
               "received": sum(s.count for s in run.subs), "min_received": min(s.count for s in run.subs),
-              "distinct": sum(s.distinct for s in run.subs),
+              "distinct": sum(s.distinct for s in run.subs), "sampled": sum(s.sampled for s in run.subs),
               "out_of_order": sum(s.out_of_order for s in run.subs), "closed": run.closed,
               "frames": sum(s.frames for s in run.subs), "errors": run.errors, "first_error": run.first_error,
               "hist": run.hist.to_json(), "slices": [h.to_json() for h in run.slices],
@@ -682,7 +687,7 @@ async def run_writer(task: dict[str, Any], control: Control) -> dict[str, Any]:
             ws.send(b"\x02" + body.encode())
         else:
             assert redis is not None
-            redis.send("XADD", stream, "*", "p", body)
+            redis.send("XADD", stream, "*", "k", f"f-{k}", "p", body)  # the key syncref's writer sends, as appends do
     emit({"sent": n})  # the subscribers' grace starts now, not when the last answer arrives
     if target == "echo":
         state["ok"] = n

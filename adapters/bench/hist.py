@@ -88,16 +88,19 @@ class Hist:
     def mean(self) -> float | None:
         return self.total / self.n if self.n else None
 
-    def cdf(self, points: int = 200) -> list[tuple[float, float]]:
-        """(latency µs, fraction at or below) pairs, thinned to about ``points`` entries."""
+    def cdf(self, points: int = 200, missing: int = 0) -> list[tuple[float, float]]:
+        """(latency µs, fraction at or below) pairs, thinned to about ``points`` entries.
+        ``missing``: samples that never came, counted in the denominator (as :meth:`quantile` counts
+        them), so the curve tops out at ``n / (n + missing)``."""
         out: list[tuple[float, float]] = []
+        total = self.n + missing
         seen = 0
         keys = sorted(self.counts)
         step = max(1, len(keys) // points)
         for i, b in enumerate(keys):
             seen += self.counts[b]
             if i % step == 0 or i == len(keys) - 1:
-                out.append((bucket_value(b), seen / self.n))
+                out.append((bucket_value(b), seen / total))
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.bench import peers
-from adapters.bench.hist import summary
+from adapters.bench.hist import Hist, summary
 from adapters.bench.peers import PeerUnavailable
 from adapters.bench.report import add_ratios, plot, print_table
 from adapters.bench.workloads import FULL, QUICK, WORKLOADS, Bench, Metric, Run, metrics_for, workdir
@@ -164,12 +164,14 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 figs = figures_of(runs[peer], metrics_for(wl, peer))
                 hists = [run_.hist for run_ in runs[peer] if run_.hist is not None]
-                cdf = None
-                if hists:
-                    from adapters.bench.hist import Hist
-                    cdf = Hist.merged(hists).cdf()
+                # the CDF's denominator is every expected sample, as p50/p99's is: a fanout run's
+                # deliveries that never arrived keep its curve below 1 (by their share)
+                missing = sum(run_.missing for run_ in runs[peer] if run_.hist is not None)
+                merged = Hist.merged(hists) if hists else None
                 entry["peers"][peer] = {"status": "ok", "figures": figs, "diag": [run_.diag for run_ in runs[peer]],
-                                        "cdf": cdf}
+                                        "cdf": None if merged is None else merged.cdf(missing=missing),
+                                        "cdf_missing": missing,
+                                        "cdf_expected": None if merged is None else merged.n + missing}
     finally:
         bench.teardown()
         progress.finish()

@@ -109,6 +109,18 @@ def print_table(doc: dict[str, Any], out: TextIO = sys.stdout) -> None:
         out.write(f"note: {n}\n")
 
 
+def cdf_series(name: str, peer: dict[str, Any]) -> tuple[list[float], list[float], str]:
+    """One peer's latency CDF as drawn: latencies (ms), fractions at or below (of every expected
+    sample: a fanout's undelivered events keep it below 1), and its legend label, which says how
+    many never arrived."""
+    xs = [p[0] / 1000 for p in peer["cdf"]]
+    ys = [p[1] for p in peer["cdf"]]
+    missing, expected = peer.get("cdf_missing") or 0, peer.get("cdf_expected")
+    if missing and expected:
+        name = f"{name} ({missing} of {expected} never arrived: {100 * missing / expected:.1f} %)"
+    return xs, ys, name
+
+
 def plot(doc: dict[str, Any], outdir: Path) -> list[Path]:
     """PNG charts: latency CDFs of the closed-loop appends and of the fanout runs, and fanout
     throughput and p99 against the subscriber count.  Needs matplotlib."""
@@ -128,12 +140,12 @@ def plot(doc: dict[str, Any], outdir: Path) -> list[Path]:
             return
         for name, peer in w["peers"].items():
             if peer["status"] == "ok" and peer.get("cdf"):
-                xs = [p[0] / 1000 for p in peer["cdf"]]
-                ys = [p[1] for p in peer["cdf"]]
-                ax.step(xs, ys, where="post", label=name, color=colors.get(name))
+                xs, ys, label = cdf_series(name, peer)
+                ax.step(xs, ys, where="post", label=label, color=colors.get(name))
         ax.set_xscale("log")
         ax.set_xlabel("latency (ms, log)")
-        ax.set_ylabel("fraction of calls at or below")
+        ax.set_ylabel("fraction of expected deliveries at or below" if workload.startswith("fanout_")
+                      else "fraction of calls at or below")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
