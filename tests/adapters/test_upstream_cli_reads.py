@@ -1,0 +1,56 @@
+"""What SpacetimeDB's CLI does with our answers before it even decodes them (review of the
+upstream-compatible HTTP JSON, helper revx).
+
+The oracle is the Rust source, read (crates/cli, crates/client-api, crates/lib), restated here as
+hand-written expectations -- never our own encoder:
+
+* ``spacetime call`` / ``describe`` read the module with ``ClientApi::module_def`` (cli api.rs):
+  ``?version=10``, on a 4xx ``?version=9``, then ``json_or_error`` -> ``ensure_content_type
+  ("application/json")`` (cli util.rs), which compares the ``Content-Type`` header's *value* with
+  ``"application/json"`` byte for byte (``ty == content_type``).  A success whose header is
+  ``application/json; charset=utf-8`` is refused there: "was success but did not have
+  content-type: application/json".  ``spacetime sql`` checks the same on ``/sql``.  (axum's
+  ``Json`` writes exactly ``application/json``.)
+* ``:name_or_identity`` (client-api util.rs ``NameOrIdentity``'s ``Deserialize``): a segment that
+  ``Identity::from_hex`` reads is the identity -- ``from_hex_pad`` (lib lib.rs) drops a leading
+  ``0x`` first, and the ``hex`` crate takes either case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support.server import http, running_server
+
+from adapters.auth import AuthConfig
+
+DB = "/v1/database/autopilot-sync"
+
+
+def test_spacetime_call_reads_the_v9_schema_as_json(tmp_path: Path) -> None:
+    """The two requests ``ClientApi::module_def`` makes, judged as ``ensure_content_type`` does."""
+    with running_server(tmp_path) as st:
+        v10 = http("GET", f"{st.base}{DB}/schema?version=10")
+        assert 400 <= v10.status < 500  # is_client_error: the CLI asks for 9
+        v9 = http("GET", f"{st.base}{DB}/schema?version=9")
+        assert v9.status == 200
+        assert v9.headers["content-type"] == "application/json", v9.headers["content-type"]
+
+
+def test_spacetime_sql_reads_the_answer_as_json(tmp_path: Path) -> None:
+    with running_server(tmp_path) as st:
+        res = http("POST", f"{st.base}{DB}/sql", "SELECT * FROM sync_stream",
+                   {"Authorization": f"Bearer {st.token()}"})
+        assert res.status == 200 and res.headers["content-type"] == "application/json"
+
+
+def test_the_identity_routes_answer_json_as_axum_writes_it(tmp_path: Path) -> None:
+    """``POST /v1/identity`` and ``/v1/identity/websocket-token`` answer ``axum::Json`` upstream
+    (client-api routes/identity.rs): the same exact header."""
+    with running_server(tmp_path, auth=AuthConfig(allow_anonymous=True)) as st:
+        minted = http("POST", f"{st.base}/v1/identity")
+        assert minted.status == 200 and minted.headers["content-type"] == "application/json"
+        ws = http("POST", f"{st.base}/v1/identity/websocket-token",
+                  headers={"Authorization": f"Bearer {minted.json()['token']}"})
+        assert ws.status == 200 and ws.headers["content-type"] == "application/json"
+        assert set(ws.json()) == {"token"}
