@@ -1110,8 +1110,10 @@ class SyncServer:
 
     def _names_this_database(self, segment: str) -> bool:
         """The path's ``:name_or_identity`` is the served database's name or its identity (64 hex
-        digits, any case), as SpacetimeDB's ``NameOrIdentity``."""
-        return segment == self.config.database or segment.lower() == self.database_identity
+        digits, any case, after an optional ``0x``: ``from_hex_pad``), as SpacetimeDB's ``NameOrIdentity``."""
+        if segment == self.config.database:
+            return True
+        return segment.removeprefix("0x").lower() == self.database_identity
 
     def _authenticate(self, request: web.Request) -> Caller | web.Response:
         """The verified caller (minting an identity for a token-less one when that is allowed), or

@@ -54,3 +54,21 @@ def test_the_identity_routes_answer_json_as_axum_writes_it(tmp_path: Path) -> No
                   headers={"Authorization": f"Bearer {minted.json()['token']}"})
         assert ws.status == 200 and ws.headers["content-type"] == "application/json"
         assert set(ws.json()) == {"token"}
+
+
+def test_the_database_identity_with_0x_names_the_database(tmp_path: Path) -> None:
+    """``from_hex_pad`` drops a leading ``0x`` (lowercase only) before ``Identity::from_hex``, so
+    ``/v1/database/0x<identity>/...`` addresses the database as the bare identity does; ``0X`` is
+    not stripped there (the segment is then a name, and no database has it)."""
+    with running_server(tmp_path) as st:
+        ident = http("GET", f"{st.base}{DB}/identity").text
+        tok = st.token()
+        for seg in (f"0x{ident}", f"0x{ident.upper()}"):
+            got = http("GET", f"{st.base}/v1/database/{seg}/identity")
+            assert (got.status, got.text) == (200, ident)
+            assert http("GET", f"{st.base}/v1/database/{seg}/schema?version=9").status == 200
+            sql = http("POST", f"{st.base}/v1/database/{seg}/sql", "SELECT * FROM sync_stream",
+                       {"Authorization": f"Bearer {tok}"})
+            assert sql.status == 200, sql.text
+        for seg in (f"0X{ident}", f"0x0x{ident}", f"0x{ident}0", "0x"):
+            assert http("GET", f"{st.base}/v1/database/{seg}/identity").status == 404
