@@ -20,7 +20,7 @@ Identity and Timestamp as their special one-field products.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import Column, Table
@@ -45,15 +45,18 @@ def from_json(t: SatsType, v: object, where: str) -> object:
     if isinstance(t, OptionT):
         if v is None:  # SpacetimeDB's typed seed: a unit where an option is due is none
             return None
-        if isinstance(v, dict) and len(v) == 1:
-            if "some" in v:
-                return from_json(t.inner, v["some"], where)
-            if "none" in v and v["none"] in ([], None, {}):
+        if isinstance(v, dict) and len(v) == 1:  # {variant: payload}
+            ((key, payload),) = v.items()
+            tag = _option_tag(key)
+            if tag == 0:
+                return from_json(t.inner, payload, where)
+            if tag == 1 and payload in ([], None, {}):
                 return None
-        if isinstance(v, list) and len(v) == 2 and _int_in(v[0], 0, 1):  # [tag, payload], untyped
-            if v[0] == 0:
+        if isinstance(v, list) and len(v) == 2:  # [variant, payload], as the untyped form writes it
+            tag = _option_tag(v[0])
+            if tag == 0:
                 return from_json(t.inner, v[1], where)
-            if v[1] in ([], {}):
+            if tag == 1 and v[1] in ([], {}):
                 return None
         raise SatsJsonError(f"{where}: expected an option ({{\"some\": v}}, {{\"none\": []}}, [0, v], [1, []] "
                             f"or null), got {_show(v)}")
@@ -100,6 +103,21 @@ def from_json(t: SatsType, v: object, where: str) -> object:
             elif len(v) == 64 and all(c in _HEX for c in v):  # ours: the bare 64-digit display form
                 return v.lower()
     raise SatsJsonError(f"{where}: expected {_type_name(t)}, got {_show(v)}")
+
+
+def _option_tag(variant: object) -> int | None:
+    """An ``Option``'s variant (0 some, 1 none) as SpacetimeDB's serde ``VariantVisitor`` reads it,
+    or None: a number is the tag; a string is the tag when Rust's ``str::parse::<u8>`` reads it (an
+    optional ``+``, then ASCII digits), else the variant's name."""
+    if _int_in(variant, 0, 1):
+        return cast(int, variant)
+    if isinstance(variant, str):
+        digits = variant.removeprefix("+")
+        if digits.isascii() and digits.isdigit():
+            tag = int(digits) if len(digits.lstrip("0")) <= 3 else 256  # (a long one is no u8: not converted)
+            return tag if tag in (0, 1) else None
+        return {"some": 0, "none": 1}.get(variant)
+    return None
 
 
 def unencodable_at(text: str) -> int | None:

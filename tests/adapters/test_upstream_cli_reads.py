@@ -18,11 +18,15 @@ hand-written expectations -- never our own encoder:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from support.server import http, running_server
 
+from adapters import satsjson
 from adapters.auth import AuthConfig
+from spec.values import STRING, OptionT
 
 DB = "/v1/database/autopilot-sync"
 
@@ -72,3 +76,57 @@ def test_the_database_identity_with_0x_names_the_database(tmp_path: Path) -> Non
             assert sql.status == 200, sql.text
         for seg in (f"0X{ident}", f"0x0x{ident}", f"0x{ident}0", "0x"):
             assert http("GET", f"{st.base}/v1/database/{seg}/identity").status == 404
+
+
+# An Option's variant as upstream's sats serde reads it (de/serde.rs ``VariantVisitor``): a map's one
+# key or a sequence's first element, either a number (``visit_u64``: a u8 tag) or a string -- which
+# is a tag when ``str::parse::<u8>`` reads it (digits, an optional ``+``) and a variant name
+# otherwise.  (JSON text, the value it means.)
+OPTION_TAG_CASES: list[tuple[str, object]] = [
+    ('["some", "x"]', "x"),
+    ('["none", []]', None),
+    ('["0", "x"]', "x"),
+    ('["1", {}]', None),
+    ('["+0", "x"]', "x"),
+    ('["00", "x"]', "x"),
+    ('{"0": "x"}', "x"),
+    ('{"1": []}', None),
+    ('{"+1": []}', None),
+]
+
+
+@pytest.mark.parametrize(("text", "value"), OPTION_TAG_CASES)
+def test_an_options_tag_is_read_as_upstream_reads_it(text: str, value: object) -> None:
+    assert satsjson.from_json(OptionT(STRING), json.loads(text), "a") == value
+
+
+OPTION_TAG_REFUSED = [
+    '["2", "x"]',  # a tag past the variants
+    '["256", "x"]',  # not a u8: a name, and no variant has it
+    '["Some", "x"]',  # names are exact
+    '{"2": "x"}',
+    '{" 0": "x"}',
+    '["-0", "x"]',
+    '["0", "x", 1]',
+    '[true, "x"]',
+    '["none", 5]',  # none carries the unit
+]
+
+
+@pytest.mark.parametrize("text", OPTION_TAG_REFUSED)
+def test_an_options_tag_upstream_refuses_is_refused(text: str) -> None:
+    with pytest.raises(satsjson.SatsJsonError):
+        satsjson.from_json(OptionT(STRING), json.loads(text), "a")
+
+
+def test_a_call_with_string_option_tags(tmp_path: Path) -> None:
+    """The call route end to end: ``expected_next_seq`` as ``["some", 1]`` on a new stream is the
+    first append (seq 1), ``payload_hash`` as ``{"1": []}`` none."""
+    body = '["t.s", "k1", "{}", {"1": []}, ["some", 1]]'
+    with running_server(tmp_path) as st:
+        res = http("POST", f"{st.base}{DB}/call/append_sync_event", body,
+                   {"Authorization": f"Bearer {st.token()}", "Content-Type": "application/json"})
+        assert res.status == 200, res.text
+        again = http("POST", f"{st.base}{DB}/call/append_sync_event", '["t.s", "k2", "{}", null, ["0", 1]]',
+                     {"Authorization": f"Bearer {st.token()}", "Content-Type": "application/json"})
+        assert again.status == 530 and again.text.startswith("sequence_conflict"), again.text
