@@ -1,12 +1,13 @@
-"""SATS-JSON: the JSON form of the module's values on the HTTP routes, as SpacetimeDB writes it.
+"""SATS-JSON: the JSON form of the module's values on the HTTP routes.
 
-The HTTP ``call`` route takes a reducer's arguments as a JSON array (the SATS-JSON product of
-its parameters, in order) and the ``sql`` route answers rows as JSON arrays with the table's
-product type as schema.  The conventions are SpacetimeDB's: an ``Option`` is ``{"some": v}`` or
-``{"none": []}``, integers are JSON numbers, an ``Identity`` is the string ``"0x"`` + 64 hex
-digits (big-endian; the bare 64 hex digits are accepted on input), a ``Timestamp`` is
-``{"__timestamp_micros_since_unix_epoch__": n}`` (a bare integer of microseconds is accepted on
-input), arrays are arrays.
+Two forms, as SpacetimeDB's sats serde has them (docs/protocol.md "SATS-JSON").  The ``sql``
+route writes rows *untyped* (:func:`untyped_json`: a product an array, a sum ``[tag, v]``).  The
+``call`` route reads arguments with the parameter types (:func:`from_json`, :func:`args_from_json`):
+that form, or the *named* one :func:`to_json` writes (the conformance vectors' form) -- an
+``Option`` ``{"some": v}`` / ``{"none": []}``, an ``Identity`` the string ``"0x"`` + 64 hex digits
+(big-endian; syncref's own, upstream reads ``["0x.."]`` or ``{"__identity__": ..}``), a
+``Timestamp`` ``{"__timestamp_micros_since_unix_epoch__": n}`` (a bare integer of microseconds is
+accepted on input); integers are JSON numbers, arrays are arrays.
 
 Parsing is peer input: anything malformed raises :class:`SatsJsonError` (a
 :class:`~spec.errors.RemoteProtocolError`) naming the argument and what was wrong; the server
