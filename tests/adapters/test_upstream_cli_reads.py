@@ -130,3 +130,28 @@ def test_a_call_with_string_option_tags(tmp_path: Path) -> None:
         again = http("POST", f"{st.base}{DB}/call/append_sync_event", '["t.s", "k2", "{}", null, ["0", 1]]',
                      {"Authorization": f"Bearer {st.token()}", "Content-Type": "application/json"})
         assert again.status == 530 and again.text.startswith("sequence_conflict"), again.text
+
+
+def _series(metrics_text: str) -> set[str]:
+    return {line.rsplit(" ", 1)[0] for line in metrics_text.splitlines() if line and not line.startswith("#")}
+
+
+def test_many_distinct_names_and_identities_add_no_metric_series(tmp_path: Path) -> None:
+    """A client naming many databases (names, identities, ``0x`` forms) grows no label set: the
+    route label is fixed per route and the status is one of a few codes."""
+    with running_server(tmp_path) as st:
+        for i in range(3):
+            http("GET", f"{st.base}/v1/database/n{i}/identity")
+            http("POST", f"{st.base}/v1/database/{i:064x}/sql", "SELECT * FROM sync_stream",
+                 {"Authorization": f"Bearer {st.token()}"})
+        before = _series(http("GET", f"{st.base}/metrics").text)
+        for i in range(3, 60):
+            http("GET", f"{st.base}/v1/database/n{i}/identity")
+            http("GET", f"{st.base}/v1/database/0x{i:064x}/schema?version=9")
+            http("POST", f"{st.base}/v1/database/{i:064x}/sql", "SELECT * FROM sync_stream",
+                 {"Authorization": f"Bearer {st.token()}"})
+        after = _series(http("GET", f"{st.base}/metrics").text)
+        grown = {s for s in after - before if "_created" not in s}
+        assert grown <= {'syncref_http_requests_total{route="schema",status="404"}',
+                         'syncref_http_requests_total{route="metrics",status="200"}'}, sorted(grown)
+        assert not any(f"n{i}" in s or f"{i:064x}" in s for s in after for i in range(60))
