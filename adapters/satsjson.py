@@ -1,12 +1,13 @@
-"""SATS-JSON: the JSON form of the module's values on the HTTP routes, as SpacetimeDB writes it.
+"""SATS-JSON: the JSON form of the module's values on the HTTP routes.
 
-The HTTP ``call`` route takes a reducer's arguments as a JSON array (the SATS-JSON product of
-its parameters, in order) and the ``sql`` route answers rows as JSON arrays with the table's
-product type as schema.  The conventions are SpacetimeDB's: an ``Option`` is ``{"some": v}`` or
-``{"none": []}``, integers are JSON numbers, an ``Identity`` is the string ``"0x"`` + 64 hex
-digits (big-endian; the bare 64 hex digits are accepted on input), a ``Timestamp`` is
-``{"__timestamp_micros_since_unix_epoch__": n}`` (a bare integer of microseconds is accepted on
-input), arrays are arrays.
+Two forms, as SpacetimeDB's sats serde has them (docs/protocol.md "SATS-JSON").  The ``sql``
+route writes rows *untyped* (:func:`untyped_json`: a product an array, a sum ``[tag, v]``).  The
+``call`` route reads arguments with the parameter types (:func:`from_json`, :func:`args_from_json`):
+that form, or the *named* one :func:`to_json` writes (the conformance vectors' form) -- an
+``Option`` ``{"some": v}`` / ``{"none": []}``, an ``Identity`` the string ``"0x"`` + 64 hex digits
+(big-endian; syncref's own, upstream reads ``["0x.."]`` or ``{"__identity__": ..}``), a
+``Timestamp`` ``{"__timestamp_micros_since_unix_epoch__": n}`` (a bare integer of microseconds is
+accepted on input); integers are JSON numbers, arrays are arrays.
 
 Parsing is peer input: anything malformed raises :class:`SatsJsonError` (a
 :class:`~spec.errors.RemoteProtocolError`) naming the argument and what was wrong; the server
@@ -20,7 +21,7 @@ Identity and Timestamp as their special one-field products.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import Column, Table
@@ -45,15 +46,18 @@ def from_json(t: SatsType, v: object, where: str) -> object:
     if isinstance(t, OptionT):
         if v is None:  # SpacetimeDB's typed seed: a unit where an option is due is none
             return None
-        if isinstance(v, dict) and len(v) == 1:
-            if "some" in v:
-                return from_json(t.inner, v["some"], where)
-            if "none" in v and v["none"] in ([], None, {}):
+        if isinstance(v, dict) and len(v) == 1:  # {variant: payload}
+            ((key, payload),) = v.items()
+            tag = _option_tag(key)
+            if tag == 0:
+                return from_json(t.inner, payload, where)
+            if tag == 1 and payload in ([], None, {}):
                 return None
-        if isinstance(v, list) and len(v) == 2 and _int_in(v[0], 0, 1):  # [tag, payload], untyped
-            if v[0] == 0:
+        if isinstance(v, list) and len(v) == 2:  # [variant, payload], as the untyped form writes it
+            tag = _option_tag(v[0])
+            if tag == 0:
                 return from_json(t.inner, v[1], where)
-            if v[1] in ([], {}):
+            if tag == 1 and v[1] in ([], {}):
                 return None
         raise SatsJsonError(f"{where}: expected an option ({{\"some\": v}}, {{\"none\": []}}, [0, v], [1, []] "
                             f"or null), got {_show(v)}")
@@ -100,6 +104,21 @@ def from_json(t: SatsType, v: object, where: str) -> object:
             elif len(v) == 64 and all(c in _HEX for c in v):  # ours: the bare 64-digit display form
                 return v.lower()
     raise SatsJsonError(f"{where}: expected {_type_name(t)}, got {_show(v)}")
+
+
+def _option_tag(variant: object) -> int | None:
+    """An ``Option``'s variant (0 some, 1 none) as SpacetimeDB's serde ``VariantVisitor`` reads it,
+    or None: a number is the tag; a string is the tag when Rust's ``str::parse::<u8>`` reads it (an
+    optional ``+``, then ASCII digits), else the variant's name."""
+    if _int_in(variant, 0, 1):
+        return cast(int, variant)
+    if isinstance(variant, str):
+        digits = variant.removeprefix("+")
+        if digits.isascii() and digits.isdigit():
+            tag = int(digits) if len(digits.lstrip("0")) <= 3 else 256  # (a long one is no u8: not converted)
+            return tag if tag in (0, 1) else None
+        return {"some": 0, "none": 1}.get(variant)
+    return None
 
 
 def unencodable_at(text: str) -> int | None:

@@ -1074,7 +1074,7 @@ class SyncServer:
             return _text(403, "anonymous identities are disabled on this server: ask its operator for a token "
                               "(syncref token mint)")
         identity, token = self.auth.mint_identity()
-        return web.json_response({"identity": identity, "token": token})
+        return _json({"identity": identity, "token": token})
 
     async def _ws_token(self, request: web.Request) -> web.Response:
         try:
@@ -1085,7 +1085,7 @@ class SyncServer:
             verified = self.auth.verify(token)
         except AuthError as err:
             return _text(err.status, str(err))
-        return web.json_response({"token": self.auth.websocket_token(verified.raw)})
+        return _json({"token": self.auth.websocket_token(verified.raw)})
 
     async def _public_key(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.auth.keys.public_key_pem(), content_type="application/pem-certificate-chain")
@@ -1095,11 +1095,11 @@ class SyncServer:
             return _text(404, f"`{request.match_info['name']}` not found")
         version = request.query.get("version")
         if version == "9":  # SpacetimeDB's RawModuleDefV9, which `spacetime call` falls back to
-            return web.json_response(raw_module_def_v9())
+            return _json(raw_module_def_v9())
         if version is not None:  # 10 is not served: a client error, on which `spacetime call` asks for 9
             return _text(400, f"schema version {version[:20]!r} is not served: ask for version=9 "
                               "(RawModuleDefV9), or leave version out for syncref's own JSON")
-        return web.json_response(module_schema(self.config.database))
+        return _json(module_schema(self.config.database))
 
     async def _db_identity(self, request: web.Request) -> web.Response:
         """``GET /v1/database/:name_or_identity/identity``: the database's identity as hex text, as
@@ -1110,8 +1110,10 @@ class SyncServer:
 
     def _names_this_database(self, segment: str) -> bool:
         """The path's ``:name_or_identity`` is the served database's name or its identity (64 hex
-        digits, any case), as SpacetimeDB's ``NameOrIdentity``."""
-        return segment == self.config.database or segment.lower() == self.database_identity
+        digits, any case, after an optional ``0x``: ``from_hex_pad``), as SpacetimeDB's ``NameOrIdentity``."""
+        if segment == self.config.database:
+            return True
+        return segment.removeprefix("0x").lower() == self.database_identity
 
     def _authenticate(self, request: web.Request) -> Caller | web.Response:
         """The verified caller (minting an identity for a token-less one when that is allowed), or
@@ -2183,6 +2185,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _text(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text)
+
+
+def _json(data: Any) -> web.Response:
+    """A 200 JSON answer whose ``Content-Type`` is exactly ``application/json``, as axum's ``Json``
+    writes it: SpacetimeDB's CLI compares the header's value with that string byte for byte
+    (cli util.rs ``ensure_content_type``), so aiohttp's ``json_response`` (``; charset=utf-8``)
+    fails ``spacetime call``/``describe`` on the schema route."""
+    return web.Response(body=json.dumps(data).encode(), content_type="application/json")
 
 
 DATABASE_ISSUER = "syncref://database"
