@@ -233,6 +233,11 @@ class _Compress:
             self.parts = ()  # the worker holds the body while it needs it
         return await asyncio.shield(self.made)
 
+    def failed(self) -> bool:
+        """It was made and raised (its receivers were closed, :meth:`SyncServer._compress_failed`)."""
+        made = self.made
+        return made is not None and made.done() and (made.cancelled() or made.exception() is not None)
+
 
 Pending = Frame | _Compress
 
@@ -1840,7 +1845,7 @@ class SyncServer:
         big = self._large_bodies.get(id(parts[0])) if len(parts) == 1 else None
         if big is not None and big.body is parts[0]:
             job = big.jobs.get(compression)
-            if job is None:
+            if job is None or job.failed():  # (a failed one is not handed on: a MemoryError passes)
                 job = big.jobs[compression] = _Compress(parts, compression)
             frames.append(job)
             return 0
@@ -1861,6 +1866,17 @@ class SyncServer:
             else:
                 out.append(f)
         return out, extra
+
+    def _compress_failed(self, s: Session, exc: Exception) -> None:
+        """A frame of the connection's turn could not be made (its compression raised, perhaps in a
+        job shared with other receivers, each told the same): the connection cannot get the rest of
+        its updates in order, so it is closed 1011 -- not left open with its sender gone."""
+        self.metrics.internal.labels("compress").inc()
+        log.error("internal error compressing a frame for connection %d: %r", s.conn_id, exc, exc_info=exc)
+        s.broken = True
+        s.held.clear()  # never handed to the transport: not delivered
+        s.closers.append(asyncio.ensure_future(self._close(
+            s, m.CLOSE_PROTOCOL, safe_text(f"internal error: {type(exc).__name__}"), "internal")))
 
     def _release_held(self, s: Session) -> None:
         """The connection's held deliveries (:meth:`_hold`) were handed to the transport: observe them."""
@@ -1958,7 +1974,11 @@ class SyncServer:
                     self._flush_delivered()
                     if not pending:
                         continue
-                    frames, extra = await self._compressed(pending)
+                    try:
+                        frames, extra = await self._compressed(pending)
+                    except Exception as exc:  # (MemoryError, a compressor's bug): this frame cannot go
+                        self._compress_failed(s, exc)
+                        return
                     payload += extra
                     if s.closing or s.ws.closed or transport.is_closing():
                         s.held.clear()  # never handed to the transport: not delivered
