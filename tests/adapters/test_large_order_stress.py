@@ -143,3 +143,50 @@ def test_every_delivery_of_a_deferred_frame_is_observed_exactly_once(
         assert sum(observed) == len(subs) * len(keys)
         for c in subs:
             c.close()
+
+
+class Transport:
+    """A socket that takes everything at once (nothing ever buffered): what it was handed, in order."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.writes.append(b"".join(parts))
+
+
+def test_a_turn_left_for_the_sender_to_compress_holds_back_the_direct_writes_behind_it() -> None:
+    """The pass took a turn whose large frame must be compressed (left to the connection's sender,
+    ``deferred``); until the sender has taken it, another pass -- a second ``_write_now`` before the
+    sender ran -- writes nothing of the small update queued behind it (it would overtake)."""
+    import types
+
+    from test_large_share import ADMIN, rig
+    from test_large_share import append as append_large
+
+    from adapters import server as srv
+    from spec.messages import CallReducer
+
+    server, (s,) = rig(1, [wire.Compression.GZIP])
+    transport = Transport()
+    s.version, s.closing, s.deferred = 2, False, None
+    s.ws = types.SimpleNamespace(closed=False)
+    s.request = types.SimpleNamespace(transport=transport)
+    append_large(server, "a")
+    assert server._write_now(s) is False  # the large update's turn: left to the sender
+    assert s.deferred is not None and isinstance(s.deferred[0][0], srv._Compress) and transport.writes == []
+    writer = server.engine.connect(ADMIN, confirmed=False)  # a small update behind it
+    server.engine.handle(writer, CallReducer(1, "append_sync_event", ("s", "b", json.dumps("b"), None, None)))
+    server.engine.take(writer, 10, 1 << 30)
+    assert server.engine.releasable(s.conn_id)
+    assert server._write_now(s) is False
+    assert transport.writes == [], "a later update was written ahead of the large one still to compress"
