@@ -1895,7 +1895,8 @@ class SyncServer:
         job shared with other receivers, each told the same): the connection cannot get the rest of
         its updates in order, so it is closed 1011 -- not left open with its sender gone."""
         self.metrics.internal.labels("compress").inc()
-        log.error("internal error compressing a frame for connection %d: %r", s.conn_id, exc, exc_info=exc)
+        self.errors.log(f"compress:{type(exc).__name__}", logging.ERROR,  # (once per job's receivers: rate-limited)
+                        f"internal error compressing a frame: {exc!r:.300}", exc_info=exc)
         s.broken = True
         s.held.clear()  # never handed to the transport: not delivered
         s.closers.append(asyncio.ensure_future(self._close(
