@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -27,28 +28,30 @@ OTHER = (1, 2, 3, 4, 6)  # another query-set id: another message, other bytes
 
 
 class Gate:
-    """``wire._compress`` of bodies over 1 MiB waits while the gate is shut; ``entered`` counts them."""
+    """``wire._compress`` of bodies over 1 MiB waits while the gate is shut; ``entered``: the keys of
+    the updates it was given (read from their payloads' ``"<key>:"`` prefix)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.open = threading.Event()
         self.open.set()
         self.cond = threading.Condition()
-        self.entered = 0
+        self.entered: set[str] = set()
         real = wire._compress
 
         def gated(body: bytes, how: wire.Compression) -> bytes:
             if len(body) > MIB:
                 with self.cond:
-                    self.entered += 1
+                    self.entered.update(k.decode() for k in re.findall(rb'"(L\d+):', body))
                     self.cond.notify_all()
                 assert self.open.wait(60)
             return real(body, how)
 
         monkeypatch.setattr(wire, "_compress", gated)
 
-    def wait_entered(self, n: int) -> None:
+    def wait_entered(self, key: str) -> None:
+        """Until a compression of ``key``'s update has started: a sender waits on it, its turn taken."""
         with self.cond:
-            assert self.cond.wait_for(lambda: self.entered >= n, 60), self.entered
+            assert self.cond.wait_for(lambda: key in self.entered, 60), (key, self.entered)
 
 
 def key_of(update: wire.TransactionUpdate) -> str:
@@ -89,10 +92,9 @@ def test_small_updates_never_overtake_a_large_one_being_compressed_and_leavers_l
         keys: list[str] = []
         for r in range(4):
             gate.open.clear()
-            seen = gate.entered
             append(st, tok, f"L{r}", large=True)
             keys.append(f"L{r}")
-            gate.wait_entered(seen + 1)  # a sender waits on a shared job: its turn was taken
+            gate.wait_entered(f"L{r}")
             for i in range(rng.randint(1, 3)):
                 append(st, tok, f"s{r}.{i}", large=False)
                 keys.append(f"s{r}.{i}")
@@ -131,10 +133,9 @@ def test_every_delivery_of_a_deferred_frame_is_observed_exactly_once(
         keys: list[str] = []
         for r in range(3):
             gate.open.clear()
-            seen = gate.entered
             append(st, tok, f"L{r}", large=True)
             keys.append(f"L{r}")
-            gate.wait_entered(seen + 1)
+            gate.wait_entered(f"L{r}")
             append(st, tok, f"s{r}", large=False)
             keys.append(f"s{r}")
             gate.open.set()
