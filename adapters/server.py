@@ -58,6 +58,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -215,14 +216,17 @@ class _Compress:
     of 30 MiB: ~0.8 s; zlib and brotli release the interpreter lock).  Not a value but a job: in a
     delivery pass every receiver of the same large update holds the *same* one (per compression,
     :meth:`SyncServer._large_frame`), the first sender that needs it starts it and the others await
-    its result -- one compression, not one per receiver."""
+    its result -- one compression, not one per receiver.  ``sized``: told the frame's bytes once
+    made (a kept body's job: they count toward ``LARGE_SHARE_BYTES``)."""
 
-    __slots__ = ("compression", "made", "parts")
+    __slots__ = ("compression", "made", "parts", "sized")
 
-    def __init__(self, parts: tuple[bytes, ...], compression: wire.Compression) -> None:
+    def __init__(self, parts: tuple[bytes, ...], compression: wire.Compression,
+                 sized: Callable[[int], None] | None = None) -> None:
         self.parts = parts
         self.compression = compression
         self.made: asyncio.Future[list[bytes]] | None = None
+        self.sized = sized
 
     async def tagged(self) -> list[bytes]:
         """The frame (its tag, the compressed bytes), made in a worker thread on first need.  A
@@ -231,7 +235,18 @@ class _Compress:
             self.made = asyncio.ensure_future(asyncio.to_thread(wire.frame_server_parts, self.parts,
                                                                 self.compression))
             self.parts = ()  # the worker holds the body while it needs it
+            if self.sized is not None:  # (told before the awaiting senders resume: callbacks run in order)
+                self.made.add_done_callback(self._made)
         return await asyncio.shield(self.made)
+
+    def _made(self, made: asyncio.Future[list[bytes]]) -> None:
+        if self.sized is not None and not made.cancelled() and made.exception() is None:
+            self.sized(sum(map(len, made.result())))
+
+    def failed(self) -> bool:
+        """It was made and raised (its receivers were closed, :meth:`SyncServer._compress_failed`)."""
+        made = self.made
+        return made is not None and made.done() and (made.cancelled() or made.exception() is not None)
 
 
 Pending = Frame | _Compress
@@ -240,12 +255,13 @@ Pending = Frame | _Compress
 class _Large:
     """A large update's body kept for its next receivers, and its compression jobs by compression."""
 
-    __slots__ = ("body", "jobs", "message")
+    __slots__ = ("body", "jobs", "message", "nbytes")
 
     def __init__(self, message: m.ServerMessage, body: bytes) -> None:
         self.message = message  # kept alive: its id is not reused while the entry lives
         self.body = body
         self.jobs: dict[wire.Compression, _Compress] = {}
+        self.nbytes = len(body)  # the body and the compressed frames made of it so far
 """A whole WebSocket frame ready for the socket: its bytes, or parts that concatenate to them."""
 
 
@@ -1822,13 +1838,25 @@ class SyncServer:
         old = self._large.pop(id(message), None)
         if old is not None:  # an id reused by a newer object: the old entry is stale
             self._large_bodies.pop(id(old.body), None)
-            self._large_bytes -= len(old.body)
+            self._large_bytes -= old.nbytes
         self._large[id(message)] = self._large_bodies[id(body)] = _Large(message, body)
         self._large_bytes += len(body)
+        self._trim_large()
+
+    def _trim_large(self) -> None:
         while self._large_bytes > LARGE_SHARE_BYTES and len(self._large) > 1:
             _key, gone = self._large.popitem(last=False)
             del self._large_bodies[id(gone.body)]
-            self._large_bytes -= len(gone.body)
+            self._large_bytes -= gone.nbytes
+
+    def _large_made(self, big: _Large, n: int) -> None:
+        """A kept body's compressed frame (``n`` bytes) was made: kept with it, it counts toward
+        ``LARGE_SHARE_BYTES`` too (for a poorly compressible body, nearly as much again per compression)."""
+        if self._large.get(id(big.message)) is not big:
+            return  # let go meanwhile: held only by the turns that wait for it
+        big.nbytes += n
+        self._large_bytes += n
+        self._trim_large()
 
     def _large_frame(self, frames: list[Pending], parts: tuple[bytes, ...], compression: wire.Compression) -> int:
         """Append a large body's frame to the turn: framed now when uncompressed (its parts are not
@@ -1842,8 +1870,8 @@ class SyncServer:
         big = self._large_bodies.get(id(parts[0])) if len(parts) == 1 else None
         if big is not None and big.body is parts[0]:
             job = big.jobs.get(compression)
-            if job is None:
-                job = big.jobs[compression] = _Compress(parts, compression)
+            if job is None or job.failed():  # (a failed one is not handed on: a MemoryError passes)
+                job = big.jobs[compression] = _Compress(parts, compression, partial(self._large_made, big))
             frames.append(job)
             return 0
         frames.append(_Compress(parts, compression))
@@ -1863,6 +1891,18 @@ class SyncServer:
             else:
                 out.append(f)
         return out, extra
+
+    def _compress_failed(self, s: Session, exc: Exception) -> None:
+        """A frame of the connection's turn could not be made (its compression raised, perhaps in a
+        job shared with other receivers, each told the same): the connection cannot get the rest of
+        its updates in order, so it is closed 1011 -- not left open with its sender gone."""
+        self.metrics.internal.labels("compress").inc()
+        self.errors.log(f"compress:{type(exc).__name__}", logging.ERROR,  # (once per job's receivers: rate-limited)
+                        f"internal error compressing a frame: {exc!r:.300}", exc_info=exc)
+        s.broken = True
+        s.held.clear()  # never handed to the transport: not delivered
+        s.closers.append(asyncio.ensure_future(self._close(
+            s, m.CLOSE_PROTOCOL, safe_text(f"internal error: {type(exc).__name__}"), "internal")))
 
     def _release_held(self, s: Session) -> None:
         """The connection's held deliveries (:meth:`_hold`) were handed to the transport: observe them."""
@@ -1960,7 +2000,11 @@ class SyncServer:
                     self._flush_delivered()
                     if not pending:
                         continue
-                    frames, extra = await self._compressed(pending)
+                    try:
+                        frames, extra = await self._compressed(pending)
+                    except Exception as exc:  # (MemoryError, a compressor's bug): this frame cannot go
+                        self._compress_failed(s, exc)
+                        return
                     payload += extra
                     if s.closing or s.ws.closed or transport.is_closing():
                         s.held.clear()  # never handed to the transport: not delivered
