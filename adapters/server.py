@@ -1418,14 +1418,19 @@ class SyncServer:
             s.busy = True  # InitialConnection goes first
             await ws.send_bytes(wire.frame_server(first, compression))
             s.busy = False
-            s.tasks = [asyncio.create_task(self._sender(s)), asyncio.create_task(self._processor(s)),
-                       asyncio.create_task(self._keepalive(s))]
+            s.tasks = [self._supervised(s, "sender", self._sender(s)),
+                       self._supervised(s, "processor", self._processor(s)),
+                       self._supervised(s, "keepalive", self._keepalive(s))]
             if expires is not None:
-                s.tasks.append(asyncio.create_task(self._expire(s, expires)))
+                s.tasks.append(self._supervised(s, "expire", self._expire(s, expires)))
             s.reader = asyncio.create_task(self._reader(s))
             await s.reader
         except (ConnectionError, asyncio.CancelledError):
             pass
+        except Exception as exc:  # the reader's own bug: this connection is closed 1011, nobody else's
+            self._task_failed(s, "reader", exc)
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*s.closers)
         finally:
             await self._finish(s)
         return ws
@@ -1891,6 +1896,36 @@ class SyncServer:
             else:
                 out.append(f)
         return out, extra
+
+    def _supervised(self, s: Session, where: str, work: Awaitable[None]) -> asyncio.Task[None]:
+        """A per-connection task (sender, processor, keepalive, expiry) that ends with an exception
+        is not left dead under a live connection -- one that would read but never answer, or answer
+        but never read: :meth:`_task_failed` closes that connection 1011 and the server goes on."""
+        task = asyncio.ensure_future(work)
+
+        def ended(t: asyncio.Task[None]) -> None:
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None and isinstance(exc, Exception):
+                self._task_failed(s, where, exc)
+
+        task.add_done_callback(ended)
+        return task
+
+    def _task_failed(self, s: Session, where: str, exc: Exception) -> None:
+        """One connection's task raised (a bug of ours, not the peer's input): count it in
+        ``syncref_internal_errors_total{where}``, log it (rate-limited), and close that connection
+        1011 ``internal error: <type>``.  During a close already under way it is only logged."""
+        self.errors.log(f"{where}:{type(exc).__name__}", logging.ERROR,
+                        f"internal error in a connection's {where}: {exc!r:.300}", exc_info=exc)
+        if s.closing:
+            return
+        self.metrics.internal.labels(where).inc()
+        s.broken = True
+        s.held.clear()
+        s.closers.append(asyncio.ensure_future(self._close(
+            s, m.CLOSE_PROTOCOL, safe_text(f"internal error: {type(exc).__name__}"), "internal")))
 
     def _compress_failed(self, s: Session, exc: Exception) -> None:
         """A frame of the connection's turn could not be made (its compression raised, perhaps in a
