@@ -96,7 +96,15 @@ from adapters.observe import (
     SendCounts,
     StateCollector,
 )
-from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir, storage_fault
+from reference.durability import (
+    DamagedLog,
+    GroupCommitWriter,
+    LogStore,
+    restart,
+    shutdown,
+    snapshot_dir,
+    storage_fault,
+)
 from reference.engine import Engine, InternalError, Scan, limit_exceeded, safe_text
 from reference.log import TxRecord
 from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Snapshotter
@@ -568,6 +576,9 @@ class SyncServer:
                                        revocations=RevocationList(cfg.data_dir / REVOKED_JTI_FILE))
             self._store = LogStore.open(cfg.data_dir)
             self._store.stall_while = cfg.stall_commits_while
+        except DamagedLog as exc:
+            raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} (syncref verify-log "
+                               "--data DIR says so too; restore the data directory from a backup)") from exc
         except (OSError, RuntimeError, ValueError, sqlite3.Error) as exc:
             raise _start_failure(cfg.data_dir, exc) or DataDirError(
                 f"data directory {cfg.data_dir} is not usable: {exc}") from exc

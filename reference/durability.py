@@ -113,6 +113,29 @@ class LogCorruption(ValueError):
         self.offset = offset
 
 
+class DamagedLog(RuntimeError):
+    """The database is a syncref commit log with one of its two tables gone: ``meta`` (the format
+    marker, the policy) without ``commit_log``, or records in ``commit_log`` without ``meta``.
+    Neither a fresh directory nor a crashed first start leaves that (``commit_log`` is created
+    first, then ``meta``, then the format marker, all before any record), so the table was dropped
+    or lost.  Raised by :meth:`LogStore.open` before anything is written: a writable open must not
+    re-create an empty ``commit_log`` and recover over it as if the log had never held anything."""
+
+
+def check_tables(conn: sqlite3.Connection, path: Path) -> None:
+    """:class:`DamagedLog` if the database at ``path`` holds one of the log's tables without the other
+    (:class:`DamagedLog` says when that is damage); a database with both, or neither (a new or
+    empty file, another program's database), passes."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" in tables and "commit_log" not in tables:
+        raise DamagedLog(f"{path} is damaged: it has syncref's meta table but no commit_log table (the records "
+                         "are gone)")
+    if "commit_log" in tables and "meta" not in tables \
+            and conn.execute("SELECT 1 FROM commit_log LIMIT 1").fetchone() is not None:
+        raise DamagedLog(f"{path} is damaged: its commit_log table holds records but there is no meta table (the "
+                         "format marker and the policy are gone)")
+
+
 @dataclass(frozen=True, slots=True)
 class StorageFault:
     """What a failed commit-log write was, in an operator's words: ``kind`` is ``"full"`` (no space
@@ -372,6 +395,7 @@ class LogStore:
                                    check_same_thread=False)
             try:
                 conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+                check_tables(conn, path)
                 marker = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
             except BaseException:
                 conn.close()
@@ -395,6 +419,7 @@ class LogStore:
                 raise RuntimeError(f"could not put {path} in WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            check_tables(conn, path)  # before the schema's CREATE TABLE IF NOT EXISTS could hide a lost table
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())

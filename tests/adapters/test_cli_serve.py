@@ -296,6 +296,37 @@ def test_corrupt_commit_log_is_one_line(tmp_path: Path) -> None:
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_log_whose_commit_log_table_was_dropped_is_refused_not_served_empty(tmp_path: Path) -> None:
+    """Failed before: the server re-created the dropped table, recovered an empty state over a
+    directory whose meta says it holds a log, and served (every acknowledged write gone, silently).
+    Now one line, exit 2, nothing written; and verify-log calls the log damaged (exit 1)."""
+    import sqlite3
+    data = tmp_path / "data"
+    with serve_process(data) as served:
+        token = mint_cli(data, "sync.append", "demo.*")["token"]
+        assert http("POST", f"{served.url}/v1/database/autopilot-sync/call/append_sync_event",
+                    json.dumps([S, "k", "1", {"none": []}, {"none": []}]),
+                    {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}).status == 200
+    db = sqlite3.connect(data / "syncref.sqlite3")
+    db.execute("DROP TABLE commit_log")
+    db.commit()
+    db.close()
+    before = (data / "syncref.sqlite3").read_bytes()
+    proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(data), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    assert proc.returncode == 2, (proc.returncode, out, err)
+    assert "cannot be recovered" in err and "no commit_log table" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "listening" not in out, (out, err)
+    assert (data / "syncref.sqlite3").read_bytes() == before
+    checked = run("verify-log", "--data", str(data))
+    assert checked.returncode == 1 and "is damaged" in checked.stderr, checked.stderr
+
+
 def test_fuzz_and_chaos_refuse_a_report_file_they_cannot_write_before_running(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Failed before: ``--json`` into a missing directory was a FileNotFoundError traceback after the
