@@ -99,7 +99,7 @@ def _typed(section: str, key: str, value: Any, like: Any) -> Any:
 
 def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     """Build a :class:`adapters.server.ServerConfig` from the file (if any) and the flags."""
-    from adapters.auth import AuthConfig
+    from adapters.auth import AuthConfig, read_private_file
     from adapters.server import Limits, ServerConfig
 
     raw: dict[str, Any] = {}
@@ -152,10 +152,15 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     for key, target in (("external_hs256_secret_file", "external_hs256_secret"),
                         ("external_public_key_file", "external_public_key_pem")):
         if key in auth_raw:
-            try:
-                auth_kw[target] = Path(str(auth_raw[key])).read_bytes().strip()
+            path = Path(str(auth_raw[key]))
+            try:  # the secret is checked as the signing key is (whoever reads it mints tokens); a public key is public
+                data = read_private_file(path, "the HS256 secret") if target == "external_hs256_secret" \
+                    else path.read_bytes()
             except OSError as exc:
                 raise ConfigError(f"[auth] {key}: cannot read {auth_raw[key]}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise ConfigError(f"[auth] {key}: {exc}") from None
+            auth_kw[target] = data.strip()
     if "allow_anonymous" in auth_raw:
         auth_kw["allow_anonymous"] = _typed("auth", "allow_anonymous", auth_raw["allow_anonymous"], True)
     if "default_scopes" in auth_raw:

@@ -121,6 +121,39 @@ def test_config_values_the_server_cannot_run_with_are_refused(tmp_path: Path) ->
     assert load("").database == "autopilot-sync"
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_an_hs256_secret_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """Whoever reads the external issuer's HS256 secret mints tokens the server accepts as that issuer's,
+    with any scope and stream -- as the server's own signing key, which is refused when group or others
+    may read it.  Failed before: the secret file was read whatever its mode (only the key file's was
+    checked).  Now the same rule and the same words: a ``bad config`` line naming the mode and
+    ``chmod 600``; 0600 and 0400 are fine.  ``token mint --config`` reads the config the same way."""
+    import argparse
+
+    from adapters.commands import ConfigError, load_config
+
+    secret = tmp_path / "control-hs256.secret"
+    secret.write_bytes(b"s" * 40 + b"\n")
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[auth]\nexternal_issuer = "https://control.example"\n'
+                    f"external_hs256_secret_file = {json.dumps(str(secret))}\n")
+    args = argparse.Namespace(dev=False, host=None, port=None, database=None, data=str(tmp_path / "d"))
+    secret.chmod(mode)
+    expected = (f"[auth] external_hs256_secret_file: {secret}: mode {mode:04o} lets other users read the HS256 "
+                f"secret; make it private (chmod 600 {secret})")
+    with pytest.raises(ConfigError) as refused:
+        load_config(conf, args)
+    assert str(refused.value) == expected
+    if mode == 0o644:  # the operator's view, once: one line, exit 2, nothing started
+        res = run("serve", "--data", str(tmp_path / "d"), "--port", "0", "--config", str(conf))
+        assert res.returncode == 2 and res.stderr.strip() == f"syncref serve: bad config: {expected}", res.stderr
+        res = run("token", "mint", "--data", str(tmp_path / "d"), "--config", str(conf), "--scopes", "sync.append")
+        assert res.returncode == 2 and f"bad config: {expected}" in res.stderr and res.stdout == "", res.stderr
+    for fine in (0o600, 0o400):
+        secret.chmod(fine)
+        assert load_config(conf, args).auth.external_hs256_secret == b"s" * 40
+
+
 def test_a_data_directory_syncref_creates_is_private(tmp_path: Path) -> None:
     """The data directory holds every stream's payloads, the owner-only checkpoints, the bridge
     outbox and the callers' claims (syncref.sqlite3, its -wal, snapshots), which the server only
