@@ -17,7 +17,8 @@ key.  The config file is TOML with four optional tables (documented in docs/oper
 
 Command-line flags win over the file.  ``--dev`` allows anonymous identities and gives every
 *minted* identity every scope and stream (a presented token keeps its own claims); it prints a
-warning saying so.
+warning saying so, and refuses a host that is not loopback (the flag's or ``[server] host``) unless
+``--dev-allow-remote`` is given too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncio
 import dataclasses
 import errno
 import gc
+import ipaddress
 import json
 import math
 import os
@@ -52,6 +54,18 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 class ConfigError(Exception):
     """The operator's configuration is unusable (reported as one line, exit status 2)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds loopback only: ``localhost`` or a literal loopback address (127.0.0.0/8,
+    ::1).  Anything else -- every interface (``0.0.0.0``, ``::``, an empty host), another address, any
+    other name (it may resolve anywhere) -- is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def choose_loop(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
@@ -191,6 +205,13 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     port = args.port if args.port is not None else _typed("server", "port", server.get("port", 3000), 1)
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0..65535, got {port!r}")
+    remote = bool(getattr(args, "dev_allow_remote", False))
+    if remote and not args.dev:
+        raise ConfigError("--dev-allow-remote only applies with --dev")
+    if args.dev and not remote and not is_loopback(host):
+        raise ConfigError(f"--dev on host {host!r}, which is not a loopback address: anyone who can reach it could "
+                          "mint an identity with every scope, sync.admin included; bind 127.0.0.1, ::1 or "
+                          "localhost, or add --dev-allow-remote if that is really what you want")
     database = args.database if args.database is not None else _typed(
         "server", "database", server.get("database", DEFAULT_DATABASE), "")
     if not is_id(database):  # the URL segment /v1/database/:name must be able to name it
@@ -246,9 +267,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"syncref serve: bad config: {exc}", file=sys.stderr)
         return 2
     if config.auth.dev:
+        exposed = "" if is_loopback(config.host) else (
+            f" --dev-allow-remote: it listens on {config.host}, not a loopback address: anyone who can reach it "
+            "may do so.")
         print("WARNING: --dev: anyone may mint an identity (POST /v1/identity, or connect without a token) and "
               "every minted identity gets every scope, sync.admin included, and every stream. Never expose this "
-              "server.", file=sys.stderr, flush=True)
+              f"server.{exposed}", file=sys.stderr, flush=True)
     _log_to_stderr()
     try:
         keep_freed_heap()  # only if SYNCREF_HEAP_KEEP_MIB asks (ADR-0020)
@@ -447,6 +471,8 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--config", default=None, metavar="FILE", help="TOML config (see docs/operations.md)")
     s.add_argument("--dev", action="store_true",
                    help="DANGER: anyone may mint an identity, and minted identities get every scope and stream")
+    s.add_argument("--dev-allow-remote", action="store_true",
+                   help="let --dev listen on a host that is not loopback (refused without it)")
     s.add_argument("--allow-anonymous", action="store_true", help="mint identities for callers without a token")
     s.add_argument("--contracts", action="store_true",
                    help="check the engine's hot-path contracts (off by default: ~15%% of an append; "

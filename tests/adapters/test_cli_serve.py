@@ -177,6 +177,62 @@ def test_a_data_directory_syncref_creates_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(shared.stat().st_mode) == 0o755
 
 
+# (host, loopback?): what --dev may bind without --dev-allow-remote -- a table, not is_loopback's own answer
+DEV_HOSTS = [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True), ("LocalHost", True),
+             ("0.0.0.0", False), ("::", False), ("", False), ("192.168.1.10", False), ("10.0.0.1", False),
+             ("fe80::1", False), ("example.com", False), ("localhost.example.com", False), ("128.0.0.1", False)]
+
+
+@pytest.mark.parametrize(("host", "loopback"), DEV_HOSTS)
+def test_dev_on_a_host_that_is_not_loopback_needs_dev_allow_remote(tmp_path: Path, host: str, loopback: bool) -> None:
+    """``--dev`` lets anyone who reaches the port mint an identity with every scope, sync.admin included.
+    Failed before: ``--dev --host 0.0.0.0`` (or a [server] host in the config file) only printed the
+    same warning as on 127.0.0.1 and served every interface.  Now a bad-config error unless
+    ``--dev-allow-remote`` says so; loopback binds are unchanged, and without --dev any host is fine."""
+    import argparse
+
+    from adapters.commands import ConfigError, load_config
+
+    def load(dev: bool, remote: bool, flag: str | None, in_file: str | None = None) -> Any:
+        conf = tmp_path / "c.toml"
+        conf.write_text("" if in_file is None else f"[server]\nhost = {json.dumps(in_file)}\n")
+        args = argparse.Namespace(dev=dev, dev_allow_remote=remote, host=flag, port=None, database=None,
+                                  data=str(tmp_path))
+        return load_config(conf, args)
+
+    for flag, in_file in ((host, None), (None, host)):  # the flag, or the config file's [server] host
+        if loopback:
+            assert load(True, False, flag, in_file).host == host
+        else:
+            with pytest.raises(ConfigError, match=re.escape(f"--dev on host {host!r}, which is not a loopback "
+                                                            "address") + ".*--dev-allow-remote"):
+                load(True, False, flag, in_file)
+        assert load(True, True, flag, in_file).host == host  # the explicit override
+        assert load(False, False, flag, in_file).host == host  # not --dev: nothing to refuse
+    with pytest.raises(ConfigError, match="--dev-allow-remote only applies with --dev"):
+        load(False, True, host)
+
+
+def test_dev_on_every_interface_refuses_to_start_and_the_override_warns_louder(tmp_path: Path) -> None:
+    """The operator's view: one line, exit 2, nothing created; with ``--dev-allow-remote`` it starts and
+    the warning names the address.  (The override's run binds 0.0.0.0 on a free port and stops at once.)"""
+    refused = run("serve", "--dev", "--host", "0.0.0.0", "--port", "0", "--data", str(tmp_path / "d"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.startswith("syncref serve: bad config: --dev on host '0.0.0.0'"), refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and refused.stdout == "", refused.stderr
+    assert not (tmp_path / "d").exists()
+    proc = subprocess.Popen([*SYNCREF, "serve", "--dev", "--dev-allow-remote", "--host", "0.0.0.0", "--port", "0",
+                             "--data", str(tmp_path / "d")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        warning = proc.stderr.readline()
+        assert "WARNING: --dev" in warning and "--dev-allow-remote" in warning and "0.0.0.0" in warning, warning
+        assert proc.stdout.readline().startswith("syncref listening on http://0.0.0.0:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
 def test_dev_warns_and_mints_anonymous(tmp_path: Path) -> None:
     proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(tmp_path), "--port", "0", "--dev"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
