@@ -1,10 +1,12 @@
 """``syncref serve``, ``syncref token mint``, ``syncref trace``, ``syncref nostr-key`` (and ``bridge``).
 
 ``serve`` runs :class:`adapters.server.SyncServer` until SIGINT/SIGTERM, then shuts down
-cleanly (flush, clean-shutdown marker).  Everything an operator can get wrong is reported as
-one line on stderr with exit status 2 and no traceback: a busy port, a data directory that is
-unwritable or held by another server, a config file that does not parse or names an unknown
-key.  The config file is TOML with four optional tables (documented in docs/operations.md):
+cleanly (flush, clean-shutdown marker); a signal during start-up stops the recovery at its next batch
+of records (nothing written), and a second one ends the process at once (docs/operations.md).
+Everything an operator can get wrong is reported as one line on stderr with exit status 2 and no
+traceback: a busy port, a data directory that is unwritable or held by another server, a config
+file that does not parse or names an unknown key.  The config file is TOML with four optional
+tables (documented in docs/operations.md):
 
     [auth]    issuer, audience, external_issuer, external_hs256_secret_file,
               external_public_key_file, allow_anonymous, default_scopes, default_streams,
@@ -50,6 +52,8 @@ MIN_INTERVAL_S = 0.01  # the shortest [server] sweep_interval_s / compact_interv
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+STOPPED_AT_ONCE = ("syncref serve: stopped at once during start-up (a second signal), as in a crash: a write in "
+                   "progress was abandoned; nothing acknowledged is lost, and the next start recovers")
 
 
 class ConfigError(Exception):
@@ -259,7 +263,7 @@ def _log_to_stderr() -> None:
 def serve(args: argparse.Namespace) -> int:
     from adapters.heap import keep_freed_heap
     from adapters.server import DataDirError, SyncServer
-    from reference.durability import writer_failure_line
+    from reference.durability import RecoveryInterrupted, writer_failure_line
 
     try:
         config = load_config(Path(args.config) if args.config else None, args)
@@ -289,13 +293,27 @@ def serve(args: argparse.Namespace) -> int:
     async def run() -> int:
         # Signals are handled from the start: a stop sent as soon as the listening line appears
         # (or during recovery) must be a clean stop, not the default action's kill (which left no
-        # clean-shutdown marker: the torn-tail storage test's "known bug").
+        # clean-shutdown marker: the torn-tail storage test's "known bug").  During start-up the
+        # event loop is blocked (the recovery runs on it), so a plain handler notes the signal: the
+        # recovery stops at its next batch of records, a write in progress is finished first, and a
+        # second signal ends the process at once, as a crash would (nothing acknowledged is lost).
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        received: list[str] = []
+
+        def during_start(signum: int, _frame: object) -> None:
+            received.append(signal.Signals(signum).name)
+            if len(received) > 1:  # (os.write: a print here could re-enter one the handler interrupted)
+                os.write(2, STOPPED_AT_ONCE.encode() + b"\n")
+                os._exit(1)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            signal.signal(sig, during_start)
         try:
-            await server.start()
+            await server.start(stop_requested=lambda: bool(received))
+        except RecoveryInterrupted as exc:
+            print(f"syncref stopped cleanly during start-up ({received[0]}): {exc}", flush=True)
+            return 0
         except DataDirError as exc:
             print(f"syncref serve: {exc}", file=sys.stderr)
             return 2
@@ -306,6 +324,11 @@ def serve(args: argparse.Namespace) -> int:
                 print(f"syncref serve: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
                       file=sys.stderr)
             return 2
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        if received:  # after the recovery, before or while binding: the usual clean stop
+            stop.set()
         # The recovered state lives as long as the process: keep it out of the cyclic collector's full
         # passes, which otherwise pause everyone for a time that grows with the log.
         gc.collect()

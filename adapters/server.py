@@ -554,9 +554,12 @@ class SyncServer:
         assert self._auth is not None, "the server is not started"
         return self._auth
 
-    async def start(self) -> None:
+    async def start(self, stop_requested: Callable[[], bool] | None = None) -> None:
         """Open the data directory, recover, bind.  Raises :class:`DataDirError` for an unusable data
-        directory and ``OSError`` for a port that cannot be bound (the CLI reports both)."""
+        directory and ``OSError`` for a port that cannot be bound (the CLI reports both).
+        ``stop_requested`` is asked while the state is rebuilt (:func:`reference.durability.restart`'s
+        ``stop``): a yes stops the start with :class:`~reference.durability.RecoveryInterrupted`,
+        nothing written and everything opened closed."""
         self._loop = asyncio.get_running_loop()
         self.failed = self._loop.create_future()
         # The group-commit writer thread needs the interpreter lock for a moment per batch -- when
@@ -587,7 +590,7 @@ class SyncServer:
             try:
                 self._engine = restart(self._store, self._writer, self._tick(), cfg.policy,
                                        max_queue=cfg.limits.max_outbound_queue,
-                                       max_undurable=cfg.limits.max_undurable)
+                                       max_undurable=cfg.limits.max_undurable, stop=stop_requested)
             except (ValueError, RuntimeError, sqlite3.Error) as exc:
                 failure = _start_failure(cfg.data_dir, exc)
                 if failure is not None:

@@ -474,6 +474,96 @@ def test_a_sigterm_right_after_the_listening_line_stops_cleanly(tmp_path: Path) 
         assert report["ok"] and report["clean_shutdown"], report
 
 
+def _wait_until_started(proc: subprocess.Popen[str], data: Path) -> None:
+    """Until ``syncref serve`` has opened DATA -- its open clears the clean-shutdown marker, durably, and
+    its signal handlers were installed before it.  (A hang guard, not a timing check.)"""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        conn = sqlite3.connect(f"file:{data / 'syncref.sqlite3'}?mode=ro", uri=True)
+        try:
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'clean_shutdown'").fetchone() is None:
+                return
+        finally:
+            conn.close()
+        time.sleep(0.01)
+    raise AssertionError("syncref serve did not open its data directory")
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_sigterm_during_a_long_recovery_stops_it_and_leaves_the_directory_as_it_was(tmp_path: Path,
+                                                                                   loop: str) -> None:
+    """A start replaying a long log (60,000 records: seconds) stops at the next batch of records when
+    SIGTERM arrives, prints why, and exits 0 without listening; the directory is as it was (the clean
+    marker the start cleared is put back), so the next start is clean too -- no recovery record, no
+    epoch bump.  Failed before: the signal was handled by the event loop, which the replay blocks, so
+    the process replayed the whole log, printed its listening line and only then stopped."""
+    from support.logfiles import long_log
+
+    data = tmp_path / "data"
+    n = 60_000
+    long_log(data, n)
+    before = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
+    assert before["ok"] and before["clean_shutdown"] and before["records"] == n
+    proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(data), "--port", "0", "--loop", loop],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_started(proc, data)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "listening" not in out and "Traceback" not in err, (out, err)
+    found = re.search(r"syncref stopped cleanly during start-up \(SIGTERM\): the recovery was interrupted after "
+                      r"([\d,]+) of ([\d,]+) records; nothing was written", out)
+    assert found is not None, (out, err)
+    assert int(found.group(1).replace(",", "")) < n and int(found.group(2).replace(",", "")) == n, out
+    after = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
+    assert after == before
+    with serve_process(data) as served:  # the next start is clean: it writes no recovery record
+        status, _ = served.stop()
+    assert status == 0
+    assert json.loads(run("verify-log", "--data", str(data), "--json").stdout)["records"] == n
+
+
+def test_a_second_signal_during_a_stalled_start_ends_it_at_once(tmp_path: Path) -> None:
+    """A start stuck in a write (here the stored policy's COMMIT, stalled with [faults]
+    stall_commits_while -- a disk that does not answer) finishes that write before the first signal
+    stops it, as a running server's stop does; a second signal (another SIGTERM, or SIGINT) ends the
+    process at once, as a crash would: exit 1, one line, nothing acknowledged lost, and the next start
+    recovers.  Failed before: both signals went to the blocked event loop and the process hung."""
+    from support.logfiles import long_log
+
+    data = tmp_path / "data"
+    long_log(data, 50, policy=False)  # no stored policy: the start's first write stores it
+    stall = tmp_path / "stall"
+    stall.write_text("")
+    config = tmp_path / "c.toml"
+    config.write_text(f"[faults]\nstall_commits_while = {json.dumps(str(stall))}\n")
+    proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(data), "--port", "0", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_started(proc, data)
+        proc.send_signal(signal.SIGTERM)  # (two different signals: two of one kind may arrive as one)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1 and "listening" not in out, (proc.returncode, out, err)
+    assert err.strip() == ("syncref serve: stopped at once during start-up (a second signal), as in a crash: a write "
+                           "in progress was abandoned; nothing acknowledged is lost, and the next start recovers"), err
+    stall.unlink()
+    report = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
+    assert report["ok"] and report["records"] == 50 and not report["clean_shutdown"], report
+
+
 def test_serve_runs_on_uvloop_by_default_and_on_asyncio_when_asked(tmp_path: Path) -> None:
     """ADR-0014: uvloop when installed (it is a dependency), asyncio's own loop on request; the
     listening line says which, and the server answers on both."""

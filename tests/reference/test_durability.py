@@ -430,6 +430,57 @@ def test_verify_log_on_a_locked_database_is_one_line(tmp_path: Path, monkeypatch
     assert "is locked by another process" in err and "nothing was checked" in err
 
 
+def _stored(path: Path) -> tuple[Any, ...]:
+    """What the data directory holds, read with sqlite3 itself: every record's offset and hash, and meta."""
+    conn = sqlite3.connect(f"file:{path / 'syncref.sqlite3'}?mode=ro", uri=True)
+    try:
+        return (conn.execute('SELECT "offset", hash FROM commit_log ORDER BY "offset"').fetchall(),
+                dict(conn.execute("SELECT key, value FROM meta").fetchall()))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_a_restart_asked_to_stop_stops_between_batches_and_leaves_the_directory_as_it_was(
+        tmp_path: Path, clean: bool) -> None:
+    """``restart(stop=...)`` asks ``stop()`` before it loads a snapshot, before each batch of records and
+    once after the last; on a yes it raises :class:`RecoveryInterrupted` (records applied, records to
+    apply) having written nothing -- no recovery record, no meta -- and puts back the clean marker its
+    open cleared, so the next start is the one this start would have been.  Failed before: there was
+    no way to stop a restart short of killing the process (``syncref serve`` ignored SIGTERM until
+    the whole log was replayed)."""
+    from support.logfiles import long_log
+
+    from reference.durability import _RESTART_BATCH, RecoveryInterrupted
+
+    n = 3 * _RESTART_BATCH + 5
+    long_log(tmp_path, n, clean=clean)
+    before = _stored(tmp_path)
+    assert len(before[0]) == n and ("clean_shutdown" in before[1]) == clean
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) == 4  # the snapshot's turn, two batches', then stop before the third
+
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store)
+    assert "clean_shutdown" not in _stored(tmp_path)[1]  # the open cleared it (durably)
+    with pytest.raises(RecoveryInterrupted) as stopped:
+        restart(store, writer, now=10**15, stop=stop)
+    assert (stopped.value.applied, stopped.value.total) == (2 * _RESTART_BATCH, n)
+    assert f"after {2 * _RESTART_BATCH:,} of {n:,} records" in str(stopped.value)
+    writer.close()
+    store.close()
+    assert _stored(tmp_path) == before
+    store = LogStore.open(tmp_path)  # the start the interrupted one would have been
+    assert store.clean_at_open == clean
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=10**15, stop=lambda: False)
+    shutdown(eng, writer, store)
+    assert len(_stored(tmp_path)[0]) == (n if clean else n + 1)  # a recovery record only after an unclean stop
+
+
 def test_policy_is_pinned(tmp_path: Path) -> None:
     store = LogStore.open(tmp_path)
     writer = GroupCommitWriter(store)
