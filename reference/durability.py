@@ -871,7 +871,8 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
 
     ``stop`` (``syncref serve`` passes "a signal arrived") is asked before the snapshot is loaded,
     before each batch of :data:`_RESTART_BATCH` records is applied and once after the last -- only
-    while the state is being rebuilt, which reads and writes nothing: on a yes, restart sets the
+    while the state is being rebuilt, which writes nothing (it only removes stray snapshot temp
+    files): on a yes, restart sets the
     clean marker again if it was set at open (the log is as it was) and raises
     :class:`RecoveryInterrupted`.  The writes before (storing the policy) and after (the recovery
     transaction, ``meta.max_undurable``) are never cut short: a stop waits for them."""
