@@ -228,6 +228,26 @@ class AuthConfig:
         return self.allow_anonymous or self.dev
 
 
+def _read_with_mode(path: Path) -> tuple[bytes, int]:
+    """A file's bytes and its permission bits, both through one descriptor."""
+    with path.open("rb") as f:
+        return f.read(), stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+
+
+def _refuse_readable(path: Path, mode: int, what: str) -> None:
+    if mode & 0o077:  # whoever reads it mints any token (as the bridge's Nostr key file, refused)
+        raise ValueError(f"{path}: mode {mode:04o} lets other users read {what}; make it private (chmod 600 {path})")
+
+
+def read_private_file(path: Path, what: str) -> bytes:
+    """The bytes of a file holding a secret (``what``: "the HS256 secret"); ``ValueError`` -- ``PATH:
+    mode 0644 lets other users read WHAT; make it private (chmod 600 PATH)``, the signing key's
+    words -- when group or others may read it.  ``OSError`` (missing, unreadable) passes through."""
+    data, mode = _read_with_mode(path)
+    _refuse_readable(path, mode, what)
+    return data
+
+
 class KeyStore:
     """The server's ES256 (P-256) signing key."""
 
@@ -258,12 +278,9 @@ class KeyStore:
     @classmethod
     def _load_private(cls, path: Path) -> KeyStore:
         """The key at ``path``; ``ValueError`` when it is not one, or when others may read it."""
-        with path.open("rb") as f:
-            store = cls.from_pem(f.read(), source=str(path))
-            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-        if mode & 0o077:  # whoever reads it mints any token (as the bridge's Nostr key file, refused)
-            raise ValueError(f"{path}: mode {mode:04o} lets other users read the signing key; make it private "
-                             f"(chmod 600 {path})")
+        data, mode = _read_with_mode(path)
+        store = cls.from_pem(data, source=str(path))
+        _refuse_readable(path, mode, "the signing key")
         return store
 
     @classmethod

@@ -306,7 +306,7 @@ def _print_matrix(rows: list[dict[str, Any]], machines: dict[str, dict[str, Any]
 def verify_log(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from reference.durability import DB_FILE, storage_fault
+    from reference.durability import DB_FILE, DamagedLog, storage_fault
     from reference.replay import UnreadableLog
     from reference.replay import verify_log as replay_log
 
@@ -318,6 +318,11 @@ def verify_log(args: argparse.Namespace) -> int:
         progress.finish()
         print(f"verify-log: {exc}", file=sys.stderr)
         return 2
+    except DamagedLog as exc:  # syncref's log, with one of its tables gone: read, and found damaged
+        progress.finish()
+        print(f"verify-log: {exc}: the log does not verify; restore the data directory from a backup",
+              file=sys.stderr)
+        return 1
     except (OSError, sqlite3.Error, UnreadableLog) as exc:
         progress.finish()
         db = Path(args.data) / DB_FILE
@@ -394,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="fill the conformance column from a `syncref conformance --json FILE` run (for "
                            "example against another server) instead of running the scenarios locally")
     conf.add_argument("--skip-conformance", action="store_true", help="leave the conformance column empty")
-    vl = sub.add_parser("verify-log", help="re-execute a data directory's commit log from empty state")
+    vl = sub.add_parser("verify-log", help="re-execute a data directory's commit log from empty state",
+                        epilog="exit status: 0 the log verifies; 1 the log was read and does not verify (a "
+                               "mismatch, a bad snapshot, a damaged database or a dropped table); 2 nothing was "
+                               "checked (no database at DIR, not a commit log this build reads, locked, a failing "
+                               "disk)")
     vl.add_argument("--data", required=True, metavar="DIR", help="the data directory (holds syncref.sqlite3)")
     vl.add_argument("--json", action="store_true", help="machine-readable report")
     commands.add_parsers(sub)

@@ -1,10 +1,12 @@
 """``syncref serve``, ``syncref token mint``, ``syncref trace``, ``syncref nostr-key`` (and ``bridge``).
 
 ``serve`` runs :class:`adapters.server.SyncServer` until SIGINT/SIGTERM, then shuts down
-cleanly (flush, clean-shutdown marker).  Everything an operator can get wrong is reported as
-one line on stderr with exit status 2 and no traceback: a busy port, a data directory that is
-unwritable or held by another server, a config file that does not parse or names an unknown
-key.  The config file is TOML with four optional tables (documented in docs/operations.md):
+cleanly (flush, clean-shutdown marker); a signal during start-up stops the recovery at its next batch
+of records (nothing written), and a second one ends the process at once (docs/operations.md).
+Everything an operator can get wrong is reported as one line on stderr with exit status 2 and no
+traceback: a busy port, a data directory that is unwritable or held by another server, a config
+file that does not parse or names an unknown key.  The config file is TOML with four optional
+tables (documented in docs/operations.md):
 
     [auth]    issuer, audience, external_issuer, external_hs256_secret_file,
               external_public_key_file, allow_anonymous, default_scopes, default_streams,
@@ -17,7 +19,8 @@ key.  The config file is TOML with four optional tables (documented in docs/oper
 
 Command-line flags win over the file.  ``--dev`` allows anonymous identities and gives every
 *minted* identity every scope and stream (a presented token keeps its own claims); it prints a
-warning saying so.
+warning saying so, and refuses a host that is not loopback (the flag's or ``[server] host``) unless
+``--dev-allow-remote`` is given too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import dataclasses
 import errno
 import gc
+import ipaddress
 import json
 import math
 import os
@@ -48,10 +52,24 @@ MIN_INTERVAL_S = 0.01  # the shortest [server] sweep_interval_s / compact_interv
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+STOPPED_AT_ONCE = ("syncref serve: stopped at once during start-up (a second signal), as in a crash: a write in "
+                   "progress was abandoned; nothing acknowledged is lost, and the next start recovers")
 
 
 class ConfigError(Exception):
     """The operator's configuration is unusable (reported as one line, exit status 2)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds loopback only: ``localhost`` or a literal loopback address (127.0.0.0/8,
+    ::1).  Anything else -- every interface (``0.0.0.0``, ``::``, an empty host), another address, any
+    other name (it may resolve anywhere) -- is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def choose_loop(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
@@ -99,7 +117,7 @@ def _typed(section: str, key: str, value: Any, like: Any) -> Any:
 
 def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     """Build a :class:`adapters.server.ServerConfig` from the file (if any) and the flags."""
-    from adapters.auth import AuthConfig
+    from adapters.auth import AuthConfig, read_private_file
     from adapters.server import Limits, ServerConfig
 
     raw: dict[str, Any] = {}
@@ -152,10 +170,15 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     for key, target in (("external_hs256_secret_file", "external_hs256_secret"),
                         ("external_public_key_file", "external_public_key_pem")):
         if key in auth_raw:
-            try:
-                auth_kw[target] = Path(str(auth_raw[key])).read_bytes().strip()
+            path = Path(str(auth_raw[key]))
+            try:  # the secret is checked as the signing key is (whoever reads it mints tokens); a public key is public
+                data = read_private_file(path, "the HS256 secret") if target == "external_hs256_secret" \
+                    else path.read_bytes()
             except OSError as exc:
                 raise ConfigError(f"[auth] {key}: cannot read {auth_raw[key]}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise ConfigError(f"[auth] {key}: {exc}") from None
+            auth_kw[target] = data.strip()
     if "allow_anonymous" in auth_raw:
         auth_kw["allow_anonymous"] = _typed("auth", "allow_anonymous", auth_raw["allow_anonymous"], True)
     if "default_scopes" in auth_raw:
@@ -186,6 +209,13 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     port = args.port if args.port is not None else _typed("server", "port", server.get("port", 3000), 1)
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0..65535, got {port!r}")
+    remote = bool(getattr(args, "dev_allow_remote", False))
+    if remote and not args.dev:
+        raise ConfigError("--dev-allow-remote only applies with --dev")
+    if args.dev and not remote and not is_loopback(host):
+        raise ConfigError(f"--dev on host {host!r}, which is not a loopback address: anyone who can reach it could "
+                          "mint an identity with every scope, sync.admin included; bind 127.0.0.1, ::1 or "
+                          "localhost, or add --dev-allow-remote if that is really what you want")
     database = args.database if args.database is not None else _typed(
         "server", "database", server.get("database", DEFAULT_DATABASE), "")
     if not is_id(database):  # the URL segment /v1/database/:name must be able to name it
@@ -233,7 +263,7 @@ def _log_to_stderr() -> None:
 def serve(args: argparse.Namespace) -> int:
     from adapters.heap import keep_freed_heap
     from adapters.server import DataDirError, SyncServer
-    from reference.durability import writer_failure_line
+    from reference.durability import RecoveryInterrupted, writer_failure_line
 
     try:
         config = load_config(Path(args.config) if args.config else None, args)
@@ -241,9 +271,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"syncref serve: bad config: {exc}", file=sys.stderr)
         return 2
     if config.auth.dev:
+        exposed = "" if is_loopback(config.host) else (
+            f" --dev-allow-remote: it listens on {config.host}, not a loopback address: anyone who can reach it "
+            "may do so.")
         print("WARNING: --dev: anyone may mint an identity (POST /v1/identity, or connect without a token) and "
               "every minted identity gets every scope, sync.admin included, and every stream. Never expose this "
-              "server.", file=sys.stderr, flush=True)
+              f"server.{exposed}", file=sys.stderr, flush=True)
     _log_to_stderr()
     try:
         keep_freed_heap()  # only if SYNCREF_HEAP_KEEP_MIB asks (ADR-0020)
@@ -260,13 +293,27 @@ def serve(args: argparse.Namespace) -> int:
     async def run() -> int:
         # Signals are handled from the start: a stop sent as soon as the listening line appears
         # (or during recovery) must be a clean stop, not the default action's kill (which left no
-        # clean-shutdown marker: the torn-tail storage test's "known bug").
+        # clean-shutdown marker: the torn-tail storage test's "known bug").  During start-up the
+        # event loop is blocked (the recovery runs on it), so a plain handler notes the signal: the
+        # recovery stops at its next batch of records, a write in progress is finished first, and a
+        # second signal ends the process at once, as a crash would (nothing acknowledged is lost).
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        received: list[str] = []
+
+        def during_start(signum: int, _frame: object) -> None:
+            received.append(signal.Signals(signum).name)
+            if len(received) > 1:  # (os.write: a print here could re-enter one the handler interrupted)
+                os.write(2, STOPPED_AT_ONCE.encode() + b"\n")
+                os._exit(1)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            signal.signal(sig, during_start)
         try:
-            await server.start()
+            await server.start(stop_requested=lambda: bool(received))
+        except RecoveryInterrupted as exc:
+            print(f"syncref stopped cleanly during start-up ({received[0]}): {exc}", flush=True)
+            return 0
         except DataDirError as exc:
             print(f"syncref serve: {exc}", file=sys.stderr)
             return 2
@@ -277,6 +324,11 @@ def serve(args: argparse.Namespace) -> int:
                 print(f"syncref serve: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
                       file=sys.stderr)
             return 2
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        if received:  # after the recovery, before or while binding: the usual clean stop
+            stop.set()
         # The recovered state lives as long as the process: keep it out of the cyclic collector's full
         # passes, which otherwise pause everyone for a time that grows with the log.
         gc.collect()
@@ -442,6 +494,8 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--config", default=None, metavar="FILE", help="TOML config (see docs/operations.md)")
     s.add_argument("--dev", action="store_true",
                    help="DANGER: anyone may mint an identity, and minted identities get every scope and stream")
+    s.add_argument("--dev-allow-remote", action="store_true",
+                   help="let --dev listen on a host that is not loopback (refused without it)")
     s.add_argument("--allow-anonymous", action="store_true", help="mint identities for callers without a token")
     s.add_argument("--contracts", action="store_true",
                    help="check the engine's hot-path contracts (off by default: ~15%% of an append; "

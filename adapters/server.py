@@ -99,7 +99,15 @@ from adapters.observe import (
     SendCounts,
     StateCollector,
 )
-from reference.durability import GroupCommitWriter, LogStore, restart, shutdown, snapshot_dir, storage_fault
+from reference.durability import (
+    DamagedLog,
+    GroupCommitWriter,
+    LogStore,
+    restart,
+    shutdown,
+    snapshot_dir,
+    storage_fault,
+)
 from reference.engine import Engine, InternalError, Scan, limit_exceeded, safe_text
 from reference.log import TxRecord
 from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Snapshotter
@@ -603,9 +611,12 @@ class SyncServer:
         assert self._auth is not None, "the server is not started"
         return self._auth
 
-    async def start(self) -> None:
+    async def start(self, stop_requested: Callable[[], bool] | None = None) -> None:
         """Open the data directory, recover, bind.  Raises :class:`DataDirError` for an unusable data
-        directory and ``OSError`` for a port that cannot be bound (the CLI reports both)."""
+        directory and ``OSError`` for a port that cannot be bound (the CLI reports both).
+        ``stop_requested`` is asked while the state is rebuilt (:func:`reference.durability.restart`'s
+        ``stop``): a yes stops the start with :class:`~reference.durability.RecoveryInterrupted`,
+        nothing written and everything opened closed."""
         self._loop = asyncio.get_running_loop()
         self.failed = self._loop.create_future()
         # The group-commit writer thread needs the interpreter lock for a moment per batch -- when
@@ -625,6 +636,9 @@ class SyncServer:
                                        revocations=RevocationList(cfg.data_dir / REVOKED_JTI_FILE))
             self._store = LogStore.open(cfg.data_dir)
             self._store.stall_while = cfg.stall_commits_while
+        except DamagedLog as exc:
+            raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} (syncref verify-log "
+                               "--data DIR says so too; restore the data directory from a backup)") from exc
         except (OSError, RuntimeError, ValueError, sqlite3.Error) as exc:
             raise _start_failure(cfg.data_dir, exc) or DataDirError(
                 f"data directory {cfg.data_dir} is not usable: {exc}") from exc
@@ -633,7 +647,7 @@ class SyncServer:
             try:
                 self._engine = restart(self._store, self._writer, self._tick(), cfg.policy,
                                        max_queue=cfg.limits.max_outbound_queue,
-                                       max_undurable=cfg.limits.max_undurable)
+                                       max_undurable=cfg.limits.max_undurable, stop=stop_requested)
             except (ValueError, RuntimeError, sqlite3.Error) as exc:
                 failure = _start_failure(cfg.data_dir, exc)
                 if failure is not None:

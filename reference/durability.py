@@ -113,6 +113,40 @@ class LogCorruption(ValueError):
         self.offset = offset
 
 
+class DamagedLog(RuntimeError):
+    """The database is a syncref commit log with one of its two tables gone: ``meta`` (the format
+    marker, the policy) without ``commit_log``, or records in ``commit_log`` without ``meta``.
+    Neither a fresh directory nor a crashed first start leaves that (``commit_log`` is created
+    first, then ``meta``, then the format marker, all before any record), so the table was dropped
+    or lost.  Raised by :meth:`LogStore.open` before anything is written: a writable open must not
+    re-create an empty ``commit_log`` and recover over it as if the log had never held anything."""
+
+
+def check_tables(conn: sqlite3.Connection, path: Path) -> None:
+    """:class:`DamagedLog` if the database at ``path`` holds one of the log's tables without the other
+    (:class:`DamagedLog` says when that is damage); a database with both, or neither (a new or
+    empty file, another program's database), passes."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" in tables and "commit_log" not in tables:
+        raise DamagedLog(f"{path} is damaged: it has syncref's meta table but no commit_log table (the records "
+                         "are gone)")
+    if "commit_log" in tables and "meta" not in tables \
+            and conn.execute("SELECT 1 FROM commit_log LIMIT 1").fetchone() is not None:
+        raise DamagedLog(f"{path} is damaged: its commit_log table holds records but there is no meta table (the "
+                         "format marker and the policy are gone)")
+
+
+class RecoveryInterrupted(Exception):
+    """:func:`restart` was told to stop (its ``stop()`` said so) after applying ``applied`` of the
+    ``total`` records it had to apply; it wrote nothing, and put back the clean marker its store's
+    open cleared."""
+
+    def __init__(self, applied: int, total: int) -> None:
+        super().__init__(f"the recovery was interrupted after {applied:,} of {total:,} records; nothing was written")
+        self.applied = applied
+        self.total = total
+
+
 @dataclass(frozen=True, slots=True)
 class StorageFault:
     """What a failed commit-log write was, in an operator's words: ``kind`` is ``"full"`` (no space
@@ -372,6 +406,7 @@ class LogStore:
                                    check_same_thread=False)
             try:
                 conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+                check_tables(conn, path)
                 marker = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
             except BaseException:
                 conn.close()
@@ -395,6 +430,7 @@ class LogStore:
                 raise RuntimeError(f"could not put {path} in WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            check_tables(conn, path)  # before the schema's CREATE TABLE IF NOT EXISTS could hide a lost table
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -816,7 +852,8 @@ def sync(engine: Engine, writer: GroupCommitWriter) -> int:
 
 
 def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy | None = None,
-            max_queue: int = 1024, max_undurable: int = 1024, snapshots: bool = True) -> Engine:
+            max_queue: int = 1024, max_undurable: int = 1024, snapshots: bool = True,
+            stop: Callable[[], bool] | None = None) -> Engine:
     """Rebuild the engine from the log and make any recovery transaction durable before returning;
     call it before the engine serves anyone (it also writes ``meta`` on the store's connection).
 
@@ -830,7 +867,15 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
 
     With ``snapshots`` (ADR-0011) the state starts from the newest intact snapshot bound to the
     log and only the records after it are applied; a corrupt or unbound snapshot is passed over
-    (an older one, else the whole log) and named in ``store.recovery``."""
+    (an older one, else the whole log) and named in ``store.recovery``.
+
+    ``stop`` (``syncref serve`` passes "a signal arrived") is asked before the snapshot is loaded,
+    before each batch of :data:`_RESTART_BATCH` records is applied and once after the last -- only
+    while the state is being rebuilt, which writes nothing (it only removes stray snapshot temp
+    files): on a yes, restart sets the
+    clean marker again if it was set at open (the log is as it was) and raises
+    :class:`RecoveryInterrupted`.  The writes before (storing the policy) and after (the recovery
+    transaction, ``meta.max_undurable``) are never cut short: a stop waits for them."""
     stored = store.load_policy()
     if stored is None:
         policy = policy if policy is not None else DEFAULT_POLICY
@@ -847,21 +892,35 @@ def restart(store: LogStore, writer: GroupCommitWriter, now: int, policy: Policy
     # and records are acyclic -- so it is off while loading.
     collecting = gc.isenabled()
     gc.disable()
+    total = store.last()[0]
+
+    def halt() -> None:
+        if stop is not None and stop():
+            raise RecoveryInterrupted(report.tail_records, total)
+
     try:
+        halt()
         base = newest_snapshot(store, report) if snapshots else None
         start = None if base is None else (snapshot.restore(base), base.offset, base.head_hash)
         del base
+        total -= report.snapshot_offset
 
         def batches() -> Iterator[list[TxRecord]]:
             # a batch of records read at a time (as verify-log reads them), counted as it is handed on
             for batch in store.record_batches(_RESTART_BATCH, report.snapshot_offset):
+                halt()
                 report.tail_records += len(batch)
                 yield batch
+            halt()
 
         # flattened in C (no generator step per record)
         engine = Engine.recover(itertools.chain.from_iterable(batches()), store.clean_at_open, now, policy,
                                 max_queue, margin, start)
         del start
+    except RecoveryInterrupted:
+        if store.clean_at_open:  # nothing was written since the open cleared it
+            store.set_meta("clean_shutdown", "1")
+        raise
     finally:
         if collecting:
             gc.enable()

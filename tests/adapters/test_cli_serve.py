@@ -121,6 +121,39 @@ def test_config_values_the_server_cannot_run_with_are_refused(tmp_path: Path) ->
     assert load("").database == "autopilot-sync"
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_an_hs256_secret_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """Whoever reads the external issuer's HS256 secret mints tokens the server accepts as that issuer's,
+    with any scope and stream -- as the server's own signing key, which is refused when group or others
+    may read it.  Failed before: the secret file was read whatever its mode (only the key file's was
+    checked).  Now the same rule and the same words: a ``bad config`` line naming the mode and
+    ``chmod 600``; 0600 and 0400 are fine.  ``token mint --config`` reads the config the same way."""
+    import argparse
+
+    from adapters.commands import ConfigError, load_config
+
+    secret = tmp_path / "control-hs256.secret"
+    secret.write_bytes(b"s" * 40 + b"\n")
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[auth]\nexternal_issuer = "https://control.example"\n'
+                    f"external_hs256_secret_file = {json.dumps(str(secret))}\n")
+    args = argparse.Namespace(dev=False, host=None, port=None, database=None, data=str(tmp_path / "d"))
+    secret.chmod(mode)
+    expected = (f"[auth] external_hs256_secret_file: {secret}: mode {mode:04o} lets other users read the HS256 "
+                f"secret; make it private (chmod 600 {secret})")
+    with pytest.raises(ConfigError) as refused:
+        load_config(conf, args)
+    assert str(refused.value) == expected
+    if mode == 0o644:  # the operator's view, once: one line, exit 2, nothing started
+        res = run("serve", "--data", str(tmp_path / "d"), "--port", "0", "--config", str(conf))
+        assert res.returncode == 2 and res.stderr.strip() == f"syncref serve: bad config: {expected}", res.stderr
+        res = run("token", "mint", "--data", str(tmp_path / "d"), "--config", str(conf), "--scopes", "sync.append")
+        assert res.returncode == 2 and f"bad config: {expected}" in res.stderr and res.stdout == "", res.stderr
+    for fine in (0o600, 0o400):
+        secret.chmod(fine)
+        assert load_config(conf, args).auth.external_hs256_secret == b"s" * 40
+
+
 def test_a_data_directory_syncref_creates_is_private(tmp_path: Path) -> None:
     """The data directory holds every stream's payloads, the owner-only checkpoints, the bridge
     outbox and the callers' claims (syncref.sqlite3, its -wal, snapshots), which the server only
@@ -142,6 +175,62 @@ def test_a_data_directory_syncref_creates_is_private(tmp_path: Path) -> None:
     shared.chmod(0o755)
     assert run("token", "mint", "--data", str(shared), "--scopes", "sync.append").returncode == 0
     assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
+# (host, loopback?): what --dev may bind without --dev-allow-remote -- a table, not is_loopback's own answer
+DEV_HOSTS = [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True), ("LocalHost", True),
+             ("0.0.0.0", False), ("::", False), ("", False), ("192.168.1.10", False), ("10.0.0.1", False),
+             ("fe80::1", False), ("example.com", False), ("localhost.example.com", False), ("128.0.0.1", False)]
+
+
+@pytest.mark.parametrize(("host", "loopback"), DEV_HOSTS)
+def test_dev_on_a_host_that_is_not_loopback_needs_dev_allow_remote(tmp_path: Path, host: str, loopback: bool) -> None:
+    """``--dev`` lets anyone who reaches the port mint an identity with every scope, sync.admin included.
+    Failed before: ``--dev --host 0.0.0.0`` (or a [server] host in the config file) only printed the
+    same warning as on 127.0.0.1 and served every interface.  Now a bad-config error unless
+    ``--dev-allow-remote`` says so; loopback binds are unchanged, and without --dev any host is fine."""
+    import argparse
+
+    from adapters.commands import ConfigError, load_config
+
+    def load(dev: bool, remote: bool, flag: str | None, in_file: str | None = None) -> Any:
+        conf = tmp_path / "c.toml"
+        conf.write_text("" if in_file is None else f"[server]\nhost = {json.dumps(in_file)}\n")
+        args = argparse.Namespace(dev=dev, dev_allow_remote=remote, host=flag, port=None, database=None,
+                                  data=str(tmp_path))
+        return load_config(conf, args)
+
+    for flag, in_file in ((host, None), (None, host)):  # the flag, or the config file's [server] host
+        if loopback:
+            assert load(True, False, flag, in_file).host == host
+        else:
+            with pytest.raises(ConfigError, match=re.escape(f"--dev on host {host!r}, which is not a loopback "
+                                                            "address") + ".*--dev-allow-remote"):
+                load(True, False, flag, in_file)
+        assert load(True, True, flag, in_file).host == host  # the explicit override
+        assert load(False, False, flag, in_file).host == host  # not --dev: nothing to refuse
+    with pytest.raises(ConfigError, match="--dev-allow-remote only applies with --dev"):
+        load(False, True, host)
+
+
+def test_dev_on_every_interface_refuses_to_start_and_the_override_warns_louder(tmp_path: Path) -> None:
+    """The operator's view: one line, exit 2, nothing created; with ``--dev-allow-remote`` it starts and
+    the warning names the address.  (The override's run binds 0.0.0.0 on a free port and stops at once.)"""
+    refused = run("serve", "--dev", "--host", "0.0.0.0", "--port", "0", "--data", str(tmp_path / "d"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.startswith("syncref serve: bad config: --dev on host '0.0.0.0'"), refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and refused.stdout == "", refused.stderr
+    assert not (tmp_path / "d").exists()
+    proc = subprocess.Popen([*SYNCREF, "serve", "--dev", "--dev-allow-remote", "--host", "0.0.0.0", "--port", "0",
+                             "--data", str(tmp_path / "d")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        warning = proc.stderr.readline()
+        assert "WARNING: --dev" in warning and "--dev-allow-remote" in warning and "0.0.0.0" in warning, warning
+        assert proc.stdout.readline().startswith("syncref listening on http://0.0.0.0:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
 
 
 def test_dev_warns_and_mints_anonymous(tmp_path: Path) -> None:
@@ -296,6 +385,37 @@ def test_corrupt_commit_log_is_one_line(tmp_path: Path) -> None:
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_log_whose_commit_log_table_was_dropped_is_refused_not_served_empty(tmp_path: Path) -> None:
+    """Failed before: the server re-created the dropped table, recovered an empty state over a
+    directory whose meta says it holds a log, and served (every acknowledged write gone, silently).
+    Now one line, exit 2, nothing written; and verify-log calls the log damaged (exit 1)."""
+    import sqlite3
+    data = tmp_path / "data"
+    with serve_process(data) as served:
+        token = mint_cli(data, "sync.append", "demo.*")["token"]
+        assert http("POST", f"{served.url}/v1/database/autopilot-sync/call/append_sync_event",
+                    json.dumps([S, "k", "1", {"none": []}, {"none": []}]),
+                    {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}).status == 200
+    db = sqlite3.connect(data / "syncref.sqlite3")
+    db.execute("DROP TABLE commit_log")
+    db.commit()
+    db.close()
+    before = (data / "syncref.sqlite3").read_bytes()
+    proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(data), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    assert proc.returncode == 2, (proc.returncode, out, err)
+    assert "cannot be recovered" in err and "no commit_log table" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "listening" not in out, (out, err)
+    assert (data / "syncref.sqlite3").read_bytes() == before
+    checked = run("verify-log", "--data", str(data))
+    assert checked.returncode == 1 and "is damaged" in checked.stderr, checked.stderr
+
+
 def test_fuzz_and_chaos_refuse_a_report_file_they_cannot_write_before_running(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Failed before: ``--json`` into a missing directory was a FileNotFoundError traceback after the
@@ -352,6 +472,96 @@ def test_a_sigterm_right_after_the_listening_line_stops_cleanly(tmp_path: Path) 
         assert status == 0 and any("stopped cleanly" in line for line in out), (status, out)
         report = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
         assert report["ok"] and report["clean_shutdown"], report
+
+
+def _wait_until_started(proc: subprocess.Popen[str], data: Path) -> None:
+    """Until ``syncref serve`` has opened DATA -- its open clears the clean-shutdown marker, durably, and
+    its signal handlers were installed before it.  (A hang guard, not a timing check.)"""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        conn = sqlite3.connect(f"file:{data / 'syncref.sqlite3'}?mode=ro", uri=True)
+        try:
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'clean_shutdown'").fetchone() is None:
+                return
+        finally:
+            conn.close()
+        time.sleep(0.01)
+    raise AssertionError("syncref serve did not open its data directory")
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_sigterm_during_a_long_recovery_stops_it_and_leaves_the_directory_as_it_was(tmp_path: Path,
+                                                                                   loop: str) -> None:
+    """A start replaying a long log (60,000 records: seconds) stops at the next batch of records when
+    SIGTERM arrives, prints why, and exits 0 without listening; the directory is as it was (the clean
+    marker the start cleared is put back), so the next start is clean too -- no recovery record, no
+    epoch bump.  Failed before: the signal was handled by the event loop, which the replay blocks, so
+    the process replayed the whole log, printed its listening line and only then stopped."""
+    from support.logfiles import long_log
+
+    data = tmp_path / "data"
+    n = 60_000
+    long_log(data, n)
+    before = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
+    assert before["ok"] and before["clean_shutdown"] and before["records"] == n
+    proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(data), "--port", "0", "--loop", loop],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_started(proc, data)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "listening" not in out and "Traceback" not in err, (out, err)
+    found = re.search(r"syncref stopped cleanly during start-up \(SIGTERM\): the recovery was interrupted after "
+                      r"([\d,]+) of ([\d,]+) records; nothing was written", out)
+    assert found is not None, (out, err)
+    assert int(found.group(1).replace(",", "")) < n and int(found.group(2).replace(",", "")) == n, out
+    after = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
+    assert after == before
+    with serve_process(data) as served:  # the next start is clean: it writes no recovery record
+        status, _ = served.stop()
+    assert status == 0
+    assert json.loads(run("verify-log", "--data", str(data), "--json").stdout)["records"] == n
+
+
+def test_a_second_signal_during_a_stalled_start_ends_it_at_once(tmp_path: Path) -> None:
+    """A start stuck in a write (here the stored policy's COMMIT, stalled with [faults]
+    stall_commits_while -- a disk that does not answer) finishes that write before the first signal
+    stops it, as a running server's stop does; a second signal (another SIGTERM, or SIGINT) ends the
+    process at once, as a crash would: exit 1, one line, nothing acknowledged lost, and the next start
+    recovers.  Failed before: both signals went to the blocked event loop and the process hung."""
+    from support.logfiles import long_log
+
+    data = tmp_path / "data"
+    long_log(data, 50, policy=False)  # no stored policy: the start's first write stores it
+    stall = tmp_path / "stall"
+    stall.write_text("")
+    config = tmp_path / "c.toml"
+    config.write_text(f"[faults]\nstall_commits_while = {json.dumps(str(stall))}\n")
+    proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(data), "--port", "0", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_started(proc, data)
+        proc.send_signal(signal.SIGTERM)  # (two different signals: two of one kind may arrive as one)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1 and "listening" not in out, (proc.returncode, out, err)
+    assert err.strip() == ("syncref serve: stopped at once during start-up (a second signal), as in a crash: a write "
+                           "in progress was abandoned; nothing acknowledged is lost, and the next start recovers"), err
+    stall.unlink()
+    report = json.loads(run("verify-log", "--data", str(data), "--json").stdout)
+    assert report["ok"] and report["records"] == 50 and not report["clean_shutdown"], report
 
 
 def test_serve_runs_on_uvloop_by_default_and_on_asyncio_when_asked(tmp_path: Path) -> None:

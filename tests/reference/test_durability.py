@@ -291,6 +291,10 @@ def test_verify_log_detects_args_that_change_only_the_hash(tmp_path: Path) -> No
 def test_verify_log_on_a_missing_directory(tmp_path: Path) -> None:
     done = _cli(tmp_path / "nothing")
     assert done.returncode == 2 and "no commit log" in done.stderr
+    (tmp_path / "empty").mkdir()  # a directory, but no database in it: nothing to check (a wrong --data)
+    done = _cli(tmp_path / "empty")
+    assert done.returncode == 2 and "no commit log" in done.stderr and "Traceback" not in done.stderr
+    assert list((tmp_path / "empty").iterdir()) == []  # nothing created
 
 
 def _spoil(path: Path, how: str) -> None:
@@ -304,6 +308,7 @@ def _spoil(path: Path, how: str) -> None:
         _, records = built(path)
         write_all(path, records, clean=True)
         sql = {"no commit_log table": "DROP TABLE commit_log",
+               "no meta table": "DROP TABLE meta",
                "corrupt stored policy": "UPDATE meta SET value = '{\"classes\": 7}' WHERE key = 'policy'",
                "another log format": "UPDATE meta SET value = '99' WHERE key = 'format'",
                "no format marker": "DELETE FROM meta WHERE key = 'format'"}[how]
@@ -313,8 +318,8 @@ def _spoil(path: Path, how: str) -> None:
         conn.close()
 
 
-@pytest.mark.parametrize("how", ["not a database", "empty file", "no commit_log table", "corrupt stored policy",
-                                 "another log format", "no format marker"])
+@pytest.mark.parametrize("how", ["not a database", "empty file", "corrupt stored policy", "another log format",
+                                 "no format marker"])
 def test_verify_log_on_an_unreadable_database_is_one_line(tmp_path: Path, how: str) -> None:
     """Failed before: the first four were a Python traceback with exit status 1 -- the status of a
     log that does not verify -- instead of one line saying nothing was checked (exit 2); a log of
@@ -328,6 +333,46 @@ def test_verify_log_on_an_unreadable_database_is_one_line(tmp_path: Path, how: s
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert "is not a commit log this build can read" in lines[0] and "nothing was checked" in lines[0]
     assert (tmp_path / "syncref.sqlite3").read_bytes() == before  # read, never written
+
+
+@pytest.mark.parametrize("how", ["no commit_log table", "no meta table"])
+def test_verify_log_on_a_log_missing_one_of_its_tables_says_it_is_damaged(tmp_path: Path, how: str) -> None:
+    """A syncref database (it holds one of the log's two tables, and the records or the format marker
+    in it) whose other table was dropped -- by hand, or by a tool that "cleaned" it -- is this
+    build's log, damaged: every acknowledged write in it is gone (or its format marker and policy
+    are).  Failed before: exit 2 and "is not a commit log this build can read (no such table:
+    commit_log); nothing was checked", the class of a foreign or locked database, so a script
+    treating exit 1 as "restore from backup" went on.  Now exit 1, one line saying it is damaged,
+    nothing written.  (A database with neither table -- an empty file, another program's SQLite
+    file -- is still exit 2: nothing of syncref's is in it.)"""
+    _spoil(tmp_path, how)
+    before = (tmp_path / "syncref.sqlite3").read_bytes()
+    done = _cli(tmp_path, "--json")
+    lines = [line for line in done.stderr.splitlines() if line.startswith("verify-log:")]
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert len(lines) == 1 and "Traceback" not in done.stderr and done.stdout == "", done.stderr
+    missing, kept = ("commit_log", "meta") if how == "no commit_log table" else ("meta", "commit_log")
+    assert "is damaged" in lines[0] and "does not verify" in lines[0] and "not a commit log" not in lines[0], lines
+    assert f"no {missing} table" in lines[0] and kept in lines[0], lines
+    assert (tmp_path / "syncref.sqlite3").read_bytes() == before  # read, never written
+
+
+def test_a_log_missing_its_commit_log_table_is_not_restarted_empty(tmp_path: Path) -> None:
+    """Failed before: ``LogStore.open`` re-created the dropped ``commit_log`` table (``CREATE TABLE IF
+    NOT EXISTS``) and ``restart`` recovered an empty state at offset 0 over a directory whose meta
+    says it has a log: every acknowledged write silently gone, the server serving as new.  Now the
+    open refuses, naming the damage, and writes nothing."""
+    from reference.durability import DamagedLog
+
+    _spoil(tmp_path, "no commit_log table")
+    before = (tmp_path / "syncref.sqlite3").read_bytes()
+    with pytest.raises(DamagedLog, match="no commit_log table"):
+        LogStore.open(tmp_path)
+    assert (tmp_path / "syncref.sqlite3").read_bytes() == before
+    conn = sqlite3.connect(tmp_path / "syncref.sqlite3")
+    names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert names == {"meta"}
 
 
 def test_verify_log_on_a_damaged_commit_log_says_it_does_not_verify(tmp_path: Path) -> None:
@@ -383,6 +428,57 @@ def test_verify_log_on_a_locked_database_is_one_line(tmp_path: Path, monkeypatch
     err = capsys.readouterr().err
     assert status == 2, err
     assert "is locked by another process" in err and "nothing was checked" in err
+
+
+def _stored(path: Path) -> tuple[Any, ...]:
+    """What the data directory holds, read with sqlite3 itself: every record's offset and hash, and meta."""
+    conn = sqlite3.connect(f"file:{path / 'syncref.sqlite3'}?mode=ro", uri=True)
+    try:
+        return (conn.execute('SELECT "offset", hash FROM commit_log ORDER BY "offset"').fetchall(),
+                dict(conn.execute("SELECT key, value FROM meta").fetchall()))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_a_restart_asked_to_stop_stops_between_batches_and_leaves_the_directory_as_it_was(
+        tmp_path: Path, clean: bool) -> None:
+    """``restart(stop=...)`` asks ``stop()`` before it loads a snapshot, before each batch of records and
+    once after the last; on a yes it raises :class:`RecoveryInterrupted` (records applied, records to
+    apply) having written nothing -- no recovery record, no meta -- and puts back the clean marker its
+    open cleared, so the next start is the one this start would have been.  Failed before: there was
+    no way to stop a restart short of killing the process (``syncref serve`` ignored SIGTERM until
+    the whole log was replayed)."""
+    from support.logfiles import long_log
+
+    from reference.durability import _RESTART_BATCH, RecoveryInterrupted
+
+    n = 3 * _RESTART_BATCH + 5
+    long_log(tmp_path, n, clean=clean)
+    before = _stored(tmp_path)
+    assert len(before[0]) == n and ("clean_shutdown" in before[1]) == clean
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) == 4  # the snapshot's turn, two batches', then stop before the third
+
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store)
+    assert "clean_shutdown" not in _stored(tmp_path)[1]  # the open cleared it (durably)
+    with pytest.raises(RecoveryInterrupted) as stopped:
+        restart(store, writer, now=10**15, stop=stop)
+    assert (stopped.value.applied, stopped.value.total) == (2 * _RESTART_BATCH, n)
+    assert f"after {2 * _RESTART_BATCH:,} of {n:,} records" in str(stopped.value)
+    writer.close()
+    store.close()
+    assert _stored(tmp_path) == before
+    store = LogStore.open(tmp_path)  # the start the interrupted one would have been
+    assert store.clean_at_open == clean
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=10**15, stop=lambda: False)
+    shutdown(eng, writer, store)
+    assert len(_stored(tmp_path)[0]) == (n if clean else n + 1)  # a recovery record only after an unclean stop
 
 
 def test_policy_is_pinned(tmp_path: Path) -> None:
