@@ -70,7 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> SyncServer:
 def exposed(server: SyncServer) -> dict[str, tuple[str, tuple[str, ...]]]:
     """metric name as scraped (counters with ``_total``) -> (type, label names), from the registry."""
     out = {}
-    for collector in list(server.metrics.registry._collector_to_names):  # noqa: SLF001
+    for collector in list(server.metrics.registry._collector_to_names):
         labelnames: Any = getattr(collector, "_labelnames", None)
         for family in collector.collect():
             names = labelnames if labelnames is not None else getattr(family, "_labelnames", ())
@@ -94,14 +94,14 @@ def test_the_metrics_table_names_every_metric_its_type_and_label(server: SyncSer
 
 def test_the_http_route_label_lists_every_counted_route(server: SyncServer, monkeypatch: pytest.MonkeyPatch) -> None:
     routes: list[str] = []
-    original = server._counted  # noqa: SLF001
+    original = server._counted
 
     def counted(route: str, handler: Any) -> Any:
         routes.append(route)
         return original(route, handler)
 
     monkeypatch.setattr(server, "_counted", counted)
-    server._routes(web.Application())  # noqa: SLF001
+    server._routes(web.Application())
     assert routes, "no counted route was installed"
     assert listed_values(metrics_rows()["syncref_http_requests_total"][1]) == set(routes)
 
