@@ -5,7 +5,7 @@ cleanly (flush, clean-shutdown marker); a signal during start-up stops the recov
 of records (nothing written), and a second one ends the process at once (docs/operations.md).
 Everything an operator can get wrong is reported as one line on stderr with exit status 2 and no
 traceback: a busy port, a data directory that is unwritable or held by another server, a config
-file that does not parse or names an unknown key.  The config file is TOML with four optional
+file that does not parse or names an unknown key.  The config file is TOML with five optional
 tables (documented in docs/operations.md):
 
     [auth]    issuer, audience, external_issuer, external_hs256_secret_file,
