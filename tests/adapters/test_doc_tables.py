@@ -1,4 +1,5 @@
-"""docs/protocol.md's hand-written "Metrics" table against the server's registry.
+"""The hand-written tables of docs/protocol.md ("Metrics") and docs/operations.md (the flags of
+``serve`` and ``token mint``, the config file's tables, keys and defaults) against the code.
 
 The table is what operators alert on: every metric the server exposes must have a row, and every
 row must name a metric the server exposes, with its type and label name.  Where a label's values
@@ -9,6 +10,9 @@ values the row lists are compared too.  The "Limits" table is pinned by
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from adapters.server import ServerConfig, SyncServer
+from adapters import commands
+from adapters.server import Limits, ServerConfig, SyncServer
+from spec import contracts as spec_contracts
+from spec.compat import CompatWindow
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_SOURCE = (ROOT / "adapters" / "server.py").read_text(encoding="utf-8")
@@ -123,3 +130,162 @@ def test_the_closes_cause_label_lists_every_cause(server: SyncServer) -> None:
         causes |= set(re.findall(r", \"(\w+)\"$", block, re.MULTILINE))  # an engine-dropped connection's
     assert {"shutdown", "slow_consumer", "token_expired"} <= causes, causes
     assert listed_values(metrics_rows()["syncref_closes_total"][1]) == causes
+
+
+# --- docs/operations.md: the serve and token mint flags, the config file's tables ------------------
+
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+
+
+def table_after(heading: str, first_column: str) -> list[list[str]]:
+    """The rows of the first table after ``heading`` whose header starts ``| first_column |``."""
+    text = OPERATIONS[OPERATIONS.index(heading):]
+    text = text[text.index(f"| {first_column} |"):]
+    rows = []
+    for line in text.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+def documented_flags(heading: str) -> dict[str, str]:
+    """flag -> default cell of a flag table (a cell may name several flags)."""
+    out = {}
+    for flag_cell, default, _meaning in table_after(heading, "flag"):
+        for flag in re.findall(r"`(--[a-z-]+)", flag_cell):
+            out[flag] = default
+    return out
+
+
+def parser_options(*path: str) -> dict[str, argparse.Action]:
+    """``syncref <path...>``'s options by their flag, as the CLI builds them."""
+    parser = argparse.ArgumentParser()
+    commands.add_parsers(parser.add_subparsers(dest="command"))
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return {opt: a for a in parser._actions for opt in a.option_strings if opt not in ("-h", "--help")}
+
+
+def serve_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str | None = None) -> Any:
+    """What ``syncref serve`` with no flag (and ``text`` as its config file) would run with."""
+    monkeypatch.setattr(spec_contracts, "hot_enabled", lambda: False)  # the test run may check contracts
+    args = parser_options("serve")  # the parser's own defaults, every flag absent
+    ns = argparse.Namespace(**{a.dest: a.default for a in args.values()})
+    path = None
+    if text is not None:
+        path = tmp_path / "syncref.toml"
+        path.write_text(text)
+    return commands.load_config(path, ns)
+
+
+def test_the_serve_flag_table_lists_every_flag_with_its_default(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    documented = documented_flags("## Running the server")
+    options = parser_options("serve")
+    assert set(documented) == set(options), {"documented only": set(documented) - set(options),
+                                             "parser only": set(options) - set(documented)}
+    config = serve_config(monkeypatch, tmp_path)
+    effective = {"--data": options["--data"].default, "--host": config.host, "--port": config.port,
+                 "--database": config.database, "--loop": config.event_loop, "--config": None}
+    wrong = {}
+    for flag, cell in documented.items():
+        if options[flag].const is True:  # store_true
+            want = "off"
+            if options[flag].default is not False:
+                wrong[flag] = ("store_true with default", options[flag].default)
+        else:
+            want = "none" if effective[flag] is None else f"`{effective[flag]}`"
+        if cell != want:
+            wrong[flag] = (cell, want)
+    assert wrong == {}
+
+
+def test_the_token_mint_flag_table_lists_every_flag_with_its_default() -> None:
+    documented = documented_flags("### Tokens")
+    options = parser_options("token", "mint")
+    assert set(documented) == set(options), {"documented only": set(documented) - set(options),
+                                             "parser only": set(options) - set(documented)}
+    wrong = {}
+    for flag, cell in documented.items():
+        default = options[flag].default
+        if options[flag].const is True:
+            want = {"off"}
+        elif default in (None, ""):
+            want = {"none", "a random UUID"} if flag == "--subject" else {"none"}
+        else:
+            want = {f"`{default}`"}
+        if cell not in want:
+            wrong[flag] = (cell, want)
+    assert wrong == {}
+
+
+def documented_config() -> dict[tuple[str, str], Any]:
+    """(table, key) -> the documented default of the config table (None for 'none' or no default)."""
+    out: dict[tuple[str, str], Any] = {}
+    table = ""
+    for table_cell, key_cell, type_cell, _meaning in table_after("### The config file", "table"):
+        table = table_cell.strip("`[]") or table
+        keys = re.findall(r"`(\w+)`", key_cell)
+        if key_cell.startswith("every field of"):
+            out[(table, "*")] = None
+            continue
+        values = re.findall(r"`([^`]+)`", re.sub(r"\([^()]*\)", "", type_cell))
+        if len(values) != len(keys):  # one key, its choices listed before its default
+            values = values[-1:] if values and len(keys) == 1 else [None] * len(keys)
+        for key, value in zip(keys, values, strict=True):
+            out[(table, key)] = value
+    return out
+
+
+def allowed_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, table: str | None) -> set[str]:
+    """The keys (or tables) the config loader accepts, from its own refusal of an unknown one."""
+    text = "nonsense_key = 1\n" if table is None else f"[{table}]\nnonsense_key = 1\n"
+    with pytest.raises(commands.ConfigError) as info:
+        serve_config(monkeypatch, tmp_path, text)
+    return set(str(info.value).split("allowed: ", 1)[1].split(", "))
+
+
+def test_the_config_table_lists_every_table_and_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    documented = documented_config()
+    tables = {t for t, _k in documented}
+    assert tables == allowed_keys(monkeypatch, tmp_path, None)
+    for table in sorted(tables - {"limits"}):
+        keys = {k for t, k in documented if t == table}
+        assert keys == allowed_keys(monkeypatch, tmp_path, table), table
+    assert documented[("limits", "*")] is None  # "every field of Limits": accepted as such
+    assert allowed_keys(monkeypatch, tmp_path, "limits") == {f.name for f in dataclasses.fields(Limits)}
+
+
+def test_the_config_table_states_each_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = serve_config(monkeypatch, tmp_path)
+    code: dict[tuple[str, str], Any] = {("faults", "stall_commits_while"): config.stall_commits_while}
+    for key in ("host", "port", "database", "sweep_interval_s", "compact_interval_s", "commit_gather_s",
+                "event_loop", "snapshot_every", "snapshot_keep", "contracts"):
+        code[("server", key)] = getattr(config, key)
+    for f in dataclasses.fields(CompatWindow):
+        code[("compat", f.name)] = getattr(config.window, f.name)
+    auth = config.auth
+    code.update({("auth", "issuer"): auth.issuer, ("auth", "audience"): auth.audience,
+                 ("auth", "external_issuer"): auth.external_issuer,
+                 ("auth", "external_hs256_secret_file"): auth.external_hs256_secret,
+                 ("auth", "external_public_key_file"): auth.external_public_key_pem,
+                 ("auth", "allow_anonymous"): auth.allow_anonymous,
+                 ("auth", "default_scopes"): sorted(auth.default_scopes),
+                 ("auth", "default_streams"): list(auth.default_stream_grants),
+                 ("auth", "identity_ttl_s"): auth.identity_ttl_s})
+    documented = documented_config()
+    assert set(code) == set(documented) - {("limits", "*")}
+    wrong = {}
+    for where, value in code.items():
+        cell = documented[where]
+        if value is None:
+            ok = cell is None
+        elif isinstance(value, bool | int | float | list):
+            ok = cell is not None and json.loads(cell) == value and type(json.loads(cell)) is type(value)
+        else:
+            ok = cell == value
+        if not ok:
+            wrong[where] = (cell, value)
+    assert wrong == {}
