@@ -1329,6 +1329,7 @@ class SyncServer:
         if isinstance(text, web.Response):
             return text
         if len(text.encode("utf-8")) > lim.max_sql_bytes:
+            self.metrics.refused.labels("max_sql_bytes").inc()
             return _text(413, f"SQL text over {lim.max_sql_bytes} bytes")
         statements = split_statements(text)
         if len(statements) > lim.max_sql_statements:

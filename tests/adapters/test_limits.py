@@ -246,6 +246,17 @@ def test_request_bodies_have_a_deadline_and_a_size(tmp_path: Path) -> None:
         assert call_http(st, tok, "append_sync_event", ["s", "k", "{}", {"none": []}, {"none": []}]).status == 200
 
 
+def test_sql_text_over_max_sql_bytes_is_counted_as_refused(tmp_path: Path) -> None:
+    """docs/protocol.md "Metrics": ``syncref_refused_total{limit}`` counts ``max_sql_*`` refusals --
+    the SQL text's size (413) among them, as the statements, rows and answer bytes are."""
+    with running_server(tmp_path, limits=with_limits(max_sql_bytes=1000)) as st:
+        tok = st.token()
+        sql = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", "SELECT * FROM sync_stream WHERE "
+                   + " AND ".join("stream_id = 'x'" for _ in range(80)), {"Authorization": f"Bearer {tok}"})
+        assert sql.status == 413 and sql.text == "SQL text over 1000 bytes"
+        assert 'syncref_refused_total{limit="max_sql_bytes"} 1.0' in http("GET", f"{st.base}/metrics").text
+
+
 def test_procedure_answers_are_bounded_like_other_output(tmp_path: Path) -> None:
     """The answers to ``CallProcedure`` (made by the I/O layer, not queued in the engine) count
     against ``max_outbound_queue``: a client that sends calls and reads nothing is dropped as a
