@@ -289,3 +289,32 @@ def test_the_config_table_states_each_default(monkeypatch: pytest.MonkeyPatch, t
         if not ok:
             wrong[where] = (cell, value)
     assert wrong == {}
+
+
+# --- README.md's quickstart: what the two commands run -----------------------------------------------
+
+
+def test_the_quickstart_says_what_its_two_commands_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``./run serve``'s comment states the address and data directory a flagless serve uses;
+    ``./run test``'s the steps the run script's ``test`` case runs, which CI runs through ``.ci/run``
+    (``tests/adapters/test_cli_serve.py::test_readme_quickstart_serve_command_exists`` pins the
+    commands themselves)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Quickstart", 1)[1].split("```", 2)[1]
+    comments = {}
+    for line in block.splitlines():
+        command, _, comment = line.partition("#")
+        if comment:
+            comments[command.strip()] = comment.strip()
+    config = serve_config(monkeypatch, tmp_path)
+    data = parser_options("serve")["--data"].default
+    assert comments["./run serve"].startswith(
+        f"the reference server on http://{config.host}:{config.port}, SQLite log in ./{data}"), comments
+    script = (ROOT / "run").read_text(encoding="utf-8")
+    test_case = script.split("\n  test)\n", 1)[1].split("\n    ;;\n", 1)[0]
+    steps = re.findall(r'echo "== ([^"]+)"', test_case)
+    assert steps[-4:] == ["ruff", "mypy --strict", "import layering", "pytest"], steps
+    assert comments["./run test"].startswith("the full CI suite: ruff, mypy --strict, import layering, pytest")
+    assert "npm ci --prefix tests/interop" in test_case  # "(incl. the npm SDK interop)"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").rstrip().splitlines()
+    assert ci[-1] == "exec ./run test"
