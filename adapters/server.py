@@ -1225,6 +1225,10 @@ class SyncServer:
         text = await self._body_text(request, "call body")
         if isinstance(text, web.Response):
             return text
+        most = self.config.limits.max_call_body_bytes
+        if len(text.encode("utf-8")) > most:  # aiohttp's cap is max(this, max_sql_bytes)
+            self.metrics.refused.labels("max_call_body_bytes").inc()
+            return _text(413, f"call body over {most} bytes")
         try:
             body = json.loads(text, object_pairs_hook=_unique_keys)
             over = self._array_over(rdef.args, body)

@@ -246,6 +246,20 @@ def test_request_bodies_have_a_deadline_and_a_size(tmp_path: Path) -> None:
         assert call_http(st, tok, "append_sync_event", ["s", "k", "{}", {"none": []}, {"none": []}]).status == 200
 
 
+def test_a_call_body_over_max_call_body_bytes_is_refused_when_max_sql_bytes_is_larger(tmp_path: Path) -> None:
+    """docs/protocol.md "Limits": ``max_call_body_bytes`` bounds a ``call`` body.  aiohttp's own cap is
+    max(it, ``max_sql_bytes``), so with a larger SQL bound a call body between the two got past
+    aiohttp; it is refused 413 all the same (and counted), and one within the bound is taken."""
+    with running_server(tmp_path, limits=with_limits(max_call_body_bytes=2000, max_sql_bytes=8000)) as st:
+        tok = st.token()
+        over = call_http(st, tok, "append_sync_event", ["s", "k", json.dumps({"p": "x" * 3000}), {"none": []},
+                                                        {"none": []}])
+        assert (over.status, over.text) == (413, "call body over 2000 bytes")
+        assert 'syncref_refused_total{limit="max_call_body_bytes"} 1.0' in http("GET", f"{st.base}/metrics").text
+        assert call_http(st, tok, "append_sync_event", ["s", "k", "{}", {"none": []}, {"none": []}]).status == 200
+        assert st.call(lambda: st.server.engine.committed) == 1  # the refused call wrote nothing
+
+
 def test_sql_text_over_max_sql_bytes_is_counted_as_refused(tmp_path: Path) -> None:
     """docs/protocol.md "Metrics": ``syncref_refused_total{limit}`` counts ``max_sql_*`` refusals --
     the SQL text's size (413) among them, as the statements, rows and answer bytes are."""
