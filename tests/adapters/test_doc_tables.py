@@ -318,3 +318,26 @@ def test_the_quickstart_says_what_its_two_commands_run(monkeypatch: pytest.Monke
     assert "npm ci --prefix tests/interop" in test_case  # "(incl. the npm SDK interop)"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").rstrip().splitlines()
     assert ci[-1] == "exec ./run test"
+
+
+def test_the_counters_without_a_created_sample_are_the_ones_the_table_names(server: SyncServer) -> None:
+    text = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    head = text[text.index("\n## Metrics\n"):].split("| metric |", 1)[0]
+    named = set(re.findall(r"`(syncref_\w+_total)`", head.split("not the ones", 1)[1]))
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for collector in list(server.metrics.registry._collector_to_names):  # every labelled series made once
+        names = getattr(collector, "_labelnames", ())
+        if names and hasattr(collector, "labels"):
+            collector.labels(*("x" for _ in names))
+    scraped = text_string_to_metric_families(generate_latest(server.metrics.registry).decode())
+    created = set()
+    counters = set()
+    for family in scraped:  # (the text format writes NAME_created as a gauge family of its own)
+        if family.type == "counter":
+            counters.add(family.name + "_total")
+        elif family.name.endswith("_created"):
+            created.add(family.name.removesuffix("_created") + "_total")
+    assert created <= counters and named <= counters, (created - counters, named - counters)
+    assert counters - created == named
