@@ -80,6 +80,7 @@ from adapters.auth import (
 )
 from adapters.bsatn import BsatnError, TooManyItems
 from adapters.fsutil import make_data_dir
+from adapters.gcpolicy import DEFAULT_GC_FREEZE, GcPauses
 from adapters.guard import (
     DESCRIPTOR_RESERVE,
     LISTEN_BACKLOG,
@@ -353,6 +354,7 @@ class ServerConfig:
     contracts: bool | None = None  # hot-path contracts (spec.contracts.hot); None: leave the process switch
     commit_gather_s: float = COMMIT_GATHER_S  # an idle group-commit writer waits this long at most for a round
     event_loop: str = "auto"  # `syncref serve`'s loop: auto (uvloop when installed), uvloop, asyncio (ADR-0014)
+    gc_freeze: str = DEFAULT_GC_FREEZE  # `syncref serve`'s cyclic-GC freeze policy: survivors or start (ADR-0036)
     stall_commits_while: Path | None = None  # fault injection ([faults]): the log's COMMIT waits while it exists
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY  # records between state snapshots (ADR-0011); 0: none
     snapshot_keep: int = DEFAULT_SNAPSHOT_KEEP  # snapshots kept in DATA/snapshots, newest first
@@ -558,6 +560,8 @@ class SyncServer:
         self.taken_by_reader = 0  # messages a reader handed to the engine itself (ADR-0019), not via the queue
         self._in_counts = self.metrics.messages_in.counts  # syncref_client_messages_total{kind}
         self.metrics.registry.register(StateCollector(self._state_metrics))
+        self.gc_pauses = GcPauses()  # syncref_gc_pause_seconds{generation}, ..._frozen_objects, ..._thaws (ADR-0036)
+        self.metrics.registry.register(self.gc_pauses)
         self._rows = wire.RowCache()
         self._last_now = 0
         self._periodic: list[asyncio.Task[None]] = []
@@ -600,6 +604,7 @@ class SyncServer:
         cfg = self.config
         if cfg.contracts is not None:
             contracts.enable_hot(cfg.contracts)
+        self.gc_pauses.install()
         try:
             make_data_dir(cfg.data_dir)
             probe = cfg.data_dir / ".write-probe"
@@ -713,6 +718,7 @@ class SyncServer:
         if self._stopped:
             return
         self._stopped = True
+        self.gc_pauses.remove()
         logging.getLogger("syncref").removeHandler(self.recent_errors)
         for task in self._periodic:
             task.cancel()
