@@ -10,8 +10,13 @@ collection (``perf_counter``) and writes them as JSON at exit.  Then, over the w
    decoding them) and one writer that pipelines ``EVENTS`` ``append_sync_event`` calls (256 in
    flight), each event ~100 B of payload;
 2. **churn**: ``CYCLES`` connect / subscribe / append / disconnect cycles, ``OPEN`` connections
-   open at a time (a rolling window), so a full collection finds some alive: the leak case of the
-   ``survivors`` policy.  ``syncref_gc_frozen_objects`` and the server's RSS are read before and after.
+   open at a time (a rolling window), while another writer appends ``CHURN_EVENTS`` events to a
+   stream nobody subscribes to (so full collections happen meanwhile), so a full collection finds
+   some alive: the leak case of the ``survivors`` policy.  ``syncref_gc_frozen_objects`` and the
+   server's RSS are read before and after;
+3. **audit**: SIGUSR1 makes the wrapper unfreeze everything and run one full collection: the
+   unreachable objects it finds are the cyclic garbage the policy kept (frozen) plus what the
+   collector had not reached yet; its pause is a whole-heap pass.
 
 The rounds alternate policies (A/B/A/B...).  Nothing asserts.  Run:
 ``.venv/bin/python benchmarks/gc_pauses.py [--events 100000] [--cycles 2000] [--rounds 2]
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +63,17 @@ def dump():
     with open(os.environ["GC_LOG"], "w") as f:
         json.dump({"pauses": pauses, "frozen": gc.get_freeze_count(), "tracked": len(gc.get_objects())}, f)
 atexit.register(dump)
+import signal
+def audit(signum, frame):
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    t, c = time.perf_counter(), time.thread_time()
+    found = gc.collect()
+    state["audit"] = {"frozen_before": frozen, "unreachable": found, "wall_ms": (time.perf_counter() - t) * 1000,
+                      "cpu_ms": (time.thread_time() - c) * 1000, "tracked_after": len(gc.get_objects()) + gc.get_freeze_count()}
+    with open(os.environ["GC_LOG"] + ".audit", "w") as f:
+        json.dump(state["audit"], f)
+signal.signal(signal.SIGUSR1, audit)
 from adapters.cli import main
 sys.argv[0] = "syncref"
 sys.exit(main())
@@ -101,13 +118,13 @@ def results(frame: Any) -> int:
     return sum(isinstance(m, wire.ReducerResult) for m in wire.decode_server_frame(frame, 2))
 
 
-def grow(base: str, events: int, subs: int) -> float:
+def grow(base: str, events: int, subs: int, stream: str = "s") -> float:
     stop = threading.Event()
     readers = []
     conns = []
     for i in range(subs):
         c = ws(base)
-        subscribe(c, 1 + i, "s")
+        subscribe(c, 1 + i, stream)
         conns.append(c)
 
         def drain(c: ClientConnection = c) -> None:
@@ -126,7 +143,7 @@ def grow(base: str, events: int, subs: int) -> float:
     sent = answered = 0
     while answered < events:
         while sent < events and sent - answered < 256:
-            writer.send(call(10 + sent, "s", f"k{sent}"))
+            writer.send(call(10 + sent, stream, f"k{sent}"))
             sent += 1
         answered += results(writer.recv(timeout=60))
     took = time.monotonic() - t0
@@ -156,7 +173,8 @@ def churn(base: str, cycles: int, open_at_once: int) -> float:
     return time.monotonic() - t0
 
 
-def round_(policy: str, loop: str, events: int, cycles: int, subs: int, open_at_once: int) -> dict[str, Any]:
+def round_(policy: str, loop: str, events: int, cycles: int, subs: int, open_at_once: int,
+           churn_events: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="syncref-gcp-"))
     cfg = tmp / "cfg.toml"
     cfg.write_text(f'[server]\ngc_freeze = "{policy}"\n')
@@ -174,11 +192,21 @@ def round_(policy: str, loop: str, events: int, cycles: int, subs: int, open_at_
     grow_s = grow(base, events, subs)
     after_grow = (metric(base, "syncref_gc_frozen_objects"), rss(proc.pid))
     t_churn = time.time()
+    background = threading.Thread(target=grow, args=(base, churn_events, 0, "t"), daemon=True)
+    background.start()  # appends meanwhile: full collections happen while churned connections are open
     churn_s = churn(base, cycles, open_at_once)
+    background.join()
     time.sleep(0.5)
     t_end = time.time()
     after_churn = (metric(base, "syncref_gc_frozen_objects"), rss(proc.pid), metric(base, "syncref_gc_thaws_total"))
     cpu = _cpu(proc.pid) - cpu0
+    proc.send_signal(signal.SIGUSR1)
+    audit = Path(str(log) + ".audit")
+    deadline = time.monotonic() + 60
+    while not audit.exists() and time.monotonic() < deadline:
+        urllib.request.urlopen(f"{base}/v1/ping", timeout=30).read()  # wakes the loop: the handler runs
+        time.sleep(0.2)
+    time.sleep(0.2)
     proc.terminate()
     proc.wait(60)
     data = json.loads(log.read_text())
@@ -200,7 +228,8 @@ def round_(policy: str, loop: str, events: int, cycles: int, subs: int, open_at_
             "frozen_after_grow": int(after_grow[0]), "frozen_after_churn": int(after_churn[0]),
             "rss_mib_after_grow": round(after_grow[1] / 2**20, 1),
             "rss_mib_after_churn": round(after_churn[1] / 2**20, 1), "thaws": int(after_churn[2]),
-            "tracked_at_exit": data["tracked"]}
+            "tracked_at_exit": data["tracked"],
+            "audit": json.loads(audit.read_text()) if audit.exists() else None}
 
 
 def _summary(xs: list[float]) -> str:
@@ -220,13 +249,14 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=2000)
     ap.add_argument("--subs", type=int, default=4)
     ap.add_argument("--open", type=int, default=50)
+    ap.add_argument("--churn-events", type=int, default=30_000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--loop", default="uvloop")
     ap.add_argument("--policies", nargs="*", default=["survivors", "start"])
     opts = ap.parse_args()
     for r in range(opts.rounds):
         for policy in opts.policies:
-            out = round_(policy, opts.loop, opts.events, opts.cycles, opts.subs, opts.open)
+            out = round_(policy, opts.loop, opts.events, opts.cycles, opts.subs, opts.open, opts.churn_events)
             out["round"] = r
             print(json.dumps(out), flush=True)
 
