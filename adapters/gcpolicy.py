@@ -6,8 +6,8 @@ start (docs/performance.md, "GC pauses (ninth session)").  Two pieces:
 
 * :class:`GcPauses`, a ``gc.callbacks`` hook and a Prometheus collector:
   ``syncref_gc_pause_seconds{generation}`` (histogram: each collection's pause, whatever thread
-  set it off), ``syncref_gc_frozen_objects`` (``gc.get_freeze_count()`` at scrape time) and
-  ``syncref_gc_thaws_total`` (whole-heap passes the freeze policy let through, below).
+  set it off), ``syncref_gc_frozen_objects`` (what the ``survivors`` policy froze, an upper
+  bound; 0 without it) and ``syncref_gc_thaws_total`` (whole-heap passes it let through, below).
   :class:`adapters.server.SyncServer` installs one while it runs.
 * The freeze policy ``syncref serve`` applies once it has recovered (``[server] gc_freeze``):
   ``start`` collects and freezes what recovery built, once (what serve did before ADR-0036);
@@ -16,12 +16,13 @@ start (docs/performance.md, "GC pauses (ninth session)").  Two pieces:
   O(1)), so a later full pass walks only the objects born since the last one.
 
 The risk of ``survivors``: an object frozen while alive that later becomes *cyclic* garbage is
-never freed while it stays frozen (refcounted garbage still is).  The bound: when the frozen set
-has grown by ``THAW_GROWTH`` (x its size after the last whole-heap pass), the policy unfreezes
-everything at the end of a full pass, so the next full pass walks -- and frees the frozen cyclic
-garbage of -- the whole heap, and its survivors are frozen again.  So frozen garbage stays below
-about ``THAW_GROWTH`` times the live heap, and a whole-heap pass happens once per such growth
-instead of (CPython 3.11's own rule) every 25 % growth of the unfrozen heap.
+never freed while it stays frozen (refcounted garbage still is).  The bound: when the full passes
+since the last whole-heap pass have frozen ``THAW_GROWTH`` x that pass's survivors (and at least
+``THAW_FLOOR`` objects), the policy unfreezes everything at the end of a full pass, so the next
+full pass walks -- and frees the frozen cyclic garbage of -- the whole heap, and its survivors are
+frozen again.  So frozen garbage stays below about ``THAW_GROWTH`` times the live heap (plus the
+floor), and a whole-heap pass happens once per that many frozen survivors instead of (CPython
+3.11's own rule) every 25 % growth of the unfrozen heap.
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ class GcPauses(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
             family.add_metric([str(gen)], buckets, total)
         yield family
-        yield GaugeMetricFamily("syncref_gc_frozen_objects", "Objects the cyclic GC skips (gc.freeze)",
-                                value=gc.get_freeze_count())
         policy = _active
+        yield GaugeMetricFamily("syncref_gc_frozen_objects", "Objects the survivors policy froze (an upper "
+                                "bound: those freed since are counted until the next whole-heap pass)",
+                                value=policy.frozen if policy is not None else 0)
         yield CounterMetricFamily("syncref_gc_thaws", "Whole-heap collections let through by the freeze "
                                   "policy (gc_freeze = survivors) to free frozen cyclic garbage",
                                   value=policy.thaws if policy is not None else 0)
@@ -95,25 +97,42 @@ class GcPauses(Collector):
 
 class FreezeSurvivors:
     """``gc.callbacks`` hook: at the end of every full collection, freeze its survivors -- unless the
-    frozen set has grown past its bound, then unfreeze it all so the next full pass walks it."""
+    survivors frozen since the last whole-heap pass outnumber ``growth`` x that pass's survivors
+    (and ``floor``): then unfreeze everything, so the next full pass walks the whole heap and frees
+    the cyclic garbage that was frozen while alive.
 
-    def __init__(self, growth: float = THAW_GROWTH, floor: int = THAW_FLOOR) -> None:
+    The count is of survivors as they are frozen (``len(gc.get_objects(2))``: the objects the pass
+    just walked, so it costs a fraction of the pass); those freed since by their reference count
+    are still counted, so the count is an upper bound of the frozen set's growth and a thaw comes no
+    later than the bound.  ``gc.get_freeze_count()`` is not used: it walks the whole frozen list
+    (~50 ms per million objects), the cost the policy exists to avoid."""
+
+    def __init__(self, growth: float = THAW_GROWTH, floor: int = THAW_FLOOR, frozen: int = 0) -> None:
         self.growth = growth
         self.floor = floor
-        self.base = gc.get_freeze_count()  # the frozen set after the last whole-heap pass
+        self.base = frozen  # what the last whole-heap pass (or the start-up freeze) left frozen
+        self.since = 0  # survivors frozen by full passes since then
         self.freezes = 0
         self.thaws = 0
         self.thawed = False  # unfrozen: the next full pass walks the whole heap
 
+    @property
+    def frozen(self) -> int:
+        """An upper bound of the frozen set: the last whole-heap pass's survivors plus all frozen since."""
+        return self.base + self.since
+
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase != "stop" or info["generation"] != 2:
             return
+        survivors = len(gc.get_objects(2))
         gc.freeze()
         self.freezes += 1
-        if self.thawed:  # that pass walked everything: what is frozen now is live
+        if self.thawed:  # that pass walked everything: its survivors are the live heap
             self.thawed = False
-            self.base = gc.get_freeze_count()
-        elif gc.get_freeze_count() > self.base + max(self.floor, self.growth * self.base):
+            self.base, self.since = survivors, 0
+            return
+        self.since += survivors
+        if self.since > max(self.floor, self.growth * self.base):
             gc.unfreeze()
             self.thawed = True
             self.thaws += 1
@@ -130,9 +149,10 @@ def apply(policy: str) -> None:
         raise ValueError(f"gc_freeze must be one of {', '.join(GC_FREEZE_POLICIES)}, got {policy!r}")
     withdraw()
     gc.collect()
+    frozen = len(gc.get_objects(2))
     gc.freeze()
     if policy == "survivors":
-        _active = FreezeSurvivors()
+        _active = FreezeSurvivors(frozen=frozen)
         gc.callbacks.append(_active)
 
 
