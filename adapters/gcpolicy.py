@@ -103,9 +103,9 @@ class FreezeSurvivors:
 
     The count is of survivors as they are frozen (``len(gc.get_objects(2))``: the objects the pass
     just walked, so it costs a fraction of the pass); those freed since by their reference count
-    are still counted, so the count is an upper bound of the frozen set's growth and a thaw comes no
-    later than the bound.  ``gc.get_freeze_count()`` is not used: it walks the whole frozen list
-    (~50 ms per million objects), the cost the policy exists to avoid."""
+    are still counted, so it is an upper bound of the frozen set's growth.  When it passes the
+    bound, ``gc.get_freeze_count()`` -- a walk of the whole frozen list, ~50 ms per million
+    objects, so never per pass -- says how far the set really grew, and only that decides a thaw."""
 
     def __init__(self, growth: float = THAW_GROWTH, floor: int = THAW_FLOOR, frozen: int = 0) -> None:
         self.growth = growth
@@ -113,6 +113,7 @@ class FreezeSurvivors:
         self.base = frozen  # what the last whole-heap pass (or the start-up freeze) left frozen
         self.since = 0  # survivors frozen by full passes since then
         self.freezes = 0
+        self.recounts = 0  # walks of the frozen list (gc.get_freeze_count) the bound made
         self.thaws = 0
         self.thawed = False  # unfrozen: the next full pass walks the whole heap
 
@@ -132,10 +133,17 @@ class FreezeSurvivors:
             self.base, self.since = survivors, 0
             return
         self.since += survivors
-        if self.since > max(self.floor, self.growth * self.base):
-            gc.unfreeze()
-            self.thawed = True
-            self.thaws += 1
+        bound = max(self.floor, self.growth * self.base)
+        if self.since > bound:
+            # the count says the frozen set may have grown past the bound; it overcounts survivors
+            # freed since (a pipelined call's objects), so count the frozen list itself -- only
+            # now, at most once per ``bound`` survivors frozen -- before making everyone wait
+            self.recounts += 1
+            self.since = max(0, gc.get_freeze_count() - self.base)
+            if self.since > bound:
+                gc.unfreeze()
+                self.thawed = True
+                self.thaws += 1
 
 
 _active: FreezeSurvivors | None = None

@@ -177,3 +177,23 @@ def test_a_real_connection_churn_keeps_the_frozen_set_bounded(tmp_path: Path, th
         finally:
             gc.callbacks.remove(hook)
         assert highest - base <= 4500, (highest - base, hook.thaws)
+
+
+def test_survivors_that_die_by_their_reference_count_cause_no_thaw(thawed_afterwards: None) -> None:
+    """Objects alive at a full pass and freed afterwards by their reference count (a pipelined
+    call's, a queued update's) leave the frozen set by themselves: the survivors' count goes past
+    the bound, the recount finds no growth, and no whole-heap pass is made for them."""
+    gcpolicy.withdraw()
+    gc.collect()
+    gc.freeze()
+    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count())
+    gc.callbacks.append(hook)
+    try:
+        for _ in range(100):
+            transient = [[i] for i in range(100)]  # no cycle: freed when dropped, frozen or not
+            gc.collect()
+            del transient
+    finally:
+        gc.callbacks.remove(hook)
+    assert hook.freezes == 100 and hook.recounts >= 2  # 100 x ~100 survivors counted: past 2,000 often
+    assert hook.thaws == 0, (hook.thaws, hook.since)
