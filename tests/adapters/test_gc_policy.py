@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.server import WireClient, http, running_server
+from support.server import WireClient, http, running_server, serve_process
 
 from adapters import gcpolicy
 
@@ -95,6 +95,20 @@ def test_serve_applies_the_configured_policy_after_recovery(tmp_path: Path, monk
     conf.write_text(config)
     assert cli.main(["serve", "--data", str(tmp_path / "d"), "--port", "0", "--config", str(conf)]) == 0
     assert applied == [expected]
+
+
+def test_a_real_serve_reports_its_start_up_collection_and_policy(tmp_path: Path) -> None:
+    """End to end: ``syncref serve``'s start-up collection (after recovery, before the listening
+    line) is on ``/metrics`` as a generation-2 pause; the default policy's frozen count is there,
+    and ``gc_freeze = "start"`` has none (no survivors hook)."""
+    conf = tmp_path / "start.toml"
+    conf.write_text('[server]\ngc_freeze = "start"\n')
+    for name, extra, hooked in (("default", (), True), ("start", ("--config", str(conf)), False)):
+        with serve_process(tmp_path / name, *extra) as served:
+            text = http("GET", f"{served.url}/metrics").text
+        assert samples(text, "syncref_gc_pause_seconds_count")['{generation="2"}'] >= 1, name
+        frozen = samples(text, "syncref_gc_frozen_objects")[""]
+        assert (frozen > 10_000) if hooked else (frozen == 0), (name, frozen)  # the interpreter alone: ~60,000
 
 
 def test_survivors_freezes_what_a_full_collection_leaves(thawed_afterwards: None) -> None:
