@@ -604,7 +604,6 @@ class SyncServer:
         cfg = self.config
         if cfg.contracts is not None:
             contracts.enable_hot(cfg.contracts)
-        self.gc_pauses.install()
         try:
             make_data_dir(cfg.data_dir)
             probe = cfg.data_dir / ".write-probe"
@@ -673,6 +672,7 @@ class SyncServer:
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self._metrics_offsets()
+        self.gc_pauses.install()  # from here to stop(): a start that failed leaves no hook behind
         self._room.set()
         self._periodic = [asyncio.create_task(self._every(cfg.sweep_interval_s, self._sweep)),
                           asyncio.create_task(self._every(cfg.compact_interval_s, self._compact)),

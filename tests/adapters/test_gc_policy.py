@@ -211,3 +211,23 @@ def test_survivors_that_die_by_their_reference_count_cause_no_thaw(thawed_afterw
         gc.callbacks.remove(hook)
     assert hook.freezes == 100 and hook.recounts >= 2  # 100 x ~100 survivors counted: past 2,000 often
     assert hook.thaws == 0, (hook.thaws, hook.since)
+
+
+def test_a_start_that_fails_leaves_no_pause_hook(tmp_path: Path) -> None:
+    """A server whose port is taken fails to start and is never stopped: its ``gc.callbacks`` hook
+    must not stay behind (it would time every later collection of the process for nobody)."""
+    import asyncio
+    import socket
+
+    from adapters.server import ServerConfig, SyncServer
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        server = SyncServer(ServerConfig(data_dir=tmp_path / "d", port=taken.getsockname()[1]))
+        with pytest.raises(OSError):
+            asyncio.run(server.start())
+    finally:
+        taken.close()
+    assert server.gc_pauses not in gc.callbacks
