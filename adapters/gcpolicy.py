@@ -1,8 +1,10 @@
 """The cyclic garbage collector, watched and kept off the long-lived heap (ADR-0036).
 
 A full (generation 2) collection walks every object the collector tracks that is not frozen, and
-holds the server's one event loop for all of it: ~70-210 ms with ~30,000 events appended after
-start (docs/performance.md, "GC pauses (ninth session)").  Two pieces:
+holds the server's one event loop for all of it: ~20 ms of CPU in a ``syncref serve`` tracking
+~115,000 objects beyond what it froze at start, growing with what it builds after start (70-210 ms
+in an in-process harness that froze nothing; docs/performance.md, "GC pauses (ninth session)").
+Two pieces:
 
 * :class:`GcPauses`, a ``gc.callbacks`` hook and a Prometheus collector:
   ``syncref_gc_pause_seconds{generation}`` (histogram: each collection's pause, whatever thread
@@ -21,8 +23,8 @@ since the last whole-heap pass have frozen ``THAW_GROWTH`` x that pass's survivo
 ``THAW_FLOOR`` objects), the policy unfreezes everything at the end of a full pass, so the next
 full pass walks -- and frees the frozen cyclic garbage of -- the whole heap, and its survivors are
 frozen again.  So frozen garbage stays below about ``THAW_GROWTH`` times the live heap (plus the
-floor), and a whole-heap pass happens once per that many frozen survivors instead of (CPython
-3.11's own rule) every 25 % growth of the unfrozen heap.
+floor; 1.5 x that at the latest, :class:`FreezeSurvivors`), and a whole-heap pass happens once per
+such growth instead of (CPython 3.11's own rule) every 25 % growth of the unfrozen heap.
 """
 
 from __future__ import annotations
@@ -105,13 +107,16 @@ class FreezeSurvivors:
     just walked, so it costs a fraction of the pass); those freed since by their reference count
     are still counted, so it is an upper bound of the frozen set's growth.  When it passes the
     bound, ``gc.get_freeze_count()`` -- a walk of the whole frozen list, ~50 ms per million
-    objects, so never per pass -- says how far the set really grew, and only that decides a thaw."""
+    objects, so never per pass, and at most once per half a bound of survivors frozen -- says how
+    far the set really grew, and only that decides a thaw.  So a thaw comes once the frozen set
+    has grown by the bound, at the latest when it has grown by 1.5 x the bound."""
 
     def __init__(self, growth: float = THAW_GROWTH, floor: int = THAW_FLOOR, frozen: int = 0) -> None:
         self.growth = growth
         self.floor = floor
         self.base = frozen  # what the last whole-heap pass (or the start-up freeze) left frozen
-        self.since = 0  # survivors frozen by full passes since then
+        self.since = 0  # survivors frozen by full passes since then (corrected by each recount)
+        self.uncounted = 0  # of them, frozen since the last recount
         self.freezes = 0
         self.recounts = 0  # walks of the frozen list (gc.get_freeze_count) the bound made
         self.thaws = 0
@@ -130,15 +135,17 @@ class FreezeSurvivors:
         self.freezes += 1
         if self.thawed:  # that pass walked everything: its survivors are the live heap
             self.thawed = False
-            self.base, self.since = survivors, 0
+            self.base, self.since, self.uncounted = survivors, 0, 0
             return
         self.since += survivors
+        self.uncounted += survivors
         bound = max(self.floor, self.growth * self.base)
-        if self.since > bound:
+        if self.since > bound and self.uncounted * 2 >= bound:
             # the count says the frozen set may have grown past the bound; it overcounts survivors
-            # freed since (a pipelined call's objects), so count the frozen list itself -- only
-            # now, at most once per ``bound`` survivors frozen -- before making everyone wait
+            # freed since (a pipelined call's objects), so count the frozen list itself -- at most
+            # once per half a bound of survivors frozen -- before making everyone wait
             self.recounts += 1
+            self.uncounted = 0
             self.since = max(0, gc.get_freeze_count() - self.base)
             if self.since > bound:
                 gc.unfreeze()

@@ -231,3 +231,25 @@ def test_a_start_that_fails_leaves_no_pause_hook(tmp_path: Path) -> None:
     finally:
         taken.close()
     assert server.gc_pauses not in gc.callbacks
+
+
+def test_a_frozen_set_just_under_the_bound_is_not_recounted_at_every_pass(thawed_afterwards: None) -> None:
+    """Live growth just under the bound, then many passes of transient survivors: each recount
+    finds the set under the bound, and the next may come only after half a bound more survivors
+    (a recount walks the whole frozen list: per pass, it would be the cost the policy avoids)."""
+    gcpolicy.withdraw()
+    gc.collect()
+    gc.freeze()
+    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count())
+    gc.callbacks.append(hook)
+    try:
+        kept = [[i] for i in range(1800)]  # live: the frozen set grows by ~1,800 for good
+        gc.collect()
+        for _ in range(100):
+            transient = [[i] for i in range(50)]
+            gc.collect()
+            del transient
+    finally:
+        gc.callbacks.remove(hook)
+    assert len(kept) == 1800 and hook.thaws == 0
+    assert 1 <= hook.recounts <= 10, hook.recounts  # ~5,000 survivors counted: a recount per ~1,000
