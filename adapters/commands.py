@@ -14,7 +14,7 @@ tables (documented in docs/operations.md):
     [limits]  every field of ``adapters.server.Limits``
     [compat]  every field of ``spec.compat.CompatWindow``
     [server]  host, port, database, sweep_interval_s, compact_interval_s, contracts, snapshot_every,
-              snapshot_keep, commit_gather_s, event_loop
+              snapshot_keep, commit_gather_s, event_loop, gc_freeze
     [faults]  stall_commits_while (testing only: the commit log's COMMIT waits while that file exists)
 
 Command-line flags win over the file.  ``--dev`` allows anonymous identities and gives every
@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import dataclasses
 import errno
-import gc
 import ipaddress
 import json
 import math
@@ -145,7 +144,7 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     server = raw.get("server", {})
     _check_keys("server", server, {"host", "port", "database", "sweep_interval_s", "compact_interval_s",
                                    "contracts", "snapshot_every", "snapshot_keep", "commit_gather_s",
-                                   "event_loop"})
+                                   "event_loop", "gc_freeze"})
     limits_raw = raw.get("limits", {})
     defaults = Limits()
     _check_keys("limits", limits_raw, set(_fields(Limits)))
@@ -240,6 +239,12 @@ def load_config(path: Path | None, args: argparse.Namespace) -> Any:
     loop = getattr(args, "loop", None) or _typed("server", "event_loop", server.get("event_loop", "auto"), "")
     choose_loop(loop)  # an unknown or missing loop is a config error now, not at start
     extra["event_loop"] = loop
+    if "gc_freeze" in server:
+        from adapters.gcpolicy import GC_FREEZE_POLICIES
+        policy = _typed("server", "gc_freeze", server["gc_freeze"], "")
+        if policy not in GC_FREEZE_POLICIES:
+            raise ConfigError(f"[server] gc_freeze must be one of {', '.join(GC_FREEZE_POLICIES)}, got {policy!r}")
+        extra["gc_freeze"] = policy
     # hot-path contracts (docs/contracts.md): off unless --contracts, [server] contracts or SYNCREF_CONTRACTS
     checked = bool(_typed("server", "contracts", server.get("contracts", False), True))
     checked = checked or bool(getattr(args, "contracts", False)) or contracts.hot_enabled()
@@ -261,6 +266,7 @@ def _log_to_stderr() -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from adapters import gcpolicy
     from adapters.heap import keep_freed_heap
     from adapters.server import DataDirError, SyncServer
     from reference.durability import RecoveryInterrupted, writer_failure_line
@@ -330,9 +336,10 @@ def serve(args: argparse.Namespace) -> int:
         if received:  # after the recovery, before or while binding: the usual clean stop
             stop.set()
         # The recovered state lives as long as the process: keep it out of the cyclic collector's full
-        # passes, which otherwise pause everyone for a time that grows with the log.
-        gc.collect()
-        gc.freeze()
+        # passes, which otherwise pause everyone for a time that grows with the log; and by default
+        # (gc_freeze = survivors) each full pass's survivors too, so the next walks only what is
+        # newer, its frozen cyclic garbage bounded (ADR-0036).
+        gcpolicy.apply(config.gc_freeze)
         print(f"syncref listening on http://{config.host}:{server.port} (database {config.database}, "
               f"data {config.data_dir}, event loop {loop_name})", flush=True)
         assert server.failed is not None

@@ -81,6 +81,7 @@ from adapters.auth import (
 )
 from adapters.bsatn import BsatnError, TooManyItems
 from adapters.fsutil import make_data_dir
+from adapters.gcpolicy import DEFAULT_GC_FREEZE, GcPauses
 from adapters.guard import (
     DESCRIPTOR_RESERVE,
     LISTEN_BACKLOG,
@@ -377,6 +378,7 @@ class ServerConfig:
     contracts: bool | None = None  # hot-path contracts (spec.contracts.hot); None: leave the process switch
     commit_gather_s: float = COMMIT_GATHER_S  # an idle group-commit writer waits this long at most for a round
     event_loop: str = "auto"  # `syncref serve`'s loop: auto (uvloop when installed), uvloop, asyncio (ADR-0014)
+    gc_freeze: str = DEFAULT_GC_FREEZE  # `syncref serve`'s cyclic-GC freeze policy: survivors or start (ADR-0036)
     stall_commits_while: Path | None = None  # fault injection ([faults]): the log's COMMIT waits while it exists
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY  # records between state snapshots (ADR-0011); 0: none
     snapshot_keep: int = DEFAULT_SNAPSHOT_KEEP  # snapshots kept in DATA/snapshots, newest first
@@ -582,6 +584,8 @@ class SyncServer:
         self.taken_by_reader = 0  # messages a reader handed to the engine itself (ADR-0019), not via the queue
         self._in_counts = self.metrics.messages_in.counts  # syncref_client_messages_total{kind}
         self.metrics.registry.register(StateCollector(self._state_metrics))
+        self.gc_pauses = GcPauses()  # syncref_gc_pause_seconds{generation}, ..._frozen_objects, ..._thaws (ADR-0036)
+        self.metrics.registry.register(self.gc_pauses)
         self._rows = wire.RowCache()
         self._last_now = 0
         self._periodic: list[asyncio.Task[None]] = []
@@ -698,6 +702,7 @@ class SyncServer:
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self._metrics_offsets()
+        self.gc_pauses.install()  # from here to stop(): a start that failed leaves no hook behind
         self._room.set()
         self._periodic = [asyncio.create_task(self._every(cfg.sweep_interval_s, self._sweep)),
                           asyncio.create_task(self._every(cfg.compact_interval_s, self._compact)),
@@ -743,6 +748,7 @@ class SyncServer:
         if self._stopped:
             return
         self._stopped = True
+        self.gc_pauses.remove()
         logging.getLogger("syncref").removeHandler(self.recent_errors)
         for task in self._periodic:
             task.cancel()

@@ -11,7 +11,9 @@ reported as the first row: the probe's own noise).  Each row also says what the 
 meanwhile (``gc.callbacks``: collections, full ones, their total and longest pause; "-" for
 none): the server and its client share this process and its interpreter lock, so a collection
 on either thread stops the loop, and a hold no longer than the row's longest collection may be
-the GC's, not the request's.  The data: one stream of ``BIG`` events of ~250
+the GC's, not the request's.  ``--gc-freeze survivors|start`` applies ``syncref serve``'s GC
+freeze policy after start (ADR-0036; the default ``none`` freezes nothing, as the runs before it:
+the whole process, client included, is walked by each full collection).  The data: one stream of ``BIG`` events of ~250
 KiB payload each (a ~30 MiB snapshot) and one of ``MANY`` small events (for row bounds).
 
 Nothing asserts: these are measurements (docs/performance.md "Loop holds per request at the
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.server import ServerThread, WireClient, http  # type: ignore[import-not-found]  # noqa: E402  (tests/ is not a package mypy checks)
 
-from adapters import bsatn, wire  # noqa: E402
+from adapters import bsatn, gcpolicy, wire  # noqa: E402
 from adapters.server import Limits, ServerConfig  # noqa: E402
 from spec.schema import SCOPES  # noqa: E402
 
@@ -151,11 +153,16 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=[])
     ap.add_argument("--big", type=int, default=BIG)
     ap.add_argument("--many", type=int, default=MANY)
+    ap.add_argument("--gc-freeze", choices=("none", *gcpolicy.GC_FREEZE_POLICIES), default="none",
+                    help="apply syncref serve's [server] gc_freeze policy after start (ADR-0036); none: no "
+                         "freeze at all (the runs before ADR-0036)")
     opts = ap.parse_args()
     lim = Limits()
     data = Path(tempfile.mkdtemp(prefix="syncref-holds-"))
     st = ServerThread(ServerConfig(data_dir=data, port=0, limits=lim, contracts=False))
     st.start()
+    if opts.gc_freeze != "none":  # as `syncref serve` does once it has recovered
+        st.call(gcpolicy.apply, opts.gc_freeze)
     tok = st.token(scopes=[s for s in SCOPES if s != "sync.admin"])
     admin = st.token()
     t0 = time.monotonic()
