@@ -262,7 +262,7 @@ def test_the_config_table_states_each_default(monkeypatch: pytest.MonkeyPatch, t
     config = serve_config(monkeypatch, tmp_path)
     code: dict[tuple[str, str], Any] = {("faults", "stall_commits_while"): config.stall_commits_while}
     for key in ("host", "port", "database", "sweep_interval_s", "compact_interval_s", "commit_gather_s",
-                "event_loop", "snapshot_every", "snapshot_keep", "contracts"):
+                "event_loop", "snapshot_every", "snapshot_keep", "contracts", "gc_freeze"):
         code[("server", key)] = getattr(config, key)
     for f in dataclasses.fields(CompatWindow):
         code[("compat", f.name)] = getattr(config.window, f.name)
