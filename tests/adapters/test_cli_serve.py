@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -416,6 +417,36 @@ def test_a_log_whose_commit_log_table_was_dropped_is_refused_not_served_empty(tm
     assert checked.returncode == 1 and "is damaged" in checked.stderr, checked.stderr
 
 
+def test_snapshots_whose_log_was_deleted_are_refused_not_served_empty(tmp_path: Path) -> None:
+    """A served directory with a snapshot, whose database (and WAL) was then deleted.  Failed before:
+    ``syncref serve`` created a new log, logged "snapshot snap-N.json not used (its offset N is past the
+    log head 0)" and served an empty state -- every acknowledged write gone, and the first snapshot of
+    the new log would prune the old one.  Now one line, exit 2, nothing created."""
+    data = tmp_path / "data"
+    with serve_process(data, "--config", str(_snapshot_every(tmp_path, 3))) as served:
+        token = mint_cli(data, "sync.append", "demo.*")["token"]
+        for i in range(4):
+            assert http("POST", f"{served.url}/v1/database/autopilot-sync/call/append_sync_event",
+                        json.dumps([S, f"k{i}", "1", {"none": []}, {"none": []}]),
+                        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}).status == 200
+        deadline = time.monotonic() + 30
+        while not list((data / "snapshots").glob("snap-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert list((data / "snapshots").glob("snap-*.json"))
+    for name in ("syncref.sqlite3", "syncref.sqlite3-wal", "syncref.sqlite3-shm"):
+        (data / name).unlink(missing_ok=True)
+    before = sorted(p.name for p in data.rglob("*"))
+    res = run("serve", "--data", str(data), "--port", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "listening" not in res.stdout, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "cannot be recovered" in res.stderr and "snapshots of a log" in res.stderr, res.stderr
+    assert sorted(p.name for p in data.rglob("*")) == before
+
+
+def _snapshot_every(tmp_path: Path, n: int) -> Path:
+    conf = tmp_path / "snap.toml"
+    conf.write_text(f"[server]\nsnapshot_every = {n}\n")
+    return conf
 def test_fuzz_and_chaos_refuse_a_report_file_they_cannot_write_before_running(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Failed before: ``--json`` into a missing directory was a FileNotFoundError traceback after the
