@@ -234,6 +234,42 @@ def test_dev_on_every_interface_refuses_to_start_and_the_override_warns_louder(t
         proc.wait(20)
 
 
+# `syncref serve` with the resolver answering 0.0.0.0 for "localhost" -- what a host without a
+# localhost entry in /etc/hosts gets from a DNS search domain with a wildcard record (asyncio's loop:
+# it resolves through socket.getaddrinfo, which the wrapper can replace; uvloop resolves in C)
+_LOCALHOST_ELSEWHERE = (
+    "import socket, sys\n"
+    "real = socket.getaddrinfo\n"
+    "socket.getaddrinfo = lambda host, *a, **k: real('0.0.0.0' if host == 'localhost' else host, *a, **k)\n"
+    "from adapters.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n")
+
+
+def test_dev_on_a_localhost_that_resolves_to_every_interface_refuses_to_serve(tmp_path: Path) -> None:
+    """``localhost`` is a name: the config check trusts it, but the bind resolves it.  Where it resolves
+    to a non-loopback address, ``--dev`` must not serve there.  Failed before: the server bound
+    0.0.0.0 and printed ``syncref listening on http://localhost:...`` -- every interface could mint an
+    identity with every scope.  Now the bound addresses are checked: one line, exit 2, before the
+    listening line; with ``--dev-allow-remote`` it serves."""
+    argv = [sys.executable, "-c", _LOCALHOST_ELSEWHERE, "serve", "--dev", "--host", "localhost", "--port", "0",
+            "--loop", "asyncio", "--data", str(tmp_path / "d")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and "listening" not in out and "Traceback" not in err, (proc.returncode, out, err)
+    line = [x for x in err.splitlines() if not x.startswith("WARNING: --dev")]
+    assert len(line) == 1 and line[0].startswith("syncref serve: bad config: --dev on host 'localhost', which "
+                                                 "resolved to 0.0.0.0, not a loopback address"), err
+    proc = subprocess.Popen([*argv, "--dev-allow-remote"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("syncref listening on http://localhost:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
 def test_dev_warns_and_mints_anonymous(tmp_path: Path) -> None:
     proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(tmp_path), "--port", "0", "--dev"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
