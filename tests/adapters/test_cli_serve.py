@@ -155,6 +155,27 @@ def test_an_hs256_secret_file_others_can_read_is_refused(tmp_path: Path, mode: i
         assert load_config(conf, args).auth.external_hs256_secret == b"s" * 40
 
 
+def test_an_hs256_secret_reached_through_a_symlink_is_judged_by_the_file_it_names(tmp_path: Path) -> None:
+    """A symlink's own mode is always 0777 and says nothing; the secret's readers are the target's.  So a
+    link to a 0644 secret is refused (naming the mode 0644) and a link to a 0600 one is accepted -- the
+    mode is taken from the opened file (fstat), not the link (lstat) nor a second lookup of the path."""
+    import argparse
+
+    from adapters.commands import ConfigError, load_config
+
+    secret = tmp_path / "real.secret"
+    secret.write_bytes(b"s" * 40)
+    link = tmp_path / "link.secret"
+    link.symlink_to(secret)
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[auth]\nexternal_issuer = "https://control.example"\n'
+                    f"external_hs256_secret_file = {json.dumps(str(link))}\n")
+    args = argparse.Namespace(dev=False, host=None, port=None, database=None, data=str(tmp_path / "d"))
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match=re.escape(f"{link}: mode 0644 lets other users read the HS256 secret")):
+        load_config(conf, args)
+    secret.chmod(0o600)
+    assert load_config(conf, args).auth.external_hs256_secret == b"s" * 40
 def test_a_data_directory_syncref_creates_is_private(tmp_path: Path) -> None:
     """The data directory holds every stream's payloads, the owner-only checkpoints, the bridge
     outbox and the callers' claims (syncref.sqlite3, its -wal, snapshots), which the server only
