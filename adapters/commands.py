@@ -333,6 +333,15 @@ def serve(args: argparse.Namespace) -> int:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+        exposed = [a for a in server.bound_addresses() if not is_loopback(a)]
+        if config.auth.dev and exposed and not getattr(args, "dev_allow_remote", False):
+            # the config check trusts the name "localhost"; the resolver may not (a missing /etc/hosts
+            # entry, a search domain's wildcard): what was bound decides
+            await server.stop()
+            print(f"syncref serve: bad config: --dev on host {config.host!r}, which resolved to {', '.join(exposed)}, "
+                  "not a loopback address: anyone who can reach it could mint an identity with every scope; bind "
+                  "127.0.0.1 or ::1, or add --dev-allow-remote if that is really what you want", file=sys.stderr)
+            return 2
         if received:  # after the recovery, before or while binding: the usual clean stop
             stop.set()
         # The recovered state lives as long as the process: keep it out of the cyclic collector's full

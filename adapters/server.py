@@ -709,6 +709,10 @@ class SyncServer:
                           asyncio.create_task(self._watch_writer()),
                           asyncio.create_task(self._watch_revocations())]
 
+    def bound_addresses(self) -> list[str]:
+        """The addresses the listener is bound to (what ``config.host`` resolved to)."""
+        return [str(sock.getsockname()[0]) for sock in getattr(self._listener, "sockets", None) or ()]
+
     def _limit_engine(self, engine: Engine) -> None:
         lim = self.config.limits
         engine.max_query_bytes = lim.max_query_bytes

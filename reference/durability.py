@@ -134,6 +134,26 @@ def check_tables(conn: sqlite3.Connection, path: Path) -> None:
             and conn.execute("SELECT 1 FROM commit_log LIMIT 1").fetchone() is not None:
         raise DamagedLog(f"{path} is damaged: its commit_log table holds records but there is no meta table (the "
                          "format marker and the policy are gone)")
+    if not _has_format(conn, tables) and ("commit_log" not in tables
+                                          or conn.execute("SELECT 1 FROM commit_log LIMIT 1").fetchone() is None):
+        check_snapshots_have_a_log(path, "an empty log")
+
+
+def _has_format(conn: sqlite3.Connection, tables: set[str]) -> bool:
+    return "meta" in tables and conn.execute("SELECT 1 FROM meta WHERE key = 'format'").fetchone() is not None
+
+
+def check_snapshots_have_a_log(path: Path, what: str) -> None:
+    """:class:`DamagedLog` if the data directory of ``path`` holds a snapshot file (``snap-N.json``,
+    N > 0) while its log is ``what`` (missing, or never written): a snapshot is renamed into place
+    only once its record is durable in the log (ADR-0011), so the log it was taken from is lost --
+    not a new directory, which a fresh log over it would pretend (and its first snapshot would
+    prune the old ones, the last copy of that state)."""
+    names = [p.name for offset, p in snapshot.listing(path.parent / snapshot.SNAPSHOT_DIR) if offset > 0]
+    if names:
+        raise DamagedLog(f"{path.parent} is damaged: it holds snapshots of a log ({', '.join(names)}) but {what} at "
+                         f"{path}: the log they were taken from is lost (move the snapshots away only to start "
+                         "a new, empty log)")
 
 
 class RecoveryInterrupted(Exception):
@@ -401,6 +421,7 @@ class LogStore:
         path = d / DB_FILE
         if readonly:
             if not path.exists():
+                check_snapshots_have_a_log(path, "no database")
                 raise FileNotFoundError(f"no commit log at {path}")
             conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None,
                                    check_same_thread=False)
@@ -420,6 +441,8 @@ class LogStore:
             lock.close()
             raise RuntimeError(f"data directory {d} is in use by another process") from None
         try:
+            if not path.exists():  # (before connect creates it)
+                check_snapshots_have_a_log(path, "no database")
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except BaseException:
             lock.close()

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,27 @@ def test_an_hs256_secret_file_others_can_read_is_refused(tmp_path: Path, mode: i
         assert load_config(conf, args).auth.external_hs256_secret == b"s" * 40
 
 
+def test_an_hs256_secret_reached_through_a_symlink_is_judged_by_the_file_it_names(tmp_path: Path) -> None:
+    """A symlink's own mode is always 0777 and says nothing; the secret's readers are the target's.  So a
+    link to a 0644 secret is refused (naming the mode 0644) and a link to a 0600 one is accepted -- the
+    mode is taken from the opened file (fstat), not the link (lstat) nor a second lookup of the path."""
+    import argparse
+
+    from adapters.commands import ConfigError, load_config
+
+    secret = tmp_path / "real.secret"
+    secret.write_bytes(b"s" * 40)
+    link = tmp_path / "link.secret"
+    link.symlink_to(secret)
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[auth]\nexternal_issuer = "https://control.example"\n'
+                    f"external_hs256_secret_file = {json.dumps(str(link))}\n")
+    args = argparse.Namespace(dev=False, host=None, port=None, database=None, data=str(tmp_path / "d"))
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match=re.escape(f"{link}: mode 0644 lets other users read the HS256 secret")):
+        load_config(conf, args)
+    secret.chmod(0o600)
+    assert load_config(conf, args).auth.external_hs256_secret == b"s" * 40
 def test_a_data_directory_syncref_creates_is_private(tmp_path: Path) -> None:
     """The data directory holds every stream's payloads, the owner-only checkpoints, the bridge
     outbox and the callers' claims (syncref.sqlite3, its -wal, snapshots), which the server only
@@ -233,6 +255,42 @@ def test_dev_on_every_interface_refuses_to_start_and_the_override_warns_louder(t
         proc.wait(20)
 
 
+# `syncref serve` with the resolver answering 0.0.0.0 for "localhost" -- what a host without a
+# localhost entry in /etc/hosts gets from a DNS search domain with a wildcard record (asyncio's loop:
+# it resolves through socket.getaddrinfo, which the wrapper can replace; uvloop resolves in C)
+_LOCALHOST_ELSEWHERE = (
+    "import socket, sys\n"
+    "real = socket.getaddrinfo\n"
+    "socket.getaddrinfo = lambda host, *a, **k: real('0.0.0.0' if host == 'localhost' else host, *a, **k)\n"
+    "from adapters.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n")
+
+
+def test_dev_on_a_localhost_that_resolves_to_every_interface_refuses_to_serve(tmp_path: Path) -> None:
+    """``localhost`` is a name: the config check trusts it, but the bind resolves it.  Where it resolves
+    to a non-loopback address, ``--dev`` must not serve there.  Failed before: the server bound
+    0.0.0.0 and printed ``syncref listening on http://localhost:...`` -- every interface could mint an
+    identity with every scope.  Now the bound addresses are checked: one line, exit 2, before the
+    listening line; with ``--dev-allow-remote`` it serves."""
+    argv = [sys.executable, "-c", _LOCALHOST_ELSEWHERE, "serve", "--dev", "--host", "localhost", "--port", "0",
+            "--loop", "asyncio", "--data", str(tmp_path / "d")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and "listening" not in out and "Traceback" not in err, (proc.returncode, out, err)
+    line = [x for x in err.splitlines() if not x.startswith("WARNING: --dev")]
+    assert len(line) == 1 and line[0].startswith("syncref serve: bad config: --dev on host 'localhost', which "
+                                                 "resolved to 0.0.0.0, not a loopback address"), err
+    proc = subprocess.Popen([*argv, "--dev-allow-remote"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("syncref listening on http://localhost:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
 def test_dev_warns_and_mints_anonymous(tmp_path: Path) -> None:
     proc = subprocess.Popen([*SYNCREF, "serve", "--data", str(tmp_path), "--port", "0", "--dev"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -416,6 +474,36 @@ def test_a_log_whose_commit_log_table_was_dropped_is_refused_not_served_empty(tm
     assert checked.returncode == 1 and "is damaged" in checked.stderr, checked.stderr
 
 
+def test_snapshots_whose_log_was_deleted_are_refused_not_served_empty(tmp_path: Path) -> None:
+    """A served directory with a snapshot, whose database (and WAL) was then deleted.  Failed before:
+    ``syncref serve`` created a new log, logged "snapshot snap-N.json not used (its offset N is past the
+    log head 0)" and served an empty state -- every acknowledged write gone, and the first snapshot of
+    the new log would prune the old one.  Now one line, exit 2, nothing created."""
+    data = tmp_path / "data"
+    with serve_process(data, "--config", str(_snapshot_every(tmp_path, 3))) as served:
+        token = mint_cli(data, "sync.append", "demo.*")["token"]
+        for i in range(4):
+            assert http("POST", f"{served.url}/v1/database/autopilot-sync/call/append_sync_event",
+                        json.dumps([S, f"k{i}", "1", {"none": []}, {"none": []}]),
+                        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}).status == 200
+        deadline = time.monotonic() + 30
+        while not list((data / "snapshots").glob("snap-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert list((data / "snapshots").glob("snap-*.json"))
+    for name in ("syncref.sqlite3", "syncref.sqlite3-wal", "syncref.sqlite3-shm"):
+        (data / name).unlink(missing_ok=True)
+    before = sorted(p.name for p in data.rglob("*"))
+    res = run("serve", "--data", str(data), "--port", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "listening" not in res.stdout, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "cannot be recovered" in res.stderr and "snapshots of a log" in res.stderr, res.stderr
+    assert sorted(p.name for p in data.rglob("*")) == before
+
+
+def _snapshot_every(tmp_path: Path, n: int) -> Path:
+    conf = tmp_path / "snap.toml"
+    conf.write_text(f"[server]\nsnapshot_every = {n}\n")
+    return conf
 def test_fuzz_and_chaos_refuse_a_report_file_they_cannot_write_before_running(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Failed before: ``--json`` into a missing directory was a FileNotFoundError traceback after the

@@ -872,3 +872,83 @@ def test_the_writer_failure_line_says_what_failed_that_nothing_acknowledged_is_l
     assert writer_failure_line(OSError(28, "No space left on device")).endswith("; free space and start again")
     other = writer_failure_line(RuntimeError("boom"))
     assert "RuntimeError('boom')" in other and "nothing acknowledged is lost" in other
+
+
+def _snapshotted_then_lost(path: Path, how: str) -> None:
+    """A data directory that held a log of 50 records and a snapshot of it, whose database was then
+    lost: deleted (with its WAL), or replaced by an empty syncref database (tables, no format marker)."""
+    from support.logfiles import long_log
+
+    from reference import snapshot
+
+    long_log(path, 50)
+    store = LogStore.open(path)
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=10**15)
+    snapshot.write(path / snapshot.SNAPSHOT_DIR, snapshot.capture(eng.db, eng.committed, eng.head_hash))
+    shutdown(eng, writer, store)
+    for suffix in ("", "-wal", "-shm"):
+        (path / f"syncref.sqlite3{suffix}").unlink(missing_ok=True)
+    if how == "empty database":
+        from reference.durability import _SCHEMA
+
+        conn = sqlite3.connect(path / "syncref.sqlite3")  # what a first start's crash before its marker leaves
+        conn.executescript(_SCHEMA)
+        conn.close()
+
+
+@pytest.mark.parametrize("how", ["no database", "empty database"])
+def test_snapshots_without_their_log_are_not_restarted_empty(tmp_path: Path, how: str) -> None:
+    """A snapshot is renamed into place only once its record is durable in the log (ADR-0011), so
+    ``snapshots/snap-N.json`` (N > 0) beside a missing or never-written log means the log was lost,
+    not that the directory is new.  Failed before: ``LogStore.open`` created a fresh log, ``restart``
+    passed the snapshot over ("past the log head") and the server served an empty state -- every
+    acknowledged write gone, and the first new snapshot would prune the old ones ("a future the log
+    lost"), the last copy of that state.  Now the open refuses (:class:`DamagedLog`) and writes
+    nothing; verify-log says the directory does not verify (exit 1)."""
+    from reference.durability import DamagedLog
+
+    _snapshotted_then_lost(tmp_path, how)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(DamagedLog, match=r"snap-000000000050\.json"):
+        LogStore.open(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created
+    done = _cli(tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("verify-log:")]
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert len(lines) == 1 and "is damaged" in lines[0] and "does not verify" in lines[0], lines
+
+
+def test_a_new_directory_with_stray_snapshot_files_that_name_no_record_still_starts(tmp_path: Path) -> None:
+    """Only a snapshot file (snap-N.json, N > 0) says a log existed: a stray temp file, a stranger
+    in snapshots/, or an empty snapshots/ directory leaves a new directory new."""
+    (tmp_path / "snapshots").mkdir()
+    (tmp_path / "snapshots" / "snap-000000000001.tmp").write_bytes(b"half")
+    (tmp_path / "snapshots" / "notes.txt").write_bytes(b"x")
+    store = LogStore.open(tmp_path)
+    assert store.clean_at_open
+    store.close()
+
+
+@pytest.mark.parametrize("statements", [0, 1, 2])
+def test_a_first_start_that_crashed_while_creating_the_tables_is_still_a_new_directory(
+        tmp_path: Path, statements: int) -> None:
+    """The schema is not created in one transaction (each ``CREATE TABLE`` of ``_SCHEMA`` commits on its
+    own), so a first start can crash with the file made and none, one or both tables created (and no
+    format marker).  Each of those is a new directory to the next open -- never :class:`DamagedLog`:
+    that relies on ``commit_log`` being created before ``meta`` (a crash between them leaves an empty
+    ``commit_log``, which passes; ``meta`` alone would be refused).  A guard: reordering ``_SCHEMA``
+    fails it (statements=1)."""
+    from reference.durability import _SCHEMA
+
+    conn = sqlite3.connect(tmp_path / "syncref.sqlite3", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for sql in [s for s in _SCHEMA.split(";") if s.strip()][:statements]:
+        conn.execute(sql)
+    conn.close()
+    store = LogStore.open(tmp_path)
+    assert store.clean_at_open and store.get_meta("format") is not None
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=10**15)
+    shutdown(eng, writer, store)
+    assert _stored(tmp_path)[0] == []  # no recovery record: it started as new

@@ -199,7 +199,7 @@ EQUIVALENT.update({
         "`or True` keeps stream.floor_seq when the stream is empty (head_seq < floor_seq); SEQ-1 (floor_seq <= "
         "head_seq + 1, a state invariant the contracts and machines check) makes it head_seq + 1 = next_seq then, "
         "the value the original picks",
-    "reference.durability.xǁLogStoreǁopen__mutmut_11":
+    "reference.durability.xǁLogStoreǁopen__mutmut_17":
         "uri=None for the read-only 'file:...?mode=ro' name: the SQLite this runs on (Debian's 3.40.1) is built "
         "with SQLITE_USE_URI=1, which reads file: names as URIs whatever the flag says (checked: the mutant opens "
         "the same database read-only); a SQLite built without it would open a file named 'file:...' instead, so "
@@ -230,7 +230,7 @@ EQUIVALENT.update({
     "reference.db.x__differ__mutmut_1": _DIFFER_FALLBACK,
     "reference.db.x__differ__mutmut_2": _DIFFER_FALLBACK,
     "reference.db.x__differ__mutmut_3": _DIFFER_FALLBACK,
-    "reference.durability.xǁLogStoreǁopen__mutmut_111":
+    "reference.durability.xǁLogStoreǁopen__mutmut_124":
         "the fresh-directory check's SQL in lower case: SQLite's keywords are case-insensitive and the table's "
         "name is commit_log either way, so it is the same query",
     "reference.db.xǁDbǁ_insert__mutmut_10":
@@ -410,8 +410,8 @@ MUTATED_LINE: dict[str, str] = {
     "reference.replay.x__run__mutmut_22": "for (col, has_type), value in zip(_arg_checks(rec.name), args, ):",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
-    "reference.durability.xǁLogStoreǁopen__mutmut_72": "conn = sqlite3.connect(path, check_same_thread=False)",
-    "reference.durability.xǁLogStoreǁopen__mutmut_11":
+    "reference.durability.xǁLogStoreǁopen__mutmut_85": "conn = sqlite3.connect(path, check_same_thread=False)",
+    "reference.durability.xǁLogStoreǁopen__mutmut_17":
         'conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=None, isolation_level=None,',
     "reference.eventlog.xǁRetainedRowsǁ__eq____mutmut_7":
         "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=None))",
@@ -424,7 +424,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.db.x__differ__mutmut_1": "get = None",
     "reference.db.x__differ__mutmut_2": "get = _FIELDS.get(None)",
     "reference.db.x__differ__mutmut_3": "get = _FIELDS.get(type(None))",
-    "reference.durability.xǁLogStoreǁopen__mutmut_111":
+    "reference.durability.xǁLogStoreǁopen__mutmut_124":
         'if conn.execute("select 1 from commit_log limit 1").fetchone() is not None:',
     "reference.engine.xǁEngineǁ_unregister__mutmut_15": "break",
     "reference.db.xǁDbǁ_insert__mutmut_10": "log = self.logs[row.stream_id] = StreamLog(row.stream_id, )",
@@ -549,7 +549,7 @@ MUTATED_LINE["reference.log.x_delta_text_of__mutmut_30"] = (
 # the seventh session: the durability and log survivors of the sixth session's draw (seed 6; docs/mutation.md
 # "Fifth sample"), regenerated from main cb1ecd0's source (the same text as c4e8faa's: the numbers hold)
 _LOWER_SQL = ("the query's SQL in lower case: SQLite's keywords are case-insensitive and the table and column "
-              "names are the same, so it is the same query (as LogStore.open__mutmut_111)")
+              "names are the same, so it is the same query (as LogStore.open__mutmut_124)")
 EQUIVALENT.update({
     "reference.durability.x_decode_changes__mutmut_11":
         "the fast path never taken (type(None) is list): every table's rows go through row_from_json, which the "
