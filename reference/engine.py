@@ -29,6 +29,7 @@ connection).  ``on_internal_error`` tells the I/O layer, which logs it; the engi
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 from collections import deque
@@ -156,6 +157,55 @@ def _equalities_first(query: q.Query) -> q.Query:
 
 _PK_COLUMN = {name: t.primary_key[0] for name, t in PK_TABLES.items() if t.primary_key and len(t.primary_key) == 1}
 IDLE_SHAPES = 256  # shapes kept after their last subscriber left, to be taken back (Engine.idle_shapes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Grants:
+    """A caller's ``oa_sync_streams`` grants, indexed: whether they cover a stream id
+    (:func:`spec.auth.stream_granted`) in one set lookup and one binary search instead of one test
+    per grant.  The row filter asks it about every stream-granted row a read examines and the
+    prefix walk about every stream id, and a 16 KiB token holds ~2,400 grants: one test per
+    grant made a read cost grants x rows examined (docs/performance.md, "Grants per row")."""
+
+    exact: tuple[str, ...]  # the exact ids, each once, in grant order
+    exact_set: frozenset[str]
+    prefixes: tuple[str, ...]  # what ``prefix*`` grants' ids start with, sorted, none a prefix of another
+    everything: bool  # a ``*`` grant (the prefix "")
+
+    def covers(self, stream_id: str) -> bool:
+        if self.everything or stream_id in self.exact_set:
+            return True
+        # Of prefixes none of which is a prefix of another, only the greatest one <= stream_id can
+        # be a prefix of it: every string between a prefix p of stream_id and stream_id starts with p
+        prefixes = self.prefixes
+        i = bisect.bisect_right(prefixes, stream_id)
+        return i > 0 and stream_id.startswith(prefixes[i - 1])
+
+
+@functools.lru_cache(maxsize=256)
+def _grants(streams: tuple[str, ...]) -> _Grants:
+    exact: dict[str, None] = {}
+    found: set[str] = set()
+    for grant in map(str, streams):  # (exact strs)
+        if grant.endswith("*"):
+            found.add(grant[:-1])
+        else:
+            exact[grant] = None
+    prefixes: list[str] = []
+    for p in sorted(found):  # the strings that start with p follow p at once: keep the shortest
+        if not prefixes or not p.startswith(prefixes[-1]):
+            prefixes.append(p)
+    return _Grants(tuple(exact), frozenset(exact), tuple(prefixes), "" in found)
+
+
+def _row_filter(claims: Claims, table: str) -> Callable[[Row], bool]:
+    """:func:`spec.auth.can_read` of ``claims`` for rows of ``table``; a stream-granted table's rows
+    through the caller's indexed grants (:class:`_Grants`): the same answer, since such a row is
+    readable exactly when its stream is granted."""
+    if TABLE_BY_NAME[table].visibility is Visibility.STREAM_GRANT:
+        covers = _grants(claims.streams).covers
+        return lambda row: covers(row.stream_id)  # type: ignore[union-attr]
+    return functools.partial(can_read, claims)
 
 
 # a group's visible rows of one shape's match: (table, inserts, deletes)
@@ -416,7 +466,8 @@ class Engine:
                                                       "sql": text})
         query = queries[0]
         candidates = self._candidates(query, claims, Scan() if scan is None else scan)
-        rows = [row for row in candidates if q.matches(query, row) and can_read(claims, row)]
+        readable = _row_filter(claims, query.table)
+        rows = [row for row in candidates if q.matches(query, row) and readable(row)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
     def one_off(self, conn_id: int, request_id: int, text: str) -> None:
@@ -645,10 +696,11 @@ class Engine:
         visibility = TABLE_BY_NAME[table].visibility
         if visibility is Visibility.BRIDGE:
             return None if claims.scopes & BRIDGE_SCOPES else []
-        if visibility is not Visibility.STREAM_GRANT or "*" in claims.streams:
+        grants = _grants(claims.streams)
+        if visibility is not Visibility.STREAM_GRANT or grants.everything:
             return None
-        if not any(g.endswith("*") for g in claims.streams):
-            granted = dict.fromkeys(claims.streams)  # each once, in grant order
+        if not grants.prefixes:
+            granted = grants.exact  # each once, in grant order
             if table == "sync_event":
                 logs = [log for sid in granted if (log := self.db.logs.get(sid)) is not None]
                 self._count(scan, sum(map(len, logs)))
@@ -673,10 +725,11 @@ class Engine:
             return None
         granted: list[StreamLog] = []
         rows = seen = 0
+        covers = _grants(claims.streams).covers
         for sid, log in logs.items():
             size = len(log)
             rows += size
-            if stream_granted(claims, sid):
+            if covers(sid):
                 granted.append(log)
                 seen += size
         if ids + seen >= rows:
@@ -731,8 +784,9 @@ class Engine:
             # one of several resumes: replay_budget bounds its slice, as on the fast path (not counted
             # per request, only in rows_examined)
             candidates = self._candidates(query, claims, None if self.parse_cache.facts(query).resume else scan)
+            readable = _row_filter(claims, query.table)
             for row in candidates:
-                if q.matches(query, row) and can_read(claims, row):
+                if q.matches(query, row) and readable(row):
                     bucket[row] = None
         # a resume query's rows stay a RetainedRows (rows built on read; the wire encodes its columns)
         return tuple(TableRows(t, fast[t] if t in fast else tuple(rows))  # type: ignore[arg-type]

@@ -272,3 +272,131 @@ def test_rows_are_counted_before_any_is_built(monkeypatch: pytest.MonkeyPatch, t
             got = eng.query(claims, text).inserts
             assert (eng.rows_examined - before, built[0]) == (examined, built_rows)
             assert _sorted(got) == _sorted(_oracle(eng, claims, text))
+
+
+class _Grant(str):
+    """A grant that counts every look at it (compared, hashed, sliced, tested for ``*``)."""
+
+    looks = 0
+
+    def _look(self) -> None:
+        _Grant.looks += 1
+
+    def endswith(self, *args: object) -> bool:  # type: ignore[override]
+        self._look()
+        return str.endswith(self, *args)  # type: ignore[arg-type]
+
+    def startswith(self, *args: object) -> bool:  # type: ignore[override]
+        self._look()
+        return str.startswith(self, *args)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: object) -> str:  # type: ignore[override]
+        self._look()
+        return str.__getitem__(self, key)  # type: ignore[index]
+
+    def __eq__(self, other: object) -> bool:
+        self._look()
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        self._look()
+        return str.__ne__(self, other)
+
+    def __hash__(self) -> int:
+        self._look()
+        return str.__hash__(self)
+
+
+def _thirty_streams() -> Engine:
+    eng = Engine()
+    c = eng.connect(ALL, confirmed=False)
+    n = 0
+    for i in range(30):
+        for _ in range(2):
+            n += 1
+            eng.handle(c, CallReducer(n, "append_sync_event", (f"s{i}", f"k{n}", '{"n":1}', None, None)))
+    eng.advance_durable(eng.committed)
+    return eng
+
+
+MANY = 100  # grants in the tokens below (a 16 KiB token holds ~2,400 grants of a few bytes each)
+
+
+@pytest.mark.parametrize(("grants", "texts"), [
+    ((*["zz*"] * (MANY - 1), "*"), ("SELECT * FROM sync_event",)),  # * last: the whole table, every row filtered
+    ((*["zz*"] * (MANY - 1), "s1*"), ("SELECT * FROM sync_event",)),  # the walk: 30 ids, 11 streams' rows
+    ((*["zz*"] * (MANY - 1), "s1*"), ("SELECT * FROM sync_stream",)),  # a prefix: sync_stream whole
+    ((*[f"x{i}" for i in range(MANY - 1)], "s1*"), ("SELECT * FROM sync_event WHERE seq = 2",
+                                                    "SELECT * FROM sync_stream")),
+    ((*[f"x{i}" for i in range(MANY - 1)], "s3"), ("SELECT * FROM sync_event", "SELECT * FROM sync_stream")),
+])
+def test_a_read_looks_at_each_grant_a_bounded_number_of_times_not_once_per_row(
+        grants: tuple[str, ...], texts: tuple[str, ...]) -> None:
+    """``max_scan_rows`` bounds the rows a read examines, but the row filter asked every grant of
+    the caller about every row (``spec.auth.stream_granted``: one test per grant), and the prefix
+    walk every grant about every stream id: a caller with G grants cost G times the bound.  A
+    16 KiB token holds ~2,400 grants: measured, a read of 5,000 one-event streams by a token of
+    2,400 prefix grants took 1.6 s of CPU, 3.2 s with the walk (so ~30-60 s at the default bound
+    of 100,000 rows).  The grants must be looked at a bounded number of times per query (to build
+    whatever the filter uses), not once per row.  Counted: every comparison, hash, slice and ``*``
+    test of a grant; the rows are the spec's evaluation filtered by ``can_read`` (with plain
+    strings)."""
+    eng = _thirty_streams()
+    plain = Claims("e" * 64, frozenset(SCOPES), grants)
+    counted = Claims("e" * 64, frozenset(SCOPES), tuple(_Grant(g) for g in grants))
+    was = contracts.hot_enabled()
+    contracts.enable_hot(False)  # (a contract may look at grants itself)
+    try:
+        for text in texts:
+            want = _oracle(eng, plain, text)
+            before, _Grant.looks = eng.rows_examined, 0
+            got = eng.query(counted, text).inserts
+            looks, examined = _Grant.looks, eng.rows_examined - before
+            assert _sorted(got) == _sorted(want)
+            assert looks <= 6 * MANY + examined, (text, looks, examined)
+        conn = eng.connect(counted, confirmed=False)
+        before, _Grant.looks = eng.rows_examined, 0
+        eng.handle(conn, Subscribe(1, 1, texts))
+        looks, examined = _Grant.looks, eng.rows_examined - before
+        applied = eng.pop(conn).message
+        assert isinstance(applied, SubscribeApplied)
+        by_table = {t.table: _sorted(t.inserts) for t in applied.rows}
+        for text in texts:
+            (query,) = q.parse(text)
+            assert set(_sorted(_oracle(eng, plain, text))) <= set(by_table.get(query.table, []))
+        assert looks <= 6 * MANY * len(texts) + examined, (looks, examined)
+    finally:
+        contracts.enable_hot(was)
+
+
+@pytest.mark.parametrize(("grants", "covered", "not_covered"), [
+    ((), (), ("a", "", "*")),
+    (("*",), ("a", "", "zz.top", "*"), ()),
+    (("zz*", "*"), ("a", ""), ()),  # * anywhere
+    (("a",), ("a",), ("ab", "", "a.b", "A")),
+    (("a*",), ("a", "ab", "a.b", "a*"), ("", "b", "A", "ba")),
+    (("a.own*",), ("a.own", "a.owner", "a.own.x"), ("a.ow", "a.o", "b.own")),  # a plain string prefix
+    (("a.*", "a.own*", "a.owner"), ("a.", "a.x", "a.owner", "a.own"), ("a", "ab", "b.a")),  # nested prefixes
+    (("ab*", "a*"), ("a", "ab", "abc", "a0", "az"), ("b", "")),  # a prefix of another, listed after it
+    (("b*", "ab*", "abd*"), ("b", "bz", "ab", "abc", "abd", "abdz"), ("a", "aa", "ac", "abc"[:1], "")),
+    (("a.b*", "a.c", "a.bb*"), ("a.b", "a.bb", "a.bc", "a.c"), ("a.a", "a.ca", "a.", "a.d")),
+    (("a", "a*b", "**"), ("a", "a*b", "*", "*x"), ("ab", "a*", "b", "")),  # * only counts at the end
+    (("", "é*"), ("", "é", "éa"), ("e", "a", "ê")),  # the empty exact id; a non-ASCII prefix
+    (("s1*", "s10", "x"), ("s1", "s10", "s19", "s1a", "x"), ("s", "s2", "s20", "x1", "t")),
+])
+def test_the_indexed_grants_cover_what_each_grant_covers(grants: tuple[str, ...], covered: tuple[str, ...],
+                                                         not_covered: tuple[str, ...]) -> None:
+    """The engine's index of a caller's grants (``reference.engine._grants``: exact ids in a set,
+    prefixes searched by bisection) against a table of cases written by hand from the grant rule
+    (docs/protocol.md, DESIGN §4: an exact id, or a plain string prefix ending in ``*``; none
+    means no stream), and against ``spec.auth.stream_granted`` (one test per grant) on every
+    id of the table and every grant's own text and prefixes."""
+    from reference.engine import _grants
+    from spec.auth import stream_granted
+    index = _grants(grants)
+    assert [s for s in covered if not index.covers(s)] == []
+    assert [s for s in not_covered if index.covers(s)] == []
+    claims = Claims("e" * 64, frozenset(), grants)
+    ids = {*covered, *not_covered, *grants, *(g[:k] for g in grants for k in range(len(g) + 1)),
+           *(g + "x" for g in grants)}
+    assert [s for s in sorted(ids) if index.covers(s) != stream_granted(claims, s)] == []

@@ -530,7 +530,8 @@ EQUIVALENT.update({
 # before they are built -- test_engine_point_reads.py's test_rows_are_counted_before_any_is_built kills it)
 EQUIVALENT["reference.engine.xǁEngineǁ_snapshot__mutmut_16"] = (
     "the resume fast path never taken (rows = None): the general path below matches the same query over the "
-    "same candidates with can_read, which _resume_rows is the shortcut of (its docstring: 'what _snapshot would "
+    "same candidates with the row filter (can_read, indexed), which _resume_rows is the shortcut of (its "
+    "docstring: 'what _snapshot would "
     "give for the query alone'; tests/reference/test_resume_fast_path.py holds both to the same hand-written "
     "seqs), so the same rows in the same order, as a tuple instead of a RetainedRows view, which the wire "
     "encodes as the same bytes")
