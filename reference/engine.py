@@ -692,12 +692,15 @@ class Engine:
         them costs less than the whole table; else None (the whole table is examined).  A bridge
         table without a bridge scope: none.  A stream-granted table whose grants are all exact
         ids: the granted streams' rows, one lookup per grant, in grant order.  With a ``prefix*``
-        grant (not ``*``): ``sync_event``'s rows of the streams :meth:`_walk_streams` finds."""
+        grant (not ``*``): ``sync_event``'s rows of the streams :meth:`_walk_streams` finds (each id
+        checked with the caller's indexed grants, :class:`_Grants`)."""
         visibility = TABLE_BY_NAME[table].visibility
         if visibility is Visibility.BRIDGE:
             return None if claims.scopes & BRIDGE_SCOPES else []
+        if visibility is not Visibility.STREAM_GRANT:
+            return None
         grants = _grants(claims.streams)
-        if visibility is not Visibility.STREAM_GRANT or grants.everything:
+        if grants.everything:
             return None
         if not grants.prefixes:
             granted = grants.exact  # each once, in grant order
