@@ -10,6 +10,11 @@ holds), 2,377 ``z*`` then ``*``, and 2,971 exact ids ``x{i}`` then ``u7.s7`` (a 
 (``time.process_time``): min and max.  Run it against two checkouts alternately
 (``PYTHONPATH=<checkout>``) on a shared machine.  Nothing asserts: docs/performance.md "Grants per row".
 Run: ``.venv/bin/python benchmarks/grants_per_row.py [--streams N --per K --rounds R]``.
+
+``--fanout G``: instead, the fanout: 50 connections whose grants are G - 1 grants ``z{j}*`` then
+``u7.*`` (50 distinct grant lists: 50 groups of the one shape) subscribe ``SELECT * FROM sync_event``;
+200 appends to ``u7.s{n}`` per round (each delivered to all 50), every queue drained; CPU ms per
+append, min and max of ``--rounds`` rounds.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from reference.engine import Engine
 from spec import contracts
 from spec.auth import Claims
 from spec.errors import SyncError
-from spec.messages import CallReducer
+from spec.messages import CallReducer, Subscribe
 from spec.schema import SCOPES
 
 
@@ -30,8 +35,12 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=5_000)
     ap.add_argument("--per", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fanout", type=int, default=0, metavar="G")
     args = ap.parse_args()
     contracts.enable_hot(False)
+    if args.fanout:
+        fanout(args.fanout, args.rounds)
+        return
     every = Claims("a" * 64, frozenset(SCOPES), ("*",))
     eng = Engine(max_undurable=10**9, max_queue=10**9)
     conn = eng.connect(every, confirmed=False)
@@ -61,6 +70,28 @@ def main() -> None:
             times.append(time.process_time() - t)
         print(f"{name}, {text}: rows {rows if rows >= 0 else 'refused'}, CPU ms min {min(times) * 1e3:.1f} "
               f"max {max(times) * 1e3:.1f}")
+
+
+def fanout(grants: int, rounds: int) -> None:
+    every = Claims("a" * 64, frozenset(SCOPES), ("*",))
+    eng = Engine(max_undurable=10**9, max_queue=10**9)
+    writer = eng.connect(every, confirmed=False)
+    for j in range(50):
+        c = eng.connect(Claims(f"{j:064x}", frozenset(SCOPES), (*[f"z{j}*"] * (grants - 1), "u7.*")), confirmed=False)
+        eng.handle(c, Subscribe(1, 1, ("SELECT * FROM sync_event",)))
+    times = []
+    for r in range(rounds):
+        t = time.process_time()
+        for n in range(200):
+            eng.handle(writer, CallReducer(r * 1000 + n + 1, "append_sync_event",
+                                           (f"u7.s{n}", f"k{r}.{n}", '{"n":1}', None, None)))
+            eng.advance_durable(eng.committed)
+            for cid in list(eng.conns):
+                while eng.conns[cid].outbound:
+                    eng.pop(cid)
+        times.append((time.process_time() - t) / 200)
+    print(f"fanout, 50 groups of {grants} grants: CPU ms per append min {min(times) * 1e3:.2f} "
+          f"max {max(times) * 1e3:.2f}")
 
 
 if __name__ == "__main__":

@@ -224,6 +224,7 @@ class Group:
     claims: Claims
     keys: tuple[tuple[int, int], ...]
     solo: Solo
+    readable: Callable[[Row], bool]  # the row filter of ``claims`` (_row_filter: grants indexed once per plan)
 
 
 @dataclass(frozen=True)
@@ -1026,9 +1027,9 @@ class Engine:
                     plan = self._plan(shape, table)
                 apart = caller is not None and caller.conn_id in plan.solo_ids
                 for group in plan.groups:
-                    claims = group.claims
-                    seen_ins = [can_read(claims, row) for row in ins]
-                    seen_dels = [can_read(claims, row) for row in dels]
+                    readable = group.readable
+                    seen_ins = [readable(row) for row in ins]
+                    seen_dels = [readable(row) for row in dels]
                     seen = (table, ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
                             dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels)))
                     for key in group.keys:
@@ -1175,7 +1176,8 @@ class Engine:
                 else:
                     general.append(key)
             solo: Solo = tuple((qs_id, tuple(conns)) for qs_id, conns in by_qs.items())
-            built.append(Group(self.conns[keys[0][0]].claims, tuple(general), solo))
+            claims = self.conns[keys[0][0]].claims
+            built.append(Group(claims, tuple(general), solo, _row_filter(claims, table)))
         plan = shape.plan = Plan(tuple(built), frozenset(solo_ids))
         shape.planned = Shape.membership
         return plan

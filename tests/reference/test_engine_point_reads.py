@@ -400,3 +400,36 @@ def test_the_indexed_grants_cover_what_each_grant_covers(grants: tuple[str, ...]
     ids = {*covered, *not_covered, *grants, *(g[:k] for g in grants for k in range(len(g) + 1)),
            *(g + "x" for g in grants)}
     assert [s for s in sorted(ids) if index.covers(s) != stream_granted(claims, s)] == []
+
+
+def test_an_update_looks_at_a_subscriber_s_grants_once_not_once_per_transaction() -> None:
+    """The fanout filters each transaction's matched rows once per group of subscribers with the
+    same grants (``spec.auth.filter_key``), and the row filter tested every grant of the group: a
+    subscriber holding a 16 KiB token's 2,378 grants cost every append ~0.33 ms, so 50 such
+    subscribers (distinct grant lists) 17 ms per append against 0.19 ms with two grants each
+    (measured, hot contracts off).  A group's grants must be looked at when its plan is built, not
+    per transaction.  Oracle: which appends the subscriber is sent, by hand (streams ``s1.*`` are
+    granted, ``x`` is not), and the rows' stream ids."""
+    eng = Engine()
+    writer = eng.connect(ALL, confirmed=False)
+    grants = (*["zz*"] * (MANY - 1), "s1*")
+    counted = Claims("e" * 64, frozenset(SCOPES), tuple(_Grant(g) for g in grants))
+    was = contracts.hot_enabled()
+    contracts.enable_hot(False)  # (a contract may look at grants itself)
+    try:
+        sub = eng.connect(counted, confirmed=False)
+        eng.handle(sub, Subscribe(1, 1, ("SELECT * FROM sync_event",)))
+        assert isinstance(eng.pop(sub).message, SubscribeApplied)
+        _Grant.looks = 0
+        streams = [("s1.a" if n % 3 == 0 else "x" if n % 3 == 1 else "s1.b") for n in range(30)]
+        for n, sid in enumerate(streams):
+            eng.handle(writer, CallReducer(n + 1, "append_sync_event", (sid, f"k{n}", '{"n":1}', None, None)))
+        looks = _Grant.looks
+        sent = []
+        while eng.conns[sub].outbound:
+            msg = eng.pop(sub).message
+            sent += [row.stream_id for u in msg.query_sets for t in u.tables for row in t.inserts]  # type: ignore[attr-defined]
+        assert sent == [sid for sid in streams if sid != "x"] and len(sent) == 20
+        assert looks <= 6 * MANY, looks
+    finally:
+        contracts.enable_hot(was)
