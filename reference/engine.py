@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ _PK_COLUMN = {name: t.primary_key[0] for name, t in PK_TABLES.items() if t.prima
 IDLE_SHAPES = 256  # shapes kept after their last subscriber left, to be taken back (Engine.idle_shapes)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class _Grants:
     """A caller's ``oa_sync_streams`` grants, indexed: whether they cover a stream id
     (:func:`spec.auth.stream_granted`) in one set lookup and one binary search instead of one test
@@ -182,8 +183,21 @@ class _Grants:
         return i > 0 and stream_id.startswith(prefixes[i - 1])
 
 
-@functools.lru_cache(maxsize=64)  # the last 64 grant lists: ~10 MB at most (~150 KB for the 2,972 ids a token holds)
+# Every index in use, one per distinct grant list: a subscriber group's plan holds its group's
+# (Group.readable), so plans of many shapes share one index per grant list instead of building
+# their own (~150 KB for the 2,972 ids a 16 KiB token holds); the last 64 asked for are also kept.
+_GRANT_INDEXES: weakref.WeakValueDictionary[tuple[str, ...], _Grants] = weakref.WeakValueDictionary()
+
+
+@functools.lru_cache(maxsize=64)
 def _grants(streams: tuple[str, ...]) -> _Grants:
+    index = _GRANT_INDEXES.get(streams)
+    if index is None:
+        index = _GRANT_INDEXES[streams] = _index_grants(streams)
+    return index
+
+
+def _index_grants(streams: tuple[str, ...]) -> _Grants:
     exact: dict[str, None] = {}
     found: set[str] = set()
     for grant in map(str, streams):  # (exact strs)

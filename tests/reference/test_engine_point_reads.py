@@ -433,3 +433,40 @@ def test_an_update_looks_at_a_subscriber_s_grants_once_not_once_per_transaction(
         assert looks <= 6 * MANY, looks
     finally:
         contracts.enable_hot(was)
+
+
+def test_plans_of_many_shapes_share_one_index_of_a_grant_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each subscriber group's plan holds its row filter, the group's grants indexed (~150 KB for
+    the 2,972 exact ids a 16 KiB token holds).  Indexes were cached for the last 64 grant lists
+    only, so with more lists in use every plan built its own: a connection's 64 shapes held 64
+    copies of its index, ~10 MB for one token.  Plans built after the cache has moved on must
+    share the index of a grant list still in use.  Counted: the indexes built, by hand."""
+    import reference.engine as engine_module
+    built: list[tuple[str, ...]] = []
+    real = engine_module._index_grants
+
+    def counted(streams: tuple[str, ...]) -> object:
+        built.append(streams)
+        return real(streams)
+
+    monkeypatch.setattr(engine_module, "_index_grants", counted)
+    engine_module._grants.cache_clear()
+    eng = Engine()
+    writer = eng.connect(ALL, confirmed=False)
+    grants = ("s1*", "mine", "s2*")
+    subs = [eng.connect(Claims(f"{i:064x}", frozenset(SCOPES), tuple(list(grants))), confirmed=False)
+            for i in range(2)]
+    texts = [f"SELECT * FROM sync_event WHERE idempotency_key = 'k{n}'" for n in range(3)]  # one append each
+    for conn in subs:
+        for qs, text in enumerate(texts, start=1):
+            eng.handle(conn, Subscribe(qs, qs, (text,)))
+            assert isinstance(eng.pop(conn).message, SubscribeApplied)
+    del built[:]
+    for n in range(3):  # each shape plans its subscribers at its first match: one per append
+        for i in range(100):  # other grant lists asked for meanwhile: the cache forgets this one
+            engine_module._grants((f"other{n}.{i}",))
+        eng.handle(writer, CallReducer(n + 1, "append_sync_event", (f"s1.{n}", f"k{n}", '{"n":1}', None, None)))
+    got = [sum(1 for u in m.message.query_sets for t in u.tables for _ in t.inserts)  # type: ignore[attr-defined]
+           for conn in subs for m in iter(lambda c=conn: eng.pop(c) if eng.conns[c].outbound else None, None)]
+    assert sum(got) == 3 * 2  # 3 appends, each matched by one shape, to 2 connections
+    assert [b for b in built if b == grants] == [grants]  # one index, shared by the plans that came later
