@@ -47,7 +47,7 @@ from reference.log import GENESIS, TxRecord, delta_parts, delta_text, make_recor
 from reference.parsecache import ParseCache
 from spec import contracts
 from spec import query as q
-from spec.auth import Claims, can_read, filter_key, grant_matches, stream_granted
+from spec.auth import Claims, can_read, filter_key, stream_granted
 from spec.compat import CompatWindow, negotiate
 from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.invariants import check_state
@@ -189,8 +189,22 @@ class _Grants:
 _GRANT_INDEXES: weakref.WeakValueDictionary[tuple[str, ...], _Grants] = weakref.WeakValueDictionary()
 
 
-@functools.lru_cache(maxsize=64)
+_LAST_GRANTS: list[Any] = [None, None]  # the last grant list asked for (that very tuple) and its index
+
+
 def _grants(streams: tuple[str, ...]) -> _Grants:
+    """The index of ``streams``; asked for that very tuple again (each query of one request), at
+    once -- a cache lookup hashes the whole grant list."""
+    if streams is _LAST_GRANTS[0]:
+        index: _Grants = _LAST_GRANTS[1]
+        return index
+    index = _cached_grants(streams)
+    _LAST_GRANTS[:] = [streams, index]
+    return index
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_grants(streams: tuple[str, ...]) -> _Grants:
     index = _GRANT_INDEXES.get(streams)
     if index is None:
         index = _GRANT_INDEXES[streams] = _index_grants(streams)
@@ -539,11 +553,14 @@ class Engine:
                                    f"epoch with = (missing: {', '.join(missing)}); resume with "
                                    f"{q.RESUME_QUERY_FORM}, E and W from the checkpoint (or leave seq unbounded to "
                                    f"read the whole stream)"})
+        grants: _Grants | None = None
         for query in queries:
             if TABLE_BY_NAME[query.table].visibility is Visibility.STREAM_GRANT:
                 sid = facts(query).stream_id
-                if isinstance(sid, str) and not any(grant_matches(g, sid) for g in claims.streams):
-                    raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
+                if isinstance(sid, str):
+                    grants = grants or _grants(claims.streams)  # (indexed: not one test per grant and query)
+                    if not grants.covers(sid):
+                        raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
         return queries
 
     def _check_room(self, claims: Claims, count: int, held: int | None) -> None:
