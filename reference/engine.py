@@ -29,8 +29,10 @@ connection).  ``on_internal_error`` tells the I/O layer, which logs it; the engi
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from reference.log import GENESIS, TxRecord, delta_parts, delta_text, make_recor
 from reference.parsecache import ParseCache
 from spec import contracts
 from spec import query as q
-from spec.auth import Claims, can_read, filter_key, grant_matches, stream_granted
+from spec.auth import Claims, can_read, filter_key, stream_granted
 from spec.compat import CompatWindow, negotiate
 from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.invariants import check_state
@@ -158,6 +160,82 @@ _PK_COLUMN = {name: t.primary_key[0] for name, t in PK_TABLES.items() if t.prima
 IDLE_SHAPES = 256  # shapes kept after their last subscriber left, to be taken back (Engine.idle_shapes)
 
 
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class _Grants:
+    """A caller's ``oa_sync_streams`` grants, indexed: whether they cover a stream id
+    (:func:`spec.auth.stream_granted`) in one set lookup and one binary search instead of one test
+    per grant.  The row filter asks it about every stream-granted row a read examines and the
+    prefix walk about every stream id, and a 16 KiB token holds ~2,400 grants: one test per
+    grant made a read cost grants x rows examined (docs/performance.md, "Grants per row")."""
+
+    exact: tuple[str, ...]  # the exact ids, each once, in grant order
+    exact_set: frozenset[str]
+    prefixes: tuple[str, ...]  # what ``prefix*`` grants' ids start with, sorted, none a prefix of another
+    everything: bool  # a ``*`` grant (the prefix "")
+
+    def covers(self, stream_id: str) -> bool:
+        if self.everything or stream_id in self.exact_set:
+            return True
+        # Of prefixes none of which is a prefix of another, only the greatest one <= stream_id can
+        # be a prefix of it: every string between a prefix p of stream_id and stream_id starts with p
+        prefixes = self.prefixes
+        i = bisect.bisect_right(prefixes, stream_id)
+        return i > 0 and stream_id.startswith(prefixes[i - 1])
+
+
+# Every index in use, one per distinct grant list: a subscriber group's plan holds its group's
+# (Group.readable), so plans of many shapes share one index per grant list instead of building
+# their own (~150 KB for the 2,972 ids a 16 KiB token holds); the last 64 asked for are also kept.
+_GRANT_INDEXES: weakref.WeakValueDictionary[tuple[str, ...], _Grants] = weakref.WeakValueDictionary()
+
+
+_LAST_GRANTS: list[Any] = [None, None]  # the last grant list asked for (that very tuple) and its index
+
+
+def _grants(streams: tuple[str, ...]) -> _Grants:
+    """The index of ``streams``; asked for that very tuple again (each query of one request), at
+    once -- a cache lookup hashes the whole grant list."""
+    if streams is _LAST_GRANTS[0]:
+        index: _Grants = _LAST_GRANTS[1]
+        return index
+    index = _cached_grants(streams)
+    _LAST_GRANTS[:] = [streams, index]
+    return index
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_grants(streams: tuple[str, ...]) -> _Grants:
+    index = _GRANT_INDEXES.get(streams)
+    if index is None:
+        index = _GRANT_INDEXES[streams] = _index_grants(streams)
+    return index
+
+
+def _index_grants(streams: tuple[str, ...]) -> _Grants:
+    exact: dict[str, None] = {}
+    found: set[str] = set()
+    for grant in map(str, streams):  # (exact strs)
+        if grant.endswith("*"):
+            found.add(grant[:-1])
+        else:
+            exact[grant] = None
+    prefixes: list[str] = []
+    for p in sorted(found):  # the strings that start with p follow p at once: keep the shortest
+        if not prefixes or not p.startswith(prefixes[-1]):
+            prefixes.append(p)
+    return _Grants(tuple(exact), frozenset(exact), tuple(prefixes), "" in found)
+
+
+def _row_filter(claims: Claims, table: str) -> Callable[[Row], bool]:
+    """:func:`spec.auth.can_read` of ``claims`` for rows of ``table``; a stream-granted table's rows
+    through the caller's indexed grants (:class:`_Grants`): the same answer, since such a row is
+    readable exactly when its stream is granted."""
+    if TABLE_BY_NAME[table].visibility is Visibility.STREAM_GRANT:
+        covers = _grants(claims.streams).covers
+        return lambda row: covers(row.stream_id)  # type: ignore[union-attr]
+    return functools.partial(can_read, claims)
+
+
 # a group's visible rows of one shape's match: (table, inserts, deletes)
 Seen = tuple[str, tuple[Row, ...], tuple[Row, ...]]
 # the fast path's connections of a group, per query set id
@@ -174,6 +252,7 @@ class Group:
     claims: Claims
     keys: tuple[tuple[int, int], ...]
     solo: Solo
+    readable: Callable[[Row], bool]  # the row filter of ``claims`` (_row_filter: grants indexed once per plan)
 
 
 @dataclass(frozen=True)
@@ -416,7 +495,8 @@ class Engine:
                                                       "sql": text})
         query = queries[0]
         candidates = self._candidates(query, claims, Scan() if scan is None else scan)
-        rows = [row for row in candidates if q.matches(query, row) and can_read(claims, row)]
+        readable = _row_filter(claims, query.table)
+        rows = [row for row in candidates if q.matches(query, row) and readable(row)]
         return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
 
     def one_off(self, conn_id: int, request_id: int, text: str) -> None:
@@ -473,11 +553,14 @@ class Engine:
                                    f"epoch with = (missing: {', '.join(missing)}); resume with "
                                    f"{q.RESUME_QUERY_FORM}, E and W from the checkpoint (or leave seq unbounded to "
                                    f"read the whole stream)"})
+        grants: _Grants | None = None
         for query in queries:
             if TABLE_BY_NAME[query.table].visibility is Visibility.STREAM_GRANT:
                 sid = facts(query).stream_id
-                if isinstance(sid, str) and not any(grant_matches(g, sid) for g in claims.streams):
-                    raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
+                if isinstance(sid, str):
+                    grants = grants or _grants(claims.streams)  # (indexed: not one test per grant and query)
+                    if not grants.covers(sid):
+                        raise SyncError(ErrorCode.FORBIDDEN_STREAM, {})
         return queries
 
     def _check_room(self, claims: Claims, count: int, held: int | None) -> None:
@@ -641,14 +724,18 @@ class Engine:
         them costs less than the whole table; else None (the whole table is examined).  A bridge
         table without a bridge scope: none.  A stream-granted table whose grants are all exact
         ids: the granted streams' rows, one lookup per grant, in grant order.  With a ``prefix*``
-        grant (not ``*``): ``sync_event``'s rows of the streams :meth:`_walk_streams` finds."""
+        grant (not ``*``): ``sync_event``'s rows of the streams :meth:`_walk_streams` finds (each id
+        checked with the caller's indexed grants, :class:`_Grants`)."""
         visibility = TABLE_BY_NAME[table].visibility
         if visibility is Visibility.BRIDGE:
             return None if claims.scopes & BRIDGE_SCOPES else []
-        if visibility is not Visibility.STREAM_GRANT or "*" in claims.streams:
+        if visibility is not Visibility.STREAM_GRANT:
             return None
-        if not any(g.endswith("*") for g in claims.streams):
-            granted = dict.fromkeys(claims.streams)  # each once, in grant order
+        grants = _grants(claims.streams)
+        if grants.everything:
+            return None
+        if not grants.prefixes:
+            granted = grants.exact  # each once, in grant order
             if table == "sync_event":
                 logs = [log for sid in granted if (log := self.db.logs.get(sid)) is not None]
                 self._count(scan, sum(map(len, logs)))
@@ -673,10 +760,11 @@ class Engine:
             return None
         granted: list[StreamLog] = []
         rows = seen = 0
+        covers = _grants(claims.streams).covers
         for sid, log in logs.items():
             size = len(log)
             rows += size
-            if stream_granted(claims, sid):
+            if covers(sid):
                 granted.append(log)
                 seen += size
         if ids + seen >= rows:
@@ -731,8 +819,9 @@ class Engine:
             # one of several resumes: replay_budget bounds its slice, as on the fast path (not counted
             # per request, only in rows_examined)
             candidates = self._candidates(query, claims, None if self.parse_cache.facts(query).resume else scan)
+            readable = _row_filter(claims, query.table)
             for row in candidates:
-                if q.matches(query, row) and can_read(claims, row):
+                if q.matches(query, row) and readable(row):
                     bucket[row] = None
         # a resume query's rows stay a RetainedRows (rows built on read; the wire encodes its columns)
         return tuple(TableRows(t, fast[t] if t in fast else tuple(rows))  # type: ignore[arg-type]
@@ -969,9 +1058,9 @@ class Engine:
                     plan = self._plan(shape, table)
                 apart = caller is not None and caller.conn_id in plan.solo_ids
                 for group in plan.groups:
-                    claims = group.claims
-                    seen_ins = [can_read(claims, row) for row in ins]
-                    seen_dels = [can_read(claims, row) for row in dels]
+                    readable = group.readable
+                    seen_ins = [readable(row) for row in ins]
+                    seen_dels = [readable(row) for row in dels]
                     seen = (table, ins if all(seen_ins) else tuple(itertools.compress(ins, seen_ins)),
                             dels if all(seen_dels) else tuple(itertools.compress(dels, seen_dels)))
                     for key in group.keys:
@@ -1118,7 +1207,8 @@ class Engine:
                 else:
                     general.append(key)
             solo: Solo = tuple((qs_id, tuple(conns)) for qs_id, conns in by_qs.items())
-            built.append(Group(self.conns[keys[0][0]].claims, tuple(general), solo))
+            claims = self.conns[keys[0][0]].claims
+            built.append(Group(claims, tuple(general), solo, _row_filter(claims, table)))
         plan = shape.plan = Plan(tuple(built), frozenset(solo_ids))
         shape.planned = Shape.membership
         return plan

@@ -272,3 +272,229 @@ def test_rows_are_counted_before_any_is_built(monkeypatch: pytest.MonkeyPatch, t
             got = eng.query(claims, text).inserts
             assert (eng.rows_examined - before, built[0]) == (examined, built_rows)
             assert _sorted(got) == _sorted(_oracle(eng, claims, text))
+
+
+class _Grant(str):
+    """A grant that counts every look at it (compared, hashed, sliced, tested for ``*``)."""
+
+    looks = 0
+
+    def _look(self) -> None:
+        _Grant.looks += 1
+
+    def endswith(self, *args: object) -> bool:  # type: ignore[override]
+        self._look()
+        return str.endswith(self, *args)  # type: ignore[arg-type]
+
+    def startswith(self, *args: object) -> bool:  # type: ignore[override]
+        self._look()
+        return str.startswith(self, *args)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: object) -> str:  # type: ignore[override]
+        self._look()
+        return str.__getitem__(self, key)  # type: ignore[index]
+
+    def __eq__(self, other: object) -> bool:
+        self._look()
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        self._look()
+        return str.__ne__(self, other)
+
+    def __hash__(self) -> int:
+        self._look()
+        return str.__hash__(self)
+
+
+def _thirty_streams() -> Engine:
+    eng = Engine()
+    c = eng.connect(ALL, confirmed=False)
+    n = 0
+    for i in range(30):
+        for _ in range(2):
+            n += 1
+            eng.handle(c, CallReducer(n, "append_sync_event", (f"s{i}", f"k{n}", '{"n":1}', None, None)))
+    eng.advance_durable(eng.committed)
+    return eng
+
+
+MANY = 100  # grants in the tokens below (a 16 KiB token holds ~2,400 grants of a few bytes each)
+
+
+@pytest.mark.parametrize(("grants", "texts"), [
+    ((*["zz*"] * (MANY - 1), "*"), ("SELECT * FROM sync_event",)),  # * last: the whole table, every row filtered
+    ((*["zz*"] * (MANY - 1), "s1*"), ("SELECT * FROM sync_event",)),  # the walk: 30 ids, 11 streams' rows
+    ((*["zz*"] * (MANY - 1), "s1*"), ("SELECT * FROM sync_stream",)),  # a prefix: sync_stream whole
+    ((*[f"x{i}" for i in range(MANY - 1)], "s1*"), ("SELECT * FROM sync_event WHERE seq = 2",
+                                                    "SELECT * FROM sync_stream")),
+    ((*[f"x{i}" for i in range(MANY - 1)], "s3"), ("SELECT * FROM sync_event", "SELECT * FROM sync_stream")),
+])
+def test_a_read_looks_at_each_grant_a_bounded_number_of_times_not_once_per_row(
+        grants: tuple[str, ...], texts: tuple[str, ...]) -> None:
+    """``max_scan_rows`` bounds the rows a read examines, but the row filter asked every grant of
+    the caller about every row (``spec.auth.stream_granted``: one test per grant), and the prefix
+    walk every grant about every stream id: a caller with G grants cost G times the bound.  A
+    16 KiB token holds ~2,400 grants: measured, a read of 5,000 one-event streams by a token of
+    2,400 prefix grants took 1.6 s of CPU, 3.2 s with the walk (so ~30-60 s at the default bound
+    of 100,000 rows).  The grants must be looked at a bounded number of times per query (to build
+    whatever the filter uses), not once per row.  Counted: every comparison, hash, slice and ``*``
+    test of a grant; the rows are the spec's evaluation filtered by ``can_read`` (with plain
+    strings)."""
+    eng = _thirty_streams()
+    plain = Claims("e" * 64, frozenset(SCOPES), grants)
+    counted = Claims("e" * 64, frozenset(SCOPES), tuple(_Grant(g) for g in grants))
+    was = contracts.hot_enabled()
+    contracts.enable_hot(False)  # (a contract may look at grants itself)
+    try:
+        for text in texts:
+            want = _oracle(eng, plain, text)
+            before, _Grant.looks = eng.rows_examined, 0
+            got = eng.query(counted, text).inserts
+            looks, examined = _Grant.looks, eng.rows_examined - before
+            assert _sorted(got) == _sorted(want)
+            assert looks <= 6 * MANY + examined, (text, looks, examined)
+        conn = eng.connect(counted, confirmed=False)
+        before, _Grant.looks = eng.rows_examined, 0
+        eng.handle(conn, Subscribe(1, 1, texts))
+        looks, examined = _Grant.looks, eng.rows_examined - before
+        applied = eng.pop(conn).message
+        assert isinstance(applied, SubscribeApplied)
+        by_table = {t.table: _sorted(t.inserts) for t in applied.rows}
+        for text in texts:
+            (query,) = q.parse(text)
+            assert set(_sorted(_oracle(eng, plain, text))) <= set(by_table.get(query.table, []))
+        assert looks <= 6 * MANY * len(texts) + examined, (looks, examined)
+    finally:
+        contracts.enable_hot(was)
+
+
+@pytest.mark.parametrize(("grants", "covered", "not_covered"), [
+    ((), (), ("a", "", "*")),
+    (("*",), ("a", "", "zz.top", "*"), ()),
+    (("zz*", "*"), ("a", ""), ()),  # * anywhere
+    (("a",), ("a",), ("ab", "", "a.b", "A")),
+    (("a*",), ("a", "ab", "a.b", "a*"), ("", "b", "A", "ba")),
+    (("a.own*",), ("a.own", "a.owner", "a.own.x"), ("a.ow", "a.o", "b.own")),  # a plain string prefix
+    (("a.*", "a.own*", "a.owner"), ("a.", "a.x", "a.owner", "a.own"), ("a", "ab", "b.a")),  # nested prefixes
+    (("ab*", "a*"), ("a", "ab", "abc", "a0", "az"), ("b", "")),  # a prefix of another, listed after it
+    (("b*", "ab*", "abd*"), ("b", "bz", "ab", "abc", "abd", "abdz"), ("a", "aa", "ac", "abc"[:1], "")),
+    (("a.b*", "a.c", "a.bb*"), ("a.b", "a.bb", "a.bc", "a.c"), ("a.a", "a.ca", "a.", "a.d")),
+    (("a", "a*b", "**"), ("a", "a*b", "*", "*x"), ("ab", "a*", "b", "")),  # * only counts at the end
+    (("", "é*"), ("", "é", "éa"), ("e", "a", "ê")),  # the empty exact id; a non-ASCII prefix
+    (("s1*", "s10", "x"), ("s1", "s10", "s19", "s1a", "x"), ("s", "s2", "s20", "x1", "t")),
+])
+def test_the_indexed_grants_cover_what_each_grant_covers(grants: tuple[str, ...], covered: tuple[str, ...],
+                                                         not_covered: tuple[str, ...]) -> None:
+    """The engine's index of a caller's grants (``reference.engine._grants``: exact ids in a set,
+    prefixes searched by bisection) against a table of cases written by hand from the grant rule
+    (docs/protocol.md, DESIGN §4: an exact id, or a plain string prefix ending in ``*``; none
+    means no stream), and against ``spec.auth.stream_granted`` (one test per grant) on every
+    id of the table and every grant's own text and prefixes."""
+    from reference.engine import _grants
+    from spec.auth import stream_granted
+    index = _grants(grants)
+    assert [s for s in covered if not index.covers(s)] == []
+    assert [s for s in not_covered if index.covers(s)] == []
+    claims = Claims("e" * 64, frozenset(), grants)
+    ids = {*covered, *not_covered, *grants, *(g[:k] for g in grants for k in range(len(g) + 1)),
+           *(g + "x" for g in grants)}
+    assert [s for s in sorted(ids) if index.covers(s) != stream_granted(claims, s)] == []
+
+
+def test_an_update_looks_at_a_subscriber_s_grants_once_not_once_per_transaction() -> None:
+    """The fanout filters each transaction's matched rows once per group of subscribers with the
+    same grants (``spec.auth.filter_key``), and the row filter tested every grant of the group: a
+    subscriber holding a 16 KiB token's 2,378 grants cost every append ~0.33 ms, so 50 such
+    subscribers (distinct grant lists) 17 ms per append against 0.19 ms with two grants each
+    (measured, hot contracts off).  A group's grants must be looked at when its plan is built, not
+    per transaction.  Oracle: which appends the subscriber is sent, by hand (streams ``s1.*`` are
+    granted, ``x`` is not), and the rows' stream ids."""
+    eng = Engine()
+    writer = eng.connect(ALL, confirmed=False)
+    grants = (*["zz*"] * (MANY - 1), "s1*")
+    counted = Claims("e" * 64, frozenset(SCOPES), tuple(_Grant(g) for g in grants))
+    was = contracts.hot_enabled()
+    contracts.enable_hot(False)  # (a contract may look at grants itself)
+    try:
+        sub = eng.connect(counted, confirmed=False)
+        eng.handle(sub, Subscribe(1, 1, ("SELECT * FROM sync_event",)))
+        assert isinstance(eng.pop(sub).message, SubscribeApplied)
+        _Grant.looks = 0
+        streams = [("s1.a" if n % 3 == 0 else "x" if n % 3 == 1 else "s1.b") for n in range(30)]
+        for n, sid in enumerate(streams):
+            eng.handle(writer, CallReducer(n + 1, "append_sync_event", (sid, f"k{n}", '{"n":1}', None, None)))
+        looks = _Grant.looks
+        sent = []
+        while eng.conns[sub].outbound:
+            msg = eng.pop(sub).message
+            sent += [row.stream_id for u in msg.query_sets for t in u.tables for row in t.inserts]  # type: ignore[attr-defined]
+        assert sent == [sid for sid in streams if sid != "x"] and len(sent) == 20
+        assert looks <= 6 * MANY, looks
+    finally:
+        contracts.enable_hot(was)
+
+
+def test_plans_of_many_shapes_share_one_index_of_a_grant_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each subscriber group's plan holds its row filter, the group's grants indexed (~150 KB for
+    the 2,972 exact ids a 16 KiB token holds).  Indexes were cached for the last 64 grant lists
+    only, so with more lists in use every plan built its own: a connection's 64 shapes held 64
+    copies of its index, ~10 MB for one token.  Plans built after the cache has moved on must
+    share the index of a grant list still in use.  Counted: the indexes built, by hand."""
+    import reference.engine as engine_module
+    built: list[tuple[str, ...]] = []
+    real = engine_module._index_grants
+
+    def counted(streams: tuple[str, ...]) -> object:
+        built.append(streams)
+        return real(streams)
+
+    monkeypatch.setattr(engine_module, "_index_grants", counted)
+    engine_module._cached_grants.cache_clear()
+    eng = Engine()
+    writer = eng.connect(ALL, confirmed=False)
+    grants = ("s1*", "mine", "s2*")
+    subs = [eng.connect(Claims(f"{i:064x}", frozenset(SCOPES), tuple(list(grants))), confirmed=False)
+            for i in range(2)]
+    texts = [f"SELECT * FROM sync_event WHERE idempotency_key = 'k{n}'" for n in range(3)]  # one append each
+    for conn in subs:
+        for qs, text in enumerate(texts, start=1):
+            eng.handle(conn, Subscribe(qs, qs, (text,)))
+            assert isinstance(eng.pop(conn).message, SubscribeApplied)
+    del built[:]
+    for n in range(3):  # each shape plans its subscribers at its first match: one per append
+        for i in range(100):  # other grant lists asked for meanwhile: the cache forgets this one
+            engine_module._grants((f"other{n}.{i}",))
+        eng.handle(writer, CallReducer(n + 1, "append_sync_event", (f"s1.{n}", f"k{n}", '{"n":1}', None, None)))
+    got = [sum(1 for u in m.message.query_sets for t in u.tables for _ in t.inserts)  # type: ignore[attr-defined]
+           for conn in subs for m in iter(lambda c=conn: eng.pop(c) if eng.conns[c].outbound else None, None)]
+    assert sum(got) == 3 * 2  # 3 appends, each matched by one shape, to 2 connections
+    assert [b for b in built if b == grants] == [grants]  # one index, shared by the plans that came later
+
+
+def test_a_subscription_s_pinned_streams_are_checked_against_the_indexed_grants() -> None:
+    """Each query that pins a stream is checked against the caller's grants before anything is
+    read (``forbidden_stream``), and the check tested every grant: 64 pinned queries by a token of
+    2,378 grants took ~20 ms of CPU per ``Subscribe``.  The grants must be looked at a bounded
+    number of times per request, not once per query.  Oracle: which queries are refused, by hand
+    (``s1*`` and ``mine`` are granted, ``x`` is not)."""
+    eng = _thirty_streams()
+    grants = (*["zz*"] * (MANY - 2), "s1*", "mine")
+    counted = Claims("e" * 64, frozenset(SCOPES), tuple(_Grant(g) for g in grants))
+    was = contracts.hot_enabled()
+    contracts.enable_hot(False)  # (a contract may look at grants itself)
+    try:
+        conn = eng.connect(counted, confirmed=False)
+        ok = tuple(f"SELECT * FROM sync_stream WHERE stream_id = '{sid}'" for sid in ("s1", "s10", "s11", "mine") * 8)
+        _Grant.looks = 0
+        eng.handle(conn, Subscribe(1, 1, ok))
+        looks = _Grant.looks
+        applied = eng.pop(conn).message
+        assert isinstance(applied, SubscribeApplied)
+        assert sorted(row.stream_id for t in applied.rows for row in t.inserts) == ["s1", "s10", "s11"]  # type: ignore[attr-defined]
+        assert looks <= 6 * MANY, looks
+        eng.handle(conn, Subscribe(2, 2, (*ok[:3], "SELECT * FROM sync_stream WHERE stream_id = 'x'")))
+        refused = eng.pop(conn).message
+        assert isinstance(refused, SubscriptionError) and refused.error.startswith("forbidden_stream")
+    finally:
+        contracts.enable_hot(was)

@@ -34,7 +34,7 @@ ENGINE_MUTANTS: tuple[Mutant, ...] = (
              "            for shape in list(index.get(sid + \"~\", {}).values()):"),),
            "the by-stream shape index loses the shapes pinned to the written stream"),
     Mutant("fanout_ignores_row_filter", "reference.engine",
-           (("                    seen_ins = [can_read(claims, row) for row in ins]",
+           (("                    seen_ins = [readable(row) for row in ins]",
              "                    seen_ins = [True for row in ins]"),),
            "incremental updates skip the per-client row filter"),
     Mutant("durable_ahead_of_store", "reference.engine",
@@ -90,9 +90,9 @@ ENGINE_MUTANTS += (
              "        if reason == 'missing':\n            raise _err(ErrorCode.PROVIDER_UNAVAILABLE"),),
            "assigning checks only that the provider exists, not that it is active and advertises the kind"),
     Mutant("fanout_execute_scope_reads", "reference.engine",
-           (("                    seen_ins = [can_read(claims, row) for row in ins]",
-             "                    seen_ins = [can_read(claims, row) or ("
-             "table == 'compute_assignment' and 'compute.execute' in claims.scopes) for row in ins]"),),
+           (("                    seen_ins = [readable(row) for row in ins]",
+             "                    seen_ins = [readable(row) or ("
+             "table == 'compute_assignment' and 'compute.execute' in group.claims.scopes) for row in ins]"),),
            "incremental updates send every assignment to compute.execute holders"),
     Mutant("execute_by_scope_alone", "reference.reducers",
            (("        if need.identity_column is not None and getattr(old, need.identity_column) != c.identity:",

@@ -472,22 +472,22 @@ EQUIVALENT.update({
         "column_bytes, __len__'s sum of hi - lo) visits positions lo..hi-1, none for an empty one; with rows kept "
         "whole the segments are rebuilt from positions",
 })
-EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_191"] = (
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_185"] = (
     "the per-fanout memo `single` stored (in _fanout's one_part) under (qs id, id(None)) while it is looked up "
     "under (qs id, id(only)): `only` is a tuple, never the None singleton, so the memo never hits and each "
     "receiver (general path) or each group's query set id (fast path, ADR-0026) builds its update again -- from "
     "shared_rows and shared_sets, which give the very same TableRows and QuerySetUpdate objects for the same "
     "part: the same updates, slower (was _fanout__mutmut_203 before the fast path renumbered the mutants)")
-EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_338"] = (
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_332"] = (
     "the general path's _send given offset None with its queue entry `out`: _send reads the offset only to "
     "make an entry when none is given (`Outbound(offset, message) if out is None else out`)")
-EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_340"] = (
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_334"] = (
     "the general path's _send given size None: _send measures the message itself (`_fits`), the same "
     "estimate `sized` took of the same object (a message over the bound came as None anyway)")
 MUTATED_LINE.update({
-    "reference.engine.xǁEngineǁ_fanout__mutmut_338": "self._send(target, None, out.message, size, out)",
-    "reference.engine.xǁEngineǁ_fanout__mutmut_340": "self._send(target, offset, out.message, None, out)",
-    "reference.engine.xǁEngineǁ_fanout__mutmut_191": "single[(qs_id, id(None))] = update",
+    "reference.engine.xǁEngineǁ_fanout__mutmut_332": "self._send(target, None, out.message, size, out)",
+    "reference.engine.xǁEngineǁ_fanout__mutmut_334": "self._send(target, offset, out.message, None, out)",
+    "reference.engine.xǁEngineǁ_fanout__mutmut_185": "single[(qs_id, id(None))] = update",
     "reference.eventlog.xǁStreamLogǁ_slot__mutmut_10": "return -2",
     "reference.eventlog.xǁStreamLogǁappend__mutmut_57": "self._cols[-1].extend((end, 1, 0, 0))",
     "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_48": "if lo <= hi:",
@@ -530,7 +530,8 @@ EQUIVALENT.update({
 # before they are built -- test_engine_point_reads.py's test_rows_are_counted_before_any_is_built kills it)
 EQUIVALENT["reference.engine.xǁEngineǁ_snapshot__mutmut_16"] = (
     "the resume fast path never taken (rows = None): the general path below matches the same query over the "
-    "same candidates with can_read, which _resume_rows is the shortcut of (its docstring: 'what _snapshot would "
+    "same candidates with the row filter (can_read, indexed), which _resume_rows is the shortcut of (its "
+    "docstring: 'what _snapshot would "
     "give for the query alone'; tests/reference/test_resume_fast_path.py holds both to the same hand-written "
     "seqs), so the same rows in the same order, as a tuple instead of a RetainedRows view, which the wire "
     "encodes as the same bytes")
@@ -599,9 +600,9 @@ MUTATED_LINE.update({
     "reference.log.x_row_values__mutmut_15":
         "get = _VALUES[type(row)] = many if len(names) > 1 else (lambda r: (many(None),))",
 })
-EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_349"] = (
+EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_343"] = (
     "the fast path's memo lookup single.get(None) never hits, so every (query set id, part) calls one_part, which "
     "finds the part's TableRows in shared_rows and its QuerySetUpdate in shared_sets by the same identities "
     "(stored there by the first call) and returns the very object the memo held: the same updates, one lookup "
-    "slower (as _fanout__mutmut_191)")
-MUTATED_LINE["reference.engine.xǁEngineǁ_fanout__mutmut_349"] = "update = single.get(None)"
+    "slower (as _fanout__mutmut_185)")
+MUTATED_LINE["reference.engine.xǁEngineǁ_fanout__mutmut_343"] = "update = single.get(None)"
