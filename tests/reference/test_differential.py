@@ -27,8 +27,8 @@ def _two_sessions_then_close_at_expiry(dt: int) -> dict[str, str | None]:
     sweep run, and c1's connection closes: one marks transaction, compared row by row with the model."""
     m = DiffMachine()
     m.start(follows=[])
-    m.presence(1, "online", True)
-    m.pump(3)
+    m.sys.quiesce()
+    m._handled(1, "upsert_presence", ("sess1b", "dev", "node", "online", "eu", 2000))
     m.close_at_expiry(1, dt)
     assert 1 not in m.sys.links
     m.holds()

@@ -371,7 +371,7 @@ SYSTEM_CLIENTS = [
     ("c2", Claims(IDENTITIES[2], frozenset({"sync.subscribe", "sync.checkpoint.write", "provider.publish",
                                             "compute.request", "compute.execute"}), ("s.a*",)), False),
 ]
-WATCH_QUERIES = ("SELECT * FROM *", "SELECT * FROM stream_signal")
+WATCH_QUERIES = ("SELECT * FROM *", "SELECT * FROM stream_signal", "SELECT * FROM presence_signal")
 PROVIDERS = ("prov1", "prov2")
 REQUESTS = ("r1", "r2", "r3")
 OUTBOXES = ("o1", "o2")
@@ -392,8 +392,8 @@ class SystemMachine(RuleBasedStateMachine):
     def start(self, follows: list[tuple[int, str]]) -> None:
         for i in range(3):
             self.sys.connect(i)
-        for i in (0, 1):  # live sessions, so disconnects have presence to mark
-            self.sys.call(i, "upsert_presence", (f"sess{i}", "dev", "node", "online", "eu", 5000))
+        for i, session in ((0, "sess0"), (1, "sess1"), (1, "sess1b")):  # live sessions, so disconnects have
+            self.sys.call(i, "upsert_presence", (session, "dev", "node", "online", "eu", 5000))  # presence to mark
         for i, s in follows:
             self.sys.follow(i, s)
         self.watch_all()
