@@ -656,9 +656,10 @@ def check_convergence(clients: Iterable[tuple[str, frozenset[str], Sequence[str]
 
     A client without confirmed reads (``unconfirmed``) may have read a retention window from a compaction
     that a crash then lost: it holds the events from that floor on, and the recovered stream retains
-    older ones again (until the next compaction).  Its view may so start at any floor the stream had in
-    a committed state, durable or not (``floors_committed``, the highest per stream); its events from
-    there on must still be exactly the authority's.  A confirmed client reads only durable floors."""
+    older ones again (until the next compaction).  Its view may so start at any floor a compaction
+    committed, durable or not (``floors_committed``, the highest per stream; a lost reset's floor does not
+    count: its epoch cannot be continued, so who saw it rebootstraps); its events from there on must still
+    be exactly the authority's.  A confirmed client reads only durable floors."""
     v: list[Violation] = []
     streams = _by(db.of_type(SyncStream), "stream_id")
     lost_window_ok, seen = frozenset(unconfirmed), floors_committed or {}

@@ -22,6 +22,7 @@ over the wire, and healing uses only what a client observes (ADR-0013).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from spec.auth import Claims
@@ -58,26 +59,32 @@ class Link:
     lost_qs: set[int] = field(default_factory=set)  # query sets an update of which was lost (DELIV-2 skips them)
 
 
-def _presence_marks(before: DbState, after: DbState, identities: set[str], now: int) -> bool:
-    """Is ``before`` -> ``after`` a closed connection's presence marks, read off the rows: nothing but
-    session rows changes, no row comes or goes, and every changed row is a live session of one of
-    ``identities`` taken offline -- ``disconnected`` with ``last_seen = now``, or ``ttl_expired`` (its TTL
-    ran out first) with ``last_seen`` kept -- and nothing else about it moves."""
+def _presence_marks(before: DbState, after: DbState, closed: Mapping[int, str], owner: Mapping[str, int],
+                    now: int) -> int | None:
+    """Is ``before`` -> ``after`` the presence marks of one of the connections ``closed`` (id -> identity), read
+    off the rows -- and of which?  Nothing but session rows changes, no row comes or goes, every changed row
+    is a live session taken offline -- ``disconnected`` with ``last_seen = now``, or ``ttl_expired`` (its TTL
+    ran out first) with ``last_seen`` kept -- and nothing else about it moves; and all of them are sessions
+    of one closed connection: its identity's, last upserted by it (``owner``: session -> the connection of
+    its last upsert, the harness's own record).  None when it is not."""
     if any(before.rows(t) != after.rows(t) for t in {*before.tables, *after.tables} if t != "session_presence") or (
             before.epoch_floor, before.version_floor) != (after.epoch_floor, after.version_floor):
-        return False
+        return None
     old = {r.session_id: r for r in before.of_type(SessionPresence)}
     new = {r.session_id: r for r in after.of_type(SessionPresence)}
     if old.keys() != new.keys():
-        return False
+        return None
     changed = [(old[k], new[k]) for k in old if old[k] != new[k]]
-    owners = {o.identity for o, _n in changed}
-    return bool(changed) and len(owners) == 1 and owners <= identities and all(
-        o.status != "offline" and n == (
+    conns = {owner.get(o.session_id) for o, _n in changed}
+    conn = conns.pop() if len(conns) == 1 else None
+    if conn is None or conn not in closed:
+        return None
+    return conn if all(
+        o.identity == closed[conn] and o.status != "offline" and n == (
             SessionPresence(o.session_id, o.identity, o.device_id, o.node_id, "offline", o.region, o.last_seen,
                             o.expires_at, "ttl_expired") if o.expires_at <= now else
             SessionPresence(o.session_id, o.identity, o.device_id, o.node_id, "offline", o.region, now,
-                            o.expires_at, "disconnected")) for o, n in changed)
+                            o.expires_at, "disconnected")) for o, n in changed) else None
 
 
 class System:
@@ -228,8 +235,8 @@ class System:
         A connection the step closed (a slow consumer: its queue passed the bound) is judged too, by the
         queue it held when it closed: what it got before the close obeys the same rules, and it got
         nothing after (SLOW-1: it holds exactly one message past the bound).  What a close may add to the
-        step is modelled, not skipped: each close's presence marks commit after the call as a transaction
-        of their own, which (read off the rows) only takes live sessions of that connection's identity
+        step is modelled, not skipped: each close's presence marks commit after the call as one transaction
+        of their own, which (read off the rows) only takes live sessions that connection upserted last
         offline, ``disconnected`` at the server's clock or ``ttl_expired`` with ``last_seen`` kept; every
         connection still open may hear of each such transaction by one ``TransactionUpdate``."""
         if caller not in queues:
@@ -249,13 +256,18 @@ class System:
         assert isinstance(result, ReducerResult)
         # the step's transactions, read off the server's history: the call's (if it wrote) and the closes' marks
         commits = {c.offset: c.state for c in self.server.history if c.offset > committed}
-        identities = {conn.claims.identity for conn in closed.values()}
+        owner = dict(self.last_upsert)  # session -> its last upsert's connection, this call's own included
+        if msg.reducer == "upsert_presence" and not isinstance(result.outcome, ReducerErr):
+            owner[str(msg.args[0])] = caller
+        unmarked = {cid: conn.claims.identity for cid, conn in closed.items()}  # each close marks once
         marks: set[int] = set()
         call_offset, strays, prev = None, [], db
         for offset in range(committed + 1, self.server.committed + 1):
             state = commits.get(offset)
-            if state is not None and _presence_marks(prev, state, identities, self.server.now):
+            whose = None if state is None else _presence_marks(prev, state, unmarked, owner, self.server.now)
+            if whose is not None:
                 marks.add(offset)
+                del unmarked[whose]
             elif state is not None and offset == committed + 1:
                 call_offset = offset
             else:
@@ -409,6 +421,11 @@ class System:
         self.zombies.clear()
         self.server.clean_restart()
         self._drop_dead_links()
+
+    def advance_clock(self, to_us: int) -> None:
+        """The clock moves on and no sweep has run yet (sweeps are periodic): a close may meet a session
+        whose TTL ran out, up to the very microsecond (its marks say ``ttl_expired``)."""
+        self.server.now = max(self.server.now, to_us)
 
     def tick(self, dt_us: int) -> None:
         self.server.now += dt_us

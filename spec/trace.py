@@ -91,8 +91,9 @@ class Trace:
         default_factory=dict)
     steps: int = 0
     policy: Policy = DEFAULT_POLICY
-    # stream -> the highest floor_seq of any committed state recorded, durable or not (a crash does not
-    # lower it): REPLAY-2's allowance for unconfirmed clients (spec.invariants.check_convergence)
+    # stream -> the highest floor_seq a compaction committed, durable or not (a crash does not lower it):
+    # REPLAY-2's allowance for unconfirmed clients, who may have read that retention window
+    # (spec.invariants.check_convergence).  A reset's floor is no window: who saw it rebootstraps.
     floors: dict[str, int] = field(default_factory=dict)
 
     def _v(self, inv_id: str, msg: str) -> None:
@@ -116,8 +117,8 @@ class Trace:
         if self.states.get(offset) is db:
             return
         self.states[offset] = db
-        for s in db.of_type(SyncStream):  # at the commit, not after the step: a crash in the step may lose it
-            self.floors[s.stream_id] = max(self.floors.get(s.stream_id, 0), s.floor_seq)
+        for s in db.of_type(SyncStream) if compact_now is not None else ():  # at the commit, not after the step:
+            self.floors[s.stream_id] = max(self.floors.get(s.stream_id, 0), s.floor_seq)  # a crash may lose it
         self.violations.extend(check_state(db, self.policy.bridge_max_attempts))
         if prev is not None:
             self.violations.extend(check_transition(prev, db) if recovery is None

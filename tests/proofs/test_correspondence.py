@@ -887,6 +887,38 @@ def test_steered_cases(case: tuple[Any, ...]) -> None:
     _check_case(*case)
 
 
+STEERED_EFFECTS: dict[str, tuple[str, dict[str, Any]] | None] = {
+    # case -> (the table, the columns its one row holds after the call), or None: an accepted no-op.  Read off
+    # docs/protocol.md, not off a run: relays are merged sorted and distinct, a write only when one is added;
+    # the failure that brings attempts to the policy's bridge_max_attempts (3 here) dead-letters the row; a
+    # republish changing any content column raises the version by one.
+    "a repeated mark adding a relay": ("bridge_outbox", {"status": "sent", "relays_acked": ("wss://r1", "wss://r2")}),
+    "a repeated mark adding none": None,
+    "the failure that reaches the dead letter": ("bridge_outbox", {"status": "failed", "attempts": 3}),
+    "a republish changing the capability": ("provider_capability", {"version": 2, "capability": '{"v":2}'}),
+    "a republish changing the kinds": ("provider_capability", {"version": 2, "nip90_kinds": (5001,)}),
+    "a republish changing the price": ("provider_capability", {"version": 2, "price_hint_sats": 10}),
+}
+
+
+@pytest.mark.parametrize("case", STEERED_CASES, ids=[c[0] for c in STEERED_CASES])
+def test_steered_cases_take_the_branch_they_are_named_for(case: tuple[Any, ...]) -> None:
+    """test_steered_cases passes whatever the call does (a refusal matches its relation too): here each case
+    is accepted and has the effect its name states, so it keeps exposing the branch it was written for."""
+    _check_case(*case)
+    pre, offset = _call_goal_pre(case[1])
+    out = call(pre, CallContext(case[3], CALL_GOAL_NOW, offset, POLICY), case[2], case[4])
+    assert isinstance(out, Ok), out
+    want = STEERED_EFFECTS[case[0]]
+    if want is None:
+        assert out.noop
+        return
+    table, cols = want
+    assert not out.noop
+    (row,) = out.state.rows(table)
+    assert {k: getattr(row, k) for k in cols} == cols
+
+
 def _check_case(branch: str, setup: Setup, reducer: str, caller: Claims, args: tuple[Any, ...]) -> Any:
     pre, offset = _call_goal_pre(setup)
     outcome = call(pre, CallContext(caller, CALL_GOAL_NOW, offset, POLICY), reducer, args)

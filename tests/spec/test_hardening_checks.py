@@ -153,3 +153,38 @@ def test_ver_1_in_the_trace_remembers_versions_across_lost_states() -> None:
     reused = run(db, ME, "update_compute_assignment", "r", 1, "assigned", "p", None)  # version 2 again
     t.record_state(2, reused)
     assert "VER-1" in ids(t.violations)
+
+
+def test_replay_2_allowance_counts_compaction_floors_only() -> None:
+    """REPLAY-2's allowance lets an unconfirmed client start at a floor a compaction committed and a crash
+    lost (it read that retention window).  A reset's floor (head + 1, in a new epoch) is no such window: a
+    client that saw the reset and then the crash lose it cannot continue its lost epoch and rebootstraps from
+    the recovered floor.  So a client holding events from 3 only, when the authority retains from 1, is
+    flagged even after a (lost) reset had floor 4 -- and allowed after a (lost) compaction to floor 3."""
+    from spec.invariants import check_convergence
+    from spec.policy import StreamClass
+    from spec.reducers import compact
+    from spec.system import ADMIN
+    from spec.trace import Trace
+    from spec.values import SyncEvent
+
+    db = DbState()
+    for k in ("k1", "k2", "k3"):
+        db = run(db, ME, "append_sync_event", "s.a", k, "{}", None, None)
+    ledger = sorted(db.of_type(SyncEvent), key=lambda e: e.seq)
+    view = {"s.a": (1, 2, 3, ((3, ledger[2].payload_hash),), False)}  # epoch 1, holds event 3 only, at head 3
+    client = [("c1", ALL | {"sync.subscribe"}, ("s*",), view, {})]
+
+    def verdict(lost: DbState, compact_now: int | None) -> set[str]:
+        t = Trace()
+        t.record_state(1, db)
+        t.record_state(2, lost, compact_now=compact_now)  # committed, then lost by a crash
+        return ids(check_convergence(client, db, ledger, unconfirmed=["c1"], floors_committed=t.floors))
+
+    assert verdict(db, None) == {"REPLAY-2"}  # no lost floor at all: flagged
+    reset = run(db, ADMIN, "reset_stream_epoch", "s.a")
+    assert [s.floor_seq for s in reset.of_type(SyncStream)] == [4]
+    assert verdict(reset, None) == {"REPLAY-2"}
+    compacted = compact(db, 10, Policy(classes=(("s.a", StreamClass("one", retain_count=1)),))).state
+    assert [s.floor_seq for s in compacted.of_type(SyncStream)] == [3]
+    assert verdict(compacted, 10) == set()

@@ -36,6 +36,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 from support.machines import SystemMachine
 
+import spec.delivery
+import spec.harness
 import spec.system
 import spec.vectors as vectors
 from spec.auth import Claims
@@ -1002,18 +1004,23 @@ def test_system_server_step_waits_for_durability() -> None:
     assert sysm.trace.violations == []
 
 
-def _closing_step(monkeypatch: pytest.MonkeyPatch, fault: Any = None, failing: bool = False) -> tuple[System, int]:
+def _closing_step(monkeypatch: pytest.MonkeyPatch, fault: Any = None, failing: bool = False,
+                  before: Any = None, sessions: tuple[str, ...] = ("sess1",),
+                  call: tuple[str, tuple[Any, ...]] | None = None) -> tuple[System, int]:
     """A call step in which a connection closes: c1 follows ``s`` and owns a live session but reads nothing
     (queue bound 3); c2 follows ``s`` and watches presence.  c0 appends three times (c1's queue is full),
     then the step: c0's fourth append (its fanout closes c1 as a slow consumer) or, ``failing``, c1's own
     refused append (its result closes it).  c1's session mark commits after the call, in the same step,
     and c2 hears of it.  ``fault(system, c1's connection)`` is planted in that step only, after the server
-    handled the call.  Returns the system (nothing delivered since the step) and c1's connection."""
+    handled the call.  ``before(system)`` runs just before the step; ``sessions``: those c1 owns; ``call``:
+    c1's own call in the step instead (its result closes it).  Returns the system (nothing delivered since
+    the step) and c1's connection."""
     sysm = _system(3, max_queue=3)
     for i in range(3):
         sysm.follow(i, "s")
     sysm._send(2, [Subscribe(900, 900, ("SELECT * FROM session_presence",))])
-    sysm.call(1, "upsert_presence", ("sess1", "dev", "node", "online", "eu", 5000))
+    for session in sessions:
+        sysm.call(1, "upsert_presence", (session, "dev", "node", "online", "eu", 5000))
     _pump(sysm)
     slow = sysm.links[1].conn_id
     for k in range(3):
@@ -1026,8 +1033,11 @@ def _closing_step(monkeypatch: pytest.MonkeyPatch, fault: Any = None, failing: b
     assert slow in sysm.server.conns and sysm.trace.violations == []
     if fault is not None:
         _tamper(monkeypatch, sysm, lambda server: fault(sysm, slow))
-    caller = 1 if failing else 0
-    sysm.call(caller, "append_sync_event", ("x" if failing else "s", "k9", "{}", None, None))  # x: not granted
+    if before is not None:
+        before(sysm)
+    caller = 1 if failing or call else 0
+    reducer, args = call or ("append_sync_event", ("x" if failing else "s", "k9", "{}", None, None))  # x: not granted
+    sysm.call(caller, reducer, args)
     sysm.server_step(caller)
     assert slow not in sysm.server.conns and 1 not in sysm.links
     return sysm, slow
@@ -1072,6 +1082,73 @@ def test_system_a_fault_in_a_closing_step_is_flagged(monkeypatch: pytest.MonkeyP
     fault, failing, inv = PLANTED_IN_A_CLOSING_STEP[name]
     sysm, _slow = _closing_step(monkeypatch, fault, failing=failing)
     assert {v[0] for v in sysm.trace.violations} == {inv}, sysm.trace.violations
+
+
+def _at_expiry(dt: int) -> Any:
+    def before(sysm: System) -> None:  # the clock at sess1's expiry + dt, no sweep run: the close finds it
+        row = sysm.server.db.find(SessionPresence, lambda r: r.session_id == "sess1")
+        assert row is not None
+        sysm.server.now = row.expires_at + dt
+    return before
+
+
+LEGAL_CLOSING_STEPS: dict[str, dict[str, Any]] = {
+    # name: _closing_step's arguments (all three clients share one identity)
+    "the closed connection owns two sessions": {"sessions": ("sess1", "sess1b")},
+    "two sessions, the call fails": {"sessions": ("sess1", "sess1b"), "failing": True},
+    "the close finds its session's TTL run out exactly now": {"before": _at_expiry(0)},
+    "the close comes 1 us before the expiry": {"before": _at_expiry(-1)},
+    "the close comes after the expiry, the call fails": {"before": _at_expiry(1), "failing": True},
+    "the closed connection's own upsert closes it": {"call": ("upsert_presence",
+                                                             ("sess1c", "dev", "node", "online", "eu", 5000))},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEGAL_CLOSING_STEPS))
+def test_system_a_legal_closing_step_is_not_flagged(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """What a close may legally do in a call step: mark several sessions at once, ``ttl_expired`` at the very
+    expiry (last_seen kept), ``disconnected`` just before it, after a failed call, or take offline the session
+    the closed caller's own call just upserted."""
+    sysm, _slow = _closing_step(monkeypatch, **LEGAL_CLOSING_STEPS[name])
+    marked = {r.session_id: (r.status, r.offline_reason) for r in sysm.server.db.of_type(SessionPresence)}
+    assert set(marked.values()) <= {("offline", "disconnected"), ("offline", "ttl_expired")}, marked
+    assert sysm.trace.violations == []
+
+
+def _split_marks(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def before(sysm: System) -> None:  # a close's marks: the first session now, the rest as if another close's
+        real = spec.harness.d.mark_disconnected
+
+        def mark(db: DbState, now: int, owners: Any, identity: str, conn_id: int, sessions: frozenset[str]) -> Any:
+            still = sorted(s for s in sessions if owners.get(s) == conn_id)
+            if len(still) > 1:
+                sysm.server._disconnects.append((identity, conn_id, frozenset(still[1:])))
+                sessions = frozenset(still[:1])
+            return real(db, now, owners, identity, conn_id, sessions)
+        monkeypatch.setattr(spec.harness.d, "mark_disconnected", mark)
+    return before
+
+
+def _marks_unowned(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def before(sysm: System) -> None:  # sess7, upserted over HTTP (no connection owns it), taken offline too
+        sysm.server.call_detached(WRITER, "upsert_presence", ("sess7", "dev", "node", "online", "eu", 5000))
+        sysm.advance_durable(sysm.server.committed)
+        for i in (0, 2):
+            while sysm.deliver(i):
+                pass
+        real = spec.delivery.disconnect_sessions
+        monkeypatch.setattr(spec.delivery, "disconnect_sessions",
+                            lambda db, now, identity, sessions: real(db, now, identity, sessions | {"sess7"}))
+    return before
+
+
+@pytest.mark.parametrize("plant", [_split_marks, _marks_unowned])
+def test_system_marks_no_close_explains_are_flagged(monkeypatch: pytest.MonkeyPatch, plant: Any) -> None:
+    """A close's marks are one transaction, over the sessions that connection upserted last: one close's marks
+    split in two, or a session no connection owns (an HTTP upsert, ADR-0003 decision 4) taken offline under
+    cover of a close, are flagged (DELIV-3: a transaction no close explains)."""
+    sysm, _slow = _closing_step(monkeypatch, before=plant(monkeypatch), sessions=("sess1", "sess1b"))
+    assert {v[0] for v in sysm.trace.violations} == {"DELIV-3"}, sysm.trace.violations
 
 
 def test_system_call_delivery_is_not_judged_for_a_caller_that_was_not_live() -> None:

@@ -217,6 +217,10 @@ class DiffSystem(System):
     # The engine acts first: the model's step may close connections (slow consumers), which the
     # harness then mirrors into the engine; doing it the other way round would reorder commits.
 
+    def advance_clock(self, to_us: int) -> None:
+        super().advance_clock(to_us)
+        self.ref.now = self.server.now
+
     def tick(self, dt_us: int) -> None:
         self.ref.sweep(self.server.now + dt_us)
         super().tick(dt_us)

@@ -371,7 +371,7 @@ SYSTEM_CLIENTS = [
     ("c2", Claims(IDENTITIES[2], frozenset({"sync.subscribe", "sync.checkpoint.write", "provider.publish",
                                             "compute.request", "compute.execute"}), ("s.a*",)), False),
 ]
-WATCH_QUERIES = ("SELECT * FROM *", "SELECT * FROM stream_signal")
+WATCH_QUERIES = ("SELECT * FROM *", "SELECT * FROM stream_signal", "SELECT * FROM presence_signal")
 PROVIDERS = ("prov1", "prov2")
 REQUESTS = ("r1", "r2", "r3")
 OUTBOXES = ("o1", "o2")
@@ -392,8 +392,8 @@ class SystemMachine(RuleBasedStateMachine):
     def start(self, follows: list[tuple[int, str]]) -> None:
         for i in range(3):
             self.sys.connect(i)
-        for i in (0, 1):  # live sessions, so disconnects have presence to mark
-            self.sys.call(i, "upsert_presence", (f"sess{i}", "dev", "node", "online", "eu", 5000))
+        for i, session in ((0, "sess0"), (1, "sess1"), (1, "sess1b")):  # live sessions, so disconnects have
+            self.sys.call(i, "upsert_presence", (session, "dev", "node", "online", "eu", 5000))  # presence to mark
         for i, s in follows:
             self.sys.follow(i, s)
         self.watch_all()
@@ -472,9 +472,22 @@ class SystemMachine(RuleBasedStateMachine):
         if reap:
             self.sys.reap()
 
-    @rule(i=client_st, status=st.sampled_from(["online", "away", "offline"]))
-    def presence(self, i: int, status: str) -> None:
-        self.sys.call(i, "upsert_presence", (f"sess{i}", "dev", "node", status, "eu", 2000))
+    @rule(i=client_st, status=st.sampled_from(["online", "away", "offline"]), second=st.booleans())
+    def presence(self, i: int, status: str, second: bool) -> None:
+        """Upsert the client's session, or its second one (a connection owning two: one close marks both,
+        in one transaction)."""
+        self.sys.call(i, "upsert_presence", (f"sess{i}{'b' if second else ''}", "dev", "node", status, "eu", 2000))
+
+    @rule(i=client_st, dt=st.sampled_from([0, 0, -1, 1]))
+    def close_at_expiry(self, i: int, dt: int) -> None:
+        """The clock reaches a live session's expiry (+ dt us) before any sweep, and its client's connection
+        closes: the marks take it offline ``ttl_expired`` from the very expiry on, ``disconnected`` before."""
+        identity = self.sys.clients[i].claims.identity
+        live = sorted(r.expires_at for r in self.sys.server.db.of_type(_mod("spec.values").SessionPresence)
+                      if r.identity == identity and r.status != "offline")
+        if live and live[0] + dt >= self.sys.server.now:
+            self.sys.advance_clock(live[0] + dt)
+            self.sys.disconnect(i)
 
     # --- the other reducers: providers, compute assignments, the bridge outbox, stream signals ----
 
