@@ -871,11 +871,11 @@ def _appends_with_images(n: int) -> tuple[list[TxRecord], dict[int, object]]:
 
 
 def test_verify_log_checks_every_snapshot_file_in_offset_order(tmp_path: Path) -> None:
+    import sqlite3
+
     from reference import snapshot
     from reference.durability import GroupCommitWriter, LogStore
     from reference.replay import SnapshotCheck, verify_log
-
-    import sqlite3
 
     records, images = _appends_with_images(6)
     assert [rec.offset for rec in records] == [1, 2, 3, 4, 5, 6]
