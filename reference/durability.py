@@ -137,6 +137,9 @@ def check_tables(conn: sqlite3.Connection, path: Path) -> None:
     if not _has_format(conn, tables) and ("commit_log" not in tables
                                           or conn.execute("SELECT 1 FROM commit_log LIMIT 1").fetchone() is None):
         check_snapshots_have_a_log(path, "an empty log")
+    if "commit_log" in tables:
+        head = conn.execute('SELECT max("offset") FROM commit_log').fetchone()[0]
+        check_snapshots_within(path, 0 if head is None else int(head))
 
 
 def _has_format(conn: sqlite3.Connection, tables: set[str]) -> bool:
@@ -154,6 +157,28 @@ def check_snapshots_have_a_log(path: Path, what: str) -> None:
         raise DamagedLog(f"{path.parent} is damaged: it holds snapshots of a log ({', '.join(names)}) but {what} at "
                          f"{path}: the log they were taken from is lost (move the snapshots away only to start "
                          "a new, empty log)")
+
+
+def check_snapshots_within(path: Path, head: int) -> None:
+    """:class:`DamagedLog` if the data directory of ``path`` holds a snapshot file past ``head``, the
+    log's last record (ADR-0037).  A snapshot is renamed into place only once its record is durable in
+    the log (ADR-0011), so the log lost acknowledged records (cut short, a deleted -wal, an older copy
+    restored) -- or the snapshot is another log's: it names only the hash of its own record, which
+    this log no longer holds, so the two cannot be told apart, and both are refused (passing it over
+    would serve the shorter history, and the first new snapshot would prune the last copy of the
+    state).  The name is the evidence, as for :func:`check_snapshots_have_a_log`: the file is not read."""
+    past = [(offset, p) for offset, p in snapshot.listing(path.parent / snapshot.SNAPSHOT_DIR) if offset > head]
+    if past:
+        offset, newest = past[0]  # listing: newest first
+        more = f" (and {', '.join(p.name for _, p in past[1:])})" if len(past) > 1 else ""
+        raise DamagedLog(
+            f"{path.parent} is damaged: snapshot {newest.name}{more} holds the state after record {offset} but the "
+            f"log at {path} ends at record {head}; a snapshot is kept only once its record is durable, so the log "
+            f"probably lost acknowledged records {head + 1}-{offset} (cut short, a deleted -wal file, an older "
+            "copy restored) -- syncref cannot tell that from a snapshot of another log, since the snapshot names "
+            f"only the hash of record {offset}; restore the log from a backup, or move {newest.parent.name}/"
+            f"{newest.name}{' and the others past it' if more else ''} aside to start from the shorter log and "
+            "accept the loss knowingly")
 
 
 class RecoveryInterrupted(Exception):

@@ -263,13 +263,14 @@ def listing(directory: Path) -> list[tuple[int, Path]]:
 
 
 def prune(directory: Path, newest: int, keep: int) -> None:
-    """After ``snap-<newest>`` is written: drop snapshots past it (a future the log lost), all but
-    the ``keep`` newest at or before it, and stray temp files."""
+    """After ``snap-<newest>`` is written: drop all but the ``keep`` newest snapshots at or before it,
+    and stray temp files.  A snapshot *past* it is never dropped (nor counted): it is the last copy of
+    records the log lost, and the next start refuses the directory over it (ADR-0037)."""
     kept = 0
     for offset, path in listing(directory):
         if offset > newest:
-            path.unlink(missing_ok=True)
-        elif kept < keep:
+            continue
+        if kept < keep:
             kept += 1
         else:
             path.unlink(missing_ok=True)

@@ -500,6 +500,39 @@ def test_snapshots_whose_log_was_deleted_are_refused_not_served_empty(tmp_path: 
     assert sorted(p.name for p in data.rglob("*")) == before
 
 
+def test_a_snapshot_past_the_log_head_is_refused_not_passed_over(tmp_path: Path) -> None:
+    """A served directory with snap-3, whose log then lost records 2 onwards (an older copy restored,
+    a cut file).  Failed before: ``syncref serve`` logged "snapshot snap-N.json not used (its offset N
+    is past the log head 1)" and served the one record left -- acknowledged writes gone, and its first
+    snapshot would prune snap-3.  Now one line naming the snapshot, both offsets and both ways out,
+    exit 2, nothing written; verify-log exit 1 (ADR-0037)."""
+    import sqlite3
+    data = tmp_path / "data"
+    with serve_process(data, "--config", str(_snapshot_every(tmp_path, 3))) as served:
+        token = mint_cli(data, "sync.append", "demo.*")["token"]
+        for i in range(4):
+            assert http("POST", f"{served.url}/v1/database/autopilot-sync/call/append_sync_event",
+                        json.dumps([S, f"k{i}", "1", {"none": []}, {"none": []}]),
+                        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}).status == 200
+        deadline = time.monotonic() + 30
+        while not list((data / "snapshots").glob("snap-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    (snap,) = list((data / "snapshots").glob("snap-*.json"))
+    db = sqlite3.connect(data / "syncref.sqlite3")
+    db.execute('DELETE FROM commit_log WHERE "offset" > 1')
+    db.commit()
+    db.close()
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+    res = run("serve", "--data", str(data), "--port", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "listening" not in res.stdout, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    for part in ("cannot be recovered", snap.name, "ends at record 1", "restore", "move", "cannot tell"):
+        assert part in res.stderr, (part, res.stderr)
+    assert {p: p.read_bytes() for p in before} == before  # nothing written (the -shm is SQLite's index)
+    checked = run("verify-log", "--data", str(data))
+    assert checked.returncode == 1 and snap.name in checked.stderr, checked.stderr
+
+
 def _snapshot_every(tmp_path: Path, n: int) -> Path:
     conf = tmp_path / "snap.toml"
     conf.write_text(f"[server]\nsnapshot_every = {n}\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -917,6 +918,83 @@ def test_snapshots_without_their_log_are_not_restarted_empty(tmp_path: Path, how
     lines = [line for line in done.stderr.splitlines() if line.startswith("verify-log:")]
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert len(lines) == 1 and "is damaged" in lines[0] and "does not verify" in lines[0], lines
+
+
+def _snapshotted_then_cut(path: Path, how: str) -> None:
+    """A log of 50 records with a snapshot at 50 whose log then lost records: its tail cut to 30
+    records (a truncated file, a deleted -wal, an older copy restored), or replaced by another,
+    shorter log of 30 records (the snapshot cannot tell the two apart: it names only record 50's hash)."""
+    from support.logfiles import long_log
+
+    from reference import snapshot
+
+    _snapshotted_then_lost(path, "no database")
+    if how == "tail cut":
+        long_log(path / "full", 50)
+        conn = sqlite3.connect(path / "full" / "syncref.sqlite3")
+        conn.execute('DELETE FROM commit_log WHERE "offset" > 30')
+        conn.commit()
+        conn.close()
+    else:
+        long_log(path / "full", 30)
+    for name in ("syncref.sqlite3", "syncref.sqlite3-wal", "syncref.sqlite3-shm"):
+        if (path / "full" / name).exists():
+            (path / "full" / name).rename(path / name)
+    shutil.rmtree(path / "full")
+    assert [o for o, _ in snapshot.listing(path / snapshot.SNAPSHOT_DIR)] == [50]
+
+
+@pytest.mark.parametrize("how", ["tail cut", "another log"])
+def test_a_snapshot_past_the_log_head_is_damage_not_passed_over(tmp_path: Path, how: str) -> None:
+    """``snap-50.json`` beside a log of 30 records: a snapshot is renamed into place only once its
+    record is durable (ADR-0011 decision 6), so the log lost acknowledged records 31-50 -- or the
+    snapshot is another log's, which cannot be told (ADR-0037).  Failed before: the open passed, restart
+    passed the snapshot over ("past the log head") and served the 30 records, and the first new
+    snapshot pruned snap-50 (the last copy of that state).  Now both opens refuse (:class:`DamagedLog`,
+    naming the snapshot, both offsets and both ways out), nothing is written, verify-log exits 1."""
+    from reference.durability import DamagedLog
+
+    _snapshotted_then_cut(tmp_path, how)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for readonly in (False, True):
+        with pytest.raises(DamagedLog) as err:
+            LogStore.open(tmp_path, readonly=readonly)
+        text = str(err.value)
+        for part in ("snap-000000000050.json", "record 50", "ends at record 30", "restore", "move",
+                     "cannot tell"):
+            assert part in text, (part, text)
+    # nothing written: every file as it was (SQLite's connect may add an empty -wal/-shm)
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p not in before and p.stat().st_size
+                and not p.name.endswith("-shm")]
+    done = _cli(tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("verify-log:")]
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert len(lines) == 1 and "snap-000000000050.json" in lines[0] and "does not verify" in lines[0], lines
+
+
+def test_snapshots_at_or_before_the_log_head_still_open(tmp_path: Path) -> None:
+    """The other side of the check: snap-50 beside the log of 50 records it was taken from opens (both
+    ways) and restart starts from it."""
+    from support.logfiles import long_log
+
+    from reference import snapshot
+
+    long_log(tmp_path, 50)
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=10**15)
+    snapshot.write(tmp_path / snapshot.SNAPSHOT_DIR, snapshot.capture(eng.db, eng.committed, eng.head_hash))
+    shutdown(eng, writer, store)
+    LogStore.open(tmp_path, readonly=True).close()
+    store = LogStore.open(tmp_path)
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=10**15)
+    assert store.recovery is not None and store.recovery.snapshot_offset == 50
+    shutdown(eng, writer, store)
+    store = LogStore.open(tmp_path)
+    assert store.last()[0] == 50
+    store.close()
 
 
 def test_a_new_directory_with_stray_snapshot_files_that_name_no_record_still_starts(tmp_path: Path) -> None:

@@ -266,18 +266,21 @@ def test_claims_from_json_reads_every_field() -> None:
 # --- reference/snapshot.py -----------------------------------------------------------------------
 
 
-def test_prune_keeps_the_newest_drops_the_future_and_stray_temp_files(tmp_path: Path) -> None:
+def test_prune_keeps_the_newest_and_the_future_and_drops_stray_temp_files(tmp_path: Path) -> None:
+    """A snapshot past the newest is never pruned (ADR-0037): it is the last copy of records the log
+    lost, and its existence is what makes the next start refuse.  Failed before: snap-9 was deleted."""
     from reference.snapshot import prune
 
     for name in ["snap-000000000001.json", "snap-000000000002.json", "snap-000000000003.json",
-                 "snap-000000000009.json",  # past the newest: a future the log lost
+                 "snap-000000000009.json",  # past the newest: records the log lost -- kept, not counted
                  "snap-000000000002.tmp",  # a stray temp file
                  "snap-000000000003.tmp",  # the newest's own temp file (being renamed): left alone
                  "notes.txt"]:
         (tmp_path / name).write_text("x")
     prune(tmp_path, 3, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "notes.txt", "snap-000000000002.json", "snap-000000000003.json", "snap-000000000003.tmp"]
+        "notes.txt", "snap-000000000002.json", "snap-000000000003.json", "snap-000000000003.tmp",
+        "snap-000000000009.json"]
 
 
 def test_snapshotter_counts_from_offset_zero_by_default(tmp_path: Path) -> None:
@@ -868,33 +871,42 @@ def _appends_with_images(n: int) -> tuple[list[TxRecord], dict[int, object]]:
 
 
 def test_verify_log_checks_every_snapshot_file_in_offset_order(tmp_path: Path) -> None:
+    import sqlite3
+
     from reference import snapshot
     from reference.durability import GroupCommitWriter, LogStore
     from reference.replay import SnapshotCheck, verify_log
 
-    records, images = _appends_with_images(5)
-    assert [rec.offset for rec in records] == [1, 2, 3, 4, 5]
+    records, images = _appends_with_images(6)
+    assert [rec.offset for rec in records] == [1, 2, 3, 4, 5, 6]
     store = LogStore.open(tmp_path)
     writer = GroupCommitWriter(store, background=False)
     writer.append(records)
     writer.flush()
     writer.close()
     store.close()
+    # the replay stops at record 6 (its stored hash tampered with): snap-6 is past what was replayed.
+    # (A snapshot past the log's head is refused at the open instead, ADR-0037.)
+    conn = sqlite3.connect(tmp_path / "syncref.sqlite3")
+    conn.execute('UPDATE commit_log SET hash = ? WHERE "offset" = 6', ("0" * 64,))
+    conn.commit()
+    conn.close()
     directory = tmp_path / snapshot.SNAPSHOT_DIR
     snapshot.write(directory, images[2])  # good
     (directory / snapshot.file_name(3)).write_bytes(b"".join(snapshot.encode(images[2])))  # misnamed
     snapshot.write(directory, replace(images[4], head_hash="f" * 64))  # another chain's
-    snapshot.write(directory, replace(images[5], offset=99))  # past the log
+    snapshot.write(directory, images[6])  # past what was replayed
     (directory / snapshot.file_name(1)).write_bytes(b"".join(snapshot.encode(images[1]))[:-1])  # cut short
     report = verify_log(tmp_path)
-    assert report.mismatch is None and (report.records, report.stored_records) == (5, 5) and not report.ok
+    assert report.mismatch is not None and report.mismatch.offset == 6 and not report.ok
+    assert (report.records, report.stored_records) == (5, 6)
     assert report.snapshots == (
         SnapshotCheck("snap-000000000001.json", 1, "corrupt", "truncated (no trailer line)"),
         SnapshotCheck("snap-000000000002.json", 2, "match", ""),
         SnapshotCheck("snap-000000000003.json", 3, "corrupt", "the file name does not match its offset 2"),
         SnapshotCheck("snap-000000000004.json", 4, "mismatch",
                       f"chain head at 4 is {records[3].hash[:16]}..., the snapshot names {'f' * 16}..."),
-        SnapshotCheck("snap-000000000099.json", 99, "unreached", "past the 5 records replayed"),
+        SnapshotCheck("snap-000000000006.json", 6, "unreached", "past the 5 records replayed"),
     )
 
 
@@ -1382,28 +1394,39 @@ def test_a_diverging_replay_reports_the_head_of_the_records_it_matched() -> None
 
 
 def test_verify_log_names_a_corrupt_snapshot_past_the_log(tmp_path: Path) -> None:
+    """A corrupt snapshot past what was replayed is named corrupt, not unreached.  A snapshot past the
+    log's *head* is refused at the open (ADR-0037), so the replay here stops early instead: record 1's
+    stored hash is tampered with, and the snapshot is at record 2, which the log holds."""
+    import sqlite3
+
     from reference import snapshot
     from reference.durability import GroupCommitWriter, LogStore
     from reference.engine import Engine
     from reference.replay import SnapshotCheck, verify_log
 
     eng = Engine()
-    _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", "k1", "{}", None, None)
-    (rec,) = eng.take_records()
+    for key in ("k1", "k2"):
+        _engine_call(eng, Claims(A, frozenset(SCOPES), ("*",)), "append_sync_event", "s", key, "{}", None, None)
+    recs = eng.take_records()
+    assert [r.offset for r in recs] == [1, 2]
     store = LogStore.open(tmp_path)
     writer = GroupCommitWriter(store, background=False)
-    writer.append([rec])
+    writer.append(recs)
     writer.flush()
     writer.close()
     store.close()
-    image = snapshot.capture(eng.db, 7, rec.hash)
+    conn = sqlite3.connect(tmp_path / "syncref.sqlite3")
+    conn.execute("UPDATE commit_log SET hash = ? WHERE \"offset\" = 1", ("0" * 64,))
+    conn.commit()
+    conn.close()
+    image = snapshot.capture(eng.db, 2, recs[-1].hash)
     directory = tmp_path / snapshot.SNAPSHOT_DIR
     directory.mkdir(parents=True)
-    (directory / snapshot.file_name(7)).write_bytes(b"".join(snapshot.encode(image))[:-1])  # cut short
+    (directory / snapshot.file_name(2)).write_bytes(b"".join(snapshot.encode(image))[:-1])  # cut short
     report = verify_log(tmp_path)
-    assert report.mismatch is None and report.records == 1 and not report.ok
-    # past the one record replayed, but corrupt is what it is: named, with the reason
-    assert report.snapshots == (SnapshotCheck("snap-000000000007.json", 7, "corrupt", "truncated (no trailer line)"),)
+    assert report.mismatch is not None and report.records < 2 and not report.ok
+    # past the records replayed, but corrupt is what it is: named, with the reason
+    assert report.snapshots == (SnapshotCheck("snap-000000000002.json", 2, "corrupt", "truncated (no trailer line)"),)
 
 
 # --- fifth session: the survivors of a 48-mutant draw of today's engine.py, engine-only selection ---------

@@ -6,8 +6,9 @@
   plus the log's tail gives the same engine (every index, in order; floors; chain head; the
   recovery record of an unclean restart) as restarting from the whole log.
 * **Faults.**  A corrupt snapshot (a flipped byte, a cut file, a bad trailer), one bound to
-  another log, one past the log head, a misnamed one: each is passed over, named in the
-  recovery report, and an older snapshot (or the whole log) is used.
+  another log, a misnamed one: each is passed over, named in the recovery report, and an older
+  snapshot (or the whole log) is used.  One past the log head is not: the log lost records it
+  held, and the directory is refused (ADR-0037).
 * **verify-log.**  Replay from zero compares the re-executed state with every snapshot at its
   offset: a planted snapshot whose checksum is right but whose rows disagree with the log is
   reported as a mismatch naming the file and the table; a corrupt one as corrupt.
@@ -37,7 +38,7 @@ from support.logfiles import write_records
 
 from reference import snapshot
 from reference.db import Db
-from reference.durability import FORMAT, GroupCommitWriter, LogStore, restart, shutdown
+from reference.durability import FORMAT, DamagedLog, GroupCommitWriter, LogStore, restart, shutdown
 from reference.engine import Engine
 from reference.log import TxRecord
 from reference.replay import verify_log
@@ -231,19 +232,27 @@ def test_a_corrupt_or_unbound_snapshot_is_passed_over_and_reported(tmp_path: Pat
         else:
             assert check[newest.name].status == "corrupt"
         assert check[snapshot.file_name(older.offset)].status == "match"
-    # past the log head, and misnamed: passed over too; with nothing usable, the whole log
-    case = shutil.copytree(data, tmp_path / "beyond")
+    # misnamed: passed over too; with nothing usable, the whole log
+    case = shutil.copytree(data, tmp_path / "misnamed")
     for p in (case / snapshot.SNAPSHOT_DIR).iterdir():
         p.unlink()
-    ahead = Image(len(records) + 10, "a" * 64, 1, 1, newer.tables, newer.logs)
-    snapshot.write(case / snapshot.SNAPSHOT_DIR, ahead)
     (case / snapshot.SNAPSHOT_DIR / snapshot.file_name(older.offset + 1)).write_bytes(b"".join(encode(older)))
     got, _, report = restarted(case, 10**15)
     reasons = dict(report.rejected)
     assert report.snapshot_offset == 0 and report.tail_records == len(records)
-    assert "past the log head" in reasons[snapshot.file_name(ahead.offset)]
     assert "does not match its offset" in reasons[snapshot.file_name(older.offset + 1)]
     assert state(got)[:5] == state(want)[:5]
+    # past the log head: not passed over -- the log lost acknowledged records (or the snapshot is
+    # another log's, which cannot be told), so the directory is refused before anything is written
+    # (ADR-0037; failed before: passed over as "past the log head" and the shorter log served)
+    case = shutil.copytree(data, tmp_path / "beyond")
+    ahead = Image(len(records) + 10, "a" * 64, 1, 1, newer.tables, newer.logs)
+    snapshot.write(case / snapshot.SNAPSHOT_DIR, ahead)
+    with pytest.raises(DamagedLog, match=snapshot.file_name(ahead.offset)):
+        restarted(case, 10**15)
+    out = subprocess.run([sys.executable, "-m", "adapters.cli", "verify-log", "--data", str(case)],
+                         capture_output=True, text=True, check=False, timeout=120)
+    assert out.returncode == 1 and snapshot.file_name(ahead.offset) in out.stderr, out.stderr
 
 
 def test_verify_log_detects_a_snapshot_that_disagrees_with_the_log(tmp_path: Path) -> None:
@@ -294,7 +303,7 @@ def test_snapshotter_takes_one_every_n_records_and_keeps_the_newest(tmp_path: Pa
     (directory / snapshot.file_name(90)).write_bytes(b"from a future the log lost")
     snaps.take(capture(db, 60, "h60"))
     snaps.join()
-    assert [o for o, _ in snapshot.listing(directory)] == [60, 55]  # past the newest: dropped
+    assert [o for o, _ in snapshot.listing(directory)] == [90, 60, 55]  # past the newest: kept (ADR-0037)
     assert not Snapshotter(directory, 0, 2, waited.append).maybe(db, 10**6, "h")  # 0: never
     with pytest.raises(ValueError):
         Snapshotter(directory, -1, 2, waited.append)

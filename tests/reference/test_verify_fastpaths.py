@@ -228,13 +228,20 @@ def test_snapshot_statuses_are_what_decoding_every_file_gave(tmp_path: Path) -> 
     assert not snapshot.matches((directory / snapshot.file_name(at)).read_bytes(), eng.db, at, image.head_hash)
     assert _statuses(data) == _eager_statuses(data) == {snapshot.file_name(at): ("match", "")}
 
-    # misnamed, corrupt, past the end (unreached), forged rows, and two files for one offset
+    # misnamed, corrupt, past the end of the replay (unreached), forged rows, and two files for one
+    # offset.  The replay stops early (the second-to-last record's stored hash tampered with): a
+    # snapshot past the log's *head* is refused at the open instead (ADR-0037)
     cases = tmp_path / "cases"
     shutil.copytree(data, cases)
+    stop = records[-2].offset
+    conn = sqlite3.connect(cases / DB_FILE)
+    with conn:
+        conn.execute('UPDATE commit_log SET hash = ? WHERE "offset" = ?', ("0" * 64, stop))
+    conn.close()
     d = cases / snapshot.SNAPSHOT_DIR
     (d / snapshot.file_name(at - 1)).write_bytes(good)  # names at - 1, says at
     (d / snapshot.file_name(at + 1)).write_bytes(good[:100])  # cut
-    beyond = replace(image, offset=len(records) + 5)
+    beyond = replace(image, offset=records[-1].offset)
     snapshot.write(d, beyond)
     (d / f"snap-{beyond.offset}.json").write_bytes(b"".join(snapshot.encode(beyond)))  # the same offset again
     sid = next(s for s, _, events in image.logs if len(events) > 1)
@@ -250,7 +257,8 @@ def test_snapshot_statuses_are_what_decoding_every_file_gave(tmp_path: Path) -> 
 
     # a log that stops early: the records before the bad one replayed, the table's count reported
     report = replay.verify_log(cases)
-    assert report.ok is False and report.mismatch is None and report.stored_records == len(records)
+    assert report.ok is False and report.mismatch is not None and report.mismatch.offset == stop
+    assert report.records == stop - 1 and report.stored_records == len(records)
     broken = tmp_path / "broken"
     shutil.copytree(data, broken)
     target = records[len(records) - 7].offset
