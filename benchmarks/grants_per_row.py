@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from benchmarks._engine_fill import filled_engine
 from reference.engine import Engine
 from spec import contracts
 from spec.auth import Claims
@@ -41,23 +42,13 @@ def main() -> None:
     if args.fanout:
         fanout(args.fanout, args.rounds)
         return
-    every = Claims("a" * 64, frozenset(SCOPES), ("*",))
-    eng = Engine(max_undurable=10**9, max_queue=10**9)
-    conn = eng.connect(every, confirmed=False)
-    n = 0
-    for _ in range(args.per):
-        for s in range(args.streams):
-            n += 1
-            eng.handle(conn, CallReducer(n, "append_sync_event", (f"u{s % 100}.s{s}", f"k{n}", '{"n":1}', None, None)))
-            if n % 1000 == 0:
-                eng.advance_durable(eng.committed)
-    eng.advance_durable(eng.committed)
+    eng = filled_engine(args.streams, args.per)
     cases = [("2,378 prefixes, u7.* last", (*["z*"] * 2377, "u7.*"), "SELECT * FROM sync_event"),
              ("2,378 prefixes, * last", (*["z*"] * 2377, "*"), "SELECT * FROM sync_event"),
              ("2,378 prefixes, u7.* last", (*["z*"] * 2377, "u7.*"), "SELECT * FROM sync_stream"),
              ("2,972 exact ids, u7.s7 last", (*[f"x{i}" for i in range(2971)], "u7.s7"),
               "SELECT * FROM sync_event")]
-    print(f"{n} events in {args.streams} streams")
+    print(f"{eng.committed} events in {args.streams} streams")
     for name, grants, text in cases:
         claims = Claims("b" * 64, frozenset(SCOPES), grants)
         times, rows = [], -1

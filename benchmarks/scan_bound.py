@@ -17,11 +17,10 @@ import argparse
 import statistics
 import time
 
-from reference.engine import Engine
+from benchmarks._engine_fill import filled_engine
 from spec import contracts
 from spec.auth import Claims
 from spec.errors import SyncError
-from spec.messages import CallReducer
 from spec.schema import SCOPES
 
 
@@ -32,22 +31,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     contracts.enable_hot(False)
+    eng = filled_engine(args.streams, args.per)
     every = Claims("a" * 64, frozenset(SCOPES), ("*",))
-    eng = Engine(max_undurable=10**9, max_queue=10**9)
-    conn = eng.connect(every, confirmed=False)
-    n = 0
-    for _ in range(args.per):
-        for s in range(args.streams):
-            n += 1
-            eng.handle(conn, CallReducer(n, "append_sync_event", (f"u{s % 100}.s{s}", f"k{n}", '{"n":1}', None, None)))
-            if n % 1000 == 0:
-                eng.advance_durable(eng.committed)
-    eng.advance_durable(eng.committed)
     cases = [("prefix u7.*", Claims("b" * 64, frozenset(SCOPES), ("u7.*",)), 100_000),
              ("exact, 3 ids", Claims("c" * 64, frozenset(SCOPES), ("u7.s7", "u7.s107", "u7.s207")), 100_000),
              ("*", every, 100_000),
              ("*, bound 1000 (refused)", every, 1000)]
-    print(f"{n} events in {args.streams} streams")
+    print(f"{eng.committed} events in {args.streams} streams")
     for name, claims, bound in cases:
         eng.max_scan_rows = bound
         times, rows, examined = [], -1, 0

@@ -474,11 +474,9 @@ def test_a_log_whose_commit_log_table_was_dropped_is_refused_not_served_empty(tm
     assert checked.returncode == 1 and "is damaged" in checked.stderr, checked.stderr
 
 
-def test_snapshots_whose_log_was_deleted_are_refused_not_served_empty(tmp_path: Path) -> None:
-    """A served directory with a snapshot, whose database (and WAL) was then deleted.  Failed before:
-    ``syncref serve`` created a new log, logged "snapshot snap-N.json not used (its offset N is past the
-    log head 0)" and served an empty state -- every acknowledged write gone, and the first snapshot of
-    the new log would prune the old one.  Now one line, exit 2, nothing created."""
+def _served_with_a_snapshot(tmp_path: Path) -> Path:
+    """A data directory served with ``snapshot_every = 3``: four appends, then stopped once
+    ``snap-3.json`` is in place."""
     data = tmp_path / "data"
     with serve_process(data, "--config", str(_snapshot_every(tmp_path, 3))) as served:
         token = mint_cli(data, "sync.append", "demo.*")["token"]
@@ -489,6 +487,15 @@ def test_snapshots_whose_log_was_deleted_are_refused_not_served_empty(tmp_path: 
         deadline = time.monotonic() + 30
         while not list((data / "snapshots").glob("snap-*.json")) and time.monotonic() < deadline:
             time.sleep(0.05)
+    return data
+
+
+def test_snapshots_whose_log_was_deleted_are_refused_not_served_empty(tmp_path: Path) -> None:
+    """A served directory with a snapshot, whose database (and WAL) was then deleted.  Failed before:
+    ``syncref serve`` created a new log, logged "snapshot snap-N.json not used (its offset N is past the
+    log head 0)" and served an empty state -- every acknowledged write gone, and the first snapshot of
+    the new log would prune the old one.  Now one line, exit 2, nothing created."""
+    data = _served_with_a_snapshot(tmp_path)
     assert list((data / "snapshots").glob("snap-*.json"))
     for name in ("syncref.sqlite3", "syncref.sqlite3-wal", "syncref.sqlite3-shm"):
         (data / name).unlink(missing_ok=True)
@@ -507,16 +514,7 @@ def test_a_snapshot_past_the_log_head_is_refused_not_passed_over(tmp_path: Path)
     snapshot would prune snap-3.  Now one line naming the snapshot, both offsets and both ways out,
     exit 2, nothing written; verify-log exit 1 (ADR-0037)."""
     import sqlite3
-    data = tmp_path / "data"
-    with serve_process(data, "--config", str(_snapshot_every(tmp_path, 3))) as served:
-        token = mint_cli(data, "sync.append", "demo.*")["token"]
-        for i in range(4):
-            assert http("POST", f"{served.url}/v1/database/autopilot-sync/call/append_sync_event",
-                        json.dumps([S, f"k{i}", "1", {"none": []}, {"none": []}]),
-                        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}).status == 200
-        deadline = time.monotonic() + 30
-        while not list((data / "snapshots").glob("snap-*.json")) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    data = _served_with_a_snapshot(tmp_path)
     (snap,) = list((data / "snapshots").glob("snap-*.json"))
     db = sqlite3.connect(data / "syncref.sqlite3")
     db.execute('DELETE FROM commit_log WHERE "offset" > 1')
