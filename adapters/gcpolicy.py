@@ -24,7 +24,10 @@ since the last whole-heap pass have frozen ``THAW_GROWTH`` x that pass's survivo
 full pass walks -- and frees the frozen cyclic garbage of -- the whole heap, and its survivors are
 frozen again.  So frozen garbage stays below about ``THAW_GROWTH`` times the live heap (plus the
 floor; 1.5 x that at the latest, :class:`FreezeSurvivors`), and a whole-heap pass happens once per
-such growth instead of (CPython 3.11's own rule) every 25 % growth of the unfrozen heap.
+such growth instead of (CPython 3.11's own rule) every 25 % growth of the unfrozen heap.  That bound
+is in objects, not bytes: an exception's traceback frame keeps its locals (an oversized call body's
+read() leaves 66 objects of cyclic garbage holding the 2 MB it read), so the first full pass at
+least ``THAW_MAX_AGE_S`` after the last whole-heap pass also thaws (ADR-0036, "Amendment (review)").
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import gc
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -42,6 +45,7 @@ GC_FREEZE_POLICIES = ("survivors", "start")
 DEFAULT_GC_FREEZE = "survivors"
 THAW_GROWTH = 1.0  # the frozen set may double between whole-heap passes
 THAW_FLOOR = 100_000  # ... and grow by at least this many objects (a fresh server's heap is small)
+THAW_MAX_AGE_S = 60.0  # ... or the last whole-heap pass be this old (the count bound is not in bytes)
 PAUSE_BOUNDS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 GENERATIONS = (0, 1, 2)
 
@@ -111,9 +115,13 @@ class FreezeSurvivors:
     far the set really grew, and only that decides a thaw.  So a thaw comes once the frozen set
     has grown by the bound, at the latest when it has grown by 1.5 x the bound."""
 
-    def __init__(self, growth: float = THAW_GROWTH, floor: int = THAW_FLOOR, frozen: int = 0) -> None:
+    def __init__(self, growth: float = THAW_GROWTH, floor: int = THAW_FLOOR, frozen: int = 0,
+                 max_age_s: float = THAW_MAX_AGE_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.growth = growth
         self.floor = floor
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self.whole_at = clock()  # when the last whole-heap pass (or the start-up freeze) was
         self.base = frozen  # what the last whole-heap pass (or the start-up freeze) left frozen
         self.since = 0  # survivors frozen by full passes since then (corrected by each recount)
         self.uncounted = 0  # of them, frozen since the last recount
@@ -136,9 +144,15 @@ class FreezeSurvivors:
         if self.thawed:  # that pass walked everything: its survivors are the live heap
             self.thawed = False
             self.base, self.since, self.uncounted = survivors, 0, 0
+            self.whole_at = self.clock()
             return
         self.since += survivors
         self.uncounted += survivors
+        if self.clock() - self.whole_at >= self.max_age_s:
+            # the count bound is in objects, and a frozen frame can hold megabytes of locals: a
+            # whole-heap pass at least every max_age_s bounds the bytes by the rate they leak at
+            self._thaw()
+            return
         bound = max(self.floor, self.growth * self.base)
         if self.since > bound and self.uncounted * 2 >= bound:
             # the count says the frozen set may have grown past the bound; it overcounts survivors
@@ -148,9 +162,12 @@ class FreezeSurvivors:
             self.uncounted = 0
             self.since = max(0, gc.get_freeze_count() - self.base)
             if self.since > bound:
-                gc.unfreeze()
-                self.thawed = True
-                self.thaws += 1
+                self._thaw()
+
+    def _thaw(self) -> None:
+        gc.unfreeze()
+        self.thawed = True
+        self.thaws += 1
 
 
 _active: FreezeSurvivors | None = None

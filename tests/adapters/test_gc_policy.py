@@ -253,3 +253,35 @@ def test_a_frozen_set_just_under_the_bound_is_not_recounted_at_every_pass(thawed
         gc.callbacks.remove(hook)
     assert len(kept) == 1800 and hook.thaws == 0
     assert 1 <= hook.recounts <= 10, hook.recounts  # ~5,000 survivors counted: a recount per ~1,000
+
+
+def test_frozen_cyclic_garbage_below_the_count_bound_is_freed_once_the_age_bound_passes(
+        thawed_afterwards: None) -> None:
+    """The count bound is in objects, not bytes: a few frozen objects can hold megabytes (a frame in
+    an exception's traceback keeps its locals: a 404 or a reset WebSocket leaves 46-58 such objects,
+    an oversized body's read() frame its buffer), and after a large recovery the bound is as large
+    as the recovered heap.  So a whole-heap pass also comes once the last one is ``max_age_s`` old
+    (a clock the test moves; no timing): before it, 20 frozen garbage cycles far below the count
+    bound were never freed."""
+    gcpolicy.withdraw()
+    gc.collect()
+    gc.freeze()
+    now = [0.0]
+    hook = gcpolicy.FreezeSurvivors(frozen=gc.get_freeze_count(), max_age_s=300.0, clock=lambda: now[0])
+    gc.callbacks.append(hook)
+    refs: list[weakref.ref[Node]] = []
+    try:
+        for _ in range(20):
+            conn = [Node() for _ in range(50)]  # 1,000 objects in all: far below the 100,000 floor
+            refs.append(weakref.ref(conn[0]))
+            gc.collect()  # alive at a full pass: frozen
+            del conn
+            now[0] += 10.0
+        assert hook.thaws == 0 and all(r() is not None for r in refs)  # 200 s: under the age bound
+        now[0] += 100.0
+        gc.collect()  # the last whole-heap pass is 300 s old: this pass's end unfreezes everything
+        gc.collect()  # ... so this one walks the whole heap and frees them
+    finally:
+        gc.callbacks.remove(hook)
+    assert hook.thaws == 1
+    assert all(r() is None for r in refs)
