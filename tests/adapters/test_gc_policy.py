@@ -129,6 +129,9 @@ def test_survivors_freezes_what_a_full_collection_leaves(thawed_afterwards: None
     assert gcpolicy.active() is None and hook not in gc.callbacks
 
 
+COUNT_ONLY: dict[str, Any] = {"max_age_s": float("inf"), "rss": lambda: None}  # no age or RSS thaw
+
+
 class Node:
     def __init__(self) -> None:
         self.me = self  # a reference cycle: freed only by the cyclic collector
@@ -200,7 +203,7 @@ def test_survivors_that_die_by_their_reference_count_cause_no_thaw(thawed_afterw
     gcpolicy.withdraw()
     gc.collect()
     gc.freeze()
-    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count())
+    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count(), **COUNT_ONLY)
     gc.callbacks.append(hook)
     try:
         for _ in range(100):
@@ -240,7 +243,7 @@ def test_a_frozen_set_just_under_the_bound_is_not_recounted_at_every_pass(thawed
     gcpolicy.withdraw()
     gc.collect()
     gc.freeze()
-    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count())
+    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count(), **COUNT_ONLY)
     gc.callbacks.append(hook)
     try:
         kept = [[i] for i in range(1800)]  # live: the frozen set grows by ~1,800 for good
@@ -285,3 +288,35 @@ def test_frozen_cyclic_garbage_below_the_count_bound_is_freed_once_the_age_bound
         gc.callbacks.remove(hook)
     assert hook.thaws == 1
     assert all(r() is None for r in refs)
+
+
+def test_a_resident_set_grown_past_its_bound_thaws_before_the_count_or_age_bound(thawed_afterwards: None) -> None:
+    """Bytes, bounded: frozen garbage holding large buffers (an oversized body's read() frame: 66
+    objects, 2 MB) grows the resident set long before it reaches the count bound.  A full pass that
+    finds the process's resident set grown by more than ``rss_floor`` (and ``rss_growth`` x what it
+    was at the last whole-heap pass) thaws; the resident set is a function the test sets."""
+    gcpolicy.withdraw()
+    gc.collect()
+    gc.freeze()
+    rss = [500 << 20]
+    hook = gcpolicy.FreezeSurvivors(frozen=gc.get_freeze_count(), max_age_s=1e9, rss=lambda: rss[0],
+                                    rss_floor=64 << 20, rss_growth=0.25)
+    gc.callbacks.append(hook)
+    refs: list[weakref.ref[Node]] = []
+    try:
+        for _ in range(10):
+            conn = [Node() for _ in range(50)]
+            refs.append(weakref.ref(conn[0]))
+            gc.collect()  # frozen while alive
+            del conn
+            rss[0] += 10 << 20  # each cycle's buffer: 10 MiB, 100 MiB in all (under 125 MiB: 25 % of 500)
+        assert hook.thaws == 0 and all(r() is not None for r in refs)
+        rss[0] += 30 << 20  # 130 MiB more than at the start: past the bound
+        gc.collect()  # thaws
+        gc.collect()  # the whole-heap pass frees them
+        assert hook.thaws == 1 and all(r() is None for r in refs)
+        rss[0] += 100 << 20  # grown again, but from the new baseline: under its 25 % (157 MiB)
+        gc.collect()
+    finally:
+        gc.callbacks.remove(hook)
+    assert hook.thaws == 1
