@@ -220,7 +220,9 @@ def apply(policy: str) -> None:
     gc.freeze()
     if policy == "survivors":
         _active = FreezeSurvivors(frozen=frozen)
-        gc.callbacks.append(_active)
+        # first: its work at a pass's end (get_objects, freeze, a recount) holds the loop like the
+        # pass, so a pause hook installed before (the server's GcPauses) must time it too
+        gc.callbacks.insert(0, _active)
 
 
 def withdraw() -> None:
