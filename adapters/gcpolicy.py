@@ -24,15 +24,20 @@ since the last whole-heap pass have frozen ``THAW_GROWTH`` x that pass's survivo
 full pass walks -- and frees the frozen cyclic garbage of -- the whole heap, and its survivors are
 frozen again.  So frozen garbage stays below about ``THAW_GROWTH`` times the live heap (plus the
 floor; 1.5 x that at the latest, :class:`FreezeSurvivors`), and a whole-heap pass happens once per
-such growth instead of (CPython 3.11's own rule) every 25 % growth of the unfrozen heap.
+such growth instead of (CPython 3.11's own rule) every 25 % growth of the unfrozen heap.  That bound
+is in objects, not bytes: an exception's traceback frame keeps its locals (an oversized call body's
+read() leaves 66 objects of cyclic garbage holding the 2 MB it read), so the first full pass at
+least ``THAW_MAX_AGE_S`` after the last whole-heap pass also thaws, and so does one that finds the
+resident set grown by ``THAW_RSS_FLOOR`` and ``THAW_RSS_GROWTH`` since (ADR-0036, "Amendment (review)").
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -42,6 +47,23 @@ GC_FREEZE_POLICIES = ("survivors", "start")
 DEFAULT_GC_FREEZE = "survivors"
 THAW_GROWTH = 1.0  # the frozen set may double between whole-heap passes
 THAW_FLOOR = 100_000  # ... and grow by at least this many objects (a fresh server's heap is small)
+THAW_MAX_AGE_S = 60.0  # ... or the last whole-heap pass be this old (the count bound is not in bytes)
+THAW_RSS_FLOOR = 64 << 20  # ... or the resident set have grown by this much
+THAW_RSS_GROWTH = 0.25  # ... and by this fraction of what it was at the last whole-heap pass
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_bytes() -> int | None:
+    """The process's resident set (Linux: one read of ``/proc/self/statm``, a few microseconds);
+    None where there is none."""
+    try:  # (os-level: no file object made inside a collector callback)
+        fd = os.open("/proc/self/statm", os.O_RDONLY)
+        try:
+            return int(os.read(fd, 256).split()[1]) * _PAGE
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, IndexError):
+        return None
 PAUSE_BOUNDS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 GENERATIONS = (0, 1, 2)
 
@@ -109,11 +131,24 @@ class FreezeSurvivors:
     bound, ``gc.get_freeze_count()`` -- a walk of the whole frozen list, ~50 ms per million
     objects, so never per pass, and at most once per half a bound of survivors frozen -- says how
     far the set really grew, and only that decides a thaw.  So a thaw comes once the frozen set
-    has grown by the bound, at the latest when it has grown by 1.5 x the bound."""
+    has grown by the bound, at the latest when it has grown by 1.5 x the bound.  Besides that count
+    (in objects), a full pass thaws once the last whole-heap pass is ``max_age_s`` old or the
+    resident set (``rss()``) has grown by more than ``rss_floor`` and ``rss_growth`` x what it was
+    then: a frozen traceback frame can hold megabytes of locals."""
 
-    def __init__(self, growth: float = THAW_GROWTH, floor: int = THAW_FLOOR, frozen: int = 0) -> None:
+    def __init__(self, growth: float = THAW_GROWTH, floor: int = THAW_FLOOR, frozen: int = 0,
+                 max_age_s: float = THAW_MAX_AGE_S, clock: Callable[[], float] = time.monotonic,
+                 rss: Callable[[], int | None] = lambda: resident_bytes(), rss_floor: int = THAW_RSS_FLOOR,
+                 rss_growth: float = THAW_RSS_GROWTH) -> None:
         self.growth = growth
         self.floor = floor
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self.whole_at = clock()  # when the last whole-heap pass (or the start-up freeze) was
+        self.rss = rss
+        self.rss_floor = rss_floor
+        self.rss_growth = rss_growth
+        self.rss_at = rss()  # the resident set then (None: not known on this platform)
         self.base = frozen  # what the last whole-heap pass (or the start-up freeze) left frozen
         self.since = 0  # survivors frozen by full passes since then (corrected by each recount)
         self.uncounted = 0  # of them, frozen since the last recount
@@ -136,9 +171,17 @@ class FreezeSurvivors:
         if self.thawed:  # that pass walked everything: its survivors are the live heap
             self.thawed = False
             self.base, self.since, self.uncounted = survivors, 0, 0
+            self.whole_at = self.clock()
+            self.rss_at = self.rss()
             return
         self.since += survivors
         self.uncounted += survivors
+        if self.clock() - self.whole_at >= self.max_age_s or self._rss_grown():
+            # the count bound is in objects, and a frozen frame can hold megabytes of locals: a
+            # whole-heap pass at least every max_age_s, and once the resident set has grown by the
+            # RSS bound, bounds the bytes (live growth thaws too: one whole pass per such growth)
+            self._thaw()
+            return
         bound = max(self.floor, self.growth * self.base)
         if self.since > bound and self.uncounted * 2 >= bound:
             # the count says the frozen set may have grown past the bound; it overcounts survivors
@@ -148,9 +191,18 @@ class FreezeSurvivors:
             self.uncounted = 0
             self.since = max(0, gc.get_freeze_count() - self.base)
             if self.since > bound:
-                gc.unfreeze()
-                self.thawed = True
-                self.thaws += 1
+                self._thaw()
+
+    def _rss_grown(self) -> bool:
+        if self.rss_at is None:
+            return False
+        now = self.rss()
+        return now is not None and now - self.rss_at > max(self.rss_floor, self.rss_growth * self.rss_at)
+
+    def _thaw(self) -> None:
+        gc.unfreeze()
+        self.thawed = True
+        self.thaws += 1
 
 
 _active: FreezeSurvivors | None = None
@@ -168,7 +220,9 @@ def apply(policy: str) -> None:
     gc.freeze()
     if policy == "survivors":
         _active = FreezeSurvivors(frozen=frozen)
-        gc.callbacks.append(_active)
+        # first: its work at a pass's end (get_objects, freeze, a recount) holds the loop like the
+        # pass, so a pause hook installed before (the server's GcPauses) must time it too
+        gc.callbacks.insert(0, _active)
 
 
 def withdraw() -> None:

@@ -129,6 +129,9 @@ def test_survivors_freezes_what_a_full_collection_leaves(thawed_afterwards: None
     assert gcpolicy.active() is None and hook not in gc.callbacks
 
 
+COUNT_ONLY: dict[str, Any] = {"max_age_s": float("inf"), "rss": lambda: None}  # no age or RSS thaw
+
+
 class Node:
     def __init__(self) -> None:
         self.me = self  # a reference cycle: freed only by the cyclic collector
@@ -200,7 +203,7 @@ def test_survivors_that_die_by_their_reference_count_cause_no_thaw(thawed_afterw
     gcpolicy.withdraw()
     gc.collect()
     gc.freeze()
-    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count())
+    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count(), **COUNT_ONLY)
     gc.callbacks.append(hook)
     try:
         for _ in range(100):
@@ -240,7 +243,7 @@ def test_a_frozen_set_just_under_the_bound_is_not_recounted_at_every_pass(thawed
     gcpolicy.withdraw()
     gc.collect()
     gc.freeze()
-    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count())
+    hook = gcpolicy.FreezeSurvivors(growth=0.0, floor=2000, frozen=gc.get_freeze_count(), **COUNT_ONLY)
     gc.callbacks.append(hook)
     try:
         kept = [[i] for i in range(1800)]  # live: the frozen set grows by ~1,800 for good
@@ -253,3 +256,90 @@ def test_a_frozen_set_just_under_the_bound_is_not_recounted_at_every_pass(thawed
         gc.callbacks.remove(hook)
     assert len(kept) == 1800 and hook.thaws == 0
     assert 1 <= hook.recounts <= 10, hook.recounts  # ~5,000 survivors counted: a recount per ~1,000
+
+
+def test_frozen_cyclic_garbage_below_the_count_bound_is_freed_once_the_age_bound_passes(
+        thawed_afterwards: None) -> None:
+    """The count bound is in objects, not bytes: a few frozen objects can hold megabytes (a frame in
+    an exception's traceback keeps its locals: a 404 or a reset WebSocket leaves 46-58 such objects,
+    an oversized body's read() frame its buffer), and after a large recovery the bound is as large
+    as the recovered heap.  So a whole-heap pass also comes once the last one is ``max_age_s`` old
+    (a clock the test moves; no timing): before it, 20 frozen garbage cycles far below the count
+    bound were never freed."""
+    gcpolicy.withdraw()
+    gc.collect()
+    gc.freeze()
+    now = [0.0]
+    hook = gcpolicy.FreezeSurvivors(frozen=gc.get_freeze_count(), max_age_s=300.0, clock=lambda: now[0])
+    gc.callbacks.append(hook)
+    refs: list[weakref.ref[Node]] = []
+    try:
+        for _ in range(20):
+            conn = [Node() for _ in range(50)]  # 1,000 objects in all: far below the 100,000 floor
+            refs.append(weakref.ref(conn[0]))
+            gc.collect()  # alive at a full pass: frozen
+            del conn
+            now[0] += 10.0
+        assert hook.thaws == 0 and all(r() is not None for r in refs)  # 200 s: under the age bound
+        now[0] += 100.0
+        gc.collect()  # the last whole-heap pass is 300 s old: this pass's end unfreezes everything
+        gc.collect()  # ... so this one walks the whole heap and frees them
+    finally:
+        gc.callbacks.remove(hook)
+    assert hook.thaws == 1
+    assert all(r() is None for r in refs)
+
+
+def test_a_resident_set_grown_past_its_bound_thaws_before_the_count_or_age_bound(thawed_afterwards: None) -> None:
+    """Bytes, bounded: frozen garbage holding large buffers (an oversized body's read() frame: 66
+    objects, 2 MB) grows the resident set long before it reaches the count bound.  A full pass that
+    finds the process's resident set grown by more than ``rss_floor`` (and ``rss_growth`` x what it
+    was at the last whole-heap pass) thaws; the resident set is a function the test sets."""
+    gcpolicy.withdraw()
+    gc.collect()
+    gc.freeze()
+    rss = [500 << 20]
+    hook = gcpolicy.FreezeSurvivors(frozen=gc.get_freeze_count(), max_age_s=1e9, rss=lambda: rss[0],
+                                    rss_floor=64 << 20, rss_growth=0.25)
+    gc.callbacks.append(hook)
+    refs: list[weakref.ref[Node]] = []
+    try:
+        for _ in range(10):
+            conn = [Node() for _ in range(50)]
+            refs.append(weakref.ref(conn[0]))
+            gc.collect()  # frozen while alive
+            del conn
+            rss[0] += 10 << 20  # each cycle's buffer: 10 MiB, 100 MiB in all (under 125 MiB: 25 % of 500)
+        assert hook.thaws == 0 and all(r() is not None for r in refs)
+        rss[0] += 30 << 20  # 130 MiB more than at the start: past the bound
+        gc.collect()  # thaws
+        gc.collect()  # the whole-heap pass frees them
+        assert hook.thaws == 1 and all(r() is None for r in refs)
+        rss[0] += 100 << 20  # grown again, but from the new baseline: under its 25 % (157 MiB)
+        gc.collect()
+    finally:
+        gc.callbacks.remove(hook)
+    assert hook.thaws == 1
+
+
+def test_the_pause_metric_includes_the_survivors_hooks_own_work(thawed_afterwards: None) -> None:
+    """The server's pause hook is installed at start, before ``syncref serve`` applies the policy;
+    the survivors hook's work at the end of a full pass (``len(gc.get_objects(2))``, the freeze, a
+    recount's walk of the frozen list) holds the loop as the pass does, so it must be inside the
+    measured pause: the survivors hook runs before the pause hook closes the pause.  Before, the
+    pause closed first (the freeze count seen at its stop: 0), and both ``syncref_gc_pause_seconds``
+    and ``benchmarks/gc_pauses.py`` left the hook's ~30 % of the pass out."""
+    seen: list[int] = []
+
+    def pause_hook(phase: str, info: dict[str, Any]) -> None:  # in the place of GcPauses
+        hook = gcpolicy.active()
+        if phase == "stop" and info["generation"] == 2 and hook is not None:
+            seen.append(hook.freezes)
+
+    gc.callbacks.append(pause_hook)
+    try:
+        gcpolicy.apply("survivors")
+        gc.collect()
+    finally:
+        gc.callbacks.remove(pause_hook)
+    assert seen == [1], seen
