@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-import hiredis
 import pytest
+from test_bench_review import FakeRedis
 
 from adapters.bench import client
 from adapters.bench import main as bench_main
@@ -142,13 +142,10 @@ def test_a_subscriber_counts_the_sampled_events_it_got_once(events: list[int], s
 # --- the Redis fanout writer sends the key syncref's writer sends -------------------------------------------
 
 
-class RecordingRedis(asyncio.Protocol):
-    commands: ClassVar[list[list[bytes]]] = []
+class RecordingRedis(FakeRedis):
+    """test_bench_review's stand-in Redis, keeping every command it was sent."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.reader = hiredis.Reader()
+    commands: ClassVar[list[list[bytes]]] = []
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)

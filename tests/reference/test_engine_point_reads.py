@@ -115,15 +115,7 @@ def test_exact_stream_grants_count_only_the_granted_streams_rows() -> None:
     table (finding its streams means walking every stream id).  Oracle: the spec's evaluation over
     the whole table filtered by ``can_read``, and the counts by hand (3 + 5 rows of the granted
     streams, 20 of the other)."""
-    eng = Engine()
-    c = eng.connect(ALL, confirmed=False)
-    n = 0
-    for sid, count in (("other", 20), ("mine", 3), ("x", 5)):
-        for _ in range(count):
-            n += 1
-            eng.handle(c, CallReducer(n, "append_sync_event", (sid, f"k{n}", '{"n":1}', None, None)))
-    eng.advance_durable(eng.committed)
-    eng.max_scan_rows = 10
+    eng = _three_streams(10)
     exact = Claims("c" * 64, frozenset(SCOPES), ("x", "mine", "x", "gone"))  # in any order, repeated, unknown
     everything = "SELECT * FROM sync_event"
     before = eng.rows_examined
