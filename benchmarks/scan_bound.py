@@ -3,8 +3,9 @@
 Method: the reference :class:`reference.engine.Engine` alone (hot contracts off, as in ``syncref
 serve``), filled through ``append_sync_event`` calls with ``--streams`` streams ``u{s % 100}.s{s}``
 of ``--per`` events each; then, ``--rounds`` times each, the one-off ``SELECT * FROM sync_event``
-(``--table sync_stream``: ``SELECT * FROM sync_stream``) read by a caller granted ``u7.*`` (a prefix: 1 % of the streams), three exact stream ids, and
-``*``, at the default bound (100,000), and once more by ``*`` at a bound of 1,000 (refused).  CPU
+(``--table sync_stream``: ``SELECT * FROM sync_stream``) read by a caller granted ``u7.*`` (a
+prefix: 1 % of the streams), three exact stream ids, and ``*``, at the default bound (100,000), and
+once more by ``*`` at a bound of 1,000 (refused).  CPU
 time (``time.process_time``) of each call: min, median, max; and the rows counted against the
 bound (``Engine.rows_examined``).  Run it against two checkouts alternately (``PYTHONPATH=<checkout>``)
 on a shared machine.  Nothing asserts: docs/performance.md "max_scan_rows: what is counted, and when".
