@@ -119,9 +119,10 @@ class ColumnIndex:
     """The primary keys of a table's rows by the value of some columns (a row is held once under
     each distinct non-None value of them): the rows an identity owns, requested or serves."""
 
-    __slots__ = ("_get", "by_value")
+    __slots__ = ("_get", "by_value", "columns")
 
     def __init__(self, columns: tuple[str, ...]) -> None:
+        self.columns = columns
         self._get = operator.attrgetter(*columns) if len(columns) > 1 else (
             lambda row, one=operator.attrgetter(columns[0]): (one(row),))
         self.by_value: dict[object, dict[object, None]] = {}
@@ -163,6 +164,19 @@ class Db:
             index.by_value.clear()
             for key, row in self.pk[table].items():
                 index.add(key, row)
+
+    def secondary_indexes_agree(self) -> bool:
+        """The secondary indexes hold what a rebuild from the rows would (a consistency check)."""
+        if self.stream_ids.keys() != sorted(row.stream_id for row in self.pk["sync_stream"].values()  # type: ignore[union-attr]
+                                            ) or self.log_ids() != sorted(self.logs):
+            return False
+        for table, index in self.by_column.items():
+            fresh = ColumnIndex(index.columns)
+            for key, row in self.pk[table].items():
+                fresh.add(key, row)
+            if {v: set(k) for v, k in fresh.by_value.items()} != {v: set(k) for v, k in index.by_value.items()}:
+                return False
+        return True
 
     def log_ids(self) -> list[str]:
         """The stream ids of ``logs``, sorted.  A log is added, never removed (a rollback of a

@@ -122,7 +122,8 @@ def _indexes_consistent(db: Db) -> bool:
         keys = list(log.by_key)  # read from the key index itself, each entry once
         if len(keys) != len(events) or log.by_key != {e.idempotency_key: e.seq for e in events}:
             return False
-    return all(PK_TABLES[t].key_of(row) == key for t, index in db.pk.items() for key, row in index.items())
+    return all(PK_TABLES[t].key_of(row) == key for t, index in db.pk.items() for key, row in index.items()) and \
+        db.secondary_indexes_agree()
 
 
 @dataclass
