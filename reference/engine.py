@@ -743,7 +743,7 @@ class Engine:
           or serves (``requester``, ``provider_owner``);
         * ``sync_stream`` / ``sync_event`` without a ``*`` grant: the rows of the granted streams
           -- one lookup per exact id a prefix does not cover, and for each ``prefix*`` the range of
-          the sorted stream ids that start with it (two binary searches: :meth:`Db.stream_ids`,
+          the sorted stream ids that start with it (two binary searches: :attr:`Db.stream_ids`,
           :meth:`Db.log_ids`); ``sync_stream`` counts the ids in the ranges, ``sync_event`` the
           events of the streams in them."""
         visibility = TABLE_BY_NAME[table].visibility
@@ -761,14 +761,14 @@ class Engine:
         if grants.everything:
             return None
         if table == "sync_event":
-            ids = self.db.log_ids()
+            ids = self.db.log_ids() if grants.prefixes else []  # (exact ids alone: no sorted index needed)
             logs = self.db.logs
             granted = [logs[sid] for sid in grants.outside if sid in logs]
             granted += [logs[sid] for p in grants.prefixes for sid in _in_range(ids, p)]
             self._count(scan, sum(map(len, granted)))
             return [row for log in granted for row in log.events]
         if table == "sync_stream":
-            ids, rows_of = self.db.stream_ids.keys(), self.db.pk[table]
+            ids, rows_of = self.db.stream_ids.keys() if grants.prefixes else [], self.db.pk[table]
             found = [(sid,) for sid in grants.outside if (sid,) in rows_of]
             ranges = [count_prefix(ids, p) for p in grants.prefixes]
             self._count(scan, len(found) + sum(hi - lo for lo, hi in ranges))
