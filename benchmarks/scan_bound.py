@@ -3,12 +3,13 @@
 Method: the reference :class:`reference.engine.Engine` alone (hot contracts off, as in ``syncref
 serve``), filled through ``append_sync_event`` calls with ``--streams`` streams ``u{s % 100}.s{s}``
 of ``--per`` events each; then, ``--rounds`` times each, the one-off ``SELECT * FROM sync_event``
-read by a caller granted ``u7.*`` (a prefix: 1 % of the streams), three exact stream ids, and
-``*``, at the default bound (100,000), and once more by ``*`` at a bound of 1,000 (refused).  CPU
+(``--table sync_stream``: ``SELECT * FROM sync_stream``) read by a caller granted ``u7.*`` (a
+prefix: 1 % of the streams), three exact stream ids, and ``*``, at the default bound (100,000), and
+once more by ``*`` at a bound of 1,000 (refused).  CPU
 time (``time.process_time``) of each call: min, median, max; and the rows counted against the
 bound (``Engine.rows_examined``).  Run it against two checkouts alternately (``PYTHONPATH=<checkout>``)
 on a shared machine.  Nothing asserts: docs/performance.md "max_scan_rows: what is counted, and when".
-Run: ``.venv/bin/python benchmarks/scan_bound.py [--streams N --per K --rounds R]``.
+Run: ``.venv/bin/python benchmarks/scan_bound.py [--streams N --per K --rounds R --table T]``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=10_000)
     ap.add_argument("--per", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--table", choices=("sync_event", "sync_stream"), default="sync_event")
     args = ap.parse_args()
     contracts.enable_hot(False)
     eng = filled_engine(args.streams, args.per)
@@ -45,7 +47,7 @@ def main() -> None:
             before = eng.rows_examined
             t = time.process_time()
             try:
-                rows = len(eng.query(claims, "SELECT * FROM sync_event").inserts)
+                rows = len(eng.query(claims, f"SELECT * FROM {args.table}").inserts)
             except SyncError:
                 rows = -1
             times.append(time.process_time() - t)

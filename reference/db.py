@@ -16,6 +16,8 @@ delete plus an insert, as the wire reports it.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import operator
 from collections.abc import Callable, Iterator
 from dataclasses import fields
@@ -57,12 +59,135 @@ KEY_OF: dict[str, Callable[[Row], tuple[object, ...]]] = {
     name: _key_getter(t.primary_key) for name, t in PK_TABLES.items() if t.primary_key is not None}
 
 
+class SortedKeys:
+    """Keys kept sorted, for prefix ranges (:meth:`range_of`), updated lazily: an update of a row is
+    a delete and an insert of its key (every append does it to its stream's row), so both are
+    noted as pending changes that cancel out, and the sorted list is brought up to date when next
+    read -- one insertion per key added, one removal per key removed, since the last read."""
+
+    __slots__ = ("_added", "_keys", "_removed")
+
+    def __init__(self, keys: Iterator[str] | None = None) -> None:
+        self._keys: list[str] = sorted(keys or ())
+        self._added: set[str] = set()
+        self._removed: set[str] = set()
+
+    def add(self, key: str) -> None:
+        if key in self._removed:
+            self._removed.discard(key)
+        else:
+            self._added.add(key)
+
+    def remove(self, key: str) -> None:
+        if key in self._added:
+            self._added.discard(key)
+        else:
+            self._removed.add(key)
+
+    def keys(self) -> list[str]:
+        keys = self._keys
+        for key in self._removed:
+            del keys[bisect.bisect_left(keys, key)]
+        if len(self._added) > 16:  # many at once (a restore, a first read): one sort of the runs
+            keys.extend(self._added)
+            keys.sort()
+        else:
+            for key in self._added:
+                bisect.insort(keys, key)
+        self._added.clear()
+        self._removed.clear()
+        return keys
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix`` (None: no such
+    string, every string from ``prefix`` on starts with it)."""
+    while prefix and prefix[-1] == "\U0010ffff":
+        prefix = prefix[:-1]
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
+
+
+def count_prefix(keys: list[str], prefix: str) -> tuple[int, int]:
+    """Positions ``lo, hi``: ``keys[lo:hi]`` are the keys of sorted ``keys`` that start with
+    ``prefix`` (two binary searches)."""
+    lo = bisect.bisect_left(keys, prefix)
+    end = prefix_end(prefix)
+    return lo, len(keys) if end is None else bisect.bisect_left(keys, end, lo)
+
+
+class ColumnIndex:
+    """The primary keys of a table's rows by the value of some columns (a row is held once under
+    each distinct non-None value of them): the rows an identity owns, requested or serves."""
+
+    __slots__ = ("_get", "by_value", "columns")
+
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self._get = operator.attrgetter(*columns) if len(columns) > 1 else (
+            lambda row, one=operator.attrgetter(columns[0]): (one(row),))
+        self.by_value: dict[object, dict[object, None]] = {}
+
+    def add(self, key: object, row: Row) -> None:
+        for value in set(self._get(row)):
+            if value is not None:
+                self.by_value.setdefault(value, {})[key] = None
+
+    def remove(self, key: object, row: Row) -> None:
+        for value in set(self._get(row)):
+            if value is not None:
+                held = self.by_value[value]
+                del held[key]
+                if not held:
+                    del self.by_value[value]
+
+
 class Db:
     def __init__(self) -> None:
         self.pk: dict[str, dict[object, Row]] = {name: {} for name in PK_TABLES}
         self.logs: dict[str, StreamLog] = {}
         self.epoch_floor = 1
         self.version_floor = 1  # the version a new provider or assignment starts at (ADR-0003)
+        # secondary indexes for reads that count only what a caller may read (engine._readable)
+        self.stream_ids = SortedKeys()  # the keys of sync_stream
+        self._log_ids = SortedKeys()  # the keys of logs (a log is never removed: see log_ids)
+        self._log_count = 0  # how many of logs' keys _log_ids holds
+        self.by_column: dict[str, ColumnIndex] = {
+            "sync_checkpoint": ColumnIndex(("owner",)),
+            "compute_assignment": ColumnIndex(("requester", "provider_owner"))}
+
+    def reindex(self) -> None:
+        """Rebuild the secondary indexes from ``pk`` and ``logs`` (after they were set whole)."""
+        self.stream_ids = SortedKeys(row.stream_id for row in self.pk["sync_stream"].values()  # type: ignore[union-attr]
+                                     )
+        self._log_ids, self._log_count = SortedKeys(iter(self.logs)), len(self.logs)
+        for table, index in self.by_column.items():
+            index.by_value.clear()
+            for key, row in self.pk[table].items():
+                index.add(key, row)
+
+    def secondary_indexes_agree(self) -> bool:
+        """The secondary indexes hold what a rebuild from the rows would (a consistency check)."""
+        if self.stream_ids.keys() != sorted(row.stream_id for row in self.pk["sync_stream"].values()  # type: ignore[union-attr]
+                                            ) or self.log_ids() != sorted(self.logs):
+            return False
+        for table, index in self.by_column.items():
+            fresh = ColumnIndex(index.columns)
+            for key, row in self.pk[table].items():
+                fresh.add(key, row)
+            if {v: set(k) for v, k in fresh.by_value.items()} != {v: set(k) for v, k in index.by_value.items()}:
+                return False
+        return True
+
+    def log_ids(self) -> list[str]:
+        """The stream ids of ``logs``, sorted.  A log is added, never removed (a rollback of a
+        stream's first event leaves it empty), and a dict keeps its insertion order: the ids not
+        yet indexed are the last ones."""
+        logs = self.logs
+        if len(logs) != self._log_count:
+            for sid in itertools.islice(logs, self._log_count, None):
+                self._log_ids.add(sid)
+            self._log_count = len(logs)
+        return self._log_ids.keys()
 
     def get(self, table: str, key: object) -> Row | None:
         return self.pk[table].get(key)
@@ -93,6 +218,10 @@ class Db:
         if key in index:
             raise LocalProtocolError(f"duplicate primary key {key} in {table}")
         index[key] = row
+        if table == "sync_stream":
+            self.stream_ids.add(key[0])  # type: ignore[arg-type]
+        elif table in self.by_column:
+            self.by_column[table].add(key, row)
 
     def _delete(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
@@ -110,6 +239,10 @@ class Db:
         if held is not row and held != row:
             raise LocalProtocolError(f"row to delete not found in {table}")
         del self.pk[table][key]
+        if table == "sync_stream":
+            self.stream_ids.remove(key[0])  # type: ignore[arg-type]
+        elif table in self.by_column:
+            self.by_column[table].remove(key, held)
 
     def relabel_events(self, stream_id: str, old_epoch: int, new_epoch: int) -> None:
         """Move a stream's retained events of ``old_epoch`` to ``new_epoch`` in place (an unclean

@@ -41,8 +41,7 @@ from typing import Any, ClassVar
 import icontract
 
 from reference import reducers as r
-from reference.db import PK_TABLES, Db, Txn
-from reference.eventlog import StreamLog
+from reference.db import PK_TABLES, Db, Txn, count_prefix
 from reference.log import GENESIS, TxRecord, delta_parts, delta_text, make_record, record_floors, record_hash
 from reference.parsecache import ParseCache
 from spec import contracts
@@ -123,7 +122,8 @@ def _indexes_consistent(db: Db) -> bool:
         keys = list(log.by_key)  # read from the key index itself, each entry once
         if len(keys) != len(events) or log.by_key != {e.idempotency_key: e.seq for e in events}:
             return False
-    return all(PK_TABLES[t].key_of(row) == key for t, index in db.pk.items() for key, row in index.items())
+    return all(PK_TABLES[t].key_of(row) == key for t, index in db.pk.items() for key, row in index.items()) and \
+        db.secondary_indexes_agree()
 
 
 @dataclass
@@ -172,6 +172,7 @@ class _Grants:
     exact_set: frozenset[str]
     prefixes: tuple[str, ...]  # what ``prefix*`` grants' ids start with, sorted, none a prefix of another
     everything: bool  # a ``*`` grant (the prefix "")
+    outside: tuple[str, ...]  # the exact ids no prefix covers, each once, in grant order
 
     def covers(self, stream_id: str) -> bool:
         if self.everything or stream_id in self.exact_set:
@@ -223,7 +224,18 @@ def _index_grants(streams: tuple[str, ...]) -> _Grants:
     for p in sorted(found):  # the strings that start with p follow p at once: keep the shortest
         if not prefixes or not p.startswith(prefixes[-1]):
             prefixes.append(p)
-    return _Grants(tuple(exact), frozenset(exact), tuple(prefixes), "" in found)
+    def under_prefix(sid: str) -> bool:
+        i = bisect.bisect_right(prefixes, sid)
+        return i > 0 and sid.startswith(prefixes[i - 1])
+
+    return _Grants(tuple(exact), frozenset(exact), tuple(prefixes), "" in found,
+                   tuple(sid for sid in exact if not under_prefix(sid)))
+
+
+def _in_range(ids: list[str], prefix: str) -> list[str]:
+    """The ids of sorted ``ids`` that start with ``prefix``."""
+    lo, hi = count_prefix(ids, prefix)
+    return ids[lo:hi]
 
 
 def _row_filter(claims: Claims, table: str) -> Callable[[Row], bool]:
@@ -720,57 +732,48 @@ class Engine:
         return list(self.db.rows(table))
 
     def _readable(self, table: str, claims: Claims, scan: Scan | None) -> list[Row] | None:
-        """The rows of ``table`` that ``claims`` may read (:func:`can_read`), counted, when finding
-        them costs less than the whole table; else None (the whole table is examined).  A bridge
-        table without a bridge scope: none.  A stream-granted table whose grants are all exact
-        ids: the granted streams' rows, one lookup per grant, in grant order.  With a ``prefix*``
-        grant (not ``*``): ``sync_event``'s rows of the streams :meth:`_walk_streams` finds (each id
-        checked with the caller's indexed grants, :class:`_Grants`)."""
+        """The rows of ``table`` that ``claims`` may read (:func:`can_read`), counted, found through
+        the db's secondary indexes when they may be fewer than the whole table; else None (the
+        whole table is examined: every row of it is readable).  Each is counted before any row is
+        built, and finding them costs per grant, never per grant and row:
+
+        * a bridge table: every row for a bridge scope, else none;
+        * ``sync_checkpoint``: the caller's own (``owner``; :attr:`Db.by_column`);
+        * ``compute_assignment``: every row for ``compute.assign``, else those the caller requested
+          or serves (``requester``, ``provider_owner``);
+        * ``sync_stream`` / ``sync_event`` without a ``*`` grant: the rows of the granted streams
+          -- one lookup per exact id a prefix does not cover, and for each ``prefix*`` the range of
+          the sorted stream ids that start with it (two binary searches: :attr:`Db.stream_ids`,
+          :meth:`Db.log_ids`); ``sync_stream`` counts the ids in the ranges, ``sync_event`` the
+          events of the streams in them."""
         visibility = TABLE_BY_NAME[table].visibility
         if visibility is Visibility.BRIDGE:
             return None if claims.scopes & BRIDGE_SCOPES else []
+        if visibility is Visibility.OWNER or (
+                visibility is Visibility.COMPUTE and "compute.assign" not in claims.scopes):
+            rows_of, by_value = self.db.pk[table], self.db.by_column[table].by_value
+            keys = by_value.get(claims.identity, ())
+            self._count(scan, len(keys))
+            return [rows_of[key] for key in keys]
         if visibility is not Visibility.STREAM_GRANT:
             return None
         grants = _grants(claims.streams)
         if grants.everything:
             return None
-        if not grants.prefixes:
-            granted = grants.exact  # each once, in grant order
-            if table == "sync_event":
-                logs = [log for sid in granted if (log := self.db.logs.get(sid)) is not None]
-                self._count(scan, sum(map(len, logs)))
-                return [row for log in logs for row in log.events]
-            if _PK_COLUMN.get(table) == "stream_id":
-                rows = [row for sid in granted if (row := self.db.get(table, (sid,))) is not None]
-                self._count(scan, len(rows))
-                return rows
-            return None  # an event table (stream_signal): no stored rows either way
-        return self._walk_streams(claims, scan) if table == "sync_event" and scan is not None else None
-
-    def _walk_streams(self, claims: Claims, scan: Scan) -> list[Row] | None:
-        """The events of the streams ``claims`` is granted, found by checking every stream id
-        against the grants -- what the row filter does for each row -- so each id is counted as
-        one examined row, before the granted streams' rows.  Taken only when the ids fit what is
-        left of ``max_scan_rows`` (the walk is bounded) and the ids and granted rows together are
-        fewer than the table's rows (never counted more than the whole table); else None."""
-        logs = self.db.logs
-        ids = len(logs)
-        most = self.max_scan_rows
-        if most is not None and scan.rows + ids > most:
-            return None
-        granted: list[StreamLog] = []
-        rows = seen = 0
-        covers = _grants(claims.streams).covers
-        for sid, log in logs.items():
-            size = len(log)
-            rows += size
-            if covers(sid):
-                granted.append(log)
-                seen += size
-        if ids + seen >= rows:
-            return None
-        self._count(scan, ids + seen)  # the stream ids checked, then the granted streams' rows
-        return [row for log in granted for row in log.events]
+        if table == "sync_event":
+            ids = self.db.log_ids() if grants.prefixes else []  # (exact ids alone: no sorted index needed)
+            logs = self.db.logs
+            granted = [logs[sid] for sid in grants.outside if sid in logs]
+            granted += [logs[sid] for p in grants.prefixes for sid in _in_range(ids, p)]
+            self._count(scan, sum(map(len, granted)))
+            return [row for log in granted for row in log.events]
+        if table == "sync_stream":
+            ids, rows_of = self.db.stream_ids.keys() if grants.prefixes else [], self.db.pk[table]
+            found = [(sid,) for sid in grants.outside if (sid,) in rows_of]
+            ranges = [count_prefix(ids, p) for p in grants.prefixes]
+            self._count(scan, len(found) + sum(hi - lo for lo, hi in ranges))
+            return [rows_of[key] for key in found] + [rows_of[(sid,)] for lo, hi in ranges for sid in ids[lo:hi]]
+        return None  # an event table (stream_signal): no stored rows either way
 
     def _count(self, scan: Scan | None, n: int) -> None:
         """``n`` more rows examined by the request of ``scan``: ``limit_exceeded`` past the bound

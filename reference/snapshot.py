@@ -98,6 +98,7 @@ def restore(image: Image) -> Db:
     for sid, floor, events in image.logs:
         db.logs[sid] = StreamLog.of(sid, floor, events)
     db.epoch_floor, db.version_floor = image.epoch_floor, image.version_floor
+    db.reindex()
     return db
 
 

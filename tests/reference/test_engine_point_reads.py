@@ -111,10 +111,9 @@ def test_exact_stream_grants_count_only_the_granted_streams_rows() -> None:
     """docs/protocol.md "Limits", ``max_scan_rows``: a caller whose stream grants are all exact ids
     can receive rows of ``sync_event``/``sync_stream`` from those streams only, so an unpinned query
     reads (and counts) those streams' rows, not the whole table: such a caller was refused
-    ``limit_exceeded`` for a table other streams had filled.  A prefix grant still counts the whole
-    table (finding its streams means walking every stream id).  Oracle: the spec's evaluation over
-    the whole table filtered by ``can_read``, and the counts by hand (3 + 5 rows of the granted
-    streams, 20 of the other)."""
+    ``limit_exceeded`` for a table other streams had filled (prefix grants: the next test).
+    Oracle: the spec's evaluation over the whole table filtered by ``can_read``, and the counts by
+    hand (3 + 5 rows of the granted streams, 20 of the other)."""
     eng = _three_streams(10)
     exact = Claims("c" * 64, frozenset(SCOPES), ("x", "mine", "x", "gone"))  # in any order, repeated, unknown
     everything = "SELECT * FROM sync_event"
@@ -155,22 +154,22 @@ def _three_streams(bound: int) -> Engine:
 
 
 @pytest.mark.parametrize(("grants", "bound", "examined"), [
-    (("mi*",), 10, 3 + 3),  # the 3 stream ids, then mine's 3 rows
-    (("a*",), 10, 3 + 0),  # no granted stream: the ids alone
-    (("mi*", "x"), 10, 3 + 8),  # a prefix and an exact id: over, counted as the walk would read
-    (("mi*", "o*"), 30, 3 + 23),
-    (("m*", "o*", "x*"), 30, 28),  # every stream: the ids and rows (31) would be more than the table's 28 rows
-    (("mi*",), 2, 28),  # more stream ids than the bound: the table, as before (refused)
+    (("mi*",), 10, 3),  # mine's 3 rows
+    (("a*",), 10, 0),  # no granted stream: nothing
+    (("mi*", "x"), 10, 8),  # a prefix and an exact id
+    (("mi*", "o*"), 30, 23),
+    (("m*", "o*", "x*"), 30, 28),  # every stream
+    (("mi*",), 2, 3),  # over the bound by its own rows only (the walk of the stream ids counted 28)
+    (("mi*", "mine"), 2, 3),  # an exact id the prefix covers: counted once
 ])
-def test_prefix_stream_grants_count_the_stream_ids_and_the_granted_rows(grants: tuple[str, ...], bound: int,
-                                                                       examined: int) -> None:
-    """A ``prefix*`` grant's streams are found by walking the stream ids, each checked against the
-    grants as a row is by the row filter: so each id counts as one examined row, the granted
-    streams' rows after them, and the walk is taken only when it is fewer than the table's rows and
-    its ids alone are within the bound (otherwise the whole table is examined, as before: never
-    more counted than the table, never more walked than the bound).  Tables of counts by hand:
-    streams other (20 rows), mine (3), x (5); the rows read are the spec's evaluation over the
-    whole table filtered by ``can_read``."""
+def test_prefix_stream_grants_count_the_granted_rows(grants: tuple[str, ...], bound: int, examined: int) -> None:
+    """A ``prefix*`` grant's streams are found in the sorted stream ids (a range per prefix, two
+    binary searches), so only the granted streams' rows are counted: before, each stream id was
+    walked and counted as one examined row, and the walk fell back to the whole table when the ids
+    were over the bound.  Tables of counts by hand: streams other (20 rows), mine (3), x (5); the
+    rows read are the spec's evaluation over the whole table filtered by ``can_read``
+    (tests/reference/test_scan_counts.py: the same for every stream-granted, owned and compute
+    table, against SQLite)."""
     eng = _three_streams(bound)
     claims = Claims("e" * 64, frozenset(SCOPES), grants)
     everything = "SELECT * FROM sync_event"
@@ -213,7 +212,7 @@ def test_a_caller_without_a_bridge_scope_examines_no_outbox_row() -> None:
     ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 4", ALL, 17, 17),
     ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 0", ALL, 20, 20),
     ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq > 40", ALL, 0, 0),
-    ("SELECT * FROM sync_event", Claims("e" * 64, frozenset(SCOPES), ("o*",)), 3 + 20, 20),  # the walk: 3 ids
+    ("SELECT * FROM sync_event", Claims("e" * 64, frozenset(SCOPES), ("o*",)), 20, 20),  # a prefix's range
     ("SELECT * FROM sync_event", Claims("e" * 64, frozenset(SCOPES), ("other", "x")), 25, 25),  # exact grants
 ])
 def test_rows_are_counted_before_any_is_built(monkeypatch: pytest.MonkeyPatch, text: str, claims: Claims,
@@ -316,7 +315,7 @@ MANY = 100  # grants in the tokens below (a 16 KiB token holds ~2,400 grants of 
 
 @pytest.mark.parametrize(("grants", "texts"), [
     ((*["zz*"] * (MANY - 1), "*"), ("SELECT * FROM sync_event",)),  # * last: the whole table, every row filtered
-    ((*["zz*"] * (MANY - 1), "s1*"), ("SELECT * FROM sync_event",)),  # the walk: 30 ids, 11 streams' rows
+    ((*["zz*"] * (MANY - 1), "s1*"), ("SELECT * FROM sync_event",)),  # a prefix range: 11 streams' rows
     ((*["zz*"] * (MANY - 1), "s1*"), ("SELECT * FROM sync_stream",)),  # a prefix: sync_stream whole
     ((*[f"x{i}" for i in range(MANY - 1)], "s1*"), ("SELECT * FROM sync_event WHERE seq = 2",
                                                     "SELECT * FROM sync_stream")),

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from support.sql_oracle import AbstractQuery, Mirror, Style, Term, render_subset
 
 import reference.engine as engine_module
@@ -64,6 +65,7 @@ from spec.values import (
     Row,
     SatsType,
     SessionPresence,
+    StreamSignal,
     SyncCheckpoint,
     SyncEvent,
     SyncStream,
@@ -276,7 +278,8 @@ def check(tables: State, claims: Claims, aq: AbstractQuery, style: Style,
     oracle = Mirror(tables)
     oracle.set_claims(claims)
     want = oracle.visible(aq)
-    event(f"rows selected: {min(len(want), 2)}{'+' if len(want) >= 2 else ''}")
+    if currently_in_test_context():  # (the table of cases below calls it outside Hypothesis)
+        event(f"rows selected: {min(len(want), 2)}{'+' if len(want) >= 2 else ''}")
 
     # the model's rule, as the spec states it
     (parsed,) = q.parse(text)
@@ -350,6 +353,84 @@ ORACLE_SETTINGS = settings(max_examples=80,
 @given(cases())
 def test_every_layer_returns_what_sqlite_selects(case: tuple[Any, ...]) -> None:
     check(*case)
+
+
+# --- several prefix grants, always: a table of cases -----------------------------------------------
+#
+# ``claims_for`` draws at most three grants from a pool in which prefix grants are a minority, so
+# two ``prefix*`` grants in one token -- nested (``a.*`` and ``a.own*``), siblings, or covering an
+# exact grant -- were drawn in a few examples of a run, or none.  The engine's reads index them
+# (``reference.engine._Grants``: prefixes sorted, only the shortest of nested ones kept, a range of
+# the sorted stream ids per prefix), so these are the cases where it can go wrong.  Fixed state:
+# each stream of MULTI_STREAMS with two events (seq 1, 2), plus ``a.x`` with none; the delta
+# appends seq 3 to some streams (their rows updated) and signals on others.
+
+MULTI_STREAMS = ("", "a", "a.", "a.b", "a.own", "a.owner", "a.ownest", "b", "b.c", "é", "z'q")
+MULTI_GRANTS: tuple[tuple[str, ...], ...] = (
+    ("a.*", "b*"),  # siblings
+    ("a.own*", "a.*"),  # nested: the shorter covers the longer's streams
+    ("a.owner*", "a.own*", "é*"),  # nested the other way, and a third
+    ("a.own*", "a.owner", "b.*", "b"),  # exact ids a prefix covers, and one none does
+    ("a.b*", "a.ownest*", "a.o*"),  # three, one nested in another
+    ("b.*", "a.*", "*"),  # everything, with prefixes beside it
+    ("a*", "z*", "é*", "q*"),  # four, one matching nothing
+    ("a.*", "a.*", "b.c*"),  # repeated
+    ("", "a.x*", "b.*"),  # the empty exact id, a prefix of an empty stream, a prefix
+)
+MULTI_QUERIES = (
+    AbstractQuery("sync_event", ()), AbstractQuery("sync_stream", ()), AbstractQuery("stream_signal", ()),
+    AbstractQuery("sync_event", (Term("seq", ">=", 2),)), AbstractQuery("sync_stream", (Term("head_seq", "<", 3),)),
+)
+
+
+def _event(sid: str, seq: int) -> SyncEvent:
+    return SyncEvent(sid, 1, seq, f"k{seq}", payload_hash("{}"), "{}", IDENTITIES[0], seq, seq)
+
+
+def _stream(sid: str, head: int) -> SyncStream:
+    return SyncStream(sid, "default", 1, 0, 0, head, 1, 100, 1, head)
+
+
+def multi_prefix_state() -> State:
+    tables: State = {t.name: [] for t in TABLES}
+    tables["sync_event"] = [_event(sid, seq) for sid in MULTI_STREAMS for seq in (1, 2)]
+    tables["sync_stream"] = [_stream(sid, 2) for sid in MULTI_STREAMS] + [_stream("a.x", 0)]
+    return tables
+
+
+def multi_prefix_delta(table: str) -> tuple[list[Row], list[Row]]:
+    appended = ("a.b", "a.owner", "b.c", "é", "")
+    if table == "sync_event":
+        return [_event(sid, 3) for sid in appended], []
+    if table == "sync_stream":
+        return [_stream(sid, 3) for sid in appended], [_stream(sid, 2) for sid in appended]
+    return [StreamSignal(sid, "typing", "{}", IDENTITIES[0], 5) for sid in ("a.own", "a.x", "b", "é", "c")], []
+
+
+MULTI_CASES = [(g, aq) for g in MULTI_GRANTS for aq in MULTI_QUERIES]
+
+
+def check_multi_prefix(grants: tuple[str, ...], aq: AbstractQuery) -> None:
+    claims = Claims(IDENTITIES[1], frozenset(SCOPES), grants)
+    check(multi_prefix_state(), claims, aq, Style(), multi_prefix_delta(aq.table))
+
+
+@pytest.mark.parametrize(("grants", "aq"), MULTI_CASES,
+                         ids=[f"{'+'.join(g)}-{aq.table}-{len(aq.terms)}" for g, aq in MULTI_CASES])
+def test_several_prefix_grants_return_what_sqlite_selects(grants: tuple[str, ...], aq: AbstractQuery) -> None:
+    check_multi_prefix(grants, aq)
+
+
+def test_the_multi_prefix_table_is_not_vacuous() -> None:
+    """Every grant list above holds two prefixes or more, and each selects some rows of the state
+    and leaves others out (but the one with ``*``), by the oracle's SQL."""
+    tables = multi_prefix_state()
+    for grants in MULTI_GRANTS:
+        assert sum(g.endswith("*") for g in set(grants)) >= 2, grants
+        oracle = Mirror(tables)
+        oracle.set_claims(Claims(IDENTITIES[1], frozenset(SCOPES), grants))
+        seen = len(oracle.visible(AbstractQuery("sync_event", ())))
+        assert seen > 0 and (seen < len(tables["sync_event"]) or "*" in grants), (grants, seen)
 
 
 # --- the oracle can fail: planted wrong rules ---------------------------------------------------
@@ -439,3 +520,55 @@ def _all_planted(targets: list[tuple[Any, str]], wrong: Callable[..., Any]) -> I
     finally:
         for t, n, old in olds:
             setattr(t, n, old)
+
+
+# --- the table of several prefixes can fail: planted wrong grant indexes ----------------------------
+
+
+REAL_INDEX_GRANTS = engine_module._index_grants
+
+
+def _only_first_prefix(streams: tuple[str, ...]) -> Any:
+    index = REAL_INDEX_GRANTS(streams)
+    return replace(index, prefixes=index.prefixes[:1])  # a second prefix grant is dropped
+
+
+def _nested_keep_longest(streams: tuple[str, ...]) -> Any:
+    index = REAL_INDEX_GRANTS(streams)
+    found = {g[:-1] for g in streams if g.endswith("*")}
+    longest = tuple(sorted(p for p in found if not any(o != p and o.startswith(p) for o in found)))
+    return replace(index, prefixes=longest)  # of nested prefixes the longest kept, not the shortest
+
+
+@contextmanager
+def _grant_index(wrong: Callable[..., Any]) -> Iterator[None]:
+    def clear() -> None:
+        engine_module._cached_grants.cache_clear()
+        engine_module._GRANT_INDEXES.clear()
+        engine_module._LAST_GRANTS[:] = [None, None]
+    clear()
+    try:
+        with planted(engine_module, "_index_grants", wrong):
+            yield
+    finally:
+        clear()
+
+
+def _table_fails() -> list[str]:
+    failed = []
+    for grants, aq in MULTI_CASES:
+        try:
+            check_multi_prefix(grants, aq)
+        except AssertionError:
+            failed.append(f"{'+'.join(grants)} {aq.table}")
+    return failed
+
+
+@pytest.mark.parametrize("wrong", [_only_first_prefix, _nested_keep_longest], ids=lambda f: f.__name__)
+def test_the_multi_prefix_table_catches_a_wrong_grant_index(wrong: Callable[..., Any]) -> None:
+    """Each planted index is caught by the table, in the engine's one-off read, snapshot and
+    fan-out alike (the model's rule is not planted)."""
+    with _grant_index(wrong):
+        failed = _table_fails()
+    assert failed, f"the table of several prefixes did not catch {wrong.__name__}"
+    assert _table_fails() == []  # and nothing is left planted

@@ -150,6 +150,31 @@ ENGINE_MUTANTS += (
            "the engine's recovery records only the last hop (CONT-1, ADR-0010): a reader two unclean restarts "
            "behind rebootstraps", killer="reference/test_engine_chain.py"),
 )
+ENGINE_MUTANTS += (
+    # --- max_scan_rows counts the rows the caller can read (branch precise): the count's indexes ---
+    Mutant("scan_count_prefix_range_one_long", "reference.db",
+           (("    return lo, len(keys) if end is None else bisect.bisect_left(keys, end, lo)\n",
+             "    return lo, len(keys) if end is None else min(len(keys), bisect.bisect_left(keys, end, lo) + 1)\n"),),
+           "a prefix's range of stream ids takes one id past its end (counted and read)",
+           killer="reference/test_scan_counts.py"),
+    Mutant("scan_count_exact_under_prefix_twice", "reference.engine",
+           (("                   tuple(sid for sid in exact if not under_prefix(sid)))", "                   tuple(exact))"),),
+           "an exact grant a prefix grant also covers is counted (and read) twice",
+           killer="reference/test_scan_counts.py"),
+    Mutant("scan_count_stream_index_misses_deletes", "reference.db",
+           (("            self.stream_ids.remove(key[0])  # type: ignore[arg-type]\n", "            pass\n"),),
+           "the sorted stream ids miss the delete of an update: every append adds its stream id again",
+           killer="reference/test_scan_counts.py"),
+    Mutant("scan_count_assignments_by_requester_only", "reference.db",
+           (('"compute_assignment": ColumnIndex(("requester", "provider_owner"))',
+             '"compute_assignment": ColumnIndex(("requester",))'),),
+           "a provider's owner is not found as a reader of the assignments it serves",
+           killer="reference/test_scan_counts.py"),
+    Mutant("scan_count_restore_skips_reindex", "reference.snapshot",
+           (("    db.reindex()\n", ""),),
+           "a db restored from a snapshot reads (and counts) its secondary indexes empty",
+           killer="reference/test_scan_counts.py"),
+)
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 
 
