@@ -444,14 +444,15 @@ class Connection:
         timeout = aiohttp.ClientTimeout(total=self.open_timeout)
         async with self._http.post(url, headers={"Authorization": f"Bearer {self.long_token}"},
                                    timeout=timeout) as resp:
-            body = await resp.text()
+            raw = await resp.read()  # the peer's bytes: a proxy's Latin-1 error page is a refusal, not a crash
             if resp.status // 100 != 2:
-                raise ConnectError(resp.status, f"websocket-token: {body[:300]}",
+                raise ConnectError(resp.status, f"websocket-token: {raw.decode('utf-8', 'replace')[:300]}",
                                    permanent=resp.status in PERMANENT_STATUS)
         try:
+            body = raw.decode("utf-8")
             token = json.loads(body)["token"]
         except (ValueError, KeyError, TypeError):
-            raise RemoteProtocolError(f"websocket-token answer without a token: {body[:200]!r}") from None
+            raise RemoteProtocolError(f"websocket-token answer without a token: {raw[:200]!r}") from None
         if not isinstance(token, str):
             raise RemoteProtocolError("websocket-token answer: token is not a string")
         return token

@@ -31,7 +31,7 @@ from adapters.sdk import (
     SubscriptionFailed,
     SubState,
 )
-from spec.errors import ErrorCode, LocalProtocolError, SyncError
+from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError
 from spec.values import SessionPresence
 
 IDENT = "c200" + "ab" * 30
@@ -72,6 +72,7 @@ class FakeServer:
         self.runner: web.AppRunner | None = None
         self.url = ""
         self.new_peer = asyncio.Event()
+        self.token_replies: list[web.Response] = []  # scripted answers to the token exchange, then the usual one
 
     async def start(self) -> str:
         app = web.Application()
@@ -91,6 +92,8 @@ class FakeServer:
 
     async def token(self, request: web.Request) -> web.Response:
         self.auth_headers.append(request.headers.get("Authorization"))
+        if self.token_replies:
+            return self.token_replies.pop(0)
         if self.token_status != 200:
             return web.Response(status=self.token_status, text="token expired")
         return web.json_response({"token": "short-lived"})
@@ -220,6 +223,29 @@ def test_transient_refusals_back_off_then_connect() -> None:
         await conn.connect()
         assert clock.delays == [0.25, 0.5, 1.0]  # rng 0 with jitter 0.5: half of 0.5, 1, 2
         assert [e.status for e in errors if isinstance(e, ConnectError)] == [503, 502, 500]
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_a_token_answer_that_is_not_utf8_is_a_transient_peer_error() -> None:
+    """A proxy's 502 page in Latin-1 (or a 200 whose body is not UTF-8) is the peer's bad answer: backed
+    off from and retried.  Before the fix ``resp.text()`` raised UnicodeDecodeError, the supervisor
+    logged it as a crash and gave up for good: one bad gateway page ended the connection forever."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        server.token_replies = [
+            web.Response(status=502, body=b"<h1>Bad gateway \xe9t\xe9</h1>", content_type="text/html", charset="utf-8"),
+            web.Response(status=200, body=b'{"token": "\xff"}', content_type="application/json")]
+        clock = Clock()
+        errors: list[BaseException] = []
+        conn = client(server, clock, on_connect_error=lambda e, d: errors.append(e))
+        info = await conn.connect()
+        assert info.identity == IDENT and len(clock.delays) == 2
+        assert isinstance(errors[0], ConnectError) and errors[0].status == 502 and not errors[0].permanent
+        assert "Bad gateway" in errors[0].message
+        assert isinstance(errors[1], RemoteProtocolError) and len(errors) == 2
         await conn.close()
         await server.stop()
     run(body())
