@@ -155,6 +155,11 @@ class Fail:
 
 Action = Resubscribe | Rebootstrap | Continue | Ack | Fail
 
+# ack_checkpoint refusals that every later ack of this consumer would get too (the token lacks the scope or
+# the stream grant, or another identity owns the client id's checkpoint): the acks stop at the first one
+_ACK_REFUSED_FOR_GOOD = frozenset(c.value for c in (ErrorCode.MISSING_SCOPE, ErrorCode.FORBIDDEN_STREAM,
+                                                   ErrorCode.FORBIDDEN, ErrorCode.INVALID_ARGUMENT))
+
 RebootstrapFn = Callable[[sqlite3.Connection, Stale], "int | Awaitable[int | None] | None"]
 
 
@@ -405,8 +410,10 @@ class StreamConsumer:
         self._queued_bytes = 0
         self._shed: Subscription | None = None  # unsubscribed for a full queue: resubscribe when it ends
         self.error: BaseException | None = None
-        self.acked: tuple[int, int] | None = None
+        self.acked: tuple[int, int] | None = None  # the last ack the server accepted
         self.acks_sent = 0
+        self.ack_error: SdkError | None = None  # the refusal that stopped the acks (until the next start())
+        self._ack_settled: tuple[int, int] | None = None  # the last target answered (accepted or refused)
         self._ack_target: tuple[int, int] | None = None
         self._ack_wake = asyncio.Event()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -450,6 +457,7 @@ class StreamConsumer:
             await self._perform(self.core.start())
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream_id}")
         if self.client_id is not None and (self._ack_task is None or self._ack_task.done()):
+            self.ack_error = None
             self._ack_task = asyncio.create_task(self._ack_loop(), name=f"acks:{self.stream_id}")
         hook = getattr(self.conn, "add_close_hook", None)  # connections that offer it: flush acks on close
         if hook is not None:
@@ -490,7 +498,7 @@ class StreamConsumer:
 
     async def flush_acks(self) -> None:
         """Wait until the last durable watermark has been acked (or given up on)."""
-        while self.client_id is not None and self._ack_target is not None and self._ack_target != self.acked:
+        while self.client_id is not None and self._ack_target is not None and self._ack_target != self._ack_settled:
             if self._ack_task is None or self._ack_task.done():
                 return
             await asyncio.sleep(0.01)
@@ -646,8 +654,9 @@ class StreamConsumer:
             self._ack_wake.clear()
             if self.ack_delay:
                 await asyncio.sleep(self.ack_delay)
-            while (target := self._ack_target) is not None and target != self.acked:
-                if self.acked is not None and self.acked[0] == target[0] and self.acked[1] >= target[1]:
+            while (target := self._ack_target) is not None and target != self._ack_settled:
+                done = self._ack_settled
+                if done is not None and done[0] == target[0] and done[1] >= target[1]:
                     break
                 try:
                     await self.conn.call("ack_checkpoint", self.client_id, self.stream_id, target[0], target[1],
@@ -658,7 +667,14 @@ class StreamConsumer:
                     await asyncio.sleep(self.ack_retry)
                     continue
                 except (ReducerError, ReducerInternalError) as exc:
+                    self._ack_settled = target  # not acked: never reported as such, not retried
+                    if isinstance(exc, ReducerError) and exc.code in _ACK_REFUSED_FOR_GOOD:
+                        # every later ack would be refused the same way: stop, say so once
+                        self.ack_error = exc
+                        log.warning("%s: acks stopped: ack %s refused: %s", self.stream_id, target, exc)
+                        return
                     log.warning("%s: ack %s refused: %s", self.stream_id, target, exc)
+                    continue
                 except SdkError as exc:  # closed for good (or refused for good): nothing left to ack on
                     if self._closing():  # a normal shutdown: the checkpoint server-side lags, said once
                         log.debug("%s: acks stopped at close: %s not acked (acked %s)", self.stream_id, target,
@@ -666,4 +682,4 @@ class StreamConsumer:
                     else:
                         log.warning("%s: acks stopped: %s", self.stream_id, exc)
                     return
-                self.acked = target
+                self.acked = self._ack_settled = target

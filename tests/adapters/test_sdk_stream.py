@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -306,8 +307,39 @@ def test_a_refused_ack_is_not_retried_forever(tmp_path: Path) -> None:
         await c.flush_acks()
         await settle()
         assert len(conn.acks) == 1 and c.error is None
+        assert c.acked is None and c.acks_sent == 0  # refused: not reported as acknowledged
         await c.stop()
     run(body())
+
+
+@pytest.mark.parametrize("code", [ErrorCode.MISSING_SCOPE, ErrorCode.FORBIDDEN_STREAM, ErrorCode.FORBIDDEN])
+def test_an_ack_refused_for_good_stops_acking_once_and_is_not_reported_as_acked(
+        tmp_path: Path, code: ErrorCode, caplog: pytest.LogCaptureFixture) -> None:
+    """A token without sync.checkpoint.write (or a client id another identity owns) has every ack refused
+    the same way.  Before, the consumer called ack_checkpoint after every delivered message, logged one
+    warning each (a real server: 40 appends, 40 warnings) and set ``acked`` to every refused target, so
+    ``consumer.acked`` claimed (1, 40) with nothing acknowledged.  Now the first such refusal stops the acks
+    (one warning, ``ack_error``), ``acked`` stays what the server accepted, and consuming goes on."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        conn.ack_error = ReducerError("ack_checkpoint", SyncError(code, {}).render())
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=1), ev(1)])
+        await c.wait_for(1)
+        await settle()
+        for seq in range(2, 8):
+            conn.update([st(head=seq), ev(seq)])
+            await c.wait_for(seq)
+            await settle()
+        await c.flush_acks()
+        assert len(conn.acks) == 1 and c.acked is None and c.error is None
+        assert isinstance(c.ack_error, ReducerError) and c.ack_error.code == code.value
+        assert app.msgs() == [(seq, 1) for seq in range(1, 8)]
+        await c.stop()
+    with caplog.at_level(logging.WARNING, logger="syncref.sdk.consumer"):
+        run(body())
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
 
 
 def test_a_poison_event_stops_the_consumer_and_restart_resumes_there(tmp_path: Path) -> None:
