@@ -209,6 +209,12 @@ class Connection:
         return self._closing
 
     @property
+    def fatal(self) -> BaseException | None:
+        """Why the connection gave up for good (a permanent refusal such as 401 ``token revoked``, or
+        reconnect off and the connection lost); None while it is alive or after a plain :meth:`close`."""
+        return self._fatal
+
+    @property
     def identity(self) -> str | None:
         return None if self.info is None else self.info.identity
 
@@ -430,6 +436,8 @@ class Connection:
         return attempt + 1
 
     def _give_up(self, error: BaseException) -> None:
+        if not self._closing:  # said once: a consumer alone has no call to raise it from
+            log.warning("giving up on %s: %s", self.ws_url, error)
         self._fatal = error
         self.session.close()
         self._fail_calls(list(self._calls), error)

@@ -558,8 +558,11 @@ class StreamConsumer:
                         await self._closed_normally()
                         continue
                     if item.kind == "end":  # not dropped by us: the connection was closed for good
-                        actions: list[Action] = [
-                            Fail(ConnectionClosed(f"{self.stream_id}: the connection was closed"))]
+                        cause = getattr(self.conn, "fatal", None)  # why it gave up (a 401 token revoked ...)
+                        closed = ConnectionClosed(f"{self.stream_id}: the connection was closed"
+                                                  + (f": {cause}" if cause is not None else ""))
+                        closed.__cause__ = cause
+                        actions: list[Action] = [Fail(closed)]
                     elif item.kind == "error":
                         assert item.error is not None
                         actions = self.core.on_error(item.error)

@@ -14,13 +14,14 @@ import hashlib
 import json
 import logging
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.server import ServedProcess, mint_cli, running_server, serve_process
+from support.server import SYNCREF, ServedProcess, mint_cli, running_server, serve_process
 
 from adapters.sdk import (
     V2,
@@ -29,6 +30,7 @@ from adapters.sdk import (
     CallTimeout,
     Checkpoint,
     CheckpointStore,
+    ConnectError,
     Connection,
     ConnectionClosed,
     ConnectionLost,
@@ -419,6 +421,37 @@ def test_a_server_that_goes_away_is_reported(tmp_path: Path, caplog: pytest.LogC
         run(body())
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("e2e.loud: consumer stopped" in m for m in errors), errors
+
+
+def test_a_revoked_token_stops_the_consumer_with_the_servers_reason(server: ServedProcess, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The operator revokes the consumer's token (``syncref token revoke``): the server closes the socket
+    1008 and refuses the reconnect's token exchange 401 ``token revoked``, for good.  Before, nothing said
+    so: no log line named the refusal, and the consumer stopped with a bare ``ConnectionClosed("...: the
+    connection was closed")`` -- the one thing the developer needs (revoked, get another token) was lost.
+    Now the connection logs the refusal it gives up on, exposes it (``Connection.fatal``), and the
+    consumer's error names it and has it as its cause."""
+    app = App(tmp_path / "revoked.sqlite")
+    minted = mint_cli(server.data, SCOPES, "e2e.*", "--subject", "revoked")
+
+    async def body() -> None:
+        conn = Connection(server.url, token=minted["token"], backoff=FAST, call_timeout=20)
+        consumer = StreamConsumer(conn, app.store, "e2e.revoked", apply=app.apply, on_rebootstrap=app.rebootstrap)
+        await consumer.start()
+        seq = (await conn.call("append_sync_event", "e2e.revoked", "k", payload(1), sha(payload(1)), None)).value
+        await consumer.wait_for(seq)
+        subprocess.run([str(SYNCREF), "token", "revoke", "--data", str(server.data), "--jti", minted["jti"]],
+                       check=True, capture_output=True, timeout=30)
+        with pytest.raises(ConnectionClosed) as info:
+            await consumer.wait_for(seq + 1)
+        assert isinstance(conn.fatal, ConnectError) and conn.fatal.status == 401 and conn.fatal.permanent
+        assert "token revoked" in str(info.value) and info.value.__cause__ is conn.fatal
+        await conn.close()
+
+    run(body())
+    logged = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.WARNING and r.name.startswith("syncref.sdk")]
+    assert any("token revoked" in m and "giving up" in m for m in logged), logged
 
 
 # --- an unclean restart of the server (ADR-0003 decision 6) ----------------------------------------
