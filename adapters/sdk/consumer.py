@@ -421,6 +421,7 @@ class StreamConsumer:
         self._task: asyncio.Task[None] | None = None
         self._ack_task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
+        self._stops = 0  # how many times stop() ran: a wait_for across one is told, not left hanging
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -486,14 +487,22 @@ class StreamConsumer:
                     await task
         self._task = self._ack_task = None
         self.core.stopped()
+        self._stops += 1
+        async with self._progress:
+            self._progress.notify_all()
 
     async def wait_for(self, seq: int, *, epoch: int | None = None) -> int:
-        """Wait until the watermark reaches ``seq`` (in ``epoch``, if given); raises the consumer's error."""
+        """Wait until the watermark reaches ``seq`` (in ``epoch``, if given); raises the consumer's error, or
+        LocalProtocolError if :meth:`stop` runs meanwhile (nothing would move the watermark)."""
+        stops = self._stops
         async with self._progress:
-            await self._progress.wait_for(lambda: self.error is not None or (
+            await self._progress.wait_for(lambda: self.error is not None or self._stops != stops or (
                 self.core.watermark >= seq and (epoch is None or self.core.epoch == epoch)))
         if self.error is not None:
             raise self.error
+        if self._stops != stops and not (self.core.watermark >= seq and (epoch is None or self.core.epoch == epoch)):
+            raise LocalProtocolError(f"{self.stream_id}: the consumer was stopped while waiting for seq {seq} "
+                                     f"(watermark {self.core.watermark})")
         return self.core.watermark
 
     async def flush_acks(self) -> None:

@@ -342,6 +342,29 @@ def test_an_ack_refused_for_good_stops_acking_once_and_is_not_reported_as_acked(
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
 
 
+def test_stopping_the_consumer_wakes_a_wait_for_instead_of_leaving_it_hanging(tmp_path: Path) -> None:
+    """``stop()`` while another task awaits ``wait_for(seq)``: nothing will move the watermark, so the
+    waiter is told (LocalProtocolError, the application's own stop) rather than left hanging forever, as it
+    was.  A stop before the wait, and a restart after it, behave as before: wait_for waits for the restart."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=1), ev(1)])
+        await c.wait_for(1)
+        waiter = asyncio.create_task(c.wait_for(5))
+        await settle()
+        await c.stop()
+        with pytest.raises(LocalProtocolError, match="stopped"):
+            await asyncio.wait_for(waiter, 5)
+        later = asyncio.create_task(c.wait_for(2))  # stopped already: waits for a start
+        await c.start()
+        conn.snapshot([st(head=2), ev(2)])
+        assert await asyncio.wait_for(later, 5) == 2
+        await c.stop()
+    run(body())
+
+
 def test_a_poison_event_stops_the_consumer_and_restart_resumes_there(tmp_path: Path) -> None:
     async def body() -> None:
         conn, app = FakeConn(), App(tmp_path / "a.sqlite")
