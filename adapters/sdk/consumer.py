@@ -178,6 +178,7 @@ class ConsumerCore:
     """Sans-I/O: rows and errors in, actions out; effects only through the checkpoint store."""
 
     MAX_STALE_STREAK = 5
+    MAX_GAP_STREAK = 5  # resubscriptions in a row after a gap with nothing applied: then the server is broken
 
     def __init__(self, store: CheckpointStore, stream_id: str, apply: ApplyFn) -> None:
         if not is_id(stream_id):
@@ -189,6 +190,7 @@ class ConsumerCore:
         self.rehydrating = False  # rebootstrapped without a watermark of the application's: read the window
         self.applied = self.duplicates = self.gaps = self.rebootstraps = self.continues = 0
         self._stale_streak = 0
+        self._gap_streak = 0
 
     def queries(self) -> tuple[str, ...]:
         if self.rehydrating:  # no seq bound: not a resume, so never stale (ADR-0013 decision 3)
@@ -205,6 +207,7 @@ class ConsumerCore:
             self.epoch, self.watermark = cp.epoch, cp.watermark
         self.rehydrating = cp is not None and cp.rehydrating  # a restart mid-rehydrate reads the window again
         self.state = "subscribing"
+        self._gap_streak = 0
         return [Resubscribe(self.queries(), "start")]
 
     # --- incoming --------------------------------------------------------------------------------
@@ -261,8 +264,16 @@ class ConsumerCore:
         if not run and snapshot and self.watermark > 0:
             out.append(Ack(self.epoch, self.watermark))
         self._stale_streak = 0
+        if run:
+            self._gap_streak = 0
         if gap:
             self.gaps += 1
+            self._gap_streak += 1
+            if self._gap_streak > self.MAX_GAP_STREAK:  # it claims a window it never serves: no busy loop
+                self.state = "failed"
+                return [*out, Fail(RemoteProtocolError(
+                    f"{self.stream_id}: the server skipped seq {self.watermark + 1} (epoch {self.epoch}) "
+                    f"{self._gap_streak} times in a row without delivering it"))]
             self.state = "subscribing"
             return [*out, Resubscribe(self.queries(), "gap")]
         self.state = "live"

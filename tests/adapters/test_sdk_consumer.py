@@ -344,6 +344,28 @@ def test_endless_staleness_gives_up(core: ConsumerCore) -> None:
     assert isinstance(action, Fail) and core.state == "failed"
 
 
+def test_a_server_that_never_delivers_the_next_seq_is_given_up_on(core: ConsumerCore, store: CheckpointStore) -> None:
+    """A gap (seq W+2 without W+1, the stream row saying W+1 is retained) makes the consumer resubscribe
+    from W.  A server that answers every resubscription with the same gap -- a protocol violation: it
+    claims a window it cannot serve -- kept the consumer resubscribing at network speed, forever, with no
+    backoff.  Like staleness, a gap streak without progress is now bounded: past MAX_GAP_STREAK
+    resubscriptions in a row that applied nothing, the consumer fails with a RemoteProtocolError.  A gap
+    after progress starts the count again (a real server's late message is not a streak)."""
+    for _ in range(ConsumerCore.MAX_GAP_STREAK):
+        actions = core.on_rows(rows(st(head=3), ev(3)), snapshot=True)
+        assert [type(a) for a in actions] == [Resubscribe] and core.state == "subscribing"
+    (action,) = core.on_rows(rows(st(head=3), ev(3)), snapshot=True)
+    assert isinstance(action, Fail) and isinstance(action.error, RemoteProtocolError) and core.state == "failed"
+    assert "seq 1" in str(action.error) and applied(store) == []
+
+
+def test_gaps_with_progress_in_between_are_not_a_streak(core: ConsumerCore, store: CheckpointStore) -> None:
+    for seq in range(1, 3 * ConsumerCore.MAX_GAP_STREAK):
+        out = core.on_rows(rows(st(head=seq + 1), ev(seq), ev(seq + 2)), snapshot=False)  # seq applied, seq+2 a gap
+        assert [type(a) for a in out] == [Ack, Resubscribe], out
+    assert core.state == "subscribing" and applied(store) == list(range(1, 3 * ConsumerCore.MAX_GAP_STREAK))
+
+
 # --- continuing an epoch after the server's unclean restart (ADR-0003 decision 6) -----------------
 
 
