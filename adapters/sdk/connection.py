@@ -506,7 +506,8 @@ class Connection:
     async def _serve(self, ws: ClientConnection, version: int, first: list[wire.ServerMessage]) -> DisconnectInfo:
         out: asyncio.Queue[wire.ClientMessage] = asyncio.Queue()
         self._ws, self._out = ws, out
-        writer = asyncio.create_task(self._write(ws, out, version), name="syncref-sdk-writer")
+        write_failed: list[BaseException] = []
+        writer = asyncio.create_task(self._write(ws, out, version, write_failed), name="syncref-sdk-writer")
         self.connects += 1
         error: BaseException | None = None
         try:
@@ -552,10 +553,22 @@ class Connection:
                     task.uncancel()  # close(): record this disconnect, then the supervisor returns
             except Exception:
                 log.debug("the writer ended with an error", exc_info=True)
+            if error is None and write_failed:  # logged by the writer; the disconnect reports it
+                error = write_failed[0]
         code = ws.close_code
         return DisconnectInfo(code, ws.close_reason or "", _detached(error), self.reconnect and not self._closing)
 
-    async def _write(self, ws: ClientConnection, out: asyncio.Queue[wire.ClientMessage], version: int) -> None:
+    async def _write(self, ws: ClientConnection, out: asyncio.Queue[wire.ClientMessage], version: int,
+                     failed: list[BaseException]) -> None:
+        try:
+            await self._write_loop(ws, out, version)
+        except Exception as exc:  # a writer that died alone would leave the socket up and every later message unsent
+            log.exception("writer failed: closing the connection")
+            failed.append(exc)  # (the reader's teardown may cancel this task during the close)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(1011, "client error"), 2)
+
+    async def _write_loop(self, ws: ClientConnection, out: asyncio.Queue[wire.ClientMessage], version: int) -> None:
         with contextlib.suppress(websockets.exceptions.ConnectionClosed):
             while True:
                 batch = [wire.encode_client(await out.get())]

@@ -133,6 +133,11 @@ class Subscription:
         out = tuple(qs)
         if not out or not all(isinstance(q, str) for q in out):
             raise LocalProtocolError("a subscription needs at least one query string")
+        for q in out:
+            try:
+                q.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise LocalProtocolError(f"a query is not encodable as UTF-8 ({exc.reason}): {q!r:.80}") from None
         return out
 
     def unsubscribe(self) -> None:

@@ -449,6 +449,37 @@ def test_a_dropped_socket_fails_the_waiting_call_and_reconnects() -> None:
     run(body())
 
 
+def test_a_writer_that_fails_drops_the_connection_instead_of_wedging_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If encoding an outgoing message raises (a bug, or input no check caught), the writer task used to
+    die silently while the reader lived on: the connection looked up, every later message stayed queued
+    and every call timed out ("may still run": never sent).  Now the writer's failure is logged and ends
+    the socket: the waiting call fails with ConnectionLost, the connection reconnects and works."""
+    real = wire.encode_client
+    poisoned: list[wire.ClientMessage] = []
+
+    def encode(msg: wire.ClientMessage) -> bytes:
+        if isinstance(msg, wire.CallReducer) and msg.reducer == "ack_checkpoint" and not poisoned:
+            poisoned.append(msg)
+            raise UnicodeEncodeError("utf-8", "x", 0, 1, "planted")
+        return real(msg)
+
+    monkeypatch.setattr(wire, "encode_client", encode)
+
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock(), call_timeout=5)
+        await conn.connect()
+        with pytest.raises(ConnectionLost):
+            await conn.call("ack_checkpoint", "c", "s", 1, 1)
+        await until(lambda: conn.connects == 2 and conn.connected)
+        assert (await conn.call("append_sync_event", "s", "k", "{}", None, None)).value == 7
+        assert isinstance(conn.disconnects[0].error, UnicodeEncodeError)
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
 def test_a_malformed_server_frame_closes_with_1002_and_reconnects() -> None:
     async def body() -> None:
         server = FakeServer()

@@ -101,6 +101,16 @@ def test_one_query_string_instead_of_a_list_is_caller_misuse() -> None:
     assert isinstance(ok, wire.Subscribe) and ok.query_strings == (text,)
 
 
+def test_a_query_that_is_not_utf8_encodable_is_caller_misuse() -> None:
+    """A query holding a lone surrogate cannot be put on the wire.  It used to be accepted here and blow up
+    in the connection's writer task, which died silently: every later message on that connection stayed
+    queued, the next call timed out ("the call may still run": it was never sent)."""
+    s = connected_session()
+    with pytest.raises(LocalProtocolError, match="UTF-8"):
+        s.subscribe(Listener().sub(queries=["SELECT * FROM sync_event WHERE stream_id = '\ud800'"]))
+    assert s.live == {}
+
+
 def test_applied_and_updates_reach_cache_then_listener() -> None:
     s = connected_session()
     lis = Listener()
