@@ -477,7 +477,8 @@ class Connection:
         token = await self._ws_token()
         try:
             ws = await ws_connect(self._uri(token), subprotocols=[websockets.Subprotocol(p) for p in self.protocols],
-                                  compression=None, max_size=wire.MAX_FRAME_SIZE, open_timeout=self.open_timeout,
+                                  compression=None, max_size=wire.MAX_FRAME_SIZE + 1,  # + the compression tag
+                                  open_timeout=self.open_timeout,
                                   ping_interval=self.ping_interval, proxy=None)
         except websockets.exceptions.InvalidStatus as exc:
             status = exc.response.status_code

@@ -480,6 +480,36 @@ def test_a_writer_that_fails_drops_the_connection_instead_of_wedging_it(monkeypa
     run(body())
 
 
+def test_a_message_of_exactly_the_frame_limit_is_received_uncompressed() -> None:
+    """The server sends any message body up to ``max_outbound_message_bytes`` = ``wire.MAX_FRAME_SIZE``
+    and the SDK's decoder accepts a body of that size -- but the WebSocket frame carries one more byte
+    (the compression tag), and the SDK capped frames at MAX_FRAME_SIZE: with ``compression="None"`` a
+    body of exactly the limit was refused by the socket (1009), the connection dropped, and the call
+    failed (a snapshot of that size would have been refused again at every reconnect)."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        base = len(wire.encode_server(wire.ReducerResult(1, 2, wire.ReducerInternalError(""))))
+        text = "x" * (wire.MAX_FRAME_SIZE - base)
+
+        async def big(peer: Peer, m: wire.ClientMessage) -> None:
+            if isinstance(m, wire.CallReducer):
+                msg = wire.ReducerResult(m.request_id, 2, wire.ReducerInternalError(text))
+                data = wire.encode_server(msg)
+                assert len(data) == wire.MAX_FRAME_SIZE
+                await peer.ws.send_bytes(wire.frame_server(data, wire.Compression.NONE))
+
+        server.handler = big
+        conn = client(server, Clock(), protocols=(V2,), compression="None", call_timeout=10)
+        await conn.connect()
+        with pytest.raises(ReducerInternalError) as info:
+            await conn.call("ack_checkpoint", "c", "s", 1, 1)
+        assert len(info.value.message) == len(text) and conn.connects == 1
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
 def test_a_malformed_server_frame_closes_with_1002_and_reconnects() -> None:
     async def body() -> None:
         server = FakeServer()
