@@ -268,9 +268,12 @@ class Connection:
         self.session.close()
         self._fail_calls(list(self._calls), ConnectionClosed("connection closed"))
         self._wake()
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self._close_http()
+
+    async def _close_http(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
 
     async def __aenter__(self) -> Connection:
         await self.connect()
@@ -392,6 +395,7 @@ class Connection:
                 except ConnectError as exc:
                     if exc.permanent:
                         self._give_up(exc)
+                        await self._close_http()  # nothing more to exchange: no unclosed session left behind
                         return
                     attempt = await self._back_off(attempt, exc)
                     continue
@@ -414,6 +418,7 @@ class Connection:
                     return
                 if not self.reconnect:
                     self._give_up(ConnectionLost(f"connection lost ({info.code} {info.reason}); reconnect is off"))
+                    await self._close_http()
                     return
                 attempt = await self._back_off(attempt, None)
         except asyncio.CancelledError:
@@ -437,7 +442,7 @@ class Connection:
 
     def _give_up(self, error: BaseException) -> None:
         if not self._closing:  # said once: a consumer alone has no call to raise it from
-            log.warning("giving up on %s: %s", self.ws_url, error)
+            log.warning("giving up on %s: %s", self.ws_url, str(error))  # (a kept record must not pin its frames)
         self._fatal = error
         self.session.close()
         self._fail_calls(list(self._calls), error)

@@ -213,6 +213,35 @@ def test_a_refused_token_is_permanent() -> None:
     run(body())
 
 
+def test_a_permanent_refusal_releases_the_http_session_without_close() -> None:
+    """``async with Connection(...)`` whose token is refused for good raises from ``__aenter__``, so
+    ``__aexit__`` never runs.  The token exchange's aiohttp session stayed open: "Unclosed client session"
+    / "Unclosed connector" on stderr at the next collection (a real server, a malformed token) and a socket
+    held per attempt by an application that retries with new connections.  The supervisor now closes it
+    when it gives up."""
+    import gc
+
+    async def body() -> None:
+        server = FakeServer(token_status=401)
+        await server.start()
+        errors: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx["message"]))
+        conn = client(server, Clock())
+        refused = False
+        try:
+            async with conn:
+                pass
+        except ConnectError:
+            refused = True
+        assert refused
+        del conn  # the application drops it (it never got to close it)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert errors == []
+        await server.stop()
+    run(body())
+
+
 def test_transient_refusals_back_off_then_connect() -> None:
     async def body() -> None:
         server = FakeServer(upgrade_status=[503, 502, 500])
