@@ -50,6 +50,7 @@ import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -189,6 +190,7 @@ class Connection:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._fatal: BaseException | None = None
+        self._fatal_tb: TracebackType | None = None  # where it was raised first (each raise starts from there)
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self.close_flush_timeout = 2.0  # seconds close() gives the close hooks (pending acks) to finish
         self._http: aiohttp.ClientSession | None = None
@@ -322,7 +324,7 @@ class Connection:
             sub.watchers.remove(watch)
         if sub.state is SubState.FAILED:
             assert sub.error is not None
-            raise sub.error
+            raise sub.error.with_traceback(None)  # (raised at every call: see _check_open)
         if sub.state is SubState.ENDED:
             raise ConnectionClosed(f"{sub!r} ended before it was applied")
         return sub
@@ -357,8 +359,8 @@ class Connection:
     def _check_open(self) -> None:
         if self._closing:
             raise ConnectionClosed("this connection was closed")
-        if self._fatal is not None:
-            raise self._fatal
+        if self._fatal is not None:  # one stored error, raised again and again: each raise starts from its own
+            raise self._fatal.with_traceback(self._fatal_tb)  # traceback (else it grows by every caller's frames)
 
     async def _wait_connected(self) -> None:
         loop = asyncio.get_running_loop()
@@ -443,7 +445,7 @@ class Connection:
     def _give_up(self, error: BaseException) -> None:
         if not self._closing:  # said once: a consumer alone has no call to raise it from
             log.warning("giving up on %s: %s", self.ws_url, str(error))  # (a kept record must not pin its frames)
-        self._fatal = error
+        self._fatal, self._fatal_tb = error, error.__traceback__
         self.session.close()
         self._fail_calls(list(self._calls), error)
         self._wake()

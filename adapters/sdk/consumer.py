@@ -62,6 +62,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol
 
 from adapters.sdk.checkpoints import ApplyFn, CheckpointStore
@@ -421,6 +422,7 @@ class StreamConsumer:
         self._queued_bytes = 0
         self._shed: Subscription | None = None  # unsubscribed for a full queue: resubscribe when it ends
         self.error: BaseException | None = None
+        self._error_tb: TracebackType | None = None  # the error's own traceback (an apply's bug: where it was)
         self.acked: tuple[int, int] | None = None  # the last ack the server accepted
         self.acks_sent = 0
         self.ack_error: SdkError | None = None  # the refusal that stopped the acks (until the next start())
@@ -456,7 +458,7 @@ class StreamConsumer:
     async def start(self) -> None:
         if self._task is not None and not self._task.done():
             raise LocalProtocolError("the consumer is already running")
-        self.error = None
+        self.error, self._error_tb = None, None
         self._queue = asyncio.Queue()
         self._queued_bytes, self._shed = 0, None
         async with self.store.async_lock():  # (under the lock: two start()s of one stream are serialized)
@@ -510,7 +512,7 @@ class StreamConsumer:
             await self._progress.wait_for(lambda: self.error is not None or self._stops != stops or (
                 self.core.watermark >= seq and (epoch is None or self.core.epoch == epoch)))
         if self.error is not None:
-            raise self.error
+            raise self.error.with_traceback(self._error_tb)  # raised at every call: not growing with each
         if self._stops != stops and not (self.core.watermark >= seq and (epoch is None or self.core.epoch == epoch)):
             raise LocalProtocolError(f"{self.stream_id}: the consumer was stopped while waiting for seq {seq} "
                                      f"(watermark {self.core.watermark})")
@@ -639,6 +641,7 @@ class StreamConsumer:
         raises ConnectionClosed, as nothing more will arrive)."""
         self._drop_subscription()
         self.core.stopped()
+        self._error_tb = None
         self.error = ConnectionClosed(f"{self.stream_id}: the connection was closed by the application")
         if self._ack_task is not None and not self._ack_task.done():
             self._ack_task.cancel()  # close() already gave it its chance to flush
@@ -650,7 +653,7 @@ class StreamConsumer:
     async def _fail(self, error: BaseException) -> None:
         self._drop_subscription()
         self.core.state = "failed"
-        self.error = error
+        self.error, self._error_tb = error, error.__traceback__
         log.error("%s: consumer stopped: %s", self.stream_id, error)
         if self.on_error is not None:
             try:

@@ -242,6 +242,33 @@ def test_a_permanent_refusal_releases_the_http_session_without_close() -> None:
     run(body())
 
 
+def _tb_depth(exc: BaseException) -> int:
+    tb, n = exc.__traceback__, 0
+    while tb is not None:
+        tb, n = tb.tb_next, n + 1
+    return n
+
+
+def test_calls_on_a_connection_that_gave_up_do_not_grow_its_error_without_bound() -> None:
+    """Every call on a connection that gave up raises the one stored refusal.  Re-raising one exception
+    object appends the raiser's frames to its traceback, so each call made it longer and pinned the
+    frames (and their locals) of every caller before it: 1,000 retries of an application's loop, a
+    traceback 3,004 entries deep.  Now each raise starts the traceback afresh."""
+    async def body() -> None:
+        server = FakeServer(token_status=401)
+        await server.start()
+        conn = client(server, Clock())
+        depths = []
+        for _ in range(50):
+            with pytest.raises(ConnectError) as info:
+                await conn.call("ack_checkpoint", "c", "s", 1, 1)
+            depths.append(_tb_depth(info.value))
+        assert depths[-1] == depths[1] and max(depths) < 10 and info.value is conn.fatal
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
 def test_transient_refusals_back_off_then_connect() -> None:
     async def body() -> None:
         server = FakeServer(upgrade_status=[503, 502, 500])

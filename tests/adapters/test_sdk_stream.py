@@ -19,7 +19,15 @@ import pytest
 
 from adapters import wire
 from adapters.bsatn import encode_row
-from adapters.sdk import Checkpoint, CheckpointStore, ConnectionClosed, ReducerError, Stale, StreamConsumer
+from adapters.sdk import (
+    Checkpoint,
+    CheckpointStore,
+    ConnectionClosed,
+    ReducerError,
+    Stale,
+    StreamConsumer,
+    SubscriptionFailed,
+)
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Session, Subscription, TablesCallback
 from spec import query as q
 from spec.client import rehydrate_queries
@@ -363,6 +371,40 @@ def test_stopping_the_consumer_wakes_a_wait_for_instead_of_leaving_it_hanging(tm
         assert await asyncio.wait_for(later, 5) == 2
         await c.stop()
     run(body())
+
+
+def test_waiting_on_a_failed_consumer_again_and_again_does_not_grow_its_error(tmp_path: Path) -> None:
+    """``wait_for`` on a failed consumer re-raises ``consumer.error``: one object, whose traceback grew by
+    the waiter's frames at every call (and pinned them).  Each raise now starts it afresh."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        conn.error(SyncError(ErrorCode.INVALID_QUERY, {"query": "x", "message": "bad"}).render())
+        depths = []
+        for _ in range(30):
+            with pytest.raises(SubscriptionFailed) as info:
+                await c.wait_for(1)
+            tb, n = info.value.__traceback__, 0
+            while tb is not None:
+                tb, n = tb.tb_next, n + 1
+            depths.append(n)
+        assert depths[-1] == depths[1] and max(depths) < 10 and info.value is c.error
+        await c.stop()
+        app.apply = broken_apply  # type: ignore[method-assign]
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=1), ev(1)])
+        for _ in range(3):  # the application's bug keeps its own frames, each time
+            with pytest.raises(KeyError) as bug:
+                await c.wait_for(1)
+            assert "broken_apply" in [entry.name for entry in bug.traceback]
+        await c.stop()
+    run(body())
+
+
+def broken_apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+    raise KeyError("text")
 
 
 def test_a_poison_event_stops_the_consumer_and_restart_resumes_there(tmp_path: Path) -> None:
