@@ -4,7 +4,8 @@ A :class:`Connection` is a thin asyncio shell around the sans-I/O
 :class:`~adapters.sdk.session.Session`.  It does what the official SDKs do at connect, and then
 keeps the connection alive:
 
-1. with a long-lived token, ``POST /v1/identity/websocket-token`` (Bearer) for a 60 s token;
+1. with a long-lived token, ``POST /v1/identity/websocket-token`` (Bearer) for a 60 s token (without
+   one, the first connect is anonymous and every reconnect presents the token it was minted: one identity);
 2. open ``ws[s]://host/v1/database/<db>/subscribe?token=..&compression=Gzip|None|Brotli
    [&confirmed=true|false]`` offering ``v3.bsatn.spacetimedb`` and/or ``v2.bsatn.spacetimedb``
    (the server picks by *its* preference; a server that echoes none is spoken to in v2, as the
@@ -190,6 +191,7 @@ class Connection:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._fatal: BaseException | None = None
+        self._minted_token: str | None = None  # the token minted for an anonymous connect, presented on reconnect
         self._fatal_tb: TracebackType | None = None  # where it was raised first (each raise starts from there)
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self.close_flush_timeout = 2.0  # seconds close() gives the close hooks (pending acks) to finish
@@ -451,13 +453,15 @@ class Connection:
         self._wake()
 
     async def _ws_token(self) -> str | None:
-        if self.long_token is None or not self.exchange_token:
-            return self.long_token
+        # anonymous: after the first connect, the token the server minted (the same identity on every reconnect)
+        long_token = self.long_token if self.long_token is not None else self._minted_token
+        if long_token is None or not self.exchange_token:
+            return long_token
         if self._http is None:
             self._http = aiohttp.ClientSession()
         url = f"{self.http_base}/v1/identity/websocket-token"
         timeout = aiohttp.ClientTimeout(total=self.open_timeout)
-        async with self._http.post(url, headers={"Authorization": f"Bearer {self.long_token}"},
+        async with self._http.post(url, headers={"Authorization": f"Bearer {long_token}"},
                                    timeout=timeout) as resp:
             raw = await resp.read()  # the peer's bytes: a proxy's Latin-1 error page is a refusal, not a crash
             if resp.status // 100 != 2:
@@ -505,6 +509,8 @@ class Connection:
             if not isinstance(first, wire.InitialConnection):
                 raise RemoteProtocolError(f"first server message is {type(first).__name__}, not InitialConnection")
             self.info = ConnectInfo(first.identity, first.connection_id, first.token, chosen, version)
+            if self.long_token is None and self._minted_token is None and first.token:
+                self._minted_token = first.token  # an anonymous connect: keep the identity it was given
             return ws, version, msgs[1:]
         except BaseException:
             with contextlib.suppress(Exception):

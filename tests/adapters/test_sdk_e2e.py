@@ -454,6 +454,35 @@ def test_a_revoked_token_stops_the_consumer_with_the_servers_reason(server: Serv
     assert any("token revoked" in m and "giving up" in m for m in logged), logged
 
 
+def test_an_anonymous_connection_keeps_its_identity_across_reconnects(tmp_path: Path) -> None:
+    """Without a token (``--allow-anonymous``) the server mints an identity and returns its token in
+    InitialConnection, with the grant ``identity.<own hex>.*``.  The SDK reconnects by itself, but it
+    reconnected anonymously again: a new identity each time, so its own stream was no longer granted
+    (the consumer's resubscription saw no rows, silently) and its appends were ``forbidden_stream``.
+    It now presents the minted token on reconnect, as the official SDKs' applications do with the
+    token ``onConnect`` gives them."""
+    from adapters.auth import AuthConfig
+
+    app = App(tmp_path / "anon.sqlite")
+    with running_server(tmp_path / "data", auth=AuthConfig(allow_anonymous=True)) as st:
+        async def body() -> None:
+            conn = Connection(st.base, backoff=FAST, call_timeout=20)
+            info = await conn.connect()
+            stream = f"identity.{info.identity}.notes"
+            consumer = StreamConsumer(conn, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            await consumer.wait_for(await append(conn, stream, 1))
+            conn.abort()
+            await asyncio.sleep(0.05)
+            seq = await append(conn, stream, 2)  # after the reconnect
+            assert conn.connects == 2 and conn.identity == info.identity
+            await consumer.wait_for(seq)
+            assert app.seqs() == [1, 2]
+            await conn.close()
+
+        run(body())
+
+
 # --- an unclean restart of the server (ADR-0003 decision 6) ----------------------------------------
 
 
