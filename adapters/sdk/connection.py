@@ -297,12 +297,19 @@ class Connection:
     def subscribe(self, queries: Queries, *, cached: bool = True, on_applied: TablesCallback | None = None,
                   on_update: TablesCallback | None = None, on_error: ErrorCallback | None = None,
                   on_end: EndCallback | None = None) -> Subscription:
-        """Subscribe a query set now (or on the next connection); it is resubscribed after reconnects."""
+        """Subscribe a query set now (or on the next connection; the connection is started if it was not);
+        it is resubscribed after reconnects."""
         self._check_open()
         sub = Subscription(queries, cached=cached, on_applied=on_applied, on_update=on_update,
                            on_error=on_error, on_end=on_end)
         sub.owner = self._unsubscribe
         self._send(self.session.subscribe(sub))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # outside a running loop: it starts at connect() or the first call
+            pass
+        else:
+            self._start()  # as call() does
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:

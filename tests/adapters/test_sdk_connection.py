@@ -340,6 +340,23 @@ def test_subscribe_applies_into_the_cache() -> None:
     run(body())
 
 
+def test_subscribing_starts_the_connection_as_calling_does() -> None:
+    """``call()`` starts a connection that ``connect()`` was not called for; ``subscribe()`` did not.  A
+    StreamConsumer started on a fresh Connection (only subscribing until it has applied something) then
+    waited forever -- no connection attempt, no error: ``wait_for`` on a real server hung with
+    ``connects == 0``.  Subscribing now starts the connection too."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock())
+        sub = conn.subscribe(["SELECT * FROM session_presence"])
+        await conn.applied(sub, timeout=5)
+        assert conn.connects == 1 and len(conn.cache.table("session_presence").rows()) == 1
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
 def test_v3_frames_may_carry_several_messages_both_ways() -> None:
     async def body() -> None:
         server = FakeServer()
