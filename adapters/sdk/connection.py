@@ -61,6 +61,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from adapters import wire
 from adapters.bsatn import BsatnError, decode_ret, encode_args
+from adapters.guard import RateLimitedLog
 from adapters.sdk.backoff import Backoff
 from adapters.sdk.cache import ClientCache
 from adapters.sdk.errors import (
@@ -94,6 +95,8 @@ V2 = "v2.bsatn.spacetimedb"
 VERSIONS: Mapping[str, int] = {V3: 3, V2: 2}
 PERMANENT_STATUS = frozenset({400, 401, 403, 404, 426})
 V3_FRAME_CAP = 256 * 1024
+CONNECT_WARN_AFTER = 3  # failed connect attempts in a row before they are a WARNING (before: INFO, a restart)
+CONNECT_WARN_INTERVAL_S = 30.0  # then at most one such warning this often
 _DEFAULT: Any = object()
 
 
@@ -196,6 +199,7 @@ class Connection:
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self.close_flush_timeout = 2.0  # seconds close() gives the close hooks (pending acks) to finish
         self._http: aiohttp.ClientSession | None = None
+        self._connect_log = RateLimitedLog(log, CONNECT_WARN_INTERVAL_S)
 
     # --- properties ------------------------------------------------------------------------------
 
@@ -441,6 +445,10 @@ class Connection:
     async def _back_off(self, attempt: int, error: BaseException | None) -> int:
         delay = self.backoff.delay(attempt)
         if error is not None:
+            if attempt + 1 >= CONNECT_WARN_AFTER:  # not a blip: say so where a default logging setup shows it
+                self._connect_log.log("connect", logging.WARNING, f"cannot connect to {self.ws_url}: "
+                                      f"{attempt + 1} attempts in a row failed, still retrying (last: "
+                                      f"{type(error).__name__}: {error})")
             log.info("connect attempt %d failed (%s: %s); retrying in %.2f s", attempt + 1, type(error).__name__,
                      error, delay)
             if self.on_connect_error is not None:

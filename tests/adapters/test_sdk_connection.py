@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -305,6 +306,28 @@ def test_a_token_answer_that_is_not_utf8_is_a_transient_peer_error() -> None:
         await conn.close()
         await server.stop()
     run(body())
+
+
+def test_a_server_that_cannot_be_reached_is_reported_not_only_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """``await conn.connect()`` against a server that is down (or a mistyped port) retries for ever, as it
+    should -- but every failed attempt was logged at INFO, so at Python's default level an application (the
+    guide's quickstart with no server running) hung with no output at all.  From the third failure in a
+    row it is also a WARNING, at most one per ``CONNECT_WARN_INTERVAL_S`` (30 s); the first two (a server
+    restarting) only INFO."""
+    async def body() -> None:
+        server = FakeServer(upgrade_status=[503] * 6)
+        await server.start()
+        conn = client(server, Clock())
+        await conn.connect()
+        await conn.close()
+        await server.stop()
+    with caplog.at_level(logging.INFO, logger="syncref.sdk.connection"):
+        run(body())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records
+             if r.levelno == logging.INFO and "connect attempt" in r.getMessage()]
+    assert len(warnings) == 1 and "3 attempts in a row" in warnings[0] and "HTTP 503" in warnings[0], warnings
+    assert len(infos) == 6, infos  # every attempt, still there at INFO
 
 
 def test_an_upgrade_refusal_like_426_is_permanent() -> None:
