@@ -184,6 +184,9 @@ class ConsumerCore:
     def __init__(self, store: CheckpointStore, stream_id: str, apply: ApplyFn) -> None:
         if not is_id(stream_id):
             raise LocalProtocolError(f"not a stream id: {stream_id!r:.140}")
+        if inspect.iscoroutinefunction(apply):
+            raise LocalProtocolError("apply must be a plain function, not async def: it applies each event inside "
+                                     "the checkpoint's SQLite transaction before returning")
         self.store, self.stream_id, self.apply = store, stream_id, apply
         self.state = "idle"  # idle, subscribing, live, rebootstrapping, continuing, failed
         self.epoch = 0

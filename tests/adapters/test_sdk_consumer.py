@@ -13,7 +13,7 @@ import pytest
 
 from adapters.bsatn import encode_row
 from adapters.sdk.checkpoints import Checkpoint, CheckpointStore
-from adapters.sdk.consumer import Ack, ConsumerCore, Continue, Fail, Rebootstrap, Resubscribe, Stale
+from adapters.sdk.consumer import Ack, ConsumerCore, Continue, Fail, Rebootstrap, Resubscribe, Stale, StreamConsumer
 from adapters.sdk.errors import SubscriptionFailed
 from adapters.sdk.rows import DecodedRow, TableChange
 from spec import query as q
@@ -236,6 +236,33 @@ def test_an_apply_that_commits_is_refused(core: ConsumerCore, store: CheckpointS
     core.apply = committing
     with pytest.raises(LocalProtocolError, match="transaction"):
         core.on_rows(rows(ev(1)), snapshot=True)
+
+
+def test_an_async_apply_is_refused_not_skipped(core: ConsumerCore, store: CheckpointStore) -> None:
+    """``async def apply`` (an easy slip in asyncio code) returned a coroutine that nobody awaited: the
+    store took the call as done and moved the watermark past an event whose effects never ran -- exactly
+    once became never, silently (a "never awaited" RuntimeWarning at best).  An apply that returns an
+    awaitable is now refused like one that commits: the event is rolled back, the watermark stays, the
+    error names the mistake.  (StreamConsumer refuses an ``async def`` apply when it is constructed.)"""
+    ran: list[int] = []
+
+    async def async_apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        ran.append(e.seq)
+        record(tx, e)
+
+    core.apply = async_apply  # type: ignore[assignment]
+    out = core.on_rows(rows(st(head=2), ev(1), ev(2)), snapshot=True)
+    assert isinstance(out[-1], Fail) and isinstance(out[-1].error, LocalProtocolError)
+    assert "awaitable" in str(out[-1].error)
+    assert core.watermark == 0 and store.load(S) == Checkpoint(S, 1, 0) and applied(store) == [] and ran == []
+
+
+def test_a_stream_consumer_refuses_an_async_apply_at_construction(store: CheckpointStore) -> None:
+    async def async_apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        record(tx, e)
+
+    with pytest.raises(LocalProtocolError, match="async"):
+        StreamConsumer(object(), store, S, apply=async_apply, on_rebootstrap=lambda tx, s: None)  # type: ignore[arg-type]
 
 
 def test_apply_events_rejects_a_batch_for_the_wrong_epoch(core: ConsumerCore, store: CheckpointStore) -> None:
