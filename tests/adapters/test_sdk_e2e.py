@@ -507,6 +507,36 @@ def test_a_connection_made_with_an_exchanged_token_outlives_the_websocket_token(
         run(body())
 
 
+@pytest.mark.xfail(strict=True, reason="open finding (revc review): a replay or retained window larger than "
+                   "max_outbound_message_bytes is refused limit_exceeded and the consumer stops for good")
+def test_a_consumer_catches_up_on_a_backlog_larger_than_one_message(tmp_path: Path) -> None:
+    """A consumer's catch-up is one snapshot: the resume (``seq > W``, up to the replay budget of 20,000
+    events) or the rehydrate (the whole retained window; the default policy retains everything).  A
+    snapshot over ``max_outbound_message_bytes`` (32 MiB) is refused ``limit_exceeded``, which the consumer
+    takes as fatal -- and a restart asks for the same snapshot.  Measured with the defaults: 140 events of
+    250 KiB appended, a new consumer stops at once with ``limit_exceeded {"actual": 35861967, ...}``; so
+    a device joining a busy stream, or one offline long enough, never catches up.  Here the limit is
+    1 MiB and the backlog 8 events of 200 KiB."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "big.sqlite")
+    limits = with_limits(max_outbound_message_bytes=1024 * 1024, max_outbound_bytes=64 * 1024 * 1024)
+    with running_server(tmp_path / "data", limits=limits) as st:
+        async def body() -> None:
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            text = json.dumps({"t": "x" * (200 * 1024)}, separators=(",", ":"))
+            for i in range(8):
+                await conn.call("append_sync_event", "e2e.big", f"k{i}", text, sha(text), None)
+            consumer = StreamConsumer(conn, app.store, "e2e.big", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            try:
+                assert await asyncio.wait_for(consumer.wait_for(8), 20) == 8
+            finally:
+                await conn.close()
+
+        run(body())
+
+
 # --- an unclean restart of the server (ADR-0003 decision 6) ----------------------------------------
 
 
