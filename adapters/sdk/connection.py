@@ -85,6 +85,7 @@ from adapters.sdk.session import (
 )
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import DEFAULT_DATABASE
+from spec.values import is_id
 
 __all__ = ["V2", "V3", "ConnectInfo", "Connection", "DisconnectInfo", "ReducerOutcome"]
 
@@ -169,6 +170,11 @@ class Connection:
         unknown = [p for p in protocols if p not in VERSIONS]
         if not protocols or unknown:
             raise LocalProtocolError(f"protocols must be a non-empty subset of {sorted(VERSIONS)}, got {protocols}")
+        if not is_id(database):  # what a server serves: a name, or its identity (64 hex digits, optional 0x)
+            hint = " (the second argument is the database: pass the token as token=...)" if len(database) > 128 \
+                or database.count(".") == 2 else ""
+            shown = repr(database[:24]) + ("..." if len(database) > 24 else "")  # (a token: its header only)
+            raise LocalProtocolError(f"not a database name (1-128 characters of [A-Za-z0-9._:-]): {shown}{hint}")
         self.http_base, self.ws_url = _urls(url, database)
         self.database, self.long_token = database, token
         self.protocols = tuple(protocols)

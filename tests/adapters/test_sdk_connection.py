@@ -189,6 +189,22 @@ def test_the_server_preference_decides_among_what_was_offered(offer: tuple[str, 
     run(body())
 
 
+def test_the_token_passed_as_the_database_is_a_caller_error() -> None:
+    """``Connection(url, token)`` -- the token in the second position, which is the database name -- used
+    to connect anonymously to a database named by the token: against a real server a 401 ``Authorization
+    required`` (misleading: a token was given), and the give-up warning logged the token inside the URL.
+    The database name is checked where it is given (1-128 characters of [A-Za-z0-9._:-], what the server
+    serves); a JWT (longer, or with other characters) is refused, saying what probably happened."""
+    jwt = "eyJhbGciOiJFUzI1NiJ9." + "e" * 300 + ".sig"
+    with pytest.raises(LocalProtocolError, match="token="):
+        Connection("http://h", jwt)
+    for bad in ("", "a/b", "x" * 129):
+        with pytest.raises(LocalProtocolError):
+            Connection("http://h", bad)
+    assert Connection("http://h", "autopilot-sync").database == "autopilot-sync"
+    assert Connection("http://h", "0x" + "ab" * 32).database == "0x" + "ab" * 32  # a database identity
+
+
 def test_bad_configuration_is_a_caller_error() -> None:
     with pytest.raises(LocalProtocolError):
         Connection("http://h", protocols=("v1.json.spacetimedb",))
