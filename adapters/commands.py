@@ -391,6 +391,26 @@ def token_mint(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     streams = [s for s in (args.streams or "").split(",") if s]
+    config = AuthConfig()
+    if args.config:
+        ns = argparse.Namespace(data=args.data, host=None, port=None, database=None, dev=False)
+        try:
+            config = load_config(Path(args.config), ns).auth
+        except ConfigError as exc:
+            print(f"syncref token mint: bad config: {exc}", file=sys.stderr)
+            return 2
+
+    def mint(keys: KeyStore) -> str:
+        return Authenticator(config, keys).mint(
+            subject=args.subject, scopes=frozenset(scopes), streams=tuple(streams), ttl_s=args.ttl,
+            device_id=args.device_id, session_id=args.session_id, client_build_id=args.client_build_id,
+            protocol_version=args.protocol_version, schema_version=args.schema_version)
+
+    try:  # the arguments first, with a throwaway key: a refused mint leaves no directory or key behind
+        mint(KeyStore.generate())
+    except ValueError as exc:
+        print(f"syncref token mint: {exc}", file=sys.stderr)
+        return 2
     try:  # (exists() raises too: a directory this user may not search, a name too long)
         had_key = (Path(args.data) / KEY_FILE_NAME).exists()
         keys = KeyStore.load_or_create(Path(args.data))
@@ -400,20 +420,9 @@ def token_mint(args: argparse.Namespace) -> int:
     if not had_key:  # a mistyped --data: the token verifies against no running server's key
         print(f"syncref token mint: created a new signing key {Path(args.data) / KEY_FILE_NAME}; only a server "
               f"started on {args.data} accepts this token", file=sys.stderr)
-    config = AuthConfig()
-    if args.config:
-        ns = argparse.Namespace(data=args.data, host=None, port=None, database=None, dev=False)
-        try:
-            config = load_config(Path(args.config), ns).auth
-        except ConfigError as exc:
-            print(f"syncref token mint: bad config: {exc}", file=sys.stderr)
-            return 2
     auth = Authenticator(config, keys)
     try:
-        token = auth.mint(subject=args.subject, scopes=frozenset(scopes), streams=tuple(streams), ttl_s=args.ttl,
-                          device_id=args.device_id, session_id=args.session_id,
-                          client_build_id=args.client_build_id, protocol_version=args.protocol_version,
-                          schema_version=args.schema_version)
+        token = mint(keys)
     except ValueError as exc:
         print(f"syncref token mint: {exc}", file=sys.stderr)
         return 2

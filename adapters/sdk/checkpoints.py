@@ -35,6 +35,7 @@ An old file this process may only read is read as it is (no mark), and refuses a
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sqlite3
 import time
 import weakref
@@ -220,7 +221,13 @@ class CheckpointStore:
                     break
                 tx.execute("SAVEPOINT syncref_event")
                 try:
-                    apply(tx, event)
+                    returned: object = apply(tx, event)  # type: ignore[func-returns-value]  # (an async def's)
+                    if inspect.isawaitable(returned):  # an async def apply: nothing of it ran
+                        close = getattr(returned, "close", None)
+                        if close is not None:
+                            close()  # (no "never awaited" warning: the error says it)
+                        raise LocalProtocolError("apply returned an awaitable (an async def?): it must apply the event "
+                                                 "before it returns, inside the checkpoint's transaction")
                     self._still_open()
                 except Exception as exc:
                     if not tx.in_transaction:

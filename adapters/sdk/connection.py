@@ -4,7 +4,8 @@ A :class:`Connection` is a thin asyncio shell around the sans-I/O
 :class:`~adapters.sdk.session.Session`.  It does what the official SDKs do at connect, and then
 keeps the connection alive:
 
-1. with a long-lived token, ``POST /v1/identity/websocket-token`` (Bearer) for a 60 s token;
+1. with a long-lived token, ``POST /v1/identity/websocket-token`` (Bearer) for a 60 s token (without
+   one, the first connect is anonymous and every reconnect presents the token it was minted: one identity);
 2. open ``ws[s]://host/v1/database/<db>/subscribe?token=..&compression=Gzip|None|Brotli
    [&confirmed=true|false]`` offering ``v3.bsatn.spacetimedb`` and/or ``v2.bsatn.spacetimedb``
    (the server picks by *its* preference; a server that echoes none is spoken to in v2, as the
@@ -50,6 +51,7 @@ import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -59,6 +61,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from adapters import wire
 from adapters.bsatn import BsatnError, decode_ret, encode_args
+from adapters.guard import RateLimitedLog
 from adapters.sdk.backoff import Backoff
 from adapters.sdk.cache import ClientCache
 from adapters.sdk.errors import (
@@ -82,6 +85,7 @@ from adapters.sdk.session import (
 )
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import DEFAULT_DATABASE
+from spec.values import is_id
 
 __all__ = ["V2", "V3", "ConnectInfo", "Connection", "DisconnectInfo", "ReducerOutcome"]
 
@@ -92,6 +96,8 @@ V2 = "v2.bsatn.spacetimedb"
 VERSIONS: Mapping[str, int] = {V3: 3, V2: 2}
 PERMANENT_STATUS = frozenset({400, 401, 403, 404, 426})
 V3_FRAME_CAP = 256 * 1024
+CONNECT_WARN_AFTER = 3  # failed connect attempts in a row before they are a WARNING (before: INFO, a restart)
+CONNECT_WARN_INTERVAL_S = 30.0  # then at most one such warning this often
 _DEFAULT: Any = object()
 
 
@@ -164,6 +170,11 @@ class Connection:
         unknown = [p for p in protocols if p not in VERSIONS]
         if not protocols or unknown:
             raise LocalProtocolError(f"protocols must be a non-empty subset of {sorted(VERSIONS)}, got {protocols}")
+        if not is_id(database):  # what a server serves: a name, or its identity (64 hex digits, optional 0x)
+            hint = " (the second argument is the database: pass the token as token=...)" if len(database) > 128 \
+                or database.count(".") == 2 else ""
+            shown = repr(database[:24]) + ("..." if len(database) > 24 else "")  # (a token: its header only)
+            raise LocalProtocolError(f"not a database name (1-128 characters of [A-Za-z0-9._:-]): {shown}{hint}")
         self.http_base, self.ws_url = _urls(url, database)
         self.database, self.long_token = database, token
         self.protocols = tuple(protocols)
@@ -189,9 +200,12 @@ class Connection:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._fatal: BaseException | None = None
+        self._minted_token: str | None = None  # the token minted for an anonymous connect, presented on reconnect
+        self._fatal_tb: TracebackType | None = None  # where it was raised first (each raise starts from there)
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self.close_flush_timeout = 2.0  # seconds close() gives the close hooks (pending acks) to finish
         self._http: aiohttp.ClientSession | None = None
+        self._connect_log = RateLimitedLog(log, CONNECT_WARN_INTERVAL_S)
 
     # --- properties ------------------------------------------------------------------------------
 
@@ -207,6 +221,12 @@ class Connection:
     def closing(self) -> bool:
         """True once the application called :meth:`close`: what ends now ends normally."""
         return self._closing
+
+    @property
+    def fatal(self) -> BaseException | None:
+        """Why the connection gave up for good (a permanent refusal such as 401 ``token revoked``, or
+        reconnect off and the connection lost); None while it is alive or after a plain :meth:`close`."""
+        return self._fatal
 
     @property
     def identity(self) -> str | None:
@@ -262,9 +282,12 @@ class Connection:
         self.session.close()
         self._fail_calls(list(self._calls), ConnectionClosed("connection closed"))
         self._wake()
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self._close_http()
+
+    async def _close_http(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
 
     async def __aenter__(self) -> Connection:
         await self.connect()
@@ -284,12 +307,19 @@ class Connection:
     def subscribe(self, queries: Queries, *, cached: bool = True, on_applied: TablesCallback | None = None,
                   on_update: TablesCallback | None = None, on_error: ErrorCallback | None = None,
                   on_end: EndCallback | None = None) -> Subscription:
-        """Subscribe a query set now (or on the next connection); it is resubscribed after reconnects."""
+        """Subscribe a query set now (or on the next connection; the connection is started if it was not);
+        it is resubscribed after reconnects."""
         self._check_open()
         sub = Subscription(queries, cached=cached, on_applied=on_applied, on_update=on_update,
                            on_error=on_error, on_end=on_end)
         sub.owner = self._unsubscribe
         self._send(self.session.subscribe(sub))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # outside a running loop: it starts at connect() or the first call
+            pass
+        else:
+            self._start()  # as call() does
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
@@ -313,7 +343,7 @@ class Connection:
             sub.watchers.remove(watch)
         if sub.state is SubState.FAILED:
             assert sub.error is not None
-            raise sub.error
+            raise sub.error.with_traceback(None)  # (raised at every call: see _check_open)
         if sub.state is SubState.ENDED:
             raise ConnectionClosed(f"{sub!r} ended before it was applied")
         return sub
@@ -348,8 +378,8 @@ class Connection:
     def _check_open(self) -> None:
         if self._closing:
             raise ConnectionClosed("this connection was closed")
-        if self._fatal is not None:
-            raise self._fatal
+        if self._fatal is not None:  # one stored error, raised again and again: each raise starts from its own
+            raise self._fatal.with_traceback(self._fatal_tb)  # traceback (else it grows by every caller's frames)
 
     async def _wait_connected(self) -> None:
         loop = asyncio.get_running_loop()
@@ -386,6 +416,7 @@ class Connection:
                 except ConnectError as exc:
                     if exc.permanent:
                         self._give_up(exc)
+                        await self._close_http()  # nothing more to exchange: no unclosed session left behind
                         return
                     attempt = await self._back_off(attempt, exc)
                     continue
@@ -408,6 +439,7 @@ class Connection:
                     return
                 if not self.reconnect:
                     self._give_up(ConnectionLost(f"connection lost ({info.code} {info.reason}); reconnect is off"))
+                    await self._close_http()
                     return
                 attempt = await self._back_off(attempt, None)
         except asyncio.CancelledError:
@@ -419,6 +451,10 @@ class Connection:
     async def _back_off(self, attempt: int, error: BaseException | None) -> int:
         delay = self.backoff.delay(attempt)
         if error is not None:
+            if attempt + 1 >= CONNECT_WARN_AFTER:  # not a blip: say so where a default logging setup shows it
+                self._connect_log.log("connect", logging.WARNING, f"cannot connect to {self.ws_url}: "
+                                      f"{attempt + 1} attempts in a row failed, still retrying (last: "
+                                      f"{type(error).__name__}: {error})")
             log.info("connect attempt %d failed (%s: %s); retrying in %.2f s", attempt + 1, type(error).__name__,
                      error, delay)
             if self.on_connect_error is not None:
@@ -430,28 +466,33 @@ class Connection:
         return attempt + 1
 
     def _give_up(self, error: BaseException) -> None:
-        self._fatal = error
+        if not self._closing:  # said once: a consumer alone has no call to raise it from
+            log.warning("giving up on %s: %s", self.ws_url, str(error))  # (a kept record must not pin its frames)
+        self._fatal, self._fatal_tb = error, error.__traceback__
         self.session.close()
         self._fail_calls(list(self._calls), error)
         self._wake()
 
     async def _ws_token(self) -> str | None:
-        if self.long_token is None or not self.exchange_token:
-            return self.long_token
+        # anonymous: after the first connect, the token the server minted (the same identity on every reconnect)
+        long_token = self.long_token if self.long_token is not None else self._minted_token
+        if long_token is None or not self.exchange_token:
+            return long_token
         if self._http is None:
             self._http = aiohttp.ClientSession()
         url = f"{self.http_base}/v1/identity/websocket-token"
         timeout = aiohttp.ClientTimeout(total=self.open_timeout)
-        async with self._http.post(url, headers={"Authorization": f"Bearer {self.long_token}"},
+        async with self._http.post(url, headers={"Authorization": f"Bearer {long_token}"},
                                    timeout=timeout) as resp:
-            body = await resp.text()
+            raw = await resp.read()  # the peer's bytes: a proxy's Latin-1 error page is a refusal, not a crash
             if resp.status // 100 != 2:
-                raise ConnectError(resp.status, f"websocket-token: {body[:300]}",
+                raise ConnectError(resp.status, f"websocket-token: {raw.decode('utf-8', 'replace')[:300]}",
                                    permanent=resp.status in PERMANENT_STATUS)
         try:
+            body = raw.decode("utf-8")
             token = json.loads(body)["token"]
         except (ValueError, KeyError, TypeError):
-            raise RemoteProtocolError(f"websocket-token answer without a token: {body[:200]!r}") from None
+            raise RemoteProtocolError(f"websocket-token answer without a token: {raw[:200]!r}") from None
         if not isinstance(token, str):
             raise RemoteProtocolError("websocket-token answer: token is not a string")
         return token
@@ -468,7 +509,8 @@ class Connection:
         token = await self._ws_token()
         try:
             ws = await ws_connect(self._uri(token), subprotocols=[websockets.Subprotocol(p) for p in self.protocols],
-                                  compression=None, max_size=wire.MAX_FRAME_SIZE, open_timeout=self.open_timeout,
+                                  compression=None, max_size=wire.MAX_FRAME_SIZE + 1,  # + the compression tag
+                                  open_timeout=self.open_timeout,
                                   ping_interval=self.ping_interval, proxy=None)
         except websockets.exceptions.InvalidStatus as exc:
             status = exc.response.status_code
@@ -488,6 +530,8 @@ class Connection:
             if not isinstance(first, wire.InitialConnection):
                 raise RemoteProtocolError(f"first server message is {type(first).__name__}, not InitialConnection")
             self.info = ConnectInfo(first.identity, first.connection_id, first.token, chosen, version)
+            if self.long_token is None and self._minted_token is None and first.token:
+                self._minted_token = first.token  # an anonymous connect: keep the identity it was given
             return ws, version, msgs[1:]
         except BaseException:
             with contextlib.suppress(Exception):
@@ -497,7 +541,8 @@ class Connection:
     async def _serve(self, ws: ClientConnection, version: int, first: list[wire.ServerMessage]) -> DisconnectInfo:
         out: asyncio.Queue[wire.ClientMessage] = asyncio.Queue()
         self._ws, self._out = ws, out
-        writer = asyncio.create_task(self._write(ws, out, version), name="syncref-sdk-writer")
+        write_failed: list[BaseException] = []
+        writer = asyncio.create_task(self._write(ws, out, version, write_failed), name="syncref-sdk-writer")
         self.connects += 1
         error: BaseException | None = None
         try:
@@ -543,10 +588,22 @@ class Connection:
                     task.uncancel()  # close(): record this disconnect, then the supervisor returns
             except Exception:
                 log.debug("the writer ended with an error", exc_info=True)
+            if error is None and write_failed:  # logged by the writer; the disconnect reports it
+                error = write_failed[0]
         code = ws.close_code
         return DisconnectInfo(code, ws.close_reason or "", _detached(error), self.reconnect and not self._closing)
 
-    async def _write(self, ws: ClientConnection, out: asyncio.Queue[wire.ClientMessage], version: int) -> None:
+    async def _write(self, ws: ClientConnection, out: asyncio.Queue[wire.ClientMessage], version: int,
+                     failed: list[BaseException]) -> None:
+        try:
+            await self._write_loop(ws, out, version)
+        except Exception as exc:  # a writer that died alone would leave the socket up and every later message unsent
+            log.exception("writer failed: closing the connection")
+            failed.append(exc)  # (the reader's teardown may cancel this task during the close)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(1011, "client error"), 2)
+
+    async def _write_loop(self, ws: ClientConnection, out: asyncio.Queue[wire.ClientMessage], version: int) -> None:
         with contextlib.suppress(websockets.exceptions.ConnectionClosed):
             while True:
                 batch = [wire.encode_client(await out.get())]

@@ -62,6 +62,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol
 
 from adapters.sdk.checkpoints import ApplyFn, CheckpointStore
@@ -155,6 +156,11 @@ class Fail:
 
 Action = Resubscribe | Rebootstrap | Continue | Ack | Fail
 
+# ack_checkpoint refusals that every later ack of this consumer would get too (the token lacks the scope or
+# the stream grant, or another identity owns the client id's checkpoint): the acks stop at the first one
+_ACK_REFUSED_FOR_GOOD = frozenset(c.value for c in (ErrorCode.MISSING_SCOPE, ErrorCode.FORBIDDEN_STREAM,
+                                                   ErrorCode.FORBIDDEN, ErrorCode.INVALID_ARGUMENT))
+
 RebootstrapFn = Callable[[sqlite3.Connection, Stale], "int | Awaitable[int | None] | None"]
 
 
@@ -173,10 +179,14 @@ class ConsumerCore:
     """Sans-I/O: rows and errors in, actions out; effects only through the checkpoint store."""
 
     MAX_STALE_STREAK = 5
+    MAX_GAP_STREAK = 5  # resubscriptions in a row after a gap with nothing applied: then the server is broken
 
     def __init__(self, store: CheckpointStore, stream_id: str, apply: ApplyFn) -> None:
         if not is_id(stream_id):
             raise LocalProtocolError(f"not a stream id: {stream_id!r:.140}")
+        if inspect.iscoroutinefunction(apply):
+            raise LocalProtocolError("apply must be a plain function, not async def: it applies each event inside "
+                                     "the checkpoint's SQLite transaction before returning")
         self.store, self.stream_id, self.apply = store, stream_id, apply
         self.state = "idle"  # idle, subscribing, live, rebootstrapping, continuing, failed
         self.epoch = 0
@@ -184,6 +194,7 @@ class ConsumerCore:
         self.rehydrating = False  # rebootstrapped without a watermark of the application's: read the window
         self.applied = self.duplicates = self.gaps = self.rebootstraps = self.continues = 0
         self._stale_streak = 0
+        self._gap_streak = 0
 
     def queries(self) -> tuple[str, ...]:
         if self.rehydrating:  # no seq bound: not a resume, so never stale (ADR-0013 decision 3)
@@ -200,6 +211,7 @@ class ConsumerCore:
             self.epoch, self.watermark = cp.epoch, cp.watermark
         self.rehydrating = cp is not None and cp.rehydrating  # a restart mid-rehydrate reads the window again
         self.state = "subscribing"
+        self._gap_streak = 0
         return [Resubscribe(self.queries(), "start")]
 
     # --- incoming --------------------------------------------------------------------------------
@@ -256,8 +268,16 @@ class ConsumerCore:
         if not run and snapshot and self.watermark > 0:
             out.append(Ack(self.epoch, self.watermark))
         self._stale_streak = 0
+        if run:
+            self._gap_streak = 0
         if gap:
             self.gaps += 1
+            self._gap_streak += 1
+            if self._gap_streak > self.MAX_GAP_STREAK:  # it claims a window it never serves: no busy loop
+                self.state = "failed"
+                return [*out, Fail(RemoteProtocolError(
+                    f"{self.stream_id}: the server skipped seq {self.watermark + 1} (epoch {self.epoch}) "
+                    f"{self._gap_streak} times in a row without delivering it"))]
             self.state = "subscribing"
             return [*out, Resubscribe(self.queries(), "gap")]
         self.state = "live"
@@ -405,8 +425,11 @@ class StreamConsumer:
         self._queued_bytes = 0
         self._shed: Subscription | None = None  # unsubscribed for a full queue: resubscribe when it ends
         self.error: BaseException | None = None
-        self.acked: tuple[int, int] | None = None
+        self._error_tb: TracebackType | None = None  # the error's own traceback (an apply's bug: where it was)
+        self.acked: tuple[int, int] | None = None  # the last ack the server accepted
         self.acks_sent = 0
+        self.ack_error: SdkError | None = None  # the refusal that stopped the acks (until the next start())
+        self._ack_settled: tuple[int, int] | None = None  # the last target answered (accepted or refused)
         self._ack_target: tuple[int, int] | None = None
         self._ack_wake = asyncio.Event()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -414,6 +437,7 @@ class StreamConsumer:
         self._task: asyncio.Task[None] | None = None
         self._ack_task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
+        self._stops = 0  # how many times stop() ran: a wait_for across one is told, not left hanging
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -437,7 +461,7 @@ class StreamConsumer:
     async def start(self) -> None:
         if self._task is not None and not self._task.done():
             raise LocalProtocolError("the consumer is already running")
-        self.error = None
+        self.error, self._error_tb = None, None
         self._queue = asyncio.Queue()
         self._queued_bytes, self._shed = 0, None
         async with self.store.async_lock():  # (under the lock: two start()s of one stream are serialized)
@@ -450,6 +474,7 @@ class StreamConsumer:
             await self._perform(self.core.start())
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.stream_id}")
         if self.client_id is not None and (self._ack_task is None or self._ack_task.done()):
+            self.ack_error = None
             self._ack_task = asyncio.create_task(self._ack_loop(), name=f"acks:{self.stream_id}")
         hook = getattr(self.conn, "add_close_hook", None)  # connections that offer it: flush acks on close
         if hook is not None:
@@ -478,19 +503,27 @@ class StreamConsumer:
                     await task
         self._task = self._ack_task = None
         self.core.stopped()
+        self._stops += 1
+        async with self._progress:
+            self._progress.notify_all()
 
     async def wait_for(self, seq: int, *, epoch: int | None = None) -> int:
-        """Wait until the watermark reaches ``seq`` (in ``epoch``, if given); raises the consumer's error."""
+        """Wait until the watermark reaches ``seq`` (in ``epoch``, if given); raises the consumer's error, or
+        LocalProtocolError if :meth:`stop` runs meanwhile (nothing would move the watermark)."""
+        stops = self._stops
         async with self._progress:
-            await self._progress.wait_for(lambda: self.error is not None or (
+            await self._progress.wait_for(lambda: self.error is not None or self._stops != stops or (
                 self.core.watermark >= seq and (epoch is None or self.core.epoch == epoch)))
         if self.error is not None:
-            raise self.error
+            raise self.error.with_traceback(self._error_tb)  # raised at every call: not growing with each
+        if self._stops != stops and not (self.core.watermark >= seq and (epoch is None or self.core.epoch == epoch)):
+            raise LocalProtocolError(f"{self.stream_id}: the consumer was stopped while waiting for seq {seq} "
+                                     f"(watermark {self.core.watermark})")
         return self.core.watermark
 
     async def flush_acks(self) -> None:
         """Wait until the last durable watermark has been acked (or given up on)."""
-        while self.client_id is not None and self._ack_target is not None and self._ack_target != self.acked:
+        while self.client_id is not None and self._ack_target is not None and self._ack_target != self._ack_settled:
             if self._ack_task is None or self._ack_task.done():
                 return
             await asyncio.sleep(0.01)
@@ -550,8 +583,11 @@ class StreamConsumer:
                         await self._closed_normally()
                         continue
                     if item.kind == "end":  # not dropped by us: the connection was closed for good
-                        actions: list[Action] = [
-                            Fail(ConnectionClosed(f"{self.stream_id}: the connection was closed"))]
+                        cause = getattr(self.conn, "fatal", None)  # why it gave up (a 401 token revoked ...)
+                        closed = ConnectionClosed(f"{self.stream_id}: the connection was closed"
+                                                  + (f": {cause}" if cause is not None else ""))
+                        closed.__cause__ = cause
+                        actions: list[Action] = [Fail(closed)]
                     elif item.kind == "error":
                         assert item.error is not None
                         actions = self.core.on_error(item.error)
@@ -608,6 +644,7 @@ class StreamConsumer:
         raises ConnectionClosed, as nothing more will arrive)."""
         self._drop_subscription()
         self.core.stopped()
+        self._error_tb = None
         self.error = ConnectionClosed(f"{self.stream_id}: the connection was closed by the application")
         if self._ack_task is not None and not self._ack_task.done():
             self._ack_task.cancel()  # close() already gave it its chance to flush
@@ -619,7 +656,7 @@ class StreamConsumer:
     async def _fail(self, error: BaseException) -> None:
         self._drop_subscription()
         self.core.state = "failed"
-        self.error = error
+        self.error, self._error_tb = error, error.__traceback__
         log.error("%s: consumer stopped: %s", self.stream_id, error)
         if self.on_error is not None:
             try:
@@ -646,8 +683,9 @@ class StreamConsumer:
             self._ack_wake.clear()
             if self.ack_delay:
                 await asyncio.sleep(self.ack_delay)
-            while (target := self._ack_target) is not None and target != self.acked:
-                if self.acked is not None and self.acked[0] == target[0] and self.acked[1] >= target[1]:
+            while (target := self._ack_target) is not None and target != self._ack_settled:
+                done = self._ack_settled
+                if done is not None and done[0] == target[0] and done[1] >= target[1]:
                     break
                 try:
                     await self.conn.call("ack_checkpoint", self.client_id, self.stream_id, target[0], target[1],
@@ -658,7 +696,14 @@ class StreamConsumer:
                     await asyncio.sleep(self.ack_retry)
                     continue
                 except (ReducerError, ReducerInternalError) as exc:
+                    self._ack_settled = target  # not acked: never reported as such, not retried
+                    if isinstance(exc, ReducerError) and exc.code in _ACK_REFUSED_FOR_GOOD:
+                        # every later ack would be refused the same way: stop, say so once
+                        self.ack_error = exc
+                        log.warning("%s: acks stopped: ack %s refused: %s", self.stream_id, target, exc)
+                        return
                     log.warning("%s: ack %s refused: %s", self.stream_id, target, exc)
+                    continue
                 except SdkError as exc:  # closed for good (or refused for good): nothing left to ack on
                     if self._closing():  # a normal shutdown: the checkpoint server-side lags, said once
                         log.debug("%s: acks stopped at close: %s not acked (acked %s)", self.stream_id, target,
@@ -666,4 +711,4 @@ class StreamConsumer:
                     else:
                         log.warning("%s: acks stopped: %s", self.stream_id, exc)
                     return
-                self.acked = target
+                self.acked = self._ack_settled = target

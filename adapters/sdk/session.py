@@ -128,9 +128,16 @@ class Subscription:
 
     def current_queries(self) -> tuple[str, ...]:
         qs = self._queries() if callable(self._queries) else self._queries
+        if isinstance(qs, str | bytes):  # a str is a Sequence[str]: it would go out one query per character
+            raise LocalProtocolError(f"queries must be a list of query strings, not one string: {qs!r:.80}")
         out = tuple(qs)
         if not out or not all(isinstance(q, str) for q in out):
             raise LocalProtocolError("a subscription needs at least one query string")
+        for q in out:
+            try:
+                q.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise LocalProtocolError(f"a query is not encodable as UTF-8 ({exc.reason}): {q!r:.80}") from None
         return out
 
     def unsubscribe(self) -> None:

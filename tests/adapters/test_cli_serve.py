@@ -339,6 +339,17 @@ def test_token_mint_errors(tmp_path: Path) -> None:
         assert res.returncode == 2 and "ttl" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
+def test_a_token_mint_that_fails_creates_no_data_directory_and_no_key(tmp_path: Path) -> None:
+    """A refused mint (bad ``--ttl``, a grant that can match nothing, bad claim text) is an exit-2 error
+    with nothing done -- but it created ``--data`` and a new signing key first, then failed: a mistyped
+    directory was left holding a key no server uses (and ``token mint`` then said nothing about it)."""
+    for bad in (("--ttl", "0"), ("--streams", "demo.*, other.*"), ("--subject", "")):
+        target = tmp_path / f"typo{len(list(tmp_path.iterdir()))}"
+        res = run("token", "mint", "--data", str(target), "--scopes", "sync.subscribe", *bad)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert not target.exists(), (bad, sorted(p.name for p in target.iterdir()))
+
+
 def test_token_revoke_writes_the_list_and_refuses_what_it_cannot_name(tmp_path: Path) -> None:
     minted = json.loads(run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--json").stdout)
     res = run("token", "revoke", "--data", str(tmp_path), "--token", minted["token"])

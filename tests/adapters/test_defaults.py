@@ -269,3 +269,17 @@ def test_operator_edge_bounds_are_pinned() -> None:
 
     assert MAX_TTL_S == 9_007_199_254_740_991
     assert MIN_INTERVAL_S == 0.01  # [server] sweep_interval_s / compact_interval_s (docs/operations.md)
+
+
+def test_consumer_streak_bounds_and_the_close_flush_are_pinned() -> None:
+    """docs/clients.md: a consumer still stale after five rebootstraps in a row stops, and so does one whose
+    server skips the next seq five resubscriptions in a row (docs/protocol.md); close() gives pending acks
+    2 s; failing connect attempts are a warning from the third in a row, at most one per 30 s."""
+    from adapters.sdk.connection import Connection
+    from adapters.sdk.consumer import ConsumerCore
+
+    assert (ConsumerCore.MAX_STALE_STREAK, ConsumerCore.MAX_GAP_STREAK) == (5, 5)
+    from adapters.sdk.connection import CONNECT_WARN_AFTER, CONNECT_WARN_INTERVAL_S
+
+    assert (CONNECT_WARN_AFTER, CONNECT_WARN_INTERVAL_S) == (3, 30.0)  # connect failures: a warning from the 3rd
+    assert Connection("http://127.0.0.1:1", "db", "token").close_flush_timeout == 2.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -31,7 +32,7 @@ from adapters.sdk import (
     SubscriptionFailed,
     SubState,
 )
-from spec.errors import ErrorCode, LocalProtocolError, SyncError
+from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError
 from spec.values import SessionPresence
 
 IDENT = "c200" + "ab" * 30
@@ -72,6 +73,7 @@ class FakeServer:
         self.runner: web.AppRunner | None = None
         self.url = ""
         self.new_peer = asyncio.Event()
+        self.token_replies: list[web.Response] = []  # scripted answers to the token exchange, then the usual one
 
     async def start(self) -> str:
         app = web.Application()
@@ -91,6 +93,8 @@ class FakeServer:
 
     async def token(self, request: web.Request) -> web.Response:
         self.auth_headers.append(request.headers.get("Authorization"))
+        if self.token_replies:
+            return self.token_replies.pop(0)
         if self.token_status != 200:
             return web.Response(status=self.token_status, text="token expired")
         return web.json_response({"token": "short-lived"})
@@ -185,6 +189,22 @@ def test_the_server_preference_decides_among_what_was_offered(offer: tuple[str, 
     run(body())
 
 
+def test_the_token_passed_as_the_database_is_a_caller_error() -> None:
+    """``Connection(url, token)`` -- the token in the second position, which is the database name -- used
+    to connect anonymously to a database named by the token: against a real server a 401 ``Authorization
+    required`` (misleading: a token was given), and the give-up warning logged the token inside the URL.
+    The database name is checked where it is given (1-128 characters of [A-Za-z0-9._:-], what the server
+    serves); a JWT (longer, or with other characters) is refused, saying what probably happened."""
+    jwt = "eyJhbGciOiJFUzI1NiJ9." + "e" * 300 + ".sig"
+    with pytest.raises(LocalProtocolError, match="token="):
+        Connection("http://h", jwt)
+    for bad in ("", "a/b", "x" * 129):
+        with pytest.raises(LocalProtocolError):
+            Connection("http://h", bad)
+    assert Connection("http://h", "autopilot-sync").database == "autopilot-sync"
+    assert Connection("http://h", "0x" + "ab" * 32).database == "0x" + "ab" * 32  # a database identity
+
+
 def test_bad_configuration_is_a_caller_error() -> None:
     with pytest.raises(LocalProtocolError):
         Connection("http://h", protocols=("v1.json.spacetimedb",))
@@ -210,6 +230,62 @@ def test_a_refused_token_is_permanent() -> None:
     run(body())
 
 
+def test_a_permanent_refusal_releases_the_http_session_without_close() -> None:
+    """``async with Connection(...)`` whose token is refused for good raises from ``__aenter__``, so
+    ``__aexit__`` never runs.  The token exchange's aiohttp session stayed open: "Unclosed client session"
+    / "Unclosed connector" on stderr at the next collection (a real server, a malformed token) and a socket
+    held per attempt by an application that retries with new connections.  The supervisor now closes it
+    when it gives up."""
+    import gc
+
+    async def body() -> None:
+        server = FakeServer(token_status=401)
+        await server.start()
+        errors: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx["message"]))
+        conn = client(server, Clock())
+        refused = False
+        try:
+            async with conn:
+                pass
+        except ConnectError:
+            refused = True
+        assert refused
+        del conn  # the application drops it (it never got to close it)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert errors == []
+        await server.stop()
+    run(body())
+
+
+def _tb_depth(exc: BaseException) -> int:
+    tb, n = exc.__traceback__, 0
+    while tb is not None:
+        tb, n = tb.tb_next, n + 1
+    return n
+
+
+def test_calls_on_a_connection_that_gave_up_do_not_grow_its_error_without_bound() -> None:
+    """Every call on a connection that gave up raises the one stored refusal.  Re-raising one exception
+    object appends the raiser's frames to its traceback, so each call made it longer and pinned the
+    frames (and their locals) of every caller before it: 1,000 retries of an application's loop, a
+    traceback 3,004 entries deep.  Now each raise starts the traceback afresh."""
+    async def body() -> None:
+        server = FakeServer(token_status=401)
+        await server.start()
+        conn = client(server, Clock())
+        depths = []
+        for _ in range(50):
+            with pytest.raises(ConnectError) as info:
+                await conn.call("ack_checkpoint", "c", "s", 1, 1)
+            depths.append(_tb_depth(info.value))
+        assert depths[-1] == depths[1] and max(depths) < 10 and info.value is conn.fatal
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
 def test_transient_refusals_back_off_then_connect() -> None:
     async def body() -> None:
         server = FakeServer(upgrade_status=[503, 502, 500])
@@ -223,6 +299,51 @@ def test_transient_refusals_back_off_then_connect() -> None:
         await conn.close()
         await server.stop()
     run(body())
+
+
+def test_a_token_answer_that_is_not_utf8_is_a_transient_peer_error() -> None:
+    """A proxy's 502 page in Latin-1 (or a 200 whose body is not UTF-8) is the peer's bad answer: backed
+    off from and retried.  Before the fix ``resp.text()`` raised UnicodeDecodeError, the supervisor
+    logged it as a crash and gave up for good: one bad gateway page ended the connection forever."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        server.token_replies = [
+            web.Response(status=502, body=b"<h1>Bad gateway \xe9t\xe9</h1>", content_type="text/html", charset="utf-8"),
+            web.Response(status=200, body=b'{"token": "\xff"}', content_type="application/json")]
+        clock = Clock()
+        errors: list[BaseException] = []
+        conn = client(server, clock, on_connect_error=lambda e, d: errors.append(e))
+        info = await conn.connect()
+        assert info.identity == IDENT and len(clock.delays) == 2
+        assert isinstance(errors[0], ConnectError) and errors[0].status == 502 and not errors[0].permanent
+        assert "Bad gateway" in errors[0].message
+        assert isinstance(errors[1], RemoteProtocolError) and len(errors) == 2
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_a_server_that_cannot_be_reached_is_reported_not_only_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """``await conn.connect()`` against a server that is down (or a mistyped port) retries for ever, as it
+    should -- but every failed attempt was logged at INFO, so at Python's default level an application (the
+    guide's quickstart with no server running) hung with no output at all.  From the third failure in a
+    row it is also a WARNING, at most one per ``CONNECT_WARN_INTERVAL_S`` (30 s); the first two (a server
+    restarting) only INFO."""
+    async def body() -> None:
+        server = FakeServer(upgrade_status=[503] * 6)
+        await server.start()
+        conn = client(server, Clock())
+        await conn.connect()
+        await conn.close()
+        await server.stop()
+    with caplog.at_level(logging.INFO, logger="syncref.sdk.connection"):
+        run(body())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records
+             if r.levelno == logging.INFO and "connect attempt" in r.getMessage()]
+    assert len(warnings) == 1 and "3 attempts in a row" in warnings[0] and "HTTP 503" in warnings[0], warnings
+    assert len(infos) == 6, infos  # every attempt, still there at INFO
 
 
 def test_an_upgrade_refusal_like_426_is_permanent() -> None:
@@ -253,6 +374,23 @@ def test_subscribe_applies_into_the_cache() -> None:
         sub.unsubscribe()
         await until(lambda: sub.state is SubState.ENDED)
         assert len(conn.cache.table("session_presence")) == 0
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_subscribing_starts_the_connection_as_calling_does() -> None:
+    """``call()`` starts a connection that ``connect()`` was not called for; ``subscribe()`` did not.  A
+    StreamConsumer started on a fresh Connection (only subscribing until it has applied something) then
+    waited forever -- no connection attempt, no error: ``wait_for`` on a real server hung with
+    ``connects == 0``.  Subscribing now starts the connection too."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock())
+        sub = conn.subscribe(["SELECT * FROM session_presence"])
+        await conn.applied(sub, timeout=5)
+        assert conn.connects == 1 and len(conn.cache.table("session_presence").rows()) == 1
         await conn.close()
         await server.stop()
     run(body())
@@ -418,6 +556,67 @@ def test_a_dropped_socket_fails_the_waiting_call_and_reconnects() -> None:
         server.handler = server.default
         assert (await conn.call("append_sync_event", "s", "k", "{}", None, None)).value == 7
         assert conn.disconnects[0].code is None or conn.disconnects[0].code == 1006
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_a_writer_that_fails_drops_the_connection_instead_of_wedging_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If encoding an outgoing message raises (a bug, or input no check caught), the writer task used to
+    die silently while the reader lived on: the connection looked up, every later message stayed queued
+    and every call timed out ("may still run": never sent).  Now the writer's failure is logged and ends
+    the socket: the waiting call fails with ConnectionLost, the connection reconnects and works."""
+    real = wire.encode_client
+    poisoned: list[wire.ClientMessage] = []
+
+    def encode(msg: wire.ClientMessage) -> bytes:
+        if isinstance(msg, wire.CallReducer) and msg.reducer == "ack_checkpoint" and not poisoned:
+            poisoned.append(msg)
+            raise UnicodeEncodeError("utf-8", "x", 0, 1, "planted")
+        return real(msg)
+
+    monkeypatch.setattr(wire, "encode_client", encode)
+
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock(), call_timeout=5)
+        await conn.connect()
+        with pytest.raises(ConnectionLost):
+            await conn.call("ack_checkpoint", "c", "s", 1, 1)
+        await until(lambda: conn.connects == 2 and conn.connected)
+        assert (await conn.call("append_sync_event", "s", "k", "{}", None, None)).value == 7
+        assert isinstance(conn.disconnects[0].error, UnicodeEncodeError)
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_a_message_of_exactly_the_frame_limit_is_received_uncompressed() -> None:
+    """The server sends any message body up to ``max_outbound_message_bytes`` = ``wire.MAX_FRAME_SIZE``
+    and the SDK's decoder accepts a body of that size -- but the WebSocket frame carries one more byte
+    (the compression tag), and the SDK capped frames at MAX_FRAME_SIZE: with ``compression="None"`` a
+    body of exactly the limit was refused by the socket (1009), the connection dropped, and the call
+    failed (a snapshot of that size would have been refused again at every reconnect)."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        base = len(wire.encode_server(wire.ReducerResult(1, 2, wire.ReducerInternalError(""))))
+        text = "x" * (wire.MAX_FRAME_SIZE - base)
+
+        async def big(peer: Peer, m: wire.ClientMessage) -> None:
+            if isinstance(m, wire.CallReducer):
+                msg = wire.ReducerResult(m.request_id, 2, wire.ReducerInternalError(text))
+                data = wire.encode_server(msg)
+                assert len(data) == wire.MAX_FRAME_SIZE
+                await peer.ws.send_bytes(wire.frame_server(data, wire.Compression.NONE))
+
+        server.handler = big
+        conn = client(server, Clock(), protocols=(V2,), compression="None", call_timeout=10)
+        await conn.connect()
+        with pytest.raises(ReducerInternalError) as info:
+            await conn.call("ack_checkpoint", "c", "s", 1, 1)
+        assert len(info.value.message) == len(text) and conn.connects == 1
         await conn.close()
         await server.stop()
     run(body())

@@ -13,7 +13,7 @@ import pytest
 
 from adapters.bsatn import encode_row
 from adapters.sdk.checkpoints import Checkpoint, CheckpointStore
-from adapters.sdk.consumer import Ack, ConsumerCore, Continue, Fail, Rebootstrap, Resubscribe, Stale
+from adapters.sdk.consumer import Ack, ConsumerCore, Continue, Fail, Rebootstrap, Resubscribe, Stale, StreamConsumer
 from adapters.sdk.errors import SubscriptionFailed
 from adapters.sdk.rows import DecodedRow, TableChange
 from spec import query as q
@@ -238,6 +238,33 @@ def test_an_apply_that_commits_is_refused(core: ConsumerCore, store: CheckpointS
         core.on_rows(rows(ev(1)), snapshot=True)
 
 
+def test_an_async_apply_is_refused_not_skipped(core: ConsumerCore, store: CheckpointStore) -> None:
+    """``async def apply`` (an easy slip in asyncio code) returned a coroutine that nobody awaited: the
+    store took the call as done and moved the watermark past an event whose effects never ran -- exactly
+    once became never, silently (a "never awaited" RuntimeWarning at best).  An apply that returns an
+    awaitable is now refused like one that commits: the event is rolled back, the watermark stays, the
+    error names the mistake.  (StreamConsumer refuses an ``async def`` apply when it is constructed.)"""
+    ran: list[int] = []
+
+    async def async_apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        ran.append(e.seq)
+        record(tx, e)
+
+    core.apply = async_apply  # type: ignore[assignment]
+    out = core.on_rows(rows(st(head=2), ev(1), ev(2)), snapshot=True)
+    assert isinstance(out[-1], Fail) and isinstance(out[-1].error, LocalProtocolError)
+    assert "awaitable" in str(out[-1].error)
+    assert core.watermark == 0 and store.load(S) == Checkpoint(S, 1, 0) and applied(store) == [] and ran == []
+
+
+def test_a_stream_consumer_refuses_an_async_apply_at_construction(store: CheckpointStore) -> None:
+    async def async_apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+        record(tx, e)
+
+    with pytest.raises(LocalProtocolError, match="async"):
+        StreamConsumer(object(), store, S, apply=async_apply, on_rebootstrap=lambda tx, s: None)  # type: ignore[arg-type]
+
+
 def test_apply_events_rejects_a_batch_for_the_wrong_epoch(core: ConsumerCore, store: CheckpointStore) -> None:
     with pytest.raises(LocalProtocolError):
         store.apply_events(S, 2, [ev(1, epoch=2)], record)
@@ -342,6 +369,28 @@ def test_endless_staleness_gives_up(core: ConsumerCore) -> None:
         core.rebootstrapped(1, 0)  # the application keeps resuming where the server refuses
     (action,) = core.on_error(stale_error(epoch=2, floor_seq=1, head_seq=0, reasons=["epoch_changed"]))
     assert isinstance(action, Fail) and core.state == "failed"
+
+
+def test_a_server_that_never_delivers_the_next_seq_is_given_up_on(core: ConsumerCore, store: CheckpointStore) -> None:
+    """A gap (seq W+2 without W+1, the stream row saying W+1 is retained) makes the consumer resubscribe
+    from W.  A server that answers every resubscription with the same gap -- a protocol violation: it
+    claims a window it cannot serve -- kept the consumer resubscribing at network speed, forever, with no
+    backoff.  Like staleness, a gap streak without progress is now bounded: past MAX_GAP_STREAK
+    resubscriptions in a row that applied nothing, the consumer fails with a RemoteProtocolError.  A gap
+    after progress starts the count again (a real server's late message is not a streak)."""
+    for _ in range(ConsumerCore.MAX_GAP_STREAK):
+        actions = core.on_rows(rows(st(head=3), ev(3)), snapshot=True)
+        assert [type(a) for a in actions] == [Resubscribe] and core.state == "subscribing"
+    (action,) = core.on_rows(rows(st(head=3), ev(3)), snapshot=True)
+    assert isinstance(action, Fail) and isinstance(action.error, RemoteProtocolError) and core.state == "failed"
+    assert "seq 1" in str(action.error) and applied(store) == []
+
+
+def test_gaps_with_progress_in_between_are_not_a_streak(core: ConsumerCore, store: CheckpointStore) -> None:
+    for seq in range(1, 3 * ConsumerCore.MAX_GAP_STREAK):
+        out = core.on_rows(rows(st(head=seq + 1), ev(seq), ev(seq + 2)), snapshot=False)  # seq applied, seq+2 a gap
+        assert [type(a) for a in out] == [Ack, Resubscribe], out
+    assert core.state == "subscribing" and applied(store) == list(range(1, 3 * ConsumerCore.MAX_GAP_STREAK))
 
 
 # --- continuing an epoch after the server's unclean restart (ADR-0003 decision 6) -----------------

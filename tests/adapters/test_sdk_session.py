@@ -9,7 +9,7 @@ import pytest
 from adapters import wire
 from adapters.bsatn import BsatnError, encode_row
 from adapters.sdk.rows import TableChange
-from adapters.sdk.session import Session, Subscription, SubState, decode_transaction
+from adapters.sdk.session import Queries, Session, Subscription, SubState, decode_transaction
 from spec.errors import ErrorCode, LocalProtocolError, SyncError
 from spec.values import PresenceSignal, Row, SessionPresence
 
@@ -37,7 +37,7 @@ class Listener:
     def __init__(self) -> None:
         self.log: list[tuple[str, object]] = []
 
-    def sub(self, queries: tuple[str, ...] = ("SELECT * FROM session_presence",), cached: bool = True) -> Subscription:
+    def sub(self, queries: Queries = ("SELECT * FROM session_presence",), cached: bool = True) -> Subscription:
         return Subscription(queries, cached=cached,
                             on_applied=lambda s, t: self.log.append(("applied", _rows(t))),
                             on_update=lambda s, t: self.log.append(("update", _rows(t))),
@@ -79,6 +79,36 @@ def test_a_subscription_cannot_be_subscribed_twice_or_be_empty() -> None:
         s.subscribe(sub)
     with pytest.raises(LocalProtocolError):
         s.subscribe(Listener().sub(queries=()))
+
+
+def test_one_query_string_instead_of_a_list_is_caller_misuse() -> None:
+    """``subscribe("SELECT ...")`` (a str is a Sequence[str], so the type checker lets it through) was
+    sent as one query per character -- 30 texts, the server answering invalid_query "unexpected 'S'"
+    for the first.  It is the caller's mistake: LocalProtocolError before anything is sent, whether
+    the string comes directly or from the queries function at a resubscribe."""
+    text = "SELECT * FROM session_presence"
+    s = connected_session()
+    with pytest.raises(LocalProtocolError, match="a list of query strings"):
+        s.subscribe(Listener().sub(queries=text))
+    with pytest.raises(LocalProtocolError, match="a list of query strings"):
+        s.subscribe(Listener().sub(queries=lambda: text))
+    assert s.live == {} and s.waiting == []
+    offline = Session()
+    with pytest.raises(LocalProtocolError, match="a list of query strings"):
+        offline.subscribe(Listener().sub(queries=text))
+    assert offline.waiting == []
+    (ok,) = s.subscribe(Listener().sub(queries=[text]))
+    assert isinstance(ok, wire.Subscribe) and ok.query_strings == (text,)
+
+
+def test_a_query_that_is_not_utf8_encodable_is_caller_misuse() -> None:
+    """A query holding a lone surrogate cannot be put on the wire.  It used to be accepted here and blow up
+    in the connection's writer task, which died silently: every later message on that connection stayed
+    queued, the next call timed out ("the call may still run": it was never sent)."""
+    s = connected_session()
+    with pytest.raises(LocalProtocolError, match="UTF-8"):
+        s.subscribe(Listener().sub(queries=["SELECT * FROM sync_event WHERE stream_id = '\ud800'"]))
+    assert s.live == {}
 
 
 def test_applied_and_updates_reach_cache_then_listener() -> None:
@@ -324,7 +354,7 @@ def test_a_dropped_connection_in_a_reference_cycle_does_not_hold_its_cache() -> 
 
     cache = ClientCache()
     first = Connection("http://127.0.0.1:1", "db", "token", cache=cache)
-    first.subscribe("SELECT * FROM sync_stream")
+    first.subscribe(["SELECT * FROM sync_stream"])
     del first
     collector.disable()  # no automatic collection in between: only what the cache does
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -18,7 +19,15 @@ import pytest
 
 from adapters import wire
 from adapters.bsatn import encode_row
-from adapters.sdk import Checkpoint, CheckpointStore, ConnectionClosed, ReducerError, Stale, StreamConsumer
+from adapters.sdk import (
+    Checkpoint,
+    CheckpointStore,
+    ConnectionClosed,
+    ReducerError,
+    Stale,
+    StreamConsumer,
+    SubscriptionFailed,
+)
 from adapters.sdk.session import EndCallback, ErrorCallback, Queries, Session, Subscription, TablesCallback
 from spec import query as q
 from spec.client import rehydrate_queries
@@ -306,8 +315,96 @@ def test_a_refused_ack_is_not_retried_forever(tmp_path: Path) -> None:
         await c.flush_acks()
         await settle()
         assert len(conn.acks) == 1 and c.error is None
+        assert c.acked is None and c.acks_sent == 0  # refused: not reported as acknowledged
         await c.stop()
     run(body())
+
+
+@pytest.mark.parametrize("code", [ErrorCode.MISSING_SCOPE, ErrorCode.FORBIDDEN_STREAM, ErrorCode.FORBIDDEN])
+def test_an_ack_refused_for_good_stops_acking_once_and_is_not_reported_as_acked(
+        tmp_path: Path, code: ErrorCode, caplog: pytest.LogCaptureFixture) -> None:
+    """A token without sync.checkpoint.write (or a client id another identity owns) has every ack refused
+    the same way.  Before, the consumer called ack_checkpoint after every delivered message, logged one
+    warning each (a real server: 40 appends, 40 warnings) and set ``acked`` to every refused target, so
+    ``consumer.acked`` claimed (1, 40) with nothing acknowledged.  Now the first such refusal stops the acks
+    (one warning, ``ack_error``), ``acked`` stays what the server accepted, and consuming goes on."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        conn.ack_error = ReducerError("ack_checkpoint", SyncError(code, {}).render())
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=1), ev(1)])
+        await c.wait_for(1)
+        await settle()
+        for seq in range(2, 8):
+            conn.update([st(head=seq), ev(seq)])
+            await c.wait_for(seq)
+            await settle()
+        await c.flush_acks()
+        assert len(conn.acks) == 1 and c.acked is None and c.error is None
+        assert isinstance(c.ack_error, ReducerError) and c.ack_error.code == code.value
+        assert app.msgs() == [(seq, 1) for seq in range(1, 8)]
+        await c.stop()
+    with caplog.at_level(logging.WARNING, logger="syncref.sdk.consumer"):
+        run(body())
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+
+
+def test_stopping_the_consumer_wakes_a_wait_for_instead_of_leaving_it_hanging(tmp_path: Path) -> None:
+    """``stop()`` while another task awaits ``wait_for(seq)``: nothing will move the watermark, so the
+    waiter is told (LocalProtocolError, the application's own stop) rather than left hanging forever, as it
+    was.  A stop before the wait, and a restart after it, behave as before: wait_for waits for the restart."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=1), ev(1)])
+        await c.wait_for(1)
+        waiter = asyncio.create_task(c.wait_for(5))
+        await settle()
+        await c.stop()
+        with pytest.raises(LocalProtocolError, match="stopped"):
+            await asyncio.wait_for(waiter, 5)
+        later = asyncio.create_task(c.wait_for(2))  # stopped already: waits for a start
+        await c.start()
+        conn.snapshot([st(head=2), ev(2)])
+        assert await asyncio.wait_for(later, 5) == 2
+        await c.stop()
+    run(body())
+
+
+def test_waiting_on_a_failed_consumer_again_and_again_does_not_grow_its_error(tmp_path: Path) -> None:
+    """``wait_for`` on a failed consumer re-raises ``consumer.error``: one object, whose traceback grew by
+    the waiter's frames at every call (and pinned them).  Each raise now starts it afresh."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app)
+        await c.start()
+        conn.error(SyncError(ErrorCode.INVALID_QUERY, {"query": "x", "message": "bad"}).render())
+        depths = []
+        for _ in range(30):
+            with pytest.raises(SubscriptionFailed) as info:
+                await c.wait_for(1)
+            tb, n = info.value.__traceback__, 0
+            while tb is not None:
+                tb, n = tb.tb_next, n + 1
+            depths.append(n)
+        assert depths[-1] == depths[1] and max(depths) < 10 and info.value is c.error
+        await c.stop()
+        app.apply = broken_apply  # type: ignore[method-assign]
+        c = consumer(conn, app)
+        await c.start()
+        conn.snapshot([st(head=1), ev(1)])
+        for _ in range(3):  # the application's bug keeps its own frames, each time
+            with pytest.raises(KeyError) as bug:
+                await c.wait_for(1)
+            assert "broken_apply" in [entry.name for entry in bug.traceback]
+        await c.stop()
+    run(body())
+
+
+def broken_apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+    raise KeyError("text")
 
 
 def test_a_poison_event_stops_the_consumer_and_restart_resumes_there(tmp_path: Path) -> None:
