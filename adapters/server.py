@@ -407,6 +407,23 @@ def select_subprotocol(headers: list[str]) -> str | None:
     return next((p for p in SUBPROTOCOLS if p in offered), None)
 
 
+class _LostDuringUpgrade(web.StreamResponse):
+    """What the upgrade handler returns when the client went away while the 101 was written.
+
+    ``WebSocketResponse.prepare`` can fail half-way (the headers' write raises ``ConnectionError``
+    after the response took its payload writer, before its WebSocket writer exists); handing that
+    response back makes aiohttp's ``finish_response`` call its ``write_eof``, which raises
+    ``RuntimeError: Call .prepare() first`` and is logged as an unhandled exception.  This response
+    instead fails its ``prepare`` with ``ConnectionResetError``, which ``finish_response`` takes as
+    the client having disconnected: it logs the access and drops the connection."""
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        raise ConnectionResetError("the client went away during the WebSocket upgrade")
+
+
 def _expiry(verified: Verified, leeway_s: float) -> float | None:
     """When a verified token stops being accepted (its ``exp`` plus the leeway), if it expires."""
     exp = verified.raw.get("exp")
@@ -1436,7 +1453,7 @@ class SyncServer:
             await ws.prepare(request)
         except ConnectionError as exc:  # the client reset the connection during the 101: a plain disconnect
             log.debug("client %s went away during the WebSocket upgrade: %r", request.remote, exc)
-            return ws  # nothing registered; aiohttp finds the connection gone and drops it quietly
+            return _LostDuringUpgrade()  # nothing registered; aiohttp drops the connection quietly
         conn_id = self.engine.connect(verified.claims, confirmed)
         version = 3 if chosen.startswith("v3.") else 2
         s = Session(conn_id, ws, version, compression, verified, connection_id, request)

@@ -62,3 +62,46 @@ def test_a_reset_during_the_101_is_a_quiet_disconnect(tmp_path: Path, monkeypatc
     assert not errors, [r.getMessage() for r in errors]
     gone = [r for r in caplog.records if "went away during the WebSocket upgrade" in r.getMessage()]
     assert len(gone) >= 3 and all(r.levelno == logging.DEBUG for r in gone), [r.getMessage() for r in gone]
+
+
+def test_a_write_of_the_101_that_fails_is_a_quiet_disconnect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The other moment a client can go: the 101's headers are being written when the socket fails
+    (the peer reset it; aiohttp raises ``ConnectionResetError`` from the write and the transport is
+    closing, its ``connection_lost`` not yet run).  ``prepare`` has then set the response's payload
+    writer but not its WebSocket writer, so a handler that returns that response makes aiohttp's
+    ``finish_response`` call its ``write_eof`` -> ``close`` -> ``RuntimeError: Call .prepare() first``,
+    logged by ``aiohttp.server`` as an unhandled exception with a traceback (seen 4 times in ~80 cuts
+    through the chaos proxy, revc review).  It must stay a quiet disconnect."""
+    write_headers = web.StreamResponse._write_headers
+    failed: list[bool] = []
+
+    async def write_headers_on_a_reset_socket(self: web.StreamResponse) -> None:
+        if isinstance(self, web.WebSocketResponse) and self._req is not None and self._req.transport is not None:
+            self._req.transport.close()  # what a failed write does; connection_lost runs later
+            failed.append(True)
+            raise ConnectionResetError("Cannot write to closing transport")
+        await write_headers(self)
+
+    monkeypatch.setattr(web.StreamResponse, "_write_headers", write_headers_on_a_reset_socket)
+    with caplog.at_level(logging.DEBUG, logger="syncref"), running_server(tmp_path / "data") as st:
+        tok = st.token()
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", st.server.port))
+            sock.sendall((f"GET /v1/database/autopilot-sync/subscribe?token={tok} HTTP/1.1\r\n"
+                          f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                          f"Sec-WebSocket-Protocol: v2.bsatn.spacetimedb\r\n\r\n").encode())
+            sock.settimeout(5)
+            assert sock.recv(1024) == b"", "the server closes the connection without an answer"
+            sock.close()
+        monkeypatch.undo()
+        assert len(failed) == 3, failed
+        time.sleep(0.2)
+        internal = st.call(lambda: st.server.metrics.internal.labels("http")._value.get())
+        assert internal == 0, "a failed 101 was counted as an internal error"
+        assert st.call(lambda: len(st.server.engine.conns)) == 0, "a failed upgrade stayed registered"
+        client = WireClient(st, tok)  # the server goes on serving
+        client.ws.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not errors, [(r.name, r.getMessage()) for r in errors]
