@@ -381,6 +381,10 @@ def serve(args: argparse.Namespace) -> int:
         return runner.run(run())
 
 
+#: the scopes that act on streams, so that a token with one of them and no stream grant can do nothing with it
+STREAM_SCOPES: frozenset[str] = frozenset({"sync.subscribe", "sync.append", "sync.checkpoint.write"})
+
+
 def token_mint(args: argparse.Namespace) -> int:
     from adapters.auth import KEY_FILE_NAME, AuthConfig, Authenticator, KeyStore
 
@@ -420,6 +424,12 @@ def token_mint(args: argparse.Namespace) -> int:
     if not had_key:  # a mistyped --data: the token verifies against no running server's key
         print(f"syncref token mint: created a new signing key {Path(args.data) / KEY_FILE_NAME}; only a server "
               f"started on {args.data} accepts this token", file=sys.stderr)
+    if not scopes:  # allowed (a token that only connects), but rarely what the operator meant
+        print("syncref token mint: warning: no --scopes given; this token can connect but call and read nothing",
+              file=sys.stderr)
+    elif not streams and set(scopes) & STREAM_SCOPES:
+        print(f"syncref token mint: warning: no --streams given; {', '.join(sorted(set(scopes) & STREAM_SCOPES))} "
+              f"reach no stream with this token (grant some: --streams 'app.*')", file=sys.stderr)
     auth = Authenticator(config, keys)
     try:
         token = mint(keys)

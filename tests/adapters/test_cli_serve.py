@@ -375,8 +375,31 @@ def test_token_mint_says_when_it_created_the_signing_key(tmp_path: Path) -> None
     first = run("token", "mint", "--data", str(tmp_path / "new"), "--scopes", "sync.append")
     assert first.returncode == 0 and first.stdout.count(".") == 2
     assert "created a new signing key" in first.stderr and "only a server started on" in first.stderr
-    again = run("token", "mint", "--data", str(tmp_path / "new"), "--scopes", "sync.append")
+    again = run("token", "mint", "--data", str(tmp_path / "new"), "--scopes", "sync.append", "--streams", "app.*")
     assert again.returncode == 0 and again.stderr == ""
+
+
+@pytest.mark.parametrize(("args", "warning"), [
+    ((), "no --scopes given; this token can connect but call and read nothing"),
+    (("--streams", "app.*"), "no --scopes given"),
+    (("--scopes", "sync.append"), "no --streams given; sync.append reach no stream"),
+    (("--scopes", "sync.subscribe,sync.checkpoint.write,compute.request"),
+     "no --streams given; sync.checkpoint.write, sync.subscribe reach no stream"),
+    (("--scopes", "compute.request"), None),
+    (("--scopes", "sync.subscribe", "--streams", "app.*"), None),
+])
+def test_token_mint_warns_of_a_token_that_can_do_nothing(tmp_path: Path, args: tuple[str, ...],
+                                                         warning: str | None) -> None:
+    """Failed before: ``token mint`` without ``--scopes`` (or a stream scope without ``--streams``)
+    minted, silently, a token that connects and then is refused everything (revc review).  It is
+    allowed -- still minted, exit 0 -- but says so in one line on stderr."""
+    assert run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.append", "--streams", "x").returncode == 0
+    res = run("token", "mint", "--data", str(tmp_path), *args)
+    assert res.returncode == 0 and res.stdout.strip(), res.stderr
+    if warning is None:
+        assert res.stderr == ""
+    else:
+        assert f"syncref token mint: warning: {warning}" in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
 
 
 def test_token_revoke_refuses_a_directory_no_server_uses(tmp_path: Path) -> None:
