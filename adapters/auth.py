@@ -21,7 +21,11 @@ anonymous identity's credential, and SDKs store and reuse it.
 ``sub``, so the same identity; scopes, grants and compatibility claims carried over) with a new
 ``iat`` and an ``exp`` 60 s ahead -- but never later than the original token's own ``exp``, so
 a short-lived token cannot be stretched forever by trading it for websocket tokens (SpacetimeDB
-does not cap; this is the one deliberate difference).
+does not cap; this is one deliberate difference).  The websocket token's ``exp`` bounds when it can
+be *used* (to open a connection); the connection it opens is bounded by the token it was traded
+for, whose expiry it carries as ``oa_conn_exp``: that token's :attr:`Verified.connection_exp`, a
+number, or ``"none"`` when it had no ``exp`` (ADR-0004 decision 8 and its tenth-session amendment;
+SpacetimeDB checks ``exp`` only at connect, so its connections outlive both tokens).
 
 Verification (:meth:`Authenticator.verify`), in order:
 
@@ -52,8 +56,12 @@ Verification (:meth:`Authenticator.verify`), in order:
 7. the OpenAgents claims are typed: ``oa_sync_scopes`` and ``oa_sync_streams`` lists of
    strings (absent = none; unknown scope names are kept, they simply grant nothing),
    ``oa_device_id``/``oa_session_id``/``oa_client_build_id``/``oa_protocol_version`` strings,
-   ``oa_schema_version`` an integer.  ``null`` counts as absent.  A wrong type is 401 naming
-   the claim.
+   ``oa_schema_version`` an integer, ``oa_conn_exp`` a number of seconds or ``"none"``.
+   ``null`` counts as absent.  A wrong type is 401 naming the claim;
+8. the connection bound (:attr:`Verified.connection_exp`): ``oa_conn_exp`` when the token was
+   verified with our own key (we put it there, in :meth:`Authenticator.websocket_token`; an
+   external issuer's key cannot extend or lift a bound with it, so on such a token the claim is
+   only type-checked), else the token's own ``exp`` (``None``: no bound).
 
 Every refusal is an :class:`AuthError` carrying its HTTP status: 401 for any token problem, 400
 for an ``Authorization`` header that is not ``Bearer <token>`` (SpacetimeDB: "Authorization is
@@ -118,6 +126,8 @@ DEV_STREAM_GRANTS: tuple[str, ...] = ("*",)
 _SCOPES_CLAIM = "oa_sync_scopes"
 _STREAMS_CLAIM = "oa_sync_streams"
 _SCHEMA_CLAIM = "oa_schema_version"
+CONN_EXP_CLAIM = "oa_conn_exp"  # a websocket token's connection bound: its parent's exp, or "none"
+_NO_CONN_EXP = "none"
 
 
 class AuthError(RemoteProtocolError):
@@ -403,10 +413,14 @@ class RevocationList:
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """A token that passed :meth:`Authenticator.verify`: the typed claims and the raw payload."""
+    """A token that passed :meth:`Authenticator.verify`: the typed claims, the raw payload, and when a
+    connection opened with it must end (``connection_exp``, seconds since the epoch, before the leeway;
+    ``None``: never).  That is the token's own ``exp``, except on a websocket token we signed, which
+    carries the bound of the token it was traded for (``oa_conn_exp``)."""
 
     claims: Claims
     raw: Mapping[str, Any] = field(compare=False)
+    connection_exp: float | None = field(compare=False)
 
     @property
     def identity(self) -> Identity:
@@ -462,7 +476,8 @@ class Authenticator:
         self.keys = keys
         self._clock = clock
         self.revocations = revocations if revocations is not None else RevocationList(None)
-        own: _KeyChoice = (keys.public_key, ("ES256",))
+        self._own_key = keys.public_key
+        own: _KeyChoice = (self._own_key, ("ES256",))
         self._local_keys: tuple[_KeyChoice, ...] = (own,)
         external: list[_KeyChoice] = [own]  # our re-signed websocket tokens keep the external issuer
         if config.external_hs256_secret is not None:
@@ -542,9 +557,12 @@ class Authenticator:
         claims.update({k: v for k, v in extras.items() if v is not None})
         return self._sign(claims)
 
-    def websocket_token(self, raw_claims: Mapping[str, Any]) -> str:
+    def websocket_token(self, parent: Verified) -> str:
         """The caller's verified claims re-signed with ``iat`` = now and ``exp`` = now + 60 s
-        (capped at the original ``exp``): same issuer and subject, so the same identity."""
+        (capped at the original ``exp``): same issuer and subject, so the same identity.  It carries
+        the parent's connection bound as ``oa_conn_exp`` (``"none"`` if it has none), replacing any
+        ``oa_conn_exp`` the parent's payload held."""
+        raw_claims = parent.raw
         if not isinstance(raw_claims.get("iss"), str) or not isinstance(raw_claims.get("sub"), str):
             raise AuthUsageError("websocket_token needs verified claims (with iss and sub)")
         now = self._now()
@@ -555,6 +573,7 @@ class Authenticator:
         claims = dict(raw_claims)
         claims["iat"] = now
         claims["exp"] = exp
+        claims[CONN_EXP_CLAIM] = _NO_CONN_EXP if parent.connection_exp is None else parent.connection_exp
         return self._sign(claims)
 
     # -- verification ------------------------------------------------------------------------
@@ -603,21 +622,23 @@ class Authenticator:
         if not usable:
             allowed = sorted({a for _, algs in candidates for a in algs})
             raise AuthError(f"token algorithm {alg[:16]!r} is not accepted for this issuer (allowed: {allowed})")
-        payload = self._decode_signed(token, alg, usable, issuer)
+        payload, ours = self._decode_signed(token, alg, usable, issuer)
         _check_text(payload)
         self._check_times(payload)
         if self.revocations.revoked(payload.get("jti")):
             raise AuthError(f"token revoked (jti {str(payload['jti'])[:MAX_JTI_CHARS]})")
-        return Verified(claims=self._claims_of(payload), raw=MappingProxyType(payload))
+        return Verified(claims=self._claims_of(payload), raw=MappingProxyType(payload),
+                        connection_exp=_connection_exp(payload, ours))
 
-    def _decode_signed(self, token: str, alg: str, keys: list[Any], issuer: str) -> dict[str, Any]:
+    def _decode_signed(self, token: str, alg: str, keys: list[Any], issuer: str) -> tuple[dict[str, Any], bool]:
+        """The payload, and whether our own key is the one that verified it."""
         options: Any = {"verify_signature": True, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
                         "verify_aud": True, "verify_iss": True, "verify_sub": True, "require": ["sub", "iss"]}
         for i, key in enumerate(keys):
             try:
                 payload: dict[str, Any] = jwt.decode(token, key, algorithms=[alg], options=options,
                                                      audience=self.config.audience, issuer=issuer)
-                return payload
+                return payload, key is self._own_key
             except jwt.InvalidSignatureError:
                 if i + 1 < len(keys):
                     continue
@@ -705,6 +726,18 @@ def _check_text(payload: Mapping[str, Any], max_items: int = 100_000) -> None:
             stack.extend((claim, v) for v in item)
         elif isinstance(item, dict):
             stack.extend((claim, (k, v)) for k, v in item.items())
+
+
+def _connection_exp(payload: Mapping[str, Any], ours: bool) -> float | None:
+    """When a connection opened with this (verified, time-checked) token ends: ``oa_conn_exp`` if our
+    own key signed it, else the token's ``exp``.  The claim's type is checked whoever signed it."""
+    claimed = payload.get(CONN_EXP_CLAIM)
+    if claimed is not None and claimed != _NO_CONN_EXP and not _is_number(claimed):
+        raise AuthError(f'malformed claim {CONN_EXP_CLAIM} (must be a number of seconds or "{_NO_CONN_EXP}")')
+    if ours and claimed is not None:
+        return None if claimed == _NO_CONN_EXP else float(claimed)
+    exp = payload.get("exp")
+    return None if exp is None else float(exp)
 
 
 def _optional_string(payload: Mapping[str, Any], claim: str) -> str | None:

@@ -36,7 +36,8 @@ is the order of things:
   and senders take a bounded batch per turn and then yield, so connections are served round-robin
   and one client's load shows in its own latency first.  Text that UTF-8 cannot carry is refused
   where it enters; a transaction that fails inside the engine is rolled back and answered
-  ``InternalError``/500, and the server goes on.  A token that expires closes its connections.
+  ``InternalError``/500, and the server goes on.  A token that expires closes its connections (a
+  websocket token's, when the token it was traded for expires).
 
 HTTP routes answer with SpacetimeDB's status codes (see docs/protocol.md); every error body is
 a plain, specific message.  ``GET /metrics`` is Prometheus text.
@@ -430,6 +431,12 @@ def _expiry(verified: Verified, leeway_s: float) -> float | None:
     if isinstance(exp, int | float) and not isinstance(exp, bool):
         return float(exp) + leeway_s
     return None
+
+
+def _connection_expiry(verified: Verified, leeway_s: float) -> float | None:
+    """When a connection opened with a verified token is closed ``token expired``: its connection bound
+    (for a websocket token, the bound of the token it was traded for) plus the leeway, if any."""
+    return None if verified.connection_exp is None else verified.connection_exp + leeway_s
 
 
 def now_us() -> int:
@@ -1142,7 +1149,7 @@ class SyncServer:
             verified = self.auth.verify(token)
         except AuthError as err:
             return _text(err.status, str(err))
-        return _json({"token": self.auth.websocket_token(verified.raw)})
+        return _json({"token": self.auth.websocket_token(verified)})
 
     async def _public_key(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.auth.keys.public_key_pem(), content_type="application/pem-certificate-chain")
@@ -1467,8 +1474,9 @@ class SyncServer:
             s.tasks = [self._supervised(s, "sender", self._sender(s)),
                        self._supervised(s, "processor", self._processor(s)),
                        self._supervised(s, "keepalive", self._keepalive(s))]
-            if expires is not None:
-                s.tasks.append(self._supervised(s, "expire", self._expire(s, expires)))
+            ends = _connection_expiry(verified, self.config.auth.leeway_s)
+            if ends is not None:
+                s.tasks.append(self._supervised(s, "expire", self._expire(s, ends)))
             s.reader = asyncio.create_task(self._reader(s))
             await s.reader
         except (ConnectionError, asyncio.CancelledError):
@@ -2142,7 +2150,8 @@ class SyncServer:
                 return
 
     async def _expire(self, s: Session, expires: float) -> None:
-        """A connection lives no longer than its token: closed 1008 ``token expired`` when it does."""
+        """A connection lives no longer than its token (for a websocket token, the token it was traded
+        for): closed 1008 ``token expired`` when it does."""
         await asyncio.sleep(max(0.0, expires - time.time()))
         await self._close(s, m.CLOSE_POLICY, "token expired: reconnect with a fresh token", "token_expired")
 

@@ -4,8 +4,9 @@ A :class:`Connection` is a thin asyncio shell around the sans-I/O
 :class:`~adapters.sdk.session.Session`.  It does what the official SDKs do at connect, and then
 keeps the connection alive:
 
-1. with a long-lived token, ``POST /v1/identity/websocket-token`` (Bearer) for a 60 s token (without
-   one, the first connect is anonymous and every reconnect presents the token it was minted: one identity);
+1. with a long-lived token, ``POST /v1/identity/websocket-token`` (Bearer) for a token usable 60 s; the
+   connection it opens lasts as long as the long-lived token (``oa_conn_exp``, docs/protocol.md).  Without
+   one, the first connect is anonymous and every reconnect presents the token it was minted: one identity;
 2. open ``ws[s]://host/v1/database/<db>/subscribe?token=..&compression=Gzip|None|Brotli
    [&confirmed=true|false]`` offering ``v3.bsatn.spacetimedb`` and/or ``v2.bsatn.spacetimedb``
    (the server picks by *its* preference; a server that echoes none is spoken to in v2, as the

@@ -423,11 +423,11 @@ def test_websocket_token_carries_claims_and_lives_60s() -> None:
                       client_build_id="20260301T120000Z", protocol_version="p", schema_version=2)
     original = auth.verify(token)
     clock.now = T0 + 5
-    short = auth.websocket_token(original.raw)
+    short = auth.websocket_token(original)
     again = auth.verify(short)
     assert again.claims == original.claims
     assert again.raw["iat"] == T0 + 5 and again.raw["exp"] == T0 + 65
-    assert {k: v for k, v in again.raw.items() if k not in ("iat", "exp")} == \
+    assert {k: v for k, v in again.raw.items() if k not in ("iat", "exp", "oa_conn_exp")} == \
         {k: v for k, v in original.raw.items() if k not in ("iat", "exp")}
     clock.now = T0 + 65 + 29
     assert auth.verify(short).identity == identity_from_claims(LOCAL, "carol")
@@ -439,7 +439,7 @@ def test_websocket_token_carries_claims_and_lives_60s() -> None:
 def test_websocket_token_never_outlives_the_original() -> None:
     auth, _ = make_auth()
     original = auth.verify(auth.mint(scopes=[], streams=[], ttl_s=10))
-    short = auth.verify(auth.websocket_token(original.raw))
+    short = auth.verify(auth.websocket_token(original))
     assert short.raw["exp"] == T0 + 10
 
 
@@ -447,7 +447,7 @@ def test_websocket_token_for_an_external_caller_keeps_the_identity() -> None:
     auth, _ = make_auth(AuthConfig(external_issuer=EXTERNAL, external_hs256_secret=SECRET))
     original = auth.verify(sign(claims(iss=EXTERNAL, exp=T0 + 3600, oa_sync_scopes=["sync.append"]),
                                 key=SECRET, alg="HS256"))
-    short = auth.websocket_token(original.raw)
+    short = auth.websocket_token(original)
     assert jwt.get_unverified_header(short)["alg"] == "ES256"
     assert auth.verify(short).claims == original.claims
 
@@ -455,7 +455,96 @@ def test_websocket_token_for_an_external_caller_keeps_the_identity() -> None:
 def test_websocket_token_needs_verified_claims() -> None:
     auth, _ = make_auth()
     with pytest.raises(LocalProtocolError):
-        auth.websocket_token({"sub": "x"})
+        auth.websocket_token(Verified(claims=Claims(identity=identity_from_claims(LOCAL, "x"), scopes=frozenset()),
+                                      raw={"sub": "x"}, connection_exp=None))
+
+
+
+# -- the connection bound of a websocket token (oa_conn_exp) -----------------------------------
+# A websocket token lives 60 s, but a connection opened with it is bounded by the token it was
+# traded for: its exp travels as ``oa_conn_exp`` (or "none"), honoured only on our own signature.
+
+EXT_EC = ec.generate_private_key(ec.SECP256R1())
+EXT_EC_PEM = EXT_EC.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+EXT_CONFIG = AuthConfig(external_issuer=EXTERNAL, external_hs256_secret=SECRET, external_public_key_pem=EXT_EC_PEM)
+FAR = T0 + 10**6
+
+# (case, the token presented to websocket-token, signed with, the traded token's exp, its oa_conn_exp,
+#  the connection bound of the traded token): hand-written from the rule, not computed.
+CONN_EXP_CASES: list[tuple[str, dict[str, Any], str, int, Any, float | None]] = [
+    ("local parent with exp", claims(exp=T0 + 3600), "local", T0 + 60, T0 + 3600, T0 + 3600),
+    ("local parent without exp", claims(), "local", T0 + 60, "none", None),
+    ("local parent expiring first", claims(exp=T0 + 10), "local", T0 + 10, T0 + 10, T0 + 10),
+    ("external HS256 parent", claims(iss=EXTERNAL, exp=T0 + 7200), "hs256", T0 + 60, T0 + 7200, T0 + 7200),
+    ("external parent without exp", claims(iss=EXTERNAL), "hs256", T0 + 60, "none", None),
+    ("external HS256 parent claiming a far bound", claims(iss=EXTERNAL, exp=T0 + 100, oa_conn_exp=FAR), "hs256",
+     T0 + 60, T0 + 100, T0 + 100),
+    ("external EC parent claiming no bound", claims(iss=EXTERNAL, exp=T0 + 100, oa_conn_exp="none"), "ext-ec",
+     T0 + 60, T0 + 100, T0 + 100),
+    ("local websocket token traded again", claims(exp=T0 + 50, oa_conn_exp=T0 + 3600), "local", T0 + 50,
+     T0 + 3600, T0 + 3600),
+    ("local websocket token of an unbounded parent", claims(exp=T0 + 50, oa_conn_exp="none"), "local", T0 + 50,
+     "none", None),
+    ("null counts as absent", claims(exp=T0 + 3600, oa_conn_exp=None) | {"oa_conn_exp": None}, "local",
+     T0 + 60, T0 + 3600, T0 + 3600),
+]
+
+
+def _sign_with(payload: dict[str, Any], signer: str) -> str:
+    if signer == "hs256":
+        return sign(payload, key=SECRET, alg="HS256")
+    return sign(payload, key=EXT_EC if signer == "ext-ec" else None)
+
+
+@pytest.mark.parametrize(("case", "payload", "signer", "exp", "conn_exp", "bound"), CONN_EXP_CASES,
+                         ids=[c[0] for c in CONN_EXP_CASES])
+def test_a_websocket_token_carries_the_bound_of_the_token_it_was_traded_for(
+        case: str, payload: dict[str, Any], signer: str, exp: int, conn_exp: Any, bound: float | None) -> None:
+    """Failed before: the traded token carried no ``oa_conn_exp``; the server bounded its connection by the
+    60 s ``exp`` (tests/adapters/test_sdk_e2e.py shows the drop)."""
+    auth, _ = make_auth(EXT_CONFIG)
+    parent = auth.verify(_sign_with(payload | {"jti": "j" * 32}, signer))
+    traded = auth.verify(auth.websocket_token(parent))
+    assert (traded.raw["exp"], traded.raw["oa_conn_exp"], traded.connection_exp) == (exp, conn_exp, bound)
+    assert traded.claims == parent.claims and traded.raw["jti"] == "j" * 32
+
+
+# (case, payload, signed with, the token's own connection bound): a token presented directly.
+DIRECT_CASES: list[tuple[str, dict[str, Any], str, float | None]] = [
+    ("local, no claim", claims(exp=T0 + 70), "local", T0 + 70),
+    ("local, no claim, no exp", claims(), "local", None),
+    ("local, claim", claims(exp=T0 + 70, oa_conn_exp=FAR), "local", FAR),
+    ("local, claim none", claims(exp=T0 + 70, oa_conn_exp="none"), "local", None),
+    ("local, float claim", claims(exp=T0 + 70, oa_conn_exp=FAR + 0.5), "local", FAR + 0.5),
+    ("external HS256, claim ignored", claims(iss=EXTERNAL, exp=T0 + 70, oa_conn_exp=FAR), "hs256", T0 + 70),
+    ("external HS256, none ignored", claims(iss=EXTERNAL, exp=T0 + 70, oa_conn_exp="none"), "hs256", T0 + 70),
+    ("external EC, claim ignored", claims(iss=EXTERNAL, exp=T0 + 70, oa_conn_exp=FAR), "ext-ec", T0 + 70),
+    ("external issuer on our key, claim honoured", claims(iss=EXTERNAL, exp=T0 + 70, oa_conn_exp=FAR), "local", FAR),
+]
+
+
+@pytest.mark.parametrize(("case", "payload", "signer", "bound"), DIRECT_CASES, ids=[c[0] for c in DIRECT_CASES])
+def test_oa_conn_exp_is_honoured_only_under_our_own_signature(
+        case: str, payload: dict[str, Any], signer: str, bound: float | None) -> None:
+    auth, _ = make_auth(EXT_CONFIG)
+    assert auth.verify(_sign_with(payload, signer)).connection_exp == bound
+
+
+def test_oa_conn_exp_forged_under_another_key_for_our_issuer_is_refused() -> None:
+    auth, _ = make_auth(EXT_CONFIG)
+    forged = sign(claims(exp=T0 + 70, oa_conn_exp=FAR), key=EXT_EC)  # iss = us, signed by someone else
+    assert refused(auth, forged) == "token signature invalid"
+
+
+@pytest.mark.parametrize("value", [True, False, "never", "", "1750000000", [T0], {"exp": T0}, 10**400,
+                                   float("inf")])
+@pytest.mark.parametrize("signer", ["local", "hs256"])
+def test_a_wrongly_typed_oa_conn_exp_is_a_malformed_claim(value: Any, signer: str) -> None:
+    auth, _ = make_auth(EXT_CONFIG)
+    payload = claims(iss=LOCAL if signer == "local" else EXTERNAL, exp=T0 + 70) | {"oa_conn_exp": value}
+    message = refused(auth, _sign_with(payload, signer))
+    assert message == 'malformed claim oa_conn_exp (must be a number of seconds or "none")', message
 
 
 # -- claim shapes -----------------------------------------------------------------------------
@@ -612,7 +701,7 @@ def test_minted_tokens_carry_a_fresh_jti_and_websocket_tokens_keep_it() -> None:
     _, c = auth.mint_identity()
     jtis = [auth.verify(t).raw["jti"] for t in (a, b, c)]
     assert len(set(jtis)) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", j) for j in jtis)
-    traded = auth.websocket_token(auth.verify(a).raw)
+    traded = auth.websocket_token(auth.verify(a))
     assert auth.verify(traded).raw["jti"] == jtis[0]
 
 
@@ -708,9 +797,9 @@ def test_verify_refuses_a_revoked_jti_and_only_that(tmp_path: Path) -> None:
     auth = Authenticator(AuthConfig(), KEYS, clock=FakeClock(), revocations=RevocationList(path))
     bad, good = (auth.mint(scopes=["sync.subscribe"], streams=["s"], ttl_s=None) for _ in range(2))
     jti = auth.verify(bad).raw["jti"]
+    traded = auth.websocket_token(auth.verify(bad))  # before the revocation
     no_jti = sign({"iss": LOCAL, "sub": "legacy", "aud": ["spacetimedb"], "iat": T0})
     path.write_text(f"{jti}\n")
     assert refused(auth, bad) == f"token revoked (jti {jti})"
-    assert refused(auth, auth.websocket_token(jwt.decode(bad, options={"verify_signature": False}))) \
-        == f"token revoked (jti {jti})"
+    assert refused(auth, traded) == f"token revoked (jti {jti})"
     assert auth.verify(good).claims.identity and auth.verify(no_jti).claims.identity

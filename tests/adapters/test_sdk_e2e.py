@@ -483,16 +483,15 @@ def test_an_anonymous_connection_keeps_its_identity_across_reconnects(tmp_path: 
         run(body())
 
 
-@pytest.mark.xfail(strict=True, reason="open finding (revc review): the server bounds a connection by the "
-                   "60 s websocket token's exp, not by the long-lived token it was traded for")
 def test_a_connection_made_with_an_exchanged_token_outlives_the_websocket_token(tmp_path: Path) -> None:
-    """Every client that trades its long-lived token for a websocket token (the Python SDK's default, and the
-    official TypeScript SDK) connects with a token that expires in 60 s, and the server closes each
-    connection 1008 ``token expired`` at that token's ``exp`` + 30 s: measured against ``syncref serve``, a
-    Python SDK connection with a one-hour token was dropped at 90 s, and again every 90 s (a resubscription
-    each time; in-flight calls get ConnectionLost; the TypeScript SDK does not reconnect at all).  The
-    credential that should bound the connection (ADR-0004 decision 8) is the long-lived one.  Here the
-    websocket token lives 1 s (no leeway) and the long-lived token an hour: the connection should stay up."""
+    """Failed before (a strict xfail from the revc review): every client that trades its long-lived token
+    for a websocket token (the Python SDK's default, and the official TypeScript SDK) connects with a token
+    that expires in 60 s, and the server closed each connection 1008 ``token expired`` at that token's
+    ``exp`` + 30 s: measured against ``syncref serve``, a Python SDK connection with a one-hour token was
+    dropped at 90 s, and again every 90 s (a resubscription each time; in-flight calls get ConnectionLost;
+    the TypeScript SDK does not reconnect at all).  The credential that bounds the connection (ADR-0004
+    decision 8) is the long-lived one, carried in the websocket token as ``oa_conn_exp``.  Here the
+    websocket token lives 1 s (no leeway) and the long-lived token an hour: the connection stays up."""
     from adapters.auth import AuthConfig
 
     with running_server(tmp_path / "data", auth=AuthConfig(websocket_token_ttl_s=1, leeway_s=0)) as st:
@@ -503,6 +502,60 @@ def test_a_connection_made_with_an_exchanged_token_outlives_the_websocket_token(
             closes = [(d.code, d.reason) for d in conn.disconnects]
             await conn.close()
             assert closes == [] and conn.connects == 1, closes
+
+        run(body())
+
+
+def test_a_connection_made_with_an_exchanged_token_ends_with_the_token_it_was_traded_for(tmp_path: Path) -> None:
+    """The other half of ``oa_conn_exp``: the long-lived token still bounds the connection.  A parent token
+    that lives 5 s (4-5 s: exp is whole seconds), traded for a 1 s websocket token (no leeway, so the old
+    bound fell within 1 s of the trade): the connection is up at 2 s and closed 1008 ``token expired``
+    once the parent expires."""
+    from adapters.auth import AuthConfig, Authenticator, KeyStore
+
+    config = AuthConfig(websocket_token_ttl_s=1, leeway_s=0)
+    with running_server(tmp_path / "data", auth=config) as st:
+        parent = Authenticator(config, KeyStore.load_or_create(st.config.data_dir)).mint(
+            scopes=frozenset({"sync.subscribe"}), streams=("*",), ttl_s=5)
+
+        async def body() -> None:
+            conn = Connection(st.base, token=parent, backoff=FAST, call_timeout=20)
+            await conn.connect()
+            await asyncio.sleep(2.0)  # past the websocket token's own exp, before the parent's
+            assert [d.code for d in conn.disconnects] == []
+            for _ in range(100):  # the parent's exp is at most 3 s away now
+                if conn.disconnects:
+                    break
+                await asyncio.sleep(0.1)
+            closes = [(d.code, d.reason) for d in conn.disconnects]
+            await conn.close()
+            assert closes[:1] == [(1008, "token expired: reconnect with a fresh token")], closes
+
+        run(body())
+
+
+def test_revoking_the_parent_closes_a_connection_made_with_an_exchanged_token(tmp_path: Path) -> None:
+    """A websocket token keeps its parent's ``jti``: revoking the long-lived token closes the connection
+    the SDK opened with the token it traded it for (1008 ``token revoked``), bound or not."""
+    import jwt
+
+    from adapters.auth import REVOKED_JTI_FILE
+
+    with running_server(tmp_path / "data") as st:
+        parent = st.token()
+
+        async def body() -> None:
+            conn = Connection(st.base, token=parent, backoff=FAST, call_timeout=20)
+            await conn.connect()
+            jti = jwt.decode(parent, options={"verify_signature": False})["jti"]
+            (st.config.data_dir / REVOKED_JTI_FILE).write_text(f"{jti}\n")
+            for _ in range(100):
+                if conn.disconnects:
+                    break
+                await asyncio.sleep(0.1)
+            closes = [(d.code, d.reason) for d in conn.disconnects]
+            await conn.close()
+            assert closes[:1] == [(1008, "token revoked: reconnect with another token")], closes
 
         run(body())
 
