@@ -60,7 +60,7 @@ KEY_OF: dict[str, Callable[[Row], tuple[object, ...]]] = {
 
 
 class SortedKeys:
-    """Keys kept sorted, for prefix ranges (:meth:`range_of`), updated lazily: an update of a row is
+    """Keys kept sorted, for prefix ranges (:func:`count_prefix`), updated lazily: an update of a row is
     a delete and an insert of its key (every append does it to its stream's row), so both are
     noted as pending changes that cancel out, and the sorted list is brought up to date when next
     read -- one insertion per key added, one removal per key removed, since the last read."""
@@ -75,25 +75,41 @@ class SortedKeys:
     def add(self, key: str) -> None:
         if key in self._removed:
             self._removed.discard(key)
+        elif key in self._added:
+            raise LocalProtocolError(f"key {key!r} added twice")
         else:
             self._added.add(key)
 
     def remove(self, key: str) -> None:
         if key in self._added:
             self._added.discard(key)
+        elif key in self._removed:
+            raise LocalProtocolError(f"key {key!r} removed twice")
         else:
             self._removed.add(key)
 
     def keys(self) -> list[str]:
+        """The keys, sorted.  A pending removal of a key not held, or addition of one held (the
+        caller's bug: a row the db did not hold deleted), raises :class:`LocalProtocolError` here
+        instead of removing the next key in its place or holding one twice."""
         keys = self._keys
         for key in self._removed:
-            del keys[bisect.bisect_left(keys, key)]
-        if len(self._added) > 16:  # many at once (a restore, a first read): one sort of the runs
+            i = bisect.bisect_left(keys, key)
+            if i == len(keys) or keys[i] != key:
+                raise LocalProtocolError(f"key {key!r} removed but not held")
+            del keys[i]
+        # many at once (a first read after many were created): one sort of the runs; none held: the
+        # sort alone (nothing to check the added keys against)
+        sort = len(self._added) > 16 or not keys
+        for key in self._added if keys else ():
+            i = bisect.bisect_left(keys, key)
+            if i < len(keys) and keys[i] == key:
+                raise LocalProtocolError(f"key {key!r} added but already held")
+            if not sort:
+                keys.insert(i, key)
+        if sort:
             keys.extend(self._added)
             keys.sort()
-        else:
-            for key in self._added:
-                bisect.insort(keys, key)
         self._added.clear()
         self._removed.clear()
         return keys
