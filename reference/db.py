@@ -81,10 +81,10 @@ class SortedKeys:
             self._added.add(key)
 
     def remove(self, key: str) -> None:
+        # (a key removed twice is not refused: a set holds it once, and checking would cost every
+        # append -- each removes its stream's id -- a lookup; the db refuses a row deleted twice)
         if key in self._added:
             self._added.discard(key)
-        elif key in self._removed:
-            raise LocalProtocolError(f"key {key!r} removed twice")
         else:
             self._removed.add(key)
 
