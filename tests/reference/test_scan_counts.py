@@ -46,12 +46,15 @@ GRANTS: tuple[tuple[str, ...], ...] = (
 )
 
 
-@pytest.fixture(scope="module", params=["live", "restored"])
+@pytest.fixture(scope="module", params=["live", "restored", "replayed"])
 def eng(request: pytest.FixtureRequest) -> Engine:
     """The rows above, written by the reducers, with unpinned reads between the writes (so the
     engine's indexes are read, then written again: every append updates its stream's row, and a
     rolled-back transaction creates and removes a stream); "restored": the same rows in an engine
-    whose db is a snapshot's restore (reference/snapshot.py: every index rebuilt)."""
+    whose db is a snapshot's restore (reference/snapshot.py: every index rebuilt); "replayed": an
+    engine recovered from the commit log after an unclean stop (Engine.recover: each record's
+    delta applied again, then the recovery transaction that moves every stream, checkpoint and
+    assignment row)."""
     e = Engine()
     conns = {who: e.connect(Claims(who, frozenset(SCOPES), ("*",)), confirmed=False) for who in (A, B, C, D)}
     n = 0
@@ -90,6 +93,9 @@ def eng(request: pytest.FixtureRequest) -> Engine:
     e.advance_durable(e.committed)
     if request.param == "restored":
         e.db = snapshot.restore(snapshot.capture(e.db, e.committed, GENESIS))
+    elif request.param == "replayed":  # every record applied again, then an unclean restart's recovery
+        e = Engine.recover(e.take_records(), False, e.now)
+        assert e.committed == n + 1  # every call committed one record, and the recovery one more
     assigned = [r for r in e.db.rows("compute_assignment") if isinstance(r, ComputeAssignment) and r.provider_owner]
     assert sorted(r.request_id for r in assigned) == list(ASSIGNED) and {r.provider_owner for r in assigned} == {C}
     assert sum(1 for _ in e.db.rows("sync_checkpoint")) == 7
