@@ -182,6 +182,13 @@ ENGINE_MUTANTS += (
              "                db._insert(row)\n"),),
            "recovery writes the stream rows of the commit log straight into the table: the sorted stream ids "
            "miss them, and a prefix grant's read finds (and counts) none", killer="reference/test_scan_counts.py"),
+    Mutant("scan_count_walk_takes_every_id", "reference.engine",
+           (("                granted = [logs[sid] for sid in ids if covers(sid)]\n",
+             "                granted = [logs[sid] for sid in ids]\n"),
+            ("                walked = [rows_of[(sid,)] for sid in ids if covers(sid)]\n",
+             "                walked = [rows_of[(sid,)] for sid in ids]\n")),
+           "with more prefix grants than stream ids, every stream id is taken (and counted) as granted",
+           killer="reference/test_scan_counts.py"),
     # --- the secondary indexes themselves (branch revp): reference/db.py, judged by a set model ---
     Mutant("index_agreement_check_blind", "reference.db",
            (('        """The secondary indexes hold what a rebuild from the rows would (a consistency check)."""\n',
