@@ -15,6 +15,12 @@ Run: ``.venv/bin/python benchmarks/grants_per_row.py [--streams N --per K --roun
 ``u7.*`` (50 distinct grant lists: 50 groups of the one shape) subscribe ``SELECT * FROM sync_event``;
 200 appends to ``u7.s{n}`` per round (each delivered to all 50), every queue drained; CPU ms per
 append, min and max of ``--rounds`` rounds.
+
+``--subscribe``: instead, one ``Subscribe`` of 64 unpinned queries (32 of ``sync_stream``, 32 of
+``sync_event``, each with its own ``WHERE`` term) by a caller holding 2,377 *distinct* prefix grants
+``z{i:04d}*`` (none covers a stream) then ``u7.*``, on ``--streams`` streams of ``--per`` events;
+CPU ms of ``handle`` per Subscribe, min, median and max of ``--rounds`` (docs/performance.md "The rows
+the caller can read").
 """
 
 from __future__ import annotations
@@ -37,10 +43,14 @@ def main() -> None:
     ap.add_argument("--per", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--fanout", type=int, default=0, metavar="G")
+    ap.add_argument("--subscribe", action="store_true")
     args = ap.parse_args()
     contracts.enable_hot(False)
     if args.fanout:
         fanout(args.fanout, args.rounds)
+        return
+    if args.subscribe:
+        subscribe(args.streams, args.per, args.rounds)
         return
     eng = filled_engine(args.streams, args.per)
     cases = [("2,378 prefixes, u7.* last", (*["z*"] * 2377, "u7.*"), "SELECT * FROM sync_event"),
@@ -85,5 +95,25 @@ def fanout(grants: int, rounds: int) -> None:
           f"max {max(times) * 1e3:.2f}")
 
 
+def subscribe(streams: int, per: int, rounds: int) -> None:
+    eng = filled_engine(streams, per)
+    claims = Claims("b" * 64, frozenset(SCOPES), (*(f"z{i:04d}*" for i in range(2377)), "u7.*"))
+    texts = (*(f"SELECT * FROM sync_stream WHERE head_seq > {i}" for i in range(32)),
+             *(f"SELECT * FROM sync_event WHERE tx_offset > {i}" for i in range(32)))
+    times = []
+    for _ in range(rounds):
+        conn = eng.connect(claims, confirmed=False)
+        t = time.process_time()
+        eng.handle(conn, Subscribe(1, 1, texts))
+        times.append(time.process_time() - t)
+        answer = type(eng.pop(conn).message).__name__
+        eng.close(conn)
+    times.sort()
+    print(f"{eng.committed} events in {streams} streams; a Subscribe of 64 queries under 2,378 distinct prefix "
+          f"grants: {answer}, CPU ms min {times[0] * 1e3:.1f} median {times[len(times) // 2] * 1e3:.1f} "
+          f"max {times[-1] * 1e3:.1f}")
+
+
 if __name__ == "__main__":
     main()
+

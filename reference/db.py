@@ -60,7 +60,7 @@ KEY_OF: dict[str, Callable[[Row], tuple[object, ...]]] = {
 
 
 class SortedKeys:
-    """Keys kept sorted, for prefix ranges (:meth:`range_of`), updated lazily: an update of a row is
+    """Keys kept sorted, for prefix ranges (:func:`count_prefix`), updated lazily: an update of a row is
     a delete and an insert of its key (every append does it to its stream's row), so both are
     noted as pending changes that cancel out, and the sorted list is brought up to date when next
     read -- one insertion per key added, one removal per key removed, since the last read."""
@@ -75,28 +75,52 @@ class SortedKeys:
     def add(self, key: str) -> None:
         if key in self._removed:
             self._removed.discard(key)
+        elif key in self._added:
+            raise LocalProtocolError(f"key {key!r} added twice")
         else:
             self._added.add(key)
 
     def remove(self, key: str) -> None:
+        # (a key removed twice is not refused: a set holds it once, and checking would cost every
+        # append -- each removes its stream's id -- a lookup; the db refuses a row deleted twice)
         if key in self._added:
             self._added.discard(key)
         else:
             self._removed.add(key)
 
     def keys(self) -> list[str]:
+        """The keys, sorted.  A pending removal of a key not held, or addition of one held (the
+        caller's bug: a row the db did not hold deleted), raises :class:`LocalProtocolError` here
+        instead of removing the next key in its place or holding one twice."""
         keys = self._keys
         for key in self._removed:
-            del keys[bisect.bisect_left(keys, key)]
-        if len(self._added) > 16:  # many at once (a restore, a first read): one sort of the runs
+            i = bisect.bisect_left(keys, key)
+            if i == len(keys) or keys[i] != key:
+                raise LocalProtocolError(f"key {key!r} removed but not held")
+            del keys[i]
+        # many at once (a first read after many were created): one sort of the runs; none held: the
+        # sort alone (nothing to check the added keys against)
+        sort = len(self._added) > 16 or not keys
+        for key in self._added if keys else ():
+            i = bisect.bisect_left(keys, key)
+            if i < len(keys) and keys[i] == key:
+                raise LocalProtocolError(f"key {key!r} added but already held")
+            if not sort:
+                keys.insert(i, key)
+        if sort:
             keys.extend(self._added)
             keys.sort()
-        else:
-            for key in self._added:
-                bisect.insort(keys, key)
         self._added.clear()
         self._removed.clear()
         return keys
+
+    def peek(self) -> list[str] | None:
+        """What :meth:`keys` would return, the pending changes left pending (for a consistency check
+        that must not change what it checks); None where :meth:`keys` would raise."""
+        held = set(self._keys)
+        if len(held) != len(self._keys) or not self._removed <= held or not self._added.isdisjoint(held):
+            return None
+        return sorted((held - self._removed) | self._added)
 
 
 def prefix_end(prefix: str) -> str | None:
@@ -167,8 +191,12 @@ class Db:
 
     def secondary_indexes_agree(self) -> bool:
         """The secondary indexes hold what a rebuild from the rows would (a consistency check)."""
-        if self.stream_ids.keys() != sorted(row.stream_id for row in self.pk["sync_stream"].values()  # type: ignore[union-attr]
-                                            ) or self.log_ids() != sorted(self.logs):
+        # (read through peek: applying the pending changes here would leave none pending from one
+        # message to the next in a run with the check on, as there are without it)
+        unindexed = list(itertools.islice(self.logs, self._log_count, None))
+        logs = self._log_ids.peek()
+        if self.stream_ids.peek() != sorted(row.stream_id for row in self.pk["sync_stream"].values()  # type: ignore[union-attr]
+                                            ) or logs is None or sorted(logs + unindexed) != sorted(self.logs):
             return False
         for table, index in self.by_column.items():
             fresh = ColumnIndex(index.columns)

@@ -744,8 +744,9 @@ class Engine:
         * ``sync_stream`` / ``sync_event`` without a ``*`` grant: the rows of the granted streams
           -- one lookup per exact id a prefix does not cover, and for each ``prefix*`` the range of
           the sorted stream ids that start with it (two binary searches: :attr:`Db.stream_ids`,
-          :meth:`Db.log_ids`); ``sync_stream`` counts the ids in the ranges, ``sync_event`` the
-          events of the streams in them."""
+          :meth:`Db.log_ids`) -- or, with more prefixes than stream ids, each id checked against
+          the indexed grants (:meth:`_Grants.covers`); ``sync_stream`` counts the ids found,
+          ``sync_event`` the events of their streams."""
         visibility = TABLE_BY_NAME[table].visibility
         if visibility is Visibility.BRIDGE:
             return None if claims.scopes & BRIDGE_SCOPES else []
@@ -760,15 +761,26 @@ class Engine:
         grants = _grants(claims.streams)
         if grants.everything:
             return None
+        # more prefixes than stream ids (a token of many grants, a small table): each id checked
+        # against the indexed grants instead, one binary search of the prefixes each
         if table == "sync_event":
             ids = self.db.log_ids() if grants.prefixes else []  # (exact ids alone: no sorted index needed)
             logs = self.db.logs
-            granted = [logs[sid] for sid in grants.outside if sid in logs]
-            granted += [logs[sid] for p in grants.prefixes for sid in _in_range(ids, p)]
+            if len(ids) < len(grants.prefixes):
+                covers = grants.covers
+                granted = [logs[sid] for sid in ids if covers(sid)]
+            else:
+                granted = [logs[sid] for sid in grants.outside if sid in logs]
+                granted += [logs[sid] for p in grants.prefixes for sid in _in_range(ids, p)]
             self._count(scan, sum(map(len, granted)))
             return [row for log in granted for row in log.events]
         if table == "sync_stream":
             ids, rows_of = self.db.stream_ids.keys() if grants.prefixes else [], self.db.pk[table]
+            if len(ids) < len(grants.prefixes):
+                covers = grants.covers
+                walked = [rows_of[(sid,)] for sid in ids if covers(sid)]
+                self._count(scan, len(walked))
+                return walked
             found = [(sid,) for sid in grants.outside if (sid,) in rows_of]
             ranges = [count_prefix(ids, p) for p in grants.prefixes]
             self._count(scan, len(found) + sum(hi - lo for lo, hi in ranges))
