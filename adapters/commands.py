@@ -386,8 +386,11 @@ STREAM_SCOPES: frozenset[str] = frozenset({"sync.subscribe", "sync.append", "syn
 
 
 def token_mint(args: argparse.Namespace) -> int:
-    from adapters.auth import KEY_FILE_NAME, AuthConfig, Authenticator, KeyStore
+    from adapters.auth import KEY_FILE_NAME, MAX_TTL_S, AuthConfig, Authenticator, KeyStore
 
+    if not 0 < args.ttl <= MAX_TTL_S:
+        print(f"syncref token mint: --ttl must be 1..{MAX_TTL_S} seconds, got {str(args.ttl)[:40]}", file=sys.stderr)
+        return 2
     scopes = [s for s in (args.scopes or "").split(",") if s]
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:

@@ -329,7 +329,9 @@ def test_token_mint_errors(tmp_path: Path) -> None:
     res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.root")
     assert res.returncode == 2 and "unknown scope(s) sync.root" in res.stderr
     res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--ttl", "0")
+    # failed before: 'ttl_s must be 1..9007199254740991 seconds or None' -- the library's parameter, not the flag
     assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == "syncref token mint: --ttl must be 1..9007199254740991 seconds, got 0", res.stderr
     res = run("token", "mint", "--data", str(tmp_path), "--scopes", "sync.subscribe", "--streams", "demo.*, other.*")
     assert res.returncode == 2 and "stream grant ' other.*' can match no stream id" in res.stderr, res.stderr
     # failed before: a traceback (OverflowError) with --json, and a token every route answered 500
