@@ -345,7 +345,7 @@ def verify_log(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": report.ok, "records": report.records, "digest": report.digest,
                           "stored_records": report.stored_records, "stored_digest": report.stored_digest,
-                          "policy": report.policy, "clean_shutdown": report.clean_shutdown,
+                          "policy": report.policy, "clean_shutdown": report.clean_shutdown, "log_id": report.log_id,
                           "mismatch": None if mismatch is None else {"offset": mismatch.offset,
                                                                      "reason": mismatch.reason},
                           "snapshots": [{"file": c.file, "offset": c.offset, "status": c.status, "reason": c.reason}
@@ -356,6 +356,7 @@ def verify_log(args: argparse.Namespace) -> int:
         if report.digest != report.stored_digest:
             print(f"stored:  {report.stored_digest}")
         print(f"policy:  {report.policy}; last shutdown {'clean' if report.clean_shutdown else 'unclean'}")
+        print(f"log id:  {report.log_id or 'none yet (a log made before log ids gets one when next served)'}")
         if mismatch is not None:
             print(f"MISMATCH at offset {mismatch.offset}: {mismatch.reason}")
         for check in report.snapshots:

@@ -666,7 +666,8 @@ class SyncServer:
             self._snapshots = Snapshotter(snapshot_dir(self._store), cfg.snapshot_every, cfg.snapshot_keep,
                                           self._writer.wait_durable,
                                           recovery.snapshot_offset if recovery is not None else 0,
-                                          on_error=self._snapshot_failed)
+                                          on_error=self._snapshot_failed, log_id=self._store.log_id,
+                                          legacy=self._store.legacy_snapshots, on_strangers=self._snapshot_strangers)
             self._engine.on_close = self._engine_closed
             self._engine.on_internal_error = self._internal_error
             self._limit_engine(self._engine)
@@ -780,6 +781,12 @@ class SyncServer:
         text = str(exc) if isinstance(exc, OSError) else repr(exc)
         log.error("writing a state snapshot failed (the commit log is unaffected; the next snapshot tries again): %s",
                   text)
+
+    def _snapshot_strangers(self, names: list[str]) -> None:
+        """Snapshots ``prune`` kept because they are not provably this log's (its thread, ADR-0039)."""
+        log.warning("snapshot(s) %s not pruned: not this log's (another log id, an unreadable header, or no id and "
+                    "not bound to this log); the next start refuses the directory if they name another log -- "
+                    "move them out of DIR/snapshots", ", ".join(names))
 
     def _durable_from_thread(self, offset: int, batch: Sequence[TxRecord]) -> None:
         self.batch_sizes.append(len(batch))  # deque.append is atomic: safe from the writer thread

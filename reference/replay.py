@@ -75,6 +75,7 @@ class VerifyReport:
     clean_shutdown: bool
     mismatch: Mismatch | None
     snapshots: tuple[SnapshotCheck, ...] = ()
+    log_id: str | None = None  # meta.log_id (ADR-0039); None: a log made before ids, not yet served
 
     @property
     def ok(self) -> bool:
@@ -390,7 +391,7 @@ def verify_log(data_dir: str | os.PathLike[str],
                     return
                 name, held = found
                 if isinstance(held, bytes):
-                    if snapshot.matches(held, db, offset, head):
+                    if snapshot.matches(held, db, offset, head, store.log_id):
                         checks[name] = SnapshotCheck(name, offset, "match")
                         return
                     image = decoded(offset, name, held)
@@ -416,6 +417,6 @@ def verify_log(data_dir: str | os.PathLike[str],
             _, stored_digest = store.last()
             return VerifyReport(result.records, result.digest, stored_records, stored_digest,
                                 "stored" if stored is not None else "default", store.clean_at_open,
-                                result.mismatch, tuple(sorted(checks.values(), key=lambda c: c.offset)))
+                                result.mismatch, tuple(sorted(checks.values(), key=lambda c: c.offset)), store.log_id)
     finally:
         store.close()
