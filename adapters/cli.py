@@ -349,7 +349,10 @@ def verify_log(args: argparse.Namespace) -> int:
                           "mismatch": None if mismatch is None else {"offset": mismatch.offset,
                                                                      "reason": mismatch.reason},
                           "snapshots": [{"file": c.file, "offset": c.offset, "status": c.status, "reason": c.reason}
-                                        for c in report.snapshots]}, indent=1))
+                                        for c in report.snapshots],
+                          "head_mark": None if report.head_mark is None else {
+                              "file": report.head_mark.file, "offset": report.head_mark.offset,
+                              "status": report.head_mark.status, "reason": report.head_mark.reason}}, indent=1))
     else:
         print(f"records: {report.records} re-executed of {report.stored_records} stored")
         print(f"digest:  {report.digest}")
@@ -362,6 +365,10 @@ def verify_log(args: argparse.Namespace) -> int:
         for check in report.snapshots:
             print(f"snapshot {check.file} (offset {check.offset}): {check.status}"
                   + (f": {check.reason}" if check.reason else ""))
+        if report.head_mark is not None:
+            mark = report.head_mark
+            print(f"head mark {mark.file} (offset {mark.offset}): {mark.status}"
+                  + (f": {mark.reason}" if mark.reason else ""))
         print("verify-log:", "OK" if report.ok else "FAILED")
     return 0 if report.ok else 1
 

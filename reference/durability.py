@@ -185,11 +185,12 @@ class Evidence:
     legacy: frozenset[str] = frozenset()
 
 
-def check_tables(conn: sqlite3.Connection, path: Path) -> Evidence:
+def check_tables(conn: sqlite3.Connection, path: Path, readonly: bool = False) -> Evidence:
     """:class:`DamagedLog` if the database at ``path`` holds one of the log's tables without the other
     (:class:`DamagedLog` says when that is damage); a database with both, or neither (a new or
     empty file, another program's database), passes.  Then the directory's snapshots and head mark
-    are checked against the log (:func:`check_evidence`)."""
+    are checked against the log (:func:`check_evidence`; ``readonly``: without its step 3, which
+    ``verify-log`` makes during its replay)."""
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "meta" in tables and "commit_log" not in tables:
         raise DamagedLog(f"{path} is damaged: it has syncref's meta table but no commit_log table (the records "
@@ -206,7 +207,7 @@ def check_tables(conn: sqlite3.Connection, path: Path) -> Evidence:
         row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         log_id = None if row is None else str(row[0])
     if "commit_log" in tables:
-        return check_evidence(conn, path, log_id)
+        return check_evidence(conn, path, log_id, histories=not readonly)
     return Evidence(log_id)
 
 
@@ -250,7 +251,7 @@ def _header_at(offset: int, path: Path) -> dict[str, Any] | None:
     return head if head.get("offset") == offset and isinstance(head.get("head_hash"), str) else None
 
 
-def check_evidence(conn: sqlite3.Connection, path: Path, log_id: str | None) -> Evidence:
+def check_evidence(conn: sqlite3.Connection, path: Path, log_id: str | None, histories: bool = True) -> Evidence:
     """:class:`DamagedLog` if the directory's snapshots or head mark contradict the log at ``path``
     (ADR-0037, ADR-0039), in this order:
 
@@ -263,6 +264,9 @@ def check_evidence(conn: sqlite3.Connection, path: Path, log_id: str | None) -> 
        keeps the id; or the log was rewritten).
 
     A log without an id (made before ids) and id-less snapshots are judged by 2 and 3 alone.
+    Without ``histories`` (a read-only open: ``verify-log``) step 3 is left to the replay, which
+    reports each snapshot's and the head mark's chain head against the re-executed one and so
+    still shows where the log itself differs (a ``MISMATCH``) instead of stopping at the open.
     The snapshot files and the mark are read before the log's head, so a reader beside a running
     server never sees a mark or snapshot newer than the head it reads.  Per snapshot: one header
     line and one primary-key lookup; the whole file only when it contradicts the log."""
@@ -273,23 +277,25 @@ def check_evidence(conn: sqlite3.Connection, path: Path, log_id: str | None) -> 
     top = conn.execute('SELECT max("offset") FROM commit_log').fetchone()[0]
     head = 0 if top is None else int(top)
     if log_id is not None:
-        if mark is not None and mark.log_id != log_id:
-            raise DamagedLog(_foreign(path, "head mark", HEAD_FILE, f"remove {HEAD_FILE}", mark.log_id, log_id))
+        strangers = []
         for _offset, p, h in snaps:
             theirs = None if h is None else snapshot.header_log_id(h)
             if theirs is not None and theirs != log_id and _trusted(p, h):
-                raise DamagedLog(_foreign(path, "snapshot", p.name, f"move {p.parent.name}/{p.name} aside",
-                                          theirs, log_id))
+                strangers.append(("snapshot", p.name, f"move {p.parent.name}/{p.name} aside", theirs))
+        if mark is not None and mark.log_id != log_id:
+            strangers.append(("head mark", HEAD_FILE, f"remove {HEAD_FILE}", mark.log_id))
+        if strangers:
+            raise DamagedLog(_foreign(path, strangers, log_id))
     past = [(offset, p, h) for offset, p, h in snaps if offset > head]
     if past or (mark is not None and mark.offset > head):
         raise DamagedLog(_lost(path, head, past, mark if mark is not None and mark.offset > head else None, log_id))
     ids: set[str] = set()
     legacy: set[str] = set()
     pieces: list[tuple[int, str, str | None, str, Path | None]] = []
-    if mark is not None:
+    if mark is not None and histories:
         pieces.append((mark.offset, mark.hash, mark.log_id, "head mark", None))
     for offset, p, h in snaps:
-        if h is not None:
+        if h is not None and histories:
             pieces.append((offset, str(h["head_hash"]), snapshot.header_log_id(h), "snapshot", p))
     for offset, digest, theirs, noun, file in pieces:
         stored = conn.execute('SELECT hash FROM commit_log WHERE "offset" = ?', (offset,)).fetchone()
@@ -317,10 +323,15 @@ _HOW = ("records are kept in a snapshot or the head mark only once they are dura
 _CAUSES = f"cut short, a deleted -wal file, an older copy of {DB_FILE} restored"
 
 
-def _foreign(path: Path, noun: str, name: str, away: str, theirs: str, mine: str) -> str:
+def _foreign(path: Path, strangers: list[tuple[str, str, str, str]], mine: str) -> str:
+    """The message for files of another log: the first named in full, the others after it."""
+    noun, name, _, theirs = strangers[0]
+    also = "".join(f"; so does {n} {nm} (log id {t})" for n, nm, _, t in strangers[1:])
+    aways = " and ".join(a for _, _, a, _ in strangers)
+    which = f"the {noun} is the stranger" if len(strangers) == 1 else "they are the strangers"
     return (f"{path.parent} is damaged: {noun} {name} belongs to another log (log id {theirs}) than the log at "
-            f"{path} (log id {mine}): the data directory mixes two logs -- files copied in from another data "
-            f"directory, or another directory's {DB_FILE} restored here; if the {noun} is the stranger, {away}; "
+            f"{path} (log id {mine}){also}: the data directory mixes two logs -- files copied in from another data "
+            f"directory, or another directory's {DB_FILE} restored here; if {which}, {aways}; "
             f"if the log is, restore the log {theirs} in its place (syncref verify-log --data DIR --json prints a "
             "directory's log_id)")
 
@@ -644,7 +655,7 @@ class LogStore:
                                    check_same_thread=False)
             try:
                 conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-                found = check_tables(conn, path)
+                found = check_tables(conn, path, readonly=True)
                 marker = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
             except BaseException:
                 conn.close()
@@ -835,7 +846,7 @@ class LogStore:
         has passed since the last mark (the group-commit writer asks after each COMMIT: no fsync per
         commit).  Never moves the mark back.  A failed write is counted (``mark_errors``) and leaves
         the older mark, a weaker check; the next one retries.  Returns whether one was written."""
-        if self.readonly or self.log_id is None or offset < 1:
+        if self.readonly or self._closed or self.log_id is None or offset < 1:
             return False
         with self._mark_lock:
             now = time.monotonic()
@@ -918,6 +929,7 @@ class GroupCommitWriter:
         self._queue: list[TxRecord] = []
         self._appended, self._last_hash = store.last()
         self._durable = self._appended
+        self._durable_hash = self._last_hash  # the hash of record _durable (what the head mark records)
         self._error: BaseException | None = None
         self._closed = False
         self.batches = 0  # COMMITs that wrote records
@@ -932,9 +944,27 @@ class GroupCommitWriter:
         self.gathered = 0  # COMMITs that waited for more records (and how long, in total)
         self.gather_waited_s = 0.0
         self._thread: threading.Thread | None = None
+        self._marker: threading.Thread | None = None
+        self._stop_marking = threading.Event()
         if background:
             self._thread = threading.Thread(target=self._run, name="syncref-group-commit", daemon=True)
             self._thread.start()
+            self._marker = threading.Thread(target=self._mark_loop, name="syncref-head-mark", daemon=True)
+            self._marker.start()
+
+    def _mark_loop(self) -> None:
+        """Every ``head_mark_s``, record the durable head in the head mark if it moved (ADR-0039): on
+        its own thread, so no COMMIT waits for the mark's write and fsync, and a burst of commits
+        followed by silence is marked too.  The mark lags the durable head by at most about one
+        interval (plus one mark write)."""
+        while not self._stop_marking.wait(self._store.head_mark_s):
+            self.mark()
+
+    def mark(self) -> bool:
+        """Record the durable head in the head mark now (if it moved); whether a mark was written."""
+        with self._cv:
+            offset, digest = self._durable, self._durable_hash
+        return self._store.mark_head(offset, digest)
 
     @property
     def durable_offset(self) -> int:
@@ -1019,13 +1049,15 @@ class GroupCommitWriter:
                 self._last_commit_s = time.monotonic() - started
                 self._last_batch = len(batch)
                 self._durable = offset
+                self._durable_hash = batch[-1].hash
                 self.batches += 1
                 self.written += len(batch)
                 self._cv.notify_all()
             if self._on_durable is not None:
                 self._on_durable(offset, batch)
             self._store.checkpoint_if_due()  # after the hand-back: its records wait for no checkpoint
-            self._store.mark_head(offset, batch[-1].hash, due=True)  # at most every head_mark_s (ADR-0039)
+            if self._thread is None:  # else the mark thread marks, off the commit path (ADR-0039)
+                self._store.mark_head(offset, batch[-1].hash, due=True)  # at most every head_mark_s
         except BaseException as exc:
             with self._cv:
                 self._error = exc
@@ -1097,6 +1129,9 @@ class GroupCommitWriter:
                 self._closed = True
                 self._cv.notify_all()
             self._thread.join()
+        if self._marker is not None:
+            self._stop_marking.set()
+            self._marker.join()
         with self._cv:
             self._closed = True
             if self._error is not None:

@@ -27,7 +27,6 @@ import pytest
 
 from reference import snapshot
 from reference.durability import DamagedLog, GroupCommitWriter, LogStore, restart, shutdown
-from reference.engine import Engine
 from spec.auth import Claims
 from spec.policy import DEFAULT_POLICY
 
@@ -76,22 +75,27 @@ def verify_cli(path: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=False, timeout=120)
 
 
-def refused(path: Path, *parts: str) -> str:
+def refused(path: Path, *parts: str, history: bool = False) -> str:
     """Both opens refuse ``path`` with a message holding every one of ``parts``; nothing is written;
-    ``verify-log`` exits 1 saying the same.  Returns the message."""
+    ``verify-log`` exits 1 saying the same.  Returns the message.  ``history``: another history at an
+    offset the log holds, which only the writable open refuses; ``verify-log`` replays and reports it
+    (a snapshot or the head mark whose chain head is not the replay's: ``mismatch``), exit 1."""
     before = files(path)
     texts = []
-    for readonly in (False, True):
+    for readonly in (False,) if history else (False, True):
         with pytest.raises(DamagedLog) as err:
             LogStore.open(path, readonly=readonly)
         texts.append(str(err.value))
         for part in parts:
             assert part in texts[-1], (part, texts[-1])
-    assert texts[0] == texts[1]
+    assert texts[0] == texts[-1]
     assert files(path) == before  # nothing written
     done = verify_cli(path)
     assert done.returncode == 1, (done.returncode, done.stderr)
-    assert all(part in done.stderr for part in parts) and "does not verify" in done.stderr, done.stderr
+    if history:
+        assert ": mismatch: chain head at" in done.stdout and "verify-log: FAILED" in done.stdout, done.stdout
+    else:
+        assert all(part in done.stderr for part in parts) and "does not verify" in done.stderr, done.stderr
     return texts[0]
 
 
@@ -218,7 +222,7 @@ def test_a_copy_that_went_on_separately_is_refused_as_another_history(tmp_path: 
     shutil.copy(b / snapshot.SNAPSHOT_DIR / name, a / snapshot.SNAPSHOT_DIR / name)
     assert log_id(a) == log_id(b)
     refused(a, f"snapshot {name} names record 30", "tell different histories", "a copy of this data directory",
-            f"move snapshots/{name} aside")
+            f"move snapshots/{name} aside", history=True)
 
 
 # --- the bound of the head mark ---------------------------------------------------------------------
@@ -299,7 +303,8 @@ def test_an_id_less_snapshot_of_another_history_is_refused(tmp_path: Path) -> No
     name = snapshot.file_name(20)
     (b / snapshot.SNAPSHOT_DIR).mkdir()
     shutil.copy(a / snapshot.SNAPSHOT_DIR / name, b / snapshot.SNAPSHOT_DIR / name)
-    refused(b, f"snapshot {name} names record 20", "tell different histories", "cannot tell", "names no log id")
+    refused(b, f"snapshot {name} names record 20", "tell different histories", "cannot tell", "names no log id",
+            history=True)
 
 
 def test_a_log_made_before_ids_takes_the_id_its_bound_snapshot_names(tmp_path: Path) -> None:
@@ -354,3 +359,24 @@ def test_prune_never_drops_a_snapshot_that_is_not_this_logs(tmp_path: Path) -> N
     assert [o for o, _ in snapshot.listing(directory)] == [6, 2, 1]
     assert told == [[snapshot.file_name(2), snapshot.file_name(1)]]
     assert snapshot.header(directory / snapshot.file_name(6))["log_id"] == "mine"
+
+
+def test_a_head_mark_of_a_copy_that_went_on_is_refused_and_verify_log_reports_it(tmp_path: Path) -> None:
+    """The head mark's record at an offset the log holds, with another hash (a copy of the directory
+    that went on separately; its mark put back here).  The writable open refuses; verify-log replays
+    and reports the mark as ``mismatch`` (exit 1) -- and ``match`` on the intact directory."""
+    a = tmp_path / "a"
+    grow(a, 20, "a")
+    b = Path(shutil.copytree(a, tmp_path / "b"))
+    grow(a, 40, "x")
+    grow(b, 35, "y")
+    ok = subprocess.run([sys.executable, "-m", "adapters.cli", "verify-log", "--data", str(a), "--json"],
+                        capture_output=True, text=True, check=False, timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["head_mark"] == {
+        "file": "syncref.head", "offset": 40, "status": "match", "reason": ""}, ok.stdout
+    shutil.copy(b / "syncref.head", a / "syncref.head")
+    text = refused(a, "head mark syncref.head names record 35", "tell different histories", "remove syncref.head",
+                   history=True)
+    assert "a copy of this data directory" in text
+    done = verify_cli(a)
+    assert "head mark syncref.head (offset 35): mismatch: chain head at 35" in done.stdout, done.stdout
