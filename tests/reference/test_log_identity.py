@@ -380,3 +380,32 @@ def test_a_head_mark_of_a_copy_that_went_on_is_refused_and_verify_log_reports_it
     assert "a copy of this data directory" in text
     done = verify_cli(a)
     assert "head mark syncref.head (offset 35): mismatch: chain head at 35" in done.stdout, done.stdout
+
+
+def test_a_serving_writer_marks_the_durable_head_on_its_own_thread(tmp_path: Path) -> None:
+    """The server's writer (a background thread) marks from a thread of its own every ``head_mark_s``:
+    a burst of commits followed by silence is marked without any later COMMIT or a clean shutdown,
+    so a crash after it loses at most the last interval's records from the check."""
+    import time
+
+    data = tmp_path / "data"
+    store = LogStore.open(data)
+    store.head_mark_s = 0.05
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    for i in range(1, 8):
+        eng.now += 1000
+        eng.admin_call(WRITER, "append_sync_event", ("t.0", f"k{i}", "{}", None, None))
+    writer.append(eng.take_records())
+    assert writer.flush() == 7
+    deadline = time.monotonic() + 10
+    while store.marks == 0 or json.loads((data / "syncref.head").read_text())["offset"] != 7:
+        assert time.monotonic() < deadline, "the head was not marked"
+        time.sleep(0.01)
+    writer.close()
+    store.close()  # no clean shutdown: the mark is the thread's
+    with sqlite3.connect(data / "syncref.sqlite3") as conn:
+        conn.execute('DELETE FROM commit_log WHERE "offset" > 6')
+    conn.close()
+    with pytest.raises(DamagedLog, match="says record 7 was durable"):
+        LogStore.open(data)
