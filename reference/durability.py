@@ -28,6 +28,12 @@ before it is on disk.  A brand-new data directory is clean (there is nothing to 
 retention), so the data directory pins it: :func:`restart` stores the policy in ``meta`` the
 first time and refuses a different one later; ``syncref verify-log`` replays under it.
 
+**Identity and head mark** (ADR-0039).  A log gets a random id (``meta.log_id``) when it is made;
+every snapshot names it.  ``DIR/syncref.head`` records, outside SQLite, a record the log held
+durably (rewritten about once a second by the writer's own thread, and at a clean shutdown).
+:meth:`LogStore.open` refuses a directory whose snapshots or head mark name another log, are past
+the log's head, or name another hash at a record the log holds (:func:`check_evidence`).
+
 One process owns a data directory at a time (an ``flock`` on ``DIR/syncref.lock``, released by
 the kernel even on SIGKILL); read-only opens (``verify-log``) take no lock and change nothing.
 """

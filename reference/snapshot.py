@@ -8,9 +8,10 @@ re-executed state with every snapshot at its offset (replay parity across the bo
 
 **File.**  ``DIR/snapshots/snap-<offset, 12 digits>.json``, line-oriented UTF-8 JSON:
 
-* line 1, the header: ``{"format": 1, "log_format": "2", "offset": N, "head_hash": H,
-  "epoch_floor": E, "version_floor": V, "rows": R}`` -- ``H`` is the stored hash of record ``N``,
-  which commits to the whole prefix 1..N (each hash covers the previous one);
+* line 1, the header: ``{"format": 1, "log_format": "2", "log_id": L, "offset": N, "head_hash": H,
+  "epoch_floor": E, "version_floor": V, "rows": R}`` -- ``L`` is the id of the log it was taken from
+  (``meta.log_id``, ADR-0039; absent in files written before ids), ``H`` the stored hash of record
+  ``N``, which commits to the whole prefix 1..N (each hash covers the previous one);
 * then chunk lines ``["table", [row, ...]]`` for the primary-key tables (in the index's order)
   and ``["sync_event", stream_id, floor, [row, ...]]`` per stream log, at most
   :data:`CHUNK_ROWS` rows a line; a row is its column values, as in the log's deltas;

@@ -1,5 +1,6 @@
-"""A log's identity and its head mark (ADR-0039): a data directory whose pieces come from two logs,
-or whose log went back in time, is refused (:class:`DamagedLog`) instead of served.
+"""A log's identity and its head mark (ADR-0039; DUR-1 across a data directory's files): a directory
+whose pieces come from two logs, or whose log went back in time, is refused (:class:`DamagedLog`)
+instead of served.
 
 * **Log id.**  ``meta.log_id`` is made with the log and written into every snapshot's header; a
   snapshot (or head mark) naming another id is another log's, whatever its offset and hash say.
