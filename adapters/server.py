@@ -640,6 +640,7 @@ class SyncServer:
                                        revocations=RevocationList(cfg.data_dir / REVOKED_JTI_FILE))
             self._store = LogStore.open(cfg.data_dir)
             self._store.stall_while = cfg.stall_commits_while
+            self._store.on_mark_error = self._mark_failed
         except DamagedLog as exc:
             raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} (syncref verify-log "
                                "--data DIR says so too; restore the data directory from a backup)") from exc
@@ -781,6 +782,11 @@ class SyncServer:
         text = str(exc) if isinstance(exc, OSError) else repr(exc)
         log.error("writing a state snapshot failed (the commit log is unaffected; the next snapshot tries again): %s",
                   text)
+
+    def _mark_failed(self, exc: OSError) -> None:
+        """The head mark could not be written (the mark thread): the log is whole (ADR-0039)."""
+        self.errors.log("head-mark", logging.WARNING, "writing the head mark syncref.head failed (the commit log is "
+                        f"unaffected; the older mark stays, a weaker check; retried each second): {exc}")
 
     def _snapshot_strangers(self, names: list[str]) -> None:
         """Snapshots ``prune`` kept because they are not provably this log's (its thread, ADR-0039)."""

@@ -632,6 +632,7 @@ class LogStore:
         self._marked_at = -float("inf")  # when (time.monotonic)
         self.marks = 0  # head marks written
         self.mark_errors = 0  # of them, failed (the older mark stays; the next one retries)
+        self.on_mark_error: Callable[[OSError], None] | None = None  # told each failure (the server logs it)
         self.path = path
         self.clean_at_open = clean_at_open
         self.readonly = readonly
@@ -861,8 +862,10 @@ class LogStore:
             self._marked_at = now
             try:
                 write_head_mark(self.path.parent, HeadMark(self.log_id, offset, digest))
-            except OSError:
+            except OSError as exc:
                 self.mark_errors += 1
+                if self.on_mark_error is not None:
+                    self.on_mark_error(exc)
                 return False
             self._marked = offset
             self.marks += 1

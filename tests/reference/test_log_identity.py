@@ -410,3 +410,34 @@ def test_a_serving_writer_marks_the_durable_head_on_its_own_thread(tmp_path: Pat
     conn.close()
     with pytest.raises(DamagedLog, match="says record 7 was durable"):
         LogStore.open(data)
+
+
+def test_a_failed_head_mark_write_is_counted_told_and_leaves_the_older_mark(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that refuses the mark's write: the commit is unaffected, the failure is counted and told
+    (the server logs it), the older mark stays, and the next interval retries."""
+    import reference.durability as durability
+
+    data = tmp_path / "data"
+    grow(data, 3, "a")  # mark at 3 (clean shutdown)
+    store = LogStore.open(data)
+    store.head_mark_s = 0.0
+    told: list[OSError] = []
+    store.on_mark_error = told.append
+    real = durability.write_head_mark
+
+    def full(directory: Path, mark: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(durability, "write_head_mark", full)
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    eng.admin_call(WRITER, "append_sync_event", ("t.0", "late", "{}", None, None))
+    writer.append(eng.take_records())
+    assert writer.flush() == 4  # durable all the same
+    assert store.mark_errors == 1 and [e.errno for e in told] == [28]
+    assert json.loads((data / "syncref.head").read_text())["offset"] == 3  # the older mark
+    monkeypatch.setattr(durability, "write_head_mark", real)
+    assert writer.mark() and json.loads((data / "syncref.head").read_text())["offset"] == 4  # retried
+    writer.close()
+    store.close()
