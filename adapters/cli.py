@@ -345,22 +345,30 @@ def verify_log(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": report.ok, "records": report.records, "digest": report.digest,
                           "stored_records": report.stored_records, "stored_digest": report.stored_digest,
-                          "policy": report.policy, "clean_shutdown": report.clean_shutdown,
+                          "policy": report.policy, "clean_shutdown": report.clean_shutdown, "log_id": report.log_id,
                           "mismatch": None if mismatch is None else {"offset": mismatch.offset,
                                                                      "reason": mismatch.reason},
                           "snapshots": [{"file": c.file, "offset": c.offset, "status": c.status, "reason": c.reason}
-                                        for c in report.snapshots]}, indent=1))
+                                        for c in report.snapshots],
+                          "head_mark": None if report.head_mark is None else {
+                              "file": report.head_mark.file, "offset": report.head_mark.offset,
+                              "status": report.head_mark.status, "reason": report.head_mark.reason}}, indent=1))
     else:
         print(f"records: {report.records} re-executed of {report.stored_records} stored")
         print(f"digest:  {report.digest}")
         if report.digest != report.stored_digest:
             print(f"stored:  {report.stored_digest}")
         print(f"policy:  {report.policy}; last shutdown {'clean' if report.clean_shutdown else 'unclean'}")
+        print(f"log id:  {report.log_id or 'none yet (a log made before log ids gets one when next served)'}")
         if mismatch is not None:
             print(f"MISMATCH at offset {mismatch.offset}: {mismatch.reason}")
         for check in report.snapshots:
             print(f"snapshot {check.file} (offset {check.offset}): {check.status}"
                   + (f": {check.reason}" if check.reason else ""))
+        if report.head_mark is not None:
+            mark = report.head_mark
+            print(f"head mark {mark.file} (offset {mark.offset}): {mark.status}"
+                  + (f": {mark.reason}" if mark.reason else ""))
         print("verify-log:", "OK" if report.ok else "FAILED")
     return 0 if report.ok else 1
 

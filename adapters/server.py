@@ -664,6 +664,7 @@ class SyncServer:
                                        revocations=RevocationList(cfg.data_dir / REVOKED_JTI_FILE))
             self._store = LogStore.open(cfg.data_dir)
             self._store.stall_while = cfg.stall_commits_while
+            self._store.on_mark_error = self._mark_failed
         except DamagedLog as exc:
             raise DataDirError(f"the commit log in {cfg.data_dir} cannot be recovered: {exc} (syncref verify-log "
                                "--data DIR says so too; restore the data directory from a backup)") from exc
@@ -690,7 +691,8 @@ class SyncServer:
             self._snapshots = Snapshotter(snapshot_dir(self._store), cfg.snapshot_every, cfg.snapshot_keep,
                                           self._writer.wait_durable,
                                           recovery.snapshot_offset if recovery is not None else 0,
-                                          on_error=self._snapshot_failed)
+                                          on_error=self._snapshot_failed, log_id=self._store.log_id,
+                                          legacy=self._store.legacy_snapshots, on_strangers=self._snapshot_strangers)
             self._engine.on_close = self._engine_closed
             self._engine.on_internal_error = self._internal_error
             self._limit_engine(self._engine)
@@ -804,6 +806,17 @@ class SyncServer:
         text = str(exc) if isinstance(exc, OSError) else repr(exc)
         log.error("writing a state snapshot failed (the commit log is unaffected; the next snapshot tries again): %s",
                   text)
+
+    def _mark_failed(self, exc: OSError) -> None:
+        """The head mark could not be written (the mark thread): the log is whole (ADR-0039)."""
+        self.errors.log("head-mark", logging.WARNING, "writing the head mark syncref.head failed (the commit log is "
+                        f"unaffected; the older mark stays, a weaker check; retried each second): {exc}")
+
+    def _snapshot_strangers(self, names: list[str]) -> None:
+        """Snapshots ``prune`` kept because they are not provably this log's (its thread, ADR-0039)."""
+        log.warning("snapshot(s) %s not pruned: not this log's (another log id, an unreadable header, or no id and "
+                    "not bound to this log); the next start refuses the directory if they name another log -- "
+                    "move them out of DIR/snapshots", ", ".join(names))
 
     def _durable_from_thread(self, offset: int, batch: Sequence[TxRecord]) -> None:
         self.batch_sizes.append(len(batch))  # deque.append is atomic: safe from the writer thread

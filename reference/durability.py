@@ -28,6 +28,12 @@ before it is on disk.  A brand-new data directory is clean (there is nothing to 
 retention), so the data directory pins it: :func:`restart` stores the policy in ``meta`` the
 first time and refuses a different one later; ``syncref verify-log`` replays under it.
 
+**Identity and head mark** (ADR-0039).  A log gets a random id (``meta.log_id``) when it is made;
+every snapshot names it.  ``DIR/syncref.head`` records, outside SQLite, a record the log held
+durably (rewritten about once a second by the writer's own thread, and at a clean shutdown).
+:meth:`LogStore.open` refuses a directory whose snapshots or head mark name another log, are past
+the log's head, or name another hash at a record the log holds (:func:`check_evidence`).
+
 One process owns a data directory at a time (an ``flock`` on ``DIR/syncref.lock``, released by
 the kernel even on SIGKILL); read-only opens (``verify-log``) take no lock and change nothing.
 """
@@ -41,6 +47,7 @@ import gc
 import itertools
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -68,6 +75,8 @@ from spec.values import Row
 
 DB_FILE = "syncref.sqlite3"
 LOCK_FILE = "syncref.lock"
+HEAD_FILE = "syncref.head"  # the head mark: the log's durable head as last recorded outside SQLite (ADR-0039)
+HEAD_MARK_S = 1.0  # the head mark is rewritten at most this often while records commit (and at a clean shutdown)
 FORMAT = "2"  # 2: the schema-2 row shapes of ADR-0003 (a format-1 log holds schema-1 rows)
 
 _SCHEMA = """
@@ -122,10 +131,72 @@ class DamagedLog(RuntimeError):
     re-create an empty ``commit_log`` and recover over it as if the log had never held anything."""
 
 
-def check_tables(conn: sqlite3.Connection, path: Path) -> None:
+def new_log_id() -> str:
+    """A fresh log id: 128 random bits, hex (ADR-0039)."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadMark:
+    """``DIR/syncref.head``: a record the log ``log_id`` held durably (its offset and hash), written
+    outside SQLite after the COMMIT that made it durable (ADR-0039).  A log whose head is before it
+    lost acknowledged records; one that holds another hash there is another history."""
+
+    log_id: str
+    offset: int
+    hash: str
+
+
+def read_head_mark(directory: Path) -> HeadMark | None:
+    """The data directory's head mark (None: there is none); :class:`DamagedLog` if it does not parse
+    (it is only ever written whole: a temp file fsynced, then renamed into place)."""
+    path = directory / HEAD_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        d = json.loads(data)
+        if not isinstance(d, dict) or not isinstance(d.get("log_id"), str) or type(d.get("offset")) is not int \
+                or d["offset"] < 1 or not isinstance(d.get("hash"), str):
+            raise ValueError("not a head mark")
+        return HeadMark(d["log_id"], d["offset"], d["hash"])
+    except ValueError as exc:
+        raise DamagedLog(f"{directory} is damaged: its head mark {path} does not parse ({exc}); it is only ever "
+                         "written whole, so the disk changed it: check the disk, then remove "
+                         f"{HEAD_FILE} to start without the check it makes (ADR-0039)") from None
+
+
+def write_head_mark(directory: Path, mark: HeadMark) -> None:
+    """Replace the head mark: a temp file written and fsynced, then renamed over the old one.  The
+    directory is not fsynced: after a power cut the name may still be the previous mark, an older
+    record -- a weaker check, never a false one."""
+    tmp = directory / (HEAD_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write((_dumps({"log_id": mark.log_id, "offset": mark.offset, "hash": mark.hash}) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / HEAD_FILE)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the open's checks (:func:`check_tables`) found: the log's id in ``meta`` (None: a log
+    made before ids, or no log yet); ``adopt``, the one id the directory's snapshots and head mark
+    name while bound to the log by the hash chain (what an id-less log takes on its first writable
+    open); ``legacy``, the id-less snapshot files bound to it by the chain (``prune`` may drop them)."""
+
+    log_id: str | None = None
+    adopt: str | None = None
+    legacy: frozenset[str] = frozenset()
+
+
+def check_tables(conn: sqlite3.Connection, path: Path, readonly: bool = False) -> Evidence:
     """:class:`DamagedLog` if the database at ``path`` holds one of the log's tables without the other
     (:class:`DamagedLog` says when that is damage); a database with both, or neither (a new or
-    empty file, another program's database), passes."""
+    empty file, another program's database), passes.  Then the directory's snapshots and head mark
+    are checked against the log (:func:`check_evidence`; ``readonly``: without its step 3, which
+    ``verify-log`` makes during its replay)."""
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "meta" in tables and "commit_log" not in tables:
         raise DamagedLog(f"{path} is damaged: it has syncref's meta table but no commit_log table (the records "
@@ -137,9 +208,13 @@ def check_tables(conn: sqlite3.Connection, path: Path) -> None:
     if not _has_format(conn, tables) and ("commit_log" not in tables
                                           or conn.execute("SELECT 1 FROM commit_log LIMIT 1").fetchone() is None):
         check_snapshots_have_a_log(path, "an empty log")
+    log_id = None
+    if "meta" in tables:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+        log_id = None if row is None else str(row[0])
     if "commit_log" in tables:
-        head = conn.execute('SELECT max("offset") FROM commit_log').fetchone()[0]
-        check_snapshots_within(path, 0 if head is None else int(head))
+        return check_evidence(conn, path, log_id, histories=not readonly)
+    return Evidence(log_id)
 
 
 def _has_format(conn: sqlite3.Connection, tables: set[str]) -> bool:
@@ -148,37 +223,163 @@ def _has_format(conn: sqlite3.Connection, tables: set[str]) -> bool:
 
 def check_snapshots_have_a_log(path: Path, what: str) -> None:
     """:class:`DamagedLog` if the data directory of ``path`` holds a snapshot file (``snap-N.json``,
-    N > 0) while its log is ``what`` (missing, or never written): a snapshot is renamed into place
-    only once its record is durable in the log (ADR-0011), so the log it was taken from is lost --
-    not a new directory, which a fresh log over it would pretend (and its first snapshot would
+    N > 0) or a head mark while its log is ``what`` (missing, or never written): both are written only
+    once their record is durable in the log (ADR-0011, ADR-0039), so the log they were taken from is
+    lost -- not a new directory, which a fresh log over it would pretend (and its first snapshot would
     prune the old ones, the last copy of that state)."""
     names = [p.name for offset, p in snapshot.listing(path.parent / snapshot.SNAPSHOT_DIR) if offset > 0]
+    mark = read_head_mark(path.parent)
     if names:
-        raise DamagedLog(f"{path.parent} is damaged: it holds snapshots of a log ({', '.join(names)}) but {what} at "
-                         f"{path}: the log they were taken from is lost (move the snapshots away only to start "
-                         "a new, empty log)")
+        also = f", and a head mark {HEAD_FILE} (record {mark.offset})" if mark is not None else ""
+        raise DamagedLog(f"{path.parent} is damaged: it holds snapshots of a log ({', '.join(names)}){also} but "
+                         f"{what} at {path}: the log they were taken from is lost (move the snapshots away"
+                         f"{' and remove ' + HEAD_FILE if mark is not None else ''} only to start a new, empty log)")
+    if mark is not None:
+        raise DamagedLog(f"{path.parent} is damaged: its head mark {HEAD_FILE} says log {mark.log_id} held record "
+                         f"{mark.offset} durably, but {what} at {path}: the log is lost (restore it from a backup; "
+                         f"remove {HEAD_FILE} only to start a new, empty log)")
 
 
-def check_snapshots_within(path: Path, head: int) -> None:
-    """:class:`DamagedLog` if the data directory of ``path`` holds a snapshot file past ``head``, the
-    log's last record (ADR-0037).  A snapshot is renamed into place only once its record is durable in
-    the log (ADR-0011), so the log lost acknowledged records (cut short, a deleted -wal, an older copy
-    restored) -- or the snapshot is another log's: it names only the hash of its own record, which
-    this log no longer holds, so the two cannot be told apart, and both are refused (passing it over
-    would serve the shorter history, and the first new snapshot would prune the last copy of the
-    state).  The name is the evidence, as for :func:`check_snapshots_have_a_log`: the file is not read."""
-    past = [(offset, p) for offset, p in snapshot.listing(path.parent / snapshot.SNAPSHOT_DIR) if offset > head]
+def _trusted(path: Path, head: dict[str, Any] | None) -> bool:
+    """A header that disagrees with the log is believed only if the file's checksum holds (else the
+    file is corrupt, and passed over as before)."""
+    return head is not None and snapshot.intact(path)
+
+
+def _header_at(offset: int, path: Path) -> dict[str, Any] | None:
+    """The snapshot's header if it parses, names a well-formed log id (or none) and the offset of its
+    file name; else None (a corrupt or misnamed file: restart passes it over, naming why)."""
+    try:
+        head = snapshot.header(path)
+        snapshot.header_log_id(head)
+    except (snapshot.SnapshotError, ValueError):
+        return None
+    return head if head.get("offset") == offset and isinstance(head.get("head_hash"), str) else None
+
+
+def check_evidence(conn: sqlite3.Connection, path: Path, log_id: str | None, histories: bool = True) -> Evidence:
+    """:class:`DamagedLog` if the directory's snapshots or head mark contradict the log at ``path``
+    (ADR-0037, ADR-0039), in this order:
+
+    1. **another log's**: a snapshot (checksum intact) or the head mark names a log id other than
+       ``log_id`` -- two data directories mixed;
+    2. **records lost**: a snapshot file (by its name: ADR-0037) or the head mark is past the log's
+       last record -- both are written only once their record is durable;
+    3. **another history**: a snapshot (checksum intact) or the head mark at an offset the log holds
+       names another hash there than the log's (a copy of the directory that went on separately
+       keeps the id; or the log was rewritten).
+
+    A log without an id (made before ids) and id-less snapshots are judged by 2 and 3 alone.
+    Without ``histories`` (a read-only open: ``verify-log``) step 3 is left to the replay, which
+    reports each snapshot's and the head mark's chain head against the re-executed one and so
+    still shows where the log itself differs (a ``MISMATCH``) instead of stopping at the open.
+    The snapshot files and the mark are read before the log's head, so a reader beside a running
+    server never sees a mark or snapshot newer than the head it reads.  Per snapshot: one header
+    line and one primary-key lookup; the whole file only when it contradicts the log."""
+    directory = path.parent
+    mark = read_head_mark(directory)
+    snaps = [(offset, p, _header_at(offset, p))
+             for offset, p in snapshot.listing(directory / snapshot.SNAPSHOT_DIR) if offset > 0]
+    top = conn.execute('SELECT max("offset") FROM commit_log').fetchone()[0]
+    head = 0 if top is None else int(top)
+    if log_id is not None:
+        strangers = []
+        for _offset, p, h in snaps:
+            theirs = None if h is None else snapshot.header_log_id(h)
+            if theirs is not None and theirs != log_id and _trusted(p, h):
+                strangers.append(("snapshot", p.name, f"move {p.parent.name}/{p.name} aside", theirs))
+        if mark is not None and mark.log_id != log_id:
+            strangers.append(("head mark", HEAD_FILE, f"remove {HEAD_FILE}", mark.log_id))
+        if strangers:
+            raise DamagedLog(_foreign(path, strangers, log_id))
+    past = [(offset, p, h) for offset, p, h in snaps if offset > head]
+    if past or (mark is not None and mark.offset > head):
+        raise DamagedLog(_lost(path, head, past, mark if mark is not None and mark.offset > head else None, log_id))
+    ids: set[str] = set()
+    legacy: set[str] = set()
+    pieces: list[tuple[int, str, str | None, str, Path | None]] = []
+    if mark is not None and histories:
+        pieces.append((mark.offset, mark.hash, mark.log_id, "head mark", None))
+    for offset, p, h in snaps:
+        if h is not None and histories:
+            pieces.append((offset, str(h["head_hash"]), snapshot.header_log_id(h), "snapshot", p))
+    for offset, digest, theirs, noun, file in pieces:
+        stored = conn.execute('SELECT hash FROM commit_log WHERE "offset" = ?', (offset,)).fetchone()
+        if stored is not None and stored[0] == digest:
+            if theirs is None and file is not None:
+                legacy.add(file.name)
+            elif theirs is not None and log_id is None and (file is None or snapshot.intact(file)):
+                ids.add(theirs)
+            continue
+        if file is not None and not snapshot.intact(file):
+            continue  # corrupt: passed over by restart, as before
+        name, away = (HEAD_FILE, f"remove {HEAD_FILE}") if file is None else \
+            (file.name, f"move {file.parent.name}/{file.name} aside")
+        raise DamagedLog(_diverged(path, noun, name, away, offset, digest,
+                                   None if stored is None else str(stored[0]), theirs, log_id))
+    if log_id is None and len(ids) > 1:
+        raise DamagedLog(f"{directory} is damaged: its snapshots and head mark name more than one log "
+                         f"({', '.join(sorted(ids))}) while bound to the log at {path}, which has no log id yet: "
+                         "copies of one data directory mixed; move aside the ones that are not this directory's")
+    return Evidence(log_id, next(iter(ids)) if log_id is None and ids else None, frozenset(legacy))
+
+
+_HOW = ("records are kept in a snapshot or the head mark only once they are durable in the log, so the log "
+        "lost acknowledged records")
+_CAUSES = f"cut short, a deleted -wal file, an older copy of {DB_FILE} restored"
+
+
+def _foreign(path: Path, strangers: list[tuple[str, str, str, str]], mine: str) -> str:
+    """The message for files of another log: the first named in full, the others after it."""
+    noun, name, _, theirs = strangers[0]
+    also = "".join(f"; so does {n} {nm} (log id {t})" for n, nm, _, t in strangers[1:])
+    aways = " and ".join(a for _, _, a, _ in strangers)
+    which = f"the {noun} is the stranger" if len(strangers) == 1 else "they are the strangers"
+    return (f"{path.parent} is damaged: {noun} {name} belongs to another log (log id {theirs}) than the log at "
+            f"{path} (log id {mine}){also}: the data directory mixes two logs -- files copied in from another data "
+            f"directory, or another directory's {DB_FILE} restored here; if {which}, {aways}; "
+            f"if the log is, restore the log {theirs} in its place (syncref verify-log --data DIR --json prints a "
+            "directory's log_id)")
+
+
+def _lost(path: Path, head: int, past: list[tuple[int, Path, dict[str, Any] | None]], mark: HeadMark | None,
+          log_id: str | None) -> str:
+    parts, aside = [], []
+    top = max([offset for offset, _, _ in past] + ([mark.offset] if mark is not None else []))
     if past:
-        offset, newest = past[0]  # listing: newest first
-        more = f" (and {', '.join(p.name for _, p in past[1:])})" if len(past) > 1 else ""
-        raise DamagedLog(
-            f"{path.parent} is damaged: snapshot {newest.name}{more} holds the state after record {offset} but the "
-            f"log at {path} ends at record {head}; a snapshot is kept only once its record is durable, so the log "
-            f"probably lost acknowledged records {head + 1}-{offset} (cut short, a deleted -wal file, an older "
-            "copy restored) -- syncref cannot tell that from a snapshot of another log, since the snapshot names "
-            f"only the hash of record {offset}; restore the log from a backup, or move {newest.parent.name}/"
-            f"{newest.name}{' and the others past it' if more else ''} aside to start from the shorter log and "
-            "accept the loss knowingly")
+        offset, newest, _ = past[0]  # listing: newest first
+        more = f" (and {', '.join(p.name for _, p, _ in past[1:])})" if len(past) > 1 else ""
+        parts.append(f"snapshot {newest.name}{more} holds the state after record {offset}")
+        aside.append(f"move {newest.parent.name}/{newest.name}{' and the others past it' if more else ''} aside")
+    if mark is not None:
+        parts.append(f"its head mark {HEAD_FILE} says record {mark.offset} was durable")
+        aside.append(f"remove {HEAD_FILE}")
+    # whose records: known when every piece past the head names this log (a snapshot's id only if intact)
+    known = log_id is not None and all(h is not None and snapshot.header_log_id(h) == log_id and snapshot.intact(p)
+                                       for _, p, h in past)
+    if known:
+        whose = f"{_HOW} {head + 1}-{top} ({_CAUSES}) -- they were this log's: they name its log id {log_id}"
+    else:
+        why = ("the log has no log id yet (it was made before log ids)" if log_id is None else
+               f"snapshot {past[0][1].name} names no log id it can be trusted with, only the hash of record "
+               f"{past[0][0]}")
+        whose = (f"{_HOW.replace('so the log lost', 'so the log probably lost')} {head + 1}-{top} ({_CAUSES}) -- "
+                 f"syncref cannot tell that from files of another log, since {why}")
+    return (f"{path.parent} is damaged: {' and '.join(parts)} but the log at {path} ends at record {head}; {whose}; "
+            f"restore the log from a backup that reaches record {top}, or {' and '.join(aside)} to start from the "
+            "shorter log and accept the loss knowingly")
+
+
+def _diverged(path: Path, noun: str, name: str, away: str, offset: int, digest: str, stored: str | None,
+              theirs: str | None, mine: str | None) -> str:
+    held = "no record" if stored is None else f"hash {stored[:16]}..."
+    same = theirs is not None and theirs == mine
+    why = ("a copy of this data directory that went on separately (a copy keeps the log id) or a rewritten log"
+           if same else "another log's, or this log rewritten -- syncref cannot tell which, since "
+           + ("the log has no id yet" if mine is None else "it names no log id"))
+    return (f"{path.parent} is damaged: {noun} {name} names record {offset} with hash {digest[:16]}... but the log "
+            f"at {path} holds {held} there: the two tell different histories ({why}); if the {noun} is the "
+            f"stranger, {away}; if the log is, restore the log it belongs with from a backup")
 
 
 class RecoveryInterrupted(Exception):
@@ -421,8 +622,17 @@ class LogStore:
     the :class:`GroupCommitWriter` is the only writer while it runs."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clean_at_open: bool, readonly: bool,
-                 lock: TextIO | None) -> None:
+                 lock: TextIO | None, log_id: str | None = None, legacy: frozenset[str] = frozenset()) -> None:
         self._conn = conn
+        self.log_id = log_id  # meta.log_id (ADR-0039); None only read-only, for a log made before ids
+        self.legacy_snapshots = legacy  # id-less snapshot files the open found bound by the chain
+        self.head_mark_s = HEAD_MARK_S  # how often the head mark is rewritten while records commit
+        self._mark_lock = threading.Lock()
+        self._marked = 0  # the offset the head mark last written holds
+        self._marked_at = -float("inf")  # when (time.monotonic)
+        self.marks = 0  # head marks written
+        self.mark_errors = 0  # of them, failed (the older mark stays; the next one retries)
+        self.on_mark_error: Callable[[OSError], None] | None = None  # told each failure (the server logs it)
         self.path = path
         self.clean_at_open = clean_at_open
         self.readonly = readonly
@@ -452,12 +662,12 @@ class LogStore:
                                    check_same_thread=False)
             try:
                 conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-                check_tables(conn, path)
+                found = check_tables(conn, path, readonly=True)
                 marker = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
             except BaseException:
                 conn.close()
                 raise
-            return cls(conn, path, marker is not None and marker[0] == "1", True, None)
+            return cls(conn, path, marker is not None and marker[0] == "1", True, None, found.log_id, found.legacy)
         d.mkdir(parents=True, exist_ok=True)
         lock = open(d / LOCK_FILE, "a")  # noqa: SIM115 -- held for the store's lifetime
         try:
@@ -478,7 +688,7 @@ class LogStore:
                 raise RuntimeError(f"could not put {path} in WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            check_tables(conn, path)  # before the schema's CREATE TABLE IF NOT EXISTS could hide a lost table
+            found = check_tables(conn, path)  # before the schema's CREATE TABLE IF NOT EXISTS could hide a lost table
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -490,6 +700,10 @@ class LogStore:
             elif meta["format"] != FORMAT:
                 raise RuntimeError(f"{path} has log format {meta['format']}, this build reads {FORMAT}")
             clean = fresh or meta.get("clean_shutdown") == "1"
+            log_id = meta.get("log_id")
+            if log_id is None:  # a new log, or one made before ids: its own from now on (ADR-0039)
+                log_id = found.adopt or new_log_id()
+                conn.execute("INSERT INTO meta (key, value) VALUES ('log_id', ?)", (log_id,))
             conn.execute("DELETE FROM meta WHERE key = 'clean_shutdown'")
             conn.execute("COMMIT")
         except BaseException:
@@ -498,7 +712,7 @@ class LogStore:
             conn.close()
             lock.close()
             raise
-        return cls(conn, path, clean, False, lock)
+        return cls(conn, path, clean, False, lock, log_id, found.legacy)
 
     # --- reading ---
 
@@ -633,6 +847,30 @@ class LogStore:
             time.sleep(0.005)
         self._conn.execute(sql, params)
 
+    def mark_head(self, offset: int, digest: str, *, due: bool = False) -> bool:
+        """Record in the head mark (``DIR/syncref.head``, ADR-0039) that record ``offset``, whose hash is
+        ``digest``, is durable -- call it only once it is.  With ``due``, only if :attr:`head_mark_s`
+        has passed since the last mark (the group-commit writer asks after each COMMIT: no fsync per
+        commit).  Never moves the mark back.  A failed write is counted (``mark_errors``) and leaves
+        the older mark, a weaker check; the next one retries.  Returns whether one was written."""
+        if self.readonly or self._closed or self.log_id is None or offset < 1:
+            return False
+        with self._mark_lock:
+            now = time.monotonic()
+            if offset <= self._marked or (due and now - self._marked_at < self.head_mark_s):
+                return False
+            self._marked_at = now
+            try:
+                write_head_mark(self.path.parent, HeadMark(self.log_id, offset, digest))
+            except OSError as exc:
+                self.mark_errors += 1
+                if self.on_mark_error is not None:
+                    self.on_mark_error(exc)
+                return False
+            self._marked = offset
+            self.marks += 1
+            return True
+
     def set_meta(self, key: str, value: str) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
@@ -646,9 +884,10 @@ class LogStore:
     def close_clean(self, committed: int) -> None:
         """Set the clean-shutdown marker and close.  ``committed`` is the engine's committed offset:
         the marker promises the log holds every transaction, so it must equal the stored head."""
-        stored = self.last()[0]
+        stored, digest = self.last()
         if stored != committed:
             raise RuntimeError(f"clean shutdown with committed offset {committed} but log head {stored}")
+        self.mark_head(stored, digest)  # after a clean shutdown the mark is the head: any cut is seen
         self.set_meta("clean_shutdown", "1")
         self.close()
 
@@ -699,6 +938,7 @@ class GroupCommitWriter:
         self._queue: list[TxRecord] = []
         self._appended, self._last_hash = store.last()
         self._durable = self._appended
+        self._durable_hash = self._last_hash  # the hash of record _durable (what the head mark records)
         self._error: BaseException | None = None
         self._closed = False
         self.batches = 0  # COMMITs that wrote records
@@ -713,9 +953,27 @@ class GroupCommitWriter:
         self.gathered = 0  # COMMITs that waited for more records (and how long, in total)
         self.gather_waited_s = 0.0
         self._thread: threading.Thread | None = None
+        self._marker: threading.Thread | None = None
+        self._stop_marking = threading.Event()
         if background:
             self._thread = threading.Thread(target=self._run, name="syncref-group-commit", daemon=True)
             self._thread.start()
+            self._marker = threading.Thread(target=self._mark_loop, name="syncref-head-mark", daemon=True)
+            self._marker.start()
+
+    def _mark_loop(self) -> None:
+        """Every ``head_mark_s``, record the durable head in the head mark if it moved (ADR-0039): on
+        its own thread, so no COMMIT waits for the mark's write and fsync, and a burst of commits
+        followed by silence is marked too.  The mark lags the durable head by at most about one
+        interval (plus one mark write)."""
+        while not self._stop_marking.wait(self._store.head_mark_s):
+            self.mark()
+
+    def mark(self) -> bool:
+        """Record the durable head in the head mark now (if it moved); whether a mark was written."""
+        with self._cv:
+            offset, digest = self._durable, self._durable_hash
+        return self._store.mark_head(offset, digest)
 
     @property
     def durable_offset(self) -> int:
@@ -800,12 +1058,15 @@ class GroupCommitWriter:
                 self._last_commit_s = time.monotonic() - started
                 self._last_batch = len(batch)
                 self._durable = offset
+                self._durable_hash = batch[-1].hash
                 self.batches += 1
                 self.written += len(batch)
                 self._cv.notify_all()
             if self._on_durable is not None:
                 self._on_durable(offset, batch)
             self._store.checkpoint_if_due()  # after the hand-back: its records wait for no checkpoint
+            if self._thread is None:  # else the mark thread marks, off the commit path (ADR-0039)
+                self._store.mark_head(offset, batch[-1].hash, due=True)  # at most every head_mark_s
         except BaseException as exc:
             with self._cv:
                 self._error = exc
@@ -877,6 +1138,9 @@ class GroupCommitWriter:
                 self._closed = True
                 self._cv.notify_all()
             self._thread.join()
+        if self._marker is not None:
+            self._stop_marking.set()
+            self._marker.join()
         with self._cv:
             self._closed = True
             if self._error is not None:
@@ -1003,6 +1267,9 @@ def snapshot_dir(store: LogStore) -> Path:
 def check_binding(store: LogStore, image: snapshot.Image, name: str) -> None:
     """A snapshot is usable only for the log it was taken from: record ``offset`` must be stored with
     the hash the snapshot names (the chain head, which commits to the whole prefix)."""
+    if image.log_id is not None and store.log_id is not None and image.log_id != store.log_id:
+        raise snapshot.SnapshotError(name, f"taken from another log (log id {image.log_id}, this log is "
+                                           f"{store.log_id})")
     stored = store.hash_at(image.offset)
     if stored is None:
         raise snapshot.SnapshotError(name, f"its offset {image.offset} is past the log head {store.last()[0]}")

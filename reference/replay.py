@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from reference import reducers as r
 from reference import snapshot
 from reference.db import Db, Txn
-from reference.durability import FORMAT, LogCorruption, LogStore, decode_changes
+from reference.durability import FORMAT, HEAD_FILE, LogCorruption, LogStore, decode_changes, read_head_mark
 from reference.log import GENESIS, RowChange, TxRecord, args_text, chain_hash, delta_text, delta_text_of, floors_after
 from spec.errors import SyncError
 from spec.policy import DEFAULT_POLICY, Policy
@@ -75,11 +75,13 @@ class VerifyReport:
     clean_shutdown: bool
     mismatch: Mismatch | None
     snapshots: tuple[SnapshotCheck, ...] = ()
+    log_id: str | None = None  # meta.log_id (ADR-0039); None: a log made before ids, not yet served
+    head_mark: SnapshotCheck | None = None  # DIR/syncref.head's record against the replay (None: no mark)
 
     @property
     def ok(self) -> bool:
         return (self.mismatch is None and self.digest == self.stored_digest and self.records == self.stored_records
-                and all(s.ok for s in self.snapshots))
+                and all(s.ok for s in self.snapshots) and (self.head_mark is None or self.head_mark.ok))
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,13 +386,20 @@ def verify_log(data_dir: str | os.PathLike[str],
                 else:
                     images[offset] = (name, data)
 
+            mark = read_head_mark(store.path.parent)  # the open checked its id and that it is within the log
+            marked: list[SnapshotCheck] = []
+
             def at_snapshot(offset: int, db: Db, head: str) -> None:
+                if mark is not None and offset == mark.offset:
+                    marked.append(SnapshotCheck(HEAD_FILE, offset, "match") if head == mark.hash else SnapshotCheck(
+                        HEAD_FILE, offset, "mismatch", f"chain head at {offset} is {head[:16]}..., the head mark "
+                                                       f"names {mark.hash[:16]}... (another history, ADR-0039)"))
                 found = images.get(offset)
                 if found is None:
                     return
                 name, held = found
                 if isinstance(held, bytes):
-                    if snapshot.matches(held, db, offset, head):
+                    if snapshot.matches(held, db, offset, head, store.log_id):
                         checks[name] = SnapshotCheck(name, offset, "match")
                         return
                     image = decoded(offset, name, held)
@@ -406,7 +415,8 @@ def verify_log(data_dir: str | os.PathLike[str],
                 diff = snapshot.differs(image, db)
                 checks[name] = SnapshotCheck(name, offset, "match" if diff is None else "mismatch", diff or "")
 
-            result = replay(records, policy, at_snapshot if images else None, images.keys())
+            at = set(images) | ({mark.offset} if mark is not None else set())
+            result = replay(records, policy, at_snapshot if at else None, at)
             for offset, (name, held) in images.items():
                 if name not in checks and (not isinstance(held, bytes) or decoded(offset, name, held) is not None):
                     checks[name] = SnapshotCheck(name, offset, "unreached",
@@ -416,6 +426,8 @@ def verify_log(data_dir: str | os.PathLike[str],
             _, stored_digest = store.last()
             return VerifyReport(result.records, result.digest, stored_records, stored_digest,
                                 "stored" if stored is not None else "default", store.clean_at_open,
-                                result.mismatch, tuple(sorted(checks.values(), key=lambda c: c.offset)))
+                                result.mismatch, tuple(sorted(checks.values(), key=lambda c: c.offset)), store.log_id,
+                                marked[0] if marked else None if mark is None else SnapshotCheck(
+                                    HEAD_FILE, mark.offset, "unreached", f"past the {result.records} records replayed"))
     finally:
         store.close()

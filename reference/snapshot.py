@@ -8,9 +8,10 @@ re-executed state with every snapshot at its offset (replay parity across the bo
 
 **File.**  ``DIR/snapshots/snap-<offset, 12 digits>.json``, line-oriented UTF-8 JSON:
 
-* line 1, the header: ``{"format": 1, "log_format": "2", "offset": N, "head_hash": H,
-  "epoch_floor": E, "version_floor": V, "rows": R}`` -- ``H`` is the stored hash of record ``N``,
-  which commits to the whole prefix 1..N (each hash covers the previous one);
+* line 1, the header: ``{"format": 1, "log_format": "2", "log_id": L, "offset": N, "head_hash": H,
+  "epoch_floor": E, "version_floor": V, "rows": R}`` -- ``L`` is the id of the log it was taken from
+  (``meta.log_id``, ADR-0039; absent in files written before ids), ``H`` the stored hash of record
+  ``N``, which commits to the whole prefix 1..N (each hash covers the previous one);
 * then chunk lines ``["table", [row, ...]]`` for the primary-key tables (in the index's order)
   and ``["sync_event", stream_id, floor, [row, ...]]`` per stream log, at most
   :data:`CHUNK_ROWS` rows a line; a row is its column values, as in the log's deltas;
@@ -74,19 +75,21 @@ class Image:
     version_floor: int
     tables: tuple[tuple[str, tuple[Row, ...]], ...]  # primary-key tables, rows in index order
     logs: tuple[tuple[str, int, Sequence[SyncEvent]], ...]  # stream id, floor, retained events (oldest first)
+    log_id: str | None = None  # the id of the log it was taken from (ADR-0039); None: written before ids
 
     @property
     def rows(self) -> int:
         return sum(len(rows) for _, rows in self.tables) + sum(len(events) for _, _, events in self.logs)
 
 
-def capture(db: Db, offset: int, head_hash: str) -> Image:
-    """The image of ``db`` as it is now (call it between transactions, on the engine's thread).
+def capture(db: Db, offset: int, head_hash: str, log_id: str | None = None) -> Image:
+    """The image of ``db`` as it is now (call it between transactions, on the engine's thread), taken
+    from the log whose id is ``log_id`` (ADR-0039).
     Each stream's events are a copy of its column store (``StreamLog.copy``: it shares the full
     chunks, so capturing costs little), read row by row as the file is written."""
     return Image(offset, head_hash, db.epoch_floor, db.version_floor,
                  tuple((name, tuple(index.values())) for name, index in db.pk.items()),
-                 tuple((sid, log.floor, log.copy().events) for sid, log in db.logs.items()))
+                 tuple((sid, log.floor, log.copy().events) for sid, log in db.logs.items()), log_id)
 
 
 def restore(image: Image) -> Db:
@@ -148,9 +151,11 @@ def _chunks(image: Image) -> Iterator[str]:
 def encode(image: Image) -> Iterator[bytes]:
     """The file's bytes, line by line (the trailer last)."""
     digest = hashlib.sha256()
-    header = {"format": SNAPSHOT_FORMAT, "log_format": LOG_FORMAT, "offset": image.offset,
-              "head_hash": image.head_hash, "epoch_floor": image.epoch_floor, "version_floor": image.version_floor,
-              "rows": image.rows}
+    header: dict[str, Any] = {"format": SNAPSHOT_FORMAT, "log_format": LOG_FORMAT}
+    if image.log_id is not None:  # an image without an id is written as before ids (ADR-0039)
+        header["log_id"] = image.log_id
+    header.update(offset=image.offset, head_hash=image.head_hash, epoch_floor=image.epoch_floor,
+                  version_floor=image.version_floor, rows=image.rows)
     for text in (_ENC.encode(header), *_chunks(image)):
         line = (text + "\n").encode("utf-8")
         digest.update(line)
@@ -158,8 +163,17 @@ def encode(image: Image) -> Iterator[bytes]:
     yield (_ENC.encode({"sha256": digest.hexdigest()}) + "\n").encode("utf-8")
 
 
-def decode(data: bytes, name: str = "snapshot") -> Image:
-    """Parse and check a snapshot file's bytes; :class:`SnapshotError` says what is wrong."""
+def header_log_id(head: dict[str, Any]) -> str | None:
+    """The log id a snapshot's header names (None: a file written before log ids, ADR-0039);
+    ``ValueError`` if it names something that is not an id."""
+    value = head.get("log_id")
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"log_id {value!r} is not a log id")
+    return value
+
+
+def _checked_body(data: bytes, name: str) -> bytes:
+    """The bytes before the trailer, once the trailer's digest matches them (:class:`SnapshotError` if not)."""
     cut = data.rfind(b"\n", 0, len(data) - 1)
     if not data.endswith(b"\n") or cut < 0:
         raise SnapshotError(name, "truncated (no trailer line)")
@@ -170,6 +184,22 @@ def decode(data: bytes, name: str = "snapshot") -> Image:
         raise SnapshotError(name, "truncated or corrupt trailer") from None
     if hashlib.sha256(body).hexdigest() != expected:
         raise SnapshotError(name, "checksum mismatch (the file is corrupt)")
+    return body
+
+
+def intact(path: Path) -> bool:
+    """Whether the file's trailer digest matches its bytes (read whole, rows not decoded): whether
+    what its header says can be trusted."""
+    try:
+        _checked_body(read_bytes(path), path.name)
+    except SnapshotError:
+        return False
+    return True
+
+
+def decode(data: bytes, name: str = "snapshot") -> Image:
+    """Parse and check a snapshot file's bytes; :class:`SnapshotError` says what is wrong."""
+    body = _checked_body(data, name)
     try:
         lines = body.decode("utf-8").splitlines()
         head = json.loads(lines[0])
@@ -199,7 +229,8 @@ def decode(data: bytes, name: str = "snapshot") -> Image:
                 raise ValueError(f"stream {sid!r}: an idempotency key repeats")
         image = Image(int(head["offset"]), str(head["head_hash"]), int(head["epoch_floor"]),
                       int(head["version_floor"]), tuple((t, tuple(tables.get(t, ()))) for t in PK_TABLES),
-                      tuple((sid, floor, tuple(events)) for sid, (floor, events) in logs.items()))
+                      tuple((sid, floor, tuple(events)) for sid, (floor, events) in logs.items()),
+                      header_log_id(head))
         if image.rows != head["rows"]:
             raise ValueError(f"{image.rows} rows, the header says {head['rows']}")
         return image
@@ -263,13 +294,33 @@ def listing(directory: Path) -> list[tuple[int, Path]]:
     return sorted(out, reverse=True)
 
 
-def prune(directory: Path, newest: int, keep: int) -> None:
+def ours(path: Path, log_id: str | None, legacy: frozenset[str] = frozenset()) -> bool:
+    """Whether the snapshot file at ``path`` is provably of the log whose id is ``log_id``: its header
+    names that id, or it names none (a file written before log ids) and is one of ``legacy``, the
+    files the store's open found bound to the log by the hash chain (ADR-0039)."""
+    try:
+        theirs = header_log_id(header(path))
+    except (SnapshotError, ValueError):
+        return False
+    return theirs == log_id if theirs is not None else path.name in legacy
+
+
+def prune(directory: Path, newest: int, keep: int, log_id: str | None = None,
+          legacy: frozenset[str] = frozenset()) -> list[str]:
     """After ``snap-<newest>`` is written: drop all but the ``keep`` newest snapshots at or before it,
     and stray temp files.  A snapshot *past* it is never dropped (nor counted): it is the last copy of
-    records the log lost, and the next start refuses the directory over it (ADR-0037)."""
+    records the log lost, and the next start refuses the directory over it (ADR-0037).  Nor is one that
+    is not provably this log's (:func:`ours`: another log's, an unreadable header, an id-less file the
+    open did not bind): those are kept, not counted, and returned by name (ADR-0039) -- the next start
+    refuses a directory with another log's snapshot, and says which.  Without ``log_id`` (a caller
+    that knows none) every file counts, as before ids."""
     kept = 0
+    strangers = []
     for offset, path in listing(directory):
         if offset > newest:
+            continue
+        if log_id is not None and not ours(path, log_id, legacy):
+            strangers.append(path.name)
             continue
         if kept < keep:
             kept += 1
@@ -278,6 +329,7 @@ def prune(directory: Path, newest: int, keep: int) -> None:
     for tmp in directory.glob("snap-*.tmp"):
         if tmp.name != file_name(newest).replace(".json", ".tmp"):
             tmp.unlink(missing_ok=True)
+    return strangers
 
 
 # --- the background writer ----------------------------------------------------------------------
@@ -295,7 +347,9 @@ class Snapshotter:
 
     def __init__(self, directory: Path, every: int, keep: int, wait_durable: Callable[[int], object],
                  last_offset: int = 0, on_done: Callable[[Path, float], None] | None = None,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None, log_id: str | None = None,
+                 legacy: frozenset[str] = frozenset(),
+                 on_strangers: Callable[[list[str]], None] | None = None) -> None:
         if every < 0 or keep < 1:
             raise ValueError("snapshot_every must be >= 0 and snapshot_keep >= 1")
         self.directory = directory
@@ -306,6 +360,9 @@ class Snapshotter:
         self._wait_durable = wait_durable
         self._on_done = on_done
         self._on_error = on_error
+        self.log_id = log_id  # written into each snapshot's header; prune keeps what is not this log's
+        self._legacy = legacy
+        self._on_strangers = on_strangers  # told the snapshots prune kept as not this log's (ADR-0039)
         self._thread: threading.Thread | None = None
         self.before_rename: Callable[[], None] | None = None  # fault injection seam (tests)
 
@@ -319,7 +376,7 @@ class Snapshotter:
     def maybe(self, db: Db, committed: int, head_hash: str) -> bool:
         if not self.due(committed):
             return False
-        self.take(capture(db, committed, head_hash))
+        self.take(capture(db, committed, head_hash, self.log_id))
         return True
 
     def take(self, image: Image) -> None:
@@ -338,8 +395,10 @@ class Snapshotter:
                 if self.before_rename is not None:
                     self.before_rename()
             path = write(self.directory, image, durable)
-            prune(self.directory, image.offset, self.keep)
+            strangers = prune(self.directory, image.offset, self.keep, self.log_id, self._legacy)
             self.written += 1
+            if strangers and self._on_strangers is not None:
+                self._on_strangers(strangers)
             if self._on_done is not None:
                 self._on_done(path, time.perf_counter() - started)
         except BaseException as exc:  # reported; the log is unaffected
@@ -351,17 +410,17 @@ class Snapshotter:
             self._thread.join(timeout)
 
 
-def matches(data: bytes, db: Db, offset: int, head_hash: str) -> bool:
+def matches(data: bytes, db: Db, offset: int, head_hash: str, log_id: str | None = None) -> bool:
     """Whether ``data`` is, byte for byte, the file :func:`write` makes of ``db`` after record
-    ``offset`` (whose hash is ``head_hash``).  A file that is would :func:`decode` to an image that
-    :func:`differs` finds equal to ``db`` at that head; a file that is not may still be equal (rows
-    in another index order), which only decoding it tells."""
+    ``offset`` (whose hash is ``head_hash``) of the log ``log_id``.  A file that is would :func:`decode`
+    to an image that :func:`differs` finds equal to ``db`` at that head; a file that is not may still be
+    equal (rows in another index order, an id-less file), which only decoding it tells."""
     # line by line, in place: ``data`` is the whole file exactly when each line is found where the
     # lines before it end and nothing follows the last (no joined copy of the file; a line that
     # differs stops the writing there)
     try:
         pos = 0
-        for line in encode(capture(db, offset, head_hash)):
+        for line in encode(capture(db, offset, head_hash, log_id)):
             if not data.startswith(line, pos):
                 return False
             pos += len(line)

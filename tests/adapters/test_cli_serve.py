@@ -560,11 +560,69 @@ def test_a_snapshot_past_the_log_head_is_refused_not_passed_over(tmp_path: Path)
     res = run("serve", "--data", str(data), "--port", "0")
     assert res.returncode == 2 and "Traceback" not in res.stderr and "listening" not in res.stdout, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    for part in ("cannot be recovered", snap.name, "ends at record 1", "restore", "move", "cannot tell"):
+    # the snapshot names this log's id (ADR-0039): a loss, no longer "cannot tell" from another log's
+    for part in ("cannot be recovered", snap.name, "ends at record 1", "restore", "move", "they were this log's"):
         assert part in res.stderr, (part, res.stderr)
     assert {p: p.read_bytes() for p in before} == before  # nothing written (the -shm is SQLite's index)
     checked = run("verify-log", "--data", str(data))
     assert checked.returncode == 1 and snap.name in checked.stderr, checked.stderr
+
+
+def _log_id(data: Path) -> str:
+    import sqlite3
+    db = sqlite3.connect(data / "syncref.sqlite3")
+    try:
+        return str(db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_another_logs_snapshot_and_an_older_log_are_refused_by_serve(tmp_path: Path) -> None:
+    """ADR-0039 as an operator meets it.  (1) A served directory's snapshot copied into another data
+    directory (a log of 10 records, no snapshot of its own).  Failed before: ``serve`` logged "snapshot
+    snap-3.json not used (not bound to this log ...)" and served -- and its first snapshot would prune
+    the stranger.  (2) A served directory without snapshots whose log then lost its tail (an older copy
+    restored).  Failed before: served the one record left.  Now one line each, exit 2, nothing written;
+    ``verify-log`` exits 1 and its --json names the log id the message names."""
+    import shutil
+    import sqlite3
+
+    from support.logfiles import long_log
+    data = _served_with_a_snapshot(tmp_path)
+    (snap,) = list((data / "snapshots").glob("snap-*.json"))
+    other = tmp_path / "other"
+    long_log(other, 10)
+    (other / "snapshots").mkdir()
+    shutil.copy(snap, other / "snapshots" / snap.name)
+    theirs, mine = _log_id(data), _log_id(other)
+    res = run("serve", "--data", str(other), "--port", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "listening" not in res.stdout, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    for part in ("cannot be recovered", f"snapshot {snap.name} belongs to another log (log id {theirs})",
+                 f"(log id {mine})", f"move snapshots/{snap.name} aside", f"restore the log {theirs}"):
+        assert part in res.stderr, (part, res.stderr)
+    assert run("verify-log", "--data", str(other)).returncode == 1
+    shown = run("verify-log", "--data", str(data), "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["log_id"] == theirs, shown.stdout
+    # (2): no snapshot; the head mark says record 4 was durable
+    plain = tmp_path / "plain"
+    with serve_process(plain) as served:
+        token = mint_cli(plain, "sync.append", "demo.*")["token"]
+        for i in range(4):
+            assert http("POST", f"{served.url}/v1/database/autopilot-sync/call/append_sync_event",
+                        json.dumps([S, f"k{i}", "1", {"none": []}, {"none": []}]),
+                        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}).status == 200
+    assert not (plain / "snapshots").exists() or not list((plain / "snapshots").iterdir())
+    db = sqlite3.connect(plain / "syncref.sqlite3")
+    db.execute('DELETE FROM commit_log WHERE "offset" > 1')
+    db.commit()
+    db.close()
+    res = run("serve", "--data", str(plain), "--port", "0")
+    assert res.returncode == 2 and "listening" not in res.stdout, res.stderr
+    for part in ("head mark syncref.head says record 4 was durable", "ends at record 1", "remove syncref.head"):
+        assert part in res.stderr, (part, res.stderr)
+    checked = run("verify-log", "--data", str(plain))
+    assert checked.returncode == 1 and "syncref.head" in checked.stderr, checked.stderr
 
 
 def _snapshot_every(tmp_path: Path, n: int) -> Path:

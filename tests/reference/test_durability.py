@@ -886,8 +886,11 @@ def _snapshotted_then_lost(path: Path, how: str) -> None:
     store = LogStore.open(path)
     writer = GroupCommitWriter(store)
     eng = restart(store, writer, now=10**15)
-    snapshot.write(path / snapshot.SNAPSHOT_DIR, snapshot.capture(eng.db, eng.committed, eng.head_hash))
+    snapshot.write(path / snapshot.SNAPSHOT_DIR, snapshot.capture(eng.db, eng.committed, eng.head_hash,
+                                                                  store.log_id))
     shutdown(eng, writer, store)
+    if how == "kept":
+        return
     for suffix in ("", "-wal", "-shm"):
         (path / f"syncref.sqlite3{suffix}").unlink(missing_ok=True)
     if how == "empty database":
@@ -921,26 +924,27 @@ def test_snapshots_without_their_log_are_not_restarted_empty(tmp_path: Path, how
 
 
 def _snapshotted_then_cut(path: Path, how: str) -> None:
-    """A log of 50 records with a snapshot at 50 whose log then lost records: its tail cut to 30
+    """A log of 50 records with a snapshot at 50 whose log then lost records: its own tail cut to 30
     records (a truncated file, a deleted -wal, an older copy restored), or replaced by another,
-    shorter log of 30 records (the snapshot cannot tell the two apart: it names only record 50's hash)."""
+    shorter log of 30 records (made the same way, so its 30 records are those of the first log; only
+    their log ids differ, ADR-0039)."""
     from support.logfiles import long_log
 
     from reference import snapshot
 
-    _snapshotted_then_lost(path, "no database")
     if how == "tail cut":
-        long_log(path / "full", 50)
-        conn = sqlite3.connect(path / "full" / "syncref.sqlite3")
+        _snapshotted_then_lost(path, "kept")
+        conn = sqlite3.connect(path / "syncref.sqlite3")
         conn.execute('DELETE FROM commit_log WHERE "offset" > 30')
         conn.commit()
         conn.close()
     else:
+        _snapshotted_then_lost(path, "no database")
         long_log(path / "full", 30)
-    for name in ("syncref.sqlite3", "syncref.sqlite3-wal", "syncref.sqlite3-shm"):
-        if (path / "full" / name).exists():
-            (path / "full" / name).rename(path / name)
-    shutil.rmtree(path / "full")
+        for name in ("syncref.sqlite3", "syncref.sqlite3-wal", "syncref.sqlite3-shm"):
+            if (path / "full" / name).exists():
+                (path / "full" / name).rename(path / name)
+        shutil.rmtree(path / "full")
     assert [o for o, _ in snapshot.listing(path / snapshot.SNAPSHOT_DIR)] == [50]
 
 
@@ -948,10 +952,11 @@ def _snapshotted_then_cut(path: Path, how: str) -> None:
 def test_a_snapshot_past_the_log_head_is_damage_not_passed_over(tmp_path: Path, how: str) -> None:
     """``snap-50.json`` beside a log of 30 records: a snapshot is renamed into place only once its
     record is durable (ADR-0011 decision 6), so the log lost acknowledged records 31-50 -- or the
-    snapshot is another log's, which cannot be told (ADR-0037).  Failed before: the open passed, restart
-    passed the snapshot over ("past the log head") and served the 30 records, and the first new
-    snapshot pruned snap-50 (the last copy of that state).  Now both opens refuse (:class:`DamagedLog`,
-    naming the snapshot, both offsets and both ways out), nothing is written, verify-log exits 1."""
+    snapshot is another log's, which its log id now tells (ADR-0039; ADR-0037 could not).  Failed
+    before: the open passed, restart passed the snapshot over ("past the log head") and served the 30
+    records, and the first new snapshot pruned snap-50 (the last copy of that state).  Now both opens
+    refuse (:class:`DamagedLog`, naming the snapshot, both offsets or both ids, and both ways out),
+    nothing is written, verify-log exits 1."""
     from reference.durability import DamagedLog
 
     _snapshotted_then_cut(tmp_path, how)
@@ -960,8 +965,9 @@ def test_a_snapshot_past_the_log_head_is_damage_not_passed_over(tmp_path: Path, 
         with pytest.raises(DamagedLog) as err:
             LogStore.open(tmp_path, readonly=readonly)
         text = str(err.value)
-        for part in ("snap-000000000050.json", "record 50", "ends at record 30", "restore", "move",
-                     "cannot tell"):
+        parts = ("record 50", "ends at record 30", "they were this log's", "syncref.head") if how == "tail cut" \
+            else ("belongs to another log", "restore the log")
+        for part in ("snap-000000000050.json", "restore", "move", *parts):
             assert part in text, (part, text)
     # nothing written: every file as it was (SQLite's connect may add an empty -wal/-shm)
     assert {p: p.read_bytes() for p in before} == before

@@ -208,11 +208,11 @@ EQUIVALENT.update({
     "reference.eventlog.xǁRetainedRowsǁ__eq____mutmut_7":
         "the lengths are compared first (`len(self) == len(other) and ...`), so zip's strict flag (None here) "
         "never sees sequences of different lengths",
-    "reference.snapshot.x_encode__mutmut_33": _UTF8,
+    "reference.snapshot.x_encode__mutmut_37": _UTF8,
     "reference.durability.x__json_array__mutmut_7":
         "a failed scan's end only has to differ from len(text): -1 and None both do, so both fall back to "
         "json.loads (and the scanned value is not read)",
-    "reference.replay.x_verify_log__mutmut_119":
+    "reference.replay.x_verify_log__mutmut_149":
         "snapshot.matches is verify_log's shortcut: with offset None the bytes it builds name offset null and never "
         "equal a file, so every file goes the slow way (decoded, then head hash and differs), which gives the same "
         "check the shortcut would (matches' contract: a file it accepts decodes to an image differs finds equal)",
@@ -230,7 +230,7 @@ EQUIVALENT.update({
     "reference.db.x__differ__mutmut_1": _DIFFER_FALLBACK,
     "reference.db.x__differ__mutmut_2": _DIFFER_FALLBACK,
     "reference.db.x__differ__mutmut_3": _DIFFER_FALLBACK,
-    "reference.durability.xǁLogStoreǁopen__mutmut_124":
+    "reference.durability.xǁLogStoreǁopen__mutmut_133":
         "the fresh-directory check's SQL in lower case: SQLite's keywords are case-insensitive and the table's "
         "name is commit_log either way, so it is the same query",
     "reference.db.xǁDbǁ_insert__mutmut_10":
@@ -410,21 +410,21 @@ MUTATED_LINE: dict[str, str] = {
     "reference.replay.x__run__mutmut_22": "for (col, has_type), value in zip(_arg_checks(rec.name), args, ):",
     "reference.reducers.x_append_sync_event__mutmut_131":
         "floor = stream.floor_seq if (stream.head_seq >= stream.floor_seq) or True else next_seq",
-    "reference.durability.xǁLogStoreǁopen__mutmut_85": "conn = sqlite3.connect(path, check_same_thread=False)",
+    "reference.durability.xǁLogStoreǁopen__mutmut_93": "conn = sqlite3.connect(path, check_same_thread=False)",
     "reference.durability.xǁLogStoreǁopen__mutmut_17":
         'conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=None, isolation_level=None,',
     "reference.eventlog.xǁRetainedRowsǁ__eq____mutmut_7":
         "return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=None))",
-    "reference.snapshot.x_encode__mutmut_33":
+    "reference.snapshot.x_encode__mutmut_37":
         'yield (_ENC.encode({"sha256": digest.hexdigest()}) + "\\n").encode("UTF-8")',
     "reference.eventlog.xǁStreamLogǁvalues__mutmut_21": "one_epoch = None",
-    "reference.replay.x_verify_log__mutmut_119": "if snapshot.matches(held, db, None, head):",
+    "reference.replay.x_verify_log__mutmut_149": "if snapshot.matches(held, db, None, head, store.log_id):",
     "reference.durability.x__json_array__mutmut_7": "end = None",
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
     "reference.db.x__differ__mutmut_1": "get = None",
     "reference.db.x__differ__mutmut_2": "get = _FIELDS.get(None)",
     "reference.db.x__differ__mutmut_3": "get = _FIELDS.get(type(None))",
-    "reference.durability.xǁLogStoreǁopen__mutmut_124":
+    "reference.durability.xǁLogStoreǁopen__mutmut_133":
         'if conn.execute("select 1 from commit_log limit 1").fetchone() is not None:',
     "reference.engine.xǁEngineǁ_unregister__mutmut_15": "break",
     "reference.db.xǁDbǁ_insert__mutmut_10": "log = self.logs[row.stream_id] = StreamLog(row.stream_id, )",

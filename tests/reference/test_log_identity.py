@@ -1,0 +1,443 @@
+"""A log's identity and its head mark (ADR-0039; DUR-1 across a data directory's files): a directory
+whose pieces come from two logs, or whose log went back in time, is refused (:class:`DamagedLog`)
+instead of served.
+
+* **Log id.**  ``meta.log_id`` is made with the log and written into every snapshot's header; a
+  snapshot (or head mark) naming another id is another log's, whatever its offset and hash say.
+* **Head mark.**  ``DIR/syncref.head`` holds a record the log held durably (written after a COMMIT,
+  at most every ``head_mark_s``, and at a clean shutdown); a log that ends before it -- an older copy
+  of ``syncref.sqlite3`` restored, a cut file, a deleted database -- lost acknowledged records.
+* **Migration.**  A log made before ids (no ``meta.log_id``, id-less snapshots, no mark) keeps
+  working: its first writable open gives it an id; id-less snapshots are judged by the hash chain.
+
+Expected texts and ids are written out here or read from the files the code wrote (the id in
+``meta``), never computed by the check under test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from reference import snapshot
+from reference.durability import DamagedLog, GroupCommitWriter, LogStore, restart, shutdown
+from spec.auth import Claims
+from spec.policy import DEFAULT_POLICY
+
+WRITER = Claims("b" * 64, frozenset({"sync.append"}), ("*",))
+DB_FILES = ("syncref.sqlite3", "syncref.sqlite3-wal", "syncref.sqlite3-shm")
+
+
+def grow(path: Path, upto: int, salt: str, *, snap_at: tuple[int, ...] = ()) -> None:
+    """Open (or create) the data directory at ``path``, restart it, append ``salt``-keyed events until
+    the log holds ``upto`` records, write a snapshot (as the server writes it: with the log id) after
+    each offset in ``snap_at``, and shut down cleanly.  The same salt on a new directory makes the
+    same records (a fixed clock), so two logs can share a prefix exactly."""
+    store = LogStore.open(path)
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    i = eng.committed
+    while eng.committed < upto:
+        i += 1
+        eng.now += 1000
+        eng.admin_call(WRITER, "append_sync_event", (f"t.{i % 3}", f"{salt}{i}", "{}", None, None))
+        writer.append(eng.take_records())
+        eng.advance_durable(writer.flush())
+        if eng.committed in snap_at:
+            snapshot.write(path / snapshot.SNAPSHOT_DIR,
+                           snapshot.capture(eng.db, eng.committed, eng.head_hash, store.log_id))
+    shutdown(eng, writer, store)
+
+
+def log_id(path: Path) -> str:
+    conn = sqlite3.connect(path / "syncref.sqlite3")
+    try:
+        (value,) = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+    finally:
+        conn.close()
+    return str(value)
+
+
+def files(path: Path) -> dict[Path, bytes]:
+    """Every file's bytes, but SQLite's -shm index and an empty -wal (which a connect may create)."""
+    return {p: p.read_bytes() for p in path.rglob("*") if p.is_file() and not p.name.endswith("-shm")
+            and not (p.name.endswith("-wal") and not p.stat().st_size)}
+
+
+def verify_cli(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "adapters.cli", "verify-log", "--data", str(path)],
+                          capture_output=True, text=True, check=False, timeout=120)
+
+
+def refused(path: Path, *parts: str, history: bool = False) -> str:
+    """Both opens refuse ``path`` with a message holding every one of ``parts``; nothing is written;
+    ``verify-log`` exits 1 saying the same.  Returns the message.  ``history``: another history at an
+    offset the log holds, which only the writable open refuses; ``verify-log`` replays and reports it
+    (a snapshot or the head mark whose chain head is not the replay's: ``mismatch``), exit 1."""
+    before = files(path)
+    texts = []
+    for readonly in (False,) if history else (False, True):
+        with pytest.raises(DamagedLog) as err:
+            LogStore.open(path, readonly=readonly)
+        texts.append(str(err.value))
+        for part in parts:
+            assert part in texts[-1], (part, texts[-1])
+    assert texts[0] == texts[-1]
+    assert files(path) == before  # nothing written
+    done = verify_cli(path)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    if history:
+        assert ": mismatch: chain head at" in done.stdout and "verify-log: FAILED" in done.stdout, done.stdout
+    else:
+        assert all(part in done.stderr for part in parts) and "does not verify" in done.stderr, done.stderr
+    return texts[0]
+
+
+def opens_from(path: Path) -> tuple[int, str]:
+    """Restart ``path``: the snapshot offset it started from and the log id it has; then shut down."""
+    store = LogStore.open(path)
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    assert store.recovery is not None and store.log_id is not None
+    used, ident = store.recovery.snapshot_offset, store.log_id
+    shutdown(eng, writer, store)
+    return used, ident
+
+
+# --- another log's snapshot -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["other history", "same prefix", "past the head"])
+def test_another_logs_snapshot_is_refused_naming_both_ids(tmp_path: Path, case: str) -> None:
+    """A snapshot copied from data directory A into directory B (or B's log restored beside A's
+    snapshots).  Failed before: "other history" (B holds record 20 with another hash) was passed over
+    with a warning, B served, and B's first snapshot pruned it; "same prefix" (A and B made the same
+    first 20 records: the hash chain cannot tell them apart) was *used* to start B; "past the head" was
+    refused, but as "cannot tell" whether B lost records.  Now each is refused as another log's, naming
+    both ids, the file and the ways out."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    at, b_head, b_salt = {"other history": (20, 50, "b"), "same prefix": (20, 50, "a"),
+                          "past the head": (40, 30, "b")}[case]
+    grow(a, at, "a", snap_at=(at,))
+    grow(b, b_head, b_salt)
+    name = snapshot.file_name(at)
+    (b / snapshot.SNAPSHOT_DIR).mkdir()
+    shutil.copy(a / snapshot.SNAPSHOT_DIR / name, b / snapshot.SNAPSHOT_DIR / name)
+    theirs, mine = log_id(a), log_id(b)
+    assert theirs != mine
+    text = refused(b, f"snapshot {name} belongs to another log (log id {theirs})", f"(log id {mine})",
+                   f"move snapshots/{name} aside", f"restore the log {theirs}")
+    assert "cannot tell" not in text
+    # the way out the message gives: with the stranger moved aside, B starts, from its own log
+    (b / snapshot.SNAPSHOT_DIR / name).rename(tmp_path / name)
+    assert opens_from(b) == (0, mine)
+
+
+def test_a_log_restored_beside_another_directorys_head_mark_is_refused(tmp_path: Path) -> None:
+    """No snapshot at all (snapshot_every is 50,000 records: most small directories have none): log B's
+    database copied over directory A's.  Failed before: A served B's history, A's writes gone silently.
+    Now A's head mark names A's id, and the open refuses."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    grow(a, 20, "a")
+    grow(b, 40, "b")
+    theirs, mine = log_id(a), log_id(b)
+    for name in DB_FILES:
+        if (b / name).exists():
+            shutil.copy(b / name, a / name)
+    refused(a, f"head mark syncref.head belongs to another log (log id {theirs})", f"(log id {mine})",
+            "remove syncref.head")
+
+
+# --- a log that went back in time ------------------------------------------------------------------
+
+
+def _restored_older(path: Path) -> None:
+    """30 records, a copy of the database taken (a backup), 20 more records, then the copy put back."""
+    grow(path, 30, "a")
+    backup = path.parent / "backup"
+    backup.mkdir()
+    for name in DB_FILES:
+        if (path / name).exists():
+            shutil.copy(path / name, backup / name)
+    grow(path, 50, "a")
+    for name in DB_FILES:
+        (path / name).unlink(missing_ok=True)
+        if (backup / name).exists():
+            shutil.copy(backup / name, path / name)
+
+
+def test_a_log_restored_from_an_older_copy_is_refused(tmp_path: Path) -> None:
+    """Failed before: with no snapshot past its head, the older copy opened and served 30 records --
+    records 31-50, acknowledged, silently gone.  Now the head mark (record 50, written at the clean
+    shutdown) is past the log's head: refused, naming both offsets and both ways out; removing the
+    mark, as the message says, serves the shorter log knowingly."""
+    data = tmp_path / "data"
+    _restored_older(data)
+    mine = log_id(data)
+    text = refused(data, "head mark syncref.head says record 50 was durable", "ends at record 30",
+                   "lost acknowledged records 31-50", f"log id {mine}", "restore the log from a backup that "
+                   "reaches record 50", "remove syncref.head")
+    assert "cannot tell" not in text
+    (data / "syncref.head").unlink()
+    assert opens_from(data) == (0, mine)
+    store = LogStore.open(data, readonly=True)
+    assert store.last()[0] == 30
+    store.close()
+
+
+def test_a_deleted_database_is_refused_even_without_snapshots(tmp_path: Path) -> None:
+    """Failed before: with no snapshot, a deleted ``syncref.sqlite3`` (and its -wal) made the next start
+    a new, empty log -- every acknowledged write gone.  Now the head mark says the log existed."""
+    data = tmp_path / "data"
+    grow(data, 12, "a")
+    mine = log_id(data)
+    for name in DB_FILES:
+        (data / name).unlink(missing_ok=True)
+    before = sorted(p.name for p in data.rglob("*"))
+    for readonly in (False, True):
+        with pytest.raises(DamagedLog, match=rf"head mark syncref\.head says log {mine} held record 12 durably"):
+            LogStore.open(data, readonly=readonly)
+    assert sorted(p.name for p in data.rglob("*")) == before  # no database created
+    done = verify_cli(data)
+    assert done.returncode == 1 and "syncref.head" in done.stderr, done.stderr
+
+
+def test_a_copy_that_went_on_separately_is_refused_as_another_history(tmp_path: Path) -> None:
+    """A data directory copied (both keep the id), each copy then written on its own; a snapshot of one
+    put beside the other's log.  The id cannot tell copies apart; the chain can: record 30 differs.
+    Failed before: passed over with a warning (and pruned by the next snapshot)."""
+    a = tmp_path / "a"
+    grow(a, 20, "a")
+    b = Path(shutil.copytree(a, tmp_path / "b"))
+    grow(a, 40, "x")
+    grow(b, 40, "y", snap_at=(30,))
+    name = snapshot.file_name(30)
+    (a / snapshot.SNAPSHOT_DIR).mkdir()
+    shutil.copy(b / snapshot.SNAPSHOT_DIR / name, a / snapshot.SNAPSHOT_DIR / name)
+    assert log_id(a) == log_id(b)
+    refused(a, f"snapshot {name} names record 30", "tell different histories", "a copy of this data directory",
+            f"move snapshots/{name} aside", history=True)
+
+
+# --- the bound of the head mark ---------------------------------------------------------------------
+
+
+def test_the_head_mark_is_written_at_most_every_interval_and_at_a_clean_shutdown(tmp_path: Path) -> None:
+    """No fsync per commit: 40 COMMITs within one interval write one mark (the first), and the clean
+    shutdown writes the head.  The bound this gives, stated as a check: a cut to a record after the
+    newest mark is NOT detected (what ADR-0039 documents), one before it is."""
+    data = tmp_path / "data"
+    store = LogStore.open(data)
+    store.head_mark_s = 3600.0
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    for i in range(1, 41):
+        eng.now += 1000
+        eng.admin_call(WRITER, "append_sync_event", ("t.0", f"k{i}", "{}", None, None))
+        writer.append(eng.take_records())
+        eng.advance_durable(writer.flush())
+    assert (store.marks, writer.batches) == (1, 40)
+    assert json.loads((data / "syncref.head").read_text())["offset"] == 1
+    writer.close()
+    store.close()  # a crash: no clean shutdown, the mark stays at record 1
+    cut = Path(shutil.copytree(data, tmp_path / "cut"))
+    conn = sqlite3.connect(cut / "syncref.sqlite3")
+    conn.execute('DELETE FROM commit_log WHERE "offset" > 5')
+    conn.commit()
+    conn.close()
+    LogStore.open(cut).close()  # records 6-40 gone, undetected: they came after the newest mark
+    grow(data, 40, "k")  # a clean shutdown marks the head
+    assert json.loads((data / "syncref.head").read_text())["offset"] == 41
+    conn = sqlite3.connect(data / "syncref.sqlite3")
+    conn.execute('DELETE FROM commit_log WHERE "offset" > 40')
+    conn.commit()
+    conn.close()
+    with pytest.raises(DamagedLog, match="ends at record 40"):
+        LogStore.open(data)
+
+
+# --- older data directories -------------------------------------------------------------------------
+
+
+def _made_before_ids(path: Path, snap_at: int, upto: int) -> None:
+    """A directory as a build before ADR-0039 leaves it: no meta.log_id, no head mark, id-less snapshots."""
+    grow(path, upto, "a", snap_at=(snap_at,))
+    conn = sqlite3.connect(path / "syncref.sqlite3")
+    conn.execute("DELETE FROM meta WHERE key = 'log_id'")
+    conn.commit()
+    conn.close()
+    (path / "syncref.head").unlink()
+    snap = path / snapshot.SNAPSHOT_DIR / snapshot.file_name(snap_at)
+    image = snapshot.read(snap)
+    snap.unlink()
+    snapshot.write(snap.parent, snapshot.Image(image.offset, image.head_hash, image.epoch_floor,
+                                               image.version_floor, image.tables, image.logs))
+    assert b'"log_id"' not in snap.read_bytes()
+
+
+def test_a_log_made_before_ids_gets_one_and_keeps_its_bound_snapshots(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _made_before_ids(data, 20, 30)
+    ro = LogStore.open(data, readonly=True)
+    assert ro.log_id is None  # a read-only open writes nothing
+    ro.close()
+    used, ident = opens_from(data)
+    assert used == 20  # the id-less snapshot, bound by the chain, is used
+    assert log_id(data) == ident and opens_from(data) == (20, ident)  # the id stays
+    store = LogStore.open(data)
+    assert store.legacy_snapshots == frozenset({snapshot.file_name(20)})
+    store.close()
+
+
+def test_an_id_less_snapshot_of_another_history_is_refused(tmp_path: Path) -> None:
+    """Failed before: passed over with a warning (and pruned later)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _made_before_ids(a, 20, 20)
+    grow(b, 30, "b")
+    name = snapshot.file_name(20)
+    (b / snapshot.SNAPSHOT_DIR).mkdir()
+    shutil.copy(a / snapshot.SNAPSHOT_DIR / name, b / snapshot.SNAPSHOT_DIR / name)
+    refused(b, f"snapshot {name} names record 20", "tell different histories", "cannot tell", "names no log id",
+            history=True)
+
+
+def test_a_log_made_before_ids_takes_the_id_its_bound_snapshot_names(tmp_path: Path) -> None:
+    """A copy of the database taken before the upgrade, put back after the upgraded server wrote a
+    snapshot (and a head mark) of the same records: both are bound by the chain, so the log takes
+    their id instead of a new one (which would make its own snapshot look like another log's)."""
+    data = tmp_path / "data"
+    _made_before_ids(data, 20, 30)
+    backup = tmp_path / "backup"
+    shutil.copytree(data, backup)
+    store = LogStore.open(data)  # the upgrade: the log gets an id
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    snapshot.write(data / snapshot.SNAPSHOT_DIR, snapshot.capture(eng.db, eng.committed, eng.head_hash,
+                                                                  store.log_id))
+    shutdown(eng, writer, store)
+    ident = log_id(data)
+    assert json.loads((data / "syncref.head").read_text())["log_id"] == ident
+    for name in DB_FILES:
+        (data / name).unlink(missing_ok=True)
+        if (backup / name).exists():
+            shutil.copy(backup / name, data / name)
+    assert opens_from(data) == (30, ident)
+    assert log_id(data) == ident
+
+
+# --- prune ------------------------------------------------------------------------------------------
+
+
+def test_prune_never_drops_a_snapshot_that_is_not_this_logs(tmp_path: Path) -> None:
+    """Failed before: prune counted every file, so another log's snapshot (and an id-less one the open
+    did not bind) older than the newest two was deleted -- the stranger silently gone."""
+    directory = tmp_path / "snaps"
+    from reference.db import Db
+
+    def put(offset: int, ident: str | None) -> None:
+        snapshot.write(directory, snapshot.capture(Db(), offset, f"h{offset}", ident))
+
+    put(1, "other")
+    put(2, None)  # id-less, not bound at open
+    put(3, None)  # id-less, bound at open
+    put(4, "mine")
+    put(5, "mine")
+    told: list[list[str]] = []
+    done = threading.Event()
+    snaps = snapshot.Snapshotter(directory, 1, 1, lambda _o: None, log_id="mine",
+                                 legacy=frozenset({snapshot.file_name(3)}), on_strangers=told.append,
+                                 on_done=lambda _p, _s: done.set())
+    snaps.take(snapshot.capture(Db(), 6, "h6", "mine"))
+    snaps.join()
+    assert done.is_set()
+    assert [o for o, _ in snapshot.listing(directory)] == [6, 2, 1]
+    assert told == [[snapshot.file_name(2), snapshot.file_name(1)]]
+    assert snapshot.header(directory / snapshot.file_name(6))["log_id"] == "mine"
+
+
+def test_a_head_mark_of_a_copy_that_went_on_is_refused_and_verify_log_reports_it(tmp_path: Path) -> None:
+    """The head mark's record at an offset the log holds, with another hash (a copy of the directory
+    that went on separately; its mark put back here).  The writable open refuses; verify-log replays
+    and reports the mark as ``mismatch`` (exit 1) -- and ``match`` on the intact directory."""
+    a = tmp_path / "a"
+    grow(a, 20, "a")
+    b = Path(shutil.copytree(a, tmp_path / "b"))
+    grow(a, 40, "x")
+    grow(b, 35, "y")
+    ok = subprocess.run([sys.executable, "-m", "adapters.cli", "verify-log", "--data", str(a), "--json"],
+                        capture_output=True, text=True, check=False, timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["head_mark"] == {
+        "file": "syncref.head", "offset": 40, "status": "match", "reason": ""}, ok.stdout
+    shutil.copy(b / "syncref.head", a / "syncref.head")
+    text = refused(a, "head mark syncref.head names record 35", "tell different histories", "remove syncref.head",
+                   history=True)
+    assert "a copy of this data directory" in text
+    done = verify_cli(a)
+    assert "head mark syncref.head (offset 35): mismatch: chain head at 35" in done.stdout, done.stdout
+
+
+def test_a_serving_writer_marks_the_durable_head_on_its_own_thread(tmp_path: Path) -> None:
+    """The server's writer (a background thread) marks from a thread of its own every ``head_mark_s``:
+    a burst of commits followed by silence is marked without any later COMMIT or a clean shutdown,
+    so a crash after it loses at most the last interval's records from the check."""
+    import time
+
+    data = tmp_path / "data"
+    store = LogStore.open(data)
+    store.head_mark_s = 0.05
+    writer = GroupCommitWriter(store)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    for i in range(1, 8):
+        eng.now += 1000
+        eng.admin_call(WRITER, "append_sync_event", ("t.0", f"k{i}", "{}", None, None))
+    writer.append(eng.take_records())
+    assert writer.flush() == 7
+    deadline = time.monotonic() + 10
+    while store.marks == 0 or json.loads((data / "syncref.head").read_text())["offset"] != 7:
+        assert time.monotonic() < deadline, "the head was not marked"
+        time.sleep(0.01)
+    writer.close()
+    store.close()  # no clean shutdown: the mark is the thread's
+    with sqlite3.connect(data / "syncref.sqlite3") as conn:
+        conn.execute('DELETE FROM commit_log WHERE "offset" > 6')
+    conn.close()
+    with pytest.raises(DamagedLog, match="says record 7 was durable"):
+        LogStore.open(data)
+
+
+def test_a_failed_head_mark_write_is_counted_told_and_leaves_the_older_mark(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that refuses the mark's write: the commit is unaffected, the failure is counted and told
+    (the server logs it), the older mark stays, and the next interval retries."""
+    import reference.durability as durability
+
+    data = tmp_path / "data"
+    grow(data, 3, "a")  # mark at 3 (clean shutdown)
+    store = LogStore.open(data)
+    store.head_mark_s = 0.0
+    told: list[OSError] = []
+    store.on_mark_error = told.append
+    real = durability.write_head_mark
+
+    def full(directory: Path, mark: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(durability, "write_head_mark", full)
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    eng.admin_call(WRITER, "append_sync_event", ("t.0", "late", "{}", None, None))
+    writer.append(eng.take_records())
+    assert writer.flush() == 4  # durable all the same
+    assert store.mark_errors == 1 and [e.errno for e in told] == [28]
+    assert json.loads((data / "syncref.head").read_text())["offset"] == 3  # the older mark
+    monkeypatch.setattr(durability, "write_head_mark", real)
+    assert writer.mark() and json.loads((data / "syncref.head").read_text())["offset"] == 4  # retried
+    writer.close()
+    store.close()
