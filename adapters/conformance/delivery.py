@@ -237,6 +237,16 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
             # other confirmation only (each one it skips sets it back), so one of two stalls shows it
             hold, append("w", 3, a, "k2", '{"n":2}'), receive("w"), receive("u"),
             {"op": "receive_quiet", "conn": "c"}, release, receive("c")]),
+        "confirmed_caller_waits": ("a confirmed-read caller's own ReducerResult -- a failure or a deduplicated "
+                                   "retry reading another connection's undurable write, its own write with or without "
+                                   "a subscription -- is sent only once the offset it reads is durable (an answer "
+                                   "before that breaks CONF-1)", [
+            connect("w", "writer", confirmed=True), connect("v", "writer"), append("w", 1, a, "k0", '{"n":0}'),
+            receive("w"), hold, append("v", 1, a, "k1"), receive("v"), append("w", 2, a, "k1", '{"n":9}'),
+            append("w", 3, a, "k1"), {"op": "receive_quiet", "conn": "w"}, release, receive("w"),
+            hold, append("w", 4, a, "k2", '{"n":2}'), {"op": "receive_quiet", "conn": "w"}, release, receive("w"),
+            sub("w", 5, 10, ev_a), receive("w"),
+            hold, append("w", 6, a, "k3", '{"n":3}'), {"op": "receive_quiet", "conn": "w"}, release, receive("w")]),
         "event_tables": ("event-table rows reach subscribers once, marked as events, and never appear in a "
                          "snapshot", [
             connect("w", "writer"), connect("r", "watcher"), sub("r", 1, 10, "SELECT * FROM stream_signal"),
@@ -438,6 +448,11 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     "reducer_error_result": lambda r: r[0][0]["outcome"]["err"]["error"].startswith("missing_scope"),
     "confirmed_reads_wait_for_durability": lambda r: r[3] == [] and _types(r[4]) == ["TransactionUpdate"]
     and r[5][0]["tx_offset"] == 1 and r[6][0]["tx_offset"] == 2,
+    "confirmed_caller_waits": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0]
+                                         for m in r[0] + r[1] + r[3] + r[5] + r[8]]
+    == ["ok", "ok", "idempotency_conflict", "ok", "ok", "ok"] and r[3][1]["outcome"]["ok"]["ret"] == 2
+    and r[2] == [] == r[4] == r[7] and _types(r[6]) == ["SubscribeApplied"]
+    and bool(r[8][0]["outcome"]["ok"]["query_sets"]),
     "event_tables": lambda r: r[2][0]["query_sets"][0]["tables"][0]["event"] is True
     and r[3][0]["rows"] == [],
     "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1,

@@ -319,6 +319,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("resume", "resume_and_stale_cursor", ("STALE-1", "STALE-3"), ("mint",), "resume_and_stale_cursor"),
     Scenario("resume", "stale_cursor_recovery", ("STALE-1", "REPLAY-2"), ("mint",), "stale_cursor_recovery"),
     Scenario("durability", "confirmed_reads_released", ("CONF-1",), ("mint", "stall"), "confirmed_reads_released"),
+    Scenario("durability", "confirmed_caller_waits", ("CONF-1",), ("mint", "stall"), "confirmed_caller_waits"),
     Scenario("compat", "negotiation_order", ("COMPAT-1",), ("mint",)),
     Scenario("delivery", "compute_roles", ("AUTH-1", "ASSIGN-3", "ASSIGN-4"), ("mint",), "compute_roles"),
     Scenario("bridge", "bridge_outbox", ("BRIDGE-2", "BRIDGE-3"), ("mint",), "bridge_outbox"),

@@ -44,6 +44,18 @@ ENGINE_MUTANTS: tuple[Mutant, ...] = (
            (("        return self.durable if conn.confirmed else None\n",
              "        return self.durable + 1 if conn.confirmed else None\n"),),
            "confirmed reads release one offset early"),
+    Mutant("caller_result_ungated", "reference.engine",
+           (("            self._send(conn, offset, ReducerResult(request_id, offset, ReducerOk(ret, tuple(by_conn.pop(",
+             "            self._send(conn, 0, ReducerResult(request_id, offset, ReducerOk(ret, tuple(by_conn.pop("),
+            ("                self._send(conn, offset, ReducerResult(request_id, offset, ReducerOk(ret, ())))",
+             "                self._send(conn, 0, ReducerResult(request_id, offset, ReducerOk(ret, ())))")),
+           "a confirmed caller's own ReducerResult skips the confirmed-read gate (acknowledged before durable)"),
+    Mutant("caller_error_ungated", "reference.engine",
+           (("            tx.rollback()\n            self._send(conn, self.committed, ReducerResult(msg.request_id, "
+             "self.committed, ReducerErr(err.render())))",
+             "            tx.rollback()\n            self._send(conn, 0, ReducerResult(msg.request_id, "
+             "self.committed, ReducerErr(err.render())))"),),
+           "a confirmed caller's failed ReducerResult skips the confirmed-read gate (its state not yet durable)"),
     Mutant("stale_floor_off_by_one", "reference.engine",
            (("stale_reasons(epoch, head, floor, budget, req_epoch, w)", "stale_reasons(epoch, head, floor - 1, budget, req_epoch, w)"),),
            "the engine reads the retention floor one too low (a resume one past the floor is served)"),
