@@ -184,6 +184,9 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
         return {"op": "durable", "to": to}
 
     o1, o2, o3, o4, r3 = f"{ns}o1", f"{ns}o2", f"{ns}o3", f"{ns}o4", f"{ns}r3"
+    o5 = f"{ns}o5"
+    ck_a = f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'"
+    ob5 = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o5}'"
     p1, p2, r1, r2 = f"{ns}p1", f"{ns}p2", f"{ns}r1", f"{ns}r2"
     jobs = f"SELECT * FROM compute_assignment WHERE request_id = '{r1}'"
     outbox = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o1}'"
@@ -256,6 +259,14 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, b, "k1"), receive("w"),
             connect("r", "reader"), sub("r", 1, 10, "SELECT * FROM sync_event"), receive("r"),
             append("w", 3, b, "k2", '{"n":2}'), append("w", 4, a, "k2", '{"n":2}'), receive("r")]),
+        "private_tables": ("a checkpoint reaches only its owner and an outbox row only bridge-scoped "
+                           "subscribers, in snapshots and updates -- not everyone granted the stream: a watcher of the "
+                           "stream hears its events and nothing of the writer's checkpoint or outbox row", [
+            connect("w", "writer"), connect("r", "watcher"), sub("w", 1, 10, ev_a, ck_a, ob5),
+            sub("r", 1, 10, ev_a, ck_a, ob5),
+            receive("w"), receive("r"), append("w", 2, a, "k1"), call("w", 3, "ack_checkpoint", "c1", a, e0, 1),
+            call("w", 4, "enqueue_bridge_event", o5, "receipts", 30078, '[["d","x"]]', "hello"), receive("w"),
+            receive("r"), connect("r2", "watcher"), sub("r2", 1, 10, ev_a, ck_a, ob5), receive("r2")]),
         "unsubscribe": ("unsubscribe answers UnsubscribeApplied (with the set's rows when asked) and stops "
                         "updates", [
             connect("w", "writer"), append("w", 1, a, "k1"), connect("r", "reader"),
@@ -456,6 +467,11 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     "event_tables": lambda r: r[2][0]["query_sets"][0]["tables"][0]["event"] is True
     and r[3][0]["rows"] == [],
     "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1,
+    "private_tables": lambda r: {t["table"] for m in r[2] for s in m["outcome"]["ok"]["query_sets"]
+                                 for t in s["tables"]} == {"sync_event", "sync_checkpoint", "bridge_outbox"}
+    and _types(r[3]) == ["TransactionUpdate"]
+    and [t["table"] for t in r[3][0]["query_sets"][0]["tables"]] == ["sync_event"]
+    and [t["table"] for t in r[4][0]["rows"]] == ["sync_event"],
     "unsubscribe": lambda r: _types(r[0])[2:] == ["UnsubscribeApplied", "UnsubscribeApplied"]
     and r[0][2]["rows"] is not None and r[0][3]["rows"] is None and r[1] == [],
     "duplicate_frame": lambda r: [m["request_id"] for m in r[1]] == [7, 7] and r[1][0] == r[1][1]

@@ -311,6 +311,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("delivery", "reducer_error_result", ("DELIV-4", "AUTH-2"), ("mint",), "reducer_error_result"),
     Scenario("delivery", "event_tables", ("EVT-2",), ("mint",), "event_tables"),
     Scenario("delivery", "row_filter", ("AUTH-1",), ("mint",), "row_filter"),
+    Scenario("delivery", "private_tables", ("AUTH-1",), ("mint",), "private_tables"),
     Scenario("delivery", "unsubscribe", ("DELIV-2",), ("mint",), "unsubscribe"),
     Scenario("idempotency", "duplicate_call_is_a_noop", ("IDEM-2",), ("mint",), "duplicate_call_is_a_noop"),
     Scenario("idempotency", "duplicate_frame", ("IDEM-2",), ("mint",), "duplicate_frame"),
