@@ -797,7 +797,8 @@ def table(outcomes: list[Outcome]) -> str:
             if o.message:
                 lines.append(f"        {o.message}")
     n = {k: sum(o.status == k for o in outcomes) for k in ("pass", "fail", "skip")}
-    lines.append(f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped")
+    lines.append(f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped"
+                 + ("" if n["pass"] or n["fail"] else ": nothing ran (exit 1)"))
     return "\n".join(lines)
 
 
@@ -875,6 +876,10 @@ def _operator_mistake(args: argparse.Namespace) -> str | None:
     for flag, path in (("--json", args.json), ("--junit", args.junit)):
         if path is not None and not path.parent.is_dir():
             return f"{flag}: no directory {path.parent} to write {path.name} in"
+    if args.mint_with is not None:
+        from adapters.auth import KEY_FILE_NAME
+        if not (args.mint_with / KEY_FILE_NAME).is_file():
+            return f"--mint-with {args.mint_with}: no {KEY_FILE_NAME} there (give the target's data directory)"
     return None
 
 
@@ -908,5 +913,7 @@ def main(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=2) + "\n")
     if args.junit:
         args.junit.write_text(junit(outcomes))
-    return 1 if any(o.status == "fail" for o in outcomes) or not outcomes else 0
+    # nothing ran -- every scenario skipped for a missing hook -- is no pass either (a CI job whose
+    # --mint-with went missing must not stay green)
+    return 1 if any(o.status == "fail" for o in outcomes) or all(o.status == "skip" for o in outcomes) else 0
 

@@ -90,7 +90,7 @@ def test_hooks_missing_are_skipped_not_passed(tmp_path: Path) -> None:
 def test_retention_without_a_compact_command_is_skipped_not_passed(tmp_path: Path) -> None:
     with serving(tmp_path) as t:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--only", "retention")
-    assert rc == 0, out
+    assert rc == 1 and "nothing ran" in out, out  # every selected scenario skipped: no pass (revk)
     assert [r["scenario"] for r in results] == ["retention_floor", "retention_tables"]
     assert all(r["status"] == "skip" and "needs --compact-cmd CMD" in r["message"] for r in results), out
 
@@ -363,10 +363,25 @@ def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> 
                          (["--url", "http://127.0.0.1:1", "--json", str(tmp_path / "no" / "r.json")],
                           f"--json: no directory {tmp_path / 'no'}"),
                          (["--local", "--junit", str(tmp_path / "no" / "r.xml")],
-                          f"--junit: no directory {tmp_path / 'no'}")):
+                          f"--junit: no directory {tmp_path / 'no'}"),
+                         # failed before (revk): exit 1 like a conformance failure, and with the target down
+                         # not said at all (every scenario "nothing usable at URL")
+                         (["--url", "http://127.0.0.1:1", "--mint-with", str(tmp_path)],
+                          f"--mint-with {tmp_path}: no jwt-es256-key.pem there")):
         proc = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", *argv], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr)
         lines = [line for line in proc.stderr.splitlines() if line.startswith("syncref conformance:")]
         assert len(lines) == 1 and needle in lines[0], (argv, proc.stderr)
         assert "passed" not in proc.stdout, argv  # nothing ran
+
+
+def test_a_run_where_every_scenario_was_skipped_exits_1(tmp_path: Path) -> None:
+    """docs/conformance.md: exit 1 "if anything failed (or nothing ran)".  Failed before (revk): ``--only
+    delivery`` without ``--mint-with`` skipped all of its scenarios and exited 0, so a CI job whose
+    ``--mint-with`` went missing stayed green.  (One scenario passed among skips still exits 0:
+    test_hooks_missing_are_skipped_not_passed.)"""
+    with serving(tmp_path) as t:
+        rc, out, results = conformance("--url", t.url, "--only", "delivery")
+    assert {r["status"] for r in results} == {"skip"} and rc == 1, out
+    assert "0 passed, 0 failed, 8 skipped: nothing ran" in out
