@@ -276,8 +276,30 @@ def _differs_at(a: Any, b: Any, path: str = "") -> str:
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             if x != y:
                 return _differs_at(x, y, f"{path}[{i}]")
+    if isinstance(a, str) and isinstance(b, str):
+        ea, eb = _error_parts(a), _error_parts(b)
+        if ea is not None and eb is not None:  # "<code>: <details JSON>": compare code, then the details
+            if ea[0] != eb[0]:
+                return _differs_at(ea[0], eb[0], f"{path}.code")
+            return _differs_at(ea[1], eb[1], f"{path}.details")
+        i = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        if i > 60:  # show where they part, not only a prefix both share
+            return (f"{path or 'the message'} (from character {i}): the target's ...{json.dumps(a[i - 20:])[:200]}, "
+                    f"the model's ...{json.dumps(b[i - 20:])[:200]}")
     return (f"{path or 'the message'}: the target's {json.dumps(a, sort_keys=True)[:200]}, the model's "
             f"{json.dumps(b, sort_keys=True)[:200]}")
+
+
+def _error_parts(text: str) -> tuple[str, Any] | None:
+    """``(code, details)`` of a reducer or subscription error string ``<code>: <canonical JSON of details>``,
+    else None."""
+    code, sep, rest = text.partition(": ")
+    if not sep or not re.fullmatch(r"[a-z_]+", code) or not rest.startswith("{"):
+        return None
+    try:
+        return code, json.loads(rest)
+    except ValueError:
+        return None
 
 
 def _first_divergence(where: str, got: list[dict[str, Any]], want: list[dict[str, Any]]) -> str | None:

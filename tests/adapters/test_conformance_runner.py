@@ -385,3 +385,30 @@ def test_a_run_where_every_scenario_was_skipped_exits_1(tmp_path: Path) -> None:
         rc, out, results = conformance("--url", t.url, "--only", "delivery")
     assert {r["status"] for r in results} == {"skip"} and rc == 1, out
     assert "0 passed, 0 failed, 8 skipped: nothing ran" in out
+
+
+def test_a_divergence_inside_an_error_string_names_the_detail() -> None:
+    """An error string is ``<code>: <canonical JSON of details>``; a stale_cursor's runs past 250
+    characters.  Failed before (revk): a target whose stale_cursor said ``requested_watermark`` 2 where
+    the model says 1 failed with ``differs at error`` and both strings cut at 200 characters -- before
+    the field that differs, so the two shown looked identical."""
+    from adapters.conformance.wire_runner import _first_divergence
+    details = {"continues_epoch": 0, "continues_seq": 0, "earlier_epochs": [], "earlier_seqs": [], "epoch": 1,
+               "floor_seq": 1, "head_seq": 3, "reasons": ["epoch_changed"], "replay_budget": 20000,
+               "requested_epoch": 2, "requested_watermark": 1, "stream_id": "cf0123456789abcdef0001.a"}
+
+    def err(**changed: Any) -> list[dict[str, Any]]:
+        text = "stale_cursor: " + json.dumps({**details, **changed}, sort_keys=True, separators=(",", ":"))
+        return [{"$type": "SubscriptionError", "error": text, "query_set_id": 11, "request_id": 2}]
+
+    assert _first_divergence("receive #1", err(), err()) is None
+    msg = _first_divergence("receive #1", err(requested_watermark=2), err())
+    assert msg is not None and "error.details.requested_watermark: the target's 2, the model's 1" in msg, msg
+    other_code = err()
+    other_code[0]["error"] = other_code[0]["error"].replace("stale_cursor", "invalid_query", 1)
+    msg = _first_divergence("receive #1", other_code, err())
+    assert msg is not None and "error.code: the target's \"invalid_query\", the model's \"stale_cursor\"" in msg, msg
+    plain = [{"$type": "SubscriptionError", "error": "x" * 300 + "A", "query_set_id": 1, "request_id": 1}]
+    want = [{"$type": "SubscriptionError", "error": "x" * 300 + "B", "query_set_id": 1, "request_id": 1}]
+    msg = _first_divergence("receive #0", plain, want)
+    assert msg is not None and "A" in msg.split("the target sent")[0] and "B" in msg.split("the target sent")[0], msg
