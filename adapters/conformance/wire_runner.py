@@ -899,9 +899,14 @@ def _operator_mistake(args: argparse.Namespace) -> str | None:
         if path is not None and not path.parent.is_dir():
             return f"{flag}: no directory {path.parent} to write {path.name} in"
     if args.mint_with is not None:
-        from adapters.auth import KEY_FILE_NAME
-        if not (args.mint_with / KEY_FILE_NAME).is_file():
+        from adapters.auth import KEY_FILE_NAME, KeyStore
+        key = args.mint_with / KEY_FILE_NAME
+        if not key.is_file():
             return f"--mint-with {args.mint_with}: no {KEY_FILE_NAME} there (give the target's data directory)"
+        try:
+            KeyStore.from_pem(key.read_bytes(), source=str(key))
+        except (ValueError, OSError) as exc:
+            return f"--mint-with: {exc} (the kit signs with an unencrypted P-256 PEM private key)"
     return None
 
 

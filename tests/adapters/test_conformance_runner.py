@@ -355,6 +355,18 @@ def test_every_play_gets_its_own_namespace(monkeypatch: pytest.MonkeyPatch) -> N
     assert all(ns.startswith(f"cf{runner.run_id}") for ns in seen)
 
 
+def _key_dir(tmp: Path, kind: str) -> Path:
+    """A directory whose jwt-es256-key.pem is not text PEM (``garbage``) or a P-384 key (``p384``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    d = tmp / kind
+    d.mkdir()
+    pem = b"garbage\n" if kind == "garbage" else ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (d / "jwt-es256-key.pem").write_bytes(pem)
+    return d
+
+
 def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> None:
     """Failed before: ``--url notaurl`` was a traceback (urllib's ``unknown url type``), and ``--json``
     into a missing directory a traceback after every scenario had run (minutes with --local)."""
@@ -367,7 +379,13 @@ def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> 
                          # failed before (revk): exit 1 like a conformance failure, and with the target down
                          # not said at all (every scenario "nothing usable at URL")
                          (["--url", "http://127.0.0.1:1", "--mint-with", str(tmp_path)],
-                          f"--mint-with {tmp_path}: no jwt-es256-key.pem there")):
+                          f"--mint-with {tmp_path}: no jwt-es256-key.pem there"),
+                         # failed before (revk): a traceback (ValueError from the key store) -- an implementer
+                         # bringing their own key is the likely one to hit it
+                         (["--url", "http://127.0.0.1:1", "--mint-with", str(_key_dir(tmp_path, "garbage"))],
+                          "not a valid unencrypted PEM private key"),
+                         (["--url", "http://127.0.0.1:1", "--mint-with", str(_key_dir(tmp_path, "p384"))],
+                          "not an ES256 (P-256 EC) private key")):
         proc = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", *argv], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr)
