@@ -392,6 +392,12 @@ class Runner:
         identities: dict[str, str] = {}
         got: list[list[dict[str, Any]]] = []
         stall = self.opts.stall_file
+
+        def settle(conn: str, where: str) -> None:
+            for other in sorted(dirty - {conn}):
+                inbox.setdefault(other, []).extend(conns[other].until_barrier(where))
+                dirty.discard(other)
+
         try:
             for k, step in enumerate(steps):
                 op = step["op"]
@@ -402,6 +408,10 @@ class Runner:
                     conns[step["conn"]] = c = Conn(self.opts, token, step["confirmed"], step["conn"])
                     identities[person] = c.identity
                 elif op == "send":
+                    # the model takes the steps one after another; over a network two connections' frames
+                    # may reach the server in either order, so another connection's sends are taken (its
+                    # barrier answered, its answers kept in its inbox) before this one sends
+                    settle(step["conn"], f"before {where}")
                     conns[step["conn"]].send(_to_wire(step["message"]))
                     dirty.add(step["conn"])
                 elif op in ("receive", "receive_quiet"):
@@ -426,6 +436,7 @@ class Runner:
                     # (never lowering its own, so a floor kept too low still shows)
                     steps[k] = {**step, "version_floor": self._floors(f"{ns}c{k}")[1]}
                 elif op == "close":
+                    settle(step["conn"], f"before {where}")
                     conns[step["conn"]].close()
                     dirty.discard(step["conn"])
                 elif op == "await":
