@@ -94,6 +94,7 @@ class Options:
     compact_cmd: str | None = None
     max_undurable: int | None = None
     quiet_s: float = 0.5
+    restart_unclean: bool = False  # --restart-cmd kills the target without a clean shutdown (SIGKILL)
 
 
 Tick = Callable[[int, int, str], None]
@@ -725,8 +726,13 @@ class Runner:
         finally:
             c.close()
         old, new = stream_before["epoch"], stream_after["epoch"]
+        if new == old and self.opts.restart_unclean:
+            raise ScenarioFailed(f"after an unclean restart (--restart-unclean) the target sent the stream row in "
+                                 f"the epoch it had before, {old}: {_show([stream_after])}; with the undurable "
+                                 f"window {n} the model moves it to at least {old + n + 1} (DUR-2)")
         if new == old:
-            raise Skipped("the restart was clean (the stream kept its epoch): no recovery to judge")
+            raise Skipped("the restart was clean (the stream kept its epoch): no recovery to judge (give "
+                          "--restart-unclean if --restart-cmd kills the target)")
         if new < old + n + 1:
             raise ScenarioFailed(f"after an unclean restart the target sent the stream row in epoch {new} (before "
                                  f"it: {old}): {_show([stream_after])}; with the undurable window {n} the model "
@@ -870,6 +876,8 @@ def add_parser(sub: Any) -> None:
                    help="a path whose existence stalls the target's commit log ([faults] stall_commits_while)")
     p.add_argument("--compact-cmd", metavar="CMD", help="a shell command that makes the target run its retention "
                    "(compaction) now; the target serves the kit's retention class (docs/conformance.md)")
+    p.add_argument("--restart-unclean", action="store_true", help="--restart-cmd kills the target without a "
+                   "clean shutdown (SIGKILL): a stream that kept its epoch then fails DUR-2 instead of skipping")
     p.add_argument("--max-undurable", type=int, metavar="N", help="the target's undurable window (syncref serve: "
                    "[limits] max_undurable): how far an unclean restart must move epochs and versions")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
@@ -892,7 +900,7 @@ def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None 
 
     with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
         opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
-                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable)
+                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable, restart_unclean=True)  # SIGKILL
         return run_options(opts, tick)
 
 
@@ -924,9 +932,9 @@ def _operator_mistake(args: argparse.Namespace) -> str | None:
 def main(args: argparse.Namespace) -> int:
     selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
     if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd
-                       or args.max_undurable is not None):
+                       or args.max_undurable is not None or args.restart_unclean):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
-              "--stall-file/--compact-cmd/--max-undurable", file=sys.stderr)
+              "--restart-unclean/--stall-file/--compact-cmd/--max-undurable", file=sys.stderr)
         return 2
     mistake = _operator_mistake(args)
     if mistake is not None:
@@ -939,7 +947,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
                            args.stall_file, args.timeout, compact_cmd=args.compact_cmd,
-                           max_undurable=args.max_undurable)
+                           max_undurable=args.max_undurable, restart_unclean=args.restart_unclean)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.finish()
