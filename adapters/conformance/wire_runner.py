@@ -692,8 +692,8 @@ class Runner:
         n = self.opts.max_undurable
         assert n is not None
         ns = f"cf{self.run_id}rb"
-        token = self.tokens.token(f"{ns}-owner", {"scopes": ["sync.subscribe", "sync.append", "provider.publish"],
-                                                  "streams": [f"{ns}.*"]})
+        token = self.tokens.token(f"{ns}-owner", {"scopes": ["sync.subscribe", "sync.append", "provider.publish",
+                                                             "compute.request"], "streams": [f"{ns}.*"]})
         stream, provider = f"{ns}.r", f"{ns}p"
         rows_q = (f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'",
                   f"SELECT * FROM provider_capability WHERE provider_id = '{provider}'")
@@ -723,8 +723,23 @@ class Runner:
         c = self._restarted(token, "after")
         try:
             stream_after, cap_after = rows(c, 1)
+            # rows created after the recovery start at its floors, which must be past the window too: a new
+            # stream in an epoch, a new assignment at a version, that a lost transaction may have handed out
+            # would alias it (the floors probe takes the target's floors as given, so only this shows them)
+            fresh_stream, job = f"{ns}.new", f"{ns}q"
+            for rid, reducer, args in ((3, "append_sync_event", (fresh_stream, "k1", '{"n":1}', None, None)),
+                                       (4, "open_compute_assignment", (job, 5050, "{}"))):
+                c.send(wire.CallReducer(rid, 0, reducer, bsatn.encode_args(reducer, args)))
+            c.send(wire.Subscribe(2, 2, (f"SELECT * FROM sync_stream WHERE stream_id = '{fresh_stream}'",
+                                         f"SELECT * FROM compute_assignment WHERE request_id = '{job}'")))
+            msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier("after creating rows")]
         finally:
             c.close()
+        applied = [m for m in msgs if m["$type"] == "SubscribeApplied"]
+        created = {t["table"]: t["inserts"] for t in applied[0]["rows"]} if applied else {}
+        if [len(created.get(t, [])) for t in ("sync_stream", "compute_assignment")] != [1, 1]:
+            raise ScenarioFailed(f"a new stream and assignment after the restart were answered {_show(msgs)}")
+        new_stream_row, job_row = created["sync_stream"][0], created["compute_assignment"][0]
         old, new = stream_before["epoch"], stream_after["epoch"]
         if new == old and self.opts.restart_unclean:
             raise ScenarioFailed(f"after an unclean restart (--restart-unclean) the target sent the stream row in "
@@ -737,7 +752,16 @@ class Runner:
             raise ScenarioFailed(f"after an unclean restart the target sent the stream row in epoch {new} (before "
                                  f"it: {old}): {_show([stream_after])}; with the undurable window {n} the model "
                                  f"moves it to at least {old + n + 1} (DUR-2)")
+        if new_stream_row["epoch"] < old + n + 1:
+            raise ScenarioFailed(f"after an unclean restart the target sent a stream created after it in epoch "
+                                 f"{new_stream_row['epoch']}: {_show([new_stream_row])}; with the undurable window "
+                                 f"{n} the model's epoch floor is at least {old + n + 1} (DUR-2: a lost "
+                                 "transaction may have handed out every epoch below)")
         v0, v1 = cap_before["version"], cap_after["version"]
+        if job_row["version"] < v0 + n + 1:
+            raise ScenarioFailed(f"after an unclean restart the target sent an assignment opened after it at version "
+                                 f"{job_row['version']}: {_show([job_row])}; with the undurable window {n} the "
+                                 f"model's version floor is at least {v0 + n + 1} (VER-1)")
         if v1 < v0 + n + 1 or {**cap_after, "version": v0, "updated_at": None} != {**cap_before, "version": v0,
                                                                                      "updated_at": None}:
             raise ScenarioFailed(f"after an unclean restart the target sent the provider row {_show([cap_after])} "

@@ -73,6 +73,14 @@ ENGINE_MUTANTS: tuple[Mutant, ...] = (
     Mutant("unclean_restart_as_clean", "reference.engine",
            (("        if not clean:\n            fresh = max(", "        if False:\n            fresh = max("),),
            "an unclean restart is recovered as a clean one: every epoch and version kept (DUR-2, VER-1)"),
+    Mutant("recovery_keeps_epoch_floor", "reference.reducers",
+           (("    tx.db.epoch_floor = fresh\n", ""),),
+           "unclean recovery moves the streams but not the epoch floor: a stream created after it starts in an "
+           "epoch a lost transaction may have handed out (DUR-2)"),
+    Mutant("recovery_keeps_version_floor", "reference.reducers",
+           (("    tx.db.version_floor = version\n", ""),),
+           "unclean recovery raises the live rows' versions but not the version floor: a row created after it "
+           "starts at a version a lost transaction may have handed out (VER-1)"),
     Mutant("stale_floor_off_by_one", "reference.engine",
            (("stale_reasons(epoch, head, floor, budget, req_epoch, w)", "stale_reasons(epoch, head, floor - 1, budget, req_epoch, w)"),),
            "the engine reads the retention floor one too low (a resume one past the floor is served)"),
