@@ -727,9 +727,11 @@ class Runner:
             # stream in an epoch, a new assignment at a version, that a lost transaction may have handed out
             # would alias it (the floors probe takes the target's floors as given, so only this shows them)
             fresh_stream, job = f"{ns}.new", f"{ns}q"
-            for rid, reducer, args in ((3, "append_sync_event", (fresh_stream, "k1", '{"n":1}', None, None)),
-                                       (4, "open_compute_assignment", (job, 5050, "{}"))):
-                c.send(wire.CallReducer(rid, 0, reducer, bsatn.encode_args(reducer, args)))
+            creating: tuple[tuple[int, str, tuple[Any, ...]], ...] = (
+                (3, "append_sync_event", (fresh_stream, "k1", '{"n":1}', None, None)),
+                (4, "open_compute_assignment", (job, 5050, "{}")))
+            for rid, reducer, fields in creating:
+                c.send(wire.CallReducer(rid, 0, reducer, bsatn.encode_args(reducer, fields)))
             c.send(wire.Subscribe(2, 2, (f"SELECT * FROM sync_stream WHERE stream_id = '{fresh_stream}'",
                                          f"SELECT * FROM compute_assignment WHERE request_id = '{job}'")))
             msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier("after creating rows")]
