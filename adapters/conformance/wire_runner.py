@@ -540,6 +540,7 @@ class Runner:
         """Every compatibility code, in order: the HTTP answer of the upgrade against the model's
         negotiation with the target's own window (read from its first refusal)."""
         from spec.compat import CompatWindow, negotiate
+        from spec.schema import PROTOCOL_VERSION, SCHEMA_VERSION
         cases = [(None, None, None), ("bad", "oa.sync.v1", 2), ("bad", "x", 99), ("20991231T235959Z", "x", 99),
                  ("20260601T000000Z", "x", 2), ("20260601T000000Z", "oa.sync.v1", 99),
                  ("20000101T000000Z", "oa.sync.v1", 2), ("29991231T235959Z", "oa.sync.v1", 2),
@@ -551,6 +552,11 @@ class Runner:
                 w = body.get("window") or {}
                 window = CompatWindow(w["protocol_version"], w["min_schema_version"], w["max_schema_version"],
                                       w["min_client_build_id"], w["max_client_build_id"])
+                # the build window is the target's to choose; the protocol and schema are the spec's
+                if window.protocol_version != PROTOCOL_VERSION or not (
+                        window.min_schema_version <= SCHEMA_VERSION <= window.max_schema_version):
+                    raise ScenarioFailed(f"the target's compatibility window {w} does not admit the spec's protocol "
+                                         f"{PROTOCOL_VERSION} and schema {SCHEMA_VERSION} (COMPAT-1)")
             model = CompatWindow() if window is None else window
             err = negotiate(model, build, protocol, schema)
             want = (101, None) if err is None else (426, err.code.value)

@@ -507,3 +507,14 @@ def test_no_wire_scenario_barriers_a_confirmed_connection_while_the_log_stalls()
             held = {"hold": True, "release": False}.get(op, held)
             if op == "receive_quiet":
                 dirty.discard(conn)
+
+
+def test_a_server_of_another_protocol_version_fails_negotiation_order(tmp_path: Path) -> None:
+    """COMPAT-1 is about oa.sync.v1: a server whose window names another protocol version (it refuses
+    every v1 client, consistently with the window it publishes) does not conform.  Failed before
+    (revk): the runner read the window from the target's first 426 and judged the order of the
+    checks against it, whatever it said -- ``support.wire_proxy``'s ``protocol_v2`` passed."""
+    with serving(tmp_path) as t, _proxied(t.url, "protocol_v2") as url:
+        rc, out, results = conformance("--url", url, "--mint-with", str(t.data), "--only", "compat")
+    assert rc == 1 and results[0]["status"] == "fail", out
+    assert "oa.sync.v2" in results[0]["message"] and "oa.sync.v1" in results[0]["message"], out

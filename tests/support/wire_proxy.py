@@ -13,13 +13,19 @@ upstream connection.  ``MODE``:
 * ``swap_tu``: a server that breaks DELIV order -- of two consecutive ``TransactionUpdate`` on a
   connection, the second is sent first;
 * ``stale_code``: a server that answers a stale resume with ``invalid_query`` instead of
-  ``stale_cursor`` (same details).
+  ``stale_cursor`` (same details);
+* ``protocol_v2``: a server of another sync protocol version -- its compatibility window names
+  ``oa.sync.v2``, and it refuses a token claiming ``oa.sync.v1`` with ``unsupported_protocol_version``
+  itself (the rest of the negotiation, in order, is the upstream's).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
+import json
+import re
 import sys
 import threading
 import time
@@ -35,8 +41,10 @@ from websockets.sync.server import ServerConnection, serve
 from adapters import wire
 from spec import messages as sm
 
-MODES = ("none", "jitter", "swap_tu", "stale_code")
+MODES = ("none", "jitter", "swap_tu", "stale_code", "protocol_v2")
 SUBPROTOCOL = "v2.bsatn.spacetimedb"
+V2_WINDOW = (("protocol_version", "oa.sync.v2"), ("min_schema_version", 3), ("max_schema_version", 3),
+             ("min_client_build_id", "20260101T000000Z"), ("max_client_build_id", "20991231T235959Z"))
 
 
 def _tamper(mode: str, held: list[wire.ServerMessage], msgs: list[wire.ServerMessage]) -> list[wire.ServerMessage]:
@@ -74,13 +82,26 @@ def main(upstream: str, mode: str) -> None:
             with urllib.request.urlopen(up_http + "/v1/ping", timeout=10) as resp:
                 return Response(resp.status, "OK", Headers(), resp.read())
         auth = [(k, v) for k, v in request.headers.raw_items() if k.lower() == "authorization"]
+        if mode == "protocol_v2" and auth:
+            payload = auth[0][1].split(" ", 1)[-1].split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            build = str(claims.get("oa_client_build_id", ""))
+            if claims.get("oa_protocol_version") == "oa.sync.v1" and re.fullmatch(r"\d{8}T\d{6}Z", build):
+                body = {"code": "unsupported_protocol_version", "requested_protocol_version": "oa.sync.v1",
+                        "window": dict(V2_WINDOW), "upgrade_required": False}
+                return Response(426, "Upgrade Required", Headers([("Content-Type", "application/json")]),
+                                json.dumps(body).encode())
         try:
             upstreams[id(conn)] = connect(up_ws + request.path, subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
                                           additional_headers=auth, max_size=None, compression=None)
         except InvalidStatus as exc:
             status = exc.response.status_code
-            return Response(status, HTTPStatus(status).phrase, Headers([("Content-Type", "application/json")]),
-                            exc.response.body or b"")
+            body = exc.response.body or b""
+            if mode == "protocol_v2" and status == 426:
+                doc = json.loads(body)
+                doc["window"] = dict(V2_WINDOW)
+                body = json.dumps(doc).encode()
+            return Response(status, HTTPStatus(status).phrase, Headers([("Content-Type", "application/json")]), body)
         return None
 
     def handler(conn: ServerConnection) -> None:
