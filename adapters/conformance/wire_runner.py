@@ -60,6 +60,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from adapters import bsatn, wire
 from adapters.conformance import delivery as d
+from adapters.conformance.codec import claims_to_json
 from adapters.progress import Progress
 from spec import messages as sm
 
@@ -336,6 +337,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("delivery", "row_filter", ("AUTH-1",), ("mint",), "row_filter"),
     Scenario("delivery", "private_tables", ("AUTH-1",), ("mint",), "private_tables"),
     Scenario("delivery", "unsubscribe", ("DELIV-2",), ("mint",), "unsubscribe"),
+    Scenario("delivery", "one_off_row_filter", ("AUTH-1",), ("mint",)),
     Scenario("idempotency", "duplicate_call_is_a_noop", ("IDEM-2",), ("mint",), "duplicate_call_is_a_noop"),
     Scenario("idempotency", "duplicate_frame", ("IDEM-2",), ("mint",), "duplicate_frame"),
     Scenario("idempotency", "idempotency_conflict", ("IDEM-3",), ("mint",), "idempotency_conflict"),
@@ -567,6 +569,67 @@ class Runner:
                                      f"{'101 (admitted)' if err is None else f'426 {err.code.value}'}")
             if status == 426 and body.get("upgrade_required") != (got_code == "upgrade_required"):
                 raise ScenarioFailed(f"a 426 {got_code} body says upgrade_required={body.get('upgrade_required')}")
+
+    def one_off_row_filter(self) -> None:
+        """A one-off read (``OneOffQuery``) follows the subscription rules -- scope, grants, row filter; no
+        stale check (docs/protocol.md): each query's one-off answer over the wire has the rows, or the
+        error code, of the model's answer to subscribing that query, for the same reader and state.  The
+        reader is granted one stream; the writer also wrote the other, a checkpoint and an outbox row."""
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        if self.floors is None:
+            self.floors = self._floors(ns)
+        e0, _v0 = self.floors
+        folk = d.people(ns)
+        a, b, outbox = f"{ns}.a", f"{ns}.b", f"{ns}o5"
+        writes = [sm.CallReducer(1, "append_sync_event", (a, "k1", '{"n":1}', None, None)),
+                  sm.CallReducer(2, "append_sync_event", (b, "k1", '{"n":1}', None, None)),
+                  sm.CallReducer(3, "ack_checkpoint", ("c1", a, e0, 1)),
+                  sm.CallReducer(4, "enqueue_bridge_event", (outbox, "receipts", 30078, '[["d","x"]]', "hello"))]
+        queries = ("SELECT * FROM sync_event", "SELECT * FROM sync_stream",
+                   f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'",
+                   f"SELECT * FROM bridge_outbox WHERE outbox_id = '{outbox}'",
+                   f"SELECT * FROM sync_event WHERE stream_id = '{b}'")
+        w = Conn(self.opts, self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"])), False, "w")
+        r = Conn(self.opts, self.tokens.token(f"{ns}-reader", claims_to_json(folk["reader"])), False, "r")
+        try:
+            for call in writes:
+                w.send(wire.CallReducer(call.request_id, 0, call.reducer, bsatn.encode_args(call.reducer, call.args)))
+            w.until_barrier("after the writes")
+            for i, text in enumerate(queries):
+                r.send(wire.OneOffQuery(100 + i, text))
+            answers = {m.request_id: wire.server_from_wire(m) for m in r.until_barrier("after the one-off reads")
+                       if isinstance(m, wire.OneOffQueryResult)}
+            identities = {"writer": w.identity, "reader": r.identity}
+        finally:
+            w.close()
+            r.close()
+        # the model: the same writes, then the reader subscribes each query in a set of its own
+        def connect(conn: str, who: str) -> dict[str, Any]:
+            return {"op": "connect", "conn": conn, "person": who, "confirmed": False,
+                    "claims": {**claims_to_json(folk[who]), "identity": identities[who]}}
+        steps = [connect("w", "writer"),
+                 *({"op": "send", "conn": "w", "message": d.client_message_json(c)} for c in writes),
+                 {"op": "receive", "conn": "w"}, connect("r", "reader"),
+                 *({"op": "send", "conn": "r", "message": d.client_message_json(sm.Subscribe(i, 10 + i, (text,)))}
+                   for i, text in enumerate(queries)), {"op": "receive", "conn": "r"}]
+        model = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=self.floors[1]), steps)[-1]
+        for i, (text, want) in enumerate(zip(queries, model, strict=True)):
+            got = answers.get(100 + i)
+            if not isinstance(got, sm.OneOffQueryResult):
+                raise ScenarioFailed(f"no OneOffQueryResult for {text!r} (request {100 + i})")
+            if want["$type"] == "SubscriptionError":
+                code = want["error"].split(":")[0]
+                if not (isinstance(got.result, str) and got.result.split(":")[0] == code):
+                    raise ScenarioFailed(f"the one-off read {text!r} was answered {str(got.result)[:300]}; the model "
+                                         f"refuses subscribing it with {code} (AUTH-1)")
+                continue
+            rows = [t["inserts"] for t in want["rows"]] or [[]]
+            got_rows = "an error: " + got.result if isinstance(got.result, str) else d.message_json(
+                sm.SubscribeApplied(0, 0, (got.result,)))["rows"][0]["inserts"]
+            diff = _first_divergence(f"the one-off read {text!r}", [{"rows": got_rows}], [{"rows": rows[0]}])
+            if diff is not None:
+                raise ScenarioFailed(f"{diff} (the model's snapshot of subscribing it, for the same reader: AUTH-1)")
 
     def _upgrade_status(self, subject: str, build: str | None, protocol: str | None,
                         schema: int | None) -> tuple[int, dict[str, Any]]:

@@ -4,8 +4,8 @@ updates.  The engine plays the conformance kit's ``private_tables`` delivery sce
 messages are the checked-in vector (written by the model, ``adapters/conformance/generate.py``),
 and the facts that matter are restated here by hand.  The differential machines reach neither leak
 in their budget (no machine client subscribes to another identity's checkpoint or to the outbox
-without a bridge scope): this file is the killer of the engine mutants ``checkpoint_by_stream_grant``
-and ``bridge_rows_for_everyone``."""
+without a bridge scope, and none sends a one-off read): this file is the killer of the engine mutants
+``checkpoint_by_stream_grant``, ``bridge_rows_for_everyone`` and ``one_off_ignores_row_filter``."""
 
 from __future__ import annotations
 
@@ -44,3 +44,39 @@ def test_a_watcher_of_the_stream_reads_neither_the_checkpoint_nor_the_outbox_row
     assert writer_sees == ["bridge_outbox", "sync_checkpoint", "sync_event"]  # the owner, bridge-scoped
     assert [_tables(m) for m in got[3]] == [["sync_event"]]  # the watcher's update: the event only
     assert [_tables(m) for m in got[4]] == [["sync_event"]]  # a late watcher's snapshot: the event only
+
+
+def test_a_one_off_read_follows_the_same_row_filter() -> None:
+    """A one-off read (``OneOffQuery``, ``/sql``) is filtered as a subscription is: a reader granted
+    ``s.a`` reads no one else's checkpoint, no outbox row (no bridge scope), no event of ``s.b``.
+    Killer of ``one_off_ignores_row_filter`` (the differential machines send no one-off reads)."""
+    from adapters.conformance.codec import claims_to_json
+    from adapters.conformance.delivery import PEOPLE, client_message_json
+    from reference.engine import Engine
+    from spec import messages as sm
+
+    engine = engine_target()
+    writes = [sm.CallReducer(1, "append_sync_event", ("s.a", "k1", '{"n":1}', None, None)),
+              sm.CallReducer(2, "append_sync_event", ("s.b", "k1", '{"n":1}', None, None)),
+              sm.CallReducer(3, "ack_checkpoint", ("c1", "s.a", 1, 1)),
+              sm.CallReducer(4, "enqueue_bridge_event", ("o5", "receipts", 30078, '[["d","x"]]', "hello"))]
+    steps = [{"op": "connect", "conn": "w", "person": "writer", "claims": claims_to_json(PEOPLE["writer"]),
+              "confirmed": False},
+             *({"op": "send", "conn": "w", "message": client_message_json(c)} for c in writes),
+             {"op": "receive", "conn": "w"}]
+    results = drive(engine, steps)[0]
+    assert [m["outcome"].get("err") for m in results] == [None] * 4  # every write took
+    assert isinstance(engine, Engine)
+    reader, writer = PEOPLE["reader"], PEOPLE["writer"]
+
+    def read(claims: Any, text: str) -> list[str]:
+        return sorted(str(getattr(row, "stream_id", getattr(row, "outbox_id", ""))) for row in
+                      engine.query(claims, text).inserts)
+
+    assert read(reader, "SELECT * FROM sync_event") == ["s.a"]
+    assert read(reader, "SELECT * FROM sync_checkpoint WHERE stream_id = 's.a'") == []
+    assert read(reader, "SELECT * FROM bridge_outbox WHERE outbox_id = 'o5'") == []
+    # the same reads by the owner and bridge-scoped writer see the rows: the filter, not an empty table
+    assert read(writer, "SELECT * FROM sync_event") == ["s.a", "s.b"]
+    assert read(writer, "SELECT * FROM sync_checkpoint WHERE stream_id = 's.a'") == ["s.a"]
+    assert read(writer, "SELECT * FROM bridge_outbox WHERE outbox_id = 'o5'") == ["o5"]

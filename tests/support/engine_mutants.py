@@ -81,6 +81,11 @@ ENGINE_MUTANTS: tuple[Mutant, ...] = (
            (("    tx.db.version_floor = version\n", ""),),
            "unclean recovery raises the live rows' versions but not the version floor: a row created after it "
            "starts at a version a lost transaction may have handed out (VER-1)"),
+    Mutant("one_off_ignores_row_filter", "reference.engine",
+           (("        rows = [row for row in candidates if q.matches(query, row) and readable(row)]\n",
+             "        rows = [row for row in candidates if q.matches(query, row)]\n"),),
+           "a one-off read (OneOffQuery, /sql) skips the row filter: rows of ungranted streams, others' checkpoints",
+           killer="reference/test_private_tables.py"),
     Mutant("stale_floor_off_by_one", "reference.engine",
            (("stale_reasons(epoch, head, floor, budget, req_epoch, w)", "stale_reasons(epoch, head, floor - 1, budget, req_epoch, w)"),),
            "the engine reads the retention floor one too low (a resume one past the floor is served)"),
