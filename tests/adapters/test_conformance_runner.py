@@ -311,7 +311,7 @@ def test_verify_fills_its_conformance_column_from_the_runners_results(tmp_path: 
     failing = next(r for r in results if r["scenario"] == "update_and_caller_result")
     failing.update(status="fail", message="the caller also got a TransactionUpdate")
     skipped = next(r for r in results if r["scenario"] == "event_tables")
-    passing = next(r for r in results if r["scenario"] == "confirmed_reads_released")
+    passing = next(r for r in results if r["scenario"] == "checkpoint_never_backwards")  # CONF-1 has two now
     (failed_id,), (skipped_id,), (passed_id,) = failing["invariants"], skipped["invariants"], passing["invariants"]
     assert all(failed_id not in r["invariants"] for r in results if r is not failing)
     assert all(skipped_id not in r["invariants"] for r in results if r is not skipped)
@@ -327,7 +327,7 @@ def test_verify_fills_its_conformance_column_from_the_runners_results(tmp_path: 
     assert rows[failed_id]["conformance_scenarios"] == ["update_and_caller_result"]
     assert rows[skipped_id]["conformance"] == "-" and rows[skipped_id]["conformance_scenarios"] == []  # no pass
     assert rows[passed_id]["conformance"] == "pass"
-    assert rows[passed_id]["conformance_scenarios"] == ["confirmed_reads_released"]
+    assert rows[passed_id]["conformance_scenarios"] == ["checkpoint_never_backwards"]
     assert report["conformance"] == results
     text = _verify("--conformance", str(path))
     assert any(line.startswith("invariant") and " conform " in line for line in text.stdout.splitlines())
@@ -411,7 +411,7 @@ def test_a_run_where_every_scenario_was_skipped_exits_1(tmp_path: Path) -> None:
     with serving(tmp_path) as t:
         rc, out, results = conformance("--url", t.url, "--only", "delivery")
     assert {r["status"] for r in results} == {"skip"} and rc == 1, out
-    assert "0 passed, 0 failed, 8 skipped: nothing ran" in out
+    assert "0 passed, 0 failed, 9 skipped: nothing ran" in out
 
 
 def test_a_divergence_inside_an_error_string_names_the_detail() -> None:
