@@ -240,13 +240,16 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
             # other confirmation only (each one it skips sets it back), so one of two stalls shows it
             hold, append("w", 3, a, "k2", '{"n":2}'), receive("w"), receive("u"),
             {"op": "receive_quiet", "conn": "c"}, release, receive("c")]),
-        "confirmed_caller_waits": ("a confirmed-read caller's own ReducerResult -- a failure or a deduplicated "
-                                   "retry reading another connection's undurable write, its own write with or without "
-                                   "a subscription -- is sent only once the offset it reads is durable (an answer "
-                                   "before that breaks CONF-1)", [
-            connect("w", "writer", confirmed=True), connect("v", "writer"), append("w", 1, a, "k0", '{"n":0}'),
-            receive("w"), hold, append("v", 1, a, "k1"), receive("v"), append("w", 2, a, "k1", '{"n":9}'),
-            append("w", 3, a, "k1"), {"op": "receive_quiet", "conn": "w"}, release, receive("w"),
+        "confirmed_caller_waits": ("a confirmed-read connection's own answers are sent only once the offset they "
+                                   "read is durable: a SubscribeApplied, a failure and a deduplicated retry reading "
+                                   "another connection's undurable write, its own write with or without a "
+                                   "subscription (an answer before that breaks CONF-1)", [
+            connect("w", "writer", confirmed=True), connect("v", "writer"), connect("c", "watcher", confirmed=True),
+            append("w", 1, a, "k0", '{"n":0}'), receive("w"), hold, append("v", 1, a, "k1"), receive("v"),
+            # a table no write here touches: the writes below stay on the engine's no-subscriber path
+            sub("c", 1, 10, f"SELECT * FROM session_presence WHERE session_id = '{ns}.none'"),
+            {"op": "receive_quiet", "conn": "c"}, append("w", 2, a, "k1", '{"n":9}'), append("w", 3, a, "k1"),
+            {"op": "receive_quiet", "conn": "w"}, release, receive("w"), receive("c"),
             hold, append("w", 4, a, "k2", '{"n":2}'), {"op": "receive_quiet", "conn": "w"}, release, receive("w"),
             sub("w", 5, 10, ev_a), receive("w"),
             hold, append("w", 6, a, "k3", '{"n":3}'), {"op": "receive_quiet", "conn": "w"}, release, receive("w")]),
@@ -460,10 +463,10 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     "confirmed_reads_wait_for_durability": lambda r: r[3] == [] and _types(r[4]) == ["TransactionUpdate"]
     and r[5][0]["tx_offset"] == 1 and r[6][0]["tx_offset"] == 2,
     "confirmed_caller_waits": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0]
-                                         for m in r[0] + r[1] + r[3] + r[5] + r[8]]
-    == ["ok", "ok", "idempotency_conflict", "ok", "ok", "ok"] and r[3][1]["outcome"]["ok"]["ret"] == 2
-    and r[2] == [] == r[4] == r[7] and _types(r[6]) == ["SubscribeApplied"]
-    and bool(r[8][0]["outcome"]["ok"]["query_sets"]),
+                                         for m in r[0] + r[1] + r[4] + r[7] + r[10]]
+    == ["ok", "ok", "idempotency_conflict", "ok", "ok", "ok"] and r[4][1]["outcome"]["ok"]["ret"] == 2
+    and r[2] == [] == r[3] == r[6] == r[9] and _types(r[5]) == _types(r[8]) == ["SubscribeApplied"]
+    and bool(r[10][0]["outcome"]["ok"]["query_sets"]),
     "event_tables": lambda r: r[2][0]["query_sets"][0]["tables"][0]["event"] is True
     and r[3][0]["rows"] == [],
     "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1,

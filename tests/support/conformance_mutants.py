@@ -84,6 +84,7 @@ KIT_MUTANTS: tuple[KitMutant, ...] = (
     KitMutant(_ENGINE["bridge_rows_for_everyone"], "delivery", "engine", ENGINE),
     KitMutant(_ENGINE["caller_result_ungated"], "delivery", "engine", ENGINE),
     KitMutant(_ENGINE["caller_error_ungated"], "delivery", "engine", ENGINE),
+    KitMutant(_ENGINE["snapshot_ungated"], "delivery", "engine", ENGINE),
     KitMutant(_OWN_BY_NAME["compat_schema_before_protocol"], "compat", "model", ("spec.compat",)),
     KitMutant(_OWN_BY_NAME["bsatn_option_tags_swapped"], "bsatn", "codec", ("adapters.bsatn", "adapters.wire")),
     KitMutant(_OWN_BY_NAME["canonical_keys_by_utf16"], "canonical", "model", ("spec.canonical",)),
