@@ -184,6 +184,9 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
         return {"op": "durable", "to": to}
 
     o1, o2, o3, o4, r3 = f"{ns}o1", f"{ns}o2", f"{ns}o3", f"{ns}o4", f"{ns}r3"
+    o5 = f"{ns}o5"
+    ck_a = f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'"
+    ob5 = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o5}'"
     p1, p2, r1, r2 = f"{ns}p1", f"{ns}p2", f"{ns}r1", f"{ns}r2"
     jobs = f"SELECT * FROM compute_assignment WHERE request_id = '{r1}'"
     outbox = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o1}'"
@@ -237,6 +240,19 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
             # other confirmation only (each one it skips sets it back), so one of two stalls shows it
             hold, append("w", 3, a, "k2", '{"n":2}'), receive("w"), receive("u"),
             {"op": "receive_quiet", "conn": "c"}, release, receive("c")]),
+        "confirmed_caller_waits": ("a confirmed-read connection's own answers are sent only once the offset they "
+                                   "read is durable: a SubscribeApplied, a failure and a deduplicated retry reading "
+                                   "another connection's undurable write, its own write with or without a "
+                                   "subscription (an answer before that breaks CONF-1)", [
+            connect("w", "writer", confirmed=True), connect("v", "writer"), connect("c", "watcher", confirmed=True),
+            append("w", 1, a, "k0", '{"n":0}'), receive("w"), hold, append("v", 1, a, "k1"), receive("v"),
+            # a table no write here touches: the writes below stay on the engine's no-subscriber path
+            sub("c", 1, 10, f"SELECT * FROM session_presence WHERE session_id = '{ns}.none'"),
+            {"op": "receive_quiet", "conn": "c"}, append("w", 2, a, "k1", '{"n":9}'), append("w", 3, a, "k1"),
+            {"op": "receive_quiet", "conn": "w"}, release, receive("w"), receive("c"),
+            hold, append("w", 4, a, "k2", '{"n":2}'), {"op": "receive_quiet", "conn": "w"}, release, receive("w"),
+            sub("w", 5, 10, ev_a), receive("w"),
+            hold, append("w", 6, a, "k3", '{"n":3}'), {"op": "receive_quiet", "conn": "w"}, release, receive("w")]),
         "event_tables": ("event-table rows reach subscribers once, marked as events, and never appear in a "
                          "snapshot", [
             connect("w", "writer"), connect("r", "watcher"), sub("r", 1, 10, "SELECT * FROM stream_signal"),
@@ -246,6 +262,14 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, b, "k1"), receive("w"),
             connect("r", "reader"), sub("r", 1, 10, "SELECT * FROM sync_event"), receive("r"),
             append("w", 3, b, "k2", '{"n":2}'), append("w", 4, a, "k2", '{"n":2}'), receive("r")]),
+        "private_tables": ("a checkpoint reaches only its owner and an outbox row only bridge-scoped "
+                           "subscribers, in snapshots and updates -- not everyone granted the stream: a watcher of the "
+                           "stream hears its events and nothing of the writer's checkpoint or outbox row", [
+            connect("w", "writer"), connect("r", "watcher"), sub("w", 1, 10, ev_a, ck_a, ob5),
+            sub("r", 1, 10, ev_a, ck_a, ob5),
+            receive("w"), receive("r"), append("w", 2, a, "k1"), call("w", 3, "ack_checkpoint", "c1", a, e0, 1),
+            call("w", 4, "enqueue_bridge_event", o5, "receipts", 30078, '[["d","x"]]', "hello"), receive("w"),
+            receive("r"), connect("r2", "watcher"), sub("r2", 1, 10, ev_a, ck_a, ob5), receive("r2")]),
         "unsubscribe": ("unsubscribe answers UnsubscribeApplied (with the set's rows when asked) and stops "
                         "updates", [
             connect("w", "writer"), append("w", 1, a, "k1"), connect("r", "reader"),
@@ -438,9 +462,19 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     "reducer_error_result": lambda r: r[0][0]["outcome"]["err"]["error"].startswith("missing_scope"),
     "confirmed_reads_wait_for_durability": lambda r: r[3] == [] and _types(r[4]) == ["TransactionUpdate"]
     and r[5][0]["tx_offset"] == 1 and r[6][0]["tx_offset"] == 2,
+    "confirmed_caller_waits": lambda r: [m["outcome"].get("err", {}).get("error", "ok").split(":")[0]
+                                         for m in r[0] + r[1] + r[4] + r[7] + r[10]]
+    == ["ok", "ok", "idempotency_conflict", "ok", "ok", "ok"] and r[4][1]["outcome"]["ok"]["ret"] == 2
+    and r[2] == [] == r[3] == r[6] == r[9] and _types(r[5]) == _types(r[8]) == ["SubscribeApplied"]
+    and bool(r[10][0]["outcome"]["ok"]["query_sets"]),
     "event_tables": lambda r: r[2][0]["query_sets"][0]["tables"][0]["event"] is True
     and r[3][0]["rows"] == [],
     "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1,
+    "private_tables": lambda r: {t["table"] for m in r[2] for s in m["outcome"]["ok"]["query_sets"]
+                                 for t in s["tables"]} == {"sync_event", "sync_checkpoint", "bridge_outbox"}
+    and _types(r[3]) == ["TransactionUpdate"]
+    and [t["table"] for t in r[3][0]["query_sets"][0]["tables"]] == ["sync_event"]
+    and [t["table"] for t in r[4][0]["rows"]] == ["sync_event"],
     "unsubscribe": lambda r: _types(r[0])[2:] == ["UnsubscribeApplied", "UnsubscribeApplied"]
     and r[0][2]["rows"] is not None and r[0][3]["rows"] is None and r[1] == [],
     "duplicate_frame": lambda r: [m["request_id"] for m in r[1]] == [7, 7] and r[1][0] == r[1][1]

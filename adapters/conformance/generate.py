@@ -353,10 +353,10 @@ def bsatn_vectors() -> Iterator[Vector]:
         "one_off_query": wire.OneOffQuery(4, "SELECT * FROM sync_stream"),
         "call_procedure": wire.CallProcedure(6, 0, "p", b""),
     }
-    for reducer_case in cs.REDUCER_CASES:
+    for reducer_case in cs.REDUCER_CASES + cs.ASSIGNMENT_CASES:  # every reducer (the compute update's are there)
         o = reducer_case.ops[0]
         name = f"call_reducer_{o.reducer}"
-        if reducer_case.handler == o.reducer and not o.raw and name not in client:
+        if reducer_case.handler in (o.reducer, "update") and not o.raw and name not in client:
             client[name] = wire.CallReducer(5, 0, o.reducer, bsatn.encode_args(o.reducer, o.args))
     for name, msg in client.items():
         yield Vector("bsatn", "client_message", name, "a v2 ClientMessage",

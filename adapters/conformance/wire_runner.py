@@ -60,6 +60,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from adapters import bsatn, wire
 from adapters.conformance import delivery as d
+from adapters.conformance.codec import claims_to_json
 from adapters.progress import Progress
 from spec import messages as sm
 
@@ -94,6 +95,7 @@ class Options:
     compact_cmd: str | None = None
     max_undurable: int | None = None
     quiet_s: float = 0.5
+    restart_unclean: bool = False  # --restart-cmd kills the target without a clean shutdown (SIGKILL)
 
 
 Tick = Callable[[int, int, str], None]
@@ -276,8 +278,30 @@ def _differs_at(a: Any, b: Any, path: str = "") -> str:
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             if x != y:
                 return _differs_at(x, y, f"{path}[{i}]")
+    if isinstance(a, str) and isinstance(b, str):
+        ea, eb = _error_parts(a), _error_parts(b)
+        if ea is not None and eb is not None:  # "<code>: <details JSON>": compare code, then the details
+            if ea[0] != eb[0]:
+                return _differs_at(ea[0], eb[0], f"{path}.code")
+            return _differs_at(ea[1], eb[1], f"{path}.details")
+        i = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        if i > 60:  # show where they part, not only a prefix both share
+            return (f"{path or 'the message'} (from character {i}): the target's ...{json.dumps(a[i - 20:])[:200]}, "
+                    f"the model's ...{json.dumps(b[i - 20:])[:200]}")
     return (f"{path or 'the message'}: the target's {json.dumps(a, sort_keys=True)[:200]}, the model's "
             f"{json.dumps(b, sort_keys=True)[:200]}")
+
+
+def _error_parts(text: str) -> tuple[str, Any] | None:
+    """``(code, details)`` of a reducer or subscription error string ``<code>: <canonical JSON of details>``,
+    else None."""
+    code, sep, rest = text.partition(": ")
+    if not sep or not re.fullmatch(r"[a-z_]+", code) or not rest.startswith("{"):
+        return None
+    try:
+        return code, json.loads(rest)
+    except ValueError:
+        return None
 
 
 def _first_divergence(where: str, got: list[dict[str, Any]], want: list[dict[str, Any]]) -> str | None:
@@ -311,7 +335,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("delivery", "reducer_error_result", ("DELIV-4", "AUTH-2"), ("mint",), "reducer_error_result"),
     Scenario("delivery", "event_tables", ("EVT-2",), ("mint",), "event_tables"),
     Scenario("delivery", "row_filter", ("AUTH-1",), ("mint",), "row_filter"),
+    Scenario("delivery", "private_tables", ("AUTH-1",), ("mint",), "private_tables"),
     Scenario("delivery", "unsubscribe", ("DELIV-2",), ("mint",), "unsubscribe"),
+    Scenario("delivery", "one_off_row_filter", ("AUTH-1",), ("mint",)),
     Scenario("idempotency", "duplicate_call_is_a_noop", ("IDEM-2",), ("mint",), "duplicate_call_is_a_noop"),
     Scenario("idempotency", "duplicate_frame", ("IDEM-2",), ("mint",), "duplicate_frame"),
     Scenario("idempotency", "idempotency_conflict", ("IDEM-3",), ("mint",), "idempotency_conflict"),
@@ -319,6 +345,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("resume", "resume_and_stale_cursor", ("STALE-1", "STALE-3"), ("mint",), "resume_and_stale_cursor"),
     Scenario("resume", "stale_cursor_recovery", ("STALE-1", "REPLAY-2"), ("mint",), "stale_cursor_recovery"),
     Scenario("durability", "confirmed_reads_released", ("CONF-1",), ("mint", "stall"), "confirmed_reads_released"),
+    Scenario("durability", "confirmed_caller_waits", ("CONF-1",), ("mint", "stall"), "confirmed_caller_waits"),
     Scenario("compat", "negotiation_order", ("COMPAT-1",), ("mint",)),
     Scenario("delivery", "compute_roles", ("AUTH-1", "ASSIGN-3", "ASSIGN-4"), ("mint",), "compute_roles"),
     Scenario("bridge", "bridge_outbox", ("BRIDGE-2", "BRIDGE-3"), ("mint",), "bridge_outbox"),
@@ -368,6 +395,12 @@ class Runner:
         identities: dict[str, str] = {}
         got: list[list[dict[str, Any]]] = []
         stall = self.opts.stall_file
+
+        def settle(conn: str, where: str) -> None:
+            for other in sorted(dirty - {conn}):
+                inbox.setdefault(other, []).extend(conns[other].until_barrier(where))
+                dirty.discard(other)
+
         try:
             for k, step in enumerate(steps):
                 op = step["op"]
@@ -378,6 +411,10 @@ class Runner:
                     conns[step["conn"]] = c = Conn(self.opts, token, step["confirmed"], step["conn"])
                     identities[person] = c.identity
                 elif op == "send":
+                    # the model takes the steps one after another; over a network two connections' frames
+                    # may reach the server in either order, so another connection's sends are taken (its
+                    # barrier answered, its answers kept in its inbox) before this one sends
+                    settle(step["conn"], f"before {where}")
                     conns[step["conn"]].send(_to_wire(step["message"]))
                     dirty.add(step["conn"])
                 elif op in ("receive", "receive_quiet"):
@@ -402,6 +439,7 @@ class Runner:
                     # (never lowering its own, so a floor kept too low still shows)
                     steps[k] = {**step, "version_floor": self._floors(f"{ns}c{k}")[1]}
                 elif op == "close":
+                    settle(step["conn"], f"before {where}")
                     conns[step["conn"]].close()
                     dirty.discard(step["conn"])
                 elif op == "await":
@@ -504,6 +542,7 @@ class Runner:
         """Every compatibility code, in order: the HTTP answer of the upgrade against the model's
         negotiation with the target's own window (read from its first refusal)."""
         from spec.compat import CompatWindow, negotiate
+        from spec.schema import PROTOCOL_VERSION, SCHEMA_VERSION
         cases = [(None, None, None), ("bad", "oa.sync.v1", 2), ("bad", "x", 99), ("20991231T235959Z", "x", 99),
                  ("20260601T000000Z", "x", 2), ("20260601T000000Z", "oa.sync.v1", 99),
                  ("20000101T000000Z", "oa.sync.v1", 2), ("29991231T235959Z", "oa.sync.v1", 2),
@@ -515,6 +554,11 @@ class Runner:
                 w = body.get("window") or {}
                 window = CompatWindow(w["protocol_version"], w["min_schema_version"], w["max_schema_version"],
                                       w["min_client_build_id"], w["max_client_build_id"])
+                # the build window is the target's to choose; the protocol and schema are the spec's
+                if window.protocol_version != PROTOCOL_VERSION or not (
+                        window.min_schema_version <= SCHEMA_VERSION <= window.max_schema_version):
+                    raise ScenarioFailed(f"the target's compatibility window {w} does not admit the spec's protocol "
+                                         f"{PROTOCOL_VERSION} and schema {SCHEMA_VERSION} (COMPAT-1)")
             model = CompatWindow() if window is None else window
             err = negotiate(model, build, protocol, schema)
             want = (101, None) if err is None else (426, err.code.value)
@@ -525,6 +569,67 @@ class Runner:
                                      f"{'101 (admitted)' if err is None else f'426 {err.code.value}'}")
             if status == 426 and body.get("upgrade_required") != (got_code == "upgrade_required"):
                 raise ScenarioFailed(f"a 426 {got_code} body says upgrade_required={body.get('upgrade_required')}")
+
+    def one_off_row_filter(self) -> None:
+        """A one-off read (``OneOffQuery``) follows the subscription rules -- scope, grants, row filter; no
+        stale check (docs/protocol.md): each query's one-off answer over the wire has the rows, or the
+        error code, of the model's answer to subscribing that query, for the same reader and state.  The
+        reader is granted one stream; the writer also wrote the other, a checkpoint and an outbox row."""
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        if self.floors is None:
+            self.floors = self._floors(ns)
+        e0, _v0 = self.floors
+        folk = d.people(ns)
+        a, b, outbox = f"{ns}.a", f"{ns}.b", f"{ns}o5"
+        writes = [sm.CallReducer(1, "append_sync_event", (a, "k1", '{"n":1}', None, None)),
+                  sm.CallReducer(2, "append_sync_event", (b, "k1", '{"n":1}', None, None)),
+                  sm.CallReducer(3, "ack_checkpoint", ("c1", a, e0, 1)),
+                  sm.CallReducer(4, "enqueue_bridge_event", (outbox, "receipts", 30078, '[["d","x"]]', "hello"))]
+        queries = ("SELECT * FROM sync_event", "SELECT * FROM sync_stream",
+                   f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'",
+                   f"SELECT * FROM bridge_outbox WHERE outbox_id = '{outbox}'",
+                   f"SELECT * FROM sync_event WHERE stream_id = '{b}'")
+        w = Conn(self.opts, self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"])), False, "w")
+        r = Conn(self.opts, self.tokens.token(f"{ns}-reader", claims_to_json(folk["reader"])), False, "r")
+        try:
+            for call in writes:
+                w.send(wire.CallReducer(call.request_id, 0, call.reducer, bsatn.encode_args(call.reducer, call.args)))
+            w.until_barrier("after the writes")
+            for i, text in enumerate(queries):
+                r.send(wire.OneOffQuery(100 + i, text))
+            answers = {m.request_id: wire.server_from_wire(m) for m in r.until_barrier("after the one-off reads")
+                       if isinstance(m, wire.OneOffQueryResult)}
+            identities = {"writer": w.identity, "reader": r.identity}
+        finally:
+            w.close()
+            r.close()
+        # the model: the same writes, then the reader subscribes each query in a set of its own
+        def connect(conn: str, who: str) -> dict[str, Any]:
+            return {"op": "connect", "conn": conn, "person": who, "confirmed": False,
+                    "claims": {**claims_to_json(folk[who]), "identity": identities[who]}}
+        steps = [connect("w", "writer"),
+                 *({"op": "send", "conn": "w", "message": d.client_message_json(c)} for c in writes),
+                 {"op": "receive", "conn": "w"}, connect("r", "reader"),
+                 *({"op": "send", "conn": "r", "message": d.client_message_json(sm.Subscribe(i, 10 + i, (text,)))}
+                   for i, text in enumerate(queries)), {"op": "receive", "conn": "r"}]
+        model = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=self.floors[1]), steps)[-1]
+        for i, (text, want) in enumerate(zip(queries, model, strict=True)):
+            got = answers.get(100 + i)
+            if not isinstance(got, sm.OneOffQueryResult):
+                raise ScenarioFailed(f"no OneOffQueryResult for {text!r} (request {100 + i})")
+            if want["$type"] == "SubscriptionError":
+                code = want["error"].split(":")[0]
+                if not (isinstance(got.result, str) and got.result.split(":")[0] == code):
+                    raise ScenarioFailed(f"the one-off read {text!r} was answered {str(got.result)[:300]}; the model "
+                                         f"refuses subscribing it with {code} (AUTH-1)")
+                continue
+            rows = [t["inserts"] for t in want["rows"]] or [[]]
+            got_rows = "an error: " + got.result if isinstance(got.result, str) else d.message_json(
+                sm.SubscribeApplied(0, 0, (got.result,)))["rows"][0]["inserts"]
+            diff = _first_divergence(f"the one-off read {text!r}", [{"rows": got_rows}], [{"rows": rows[0]}])
+            if diff is not None:
+                raise ScenarioFailed(f"{diff} (the model's snapshot of subscribing it, for the same reader: AUTH-1)")
 
     def _upgrade_status(self, subject: str, build: str | None, protocol: str | None,
                         schema: int | None) -> tuple[int, dict[str, Any]]:
@@ -656,8 +761,8 @@ class Runner:
         n = self.opts.max_undurable
         assert n is not None
         ns = f"cf{self.run_id}rb"
-        token = self.tokens.token(f"{ns}-owner", {"scopes": ["sync.subscribe", "sync.append", "provider.publish"],
-                                                  "streams": [f"{ns}.*"]})
+        token = self.tokens.token(f"{ns}-owner", {"scopes": ["sync.subscribe", "sync.append", "provider.publish",
+                                                             "compute.request"], "streams": [f"{ns}.*"]})
         stream, provider = f"{ns}.r", f"{ns}p"
         rows_q = (f"SELECT * FROM sync_stream WHERE stream_id = '{stream}'",
                   f"SELECT * FROM provider_capability WHERE provider_id = '{provider}'")
@@ -687,16 +792,47 @@ class Runner:
         c = self._restarted(token, "after")
         try:
             stream_after, cap_after = rows(c, 1)
+            # rows created after the recovery start at its floors, which must be past the window too: a new
+            # stream in an epoch, a new assignment at a version, that a lost transaction may have handed out
+            # would alias it (the floors probe takes the target's floors as given, so only this shows them)
+            fresh_stream, job = f"{ns}.new", f"{ns}q"
+            creating: tuple[tuple[int, str, tuple[Any, ...]], ...] = (
+                (3, "append_sync_event", (fresh_stream, "k1", '{"n":1}', None, None)),
+                (4, "open_compute_assignment", (job, 5050, "{}")))
+            for rid, reducer, fields in creating:
+                c.send(wire.CallReducer(rid, 0, reducer, bsatn.encode_args(reducer, fields)))
+            c.send(wire.Subscribe(2, 2, (f"SELECT * FROM sync_stream WHERE stream_id = '{fresh_stream}'",
+                                         f"SELECT * FROM compute_assignment WHERE request_id = '{job}'")))
+            msgs = [d.message_json(wire.server_from_wire(m)) for m in c.until_barrier("after creating rows")]
         finally:
             c.close()
+        applied = [m for m in msgs if m["$type"] == "SubscribeApplied"]
+        created = {t["table"]: t["inserts"] for t in applied[0]["rows"]} if applied else {}
+        if [len(created.get(t, [])) for t in ("sync_stream", "compute_assignment")] != [1, 1]:
+            raise ScenarioFailed(f"a new stream and assignment after the restart were answered {_show(msgs)}")
+        new_stream_row, job_row = created["sync_stream"][0], created["compute_assignment"][0]
         old, new = stream_before["epoch"], stream_after["epoch"]
+        if new == old and self.opts.restart_unclean:
+            raise ScenarioFailed(f"after an unclean restart (--restart-unclean) the target sent the stream row in "
+                                 f"the epoch it had before, {old}: {_show([stream_after])}; with the undurable "
+                                 f"window {n} the model moves it to at least {old + n + 1} (DUR-2)")
         if new == old:
-            raise Skipped("the restart was clean (the stream kept its epoch): no recovery to judge")
+            raise Skipped("the restart was clean (the stream kept its epoch): no recovery to judge (give "
+                          "--restart-unclean if --restart-cmd kills the target)")
         if new < old + n + 1:
             raise ScenarioFailed(f"after an unclean restart the target sent the stream row in epoch {new} (before "
                                  f"it: {old}): {_show([stream_after])}; with the undurable window {n} the model "
                                  f"moves it to at least {old + n + 1} (DUR-2)")
+        if new_stream_row["epoch"] < old + n + 1:
+            raise ScenarioFailed(f"after an unclean restart the target sent a stream created after it in epoch "
+                                 f"{new_stream_row['epoch']}: {_show([new_stream_row])}; with the undurable window "
+                                 f"{n} the model's epoch floor is at least {old + n + 1} (DUR-2: a lost "
+                                 "transaction may have handed out every epoch below)")
         v0, v1 = cap_before["version"], cap_after["version"]
+        if job_row["version"] < v0 + n + 1:
+            raise ScenarioFailed(f"after an unclean restart the target sent an assignment opened after it at version "
+                                 f"{job_row['version']}: {_show([job_row])}; with the undurable window {n} the "
+                                 f"model's version floor is at least {v0 + n + 1} (VER-1)")
         if v1 < v0 + n + 1 or {**cap_after, "version": v0, "updated_at": None} != {**cap_before, "version": v0,
                                                                                      "updated_at": None}:
             raise ScenarioFailed(f"after an unclean restart the target sent the provider row {_show([cap_after])} "
@@ -795,7 +931,8 @@ def table(outcomes: list[Outcome]) -> str:
             if o.message:
                 lines.append(f"        {o.message}")
     n = {k: sum(o.status == k for o in outcomes) for k in ("pass", "fail", "skip")}
-    lines.append(f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped")
+    lines.append(f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped"
+                 + ("" if n["pass"] or n["fail"] else ": nothing ran (exit 1)"))
     return "\n".join(lines)
 
 
@@ -834,6 +971,8 @@ def add_parser(sub: Any) -> None:
                    help="a path whose existence stalls the target's commit log ([faults] stall_commits_while)")
     p.add_argument("--compact-cmd", metavar="CMD", help="a shell command that makes the target run its retention "
                    "(compaction) now; the target serves the kit's retention class (docs/conformance.md)")
+    p.add_argument("--restart-unclean", action="store_true", help="--restart-cmd kills the target without a "
+                   "clean shutdown (SIGKILL): a stream that kept its epoch then fails DUR-2 instead of skipping")
     p.add_argument("--max-undurable", type=int, metavar="N", help="the target's undurable window (syncref serve: "
                    "[limits] max_undurable): how far an unclean restart must move epochs and versions")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
@@ -856,7 +995,7 @@ def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None 
 
     with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
         opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
-                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable)
+                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable, restart_unclean=True)  # SIGKILL
         return run_options(opts, tick)
 
 
@@ -873,15 +1012,24 @@ def _operator_mistake(args: argparse.Namespace) -> str | None:
     for flag, path in (("--json", args.json), ("--junit", args.junit)):
         if path is not None and not path.parent.is_dir():
             return f"{flag}: no directory {path.parent} to write {path.name} in"
+    if args.mint_with is not None:
+        from adapters.auth import KEY_FILE_NAME, KeyStore
+        key = args.mint_with / KEY_FILE_NAME
+        if not key.is_file():
+            return f"--mint-with {args.mint_with}: no {KEY_FILE_NAME} there (give the target's data directory)"
+        try:
+            KeyStore.from_pem(key.read_bytes(), source=str(key))
+        except (ValueError, OSError) as exc:
+            return f"--mint-with: {exc} (the kit signs with an unencrypted P-256 PEM private key)"
     return None
 
 
 def main(args: argparse.Namespace) -> int:
     selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
     if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd
-                       or args.max_undurable is not None):
+                       or args.max_undurable is not None or args.restart_unclean):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
-              "--stall-file/--compact-cmd/--max-undurable", file=sys.stderr)
+              "--restart-unclean/--stall-file/--compact-cmd/--max-undurable", file=sys.stderr)
         return 2
     mistake = _operator_mistake(args)
     if mistake is not None:
@@ -894,7 +1042,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
                            args.stall_file, args.timeout, compact_cmd=args.compact_cmd,
-                           max_undurable=args.max_undurable)
+                           max_undurable=args.max_undurable, restart_unclean=args.restart_unclean)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.finish()
@@ -906,5 +1054,7 @@ def main(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=2) + "\n")
     if args.junit:
         args.junit.write_text(junit(outcomes))
-    return 1 if any(o.status == "fail" for o in outcomes) or not outcomes else 0
+    # nothing ran -- every scenario skipped for a missing hook -- is no pass either (a CI job whose
+    # --mint-with went missing must not stay green)
+    return 1 if any(o.status == "fail" for o in outcomes) or all(o.status == "skip" for o in outcomes) else 0
 

@@ -56,7 +56,7 @@ def test_passes_against_syncref_serve_with_every_hook(tmp_path: Path) -> None:
         junit = tmp_path / "junit.xml"
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
                                        "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
-                                       "--max-undurable", str(t.max_undurable),
+                                       "--max-undurable", str(t.max_undurable), "--restart-unclean",
                                        "--junit", str(junit))
         print(out)
         assert rc == 0, out
@@ -90,7 +90,7 @@ def test_hooks_missing_are_skipped_not_passed(tmp_path: Path) -> None:
 def test_retention_without_a_compact_command_is_skipped_not_passed(tmp_path: Path) -> None:
     with serving(tmp_path) as t:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--only", "retention")
-    assert rc == 0, out
+    assert rc == 1 and "nothing ran" in out, out  # every selected scenario skipped: no pass (revk)
     assert [r["scenario"] for r in results] == ["retention_floor", "retention_tables"]
     assert all(r["status"] == "skip" and "needs --compact-cmd CMD" in r["message"] for r in results), out
 
@@ -166,6 +166,23 @@ BUGS = [
     ("durable_ahead_of_store", "durability", "confirmed_reads_released", "CONF-1"),
     ("recovery_bump_too_small", "recovery", "recovery_moves_past_the_window", "DUR-2"),
     ("recovery_keeps_versions", "recovery", "recovery_moves_past_the_window", "VER-1"),
+    # let through before the revk review: no scenario had a confirmed-read caller write during a stall
+    ("caller_result_ungated", "durability", "confirmed_caller_waits", "CONF-1"),
+    ("caller_error_ungated", "durability", "confirmed_caller_waits", "CONF-1"),
+    ("snapshot_ungated", "durability", "confirmed_caller_waits", "CONF-1"),
+    # let through before the revk review: no scenario had a subscriber read another's checkpoint or the outbox
+    ("checkpoint_by_stream_grant", "delivery", "private_tables", "AUTH-1"),
+    ("bridge_rows_for_everyone", "delivery", "private_tables", "AUTH-1"),
+    ("resume_includes_watermark", "resume", "resume_and_stale_cursor", "STALE-1"),
+    # let through before the revk review: a restart that kept every epoch was 'clean, nothing to judge' (SKIP)
+    # even when the restart command was a SIGKILL; --restart-unclean says it is
+    ("unclean_restart_as_clean", "recovery", "recovery_moves_past_the_window", "DUR-2"),
+    # let through before the revk review: the runner adopts the target's floors after a restart, so floors
+    # that recovery forgot to raise were taken as the truth
+    ("recovery_keeps_epoch_floor", "recovery", "recovery_moves_past_the_window", "DUR-2"),
+    ("recovery_keeps_version_floor", "recovery", "recovery_moves_past_the_window", "VER-1"),
+    # let through before the revk review: the kit sent OneOffQuery only as a barrier, never judged one
+    ("one_off_ignores_row_filter", "delivery", "one_off_row_filter", "AUTH-1"),
 ]
 
 
@@ -175,7 +192,7 @@ def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, a
     with serving(tmp_path, mutant) as t:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
                                        "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
-                                       "--max-undurable", str(t.max_undurable), "--only", area)
+                                       "--max-undurable", str(t.max_undurable), "--restart-unclean", "--only", area)
     print(out)
     assert rc == 1
     failed = {r["scenario"]: r for r in results if r["status"] == "fail"}
@@ -295,7 +312,7 @@ def test_verify_fills_its_conformance_column_from_the_runners_results(tmp_path: 
     failing = next(r for r in results if r["scenario"] == "update_and_caller_result")
     failing.update(status="fail", message="the caller also got a TransactionUpdate")
     skipped = next(r for r in results if r["scenario"] == "event_tables")
-    passing = next(r for r in results if r["scenario"] == "confirmed_reads_released")
+    passing = next(r for r in results if r["scenario"] == "checkpoint_never_backwards")  # CONF-1 has two now
     (failed_id,), (skipped_id,), (passed_id,) = failing["invariants"], skipped["invariants"], passing["invariants"]
     assert all(failed_id not in r["invariants"] for r in results if r is not failing)
     assert all(skipped_id not in r["invariants"] for r in results if r is not skipped)
@@ -311,7 +328,7 @@ def test_verify_fills_its_conformance_column_from_the_runners_results(tmp_path: 
     assert rows[failed_id]["conformance_scenarios"] == ["update_and_caller_result"]
     assert rows[skipped_id]["conformance"] == "-" and rows[skipped_id]["conformance_scenarios"] == []  # no pass
     assert rows[passed_id]["conformance"] == "pass"
-    assert rows[passed_id]["conformance_scenarios"] == ["confirmed_reads_released"]
+    assert rows[passed_id]["conformance_scenarios"] == ["checkpoint_never_backwards"]
     assert report["conformance"] == results
     text = _verify("--conformance", str(path))
     assert any(line.startswith("invariant") and " conform " in line for line in text.stdout.splitlines())
@@ -348,6 +365,18 @@ def test_every_play_gets_its_own_namespace(monkeypatch: pytest.MonkeyPatch) -> N
     assert all(ns.startswith(f"cf{runner.run_id}") for ns in seen)
 
 
+def _key_dir(tmp: Path, kind: str) -> Path:
+    """A directory whose jwt-es256-key.pem is not text PEM (``garbage``) or a P-384 key (``p384``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    d = tmp / kind
+    d.mkdir()
+    pem = b"garbage\n" if kind == "garbage" else ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (d / "jwt-es256-key.pem").write_bytes(pem)
+    return d
+
+
 def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> None:
     """Failed before: ``--url notaurl`` was a traceback (urllib's ``unknown url type``), and ``--json``
     into a missing directory a traceback after every scenario had run (minutes with --local)."""
@@ -356,10 +385,139 @@ def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> 
                          (["--url", "http://127.0.0.1:1", "--json", str(tmp_path / "no" / "r.json")],
                           f"--json: no directory {tmp_path / 'no'}"),
                          (["--local", "--junit", str(tmp_path / "no" / "r.xml")],
-                          f"--junit: no directory {tmp_path / 'no'}")):
+                          f"--junit: no directory {tmp_path / 'no'}"),
+                         # failed before (revk): exit 1 like a conformance failure, and with the target down
+                         # not said at all (every scenario "nothing usable at URL")
+                         (["--url", "http://127.0.0.1:1", "--mint-with", str(tmp_path)],
+                          f"--mint-with {tmp_path}: no jwt-es256-key.pem there"),
+                         # failed before (revk): a traceback (ValueError from the key store) -- an implementer
+                         # bringing their own key is the likely one to hit it
+                         (["--url", "http://127.0.0.1:1", "--mint-with", str(_key_dir(tmp_path, "garbage"))],
+                          "not a valid unencrypted PEM private key"),
+                         (["--url", "http://127.0.0.1:1", "--mint-with", str(_key_dir(tmp_path, "p384"))],
+                          "not an ES256 (P-256 EC) private key")):
         proc = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", *argv], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr)
         lines = [line for line in proc.stderr.splitlines() if line.startswith("syncref conformance:")]
         assert len(lines) == 1 and needle in lines[0], (argv, proc.stderr)
         assert "passed" not in proc.stdout, argv  # nothing ran
+
+
+def test_a_run_where_every_scenario_was_skipped_exits_1(tmp_path: Path) -> None:
+    """docs/conformance.md: exit 1 "if anything failed (or nothing ran)".  Failed before (revk): ``--only
+    delivery`` without ``--mint-with`` skipped all of its scenarios and exited 0, so a CI job whose
+    ``--mint-with`` went missing stayed green.  (One scenario passed among skips still exits 0:
+    test_hooks_missing_are_skipped_not_passed.)"""
+    with serving(tmp_path) as t:
+        rc, out, results = conformance("--url", t.url, "--only", "delivery")
+    assert {r["status"] for r in results} == {"skip"} and rc == 1, out
+    assert "0 passed, 0 failed, 9 skipped: nothing ran" in out
+
+
+def test_a_divergence_inside_an_error_string_names_the_detail() -> None:
+    """An error string is ``<code>: <canonical JSON of details>``; a stale_cursor's runs past 250
+    characters.  Failed before (revk): a target whose stale_cursor said ``requested_watermark`` 2 where
+    the model says 1 failed with ``differs at error`` and both strings cut at 200 characters -- before
+    the field that differs, so the two shown looked identical."""
+    from adapters.conformance.wire_runner import _first_divergence
+    details = {"continues_epoch": 0, "continues_seq": 0, "earlier_epochs": [], "earlier_seqs": [], "epoch": 1,
+               "floor_seq": 1, "head_seq": 3, "reasons": ["epoch_changed"], "replay_budget": 20000,
+               "requested_epoch": 2, "requested_watermark": 1, "stream_id": "cf0123456789abcdef0001.a"}
+
+    def err(**changed: Any) -> list[dict[str, Any]]:
+        text = "stale_cursor: " + json.dumps({**details, **changed}, sort_keys=True, separators=(",", ":"))
+        return [{"$type": "SubscriptionError", "error": text, "query_set_id": 11, "request_id": 2}]
+
+    assert _first_divergence("receive #1", err(), err()) is None
+    msg = _first_divergence("receive #1", err(requested_watermark=2), err())
+    assert msg is not None and "error.details.requested_watermark: the target's 2, the model's 1" in msg, msg
+    other_code = err()
+    other_code[0]["error"] = other_code[0]["error"].replace("stale_cursor", "invalid_query", 1)
+    msg = _first_divergence("receive #1", other_code, err())
+    assert msg is not None and "error.code: the target's \"invalid_query\", the model's \"stale_cursor\"" in msg, msg
+    plain = [{"$type": "SubscriptionError", "error": "x" * 300 + "A", "query_set_id": 1, "request_id": 1}]
+    want = [{"$type": "SubscriptionError", "error": "x" * 300 + "B", "query_set_id": 1, "request_id": 1}]
+    msg = _first_divergence("receive #0", plain, want)
+    assert msg is not None and "A" in msg.split("the target sent")[0] and "B" in msg.split("the target sent")[0], msg
+
+
+@contextlib.contextmanager
+def _proxied(upstream: str, mode: str) -> Iterator[str]:
+    """``support.wire_proxy`` in front of ``upstream``: its URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "support.wire_proxy", upstream, mode], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_conformant_server_on_a_slow_network_passes(tmp_path: Path) -> None:
+    """Connections whose frames take different times to reach the server (another host, a proxy)
+    must not fail a conformant server.  Failed before (revk): the runner sent on one connection
+    while another's sends were still on their way, and barriered the other only at the next
+    ``receive`` -- through ``support.wire_proxy``'s ``jitter`` ``compute_roles`` failed (a requester's
+    ReducerResult before the update of the dispatcher's earlier write), and with other lags
+    ``unsubscribe`` (the reader's subscribe reached the server before the writer's append)."""
+    with serving(tmp_path) as t, _proxied(t.url, "jitter") as url:
+        rc, out, results = conformance("--url", url, "--mint-with", str(t.data), "--only", "delivery")
+    assert rc == 0 and {r["status"] for r in results} == {"pass"}, out
+
+
+@pytest.mark.parametrize(("mode", "area", "scenario", "needle"), [
+    ("swap_tu", "idempotency", "idempotency_conflict",
+     "inserts[0].idempotency_key: the target's \"k2\", the model's \"k1\""),
+    ("stale_code", "resume", "resume_and_stale_cursor", "error.code: the target's \"invalid_query\", the model's "
+                                                         "\"stale_cursor\""),
+])
+def test_a_server_that_tampers_with_frames_fails(tmp_path: Path, mode: str, area: str, scenario: str,
+                                                 needle: str) -> None:
+    """Held up (revk): two TransactionUpdates sent in the other order, a stale resume answered
+    invalid_query -- the proxy passes ``none`` unchanged (the test above), and each tamper fails the
+    scenario that shows it, naming the field."""
+    with serving(tmp_path) as t, _proxied(t.url, mode) as url:
+        rc, out, results = conformance("--url", url, "--mint-with", str(t.data), "--only", area)
+    failed = {r["scenario"]: r["message"] for r in results if r["status"] == "fail"}
+    assert rc == 1 and scenario in failed and needle in failed[scenario], out
+
+
+def test_no_wire_scenario_barriers_a_confirmed_connection_while_the_log_stalls() -> None:
+    """A barrier is a OneOffQuery answered in order with everything else, so on a confirmed-read
+    connection while the log stalls its answer waits for durability: the runner would wait its
+    whole --timeout and fail a conformant server.  The runner barriers a connection that sent
+    something when another one sends, closes or receives (and before a compaction); no wire
+    scenario may need that of a confirmed connection between ``hold`` and ``release``."""
+    from adapters.conformance import delivery as d
+    from adapters.conformance.wire_runner import SCENARIOS
+    played = {s.steps for s in SCENARIOS if s.steps is not None}
+    assert "confirmed_caller_waits" in played and "confirmed_reads_released" in played
+    for name in played:
+        _, steps = d.SCENARIOS[name]
+        confirmed = {s["conn"] for s in steps if s["op"] == "connect" and s["confirmed"]}
+        dirty: set[str] = set()
+        held = False
+        for k, step in enumerate(steps):
+            op, conn = step["op"], step.get("conn")
+            barriered = (dirty - {conn} if op in ("send", "close", "receive_quiet", "await")
+                         else dirty if op in ("receive", "compact") else set())
+            assert not (held and barriered & confirmed), (name, k, step, barriered & confirmed)
+            dirty -= barriered
+            if op == "send":
+                dirty.add(conn)
+            held = {"hold": True, "release": False}.get(op, held)
+            if op == "receive_quiet":
+                dirty.discard(conn)
+
+
+def test_a_server_of_another_protocol_version_fails_negotiation_order(tmp_path: Path) -> None:
+    """COMPAT-1 is about oa.sync.v1: a server whose window names another protocol version (it refuses
+    every v1 client, consistently with the window it publishes) does not conform.  Failed before
+    (revk): the runner read the window from the target's first 426 and judged the order of the
+    checks against it, whatever it said -- ``support.wire_proxy``'s ``protocol_v2`` passed."""
+    with serving(tmp_path) as t, _proxied(t.url, "protocol_v2") as url:
+        rc, out, results = conformance("--url", url, "--mint-with", str(t.data), "--only", "compat")
+    assert rc == 1 and results[0]["status"] == "fail", out
+    assert "oa.sync.v2" in results[0]["message"] and "oa.sync.v1" in results[0]["message"], out

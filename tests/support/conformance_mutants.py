@@ -3,8 +3,8 @@
 Each row names a mutant (of the model, ``support.mutants``; of the reference engine,
 ``support.engine_mutants``; or one of the few below, of rules the machines do not own: the
 negotiation order, the BSATN option tags, canonical key order), the vector area it should break
-and the target to run.  ``PYTHONPATH=tests python -m support.conformance_mutants NAME`` applies the
-mutant in this process, runs the vectors of that area against that target, and prints one JSON
+and the target to run.  ``PYTHONPATH=tests python -m support.conformance_mutants TARGET:NAME`` (e.g.
+``engine:non_monotonic_ack``; an unknown one lists them) applies the mutant in this process, runs the vectors of that area against that target, and prints one JSON
 line: how many vectors failed and the first divergence.  Killed = at least one failed.
 """
 
@@ -80,6 +80,11 @@ KIT_MUTANTS: tuple[KitMutant, ...] = (
     KitMutant(_ENGINE["confirmed_gate_off_by_one"], "delivery", "engine", ENGINE),
     KitMutant(_ENGINE["caller_also_gets_update"], "delivery", "engine", ENGINE),
     KitMutant(_ENGINE["fanout_ignores_row_filter"], "delivery", "engine", ENGINE),
+    KitMutant(_ENGINE["checkpoint_by_stream_grant"], "delivery", "engine", ENGINE),
+    KitMutant(_ENGINE["bridge_rows_for_everyone"], "delivery", "engine", ENGINE),
+    KitMutant(_ENGINE["caller_result_ungated"], "delivery", "engine", ENGINE),
+    KitMutant(_ENGINE["caller_error_ungated"], "delivery", "engine", ENGINE),
+    KitMutant(_ENGINE["snapshot_ungated"], "delivery", "engine", ENGINE),
     KitMutant(_OWN_BY_NAME["compat_schema_before_protocol"], "compat", "model", ("spec.compat",)),
     KitMutant(_OWN_BY_NAME["bsatn_option_tags_swapped"], "bsatn", "codec", ("adapters.bsatn", "adapters.wire")),
     KitMutant(_OWN_BY_NAME["canonical_keys_by_utf16"], "canonical", "model", ("spec.canonical",)),
@@ -98,4 +103,7 @@ def run(ident: str) -> dict[str, object]:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in KIT_MUTANT_BY_ID:
+        raise SystemExit("usage: python -m support.conformance_mutants TARGET:NAME, one of: "
+                         + " ".join(sorted(KIT_MUTANT_BY_ID)))
     print(json.dumps(run(sys.argv[1])))
