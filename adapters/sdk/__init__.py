@@ -38,6 +38,7 @@ from adapters.sdk.checkpoints import ApplyResult, Checkpoint, CheckpointStore
 from adapters.sdk.connection import V2, V3, ConnectInfo, Connection, DisconnectInfo, ReducerOutcome
 from adapters.sdk.consumer import ConsumerCore, Stale, StreamConsumer
 from adapters.sdk.errors import (
+    BacklogTooLarge,
     CallTimeout,
     ConnectError,
     ConnectionClosed,
@@ -54,6 +55,7 @@ __all__ = [
     "V2",
     "V3",
     "ApplyResult",
+    "BacklogTooLarge",
     "Backoff",
     "CallTimeout",
     "Checkpoint",

@@ -39,6 +39,17 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   ``sync_stream`` row.  A consumer with ``W > continues_seq`` may have applied events the crash
   lost: it rebootstraps as above.  A confirmed-read consumer only ever sees durable events, so a
   crash never makes it rebootstrap;
+* **page** -- a catch-up snapshot (the resume, or the rehydrate's window) refused ``limit_exceeded`` for
+  ``max_outbound_message_bytes`` or ``max_scan_rows`` is read in pages (ADR-0040): the stream row and
+  ``sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W AND seq <= W + n`` (a resume: the server's
+  stale check still reads it), ``n`` = ``page_events`` (256) and at most halved on each refusal.  Each page
+  is applied by the rule above (the watermark moves only with its events); the next page starts at the new
+  watermark, until the page's stream row shows the head reached; then the unbounded resume follows live
+  (refused again because events kept arriving: more pages).  A page of one event refused is
+  :class:`~adapters.sdk.errors.BacklogTooLarge` (that event fits no message), not a loop; a rehydrate
+  stays under way (``rehydrating``) until the page reaching the head is applied, and a rehydrate page
+  refused by the replay budget alone is BacklogTooLarge too (a second callback would read the same
+  window).  Stale and continue signals while paging are handled as anywhere else;
 * **ack** -- after every durable apply, ``Ack(epoch, W)``; the driver sends ``ack_checkpoint``
   batched (while one ack is in flight, later ones merge into the highest) and monotonic.
 
@@ -60,13 +71,14 @@ import contextlib
 import inspect
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
 from adapters.sdk.checkpoints import ApplyFn, CheckpointStore
 from adapters.sdk.errors import (
+    BacklogTooLarge,
     CallTimeout,
     ConnectionClosed,
     ConnectionLost,
@@ -175,15 +187,35 @@ def _stale_from_row(row: SyncStream, epoch: int, watermark: int) -> tuple[str, .
     return tuple(reasons)
 
 
+# the limits a catch-up snapshot is refused for that a smaller seq range of it can stay under (ADR-0040)
+_PAGEABLE_LIMITS = frozenset({"max_outbound_message_bytes", "max_scan_rows"})
+
+
+def page_queries(stream_id: str, epoch: int, watermark: int, top: int) -> tuple[str, ...]:
+    """One page of a catch-up: the stream row and the events ``watermark < seq <= top`` of ``epoch`` -- a
+    resume query (``seq`` bounded below, stream and epoch pinned), so the server's stale check reads it."""
+    return (f"SELECT * FROM sync_stream WHERE stream_id = '{stream_id}'",
+            f"SELECT * FROM sync_event WHERE stream_id = '{stream_id}' AND epoch = {epoch} AND seq > {watermark} "
+            f"AND seq <= {top}")
+
+
 class ConsumerCore:
     """Sans-I/O: rows and errors in, actions out; effects only through the checkpoint store."""
 
     MAX_STALE_STREAK = 5
     MAX_GAP_STREAK = 5  # resubscriptions in a row after a gap with nothing applied: then the server is broken
+    PAGE_EVENTS = 256  # events asked for in the first page of a paged catch-up (ADR-0040)
 
-    def __init__(self, store: CheckpointStore, stream_id: str, apply: ApplyFn) -> None:
+    def __init__(self, store: CheckpointStore, stream_id: str, apply: ApplyFn, *,
+                 page_events: int = PAGE_EVENTS) -> None:
         if not is_id(stream_id):
             raise LocalProtocolError(f"not a stream id: {stream_id!r:.140}")
+        if isinstance(page_events, bool) or not isinstance(page_events, int) or page_events < 1:
+            raise LocalProtocolError(f"page_events must be an int >= 1, got {page_events!r:.80}")
+        self.page_events = page_events
+        self.page_size = 0  # > 0: the catch-up is read in pages of this many events (ADR-0040)
+        self.pages = 0  # pages applied (all catch-ups)
+        self._refusals = 0  # catch-ups refused over one message in a row with nothing applied between
         if inspect.iscoroutinefunction(apply):
             raise LocalProtocolError("apply must be a plain function, not async def: it applies each event inside "
                                      "the checkpoint's SQLite transaction before returning")
@@ -197,6 +229,8 @@ class ConsumerCore:
         self._gap_streak = 0
 
     def queries(self) -> tuple[str, ...]:
+        if self.page_size:
+            return page_queries(self.stream_id, self.epoch, self.watermark, self.watermark + self.page_size)
         if self.rehydrating:  # no seq bound: not a resume, so never stale (ADR-0013 decision 3)
             return rehydrate_queries(self.stream_id)
         return resume_queries(self.stream_id, self.epoch, self.watermark)
@@ -211,7 +245,7 @@ class ConsumerCore:
             self.epoch, self.watermark = cp.epoch, cp.watermark
         self.rehydrating = cp is not None and cp.rehydrating  # a restart mid-rehydrate reads the window again
         self.state = "subscribing"
-        self._gap_streak = 0
+        self._gap_streak = self._refusals = self.page_size = 0
         return [Resubscribe(self.queries(), "start")]
 
     # --- incoming --------------------------------------------------------------------------------
@@ -219,6 +253,7 @@ class ConsumerCore:
     def on_rows(self, tables: Sequence[TableChange], *, snapshot: bool) -> list[Action]:
         if self.state not in ("subscribing", "live"):
             return []
+        head: int | None = None  # the stream's head in this message (a page's snapshot: where paging ends)
         for t in tables:
             if t.table != "sync_stream":
                 continue
@@ -226,6 +261,7 @@ class ConsumerCore:
                 row = r.row
                 if not isinstance(row, SyncStream) or row.stream_id != self.stream_id:
                     continue
+                head = row.head_seq
                 if row.floor_seq <= self.watermark + 1 and row.head_seq >= self.watermark and continues(
                         self.epoch, self.watermark, row.epoch, row.continues_epoch, row.continues_seq,
                         row.earlier_epochs, row.earlier_seqs):
@@ -250,9 +286,14 @@ class ConsumerCore:
             else:
                 gap = True
                 break
+        paged = snapshot and self.page_size > 0
+        # a page below the head that brings nothing: the server claims events it does not serve (as a gap)
+        gap = gap or (paged and not run and head is not None and head > self.watermark)
+        # the page's snapshot reaches the head it was read at: the backlog is read, follow live
+        caught_up = paged and not gap and (head is None or last >= head)
         out: list[Action] = []
         # the whole window has arrived: once it is applied, resubscriptions resume from the watermark
-        window = snapshot and self.rehydrating and not gap
+        window = snapshot and self.rehydrating and not gap and (not paged or caught_up)
         if run or window:
             result = self.store.apply_events(self.stream_id, self.epoch, run, self.apply, rehydrated=window,
                                              expect=self.watermark)
@@ -269,7 +310,7 @@ class ConsumerCore:
             out.append(Ack(self.epoch, self.watermark))
         self._stale_streak = 0
         if run:
-            self._gap_streak = 0
+            self._gap_streak = self._refusals = 0
         if gap:
             self.gaps += 1
             self._gap_streak += 1
@@ -280,6 +321,13 @@ class ConsumerCore:
                     f"{self._gap_streak} times in a row without delivering it"))]
             self.state = "subscribing"
             return [*out, Resubscribe(self.queries(), "gap")]
+        if paged:
+            self.pages += 1
+            self.state = "subscribing"
+            if caught_up:
+                self.page_size = 0
+                return [*out, Resubscribe(self.queries(), "live")]
+            return [*out, Resubscribe(self.queries(), "page")]
         self.state = "live"
         return out
 
@@ -287,6 +335,8 @@ class ConsumerCore:
         if self.state not in ("subscribing", "live"):
             return []
         err = error.error
+        if err is not None and err.code is ErrorCode.LIMIT_EXCEEDED and err.details.get("limit") in _PAGEABLE_LIMITS:
+            return self._page_refused(err.details)
         if err is None or err.code is not ErrorCode.STALE_CURSOR:
             self.state = "failed"
             return [Fail(error)]
@@ -297,6 +347,15 @@ class ConsumerCore:
             self.state = "failed"
             return [Fail(RemoteProtocolError(f"stale_cursor without epoch/floor_seq/head_seq: {error.message[:200]}"))]
         reasons = d.get("reasons")
+        if self.page_size and self.rehydrating and reasons == ["replay_budget_exceeded"] and epoch == self.epoch:
+            self.state = "failed"
+            return [Fail(BacklogTooLarge(
+                self.stream_id, self.epoch, self.watermark + 1, "window_over_replay_budget",
+                f"the retained window (seq {self.watermark + 1}..{head}, epoch {self.epoch}) is over one message "
+                f"and a page of it from seq {self.watermark + 1} is over the stream's replay budget "
+                f"({d.get('replay_budget')}): it cannot be read; raise the server's replay_budget or "
+                "max_outbound_message_bytes/max_scan_rows, or have on_rebootstrap return a watermark of its own",
+                dict(d)))]
         cont_epoch, cont_seq = d.get("continues_epoch", 0), d.get("continues_seq", 0)
         earlier = (_u64_list(d.get("earlier_epochs", [])), _u64_list(d.get("earlier_seqs", [])))
         if reasons == ["epoch_changed"] and is_u64(cont_epoch) and is_u64(cont_seq) and None not in earlier \
@@ -306,6 +365,35 @@ class ConsumerCore:
             return [Continue(epoch, from_server=True)]
         return self._stale(Stale(self.stream_id, tuple(str(r) for r in reasons) if isinstance(reasons, list) else (),
                                  epoch, floor, head, self.epoch, self.watermark, from_server=True))
+
+    def _page_refused(self, details: Mapping[str, object]) -> list[Action]:
+        """A catch-up snapshot over one message (``limit_exceeded``): read it in (smaller) pages."""
+        if self.page_size == 1:
+            self.state = "failed"
+            seq = self.watermark + 1
+            return [Fail(BacklogTooLarge(
+                self.stream_id, self.epoch, seq, "event_too_large",
+                f"event seq {seq} (epoch {self.epoch}) alone is over the server's {details.get('limit')} "
+                f"({details.get('actual')} > {details.get('max')}): no message of this server can carry it",
+                dict(details)))]
+        if self.page_size:
+            actual, most = details.get("actual"), details.get("max")
+            smaller = self.page_size // 2
+            if is_u64(actual) and is_u64(most) and int(str(actual)) > 0:  # the share of it that fits
+                smaller = min(smaller, self.page_size * int(str(most)) // int(str(actual)))
+            self.page_size = max(1, smaller)
+        else:
+            self._refusals += 1
+            if self._refusals > self.MAX_GAP_STREAK:  # refused, paged to the head, refused, ... applying nothing
+                self.state = "failed"
+                return [Fail(RemoteProtocolError(
+                    f"{self.stream_id}: the catch-up from seq {self.watermark} (epoch {self.epoch}) was refused "
+                    f"over one message {self._refusals} times in a row, its pages bringing nothing"))]
+            self.page_size = self.page_events
+        log.info("%s: catch-up over one message (%s): reading pages of %d events from seq %d", self.stream_id,
+                 details.get("limit"), self.page_size, self.watermark)
+        self.state = "subscribing"
+        return [Resubscribe(self.queries(), "page")]
 
     def _stale(self, stale: Stale) -> list[Action]:
         self._stale_streak += 1
@@ -341,6 +429,7 @@ class ConsumerCore:
             raise LocalProtocolError(f"rebootstrapped() in state {self.state}")
         self.epoch, self.watermark = epoch, watermark
         self.rehydrating = rehydrate
+        self.page_size = 0  # another catch-up: one snapshot first (paged again if that is refused)
         self.rebootstraps += 1
         self.state = "subscribing"
         out: list[Action] = [Resubscribe(self.queries(), "rebootstrap")]
@@ -404,17 +493,21 @@ class StreamConsumer:
     messages or ``max_queue_bytes`` of rows the consumer *sheds*: it unsubscribes, drops what still
     arrives for that set, applies what it kept and, when the set has ended, resubscribes from its
     durable watermark (:attr:`overflows` counts it).  A snapshot is never shed (see ``_enqueue``).
+
+    A catch-up the server refuses as over one message (``limit_exceeded``) is read in pages of at most
+    ``page_events`` events (ADR-0040; ``core.pages`` counts them); an event that fits no message stops the
+    consumer with :class:`~adapters.sdk.errors.BacklogTooLarge`.
     """
 
     def __init__(self, conn: ConsumerConnection, store: CheckpointStore, stream_id: str, *, apply: ApplyFn,
                  on_rebootstrap: RebootstrapFn, client_id: str | None = None,
                  on_error: Callable[[BaseException], None] | None = None, ack_delay: float = 0.0,
                  ack_timeout: float = 30.0, ack_retry: float = 1.0, max_queue: int = 1024,
-                 max_queue_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_queue_bytes: int = 64 * 1024 * 1024, page_events: int = ConsumerCore.PAGE_EVENTS) -> None:
         if client_id is not None and not is_id(client_id):
             raise LocalProtocolError(f"not a client id: {client_id!r:.140}")
         self.conn, self.store = conn, store
-        self.core = ConsumerCore(store, stream_id, apply)
+        self.core = ConsumerCore(store, stream_id, apply, page_events=page_events)
         self.stream_id, self.client_id = stream_id, client_id
         self.on_rebootstrap, self.on_error = on_rebootstrap, on_error
         self.ack_delay, self.ack_timeout, self.ack_retry = ack_delay, ack_timeout, ack_retry

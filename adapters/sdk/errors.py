@@ -13,6 +13,8 @@ Everything the SDK raises for a *remote* outcome derives from :class:`SdkError`:
 * :class:`ConnectError` -- the server refused the connection before the WebSocket opened (HTTP
   status, body); ``.permanent`` tells whether retrying can help.
 * :class:`ConnectionClosed` -- the connection was closed by the application.
+* :class:`BacklogTooLarge` -- a stream consumer cannot catch up even in pages: one event is over the
+  server's one-message bound, or a rehydrate's window is over it and over the replay budget (ADR-0040).
 
 Caller mistakes (unknown reducer, wrong argument types, using a closed connection) raise
 :class:`spec.errors.LocalProtocolError`; malformed server input is a
@@ -24,6 +26,7 @@ from __future__ import annotations
 from spec.errors import RemoteProtocolError, SyncError
 
 __all__ = [
+    "BacklogTooLarge",
     "CallTimeout",
     "ConnectError",
     "ConnectionClosed",
@@ -97,3 +100,19 @@ class ConnectError(SdkError):
         self.status = status
         self.message = message
         self.permanent = permanent
+
+
+class BacklogTooLarge(SdkError):
+    """A :class:`~adapters.sdk.consumer.StreamConsumer` cannot read its backlog even in pages (ADR-0040).
+
+    ``reason`` is ``event_too_large`` (event ``seq`` alone is over the server's ``limit``, e.g.
+    ``max_outbound_message_bytes``: no message of this server can carry it) or ``window_over_replay_budget``
+    (a rehydrate's window is over one message, and a page of it from ``seq - 1`` is a resume the replay
+    budget refuses).  Neither goes away by retrying: raise the server's limit, or (the second) return a
+    watermark of your own from ``on_rebootstrap``.  ``details`` are the server's."""
+
+    def __init__(self, stream_id: str, epoch: int, seq: int, reason: str, message: str,
+                 details: dict[str, object]) -> None:
+        super().__init__(f"{stream_id}: {message}")
+        self.stream_id, self.epoch, self.seq, self.reason = stream_id, epoch, seq, reason
+        self.details = details

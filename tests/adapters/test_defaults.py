@@ -279,6 +279,7 @@ def test_consumer_streak_bounds_and_the_close_flush_are_pinned() -> None:
     from adapters.sdk.consumer import ConsumerCore
 
     assert (ConsumerCore.MAX_STALE_STREAK, ConsumerCore.MAX_GAP_STREAK) == (5, 5)
+    assert ConsumerCore.PAGE_EVENTS == 256  # docs/clients.md, protocol.md, ADR-0040: the first page's events
     from adapters.sdk.connection import CONNECT_WARN_AFTER, CONNECT_WARN_INTERVAL_S
 
     assert (CONNECT_WARN_AFTER, CONNECT_WARN_INTERVAL_S) == (3, 30.0)  # connect failures: a warning from the 3rd

@@ -12,7 +12,8 @@ from spec import errors, schema, values
 
 PUBLIC = {
     "CLIENT_ACTIONS": errors, "DEFAULT_DATABASE": schema, "PROTOCOL_VERSION": schema, "SCHEMA_VERSION": schema,
-    "V2": sdk, "V3": sdk, "ApplyResult": sdk, "Backoff": sdk, "CallTimeout": sdk, "Checkpoint": sdk,
+    "V2": sdk, "V3": sdk, "ApplyResult": sdk, "Backoff": sdk, "BacklogTooLarge": sdk, "CallTimeout": sdk,
+    "Checkpoint": sdk,
     "CheckpointStore": sdk, "ClientCache": sdk, "ConnectError": sdk, "ConnectInfo": sdk, "Connection": sdk,
     "ConnectionClosed": sdk, "ConnectionLost": sdk, "DecodedRow": sdk, "DisconnectInfo": sdk,
     "ErrorCode": errors, "LocalProtocolError": errors, "QuerySetChange": sdk, "ReducerError": sdk,
@@ -38,4 +39,5 @@ def test_importing_syncref_does_not_load_the_server() -> None:
 def test_documented_sdk_defaults_are_pinned() -> None:
     conn = syncref.Connection("http://127.0.0.1:1")
     assert conn.close_flush_timeout == 2.0  # docs/clients.md: close flushes acks within 2 s
+    assert syncref.StreamConsumer.__init__.__kwdefaults__["page_events"] == 256  # docs/clients.md: pages of 256
     assert conn.closing is False

@@ -14,7 +14,7 @@ import pytest
 from adapters.bsatn import encode_row
 from adapters.sdk.checkpoints import Checkpoint, CheckpointStore
 from adapters.sdk.consumer import Ack, ConsumerCore, Continue, Fail, Rebootstrap, Resubscribe, Stale, StreamConsumer
-from adapters.sdk.errors import SubscriptionFailed
+from adapters.sdk.errors import BacklogTooLarge, SubscriptionFailed
 from adapters.sdk.rows import DecodedRow, TableChange
 from spec import query as q
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError
@@ -452,3 +452,195 @@ def test_a_stale_cursor_naming_the_continuation_continues(core: ConsumerCore, st
 def test_continued_outside_a_continue_is_a_caller_bug(core: ConsumerCore) -> None:
     with pytest.raises(LocalProtocolError):
         core.continued(5)
+
+
+# --- a backlog over one message: paged catch-up (ADR-0040) -------------------------------------------
+
+
+def too_big(limit: str = "max_outbound_message_bytes", actual: int = 5_000_000, most: int = 1_000_000,
+            ) -> SubscriptionFailed:
+    return SubscriptionFailed(3, 9, SyncError(ErrorCode.LIMIT_EXCEEDED,
+                                              {"actual": actual, "limit": limit, "max": most}).render())
+
+
+def bounds_of(action: Resubscribe) -> tuple[int, int, int | None]:
+    """(epoch, W, B) of a subscription that reads ``W < seq <= B`` (B None: no upper bound), read back out of
+    the query text by the SQL subset's parser -- not by the code that wrote it."""
+    stream, epoch, low = resume_of(action)
+    assert stream == S
+    (tail,) = q.parse(action.queries[1])
+    uppers = [c.value - (c.op is q.Op.LT) for c in tail.where if c.column == "seq" and c.op in (q.Op.LT, q.Op.LE)]
+    assert len(uppers) <= 1 and all(isinstance(u, int) for u in uppers)
+    return epoch, low, int(uppers[0]) if uppers else None
+
+
+def paged_core(store: CheckpointStore, page_events: int = 4) -> ConsumerCore:
+    c = ConsumerCore(store, S, record, page_events=page_events)
+    c.start()
+    return c
+
+
+def test_a_resume_refused_over_one_message_is_read_in_pages_then_followed_live(store: CheckpointStore) -> None:
+    """The backlog 1..10 is one snapshot over the bound: the consumer reads it 4 events a page
+    (0,4], (4,8], (8,12], each applied and acked before the next is asked for, then subscribes live from 10.
+    The expected pages are written out, not computed by the code under test."""
+    core = paged_core(store)
+    (page,) = core.on_error(too_big())
+    assert isinstance(page, Resubscribe) and page.reason == "page" and bounds_of(page) == (1, 0, 4)
+    head = st(head=10)
+    expected = [((1, 4, 8), "page"), ((1, 8, 12), "page"), ((1, 10, None), "live")]
+    batches = [range(1, 5), range(5, 9), range(9, 11)]
+    for batch, (want, reason) in zip(batches, expected, strict=True):
+        ack, nxt = core.on_rows(rows(head, *(ev(s) for s in reversed(batch))), snapshot=True)
+        assert ack == Ack(1, batch[-1]) and isinstance(nxt, Resubscribe)
+        assert (bounds_of(nxt), nxt.reason) == (want, reason)
+        assert store.load(S) == Checkpoint(S, 1, batch[-1])  # durable before the next page is asked for
+    assert applied(store) == list(range(1, 11)) and core.state == "subscribing"
+    assert core.on_rows(rows(head), snapshot=True) == [Ack(1, 10)] and core.state == "live"
+    assert core.on_rows(rows(ev(11)), snapshot=False) == [Ack(1, 11)]
+
+
+def test_a_page_over_one_message_shrinks_and_a_single_event_over_it_is_a_clear_error(store: CheckpointStore) -> None:
+    """Each refused page is smaller (at most half) than the last; a page of one event refused means that
+    event can never be sent by this server: BacklogTooLarge naming the seq and the server's numbers, and
+    the consumer stops -- no loop."""
+    core = paged_core(store, page_events=8)
+    core.on_rows(rows(st(head=3), ev(1), ev(2)), snapshot=False)
+    (page,) = core.on_error(too_big())
+    assert bounds_of(page) == (1, 2, 10)
+    sizes = [8]
+    while True:
+        (action,) = core.on_error(too_big(actual=1_500_000))
+        if isinstance(action, Fail):
+            break
+        _, low, high = bounds_of(action)
+        assert low == 2 and high is not None
+        sizes.append(high - low)
+        assert sizes[-1] <= sizes[-2] // 2 and len(sizes) < 10
+    assert sizes[-1] == 1 and core.state == "failed"
+    err = action.error
+    assert isinstance(err, BacklogTooLarge) and err.reason == "event_too_large" and (err.epoch, err.seq) == (1, 3)
+    assert err.details == {"actual": 1_500_000, "limit": "max_outbound_message_bytes", "max": 1_000_000}
+    assert "seq 3" in str(err) and "max_outbound_message_bytes" in str(err)
+    assert applied(store) == [1, 2]
+
+
+def test_events_appended_during_paging_are_paged_too_and_a_refused_live_tail_pages_again(
+        store: CheckpointStore) -> None:
+    core = paged_core(store)
+    core.on_error(too_big())
+    _, nxt = core.on_rows(rows(st(head=5), *(ev(s) for s in range(1, 5))), snapshot=True)
+    assert bounds_of(nxt) == (1, 4, 8)  # head 5 > 4: another page
+    _, nxt = core.on_rows(rows(st(head=9), *(ev(s) for s in range(5, 9))), snapshot=True)
+    assert bounds_of(nxt) == (1, 8, 12) and nxt.reason == "page"  # head moved on to 9 meanwhile
+    _, nxt = core.on_rows(rows(st(head=9), ev(9)), snapshot=True)
+    assert (bounds_of(nxt), nxt.reason) == ((1, 9, None), "live")
+    (again,) = core.on_error(too_big())  # more arrived before the live subscription: page again
+    assert (bounds_of(again), again.reason) == ((1, 9, 13), "page")
+    _, nxt = core.on_rows(rows(st(head=11), ev(10), ev(11)), snapshot=True)
+    assert bounds_of(nxt) == (1, 11, None)
+    assert applied(store) == list(range(1, 12))
+
+
+def test_a_gap_in_a_page_resubscribes_the_same_page_and_an_empty_page_below_the_head_is_a_gap(
+        store: CheckpointStore) -> None:
+    core = paged_core(store)
+    core.on_error(too_big())
+    ack, nxt = core.on_rows(rows(st(head=10), ev(1), ev(3)), snapshot=True)
+    assert ack == Ack(1, 1) and bounds_of(nxt) == (1, 1, 5) and nxt.reason == "gap"
+    for _ in range(ConsumerCore.MAX_GAP_STREAK - 1):  # a server that claims 2..10 and never serves them
+        *_, nxt = core.on_rows(rows(st(head=10)), snapshot=True)
+        assert isinstance(nxt, Resubscribe) and bounds_of(nxt) == (1, 1, 5)
+    *_, fail = core.on_rows(rows(st(head=10)), snapshot=True)
+    assert isinstance(fail, Fail) and isinstance(fail.error, RemoteProtocolError) and applied(store) == [1]
+
+
+def test_a_live_subscription_refused_without_progress_is_given_up_on(store: CheckpointStore) -> None:
+    """A server that refuses every live subscription and then serves empty pages at the head would keep the
+    consumer paging at network speed: bounded like a gap streak."""
+    core = paged_core(store)
+    for _ in range(ConsumerCore.MAX_GAP_STREAK):
+        (page,) = core.on_error(too_big())
+        assert page.reason == "page"  # type: ignore[union-attr]
+        (live,) = core.on_rows(rows(st(head=0)), snapshot=True)
+        assert isinstance(live, Resubscribe) and live.reason == "live"
+    (fail,) = core.on_error(too_big())
+    assert isinstance(fail, Fail) and isinstance(fail.error, RemoteProtocolError)
+
+
+def test_other_limits_are_not_paged(store: CheckpointStore) -> None:
+    core = paged_core(store)
+    failure = too_big(limit="max_queries_per_connection", actual=65, most=64)
+    assert core.on_error(failure) == [Fail(failure)] and core.state == "failed"
+
+
+def test_a_rehydrate_over_one_message_is_paged_and_stays_a_rehydrate_until_the_window_is_applied(
+        store: CheckpointStore) -> None:
+    """on_rebootstrap returned None: the window (floor 3 .. head 9) is over one message.  It is read in
+    pages from floor - 1; the checkpoint keeps ``rehydrating`` until the page that reaches the head is
+    applied (a restart in between reads the window again), then the consumer follows live from 9."""
+    core = paged_core(store)
+    (action,) = core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=9, reasons=["epoch_changed"]))
+    assert isinstance(action, Rebootstrap)
+    with store.transaction() as tx:
+        store.reset(tx, S, 2, 2, rehydrating=True)
+    (_, resub) = core.rebootstrapped(2, 2, rehydrate=True)
+    assert q.parse(resub.queries[1])[0].where == q.parse(f"SELECT * FROM sync_event WHERE stream_id = '{S}'")[0].where  # type: ignore[union-attr]
+    (page,) = core.on_error(too_big(limit="max_scan_rows", actual=100_001, most=100_000))
+    assert bounds_of(page) == (2, 2, 6)
+    window = st(epoch=2, head=9, floor=3)
+    _, nxt = core.on_rows(rows(window, *(ev(s, epoch=2) for s in range(3, 7))), snapshot=True)
+    assert bounds_of(nxt) == (2, 6, 10)
+    cp = store.load(S)
+    assert cp is not None and (cp.epoch, cp.watermark, cp.rehydrating) == (2, 6, True)
+    restarted = ConsumerCore(store, S, record, page_events=4)
+    (start,) = restarted.start()
+    assert q.lower_bound_exclusive(q.parse(start.queries[1])[0], "seq") is None  # type: ignore[union-attr]
+    _, nxt = core.on_rows(rows(window, *(ev(s, epoch=2) for s in range(7, 10))), snapshot=True)
+    assert (bounds_of(nxt), nxt.reason) == ((2, 9, None), "live")
+    cp = store.load(S)
+    assert cp is not None and (cp.epoch, cp.watermark, cp.rehydrating) == (2, 9, False)
+    assert applied(store) == list(range(3, 10))
+
+
+def test_a_rehydrate_page_refused_by_the_replay_budget_is_a_clear_error_not_a_second_callback(
+        store: CheckpointStore) -> None:
+    core = paged_core(store)
+    core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=90, reasons=["epoch_changed"]))
+    with store.transaction() as tx:
+        store.reset(tx, S, 2, 2, rehydrating=True)
+    core.rebootstrapped(2, 2, rehydrate=True)
+    core.on_error(too_big())
+    (fail,) = core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=90, reasons=["replay_budget_exceeded"]))
+    assert isinstance(fail, Fail) and isinstance(fail.error, BacklogTooLarge)
+    assert fail.error.reason == "window_over_replay_budget" and fail.error.seq == 3 and core.rebootstraps == 1
+
+
+@pytest.mark.parametrize("signal", ["row", "error"])
+def test_a_stale_epoch_during_paging_rebootstraps_and_the_next_catch_up_starts_unpaged(
+        store: CheckpointStore, signal: str) -> None:
+    core = paged_core(store)
+    core.on_error(too_big())
+    core.on_rows(rows(st(head=10), *(ev(s) for s in range(1, 5))), snapshot=True)
+    if signal == "row":  # the page's own stream row says the epoch moved: nothing of it is applied
+        (action,) = core.on_rows(rows(st(epoch=2, head=3, floor=1), ev(5)), snapshot=True)
+    else:
+        (action,) = core.on_error(stale_error(epoch=2, floor_seq=1, head_seq=3, reasons=["epoch_changed"]))
+    assert isinstance(action, Rebootstrap) and action.stale.local_watermark == 4
+    assert applied(store) == [1, 2, 3, 4]
+    with store.transaction() as tx:
+        store.reset(tx, S, 2, 0)
+    (resub,) = core.rebootstrapped(2, 0)
+    assert isinstance(resub, Resubscribe) and bounds_of(resub) == (2, 0, None)
+
+
+def test_a_continue_during_paging_keeps_paging_in_the_new_epoch(store: CheckpointStore) -> None:
+    core = paged_core(store)
+    core.on_error(too_big())
+    core.on_rows(rows(st(head=10), *(ev(s) for s in range(1, 5))), snapshot=True)
+    (action,) = core.on_error(stale_error(epoch=2, floor_seq=1, head_seq=10, reasons=["epoch_changed"],
+                                          continues_epoch=1, continues_seq=7))
+    assert action == Continue(2, from_server=True)
+    (ack, resub) = _continue_to(core, store, action)
+    assert ack == Ack(2, 4)
+    assert isinstance(resub, Resubscribe) and bounds_of(resub) == (2, 4, 8)

@@ -26,6 +26,7 @@ from support.server import SYNCREF, ServedProcess, mint_cli, running_server, ser
 from adapters.sdk import (
     V2,
     V3,
+    BacklogTooLarge,
     Backoff,
     CallTimeout,
     Checkpoint,
@@ -560,8 +561,6 @@ def test_revoking_the_parent_closes_a_connection_made_with_an_exchanged_token(tm
         run(body())
 
 
-@pytest.mark.xfail(strict=True, reason="open finding (revc review): a replay or retained window larger than "
-                   "max_outbound_message_bytes is refused limit_exceeded and the consumer stops for good")
 def test_a_consumer_catches_up_on_a_backlog_larger_than_one_message(tmp_path: Path) -> None:
     """A consumer's catch-up is one snapshot: the resume (``seq > W``, up to the replay budget of 20,000
     events) or the rehydrate (the whole retained window; the default policy retains everything).  A
@@ -584,6 +583,104 @@ def test_a_consumer_catches_up_on_a_backlog_larger_than_one_message(tmp_path: Pa
             await consumer.start()
             try:
                 assert await asyncio.wait_for(consumer.wait_for(8), 20) == 8
+                assert app.seqs() == list(range(1, 9)) and consumer.core.pages >= 2 and app.stales == []
+                await conn.call("append_sync_event", "e2e.big", "k8", text, sha(text), None)
+                assert await asyncio.wait_for(consumer.wait_for(9), 20) == 9  # then the live tail
+            finally:
+                await conn.close()
+
+        run(body())
+
+
+BIG = json.dumps({"t": "x" * (200 * 1024)}, separators=(",", ":"))
+ONE_MIB = {"max_outbound_message_bytes": 1024 * 1024, "max_outbound_bytes": 64 * 1024 * 1024}
+
+
+def test_events_appended_while_a_consumer_pages_are_applied_once_in_order(tmp_path: Path) -> None:
+    """Paging (ADR-0040) while a producer keeps appending: every event exactly once, in seq order."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "busy.sqlite")
+    with running_server(tmp_path / "data", limits=with_limits(**ONE_MIB)) as st:
+        async def body() -> None:
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            producer = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(10):
+                await conn.call("append_sync_event", "e2e.busy", f"k{i}", BIG, sha(BIG), None)
+            consumer = StreamConsumer(conn, app.store, "e2e.busy", apply=app.apply, on_rebootstrap=app.rebootstrap)
+
+            async def produce() -> None:
+                for i in range(10, 20):
+                    await producer.call("append_sync_event", "e2e.busy", f"k{i}", BIG, sha(BIG), None)
+
+            try:
+                await asyncio.gather(consumer.start(), produce())
+                assert await asyncio.wait_for(consumer.wait_for(20), 30) == 20
+                assert app.seqs() == list(range(1, 21)) and consumer.core.pages >= 2
+            finally:
+                await producer.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_a_rehydrate_over_one_message_is_paged(tmp_path: Path) -> None:
+    """on_rebootstrap returns None after an epoch reset: the retained window (10 events of 200 KiB) is over
+    the 1 MiB message bound, so it is read in pages; the callback runs once and the checkpoint's
+    rehydrating mark is cleared once the window is applied."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "re.sqlite")
+    with running_server(tmp_path / "data", limits=with_limits(**ONE_MIB)) as st:
+        async def body() -> None:
+            admin = Connection(st.base, token=st.token(scopes={*SCOPES.split(","), "sync.admin"}), backoff=FAST,
+                               call_timeout=20)
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(3):
+                await append(admin, "e2e.re", i)
+            consumer = StreamConsumer(conn, app.store, "e2e.re", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            await consumer.wait_for(3)
+            await consumer.stop()
+            await admin.call("reset_stream_epoch", "e2e.re")
+            for i in range(10):
+                head = (await admin.call("append_sync_event", "e2e.re", f"big{i}", BIG, sha(BIG), None)).value
+            try:
+                await consumer.start()
+                assert await asyncio.wait_for(consumer.wait_for(head, epoch=2), 30) == head
+                assert len(app.stales) == 1 and app.stales[0].epoch == 2
+                assert app.seqs(1) == [] and app.seqs(2) == list(range(app.stales[0].floor_seq, head + 1))
+                assert len(app.seqs(2)) == 10 and consumer.core.pages >= 2
+                cp = app.store.load("e2e.re")
+                assert cp is not None and not cp.rehydrating
+            finally:
+                await admin.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_an_event_larger_than_one_message_stops_the_consumer_with_a_clear_error(tmp_path: Path) -> None:
+    """Event 2 alone (200 KiB) is over a 150 KiB message bound: no page can carry it.  The consumer applies
+    event 1 and stops with BacklogTooLarge naming seq 2 -- it does not page forever."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "huge.sqlite")
+    limits = with_limits(max_outbound_message_bytes=150 * 1024, max_outbound_bytes=64 * 1024 * 1024)
+    with running_server(tmp_path / "data", limits=limits) as st:
+        async def body() -> None:
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            await append(conn, "e2e.huge", 1)
+            await conn.call("append_sync_event", "e2e.huge", "big", BIG, sha(BIG), None)
+            await append(conn, "e2e.huge", 3)
+            consumer = StreamConsumer(conn, app.store, "e2e.huge", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            try:
+                with pytest.raises(BacklogTooLarge) as caught:
+                    await asyncio.wait_for(consumer.wait_for(3), 20)
+                assert caught.value.reason == "event_too_large" and caught.value.seq == 2
+                assert caught.value.details.get("limit") == "max_outbound_message_bytes"
+                assert app.seqs() == [1] and consumer.watermark == 1
             finally:
                 await conn.close()
 
