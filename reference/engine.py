@@ -318,6 +318,55 @@ class Scan:
     rows: int = 0
 
 
+ALL_ROWS = 1 << 62  # a Read step that takes every row at once (Engine.query)
+
+
+class Read:
+    """One one-off read (a ``OneOffQuery``, one ``/sql`` statement) of the state at the moment
+    :meth:`Engine.read` took it (``offset``: the committed offset then).  Its candidate rows were
+    fixed then, without building any: a ``sync_event`` stream's as a frozen view of its log
+    (:meth:`StreamLog.frozen`: later appends, retention drops and compaction do not show), any
+    other table's as references to its rows (immutable values).  So the rows can be built and
+    matched a slice at a time (:meth:`step`), with other requests and commits in between, and the
+    answer is still exactly that one state (ADR-0038)."""
+
+    __slots__ = ("_match", "_rows", "_todo", "done", "event", "offset", "table")
+
+    def __init__(self, table: str, offset: int, candidates: Iterable[Row], match: Callable[[Row], bool]) -> None:
+        self.table = table
+        self.offset = offset
+        self.event = TABLE_BY_NAME[table].event
+        self._todo: Iterator[Row] = iter(candidates)
+        self._match = match
+        self._rows: list[Row] = []
+        self.done = False
+
+    def step(self, most: int) -> bool:
+        """Build and match up to ``most`` more candidate rows; True once every one is matched."""
+        if most < 1:
+            raise LocalProtocolError(f"a read step takes at least one row, not {most}")
+        if not self.done:
+            match, keep, seen = self._match, self._rows.append, 0
+            for row in itertools.islice(self._todo, most):
+                seen += 1
+                if match(row):
+                    keep(row)
+            self.done = seen < most
+        return self.done
+
+    def result(self) -> TableRows:
+        """The matching rows, in the candidates' order; only once :meth:`step` has said done."""
+        if not self.done:
+            raise LocalProtocolError("the read is not finished: step it until it says done")
+        return TableRows(self.table, tuple(self._rows), (), self.event)
+
+
+def _frozen_rows(logs: Iterable[StreamLog]) -> Iterator[Row]:
+    """The retained events of ``logs`` in that order, each log frozen as it is now (the views are
+    taken here, eagerly; rows are built as the iterator is read)."""
+    return itertools.chain.from_iterable([log.frozen() for log in logs])
+
+
 def limit_exceeded(limit: str, most: int, actual: int) -> SyncError:
     """``limit_exceeded`` naming the ``Limits`` field, its value and what was asked for."""
     return SyncError(ErrorCode.LIMIT_EXCEEDED, {"actual": actual, "limit": limit, "max": most})
@@ -489,6 +538,15 @@ class Engine:
         """A one-off read (SpacetimeDB's ``OneOffQuery`` and the HTTP ``/sql`` route): the rows of
         one subscription-subset query, under the same scope, grant and row-filter rules as a
         subscription (no stale check: a one-off read resumes nothing).  Raises :class:`SyncError`."""
+        read = self.read(claims, text, scan)
+        read.step(ALL_ROWS)
+        return read.result()
+
+    def read(self, claims: Claims, text: str, scan: Scan | None = None) -> Read:
+        """:meth:`query` taken now and answered later: every check (scope, size, parse, grant,
+        ``max_scan_rows``) is made here and raises :class:`SyncError` here; the returned
+        :class:`Read` holds the candidate rows as they are now and builds and matches them as it
+        is stepped, so commits made meanwhile do not show in its answer."""
         queries = self._authorized_queries(claims, (text,))
         if len(queries) != 1:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
@@ -496,8 +554,20 @@ class Engine:
         query = queries[0]
         candidates = self._candidates(query, claims, Scan() if scan is None else scan)
         readable = _row_filter(claims, query.table)
-        rows = [row for row in candidates if q.matches(query, row) and readable(row)]
-        return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
+        return Read(query.table, self.committed, candidates, lambda row: q.matches(query, row) and readable(row))
+
+    def answer_read(self, conn_id: int, request_id: int, answer: Read | SyncError) -> None:
+        """Queue a ``OneOffQueryResult`` for a one-off read the I/O layer stepped to its end (or
+        the error its :meth:`read` raised), as :meth:`one_off` queues it."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        result = OneOffQueryResult(request_id, answer.render() if isinstance(answer, SyncError) else answer.result())
+        try:
+            size: int | None = self._fits(result)
+        except SyncError as err:
+            result, size = OneOffQueryResult(request_id, err.render()), None
+        self._send(conn, self.committed, result, size)
 
     def one_off(self, conn_id: int, request_id: int, text: str) -> None:
         conn = self.conns.get(conn_id)
@@ -685,7 +755,7 @@ class Engine:
                 if len(idle) > IDLE_SHAPES:
                     del idle[next(iter(idle))]
 
-    def _candidates(self, query: q.Query, claims: Claims, scan: Scan | None) -> list[Row]:
+    def _candidates(self, query: q.Query, claims: Claims, scan: Scan | None) -> Iterable[Row]:
         """Rows a snapshot must consider: a slice of one stream's log for a resume query; the one
         row of its key for a query that pins a table's primary key with ``=`` (a resume set's
         ``sync_stream`` query: its stream's row, not every stream's); else the rows ``claims``
@@ -710,16 +780,18 @@ class Engine:
                 w = q.lower_bound_exclusive(query, "seq")
                 skipped = 0 if w is None else min(len(log), max(0, w + 1 - log.floor))  # what after(w) skips
                 self._count(scan, len(log) - skipped)
-                return list(log.after(w)) if w is not None else list(log.events)
+                return log.frozen(w)
         readable = self._readable(query.table, claims, scan)
         if readable is not None:
             return readable
         table = query.table
         self._count(scan, sum(map(len, self.db.logs.values())) if table == "sync_event" else
                     len(self.db.pk.get(table, ())))
-        return list(self.db.rows(table))
+        if table == "sync_event":
+            return _frozen_rows(self.db.logs.values())
+        return list(self.db.rows(table))  # references to immutable rows: fixed now
 
-    def _readable(self, table: str, claims: Claims, scan: Scan | None) -> list[Row] | None:
+    def _readable(self, table: str, claims: Claims, scan: Scan | None) -> Iterable[Row] | None:
         """The rows of ``table`` that ``claims`` may read (:func:`can_read`), counted, when finding
         them costs less than the whole table; else None (the whole table is examined).  A bridge
         table without a bridge scope: none.  A stream-granted table whose grants are all exact
@@ -739,7 +811,7 @@ class Engine:
             if table == "sync_event":
                 logs = [log for sid in granted if (log := self.db.logs.get(sid)) is not None]
                 self._count(scan, sum(map(len, logs)))
-                return [row for log in logs for row in log.events]
+                return _frozen_rows(logs)
             if _PK_COLUMN.get(table) == "stream_id":
                 rows = [row for sid in granted if (row := self.db.get(table, (sid,))) is not None]
                 self._count(scan, len(rows))
@@ -747,7 +819,7 @@ class Engine:
             return None  # an event table (stream_signal): no stored rows either way
         return self._walk_streams(claims, scan) if table == "sync_event" and scan is not None else None
 
-    def _walk_streams(self, claims: Claims, scan: Scan) -> list[Row] | None:
+    def _walk_streams(self, claims: Claims, scan: Scan) -> Iterable[Row] | None:
         """The events of the streams ``claims`` is granted, found by checking every stream id
         against the grants -- what the row filter does for each row -- so each id is counted as
         one examined row, before the granted streams' rows.  Taken only when the ids fit what is
@@ -770,7 +842,7 @@ class Engine:
         if ids + seen >= rows:
             return None
         self._count(scan, ids + seen)  # the stream ids checked, then the granted streams' rows
-        return [row for log in granted for row in log.events]
+        return _frozen_rows(granted)
 
     def _count(self, scan: Scan | None, n: int) -> None:
         """``n`` more rows examined by the request of ``scan``: ``limit_exceeded`` past the bound
