@@ -136,6 +136,9 @@ class Connection:
     sizes: deque[int] = field(default_factory=deque)  # estimated encoded bytes of each queued message
     outbound_bytes: int = 0  # their sum
     closed_reason: str | None = None
+    # a one-off read in progress (Engine.begin_read): the offset it reads; messages queued at later
+    # offsets wait behind its answer, which goes where the read was taken (ADR-0038)
+    reading: int | None = None
 
     @property
     def query_count(self) -> int:
@@ -556,18 +559,49 @@ class Engine:
         readable = _row_filter(claims, query.table)
         return Read(query.table, self.committed, candidates, lambda row: q.matches(query, row) and readable(row))
 
-    def answer_read(self, conn_id: int, request_id: int, answer: Read | SyncError) -> None:
-        """Queue a ``OneOffQueryResult`` for a one-off read the I/O layer stepped to its end (or
-        the error its :meth:`read` raised), as :meth:`one_off` queues it."""
+    def begin_read(self, conn_id: int, request_id: int, text: str) -> Read | None:
+        """:meth:`one_off` in two parts, for an I/O layer that steps the read between other work:
+        the read is taken now (:meth:`read`); refused, its error is queued now and None returned.
+        Else the connection's queue is held at this point -- messages queued meanwhile (updates
+        of later transactions) are released only after the answer -- until :meth:`answer_read`
+        puts the answer in its place, as if the whole read had been answered now."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return None
+        if conn.reading is not None:
+            raise LocalProtocolError(f"connection {conn_id} already has a one-off read in progress")
+        try:
+            read = self.read(conn.claims, text)
+        except SyncError as err:
+            self._send(conn, self.committed, OneOffQueryResult(request_id, err.render()), None)
+            return None
+        conn.reading = read.offset
+        return read
+
+    def answer_read(self, conn_id: int, request_id: int, read: Read) -> None:
+        """The ``OneOffQueryResult`` of a read :meth:`begin_read` took, stepped to its end: queued
+        after the messages queued before the read was taken and ahead of those queued since (they
+        carry later offsets), at the read's offset; the queue is released again."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return
-        result = OneOffQueryResult(request_id, answer.render() if isinstance(answer, SyncError) else answer.result())
+        conn.reading = None
+        answer = OneOffQueryResult(request_id, read.result())
         try:
-            size: int | None = self._fits(result)
+            size = self._fits(answer)
         except SyncError as err:
-            result, size = OneOffQueryResult(request_id, err.render()), None
-        self._send(conn, self.committed, result, size)
+            answer = OneOffQueryResult(request_id, err.render())
+            size = self._fits(answer)
+        queue, sizes = conn.outbound, conn.sizes
+        at = len(queue)
+        while at and queue[at - 1].offset > read.offset:
+            at -= 1
+        queue.insert(at, Outbound(read.offset, answer))
+        sizes.insert(at, size)
+        conn.outbound_bytes += size
+        if len(queue) > self.max_queue or (
+                self.max_outbound_bytes is not None and conn.outbound_bytes > self.max_outbound_bytes):
+            self.close(conn.conn_id, SLOW_CONSUMER_REASON)
 
     def one_off(self, conn_id: int, request_id: int, text: str) -> None:
         conn = self.conns.get(conn_id)
@@ -1346,7 +1380,11 @@ class Engine:
     def _release_bound(self, conn: Connection) -> int | None:
         """The confirmed-read gate (CONF-1), defined once: a confirmed reader's queued messages are
         released up to the durable offset; None: no bound (an unconfirmed reader).  Both
-        :meth:`releasable` and :meth:`take` ask it, so they cannot disagree."""
+        :meth:`releasable` and :meth:`take` ask it, so they cannot disagree.  A one-off read in
+        progress (:meth:`begin_read`) also holds back what was queued after it (later offsets)."""
+        reading = conn.reading
+        if reading is not None:
+            return min(reading, self.durable) if conn.confirmed else reading
         return self.durable if conn.confirmed else None
 
     def releasable(self, conn_id: int) -> bool:
