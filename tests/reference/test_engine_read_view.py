@@ -22,6 +22,7 @@ from reference.eventlog import StreamLog
 from spec import query as q
 from spec.auth import Claims, can_read
 from spec.errors import LocalProtocolError, SyncError
+from spec.messages import OneOffQueryResult, Subscribe
 from spec.policy import Policy, StreamClass
 from spec.schema import SCOPES
 from spec.values import Row
@@ -179,3 +180,60 @@ def test_a_read_of_the_live_log_is_caught(planted: object, target: tuple[object,
         if got != expected:
             caught.append(text)
     assert caught, caught
+
+
+# --- the connection's queue while its one-off read is stepped (Engine.begin_read / answer_read) --
+
+SUB = "SELECT * FROM sync_event WHERE stream_id = 's3'"
+
+
+def _held(confirmed: bool) -> tuple[Engine, int, list[str]]:
+    """A connection subscribed to s3 takes a one-off read of s3; a commit to s3 lands during the
+    read (its update queued for the connection); the read is then answered.  Returns what the
+    connection is given, in order, taking its queue before and after the answer."""
+    eng = _engine()
+    c = eng.connect(ALL, confirmed=confirmed)
+    eng.handle(c, Subscribe(1, 1, (SUB,)))
+    kinds = [type(out.message).__name__ for out in eng.take(c, 100, 1 << 40)]
+    taken = eng.begin_read(c, 7, SUB)
+    assert taken is not None
+    _call(eng, "append_sync_event", "s3", "late", '{"late":true}', None, None)  # durable too
+    kinds += [type(out.message).__name__ for out in eng.take(c, 100, 1 << 40)]  # held: nothing
+    kinds.append("|")
+    while not taken.step(3):
+        pass
+    eng.answer_read(c, 7, taken)
+    outs = eng.take(c, 100, 1 << 40)
+    kinds += [type(out.message).__name__ for out in outs]
+    answer = next(out.message for out in outs if isinstance(out.message, OneOffQueryResult))
+    assert not isinstance(answer.result, str)
+    assert [row.idempotency_key for row in answer.result.inserts] == [f"k{i}" for i in range(40)]  # not "late"
+    return eng, c, kinds
+
+
+@pytest.mark.parametrize("confirmed", [False, True])
+def test_updates_queued_during_a_read_go_out_after_its_answer(confirmed: bool) -> None:
+    _, _, kinds = _held(confirmed)
+    assert kinds == ["SubscribeApplied", "|", "OneOffQueryResult", "TransactionUpdate"]
+
+
+def test_a_refused_read_is_answered_at_once_and_holds_nothing() -> None:
+    eng = _engine()
+    c = eng.connect(EXACT, confirmed=False)
+    assert eng.begin_read(c, 3, "SELECT * FROM sync_event WHERE stream_id = 's2'") is None  # not granted
+    (out,) = eng.take(c, 100, 1 << 40)
+    assert isinstance(out.message, OneOffQueryResult) and isinstance(out.message.result, str)
+    assert eng.begin_read(c, 4, SUB) is not None
+    with pytest.raises(LocalProtocolError):
+        eng.begin_read(c, 5, SUB)  # one read at a time per connection
+
+
+def _no_hold(self: Engine, conn: object) -> int | None:
+    """A planted bug: the release bound ignores a read in progress."""
+    return self.durable if conn.confirmed else None  # type: ignore[attr-defined]
+
+
+def test_a_queue_not_held_during_a_read_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Engine, "_release_bound", _no_hold)
+    _, _, kinds = _held(False)
+    assert kinds == ["SubscribeApplied", "TransactionUpdate", "|", "OneOffQueryResult"]
