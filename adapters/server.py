@@ -79,7 +79,7 @@ from adapters.auth import (
     Verified,
     identity_from_claims,
 )
-from adapters.bsatn import BsatnError, TooManyItems
+from adapters.bsatn import BsatnError, TooManyItems, is_column_rows
 from adapters.fsutil import make_data_dir
 from adapters.gcpolicy import DEFAULT_GC_FREEZE, GcPauses
 from adapters.guard import (
@@ -1738,6 +1738,12 @@ class SyncServer:
                 return parts[0], None
             if sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
                 return tuple(parts), None  # a replay's megabytes: framed as parts (ADR-0020 addendum)
+            return b"".join(parts), None
+        if type(message) is m.OneOffQueryResult and not isinstance(message.result, str) \
+                and is_column_rows(message.result.inserts):  # a stream's frozen view: one receiver, not kept
+            parts = wire.encode_server_parts(wire.to_wire(message, cache=self._rows))
+            if len(parts) > 1 and sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
+                return tuple(parts), None
             return b"".join(parts), None
         # by identity: a TransactionUpdate is shared by its subscribers
         key: object = id(message) if isinstance(message, m.TransactionUpdate) else (message,)

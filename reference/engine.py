@@ -42,7 +42,7 @@ import icontract
 
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn
-from reference.eventlog import StreamLog
+from reference.eventlog import RetainedRows, StreamLog
 from reference.log import GENESIS, TxRecord, delta_parts, delta_text, make_record, record_floors, record_hash
 from reference.parsecache import ParseCache
 from spec import contracts
@@ -335,21 +335,30 @@ class Read:
 
     __slots__ = ("_match", "_rows", "_todo", "done", "event", "offset", "table")
 
-    def __init__(self, table: str, offset: int, candidates: Iterable[Row], match: Callable[[Row], bool]) -> None:
+    def __init__(self, table: str, offset: int, candidates: Iterable[Row], match: Callable[[Row], bool] | None) -> None:
+        """``match`` None: every candidate matches and ``candidates`` is the answer as it is (a
+        frozen stream: no row is built here; the wire encodes it from the column store)."""
         self.table = table
         self.offset = offset
         self.event = TABLE_BY_NAME[table].event
-        self._todo: Iterator[Row] = iter(candidates)
+        self._todo: Iterator[Row] = iter(())
+        self._rows: Sequence[Row] | list[Row] = []
+        if match is None:
+            assert isinstance(candidates, Sequence)
+            self._rows = candidates
+        else:
+            self._todo = iter(candidates)
         self._match = match
-        self._rows: list[Row] = []
-        self.done = False
+        self.done = match is None
 
     def step(self, most: int) -> bool:
         """Build and match up to ``most`` more candidate rows; True once every one is matched."""
         if most < 1:
             raise LocalProtocolError(f"a read step takes at least one row, not {most}")
         if not self.done:
-            match, keep, seen = self._match, self._rows.append, 0
+            match, rows, seen = self._match, self._rows, 0
+            assert match is not None and isinstance(rows, list)
+            keep = rows.append
             for row in itertools.islice(self._todo, most):
                 seen += 1
                 if match(row):
@@ -361,7 +370,8 @@ class Read:
         """The matching rows, in the candidates' order; only once :meth:`step` has said done."""
         if not self.done:
             raise LocalProtocolError("the read is not finished: step it until it says done")
-        return TableRows(self.table, tuple(self._rows), (), self.event)
+        rows = self._rows
+        return TableRows(self.table, tuple(rows) if isinstance(rows, list) else rows, (), self.event)  # type: ignore[arg-type]
 
 
 def _frozen_rows(logs: Iterable[StreamLog]) -> Iterator[Row]:
@@ -557,6 +567,11 @@ class Engine:
                                                       "sql": text})
         query = queries[0]
         candidates = self._candidates(query, claims, Scan() if scan is None else scan)
+        if isinstance(candidates, RetainedRows) and len(query.where) == 1 \
+                and stream_granted(claims, candidates.stream_id):
+            # `stream_id = S` alone, S granted: every row of the stream's frozen view matches and
+            # may be read -- the view is the answer, no row built (encoded from the columns)
+            return Read(query.table, self.committed, candidates, None)
         readable = _row_filter(claims, query.table)
         return Read(query.table, self.committed, candidates, lambda row: q.matches(query, row) and readable(row))
 

@@ -97,13 +97,13 @@ def _keys(rows: Any) -> list[str]:
     return [r.idempotency_key for r in rows]
 
 
-def _one_off_scenario(st: ServerThread, gate: Gate) -> list[object]:
+def _one_off_scenario(st: ServerThread, gate: Gate, text: str = BIG) -> list[object]:
     """A (subscribed to the stream) sends a big OneOffQuery; B appends to the stream while it is
     read.  Returns what A received, in order, until both the answer and B's update are in."""
     a = WireClient(st, st.token())
     applied = a.subscribe(1, BIG)
     assert isinstance(applied, wire.SubscribeApplied)
-    a.send(wire.OneOffQuery(a.rid(), BIG))
+    a.send(wire.OneOffQuery(a.rid(), text))
     _other_calls(st, gate, "late")
     got: list[object] = []
     while not (any(isinstance(x, wire.OneOffQueryResult) for x in got)
@@ -113,10 +113,11 @@ def _one_off_scenario(st: ServerThread, gate: Gate) -> list[object]:
     return got
 
 
+@pytest.mark.parametrize("text", [BIG, f"{BIG} AND seq > 0"])  # the stream's view as it is; rows matched
 def test_another_client_is_answered_during_a_big_one_off_which_still_reads_its_moment(
-        served: tuple[ServerThread, Gate]) -> None:
+        served: tuple[ServerThread, Gate], text: str) -> None:
     st, gate = served
-    got = _one_off_scenario(st, gate)
+    got = _one_off_scenario(st, gate, text)
     assert gate.answered_during_read is True and gate.stalls > 0
     kinds = [type(x).__name__ for x in got]
     assert kinds.index("OneOffQueryResult") < kinds.index("TransactionUpdate")  # the answer where it was read
