@@ -46,15 +46,17 @@ def _populate(st: ServerThread) -> None:
 class Gate:
     """Wraps ``Read.step``: marks when a sliced read starts, then stalls it (a step that takes no
     row) until another client's call was answered; records whether that happened while the read
-    was still going.  A read that never yields to the loop would spin here: after ``most_stalls``
-    the read goes on (and the test fails on what it recorded)."""
+    was still going.  A read that never yields to the loop would spin here: ``give_up_s`` after
+    the first stall the read goes on (a fail-safe, not a measurement: the test then fails on what
+    it recorded, the order)."""
 
-    def __init__(self, most_stalls: int = 200_000) -> None:
+    def __init__(self, give_up_s: float = 60) -> None:
         self.started = threading.Event()
         self.other_answered = threading.Event()
         self.answered_during_read: bool | None = None
         self.stalls = 0
-        self.most_stalls = most_stalls
+        self.give_up_s = give_up_s
+        self.give_up_at: float | None = None
         self.real = Read.step
 
     def step(self, read: Read, most: int) -> bool:
@@ -64,7 +66,9 @@ class Gate:
             self.answered_during_read = self.other_answered.is_set()
             return done
         self.started.set()
-        if not self.other_answered.is_set() and self.stalls < self.most_stalls:
+        if self.give_up_at is None:
+            self.give_up_at = time.monotonic() + self.give_up_s
+        if not self.other_answered.is_set() and time.monotonic() < self.give_up_at:
             self.stalls += 1
             return False
         done = self.real(read, most)
