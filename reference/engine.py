@@ -381,6 +381,15 @@ def _frozen_rows(logs: Iterable[StreamLog]) -> Iterator[Row]:
     return itertools.chain.from_iterable([log.frozen() for log in logs])
 
 
+def _only_pin_and_seq_floor(query: q.Query, stream_id: str) -> bool:
+    """Every conjunct is ``stream_id = <stream_id>`` or an integer lower bound on ``seq``
+    (``>``/``>=``): then exactly the rows of that stream after ``q.lower_bound_exclusive(query,
+    "seq")`` match, which is what ``StreamLog.frozen`` of that bound holds."""
+    return all((c.column == "stream_id" and c.op is q.Op.EQ and c.value == stream_id)
+               or (c.column == "seq" and c.op in (q.Op.GT, q.Op.GE) and type(c.value) is int)
+               for c in query.where)
+
+
 def limit_exceeded(limit: str, most: int, actual: int) -> SyncError:
     """``limit_exceeded`` naming the ``Limits`` field, its value and what was asked for."""
     return SyncError(ErrorCode.LIMIT_EXCEEDED, {"actual": actual, "limit": limit, "max": most})
@@ -567,10 +576,10 @@ class Engine:
                                                       "sql": text})
         query = queries[0]
         candidates = self._candidates(query, claims, Scan() if scan is None else scan)
-        if isinstance(candidates, RetainedRows) and len(query.where) == 1 \
+        if isinstance(candidates, RetainedRows) and _only_pin_and_seq_floor(query, candidates.stream_id) \
                 and stream_granted(claims, candidates.stream_id):
-            # `stream_id = S` alone, S granted: every row of the stream's frozen view matches and
-            # may be read -- the view is the answer, no row built (encoded from the columns)
+            # `stream_id = S [AND seq > W ...]`, S granted: every row of the stream's frozen view
+            # (taken after W) matches and may be read -- the view is the answer, no row built
             return Read(query.table, self.committed, candidates, None)
         readable = _row_filter(claims, query.table)
         return Read(query.table, self.committed, candidates, lambda row: q.matches(query, row) and readable(row))

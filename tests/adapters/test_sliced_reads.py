@@ -117,7 +117,7 @@ def _one_off_scenario(st: ServerThread, gate: Gate, text: str = BIG) -> list[obj
     return got
 
 
-@pytest.mark.parametrize("text", [BIG, f"{BIG} AND seq > 0"])  # the stream's view as it is; rows matched
+@pytest.mark.parametrize("text", [BIG, f"{BIG} AND seq < 100000"])  # the stream's view as it is; rows matched
 def test_another_client_is_answered_during_a_big_one_off_which_still_reads_its_moment(
         served: tuple[ServerThread, Gate], text: str) -> None:
     st, gate = served

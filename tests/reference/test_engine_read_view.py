@@ -33,11 +33,13 @@ PREFIX = Claims("c" * 64, frozenset(SCOPES) - {"sync.admin"}, ("s3*",))
 POLICY = Policy(classes=(("s1", StreamClass("short", retain_count=300)),))  # compaction drops s1's oldest
 
 # (claims, query): every way _candidates finds rows -- a pinned stream, a pinned stream from a
-# watermark, the whole table, exact grants, a prefix grant's walk, a key lookup, a whole pk table
+# watermark (both answered with the stream's view as it is), a pinned stream matched, the whole
+# table, exact grants, a prefix grant's walk, a key lookup, a whole pk table
 CASES = [
     (ALL, "SELECT * FROM sync_event WHERE stream_id = 's1'"),
     (ALL, "SELECT * FROM sync_event WHERE stream_id = 's1' AND seq > 250"),
     (ALL, "SELECT * FROM sync_event WHERE stream_id = 's2' AND seq > 2"),
+    (ALL, "SELECT * FROM sync_event WHERE stream_id = 's1' AND seq < 500"),  # the view's rows matched
     (ALL, "SELECT * FROM sync_event"),
     (ALL, "SELECT * FROM sync_event WHERE seq > 3 AND seq < 600"),
     (EXACT, "SELECT * FROM sync_event"),
@@ -133,7 +135,7 @@ def test_read_keeps_the_offset_it_read_and_refuses_misuse() -> None:
     eng = _engine()
     view = eng.read(ALL, "SELECT * FROM sync_event WHERE stream_id = 's3'")
     assert view.done  # the stream alone, granted: its frozen view is the answer, no step to take
-    read = eng.read(ALL, "SELECT * FROM sync_event WHERE stream_id = 's3' AND seq > 0")
+    read = eng.read(ALL, "SELECT * FROM sync_event WHERE stream_id = 's3' AND seq < 1000")  # rows matched
     at = eng.committed
     _meanwhile(eng, 0)
     assert read.offset == at < eng.committed
