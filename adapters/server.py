@@ -57,7 +57,7 @@ import struct
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -80,7 +80,7 @@ from adapters.auth import (
     Verified,
     identity_from_claims,
 )
-from adapters.bsatn import BsatnError, TooManyItems
+from adapters.bsatn import BsatnError, TooManyItems, is_column_rows
 from adapters.fsutil import make_data_dir
 from adapters.gcpolicy import DEFAULT_GC_FREEZE, GcPauses
 from adapters.guard import (
@@ -110,7 +110,7 @@ from reference.durability import (
     snapshot_dir,
     storage_fault,
 )
-from reference.engine import Engine, InternalError, Scan, limit_exceeded, safe_text
+from reference.engine import Engine, InternalError, Read, Scan, limit_exceeded, safe_text
 from reference.log import TxRecord
 from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Snapshotter
 from spec import contracts
@@ -140,6 +140,10 @@ SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP by
 SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
 SCAN_TURN_ROWS = 10_000  # rows a connection's reads examine before its turn ends (engine.rows_examined)
+# candidate rows a one-off read (OneOffQuery, a /sql statement) builds and matches, and /sql answer
+# rows serialized, before the loop goes to others; the read answers the state it was taken at
+# (reference.engine.Read, ADR-0038)
+READ_SLICE_ROWS = 1_000
 SWITCH_INTERVAL_S = 0.0001  # the writer thread retakes the lock within this behind a busy loop (Phase 6)
 DELIVER_SLICE_S = 0.001  # a delivery pass hands the loop back after this long (ADR-0023) ...
 DELIVER_CHECK = 16  # ... looked at every this many connections (a pass over fewer is never cut)
@@ -562,6 +566,9 @@ class Session:
         self.held: dict[int, int] = {}
         self.broken = False  # a message could not be sent (over the bound): closing, nothing more goes out
         self.connected_at_us = now_us()
+        # a OneOffQuery's read taken (request id, read), which its processor steps in slices
+        # (SyncServer._step_read); nothing of this connection is taken ahead of it (ADR-0038)
+        self.reading: tuple[int, Read] | None = None
 
 
 class SyncServer:
@@ -1389,21 +1396,36 @@ class SyncServer:
         answers: list[tuple[TableRows, float]] = []
         rows_total = 0
         scan = Scan()  # rows examined by all the statements together (max_scan_rows)
+        # Every statement's read is taken now, in this one turn: all of them read the state at
+        # `offset`, though their rows are built, matched and serialized a slice at a time with
+        # the loop going to others in between (ADR-0038)
+        reads: list[tuple[Read, float]] = []
         for stmt in statements:
             started = time.monotonic()
             try:
-                rows = self.engine.query(verified.claims, stmt, scan)
+                reads.append((self.engine.read(verified.claims, stmt, scan), started))
             except SyncError as err:
                 if err.code is ErrorCode.LIMIT_EXCEEDED and err.details.get("limit") == "max_scan_rows":
                     return self._refuse_sql(err)
                 return _text(400, err.render())
+        for read, started in reads:
+            while not read.step(READ_SLICE_ROWS):
+                await asyncio.sleep(0)
+            rows = read.result()
             rows_total += len(rows.inserts)
             if rows_total > lim.max_sql_rows:
                 return self._refuse_sql(limit_exceeded("max_sql_rows", lim.max_sql_rows, rows_total))
             answers.append((rows, time.monotonic() - started))
         if not answers:
             return _text(400, SyncError(ErrorCode.INVALID_QUERY, {"message": "no statement", "sql": text}).render())
-        body = sql_answer(answers, lim.max_sql_response_bytes)
+        steps = sql_answer_steps(answers, lim.max_sql_response_bytes, READ_SLICE_ROWS)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                body = done.value
+                break
+            await asyncio.sleep(0)
         if isinstance(body, SyncError):
             return self._refuse_sql(body)
         if confirmed:
@@ -1611,6 +1633,8 @@ class SyncServer:
                 taken += 1
                 before, rows_before = engine.committed, engine.rows_examined
                 self._dispatch(s, first)
+                if s.reading is not None:
+                    await self._step_read(s)
                 if engine.committed > before and isinstance(first, wire.CallReducer):
                     s.undurable.append(engine.committed)
                 mine += engine.rows_examined - rows_before
@@ -1626,7 +1650,9 @@ class SyncServer:
         call has room in the connection's share and the durability window.
         False: queue it as usual.  Order is kept (nothing is queued ahead of it) and so is
         fairness (the reader yields every ``max_batch_per_turn`` frames, as the processor does)."""
-        if s.inbound or s.closing or (self.failed is not None and self.failed.done()):
+        if s.inbound or s.closing or s.reading is not None or (self.failed is not None and self.failed.done()):
+            return False
+        if isinstance(msg, wire.OneOffQuery):  # read in slices by the processor (ADR-0038)
             return False
         engine = self.engine
         if isinstance(msg, wire.CallReducer):
@@ -1644,19 +1670,43 @@ class SyncServer:
         self._pump_soon()
         return True
 
+    async def _step_read(self, s: Session) -> None:
+        """Step the one-off read :meth:`_dispatch_one` took for ``s`` (``Engine.begin_read``:
+        every check made, the rows fixed as they were then): its rows are built and matched
+        ``READ_SLICE_ROWS`` at a time, the loop going to other clients between slices; this
+        connection's later messages wait, and the answer goes out where the read was taken
+        (ADR-0038)."""
+        assert s.reading is not None
+        request_id, read = s.reading
+        try:
+            while not read.step(READ_SLICE_ROWS):
+                await asyncio.sleep(0)
+                if s.closing:
+                    return
+            self.engine.answer_read(s.conn_id, request_id, read)
+        except Exception as exc:  # a bug: this connection cannot trust its state any more; others go on
+            self._internal_ws(s, wire.OneOffQuery(request_id, ""), exc)
+        finally:
+            s.reading = None
+        self._pump()
+
     def _dispatch(self, s: Session, msg: wire.Received) -> None:
         try:
             self._dispatch_one(s, msg)
         except Exception as exc:  # a bug: this connection cannot trust its state any more; others go on
-            self.metrics.internal.labels("websocket").inc()
-            self.errors.log(f"ws:{type(msg).__name__}:{type(exc).__name__}", logging.ERROR,
-                            f"internal error handling {type(msg).__name__}: {exc!r:.300}", exc_info=exc)
-            s.closers.append(asyncio.ensure_future(self._close(
-                s, m.CLOSE_PROTOCOL, safe_text(f"internal error: {type(exc).__name__}"), "internal")))
+            self._internal_ws(s, msg, exc)
         engine = self._engine
         if engine is not None and engine.committed > self._commits.last:
             # stamped now, not when the turn's _pump runs (after its other messages)
             self._commits.stamp(engine.committed, time.monotonic())
+
+    def _internal_ws(self, s: Session, msg: wire.Received, exc: Exception) -> None:
+        """A bug handling ``msg``: logged, counted, and this connection closed 1011."""
+        self.metrics.internal.labels("websocket").inc()
+        self.errors.log(f"ws:{type(msg).__name__}:{type(exc).__name__}", logging.ERROR,
+                        f"internal error handling {type(msg).__name__}: {exc!r:.300}", exc_info=exc)
+        s.closers.append(asyncio.ensure_future(self._close(
+            s, m.CLOSE_PROTOCOL, safe_text(f"internal error: {type(exc).__name__}"), "internal")))
 
     def _dispatch_one(self, s: Session, msg: wire.Received) -> None:
         engine = self.engine
@@ -1668,8 +1718,10 @@ class SyncServer:
             return
         kind = type(msg).__name__
         counts[kind] = counts.get(kind, 0) + 1
-        if isinstance(msg, wire.OneOffQuery):
-            engine.one_off(s.conn_id, msg.request_id, msg.query_string)
+        if isinstance(msg, wire.OneOffQuery):  # stepped by the processor (_step_read)
+            read = engine.begin_read(s.conn_id, msg.request_id, msg.query_string)
+            if read is not None:
+                s.reading = (msg.request_id, read)
             return
         if isinstance(msg, wire.CallProcedure):
             if len(s.side) >= self.config.limits.max_outbound_queue:  # its answers are output like any other
@@ -1724,6 +1776,12 @@ class SyncServer:
                 return parts[0], None
             if sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
                 return tuple(parts), None  # a replay's megabytes: framed as parts (ADR-0020 addendum)
+            return b"".join(parts), None
+        if type(message) is m.OneOffQueryResult and not isinstance(message.result, str) \
+                and is_column_rows(message.result.inserts):  # a stream's frozen view: one receiver, not kept
+            parts = wire.encode_server_parts(wire.to_wire(message, cache=self._rows))
+            if len(parts) > 1 and sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
+                return tuple(parts), None
             return b"".join(parts), None
         # by identity: a TransactionUpdate is shared by its subscribers
         key: object = id(message) if isinstance(message, m.TransactionUpdate) else (message,)
@@ -2278,7 +2336,20 @@ def sql_answer(answers: list[tuple[TableRows, float]], max_bytes: int) -> bytes 
     """The ``/sql`` JSON answer (exactly ``json.dumps`` of the list of statement results),
     serialized row by row and abandoned with ``limit_exceeded`` as soon as it passes
     ``max_bytes``: an answer is never built past its bound."""
+    steps = sql_answer_steps(answers, max_bytes, 1 << 62)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+def sql_answer_steps(answers: list[tuple[TableRows, float]], max_bytes: int,
+                     every: int) -> Generator[None, None, bytes | SyncError]:
+    """:func:`sql_answer` as a generator that yields after every ``every`` rows serialized (the
+    server gives the loop to others there) and returns the answer."""
     parts: list[bytes] = [b"["]
+    done = 0
     size = 1
     for i, (rows, seconds) in enumerate(answers):
         table = TABLE_BY_NAME[rows.table]
@@ -2291,6 +2362,9 @@ def sql_answer(answers: list[tuple[TableRows, float]], max_bytes: int) -> bytes 
             if size > max_bytes:
                 return limit_exceeded("max_sql_response_bytes", max_bytes, size)
             parts.append(data)
+            done += 1
+            if done % every == 0:
+                yield
         tail = json.dumps({"total_duration_micros": int(seconds * 1e6),
                            "stats": {"rows_inserted": 0, "rows_deleted": 0, "rows_updated": 0}})
         parts.append(b"], " + tail[1:].encode())

@@ -346,6 +346,9 @@ def main() -> None:
     sql_many = ";".join(["SELECT * FROM sync_event WHERE stream_id = 'many'"] * 64)
     measure("POST /sql 64 statements x many rows", f"{len(sql_many) // KIB} KiB", lambda: http(
         "POST", f"{base}/sql", sql_many, auth).status)
+    sql_two = ";".join(["SELECT * FROM sync_event WHERE stream_id = 'many'"] * 2)
+    measure("POST /sql 2 statements x many rows (answered)", f"{2 * opts.many} rows", lambda: http(
+        "POST", f"{base}/sql", sql_two, auth).status)
     sql_big = ";".join(["SELECT * FROM sync_event WHERE stream_id = 'big'"] * 2)
     measure("POST /sql big stream (16 MiB answer bound)", "2 statements", lambda: http(
         "POST", f"{base}/sql", sql_big, auth).status)

@@ -42,6 +42,7 @@ import icontract
 
 from reference import reducers as r
 from reference.db import PK_TABLES, Db, Txn, count_prefix
+from reference.eventlog import RetainedRows, StreamLog
 from reference.log import GENESIS, TxRecord, delta_parts, delta_text, make_record, record_floors, record_hash
 from reference.parsecache import ParseCache
 from spec import contracts
@@ -136,6 +137,9 @@ class Connection:
     sizes: deque[int] = field(default_factory=deque)  # estimated encoded bytes of each queued message
     outbound_bytes: int = 0  # their sum
     closed_reason: str | None = None
+    # a one-off read in progress (Engine.begin_read): the offset it reads; messages queued at later
+    # offsets wait behind its answer, which goes where the read was taken (ADR-0038)
+    reading: int | None = None
 
     @property
     def query_count(self) -> int:
@@ -330,6 +334,75 @@ class Scan:
     rows: int = 0
 
 
+ALL_ROWS = 1 << 62  # a Read step that takes every row at once (Engine.query)
+
+
+class Read:
+    """One one-off read (a ``OneOffQuery``, one ``/sql`` statement) of the state at the moment
+    :meth:`Engine.read` took it (``offset``: the committed offset then).  Its candidate rows were
+    fixed then, without building any: a ``sync_event`` stream's as a frozen view of its log
+    (:meth:`StreamLog.frozen`: later appends, retention drops and compaction do not show), any
+    other table's as references to its rows (immutable values).  So the rows can be built and
+    matched a slice at a time (:meth:`step`), with other requests and commits in between, and the
+    answer is still exactly that one state (ADR-0038)."""
+
+    __slots__ = ("_match", "_rows", "_todo", "done", "event", "offset", "table")
+
+    def __init__(self, table: str, offset: int, candidates: Iterable[Row], match: Callable[[Row], bool] | None) -> None:
+        """``match`` None: every candidate matches and ``candidates`` is the answer as it is (a
+        frozen stream: no row is built here; the wire encodes it from the column store)."""
+        self.table = table
+        self.offset = offset
+        self.event = TABLE_BY_NAME[table].event
+        self._todo: Iterator[Row] = iter(())
+        self._rows: Sequence[Row] | list[Row] = []
+        if match is None:
+            assert isinstance(candidates, Sequence)
+            self._rows = candidates
+        else:
+            self._todo = iter(candidates)
+        self._match = match
+        self.done = match is None
+
+    def step(self, most: int) -> bool:
+        """Build and match up to ``most`` more candidate rows; True once every one is matched."""
+        if most < 1:
+            raise LocalProtocolError(f"a read step takes at least one row, not {most}")
+        if not self.done:
+            match, rows, seen = self._match, self._rows, 0
+            assert match is not None and isinstance(rows, list)
+            keep = rows.append
+            for row in itertools.islice(self._todo, most):
+                seen += 1
+                if match(row):
+                    keep(row)
+            self.done = seen < most
+        return self.done
+
+    def result(self) -> TableRows:
+        """The matching rows, in the candidates' order; only once :meth:`step` has said done."""
+        if not self.done:
+            raise LocalProtocolError("the read is not finished: step it until it says done")
+        rows = self._rows
+        return TableRows(self.table, tuple(rows) if isinstance(rows, list) else rows, (), self.event)  # type: ignore[arg-type]
+
+
+def _frozen_rows(logs: Iterable[StreamLog]) -> Iterator[Row]:
+    """The retained events of ``logs`` in that order, each log frozen as it is now (the views are
+    taken here, eagerly: ~2 µs a stream, less than building even one row; rows are built as the
+    iterator is read)."""
+    return itertools.chain.from_iterable([log.frozen() for log in logs])
+
+
+def _only_pin_and_seq_floor(query: q.Query, stream_id: str) -> bool:
+    """Every conjunct is ``stream_id = <stream_id>`` or an integer lower bound on ``seq``
+    (``>``/``>=``): then exactly the rows of that stream after ``q.lower_bound_exclusive(query,
+    "seq")`` match, which is what ``StreamLog.frozen`` of that bound holds."""
+    return all((c.column == "stream_id" and c.op is q.Op.EQ and c.value == stream_id)
+               or (c.column == "seq" and c.op in (q.Op.GT, q.Op.GE) and type(c.value) is int)
+               for c in query.where)
+
+
 def limit_exceeded(limit: str, most: int, actual: int) -> SyncError:
     """``limit_exceeded`` naming the ``Limits`` field, its value and what was asked for."""
     return SyncError(ErrorCode.LIMIT_EXCEEDED, {"actual": actual, "limit": limit, "max": most})
@@ -501,15 +574,72 @@ class Engine:
         """A one-off read (SpacetimeDB's ``OneOffQuery`` and the HTTP ``/sql`` route): the rows of
         one subscription-subset query, under the same scope, grant and row-filter rules as a
         subscription (no stale check: a one-off read resumes nothing).  Raises :class:`SyncError`."""
+        read = self.read(claims, text, scan)
+        read.step(ALL_ROWS)
+        return read.result()
+
+    def read(self, claims: Claims, text: str, scan: Scan | None = None) -> Read:
+        """:meth:`query` taken now and answered later: every check (scope, size, parse, grant,
+        ``max_scan_rows``) is made here and raises :class:`SyncError` here; the returned
+        :class:`Read` holds the candidate rows as they are now and builds and matches them as it
+        is stepped, so commits made meanwhile do not show in its answer."""
         queries = self._authorized_queries(claims, (text,))
         if len(queries) != 1:
             raise SyncError(ErrorCode.INVALID_QUERY, {"message": "a one-off query reads exactly one table",
                                                       "sql": text})
         query = queries[0]
         candidates = self._candidates(query, claims, Scan() if scan is None else scan)
+        if isinstance(candidates, RetainedRows) and _only_pin_and_seq_floor(query, candidates.stream_id) \
+                and stream_granted(claims, candidates.stream_id):
+            # `stream_id = S [AND seq > W ...]`, S granted: every row of the stream's frozen view
+            # (taken after W) matches and may be read -- the view is the answer, no row built
+            return Read(query.table, self.committed, candidates, None)
         readable = _row_filter(claims, query.table)
-        rows = [row for row in candidates if q.matches(query, row) and readable(row)]
-        return TableRows(query.table, tuple(rows), (), TABLE_BY_NAME[query.table].event)
+        return Read(query.table, self.committed, candidates, lambda row: q.matches(query, row) and readable(row))
+
+    def begin_read(self, conn_id: int, request_id: int, text: str) -> Read | None:
+        """:meth:`one_off` in two parts, for an I/O layer that steps the read between other work:
+        the read is taken now (:meth:`read`); refused, its error is queued now and None returned.
+        Else the connection's queue is held at this point -- messages queued meanwhile (updates
+        of later transactions) are released only after the answer -- until :meth:`answer_read`
+        puts the answer in its place, as if the whole read had been answered now."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return None
+        if conn.reading is not None:
+            raise LocalProtocolError(f"connection {conn_id} already has a one-off read in progress")
+        try:
+            read = self.read(conn.claims, text)
+        except SyncError as err:
+            self._send(conn, self.committed, OneOffQueryResult(request_id, err.render()), None)
+            return None
+        conn.reading = read.offset
+        return read
+
+    def answer_read(self, conn_id: int, request_id: int, read: Read) -> None:
+        """The ``OneOffQueryResult`` of a read :meth:`begin_read` took, stepped to its end: queued
+        after the messages queued before the read was taken and ahead of those queued since (they
+        carry later offsets), at the read's offset; the queue is released again."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        conn.reading = None
+        answer = OneOffQueryResult(request_id, read.result())
+        try:
+            size = self._fits(answer)
+        except SyncError as err:
+            answer = OneOffQueryResult(request_id, err.render())
+            size = self._fits(answer)
+        queue, sizes = conn.outbound, conn.sizes
+        at = len(queue)
+        while at and queue[at - 1].offset > read.offset:
+            at -= 1
+        queue.insert(at, Outbound(read.offset, answer))
+        sizes.insert(at, size)
+        conn.outbound_bytes += size
+        if len(queue) > self.max_queue or (
+                self.max_outbound_bytes is not None and conn.outbound_bytes > self.max_outbound_bytes):
+            self.close(conn.conn_id, SLOW_CONSUMER_REASON)
 
     def one_off(self, conn_id: int, request_id: int, text: str) -> None:
         conn = self.conns.get(conn_id)
@@ -697,7 +827,7 @@ class Engine:
                 if len(idle) > IDLE_SHAPES:
                     del idle[next(iter(idle))]
 
-    def _candidates(self, query: q.Query, claims: Claims, scan: Scan | None) -> list[Row]:
+    def _candidates(self, query: q.Query, claims: Claims, scan: Scan | None) -> Iterable[Row]:
         """Rows a snapshot must consider: a slice of one stream's log for a resume query; the one
         row of its key for a query that pins a table's primary key with ``=`` (a resume set's
         ``sync_stream`` query: its stream's row, not every stream's); else the rows ``claims``
@@ -722,16 +852,18 @@ class Engine:
                 w = q.lower_bound_exclusive(query, "seq")
                 skipped = 0 if w is None else min(len(log), max(0, w + 1 - log.floor))  # what after(w) skips
                 self._count(scan, len(log) - skipped)
-                return list(log.after(w)) if w is not None else list(log.events)
+                return log.frozen(w)
         readable = self._readable(query.table, claims, scan)
         if readable is not None:
             return readable
         table = query.table
         self._count(scan, sum(map(len, self.db.logs.values())) if table == "sync_event" else
                     len(self.db.pk.get(table, ())))
-        return list(self.db.rows(table))
+        if table == "sync_event":
+            return _frozen_rows(self.db.logs.values())
+        return list(self.db.rows(table))  # references to immutable rows: fixed now
 
-    def _readable(self, table: str, claims: Claims, scan: Scan | None) -> list[Row] | None:
+    def _readable(self, table: str, claims: Claims, scan: Scan | None) -> Iterable[Row] | None:
         """The rows of ``table`` that ``claims`` may read (:func:`can_read`), counted, found through
         the db's secondary indexes when they may be fewer than the whole table; else None (the
         whole table is examined: every row of it is readable).  Each is counted before any row is
@@ -746,7 +878,8 @@ class Engine:
           the sorted stream ids that start with it (two binary searches: :attr:`Db.stream_ids`,
           :meth:`Db.log_ids`) -- or, with more prefixes than stream ids, each id checked against
           the indexed grants (:meth:`_Grants.covers`); ``sync_stream`` counts the ids found,
-          ``sync_event`` the events of their streams."""
+          ``sync_event`` the events of their streams, taken as frozen views of their logs
+          (:func:`_frozen_rows`: built when matched, later commits not shown; ADR-0038)."""
         visibility = TABLE_BY_NAME[table].visibility
         if visibility is Visibility.BRIDGE:
             return None if claims.scopes & BRIDGE_SCOPES else []
@@ -773,7 +906,7 @@ class Engine:
                 granted = [logs[sid] for sid in grants.outside if sid in logs]
                 granted += [logs[sid] for p in grants.prefixes for sid in _in_range(ids, p)]
             self._count(scan, sum(map(len, granted)))
-            return [row for log in granted for row in log.events]
+            return _frozen_rows(granted)
         if table == "sync_stream":
             ids, rows_of = self.db.stream_ids.keys() if grants.prefixes else [], self.db.pk[table]
             if len(ids) < len(grants.prefixes):
@@ -1289,7 +1422,11 @@ class Engine:
     def _release_bound(self, conn: Connection) -> int | None:
         """The confirmed-read gate (CONF-1), defined once: a confirmed reader's queued messages are
         released up to the durable offset; None: no bound (an unconfirmed reader).  Both
-        :meth:`releasable` and :meth:`take` ask it, so they cannot disagree."""
+        :meth:`releasable` and :meth:`take` ask it, so they cannot disagree.  A one-off read in
+        progress (:meth:`begin_read`) also holds back what was queued after it (later offsets)."""
+        reading = conn.reading
+        if reading is not None:
+            return min(reading, self.durable) if conn.confirmed else reading
         return self.durable if conn.confirmed else None
 
     def releasable(self, conn_id: int) -> bool:

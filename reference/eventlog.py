@@ -199,13 +199,7 @@ class StreamLog:
         """The retained events with seq > ``watermark`` and this epoch, as they are now (later
         changes to the log do not show), rows built only when read: a resume snapshot's rows,
         which the wire layer encodes from the columns (:meth:`RetainedRows.columns`)."""
-        view = StreamLog.__new__(StreamLog)  # the read side only: no key index, no writes
-        view.stream_id, view.floor, view._head, view._size = self.stream_id, self.floor, self._head, self._size
-        # chunks are never changed in place but by appends past the end (see copy): share them
-        view._data, view._cols = self._data[:], self._cols[:]
-        view._producers = self._producers[:]
-        view._run_seqs, view._run_epochs = self._run_seqs[:], self._run_epochs[:]
-        view._odd = None if self._odd is None else dict(self._odd)
+        view = self._view()
         first = self._head + max(0, watermark + 1 - self.floor)  # the first position in range
         segments: list[tuple[int, int]] = []
         seqs, epochs = self._run_seqs, self._run_epochs
@@ -222,6 +216,28 @@ class StreamLog:
                   if (odd_at[p] if p in odd_at else any(lo <= p < hi for lo, hi in segments))]
             segments = [(p, p + 1) for p in ps]
         return RetainedRows(view, tuple(segments))
+
+    def frozen(self, watermark: int | None = None) -> RetainedRows:
+        """The retained events (those with seq > ``watermark``, if given) as they are now, rows
+        built only when read: later appends, retention drops, rollbacks and compaction do not show
+        (the view shares the chunks, which change in place only by appends past its end).  A
+        one-off read takes its ``sync_event`` rows this way, then matches them a slice at a time
+        with commits in between (``reference.engine.Read``, ADR-0038).  Costs a copy of the
+        stream's chunk lists (one slot per :data:`CHUNK` events), not a row."""
+        view = self._view()
+        first = self._head + (0 if watermark is None else max(0, watermark + 1 - self.floor))
+        return RetainedRows(view, ((first, self._size),) if first < self._size else ())
+
+    def _view(self) -> StreamLog:
+        """A read-only copy of this log as it is now, sharing its chunks (no key index, no writes)."""
+        view = StreamLog.__new__(StreamLog)
+        view.stream_id, view.floor, view._head, view._size = self.stream_id, self.floor, self._head, self._size
+        # chunks are never changed in place but by appends past the end (see copy): share them
+        view._data, view._cols = self._data[:], self._cols[:]
+        view._producers = self._producers[:]
+        view._run_seqs, view._run_epochs = self._run_seqs[:], self._run_epochs[:]
+        view._odd = None if self._odd is None else dict(self._odd)
+        return view
 
     def values(self, start: int = 0, stop: int | None = None) -> list[tuple[object, ...]]:
         """The retained events ``start..stop-1`` (positions from the oldest) as their column values

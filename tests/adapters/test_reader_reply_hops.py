@@ -44,7 +44,7 @@ def rig(module: Any) -> tuple[Any, Any, Loop, list[str]]:
     engine = server._engine = srv.Engine(max_queue=100)
     cid = engine.connect(ADMIN, confirmed=False)
     s = types.SimpleNamespace(conn_id=cid, inbound=[], closing=False, undurable=deque(), side=deque(), busy=False,
-                              call_ts={}, wake=asyncio.Event())
+                              call_ts={}, wake=asyncio.Event(), reading=None)
     server.sessions[cid] = s
     log: list[str] = []
 
