@@ -444,7 +444,8 @@ def test_planted_isolation_bugs_are_caught() -> None:
 
     results = run_in_subprocesses("support.isolation_mutants", [m.name for m in ISOLATION_MUTANTS], 0,
                                   "isolation_mutants.json")
-    survivors = [r["mutant"] for r in results if not r["killed"]]
+    survivors = [r["mutant"] if "error" not in r else f"{r['mutant']} (did not run: {str(r['error'])[-300:]})"
+                 for r in results if not r["killed"]]
     assert not survivors, f"isolation mutants not caught: {survivors} ({results})"
 
 

@@ -18,5 +18,6 @@ def test_every_engine_mutant_is_killed() -> None:
     print("\nengine mutant                   killed  by                  seconds")
     for r in results:
         print(f"{r['mutant']!s:<32}{'yes' if r['killed'] else 'NO':<8}{r.get('by', '-')!s:<20}{r.get('seconds', '-')}")
-    survivors = [r["mutant"] for r in results if not r["killed"]]
+    survivors = [r["mutant"] if "error" not in r else f"{r['mutant']} (did not run: {str(r['error'])[-300:]})"
+                 for r in results if not r["killed"]]
     assert not survivors, f"engine mutants not caught: {survivors}"

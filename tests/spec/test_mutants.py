@@ -21,7 +21,8 @@ def test_every_mutant_is_killed() -> None:
     for r in results:
         print(f"{r['mutant']!s:<38}{'yes' if r['killed'] else 'NO':<8}{r.get('by', '-')!s:<16}"
               f"{','.join(r.get('invariants', [])) or '-':<26}{r.get('seconds', '-')}")  # type: ignore[arg-type]
-    survivors = [r["mutant"] for r in results if not r["killed"]]
+    survivors = [r["mutant"] if "error" not in r else f"{r['mutant']} (did not run: {str(r['error'])[-300:]})"
+                 for r in results if not r["killed"]]
     assert not survivors, f"mutants not caught: {survivors}"
     # a mutant "dies on" what its kill cites: every kill must cite at least one invariant its mutant claims
     # (a kill fails at its first failing step, which may cite one claimed invariant and not another: e.g.
