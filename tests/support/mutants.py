@@ -20,6 +20,7 @@ import linecache
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
@@ -389,7 +390,43 @@ def run_killer(m: Mutant, implementation: tuple[str, ...] = IMPLEMENTATION) -> d
             "seconds": round(time.monotonic() - started, 1)}
 
 
-def run(name: str, budget: int = 300) -> dict[str, object]:
+def drive(machine: type[Any], budget: int, seed: int | None = None) -> tuple[Exception | None, int]:
+    """Run ``machine`` as the mutant-kill tests do: ``budget`` examples of up to 60 steps, no shrinking,
+    no example database.  ``seed`` None is CI's run (``derandomize``: the same draws on every run);
+    an int draws from that seed instead (``support.kill_margin``).  Returns the failure (None when
+    the machine held) and how many examples ran, counting the failing one.
+
+    The class itself is run, not a subclass: the derandomized draws are seeded by a digest of the
+    machine's source, so a subclass would draw other examples than CI.  The count comes from
+    ``teardown`` (run once per example), patched on the class for the run and restored after."""
+    runs = [0]
+    own = machine.__dict__.get("teardown")
+    inherited = machine.teardown
+
+    def teardown(self: Any) -> None:
+        runs[0] += 1
+        inherited(self)
+
+    machine.teardown = teardown  # type: ignore[method-assign]
+    if seed is not None:
+        machine._hypothesis_internal_use_seed = seed  # type: ignore[attr-defined]  # what @hypothesis.seed sets
+    try:
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=budget, stateful_step_count=60, deadline=None, database=None, derandomize=seed is None,
+            suppress_health_check=list(HealthCheck), print_blob=False, phases=[Phase.explicit, Phase.generate]))
+    except Exception as exc:
+        return exc, runs[0] - 1  # without a shrink phase Hypothesis replays the failing example once to raise
+    finally:
+        if own is None:
+            del machine.teardown
+        else:
+            machine.teardown = own  # type: ignore[method-assign]
+        if seed is not None:
+            del machine._hypothesis_internal_use_seed  # type: ignore[attr-defined]
+    return None, runs[0]
+
+
+def run(name: str, budget: int = 300, seed: int | None = None) -> dict[str, object]:
     from support.machines import ModuleMachine, SystemMachine
     m = MUTANT_BY_NAME[name]
     if m.killer is not None:
@@ -397,28 +434,28 @@ def run(name: str, budget: int = 300) -> dict[str, object]:
     apply(m)
     started = time.monotonic()
     machines = (SystemMachine,) if m.module == "spec.client" or m.system_only else (ModuleMachine, SystemMachine)
+    examples = 0
     for machine in machines:
-        try:
-            run_state_machine_as_test(machine, settings=settings(
-                max_examples=budget, stateful_step_count=60, deadline=None, database=None, derandomize=True,
-                suppress_health_check=list(HealthCheck), print_blob=False,
-                phases=[Phase.explicit, Phase.generate]))
-        except Exception as exc:
+        exc, ran = drive(machine, budget, seed)
+        examples += ran
+        if exc is not None:
             text = str(exc)
             ids = _cited(text)
             contract = type(exc).__name__ == "ViolationError"
             if not ids and not contract:
                 # an unexpected crash is not a kill: the machines must *detect* the bug
                 return {"mutant": name, "killed": False, "by": machine.__name__, "error": f"{type(exc).__name__}: "
-                        f"{text[:300]}", "seconds": round(time.monotonic() - started, 1)}
+                        f"{text[:300]}", "examples": examples, "seconds": round(time.monotonic() - started, 1)}
             return {"mutant": name, "killed": True, "by": machine.__name__,
-                    "invariants": ids or ["contract"], "error": type(exc).__name__,
+                    "invariants": ids or ["contract"], "error": type(exc).__name__, "examples": examples,
                     "seconds": round(time.monotonic() - started, 1)}
-    return {"mutant": name, "killed": False, "seconds": round(time.monotonic() - started, 1)}
+    return {"mutant": name, "killed": False, "examples": examples, "seconds": round(time.monotonic() - started, 1)}
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300)))
+    # NAME [BUDGET [SEED]]: without SEED the derandomized run CI makes (support.kill_margin passes seeds)
+    print(json.dumps(run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300,
+                         int(sys.argv[3]) if len(sys.argv) > 3 else None)))
 
 
 def run_in_subprocesses(runner: str, names: list[str], budget: int, record: str) -> list[dict[str, object]]:
