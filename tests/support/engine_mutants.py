@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from support.mutants import Mutant, apply, drive, run_killer
+from support.mutants import Mutant, apply, cli, drive, run_killer
 
 ENGINE = ("reference.log", "reference.eventlog", "reference.db", "reference.reducers", "reference.engine", "support.diff")
 
@@ -150,9 +150,10 @@ ENGINE_MUTANTS += (
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 
 
-def run(name: str, budget: int = 200, seed: int | None = None) -> dict[str, object]:
+def run(name: str, budget: int = 200, seed: int | None = None, machine_only: bool = False) -> dict[str, object]:
+    """As :func:`support.mutants.run`, with the differential machines."""
     m = ENGINE_MUTANT_BY_NAME[name]
-    if m.killer is not None:  # code the differential machines reach only by chance: its test file kills it
+    if m.killer is not None and not machine_only:  # code the differential machines reach only by chance: its test file kills it
         return run_killer(m, ENGINE)
     apply(m, ENGINE)
     from support.machines import DiffMachine, DiffModuleMachine
@@ -171,6 +172,4 @@ def run(name: str, budget: int = 200, seed: int | None = None) -> dict[str, obje
 
 
 if __name__ == "__main__":
-    # NAME [BUDGET [SEED]]: without SEED the derandomized run CI makes (support.kill_margin passes seeds)
-    print(json.dumps(run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 200,
-                         int(sys.argv[3]) if len(sys.argv) > 3 else None)))
+    print(json.dumps(run(*cli(sys.argv[1:], 200))))

@@ -7,8 +7,9 @@ to the machines' rules moves those draws, and a mutant that only that draw reach
 order and with the budget CI uses, under K other seeds (``derandomize`` off, the seed forced as
 ``@hypothesis.seed`` does), each run in its own subprocess, and reports per mutant: killed in k of K
 seeds, the median examples-to-kill over the seeds that killed, and the derandomized run beside them.
-A mutant with a deterministic killer file (``killer=``) is not measured: its test file kills it
-on every run.  Not part of the pytest run (minutes of CPU); run it by hand::
+A mutant with a deterministic killer (``killer=``, a test file CI runs instead of the machines) is
+measured too -- the machines' margin, which its killer makes moot -- and the table names its killer.
+Not part of the pytest run (minutes of CPU); run it by hand::
 
     PYTHONPATH=tests python -m support.kill_margin [--seeds 5] [--first-seed 1] [--engine|--spec] [NAME ...]
 
@@ -53,7 +54,7 @@ def ci_budget(kind: str) -> int:
 
 def one(kind: str, name: str, budget: int, seed: int | None) -> dict[str, object]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}")
-    args = [sys.executable, "-m", RUNNERS[kind], name, str(budget)] + ([] if seed is None else [str(seed)])
+    args = [sys.executable, "-m", RUNNERS[kind], name, str(budget), "derandomized" if seed is None else str(seed)]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     result: dict[str, object] = json.loads(lines[-1]) if lines else {"mutant": name, "killed": False,
@@ -62,7 +63,8 @@ def one(kind: str, name: str, budget: int, seed: int | None) -> dict[str, object
     return result
 
 
-def summarize(runs: list[dict[str, object]], seeds: list[int]) -> list[dict[str, object]]:
+def summarize(runs: list[dict[str, object]], seeds: list[int],
+              killers: dict[tuple[str, str], str | None]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for key in dict.fromkeys((str(r["kind"]), str(r["mutant"])) for r in runs):
         mine = [r for r in runs if (r["kind"], r["mutant"]) == key]
@@ -73,19 +75,21 @@ def summarize(runs: list[dict[str, object]], seeds: list[int]) -> list[dict[str,
                      "survived_seeds": [r["seed"] for r in seeded if not r["killed"]],
                      "median_examples": statistics.median(kills) if kills else None,
                      "max_examples": max(kills) if kills else None,
-                     "ci_killed": ci["killed"], "ci_examples": ci.get("examples"), "ci_by": ci.get("by")})
+                     "ci_killed": ci["killed"], "ci_examples": ci.get("examples"), "ci_by": ci.get("by"),
+                     "killer": killers[key]})
     return rows
 
 
 def table(rows: list[dict[str, object]], budgets: dict[str, int]) -> str:
-    out = ["| kind | mutant | killed (seeds) | median / max examples to kill | CI (derandomized) |",
-           "|---|---|---|---|---|"]
+    out = ["| kind | mutant | machines kill it (seeds) | median / max examples to kill | CI's draw | killer test |",
+           "|---|---|---|---|---|---|"]
     for r in rows:
         med = "-" if r["median_examples"] is None else f"{r['median_examples']:g} / {r['max_examples']}"
         ci = f"killed at {r['ci_examples']}" if r["ci_killed"] else "**survives**"
         flag = "" if r["k"] == r["K"] and r["ci_killed"] else " **weak**"
+        killer = f"`{r['killer']}`" if r["killer"] else "-"
         out.append(f"| {r['kind']} | `{r['mutant']}` | {r['k']}/{r['K']}{flag} | {med} (of {budgets[str(r['kind'])]}) "
-                   f"| {ci} |")
+                   f"| {ci} | {killer} |")
     return "\n".join(out)
 
 
@@ -103,26 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
     budgets = {k: ci_budget(k) for k in kinds}
     jobs: list[tuple[str, str, int | None]] = []
-    skipped: list[tuple[str, str, str]] = []
+    killers: dict[tuple[str, str], str | None] = {}
     for kind in kinds:
         for name, killer in mutants(kind):
             if a.names and name not in a.names:
                 continue
-            if killer is not None:
-                skipped.append((kind, name, killer))
-                continue
+            killers[(kind, name)] = killer
             jobs += [(kind, name, s) for s in [None, *seeds]]
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
         runs = list(pool.map(lambda j: one(j[0], j[1], budgets[j[0]], j[2]), jobs))
-    rows = summarize(runs, seeds)
+    rows = summarize(runs, seeds, killers)
     Path(a.out).parent.mkdir(exist_ok=True)
     Path(a.out).write_text(json.dumps({"seeds": seeds, "budgets": budgets, "rows": rows, "runs": runs,
-                                       "killer_files": skipped}, indent=1))
+                                       }, indent=1))
     print(table(rows, budgets))
-    for kind, name, killer in skipped:
-        print(f"- {kind} `{name}`: deterministic killer `tests/{killer}` (not measured)")
-    weak = [f"{r['kind']}:{r['mutant']}" for r in rows if r["k"] < r["K"] or not r["ci_killed"]]
+    weak = [f"{r['kind']}:{r['mutant']}" for r in rows if (r["k"] < r["K"] or not r["ci_killed"]) and not r["killer"]]
     print(f"\n{len(rows)} mutants x {len(seeds)} seeds + CI's draw in {time.monotonic() - started:.0f} s; "
           f"weak: {weak or 'none'}")
     return 0

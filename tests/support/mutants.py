@@ -370,8 +370,9 @@ def _cited(text: str) -> list[str]:
 
 
 def run_killer(m: Mutant, implementation: tuple[str, ...] = IMPLEMENTATION) -> dict[str, object]:
-    """A mutant of code no machine reaches, killed by its test file: killed when the file fails; the
-    invariants cited are those its module docstring says the file checks."""
+    """A mutant of code no machine reaches (or reaches only by chance), killed by its test file: killed
+    when the file fails; the invariants cited are those its module docstring says the file checks.
+    ``killer`` may name one test of the file (``path::test``): then only that test runs, and must fail."""
     import ast
     import contextlib
     import io
@@ -379,12 +380,13 @@ def run_killer(m: Mutant, implementation: tuple[str, ...] = IMPLEMENTATION) -> d
 
     import pytest
     assert m.killer is not None
-    path = Path(__file__).resolve().parents[1] / m.killer
+    file, _, test = m.killer.partition("::")
+    path = Path(__file__).resolve().parents[1] / file
     started = time.monotonic()
     apply(m, implementation)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = pytest.main(["-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-x", "--tb=short", str(path)])
+        code = pytest.main(["-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-x", "--tb=short", str(path) + (f"::{test}" if test else "")])
     ids = _cited(ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "")  # what the file checks
     return {"mutant": m.name, "killed": code == 1, "by": m.killer, "invariants": ids,
             "seconds": round(time.monotonic() - started, 1)}
@@ -426,10 +428,12 @@ def drive(machine: type[Any], budget: int, seed: int | None = None) -> tuple[Exc
     return None, runs[0]
 
 
-def run(name: str, budget: int = 300, seed: int | None = None) -> dict[str, object]:
+def run(name: str, budget: int = 300, seed: int | None = None, machine_only: bool = False) -> dict[str, object]:
+    """Kill mutant ``name``: by its killer file if it has one, else by the machines (``drive``).
+    ``machine_only`` runs the machines even for a mutant with a killer (``support.kill_margin``)."""
     from support.machines import ModuleMachine, SystemMachine
     m = MUTANT_BY_NAME[name]
-    if m.killer is not None:
+    if m.killer is not None and not machine_only:
         return run_killer(m)
     apply(m)
     started = time.monotonic()
@@ -452,10 +456,17 @@ def run(name: str, budget: int = 300, seed: int | None = None) -> dict[str, obje
     return {"mutant": name, "killed": False, "examples": examples, "seconds": round(time.monotonic() - started, 1)}
 
 
+def cli(argv: list[str], budget: int) -> tuple[str, int, int | None, bool]:
+    """``NAME [BUDGET [SEED]]``: without SEED, CI's run (the killer file, else the derandomized
+    machines); with SEED the machines only (``support.kill_margin``): an int seeds their draws,
+    ``derandomized`` is CI's draw."""
+    seed = argv[2] if len(argv) > 2 else None
+    return (argv[0], int(argv[1]) if len(argv) > 1 else budget,
+            None if seed in (None, "derandomized") else int(seed), seed is not None)
+
+
 if __name__ == "__main__":
-    # NAME [BUDGET [SEED]]: without SEED the derandomized run CI makes (support.kill_margin passes seeds)
-    print(json.dumps(run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300,
-                         int(sys.argv[3]) if len(sys.argv) > 3 else None)))
+    print(json.dumps(run(*cli(sys.argv[1:], 300))))
 
 
 def run_in_subprocesses(runner: str, names: list[str], budget: int, record: str) -> list[dict[str, object]]:
