@@ -54,6 +54,10 @@ def ci_budget(kind: str) -> int:
 
 def one(kind: str, name: str, budget: int, seed: int | None) -> dict[str, object]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}")
+    # what tests/conftest.py switches on for every test, and so for CI's mutant subprocesses: the scanning
+    # contracts and the engine's hot-path contracts (some mutants are killed by a contract firing)
+    env.setdefault("ICONTRACT_SLOW", "1")
+    env.setdefault("SYNCREF_CONTRACTS", "1")
     args = [sys.executable, "-m", RUNNERS[kind], name, str(budget), "derandomized" if seed is None else str(seed)]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
