@@ -64,6 +64,8 @@ def one(kind: str, name: str, budget: int, seed: int | None) -> dict[str, object
     result: dict[str, object] = json.loads(lines[-1]) if lines else {"mutant": name, "killed": False,
                                                                       "error": proc.stderr[-400:]}
     result.update(kind=kind, seed=seed)
+    verdict = f"killed at {result.get('examples')}" if result["killed"] else "SURVIVES"
+    print(f"{kind} {name} seed={seed}: {verdict}", file=sys.stderr, flush=True)  # progress
     return result
 
 
