@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=1, help="seeds are first-seed .. first-seed+K-1")
     ap.add_argument("--engine", action="store_true", help="engine mutants only")
     ap.add_argument("--spec", action="store_true", help="spec (model) mutants only")
+    ap.add_argument("--skip-killers", action="store_true", help="leave out mutants with a killer test")
     ap.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (default 2, as CI's mutant tests)")
     ap.add_argument("--out", default=str(ROOT / "build" / "kill_margin.json"))
     a = ap.parse_args(argv)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     killers: dict[tuple[str, str], str | None] = {}
     for kind in kinds:
         for name, killer in mutants(kind):
-            if a.names and name not in a.names:
+            if (a.names and name not in a.names) or (a.skip_killers and killer is not None):
                 continue
             killers[(kind, name)] = killer
             jobs += [(kind, name, s) for s in [None, *seeds]]
