@@ -123,12 +123,12 @@ ENGINE_MUTANTS += (
              ' ("bridge_outbox", "pending"): cut(policy.retain_sent_outbox_us),'),),
            "retention removes pending outbox rows (never sent) too",
            # the machine killed it in 4 of 5 seeds (tenth session, docs/mutation.md "Kill margins")
-           killer="reference/test_margin_killers.py::test_retention_takes_the_sent_outbox_row_and_keeps_the_pending_one"),
+           killer="reference/test_engine_margin_killers.py::test_retention_takes_the_sent_outbox_row_and_keeps_the_pending_one"),
     Mutant("seq_ge_0_unclamped", "reference.engine",
            (("        w = max(w, 0)  # seqs start at 1", "        w = w  # seqs start at 1"),),
            "the engine's stale check reads seq >= 0 as watermark -1",
            # the machine killed it in 4 of 5 seeds (tenth session, docs/mutation.md "Kill margins")
-           killer="reference/test_margin_killers.py::test_a_resume_from_the_start_is_served_every_event"),
+           killer="reference/test_engine_margin_killers.py::test_a_resume_from_the_start_is_served_every_event"),
     Mutant("recovery_keeps_versions", "reference.reducers",
            (("            tx.update(row, replace(row, version=version))\n", "            pass\n"),),
            "unclean recovery raises the version floor but leaves the live rows' versions"),

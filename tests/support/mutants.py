@@ -165,7 +165,7 @@ MUTANTS += (
              " and 'compute.execute' in claims.scopes))]"),),
            "every compute.execute holder reads every assignment (the rule before ADR-0003)", expected=("AUTH-1",),
            # the system machine killed it in 4 of 5 seeds (tenth session, docs/mutation.md "Kill margins")
-           killer="spec/test_margin_killers.py::test_an_executor_reads_no_assignment_it_is_not_assigned_AUTH_1"),
+           killer="spec/test_model_margin_killers.py::test_an_executor_reads_no_assignment_it_is_not_assigned_AUTH_1"),
     Mutant("execute_by_scope_alone", "spec.reducers",
            (("has_role(role, a.claims.scopes, a.claims.identity, a.row)",
              "has_role(role, a.claims.scopes, a.claims.identity, replace(a.row, provider_owner=a.claims.identity))"),),
