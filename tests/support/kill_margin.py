@@ -1,0 +1,139 @@
+"""Kill margins: how far each planted bug is from surviving the machine that kills it in CI.
+
+CI kills every engine and spec mutant with ONE derandomized Hypothesis run (``support.engine_mutants``,
+``support.mutants``: a fixed budget, the draws fixed by a digest of the machine's source).  A change
+to the machines' rules moves those draws, and a mutant that only that draw reached survives
+(ninth session: ``disconnect_in_fanout``).  This tool reruns each mutant's killing machines, in the
+order and with the budget CI uses, under K other seeds (``derandomize`` off, the seed forced as
+``@hypothesis.seed`` does), each run in its own subprocess, and reports per mutant: killed in k of K
+seeds, the median examples-to-kill over the seeds that killed, and the derandomized run beside them.
+A mutant with a deterministic killer (``killer=``, a test file CI runs instead of the machines) is
+measured too -- the machines' margin, which its killer makes moot -- and the table names its killer.
+Not part of the pytest run (minutes of CPU); run it by hand::
+
+    PYTHONPATH=tests python -m support.kill_margin [--seeds 5] [--first-seed 1] [--engine|--spec] [NAME ...]
+
+It prints a markdown table (docs/mutation.md, "Kill margins") and writes build/kill_margin.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNERS = {"engine": "support.engine_mutants", "spec": "support.mutants"}
+
+
+def mutants(kind: str) -> list[tuple[str, str | None]]:
+    """(name, killer file) of every mutant of ``kind``, in catalog order."""
+    if kind == "engine":
+        from support.engine_mutants import ENGINE_MUTANTS as ms
+    else:
+        from support.mutants import MUTANTS as ms
+    return [(m.name, m.killer) for m in ms]
+
+
+def ci_budget(kind: str) -> int:
+    """The example budget CI gives this kind: the runner's default (the mutant tests' BUDGET)."""
+    if kind == "engine":
+        from support.engine_mutants import run
+    else:
+        from support.mutants import run
+    default: int = inspect.signature(run).parameters["budget"].default
+    return default
+
+
+def one(kind: str, name: str, budget: int, seed: int | None) -> dict[str, object]:
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}")
+    # what tests/conftest.py switches on for every test, and so for CI's mutant subprocesses: the scanning
+    # contracts and the engine's hot-path contracts (some mutants are killed by a contract firing)
+    env.setdefault("ICONTRACT_SLOW", "1")
+    env.setdefault("SYNCREF_CONTRACTS", "1")
+    args = [sys.executable, "-m", RUNNERS[kind], name, str(budget), "derandomized" if seed is None else str(seed)]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    result: dict[str, object] = json.loads(lines[-1]) if lines else {"mutant": name, "killed": False,
+                                                                      "error": proc.stderr[-400:]}
+    result.update(kind=kind, seed=seed)
+    verdict = f"killed at {result.get('examples')}" if result["killed"] else "SURVIVES"
+    print(f"{kind} {name} seed={seed}: {verdict}", file=sys.stderr, flush=True)  # progress
+    return result
+
+
+def summarize(runs: list[dict[str, object]], seeds: list[int],
+              killers: dict[tuple[str, str], str | None]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for key in dict.fromkeys((str(r["kind"]), str(r["mutant"])) for r in runs):
+        mine = [r for r in runs if (r["kind"], r["mutant"]) == key]
+        ci = next(r for r in mine if r["seed"] is None)
+        seeded = [r for r in mine if r["seed"] is not None]
+        kills = [int(str(r["examples"])) for r in seeded if r["killed"]]
+        rows.append({"kind": key[0], "mutant": key[1], "k": len(kills), "K": len(seeds),
+                     "survived_seeds": [r["seed"] for r in seeded if not r["killed"]],
+                     "median_examples": statistics.median(kills) if kills else None,
+                     "max_examples": max(kills) if kills else None,
+                     "ci_killed": ci["killed"], "ci_examples": ci.get("examples"), "ci_by": ci.get("by"),
+                     "killer": killers[key]})
+    return rows
+
+
+def table(rows: list[dict[str, object]], budgets: dict[str, int]) -> str:
+    out = ["| kind | mutant | machines kill it (seeds) | median / max examples to kill | CI's draw | killer test |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        med = "-" if r["median_examples"] is None else f"{r['median_examples']:g} / {r['max_examples']}"
+        ci = f"killed at {r['ci_examples']}" if r["ci_killed"] else "**survives**"
+        flag = "" if r["k"] == r["K"] and r["ci_killed"] else " **weak**"
+        killer = f"`{r['killer']}`" if r["killer"] else "-"
+        out.append(f"| {r['kind']} | `{r['mutant']}` | {r['k']}/{r['K']}{flag} | {med} (of {budgets[str(r['kind'])]}) "
+                   f"| {ci} | {killer} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("names", nargs="*", help="only these mutants (default: all of the chosen kinds)")
+    ap.add_argument("--seeds", type=int, default=5, help="K, the number of seeds (default 5)")
+    ap.add_argument("--first-seed", type=int, default=1, help="seeds are first-seed .. first-seed+K-1")
+    ap.add_argument("--engine", action="store_true", help="engine mutants only")
+    ap.add_argument("--spec", action="store_true", help="spec (model) mutants only")
+    ap.add_argument("--skip-killers", action="store_true", help="leave out mutants with a killer test")
+    ap.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (default 2, as CI's mutant tests)")
+    ap.add_argument("--out", default=str(ROOT / "build" / "kill_margin.json"))
+    a = ap.parse_args(argv)
+    kinds = ["engine"] * (a.engine or not a.spec) + ["spec"] * (a.spec or not a.engine)
+    seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+    budgets = {k: ci_budget(k) for k in kinds}
+    jobs: list[tuple[str, str, int | None]] = []
+    killers: dict[tuple[str, str], str | None] = {}
+    for kind in kinds:
+        for name, killer in mutants(kind):
+            if (a.names and name not in a.names) or (a.skip_killers and killer is not None):
+                continue
+            killers[(kind, name)] = killer
+            jobs += [(kind, name, s) for s in [None, *seeds]]
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        runs = list(pool.map(lambda j: one(j[0], j[1], budgets[j[0]], j[2]), jobs))
+    rows = summarize(runs, seeds, killers)
+    Path(a.out).parent.mkdir(exist_ok=True)
+    Path(a.out).write_text(json.dumps({"seeds": seeds, "budgets": budgets, "rows": rows, "runs": runs,
+                                       }, indent=1))
+    print(table(rows, budgets))
+    weak = [f"{r['kind']}:{r['mutant']}" for r in rows if (r["k"] < r["K"] or not r["ci_killed"]) and not r["killer"]]
+    print(f"\n{len(rows)} mutants x {len(seeds)} seeds + CI's draw in {time.monotonic() - started:.0f} s; "
+          f"weak: {weak or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
