@@ -311,3 +311,27 @@ def test_a_confirmed_readers_answer_waits_for_its_offset_to_be_durable() -> None
     answer = outs[1].message
     assert isinstance(answer, OneOffQueryResult) and not isinstance(answer.result, str)
     assert [row.idempotency_key for row in answer.result.inserts] == [f"k{i}" for i in range(40)] + ["fresh"]
+
+
+def test_updates_held_behind_a_read_count_against_the_queue_bound() -> None:
+    """What protocol.md says of a read in progress: the updates held behind it stay in the
+    connection's queue and count against ``max_outbound_queue`` -- a read that lasts through more
+    of them than that closes the connection as a slow consumer (memory stays bounded); the same
+    updates taken as they come (no read) do not."""
+    from spec.messages import SLOW_CONSUMER_REASON
+    for reading in (False, True):
+        eng = Engine(max_queue=3)
+        for i in range(3):
+            _call(eng, "append_sync_event", "s3", f"k{i}", "{}", None, None)
+        c = eng.connect(ALL, confirmed=False)
+        conn = eng.conns[c]
+        eng.handle(c, Subscribe(1, 1, (SUB,)))
+        eng.take(c, 100, 1 << 40)
+        read = eng.begin_read(c, 2, SUB) if reading else None
+        for i in range(4):  # four updates of the subscription while the read is in progress
+            _call(eng, "append_sync_event", "s3", f"late{i}", "{}", None, None)
+            if not reading:
+                eng.take(c, 100, 1 << 40)
+        assert (c in eng.conns) is not reading
+        assert conn.closed_reason == (SLOW_CONSUMER_REASON if reading else None)
+        assert read is None or read.step(100)
