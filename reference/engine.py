@@ -629,7 +629,11 @@ class Engine:
             size = self._fits(answer)
         except SyncError as err:
             answer = OneOffQueryResult(request_id, err.render())
-            size = self._fits(answer)
+            try:
+                size = self._fits(answer)
+            except SyncError as over:  # even the error is over the bound: closed by policy, as _send does
+                self.close(conn.conn_id, f"{CLOSE_POLICY}: {over.render()}")
+                return
         queue, sizes = conn.outbound, conn.sizes
         at = len(queue)
         while at and queue[at - 1].offset > read.offset:

@@ -226,7 +226,22 @@ class StreamLog:
         stream's chunk lists (one slot per :data:`CHUNK` events), not a row."""
         view = self._view()
         first = self._head + (0 if watermark is None else max(0, watermark + 1 - self.floor))
-        return RetainedRows(view, ((first, self._size),) if first < self._size else ())
+        # RetainedRows.runs reads a segment a chunk at a time as rows of one epoch from the columns:
+        # a segment ends where an epoch's run starts, and a row kept whole (its slot in the columns
+        # holds nothing) is a segment of its own
+        base = self._head - self.floor
+        cuts = {seq + base for seq in self._run_seqs[1:]}
+        if self._odd:
+            cuts.update(p for seq in self._odd for p in (seq + base, seq + base + 1))
+        segments: list[tuple[int, int]] = []
+        lo = first
+        for cut in sorted(cuts):
+            if lo < cut < self._size:
+                segments.append((lo, cut))
+                lo = cut
+        if lo < self._size:
+            segments.append((lo, self._size))
+        return RetainedRows(view, tuple(segments))
 
     def _view(self) -> StreamLog:
         """A read-only copy of this log as it is now, sharing its chunks (no key index, no writes)."""

@@ -21,3 +21,23 @@ def test_every_engine_mutant_is_killed() -> None:
     survivors = [r["mutant"] if "error" not in r else f"{r['mutant']} (did not run: {str(r['error'])[-300:]})"
                  for r in results if not r["killed"]]
     assert not survivors, f"engine mutants not caught: {survivors}"
+
+
+def test_every_engine_mutant_still_has_its_target() -> None:
+    """Each planted bug's edits apply: every text it replaces is in its module's source file
+    exactly once, edit after edit (read from the file itself, not through the mutant runner).  A
+    refactor that moves a targeted line fails here at once, not after the slow kill run above
+    reports the mutant as a survivor."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    missing = []
+    for m in ENGINE_MUTANTS:
+        spec = find_spec(m.module)
+        assert spec is not None and spec.origin is not None
+        src = Path(spec.origin).read_text(encoding="utf-8")
+        for old, new in m.edits:
+            if src.count(old) != 1:
+                missing.append((m.name, src.count(old), old[:60]))
+            src = src.replace(old, new)
+    assert not missing, missing

@@ -247,3 +247,91 @@ def test_a_queue_not_held_during_a_read_is_caught(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(Engine, "_release_bound", _no_hold)
     _, _, kinds = _held(False)
     assert kinds == ["SubscribeApplied", "TransactionUpdate", "|", "OneOffQueryResult"]
+
+
+# --- review (helper revr): the answer's limits and the confirmed gate on the sliced path -----------
+
+
+def _small_engine(bound: int | None) -> tuple[Engine, int]:
+    """Five events of stream s; a connection; messages measured as their repr's length (a stand-in
+    for the wire's estimate) against a one-message bound of ``bound``."""
+    eng = Engine()
+    for i in range(5):
+        _call(eng, "append_sync_event", "s", f"k{i}", '{"i":1}', None, None)
+    eng.measure = lambda message: len(repr(message))
+    eng.max_outbound_message_bytes = bound
+    return eng, eng.connect(ALL, confirmed=False)
+
+
+def test_an_answer_whose_refusal_is_over_the_message_bound_closes_by_policy() -> None:
+    """An answer over ``max_outbound_message_bytes`` becomes its ``limit_exceeded`` error; when
+    even that error is over the bound (a bound of a few bytes), the connection is closed by policy
+    (``CLOSE_POLICY: <error>``, as any message over the bound is, :meth:`Engine._send`) -- the
+    read's answer must not raise out of the engine (the server would count it as a bug of its own
+    and close 1011)."""
+    eng, c = _small_engine(20)
+    conn = eng.conns[c]
+    read = eng.begin_read(c, 1, "SELECT * FROM sync_event WHERE stream_id = 's'")
+    assert read is not None and read.step(1000)
+    eng.answer_read(c, 1, read)
+    assert c not in eng.conns
+    reason = conn.closed_reason
+    assert reason is not None and reason.startswith("1008: ") and '"limit":"max_outbound_message_bytes"' in reason
+    # the bound with room for the error but not the rows: the error is the answer, the connection stays
+    eng, c = _small_engine(300)
+    read = eng.begin_read(c, 2, "SELECT * FROM sync_event WHERE stream_id = 's'")
+    assert read is not None and read.step(1000)
+    eng.answer_read(c, 2, read)
+    (out,) = eng.take(c, 10, 1 << 40)
+    assert isinstance(out.message, OneOffQueryResult) and isinstance(out.message.result, str)
+    assert '"limit":"max_outbound_message_bytes"' in out.message.result
+
+
+def test_a_confirmed_readers_answer_waits_for_its_offset_to_be_durable() -> None:
+    """CONF-1 on the sliced path: a confirmed reader's one-off answer reads the state at its
+    offset, which holds a commit not yet durable -- it is released only once that offset is, and
+    so is an update queued before the read (at that offset) while the read is in progress."""
+    eng = _engine()
+    c = eng.connect(ALL, confirmed=True)
+    eng.handle(c, Subscribe(1, 1, (SUB,)))
+    assert [type(o.message).__name__ for o in eng.take(c, 100, 1 << 40)] == ["SubscribeApplied"]
+    eng.call_detached(ALL, "append_sync_event", ("s3", "fresh", '{"fresh":true}', None, None))  # not durable
+    at = eng.committed
+    assert eng.durable == at - 1
+    read = eng.begin_read(c, 9, SUB)
+    assert read is not None and read.offset == at
+    assert eng.take(c, 100, 1 << 40) == []  # the update at `at`: not durable, read or no read
+    assert read.step(1000)
+    eng.answer_read(c, 9, read)
+    assert eng.take(c, 100, 1 << 40) == []  # the answer shows "fresh": not before `at` is durable
+    eng.advance_durable(at)
+    outs = eng.take(c, 100, 1 << 40)
+    assert [(type(o.message).__name__, o.offset) for o in outs] == [("TransactionUpdate", at),
+                                                                   ("OneOffQueryResult", at)]
+    answer = outs[1].message
+    assert isinstance(answer, OneOffQueryResult) and not isinstance(answer.result, str)
+    assert [row.idempotency_key for row in answer.result.inserts] == [f"k{i}" for i in range(40)] + ["fresh"]
+
+
+def test_updates_held_behind_a_read_count_against_the_queue_bound() -> None:
+    """What protocol.md says of a read in progress: the updates held behind it stay in the
+    connection's queue and count against ``max_outbound_queue`` -- a read that lasts through more
+    of them than that closes the connection as a slow consumer (memory stays bounded); the same
+    updates taken as they come (no read) do not."""
+    from spec.messages import SLOW_CONSUMER_REASON
+    for reading in (False, True):
+        eng = Engine(max_queue=3)
+        for i in range(3):
+            _call(eng, "append_sync_event", "s3", f"k{i}", "{}", None, None)
+        c = eng.connect(ALL, confirmed=False)
+        conn = eng.conns[c]
+        eng.handle(c, Subscribe(1, 1, (SUB,)))
+        eng.take(c, 100, 1 << 40)
+        read = eng.begin_read(c, 2, SUB) if reading else None
+        for i in range(4):  # four updates of the subscription while the read is in progress
+            _call(eng, "append_sync_event", "s3", f"late{i}", "{}", None, None)
+            if not reading:
+                eng.take(c, 100, 1 << 40)
+        assert (c in eng.conns) is not reading
+        assert conn.closed_reason == (SLOW_CONSUMER_REASON if reading else None)
+        assert read is None or read.step(100)

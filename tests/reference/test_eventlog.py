@@ -196,6 +196,8 @@ def drive(cls: Any, seed: int, steps: int, odd_share: float = 0.08) -> None:
         elif op == "copy" and rng.random() < 0.5:  # a replay's rows do not follow the log either
             e = rng.choice([ev.epoch for ev in events] or [1])
             taken.append((log.retained_rows(floor - 1, e), [ev for ev in events if ev.epoch == e]))
+            w = rng.randrange(floor - 2, floor + len(events) + 1)  # a one-off's view (ADR-0038): every epoch
+            taken.append((log.frozen(w), events[max(0, w + 1 - floor):]))
         elif op == "copy":
             copy, then = log.copy(), list(events)
             if events and rng.random() < 0.5:  # a copy is a log of its own: it takes appends too

@@ -79,8 +79,8 @@ ENGINE_MUTANTS: tuple[Mutant, ...] = (
            "unclean recovery raises the live rows' versions but not the version floor: a row created after it "
            "starts at a version a lost transaction may have handed out (VER-1)"),
     Mutant("one_off_ignores_row_filter", "reference.engine",
-           (("lambda row: q.matches(query, row) and readable(row))\n",
-             "lambda row: q.matches(query, row))\n"),),
+           (("candidates, lambda row: q.matches(query, row) and readable(row))\n",
+             "candidates, lambda row: q.matches(query, row))\n"),),
            "a one-off read (OneOffQuery, /sql) skips the row filter: rows of ungranted streams, others' checkpoints",
            killer="reference/test_private_tables.py"),
     Mutant("snapshot_ungated", "reference.engine",

@@ -467,10 +467,11 @@ EQUIVALENT.update({
         "read (the next row's start); every reader of a position's other columns (_event, values, columns, runs) "
         "takes a row kept whole from _odd first, and push_first's revive compares a dead slot's columns only for "
         "an encodable event, whose meta (key length >= 1) never equals an odd slot's 0",
-    "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_48":
+    "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_38":
         "`lo <= hi` for `lo < hi` adds an empty segment (lo == hi): every reader of the segments (_positions, runs, "
         "column_bytes, __len__'s sum of hi - lo) visits positions lo..hi-1, none for an empty one; with rows kept "
-        "whole the segments are rebuilt from positions",
+        "whole the segments are rebuilt from positions (was retained_rows__mutmut_48 before ADR-0038 moved the "
+        "view's making to StreamLog._view)",
 })
 EQUIVALENT["reference.engine.xǁEngineǁ_fanout__mutmut_185"] = (
     "the per-fanout memo `single` stored (in _fanout's one_part) under (qs id, id(None)) while it is looked up "
@@ -490,7 +491,7 @@ MUTATED_LINE.update({
     "reference.engine.xǁEngineǁ_fanout__mutmut_185": "single[(qs_id, id(None))] = update",
     "reference.eventlog.xǁStreamLogǁ_slot__mutmut_10": "return -2",
     "reference.eventlog.xǁStreamLogǁappend__mutmut_57": "self._cols[-1].extend((end, 1, 0, 0))",
-    "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_48": "if lo <= hi:",
+    "reference.eventlog.xǁStreamLogǁretained_rows__mutmut_38": "if lo <= hi:",
 })
 
 # ---- spec/delivery.py, harness.py, contracts.py (third session, docs/mutation.md) ---------------------------
