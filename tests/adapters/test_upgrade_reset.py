@@ -22,6 +22,16 @@ from aiohttp import web
 from support.server import WireClient, running_server
 
 
+def send_upgrade(port: int, token: str) -> socket.socket:
+    """A raw socket that has sent a WebSocket upgrade request for the database's subscribe route."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall((f"GET /v1/database/autopilot-sync/subscribe?token={token} HTTP/1.1\r\n"
+                  f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Sec-WebSocket-Protocol: v2.bsatn.spacetimedb\r\n\r\n").encode())
+    return sock
+
+
 def test_a_reset_during_the_101_is_a_quiet_disconnect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     prepare = web.WebSocketResponse.prepare
@@ -39,11 +49,7 @@ def test_a_reset_during_the_101_is_a_quiet_disconnect(tmp_path: Path, monkeypatc
     with caplog.at_level(logging.DEBUG, logger="syncref"), running_server(tmp_path / "data") as st:
         tok = st.token()
         for _ in range(3):
-            sock = socket.create_connection(("127.0.0.1", st.server.port))
-            sock.sendall((f"GET /v1/database/autopilot-sync/subscribe?token={tok} HTTP/1.1\r\n"
-                          f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                          f"Sec-WebSocket-Protocol: v2.bsatn.spacetimedb\r\n\r\n").encode())
+            sock = send_upgrade(st.server.port, tok)
             time.sleep(0.1)  # the request is read and the handler waits in prepare
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()  # RST
@@ -87,11 +93,7 @@ def test_a_write_of_the_101_that_fails_is_a_quiet_disconnect(tmp_path: Path, mon
     with caplog.at_level(logging.DEBUG, logger="syncref"), running_server(tmp_path / "data") as st:
         tok = st.token()
         for _ in range(3):
-            sock = socket.create_connection(("127.0.0.1", st.server.port))
-            sock.sendall((f"GET /v1/database/autopilot-sync/subscribe?token={tok} HTTP/1.1\r\n"
-                          f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                          f"Sec-WebSocket-Protocol: v2.bsatn.spacetimedb\r\n\r\n").encode())
+            sock = send_upgrade(st.server.port, tok)
             sock.settimeout(5)
             assert sock.recv(1024) == b"", "the server closes the connection without an answer"
             sock.close()
