@@ -489,8 +489,8 @@ def test_a_snapshot_file_matches_exactly_when_it_is_the_joined_file() -> None:
 PLANTED_MATCHES = (
     ("bytes after the last line are ignored", "    return pos == len(data)\n", "    return True\n"),
     ("each line looked for at the start", "if not data.startswith(line, pos):", "if not data.startswith(line):"),
-    ("the trailer line left out", "        for line in encode(capture(db, offset, head_hash)):\n",
-     "        for line in list(encode(capture(db, offset, head_hash)))[:-1]:\n"),
+    ("the trailer line left out", "        for line in encode(capture(db, offset, head_hash, log_id)):\n",
+     "        for line in list(encode(capture(db, offset, head_hash, log_id)))[:-1]:\n"),
 )
 
 
