@@ -32,6 +32,17 @@ def send_upgrade(port: int, token: str) -> socket.socket:
     return sock
 
 
+def assert_quiet_and_serving(st: Any, tok: str, event: str, connection: str) -> None:
+    """After the lost upgrades: no internal error counted, no connection left registered, and the
+    server answers a new client."""
+    time.sleep(0.2)
+    internal = st.call(lambda: st.server.metrics.internal.labels("http")._value.get())
+    assert internal == 0, f"{event} was counted as an internal error"
+    assert st.call(lambda: len(st.server.engine.conns)) == 0, f"{connection} stayed registered"
+    client = WireClient(st, tok)  # the server goes on serving
+    client.ws.close()
+
+
 def test_a_reset_during_the_101_is_a_quiet_disconnect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     prepare = web.WebSocketResponse.prepare
@@ -58,12 +69,7 @@ def test_a_reset_during_the_101_is_a_quiet_disconnect(tmp_path: Path, monkeypatc
             time.sleep(0.02)
         monkeypatch.undo()
         assert len(reset_seen) >= 3 and all(reset_seen), reset_seen  # aiohttp re-prepares the returned response
-        time.sleep(0.2)
-        internal = st.call(lambda: st.server.metrics.internal.labels("http")._value.get())
-        assert internal == 0, "a reset during the upgrade was counted as an internal error"
-        assert st.call(lambda: len(st.server.engine.conns)) == 0, "a reset connection stayed registered"
-        client = WireClient(st, tok)  # the server goes on serving
-        client.ws.close()
+        assert_quiet_and_serving(st, tok, "a reset during the upgrade", "a reset connection")
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not errors, [r.getMessage() for r in errors]
     gone = [r for r in caplog.records if "went away during the WebSocket upgrade" in r.getMessage()]
@@ -99,11 +105,6 @@ def test_a_write_of_the_101_that_fails_is_a_quiet_disconnect(tmp_path: Path, mon
             sock.close()
         monkeypatch.undo()
         assert len(failed) == 3, failed
-        time.sleep(0.2)
-        internal = st.call(lambda: st.server.metrics.internal.labels("http")._value.get())
-        assert internal == 0, "a failed 101 was counted as an internal error"
-        assert st.call(lambda: len(st.server.engine.conns)) == 0, "a failed upgrade stayed registered"
-        client = WireClient(st, tok)  # the server goes on serving
-        client.ws.close()
+        assert_quiet_and_serving(st, tok, "a failed 101", "a failed upgrade")
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not errors, [(r.name, r.getMessage()) for r in errors]
