@@ -284,3 +284,15 @@ def test_consumer_streak_bounds_and_the_close_flush_are_pinned() -> None:
 
     assert (CONNECT_WARN_AFTER, CONNECT_WARN_INTERVAL_S) == (3, 30.0)  # connect failures: a warning from the 3rd
     assert Connection("http://127.0.0.1:1", "db", "token").close_flush_timeout == 2.0
+
+
+def test_read_slice_and_head_mark_defaults() -> None:
+    """Two tenth-session defaults users rely on: a one-off read or /sql is built and matched 1,000 rows
+    between other clients' turns (ADR-0038; docs/protocol.md Limits), and the head mark is rewritten at
+    most once a second while records commit -- the bound of the loss it can detect after a crash
+    (ADR-0039; docs/operations.md)."""
+    from adapters.server import READ_SLICE_ROWS
+    from reference.durability import HEAD_MARK_S
+
+    assert READ_SLICE_ROWS == 1_000
+    assert HEAD_MARK_S == 1.0
