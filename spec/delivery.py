@@ -20,7 +20,8 @@ Subscriptions (``subscribe`` / ``unsubscribe``)
     snapshot+registration of the contract.  Reusing an active query set id is a protocol close.
 Resume (``resume_form_error``, ``stale_error``)
     a ``sync_event`` query that bounds ``seq`` from below is a resume; it must pin ``stream_id`` and
-    ``epoch``, and is refused with ``stale_cursor`` when :func:`spec.resume.stale_reasons` says so.
+    ``epoch``, and is refused with ``stale_cursor`` when :func:`spec.resume.stale_reasons` says so
+    (an upper bound ``seq <= B`` limits the replay held against the budget to ``min(head, B) - W``).
 Calls (``answer``) and fanout (``commit``, ``fanout``)
     a failed or no-op call is answered to its caller alone, tagged with the offset of the state it
     read; a call that writes commits at ``committed + 1``: its caller gets a ``ReducerResult``
@@ -175,7 +176,8 @@ def stale_error(db: DbState, policy: Policy, query: q.Query) -> SyncError | None
     req_epoch = requested_epoch if isinstance(requested_epoch, int) else None
     epoch, head, floor = virtual_stream(db, stream_id)
     budget = policy.class_for(stream_id).replay_budget
-    reasons = stale_reasons(epoch, head, floor, budget, req_epoch, watermark)
+    upper = q.upper_bound_inclusive(query, "seq")  # a page (seq <= B) replays up to min(head, B): ADR-0042
+    reasons = stale_reasons(epoch, head, floor, budget, req_epoch, watermark, upper)
     if not reasons:
         return None
     return SyncError(ErrorCode.STALE_CURSOR, {

@@ -109,7 +109,9 @@ CATALOG: tuple[Invariant, ...] = (
               "rebootstraps."),
     Invariant("STALE-1", "trace", "A resume subscription is rejected with stale_cursor exactly when one of the "
               "reasons holds on the snapshot state (epoch_changed, retention_floor_breach, "
-              "replay_budget_exceeded, cursor_ahead_of_head), and the details carry all of them."),
+              "replay_budget_exceeded, cursor_ahead_of_head), and the details carry all of them; the replay "
+              "held against the budget is min(head, B) - W for a resume bounded by seq <= B, head - W for one "
+              "without an upper bound."),
     Invariant("STALE-2", "trace", "A resume subscription that is not stale never skips a compacted event: "
               "floor_seq <= W + 1 on the snapshot state."),
     Invariant("STALE-3", "trace", "A sync_event subscription that bounds seq from below is accepted only when it "
@@ -203,10 +205,12 @@ STALE_REASON_ORDER: tuple[str, ...] = (
 
 
 def resume_is_safe(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
-                   watermark: int) -> bool:
+                   watermark: int, upper: int | None = None) -> bool:
     """The resume window, stated positively: the events after W are all retained (floor - 1 <= W),
-    W is not past the head, at most ``budget`` of them are to be replayed, and the epoch is the same."""
-    return (floor - 1 <= watermark <= head and head - watermark <= budget
+    W is not past the head, at most ``budget`` of the events it asks for are to be replayed (those up
+    to the head, or up to its upper bound B when it has one: ADR-0042), and the epoch is the same."""
+    asked_to = head if upper is None or upper >= head else upper
+    return (floor - 1 <= watermark <= head and asked_to - watermark <= budget
             and (requested_epoch is None or requested_epoch == epoch))
 
 
@@ -217,27 +221,30 @@ def in_fixed_order(reasons: Sequence[str], order: Sequence[str]) -> bool:
 
 
 @icontract.require(lambda budget: budget >= 0, "a replay budget is a count")
-@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
-                  (not result) == resume_is_safe(epoch, head, floor, budget, requested_epoch, watermark),
+@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, upper, result:
+                  (not result) == resume_is_safe(epoch, head, floor, budget, requested_epoch, watermark, upper),
                   "STALE-1 (no reason exactly when the resume window is safe)")
 @icontract.ensure(lambda result: in_fixed_order(result, STALE_REASON_ORDER),
                   "STALE-1 (reasons are distinct and in the fixed order)")
 @icontract.ensure(lambda floor, watermark, result: "retention_floor_breach" in result or floor <= watermark + 1,
                   "STALE-2 (a resume that is not refused for retention skips no compacted event)")
 def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
-                  watermark: int) -> tuple[str, ...]:
+                  watermark: int, upper: int | None = None) -> tuple[str, ...]:
     """Why resuming from (requested_epoch, watermark) cannot yield exactly the events after it.
 
     The second opinion on :func:`spec.resume.stale_reasons`, written differently on purpose: each
     reason is a count of seqs that is not zero (or over the budget), not a comparison of bounds:
 
     * the events after W that were compacted away below the floor: ``max(0, floor - (W + 1))``;
-    * the events to replay, ``max(0, head - W)``, more than ``budget``;
+    * the events to replay: the events after W, ``max(0, head - W)``, less those after the resume's
+      upper bound B that it does not ask for, ``max(0, head - max(B, W))`` (none without a bound:
+      ADR-0042) -- more than ``budget``;
     * the seqs the client claims to hold that the stream never had: ``max(0, W - head)``;
     * the epoch: a requested epoch that is not the stream's.
     """
     compacted_needed = max(0, floor - (watermark + 1))
-    to_replay = max(0, head - watermark)
+    not_asked = 0 if upper is None else max(0, head - max(upper, watermark))
+    to_replay = max(0, head - watermark) - not_asked
     never_existed = max(0, watermark - head)
     found = {
         "epoch_changed": requested_epoch not in (None, epoch),

@@ -398,6 +398,28 @@ def lower_bound_exclusive(q: Query, column: str) -> int | None:
     return max(bounds, default=None)
 
 
+def _int_upper_bounds(q: Query, column: str) -> list[Comparison]:
+    return [c for c in q.where if c.column == column and c.op in (Op.LT, Op.LE)
+            and isinstance(c.value, int) and not isinstance(c.value, bool)]
+
+
+@icontract.ensure(lambda q, column, result: (result is None) == (not _int_upper_bounds(q, column)),
+                  "None exactly when no integer `column <`/`<=` conjunct", enabled=contracts.PER_ROW)
+@icontract.ensure(lambda q, column, result: result is None or (
+    all(c.holds(result) for c in _int_upper_bounds(q, column))
+    and not all(c.holds(result + 1) for c in _int_upper_bounds(q, column))),
+    "STALE-1 (the smallest B with `column <= B` implied: B passes every upper bound, B + 1 does not)",
+    enabled=contracts.PER_ROW)
+def upper_bound_inclusive(q: Query, column: str) -> int | None:
+    """The smallest B such that the query implies ``column <= B`` (``<= v`` gives v, ``< v`` gives v-1);
+    None without an integer ``<``/``<=`` conjunct on ``column`` (``column = v`` is not read as a bound,
+    as :func:`lower_bound_exclusive` does not read it either).  A resume's replay ends at
+    ``min(head, B)`` (ADR-0042)."""
+    bounds = [c.value - (c.op is Op.LT) for c in q.where if c.column == column and c.op in (Op.LT, Op.LE)
+              and isinstance(c.value, int) and not isinstance(c.value, bool)]
+    return min(bounds, default=None)
+
+
 @icontract.ensure(lambda q, result: (result is None) == (lower_bound_exclusive(q, "seq") is None),
                   "None exactly when seq has no lower bound", enabled=contracts.PER_ROW)
 @icontract.ensure(lambda q, result: result is None or result == max(0, lower_bound_exclusive(q, "seq") or 0),

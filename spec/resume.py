@@ -30,21 +30,27 @@ STALE_REASONS: tuple[str, ...] = (
 
 
 @icontract.require(lambda budget: budget >= 0, "a replay budget is a count")
-@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
-                  result == oracle.stale_reasons(epoch, head, floor, budget, requested_epoch, watermark),
+@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, upper, result:
+                  result == oracle.stale_reasons(epoch, head, floor, budget, requested_epoch, watermark, upper),
                   "STALE-1 (the server's decision agrees with the oracle spec.invariants.stale_reasons)")
-@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, result:
-                  (not result) == oracle.resume_is_safe(epoch, head, floor, budget, requested_epoch, watermark),
-                  "STALE-1 (no reason exactly when floor-1 <= W <= head, head-W <= budget and the epoch is equal)")
+@icontract.ensure(lambda epoch, head, floor, budget, requested_epoch, watermark, upper, result:
+                  (not result) == oracle.resume_is_safe(epoch, head, floor, budget, requested_epoch, watermark, upper),
+                  "STALE-1 (no reason exactly when floor-1 <= W <= head, min(head, B)-W <= budget and the epoch is "
+                  "equal)")
 @icontract.ensure(lambda result: oracle.in_fixed_order(result, STALE_REASONS),
                   "STALE-1 (reasons are distinct and in the fixed order of STALE_REASONS)")
 def stale_reasons(epoch: int, head: int, floor: int, budget: int, requested_epoch: int | None,
-                  watermark: int) -> tuple[str, ...]:
-    """The server's stale-cursor decision (the oracle is :func:`spec.invariants.stale_reasons`)."""
+                  watermark: int, upper: int | None = None) -> tuple[str, ...]:
+    """The server's stale-cursor decision (the oracle is :func:`spec.invariants.stale_reasons`).
+
+    ``upper`` is the resume's upper seq bound B (the query implies ``seq <= B``: a page of a catch-up),
+    None for an unbounded resume: the replay it costs is ``min(head, B) - W`` events, and only that is
+    held against the budget (ADR-0042)."""
+    end = head if upper is None else min(head, upper)
     checks = (
         ("epoch_changed", requested_epoch is not None and requested_epoch != epoch),
         ("retention_floor_breach", watermark < floor - 1),
-        ("replay_budget_exceeded", head - watermark > budget),
+        ("replay_budget_exceeded", end - watermark > budget),
         ("cursor_ahead_of_head", watermark > head),
     )
     return tuple(name for name, failed in checks if failed)

@@ -417,7 +417,8 @@ class Trace:
                 ep = q.pinned_value(pq, "epoch")
                 epoch, head, floor = virtual_stream(state, sid)
                 budget = self.policy.class_for(sid).replay_budget
-                reasons = stale_reasons(epoch, head, floor, budget, ep if isinstance(ep, int) else None, w)
+                upper = q.upper_bound_inclusive(pq, "seq")  # a page replays up to min(head, B) (ADR-0042)
+                reasons = stale_reasons(epoch, head, floor, budget, ep if isinstance(ep, int) else None, w, upper)
                 if stale is None:
                     if reasons:
                         self._v("STALE-1", f"client {i} resumed {sid} from {w} though {reasons}")
@@ -426,7 +427,7 @@ class Trace:
                 elif stale.details.get("stream_id") == sid:
                     got = tuple(stale.details.get("reasons", ()))
                     expected = stale_reasons(epoch, head, floor, int(stale.details.get("replay_budget", 0)),
-                                             ep if isinstance(ep, int) else None, w)
+                                             ep if isinstance(ep, int) else None, w, upper)
                     if got != expected or not got:
                         self._v("STALE-1", f"client {i} stale {sid} reasons {got}, expected {expected}")
 

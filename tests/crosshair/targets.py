@@ -52,7 +52,7 @@ class Target:
 
 TARGETS: tuple[Target, ...] = (
     Target("spec.resume.stale_reasons", 5, ("STALE-1",),
-           "agrees with the oracle; empty iff floor-1 <= W <= head, head-W <= budget, same epoch; fixed order"),
+           "agrees with the oracle; empty iff floor-1 <= W <= head, min(head, B)-W <= budget, same epoch; fixed order"),
     Target("spec.invariants.stale_reasons", 5, ("STALE-1", "STALE-2"),
            "empty iff the resume window is safe; fixed order; no retention breach means floor <= W+1"),
     Target("spec.invariants.seqs_contiguous", 3, ("SEQ-1",), "contiguity stated positionally"),

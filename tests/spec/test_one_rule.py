@@ -51,6 +51,58 @@ def test_stale_rule_and_oracle_match_the_table(args: tuple[int, int, int, int, i
     assert invariants.stale_reasons(*args) == want
 
 
+# ADR-0042: a resume bounded above (seq <= B) is measured as min(head, B) - W against the budget; nothing
+# else changes.  (epoch, head, floor, budget, requested_epoch, watermark, B) -> reasons, by hand
+PAGED_CASES: tuple[tuple[tuple[int, int, int, int, int | None, int, int | None], tuple[str, ...]], ...] = (
+    ((1, 100, 1, 10, 1, 0, 10), ()),  # a page of exactly the budget, far behind the head
+    ((1, 100, 1, 10, 1, 0, 11), ("replay_budget_exceeded",)),  # one event over
+    ((1, 100, 1, 10, 1, 0, None), ("replay_budget_exceeded",)),  # unbounded: head - W, as before
+    ((1, 100, 1, 10, 1, 90, None), ()),
+    ((1, 5, 1, 3, 1, 0, 1000), ("replay_budget_exceeded",)),  # a bound past the head: the head ends it (5 > 3)
+    ((1, 5, 1, 10, 1, 0, 1000), ()),
+    ((1, 100, 1, 10, 1, 95, 1000), ()),  # min(head, B) = head: 5 events
+    ((1, 100, 1, 10, 1, 50, 40), ()),  # B < W: an empty page replays nothing
+    ((1, 100, 1, 0, 1, 7, 7), ()),  # budget 0: an empty page passes ...
+    ((1, 100, 1, 0, 1, 7, 8), ("replay_budget_exceeded",)),  # ... a page of one does not
+    ((1, 100, 5, 10, 1, 0, 10), ("retention_floor_breach",)),  # a page does not excuse the floor
+    ((1, 100, 5, 10, 1, 3, 5), ("retention_floor_breach",)),
+    ((1, 100, 5, 10, 1, 4, 14), ()),  # W = floor - 1
+    ((1, 100, 1, 10, 1, 101, 105), ("cursor_ahead_of_head",)),  # nor a cursor past the head
+    ((2, 100, 1, 10, 1, 0, 5), ("epoch_changed",)),  # nor another epoch
+    ((2, 100, 5, 2, 1, 2, 50), ("epoch_changed", "retention_floor_breach", "replay_budget_exceeded")),
+    ((1, BIG + 50, 1, 10, 1, BIG, BIG + 10), ()),
+    ((1, BIG + 50, 1, 10, 1, BIG, BIG + 11), ("replay_budget_exceeded",)),
+)
+
+
+@pytest.mark.parametrize(("args", "want"), PAGED_CASES)
+def test_a_paged_resume_is_measured_to_its_bound(args: tuple[int, int, int, int, int | None, int, int | None],
+                                                want: tuple[str, ...]) -> None:
+    assert stale_reasons(*args) == want
+    assert invariants.stale_reasons(*args) == want
+
+
+# a query's upper seq bound as the rule reads it (ADR-0042), by hand: the smallest B with seq <= B implied
+UPPER_CASES: tuple[tuple[str, int | None], ...] = (
+    ("seq > 3", None),
+    ("seq > 3 AND seq <= 9", 9),
+    ("seq > 3 AND seq < 9", 8),
+    ("seq > 3 AND 9 >= seq", 9),  # written the other way round
+    ("seq > 3 AND 9 > seq", 8),
+    ("seq > 3 AND seq <= 9 AND seq < 7", 6),  # the tighter one
+    ("seq > 3 AND seq < 12 AND seq <= 20", 11),
+    ("seq = 5", None),  # an equality is not read as a bound (nor as a watermark)
+    ("seq > 3 AND seq <= 0", 0),
+)
+
+
+@pytest.mark.parametrize(("where", "want"), UPPER_CASES)
+def test_the_upper_bound_of_a_resume(where: str, want: int | None) -> None:
+    from spec import query as q
+    query = q.parse(f"SELECT * FROM sync_event WHERE stream_id = 's' AND epoch = 1 AND {where}")[0]
+    assert q.upper_bound_inclusive(query, "seq") == want
+
+
 def test_the_stale_rule_is_defined_once() -> None:
     """The model server and the engine call spec.resume.stale_reasons; neither restates a reason's test."""
     assert spec.delivery.stale_reasons is stale_reasons

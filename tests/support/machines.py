@@ -42,6 +42,8 @@ POLICY = Policy(default_class=StreamClass("default", retain_count=2, replay_budg
                 retain_offline_presence_us=2_000_000, retain_terminal_assignment_us=3_000_000,
                 retain_sent_outbox_us=3_000_000, retain_failed_outbox_us=4_000_000)
 """Windows short enough that the machines' clocks pass them (retention of every table is exercised)."""
+TIGHT_BUDGET = Policy(default_class=StreamClass("default", retain_count=2, replay_budget=0))
+"""A replay budget of no event: the resume rule's pages straddle it (``resume_decision``, ADR-0042)."""
 ALL_SCOPES = frozenset({"sync.subscribe", "sync.append", "sync.checkpoint.write", "presence.write",
                         "provider.publish", "compute.request", "compute.assign", "compute.execute",
                         "bridge.enqueue", "bridge.mark_sent", "sync.admin"})
@@ -197,24 +199,32 @@ class ModuleMachine(RuleBasedStateMachine):
             self._run(c, "ack_checkpoint", args)
 
     @rule(s=st.sampled_from(STREAMS), w_delta=st.integers(-4, 2), epoch_delta=st.sampled_from([0, 0, 1]),
-          ge=st.booleans())
-    def resume_decision(self, s: str, w_delta: int, epoch_delta: int, ge: bool) -> None:
+          ge=st.booleans(), page=st.sampled_from([None, None, 0, 1, 2, 7]), lt=st.booleans())
+    def resume_decision(self, s: str, w_delta: int, epoch_delta: int, ge: bool, page: int | None, lt: bool) -> None:
         """STALE-1 at the module level: the server's stale decision for a resume query equals the
         oracle's, around the floor, the head and the budget (``seq > W``, or ``seq >= W + 1``, which
-        for W = 0 is ``seq >= 1`` or, as people write it, ``seq >= 0``: watermark 0 either way)."""
+        for W = 0 is ``seq >= 1`` or, as people write it, ``seq >= 0``: watermark 0 either way); and
+        for a page of it, ``seq <= W + page`` (or ``seq < W + page + 1``), whose replay held against
+        the budget ends at ``min(head, W + page)`` (ADR-0042) -- under the machine's policy (budget 6)
+        and under one of budget 0, which pages of 0 and 1 event straddle (the machine's streams are short)."""
         from spec import query as q
         from spec.reducers import virtual_stream
         epoch, head, floor = virtual_stream(self.db, s)
         w = max(0, (floor - 1 if w_delta < 0 else head) + w_delta)
         bound = f"seq >= {w + 1 if w or w_delta % 2 else 0}" if ge else f"seq > {w}"
+        upper = None if page is None else w + page
+        if upper is not None:
+            bound += f" AND seq < {upper + 1}" if lt else f" AND seq <= {upper}"
         text = f"SELECT * FROM sync_event WHERE stream_id = '{s}' AND epoch = {epoch + epoch_delta} AND {bound}"
-        err = _mod("spec.delivery").stale_error(self.db, POLICY, q.parse(text)[0])
-        expected = stale_reasons(epoch, head, floor, POLICY.class_for(s).replay_budget, epoch + epoch_delta, w)
-        got = tuple(err.details["reasons"]) if err is not None else ()
-        if got != expected:
-            self.violations.append(("STALE-1", f"{s} from {w}: server {got}, oracle {expected}"))
-        if not got and floor > w + 1:
-            self.violations.append(("STALE-2", f"{s} from {w} accepted past floor {floor}"))
+        for policy in (POLICY, TIGHT_BUDGET):
+            err = _mod("spec.delivery").stale_error(self.db, policy, q.parse(text)[0])
+            expected = stale_reasons(epoch, head, floor, policy.class_for(s).replay_budget, epoch + epoch_delta, w,
+                                     upper)
+            got = tuple(err.details["reasons"]) if err is not None else ()
+            if got != expected:
+                self.violations.append(("STALE-1", f"{s} from {w} to {upper}: server {got}, oracle {expected}"))
+            if not got and floor > w + 1:
+                self.violations.append(("STALE-2", f"{s} from {w} accepted past floor {floor}"))
 
     @rule(c=claims_st, session=st.sampled_from(["p1", "p2"]), status=st.sampled_from(["online", "away", "offline"]),
           ttl=st.sampled_from([500, 1000, 3000]))
