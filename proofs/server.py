@@ -49,6 +49,8 @@ SERVER_BOUNDS = {"KD": KD, "Q": Q, "HW": HW}
 BUGS: dict[str, tuple[str, str]] = {
     "stale_floor_lt_vs_le": ("subscribe", "the retention check uses W < floor - 2 (< where <= is right)"),
     "epoch_ignored_on_resume": ("subscribe", "the stale check ignores the requested epoch"),
+    "budget_ignores_upper_bound": ("subscribe", "a page (seq <= B) is measured to the head, not to min(head, B)"),
+    "budget_upper_max_not_min": ("subscribe", "a page's replay ends at max(head, B), not min(head, B)"),
     "snapshot_not_atomic": ("subscribe", "the snapshot misses the newest committed event"),
     "update_sent_twice": ("deliver[append_sync_event]",
                           "a transaction's matching insert is sent twice (update and result)"),
@@ -70,12 +72,14 @@ BUGS: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class SubscribeAct(Record):
-    GUARDS: ClassVar[dict[str, str]] = {"epoch": "has_epoch"}
+    GUARDS: ClassVar[dict[str, str]] = {"epoch": "has_epoch", "upper": "has_upper"}
     stream: ZInt
     has_epoch: ZBool  # the query pins epoch
     epoch: ZInt
     watermark: ZInt
     budget: ZInt  # policy.class_for(stream).replay_budget
+    has_upper: ZBool  # the query bounds seq above: a page (ADR-0042)
+    upper: ZInt  # B, the largest seq it asks for
 
 
 Reasons = tuple[ZBool, ZBool, ZBool, ZBool]
@@ -83,23 +87,31 @@ Reasons = tuple[ZBool, ZBool, ZBool, ZBool]
 
 
 def stale_reasons(epoch: ZInt, head: ZInt, floor: ZInt, budget: ZInt, has_req: ZBool, req: ZInt, w: ZInt,
-                  bug: str = "") -> Reasons:
-    """The server's decision, :func:`spec.resume.stale_reasons`."""
+                  has_up: ZBool, up: ZInt, bug: str = "") -> Reasons:
+    """The server's decision, :func:`spec.resume.stale_reasons` (``up``: the bound B, when ``has_up``)."""
+    if bug == "budget_ignores_upper_bound":
+        end = head
+    elif bug == "budget_upper_max_not_min":
+        end = z3.If(has_up, z3.If(up > head, up, head), head)
+    else:
+        end = z3.If(has_up, z3.If(up < head, up, head), head)
     return (
         z3.BoolVal(False) if bug == "epoch_ignored_on_resume" else z3.And(has_req, req != epoch),
         w < floor - (2 if bug == "stale_floor_lt_vs_le" else 1),
-        head - w > budget,
+        end - w > budget,
         w > head,
     )
 
 
 def oracle_stale_reasons(epoch: ZInt, head: ZInt, floor: ZInt, budget: ZInt, has_req: ZBool, req: ZInt,
-                         w: ZInt) -> Reasons:
+                         w: ZInt, has_up: ZBool, up: ZInt) -> Reasons:
     """The oracle, :func:`spec.invariants.stale_reasons`, in its own form: each reason a count of seqs
     that is not zero (or over the budget) -- not a copy of :func:`stale_reasons`' comparisons, so that
-    the ``stale`` proof's equality of the two is a proof and not a tautology."""
+    the ``stale`` proof's equality of the two is a proof and not a tautology.  The events to replay are
+    those after W less those after the bound B that a page does not ask for."""
     compacted_needed = zmax([0, floor - (w + 1)])
-    to_replay = zmax([0, head - w])
+    not_asked = z3.If(has_up, zmax([0, head - zmax([up, w])]), 0)
+    to_replay = zmax([0, head - w]) - not_asked
     never_existed = zmax([0, w - head])
     return (z3.And(has_req, req != epoch), compacted_needed > 0, to_replay > budget, never_existed > 0)
 
@@ -110,7 +122,7 @@ def subscribe_reasons(db: Db, a: SubscribeAct, bug: str = "") -> Reasons:
     for k in range(4):
         def reason(j: int, k: int = k) -> ZBool:
             return stale_reasons(vepoch(db, j), vhead(db, j), vfloor(db, j), a.budget, a.has_epoch, a.epoch,
-                                 a.watermark, bug)[k]
+                                 a.watermark, a.has_upper, a.upper, bug)[k]
         out.append(_at_stream(a.stream, reason))
     return (out[0], out[1], out[2], out[3])
 
@@ -215,7 +227,9 @@ def t_subscribe(pre: World, a: SubscribeAct, post: World, rejected: ZBool, bug: 
                       _snapshot(pre.db, j, s, s.mirror_n, s.mirror, bug))
 
     keep = z3.And(_same_ledgers(pre, post), same_db_of(pre, post))
-    return z3.And(z3.Not(pre.sub.active), a.has_epoch, rejected == stale, keep,
+    # the resume world's subscription is `seq > W` without an upper bound (a page is only stale-checked: the
+    # stale proof covers it)
+    return z3.And(z3.Not(pre.sub.active), a.has_epoch, z3.Not(a.has_upper), rejected == stale, keep,
                   z3.If(stale, same_sub(pre.sub, post.sub), per_slot(a.stream, S, at)))
 
 

@@ -318,7 +318,7 @@ def _stale_build(bug: str) -> list[Obligation]:
 
     def at(j: int) -> ZBool:
         oracle = SV.oracle_stale_reasons(E.vepoch(db, j), E.vhead(db, j), E.vfloor(db, j), a.budget, a.has_epoch,
-                                         a.epoch, a.watermark)
+                                         a.epoch, a.watermark, a.has_upper, a.upper)
         return z3.And(*[x == y for x, y in zip(server, oracle, strict=True)],
                       z3.Implies(z3.Not(z3.Or(server)), PS.no_skip(db, j, a.watermark)))
 
@@ -360,10 +360,11 @@ def _resume_build(bug: str) -> list[Obligation]:
 
 
 STALE_PROOF = Proof(
-    "stale", "the server rejects a resume exactly when the oracle's reasons hold, with all of them; "
-    "a cursor judged not stale has every event after it retained",
+    "stale", "the server rejects a resume exactly when the oracle's reasons hold, with all of them (a page "
+    "seq <= B held against the budget for min(head, B) - W); a cursor judged not stale has every event after it "
+    "retained",
     ("STALE-1", "STALE-2"), ("subscribe",), DB_BOUNDS, _stale_build,
-    ("stale_floor_lt_vs_le", "epoch_ignored_on_resume"))
+    ("stale_floor_lt_vs_le", "epoch_ignored_on_resume", "budget_ignores_upper_bound", "budget_upper_max_not_min"))
 
 RESUME_PROOF = Proof(
     "resume", "resume from W not stale: snapshot + later updates = exactly the events W+1.. in order, each once; "

@@ -104,24 +104,26 @@ def _names(reasons: SV.Reasons) -> tuple[str, ...]:
 
 STALE_ARGS: dict[str, st.SearchStrategy[Any]] = dict(
     epoch=st.integers(1, 4), head=st.integers(0, 8), floor=st.integers(1, 9), budget=st.integers(0, 8),
-    req=st.one_of(st.none(), st.integers(1, 4)), w=st.integers(0, 10))
+    req=st.one_of(st.none(), st.integers(1, 4)), w=st.integers(0, 10), upper=st.one_of(st.none(), st.integers(0, 12)))
 
 
 @settings(max_examples=300, deadline=None)
 @given(**STALE_ARGS)
-def test_stale_decisions_match(epoch: int, head: int, floor: int, budget: int, req: int | None, w: int) -> None:
-    args = (epoch, head, floor, budget, req is not None, req or 0, w)
-    assert _names(SV.stale_reasons(*args, bug=BUG[0])) == stale_reasons(epoch, head, floor, budget, req, w)
-    assert _names(SV.oracle_stale_reasons(*args)) == invariants.stale_reasons(epoch, head, floor, budget, req, w)
+def test_stale_decisions_match(epoch: int, head: int, floor: int, budget: int, req: int | None, w: int,
+                               upper: int | None) -> None:
+    args = (epoch, head, floor, budget, req is not None, req or 0, w, upper is not None, upper or 0)
+    assert _names(SV.stale_reasons(*args, bug=BUG[0])) == stale_reasons(epoch, head, floor, budget, req, w, upper)
+    assert _names(SV.oracle_stale_reasons(*args)) == invariants.stale_reasons(epoch, head, floor, budget, req, w,
+                                                                              upper)
 
 
 def test_the_stale_oracle_is_encoded_apart_from_the_server() -> None:
     """The stale proof's equality of the two encodings is a proof, not a tautology: the oracle's form
     (counts of seqs) differs from the server's comparisons where the precondition budget >= 0 fails."""
-    e, h, f, b, r, w = z3.Ints("e h f b r w")
-    has = z3.Bool("has")
-    same = z3.And([x == y for x, y in zip(SV.stale_reasons(e, h, f, b, has, r, w),
-                                          SV.oracle_stale_reasons(e, h, f, b, has, r, w), strict=True)])
+    e, h, f, b, r, w, u = z3.Ints("e h f b r w u")
+    has, has_u = z3.Bools("has has_u")
+    same = z3.And([x == y for x, y in zip(SV.stale_reasons(e, h, f, b, has, r, w, has_u, u),
+                                          SV.oracle_stale_reasons(e, h, f, b, has, r, w, has_u, u), strict=True)])
     s = z3.Solver()
     s.add(z3.Not(same))
     assert s.check() == z3.sat  # they differ somewhere (a negative budget) ...
@@ -496,7 +498,7 @@ def _check_resume(r: Resume, rng: random.Random) -> None:
             if len(r.sub.sent) > SV.KD:
                 r.sub = SubVal(False)
                 return
-        act = SV.SubscribeAct(STREAMS.index(sid), True, e, w, POLICY.class_for(sid).replay_budget)
+        act = SV.SubscribeAct(STREAMS.index(sid), True, e, w, POLICY.class_for(sid).replay_budget, False, 0)
         verdict = rel.subscribe.check(
             [*given, *bind(rel.sub_act, act), *i.axioms()],
             {"sub": bind_sub(rel.post.sub, r.sub), "rejected": [rel.rejected == rejected],
