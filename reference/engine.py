@@ -742,7 +742,7 @@ class Engine:
 
     def _check_stale(self, query: q.Query) -> int | None:
         """Raise ``stale_cursor`` for a resume query the stream cannot serve; else the events a
-        resume query replays (head seq - watermark), None for any other query."""
+        resume query replays (min(head seq, its upper bound) - watermark: ADR-0042), None for any other query."""
         if query.table != "sync_event":
             return None
         facts = self.parse_cache.facts(query)
@@ -754,7 +754,8 @@ class Engine:
         req_epoch = req if isinstance(req, int) and not isinstance(req, bool) else None
         epoch, head, floor = r.stream_position(self.db, sid)
         budget = self.policy.class_for(sid).replay_budget
-        reasons = list(_stale_reasons(epoch, head, floor, budget, req_epoch, w))  # the one rule (spec.resume)
+        upper = facts.seq_upper  # a page (seq <= B) replays up to min(head, B) (ADR-0042)
+        reasons = list(_stale_reasons(epoch, head, floor, budget, req_epoch, w, upper))  # the one rule (spec.resume)
         if reasons:
             if self.on_stale is not None:
                 self.on_stale(tuple(reasons))
@@ -765,7 +766,7 @@ class Engine:
                 **continuation_details(row if isinstance(row, SyncStream) else None),
                 "epoch": epoch, "floor_seq": floor, "head_seq": head, "reasons": reasons, "replay_budget": budget,
                 "requested_epoch": req_epoch, "requested_watermark": w, "stream_id": sid})
-        return head - w
+        return max(0, (head if upper is None else min(head, upper)) - w)
 
     def _subscribe(self, conn: Connection, msg: Subscribe) -> None:
         if self._reused(conn, msg.query_set_id):
@@ -853,10 +854,11 @@ class Engine:
                 log = self.db.logs.get(sid)
                 if log is None:
                     return []
-                w = q.lower_bound_exclusive(query, "seq")
-                skipped = 0 if w is None else min(len(log), max(0, w + 1 - log.floor))  # what after(w) skips
-                self._count(scan, len(log) - skipped)
-                return log.frozen(w)
+                w, upper = q.lower_bound_exclusive(query, "seq"), q.upper_bound_inclusive(query, "seq")
+                first = log.floor if w is None else max(log.floor, w + 1)
+                last = log.floor + len(log) - 1 if upper is None else min(log.floor + len(log) - 1, upper)
+                self._count(scan, max(0, last - first + 1))  # the seqs in range: a page's (seq <= B) alone (ADR-0042)
+                return log.frozen(w, upper)
         readable = self._readable(query.table, claims, scan)
         if readable is not None:
             return readable

@@ -217,8 +217,9 @@ class StreamLog:
             segments = [(p, p + 1) for p in ps]
         return RetainedRows(view, tuple(segments))
 
-    def frozen(self, watermark: int | None = None) -> RetainedRows:
-        """The retained events (those with seq > ``watermark``, if given) as they are now, rows
+    def frozen(self, watermark: int | None = None, upto: int | None = None) -> RetainedRows:
+        """The retained events (those with seq > ``watermark``, if given, and seq <= ``upto``, if
+        given: a page, ADR-0042) as they are now, rows
         built only when read: later appends, retention drops, rollbacks and compaction do not show
         (the view shares the chunks, which change in place only by appends past its end).  A
         one-off read takes its ``sync_event`` rows this way, then matches them a slice at a time
@@ -230,17 +231,18 @@ class StreamLog:
         # a segment ends where an epoch's run starts, and a row kept whole (its slot in the columns
         # holds nothing) is a segment of its own
         base = self._head - self.floor
+        end = self._size if upto is None else max(self._head, min(self._size, upto + 1 + base))
         cuts = {seq + base for seq in self._run_seqs[1:]}
         if self._odd:
             cuts.update(p for seq in self._odd for p in (seq + base, seq + base + 1))
         segments: list[tuple[int, int]] = []
         lo = first
         for cut in sorted(cuts):
-            if lo < cut < self._size:
+            if lo < cut < end:
                 segments.append((lo, cut))
                 lo = cut
-        if lo < self._size:
-            segments.append((lo, self._size))
+        if lo < end:
+            segments.append((lo, end))
         return RetainedRows(view, tuple(segments))
 
     def _view(self) -> StreamLog:

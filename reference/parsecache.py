@@ -16,7 +16,7 @@ Failures are never kept: an invalid text is parsed again each time and raises th
 each (longer texts are parsed and not kept); least recently used out first.
 
 :class:`QueryFacts` are what the engine reads of a parsed query on every subscribe and unsubscribe
-(the pinned stream and epoch, the seq bound, the shape key, whether it has the resume form): read
+(the pinned stream and epoch, the seq bounds, the shape key, whether it has the resume form): read
 once per query object by :meth:`ParseCache.facts` and kept beside it (ADR-0024), where they used
 to be read again by each step -- the scope and grant checks, the stale check, the snapshot's fast
 path, registering the shape and dropping it -- about a dozen scans of the conjuncts a resume.
@@ -47,6 +47,7 @@ class QueryFacts:
     seq_bound: int | None  # ``spec.query.lower_bound_exclusive(query, "seq")``: the largest W with seq > W implied
     shape: tuple[object, ...]  # ``spec.query.shape_key(query)``
     resume: bool  # a sync_event query of only stream_id = S (str), epoch = E (int), seq > / >= W (int) conjuncts
+    seq_upper: int | None = None  # ``spec.query.upper_bound_inclusive(query, "seq")``: a page's B (ADR-0042)
 
 
 def query_facts(query: q.Query) -> QueryFacts:
@@ -59,7 +60,7 @@ def query_facts(query: q.Query) -> QueryFacts:
                       or (c.column == "epoch" and c.op is q.Op.EQ and c.value == epoch)
                       or (c.column == "seq" and c.op in (q.Op.GT, q.Op.GE) and type(c.value) is int)
                       for c in query.where))
-    return QueryFacts(sid, epoch, w, q.shape_key(query), resume)
+    return QueryFacts(sid, epoch, w, q.shape_key(query), resume, q.upper_bound_inclusive(query, "seq"))
 
 
 class ParseCache:

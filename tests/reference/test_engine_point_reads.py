@@ -213,7 +213,9 @@ def test_a_caller_without_a_bridge_scope_examines_no_outbox_row() -> None:
     ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq > 4", ALL, 16, 0),  # its slice after seq 4
     ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 4", ALL, 17, 0),
     ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 0", ALL, 20, 0),
-    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 4 AND seq < 9", ALL, 17, 17),  # rows matched
+    # rows matched: the slice 4..8 only, cut at the upper bound (ADR-0042; 17, seqs 4..20, before)
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq >= 4 AND seq < 9", ALL, 5, 5),
+    ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq <= 3", ALL, 3, 3),
     ("SELECT * FROM sync_event WHERE stream_id = 'other' AND seq > 40", ALL, 0, 0),
     ("SELECT * FROM sync_event", Claims("e" * 64, frozenset(SCOPES), ("o*",)), 20, 20),  # a prefix's range
     ("SELECT * FROM sync_event", Claims("e" * 64, frozenset(SCOPES), ("other", "x")), 25, 25),  # exact grants

@@ -161,10 +161,10 @@ def test_checks_are_made_when_the_read_is_taken() -> None:
 # --- the check kills a read of the live log (planted bugs) ---------------------------------------
 
 
-def _live_frozen(self: StreamLog, watermark: int | None = None) -> Iterable[Row]:
+def _live_frozen(self: StreamLog, watermark: int | None = None, upto: int | None = None) -> Iterable[Row]:
     """A planted bug: the log's rows read from the live log as the read is stepped (its
     positions fixed at the first step, as ``EventSeq``'s iterator fixes them)."""
-    return (ev for ev in self.events if watermark is None or ev.seq > watermark)
+    return (ev for ev in self.events if (watermark is None or ev.seq > watermark) and (upto is None or ev.seq <= upto))
 
 
 def _live_chain(logs: Iterable[StreamLog]) -> Iterator[Row]:
