@@ -47,9 +47,12 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   watermark, until the page's stream row shows the head reached; then the unbounded resume follows live
   (refused again because events kept arriving: more pages).  A page of one event refused is
   :class:`~adapters.sdk.errors.BacklogTooLarge` (that event fits no message), not a loop; a rehydrate
-  stays under way (``rehydrating``) until the page reaching the head is applied, and a rehydrate page
-  refused by the replay budget alone is BacklogTooLarge too (a second callback would read the same
-  window).  Stale and continue signals while paging are handled as anywhere else;
+  stays under way (``rehydrating``) until the page reaching the head is applied.  A page refused by the
+  replay budget alone while it asks for more events than the budget is cut to the budget (the server holds
+  a page against it for ``min(head, B) - W``, ADR-0042); a rehydrate page within the budget refused by it
+  alone (a server from before ADR-0042, which measures a page to the head) is BacklogTooLarge
+  (``window_over_replay_budget``: a second callback would read the same window).  Stale and continue
+  signals while paging are handled as anywhere else;
 * **ack** -- after every durable apply, ``Ack(epoch, W)``; the driver sends ``ack_checkpoint``
   batched (while one ack is in flight, later ones merge into the highest) and monotonic.
 
@@ -347,13 +350,26 @@ class ConsumerCore:
             self.state = "failed"
             return [Fail(RemoteProtocolError(f"stale_cursor without epoch/floor_seq/head_seq: {error.message[:200]}"))]
         reasons = d.get("reasons")
+        budget = d.get("replay_budget")
+        if self.page_size and reasons == ["replay_budget_exceeded"] and epoch == self.epoch and is_u64(budget) \
+                and 0 < int(str(budget)) < self.page_size:
+            # a page over the stream's budget (ADR-0042: the server holds a page seq <= B against it for
+            # min(head, B) - W): the same page cut to the budget passes
+            self.page_size = int(str(budget))
+            log.info("%s: a page over the replay budget: reading pages of %d events from seq %d", self.stream_id,
+                     self.page_size, self.watermark)
+            self.state = "subscribing"
+            return [Resubscribe(self.queries(), "page")]
         if self.page_size and self.rehydrating and reasons == ["replay_budget_exceeded"] and epoch == self.epoch:
+            # a page within the budget refused for it alone: a server from before ADR-0042, which measures a
+            # page to the head
             self.state = "failed"
             return [Fail(BacklogTooLarge(
                 self.stream_id, self.epoch, self.watermark + 1, "window_over_replay_budget",
                 f"the retained window (seq {self.watermark + 1}..{head}, epoch {self.epoch}) is over one message "
                 f"and a page of it from seq {self.watermark + 1} is over the stream's replay budget "
-                f"({d.get('replay_budget')}): it cannot be read; raise the server's replay_budget or "
+                f"({d.get('replay_budget')}) on this server, which measures a page to the head (before ADR-0042): "
+                "it cannot be read; upgrade the server, raise its replay_budget or "
                 "max_outbound_message_bytes/max_scan_rows, or have on_rebootstrap return a watermark of its own",
                 dict(d)))]
         cont_epoch, cont_seq = d.get("continues_epoch", 0), d.get("continues_seq", 0)

@@ -611,9 +611,39 @@ def test_a_rehydrate_page_refused_by_the_replay_budget_is_a_clear_error_not_a_se
         store.reset(tx, S, 2, 2, rehydrating=True)
     core.rebootstrapped(2, 2, rehydrate=True)
     core.on_error(too_big())
-    (fail,) = core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=90, reasons=["replay_budget_exceeded"]))
+    # a page of 4 within the budget (4) refused for it alone: a server from before ADR-0042 (a page measured to
+    # the head); one without replay_budget in its details likewise
+    (fail,) = core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=90, reasons=["replay_budget_exceeded"],
+                                        replay_budget=4))
     assert isinstance(fail, Fail) and isinstance(fail.error, BacklogTooLarge)
     assert fail.error.reason == "window_over_replay_budget" and fail.error.seq == 3 and core.rebootstraps == 1
+
+
+@pytest.mark.parametrize("rehydrating", [True, False])
+def test_a_page_over_the_replay_budget_is_cut_to_the_budget(store: CheckpointStore, rehydrating: bool) -> None:
+    """ADR-0042: the server holds a page ``W < seq <= B`` against the replay budget for ``min(head, B) - W``.
+    A page of 4 refused by a budget of 3 alone is asked again as a page of 3 (rehydrating or not; the
+    rehydrate is not given up), and that page refused again is the old server's answer."""
+    core = paged_core(store)
+    if rehydrating:
+        core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=90, reasons=["epoch_changed"]))
+        with store.transaction() as tx:
+            store.reset(tx, S, 2, 2, rehydrating=True)
+        core.rebootstrapped(2, 2, rehydrate=True)
+    epoch, w = (2, 2) if rehydrating else (1, 0)
+    (page,) = core.on_error(too_big())
+    assert bounds_of(page) == (epoch, w, w + 4)  # type: ignore[arg-type]
+    budget_stale = stale_error(epoch=epoch, floor_seq=w + 1, head_seq=90, reasons=["replay_budget_exceeded"],
+                               replay_budget=3)
+    (cut,) = core.on_error(budget_stale)
+    assert isinstance(cut, Resubscribe) and cut.reason == "page" and bounds_of(cut) == (epoch, w, w + 3)
+    assert core.rehydrating is rehydrating and core.rebootstraps == (1 if rehydrating else 0)
+    (again,) = core.on_error(budget_stale)  # a page of 3 refused by a budget of 3: not cut again
+    if rehydrating:
+        assert isinstance(again, Fail) and isinstance(again.error, BacklogTooLarge)
+        assert again.error.reason == "window_over_replay_budget"
+    else:
+        assert isinstance(again, Rebootstrap)
 
 
 @pytest.mark.parametrize("signal", ["row", "error"])

@@ -661,6 +661,38 @@ def test_a_rehydrate_over_one_message_is_paged(tmp_path: Path) -> None:
         run(body())
 
 
+def test_a_fresh_consumer_joins_a_stream_longer_than_max_scan_rows(tmp_path: Path) -> None:
+    """ADR-0042: a fresh consumer of a stream whose retained window is over ``max_scan_rows`` (and so over the
+    replay budget) rehydrates in pages from ``floor_seq - 1``.  Before, every page was a resume measured as
+    ``head - W`` against the budget and refused ``replay_budget_exceeded``, so the consumer stopped with
+    BacklogTooLarge(window_over_replay_budget): with the defaults (budget 20,000, max_scan_rows 100,000) no
+    consumer could join a stream of more than 100,000 events.  Scaled down: budget 50, max_scan_rows 100,
+    120 events; the consumer's default page (256 events) is over the budget, so it is cut to 50."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "long.sqlite")
+    policy = Policy(default_class=StreamClass("default", replay_budget=50))
+    with running_server(tmp_path / "data", policy=policy, limits=with_limits(max_scan_rows=100)) as st:
+        async def body() -> None:
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(1, 121):
+                assert await append(conn, "e2e.long", i) == i
+            consumer = StreamConsumer(conn, app.store, "e2e.long", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            try:
+                assert await asyncio.wait_for(consumer.wait_for(120), 30) == 120
+                assert [s.reasons for s in app.stales] == [("replay_budget_exceeded",)]
+                assert app.seqs() == list(range(1, 121)) and consumer.core.pages >= 3 and consumer.error is None
+                cp = app.store.load("e2e.long")
+                assert cp is not None and not cp.rehydrating
+                assert await append(conn, "e2e.long", 121) == 121
+                assert await asyncio.wait_for(consumer.wait_for(121), 20) == 121  # then the live tail
+            finally:
+                await conn.close()
+
+        run(body())
+
+
 def test_an_event_larger_than_one_message_stops_the_consumer_with_a_clear_error(tmp_path: Path) -> None:
     """Event 2 alone (200 KiB) is over a 150 KiB message bound: no page can carry it.  The consumer applies
     event 1 and stops with BacklogTooLarge naming seq 2 -- it does not page forever."""
