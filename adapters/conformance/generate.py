@@ -244,8 +244,20 @@ def stale_vectors() -> Iterator[Vector]:
         yield Vector("stale", "reasons", name, "edge case", {
             "ops": {"epoch": e, "head": h, "floor": f, "budget": b, "requested_epoch": req, "watermark": w},
             "post": {"reasons": list(stale_reasons(e, h, f, b, req, w))}})
+    # a page (ADR-0042): a resume bounded above, seq <= B, is held against the budget for min(head, B) - W
+    for w, b in ((floor - 1, floor - 1 + budget), (floor - 1, floor + budget), (floor - 1, head + 5),
+                 (head - budget, head + 5), (head - budget - 1, head + 5), (head - budget - 1, head - 1),
+                 (floor - 1, floor - 2), (floor - 2, floor), (head + 1, head + 3), (0, budget)):
+        reasons = stale_reasons(epoch, head, floor, budget, epoch, w, b)
+        yield Vector("stale", "reasons", f"page_w_{w}_b_{b}",
+                     f"stream at epoch {epoch}, floor {floor}, head {head}, budget {budget}; a page W={w} < seq <= "
+                     f"B={b}: min(head, B) - W against the budget (ADR-0042)",
+                     {"ops": {"epoch": epoch, "head": head, "floor": floor, "budget": budget,
+                              "requested_epoch": epoch, "watermark": w, "upper": b},
+                      "post": {"reasons": list(reasons)}})
     forms = {
         "pins_both": "SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = 1 AND seq > 2",
+        "page": "SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = 1 AND seq > 2 AND seq <= 9",
         "ge_form": "SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = 1 AND seq >= 3",
         "literal_left": "SELECT * FROM sync_event WHERE stream_id = 's.a' AND epoch = 1 AND 2 < seq",
         "missing_epoch": "SELECT * FROM sync_event WHERE stream_id = 's.a' AND seq > 2",

@@ -164,7 +164,8 @@ def model_sql(c: Case) -> None:
 def model_stale_reasons(c: Case) -> None:
     from spec.resume import stale_reasons
     o = c.part("ops")
-    got = stale_reasons(o["epoch"], o["head"], o["floor"], o["budget"], o["requested_epoch"], o["watermark"])
+    got = stale_reasons(o["epoch"], o["head"], o["floor"], o["budget"], o["requested_epoch"], o["watermark"],
+                        o.get("upper"))  # a page's seq <= B (ADR-0042); absent: an unbounded resume
     _same("reasons", list(got), c.part("post")["reasons"])
 
 
@@ -312,7 +313,8 @@ def engine_stale_reasons(c: Case) -> None:
     engine = Engine(Policy(default_class=StreamClass("default", replay_budget=o["budget"])))
     engine.db._insert(SyncStream("s.a", "default", o["epoch"], 0, 0, o["head"], o["floor"], o["budget"], 0, 0))
     epoch = "" if o["requested_epoch"] is None else f" AND epoch = {o['requested_epoch']}"
-    (query,) = q.parse(f"SELECT * FROM sync_event WHERE stream_id = 's.a'{epoch} AND seq > {o['watermark']}")
+    upper = "" if o.get("upper") is None else f" AND seq <= {o['upper']}"  # a page (ADR-0042)
+    (query,) = q.parse(f"SELECT * FROM sync_event WHERE stream_id = 's.a'{epoch} AND seq > {o['watermark']}{upper}")
     try:
         engine._check_stale(query)
     except SyncError as e:

@@ -664,26 +664,29 @@ export function compact(db: Store, now: bigint, policy: Policy): void {
 
 export const STALE_REASONS = ['epoch_changed', 'retention_floor_breach', 'replay_budget_exceeded', 'cursor_ahead_of_head'] as const;
 
-/** Why resuming at (requested_epoch, watermark) is unsafe; empty when it is safe (STALE-1). */
+/** Why resuming at (requested_epoch, watermark) is unsafe; empty when it is safe (STALE-1).  `upper`: a
+ * page's bound B (`seq <= B`), whose replay held against the budget ends at min(head, B) (ADR-0042). */
 export function staleReasons(epoch: bigint, head: bigint, floor: bigint, budget: bigint,
-  requested_epoch: bigint | undefined, watermark: bigint): string[] {
+  requested_epoch: bigint | undefined, watermark: bigint, upper?: bigint): string[] {
+  const end = upper === undefined || upper > head ? head : upper;
   const checks: [string, boolean][] = [
     ['epoch_changed', requested_epoch !== undefined && requested_epoch !== epoch],
     ['retention_floor_breach', watermark < floor - 1n],
-    ['replay_budget_exceeded', head - watermark > budget],
+    ['replay_budget_exceeded', end - watermark > budget],
     ['cursor_ahead_of_head', watermark > head],
   ];
   return checks.filter(([, failed]) => failed).map(([name]) => name);
 }
 
-/** The stale_cursor error of a resume of `stream_id` at (requested_epoch, watermark), or undefined.
+/** The stale_cursor error of a resume of `stream_id` at (requested_epoch, watermark) -- a page of it when
+ * `upper` is given (`seq <= upper`) -- or undefined.
  * SpacetimeDB cannot reject a subscription from module code, so on SpacetimeDB the client runs
  * this against the `sync_stream` row it receives in the same query set (the Python SDK does). */
 export function staleError(db: Store, policy: Policy, stream_id: string, requested_epoch: bigint | undefined,
-  watermark: bigint): SyncError | undefined {
+  watermark: bigint, upper?: bigint): SyncError | undefined {
   const [epoch, head, floor] = virtualStream(db, stream_id);
   const budget = classFor(policy, stream_id).replay_budget;
-  const reasons = staleReasons(epoch, head, floor, budget, requested_epoch, watermark);
+  const reasons = staleReasons(epoch, head, floor, budget, requested_epoch, watermark, upper);
   if (reasons.length === 0) return undefined;
   const s = db.sync_stream.find(stream_id);
   return fail(ErrorCode.STALE_CURSOR, {

@@ -193,7 +193,8 @@ function runStaleCase(rules: Rules, name: string): string | undefined {
   const o = read('stale', 'reasons', name, 'ops');
   const post = read('stale', 'reasons', name, 'post');
   const got = rules.staleReasons(BigInt(o.epoch), BigInt(o.head), BigInt(o.floor), BigInt(o.budget),
-    o.requested_epoch === null ? undefined : BigInt(o.requested_epoch), BigInt(o.watermark));
+    o.requested_epoch === null ? undefined : BigInt(o.requested_epoch), BigInt(o.watermark),
+    o.upper === undefined || o.upper === null ? undefined : BigInt(o.upper));
   return got.join(',') === (post.reasons as string[]).join(',') ? undefined : `${got} != ${post.reasons}`;
 }
 
