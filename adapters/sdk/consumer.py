@@ -43,7 +43,8 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   ``max_outbound_message_bytes`` or ``max_scan_rows`` is read in pages (ADR-0040): the stream row and
   ``sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W AND seq <= W + n`` (a resume: the server's
   stale check still reads it), ``n`` = ``page_events`` (256) and at most halved on each refusal.  Each page
-  is applied by the rule above (the watermark moves only with its events); the next page starts at the new
+  is applied by the rule above (the watermark moves only with its events; a page that fitted with room to
+  spare doubles the next, up to ``page_events``); the next page starts at the new
   watermark, until the page's stream row shows the head reached; then the unbounded resume follows live
   (refused again because events kept arriving: more pages).  A page of one event refused is
   :class:`~adapters.sdk.errors.BacklogTooLarge` (that event fits no message), not a loop; a rehydrate
@@ -215,6 +216,7 @@ class ConsumerCore:
         self.page_events = page_events
         self.page_size = 0  # > 0: the catch-up is read in pages of this many events (ADR-0040)
         self.pages = 0  # pages applied (all catch-ups)
+        self._page_bytes_max: int | None = None  # max_outbound_message_bytes, from a refusal's details
         self._refusals = 0  # catch-ups refused over one message in a row with nothing applied between
         if inspect.iscoroutinefunction(apply):
             raise LocalProtocolError("apply must be a plain function, not async def: it applies each event inside "
@@ -327,6 +329,7 @@ class ConsumerCore:
             if caught_up:
                 self.page_size = 0
                 return [*out, Resubscribe(self.queries(), "live")]
+            self._grow_page(tables)
             return [*out, Resubscribe(self.queries(), "page")]
         self.state = "live"
         return out
@@ -366,8 +369,22 @@ class ConsumerCore:
         return self._stale(Stale(self.stream_id, tuple(str(r) for r in reasons) if isinstance(reasons, list) else (),
                                  epoch, floor, head, self.epoch, self.watermark, from_server=True))
 
+    def _grow_page(self, tables: Sequence[TableChange]) -> None:
+        """A page that fitted with room to spare: double the next one (up to ``page_events``) when its rows,
+        doubled, stay under 3/4 of the server's one-message bound -- so one large event that cut the page
+        does not leave the rest of the catch-up in pages of a few events (ADR-0040, amended)."""
+        most = self._page_bytes_max
+        if most is None or self.page_size >= self.page_events:
+            return
+        size = sum(len(r.raw) for t in tables for r in t.inserts)
+        if 2 * size * 4 <= 3 * most:
+            self.page_size = min(self.page_events, 2 * self.page_size)
+
     def _page_refused(self, details: Mapping[str, object]) -> list[Action]:
         """A catch-up snapshot over one message (``limit_exceeded``): read it in (smaller) pages."""
+        most = details.get("max")
+        if details.get("limit") == "max_outbound_message_bytes" and is_u64(most) and int(str(most)) > 0:
+            self._page_bytes_max = int(str(most))
         if self.page_size == 1:
             self.state = "failed"
             seq = self.watermark + 1

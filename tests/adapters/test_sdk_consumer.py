@@ -644,3 +644,28 @@ def test_a_continue_during_paging_keeps_paging_in_the_new_epoch(store: Checkpoin
     (ack, resub) = _continue_to(core, store, action)
     assert ack == Ack(2, 4)
     assert isinstance(resub, Resubscribe) and bounds_of(resub) == (2, 4, 8)
+
+
+@pytest.mark.parametrize(("most", "sizes"), [
+    (1_000_000, [2, 4, 8, 12, 12]),  # pages of ~200-byte rows, far under the bound: back to page_events
+    (1_000, [2, 2, 2, 2, 2]),  # a page of 2 (440 row bytes with the stream row's) doubled is over 3/4 of it
+])
+def test_a_page_cut_by_a_refusal_grows_back_after_pages_that_fit(store: CheckpointStore, most: int,
+                                                               sizes: list[int]) -> None:
+    """ADR-0040's weakness: one large event cut the page to the share that fitted, and every later page of
+    the catch-up stayed that small (one round trip per couple of events).  A page whose rows, doubled, stay
+    under 3/4 of the refusal's ``max`` bytes doubles the next one, up to ``page_events``; the sizes expected
+    are written out."""
+    core = paged_core(store, page_events=12)
+    core.on_error(too_big(most=most))
+    (page,) = core.on_error(too_big(actual=6 * most, most=most))  # the share that fits: 12 / 6
+    assert bounds_of(page) == (1, 0, 2)
+    low, got = 0, []
+    for _ in sizes:
+        _, _, high = bounds_of(page)
+        assert high is not None
+        got.append(high - low)
+        _, page = core.on_rows(rows(st(head=1000), *(ev(s) for s in range(low + 1, high + 1))), snapshot=True)
+        assert isinstance(page, Resubscribe) and page.reason == "page"
+        low = high
+    assert got == sizes and applied(store) == list(range(1, low + 1))

@@ -688,6 +688,33 @@ def test_an_event_larger_than_one_message_stops_the_consumer_with_a_clear_error(
         run(body())
 
 
+def test_a_page_cut_by_one_large_event_grows_back_for_the_rest_of_the_catch_up(tmp_path: Path) -> None:
+    """One 200 KiB event, then 300 of 2 KiB, under a 256 KiB message bound: the page holding the large event
+    is cut to the share that fits (~25 events).  It used to stay that small for the rest of the catch-up
+    (14 pages measured); pages that fit with room to spare now double the next, up to ``page_events``."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "grow.sqlite")
+    limits = with_limits(max_outbound_message_bytes=256 * 1024, max_outbound_bytes=64 * 1024 * 1024)
+    small = json.dumps("y" * 2000)
+    with running_server(tmp_path / "data", limits=limits) as st:
+        async def body() -> None:
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            await conn.call("append_sync_event", "e2e.grow", "big", BIG, sha(BIG), None)
+            await asyncio.gather(*(conn.call("append_sync_event", "e2e.grow", f"k{i}", small, sha(small), None)
+                                   for i in range(300)))
+            consumer = StreamConsumer(conn, app.store, "e2e.grow", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            try:
+                assert await asyncio.wait_for(consumer.wait_for(301), 30) == 301
+                assert app.seqs() == list(range(1, 302)) and consumer.error is None
+                assert consumer.core.pages <= 8, consumer.core.pages
+            finally:
+                await conn.close()
+
+        run(body())
+
+
 # --- an unclean restart of the server (ADR-0003 decision 6) ----------------------------------------
 
 
