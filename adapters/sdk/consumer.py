@@ -188,6 +188,8 @@ def _stale_from_row(row: SyncStream, epoch: int, watermark: int) -> tuple[str, .
     return tuple(reasons)
 
 
+_U64_MAX = 2**64 - 1
+
 # the limits a catch-up snapshot is refused for that a smaller seq range of it can stay under (ADR-0040)
 _PAGEABLE_LIMITS = frozenset({"max_outbound_message_bytes", "max_scan_rows"})
 
@@ -232,7 +234,8 @@ class ConsumerCore:
 
     def queries(self) -> tuple[str, ...]:
         if self.page_size:
-            return page_queries(self.stream_id, self.epoch, self.watermark, self.watermark + self.page_size)
+            return page_queries(self.stream_id, self.epoch, self.watermark,
+                                min(self.watermark + self.page_size, _U64_MAX))  # (seq is a u64)
         if self.rehydrating:  # no seq bound: not a resume, so never stale (ADR-0013 decision 3)
             return rehydrate_queries(self.stream_id)
         return resume_queries(self.stream_id, self.epoch, self.watermark)

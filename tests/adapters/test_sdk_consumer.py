@@ -669,3 +669,11 @@ def test_a_page_cut_by_a_refusal_grows_back_after_pages_that_fit(store: Checkpoi
         assert isinstance(page, Resubscribe) and page.reason == "page"
         low = high
     assert got == sizes and applied(store) == list(range(1, low + 1))
+
+
+def test_a_page_bound_past_u64_is_cut_to_u64_max(store: CheckpointStore) -> None:
+    """``page_events`` has no upper bound of its own: ``W + n`` past 2^64 - 1 made a page the server refuses
+    ``invalid_query`` (out of range for ``seq``), stopping the consumer mid catch-up with a baffling error."""
+    core = paged_core(store, page_events=2**64)
+    (page,) = core.on_error(too_big())
+    assert bounds_of(page) == (1, 0, 18_446_744_073_709_551_615)
