@@ -65,6 +65,7 @@ from adapters.bsatn import BsatnError, decode_ret, encode_args
 from adapters.guard import RateLimitedLog
 from adapters.sdk.backoff import Backoff
 from adapters.sdk.cache import ClientCache
+from adapters.sdk.callbacks import Callbacks
 from adapters.sdk.errors import (
     CallTimeout,
     ConnectError,
@@ -163,9 +164,9 @@ class Connection:
                  confirmed: bool | None = None, exchange_token: bool = True, reconnect: bool = True,
                  backoff: Backoff | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  call_timeout: float | None = 30.0, open_timeout: float = 10.0, ping_interval: float | None = 20.0,
-                 on_connect: Callable[[ConnectInfo], None] | None = None,
-                 on_disconnect: Callable[[DisconnectInfo], None] | None = None,
-                 on_connect_error: Callable[[BaseException, float], None] | None = None,
+                 on_connect: Callable[[ConnectInfo], object] | None = None,
+                 on_disconnect: Callable[[DisconnectInfo], object] | None = None,
+                 on_connect_error: Callable[[BaseException, float], object] | None = None,
                  cache: ClientCache | None = None, first_id: int | None = None,
                  healthy_after: float = 10.0) -> None:
         unknown = [p for p in protocols if p not in VERSIONS]
@@ -207,6 +208,7 @@ class Connection:
         self.close_flush_timeout = 2.0  # seconds close() gives the close hooks (pending acks) to finish
         self._http: aiohttp.ClientSession | None = None
         self._connect_log = RateLimitedLog(log, CONNECT_WARN_INTERVAL_S)
+        self._callbacks = Callbacks(log)  # on_connect, on_disconnect, on_connect_error: plain or async def
 
     # --- properties ------------------------------------------------------------------------------
 
@@ -283,6 +285,7 @@ class Connection:
         self.session.close()
         self._fail_calls(list(self._calls), ConnectionClosed("connection closed"))
         self._wake()
+        await self._callbacks.drain(self.close_flush_timeout)  # async callbacks still running (the last on_disconnect)
         await self._close_http()
 
     async def _close_http(self) -> None:
@@ -431,11 +434,7 @@ class Connection:
                     attempt = 0  # it was healthy: a drop now is retried quickly
                 self.disconnects.append(info)
                 del self.disconnects[:-self.max_disconnects_kept]
-                if self.on_disconnect is not None:
-                    try:
-                        self.on_disconnect(info)
-                    except Exception:
-                        log.exception("on_disconnect raised")
+                self._callbacks.run("on_disconnect", self.on_disconnect, info)
                 if self._closing:
                     return
                 if not self.reconnect:
@@ -458,11 +457,7 @@ class Connection:
                                       f"{type(error).__name__}: {error})")
             log.info("connect attempt %d failed (%s: %s); retrying in %.2f s", attempt + 1, type(error).__name__,
                      error, delay)
-            if self.on_connect_error is not None:
-                try:
-                    self.on_connect_error(error, delay)
-                except Exception:
-                    log.exception("on_connect_error raised")
+            self._callbacks.run("on_connect_error", self.on_connect_error, error, delay)
         await self.sleep(delay)
         return attempt + 1
 
@@ -549,11 +544,8 @@ class Connection:
         try:
             self._send(self.session.connected())
             self._wake()
-            if self.on_connect is not None and self.info is not None:
-                try:
-                    self.on_connect(self.info)
-                except Exception:
-                    log.exception("on_connect raised")
+            if self.info is not None:
+                self._callbacks.run("on_connect", self.on_connect, self.info)
             for msg in first:
                 self._dispatch(msg)
             async for frame in ws:

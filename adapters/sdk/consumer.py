@@ -77,6 +77,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+from adapters.sdk.callbacks import Callbacks
 from adapters.sdk.checkpoints import ApplyFn, CheckpointStore
 from adapters.sdk.errors import (
     BacklogTooLarge,
@@ -521,7 +522,7 @@ class StreamConsumer:
 
     def __init__(self, conn: ConsumerConnection, store: CheckpointStore, stream_id: str, *, apply: ApplyFn,
                  on_rebootstrap: RebootstrapFn, client_id: str | None = None,
-                 on_error: Callable[[BaseException], None] | None = None, ack_delay: float = 0.0,
+                 on_error: Callable[[BaseException], object] | None = None, ack_delay: float = 0.0,
                  ack_timeout: float = 30.0, ack_retry: float = 1.0, max_queue: int = 1024,
                  max_queue_bytes: int = 64 * 1024 * 1024, page_events: int = ConsumerCore.PAGE_EVENTS) -> None:
         if client_id is not None and not is_id(client_id):
@@ -551,6 +552,7 @@ class StreamConsumer:
         self._ack_task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
         self._stops = 0  # how many times stop() ran: a wait_for across one is told, not left hanging
+        self._callbacks = Callbacks(log)
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -771,11 +773,7 @@ class StreamConsumer:
         self.core.state = "failed"
         self.error, self._error_tb = error, error.__traceback__
         log.error("%s: consumer stopped: %s", self.stream_id, error)
-        if self.on_error is not None:
-            try:
-                self.on_error(error)
-            except Exception:
-                log.exception("on_error raised")
+        self._callbacks.run("on_error", self.on_error, error)  # (an async def one: a task, not under the lock)
         async with self._progress:
             self._progress.notify_all()
 

@@ -779,3 +779,75 @@ def test_cancelling_the_supervisor_while_it_tears_a_socket_down_ends_it() -> Non
             await conn.close()
             await server.stop()
     run(body())
+
+
+# --- async callbacks ---------------------------------------------------------------------------------
+
+
+def test_async_connection_callbacks_run_without_holding_up_the_reconnect(caplog: pytest.LogCaptureFixture) -> None:
+    """``async def`` on_connect / on_disconnect / on_connect_error: their coroutine used to be created and
+    dropped (never awaited, nothing of it ran).  They run as tasks: a slow on_disconnect does not delay the
+    reconnect, and one that raises is logged as a plain callback's exception is."""
+    async def body() -> None:
+        server = FakeServer()
+        server.token_replies = [web.Response(status=503, text="busy")]
+        await server.start()
+        seen: list[tuple[str, object]] = []
+        release = asyncio.Event()
+
+        async def on_connect(info: Any) -> None:
+            await asyncio.sleep(0)
+            seen.append(("connect", info.connection_id))
+
+        async def on_disconnect(info: DisconnectInfo) -> None:
+            seen.append(("disconnect", info.code))
+            await release.wait()
+            seen.append(("disconnect done", info.code))
+            raise RuntimeError("callback bug")
+
+        async def on_connect_error(exc: BaseException, delay: float) -> None:
+            await asyncio.sleep(0)
+            seen.append(("connect error", type(exc).__name__))
+
+        conn = client(server, Clock(), on_connect=on_connect, on_disconnect=on_disconnect,
+                      on_connect_error=on_connect_error)
+        await conn.connect()
+        async with asyncio.timeout(5):
+            await until(lambda: ("connect", 43) in seen)
+        assert seen[0] == ("connect error", "ConnectError")
+        await server.peers[0].ws.close(code=1011, message=b"x")
+        await server.wait_peers(2)
+        async with asyncio.timeout(5):
+            await until(lambda: ("connect", 44) in seen)  # reconnected while on_disconnect still waits
+        assert ("disconnect", 1011) in seen and ("disconnect done", 1011) not in seen
+        release.set()
+        async with asyncio.timeout(5):
+            await until(lambda: "on_disconnect raised" in caplog.text)
+        assert ("disconnect done", 1011) in seen and "callback bug" in caplog.text
+        await conn.close()
+        await server.stop()
+    with caplog.at_level(logging.ERROR, logger="syncref.sdk.connection"):
+        run(body())
+
+
+def test_close_gives_a_running_async_callback_its_flush_time_then_cancels_it() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        states: list[str] = []
+
+        async def on_disconnect(info: DisconnectInfo) -> None:
+            states.append("started")
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                states.append("cancelled")
+                raise
+
+        conn = client(server, Clock(), on_disconnect=on_disconnect)
+        conn.close_flush_timeout = 0.05
+        await conn.connect()
+        await conn.close()
+        assert states == ["started", "cancelled"]
+        await server.stop()
+    run(body())
