@@ -13,6 +13,8 @@ Everything the SDK raises for a *remote* outcome derives from :class:`SdkError`:
 * :class:`ConnectError` -- the server refused the connection before the WebSocket opened (HTTP
   status, body); ``.permanent`` tells whether retrying can help.
 * :class:`ConnectionClosed` -- the connection was closed by the application.
+* :class:`TokenUnavailable` -- the application's token provider raised (a connect attempt fails and is
+  retried with backoff; ``on_connect_error`` sees it, its ``__cause__`` is what the provider raised).
 * :class:`BacklogTooLarge` -- a stream consumer cannot catch up even in pages: one event is over the
   server's one-message bound, or a rehydrate's window is over it and over the replay budget (ADR-0040).
 
@@ -35,6 +37,7 @@ __all__ = [
     "ReducerInternalError",
     "SdkError",
     "SubscriptionFailed",
+    "TokenUnavailable",
     "parse_error",
 ]
 
@@ -116,3 +119,8 @@ class BacklogTooLarge(SdkError):
         super().__init__(f"{stream_id}: {message}")
         self.stream_id, self.epoch, self.seq, self.reason = stream_id, epoch, seq, reason
         self.details = details
+
+
+class TokenUnavailable(SdkError):
+    """A :class:`~adapters.sdk.connection.Connection`'s token provider raised: this connect attempt fails and
+    is retried with backoff (``on_connect_error`` is told); ``__cause__`` is the provider's exception."""

@@ -31,6 +31,7 @@ from adapters.sdk import (
     ReducerInternalError,
     SubscriptionFailed,
     SubState,
+    TokenUnavailable,
 )
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError
 from spec.values import SessionPresence
@@ -849,5 +850,86 @@ def test_close_gives_a_running_async_callback_its_flush_time_then_cancels_it() -
         await conn.connect()
         await conn.close()
         assert states == ["started", "cancelled"]
+        await server.stop()
+    run(body())
+
+
+# --- token rotation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["plain", "async"])
+def test_a_token_provider_is_asked_at_every_connect(kind: str) -> None:
+    """``token=`` a function (or an async one): called at each (re)connect, its answer traded for the
+    websocket token -- a reconnect after the old token expired presents a fresh one."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        issued: list[str] = []
+
+        def plain() -> str:
+            issued.append(f"long-{len(issued) + 1}")
+            return issued[-1]
+
+        async def in_a_while() -> str:
+            await asyncio.sleep(0)
+            return plain()
+
+        conn = client(server, Clock(), token=plain if kind == "plain" else in_a_while)
+        await conn.connect()
+        await server.peers[0].ws.close(code=1008, message=b"token expired: reconnect with a fresh token")
+        await server.wait_peers(2)
+        assert server.auth_headers == ["Bearer long-1", "Bearer long-2"] and conn.long_token == "long-2"
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_set_token_is_presented_at_the_next_connect_and_checked() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock(), token="first", exchange_token=False)
+        await conn.connect()
+        conn.set_token("second")
+        assert conn.connects == 1  # the open connection is kept
+        await server.peers[0].ws.close(code=1008, message=b"token expired")
+        second = await server.wait_peers(2)
+        assert [p.params["token"] for p in server.peers] == ["first", "second"] == [server.peers[0].params["token"],
+                                                                                   second.params["token"]]
+        for bad in ("", 7, None):
+            with pytest.raises(LocalProtocolError, match="token must be"):
+                conn.set_token(bad)  # type: ignore[arg-type]
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_a_token_provider_that_raises_is_retried_and_one_that_returns_no_token_is_caller_misuse() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        errors: list[BaseException] = []
+        answers: list[object] = [OSError("auth service down"), "long-2"]
+
+        def provider() -> str:
+            answer = answers.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            assert isinstance(answer, str)
+            return answer
+
+        clock = Clock()
+        conn = client(server, clock, token=provider, on_connect_error=lambda e, d: errors.append(e))
+        await conn.connect()
+        (err,) = errors
+        assert isinstance(err, TokenUnavailable) and isinstance(err.__cause__, OSError)
+        assert "auth service down" in str(err) and clock.delays == [0.25] and server.auth_headers == ["Bearer long-2"]
+        await conn.close()
+
+        bad = client(server, Clock(), token=lambda: None)  # type: ignore[arg-type,return-value]
+        with pytest.raises(LocalProtocolError, match="token provider must return a non-empty string"):
+            await bad.connect()
+        assert isinstance(bad.fatal, LocalProtocolError)
+        await bad.close()
         await server.stop()
     run(body())

@@ -562,6 +562,79 @@ def test_revoking_the_parent_closes_a_connection_made_with_an_exchanged_token(tm
         run(body())
 
 
+@pytest.mark.parametrize("how", ["provider", "set_token"])
+def test_a_long_running_consumer_survives_its_token_expiring_and_being_replaced(tmp_path: Path, how: str) -> None:
+    """Token rotation.  The server closes a connection 1008 ``token expired`` when its long-lived token
+    expires (ADR-0004 decision 8, ``oa_conn_exp``), and the SDK reconnected with the same, now expired,
+    token: the exchange answers 401, which is permanent, so the connection gave up and the consumer stopped
+    with ConnectionClosed -- a long-running consumer could not outlive its first token.  Now ``token=`` may
+    be a provider (called at every connect; here it mints a new 3 s token each time) or the application
+    calls ``conn.set_token()`` before the old one runs out.  Tokens live 2-3 s (exp is whole seconds, no
+    leeway); events are appended across three of them and the consumer applies every one, once."""
+    from adapters.auth import AuthConfig, Authenticator, KeyStore
+
+    config = AuthConfig(leeway_s=0)
+    with running_server(tmp_path / "data", auth=config) as st:
+        auth = Authenticator(config, KeyStore.load_or_create(st.config.data_dir))
+        minted: list[str] = []
+
+        def fresh() -> str:
+            minted.append(auth.mint(subject="rotating-reader", scopes=frozenset(SCOPES.split(",")),
+                                    streams=("e2e.*",), ttl_s=3))
+            return minted[-1]
+
+        app = App(tmp_path / "rot.sqlite")
+
+        async def body() -> None:
+            producer = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            conn = Connection(st.base, token=fresh if how == "provider" else fresh(), backoff=FAST, call_timeout=20)
+            consumer = StreamConsumer(conn, app.store, "e2e.rot", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            try:
+                for i in range(1, 17):  # ~8 s: past three expiries
+                    assert await append(producer, "e2e.rot", i) == i
+                    if how == "set_token" and i % 3 == 0:
+                        conn.set_token(fresh())  # before the current one runs out (2-3 s)
+                    await asyncio.sleep(0.5)
+                assert await asyncio.wait_for(consumer.wait_for(16), 20) == 16
+                expired = [d for d in conn.disconnects if d.reason.startswith("token expired")]
+                assert app.seqs() == list(range(1, 17)) and consumer.error is None and conn.fatal is None
+                assert len(expired) >= 2 and expired == conn.disconnects and conn.connects >= 3, conn.disconnects
+            finally:
+                await producer.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_without_a_new_token_the_consumer_stops_when_its_token_expires_and_says_why(tmp_path: Path) -> None:
+    """The other side of rotation: a plain token that expires (2-3 s, no leeway) ends the connection 1008;
+    the reconnect's exchange is refused 401 ``token expired`` (permanent), so the consumer stops with
+    ConnectionClosed naming it -- no retry loop with a dead credential."""
+    from adapters.auth import AuthConfig, Authenticator, KeyStore
+
+    config = AuthConfig(leeway_s=0)
+    with running_server(tmp_path / "data", auth=config) as st:
+        token = Authenticator(config, KeyStore.load_or_create(st.config.data_dir)).mint(
+            scopes=frozenset(SCOPES.split(",")), streams=("e2e.*",), ttl_s=3)
+        app = App(tmp_path / "dead.sqlite")
+
+        async def body() -> None:
+            conn = Connection(st.base, token=token, backoff=FAST, call_timeout=20)
+            consumer = StreamConsumer(conn, app.store, "e2e.dead", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            try:
+                with pytest.raises(ConnectionClosed) as caught:
+                    await asyncio.wait_for(consumer.wait_for(1), 20)
+                cause = caught.value.__cause__
+                assert isinstance(cause, ConnectError) and (cause.status, cause.permanent) == (401, True)
+                assert "token expired" in str(cause) and conn.fatal is cause
+            finally:
+                await conn.close()
+
+        run(body())
+
+
 def test_a_consumer_catches_up_on_a_backlog_larger_than_one_message(tmp_path: Path) -> None:
     """A consumer's catch-up is one snapshot: the resume (``seq > W``, up to the replay budget of 20,000
     events) or the rehydrate (the whole retained window; the default policy retains everything).  A
