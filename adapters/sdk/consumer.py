@@ -220,6 +220,7 @@ class ConsumerCore:
         self.page_size = 0  # > 0: the catch-up is read in pages of this many events (ADR-0040)
         self.pages = 0  # pages applied (all catch-ups)
         self._page_bytes_max: int | None = None  # max_outbound_message_bytes, from a refusal's details
+        self._page_fit: int | None = None  # the size of the last full page applied: where another catch-up starts
         self._refusals = 0  # catch-ups refused over one message in a row with nothing applied between
         if inspect.iscoroutinefunction(apply):
             raise LocalProtocolError("apply must be a plain function, not async def: it applies each event inside "
@@ -333,6 +334,7 @@ class ConsumerCore:
             if caught_up:
                 self.page_size = 0
                 return [*out, Resubscribe(self.queries(), "live")]
+            self._page_fit = self.page_size  # (below the head: the page was full, and it fitted)
             self._grow_page(tables)
             return [*out, Resubscribe(self.queries(), "page")]
         self.state = "live"
@@ -410,7 +412,9 @@ class ConsumerCore:
                 return [Fail(RemoteProtocolError(
                     f"{self.stream_id}: the catch-up from seq {self.watermark} (epoch {self.epoch}) was refused "
                     f"over one message {self._refusals} times in a row, its pages bringing nothing"))]
-            self.page_size = self.page_events
+            # (not page_events again: a catch-up refused anew -- events kept arriving -- would be cut by the
+            # same refusals as the last one)
+            self.page_size = min(self.page_events, self._page_fit or self.page_events)
         log.info("%s: catch-up over one message (%s): reading pages of %d events from seq %d", self.stream_id,
                  details.get("limit"), self.page_size, self.watermark)
         self.state = "subscribing"

@@ -677,3 +677,20 @@ def test_a_page_bound_past_u64_is_cut_to_u64_max(store: CheckpointStore) -> None
     core = paged_core(store, page_events=2**64)
     (page,) = core.on_error(too_big())
     assert bounds_of(page) == (1, 0, 18_446_744_073_709_551_615)
+
+
+def test_a_catch_up_refused_again_starts_its_pages_at_the_size_that_fitted(store: CheckpointStore) -> None:
+    """Events kept arriving: the live subscription after the last page is refused over one message again.
+    The new pages used to start over at ``page_events`` and be cut by refusals once more (measured against
+    the real server, 10 x 200 KiB under 1 MiB: 256, 128, 64, 32, 16, 8 refused again, 7 refusals per round);
+    they start at the size of the last full page that fitted."""
+    core = paged_core(store, page_events=16)
+    core.on_error(too_big(most=1_000))
+    (page,) = core.on_error(too_big(actual=4_000, most=1_000))  # 16 * 1000 / 4000
+    assert bounds_of(page) == (1, 0, 4)
+    _, nxt = core.on_rows(rows(st(head=6), *(ev(s) for s in range(1, 5))), snapshot=True)
+    assert bounds_of(nxt) == (1, 4, 8)  # 782 row bytes: doubled, over 3/4 of 1000 -- no growth
+    _, live = core.on_rows(rows(st(head=6), ev(5), ev(6)), snapshot=True)
+    assert (bounds_of(live), live.reason) == ((1, 6, None), "live")
+    (again,) = core.on_error(too_big(most=1_000))
+    assert (bounds_of(again), again.reason) == ((1, 6, 10), "page")
