@@ -761,6 +761,95 @@ def test_an_event_larger_than_one_message_stops_the_consumer_with_a_clear_error(
         run(body())
 
 
+@pytest.mark.parametrize("rehydrate", [False, True], ids=["resume", "rehydrate"])
+def test_dropped_sockets_mid_paging_lose_and_duplicate_nothing(tmp_path: Path, rehydrate: bool) -> None:
+    """Review revpage of ADR-0040: the socket is dropped after every 5th (rehydrate) or 6th (resume) event
+    applied, i.e. in the middle of a paged catch-up (30 or 40 events of 200 KiB, 1 MiB bound), six times.
+    Each reconnect resubscribes the current page from the watermark; every event is applied once, in order
+    (the table's primary key would fail a second apply), the rehydrate's callback runs once and its mark is
+    cleared.  (Passes on 85757a6; killed by the planted page lower bound ``seq > W + 1``.)"""
+    from support.server import with_limits
+
+    app = App(tmp_path / "drop.sqlite")
+    with running_server(tmp_path / "data", limits=with_limits(**ONE_MIB)) as st:
+        async def body() -> None:
+            admin = Connection(st.base, token=st.token(scopes={*SCOPES.split(","), "sync.admin"}), backoff=FAST,
+                               call_timeout=20)
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            epoch, every = (2, 5) if rehydrate else (1, 6)
+            aborted: list[int] = []
+
+            def apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+                app.apply(tx, e)
+                if e.epoch == epoch and e.seq % every == 0 and len(aborted) < 6:
+                    aborted.append(e.seq)
+                    conn.abort()
+
+            consumer = StreamConsumer(conn, app.store, "e2e.drop", apply=apply, on_rebootstrap=app.rebootstrap)
+            if rehydrate:
+                for i in range(3):
+                    await append(admin, "e2e.drop", i)
+                await consumer.start()
+                await consumer.wait_for(3)
+                await consumer.stop()
+                await admin.call("reset_stream_epoch", "e2e.drop")
+            for i in range(30 if rehydrate else 40):
+                head = (await admin.call("append_sync_event", "e2e.drop", f"big{i}", BIG, sha(BIG), None)).value
+            try:
+                await consumer.start()
+                assert await asyncio.wait_for(consumer.wait_for(head, epoch=epoch), 30) == head
+                first = app.stales[0].floor_seq if rehydrate else 1
+                assert app.seqs(epoch) == list(range(first, head + 1)) and len(aborted) == 6
+                assert len(app.stales) == int(rehydrate) and consumer.error is None and conn.connects >= 6
+                cp = app.store.load("e2e.drop")
+                assert cp is not None and not cp.rehydrating and consumer.core.pages >= 6
+            finally:
+                await admin.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_a_retention_drop_between_pages_rebootstraps_once_and_applies_the_window(tmp_path: Path) -> None:
+    """Review revpage of ADR-0040: a consumer paging from seq 3 of 25 (retain_count 25) is held back while
+    35 more are appended and retention runs (floor 36): its next page is stale (retention_floor_breach),
+    the callback runs once, and the new window 36..60 is applied once.  (Passes on 85757a6; killed by the
+    planted page lower bound ``seq > W + 1``.)"""
+    from support.server import with_limits
+
+    app = App(tmp_path / "ret.sqlite")
+    policy = Policy(default_class=StreamClass("default", retain_count=25))
+    with running_server(tmp_path / "data", limits=with_limits(**ONE_MIB), policy=policy) as st:
+        async def body() -> None:
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            producer = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(25):
+                await producer.call("append_sync_event", "e2e.ret", f"k{i}", BIG, sha(BIG), None)
+            third = asyncio.Event()
+
+            def apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+                app.apply(tx, e)
+                if e.seq == 3:
+                    third.set()
+
+            consumer = StreamConsumer(conn, app.store, "e2e.ret", apply=apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            await third.wait()
+            async with app.store.async_lock():  # the consumer handles nothing meanwhile
+                for i in range(25, 60):
+                    head = (await producer.call("append_sync_event", "e2e.ret", f"k{i}", BIG, sha(BIG), None)).value
+                await asyncio.to_thread(st.call, st.server._compact)
+            try:
+                assert await asyncio.wait_for(consumer.wait_for(head), 30) == head == 60
+                assert [(s.reasons, s.floor_seq) for s in app.stales] == [(("retention_floor_breach",), 36)]
+                assert app.seqs() == list(range(36, 61)) and consumer.error is None
+            finally:
+                await producer.close()
+                await conn.close()
+
+        run(body())
+
+
 def test_a_page_cut_by_one_large_event_grows_back_for_the_rest_of_the_catch_up(tmp_path: Path) -> None:
     """One 200 KiB event, then 300 of 2 KiB, under a 256 KiB message bound: the page holding the large event
     is cut to the share that fits (~25 events).  It used to stay that small for the rest of the catch-up
