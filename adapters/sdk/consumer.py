@@ -230,6 +230,9 @@ class ConsumerCore:
         self.epoch = 0
         self.watermark = 0
         self.rehydrating = False  # rebootstrapped without a watermark of the application's: read the window
+        # the window's read (no seq bound) was refused max_scan_rows: read it with the resume form (seq > W),
+        # which the server does not count against max_scan_rows (the replay budget bounds it)
+        self.window_as_resume = False
         self.applied = self.duplicates = self.gaps = self.rebootstraps = self.continues = 0
         self._stale_streak = 0
         self._gap_streak = 0
@@ -238,7 +241,7 @@ class ConsumerCore:
         if self.page_size:
             return page_queries(self.stream_id, self.epoch, self.watermark,
                                 min(self.watermark + self.page_size, _U64_MAX))  # (seq is a u64)
-        if self.rehydrating:  # no seq bound: not a resume, so never stale (ADR-0013 decision 3)
+        if self.rehydrating and not self.window_as_resume:  # no seq bound: not a resume, so never stale (ADR-0013 d.3)
             return rehydrate_queries(self.stream_id)
         return resume_queries(self.stream_id, self.epoch, self.watermark)
 
@@ -253,6 +256,7 @@ class ConsumerCore:
         self.rehydrating = cp is not None and cp.rehydrating  # a restart mid-rehydrate reads the window again
         self.state = "subscribing"
         self._gap_streak = self._refusals = self.page_size = 0
+        self.window_as_resume = False
         return [Resubscribe(self.queries(), "start")]
 
     # --- incoming --------------------------------------------------------------------------------
@@ -312,7 +316,7 @@ class ConsumerCore:
                 self.state = "failed"
                 return [*out, Fail(result.error)]
             if window:
-                self.rehydrating = False
+                self.rehydrating = self.window_as_resume = False
         if not run and snapshot and self.watermark > 0:
             out.append(Ack(self.epoch, self.watermark))
         self._stale_streak = 0
@@ -356,7 +360,8 @@ class ConsumerCore:
             self.state = "failed"
             return [Fail(RemoteProtocolError(f"stale_cursor without epoch/floor_seq/head_seq: {error.message[:200]}"))]
         reasons = d.get("reasons")
-        if self.page_size and self.rehydrating and reasons == ["replay_budget_exceeded"] and epoch == self.epoch:
+        if (self.page_size or self.window_as_resume) and self.rehydrating and reasons == ["replay_budget_exceeded"] \
+                and epoch == self.epoch:
             self.state = "failed"
             return [Fail(BacklogTooLarge(
                 self.stream_id, self.epoch, self.watermark + 1, "window_over_replay_budget",
@@ -388,9 +393,26 @@ class ConsumerCore:
 
     def _page_refused(self, details: Mapping[str, object]) -> list[Action]:
         """A catch-up snapshot over one message (``limit_exceeded``): read it in (smaller) pages."""
-        most = details.get("max")
-        if details.get("limit") == "max_outbound_message_bytes" and is_u64(most) and int(str(most)) > 0:
+        most, limit = details.get("max"), details.get("limit")
+        if limit == "max_outbound_message_bytes" and is_u64(most) and int(str(most)) > 0:
             self._page_bytes_max = int(str(most))
+        if limit == "max_scan_rows" and self.rehydrating and not self.page_size and not self.window_as_resume:
+            # the window's read counts every retained event; the resume form from W is not counted
+            self.window_as_resume = True
+            log.info("%s: the retained window is over max_scan_rows (%s > %s): reading it as a resume from seq %d",
+                     self.stream_id, details.get("actual"), most, self.watermark)
+            self.state = "subscribing"
+            return [Resubscribe(self.queries(), "resume")]
+        if limit == "max_scan_rows" and self.page_size:
+            # a page is not the resume form: the server counts every event of the stream after W, whatever
+            # the page's size -- a smaller page would be refused the same way
+            self.state = "failed"
+            return [Fail(BacklogTooLarge(
+                self.stream_id, self.epoch, self.watermark + 1, "backlog_over_max_scan_rows",
+                f"the backlog from seq {self.watermark + 1} (epoch {self.epoch}) is over one message, and the "
+                f"server counts each page of it as every event after seq {self.watermark} ({details.get('actual')} "
+                f"> max_scan_rows {most}): raise the server's max_scan_rows or max_outbound_message_bytes, or have "
+                "on_rebootstrap return a watermark of its own", dict(details)))]
         if self.page_size == 1:
             self.state = "failed"
             seq = self.watermark + 1
@@ -454,6 +476,7 @@ class ConsumerCore:
             raise LocalProtocolError(f"rebootstrapped() in state {self.state}")
         self.epoch, self.watermark = epoch, watermark
         self.rehydrating = rehydrate
+        self.window_as_resume = False
         self.page_size = 0  # another catch-up: one snapshot first (paged again if that is refused)
         self.rebootstraps += 1
         self.state = "subscribing"

@@ -111,8 +111,10 @@ class BacklogTooLarge(SdkError):
     ``reason`` is ``event_too_large`` (event ``seq`` alone is over the server's ``limit``, e.g.
     ``max_outbound_message_bytes``: no message of this server can carry it) or ``window_over_replay_budget``
     (a rehydrate's window is over one message, and a page of it from ``seq - 1`` is a resume the replay
-    budget refuses).  Neither goes away by retrying: raise the server's limit, or (the second) return a
-    watermark of your own from ``on_rebootstrap``.  ``details`` are the server's."""
+    budget refuses) or ``backlog_over_max_scan_rows`` (the backlog from ``seq`` is over one message, and the
+    server counts each page of it as every event after ``seq - 1`` against ``max_scan_rows``).  None goes
+    away by retrying: raise the server's limit, or (the last two) return a watermark of your own from
+    ``on_rebootstrap``.  ``details`` are the server's."""
 
     def __init__(self, stream_id: str, epoch: int, seq: int, reason: str, message: str,
                  details: dict[str, object]) -> None:

@@ -586,7 +586,7 @@ def test_a_rehydrate_over_one_message_is_paged_and_stays_a_rehydrate_until_the_w
         store.reset(tx, S, 2, 2, rehydrating=True)
     (_, resub) = core.rebootstrapped(2, 2, rehydrate=True)
     assert q.parse(resub.queries[1])[0].where == q.parse(f"SELECT * FROM sync_event WHERE stream_id = '{S}'")[0].where  # type: ignore[union-attr]
-    (page,) = core.on_error(too_big(limit="max_scan_rows", actual=100_001, most=100_000))
+    (page,) = core.on_error(too_big())
     assert bounds_of(page) == (2, 2, 6)
     window = st(epoch=2, head=9, floor=3)
     _, nxt = core.on_rows(rows(window, *(ev(s, epoch=2) for s in range(3, 7))), snapshot=True)
@@ -694,3 +694,44 @@ def test_a_catch_up_refused_again_starts_its_pages_at_the_size_that_fitted(store
     assert (bounds_of(live), live.reason) == ((1, 6, None), "live")
     (again,) = core.on_error(too_big(most=1_000))
     assert (bounds_of(again), again.reason) == ((1, 6, 10), "page")
+
+
+def test_a_rehydrate_over_max_scan_rows_is_read_as_a_resume_and_a_page_over_it_is_a_clear_error(
+        store: CheckpointStore) -> None:
+    """The server counts the window's read (no seq bound) and a page (``seq <= B`` is not the resume form) as
+    every event after W against ``max_scan_rows``, and does not count the resume form (``seq > W``; the replay
+    budget bounds it).  So a window refused ``max_scan_rows`` is read as a resume from W -- still a rehydrate
+    until it is applied -- and a page refused ``max_scan_rows`` (the resume was over one message as well) is
+    BacklogTooLarge at once: a smaller page is counted the same, so halving it to one event only ended in a
+    misleading ``event_too_large``."""
+    core = paged_core(store)
+    core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=9, reasons=["epoch_changed"]))
+    with store.transaction() as tx:
+        store.reset(tx, S, 2, 2, rehydrating=True)
+    core.rebootstrapped(2, 2, rehydrate=True)
+    (resume,) = core.on_error(too_big(limit="max_scan_rows", actual=100_001, most=100_000))
+    assert isinstance(resume, Resubscribe) and bounds_of(resume) == (2, 2, None)
+    assert store.load(S) == Checkpoint(S, 2, 2, rehydrating=True)
+    (again,) = core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=90_000, reasons=["replay_budget_exceeded"]))
+    assert isinstance(again, Fail) and isinstance(again.error, BacklogTooLarge)
+    assert again.error.reason == "window_over_replay_budget"
+
+    core = paged_core(store)  # (restarted: the window refused by max_scan_rows again, now read as a resume)
+    (resume,) = core.on_error(too_big(limit="max_scan_rows", actual=100_001, most=100_000))
+    assert isinstance(resume, Resubscribe) and bounds_of(resume) == (2, 2, None)
+    assert core.on_rows(rows(st(epoch=2, head=9, floor=3), *(ev(s, epoch=2) for s in range(3, 10))),
+                        snapshot=True) == [Ack(2, 9)] and core.state == "live"
+    assert store.load(S) == Checkpoint(S, 2, 9, rehydrating=False) and applied(store) == list(range(3, 10))
+
+    core = paged_core(store)
+    core.on_error(stale_error(epoch=3, floor_seq=1, head_seq=400, reasons=["epoch_changed"]))
+    with store.transaction() as tx:
+        store.reset(tx, S, 3, 0, rehydrating=True)
+    core.rebootstrapped(3, 0, rehydrate=True)
+    core.on_error(too_big(limit="max_scan_rows", actual=401, most=100))  # the window: as a resume
+    (page,) = core.on_error(too_big())  # the resume: over one message
+    assert bounds_of(page) == (3, 0, 4)
+    (fail,) = core.on_error(too_big(limit="max_scan_rows", actual=401, most=100))
+    assert isinstance(fail, Fail) and isinstance(fail.error, BacklogTooLarge) and core.state == "failed"
+    assert fail.error.reason == "backlog_over_max_scan_rows" and fail.error.seq == 1
+    assert "max_scan_rows" in str(fail.error) and fail.error.details["actual"] == 401

@@ -850,6 +850,82 @@ def test_a_retention_drop_between_pages_rebootstraps_once_and_applies_the_window
         run(body())
 
 
+def test_a_rehydrate_over_max_scan_rows_is_read_as_a_resume(tmp_path: Path) -> None:
+    """Review revpage of ADR-0040, decision 5's ``max_scan_rows`` case against the real server: a rehydrate's
+    window (120 small events after an epoch reset, ``max_scan_rows`` 50) is refused ``max_scan_rows``.  The
+    consumer paged it -- but this server counts a page (``seq > W AND seq <= B`` is not the resume form) as
+    every event of the stream after W, so each page was refused ``max_scan_rows`` too, the consumer halved
+    down to one event and stopped with ``BacklogTooLarge: event seq 4 (epoch 2) alone is over the server's
+    max_scan_rows (121 > 50)``.  The resume form (``seq > W``) is not counted (the replay budget bounds it):
+    the window is read with it, the callback runs once, the mark is cleared."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "scan.sqlite")
+    with running_server(tmp_path / "data", limits=with_limits(max_scan_rows=50)) as st:
+        async def body() -> None:
+            admin = Connection(st.base, token=st.token(scopes={*SCOPES.split(","), "sync.admin"}), backoff=FAST,
+                               call_timeout=20)
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(3):
+                await append(admin, "e2e.scan", i)
+            consumer = StreamConsumer(conn, app.store, "e2e.scan", apply=app.apply, on_rebootstrap=app.rebootstrap,
+                                      page_events=16)
+            await consumer.start()
+            await consumer.wait_for(3)
+            await consumer.stop()
+            await admin.call("reset_stream_epoch", "e2e.scan")
+            for i in range(120):
+                head = await append(admin, "e2e.scan", i)
+            try:
+                await consumer.start()
+                assert await asyncio.wait_for(consumer.wait_for(head, epoch=2), 30) == head
+                assert len(app.stales) == 1 and app.seqs(2) == list(range(app.stales[0].floor_seq, head + 1))
+                cp = app.store.load("e2e.scan")
+                assert cp is not None and not cp.rehydrating and consumer.error is None
+            finally:
+                await admin.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_a_page_refused_by_max_scan_rows_is_a_clear_error_not_an_event_too_large(tmp_path: Path) -> None:
+    """The window (60 events of 200 KiB) is over ``max_scan_rows`` (50) *and* over one message (1 MiB): read
+    as a resume it is refused for bytes, and its pages are counted as every event after W (60 > 50), whatever
+    their size.  The consumer used to halve them to one event and report ``event_too_large`` for seq 4, a
+    200 KiB event that fits; it stops at the first such page with ``backlog_over_max_scan_rows``."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "scan2.sqlite")
+    limits = with_limits(max_scan_rows=50, **ONE_MIB)
+    with running_server(tmp_path / "data", limits=limits) as st:
+        async def body() -> None:
+            admin = Connection(st.base, token=st.token(scopes={*SCOPES.split(","), "sync.admin"}), backoff=FAST,
+                               call_timeout=20)
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(3):
+                await append(admin, "e2e.scan2", i)
+            consumer = StreamConsumer(conn, app.store, "e2e.scan2", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            await consumer.wait_for(3)
+            await consumer.stop()
+            await admin.call("reset_stream_epoch", "e2e.scan2")
+            for i in range(60):
+                await admin.call("append_sync_event", "e2e.scan2", f"big{i}", BIG, sha(BIG), None)
+            try:
+                await consumer.start()
+                with pytest.raises(BacklogTooLarge) as caught:
+                    await asyncio.wait_for(consumer.wait_for(63, epoch=2), 30)
+                err = caught.value
+                assert err.reason == "backlog_over_max_scan_rows" and err.details.get("limit") == "max_scan_rows"
+                assert "max_scan_rows" in str(err) and len(app.stales) == 1
+            finally:
+                await admin.close()
+                await conn.close()
+
+        run(body())
+
+
 def test_a_page_cut_by_one_large_event_grows_back_for_the_rest_of_the_catch_up(tmp_path: Path) -> None:
     """One 200 KiB event, then 300 of 2 KiB, under a 256 KiB message bound: the page holding the large event
     is cut to the share that fits (~25 events).  It used to stay that small for the rest of the catch-up
