@@ -48,8 +48,10 @@ class Callbacks:
             self.log.error("%s raised", what, exc_info=exc)
 
     async def drain(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the running callbacks, then cancel those still running."""
-        pending = [t for t in self.tasks if not t.done()]
+        """Wait up to ``timeout`` seconds for the running callbacks, then cancel those still running -- all
+        but the one this is called from (an async ``on_disconnect`` that closes the connection itself)."""
+        me = asyncio.current_task()
+        pending = [t for t in self.tasks if not t.done() and t is not me]
         if not pending:
             return
         _, still = await asyncio.wait(pending, timeout=max(timeout, 0.0))

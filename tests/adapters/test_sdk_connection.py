@@ -933,3 +933,28 @@ def test_a_token_provider_that_raises_is_retried_and_one_that_returns_no_token_i
         await bad.close()
         await server.stop()
     run(body())
+
+
+def test_an_async_on_disconnect_may_close_the_connection_itself() -> None:
+    """close() waits for the async callbacks still running -- but not for the one it is called from: that
+    one would wait for itself until close_flush_timeout, then be cancelled in the middle of its close()."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        done: list[str] = []
+
+        async def on_disconnect(info: DisconnectInfo) -> None:
+            if not done:
+                done.append("closing")
+                await conn.close()
+                done.append("closed")
+
+        conn = client(server, Clock(), on_disconnect=on_disconnect)
+        conn.close_flush_timeout = 5.0
+        await conn.connect()
+        await server.peers[0].ws.close(code=1011, message=b"bye")
+        async with asyncio.timeout(2):  # well within the flush timeout: close() did not wait for itself
+            await until(lambda: done == ["closing", "closed"])
+        assert conn.closing
+        await server.stop()
+    run(body())
