@@ -40,9 +40,11 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   lost: it rebootstraps as above.  A confirmed-read consumer only ever sees durable events, so a
   crash never makes it rebootstrap;
 * **page** -- a catch-up snapshot (the resume, or the rehydrate's window) refused ``limit_exceeded`` for
-  ``max_outbound_message_bytes`` or ``max_scan_rows`` is read in pages (ADR-0040): the stream row and
-  ``sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W AND seq <= W + n`` (a resume: the server's
-  stale check still reads it), ``n`` = ``page_events`` (256) and at most halved on each refusal.  Each page
+  ``max_outbound_message_bytes`` is read in pages (ADR-0040): the stream row and
+  ``sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W AND seq <= W + n`` (the server's stale check
+  reads it as a resume; ``max_scan_rows`` counts it as every event after W, as it is not the resume form),
+  ``n`` = ``page_events`` (256) and at most halved on each refusal.  A window refused for ``max_scan_rows``
+  is read as the resume ``seq > W`` instead (not counted), paged if that is over one message.  Each page
   is applied by the rule above (the watermark moves only with its events; a page that fitted with room to
   spare doubles the next, up to ``page_events``); the next page starts at the new
   watermark, until the page's stream row shows the head reached; then the unbounded resume follows live
@@ -50,7 +52,8 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   :class:`~adapters.sdk.errors.BacklogTooLarge` (that event fits no message), not a loop; a rehydrate
   stays under way (``rehydrating``) until the page reaching the head is applied, and a rehydrate page
   refused by the replay budget alone is BacklogTooLarge too (a second callback would read the same
-  window).  Stale and continue signals while paging are handled as anywhere else;
+  window), and so is a page refused for ``max_scan_rows`` (a smaller one is counted the same).  Stale and
+  continue signals while paging are handled as anywhere else;
 * **ack** -- after every durable apply, ``Ack(epoch, W)``; the driver sends ``ack_checkpoint``
   batched (while one ack is in flight, later ones merge into the highest) and monotonic.
 
