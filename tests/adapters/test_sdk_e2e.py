@@ -569,7 +569,8 @@ def test_a_long_running_consumer_survives_its_token_expiring_and_being_replaced(
     token: the exchange answers 401, which is permanent, so the connection gave up and the consumer stopped
     with ConnectionClosed -- a long-running consumer could not outlive its first token.  Now ``token=`` may
     be a provider (called at every connect; here it mints a new 3 s token each time) or the application
-    calls ``conn.set_token()`` before the old one runs out.  Tokens live 2-3 s (exp is whole seconds, no
+    calls ``conn.set_token()`` before the old one runs out (here every second, from a task of its own, so a
+    slow machine's appends do not delay it).  Tokens live 2-3 s (exp is whole seconds, no
     leeway); events are appended across three of them and the consumer applies every one, once."""
     from adapters.auth import AuthConfig, Authenticator, KeyStore
 
@@ -589,18 +590,24 @@ def test_a_long_running_consumer_survives_its_token_expiring_and_being_replaced(
             producer = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
             conn = Connection(st.base, token=fresh if how == "provider" else fresh(), backoff=FAST, call_timeout=20)
             consumer = StreamConsumer(conn, app.store, "e2e.rot", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            async def rotate() -> None:  # a fresh token every second, well before the current one runs out
+                while True:
+                    await asyncio.sleep(1)
+                    conn.set_token(fresh())
+
+            rotator = asyncio.create_task(rotate()) if how == "set_token" else None
             await consumer.start()
             try:
                 for i in range(1, 17):  # ~8 s: past three expiries
                     assert await append(producer, "e2e.rot", i) == i
-                    if how == "set_token" and i % 3 == 0:
-                        conn.set_token(fresh())  # before the current one runs out (2-3 s)
                     await asyncio.sleep(0.5)
                 assert await asyncio.wait_for(consumer.wait_for(16), 20) == 16
                 expired = [d for d in conn.disconnects if d.reason.startswith("token expired")]
                 assert app.seqs() == list(range(1, 17)) and consumer.error is None and conn.fatal is None
                 assert len(expired) >= 2 and expired == conn.disconnects and conn.connects >= 3, conn.disconnects
             finally:
+                if rotator is not None:
+                    rotator.cancel()
                 await producer.close()
                 await conn.close()
 
