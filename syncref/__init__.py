@@ -47,6 +47,7 @@ from adapters.sdk import (
     SubState,
     TableCache,
     TableChange,
+    TokenUnavailable,
 )
 from spec.errors import CLIENT_ACTIONS, ErrorCode, LocalProtocolError, SyncError
 from spec.schema import DEFAULT_DATABASE, PROTOCOL_VERSION, SCHEMA_VERSION
@@ -90,4 +91,5 @@ __all__ = [
     "SyncStream",
     "TableCache",
     "TableChange",
+    "TokenUnavailable",
 ]

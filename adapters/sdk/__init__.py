@@ -47,6 +47,7 @@ from adapters.sdk.errors import (
     ReducerInternalError,
     SdkError,
     SubscriptionFailed,
+    TokenUnavailable,
 )
 from adapters.sdk.rows import DecodedRow, QuerySetChange, TableChange
 from adapters.sdk.session import Session, Subscription, SubState
@@ -82,4 +83,5 @@ __all__ = [
     "SubscriptionFailed",
     "TableCache",
     "TableChange",
+    "TokenUnavailable",
 ]

@@ -4,7 +4,8 @@ A :class:`Connection` is a thin asyncio shell around the sans-I/O
 :class:`~adapters.sdk.session.Session`.  It does what the official SDKs do at connect, and then
 keeps the connection alive:
 
-1. with a long-lived token, ``POST /v1/identity/websocket-token`` (Bearer) for a token usable 60 s; the
+1. with a long-lived token (a string, or a provider function asked at every connect; :meth:`Connection.set_token`
+   replaces it for the next one), ``POST /v1/identity/websocket-token`` (Bearer) for a token usable 60 s; the
    connection it opens lasts as long as the long-lived token (``oa_conn_exp``, docs/protocol.md).  Without
    one, the first connect is anonymous and every reconnect presents the token it was minted: one identity;
 2. open ``ws[s]://host/v1/database/<db>/subscribe?token=..&compression=Gzip|None|Brotli
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import secrets
@@ -65,6 +67,7 @@ from adapters.bsatn import BsatnError, decode_ret, encode_args
 from adapters.guard import RateLimitedLog
 from adapters.sdk.backoff import Backoff
 from adapters.sdk.cache import ClientCache
+from adapters.sdk.callbacks import Callbacks
 from adapters.sdk.errors import (
     CallTimeout,
     ConnectError,
@@ -72,6 +75,7 @@ from adapters.sdk.errors import (
     ConnectionLost,
     ReducerError,
     ReducerInternalError,
+    TokenUnavailable,
 )
 from adapters.sdk.session import (
     U32_MAX,
@@ -88,7 +92,7 @@ from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import DEFAULT_DATABASE
 from spec.values import is_id
 
-__all__ = ["V2", "V3", "ConnectInfo", "Connection", "DisconnectInfo", "ReducerOutcome"]
+__all__ = ["V2", "V3", "ConnectInfo", "Connection", "DisconnectInfo", "ReducerOutcome", "TokenProvider"]
 
 log = logging.getLogger("syncref.sdk.connection")
 
@@ -100,6 +104,9 @@ V3_FRAME_CAP = 256 * 1024
 CONNECT_WARN_AFTER = 3  # failed connect attempts in a row before they are a WARNING (before: INFO, a restart)
 CONNECT_WARN_INTERVAL_S = 30.0  # then at most one such warning this often
 _DEFAULT: Any = object()
+
+
+TokenProvider = Callable[[], "str | Awaitable[str]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +165,14 @@ def _urls(url: str, database: str) -> tuple[str, str]:
 class Connection:
     """One logical client connection (many sockets over its life); see the module essay."""
 
-    def __init__(self, url: str, database: str = DEFAULT_DATABASE, token: str | None = None, *,
+    def __init__(self, url: str, database: str = DEFAULT_DATABASE, token: str | TokenProvider | None = None, *,
                  protocols: Sequence[str] = (V3, V2), compression: wire.Compression | str = wire.Compression.GZIP,
                  confirmed: bool | None = None, exchange_token: bool = True, reconnect: bool = True,
                  backoff: Backoff | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  call_timeout: float | None = 30.0, open_timeout: float = 10.0, ping_interval: float | None = 20.0,
-                 on_connect: Callable[[ConnectInfo], None] | None = None,
-                 on_disconnect: Callable[[DisconnectInfo], None] | None = None,
-                 on_connect_error: Callable[[BaseException, float], None] | None = None,
+                 on_connect: Callable[[ConnectInfo], object] | None = None,
+                 on_disconnect: Callable[[DisconnectInfo], object] | None = None,
+                 on_connect_error: Callable[[BaseException, float], object] | None = None,
                  cache: ClientCache | None = None, first_id: int | None = None,
                  healthy_after: float = 10.0) -> None:
         unknown = [p for p in protocols if p not in VERSIONS]
@@ -177,7 +184,11 @@ class Connection:
             shown = repr(database[:24]) + ("..." if len(database) > 24 else "")  # (a token: its header only)
             raise LocalProtocolError(f"not a database name (1-128 characters of [A-Za-z0-9._:-]): {shown}{hint}")
         self.http_base, self.ws_url = _urls(url, database)
-        self.database, self.long_token = database, token
+        self.database = database
+        self._token_source: str | TokenProvider | None = None
+        self.long_token: str | None = None  # the long-lived token the last (re)connect presented (or will)
+        if token is not None:
+            self.set_token(token)
         self.protocols = tuple(protocols)
         self.compression = wire.Compression(compression)
         self.confirmed, self.exchange_token, self.reconnect = confirmed, exchange_token, reconnect
@@ -207,8 +218,41 @@ class Connection:
         self.close_flush_timeout = 2.0  # seconds close() gives the close hooks (pending acks) to finish
         self._http: aiohttp.ClientSession | None = None
         self._connect_log = RateLimitedLog(log, CONNECT_WARN_INTERVAL_S)
+        self._callbacks = Callbacks(log)  # on_connect, on_disconnect, on_connect_error: plain or async def
 
     # --- properties ------------------------------------------------------------------------------
+
+    def set_token(self, token: str | TokenProvider) -> None:
+        """Replace the long-lived token: a string, or a provider (a function returning one, or an awaitable
+        of one) called at every (re)connect.  The open connection is kept (the server ends it when the token
+        it was opened with expires, 1008 ``token expired``); the next connect presents the new one.  A long-
+        running application rotates its token this way, before the old one runs out."""
+        if isinstance(token, str):
+            if not token:
+                raise LocalProtocolError("token must be a non-empty string (or a provider of one)")
+            self.long_token = token
+        elif not callable(token):
+            raise LocalProtocolError(f"token must be a string or a function returning one, got {type(token).__name__}")
+        self._token_source = token
+
+    async def _long_token(self) -> str | None:
+        """The long-lived token for this connect: the provider's answer (called now), the one set, or for an
+        anonymous connection after its first connect, the token it was minted (the same identity)."""
+        source = self._token_source
+        if source is None:
+            return self._minted_token
+        if isinstance(source, str):
+            return source
+        try:
+            token: object = source()
+            if inspect.isawaitable(token):
+                token = await token
+        except Exception as exc:  # an auth service that is down: retried like a refused connect
+            raise TokenUnavailable(f"the token provider raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(token, str) or not token:
+            raise LocalProtocolError(f"the token provider must return a non-empty string, got {token!r:.40}")
+        self.long_token = token
+        return token
 
     @property
     def cache(self) -> ClientCache:
@@ -283,6 +327,7 @@ class Connection:
         self.session.close()
         self._fail_calls(list(self._calls), ConnectionClosed("connection closed"))
         self._wake()
+        await self._callbacks.drain(self.close_flush_timeout)  # async callbacks still running (the last on_disconnect)
         await self._close_http()
 
     async def _close_http(self) -> None:
@@ -422,20 +467,20 @@ class Connection:
                     attempt = await self._back_off(attempt, exc)
                     continue
                 except (OSError, TimeoutError, websockets.exceptions.InvalidHandshake, RemoteProtocolError,
-                        aiohttp.ClientError, websockets.exceptions.ConnectionClosed) as exc:
+                        aiohttp.ClientError, websockets.exceptions.ConnectionClosed, TokenUnavailable) as exc:
                     attempt = await self._back_off(attempt, exc)
                     continue
+                except LocalProtocolError as exc:  # a token provider that returned no token: caller misuse
+                    self._give_up(exc)
+                    await self._close_http()
+                    return
                 opened = asyncio.get_running_loop().time()
                 info = await self._serve(ws, version, first)
                 if asyncio.get_running_loop().time() - opened >= self.healthy_after:
                     attempt = 0  # it was healthy: a drop now is retried quickly
                 self.disconnects.append(info)
                 del self.disconnects[:-self.max_disconnects_kept]
-                if self.on_disconnect is not None:
-                    try:
-                        self.on_disconnect(info)
-                    except Exception:
-                        log.exception("on_disconnect raised")
+                self._callbacks.run("on_disconnect", self.on_disconnect, info)
                 if self._closing:
                     return
                 if not self.reconnect:
@@ -458,11 +503,7 @@ class Connection:
                                       f"{type(error).__name__}: {error})")
             log.info("connect attempt %d failed (%s: %s); retrying in %.2f s", attempt + 1, type(error).__name__,
                      error, delay)
-            if self.on_connect_error is not None:
-                try:
-                    self.on_connect_error(error, delay)
-                except Exception:
-                    log.exception("on_connect_error raised")
+            self._callbacks.run("on_connect_error", self.on_connect_error, error, delay)
         await self.sleep(delay)
         return attempt + 1
 
@@ -475,8 +516,7 @@ class Connection:
         self._wake()
 
     async def _ws_token(self) -> str | None:
-        # anonymous: after the first connect, the token the server minted (the same identity on every reconnect)
-        long_token = self.long_token if self.long_token is not None else self._minted_token
+        long_token = await self._long_token()
         if long_token is None or not self.exchange_token:
             return long_token
         if self._http is None:
@@ -531,7 +571,7 @@ class Connection:
             if not isinstance(first, wire.InitialConnection):
                 raise RemoteProtocolError(f"first server message is {type(first).__name__}, not InitialConnection")
             self.info = ConnectInfo(first.identity, first.connection_id, first.token, chosen, version)
-            if self.long_token is None and self._minted_token is None and first.token:
+            if self._token_source is None and self._minted_token is None and first.token:
                 self._minted_token = first.token  # an anonymous connect: keep the identity it was given
             return ws, version, msgs[1:]
         except BaseException:
@@ -549,11 +589,8 @@ class Connection:
         try:
             self._send(self.session.connected())
             self._wake()
-            if self.on_connect is not None and self.info is not None:
-                try:
-                    self.on_connect(self.info)
-                except Exception:
-                    log.exception("on_connect raised")
+            if self.info is not None:
+                self._callbacks.run("on_connect", self.on_connect, self.info)
             for msg in first:
                 self._dispatch(msg)
             async for frame in ws:

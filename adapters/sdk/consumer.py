@@ -40,19 +40,25 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   lost: it rebootstraps as above.  A confirmed-read consumer only ever sees durable events, so a
   crash never makes it rebootstrap;
 * **page** -- a catch-up snapshot (the resume, or the rehydrate's window) refused ``limit_exceeded`` for
-  ``max_outbound_message_bytes`` or ``max_scan_rows`` is read in pages (ADR-0040): the stream row and
-  ``sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W AND seq <= W + n`` (a resume: the server's
-  stale check still reads it), ``n`` = ``page_events`` (256) and at most halved on each refusal.  Each page
-  is applied by the rule above (the watermark moves only with its events); the next page starts at the new
+  ``max_outbound_message_bytes`` is read in pages (ADR-0040): the stream row and
+  ``sync_event WHERE stream_id = 'S' AND epoch = E AND seq > W AND seq <= W + n`` (the server's stale check
+  reads it as a resume), ``n`` = ``page_events`` (256) and at most halved on each refusal.  A window refused
+  for ``max_scan_rows`` is read as the resume ``seq > W`` instead (not counted), paged if that is over one
+  message (or over the replay budget).  Each page
+  is applied by the rule above (the watermark moves only with its events; a page that fitted with room to
+  spare doubles the next, up to ``page_events``); the next page starts at the new
   watermark, until the page's stream row shows the head reached; then the unbounded resume follows live
   (refused again because events kept arriving: more pages).  A page of one event refused is
   :class:`~adapters.sdk.errors.BacklogTooLarge` (that event fits no message), not a loop; a rehydrate
-  stays under way (``rehydrating``) until the page reaching the head is applied.  A page refused by the
-  replay budget alone while it asks for more events than the budget is cut to the budget (the server holds
-  a page against it for ``min(head, B) - W``, ADR-0042); a rehydrate page within the budget refused by it
-  alone (a server from before ADR-0042, which measures a page to the head) is BacklogTooLarge
-  (``window_over_replay_budget``: a second callback would read the same window).  Stale and continue
-  signals while paging are handled as anywhere else;
+  stays under way (``rehydrating``) until the page reaching the head is applied.  Since ADR-0042 the server
+  holds a page against the replay budget for ``min(head, B) - W`` and counts only its rows against
+  ``max_scan_rows``: a page refused by the budget alone while it asks for more events than the budget is cut
+  to the budget, a window read as a resume that is over the budget is read in such pages, and a page
+  refused for ``max_scan_rows`` is cut to the share that fits.  Against a server from before ADR-0042 (a page
+  measured to the head, counted as every event after W) a rehydrate page within the budget refused by it
+  alone is BacklogTooLarge (``window_over_replay_budget``: a second callback would read the same window),
+  and so is a page refused for ``max_scan_rows`` whose count is beyond the page
+  (``backlog_over_max_scan_rows``).  Stale and continue signals while paging are handled as anywhere else;
 * **ack** -- after every durable apply, ``Ack(epoch, W)``; the driver sends ``ack_checkpoint``
   batched (while one ack is in flight, later ones merge into the highest) and monotonic.
 
@@ -79,6 +85,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+from adapters.sdk.callbacks import Callbacks
 from adapters.sdk.checkpoints import ApplyFn, CheckpointStore
 from adapters.sdk.errors import (
     BacklogTooLarge,
@@ -190,6 +197,8 @@ def _stale_from_row(row: SyncStream, epoch: int, watermark: int) -> tuple[str, .
     return tuple(reasons)
 
 
+_U64_MAX = 2**64 - 1
+
 # the limits a catch-up snapshot is refused for that a smaller seq range of it can stay under (ADR-0040)
 _PAGEABLE_LIMITS = frozenset({"max_outbound_message_bytes", "max_scan_rows"})
 
@@ -218,6 +227,8 @@ class ConsumerCore:
         self.page_events = page_events
         self.page_size = 0  # > 0: the catch-up is read in pages of this many events (ADR-0040)
         self.pages = 0  # pages applied (all catch-ups)
+        self._page_bytes_max: int | None = None  # max_outbound_message_bytes, from a refusal's details
+        self._page_fit: int | None = None  # the size of the last full page applied: where another catch-up starts
         self._refusals = 0  # catch-ups refused over one message in a row with nothing applied between
         if inspect.iscoroutinefunction(apply):
             raise LocalProtocolError("apply must be a plain function, not async def: it applies each event inside "
@@ -227,14 +238,18 @@ class ConsumerCore:
         self.epoch = 0
         self.watermark = 0
         self.rehydrating = False  # rebootstrapped without a watermark of the application's: read the window
+        # the window's read (no seq bound) was refused max_scan_rows: read it with the resume form (seq > W),
+        # which the server does not count against max_scan_rows (the replay budget bounds it)
+        self.window_as_resume = False
         self.applied = self.duplicates = self.gaps = self.rebootstraps = self.continues = 0
         self._stale_streak = 0
         self._gap_streak = 0
 
     def queries(self) -> tuple[str, ...]:
         if self.page_size:
-            return page_queries(self.stream_id, self.epoch, self.watermark, self.watermark + self.page_size)
-        if self.rehydrating:  # no seq bound: not a resume, so never stale (ADR-0013 decision 3)
+            return page_queries(self.stream_id, self.epoch, self.watermark,
+                                min(self.watermark + self.page_size, _U64_MAX))  # (seq is a u64)
+        if self.rehydrating and not self.window_as_resume:  # no seq bound: not a resume, so never stale (ADR-0013 d.3)
             return rehydrate_queries(self.stream_id)
         return resume_queries(self.stream_id, self.epoch, self.watermark)
 
@@ -249,6 +264,7 @@ class ConsumerCore:
         self.rehydrating = cp is not None and cp.rehydrating  # a restart mid-rehydrate reads the window again
         self.state = "subscribing"
         self._gap_streak = self._refusals = self.page_size = 0
+        self.window_as_resume = False
         return [Resubscribe(self.queries(), "start")]
 
     # --- incoming --------------------------------------------------------------------------------
@@ -308,7 +324,7 @@ class ConsumerCore:
                 self.state = "failed"
                 return [*out, Fail(result.error)]
             if window:
-                self.rehydrating = False
+                self.rehydrating = self.window_as_resume = False
         if not run and snapshot and self.watermark > 0:
             out.append(Ack(self.epoch, self.watermark))
         self._stale_streak = 0
@@ -330,6 +346,8 @@ class ConsumerCore:
             if caught_up:
                 self.page_size = 0
                 return [*out, Resubscribe(self.queries(), "live")]
+            self._page_fit = self.page_size  # (below the head: the page was full, and it fitted)
+            self._grow_page(tables)
             return [*out, Resubscribe(self.queries(), "page")]
         self.state = "live"
         return out
@@ -351,16 +369,17 @@ class ConsumerCore:
             return [Fail(RemoteProtocolError(f"stale_cursor without epoch/floor_seq/head_seq: {error.message[:200]}"))]
         reasons = d.get("reasons")
         budget = d.get("replay_budget")
-        if self.page_size and reasons == ["replay_budget_exceeded"] and epoch == self.epoch and is_u64(budget) \
-                and 0 < int(str(budget)) < self.page_size:
-            # a page over the stream's budget (ADR-0042: the server holds a page seq <= B against it for
-            # min(head, B) - W): the same page cut to the budget passes
-            self.page_size = int(str(budget))
-            log.info("%s: a page over the replay budget: reading pages of %d events from seq %d", self.stream_id,
-                     self.page_size, self.watermark)
+        budget_only = reasons == ["replay_budget_exceeded"] and epoch == self.epoch
+        if budget_only and is_u64(budget) and int(str(budget)) > 0 and (
+                0 < int(str(budget)) < self.page_size or (self.window_as_resume and not self.page_size)):
+            # ADR-0042: the server holds a page seq <= B against the budget for min(head, B) - W, so a page of at
+            # most the budget passes: cut the page to it, or read the window (over the budget) in such pages
+            self.page_size = min(self.page_size or self._page_fit or self.page_events, int(str(budget)))
+            log.info("%s: over the replay budget (%s): reading pages of %d events from seq %d", self.stream_id,
+                     budget, self.page_size, self.watermark)
             self.state = "subscribing"
             return [Resubscribe(self.queries(), "page")]
-        if self.page_size and self.rehydrating and reasons == ["replay_budget_exceeded"] and epoch == self.epoch:
+        if (self.page_size or self.window_as_resume) and self.rehydrating and budget_only:
             # a page within the budget refused for it alone: a server from before ADR-0042, which measures a
             # page to the head
             self.state = "failed"
@@ -382,8 +401,42 @@ class ConsumerCore:
         return self._stale(Stale(self.stream_id, tuple(str(r) for r in reasons) if isinstance(reasons, list) else (),
                                  epoch, floor, head, self.epoch, self.watermark, from_server=True))
 
+    def _grow_page(self, tables: Sequence[TableChange]) -> None:
+        """A page that fitted with room to spare: double the next one (up to ``page_events``) when its rows,
+        doubled, stay under 3/4 of the server's one-message bound -- so one large event that cut the page
+        does not leave the rest of the catch-up in pages of a few events (ADR-0040, amended)."""
+        most = self._page_bytes_max
+        if most is None or self.page_size >= self.page_events:
+            return
+        size = sum(len(r.raw) for t in tables for r in t.inserts)
+        if 2 * size * 4 <= 3 * most:
+            self.page_size = min(self.page_events, 2 * self.page_size)
+
     def _page_refused(self, details: Mapping[str, object]) -> list[Action]:
         """A catch-up snapshot over one message (``limit_exceeded``): read it in (smaller) pages."""
+        most, limit = details.get("max"), details.get("limit")
+        if limit == "max_outbound_message_bytes" and is_u64(most) and int(str(most)) > 0:
+            self._page_bytes_max = int(str(most))
+        if limit == "max_scan_rows" and self.rehydrating and not self.page_size and not self.window_as_resume:
+            # the window's read counts every retained event; the resume form from W is not counted
+            self.window_as_resume = True
+            log.info("%s: the retained window is over max_scan_rows (%s > %s): reading it as a resume from seq %d",
+                     self.stream_id, details.get("actual"), most, self.watermark)
+            self.state = "subscribing"
+            return [Resubscribe(self.queries(), "resume")]
+        actual = details.get("actual")
+        beyond_the_page = not is_u64(actual) or int(str(actual)) > self.page_size + 1
+        if limit == "max_scan_rows" and self.page_size and beyond_the_page:
+            # counted beyond the page (its events and the stream row): a server from before ADR-0042, which
+            # counts every event of the stream after W whatever the page's size -- a smaller page would be
+            # refused the same way (since ADR-0042 a page counts its own rows: cut below, as for bytes)
+            self.state = "failed"
+            return [Fail(BacklogTooLarge(
+                self.stream_id, self.epoch, self.watermark + 1, "backlog_over_max_scan_rows",
+                f"the backlog from seq {self.watermark + 1} (epoch {self.epoch}) is over one message, and the "
+                f"server counts each page of it as every event after seq {self.watermark} ({details.get('actual')} "
+                f"> max_scan_rows {most}; a server from before ADR-0042): upgrade the server, raise its max_scan_rows "
+                "or max_outbound_message_bytes, or have on_rebootstrap return a watermark of its own", dict(details)))]
         if self.page_size == 1:
             self.state = "failed"
             seq = self.watermark + 1
@@ -405,7 +458,9 @@ class ConsumerCore:
                 return [Fail(RemoteProtocolError(
                     f"{self.stream_id}: the catch-up from seq {self.watermark} (epoch {self.epoch}) was refused "
                     f"over one message {self._refusals} times in a row, its pages bringing nothing"))]
-            self.page_size = self.page_events
+            # (not page_events again: a catch-up refused anew -- events kept arriving -- would be cut by the
+            # same refusals as the last one)
+            self.page_size = min(self.page_events, self._page_fit or self.page_events)
         log.info("%s: catch-up over one message (%s): reading pages of %d events from seq %d", self.stream_id,
                  details.get("limit"), self.page_size, self.watermark)
         self.state = "subscribing"
@@ -445,6 +500,7 @@ class ConsumerCore:
             raise LocalProtocolError(f"rebootstrapped() in state {self.state}")
         self.epoch, self.watermark = epoch, watermark
         self.rehydrating = rehydrate
+        self.window_as_resume = False
         self.page_size = 0  # another catch-up: one snapshot first (paged again if that is refused)
         self.rebootstraps += 1
         self.state = "subscribing"
@@ -517,7 +573,7 @@ class StreamConsumer:
 
     def __init__(self, conn: ConsumerConnection, store: CheckpointStore, stream_id: str, *, apply: ApplyFn,
                  on_rebootstrap: RebootstrapFn, client_id: str | None = None,
-                 on_error: Callable[[BaseException], None] | None = None, ack_delay: float = 0.0,
+                 on_error: Callable[[BaseException], object] | None = None, ack_delay: float = 0.0,
                  ack_timeout: float = 30.0, ack_retry: float = 1.0, max_queue: int = 1024,
                  max_queue_bytes: int = 64 * 1024 * 1024, page_events: int = ConsumerCore.PAGE_EVENTS) -> None:
         if client_id is not None and not is_id(client_id):
@@ -547,6 +603,7 @@ class StreamConsumer:
         self._ack_task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
         self._stops = 0  # how many times stop() ran: a wait_for across one is told, not left hanging
+        self._callbacks = Callbacks(log)
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -767,11 +824,7 @@ class StreamConsumer:
         self.core.state = "failed"
         self.error, self._error_tb = error, error.__traceback__
         log.error("%s: consumer stopped: %s", self.stream_id, error)
-        if self.on_error is not None:
-            try:
-                self.on_error(error)
-            except Exception:
-                log.exception("on_error raised")
+        self._callbacks.run("on_error", self.on_error, error)  # (an async def one: a task, not under the lock)
         async with self._progress:
             self._progress.notify_all()
 

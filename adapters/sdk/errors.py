@@ -13,6 +13,8 @@ Everything the SDK raises for a *remote* outcome derives from :class:`SdkError`:
 * :class:`ConnectError` -- the server refused the connection before the WebSocket opened (HTTP
   status, body); ``.permanent`` tells whether retrying can help.
 * :class:`ConnectionClosed` -- the connection was closed by the application.
+* :class:`TokenUnavailable` -- the application's token provider raised (a connect attempt fails and is
+  retried with backoff; ``on_connect_error`` sees it, its ``__cause__`` is what the provider raised).
 * :class:`BacklogTooLarge` -- a stream consumer cannot catch up even in pages: one event is over the
   server's one-message bound, or a rehydrate's window is over it and over the replay budget (ADR-0040).
 
@@ -35,6 +37,7 @@ __all__ = [
     "ReducerInternalError",
     "SdkError",
     "SubscriptionFailed",
+    "TokenUnavailable",
     "parse_error",
 ]
 
@@ -108,11 +111,18 @@ class BacklogTooLarge(SdkError):
     ``reason`` is ``event_too_large`` (event ``seq`` alone is over the server's ``limit``, e.g.
     ``max_outbound_message_bytes``: no message of this server can carry it) or ``window_over_replay_budget``
     (a rehydrate's window is over one message, and a page of it from ``seq - 1`` is a resume the replay
-    budget refuses).  Neither goes away by retrying: raise the server's limit, or (the second) return a
-    watermark of your own from ``on_rebootstrap``.  ``details`` are the server's."""
+    budget refuses) or ``backlog_over_max_scan_rows`` (the backlog from ``seq`` is over one message, and the
+    server counts each page of it as every event after ``seq - 1`` against ``max_scan_rows``).  None goes
+    away by retrying: raise the server's limit, or (the last two) return a watermark of your own from
+    ``on_rebootstrap``.  ``details`` are the server's."""
 
     def __init__(self, stream_id: str, epoch: int, seq: int, reason: str, message: str,
                  details: dict[str, object]) -> None:
         super().__init__(f"{stream_id}: {message}")
         self.stream_id, self.epoch, self.seq, self.reason = stream_id, epoch, seq, reason
         self.details = details
+
+
+class TokenUnavailable(SdkError):
+    """A :class:`~adapters.sdk.connection.Connection`'s token provider raised: this connect attempt fails and
+    is retried with backoff (``on_connect_error`` is told); ``__cause__`` is the provider's exception."""

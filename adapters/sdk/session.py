@@ -28,6 +28,7 @@ knows each set's contribution.
 from __future__ import annotations
 
 import enum
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -113,6 +114,11 @@ class Subscription:
     def __init__(self, queries: Queries, *, cached: bool = True, on_applied: TablesCallback | None = None,
                  on_update: TablesCallback | None = None, on_error: ErrorCallback | None = None,
                  on_end: EndCallback | None = None) -> None:
+        for name, cb in (("on_applied", on_applied), ("on_update", on_update), ("on_error", on_error),
+                         ("on_end", on_end)):
+            if inspect.iscoroutinefunction(cb):
+                raise LocalProtocolError(f"{name} must be a plain function, not async def: subscription callbacks "
+                                         "hand over rows in order as each message arrives (start a task from it)")
         self._queries = queries
         self.cached = cached
         self.on_applied, self.on_update, self.on_error, self.on_end = on_applied, on_update, on_error, on_end
@@ -165,9 +171,16 @@ def _guard(what: str, cb: Callable[..., None] | None, *args: object) -> None:
     if cb is None:
         return
     try:
-        cb(*args)
+        returned: object = cb(*args)  # (a disguised async one returns a coroutine)
     except Exception:
         log.exception("subscription %s callback raised", what)
+        return
+    if inspect.isawaitable(returned):  # not an async def (refused at registration), but returns a coroutine
+        close = getattr(returned, "close", None)
+        if close is not None:
+            close()  # (no "never awaited" warning: the error says it)
+        log.error("subscription %s returned an awaitable: it was not run (subscription callbacks must be plain "
+                  "functions: they hand over rows in order, as each message arrives)", what)
 
 
 class Session:

@@ -20,6 +20,7 @@ PUBLIC = {
     "ReducerInternalError": sdk, "ReducerOutcome": sdk, "SdkError": sdk, "Stale": sdk, "StreamConsumer": sdk,
     "SubState": sdk, "Subscription": sdk, "SubscriptionFailed": sdk, "SyncError": errors,
     "SyncEvent": values, "SyncStream": values, "TableCache": sdk, "TableChange": sdk,
+    "TokenUnavailable": sdk,
 }
 
 

@@ -31,6 +31,7 @@ from adapters.sdk import (
     ReducerInternalError,
     SubscriptionFailed,
     SubState,
+    TokenUnavailable,
 )
 from spec.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, SyncError
 from spec.values import SessionPresence
@@ -778,4 +779,182 @@ def test_cancelling_the_supervisor_while_it_tears_a_socket_down_ends_it() -> Non
         finally:
             await conn.close()
             await server.stop()
+    run(body())
+
+
+# --- async callbacks ---------------------------------------------------------------------------------
+
+
+def test_async_connection_callbacks_run_without_holding_up_the_reconnect(caplog: pytest.LogCaptureFixture) -> None:
+    """``async def`` on_connect / on_disconnect / on_connect_error: their coroutine used to be created and
+    dropped (never awaited, nothing of it ran).  They run as tasks: a slow on_disconnect does not delay the
+    reconnect, and one that raises is logged as a plain callback's exception is."""
+    async def body() -> None:
+        server = FakeServer()
+        server.token_replies = [web.Response(status=503, text="busy")]
+        await server.start()
+        seen: list[tuple[str, object]] = []
+        release = asyncio.Event()
+
+        async def on_connect(info: Any) -> None:
+            await asyncio.sleep(0)
+            seen.append(("connect", info.connection_id))
+
+        async def on_disconnect(info: DisconnectInfo) -> None:
+            seen.append(("disconnect", info.code))
+            await release.wait()
+            seen.append(("disconnect done", info.code))
+            raise RuntimeError("callback bug")
+
+        async def on_connect_error(exc: BaseException, delay: float) -> None:
+            await asyncio.sleep(0)
+            seen.append(("connect error", type(exc).__name__))
+
+        conn = client(server, Clock(), on_connect=on_connect, on_disconnect=on_disconnect,
+                      on_connect_error=on_connect_error)
+        await conn.connect()
+        async with asyncio.timeout(5):
+            await until(lambda: ("connect", 43) in seen)
+        assert seen[0] == ("connect error", "ConnectError")
+        await server.peers[0].ws.close(code=1011, message=b"x")
+        await server.wait_peers(2)
+        async with asyncio.timeout(5):
+            await until(lambda: ("connect", 44) in seen)  # reconnected while on_disconnect still waits
+        assert ("disconnect", 1011) in seen and ("disconnect done", 1011) not in seen
+        release.set()
+        async with asyncio.timeout(5):
+            await until(lambda: "on_disconnect raised" in caplog.text)
+        assert ("disconnect done", 1011) in seen and "callback bug" in caplog.text
+        await conn.close()
+        await server.stop()
+    with caplog.at_level(logging.ERROR, logger="syncref.sdk.connection"):
+        run(body())
+
+
+def test_close_gives_a_running_async_callback_its_flush_time_then_cancels_it() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        states: list[str] = []
+
+        async def on_disconnect(info: DisconnectInfo) -> None:
+            states.append("started")
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                states.append("cancelled")
+                raise
+
+        conn = client(server, Clock(), on_disconnect=on_disconnect)
+        conn.close_flush_timeout = 0.05
+        await conn.connect()
+        await conn.close()
+        assert states == ["started", "cancelled"]
+        await server.stop()
+    run(body())
+
+
+# --- token rotation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["plain", "async"])
+def test_a_token_provider_is_asked_at_every_connect(kind: str) -> None:
+    """``token=`` a function (or an async one): called at each (re)connect, its answer traded for the
+    websocket token -- a reconnect after the old token expired presents a fresh one."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        issued: list[str] = []
+
+        def plain() -> str:
+            issued.append(f"long-{len(issued) + 1}")
+            return issued[-1]
+
+        async def in_a_while() -> str:
+            await asyncio.sleep(0)
+            return plain()
+
+        conn = client(server, Clock(), token=plain if kind == "plain" else in_a_while)
+        await conn.connect()
+        await server.peers[0].ws.close(code=1008, message=b"token expired: reconnect with a fresh token")
+        await server.wait_peers(2)
+        assert server.auth_headers == ["Bearer long-1", "Bearer long-2"] and conn.long_token == "long-2"
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_set_token_is_presented_at_the_next_connect_and_checked() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        conn = client(server, Clock(), token="first", exchange_token=False)
+        await conn.connect()
+        conn.set_token("second")
+        assert conn.connects == 1  # the open connection is kept
+        await server.peers[0].ws.close(code=1008, message=b"token expired")
+        second = await server.wait_peers(2)
+        assert [p.params["token"] for p in server.peers] == ["first", "second"] == [server.peers[0].params["token"],
+                                                                                   second.params["token"]]
+        for bad in ("", 7, None):
+            with pytest.raises(LocalProtocolError, match="token must be"):
+                conn.set_token(bad)  # type: ignore[arg-type]
+        await conn.close()
+        await server.stop()
+    run(body())
+
+
+def test_a_token_provider_that_raises_is_retried_and_one_that_returns_no_token_is_caller_misuse() -> None:
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        errors: list[BaseException] = []
+        answers: list[object] = [OSError("auth service down"), "long-2"]
+
+        def provider() -> str:
+            answer = answers.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            assert isinstance(answer, str)
+            return answer
+
+        clock = Clock()
+        conn = client(server, clock, token=provider, on_connect_error=lambda e, d: errors.append(e))
+        await conn.connect()
+        (err,) = errors
+        assert isinstance(err, TokenUnavailable) and isinstance(err.__cause__, OSError)
+        assert "auth service down" in str(err) and clock.delays == [0.25] and server.auth_headers == ["Bearer long-2"]
+        await conn.close()
+
+        bad = client(server, Clock(), token=lambda: None)  # type: ignore[arg-type,return-value]
+        with pytest.raises(LocalProtocolError, match="token provider must return a non-empty string"):
+            await bad.connect()
+        assert isinstance(bad.fatal, LocalProtocolError)
+        await bad.close()
+        await server.stop()
+    run(body())
+
+
+def test_an_async_on_disconnect_may_close_the_connection_itself() -> None:
+    """close() waits for the async callbacks still running -- but not for the one it is called from: that
+    one would wait for itself until close_flush_timeout, then be cancelled in the middle of its close()."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        done: list[str] = []
+
+        async def on_disconnect(info: DisconnectInfo) -> None:
+            if not done:
+                done.append("closing")
+                await conn.close()
+                done.append("closed")
+
+        conn = client(server, Clock(), on_disconnect=on_disconnect)
+        conn.close_flush_timeout = 5.0
+        await conn.connect()
+        await server.peers[0].ws.close(code=1011, message=b"bye")
+        async with asyncio.timeout(2):  # well within the flush timeout: close() did not wait for itself
+            await until(lambda: done == ["closing", "closed"])
+        assert conn.closing
+        await server.stop()
     run(body())

@@ -586,7 +586,7 @@ def test_a_rehydrate_over_one_message_is_paged_and_stays_a_rehydrate_until_the_w
         store.reset(tx, S, 2, 2, rehydrating=True)
     (_, resub) = core.rebootstrapped(2, 2, rehydrate=True)
     assert q.parse(resub.queries[1])[0].where == q.parse(f"SELECT * FROM sync_event WHERE stream_id = '{S}'")[0].where  # type: ignore[union-attr]
-    (page,) = core.on_error(too_big(limit="max_scan_rows", actual=100_001, most=100_000))
+    (page,) = core.on_error(too_big())
     assert bounds_of(page) == (2, 2, 6)
     window = st(epoch=2, head=9, floor=3)
     _, nxt = core.on_rows(rows(window, *(ev(s, epoch=2) for s in range(3, 7))), snapshot=True)
@@ -674,3 +674,130 @@ def test_a_continue_during_paging_keeps_paging_in_the_new_epoch(store: Checkpoin
     (ack, resub) = _continue_to(core, store, action)
     assert ack == Ack(2, 4)
     assert isinstance(resub, Resubscribe) and bounds_of(resub) == (2, 4, 8)
+
+
+@pytest.mark.parametrize(("most", "sizes"), [
+    (1_000_000, [2, 4, 8, 12, 12]),  # pages of ~200-byte rows, far under the bound: back to page_events
+    (1_000, [2, 2, 2, 2, 2]),  # a page of 2 (440 row bytes with the stream row's) doubled is over 3/4 of it
+])
+def test_a_page_cut_by_a_refusal_grows_back_after_pages_that_fit(store: CheckpointStore, most: int,
+                                                               sizes: list[int]) -> None:
+    """ADR-0040's weakness: one large event cut the page to the share that fitted, and every later page of
+    the catch-up stayed that small (one round trip per couple of events).  A page whose rows, doubled, stay
+    under 3/4 of the refusal's ``max`` bytes doubles the next one, up to ``page_events``; the sizes expected
+    are written out."""
+    core = paged_core(store, page_events=12)
+    core.on_error(too_big(most=most))
+    (page,) = core.on_error(too_big(actual=6 * most, most=most))  # the share that fits: 12 / 6
+    assert bounds_of(page) == (1, 0, 2)
+    low, got = 0, []
+    for _ in sizes:
+        _, _, high = bounds_of(page)
+        assert high is not None
+        got.append(high - low)
+        _, page = core.on_rows(rows(st(head=1000), *(ev(s) for s in range(low + 1, high + 1))), snapshot=True)
+        assert isinstance(page, Resubscribe) and page.reason == "page"
+        low = high
+    assert got == sizes and applied(store) == list(range(1, low + 1))
+
+
+def test_a_page_bound_past_u64_is_cut_to_u64_max(store: CheckpointStore) -> None:
+    """``page_events`` has no upper bound of its own: ``W + n`` past 2^64 - 1 made a page the server refuses
+    ``invalid_query`` (out of range for ``seq``), stopping the consumer mid catch-up with a baffling error."""
+    core = paged_core(store, page_events=2**64)
+    (page,) = core.on_error(too_big())
+    assert bounds_of(page) == (1, 0, 18_446_744_073_709_551_615)
+
+
+def test_a_catch_up_refused_again_starts_its_pages_at_the_size_that_fitted(store: CheckpointStore) -> None:
+    """Events kept arriving: the live subscription after the last page is refused over one message again.
+    The new pages used to start over at ``page_events`` and be cut by refusals once more (measured against
+    the real server, 10 x 200 KiB under 1 MiB: 256, 128, 64, 32, 16, 8 refused again, 7 refusals per round);
+    they start at the size of the last full page that fitted."""
+    core = paged_core(store, page_events=16)
+    core.on_error(too_big(most=1_000))
+    (page,) = core.on_error(too_big(actual=4_000, most=1_000))  # 16 * 1000 / 4000
+    assert bounds_of(page) == (1, 0, 4)
+    _, nxt = core.on_rows(rows(st(head=6), *(ev(s) for s in range(1, 5))), snapshot=True)
+    assert bounds_of(nxt) == (1, 4, 8)  # 782 row bytes: doubled, over 3/4 of 1000 -- no growth
+    _, live = core.on_rows(rows(st(head=6), ev(5), ev(6)), snapshot=True)
+    assert (bounds_of(live), live.reason) == ((1, 6, None), "live")
+    (again,) = core.on_error(too_big(most=1_000))
+    assert (bounds_of(again), again.reason) == ((1, 6, 10), "page")
+
+
+def test_a_rehydrate_over_max_scan_rows_is_read_as_a_resume_and_a_page_over_it_is_a_clear_error(
+        store: CheckpointStore) -> None:
+    """The server counts the window's read (no seq bound) and a page (``seq <= B`` is not the resume form) as
+    every event after W against ``max_scan_rows``, and does not count the resume form (``seq > W``; the replay
+    budget bounds it).  So a window refused ``max_scan_rows`` is read as a resume from W -- still a rehydrate
+    until it is applied -- and a page refused ``max_scan_rows`` (the resume was over one message as well) is
+    BacklogTooLarge at once: a smaller page is counted the same, so halving it to one event only ended in a
+    misleading ``event_too_large``."""
+    core = paged_core(store)
+    core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=9, reasons=["epoch_changed"]))
+    with store.transaction() as tx:
+        store.reset(tx, S, 2, 2, rehydrating=True)
+    core.rebootstrapped(2, 2, rehydrate=True)
+    (resume,) = core.on_error(too_big(limit="max_scan_rows", actual=100_001, most=100_000))
+    assert isinstance(resume, Resubscribe) and bounds_of(resume) == (2, 2, None)
+    assert store.load(S) == Checkpoint(S, 2, 2, rehydrating=True)
+    (again,) = core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=90_000, reasons=["replay_budget_exceeded"]))
+    assert isinstance(again, Fail) and isinstance(again.error, BacklogTooLarge)
+    assert again.error.reason == "window_over_replay_budget"
+
+    core = paged_core(store)  # (restarted: the window refused by max_scan_rows again, now read as a resume)
+    (resume,) = core.on_error(too_big(limit="max_scan_rows", actual=100_001, most=100_000))
+    assert isinstance(resume, Resubscribe) and bounds_of(resume) == (2, 2, None)
+    assert core.on_rows(rows(st(epoch=2, head=9, floor=3), *(ev(s, epoch=2) for s in range(3, 10))),
+                        snapshot=True) == [Ack(2, 9)] and core.state == "live"
+    assert store.load(S) == Checkpoint(S, 2, 9, rehydrating=False) and applied(store) == list(range(3, 10))
+
+    core = paged_core(store)
+    core.on_error(stale_error(epoch=3, floor_seq=1, head_seq=400, reasons=["epoch_changed"]))
+    with store.transaction() as tx:
+        store.reset(tx, S, 3, 0, rehydrating=True)
+    core.rebootstrapped(3, 0, rehydrate=True)
+    core.on_error(too_big(limit="max_scan_rows", actual=401, most=100))  # the window: as a resume
+    (page,) = core.on_error(too_big())  # the resume: over one message
+    assert bounds_of(page) == (3, 0, 4)
+    (fail,) = core.on_error(too_big(limit="max_scan_rows", actual=401, most=100))
+    assert isinstance(fail, Fail) and isinstance(fail.error, BacklogTooLarge) and core.state == "failed"
+    assert fail.error.reason == "backlog_over_max_scan_rows" and fail.error.seq == 1
+    assert "max_scan_rows" in str(fail.error) and fail.error.details["actual"] == 401
+
+
+def test_a_window_read_as_a_resume_over_the_budget_is_paged_within_the_budget(store: CheckpointStore) -> None:
+    """ADR-0042: the window refused ``max_scan_rows`` is read as the resume ``seq > W``; far behind, that is
+    stale by the budget alone.  The server holds a page against the budget for ``min(head, B) - W``, so the
+    window is read in pages of at most the budget (still a rehydrate; the callback is not called again)."""
+    core = paged_core(store, page_events=8)
+    core.on_error(stale_error(epoch=2, floor_seq=3, head_seq=90_000, reasons=["epoch_changed"]))
+    with store.transaction() as tx:
+        store.reset(tx, S, 2, 2, rehydrating=True)
+    core.rebootstrapped(2, 2, rehydrate=True)
+    (resume,) = core.on_error(too_big(limit="max_scan_rows", actual=90_000, most=100))
+    assert bounds_of(resume) == (2, 2, None)  # type: ignore[arg-type]
+    over = stale_error(epoch=2, floor_seq=3, head_seq=90_000, reasons=["replay_budget_exceeded"], replay_budget=5)
+    (page,) = core.on_error(over)
+    assert isinstance(page, Resubscribe) and page.reason == "page" and bounds_of(page) == (2, 2, 7)
+    assert core.rehydrating and core.rebootstraps == 1
+    (fail,) = core.on_error(over)  # that page (5, the budget) refused by the budget alone: an older server
+    assert isinstance(fail, Fail) and isinstance(fail.error, BacklogTooLarge)
+    assert fail.error.reason == "window_over_replay_budget"
+
+
+def test_a_page_refused_for_max_scan_rows_by_its_own_rows_is_cut_to_fit(store: CheckpointStore) -> None:
+    """ADR-0042: a page counts its own rows (its events and the stream row) against ``max_scan_rows``.  Refused
+    with a count within the page, it is cut to the share that fits; with a count beyond it, the server is one
+    from before ADR-0042 (every event after W counted): BacklogTooLarge at once, as before."""
+    core = paged_core(store, page_events=8)
+    (page,) = core.on_error(too_big())
+    assert bounds_of(page) == (1, 0, 8)
+    (cut,) = core.on_error(too_big(limit="max_scan_rows", actual=9, most=6))  # 8 events + the stream row
+    assert isinstance(cut, Resubscribe) and cut.reason == "page" and bounds_of(cut) == (1, 0, 4)
+    (again,) = core.on_error(too_big(limit="max_scan_rows", actual=5, most=4))  # 4 + 1 is the page: cut again
+    assert isinstance(again, Resubscribe) and bounds_of(again) == (1, 0, 2)
+    (old,) = core.on_error(too_big(limit="max_scan_rows", actual=4, most=3))  # 4 > 2 + 1: beyond the page
+    assert isinstance(old, Fail) and isinstance(old.error, BacklogTooLarge)
+    assert old.error.reason == "backlog_over_max_scan_rows"

@@ -562,6 +562,86 @@ def test_revoking_the_parent_closes_a_connection_made_with_an_exchanged_token(tm
         run(body())
 
 
+@pytest.mark.parametrize("how", ["provider", "set_token"])
+def test_a_long_running_consumer_survives_its_token_expiring_and_being_replaced(tmp_path: Path, how: str) -> None:
+    """Token rotation.  The server closes a connection 1008 ``token expired`` when its long-lived token
+    expires (ADR-0004 decision 8, ``oa_conn_exp``), and the SDK reconnected with the same, now expired,
+    token: the exchange answers 401, which is permanent, so the connection gave up and the consumer stopped
+    with ConnectionClosed -- a long-running consumer could not outlive its first token.  Now ``token=`` may
+    be a provider (called at every connect; here it mints a new 3 s token each time) or the application
+    calls ``conn.set_token()`` before the old one runs out (here every second, from a task of its own, so a
+    slow machine's appends do not delay it).  Tokens live 2-3 s (exp is whole seconds, no
+    leeway); events are appended across three of them and the consumer applies every one, once."""
+    from adapters.auth import AuthConfig, Authenticator, KeyStore
+
+    config = AuthConfig(leeway_s=0)
+    with running_server(tmp_path / "data", auth=config) as st:
+        auth = Authenticator(config, KeyStore.load_or_create(st.config.data_dir))
+        minted: list[str] = []
+
+        def fresh() -> str:
+            minted.append(auth.mint(subject="rotating-reader", scopes=frozenset(SCOPES.split(",")),
+                                    streams=("e2e.*",), ttl_s=3))
+            return minted[-1]
+
+        app = App(tmp_path / "rot.sqlite")
+
+        async def body() -> None:
+            producer = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            conn = Connection(st.base, token=fresh if how == "provider" else fresh(), backoff=FAST, call_timeout=20)
+            consumer = StreamConsumer(conn, app.store, "e2e.rot", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            async def rotate() -> None:  # a fresh token every second, well before the current one runs out
+                while True:
+                    await asyncio.sleep(1)
+                    conn.set_token(fresh())
+
+            rotator = asyncio.create_task(rotate()) if how == "set_token" else None
+            await consumer.start()
+            try:
+                for i in range(1, 17):  # ~8 s: past three expiries
+                    assert await append(producer, "e2e.rot", i) == i
+                    await asyncio.sleep(0.5)
+                assert await asyncio.wait_for(consumer.wait_for(16), 20) == 16
+                expired = [d for d in conn.disconnects if d.reason.startswith("token expired")]
+                assert app.seqs() == list(range(1, 17)) and consumer.error is None and conn.fatal is None
+                assert len(expired) >= 2 and expired == conn.disconnects and conn.connects >= 3, conn.disconnects
+            finally:
+                if rotator is not None:
+                    rotator.cancel()
+                await producer.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_without_a_new_token_the_consumer_stops_when_its_token_expires_and_says_why(tmp_path: Path) -> None:
+    """The other side of rotation: a plain token that expires (2-3 s, no leeway) ends the connection 1008;
+    the reconnect's exchange is refused 401 ``token expired`` (permanent), so the consumer stops with
+    ConnectionClosed naming it -- no retry loop with a dead credential."""
+    from adapters.auth import AuthConfig, Authenticator, KeyStore
+
+    config = AuthConfig(leeway_s=0)
+    with running_server(tmp_path / "data", auth=config) as st:
+        token = Authenticator(config, KeyStore.load_or_create(st.config.data_dir)).mint(
+            scopes=frozenset(SCOPES.split(",")), streams=("e2e.*",), ttl_s=3)
+        app = App(tmp_path / "dead.sqlite")
+
+        async def body() -> None:
+            conn = Connection(st.base, token=token, backoff=FAST, call_timeout=20)
+            consumer = StreamConsumer(conn, app.store, "e2e.dead", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            try:
+                with pytest.raises(ConnectionClosed) as caught:
+                    await asyncio.wait_for(consumer.wait_for(1), 20)
+                cause = caught.value.__cause__
+                assert isinstance(cause, ConnectError) and (cause.status, cause.permanent) == (401, True)
+                assert "token expired" in str(cause) and conn.fatal is cause
+            finally:
+                await conn.close()
+
+        run(body())
+
+
 def test_a_consumer_catches_up_on_a_backlog_larger_than_one_message(tmp_path: Path) -> None:
     """A consumer's catch-up is one snapshot: the resume (``seq > W``, up to the replay budget of 20,000
     events) or the rehydrate (the whole retained window; the default policy retains everything).  A
@@ -714,6 +794,198 @@ def test_an_event_larger_than_one_message_stops_the_consumer_with_a_clear_error(
                 assert caught.value.reason == "event_too_large" and caught.value.seq == 2
                 assert caught.value.details.get("limit") == "max_outbound_message_bytes"
                 assert app.seqs() == [1] and consumer.watermark == 1
+            finally:
+                await conn.close()
+
+        run(body())
+
+
+@pytest.mark.parametrize("rehydrate", [False, True], ids=["resume", "rehydrate"])
+def test_dropped_sockets_mid_paging_lose_and_duplicate_nothing(tmp_path: Path, rehydrate: bool) -> None:
+    """Review revpage of ADR-0040: the socket is dropped after every 5th (rehydrate) or 6th (resume) event
+    applied, i.e. in the middle of a paged catch-up (30 or 40 events of 200 KiB, 1 MiB bound), six times.
+    Each reconnect resubscribes the current page from the watermark; every event is applied once, in order
+    (the table's primary key would fail a second apply), the rehydrate's callback runs once and its mark is
+    cleared.  (Passes on 85757a6; killed by the planted page lower bound ``seq > W + 1``.)"""
+    from support.server import with_limits
+
+    app = App(tmp_path / "drop.sqlite")
+    with running_server(tmp_path / "data", limits=with_limits(**ONE_MIB)) as st:
+        async def body() -> None:
+            admin = Connection(st.base, token=st.token(scopes={*SCOPES.split(","), "sync.admin"}), backoff=FAST,
+                               call_timeout=20)
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            epoch, every = (2, 5) if rehydrate else (1, 6)
+            aborted: list[int] = []
+
+            def apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+                app.apply(tx, e)
+                if e.epoch == epoch and e.seq % every == 0 and len(aborted) < 6:
+                    aborted.append(e.seq)
+                    conn.abort()
+
+            consumer = StreamConsumer(conn, app.store, "e2e.drop", apply=apply, on_rebootstrap=app.rebootstrap)
+            if rehydrate:
+                for i in range(3):
+                    await append(admin, "e2e.drop", i)
+                await consumer.start()
+                await consumer.wait_for(3)
+                await consumer.stop()
+                await admin.call("reset_stream_epoch", "e2e.drop")
+            for i in range(30 if rehydrate else 40):
+                head = (await admin.call("append_sync_event", "e2e.drop", f"big{i}", BIG, sha(BIG), None)).value
+            try:
+                await consumer.start()
+                assert await asyncio.wait_for(consumer.wait_for(head, epoch=epoch), 30) == head
+                first = app.stales[0].floor_seq if rehydrate else 1
+                assert app.seqs(epoch) == list(range(first, head + 1)) and len(aborted) == 6
+                assert len(app.stales) == int(rehydrate) and consumer.error is None and conn.connects >= 6
+                cp = app.store.load("e2e.drop")
+                assert cp is not None and not cp.rehydrating and consumer.core.pages >= 6
+            finally:
+                await admin.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_a_retention_drop_between_pages_rebootstraps_once_and_applies_the_window(tmp_path: Path) -> None:
+    """Review revpage of ADR-0040: a consumer paging from seq 3 of 25 (retain_count 25) is held back while
+    35 more are appended and retention runs (floor 36): its next page is stale (retention_floor_breach),
+    the callback runs once, and the new window 36..60 is applied once.  (Passes on 85757a6; killed by the
+    planted page lower bound ``seq > W + 1``.)"""
+    from support.server import with_limits
+
+    app = App(tmp_path / "ret.sqlite")
+    policy = Policy(default_class=StreamClass("default", retain_count=25))
+    with running_server(tmp_path / "data", limits=with_limits(**ONE_MIB), policy=policy) as st:
+        async def body() -> None:
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            producer = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(25):
+                await producer.call("append_sync_event", "e2e.ret", f"k{i}", BIG, sha(BIG), None)
+            third = asyncio.Event()
+
+            def apply(tx: sqlite3.Connection, e: SyncEvent) -> None:
+                app.apply(tx, e)
+                if e.seq == 3:
+                    third.set()
+
+            consumer = StreamConsumer(conn, app.store, "e2e.ret", apply=apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            await third.wait()
+            async with app.store.async_lock():  # the consumer handles nothing meanwhile
+                for i in range(25, 60):
+                    head = (await producer.call("append_sync_event", "e2e.ret", f"k{i}", BIG, sha(BIG), None)).value
+                await asyncio.to_thread(st.call, st.server._compact)
+            try:
+                assert await asyncio.wait_for(consumer.wait_for(head), 30) == head == 60
+                assert [(s.reasons, s.floor_seq) for s in app.stales] == [(("retention_floor_breach",), 36)]
+                assert app.seqs() == list(range(36, 61)) and consumer.error is None
+            finally:
+                await producer.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_a_rehydrate_over_max_scan_rows_is_read_as_a_resume(tmp_path: Path) -> None:
+    """Review revpage of ADR-0040, decision 5's ``max_scan_rows`` case against the real server: a rehydrate's
+    window (120 small events after an epoch reset, ``max_scan_rows`` 50) is refused ``max_scan_rows``.  The
+    consumer paged it -- but this server counts a page (``seq > W AND seq <= B`` is not the resume form) as
+    every event of the stream after W, so each page was refused ``max_scan_rows`` too, the consumer halved
+    down to one event and stopped with ``BacklogTooLarge: event seq 4 (epoch 2) alone is over the server's
+    max_scan_rows (121 > 50)``.  The resume form (``seq > W``) is not counted (the replay budget bounds it):
+    the window is read with it, the callback runs once, the mark is cleared."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "scan.sqlite")
+    with running_server(tmp_path / "data", limits=with_limits(max_scan_rows=50)) as st:
+        async def body() -> None:
+            admin = Connection(st.base, token=st.token(scopes={*SCOPES.split(","), "sync.admin"}), backoff=FAST,
+                               call_timeout=20)
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(3):
+                await append(admin, "e2e.scan", i)
+            consumer = StreamConsumer(conn, app.store, "e2e.scan", apply=app.apply, on_rebootstrap=app.rebootstrap,
+                                      page_events=16)
+            await consumer.start()
+            await consumer.wait_for(3)
+            await consumer.stop()
+            await admin.call("reset_stream_epoch", "e2e.scan")
+            for i in range(120):
+                head = await append(admin, "e2e.scan", i)
+            try:
+                await consumer.start()
+                assert await asyncio.wait_for(consumer.wait_for(head, epoch=2), 30) == head
+                assert len(app.stales) == 1 and app.seqs(2) == list(range(app.stales[0].floor_seq, head + 1))
+                cp = app.store.load("e2e.scan")
+                assert cp is not None and not cp.rehydrating and consumer.error is None
+            finally:
+                await admin.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_a_backlog_over_max_scan_rows_and_one_message_is_paged_to_the_end(tmp_path: Path) -> None:
+    """The window (30 events of 200 KiB) is over ``max_scan_rows`` (25) *and* over one message (1 MiB): read
+    as a resume it is refused for bytes, then paged.  Before ADR-0042 the server counted each page as every
+    event after W (31 > 25) whatever its size, and the consumer stopped at the first page with
+    ``backlog_over_max_scan_rows`` (before the review revpage: halved to one event, ``event_too_large``).
+    Now a page counts its own rows: refused ``max_scan_rows`` only while it holds over 24 events, it is cut
+    to the share that fits (then by bytes), and every event is applied once."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "scan2.sqlite")
+    limits = with_limits(max_scan_rows=25, **ONE_MIB)
+    with running_server(tmp_path / "data", limits=limits) as st:
+        async def body() -> None:
+            admin = Connection(st.base, token=st.token(scopes={*SCOPES.split(","), "sync.admin"}), backoff=FAST,
+                               call_timeout=20)
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(3):
+                await append(admin, "e2e.scan2", i)
+            consumer = StreamConsumer(conn, app.store, "e2e.scan2", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            await consumer.wait_for(3)
+            await consumer.stop()
+            await admin.call("reset_stream_epoch", "e2e.scan2")
+            for i in range(30):
+                head = (await admin.call("append_sync_event", "e2e.scan2", f"big{i}", BIG, sha(BIG), None)).value
+            try:
+                await consumer.start()
+                assert await asyncio.wait_for(consumer.wait_for(head, epoch=2), 60) == head
+                assert len(app.stales) == 1 and consumer.error is None and consumer.core.pages >= 6
+                assert app.seqs(2) == list(range(app.stales[0].floor_seq, head + 1)) and len(app.seqs(2)) == 30
+            finally:
+                await admin.close()
+                await conn.close()
+
+        run(body())
+
+
+def test_a_page_cut_by_one_large_event_grows_back_for_the_rest_of_the_catch_up(tmp_path: Path) -> None:
+    """One 200 KiB event, then 300 of 2 KiB, under a 256 KiB message bound: the page holding the large event
+    is cut to the share that fits (~25 events).  It used to stay that small for the rest of the catch-up
+    (14 pages measured); pages that fit with room to spare now double the next, up to ``page_events``."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "grow.sqlite")
+    limits = with_limits(max_outbound_message_bytes=256 * 1024, max_outbound_bytes=64 * 1024 * 1024)
+    small = json.dumps("y" * 2000)
+    with running_server(tmp_path / "data", limits=limits) as st:
+        async def body() -> None:
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            await conn.call("append_sync_event", "e2e.grow", "big", BIG, sha(BIG), None)
+            await asyncio.gather(*(conn.call("append_sync_event", "e2e.grow", f"k{i}", small, sha(small), None)
+                                   for i in range(300)))
+            consumer = StreamConsumer(conn, app.store, "e2e.grow", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            await consumer.start()
+            try:
+                assert await asyncio.wait_for(consumer.wait_for(301), 30) == 301
+                assert app.seqs() == list(range(1, 302)) and consumer.error is None
+                assert consumer.core.pages <= 8, consumer.core.pages
             finally:
                 await conn.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 
 import pytest
 
@@ -364,3 +365,31 @@ def test_a_dropped_connection_in_a_reference_cycle_does_not_hold_its_cache() -> 
     assert second.cache is cache
     with pytest.raises(LocalProtocolError, match="already in use"):  # a live one still holds it
         Connection("http://127.0.0.1:1", "db", "token", cache=cache)
+
+
+@pytest.mark.parametrize("callback", ["on_applied", "on_update", "on_error", "on_end"])
+def test_an_async_subscription_callback_is_refused_at_registration(callback: str) -> None:
+    """Row callbacks run in order, as each message is routed: an ``async def`` one's coroutine used to be
+    created and dropped (never awaited).  It is caller misuse, refused when the subscription is made."""
+    async def cb(*args: object) -> None:
+        raise AssertionError("never runs")
+
+    with pytest.raises(LocalProtocolError, match=f"{callback}.*async def"):
+        Subscription(["SELECT * FROM session_presence"], **{callback: cb})  # type: ignore[arg-type]
+
+
+def test_a_subscription_callback_that_returns_an_awaitable_is_reported_not_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A plain callable that returns a coroutine (a lambda around an async function) cannot be told apart at
+    registration: the coroutine is closed and the mistake logged as an error."""
+    async def later(*args: object) -> None:
+        raise AssertionError("never runs")
+
+    s = Session()
+    s.connected()
+    sub = Subscription(["SELECT * FROM session_presence"], on_applied=lambda sub, tables: later())
+    (msg,) = s.subscribe(sub)
+    assert isinstance(msg, wire.Subscribe)
+    with caplog.at_level(logging.ERROR, logger="syncref.sdk.session"):
+        s.receive(wire.SubscribeApplied(msg.request_id, msg.query_set_id, wire.QueryRows(())))
+    assert "on_applied returned an awaitable" in caplog.text

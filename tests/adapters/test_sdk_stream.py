@@ -689,3 +689,25 @@ def test_a_snapshot_larger_than_the_byte_bound_is_applied_not_shed_forever(tmp_p
         assert app.msgs() == [(i, 1) for i in range(1, 7)] and c.error is None
         await c.stop()
     run(body())
+
+
+def test_an_async_on_error_is_run(tmp_path: Path) -> None:
+    """An ``async def`` on_error used to be called and its coroutine dropped: the application never heard
+    of the failure.  It runs as a task (not under the store's lock)."""
+    async def body() -> None:
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        errors: list[BaseException] = []
+
+        async def on_error(exc: BaseException) -> None:
+            await asyncio.sleep(0)
+            errors.append(exc)
+
+        c = consumer(conn, app, on_error=on_error)
+        await c.start()
+        conn.error(SyncError(ErrorCode.INVALID_QUERY, {"message": "no"}).render())
+        async with asyncio.timeout(5):
+            while not errors:
+                await asyncio.sleep(0.005)
+        assert errors == [c.error] and isinstance(c.error, SubscriptionFailed)
+        await c.stop()
+    run(body())
