@@ -1,0 +1,171 @@
+"""A big ``Subscribe`` snapshot, or an ``Unsubscribe``'s dropped rows, no longer holds the event
+loop for everyone: the server steps it ``READ_SLICE_ROWS`` candidate rows at a time with the
+loop going to other clients between slices, and the set is registered at the state its snapshot
+was taken at (ADR-0041).
+
+Asserted as progress and order, not time (as tests/adapters/test_sliced_reads.py does for one-off
+reads): the snapshot's steps are stalled, a step at a time, until another client has been
+*answered* over its socket -- a call that appends to the stream being subscribed, and a one-off
+read -- possible only if the loop serves others between the slices.  The subscriber must then get
+the ``SubscribeApplied`` without that later row, and the row as one update after it, once; the
+``UnsubscribeApplied`` likewise.  Over v2 and v3.  The last test plants a server that never slices
+(``Engine.slice_rows`` None: the snapshot matched in one call) and shows the progress check
+kills it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.server import ServerThread, WireClient, rows_of, running_server  # type: ignore[import-not-found]
+
+from adapters import server as server_mod
+from adapters import wire
+from reference.engine import ALL_ROWS, Snapshot
+
+ROWS = 300
+SLICE = 10
+KEYED = "SELECT * FROM sync_event WHERE stream_id = 'big' AND idempotency_key > ''"  # every row matched
+
+
+def _populate(st: ServerThread) -> None:
+    engine = st.server.engine
+    claims = st.server.auth.verify(st.token()).claims
+
+    def batch() -> None:
+        for i in range(ROWS):
+            engine.call_detached(claims, "append_sync_event", ("big", f"k{i}", f'{{"i":{i}}}', None, None))
+        st.server._pump()
+    st.call(batch)
+    while st.call(lambda: engine.committed - engine.durable) > 0:
+        time.sleep(0.01)
+
+
+class Gate:
+    """Wraps ``Snapshot.step`` once armed: stalls it (a step that takes no row) until another
+    client was answered, counting the stalls -- loop turns others had while the snapshot was in
+    progress.  ``give_up_s`` after the first stall it goes on (a fail-safe: the test then fails on
+    what it recorded)."""
+
+    def __init__(self, give_up_s: float = 60) -> None:
+        self.armed = False
+        self.started = threading.Event()
+        self.other_answered = threading.Event()
+        self.answered_during: bool | None = None
+        self.stalls = 0
+        self.steps = 0
+        self.give_up_s = give_up_s
+        self.give_up_at: float | None = None
+        self.real = Snapshot.step
+
+    def reset(self) -> None:
+        self.started.clear()
+        self.other_answered.clear()
+        self.answered_during, self.stalls, self.steps, self.give_up_at = None, 0, 0, None
+
+    def step(self, snap: Snapshot, most: int) -> bool:
+        if not self.armed:
+            return self.real(snap, most)
+        self.started.set()
+        if most == ALL_ROWS:  # matched in one call: the loop held for all of it
+            done = self.real(snap, most)
+            self.answered_during = self.other_answered.is_set()
+            return done
+        if self.give_up_at is None:
+            self.give_up_at = time.monotonic() + self.give_up_s
+        if not self.other_answered.is_set() and time.monotonic() < self.give_up_at:
+            self.stalls += 1
+            return False
+        self.steps += 1
+        done = self.real(snap, most)
+        if done:
+            self.answered_during = self.other_answered.is_set()
+        return done
+
+
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ServerThread, Gate]]:
+    monkeypatch.setattr(server_mod, "READ_SLICE_ROWS", SLICE)
+    gate = Gate()
+    with running_server(tmp_path) as st:
+        _populate(st)
+        monkeypatch.setattr(Snapshot, "step", lambda snap, most: gate.step(snap, most))
+        yield st, gate
+
+
+def _others(st: ServerThread, gate: Gate, key: str) -> None:
+    """Once the snapshot is in progress: another client appends to the stream and reads one row
+    (a one-off), and is answered both."""
+    assert gate.started.wait(30)
+    b = WireClient(st, st.token())
+    result = b.call("append_sync_event", "big", key, '{"late":true}', None, None)
+    assert isinstance(result.outcome, wire.ReducerOk)
+    b.send(wire.OneOffQuery(b.rid(), "SELECT * FROM sync_event WHERE stream_id = 'big' AND seq = 1"))
+    answer = b.recv_until(wire.OneOffQueryResult)
+    assert isinstance(answer.result, wire.QueryRows)
+    gate.other_answered.set()
+    b.close()
+
+
+def _until(a: WireClient, done: type) -> list[Any]:
+    """What ``a`` receives up to and including the first ``done`` and one TransactionUpdate."""
+    got: list[Any] = []
+    while not (any(isinstance(x, done) for x in got) and any(isinstance(x, wire.TransactionUpdate) for x in got)):
+        got.append(a.recv(timeout=30))
+    return got
+
+
+def _keys(tables: Any) -> list[str]:
+    return [r.idempotency_key for t in tables for r in rows_of("sync_event", t.rows)]
+
+
+def _update_keys(update: wire.TransactionUpdate, qs: int) -> list[str]:
+    """The keys inserted for query set ``qs`` by one update."""
+    return [r.idempotency_key for u in update.query_sets if u.query_set_id == qs for t in u.tables for part in t.rows
+            if isinstance(part, wire.PersistentTableRows) for r in rows_of("sync_event", part.inserts)]
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_others_are_answered_during_a_big_subscribe_and_unsubscribe_which_keep_their_moment(
+        served: tuple[ServerThread, Gate], version: int) -> None:
+    st, gate = served
+    a = WireClient(st, st.token(), version=version)
+    gate.armed = True
+    a.send(wire.Subscribe(a.rid(), 2, (KEYED,)))
+    _others(st, gate, "late")
+    got = _until(a, wire.SubscribeApplied)
+    assert gate.answered_during is True and gate.stalls > 0 and gate.steps >= ROWS // SLICE
+    kinds = [type(x).__name__ for x in got]
+    assert kinds == ["SubscribeApplied", "TransactionUpdate"]  # the applied first, B's commit after it, once
+    applied, update = got
+    assert _keys(applied.rows.tables) == [f"k{i}" for i in range(ROWS)]  # B's row is not in the snapshot ...
+    assert _update_keys(update, 2) == ["late"]  # ... it is the update after it
+
+    gate.reset()
+    a.send(wire.Unsubscribe(a.rid(), 2, True))
+    _others(st, gate, "later")
+    got = [a.recv(timeout=30)]
+    assert gate.answered_during is True and gate.stalls > 0
+    (dropped,) = got
+    assert isinstance(dropped, wire.UnsubscribeApplied)  # nothing of the ended set after it
+    assert _keys(dropped.rows.tables) == [f"k{i}" for i in range(ROWS)] + ["late"]  # B's "later" is not in it
+    a.send(wire.OneOffQuery(a.rid(), "SELECT * FROM sync_event WHERE stream_id = 'big' AND seq = 1"))
+    assert isinstance(a.recv(timeout=30), wire.OneOffQueryResult)  # its next answer: no update of the ended set
+    a.close()
+
+
+def test_a_snapshot_matched_in_one_call_is_caught(served: tuple[ServerThread, Gate]) -> None:
+    """The planted bug: the server does not slice (``slice_rows`` None); the check above fails."""
+    st, gate = served
+    st.call(lambda: setattr(st.server.engine, "slice_rows", None))
+    a = WireClient(st, st.token())
+    gate.armed = True
+    a.send(wire.Subscribe(a.rid(), 2, (KEYED,)))
+    _others(st, gate, "late")
+    _until(a, wire.SubscribeApplied)
+    assert gate.answered_during is False and gate.stalls == 0  # what the test above refuses
+    a.close()
