@@ -169,3 +169,21 @@ def test_a_snapshot_matched_in_one_call_is_caught(served: tuple[ServerThread, Ga
     _until(a, wire.SubscribeApplied)
     assert gate.answered_during is False and gate.stalls == 0  # what the test above refuses
     a.close()
+
+
+def test_a_big_subscribe_behind_a_one_off_in_one_v3_frame_is_sliced_by_the_processor(
+        served: tuple[ServerThread, Gate]) -> None:
+    """The processor's path (the Subscribe queued behind a one-off of the same frame, not taken by
+    the reader directly): sliced too, and the answers keep the frame's order."""
+    st, gate = served
+    a = WireClient(st, st.token(), version=3)
+    gate.armed = True
+    a.send(wire.OneOffQuery(a.rid(), "SELECT * FROM sync_event WHERE stream_id = 'big' AND seq = 1"),
+           wire.Subscribe(a.rid(), 2, (KEYED,)))
+    _others(st, gate, "late")
+    got = _until(a, wire.SubscribeApplied)
+    assert gate.answered_during is True and gate.stalls > 0
+    assert [type(x).__name__ for x in got] == ["OneOffQueryResult", "SubscribeApplied", "TransactionUpdate"]
+    assert _keys(got[1].rows.tables) == [f"k{i}" for i in range(ROWS)]
+    assert _update_keys(got[2], 2) == ["late"]
+    a.close()
