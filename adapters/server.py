@@ -1693,7 +1693,10 @@ class SyncServer:
             if isinstance(read, Read):
                 self.engine.answer_read(s.conn_id, request_id, read)
             else:
-                self.engine.answer_snapshot(s.conn_id, read)
+                tables = await self._encode_ahead(s, read)
+                if s.closing:
+                    return
+                self.engine.answer_snapshot(s.conn_id, read, tables)
         except Exception as exc:  # a bug: this connection cannot trust its state any more; others go on
             what: wire.Received = wire.OneOffQuery(request_id, "") if isinstance(read, Read) else \
                 wire.Subscribe(request_id, read.query_set_id, ())
@@ -1701,6 +1704,35 @@ class SyncServer:
         finally:
             s.reading = None
         self._pump()
+
+    async def _encode_ahead(self, s: Session, snap: Snapshot) -> tuple[TableRows, ...] | None:
+        """The rows of a sliced snapshot, each table's row list encoded ``READ_SLICE_ROWS`` rows at
+        a time with the loop going to others in between (``wire.EncodedRows``: the sender then
+        takes the bytes as they are, and the size estimate counts them exactly); None once their
+        bytes pass ``max_outbound_message_bytes`` (refused whatever the rest: the engine's
+        estimate is an upper bound) or the connection closes.  A table the wire encodes from the
+        store's columns (a resume's view) is left as it is (ADR-0041)."""
+        most = self.config.limits.max_outbound_message_bytes
+        total = 0
+        out: list[TableRows] = []
+        for t in snap.result():
+            enc = wire.snapshot_row_encoder(t, self._rows)
+            if enc is None:
+                out.append(t)
+                continue
+            rows = (*t.inserts, *t.deletes)
+            encoded: list[bytes] = []
+            for at in range(0, len(rows), READ_SLICE_ROWS):
+                piece = [enc(row) for row in rows[at:at + READ_SLICE_ROWS]]
+                encoded += piece
+                total += sum(map(len, piece))
+                if total > most:
+                    return None
+                await asyncio.sleep(0)
+                if s.closing:
+                    return None
+            out.append(wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, wire.RowList.of(encoded)))
+        return tuple(out)
 
     def _dispatch(self, s: Session, msg: wire.Received) -> None:
         try:

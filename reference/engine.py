@@ -403,7 +403,7 @@ class Snapshot:
     "unsubscribe" (the set was removed then), the request and query set ids, and the replays of
     the resume queries (observed once the subscription is answered)."""
 
-    __slots__ = ("_fast", "_out", "_stages", "candidates", "done", "gaps", "kind", "offset", "queries",
+    __slots__ = ("_fast", "_out", "_result", "_stages", "candidates", "done", "gaps", "kind", "offset", "queries",
                  "query_set_id", "request_id")
 
     def __init__(self, offset: int, out: dict[str, dict[Row, None]], fast: dict[str, Sequence[Row]],
@@ -420,6 +420,7 @@ class Snapshot:
         self.query_set_id = 0
         self.gaps: tuple[int, ...] = ()
         self.queries: tuple[q.Query, ...] = ()
+        self._result: tuple[TableRows, ...] | None = None
 
     def step(self, most: int) -> bool:
         """Build and match up to ``most`` more candidate rows; True once every one is matched."""
@@ -440,13 +441,15 @@ class Snapshot:
         return self.done
 
     def result(self) -> tuple[TableRows, ...]:
-        """The rows per table (each row once, in the candidates' order); only once done."""
+        """The rows per table (each row once, in the candidates' order); only once done (made once)."""
         if not self.done:
             raise LocalProtocolError("the snapshot is not finished: step it until it says done")
-        fast = self._fast
-        # a resume query's rows stay a RetainedRows (rows built on read; the wire encodes its columns)
-        return tuple(TableRows(t, fast[t] if t in fast else tuple(rows))  # type: ignore[arg-type]
-                     for t, rows in self._out.items() if fast.get(t, rows))
+        if self._result is None:
+            fast = self._fast
+            # a resume query's rows stay a RetainedRows (rows built on read; the wire encodes its columns)
+            self._result = tuple(TableRows(t, fast[t] if t in fast else tuple(rows))  # type: ignore[arg-type]
+                                 for t, rows in self._out.items() if fast.get(t, rows))
+        return self._result
 
 
 def _frozen_rows(logs: Iterable[StreamLog]) -> Iterator[Row]:
@@ -903,29 +906,35 @@ class Engine:
         conn.reading, conn.snapshot = snap.offset, snap
         return snap
 
-    def answer_snapshot(self, conn_id: int, snap: Snapshot) -> None:
+    def answer_snapshot(self, conn_id: int, snap: Snapshot, tables: tuple[TableRows, ...] | None = None) -> None:
         """Answer a snapshot :meth:`handle` returned, stepped to its end, where it was taken: the
         ``SubscribeApplied`` (``UnsubscribeApplied``) goes after the messages queued before it and
         ahead of those queued since -- the updates of later transactions, to the new set among
         others -- and the queue is released.  A snapshot over ``max_outbound_message_bytes`` (known
         only now) is refused as it was when answered at once: ``SubscriptionError``, the set not
-        subscribed -- so it is removed again, with its part of every update held behind it."""
+        subscribed -- so it is removed again, with its part of every update held behind it.
+        ``tables``: :meth:`Snapshot.result` as the caller re-packed it (the same tables, rows and
+        order, e.g. with each table's encoding attached: the server's ``_encode_ahead``)."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return
         if conn.snapshot is not snap:
             raise LocalProtocolError(f"connection {conn_id} is not taking that snapshot")
+        if tables is not None and [(t.table, len(t.inserts), len(t.deletes)) for t in tables] != [
+                (t.table, len(t.inserts), len(t.deletes)) for t in snap.result()]:
+            raise LocalProtocolError("the re-packed tables are not the snapshot's")
         conn.reading = conn.snapshot = None
-        self._answer(conn, snap)
+        self._answer(conn, snap, tables)
 
-    def _answer(self, conn: Connection, snap: Snapshot) -> None:
+    def _answer(self, conn: Connection, snap: Snapshot, tables: tuple[TableRows, ...] | None = None) -> None:
         """Queue the answer of a snapshot stepped to its end at its offset."""
         message: ServerMessage
+        rows = snap.result() if tables is None else tables
         try:
             if snap.kind == "subscribe":
-                message = SubscribeApplied(snap.request_id, snap.query_set_id, snap.result())
+                message = SubscribeApplied(snap.request_id, snap.query_set_id, rows)
             else:
-                message = UnsubscribeApplied(snap.request_id, snap.query_set_id, snap.result())
+                message = UnsubscribeApplied(snap.request_id, snap.query_set_id, rows)
             size = self._fits(message)
         except SyncError as err:
             if snap.kind == "subscribe" and snap.query_set_id in conn.query_sets:  # (sliced: registered)

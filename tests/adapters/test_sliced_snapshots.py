@@ -187,3 +187,125 @@ def test_a_big_subscribe_behind_a_one_off_in_one_v3_frame_is_sliced_by_the_proce
     assert _keys(got[1].rows.tables) == [f"k{i}" for i in range(ROWS)]
     assert _update_keys(got[2], 2) == ["late"]
     a.close()
+
+
+class Ticks:
+    """Counts loop iterations (a ``call_soon`` callback re-armed each time it runs) and, through a
+    wrapped ``wire.snapshot_row_encoder``, the count at the first and at the last row a snapshot's
+    rows were encoded: iterations between them are turns others had while they were encoded."""
+
+    def __init__(self, st: ServerThread) -> None:
+        self.st, self.n, self.running = st, 0, True
+        self.first: int | None = None
+        self.last: int | None = None
+        self.rows = 0
+        self.real = wire.snapshot_row_encoder
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.running:
+            self.st.loop.call_soon(self.tick)
+
+    def encoder(self, t: Any, cache: Any) -> Any:
+        enc = self.real(t, cache)
+        if enc is None or t.table != "sync_event" or len(t.inserts) < ROWS:
+            return enc
+
+        def counted(row: Any) -> bytes:
+            if self.first is None:
+                self.first = self.n
+            self.last = self.n
+            self.rows += 1
+            return bytes(enc(row))
+        return counted
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_big_snapshot_is_encoded_in_slices_too(served: tuple[ServerThread, Gate], monkeypatch: pytest.MonkeyPatch,
+                                                 ahead: bool) -> None:
+    """Its rows encoded ahead (``_encode_ahead``, ``READ_SLICE_ROWS`` at a time): the loop turns
+    between the first and the last row's encoding are at least the slices'; the client decodes
+    the same rows.  ``ahead`` False plants the old path (the sender encodes the snapshot in one
+    piece) and shows the count kills it."""
+    st, _gate = served
+    ticks = Ticks(st)
+    monkeypatch.setattr(wire, "snapshot_row_encoder", ticks.encoder)
+    if not ahead:
+        async def none(self: Any, s: Any, snap: Any) -> None:
+            return None
+        monkeypatch.setattr(server_mod.SyncServer, "_encode_ahead", none)
+    st.call(lambda: st.loop.call_soon(ticks.tick))
+    a = WireClient(st, st.token())
+    applied = a.subscribe(2, KEYED)
+    ticks.running = False
+    assert isinstance(applied, wire.SubscribeApplied)
+    assert _keys(applied.rows.tables) == [f"k{i}" for i in range(ROWS)]
+    assert ticks.rows == ROWS and ticks.first is not None and ticks.last is not None
+    turns = ticks.last - ticks.first
+    if ahead:
+        assert turns >= ROWS // SLICE - 1
+    else:
+        assert turns == 0  # what the assertion above refuses
+    a.close()
+
+
+def test_encoded_rows_are_the_bytes_the_wire_makes_of_the_rows() -> None:
+    """``wire.EncodedRows`` built with ``snapshot_row_encoder`` encodes (``subscribe_applied_parts``,
+    ``to_wire`` of an ``UnsubscribeApplied``) to the same bytes as the plain rows, and its size
+    estimate is still an upper bound."""
+    from reference.engine import Engine
+    from spec.auth import Claims
+    from spec.messages import Subscribe, SubscribeApplied, TableRows, UnsubscribeApplied
+    from spec.schema import SCOPES
+
+    claims = Claims("a" * 64, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    for i in range(40):
+        eng.call_detached(claims, "append_sync_event", (f"s{i % 3}", f"k{i}", f'{{"i":{i}}}', None, None))
+    conn = eng.connect(claims, confirmed=False)
+    eng.handle(conn, Subscribe(1, 1, ("SELECT * FROM sync_event WHERE payload_hash > ''", "SELECT * FROM sync_stream")))
+    (out,) = eng.take(conn, 10, 1 << 40)
+    assert isinstance(out.message, SubscribeApplied)
+    plain = out.message.rows
+    assert {t.table for t in plain} == {"sync_event", "sync_stream"}
+    cache = wire.RowCache()
+
+    def ahead(t: TableRows) -> TableRows:
+        enc = wire.snapshot_row_encoder(t, cache)
+        assert enc is not None
+        return wire.EncodedRows(t.table, t.inserts, t.deletes, t.event,
+                                wire.RowList.of([enc(r) for r in (*t.inserts, *t.deletes)]))
+    both = (*plain, TableRows("sync_event", plain[0].inserts[:5], plain[0].inserts[5:9]))  # deletes too
+    encoded = tuple(map(ahead, both))
+    for make in (lambda rows: SubscribeApplied(3, 4, rows), lambda rows: UnsubscribeApplied(3, 4, rows)):
+        want = b"".join(wire.encode_server_parts(wire.to_wire(make(both))))
+        got = b"".join(wire.encode_server_parts(wire.to_wire(make(encoded), cache=wire.RowCache())))
+        assert got == want
+        assert wire.message_size_bound(make(encoded)) >= len(got)
+    assert b"".join(wire.subscribe_applied_parts(SubscribeApplied(3, 4, encoded))) == \
+        b"".join(wire.subscribe_applied_parts(SubscribeApplied(3, 4, both)))
+
+
+def test_a_sliced_snapshot_over_the_message_bound_is_refused_and_sends_nothing_of_its_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over ``max_outbound_message_bytes`` (known once its rows are encoded): the same
+    ``SubscriptionError`` as at once, and no update of the set after it (ADR-0041 decision 4)."""
+    from support.server import with_limits  # type: ignore[import-not-found]
+
+    from spec.errors import SyncError
+    monkeypatch.setattr(server_mod, "READ_SLICE_ROWS", SLICE)
+    with running_server(tmp_path, limits=with_limits(max_outbound_message_bytes=20_000)) as st:
+        _populate(st)  # 300 rows of ~120 bytes: over 20,000 bytes
+        a = WireClient(st, st.token())
+        assert isinstance(a.subscribe(1, "SELECT * FROM sync_event WHERE stream_id = 'big' AND seq = 1"),
+                          wire.SubscribeApplied)
+        refused = a.subscribe(2, KEYED)
+        assert isinstance(refused, wire.SubscriptionError) and refused.query_set_id == 2
+        err = SyncError.parse(refused.error)
+        assert (err.code.value, err.details["limit"]) == ("limit_exceeded", "max_outbound_message_bytes")
+        b = WireClient(st, st.token())
+        assert isinstance(b.call("append_sync_event", "big", "after", "{}", None, None).outcome, wire.ReducerOk)
+        a.send(wire.OneOffQuery(a.rid(), "SELECT * FROM sync_event WHERE stream_id = 'big' AND seq = 1"))
+        assert isinstance(a.recv(timeout=30), wire.OneOffQueryResult)  # no update of set 2 came first
+        b.close()
+        a.close()
