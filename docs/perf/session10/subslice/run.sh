@@ -3,8 +3,8 @@
 # alternating rounds, GC frozen as `syncref serve` does (ADR-0036)
 cd /work/wt/subslice
 ONLY=("idle" "Subscribe many" "Unsubscribe many" "Subscribe sync_stream" "Unsubscribe sync_stream" "OneOffQuery many")
-out=docs/perf/session10/subslice
-for round in 1 2 3; do
+out=docs/perf/session10/subslice${SUFFIX:+/$SUFFIX}
+for round in ${ROUNDS:-1 2 3}; do
   for tree in before after; do
     if [ $tree = before ]; then dir=/tmp/subslice_main; else dir=/work/wt/subslice; fi
     echo "# $tree round $round $(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg)" >> $out/$tree-$round.txt
