@@ -167,11 +167,12 @@ def _step_with_commits(world: World, snap: Snapshot) -> int:
     return steps
 
 
+@pytest.mark.parametrize("confirmed", [False, True])
 @pytest.mark.parametrize(("claims", "texts", "pred"), CASES)
 def test_a_sliced_subscribe_answers_its_registration_state_and_every_later_commit_once(
-        claims: Claims, texts: tuple[str, ...], pred: Pred) -> None:
+        claims: Claims, texts: tuple[str, ...], pred: Pred, confirmed: bool) -> None:
     eng = _engine()
-    conn = eng.connect(claims, confirmed=False)
+    conn = eng.connect(claims, confirmed=confirmed)
     world = World(eng, conn, pred)
     taken_at = eng.committed
     eng.handle(conn, Sub(1, 7, texts))
@@ -308,3 +309,25 @@ def test_a_sliced_snapshot_over_the_message_bound_is_refused_as_an_unsliced_one_
     assert _updates_of(later, 7) == []  # none of the refused set's held updates went out
     assert _updates_of(later, 8) == sliced.expected_updates(snap.offset)  # the other set's all did
     assert sum(o.message.tx_offset > snap.offset for o in later) == len(_updates_of(later, 8))
+
+
+def test_answering_a_snapshot_that_is_not_the_connection_s_or_with_other_tables_is_misuse() -> None:
+    """Caller misuse raises ``LocalProtocolError`` and changes nothing: the queue stays held."""
+    from spec.errors import LocalProtocolError
+    from spec.messages import TableRows
+    eng = _engine()
+    conn = eng.connect(ALL, confirmed=False)
+    other = eng.connect(ALL, confirmed=False)
+    eng.handle(conn, Sub(1, 7, CASES[0][1]))
+    snap = eng.snapshot_taken(conn)
+    assert snap is not None
+    snap.step(10**9)
+    with pytest.raises(LocalProtocolError):
+        eng.answer_snapshot(other, snap)
+    (table,) = snap.result()
+    with pytest.raises(LocalProtocolError):
+        eng.answer_snapshot(conn, snap, (TableRows(table.table, table.inserts[1:]),))
+    assert eng.conns[conn].reading == snap.offset and not eng.take(conn, 10, 10**12)
+    eng.answer_snapshot(conn, snap, (TableRows(table.table, table.inserts),))
+    (out,) = eng.take(conn, 10, 10**12)
+    assert isinstance(out.message, SubscribeApplied) and out.message.rows[0].inserts == table.inserts
