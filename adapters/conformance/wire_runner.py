@@ -72,6 +72,8 @@ _WS_LOG = logging.getLogger("syncref.conformance.websockets")
 _WS_LOG.setLevel(logging.CRITICAL)
 
 BARRIER_BASE = 3_000_000_000
+FENCE_BASE = 3_500_000_000
+FENCE_PROCEDURE = "conformance_fence"  # no module defines it: answered ProcedureResult InternalError, at once
 
 
 class ScenarioFailed(Exception):
@@ -94,7 +96,7 @@ class Options:
     timeout: float = 10.0
     compact_cmd: str | None = None
     max_undurable: int | None = None
-    quiet_s: float = 0.5
+    quiet_s: float = 0.5  # --quiet: how long a connection that must hear nothing is listened to after its fence
     restart_unclean: bool = False  # --restart-cmd kills the target without a clean shutdown (SIGKILL)
 
 
@@ -146,6 +148,7 @@ class Conn:
                                  "not InitialConnection")
         self.identity = first.identity
         self._barrier = BARRIER_BASE
+        self._fence = FENCE_BASE
 
     def send(self, msg: wire.ClientMessage) -> None:
         self._guard(lambda: self.ws.send(wire.encode_client(msg)), "sending")
@@ -187,10 +190,29 @@ class Conn:
                 return out
             out.append(msg)
 
-    def quiet(self) -> list[wire.ServerMessage]:
-        """Whatever arrives within ``quiet_s`` (no barrier: for a connection that must hear nothing)."""
+    def quiet(self, where: str) -> list[wire.ServerMessage]:
+        """What the connection was sent by the time the target has handled every message it sent
+        before now, and within ``quiet_s`` after that -- for a connection that must hear nothing (a
+        confirmed-read connection while the log stalls, whose barrier's answer would wait too).
+
+        The *fence* is a ``CallProcedure`` of a procedure no module defines: its ``ProcedureResult`` is
+        not queued behind durability and goes out at once (protocol.md "Confirmed reads"), and the
+        target handles a connection's messages strictly in order, so once it is in, every earlier
+        request of this connection has been taken and answered or held.  The fence fixes where the
+        window starts (a target slow to *handle* a request no longer hides an early answer behind
+        its slowness); the window itself (``--quiet``) still bounds how late an early answer may be
+        *sent* and be seen: the protocol has no message that must follow a held one while it is held."""
         out = list(self.pending)
         self.pending.clear()
+        self._fence += 1
+        rid = self._fence
+        self.send(wire.CallProcedure(rid, 0, FENCE_PROCEDURE, b""))
+        while True:
+            msg = self.recv(f"the fence's ProcedureResult {where} (a CallProcedure is answered at once, "
+                            "even while the log stalls)")
+            if isinstance(msg, wire.ProcedureResult) and msg.request_id == rid:
+                break
+            out.append(msg)
         deadline = time.monotonic() + self.opts.quiet_s
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -425,7 +447,7 @@ class Runner:
                     dirty.clear()
                     c = conns[step["conn"]]
                     msgs = inbox.pop(step["conn"], [])
-                    msgs += c.until_barrier(f"after {where}") if op == "receive" else c.quiet()
+                    msgs += c.until_barrier(f"after {where}") if op == "receive" else c.quiet(f"after {where}")
                     got.append([d.message_json(wire.server_from_wire(m)) for m in msgs])
                 elif op == "compact":
                     # every write sent so far is in first; then the target's retention runs, and has
@@ -976,6 +998,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-undurable", type=int, metavar="N", help="the target's undurable window (syncref serve: "
                    "[limits] max_undurable): how far an unclean restart must move epochs and versions")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
+    p.add_argument("--quiet", type=_positive_seconds, default=0.5, metavar="S",
+                   help="seconds a connection that must hear nothing (a confirmed read while the log stalls) is "
+                        "listened to after its fence is answered (default 0.5; docs/conformance.md)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 600], got {text!r}")
+    return value
 
 
 
@@ -989,13 +1024,15 @@ def run_options(opts: Options, tick: Tick | None = None) -> list[Outcome]:
     return Runner(opts).run(tick)
 
 
-def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None = None) -> list[Outcome]:
+def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None = None,
+              quiet_s: float = 0.5) -> list[Outcome]:
     """Every selected scenario against a throwaway ``syncref serve`` with every hook (``--local``)."""
     from adapters.conformance.local import local_target
 
     with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
         opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
-                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable, restart_unclean=True)  # SIGKILL
+                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable, restart_unclean=True,  # SIGKILL
+                       quiet_s=quiet_s)
         return run_options(opts, tick)
 
 
@@ -1038,11 +1075,12 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress(selected)
     try:
         if args.local:
-            outcomes = run_local(args.only, args.timeout, _steps(progress))
+            outcomes = run_local(args.only, args.timeout, _steps(progress), args.quiet)
         else:
             opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
                            args.stall_file, args.timeout, compact_cmd=args.compact_cmd,
-                           max_undurable=args.max_undurable, restart_unclean=args.restart_unclean)
+                           max_undurable=args.max_undurable, restart_unclean=args.restart_unclean,
+                           quiet_s=args.quiet)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.finish()

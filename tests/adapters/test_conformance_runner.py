@@ -183,6 +183,10 @@ BUGS = [
     ("recovery_keeps_version_floor", "recovery", "recovery_moves_past_the_window", "VER-1"),
     # let through before the revk review: the kit sent OneOffQuery only as a barrier, never judged one
     ("one_off_ignores_row_filter", "delivery", "one_off_row_filter", "AUTH-1"),
+    # let through before the kit session: a confirmed reader's quiet window started when its Subscribe was sent,
+    # so an ungated SubscribeApplied from a target slow to handle the Subscribe (0.8 s) came after it; the fence
+    # (a CallProcedure answered at once, after every earlier message is handled) starts the window later
+    ("snapshot_ungated+slow_subscribe", "durability", "confirmed_caller_waits", "CONF-1"),
 ]
 
 
@@ -395,7 +399,9 @@ def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> 
                          (["--url", "http://127.0.0.1:1", "--mint-with", str(_key_dir(tmp_path, "garbage"))],
                           "not a valid unencrypted PEM private key"),
                          (["--url", "http://127.0.0.1:1", "--mint-with", str(_key_dir(tmp_path, "p384"))],
-                          "not an ES256 (P-256 EC) private key")):
+                          "not an ES256 (P-256 EC) private key"),
+                         (["--url", "http://127.0.0.1:1", "--quiet", "0"], "--quiet: expected seconds in (0, 600]"),
+                         (["--url", "http://127.0.0.1:1", "--quiet", "soon"], "--quiet: expected seconds, got")):
         proc = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", *argv], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr)

@@ -1,0 +1,26 @@
+"""Planted non-conformances in the server layer (``adapters/server.py``), for the conformance kit's
+tests (``tests/adapters/test_conformance_runner.py``): each breaks a promise of docs/protocol.md that
+only the wire shows -- framing, compression, HTTP routes, pacing -- and must fail the wire scenario
+named beside it.  Engine bugs are :data:`support.engine_mutants.ENGINE_MUTANTS`.
+
+Applied as source edits by :func:`support.mutants.apply` (each edit's text must occur exactly once in
+``adapters/server.py``, so a change there stops the plant loudly instead of planting nothing), in the
+server process itself, by ``python -m support.serve_with_bug NAME[+NAME...]``.
+"""
+
+from __future__ import annotations
+
+from support.mutants import Mutant
+
+SERVER = "adapters.server"
+
+KIT_VARIANTS: tuple[Mutant, ...] = (
+    Mutant("slow_subscribe", SERVER,
+           (("        engine.handle(s.conn_id, abstract)\n",
+             "        if isinstance(msg, wire.Subscribe):  # planted: a Subscribe takes 0.8 s to handle\n"
+             "            time.sleep(0.8)\n"
+             "        engine.handle(s.conn_id, abstract)\n"),),
+           "a Subscribe takes 0.8 s to handle (a large snapshot, a slow machine): with snapshot_ungated, a "
+           "confirmed reader's early SubscribeApplied arrives after a 0.5 s listening window that starts when "
+           "the Subscribe is sent, not once it has been handled"),
+)
