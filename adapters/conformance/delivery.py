@@ -45,6 +45,8 @@ class Target(Protocol):
 
 
 RECEIVES: Final = ("receive", "receive_quiet", "await")
+LARGE_PAYLOAD: Final = '{"n":1,"pad":"' + "0123456789abcdef" * 61 + '01234567"}'  # 1,000 bytes (the vectors'
+# payload limit is 1024): every message that carries it is over the compression threshold of protocol.md "Frames"
 """The steps whose messages :func:`drive` returns, one list each."""
 RETAIN_PREFIX: Final = "conformance.retain."
 RETAIN_CLASS: Final = StreamClass("conformance-retain", retain_count=3, replay_budget=5)
@@ -192,6 +194,11 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
     outbox = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o1}'"
     eid = "ab" * 32
     return {
+        "large_rows": ("rows whose messages are over the 1024-byte compression threshold: an update of one "
+                       "large event, then of a small one, then a snapshot of both", [
+            connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
+            append("w", 1, a, "k1", LARGE_PAYLOAD), receive("w"), receive("r"), append("w", 2, a, "k2"),
+            receive("w"), receive("r"), sub("r", 2, 11, ev_a), receive("r")]),
         "subscribe_snapshot": ("a subscription's first answer is the snapshot of the rows it matches, atomically", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
             append("w", 3, b, "k1"), receive("w"),
@@ -455,6 +462,8 @@ def _types(got: list[dict[str, Any]]) -> list[str]:
 EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     # hand-written facts each scenario must show (the generator refuses a model that breaks one)
     "subscribe_snapshot": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 2,
+    "large_rows": lambda r: r[2][0]["query_sets"][0]["tables"][0]["inserts"][0]["payload"] == LARGE_PAYLOAD
+    and _types(r[4]) == ["TransactionUpdate"] and len(r[5][0]["rows"][0]["inserts"]) == 2,
     "update_and_caller_result": lambda r: _types(r[2]) == ["ReducerResult"] and _types(r[3]) == ["TransactionUpdate"]
     and bool(r[2][0]["outcome"]["ok"]["query_sets"]),
     "duplicate_call_is_a_noop": lambda r: [m["outcome"]["ok"]["ret"] for m in r[1]] == [1, 1]

@@ -117,19 +117,29 @@ class Outcome:
 # --- the target ----------------------------------------------------------------------------------------------
 
 class Conn:
-    """One v2 BSATN WebSocket connection."""
+    """One BSATN WebSocket connection: v2 by default; ``version=3`` offers ``v3.bsatn.spacetimedb`` (and
+    takes frames of several messages); ``compression`` is the upgrade's parameter, and every frame the
+    target sends is checked against it (protocol.md "Frames": a body over 1024 bytes is compressed with
+    the connection's compression, any other is sent as it is, tag 0)."""
 
-    def __init__(self, opts: Options, token: str | None, confirmed: bool, name: str) -> None:
+    def __init__(self, opts: Options, token: str | None, confirmed: bool, name: str, version: int = 2,
+                 compression: str = "None", offer: tuple[str, ...] | None = None) -> None:
         from websockets.exceptions import InvalidHandshake, InvalidStatus
         from websockets.sync.client import connect
         self.name = name
         self.opts = opts
+        self.version = version
+        self.compression = wire.Compression(compression)
+        self.frames = 0  # frames received
+        self.compressed = 0  # of them, bodies over the threshold (compressed, unless compression is None)
+        self.most_in_a_frame = 0  # the most messages one frame carried (v3 coalescing)
+        protocol = f"v{version}.bsatn.spacetimedb"
         base = opts.url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        url = (f"{base}/v1/database/{opts.database}/subscribe?compression=None"
+        url = (f"{base}/v1/database/{opts.database}/subscribe?compression={compression}"
                f"&confirmed={'true' if confirmed else 'false'}")
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            self.ws = connect(url, subprotocols=["v2.bsatn.spacetimedb"],  # type: ignore[list-item]
+            self.ws = connect(url, subprotocols=list(offer or (protocol,)),  # type: ignore[arg-type]
                               additional_headers=headers, open_timeout=opts.timeout, max_size=64 * 1024 * 1024,
                               logger=_WS_LOG)
         except InvalidStatus as exc:
@@ -138,9 +148,11 @@ class Conn:
                                  f"{exc.response.status_code} {body!r}") from None
         except (InvalidHandshake, OSError, TimeoutError) as exc:
             raise ScenarioFailed(f"connection {name}: cannot open {url}: {type(exc).__name__}: {exc}") from None
-        if self.ws.subprotocol != "v2.bsatn.spacetimedb":
-            raise ScenarioFailed(f"connection {name}: the server chose subprotocol {self.ws.subprotocol!r}, "
-                                 "not v2.bsatn.spacetimedb")
+        if self.ws.subprotocol != protocol:
+            offered = ", ".join(offer or (protocol,))
+            raise ScenarioFailed(f"connection {name}: offered {offered}, the server chose subprotocol "
+                                 f"{self.ws.subprotocol!r}, not {protocol} (protocol.md \"Upgrade\": the first of "
+                                 "the server's preference v3, v2 that the client offers, whatever the client's order)")
         self.pending: list[wire.ServerMessage] = []
         first = self.recv("the InitialConnection")
         if not isinstance(first, wire.InitialConnection):
@@ -153,18 +165,38 @@ class Conn:
     def send(self, msg: wire.ClientMessage) -> None:
         self._guard(lambda: self.ws.send(wire.encode_client(msg)), "sending")
 
+    def send_frame(self, msgs: list[wire.ClientMessage]) -> None:
+        """Several messages in one frame (v3: one or more concatenated client messages)."""
+        assert self.version == 3 or len(msgs) == 1
+        self._guard(lambda: self.ws.send(b"".join(map(wire.encode_client, msgs))), "sending")
+
     def recv(self, waiting_for: str, timeout: float | None = None) -> wire.ServerMessage:
         while not self.pending:
             frame = self._guard(lambda: self.ws.recv(timeout=self.opts.timeout if timeout is None else timeout),
                                 f"waiting for {waiting_for}")
             if not isinstance(frame, bytes):
-                raise ScenarioFailed(f"connection {self.name}: a text frame {frame[:80]!r} (v2 BSATN is binary)")
+                raise ScenarioFailed(f"connection {self.name}: a text frame {frame[:80]!r} (BSATN is binary)")
             try:
-                self.pending.extend(wire.decode_server_frame(frame, 2))
+                body = wire.unframe_server(frame)
+                self._check_tag(frame[0], len(body))
+                self.pending.extend(wire.decode_server_frame(b"\x00" + body, self.version))
             except bsatn.BsatnError as exc:
-                raise ScenarioFailed(f"connection {self.name}: an undecodable frame ({exc}): "
+                raise ScenarioFailed(f"connection {self.name}: an undecodable v{self.version} frame ({exc}): "
                                      f"{frame[:64].hex()}...") from None
+            self.frames += 1
+            self.most_in_a_frame = max(self.most_in_a_frame, len(self.pending))
         return self.pending.pop(0)
+
+    def _check_tag(self, tag: int, length: int) -> None:
+        big = length > wire.COMPRESS_THRESHOLD
+        self.compressed += big
+        want = self.compression.tag if big and self.compression is not wire.Compression.NONE else 0
+        if tag != want:
+            raise ScenarioFailed(
+                f"connection {self.name}: a frame whose body is {length} bytes came with compression tag {tag}; "
+                f"with compression={self.compression.value} the protocol says tag {want} (protocol.md \"Frames\": "
+                f"a body over {wire.COMPRESS_THRESHOLD} bytes is compressed with the connection's compression -- "
+                "1 Brotli, 2 gzip -- any other goes as it is, tag 0)")
 
     def _guard(self, fn: Callable[[], Any], doing: str) -> Any:
         from websockets.exceptions import ConnectionClosed
@@ -379,6 +411,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     # starts from the floors earlier ones logged, which can hide a bump that was once too small
     Scenario("recovery", "recovery_moves_past_the_window", ("DUR-2", "VER-1"), ("mint", "restart", "undurable")),
     Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2", "CONT-1"), ("mint", "restart")),
+    Scenario("transport", "v3_coalesced", ("framing", "DELIV-1"), ("mint",)),
+    Scenario("transport", "compression", ("framing",), ("mint",)),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
@@ -401,7 +435,11 @@ class Runner:
 
     # --- playing delivery steps ---
 
-    def play(self, name: str) -> None:
+    def play(self, name: str, version: int = 2, compression: str = "None") -> tuple[int, int]:
+        """Play the delivery scenario ``name`` against the target, over ``version`` (v3: consecutive sends
+        on one connection go in one frame) with ``compression``, and compare every receive with the model.
+        Returns the number of frames whose body was over the compression threshold and the most messages
+        one frame carried, over all the scenario's connections."""
         # one namespace per play, never shared: scenarios run against one server, one after another,
         # and a later one must not find an earlier one's rows (a name hash modulo 10,000 collided once
         # in about a hundred runs, and a snapshot then held another scenario's events)
@@ -417,6 +455,14 @@ class Runner:
         identities: dict[str, str] = {}
         got: list[list[dict[str, Any]]] = []
         stall = self.opts.stall_file
+        frame: list[wire.ClientMessage] = []  # v3: consecutive sends on one connection, sent as one frame
+        framed: list[str] = []  # its connection
+
+        def flush() -> None:
+            if frame:
+                conns[framed[0]].send_frame(frame[:])
+                frame.clear()
+                framed.clear()
 
         def settle(conn: str, where: str) -> None:
             for other in sorted(dirty - {conn}):
@@ -427,17 +473,24 @@ class Runner:
             for k, step in enumerate(steps):
                 op = step["op"]
                 where = f"step {k} ({op} {step.get('conn', '')})"
+                if framed and (op != "send" or step["conn"] != framed[0]):
+                    flush()
                 if op == "connect":
                     person = step["person"]
                     token = self.tokens.token(f"{ns}-{person}", step["claims"])
-                    conns[step["conn"]] = c = Conn(self.opts, token, step["confirmed"], step["conn"])
+                    conns[step["conn"]] = c = Conn(self.opts, token, step["confirmed"], step["conn"], version,
+                                                   compression)
                     identities[person] = c.identity
                 elif op == "send":
                     # the model takes the steps one after another; over a network two connections' frames
                     # may reach the server in either order, so another connection's sends are taken (its
                     # barrier answered, its answers kept in its inbox) before this one sends
-                    settle(step["conn"], f"before {where}")
-                    conns[step["conn"]].send(_to_wire(step["message"]))
+                    if not framed:
+                        settle(step["conn"], f"before {where}")
+                    frame.append(_to_wire(step["message"]))
+                    framed[:] = [step["conn"]]
+                    if version == 2:
+                        flush()
                     dirty.add(step["conn"])
                 elif op in ("receive", "receive_quiet"):
                     # a barrier orders one connection only: first make every other connection's sends
@@ -489,11 +542,13 @@ class Runner:
                     stall.unlink(missing_ok=True)
                 else:
                     raise Skipped(f"step {op!r} needs a hook no wire target has (the vector covers it)")
+            flush()
         finally:
             if stall is not None:
                 stall.unlink(missing_ok=True)
             for c in conns.values():
                 c.close()
+        stats = (sum(c.compressed for c in conns.values()), max((c.most_in_a_frame for c in conns.values()), default=0))
         # the model, with the identities the target assigned
         for step in steps:
             if step["op"] == "connect":
@@ -504,6 +559,7 @@ class Runner:
             diff = _first_divergence(f"receive #{i} on connection {receives[i]['conn']}", g, w)
             if diff is not None:
                 raise ScenarioFailed(diff)
+        return stats
 
     def _floors(self, ns: str) -> tuple[int, int]:
         """The target's epoch and version floors now -- the epoch a new stream gets and the version a new
@@ -544,6 +600,30 @@ class Runner:
                                  f"{(proc.stderr or proc.stdout).strip()[-300:]}")
 
     # --- scenarios of their own ---
+
+    def v3_coalesced(self) -> None:
+        """v3 (protocol.md "Frames", "Upgrade"): offered both, in the client's order v2 first, the server
+        picks v3 (its preference); a frame of several client messages is one message after another (the
+        ``bridge_outbox`` scenario, its ten calls in one frame, judged by the model as over v2); the
+        answers come coalesced -- at least one frame carries more than one message."""
+        token = self.tokens.token(f"cf{self.run_id}-v3", {"scopes": ["sync.subscribe"], "streams": []})
+        Conn(self.opts, token, False, "offer", 3, offer=("v2.bsatn.spacetimedb", "v3.bsatn.spacetimedb")).close()
+        _, most = self.play("bridge_outbox", 3)
+        if most < 2:
+            raise ScenarioFailed("over v3 the target sent every message in a frame of its own, ten calls sent in one "
+                                 "frame included: the model sends the same messages (they matched), but protocol.md "
+                                 "\"Frames\" coalesces a v3 connection's messages, in order, into one frame (up to "
+                                 "512 KiB), the answers to one frame of messages sharing a frame")
+
+    def compression(self) -> None:
+        """Compression (protocol.md "Frames"): the ``large_rows`` scenario over v2 with ``compression=Gzip``
+        and over v3 with ``Brotli``, every frame's tag checked (a body over 1024 bytes compressed with the
+        connection's compression, any other tag 0) and every message judged by the model."""
+        for version, compression in ((2, "Gzip"), (3, "Brotli")):
+            big, _ = self.play("large_rows", version, compression)
+            if big < 2:  # the reader's update of the large event, and its snapshot of both
+                raise ScenarioFailed(f"over v{version} with compression={compression} only {big} frame(s) had a "
+                                     "body over 1024 bytes: the scenario's large rows did not reach the reader")
 
     def handshake(self) -> None:
         """InitialConnection first; a subscription answered; offsets never go backwards."""

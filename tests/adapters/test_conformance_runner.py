@@ -206,6 +206,28 @@ def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, a
     assert f"FAIL  {scenario}" in out
 
 
+# server-layer plants (tests/support/kit_variants.py), each let through before the kit session (no scenario
+# spoke v3 or asked for compression): the area, the scenario that must fail, and what its message must say
+VARIANTS = [
+    ("v2_preferred", "transport", "v3_coalesced", "the server chose subprotocol 'v2.bsatn.spacetimedb'"),
+    ("v3_frames_read_as_v2", "transport", "v3_coalesced", "code 1011 'malformed message"),
+    ("v3_never_coalesces", "transport", "v3_coalesced", "sent every message in a frame of its own"),
+    ("ignores_compression", "transport", "compression", "came with compression tag 0; with compression=Gzip the "
+                                                        "protocol says tag 2"),
+]
+
+
+@pytest.mark.parametrize(("variant", "area", "scenario", "needle"), VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_planted_server_variant_fails_its_scenario(tmp_path: Path, variant: str, area: str, scenario: str,
+                                                     needle: str) -> None:
+    with serving(tmp_path, variant) as t:
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
+                                       "--only", area)
+    failed = {r["scenario"]: r["message"] for r in results if r["status"] == "fail"}
+    assert rc == 1 and scenario in failed and needle in failed[scenario], out
+    assert [r["scenario"] for r in results if r["status"] == "fail"] == [scenario], out  # only that one
+
+
 class _NotSpacetime(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(404)

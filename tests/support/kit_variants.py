@@ -23,4 +23,20 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
            "a Subscribe takes 0.8 s to handle (a large snapshot, a slow machine): with snapshot_ungated, a "
            "confirmed reader's early SubscribeApplied arrives after a 0.5 s listening window that starts when "
            "the Subscribe is sent, not once it has been handled"),
+    Mutant("v2_preferred", SERVER,
+           (("    return next((p for p in SUBPROTOCOLS if p in offered), None)\n",
+             "    return next((p for p in reversed(SUBPROTOCOLS) if p in offered), None)\n"),),
+           "offered v2 and v3, the server picks v2 (protocol.md \"Upgrade\": its preference is v3)"),
+    Mutant("v3_frames_read_as_v2", SERVER,
+           (("                    if s.version == 2 and len(s.inbound) < limit:",
+             "                    if len(s.inbound) < limit:"),),
+           "a v3 client frame is decoded as one v2 message: a frame of several messages closes 1011"),
+    Mutant("v3_never_coalesces", SERVER,
+           (("        v3 = s.version == 3\n", "        v3 = False\n"),),
+           "a v3 connection gets v2 framing, one message per frame, never coalesced"),
+    Mutant("ignores_compression", SERVER,
+           (("            compression = wire.Compression.parse(request.query.get(\"compression\"))\n",
+             "            compression = wire.Compression.parse(request.query.get(\"compression\"))\n"
+             "            compression = wire.Compression.NONE\n"),),
+           "the compression parameter is checked and then ignored: every frame goes uncompressed, tag 0"),
 )
