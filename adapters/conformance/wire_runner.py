@@ -60,7 +60,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from adapters import bsatn, wire
 from adapters.conformance import delivery as d
-from adapters.conformance.codec import claims_to_json
+from adapters.conformance.codec import args_to_json, claims_to_json
 from adapters.progress import Progress
 from spec import messages as sm
 
@@ -371,6 +371,57 @@ def _first_divergence(where: str, got: list[dict[str, Any]], want: list[dict[str
     return f"{where}: the target sent {len(w) - len(g)} fewer message(s); the model also sends {_show(w[len(g):])}"
 
 
+def _named(t: Any, v: Any) -> Any:
+    """A value of AlgebraicType JSON ``t`` from ``/sql``'s untyped SATS-JSON (protocol.md "SATS-JSON (HTTP)")
+    into the named form of the model's messages: an identity ``"0x" + 64 hex``, a timestamp
+    ``{"__timestamp_micros_since_unix_epoch__": n}``, an option ``{"some": v}`` / ``{"none": []}``."""
+    if "Product" in t:
+        elements = t["Product"]["elements"]
+        names = [e["name"]["some"] for e in elements]
+        if names == ["__identity__"]:
+            return "0x" + str(v[0]).removeprefix("0x").zfill(64)
+        if names == [_TS]:
+            return {_TS: v[0]}
+        return {n: _named(e["algebraic_type"], x) for n, e, x in zip(names, elements, v, strict=True)}
+    if "Sum" in t:
+        variants = t["Sum"]["variants"]
+        tag, inner = v
+        name = variants[tag]["name"]["some"]
+        return {name: _named(variants[tag]["algebraic_type"], inner) if name != "none" else []}
+    if "Array" in t:
+        return [_named(t["Array"], x) for x in v]
+    return v
+
+
+def _reads_setup(ns: str, e0: int) -> tuple[list[sm.CallReducer], tuple[str, ...]]:
+    """The writer's writes and the reader's queries of the one-off and ``/sql`` scenarios: events on a
+    stream the reader is granted and one it is not, a checkpoint, an outbox row; every table read."""
+    a, b, outbox = f"{ns}.a", f"{ns}.b", f"{ns}o5"
+    writes = [sm.CallReducer(1, "append_sync_event", (a, "k1", '{"n":1}', None, None)),
+              sm.CallReducer(2, "append_sync_event", (b, "k1", '{"n":1}', None, None)),
+              sm.CallReducer(3, "ack_checkpoint", ("c1", a, e0, 1)),
+              sm.CallReducer(4, "enqueue_bridge_event", (outbox, "receipts", 30078, '[["d","x"]]', "hello"))]
+    queries = ("SELECT * FROM sync_event", "SELECT * FROM sync_stream",
+               f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'",
+               f"SELECT * FROM bridge_outbox WHERE outbox_id = '{outbox}'",
+               f"SELECT * FROM sync_event WHERE stream_id = '{b}'")
+    return writes, queries
+
+
+def _model_reads(ns: str, folk: dict[str, Any], writes: list[sm.CallReducer], queries: tuple[str, ...],
+                 identities: dict[str, str], e0: int, v0: int) -> list[dict[str, Any]]:
+    """The model's answer to the reader subscribing each query (a set of its own) after the writes."""
+    def connect(conn: str, who: str) -> dict[str, Any]:
+        return {"op": "connect", "conn": conn, "person": who, "confirmed": False,
+                "claims": {**claims_to_json(folk[who]), "identity": identities[who]}}
+    steps = [connect("w", "writer"),
+             *({"op": "send", "conn": "w", "message": d.client_message_json(c)} for c in writes),
+             {"op": "receive", "conn": "w"}, connect("r", "reader"),
+             *({"op": "send", "conn": "r", "message": d.client_message_json(sm.Subscribe(i, 10 + i, (text,)))}
+               for i, text in enumerate(queries)), {"op": "receive", "conn": "r"}]
+    return d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)[-1]
+
+
 # --- scenarios ------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -413,6 +464,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2", "CONT-1"), ("mint", "restart")),
     Scenario("transport", "v3_coalesced", ("framing", "DELIV-1"), ("mint",)),
     Scenario("transport", "compression", ("framing",), ("mint",)),
+    Scenario("http", "http_sql", ("AUTH-1",), ("mint",)),
+    Scenario("http", "http_call", ("DELIV-2", "IDEM-2"), ("mint",)),
+    Scenario("http", "http_durable", ("CONF-1",), ("mint", "stall")),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
@@ -683,15 +737,7 @@ class Runner:
             self.floors = self._floors(ns)
         e0, _v0 = self.floors
         folk = d.people(ns)
-        a, b, outbox = f"{ns}.a", f"{ns}.b", f"{ns}o5"
-        writes = [sm.CallReducer(1, "append_sync_event", (a, "k1", '{"n":1}', None, None)),
-                  sm.CallReducer(2, "append_sync_event", (b, "k1", '{"n":1}', None, None)),
-                  sm.CallReducer(3, "ack_checkpoint", ("c1", a, e0, 1)),
-                  sm.CallReducer(4, "enqueue_bridge_event", (outbox, "receipts", 30078, '[["d","x"]]', "hello"))]
-        queries = ("SELECT * FROM sync_event", "SELECT * FROM sync_stream",
-                   f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'",
-                   f"SELECT * FROM bridge_outbox WHERE outbox_id = '{outbox}'",
-                   f"SELECT * FROM sync_event WHERE stream_id = '{b}'")
+        writes, queries = _reads_setup(ns, e0)
         w = Conn(self.opts, self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"])), False, "w")
         r = Conn(self.opts, self.tokens.token(f"{ns}-reader", claims_to_json(folk["reader"])), False, "r")
         try:
@@ -706,16 +752,7 @@ class Runner:
         finally:
             w.close()
             r.close()
-        # the model: the same writes, then the reader subscribes each query in a set of its own
-        def connect(conn: str, who: str) -> dict[str, Any]:
-            return {"op": "connect", "conn": conn, "person": who, "confirmed": False,
-                    "claims": {**claims_to_json(folk[who]), "identity": identities[who]}}
-        steps = [connect("w", "writer"),
-                 *({"op": "send", "conn": "w", "message": d.client_message_json(c)} for c in writes),
-                 {"op": "receive", "conn": "w"}, connect("r", "reader"),
-                 *({"op": "send", "conn": "r", "message": d.client_message_json(sm.Subscribe(i, 10 + i, (text,)))}
-                   for i, text in enumerate(queries)), {"op": "receive", "conn": "r"}]
-        model = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=self.floors[1]), steps)[-1]
+        model = _model_reads(ns, folk, writes, queries, identities, e0, self.floors[1])
         for i, (text, want) in enumerate(zip(queries, model, strict=True)):
             got = answers.get(100 + i)
             if not isinstance(got, sm.OneOffQueryResult):
@@ -732,6 +769,199 @@ class Runner:
             diff = _first_divergence(f"the one-off read {text!r}", [{"rows": got_rows}], [{"rows": rows[0]}])
             if diff is not None:
                 raise ScenarioFailed(f"{diff} (the model's snapshot of subscribing it, for the same reader: AUTH-1)")
+
+    def _http(self, method: str, path: str, token: str | None, body: bytes = b"",
+              content_type: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request to the target's database routes: status, headers (lower-case names), body."""
+        url = f"{self.opts.url.rstrip('/')}/v1/database/{self.opts.database}/{path}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        req = urllib.request.Request(url, body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.opts.timeout) as resp:
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise ScenarioFailed(f"{method} {url}: no answer ({getattr(exc, 'reason', exc)}) within "
+                                 f"{self.opts.timeout:g} s") from None
+
+    def _sql(self, token: str | None, text: str) -> tuple[int, Any]:
+        """``POST /sql`` of one statement: the status and, for a 200, its one table's rows in the named
+        SATS-JSON form the model's messages use (read through the answer's own schema); else the body text."""
+        status, _, body = self._http("POST", "sql", token, text.encode())
+        if status != 200:
+            return status, body.decode("utf-8", "replace")
+        try:
+            answer = json.loads(body)
+            (one,) = answer
+            names = [e["name"]["some"] for e in one["schema"]["elements"]]
+            types = [e["algebraic_type"] for e in one["schema"]["elements"]]
+            return 200, [{n: _named(t, v) for n, t, v in zip(names, types, row, strict=True)} for row in one["rows"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ScenarioFailed(f"/sql {text!r} answered 200 with a body that is not one statement's "
+                                 f"{{schema, rows}} (protocol.md \"HTTP SQL\"): {exc!r}: {body[:300]!r}") from None
+
+    def http_sql(self) -> None:
+        """``POST /sql`` follows the subscription rules (protocol.md "HTTP SQL": scope, grants, row filter, no
+        stale check): for the reader of ``one_off_row_filter``'s writes, each statement's rows -- read back
+        from the untyped SATS-JSON through the answer's schema -- are the model's snapshot of subscribing
+        it, or the 400's code is the model's refusal code."""
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        if self.floors is None:
+            self.floors = self._floors(ns)
+        e0, v0 = self.floors
+        folk = d.people(ns)
+        writes, queries = _reads_setup(ns, e0)
+        reader = self.tokens.token(f"{ns}-reader", claims_to_json(folk["reader"]))
+        w = Conn(self.opts, self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"])), False, "w")
+        try:
+            for call in writes:
+                w.send(wire.CallReducer(call.request_id, 0, call.reducer, bsatn.encode_args(call.reducer, call.args)))
+            w.until_barrier("after the writes")
+            identities = {"writer": w.identity}
+        finally:
+            w.close()
+        r = Conn(self.opts, reader, False, "r")  # the reader's identity, for the model
+        identities["reader"] = r.identity
+        r.close()
+        answers = [self._sql(reader, text) for text in queries]
+        model = _model_reads(ns, folk, writes, queries, identities, e0, v0)
+        for text, (status, got), want in zip(queries, answers, model, strict=True):
+            if want["$type"] == "SubscriptionError":
+                code = want["error"].split(":")[0]
+                if not (status == 400 and isinstance(got, str) and got.split(":")[0] == code):
+                    raise ScenarioFailed(f"/sql {text!r} was answered HTTP {status} {str(got)[:300]}; the model "
+                                         f"refuses subscribing it with {code} (400 {code}: ...) (AUTH-1)")
+                continue
+            if status != 200:
+                raise ScenarioFailed(f"/sql {text!r} was answered HTTP {status} {str(got)[:300]}; the model "
+                                     "answers subscribing it with rows (AUTH-1)")
+            rows = [t["inserts"] for t in want["rows"]] or [[]]
+            diff = _first_divergence(f"/sql {text!r}", [{"rows": got}], [{"rows": rows[0]}])
+            if diff is not None:
+                raise ScenarioFailed(f"{diff} (the model's snapshot of subscribing it, for the same reader: AUTH-1)")
+
+    def http_call(self) -> None:
+        """``POST /call/:reducer`` (protocol.md "HTTP call"): a call has no WebSocket caller, so every
+        subscriber -- the caller's own connection included -- gets its ``TransactionUpdate``; success is
+        200 with ``syncref-return-value`` (the model's return value, absent when it has none), a reducer
+        error 530 ``<code>: <json>`` with the model's code and details, a duplicate a 200 with the first
+        seq and no update.  The model plays each call from a connection of the caller's identity that
+        subscribes nothing."""
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        if self.floors is None:
+            self.floors = self._floors(ns)
+        e0, v0 = self.floors
+        folk = d.people(ns)
+        a = f"{ns}.a"
+        calls = [sm.CallReducer(1, "append_sync_event", (a, "k1", '{"n":1}', None, None)),
+                 sm.CallReducer(2, "append_sync_event", (a, "k2", '{"n":2}', None, 5)),  # sequence_conflict
+                 sm.CallReducer(3, "append_sync_event", (a, "k1", '{"n":1}', None, None)),  # a duplicate: seq 1
+                 sm.CallReducer(4, "append_sync_event", (a, "k2", '{"n":2}', None, 2)),
+                 sm.CallReducer(5, "ack_checkpoint", ("c1", a, e0, 2))]  # no return value
+        token = self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"]))
+        c = Conn(self.opts, token, False, "c")
+        got: list[list[dict[str, Any]]] = []
+        answers: list[tuple[int, dict[str, str], bytes]] = []
+        query = f"SELECT * FROM sync_event WHERE stream_id = '{a}'"
+        try:
+            c.send(wire.Subscribe(1, 10, (query,)))
+            got.append([d.message_json(wire.server_from_wire(m)) for m in c.until_barrier("after subscribing")])
+            for call in calls:
+                args = json.dumps(args_to_json(call.reducer, call.args)).encode()
+                answers.append(self._http("POST", f"call/{call.reducer}", token, args, "application/json"))
+                got.append([d.message_json(wire.server_from_wire(m))
+                            for m in c.until_barrier(f"after the HTTP call {call.request_id}")])
+        finally:
+            c.close()
+        claims = {**claims_to_json(folk["writer"]), "identity": c.identity}
+        steps: list[dict[str, Any]] = [
+            {"op": "connect", "conn": "c", "person": "writer", "confirmed": False, "claims": claims},
+            {"op": "connect", "conn": "h", "person": "writer", "confirmed": False, "claims": claims},
+            {"op": "send", "conn": "c", "message": d.client_message_json(sm.Subscribe(1, 10, (query,)))},
+            {"op": "receive", "conn": "c"}]
+        for call in calls:
+            steps += [{"op": "send", "conn": "h", "message": d.client_message_json(call)},
+                      {"op": "receive", "conn": "h"}, {"op": "receive", "conn": "c"}]
+        want = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)
+        diff = _first_divergence("the subscription's answer on connection c", got[0], want[0])
+        if diff is not None:
+            raise ScenarioFailed(diff)
+        for i, call in enumerate(calls):
+            (result,), updates = want[1 + 2 * i], want[2 + 2 * i]
+            status, headers, body = answers[i]
+            outcome = result["outcome"]
+            text = body.decode("utf-8", "replace")
+            what = f"the HTTP call {call.reducer}{json.dumps(args_to_json(call.reducer, call.args))}"
+            if "err" in outcome:
+                want_parts = _error_parts(outcome["err"]["error"])
+                if status != 530 or _error_parts(text) != want_parts:
+                    raise ScenarioFailed(f"{what} was answered HTTP {status} {text[:300]!r}; the model's answer is "
+                                         f"530 {outcome['err']['error'][:300]!r}")
+            else:
+                ret = outcome["ok"]["ret"]
+                header = headers.get("syncref-return-value")
+                if status != 200 or (None if header is None else json.loads(header)) != ret:
+                    raise ScenarioFailed(f"{what} was answered HTTP {status} {text[:200]!r} with syncref-return-value "
+                                         f"{header!r}; the model's answer is 200 with "
+                                         f"{'no return value' if ret is None else json.dumps(ret)}")
+            diff = _first_divergence(f"after {what}, connection c (the caller's own, subscribed)", got[1 + i],
+                                     updates)
+            if diff is not None:
+                raise ScenarioFailed(diff)
+
+    def http_durable(self) -> None:
+        """HTTP answers wait for durability (protocol.md "HTTP call", "HTTP SQL", "Confirmed reads"): while the
+        log stalls, a call whose transaction an unconfirmed subscriber has already been sent (so it
+        committed), and a ``/sql`` read (``confirmed`` by default) of that state, are not answered within
+        ``--quiet``; once the stall ends both are, 200."""
+        import concurrent.futures
+        assert self.opts.stall_file is not None
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        folk = d.people(ns)
+        a = f"{ns}.a"
+        token = self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"]))
+        u = Conn(self.opts, self.tokens.token(f"{ns}-watcher", claims_to_json(folk["watcher"])), False, "u")
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        stall = self.opts.stall_file
+        try:
+            u.send(wire.Subscribe(1, 10, (f"SELECT * FROM sync_event WHERE stream_id = '{a}'",)))
+            u.until_barrier("after subscribing")
+            status, _, body = self._http("POST", "call/append_sync_event", token,
+                                         json.dumps([a, "k0", '{"n":0}', None, None]).encode(), "application/json")
+            if status != 200:
+                raise ScenarioFailed(f"a first HTTP append was answered {status} {body[:300]!r}")
+            stall.touch()
+            call = pool.submit(self._http, "POST", "call/append_sync_event", token,
+                               json.dumps([a, "k1", '{"n":1}', None, None]).encode(), "application/json")
+            update = u.recv("the update of the HTTP call made while the log stalls (an unconfirmed subscriber is "
+                            "sent it once it commits)")
+            if not isinstance(update, wire.TransactionUpdate):
+                raise ScenarioFailed(f"an unconfirmed subscriber was sent {type(update).__name__} for an HTTP append, "
+                                     "not its TransactionUpdate")
+            read = pool.submit(self._sql, token, f"SELECT * FROM sync_event WHERE stream_id = '{a}'")
+            done, _ = concurrent.futures.wait([call, read], timeout=self.opts.quiet_s)
+            early = [name for f, name in ((call, "the call (200 only once its offset is durable)"),
+                                          (read, "the /sql read (confirmed: once the offset it read is durable)"))
+                     if f in done]
+            stall.unlink()
+            answers = call.result(), read.result()
+        finally:
+            stall.unlink(missing_ok=True)
+            pool.shutdown(wait=False)
+            u.close()
+        if early:
+            raise ScenarioFailed(f"while the log stalled, the target answered {' and '.join(early)} within "
+                                 f"{self.opts.quiet_s:g} s of its transaction's commit (CONF-1): "
+                                 f"the call HTTP {answers[0][0]}, the read HTTP {answers[1][0]}")
+        if answers[0][0] != 200 or answers[1][0] != 200 or len(answers[1][1]) != 2:
+            raise ScenarioFailed(f"once the stall ended the call was answered HTTP {answers[0][0]} and the read "
+                                 f"HTTP {answers[1][0]} {str(answers[1][1])[:300]}; the model: 200, and both events")
 
     def _upgrade_status(self, subject: str, build: str | None, protocol: str | None,
                         schema: int | None) -> tuple[int, dict[str, Any]]:

@@ -214,6 +214,13 @@ VARIANTS = [
     ("v3_never_coalesces", "transport", "v3_coalesced", "sent every message in a frame of its own"),
     ("ignores_compression", "transport", "compression", "came with compression tag 0; with compression=Gzip the "
                                                         "protocol says tag 2"),
+    # no scenario used the HTTP routes before the kit session
+    ("sql_reads_every_stream", "http", "http_sql", "/sql 'SELECT * FROM sync_event', message 0 differs at rows"),
+    ("one_off_ignores_row_filter", "http", "http_sql", "/sql \"SELECT * FROM bridge_outbox WHERE outbox_id"),
+    ("call_without_return_value", "http", "http_call", "with syncref-return-value None; the model's answer is 200 "
+                                                      "with 1"),
+    ("call_answers_before_durable", "http", "http_durable", "the target answered the call (200 only once its offset"),
+    ("sql_confirmed_ignored", "http", "http_durable", "the target answered the /sql read (confirmed"),
 ]
 
 

@@ -39,4 +39,24 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
              "            compression = wire.Compression.parse(request.query.get(\"compression\"))\n"
              "            compression = wire.Compression.NONE\n"),),
            "the compression parameter is checked and then ignored: every frame goes uncompressed, tag 0"),
+    Mutant("sql_reads_every_stream", SERVER,
+           (("                reads.append((self.engine.read(verified.claims, stmt, scan), started))",
+             "                reads.append((self.engine.read(__import__('dataclasses').replace(verified.claims, "
+             "streams=('*',)), stmt, scan), started))"),),
+           "/sql reads as if the caller were granted every stream: rows of ungranted streams (AUTH-1)"),
+    Mutant("call_without_return_value", SERVER,
+           (("        if ret is not None:\n            headers[\"syncref-return-value\"]",
+             "        if False:\n            headers[\"syncref-return-value\"]"),),
+           "an HTTP call's 200 leaves out the syncref-return-value header (an append's seq)"),
+    Mutant("call_answers_before_durable", SERVER,
+           (("            self._pump()\n            await self._wait_durable(offset)\n"
+             "        except DurabilityFailed as exc:\n"
+             "            return _text(503, f\"the commit log could not be written, so the call",
+             "            self._pump()\n        except DurabilityFailed as exc:\n"
+             "            return _text(503, f\"the commit log could not be written, so the call"),),
+           "an HTTP call answers 200 once committed, before its offset is durable (CONF-1)"),
+    Mutant("sql_confirmed_ignored", SERVER,
+           (("        if confirmed:\n            try:\n                await self._wait_durable(offset)",
+             "        if False:\n            try:\n                await self._wait_durable(offset)"),),
+           "/sql answers at once whatever confirmed says: a state not yet durable (CONF-1)"),
 )
