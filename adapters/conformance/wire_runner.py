@@ -945,7 +945,8 @@ class Runner:
                 raise ScenarioFailed(f"an unconfirmed subscriber was sent {type(update).__name__} for an HTTP append, "
                                      "not its TransactionUpdate")
             read = pool.submit(self._sql, token, f"SELECT * FROM sync_event WHERE stream_id = '{a}'")
-            done, _ = concurrent.futures.wait([call, read], timeout=self.opts.quiet_s)
+            futures: list[concurrent.futures.Future[Any]] = [call, read]
+            done, _ = concurrent.futures.wait(futures, timeout=self.opts.quiet_s)
             early = [name for f, name in ((call, "the call (200 only once its offset is durable)"),
                                           (read, "the /sql read (confirmed: once the offset it read is durable)"))
                      if f in done]
