@@ -44,6 +44,7 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,7 @@ class Options:
     max_undurable: int | None = None
     quiet_s: float = 0.5  # --quiet: how long a connection that must hear nothing is listened to after its fence
     restart_unclean: bool = False  # --restart-cmd kills the target without a clean shutdown (SIGKILL)
+    max_outbound_queue: int | None = None  # --max-outbound-queue: the target's [limits] max_outbound_queue
 
 
 Tick = Callable[[int, int, str], None]
@@ -123,7 +125,7 @@ class Conn:
     the connection's compression, any other is sent as it is, tag 0)."""
 
     def __init__(self, opts: Options, token: str | None, confirmed: bool, name: str, version: int = 2,
-                 compression: str = "None", offer: tuple[str, ...] | None = None) -> None:
+                 compression: str = "None", offer: tuple[str, ...] | None = None, rcvbuf: int | None = None) -> None:
         from websockets.exceptions import InvalidHandshake, InvalidStatus
         from websockets.sync.client import connect
         self.name = name
@@ -139,9 +141,16 @@ class Conn:
                f"&confirmed={'true' if confirmed else 'false'}")
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
+            sock = None
+            if rcvbuf is not None:  # a small receive window, set before the connection is made
+                parts = urllib.parse.urlsplit(opts.url)
+                sock = socket.socket(socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                sock.settimeout(opts.timeout)
+                sock.connect((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)))
             self.ws = connect(url, subprotocols=list(offer or (protocol,)),  # type: ignore[arg-type]
                               additional_headers=headers, open_timeout=opts.timeout, max_size=64 * 1024 * 1024,
-                              logger=_WS_LOG)
+                              logger=_WS_LOG, sock=sock)
         except InvalidStatus as exc:
             body = exc.response.body.decode("utf-8", "replace")[:300] if exc.response.body else ""
             raise ScenarioFailed(f"connection {name}: the WebSocket upgrade was refused: HTTP "
@@ -393,6 +402,38 @@ def _named(t: Any, v: Any) -> Any:
     return v
 
 
+SLOW_PAYLOAD_BYTES = 16_000  # each slow-consumer append's payload (about): few updates fill the buffers
+SLOW_SLACK_BYTES = 8 * 1024 * 1024  # what the socket buffers between the target's queue and a client that
+# does not read may hold (the client's receive buffer is SLOW_RCVBUF; the rest is the target's send side)
+SLOW_RCVBUF = 4096
+SLOW_BATCH = 64  # appends sent before the writer's and the reading watcher's barriers
+
+
+def _seqs(msgs: list[wire.ServerMessage], conn: str) -> list[int]:
+    """The seqs of the events a connection's ``TransactionUpdate`` messages insert, in order."""
+    out = []
+    for m in msgs:
+        msg = d.message_json(wire.server_from_wire(m))
+        if msg["$type"] != "TransactionUpdate":
+            raise ScenarioFailed(f"connection {conn} was sent {msg['$type']} among the updates: {_show([msg])}")
+        out += [row["seq"] for qs in msg["query_sets"] for t in qs["tables"] for row in t["inserts"]]
+    return out
+
+
+def _runs(seqs: list[int]) -> str:
+    """``1..5, 7, 9..10``: a list of seqs in brief."""
+    out: list[str] = []
+    start = prev = None
+    for x in [*seqs, None]:
+        if start is not None and x is not None and prev is not None and x == prev + 1:
+            prev = x
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}..{prev}")
+        start = prev = x
+    return ", ".join(out) or "none"
+
+
 def _reads_setup(ns: str, e0: int) -> tuple[list[sm.CallReducer], tuple[str, ...]]:
     """The writer's writes and the reader's queries of the one-off and ``/sql`` scenarios: events on a
     stream the reader is granted and one it is not, a checkpoint, an outbox row; every table read."""
@@ -464,6 +505,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2", "CONT-1"), ("mint", "restart")),
     Scenario("transport", "v3_coalesced", ("framing", "DELIV-1"), ("mint",)),
     Scenario("transport", "compression", ("framing",), ("mint",)),
+    Scenario("transport", "slow_consumer", ("SLOW-1",), ("mint", "outbound")),
     Scenario("http", "http_sql", ("AUTH-1",), ("mint",)),
     Scenario("http", "http_call", ("DELIV-2", "IDEM-2"), ("mint",)),
     Scenario("http", "http_durable", ("CONF-1",), ("mint", "stall")),
@@ -474,6 +516,8 @@ _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)"
           "restart": "--restart-cmd CMD (a way to restart the target)",
           "compact": "--compact-cmd CMD (a way to make the target run its retention now, and the kit's "
                      "retention class for conformance.retain.*)",
+          "outbound": "--max-outbound-queue N (the target's bound on messages queued for one connection: "
+                      "how much a client that does not read is sent before it must be closed)",
           "undurable": "--max-undurable N (the target's undurable window: how far an unclean restart moves "
                        "epochs and versions)"}
 
@@ -654,6 +698,82 @@ class Runner:
                                  f"{(proc.stderr or proc.stdout).strip()[-300:]}")
 
     # --- scenarios of their own ---
+
+    def slow_consumer(self) -> None:
+        """A client that does not read is closed 1008 ``slow_consumer: ...`` once more than the target's
+        ``max_outbound_queue`` messages wait for it, while the others go on being served (protocol.md "Close
+        codes", "Limits"; SLOW-1).  A watcher ``s`` with a small receive buffer subscribes to a stream and
+        then reads nothing while a writer appends ``N`` + ``SLOW_SLACK_BYTES`` worth of 16 KB events (N:
+        ``--max-outbound-queue``), in batches; a watcher ``u`` that reads gets every update, in order, after
+        each batch.  Then ``s`` reads: a prefix of the updates (in order, none missing in it), then the close."""
+        from websockets.exceptions import ConnectionClosed
+        n = self.opts.max_outbound_queue
+        assert n is not None
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        folk = d.people(ns)
+        a = f"{ns}.a"
+        query = f"SELECT * FROM sync_event WHERE stream_id = '{a}'"
+        payload = '{"n":0,"pad":"' + "0123456789abcdef" * (SLOW_PAYLOAD_BYTES // 16) + '"}'
+        total = n + -(-SLOW_SLACK_BYTES // len(payload))
+        watcher = self.tokens.token(f"{ns}-watcher", claims_to_json(folk["watcher"]))
+        slow = Conn(self.opts, watcher, False, "s", rcvbuf=SLOW_RCVBUF)
+        u = Conn(self.opts, watcher, False, "u")
+        w = Conn(self.opts, self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"])), False, "w")
+        seen: list[int] = []  # the seqs u was sent
+        got: list[int] = []  # the seqs s was sent before its close
+        close: Any = None
+        started = time.monotonic()
+        try:
+            for c in (slow, u):
+                c.send(wire.Subscribe(1, 10, (query,)))
+                answer = c.until_barrier("after subscribing")
+                if [type(m).__name__ for m in answer] != ["SubscribeApplied"]:
+                    raise ScenarioFailed(f"connection {c.name}: subscribing {query!r} was answered "
+                                         f"{[type(m).__name__ for m in answer]}")
+            sent = 0
+            while sent < total:
+                batch = range(sent + 1, min(total, sent + SLOW_BATCH) + 1)
+                for k in batch:
+                    w.send(wire.CallReducer(k, 0, "append_sync_event", bsatn.encode_args(
+                        "append_sync_event", (a, f"k{k}", payload, None, None))))
+                results = [wire.server_from_wire(m) for m in w.until_barrier(f"after appends {batch[0]}..{batch[-1]}")]
+                failed = [r for r in results if isinstance(r, sm.ReducerResult) and not isinstance(r.outcome,
+                                                                                                     sm.ReducerOk)]
+                if failed:
+                    raise ScenarioFailed(f"an append failed: {failed[0]}")
+                seen += _seqs(u.until_barrier(f"after appends {batch[0]}..{batch[-1]}"), "u")
+                sent = batch[-1]
+            pushed = time.monotonic() - started
+            slow.ws.socket.settimeout(None)
+            while True:
+                try:
+                    frame = slow.ws.recv(timeout=self.opts.timeout)
+                except ConnectionClosed as exc:
+                    close = exc.rcvd
+                    break
+                except TimeoutError:
+                    break
+                if isinstance(frame, bytes):
+                    got += _seqs(wire.decode_server_frame(frame, 2), "s")
+                if len(got) >= total:  # every update: it was never closed (a close now would be too late)
+                    break
+        finally:
+            for c in (slow, u, w):
+                c.close()
+        if seen != list(range(1, total + 1)):
+            raise ScenarioFailed(f"the watcher that reads was sent the updates of seqs {_runs(seen)} of the "
+                                 f"{total} appends, not each once in order: a slow consumer beside it must not "
+                                 "hold it back (SLOW-1)")
+        if got != list(range(1, len(got) + 1)):
+            raise ScenarioFailed(f"the client that did not read was sent the updates of seqs {_runs(got)}: not a "
+                                 "prefix of the appends in order (a slow consumer is closed, never skipped ahead)")
+        if close is None or close.code != 1008 or not close.reason.startswith("slow_consumer"):
+            how = ("no close frame" if close is None else f"code {close.code} {close.reason!r}")
+            raise ScenarioFailed(f"the client that did not read while {total} updates of about {len(payload)} bytes "
+                                 f"were sent to it (--max-outbound-queue {n}, in {pushed:.1f} s) then read "
+                                 f"{len(got)} of them and {how}; protocol.md \"Close codes\": 1008 "
+                                 "'slow_consumer: {...}' past the bound (SLOW-1)")
 
     def v3_coalesced(self) -> None:
         """v3 (protocol.md "Frames", "Upgrade"): offered both, in the client's order v2 first, the server
@@ -936,14 +1056,17 @@ class Runner:
                                          json.dumps([a, "k0", '{"n":0}', None, None]).encode(), "application/json")
             if status != 200:
                 raise ScenarioFailed(f"a first HTTP append was answered {status} {body[:300]!r}")
+            if _seqs(u.until_barrier("after the first HTTP append"), "u") != [1]:  # its update taken: the next is k1's
+                raise ScenarioFailed("an unconfirmed subscriber was not sent the first HTTP append's update (seq 1)")
             stall.touch()
             call = pool.submit(self._http, "POST", "call/append_sync_event", token,
                                json.dumps([a, "k1", '{"n":1}', None, None]).encode(), "application/json")
             update = u.recv("the update of the HTTP call made while the log stalls (an unconfirmed subscriber is "
                             "sent it once it commits)")
-            if not isinstance(update, wire.TransactionUpdate):
-                raise ScenarioFailed(f"an unconfirmed subscriber was sent {type(update).__name__} for an HTTP append, "
-                                     "not its TransactionUpdate")
+            if _seqs([update], "u") != [2]:
+                shown = _show([d.message_json(wire.server_from_wire(update))])
+                raise ScenarioFailed("an unconfirmed subscriber was not sent the update of the HTTP append made "
+                                     f"while the log stalls (seq 2): {shown}")
             read = pool.submit(self._sql, token, f"SELECT * FROM sync_event WHERE stream_id = '{a}'")
             futures: list[concurrent.futures.Future[Any]] = [call, read]
             done, _ = concurrent.futures.wait(futures, timeout=self.opts.quiet_s)
@@ -1226,7 +1349,8 @@ class Runner:
     def _has(self, hook: str) -> bool:
         return {"mint": self.tokens.can_mint, "stall": self.opts.stall_file is not None,
                 "restart": self.opts.restart_cmd is not None, "compact": self.opts.compact_cmd is not None,
-                "undurable": self.opts.max_undurable is not None}[hook]
+                "undurable": self.opts.max_undurable is not None,
+                "outbound": self.opts.max_outbound_queue is not None}[hook]
 
 
 def _to_wire(doc: dict[str, Any]) -> wire.ClientMessage:
@@ -1306,6 +1430,8 @@ def add_parser(sub: Any) -> None:
                    "(compaction) now; the target serves the kit's retention class (docs/conformance.md)")
     p.add_argument("--restart-unclean", action="store_true", help="--restart-cmd kills the target without a "
                    "clean shutdown (SIGKILL): a stream that kept its epoch then fails DUR-2 instead of skipping")
+    p.add_argument("--max-outbound-queue", type=int, metavar="N", help="the target's bound on messages queued for "
+                   "one connection (syncref serve: [limits] max_outbound_queue): the slow-consumer scenario")
     p.add_argument("--max-undurable", type=int, metavar="N", help="the target's undurable window (syncref serve: "
                    "[limits] max_undurable): how far an unclean restart must move epochs and versions")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
@@ -1343,7 +1469,7 @@ def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None 
     with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
         opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
                        compact_cmd=t.compact_cmd, max_undurable=t.max_undurable, restart_unclean=True,  # SIGKILL
-                       quiet_s=quiet_s)
+                       quiet_s=quiet_s, max_outbound_queue=t.max_outbound_queue)
         return run_options(opts, tick)
 
 
@@ -1375,9 +1501,10 @@ def _operator_mistake(args: argparse.Namespace) -> str | None:
 def main(args: argparse.Namespace) -> int:
     selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
     if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd
-                       or args.max_undurable is not None or args.restart_unclean):
+                       or args.max_undurable is not None or args.restart_unclean
+                       or args.max_outbound_queue is not None):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
-              "--restart-unclean/--stall-file/--compact-cmd/--max-undurable", file=sys.stderr)
+              "--restart-unclean/--stall-file/--compact-cmd/--max-undurable/--max-outbound-queue", file=sys.stderr)
         return 2
     mistake = _operator_mistake(args)
     if mistake is not None:
@@ -1391,7 +1518,7 @@ def main(args: argparse.Namespace) -> int:
             opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
                            args.stall_file, args.timeout, compact_cmd=args.compact_cmd,
                            max_undurable=args.max_undurable, restart_unclean=args.restart_unclean,
-                           quiet_s=args.quiet)
+                           quiet_s=args.quiet, max_outbound_queue=args.max_outbound_queue)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.finish()

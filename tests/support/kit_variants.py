@@ -1,4 +1,5 @@
-"""Planted non-conformances in the server layer (``adapters/server.py``), for the conformance kit's
+"""Planted non-conformances in the server layer (``adapters/server.py``; one in the engine's slow-consumer
+bound, which no engine mutant of the differential machines breaks whole), for the conformance kit's
 tests (``tests/adapters/test_conformance_runner.py``): each breaks a promise of docs/protocol.md that
 only the wire shows -- framing, compression, HTTP routes, pacing -- and must fail the wire scenario
 named beside it.  Engine bugs are :data:`support.engine_mutants.ENGINE_MUTANTS`.
@@ -59,4 +60,13 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
            (("        if confirmed:\n            try:\n                await self._wait_durable(offset)",
              "        if False:\n            try:\n                await self._wait_durable(offset)"),),
            "/sql answers at once whatever confirmed says: a state not yet durable (CONF-1)"),
+    Mutant("never_closes_slow_consumer", "reference.engine",
+           (("            self.close(conn.conn_id, SLOW_CONSUMER_REASON)\n\n    # --- delivery",
+             "            pass\n\n    # --- delivery"),
+            ("conn.outbound_bytes > max_bytes):\n"
+             "                        self.close(conn.conn_id, SLOW_CONSUMER_REASON)",
+             "conn.outbound_bytes > max_bytes):\n                        pass"),
+            ("            self.close(conn.conn_id, SLOW_CONSUMER_REASON)\n\n    def one_off",
+             "            pass\n\n    def one_off")),
+           "a connection past max_outbound_queue is never closed: its queue grows without bound (SLOW-1)"),
 )

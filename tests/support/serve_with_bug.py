@@ -25,6 +25,6 @@ if __name__ == "__main__":
     for name in (n for n in names if n in engine):
         apply(engine[name], ENGINE)
     for name in (n for n in names if n in server):
-        apply(server[name], (SERVER,))
+        apply(server[name], (*ENGINE, SERVER) if server[name].module in ENGINE else (SERVER,))
     from adapters.cli import main
     sys.exit(main(sys.argv[2:]))
