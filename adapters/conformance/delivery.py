@@ -265,10 +265,12 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
             connect("w", "writer"), connect("r", "watcher"), sub("r", 1, 10, "SELECT * FROM stream_signal"),
             receive("r"), call("w", 1, "publish_stream_signal", a, "typing", '{"on":true}'),
             receive("w"), receive("r"), sub("r", 2, 11, "SELECT * FROM stream_signal"), receive("r")]),
-        "row_filter": ("a subscriber sees only rows of streams its grant covers, in snapshots and updates", [
+        "row_filter": ("a subscriber sees only rows of streams its grant covers, in snapshots and updates; one "
+                       "granted both streams reads all four events, each with its own transaction's offset", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, b, "k1"), receive("w"),
             connect("r", "reader"), sub("r", 1, 10, "SELECT * FROM sync_event"), receive("r"),
-            append("w", 3, b, "k2", '{"n":2}'), append("w", 4, a, "k2", '{"n":2}'), receive("r")]),
+            append("w", 3, b, "k2", '{"n":2}'), append("w", 4, a, "k2", '{"n":2}'), receive("r"),
+            receive("w"), sub("w", 5, 11, "SELECT * FROM sync_event"), receive("w")]),
         "private_tables": ("a checkpoint reaches only its owner and an outbox row only bridge-scoped "
                            "subscribers, in snapshots and updates -- not everyone granted the stream: a watcher of the "
                            "stream hears its events and nothing of the writer's checkpoint or outbox row", [
@@ -478,7 +480,8 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     and bool(r[10][0]["outcome"]["ok"]["query_sets"]),
     "event_tables": lambda r: r[2][0]["query_sets"][0]["tables"][0]["event"] is True
     and r[3][0]["rows"] == [],
-    "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1,
+    "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1
+    and sorted(e["tx_offset"] for e in r[4][0]["rows"][0]["inserts"]) == [1, 2, 3, 4],
     "private_tables": lambda r: {t["table"] for m in r[2] for s in m["outcome"]["ok"]["query_sets"]
                                  for t in s["tables"]} == {"sync_event", "sync_checkpoint", "bridge_outbox"}
     and _types(r[3]) == ["TransactionUpdate"]

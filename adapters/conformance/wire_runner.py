@@ -319,12 +319,45 @@ def _mask(v: Any) -> Any:
             return "<timestamp>"
         return {k: (sorted((_mask(r) for r in x), key=lambda r: json.dumps(r, sort_keys=True))
                     if k in ("inserts", "deletes") and isinstance(x, list) else
-                    "<offset>" if k == "tx_offset" else
+                    "<offset>" if k == "tx_offset" and not (isinstance(x, str) and x.startswith("<offset #")) else
                     _when(x, v[SCHEDULED[k]]).replace(">", f" {SCHEDULED[k]}>")
                     if k in SCHEDULED and SCHEDULED[k] in v else _mask(x)) for k, x in v.items()}
     if isinstance(v, list):
         return [_mask(x) for x in v]
     return v
+
+
+def _rank_offsets(doc: Any) -> Any:
+    """``doc`` with every row's ``tx_offset`` (``sync_event``'s: the offset of the transaction that wrote the
+    event) replaced by its rank among the distinct row offsets in ``doc`` -- ``<offset #0>``, ``#1``, ... in
+    ascending order.  The target's log holds other writes, so its offsets are not the model's, but the
+    spec fixes how they relate: one per writing transaction, in commit order (DELIV-1), the same event
+    with the same offset wherever it is read.  Ranked over a whole scenario's messages on both sides, two
+    rows compare equal only when their offsets agree in order and equality with the model's."""
+    seen: set[int] = set()
+
+    def collect(v: Any, in_rows: bool) -> None:
+        if isinstance(v, dict):
+            if in_rows and isinstance(v.get("tx_offset"), int):
+                seen.add(v["tx_offset"])
+            for k, x in v.items():
+                collect(x, k in ("inserts", "deletes", "rows"))
+        elif isinstance(v, list):
+            for x in v:
+                collect(x, in_rows)
+
+    collect(doc, False)
+    rank = {o: i for i, o in enumerate(sorted(seen))}
+
+    def ranked(v: Any, in_rows: bool) -> Any:
+        if isinstance(v, dict):
+            return {k: (f"<offset #{rank[x]}>" if in_rows and k == "tx_offset" and isinstance(x, int)
+                        else ranked(x, k in ("inserts", "deletes", "rows"))) for k, x in v.items()}
+        if isinstance(v, list):
+            return [ranked(x, in_rows) for x in v]
+        return v
+
+    return ranked(doc, False)
 
 
 def _show(msgs: list[dict[str, Any]]) -> str:
@@ -432,6 +465,17 @@ def _runs(seqs: list[int]) -> str:
             out.append(str(start) if start == prev else f"{start}..{prev}")
         start = prev = x
     return ", ".join(out) or "none"
+
+
+def _compare_reads(compared: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+    """Each read's rows against the model's snapshot of subscribing its query, row offsets ranked over
+    all the reads together (:func:`_rank_offsets`)."""
+    got = _rank_offsets([g for _, g, _ in compared])
+    want = _rank_offsets([w for _, _, w in compared])
+    for (where, _, _), g, w in zip(compared, got, want, strict=True):
+        diff = _first_divergence(where, [g], [w])
+        if diff is not None:
+            raise ScenarioFailed(f"{diff} (the model's snapshot of subscribing it, for the same reader: AUTH-1)")
 
 
 def _reads_setup(ns: str, e0: int) -> tuple[list[sm.CallReducer], tuple[str, ...]]:
@@ -652,6 +696,7 @@ class Runner:
             if step["op"] == "connect":
                 step["claims"] = {**step["claims"], "identity": identities[step["person"]]}
         want = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)
+        got, want = _rank_offsets(got), _rank_offsets(want)  # offsets in rows: compared by order and equality
         receives = [s for s in steps if s["op"] in d.RECEIVES]
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             diff = _first_divergence(f"receive #{i} on connection {receives[i]['conn']}", g, w)
@@ -873,6 +918,7 @@ class Runner:
             w.close()
             r.close()
         model = _model_reads(ns, folk, writes, queries, identities, e0, self.floors[1])
+        compared: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         for i, (text, want) in enumerate(zip(queries, model, strict=True)):
             got = answers.get(100 + i)
             if not isinstance(got, sm.OneOffQueryResult):
@@ -886,9 +932,8 @@ class Runner:
             rows = [t["inserts"] for t in want["rows"]] or [[]]
             got_rows = "an error: " + got.result if isinstance(got.result, str) else d.message_json(
                 sm.SubscribeApplied(0, 0, (got.result,)))["rows"][0]["inserts"]
-            diff = _first_divergence(f"the one-off read {text!r}", [{"rows": got_rows}], [{"rows": rows[0]}])
-            if diff is not None:
-                raise ScenarioFailed(f"{diff} (the model's snapshot of subscribing it, for the same reader: AUTH-1)")
+            compared.append((f"the one-off read {text!r}", {"rows": got_rows}, {"rows": rows[0]}))
+        _compare_reads(compared)
 
     def _http(self, method: str, path: str, token: str | None, body: bytes = b"",
               content_type: str | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -949,6 +994,7 @@ class Runner:
         r.close()
         answers = [self._sql(reader, text) for text in queries]
         model = _model_reads(ns, folk, writes, queries, identities, e0, v0)
+        compared: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         for text, (status, got), want in zip(queries, answers, model, strict=True):
             if want["$type"] == "SubscriptionError":
                 code = want["error"].split(":")[0]
@@ -960,9 +1006,8 @@ class Runner:
                 raise ScenarioFailed(f"/sql {text!r} was answered HTTP {status} {str(got)[:300]}; the model "
                                      "answers subscribing it with rows (AUTH-1)")
             rows = [t["inserts"] for t in want["rows"]] or [[]]
-            diff = _first_divergence(f"/sql {text!r}", [{"rows": got}], [{"rows": rows[0]}])
-            if diff is not None:
-                raise ScenarioFailed(f"{diff} (the model's snapshot of subscribing it, for the same reader: AUTH-1)")
+            compared.append((f"/sql {text!r}", {"rows": got}, {"rows": rows[0]}))
+        _compare_reads(compared)
 
     def http_call(self) -> None:
         """``POST /call/:reducer`` (protocol.md "HTTP call"): a call has no WebSocket caller, so every

@@ -217,6 +217,9 @@ VARIANTS = [
                                                         "protocol says tag 2"),
     # the 2 engine bugs the kit let through were slow-consumer ones: no scenario had a client that did not read
     ("never_closes_slow_consumer", "transport", "slow_consumer", "of them and no close frame"),
+    # row offsets were masked before the kit session; now ranked over the scenario (order and equality)
+    ("tx_offset_is_seq", "delivery", "row_filter", "tx_offset: the target's \"<offset #1>\", the model's"),
+    ("tx_offset_of_the_first_append", "idempotency", "idempotency_conflict", "tx_offset: the target's \"<offset #0>\""),
     # no scenario used the HTTP routes before the kit session
     ("sql_reads_every_stream", "http", "http_sql", "/sql 'SELECT * FROM sync_event', message 0 differs at rows"),
     ("one_off_ignores_row_filter", "http", "http_sql", "/sql \"SELECT * FROM bridge_outbox WHERE outbox_id"),

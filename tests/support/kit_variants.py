@@ -69,4 +69,11 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
             ("            self.close(conn.conn_id, SLOW_CONSUMER_REASON)\n\n    def one_off",
              "            pass\n\n    def one_off")),
            "a connection past max_outbound_queue is never closed: its queue grows without bound (SLOW-1)"),
+    Mutant("tx_offset_is_seq", "reference.reducers",
+           (("c.identity, x.now, x.offset))", "c.identity, x.now, next_seq))"),),
+           "an event's tx_offset is its seq (a per-stream count), not the offset of the transaction that wrote it"),
+    Mutant("tx_offset_of_the_first_append", "reference.reducers",
+           (("c.identity, x.now, x.offset))", "c.identity, x.now, x.offset - next_seq + 1))"),),
+           "an event's tx_offset is moved back by its seq - 1: every event of a stream appended in a row carries "
+           "the offset of the stream's first"),
 )
