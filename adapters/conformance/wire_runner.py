@@ -1,4 +1,5 @@
-"""``syncref conformance``: drive scenarios over v2 BSATN against any server and judge them by the model.
+"""``syncref conformance``: drive scenarios over BSATN WebSockets (v2; v3 and compression in the ``transport``
+area) and the HTTP ``call``/``sql`` routes against any server and judge them by the model.
 
 Each scenario is a list of steps (:mod:`adapters.conformance.delivery`: the same steps the delivery
 vectors record) over named WebSocket connections.  The runner plays them against the target --
@@ -6,8 +7,8 @@ each ``receive`` is closed by a *barrier* (a ``OneOffQuery`` answered in order w
 else, so once its answer is in, everything the server sent before it is in too) -- then plays the
 same steps on the model (:class:`spec.harness.Server`) with the identities the target assigned,
 and compares every message of every ``receive``: type, order, request ids, outcomes, error
-strings, rows (SATS-JSON by column).  Transaction offsets (v2 carries none in updates) and
-timestamps are the target's own (its log holds other data) and are masked.  The model runs with
+strings, rows (SATS-JSON by column).  Timestamps are the target's own (its log holds other data) and
+are masked; a row's transaction offset is compared by its rank among the scenario's row offsets.  The model runs with
 the default policy (``spec.policy.DEFAULT_POLICY``, what ``syncref serve`` uses unconfigured) with the
 kit's retention class for ``conformance.retain.*`` (``delivery.KIT_POLICY``): a
 target with other stream classes or budgets differs where those show (``replay_budget``).

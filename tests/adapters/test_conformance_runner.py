@@ -562,3 +562,17 @@ def test_a_server_of_another_protocol_version_fails_negotiation_order(tmp_path: 
         rc, out, results = conformance("--url", url, "--mint-with", str(t.data), "--only", "compat")
     assert rc == 1 and results[0]["status"] == "fail", out
     assert "oa.sync.v2" in results[0]["message"] and "oa.sync.v1" in results[0]["message"], out
+
+
+def test_a_longer_quiet_window_catches_a_confirmed_gate_that_gives_up_late(tmp_path: Path) -> None:
+    """The protocol offers no message that must follow a held one while it is held, so a target that
+    releases a confirmed read late in a stall is seen only while the runner listens: ``--quiet`` sets how
+    long.  ``confirmed_gate_gives_up`` releases undurable messages once durability has not moved for
+    0.8 s; ``confirmed_reads_released``'s stalls last about the fence plus ``--quiet``, so it passed that
+    server at the default 0.5 s (2 of 2 runs, docs/conformance.md) and fails it at 1.5 s."""
+    with serving(tmp_path, "confirmed_gate_gives_up+sweep_ticks_fast") as t:
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
+                                       "--only", "durability", "--quiet", "1.5")
+    failed = {r["scenario"]: r["message"] for r in results if r["status"] == "fail"}
+    assert rc == 1 and "confirmed_reads_released" in failed, out
+    assert "on connection c: the target sent 1 more message(s)" in failed["confirmed_reads_released"], out

@@ -76,4 +76,18 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
            (("c.identity, x.now, x.offset))", "c.identity, x.now, x.offset - next_seq + 1))"),),
            "an event's tx_offset is moved back by its seq - 1: every event of a stream appended in a row carries "
            "the offset of the stream's first"),
+    Mutant("confirmed_gate_gives_up", "reference.engine",
+           (("    def advance_durable(self, offset: int) -> None:\n        self.durable = max(self.durable, offset)\n",
+             "    def advance_durable(self, offset: int) -> None:\n        self.durable = max(self.durable, offset)\n"
+             "        self._durable_at = __import__('time').monotonic()\n"),
+            ("        return self.durable if conn.confirmed else None\n",
+             "        if conn.confirmed and __import__('time').monotonic() - getattr(self, '_durable_at', 0.0) > 0.8:\n"
+             "            return self.committed\n"
+             "        return self.durable if conn.confirmed else None\n")),
+           "the confirmed-read gate gives up once durability has not moved for 0.8 s: a stalled log's transactions "
+           "are released, undurable, at the next delivery pass after that (with sweep_ticks_fast: within 50 ms)"),
+    Mutant("sweep_ticks_fast", SERVER,
+           (("    sweep_interval_s: float = 1.0", "    sweep_interval_s: float = 0.05"),),
+           "not a bug: the presence sweep, and the delivery pass after it, every 50 ms instead of every second, so "
+           "a planted time-based release goes out on time"),
 )
