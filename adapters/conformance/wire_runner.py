@@ -149,6 +149,7 @@ class Conn:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
                 sock.settimeout(opts.timeout)
                 sock.connect((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)))
+                sock.settimeout(None)  # the client library times its own reads
             self.ws = connect(url, subprotocols=list(offer or (protocol,)),  # type: ignore[arg-type]
                               additional_headers=headers, open_timeout=opts.timeout, max_size=64 * 1024 * 1024,
                               logger=_WS_LOG, sock=sock)
@@ -437,10 +438,11 @@ def _named(t: Any, v: Any) -> Any:
 
 
 SLOW_PAYLOAD_BYTES = 16_000  # each slow-consumer append's payload (about): few updates fill the buffers
-SLOW_SLACK_BYTES = 8 * 1024 * 1024  # what the socket buffers between the target's queue and a client that
+SLOW_SLACK_BYTES = 6 * 1024 * 1024  # what the socket buffers between the target's queue and a client that
 # does not read may hold (the client's receive buffer is SLOW_RCVBUF; the rest is the target's send side)
 SLOW_RCVBUF = 4096
 SLOW_BATCH = 64  # appends sent before the writer's and the reading watcher's barriers
+SLOW_PUSH_S = 4.0  # appends that took longer may have outlasted the target's close timeout: no verdict
 
 
 def _seqs(msgs: list[wire.ServerMessage], conn: str) -> list[int]:
@@ -791,14 +793,13 @@ class Runner:
                 seen += _seqs(u.until_barrier(f"after appends {batch[0]}..{batch[-1]}"), "u")
                 sent = batch[-1]
             pushed = time.monotonic() - started
-            slow.ws.socket.settimeout(None)
             while True:
                 try:
                     frame = slow.ws.recv(timeout=self.opts.timeout)
                 except ConnectionClosed as exc:
                     close = exc.rcvd
                     break
-                except TimeoutError:
+                except (TimeoutError, OSError):
                     break
                 if isinstance(frame, bytes):
                     got += _seqs(wire.decode_server_frame(frame, 2), "s")
@@ -814,6 +815,12 @@ class Runner:
         if got != list(range(1, len(got) + 1)):
             raise ScenarioFailed(f"the client that did not read was sent the updates of seqs {_runs(got)}: not a "
                                  "prefix of the appends in order (a slow consumer is closed, never skipped ahead)")
+        if close is None and len(got) < total and pushed > SLOW_PUSH_S:
+            raise Skipped(f"the client that did not read was sent a prefix of the updates ({len(got)} of {total}) and "
+                          f"then the connection ended without a close frame it could read; the appends took "
+                          f"{pushed:.1f} s, longer than a target may wait for a closed slow consumer to complete its "
+                          f"close ({SLOW_PUSH_S:g} s; syncref serve: close_timeout_s 5 s) -- a loaded machine: "
+                          "nothing to judge")
         if close is None or close.code != 1008 or not close.reason.startswith("slow_consumer"):
             how = ("no close frame" if close is None else f"code {close.code} {close.reason!r}")
             raise ScenarioFailed(f"the client that did not read while {total} updates of about {len(payload)} bytes "
