@@ -8,7 +8,7 @@ it again on the same port and data (``--restart-cmd``), a shell command that mak
 retention now (``--compact-cmd``: ``python -m adapters.conformance.local compact URL TOKEN`` posts
 ``/v1/database/:name/compact`` with an admin token), its undurable window (the default ``[limits]
 max_undurable``: ``--max-undurable``), and a small outbound queue bound (``[limits] max_outbound_queue``
-= 128: ``--max-outbound-queue``, so a client that does not read is closed soon).  Its data directory is
+= 32: ``--max-outbound-queue``, so a client that does not read is closed soon).  Its data directory is
 created under the kit's policy (the default with the retention class ``conformance.retain.``) and its
 scheduled compaction is off in practice (once a day), so retention runs only when a scenario asks.
 Nothing here is specific
@@ -35,7 +35,7 @@ from pathlib import Path
 from adapters.netutil import free_port
 
 START_TIMEOUT_S = 60.0
-SLOW_CONSUMER_QUEUE = 128  # its [limits] max_outbound_queue (--max-outbound-queue): small, so that the
+SLOW_CONSUMER_QUEUE = 32  # its [limits] max_outbound_queue (--max-outbound-queue): small, so that the
 # slow-consumer scenario closes a client that does not read within a few hundred updates
 
 

@@ -32,6 +32,9 @@ Hooks a target may offer (without them the scenarios that need them are *skipped
                      ``conformance.retain.``): the retention scenario.
 ``--max-undurable N`` the target's undurable window (``syncref serve``: ``[limits] max_undurable``, 1024):
                      with ``--restart-cmd``, how far an unclean restart must move epochs and versions.
+``--max-outbound-queue N`` the target's bound on messages queued for one connection (``[limits]
+                     max_outbound_queue``, 16384): the slow-consumer scenario.
+``--quiet S``        how long a connection that must hear nothing is listened to after its fence (0.5 s).
 
 Bad targets get a one-line answer per scenario, never a traceback: nothing listening, not a
 SpacetimeDB endpoint (the HTTP status of the refused upgrade), a refused token, a close
@@ -152,7 +155,7 @@ class Conn:
                 sock.settimeout(None)  # the client library times its own reads
             self.ws = connect(url, subprotocols=list(offer or (protocol,)),  # type: ignore[arg-type]
                               additional_headers=headers, open_timeout=opts.timeout, max_size=64 * 1024 * 1024,
-                              logger=_WS_LOG, sock=sock)
+                              logger=_WS_LOG, sock=sock, max_queue=16 if rcvbuf is None else 1)
         except InvalidStatus as exc:
             body = exc.response.body.decode("utf-8", "replace")[:300] if exc.response.body else ""
             raise ScenarioFailed(f"connection {name}: the WebSocket upgrade was refused: HTTP "
@@ -437,9 +440,10 @@ def _named(t: Any, v: Any) -> Any:
     return v
 
 
-SLOW_PAYLOAD_BYTES = 16_000  # each slow-consumer append's payload (about): few updates fill the buffers
+SLOW_PAYLOAD_BYTES = 64_000  # each slow-consumer append's payload (about): few updates fill the buffers
 SLOW_SLACK_BYTES = 6 * 1024 * 1024  # what the socket buffers between the target's queue and a client that
-# does not read may hold (the client's receive buffer is SLOW_RCVBUF; the rest is the target's send side)
+# does not read may hold (the client's receive buffer is SLOW_RCVBUF and its library holds one frame; the
+# rest is the target's send side)
 SLOW_RCVBUF = 4096
 SLOW_BATCH = 64  # appends sent before the writer's and the reading watcher's barriers
 SLOW_PUSH_S = 4.0  # appends that took longer may have outlasted the target's close timeout: no verdict
@@ -751,7 +755,7 @@ class Runner:
         """A client that does not read is closed 1008 ``slow_consumer: ...`` once more than the target's
         ``max_outbound_queue`` messages wait for it, while the others go on being served (protocol.md "Close
         codes", "Limits"; SLOW-1).  A watcher ``s`` with a small receive buffer subscribes to a stream and
-        then reads nothing while a writer appends ``N`` + ``SLOW_SLACK_BYTES`` worth of 16 KB events (N:
+        then reads nothing while a writer appends ``N`` + ``SLOW_SLACK_BYTES`` worth of 64 KB events (N:
         ``--max-outbound-queue``), in batches; a watcher ``u`` that reads gets every update, in order, after
         each batch.  Then ``s`` reads: a prefix of the updates (in order, none missing in it), then the close."""
         from websockets.exceptions import ConnectionClosed
