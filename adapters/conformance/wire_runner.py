@@ -831,6 +831,24 @@ class Runner:
                                  f"were sent to it (--max-outbound-queue {n}, in {pushed:.1f} s) then read "
                                  f"{len(got)} of them and {how}; protocol.md \"Close codes\": 1008 "
                                  "'slow_consumer: {...}' past the bound (SLOW-1)")
+        # SLOW-1's other half: its watermark survives -- a resume from the last seq it was sent gets the rest
+        r = Conn(self.opts, watcher, False, "again")
+        try:
+            r.send(wire.Subscribe(1, 10, (f"SELECT * FROM sync_stream WHERE stream_id = '{a}'",)))
+            applied = [d.message_json(wire.server_from_wire(m)) for m in r.until_barrier("after reading the stream")]
+            epoch = applied[0]["rows"][0]["inserts"][0]["epoch"] if applied and applied[0].get("rows") else None
+            resume = f"{query} AND epoch = {epoch} AND seq > {len(got)}"
+            r.send(wire.Subscribe(2, 11, (resume,)))
+            resumed = [d.message_json(wire.server_from_wire(m)) for m in r.until_barrier("after resuming")]
+        finally:
+            r.close()
+        rest = [row["seq"] for m in resumed if m["$type"] == "SubscribeApplied"
+                for t in m["rows"] for row in t["inserts"]]
+        kinds = [m["$type"] for m in resumed]
+        if kinds != ["SubscribeApplied"] or sorted(rest) != list(range(len(got) + 1, total + 1)):
+            raise ScenarioFailed(f"the slow consumer, closed after seq {len(got)}, resumed with {resume!r} and was "
+                                 f"answered {kinds} with seqs {_runs(sorted(rest))}; the rest "
+                                 f"of the stream is {len(got) + 1}..{total} (SLOW-1: its watermark survives)")
 
     def v3_coalesced(self) -> None:
         """v3 (protocol.md "Frames", "Upgrade"): offered both, in the client's order v2 first, the server
