@@ -441,3 +441,62 @@ def test_a_failed_head_mark_write_is_counted_told_and_leaves_the_older_mark(
     assert writer.mark() and json.loads((data / "syncref.head").read_text())["offset"] == 4  # retried
     writer.close()
     store.close()
+
+
+# --- verify-log beside a running server -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("piece", ["head mark", "snapshot"])
+def test_verify_log_beside_a_running_server_does_not_fail_on_a_newer_mark_or_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: str) -> None:
+    """``verify-log`` beside a server that keeps committing (the supported way: no lock, one read
+    transaction).  The server rewrites the head mark every second and renames a snapshot in once its
+    record is durable; whenever verify-log reads them, they name a record the log held durably by
+    then.  Here the server moves on (3 records, then a new mark or snapshot at its new head) each
+    time verify-log looks at the mark or the snapshot directory.  Failed before (review of ADR-0039):
+    verify_log read both *inside* its read transaction, which had started at an older head, so the
+    replay never reached them -- ``unreached``, verify-log FAILED (exit 1) on a healthy log."""
+    import reference.replay as replay
+
+    data = tmp_path / "data"
+    grow(data, 10, "a")
+    store = LogStore.open(data)
+    store.head_mark_s = 0.0  # the server's mark follows each COMMIT here
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+
+    def server_moves_on() -> None:
+        for _ in range(3):
+            eng.now += 1000
+            eng.admin_call(WRITER, "append_sync_event", ("t.0", f"k{eng.committed}", "{}", None, None))
+            writer.append(eng.take_records())
+            eng.advance_durable(writer.flush())
+        if piece == "snapshot":
+            snapshot.write(data / snapshot.SNAPSHOT_DIR,
+                           snapshot.capture(eng.db, eng.committed, eng.head_hash, store.log_id))
+
+    if piece == "head mark":
+        real_mark = replay.read_head_mark
+
+        def mark_moved(directory: Path) -> object:
+            server_moves_on()
+            return real_mark(directory)
+
+        monkeypatch.setattr(replay, "read_head_mark", mark_moved)
+    else:
+        real_listing = snapshot.listing
+
+        def listing_moved(directory: Path) -> list[tuple[int, Path]]:
+            server_moves_on()
+            return real_listing(directory)
+
+        monkeypatch.setattr(snapshot, "listing", listing_moved)
+    try:
+        report = replay.verify_log(data)
+    finally:
+        monkeypatch.undo()
+        writer.close()
+        store.close()
+    checks = [report.head_mark] if piece == "head mark" else list(report.snapshots)
+    assert checks and all(c is not None and c.status == "match" for c in checks), checks
+    assert report.ok and report.records >= 13, report
