@@ -168,15 +168,18 @@ def read_head_mark(directory: Path) -> HeadMark | None:
 
 
 def write_head_mark(directory: Path, mark: HeadMark) -> None:
-    """Replace the head mark: a temp file written and fsynced, then renamed over the old one.  The
-    directory is not fsynced: after a power cut the name may still be the previous mark, an older
-    record -- a weaker check, never a false one."""
+    """Replace the head mark: a temp file written and fsynced, renamed over the old one, then the
+    directory fsynced, so the new name survives a power cut as its contents do (without it the name
+    could still be the previous mark -- or none, for a directory's first mark: a weaker check).  Any
+    step's ``OSError`` propagates (:meth:`LogStore.mark_head` counts it); after a failed directory
+    fsync the renamed mark is whole (its contents were fsynced first)."""
     tmp = directory / (HEAD_FILE + ".tmp")
     with open(tmp, "wb") as f:
         f.write((_dumps({"log_id": mark.log_id, "offset": mark.offset, "hash": mark.hash}) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, directory / HEAD_FILE)
+    snapshot.fsync_dir(directory)
 
 
 @dataclass(frozen=True, slots=True)

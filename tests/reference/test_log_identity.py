@@ -500,3 +500,38 @@ def test_verify_log_beside_a_running_server_does_not_fail_on_a_newer_mark_or_sna
     checks = [report.head_mark] if piece == "head mark" else list(report.snapshots)
     assert checks and all(c is not None and c.status == "match" for c in checks), checks
     assert report.ok and report.records >= 13, report
+
+
+def test_the_head_mark_rename_is_followed_by_a_directory_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark's new name must survive a power cut like its contents: temp file fsynced, renamed over
+    the old mark, then the data directory itself fsynced (else the first mark of a directory, or a
+    newer one, may be lost with the name -- a weaker check).  Every fsync and rename is recorded, the
+    fsynced descriptor identified by its inode.  Failed before (review of ADR-0039): the rename was
+    the last step, no directory fsync."""
+    import os
+    import stat
+
+    from reference.durability import HeadMark, write_head_mark
+
+    data = tmp_path / "data"
+    data.mkdir()
+    real_fsync, real_replace = os.fsync, os.replace
+    steps: list[tuple[str, object]] = []
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        steps.append(("fsync", (stat.S_ISDIR(st.st_mode), st.st_ino)))
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        steps.append(("replace", Path(str(dst)).name))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_head_mark(data, HeadMark("a" * 32, 7, "b" * 64))
+    monkeypatch.undo()
+    head = data / "syncref.head"
+    assert steps == [("fsync", (False, head.stat().st_ino)), ("replace", "syncref.head"),
+                     ("fsync", (True, data.stat().st_ino))], steps
+    assert json.loads(head.read_text()) == {"log_id": "a" * 32, "offset": 7, "hash": "b" * 64}
