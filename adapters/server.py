@@ -1052,7 +1052,10 @@ class SyncServer:
         store = self._store
         return {"lags": lags, "durability_lag": engine.committed - engine.durable, "outbox_pending": pending,
                 "wal_checkpoints": store.checkpoints if store is not None else 0,
-                "wal_checkpoint_errors": store.checkpoint_errors if store is not None else 0}
+                "wal_checkpoint_errors": store.checkpoint_errors if store is not None else 0,
+                "head_marks": store.marks if store is not None else 0,
+                "head_mark_errors": store.mark_errors if store is not None else 0,
+                "head_mark_offset": store.marked_offset if store is not None else 0}
 
     def _metrics_offsets(self) -> None:
         if self._engine is not None:
@@ -2462,6 +2465,7 @@ def ops_facts(server: SyncServer) -> ops.ServerFacts:
             elif sample.name == "syncref_refused_total":
                 refused[sample.labels["limit"]] = int(sample.value)
     failed = server.failed
+    store = server._store
     return ops.ServerFacts(
         database=server.config.database, now_us=now_us(), started_at_us=server.started_at_us,
         sessions=tuple(ops.SessionFacts(s.conn_id, SUBPROTOCOLS[0] if s.version == 3 else SUBPROTOCOLS[1],
@@ -2470,4 +2474,8 @@ def ops_facts(server: SyncServer) -> ops.ServerFacts:
         records_written=writer.written if writer is not None else 0,
         tcp_connections=server._gate.open if server._gate is not None else 0,
         closes=closes, refused=refused, errors=tuple(server.recent_errors.entries),
-        durability_failed=repr(failed.result()) if failed is not None and failed.done() else None)
+        durability_failed=repr(failed.result()) if failed is not None and failed.done() else None,
+        log_id=store.log_id if store is not None else None,
+        head_mark_offset=store.marked_offset if store is not None else 0,
+        head_marks=store.marks if store is not None else 0,
+        head_mark_errors=store.mark_errors if store is not None else 0)

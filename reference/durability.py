@@ -874,6 +874,12 @@ class LogStore:
             self.marks += 1
             return True
 
+    @property
+    def marked_offset(self) -> int:
+        """The offset the head mark this store last wrote holds (0: none written yet by this store)."""
+        with self._mark_lock:
+            return self._marked
+
     def set_meta(self, key: str, value: str) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
