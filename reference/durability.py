@@ -856,11 +856,11 @@ class LogStore:
         has passed since the last mark (the group-commit writer asks after each COMMIT: no fsync per
         commit).  Never moves the mark back.  A failed write is counted (``mark_errors``) and leaves
         the older mark, a weaker check; the next one retries.  Returns whether one was written."""
-        if self.readonly or self._closed or self.log_id is None or offset < 1:
+        if self.readonly or self.log_id is None or offset < 1:
             return False
-        with self._mark_lock:
+        with self._mark_lock:  # close() takes it too: no mark is written once the lock is released
             now = time.monotonic()
-            if offset <= self._marked or (due and now - self._marked_at < self.head_mark_s):
+            if self._closed or offset <= self._marked or (due and now - self._marked_at < self.head_mark_s):
                 return False
             self._marked_at = now
             try:
@@ -901,10 +901,13 @@ class LogStore:
         self.close()
 
     def close(self) -> None:
-        """Close without the marker (the next open is an unclean restart)."""
-        if self._closed:
-            return
-        self._closed = True
+        """Close without the marker (the next open is an unclean restart).  A head mark write in
+        flight (the mark thread's) ends first: the directory lock is released only after it, so the
+        next process to open the directory never writes its mark beside this one's."""
+        with self._mark_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._conn.close()
         if self._lock is not None:
             self._lock.close()  # releases the flock

@@ -535,3 +535,52 @@ def test_the_head_mark_rename_is_followed_by_a_directory_fsync(tmp_path: Path, m
     assert steps == [("fsync", (False, head.stat().st_ino)), ("replace", "syncref.head"),
                      ("fsync", (True, data.stat().st_ino))], steps
     assert json.loads(head.read_text()) == {"log_id": "a" * 32, "offset": 7, "hash": "b" * 64}
+
+
+def test_a_mark_write_in_flight_ends_before_close_releases_the_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark thread may be inside a mark write (a slow fsync: a failing disk, when the writer has
+    failed and the server closes the store without stopping that thread) when the store is closed.
+    ``close`` must wait for it before releasing the directory lock: else the next process to open the
+    directory writes its own mark through the same ``syncref.head.tmp`` while the old write renames
+    it -- a mark written whole by neither, which the next start refuses as unparsable.  Here the write
+    is held until ``close`` has returned (or 1 s has passed), then checks whether the directory lock
+    is already free.  Failed before (review of ADR-0039): ``close`` returned at once, the lock was
+    free while the old store's mark was still being written."""
+    import fcntl
+
+    import reference.durability as durability
+
+    data = tmp_path / "data"
+    grow(data, 3, "a")
+    store = LogStore.open(data)
+    digest = store.hash_at(3)
+    assert digest is not None
+    real = durability.write_head_mark
+    entered, release = threading.Event(), threading.Event()
+    lock_free_during_write: list[bool] = []
+
+    def slow(directory: Path, mark: durability.HeadMark) -> None:
+        entered.set()
+        release.wait(10)
+        with open(data / "syncref.lock", "a") as probe:
+            try:
+                fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                lock_free_during_write.append(True)
+            except BlockingIOError:
+                lock_free_during_write.append(False)
+        real(directory, mark)
+
+    monkeypatch.setattr(durability, "write_head_mark", slow)
+    marker = threading.Thread(target=store.mark_head, args=(3, digest))
+    marker.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(1.0)  # before the fix it has returned by now; after it, it waits for the write
+    release.set()
+    marker.join(10)
+    closer.join(10)
+    assert not closer.is_alive() and not marker.is_alive()
+    assert lock_free_during_write == [False]
+    assert not store.mark_head(3, digest)  # closed: no mark is written any more
