@@ -802,9 +802,18 @@ class SyncServer:
                     shutdown(self._engine, self._writer, self._store)
                 except Exception as exc:  # the log stays as it is: the next start recovers (unclean)
                     log.error("clean shutdown failed, the next start will recover: %r", exc)
-                    self._store.close()
+                    self._close_failed()
             else:
-                self._store.close()
+                self._close_failed()
+
+    def _close_failed(self) -> None:
+        """Close a store whose writer failed (or whose clean shutdown did): the writer first -- it
+        raises its failure, already reported -- so its threads end (the head-mark thread too,
+        ADR-0039), then the store, unclean."""
+        assert self._writer is not None and self._store is not None
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._store.close()
 
     # --- durability -------------------------------------------------------------------------------
 
