@@ -534,7 +534,8 @@ def test_the_head_mark_rename_is_followed_by_a_directory_fsync(tmp_path: Path, m
     head = data / "syncref.head"
     assert steps == [("fsync", (False, head.stat().st_ino)), ("replace", "syncref.head"),
                      ("fsync", (True, data.stat().st_ino))], steps
-    assert json.loads(head.read_text()) == {"log_id": "a" * 32, "offset": 7, "hash": "b" * 64}
+    written = json.loads(head.read_text())
+    assert (written["log_id"], written["offset"], written["hash"]) == ("a" * 32, 7, "b" * 64)
 
 
 def test_a_mark_write_in_flight_ends_before_close_releases_the_directory(
@@ -584,3 +585,51 @@ def test_a_mark_write_in_flight_ends_before_close_releases_the_directory(
     assert not closer.is_alive() and not marker.is_alive()
     assert lock_free_during_write == [False]
     assert not store.mark_head(3, digest)  # closed: no mark is written any more
+
+
+@pytest.mark.parametrize("field", ["offset", "hash"])
+def test_a_head_mark_the_disk_changed_is_told_as_a_damaged_mark_not_as_lost_records(tmp_path: Path,
+                                                                                    field: str) -> None:
+    """A mark whose bytes the disk changed but which still parses (one digit of its offset, one hex
+    digit of its hash).  A snapshot has a checksum for that, and a corrupt one is passed over; the
+    mark had none, so it was believed: an offset 12 -> 92 refused the start as "the log lost
+    acknowledged records 13-92 ... restore the log from a backup" -- advice that loses the records
+    written since that backup, for a log that lost nothing; a changed hash, as "another history".
+    Now the mark carries a sha256 of its fields and a mismatch is a damaged mark, whose message
+    sends the operator to the disk and to removing the mark, never to a backup.  Failed before
+    (review of ADR-0039): [offset] refused with "lost acknowledged records", [hash] with "tell
+    different histories"."""
+    data = tmp_path / "data"
+    grow(data, 12, "a")  # clean shutdown: the mark holds record 12
+    head = data / "syncref.head"
+    mark = json.loads(head.read_text())
+    assert mark["offset"] == 12
+    text = head.read_text()
+    changed = text.replace('"offset":12', '"offset":92') if field == "offset" else \
+        text.replace(mark["hash"], ("0" if mark["hash"][0] != "0" else "1") + mark["hash"][1:])
+    assert changed != text and json.loads(changed)  # still parses
+    head.write_text(changed)
+    with pytest.raises(DamagedLog) as err:
+        LogStore.open(data)
+    message = str(err.value)
+    assert "syncref.head does not parse" in message and "checksum" in message, message
+    assert "lost acknowledged records" not in message and "different histories" not in message, message
+    head.write_text(text)  # the mark as written: the directory opens
+    opens_from(data)
+
+
+def test_a_head_mark_written_before_its_checksum_is_still_believed(tmp_path: Path) -> None:
+    """Marks written by ADR-0039's first build carry no ``sha256``: they keep working -- one at the head
+    opens, one past the head is refused as lost records, as before (a planted "no checksum: damaged"
+    would refuse every directory that build left)."""
+    data = tmp_path / "data"
+    grow(data, 12, "a")
+    head = data / "syncref.head"
+    mark = json.loads(head.read_text())
+    old = {"log_id": mark["log_id"], "offset": 12, "hash": mark["hash"]}
+    head.write_text(json.dumps(old, separators=(",", ":")) + "\n")
+    assert opens_from(data)[1] == mark["log_id"]  # the clean shutdown wrote a new mark, with its checksum
+    assert "sha256" in json.loads(head.read_text())
+    head.write_text(json.dumps({**old, "offset": 92}, separators=(",", ":")) + "\n")
+    with pytest.raises(DamagedLog, match="lost acknowledged records"):
+        LogStore.open(data)
