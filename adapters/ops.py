@@ -200,7 +200,8 @@ def _durability(engine: Engine, facts: ServerFacts) -> dict[str, Any]:
         "failed": facts.durability_failed,
         "log_id": facts.log_id,
         "head_mark": {"offset": facts.head_mark_offset,
-                      "behind": engine.durable - facts.head_mark_offset if facts.head_mark_offset else None,
+                      # the writer's durable offset may be a COMMIT ahead of the engine's: never below 0
+                      "behind": max(0, engine.durable - facts.head_mark_offset) if facts.head_mark_offset else None,
                       "written": facts.head_marks, "errors": facts.head_mark_errors},
     }
 

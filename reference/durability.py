@@ -891,9 +891,10 @@ class LogStore:
 
     @property
     def marked_offset(self) -> int:
-        """The offset the head mark this store last wrote holds (0: none written yet by this store)."""
-        with self._mark_lock:
-            return self._marked
+        """The offset the head mark this store last wrote holds (0: none written yet by this store).
+        Read without the mark lock (one int, replaced whole): the event loop reads it for ``/metrics``
+        and the ops page, and must not wait for a mark write a failing disk holds in its fsync."""
+        return self._marked
 
     def set_meta(self, key: str, value: str) -> None:
         self._conn.execute("BEGIN IMMEDIATE")

@@ -161,6 +161,8 @@ def test_durability_names_the_log_id_and_the_head_mark_for_every_admin() -> None
         dur = ops.gather(eng, facts, viewer)["durability"]
         assert dur["log_id"] == "f" * 32
         assert dur["head_mark"] == {"offset": 3, "behind": 1, "written": 5, "errors": 2}
+    ahead = ops.ServerFacts("autopilot-sync", 2_000_000, 0, head_mark_offset=6)  # the writer ahead of the engine
+    assert ops.gather(eng, ahead, ADMIN)["durability"]["head_mark"]["behind"] == 0
     none = ops.gather(eng, FACTS, ADMIN)["durability"]  # no mark written yet: nothing to be behind
     assert none["log_id"] is None and none["head_mark"] == {"offset": 0, "behind": None, "written": 0, "errors": 0}
 

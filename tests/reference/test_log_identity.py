@@ -633,3 +633,41 @@ def test_a_head_mark_written_before_its_checksum_is_still_believed(tmp_path: Pat
     head.write_text(json.dumps({**old, "offset": 92}, separators=(",", ":")) + "\n")
     with pytest.raises(DamagedLog, match="lost acknowledged records"):
         LogStore.open(data)
+
+
+def test_reading_the_marked_offset_never_waits_for_a_mark_write(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LogStore.marked_offset`` is read on the server's event loop (``GET /metrics``, the ops page)
+    while the mark thread may be inside a mark write whose fsync a failing disk holds for seconds: the
+    read must not wait for it, or every scrape stalls the whole server.  Failed before (this review's
+    first version of the property took the mark lock): the read waited for the held write."""
+    import reference.durability as durability
+
+    data = tmp_path / "data"
+    grow(data, 3, "a")
+    store = LogStore.open(data)
+    digest = store.hash_at(3)
+    assert digest is not None
+    real = durability.write_head_mark
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(directory: Path, mark: durability.HeadMark) -> None:
+        entered.set()
+        release.wait(10)
+        real(directory, mark)
+
+    monkeypatch.setattr(durability, "write_head_mark", slow)
+    marker = threading.Thread(target=store.mark_head, args=(3, digest))
+    marker.start()
+    assert entered.wait(10)
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(store.marked_offset))
+    reader.start()
+    reader.join(2.0)
+    waited = reader.is_alive()
+    release.set()
+    marker.join(10)
+    reader.join(10)
+    assert not waited and seen == [0]  # read at once: the write in flight has not landed yet
+    assert store.marked_offset == 3
+    store.close()
