@@ -349,6 +349,8 @@ def verify_log(data_dir: str | os.PathLike[str],
             try:
                 files.append((offset, path.name, snapshot.read_bytes(path)))
             except snapshot.SnapshotError as exc:
+                if not path.exists():  # pruned since the listing (a server beside it): no longer in the directory
+                    continue
                 checks[path.name] = SnapshotCheck(path.name, offset, "corrupt", exc.reason)
         mark = read_head_mark(store.path.parent)  # the open checked its id and that it is within the log
         with store.read_snapshot():  # safe against a server that is still committing

@@ -671,3 +671,32 @@ def test_reading_the_marked_offset_never_waits_for_a_mark_write(tmp_path: Path,
     assert not waited and seen == [0]  # read at once: the write in flight has not landed yet
     assert store.marked_offset == 3
     store.close()
+
+
+def test_verify_log_beside_a_running_server_does_not_fail_on_a_snapshot_pruned_after_the_listing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server prunes old snapshots after writing a new one; verify-log lists the directory, then
+    reads each file.  A file pruned in between is no longer part of the directory: it is left out,
+    not reported ``corrupt``.  Failed before (found with the review of ADR-0039; ADR-0011's code): the
+    vanished file was ``corrupt`` (unreadable: No such file or directory), verify-log FAILED on a
+    healthy log."""
+    import reference.replay as replay
+
+    data = tmp_path / "data"
+    grow(data, 12, "a", snap_at=(5, 10))
+    real_listing = snapshot.listing
+    calls: list[int] = []
+
+    def pruned_after_listing(directory: Path) -> list[tuple[int, Path]]:
+        listed = real_listing(directory)
+        calls.append(1)
+        if len(calls) == 2:  # verify_log's own listing (the first is the open's check)
+            listed[-1][1].unlink()  # the oldest, as prune drops it
+        return listed
+
+    monkeypatch.setattr(snapshot, "listing", pruned_after_listing)
+    report = replay.verify_log(data)
+    monkeypatch.undo()
+    assert len(calls) == 2
+    assert [(c.file, c.status) for c in report.snapshots] == [(snapshot.file_name(10), "match")], report.snapshots
+    assert report.ok, report
