@@ -587,7 +587,7 @@ def test_a_mark_write_in_flight_ends_before_close_releases_the_directory(
     assert not store.mark_head(3, digest)  # closed: no mark is written any more
 
 
-@pytest.mark.parametrize("field", ["offset", "hash"])
+@pytest.mark.parametrize("field", ["offset", "hash", "log_id"])
 def test_a_head_mark_the_disk_changed_is_told_as_a_damaged_mark_not_as_lost_records(tmp_path: Path,
                                                                                     field: str) -> None:
     """A mark whose bytes the disk changed but which still parses (one digit of its offset, one hex
@@ -598,22 +598,24 @@ def test_a_head_mark_the_disk_changed_is_told_as_a_damaged_mark_not_as_lost_reco
     Now the mark carries a sha256 of its fields and a mismatch is a damaged mark, whose message
     sends the operator to the disk and to removing the mark, never to a backup.  Failed before
     (review of ADR-0039): [offset] refused with "lost acknowledged records", [hash] with "tell
-    different histories"."""
+    different histories", [log_id] with "belongs to another log"."""
     data = tmp_path / "data"
     grow(data, 12, "a")  # clean shutdown: the mark holds record 12
     head = data / "syncref.head"
     mark = json.loads(head.read_text())
     assert mark["offset"] == 12
     text = head.read_text()
-    changed = text.replace('"offset":12', '"offset":92') if field == "offset" else \
-        text.replace(mark["hash"], ("0" if mark["hash"][0] != "0" else "1") + mark["hash"][1:])
+    flip = {"offset": ('"offset":12', '"offset":92')}.get(field) or \
+        (mark[field], ("0" if mark[field][0] != "0" else "1") + mark[field][1:])
+    changed = text.replace(*flip)
     assert changed != text and json.loads(changed)  # still parses
     head.write_text(changed)
     with pytest.raises(DamagedLog) as err:
         LogStore.open(data)
     message = str(err.value)
     assert "syncref.head does not parse" in message and "checksum" in message, message
-    assert "lost acknowledged records" not in message and "different histories" not in message, message
+    assert all(wrong not in message for wrong in ("lost acknowledged records", "different histories",
+                                                  "belongs to another log")), message
     head.write_text(text)  # the mark as written: the directory opens
     opens_from(data)
 
