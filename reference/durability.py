@@ -184,17 +184,31 @@ def _mark_sum(mark: HeadMark) -> str:
 def write_head_mark(directory: Path, mark: HeadMark) -> None:
     """Replace the head mark: a temp file written and fsynced, renamed over the old one, then the
     directory fsynced, so the new name survives a power cut as its contents do (without it the name
-    could still be the previous mark -- or none, for a directory's first mark: a weaker check).  Any
-    step's ``OSError`` propagates (:meth:`LogStore.mark_head` counts it); after a failed directory
-    fsync the renamed mark is whole (its contents were fsynced first)."""
+    could still be the previous mark -- or none, for a directory's first mark: a weaker check).  An
+    ``OSError`` names the step that failed (as a snapshot's does; :meth:`LogStore.mark_head` counts
+    it); a temp file that failed is removed, never renamed; after a failed directory fsync the
+    renamed mark is whole (its contents were fsynced first)."""
     tmp = directory / (HEAD_FILE + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write((_dumps({"log_id": mark.log_id, "offset": mark.offset, "hash": mark.hash, "sha256": _mark_sum(mark)})
-                 + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / HEAD_FILE)
-    snapshot.fsync_dir(directory)
+    step = f"creating {tmp.name}"
+    try:
+        with open(tmp, "wb") as f:
+            step = f"writing {tmp.name}"
+            f.write((_dumps({"log_id": mark.log_id, "offset": mark.offset, "hash": mark.hash,
+                             "sha256": _mark_sum(mark)}) + "\n").encode())
+            f.flush()
+            step = f"fsync of {tmp.name}"
+            os.fsync(f.fileno())
+            step = f"closing {tmp.name}"
+        step = f"renaming {tmp.name}"
+        os.replace(tmp, directory / HEAD_FILE)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{step} failed: {exc.strerror or exc}") from exc
+    try:
+        snapshot.fsync_dir(directory)
+    except OSError as exc:
+        raise OSError(exc.errno, f"fsync of the data directory failed after {HEAD_FILE} was renamed into place: "
+                                 f"{exc.strerror or exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -606,6 +606,7 @@ def test_a_failing_head_mark_write_is_counted_and_never_leaves_a_partial_mark(
             time.sleep(0.05)
         assert "EIO fsync /data/syncref.head.tmp" in faulty_disk.hits()
         assert not (data / "syncref.head").exists()  # the failed temp file was never renamed
+        assert not (data / "syncref.head.tmp").exists()  # but removed
         assert _metric(url, "syncref_head_mark_offset") == 0
         # the directory fsync after the rename fails: the mark is in place, whole
         faulty_disk.disarm("fsync")
@@ -633,6 +634,7 @@ def test_a_failing_head_mark_write_is_counted_and_never_leaves_a_partial_mark(
     log = (tmp_path / "first.log").read_text()
     assert code == 0 and "Traceback" not in log, log
     assert any(re.search(r"writing the head mark syncref\.head failed \(the commit log is unaffected; .*\): "
-                         r"\[Errno 5\] Input/output error$", line) for line in log.splitlines()), log
+                         r"\[Errno 5\] fsync of syncref\.head\.tmp failed: Input/output error$", line)
+               for line in log.splitlines()), log
     report = json.loads(verify_log(data, faulty_disk.env).stdout)
     assert report["ok"] and report["head_mark"]["status"] == "match", report

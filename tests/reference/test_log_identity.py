@@ -702,3 +702,47 @@ def test_verify_log_beside_a_running_server_does_not_fail_on_a_snapshot_pruned_a
     assert len(calls) == 2
     assert [(c.file, c.status) for c in report.snapshots] == [(snapshot.file_name(10), "match")], report.snapshots
     assert report.ok, report
+
+
+@pytest.mark.parametrize(("failing", "told"), [
+    ("file", "fsync of syncref.head.tmp failed: Input/output error"),
+    ("directory", "fsync of the data directory failed after syncref.head was renamed into place: "
+                  "Input/output error"),
+])
+def test_a_failed_mark_write_names_its_step_and_leaves_no_temp_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, told: str) -> None:
+    """The mark's write fails at one of its steps (EIO from fsync, injected on the temp file's or the
+    directory's descriptor): the error told to the server's log names the step, as a snapshot's does
+    (an operator must know whether the mark in place is the new one); a temp file that was never
+    renamed is removed; after a failed directory fsync the new mark is in place and whole.  Failed
+    before (review of ADR-0039): the bare "[Errno 5] Input/output error", and the temp file left."""
+    import errno
+    import os
+    import stat
+
+    data = tmp_path / "data"
+    grow(data, 3, "a")  # a mark at 3
+    store = LogStore.open(data)
+    store.head_mark_s = 0.0
+    errors: list[OSError] = []
+    store.on_mark_error = errors.append
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode) == (failing == "directory"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    eng.admin_call(WRITER, "append_sync_event", ("t.0", "late", "{}", None, None))
+    writer.append(eng.take_records())
+    assert writer.flush() == 4  # the commit is unaffected (SQLite does not call os.fsync)
+    monkeypatch.undo()
+    assert store.mark_errors == 1 and [str(e) for e in errors] == [f"[Errno 5] {told}"], errors
+    assert errors[0].errno == errno.EIO
+    assert not (data / "syncref.head.tmp").exists()
+    assert json.loads((data / "syncref.head").read_text())["offset"] == (4 if failing == "directory" else 3)
+    writer.close()
+    store.close()
