@@ -804,9 +804,18 @@ class SyncServer:
                     shutdown(self._engine, self._writer, self._store)
                 except Exception as exc:  # the log stays as it is: the next start recovers (unclean)
                     log.error("clean shutdown failed, the next start will recover: %r", exc)
-                    self._store.close()
+                    self._close_failed()
             else:
-                self._store.close()
+                self._close_failed()
+
+    def _close_failed(self) -> None:
+        """Close a store whose writer failed (or whose clean shutdown did): the writer first -- it
+        raises its failure, already reported -- so its threads end (the head-mark thread too,
+        ADR-0039), then the store, unclean."""
+        assert self._writer is not None and self._store is not None
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._store.close()
 
     # --- durability -------------------------------------------------------------------------------
 
@@ -1054,7 +1063,10 @@ class SyncServer:
         store = self._store
         return {"lags": lags, "durability_lag": engine.committed - engine.durable, "outbox_pending": pending,
                 "wal_checkpoints": store.checkpoints if store is not None else 0,
-                "wal_checkpoint_errors": store.checkpoint_errors if store is not None else 0}
+                "wal_checkpoint_errors": store.checkpoint_errors if store is not None else 0,
+                "head_marks": store.marks if store is not None else 0,
+                "head_mark_errors": store.mark_errors if store is not None else 0,
+                "head_mark_offset": store.marked_offset if store is not None else 0}
 
     def _metrics_offsets(self) -> None:
         if self._engine is not None:
@@ -2517,6 +2529,7 @@ def ops_facts(server: SyncServer) -> ops.ServerFacts:
             elif sample.name == "syncref_refused_total":
                 refused[sample.labels["limit"]] = int(sample.value)
     failed = server.failed
+    store = server._store
     return ops.ServerFacts(
         database=server.config.database, now_us=now_us(), started_at_us=server.started_at_us,
         sessions=tuple(ops.SessionFacts(s.conn_id, SUBPROTOCOLS[0] if s.version == 3 else SUBPROTOCOLS[1],
@@ -2525,4 +2538,8 @@ def ops_facts(server: SyncServer) -> ops.ServerFacts:
         records_written=writer.written if writer is not None else 0,
         tcp_connections=server._gate.open if server._gate is not None else 0,
         closes=closes, refused=refused, errors=tuple(server.recent_errors.entries),
-        durability_failed=repr(failed.result()) if failed is not None and failed.done() else None)
+        durability_failed=repr(failed.result()) if failed is not None and failed.done() else None,
+        log_id=store.log_id if store is not None else None,
+        head_mark_offset=store.marked_offset if store is not None else 0,
+        head_marks=store.marks if store is not None else 0,
+        head_mark_errors=store.mark_errors if store is not None else 0)

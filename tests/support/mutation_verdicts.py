@@ -212,7 +212,7 @@ EQUIVALENT.update({
     "reference.durability.x__json_array__mutmut_7":
         "a failed scan's end only has to differ from len(text): -1 and None both do, so both fall back to "
         "json.loads (and the scanned value is not read)",
-    "reference.replay.x_verify_log__mutmut_149":
+    "reference.replay.x_verify_log__mutmut_151":
         "snapshot.matches is verify_log's shortcut: with offset None the bytes it builds name offset null and never "
         "equal a file, so every file goes the slow way (decoded, then head hash and differs), which gives the same "
         "check the shortcut would (matches' contract: a file it accepts decodes to an image differs finds equal)",
@@ -418,7 +418,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.snapshot.x_encode__mutmut_37":
         'yield (_ENC.encode({"sha256": digest.hexdigest()}) + "\\n").encode("UTF-8")',
     "reference.eventlog.xǁStreamLogǁvalues__mutmut_21": "one_epoch = None",
-    "reference.replay.x_verify_log__mutmut_149": "if snapshot.matches(held, db, None, head, store.log_id):",
+    "reference.replay.x_verify_log__mutmut_151": "if snapshot.matches(held, db, None, head, store.log_id):",
     "reference.durability.x__json_array__mutmut_7": "end = None",
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
     "reference.db.x__differ__mutmut_1": "get = None",
