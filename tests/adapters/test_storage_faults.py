@@ -491,6 +491,16 @@ def test_a_failed_fsync_is_never_acknowledged_even_when_the_next_fsync_succeeds(
     check_recovers(data, tok, acked, tmp_path / "after.log", retry="during-", env=faulty_disk.env)
 
 
+def _wait_until_no_snapshot_files(snaps: Path, within: float = 30) -> None:
+    """Until ``snaps`` holds no ``snap-*`` file (a failed write's temp file is removed by the snapshot
+    thread); fails, naming what is left, when one is still there after ``within`` seconds -- a whole
+    snapshot (which would never go) or a temp file never removed."""
+    deadline = time.monotonic() + within
+    while list(snaps.glob("snap-*")):
+        assert time.monotonic() < deadline, list(snaps.iterdir())
+        time.sleep(0.05)
+
+
 def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_snapshot(
         faulty_disk: FaultyDisk, tmp_path: Path) -> None:
     """Snapshots (every 5 records here) on a disk whose fsync fails: of the temp file (the snapshot
@@ -508,27 +518,27 @@ def test_a_failing_snapshot_write_loses_nothing_and_never_leaves_a_half_written_
     try:
         acked = asyncio.run(append_until_refused(url, tok, 12, 100))
         assert len(acked) == 12, "a failing snapshot stopped the acknowledgements"
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while sum(line.startswith("EIO fsync /data/snapshots/snap-") for line in faulty_disk.hits()) < 2:
             assert time.monotonic() < deadline, faulty_disk.hits()
             time.sleep(0.05)
-        time.sleep(0.2)  # the snapshot thread removes its temp file after the failed fsync
-        assert not list(snaps.glob("snap-*")), list(snaps.iterdir())  # neither a snapshot nor a temp file
+        # the snapshot thread removes its temp file after the failed fsync: neither a snapshot nor a temp
+        # file is left (waited for, not slept on: a loaded machine's thread may take a while)
+        _wait_until_no_snapshot_files(snaps)
         # a write of the temp file fails: the same, dropped before it is ever renamed
         faulty_disk.disarm("fsync")
         faulty_disk.arm("write", "snap-*.tmp")
         acked += asyncio.run(append_until_refused(url, tok, 5, 100, "write-"))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not any(line.startswith("EIO write /data/snapshots/snap-") for line in faulty_disk.hits()):
             assert time.monotonic() < deadline, faulty_disk.hits()
             time.sleep(0.05)
-        time.sleep(0.2)
-        assert not list(snaps.glob("snap-*")), list(snaps.iterdir())
+        _wait_until_no_snapshot_files(snaps)
         faulty_disk.disarm("write")
         # the directory fsync fails: the renamed snapshot was fsynced before, it is whole
         faulty_disk.arm("fsync", "snapshots")
         acked += asyncio.run(append_until_refused(url, tok, 6, 100, "dir-"))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not any(line == "EIO fsync /data/snapshots" for line in faulty_disk.hits()):
             assert time.monotonic() < deadline, faulty_disk.hits()
             time.sleep(0.05)
