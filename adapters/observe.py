@@ -22,7 +22,11 @@ What each metric means (docs/operations.md, "Metrics"):
 * ``syncref_group_commit_batch_records`` (histogram): records per COMMIT of the writer;
 * ``syncref_durability_lag_offsets``: committed minus durable offset;
 * ``syncref_wal_checkpoints_total``, ``syncref_wal_checkpoint_errors_total``: the WAL checkpoints the
-  commit-log writer ran, and how many failed.
+  commit-log writer ran, and how many failed;
+* ``syncref_head_marks_total``, ``syncref_head_mark_errors_total``: head marks (``DIR/syncref.head``,
+  ADR-0039) written, and writes that failed; ``syncref_head_mark_offset``: the offset the mark
+  written last holds (0: none yet since the start) -- the durable offset minus it is how far the
+  mark's check lags.
 """
 
 from __future__ import annotations
@@ -97,8 +101,9 @@ class CommitClock:
 
 class StateCollector(Collector):
     """Gauges computed when ``/metrics`` is scraped, from ``state()``: a dict with
-    ``lags`` (conn id -> offsets behind), ``durability_lag`` and ``outbox_pending``; and two
-    counters, ``wal_checkpoints`` and ``wal_checkpoint_errors`` (the commit-log writer's, ADR-0029)."""
+    ``lags`` (conn id -> offsets behind), ``durability_lag`` and ``outbox_pending``; the counters
+    ``wal_checkpoints`` and ``wal_checkpoint_errors`` (the commit-log writer's, ADR-0029), ``head_marks``
+    and ``head_mark_errors``, and the gauge ``head_mark_offset`` (the head mark's, ADR-0039)."""
 
     def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
         self.state = state
@@ -122,6 +127,12 @@ class StateCollector(Collector):
                                   value=now.get("wal_checkpoints", 0))
         yield CounterMetricFamily("syncref_wal_checkpoint_errors", "Of them, failed (the WAL keeps growing until "
                                   "one succeeds)", value=now.get("wal_checkpoint_errors", 0))
+        yield CounterMetricFamily("syncref_head_marks", "Head marks (DIR/syncref.head) written",
+                                  value=now.get("head_marks", 0))
+        yield CounterMetricFamily("syncref_head_mark_errors", "Head mark writes that failed (the older mark stays; "
+                                  "retried each second)", value=now.get("head_mark_errors", 0))
+        yield GaugeMetricFamily("syncref_head_mark_offset", "The offset the head mark written last holds (0: none "
+                                "since the start)", value=now.get("head_mark_offset", 0))
 
 
 class SendCounts(Collector):

@@ -87,6 +87,10 @@ class ServerFacts:
     refused: Mapping[str, int] = dataclasses.field(default_factory=dict)  # refusals by limit
     errors: Sequence[ErrorEntry] = ()
     durability_failed: str | None = None
+    log_id: str | None = None  # the log's id (meta.log_id, ADR-0039)
+    head_mark_offset: int = 0  # the offset the head mark written last holds (0: none since the start)
+    head_marks: int = 0  # head marks written since the start
+    head_mark_errors: int = 0  # of the head mark's writes, failed
 
 
 def access(claims: Claims) -> Denied | None:
@@ -194,6 +198,11 @@ def _durability(engine: Engine, facts: ServerFacts) -> dict[str, Any]:
             "last": sizes[-16:],
         },
         "failed": facts.durability_failed,
+        "log_id": facts.log_id,
+        "head_mark": {"offset": facts.head_mark_offset,
+                      # the writer's durable offset may be a COMMIT ahead of the engine's: never below 0
+                      "behind": max(0, engine.durable - facts.head_mark_offset) if facts.head_mark_offset else None,
+                      "written": facts.head_marks, "errors": facts.head_mark_errors},
     }
 
 

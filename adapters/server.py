@@ -110,7 +110,7 @@ from reference.durability import (
     snapshot_dir,
     storage_fault,
 )
-from reference.engine import Engine, InternalError, Read, Scan, limit_exceeded, safe_text
+from reference.engine import Engine, InternalError, Read, Scan, Snapshot, limit_exceeded, safe_text
 from reference.log import TxRecord
 from reference.snapshot import DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_KEEP, Snapshotter
 from spec import contracts
@@ -568,7 +568,8 @@ class Session:
         self.connected_at_us = now_us()
         # a OneOffQuery's read taken (request id, read), which its processor steps in slices
         # (SyncServer._step_read); nothing of this connection is taken ahead of it (ADR-0038)
-        self.reading: tuple[int, Read] | None = None
+        # so is a Subscribe's snapshot or an Unsubscribe's dropped rows over READ_SLICE_ROWS (ADR-0041)
+        self.reading: tuple[int, Read | Snapshot] | None = None
 
 
 class SyncServer:
@@ -751,6 +752,7 @@ class SyncServer:
         engine.max_query_bytes = lim.max_query_bytes
         engine.max_query_conjuncts = lim.max_query_conjuncts
         engine.max_scan_rows = lim.max_scan_rows
+        engine.slice_rows = READ_SLICE_ROWS  # big snapshots and dropped rows stepped (_step_read, ADR-0041)
         engine.max_queries_per_connection = lim.max_queries_per_connection
         engine.max_outbound_bytes = lim.max_outbound_bytes
         engine.max_outbound_message_bytes = lim.max_outbound_message_bytes
@@ -802,9 +804,18 @@ class SyncServer:
                     shutdown(self._engine, self._writer, self._store)
                 except Exception as exc:  # the log stays as it is: the next start recovers (unclean)
                     log.error("clean shutdown failed, the next start will recover: %r", exc)
-                    self._store.close()
+                    self._close_failed()
             else:
-                self._store.close()
+                self._close_failed()
+
+    def _close_failed(self) -> None:
+        """Close a store whose writer failed (or whose clean shutdown did): the writer first -- it
+        raises its failure, already reported -- so its threads end (the head-mark thread too,
+        ADR-0039), then the store, unclean."""
+        assert self._writer is not None and self._store is not None
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._store.close()
 
     # --- durability -------------------------------------------------------------------------------
 
@@ -1052,7 +1063,10 @@ class SyncServer:
         store = self._store
         return {"lags": lags, "durability_lag": engine.committed - engine.durable, "outbox_pending": pending,
                 "wal_checkpoints": store.checkpoints if store is not None else 0,
-                "wal_checkpoint_errors": store.checkpoint_errors if store is not None else 0}
+                "wal_checkpoint_errors": store.checkpoint_errors if store is not None else 0,
+                "head_marks": store.marks if store is not None else 0,
+                "head_mark_errors": store.mark_errors if store is not None else 0,
+                "head_mark_offset": store.marked_offset if store is not None else 0}
 
     def _metrics_offsets(self) -> None:
         if self._engine is not None:
@@ -1598,6 +1612,8 @@ class SyncServer:
         while not s.closing:
             await s.inbound_ready.wait()
             s.inbound_ready.clear()
+            if s.reading is not None:  # a snapshot the reader's direct path took (_take_now)
+                await self._step_read(s)
             taken = 0
             mine = 0  # rows this connection's reads examined this turn (not others', while it waited)
             while s.inbound and not s.closing:
@@ -1666,16 +1682,19 @@ class SyncServer:
                 s.undurable.append(engine.committed)
         else:
             self._dispatch(s, msg)
+            if s.reading is not None:  # a big snapshot taken: the processor steps it (ADR-0041)
+                s.inbound_ready.set()
         self.taken_by_reader += 1
         self._pump_soon()
         return True
 
     async def _step_read(self, s: Session) -> None:
-        """Step the one-off read :meth:`_dispatch_one` took for ``s`` (``Engine.begin_read``:
-        every check made, the rows fixed as they were then): its rows are built and matched
-        ``READ_SLICE_ROWS`` at a time, the loop going to other clients between slices; this
-        connection's later messages wait, and the answer goes out where the read was taken
-        (ADR-0038)."""
+        """Step the read :meth:`_dispatch_one` took for ``s`` -- a one-off (``Engine.begin_read``)
+        or a big ``Subscribe`` snapshot / ``Unsubscribe``'s dropped rows (``Engine.handle``, its
+        ``slice_rows``): every check made, the rows fixed as they were then; its rows are built
+        and matched ``READ_SLICE_ROWS`` at a time, the loop going to other clients between
+        slices; this connection's later messages wait, and the answer goes out where the read was
+        taken (ADR-0038, ADR-0041)."""
         assert s.reading is not None
         request_id, read = s.reading
         try:
@@ -1683,12 +1702,49 @@ class SyncServer:
                 await asyncio.sleep(0)
                 if s.closing:
                     return
-            self.engine.answer_read(s.conn_id, request_id, read)
+            if isinstance(read, Read):
+                self.engine.answer_read(s.conn_id, request_id, read)
+            else:
+                tables = await self._encode_ahead(s, read)
+                if s.closing:
+                    return
+                self.engine.answer_snapshot(s.conn_id, read, tables)
         except Exception as exc:  # a bug: this connection cannot trust its state any more; others go on
-            self._internal_ws(s, wire.OneOffQuery(request_id, ""), exc)
+            what: wire.Received = wire.OneOffQuery(request_id, "") if isinstance(read, Read) else \
+                wire.Subscribe(request_id, read.query_set_id, ())
+            self._internal_ws(s, what, exc)
         finally:
             s.reading = None
         self._pump()
+
+    async def _encode_ahead(self, s: Session, snap: Snapshot) -> tuple[TableRows, ...] | None:
+        """The rows of a sliced snapshot, each table's row list encoded ``READ_SLICE_ROWS`` rows at
+        a time with the loop going to others in between (``wire.EncodedRows``: the sender then
+        takes the bytes as they are, and the size estimate counts them exactly); None once their
+        bytes pass ``max_outbound_message_bytes`` (refused whatever the rest: the engine's
+        estimate is an upper bound) or the connection closes.  A table the wire encodes from the
+        store's columns (a resume's view) is left as it is (ADR-0041)."""
+        most = self.config.limits.max_outbound_message_bytes
+        total = 0
+        out: list[TableRows] = []
+        for t in snap.result():
+            enc = wire.snapshot_row_encoder(t, self._rows)
+            if enc is None:
+                out.append(t)
+                continue
+            rows = (*t.inserts, *t.deletes)
+            encoded: list[bytes] = []
+            for at in range(0, len(rows), READ_SLICE_ROWS):
+                piece = [enc(row) for row in rows[at:at + READ_SLICE_ROWS]]
+                encoded += piece
+                total += sum(map(len, piece))
+                if total > most:
+                    return None
+                await asyncio.sleep(0)
+                if s.closing:
+                    return None
+            out.append(wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, wire.RowList.of(encoded)))
+        return tuple(out)
 
     def _dispatch(self, s: Session, msg: wire.Received) -> None:
         try:
@@ -1755,6 +1811,10 @@ class SyncServer:
                 ErrorCode.INVALID_ARGUMENT, {"argument": "*", "message": f"malformed BSATN arguments: {exc}"}))
             return
         engine.handle(s.conn_id, abstract)
+        if isinstance(abstract, (m.Subscribe, m.Unsubscribe)):
+            snap = engine.snapshot_taken(s.conn_id)
+            if snap is not None:  # over READ_SLICE_ROWS: stepped by the processor (_step_read, ADR-0041)
+                s.reading = (abstract.request_id, snap)
 
     def _encode(self, s: Session, message: m.ServerMessage) -> tuple[bytes | tuple[bytes, ...], _Encoded | None]:
         """The BSATN body of an engine message, and its cache entry when it is shared.
@@ -1776,6 +1836,13 @@ class SyncServer:
                 return parts[0], None
             if sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
                 return tuple(parts), None  # a replay's megabytes: framed as parts (ADR-0020 addendum)
+            return b"".join(parts), None
+        if type(message) is m.UnsubscribeApplied and message.rows is not None:
+            # dropped rows: one receiver, as a snapshot; not kept, and never hashed (a value key
+            # would hash every row in one piece: ~33 ms for 30,000 sync_stream rows; ADR-0041)
+            parts = wire.encode_server_parts(wire.to_wire(message, cache=self._rows))
+            if len(parts) > 1 and sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
+                return tuple(parts), None
             return b"".join(parts), None
         if type(message) is m.OneOffQueryResult and not isinstance(message.result, str) \
                 and is_column_rows(message.result.inserts):  # a stream's frozen view: one receiver, not kept
@@ -2462,6 +2529,7 @@ def ops_facts(server: SyncServer) -> ops.ServerFacts:
             elif sample.name == "syncref_refused_total":
                 refused[sample.labels["limit"]] = int(sample.value)
     failed = server.failed
+    store = server._store
     return ops.ServerFacts(
         database=server.config.database, now_us=now_us(), started_at_us=server.started_at_us,
         sessions=tuple(ops.SessionFacts(s.conn_id, SUBPROTOCOLS[0] if s.version == 3 else SUBPROTOCOLS[1],
@@ -2470,4 +2538,8 @@ def ops_facts(server: SyncServer) -> ops.ServerFacts:
         records_written=writer.written if writer is not None else 0,
         tcp_connections=server._gate.open if server._gate is not None else 0,
         closes=closes, refused=refused, errors=tuple(server.recent_errors.entries),
-        durability_failed=repr(failed.result()) if failed is not None and failed.done() else None)
+        durability_failed=repr(failed.result()) if failed is not None and failed.done() else None,
+        log_id=store.log_id if store is not None else None,
+        head_mark_offset=store.marked_offset if store is not None else 0,
+        head_marks=store.marks if store is not None else 0,
+        head_mark_errors=store.mark_errors if store is not None else 0)

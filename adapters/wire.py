@@ -1149,6 +1149,8 @@ class RowSizes:
 
 
 def _rows_size(t: sm.TableRows, size_of: Callable[[Row], int]) -> int:
+    if isinstance(t, EncodedRows):  # encoded already: its exact size
+        return len(t.encoded.rows_data)
     if t.table != "sync_event":
         return sum(map(size_of, (*t.inserts, *t.deletes)))
     inserts = column_rows_size(t.inserts) if is_column_rows(t.inserts) \
@@ -1195,14 +1197,35 @@ def _rowlist(rows: Iterable[Row], cache: RowCache | None) -> RowList:
     return RowList.of([enc(r) for r in rows])
 
 
-def _snapshot_rowlist(t: sm.TableRows, cache: RowCache | None) -> RowList:
+@dataclass(frozen=True, slots=True)
+class EncodedRows(sm.TableRows):
+    """A snapshot's (or dropped rows') table whose row list was encoded ahead, a slice at a time
+    (``adapters.server.SyncServer._encode_ahead``, ADR-0041): the same rows, and ``encoded`` is
+    exactly what :func:`_snapshot_rowlist` makes of them, which then takes it as it is (and
+    :func:`message_size_bound` counts its exact size)."""
+
+    encoded: RowList = EMPTY_ROWS
+
+
+def snapshot_row_encoder(t: sm.TableRows, cache: RowCache | None) -> Callable[[Row], bytes] | None:
+    """How :func:`_snapshot_rowlist` encodes each row of ``t`` (``(*t.inserts, *t.deletes)`` in
+    that order, then ``RowList.of``); None: ``t`` is encoded from the store's columns in runs, not
+    row by row."""
     if t.table == "sync_event":  # a replay: thousands of rows met once; encoded directly, not cached
         if not t.deletes and is_column_rows(t.inserts):  # straight from the store's columns
-            pieces, lengths = encode_event_runs(t.inserts.stream_id, t.inserts.runs())
-            return rows_from_pieces(pieces, lengths)
-        return RowList.of([encode_sync_event(r) for r in (*t.inserts, *t.deletes)])  # type: ignore[arg-type]
-    rows = (*t.inserts, *t.deletes)
-    return _rowlist(rows, cache)
+            return None
+        return encode_sync_event  # type: ignore[return-value]
+    return cache.encode if cache is not None else encode_row
+
+
+def _snapshot_rowlist(t: sm.TableRows, cache: RowCache | None) -> RowList:
+    if isinstance(t, EncodedRows):
+        return t.encoded
+    enc = snapshot_row_encoder(t, cache)
+    if enc is None:
+        pieces, lengths = encode_event_runs(t.inserts.stream_id, t.inserts.runs())  # type: ignore[attr-defined]
+        return rows_from_pieces(pieces, lengths)
+    return RowList.of([enc(r) for r in (*t.inserts, *t.deletes)])
 
 
 def _wire_query_rows(tables: Iterable[sm.TableRows], cache: RowCache | None) -> QueryRows:

@@ -125,7 +125,9 @@ class GcMeter:
             gc.callbacks.remove(self)
 
 
-def populate(st: ServerThread, stream: str, n: int, payload: Callable[[int], str], chunk: int) -> None:
+def populate(st: ServerThread, stream: str, n: int, payload: Callable[[int], str], chunk: int,
+             streams: int = 1) -> None:
+    """``n`` events appended to ``stream`` (``streams`` > 1: event i to ``{stream}{i % streams}``)."""
     engine = st.server.engine
     claims = st.server.auth.verify(st.token()).claims
     done = 0
@@ -135,7 +137,8 @@ def populate(st: ServerThread, stream: str, n: int, payload: Callable[[int], str
             for i in range(start, min(n, start + chunk)):
                 if not engine.can_commit():
                     break
-                engine.call_detached(claims, "append_sync_event", (stream, f"k{i}", payload(i), None, None))
+                sid = stream if streams == 1 else f"{stream}{i % streams}"
+                engine.call_detached(claims, "append_sync_event", (sid, f"k{i}", payload(i), None, None))
                 k += 1
             st.server._pump()
             return k
@@ -153,6 +156,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=[])
     ap.add_argument("--big", type=int, default=BIG)
     ap.add_argument("--many", type=int, default=MANY)
+    ap.add_argument("--streams", type=int, default=0,
+                    help="one small event in each of this many more streams t0, t1, ... (sync_stream rows: a big "
+                         "non-stream table to subscribe to; 0: none, the runs before ADR-0041)")
     ap.add_argument("--gc-freeze", choices=("none", *gcpolicy.GC_FREEZE_POLICIES), default="none",
                     help="apply syncref serve's [server] gc_freeze policy after start (ADR-0036); none: no "
                          "freeze at all (the runs before ADR-0036)")
@@ -168,6 +174,8 @@ def main() -> None:
     t0 = time.monotonic()
     populate(st, "big", opts.big, lambda i: json.dumps(os.urandom(125 * KIB - 8).hex()), 20)
     populate(st, "many", opts.many, lambda i: f'{{"i":{i}}}', 500)
+    if opts.streams:
+        populate(st, "t", opts.streams, lambda i: f'{{"t":{i}}}', 500, streams=opts.streams)
     print(f"# populated in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     probe = Probe(st.loop)
     meter = GcMeter()
@@ -291,6 +299,23 @@ def main() -> None:
     measure("OneOffQuery big stream", "~30 MiB", lambda: one_off("SELECT * FROM sync_event WHERE stream_id = 'big'"))
     measure("OneOffQuery many stream", f"{opts.many} rows", lambda: one_off(
         "SELECT * FROM sync_event WHERE stream_id = 'many'"))
+
+    # --- big filtered snapshots and their dropped rows (ADR-0041): a key conjunct, so every row is matched ---
+    fs = ws()
+    def sub_raw(qs: int, text: str) -> str:
+        fs.send(wire.Subscribe(fs.rid(), qs, (text,)))
+        return f"{raw(fs)} B frame"
+    def unsub_raw(qs: int) -> str:
+        fs.send(wire.Unsubscribe(fs.rid(), qs, True))
+        return f"{raw(fs)} B frame"
+    keyed = "SELECT * FROM sync_event WHERE stream_id = 'many' AND idempotency_key > ''"
+    measure("Subscribe many stream, key conjunct", f"{opts.many} rows", lambda: sub_raw(11, keyed))
+    measure("Unsubscribe many stream, SendDroppedRows", f"{opts.many} rows", lambda: unsub_raw(11))
+    if opts.streams:
+        measure("Subscribe sync_stream (all streams)", f"{opts.streams + 3} rows", lambda: sub_raw(
+            12, "SELECT * FROM sync_stream"))
+        measure("Unsubscribe sync_stream, SendDroppedRows", f"{opts.streams + 3} rows", lambda: unsub_raw(12))
+    fs.close()
 
     # --- queries whose cost is the table's size, not the request's ---
     scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"

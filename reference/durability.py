@@ -44,6 +44,7 @@ import errno
 import fcntl
 import functools
 import gc
+import hashlib
 import itertools
 import json
 import os
@@ -160,23 +161,54 @@ def read_head_mark(directory: Path) -> HeadMark | None:
         if not isinstance(d, dict) or not isinstance(d.get("log_id"), str) or type(d.get("offset")) is not int \
                 or d["offset"] < 1 or not isinstance(d.get("hash"), str):
             raise ValueError("not a head mark")
-        return HeadMark(d["log_id"], d["offset"], d["hash"])
+        mark = HeadMark(d["log_id"], d["offset"], d["hash"])
+        # a mark written before its checksum (ADR-0039 before its review) has none: believed as it is
+        if "sha256" in d and d["sha256"] != _mark_sum(mark):
+            raise ValueError("checksum mismatch: its fields are not the ones it was written with")
+        return mark
     except ValueError as exc:
         raise DamagedLog(f"{directory} is damaged: its head mark {path} does not parse ({exc}); it is only ever "
                          "written whole, so the disk changed it: check the disk, then remove "
                          f"{HEAD_FILE} to start without the check it makes (ADR-0039)") from None
 
 
+def _mark_sum(mark: HeadMark) -> str:
+    """The head mark's checksum: the sha256 of its three fields' JSON (a snapshot has one too).  A mark
+    the disk changed but that still parses -- an offset past the head, another hash -- would be
+    believed, and told as lost records or another history (restore a backup: a real loss); with the
+    checksum it is told as what it is, a damaged mark (review of ADR-0039)."""
+    fields = {"log_id": mark.log_id, "offset": mark.offset, "hash": mark.hash}
+    return hashlib.sha256(_dumps(fields).encode()).hexdigest()
+
+
 def write_head_mark(directory: Path, mark: HeadMark) -> None:
-    """Replace the head mark: a temp file written and fsynced, then renamed over the old one.  The
-    directory is not fsynced: after a power cut the name may still be the previous mark, an older
-    record -- a weaker check, never a false one."""
+    """Replace the head mark: a temp file written and fsynced, renamed over the old one, then the
+    directory fsynced, so the new name survives a power cut as its contents do (without it the name
+    could still be the previous mark -- or none, for a directory's first mark: a weaker check).  An
+    ``OSError`` names the step that failed (as a snapshot's does; :meth:`LogStore.mark_head` counts
+    it); a temp file that failed is removed, never renamed; after a failed directory fsync the
+    renamed mark is whole (its contents were fsynced first)."""
     tmp = directory / (HEAD_FILE + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write((_dumps({"log_id": mark.log_id, "offset": mark.offset, "hash": mark.hash}) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / HEAD_FILE)
+    step = f"creating {tmp.name}"
+    try:
+        with open(tmp, "wb") as f:
+            step = f"writing {tmp.name}"
+            f.write((_dumps({"log_id": mark.log_id, "offset": mark.offset, "hash": mark.hash,
+                             "sha256": _mark_sum(mark)}) + "\n").encode())
+            f.flush()
+            step = f"fsync of {tmp.name}"
+            os.fsync(f.fileno())
+            step = f"closing {tmp.name}"
+        step = f"renaming {tmp.name}"
+        os.replace(tmp, directory / HEAD_FILE)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{step} failed: {exc.strerror or exc}") from exc
+    try:
+        snapshot.fsync_dir(directory)
+    except OSError as exc:
+        raise OSError(exc.errno, f"fsync of the data directory failed after {HEAD_FILE} was renamed into place: "
+                                 f"{exc.strerror or exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -853,11 +885,11 @@ class LogStore:
         has passed since the last mark (the group-commit writer asks after each COMMIT: no fsync per
         commit).  Never moves the mark back.  A failed write is counted (``mark_errors``) and leaves
         the older mark, a weaker check; the next one retries.  Returns whether one was written."""
-        if self.readonly or self._closed or self.log_id is None or offset < 1:
+        if self.readonly or self.log_id is None or offset < 1:
             return False
-        with self._mark_lock:
+        with self._mark_lock:  # close() takes it too: no mark is written once the lock is released
             now = time.monotonic()
-            if offset <= self._marked or (due and now - self._marked_at < self.head_mark_s):
+            if self._closed or offset <= self._marked or (due and now - self._marked_at < self.head_mark_s):
                 return False
             self._marked_at = now
             try:
@@ -870,6 +902,13 @@ class LogStore:
             self._marked = offset
             self.marks += 1
             return True
+
+    @property
+    def marked_offset(self) -> int:
+        """The offset the head mark this store last wrote holds (0: none written yet by this store).
+        Read without the mark lock (one int, replaced whole): the event loop reads it for ``/metrics``
+        and the ops page, and must not wait for a mark write a failing disk holds in its fsync."""
+        return self._marked
 
     def set_meta(self, key: str, value: str) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
@@ -892,10 +931,13 @@ class LogStore:
         self.close()
 
     def close(self) -> None:
-        """Close without the marker (the next open is an unclean restart)."""
-        if self._closed:
-            return
-        self._closed = True
+        """Close without the marker (the next open is an unclean restart).  A head mark write in
+        flight (the mark thread's) ends first: the directory lock is released only after it, so the
+        next process to open the directory never writes its mark beside this one's."""
+        with self._mark_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._conn.close()
         if self._lock is not None:
             self._lock.close()  # releases the flock

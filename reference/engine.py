@@ -140,6 +140,9 @@ class Connection:
     # a one-off read in progress (Engine.begin_read): the offset it reads; messages queued at later
     # offsets wait behind its answer, which goes where the read was taken (ADR-0038)
     reading: int | None = None
+    # a Subscribe's snapshot or an Unsubscribe's dropped rows taken (Engine.handle, Engine.slice_rows):
+    # also at ``reading``; answered by Engine.answer_snapshot (ADR-0041)
+    snapshot: Snapshot | None = None
 
     @property
     def query_count(self) -> int:
@@ -387,6 +390,68 @@ class Read:
         return TableRows(self.table, tuple(rows) if isinstance(rows, list) else rows, (), self.event)  # type: ignore[arg-type]
 
 
+class Snapshot:
+    """A ``Subscribe``'s snapshot or an ``Unsubscribe``'s dropped rows, taken at one state
+    (``offset``) by :meth:`Engine._take_snapshot`: every check made and every query's candidate
+    rows fixed then, as :class:`Read` fixes a one-off's (frozen stream views, references to other
+    tables' rows), and built and matched :meth:`step` by step.  ``candidates``: the rows it will
+    match (what ``max_scan_rows`` counted, plus a resume slice's when there are several); a resume
+    query's rows (:meth:`Engine._resume_rows`, already a frozen view) are not matched at all.
+
+    Sliced by the server (:attr:`Engine.slice_rows`, ADR-0041), it also says what
+    to answer once done: ``kind`` "subscribe" (the set was registered when it was taken) or
+    "unsubscribe" (the set was removed then), the request and query set ids, and the replays of
+    the resume queries (observed once the subscription is answered)."""
+
+    __slots__ = ("_fast", "_out", "_result", "_stages", "candidates", "done", "gaps", "kind", "offset", "queries",
+                 "query_set_id", "request_id")
+
+    def __init__(self, offset: int, out: dict[str, dict[Row, None]], fast: dict[str, Sequence[Row]],
+                 stages: list[tuple[dict[Row, None], Iterator[Row], q.Query, Callable[[Row], bool]]],
+                 candidates: int) -> None:
+        self.offset = offset
+        self._out = out
+        self._fast = fast
+        self._stages = stages
+        self.candidates = candidates
+        self.done = not stages
+        self.kind = ""
+        self.request_id = 0
+        self.query_set_id = 0
+        self.gaps: tuple[int, ...] = ()
+        self.queries: tuple[q.Query, ...] = ()
+        self._result: tuple[TableRows, ...] | None = None
+
+    def step(self, most: int) -> bool:
+        """Build and match up to ``most`` more candidate rows; True once every one is matched."""
+        if most < 1:
+            raise LocalProtocolError(f"a snapshot step takes at least one row, not {most}")
+        stages, matches = self._stages, q.matches
+        while stages and most > 0:
+            bucket, todo, query, readable = stages[0]
+            seen = 0
+            for row in itertools.islice(todo, most):
+                seen += 1
+                if matches(query, row) and readable(row):
+                    bucket[row] = None
+            if seen < most:
+                stages.pop(0)
+            most -= seen
+        self.done = not stages
+        return self.done
+
+    def result(self) -> tuple[TableRows, ...]:
+        """The rows per table (each row once, in the candidates' order); only once done (made once)."""
+        if not self.done:
+            raise LocalProtocolError("the snapshot is not finished: step it until it says done")
+        if self._result is None:
+            fast = self._fast
+            # a resume query's rows stay a RetainedRows (rows built on read; the wire encodes its columns)
+            self._result = tuple(TableRows(t, fast[t] if t in fast else tuple(rows))  # type: ignore[arg-type]
+                                 for t, rows in self._out.items() if fast.get(t, rows))
+        return self._result
+
+
 def _frozen_rows(logs: Iterable[StreamLog]) -> Iterator[Row]:
     """The retained events of ``logs`` in that order, each log frozen as it is now (the views are
     taken here, eagerly: ~2 µs a stream, less than building even one row; rows are built as the
@@ -443,6 +508,9 @@ class Engine:
         self.parse_cache = ParseCache()  # exact query texts -> their parse (reference/parsecache.py)
         self.max_query_conjuncts: int | None = None
         self.max_scan_rows: int | None = None  # rows one request's queries examine, all together
+        # a Subscribe's snapshot / an Unsubscribe's dropped rows matching more candidate rows than
+        # this are left for the I/O layer to step (handle, answer_snapshot; ADR-0041); None: never
+        self.slice_rows: int | None = None
         self.max_queries_per_connection: int | None = None
         self.max_outbound_bytes: int | None = None  # estimated encoded bytes queued per connection
         self.max_outbound_message_bytes: int | None = None  # one message, estimated encoded
@@ -536,32 +604,53 @@ class Engine:
     @icontract.ensure(lambda self: not check_state(_model_view(self.db), self.policy.bridge_max_attempts),
                       "the model's state invariants hold on the engine's tables", enabled=icontract.SLOW)
     def handle(self, conn_id: int, msg: ClientMessage) -> None:
+        """Handle one client message.  With :attr:`slice_rows` set (an I/O layer that steps reads
+        between other work, ADR-0041), a ``Subscribe`` whose snapshot, or an ``Unsubscribe`` whose
+        dropped rows, would match more than that many candidate rows is taken now -- every check
+        made, the set registered (or removed) now, the rows fixed as they are now -- and left
+        unanswered in :attr:`Connection.snapshot`, the connection's queue held at this point as
+        :meth:`begin_read` holds it; the caller steps it and hands it to :meth:`answer_snapshot`.
+        Else it is answered now."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return
         if isinstance(msg, Subscribe):
             self._subscribe(conn, msg)
         elif isinstance(msg, Unsubscribe):
-            if msg.query_set_id not in conn.query_sets:
-                self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, SyncError(
-                    ErrorCode.INVALID_QUERY, {"message": "unknown query set",
-                                              "query_set_id": msg.query_set_id}).render()))
-                return
-            # The set ends whatever its rows cost (as in SpacetimeDB, which removes it before it
-            # reads them): dropped rows over max_scan_rows or max_outbound_message_bytes are
-            # answered with a SubscriptionError naming the set, which ends it for the client too
-            queries = list(conn.query_sets[msg.query_set_id])
-            self._unregister(conn, msg.query_set_id)
-            try:
-                dropped = self._snapshot(conn.claims, queries) if msg.send_dropped else None
-                applied = UnsubscribeApplied(msg.request_id, msg.query_set_id, dropped)
-                size = self._fits(applied)
-            except SyncError as err:
-                self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
-                return
-            self._send(conn, self.committed, applied, size)
+            self._unsubscribe(conn, msg)
         else:
             self._call(conn, msg)
+
+    def snapshot_taken(self, conn_id: int) -> Snapshot | None:
+        """The snapshot :meth:`handle` left unanswered for ``conn_id`` (None: none)."""
+        conn = self.conns.get(conn_id)
+        return None if conn is None else conn.snapshot
+
+    def _unsubscribe(self, conn: Connection, msg: Unsubscribe) -> Snapshot | None:
+        if msg.query_set_id not in conn.query_sets:
+            self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, SyncError(
+                ErrorCode.INVALID_QUERY, {"message": "unknown query set",
+                                          "query_set_id": msg.query_set_id}).render()))
+            return None
+        # The set ends whatever its rows cost (as in SpacetimeDB, which removes it before it
+        # reads them): dropped rows over max_scan_rows or max_outbound_message_bytes are
+        # answered with a SubscriptionError naming the set, which ends it for the client too
+        queries = list(conn.query_sets[msg.query_set_id])
+        self._unregister(conn, msg.query_set_id)
+        if not msg.send_dropped:
+            self._send(conn, self.committed, UnsubscribeApplied(msg.request_id, msg.query_set_id, None))
+            return None
+        try:
+            snap = self._take_snapshot(conn.claims, queries)
+        except SyncError as err:
+            self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
+            return None
+        snap.kind, snap.request_id, snap.query_set_id = "unsubscribe", msg.request_id, msg.query_set_id
+        if self.slice_rows is not None and snap.candidates > self.slice_rows:
+            return self._hold(conn, snap)
+        snap.step(ALL_ROWS)
+        self._answer(conn, snap)
+        return None
 
     def reject(self, conn_id: int, request_id: int, error: SyncError) -> None:
         """Answer a call the I/O layer could not even decode (e.g. malformed BSATN arguments) with
@@ -607,7 +696,7 @@ class Engine:
         if conn is None:
             return None
         if conn.reading is not None:
-            raise LocalProtocolError(f"connection {conn_id} already has a one-off read in progress")
+            raise LocalProtocolError(f"connection {conn_id} already has a read in progress")
         try:
             read = self.read(conn.claims, text)
         except SyncError as err:
@@ -634,16 +723,7 @@ class Engine:
             except SyncError as over:  # even the error is over the bound: closed by policy, as _send does
                 self.close(conn.conn_id, f"{CLOSE_POLICY}: {over.render()}")
                 return
-        queue, sizes = conn.outbound, conn.sizes
-        at = len(queue)
-        while at and queue[at - 1].offset > read.offset:
-            at -= 1
-        queue.insert(at, Outbound(read.offset, answer))
-        sizes.insert(at, size)
-        conn.outbound_bytes += size
-        if len(queue) > self.max_queue or (
-                self.max_outbound_bytes is not None and conn.outbound_bytes > self.max_outbound_bytes):
-            self.close(conn.conn_id, SLOW_CONSUMER_REASON)
+        self._insert(conn, read.offset, answer, size)
 
     def one_off(self, conn_id: int, request_id: int, text: str) -> None:
         conn = self.conns.get(conn_id)
@@ -768,21 +848,40 @@ class Engine:
                 "requested_epoch": req_epoch, "requested_watermark": w, "stream_id": sid})
         return max(0, (head if upper is None else min(head, upper)) - w)
 
-    def _subscribe(self, conn: Connection, msg: Subscribe) -> None:
+    def _subscribe(self, conn: Connection, msg: Subscribe) -> Snapshot | None:
         if self._reused(conn, msg.query_set_id):
-            return
+            return None
         gaps: list[int] = []  # the replays of its resume queries: observed only when it is accepted
         try:
             most = self.max_queries_per_connection
             queries = self._check_queries(conn.claims, msg.queries, conn.query_count, gaps)
             if most is not None and conn.query_count + len(queries) > most:
                 raise limit_exceeded("max_queries_per_connection", most, conn.query_count + len(queries))
-            applied = SubscribeApplied(msg.request_id, msg.query_set_id, self._snapshot(conn.claims, queries))
+            snap = self._take_snapshot(conn.claims, queries)
+        except SyncError as err:
+            self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
+            return None
+        snap.kind, snap.request_id, snap.query_set_id = "subscribe", msg.request_id, msg.query_set_id
+        snap.gaps, snap.queries = tuple(gaps), tuple(queries)
+        if self.slice_rows is not None and snap.candidates > self.slice_rows:
+            # registered now, at the state the snapshot was taken at: every transaction committed
+            # from here on is queued for it as an update, held behind its SubscribeApplied (ADR-0041)
+            self._register(conn, msg.query_set_id, queries)
+            return self._hold(conn, snap)
+        snap.step(ALL_ROWS)
+        try:
+            applied = SubscribeApplied(msg.request_id, msg.query_set_id, snap.result())
             size = self._fits(applied)
         except SyncError as err:
             self._send(conn, self.committed, SubscriptionError(msg.request_id, msg.query_set_id, err.render()))
-            return
-        conn.query_sets[msg.query_set_id] = tuple(queries)
+            return None
+        self._register(conn, msg.query_set_id, queries)
+        self._observe_resumes(snap)
+        self._send(conn, self.committed, applied, size)
+        return None
+
+    def _register(self, conn: Connection, qs_id: int, queries: list[q.Query]) -> None:
+        conn.query_sets[qs_id] = tuple(queries)
         for query in queries:
             key = self.parse_cache.facts(query).shape
             shape = self.shapes.setdefault(query.table, {}).get(key)
@@ -792,13 +891,102 @@ class Engine:
                     shape = Shape(query)
                 self.shapes[query.table][key] = shape
                 self.shapes_by_pin.setdefault(query.table, {}).setdefault(shape.pin, {})[key] = shape
-            sub = (conn.conn_id, msg.query_set_id)
+            sub = (conn.conn_id, qs_id)
             shape.subscribers[sub] = shape.subscribers.get(sub, 0) + 1
             shape.groups = None
+
+    def _observe_resumes(self, snap: Snapshot) -> None:
         if self.on_resume is not None:
-            for gap in gaps:
+            for gap in snap.gaps:
                 self.on_resume(gap)
-        self._send(conn, self.committed, applied, size)
+
+    def _hold(self, conn: Connection, snap: Snapshot) -> Snapshot:
+        """Hold the connection's queue at the snapshot's offset until :meth:`answer_snapshot`."""
+        if conn.reading is not None:
+            raise LocalProtocolError(f"connection {conn.conn_id} already has a read in progress")
+        conn.reading, conn.snapshot = snap.offset, snap
+        return snap
+
+    def answer_snapshot(self, conn_id: int, snap: Snapshot, tables: tuple[TableRows, ...] | None = None) -> None:
+        """Answer a snapshot :meth:`handle` returned, stepped to its end, where it was taken: the
+        ``SubscribeApplied`` (``UnsubscribeApplied``) goes after the messages queued before it and
+        ahead of those queued since -- the updates of later transactions, to the new set among
+        others -- and the queue is released.  A snapshot over ``max_outbound_message_bytes`` (known
+        only now) is refused as it was when answered at once: ``SubscriptionError``, the set not
+        subscribed -- so it is removed again, with its part of every update held behind it.
+        ``tables``: :meth:`Snapshot.result` as the caller re-packed it (the same tables, rows and
+        order, e.g. with each table's encoding attached: the server's ``_encode_ahead``)."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        if conn.snapshot is not snap:
+            raise LocalProtocolError(f"connection {conn_id} is not taking that snapshot")
+        if tables is not None and [(t.table, len(t.inserts), len(t.deletes)) for t in tables] != [
+                (t.table, len(t.inserts), len(t.deletes)) for t in snap.result()]:
+            raise LocalProtocolError("the re-packed tables are not the snapshot's")
+        conn.reading = conn.snapshot = None
+        self._answer(conn, snap, tables)
+
+    def _answer(self, conn: Connection, snap: Snapshot, tables: tuple[TableRows, ...] | None = None) -> None:
+        """Queue the answer of a snapshot stepped to its end at its offset."""
+        message: ServerMessage
+        rows = snap.result() if tables is None else tables
+        try:
+            if snap.kind == "subscribe":
+                message = SubscribeApplied(snap.request_id, snap.query_set_id, rows)
+            else:
+                message = UnsubscribeApplied(snap.request_id, snap.query_set_id, rows)
+            size = self._fits(message)
+        except SyncError as err:
+            if snap.kind == "subscribe" and snap.query_set_id in conn.query_sets:  # (sliced: registered)
+                self._unregister(conn, snap.query_set_id)
+                self._drop_set(conn, snap.query_set_id, snap.offset)
+            message = SubscriptionError(snap.request_id, snap.query_set_id, err.render())
+            try:
+                size = self._fits(message)
+            except SyncError as over:  # even the error is over the bound: closed by policy, as _send does
+                self.close(conn.conn_id, f"{CLOSE_POLICY}: {over.render()}")
+                return
+        else:
+            if snap.kind == "subscribe":
+                self._observe_resumes(snap)
+        self._insert(conn, snap.offset, message, size)
+
+    def _drop_set(self, conn: Connection, qs_id: int, offset: int) -> None:
+        """Take query set ``qs_id``'s part out of the updates queued for ``conn`` after ``offset``
+        (an update left with no part goes); each entry replaced, not changed (others share it)."""
+        queue, sizes = conn.outbound, conn.sizes
+        for i in range(len(queue) - 1, -1, -1):
+            out = queue[i]
+            if out.offset <= offset:
+                break
+            msg = out.message
+            if isinstance(msg, TransactionUpdate):
+                kept = tuple(u for u in msg.query_sets if u.query_set_id != qs_id)
+                if len(kept) == len(msg.query_sets):
+                    continue
+                conn.outbound_bytes -= sizes[i]
+                if kept:
+                    queue[i] = Outbound(out.offset, TransactionUpdate(msg.tx_offset, kept))
+                    sizes[i] = self._fits(queue[i].message)
+                    conn.outbound_bytes += sizes[i]
+                else:
+                    del queue[i]
+                    del sizes[i]
+
+    def _insert(self, conn: Connection, offset: int, message: ServerMessage, size: int) -> None:
+        """Queue ``message`` after what was queued at ``offset`` or before and ahead of what was
+        queued since (later offsets), with the queue bounds of :meth:`_send`."""
+        queue, sizes = conn.outbound, conn.sizes
+        at = len(queue)
+        while at and queue[at - 1].offset > offset:
+            at -= 1
+        queue.insert(at, Outbound(offset, message))
+        sizes.insert(at, size)
+        conn.outbound_bytes += size
+        if len(queue) > self.max_queue or (
+                self.max_outbound_bytes is not None and conn.outbound_bytes > self.max_outbound_bytes):
+            self.close(conn.conn_id, SLOW_CONSUMER_REASON)
 
     def _fits(self, message: ServerMessage) -> int:
         """The message's estimated encoded size; ``limit_exceeded`` if it is over the one-message
@@ -956,9 +1144,18 @@ class Engine:
         return rows if rows and stream_granted(claims, sid) else []
 
     def _snapshot(self, claims: Claims, queries: list[q.Query]) -> tuple[TableRows, ...]:
+        snap = self._take_snapshot(claims, queries)
+        snap.step(ALL_ROWS)
+        return snap.result()
+
+    def _take_snapshot(self, claims: Claims, queries: list[q.Query]) -> Snapshot:
+        """The snapshot of ``queries`` taken now: every query's candidate rows fixed and counted
+        (``max_scan_rows`` raises here, before any row is matched), none matched yet."""
         out: dict[str, dict[Row, None]] = {}
         fast: dict[str, Sequence[Row]] = {}
+        stages: list[tuple[dict[Row, None], Iterator[Row], q.Query, Callable[[Row], bool]]] = []
         scan = Scan()
+        examined = self.rows_examined
         one_event_query = sum(x.table == "sync_event" for x in queries) == 1
         for query in queries:
             if TABLE_BY_NAME[query.table].event:
@@ -973,13 +1170,8 @@ class Engine:
             # one of several resumes: replay_budget bounds its slice, as on the fast path (not counted
             # per request, only in rows_examined)
             candidates = self._candidates(query, claims, None if self.parse_cache.facts(query).resume else scan)
-            readable = _row_filter(claims, query.table)
-            for row in candidates:
-                if q.matches(query, row) and readable(row):
-                    bucket[row] = None
-        # a resume query's rows stay a RetainedRows (rows built on read; the wire encodes its columns)
-        return tuple(TableRows(t, fast[t] if t in fast else tuple(rows))  # type: ignore[arg-type]
-                     for t, rows in out.items() if fast.get(t, rows))
+            stages.append((bucket, iter(candidates), query, _row_filter(claims, query.table)))
+        return Snapshot(self.committed, out, fast, stages, self.rows_examined - examined)
 
     # --- transactions ----------------------------------------------------------------------------
 

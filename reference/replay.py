@@ -333,6 +333,26 @@ def verify_log(data_dir: str | os.PathLike[str],
     ``on_record(n, total)`` is told after each record is read (progress for the CLI)."""
     store = LogStore.open(data_dir, readonly=True)
     try:
+        # The snapshot files and the head mark are read *before* the read transaction starts: a
+        # server beside it renames a snapshot in, and rewrites the mark, only once their record is
+        # durable, so the transaction's head is at or past each of them.  Read inside it, a newer one
+        # (the mark, within a second) could name a record past the transaction's head: "unreached",
+        # and verify-log failed a healthy log (ADR-0039 review).
+        checks: dict[str, SnapshotCheck] = {}
+        # Each snapshot file is read now, but decoded only if it is not, byte for byte, the
+        # file this build writes of the replayed state at its offset (snapshot.matches): a
+        # file that is decodes to an image equal to that state, so decoding it would say
+        # "match" too.  Files that share an offset are decoded now, in listing order, as
+        # before (the later one stands for the offset).
+        files: list[tuple[int, str, bytes]] = []
+        for offset, path in snapshot.listing(store.path.parent / snapshot.SNAPSHOT_DIR):
+            try:
+                files.append((offset, path.name, snapshot.read_bytes(path)))
+            except snapshot.SnapshotError as exc:
+                if not path.exists():  # pruned since the listing (a server beside it): no longer in the directory
+                    continue
+                checks[path.name] = SnapshotCheck(path.name, offset, "corrupt", exc.reason)
+        mark = read_head_mark(store.path.parent)  # the open checked its id and that it is within the log
         with store.read_snapshot():  # safe against a server that is still committing
             form = store.get_meta("format")  # what restart() refuses, verify-log does not call intact
             if form != FORMAT and (form is not None or store.count() > 0):
@@ -350,18 +370,6 @@ def verify_log(data_dir: str | os.PathLike[str],
             records: Iterable[TxRecord] = itertools.chain.from_iterable(store.record_batches(READ_BATCH, rows=False))
             if on_record is not None:
                 records = _told(records, stored_records, on_record)
-            checks: dict[str, SnapshotCheck] = {}
-            # Each snapshot file is read now, but decoded only if it is not, byte for byte, the
-            # file this build writes of the replayed state at its offset (snapshot.matches): a
-            # file that is decodes to an image equal to that state, so decoding it would say
-            # "match" too.  Files that share an offset are decoded now, in listing order, as
-            # before (the later one stands for the offset).
-            files: list[tuple[int, str, bytes]] = []
-            for offset, path in snapshot.listing(store.path.parent / snapshot.SNAPSHOT_DIR):
-                try:
-                    files.append((offset, path.name, snapshot.read_bytes(path)))
-                except snapshot.SnapshotError as exc:
-                    checks[path.name] = SnapshotCheck(path.name, offset, "corrupt", exc.reason)
             shared = {offset for offset, _, _ in files if sum(1 for o, _, _ in files if o == offset) > 1}
             images: dict[int, tuple[str, snapshot.Image | bytes]] = {}
 
@@ -386,7 +394,6 @@ def verify_log(data_dir: str | os.PathLike[str],
                 else:
                     images[offset] = (name, data)
 
-            mark = read_head_mark(store.path.parent)  # the open checked its id and that it is within the log
             marked: list[SnapshotCheck] = []
 
             def at_snapshot(offset: int, db: Db, head: str) -> None:

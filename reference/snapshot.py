@@ -240,7 +240,9 @@ def decode(data: bytes, name: str = "snapshot") -> Image:
         raise SnapshotError(name, f"undecodable: {type(exc).__name__}: {exc}") from None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync the directory ``path``: a name just created or renamed in it survives a power cut (the
+    snapshot directory after a snapshot's rename; the data directory after the head mark's)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -276,7 +278,7 @@ def write(directory: Path, image: Image, before_rename: Callable[[], None] | Non
         tmp.unlink(missing_ok=True)
         raise
     try:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:  # the file is whole (fsynced before the rename); only its name may not last
         raise OSError(exc.errno, f"fsync of the snapshot directory failed after {final.name} was renamed into "
                                  f"place: {exc.strerror or exc}") from exc

@@ -45,6 +45,8 @@ class Target(Protocol):
 
 
 RECEIVES: Final = ("receive", "receive_quiet", "await")
+LARGE_PAYLOAD: Final = '{"n":1,"pad":"' + "0123456789abcdef" * 61 + '01234567"}'  # 1,000 bytes (the vectors'
+# payload limit is 1024): every message that carries it is over the compression threshold of protocol.md "Frames"
 """The steps whose messages :func:`drive` returns, one list each."""
 RETAIN_PREFIX: Final = "conformance.retain."
 RETAIN_CLASS: Final = StreamClass("conformance-retain", retain_count=3, replay_budget=5)
@@ -192,6 +194,11 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
     outbox = f"SELECT * FROM bridge_outbox WHERE outbox_id = '{o1}'"
     eid = "ab" * 32
     return {
+        "large_rows": ("rows whose messages are over the 1024-byte compression threshold: an update of one "
+                       "large event, then of a small one, then a snapshot of both", [
+            connect("w", "writer"), connect("r", "reader"), sub("r", 1, 10, ev_a), receive("r"),
+            append("w", 1, a, "k1", LARGE_PAYLOAD), receive("w"), receive("r"), append("w", 2, a, "k2"),
+            receive("w"), receive("r"), sub("r", 2, 11, ev_a), receive("r")]),
         "subscribe_snapshot": ("a subscription's first answer is the snapshot of the rows it matches, atomically", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, a, "k2", '{"n":2}'),
             append("w", 3, b, "k1"), receive("w"),
@@ -258,10 +265,12 @@ def scenarios(ns: str = "s", e0: int = 1, v0: int = 1) -> dict[str, tuple[str, l
             connect("w", "writer"), connect("r", "watcher"), sub("r", 1, 10, "SELECT * FROM stream_signal"),
             receive("r"), call("w", 1, "publish_stream_signal", a, "typing", '{"on":true}'),
             receive("w"), receive("r"), sub("r", 2, 11, "SELECT * FROM stream_signal"), receive("r")]),
-        "row_filter": ("a subscriber sees only rows of streams its grant covers, in snapshots and updates", [
+        "row_filter": ("a subscriber sees only rows of streams its grant covers, in snapshots and updates; one "
+                       "granted both streams reads all four events, each with its own transaction's offset", [
             connect("w", "writer"), append("w", 1, a, "k1"), append("w", 2, b, "k1"), receive("w"),
             connect("r", "reader"), sub("r", 1, 10, "SELECT * FROM sync_event"), receive("r"),
-            append("w", 3, b, "k2", '{"n":2}'), append("w", 4, a, "k2", '{"n":2}'), receive("r")]),
+            append("w", 3, b, "k2", '{"n":2}'), append("w", 4, a, "k2", '{"n":2}'), receive("r"),
+            receive("w"), sub("w", 5, 11, "SELECT * FROM sync_event"), receive("w")]),
         "private_tables": ("a checkpoint reaches only its owner and an outbox row only bridge-scoped "
                            "subscribers, in snapshots and updates -- not everyone granted the stream: a watcher of the "
                            "stream hears its events and nothing of the writer's checkpoint or outbox row", [
@@ -455,6 +464,8 @@ def _types(got: list[dict[str, Any]]) -> list[str]:
 EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     # hand-written facts each scenario must show (the generator refuses a model that breaks one)
     "subscribe_snapshot": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 2,
+    "large_rows": lambda r: r[2][0]["query_sets"][0]["tables"][0]["inserts"][0]["payload"] == LARGE_PAYLOAD
+    and _types(r[4]) == ["TransactionUpdate"] and len(r[5][0]["rows"][0]["inserts"]) == 2,
     "update_and_caller_result": lambda r: _types(r[2]) == ["ReducerResult"] and _types(r[3]) == ["TransactionUpdate"]
     and bool(r[2][0]["outcome"]["ok"]["query_sets"]),
     "duplicate_call_is_a_noop": lambda r: [m["outcome"]["ok"]["ret"] for m in r[1]] == [1, 1]
@@ -469,7 +480,8 @@ EXPECT: Final[dict[str, Callable[[list[list[dict[str, Any]]]], bool]]] = {
     and bool(r[10][0]["outcome"]["ok"]["query_sets"]),
     "event_tables": lambda r: r[2][0]["query_sets"][0]["tables"][0]["event"] is True
     and r[3][0]["rows"] == [],
-    "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1,
+    "row_filter": lambda r: len(r[1][0]["rows"][0]["inserts"]) == 1 and len(r[2]) == 1
+    and sorted(e["tx_offset"] for e in r[4][0]["rows"][0]["inserts"]) == [1, 2, 3, 4],
     "private_tables": lambda r: {t["table"] for m in r[2] for s in m["outcome"]["ok"]["query_sets"]
                                  for t in s["tables"]} == {"sync_event", "sync_checkpoint", "bridge_outbox"}
     and _types(r[3]) == ["TransactionUpdate"]

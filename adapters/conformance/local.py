@@ -6,10 +6,12 @@ are minted with its signing key: ``--mint-with``), its commit log stallable thro
 (``[faults] stall_commits_while``: ``--stall-file``), a shell command that SIGKILLs it and starts
 it again on the same port and data (``--restart-cmd``), a shell command that makes it run its
 retention now (``--compact-cmd``: ``python -m adapters.conformance.local compact URL TOKEN`` posts
-``/v1/database/:name/compact`` with an admin token), and its undurable window (the default
-``[limits] max_undurable``: ``--max-undurable``).  Its data directory is created under the kit's
-policy (the default with the retention class ``conformance.retain.``) and its scheduled compaction is
-off in practice (once a day), so retention runs only when a scenario asks.  Nothing here is specific
+``/v1/database/:name/compact`` with an admin token), its undurable window (the default ``[limits]
+max_undurable``: ``--max-undurable``), and a small outbound queue bound (``[limits] max_outbound_queue``
+= 32: ``--max-outbound-queue``, so a client that does not read is closed soon).  Its data directory is
+created under the kit's policy (the default with the retention class ``conformance.retain.``) and its
+scheduled compaction is off in practice (once a day), so retention runs only when a scenario asks.
+Nothing here is specific
 to the runner's scenarios; an implementer running the kit against their own server passes the same
 hooks by hand (docs/conformance.md).
 """
@@ -33,6 +35,8 @@ from pathlib import Path
 from adapters.netutil import free_port
 
 START_TIMEOUT_S = 60.0
+SLOW_CONSUMER_QUEUE = 32  # its [limits] max_outbound_queue (--max-outbound-queue): small, so that the
+# slow-consumer scenario closes a client that does not read within a few hundred updates
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class LocalTarget:
     log: Path
     compact_cmd: str
     max_undurable: int  # its [limits] max_undurable (the default): --max-undurable
+    max_outbound_queue: int  # its [limits] max_outbound_queue: --max-outbound-queue
 
 
 def _wait_up(url: str, log: Path) -> None:
@@ -89,7 +94,8 @@ def local_target(workdir: Path, serve_cmd: Sequence[str] = SERVE, *, cwd: Path |
     data, stall, pidfile, log, config = (workdir / "data", workdir / "stall", workdir / "serve.pid",
                                          workdir / "serve.log", workdir / "syncref.toml")
     config.write_text(f"[faults]\nstall_commits_while = {json.dumps(str(stall))}\n"
-                      "[server]\ncompact_interval_s = 86400.0\n", encoding="utf-8")
+                      "[server]\ncompact_interval_s = 86400.0\n"
+                      f"[limits]\nmax_outbound_queue = {SLOW_CONSUMER_QUEUE}\n", encoding="utf-8")
     from adapters.conformance.delivery import KIT_POLICY
     from reference.durability import LogStore
 
@@ -115,7 +121,7 @@ def local_target(workdir: Path, serve_cmd: Sequence[str] = SERVE, *, cwd: Path |
             subject="conformance-admin", scopes=("sync.admin",), streams=("*",), ttl_s=ADMIN_TTL_S)
         compact_cmd = (where + shlex.join([sys.executable, "-m", "adapters.conformance.local", "compact",
                                            f"{url}/v1/database/autopilot-sync/compact", admin]))
-        yield LocalTarget(url, data, stall, restart, log, compact_cmd, Limits().max_undurable)
+        yield LocalTarget(url, data, stall, restart, log, compact_cmd, Limits().max_undurable, SLOW_CONSUMER_QUEUE)
     finally:
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)

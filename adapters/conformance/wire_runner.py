@@ -1,4 +1,5 @@
-"""``syncref conformance``: drive scenarios over v2 BSATN against any server and judge them by the model.
+"""``syncref conformance``: drive scenarios over BSATN WebSockets (v2; v3 and compression in the ``transport``
+area) and the HTTP ``call``/``sql`` routes against any server and judge them by the model.
 
 Each scenario is a list of steps (:mod:`adapters.conformance.delivery`: the same steps the delivery
 vectors record) over named WebSocket connections.  The runner plays them against the target --
@@ -6,8 +7,8 @@ each ``receive`` is closed by a *barrier* (a ``OneOffQuery`` answered in order w
 else, so once its answer is in, everything the server sent before it is in too) -- then plays the
 same steps on the model (:class:`spec.harness.Server`) with the identities the target assigned,
 and compares every message of every ``receive``: type, order, request ids, outcomes, error
-strings, rows (SATS-JSON by column).  Transaction offsets (v2 carries none in updates) and
-timestamps are the target's own (its log holds other data) and are masked.  The model runs with
+strings, rows (SATS-JSON by column).  Timestamps are the target's own (its log holds other data) and
+are masked; a row's transaction offset is compared by its rank among the scenario's row offsets.  The model runs with
 the default policy (``spec.policy.DEFAULT_POLICY``, what ``syncref serve`` uses unconfigured) with the
 kit's retention class for ``conformance.retain.*`` (``delivery.KIT_POLICY``): a
 target with other stream classes or budgets differs where those show (``replay_budget``).
@@ -31,6 +32,9 @@ Hooks a target may offer (without them the scenarios that need them are *skipped
                      ``conformance.retain.``): the retention scenario.
 ``--max-undurable N`` the target's undurable window (``syncref serve``: ``[limits] max_undurable``, 1024):
                      with ``--restart-cmd``, how far an unclean restart must move epochs and versions.
+``--max-outbound-queue N`` the target's bound on messages queued for one connection (``[limits]
+                     max_outbound_queue``, 16384): the slow-consumer scenario.
+``--quiet S``        how long a connection that must hear nothing is listened to after its fence (0.5 s).
 
 Bad targets get a one-line answer per scenario, never a traceback: nothing listening, not a
 SpacetimeDB endpoint (the HTTP status of the refused upgrade), a refused token, a close
@@ -44,6 +48,7 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -60,7 +65,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from adapters import bsatn, wire
 from adapters.conformance import delivery as d
-from adapters.conformance.codec import claims_to_json
+from adapters.conformance.codec import args_to_json, claims_to_json
 from adapters.progress import Progress
 from spec import messages as sm
 
@@ -72,6 +77,8 @@ _WS_LOG = logging.getLogger("syncref.conformance.websockets")
 _WS_LOG.setLevel(logging.CRITICAL)
 
 BARRIER_BASE = 3_000_000_000
+FENCE_BASE = 3_500_000_000
+FENCE_PROCEDURE = "conformance_fence"  # no module defines it: answered ProcedureResult InternalError, at once
 
 
 class ScenarioFailed(Exception):
@@ -94,8 +101,9 @@ class Options:
     timeout: float = 10.0
     compact_cmd: str | None = None
     max_undurable: int | None = None
-    quiet_s: float = 0.5
+    quiet_s: float = 0.5  # --quiet: how long a connection that must hear nothing is listened to after its fence
     restart_unclean: bool = False  # --restart-cmd kills the target without a clean shutdown (SIGKILL)
+    max_outbound_queue: int | None = None  # --max-outbound-queue: the target's [limits] max_outbound_queue
 
 
 Tick = Callable[[int, int, str], None]
@@ -115,30 +123,50 @@ class Outcome:
 # --- the target ----------------------------------------------------------------------------------------------
 
 class Conn:
-    """One v2 BSATN WebSocket connection."""
+    """One BSATN WebSocket connection: v2 by default; ``version=3`` offers ``v3.bsatn.spacetimedb`` (and
+    takes frames of several messages); ``compression`` is the upgrade's parameter, and every frame the
+    target sends is checked against it (protocol.md "Frames": a body over 1024 bytes is compressed with
+    the connection's compression, any other is sent as it is, tag 0)."""
 
-    def __init__(self, opts: Options, token: str | None, confirmed: bool, name: str) -> None:
+    def __init__(self, opts: Options, token: str | None, confirmed: bool, name: str, version: int = 2,
+                 compression: str = "None", offer: tuple[str, ...] | None = None, rcvbuf: int | None = None) -> None:
         from websockets.exceptions import InvalidHandshake, InvalidStatus
         from websockets.sync.client import connect
         self.name = name
         self.opts = opts
+        self.version = version
+        self.compression = wire.Compression(compression)
+        self.frames = 0  # frames received
+        self.compressed = 0  # of them, bodies over the threshold (compressed, unless compression is None)
+        self.most_in_a_frame = 0  # the most messages one frame carried (v3 coalescing)
+        protocol = f"v{version}.bsatn.spacetimedb"
         base = opts.url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        url = (f"{base}/v1/database/{opts.database}/subscribe?compression=None"
+        url = (f"{base}/v1/database/{opts.database}/subscribe?compression={compression}"
                f"&confirmed={'true' if confirmed else 'false'}")
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            self.ws = connect(url, subprotocols=["v2.bsatn.spacetimedb"],  # type: ignore[list-item]
+            sock = None
+            if rcvbuf is not None:  # a small receive window, set before the connection is made
+                parts = urllib.parse.urlsplit(opts.url)
+                sock = socket.socket(socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                sock.settimeout(opts.timeout)
+                sock.connect((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)))
+                sock.settimeout(None)  # the client library times its own reads
+            self.ws = connect(url, subprotocols=list(offer or (protocol,)),  # type: ignore[arg-type]
                               additional_headers=headers, open_timeout=opts.timeout, max_size=64 * 1024 * 1024,
-                              logger=_WS_LOG)
+                              logger=_WS_LOG, sock=sock, max_queue=16 if rcvbuf is None else 1)
         except InvalidStatus as exc:
             body = exc.response.body.decode("utf-8", "replace")[:300] if exc.response.body else ""
             raise ScenarioFailed(f"connection {name}: the WebSocket upgrade was refused: HTTP "
                                  f"{exc.response.status_code} {body!r}") from None
         except (InvalidHandshake, OSError, TimeoutError) as exc:
             raise ScenarioFailed(f"connection {name}: cannot open {url}: {type(exc).__name__}: {exc}") from None
-        if self.ws.subprotocol != "v2.bsatn.spacetimedb":
-            raise ScenarioFailed(f"connection {name}: the server chose subprotocol {self.ws.subprotocol!r}, "
-                                 "not v2.bsatn.spacetimedb")
+        if self.ws.subprotocol != protocol:
+            offered = ", ".join(offer or (protocol,))
+            raise ScenarioFailed(f"connection {name}: offered {offered}, the server chose subprotocol "
+                                 f"{self.ws.subprotocol!r}, not {protocol} (protocol.md \"Upgrade\": the first of "
+                                 "the server's preference v3, v2 that the client offers, whatever the client's order)")
         self.pending: list[wire.ServerMessage] = []
         first = self.recv("the InitialConnection")
         if not isinstance(first, wire.InitialConnection):
@@ -146,22 +174,43 @@ class Conn:
                                  "not InitialConnection")
         self.identity = first.identity
         self._barrier = BARRIER_BASE
+        self._fence = FENCE_BASE
 
     def send(self, msg: wire.ClientMessage) -> None:
         self._guard(lambda: self.ws.send(wire.encode_client(msg)), "sending")
+
+    def send_frame(self, msgs: list[wire.ClientMessage]) -> None:
+        """Several messages in one frame (v3: one or more concatenated client messages)."""
+        assert self.version == 3 or len(msgs) == 1
+        self._guard(lambda: self.ws.send(b"".join(map(wire.encode_client, msgs))), "sending")
 
     def recv(self, waiting_for: str, timeout: float | None = None) -> wire.ServerMessage:
         while not self.pending:
             frame = self._guard(lambda: self.ws.recv(timeout=self.opts.timeout if timeout is None else timeout),
                                 f"waiting for {waiting_for}")
             if not isinstance(frame, bytes):
-                raise ScenarioFailed(f"connection {self.name}: a text frame {frame[:80]!r} (v2 BSATN is binary)")
+                raise ScenarioFailed(f"connection {self.name}: a text frame {frame[:80]!r} (BSATN is binary)")
             try:
-                self.pending.extend(wire.decode_server_frame(frame, 2))
+                body = wire.unframe_server(frame)
+                self._check_tag(frame[0], len(body))
+                self.pending.extend(wire.decode_server_frame(b"\x00" + body, self.version))
             except bsatn.BsatnError as exc:
-                raise ScenarioFailed(f"connection {self.name}: an undecodable frame ({exc}): "
+                raise ScenarioFailed(f"connection {self.name}: an undecodable v{self.version} frame ({exc}): "
                                      f"{frame[:64].hex()}...") from None
+            self.frames += 1
+            self.most_in_a_frame = max(self.most_in_a_frame, len(self.pending))
         return self.pending.pop(0)
+
+    def _check_tag(self, tag: int, length: int) -> None:
+        big = length > wire.COMPRESS_THRESHOLD
+        self.compressed += big
+        want = self.compression.tag if big and self.compression is not wire.Compression.NONE else 0
+        if tag != want:
+            raise ScenarioFailed(
+                f"connection {self.name}: a frame whose body is {length} bytes came with compression tag {tag}; "
+                f"with compression={self.compression.value} the protocol says tag {want} (protocol.md \"Frames\": "
+                f"a body over {wire.COMPRESS_THRESHOLD} bytes is compressed with the connection's compression -- "
+                "1 Brotli, 2 gzip -- any other goes as it is, tag 0)")
 
     def _guard(self, fn: Callable[[], Any], doing: str) -> Any:
         from websockets.exceptions import ConnectionClosed
@@ -187,10 +236,29 @@ class Conn:
                 return out
             out.append(msg)
 
-    def quiet(self) -> list[wire.ServerMessage]:
-        """Whatever arrives within ``quiet_s`` (no barrier: for a connection that must hear nothing)."""
+    def quiet(self, where: str) -> list[wire.ServerMessage]:
+        """What the connection was sent by the time the target has handled every message it sent
+        before now, and within ``quiet_s`` after that -- for a connection that must hear nothing (a
+        confirmed-read connection while the log stalls, whose barrier's answer would wait too).
+
+        The *fence* is a ``CallProcedure`` of a procedure no module defines: its ``ProcedureResult`` is
+        not queued behind durability and goes out at once (protocol.md "Confirmed reads"), and the
+        target handles a connection's messages strictly in order, so once it is in, every earlier
+        request of this connection has been taken and answered or held.  The fence fixes where the
+        window starts (a target slow to *handle* a request no longer hides an early answer behind
+        its slowness); the window itself (``--quiet``) still bounds how late an early answer may be
+        *sent* and be seen: the protocol has no message that must follow a held one while it is held."""
         out = list(self.pending)
         self.pending.clear()
+        self._fence += 1
+        rid = self._fence
+        self.send(wire.CallProcedure(rid, 0, FENCE_PROCEDURE, b""))
+        while True:
+            msg = self.recv(f"the fence's ProcedureResult {where} (a CallProcedure is answered at once, "
+                            "even while the log stalls)")
+            if isinstance(msg, wire.ProcedureResult) and msg.request_id == rid:
+                break
+            out.append(msg)
         deadline = time.monotonic() + self.opts.quiet_s
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -256,12 +324,45 @@ def _mask(v: Any) -> Any:
             return "<timestamp>"
         return {k: (sorted((_mask(r) for r in x), key=lambda r: json.dumps(r, sort_keys=True))
                     if k in ("inserts", "deletes") and isinstance(x, list) else
-                    "<offset>" if k == "tx_offset" else
+                    "<offset>" if k == "tx_offset" and not (isinstance(x, str) and x.startswith("<offset #")) else
                     _when(x, v[SCHEDULED[k]]).replace(">", f" {SCHEDULED[k]}>")
                     if k in SCHEDULED and SCHEDULED[k] in v else _mask(x)) for k, x in v.items()}
     if isinstance(v, list):
         return [_mask(x) for x in v]
     return v
+
+
+def _rank_offsets(doc: Any) -> Any:
+    """``doc`` with every row's ``tx_offset`` (``sync_event``'s: the offset of the transaction that wrote the
+    event) replaced by its rank among the distinct row offsets in ``doc`` -- ``<offset #0>``, ``#1``, ... in
+    ascending order.  The target's log holds other writes, so its offsets are not the model's, but the
+    spec fixes how they relate: one per writing transaction, in commit order (DELIV-1), the same event
+    with the same offset wherever it is read.  Ranked over a whole scenario's messages on both sides, two
+    rows compare equal only when their offsets agree in order and equality with the model's."""
+    seen: set[int] = set()
+
+    def collect(v: Any, in_rows: bool) -> None:
+        if isinstance(v, dict):
+            if in_rows and isinstance(v.get("tx_offset"), int):
+                seen.add(v["tx_offset"])
+            for k, x in v.items():
+                collect(x, k in ("inserts", "deletes", "rows"))
+        elif isinstance(v, list):
+            for x in v:
+                collect(x, in_rows)
+
+    collect(doc, False)
+    rank = {o: i for i, o in enumerate(sorted(seen))}
+
+    def ranked(v: Any, in_rows: bool) -> Any:
+        if isinstance(v, dict):
+            return {k: (f"<offset #{rank[x]}>" if in_rows and k == "tx_offset" and isinstance(x, int)
+                        else ranked(x, k in ("inserts", "deletes", "rows"))) for k, x in v.items()}
+        if isinstance(v, list):
+            return [ranked(x, in_rows) for x in v]
+        return v
+
+    return ranked(doc, False)
 
 
 def _show(msgs: list[dict[str, Any]]) -> str:
@@ -317,6 +418,102 @@ def _first_divergence(where: str, got: list[dict[str, Any]], want: list[dict[str
     return f"{where}: the target sent {len(w) - len(g)} fewer message(s); the model also sends {_show(w[len(g):])}"
 
 
+def _named(t: Any, v: Any) -> Any:
+    """A value of AlgebraicType JSON ``t`` from ``/sql``'s untyped SATS-JSON (protocol.md "SATS-JSON (HTTP)")
+    into the named form of the model's messages: an identity ``"0x" + 64 hex``, a timestamp
+    ``{"__timestamp_micros_since_unix_epoch__": n}``, an option ``{"some": v}`` / ``{"none": []}``."""
+    if "Product" in t:
+        elements = t["Product"]["elements"]
+        names = [e["name"]["some"] for e in elements]
+        if names == ["__identity__"]:
+            return "0x" + str(v[0]).removeprefix("0x").zfill(64)
+        if names == [_TS]:
+            return {_TS: v[0]}
+        return {n: _named(e["algebraic_type"], x) for n, e, x in zip(names, elements, v, strict=True)}
+    if "Sum" in t:
+        variants = t["Sum"]["variants"]
+        tag, inner = v
+        name = variants[tag]["name"]["some"]
+        return {name: _named(variants[tag]["algebraic_type"], inner) if name != "none" else []}
+    if "Array" in t:
+        return [_named(t["Array"], x) for x in v]
+    return v
+
+
+SLOW_PAYLOAD_BYTES = 64_000  # each slow-consumer append's payload (about): few updates fill the buffers
+SLOW_SLACK_BYTES = 6 * 1024 * 1024  # what the socket buffers between the target's queue and a client that
+# does not read may hold (the client's receive buffer is SLOW_RCVBUF and its library holds one frame; the
+# rest is the target's send side)
+SLOW_RCVBUF = 4096
+SLOW_BATCH = 64  # appends sent before the writer's and the reading watcher's barriers
+SLOW_PUSH_S = 4.0  # appends that took longer may have outlasted the target's close timeout: no verdict
+
+
+def _seqs(msgs: list[wire.ServerMessage], conn: str) -> list[int]:
+    """The seqs of the events a connection's ``TransactionUpdate`` messages insert, in order."""
+    out = []
+    for m in msgs:
+        msg = d.message_json(wire.server_from_wire(m))
+        if msg["$type"] != "TransactionUpdate":
+            raise ScenarioFailed(f"connection {conn} was sent {msg['$type']} among the updates: {_show([msg])}")
+        out += [row["seq"] for qs in msg["query_sets"] for t in qs["tables"] for row in t["inserts"]]
+    return out
+
+
+def _runs(seqs: list[int]) -> str:
+    """``1..5, 7, 9..10``: a list of seqs in brief."""
+    out: list[str] = []
+    start = prev = None
+    for x in [*seqs, None]:
+        if start is not None and x is not None and prev is not None and x == prev + 1:
+            prev = x
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}..{prev}")
+        start = prev = x
+    return ", ".join(out) or "none"
+
+
+def _compare_reads(compared: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+    """Each read's rows against the model's snapshot of subscribing its query, row offsets ranked over
+    all the reads together (:func:`_rank_offsets`)."""
+    got = _rank_offsets([g for _, g, _ in compared])
+    want = _rank_offsets([w for _, _, w in compared])
+    for (where, _, _), g, w in zip(compared, got, want, strict=True):
+        diff = _first_divergence(where, [g], [w])
+        if diff is not None:
+            raise ScenarioFailed(f"{diff} (the model's snapshot of subscribing it, for the same reader: AUTH-1)")
+
+
+def _reads_setup(ns: str, e0: int) -> tuple[list[sm.CallReducer], tuple[str, ...]]:
+    """The writer's writes and the reader's queries of the one-off and ``/sql`` scenarios: events on a
+    stream the reader is granted and one it is not, a checkpoint, an outbox row; every table read."""
+    a, b, outbox = f"{ns}.a", f"{ns}.b", f"{ns}o5"
+    writes = [sm.CallReducer(1, "append_sync_event", (a, "k1", '{"n":1}', None, None)),
+              sm.CallReducer(2, "append_sync_event", (b, "k1", '{"n":1}', None, None)),
+              sm.CallReducer(3, "ack_checkpoint", ("c1", a, e0, 1)),
+              sm.CallReducer(4, "enqueue_bridge_event", (outbox, "receipts", 30078, '[["d","x"]]', "hello"))]
+    queries = ("SELECT * FROM sync_event", "SELECT * FROM sync_stream",
+               f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'",
+               f"SELECT * FROM bridge_outbox WHERE outbox_id = '{outbox}'",
+               f"SELECT * FROM sync_event WHERE stream_id = '{b}'")
+    return writes, queries
+
+
+def _model_reads(ns: str, folk: dict[str, Any], writes: list[sm.CallReducer], queries: tuple[str, ...],
+                 identities: dict[str, str], e0: int, v0: int) -> list[dict[str, Any]]:
+    """The model's answer to the reader subscribing each query (a set of its own) after the writes."""
+    def connect(conn: str, who: str) -> dict[str, Any]:
+        return {"op": "connect", "conn": conn, "person": who, "confirmed": False,
+                "claims": {**claims_to_json(folk[who]), "identity": identities[who]}}
+    steps = [connect("w", "writer"),
+             *({"op": "send", "conn": "w", "message": d.client_message_json(c)} for c in writes),
+             {"op": "receive", "conn": "w"}, connect("r", "reader"),
+             *({"op": "send", "conn": "r", "message": d.client_message_json(sm.Subscribe(i, 10 + i, (text,)))}
+               for i, text in enumerate(queries)), {"op": "receive", "conn": "r"}]
+    return d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)[-1]
+
+
 # --- scenarios ------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -357,6 +554,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     # starts from the floors earlier ones logged, which can hide a bump that was once too small
     Scenario("recovery", "recovery_moves_past_the_window", ("DUR-2", "VER-1"), ("mint", "restart", "undurable")),
     Scenario("replay", "replay_parity_across_restart", ("REPLAY-2", "DUR-1", "IDEM-2", "CONT-1"), ("mint", "restart")),
+    Scenario("transport", "v3_coalesced", ("framing", "DELIV-1"), ("mint",)),
+    Scenario("transport", "compression", ("framing",), ("mint",)),
+    Scenario("transport", "slow_consumer", ("SLOW-1",), ("mint", "outbound")),
+    Scenario("http", "http_sql", ("AUTH-1",), ("mint",)),
+    Scenario("http", "http_call", ("DELIV-2", "IDEM-2"), ("mint",)),
+    Scenario("http", "http_durable", ("CONF-1",), ("mint", "stall")),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
@@ -364,6 +567,8 @@ _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)"
           "restart": "--restart-cmd CMD (a way to restart the target)",
           "compact": "--compact-cmd CMD (a way to make the target run its retention now, and the kit's "
                      "retention class for conformance.retain.*)",
+          "outbound": "--max-outbound-queue N (the target's bound on messages queued for one connection: "
+                      "how much a client that does not read is sent before it must be closed)",
           "undurable": "--max-undurable N (the target's undurable window: how far an unclean restart moves "
                        "epochs and versions)"}
 
@@ -379,7 +584,11 @@ class Runner:
 
     # --- playing delivery steps ---
 
-    def play(self, name: str) -> None:
+    def play(self, name: str, version: int = 2, compression: str = "None") -> tuple[int, int]:
+        """Play the delivery scenario ``name`` against the target, over ``version`` (v3: consecutive sends
+        on one connection go in one frame) with ``compression``, and compare every receive with the model.
+        Returns the number of frames whose body was over the compression threshold and the most messages
+        one frame carried, over all the scenario's connections."""
         # one namespace per play, never shared: scenarios run against one server, one after another,
         # and a later one must not find an earlier one's rows (a name hash modulo 10,000 collided once
         # in about a hundred runs, and a snapshot then held another scenario's events)
@@ -395,6 +604,14 @@ class Runner:
         identities: dict[str, str] = {}
         got: list[list[dict[str, Any]]] = []
         stall = self.opts.stall_file
+        frame: list[wire.ClientMessage] = []  # v3: consecutive sends on one connection, sent as one frame
+        framed: list[str] = []  # its connection
+
+        def flush() -> None:
+            if frame:
+                conns[framed[0]].send_frame(frame[:])
+                frame.clear()
+                framed.clear()
 
         def settle(conn: str, where: str) -> None:
             for other in sorted(dirty - {conn}):
@@ -405,17 +622,24 @@ class Runner:
             for k, step in enumerate(steps):
                 op = step["op"]
                 where = f"step {k} ({op} {step.get('conn', '')})"
+                if framed and (op != "send" or step["conn"] != framed[0]):
+                    flush()
                 if op == "connect":
                     person = step["person"]
                     token = self.tokens.token(f"{ns}-{person}", step["claims"])
-                    conns[step["conn"]] = c = Conn(self.opts, token, step["confirmed"], step["conn"])
+                    conns[step["conn"]] = c = Conn(self.opts, token, step["confirmed"], step["conn"], version,
+                                                   compression)
                     identities[person] = c.identity
                 elif op == "send":
                     # the model takes the steps one after another; over a network two connections' frames
                     # may reach the server in either order, so another connection's sends are taken (its
                     # barrier answered, its answers kept in its inbox) before this one sends
-                    settle(step["conn"], f"before {where}")
-                    conns[step["conn"]].send(_to_wire(step["message"]))
+                    if not framed:
+                        settle(step["conn"], f"before {where}")
+                    frame.append(_to_wire(step["message"]))
+                    framed[:] = [step["conn"]]
+                    if version == 2:
+                        flush()
                     dirty.add(step["conn"])
                 elif op in ("receive", "receive_quiet"):
                     # a barrier orders one connection only: first make every other connection's sends
@@ -425,7 +649,7 @@ class Runner:
                     dirty.clear()
                     c = conns[step["conn"]]
                     msgs = inbox.pop(step["conn"], [])
-                    msgs += c.until_barrier(f"after {where}") if op == "receive" else c.quiet()
+                    msgs += c.until_barrier(f"after {where}") if op == "receive" else c.quiet(f"after {where}")
                     got.append([d.message_json(wire.server_from_wire(m)) for m in msgs])
                 elif op == "compact":
                     # every write sent so far is in first; then the target's retention runs, and has
@@ -467,21 +691,25 @@ class Runner:
                     stall.unlink(missing_ok=True)
                 else:
                     raise Skipped(f"step {op!r} needs a hook no wire target has (the vector covers it)")
+            flush()
         finally:
             if stall is not None:
                 stall.unlink(missing_ok=True)
             for c in conns.values():
                 c.close()
+        stats = (sum(c.compressed for c in conns.values()), max((c.most_in_a_frame for c in conns.values()), default=0))
         # the model, with the identities the target assigned
         for step in steps:
             if step["op"] == "connect":
                 step["claims"] = {**step["claims"], "identity": identities[step["person"]]}
         want = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)
+        got, want = _rank_offsets(got), _rank_offsets(want)  # offsets in rows: compared by order and equality
         receives = [s for s in steps if s["op"] in d.RECEIVES]
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             diff = _first_divergence(f"receive #{i} on connection {receives[i]['conn']}", g, w)
             if diff is not None:
                 raise ScenarioFailed(diff)
+        return stats
 
     def _floors(self, ns: str) -> tuple[int, int]:
         """The target's epoch and version floors now -- the epoch a new stream gets and the version a new
@@ -522,6 +750,129 @@ class Runner:
                                  f"{(proc.stderr or proc.stdout).strip()[-300:]}")
 
     # --- scenarios of their own ---
+
+    def slow_consumer(self) -> None:
+        """A client that does not read is closed 1008 ``slow_consumer: ...`` once more than the target's
+        ``max_outbound_queue`` messages wait for it, while the others go on being served (protocol.md "Close
+        codes", "Limits"; SLOW-1).  A watcher ``s`` with a small receive buffer subscribes to a stream and
+        then reads nothing while a writer appends ``N`` + ``SLOW_SLACK_BYTES`` worth of 64 KB events (N:
+        ``--max-outbound-queue``), in batches; a watcher ``u`` that reads gets every update, in order, after
+        each batch.  Then ``s`` reads: a prefix of the updates (in order, none missing in it), then the close."""
+        from websockets.exceptions import ConnectionClosed
+        n = self.opts.max_outbound_queue
+        assert n is not None
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        folk = d.people(ns)
+        a = f"{ns}.a"
+        query = f"SELECT * FROM sync_event WHERE stream_id = '{a}'"
+        payload = '{"n":0,"pad":"' + "0123456789abcdef" * (SLOW_PAYLOAD_BYTES // 16) + '"}'
+        total = n + -(-SLOW_SLACK_BYTES // len(payload))
+        watcher = self.tokens.token(f"{ns}-watcher", claims_to_json(folk["watcher"]))
+        slow = Conn(self.opts, watcher, False, "s", rcvbuf=SLOW_RCVBUF)
+        u = Conn(self.opts, watcher, False, "u")
+        w = Conn(self.opts, self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"])), False, "w")
+        seen: list[int] = []  # the seqs u was sent
+        got: list[int] = []  # the seqs s was sent before its close
+        close: Any = None
+        started = time.monotonic()
+        try:
+            for c in (slow, u):
+                c.send(wire.Subscribe(1, 10, (query,)))
+                answer = c.until_barrier("after subscribing")
+                if [type(m).__name__ for m in answer] != ["SubscribeApplied"]:
+                    raise ScenarioFailed(f"connection {c.name}: subscribing {query!r} was answered "
+                                         f"{[type(m).__name__ for m in answer]}")
+            sent = 0
+            while sent < total:
+                batch = range(sent + 1, min(total, sent + SLOW_BATCH) + 1)
+                for k in batch:
+                    w.send(wire.CallReducer(k, 0, "append_sync_event", bsatn.encode_args(
+                        "append_sync_event", (a, f"k{k}", payload, None, None))))
+                results = [wire.server_from_wire(m) for m in w.until_barrier(f"after appends {batch[0]}..{batch[-1]}")]
+                failed = [r for r in results if isinstance(r, sm.ReducerResult) and not isinstance(r.outcome,
+                                                                                                     sm.ReducerOk)]
+                if failed:
+                    raise ScenarioFailed(f"an append failed: {failed[0]}")
+                seen += _seqs(u.until_barrier(f"after appends {batch[0]}..{batch[-1]}"), "u")
+                sent = batch[-1]
+            pushed = time.monotonic() - started
+            while True:
+                try:
+                    frame = slow.ws.recv(timeout=self.opts.timeout)
+                except ConnectionClosed as exc:
+                    close = exc.rcvd
+                    break
+                except (TimeoutError, OSError):
+                    break
+                if isinstance(frame, bytes):
+                    got += _seqs(wire.decode_server_frame(frame, 2), "s")
+                if len(got) >= total:  # every update: it was never closed (a close now would be too late)
+                    break
+        finally:
+            for c in (slow, u, w):
+                c.close()
+        if seen != list(range(1, total + 1)):
+            raise ScenarioFailed(f"the watcher that reads was sent the updates of seqs {_runs(seen)} of the "
+                                 f"{total} appends, not each once in order: a slow consumer beside it must not "
+                                 "hold it back (SLOW-1)")
+        if got != list(range(1, len(got) + 1)):
+            raise ScenarioFailed(f"the client that did not read was sent the updates of seqs {_runs(got)}: not a "
+                                 "prefix of the appends in order (a slow consumer is closed, never skipped ahead)")
+        if close is None and len(got) < total and pushed > SLOW_PUSH_S:
+            raise Skipped(f"the client that did not read was sent a prefix of the updates ({len(got)} of {total}) and "
+                          f"then the connection ended without a close frame it could read; the appends took "
+                          f"{pushed:.1f} s, longer than a target may wait for a closed slow consumer to complete its "
+                          f"close ({SLOW_PUSH_S:g} s; syncref serve: close_timeout_s 5 s) -- a loaded machine: "
+                          "nothing to judge")
+        if close is None or close.code != 1008 or not close.reason.startswith("slow_consumer"):
+            how = ("no close frame" if close is None else f"code {close.code} {close.reason!r}")
+            raise ScenarioFailed(f"the client that did not read while {total} updates of about {len(payload)} bytes "
+                                 f"were sent to it (--max-outbound-queue {n}, in {pushed:.1f} s) then read "
+                                 f"{len(got)} of them and {how}; protocol.md \"Close codes\": 1008 "
+                                 "'slow_consumer: {...}' past the bound (SLOW-1)")
+        # SLOW-1's other half: its watermark survives -- a resume from the last seq it was sent gets the rest
+        r = Conn(self.opts, watcher, False, "again")
+        try:
+            r.send(wire.Subscribe(1, 10, (f"SELECT * FROM sync_stream WHERE stream_id = '{a}'",)))
+            applied = [d.message_json(wire.server_from_wire(m)) for m in r.until_barrier("after reading the stream")]
+            epoch = applied[0]["rows"][0]["inserts"][0]["epoch"] if applied and applied[0].get("rows") else None
+            resume = f"{query} AND epoch = {epoch} AND seq > {len(got)}"
+            r.send(wire.Subscribe(2, 11, (resume,)))
+            resumed = [d.message_json(wire.server_from_wire(m)) for m in r.until_barrier("after resuming")]
+        finally:
+            r.close()
+        rest = [row["seq"] for m in resumed if m["$type"] == "SubscribeApplied"
+                for t in m["rows"] for row in t["inserts"]]
+        kinds = [m["$type"] for m in resumed]
+        if kinds != ["SubscribeApplied"] or sorted(rest) != list(range(len(got) + 1, total + 1)):
+            raise ScenarioFailed(f"the slow consumer, closed after seq {len(got)}, resumed with {resume!r} and was "
+                                 f"answered {kinds} with seqs {_runs(sorted(rest))}; the rest "
+                                 f"of the stream is {len(got) + 1}..{total} (SLOW-1: its watermark survives)")
+
+    def v3_coalesced(self) -> None:
+        """v3 (protocol.md "Frames", "Upgrade"): offered both, in the client's order v2 first, the server
+        picks v3 (its preference); a frame of several client messages is one message after another (the
+        ``bridge_outbox`` scenario, its ten calls in one frame, judged by the model as over v2); the
+        answers come coalesced -- at least one frame carries more than one message."""
+        token = self.tokens.token(f"cf{self.run_id}-v3", {"scopes": ["sync.subscribe"], "streams": []})
+        Conn(self.opts, token, False, "offer", 3, offer=("v2.bsatn.spacetimedb", "v3.bsatn.spacetimedb")).close()
+        _, most = self.play("bridge_outbox", 3)
+        if most < 2:
+            raise ScenarioFailed("over v3 the target sent every message in a frame of its own, ten calls sent in one "
+                                 "frame included: the model sends the same messages (they matched), but protocol.md "
+                                 "\"Frames\" coalesces a v3 connection's messages, in order, into one frame (up to "
+                                 "512 KiB), the answers to one frame of messages sharing a frame")
+
+    def compression(self) -> None:
+        """Compression (protocol.md "Frames"): the ``large_rows`` scenario over v2 with ``compression=Gzip``
+        and over v3 with ``Brotli``, every frame's tag checked (a body over 1024 bytes compressed with the
+        connection's compression, any other tag 0) and every message judged by the model."""
+        for version, compression in ((2, "Gzip"), (3, "Brotli")):
+            big, _ = self.play("large_rows", version, compression)
+            if big < 2:  # the reader's update of the large event, and its snapshot of both
+                raise ScenarioFailed(f"over v{version} with compression={compression} only {big} frame(s) had a "
+                                     "body over 1024 bytes: the scenario's large rows did not reach the reader")
 
     def handshake(self) -> None:
         """InitialConnection first; a subscription answered; offsets never go backwards."""
@@ -581,15 +932,7 @@ class Runner:
             self.floors = self._floors(ns)
         e0, _v0 = self.floors
         folk = d.people(ns)
-        a, b, outbox = f"{ns}.a", f"{ns}.b", f"{ns}o5"
-        writes = [sm.CallReducer(1, "append_sync_event", (a, "k1", '{"n":1}', None, None)),
-                  sm.CallReducer(2, "append_sync_event", (b, "k1", '{"n":1}', None, None)),
-                  sm.CallReducer(3, "ack_checkpoint", ("c1", a, e0, 1)),
-                  sm.CallReducer(4, "enqueue_bridge_event", (outbox, "receipts", 30078, '[["d","x"]]', "hello"))]
-        queries = ("SELECT * FROM sync_event", "SELECT * FROM sync_stream",
-                   f"SELECT * FROM sync_checkpoint WHERE stream_id = '{a}'",
-                   f"SELECT * FROM bridge_outbox WHERE outbox_id = '{outbox}'",
-                   f"SELECT * FROM sync_event WHERE stream_id = '{b}'")
+        writes, queries = _reads_setup(ns, e0)
         w = Conn(self.opts, self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"])), False, "w")
         r = Conn(self.opts, self.tokens.token(f"{ns}-reader", claims_to_json(folk["reader"])), False, "r")
         try:
@@ -604,16 +947,8 @@ class Runner:
         finally:
             w.close()
             r.close()
-        # the model: the same writes, then the reader subscribes each query in a set of its own
-        def connect(conn: str, who: str) -> dict[str, Any]:
-            return {"op": "connect", "conn": conn, "person": who, "confirmed": False,
-                    "claims": {**claims_to_json(folk[who]), "identity": identities[who]}}
-        steps = [connect("w", "writer"),
-                 *({"op": "send", "conn": "w", "message": d.client_message_json(c)} for c in writes),
-                 {"op": "receive", "conn": "w"}, connect("r", "reader"),
-                 *({"op": "send", "conn": "r", "message": d.client_message_json(sm.Subscribe(i, 10 + i, (text,)))}
-                   for i, text in enumerate(queries)), {"op": "receive", "conn": "r"}]
-        model = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=self.floors[1]), steps)[-1]
+        model = _model_reads(ns, folk, writes, queries, identities, e0, self.floors[1])
+        compared: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         for i, (text, want) in enumerate(zip(queries, model, strict=True)):
             got = answers.get(100 + i)
             if not isinstance(got, sm.OneOffQueryResult):
@@ -627,9 +962,205 @@ class Runner:
             rows = [t["inserts"] for t in want["rows"]] or [[]]
             got_rows = "an error: " + got.result if isinstance(got.result, str) else d.message_json(
                 sm.SubscribeApplied(0, 0, (got.result,)))["rows"][0]["inserts"]
-            diff = _first_divergence(f"the one-off read {text!r}", [{"rows": got_rows}], [{"rows": rows[0]}])
+            compared.append((f"the one-off read {text!r}", {"rows": got_rows}, {"rows": rows[0]}))
+        _compare_reads(compared)
+
+    def _http(self, method: str, path: str, token: str | None, body: bytes = b"",
+              content_type: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request to the target's database routes: status, headers (lower-case names), body."""
+        url = f"{self.opts.url.rstrip('/')}/v1/database/{self.opts.database}/{path}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        req = urllib.request.Request(url, body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.opts.timeout) as resp:
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise ScenarioFailed(f"{method} {url}: no answer ({getattr(exc, 'reason', exc)}) within "
+                                 f"{self.opts.timeout:g} s") from None
+
+    def _sql(self, token: str | None, text: str) -> tuple[int, Any]:
+        """``POST /sql`` of one statement: the status and, for a 200, its one table's rows in the named
+        SATS-JSON form the model's messages use (read through the answer's own schema); else the body text."""
+        status, _, body = self._http("POST", "sql", token, text.encode())
+        if status != 200:
+            return status, body.decode("utf-8", "replace")
+        try:
+            answer = json.loads(body)
+            (one,) = answer
+            names = [e["name"]["some"] for e in one["schema"]["elements"]]
+            types = [e["algebraic_type"] for e in one["schema"]["elements"]]
+            return 200, [{n: _named(t, v) for n, t, v in zip(names, types, row, strict=True)} for row in one["rows"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ScenarioFailed(f"/sql {text!r} answered 200 with a body that is not one statement's "
+                                 f"{{schema, rows}} (protocol.md \"HTTP SQL\"): {exc!r}: {body[:300]!r}") from None
+
+    def http_sql(self) -> None:
+        """``POST /sql`` follows the subscription rules (protocol.md "HTTP SQL": scope, grants, row filter, no
+        stale check): for the reader of ``one_off_row_filter``'s writes, each statement's rows -- read back
+        from the untyped SATS-JSON through the answer's schema -- are the model's snapshot of subscribing
+        it, or the 400's code is the model's refusal code."""
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        if self.floors is None:
+            self.floors = self._floors(ns)
+        e0, v0 = self.floors
+        folk = d.people(ns)
+        writes, queries = _reads_setup(ns, e0)
+        reader = self.tokens.token(f"{ns}-reader", claims_to_json(folk["reader"]))
+        w = Conn(self.opts, self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"])), False, "w")
+        try:
+            for call in writes:
+                w.send(wire.CallReducer(call.request_id, 0, call.reducer, bsatn.encode_args(call.reducer, call.args)))
+            w.until_barrier("after the writes")
+            identities = {"writer": w.identity}
+        finally:
+            w.close()
+        r = Conn(self.opts, reader, False, "r")  # the reader's identity, for the model
+        identities["reader"] = r.identity
+        r.close()
+        answers = [self._sql(reader, text) for text in queries]
+        model = _model_reads(ns, folk, writes, queries, identities, e0, v0)
+        compared: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        for text, (status, got), want in zip(queries, answers, model, strict=True):
+            if want["$type"] == "SubscriptionError":
+                code = want["error"].split(":")[0]
+                if not (status == 400 and isinstance(got, str) and got.split(":")[0] == code):
+                    raise ScenarioFailed(f"/sql {text!r} was answered HTTP {status} {str(got)[:300]}; the model "
+                                         f"refuses subscribing it with {code} (400 {code}: ...) (AUTH-1)")
+                continue
+            if status != 200:
+                raise ScenarioFailed(f"/sql {text!r} was answered HTTP {status} {str(got)[:300]}; the model "
+                                     "answers subscribing it with rows (AUTH-1)")
+            rows = [t["inserts"] for t in want["rows"]] or [[]]
+            compared.append((f"/sql {text!r}", {"rows": got}, {"rows": rows[0]}))
+        _compare_reads(compared)
+
+    def http_call(self) -> None:
+        """``POST /call/:reducer`` (protocol.md "HTTP call"): a call has no WebSocket caller, so every
+        subscriber -- the caller's own connection included -- gets its ``TransactionUpdate``; success is
+        200 with ``syncref-return-value`` (the model's return value, absent when it has none), a reducer
+        error 530 ``<code>: <json>`` with the model's code and details, a duplicate a 200 with the first
+        seq and no update.  The model plays each call from a connection of the caller's identity that
+        subscribes nothing."""
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        if self.floors is None:
+            self.floors = self._floors(ns)
+        e0, v0 = self.floors
+        folk = d.people(ns)
+        a = f"{ns}.a"
+        calls = [sm.CallReducer(1, "append_sync_event", (a, "k1", '{"n":1}', None, None)),
+                 sm.CallReducer(2, "append_sync_event", (a, "k2", '{"n":2}', None, 5)),  # sequence_conflict
+                 sm.CallReducer(3, "append_sync_event", (a, "k1", '{"n":1}', None, None)),  # a duplicate: seq 1
+                 sm.CallReducer(4, "append_sync_event", (a, "k2", '{"n":2}', None, 2)),
+                 sm.CallReducer(5, "ack_checkpoint", ("c1", a, e0, 2))]  # no return value
+        token = self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"]))
+        c = Conn(self.opts, token, False, "c")
+        got: list[list[dict[str, Any]]] = []
+        answers: list[tuple[int, dict[str, str], bytes]] = []
+        query = f"SELECT * FROM sync_event WHERE stream_id = '{a}'"
+        try:
+            c.send(wire.Subscribe(1, 10, (query,)))
+            got.append([d.message_json(wire.server_from_wire(m)) for m in c.until_barrier("after subscribing")])
+            for call in calls:
+                args = json.dumps(args_to_json(call.reducer, call.args)).encode()
+                answers.append(self._http("POST", f"call/{call.reducer}", token, args, "application/json"))
+                got.append([d.message_json(wire.server_from_wire(m))
+                            for m in c.until_barrier(f"after the HTTP call {call.request_id}")])
+        finally:
+            c.close()
+        claims = {**claims_to_json(folk["writer"]), "identity": c.identity}
+        steps: list[dict[str, Any]] = [
+            {"op": "connect", "conn": "c", "person": "writer", "confirmed": False, "claims": claims},
+            {"op": "connect", "conn": "h", "person": "writer", "confirmed": False, "claims": claims},
+            {"op": "send", "conn": "c", "message": d.client_message_json(sm.Subscribe(1, 10, (query,)))},
+            {"op": "receive", "conn": "c"}]
+        for call in calls:
+            steps += [{"op": "send", "conn": "h", "message": d.client_message_json(call)},
+                      {"op": "receive", "conn": "h"}, {"op": "receive", "conn": "c"}]
+        want = d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)
+        diff = _first_divergence("the subscription's answer on connection c", got[0], want[0])
+        if diff is not None:
+            raise ScenarioFailed(diff)
+        for i, call in enumerate(calls):
+            (result,), updates = want[1 + 2 * i], want[2 + 2 * i]
+            status, headers, body = answers[i]
+            outcome = result["outcome"]
+            text = body.decode("utf-8", "replace")
+            what = f"the HTTP call {call.reducer}{json.dumps(args_to_json(call.reducer, call.args))}"
+            if "err" in outcome:
+                want_parts = _error_parts(outcome["err"]["error"])
+                if status != 530 or _error_parts(text) != want_parts:
+                    raise ScenarioFailed(f"{what} was answered HTTP {status} {text[:300]!r}; the model's answer is "
+                                         f"530 {outcome['err']['error'][:300]!r}")
+            else:
+                ret = outcome["ok"]["ret"]
+                header = headers.get("syncref-return-value")
+                if status != 200 or (None if header is None else json.loads(header)) != ret:
+                    raise ScenarioFailed(f"{what} was answered HTTP {status} {text[:200]!r} with syncref-return-value "
+                                         f"{header!r}; the model's answer is 200 with "
+                                         f"{'no return value' if ret is None else json.dumps(ret)}")
+            diff = _first_divergence(f"after {what}, connection c (the caller's own, subscribed)", got[1 + i],
+                                     updates)
             if diff is not None:
-                raise ScenarioFailed(f"{diff} (the model's snapshot of subscribing it, for the same reader: AUTH-1)")
+                raise ScenarioFailed(diff)
+
+    def http_durable(self) -> None:
+        """HTTP answers wait for durability (protocol.md "HTTP call", "HTTP SQL", "Confirmed reads"): while the
+        log stalls, a call whose transaction an unconfirmed subscriber has already been sent (so it
+        committed), and a ``/sql`` read (``confirmed`` by default) of that state, are not answered within
+        ``--quiet``; once the stall ends both are, 200."""
+        import concurrent.futures
+        assert self.opts.stall_file is not None
+        self.plays += 1
+        ns = f"cf{self.run_id}{self.plays:04d}"
+        folk = d.people(ns)
+        a = f"{ns}.a"
+        token = self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"]))
+        u = Conn(self.opts, self.tokens.token(f"{ns}-watcher", claims_to_json(folk["watcher"])), False, "u")
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        stall = self.opts.stall_file
+        try:
+            u.send(wire.Subscribe(1, 10, (f"SELECT * FROM sync_event WHERE stream_id = '{a}'",)))
+            u.until_barrier("after subscribing")
+            status, _, body = self._http("POST", "call/append_sync_event", token,
+                                         json.dumps([a, "k0", '{"n":0}', None, None]).encode(), "application/json")
+            if status != 200:
+                raise ScenarioFailed(f"a first HTTP append was answered {status} {body[:300]!r}")
+            if _seqs(u.until_barrier("after the first HTTP append"), "u") != [1]:  # its update taken: the next is k1's
+                raise ScenarioFailed("an unconfirmed subscriber was not sent the first HTTP append's update (seq 1)")
+            stall.touch()
+            call = pool.submit(self._http, "POST", "call/append_sync_event", token,
+                               json.dumps([a, "k1", '{"n":1}', None, None]).encode(), "application/json")
+            update = u.recv("the update of the HTTP call made while the log stalls (an unconfirmed subscriber is "
+                            "sent it once it commits)")
+            if _seqs([update], "u") != [2]:
+                shown = _show([d.message_json(wire.server_from_wire(update))])
+                raise ScenarioFailed("an unconfirmed subscriber was not sent the update of the HTTP append made "
+                                     f"while the log stalls (seq 2): {shown}")
+            read = pool.submit(self._sql, token, f"SELECT * FROM sync_event WHERE stream_id = '{a}'")
+            futures: list[concurrent.futures.Future[Any]] = [call, read]
+            done, _ = concurrent.futures.wait(futures, timeout=self.opts.quiet_s)
+            early = [name for f, name in ((call, "the call (200 only once its offset is durable)"),
+                                          (read, "the /sql read (confirmed: once the offset it read is durable)"))
+                     if f in done]
+            stall.unlink()
+            answers = call.result(), read.result()
+        finally:
+            stall.unlink(missing_ok=True)
+            pool.shutdown(wait=False)
+            u.close()
+        if early:
+            raise ScenarioFailed(f"while the log stalled, the target answered {' and '.join(early)} within "
+                                 f"{self.opts.quiet_s:g} s of its transaction's commit (CONF-1): "
+                                 f"the call HTTP {answers[0][0]}, the read HTTP {answers[1][0]}")
+        if answers[0][0] != 200 or answers[1][0] != 200 or len(answers[1][1]) != 2:
+            raise ScenarioFailed(f"once the stall ended the call was answered HTTP {answers[0][0]} and the read "
+                                 f"HTTP {answers[1][0]} {str(answers[1][1])[:300]}; the model: 200, and both events")
 
     def _upgrade_status(self, subject: str, build: str | None, protocol: str | None,
                         schema: int | None) -> tuple[int, dict[str, Any]]:
@@ -893,7 +1424,8 @@ class Runner:
     def _has(self, hook: str) -> bool:
         return {"mint": self.tokens.can_mint, "stall": self.opts.stall_file is not None,
                 "restart": self.opts.restart_cmd is not None, "compact": self.opts.compact_cmd is not None,
-                "undurable": self.opts.max_undurable is not None}[hook]
+                "undurable": self.opts.max_undurable is not None,
+                "outbound": self.opts.max_outbound_queue is not None}[hook]
 
 
 def _to_wire(doc: dict[str, Any]) -> wire.ClientMessage:
@@ -973,9 +1505,24 @@ def add_parser(sub: Any) -> None:
                    "(compaction) now; the target serves the kit's retention class (docs/conformance.md)")
     p.add_argument("--restart-unclean", action="store_true", help="--restart-cmd kills the target without a "
                    "clean shutdown (SIGKILL): a stream that kept its epoch then fails DUR-2 instead of skipping")
+    p.add_argument("--max-outbound-queue", type=int, metavar="N", help="the target's bound on messages queued for "
+                   "one connection (syncref serve: [limits] max_outbound_queue): the slow-consumer scenario")
     p.add_argument("--max-undurable", type=int, metavar="N", help="the target's undurable window (syncref serve: "
                    "[limits] max_undurable): how far an unclean restart must move epochs and versions")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
+    p.add_argument("--quiet", type=_positive_seconds, default=0.5, metavar="S",
+                   help="seconds a connection that must hear nothing (a confirmed read while the log stalls) is "
+                        "listened to after its fence is answered (default 0.5; docs/conformance.md)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 600], got {text!r}")
+    return value
 
 
 
@@ -989,13 +1536,15 @@ def run_options(opts: Options, tick: Tick | None = None) -> list[Outcome]:
     return Runner(opts).run(tick)
 
 
-def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None = None) -> list[Outcome]:
+def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None = None,
+              quiet_s: float = 0.5) -> list[Outcome]:
     """Every selected scenario against a throwaway ``syncref serve`` with every hook (``--local``)."""
     from adapters.conformance.local import local_target
 
     with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
         opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
-                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable, restart_unclean=True)  # SIGKILL
+                       compact_cmd=t.compact_cmd, max_undurable=t.max_undurable, restart_unclean=True,  # SIGKILL
+                       quiet_s=quiet_s, max_outbound_queue=t.max_outbound_queue)
         return run_options(opts, tick)
 
 
@@ -1027,9 +1576,10 @@ def _operator_mistake(args: argparse.Namespace) -> str | None:
 def main(args: argparse.Namespace) -> int:
     selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
     if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd
-                       or args.max_undurable is not None or args.restart_unclean):
+                       or args.max_undurable is not None or args.restart_unclean
+                       or args.max_outbound_queue is not None):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
-              "--restart-unclean/--stall-file/--compact-cmd/--max-undurable", file=sys.stderr)
+              "--restart-unclean/--stall-file/--compact-cmd/--max-undurable/--max-outbound-queue", file=sys.stderr)
         return 2
     mistake = _operator_mistake(args)
     if mistake is not None:
@@ -1038,11 +1588,12 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress(selected)
     try:
         if args.local:
-            outcomes = run_local(args.only, args.timeout, _steps(progress))
+            outcomes = run_local(args.only, args.timeout, _steps(progress), args.quiet)
         else:
             opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
                            args.stall_file, args.timeout, compact_cmd=args.compact_cmd,
-                           max_undurable=args.max_undurable, restart_unclean=args.restart_unclean)
+                           max_undurable=args.max_undurable, restart_unclean=args.restart_unclean,
+                           quiet_s=args.quiet, max_outbound_queue=args.max_outbound_queue)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.finish()

@@ -166,6 +166,9 @@ function render(d) {
     { k: "group commits", v: dur.batches }, { k: "records written", v: dur.records_written },
     { k: "batch size min / mean / max (last " + b.count + ")", v: b.count ? b.min + " / " + b.mean + " / " + b.max : "" },
     { k: "last batch sizes", v: b.last.join(" ") },
+    { k: "log id", v: dur.log_id === null ? "" : dur.log_id },
+    { k: "head mark offset (behind durable)", v: dur.head_mark.offset + (dur.head_mark.behind === null ? "" : " (" + dur.head_mark.behind + ")") },
+    { k: "head marks written / failed", v: dur.head_mark.written + " / " + dur.head_mark.errors },
   ], [["", r => r.k], ["", r => r.v]]));
 
   put("presence", table(d.presence.rows, [

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from adapters import server as srv
 from adapters import wire
 from spec import messages as m
@@ -85,6 +87,20 @@ def test_a_snapshot_is_encoded_for_its_one_receiver_and_not_kept() -> None:
     again, entry2 = server._encode(None, msg)  # type: ignore[arg-type]  # (never asked twice; made again if it were)
     assert again == body and entry2 is None and server.metrics.sends.encode_hits == 0
     assert server.metrics.sends.messages == {"TransactionUpdate": 1, "SubscribeApplied": 2}
+
+
+def test_dropped_rows_are_encoded_for_their_one_receiver_never_hashed_nor_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``UnsubscribeApplied`` with rows is made for one receiver, as a snapshot: a value key
+    would hash every row in one piece on the loop (ADR-0041)."""
+    server = _server()
+    msg = m.UnsubscribeApplied(1, 2, (m.TableRows("sync_event", (_event(1), _event(2))),))
+    want = _expected(msg)
+
+    def unhashable(self: object) -> int:
+        raise AssertionError("the dropped rows were hashed")
+    monkeypatch.setattr(m.TableRows, "__hash__", unhashable)
+    body, entry = server._encode(None, msg)  # type: ignore[arg-type]
+    assert body == want and entry is None and not server._bodies
 
 
 def test_unshared_messages_are_found_by_value() -> None:

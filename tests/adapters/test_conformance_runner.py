@@ -57,7 +57,7 @@ def test_passes_against_syncref_serve_with_every_hook(tmp_path: Path) -> None:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
                                        "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
                                        "--max-undurable", str(t.max_undurable), "--restart-unclean",
-                                       "--junit", str(junit))
+                                       "--max-outbound-queue", str(t.max_outbound_queue), "--junit", str(junit))
         print(out)
         assert rc == 0, out
         assert results and {r["status"] for r in results} == {"pass"}, out
@@ -183,6 +183,10 @@ BUGS = [
     ("recovery_keeps_version_floor", "recovery", "recovery_moves_past_the_window", "VER-1"),
     # let through before the revk review: the kit sent OneOffQuery only as a barrier, never judged one
     ("one_off_ignores_row_filter", "delivery", "one_off_row_filter", "AUTH-1"),
+    # let through before the kit session: a confirmed reader's quiet window started when its Subscribe was sent,
+    # so an ungated SubscribeApplied from a target slow to handle the Subscribe (0.8 s) came after it; the fence
+    # (a CallProcedure answered at once, after every earlier message is handled) starts the window later
+    ("snapshot_ungated+slow_subscribe", "durability", "confirmed_caller_waits", "CONF-1"),
 ]
 
 
@@ -192,7 +196,8 @@ def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, a
     with serving(tmp_path, mutant) as t:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
                                        "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
-                                       "--max-undurable", str(t.max_undurable), "--restart-unclean", "--only", area)
+                                       "--max-undurable", str(t.max_undurable), "--restart-unclean",
+                                       "--max-outbound-queue", str(t.max_outbound_queue), "--only", area)
     print(out)
     assert rc == 1
     failed = {r["scenario"]: r for r in results if r["status"] == "fail"}
@@ -200,6 +205,41 @@ def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, a
     assert invariant in failed[scenario]["invariants"]
     assert "the target sent" in failed[scenario]["message"]  # the first divergence, decoded
     assert f"FAIL  {scenario}" in out
+
+
+# server-layer plants (tests/support/kit_variants.py), each let through before the kit session (no scenario
+# spoke v3 or asked for compression): the area, the scenario that must fail, and what its message must say
+VARIANTS = [
+    ("v2_preferred", "transport", "v3_coalesced", "the server chose subprotocol 'v2.bsatn.spacetimedb'"),
+    ("v3_frames_read_as_v2", "transport", "v3_coalesced", "code 1011 'malformed message"),
+    ("v3_never_coalesces", "transport", "v3_coalesced", "sent every message in a frame of its own"),
+    ("ignores_compression", "transport", "compression", "came with compression tag 0; with compression=Gzip the "
+                                                        "protocol says tag 2"),
+    # the 2 engine bugs the kit let through were slow-consumer ones: no scenario had a client that did not read
+    ("never_closes_slow_consumer", "transport", "slow_consumer", "of them and no close frame"),
+    ("replay_slice_off_by_one", "transport", "slow_consumer", "(SLOW-1: its watermark survives)"),  # the resume
+    # row offsets were masked before the kit session; now ranked over the scenario (order and equality)
+    ("tx_offset_is_seq", "delivery", "row_filter", "tx_offset: the target's \"<offset #1>\", the model's"),
+    ("tx_offset_of_the_first_append", "idempotency", "idempotency_conflict", "tx_offset: the target's \"<offset #0>\""),
+    # no scenario used the HTTP routes before the kit session
+    ("sql_reads_every_stream", "http", "http_sql", "was answered HTTP 200 [{'stream_id'"),
+    ("one_off_ignores_row_filter", "http", "http_sql", "/sql \"SELECT * FROM bridge_outbox WHERE outbox_id"),
+    ("call_without_return_value", "http", "http_call", "with syncref-return-value None; the model's answer is 200 "
+                                                      "with 1"),
+    ("call_answers_before_durable", "http", "http_durable", "the target answered the call (200 only once its offset"),
+    ("sql_confirmed_ignored", "http", "http_durable", "the target answered the /sql read (confirmed"),
+]
+
+
+@pytest.mark.parametrize(("variant", "area", "scenario", "needle"), VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_planted_server_variant_fails_its_scenario(tmp_path: Path, variant: str, area: str, scenario: str,
+                                                     needle: str) -> None:
+    with serving(tmp_path, variant) as t:
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
+                                       "--max-outbound-queue", str(t.max_outbound_queue), "--only", area)
+    failed = {r["scenario"]: r["message"] for r in results if r["status"] == "fail"}
+    assert rc == 1 and scenario in failed and needle in failed[scenario], out
+    assert [r["scenario"] for r in results if r["status"] == "fail"] == [scenario], out  # only that one
 
 
 class _NotSpacetime(http.server.BaseHTTPRequestHandler):
@@ -395,7 +435,9 @@ def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> 
                          (["--url", "http://127.0.0.1:1", "--mint-with", str(_key_dir(tmp_path, "garbage"))],
                           "not a valid unencrypted PEM private key"),
                          (["--url", "http://127.0.0.1:1", "--mint-with", str(_key_dir(tmp_path, "p384"))],
-                          "not an ES256 (P-256 EC) private key")):
+                          "not an ES256 (P-256 EC) private key"),
+                         (["--url", "http://127.0.0.1:1", "--quiet", "0"], "--quiet: expected seconds in (0, 600]"),
+                         (["--url", "http://127.0.0.1:1", "--quiet", "soon"], "--quiet: expected seconds, got")):
         proc = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", *argv], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr)
@@ -521,3 +563,17 @@ def test_a_server_of_another_protocol_version_fails_negotiation_order(tmp_path: 
         rc, out, results = conformance("--url", url, "--mint-with", str(t.data), "--only", "compat")
     assert rc == 1 and results[0]["status"] == "fail", out
     assert "oa.sync.v2" in results[0]["message"] and "oa.sync.v1" in results[0]["message"], out
+
+
+def test_a_longer_quiet_window_catches_a_confirmed_gate_that_gives_up_late(tmp_path: Path) -> None:
+    """The protocol offers no message that must follow a held one while it is held, so a target that
+    releases a confirmed read late in a stall is seen only while the runner listens: ``--quiet`` sets how
+    long.  ``confirmed_gate_gives_up`` releases undurable messages once durability has not moved for
+    0.8 s; ``confirmed_reads_released``'s stalls last about the fence plus ``--quiet``, so it passed that
+    server at the default 0.5 s (2 of 2 runs, docs/conformance.md) and fails it at 1.5 s."""
+    with serving(tmp_path, "confirmed_gate_gives_up+sweep_ticks_fast") as t:
+        rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
+                                       "--only", "durability", "--quiet", "1.5")
+    failed = {r["scenario"]: r["message"] for r in results if r["status"] == "fail"}
+    assert rc == 1 and "confirmed_reads_released" in failed, out
+    assert "on connection c: the target sent 1 more message(s)" in failed["confirmed_reads_released"], out

@@ -194,6 +194,41 @@ def test_failed_wal_checkpoints_are_on_the_metrics_page(tmp_path: Path, monkeypa
         store._conn = store._conn._conn  # type: ignore[attr-defined]
 
 
+def test_the_head_mark_and_its_failures_are_on_the_metrics_page(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head mark (ADR-0039) is written on its own thread and a failure leaves only a log line: an
+    operator must see that the mark keeps up with the durable offset, and when it cannot be written.
+    Marks written and the offset the mark holds follow the appends; with the mark's write failing
+    (a full disk, injected), the error counter rises while the offset stays where it was; once writes
+    succeed again the mark catches up with the durable offset.  Failed before (review of ADR-0039):
+    none of the three metrics existed (``mark_errors`` was only an attribute)."""
+    with running_server(tmp_path) as st:
+        store = st.server._store
+        assert store is not None
+        store.head_mark_s = 0.05
+        tok = st.token()
+        assert append(st, tok, "m0").status == 200
+        durable = st.server.engine.durable
+        wait_for(lambda: value(scrape(st), "syncref_head_mark_offset") == durable, "the mark at the durable head")
+        samples = scrape(st)
+        assert value(samples, "syncref_head_marks_total") >= 1
+        assert value(samples, "syncref_head_mark_errors_total") == 0
+
+        def full(directory: Path, mark: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(durability, "write_head_mark", full)
+        for i in range(3):
+            assert append(st, tok, f"m{i + 1}").status == 200
+        wait_for(lambda: value(scrape(st), "syncref_head_mark_errors_total") >= 2, "the failed mark writes")
+        samples = scrape(st)
+        assert value(samples, "syncref_head_mark_offset") == durable  # the older mark stays
+        assert st.server.engine.durable > durable
+        monkeypatch.undo()
+        later = st.server.engine.durable
+        wait_for(lambda: value(scrape(st), "syncref_head_mark_offset") == later, "the mark caught up")
+
+
 def test_fast_histogram_buckets_and_exposition() -> None:
     h = FastHistogram("h_test", "doc", (1, 2, 5))
     for v in (0.5, 1, 1.5, 2, 7, 5):

@@ -149,6 +149,24 @@ def test_durability_batches_presence_assignments_outbox_and_errors() -> None:
     assert empty == {"count": 0, "min": None, "max": None, "mean": None, "last": []}
 
 
+def test_durability_names_the_log_id_and_the_head_mark_for_every_admin() -> None:
+    """ADR-0039's log id and head mark on the page: the id (what ``verify-log --json`` prints, what a
+    refusal names), the mark's offset, how far it is behind the durable offset, marks written and
+    failed writes -- for a limited admin too (durability is server-wide).  Failed before (review of
+    ADR-0039): the page named neither."""
+    eng = loaded()  # durable offset 4
+    facts = ops.ServerFacts("autopilot-sync", 2_000_000, 0, log_id="f" * 32, head_mark_offset=3, head_marks=5,
+                            head_mark_errors=2)
+    for viewer in (ADMIN, LIMITED):
+        dur = ops.gather(eng, facts, viewer)["durability"]
+        assert dur["log_id"] == "f" * 32
+        assert dur["head_mark"] == {"offset": 3, "behind": 1, "written": 5, "errors": 2}
+    ahead = ops.ServerFacts("autopilot-sync", 2_000_000, 0, head_mark_offset=6)  # the writer ahead of the engine
+    assert ops.gather(eng, ahead, ADMIN)["durability"]["head_mark"]["behind"] == 0
+    none = ops.gather(eng, FACTS, ADMIN)["durability"]  # no mark written yet: nothing to be behind
+    assert none["log_id"] is None and none["head_mark"] == {"offset": 0, "behind": None, "written": 0, "errors": 0}
+
+
 def test_stale_cursors_are_counted_by_reason() -> None:
     eng = loaded()
     conn = eng.connect(WRITER, True)

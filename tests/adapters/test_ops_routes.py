@@ -45,6 +45,40 @@ def test_page_and_feed_need_an_admin_token(tmp_path: Path) -> None:
         assert data["server"]["database"] == "autopilot-sync"
 
 
+def test_the_feed_names_the_log_id_and_the_head_mark(tmp_path: Path) -> None:
+    """The running server's ``/ops/data`` names its log's id (read here from the database's ``meta``)
+    and the head mark the server wrote (read here from ``DIR/syncref.head``).  Failed before (review
+    of ADR-0039): neither was on the page."""
+    import json
+    import sqlite3
+    import time
+
+    data_dir = tmp_path / "d"
+    with running_server(data_dir) as st:
+        store = st.server._store
+        assert store is not None
+        store.head_mark_s = 0.05
+        writer = st.token(scopes=("sync.append",), streams=("*",))
+        assert call_http(st, writer, "append_sync_event", ["m.s", "k", "1", {"none": []}, {"none": []}]).status == 200
+        admin = st.token(scopes=("sync.admin",), streams=("*",))
+        deadline = time.monotonic() + 20
+        while True:
+            dur = http("GET", st.base + "/ops/data", headers={"Authorization": f"Bearer {admin}"}).json()["durability"]
+            if dur["head_mark"]["offset"] == dur["durable_offset"]:
+                break
+            assert time.monotonic() < deadline, dur
+            time.sleep(0.02)
+        on_disk = json.loads((data_dir / "syncref.head").read_text())
+        conn = sqlite3.connect(f"file:{data_dir / 'syncref.sqlite3'}?mode=ro", uri=True)
+        try:
+            (stored_id,) = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+        finally:
+            conn.close()
+    assert dur["log_id"] == stored_id == on_disk["log_id"]
+    assert dur["head_mark"]["offset"] == on_disk["offset"] and dur["head_mark"]["behind"] == 0
+    assert dur["head_mark"]["written"] >= 1 and dur["head_mark"]["errors"] == 0
+
+
 def test_a_limited_admin_sees_only_its_streams(tmp_path: Path) -> None:
     with running_server(tmp_path / "d") as st:
         writer = st.token(scopes=("sync.append",), streams=("*",))

@@ -441,3 +441,308 @@ def test_a_failed_head_mark_write_is_counted_told_and_leaves_the_older_mark(
     assert writer.mark() and json.loads((data / "syncref.head").read_text())["offset"] == 4  # retried
     writer.close()
     store.close()
+
+
+# --- verify-log beside a running server -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("piece", ["head mark", "snapshot"])
+def test_verify_log_beside_a_running_server_does_not_fail_on_a_newer_mark_or_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: str) -> None:
+    """``verify-log`` beside a server that keeps committing (the supported way: no lock, one read
+    transaction).  The server rewrites the head mark every second and renames a snapshot in once its
+    record is durable; whenever verify-log reads them, they name a record the log held durably by
+    then.  Here the server moves on (3 records, then a new mark or snapshot at its new head) each
+    time verify-log looks at the mark or the snapshot directory.  Failed before (review of ADR-0039):
+    verify_log read both *inside* its read transaction, which had started at an older head, so the
+    replay never reached them -- ``unreached``, verify-log FAILED (exit 1) on a healthy log."""
+    import reference.replay as replay
+
+    data = tmp_path / "data"
+    grow(data, 10, "a")
+    store = LogStore.open(data)
+    store.head_mark_s = 0.0  # the server's mark follows each COMMIT here
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+
+    def server_moves_on() -> None:
+        for _ in range(3):
+            eng.now += 1000
+            eng.admin_call(WRITER, "append_sync_event", ("t.0", f"k{eng.committed}", "{}", None, None))
+            writer.append(eng.take_records())
+            eng.advance_durable(writer.flush())
+        if piece == "snapshot":
+            snapshot.write(data / snapshot.SNAPSHOT_DIR,
+                           snapshot.capture(eng.db, eng.committed, eng.head_hash, store.log_id))
+
+    if piece == "head mark":
+        real_mark = replay.read_head_mark
+
+        def mark_moved(directory: Path) -> object:
+            server_moves_on()
+            return real_mark(directory)
+
+        monkeypatch.setattr(replay, "read_head_mark", mark_moved)
+    else:
+        real_listing = snapshot.listing
+
+        def listing_moved(directory: Path) -> list[tuple[int, Path]]:
+            server_moves_on()
+            return real_listing(directory)
+
+        monkeypatch.setattr(snapshot, "listing", listing_moved)
+    try:
+        report = replay.verify_log(data)
+    finally:
+        monkeypatch.undo()
+        writer.close()
+        store.close()
+    checks = [report.head_mark] if piece == "head mark" else list(report.snapshots)
+    assert checks and all(c is not None and c.status == "match" for c in checks), checks
+    assert report.ok and report.records >= 13, report
+
+
+def test_the_head_mark_rename_is_followed_by_a_directory_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark's new name must survive a power cut like its contents: temp file fsynced, renamed over
+    the old mark, then the data directory itself fsynced (else the first mark of a directory, or a
+    newer one, may be lost with the name -- a weaker check).  Every fsync and rename is recorded, the
+    fsynced descriptor identified by its inode.  Failed before (review of ADR-0039): the rename was
+    the last step, no directory fsync."""
+    import os
+    import stat
+
+    from reference.durability import HeadMark, write_head_mark
+
+    data = tmp_path / "data"
+    data.mkdir()
+    real_fsync, real_replace = os.fsync, os.replace
+    steps: list[tuple[str, object]] = []
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        steps.append(("fsync", (stat.S_ISDIR(st.st_mode), st.st_ino)))
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        steps.append(("replace", Path(str(dst)).name))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_head_mark(data, HeadMark("a" * 32, 7, "b" * 64))
+    monkeypatch.undo()
+    head = data / "syncref.head"
+    assert steps == [("fsync", (False, head.stat().st_ino)), ("replace", "syncref.head"),
+                     ("fsync", (True, data.stat().st_ino))], steps
+    written = json.loads(head.read_text())
+    assert (written["log_id"], written["offset"], written["hash"]) == ("a" * 32, 7, "b" * 64)
+
+
+def test_a_mark_write_in_flight_ends_before_close_releases_the_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark thread may be inside a mark write (a slow fsync: a failing disk, when the writer has
+    failed and the server closes the store without stopping that thread) when the store is closed.
+    ``close`` must wait for it before releasing the directory lock: else the next process to open the
+    directory writes its own mark through the same ``syncref.head.tmp`` while the old write renames
+    it -- a mark written whole by neither, which the next start refuses as unparsable.  Here the write
+    is held until ``close`` has returned (or 1 s has passed), then checks whether the directory lock
+    is already free.  Failed before (review of ADR-0039): ``close`` returned at once, the lock was
+    free while the old store's mark was still being written."""
+    import fcntl
+
+    import reference.durability as durability
+
+    data = tmp_path / "data"
+    grow(data, 3, "a")
+    store = LogStore.open(data)
+    digest = store.hash_at(3)
+    assert digest is not None
+    real = durability.write_head_mark
+    entered, release = threading.Event(), threading.Event()
+    lock_free_during_write: list[bool] = []
+
+    def slow(directory: Path, mark: durability.HeadMark) -> None:
+        entered.set()
+        release.wait(10)
+        with open(data / "syncref.lock", "a") as probe:
+            try:
+                fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                lock_free_during_write.append(True)
+            except BlockingIOError:
+                lock_free_during_write.append(False)
+        real(directory, mark)
+
+    monkeypatch.setattr(durability, "write_head_mark", slow)
+    marker = threading.Thread(target=store.mark_head, args=(3, digest))
+    marker.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(1.0)  # before the fix it has returned by now; after it, it waits for the write
+    release.set()
+    marker.join(10)
+    closer.join(10)
+    assert not closer.is_alive() and not marker.is_alive()
+    assert lock_free_during_write == [False]
+    assert not store.mark_head(3, digest)  # closed: no mark is written any more
+
+
+@pytest.mark.parametrize("field", ["offset", "hash", "log_id"])
+def test_a_head_mark_the_disk_changed_is_told_as_a_damaged_mark_not_as_lost_records(tmp_path: Path,
+                                                                                    field: str) -> None:
+    """A mark whose bytes the disk changed but which still parses (one digit of its offset, one hex
+    digit of its hash).  A snapshot has a checksum for that, and a corrupt one is passed over; the
+    mark had none, so it was believed: an offset 12 -> 92 refused the start as "the log lost
+    acknowledged records 13-92 ... restore the log from a backup" -- advice that loses the records
+    written since that backup, for a log that lost nothing; a changed hash, as "another history".
+    Now the mark carries a sha256 of its fields and a mismatch is a damaged mark, whose message
+    sends the operator to the disk and to removing the mark, never to a backup.  Failed before
+    (review of ADR-0039): [offset] refused with "lost acknowledged records", [hash] with "tell
+    different histories", [log_id] with "belongs to another log"."""
+    data = tmp_path / "data"
+    grow(data, 12, "a")  # clean shutdown: the mark holds record 12
+    head = data / "syncref.head"
+    mark = json.loads(head.read_text())
+    assert mark["offset"] == 12
+    text = head.read_text()
+    flip = {"offset": ('"offset":12', '"offset":92')}.get(field) or \
+        (mark[field], ("0" if mark[field][0] != "0" else "1") + mark[field][1:])
+    changed = text.replace(*flip)
+    assert changed != text and json.loads(changed)  # still parses
+    head.write_text(changed)
+    with pytest.raises(DamagedLog) as err:
+        LogStore.open(data)
+    message = str(err.value)
+    assert "syncref.head does not parse" in message and "checksum" in message, message
+    assert all(wrong not in message for wrong in ("lost acknowledged records", "different histories",
+                                                  "belongs to another log")), message
+    head.write_text(text)  # the mark as written: the directory opens
+    opens_from(data)
+
+
+def test_a_head_mark_written_before_its_checksum_is_still_believed(tmp_path: Path) -> None:
+    """Marks written by ADR-0039's first build carry no ``sha256``: they keep working -- one at the head
+    opens, one past the head is refused as lost records, as before (a planted "no checksum: damaged"
+    would refuse every directory that build left)."""
+    data = tmp_path / "data"
+    grow(data, 12, "a")
+    head = data / "syncref.head"
+    mark = json.loads(head.read_text())
+    old = {"log_id": mark["log_id"], "offset": 12, "hash": mark["hash"]}
+    head.write_text(json.dumps(old, separators=(",", ":")) + "\n")
+    assert opens_from(data)[1] == mark["log_id"]  # the clean shutdown wrote a new mark, with its checksum
+    assert "sha256" in json.loads(head.read_text())
+    head.write_text(json.dumps({**old, "offset": 92}, separators=(",", ":")) + "\n")
+    with pytest.raises(DamagedLog, match="lost acknowledged records"):
+        LogStore.open(data)
+
+
+def test_reading_the_marked_offset_never_waits_for_a_mark_write(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LogStore.marked_offset`` is read on the server's event loop (``GET /metrics``, the ops page)
+    while the mark thread may be inside a mark write whose fsync a failing disk holds for seconds: the
+    read must not wait for it, or every scrape stalls the whole server.  Failed before (this review's
+    first version of the property took the mark lock): the read waited for the held write."""
+    import reference.durability as durability
+
+    data = tmp_path / "data"
+    grow(data, 3, "a")
+    store = LogStore.open(data)
+    digest = store.hash_at(3)
+    assert digest is not None
+    real = durability.write_head_mark
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(directory: Path, mark: durability.HeadMark) -> None:
+        entered.set()
+        release.wait(10)
+        real(directory, mark)
+
+    monkeypatch.setattr(durability, "write_head_mark", slow)
+    marker = threading.Thread(target=store.mark_head, args=(3, digest))
+    marker.start()
+    assert entered.wait(10)
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(store.marked_offset))
+    reader.start()
+    reader.join(2.0)
+    waited = reader.is_alive()
+    release.set()
+    marker.join(10)
+    reader.join(10)
+    assert not waited and seen == [0]  # read at once: the write in flight has not landed yet
+    assert store.marked_offset == 3
+    store.close()
+
+
+def test_verify_log_beside_a_running_server_does_not_fail_on_a_snapshot_pruned_after_the_listing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server prunes old snapshots after writing a new one; verify-log lists the directory, then
+    reads each file.  A file pruned in between is no longer part of the directory: it is left out,
+    not reported ``corrupt``.  Failed before (found with the review of ADR-0039; ADR-0011's code): the
+    vanished file was ``corrupt`` (unreadable: No such file or directory), verify-log FAILED on a
+    healthy log."""
+    import reference.replay as replay
+
+    data = tmp_path / "data"
+    grow(data, 12, "a", snap_at=(5, 10))
+    real_listing = snapshot.listing
+    calls: list[int] = []
+
+    def pruned_after_listing(directory: Path) -> list[tuple[int, Path]]:
+        listed = real_listing(directory)
+        calls.append(1)
+        if len(calls) == 2:  # verify_log's own listing (the first is the open's check)
+            listed[-1][1].unlink()  # the oldest, as prune drops it
+        return listed
+
+    monkeypatch.setattr(snapshot, "listing", pruned_after_listing)
+    report = replay.verify_log(data)
+    monkeypatch.undo()
+    assert len(calls) == 2
+    assert [(c.file, c.status) for c in report.snapshots] == [(snapshot.file_name(10), "match")], report.snapshots
+    assert report.ok, report
+
+
+@pytest.mark.parametrize(("failing", "told"), [
+    ("file", "fsync of syncref.head.tmp failed: Input/output error"),
+    ("directory", "fsync of the data directory failed after syncref.head was renamed into place: "
+                  "Input/output error"),
+])
+def test_a_failed_mark_write_names_its_step_and_leaves_no_temp_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, told: str) -> None:
+    """The mark's write fails at one of its steps (EIO from fsync, injected on the temp file's or the
+    directory's descriptor): the error told to the server's log names the step, as a snapshot's does
+    (an operator must know whether the mark in place is the new one); a temp file that was never
+    renamed is removed; after a failed directory fsync the new mark is in place and whole.  Failed
+    before (review of ADR-0039): the bare "[Errno 5] Input/output error", and the temp file left."""
+    import errno
+    import os
+    import stat
+
+    data = tmp_path / "data"
+    grow(data, 3, "a")  # a mark at 3
+    store = LogStore.open(data)
+    store.head_mark_s = 0.0
+    errors: list[OSError] = []
+    store.on_mark_error = errors.append
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode) == (failing == "directory"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    eng.admin_call(WRITER, "append_sync_event", ("t.0", "late", "{}", None, None))
+    writer.append(eng.take_records())
+    assert writer.flush() == 4  # the commit is unaffected (SQLite does not call os.fsync)
+    monkeypatch.undo()
+    assert store.mark_errors == 1 and [str(e) for e in errors] == [f"[Errno 5] {told}"], errors
+    assert errors[0].errno == errno.EIO
+    assert not (data / "syncref.head.tmp").exists()
+    assert json.loads((data / "syncref.head").read_text())["offset"] == (4 if failing == "directory" else 3)
+    writer.close()
+    store.close()

@@ -84,8 +84,8 @@ ENGINE_MUTANTS: tuple[Mutant, ...] = (
            "a one-off read (OneOffQuery, /sql) skips the row filter: rows of ungranted streams, others' checkpoints",
            killer="reference/test_private_tables.py"),
     Mutant("snapshot_ungated", "reference.engine",
-           (("                self.on_resume(gap)\n        self._send(conn, self.committed, applied, size)",
-             "                self.on_resume(gap)\n        self._send(conn, 0, applied, size)"),),
+           (("        self._observe_resumes(snap)\n        self._send(conn, self.committed, applied, size)",
+             "        self._observe_resumes(snap)\n        self._send(conn, 0, applied, size)"),),
            "a confirmed reader's SubscribeApplied skips the confirmed-read gate (its snapshot not yet durable)"),
     Mutant("stale_floor_off_by_one", "reference.engine",
            (("stale_reasons(epoch, head, floor, budget, req_epoch, w, upper)",
@@ -267,6 +267,30 @@ ENGINE_MUTANTS += (
            (('    while prefix and prefix[-1] == "\\U0010ffff":\n        prefix = prefix[:-1]\n', ""),),
            "the end of a prefix ending in U+10FFFF is computed past the last code point",
            killer="reference/test_secondary_indexes.py"),
+    # sliced Subscribe snapshots and Unsubscribe dropped rows (ADR-0041): code only the server's
+    # engine.slice_rows reaches, killed by their test file
+    Mutant("sliced_snapshot_registered_late", "reference.engine",
+           (("            self._register(conn, msg.query_set_id, queries)\n            return self._hold(conn, snap)",
+             "            return self._hold(conn, snap)"),
+            ("            if snap.kind == \"subscribe\":\n                self._observe_resumes(snap)",
+             "            if snap.kind == \"subscribe\":\n                self._register(conn, snap.query_set_id, "
+             "list(snap.queries))\n                self._observe_resumes(snap)")),
+           "a sliced subscription is registered after its last slice: commits made while it was stepped are lost",
+           killer="reference/test_engine_sliced_snapshots.py"),
+    Mutant("sliced_snapshot_queue_not_held", "reference.engine",
+           (("        conn.reading, conn.snapshot = snap.offset, snap", "        conn.reading, conn.snapshot = None, snap"),),
+           "the queue is not held while a snapshot is stepped: later updates go out before the SubscribeApplied",
+           killer="reference/test_engine_sliced_snapshots.py"),
+    Mutant("sliced_snapshot_answered_at_the_end", "reference.engine",
+           (("        self._insert(conn, snap.offset, message, size)", "        self._insert(conn, self.committed, message, size)"),),
+           "a sliced snapshot's answer is queued behind the updates held during it, not at its offset", killer="reference/test_engine_sliced_snapshots.py"),
+    Mutant("sliced_snapshot_refusal_keeps_its_updates", "reference.engine",
+           (("                self._drop_set(conn, snap.query_set_id, snap.offset)\n", ""),),
+           "a sliced snapshot refused over max_outbound_message_bytes leaves its set's updates queued", killer="reference/test_engine_sliced_snapshots.py"),
+    Mutant("sliced_snapshot_at_the_slice_size", "reference.engine",
+           (("        if self.slice_rows is not None and snap.candidates > self.slice_rows:\n            # registered now",
+             "        if self.slice_rows is not None and snap.candidates >= self.slice_rows:\n            # registered now"),),
+           "a snapshot of exactly slice_rows candidates is sliced (the small path takes an extra turn)", killer="reference/test_engine_sliced_snapshots.py"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

@@ -128,15 +128,19 @@ TESTS: dict[str, list[str]] = {
     "reference/eventlog.py": ["tests/reference/test_eventlog.py", "tests/reference/test_engine_units.py",
                               "tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills_reference.py"],
     "reference/replay.py": ["tests/reference/test_durability.py", "tests/reference/test_snapshot.py",
-                            "tests/reference/test_engine_chain.py", "tests/reference/test_mutation_kills_reference.py"],
-    "reference/snapshot.py": ["tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills_reference.py"],
+                            "tests/reference/test_engine_chain.py", "tests/reference/test_mutation_kills_reference.py",
+                            "tests/reference/test_log_identity.py"],  # verify_log's head-mark check (ADR-0039)
+    "reference/snapshot.py": ["tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills_reference.py",
+                              "tests/reference/test_log_identity.py"],  # header_log_id, ours, prune (ADR-0039)
     "reference/reducers.py": ["tests/reference/test_engine_units.py", "tests/reference/test_hardening_engine.py",
                               "tests/reference/test_engine_isolation.py",
                               "tests/reference/test_bridge_enqueue_controls.py",
                               "tests/reference/test_engine_chain.py",
                               "tests/reference/test_mutation_kills_reference.py"],
     "reference/durability.py": ["tests/reference/test_durability.py", "tests/reference/test_log_fastpath.py",
-                                "tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills_reference.py"],
+                                "tests/reference/test_snapshot.py", "tests/reference/test_mutation_kills_reference.py",
+                                # ADR-0039's log id and head mark (check_evidence, the mark's write/read)
+                                "tests/reference/test_log_identity.py"],
     "reference/engine.py": ["tests/reference/test_engine_units.py", "tests/reference/test_resume_fast_path.py",
                             "tests/reference/test_hardening_engine.py",
                             "tests/reference/test_engine_isolation.py", "tests/reference/test_engine_chain.py",

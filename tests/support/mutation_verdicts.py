@@ -212,7 +212,7 @@ EQUIVALENT.update({
     "reference.durability.x__json_array__mutmut_7":
         "a failed scan's end only has to differ from len(text): -1 and None both do, so both fall back to "
         "json.loads (and the scanned value is not read)",
-    "reference.replay.x_verify_log__mutmut_149":
+    "reference.replay.x_verify_log__mutmut_151":
         "snapshot.matches is verify_log's shortcut: with offset None the bytes it builds name offset null and never "
         "equal a file, so every file goes the slow way (decoded, then head hash and differs), which gives the same "
         "check the shortcut would (matches' contract: a file it accepts decodes to an image differs finds equal)",
@@ -418,7 +418,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.snapshot.x_encode__mutmut_37":
         'yield (_ENC.encode({"sha256": digest.hexdigest()}) + "\\n").encode("UTF-8")',
     "reference.eventlog.xǁStreamLogǁvalues__mutmut_21": "one_epoch = None",
-    "reference.replay.x_verify_log__mutmut_149": "if snapshot.matches(held, db, None, head, store.log_id):",
+    "reference.replay.x_verify_log__mutmut_151": "if snapshot.matches(held, db, None, head, store.log_id):",
     "reference.durability.x__json_array__mutmut_7": "end = None",
     "reference.engine.xǁEngineǁone_off__mutmut_23": "self._send(conn, self.committed, answer, None)",
     "reference.db.x__differ__mutmut_1": "get = None",
@@ -529,14 +529,15 @@ EQUIVALENT.update({
 # (_candidates__mutmut_36, the watermark read from another column, was claimed equivalent here: its rows are
 # the same, but it counts the whole log against max_scan_rows instead of the slice, and rows are now counted
 # before they are built -- test_engine_point_reads.py's test_rows_are_counted_before_any_is_built kills it)
-EQUIVALENT["reference.engine.xǁEngineǁ_snapshot__mutmut_16"] = (
+# (drawn as _snapshot__mutmut_16; ADR-0041 moved the line into _take_snapshot, where mutmut numbers it 18)
+EQUIVALENT["reference.engine.xǁEngineǁ_take_snapshot__mutmut_18"] = (
     "the resume fast path never taken (rows = None): the general path below matches the same query over the "
     "same candidates with the row filter (can_read, indexed), which _resume_rows is the shortcut of (its "
     "docstring: 'what _snapshot would "
     "give for the query alone'; tests/reference/test_resume_fast_path.py holds both to the same hand-written "
     "seqs), so the same rows in the same order, as a tuple instead of a RetainedRows view, which the wire "
     "encodes as the same bytes")
-MUTATED_LINE["reference.engine.xǁEngineǁ_snapshot__mutmut_16"] = "rows = None"
+MUTATED_LINE["reference.engine.xǁEngineǁ_take_snapshot__mutmut_18"] = "rows = None"
 EQUIVALENT["reference.log.x_delta_text_of__mutmut_29"] = (
     "_canon(out) where _FLAT exists: _FLAT is _CANON's own C encoder with the same settings (as "
     "x__encode_flat__mutmut_1), so the same text")

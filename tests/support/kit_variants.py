@@ -1,0 +1,93 @@
+"""Planted non-conformances in the server layer (``adapters/server.py``; one in the engine's slow-consumer
+bound, which no engine mutant of the differential machines breaks whole), for the conformance kit's
+tests (``tests/adapters/test_conformance_runner.py``): each breaks a promise of docs/protocol.md that
+only the wire shows -- framing, compression, HTTP routes, pacing -- and must fail the wire scenario
+named beside it.  Engine bugs are :data:`support.engine_mutants.ENGINE_MUTANTS`.
+
+Applied as source edits by :func:`support.mutants.apply` (each edit's text must occur exactly once in
+``adapters/server.py``, so a change there stops the plant loudly instead of planting nothing), in the
+server process itself, by ``python -m support.serve_with_bug NAME[+NAME...]``.
+"""
+
+from __future__ import annotations
+
+from support.mutants import Mutant
+
+SERVER = "adapters.server"
+
+KIT_VARIANTS: tuple[Mutant, ...] = (
+    Mutant("slow_subscribe", SERVER,
+           (("        engine.handle(s.conn_id, abstract)\n",
+             "        if isinstance(msg, wire.Subscribe):  # planted: a Subscribe takes 0.8 s to handle\n"
+             "            time.sleep(0.8)\n"
+             "        engine.handle(s.conn_id, abstract)\n"),),
+           "a Subscribe takes 0.8 s to handle (a large snapshot, a slow machine): with snapshot_ungated, a "
+           "confirmed reader's early SubscribeApplied arrives after a 0.5 s listening window that starts when "
+           "the Subscribe is sent, not once it has been handled"),
+    Mutant("v2_preferred", SERVER,
+           (("    return next((p for p in SUBPROTOCOLS if p in offered), None)\n",
+             "    return next((p for p in reversed(SUBPROTOCOLS) if p in offered), None)\n"),),
+           "offered v2 and v3, the server picks v2 (protocol.md \"Upgrade\": its preference is v3)"),
+    Mutant("v3_frames_read_as_v2", SERVER,
+           (("                    if s.version == 2 and len(s.inbound) < limit:",
+             "                    if len(s.inbound) < limit:"),),
+           "a v3 client frame is decoded as one v2 message: a frame of several messages closes 1011"),
+    Mutant("v3_never_coalesces", SERVER,
+           (("        v3 = s.version == 3\n", "        v3 = False\n"),),
+           "a v3 connection gets v2 framing, one message per frame, never coalesced"),
+    Mutant("ignores_compression", SERVER,
+           (("            compression = wire.Compression.parse(request.query.get(\"compression\"))\n",
+             "            compression = wire.Compression.parse(request.query.get(\"compression\"))\n"
+             "            compression = wire.Compression.NONE\n"),),
+           "the compression parameter is checked and then ignored: every frame goes uncompressed, tag 0"),
+    Mutant("sql_reads_every_stream", SERVER,
+           (("                reads.append((self.engine.read(verified.claims, stmt, scan), started))",
+             "                reads.append((self.engine.read(__import__('dataclasses').replace(verified.claims, "
+             "streams=('*',)), stmt, scan), started))"),),
+           "/sql reads as if the caller were granted every stream: rows of ungranted streams (AUTH-1)"),
+    Mutant("call_without_return_value", SERVER,
+           (("        if ret is not None:\n            headers[\"syncref-return-value\"]",
+             "        if False:\n            headers[\"syncref-return-value\"]"),),
+           "an HTTP call's 200 leaves out the syncref-return-value header (an append's seq)"),
+    Mutant("call_answers_before_durable", SERVER,
+           (("            self._pump()\n            await self._wait_durable(offset)\n"
+             "        except DurabilityFailed as exc:\n"
+             "            return _text(503, f\"the commit log could not be written, so the call",
+             "            self._pump()\n        except DurabilityFailed as exc:\n"
+             "            return _text(503, f\"the commit log could not be written, so the call"),),
+           "an HTTP call answers 200 once committed, before its offset is durable (CONF-1)"),
+    Mutant("sql_confirmed_ignored", SERVER,
+           (("        if confirmed:\n            try:\n                await self._wait_durable(offset)",
+             "        if False:\n            try:\n                await self._wait_durable(offset)"),),
+           "/sql answers at once whatever confirmed says: a state not yet durable (CONF-1)"),
+    Mutant("never_closes_slow_consumer", "reference.engine",
+           (("            self.close(conn.conn_id, SLOW_CONSUMER_REASON)\n\n    # --- delivery",
+             "            pass\n\n    # --- delivery"),
+            ("conn.outbound_bytes > max_bytes):\n"
+             "                        self.close(conn.conn_id, SLOW_CONSUMER_REASON)",
+             "conn.outbound_bytes > max_bytes):\n                        pass"),
+            ("            self.close(conn.conn_id, SLOW_CONSUMER_REASON)\n\n    def one_off",
+             "            pass\n\n    def one_off")),
+           "a connection past max_outbound_queue is never closed: its queue grows without bound (SLOW-1)"),
+    Mutant("tx_offset_is_seq", "reference.reducers",
+           (("c.identity, x.now, x.offset))", "c.identity, x.now, next_seq))"),),
+           "an event's tx_offset is its seq (a per-stream count), not the offset of the transaction that wrote it"),
+    Mutant("tx_offset_of_the_first_append", "reference.reducers",
+           (("c.identity, x.now, x.offset))", "c.identity, x.now, x.offset - next_seq + 1))"),),
+           "an event's tx_offset is moved back by its seq - 1: every event of a stream appended in a row carries "
+           "the offset of the stream's first"),
+    Mutant("confirmed_gate_gives_up", "reference.engine",
+           (("    def advance_durable(self, offset: int) -> None:\n        self.durable = max(self.durable, offset)\n",
+             "    def advance_durable(self, offset: int) -> None:\n        self.durable = max(self.durable, offset)\n"
+             "        self._durable_at = __import__('time').monotonic()\n"),
+            ("        return self.durable if conn.confirmed else None\n",
+             "        if conn.confirmed and __import__('time').monotonic() - getattr(self, '_durable_at', 0.0) > 0.8:\n"
+             "            return self.committed\n"
+             "        return self.durable if conn.confirmed else None\n")),
+           "the confirmed-read gate gives up once durability has not moved for 0.8 s: a stalled log's transactions "
+           "are released, undurable, at the next delivery pass after that (with sweep_ticks_fast: within 50 ms)"),
+    Mutant("sweep_ticks_fast", SERVER,
+           (("    sweep_interval_s: float = 1.0", "    sweep_interval_s: float = 0.05"),),
+           "not a bug: the presence sweep, and the delivery pass after it, every 50 ms instead of every second, so "
+           "a planted time-based release goes out on time"),
+)
