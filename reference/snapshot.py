@@ -25,8 +25,10 @@ rename also waits until record ``N`` is durable in the log, so a snapshot never 
 the log it is bound to.
 
 **Capture.**  Rows are frozen values, so an image is a shallow copy of the indexes taken on the
-engine's thread between two transactions (C-speed list/tuple copies); encoding, hashing and
-writing happen on the :class:`Snapshotter`'s thread while the engine keeps committing.
+engine's thread between two transactions (C-speed list/tuple copies, a read-only view of each
+stream's column store); encoding, hashing and writing happen on the :class:`Snapshotter`'s thread
+while the engine keeps committing.  The periodic capture (:class:`Capturer`) views only the streams
+whose log changed since its previous image (ADR-0011, "Incremental capture").
 """
 
 from __future__ import annotations
@@ -122,6 +124,13 @@ class Capturer:
         self._entries: dict[str, tuple[str, int, Sequence[SyncEvent]]] = {}
 
     def __call__(self, db: Db, offset: int, head_hash: str, log_id: str | None = None) -> Image:
+        self.prime(db)
+        return Image(offset, head_hash, db.epoch_floor, db.version_floor, _tables(db),
+                     tuple(self._entries.values()), log_id)
+
+    def prime(self, db: Db) -> None:
+        """Bring the entries up to ``db``'s state without taking an image (the server does it at start,
+        before it listens, so that its first periodic snapshot views only what changed since)."""
         logs, entries, changed = db.logs, self._entries, db.changed_logs
         if db is not self._db or logs is not self._logs or len(entries) > len(logs):
             self._db, self._logs = db, logs
@@ -135,8 +144,6 @@ class Capturer:
         for sid in itertools.islice(logs, len(entries), None):  # created since (all of them, the first time)
             log = logs[sid]
             entries[sid] = (sid, log.floor, log.captured())
-        return Image(offset, head_hash, db.epoch_floor, db.version_floor, _tables(db),
-                     tuple(entries.values()), log_id)
 
 
 def restore(image: Image) -> Db:
@@ -420,6 +427,11 @@ class Snapshotter:
 
     def due(self, committed: int) -> bool:
         return self.every > 0 and committed - self.last_offset >= self.every and not self.busy
+
+    def prime(self, db: Db) -> None:
+        """View every stream of ``db`` now (:meth:`Capturer.prime`): called at start, before clients
+        are served, so that no periodic snapshot views every stream on the engine's thread."""
+        self._capture.prime(db)
 
     def maybe(self, db: Db, committed: int, head_hash: str) -> bool:
         if not self.due(committed):

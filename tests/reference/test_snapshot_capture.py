@@ -202,3 +202,25 @@ def test_the_snapshotter_captures_incrementally(tmp_path: Any, monkeypatch: pyte
     assert copied == ["b"]
     assert snapshot.differs(snapshot.read(tmp_path / snapshot.file_name(2)), db) is None
 
+
+
+def test_a_primed_snapshotter_views_only_what_changed_since_the_start(tmp_path: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server primes its Snapshotter at start, before it listens: even the first periodic snapshot
+    then views only the streams changed since, and is the state at its moment."""
+    copied: list[str] = []
+    real = StreamLog.captured
+    monkeypatch.setattr(StreamLog, "captured", lambda self: (copied.append(self.stream_id), real(self))[1])
+    rng = random.Random(5)
+    db = Db()
+    for sid in ("a", "b", "c", "d"):
+        db._insert(_event(rng, sid, 1, 1))
+    snaps = snapshot.Snapshotter(tmp_path, every=1, keep=2, wait_durable=lambda offset: None)
+    snaps.prime(db)
+    assert sorted(copied) == ["a", "b", "c", "d"]
+    copied.clear()
+    db._insert(_event(rng, "c", 1, 2))
+    assert snaps.maybe(db, 1, "h1")
+    snaps.join()
+    assert copied == ["c"]
+    assert snapshot.differs(snapshot.read(tmp_path / snapshot.file_name(1)), db) is None

@@ -298,9 +298,9 @@ ENGINE_MUTANTS += (
            (("        for sid in itertools.islice(logs, len(entries), None):", "        for sid in ():"),),
            "streams created since the previous image are left out of the next", killer="reference/test_snapshot_capture.py"),
     Mutant("snapshot_capture_tables_reused", "reference.snapshot",
-           (("        return Image(offset, head_hash, db.epoch_floor, db.version_floor, _tables(db),\n                     tuple(entries",
+           (("        return Image(offset, head_hash, db.epoch_floor, db.version_floor, _tables(db),\n                     tuple(self._entries",
              "        return Image(offset, head_hash, db.epoch_floor, db.version_floor,\n                     "
-             "globals().setdefault(\"_held\", {}).setdefault(id(db), _tables(db)),\n                     tuple(entries"),),
+             "globals().setdefault(\"_held\", {}).setdefault(id(db), _tables(db)),\n                     tuple(self._entries"),),
            "the primary-key tables' copy is reused from the Db's first image after they changed", killer="reference/test_snapshot_capture.py"),
     Mutant("snapshot_capture_view_shares_chunk_lists", "reference.eventlog",
            (("        view._data, view._cols = self._data[:], self._cols[:]\n",
