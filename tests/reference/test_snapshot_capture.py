@@ -224,3 +224,48 @@ def test_a_primed_snapshotter_views_only_what_changed_since_the_start(tmp_path: 
     snaps.join()
     assert copied == ["c"]
     assert snapshot.differs(snapshot.read(tmp_path / snapshot.file_name(1)), db) is None
+
+
+def test_a_snapshot_written_while_its_streams_change_is_the_state_at_its_capture(tmp_path: Any) -> None:
+    """The writer thread reads views that share the live logs' chunks (the last one extended in place)
+    while the engine's thread appends to, drops from and rolls back the same streams: the file is
+    still the state at the capture (a model of plain lists, not the Db, says what that was)."""
+    rng = random.Random(11)
+    db = Db()
+    model: dict[str, list[SyncEvent]] = {}
+    floors: dict[str, int] = {}
+
+    def append(sid: str) -> None:
+        events = model.setdefault(sid, [])
+        floors.setdefault(sid, 1)
+        ev = _event(rng, sid, 1, floors[sid] + len(events))
+        db._insert(ev)
+        events.append(ev)
+
+    for i in range(300):
+        for _ in range(100):
+            append(f"w{i:03d}")
+    snaps = snapshot.Snapshotter(tmp_path, every=1, keep=2, wait_durable=lambda offset: None)
+    snaps.prime(db)
+    for sid in ("w001", "w002"):
+        append(sid)
+    expected = {sid: (floors[sid], tuple(events)) for sid, events in model.items()}
+    assert snaps.maybe(db, 1, "h")
+    changed = 0
+    while snaps.busy or changed < 3000:  # the engine goes on while the file is written
+        sid = f"w{rng.randrange(300):03d}"
+        if rng.random() < 0.2 and model[sid]:
+            db._delete(model[sid].pop(0))
+            floors[sid] += 1
+        else:
+            tx = Txn(db)
+            ev = _event(rng, sid, 1, floors[sid] + len(model[sid]))
+            tx.insert(ev)
+            if rng.random() < 0.3:
+                tx.rollback()
+            else:
+                model[sid].append(ev)
+        changed += 1
+    snaps.join()
+    written = snapshot.read(tmp_path / snapshot.file_name(1))
+    assert {sid: (floor, tuple(events)) for sid, floor, events in written.logs} == expected

@@ -306,6 +306,12 @@ ENGINE_MUTANTS += (
            (("        view._data, view._cols = self._data[:], self._cols[:]\n",
              "        view._data, view._cols = self._data, self._cols\n"),),
            "a captured view shares the live log's chunk lists: a reused image sees later appends and drops", killer="reference/test_snapshot_capture.py"),
+    Mutant("snapshot_capture_live_log_not_viewed", "reference.snapshot",
+           (("            log = logs[sid]\n            entries[sid] = (sid, log.floor, log.captured())\n\n\ndef restore",
+             "            log = logs[sid]\n            entries[sid] = (sid, log.floor, log.events)\n\n\ndef restore"),),
+           "a stream first taken (at start or created since) is held as its live log, not a view: the file "
+           "written meanwhile, and every later image that keeps the entry, see the changes after the capture",
+           killer="reference/test_snapshot_capture.py::test_a_snapshot_written_while_its_streams_change_is_the_state_at_its_capture"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 
