@@ -16,7 +16,7 @@ does after recovery (ADR-0036): a full collection then walks only what is newer.
 ``--legacy``: capture as before the incremental capture (a ``StreamLog.copy()`` of every stream
 and a tuple of every table, each time; the code is kept below, verbatim), for before/after runs
 on the same tree.  Nothing asserts: measurements for docs/performance.md ("Snapshot capture hold").
-Run: ``.venv/bin/python benchmarks/snapshot_capture.py [--streams 1000,10000,30000,100000] [--legacy]``.
+Run: ``.venv/bin/python benchmarks/snapshot_capture.py [--streams 1000,10000,30000,100000] [--legacy] [--gc-freeze]``.
 """
 
 from __future__ import annotations
