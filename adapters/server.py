@@ -701,6 +701,8 @@ class SyncServer:
                                           recovery.snapshot_offset if recovery is not None else 0,
                                           on_error=self._snapshot_failed, log_id=self._store.log_id,
                                           legacy=self._store.legacy_snapshots, on_strangers=self._snapshot_strangers)
+            if cfg.snapshot_every:  # views every stream now, before listening: snapshots then view what changed
+                self._snapshots.prime(self._engine.db)
             self._engine.on_close = self._engine_closed
             self._engine.on_internal_error = self._internal_error
             self._limit_engine(self._engine)

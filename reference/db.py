@@ -169,6 +169,10 @@ class Db:
     def __init__(self) -> None:
         self.pk: dict[str, dict[object, Row]] = {name: {} for name in PK_TABLES}
         self.logs: dict[str, StreamLog] = {}
+        # the stream ids whose log changed since a snapshot capture last took them (every mutation of a
+        # StreamLog goes through this class and adds its stream here: one set.add; at most one entry
+        # per stream, emptied by reference.snapshot.Capturer, ADR-0011 "Incremental capture")
+        self.changed_logs: set[str] = set()
         self.epoch_floor = 1
         self.version_floor = 1  # the version a new provider or assignment starts at (ADR-0003)
         # secondary indexes for reads that count only what a caller may read (engine._readable)
@@ -234,6 +238,7 @@ class Db:
     def _insert(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
         if isinstance(row, SyncEvent):
+            self.changed_logs.add(row.stream_id)
             log = self.logs.get(row.stream_id)
             if log is None:
                 log = self.logs[row.stream_id] = StreamLog(row.stream_id, row.seq)
@@ -254,6 +259,7 @@ class Db:
     def _delete(self, row: Row) -> None:
         table = ROW_TABLE[type(row)]
         if isinstance(row, SyncEvent):
+            self.changed_logs.add(row.stream_id)
             log = self.logs[row.stream_id]
             if len(log) and row.seq == log.floor and log.get(row.seq) == row:  # retention drops a prefix
                 log.pop_first()
@@ -278,6 +284,7 @@ class Db:
         log = self.logs.get(stream_id)
         if log is None:
             return
+        self.changed_logs.add(stream_id)
         log.relabel(old_epoch, new_epoch)
 
     def _restore(self, row: Row) -> None:
@@ -285,6 +292,7 @@ class Db:
         if isinstance(row, SyncEvent):
             log = self.logs[row.stream_id]
             if len(log) and row.seq == log.floor - 1:
+                self.changed_logs.add(row.stream_id)
                 log.push_first(row)
             else:
                 self._insert(row)

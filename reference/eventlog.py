@@ -256,6 +256,13 @@ class StreamLog:
         view._odd = None if self._odd is None else dict(self._odd)
         return view
 
+    def captured(self) -> EventSeq:
+        """The retained events as they are now, for a snapshot image: a read-only view sharing the
+        chunks (:meth:`_view`; later appends, drops, rollbacks and renumberings do not show), read by
+        :meth:`EventSeq.values` as the file is written.  Costs the chunk lists' copies, not a row,
+        nor the key index :meth:`copy` also copies."""
+        return EventSeq(self._view())
+
     def values(self, start: int = 0, stop: int | None = None) -> list[tuple[object, ...]]:
         """The retained events ``start..stop-1`` (positions from the oldest) as their column values
         in field order -- ``reference.log.row_values`` of each row -- read from the columns without

@@ -25,13 +25,16 @@ rename also waits until record ``N`` is durable in the log, so a snapshot never 
 the log it is bound to.
 
 **Capture.**  Rows are frozen values, so an image is a shallow copy of the indexes taken on the
-engine's thread between two transactions (C-speed list/tuple copies); encoding, hashing and
-writing happen on the :class:`Snapshotter`'s thread while the engine keeps committing.
+engine's thread between two transactions (C-speed list/tuple copies, a read-only view of each
+stream's column store); encoding, hashing and writing happen on the :class:`Snapshotter`'s thread
+while the engine keeps committing.  The periodic capture (:class:`Capturer`) views only the streams
+whose log changed since its previous image (ADR-0011, "Incremental capture").
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -85,11 +88,62 @@ class Image:
 def capture(db: Db, offset: int, head_hash: str, log_id: str | None = None) -> Image:
     """The image of ``db`` as it is now (call it between transactions, on the engine's thread), taken
     from the log whose id is ``log_id`` (ADR-0039).
-    Each stream's events are a copy of its column store (``StreamLog.copy``: it shares the full
-    chunks, so capturing costs little), read row by row as the file is written."""
-    return Image(offset, head_hash, db.epoch_floor, db.version_floor,
-                 tuple((name, tuple(index.values())) for name, index in db.pk.items()),
-                 tuple((sid, log.floor, log.copy().events) for sid, log in db.logs.items()), log_id)
+    Each stream's events are a read-only view of its column store (``StreamLog.captured``: it shares
+    the chunks, so capturing costs little per stream), read row by row as the file is written.  This
+    copies every stream; the periodic snapshot uses a :class:`Capturer`, which copies only those
+    that changed since its previous image."""
+    return Image(offset, head_hash, db.epoch_floor, db.version_floor, _tables(db),
+                 tuple((sid, log.floor, log.captured()) for sid, log in db.logs.items()), log_id)
+
+
+def _tables(db: Db) -> tuple[tuple[str, tuple[Row, ...]], ...]:
+    # every row of every primary-key table, each time: a tuple of a dict's values is a C-speed copy of
+    # references (~0.3 ms for 30,000 rows, docs/performance.md "Snapshot capture hold")
+    return tuple((name, tuple(index.values())) for name, index in db.pk.items())
+
+
+class Capturer:
+    """:func:`capture`, holding the engine's thread in proportion to what changed since its previous
+    image of the same :class:`Db`, not to the whole state (ADR-0011, "Incremental capture").
+
+    It keeps the previous image's per-stream entries ``(stream id, floor, view)`` and replaces only
+    those of the streams in ``db.changed_logs`` (which every mutation of a stream's log adds its id
+    to, and which this empties), plus the streams created since (a log is never removed from
+    ``db.logs`` and a dict keeps insertion order: the new ones are the last).  An entry kept is
+    exact: its log has not changed since its view was taken, and a view never changes.  The image's
+    streams are in ``db.logs``' order, as :func:`capture`'s, so the two write the same bytes.  The
+    first image of a Db (or of another Db, or of one whose ``logs`` dict was replaced) copies every
+    stream.  Memory: the entries (~600 bytes a stream, measured) stay held between snapshots, and
+    with them the chunks a view shares that the live log has dropped since."""
+
+    __slots__ = ("_db", "_entries", "_logs")
+
+    def __init__(self) -> None:
+        self._db: Db | None = None
+        self._logs: dict[str, StreamLog] | None = None
+        self._entries: dict[str, tuple[str, int, Sequence[SyncEvent]]] = {}
+
+    def __call__(self, db: Db, offset: int, head_hash: str, log_id: str | None = None) -> Image:
+        self.prime(db)
+        return Image(offset, head_hash, db.epoch_floor, db.version_floor, _tables(db),
+                     tuple(self._entries.values()), log_id)
+
+    def prime(self, db: Db) -> None:
+        """Bring the entries up to ``db``'s state without taking an image (the server does it at start,
+        before it listens, so that its first periodic snapshot views only what changed since)."""
+        logs, entries, changed = db.logs, self._entries, db.changed_logs
+        if db is not self._db or logs is not self._logs or len(entries) > len(logs):
+            self._db, self._logs = db, logs
+            entries.clear()
+            changed.clear()
+        for sid in changed:
+            if sid in entries:  # (not yet: created since, taken below)
+                log = logs[sid]
+                entries[sid] = (sid, log.floor, log.captured())
+        changed.clear()
+        for sid in itertools.islice(logs, len(entries), None):  # created since (all of them, the first time)
+            log = logs[sid]
+            entries[sid] = (sid, log.floor, log.captured())
 
 
 def restore(image: Image) -> Db:
@@ -366,6 +420,7 @@ class Snapshotter:
         self._legacy = legacy
         self._on_strangers = on_strangers  # told the snapshots prune kept as not this log's (ADR-0039)
         self._thread: threading.Thread | None = None
+        self._capture = Capturer()  # copies the streams changed since the previous snapshot
         self.before_rename: Callable[[], None] | None = None  # fault injection seam (tests)
 
     @property
@@ -375,10 +430,15 @@ class Snapshotter:
     def due(self, committed: int) -> bool:
         return self.every > 0 and committed - self.last_offset >= self.every and not self.busy
 
+    def prime(self, db: Db) -> None:
+        """View every stream of ``db`` now (:meth:`Capturer.prime`): called at start, before clients
+        are served, so that no periodic snapshot views every stream on the engine's thread."""
+        self._capture.prime(db)
+
     def maybe(self, db: Db, committed: int, head_hash: str) -> bool:
         if not self.due(committed):
             return False
-        self.take(capture(db, committed, head_hash, self.log_id))
+        self.take(self._capture(db, committed, head_hash, self.log_id))
         return True
 
     def take(self, image: Image) -> None:

@@ -291,6 +291,38 @@ ENGINE_MUTANTS += (
            (("        if self.slice_rows is not None and snap.candidates > self.slice_rows:\n            # registered now",
              "        if self.slice_rows is not None and snap.candidates >= self.slice_rows:\n            # registered now"),),
            "a snapshot of exactly slice_rows candidates is sliced (the small path takes an extra turn)", killer="reference/test_engine_sliced_snapshots.py"),
+    # the periodic snapshot's incremental capture (ADR-0011): a mutation kind that forgets to mark its
+    # stream changed, or a capture that reuses what changed, makes an image that is not the state
+    Mutant("snapshot_capture_append_unmarked", "reference.db",
+           (("            self.changed_logs.add(row.stream_id)\n            log = self.logs.get(row.stream_id)\n",
+             "            log = self.logs.get(row.stream_id)\n"),),
+           "an append does not mark its stream changed: the next image keeps the stream's previous events", killer="reference/test_snapshot_capture.py"),
+    Mutant("snapshot_capture_drop_unmarked", "reference.db",
+           (("            self.changed_logs.add(row.stream_id)\n            log = self.logs[row.stream_id]\n            if len(log) and row.seq == log.floor and",
+             "            log = self.logs[row.stream_id]\n            if len(log) and row.seq == log.floor and"),),
+           "a retention drop (or the rollback of an append) does not mark its stream changed", killer="reference/test_snapshot_capture.py"),
+    Mutant("snapshot_capture_relabel_unmarked", "reference.db",
+           (("        self.changed_logs.add(stream_id)\n        log.relabel(old_epoch, new_epoch)",
+             "        log.relabel(old_epoch, new_epoch)"),),
+           "an epoch renumbering (an unclean restart's relabel) does not mark its stream changed", killer="reference/test_snapshot_capture.py"),
+    Mutant("snapshot_capture_new_streams_skipped", "reference.snapshot",
+           (("        for sid in itertools.islice(logs, len(entries), None):", "        for sid in ():"),),
+           "streams created since the previous image are left out of the next", killer="reference/test_snapshot_capture.py"),
+    Mutant("snapshot_capture_tables_reused", "reference.snapshot",
+           (("        return Image(offset, head_hash, db.epoch_floor, db.version_floor, _tables(db),\n                     tuple(self._entries",
+             "        return Image(offset, head_hash, db.epoch_floor, db.version_floor,\n                     "
+             "globals().setdefault(\"_held\", {}).setdefault(id(db), _tables(db)),\n                     tuple(self._entries"),),
+           "the primary-key tables' copy is reused from the Db's first image after they changed", killer="reference/test_snapshot_capture.py"),
+    Mutant("snapshot_capture_view_shares_chunk_lists", "reference.eventlog",
+           (("        view._data, view._cols = self._data[:], self._cols[:]\n",
+             "        view._data, view._cols = self._data, self._cols\n"),),
+           "a captured view shares the live log's chunk lists: a reused image sees later appends and drops", killer="reference/test_snapshot_capture.py"),
+    Mutant("snapshot_capture_live_log_not_viewed", "reference.snapshot",
+           (("            log = logs[sid]\n            entries[sid] = (sid, log.floor, log.captured())\n\n\ndef restore",
+             "            log = logs[sid]\n            entries[sid] = (sid, log.floor, log.events)\n\n\ndef restore"),),
+           "a stream first taken (at start or created since) is held as its live log, not a view: the file "
+           "written meanwhile, and every later image that keeps the entry, see the changes after the capture",
+           killer="reference/test_snapshot_capture.py::test_a_snapshot_written_while_its_streams_change_is_the_state_at_its_capture"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 

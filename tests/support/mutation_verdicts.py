@@ -233,7 +233,7 @@ EQUIVALENT.update({
     "reference.durability.xǁLogStoreǁopen__mutmut_133":
         "the fresh-directory check's SQL in lower case: SQLite's keywords are case-insensitive and the table's "
         "name is commit_log either way, so it is the same query",
-    "reference.db.xǁDbǁ_insert__mutmut_10":
+    "reference.db.xǁDbǁ_insert__mutmut_11":
         "a new stream's log made as StreamLog(stream_id) (floor 1) instead of StreamLog(stream_id, row.seq): the "
         "next-seq check is skipped for an empty log, and StreamLog.append of an empty log sets floor = ev.seq "
         "itself, so the floor the constructor got is overwritten before anything reads it (checked: "
@@ -427,7 +427,7 @@ MUTATED_LINE: dict[str, str] = {
     "reference.durability.xǁLogStoreǁopen__mutmut_133":
         'if conn.execute("select 1 from commit_log limit 1").fetchone() is not None:',
     "reference.engine.xǁEngineǁ_unregister__mutmut_15": "break",
-    "reference.db.xǁDbǁ_insert__mutmut_10": "log = self.logs[row.stream_id] = StreamLog(row.stream_id, )",
+    "reference.db.xǁDbǁ_insert__mutmut_11": "log = self.logs[row.stream_id] = StreamLog(row.stream_id, )",
     "reference.db.xǁTxnǁdelete__mutmut_26": "count = inserted.get(row, None)",
     "reference.db.xǁTxnǁdelete__mutmut_17": "inserted[held] = inserted.get(held, 0) - 1",
     "reference.db.xǁTxnǁdelete__mutmut_31": "inserted[row] = count + 1",
