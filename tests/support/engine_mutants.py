@@ -264,14 +264,14 @@ ENGINE_MUTANTS += (
            (("    return itertools.chain.from_iterable([log.frozen() for log in logs])",
              "    return itertools.chain.from_iterable(log.frozen() for log in logs)"),),
            "ADR-0038: a sliced read of several streams freezes each stream's log only when its step reaches it, "
-           "so events appended to a later stream between steps show in the answer (killed by ReadRules.step_read: "
+           "so events appended to a later stream between steps show in the answer (killed by ReadRules.step_read / read_between_writes: "
            "the answer is not the state at take time)"),
     Mutant("owner_rows_looked_up_when_stepped", "reference.engine",
            (("            return [rows_of[key] for key in keys]\n",
              "            return (rows_of[key] for key in keys)\n"),),
            "ADR-0038: a read of sync_checkpoint / compute_assignment holds the caller's live index, not its rows "
            "as they were: an ack committed between steps shows (or the index changes size under the iteration) "
-           "(killed by ReadRules.step_read)"),
+           "(killed by ReadRules.step_read / read_between_writes)"),
     Mutant("point_read_skips_row_filter", "reference.engine",
            (("        readable = _row_filter(claims, query.table)\n        return Read(",
              "        readable = (_row_filter(claims, query.table) if query.table not in _PK_COLUMN\n"
@@ -279,14 +279,14 @@ ENGINE_MUTANTS += (
              "        return Read("),),
            "AUTH-1: a one-off read that pins a primary key skips the row filter, as if the key lookup had checked "
            "it: B reads A's checkpoint by its id, a reader without a bridge scope an outbox row "
-           "(killed by ReadRules.one_off / take_read)"),
+           "(killed by ReadRules.one_off)"),
     Mutant("owner_rows_grouped_by_grants", "reference.engine",
            (("                groups.setdefault(filter_key(self.conns[key[0]].claims, table), []).append(key)",
              "                groups.setdefault(self.conns[key[0]].claims.streams, []).append(key)"),),
            "AUTH-1: the fanout groups every table's subscribers by their stream grants (ADR-0014's key of "
            "sync_event): two identities with the same grants share one filtered update, so A's checkpoint "
            "reaches B, and a bridge-scoped reader's outbox rows one without the scope "
-           "(killed by ReaderViews.readers_hold_their_view)"),
+           "(killed by ReaderViews.readers_watch / readers_hold_their_view)"),
 )
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
 READ_MUTANTS = frozenset({"frozen_views_taken_lazily", "owner_rows_looked_up_when_stepped", "point_read_skips_row_filter",
