@@ -29,6 +29,7 @@ budget, so each takes steps from the rules that were there before.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +63,11 @@ STREAMS = ("s.a1", "s.a2", "s.b1")  # the machines' streams (support.machines.ST
 WRITES = ("append", "append", "ack", "ack", "compact", "reset", "outbox", "sent")
 write_st = st.tuples(st.sampled_from(WRITES), st.sampled_from([0, 1]), st.sampled_from(STREAMS))
 """A write between two steps of a read: what, by identity A or B (0, 1), on which stream (the machine does it)."""
-writes_st = st.lists(write_st, min_size=1, max_size=4)
+writes_st = st.lists(write_st, min_size=2, max_size=5)
+SLICE_TABLES = ("sync_event", "sync_event", "sync_checkpoint", "sync_checkpoint", "compute_assignment", "bridge_outbox",
+                "sync_stream")
+"""What ``read_between_writes`` reads: whole tables (rarely one condition) of several streams or of the reader's own
+rows, whose candidates a slice boundary can split."""
 Write = tuple[str, int, str]
 
 READ_TABLES = ("sync_checkpoint", "sync_checkpoint", "sync_checkpoint", "bridge_outbox", "bridge_outbox",
@@ -82,8 +87,11 @@ class ReadDivergence(AssertionError):
     """The engine's answer to a read differs from SQLite's over the model's state."""
 
 
+TERMS = st.sampled_from((0, 0, 1, 1, 2))  # how many conditions a query has
+
+
 def read_query(data: st.DataObject, tables: Mapping[str, Sequence[Row]], choices: Sequence[str] = READ_TABLES,
-               pk_pin: bool = True) -> AbstractQuery:
+               pk_pin: bool = True, terms_st: st.SearchStrategy[int] = TERMS) -> AbstractQuery:
     """A random conjunction over one table: mostly literals taken from the table's current rows (so
     conditions select some), sometimes a primary-key pin (the engine's point read), for
     ``sync_event`` often a stream pin with a lower bound on ``seq`` (the frozen view answered as it
@@ -94,11 +102,11 @@ def read_query(data: st.DataObject, tables: Mapping[str, Sequence[Row]], choices
     pk = TABLE_BY_NAME[table].primary_key
     if pk_pin and pk and rows and data.draw(st.integers(0, 3)) == 0:
         terms.append(Term(pk[0], "=", getattr(data.draw(st.sampled_from(rows)), pk[0]), data.draw(st.booleans())))
-    if table == "sync_event" and data.draw(st.booleans()):
+    if table == "sync_event" and pk_pin and data.draw(st.booleans()):
         terms.append(Term("stream_id", "=", data.draw(st.sampled_from(_STRINGS[:4])), data.draw(st.booleans())))
         if data.draw(st.booleans()):
             terms.append(Term("seq", data.draw(st.sampled_from((">", ">="))), data.draw(st.integers(0, 6))))
-    for _ in range(data.draw(st.sampled_from((0, 0, 1, 1, 2)))):
+    for _ in range(data.draw(terms_st)):
         col = data.draw(st.sampled_from(FILTERABLE[table]))
         present = [getattr(r, col.name) for r in rows]
         from_rows = bool(present) and data.draw(st.integers(0, 3)) > 0
@@ -163,6 +171,7 @@ class ReadRules:
     tables are (:meth:`_read_engine`, :meth:`_read_tables`)."""
 
     MAX_OPEN = 3
+    MAX_WRITES = 16  # writes between the steps of one read (then it is finished without)
 
     def _reads_init(self) -> None:
         self.open_reads: list[OpenRead] = []
@@ -228,17 +237,21 @@ class ReadRules:
         self._step(o, n)
         return o
 
-    @rule(r=reader_st, data=st.data(), style=styles, n=st.sampled_from([1, 1, 2]), writes=writes_st)
-    def read_between_writes(self, r: int, data: st.DataObject, style: Style, n: int,
-                            writes: list[tuple[str, int, str]]) -> None:
-        """A sliced read taken, then stepped ``n`` rows at a time with one of ``writes`` committed before
-        each step (appends, acks, a compaction, an epoch reset, outbox rows): the case ADR-0038 is about,
-        which the separate rules reach only when their draws line up."""
-        self._read_between(r, read_query(data, self._read_tables()), style, n, writes)
+    @rule(r=st.sampled_from(range(6)), data=st.data(), style=styles, writes=writes_st)
+    def read_between_writes(self, r: int, data: st.DataObject, style: Style, writes: list[Write]) -> None:
+        """A sliced read of a whole table (:data:`SLICE_TABLES`) taken, then stepped one row at a time with
+        one of ``writes`` (in turn, round and round; all of them once before the read is taken, so it has
+        rows to slice) committed before each step (appends, acks, a compaction, an epoch reset, outbox rows):
+        every slice boundary has a commit behind it -- the case ADR-0038 is about, which ``step_read``
+        reaches only when the draws line up."""
+        aq = read_query(data, self._read_tables(), SLICE_TABLES, pk_pin=False, terms_st=st.sampled_from((0, 0, 0, 1)))
+        self._read_between(r, aq, style, 1, writes)
 
     def _read_between(self, r: int, aq: AbstractQuery, style: Style, n: int, writes: list[Write]) -> None:
+        for what, who, stream in writes:  # once before the read is taken, so it has rows to slice
+            self._read_write(what, who, stream)
         o = self._take(r, aq, style, n)
-        for what, who, stream in writes:
+        for what, who, stream in itertools.islice(itertools.cycle(writes), self.MAX_WRITES):
             if o is None or o not in self.open_reads:
                 return
             self._read_write(what, who, stream)
