@@ -138,6 +138,8 @@ def _judge(where: str, oracle: Mirror, aq: AbstractQuery, text: str, got: Counte
         return
     extra, missing = got - want, want - got
     unreadable = [r for r in extra if not oracle.visible(AbstractQuery(aq.table, ()), [r])]  # by its visibility alone
+    # rows it may not read: AUTH-1; else a subscription's rows (DELIV-2) or a read that is not the state it
+    # was taken at (ADR-0038) -- or rows a wrong row filter dropped: the message shows which rows
     inv = "AUTH-1" if unreadable else ("DELIV-2" if where.startswith("subscription") else "ADR-0038")
     raise ReadDivergence(f"{inv}: {where} {text!r}: engine-only {dict(extra)}, SQLite-only {dict(missing)}"
                          + (f"; rows the reader may not read: {unreadable[:2]}" if unreadable else ""))
