@@ -22,7 +22,7 @@ import pytest
 from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 from support.server import RawSocketClient, running_server
-from support.wire_diff import WireDiff, WireDiffMachine, WireDivergence
+from support.wire_diff import BARRIER_TABLES, WireDiff, WireDiffMachine, WireDivergence
 
 from adapters import wire
 
@@ -140,6 +140,40 @@ def test_planted_wire_bug_is_caught(monkeypatch: pytest.MonkeyPatch,
                       phases=[Phase.generate], print_blob=False)
     with pytest.raises(WireDivergence, match="differs"):
         run_state_machine_as_test(WireDiffMachine, settings=budget)
+
+
+# --- the barriers judge each peer's view of the private tables ---------------------------------------------------
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_one_off_read_under_another_peers_claims_is_caught(monkeypatch: pytest.MonkeyPatch, diff: WireDiff,
+                                                              planted: bool) -> None:
+    """alice and bob each hold a checkpoint, alice's narrow token (peer 2) no bridge scope; the barriers read
+    sync_stream, sync_checkpoint, bridge_outbox, ... in turn (BARRIER_TABLES), each peer's answer judged by
+    SQLite (AUTH-1).  Planted: the engine answers one-off reads of the private tables under its first connection's
+    claims (alice's), so bob reads alice's checkpoint and the narrow token the outbox."""
+    from spec.reducers import virtual_stream
+    for i in (0, 1, 2):
+        diff.connect(i, version=3)
+    diff.call(0, "append_sync_event", ("demo.a", "k1", "[1,2]", None, None))
+    epoch, head, _ = virtual_stream(diff.model.db, "demo.a")
+    diff.call(0, "ack_checkpoint", ("d1", "demo.a", epoch, head))
+    diff.call(1, "ack_checkpoint", ("d2", "demo.a", epoch, head))
+    diff.call(1, "enqueue_bridge_event", ("o1", "src", 30078, '[["t","x"]]', "hello"))
+    if planted:
+        import reference.engine as eng
+        real = eng.Engine.read
+        private = ("sync_checkpoint", "bridge_outbox")  # (a stream read would already differ on sync_stream)
+        monkeypatch.setattr(eng.Engine, "read", lambda self, claims, text, scan=None: real(
+            self, self.conns[min(self.conns)].claims if any(t in text for t in private) else claims, text, scan))
+    probes = [lambda: diff.settle("probe") for _ in BARRIER_TABLES]
+    if planted:
+        with pytest.raises(WireDivergence, match=r"one-off read of (sync_checkpoint|bridge_outbox) \(AUTH-1\)"):
+            for probe in probes:
+                probe()
+    else:
+        for probe in probes:
+            probe()
 
 
 # --- discrepancies the machine found, now fixed ---------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Differential: the same random action sequences, faults included, through the model and the
-reference engine give the same outcomes, tables, deliveries (in order) and decisions."""
+reference engine give the same outcomes, tables, deliveries (in order) and decisions; and the
+engine's one-off reads, sliced reads and cross-identity readers give what SQLite selects from the
+model's tables (tests/support/reads.py: AUTH-1, DELIV-2, ADR-0038's state at take time)."""
 
 from typing import Any
 

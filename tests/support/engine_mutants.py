@@ -324,7 +324,42 @@ ENGINE_MUTANTS += (
            "written meanwhile, and every later image that keeps the entry, see the changes after the capture",
            killer="reference/test_snapshot_capture.py::test_a_snapshot_written_while_its_streams_change_is_the_state_at_its_capture"),
 )
+ENGINE_MUTANTS += (
+    # --- one-off reads and cross-identity readers (tests/support/reads.py: the differential machines'
+    # read rules, judged by SQLite over the model's tables); each dies in the machines, no killer file ---
+    Mutant("frozen_views_taken_lazily", "reference.engine",
+           (("    return itertools.chain.from_iterable([log.frozen() for log in logs])",
+             "    return itertools.chain.from_iterable(log.frozen() for log in logs)"),),
+           "ADR-0038: a sliced read of several streams freezes each stream's log only when its step reaches it, "
+           "so events appended to a later stream between steps show in the answer (killed by ReadRules.step_read / read_between_writes: "
+           "the answer is not the state at take time)"),
+    Mutant("owner_rows_looked_up_when_stepped", "reference.engine",
+           (("            return [rows_of[key] for key in keys]\n",
+             "            return (rows_of[key] for key in keys)\n"),),
+           "ADR-0038: a read of sync_checkpoint / compute_assignment holds the caller's live index, not its rows "
+           "as they were: an ack committed between steps shows (or the index changes size under the iteration) "
+           "(killed by ReadRules.step_read / read_between_writes)"),
+    Mutant("point_read_skips_row_filter", "reference.engine",
+           (("        readable = _row_filter(claims, query.table)\n        return Read(",
+             "        readable = (_row_filter(claims, query.table) if query.table not in _PK_COLUMN\n"
+             "                    or q.pinned_value(query, _PK_COLUMN[query.table]) is None else (lambda row: True))\n"
+             "        return Read("),),
+           "AUTH-1: a one-off read that pins a primary key skips the row filter, as if the key lookup had checked "
+           "it: B reads A's checkpoint by its id, a reader without a bridge scope an outbox row "
+           "(killed by ReadRules.one_off)"),
+    Mutant("owner_rows_grouped_by_grants", "reference.engine",
+           (("                groups.setdefault(filter_key(self.conns[key[0]].claims, table), []).append(key)",
+             "                groups.setdefault(self.conns[key[0]].claims.streams, []).append(key)"),),
+           "AUTH-1: the fanout groups every table's subscribers by their stream grants (ADR-0014's key of "
+           "sync_event): two identities with the same grants share one filtered update, so A's checkpoint "
+           "reaches B, and a bridge-scoped reader's outbox rows one without the scope "
+           "(killed by ReaderViews.readers_watch / readers_hold_their_view)"),
+)
 ENGINE_MUTANT_BY_NAME = {m.name: m for m in ENGINE_MUTANTS}
+READ_MUTANTS = frozenset({"frozen_views_taken_lazily", "owner_rows_looked_up_when_stepped", "point_read_skips_row_filter",
+                          "owner_rows_grouped_by_grants"})
+"""Bugs of one-off reads and of what readers of other identities are sent: the module machine (its read rules and
+readers, tests/support/reads.py) runs first."""
 
 
 def run(name: str, budget: int = 200, seed: int | None = None, machine_only: bool = False) -> dict[str, object]:
@@ -336,7 +371,10 @@ def run(name: str, budget: int = 200, seed: int | None = None, machine_only: boo
     from support.machines import DiffMachine, DiffModuleMachine
     started = time.monotonic()
     # reducer and index bugs show fastest call by call; fanout, gating and recovery need the system
-    machines = (DiffModuleMachine, DiffMachine) if m.module in ("reference.reducers", "reference.db", "reference.eventlog") else (DiffMachine,)
+    # (the module machine's readers of several identities also judge the engine's fanout: tried after the system
+    # machine, or first for the read mutants, which it reaches within a few dozen examples)
+    module_first = m.module in ("reference.reducers", "reference.db", "reference.eventlog") or m.name in READ_MUTANTS
+    machines = (DiffModuleMachine, DiffMachine) if module_first else (DiffMachine, DiffModuleMachine)
     examples = 0
     for machine in machines:
         exc, ran = drive(machine, budget, seed)

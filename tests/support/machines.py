@@ -33,6 +33,7 @@ from spec.invariants import (
     stale_reasons,
 )
 from spec.policy import Policy, StreamClass
+from support.reads import ReaderViews, ReadRules
 
 STREAMS = ("s.a1", "s.a2", "s.b1")
 KEYS = ("k1", "k2", "k3", "k4", "k5")
@@ -780,9 +781,11 @@ def system_run_ok(machine: SystemMachine) -> None:
 __all__ = ["ModuleMachine", "SyncError", "SystemMachine"]
 
 
-class DiffMachine(SystemMachine):
+class DiffMachine(ReadRules, SystemMachine):
     """The system machine over the model and the reference engine in lockstep (tests/support/diff.py):
-    every step also compares offsets, tables, live connections and every outbound message."""
+    every step also compares offsets, tables, live connections and every outbound message; and
+    one-off reads, whole and sliced across crashes, compactions and resets, judged by SQLite over the
+    model's tables (tests/support/reads.py)."""
 
     def __init__(self) -> None:
         RuleBasedStateMachine.__init__(self)
@@ -791,16 +794,71 @@ class DiffMachine(SystemMachine):
         self.last_restart = 0
         self.jobs = 0
         self.adhoc = 0
+        self._reads_init()
+
+    def _read_engine(self) -> Any:
+        return self.sys.ref
+
+    def _read_tables(self) -> Any:
+        return self.sys.server.db.tables
+
+    def _read_write(self, what: str, who: int, stream: str) -> None:
+        """A write between a read's steps, through client ``who`` (c0: identity a, c1: b); a reset is the
+        admin's, and a crash (when the server has progressed) stands in for the outbox mark."""
+        from spec.reducers import virtual_stream
+        self.adhoc += 1
+        if what == "append":
+            self._handled(who, "append_sync_event", (stream, f"r{self.adhoc}", '{"v":1}', None, None))
+        elif what == "ack":
+            epoch, head, _ = virtual_stream(self.sys.server.db, stream)
+            self._handled(who, "ack_checkpoint", (f"c{who}", stream, epoch, head))
+        elif what == "compact":
+            self.sys.compact()
+        elif what == "reset":
+            self.sys.reset_epoch(stream)
+        elif what == "outbox":
+            self._handled(who, "enqueue_bridge_event", (f"o{who + 1}", "src", 30078, '[["t","x"]]', "hello"))
+        elif self._progressed():
+            self.crash()
 
 
-class DiffModuleMachine(ModuleMachine):
+class DiffModuleMachine(ReaderViews, ModuleMachine):
     """The module machine over the model's reducers and the engine's, call by call: the same
-    outcome (error string or return value) and the same tables after every step."""
+    outcome (error string or return value) and the same tables after every step; and one-off reads
+    and readers of several identities subscribed to the private tables, judged by SQLite over the
+    model's tables (tests/support/reads.py)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.engine = _mod("reference.engine").Engine(POLICY, max_queue=10_000, max_undurable=10_000)
         self.engine_conns: dict[Claims, int] = {}
+        self.read_writes = 0
+        self._reads_init()
+
+    def _read_engine(self) -> Any:
+        return self.engine
+
+    def _read_tables(self) -> Any:
+        return self.db.tables
+
+    def _read_write(self, what: str, who: int, stream: str) -> None:
+        """A write between a read's steps (or between two checks of the readers), by identity a or b."""
+        from spec.reducers import virtual_stream
+        caller = (_FULL_A, _FULL_B)[who]
+        self.read_writes += 1
+        if what == "append":
+            self._run(caller, "append_sync_event", (stream, f"r{self.read_writes}", '{"v":1}', None, None))
+        elif what == "ack":
+            epoch, head, _ = virtual_stream(self.db, stream)
+            self._run(caller, "ack_checkpoint", (f"d{who + 1}", stream, epoch, head))
+        elif what == "compact":
+            self.compact()
+        elif what == "reset":
+            self._run(caller, "reset_stream_epoch", (stream,))
+        elif what == "outbox":
+            self._run(caller, "enqueue_bridge_event", (f"o{who + 1}", "src", 30078, '[["t","x"]]', "hello"))
+        else:
+            self._run(caller, "mark_bridge_event_sent", (f"o{who + 1}", "1" * 64, ("wss://r1",)))
 
     def _compare_tables(self, where: str) -> None:
         if self.db.version_floor != self.engine.db.version_floor:

@@ -26,8 +26,10 @@ clock).  Every action is done to both sides; then :meth:`WireDiff.settle`
    model had queued for a connection it closed is lost, and the wire may show any prefix of it
    (the server writes as it goes, which is the model's run with those deliveries first).
    Reducer results must carry the reducer clock, the barrier's own answer must be the peer's
-   view of ``sync_stream``, and afterwards the committed offsets, the live connections and every
-   table must be equal.
+   view of the table it read (``sync_stream``, ``sync_checkpoint``, ``bridge_outbox``,
+   ``sync_event``, ``compute_assignment`` in turn: :data:`BARRIER_TABLES`, judged by SQLite over
+   the model's rows, so each identity's and token's view of the private tables is checked at every
+   step), and afterwards the committed offsets, the live connections and every table must be equal.
 
 A mismatch raises :class:`WireDivergence` naming the step and quoting the action log, so a
 failing run prints the exact sequence to replay.  :class:`WireDiffMachine` is the Hypothesis
@@ -56,7 +58,7 @@ from websockets.exceptions import ConnectionClosed
 
 from adapters import bsatn, satsjson, wire
 from spec import messages as sm
-from spec.auth import Claims, can_read
+from spec.auth import Claims
 from spec.harness import Conn, Server
 from spec.messages import CLOSE_PROTOCOL
 from spec.policy import Policy, StreamClass
@@ -64,6 +66,7 @@ from spec.reducers import Err, compact, presence_sweep, virtual_stream
 from spec.schema import REDUCER_BY_NAME, SCOPES, TABLES
 from spec.values import ComputeAssignment
 from support.server import ServerThread, WireClient, call_http, running_server
+from support.sql_oracle import AbstractQuery, Mirror
 
 # --- the fixture: policy, peers, vocabulary -------------------------------------------------------
 
@@ -76,7 +79,9 @@ PAYLOADS = ('{"v":1}', '{"b":1,"a":2}', "[1,2]")
 SESSIONS = ("p1", "p2")
 ASSIGNMENTS = ("r1", "r2")
 BARRIER_BASE = 3_000_000_000  # request ids of barrier queries (u32, far above the peers' own)
-BARRIER_SQL = "SELECT * FROM sync_stream"
+BARRIER_TABLES = ("sync_stream", "sync_checkpoint", "bridge_outbox", "sync_event", "compute_assignment")
+"""What the barriers read, in turn (each peer's view judged by SQLite: the peers are two identities, one
+of them on two tokens, with and without a bridge scope)."""
 RECV_TIMEOUT_S = 15.0
 
 
@@ -238,6 +243,7 @@ class Received:
     messages: tuple[wire.ServerMessage, ...]
     closed: tuple[int | None, str] | None  # (code, reason) of a close the server sent
     barrier: wire.OneOffQueryResult | None = None  # the answer to the barrier query
+    barrier_table: str = "sync_stream"  # the table it read
 
 
 # --- the lockstep driver --------------------------------------------------------------------------------
@@ -302,8 +308,9 @@ class WireDiff:
         assert p.ws is not None
         self._barrier += 1
         rid = BARRIER_BASE + self._barrier
+        table = BARRIER_TABLES[self._barrier % len(BARRIER_TABLES)]
         if p.model_conn in self.model.conns:
-            self._send(p, wire.OneOffQuery(rid, BARRIER_SQL))
+            self._send(p, wire.OneOffQuery(rid, f"SELECT * FROM {table}"))
         got: list[wire.ServerMessage] = []
         deadline = time.monotonic() + RECV_TIMEOUT_S
         ws = p.ws
@@ -311,7 +318,7 @@ class WireDiff:
             if ws.pending:
                 msg = ws.pending.pop(0)
                 if isinstance(msg, wire.OneOffQueryResult) and msg.request_id == rid:
-                    return Received(tuple(got), None, msg)
+                    return Received(tuple(got), None, msg, table)
                 got.append(msg)
                 continue
             try:
@@ -363,7 +370,7 @@ class WireDiff:
                                     f"{len(theirs)}):\n model {mine[k:k + 1]}\n wire  {theirs[k:k + 1]}")
         self.compared += len(mine)
         if got.barrier is not None:
-            self._compare_barrier(where, p, got.barrier)
+            self._compare_barrier(where, p, got.barrier, got.barrier_table)
         for m in got.messages:
             if isinstance(m, wire.ReducerResult) and m.timestamp != self.clock.now:
                 raise self._fail(where, f"peer {p.index}: ReducerResult {m.request_id} stamped {m.timestamp}, "
@@ -382,15 +389,19 @@ class WireDiff:
                 raise self._fail(where, f"peer {p.index}: closed with {got.closed}, the model with {want}")
             self._forget(p)
 
-    def _compare_barrier(self, where: str, p: Peer, answer: wire.OneOffQueryResult) -> None:
-        """The barrier is a one-off read of ``sync_stream``: the rows the peer may see, as of now."""
-        mine = sorted(repr(r) for r in self.model.db.rows("sync_stream") if can_read(p.claims, r))
+    def _compare_barrier(self, where: str, p: Peer, answer: wire.OneOffQueryResult, table: str = "sync_stream") -> None:
+        """The barrier is a one-off read of ``table``: the rows the peer may see, as of now -- SQLite's
+        selection from the model's rows with the visibility rules written as SQL (support.sql_oracle)."""
+        oracle = Mirror({table: tuple(self.model.db.rows(table))})
+        oracle.set_claims(p.claims)
+        mine = sorted(repr(r) for r in oracle.visible(AbstractQuery(table, ())))
         got = abstract(answer, lambda _: "?")
         assert isinstance(got, sm.OneOffQueryResult)
         theirs = (sorted(repr(r) for r in got.result.inserts) if isinstance(got.result, sm.TableRows)
                   else got.result)
         if mine != theirs:
-            raise self._fail(where, f"peer {p.index}: one-off read of sync_stream: model {mine}, wire {theirs}")
+            raise self._fail(where, f"peer {p.index}: one-off read of {table} (AUTH-1): SQLite over the model "
+                                    f"{mine}, wire {theirs}")
 
     def _model_reason(self, p: Peer) -> str:
         conn = self._closed.get(p.model_conn or 0)
