@@ -14,6 +14,16 @@ Not part of the pytest run (minutes of CPU); run it by hand::
     PYTHONPATH=tests python -m support.kill_margin [--seeds 5] [--first-seed 1] [--engine|--spec] [NAME ...]
 
 It prints a markdown table (docs/mutation.md, "Kill margins") and writes build/kill_margin.json.
+
+``--chaos`` measures the chaos plants (``adapters/chaos/planted.py`` and the runner's client plants)
+instead: each plant alone, in real runs of ``syncref chaos --quick`` (server, proxy, relays, bridge as
+processes), under CI's seed and K more.  A plant's bug only shows when the schedule holds the nemesis it
+needs (:data:`CHAOS`), a pure function of the seed: the K seeds are the first ones from ``--first-seed``
+whose schedule holds it, and the table also gives the share of seeds 1..1000 that do (the schedule's
+margin); killed in k of K is the run's margin (its timing: the machine's load moves it).  A kill is the
+plant's own anomaly code in the report; the other codes a run reported are listed beside it::
+
+    PYTHONPATH=tests python -m support.kill_margin --chaos [--seeds 5] [PLANT ...]
 """
 
 from __future__ import annotations
@@ -31,6 +41,111 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNERS = {"engine": "support.engine_mutants", "spec": "support.mutants"}
+
+CHAOS: dict[str, tuple[str | None, str, float, int | None]] = {
+    # plant: (the nemesis kind the bug needs in the schedule, None: any run shows it; the anomaly code that
+    # catches it (docs/reliability.md's table); CI's run of it: the nemeses' seconds and the seed, None: no
+    # CI run plants it)
+    "skip-apply": (None, "skipped_event", 5.0, 4242),
+    "fresh-key-retry": (None, "duplicate_write", 6.0, None),  # needs a retried write: a lost reply, any fault
+    "reset-keeps-epoch": ("epoch_reset", "reset_not_applied", 6.0, 498),
+    "unsignalled-floor": ("compaction", "stale_not_signalled", 6.0, 498),
+    "bridge-drops-retry": ("relay_outage", "bridge_missing", 6.0, 498),
+}
+"""Each chaos plant's trigger and catch (``tests/support/test_kill_margin.py`` keeps it in step with
+``adapters.chaos.runner.PLANTS``)."""
+
+
+def reaching(plant: str, first: int, k: int, upto: int = 1000) -> tuple[list[int], float]:
+    """The first ``k`` seeds from ``first`` whose quick schedule (the plant's duration) holds the nemesis
+    ``plant`` needs, and the share of seeds 1..``upto`` that do."""
+    import dataclasses
+
+    from adapters.chaos.schedule import PROFILES, plan
+    kind, _code, duration, _ci = CHAOS[plant]
+    profile = dataclasses.replace(PROFILES["quick"], duration_s=duration)
+
+    def holds(seed: int) -> bool:
+        return kind is None or any(n.kind == kind for n in plan(seed, profile))
+
+    seeds: list[int] = []
+    seed = first
+    while len(seeds) < k:
+        if holds(seed):
+            seeds.append(seed)
+        seed += 1
+    return seeds, sum(holds(s) for s in range(1, upto + 1)) / upto
+
+
+def chaos_one(plant: str, seed: int, ci: bool) -> dict[str, object]:
+    """One ``syncref chaos --quick`` run with ``plant`` under ``seed``: caught when its code is reported."""
+    import tempfile
+    kind, code, duration, _ci = CHAOS[plant]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kill-margin-chaos-") as tmp:
+        report_path = Path(tmp) / "r.json"
+        proc = subprocess.run([sys.executable, "-m", "adapters.cli", "chaos", "--quick", "--duration", f"{duration:g}",
+                               "--seed", str(seed), "--plant", plant, "--json", str(report_path),
+                               "--workdir", str(Path(tmp) / "run")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    codes = sorted(report.get("anomaly_counts", {}))
+    faults = report.get("faults", {})
+    result: dict[str, object] = {
+        "kind": "chaos", "mutant": plant, "seed": None if ci else seed, "run_seed": seed, "killed": code in codes,
+        "codes": codes, "exit": proc.returncode, "reached": kind is None or faults.get(kind, 0) >= 1,
+        "skipped": report.get("skipped", {}), "seconds": round(time.monotonic() - started, 1)}
+    if not report:
+        result["error"] = proc.stderr[-400:]
+    verdict = "caught" if result["killed"] else "MISSED"
+    print(f"chaos {plant} seed={seed}{' (CI)' if ci else ''}: {verdict} {codes} in {result['seconds']} s",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def seeds_of(value: object) -> list[object]:
+    """A list read back from a result row (typed ``object`` there)."""
+    assert isinstance(value, list)
+    return value
+
+
+def chaos_main(a: argparse.Namespace) -> int:
+    plants = [p for p in CHAOS if not a.names or p in a.names]
+    rows: list[dict[str, object]] = []
+    runs: list[dict[str, object]] = []
+    started = time.monotonic()
+    for plant in plants:
+        kind, code, duration, ci_seed = CHAOS[plant]
+        seeds, share = reaching(plant, a.first_seed, a.seeds)
+        jobs = ([(plant, ci_seed, True)] if ci_seed is not None else []) + [(plant, s, False) for s in seeds]
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:  # --jobs 1 for timing that is the plant's own
+            mine = list(pool.map(lambda j: chaos_one(*j), jobs))
+        runs += mine
+        seeded = [r for r in mine if r["seed"] is not None]
+        ci = next((r for r in mine if r["seed"] is None), None)
+        others = sorted({str(c) for r in mine for c in seeds_of(r["codes"]) if c != code})
+        rows.append({"plant": plant, "needs": kind, "code": code, "duration": duration, "reach": share,
+                     "seeds": seeds, "k": sum(bool(r["killed"]) for r in seeded), "K": len(seeded),
+                     "missed_seeds": [r["run_seed"] for r in seeded if not r["killed"]],
+                     "unreached_seeds": [r["run_seed"] for r in seeded if not r["reached"]],
+                     "ci_seed": ci_seed, "ci_killed": None if ci is None else ci["killed"], "other_codes": others,
+                     "median_seconds": statistics.median(float(str(r["seconds"])) for r in mine)})
+    Path(a.out).parent.mkdir(exist_ok=True)
+    Path(a.out).write_text(json.dumps({"rows": rows, "runs": runs}, indent=1))
+    out = ["| plant | needs | schedules holding it (seeds 1-1000) | caught (seeds) | CI's run | other codes reported "
+           "| median run |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        missed = f" **missed: seeds {r['missed_seeds']}**" if r["missed_seeds"] else ""
+        ci_run = "-" if r["ci_seed"] is None else f"seed {r['ci_seed']}: {'caught' if r['ci_killed'] else '**missed**'}"
+        seeds_run = ", ".join(str(x) for x in seeds_of(r["seeds"]))
+        other = ", ".join(f"`{c}`" for c in seeds_of(r["other_codes"])) or "-"
+        out.append(f"| `{r['plant']}` | {r['needs'] or 'any run'} | {float(str(r['reach'])):.1%} "
+                   f"| {r['k']}/{r['K']} (seeds {seeds_run}){missed} | {ci_run} | {other} "
+                   f"| {float(str(r['median_seconds'])):g} s |")
+    print("\n".join(out))
+    print(f"\n{len(rows)} plants in {time.monotonic() - started:.0f} s")
+    return 0
 
 
 def mutants(kind: str) -> list[tuple[str, str | None]]:
@@ -106,10 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=1, help="seeds are first-seed .. first-seed+K-1")
     ap.add_argument("--engine", action="store_true", help="engine mutants only")
     ap.add_argument("--spec", action="store_true", help="spec (model) mutants only")
+    ap.add_argument("--chaos", action="store_true", help="the chaos plants (real syncref chaos runs) instead")
     ap.add_argument("--skip-killers", action="store_true", help="leave out mutants with a killer test")
     ap.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (default 2, as CI's mutant tests)")
     ap.add_argument("--out", default=str(ROOT / "build" / "kill_margin.json"))
     a = ap.parse_args(argv)
+    if a.chaos:
+        return chaos_main(a)
     kinds = ["engine"] * (a.engine or not a.spec) + ["spec"] * (a.spec or not a.engine)
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
     budgets = {k: ci_budget(k) for k in kinds}

@@ -1,0 +1,34 @@
+"""``support.kill_margin --chaos`` measures the chaos plants' margins (docs/mutation.md, "Kill margins"):
+its table of each plant's trigger and catch must name every plant the runner knows, a nemesis kind the
+schedule draws and an anomaly code the history checker reports; the seeds it picks are those whose
+schedule holds the trigger (read off ``plan``), in order, none skipped."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+from support.kill_margin import CHAOS, reaching
+
+from adapters.chaos import history
+from adapters.chaos.runner import PLANTS
+from adapters.chaos.schedule import KINDS, PROFILES, plan
+
+
+def test_the_table_names_every_plant_a_drawn_kind_and_a_reported_code() -> None:
+    assert sorted(CHAOS) == sorted(PLANTS)
+    reported = set(re.findall(r'Anomaly\("([a-z_]+)"', inspect.getsource(history)))
+    for plant, (kind, code, duration, _ci) in CHAOS.items():
+        assert kind is None or kind in KINDS, plant
+        assert code in reported, (plant, code)
+        assert duration > 0
+
+
+def test_the_seeds_are_the_first_whose_schedule_holds_the_trigger() -> None:
+    for plant, (kind, _code, duration, _ci) in CHAOS.items():
+        seeds, share = reaching(plant, 1, 3, upto=200)
+        profile = dataclasses.replace(PROFILES["quick"], duration_s=duration)
+        holding = [s for s in range(1, seeds[-1] + 1) if kind is None or kind in {n.kind for n in plan(s, profile)}]
+        assert seeds == holding, plant
+        assert (share == 1.0) if kind is None else (0 < share < 1), (plant, share)
