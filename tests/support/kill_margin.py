@@ -148,13 +148,13 @@ def chaos_main(a: argparse.Namespace) -> int:
     return 0
 
 
-def mutants(kind: str) -> list[tuple[str, str | None]]:
-    """(name, killer file) of every mutant of ``kind``, in catalog order."""
+def mutants(kind: str) -> list[tuple[str, str | None, tuple[str, ...]]]:
+    """(name, killer file, the invariants it claims) of every mutant of ``kind``, in catalog order."""
     if kind == "engine":
         from support.engine_mutants import ENGINE_MUTANTS as ms
     else:
         from support.mutants import MUTANTS as ms
-    return [(m.name, m.killer) for m in ms]
+    return [(m.name, m.killer, m.expected) for m in ms]
 
 
 def ci_budget(kind: str) -> int:
@@ -167,13 +167,14 @@ def ci_budget(kind: str) -> int:
     return default
 
 
-def one(kind: str, name: str, budget: int, seed: int | None) -> dict[str, object]:
+def one(kind: str, name: str, budget: int, seed: int | None, last: bool = False) -> dict[str, object]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}")
     # what tests/conftest.py switches on for every test, and so for CI's mutant subprocesses: the scanning
     # contracts and the engine's hot-path contracts (some mutants are killed by a contract firing)
     env.setdefault("ICONTRACT_SLOW", "1")
     env.setdefault("SYNCREF_CONTRACTS", "1")
-    args = [sys.executable, "-m", RUNNERS[kind], name, str(budget), "derandomized" if seed is None else str(seed)]
+    args = [sys.executable, "-m", RUNNERS[kind], name, str(budget), "derandomized" if seed is None else str(seed),
+            *(["last"] if last else [])]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     result: dict[str, object] = json.loads(lines[-1]) if lines else {"mutant": name, "killed": False,
@@ -184,8 +185,15 @@ def one(kind: str, name: str, budget: int, seed: int | None) -> dict[str, object
     return result
 
 
-def summarize(runs: list[dict[str, object]], seeds: list[int],
-              killers: dict[tuple[str, str], str | None]) -> list[dict[str, object]]:
+def uncited(run: dict[str, object], claimed: tuple[str, ...]) -> bool:
+    """A kill that cites none of the invariants its mutant claims (``test_mutants.py`` fails CI on one)."""
+    cited = run.get("invariants") or []
+    assert isinstance(cited, list)
+    return bool(run["killed"] and claimed and not set(claimed) & set(cited))
+
+
+def summarize(runs: list[dict[str, object]], seeds: list[int], killers: dict[tuple[str, str], str | None],
+              claimed: dict[tuple[str, str], tuple[str, ...]] | None = None) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for key in dict.fromkeys((str(r["kind"]), str(r["mutant"])) for r in runs):
         mine = [r for r in runs if (r["kind"], r["mutant"]) == key]
@@ -194,6 +202,7 @@ def summarize(runs: list[dict[str, object]], seeds: list[int],
         kills = [int(str(r["examples"])) for r in seeded if r["killed"]]
         rows.append({"kind": key[0], "mutant": key[1], "k": len(kills), "K": len(seeds),
                      "survived_seeds": [r["seed"] for r in seeded if not r["killed"]],
+                     "uncited_seeds": [r["seed"] for r in mine if uncited(r, (claimed or {}).get(key, ()))],
                      "median_examples": statistics.median(kills) if kills else None,
                      "max_examples": max(kills) if kills else None,
                      "ci_killed": ci["killed"], "ci_examples": ci.get("examples"), "ci_by": ci.get("by"),
@@ -208,10 +217,29 @@ def table(rows: list[dict[str, object]], budgets: dict[str, int]) -> str:
         med = "-" if r["median_examples"] is None else f"{r['median_examples']:g} / {r['max_examples']}"
         ci = f"killed at {r['ci_examples']}" if r["ci_killed"] else "**survives**"
         flag = "" if r["k"] == r["K"] and r["ci_killed"] else " **weak**"
+        if r.get("uncited_seeds"):
+            flag += f" (cites no claimed invariant: seeds {r['uncited_seeds']})"
         killer = f"`{r['killer']}`" if r["killer"] else "-"
         out.append(f"| {r['kind']} | `{r['mutant']}` | {r['k']}/{r['K']}{flag} | {med} (of {budgets[str(r['kind'])]}) "
                    f"| {ci} | {killer} |")
     return "\n".join(out)
+
+
+def reread(files: list[str]) -> int:
+    """The tables of earlier runs (``--out`` files), one per kind, merged in the order given."""
+    runs: list[dict[str, object]] = []
+    seeds: set[int] = set()
+    budgets: dict[str, int] = {}
+    for f in files:
+        data = json.loads(Path(f).read_text())
+        runs += data["runs"]
+        seeds |= set(data["seeds"])
+        budgets |= data["budgets"]
+    info = {(kind, name): (killer, expected) for kind in budgets for name, killer, expected in mutants(kind)}
+    keys = dict.fromkeys((str(r["kind"]), str(r["mutant"])) for r in runs)
+    rows = summarize(runs, sorted(seeds), {k: info[k][0] for k in keys}, {k: info[k][1] for k in keys})
+    print(table(rows, budgets))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,33 +249,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=1, help="seeds are first-seed .. first-seed+K-1")
     ap.add_argument("--engine", action="store_true", help="engine mutants only")
     ap.add_argument("--spec", action="store_true", help="spec (model) mutants only")
+    ap.add_argument("--reread", nargs="+", metavar="JSON", help="no runs: the table again from earlier runs' "
+                    "JSON files (merged; killers and claimed invariants read from the catalogs now)")
     ap.add_argument("--chaos", action="store_true", help="the chaos plants (real syncref chaos runs) instead")
+    ap.add_argument("--last-machine", action="store_true",
+                    help="spec mutants: run only the last machine (SystemMachine), counting the first as run out: a "
+                         "lower bound on k, for mutants ModuleMachine never kills (its whole budget saved per run)")
     ap.add_argument("--skip-killers", action="store_true", help="leave out mutants with a killer test")
     ap.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (default 2, as CI's mutant tests)")
     ap.add_argument("--out", default=str(ROOT / "build" / "kill_margin.json"))
     a = ap.parse_args(argv)
     if a.chaos:
         return chaos_main(a)
+    if a.reread:
+        return reread(a.reread)
     kinds = ["engine"] * (a.engine or not a.spec) + ["spec"] * (a.spec or not a.engine)
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
     budgets = {k: ci_budget(k) for k in kinds}
     jobs: list[tuple[str, str, int | None]] = []
     killers: dict[tuple[str, str], str | None] = {}
+    claimed: dict[tuple[str, str], tuple[str, ...]] = {}
     for kind in kinds:
-        for name, killer in mutants(kind):
+        for name, killer, expected in mutants(kind):
             if (a.names and name not in a.names) or (a.skip_killers and killer is not None):
                 continue
             killers[(kind, name)] = killer
+            claimed[(kind, name)] = expected
             jobs += [(kind, name, s) for s in [None, *seeds]]
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        runs = list(pool.map(lambda j: one(j[0], j[1], budgets[j[0]], j[2]), jobs))
-    rows = summarize(runs, seeds, killers)
+        runs = list(pool.map(lambda j: one(j[0], j[1], budgets[j[0]], j[2], a.last_machine and j[0] == "spec"), jobs))
+    rows = summarize(runs, seeds, killers, claimed)
     Path(a.out).parent.mkdir(exist_ok=True)
     Path(a.out).write_text(json.dumps({"seeds": seeds, "budgets": budgets, "rows": rows, "runs": runs,
                                        }, indent=1))
     print(table(rows, budgets))
-    weak = [f"{r['kind']}:{r['mutant']}" for r in rows if (r["k"] < r["K"] or not r["ci_killed"]) and not r["killer"]]
+    weak = [f"{r['kind']}:{r['mutant']}" for r in rows
+            if (r["k"] < r["K"] or not r["ci_killed"] or r["uncited_seeds"]) and not r["killer"]]
     print(f"\n{len(rows)} mutants x {len(seeds)} seeds + CI's draw in {time.monotonic() - started:.0f} s; "
           f"weak: {weak or 'none'}")
     return 0
