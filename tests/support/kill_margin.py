@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                     "JSON files (merged; killers and claimed invariants read from the catalogs now)")
     ap.add_argument("--chaos", action="store_true", help="the chaos plants (real syncref chaos runs) instead")
     ap.add_argument("--last-machine", action="store_true",
-                    help="spec mutants: run only the last machine (SystemMachine), counting the first as run out: a "
-                         "lower bound on k, for mutants ModuleMachine never kills (its whole budget saved per run)")
+                    help="run only the last machine (SystemMachine, DiffMachine), counting the first as run out: a "
+                         "lower bound on k, for mutants the first machine never kills (its whole budget saved per run)")
     ap.add_argument("--skip-killers", action="store_true", help="leave out mutants with a killer test")
     ap.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (default 2, as CI's mutant tests)")
     ap.add_argument("--out", default=str(ROOT / "build" / "kill_margin.json"))
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs += [(kind, name, s) for s in [None, *seeds]]
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        runs = list(pool.map(lambda j: one(j[0], j[1], budgets[j[0]], j[2], a.last_machine and j[0] == "spec"), jobs))
+        runs = list(pool.map(lambda j: one(j[0], j[1], budgets[j[0]], j[2], a.last_machine), jobs))
     rows = summarize(runs, seeds, killers, claimed)
     Path(a.out).parent.mkdir(exist_ok=True)
     Path(a.out).write_text(json.dumps({"seeds": seeds, "budgets": budgets, "rows": rows, "runs": runs,
