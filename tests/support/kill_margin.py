@@ -103,11 +103,13 @@ def chaos_one(plant: str, seed: int, ci: bool) -> dict[str, object]:
         "kind": "chaos", "mutant": plant, "seed": None if ci else seed, "run_seed": seed,
         "killed": bool(set(catch) & set(codes)), "codes": codes, "exit": proc.returncode,
         "reached": kind is None or faults.get(kind.split()[0], 0) >= 1,
+        "retries": report.get("writes", {}).get("retries"),  # fresh-key-retry shows only in a run that retried
         "skipped": report.get("skipped", {}), "seconds": round(time.monotonic() - started, 1)}
     if not report:
         result["error"] = proc.stderr[-400:]
     verdict = "caught" if result["killed"] else "MISSED"
-    print(f"chaos {plant} seed={seed}{' (CI)' if ci else ''}: {verdict} {codes} in {result['seconds']} s",
+    print(f"chaos {plant} seed={seed}{' (CI)' if ci else ''}: {verdict} {codes} in {result['seconds']} s "
+          f"({result['retries']} write retries)",
           file=sys.stderr, flush=True)
     return result
 
