@@ -13,7 +13,11 @@ Not part of the pytest run (minutes of CPU); run it by hand::
 
     PYTHONPATH=tests python -m support.kill_margin [--seeds 5] [--first-seed 1] [--engine|--spec] [NAME ...]
 
-It prints a markdown table (docs/mutation.md, "Kill margins") and writes build/kill_margin.json.
+It prints a markdown table (docs/mutation.md, "Kill margins") and writes build/kill_margin.json.  A kill
+that cites none of the invariants its mutant claims is flagged with its seed (CI's mutant test fails on
+one).  ``--last-machine`` runs only the last of a mutant's machines, counting the first as run out: a lower
+bound on the margin, for mutants the first machine never kills, without its whole budget per run.
+``--reread JSON ...`` prints the table of earlier runs again (merged).
 
 ``--chaos`` measures the chaos plants (``adapters/chaos/planted.py`` and the runner's client plants)
 instead: each plant alone, in real runs of ``syncref chaos --quick`` (server, proxy, relays, bridge as
