@@ -309,7 +309,9 @@ MUTANTS += (
     Mutant("rebootstrap_keeps_rows", "spec.client",
            (("        view.applied = []\n        view.epoch = epoch\n", "        view.epoch = epoch\n"),),
            "a rebootstrap keeps the rows applied before it and adds the rehydrated window to them",
-           expected=("REPLAY-1", "REPLAY-2")),
+           # the kept rows are read as the new epoch's: the client holds (stream, new epoch, seq) with an old
+           # payload, which SEQ-2 flags first under some draws (seed 6, eleventh session's kill margins)
+           expected=("REPLAY-1", "REPLAY-2", "SEQ-2")),
     Mutant("checkpoint_without_the_apply", "spec.client",
            (("        return Checkpoint(self.epoch, self.last, self.base, tuple(self.applied), self.rehydrating,",
              "        return Checkpoint(self.epoch, self.last, self.base, (), self.rehydrating,"),),
