@@ -8,8 +8,9 @@ tests below are their killers (``killer=`` in ``tests/support/engine_mutants.py`
 ``slow_consumer_bound_off`` and ``index_not_updated_on_delete`` die in every seed, but only by a
 contract firing (``SYNCREF_CONTRACTS``, on in every test): with the contracts off the machine killed
 them in 2 and 1 of 5 seeds and CI's draw not at all, so they get an explicit scenario too (each shown
-to kill its mutant; the machines stay their CI killers).  Each test is an explicit scenario with a
-hand-written expectation (STALE-1, RET-1, SLOW-1, IDEM-1).
+to kill its mutant; the machines stay their CI killers).  ``repeated_ack_overwrites_relays`` survived one
+seed of twenty (eleventh session, "Kill margins (eleventh session)").  Each test is an explicit scenario
+with a hand-written expectation (STALE-1, RET-1, SLOW-1, IDEM-1, BRIDGE-3).
 """
 
 from __future__ import annotations
@@ -122,3 +123,15 @@ def test_an_append_reuses_the_key_of_an_event_retention_dropped() -> None:
     again = call(eng, "append_sync_event", "s", "k1", '"other payload"', None, None)
     assert (seqs, again) == ([1, 2, 3], 4)
     assert [(e.idempotency_key, e.seq) for e in eng.db.logs["s"].events][-1] == ("k1", 4)
+
+
+# --- repeated_ack_overwrites_relays: a repeated mark_bridge_event_sent (a catch-up to a relay that missed
+# the row) adds its relays to relays_acked, keeping the ones acknowledged before (BRIDGE-3) ---
+
+def test_a_repeated_sent_mark_merges_the_relays_acknowledged() -> None:
+    eng = Engine()
+    call(eng, "enqueue_bridge_event", "o1", "src", 30078, '[["t","x"]]', "sent twice")
+    call(eng, "mark_bridge_event_sent", "o1", "1" * 64, ("wss://b.example",))
+    call(eng, "mark_bridge_event_sent", "o1", "1" * 64, ("wss://a.example",))  # the catch-up
+    (row,) = eng.db.rows("bridge_outbox")
+    assert (row.status, row.relays_acked) == ("sent", ("wss://a.example", "wss://b.example"))
