@@ -260,11 +260,14 @@ class System:
         if msg.reducer == "upsert_presence" and not isinstance(result.outcome, ReducerErr):
             owner[str(msg.args[0])] = caller
         unmarked = {cid: conn.claims.identity for cid, conn in closed.items()}  # each close marks once
+        failed = isinstance(result.outcome, ReducerErr)
         marks: set[int] = set()
         call_offset, strays, prev = None, [], db
         for offset in range(committed + 1, self.server.committed + 1):
             state = commits.get(offset)
             whose = None if state is None else _presence_marks(prev, state, unmarked, owner, self.server.now)
+            if whose is None and state is not None and (offset != committed + 1 or failed):
+                whose = self._usurped_marks(prev, state, unmarked, owner, msg.reducer)
             if whose is not None:
                 marks.add(offset)
                 del unmarked[whose]
@@ -310,6 +313,24 @@ class System:
                                               f"{[type(o.message).__name__ for o in heard]}"))
 
     # --- PRES-3: who marks a session disconnected ----------------------------------------------------
+
+    def _usurped_marks(self, before: DbState, after: DbState, closed: Mapping[int, str], owner: Mapping[str, int],
+                       reducer: str) -> int | None:
+        """A transaction of a call step that no close explains, but would if ownership did not count: the
+        marks of a connection closed in the step, taking offline sessions another connection upserted last
+        (the reconnect flap).  That breaks PRES-3's first clause, not delivery: flagged as PRES-3, and the
+        transaction is that close's marks (which connection, or None when it is not such marks)."""
+        every = {r.session_id for r in before.of_type(SessionPresence)}
+        for cid in closed:
+            if _presence_marks(before, after, closed, dict.fromkeys(every, cid), self.server.now) == cid:
+                old = {r.session_id: r for r in before.of_type(SessionPresence)}
+                taken = sorted(r.session_id for r in after.of_type(SessionPresence) if old[r.session_id] != r
+                               and owner.get(r.session_id) != cid)
+                self.trace.violations.append(("PRES-3", f"connection {cid}, closed in a {reducer} step, marked "
+                                              f"{taken} offline, whose last upsert was made by connection(s) "
+                                              f"{sorted({owner.get(t) for t in taken}, key=str)}"))
+                return cid
+        return None
 
     def _upsert_took(self, i: int, msg: CallReducer) -> bool:
         """Did the upsert just handled write the session as asked (the harness's own reading)?"""

@@ -8,8 +8,10 @@ tests below are their killers (``killer=`` in ``tests/support/engine_mutants.py`
 ``slow_consumer_bound_off`` and ``index_not_updated_on_delete`` die in every seed, but only by a
 contract firing (``SYNCREF_CONTRACTS``, on in every test): with the contracts off the machine killed
 them in 2 and 1 of 5 seeds and CI's draw not at all, so they get an explicit scenario too (each shown
-to kill its mutant; the machines stay their CI killers).  Each test is an explicit scenario with a
-hand-written expectation (STALE-1, RET-1, SLOW-1, IDEM-1).
+to kill its mutant; the machines stay their CI killers).  ``repeated_ack_overwrites_relays`` survived one
+seed of twenty (eleventh session, "Kill margins (eleventh session)"), and ``fanout_execute_scope_reads``
+died in every seed but as late as the 176th example of 200.  Each test is an explicit scenario with a
+hand-written expectation (STALE-1, RET-1, SLOW-1, IDEM-1, BRIDGE-3, AUTH-1).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from spec.messages import (
     ReducerResult,
     Subscribe,
     SubscribeApplied,
+    TransactionUpdate,
 )
 from spec.policy import Policy, StreamClass
 from spec.schema import SCOPES
-from spec.values import SyncEvent, SyncStream
+from spec.values import ComputeAssignment, SyncEvent, SyncStream
 
 ALL = Claims("a" * 64, frozenset(SCOPES), ("*",))
 
@@ -122,3 +125,35 @@ def test_an_append_reuses_the_key_of_an_event_retention_dropped() -> None:
     again = call(eng, "append_sync_event", "s", "k1", '"other payload"', None, None)
     assert (seqs, again) == ([1, 2, 3], 4)
     assert [(e.idempotency_key, e.seq) for e in eng.db.logs["s"].events][-1] == ("k1", 4)
+
+
+# --- repeated_ack_overwrites_relays: a repeated mark_bridge_event_sent (a catch-up to a relay that missed
+# the row) adds its relays to relays_acked, keeping the ones acknowledged before (BRIDGE-3) ---
+
+def test_a_repeated_sent_mark_merges_the_relays_acknowledged() -> None:
+    eng = Engine()
+    call(eng, "enqueue_bridge_event", "o1", "src", 30078, '[["t","x"]]', "sent twice")
+    call(eng, "mark_bridge_event_sent", "o1", "1" * 64, ("wss://b.example",))
+    call(eng, "mark_bridge_event_sent", "o1", "1" * 64, ("wss://a.example",))  # the catch-up
+    (row,) = eng.db.rows("bridge_outbox")
+    assert (row.status, row.relays_acked) == ("sent", ("wss://a.example", "wss://b.example"))
+
+
+# --- fanout_execute_scope_reads: an update carries a compute assignment only to the clients that may read
+# it -- its requester, its provider's owner, compute.assign holders -- not to every compute.execute
+# holder (AUTH-1) ---
+
+def test_an_executor_hears_of_no_assignment_it_is_not_assigned() -> None:
+    eng = Engine()
+    executor = eng.connect(Claims("c" * 64, frozenset({"compute.execute", "sync.subscribe"}), ()), confirmed=False)
+    eng.handle(executor, Subscribe(1, 1, ("SELECT * FROM compute_assignment",)))
+    assert isinstance(eng.pop(executor).message, SubscribeApplied)
+    requester = Claims("a" * 64, frozenset(SCOPES) - {"compute.assign"}, ("*",))
+    c = eng.connect(requester, confirmed=False)
+    eng.handle(c, CallReducer(1, "open_compute_assignment", ("r1", 5000, '{"job":1}')))
+    out = eng.pop(c).message
+    assert isinstance(out, ReducerResult) and isinstance(out.outcome, ReducerOk), out  # the premise
+    eng.advance_durable(eng.committed)
+    heard = [eng.pop(executor).message for _ in range(10) if eng.releasable(executor)]
+    assert not [r for m in heard if isinstance(m, TransactionUpdate) for qs in m.query_sets for t in qs.tables
+                for r in t.inserts if isinstance(r, ComputeAssignment)], heard

@@ -1142,13 +1142,14 @@ def _marks_unowned(monkeypatch: pytest.MonkeyPatch) -> Any:
     return before
 
 
-@pytest.mark.parametrize("plant", [_split_marks, _marks_unowned])
-def test_system_marks_no_close_explains_are_flagged(monkeypatch: pytest.MonkeyPatch, plant: Any) -> None:
+@pytest.mark.parametrize(("plant", "inv"), [(_split_marks, "DELIV-3"), (_marks_unowned, "PRES-3")])
+def test_system_marks_no_close_explains_are_flagged(monkeypatch: pytest.MonkeyPatch, plant: Any, inv: str) -> None:
     """A close's marks are one transaction, over the sessions that connection upserted last: one close's marks
-    split in two, or a session no connection owns (an HTTP upsert, ADR-0003 decision 4) taken offline under
-    cover of a close, are flagged (DELIV-3: a transaction no close explains)."""
+    split in two is flagged as DELIV-3 (a transaction no close explains); a session no connection owns (an
+    HTTP upsert, ADR-0003 decision 4) taken offline under cover of a close as PRES-3 (a close marked a
+    session its connection did not upsert last)."""
     sysm, _slow = _closing_step(monkeypatch, before=plant(monkeypatch), sessions=("sess1", "sess1b"))
-    assert {v[0] for v in sysm.trace.violations} == {"DELIV-3"}, sysm.trace.violations
+    assert {v[0] for v in sysm.trace.violations} == {inv}, sysm.trace.violations
 
 
 def test_system_call_delivery_is_not_judged_for_a_caller_that_was_not_live() -> None:
@@ -1468,3 +1469,41 @@ def test_a_short_derandomized_system_machine_run_sees_no_violation() -> None:
     run_state_machine_as_test(SystemMachine, settings=settings(
         max_examples=30, stateful_step_count=50, derandomize=True, database=None, deadline=None,
         suppress_health_check=list(HealthCheck)))
+
+
+def _first_upserter_keeps(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def before(sysm: System) -> None:  # c2 re-upserts sess1 and closes; the server keeps c1 as its owner
+        monkeypatch.setattr(spec.delivery, "upserted", lambda owners, session, conn_id: (
+            {session: conn_id, **owners} if conn_id is not None else dict(owners)))  # the first upserter wins
+        sysm.call(2, "upsert_presence", ("sess1", "dev", "node", "online", "eu", 5000))
+        sysm.server_step(2)
+        sysm.advance_durable(sysm.server.committed)
+        for i in (0, 2):  # not c1: it stays full
+            while sysm.deliver(i):
+                pass
+        sysm.disconnect(2)  # its close marks nothing: the server thinks c1 owns sess1
+    return before
+
+
+def test_system_the_reconnect_flap_without_the_plant_is_legal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same steps with the real ownership: c2's close takes sess1 offline, c1's close marks nothing."""
+    def before(sysm: System) -> None:
+        sysm.call(2, "upsert_presence", ("sess1", "dev", "node", "online", "eu", 5000))
+        sysm.server_step(2)
+        sysm.advance_durable(sysm.server.committed)
+        sysm.disconnect(2)
+        assert sysm.server.db.find(SessionPresence, lambda r: r.session_id == "sess1").status == "offline"  # type: ignore[union-attr]
+    sysm, _slow = _closing_step(monkeypatch, before=before)
+    assert sysm.trace.violations == []
+
+
+def test_system_a_close_marking_a_session_it_did_not_upsert_last_is_PRES_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconnect flap (the mutant ``first_upserter_marks``): c1 upserted sess1, c2 re-upserted it and
+    closed, then c1 closes in a call step and takes sess1 offline.  The connection that made its last
+    upsert (c2) is closed already, so the open-owner check has nothing to flag; the step's mark transaction
+    is the marks of a connection that did not upsert sess1 last: PRES-3's first clause, not a delivery
+    fault (it was cited as DELIV-3, a transaction no close explains)."""
+    sysm, _slow = _closing_step(monkeypatch, before=_first_upserter_keeps(monkeypatch))
+    marked = sysm.server.db.find(SessionPresence, lambda r: r.session_id == "sess1")
+    assert marked is not None and (marked.status, marked.offline_reason) == ("offline", "disconnected")
+    assert {v[0] for v in sysm.trace.violations} == {"PRES-3"}, sysm.trace.violations
