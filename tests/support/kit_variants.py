@@ -66,8 +66,8 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
             ("conn.outbound_bytes > max_bytes):\n"
              "                        self.close(conn.conn_id, SLOW_CONSUMER_REASON)",
              "conn.outbound_bytes > max_bytes):\n                        pass"),
-            ("            self.close(conn.conn_id, SLOW_CONSUMER_REASON)\n\n    def one_off",
-             "            pass\n\n    def one_off")),
+            ("            self.close(conn.conn_id, SLOW_CONSUMER_REASON)\n\n    def _fits",
+             "            pass\n\n    def _fits")),
            "a connection past max_outbound_queue is never closed: its queue grows without bound (SLOW-1)"),
     Mutant("tx_offset_is_seq", "reference.reducers",
            (("c.identity, x.now, x.offset))", "c.identity, x.now, next_seq))"),),
