@@ -592,11 +592,8 @@ class Runner:
         # one namespace per play, never shared: scenarios run against one server, one after another,
         # and a later one must not find an earlier one's rows (a name hash modulo 10,000 collided once
         # in about a hundred runs, and a snapshot then held another scenario's events)
-        self.plays += 1
-        ns = f"cf{self.run_id}{self.plays:04d}"
-        if self.floors is None:
-            self.floors = self._floors(ns)
-        e0, v0 = self.floors
+        ns = self._next_ns()
+        e0, v0 = self._run_floors(ns)
         _, steps = d.scenarios(ns, e0, v0)[name]
         conns: dict[str, Conn] = {}
         inbox: dict[str, list[wire.ServerMessage]] = {}
@@ -711,6 +708,17 @@ class Runner:
                 raise ScenarioFailed(diff)
         return stats
 
+    def _next_ns(self) -> str:
+        """A fresh namespace for the next play: no two plays of a run share a stream, person or id."""
+        self.plays += 1
+        return f"cf{self.run_id}{self.plays:04d}"
+
+    def _run_floors(self, ns: str) -> tuple[int, int]:
+        """The target's epoch and version floors (:meth:`_floors`), read once per run, by its first play."""
+        if self.floors is None:
+            self.floors = self._floors(ns)
+        return self.floors
+
     def _floors(self, ns: str) -> tuple[int, int]:
         """The target's epoch and version floors now -- the epoch a new stream gets and the version a new
         assignment gets -- read from a probe stream and assignment under a namespace no scenario person is
@@ -761,8 +769,7 @@ class Runner:
         from websockets.exceptions import ConnectionClosed
         n = self.opts.max_outbound_queue
         assert n is not None
-        self.plays += 1
-        ns = f"cf{self.run_id}{self.plays:04d}"
+        ns = self._next_ns()
         folk = d.people(ns)
         a = f"{ns}.a"
         query = f"SELECT * FROM sync_event WHERE stream_id = '{a}'"
@@ -926,11 +933,8 @@ class Runner:
         stale check (docs/protocol.md): each query's one-off answer over the wire has the rows, or the
         error code, of the model's answer to subscribing that query, for the same reader and state.  The
         reader is granted one stream; the writer also wrote the other, a checkpoint and an outbox row."""
-        self.plays += 1
-        ns = f"cf{self.run_id}{self.plays:04d}"
-        if self.floors is None:
-            self.floors = self._floors(ns)
-        e0, _v0 = self.floors
+        ns = self._next_ns()
+        e0, v0 = self._run_floors(ns)
         folk = d.people(ns)
         writes, queries = _reads_setup(ns, e0)
         w = Conn(self.opts, self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"])), False, "w")
@@ -947,7 +951,7 @@ class Runner:
         finally:
             w.close()
             r.close()
-        model = _model_reads(ns, folk, writes, queries, identities, e0, self.floors[1])
+        model = _model_reads(ns, folk, writes, queries, identities, e0, v0)
         compared: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         for i, (text, want) in enumerate(zip(queries, model, strict=True)):
             got = answers.get(100 + i)
@@ -1003,11 +1007,8 @@ class Runner:
         stale check): for the reader of ``one_off_row_filter``'s writes, each statement's rows -- read back
         from the untyped SATS-JSON through the answer's schema -- are the model's snapshot of subscribing
         it, or the 400's code is the model's refusal code."""
-        self.plays += 1
-        ns = f"cf{self.run_id}{self.plays:04d}"
-        if self.floors is None:
-            self.floors = self._floors(ns)
-        e0, v0 = self.floors
+        ns = self._next_ns()
+        e0, v0 = self._run_floors(ns)
         folk = d.people(ns)
         writes, queries = _reads_setup(ns, e0)
         reader = self.tokens.token(f"{ns}-reader", claims_to_json(folk["reader"]))
@@ -1046,11 +1047,8 @@ class Runner:
         error 530 ``<code>: <json>`` with the model's code and details, a duplicate a 200 with the first
         seq and no update.  The model plays each call from a connection of the caller's identity that
         subscribes nothing."""
-        self.plays += 1
-        ns = f"cf{self.run_id}{self.plays:04d}"
-        if self.floors is None:
-            self.floors = self._floors(ns)
-        e0, v0 = self.floors
+        ns = self._next_ns()
+        e0, v0 = self._run_floors(ns)
         folk = d.people(ns)
         a = f"{ns}.a"
         calls = [sm.CallReducer(1, "append_sync_event", (a, "k1", '{"n":1}', None, None)),
@@ -1116,8 +1114,7 @@ class Runner:
         ``--quiet``; once the stall ends both are, 200."""
         import concurrent.futures
         assert self.opts.stall_file is not None
-        self.plays += 1
-        ns = f"cf{self.run_id}{self.plays:04d}"
+        ns = self._next_ns()
         folk = d.people(ns)
         a = f"{ns}.a"
         token = self.tokens.token(f"{ns}-writer", claims_to_json(folk["writer"]))

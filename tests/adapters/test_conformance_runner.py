@@ -236,19 +236,10 @@ def test_every_kit_variant_still_has_its_target() -> None:
     once, edit after edit (read from the file, not through the mutant runner).  A refactor that moves a
     targeted line fails here at once, instead of the variant's server failing to start (after the 60 s
     start timeout) -- the session-11 merge of the sliced snapshots moved one of never_closes_slow_consumer's."""
-    from importlib.util import find_spec
-
     from support.kit_variants import KIT_VARIANTS
+    from support.mutants import edit_targets_missing
 
-    missing = []
-    for m in KIT_VARIANTS:
-        spec = find_spec(m.module)
-        assert spec is not None and spec.origin is not None
-        src = Path(spec.origin).read_text(encoding="utf-8")
-        for old, new in m.edits:
-            if src.count(old) != 1:
-                missing.append((m.name, src.count(old), old[:60]))
-            src = src.replace(old, new)
+    missing = edit_targets_missing(KIT_VARIANTS)
     assert not missing, missing
 
 

@@ -28,16 +28,7 @@ def test_every_engine_mutant_still_has_its_target() -> None:
     exactly once, edit after edit (read from the file itself, not through the mutant runner).  A
     refactor that moves a targeted line fails here at once, not after the slow kill run above
     reports the mutant as a survivor."""
-    from importlib.util import find_spec
-    from pathlib import Path
+    from support.mutants import edit_targets_missing
 
-    missing = []
-    for m in ENGINE_MUTANTS:
-        spec = find_spec(m.module)
-        assert spec is not None and spec.origin is not None
-        src = Path(spec.origin).read_text(encoding="utf-8")
-        for old, new in m.edits:
-            if src.count(old) != 1:
-                missing.append((m.name, src.count(old), old[:60]))
-            src = src.replace(old, new)
+    missing = edit_targets_missing(ENGINE_MUTANTS)
     assert not missing, missing

@@ -19,6 +19,7 @@ import json
 import linecache
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -362,6 +363,25 @@ NO_MUTANT: dict[str, str] = {
 }
 """Invariants without a planted mutant that dies on them, each with the reason (tests/spec/test_docs.py)."""
 MUTANT_BY_NAME = {m.name: m for m in MUTANTS}
+
+
+def edit_targets_missing(mutants: Iterable[Mutant]) -> list[tuple[str, int, str]]:
+    """(mutant, times found, the text's start) for every edit whose text is not in its module's source file
+    exactly once, edit after edit -- read from the file itself, not through :func:`apply`, so a refactor that
+    moved a targeted line is named at once instead of a mutant that cannot run."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    missing = []
+    for m in mutants:
+        spec = find_spec(m.module)
+        assert spec is not None and spec.origin is not None, m.module
+        src = Path(spec.origin).read_text(encoding="utf-8")
+        for old, new in m.edits:
+            if src.count(old) != 1:
+                missing.append((m.name, src.count(old), old[:60]))
+            src = src.replace(old, new)
+    return missing
 
 
 def apply(m: Mutant, implementation: tuple[str, ...] = IMPLEMENTATION) -> None:
