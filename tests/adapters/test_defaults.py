@@ -296,3 +296,30 @@ def test_read_slice_and_head_mark_defaults() -> None:
 
     assert READ_SLICE_ROWS == 1_000
     assert HEAD_MARK_S == 1.0
+
+
+def test_eleventh_session_defaults(tmp_path: Path) -> None:
+    """This session's defaults the docs state: the engine slices no snapshot until its I/O layer sets
+    ``slice_rows``, and the server sets it to READ_SLICE_ROWS, so a Subscribe's snapshot or an Unsubscribe's
+    dropped rows over 1,000 candidate rows are matched between other clients' turns (ADR-0041); the
+    conformance kit listens 0.5 s after its fence for a connection that must hear nothing (``--quiet``), and
+    ``--local`` serves with an outbound queue bound of 32 for its slow-consumer scenario
+    (docs/conformance.md)."""
+    from adapters.conformance.local import SLOW_CONSUMER_QUEUE
+    from adapters.conformance.wire_runner import Options
+    from adapters.server import READ_SLICE_ROWS, ServerConfig, SyncServer
+
+    engine = Engine()
+    assert engine.slice_rows is None
+    SyncServer(ServerConfig(tmp_path))._limit_engine(engine)
+    assert engine.slice_rows == READ_SLICE_ROWS == 1_000
+    assert SLOW_CONSUMER_QUEUE == 32
+    assert {f.name: f.default for f in dataclasses.fields(Options)}["quiet_s"] == 0.5
+    import argparse
+
+    from adapters.conformance.wire_runner import add_parser
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_parser(sub)
+    (parser,) = sub.choices.values()
+    assert parser.get_default("quiet") == 0.5  # what `syncref conformance` runs with
