@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.server import ServerThread, WireClient, http, rows_of, running_server  # type: ignore[import-not-found]
+from support.server import ServerThread, WireClient, http, populate_big, rows_of, running_server  # type: ignore[import-not-found]
 
 from adapters import server as server_mod
 from adapters import wire
@@ -28,19 +28,6 @@ from spec.messages import OneOffQueryResult
 
 ROWS = 300
 BIG = "SELECT * FROM sync_event WHERE stream_id = 'big'"
-
-
-def _populate(st: ServerThread) -> None:
-    engine = st.server.engine
-    claims = st.server.auth.verify(st.token()).claims
-
-    def batch() -> None:
-        for i in range(ROWS):
-            engine.call_detached(claims, "append_sync_event", ("big", f"k{i}", f'{{"i":{i}}}', None, None))
-        st.server._pump()
-    st.call(batch)
-    while st.call(lambda: engine.committed - engine.durable) > 0:
-        time.sleep(0.01)
 
 
 class Gate:
@@ -82,7 +69,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Se
     monkeypatch.setattr(server_mod, "READ_SLICE_ROWS", 10)
     gate = Gate()
     with running_server(tmp_path) as st:
-        _populate(st)
+        populate_big(st, ROWS)
         monkeypatch.setattr(Read, "step", lambda read, most: gate.step(read, most))
         yield st, gate
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.server import ServerThread, WireClient, rows_of, running_server  # type: ignore[import-not-found]
+from support.server import ServerThread, WireClient, populate_big, rows_of, running_server  # type: ignore[import-not-found]
 
 from adapters import server as server_mod
 from adapters import wire
@@ -30,19 +30,6 @@ from reference.engine import ALL_ROWS, Snapshot
 ROWS = 300
 SLICE = 10
 KEYED = "SELECT * FROM sync_event WHERE stream_id = 'big' AND idempotency_key > ''"  # every row matched
-
-
-def _populate(st: ServerThread) -> None:
-    engine = st.server.engine
-    claims = st.server.auth.verify(st.token()).claims
-
-    def batch() -> None:
-        for i in range(ROWS):
-            engine.call_detached(claims, "append_sync_event", ("big", f"k{i}", f'{{"i":{i}}}', None, None))
-        st.server._pump()
-    st.call(batch)
-    while st.call(lambda: engine.committed - engine.durable) > 0:
-        time.sleep(0.01)
 
 
 class Gate:
@@ -92,7 +79,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Se
     monkeypatch.setattr(server_mod, "READ_SLICE_ROWS", SLICE)
     gate = Gate()
     with running_server(tmp_path) as st:
-        _populate(st)
+        populate_big(st, ROWS)
         monkeypatch.setattr(Snapshot, "step", lambda snap, most: gate.step(snap, most))
         yield st, gate
 
@@ -295,7 +282,7 @@ def test_a_sliced_snapshot_over_the_message_bound_is_refused_and_sends_nothing_o
     from spec.errors import SyncError
     monkeypatch.setattr(server_mod, "READ_SLICE_ROWS", SLICE)
     with running_server(tmp_path, limits=with_limits(max_outbound_message_bytes=20_000)) as st:
-        _populate(st)  # 300 rows of ~120 bytes: over 20,000 bytes
+        populate_big(st, ROWS)  # 300 rows of ~120 bytes: over 20,000 bytes
         a = WireClient(st, st.token())
         assert isinstance(a.subscribe(1, "SELECT * FROM sync_event WHERE stream_id = 'big' AND seq = 1"),
                           wire.SubscribeApplied)

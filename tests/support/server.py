@@ -355,3 +355,18 @@ def mint_cli(data: Path, scopes: str, streams: str, *extra: str) -> dict[str, st
     assert out.returncode == 0, out.stderr
     minted: dict[str, str] = json.loads(out.stdout)
     return minted
+
+
+def populate_big(st: ServerThread, rows: int) -> None:
+    """Append ``rows`` events (keys ``k0``.., payloads ``{"i": n}``) to the stream ``big`` in one engine turn
+    on the server's loop, then wait until they are durable (the sliced-read and sliced-snapshot tests' data)."""
+    engine = st.server.engine
+    claims = st.server.auth.verify(st.token()).claims
+
+    def batch() -> None:
+        for i in range(rows):
+            engine.call_detached(claims, "append_sync_event", ("big", f"k{i}", f'{{"i":{i}}}', None, None))
+        st.server._pump()
+    st.call(batch)
+    while st.call(lambda: engine.committed - engine.durable) > 0:
+        time.sleep(0.01)
