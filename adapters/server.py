@@ -1660,6 +1660,12 @@ class SyncServer:
                     taken = batch  # reads that examined many rows end the turn: others' before the next
             if taken:
                 self._pump()
+            if mine >= SCAN_TURN_ROWS:
+                # the queue ran dry on a heavy turn: the same two yields before parking, or a
+                # message queued later in this iteration would wake the processor into the
+                # iteration of this turn's delivery (its read and that encoding, one hold)
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
 
     def _take_now(self, s: Session, msg: wire.Received) -> bool:
         """Handle ``msg`` from the reader itself, without the hop through the inbound queue and the

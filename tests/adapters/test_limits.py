@@ -579,6 +579,74 @@ def test_after_a_heavy_read_timers_and_input_run_before_the_next_read(tmp_path: 
         c.close()
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_read_queued_as_the_processor_parks_after_a_heavy_one_waits_for_its_delivery(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    """The same mechanism when the next read arrives *after* the processor's heavy turn emptied the
+    queue (CI caught the test above on this path: d1 e1 d2 with no timer between).  The processor
+    parked; a frame read later in the same loop iteration woke it; in the next iteration the
+    heavy answer's delivery (scheduled during the turn) and the woken processor's next read ran
+    back to back.  A heavy turn now yields twice before the processor parks, as it does between
+    turns.  Arranged deterministically: the second query is queued by a callback scheduled right
+    behind the processor's wake-up for the first, i.e. it runs after the processor parked."""
+    from adapters import server as srv
+
+    monkeypatch.setattr(srv, "SCAN_TURN_ROWS", 10)
+    events: list[str] = []
+    scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"
+    with running_server(tmp_path) as st:
+        c = WireClient(st, st.token(), version=version)
+        for i in range(12):
+            assert isinstance(c.call("append_sync_event", f"s{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
+        server = st.server
+        (s,) = st.call(lambda: list(server.sessions.values()))
+        real_dispatch, real_encode, real_set = server._dispatch, server._encode, s.inbound_ready.set
+        injected = [False]
+
+        def dispatch(s: Any, msg: Any) -> None:
+            if isinstance(msg, wire.OneOffQuery):
+                events.append(f"d{msg.request_id}")
+            real_dispatch(s, msg)
+
+        def encode(s: Any, message: Any) -> Any:
+            if type(message).__name__ == "OneOffQueryResult":
+                events.append(f"e{message.request_id}")
+            return real_encode(s, message)
+
+        def inject() -> None:
+            events.append("q2")
+            s.inbound.append((wire.OneOffQuery(2, scan), 0))
+            s.inbound_ready.set()
+
+        def set_then_inject() -> None:
+            real_set()  # the processor's wake-up is scheduled here ...
+            first = s.inbound[0][0] if s.inbound else None
+            if not injected[0] and isinstance(first, wire.OneOffQuery) and first.request_id == 1:
+                injected[0] = True
+                st.loop.call_soon(inject)  # ... and this right behind it: after its turn, as it parks
+
+        running = [True]
+
+        def tick() -> None:
+            if running[0]:
+                events.append("t")
+                st.loop.call_later(0, tick)
+
+        server._dispatch = dispatch  # type: ignore[method-assign]
+        server._encode = encode  # type: ignore[method-assign]
+        s.inbound_ready.set = set_then_inject  # type: ignore[method-assign]
+        st.loop.call_soon_threadsafe(tick)
+        c.send(wire.OneOffQuery(1, scan))
+        for _ in range(2):
+            assert isinstance(c.recv_until(wire.OneOffQueryResult), wire.OneOffQueryResult)
+        running[0] = False
+        shown = [x for x in events if x != "t"]
+        assert shown[:3] == ["d1", "q2", "e1"], shown  # arranged: queued after the turn, before its delivery
+        e1, d2 = events.index("e1"), events.index("d2")
+        assert e1 < d2 and "t" in events[e1 + 1:d2], shown
+        c.close()
+
+
 def test_a_read_turn_ends_on_the_connections_own_rows_not_anothers(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """``SCAN_TURN_ROWS`` ends a connection's turn once *its* reads have examined that many rows
