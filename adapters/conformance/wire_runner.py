@@ -514,6 +514,123 @@ def _model_reads(ns: str, folk: dict[str, Any], writes: list[sm.CallReducer], qu
     return d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)[-1]
 
 
+# --- HTTP refusals (protocol.md's tables) --------------------------------------------------------------------
+
+_UPGRADE = (("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "Y29uZm9ybWFuY2Uta2l0IQ=="))
+_V2 = (("Sec-WebSocket-Protocol", "v2.bsatn.spacetimedb"),)
+_JSON = (("Content-Type", "application/json"),)
+_SUB = "{db}/subscribe?compression=None&confirmed=false"
+_APPEND = b'["{ns}.a", "k1", "{\\"n\\":1}", null, null]'
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request with a defect and the answer protocol.md's tables give it: ``status``; ``text``, how the
+    body starts (``""``: any text/plain body; ``None``: aiohttp's own answer, status only); or ``code`` (and
+    ``details``, when the tables fix them) of a ``<code>: <json>`` body."""
+    what: str
+    section: str
+    route: str  # call | sql | subscribe | compact
+    method: str
+    path: str  # {db}: /v1/database/NAME; {ns}: the run's namespace
+    auth: str  # none | basic | garbage | writer | noscope | partial_admin
+    status: int
+    text: str | None = ""
+    code: str | None = None
+    details: dict[str, Any] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+REFUSALS: tuple[Refusal, ...] = (
+    # the token, shared by every database route (protocol.md "Transport", below the table)
+    Refusal("a call without a token", "Transport", "call", "POST", "{db}/call/append_sync_event", "none", 401,
+            "Authorization required", headers=_JSON, body=_APPEND),
+    Refusal("a call with an Authorization header that is not Bearer", "Transport", "call", "POST",
+            "{db}/call/append_sync_event", "basic", 400, "Authorization is invalid: expected 'Bearer <token>'",
+            headers=_JSON, body=_APPEND),
+    Refusal("a call with a token that is not a JWT", "Transport", "call", "POST", "{db}/call/append_sync_event",
+            "garbage", 401, headers=_JSON, body=_APPEND),
+    Refusal("a call to another database", "Transport", "call", "POST",
+            "/v1/database/conformance-no-such-database/call/append_sync_event", "writer", 404,
+            "`conformance-no-such-database` not found", headers=_JSON, body=_APPEND),
+    # HTTP call, in check order
+    Refusal("a call without a Content-Type", "HTTP call", "call", "POST", "{db}/call/append_sync_event", "writer",
+            400, "Header of type `content-type` was missing", body=_APPEND),
+    Refusal("a call with Content-Type text/plain", "HTTP call", "call", "POST", "{db}/call/append_sync_event",
+            "writer", 415, "Expected request with `Content-Type: application/json`",
+            headers=(("Content-Type", "text/plain"),), body=_APPEND),
+    Refusal("a call of an undefined reducer with Content-Type text/plain", "HTTP call", "call", "POST",
+            "{db}/call/conformance_no_such_reducer", "writer", 415,
+            "Expected request with `Content-Type: application/json`", headers=(("Content-Type", "text/plain"),),
+            body=b"[]"),
+    Refusal("a call of a reducer the module does not define", "HTTP call", "call", "POST",
+            "{db}/call/conformance_no_such_reducer", "writer", 404, code="no_such_reducer",
+            details={"reducer": "conformance_no_such_reducer"}, headers=_JSON, body=b"[]"),
+    Refusal("a call whose charset is latin-1", "HTTP call", "call", "POST", "{db}/call/append_sync_event", "writer",
+            415, "unsupported charset", headers=(("Content-Type", "application/json; charset=latin-1"),),
+            body=_APPEND),
+    Refusal("a call body over 1 MiB", "HTTP call", "call", "POST", "{db}/call/append_sync_event", "writer", 413,
+            None, headers=_JSON, body=b"[" + b" " * (1 << 20) + b"]"),
+    Refusal("a call body that is not UTF-8", "HTTP call", "call", "POST", "{db}/call/append_sync_event", "writer",
+            400, code="invalid_argument", headers=_JSON, body=b'["\xff"]'),
+    Refusal("a call body that is not JSON", "HTTP call", "call", "POST", "{db}/call/append_sync_event", "writer",
+            400, code="invalid_argument", headers=_JSON, body=b"[1,"),
+    Refusal("a call body that is JSON but not the reducer's arguments", "HTTP call", "call", "POST",
+            "{db}/call/append_sync_event", "writer", 400, code="invalid_argument", headers=_JSON, body=b"[1, 2]"),
+    # HTTP SQL
+    Refusal("/sql without a token", "Transport", "sql", "POST", "{db}/sql", "none", 401, "Authorization required",
+            body=b"SELECT * FROM sync_stream"),
+    Refusal("/sql with confirmed=maybe", "HTTP SQL", "sql", "POST", "{db}/sql?confirmed=maybe", "writer", 400,
+            "invalid confirmed parameter", body=b"SELECT * FROM sync_stream"),
+    Refusal("/sql whose charset is latin-1", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 415,
+            "unsupported charset", headers=(("Content-Type", "text/plain; charset=latin-1"),),
+            body=b"SELECT * FROM sync_stream"),
+    Refusal("/sql text that is not UTF-8", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400,
+            code="invalid_argument", body=b"SELECT * FROM sync_stream WHERE stream_id = '\xff'"),
+    Refusal("/sql text of max_sql_bytes + 1", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 413, "SQL text over ",
+            body=b"SELECT * FROM sync_stream" + b" " * (65536 + 1 - 25)),
+    Refusal("/sql text over 1 MiB", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 413, None,
+            body=b"SELECT * FROM sync_stream" + b" " * (1 << 20)),
+    Refusal("/sql with no statement", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400, code="invalid_query",
+            details={"message": "no statement", "sql": ""}),
+    Refusal("/sql that is not the subscription subset", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400,
+            code="invalid_query", body=b"DELETE FROM sync_stream"),
+    Refusal("/sql of every table (SELECT * FROM *)", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400,
+            code="invalid_query", body=b"SELECT * FROM *"),
+    Refusal("/sql by a token without sync.subscribe", "HTTP SQL", "sql", "POST", "{db}/sql", "noscope", 400,
+            code="missing_scope", body=b"SELECT * FROM sync_stream"),
+    Refusal("/sql of a stream the token is not granted", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400,
+            code="forbidden_stream", body=b"SELECT * FROM sync_event WHERE stream_id = 'conformance.elsewhere'"),
+    # the upgrade, in check order (protocol.md "Upgrade")
+    Refusal("an upgrade without a token", "Upgrade", "subscribe", "GET", _SUB, "none", 401, "Authorization required",
+            headers=_UPGRADE + _V2),
+    Refusal("an upgrade with connection_id=xyz", "Upgrade", "subscribe", "GET", _SUB + "&connection_id=xyz",
+            "writer", 400, "Invalid connection ID: 'xyz' is not 1 to 32 hex digits", headers=_UPGRADE + _V2),
+    Refusal("an upgrade with the all-zeros connection_id", "Upgrade", "subscribe", "GET", _SUB + "&connection_id=00",
+            "writer", 400, "Invalid connection ID: the all-zeros ConnectionId is reserved.", headers=_UPGRADE + _V2),
+    Refusal("an upgrade to another database", "Upgrade", "subscribe", "GET",
+            "/v1/database/conformance-no-such-database/subscribe", "writer", 404,
+            "`conformance-no-such-database` not found", headers=_UPGRADE + _V2),
+    Refusal("an upgrade offering no v2 or v3 subprotocol (and compression=Zstd: the subprotocol is checked first)",
+            "Upgrade", "subscribe", "GET", "{db}/subscribe?compression=Zstd", "writer", 400,
+            "no valid protocol selected", headers=(*_UPGRADE, ("Sec-WebSocket-Protocol", "v1.json.spacetimedb"))),
+    Refusal("an upgrade with compression=Zstd", "Upgrade", "subscribe", "GET", "{db}/subscribe?compression=Zstd",
+            "writer", 400, "unknown compression 'Zstd': expected one of None, Brotli, Gzip", headers=_UPGRADE + _V2),
+    Refusal("an upgrade with confirmed=maybe", "Upgrade", "subscribe", "GET", "{db}/subscribe?confirmed=maybe",
+            "writer", 400, "expected true or false, got 'maybe'", headers=_UPGRADE + _V2),
+    # compaction (only against a target with a compaction hook: the route is the kit's way to compact)
+    Refusal("a compaction without a token", "Transport", "compact", "POST", "{db}/compact", "none", 401,
+            "Authorization required"),
+    Refusal("a compaction with a token without sync.admin", "Transport", "compact", "POST", "{db}/compact", "writer",
+            403, "compaction needs a token with the sync.admin scope"),
+    Refusal("a compaction with sync.admin but not the stream grant '*'", "Transport", "compact", "POST",
+            "{db}/compact", "partial_admin", 403, "compaction needs a token with the sync.admin scope"),
+)
+"""Every refusal ``http_refusals`` drives, with the answer protocol.md's tables give."""
+
+
 # --- scenarios ------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -560,6 +677,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("http", "http_sql", ("AUTH-1",), ("mint",)),
     Scenario("http", "http_call", ("DELIV-2", "IDEM-2"), ("mint",)),
     Scenario("http", "http_durable", ("CONF-1",), ("mint", "stall")),
+    Scenario("http", "http_refusals", ("http",), ("mint",)),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
@@ -872,10 +990,12 @@ class Runner:
                                  "512 KiB), the answers to one frame of messages sharing a frame")
 
     def compression(self) -> None:
-        """Compression (protocol.md "Frames"): the ``large_rows`` scenario over v2 with ``compression=Gzip``
-        and over v3 with ``Brotli``, every frame's tag checked (a body over 1024 bytes compressed with the
-        connection's compression, any other tag 0) and every message judged by the model."""
-        for version, compression in ((2, "Gzip"), (3, "Brotli")):
+        """Compression (protocol.md "Frames"): the ``large_rows`` scenario over v2 and over v3 with every
+        codec the upgrade takes (``compression=None``, ``Brotli``, ``Gzip``), every frame's tag checked (a
+        body over 1024 bytes compressed with the connection's compression, any other tag 0; with ``None``
+        every frame tag 0) and every message judged by the model.  One codec per protocol (v2 gzip, v3
+        Brotli) let a v2 connection that asked for Brotli and got gzip through (``v2_brotli_sent_as_gzip``)."""
+        for version, compression in ((v, c.value) for v in (2, 3) for c in wire.Compression):
             big, _ = self.play("large_rows", version, compression)
             if big < 2:  # the reader's update of the large event, and its snapshot of both
                 raise ScenarioFailed(f"over v{version} with compression={compression} only {big} frame(s) had a "
@@ -1106,6 +1226,63 @@ class Runner:
                                      updates)
             if diff is not None:
                 raise ScenarioFailed(diff)
+
+    def _raw_http(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, str, str]:
+        """One HTTP request with exactly ``headers`` (urllib adds a ``Content-Type`` to every POST body):
+        status, ``Content-Type``, body text.  ``path`` is from the root."""
+        import http.client
+        parts = urllib.parse.urlsplit(self.opts.url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname or "", parts.port, timeout=self.opts.timeout)
+        try:
+            with contextlib.suppress(OSError):  # refused before the whole body was sent (a 413): its answer is
+                conn.request(method, path, body=body or None, headers=headers)  # still there to read
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Content-Type") or "", resp.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as exc:
+            raise ScenarioFailed(f"{method} {path}: no answer ({type(exc).__name__}: {exc}) within "
+                                 f"{self.opts.timeout:g} s") from None
+        finally:
+            conn.close()
+
+    def http_refusals(self) -> None:
+        """The refusals of protocol.md "Transport", "Upgrade", "HTTP call" and "HTTP SQL", each a request
+        with one defect (or two, where the tables' check order decides which answers): its status, that the
+        body is a ``text/plain`` one-liner (aiohttp's own 413 excepted), and the body the tables give -- its
+        text, or for a ``<code>: <json>`` error its code and details.  The expectations are the tables'
+        (:data:`REFUSALS`), not another implementation's."""
+        ns = self._next_ns()
+        tokens = {"none": None, "basic": "Basic Y29uZm9ybWFuY2U=", "garbage": "Bearer conformance.not.a.jwt"}
+        for who, claims in (("writer", {"scopes": ["sync.append", "sync.subscribe"], "streams": [f"{ns}.*"]}),
+                            ("noscope", {"scopes": [], "streams": [f"{ns}.*"]}),
+                            ("partial_admin", {"scopes": ["sync.admin", "sync.subscribe"], "streams": [f"{ns}.*"]})):
+            token = self.tokens.token(f"{ns}-{who}", claims)
+            tokens[who] = None if token is None else f"Bearer {token}"
+        db = f"/v1/database/{self.opts.database}"
+        for r in REFUSALS:
+            if r.route == "compact" and self.opts.compact_cmd is None:
+                continue  # a target without a compaction hook need not have the route
+            path = (r.path.replace("{db}", db).replace("{ns}", ns))
+            headers = dict(r.headers)
+            if tokens[r.auth] is not None:
+                headers["Authorization"] = str(tokens[r.auth])
+            body = r.body.replace(b"{ns}", ns.encode())
+            status, ctype, text = self._raw_http(r.method, path, headers, body)
+            problem = None
+            if status != r.status:
+                problem = f"the tables' answer is {r.status}"
+            elif r.text is not None and not ctype.startswith("text/plain"):
+                problem = f"its Content-Type is {ctype!r}; error bodies are text/plain one-liners"
+            elif r.code is not None:
+                parts = _error_parts(text)
+                if parts is None or parts[0] != r.code or (r.details is not None and parts[1] != r.details):
+                    problem = (f"the tables' body is {r.code}: "
+                               f"{json.dumps(r.details, sort_keys=True) if r.details is not None else '<details>'}")
+            elif r.text is not None and not text.startswith(r.text):
+                problem = f"the tables' body starts {r.text!r}"
+            if problem is not None:
+                raise ScenarioFailed(f"{r.what}: the target answered HTTP {status} {text[:200]!r}; {problem} "
+                                     f"(protocol.md \"{r.section}\")")
 
     def http_durable(self) -> None:
         """HTTP answers wait for durability (protocol.md "HTTP call", "HTTP SQL", "Confirmed reads"): while the

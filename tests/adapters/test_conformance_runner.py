@@ -213,8 +213,8 @@ VARIANTS = [
     ("v2_preferred", "transport", "v3_coalesced", "the server chose subprotocol 'v2.bsatn.spacetimedb'"),
     ("v3_frames_read_as_v2", "transport", "v3_coalesced", "code 1011 'malformed message"),
     ("v3_never_coalesces", "transport", "v3_coalesced", "sent every message in a frame of its own"),
-    ("ignores_compression", "transport", "compression", "came with compression tag 0; with compression=Gzip the "
-                                                        "protocol says tag 2"),
+    ("ignores_compression", "transport", "compression", "came with compression tag 0; with compression=Brotli the "
+                                                        "protocol says tag 1"),
     # the 2 engine bugs the kit let through were slow-consumer ones: no scenario had a client that did not read
     ("never_closes_slow_consumer", "transport", "slow_consumer", "of them and no close frame"),
     ("replay_slice_off_by_one", "transport", "slow_consumer", "(SLOW-1: its watermark survives)"),  # the resume
@@ -228,6 +228,19 @@ VARIANTS = [
                                                       "with 1"),
     ("call_answers_before_durable", "http", "http_durable", "the target answered the call (200 only once its offset"),
     ("sql_confirmed_ignored", "http", "http_durable", "the target answered the /sql read (confirmed"),
+    # one codec per protocol before the kitq session (v2 gzip, v3 Brotli): every codec on both now
+    ("v2_brotli_sent_as_gzip", "transport", "compression", "came with compression tag 2; with compression=Brotli "
+                                                          "the protocol says tag 1"),
+    # no HTTP refusal was driven before the kitq session (protocol.md's check-order tables)
+    ("unknown_reducer_is_400", "http", "http_refusals", "a call of a reducer the module does not define: the "
+                                                       "target answered HTTP 400"),
+    ("reducer_looked_up_before_content_type", "http", "http_refusals",
+     "a call of an undefined reducer with Content-Type text/plain: the target answered HTTP 404"),
+    ("sql_text_over_limit_is_400", "http", "http_refusals", "/sql text of max_sql_bytes + 1: the target answered "
+                                                           "HTTP 400"),
+    ("missing_token_is_403", "http", "http_refusals", "a call without a token: the target answered HTTP 403"),
+    ("compact_forbidden_is_401", "http", "http_refusals", "a compaction with a token without sync.admin: "
+                                                                 "the target answered HTTP 401"),
 ]
 
 
@@ -248,7 +261,8 @@ def test_a_planted_server_variant_fails_its_scenario(tmp_path: Path, variant: st
                                                      needle: str) -> None:
     with serving(tmp_path, variant) as t:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
-                                       "--max-outbound-queue", str(t.max_outbound_queue), "--only", area)
+                                       "--max-outbound-queue", str(t.max_outbound_queue),
+                                       *(("--compact-cmd", t.compact_cmd) if area == "http" else ()), "--only", area)
     failed = {r["scenario"]: r["message"] for r in results if r["status"] == "fail"}
     assert rc == 1 and scenario in failed and needle in failed[scenario], out
     assert [r["scenario"] for r in results if r["status"] == "fail"] == [scenario], out  # only that one

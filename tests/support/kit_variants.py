@@ -90,4 +90,34 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
            (("    sweep_interval_s: float = 1.0", "    sweep_interval_s: float = 0.05"),),
            "not a bug: the presence sweep, and the delivery pass after it, every 50 ms instead of every second, so "
            "a planted time-based release goes out on time"),
+    Mutant("v2_brotli_sent_as_gzip", SERVER,
+           (("        self.version = version\n        self.compression = compression\n",
+             "        self.version = version\n        self.compression = (wire.Compression.GZIP if version == 2 and "
+             "compression is wire.Compression.BROTLI else compression)\n"),),
+           "a v2 connection that asked for Brotli gets gzip frames (tag 2): one codec of one protocol mislabelled"),
+    Mutant("unknown_reducer_is_400", SERVER,
+           (("            return _text(404, SyncError(ErrorCode.NO_SUCH_REDUCER,",
+             "            return _text(400, SyncError(ErrorCode.NO_SUCH_REDUCER,"),),
+           "an HTTP call of a reducer the module does not define is 400, not 404 no_such_reducer"),
+    Mutant("reducer_looked_up_before_content_type", SERVER,
+           (("        if \"Content-Type\" not in request.headers:\n"
+             "            return _text(400, \"Header of type `content-type` was missing\")\n",
+             "        if request.match_info[\"reducer\"] not in REDUCER_BY_NAME:\n"
+             "            return _text(404, SyncError(ErrorCode.NO_SUCH_REDUCER, "
+             "{\"reducer\": request.match_info[\"reducer\"]}).render())\n"
+             "        if \"Content-Type\" not in request.headers:\n"
+             "            return _text(400, \"Header of type `content-type` was missing\")\n"),),
+           "an HTTP call looks the reducer up before it checks the Content-Type (protocol.md \"HTTP call\", 4 then 5)"),
+    Mutant("sql_text_over_limit_is_400", SERVER,
+           (("            return _text(413, f\"SQL text over {lim.max_sql_bytes} bytes\")",
+             "            return _text(400, f\"SQL text over {lim.max_sql_bytes} bytes\")"),),
+           "/sql text over max_sql_bytes is 400, not 413"),
+    Mutant("missing_token_is_403", SERVER,
+           (("                return _text(401, \"Authorization required: send a Bearer token",
+             "                return _text(403, \"Authorization required: send a Bearer token"),),
+           "an HTTP request without a token is 403, not 401 Authorization required"),
+    Mutant("compact_forbidden_is_401", SERVER,
+           (("            return _text(403, f\"compaction needs a token",
+             "            return _text(401, f\"compaction needs a token"),),
+           "a compaction asked with a token that is not an admin's granted '*' is 401, not 403"),
 )
