@@ -236,7 +236,7 @@ class Conn:
                 return out
             out.append(msg)
 
-    def quiet(self, where: str) -> list[wire.ServerMessage]:
+    def quiet(self, where: str, listen_s: float | None = None) -> list[wire.ServerMessage]:
         """What the connection was sent by the time the target has handled every message it sent
         before now, and within ``quiet_s`` after that -- for a connection that must hear nothing (a
         confirmed-read connection while the log stalls, whose barrier's answer would wait too).
@@ -259,7 +259,7 @@ class Conn:
             if isinstance(msg, wire.ProcedureResult) and msg.request_id == rid:
                 break
             out.append(msg)
-        deadline = time.monotonic() + self.opts.quiet_s
+        deadline = time.monotonic() + (self.opts.quiet_s if listen_s is None else listen_s)
         while (left := deadline - time.monotonic()) > 0:
             try:
                 out.append(self.recv("nothing", timeout=left))
@@ -514,6 +514,46 @@ def _model_reads(ns: str, folk: dict[str, Any], writes: list[sm.CallReducer], qu
     return d.drive(d.model_target(d.KIT_POLICY, epoch_floor=e0, version_floor=v0), steps)[-1]
 
 
+LONG_HOLD_QUIETS = 4
+"""A played scenario's last stall lasts at least this many ``--quiet`` windows (2 s by default) before its
+closing fences: a held message sent undurably within that time is caught, whenever in the stall it goes."""
+
+
+def fenced(steps: list[dict[str, Any]], long_hold_s: float) -> list[dict[str, Any]]:
+    """A delivery scenario's steps as the wire plays them: before each ``release``, a closing fence
+    (``receive_quiet`` with ``fence``) on every confirmed connection fenced while that stall lasted, so
+    everything it was sent during the stall -- after its listening window too -- is judged (the model
+    gives nothing new to a confirmed reader until the release); the last stall's first closing fence waits
+    until the stall has lasted ``long_hold_s``; and after the last step a closing ``receive`` (a barrier)
+    on every connection still open, so a stray message sent before the scenario's end that no later
+    receive would have read (a duplicate, a late update) is judged too.  The added steps are receives to
+    the model as well: both sides are compared on them as on any other."""
+    confirmed = {s["conn"] for s in steps if s["op"] == "connect" and s["confirmed"]}
+    last_release = max((k for k, s in enumerate(steps) if s["op"] == "release"), default=-1)
+    out: list[dict[str, Any]] = []
+    quieted: list[str] = []
+    open_: list[str] = []
+    for k, step in enumerate(steps):
+        op = step["op"]
+        if op == "hold":
+            quieted = []
+        elif op == "receive_quiet" and step["conn"] in confirmed and step["conn"] not in quieted:
+            quieted.append(step["conn"])
+        elif op == "release":
+            for i, conn in enumerate(c for c in quieted if c in open_):
+                fence: dict[str, Any] = {"op": "receive_quiet", "conn": conn, "fence": "release"}
+                if k == last_release and i == 0:
+                    fence["hold_s"] = long_hold_s
+                out.append(fence)
+        elif op == "connect":
+            open_.append(step["conn"])
+        elif op == "close":
+            open_.remove(step["conn"])
+        out.append(step)
+    out += [{"op": "receive", "conn": conn, "fence": "end"} for conn in open_]
+    return out
+
+
 # --- HTTP refusals (protocol.md's tables) --------------------------------------------------------------------
 
 _UPGRADE = (("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
@@ -712,8 +752,9 @@ class Runner:
         # in about a hundred runs, and a snapshot then held another scenario's events)
         ns = self._next_ns()
         e0, v0 = self._run_floors(ns)
-        _, steps = d.scenarios(ns, e0, v0)[name]
+        steps = fenced(d.scenarios(ns, e0, v0)[name][1], LONG_HOLD_QUIETS * self.opts.quiet_s)
         conns: dict[str, Conn] = {}
+        held_at = 0.0  # when the current stall began
         inbox: dict[str, list[wire.ServerMessage]] = {}
         dirty: set[str] = set()  # connections that sent something since their last barrier
         identities: dict[str, str] = {}
@@ -764,7 +805,12 @@ class Runner:
                     dirty.clear()
                     c = conns[step["conn"]]
                     msgs = inbox.pop(step["conn"], [])
-                    msgs += c.until_barrier(f"after {where}") if op == "receive" else c.quiet(f"after {where}")
+                    if "hold_s" in step:  # the scenario's last stall lasts this long before its fences
+                        time.sleep(max(0.0, held_at + step["hold_s"] - time.monotonic()))
+                    if op == "receive":
+                        msgs += c.until_barrier(f"after {where}")
+                    else:  # a stall's closing fence listens no longer than its answer
+                        msgs += c.quiet(f"after {where}", 0.0 if step.get("fence") else None)
                     got.append([d.message_json(wire.server_from_wire(m)) for m in msgs])
                 elif op == "compact":
                     # every write sent so far is in first; then the target's retention runs, and has
@@ -801,6 +847,7 @@ class Runner:
                 elif op == "hold":
                     assert stall is not None
                     stall.touch()
+                    held_at = time.monotonic()
                 elif op == "release":
                     assert stall is not None
                     stall.unlink(missing_ok=True)
@@ -821,7 +868,11 @@ class Runner:
         got, want = _rank_offsets(got), _rank_offsets(want)  # offsets in rows: compared by order and equality
         receives = [s for s in steps if s["op"] in d.RECEIVES]
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            diff = _first_divergence(f"receive #{i} on connection {receives[i]['conn']}", g, w)
+            what = {"release": " (the stall's closing fence, before the log's release: what came before its "
+                               "answer was sent while the log stalled)",
+                    "end": " (the scenario's closing barrier: nothing may follow the last receive)"}
+            diff = _first_divergence(f"receive #{i} on connection {receives[i]['conn']}"
+                                     f"{what.get(receives[i].get('fence', ''), '')}", g, w)
             if diff is not None:
                 raise ScenarioFailed(diff)
         return stats

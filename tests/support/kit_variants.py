@@ -120,4 +120,14 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
            (("            return _text(403, f\"compaction needs a token",
              "            return _text(401, f\"compaction needs a token"),),
            "a compaction asked with a token that is not an admin's granted '*' is 401, not 403"),
+    Mutant("confirmed_gate_releases_after_1s", "reference.engine",
+           (("        return self.durable if conn.confirmed else None\n",
+             "        if conn.confirmed and conn.outbound and conn.outbound[0].offset > self.durable:\n"
+             "            since = self.__dict__.setdefault('_held_since', {}).setdefault(\n"
+             "                (conn.conn_id, conn.outbound[0].offset), __import__('time').monotonic())\n"
+             "            if __import__('time').monotonic() - since >= 1.0:\n"
+             "                return self.committed\n"
+             "        return self.durable if conn.confirmed else None\n"),),
+           "a confirmed reader's held message is released, undurable, once it has been held 1 s (twice the kit's "
+           "default --quiet), at the next delivery pass after that (with sweep_ticks_fast: within 50 ms)"),
 )
