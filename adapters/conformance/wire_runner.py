@@ -449,6 +449,10 @@ SLOW_BATCH = 64  # appends sent before the writer's and the reading watcher's ba
 SLOW_PUSH_S = 4.0  # appends that took longer may have outlasted the target's close timeout: no verdict
 
 
+def _jsons(msgs: list[wire.ServerMessage]) -> list[dict[str, Any]]:
+    return [d.message_json(wire.server_from_wire(m)) for m in msgs]
+
+
 def _seqs(msgs: list[wire.ServerMessage], conn: str) -> list[int]:
     """The seqs of the events a connection's ``TransactionUpdate`` messages insert, in order."""
     out = []
@@ -714,6 +718,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("transport", "v3_coalesced", ("framing", "DELIV-1"), ("mint",)),
     Scenario("transport", "compression", ("framing",), ("mint",)),
     Scenario("transport", "slow_consumer", ("SLOW-1",), ("mint", "outbound")),
+    Scenario("transport", "slow_consumer_bound", ("SLOW-1", "DELIV-1"), ("mint", "stall", "outbound")),
     Scenario("http", "http_sql", ("AUTH-1",), ("mint",)),
     Scenario("http", "http_call", ("DELIV-2", "IDEM-2"), ("mint",)),
     Scenario("http", "http_durable", ("CONF-1",), ("mint", "stall")),
@@ -1025,6 +1030,90 @@ class Runner:
             raise ScenarioFailed(f"the slow consumer, closed after seq {len(got)}, resumed with {resume!r} and was "
                                  f"answered {kinds} with seqs {_runs(sorted(rest))}; the rest "
                                  f"of the stream is {len(got) + 1}..{total} (SLOW-1: its watermark survives)")
+
+    def slow_consumer_bound(self) -> None:
+        """The outbound bound, counted exactly (protocol.md "Limits": ``max_outbound_queue`` messages queued for
+        one connection, *including those waiting for durability*; "Close codes": past it, 1008
+        ``slow_consumer``).  A confirmed reader's messages stay queued while the log stalls -- none reaches a
+        socket -- so its queue is known message by message, as ``slow_consumer``'s (a reader that does not
+        read, with socket buffers in between) is not.  While the log stalls: a writer's append queues one
+        update for the confirmed reader ``c``; ``c`` sends N - 1 one-off reads (each answer held too: N
+        queued), and its fence is answered -- still open at the bound; the next append's update is the
+        (N+1)-th, and ``c`` is closed 1008 ``slow_consumer``.  ``c`` owned a presence session: its mark (the
+        row ``offline``, signal ``disconnected``) is a transaction of its own, committed after the fanout of the
+        append that closed ``c`` (ADR-0003 decision 4): two unconfirmed watchers, connected before and after
+        ``c``, get that append's update and then the mark, in that order (DELIV-1)."""
+        assert self.opts.stall_file is not None and self.opts.max_outbound_queue is not None
+        n = self.opts.max_outbound_queue
+        ns = self._next_ns()
+        folk = d.people(ns)
+        stream, session = f"{ns}.a", f"{ns}.slow"
+        queries = (f"SELECT * FROM sync_event WHERE stream_id = '{stream}'",
+                   f"SELECT * FROM session_presence WHERE session_id = '{session}'")
+        stall = self.opts.stall_file
+
+        def person(who: str, name: str) -> str | None:
+            return self.tokens.token(f"{ns}-{name}", claims_to_json(folk[who]))
+
+        def call(conn: Conn, rid: int, reducer: str, *args: Any) -> None:
+            conn.send(wire.CallReducer(rid, 0, reducer, bsatn.encode_args(reducer, args)))
+
+        conns = [Conn(self.opts, person("writer", "w"), False, "w"),
+                 Conn(self.opts, person("watcher", "b"), False, "b"),
+                 Conn(self.opts, person("writer", "c"), True, "c"),
+                 Conn(self.opts, person("watcher", "e"), False, "e")]
+        w, b, c, e = conns
+        try:
+            call(c, 1, "upsert_presence", session, "d", "n", "online", "r", 300_000)
+            for conn in (b, c, e):
+                conn.send(wire.Subscribe(2, 10, queries))
+            for conn in (b, c, e):
+                conn.until_barrier("after subscribing")
+            stall.touch()
+            call(w, 1, "append_sync_event", stream, "k1", '{"n":1}', None, None)
+            for conn in (w, b, e):
+                conn.until_barrier("after the first append while the log stalls")
+            for i in range(n - 1):
+                c.send(wire.OneOffQuery(1000 + i, queries[0]))
+            early = c.quiet(f"after {n - 1} one-off reads while the log stalls", 0.0)
+            if early:
+                raise ScenarioFailed(f"while the log stalled, the target sent the confirmed reader c {len(early)} "
+                                     f"message(s) before its fence's answer (CONF-1): {_show(_jsons(early))}")
+            call(w, 2, "append_sync_event", stream, "k2", '{"n":2}', None, None)
+            w.until_barrier("after the second append while the log stalls")
+            got = {conn.name: conn.until_barrier("after the append that takes c past the bound") for conn in (b, e)}
+            try:
+                left = c.quiet(f"after the append that queued its message {n + 1}", 0.0)
+            except ScenarioFailed as exc:
+                if "code 1008 'slow_consumer" not in str(exc):
+                    raise ScenarioFailed(f"{exc}; with {n + 1} messages queued the protocol closes it 1008 "
+                                         "'slow_consumer: ...' (SLOW-1)") from None
+            else:
+                raise ScenarioFailed(
+                    f"the confirmed reader c, whose queue held {n + 1} messages while the log stalled (an update, "
+                    f"{n - 1} one-off answers, the next update; --max-outbound-queue {n}), was not closed: the "
+                    f"target sent its fence's answer{f' after {len(left)} message(s)' if left else ''}; protocol.md "
+                    "\"Limits\": past max_outbound_queue messages queued, including those waiting for durability, "
+                    "close 1008 slow_consumer (SLOW-1)")
+            for conn in (b, e):  # c's mark follows its close in its own time (as presence_ownership's awaits)
+                if len(got[conn.name]) < 2:
+                    with contextlib.suppress(ScenarioFailed):
+                        got[conn.name].append(conn.recv("c's presence mark, after its close"))
+                    got[conn.name] += conn.until_barrier("after c's presence mark")
+        finally:
+            stall.unlink(missing_ok=True)
+            for conn in conns:
+                conn.close()
+        for name, msgs in ((name, _jsons(ms)) for name, ms in got.items()):
+            seen = [sorted(t["table"] for q in m.get("query_sets", ()) for t in q["tables"]) for m in msgs]
+            marks = [t["inserts"][0].get("status") for m in msgs for q in m.get("query_sets", ()) for t in q["tables"]
+                     if t["table"] == "session_presence" and t["inserts"]]
+            if seen != [["sync_event"], ["session_presence"]] or marks != ["offline"]:
+                raise ScenarioFailed(
+                    f"watcher {name} (connected {'before' if name == 'b' else 'after'} c): the target sent "
+                    f"{_show(msgs)}; after the append that closed c, the protocol sends that append's update and then "
+                    "c's session marked offline (disconnected), a transaction of its own committed after the append's "
+                    "fanout (DELIV-1; ADR-0003 decision 4)")
 
     def v3_coalesced(self) -> None:
         """v3 (protocol.md "Frames", "Upgrade"): offered both, in the client's order v2 first, the server
