@@ -247,6 +247,10 @@ VARIANTS = [
                                                                  "the target answered HTTP 401"),
 ]
 
+# a variant that a scenario added later fails too: a slow consumer never closed is not closed at the counted
+# bound either; /sql reading every stream answers the ungranted-stream refusal with rows
+ALSO_FAILS = {"never_closes_slow_consumer": ("slow_consumer_bound",), "sql_reads_every_stream": ("http_refusals",)}
+
 
 def test_every_kit_variant_still_has_its_target() -> None:
     """Each server-layer plant's edits apply: every text it replaces is in its module's source file exactly
@@ -269,7 +273,8 @@ def test_a_planted_server_variant_fails_its_scenario(tmp_path: Path, variant: st
                                        *(("--compact-cmd", t.compact_cmd) if area == "http" else ()), "--only", area)
     failed = {r["scenario"]: r["message"] for r in results if r["status"] == "fail"}
     assert rc == 1 and scenario in failed and needle in failed[scenario], out
-    assert [r["scenario"] for r in results if r["status"] == "fail"] == [scenario], out  # only that one
+    # only that one (and, for two, a later scenario that shows the same bug another way)
+    assert {r["scenario"] for r in results if r["status"] == "fail"} == {scenario, *ALSO_FAILS.get(variant, ())}, out
 
 
 class _NotSpacetime(http.server.BaseHTTPRequestHandler):
