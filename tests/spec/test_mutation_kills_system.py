@@ -1507,3 +1507,27 @@ def test_system_a_close_marking_a_session_it_did_not_upsert_last_is_PRES_3(monke
     marked = sysm.server.db.find(SessionPresence, lambda r: r.session_id == "sess1")
     assert marked is not None and (marked.status, marked.offline_reason) == ("offline", "disconnected")
     assert {v[0] for v in sysm.trace.violations} == {"PRES-3"}, sysm.trace.violations
+
+
+def test_system_the_usurped_marks_name_exactly_the_sessions_taken_PRES_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flap with more around it: c1 upserted sess1 and sess1b, c2 re-upserted sess1 and closed (the plant:
+    the server keeps c1 as its owner), sess7 was upserted over HTTP (no owner; the plant takes it offline under
+    c1's close too), and c0 holds sess0, live and untouched.  c1's close in a call step marks sess1, sess1b and
+    sess7: the PRES-3 it is flagged as names the sessions c1 did not upsert last -- sess1 (c2's) and sess7
+    (nobody's), not sess1b (c1's own) nor sess0 (unchanged) -- and their last upserters, c2's connection and
+    None.  (Kills the message mutants of ``System._usurped_marks``: support.mutation_verdicts.)"""
+    watched: dict[str, int] = {}
+
+    def before(sysm: System) -> None:
+        sysm.call(0, "upsert_presence", ("sess0", "dev", "node", "online", "eu", 5000))
+        sysm.server_step(0)
+        watched["c2"] = sysm.links[2].conn_id
+        _marks_unowned(monkeypatch)(sysm)
+        _first_upserter_keeps(monkeypatch)(sysm)
+    sysm, slow = _closing_step(monkeypatch, before=before, sessions=("sess1", "sess1b"))
+    rows = {r.session_id: (r.status, r.offline_reason) for r in sysm.server.db.of_type(SessionPresence)}
+    marked = ("offline", "disconnected")
+    assert rows == {"sess0": ("online", None), "sess1": marked, "sess1b": marked, "sess7": marked}
+    usurped = [v for v in sysm.trace.violations if "closed in a" in v[1]]
+    assert usurped == [("PRES-3", f"connection {slow}, closed in a append_sync_event step, marked ['sess1', 'sess7'] "
+                                  f"offline, whose last upsert was made by connection(s) [{watched['c2']}, None]")]
