@@ -1531,3 +1531,41 @@ def test_system_the_usurped_marks_name_exactly_the_sessions_taken_PRES_3(monkeyp
     usurped = [v for v in sysm.trace.violations if "closed in a" in v[1]]
     assert usurped == [("PRES-3", f"connection {slow}, closed in a append_sync_event step, marked ['sess1', 'sess7'] "
                                   f"offline, whose last upsert was made by connection(s) [{watched['c2']}, None]")]
+
+
+def _flap_in_close_steps(monkeypatch: pytest.MonkeyPatch, plant: bool) -> tuple[System, list[str]]:
+    """The reconnect flap as close steps, not a call step: c0 upserts sess0 on connection A, reconnects leaving
+    A open (half-open), upserts sess0 again on B (B made the last upsert), then B is closed (disconnect) and
+    later A (reap).  ``plant``: the server keeps the first upserter (``first_upserter_marks``).  Returns the
+    system and the status of sess0 after each close."""
+    if plant:
+        monkeypatch.setattr(spec.delivery, "upserted", lambda owners, session, conn_id: (
+            {session: conn_id, **owners} if conn_id is not None else dict(owners)))
+    sysm = _system(1)
+    sysm.call(0, "upsert_presence", UPSERT)
+    _pump(sysm)
+    assert sysm.reconnect_leaving_old_open(0)
+    sysm.call(0, "upsert_presence", UPSERT)
+    _pump(sysm)
+    seen = []
+    sysm.disconnect(0)
+    seen.append(_presence(sysm).status)
+    sysm.reap()
+    seen.append(_presence(sysm).status)
+    sysm.check_marks_after_heal()
+    return sysm, seen
+
+
+def test_system_a_close_after_the_last_upserters_close_marks_nothing_PRES_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PRES-3's blind spot (twelfth session): with the plant, B's close marks nothing and A's close -- A did not
+    make the last upsert -- takes sess0 offline a step later.  The open-owner check sees nothing (B is closed by
+    then) and neither does the after-heal check (sess0 is offline by then); but at B's close the marks could
+    commit (the server can commit: none wait), so sess0, whose last upserting connection is closed, must be
+    offline already -- flagged as PRES-3 at that step.  Without the plant the same steps are legal: B's close
+    takes sess0 offline, A's marks nothing."""
+    sysm, seen = _flap_in_close_steps(monkeypatch, plant=False)
+    assert seen == ["offline", "offline"] and sysm.trace.violations == []
+    monkeypatch.undo()
+    sysm, seen = _flap_in_close_steps(monkeypatch, plant=True)
+    assert seen == ["online", "offline"]
+    assert [v[0] for v in sysm.trace.violations][:1] == ["PRES-3"], sysm.trace.violations

@@ -190,7 +190,11 @@ MUTANTS += (
     Mutant("first_upserter_marks", "spec.delivery",
            (("    return {**owners, session: conn_id}\n", "    return {session: conn_id, **owners}\n"),),
            "the first connection that upserted a session marks it on close, even after a newer connection "
-           "re-upserted it (the reconnect flap)", expected=("PRES-3",)),
+           "re-upserted it (the reconnect flap)", expected=("PRES-3",),
+           # SystemMachine alone kills it, as late as its 145th example (docs/mutation.md, "Kill margins (eleventh
+           # session)"); the flap as two close steps was PRES-3's blind spot (docs/mutation.md, twelfth session)
+           killer="spec/test_mutation_kills_system.py::"
+                  "test_system_a_close_after_the_last_upserters_close_marks_nothing_PRES_3"),
     Mutant("backoff_not_recorded", "spec.reducers",
            (("                             next_attempt_at=a.ctx.now + 1000 * a.retry_after_ms,\n", ""),),
            "record_bridge_failure validates retry_after_ms and drops it (no durable backoff)", expected=("BRIDGE-3",)),
