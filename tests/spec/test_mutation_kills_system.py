@@ -1569,3 +1569,18 @@ def test_system_a_close_after_the_last_upserters_close_marks_nothing_PRES_3(monk
     sysm, seen = _flap_in_close_steps(monkeypatch, plant=True)
     assert seen == ["online", "offline"]
     assert [v[0] for v in sysm.trace.violations][:1] == ["PRES-3"], sysm.trace.violations
+
+
+def test_system_marks_held_by_the_durability_bound_are_not_due_yet_PRES_3() -> None:
+    """The other side of ``System._check_marks_due``: c0 upserts sess0 (one undurable transaction: the bound,
+    max_undurable 1, is reached) and its connection closes; its marks wait for durability, so sess0 stays
+    online with its last upserting connection closed -- legal, nothing flagged -- until durability moves and
+    the marks commit."""
+    sysm = _system(1, max_undurable=1)
+    sysm.call(0, "upsert_presence", UPSERT)
+    assert sysm.server_step(0) and not sysm.server.can_commit()
+    sysm.disconnect(0)
+    assert (_presence(sysm).status, sysm.trace.violations) == ("online", [])
+    sysm.advance_durable(1)
+    assert (_presence(sysm).status, _presence(sysm).offline_reason, sysm.trace.violations) == (
+        "offline", "disconnected", [])
