@@ -51,6 +51,7 @@ BUGS: dict[str, tuple[str, str]] = {
     "epoch_ignored_on_resume": ("subscribe", "the stale check ignores the requested epoch"),
     "budget_ignores_upper_bound": ("subscribe", "a page (seq <= B) is measured to the head, not to min(head, B)"),
     "budget_upper_max_not_min": ("subscribe", "a page's replay ends at max(head, B), not min(head, B)"),
+    "budget_gt_read_as_ge": ("subscribe", "a resume replaying exactly the budget is refused (>= where > is right)"),
     "snapshot_not_atomic": ("subscribe", "the snapshot misses the newest committed event"),
     "page_bound_exclusive": ("subscribe", "a page's bound seq <= B is read as seq < B (its snapshot stops at B - 1)"),
     "page_snapshot_ignores_bound": ("subscribe", "a page's snapshot takes every event after W, past its bound B"),
@@ -102,7 +103,7 @@ def stale_reasons(epoch: ZInt, head: ZInt, floor: ZInt, budget: ZInt, has_req: Z
     return (
         z3.BoolVal(False) if bug == "epoch_ignored_on_resume" else z3.And(has_req, req != epoch),
         w < floor - (2 if bug == "stale_floor_lt_vs_le" else 1),
-        end - w > budget,
+        end - w >= budget if bug == "budget_gt_read_as_ge" else end - w > budget,
         w > head,
     )
 

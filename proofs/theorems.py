@@ -391,7 +391,8 @@ STALE_PROOF = Proof(
     "seq <= B held against the budget for min(head, B) - W); a cursor judged not stale has every event after it "
     "retained",
     ("STALE-1", "STALE-2"), ("subscribe",), DB_BOUNDS, _stale_build,
-    ("stale_floor_lt_vs_le", "epoch_ignored_on_resume", "budget_ignores_upper_bound", "budget_upper_max_not_min"))
+    ("stale_floor_lt_vs_le", "epoch_ignored_on_resume", "budget_ignores_upper_bound", "budget_upper_max_not_min",
+     "budget_gt_read_as_ge"))
 
 RESUME_PROOF = Proof(
     "resume", "resume from W not stale: snapshot + later updates = exactly the events W+1.. in order, each once "
@@ -401,8 +402,8 @@ RESUME_PROOF = Proof(
     ("REPLAY-2", "DELIV-2", "STALE-1", "STALE-2"),
     ("subscribe", *(f"deliver[{t.name}]" for t in E.DB_TRANSITIONS)), RESUME_BOUNDS, _resume_build,
     ("snapshot_not_atomic", "stale_floor_lt_vs_le", "update_sent_twice", "retention_delete_not_applied",
-     "budget_ignores_upper_bound", "budget_upper_max_not_min", "page_bound_exclusive", "page_snapshot_ignores_bound",
-     "page_updates_ignore_bound"))
+     "budget_ignores_upper_bound", "budget_upper_max_not_min", "budget_gt_read_as_ge", "page_bound_exclusive",
+     "page_snapshot_ignores_bound", "page_updates_ignore_bound"))
 
 def _pages_build(bug: str) -> list[Obligation]:
     """Two consecutive pages, (W, B] then (B, head], both accepted on one state, send together exactly what

@@ -119,6 +119,8 @@ def test_an_unreachable_case_is_vacuous() -> None:
 
 _PAGE_CONTROLS = ("budget_ignores_upper_bound", "budget_upper_max_not_min", "page_bound_exclusive",
                   "page_snapshot_ignores_bound", "page_updates_ignore_bound")
+"""The resume theorem's controls only a bounded subscription shows (``budget_gt_read_as_ge`` is not one: an
+unbounded resume of exactly the budget shows it too)."""
 
 
 def _unbounded_only(ob: Obligation) -> Obligation:
