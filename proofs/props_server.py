@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import z3
 
-from proofs.core import ZBool, filtered, in_range, one_of
+from proofs.core import ZBool, ZInt, filtered, in_range, one_of
 from proofs.encoding import Db, K, S, per_slot, vepoch, vfloor, vhead
-from proofs.server import HW, KD, OTHER, RESULT, UPDATE, Item, Q, Srv, World, pick_int, same_item
+from proofs.server import HW, KD, OTHER, RESULT, UPDATE, Item, Q, Srv, Sub, World, pick_int, same_item
 
 
 def ledger_ok(w: World) -> ZBool:
@@ -29,14 +29,22 @@ def epoch_consistent(db: Db) -> ZBool:
                    for j in range(S) for i in range(K)])
 
 
+def resume_end(s: Sub) -> ZInt:
+    """The last seq a subscription from W is owed: its ghost head H, or min(H, B) for a page
+    ``seq <= B`` (ADR-0042); it is owed ``max(0, end - W)`` events."""
+    return z3.If(z3.And(s.has_upper, s.upper < s.last_head), s.upper, s.last_head)
+
+
 def resume(w: World) -> ZBool:
-    """The resume theorem as a state invariant of a live subscription from (E, W):
+    """The resume theorem as a state invariant of a live subscription from (E, W), unbounded or a
+    page bounded by ``seq <= B``:
 
     * replay (REPLAY-2): everything sent on it, snapshot then updates, deletes ignored, is exactly
-      the stream's events W+1, W+2, ..., H in order, each once, with the ledger's payload hashes --
-      H being the head while the stream's epoch is E (the head it had when the epoch moved on);
+      the stream's events W+1, W+2, ..., min(H, B) in order, each once, with the ledger's payload
+      hashes -- H being the head while the stream's epoch is E (the head it had when the epoch moved
+      on), B the page's bound (none: H); nothing when B <= W;
     * mirror (DELIV-2): the rows the client holds (inserts minus deletes) are exactly the query's
-      result on the current state, in order."""
+      result on the current state (``epoch = E AND seq > W``, ``AND seq <= B`` for a page), in order."""
     s = w.sub
 
     def at(j: int) -> ZBool:
@@ -46,11 +54,13 @@ def resume(w: World) -> ZBool:
                                                  s.sent[i].hash == led.hash[s.watermark + 1 + i]))
                 for i in range(KD)]
         ev = w.db.events[j]
-        mirror = filtered(ev.n, ev.slots, lambda e: z3.And(e.epoch == s.epoch, e.seq > s.watermark), s.mirror_n,
-                          s.mirror, lambda o, e: same_item(o, Item(e.seq, e.hash)))
+        mirror = filtered(ev.n, ev.slots, lambda e: z3.And(e.epoch == s.epoch, e.seq > s.watermark,
+                                                           z3.Implies(s.has_upper, e.seq <= s.upper)),
+                          s.mirror_n, s.mirror, lambda o, e: same_item(o, Item(e.seq, e.hash)))
+        owed = resume_end(s) - s.watermark
         return z3.And(s.watermark <= s.last_head, s.last_head <= head, epoch >= s.epoch,
                       z3.Implies(epoch == s.epoch, s.last_head == head),
-                      s.sent_n == s.last_head - s.watermark, s.sent_n <= KD, *sent, mirror)
+                      s.sent_n == z3.If(owed > 0, owed, 0), s.sent_n <= KD, *sent, mirror)
 
     return z3.Implies(s.active, per_slot(s.stream, S, at))
 

@@ -51,7 +51,12 @@ BUGS: dict[str, tuple[str, str]] = {
     "epoch_ignored_on_resume": ("subscribe", "the stale check ignores the requested epoch"),
     "budget_ignores_upper_bound": ("subscribe", "a page (seq <= B) is measured to the head, not to min(head, B)"),
     "budget_upper_max_not_min": ("subscribe", "a page's replay ends at max(head, B), not min(head, B)"),
+    "budget_gt_read_as_ge": ("subscribe", "a resume replaying exactly the budget is refused (>= where > is right)"),
     "snapshot_not_atomic": ("subscribe", "the snapshot misses the newest committed event"),
+    "page_bound_exclusive": ("subscribe", "a page's bound seq <= B is read as seq < B (its snapshot stops at B - 1)"),
+    "page_snapshot_ignores_bound": ("subscribe", "a page's snapshot takes every event after W, past its bound B"),
+    "page_updates_ignore_bound": ("deliver[append_sync_event]",
+                                  "a page is sent the events appended after it, past its bound B"),
     "update_sent_twice": ("deliver[append_sync_event]",
                           "a transaction's matching insert is sent twice (update and result)"),
     "retention_delete_not_applied": ("deliver[compact]", "the client mirror ignores deletes"),
@@ -98,7 +103,7 @@ def stale_reasons(epoch: ZInt, head: ZInt, floor: ZInt, budget: ZInt, has_req: Z
     return (
         z3.BoolVal(False) if bug == "epoch_ignored_on_resume" else z3.And(has_req, req != epoch),
         w < floor - (2 if bug == "stale_floor_lt_vs_le" else 1),
-        end - w > budget,
+        end - w >= budget if bug == "budget_gt_read_as_ge" else end - w > budget,
         w > head,
     )
 
@@ -169,6 +174,8 @@ class Sub:
     epoch: ZInt  # E
     watermark: ZInt  # W
     last_head: ZInt  # ghost: the stream's head while its epoch was E
+    has_upper: ZBool  # the query bounds seq above (seq <= B): a page (ADR-0042)
+    upper: ZInt  # B
     sent_n: ZInt
     sent: tuple[Item, ...]  # KD: every event sent on the subscription, in order (deletes ignored)
     mirror_n: ZInt
@@ -177,7 +184,8 @@ class Sub:
     @staticmethod
     def fresh(p: str) -> Sub:
         return Sub(z3.Bool(f"{p}.active"), z3.Int(f"{p}.stream"), z3.Int(f"{p}.epoch"), z3.Int(f"{p}.watermark"),
-                   z3.Int(f"{p}.last_head"), z3.Int(f"{p}.sent_n"), fresh_rows(Item, f"{p}.sent", KD),
+                   z3.Int(f"{p}.last_head"), z3.Bool(f"{p}.has_upper"), z3.Int(f"{p}.upper"),
+                   z3.Int(f"{p}.sent_n"), fresh_rows(Item, f"{p}.sent", KD),
                    z3.Int(f"{p}.mirror_n"), fresh_rows(Item, f"{p}.mirror", K))
 
 
@@ -200,17 +208,23 @@ def _list_eq(n: ZInt, xs: tuple[Item, ...], m: ZInt, ys: tuple[Item, ...]) -> ZB
 def same_sub(a: Sub, b: Sub) -> ZBool:
     return z3.And(a.active == b.active, z3.Implies(a.active, z3.And(
         a.stream == b.stream, a.epoch == b.epoch, a.watermark == b.watermark, a.last_head == b.last_head,
+        a.has_upper == b.has_upper, z3.Implies(a.has_upper, a.upper == b.upper),
         _list_eq(a.sent_n, a.sent, b.sent_n, b.sent), _list_eq(a.mirror_n, a.mirror, b.mirror_n, b.mirror))))
 
 
-def _matches(e: Event, sub: Sub) -> ZBool:
-    return z3.And(e.epoch == sub.epoch, e.seq > sub.watermark)
+def _matches(e: Event, sub: Sub, bug: str = "", bounded: bool = True) -> ZBool:
+    """The row matches the subscription's query: ``epoch = E AND seq > W`` (``AND seq <= B`` for a page;
+    ``bounded`` False: the bound is dropped, a planted bug)."""
+    below = e.seq < sub.upper if bug == "page_bound_exclusive" else e.seq <= sub.upper
+    return z3.And(e.epoch == sub.epoch, e.seq > sub.watermark, *([z3.Implies(sub.has_upper, below)] if bounded else []))
 
 
 def _snapshot(db: Db, j: int, sub: Sub, n_out: ZInt, out: tuple[Item, ...], bug: str) -> ZBool:
     ev = db.events[j]
     n = ev.n - 1 if bug == "snapshot_not_atomic" else ev.n
-    return filtered(n, ev.slots, lambda e: _matches(e, sub), n_out, out, lambda o, e: same_item(o, Item(e.seq, e.hash)))
+    bounded = bug != "page_snapshot_ignores_bound"
+    return filtered(n, ev.slots, lambda e: _matches(e, sub, bug, bounded), n_out, out,
+                    lambda o, e: same_item(o, Item(e.seq, e.hash)))
 
 
 def t_subscribe(pre: World, a: SubscribeAct, post: World, rejected: ZBool, bug: str = "") -> ZBool:
@@ -222,14 +236,13 @@ def t_subscribe(pre: World, a: SubscribeAct, post: World, rejected: ZBool, bug: 
 
     def at(j: int) -> ZBool:
         return z3.And(s.active, s.stream == j, s.epoch == a.epoch, s.watermark == a.watermark,
-                      s.last_head == vhead(pre.db, j),
+                      s.last_head == vhead(pre.db, j), s.has_upper == a.has_upper, s.upper == a.upper,
                       _snapshot(pre.db, j, s, s.sent_n, s.sent, bug),
                       _snapshot(pre.db, j, s, s.mirror_n, s.mirror, bug))
 
     keep = z3.And(_same_ledgers(pre, post), same_db_of(pre, post))
-    # the resume world's subscription is `seq > W` without an upper bound (a page is only stale-checked: the
-    # stale proof covers it)
-    return z3.And(z3.Not(pre.sub.active), a.has_epoch, z3.Not(a.has_upper), rejected == stale, keep,
+    # the resume world's subscription is `seq > W`, or a page `seq > W AND seq <= B` (ADR-0042)
+    return z3.And(z3.Not(pre.sub.active), a.has_epoch, rejected == stale, keep,
                   z3.If(stale, same_sub(pre.sub, post.sub), per_slot(a.stream, S, at)))
 
 
@@ -266,7 +279,7 @@ def t_deliver(pre: World, d: Delta, post: World, crash: bool, aux: str, bug: str
 
     def at(j: int) -> ZBool:
         ev = pre.db.events[j]
-        ins = z3.And(d.ins, d.ins_stream == j, _matches(d.ins_ev, s))
+        ins = z3.And(d.ins, d.ins_stream == j, _matches(d.ins_ev, s, bounded=bug != "page_updates_ignore_bound"))
         item = Item(d.ins_ev.seq, d.ins_ev.hash)
         deleted = d.dels[j]
 
@@ -289,7 +302,8 @@ def t_deliver(pre: World, d: Delta, post: World, crash: bool, aux: str, bug: str
         mirror_ins = z3.And(t.mirror_n == kept_n + 1, kept_n < K,
                             *[z3.Implies(i == kept_n, same_item(t.mirror[i], item)) for i in range(K)])
         return z3.And(
-            t.active, t.stream == j, t.epoch == s.epoch, t.watermark == s.watermark,
+            t.active, t.stream == j, t.epoch == s.epoch, t.watermark == s.watermark, t.has_upper == s.has_upper,
+            t.upper == s.upper,
             t.last_head == z3.If(vepoch(post.db, j) == s.epoch, vhead(post.db, j), s.last_head),
             keep_mirror, sent, mirror,
             z3.If(ins, z3.And(sent_ins, mirror_ins), z3.And(t.sent_n == s.sent_n, t.mirror_n == kept_n)))

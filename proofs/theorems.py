@@ -340,10 +340,37 @@ def _resume_build(bug: str) -> list[Obligation]:
         pre, post = SV.World.fresh("pre"), SV.World.fresh("post")
         a = fresh(SV.SubscribeAct, "subscribe")
         rejected = z3.Bool("rejected")
-        hyps = (E.policy_ok(pol), P.state_invariant(pre.db, pol), PS.epoch_consistent(pre.db), PS.ledger_ok(pre),
-                PS.resume(pre), SV.t_subscribe(pre, a, post, rejected, bug))
-        out.append(Obligation("subscribe", "subscribe", hyps, z3.And(PS.ledger_ok(post), PS.resume(post)),
-                              (("pre", pre.db), ("subscribe", a), ("rejected", rejected), ("sub", post.sub))))
+        hyps: tuple[ZBool, ...] = (
+            E.policy_ok(pol), P.state_invariant(pre.db, pol), PS.epoch_consistent(pre.db), PS.ledger_ok(pre),
+            PS.resume(pre), SV.t_subscribe(pre, a, post, rejected, bug), in_range(a.stream, 0, E.S), a.budget >= 0)
+
+        def refused(j: int) -> ZBool:  # STALE-1 on the transition: the oracle's reasons, a page to min(head, B)
+            db = pre.db
+            return z3.Or(SV.oracle_stale_reasons(E.vepoch(db, j), E.vhead(db, j), E.vfloor(db, j), a.budget,
+                                                 a.has_epoch, a.epoch, a.watermark, a.has_upper, a.upper))
+
+        # an accepted resume, a page or not, replays at most the budget in its snapshot (ADR-0042: what the
+        # budget bounds), then the resume theorem holds of it
+        goal = z3.And(PS.ledger_ok(post), PS.resume(post), rejected == E.per_slot(a.stream, E.S, refused),
+                      z3.Implies(z3.Not(rejected), post.sub.sent_n <= a.budget))
+        head = z3.Int("witness.head")
+        at_head = E.per_slot(a.stream, E.S, lambda j: head == E.vhead(pre.db, j))
+        # the cases the bounded rule adds must be reached, or the obligation holds vacuously of them
+        witnesses = (
+            ("a page behind the head accepted, the unbounded resume from its W over the budget",
+             z3.And(at_head, a.has_upper, z3.Not(rejected), a.upper < head, head - a.watermark > a.budget,
+                    post.sub.sent_n > 1)),
+            ("a page refused for the budget alone", z3.And(at_head, a.has_upper, rejected, a.upper < head,
+                                                            z3.Not(SV.subscribe_reasons(pre.db, a)[0]),
+                                                            z3.Not(SV.subscribe_reasons(pre.db, a)[1]))),
+            ("a page past the head accepted, sent up to the head", z3.And(at_head, a.has_upper, z3.Not(rejected),
+                                                                           a.upper > head, post.sub.sent_n > 0)),
+            ("a page with B < W accepted, sent nothing", z3.And(at_head, a.has_upper, z3.Not(rejected),
+                                                               a.upper < a.watermark, a.watermark < head)),
+        )
+        out.append(Obligation("subscribe", "subscribe", hyps, goal,
+                              (("pre", pre.db), ("subscribe", a), ("rejected", rejected), ("sub", post.sub)),
+                              witnesses))
     for t in E.DB_TRANSITIONS:
         if only in (None, f"deliver[{t.name}]"):
             pre, post = SV.World.fresh("pre"), SV.World.fresh("post")
@@ -364,14 +391,52 @@ STALE_PROOF = Proof(
     "seq <= B held against the budget for min(head, B) - W); a cursor judged not stale has every event after it "
     "retained",
     ("STALE-1", "STALE-2"), ("subscribe",), DB_BOUNDS, _stale_build,
-    ("stale_floor_lt_vs_le", "epoch_ignored_on_resume", "budget_ignores_upper_bound", "budget_upper_max_not_min"))
+    ("stale_floor_lt_vs_le", "epoch_ignored_on_resume", "budget_ignores_upper_bound", "budget_upper_max_not_min",
+     "budget_gt_read_as_ge"))
 
 RESUME_PROOF = Proof(
-    "resume", "resume from W not stale: snapshot + later updates = exactly the events W+1.. in order, each once; "
-    "the rows held equal the query's result (assumes A-EPOCH, lemma epoch-consistent)",
-    ("REPLAY-2", "DELIV-2", "STALE-2"),
+    "resume", "resume from W not stale: snapshot + later updates = exactly the events W+1.. in order, each once "
+    "(a page seq <= B: W+1..min(head, B), its snapshot within the budget; it is refused exactly when the oracle's "
+    "reasons hold, min(head, B) - W over the budget); the rows held equal the query's result (assumes A-EPOCH, "
+    "lemma epoch-consistent)",
+    ("REPLAY-2", "DELIV-2", "STALE-1", "STALE-2"),
     ("subscribe", *(f"deliver[{t.name}]" for t in E.DB_TRANSITIONS)), RESUME_BOUNDS, _resume_build,
-    ("snapshot_not_atomic", "stale_floor_lt_vs_le", "update_sent_twice", "retention_delete_not_applied"))
+    ("snapshot_not_atomic", "stale_floor_lt_vs_le", "update_sent_twice", "retention_delete_not_applied",
+     "budget_ignores_upper_bound", "budget_upper_max_not_min", "budget_gt_read_as_ge", "page_bound_exclusive",
+     "page_snapshot_ignores_bound", "page_updates_ignore_bound"))
+
+def _pages_build(bug: str) -> list[Obligation]:
+    """Two consecutive pages, (W, B] then (B, head], both accepted on one state, send together exactly what
+    the unbounded resume from W sends on it: the same events in the same order, none twice, none missing."""
+    pol = fresh(E.Policy, "policy")
+    pre = SV.World.fresh("pre")
+    acts = [fresh(SV.SubscribeAct, p) for p in ("page1", "page2", "whole")]
+    posts = [SV.World.fresh(p) for p in ("page1", "page2", "whole")]
+    rejected = [z3.Bool(f"{p}.rejected") for p in ("page1", "page2", "whole")]
+    p1, p2, whole = acts
+    same_resume = [z3.And(x.stream == p1.stream, x.epoch == p1.epoch, x.budget == p1.budget) for x in acts]
+    hyps = (E.policy_ok(pol), P.state_invariant(pre.db, pol), PS.epoch_consistent(pre.db), PS.ledger_ok(pre),
+            z3.Not(pre.sub.active), in_range(p1.stream, 0, E.S), p1.budget >= 0, *same_resume,
+            p1.has_upper, p1.upper >= p1.watermark,  # the first page (W, B]
+            z3.Not(p2.has_upper), p2.watermark == p1.upper,  # the next from B, to the head
+            z3.Not(whole.has_upper), whole.watermark == p1.watermark,  # the unbounded resume from W
+            *[SV.t_subscribe(pre, a, b, r, bug) for a, b, r in zip(acts, posts, rejected, strict=True)],
+            *[z3.Not(r) for r in rejected])
+    s1, s2, s3 = (b.sub for b in posts)
+    goal = z3.And(s3.sent_n == s1.sent_n + s2.sent_n,
+                  *[z3.Implies(i < s1.sent_n, SV.same_item(s3.sent[i], s1.sent[i])) for i in range(SV.KD)],
+                  *[z3.Implies(z3.And(i < s2.sent_n, k == s1.sent_n + i), SV.same_item(s3.sent[k], s2.sent[i]))
+                    for i in range(SV.KD) for k in range(SV.KD)])
+    witnesses = (("both pages send events", z3.And(s1.sent_n > 0, s2.sent_n > 0)),)
+    return [Obligation("subscribe", "subscribe", hyps, goal,
+                       (("pre", pre.db), ("page1", p1), ("page2", p2), ("whole", whole), ("sub1", s1), ("sub2", s2),
+                        ("sub", s3)), witnesses)]
+
+
+PAGES_PROOF = Proof(
+    "resume-pages", "consecutive pages compose: a page (W, B] and the resume from B, both accepted on one state, "
+    "send exactly the events the unbounded resume from W sends, in order, each once", ("REPLAY-2",), ("subscribe",),
+    RESUME_BOUNDS, _pages_build, ("page_bound_exclusive", "page_snapshot_ignores_bound"))
 
 EPOCH_CONSISTENT_PROOF = db_proof(
     "epoch-consistent", "lemma A-EPOCH: a retained event is in its stream's current epoch exactly when it is at "
@@ -507,7 +572,8 @@ ROWS_PROOF = Proof(
     ("row_filter_ignored",))
 
 
-ALL_PROOFS: tuple[Proof, ...] = (*DB_PROOFS, EPOCH_CONSISTENT_PROOF, STALE_PROOF, RESUME_PROOF, DELIV_ORDER_PROOF,
+ALL_PROOFS: tuple[Proof, ...] = (*DB_PROOFS, EPOCH_CONSISTENT_PROOF, STALE_PROOF, RESUME_PROOF, PAGES_PROOF,
+                                 DELIV_ORDER_PROOF,
                                  CONF_PROOF, DUR_PROOF, REPLAY_PROOF, ROWS_PROOF)
 
 

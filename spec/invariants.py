@@ -138,8 +138,9 @@ CATALOG: tuple[Invariant, ...] = (
               "expires_at <= t; a status change emits exactly one presence_signal."),
     Invariant("PRES-3", "trace", "Closing a connection marks a session disconnected only when that connection made "
               "the session's last upsert (a session re-upserted on a newer connection stays as that upsert left "
-              "it), and once faults heal every session whose last upserting connection closed (not by a crash: "
-              "TTLs take over then) is offline."),
+              "it), and every session whose last upserting connection closed (not by a crash: TTLs take over "
+              "then) is offline once its marks can commit -- at once, unless a fanout or the durability bound holds "
+              "them -- and so once faults heal."),
     Invariant("ASSIGN-1", "transition", "A compute assignment changes only along the transition table, bumping "
               "version by exactly 1; terminal rows never change. The one exception is the recovery transaction "
               "after an unclean restart, which only raises versions (VER-1)."),

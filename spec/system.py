@@ -363,9 +363,29 @@ class System:
                 self.trace.violations.append(("PRES-3", f"{session}: its connection {conn_id} closed, the session "
                                                         f"is still {row.status}"))
 
+    def _check_marks_due(self) -> None:
+        """PRES-3, the after-heal half (:meth:`check_marks_after_heal`) at every step the marks cannot be
+        waiting: a close's marks wait only for a running fanout or the durability bound, and commit as soon as
+        the server can commit again (``spec.harness.Server._drain_disconnects``), so when it can, every session
+        whose last upserting connection has closed is offline already.  This is what sees a close that took
+        no mark of a session it upserted last when a later close -- of a connection that did not make that
+        upsert -- takes the session offline before any heal: PRES-3's first clause broken in two close steps
+        (the reconnect flap: ``first_upserter_marks``), which the open-owner check (:meth:`_check_marks`: the
+        last upserter is closed by then) and the after-heal check (the session is offline by then) both miss."""
+        if not self.server.can_commit():
+            return
+        rows = {r.session_id: r for r in self.server.db.of_type(SessionPresence)}
+        for session, conn_id in self.last_upsert.items():
+            row = rows.get(session)
+            if conn_id not in self.server.conns and row is not None and row.status != "offline":
+                self.trace.violations.append(("PRES-3", f"{session}: its connection {conn_id} closed and no marks "
+                                                        f"wait (the server can commit), the session is still "
+                                                        f"{row.status}"))
+
     def _after_server_step(self) -> None:
         self._sync_states()
         self._drop_dead_links()
+        self._check_marks_due()
         self.trace.check_queues(self.server)
 
     def deliver(self, i: int) -> bool:

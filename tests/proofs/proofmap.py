@@ -511,6 +511,7 @@ class SubVal:
     last_head: int = 0
     sent: list[tuple[int, int]] = field(default_factory=list)  # (seq, hash)
     mirror: list[tuple[int, int]] = field(default_factory=list)
+    upper: int | None = None  # B of a page (seq <= B), None without an upper bound
 
 
 def bind_sub(sym: Any, v: SubVal) -> list[Any]:
@@ -518,7 +519,8 @@ def bind_sub(sym: Any, v: SubVal) -> list[Any]:
     if not v.active:
         return out
     out += [sym.stream == v.stream, sym.epoch == v.epoch, sym.watermark == v.watermark, sym.last_head == v.last_head,
-            sym.sent_n == len(v.sent), sym.mirror_n == len(v.mirror)]
+            sym.sent_n == len(v.sent), sym.mirror_n == len(v.mirror), sym.has_upper == (v.upper is not None),
+            *([] if v.upper is None else [sym.upper == v.upper])]  # B means nothing without a bound
     for k, (seq, h) in enumerate(v.sent):
         out += [sym.sent[k].seq == seq, sym.sent[k].hash == h]
     for k, (seq, h) in enumerate(v.mirror):

@@ -489,16 +489,23 @@ def _check_resume(r: Resume, rng: random.Random) -> None:
         epoch, head, floor = virtual_stream(s.db, sid)
         e = epoch if rng.random() < 0.8 else epoch - 1
         w = max(0, rng.choice([head, head - 1, head - 2, floor - 1, floor - 2, floor, head + 1]))
+        # a page (ADR-0042) half the time: B around W and the head, the bound written as <= or as <
+        upper = None if rng.random() < 0.5 else max(0, rng.choice([w - 1, w, w + 1, w + 2, head - 1, head, head + 2]))
+        queries = resume_queries(sid, e, w)
+        if upper is not None:
+            bound = f"seq <= {upper}" if rng.random() < 0.5 else f"seq < {upper + 1}"
+            queries = (*queries[:-1], f"{queries[-1]} AND {bound}")
         r.qs += 1
-        s.handle(r.me, Subscribe(r.request, r.qs, resume_queries(sid, e, w)))
+        s.handle(r.me, Subscribe(r.request, r.qs, queries))
         r.request += 1
         applied, rejected = r.drain()
         if applied:
-            r.sub = SubVal(True, STREAMS.index(sid), e, w, head, r.sub.sent, r.sub.mirror)
+            r.sub = SubVal(True, STREAMS.index(sid), e, w, head, r.sub.sent, r.sub.mirror, upper)
             if len(r.sub.sent) > SV.KD:
                 r.sub = SubVal(False)
                 return
-        act = SV.SubscribeAct(STREAMS.index(sid), True, e, w, POLICY.class_for(sid).replay_budget, False, 0)
+        act = SV.SubscribeAct(STREAMS.index(sid), True, e, w, POLICY.class_for(sid).replay_budget,
+                              upper is not None, upper or 0)
         verdict = rel.subscribe.check(
             [*given, *bind(rel.sub_act, act), *i.axioms()],
             {"sub": bind_sub(rel.post.sub, r.sub), "rejected": [rel.rejected == rejected],
@@ -793,6 +800,10 @@ def test_delivery_transitions_are_covered() -> None:
 # --- the checks have teeth --------------------------------------------------------------------------------------
 
 
+PAGE_BUGS = ("page_bound_exclusive", "page_snapshot_ignores_bound")
+"""Encoding bugs of a page's rows (not of its stale decision): the resume checks catch them."""
+
+
 def _run_bodies(bug: str) -> bool:
     """Run the correspondence checks of the transition ``bug`` breaks, with every relation encoding
     that bug; True when some check fails."""
@@ -809,7 +820,7 @@ def _run_bodies(bug: str) -> bool:
         run()
 
     try:
-        if target == "subscribe" and bug != "snapshot_not_atomic":
+        if target == "subscribe" and bug not in ("snapshot_not_atomic", *PAGE_BUGS):
             quick(test_stale_decisions_match, STALE_ARGS)
         elif target in ("subscribe", "deliver[append_sync_event]", "deliver[compact]"):
             for seed in range(60):

@@ -15,6 +15,7 @@ import z3
 
 from proofs import encoding as E
 from proofs import props as P
+from proofs import server as SV
 from proofs.api import ProofResult, check, run_all
 from proofs.core import select
 from proofs.theorems import ALL_PROOFS, Obligation, Proof, bridge3_call_cases, db_proof, outbox_call_cases
@@ -112,3 +113,36 @@ def test_an_unreachable_case_is_vacuous() -> None:
     assert check(replace(ob, witnesses=(*ob.witnesses, ("pending at the maximum", at_max))))[0] == "vacuous"
     reachable = z3.And(old.used, old.status == E.B_STATUS["pending"], old.attempts + 1 == pol.max_attempts)
     assert check(replace(ob, witnesses=(("the last attempt", reachable),)))[0] == "unsat"
+
+
+# --- the resume theorem over pages (ADR-0042) ---------------------------------------------------------------
+
+_PAGE_CONTROLS = ("budget_ignores_upper_bound", "budget_upper_max_not_min", "page_bound_exclusive",
+                  "page_snapshot_ignores_bound", "page_updates_ignore_bound")
+"""The resume theorem's controls only a bounded subscription shows (``budget_gt_read_as_ge`` is not one: an
+unbounded resume of exactly the budget shows it too)."""
+
+
+def _unbounded_only(ob: Obligation) -> Obligation:
+    """The obligation as the resume theorem stated it before pages: the subscription has no upper bound."""
+    show = dict(ob.show)
+    if ob.transition == "subscribe":
+        act = show["subscribe"]
+        assert isinstance(act, SV.SubscribeAct)
+        return replace(ob, hyps=(*ob.hyps, z3.Not(act.has_upper)), witnesses=())
+    sub = show["sub"]
+    assert isinstance(sub, SV.Sub)
+    return replace(ob, hyps=(*ob.hyps, z3.Not(sub.has_upper)))
+
+
+@pytest.mark.parametrize("bug", _PAGE_CONTROLS)
+def test_the_page_controls_need_the_bounded_resume_theorem(bug: str) -> None:
+    """Each page control is refuted by the resume theorem over bounded subscriptions, and by nothing in it
+    when every subscription is unbounded (the theorem before ADR-0042's extension): the bounded cases are
+    what catch it."""
+    resume = next(p for p in ALL_PROOFS if p.id == "resume")
+    assert bug in resume.controls
+    assert _refutes(resume, bug), f"the resume theorem does not refute {bug}"
+    obligations = [_unbounded_only(ob) for ob in resume.build(bug)]
+    statuses = [check(ob, vacuity=False)[0] for ob in obligations]
+    assert statuses and set(statuses) == {"unsat"}, (bug, statuses)

@@ -11,7 +11,10 @@ them in 2 and 1 of 5 seeds and CI's draw not at all, so they get an explicit sce
 to kill its mutant; the machines stay their CI killers).  ``repeated_ack_overwrites_relays`` survived one
 seed of twenty (eleventh session, "Kill margins (eleventh session)"), and ``fanout_execute_scope_reads``
 died in every seed but as late as the 176th example of 200.  Each test is an explicit scenario with a
-hand-written expectation (STALE-1, RET-1, SLOW-1, IDEM-1, BRIDGE-3, AUTH-1).
+hand-written expectation (STALE-1, RET-1, SLOW-1, IDEM-1, BRIDGE-3, AUTH-1).  The twelfth session adds
+``non_monotonic_ack`` (killed in 20 of 20 seeds but as late as the 164th example of 200) and
+``assign_skips_provider_check`` (the 246th: past the budget on some seeds' first machine), each a table by
+hand (CKPT-2, ASSIGN-3).
 """
 
 from __future__ import annotations
@@ -157,3 +160,60 @@ def test_an_executor_hears_of_no_assignment_it_is_not_assigned() -> None:
     heard = [eng.pop(executor).message for _ in range(10) if eng.releasable(executor)]
     assert not [r for m in heard if isinstance(m, TransactionUpdate) for qs in m.query_sets for t in qs.tables
                 for r in t.inserts if isinstance(r, ComputeAssignment)], heard
+
+
+def answer(eng: Engine, reducer: str, *args: Any) -> Any:
+    """The outcome of one call: a ReducerOk's ``(noop?, ret)`` is not told apart here -- the ret, or the
+    error's (code, reason)."""
+    from spec.errors import SyncError
+    from spec.messages import ReducerErr
+    c = eng.connect(ALL, confirmed=False)
+    eng.handle(c, CallReducer(1, reducer, tuple(args)))
+    eng.advance_durable(eng.committed)
+    out = eng.pop(c).message
+    eng.close(c)
+    assert isinstance(out, ReducerResult), out
+    if isinstance(out.outcome, ReducerErr):
+        err = SyncError.parse(out.outcome.error)
+        return err.code.value, err.details.get("reason")
+    return "ok"
+
+
+# --- non_monotonic_ack: an ack at or below the checkpoint of its epoch leaves it where it was (CKPT-2) ---
+
+def test_a_lower_ack_leaves_the_checkpoint_where_it_was() -> None:
+    from spec.values import SyncCheckpoint
+    eng = Engine()
+    for k in range(1, 6):
+        call(eng, "append_sync_event", "s.a", f"k{k}", "{}", None, None)  # head 5
+    seen = []
+    for seq in (4, 2, 4, 3, 5):
+        call(eng, "ack_checkpoint", "c1", "s.a", 1, seq)
+        (cp,) = eng.db.rows("sync_checkpoint")
+        assert isinstance(cp, SyncCheckpoint)
+        seen.append(cp.last_applied_seq)
+    assert seen == [4, 4, 4, 4, 5]
+
+
+# --- assign_skips_provider_check: assigning names a provider that exists, is active and advertises the job's
+# kind (ASSIGN-3); the table by hand ---
+
+ASSIGN_CASES: tuple[tuple[str, object], ...] = (
+    ("p.missing", ("provider_unavailable", "missing")),
+    ("p.withdrawn", ("provider_unavailable", "withdrawn")),
+    ("p.other_kind", ("provider_unavailable", "kind_not_advertised")),
+    ("p.ok", "ok"),
+)
+
+
+def test_assigning_names_an_active_provider_advertising_the_kind() -> None:
+    eng = Engine()
+    call(eng, "publish_provider_capability", "p.withdrawn", "{}", (5000,), 1, "withdrawn")
+    call(eng, "publish_provider_capability", "p.other_kind", "{}", (5001,), 1, "active")
+    call(eng, "publish_provider_capability", "p.ok", "{}", (5000,), 1, "active")
+    call(eng, "open_compute_assignment", "r1", 5000, '{"job":1}')
+    got = [(p, answer(eng, "update_compute_assignment", "r1", 1, "assigned", p, None)) for p, _ in ASSIGN_CASES]
+    assert got == list(ASSIGN_CASES)
+    (row,) = eng.db.rows("compute_assignment")
+    assert isinstance(row, ComputeAssignment)
+    assert (row.status, row.provider_id, row.provider_owner, row.version) == ("assigned", "p.ok", ALL.identity, 2)

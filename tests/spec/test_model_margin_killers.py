@@ -15,6 +15,12 @@ of another, in its snapshot or an update), STALE-3 (a resume that bounds seq but
 refused), IDEM-2 (a retry of an append after the head moved is answered with its original seq, whatever
 ``expected_next_seq`` it carries) and REPLAY-2 (a client restarted from its checkpoint store holds the
 events it had applied: the watermark and the events are committed together).
+
+The twelfth session's (``stale_floor_lt_vs_le``, ``non_monotonic_ack``, ``assign_skips_provider_check``:
+killed in every seed, but only after tens to hundreds of examples) are tables written by hand: STALE-1 and
+STALE-2 (a resume from W is refused for retention exactly when floor - 1 > W, at the boundary), CKPT-2 (an
+ack at or below the checkpoint of its epoch is a no-op) and ASSIGN-3 (assigning names a provider that
+exists, is active and advertises the job's kind, and records its owner).
 """
 
 from __future__ import annotations
@@ -154,3 +160,83 @@ def test_a_restarted_client_holds_the_events_it_applied_REPLAY_2() -> None:
     assert (reader.streams["s.a"].last, [seq for seq, _h in reader.streams["s.a"].applied]) == (3, [1, 2, 3])
     reader.crash()  # the process restarts: the views are read back from the checkpoint store
     assert (reader.streams["s.a"].last, [seq for seq, _h in reader.streams["s.a"].applied]) == (3, [1, 2, 3])
+
+
+# --- stale_floor_lt_vs_le (spec.resume.stale_reasons): the retention reason at its boundary ---
+
+# (head, floor, watermark) -> is retention_floor_breach among the reasons, by hand: the events after W are
+# all retained exactly when floor - 1 <= W (epoch 1 asked and held, budget 100, no upper bound)
+RETENTION_EDGE: tuple[tuple[int, int, int, bool], ...] = (
+    (10, 5, 4, False),  # W = floor - 1: the next event, 5, is retained
+    (10, 5, 3, True),  # W = floor - 2: event 4 was compacted
+    (10, 5, 2, True),
+    (10, 1, 0, False),  # nothing compacted, a resume from the start
+    (10, 2, 0, True),  # event 1 compacted
+    (10, 11, 10, False),  # everything compacted up to the head, W = head: nothing to replay
+    (10, 11, 9, True),
+)
+
+
+def test_a_resume_one_below_the_floor_breaches_retention_STALE_1_STALE_2() -> None:
+    from spec.resume import stale_reasons
+    got = [(head, floor, w, "retention_floor_breach" in stale_reasons(1, head, floor, 100, 1, w))
+           for head, floor, w, _ in RETENTION_EDGE]
+    assert got == list(RETENTION_EDGE)
+
+
+# --- non_monotonic_ack (spec.reducers.ACK_CHECKPOINT's no-op) ---
+
+def test_a_lower_ack_leaves_the_checkpoint_where_it_was_CKPT_2() -> None:
+    """Acks 4, 2, 4, 3, 5 of one stream in one epoch: the lower and the repeated ones are no-ops, so the
+    checkpoint reads 4, 4, 4, 4, 5."""
+    from spec.values import SyncCheckpoint
+    ctx = CallContext(REQUESTER, 10, 1, Policy())
+    db = DbState()
+    for k in range(1, 6):
+        out = call(db, ctx, "append_sync_event", ("s.a", f"k{k}", "{}", None, None))
+        assert isinstance(out, Ok), out  # the premise: head 5
+        db = out.state
+    seen = []
+    for seq in (4, 2, 4, 3, 5):
+        out = call(db, ctx, "ack_checkpoint", ("c1", "s.a", 1, seq))
+        assert isinstance(out, Ok), out
+        db = out.state
+        cp = db.find(SyncCheckpoint, lambda r: r.client_id == "c1")
+        assert cp is not None
+        seen.append((out.noop, cp.last_applied_seq))
+    assert seen == [(False, 4), (True, 4), (True, 4), (True, 4), (False, 5)]
+
+
+# --- assign_skips_provider_check (spec.reducers.UPDATE_COMPUTE_ASSIGNMENT) ---
+
+# provider named by the assign call -> the error code and reason, or None (assigned), by hand: a provider
+# takes a job only when it exists, is active and advertises the job's kind (5000)
+ASSIGN_CASES: tuple[tuple[str, tuple[str, str] | None], ...] = (
+    ("p.missing", ("provider_unavailable", "missing")),
+    ("p.withdrawn", ("provider_unavailable", "withdrawn")),
+    ("p.other_kind", ("provider_unavailable", "kind_not_advertised")),
+    ("p.ok", None),
+)
+
+
+def test_assigning_names_an_active_provider_advertising_the_kind_ASSIGN_3() -> None:
+    from spec.outcome import Err
+    from spec.values import ComputeAssignment
+    ctx = CallContext(Claims("a" * 64, frozenset(SCOPES), ("*",)), 10, 1, Policy())
+    db = DbState()
+    for args in (("p.withdrawn", "{}", (5000,), 1, "withdrawn"), ("p.other_kind", "{}", (5001,), 1, "active"),
+                 ("p.ok", "{}", (5000,), 1, "active"), ("r1", 5000, '{"job":1}')):
+        out = call(db, ctx, "open_compute_assignment" if args[0] == "r1" else "publish_provider_capability", args)
+        assert isinstance(out, Ok), out  # the premises
+        db = out.state
+    got = []
+    for provider, _ in ASSIGN_CASES:
+        out = call(db, ctx, "update_compute_assignment", ("r1", 1, "assigned", provider, None))
+        if isinstance(out, Err):
+            got.append((provider, (out.error.code.value, out.error.details.get("reason"))))
+        else:
+            row = out.state.find(ComputeAssignment, lambda r: r.request_id == "r1")
+            assert row is not None and (row.status, row.provider_id, row.provider_owner) == (
+                "assigned", provider, "a" * 64), row
+            got.append((provider, None))
+    assert got == list(ASSIGN_CASES)

@@ -1507,3 +1507,80 @@ def test_system_a_close_marking_a_session_it_did_not_upsert_last_is_PRES_3(monke
     marked = sysm.server.db.find(SessionPresence, lambda r: r.session_id == "sess1")
     assert marked is not None and (marked.status, marked.offline_reason) == ("offline", "disconnected")
     assert {v[0] for v in sysm.trace.violations} == {"PRES-3"}, sysm.trace.violations
+
+
+def test_system_the_usurped_marks_name_exactly_the_sessions_taken_PRES_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flap with more around it: c1 upserted sess1 and sess1b, c2 re-upserted sess1 and closed (the plant:
+    the server keeps c1 as its owner), sess7 was upserted over HTTP (no owner; the plant takes it offline under
+    c1's close too), and c0 holds sess0, live and untouched.  c1's close in a call step marks sess1, sess1b and
+    sess7: the PRES-3 it is flagged as names the sessions c1 did not upsert last -- sess1 (c2's) and sess7
+    (nobody's), not sess1b (c1's own) nor sess0 (unchanged) -- and their last upserters, c2's connection and
+    None.  (Kills the message mutants of ``System._usurped_marks``: support.mutation_verdicts.)"""
+    watched: dict[str, int] = {}
+
+    def before(sysm: System) -> None:
+        sysm.call(0, "upsert_presence", ("sess0", "dev", "node", "online", "eu", 5000))
+        sysm.server_step(0)
+        watched["c2"] = sysm.links[2].conn_id
+        _marks_unowned(monkeypatch)(sysm)
+        _first_upserter_keeps(monkeypatch)(sysm)
+    sysm, slow = _closing_step(monkeypatch, before=before, sessions=("sess1", "sess1b"))
+    rows = {r.session_id: (r.status, r.offline_reason) for r in sysm.server.db.of_type(SessionPresence)}
+    marked = ("offline", "disconnected")
+    assert rows == {"sess0": ("online", None), "sess1": marked, "sess1b": marked, "sess7": marked}
+    usurped = [v for v in sysm.trace.violations if "closed in a" in v[1]]
+    assert usurped == [("PRES-3", f"connection {slow}, closed in a append_sync_event step, marked ['sess1', 'sess7'] "
+                                  f"offline, whose last upsert was made by connection(s) [{watched['c2']}, None]")]
+
+
+def _flap_in_close_steps(monkeypatch: pytest.MonkeyPatch, plant: bool) -> tuple[System, list[str]]:
+    """The reconnect flap as close steps, not a call step: c0 upserts sess0 on connection A, reconnects leaving
+    A open (half-open), upserts sess0 again on B (B made the last upsert), then B is closed (disconnect) and
+    later A (reap).  ``plant``: the server keeps the first upserter (``first_upserter_marks``).  Returns the
+    system and the status of sess0 after each close."""
+    if plant:
+        monkeypatch.setattr(spec.delivery, "upserted", lambda owners, session, conn_id: (
+            {session: conn_id, **owners} if conn_id is not None else dict(owners)))
+    sysm = _system(1)
+    sysm.call(0, "upsert_presence", UPSERT)
+    _pump(sysm)
+    assert sysm.reconnect_leaving_old_open(0)
+    sysm.call(0, "upsert_presence", UPSERT)
+    _pump(sysm)
+    seen = []
+    sysm.disconnect(0)
+    seen.append(_presence(sysm).status)
+    sysm.reap()
+    seen.append(_presence(sysm).status)
+    sysm.check_marks_after_heal()
+    return sysm, seen
+
+
+def test_system_a_close_after_the_last_upserters_close_marks_nothing_PRES_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PRES-3's blind spot (twelfth session): with the plant, B's close marks nothing and A's close -- A did not
+    make the last upsert -- takes sess0 offline a step later.  The open-owner check sees nothing (B is closed by
+    then) and neither does the after-heal check (sess0 is offline by then); but at B's close the marks could
+    commit (the server can commit: none wait), so sess0, whose last upserting connection is closed, must be
+    offline already -- flagged as PRES-3 at that step.  Without the plant the same steps are legal: B's close
+    takes sess0 offline, A's marks nothing."""
+    sysm, seen = _flap_in_close_steps(monkeypatch, plant=False)
+    assert seen == ["offline", "offline"] and sysm.trace.violations == []
+    monkeypatch.undo()
+    sysm, seen = _flap_in_close_steps(monkeypatch, plant=True)
+    assert seen == ["online", "offline"]
+    assert [v[0] for v in sysm.trace.violations][:1] == ["PRES-3"], sysm.trace.violations
+
+
+def test_system_marks_held_by_the_durability_bound_are_not_due_yet_PRES_3() -> None:
+    """The other side of ``System._check_marks_due``: c0 upserts sess0 (one undurable transaction: the bound,
+    max_undurable 1, is reached) and its connection closes; its marks wait for durability, so sess0 stays
+    online with its last upserting connection closed -- legal, nothing flagged -- until durability moves and
+    the marks commit."""
+    sysm = _system(1, max_undurable=1)
+    sysm.call(0, "upsert_presence", UPSERT)
+    assert sysm.server_step(0) and not sysm.server.can_commit()
+    sysm.disconnect(0)
+    assert (_presence(sysm).status, sysm.trace.violations) == ("online", [])
+    sysm.advance_durable(1)
+    assert (_presence(sysm).status, _presence(sysm).offline_reason, sysm.trace.violations) == (
+        "offline", "disconnected", [])

@@ -64,7 +64,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("non_monotonic_ack", "spec.reducers",
            (("a.old.epoch == a.epoch and a.old.last_applied_seq >= a.seq)",
              "a.old.epoch == a.epoch and a.old.last_applied_seq == a.seq)"),),
-           "a lower ack overwrites the checkpoint", expected=('CKPT-2',)),
+           "a lower ack overwrites the checkpoint", expected=('CKPT-2',),
+           # killed in 13 of 13 seeds but as late as the 166th example (docs/mutation.md, "Kill margins (eleventh session)")
+           killer="spec/test_model_margin_killers.py::test_a_lower_ack_leaves_the_checkpoint_where_it_was_CKPT_2"),
     Mutant("ack_past_head", "spec.reducers",
            (("          lambda a: None if a.seq <= a.head\n", "          lambda a: None if a.seq <= a.head + 1\n"),),
            "the checkpoint may run one past the head", expected=('CKPT-1',)),
@@ -74,7 +76,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("stale_floor_lt_vs_le", "spec.resume",
            (('("retention_floor_breach", watermark < floor - 1)',
              '("retention_floor_breach", watermark < floor - 2)'),),
-           "the retention check uses < where <= is right", expected=('STALE-1', 'STALE-2')),
+           "the retention check uses < where <= is right", expected=('STALE-1', 'STALE-2'),
+           # killed in 10 of 10 seeds but as late as the 354th example (docs/mutation.md, "Kill margins (eleventh session)")
+           killer="spec/test_model_margin_killers.py::test_a_resume_one_below_the_floor_breaches_retention_STALE_1_STALE_2"),
     Mutant("epoch_ignored_on_resume", "spec.resume",
            (('("epoch_changed", requested_epoch is not None and requested_epoch != epoch)',
              '("epoch_changed", False)'),),
@@ -163,7 +167,9 @@ MUTANTS += (
              "        provider_id, provider_owner = a.provider.provider_id, a.provider.owner\n",
              "        provider_id, provider_owner = a.provider_id, a.provider.owner if a.provider is not None else None\n")),
            "assigning does not check that the provider exists, is active and advertises the kind",
-           expected=("ASSIGN-2", "ASSIGN-3")),
+           expected=("ASSIGN-2", "ASSIGN-3"),
+           # killed in 10 of 10 seeds but as late as the 194th example (docs/mutation.md, "Kill margins (eleventh session)")
+           killer="spec/test_model_margin_killers.py::test_assigning_names_an_active_provider_advertising_the_kind_ASSIGN_3"),
     Mutant("execute_scope_reads_assignments", "spec.delivery",
            (("if q.matches(query, r) and can_read(claims, r)]",
              "if q.matches(query, r) and (can_read(claims, r) or (type(r).__name__ == 'ComputeAssignment'"
@@ -184,7 +190,11 @@ MUTANTS += (
     Mutant("first_upserter_marks", "spec.delivery",
            (("    return {**owners, session: conn_id}\n", "    return {session: conn_id, **owners}\n"),),
            "the first connection that upserted a session marks it on close, even after a newer connection "
-           "re-upserted it (the reconnect flap)", expected=("PRES-3",)),
+           "re-upserted it (the reconnect flap)", expected=("PRES-3",),
+           # SystemMachine alone kills it, as late as its 145th example (docs/mutation.md, "Kill margins (eleventh
+           # session)"); the flap as two close steps was PRES-3's blind spot (docs/mutation.md, twelfth session)
+           killer="spec/test_mutation_kills_system.py::"
+                  "test_system_a_close_after_the_last_upserters_close_marks_nothing_PRES_3"),
     Mutant("backoff_not_recorded", "spec.reducers",
            (("                             next_attempt_at=a.ctx.now + 1000 * a.retry_after_ms,\n", ""),),
            "record_bridge_failure validates retry_after_ms and drops it (no durable backoff)", expected=("BRIDGE-3",)),

@@ -266,6 +266,17 @@ EQUIVALENT.update({
 
 # --- third session: spec/system.py, spec/trace.py, spec/vectors.py (samples, seed 9) -------------------
 
+# Twelfth session: System._usurped_marks (eleventh session, never classified).  mutmut makes 34 mutants of it
+# (xǁSystemǁ_usurped_marks__mutmut_1..34, the source of d1039b5), each run against the PRES-3 tests of
+# tests/spec/test_mutation_kills_system.py with the function swapped in: all 34 killed, none equivalent, so
+# none is listed here.  1-22, 27-30 and 32 (the attribution: which closed connection's marks, the PRES-3 id, the
+# message's build) die in the flap tests (test_system_a_close_marking_a_session_it_did_not_upsert_last_is_PRES_3,
+# test_system_marks_no_close_explains_are_flagged); 23-26, 31, 33 and 34 change only the violation's text --
+# the sessions named (`and` for `or`, `==` for `!=`, owner.get(None)), their last upserters (owner.get(None)),
+# the sort of None among connection ids without key=str (a TypeError) -- and die in
+# test_system_the_usurped_marks_name_exactly_the_sessions_taken_PRES_3 (added for them: two sessions of c1, one
+# re-upserted by c2, one HTTP-upserted session and one untouched session of c0, the message asserted whole).
+
 EQUIVALENT.update({
     # spec/vectors.py
     "spec.vectors.x_accept_document__mutmut_21":
