@@ -105,6 +105,7 @@ from reference.durability import (
     DamagedLog,
     GroupCommitWriter,
     LogStore,
+    UncleanClose,
     restart,
     shutdown,
     snapshot_dir,
@@ -624,6 +625,7 @@ class SyncServer:
         self.failed: asyncio.Future[BaseException] | None = None
         self.port = config.port
         self._stopped = False
+        self.unclean_stop: str | None = None  # why stop() left no clean-shutdown marker (None: it did not)
         self._gate: ConnectionGate | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._body_bytes = 0  # bytes held by the encode-once LRU
@@ -804,10 +806,16 @@ class SyncServer:
             if self._writer.error is None:
                 try:
                     shutdown(self._engine, self._writer, self._store)
+                except UncleanClose as exc:  # the final head mark failed: closed without the marker (ADR-0039)
+                    self.unclean_stop = str(exc)
+                    log.error("clean shutdown failed: %s", exc)
+                    self._close_failed()
                 except Exception as exc:  # the log stays as it is: the next start recovers (unclean)
+                    self.unclean_stop = f"{exc!r}; the next start recovers"
                     log.error("clean shutdown failed, the next start will recover: %r", exc)
                     self._close_failed()
             else:
+                self.unclean_stop = "the commit-log writer had failed; the next start recovers"
                 self._close_failed()
 
     def _close_failed(self) -> None:
