@@ -100,6 +100,14 @@ def test_checkpoint_store_defaults_to_synchronous_full(tmp_path: Path) -> None:
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_token_expiry_check_period_is_pinned() -> None:
+    """docs/protocol.md "Limits": an open connection's token expiry is re-checked against the wall clock
+    every second at least (a forward clock step closes it within that of passing ``exp``)."""
+    from adapters.server import EXPIRY_CHECK_S
+
+    assert EXPIRY_CHECK_S == 1.0
+
+
 def test_revocation_defaults_are_pinned(tmp_path: Path) -> None:
     """docs/operations.md: the list is DATA/revoked-jti, re-read every second; minted tokens carry a jti."""
     from adapters.auth import MAX_JTI_CHARS, REVOKED_JTI_FILE
