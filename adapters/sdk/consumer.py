@@ -604,6 +604,7 @@ class StreamConsumer:
         self._progress = asyncio.Condition()
         self._stops = 0  # how many times stop() ran: a wait_for across one is told, not left hanging
         self._callbacks = Callbacks(log)
+        self.stop_timeout = 2.0  # seconds stop() gives an async on_error still running, then cancels it
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -672,6 +673,9 @@ class StreamConsumer:
         self._stops += 1
         async with self._progress:
             self._progress.notify_all()
+        # nothing the consumer started outlives stop(): an async on_error still running gets stop_timeout,
+        # then is cancelled (not the one stop() is called from: an async on_error may stop its consumer)
+        await self._callbacks.drain(self.stop_timeout)
 
     async def wait_for(self, seq: int, *, epoch: int | None = None) -> int:
         """Wait until the watermark reaches ``seq`` (in ``epoch``, if given); raises the consumer's error, or

@@ -294,6 +294,17 @@ def test_consumer_streak_bounds_and_the_close_flush_are_pinned() -> None:
     assert Connection("http://127.0.0.1:1", "db", "token").close_flush_timeout == 2.0
 
 
+def test_consumer_stop_gives_async_callbacks_two_seconds(tmp_path: Path) -> None:
+    """docs/clients.md, protocol.md Limits: ``StreamConsumer.stop()`` gives an async ``on_error`` still
+    running ``stop_timeout`` = 2 s, then cancels it (as ``Connection.close`` does its callbacks)."""
+    from adapters.sdk.consumer import StreamConsumer
+
+    with CheckpointStore(tmp_path / "cp.sqlite") as store:
+        c = StreamConsumer(object(), store, "s.x", apply=lambda tx, e: None,  # type: ignore[arg-type]
+                           on_rebootstrap=lambda tx, stale: None)
+        assert c.stop_timeout == 2.0
+
+
 def test_read_slice_and_head_mark_defaults() -> None:
     """Two tenth-session defaults users rely on: a one-off read or /sql is built and matched 1,000 rows
     between other clients' turns (ADR-0038; docs/protocol.md Limits), and the head mark is rewritten at
