@@ -374,6 +374,10 @@ def serve(args: argparse.Namespace) -> int:
         if failed.done():
             print(f"syncref serve: {writer_failure_line(failed.result())}", file=sys.stderr)
             return 1
+        if server.unclean_stop is not None:  # e.g. the final head mark failed (ADR-0039): no clean marker
+            print(f"syncref serve: stopped without a clean shutdown: {server.unclean_stop}", file=sys.stderr,
+                  flush=True)
+            return 1
         print("syncref stopped cleanly", flush=True)
         return 0
 

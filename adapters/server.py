@@ -105,6 +105,7 @@ from reference.durability import (
     DamagedLog,
     GroupCommitWriter,
     LogStore,
+    UncleanClose,
     restart,
     shutdown,
     snapshot_dir,
@@ -148,6 +149,9 @@ SWITCH_INTERVAL_S = 0.0001  # the writer thread retakes the lock within this beh
 DELIVER_SLICE_S = 0.001  # a delivery pass hands the loop back after this long (ADR-0023) ...
 DELIVER_CHECK = 16  # ... looked at every this many connections (a pass over fewer is never cut)
 REVOCATION_CHECK_S = 1.0  # how often the revocation list is re-read for open connections
+# an open connection's token expiry is re-checked against the wall clock at least this often, so a
+# forward step of the wall clock (NTP) closes it within this of passing ``exp``, not after the step
+EXPIRY_CHECK_S = 1.0
 BODY_CACHE_BYTES = 16 * 1024 * 1024  # the encode-once LRU holds at most this many bytes ...
 BODY_CACHE_ITEM_BYTES = 1024 * 1024  # ... of bodies no larger than this
 BODY_CACHE_ITEMS = 512  # ... and at most this many of them
@@ -447,6 +451,11 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def wall_time() -> float:
+    """The wall clock tokens' ``exp`` is judged against (a seam: tests step it)."""
+    return time.time()
+
+
 class DurabilityFailed(Exception):
     """The commit log cannot be written: nothing more is acknowledged (HTTP 503, close 1011)."""
 
@@ -624,6 +633,7 @@ class SyncServer:
         self.failed: asyncio.Future[BaseException] | None = None
         self.port = config.port
         self._stopped = False
+        self.unclean_stop: str | None = None  # why stop() left no clean-shutdown marker (None: it did not)
         self._gate: ConnectionGate | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._body_bytes = 0  # bytes held by the encode-once LRU
@@ -804,10 +814,16 @@ class SyncServer:
             if self._writer.error is None:
                 try:
                     shutdown(self._engine, self._writer, self._store)
+                except UncleanClose as exc:  # the final head mark failed: closed without the marker (ADR-0039)
+                    self.unclean_stop = str(exc)
+                    log.error("clean shutdown failed: %s", exc)
+                    self._close_failed()
                 except Exception as exc:  # the log stays as it is: the next start recovers (unclean)
+                    self.unclean_stop = f"{exc!r}; the next start recovers"
                     log.error("clean shutdown failed, the next start will recover: %r", exc)
                     self._close_failed()
             else:
+                self.unclean_stop = "the commit-log writer had failed; the next start recovers"
                 self._close_failed()
 
     def _close_failed(self) -> None:
@@ -1499,7 +1515,7 @@ class SyncServer:
             return _text(429, f"too many connections for this identity ({mine} open; limit "
                               f"{lim.max_connections_per_identity}): close one first")
         expires = _expiry(verified, self.config.auth.leeway_s)
-        if expires is not None and expires <= time.time():
+        if expires is not None and expires <= wall_time():
             return _text(401, "token expired")
         # aiohttp refuses a message of max_msg_size bytes or more; ours allows exactly max_message_size
         ws = web.WebSocketResponse(protocols=(chosen,), autoping=False, compress=False,
@@ -2297,8 +2313,12 @@ class SyncServer:
 
     async def _expire(self, s: Session, expires: float) -> None:
         """A connection lives no longer than its token (for a websocket token, the token it was traded
-        for): closed 1008 ``token expired`` when it does."""
-        await asyncio.sleep(max(0.0, expires - time.time()))
+        for): closed 1008 ``token expired`` when it does.  ``expires`` is wall-clock time and the sleep
+        is on the loop's monotonic clock, so the wall clock is read again at least every
+        :data:`EXPIRY_CHECK_S`: after a forward step (NTP) it closes within that of passing the expiry,
+        and after a backward step it waits for the wall clock to get there.  One timer per connection."""
+        while (left := expires - wall_time()) > 0:
+            await asyncio.sleep(min(left, EXPIRY_CHECK_S))
         await self._close(s, m.CLOSE_POLICY, "token expired: reconnect with a fresh token", "token_expired")
 
     async def _watch_revocations(self) -> None:

@@ -115,6 +115,12 @@ class DurabilityError(RuntimeError):
     """The writer could not make records durable; it has stopped and the durable offset is frozen."""
 
 
+class UncleanClose(RuntimeError):
+    """:meth:`LogStore.close_clean` closed the store WITHOUT the clean-shutdown marker: the final head
+    mark could not be written, and the marker promises that the mark is the head (ADR-0039).  The log
+    is whole; the next open is an unclean restart (its recovery transaction bumps every epoch)."""
+
+
 class LogCorruption(ValueError):
     """A stored commit-log row cannot be decoded."""
 
@@ -665,6 +671,7 @@ class LogStore:
         self.marks = 0  # head marks written
         self.mark_errors = 0  # of them, failed (the older mark stays; the next one retries)
         self.on_mark_error: Callable[[OSError], None] | None = None  # told each failure (the server logs it)
+        self.last_mark_error: OSError | None = None  # the latest failure (close_clean names it)
         self.path = path
         self.clean_at_open = clean_at_open
         self.readonly = readonly
@@ -896,6 +903,7 @@ class LogStore:
                 write_head_mark(self.path.parent, HeadMark(self.log_id, offset, digest))
             except OSError as exc:
                 self.mark_errors += 1
+                self.last_mark_error = exc
                 if self.on_mark_error is not None:
                     self.on_mark_error(exc)
                 return False
@@ -922,11 +930,20 @@ class LogStore:
 
     def close_clean(self, committed: int) -> None:
         """Set the clean-shutdown marker and close.  ``committed`` is the engine's committed offset:
-        the marker promises the log holds every transaction, so it must equal the stored head."""
+        the marker promises the log holds every transaction, so it must equal the stored head.  It
+        also promises that the head mark is the head (ADR-0039: any cut is seen), so when the final
+        mark cannot be written (counted in ``mark_errors`` and told like any mark's failure) the store
+        is closed WITHOUT the marker and :class:`UncleanClose` says why: the next open is an unclean
+        restart, with the recovery transaction, instead of a clean one beside a stale mark."""
         stored, digest = self.last()
         if stored != committed:
             raise RuntimeError(f"clean shutdown with committed offset {committed} but log head {stored}")
         self.mark_head(stored, digest)  # after a clean shutdown the mark is the head: any cut is seen
+        if stored >= 1 and self._marked < stored:
+            self.close()
+            raise UncleanClose(f"the head mark could not be written at record {stored} ({self.last_mark_error}); "
+                               f"closed without the clean-shutdown marker: the log is whole, the next start "
+                               f"recovers as after a crash")
         self.set_meta("clean_shutdown", "1")
         self.close()
 

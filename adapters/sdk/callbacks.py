@@ -3,9 +3,10 @@
 ``on_connect``, ``on_disconnect``, ``on_connect_error`` (:class:`~adapters.sdk.connection.Connection`) and
 a stream consumer's ``on_error`` may be coroutine functions (or return any awaitable).  The awaitable runs
 as a task on the running loop -- it is not awaited where the callback is called, so a slow one never
-holds up a reconnect or a consumer's stop -- and is kept referenced until it ends.  An exception, from a
+holds up a reconnect or the consumer's store -- and is kept referenced until it ends.  An exception, from a
 plain callback or from the task, is logged (``<name> raised``) and goes no further.  :meth:`Callbacks.drain`
-gives the tasks still running a bounded time, then cancels them (``Connection.close``).
+gives the tasks still running a bounded time, then cancels them (``Connection.close`` with
+``close_flush_timeout``, ``StreamConsumer.stop`` with ``stop_timeout``): none outlives its owner's end.
 
 Subscription callbacks are different: they hand over rows in order, as each message is routed, so an
 ``async def`` one is refused when the subscription is made (:class:`~adapters.sdk.session.Subscription`).

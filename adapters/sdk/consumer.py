@@ -46,7 +46,9 @@ returns :data:`Action` values.  Per stream it holds ``(epoch, watermark)``:
   for ``max_scan_rows`` is read as the resume ``seq > W`` instead (not counted), paged if that is over one
   message (or over the replay budget).  Each page
   is applied by the rule above (the watermark moves only with its events; a page that fitted with room to
-  spare doubles the next, up to ``page_events``); the next page starts at the new
+  spare doubles the next, up to ``page_events``; a page refused with as many bytes as the whole backlog's
+  refusal asked past the head and held it all, so the stream row is read alone -- ``seq > W AND seq <= W``,
+  its head -- and the next page asks for the share of the backlog that fits); the next page starts at the new
   watermark, until the page's stream row shows the head reached; then the unbounded resume follows live
   (refused again because events kept arriving: more pages).  A page of one event refused is
   :class:`~adapters.sdk.errors.BacklogTooLarge` (that event fits no message), not a loop; a rehydrate
@@ -149,7 +151,7 @@ class Stale:
 @dataclass(frozen=True, slots=True)
 class Resubscribe:
     queries: tuple[str, ...]
-    reason: str  # start, gap, rebootstrap, continue
+    reason: str  # start, gap, rebootstrap, continue, page, live, head (the stream row alone), resume
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +232,11 @@ class ConsumerCore:
         self._page_bytes_max: int | None = None  # max_outbound_message_bytes, from a refusal's details
         self._page_fit: int | None = None  # the size of the last full page applied: where another catch-up starts
         self._refusals = 0  # catch-ups refused over one message in a row with nothing applied between
+        # the bytes (``actual``) of the last refusal of a whole backlog -- the unpaged catch-up, or a page that
+        # asked past the head -- while no full page was refused since: a page refused with as many held it all
+        self._whole: int | None = None
+        self._reading_head = False  # asking for the stream row alone (a page of no events): the head, to size a page
+        self.head_reads = 0  # such reads (all catch-ups)
         if inspect.iscoroutinefunction(apply):
             raise LocalProtocolError("apply must be a plain function, not async def: it applies each event inside "
                                      "the checkpoint's SQLite transaction before returning")
@@ -246,6 +253,8 @@ class ConsumerCore:
         self._gap_streak = 0
 
     def queries(self) -> tuple[str, ...]:
+        if self._reading_head:  # seq > W AND seq <= W: no events, the stream row (its head) alone
+            return page_queries(self.stream_id, self.epoch, self.watermark, self.watermark)
         if self.page_size:
             return page_queries(self.stream_id, self.epoch, self.watermark,
                                 min(self.watermark + self.page_size, _U64_MAX))  # (seq is a u64)
@@ -264,6 +273,7 @@ class ConsumerCore:
         self.rehydrating = cp is not None and cp.rehydrating  # a restart mid-rehydrate reads the window again
         self.state = "subscribing"
         self._gap_streak = self._refusals = self.page_size = 0
+        self._whole, self._reading_head = None, False
         self.window_as_resume = False
         return [Resubscribe(self.queries(), "start")]
 
@@ -290,6 +300,8 @@ class ConsumerCore:
                 if reasons:
                     return self._stale(Stale(self.stream_id, reasons, row.epoch, row.floor_seq, row.head_seq,
                                              self.epoch, self.watermark, from_server=False))
+        if self._reading_head and snapshot:
+            return self._head_read(head, tables)
         events = sorted((r.row for t in tables if t.table == "sync_event" for r in t.inserts
                          if isinstance(r.row, SyncEvent) and r.row.stream_id == self.stream_id
                          and r.row.epoch == self.epoch), key=lambda e: e.seq)
@@ -345,6 +357,7 @@ class ConsumerCore:
             self.state = "subscribing"
             if caught_up:
                 self.page_size = 0
+                self._whole = None
                 return [*out, Resubscribe(self.queries(), "live")]
             self._page_fit = self.page_size  # (below the head: the page was full, and it fitted)
             self._grow_page(tables)
@@ -445,7 +458,21 @@ class ConsumerCore:
                 f"event seq {seq} (epoch {self.epoch}) alone is over the server's {details.get('limit')} "
                 f"({details.get('actual')} > {details.get('max')}): no message of this server can carry it",
                 dict(details)))]
+        if self.page_size and limit == "max_outbound_message_bytes" and self._whole is not None and is_u64(actual) \
+                and int(str(actual)) >= self._whole:
+            # as many bytes as the whole backlog: the page asked past the head and held all of it -- fewer events
+            # than it asked for, so the share n * max / actual (which assumes n) says nothing, and halving blind
+            # costs up to log2(page_events) refusals, each the whole backlog measured again.  Read the head
+            # (the stream row alone), then ask for the share of the backlog that fits (_head_read)
+            self._whole = int(str(actual))
+            self._reading_head = True
+            self.head_reads += 1
+            log.info("%s: a page of %d events held the whole backlog and is over one message: reading the head",
+                     self.stream_id, self.page_size)
+            self.state = "subscribing"
+            return [Resubscribe(self.queries(), "head")]
         if self.page_size:
+            self._whole = None  # a full page refused: the share below holds, and no later page holds it all
             actual, most = details.get("actual"), details.get("max")
             smaller = self.page_size // 2
             if is_u64(actual) and is_u64(most) and int(str(actual)) > 0:  # the share of it that fits
@@ -461,9 +488,34 @@ class ConsumerCore:
             # (not page_events again: a catch-up refused anew -- events kept arriving -- would be cut by the
             # same refusals as the last one)
             self.page_size = min(self.page_events, self._page_fit or self.page_events)
+            whole = limit == "max_outbound_message_bytes" and is_u64(actual)
+            self._whole = int(str(actual)) if whole else None
         log.info("%s: catch-up over one message (%s): reading pages of %d events from seq %d", self.stream_id,
                  details.get("limit"), self.page_size, self.watermark)
         self.state = "subscribing"
+        return [Resubscribe(self.queries(), "page")]
+
+    def _head_read(self, head: int | None, tables: Sequence[TableChange]) -> list[Action]:
+        """The stream row read alone after a page that held the whole backlog was refused: its head says how
+        many events that backlog has, so the next page asks for the share of them that fits --
+        ``(max - row) * events // (actual - row)``, the row's bytes taken out of both -- at most
+        ``page_events``, and fewer than the backlog (it was over ``max``).  Without a head (no row): half."""
+        self._reading_head = False
+        whole, self._whole = self._whole, None
+        most = self._page_bytes_max
+        row = sum(len(r.raw) for t in tables for r in t.inserts)
+        backlog = 0 if head is None else head - self.watermark
+        self.state = "subscribing"
+        if head is not None and backlog <= 0:  # nothing past the watermark any more: follow live
+            self.page_size = 0
+            return [Resubscribe(self.queries(), "live")]
+        if head is None or whole is None or most is None or whole <= row:
+            self.page_size = max(1, self.page_size // 2)
+        else:
+            share = max(0, most - row) * backlog // (whole - row)
+            self.page_size = max(1, min(self.page_events, backlog - 1, share))
+        log.info("%s: %d events from seq %d (head %s): reading pages of %d events", self.stream_id, backlog,
+                 self.watermark + 1, head, self.page_size)
         return [Resubscribe(self.queries(), "page")]
 
     def _stale(self, stale: Stale) -> list[Action]:
@@ -502,6 +554,7 @@ class ConsumerCore:
         self.rehydrating = rehydrate
         self.window_as_resume = False
         self.page_size = 0  # another catch-up: one snapshot first (paged again if that is refused)
+        self._whole, self._reading_head = None, False
         self.rebootstraps += 1
         self.state = "subscribing"
         out: list[Action] = [Resubscribe(self.queries(), "rebootstrap")]
@@ -604,6 +657,7 @@ class StreamConsumer:
         self._progress = asyncio.Condition()
         self._stops = 0  # how many times stop() ran: a wait_for across one is told, not left hanging
         self._callbacks = Callbacks(log)
+        self.stop_timeout = 2.0  # seconds stop() gives an async on_error still running, then cancels it
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -672,6 +726,9 @@ class StreamConsumer:
         self._stops += 1
         async with self._progress:
             self._progress.notify_all()
+        # nothing the consumer started outlives stop(): an async on_error still running gets stop_timeout,
+        # then is cancelled (not the one stop() is called from: an async on_error may stop its consumer)
+        await self._callbacks.drain(self.stop_timeout)
 
     async def wait_for(self, seq: int, *, epoch: int | None = None) -> int:
         """Wait until the watermark reaches ``seq`` (in ``epoch``, if given); raises the consumer's error, or

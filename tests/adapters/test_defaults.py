@@ -100,6 +100,14 @@ def test_checkpoint_store_defaults_to_synchronous_full(tmp_path: Path) -> None:
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_token_expiry_check_period_is_pinned() -> None:
+    """docs/protocol.md "Limits": an open connection's token expiry is re-checked against the wall clock
+    every second at least (a forward clock step closes it within that of passing ``exp``)."""
+    from adapters.server import EXPIRY_CHECK_S
+
+    assert EXPIRY_CHECK_S == 1.0
+
+
 def test_revocation_defaults_are_pinned(tmp_path: Path) -> None:
     """docs/operations.md: the list is DATA/revoked-jti, re-read every second; minted tokens carry a jti."""
     from adapters.auth import MAX_JTI_CHARS, REVOKED_JTI_FILE
@@ -284,6 +292,17 @@ def test_consumer_streak_bounds_and_the_close_flush_are_pinned() -> None:
 
     assert (CONNECT_WARN_AFTER, CONNECT_WARN_INTERVAL_S) == (3, 30.0)  # connect failures: a warning from the 3rd
     assert Connection("http://127.0.0.1:1", "db", "token").close_flush_timeout == 2.0
+
+
+def test_consumer_stop_gives_async_callbacks_two_seconds(tmp_path: Path) -> None:
+    """docs/clients.md, protocol.md Limits: ``StreamConsumer.stop()`` gives an async ``on_error`` still
+    running ``stop_timeout`` = 2 s, then cancels it (as ``Connection.close`` does its callbacks)."""
+    from adapters.sdk.consumer import StreamConsumer
+
+    with CheckpointStore(tmp_path / "cp.sqlite") as store:
+        c = StreamConsumer(object(), store, "s.x", apply=lambda tx, e: None,  # type: ignore[arg-type]
+                           on_rebootstrap=lambda tx, stale: None)
+        assert c.stop_timeout == 2.0
 
 
 def test_read_slice_and_head_mark_defaults() -> None:

@@ -687,6 +687,48 @@ def test_a_token_that_expires_closes_its_connection(tmp_path: Path) -> None:
         assert 'syncref_closes_total{cause="token_expired"} 1.0' in http("GET", f"{st.base}/metrics").text
 
 
+def test_a_forward_wall_clock_step_closes_an_expired_connection_within_the_check_period(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``exp`` is wall-clock time, and the clock the expiry is slept on is the loop's monotonic one:
+    a forward step of the wall clock (an NTP correction) must not let a connection outlive its token
+    by the step.  The server's wall clock jumps an hour ahead under an hour-long token: the
+    connection is closed 1008 within a few check periods (``EXPIRY_CHECK_S`` = 1 s), not after the
+    hour.  Failed before: one sleep of ``expires - time.time()`` taken at connect, so still open."""
+    from adapters import server
+
+    step = [0.0]
+    monkeypatch.setattr(server, "wall_time", lambda: time.time() + step[0])
+    with running_server(tmp_path, auth=AuthConfig(leeway_s=0)) as st:
+        c = WireClient(st, st.token())  # ttl 3600 s
+        assert isinstance(c.subscribe(1, "SELECT * FROM sync_stream"), wire.SubscribeApplied)
+        step[0] = 3600.0
+        started = time.monotonic()
+        code, reason = c.closed(timeout=20)
+        assert (code, reason) == (1008, "token expired: reconnect with a fresh token")
+        assert time.monotonic() - started < 20
+
+
+def test_a_backward_wall_clock_step_does_not_close_a_connection_before_its_tokens_exp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other way: the wall clock steps back a minute under a 2 s token; the token's ``exp`` is
+    still ahead on the clock that judges it, so the connection stays open past the 2 s (a call is
+    answered at 4 s), and is closed 1008 once the clock comes forward again.  Failed before: closed
+    after the 2 s slept at connect, while the server's clock still said a minute to go."""
+    from adapters import server
+
+    step = [0.0]
+    monkeypatch.setattr(server, "wall_time", lambda: time.time() + step[0])
+    with running_server(tmp_path, auth=AuthConfig(leeway_s=0)) as st:
+        auth = Authenticator(AuthConfig(leeway_s=0), KeyStore.load_or_create(tmp_path))
+        c = WireClient(st, auth.mint(scopes=frozenset(SCOPES), streams=("*",), ttl_s=2))
+        step[0] = -60.0
+        time.sleep(4)
+        assert isinstance(c.call("append_sync_event", "s", "k1", "{}", None, None).outcome, wire.ReducerOk)
+        step[0] = 0.0
+        code, reason = c.closed(timeout=20)
+        assert (code, reason) == (1008, "token expired: reconnect with a fresh token")
+
+
 def test_descriptor_exhaustion_is_refused_quietly(tmp_path: Path) -> None:
     """Under ``ulimit -n 700`` (soft and hard) the connection cap drops below the descriptor limit
     (700 - 575 = 125), sockets past it are answered 503, and the log stays a few lines (the attack

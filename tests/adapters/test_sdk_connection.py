@@ -831,6 +831,27 @@ def test_async_connection_callbacks_run_without_holding_up_the_reconnect(caplog:
         run(body())
 
 
+def test_close_waits_for_a_running_async_callback_that_ends_within_its_flush_time() -> None:
+    """The normal case beside the next test's hanging one: after ``close()`` returns, the async
+    ``on_disconnect`` it fired has run to its end (0.1 s, within ``close_flush_timeout``), not cancelled."""
+    async def body() -> None:
+        server = FakeServer()
+        await server.start()
+        states: list[str] = []
+
+        async def on_disconnect(info: DisconnectInfo) -> None:
+            states.append("started")
+            await asyncio.sleep(0.1)
+            states.append("done")
+
+        conn = client(server, Clock(), on_disconnect=on_disconnect)
+        await conn.connect()
+        await conn.close()
+        assert states == ["started", "done"]
+        await server.stop()
+    run(body())
+
+
 def test_close_gives_a_running_async_callback_its_flush_time_then_cancels_it() -> None:
     async def body() -> None:
         server = FakeServer()

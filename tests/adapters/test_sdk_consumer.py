@@ -687,7 +687,7 @@ def test_a_page_cut_by_a_refusal_grows_back_after_pages_that_fit(store: Checkpoi
     under 3/4 of the refusal's ``max`` bytes doubles the next one, up to ``page_events``; the sizes expected
     are written out."""
     core = paged_core(store, page_events=12)
-    core.on_error(too_big(most=most))
+    core.on_error(too_big(actual=100 * most, most=most))  # the resume: up to the head, 1000
     (page,) = core.on_error(too_big(actual=6 * most, most=most))  # the share that fits: 12 / 6
     assert bounds_of(page) == (1, 0, 2)
     low, got = 0, []
@@ -699,6 +699,58 @@ def test_a_page_cut_by_a_refusal_grows_back_after_pages_that_fit(store: Checkpoi
         assert isinstance(page, Resubscribe) and page.reason == "page"
         low = high
     assert got == sizes and applied(store) == list(range(1, low + 1))
+
+
+def serve_catch_up(core: ConsumerCore, store: CheckpointStore, sizes: list[int], most: int, row_bytes: int = 200,
+                   ) -> list[tuple[int, int | None, str]]:
+    """A model server for one catch-up, written apart from the consumer: events 1..len(sizes) of the
+    stream, event ``s`` a row of ``sizes[s - 1]`` bytes, the stream row ``row_bytes``; a snapshot whose
+    rows are over ``most`` bytes is refused ``limit_exceeded`` with those bytes as ``actual``, as the
+    server measures it.  Drives ``core`` from its start until it follows live; returns every
+    subscription it asked for, as ``(W, B or None, "refused" | "sent")``."""
+    head = len(sizes)
+    stream = DecodedRow(st(head=head), b"\0" * row_bytes)
+    asked: list[tuple[int, int | None, str]] = []
+    (action,) = core.start()
+    while core.state != "live":
+        assert isinstance(action, Resubscribe) and len(asked) < 50, (action, asked)
+        _, low, high = bounds_of(action)
+        top = head if high is None else min(head, high)
+        size = row_bytes + sum(sizes[low:top])
+        if size > most:
+            asked.append((low, high, "refused"))
+            (action,) = core.on_error(too_big(actual=size, most=most))
+            continue
+        asked.append((low, high, "sent"))
+        events = tuple(DecodedRow(ev(s), b"\0" * sizes[s - 1]) for s in range(low + 1, top + 1))
+        out = core.on_rows((TableChange("sync_stream", inserts=(stream,)), TableChange("sync_event", inserts=events)),
+                           snapshot=True)
+        action = out[-1]
+    assert applied(store) == list(range(1, head + 1))
+    return asked
+
+
+def test_a_first_page_that_asked_past_the_head_reads_the_head_instead_of_halving(store: CheckpointStore) -> None:
+    """Ten events of 5,000 bytes under a 32,000-byte bound (six fit): the resume is refused, and so is the
+    first page of ``page_events`` = 256 -- it asked past the head, so it held the whole backlog, and the
+    share ``n * max / actual`` (which assumes n events) said nothing.  It used to halve blind: 256, 128,
+    64, 32, 16 and 8 refused, each the whole backlog measured again (11 subscriptions, 7 refused).  Now
+    the consumer reads the head (a page of no events: the stream row alone) and asks the share of the
+    backlog that fits, (32,000 - 200) * 10 // (50,200 - 200) = 6 events: 6 subscriptions, 2 refused.
+    The subscriptions expected are written out."""
+    c = ConsumerCore(store, S, record)
+    assert serve_catch_up(c, store, [5_000] * 10, 32_000) == [
+        (0, None, "refused"), (0, 256, "refused"), (0, 0, "sent"), (0, 6, "sent"), (6, 12, "sent"),
+        (10, None, "sent")]
+    assert c.pages == 2
+
+
+def test_a_first_page_that_fits_costs_no_head_read(store: CheckpointStore) -> None:
+    """The common case is unchanged: 600 events of 100 bytes under 32,000 bytes -- the first page of 256 is
+    full and fits, so no head is read: the refused resume, three pages, the live resume."""
+    c = ConsumerCore(store, S, record)
+    assert serve_catch_up(c, store, [100] * 600, 32_000) == [
+        (0, None, "refused"), (0, 256, "sent"), (256, 512, "sent"), (512, 768, "sent"), (600, None, "sent")]
 
 
 def test_a_page_bound_past_u64_is_cut_to_u64_max(store: CheckpointStore) -> None:

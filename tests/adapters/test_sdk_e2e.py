@@ -677,6 +677,42 @@ BIG = json.dumps({"t": "x" * (200 * 1024)}, separators=(",", ":"))
 ONE_MIB = {"max_outbound_message_bytes": 1024 * 1024, "max_outbound_bytes": 64 * 1024 * 1024}
 
 
+def test_a_backlog_of_few_large_events_is_paged_after_one_head_read_not_a_halving_cascade(tmp_path: Path) -> None:
+    """Ten events of 200 KiB under the 1 MiB bound, against the real server, counting the subscriptions the
+    consumer makes.  The first page (``page_events`` = 256) asks past the head and holds the whole backlog,
+    so its refusal says nothing about how many events fit; the consumer used to halve blind -- 256, 128, 64,
+    32, 16, 8 refused -- 11 subscriptions (measured).  Now it reads the head (the stream row alone: ``seq > W
+    AND seq <= W``, which the server answers) and asks for the share that fits: the refused resume, the
+    refused first page, the head, two pages, the live resume -- 6."""
+    from support.server import with_limits
+
+    app = App(tmp_path / "few.sqlite")
+    with running_server(tmp_path / "data", limits=with_limits(**ONE_MIB)) as st:
+        async def body() -> None:
+            conn = Connection(st.base, token=st.token(), backoff=FAST, call_timeout=20)
+            for i in range(10):
+                await conn.call("append_sync_event", "e2e.few", f"k{i}", BIG, sha(BIG), None)
+            consumer = StreamConsumer(conn, app.store, "e2e.few", apply=app.apply, on_rebootstrap=app.rebootstrap)
+            asked: list[tuple[str, ...]] = []
+            subscribe = conn.subscribe
+
+            def counting(queries: Any, **kw: Any) -> Any:
+                asked.append(tuple(queries() if callable(queries) else queries))  # (the consumer passes a function)
+                return subscribe(queries, **kw)
+
+            conn.subscribe = counting  # type: ignore[method-assign]
+            await consumer.start()
+            try:
+                assert await asyncio.wait_for(consumer.wait_for(10), 30) == 10
+                assert app.seqs() == list(range(1, 11)) and consumer.error is None
+                assert (len(asked), consumer.core.pages, consumer.core.head_reads) == (6, 2, 1), asked
+                assert asked[2][1].endswith("seq > 0 AND seq <= 0"), asked[2]
+            finally:
+                await conn.close()
+
+        run(body())
+
+
 def test_events_appended_while_a_consumer_pages_are_applied_once_in_order(tmp_path: Path) -> None:
     """Paging (ADR-0040) while a producer keeps appending: every event exactly once, in seq order."""
     from support.server import with_limits

@@ -711,3 +711,80 @@ def test_an_async_on_error_is_run(tmp_path: Path) -> None:
         assert errors == [c.error] and isinstance(c.error, SubscriptionFailed)
         await c.stop()
     run(body())
+
+
+async def _failed_with_async_on_error(tmp_path: Path, on_error: Any, **kw: Any) -> StreamConsumer:
+    """A consumer whose subscription is refused (it fails), its async ``on_error`` started."""
+    conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+    c = consumer(conn, app, on_error=on_error, **kw)
+    await c.start()
+    conn.error(SyncError(ErrorCode.INVALID_QUERY, {"message": "no"}).render())
+    async with asyncio.timeout(5):
+        while c.error is None:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0)  # the callback's task takes its first step
+    return c
+
+
+def test_stop_waits_for_an_async_on_error_it_started(tmp_path: Path) -> None:
+    """After ``stop()`` returns, no ``on_error`` the consumer started is still running: a slow one (here
+    0.1 s, under ``stop_timeout``) is awaited to its end.  Failed before: ``stop()`` returned while the
+    callback was still in its sleep (``states == ["started"]``)."""
+    async def body() -> None:
+        states: list[str] = []
+
+        async def on_error(exc: BaseException) -> None:
+            states.append("started")
+            await asyncio.sleep(0.1)
+            states.append("done")
+
+        c = await _failed_with_async_on_error(tmp_path, on_error)
+        assert states == ["started"]
+        await c.stop()
+        assert states == ["started", "done"]
+    run(body())
+
+
+def test_stop_cancels_an_async_on_error_that_outlives_stop_timeout(tmp_path: Path) -> None:
+    """One that hangs gets ``stop_timeout`` (2 s by default; 0.05 s here), then is cancelled -- and is
+    over when ``stop()`` returns.  Failed before: still waiting, never cancelled."""
+    async def body() -> None:
+        states: list[str] = []
+
+        async def on_error(exc: BaseException) -> None:
+            states.append("started")
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                states.append("cancelled")
+                raise
+
+        c = await _failed_with_async_on_error(tmp_path, on_error)
+        c.stop_timeout = 0.05
+        await c.stop()
+        assert states == ["started", "cancelled"]
+    run(body())
+
+
+def test_an_async_on_error_may_stop_its_consumer(tmp_path: Path) -> None:
+    """``stop()`` called from the ``on_error`` it would wait for does not wait for itself (it would until
+    ``stop_timeout``, then cancel itself in the middle of its stop)."""
+    async def body() -> None:
+        states: list[str] = []
+        box: list[StreamConsumer] = []
+
+        async def on_error(exc: BaseException) -> None:
+            await box[0].stop()
+            states.append("stopped")
+
+        conn, app = FakeConn(), App(tmp_path / "a.sqlite")
+        c = consumer(conn, app, on_error=on_error)
+        c.stop_timeout = 5.0
+        box.append(c)
+        await c.start()
+        conn.error(SyncError(ErrorCode.INVALID_QUERY, {"message": "no"}).render())
+        async with asyncio.timeout(1):
+            while not states:
+                await asyncio.sleep(0.005)
+        assert states == ["stopped"] and c.subscription is None
+    run(body())

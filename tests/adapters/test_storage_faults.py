@@ -653,3 +653,35 @@ def test_a_failing_head_mark_write_is_counted_and_never_leaves_a_partial_mark(
                for line in log.splitlines()), log
     report = json.loads(verify_log(data, faulty_disk.env).stdout)
     assert report["ok"] and report["head_mark"]["status"] == "match", report
+
+
+def test_a_stop_whose_final_head_mark_fails_exits_1_without_the_clean_marker_and_recovers(
+        faulty_disk: FaultyDisk, tmp_path: Path) -> None:
+    """SIGTERM while the head mark's fsync fails: the clean marker would promise that the mark is the
+    head, and it is not, so the stop leaves no marker, says why in one line and exits 1 (as every stop
+    without a clean shutdown does); ``verify-log`` reports an unclean shutdown and a log that verifies.
+    Healed, the next start recovers (unclean: its recovery transaction) with every acknowledged append.
+    Failed before: the marker was set beside the stale mark, and serve printed ``syncref stopped
+    cleanly`` and exited 0."""
+    data = faulty_disk.mnt / "data"
+    tok = token(data)
+    proc, url = start_serve(data, tmp_path / "first.log", env=faulty_disk.env)
+    try:
+        acked = asyncio.run(append_until_refused(url, tok, 3, 10))
+        faulty_disk.arm("fsync", "syncref.head.tmp")
+        acked += asyncio.run(append_until_refused(url, tok, 1, 10, "armed-"))  # the head moves past the mark
+        assert len(acked) == 4
+    finally:
+        proc.terminate()
+        code = proc.wait(60)
+    log = (tmp_path / "first.log").read_text()
+    assert "EIO fsync /data/syncref.head.tmp" in faulty_disk.hits()
+    assert code == 1 and "Traceback" not in log, log
+    assert any(re.fullmatch(r"syncref serve: stopped without a clean shutdown: the head mark could not be written "
+                            r"at record \d+ \(\[Errno 5\] fsync of syncref\.head\.tmp failed: Input/output error\); "
+                            r"closed without the clean-shutdown marker: the log is whole, the next start recovers "
+                            r"as after a crash", line) for line in log.splitlines()), log
+    report = json.loads(verify_log(data, faulty_disk.env).stdout)
+    assert report["ok"] and not report["clean_shutdown"], report
+    faulty_disk.disarm("fsync")
+    check_recovers(data, tok, acked, tmp_path / "second.log", env=faulty_disk.env)

@@ -746,3 +746,55 @@ def test_a_failed_mark_write_names_its_step_and_leaves_no_temp_file(
     assert json.loads((data / "syncref.head").read_text())["offset"] == (4 if failing == "directory" else 3)
     writer.close()
     store.close()
+
+
+# --- a clean shutdown whose final head mark fails ---------------------------------------------------
+
+
+def test_a_clean_shutdown_whose_final_head_mark_fails_closes_without_the_clean_marker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clean marker promises that the mark is the head (any cut is seen).  When the final mark
+    cannot be written, the store closes WITHOUT the marker and says so (``UncleanClose``); the failure
+    is counted and told like any mark's.  The next open is an unclean restart that refuses nothing and
+    loses nothing: every record is there with its hash, plus the epoch-bumping recovery transaction.
+    Failed before: ``close_clean`` set the marker beside the stale mark (record 4 of 5) and returned;
+    the next open was clean."""
+    import reference.durability as durability
+
+    data = tmp_path / "data"
+    grow(data, 3, "a")  # a mark at 3
+    store = LogStore.open(data)
+    store.head_mark_s = 3600.0  # the first COMMIT marks its record, the next one waits for the interval
+    told: list[OSError] = []
+    store.on_mark_error = told.append
+    writer = GroupCommitWriter(store, background=False)
+    eng = restart(store, writer, now=1_000_000, policy=DEFAULT_POLICY)
+    for key in ("x", "y"):
+        eng.admin_call(WRITER, "append_sync_event", ("t.0", key, "{}", None, None))
+        writer.append(eng.take_records())
+        eng.advance_durable(writer.flush())
+    assert eng.committed == 5 and json.loads((data / "syncref.head").read_text())["offset"] == 4
+    hashes = [store.hash_at(i) for i in range(1, 6)]
+
+    def failing(directory: Path, mark: object) -> None:
+        raise OSError(5, "fsync of syncref.head.tmp failed: Input/output error")
+
+    monkeypatch.setattr(durability, "write_head_mark", failing)
+    with pytest.raises(durability.UncleanClose, match=r"the head mark could not be written at record 5 "
+                                                      r"\(\[Errno 5\] fsync of syncref\.head\.tmp failed"):
+        shutdown(eng, writer, store)
+    monkeypatch.undo()
+    assert store.mark_errors == 1 and [e.errno for e in told] == [5]
+    assert json.loads((data / "syncref.head").read_text())["offset"] == 4  # the stale mark
+    ro = LogStore.open(data, readonly=True)
+    assert not ro.clean_at_open  # no marker beside the stale mark
+    ro.close()
+    store = LogStore.open(data)  # closed: the lock is free; nothing healthy is refused
+    assert not store.clean_at_open
+    writer = GroupCommitWriter(store, background=False)
+    again = restart(store, writer, now=2_000_000, policy=DEFAULT_POLICY)
+    assert again.committed == again.durable == 6  # the recovery transaction, durable
+    assert [store.hash_at(i) for i in range(1, 6)] == hashes  # nothing lost
+    shutdown(again, writer, store)
+    assert json.loads((data / "syncref.head").read_text())["offset"] == 6
+    assert LogStore.open(data, readonly=True).clean_at_open
