@@ -1711,7 +1711,10 @@ class SyncServer:
                 if s.closing:
                     return
             if isinstance(read, Read):
-                self.engine.answer_read(s.conn_id, request_id, read)
+                table = await self._encode_answer(s, read)
+                if s.closing:
+                    return
+                self.engine.answer_read(s.conn_id, request_id, read, table)
             else:
                 tables = await self._encode_ahead(s, read)
                 if s.closing:
@@ -1727,32 +1730,54 @@ class SyncServer:
 
     async def _encode_ahead(self, s: Session, snap: Snapshot) -> tuple[TableRows, ...] | None:
         """The rows of a sliced snapshot, each table's row list encoded ``READ_SLICE_ROWS`` rows at
-        a time with the loop going to others in between (``wire.EncodedRows``: the sender then
-        takes the bytes as they are, and the size estimate counts them exactly); None once their
+        a time with the loop going to others in between (:meth:`_encode_table`); None once their
         bytes pass ``max_outbound_message_bytes`` (refused whatever the rest: the engine's
-        estimate is an upper bound) or the connection closes.  A table the wire encodes from the
-        store's columns (a resume's view) is left as it is (ADR-0041)."""
-        most = self.config.limits.max_outbound_message_bytes
-        total = 0
+        estimate is an upper bound) or the connection closes (ADR-0041)."""
+        room = self.config.limits.max_outbound_message_bytes
         out: list[TableRows] = []
         for t in snap.result():
-            enc = wire.snapshot_row_encoder(t, self._rows)
-            if enc is None:
-                out.append(t)
-                continue
-            rows = (*t.inserts, *t.deletes)
-            encoded: list[bytes] = []
-            for at in range(0, len(rows), READ_SLICE_ROWS):
-                piece = [enc(row) for row in rows[at:at + READ_SLICE_ROWS]]
-                encoded += piece
-                total += sum(map(len, piece))
-                if total > most:
-                    return None
-                await asyncio.sleep(0)
-                if s.closing:
-                    return None
-            out.append(wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, wire.RowList.of(encoded)))
+            done = await self._encode_table(s, t, room)
+            if done is None:
+                return None
+            if isinstance(done, wire.EncodedRows):
+                room -= len(done.encoded.rows_data)
+            out.append(done)
         return tuple(out)
+
+    async def _encode_answer(self, s: Session, read: Read) -> TableRows | None:
+        """A one-off's answer of more than ``READ_SLICE_ROWS`` rows encoded ahead as a snapshot's
+        (:meth:`_encode_table`; the sender then takes its bytes as they are, unhashed); None: left
+        to the sender -- a small answer (shared through the body cache, as before), one over
+        ``max_outbound_message_bytes`` (the engine refuses it from its estimate, as before) or a
+        closed connection's (ADR-0043)."""
+        t = read.result()
+        if len(t.inserts) + len(t.deletes) <= READ_SLICE_ROWS:
+            return None
+        done = await self._encode_table(s, t, self.config.limits.max_outbound_message_bytes)
+        return done if isinstance(done, wire.EncodedRows) else None
+
+    async def _encode_table(self, s: Session, t: TableRows, room: int) -> TableRows | None:
+        """``t``'s row list encoded ``READ_SLICE_ROWS`` rows at a time, the loop going to others
+        in between (``wire.snapshot_row_encoder``: what ``wire._snapshot_rowlist`` does in one
+        piece, so the bytes are the same), as a ``wire.EncodedRows``; None once its bytes pass
+        ``room`` or the connection closes.  A table the wire encodes from the store's columns (a
+        stream's frozen view) is returned as it is (ADR-0041, ADR-0043)."""
+        enc = wire.snapshot_row_encoder(t, self._rows)
+        if enc is None:
+            return t
+        rows = (*t.inserts, *t.deletes)
+        encoded: list[bytes] = []
+        total = 0
+        for at in range(0, len(rows), READ_SLICE_ROWS):
+            piece = [enc(row) for row in rows[at:at + READ_SLICE_ROWS]]
+            encoded += piece
+            total += sum(map(len, piece))
+            if total > room:
+                return None
+            await asyncio.sleep(0)
+            if s.closing:
+                return None
+        return wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, wire.RowList.of(encoded))
 
     def _dispatch(self, s: Session, msg: wire.Received) -> None:
         try:
@@ -1853,7 +1878,8 @@ class SyncServer:
                 return tuple(parts), None
             return b"".join(parts), None
         if type(message) is m.OneOffQueryResult and not isinstance(message.result, str) \
-                and is_column_rows(message.result.inserts):  # a stream's frozen view: one receiver, not kept
+                and (is_column_rows(message.result.inserts) or type(message.result) is wire.EncodedRows):
+            # a stream's frozen view, or rows encoded ahead (ADR-0043): one receiver, not kept, not hashed
             parts = wire.encode_server_parts(wire.to_wire(message, cache=self._rows))
             if len(parts) > 1 and sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
                 return tuple(parts), None
