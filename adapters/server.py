@@ -1740,7 +1740,7 @@ class SyncServer:
             if done is None:
                 return None
             if isinstance(done, wire.EncodedRows):
-                room -= len(done.encoded.rows_data)
+                room -= wire.rowlist_bytes(done.encoded)
             out.append(done)
         return tuple(out)
 
@@ -1760,24 +1760,29 @@ class SyncServer:
         """``t``'s row list encoded ``READ_SLICE_ROWS`` rows at a time, the loop going to others
         in between (``wire.snapshot_row_encoder``: what ``wire._snapshot_rowlist`` does in one
         piece, so the bytes are the same), as a ``wire.EncodedRows``; None once its bytes pass
-        ``room`` or the connection closes.  A table the wire encodes from the store's columns (a
+        ``room`` or the connection closes.  Each slice's rows are joined as they are encoded and
+        kept as a piece (``wire.rows_from_pieces``: the body takes the pieces as parts, nothing of
+        the whole copied in one piece).  A table the wire encodes from the store's columns (a
         stream's frozen view) is returned as it is (ADR-0041, ADR-0043)."""
         enc = wire.snapshot_row_encoder(t, self._rows)
         if enc is None:
             return t
         rows = (*t.inserts, *t.deletes)
-        encoded: list[bytes] = []
+        pieces: list[bytes] = []
+        lengths: list[int] = []
         total = 0
         for at in range(0, len(rows), READ_SLICE_ROWS):
             piece = [enc(row) for row in rows[at:at + READ_SLICE_ROWS]]
-            encoded += piece
-            total += sum(map(len, piece))
+            pieces.append(b"".join(piece))
+            lengths += map(len, piece)
+            total += len(pieces[-1])
             if total > room:
                 return None
             await asyncio.sleep(0)
             if s.closing:
                 return None
-        return wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, wire.RowList.of(encoded))
+        encoded = wire.rows_from_pieces(pieces, lengths) if lengths else wire.RowList.of(())
+        return wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, encoded)
 
     def _dispatch(self, s: Session, msg: wire.Received) -> None:
         try:

@@ -581,15 +581,15 @@ def encode_server(msg: ServerMessage) -> bytes:
 
 def encode_server_parts(msg: ServerMessage) -> list[bytes]:
     """:func:`encode_server` as parts, never empty, whose concatenation is its bytes: a
-    ``SubscribeApplied``'s (or ``UnsubscribeApplied``'s) row data over 64 KiB stays the object it
-    was built as, so a replay's megabytes reach the socket without being copied (ADR-0020
-    addendum); any other message is one part."""
+    ``SubscribeApplied``'s (``UnsubscribeApplied``'s, ``OneOffQueryResult``'s) row data over 64
+    KiB stays the object it was built as, so a replay's megabytes reach the socket without being
+    copied (ADR-0020 addendum, ADR-0043); any other message is one part."""
     w = _write_server(msg)
     return w.parts() if isinstance(w, _PartsWriter) else [w.getvalue()]
 
 
 def _write_server(msg: ServerMessage) -> Writer:
-    w = _PartsWriter() if isinstance(msg, SubscribeApplied | UnsubscribeApplied) else Writer()
+    w = _PartsWriter() if isinstance(msg, SubscribeApplied | UnsubscribeApplied | OneOffQueryResult) else Writer()
     if isinstance(msg, InitialConnection):
         w.u8(0)
         w.identity(msg.identity)
@@ -1148,9 +1148,14 @@ class RowSizes:
         return size
 
 
+def rowlist_bytes(rl: RowList) -> int:
+    """``len(rl.rows_data)``, without joining a :class:`RowPieces`."""
+    return rl.total if type(rl) is RowPieces else len(rl.rows_data)
+
+
 def _rows_size(t: sm.TableRows, size_of: Callable[[Row], int]) -> int:
     if isinstance(t, EncodedRows):  # encoded already: its exact size
-        return len(t.encoded.rows_data)
+        return rowlist_bytes(t.encoded)
     if t.table != "sync_event":
         return sum(map(size_of, (*t.inserts, *t.deletes)))
     inserts = column_rows_size(t.inserts) if is_column_rows(t.inserts) \

@@ -290,3 +290,36 @@ def test_an_answer_over_the_message_bound_is_refused_as_the_one_piece_path_refus
         else:
             assert enc.rows == ROWS  # what the assertion above refuses
         a.close()
+
+
+def test_a_big_answer_encoded_ahead_reaches_the_body_as_its_slices_not_one_copy() -> None:
+    """Rows encoded ahead are kept as one joined piece per slice (``wire.RowPieces`` once there
+    are 64 KiB of them): sizing the answer (``message_size_bound``) does not join them, and its
+    body comes out as parts -- the slices themselves, not one copy of every row -- whose
+    concatenation is the one-piece encoding of the plain rows."""
+    from reference.engine import Engine
+    from spec.auth import Claims
+    from spec.schema import SCOPES
+
+    claims = Claims("a" * 64, frozenset(SCOPES), ("*",))
+    eng = Engine()
+    for i in range(1500):
+        eng.call_detached(claims, "append_sync_event", ("s", f"k{i}", f'{{"i":{i},"pad":"{"x" * 40}"}}', None, None))
+        eng.take_records()
+        eng.advance_durable(eng.committed)
+    plain = eng.query(claims, "SELECT * FROM sync_event WHERE stream_id = 's' AND idempotency_key > ''")
+    pieces = [b"".join(map(bsatn.encode_sync_event, plain.inserts[at:at + 500]))  # type: ignore[arg-type]
+              for at in range(0, len(plain.inserts), 500)]
+    rows = wire.rows_from_pieces(pieces, [len(bsatn.encode_sync_event(r)) for r in plain.inserts])  # type: ignore[arg-type]
+    assert type(rows) is wire.RowPieces and rows.total >= 65536
+    ahead = m.OneOffQueryResult(5, wire.EncodedRows(plain.table, plain.inserts, plain.deletes, plain.event, rows))
+    want = wire.encode_server(wire.to_wire(m.OneOffQueryResult(5, plain)))
+    assert wire.message_size_bound(ahead) >= len(want)
+    with pytest.raises(AttributeError):
+        wire._ROWS_DATA_SLOT.__get__(rows, wire.RowPieces)  # never joined by the sizing
+    parts = wire.encode_server_parts(wire.to_wire(ahead))
+    assert b"".join(parts) == want
+    big = [p for p in pieces if len(p) >= 65536]
+    assert big and [p for p in parts if len(p) >= 65536] == big  # the slices as they are
+    with pytest.raises(AttributeError):
+        wire._ROWS_DATA_SLOT.__get__(rows, wire.RowPieces)  # nor by the encoding
