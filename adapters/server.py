@@ -1763,14 +1763,25 @@ class SyncServer:
         ``room`` or the connection closes.  Each slice's rows are joined as they are encoded and
         kept as a piece (``wire.rows_from_pieces``: the body takes the pieces as parts, nothing of
         the whole copied in one piece).  A table the wire encodes from the store's columns (a
-        stream's frozen view) is returned as it is (ADR-0041, ADR-0043)."""
+        stream's frozen view: the one-off of a stream alone, a resume) is encoded from them the
+        same way, whole runs of about as many rows a step (``wire.column_row_slices``)
+        (ADR-0041, ADR-0043)."""
         enc = wire.snapshot_row_encoder(t, self._rows)
-        if enc is None:
-            return t
-        rows = (*t.inserts, *t.deletes)
         pieces: list[bytes] = []
         lengths: list[int] = []
         total = 0
+        if enc is None:
+            for more, sizes in wire.column_row_slices(t, READ_SLICE_ROWS):
+                pieces += more
+                lengths += sizes
+                total += sum(sizes)
+                if total > room:
+                    return None
+                await asyncio.sleep(0)
+                if s.closing:
+                    return None
+            return wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, wire.rows_from_pieces(pieces, lengths))
+        rows = (*t.inserts, *t.deletes)
         for at in range(0, len(rows), READ_SLICE_ROWS):
             piece = [enc(row) for row in rows[at:at + READ_SLICE_ROWS]]
             pieces.append(b"".join(piece))

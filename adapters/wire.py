@@ -53,7 +53,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import overload
+from typing import Any, overload
 
 import brotli
 
@@ -74,7 +74,7 @@ from adapters.bsatn import (
 )
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import REDUCER_BY_NAME
-from spec.values import Row
+from spec.values import Row, SyncEvent
 
 # --- row lists --------------------------------------------------------------------------------
 
@@ -1221,6 +1221,26 @@ def snapshot_row_encoder(t: sm.TableRows, cache: RowCache | None) -> Callable[[R
             return None
         return encode_sync_event  # type: ignore[return-value]
     return cache.encode if cache is not None else encode_row
+
+
+def column_row_slices(t: sm.TableRows, rows: int) -> Iterator[tuple[list[bytes], list[int]]]:
+    """:func:`_snapshot_rowlist` of a table :func:`snapshot_row_encoder` has no row encoder for
+    (a stream's rows as the store's columns), a step at a time: each step the pieces and row
+    lengths of about ``rows`` more rows (whole runs, so a step may take a run's worth more), in
+    order; ``rows_from_pieces`` of all the steps' pieces and lengths is its row list, the same
+    object it makes in one go (``encode_event_runs`` encodes run by run)."""
+    view = t.inserts
+    stream_id = view.stream_id  # type: ignore[attr-defined]
+    batch: list[Any] = []
+    n = 0
+    for run in view.runs():  # type: ignore[attr-defined]
+        batch.append(run)
+        n += 1 if isinstance(run, SyncEvent) else len(run)
+        if n >= rows:
+            yield encode_event_runs(stream_id, batch)
+            batch, n = [], 0
+    if batch:
+        yield encode_event_runs(stream_id, batch)
 
 
 def _snapshot_rowlist(t: sm.TableRows, cache: RowCache | None) -> RowList:

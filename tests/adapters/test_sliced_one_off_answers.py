@@ -34,11 +34,11 @@ STREAMS = 25  # sync_stream rows past a slice: a table the row cache encodes
 KEYED = "SELECT * FROM sync_event WHERE stream_id = 'big' AND idempotency_key > ''"  # every row built and matched
 
 
-def _plant(monkeypatch: pytest.MonkeyPatch, method: str, old: str, new: str) -> None:
-    """Replace ``SyncServer.<method>`` by its source with ``old`` replaced by ``new`` (found once;
-    both written as indented in the class, as the method's source is)."""
+def _plant(monkeypatch: pytest.MonkeyPatch, method: str, old: str, new: str, times: int = 1) -> None:
+    """Replace ``SyncServer.<method>`` by its source with ``old`` replaced by ``new`` (found
+    ``times`` times; both written as indented in the class, as the method's source is)."""
     src = inspect.getsource(getattr(server_mod.SyncServer, method))  # indented as in the class
-    assert src.count(old) == 1, f"plant target found {src.count(old)} times in {method}"
+    assert src.count(old) == times, f"plant target found {src.count(old)} times in {method}"
     namespace: dict[str, Any] = {}
     exec(compile("class Planted:\n" + src.replace(old, new), f"<planted {method}>", "exec"), server_mod.__dict__,
          namespace)
@@ -71,13 +71,21 @@ class Encoding:
         self.rows = 0
         self.at_row = at_row
         self.real = wire.snapshot_row_encoder
+        self.real_slices = wire.column_row_slices
+        self.steps: list[int] = []  # the count at each step of a stream view's encoding from its columns
         monkeypatch.setattr(wire, "snapshot_row_encoder", self.encoder)
+        monkeypatch.setattr(wire, "column_row_slices", self.slices)
         st.call(lambda: st.loop.call_soon(self.tick))
 
     def tick(self) -> None:
         self.n += 1
         if self.running:
             self.st.loop.call_soon(self.tick)
+
+    def slices(self, t: Any, rows: int) -> Iterator[tuple[list[bytes], list[int]]]:
+        for step in self.real_slices(t, rows):
+            self.steps.append(self.n)
+            yield step
 
     def encoder(self, t: Any, cache: Any) -> Any:
         enc = self.real(t, cache)
@@ -122,6 +130,29 @@ def test_a_big_one_off_answer_is_encoded_in_slices(served: ServerThread, monkeyp
         assert turns >= ROWS // SLICE - 1
     else:
         assert turns == 0  # what the assertion above refuses
+    a.close()
+
+
+@pytest.mark.parametrize("planted", [None, "one_piece"])
+def test_a_big_stream_view_answer_is_encoded_from_its_columns_in_steps(
+        served: ServerThread, monkeypatch: pytest.MonkeyPatch, planted: str | None) -> None:
+    """``stream_id = S`` alone is answered with the stream's frozen view (ADR-0038 decision 5),
+    encoded from the store's columns a whole run (a chunk of 256 rows) or more at a time: the 300
+    rows take two steps (256 + 44), with a loop turn between them.  ``one_piece``: the view left to
+    the sender, which encodes it in one go (no step of ``column_row_slices``)."""
+    st = served
+    if planted == "one_piece":
+        _plant(monkeypatch, "_encode_answer", "        t = read.result()\n", "        return None\n")
+    enc = Encoding(st, monkeypatch)
+    a = WireClient(st, st.token())
+    a.send(wire.OneOffQuery(a.rid(), "SELECT * FROM sync_event WHERE stream_id = 'big'"))
+    answer = a.recv_until(wire.OneOffQueryResult, timeout=30)
+    enc.running = False
+    assert _keys(answer) == [f"k{i}" for i in range(ROWS)]
+    if planted is None:
+        assert len(enc.steps) == 2 and enc.steps[1] > enc.steps[0]
+    else:
+        assert enc.steps == []  # what the assertion above refuses
     a.close()
 
 
@@ -234,7 +265,7 @@ def test_a_connection_closed_during_the_encoding_stops_it_and_leaves_nothing(
     st = served
     server = st.server
     if planted == "no_close_check":
-        _plant(monkeypatch, "_encode_table", "            if s.closing:\n                return None\n", "")
+        _plant(monkeypatch, "_encode_table", "if s.closing:\n", "if False:\n", times=2)
 
     def close_it() -> None:
         (s,) = [x for x in server.sessions.values() if x.reading is not None]
@@ -270,7 +301,7 @@ def test_an_answer_over_the_message_bound_is_refused_as_the_one_piece_path_refus
     past the bound: every row is encoded for nothing."""
     monkeypatch.setattr(server_mod, "READ_SLICE_ROWS", SLICE)
     if planted == "never_stops":
-        _plant(monkeypatch, "_encode_table", "            if total > room:\n", "            if False:\n")
+        _plant(monkeypatch, "_encode_table", "if total > room:\n", "if False:\n", times=2)
     with running_server(tmp_path, limits=with_limits(max_outbound_message_bytes=20_000)) as st:
         populate_big(st, ROWS)  # 300 rows of ~120 bytes: over 20,000 bytes
         claims = st.server.auth.verify(st.token()).claims
