@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -281,7 +282,12 @@ def test_a_connection_closed_during_the_encoding_stops_it_and_leaves_nothing(
     b.send(wire.OneOffQuery(b.rid(), "SELECT * FROM sync_event WHERE stream_id = 'big' AND seq = 1"))
     assert isinstance(b.recv_until(wire.OneOffQueryResult, timeout=30).result, wire.QueryRows)
     enc.running = False
-    assert st.call(lambda: len(server.sessions)) == 1 and st.call(lambda: len(server.engine.conns)) == 1
+    # A's session ends once its close handshake is through: waited for (a condition, not a time)
+    gone = lambda: len(server.sessions) == 1 and len(server.engine.conns) == 1  # noqa: E731
+    deadline = time.monotonic() + 30
+    while not st.call(gone) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert st.call(gone)
     assert st.call(lambda: _internal(server)) == internal
     # the close (scheduled between slices 2 and 3) runs its first step, which marks the session
     # closing, ahead of the encoding's resumption after slice 3: it stops there
