@@ -360,3 +360,42 @@ def test_a_big_answer_encoded_ahead_reaches_the_body_as_its_slices_not_one_copy(
     assert big and [p for p in parts if len(p) >= 65536] == big  # the slices as they are
     with pytest.raises(AttributeError):
         wire._ROWS_DATA_SLOT.__get__(rows, wire.RowPieces)  # nor by the encoding
+
+
+@pytest.mark.parametrize("planted", [None, "one_piece"])
+def test_a_big_sql_answer_is_serialized_in_slices(served: ServerThread, monkeypatch: pytest.MonkeyPatch,
+                                                  planted: str | None) -> None:
+    """``/sql``'s JSON answer was already serialized ``READ_SLICE_ROWS`` rows a step
+    (``sql_answer_steps``, ADR-0038 decision 3): the loop turns between its first and last step
+    are at least the steps' (300 rows: 30), and the answer has every row.  ``one_piece`` plants a
+    serialization asked for no step (every ``1 << 62`` rows, as ``sql_answer`` does): no turn in
+    between."""
+    from support.server import http  # type: ignore[import-not-found]
+
+    st = served
+    enc = Encoding(st, monkeypatch)
+    seen: list[int] = []
+    real = server_mod.sql_answer_steps
+
+    def steps(answers: Any, most: int, every: int) -> Any:
+        gen = real(answers, most, every if planted is None else 1 << 62)
+        try:
+            while True:
+                next(gen)
+                seen.append(enc.n)
+                yield
+        except StopIteration as done:
+            seen.append(enc.n)
+            return done.value
+
+    monkeypatch.setattr(server_mod, "sql_answer_steps", steps)
+    auth = {"Authorization": f"Bearer {st.token()}"}
+    answer = http("POST", f"{st.base}/v1/database/autopilot-sync/sql", KEYED, auth)
+    enc.running = False
+    assert answer.status == 200
+    (table,) = answer.json()
+    assert [row[3] for row in table["rows"]] == [f"k{i}" for i in range(ROWS)]  # column 3: idempotency_key
+    if planted is None:
+        assert len(seen) == ROWS // SLICE + 1 and seen[-1] - seen[0] >= ROWS // SLICE
+    else:
+        assert len(seen) == 1  # what the assertion above refuses
