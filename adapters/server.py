@@ -140,9 +140,10 @@ SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP by
 SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
 SCAN_TURN_ROWS = 10_000  # rows a connection's reads examine before its turn ends (engine.rows_examined)
-# candidate rows a one-off read (OneOffQuery, a /sql statement) builds and matches, and /sql answer
-# rows serialized, before the loop goes to others; the read answers the state it was taken at
-# (reference.engine.Read, ADR-0038)
+# candidate rows a one-off read (OneOffQuery, a /sql statement) builds and matches, /sql answer rows
+# serialized, and OneOffQuery answer / big snapshot rows encoded (_encode_table), before the loop
+# goes to others; the read answers the state it was taken at (reference.engine.Read, ADR-0038,
+# ADR-0041, ADR-0043)
 READ_SLICE_ROWS = 1_000
 SWITCH_INTERVAL_S = 0.0001  # the writer thread retakes the lock within this behind a busy loop (Phase 6)
 DELIVER_SLICE_S = 0.001  # a delivery pass hands the loop back after this long (ADR-0023) ...
