@@ -141,9 +141,10 @@ SEND_BATCH = 64  # messages a sender writes per turn (and at most V3_SOFT_CAP by
 SEND_BATCH_V3 = 256  # v3: a turn is one frame, so a lagging subscriber's backlog goes out in few large frames
 DECODE_TURN = 256  # v3 messages decoded per turn
 SCAN_TURN_ROWS = 10_000  # rows a connection's reads examine before its turn ends (engine.rows_examined)
-# candidate rows a one-off read (OneOffQuery, a /sql statement) builds and matches, and /sql answer
-# rows serialized, before the loop goes to others; the read answers the state it was taken at
-# (reference.engine.Read, ADR-0038)
+# candidate rows a one-off read (OneOffQuery, a /sql statement) builds and matches, /sql answer rows
+# serialized, and OneOffQuery answer / big snapshot rows encoded (_encode_table), before the loop
+# goes to others; the read answers the state it was taken at (reference.engine.Read, ADR-0038,
+# ADR-0041, ADR-0043)
 READ_SLICE_ROWS = 1_000
 SWITCH_INTERVAL_S = 0.0001  # the writer thread retakes the lock within this behind a busy loop (Phase 6)
 DELIVER_SLICE_S = 0.001  # a delivery pass hands the loop back after this long (ADR-0023) ...
@@ -1727,7 +1728,10 @@ class SyncServer:
                 if s.closing:
                     return
             if isinstance(read, Read):
-                self.engine.answer_read(s.conn_id, request_id, read)
+                table = await self._encode_answer(s, read)
+                if s.closing:
+                    return
+                self.engine.answer_read(s.conn_id, request_id, read, table)
             else:
                 tables = await self._encode_ahead(s, read)
                 if s.closing:
@@ -1743,32 +1747,70 @@ class SyncServer:
 
     async def _encode_ahead(self, s: Session, snap: Snapshot) -> tuple[TableRows, ...] | None:
         """The rows of a sliced snapshot, each table's row list encoded ``READ_SLICE_ROWS`` rows at
-        a time with the loop going to others in between (``wire.EncodedRows``: the sender then
-        takes the bytes as they are, and the size estimate counts them exactly); None once their
+        a time with the loop going to others in between (:meth:`_encode_table`); None once their
         bytes pass ``max_outbound_message_bytes`` (refused whatever the rest: the engine's
-        estimate is an upper bound) or the connection closes.  A table the wire encodes from the
-        store's columns (a resume's view) is left as it is (ADR-0041)."""
-        most = self.config.limits.max_outbound_message_bytes
-        total = 0
+        estimate is an upper bound) or the connection closes (ADR-0041)."""
+        room = self.config.limits.max_outbound_message_bytes
         out: list[TableRows] = []
         for t in snap.result():
-            enc = wire.snapshot_row_encoder(t, self._rows)
-            if enc is None:
-                out.append(t)
-                continue
-            rows = (*t.inserts, *t.deletes)
-            encoded: list[bytes] = []
-            for at in range(0, len(rows), READ_SLICE_ROWS):
-                piece = [enc(row) for row in rows[at:at + READ_SLICE_ROWS]]
-                encoded += piece
-                total += sum(map(len, piece))
-                if total > most:
+            done = await self._encode_table(s, t, room)
+            if done is None:
+                return None
+            if isinstance(done, wire.EncodedRows):
+                room -= wire.rowlist_bytes(done.encoded)
+            out.append(done)
+        return tuple(out)
+
+    async def _encode_answer(self, s: Session, read: Read) -> TableRows | None:
+        """A one-off's answer of more than ``READ_SLICE_ROWS`` rows encoded ahead as a snapshot's
+        (:meth:`_encode_table`; the sender then takes its bytes as they are, unhashed); None: left
+        to the sender -- a small answer (shared through the body cache, as before), one over
+        ``max_outbound_message_bytes`` (the engine refuses it from its estimate, as before) or a
+        closed connection's (ADR-0043)."""
+        t = read.result()
+        if len(t.inserts) + len(t.deletes) <= READ_SLICE_ROWS:
+            return None
+        done = await self._encode_table(s, t, self.config.limits.max_outbound_message_bytes)
+        return done if isinstance(done, wire.EncodedRows) else None
+
+    async def _encode_table(self, s: Session, t: TableRows, room: int) -> TableRows | None:
+        """``t``'s row list encoded ``READ_SLICE_ROWS`` rows at a time, the loop going to others
+        in between (``wire.snapshot_row_encoder``: what ``wire._snapshot_rowlist`` does in one
+        piece, so the bytes are the same), as a ``wire.EncodedRows``; None once its bytes pass
+        ``room`` or the connection closes.  Each slice's rows are joined as they are encoded and
+        kept as a piece (``wire.rows_from_pieces``: the body takes the pieces as parts, nothing of
+        the whole copied in one piece).  A table the wire encodes from the store's columns (a
+        stream's frozen view: the one-off of a stream alone, a resume) is encoded from them the
+        same way, whole runs of about as many rows a step (``wire.column_row_slices``)
+        (ADR-0041, ADR-0043)."""
+        enc = wire.snapshot_row_encoder(t, self._rows)
+        pieces: list[bytes] = []
+        lengths: list[int] = []
+        total = 0
+        if enc is None:
+            for more, sizes in wire.column_row_slices(t, READ_SLICE_ROWS):
+                pieces += more
+                lengths += sizes
+                total += sum(sizes)
+                if total > room:
                     return None
                 await asyncio.sleep(0)
                 if s.closing:
                     return None
-            out.append(wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, wire.RowList.of(encoded)))
-        return tuple(out)
+            return wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, wire.rows_from_pieces(pieces, lengths))
+        rows = (*t.inserts, *t.deletes)
+        for at in range(0, len(rows), READ_SLICE_ROWS):
+            piece = [enc(row) for row in rows[at:at + READ_SLICE_ROWS]]
+            pieces.append(b"".join(piece))
+            lengths += map(len, piece)
+            total += len(pieces[-1])
+            if total > room:
+                return None
+            await asyncio.sleep(0)
+            if s.closing:
+                return None
+        encoded = wire.rows_from_pieces(pieces, lengths) if lengths else wire.RowList.of(())
+        return wire.EncodedRows(t.table, t.inserts, t.deletes, t.event, encoded)
 
     def _dispatch(self, s: Session, msg: wire.Received) -> None:
         try:
@@ -1869,7 +1911,8 @@ class SyncServer:
                 return tuple(parts), None
             return b"".join(parts), None
         if type(message) is m.OneOffQueryResult and not isinstance(message.result, str) \
-                and is_column_rows(message.result.inserts):  # a stream's frozen view: one receiver, not kept
+                and (is_column_rows(message.result.inserts) or type(message.result) is wire.EncodedRows):
+            # a stream's frozen view, or rows encoded ahead (ADR-0043): one receiver, not kept, not hashed
             parts = wire.encode_server_parts(wire.to_wire(message, cache=self._rows))
             if len(parts) > 1 and sum(map(len, parts)) > BODY_CACHE_ITEM_BYTES:
                 return tuple(parts), None

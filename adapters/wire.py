@@ -53,7 +53,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import overload
+from typing import Any, overload
 
 import brotli
 
@@ -74,7 +74,7 @@ from adapters.bsatn import (
 )
 from spec.errors import LocalProtocolError, RemoteProtocolError
 from spec.schema import REDUCER_BY_NAME
-from spec.values import Row
+from spec.values import Row, SyncEvent
 
 # --- row lists --------------------------------------------------------------------------------
 
@@ -581,15 +581,15 @@ def encode_server(msg: ServerMessage) -> bytes:
 
 def encode_server_parts(msg: ServerMessage) -> list[bytes]:
     """:func:`encode_server` as parts, never empty, whose concatenation is its bytes: a
-    ``SubscribeApplied``'s (or ``UnsubscribeApplied``'s) row data over 64 KiB stays the object it
-    was built as, so a replay's megabytes reach the socket without being copied (ADR-0020
-    addendum); any other message is one part."""
+    ``SubscribeApplied``'s (``UnsubscribeApplied``'s, ``OneOffQueryResult``'s) row data over 64
+    KiB stays the object it was built as, so a replay's megabytes reach the socket without being
+    copied (ADR-0020 addendum, ADR-0043); any other message is one part."""
     w = _write_server(msg)
     return w.parts() if isinstance(w, _PartsWriter) else [w.getvalue()]
 
 
 def _write_server(msg: ServerMessage) -> Writer:
-    w = _PartsWriter() if isinstance(msg, SubscribeApplied | UnsubscribeApplied) else Writer()
+    w = _PartsWriter() if isinstance(msg, SubscribeApplied | UnsubscribeApplied | OneOffQueryResult) else Writer()
     if isinstance(msg, InitialConnection):
         w.u8(0)
         w.identity(msg.identity)
@@ -1148,9 +1148,14 @@ class RowSizes:
         return size
 
 
+def rowlist_bytes(rl: RowList) -> int:
+    """``len(rl.rows_data)``, without joining a :class:`RowPieces`."""
+    return rl.total if type(rl) is RowPieces else len(rl.rows_data)
+
+
 def _rows_size(t: sm.TableRows, size_of: Callable[[Row], int]) -> int:
     if isinstance(t, EncodedRows):  # encoded already: its exact size
-        return len(t.encoded.rows_data)
+        return rowlist_bytes(t.encoded)
     if t.table != "sync_event":
         return sum(map(size_of, (*t.inserts, *t.deletes)))
     inserts = column_rows_size(t.inserts) if is_column_rows(t.inserts) \
@@ -1216,6 +1221,26 @@ def snapshot_row_encoder(t: sm.TableRows, cache: RowCache | None) -> Callable[[R
             return None
         return encode_sync_event  # type: ignore[return-value]
     return cache.encode if cache is not None else encode_row
+
+
+def column_row_slices(t: sm.TableRows, rows: int) -> Iterator[tuple[list[bytes], list[int]]]:
+    """:func:`_snapshot_rowlist` of a table :func:`snapshot_row_encoder` has no row encoder for
+    (a stream's rows as the store's columns), a step at a time: each step the pieces and row
+    lengths of about ``rows`` more rows (whole runs, so a step may take a run's worth more), in
+    order; ``rows_from_pieces`` of all the steps' pieces and lengths is its row list, the same
+    object it makes in one go (``encode_event_runs`` encodes run by run)."""
+    view = t.inserts
+    stream_id = view.stream_id  # type: ignore[attr-defined]
+    batch: list[Any] = []
+    n = 0
+    for run in view.runs():  # type: ignore[attr-defined]
+        batch.append(run)
+        n += 1 if isinstance(run, SyncEvent) else len(run)
+        if n >= rows:
+            yield encode_event_runs(stream_id, batch)
+            batch, n = [], 0
+    if batch:
+        yield encode_event_runs(stream_id, batch)
 
 
 def _snapshot_rowlist(t: sm.TableRows, cache: RowCache | None) -> RowList:

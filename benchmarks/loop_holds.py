@@ -317,6 +317,22 @@ def main() -> None:
         measure("Unsubscribe sync_stream, SendDroppedRows", f"{opts.streams + 3} rows", lambda: unsub_raw(12))
     fs.close()
 
+    # --- big filtered one-off answers (ADR-0043): rows built, matched, then encoded, v2/v3 x compression ---
+    for version in (2, 3):
+        for comp in ("None", "Gzip", "Brotli"):
+            oc = ws(version, comp)
+            def one_raw(oc: WireClient = oc, text: str = keyed) -> str:
+                oc.send(wire.OneOffQuery(oc.rid(), text))
+                return f"{raw(oc)} B frame"
+            measure(f"OneOffQuery many stream, key conjunct, v{version} compression={comp}", f"{opts.many} rows",
+                    one_raw)
+            if opts.streams:
+                def streams_raw(oc: WireClient = oc) -> str:
+                    return one_raw(oc, "SELECT * FROM sync_stream")
+                measure(f"OneOffQuery sync_stream, v{version} compression={comp}", f"{opts.streams + 3} rows",
+                        streams_raw)
+            oc.close()
+
     # --- queries whose cost is the table's size, not the request's ---
     scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"
     measure("OneOffQuery full scan of sync_event (no match)", "60 B", lambda: one_off(scan))

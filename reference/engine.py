@@ -705,15 +705,21 @@ class Engine:
         conn.reading = read.offset
         return read
 
-    def answer_read(self, conn_id: int, request_id: int, read: Read) -> None:
+    def answer_read(self, conn_id: int, request_id: int, read: Read, table: TableRows | None = None) -> None:
         """The ``OneOffQueryResult`` of a read :meth:`begin_read` took, stepped to its end: queued
         after the messages queued before the read was taken and ahead of those queued since (they
-        carry later offsets), at the read's offset; the queue is released again."""
+        carry later offsets), at the read's offset; the queue is released again.  ``table``:
+        :meth:`Read.result` as the caller re-packed it (the same table and rows, e.g. with their
+        encoding attached: the server's ``_encode_answer``, ADR-0043)."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return
+        rows = read.result()
+        if table is not None and (table.table, len(table.inserts), len(table.deletes), table.event) != (
+                rows.table, len(rows.inserts), len(rows.deletes), rows.event):
+            raise LocalProtocolError("the re-packed table is not the read's")
         conn.reading = None
-        answer = OneOffQueryResult(request_id, read.result())
+        answer = OneOffQueryResult(request_id, rows if table is None else table)
         try:
             size = self._fits(answer)
         except SyncError as err:

@@ -140,13 +140,13 @@ def test_another_client_is_answered_during_a_big_sql_which_still_reads_its_momen
     assert [row[3] for row in second["rows"]] == [f"k{i}" for i in range(290, ROWS)]
 
 
-def _answer_at_the_end(self: Engine, conn_id: int, request_id: int, read: Read) -> None:
+def _answer_at_the_end(self: Engine, conn_id: int, request_id: int, read: Read, table: Any = None) -> None:
     """A planted bug: the answer queued behind what was queued during the read."""
     conn = self.conns.get(conn_id)
     if conn is None:
         return
     conn.reading = None
-    self._send(conn, self.committed, OneOffQueryResult(request_id, read.result()))
+    self._send(conn, self.committed, OneOffQueryResult(request_id, read.result() if table is None else table))
 
 
 def test_an_answer_queued_at_the_end_is_caught(served: tuple[ServerThread, Gate],

@@ -335,3 +335,34 @@ def test_updates_held_behind_a_read_count_against_the_queue_bound() -> None:
         assert (c in eng.conns) is not reading
         assert conn.closed_reason == (SLOW_CONSUMER_REASON if reading else None)
         assert read is None or read.step(100)
+
+
+def test_a_read_answered_with_a_repacked_table_queues_that_table_and_refuses_another() -> None:
+    """``answer_read``'s ``table`` (the server's rows encoded ahead, ADR-0043) is what the answer
+    carries -- the object given, at the read's offset -- if it is the read's table with its row
+    counts; any other table (a row short, another table, deletes added) is a caller's mistake,
+    refused with the queue still held (nothing queued)."""
+    from dataclasses import dataclass
+
+    from spec.messages import TableRows
+
+    @dataclass(frozen=True, slots=True)
+    class Repacked(TableRows):  # what wire.EncodedRows is to the engine: the same rows, more attached
+        note: str = "encoded"
+
+    eng = _engine()
+    c = eng.connect(ALL, confirmed=False)
+    read = eng.begin_read(c, 7, SUB)
+    assert read is not None
+    while not read.step(3):
+        pass
+    rows = read.result()
+    for wrong in (Repacked(rows.table, rows.inserts[:-1]), Repacked("sync_stream", rows.inserts),
+                  Repacked(rows.table, rows.inserts, rows.inserts[:1])):
+        with pytest.raises(LocalProtocolError, match="re-packed"):
+            eng.answer_read(c, 7, read, wrong)
+        assert eng.take(c, 100, 1 << 40) == []  # still held, nothing queued
+    given = Repacked(rows.table, rows.inserts)
+    eng.answer_read(c, 7, read, given)
+    (out,) = eng.take(c, 100, 1 << 40)
+    assert isinstance(out.message, OneOffQueryResult) and out.message.result is given and out.offset == read.offset
