@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -528,6 +528,36 @@ def test_a_turn_ends_after_a_read_that_examined_many_rows(tmp_path: Path, monkey
         c.close()
 
 
+def _trace_one_offs(st: Any, events: list[str]) -> Callable[[], None]:
+    """Record on ``events``, in loop order: ``dN`` when OneOffQuery N is dispatched, ``eN`` when its
+    answer is encoded, and ``t`` once per loop iteration (a ``call_later(0)`` chain, each link
+    ready at the next iteration).  Returns the function that ends the chain."""
+    server = st.server
+    real_dispatch, real_encode = server._dispatch, server._encode
+
+    def dispatch(s: Any, msg: Any) -> None:
+        if isinstance(msg, wire.OneOffQuery):
+            events.append(f"d{msg.request_id}")
+        real_dispatch(s, msg)
+
+    def encode(s: Any, message: Any) -> Any:
+        if type(message).__name__ == "OneOffQueryResult":
+            events.append(f"e{message.request_id}")
+        return real_encode(s, message)
+
+    running = [True]
+
+    def tick() -> None:
+        if running[0]:
+            events.append("t")
+            st.loop.call_later(0, tick)
+
+    server._dispatch = dispatch
+    server._encode = encode
+    st.loop.call_soon_threadsafe(tick)
+    return lambda: running.__setitem__(0, False)
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_after_a_heavy_read_timers_and_input_run_before_the_next_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                        version: int) -> None:
@@ -546,34 +576,12 @@ def test_after_a_heavy_read_timers_and_input_run_before_the_next_read(tmp_path: 
         c = WireClient(st, st.token(), version=version)
         for i in range(12):
             assert isinstance(c.call("append_sync_event", f"s{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
-        server = st.server
-        real_dispatch, real_encode = server._dispatch, server._encode
-
-        def dispatch(s: Any, msg: Any) -> None:
-            if isinstance(msg, wire.OneOffQuery):
-                events.append(f"d{msg.request_id}")
-            real_dispatch(s, msg)
-
-        def encode(s: Any, message: Any) -> Any:
-            if type(message).__name__ == "OneOffQueryResult":
-                events.append(f"e{message.request_id}")
-            return real_encode(s, message)
-
-        running = [True]
-
-        def tick() -> None:
-            if running[0]:
-                events.append("t")
-                st.loop.call_later(0, tick)
-
-        server._dispatch = dispatch  # type: ignore[method-assign]
-        server._encode = encode  # type: ignore[method-assign]
         scan = "SELECT * FROM sync_event WHERE payload_hash = 'sha256:none'"
-        st.loop.call_soon_threadsafe(tick)
+        stop = _trace_one_offs(st, events)
         c.send(*(wire.OneOffQuery(i, scan) for i in (1, 2)))
         for _ in range(2):
             assert isinstance(c.recv_until(wire.OneOffQueryResult), wire.OneOffQueryResult)
-        running[0] = False
+        stop()
         e1, d2 = events.index("e1"), events.index("d2")
         assert e1 < d2 and "t" in events[e1 + 1:d2], [x for x in events if x != "t"]
         c.close()
@@ -600,18 +608,8 @@ def test_a_read_queued_as_the_processor_parks_after_a_heavy_one_waits_for_its_de
             assert isinstance(c.call("append_sync_event", f"s{i}", "k", "{}", None, None).outcome, wire.ReducerOk)
         server = st.server
         (s,) = st.call(lambda: list(server.sessions.values()))
-        real_dispatch, real_encode, real_set = server._dispatch, server._encode, s.inbound_ready.set
+        real_set = s.inbound_ready.set
         injected = [False]
-
-        def dispatch(s: Any, msg: Any) -> None:
-            if isinstance(msg, wire.OneOffQuery):
-                events.append(f"d{msg.request_id}")
-            real_dispatch(s, msg)
-
-        def encode(s: Any, message: Any) -> Any:
-            if type(message).__name__ == "OneOffQueryResult":
-                events.append(f"e{message.request_id}")
-            return real_encode(s, message)
 
         def inject() -> None:
             events.append("q2")
@@ -625,21 +623,12 @@ def test_a_read_queued_as_the_processor_parks_after_a_heavy_one_waits_for_its_de
                 injected[0] = True
                 st.loop.call_soon(inject)  # ... and this right behind it: after its turn, as it parks
 
-        running = [True]
-
-        def tick() -> None:
-            if running[0]:
-                events.append("t")
-                st.loop.call_later(0, tick)
-
-        server._dispatch = dispatch  # type: ignore[method-assign]
-        server._encode = encode  # type: ignore[method-assign]
         s.inbound_ready.set = set_then_inject  # type: ignore[method-assign]
-        st.loop.call_soon_threadsafe(tick)
+        stop = _trace_one_offs(st, events)
         c.send(wire.OneOffQuery(1, scan))
         for _ in range(2):
             assert isinstance(c.recv_until(wire.OneOffQueryResult), wire.OneOffQueryResult)
-        running[0] = False
+        stop()
         shown = [x for x in events if x != "t"]
         assert shown[:3] == ["d1", "q2", "e1"], shown  # arranged: queued after the turn, before its delivery
         e1, d2 = events.index("e1"), events.index("d2")
