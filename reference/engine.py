@@ -383,11 +383,15 @@ class Read:
         return self.done
 
     def result(self) -> TableRows:
-        """The matching rows, in the candidates' order; only once :meth:`step` has said done."""
+        """The matching rows, in the candidates' order; only once :meth:`step` has said done.  The
+        same row sequence at every call (made once), so a caller's re-packed table can be checked to
+        carry these very rows (:meth:`Engine.answer_read`)."""
         if not self.done:
             raise LocalProtocolError("the read is not finished: step it until it says done")
         rows = self._rows
-        return TableRows(self.table, tuple(rows) if isinstance(rows, list) else rows, (), self.event)  # type: ignore[arg-type]
+        if isinstance(rows, list):
+            rows = self._rows = tuple(rows)
+        return TableRows(self.table, rows, (), self.event)  # type: ignore[arg-type]
 
 
 class Snapshot:
@@ -709,14 +713,14 @@ class Engine:
         """The ``OneOffQueryResult`` of a read :meth:`begin_read` took, stepped to its end: queued
         after the messages queued before the read was taken and ahead of those queued since (they
         carry later offsets), at the read's offset; the queue is released again.  ``table``:
-        :meth:`Read.result` as the caller re-packed it (the same table and rows, e.g. with their
-        encoding attached: the server's ``_encode_answer``, ADR-0043)."""
+        :meth:`Read.result` as the caller re-packed it (the same table and its very row sequence,
+        e.g. with their encoding attached: the server's ``_encode_answer``, ADR-0043)."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return
         rows = read.result()
-        if table is not None and (table.table, len(table.inserts), len(table.deletes), table.event) != (
-                rows.table, len(rows.inserts), len(rows.deletes), rows.event):
+        if table is not None and (table.table != rows.table or table.inserts is not rows.inserts
+                                  or len(table.deletes) != len(rows.deletes) or table.event != rows.event):
             raise LocalProtocolError("the re-packed table is not the read's")
         conn.reading = None
         answer = OneOffQueryResult(request_id, rows if table is None else table)
