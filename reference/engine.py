@@ -924,15 +924,15 @@ class Engine:
         others -- and the queue is released.  A snapshot over ``max_outbound_message_bytes`` (known
         only now) is refused as it was when answered at once: ``SubscriptionError``, the set not
         subscribed -- so it is removed again, with its part of every update held behind it.
-        ``tables``: :meth:`Snapshot.result` as the caller re-packed it (the same tables, rows and
-        order, e.g. with each table's encoding attached: the server's ``_encode_ahead``)."""
+        ``tables``: :meth:`Snapshot.result` as the caller re-packed it (the same tables, their very
+        row sequences and order, e.g. with each table's encoding attached: the server's ``_encode_ahead``)."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return
         if conn.snapshot is not snap:
             raise LocalProtocolError(f"connection {conn_id} is not taking that snapshot")
-        if tables is not None and [(t.table, len(t.inserts), len(t.deletes)) for t in tables] != [
-                (t.table, len(t.inserts), len(t.deletes)) for t in snap.result()]:
+        if tables is not None and [(t.table, id(t.inserts), len(t.deletes)) for t in tables] != [
+                (t.table, id(t.inserts), len(t.deletes)) for t in snap.result()]:  # its very rows (made once)
             raise LocalProtocolError("the re-packed tables are not the snapshot's")
         conn.reading = conn.snapshot = None
         self._answer(conn, snap, tables)
