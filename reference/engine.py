@@ -383,11 +383,15 @@ class Read:
         return self.done
 
     def result(self) -> TableRows:
-        """The matching rows, in the candidates' order; only once :meth:`step` has said done."""
+        """The matching rows, in the candidates' order; only once :meth:`step` has said done.  The
+        same row sequence at every call (made once), so a caller's re-packed table can be checked to
+        carry these very rows (:meth:`Engine.answer_read`)."""
         if not self.done:
             raise LocalProtocolError("the read is not finished: step it until it says done")
         rows = self._rows
-        return TableRows(self.table, tuple(rows) if isinstance(rows, list) else rows, (), self.event)  # type: ignore[arg-type]
+        if isinstance(rows, list):
+            rows = self._rows = tuple(rows)
+        return TableRows(self.table, rows, (), self.event)  # type: ignore[arg-type]
 
 
 class Snapshot:
@@ -709,14 +713,14 @@ class Engine:
         """The ``OneOffQueryResult`` of a read :meth:`begin_read` took, stepped to its end: queued
         after the messages queued before the read was taken and ahead of those queued since (they
         carry later offsets), at the read's offset; the queue is released again.  ``table``:
-        :meth:`Read.result` as the caller re-packed it (the same table and rows, e.g. with their
-        encoding attached: the server's ``_encode_answer``, ADR-0043)."""
+        :meth:`Read.result` as the caller re-packed it (the same table and its very row sequence,
+        e.g. with their encoding attached: the server's ``_encode_answer``, ADR-0043)."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return
         rows = read.result()
-        if table is not None and (table.table, len(table.inserts), len(table.deletes), table.event) != (
-                rows.table, len(rows.inserts), len(rows.deletes), rows.event):
+        if table is not None and (table.table != rows.table or table.inserts is not rows.inserts
+                                  or len(table.deletes) != len(rows.deletes) or table.event != rows.event):
             raise LocalProtocolError("the re-packed table is not the read's")
         conn.reading = None
         answer = OneOffQueryResult(request_id, rows if table is None else table)
@@ -920,15 +924,15 @@ class Engine:
         others -- and the queue is released.  A snapshot over ``max_outbound_message_bytes`` (known
         only now) is refused as it was when answered at once: ``SubscriptionError``, the set not
         subscribed -- so it is removed again, with its part of every update held behind it.
-        ``tables``: :meth:`Snapshot.result` as the caller re-packed it (the same tables, rows and
-        order, e.g. with each table's encoding attached: the server's ``_encode_ahead``)."""
+        ``tables``: :meth:`Snapshot.result` as the caller re-packed it (the same tables, their very
+        row sequences and order, e.g. with each table's encoding attached: the server's ``_encode_ahead``)."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return
         if conn.snapshot is not snap:
             raise LocalProtocolError(f"connection {conn_id} is not taking that snapshot")
-        if tables is not None and [(t.table, len(t.inserts), len(t.deletes)) for t in tables] != [
-                (t.table, len(t.inserts), len(t.deletes)) for t in snap.result()]:
+        if tables is not None and [(t.table, id(t.inserts), len(t.deletes)) for t in tables] != [
+                (t.table, id(t.inserts), len(t.deletes)) for t in snap.result()]:  # its very rows (made once)
             raise LocalProtocolError("the re-packed tables are not the snapshot's")
         conn.reading = conn.snapshot = None
         self._answer(conn, snap, tables)

@@ -713,15 +713,21 @@ def test_a_backward_wall_clock_step_does_not_close_a_connection_before_its_token
     """The other way: the wall clock steps back a minute under a 2 s token; the token's ``exp`` is
     still ahead on the clock that judges it, so the connection stays open past the 2 s (a call is
     answered at 4 s), and is closed 1008 once the clock comes forward again.  Failed before: closed
-    after the 2 s slept at connect, while the server's clock still said a minute to go."""
+    after the 2 s slept at connect, while the server's clock still said a minute to go.  The server's
+    clocks (the expiry's and its authenticator's) are stepped back before the token is minted, so
+    nothing depends on how fast the connection is made (it was stepped after connecting: a machine
+    that took 2 s to connect closed it before the step)."""
     from adapters import server
 
     step = [0.0]
     monkeypatch.setattr(server, "wall_time", lambda: time.time() + step[0])
     with running_server(tmp_path, auth=AuthConfig(leeway_s=0)) as st:
-        auth = Authenticator(AuthConfig(leeway_s=0), KeyStore.load_or_create(tmp_path))
-        c = WireClient(st, auth.mint(scopes=frozenset(SCOPES), streams=("*",), ttl_s=2))
+        monkeypatch.setattr(st.server.auth, "_clock", lambda: time.time() + step[0])
         step[0] = -60.0
+        # minted on the stepped clock: iat a minute ago, exp 2 s from now on the real one
+        auth = Authenticator(AuthConfig(leeway_s=0), KeyStore.load_or_create(tmp_path),
+                             clock=lambda: time.time() + step[0])
+        c = WireClient(st, auth.mint(scopes=frozenset(SCOPES), streams=("*",), ttl_s=62))
         time.sleep(4)
         assert isinstance(c.call("append_sync_event", "s", "k1", "{}", None, None).outcome, wire.ReducerOk)
         step[0] = 0.0

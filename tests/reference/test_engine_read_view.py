@@ -366,3 +366,38 @@ def test_a_read_answered_with_a_repacked_table_queues_that_table_and_refuses_ano
     eng.answer_read(c, 7, read, given)
     (out,) = eng.take(c, 100, 1 << 40)
     assert isinstance(out.message, OneOffQueryResult) and out.message.result is given and out.offset == read.offset
+
+
+@pytest.mark.parametrize("text", [SUB, "SELECT * FROM sync_event WHERE stream_id = 's3' AND idempotency_key > ''"])
+def test_a_repacked_table_of_other_rows_with_the_same_counts_is_refused(text: str) -> None:
+    """``answer_read`` takes the re-packed table only with the read's very rows (the sequence
+    :meth:`Read.result` returns, made once), not any rows of the same count: the same 40 rows
+    reversed, or the first 40 of another stream, is a caller's mistake, refused with the queue still
+    held; the read's own rows with an encoding attached pass.  A stream's view (``SUB``) and matched
+    rows (a list built by the steps) alike.  Failed before: the check compared the table, the event
+    flag and the row counts only, and both wrong tables were queued as the answer."""
+    from dataclasses import dataclass
+
+    from spec.messages import TableRows
+
+    @dataclass(frozen=True, slots=True)
+    class Repacked(TableRows):
+        note: str = "encoded"
+
+    eng = _engine()
+    c = eng.connect(ALL, confirmed=False)
+    other = eng.query(ALL, "SELECT * FROM sync_event WHERE stream_id = 's1'")
+    read = eng.begin_read(c, 7, text)
+    assert read is not None
+    while not read.step(3):
+        pass
+    rows = read.result()
+    assert len(rows.inserts) == 40
+    for wrong in (Repacked(rows.table, tuple(reversed(rows.inserts))), Repacked(rows.table, tuple(other.inserts[:40]))):
+        with pytest.raises(LocalProtocolError, match="re-packed"):
+            eng.answer_read(c, 7, read, wrong)
+        assert eng.take(c, 100, 1 << 40) == []  # still held, nothing queued
+    given = Repacked(rows.table, read.result().inserts)
+    eng.answer_read(c, 7, read, given)
+    (out,) = eng.take(c, 100, 1 << 40)
+    assert isinstance(out.message, OneOffQueryResult) and out.message.result is given

@@ -331,3 +331,23 @@ def test_answering_a_snapshot_that_is_not_the_connection_s_or_with_other_tables_
     eng.answer_snapshot(conn, snap, (TableRows(table.table, table.inserts),))
     (out,) = eng.take(conn, 10, 10**12)
     assert isinstance(out.message, SubscribeApplied) and out.message.rows[0].inserts == table.inserts
+
+
+def test_a_snapshot_re_packed_with_other_rows_of_the_same_count_is_misuse() -> None:
+    """``answer_snapshot``'s ``tables`` must carry the snapshot's very rows (:meth:`Snapshot.result`'s, made
+    once), not any rows of the same count: the snapshot's rows reversed is refused, the queue still held.
+    Failed before: the check compared table names and row counts only, and the reversed rows were queued
+    as the ``SubscribeApplied``."""
+    from spec.errors import LocalProtocolError
+    from spec.messages import TableRows
+    eng = _engine()
+    conn = eng.connect(ALL, confirmed=False)
+    eng.handle(conn, Sub(1, 7, CASES[0][1]))
+    snap = eng.snapshot_taken(conn)
+    assert snap is not None
+    snap.step(10**9)
+    (table,) = snap.result()
+    assert len(table.inserts) > 1 and tuple(reversed(table.inserts)) != tuple(table.inserts)
+    with pytest.raises(LocalProtocolError):
+        eng.answer_snapshot(conn, snap, (TableRows(table.table, tuple(reversed(table.inserts))),))
+    assert eng.conns[conn].reading == snap.offset and not eng.take(conn, 10, 10**12)

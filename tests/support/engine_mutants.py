@@ -301,8 +301,8 @@ ENGINE_MUTANTS += (
            "a snapshot of exactly slice_rows candidates is sliced (the small path takes an extra turn)", killer="reference/test_engine_sliced_snapshots.py"),
     # one-off answers encoded ahead by the server (ADR-0043): the re-packed table is checked against the read's
     Mutant("one_off_repacked_table_unchecked", "reference.engine",
-           (("        if table is not None and (table.table, len(table.inserts), len(table.deletes), table.event) != (\n"
-             "                rows.table, len(rows.inserts), len(rows.deletes), rows.event):",
+           (("        if table is not None and (table.table != rows.table or table.inserts is not rows.inserts\n"
+             "                                  or len(table.deletes) != len(rows.deletes) or table.event != rows.event):",
              "        if False:"),),
            "a one-off answered with any table the caller hands in: a slice lost by the encoding ahead goes out as the "
            "answer", killer="reference/test_engine_read_view.py"),
