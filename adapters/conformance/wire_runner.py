@@ -105,6 +105,7 @@ class Options:
     restart_unclean: bool = False  # --restart-cmd kills the target without a clean shutdown (SIGKILL)
     max_outbound_queue: int | None = None  # --max-outbound-queue: the target's [limits] max_outbound_queue
     max_sql_bytes: int = 64 * 1024  # --max-sql-bytes: the target's [limits] max_sql_bytes (protocol.md's default)
+    max_sql_statements: int = 64  # --max-sql-statements: the target's [limits] max_sql_statements (the default)
     body_timeout_s: float | None = None  # --body-timeout: the target's [limits] body_timeout_s
     max_connections_per_identity: int | None = None  # --max-connections-per-identity: its [limits] bound
 
@@ -652,6 +653,11 @@ REFUSALS: tuple[Refusal, ...] = (
             "SQL text over {max_sql_bytes} bytes", body=b"<max_sql_bytes + 1>"),
     Refusal("/sql text over 1 MiB", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 413, None,
             body=b"SELECT * FROM sync_stream" + b" " * (1 << 20)),
+    Refusal("/sql of exactly max_sql_statements statements (not refused: the limit is inclusive)", "Limits", "sql",
+            "POST", "{db}/sql", "writer", 200, None, body=b"<max_sql_statements>"),
+    Refusal("/sql of max_sql_statements + 1 statements", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400,
+            code="limit_exceeded", details={"actual": "<max_sql_statements + 1>", "limit": "max_sql_statements",
+                                            "max": "<max_sql_statements>"}, body=b"<max_sql_statements + 1>"),
     Refusal("/sql with no statement", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400, code="invalid_query",
             details={"message": "no statement", "sql": ""}),
     Refusal("/sql that is not the subscription subset", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400,
@@ -1453,8 +1459,12 @@ class Runner:
         # the operator's page is the target's own (syncref's); a target that does not serve it is not judged on it
         ops = self._raw_http("GET", "/ops/app.js", {})[0] == 200
         most = self.opts.max_sql_bytes
+        n = self.opts.max_sql_statements
         sized = {b"<max_sql_bytes>": b"SELECT * FROM sync_stream".ljust(most),
-                 b"<max_sql_bytes + 1>": b"SELECT * FROM sync_stream".ljust(most + 1)}
+                 b"<max_sql_bytes + 1>": b"SELECT * FROM sync_stream".ljust(most + 1),
+                 b"<max_sql_statements>": b";".join([b"SELECT * FROM sync_stream"] * n),
+                 b"<max_sql_statements + 1>": b";".join([b"SELECT * FROM sync_stream"] * (n + 1))}
+        counts = {"<max_sql_statements>": n, "<max_sql_statements + 1>": n + 1}
         for r in REFUSALS:
             if r.route == "compact" and self.opts.compact_cmd is None:
                 continue  # a target without a compaction hook need not have the route
@@ -1465,6 +1475,10 @@ class Runner:
             if tokens[r.auth] is not None:
                 headers["Authorization"] = str(tokens[r.auth])
             body = sized.get(r.body, r.body.replace(b"{ns}", ns.encode()))
+            if r.body in (b"<max_sql_statements>", b"<max_sql_statements + 1>") and len(body) > most:
+                continue  # that many statements do not fit in max_sql_bytes: the size answers first
+            details = None if r.details is None else {k: counts.get(v, v) if isinstance(v, str) else v
+                                                      for k, v in r.details.items()}
             want_text = None if r.text is None else r.text.replace("{max_sql_bytes}", str(most))
             status, ctype, text = self._raw_http(r.method, path, headers, body)
             problem = None
@@ -1482,9 +1496,9 @@ class Runner:
                 problem = f"its Content-Type is {ctype!r}; error bodies are text/plain one-liners"
             elif r.code is not None:
                 parts = _error_parts(text)
-                if parts is None or parts[0] != r.code or (r.details is not None and parts[1] != r.details):
+                if parts is None or parts[0] != r.code or (details is not None and parts[1] != details):
                     problem = (f"the tables' body is {r.code}: "
-                               f"{json.dumps(r.details, sort_keys=True) if r.details is not None else '<details>'}")
+                               f"{json.dumps(details, sort_keys=True) if details is not None else '<details>'}")
             elif want_text is not None and not text.startswith(want_text):
                 problem = f"the tables' body starts {want_text!r}"
             if problem is not None:
@@ -1976,6 +1990,8 @@ def add_parser(sub: Any) -> None:
                    "[limits] max_undurable): how far an unclean restart must move epochs and versions")
     p.add_argument("--max-sql-bytes", type=int, default=64 * 1024, metavar="N", help="the target's bound on /sql "
                    "text (syncref serve: [limits] max_sql_bytes; default 65536, protocol.md's)")
+    p.add_argument("--max-sql-statements", type=int, default=64, metavar="N", help="the target's bound "
+                   "on statements in one /sql body (syncref serve: [limits] max_sql_statements; default 64)")
     p.add_argument("--body-timeout", type=_positive_seconds, metavar="S", help="the target's time for a call or "
                    "/sql body to arrive (syncref serve: [limits] body_timeout_s): the 408 scenario waits this long")
     p.add_argument("--max-connections-per-identity", type=int, metavar="N", help="the target's bound on one "
@@ -2017,7 +2033,8 @@ def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None 
         opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
                        compact_cmd=t.compact_cmd, max_undurable=t.max_undurable, restart_unclean=True,  # SIGKILL
                        quiet_s=quiet_s, max_outbound_queue=t.max_outbound_queue, max_sql_bytes=t.max_sql_bytes,
-                       body_timeout_s=t.body_timeout_s, max_connections_per_identity=t.max_connections_per_identity)
+                       max_sql_statements=t.max_sql_statements, body_timeout_s=t.body_timeout_s,
+                       max_connections_per_identity=t.max_connections_per_identity)
         return run_options(opts, tick)
 
 
@@ -2027,7 +2044,7 @@ def _steps(progress: Progress) -> Tick:
 
 def _operator_mistake(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags, found before any scenario runs (None: nothing)."""
-    for flag, n in (("--max-sql-bytes", args.max_sql_bytes),
+    for flag, n in (("--max-sql-bytes", args.max_sql_bytes), ("--max-sql-statements", args.max_sql_statements),
                     ("--max-connections-per-identity", args.max_connections_per_identity)):
         if n is not None and n < 1:
             return f"{flag} must be a positive number, got {n}"
@@ -2055,9 +2072,11 @@ def main(args: argparse.Namespace) -> int:
     if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd
                        or args.max_undurable is not None or args.restart_unclean
                        or args.max_outbound_queue is not None or args.max_sql_bytes != 64 * 1024
+                       or args.max_sql_statements != 64
                        or args.body_timeout is not None or args.max_connections_per_identity is not None):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
               "--restart-unclean/--stall-file/--compact-cmd/--max-undurable/--max-outbound-queue/--max-sql-bytes/"
+              "--max-sql-statements/"
               "--body-timeout/--max-connections-per-identity", file=sys.stderr)
         return 2
     mistake = _operator_mistake(args)
@@ -2073,7 +2092,8 @@ def main(args: argparse.Namespace) -> int:
                            args.stall_file, args.timeout, compact_cmd=args.compact_cmd,
                            max_undurable=args.max_undurable, restart_unclean=args.restart_unclean,
                            quiet_s=args.quiet, max_outbound_queue=args.max_outbound_queue,
-                           max_sql_bytes=args.max_sql_bytes, body_timeout_s=args.body_timeout,
+                           max_sql_bytes=args.max_sql_bytes, max_sql_statements=args.max_sql_statements,
+                           body_timeout_s=args.body_timeout,
                            max_connections_per_identity=args.max_connections_per_identity)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:

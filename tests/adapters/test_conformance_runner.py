@@ -43,7 +43,8 @@ def serving(tmp: Path, mutant: str = "none") -> Iterator[LocalTarget]:
 
 def limits(t: LocalTarget) -> tuple[str, ...]:
     """The target's limits the kit is told (the local target's are not the defaults)."""
-    return ("--max-sql-bytes", str(t.max_sql_bytes), "--body-timeout", str(t.body_timeout_s),
+    return ("--max-sql-bytes", str(t.max_sql_bytes), "--max-sql-statements", str(t.max_sql_statements),
+            "--body-timeout", str(t.body_timeout_s),
             "--max-connections-per-identity", str(t.max_connections_per_identity))
 
 
@@ -267,6 +268,9 @@ VARIANTS = [
                                                                "offset"),
     ("websocket_token_missing_is_403", "http", "http_refusals", "a websocket-token request without a token: the "
                                                                 "target answered HTTP 403"),
+    ("sql_statements_off_by_one", "http", "http_refusals", "/sql of exactly max_sql_statements statements (not "
+                                                           "refused: the limit is inclusive): the target answered "
+                                                           "HTTP 400"),
     ("schema_any_version_is_v9", "http", "http_refusals", "the schema with version=10 (only 9 and none are "
                                                           "served): the target answered HTTP 200"),
 ]
@@ -499,6 +503,8 @@ def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> 
                          (["--url", "http://127.0.0.1:1", "--quiet", "soon"], "--quiet: expected seconds, got"),
                          (["--url", "http://127.0.0.1:1", "--max-sql-bytes", "0"],
                           "--max-sql-bytes must be a positive number, got 0"),
+                         (["--url", "http://127.0.0.1:1", "--max-sql-statements", "-1"],
+                          "--max-sql-statements must be a positive number, got -1"),
                          (["--url", "http://127.0.0.1:1", "--body-timeout", "0"],
                           "--body-timeout: expected seconds in (0, 600]"),
                          (["--local", "--max-connections-per-identity", "4"], "--local brings its own hooks")):

@@ -169,4 +169,8 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
     Mutant("schema_any_version_is_v9", SERVER,
            (("        if version == \"9\":", "        if version is not None:"),),
            "GET /schema?version=10 answers RawModuleDefV9 instead of 400 (spacetime call then never asks for 9)"),
+    Mutant("sql_statements_off_by_one", SERVER,
+           (("        if len(statements) > lim.max_sql_statements:",
+             "        if len(statements) >= lim.max_sql_statements:"),),
+           "/sql of exactly max_sql_statements statements is refused limit_exceeded (the limit is inclusive)"),
 )
