@@ -37,6 +37,12 @@ from adapters.netutil import free_port
 START_TIMEOUT_S = 60.0
 SLOW_CONSUMER_QUEUE = 32  # its [limits] max_outbound_queue (--max-outbound-queue): small, so that the
 # slow-consumer scenario closes a client that does not read within a few hundred updates
+SQL_BYTES = 100_000  # its [limits] max_sql_bytes (--max-sql-bytes): not the default, so the kit is seen to take it
+SQL_STATEMENTS = 48  # its [limits] max_sql_statements (--max-sql-statements): not the default either
+BODY_TIMEOUT_S = 2.0  # its [limits] body_timeout_s (--body-timeout): what the 408 scenario waits; short, yet far
+# above what a whole body takes to cross loopback on a loaded machine (every body the kit sends is in one write)
+IDENTITY_CONNECTIONS = 8  # its [limits] max_connections_per_identity: the 429 scenario opens this many; no other
+# scenario opens more than a few connections of one identity
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,10 @@ class LocalTarget:
     compact_cmd: str
     max_undurable: int  # its [limits] max_undurable (the default): --max-undurable
     max_outbound_queue: int  # its [limits] max_outbound_queue: --max-outbound-queue
+    max_sql_bytes: int = SQL_BYTES  # --max-sql-bytes
+    max_sql_statements: int = SQL_STATEMENTS  # --max-sql-statements
+    body_timeout_s: float = BODY_TIMEOUT_S  # --body-timeout
+    max_connections_per_identity: int = IDENTITY_CONNECTIONS  # --max-connections-per-identity
 
 
 def _wait_up(url: str, log: Path) -> None:
@@ -95,7 +105,10 @@ def local_target(workdir: Path, serve_cmd: Sequence[str] = SERVE, *, cwd: Path |
                                          workdir / "serve.log", workdir / "syncref.toml")
     config.write_text(f"[faults]\nstall_commits_while = {json.dumps(str(stall))}\n"
                       "[server]\ncompact_interval_s = 86400.0\n"
-                      f"[limits]\nmax_outbound_queue = {SLOW_CONSUMER_QUEUE}\n", encoding="utf-8")
+                      f"[limits]\nmax_outbound_queue = {SLOW_CONSUMER_QUEUE}\nmax_sql_bytes = {SQL_BYTES}\n"
+                      f"max_sql_statements = {SQL_STATEMENTS}\n"
+                      f"body_timeout_s = {BODY_TIMEOUT_S}\nmax_connections_per_identity = {IDENTITY_CONNECTIONS}\n",
+                      encoding="utf-8")
     from adapters.conformance.delivery import KIT_POLICY
     from reference.durability import LogStore
 

@@ -104,6 +104,10 @@ class Options:
     quiet_s: float = 0.5  # --quiet: how long a connection that must hear nothing is listened to after its fence
     restart_unclean: bool = False  # --restart-cmd kills the target without a clean shutdown (SIGKILL)
     max_outbound_queue: int | None = None  # --max-outbound-queue: the target's [limits] max_outbound_queue
+    max_sql_bytes: int = 64 * 1024  # --max-sql-bytes: the target's [limits] max_sql_bytes (protocol.md's default)
+    max_sql_statements: int = 64  # --max-sql-statements: the target's [limits] max_sql_statements (the default)
+    body_timeout_s: float | None = None  # --body-timeout: the target's [limits] body_timeout_s
+    max_connections_per_identity: int | None = None  # --max-connections-per-identity: its [limits] bound
 
 
 Tick = Callable[[int, int, str], None]
@@ -585,7 +589,11 @@ class Refusal:
     details: dict[str, Any] | None = None
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    json: bool = False  # the body is protocol.md "Compatibility"'s JSON rejection (application/json, its code)
 
+
+_COMPAT = "a token outside the compatibility window (oa_protocol_version without oa_client_build_id)"
+_NO_DB = "/v1/database/conformance-no-such-database"
 
 REFUSALS: tuple[Refusal, ...] = (
     # the token, shared by every database route (protocol.md "Transport", below the table)
@@ -600,6 +608,9 @@ REFUSALS: tuple[Refusal, ...] = (
             "/v1/database/conformance-no-such-database/call/append_sync_event", "writer", 404,
             "`conformance-no-such-database` not found", headers=_JSON, body=_APPEND),
     # HTTP call, in check order
+    Refusal(f"a call with {_COMPAT} and no Content-Type (the window is checked first)", "HTTP call", "call",
+            "POST", "{db}/call/append_sync_event", "compat", 426, code="invalid_client_build", json=True,
+            body=_APPEND),
     Refusal("a call without a Content-Type", "HTTP call", "call", "POST", "{db}/call/append_sync_event", "writer",
             400, "Header of type `content-type` was missing", body=_APPEND),
     Refusal("a call with Content-Type text/plain", "HTTP call", "call", "POST", "{db}/call/append_sync_event",
@@ -624,6 +635,9 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal("a call body that is JSON but not the reducer's arguments", "HTTP call", "call", "POST",
             "{db}/call/append_sync_event", "writer", 400, code="invalid_argument", headers=_JSON, body=b"[1, 2]"),
     # HTTP SQL
+    Refusal(f"/sql with {_COMPAT} and confirmed=maybe (the window is checked first)", "HTTP SQL", "sql", "POST",
+            "{db}/sql?confirmed=maybe", "compat", 426, code="invalid_client_build", json=True,
+            body=b"SELECT * FROM sync_stream"),
     Refusal("/sql without a token", "Transport", "sql", "POST", "{db}/sql", "none", 401, "Authorization required",
             body=b"SELECT * FROM sync_stream"),
     Refusal("/sql with confirmed=maybe", "HTTP SQL", "sql", "POST", "{db}/sql?confirmed=maybe", "writer", 400,
@@ -633,10 +647,17 @@ REFUSALS: tuple[Refusal, ...] = (
             body=b"SELECT * FROM sync_stream"),
     Refusal("/sql text that is not UTF-8", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400,
             code="invalid_argument", body=b"SELECT * FROM sync_stream WHERE stream_id = '\xff'"),
-    Refusal("/sql text of max_sql_bytes + 1", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 413, "SQL text over ",
-            body=b"SELECT * FROM sync_stream" + b" " * (65536 + 1 - 25)),
+    Refusal("/sql text of exactly max_sql_bytes (not refused: the limit is inclusive)", "Limits", "sql", "POST",
+            "{db}/sql", "writer", 200, None, body=b"<max_sql_bytes>"),
+    Refusal("/sql text of max_sql_bytes + 1", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 413,
+            "SQL text over {max_sql_bytes} bytes", body=b"<max_sql_bytes + 1>"),
     Refusal("/sql text over 1 MiB", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 413, None,
             body=b"SELECT * FROM sync_stream" + b" " * (1 << 20)),
+    Refusal("/sql of exactly max_sql_statements statements (not refused: the limit is inclusive)", "Limits", "sql",
+            "POST", "{db}/sql", "writer", 200, None, body=b"<max_sql_statements>"),
+    Refusal("/sql of max_sql_statements + 1 statements", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400,
+            code="limit_exceeded", details={"actual": "<max_sql_statements + 1>", "limit": "max_sql_statements",
+                                            "max": "<max_sql_statements>"}, body=b"<max_sql_statements + 1>"),
     Refusal("/sql with no statement", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400, code="invalid_query",
             details={"message": "no statement", "sql": ""}),
     Refusal("/sql that is not the subscription subset", "HTTP SQL", "sql", "POST", "{db}/sql", "writer", 400,
@@ -671,6 +692,33 @@ REFUSALS: tuple[Refusal, ...] = (
             403, "compaction needs a token with the sync.admin scope"),
     Refusal("a compaction with sync.admin but not the stream grant '*'", "Transport", "compact", "POST",
             "{db}/compact", "partial_admin", 403, "compaction needs a token with the sync.admin scope"),
+    Refusal(f"a compaction with {_COMPAT} (the window before the admin check)", "Transport", "compact", "POST",
+            "{db}/compact", "compat", 426, code="invalid_client_build", json=True),
+    # the identity and schema routes (protocol.md "Transport"; POST /v1/identity's 403 depends on whether the
+    # target allows anonymous identities, a setting the kit cannot read: not driven)
+    Refusal("a websocket-token request without a token", "Transport", "identity", "POST",
+            "/v1/identity/websocket-token", "none", 401, "Authorization required"),
+    Refusal("a websocket-token request with an Authorization header that is not Bearer", "Transport", "identity",
+            "POST", "/v1/identity/websocket-token", "basic", 400, "Authorization is invalid"),
+    Refusal("a websocket-token request with a token that is not a JWT", "Transport", "identity", "POST",
+            "/v1/identity/websocket-token", "garbage", 401),
+    Refusal("the identity of another database", "Transport", "identity", "GET", _NO_DB + "/identity", "none", 404,
+            "`conformance-no-such-database` not found"),
+    Refusal("the schema of another database", "Schema", "schema", "GET", _NO_DB + "/schema", "none", 404,
+            "`conformance-no-such-database` not found"),
+    Refusal("the schema with version=10 (only 9 and none are served)", "Schema", "schema", "GET",
+            "{db}/schema?version=10", "none", 400),
+    # the operator's page (only against a target that serves it: GET /ops/app.js answers 200)
+    Refusal("the operator's page with an Authorization header that is not Bearer", "Operator's page", "ops",
+            "GET", "/", "basic", 400, "Authorization is invalid"),
+    Refusal("the operator's page with a token that is not a JWT", "Operator's page", "ops", "GET", "/", "garbage",
+            401),
+    Refusal("the operator's data with a token without sync.admin", "Operator's page", "ops", "GET", "/ops/data",
+            "writer", 403, "the operator's page needs a token with the sync.admin scope"),
+    Refusal("the operator's data with wait=x", "Operator's page", "ops", "GET", "/ops/data?wait=x",
+            "partial_admin", 400, "wait must be a committed offset"),
+    Refusal("an operator's asset that does not exist", "Operator's page", "ops", "GET", "/ops/conformance.js",
+            "none", 404, None),
 )
 """Every refusal ``http_refusals`` drives, with the answer protocol.md's tables give."""
 
@@ -723,6 +771,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("http", "http_call", ("DELIV-2", "IDEM-2"), ("mint",)),
     Scenario("http", "http_durable", ("CONF-1",), ("mint", "stall")),
     Scenario("http", "http_refusals", ("http",), ("mint",)),
+    Scenario("http", "http_body_timeout", ("http",), ("mint", "body_timeout")),
+    Scenario("http", "http_identity_limit", ("http",), ("mint", "identity_limit")),
 )
 AREAS = tuple(dict.fromkeys(s.area for s in SCENARIOS))
 _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)",
@@ -733,7 +783,11 @@ _HOOKS = {"mint": "--mint-with DIR (tokens with distinct identities and grants)"
           "outbound": "--max-outbound-queue N (the target's bound on messages queued for one connection: "
                       "how much a client that does not read is sent before it must be closed)",
           "undurable": "--max-undurable N (the target's undurable window: how far an unclean restart moves "
-                       "epochs and versions)"}
+                       "epochs and versions)",
+          "body_timeout": "--body-timeout S (the target's time for a call or /sql body to arrive, [limits] "
+                          "body_timeout_s: the kit sends a body that stops short and waits that long for the 408)",
+          "identity_limit": "--max-connections-per-identity N (the target's bound on one identity's open "
+                            "WebSocket connections: the kit opens N and expects the next upgrade's 429)"}
 
 
 class Runner:
@@ -1398,37 +1452,141 @@ class Runner:
                             ("partial_admin", {"scopes": ["sync.admin", "sync.subscribe"], "streams": [f"{ns}.*"]})):
             token = self.tokens.token(f"{ns}-{who}", claims)
             tokens[who] = None if token is None else f"Bearer {token}"
+        compat = self.tokens.token(f"{ns}-compat", {"scopes": ["sync.append", "sync.subscribe"],
+                                                    "streams": [f"{ns}.*"]}, protocol_version="oa.sync.v1")
+        tokens["compat"] = None if compat is None else f"Bearer {compat}"
         db = f"/v1/database/{self.opts.database}"
+        # the operator's page is the target's own (syncref's); a target that does not serve it is not judged on it
+        ops = self._raw_http("GET", "/ops/app.js", {})[0] == 200
+        most = self.opts.max_sql_bytes
+        n = self.opts.max_sql_statements
+        sized = {b"<max_sql_bytes>": b"SELECT * FROM sync_stream".ljust(most),
+                 b"<max_sql_bytes + 1>": b"SELECT * FROM sync_stream".ljust(most + 1),
+                 b"<max_sql_statements>": b";".join([b"SELECT * FROM sync_stream"] * n),
+                 b"<max_sql_statements + 1>": b";".join([b"SELECT * FROM sync_stream"] * (n + 1))}
+        counts = {"<max_sql_statements>": n, "<max_sql_statements + 1>": n + 1}
         for r in REFUSALS:
             if r.route == "compact" and self.opts.compact_cmd is None:
                 continue  # a target without a compaction hook need not have the route
+            if r.route == "ops" and not ops:
+                continue
             path = (r.path.replace("{db}", db).replace("{ns}", ns))
             headers = dict(r.headers)
             if tokens[r.auth] is not None:
                 headers["Authorization"] = str(tokens[r.auth])
-            body = r.body.replace(b"{ns}", ns.encode())
+            body = sized.get(r.body, r.body.replace(b"{ns}", ns.encode()))
+            if r.body in (b"<max_sql_statements>", b"<max_sql_statements + 1>") and len(body) > most:
+                continue  # that many statements do not fit in max_sql_bytes: the size answers first
+            details = None if r.details is None else {k: counts.get(v, v) if isinstance(v, str) else v
+                                                      for k, v in r.details.items()}
+            want_text = None if r.text is None else r.text.replace("{max_sql_bytes}", str(most))
             status, ctype, text = self._raw_http(r.method, path, headers, body)
             problem = None
             if status != r.status:
                 problem = f"the tables' answer is {r.status}"
-            elif r.text is not None and not ctype.startswith("text/plain"):
+            elif r.json:
+                try:
+                    code = json.loads(text).get("code") if ctype.split(";")[0] == "application/json" else None
+                except (ValueError, AttributeError):
+                    code = None
+                if code != r.code:
+                    problem = (f"its Content-Type is {ctype!r}; the tables' body is application/json with code "
+                               f"{r.code!r} (protocol.md \"Compatibility\")")
+            elif want_text is not None and not ctype.startswith("text/plain"):
                 problem = f"its Content-Type is {ctype!r}; error bodies are text/plain one-liners"
             elif r.code is not None:
                 parts = _error_parts(text)
-                if parts is None or parts[0] != r.code or (r.details is not None and parts[1] != r.details):
+                if parts is None or parts[0] != r.code or (details is not None and parts[1] != details):
                     problem = (f"the tables' body is {r.code}: "
-                               f"{json.dumps(r.details, sort_keys=True) if r.details is not None else '<details>'}")
-            elif r.text is not None and not text.startswith(r.text):
-                problem = f"the tables' body starts {r.text!r}"
+                               f"{json.dumps(details, sort_keys=True) if details is not None else '<details>'}")
+            elif want_text is not None and not text.startswith(want_text):
+                problem = f"the tables' body starts {want_text!r}"
             if problem is not None:
                 raise ScenarioFailed(f"{r.what}: the target answered HTTP {status} {text[:200]!r}; {problem} "
                                      f"(protocol.md \"{r.section}\")")
 
+    def http_body_timeout(self) -> None:
+        """A call and a ``/sql`` whose body stops short of its ``Content-Length`` (protocol.md "HTTP call" 7,
+        "HTTP SQL", "Limits" ``body_timeout_s``): each is answered 408 ``the request body did not arrive
+        within <n> s``, and not before ``--body-timeout`` has passed since its head was sent (both are sent
+        at once, so the scenario costs one timeout)."""
+        import concurrent.futures
+        assert self.opts.body_timeout_s is not None
+        limit = self.opts.body_timeout_s
+        ns = self._next_ns()
+        token = self.tokens.token(f"{ns}-writer", {"scopes": ["sync.append", "sync.subscribe"],
+                                                  "streams": [f"{ns}.*"]})
+        db = f"/v1/database/{self.opts.database}"
+        short = (("a call", f"{db}/call/append_sync_event", "application/json"),
+                 ("/sql", f"{db}/sql", "text/plain"))
+        with concurrent.futures.ThreadPoolExecutor(len(short)) as pool:
+            answers = list(pool.map(lambda r: self._stopped_short(r[1], r[2], token, limit), short))
+        for (what, _path, _ctype), (status, ctype, text, took) in zip(short, answers, strict=True):
+            want = f"the request body did not arrive within {limit:g} s"
+            if status != 408 or not ctype.startswith("text/plain") or not text.startswith(want):
+                raise ScenarioFailed(f"{what} whose body stops short: the target answered HTTP {status} {ctype!r} "
+                                     f"{text[:200]!r}; the tables' answer is 408 {want!r} (protocol.md \"Limits\" "
+                                     "body_timeout_s)")
+            if took < limit:
+                raise ScenarioFailed(f"{what} whose body stops short was answered 408 after {took:.2f} s, before "
+                                     f"body_timeout_s ({limit:g} s) had passed (protocol.md \"Limits\")")
+
+    def _stopped_short(self, path: str, ctype: str, token: str | None, limit: float) -> tuple[int, str, str, float]:
+        """POST ``path`` declaring a 64-byte body and sending 8 of them: status, Content-Type, body text, and the
+        seconds from before the connection was opened to the answer (an interval that holds the target's own
+        wait for the body, whenever it starts timing it)."""
+        import http.client
+        parts = urllib.parse.urlsplit(self.opts.url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname or "", parts.port, timeout=limit + self.opts.timeout)
+        sent = time.monotonic()
+        try:
+            conn.putrequest("POST", path)
+            for name, value in (("Content-Type", ctype), ("Content-Length", "64"),
+                                ("Authorization", f"Bearer {token}")):
+                conn.putheader(name, value)
+            conn.endheaders(b"[" if ctype == "application/json" else b"SELECT *")
+            resp = conn.getresponse()
+            took = time.monotonic() - sent
+            return resp.status, resp.getheader("Content-Type") or "", resp.read().decode("utf-8", "replace"), took
+        except (OSError, http.client.HTTPException) as exc:
+            raise ScenarioFailed(f"POST {path} with a body that stops short: no answer ({type(exc).__name__}: {exc}) "
+                                 f"within body_timeout_s + {self.opts.timeout:g} s") from None
+        finally:
+            conn.close()
+
+    def http_identity_limit(self) -> None:
+        """One identity opens ``--max-connections-per-identity`` WebSocket connections, every one admitted; the
+        next upgrade is 429 ``too many connections for this identity (<n> open; limit <n>): close one first``
+        (protocol.md "Upgrade" 8, "Limits")."""
+        limit = self.opts.max_connections_per_identity
+        assert limit is not None
+        ns = self._next_ns()
+        token = self.tokens.token(f"{ns}-crowd", {"scopes": ["sync.subscribe"], "streams": [f"{ns}.*"]})
+        conns: list[Conn] = []
+        try:
+            for i in range(limit):  # each admitted: a bound enforced one early fails here
+                conns.append(Conn(self.opts, token, False, f"crowd{i + 1}"))
+            status, ctype, text = self._raw_http("GET", f"/v1/database/{self.opts.database}/subscribe?"
+                                                 "compression=None&confirmed=false",
+                                                 {**dict(_UPGRADE + _V2), "Authorization": f"Bearer {token}"})
+        finally:
+            for c in conns:
+                c.close()
+        want = f"too many connections for this identity ({limit} open; limit {limit}): close one first"
+        if status != 429 or not ctype.startswith("text/plain") or text != want:
+            raise ScenarioFailed(f"with {limit} WebSocket connections of one identity open, its next upgrade was "
+                                 f"answered HTTP {status} {text[:200]!r}; the tables' answer is 429 {want!r} "
+                                 "(protocol.md \"Upgrade\" 8, max_connections_per_identity)")
+
     def http_durable(self) -> None:
         """HTTP answers wait for durability (protocol.md "HTTP call", "HTTP SQL", "Confirmed reads"): while the
         log stalls, a call whose transaction an unconfirmed subscriber has already been sent (so it
-        committed), and a ``/sql`` read (``confirmed`` by default) of that state, are not answered within
-        ``--quiet``; once the stall ends both are, 200."""
+        committed), and a ``/sql`` read (``confirmed`` by default) of that state, are not answered while the
+        log stalls -- neither within ``--quiet`` nor until the stall ends, at least ``4 x --quiet`` after it began
+        (the HTTP side has no fence: an HTTP answer is the request's own, so nothing comes earlier on its
+        connection to prove the request was taken; the long hold is the closing fence's counterpart, which
+        judges the whole stall) -- and once the stall ends both are, 200."""
         import concurrent.futures
         assert self.opts.stall_file is not None
         ns = self._next_ns()
@@ -1458,7 +1616,12 @@ class Runner:
                                      f"while the log stalls (seq 2): {shown}")
             read = pool.submit(self._sql, token, f"SELECT * FROM sync_event WHERE stream_id = '{a}'")
             futures: list[concurrent.futures.Future[Any]] = [call, read]
+            stalled = time.monotonic()
             done, _ = concurrent.futures.wait(futures, timeout=self.opts.quiet_s)
+            if not done:  # hold the stall 4 x --quiet in all (as the wire scenarios' last stall) before releasing
+                done, _ = concurrent.futures.wait(futures, timeout=max(0.0, stalled + 4 * self.opts.quiet_s
+                                                                        - time.monotonic()))
+            held = time.monotonic() - stalled
             early = [name for f, name in ((call, "the call (200 only once its offset is durable)"),
                                           (read, "the /sql read (confirmed: once the offset it read is durable)"))
                      if f in done]
@@ -1470,7 +1633,7 @@ class Runner:
             u.close()
         if early:
             raise ScenarioFailed(f"while the log stalled, the target answered {' and '.join(early)} within "
-                                 f"{self.opts.quiet_s:g} s of its transaction's commit (CONF-1): "
+                                 f"{held:.1f} s of its transaction's commit (CONF-1): "
                                  f"the call HTTP {answers[0][0]}, the read HTTP {answers[1][0]}")
         if answers[0][0] != 200 or answers[1][0] != 200 or len(answers[1][1]) != 2:
             raise ScenarioFailed(f"once the stall ended the call was answered HTTP {answers[0][0]} and the read "
@@ -1739,7 +1902,9 @@ class Runner:
         return {"mint": self.tokens.can_mint, "stall": self.opts.stall_file is not None,
                 "restart": self.opts.restart_cmd is not None, "compact": self.opts.compact_cmd is not None,
                 "undurable": self.opts.max_undurable is not None,
-                "outbound": self.opts.max_outbound_queue is not None}[hook]
+                "outbound": self.opts.max_outbound_queue is not None,
+                "body_timeout": self.opts.body_timeout_s is not None,
+                "identity_limit": self.opts.max_connections_per_identity is not None}[hook]
 
 
 def _to_wire(doc: dict[str, Any]) -> wire.ClientMessage:
@@ -1823,6 +1988,15 @@ def add_parser(sub: Any) -> None:
                    "one connection (syncref serve: [limits] max_outbound_queue): the slow-consumer scenario")
     p.add_argument("--max-undurable", type=int, metavar="N", help="the target's undurable window (syncref serve: "
                    "[limits] max_undurable): how far an unclean restart must move epochs and versions")
+    p.add_argument("--max-sql-bytes", type=int, default=64 * 1024, metavar="N", help="the target's bound on /sql "
+                   "text (syncref serve: [limits] max_sql_bytes; default 65536, protocol.md's)")
+    p.add_argument("--max-sql-statements", type=int, default=64, metavar="N", help="the target's bound "
+                   "on statements in one /sql body (syncref serve: [limits] max_sql_statements; default 64)")
+    p.add_argument("--body-timeout", type=_positive_seconds, metavar="S", help="the target's time for a call or "
+                   "/sql body to arrive (syncref serve: [limits] body_timeout_s): the 408 scenario waits this long")
+    p.add_argument("--max-connections-per-identity", type=int, metavar="N", help="the target's bound on one "
+                   "identity's open WebSocket connections (syncref serve: [limits] max_connections_per_identity): "
+                   "the 429 scenario opens N")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
     p.add_argument("--quiet", type=_positive_seconds, default=0.5, metavar="S",
                    help="seconds a connection that must hear nothing (a confirmed read while the log stalls) is "
@@ -1858,7 +2032,9 @@ def run_local(only: str | None = None, timeout: float = 10.0, tick: Tick | None 
     with tempfile.TemporaryDirectory(prefix="syncref-conformance-") as tmp, local_target(Path(tmp)) as t:
         opts = Options(t.url, "autopilot-sync", None, t.data, only, t.restart_cmd, t.stall_file, timeout,
                        compact_cmd=t.compact_cmd, max_undurable=t.max_undurable, restart_unclean=True,  # SIGKILL
-                       quiet_s=quiet_s, max_outbound_queue=t.max_outbound_queue)
+                       quiet_s=quiet_s, max_outbound_queue=t.max_outbound_queue, max_sql_bytes=t.max_sql_bytes,
+                       max_sql_statements=t.max_sql_statements, body_timeout_s=t.body_timeout_s,
+                       max_connections_per_identity=t.max_connections_per_identity)
         return run_options(opts, tick)
 
 
@@ -1868,6 +2044,10 @@ def _steps(progress: Progress) -> Tick:
 
 def _operator_mistake(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags, found before any scenario runs (None: nothing)."""
+    for flag, n in (("--max-sql-bytes", args.max_sql_bytes), ("--max-sql-statements", args.max_sql_statements),
+                    ("--max-connections-per-identity", args.max_connections_per_identity)):
+        if n is not None and n < 1:
+            return f"{flag} must be a positive number, got {n}"
     if not args.local:
         url = urllib.parse.urlsplit(args.url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -1891,9 +2071,13 @@ def main(args: argparse.Namespace) -> int:
     selected = sum(args.only is None or s.area == args.only for s in SCENARIOS)
     if args.local and (args.token or args.mint_with or args.restart_cmd or args.stall_file or args.compact_cmd
                        or args.max_undurable is not None or args.restart_unclean
-                       or args.max_outbound_queue is not None):
+                       or args.max_outbound_queue is not None or args.max_sql_bytes != 64 * 1024
+                       or args.max_sql_statements != 64
+                       or args.body_timeout is not None or args.max_connections_per_identity is not None):
         print("syncref conformance: --local brings its own hooks; drop --token/--mint-with/--restart-cmd/"
-              "--restart-unclean/--stall-file/--compact-cmd/--max-undurable/--max-outbound-queue", file=sys.stderr)
+              "--restart-unclean/--stall-file/--compact-cmd/--max-undurable/--max-outbound-queue/--max-sql-bytes/"
+              "--max-sql-statements/"
+              "--body-timeout/--max-connections-per-identity", file=sys.stderr)
         return 2
     mistake = _operator_mistake(args)
     if mistake is not None:
@@ -1907,7 +2091,10 @@ def main(args: argparse.Namespace) -> int:
             opts = Options(args.url, args.database, args.token, args.mint_with, args.only, args.restart_cmd,
                            args.stall_file, args.timeout, compact_cmd=args.compact_cmd,
                            max_undurable=args.max_undurable, restart_unclean=args.restart_unclean,
-                           quiet_s=args.quiet, max_outbound_queue=args.max_outbound_queue)
+                           quiet_s=args.quiet, max_outbound_queue=args.max_outbound_queue,
+                           max_sql_bytes=args.max_sql_bytes, max_sql_statements=args.max_sql_statements,
+                           body_timeout_s=args.body_timeout,
+                           max_connections_per_identity=args.max_connections_per_identity)
             outcomes = run_options(opts, _steps(progress))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.finish()

@@ -41,6 +41,13 @@ def serving(tmp: Path, mutant: str = "none") -> Iterator[LocalTarget]:
         yield t
 
 
+def limits(t: LocalTarget) -> tuple[str, ...]:
+    """The target's limits the kit is told (the local target's are not the defaults)."""
+    return ("--max-sql-bytes", str(t.max_sql_bytes), "--max-sql-statements", str(t.max_sql_statements),
+            "--body-timeout", str(t.body_timeout_s),
+            "--max-connections-per-identity", str(t.max_connections_per_identity))
+
+
 def conformance(*args: str, timeout: float = 240) -> tuple[int, str, list[dict[str, Any]]]:
     out = Path(f"/tmp/conformance-{os.getpid()}-{time.monotonic_ns()}.json")
     proc = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", *args, "--json", str(out)],
@@ -57,7 +64,8 @@ def test_passes_against_syncref_serve_with_every_hook(tmp_path: Path) -> None:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
                                        "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
                                        "--max-undurable", str(t.max_undurable), "--restart-unclean",
-                                       "--max-outbound-queue", str(t.max_outbound_queue), "--junit", str(junit))
+                                       "--max-outbound-queue", str(t.max_outbound_queue), *limits(t),
+                                       "--junit", str(junit))
         print(out)
         assert rc == 0, out
         assert results and {r["status"] for r in results} == {"pass"}, out
@@ -201,7 +209,8 @@ def test_a_planted_bug_fails_naming_the_invariant(tmp_path: Path, mutant: str, a
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
                                        "--restart-cmd", t.restart_cmd, "--compact-cmd", t.compact_cmd,
                                        "--max-undurable", str(t.max_undurable), "--restart-unclean",
-                                       "--max-outbound-queue", str(t.max_outbound_queue), "--only", area)
+                                       "--max-outbound-queue", str(t.max_outbound_queue), *limits(t), "--only",
+                                       area)
     print(out)
     assert rc == 1
     failed = {r["scenario"]: r for r in results if r["status"] == "fail"}
@@ -245,6 +254,25 @@ VARIANTS = [
     ("missing_token_is_403", "http", "http_refusals", "a call without a token: the target answered HTTP 403"),
     ("compact_forbidden_is_401", "http", "http_refusals", "a compaction with a token without sync.admin: "
                                                                  "the target answered HTTP 401"),
+    # not driven before the kit2 session: 426 on call and /sql, 408, 429, the limit itself, the identity and
+    # schema routes; and http_durable released its stall after --quiet
+    ("sql_skips_compat", "http", "http_refusals", "/sql with a token outside the compatibility window "
+                                                  "(oa_protocol_version without oa_client_build_id) and "
+                                                  "confirmed=maybe (the window is checked first): the target "
+                                                  "answered HTTP 400"),
+    ("body_timeout_is_400", "http", "http_body_timeout", "whose body stops short: the target answered HTTP 400"),
+    ("identity_limit_off_by_one", "http", "http_identity_limit", "its next upgrade was answered HTTP 101"),
+    ("sql_limit_off_by_one", "http", "http_refusals", "/sql text of exactly max_sql_bytes (not refused: the limit "
+                                                      "is inclusive): the target answered HTTP 413"),
+    ("call_gives_up_waiting_after_1s", "http", "http_durable", "the target answered the call (200 only once its "
+                                                               "offset"),
+    ("websocket_token_missing_is_403", "http", "http_refusals", "a websocket-token request without a token: the "
+                                                                "target answered HTTP 403"),
+    ("sql_statements_off_by_one", "http", "http_refusals", "/sql of exactly max_sql_statements statements (not "
+                                                           "refused: the limit is inclusive): the target answered "
+                                                           "HTTP 400"),
+    ("schema_any_version_is_v9", "http", "http_refusals", "the schema with version=10 (only 9 and none are "
+                                                          "served): the target answered HTTP 200"),
 ]
 
 # a variant that a scenario added later fails too: a slow consumer never closed is not closed at the counted
@@ -269,7 +297,7 @@ def test_a_planted_server_variant_fails_its_scenario(tmp_path: Path, variant: st
                                                      needle: str) -> None:
     with serving(tmp_path, variant) as t:
         rc, out, results = conformance("--url", t.url, "--mint-with", str(t.data), "--stall-file", str(t.stall_file),
-                                       "--max-outbound-queue", str(t.max_outbound_queue),
+                                       "--max-outbound-queue", str(t.max_outbound_queue), *limits(t),
                                        *(("--compact-cmd", t.compact_cmd) if area == "http" else ()), "--only", area)
     failed = {r["scenario"]: r["message"] for r in results if r["status"] == "fail"}
     assert rc == 1 and scenario in failed and needle in failed[scenario], out
@@ -472,7 +500,14 @@ def test_operator_mistakes_are_one_line_before_anything_runs(tmp_path: Path) -> 
                          (["--url", "http://127.0.0.1:1", "--mint-with", str(_key_dir(tmp_path, "p384"))],
                           "not an ES256 (P-256 EC) private key"),
                          (["--url", "http://127.0.0.1:1", "--quiet", "0"], "--quiet: expected seconds in (0, 600]"),
-                         (["--url", "http://127.0.0.1:1", "--quiet", "soon"], "--quiet: expected seconds, got")):
+                         (["--url", "http://127.0.0.1:1", "--quiet", "soon"], "--quiet: expected seconds, got"),
+                         (["--url", "http://127.0.0.1:1", "--max-sql-bytes", "0"],
+                          "--max-sql-bytes must be a positive number, got 0"),
+                         (["--url", "http://127.0.0.1:1", "--max-sql-statements", "-1"],
+                          "--max-sql-statements must be a positive number, got -1"),
+                         (["--url", "http://127.0.0.1:1", "--body-timeout", "0"],
+                          "--body-timeout: expected seconds in (0, 600]"),
+                         (["--local", "--max-connections-per-identity", "4"], "--local brings its own hooks")):
         proc = subprocess.run([sys.executable, "-m", "adapters.cli", "conformance", *argv], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (argv, proc.stderr)

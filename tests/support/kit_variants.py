@@ -130,4 +130,47 @@ KIT_VARIANTS: tuple[Mutant, ...] = (
              "        return self.durable if conn.confirmed else None\n"),),
            "a confirmed reader's held message is released, undurable, once it has been held 1 s (twice the kit's "
            "default --quiet), at the next delivery pass after that (with sweep_ticks_fast: within 50 ms)"),
+    # session kit2: rows and scenarios the kitq session's kit did not drive (each passed it)
+    Mutant("sql_skips_compat", SERVER,
+           (("        verified = self._http_caller(request)\n        if isinstance(verified, web.Response):\n"
+             "            return verified\n        lim = self.config.limits\n",
+             "        admit, self._admit = self._admit, lambda _v: None  # planted: /sql skips the window\n"
+             "        try:\n            verified = self._http_caller(request)\n"
+             "        finally:\n            del self._admit\n"
+             "        if isinstance(verified, web.Response):\n"
+             "            return verified\n        lim = self.config.limits\n"),),
+           "/sql does not check the compatibility window: a token outside it reads (protocol.md \"HTTP SQL\": 426)"),
+    Mutant("body_timeout_is_400", SERVER,
+           (("            return _text(408, f\"the request body did not arrive",
+             "            return _text(400, f\"the request body did not arrive"),),
+           "a call or /sql body that does not arrive within body_timeout_s is 400, not 408"),
+    Mutant("identity_limit_off_by_one", SERVER,
+           (("        if mine >= lim.max_connections_per_identity:",
+             "        if mine > lim.max_connections_per_identity:"),),
+           "an identity may open max_connections_per_identity + 1 WebSocket connections before the 429"),
+    Mutant("sql_limit_off_by_one", SERVER,
+           (("        if len(text.encode(\"utf-8\")) > lim.max_sql_bytes:",
+             "        if len(text.encode(\"utf-8\")) >= lim.max_sql_bytes:"),),
+           "/sql text of exactly max_sql_bytes is refused 413 (the limit is inclusive)"),
+    Mutant("call_gives_up_waiting_after_1s", SERVER,
+           (("            self._pump()\n            await self._wait_durable(offset)\n"
+             "        except DurabilityFailed as exc:\n"
+             "            return _text(503, f\"the commit log could not be written, so the call",
+             "            self._pump()\n            with contextlib.suppress(TimeoutError):  # planted\n"
+             "                await asyncio.wait_for(asyncio.shield(self._wait_durable(offset)), 1.0)\n"
+             "        except DurabilityFailed as exc:\n"
+             "            return _text(503, f\"the commit log could not be written, so the call"),),
+           "an HTTP call waits for durability 1 s at most (twice the kit's default --quiet), then answers 200 "
+           "undurable (CONF-1)"),
+    Mutant("websocket_token_missing_is_403", SERVER,
+           (("                return _text(401, \"Authorization required\")\n",
+             "                return _text(403, \"Authorization required\")\n"),),
+           "POST /v1/identity/websocket-token without a token is 403, not 401"),
+    Mutant("schema_any_version_is_v9", SERVER,
+           (("        if version == \"9\":", "        if version is not None:"),),
+           "GET /schema?version=10 answers RawModuleDefV9 instead of 400 (spacetime call then never asks for 9)"),
+    Mutant("sql_statements_off_by_one", SERVER,
+           (("        if len(statements) > lim.max_sql_statements:",
+             "        if len(statements) >= lim.max_sql_statements:"),),
+           "/sql of exactly max_sql_statements statements is refused limit_exceeded (the limit is inclusive)"),
 )
