@@ -528,7 +528,10 @@ def test_a_burst_is_answered_in_order_whichever_task_takes_each_call(tmp_path: P
         rids = [a.rid() for _ in range(40)]
         a.send(*(wire.CallReducer(rid, 0, "append_sync_event", bsatn.encode_args(
             "append_sync_event", (S, f"b{i}", str(i), None, None))) for i, rid in enumerate(rids)))
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30  # the burst reaches the engine: its share, however loaded the machine
+        while st.call(lambda: st.server.engine.committed) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # and no further: what a fifth call would have had to commit by now
         committed, durable, by_reader = st.call(
             lambda: (st.server.engine.committed, st.server.engine.durable, st.server.taken_by_reader))
         assert committed == 4 and durable == 0, (committed, durable)  # the share is full; nothing answered yet
