@@ -11,6 +11,8 @@ import json
 import os
 import re
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -565,18 +567,27 @@ def test_the_proxy_duplicates_frames_and_replays_them_on_the_next_connection() -
         upstream = await asyncio.start_server(sink, "127.0.0.1", 0)
         proxy = ChaosProxy(upstream.sockets[0].getsockname()[1], seed=7)
         await proxy.start()
+
+        async def until(condition: Callable[[], bool]) -> None:
+            """Until the sink has what the proxy forwarded (a hang guard of 30 s, not a timing)."""
+            deadline = time.monotonic() + 30
+            while not condition():
+                assert time.monotonic() < deadline, ("never forwarded", [len(x) for x in received],
+                                                     proxy.duplicated, proxy.replayed)
+                await asyncio.sleep(0.005)
+
         sent = [_ws(f"call {i}".encode()) for i in range(20)]
         _, w = await asyncio.open_connection("127.0.0.1", proxy.port)
         w.write(HEAD % _jwt("w0").encode())
         for f in sent[:10]:  # before duplicate(): forwarded once each
             w.write(f)
         await w.drain()
-        await asyncio.sleep(0.2)
+        await until(lambda: len(received) == 1 and len(received[0]) >= 10)  # forwarded before duplicate()
         proxy.duplicate()
         for f in sent[10:]:
             w.write(f)
         await w.drain()
-        await asyncio.sleep(0.3)
+        await until(lambda: len(received[0]) == 20 + proxy.duplicated)  # all 20 forwarded, and their copies
         assert proxy.cut() == 1
         first = received[0]
         assert first[:10] == sent[:10] and proxy.duplicated > 0
@@ -586,7 +597,9 @@ def test_the_proxy_duplicates_frames_and_replays_them_on_the_next_connection() -
         new = _ws(b"new")  # (masks are random: serialize once)
         w2.write(HEAD % _jwt("w0").encode() + new)
         await w2.drain()
-        await asyncio.sleep(0.3)
+        copies = proxy.duplicated
+        await until(lambda: len(received) == 2 and proxy.replayed > 0
+                    and len(received[1]) == proxy.replayed + 1 + proxy.duplicated - copies)
         second = received[1]
         assert second[:8] == sent[12:] and second[8:] in ([new], [new, new])  # replayed first, then its own
         assert proxy.replayed == 8
@@ -594,7 +607,7 @@ def test_the_proxy_duplicates_frames_and_replays_them_on_the_next_connection() -
         other = _ws(b"other")
         w3.write(HEAD % _jwt("w9").encode() + other)
         await w3.drain()
-        await asyncio.sleep(0.3)
+        await until(lambda: len(received) == 3 and len(received[2]) > 0)
         assert received[2][0] == other and proxy.replayed == 8
         await proxy.stop()
         upstream.close()

@@ -706,16 +706,29 @@ def test_the_gathering_wait_is_the_total_of_every_gathering(tmp_path: Path) -> N
     store.close()
 
 
+def _slow_previous_commit(writer: GroupCommitWriter, seconds: float) -> None:
+    """White box: the idle writer's previous COMMIT took ``seconds`` (a gathering then waits up to half
+    of it), without the test waiting that long for it."""
+    _until(lambda: writer._sleeping)
+    with writer._cv:
+        writer._last_commit_s = seconds
+
+
 @pytest.mark.parametrize("how", ["flush", "wait_durable"])
 def test_a_waiting_caller_cuts_the_gathering_short(tmp_path: Path, how: str) -> None:
-    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=5.0, delays=[1.0])
+    """The gathering's bound is 60 s (a previous COMMIT of 120 s), so a caller that waited it out is
+    unmistakable however slow the machine's disk: the caller's COMMIT is not in the margin."""
+    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=600.0, delays=[])
+    _slow_previous_commit(writer, 120.0)
     _append_one(eng, writer, "x")
+    _until(lambda: writer._gather_target == 3)  # a gathering is under way (1 of 3 records), up to 60 s
     started = time.monotonic()
     if how == "flush":
         assert writer.flush() == 4
     else:
-        assert writer.wait_durable(4, timeout=10)
-    assert time.monotonic() - started < 0.4  # it does not wait out the 0.5 s a gathering would
+        assert writer.wait_durable(4, timeout=90)
+    assert time.monotonic() - started < 30  # it does not wait out the 60 s a gathering would
+    assert writer.gathered == 1
     writer.close()
     store.close()
     assert batches == [3, 1]
@@ -758,8 +771,8 @@ def test_wake_notifies_only_when_the_writer_would_act(tmp_path: Path) -> None:
     """``wake`` (the event loop calls it once per iteration) wakes an idle writer, leaves a gathering
     writer asleep while its queue is short of the target, and wakes it once the target is reached:
     that COMMIT goes before the gathering bound."""
-    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=5.0, delays=[2.0])  # bound: 1 s
-    _until(lambda: writer._sleeping)
+    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=600.0, delays=[])
+    _slow_previous_commit(writer, 120.0)  # the bound: 60 s
     eng.admin_call(ALL, "append_sync_event", ("s.g", "w0", "{}", None, None))
     writer.append(eng.take_records(), wake=False)
     time.sleep(0.05)
@@ -778,7 +791,7 @@ def test_wake_notifies_only_when_the_writer_would_act(tmp_path: Path) -> None:
     writer.wake()
     assert writer.wakeups == 2
     _wait_offset(writer, 6)
-    assert time.monotonic() - started < 0.8, "the target was reached: the COMMIT must not wait out the bound"
+    assert time.monotonic() - started < 30, "the target was reached: the COMMIT must not wait out the 60 s bound"
     assert batches == [3, 3]
     writer.close()
     store.close()
