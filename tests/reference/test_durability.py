@@ -650,6 +650,7 @@ def _gathering_writer(tmp_path: Path, gather_s: float, delays: list[float]
         eng.admin_call(ALL, "append_sync_event", ("s.g", f"k{i}", "{}", None, None))
     writer.append(eng.take_records())  # one batch of 3
     assert writer.flush() == 3 and batches == [3]
+    _until(lambda: writer._sleeping)  # back in its idle wait: a gathering starts only from there
     return eng, writer, store, batches
 
 
@@ -669,17 +670,19 @@ def _wait_offset(writer: GroupCommitWriter, offset: int, timeout: float = 10.0) 
 def test_an_idle_writer_gathers_a_round_into_one_commit(tmp_path: Path) -> None:
     """Closed-loop callers answered by one COMMIT come back one by one: the idle writer waits for
     as many records as its previous COMMIT wrote (bounded), so they share one COMMIT, not two."""
-    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=5.0, delays=[1.0, 1.0])
+    eng, writer, store, batches = _gathering_writer(tmp_path, gather_s=60.0, delays=[1.0, 1.0])
+    _slow_previous_commit(writer, 120.0)  # this round's bound: 60 s, however slowly the 3 arrive
     for i in range(3):
         _append_one(eng, writer, f"r{i}")
         time.sleep(0.03)
     _wait_offset(writer, 6)
     assert batches == [3, 3] and writer.gathered == 1, batches
-    # fewer arrive than last time: the wait ends at its bound (half the previous COMMIT, not gather_s)
+    # fewer arrive than last time: the wait ends at its bound (half the previous, 1 s COMMIT, not gather_s)
+    _until(lambda: writer._sleeping)  # back in its idle wait: a gathering starts only from there
     _append_one(eng, writer, "alone")
     _wait_offset(writer, 7)
     assert batches == [3, 3, 1] and writer.gathered == 2
-    assert 0.45 <= writer.gather_waited_s <= 4.0, writer.gather_waited_s
+    assert writer.gather_waited_s >= 0.45, writer.gather_waited_s  # the second wait alone is 0.5 s
     writer.close()
     store.close()
 
@@ -697,7 +700,7 @@ def test_the_gathering_wait_is_the_total_of_every_gathering(tmp_path: Path) -> N
     writer.append(eng.take_records())
     _wait_offset(writer, 6)
     assert writer.gathered == 1
-    time.sleep(0.05)  # the writer goes back to its idle wait (a gathering starts only from there)
+    _until(lambda: writer._sleeping)  # the writer goes back to its idle wait (a gathering starts only from there)
     _append_one(eng, writer, "last")  # fewer than 2: a wait of at most half the 0.04 s COMMIT
     _wait_offset(writer, 7)
     assert batches == [3, 1, 2, 1] and writer.gathered == 2
