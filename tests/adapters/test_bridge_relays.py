@@ -59,7 +59,8 @@ from support.interleaved import (
     schedule,
     summarize,
 )
-from support.nostr_relays import FakeRelay, RealRelay, free_port, raw_req, start_relays
+from support.nostr_relays import FakeRelay, RealRelay, raw_req, start_relays
+from support.ports import PortReservation
 from support.server import SYNCREF, ServedProcess, http, mint_cli, serve_process
 from support.server import metric as server_metric
 
@@ -683,7 +684,8 @@ def test_an_outage_longer_than_the_attempts_loses_nothing(tmp_path: Path) -> Non
     with this test's 1 s backoff cap); no relay gave a verdict, so nothing is recorded and the rows stay
     ``pending`` with 0 attempts, held in the worker's memory.  A worker restarted mid-outage holds them
     the same way.  Then the relay comes up on its port: every row is delivered, none dead-lettered."""
-    port = free_port()
+    reservation = PortReservation()  # refused until the test's relay listens there; nobody else's port
+    port = reservation.port
     late = f"ws://127.0.0.1:{port}"
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -718,6 +720,7 @@ def test_an_outage_longer_than_the_attempts_loses_nothing(tmp_path: Path) -> Non
                     asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
     finally:
         loop.call_soon_threadsafe(loop.stop)
+        reservation.release()
 
 
 def test_a_restarted_worker_catches_up_only_the_relays_missing_from_relays_acked(relays: dict[str, RealRelay],
@@ -728,7 +731,8 @@ def test_a_restarted_worker_catches_up_only_the_relays_missing_from_relays_acked
     -- and to nobody else (no acknowledgement from alpha: it is not asked again).  Only the catch-up's
     *timer* is in memory (docs/bridge.md, Limits): a restarted worker tries the missing relay at once."""
     alpha = relays["alpha"]
-    port = free_port()
+    reservation = PortReservation()  # refused until the test's relay listens there; nobody else's port
+    port = reservation.port
     late = f"ws://127.0.0.1:{port}"
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -756,3 +760,4 @@ def test_a_restarted_worker_catches_up_only_the_relays_missing_from_relays_acked
             check_relay_copies(s, alpha, ids)
     finally:
         loop.call_soon_threadsafe(loop.stop)
+        reservation.release()

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.ports import reserved_port
 
-from adapters.conformance.local import LocalTarget, free_port, local_target
+from adapters.conformance.local import LocalTarget, local_target
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
@@ -316,8 +317,8 @@ class _NotSpacetime(http.server.BaseHTTPRequestHandler):
 
 
 def test_bad_targets_get_one_line_answers(tmp_path: Path) -> None:
-    port = free_port()  # nothing listening
-    rc, out, results = conformance("--url", f"http://127.0.0.1:{port}", "--only", "protocol")
+    with reserved_port() as port:  # nothing listening, and no other process can listen there meanwhile
+        rc, out, results = conformance("--url", f"http://127.0.0.1:{port}", "--only", "protocol")
     assert rc == 1 and "nothing usable at" in results[0]["message"]
     httpd = http.server.HTTPServer(("127.0.0.1", 0), _NotSpacetime)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

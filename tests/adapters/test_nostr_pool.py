@@ -12,10 +12,11 @@ import hashlib
 import logging
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-from support.nostr_relays import FakeRelay, HangingServer, free_port
+from support.nostr_relays import FakeRelay, HangingServer
+from support.ports import reserved_port
 
 from adapters.nostr.client import _MAX_NOTICES, RelaySession
 from adapters.nostr.errors import NostrUsageError, RelayProtocolError, RelayUnavailable
@@ -32,6 +33,14 @@ def _event(n: int) -> Event:
     return sign_event(EventTemplate(1_700_000_000 + n, 30078, (("d", f"pool:{n}"),), f"event {n}"), KEY)
 
 
+@pytest.fixture
+def port() -> Iterator[int]:
+    """A port that refuses connections for the whole test (a relay that is down), and that no other
+    process can listen on, so a relay the test starts there is the one answering (tests/support/ports.py)."""
+    with reserved_port() as held:
+        yield held
+
+
 def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 60) -> None:
     async def main() -> None:
         await asyncio.wait_for(coro_fn(), timeout)
@@ -46,7 +55,7 @@ def _one_line(outcome: RelayOutcome) -> str:
     return outcome.reason
 
 
-def test_each_relay_gets_its_own_outcome_and_the_caller_never_waits() -> None:
+def test_each_relay_gets_its_own_outcome_and_the_caller_never_waits(port: int) -> None:
     async def scenario() -> None:
         healthy = await FakeRelay("accept").start()
         rejecting = await FakeRelay("reject").start()
@@ -54,7 +63,7 @@ def test_each_relay_gets_its_own_outcome_and_the_caller_never_waits() -> None:
         silent = await FakeRelay("silent").start()
         dropping = await FakeRelay("drop").start()
         hanging = await HangingServer().start()
-        closed_port = f"ws://127.0.0.1:{free_port()}"
+        closed_port = f"ws://127.0.0.1:{port}"
         urls = [healthy.url, rejecting.url, garbage.url, silent.url, dropping.url, hanging.url, closed_port]
         async with RelayPool(urls, FAST) as pool:
             event = _event(1)
@@ -90,9 +99,8 @@ def test_each_relay_gets_its_own_outcome_and_the_caller_never_waits() -> None:
     run(scenario)
 
 
-def test_a_failed_relay_backs_off_then_recovers() -> None:
+def test_a_failed_relay_backs_off_then_recovers(port: int) -> None:
     async def scenario() -> None:
-        port = free_port()
         url = f"ws://127.0.0.1:{port}"
         config = PoolConfig(open_timeout=1.0, ack_timeout=1.0, backoff=Backoff(base=0.3, cap=0.3, jitter=0.0))
         async with RelayPool([url], config) as pool:
@@ -112,9 +120,9 @@ def test_a_failed_relay_backs_off_then_recovers() -> None:
     run(scenario)
 
 
-def test_backoff_grows_and_is_capped() -> None:
+def test_backoff_grows_and_is_capped(port: int) -> None:
     async def scenario() -> None:
-        url = f"ws://127.0.0.1:{free_port()}"
+        url = f"ws://127.0.0.1:{port}"
         config = PoolConfig(open_timeout=1.0, backoff=Backoff(base=0.05, cap=0.2, factor=2.0, jitter=0.0))
         async with RelayPool([url], config) as pool:
             while pool.status()[0].consecutive_failures == 0:  # the eager connect fails first
@@ -180,7 +188,7 @@ def test_duplicates_and_repeats_count_as_delivered() -> None:
     run(scenario)
 
 
-def test_pool_misuse() -> None:
+def test_pool_misuse(port: int) -> None:
     with pytest.raises(NostrUsageError, match="at least one relay"):
         RelayPool([])
     with pytest.raises(NostrUsageError, match="at least one relay"):
@@ -195,7 +203,7 @@ def test_pool_misuse() -> None:
         PoolConfig(max_queue=0)
 
     async def scenario() -> None:
-        pool = RelayPool([f"ws://127.0.0.1:{free_port()}"], FAST)
+        pool = RelayPool([f"ws://127.0.0.1:{port}"], FAST)
         with pytest.raises(NostrUsageError, match="started, open relay pool"):
             pool.publish(_event(1))
         await pool.start()
@@ -220,7 +228,7 @@ def test_the_defaults() -> None:
                                                                                                       0.5)
 
 
-def test_session_errors_are_one_line_and_typed() -> None:
+def test_session_errors_are_one_line_and_typed(port: int) -> None:
     async def scenario() -> None:
         garbage = await FakeRelay("garbage").start()
         session = await RelaySession.connect(garbage.url)
@@ -233,7 +241,7 @@ def test_session_errors_are_one_line_and_typed() -> None:
             await session.publish(_event(2), timeout=5)
         await session.close()
         with pytest.raises(RelayUnavailable, match="connect failed") as refused:
-            await RelaySession.connect(f"ws://127.0.0.1:{free_port()}", open_timeout=2)
+            await RelaySession.connect(f"ws://127.0.0.1:{port}", open_timeout=2)
         assert "\n" not in str(refused.value)
         with pytest.raises(NostrUsageError, match="must start with"):
             await RelaySession.connect("http://127.0.0.1:1")

@@ -282,11 +282,15 @@ def test_a_relay_that_cannot_start_skips_locally_and_fails_in_ci(tmp_path: Path,
     monkeypatch.setattr(nostr_relays, "relay_executable", lambda: None)
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("SYNCREF_REQUIRE_NOSTR_RELAY", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="nostr-relay cannot start: the nostr-relay executable"):
-        RealRelay(tmp_path, "absent").spawn()
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="nostr-relay is required here \\(CI\\)"):
-        RealRelay(tmp_path, "absent").spawn()
+    absent = RealRelay(tmp_path, "absent")
+    try:
+        with pytest.raises(pytest.skip.Exception, match="nostr-relay cannot start: the nostr-relay executable"):
+            absent.spawn()
+        monkeypatch.setenv("CI", "true")
+        with pytest.raises(pytest.fail.Exception, match="nostr-relay is required here \\(CI\\)"):
+            absent.spawn()
+    finally:
+        absent.release()
     # a relay that exits at once (a config it cannot load) is reported with its log
     monkeypatch.delenv("CI")
     monkeypatch.undo()
@@ -296,4 +300,4 @@ def test_a_relay_that_cannot_start_skips_locally_and_fails_in_ci(tmp_path: Path,
     monkeypatch.delenv("SYNCREF_REQUIRE_NOSTR_RELAY", raising=False)
     with pytest.raises(pytest.skip.Exception, match="broken exited with"):
         broken.wait_ready(timeout=30)
-    broken.kill()
+    broken.release()

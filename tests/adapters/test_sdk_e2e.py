@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.ports import reserved_port
 from support.server import SYNCREF, ServedProcess, mint_cli, running_server, serve_process
 
 from adapters.sdk import (
@@ -1031,15 +1032,16 @@ def test_a_page_cut_by_one_large_event_grows_back_for_the_rest_of_the_catch_up(t
 # --- an unclean restart of the server (ADR-0003 decision 6) ----------------------------------------
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+@pytest.fixture
+def port() -> Iterator[int]:
+    """A port held for the whole test (tests/support/ports.py): the server is SIGKILLed or stopped and
+    restarted on it under live, reconnecting clients, and between the two no other process can take it."""
+    with reserved_port() as held:
+        yield held
 
 
-def test_sigkill_a_confirmed_consumer_continues_a_consumer_that_saw_a_lost_event_is_told(tmp_path: Path) -> None:
+def test_sigkill_a_confirmed_consumer_continues_a_consumer_that_saw_a_lost_event_is_told(tmp_path: Path,
+                                                                                       port: int) -> None:
     """CONT-1 end to end.  ``syncref serve`` with a disk we can stall ([faults] stall_commits_while):
     events 1..3 are durable; then the disk stalls, event 4 is committed and sent to the consumers
     without confirmed reads, and the server is SIGKILLed.  After the restart the stream's new epoch
@@ -1055,7 +1057,6 @@ def test_sigkill_a_confirmed_consumer_continues_a_consumer_that_saw_a_lost_event
     data, stall = tmp_path / "data", tmp_path / "stall"
     config = tmp_path / "syncref.toml"
     config.write_text(f'[faults]\nstall_commits_while = "{stall}"\n', encoding="utf-8")
-    port = free_port()
     stream = f"e2e.crash.{uuid.uuid4().hex[:8]}"
     args = ("--config", str(config), "--port", str(port))
 
@@ -1152,18 +1153,19 @@ def test_a_confirmed_consumer_away_through_two_sigkills_continues_CONT_1(tmp_pat
     its checkpoint: the consumer continues into E3 with watermark 3 -- its rebootstrap callback is
     never called -- and applies seq 4.  Before ADR-0010 the stale cursor named only E2: it rebootstrapped."""
     data = tmp_path / "data"
-    port = free_port()
     stream = f"e2e.chain.{uuid.uuid4().hex[:8]}"
     producer_token = mint_cli(data, SCOPES, "e2e.*", "--subject", "producer")["token"]
     reader_token = mint_cli(data, SCOPES, "e2e.*", "--subject", "reader")["token"]
     app = App(tmp_path / "app.sqlite")
-    url = f"http://127.0.0.1:{port}"
+    # no client lives across a restart: each run's server takes a port of its own (--port 0) and its
+    # clients are given that server's URL -- no port to hold between a SIGKILL and the next start
 
-    def producer() -> Connection:  # confirmed: an acknowledged append is durable
+    def producer(url: str) -> Connection:  # confirmed: an acknowledged append is durable
         return Connection(url, token=producer_token, confirmed=True, backoff=FAST, call_timeout=20)
 
     async def first_run(server: ServedProcess) -> None:
-        prod, reader = producer(), Connection(url, token=reader_token, confirmed=True, backoff=FAST, call_timeout=20)
+        prod = producer(server.url)
+        reader = Connection(server.url, token=reader_token, confirmed=True, backoff=FAST, call_timeout=20)
         await prod.connect()
         await reader.connect()
         for i in (1, 2, 3):
@@ -1178,15 +1180,15 @@ def test_a_confirmed_consumer_away_through_two_sigkills_continues_CONT_1(tmp_pat
         server.proc.wait()
 
     async def second_run(server: ServedProcess) -> None:
-        prod = producer()
+        prod = producer(server.url)
         await prod.connect()
         assert await append(prod, stream, 4) == 4
         await prod.close()
         server.proc.kill()
         server.proc.wait()
 
-    async def third_run() -> None:
-        reader = Connection(url, token=reader_token, confirmed=True, backoff=FAST, call_timeout=20)
+    async def third_run(server: ServedProcess) -> None:
+        reader = Connection(server.url, token=reader_token, confirmed=True, backoff=FAST, call_timeout=20)
         consumer = StreamConsumer(reader, app.store, stream, apply=app.apply, on_rebootstrap=app.rebootstrap)
         await reader.connect()
         await consumer.start()
@@ -1197,19 +1199,19 @@ def test_a_confirmed_consumer_away_through_two_sigkills_continues_CONT_1(tmp_pat
         await consumer.stop()
         await reader.close()
 
-    with serve_process(data, "--port", str(port)) as first:
+    with serve_process(data) as first:
         run(first_run(first))
-    with serve_process(data, "--port", str(port)) as second:
+    with serve_process(data) as second:
         run(second_run(second))
-    with serve_process(data, "--port", str(port)):
-        run(third_run())
+    with serve_process(data) as third:
+        run(third_run(third))
     from reference.replay import verify_log
     report = verify_log(data)
     assert report.ok, report
 
 
 def test_a_clean_server_restart_under_a_live_consumer_and_retried_appends_loses_and_duplicates_nothing(
-        tmp_path: Path) -> None:
+        tmp_path: Path, port: int) -> None:
     """The delivery contract across a clean restart (SIGTERM, then the same data and port): a producer
     appends 1..40 with one idempotency key each, retrying every call that got no answer
     (``ConnectionLost``, ``CallTimeout``) under the same key and arguments; a consumer follows live.
@@ -1217,7 +1219,6 @@ def test_a_clean_server_restart_under_a_live_consumer_and_retried_appends_loses_
     seq it has), the stream is 1..40, and the consumer applies each once, in order, with no
     rebootstrap (a clean restart keeps the epoch)."""
     data = tmp_path / "data"
-    port = free_port()
     stream = f"e2e.clean.{uuid.uuid4().hex[:8]}"
     token = mint_cli(data, SCOPES, "e2e.*", "--subject", "both")["token"]
     app = App(tmp_path / "app.sqlite")

@@ -35,7 +35,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.sync.client import connect as sync_connect
 
 from adapters.chaos.relays import kill_group, relay_config, relay_executable, signal_group, spawn_relay
-from adapters.netutil import free_port
+from support.ports import PortReservation
 
 STARTUP_TIMEOUT = 60.0
 
@@ -68,8 +68,14 @@ class RealRelay:
     name: str
     validators: Sequence[str] = ("nostr_relay.validators.is_signed",)
     extra: dict[str, Any] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
+    # held from creation to release(), across kill/restart: no other process can listen on it, so a
+    # connection that succeeds reaches this relay (tests/support/ports.py)
+    reservation: PortReservation = field(default_factory=PortReservation)
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return self.reservation.port
 
     @property
     def url(self) -> str:
@@ -116,6 +122,11 @@ class RealRelay:
         kill_group(self.process)
         self.process = None
 
+    def release(self) -> None:
+        """Kill the relay and give its port back (the end of the test)."""
+        self.kill()
+        self.reservation.release()
+
     def freeze(self) -> None:
         """SIGSTOP the relay's process group: a relay that hangs.  The kernel still accepts TCP
         connections on its port (the listen backlog), but no WebSocket handshake and no ``OK`` comes."""
@@ -145,7 +156,7 @@ def start_relays(directory: Path, *relays: tuple[str, dict[str, Any]]) -> Iterat
         yield started
     finally:
         for relay in started:
-            relay.kill()
+            relay.release()
 
 
 # ------------------------------------------------------------------------------------------- fakes
