@@ -44,8 +44,8 @@ def presence(session: str, status: str = "online") -> SessionPresence:
     return SessionPresence(session, ALICE, "dev", "node", status, "eu", 1, 2, None)
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 20))
+def run(coro: Coroutine[Any, Any, None], timeout: float = 20) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 Handler = Callable[["Peer", wire.ClientMessage], Awaitable[None]]
@@ -773,13 +773,13 @@ def test_cancelling_the_supervisor_while_it_tears_a_socket_down_ends_it() -> Non
         conn.abort()
         await writer_stopping.wait()  # the supervisor is now awaiting the writer
         task.cancel()
-        await asyncio.wait({task}, timeout=2)
+        await asyncio.wait({task}, timeout=30)  # only a guard against the hang: it ends at once when it passes
         try:
             assert task.done() and task.cancelled(), f"still running after the cancel ({conn.connects} connects)"
         finally:
             await conn.close()
             await server.stop()
-    run(body())
+    run(body(), timeout=60)  # room for the 30 s guard inside
 
 
 # --- async callbacks ---------------------------------------------------------------------------------
