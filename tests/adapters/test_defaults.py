@@ -348,19 +348,21 @@ def test_twelfth_session_defaults() -> None:
     """This session's defaults the docs state: the conformance kit judges /sql's limits at the server's
     own defaults unless told otherwise (``--max-sql-bytes`` 64 KiB, ``--max-sql-statements`` 64 -- the
     Limits a default ``syncref serve`` runs with, so a default target is judged by its documented
-    bounds), drives the 408 and 429 scenarios only when given the target's bounds (no guess), and
+    bounds), drives the 408 and 429 scenarios only when given the target's bounds (no guess), holds
+    each scenario's last stall 4 x ``--quiet`` (2 s), and
     ``--local`` serves with limits other than the defaults (100,000 bytes, 48 statements, a 2 s body
     timeout, 8 connections per identity) so the kit is seen to take them (docs/conformance.md)."""
     import argparse
 
     from adapters.conformance import local
-    from adapters.conformance.wire_runner import Options, add_parser
+    from adapters.conformance.wire_runner import LONG_HOLD_QUIETS, Options, add_parser
     from adapters.server import Limits
 
     fields = {f.name: f.default for f in dataclasses.fields(Options)}
     assert fields["max_sql_bytes"] == Limits().max_sql_bytes == 64 * 1024
     assert fields["max_sql_statements"] == Limits().max_sql_statements == 64
     assert fields["body_timeout_s"] is None and fields["max_connections_per_identity"] is None
+    assert LONG_HOLD_QUIETS == 4  # a scenario's last stall, and http_durable's, last 4 x --quiet (2 s by default)
     sub = argparse.ArgumentParser().add_subparsers()
     add_parser(sub)
     (parser,) = sub.choices.values()
